@@ -1,0 +1,242 @@
+"""The gateway's configuration schema: one YAML file, validated at load.
+
+Every section lives here with its defaults, so the config reference in
+``docs/configuration.md`` and the code never disagree. Models are frozen: a
+loaded config is a snapshot that in-flight requests keep using across reloads.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a port between 1 and 65535")
+    return value
+
+
+class ServerConfig(_Section):
+    """Where the ext_proc gRPC server and its HTTP side listen."""
+
+    grpc_address: str = "127.0.0.1:50051"
+    unix_socket: str | None = None
+    http_address: str = "127.0.0.1:9464"
+    grace_period_s: float = Field(default=10.0, ge=0, le=300)
+
+    _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
+
+
+class EnvoyConfig(_Section):
+    """The parts of the rendered Envoy bootstrap that operators tune."""
+
+    listener_address: str = "127.0.0.1"
+    listener_port: int = Field(default=10000, gt=0, lt=65536)
+    admin_address: str = "127.0.0.1"
+    admin_port: int = Field(default=9901, gt=0, lt=65536)
+    # Where Envoy reaches the gateway: defaults to server.grpc_address.
+    ext_proc_address: str | None = None
+    message_timeout_ms: int = Field(default=5000, gt=0)
+    failure_mode_allow: bool = False
+    upstream_timeout_s: float = Field(default=300.0, gt=0)
+    access_log: bool = True
+    concurrency: int = Field(default=1, ge=1, le=64)
+
+
+class StoreConfig(_Section):
+    """The Redis-protocol store. No URL means an embedded Valkey under ``data_dir``."""
+
+    url: str | None = None
+    data_dir: str = ".data/valkey"
+    key_prefix: str = "aigw:"
+    timeout_ms: int = Field(default=500, gt=0)
+    # Usage rollups are kept this long; every key the gateway writes expires.
+    usage_retention_days: int = Field(default=400, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is None or url == "":
+            return None
+        scheme = urlsplit(url).scheme
+        if scheme not in {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}:
+            raise ValueError(
+                "scheme must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            )
+        return url
+
+
+class ProviderType(StrEnum):
+    OPENAI = "openai"
+
+
+class ProviderConfig(_Section):
+    """An upstream LLM service, rendered into one Envoy cluster."""
+
+    name: Name
+    type: ProviderType = ProviderType.OPENAI
+    base_url: str
+    # The provider credential: given inline (usually ``${ENV_VAR}``) or read from a file.
+    api_key: SecretStr | None = None
+    api_key_file: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url.rstrip("/")
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def path_prefix(self) -> str:
+        """The path the provider's API lives under, e.g. ``/v1`` for OpenAI."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def authority(self) -> str:
+        parts = urlsplit(self.base_url)
+        return parts.netloc
+
+
+class ModelConfig(_Section):
+    """A model clients may ask for, and which provider serves it."""
+
+    name: str = Field(min_length=1, max_length=256)
+    provider: Name
+    # The name sent upstream, when it differs from what clients ask for.
+    upstream_model: str | None = None
+
+
+class RouteApi(StrEnum):
+    OPENAI_CHAT = "openai_chat"
+    OPENAI_MODELS = "openai_models"
+
+
+class RouteConfig(_Section):
+    """A client-facing path and the API spoken on it."""
+
+    name: Name
+    path: str | None = None
+    path_prefix: str | None = None
+    api: RouteApi = RouteApi.OPENAI_CHAT
+    # When set, every request on this route goes to this model, whatever the body says.
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> RouteConfig:
+        if (self.path is None) == (self.path_prefix is None):
+            raise ValueError("set exactly one of path and path_prefix")
+        target = self.path or self.path_prefix or ""
+        if not target.startswith("/") or "?" in target or "#" in target:
+            raise ValueError("path must start with / and hold no query or fragment")
+        return self
+
+
+class LimitsConfig(_Section):
+    """Bounds on what a client may send."""
+
+    max_request_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    max_messages: int = Field(default=1000, gt=0)
+
+
+class LogConfig(_Section):
+    stdout: bool = True
+    file: str | None = None
+
+
+class MetricsConfig(_Section):
+    # Past this many distinct values a label folds new values into "other".
+    max_label_values: int = Field(default=1000, gt=0)
+
+
+class TelemetryConfig(_Section):
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+def _default_routes() -> tuple[RouteConfig, ...]:
+    return (
+        RouteConfig(name="openai-chat", path="/v1/chat/completions"),
+        RouteConfig(name="openai-models", path="/v1/models", api=RouteApi.OPENAI_MODELS),
+        RouteConfig(name="openai", path_prefix="/openai"),
+    )
+
+
+class GatewayConfig(_Section):
+    """The whole gateway config file."""
+
+    version: Literal[1] = 1
+    server: ServerConfig = ServerConfig()
+    envoy: EnvoyConfig = EnvoyConfig()
+    store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    providers: tuple[ProviderConfig, ...] = Field(min_length=1)
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        providers = [p.name for p in self.providers]
+        _unique("providers", providers)
+        _unique("models", [m.name for m in self.models])
+        _unique("routes", [r.name for r in self.routes])
+        known = set(providers)
+        for index, model in enumerate(self.models):
+            if model.provider not in known:
+                raise ValueError(
+                    f"models[{index}].provider: unknown provider {model.provider!r}"
+                    f" (known: {', '.join(sorted(known))})"
+                )
+        models = {m.name for m in self.models}
+        for index, route in enumerate(self.routes):
+            if route.model is not None and route.model not in models:
+                raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")
+        return self
+
+    def provider(self, name: str) -> ProviderConfig:
+        return next(p for p in self.providers if p.name == name)
+
+
+def _unique(section: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{section}[{index}].name: duplicate name {name!r}")
+        seen.add(name)
+
+
+CLUSTER_NAME = re.compile(r"[^a-z0-9_]")
+
+
+def cluster_name(provider: ProviderConfig) -> str:
+    """The Envoy cluster serving a provider; one source of truth for render and routing."""
+    return "provider_" + CLUSTER_NAME.sub("_", provider.name)

@@ -1,0 +1,119 @@
+"""The gateway's error hierarchy and its OpenAI-shaped wire form.
+
+Every refusal a stage makes is a ``GatewayError``; the processor turns it into an
+Envoy ``ImmediateResponse`` with the status and body below, so clients see the
+same error shape whatever part of the gateway refused them::
+
+    GatewayError                      (status, type, code)
+    ├── BadRequestError               400 invalid_request_error
+    ├── AuthenticationError           401 authentication_error
+    ├── PermissionDeniedError         403 permission_error
+    ├── NotFoundError                 404 not_found_error
+    │   └── ModelNotFoundError        404 invalid_request_error / model_not_found
+    ├── MethodNotAllowedError         405 invalid_request_error
+    ├── PayloadTooLargeError          413 invalid_request_error / request_too_large
+    ├── RateLimitError                429 rate_limit_error (retry-after)
+    ├── UpstreamError                 502 upstream_error
+    ├── ServiceUnavailableError       503 service_unavailable
+    └── GatewayTimeoutError           504 timeout
+
+The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it.
+Messages must never contain a secret: callers pass only ids and public values.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    """A request the gateway refuses; carries everything the client will see."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.error_type, code=self.code, param=self.param)
+
+
+def error_body(
+    message: str, error_type: str, *, code: str | None = None, param: str | None = None
+) -> bytes:
+    """Serialise one error in OpenAI's shape."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
+
+
+class BadRequestError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    error_type = "upstream_error"
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    error_type = "service_unavailable"
+
+
+class GatewayTimeoutError(GatewayError):
+    status = 504
+    error_type = "timeout"

@@ -1,0 +1,17 @@
+"""Header names and metadata keys shared by the gateway and its Envoy bootstrap.
+
+One source of truth: the renderer writes these into Envoy's routes and access log,
+and the processor sets and reads them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "x-aigw-"
+# Set by the gateway on the request; Envoy's routes pick the provider cluster by it.
+CLUSTER = PREFIX + "cluster"
+# Echoed to the client so a request can be traced through logs.
+REQUEST_ID = "x-request-id"
+# Envoy dynamic metadata namespace carrying usage to the access log and tracers.
+METADATA_NAMESPACE = "io.aigw"
+# Client credentials that never reach a provider.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")

@@ -1,0 +1,121 @@
+"""Fault-injection instructions for the mock LLM provider.
+
+A test asks for a misbehaving upstream per request with the ``x-mock-fault`` header (the gateway
+forwards headers it does not know), or for every request with ``MockOptions.default_fault``.
+The value is a semicolon-separated list of ``key=value`` pairs::
+
+    fault      = pair *( ";" pair )
+    pair       = key "=" value        ; whitespace around keys and values is ignored
+    status     = 400..599             ; answer with this status and a provider-shaped error body
+    delay      = float >= 0           ; seconds to sleep before answering
+    reset_after= int >= 0             ; abort the connection after this many content chunks
+                                      ; (non-streaming: before sending anything)
+    garbage    = 0 | 1 | true | false ; answer 200 with a body (or SSE data) that is not JSON
+    chunks     = int >= 1             ; stream the reply as exactly this many content chunks
+
+This module only parses; what a fault looks like on the wire is the provider module's business,
+because error bodies differ between providers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+FAULT_HEADER = "x-mock-fault"
+
+
+class FaultSpecError(ValueError):
+    """The fault instructions cannot be parsed; the message says which part and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What to break in one response. The default instance breaks nothing."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+    reset_after: int | None = None
+    garbage: bool = False
+    chunks: int | None = None
+
+
+NO_FAULT = Fault()
+
+
+def _status(value: str) -> int:
+    code = int(value)
+    # Only error statuses make sense: a 2xx "fault" would need a success body we do not invent.
+    if not 400 <= code <= 599:
+        raise ValueError("must be between 400 and 599")
+    return code
+
+
+def _delay(value: str) -> float:
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("must be >= 0")
+    return n
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError("must be >= 1")
+    return n
+
+
+def _flag(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true"):
+        return True
+    if lowered in ("0", "false"):
+        return False
+    raise ValueError("must be 0, 1, true or false")
+
+
+# key in the header -> (Fault field, converter)
+_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "status": ("status", _status),
+    "delay": ("delay_s", _delay),
+    "reset_after": ("reset_after", _non_negative),
+    "garbage": ("garbage", _flag),
+    "chunks": ("chunks", _positive),
+}
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parse a fault specification; raise FaultSpecError naming the offending pair."""
+    changes: dict[str, Any] = {}
+    seen: set[str] = set()
+    for raw_pair in spec.split(";"):
+        pair = raw_pair.strip()
+        if not pair:
+            continue  # tolerate "status=500;" and empty headers
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise FaultSpecError(f"{FAULT_HEADER}: expected key=value, got {pair!r}")
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise FaultSpecError(f"{FAULT_HEADER}: unknown key {key!r} (known keys: {known})")
+        if key in seen:
+            raise FaultSpecError(f"{FAULT_HEADER}: key {key!r} given twice")
+        seen.add(key)
+        field, convert = _KEYS[key]
+        try:
+            changes[field] = convert(value)
+        except ValueError as exc:
+            # int()/float() messages are cryptic; name the key and echo the value instead.
+            reason = str(exc) if "must" in str(exc) else "is not a valid number"
+            raise FaultSpecError(f"{FAULT_HEADER}: {key}={value!r} {reason}") from None
+    return replace(NO_FAULT, **changes) if changes else NO_FAULT
