@@ -1,4 +1,4 @@
-"""Configuration: the schema (``model``), the file loader (``loader``) and live reload (``reload``)."""
+"""Configuration: schema (``model``), file loader (``loader``), live reload (``reload``)."""
 
 from extproc.config.loader import ConfigError, load_config, parse_config
 from extproc.config.model import GatewayConfig

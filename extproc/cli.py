@@ -1,0 +1,129 @@
+"""The ``extproc`` command line: serve, check and render config, mock provider, usage reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from extproc import __version__
+from extproc.config.loader import ConfigError, load_config
+from extproc.config.model import GatewayConfig
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def _load(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc.server import serve
+
+    config = _load(args.config)
+    asyncio.run(serve(config, args.config))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from extproc.runtime import Runtime, Services
+    from extproc.telemetry.access_log import AccessLog
+    from extproc.telemetry.metrics import GatewayMetrics
+
+    config = _load(args.config)
+    try:
+        Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(
+        f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models, "
+        f"{len(config.routes)} routes)"
+    )
+    return 0
+
+
+def _render_envoy(args: argparse.Namespace) -> int:
+    from extproc.envoy_bootstrap import render_bootstrap_yaml
+
+    rendered = render_bootstrap_yaml(_load(args.config))
+    if args.output in (None, "-"):
+        sys.stdout.write(rendered)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(rendered, encoding="utf-8")
+    return 0
+
+
+def _mock_llm(args: argparse.Namespace) -> int:
+    from extproc.mock_llm import MockOptions, run
+
+    run(args.host, args.port, MockOptions(chunk_delay_s=args.chunk_delay, record_limit=args.record))
+    return 0
+
+
+def _usage_report(args: argparse.Namespace) -> int:
+    from extproc.usage_report import report
+
+    return asyncio.run(report(_load(args.config), args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extproc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="diagnostic log level (stderr)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
+        return sub
+
+    with_config("serve", "run the ext_proc server").set_defaults(run=_serve)
+    with_config("check-config", "validate a config file and exit").set_defaults(run=_check_config)
+    render = with_config("render-envoy", "render the Envoy bootstrap from the config")
+    render.add_argument("--output", "-o", help="file to write (default: stdout)")
+    render.set_defaults(run=_render_envoy)
+
+    mock = commands.add_parser("mock-llm", help="run the mock LLM provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8089)
+    mock.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
+    mock.add_argument("--record", type=int, default=1000, help="requests to keep for inspection")
+    mock.set_defaults(run=_mock_llm)
+
+    usage = commands.add_parser("usage", help="usage rollups").add_subparsers(
+        dest="usage_command", required=True
+    )
+    usage_report = usage.add_parser("report", help="usage per route and model over a period")
+    usage_report.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    usage_report.add_argument("--from", dest="start", help="start (ISO 8601; default: 24h ago)")
+    usage_report.add_argument("--to", dest="end", help="end, exclusive (ISO 8601; default: now)")
+    usage_report.add_argument(
+        "--by", default="route,model", help="comma-separated dimensions to group by"
+    )
+    usage_report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage_report.set_defaults(run=_usage_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

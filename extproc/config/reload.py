@@ -1,0 +1,73 @@
+"""Live reload: on SIGHUP or when the file changes, load it again and swap it in.
+
+An invalid new file is logged and counted, and the old config keeps serving.
+The file is polled (its mtime, size and inode) so the watch works the same on
+every platform and on Kubernetes ConfigMap mounts, whose symlink swap changes
+the inode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from extproc.config.loader import ConfigError, load_config
+from extproc.config.model import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+class ConfigReloader:
+    def __init__(
+        self,
+        path: str | Path,
+        apply: Callable[[GatewayConfig], None],
+        on_result: Callable[[bool], None],
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self._path = Path(path)
+        self._apply = apply
+        self._on_result = on_result
+        self._interval = poll_interval_s
+        self._stamp = _stamp(self._path)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def reload(self) -> bool:
+        """Load the file again; True when the new config is now serving."""
+        self._stamp = _stamp(self._path)
+        try:
+            config = load_config(self._path, os.environ)
+            self._apply(config)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self._on_result(False)
+            return False
+        log.info("config reloaded from %s", self._path)
+        self._on_result(True)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            stamp = _stamp(self._path)
+            if stamp is not None and stamp != self._stamp:
+                self.reload()

@@ -1,0 +1,88 @@
+"""The per-request state every stage reads and writes (the "flow").
+
+One ``RequestContext`` lives for one HTTP request, i.e. one ext_proc gRPC stream.
+Stages fill it in phase order; ``PhaseOutput`` collects what one phase answers
+Envoy, and the processor turns it into protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from extproc.errors import GatewayError
+    from extproc.runtime import Route, Runtime
+    from extproc.translators.base import ResponseTranslator
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class ModeOverride:
+    """Processing modes to change for the rest of this request (Envoy ``mode_override``)."""
+
+    skip_request_body: bool = False
+    skip_response_headers: bool = False
+    response_body: str | None = None  # "NONE", "STREAMED" or "BUFFERED"
+
+
+@dataclass(slots=True)
+class PhaseOutput:
+    """What one phase tells Envoy: header and body mutations, routing, metadata."""
+
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+    body: bytes | None = None
+    clear_route_cache: bool = False
+    mode_override: ModeOverride | None = None
+    metadata: dict[str, Any] | None = None
+    # Set when the gateway answers the client itself (status, body, headers): no upstream call.
+    answer: tuple[int, bytes, dict[str, str]] | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    runtime: Runtime
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    request_id: str = ""
+    method: str = ""
+    path: str = ""
+    request_headers: dict[str, str] = field(default_factory=dict)
+    route: Route | None = None
+    # True once the request is known to be AI traffic that gets accounted.
+    accounted: bool = False
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    upstream_model: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    # The client asked for the usage chunk itself; otherwise the gateway hides it.
+    client_wants_usage: bool = False
+    response_status: int = 0
+    response_model: str | None = None
+    translator: ResponseTranslator | None = None
+    usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False
+    first_byte_at: float | None = None
+    error: GatewayError | None = None
+    # The client or upstream went away before the response completed.
+    aborted: bool = False
+    completed: bool = False
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000.0

@@ -1,0 +1,114 @@
+"""Pure builders between the gateway's types and Envoy's ext_proc protobufs.
+
+No I/O and no policy here: the processor asks for a message, this module builds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from google.protobuf import struct_pb2
+
+from extproc import headers
+from extproc.context import ModeOverride, PhaseOutput
+from extproc.errors import GatewayError
+
+_Mode = processing_mode_pb2.ProcessingMode
+_BODY_MODES = {
+    "NONE": _Mode.NONE,
+    "STREAMED": _Mode.STREAMED,
+    "BUFFERED": _Mode.BUFFERED,
+}
+
+
+def header_map(message: Any) -> dict[str, str]:
+    """Envoy's header list as a dict (lower-case names; repeated names joined by commas)."""
+    result: dict[str, str] = {}
+    for header in message.headers.headers:
+        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        key = header.key
+        result[key] = f"{result[key]},{value}" if key in result else value
+    return result
+
+
+def _common(out: PhaseOutput) -> ext.CommonResponse | None:
+    if not (out.set_headers or out.remove_headers or out.body is not None or out.clear_route_cache):
+        return None
+    common = ext.CommonResponse()
+    if out.set_headers or out.remove_headers:
+        mutation = common.header_mutation
+        for key, value in out.set_headers.items():
+            option = mutation.set_headers.add()
+            option.header.key = key
+            option.header.raw_value = value.encode()
+            option.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        mutation.remove_headers.extend(out.remove_headers)
+    if out.body is not None:
+        if out.body:
+            common.body_mutation.body = out.body
+        else:
+            common.body_mutation.clear_body = True
+    if out.clear_route_cache:
+        common.clear_route_cache = True
+    return common
+
+
+def _mode_override(override: ModeOverride) -> Any:
+    mode = _Mode()
+    if override.skip_request_body:
+        mode.request_body_mode = _Mode.NONE
+    if override.skip_response_headers:
+        mode.response_header_mode = _Mode.SKIP
+    if override.response_body is not None:
+        mode.response_body_mode = _BODY_MODES[override.response_body]
+    return mode
+
+
+def _finish(response: ext.ProcessingResponse, out: PhaseOutput) -> ext.ProcessingResponse:
+    if out.mode_override is not None:
+        response.mode_override.CopyFrom(_mode_override(out.mode_override))
+    if out.metadata is not None:
+        metadata = struct_pb2.Struct()
+        metadata.update({headers.METADATA_NAMESPACE: out.metadata})
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response
+
+
+def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
+    """Answer one phase's message (``request_headers``, ``response_body``, ...)."""
+    response = ext.ProcessingResponse()
+    target = getattr(response, phase)
+    common = _common(out)
+    if common is None:
+        target.SetInParent()
+    else:
+        target.response.CopyFrom(common)
+    return _finish(response, out)
+
+
+def immediate_response(
+    status: int, body: bytes, extra_headers: dict[str, str]
+) -> ext.ProcessingResponse:
+    """Answer the client directly; Envoy sends this and never calls the upstream."""
+    response = ext.ProcessingResponse()
+    immediate = response.immediate_response
+    # StatusCode is an open enum whose numbers are the HTTP statuses.
+    immediate.status.code = status
+    immediate.body = body
+    for key, value in extra_headers.items():
+        option = immediate.headers.set_headers.add()
+        option.header.key = key
+        option.header.raw_value = value.encode()
+        option.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    immediate.details = "aigw"
+    return response
+
+
+def error_response(error: GatewayError, request_id: str) -> ext.ProcessingResponse:
+    extra = {"content-type": "application/json", **error.headers}
+    if request_id:
+        extra[headers.REQUEST_ID] = request_id
+    return immediate_response(error.status, error.body(), extra)

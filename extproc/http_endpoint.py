@@ -1,0 +1,46 @@
+"""The gateway's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz``.
+
+Liveness means the process serves; readiness means the config is loaded and the
+store answers, so Kubernetes and ``make run`` send traffic only when it can be
+accounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, reason = await readiness()
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "reason": reason},
+            status=200 if ready else 503,
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start(app: web.Application, address: str) -> web.AppRunner:
+    host, _, port = address.rpartition(":")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, int(port)).start()
+    return runner

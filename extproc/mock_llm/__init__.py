@@ -1,0 +1,157 @@
+"""A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
+
+It answers like OpenAI (see ``openai_api`` for the deterministic replies and token counts),
+misbehaves on request (see ``faults`` for the ``x-mock-fault`` header), and records what it
+received (see ``recorder``) so tests can check what the gateway sent upstream.
+
+Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``
+still reach the right endpoint. Control endpoints, which are not recorded:
+
+- ``GET /_mock/requests``: the recorded requests, oldest first.
+- ``DELETE /_mock/requests``: forget them.
+- ``GET /_mock/health``: ``{"status": "ok"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from extproc.mock_llm.faults import NO_FAULT, parse_fault
+from extproc.mock_llm.openai_api import OpenAIEndpoints, count_tokens, error_response
+from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
+
+__all__ = ["MockOptions", "count_tokens", "create_app", "run"]
+
+_EMPTY_BODY = Body(b"", False, None)
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+Endpoint = Callable[[web.Request, Body], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class MockOptions:
+    models: Sequence[str] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-nano")
+    chunk_delay_s: float = 0.0  # sleep between SSE events
+    default_fault: str | None = None  # x-mock-fault value used when the header is absent
+    record_limit: int = DEFAULT_CAPACITY  # requests kept for /_mock/requests; 0 records nothing
+
+
+def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
+    return error_response(
+        405,
+        f"Method {request.method} not allowed for {request.path}; use {allowed}.",
+        headers={"Allow": allowed},
+    )
+
+
+def _not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+
+
+class _MockApp:
+    """Routes requests to the provider endpoints and serves the control endpoints."""
+
+    def __init__(self, options: MockOptions) -> None:
+        # Parse the default fault now so a typo fails at startup, not on the first request.
+        default_fault = parse_fault(options.default_fault) if options.default_fault else NO_FAULT
+        if options.chunk_delay_s < 0:
+            raise ValueError("chunk_delay_s must be >= 0")
+        self.recorder = Recorder(options.record_limit)
+        self.openai = OpenAIEndpoints(
+            models=options.models,
+            chunk_delay_s=options.chunk_delay_s,
+            default_fault=default_fault,
+        )
+
+    def _route(self, path: str) -> tuple[str, Endpoint] | None:
+        """The method and endpoint for a provider path, or None."""
+        if path.endswith("/chat/completions"):
+            return "POST", self.openai.chat_completions
+        if path.endswith("/models"):
+            return "GET", self.openai.models
+        return None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_mock/"):
+            return await self._control(request)
+        body = Body.parse(await request.read()) if request.can_read_body else _EMPTY_BODY
+        if self.recorder.enabled:
+            self.recorder.record(
+                method=request.method,
+                path=path,
+                query_string=request.query_string,
+                headers=request.headers,
+                body=body,
+                received_at=time.time(),
+            )
+        route = self._route(path)
+        if route is None:
+            return _not_found(request)
+        method, endpoint = route
+        if request.method != method:
+            return _method_not_allowed(request, method)
+        return await endpoint(request, body)
+
+    async def _control(self, request: web.Request) -> web.Response:
+        path, method = request.path, request.method
+        if path == "/_mock/health":
+            if method != "GET":
+                return _method_not_allowed(request, "GET")
+            return web.Response(body=b'{"status":"ok"}', headers=_JSON_HEADERS)
+        if path == "/_mock/requests":
+            if method == "GET":
+                entries = [entry.to_dict() for entry in self.recorder.entries()]
+                return web.Response(body=orjson.dumps(entries), headers=_JSON_HEADERS)
+            if method == "DELETE":
+                cleared = len(self.recorder)
+                self.recorder.clear()
+                return web.Response(body=orjson.dumps({"cleared": cleared}), headers=_JSON_HEADERS)
+            return _method_not_allowed(request, "GET, DELETE")
+        return _not_found(request)
+
+
+def create_app(options: MockOptions | None = None) -> web.Application:
+    """Build the mock's aiohttp application; raises ValueError for invalid options."""
+    mock = _MockApp(options or MockOptions())
+    app = web.Application()
+    # One catch-all route: matching by suffix keeps gateway route prefixes working.
+    app.router.add_route("*", "/{path:.*}", mock.dispatch)
+    return app
+
+
+async def _serve(host: str, port: int, options: MockOptions | None) -> None:
+    # No access log: the mock is the benchmark upstream and must stay off the hot path.
+    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        # Report the bound port, which differs from `port` when the caller asked for port 0.
+        bound_port = runner.addresses[0][1]
+        shown_host = f"[{host}]" if ":" in host else host
+        print(
+            f"mock-llm listening on http://{shown_host}:{bound_port}", file=sys.stderr, flush=True
+        )
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+def run(host: str, port: int, options: MockOptions | None = None) -> None:
+    """Serve the mock until SIGINT or SIGTERM."""
+    asyncio.run(_serve(host, port, options))

@@ -1,0 +1,372 @@
+"""The mock's OpenAI surface: chat completions (plain and SSE streaming), the model list, errors.
+
+Replies and token counts are deterministic so tests can predict them exactly:
+
+- The reply is ``"Mock reply to: "`` followed by the first 200 characters of the last user
+  message's text. Content may be a string or a list of parts; only ``{"type": "text"}`` parts
+  count, joined with a single space.
+- ``count_tokens(text)`` is the number of matches of ``\\w+|[^\\w\\s]``: each word and each
+  punctuation character is one token; whitespace is free.
+- ``prompt_tokens`` = sum over messages of (``count_tokens(message text)`` + 4) + 2, a fixed
+  per-message and per-request overhead in the spirit of OpenAI's chat format.
+- The reply is split into one piece per token, each piece carrying the whitespace before its
+  token, so the pieces concatenate back to the exact reply. ``completion_tokens`` is the number
+  of pieces sent, which equals ``count_tokens(reply)``; ``max_tokens`` (or
+  ``max_completion_tokens``) keeps the first N pieces and sets ``finish_reason`` to "length".
+- A stream sends one content chunk per piece. The ``chunks=N`` fault instead cycles through the
+  pieces until N chunks are sent, and then ``completion_tokens`` is N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.recorder import Body
+
+TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 2
+REPLY_PREFIX = "Mock reply to: "
+QUOTED_CHARS = 200
+SYSTEM_FINGERPRINT = "fp_mock"
+MODELS_CREATED = 1_700_000_000  # fixed so the model list is byte-for-byte stable
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_SSE_DONE = b"data: [DONE]\n\n"
+_GARBAGE = b'{"id": "chatcmpl-garbage", this is not json'
+
+
+def count_tokens(text: str) -> int:
+    """The mock's tokenizer: words and single punctuation characters (see module docstring)."""
+    return len(TOKEN_PATTERN.findall(text))
+
+
+def token_pieces(text: str) -> list[str]:
+    """Split text into one piece per token, whitespace attached to the following token."""
+    pieces: list[str] = []
+    start = 0
+    for match in TOKEN_PATTERN.finditer(text):
+        pieces.append(text[start : match.end()])
+        start = match.end()
+    if start < len(text):
+        # Trailing whitespace has no following token; keep it so the pieces rebuild the text.
+        if pieces:
+            pieces[-1] += text[start:]
+        else:
+            pieces.append(text[start:])
+    return pieces
+
+
+def message_text(content: object) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
+    per_message = (count_tokens(message_text(m.get("content"))) for m in messages)
+    return sum(n + MESSAGE_OVERHEAD_TOKENS for n in per_message) + REQUEST_OVERHEAD_TOKENS
+
+
+def reply_text(messages: Sequence[dict[str, Any]]) -> str:
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    quoted = message_text(last_user.get("content")) if last_user is not None else ""
+    return REPLY_PREFIX + quoted[:QUOTED_CHARS]
+
+
+class InvalidRequestError(Exception):
+    """A request OpenAI would reject with 400; carries the fields of OpenAI's error body."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+
+
+def _optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    # bool is an int subclass; `"max_tokens": true` must not mean 1.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequestError(
+            f"Invalid '{name}': expected an integer >= 1, got {value!r}.", name, "invalid_value"
+        )
+    return value
+
+
+def parse_chat_request(body: Body) -> ChatRequest:
+    """Validate the fields the mock relies on; everything else is accepted and ignored."""
+    if not body.is_json or not isinstance(body.json, dict):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be a JSON object."
+        )
+    doc: dict[str, Any] = body.json
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError(
+            "you must provide a model parameter", "model", "missing_required_parameter"
+        )
+    messages = doc.get("messages")
+    if messages is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError(
+            "Invalid 'messages': expected a non-empty array of message objects.",
+            "messages",
+            "empty_array" if isinstance(messages, list) else "invalid_type",
+        )
+    if not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequestError(
+            "Invalid 'messages': every message must be an object.", "messages", "invalid_type"
+        )
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("Invalid 'stream': expected a boolean.", "stream", "invalid_type")
+    stream_options = doc.get("stream_options")
+    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    # max_completion_tokens supersedes the deprecated max_tokens when both are sent.
+    max_tokens = _optional_positive_int(doc, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = _optional_positive_int(doc, "max_tokens")
+    return ChatRequest(model, messages, bool(stream), include_usage, max_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    pieces: list[str]
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def content(self) -> str:
+        return "".join(self.pieces)
+
+    def usage(self) -> dict[str, int]:
+        completion_tokens = len(self.pieces)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+
+def build_completion(chat: ChatRequest, fault: Fault) -> Completion:
+    pieces = token_pieces(reply_text(chat.messages))
+    if fault.chunks is not None and pieces:
+        pieces = list(itertools.islice(itertools.cycle(pieces), fault.chunks))
+    finish_reason = "stop"
+    if chat.max_tokens is not None and chat.max_tokens < len(pieces):
+        pieces = pieces[: chat.max_tokens]
+        finish_reason = "length"
+    return Completion(pieces, finish_reason, prompt_tokens(chat.messages))
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error in OpenAI's shape, which the openai client turns into its typed exceptions."""
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return web.Response(
+        status=status, body=orjson.dumps(body), headers={**_JSON_HEADERS, **(headers or {})}
+    )
+
+
+def fault_status_response(status: int) -> web.Response:
+    if status == 429:
+        return error_response(
+            429,
+            "Rate limit reached (injected by x-mock-fault).",
+            error_type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"retry-after": "1"},
+        )
+    if status >= 500:
+        return error_response(
+            status, "The server had an error (injected by x-mock-fault).", error_type="server_error"
+        )
+    return error_response(status, f"Injected error {status} (x-mock-fault).")
+
+
+def _abort(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Drop the connection so the client sees a reset instead of a (complete) response."""
+    if request.transport is not None:
+        request.transport.abort()
+    # aiohttp still wants a response object; finishing it fails quietly on the closed transport.
+    return response if response is not None else web.Response(status=500)
+
+
+class OpenAIEndpoints:
+    """Request handlers for the OpenAI endpoints; one instance per mock application."""
+
+    def __init__(
+        self, *, models: Sequence[str], chunk_delay_s: float, default_fault: Fault
+    ) -> None:
+        self._chunk_delay_s = chunk_delay_s
+        self._default_fault = default_fault
+        self._ids = itertools.count(1)
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": MODELS_CREATED, "owned_by": "mock"}
+                    for m in models
+                ],
+            }
+        )
+
+    async def _precheck(self, request: web.Request) -> web.Response | Fault:
+        """Authentication and the request's fault; a response here ends the request."""
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return error_response(
+                401,
+                "You didn't provide an API key. Provide it as 'Authorization: Bearer KEY'.",
+                code="invalid_api_key",
+            )
+        spec = request.headers.get(FAULT_HEADER)
+        try:
+            fault = self._default_fault if spec is None else parse_fault(spec)
+        except FaultSpecError as exc:
+            return error_response(400, str(exc), param=FAULT_HEADER, code="invalid_fault")
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.status is not None:
+            return fault_status_response(fault.status)
+        return fault
+
+    async def models(self, request: web.Request, body: Body) -> web.StreamResponse:
+        fault = await self._precheck(request)
+        if isinstance(fault, web.Response):
+            return fault
+        if fault.reset_after is not None:
+            return _abort(request)
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=_JSON_HEADERS)
+        return web.Response(body=self._models_body, headers=_JSON_HEADERS)
+
+    async def chat_completions(self, request: web.Request, body: Body) -> web.StreamResponse:
+        fault = await self._precheck(request)
+        if isinstance(fault, web.Response):
+            return fault
+        try:
+            chat = parse_chat_request(body)
+        except InvalidRequestError as exc:
+            return error_response(400, exc.message, param=exc.param, code=exc.code)
+        completion = build_completion(chat, fault)
+        if chat.stream:
+            return await self._stream(request, chat, completion, fault)
+        if fault.reset_after is not None:
+            return _abort(request)
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=_JSON_HEADERS)
+        document = {
+            "id": f"chatcmpl-mock-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": chat.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.content},
+                    "finish_reason": completion.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": completion.usage(),
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
+
+    async def _stream(
+        self, request: web.Request, chat: ChatRequest, completion: Completion, fault: Fault
+    ) -> web.StreamResponse:
+        completion_id = f"chatcmpl-mock-{next(self._ids)}"
+        created = int(time.time())
+
+        def event(choices: list[dict[str, Any]], usage: dict[str, int] | None) -> bytes:
+            if fault.garbage:
+                return b"data: {this is not json\n\n"
+            chunk: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": choices,
+            }
+            # OpenAI sends "usage": null on every chunk once include_usage is on.
+            if chat.include_usage:
+                chunk["usage"] = usage
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        def choice(delta: dict[str, str], finish_reason: str | None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        # One write per event, so each reaches the client as its own HTTP chunk.
+        writes = 0
+
+        async def send(data: bytes) -> None:
+            nonlocal writes
+            if writes and self._chunk_delay_s:
+                await asyncio.sleep(self._chunk_delay_s)
+            writes += 1
+            await response.write(data)
+
+        try:
+            await send(event(choice({"role": "assistant", "content": ""}, None), None))
+            for sent, piece in enumerate(completion.pieces):
+                if sent == fault.reset_after:
+                    return _abort(request, response)
+                await send(event(choice({"content": piece}, None), None))
+            if fault.reset_after is not None:
+                # Fewer pieces than reset_after: the stream must still never finish.
+                return _abort(request, response)
+            await send(event(choice({}, completion.finish_reason), None))
+            if chat.include_usage:
+                await send(event([], completion.usage()))
+            await send(_SSE_DONE)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream; nothing left to tell it
+        return response

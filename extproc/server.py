@@ -1,0 +1,183 @@
+"""The serving process: gRPC ext_proc service, HTTP side, store, reload, shutdown.
+
+``serve()`` wires the parts together and owns their lifetimes: it starts the
+embedded Valkey when no store URL is set, answers Envoy's ext_proc streams,
+health checks and reflection on gRPC, serves metrics and probes over HTTP,
+reloads the config on SIGHUP or file change, and on SIGTERM/SIGINT stops
+accepting streams, lets open ones finish within the grace period, then flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from extproc import http_endpoint
+from extproc.config.model import GatewayConfig
+from extproc.config.reload import ConfigReloader
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.store.usage import UsageStore
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ext.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+
+
+class ExternalProcessorService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[ext.ProcessingRequest], context: Any
+    ) -> AsyncIterator[ext.ProcessingResponse]:
+        async for response in self._processor.process(request_iterator):
+            yield response
+
+
+class Gateway:
+    """One serving process and everything it owns."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | Path | None) -> None:
+        self.config = config
+        self._config_path = config_path
+        telemetry = config.telemetry
+        self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
+        self.services = Services(
+            metrics=self.metrics,
+            access_log=AccessLog(stdout=telemetry.log.stdout, file=telemetry.log.file),
+        )
+        self.runtime = Runtime(config, self.services)
+        self.processor = Processor(lambda: self.runtime, default_stages())
+        self._embedded: EmbeddedValkey | None = None
+        self._store_client: Any = None
+        self._server: grpc_aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._http: Any = None
+        self._reloader: ConfigReloader | None = None
+        self._stopping = asyncio.Event()
+
+    def apply(self, config: GatewayConfig) -> None:
+        """Swap in a new config; new streams use it, open ones keep theirs."""
+        runtime = Runtime(config, self.services)
+        if config.server != self.config.server or config.store != self.config.store:
+            log.warning("server and store settings change only on restart")
+        self.config = config
+        self.runtime = runtime
+
+    async def start(self) -> None:
+        await self._start_store()
+        self._server = grpc_aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        ext_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorService(self.processor), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        server_config = self.config.server
+        self._server.add_insecure_port(server_config.grpc_address)
+        if server_config.unix_socket:
+            # A socket file left by a killed process would make the bind fail.
+            await asyncio.to_thread(Path(server_config.unix_socket).unlink, missing_ok=True)
+            self._server.add_insecure_port(f"unix:{server_config.unix_socket}")
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        app = http_endpoint.create_app(self.metrics.registry, self.readiness)
+        self._http = await http_endpoint.start(app, server_config.http_address)
+        if self._config_path is not None:
+            self._reloader = ConfigReloader(self._config_path, self.apply, self._count_reload)
+            self._reloader.start()
+        log.info(
+            "extproc serving ext_proc on %s, metrics on http://%s/metrics",
+            server_config.grpc_address,
+            server_config.http_address,
+        )
+
+    def reload_config(self) -> None:
+        if self._reloader is not None:
+            self._reloader.reload()
+
+    def _count_reload(self, ok: bool) -> None:
+        self.metrics.config_reloads.labels(result="success" if ok else "failure").inc()
+
+    async def _start_store(self) -> None:
+        store = self.config.store
+        url = store.url
+        if url is None:
+            self._embedded = EmbeddedValkey(store.data_dir)
+            url = await asyncio.to_thread(self._embedded.start)
+            log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
+        self._store_client = connect(url, store.timeout_ms / 1000.0)
+        self.services.store = UsageStore(
+            self._store_client, store.key_prefix, store.usage_retention_days
+        )
+
+    async def readiness(self) -> tuple[bool, str]:
+        store = self.services.store
+        if store is None:
+            return False, "store not started"
+        try:
+            await asyncio.wait_for(store.ping(), self.config.store.timeout_ms / 1000.0)
+        except Exception as exc:
+            return False, f"store does not answer: {type(exc).__name__}"
+        return True, "config loaded, store answers"
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        grace = self.config.server.grace_period_s
+        await self._health.enter_graceful_shutdown()
+        if self._reloader is not None:
+            await self._reloader.stop()
+        if self._server is not None:
+            # Stops accepting new streams at once; open ones get `grace` seconds.
+            await self._server.stop(grace)
+        await self.processor.drain()
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._store_client is not None:
+            await self._store_client.aclose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+        self.services.access_log.close()
+
+
+async def serve(config: GatewayConfig, config_path: str | Path | None) -> None:
+    gateway = Gateway(config, config_path)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, gateway.request_stop)
+    try:
+        await gateway.start()
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
+        await gateway.wait()
+        log.info("shutting down: finishing open streams")
+    finally:
+        await gateway.stop()

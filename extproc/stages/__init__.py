@@ -1,0 +1,26 @@
+"""The ordered stages of the request flow.
+
+A stage is a plain class whose methods are named after the phases they handle:
+``request_headers(ctx, out)``, ``request_body(ctx, out, body)``,
+``response_headers(ctx, out, headers)``, ``response_body(ctx, out, chunk,
+end_of_stream)`` and ``done(ctx)`` (async, once per request). The processor calls
+each that exists, in the order below; a coroutine is awaited.
+"""
+
+from __future__ import annotations
+
+from extproc.stages.accounting import AccountingStage
+from extproc.stages.chat_request import ChatRequestStage
+from extproc.stages.credentials import CredentialStage
+from extproc.stages.response import ResponseStage
+from extproc.stages.routing import RoutingStage
+
+
+def default_stages() -> list[object]:
+    return [
+        RoutingStage(),
+        CredentialStage(),
+        ChatRequestStage(),
+        ResponseStage(),
+        AccountingStage(),
+    ]

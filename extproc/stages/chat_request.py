@@ -1,0 +1,107 @@
+"""Request body of a chat completion: parse once, validate, pick the model and provider.
+
+The body is parsed exactly once (orjson); the translator may rewrite it, and
+then it is serialised once. The routing decision is a header Envoy's routes
+match on, plus a cleared route cache so Envoy re-picks the provider cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc import headers
+from extproc.context import PhaseOutput, RequestContext
+from extproc.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+from extproc.translators import openai_openai
+
+_MAX_MODEL_NAME = 256
+
+
+class ChatRequestStage:
+    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+        if not ctx.accounted or ctx.route is None:
+            return
+        limits = ctx.runtime.config.limits
+        if len(body) > limits.max_request_body_bytes:
+            raise PayloadTooLargeError(
+                f"request body of {len(body)} bytes is over the limit of "
+                f"{limits.max_request_body_bytes} bytes"
+            )
+        parsed = parse_chat_body(body, limits.max_messages)
+        ctx.body = parsed
+        model = ctx.route.forced_model or parsed.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequestError("'model' is required and must be a string", param="model")
+        ctx.model = model
+        upstream = ctx.runtime.upstreams.get(model)
+        if upstream is None:
+            shown = model if len(model) <= _MAX_MODEL_NAME else model[:_MAX_MODEL_NAME] + "..."
+            raise ModelNotFoundError(
+                f"The model '{shown}' does not exist or is not served by this gateway",
+                param="model",
+            )
+        ctx.provider = upstream.provider.name
+        ctx.upstream_model = upstream.upstream_model
+        stream = parsed.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise BadRequestError("'stream' must be a boolean", param="stream")
+        ctx.stream = bool(stream)
+        options = parsed.get("stream_options")
+        ctx.client_wants_usage = (
+            ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+        )
+        if upstream.authorization is None:
+            raise ServiceUnavailableError(
+                f"provider '{upstream.provider.name}' has no credential configured",
+                code="provider_not_configured",
+            )
+        rewritten = openai_openai.prepare_request(
+            parsed,
+            upstream.upstream_model,
+            stream=ctx.stream,
+            client_wants_usage=ctx.client_wants_usage,
+        )
+        if rewritten is not None:
+            out.body = orjson.dumps(rewritten)
+            out.set_headers["content-length"] = str(len(out.body))
+        query = ctx.path.partition("?")[2]
+        out.set_headers[":path"] = upstream.chat_path + ("?" + query if query else "")
+        out.set_headers[headers.CLUSTER] = upstream.cluster
+        out.set_headers["authorization"] = upstream.authorization
+        out.clear_route_cache = True
+
+
+def parse_chat_body(body: bytes, max_messages: int) -> dict[str, Any]:
+    """Parse and validate an OpenAI chat completions request body."""
+    if not body:
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BadRequestError("request body must be a JSON object")
+    messages = parsed.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError(
+            "'messages' is required and must be a non-empty array", param="messages"
+        )
+    if len(messages) > max_messages:
+        raise BadRequestError(
+            f"'messages' has {len(messages)} entries; the limit is {max_messages}",
+            param="messages",
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequestError(
+                f"messages[{index}] must be an object with a string 'role'",
+                param=f"messages[{index}]",
+            )
+    return parsed

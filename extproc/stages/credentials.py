@@ -1,0 +1,21 @@
+"""Keep the client's credentials away from providers, and put the provider's key in.
+
+The client's headers are removed in the request-headers phase, before anything
+else can forward them; the provider key is set with the routing decision in
+the body phase, once the model (and so the provider) is known.
+"""
+
+from __future__ import annotations
+
+from extproc import headers
+from extproc.context import PhaseOutput, RequestContext
+
+
+class CredentialStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        if ctx.route is None:
+            return
+        present = [
+            name for name in headers.CLIENT_CREDENTIAL_HEADERS if name in ctx.request_headers
+        ]
+        out.remove_headers.extend(present)

@@ -1,0 +1,63 @@
+"""Request headers: which route is this, is it AI traffic, and is it allowed in at all.
+
+Paths that are not AI routes pass through untouched and skip every later phase,
+so non-AI traffic costs one message. ``GET /v1/models`` is answered here from
+the config, without going upstream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+
+from extproc import headers
+from extproc.config.model import RouteApi
+from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
+
+SKIP_EVERYTHING = ModeOverride(
+    skip_request_body=True, skip_response_headers=True, response_body="NONE"
+)
+
+
+class RoutingStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
+        route = ctx.runtime.routes.resolve(ctx.path)
+        if route is None:
+            out.mode_override = SKIP_EVERYTHING
+            return
+        ctx.route = route
+        if route.api is RouteApi.OPENAI_MODELS:
+            if ctx.method not in {"GET", "HEAD"}:
+                raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}")
+            body = _model_list(ctx.runtime.model_names, ctx.started_wall)
+            out.answer = (200, body, {"content-type": "application/json"})
+            return
+        if ctx.method != "POST":
+            raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}; use POST")
+        ctx.accounted = True
+        length = ctx.request_headers.get("content-length")
+        if length is not None:
+            limit = ctx.runtime.config.limits.max_request_body_bytes
+            if not length.isdigit():
+                raise BadRequestError("content-length is not a number")
+            if int(length) > limit:
+                raise PayloadTooLargeError(
+                    f"request body of {length} bytes is over the limit of {limit} bytes"
+                )
+
+
+def _model_list(names: tuple[str, ...], now: float) -> bytes:
+    created = int(now) if now else int(time.time())
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+                for name in names
+            ],
+        }
+    )

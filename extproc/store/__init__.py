@@ -1,0 +1,2 @@
+"""The Redis-protocol store: connections (``connection``), the embedded Valkey (``embedded``),
+Lua scripts (``scripts``) and the usage rollup (``usage``)."""

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics (``metrics``) and the per-request JSON log (``access_log``)."""

@@ -1,0 +1,82 @@
+"""Test helpers shipped with the package: real ext_proc messages in one line each.
+
+``run_stream(processor, messages)`` plays one Envoy stream through a processor
+and returns its answers, so a processor test reads like the request it checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+from extproc.config.model import GatewayConfig
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+
+
+def _headers(message: ext.HttpHeaders, values: dict[str, str], end_of_stream: bool) -> None:
+    for key, value in values.items():
+        header = message.headers.headers.add()
+        header.key = key
+        header.raw_value = value.encode()
+    message.end_of_stream = end_of_stream
+
+
+def request_headers(
+    path: str,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    end_of_stream: bool = False,
+) -> ext.ProcessingRequest:
+    request = ext.ProcessingRequest()
+    values = {":method": method, ":path": path, ":authority": "gateway", ":scheme": "http"}
+    _headers(request.request_headers, {**values, **(headers or {})}, end_of_stream)
+    return request
+
+
+def request_body(body: bytes) -> ext.ProcessingRequest:
+    request = ext.ProcessingRequest()
+    request.request_body.body = body
+    request.request_body.end_of_stream = True
+    return request
+
+
+def response_headers(
+    status: int = 200, headers: dict[str, str] | None = None, end_of_stream: bool = False
+) -> ext.ProcessingRequest:
+    request = ext.ProcessingRequest()
+    values = {":status": str(status), "content-type": "application/json"}
+    _headers(request.response_headers, {**values, **(headers or {})}, end_of_stream)
+    return request
+
+
+def response_body(chunk: bytes, end_of_stream: bool = True) -> ext.ProcessingRequest:
+    request = ext.ProcessingRequest()
+    request.response_body.body = chunk
+    request.response_body.end_of_stream = end_of_stream
+    return request
+
+
+async def _iterate(messages: Iterable[ext.ProcessingRequest]) -> AsyncIterator[ext.ProcessingRequest]:
+    for message in messages:
+        yield message
+
+
+async def run_stream(
+    processor: Processor, messages: Iterable[ext.ProcessingRequest]
+) -> list[ext.ProcessingResponse]:
+    """Play one stream and wait for its finishing work (log, metrics, store)."""
+    answers = [answer async for answer in processor.process(_iterate(messages))]
+    await processor.drain()
+    return answers
+
+
+def processor_for(config: GatewayConfig, services: Services | None = None) -> Processor:
+    """A processor with the default stages and in-memory services (no store)."""
+    services = services or Services(GatewayMetrics(), AccessLog(stdout=False))
+    runtime = Runtime(config, services)
+    return Processor(lambda: runtime, default_stages())

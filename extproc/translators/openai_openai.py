@@ -1,0 +1,135 @@
+"""OpenAI client to an OpenAI-compatible provider: model rename, usage in streams, usage read.
+
+Requests: the model is renamed to the provider's name for it, and streams always
+ask for ``stream_options.include_usage`` so the gateway can count tokens.
+Responses: usage is read from the JSON body, or from the last SSE chunk; when the
+client did not ask for that chunk, it is removed from the stream it receives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from extproc.context import Usage
+
+# Only events that carry a usage object are parsed; the rest pass untouched,
+# which keeps a long stream cheap.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EVENT_END = b"\n\n"
+
+
+def prepare_request(
+    body: dict[str, Any], upstream_model: str, *, stream: bool, client_wants_usage: bool
+) -> dict[str, Any] | None:
+    """Return the body to send upstream, or None when the client's body can go as is."""
+    changed = False
+    if body.get("model") != upstream_model:
+        body["model"] = upstream_model
+        changed = True
+    if stream and not client_wants_usage:
+        options = body.get("stream_options")
+        body["stream_options"] = (
+            {**options, "include_usage": True}
+            if isinstance(options, dict)
+            else {"include_usage": True}
+        )
+        changed = True
+    return body if changed else None
+
+
+def usage_from_object(value: Any) -> Usage | None:
+    """Read OpenAI's usage object; None when absent or malformed."""
+    if not isinstance(value, dict):
+        return None
+    prompt = value.get("prompt_tokens")
+    completion = value.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = value.get("total_tokens")
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+
+
+class CompletionReader:
+    """A buffered (non-streaming) chat completion: reads usage and model, passes bytes through."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if end_of_stream:
+            body = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            self._parts = []
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return None
+            if isinstance(parsed, dict):
+                self.usage = usage_from_object(parsed.get("usage"))
+                model = parsed.get("model")
+                self.response_model = model if isinstance(model, str) else None
+        return None
+
+
+class ChunkStreamReader:
+    """An SSE stream of chat completion chunks.
+
+    Reads usage from the chunk that carries it. With ``hide_usage_chunk`` the
+    usage-only chunk (``choices: []``) is cut out of what the client receives,
+    because the gateway asked for it, not the client; then only whole events are
+    forwarded and a partial one waits for its end in the next body chunk.
+    """
+
+    def __init__(self, *, hide_usage_chunk: bool) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._hide = hide_usage_chunk
+        self._pending = b""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        data = self._pending + chunk if self._pending else chunk
+        if b"\r\n" in data:
+            data = data.replace(b"\r\n", b"\n")
+        cut = data.rfind(_EVENT_END)
+        if end_of_stream:
+            complete, self._pending = data, b""
+        elif cut < 0:
+            complete, self._pending = b"", data
+        else:
+            complete, self._pending = data[: cut + 2], data[cut + 2 :]
+        if not _USAGE_OBJECT.search(complete):
+            return complete if self._hide else None
+        kept: list[bytes] = []
+        for event in complete.split(_EVENT_END):
+            if not event.strip():
+                continue
+            if _USAGE_OBJECT.search(event) and self._read_usage(event) and self._hide:
+                continue
+            kept.append(event + _EVENT_END)
+        return b"".join(kept) if self._hide else None
+
+    def _read_usage(self, event: bytes) -> bool:
+        """Take usage from one event; True when the event is a usage-only chunk."""
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                parsed = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return False
+            if not isinstance(parsed, dict):
+                return False
+            usage = usage_from_object(parsed.get("usage"))
+            if usage is None:
+                return False
+            self.usage = usage
+            model = parsed.get("model")
+            if isinstance(model, str):
+                self.response_model = model
+            return parsed.get("choices") == []
+        return False
