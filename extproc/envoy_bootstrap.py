@@ -48,6 +48,8 @@ BUFFER_SLACK_BYTES = 64 * 1024
 MAX_CONCURRENT_REQUESTS = 10_000
 EXT_PROC_CONNECT_TIMEOUT_S = 1.0
 PROVIDER_CONNECT_TIMEOUT_S = 5.0
+# Time a request spends outside the upstream call: the gateway's phases, queuing.
+REQUEST_SLACK_S = 30.0
 # Keep-alive connections to providers are dropped before providers drop them.
 PROVIDER_IDLE_TIMEOUT_S = 60.0
 
@@ -77,11 +79,11 @@ _NOT_JSON_YET = (
     "!('content-type' in response.headers"
     " && response.headers['content-type'].startsWith('application/json'))"
 )
-# (status and error type from the gateway's own error classes, code, message)
+# Envoy's own replies by status: (error class giving status and type, code, message).
+# Any other 4xx becomes a generic invalid request, anything else a generic 500.
 _ENVOY_REPLIES: tuple[tuple[type[GatewayError], str, str], ...] = (
     (BadRequestError, "bad_request", "the request is not valid HTTP"),
     (PayloadTooLargeError, "request_too_large", "the request body is too large"),
-    (GatewayError, "gateway_error", "the gateway could not process the request"),
     (UpstreamError, "bad_upstream_response", "the upstream provider sent an invalid response"),
     (ServiceUnavailableError, "upstream_unavailable", "the upstream provider is unavailable"),
     (GatewayTimeoutError, "upstream_timeout", "the upstream provider did not respond in time"),
@@ -165,36 +167,35 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "request_headers_timeout": "10s",
         # A non-streamed completion sends nothing until it is done: the idle timer
         # must outlast the longest upstream timeout, or Envoy cuts the call first.
-        "stream_idle_timeout": _duration(max(_upstream_timeouts(config)) + 30),
+        "stream_idle_timeout": _duration(_longest_request_s(config)),
         "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
         "local_reply_config": _local_reply_config(),
+        "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),
-        "http_filters": [
-            _strip_routing_header_filter(),
-            _ext_proc_filter(config),
-            _router_filter(),
-        ],
+        "http_filters": [_ext_proc_filter(config), _router_filter()],
     }
     if config.envoy.access_log:
         hcm["access_log"] = [_access_log()]
     return hcm
 
 
-def _strip_routing_header_filter() -> Json:
+def _strip_routing_header() -> Json:
     """Only the gateway may pick a provider: drop a client-sent routing header.
 
-    Without this a client could send ``x-aigw-cluster`` itself on a path the gateway
-    lets through untouched and reach a provider cluster directly. The route table's
-    ``internal_only_headers`` would strip it only for requests Envoy deems external,
-    which depends on ``internal_address_config`` (Envoy 1.40 with an empty
-    ``cidr_ranges`` treats loopback clients as internal and kept the header). This
-    filter runs before the route is first looked up, whoever the client is.
+    Otherwise a client could send ``x-aigw-cluster`` itself on a path the gateway
+    lets through untouched and reach a provider directly. It has to go before the
+    route is first picked, which the connection manager does before any HTTP filter
+    runs (a header_mutation filter was too late: the cached route kept the forged
+    header). ``internal_only_headers`` strips only for clients Envoy deems external,
+    which hangs on ``internal_address_config`` (an empty ``cidr_ranges`` made
+    loopback clients internal and kept the header); this applies to every client.
     """
     return {
-        "name": "envoy.filters.http.header_mutation",
+        "name": "envoy.http.early_header_mutation.header_mutation",
         "typed_config": {
-            "@type": _TYPE + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": [{"remove": CLUSTER}]},
+            "@type": _TYPE
+            + "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            "mutations": [{"remove": CLUSTER}],
         },
     }
 
@@ -206,7 +207,11 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
             "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
-                "timeout": _duration(config.envoy.message_timeout_ms / 1000),
+                # One stream lives as long as its request, streamed answers included.
+                # Envoy 1.40 did not end a stream at this timeout (a 2 s stream
+                # outlived a 1 s one); should a later Envoy apply it, it must not cut
+                # a legitimate call. Each message is bounded by message_timeout.
+                "timeout": _duration(_longest_request_s(config)),
             },
             "failure_mode_allow": config.envoy.failure_mode_allow,
             "processing_mode": {
@@ -295,7 +300,12 @@ def _local_reply_config() -> Json:
         )
     )
     mappers.append(
-        _error_mapper(None, GatewayError.error_type, "gateway_error", "the gateway failed")
+        _error_mapper(
+            None,
+            GatewayError.error_type,
+            "gateway_error",
+            "the gateway could not process the request",
+        )
     )
     return {"mappers": mappers}
 
@@ -343,7 +353,7 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
         },
         "route": {
             "cluster": cluster,
-            "timeout": _duration(provider.timeout_s or config.envoy.upstream_timeout_s),
+            "timeout": _duration(_upstream_timeout_s(config, provider)),
             "host_rewrite_literal": provider.authority,
             # Only failures where the provider never saw the request: a completion
             # is neither idempotent nor free to run twice.
@@ -370,8 +380,14 @@ def _not_found_route() -> Json:
     }
 
 
-def _upstream_timeouts(config: GatewayConfig) -> list[float]:
-    return [p.timeout_s or config.envoy.upstream_timeout_s for p in config.providers]
+def _upstream_timeout_s(config: GatewayConfig, provider: ProviderConfig) -> float:
+    return provider.timeout_s or config.envoy.upstream_timeout_s
+
+
+def _longest_request_s(config: GatewayConfig) -> float:
+    """An upper bound on one request's life: the slowest provider plus the gateway's turns."""
+    slowest = max(_upstream_timeout_s(config, p) for p in config.providers)
+    return slowest + REQUEST_SLACK_S
 
 
 # --- clusters ---------------------------------------------------------------------
@@ -386,7 +402,7 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         host = _reachable(host)
         address = _socket_address(host, port)
         discovery = "STATIC" if _is_ip(host) else "STRICT_DNS"
-    return {
+    cluster: Json = {
         "name": EXT_PROC_CLUSTER,
         "type": discovery,
         "connect_timeout": _duration(EXT_PROC_CONNECT_TIMEOUT_S),
@@ -394,6 +410,10 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         "circuit_breakers": _circuit_breakers(),
         "load_assignment": _load_assignment(EXT_PROC_CLUSTER, address),
     }
+    if discovery != "STATIC":
+        # "localhost" may resolve to ::1 first while the gateway listens on 127.0.0.1.
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
 
 
 def _provider_cluster(provider: ProviderConfig) -> Json:
@@ -402,7 +422,6 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
         "name": name,
         "type": "STATIC" if _is_ip(provider.host) else "LOGICAL_DNS",
         "connect_timeout": _duration(PROVIDER_CONNECT_TIMEOUT_S),
-        "dns_lookup_family": "V4_PREFERRED",
         "typed_extension_protocol_options": _protocol_options(
             {"http_protocol_options": {}},
             common={"idle_timeout": _duration(PROVIDER_IDLE_TIMEOUT_S)},
@@ -410,6 +429,8 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
         "circuit_breakers": _circuit_breakers(),
         "load_assignment": _load_assignment(name, _socket_address(provider.host, provider.port)),
     }
+    if not _is_ip(provider.host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
     if provider.tls:
         cluster["transport_socket"] = _upstream_tls(provider.host)
     return cluster
@@ -420,19 +441,18 @@ def _upstream_tls(host: str) -> Json:
     # against the host we dial; SNI only for names (an IP literal is not valid SNI).
     san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
     context: Json = {
-        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": {
-            # HTTP/1.1 to providers: what every provider API supports, one request per
-            # connection keeps a slow stream from stalling others.
-            "alpn_protocols": ["http/1.1"],
-            "validation_context": {
-                "trusted_ca": {"filename": CA_BUNDLE},
-                "match_typed_subject_alt_names": [san],
-            },
-        },
+        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
     }
     if not _is_ip(host):
         context["sni"] = host
+    context["common_tls_context"] = {
+        # HTTP/1.1 to providers: every provider API speaks it.
+        "alpn_protocols": ["http/1.1"],
+        "validation_context": {
+            "trusted_ca": {"filename": CA_BUNDLE},
+            "match_typed_subject_alt_names": [san],
+        },
+    }
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
@@ -476,7 +496,7 @@ def _split_host_port(value: str) -> tuple[str, int]:
 
 def _reachable(host: str) -> str:
     """A wildcard bind address names no peer: Envoy dials the loopback instead."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _is_ip(host: str) -> bool:

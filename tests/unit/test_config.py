@@ -1,0 +1,93 @@
+"""Loading the config: interpolation, validation errors an operator can act on, check-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extproc.cli import main
+from extproc.config import ConfigError, load_config, parse_config
+
+MINIMAL = """
+providers:
+  - name: mock
+    base_url: http://127.0.0.1:8089/v1
+    api_key: ${MOCK_KEY}
+models:
+  - name: gpt-4o-mini
+    provider: mock
+"""
+
+
+def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.yaml", environ or {})
+    return caught.value.problems
+
+
+def test_variables_are_interpolated_with_defaults() -> None:
+    text = MINIMAL + "server:\n  grpc_address: ${ADDR:-127.0.0.1:6000}\n"
+    config = parse_config(text, "test.yaml", {"MOCK_KEY": "k"})
+    assert config.server.grpc_address == "127.0.0.1:6000"
+    provider = config.providers[0]
+    assert provider.api_key is not None and provider.api_key.get_secret_value() == "k"
+
+
+def test_an_empty_variable_takes_the_default_and_dollar_dollar_escapes() -> None:
+    text = MINIMAL + "store:\n  key_prefix: '$${literal}:${EMPTY:-x}'\n"
+    config = parse_config(text, "test.yaml", {"MOCK_KEY": "k", "EMPTY": ""})
+    assert config.store.key_prefix == "${literal}:x"
+
+
+def test_a_missing_variable_names_the_field() -> None:
+    assert problems(MINIMAL) == ["providers[0].api_key: environment variable MOCK_KEY is not set"]
+
+
+def test_interpolated_values_cannot_change_the_structure() -> None:
+    config = parse_config(MINIMAL, "test.yaml", {"MOCK_KEY": "k\nmodels: []"})
+    assert len(config.models) == 1
+
+
+def test_errors_name_the_path_and_the_bad_value() -> None:
+    found = problems(
+        MINIMAL + "envoy:\n  listener_port: 70000\n  colour: blue\n", {"MOCK_KEY": "k"}
+    )
+    assert any(p.startswith("envoy.listener_port:") and "70000" in p for p in found)
+    assert "envoy.colour: unknown field" in found
+
+
+def test_secret_values_are_never_echoed_in_errors() -> None:
+    text = MINIMAL.replace("api_key: ${MOCK_KEY}", "api_key: [sk-live-123]")
+    found = problems(text)
+    assert found and all("sk-live-123" not in p for p in found)
+
+
+def test_unknown_provider_reference_is_reported() -> None:
+    text = MINIMAL.replace("provider: mock", "provider: nope")
+    [problem] = problems(text, {"MOCK_KEY": "k"})
+    assert problem.startswith("models[0].provider: unknown provider 'nope'")
+
+
+def test_yaml_syntax_errors_give_the_line() -> None:
+    [problem] = problems("providers: [\n  - oops: {\n")
+    assert problem.startswith("YAML syntax error at line")
+
+
+def test_check_config_accepts_the_default_and_rejects_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", "--config", "config/gateway.yaml"]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: []\nmodels: []\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(bad)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "providers" in err and "Traceback" not in err
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "absent.yaml")
