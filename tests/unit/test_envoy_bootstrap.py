@@ -1,0 +1,320 @@
+"""The Envoy bootstrap rendered from the gateway config.
+
+The committed ``envoy/envoy.yaml`` must match the default config, the real Envoy
+binary must accept what we render, and the rendered routes, clusters and filters
+must say what the gateway relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from google.protobuf import json_format
+
+from extproc.config.loader import load_config
+from extproc.config.model import GatewayConfig
+from extproc.envoy_bootstrap import (
+    envoy_command,
+    render_bootstrap,
+    render_bootstrap_yaml,
+    render_default,
+)
+from extproc.headers import CLUSTER, METADATA_NAMESPACE
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
+COMMITTED = ROOT / "envoy" / "envoy.yaml"
+ENVOY = Path(sys.executable).parent / "envoy"
+REGENERATE = (
+    '.venv/bin/python -c "from extproc.envoy_bootstrap import render_default; '
+    "open('envoy/envoy.yaml', 'w').write(render_default())\""
+)
+
+
+def gateway(**sections: Any) -> GatewayConfig:
+    """A small config: an https and an http provider unless told otherwise."""
+    raw: dict[str, Any] = {
+        "providers": [
+            {"name": "openai", "base_url": "https://api.openai.com/v1"},
+            {"name": "local-llm", "base_url": "http://10.0.0.7:8000/v1", "timeout_s": 30},
+        ],
+        "models": [{"name": "gpt-4o", "provider": "openai"}],
+    }
+    raw.update(sections)
+    return GatewayConfig.model_validate(raw)
+
+
+def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    typed_config: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed_config
+
+
+def routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    virtual_hosts = hcm(bootstrap)["route_config"]["virtual_hosts"]
+    assert len(virtual_hosts) == 1
+    assert virtual_hosts[0]["domains"] == ["*"]
+    found: list[dict[str, Any]] = virtual_hosts[0]["routes"]
+    return found
+
+
+def cluster(bootstrap: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == name)
+
+
+def ext_proc(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    filters = hcm(bootstrap)["http_filters"]
+    found: dict[str, Any] = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")
+    return found["typed_config"]
+
+
+def test_committed_bootstrap_is_the_render_of_the_default_config() -> None:
+    expected = render_bootstrap_yaml(load_config(DEFAULT_CONFIG, environ={}))
+    assert COMMITTED.read_text(encoding="utf-8") == expected, (
+        f"envoy/envoy.yaml is stale; regenerate it from the repository root with: {REGENERATE}"
+    )
+    assert render_default(DEFAULT_CONFIG) == expected
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(load_config(DEFAULT_CONFIG, environ={}), id="default"),
+        pytest.param(
+            gateway(
+                server={"grpc_address": "0.0.0.0:50051", "unix_socket": "/tmp/aigw.sock"},
+                envoy={"access_log": False},
+            ),
+            id="unix-socket-no-access-log",
+        ),
+        pytest.param(
+            gateway(
+                envoy={"ext_proc_address": "extproc:50051"},
+                providers=[{"name": "vllm", "base_url": "https://10.1.2.3:8443"}],
+                models=[{"name": "m", "provider": "vllm"}],
+            ),
+            id="dns-gateway-https-ip-provider",
+        ),
+    ],
+)
+def test_envoy_accepts_the_rendered_bootstrap(config: GatewayConfig, tmp_path: Path) -> None:
+    if not ENVOY.exists():
+        pytest.skip(f"no Envoy binary at {ENVOY}")
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yaml_is_deterministic_and_says_it_is_generated() -> None:
+    config = gateway()
+    text = render_bootstrap_yaml(config)
+    assert text == render_bootstrap_yaml(config)
+    first_line = text.splitlines()[0]
+    assert "extproc render-envoy" in first_line
+    assert "Do not edit by hand" in first_line
+
+
+@pytest.mark.parametrize(
+    ("provider", "tls", "discovery"),
+    [
+        ("https://api.openai.com/v1", True, "LOGICAL_DNS"),
+        ("http://mock-llm:8089/v1", False, "LOGICAL_DNS"),
+        ("http://127.0.0.1:8089/v1", False, "STATIC"),
+    ],
+)
+def test_provider_cluster_uses_tls_with_sni_only_for_https(
+    provider: str, tls: bool, discovery: str
+) -> None:
+    config = gateway(
+        providers=[{"name": "p", "base_url": provider}], models=[{"name": "m", "provider": "p"}]
+    )
+    found = cluster(render_bootstrap(config), "provider_p")
+    assert found["type"] == discovery
+    address = found["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    spec = config.providers[0]
+    assert address["socket_address"] == {"address": spec.host, "port_value": spec.port}
+    assert ("transport_socket" in found) is tls
+    if tls:
+        context = found["transport_socket"]["typed_config"]
+        assert context["sni"] == "api.openai.com"
+        common = context["common_tls_context"]
+        assert common["alpn_protocols"] == ["http/1.1"]
+        validation = common["validation_context"]
+        assert validation["trusted_ca"] == {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+        assert validation["match_typed_subject_alt_names"][0]["matcher"] == {
+            "exact": "api.openai.com"
+        }
+
+
+def test_each_provider_route_matches_its_cluster_header() -> None:
+    config = gateway(envoy={"upstream_timeout_s": 120})
+    by_name = {route["name"]: route for route in routes(render_bootstrap(config))}
+    expectations = {
+        "provider_openai": ("api.openai.com", "120s"),
+        "provider_local_llm": ("10.0.0.7:8000", "30s"),
+    }
+    for name, (authority, timeout) in expectations.items():
+        route = by_name[name]
+        assert route["match"]["prefix"] == "/"
+        assert route["match"]["headers"] == [{"name": CLUSTER, "string_match": {"exact": name}}]
+        assert route["route"]["cluster"] == name
+        assert route["route"]["host_rewrite_literal"] == authority
+        assert route["route"]["timeout"] == timeout
+        assert route["request_headers_to_remove"] == [CLUSTER]
+
+
+def test_unrouted_requests_get_an_openai_shaped_404_last() -> None:
+    last = routes(render_bootstrap(gateway()))[-1]
+    assert last["match"] == {"prefix": "/"}
+    assert "headers" not in last["match"]
+    assert last["direct_response"]["status"] == 404
+    assert json.loads(last["direct_response"]["body"]["inline_string"]) == {
+        "error": {
+            "message": "no route for this path",
+            "type": "not_found_error",
+            "param": None,
+            "code": "route_not_found",
+        }
+    }
+    assert last["response_headers_to_add"][0]["header"] == {
+        "key": "content-type",
+        "value": "application/json",
+    }
+
+
+def test_a_client_cannot_pick_the_provider_cluster_itself() -> None:
+    # Stripped before the route is first chosen, whoever the client is.
+    early = hcm(render_bootstrap(gateway()))["early_header_mutation_extensions"]
+    assert early[0]["typed_config"]["mutations"] == [{"remove": CLUSTER}]
+
+
+def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
+    config = gateway(envoy={"message_timeout_ms": 2500, "failure_mode_allow": True})
+    bootstrap = render_bootstrap(config)
+    names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
+    assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    processor = ext_proc(bootstrap)
+    assert processor["grpc_service"]["envoy_grpc"] == {"cluster_name": "extproc"}
+    assert processor["allow_mode_override"] is True
+    assert processor["failure_mode_allow"] is True
+    assert processor["message_timeout"] == "2.5s"
+    assert processor["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "response_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_body_mode": "BUFFERED",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    assert processor["metadata_options"]["receiving_namespaces"]["untyped"] == [METADATA_NAMESPACE]
+
+
+def test_ext_proc_config_uses_the_field_names_of_envoys_api() -> None:
+    processor = dict(ext_proc(render_bootstrap(gateway())))
+    processor.pop("@type")
+    # ParseDict rejects any field the ExternalProcessor message does not have.
+    json_format.ParseDict(processor, ext_proc_pb2.ExternalProcessor())
+
+
+@pytest.mark.parametrize(
+    ("server", "envoy", "discovery", "address"),
+    [
+        pytest.param(
+            {"grpc_address": "127.0.0.1:50051", "unix_socket": "/run/aigw/extproc.sock"},
+            {},
+            "STATIC",
+            {"pipe": {"path": "/run/aigw/extproc.sock"}},
+            id="unix-socket",
+        ),
+        pytest.param(
+            {"grpc_address": "0.0.0.0:6000"},
+            {},
+            "STATIC",
+            {"socket_address": {"address": "127.0.0.1", "port_value": 6000}},
+            id="wildcard-bind-dials-loopback",
+        ),
+        pytest.param(
+            {},
+            {"ext_proc_address": "extproc:50051"},
+            "STRICT_DNS",
+            {"socket_address": {"address": "extproc", "port_value": 50051}},
+            id="ext-proc-address-wins",
+        ),
+    ],
+)
+def test_ext_proc_cluster_speaks_http2_to_the_gateway(
+    server: dict[str, Any], envoy: dict[str, Any], discovery: str, address: dict[str, Any]
+) -> None:
+    found = cluster(render_bootstrap(gateway(server=server, envoy=envoy)), "extproc")
+    assert found["type"] == discovery
+    endpoint = found["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == address
+    options = found["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+
+
+def test_listener_buffers_the_largest_allowed_body_with_slack() -> None:
+    config = gateway(
+        limits={"max_request_body_bytes": 2_000_000},
+        envoy={"listener_address": "0.0.0.0", "listener_port": 8080, "admin_port": 9000},
+    )
+    bootstrap = render_bootstrap(config)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 2_000_000 + 64 * 1024
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
+    assert bootstrap["admin"]["address"]["socket_address"]["port_value"] == 9000
+
+
+def test_every_local_reply_rewrite_spares_replies_that_are_already_json() -> None:
+    mappers = hcm(render_bootstrap(gateway()))["local_reply_config"]["mappers"]
+    assert mappers
+    for mapper in mappers:
+        expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
+        assert "response.headers['content-type'].startsWith('application/json')" in expression
+        error = mapper["body_format_override"]["json_format"]["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+    statuses = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
+    assert any(s.startswith("response.code == 503") for s in statuses)
+    assert any(s.startswith("response.code == 504") for s in statuses)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_access_log_carries_the_gateways_usage_metadata(enabled: bool) -> None:
+    manager = hcm(render_bootstrap(gateway(envoy={"access_log": enabled})))
+    assert ("access_log" in manager) is enabled
+    if enabled:
+        fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
+        assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
+        assert fields["path"] == "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+        for key in ("route", "provider", "model", "prompt_tokens", "total_tokens"):
+            assert fields[key] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
+
+
+def test_envoy_command_sets_concurrency_on_the_command_line() -> None:
+    config = gateway(envoy={"concurrency": 4})
+    assert envoy_command(config, "/etc/envoy.yaml", "/usr/bin/envoy") == [
+        "/usr/bin/envoy",
+        "-c",
+        "/etc/envoy.yaml",
+        "--concurrency",
+        "4",
+        "--log-level",
+        "warn",
+        "--disable-hot-restart",
+    ]
+    assert "concurrency" not in render_bootstrap_yaml(config)

@@ -1,0 +1,126 @@
+"""Hourly usage rollups in a real Valkey: what is written is what a report reads back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey, running_endpoint
+from extproc.store.usage import UsageEntry, UsageStore
+from extproc.usage_report import render
+
+T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
+T1 = datetime(2026, 3, 1, 11, 5, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(valkey: EmbeddedValkey) -> AsyncIterator[UsageStore]:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    yield UsageStore(client, "test:", retention_days=3)
+    await client.aclose()
+
+
+def entry(started: float, model: str, prompt: int, completion: int) -> UsageEntry:
+    dims = {"route": "openai-chat", "model": model, "provider": "mock"}
+    return UsageEntry(started, dims, prompt, completion)
+
+
+async def test_usage_is_summed_per_model_over_hours(store: UsageStore) -> None:
+    await store.record(entry(T0, "gpt-4o", 10, 5))
+    await store.record(entry(T0, "gpt-4o", 1, 2))
+    await store.record(entry(T1, "gpt-4o", 100, 50))
+    await store.record(entry(T1, "gpt-4o-mini", 7, 3))
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+
+    rows = await store.query(start, end, ("model",))
+
+    by_model = {row.dimensions["model"]: row for row in rows}
+    assert by_model["gpt-4o"].requests == 3
+    assert by_model["gpt-4o"].prompt_tokens == 111
+    assert by_model["gpt-4o"].completion_tokens == 57
+    assert by_model["gpt-4o-mini"].total_tokens == 10
+
+
+async def test_the_period_is_whole_utc_hours(store: UsageStore) -> None:
+    await store.record(entry(T0, "gpt-4o", 10, 5))
+    await store.record(entry(T1, "gpt-4o", 100, 50))
+    only_eleven = await store.query(
+        datetime(2026, 3, 1, 11, tzinfo=UTC), datetime(2026, 3, 1, 12, tzinfo=UTC)
+    )
+    assert [row.prompt_tokens for row in only_eleven] == [100]
+
+
+async def test_every_rollup_key_expires(store: UsageStore, valkey: EmbeddedValkey) -> None:
+    await store.record(entry(T0, "gpt-4o", 1, 1))
+    client = Redis.from_url(valkey.url)
+    keys = await client.keys("test:usage:*")
+    assert keys
+    for key in keys:
+        assert 0 < await client.ttl(key) <= 3 * 86400
+    await client.aclose()
+
+
+async def test_unknown_dimension_is_refused(store: UsageStore) -> None:
+    with pytest.raises(ValueError, match="unknown dimension 'colour'"):
+        await store.query(
+            datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), ("colour",)
+        )
+
+
+def test_running_endpoint_is_found_only_while_it_answers(
+    valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    assert running_endpoint(valkey.data_dir) == valkey.url
+    assert running_endpoint(tmp_path) is None
+
+
+def test_store_urls_pick_the_right_client() -> None:
+    assert isinstance(connect("redis://127.0.0.1:6379/0", 1.0), Redis)
+    assert isinstance(connect("rediss://127.0.0.1:6380", 1.0), Redis)
+    assert isinstance(connect("redis+cluster://127.0.0.1:7000", 1.0), RedisCluster)
+    sentinel_client = connect(
+        "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/2", 1.0
+    )
+    assert sentinel_client.connection_pool.service_name == "mymaster"
+    with pytest.raises(ValueError, match="master name"):
+        connect("redis+sentinel://127.0.0.1:26379", 1.0)
+
+
+async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
+    await store.record(entry(T0, "gpt-4o", 10, 5))
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+    rows = await store.query(start, end, ("route", "model"))
+    table = render(rows, ("route", "model"), start, end, "table")
+    assert "openai-chat" in table and "TOTAL" in table and "15" in table
+    document = orjson.loads(render(rows, ("route", "model"), start, end, "json"))
+    assert document["rows"] == [
+        {
+            "route": "openai-chat",
+            "model": "gpt-4o",
+            "requests": 1,
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+        }
+    ]
+    csv_text = render(rows, ("route", "model"), start, end, "csv")
+    assert csv_text.splitlines() == [
+        "route,model,requests,prompt_tokens,completion_tokens,total_tokens",
+        "openai-chat,gpt-4o,1,10,5,15",
+    ]
