@@ -67,14 +67,16 @@ _HEADER = (
 #
 # Mechanism: each mapper's filter is a CEL access-log filter that matches a local
 # reply only when its response does not already declare JSON. Response flags
-# (UF, UH, UT, ...) were the other candidate, but Envoy's 413 for an over-limit
-# body and its 500 when the gateway is unreachable carry no flag, and every new
-# failure mode would need a new entry; "not JSON yet" covers them all, and by
-# construction never touches a reply that is already JSON. Consequence: the
+# (UF, UH, UT, ...) were the other candidate, but on Envoy 1.40 these replies
+# carry no flag at all: 413 request_payload_too_large, 500 response_payload_too_large,
+# 500 ext_proc_error_gRPC_error_14 (gateway down), 500 header_mutation_set_headers_failed;
+# and every new failure mode would need a new entry. "Not JSON yet" covers them all
+# and by construction never touches a reply that already is JSON. Consequence: the
 # gateway must set `content-type: application/json` on every ImmediateResponse
-# (Envoy would otherwise label the body text/plain anyway). Checked against the
-# real Envoy 1.40: an ImmediateResponse body arrives unchanged, a refused upstream
-# becomes a JSON 503, an unrouted path gets the JSON 404.
+# (without it Envoy labels the body text/plain, and this rewrites it). Checked
+# against the real Envoy 1.40: an ImmediateResponse body arrives byte for byte, a
+# refused upstream becomes a JSON 503, an upstream timeout a JSON 504, an unrouted
+# path gets the JSON 404.
 _NOT_JSON_YET = (
     "!('content-type' in response.headers"
     " && response.headers['content-type'].startsWith('application/json'))"

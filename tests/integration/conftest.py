@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import LocalStack, Ports
@@ -103,3 +104,18 @@ def envoy_stat(stack: LocalStack, name: str) -> int:
         if key.endswith(name) and value.strip().isdigit():
             total += int(value)
     return total
+
+
+LOG_SCHEMA = orjson.loads(Path("docs/log-schema.json").read_bytes())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_log_line_matches_the_schema(stack: LocalStack) -> Iterator[None]:
+    """After the whole session, every line the gateway wrote must validate against schema v1."""
+    yield
+    validator = Draft202012Validator(LOG_SCHEMA, format_checker=FormatChecker())
+    lines = GatewayLog(stack.gateway_log).lines()
+    assert lines, "the gateway wrote no log line"
+    for line in lines:
+        errors = [error.message for error in validator.iter_errors(line)]
+        assert not errors, f"log line breaks docs/log-schema.json: {errors} in {line}"

@@ -70,8 +70,9 @@ def cluster(bootstrap: dict[str, Any], name: str) -> dict[str, Any]:
 
 def ext_proc(bootstrap: dict[str, Any]) -> dict[str, Any]:
     filters = hcm(bootstrap)["http_filters"]
-    found: dict[str, Any] = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")
-    return found["typed_config"]
+    found = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")
+    typed_config: dict[str, Any] = found["typed_config"]
+    return typed_config
 
 
 def test_committed_bootstrap_is_the_render_of_the_default_config() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ STREAM = CONTENT * 3 + USAGE_EVENT + b"data: [DONE]\n\n"
 def feed_all(reader: ChunkStreamReader, stream: bytes, cuts: list[int]) -> bytes:
     points = sorted({0, *[c % (len(stream) + 1) for c in cuts], len(stream)})
     out = b""
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         result = reader.feed(stream[start:end], end == len(stream))
         out += stream[start:end] if result is None else result
     return out
