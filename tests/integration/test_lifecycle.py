@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports, free_port
-from tests.integration.conftest import GatewayLog, metric, scrape, wait_for
+from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
+from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
 
 DOWN_PROVIDER = """
   - name: down
@@ -29,8 +29,11 @@ DOWN_MODEL = """
 """
 
 
-def config_text(extra_model: str = "") -> str:
+def config_text(extra_model: str = "", unix_socket: Path | None = None) -> str:
     text = DEFAULT_CONFIG.read_text()
+    if unix_socket is not None:
+        # Envoy reaches this gateway over a Unix socket, as a sidecar would.
+        text = text.replace("\nserver:\n", f"\nserver:\n  unix_socket: {unix_socket}\n")
     text = text.replace("\nproviders:\n", "\nproviders:" + DOWN_PROVIDER.format(port=CLOSED_PORT))
     return text.replace("\nmodels:\n", "\nmodels:" + DOWN_MODEL + extra_model)
 
@@ -42,15 +45,9 @@ CLOSED_PORT = free_port()
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("lifecycle")
     config = workdir / "gateway.yaml"
-    config.write_text(config_text())
-    running = LocalStack(workdir=workdir, ports=Ports.free(), config_path=config)
-    try:
-        running.start()
-    except Exception:
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    config.write_text(config_text(unix_socket=workdir / "extproc.sock"))
+    with running_stack(workdir, config) as running:
+        yield running
 
 
 def chat(stack: LocalStack, model: str = "gpt-4o-mini", **headers: str) -> httpx.Response:
@@ -89,6 +86,12 @@ def test_grpc_health_and_reflection(own_stack: LocalStack) -> None:
     assert "grpc.health.v1.Health" in names
 
 
+def test_envoy_reaches_the_gateway_over_its_unix_socket(own_stack: LocalStack) -> None:
+    clusters = httpx.get(f"{own_stack.envoy_admin_url}/clusters").text
+    assert f"extproc::{own_stack.workdir / 'extproc.sock'}" in clusters.replace("unix://", "")
+    assert chat(own_stack).status_code == 200
+
+
 def test_unreachable_provider_is_an_openai_shaped_503(own_stack: LocalStack) -> None:
     response = chat(own_stack, model="down-model")
     assert response.status_code == 503
@@ -109,7 +112,7 @@ def test_valid_reload_on_file_change_takes_effect(own_stack: LocalStack) -> None
     assert chat(own_stack, model="gpt-4o-reloaded").status_code == 404
     successes = reloads(own_stack, "success")
     extra = "  - name: gpt-4o-reloaded\n    provider: ${LLM_PROVIDER:-mock}\n"
-    own_stack.config_path.write_text(config_text(extra))
+    own_stack.config_path.write_text(config_text(extra, own_stack.workdir / "extproc.sock"))
     assert wait_for(lambda: reloads(own_stack, "success") > successes)
     assert chat(own_stack, model="gpt-4o-reloaded").status_code == 200
 
