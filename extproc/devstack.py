@@ -66,6 +66,9 @@ class LocalStack:
     # None: the mock provider; otherwise the provider the models go to (e.g. "openai").
     real_provider: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Tests keep their embedded Valkey under the workdir; `make run` uses the
+    # config's data dir, so `extproc usage report` finds the same store.
+    isolated_store: bool = True
     _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _files: list[IO[bytes]] = field(default_factory=list)
 
@@ -78,10 +81,11 @@ class LocalStack:
             ENVOY_LISTENER_PORT=str(self.ports.envoy),
             ENVOY_ADMIN_PORT=str(self.ports.envoy_admin),
             MOCK_LLM_ADDRESS=f"127.0.0.1:{self.ports.mock}",
-            EXTPROC_DATA_DIR=str(self.workdir / "data" / "valkey"),
             LLM_PROVIDER=self.real_provider or "mock",
             PYTHONUNBUFFERED="1",
         )
+        if self.isolated_store:
+            env["EXTPROC_DATA_DIR"] = str(self.workdir / "data" / "valkey")
         env.update(self.extra_env)
         return env
 
@@ -140,7 +144,11 @@ class LocalStack:
         out = (stdout or self.workdir / f"{name}.out").open("ab")
         err = (self.workdir / f"{name}.err").open("ab")
         self._files.extend((out, err))
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # Own session: a Ctrl-C reaches only this launcher, which then stops the
+        # children in order (Envoy first, so the gateway can drain its streams).
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._processes.append((name, process))
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -216,8 +224,7 @@ Ctrl-C stops everything.
 
 def main() -> int:
     real = "openai" if os.environ.get("OPENAI_API_KEY") else None
-    stack = LocalStack(workdir=Path(".run"), real_provider=real)
-    stack.ports = Ports()
+    stack = LocalStack(workdir=Path(".run"), real_provider=real, isolated_store=False)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -225,6 +232,7 @@ def main() -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         stack.start()
         print(
@@ -239,8 +247,6 @@ def main() -> int:
         while not stopping:
             time.sleep(0.5)
             stack._check_alive()
-    except KeyboardInterrupt:
-        pass
     finally:
         print("stopping...", flush=True)
         stack.stop()

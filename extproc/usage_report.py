@@ -88,7 +88,6 @@ def render(
         max(len(h), *(len(row[i]) for row in [*cells, totals])) for i, h in enumerate(headers)
     ]
     lines = [f"usage from {start.isoformat()} to {end.isoformat()} (hourly rollups, UTC)"]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in [*cells, totals]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    for row in [headers, *cells, totals]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines) + "\n"
