@@ -22,6 +22,7 @@ from extproc.config.model import (
 
 if TYPE_CHECKING:
     from extproc.store.usage import UsageStore
+    from extproc.store.usage_writer import UsageWriter
     from extproc.telemetry.access_log import AccessLog
     from extproc.telemetry.metrics import GatewayMetrics
 
@@ -50,6 +51,7 @@ class Services:
     metrics: GatewayMetrics
     access_log: AccessLog
     store: UsageStore | None = None
+    usage_writer: UsageWriter | None = None
 
 
 class RouteTable:

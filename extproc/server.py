@@ -31,6 +31,7 @@ from extproc.stages import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore
+from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 
@@ -133,6 +134,12 @@ class Gateway:
         self.services.store = UsageStore(
             self._store_client, store.key_prefix, store.usage_retention_days
         )
+        self.services.usage_writer = UsageWriter(
+            self.services.store,
+            on_error=self.metrics.store_errors.labels(operation="usage_record").inc,
+            timeout_s=store.timeout_ms / 1000.0,
+        )
+        self.services.usage_writer.start()
 
     async def readiness(self) -> tuple[bool, str]:
         store = self.services.store
@@ -159,6 +166,8 @@ class Gateway:
             # Stops accepting new streams at once; open ones get `grace` seconds.
             await self._server.stop(grace)
         await self.processor.drain()
+        if self.services.usage_writer is not None:
+            await self.services.usage_writer.close()
         if self._http is not None:
             await self._http.cleanup()
         if self._store_client is not None:

@@ -1,20 +1,15 @@
 """After the response: the log line, the metrics and the usage rollup, once per request.
 
-Runs in the processor's ``done`` step, off the response path. A store failure
-is counted and logged and never reaches the client; the log line and metrics
-are written first so usage is never lost from them.
+Runs in the processor's ``done`` step, off the response path. The rollup goes
+to the batching ``UsageWriter``, so no request waits on the store; a store
+failure is counted, retried and never reaches the client.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from extproc.context import RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
-
-log = logging.getLogger(__name__)
 
 
 class AccountingStage:
@@ -24,8 +19,8 @@ class AccountingStage:
         services = ctx.runtime.services
         services.access_log.write(access_record(ctx))
         self._observe(ctx)
-        if ctx.accounted and services.store is not None and ctx.model is not None:
-            await self._store(ctx)
+        if ctx.accounted and services.usage_writer is not None and ctx.model is not None:
+            services.usage_writer.add(self._entry(ctx))
 
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
@@ -52,10 +47,8 @@ class AccountingStage:
                 metrics.tokens_consumed.labels(token_type=token_type, **identity).inc(count)
 
     @staticmethod
-    async def _store(ctx: RequestContext) -> None:
-        services = ctx.runtime.services
-        assert services.store is not None
-        entry = UsageEntry(
+    def _entry(ctx: RequestContext) -> UsageEntry:
+        return UsageEntry(
             started_at=ctx.started_wall,
             dimensions={
                 "route": ctx.route.name if ctx.route else "",
@@ -65,9 +58,3 @@ class AccountingStage:
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,
         )
-        timeout = ctx.runtime.config.store.timeout_ms / 1000.0
-        try:
-            await asyncio.wait_for(services.store.record(entry), timeout)
-        except Exception as exc:
-            services.metrics.store_errors.labels(operation="usage_record").inc()
-            log.warning("usage rollup write failed for %s: %s", ctx.request_id, type(exc).__name__)

