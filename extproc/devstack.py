@@ -55,7 +55,15 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+        """Five distinct free ports: all held open together so none is handed out twice."""
+        probes = [socket.socket() for _ in range(5)]
+        try:
+            for probe in probes:
+                probe.bind(("127.0.0.1", 0))
+            return cls(*(probe.getsockname()[1] for probe in probes))
+        finally:
+            for probe in probes:
+                probe.close()
 
 
 @dataclass
