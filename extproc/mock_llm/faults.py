@@ -12,6 +12,7 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; (non-streaming: before sending anything)
     garbage    = 0 | 1 | true | false ; answer 200 with a body (or SSE data) that is not JSON
     chunks     = int >= 1             ; stream the reply as exactly this many content chunks
+    interval   = float >= 0           ; seconds between SSE events (overrides chunk_delay_s)
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -40,6 +41,7 @@ class Fault:
     reset_after: int | None = None
     garbage: bool = False
     chunks: int | None = None
+    interval_s: float | None = None
 
 
 NO_FAULT = Fault()
@@ -90,6 +92,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "reset_after": ("reset_after", _non_negative),
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
+    "interval": ("interval_s", _delay),
 }
 
 

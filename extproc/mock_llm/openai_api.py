@@ -345,11 +345,12 @@ class OpenAIEndpoints:
         await response.prepare(request)
         # One write per event, so each reaches the client as its own HTTP chunk.
         writes = 0
+        interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
 
         async def send(data: bytes) -> None:
             nonlocal writes
-            if writes and self._chunk_delay_s:
-                await asyncio.sleep(self._chunk_delay_s)
+            if writes and interval:
+                await asyncio.sleep(interval)
             writes += 1
             await response.write(data)
 

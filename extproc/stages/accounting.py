@@ -25,26 +25,23 @@ class AccountingStage:
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
         metrics = ctx.runtime.services.metrics
-        route = ctx.route.name if ctx.route else ""
-        provider = ctx.provider or ""
         model = ctx.model or ""
-        labels = metrics.bounded(route=route, provider=provider, model=model)
-        metrics.requests.labels(
-            status_code=str(ctx.response_status) if not ctx.aborted else "aborted", **labels
-        ).inc()
-        if ctx.accounted:
-            metrics.request_duration.labels(**labels).observe(ctx.elapsed_ms() / 1000.0)
-        if not ctx.usage_reported:
-            return
-        identity = metrics.bounded(
-            api_key_id="", user_id="", group_id="", model=model, provider=provider
+        provider = ctx.provider or ""
+        metrics.observe_request(
+            route=ctx.route.name if ctx.route else "",
+            provider=provider,
+            model=model,
+            status="aborted" if ctx.aborted else str(ctx.response_status),
+            duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
         )
-        for token_type, count in (
-            ("prompt", ctx.usage.prompt_tokens),
-            ("completion", ctx.usage.completion_tokens),
-        ):
-            if count:
-                metrics.tokens_consumed.labels(token_type=token_type, **identity).inc(count)
+        if ctx.usage_reported:
+            metrics.count_tokens(
+                identity=("", "", ""),
+                model=model,
+                provider=provider,
+                prompt=ctx.usage.prompt_tokens,
+                completion=ctx.usage.completion_tokens,
+            )
 
     @staticmethod
     def _entry(ctx: RequestContext) -> UsageEntry:

@@ -9,6 +9,7 @@ flood of made-up model names cannot blow up the series count.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -79,5 +80,46 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def bounded(self, **labels: str) -> dict[str, str]:
-        return {name: self.labels.bound(name, value) for name, value in labels.items()}
+        # Label children cached by their values: prometheus_client's labels() is
+        # the costliest part of recording a request otherwise.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric._name, *values)
+        child = self._children.get(key)
+        if child is None:
+            bounded = [
+                self.labels.bound(name, value)
+                for name, value in zip(metric._labelnames, values, strict=True)
+            ]
+            child = self._children[key] = metric.labels(*bounded)
+        return child
+
+    def observe_request(
+        self,
+        *,
+        route: str,
+        provider: str,
+        model: str,
+        status: str,
+        duration_s: float | None,
+    ) -> None:
+        self._child(self.requests, route, provider, model, status).inc()
+        if duration_s is not None:
+            self._child(self.request_duration, route, provider, model).observe(duration_s)
+
+    def count_tokens(
+        self,
+        *,
+        identity: tuple[str, str, str],
+        model: str,
+        provider: str,
+        prompt: int,
+        completion: int,
+    ) -> None:
+        if prompt:
+            self._child(self.tokens_consumed, *identity, model, provider, "prompt").inc(prompt)
+        if completion:
+            self._child(self.tokens_consumed, *identity, model, provider, "completion").inc(
+                completion
+            )
