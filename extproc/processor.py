@@ -64,7 +64,10 @@ class Processor:
                 if stop:
                     return
         except asyncio.CancelledError:
-            ctx.aborted = True
+            # Envoy often closes the stream right after its last answer: only a
+            # request whose response had not ended was cut short.
+            if not ctx.completed:
+                ctx.aborted = True
             raise
         finally:
             if not ctx.completed and ctx.error is None:

@@ -85,6 +85,7 @@ def test_chat_completion_is_answered_counted_logged_and_reported(
     assert line["model"] == "gpt-4o-mini"
     assert line["provider"] == "mock"
     assert line["stream"] is False
+    assert line["outcome"] == "completed"
     assert line["prompt_tokens"] == reply.usage.prompt_tokens
     assert line["completion_tokens"] == reply.usage.completion_tokens
     assert line["total_tokens"] == reply.usage.total_tokens
@@ -134,6 +135,7 @@ def test_stream_usage_is_counted_but_not_shown_to_a_client_that_did_not_ask(
 
     [line] = gateway_log.for_request(request_id)
     assert line["stream"] is True
+    assert line["outcome"] == "completed"
     assert line["prompt_tokens"] == expected_prompt_tokens(messages)
     assert line["completion_tokens"] == count_tokens(text)
     after = scrape(stack.metrics_url)

@@ -1,0 +1,83 @@
+"""Where the two cores went during one measurement: CPU time per process, from /proc.
+
+Shares are in percent of one core over the measurement's wall time, so on the
+two-core reference machine the shares add up to at most 200%. ``wrk`` itself is
+counted through ``RUSAGE_CHILDREN``: it is the only child that ends inside the
+window. Without /proc (not Linux) the meter reports nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+from types import TracebackType
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_PROC = Path("/proc")
+
+
+class CpuMeter:
+    """CPU share of named processes (and of the load generator) between enter and exit."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start: dict[str, float] = {}
+        self._start_children = 0.0
+        self._start_wall = 0.0
+        self.shares: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = _cpu_seconds_by_name(self._pids)
+        self._start_children = _children_cpu_seconds()
+        self._start_wall = time.monotonic()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        wall = time.monotonic() - self._start_wall
+        end = _cpu_seconds_by_name(self._pids)
+        used = {name: end[name] - self._start[name] for name in end if name in self._start}
+        used["wrk"] = _children_cpu_seconds() - self._start_children
+        self.shares = {name: 100 * seconds / wall for name, seconds in used.items() if wall > 0}
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of a process (the gateway's embedded Valkey, for one).
+
+    Each thread lists the children it forked, so every thread's list is read: the
+    gateway starts Valkey from a worker thread.
+    """
+    pids: list[int] = []
+    for children in (_PROC / str(parent) / "task").glob("*/children"):
+        try:
+            pids += [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def _cpu_seconds_by_name(pids: dict[str, int]) -> dict[str, float]:
+    found = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces): state is index 0,
+    # utime index 11, stime index 12, in clock ticks.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
