@@ -174,8 +174,14 @@ def test_streams_are_switched_to_streamed_mode_and_every_message_answered(
             extra_headers={"x-mock-fault": "chunks=20;interval=0.01"},
         )
     )
-    sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent") - sent_before
-    received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received") - received_before
+
+    def counts() -> tuple[int, int]:
+        sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent") - sent_before
+        received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received") - received_before
+        return sent, received
+
+    # The empty end-of-stream message may still be in flight when the client has [DONE].
+    sent, received = wait_for(lambda: found if (found := counts())[0] == found[1] else None)
     # headers, body, response headers, then the body in more than one streamed chunk
     assert sent > 8
     assert received == sent
