@@ -10,7 +10,6 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
-from google.protobuf import struct_pb2
 
 from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput
@@ -71,9 +70,13 @@ def _finish(response: ext.ProcessingResponse, out: PhaseOutput) -> ext.Processin
     if out.mode_override is not None:
         response.mode_override.CopyFrom(_mode_override(out.mode_override))
     if out.metadata is not None:
-        metadata = struct_pb2.Struct()
-        metadata.update({headers.METADATA_NAMESPACE: out.metadata})
-        response.dynamic_metadata.CopyFrom(metadata)
+        # Field by field: Struct.update() is several times slower for flat values.
+        fields = response.dynamic_metadata.fields[headers.METADATA_NAMESPACE].struct_value.fields
+        for key, value in out.metadata.items():
+            if isinstance(value, str):
+                fields[key].string_value = value
+            else:
+                fields[key].number_value = value
     return response
 
 

@@ -7,7 +7,7 @@ order, with a fresh ``PhaseOutput``, and answers Envoy with what they wrote.
 A hook stops the request by raising ``GatewayError`` (answered as an OpenAI
 error) or by setting ``out.answer`` (the gateway answers the client itself).
 When the stream ends, however it ends, every stage's ``done`` hook runs
-exactly once, off the response path.
+exactly once, after Envoy has its last answer; ``done`` hooks never wait.
 """
 
 from __future__ import annotations
@@ -37,32 +37,53 @@ class Processor:
             phase: [getattr(stage, phase) for stage in stages if hasattr(stage, phase)]
             for phase in PHASES
         }
-        self._done_hooks: list[Callable[[RequestContext], Any]] = [
+        # Phases whose hooks are all plain functions run without a coroutine per hook.
+        self._async_phases = {
+            phase
+            for phase, hooks in self._hooks.items()
+            if any(inspect.iscoroutinefunction(hook) for hook in hooks)
+        }
+        self._done_hooks: list[Callable[[RequestContext], None]] = [
             getattr(stage, "done")  # noqa: B009 - stages are plain objects
             for stage in stages
             if hasattr(stage, "done")
         ]
-        self._awaitable = {
-            hook: inspect.iscoroutinefunction(hook)
-            for hooks in self._hooks.values()
-            for hook in hooks
-        }
-        self._finishing: set[asyncio.Task[None]] = set()
+        for hook in self._done_hooks:
+            if inspect.iscoroutinefunction(hook):
+                raise TypeError(f"{hook.__qualname__} must be a plain function: done() never waits")
 
     async def process(
-        self, requests: AsyncIterator[ext.ProcessingRequest]
+        self, requests: AsyncIterator[ext.ProcessingRequest], context: Any = None
     ) -> AsyncIterator[ext.ProcessingResponse]:
-        """Serve one ext_proc stream, i.e. one HTTP request."""
+        """Serve one ext_proc stream, i.e. one HTTP request (the gRPC ``Process`` method)."""
         ctx = RequestContext(runtime=self._runtime())
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
                 if phase is None or phase not in self._hooks:
                     continue
-                response, stop = await self._phase(ctx, phase, request)
-                yield response
-                if stop:
+                out = PhaseOutput()
+                try:
+                    args = _arguments(ctx, phase, request)
+                    if phase in self._async_phases:
+                        await self._run_async(self._hooks[phase], ctx, out, args)
+                    else:
+                        for hook in self._hooks[phase]:
+                            hook(ctx, out, *args)
+                            if out.answer is not None:
+                                break
+                except GatewayError as error:
+                    ctx.error = error
+                    ctx.response_status = error.status
+                    yield envoy_messages.error_response(error, ctx.request_id)
                     return
+                if out.answer is not None:
+                    status, body, answer_headers = out.answer
+                    ctx.response_status = status
+                    ctx.completed = True
+                    yield envoy_messages.immediate_response(status, body, answer_headers)
+                    return
+                yield envoy_messages.phase_response(phase, out)
         except asyncio.CancelledError:
             # Envoy often closes the stream right after its last answer: only a
             # request whose response had not ended was cut short.
@@ -74,63 +95,44 @@ class Processor:
                 ctx.aborted = True
             self._finish(ctx)
 
-    async def _phase(
-        self, ctx: RequestContext, phase: str, request: ext.ProcessingRequest
-    ) -> tuple[ext.ProcessingResponse, bool]:
-        out = PhaseOutput()
-        try:
-            args = self._arguments(ctx, phase, request)
-            for hook in self._hooks[phase]:
-                if self._awaitable[hook]:
-                    await hook(ctx, out, *args)
-                else:
-                    hook(ctx, out, *args)
-                if out.answer is not None:
-                    status, body, answer_headers = out.answer
-                    ctx.response_status = status
-                    ctx.completed = True
-                    return envoy_messages.immediate_response(status, body, answer_headers), True
-        except GatewayError as error:
-            ctx.error = error
-            ctx.response_status = error.status
-            return envoy_messages.error_response(error, ctx.request_id), True
-        return envoy_messages.phase_response(phase, out), False
-
     @staticmethod
-    def _arguments(
-        ctx: RequestContext, phase: str, request: ext.ProcessingRequest
-    ) -> tuple[Any, ...]:
-        if phase == "request_headers":
-            found = envoy_messages.header_map(request.request_headers)
-            ctx.request_headers = found
-            ctx.method = found.get(":method", "")
-            ctx.path = found.get(":path", "")
-            return ()
-        if phase == "request_body":
-            return (request.request_body.body,)
-        if phase == "response_headers":
-            found = envoy_messages.header_map(request.response_headers)
-            if request.response_headers.end_of_stream:
-                ctx.completed = True
-            return (found,)
-        body = request.response_body
-        return (body.body, body.end_of_stream)
+    async def _run_async(
+        hooks: list[Callable[..., Any]],
+        ctx: RequestContext,
+        out: PhaseOutput,
+        args: tuple[Any, ...],
+    ) -> None:
+        for hook in hooks:
+            result = hook(ctx, out, *args)
+            if inspect.isawaitable(result):
+                await result
+            if out.answer is not None:
+                return
 
     def _finish(self, ctx: RequestContext) -> None:
-        # The log line, metrics and store write must neither delay Envoy's answer
-        # nor die with a cancelled stream, so they run in their own task.
-        task = asyncio.get_running_loop().create_task(self._run_done(ctx))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def _run_done(self, ctx: RequestContext) -> None:
+        # Runs in the stream's `finally`, so a cancelled stream still logs and
+        # counts; done hooks never wait, so nothing here can be cut short.
         for hook in self._done_hooks:
             try:
-                await hook(ctx)
+                hook(ctx)
             except Exception:
                 log.exception("finishing request %s failed", ctx.request_id)
 
-    async def drain(self) -> None:
-        """Wait for the finishing work of requests that already ended (shutdown)."""
-        if self._finishing:
-            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) -> tuple[Any, ...]:
+    """The phase's own arguments for its hooks, recording what the context keeps."""
+    if phase == "request_headers":
+        found = envoy_messages.header_map(request.request_headers)
+        ctx.request_headers = found
+        ctx.method = found.get(":method", "")
+        ctx.path = found.get(":path", "")
+        return ()
+    if phase == "request_body":
+        return (request.request_body.body,)
+    if phase == "response_headers":
+        found = envoy_messages.header_map(request.response_headers)
+        if request.response_headers.end_of_stream:
+            ctx.completed = True
+        return (found,)
+    body = request.response_body
+    return (body.body, body.end_of_stream)

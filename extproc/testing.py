@@ -71,10 +71,8 @@ async def _iterate(
 async def run_stream(
     processor: Processor, messages: Iterable[ext.ProcessingRequest]
 ) -> list[ext.ProcessingResponse]:
-    """Play one stream and wait for its finishing work (log, metrics, store)."""
-    answers = [answer async for answer in processor.process(_iterate(messages))]
-    await processor.drain()
-    return answers
+    """Play one stream; its finishing work (log, metrics, rollup) is done on return."""
+    return [answer async for answer in processor.process(_iterate(messages))]
 
 
 def processor_for(config: GatewayConfig, services: Services | None = None) -> Processor:

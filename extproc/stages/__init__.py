@@ -3,8 +3,10 @@
 A stage is a plain class whose methods are named after the phases they handle:
 ``request_headers(ctx, out)``, ``request_body(ctx, out, body)``,
 ``response_headers(ctx, out, headers)``, ``response_body(ctx, out, chunk,
-end_of_stream)`` and ``done(ctx)`` (async, once per request). The processor calls
-each that exists, in the order below; a coroutine is awaited.
+end_of_stream)``, and ``done(ctx)`` once per request. The processor calls each
+that exists, in the order below; a phase hook may be a coroutine and is then
+awaited, while ``done`` is a plain function (it runs when the stream closes,
+even a cancelled one, so it must not wait).
 """
 
 from __future__ import annotations

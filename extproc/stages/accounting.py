@@ -1,6 +1,6 @@
 """After the response: the log line, the metrics and the usage rollup, once per request.
 
-Runs in the processor's ``done`` step, off the response path. The rollup goes
+Runs in the processor's ``done`` step, after Envoy has its last answer. The rollup goes
 to the batching ``UsageWriter``, so no request waits on the store; a store
 failure is counted, retried and never reaches the client.
 """
@@ -13,7 +13,7 @@ from extproc.telemetry.access_log import access_record
 
 
 class AccountingStage:
-    async def done(self, ctx: RequestContext) -> None:
+    def done(self, ctx: RequestContext) -> None:
         if ctx.route is None:
             return  # not AI traffic: Envoy's own access log covers it
         services = ctx.runtime.services
