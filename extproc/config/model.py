@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from extproc.config.auth_model import AuthConfig, RouteAuthConfig
+
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
 
@@ -149,6 +151,8 @@ class RouteConfig(_Section):
     api: RouteApi = RouteApi.OPENAI_CHAT
     # When set, every request on this route goes to this model, whatever the body says.
     model: str | None = None
+    # Credentials this route accepts; default: auth.default.
+    auth: RouteAuthConfig | None = None
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteConfig:
@@ -202,6 +206,7 @@ class GatewayConfig(_Section):
     providers: tuple[ProviderConfig, ...] = Field(min_length=1)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
