@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage_report.add_argument("--from", dest="start", help="start (ISO 8601; default: 24h ago)")
     usage_report.add_argument("--to", dest="end", help="end, exclusive (ISO 8601; default: now)")
     usage_report.add_argument(
-        "--by", default="route,model", help="comma-separated dimensions to group by"
+        "--by",
+        default="route,model",
+        help="comma-separated: route, model, provider, api_key, user, group",
     )
     usage_report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage_report.set_defaults(run=_usage_report)

@@ -31,6 +31,26 @@ class Usage:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who sent a request. ``method`` is how they proved it: api_key, jwt or none."""
+
+    method: str
+    api_key_id: str | None = None
+    user_id: str | None = None
+    group_id: str | None = None
+    # Every group the caller belongs to (access rules look at all of them).
+    groups: tuple[str, ...] = ()
+    jwt_provider: str | None = None
+    # Claims the JWT provider maps into the log (e.g. org, email).
+    claims: dict[str, object] = field(default_factory=dict)
+    allowed_models: tuple[str, ...] = ()
+    allowed_routes: tuple[str, ...] = ()
+
+
+ANONYMOUS = Identity(method="none")
+
+
 @dataclass(slots=True)
 class ModeOverride:
     """Processing modes to change for the rest of this request (Envoy ``mode_override``)."""
@@ -64,6 +84,7 @@ class RequestContext:
     path: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     route: Route | None = None
+    identity: Identity = ANONYMOUS
     # True once the request is known to be AI traffic that gets accounted.
     accounted: bool = False
     body: dict[str, Any] | None = None
@@ -83,6 +104,13 @@ class RequestContext:
     # The client or upstream went away before the response completed.
     aborted: bool = False
     completed: bool = False
+
+    @property
+    def error_shape(self) -> str:
+        """How this request's client expects errors: ``anthropic`` on Messages routes."""
+        if self.route is not None and self.route.api == "anthropic_messages":
+            return "anthropic"
+        return "openai"
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0

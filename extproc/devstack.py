@@ -69,6 +69,7 @@ class LocalStack:
     config_path: Path = DEFAULT_CONFIG
     # None: the mock provider; otherwise the provider the models go to (e.g. "openai").
     real_provider: str | None = None
+    real_anthropic: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # Tests keep their embedded Valkey under the workdir; `make run` uses the
     # config's data dir, so `extproc usage report` finds the same store.
@@ -86,6 +87,7 @@ class LocalStack:
             ENVOY_ADMIN_PORT=str(self.ports.envoy_admin),
             MOCK_LLM_ADDRESS=f"127.0.0.1:{self.ports.mock}",
             LLM_PROVIDER=self.real_provider or "mock",
+            ANTHROPIC_PROVIDER=self.real_anthropic or "mock-anthropic",
             PYTHONUNBUFFERED="1",
         )
         if self.isolated_store:
@@ -208,12 +210,13 @@ The gateway is up.
   logs:                       {workdir}/gateway.log (one JSON line per request)
 
 Try it:
-  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -s {base}/v1/chat/completions -H 'authorization: Bearer team1-key' \\
+       -H 'content-type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}]}}'
 
   .venv/bin/python - <<'PY'
   from openai import OpenAI
-  client = OpenAI(base_url="{base}/v1", api_key="any-org-key")
+  client = OpenAI(base_url="{base}/v1", api_key="team1-key")
   reply = client.chat.completions.create(
       model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
   print(reply.choices[0].message.content, reply.usage)
@@ -228,7 +231,13 @@ Ctrl-C stops everything.
 
 def main() -> int:
     real = "openai" if os.environ.get("OPENAI_API_KEY") else None
-    stack = LocalStack(workdir=Path(".run"), real_provider=real, isolated_store=False)
+    real_anthropic = "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else None
+    stack = LocalStack(
+        workdir=Path(".run"),
+        real_provider=real,
+        real_anthropic=real_anthropic,
+        isolated_store=False,
+    )
     stopping = False
 
     def stop(*_: object) -> None:

@@ -110,8 +110,10 @@ def immediate_response(
     return response
 
 
-def error_response(error: GatewayError, request_id: str) -> ext.ProcessingResponse:
+def error_response(
+    error: GatewayError, request_id: str, api_shape: str = "openai"
+) -> ext.ProcessingResponse:
     extra = {"content-type": "application/json", **error.headers}
     if request_id:
         extra[headers.REQUEST_ID] = request_id
-    return immediate_response(error.status, error.body(), extra)
+    return immediate_response(error.status, error.body(api_shape), extra)

@@ -17,7 +17,8 @@ same error shape whatever part of the gateway refused them::
     ├── ServiceUnavailableError       503 service_unavailable
     └── GatewayTimeoutError           504 timeout
 
-The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it.
+The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it,
+or ``{"type": "error", "error": {"type", "message"}}`` on Anthropic routes.
 Messages must never contain a secret: callers pass only ids and public values.
 """
 
@@ -47,7 +48,10 @@ class GatewayError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def body(self) -> bytes:
+    def body(self, api_shape: str = "openai") -> bytes:
+        """The error as the client's API shapes errors: ``openai`` or ``anthropic``."""
+        if api_shape == "anthropic":
+            return anthropic_error_body(self.message, self.status)
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
 
 
@@ -58,6 +62,25 @@ def error_body(
     return orjson.dumps(
         {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     )
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error_body(message: str, status: int) -> bytes:
+    """Serialise one error in Anthropic's shape, for clients of the Messages API."""
+    error_type = _ANTHROPIC_TYPES.get(
+        status, "invalid_request_error" if status < 500 else "api_error"
+    )
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
 
 
 class BadRequestError(GatewayError):

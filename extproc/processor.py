@@ -4,10 +4,12 @@ Envoy opens one gRPC stream per HTTP request and sends up to four messages
 (request headers, request body, response headers, response body chunks). For
 each, the processor calls the matching hook of every stage that has one, in
 order, with a fresh ``PhaseOutput``, and answers Envoy with what they wrote.
-A hook stops the request by raising ``GatewayError`` (answered as an OpenAI
-error) or by setting ``out.answer`` (the gateway answers the client itself).
-When the stream ends, however it ends, every stage's ``done`` hook runs
-exactly once, after Envoy has its last answer; ``done`` hooks never wait.
+A hook returns None, or an awaitable when it has to wait, so the common
+synchronous path makes no coroutine. A hook stops the request by raising
+``GatewayError`` (answered as an OpenAI error) or by setting ``out.answer``
+(the gateway answers the client itself). When the stream ends, however it
+ends, every stage's ``done`` hook runs exactly once, after Envoy has its last
+answer; ``done`` hooks never wait.
 """
 
 from __future__ import annotations
@@ -37,12 +39,6 @@ class Processor:
             phase: [getattr(stage, phase) for stage in stages if hasattr(stage, phase)]
             for phase in PHASES
         }
-        # Phases whose hooks are all plain functions run without a coroutine per hook.
-        self._async_phases = {
-            phase
-            for phase, hooks in self._hooks.items()
-            if any(inspect.iscoroutinefunction(hook) for hook in hooks)
-        }
         self._done_hooks: list[Callable[[RequestContext], None]] = [
             getattr(stage, "done")  # noqa: B009 - stages are plain objects
             for stage in stages
@@ -65,17 +61,18 @@ class Processor:
                 out = PhaseOutput()
                 try:
                     args = _arguments(ctx, phase, request)
-                    if phase in self._async_phases:
-                        await self._run_async(self._hooks[phase], ctx, out, args)
-                    else:
-                        for hook in self._hooks[phase]:
-                            hook(ctx, out, *args)
-                            if out.answer is not None:
-                                break
+                    for hook in self._hooks[phase]:
+                        # A hook returns None when done, or an awaitable when it
+                        # must wait (a store call, a first JWT verification).
+                        pending = hook(ctx, out, *args)
+                        if pending is not None:
+                            await pending
+                        if out.answer is not None:
+                            break
                 except GatewayError as error:
                     ctx.error = error
                     ctx.response_status = error.status
-                    yield envoy_messages.error_response(error, ctx.request_id)
+                    yield envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
                     return
                 if out.answer is not None:
                     status, body, answer_headers = out.answer
@@ -94,20 +91,6 @@ class Processor:
             if not ctx.completed and ctx.error is None:
                 ctx.aborted = True
             self._finish(ctx)
-
-    @staticmethod
-    async def _run_async(
-        hooks: list[Callable[..., Any]],
-        ctx: RequestContext,
-        out: PhaseOutput,
-        args: tuple[Any, ...],
-    ) -> None:
-        for hook in hooks:
-            result = hook(ctx, out, *args)
-            if inspect.isawaitable(result):
-                await result
-            if out.answer is not None:
-                return
 
     def _finish(self, ctx: RequestContext) -> None:
         # Runs in the stream's `finally`, so a cancelled stream still logs and

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from extproc.auth.access import AccessPolicy
+from extproc.auth.api_keys import ApiKeyStore
+from extproc.auth.jwt_verifier import JwtVerifier
+from extproc.config.auth_model import AuthMethod, RouteAuthConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import (
     GatewayConfig,
     ModelConfig,
     ProviderConfig,
+    ProviderType,
     RouteApi,
     cluster_name,
 )
@@ -40,10 +45,11 @@ class Upstream:
 
     provider: ProviderConfig
     cluster: str
-    chat_path: str
+    # The provider's endpoint for its own API (chat completions or messages).
+    path: str
     upstream_model: str
-    # None when the provider has no credential configured.
-    authorization: str | None
+    # The headers carrying the provider's credential; empty when none is configured.
+    credential_headers: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -84,6 +90,13 @@ class Runtime:
         self.config = config
         self.services = services
         self.routes = RouteTable(config)
+        self.api_keys = ApiKeyStore(config.auth)
+        self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
+        self.access = AccessPolicy(config.auth.access_rules)
+        self.route_auth: dict[str, RouteAuthConfig] = {
+            route.name: _route_auth(route.auth or config.auth.default, config)
+            for route in config.routes
+        }
         keys = {p.name: _provider_key(p) for p in config.providers}
         self.upstreams: dict[str, Upstream] = {
             model.name: _upstream(model, config.provider(model.provider), keys[model.provider])
@@ -91,14 +104,46 @@ class Runtime:
         }
         self.model_names = tuple(model.name for model in config.models)
 
+    async def start(self) -> None:
+        """Load what needs I/O (JWKS files and URLs) before serving with this config."""
+        if self.jwt is not None:
+            await self.jwt.start()
+
+    async def close(self) -> None:
+        if self.jwt is not None:
+            await self.jwt.close()
+
+
+def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConfig:
+    """Drop methods nothing is configured for; with none left, the route is anonymous."""
+    usable = tuple(
+        method
+        for method in policy.methods
+        if method is AuthMethod.NONE
+        or (method is AuthMethod.JWT and config.auth.jwt_providers)
+        or (
+            method is AuthMethod.API_KEY and (config.auth.api_keys or config.auth.api_key_directory)
+        )
+    )
+    return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
+
 
 def _upstream(model: ModelConfig, provider: ProviderConfig, key: str | None) -> Upstream:
+    credentials: dict[str, str] = {}
+    if provider.type is ProviderType.ANTHROPIC:
+        endpoint = "/messages"
+        if key:
+            credentials["x-api-key"] = key
+    else:
+        endpoint = "/chat/completions"
+        if key:
+            credentials["authorization"] = f"Bearer {key}"
     return Upstream(
         provider=provider,
         cluster=cluster_name(provider),
-        chat_path=provider.path_prefix + "/chat/completions",
+        path=provider.path_prefix + endpoint,
         upstream_model=model.upstream_model or model.name,
-        authorization=f"Bearer {key}" if key else None,
+        credential_headers=credentials,
     )
 
 

@@ -68,15 +68,21 @@ class Gateway:
         self._reloader: ConfigReloader | None = None
         self._stopping = asyncio.Event()
 
-    def apply(self, config: GatewayConfig) -> None:
+    async def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; new streams use it, open ones keep theirs."""
         runtime = Runtime(config, self.services)
+        await runtime.start()
         if config.server != self.config.server or config.store != self.config.store:
             log.warning("server and store settings change only on restart")
-        self.config = config
-        self.runtime = runtime
+        previous, self.config, self.runtime = self.runtime, config, runtime
+        # Streams that started on the old config may still verify tokens with it.
+        asyncio.get_running_loop().call_later(
+            self.config.server.grace_period_s + 30.0,
+            lambda: asyncio.ensure_future(previous.close()),
+        )
 
     async def start(self) -> None:
+        await self.runtime.start()
         await self._start_store()
         self._server = grpc_aio.server(
             options=[
@@ -117,7 +123,7 @@ class Gateway:
 
     def reload_config(self) -> None:
         if self._reloader is not None:
-            self._reloader.reload()
+            self._reloader.schedule_reload()
 
     def _count_reload(self, ok: bool) -> None:
         self.metrics.config_reloads.labels(result="success" if ok else "failure").inc()
@@ -168,6 +174,7 @@ class Gateway:
             await self.services.usage_writer.close()
         if self._http is not None:
             await self._http.cleanup()
+        await self.runtime.close()
         if self._store_client is not None:
             await self._store_client.aclose()
         if self._embedded is not None:

@@ -20,6 +20,8 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.usage import UsageRow, UsageStore
 
+# `--by api_key,user,group` reads better than the stored dimension names.
+DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
 COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 
 
@@ -38,7 +40,11 @@ async def report(config: GatewayConfig, args: argparse.Namespace) -> int:
     if start >= end:
         print("--from must be before --to", file=sys.stderr)
         return 2
-    by = tuple(name.strip() for name in args.by.split(",") if name.strip())
+    by = tuple(
+        DIMENSION_ALIASES.get(name.strip(), name.strip())
+        for name in args.by.split(",")
+        if name.strip()
+    )
     embedded: EmbeddedValkey | None = None
     url = config.store.url or running_endpoint(config.store.data_dir)
     if url is None:

@@ -83,6 +83,7 @@ class StoreConfig(_Section):
 
 class ProviderType(StrEnum):
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"
 
 
 class ProviderConfig(_Section):
@@ -95,6 +96,8 @@ class ProviderConfig(_Section):
     api_key: SecretStr | None = None
     api_key_file: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
+    # Anthropic only: sent as `anthropic-version` when the client sends none.
+    anthropic_version: str = "2023-06-01"
 
     @field_validator("base_url")
     @classmethod
@@ -140,6 +143,7 @@ class ModelConfig(_Section):
 class RouteApi(StrEnum):
     OPENAI_CHAT = "openai_chat"
     OPENAI_MODELS = "openai_models"
+    ANTHROPIC_MESSAGES = "anthropic_messages"
 
 
 class RouteConfig(_Section):
@@ -191,6 +195,9 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
         RouteConfig(name="openai-models", path="/v1/models", api=RouteApi.OPENAI_MODELS),
         RouteConfig(name="openai", path_prefix="/openai"),
+        RouteConfig(
+            name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES
+        ),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from extproc.config.loader import ConfigError, load_config
@@ -32,7 +32,7 @@ class ConfigReloader:
     def __init__(
         self,
         path: str | Path,
-        apply: Callable[[GatewayConfig], None],
+        apply: Callable[[GatewayConfig], Awaitable[None]],
         on_result: Callable[[bool], None],
         poll_interval_s: float = 1.0,
     ) -> None:
@@ -42,6 +42,7 @@ class ConfigReloader:
         self._interval = poll_interval_s
         self._stamp = _stamp(self._path)
         self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[bool]] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -51,12 +52,18 @@ class ConfigReloader:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def reload(self) -> bool:
+    def schedule_reload(self) -> None:
+        """From a signal handler: reload soon, on the event loop."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def reload(self) -> bool:
         """Load the file again; True when the new config is now serving."""
         self._stamp = _stamp(self._path)
         try:
             config = load_config(self._path, os.environ)
-            self._apply(config)
+            await self._apply(config)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             self._on_result(False)
@@ -70,4 +77,4 @@ class ConfigReloader:
             await asyncio.sleep(self._interval)
             stamp = _stamp(self._path)
             if stamp is not None and stamp != self._stamp:
-                self.reload()
+                await self.reload()

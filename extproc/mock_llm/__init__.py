@@ -1,11 +1,13 @@
 """A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
 
-It answers like OpenAI (see ``openai_api`` for the deterministic replies and token counts),
-misbehaves on request (see ``faults`` for the ``x-mock-fault`` header), and records what it
-received (see ``recorder``) so tests can check what the gateway sent upstream.
+It answers like OpenAI (``openai_api``) and like Anthropic's Messages API (``anthropic_api``),
+with deterministic replies and token counts (``tokens``), misbehaves on request (see ``faults``
+for the ``x-mock-fault`` header), and records what it received (see ``recorder``) so tests can
+check what the gateway sent upstream.
 
 Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``
-still reach the right endpoint. Control endpoints, which are not recorded:
+or ``/anthropic/v1/messages`` still reach the right endpoint. Control endpoints, which are not
+recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
 - ``DELETE /_mock/requests``: forget them.
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.anthropic_api import AnthropicEndpoints
 from extproc.mock_llm.faults import NO_FAULT, parse_fault
-from extproc.mock_llm.openai_api import OpenAIEndpoints, count_tokens, error_response
+from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
+from extproc.mock_llm.tokens import count_tokens
 
 __all__ = ["MockOptions", "count_tokens", "create_app", "run"]
 
@@ -70,11 +74,16 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s,
             default_fault=default_fault,
         )
+        self.anthropic = AnthropicEndpoints(
+            chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
+        )
 
     def _route(self, path: str) -> tuple[str, Endpoint] | None:
         """The method and endpoint for a provider path, or None."""
         if path.endswith("/chat/completions"):
             return "POST", self.openai.chat_completions
+        if path.endswith("/v1/messages"):
+            return "POST", self.anthropic.messages
         if path.endswith("/models"):
             return "GET", self.openai.models
         return None

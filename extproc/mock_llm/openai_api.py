@@ -1,27 +1,15 @@
 """The mock's OpenAI surface: chat completions (plain and SSE streaming), the model list, errors.
 
-Replies and token counts are deterministic so tests can predict them exactly:
-
-- The reply is ``"Mock reply to: "`` followed by the first 200 characters of the last user
-  message's text. Content may be a string or a list of parts; only ``{"type": "text"}`` parts
-  count, joined with a single space.
-- ``count_tokens(text)`` is the number of matches of ``\\w+|[^\\w\\s]``: each word and each
-  punctuation character is one token; whitespace is free.
-- ``prompt_tokens`` = sum over messages of (``count_tokens(message text)`` + 4) + 2, a fixed
-  per-message and per-request overhead in the spirit of OpenAI's chat format.
-- The reply is split into one piece per token, each piece carrying the whitespace before its
-  token, so the pieces concatenate back to the exact reply. ``completion_tokens`` is the number
-  of pieces sent, which equals ``count_tokens(reply)``; ``max_tokens`` (or
-  ``max_completion_tokens``) keeps the first N pieces and sets ``finish_reason`` to "length".
-- A stream sends one content chunk per piece. The ``chunks=N`` fault instead cycles through the
-  pieces until N chunks are sent, and then ``completion_tokens`` is N.
+Replies and token counts are deterministic (the rules are in ``tokens``). In OpenAI's terms:
+``prompt_tokens`` is the input count, ``completion_tokens`` the number of reply pieces sent,
+``max_tokens`` (or ``max_completion_tokens``) keeps the first N pieces and sets
+``finish_reason`` to "length", and a stream sends one content chunk per piece.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +20,8 @@ from aiohttp import web
 
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.tokens import prompt_tokens, reply_pieces
 
-TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
-MESSAGE_OVERHEAD_TOKENS = 4
-REQUEST_OVERHEAD_TOKENS = 2
-REPLY_PREFIX = "Mock reply to: "
-QUOTED_CHARS = 200
 SYSTEM_FINGERPRINT = "fp_mock"
 MODELS_CREATED = 1_700_000_000  # fixed so the model list is byte-for-byte stable
 
@@ -45,53 +29,6 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _SSE_DONE = b"data: [DONE]\n\n"
 _GARBAGE = b'{"id": "chatcmpl-garbage", this is not json'
-
-
-def count_tokens(text: str) -> int:
-    """The mock's tokenizer: words and single punctuation characters (see module docstring)."""
-    return len(TOKEN_PATTERN.findall(text))
-
-
-def token_pieces(text: str) -> list[str]:
-    """Split text into one piece per token, whitespace attached to the following token."""
-    pieces: list[str] = []
-    start = 0
-    for match in TOKEN_PATTERN.finditer(text):
-        pieces.append(text[start : match.end()])
-        start = match.end()
-    if start < len(text):
-        # Trailing whitespace has no following token; keep it so the pieces rebuild the text.
-        if pieces:
-            pieces[-1] += text[start:]
-        else:
-            pieces.append(text[start:])
-    return pieces
-
-
-def message_text(content: object) -> str:
-    """The text of a message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict)
-            and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
-def prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
-    per_message = (count_tokens(message_text(m.get("content"))) for m in messages)
-    return sum(n + MESSAGE_OVERHEAD_TOKENS for n in per_message) + REQUEST_OVERHEAD_TOKENS
-
-
-def reply_text(messages: Sequence[dict[str, Any]]) -> str:
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    quoted = message_text(last_user.get("content")) if last_user is not None else ""
-    return REPLY_PREFIX + quoted[:QUOTED_CHARS]
 
 
 class InvalidRequestError(Exception):
@@ -184,13 +121,8 @@ class Completion:
 
 
 def build_completion(chat: ChatRequest, fault: Fault) -> Completion:
-    pieces = token_pieces(reply_text(chat.messages))
-    if fault.chunks is not None and pieces:
-        pieces = list(itertools.islice(itertools.cycle(pieces), fault.chunks))
-    finish_reason = "stop"
-    if chat.max_tokens is not None and chat.max_tokens < len(pieces):
-        pieces = pieces[: chat.max_tokens]
-        finish_reason = "length"
+    pieces, truncated = reply_pieces(chat.messages, max_tokens=chat.max_tokens, chunks=fault.chunks)
+    finish_reason = "length" if truncated else "stop"
     return Completion(pieces, finish_reason, prompt_tokens(chat.messages))
 
 

@@ -12,8 +12,10 @@ even a cancelled one, so it must not wait).
 from __future__ import annotations
 
 from extproc.stages.accounting import AccountingStage
+from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage
 from extproc.stages.credentials import CredentialStage
+from extproc.stages.model_list import ModelListStage
 from extproc.stages.response import ResponseStage
 from extproc.stages.routing import RoutingStage
 
@@ -21,6 +23,8 @@ from extproc.stages.routing import RoutingStage
 def default_stages() -> list[object]:
     return [
         RoutingStage(),
+        AuthenticationStage(),
+        ModelListStage(),
         CredentialStage(),
         ChatRequestStage(),
         ResponseStage(),

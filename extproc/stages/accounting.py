@@ -36,7 +36,11 @@ class AccountingStage:
         )
         if ctx.usage_reported:
             metrics.count_tokens(
-                identity=("", "", ""),
+                identity=(
+                    ctx.identity.api_key_id or "",
+                    ctx.identity.user_id or "",
+                    ctx.identity.group_id or "",
+                ),
                 model=model,
                 provider=provider,
                 prompt=ctx.usage.prompt_tokens,
@@ -51,6 +55,9 @@ class AccountingStage:
                 "route": ctx.route.name if ctx.route else "",
                 "model": ctx.model or "",
                 "provider": ctx.provider or "",
+                "api_key_id": ctx.identity.api_key_id or "",
+                "user_id": ctx.identity.user_id or "",
+                "group_id": ctx.identity.group_id or "",
             },
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,

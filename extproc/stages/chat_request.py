@@ -1,8 +1,12 @@
-"""Request body of a chat completion: parse once, validate, pick the model and provider.
+"""Request body of an AI call: parse once, validate, pick the model and provider, translate.
 
 The body is parsed exactly once (orjson); the translator may rewrite it, and
 then it is serialised once. The routing decision is a header Envoy's routes
 match on, plus a cleared route cache so Envoy re-picks the provider cluster.
+
+Which translator runs is decided by the route's API (what the client speaks)
+and the provider's type (what the upstream speaks). Pairs the gateway cannot
+translate yet are refused with a clear 400 instead of a broken upstream call.
 """
 
 from __future__ import annotations
@@ -12,21 +16,29 @@ from typing import Any
 import orjson
 
 from extproc import headers
+from extproc.config.model import ProviderType, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ServiceUnavailableError,
 )
-from extproc.translators import openai_openai
+from extproc.translators import anthropic_anthropic, openai_openai
 
 _MAX_MODEL_NAME = 256
+# Client API -> the provider type it passes through to unchanged (but for the model name).
+_NATIVE = {
+    RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
+    RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
+}
 
 
 class ChatRequestStage:
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
-        if not ctx.accounted or ctx.route is None:
+        route = ctx.route
+        if not ctx.accounted or route is None:
             return
         limits = ctx.runtime.config.limits
         if len(body) > limits.max_request_body_bytes:
@@ -36,7 +48,7 @@ class ChatRequestStage:
             )
         parsed = parse_chat_body(body, limits.max_messages)
         ctx.body = parsed
-        model = ctx.route.forced_model or parsed.get("model")
+        model = route.forced_model or parsed.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
         ctx.model = model
@@ -47,39 +59,61 @@ class ChatRequestStage:
                 f"The model '{shown}' does not exist or is not served by this gateway",
                 param="model",
             )
-        ctx.provider = upstream.provider.name
+        denial = ctx.runtime.access.denial(ctx.identity, model, route.name)
+        if denial is not None:
+            raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
+        provider = upstream.provider
+        if _NATIVE.get(route.api) is not provider.type:
+            raise BadRequestError(
+                f"model '{model}' is served by a provider that speaks the {provider.type} API, "
+                f"which this route ({route.api}) cannot translate to",
+                param="model",
+                code="unsupported_model_for_route",
+            )
+        ctx.provider = provider.name
         ctx.upstream_model = upstream.upstream_model
         stream = parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
-        options = parsed.get("stream_options")
-        ctx.client_wants_usage = (
-            ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
-        )
-        if upstream.authorization is None:
+        if not upstream.credential_headers:
             raise ServiceUnavailableError(
-                f"provider '{upstream.provider.name}' has no credential configured",
+                f"provider '{provider.name}' has no credential configured",
                 code="provider_not_configured",
             )
-        rewritten = openai_openai.prepare_request(
-            parsed,
-            upstream.upstream_model,
-            stream=ctx.stream,
-            client_wants_usage=ctx.client_wants_usage,
-        )
+        rewritten = self._translate(ctx, parsed, upstream.upstream_model)
         if rewritten is not None:
             out.body = orjson.dumps(rewritten)
             out.set_headers["content-length"] = str(len(out.body))
         query = ctx.path.partition("?")[2]
-        out.set_headers[":path"] = upstream.chat_path + ("?" + query if query else "")
+        out.set_headers[":path"] = upstream.path + ("?" + query if query else "")
         out.set_headers[headers.CLUSTER] = upstream.cluster
-        out.set_headers["authorization"] = upstream.authorization
+        out.set_headers.update(upstream.credential_headers)
+        if provider.type is ProviderType.ANTHROPIC and (
+            "anthropic-version" not in ctx.request_headers
+        ):
+            out.set_headers["anthropic-version"] = provider.anthropic_version
         out.clear_route_cache = True
+
+    @staticmethod
+    def _translate(
+        ctx: RequestContext, parsed: dict[str, Any], upstream_model: str
+    ) -> dict[str, Any] | None:
+        if ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
+            # Anthropic streams always carry usage; nothing to ask for.
+            ctx.client_wants_usage = True
+            return anthropic_anthropic.prepare_request(parsed, upstream_model)
+        options = parsed.get("stream_options")
+        ctx.client_wants_usage = (
+            ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+        )
+        return openai_openai.prepare_request(
+            parsed, upstream_model, stream=ctx.stream, client_wants_usage=ctx.client_wants_usage
+        )
 
 
 def parse_chat_body(body: bytes, max_messages: int) -> dict[str, Any]:
-    """Parse and validate an OpenAI chat completions request body."""
+    """Parse and validate a chat request body (OpenAI chat completions or Anthropic messages)."""
     if not body:
         raise BadRequestError("request body is empty; expected a JSON object")
     try:

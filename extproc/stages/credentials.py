@@ -15,7 +15,8 @@ class CredentialStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         if ctx.route is None:
             return
-        present = [
-            name for name in headers.CLIENT_CREDENTIAL_HEADERS if name in ctx.request_headers
-        ]
-        out.remove_headers.extend(present)
+        names = list(headers.CLIENT_CREDENTIAL_HEADERS)
+        route_header = ctx.runtime.route_auth[ctx.route.name].api_key_header
+        if route_header:
+            names.append(route_header.lower())
+        out.remove_headers.extend(name for name in names if name in ctx.request_headers)

@@ -12,25 +12,28 @@ import time
 
 from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput, RequestContext, Usage
-from extproc.errors import error_body
+from extproc.errors import anthropic_error_body, error_body
+from extproc.translators.anthropic_anthropic import EventStreamReader, MessageReader
 from extproc.translators.openai_openai import ChunkStreamReader, CompletionReader
 
 
 class UpstreamErrorReplacer:
     """Replaces a non-JSON error body with OpenAI's error shape, keeping the status."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, shape: str) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self._status = status
+        self._shape = shape
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if not end_of_stream:
             return b""
+        message = f"the provider answered with HTTP {self._status}"
+        if self._shape == "anthropic":
+            return anthropic_error_body(message, self._status)
         kind = "server_error" if self._status >= 500 else "invalid_request_error"
-        return error_body(
-            f"the provider answered with HTTP {self._status}", kind, code="upstream_error"
-        )
+        return error_body(message, kind, code="upstream_error")
 
 
 class ResponseStage:
@@ -44,14 +47,19 @@ class ResponseStage:
             return
         out.set_headers[headers.REQUEST_ID] = ctx.request_id
         content_type = response_headers.get("content-type", "")
+        anthropic = ctx.error_shape == "anthropic"
         if ctx.response_status < 400:
             if ctx.stream and content_type.startswith("text/event-stream"):
-                ctx.translator = ChunkStreamReader(hide_usage_chunk=not ctx.client_wants_usage)
+                ctx.translator = (
+                    EventStreamReader()
+                    if anthropic
+                    else ChunkStreamReader(hide_usage_chunk=not ctx.client_wants_usage)
+                )
                 out.mode_override = ModeOverride(response_body="STREAMED")
             else:
-                ctx.translator = CompletionReader()
+                ctx.translator = MessageReader() if anthropic else CompletionReader()
         elif "json" not in content_type:
-            ctx.translator = UpstreamErrorReplacer(ctx.response_status)
+            ctx.translator = UpstreamErrorReplacer(ctx.response_status, ctx.error_shape)
             out.set_headers["content-type"] = "application/json"
             out.remove_headers.append("content-length")
 
@@ -86,4 +94,8 @@ def usage_metadata(ctx: RequestContext) -> dict[str, object]:
         "prompt_tokens": ctx.usage.prompt_tokens,
         "completion_tokens": ctx.usage.completion_tokens,
         "total_tokens": ctx.usage.total_tokens,
+        "api_key_id": ctx.identity.api_key_id or "",
+        "user_id": ctx.identity.user_id or "",
+        "group_id": ctx.identity.group_id or "",
+        "auth_method": ctx.identity.method,
     }

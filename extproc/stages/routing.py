@@ -1,16 +1,12 @@
 """Request headers: which route is this, is it AI traffic, and is it allowed in at all.
 
 Paths that are not AI routes pass through untouched and skip every later phase,
-so non-AI traffic costs one message. ``GET /v1/models`` is answered here from
-the config, without going upstream.
+so non-AI traffic costs one message.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-
-import orjson
 
 from extproc import headers
 from extproc.config.model import RouteApi
@@ -33,8 +29,6 @@ class RoutingStage:
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
                 raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}")
-            body = _model_list(ctx.runtime.model_names, ctx.started_wall)
-            out.answer = (200, body, {"content-type": "application/json"})
             return
         if ctx.method != "POST":
             raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}; use POST")
@@ -48,16 +42,3 @@ class RoutingStage:
                 raise PayloadTooLargeError(
                     f"request body of {length} bytes is over the limit of {limit} bytes"
                 )
-
-
-def _model_list(names: tuple[str, ...], now: float) -> bytes:
-    created = int(now) if now else int(time.time())
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-                for name in names
-            ],
-        }
-    )

@@ -21,6 +21,7 @@ SCHEMA_VERSION = 1
 def access_record(ctx: RequestContext) -> dict[str, Any]:
     """Build the schema v1 log record of one finished request."""
     error = ctx.error
+    identity = ctx.identity
     finished = ctx.elapsed_ms()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -41,9 +42,12 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "completion_tokens": ctx.usage.completion_tokens,
         "total_tokens": ctx.usage.total_tokens,
         "usage_reported": ctx.usage_reported,
-        "api_key_id": None,
-        "user_id": None,
-        "group_id": None,
+        "api_key_id": identity.api_key_id,
+        "user_id": identity.user_id,
+        "group_id": identity.group_id,
+        "auth_method": identity.method,
+        "jwt_provider": identity.jwt_provider,
+        "claims": identity.claims or None,
         "latency_ms": round(finished, 3),
         "time_to_first_byte_ms": (
             round((ctx.first_byte_at - ctx.started) * 1000.0, 3) if ctx.first_byte_at else None

@@ -12,7 +12,7 @@ from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog
 
 CHAT = "/v1/chat/completions"
-HEADERS = {"authorization": "Bearer sk-org-key", "content-type": "application/json"}
+HEADERS = {"authorization": "Bearer team1-key", "content-type": "application/json"}
 
 
 def assert_openai_error(response: httpx.Response, status: int, error_type: str) -> dict:  # type: ignore[type-arg]
@@ -147,4 +147,4 @@ def test_upstream_garbage_does_not_break_the_gateway(
 
 @pytest.fixture
 def client_openai(stack: LocalStack) -> OpenAI:
-    return OpenAI(base_url=f"{stack.base_url}/v1", api_key="sk-org-key", max_retries=0)
+    return OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)

@@ -55,7 +55,11 @@ def chat(stack: LocalStack, model: str = "gpt-4o-mini", **headers: str) -> httpx
     return httpx.post(
         f"{stack.base_url}/v1/chat/completions",
         content=orjson.dumps(body),
-        headers={"content-type": "application/json", "authorization": "Bearer k", **headers},
+        headers={
+            "content-type": "application/json",
+            "authorization": "Bearer team1-key",
+            **headers,
+        },
         timeout=30.0,
     )
 

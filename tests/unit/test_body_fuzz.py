@@ -51,7 +51,13 @@ PROCESSOR = processor_for(load_config("config/gateway.yaml", environ={}))
 @given(bodies)
 def test_any_body_gets_an_answer_never_an_exception(body: bytes) -> None:
     answers = asyncio.run(
-        run_stream(PROCESSOR, [request_headers("/v1/chat/completions"), request_body(body)])
+        run_stream(
+            PROCESSOR,
+            [
+                request_headers("/v1/chat/completions", headers={"authorization": "team1-key"}),
+                request_body(body),
+            ],
+        )
     )
     assert len(answers) == 2
     last = answers[1]

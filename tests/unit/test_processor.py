@@ -19,7 +19,8 @@ from extproc.testing import (
 )
 
 CHAT = "/v1/chat/completions"
-CLIENT_HEADERS = {"authorization": "Bearer sk-client", "x-api-key": "sk-other"}
+AUTH = {"authorization": "Bearer team1-key"}
+CLIENT_HEADERS = {"authorization": "Bearer team1-key", "x-api-key": "sk-other"}
 
 
 def chat(**fields: Any) -> bytes:
@@ -43,7 +44,9 @@ async def test_client_credentials_are_removed_at_request_headers(processor: Proc
 
 
 async def test_chat_body_routes_to_the_provider_with_its_key(processor: Processor) -> None:
-    answers = await run_stream(processor, [request_headers(CHAT), request_body(chat())])
+    answers = await run_stream(
+        processor, [request_headers(CHAT, headers=AUTH), request_body(chat())]
+    )
     body_answer = answers[1]
     assert body_answer.request_body.response.clear_route_cache
     mutated = set_headers(body_answer, "request_body")
@@ -55,7 +58,9 @@ async def test_chat_body_routes_to_the_provider_with_its_key(processor: Processo
 
 
 async def test_streaming_request_gets_include_usage_injected(processor: Processor) -> None:
-    answers = await run_stream(processor, [request_headers(CHAT), request_body(chat(stream=True))])
+    answers = await run_stream(
+        processor, [request_headers(CHAT, headers=AUTH), request_body(chat(stream=True))]
+    )
     sent = orjson.loads(answers[1].request_body.response.body_mutation.body)
     assert sent["stream_options"] == {"include_usage": True}
     mutated = set_headers(answers[1], "request_body")
@@ -76,7 +81,7 @@ async def test_sse_response_switches_to_streamed_and_hides_the_usage_chunk(
     answers = await run_stream(
         processor,
         [
-            request_headers(CHAT),
+            request_headers(CHAT, headers=AUTH),
             request_body(chat(stream=True)),
             response_headers(200, {"content-type": "text/event-stream"}),
             # The usage event is split across two body chunks.
@@ -101,7 +106,7 @@ async def test_stream_with_client_usage_passes_unchanged(processor: Processor) -
     answers = await run_stream(
         processor,
         [
-            request_headers(CHAT),
+            request_headers(CHAT, headers=AUTH),
             request_body(chat(stream=True, stream_options={"include_usage": True})),
             response_headers(200, {"content-type": "text/event-stream"}),
             response_body(events),
@@ -124,7 +129,7 @@ async def test_buffered_completion_usage_is_logged_once(
     await run_stream(
         processor,
         [
-            request_headers(CHAT),
+            request_headers(CHAT, headers=AUTH),
             request_body(chat()),
             response_headers(),
             response_body(completion),
@@ -139,7 +144,9 @@ async def test_buffered_completion_usage_is_logged_once(
 async def test_bad_body_is_an_immediate_openai_error(
     processor: Processor, services: Services
 ) -> None:
-    answers = await run_stream(processor, [request_headers(CHAT), request_body(b"{nope")])
+    answers = await run_stream(
+        processor, [request_headers(CHAT, headers=AUTH), request_body(b"{nope")]
+    )
     immediate = answers[1].immediate_response
     assert immediate.status.code == 400
     assert orjson.loads(immediate.body)["error"]["type"] == "invalid_request_error"
@@ -152,7 +159,8 @@ async def test_content_length_over_the_limit_is_refused_before_the_body(
     processor: Processor,
 ) -> None:
     [answer] = await run_stream(
-        processor, [request_headers(CHAT, headers={"content-length": str(50 * 1024 * 1024)})]
+        processor,
+        [request_headers(CHAT, headers={**AUTH, "content-length": str(50 * 1024 * 1024)})],
     )
     assert answer.immediate_response.status.code == 413
 
@@ -169,10 +177,18 @@ async def test_non_ai_path_skips_every_later_phase(
 
 
 async def test_models_route_is_answered_by_the_gateway(processor: Processor) -> None:
-    [answer] = await run_stream(processor, [request_headers("/v1/models", method="GET")])
+    [answer] = await run_stream(
+        processor, [request_headers("/v1/models", method="GET", headers=AUTH)]
+    )
     assert answer.immediate_response.status.code == 200
     listed = orjson.loads(answer.immediate_response.body)
-    assert [m["id"] for m in listed["data"]] == ["gpt-4o-mini", "gpt-4o", "gpt-4.1-nano"]
+    assert [m["id"] for m in listed["data"]] == [
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4.1-nano",
+        "claude-3-5-haiku-latest",
+        "claude-sonnet-4-0",
+    ]
 
 
 async def test_stream_cut_before_the_response_ends_is_logged_as_aborted(
@@ -181,7 +197,7 @@ async def test_stream_cut_before_the_response_ends_is_logged_as_aborted(
     await run_stream(
         processor,
         [
-            request_headers(CHAT),
+            request_headers(CHAT, headers=AUTH),
             request_body(chat(stream=True)),
             response_headers(200, {"content-type": "text/event-stream"}),
             response_body(b'data: {"choices":[]}\n\n', end_of_stream=False),
@@ -197,7 +213,7 @@ async def test_non_json_upstream_error_is_replaced_by_an_openai_error(
     answers = await run_stream(
         processor,
         [
-            request_headers(CHAT),
+            request_headers(CHAT, headers=AUTH),
             request_body(chat()),
             response_headers(502, {"content-type": "text/html"}),
             response_body(b"<html>bad gateway</html>"),

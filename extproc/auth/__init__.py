@@ -1,0 +1,1 @@
+"""Who is calling: org API keys, JWT verification and the access rules applied to both."""

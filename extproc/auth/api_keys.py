@@ -1,0 +1,122 @@
+"""Org API keys: loaded from config, env, files or a Secret directory; looked up by hash.
+
+Only SHA-256 digests are kept in memory. A presented key is hashed and the
+digest looked up in a dict: the time taken depends on the digest, not on how
+much of some real key the guess matched, so there is no timing oracle on the
+secret. Keys are never stored or logged in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extproc.config.auth_model import ApiKeyConfig, AuthConfig
+from extproc.config.loader import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    user_id: str | None
+    group_id: str | None
+    enabled: bool
+    expires_at: float | None
+    allowed_models: tuple[str, ...]
+    allowed_routes: tuple[str, ...]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def key_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class ApiKeyStore:
+    def __init__(self, config: AuthConfig) -> None:
+        self._by_digest: dict[bytes, tuple[bytes, ApiKey]] = {}
+        directory = _read_directory(config.api_key_directory)
+        problems: list[str] = []
+        for index, spec in enumerate(config.api_keys):
+            try:
+                digest = _digest_of(spec, directory)
+            except ValueError as exc:
+                problems.append(f"auth.api_keys[{index}] ({spec.id}): {exc}")
+                continue
+            if digest in self._by_digest:
+                problems.append(f"auth.api_keys[{index}] ({spec.id}): same secret as another key")
+                continue
+            self._by_digest[digest] = (digest, _record(spec))
+        known = {spec.id for spec in config.api_keys}
+        # Files in the directory with no matching entry are keys with no identity beyond their id.
+        for key_id, secret in directory.items():
+            if key_id in known:
+                continue
+            digest = key_digest(secret)
+            if digest not in self._by_digest:
+                self._by_digest[digest] = (digest, _record(ApiKeyConfig(id=key_id)))
+        if problems:
+            raise ConfigError("auth", problems)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def lookup(self, presented: str) -> ApiKey | None:
+        digest = key_digest(presented)
+        found = self._by_digest.get(digest)
+        if found is None:
+            return None
+        stored, record = found
+        # The dict already matched the digest; the constant-time compare documents
+        # that no byte-by-byte comparison of secrets ever happens.
+        return record if hmac.compare_digest(stored, digest) else None
+
+
+def _record(spec: ApiKeyConfig) -> ApiKey:
+    return ApiKey(
+        id=spec.id,
+        user_id=spec.user_id,
+        group_id=spec.group_id,
+        enabled=spec.enabled,
+        expires_at=spec.expires_at.timestamp() if spec.expires_at else None,
+        allowed_models=spec.allowed_models,
+        allowed_routes=spec.allowed_routes,
+        labels=dict(spec.labels),
+    )
+
+
+def _digest_of(spec: ApiKeyConfig, directory: dict[str, str]) -> bytes:
+    if spec.key_sha256 is not None:
+        return bytes.fromhex(spec.key_sha256)
+    if spec.key is not None:
+        secret = spec.key.get_secret_value()
+    elif spec.key_file is not None:
+        try:
+            secret = Path(spec.key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read key_file: {exc.strerror}") from None
+    elif spec.id in directory:
+        secret = directory[spec.id]
+    else:
+        raise ValueError("no secret: set key, key_file or key_sha256, or add it to the directory")
+    if len(secret) < 8:
+        raise ValueError("the key is shorter than 8 characters")
+    return key_digest(secret)
+
+
+def _read_directory(path: str | None) -> dict[str, str]:
+    """A mounted Secret: one file per key, named by its id (dotfiles are Kubernetes' own)."""
+    if path is None:
+        return {}
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError("auth", [f"auth.api_key_directory: {path} is not a directory"])
+    keys: dict[str, str] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        secret = entry.read_text(encoding="utf-8").strip()
+        if secret:
+            keys[entry.name] = secret
+    return keys

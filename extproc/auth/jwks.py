@@ -1,0 +1,295 @@
+"""A JWT provider's signing keys: a JWKS read from a file, given inline, or fetched from a URL.
+
+A ``KeySet`` is one parsed JWKS, immutable, indexed for the only question the
+verifier asks: which keys could have signed a token with this ``kid`` and
+``alg``? Each key is built once per algorithm it may verify, so a JWK without
+``alg`` (common for RSA keys, which serve RS* and PS* alike) still ends up as a
+``PyJWK`` bound to exactly one algorithm, and PyJWT refuses a token whose header
+names another.
+
+``StaticJwks`` (file, inline) is loaded once at start-up and its problems are
+config errors. ``RemoteJwks`` (url) is fetched with aiohttp, refreshed in the
+background and, on a token with an unknown ``kid``, refetched at most once per
+``min_refresh_interval_s``; a failed fetch keeps the keys it had.
+
+Messages name the JWKS entry by index and ``kid``, never by content: PyJWT's own
+exception texts embed the whole JWK, which must not reach a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import jwt
+import orjson
+
+from extproc.config.auth_model import JwksConfig
+
+log = logging.getLogger(__name__)
+
+# A JWKS is a few kilobytes; anything far larger is a misconfigured URL.
+MAX_JWKS_BYTES = 1 << 20
+
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_OKP_CURVES = ("Ed25519", "Ed448")
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kid: str | None
+    by_algorithm: dict[str, jwt.PyJWK]
+
+
+class KeySet:
+    """One parsed JWKS: keys that may verify tokens for the provider's algorithms."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Sequence[_Key] = ()) -> None:
+        self._keys = tuple(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def knows(self, kid: str) -> bool:
+        return any(key.kid == kid for key in self._keys)
+
+    def candidates(self, kid: str | None, algorithm: str) -> list[jwt.PyJWK]:
+        """Keys that could have signed a token with this header.
+
+        A token naming a ``kid`` gets only that key. A token without one tries
+        every key that fits the algorithm: a provider with a single key often
+        leaves ``kid`` out of both the JWKS and its tokens.
+        """
+        return [
+            key.by_algorithm[algorithm]
+            for key in self._keys
+            if algorithm in key.by_algorithm and (kid is None or key.kid == kid)
+        ]
+
+
+def parse_jwks(document: object, algorithms: Sequence[str]) -> tuple[KeySet, list[str]]:
+    """Build the usable keys of a JWKS document; also return one line per broken entry.
+
+    Entries that are fine but of no use here (encryption keys, symmetric keys,
+    keys for algorithms the provider does not allow) are skipped silently.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        return KeySet(), ["not a JWKS: expected an object with a 'keys' array"]
+    keys: list[_Key] = []
+    problems: list[str] = []
+    for index, entry in enumerate(document["keys"]):
+        name = f"keys[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{name}: not an object")
+            continue
+        kid = entry.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            problems.append(f"{name}: kid is not a string")
+            continue
+        if kid is not None:
+            name += f" (kid {kid!r})"
+        if entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
+            continue
+        if "d" in entry:
+            # A published private key is a leak at the IdP; using it would hide that.
+            problems.append(f"{name}: holds private key material; publish public keys only")
+            continue
+        fitting = _algorithms_for(entry)
+        declared = entry.get("alg")
+        if declared is not None:
+            if declared not in algorithms:
+                continue  # a key for an algorithm this provider does not accept
+            if declared not in fitting:
+                problems.append(f"{name}: alg {declared!r} does not fit its kty/crv")
+                continue
+            fitting = (declared,)
+        wanted = [a for a in fitting if a in algorithms]
+        by_algorithm: dict[str, jwt.PyJWK] = {}
+        for algorithm in wanted:
+            problem = _build(entry, algorithm, by_algorithm)
+            if problem is not None:
+                problems.append(f"{name}: {problem}")
+                break
+        else:
+            if by_algorithm:
+                keys.append(_Key(kid, by_algorithm))
+    return KeySet(keys), problems
+
+
+def _algorithms_for(entry: dict[str, object]) -> tuple[str, ...]:
+    """The signature algorithms a key of this type and curve can verify."""
+    kty, curve = entry.get("kty"), entry.get("crv")
+    if kty == "RSA":
+        return _RSA_ALGORITHMS
+    if kty == "EC" and isinstance(curve, str) and curve in _EC_ALGORITHM_BY_CURVE:
+        return (_EC_ALGORITHM_BY_CURVE[curve],)
+    if kty == "OKP" and curve in _OKP_CURVES:
+        return ("EdDSA",)
+    return ()
+
+
+def _build(entry: dict[str, object], algorithm: str, into: dict[str, jwt.PyJWK]) -> str | None:
+    try:
+        key = jwt.PyJWK(entry, algorithm)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        # The exception text carries the JWK itself: report only its kind.
+        return f"not a usable {algorithm} key ({type(exc).__name__})"
+    # PyJWT only warns per verification about a weak key; refuse it once, here.
+    if key.Algorithm.check_key_length(key.key) is not None:
+        return f"key too short for {algorithm}"
+    into[algorithm] = key
+    return None
+
+
+class JwksSource(Protocol):
+    keys: KeySet
+
+    async def refresh_for_unknown_key(self) -> None:
+        """A token named a key we lack: fetch again if the source allows it now."""
+
+
+class StaticJwks:
+    """Keys from a JSON file or the config itself, loaded once at start-up."""
+
+    def __init__(self, config: JwksConfig, algorithms: Sequence[str]) -> None:
+        self._config = config
+        self._algorithms = tuple(algorithms)
+        self.keys = KeySet()
+
+    def load(self) -> list[str]:
+        """Load the keys; return the problems (empty when the JWKS is usable)."""
+        where = "jwks.inline"
+        document: object = self._config.inline
+        if self._config.file is not None:
+            where = f"jwks.file {self._config.file}"
+            try:
+                document = orjson.loads(Path(self._config.file).read_bytes())
+            except OSError as exc:
+                return [f"{where}: cannot read: {exc.strerror}"]
+            except orjson.JSONDecodeError:
+                return [f"{where}: not valid JSON"]
+        keys, problems = parse_jwks(document, self._algorithms)
+        if not keys and not problems:
+            problems = ["no key usable with the provider's algorithms"]
+        self.keys = keys
+        return [f"{where}: {problem}" for problem in problems]
+
+    async def refresh_for_unknown_key(self) -> None:
+        return None
+
+
+class RemoteJwks:
+    """Keys from a JWKS URL: refreshed on a timer and on demand, kept across outages."""
+
+    def __init__(
+        self,
+        provider: str,
+        config: JwksConfig,
+        algorithms: Sequence[str],
+        clock: Callable[[], float],
+    ) -> None:
+        assert config.url is not None
+        self._provider = provider
+        self._url = config.url
+        self._config = config
+        self._algorithms = tuple(algorithms)
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._lock = asyncio.Lock()
+        self._last_attempt: float | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.keys = KeySet()
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        """First fetch, then the refresh timer. A failing URL is logged, not fatal."""
+        self._session = session
+        async with self._lock:
+            await self._fetch()
+        self._refresher = asyncio.create_task(
+            self._refresh_forever(), name=f"jwks-refresh-{self._provider}"
+        )
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def refresh_for_unknown_key(self) -> None:
+        # Under the lock, so a burst of tokens with a new kid makes one fetch: the
+        # others wait, find the fetch recent and look the kid up in its result.
+        async with self._lock:
+            if self._last_attempt is not None:
+                elapsed = self._clock() - self._last_attempt
+                # A clock that went backwards must not stall refetching for good.
+                if 0 <= elapsed < self._config.min_refresh_interval_s:
+                    return
+            await self._fetch()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.refresh_interval_s)
+            try:
+                async with self._lock:
+                    await self._fetch()
+            except Exception:
+                # One surprising failure must not end refreshing for the process' life.
+                log.exception("JWKS refresh failed for provider %s", self._provider)
+
+    async def _fetch(self) -> None:
+        """Fetch and parse the JWKS; on any failure keep the current keys."""
+        assert self._session is not None, "start() first"
+        self._last_attempt = self._clock()
+        try:
+            body = await self._download(self._session)
+        except (aiohttp.ClientError, TimeoutError, _FetchError) as exc:
+            reason = str(exc) if isinstance(exc, _FetchError) else type(exc).__name__
+            log.warning(
+                "JWKS fetch failed for provider %s from %s: %s; keeping %d key(s)",
+                self._provider, self._url, reason, len(self.keys),
+            )  # fmt: skip
+            return
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            document = None
+        keys, problems = parse_jwks(document, self._algorithms)
+        for problem in problems:
+            log.warning("JWKS of provider %s from %s: %s", self._provider, self._url, problem)
+        if not keys:
+            log.warning(
+                "JWKS of provider %s from %s has no usable key; keeping %d key(s)",
+                self._provider, self._url, len(self.keys),
+            )  # fmt: skip
+            return
+        self.keys = keys
+
+    async def _download(self, session: aiohttp.ClientSession) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout_s)
+        async with session.get(
+            self._url, timeout=timeout, headers={"accept": "application/json"}
+        ) as response:
+            if response.status != 200:
+                raise _FetchError(f"HTTP {response.status}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > MAX_JWKS_BYTES:
+                    raise _FetchError(f"larger than {MAX_JWKS_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+
+class _FetchError(Exception):
+    """The URL answered, but not with something worth parsing."""

@@ -1,0 +1,342 @@
+"""Bearer JWTs: which provider issued a token, whether it is genuine, and who it names.
+
+The token's unverified ``iss`` only picks the provider; everything else is
+checked by PyJWT against that provider's config: the algorithm allow-list, the
+key (from its JWKS, or its shared secret for HS*), issuer, audiences,
+``exp``/``nbf``/``iat`` with the provider's leeway, and the required claims.
+Verified tokens are cached by their SHA-256 until their ``exp``, so a client
+reusing a token costs one hash per request, with no coroutine.
+
+Every refusal is an ``AuthenticationError`` whose message the client sees:
+``token expired``, ``token not yet valid`` or ``invalid token: <reason>``. No
+message or log line holds any part of a token or any key material.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+from jwt.types import Options
+
+from extproc.auth.jwks import JwksSource, RemoteJwks, StaticJwks
+from extproc.config.auth_model import HMAC_ALGORITHMS, ClaimMapping, JwtProviderConfig
+from extproc.config.loader import ConfigError
+from extproc.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+# RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+# Most specific first: PyJWT's exceptions subclass one another.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidAudienceError, "invalid token: wrong audience"),
+    (jwt.InvalidIssuerError, "invalid token: wrong issuer"),
+    (jwt.InvalidAlgorithmError, "invalid token: algorithm not allowed"),
+    (jwt.InvalidSignatureError, "invalid token: bad signature"),
+    (jwt.InvalidIssuedAtError, "invalid token: iat is not a number"),
+    (jwt.exceptions.InvalidSubjectError, "invalid token: sub is not a string"),
+    (jwt.exceptions.InvalidJTIError, "invalid token: jti is not a string"),
+    (jwt.InvalidKeyError, "invalid token: unusable signing key"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtIdentity:
+    provider: str  # JwtProviderConfig.name
+    user_id: str | None
+    group_id: str | None  # first group
+    groups: tuple[str, ...]  # every group the token names
+    claims: dict[str, object]  # the ClaimMapping.extra claims that were present (for the log)
+    expires_at: float | None  # exp
+
+
+class _Provider:
+    """One provider's config with what verification needs ready to hand."""
+
+    __slots__ = ("config", "keys", "options", "secret")
+
+    def __init__(self, config: JwtProviderConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.secret: bytes | None = None
+        self.keys: StaticJwks | RemoteJwks | None = None
+        if config.shared_secret is not None:
+            self.secret = config.shared_secret.get_secret_value().encode("utf-8")
+        elif config.jwks is not None and config.jwks.url is not None:
+            self.keys = RemoteJwks(config.name, config.jwks, config.algorithms, clock)
+        elif config.jwks is not None:
+            self.keys = StaticJwks(config.jwks, config.algorithms)
+        self.options: Options = {
+            "require": list(config.required_claims),
+            # PyJWT rejects any token carrying `aud` when no audience is given.
+            "verify_aud": bool(config.audiences),
+            "enforce_minimum_key_length": True,
+        }
+
+
+class JwtVerifier:
+    """Verifies bearer JWTs for the configured providers and caches who they name."""
+
+    def __init__(
+        self,
+        providers: Sequence[JwtProviderConfig],
+        *,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        problems: list[str] = []
+        for index, config in enumerate(providers):
+            problem = _secret_problem(config)
+            if problem is not None:
+                problems.append(f"auth.jwt_providers[{index}] ({config.name}): {problem}")
+        if problems:
+            raise ConfigError("jwt", problems)
+        self._by_issuer = {config.issuer: _Provider(config, clock) for config in providers}
+        self._cache: OrderedDict[str, JwtIdentity] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Load file and inline JWKS (their problems are config errors), fetch URL JWKS."""
+        problems: list[str] = []
+        remote: list[RemoteJwks] = []
+        for index, provider in enumerate(self._by_issuer.values()):
+            if isinstance(provider.keys, StaticJwks):
+                where = f"auth.jwt_providers[{index}] ({provider.config.name})"
+                problems.extend(f"{where}: {problem}" for problem in provider.keys.load())
+            elif isinstance(provider.keys, RemoteJwks):
+                remote.append(provider.keys)
+        if problems:
+            raise ConfigError("jwt", problems)
+        if remote:
+            self._session = aiohttp.ClientSession()
+            for source in remote:
+                await source.start(self._session)
+
+    async def close(self) -> None:
+        for provider in self._by_issuer.values():
+            if isinstance(provider.keys, RemoteJwks):
+                await provider.keys.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def cached(self, token: str) -> JwtIdentity | None:
+        """The identity of a token verified before, until its ``exp``."""
+        key = _cache_key(token)
+        identity = self._cache.get(key)
+        if identity is None:
+            return None
+        if identity.expires_at is None or self._clock() >= identity.expires_at:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return identity
+
+    async def verify(self, token: str) -> JwtIdentity:
+        """Verify a token fully; raise ``AuthenticationError`` saying why it is refused."""
+        header, unverified = _read_unverified(token)
+        issuer = unverified.get("iss")
+        if issuer is None:
+            raise AuthenticationError('invalid token: missing claim "iss"')
+        provider = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if provider is None:
+            raise AuthenticationError("invalid token: unknown issuer")
+        config = provider.config
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in config.algorithms:
+            raise AuthenticationError("invalid token: algorithm not allowed")
+        try:
+            if provider.secret is not None:
+                claims = _decode(token, provider, provider.secret)
+            else:
+                claims = await self._decode_with_jwks(token, provider, header, algorithm)
+        except jwt.PyJWTError as exc:
+            message = _reason(exc)
+            log.debug("JWT from provider %s refused: %s", config.name, message)
+            raise AuthenticationError(message) from None
+        identity = _identity(config, claims)
+        self._remember(token, identity)
+        return identity
+
+    async def _decode_with_jwks(
+        self, token: str, provider: _Provider, header: Mapping[str, Any], algorithm: str
+    ) -> dict[str, Any]:
+        source: JwksSource | None = provider.keys
+        assert source is not None
+        if algorithm in HMAC_ALGORITHMS:
+            # Config already forbids HS* with a JWKS. Checked again because this is
+            # the classic forgery: an HMAC over the token keyed with the public key.
+            raise AuthenticationError("invalid token: algorithm not allowed")
+        kid = header.get("kid")  # PyJWT has checked it is a string when present
+        keys = source.keys.candidates(kid, algorithm)
+        if not keys and (kid is None or not source.keys.knows(kid)):
+            await source.refresh_for_unknown_key()
+            keys = source.keys.candidates(kid, algorithm)
+        if not keys:
+            if kid is not None and source.keys.knows(kid):
+                raise AuthenticationError("invalid token: algorithm does not match the signing key")
+            raise AuthenticationError("invalid token: unknown signing key")
+        for key in keys[:-1]:
+            # Without a kid several keys may fit; only a signature mismatch means
+            # "try the next one": any other failure is about the token itself.
+            try:
+                return _decode(token, provider, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return _decode(token, provider, keys[-1])
+
+    def _remember(self, token: str, identity: JwtIdentity) -> None:
+        # Without exp a token never leaves the cache, not even when its key is
+        # withdrawn from the JWKS: verify such tokens every time instead.
+        if self._cache_size <= 0 or identity.expires_at is None:
+            return
+        if identity.expires_at <= self._clock():
+            return  # accepted within the leeway; cached() would drop it at once
+        key = _cache_key(token)
+        self._cache[key] = identity
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+def _secret_problem(config: JwtProviderConfig) -> str | None:
+    if config.shared_secret is None:
+        return None
+    length = len(config.shared_secret.get_secret_value().encode("utf-8"))
+    for algorithm in config.algorithms:
+        needed = _HMAC_MIN_BYTES.get(algorithm, 0)
+        if length < needed:
+            return f"shared_secret must be at least {needed} bytes for {algorithm}"
+    return None
+
+
+def _cache_key(token: str) -> str:
+    # surrogatepass: any str hashes, even one no client could have sent as UTF-8.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload, unverified, only to choose the provider and key."""
+    # A compact JWS is ASCII with exactly two dots; anything else never reaches PyJWT.
+    if not token.isascii() or token.count(".") != 2:
+        raise AuthenticationError("invalid token: malformed")
+    try:
+        header = jwt.get_unverified_header(token)
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthenticationError("invalid token: malformed") from None
+    return header, payload
+
+
+def _decode(token: str, provider: _Provider, key: jwt.PyJWK | bytes) -> dict[str, Any]:
+    config = provider.config
+    return jwt.decode(
+        token,
+        key,
+        # The provider's allow-list, never the token's own `alg`; a PyJWK is also
+        # bound to one algorithm and PyJWT refuses a header that names another.
+        algorithms=list(config.algorithms),
+        options=provider.options,
+        audience=list(config.audiences) or None,
+        issuer=config.issuer,
+        leeway=config.leeway_s,
+    )
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        # The claim name comes from the config (or is "aud"/"iss"), not the token.
+        return f'invalid token: missing claim "{exc.claim}"'
+    for kind, message in _REASONS:
+        if isinstance(exc, kind):
+            return message
+    return "invalid token: malformed"
+
+
+def _identity(config: JwtProviderConfig, claims: dict[str, Any]) -> JwtIdentity:
+    mapping = config.claims
+    groups = _groups(claims, mapping)
+    expires = claims.get("exp")
+    return JwtIdentity(
+        provider=config.name,
+        user_id=_user_id(claims, mapping),
+        group_id=groups[0] if groups else None,
+        groups=groups,
+        claims=_extra(claims, mapping),
+        # PyJWT has checked int(exp) works; compare the same whole seconds it did.
+        expires_at=float(int(expires)) if expires is not None else None,
+    )
+
+
+def _claim_at(claims: Mapping[str, object], path: str) -> object | None:
+    """The value at a dotted path (``realm_access.roles``), or None.
+
+    A claim named with dots (Auth0's ``https://example.com/roles``) is matched
+    whole first, so namespaced claims work without escaping.
+    """
+    if path in claims:
+        return claims[path]
+    node: object = claims
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _user_id(claims: Mapping[str, object], mapping: ClaimMapping) -> str | None:
+    for path in mapping.user_id:
+        value = _claim_at(claims, path)
+        if isinstance(value, str) and value:
+            return value
+        # Some IdPs issue numeric user ids; bool is an int to Python but no id.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, float) and math.isfinite(value):
+            return str(value)
+    return None
+
+
+def _groups(claims: Mapping[str, object], mapping: ClaimMapping) -> tuple[str, ...]:
+    for path in mapping.group_id:
+        value = _claim_at(claims, path)
+        if isinstance(value, str):
+            groups: tuple[str, ...] = (value,) if value else ()
+        elif isinstance(value, list):
+            groups = tuple(item for item in value if isinstance(item, str) and item)
+        else:
+            continue
+        if groups:
+            return groups
+    return ()
+
+
+def _extra(claims: Mapping[str, object], mapping: ClaimMapping) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for path in mapping.extra:
+        value = _claim_at(claims, path)
+        if value is None:
+            continue
+        try:
+            # The access log writes these with orjson, which refuses integers past
+            # 64 bits and very deep nesting: drop such a claim here, not the log line.
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            log.debug("JWT claim %s left out of the log: not representable as JSON", path)
+            continue
+        found[path] = value
+    return found

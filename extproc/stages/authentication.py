@@ -1,0 +1,141 @@
+"""Request headers: who is calling, proven by an org API key or a JWT, per the route's policy.
+
+Credentials are read from ``Authorization: Bearer <x>``, a bare
+``Authorization: <key>``, ``x-api-key``, ``api-key`` or a header the route
+names. A bearer value shaped like a JWT (``eyJ...`` with two dots) is verified
+as a token when the route accepts JWTs; anything else is looked up as an API
+key. Failures are 401 with an RFC 6750 ``WWW-Authenticate`` header and a
+message saying what was wrong, never the credential itself.
+
+A token verified before is answered from the verifier's cache without a
+coroutine; only a first sighting waits for signature checks (and maybe a JWKS
+fetch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+
+from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
+from extproc.config.auth_model import AuthMethod
+from extproc.context import ANONYMOUS, Identity, PhaseOutput, RequestContext
+from extproc.errors import AuthenticationError, PermissionDeniedError
+
+REALM = 'Bearer realm="aigw"'
+_KEY_HEADERS = ("x-api-key", "api-key")
+
+
+def _challenge(message: str, *, invalid: bool) -> AuthenticationError:
+    value = REALM
+    if invalid:
+        # RFC 6750 allows neither '"' nor '\\' inside error_description.
+        description = message.replace('"', "'").replace("\\", "")
+        value += f', error="invalid_token", error_description="{description}"'
+    return AuthenticationError(message, headers={"www-authenticate": value})
+
+
+def looks_like_jwt(value: str) -> bool:
+    return value.startswith("eyJ") and value.count(".") == 2
+
+
+class AuthenticationStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> Awaitable[None] | None:
+        route = ctx.route
+        if route is None:
+            return None
+        runtime = ctx.runtime
+        policy = runtime.route_auth[route.name]
+        if AuthMethod.NONE in policy.methods:
+            ctx.identity = ANONYMOUS
+            return None
+        credential = _credential(ctx.request_headers, policy.api_key_header)
+        accepts_jwt = AuthMethod.JWT in policy.methods and runtime.jwt is not None
+        accepts_key = AuthMethod.API_KEY in policy.methods
+        if credential is None:
+            raise _challenge(_missing_message(accepts_key, accepts_jwt), invalid=False)
+        if len(credential) > runtime.config.auth.max_token_bytes:
+            raise _challenge("invalid token: too large", invalid=True)
+        if accepts_jwt and looks_like_jwt(credential):
+            verifier = runtime.jwt
+            assert verifier is not None
+            cached = verifier.cached(credential)
+            if cached is None:
+                return self._verify(ctx, verifier, credential)
+            ctx.identity = _from_jwt(cached)
+        elif accepts_key:
+            ctx.identity = _from_api_key(ctx, credential)
+        else:
+            raise _challenge("invalid token", invalid=True)
+        _check_route(ctx)
+        return None
+
+    @staticmethod
+    async def _verify(ctx: RequestContext, verifier: JwtVerifier, token: str) -> None:
+        try:
+            verified = await verifier.verify(token)
+        except AuthenticationError as error:
+            raise _challenge(error.message, invalid=True) from None
+        ctx.identity = _from_jwt(verified)
+        _check_route(ctx)
+
+
+def _credential(headers: dict[str, str], route_header: str | None) -> str | None:
+    authorization = headers.get("authorization", "").strip()
+    if authorization:
+        scheme, _, rest = authorization.partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            return rest.strip()
+        if not rest:
+            return authorization  # the bare form: `Authorization: team1-key`
+    for name in (route_header, *_KEY_HEADERS):
+        if name and (value := headers.get(name.lower(), "").strip()):
+            return value
+    return None
+
+
+def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:
+    if accepts_jwt and not accepts_key:
+        return "no bearer token found"
+    if accepts_key and not accepts_jwt:
+        return "no API key found: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+    return "no credentials found: send an API key or a bearer token"
+
+
+def _from_api_key(ctx: RequestContext, presented: str) -> Identity:
+    key = ctx.runtime.api_keys.lookup(presented)
+    if key is None:
+        raise _challenge("invalid API key", invalid=True)
+    if not key.enabled:
+        raise _challenge(f"API key '{key.id}' is disabled", invalid=True)
+    if key.expires_at is not None and key.expires_at <= time.time():
+        raise _challenge(f"API key '{key.id}' has expired", invalid=True)
+    return Identity(
+        method="api_key",
+        api_key_id=key.id,
+        user_id=key.user_id,
+        group_id=key.group_id,
+        groups=(key.group_id,) if key.group_id else (),
+        allowed_models=key.allowed_models,
+        allowed_routes=key.allowed_routes,
+    )
+
+
+def _from_jwt(verified: JwtIdentity) -> Identity:
+    return Identity(
+        method="jwt",
+        user_id=verified.user_id,
+        group_id=verified.group_id,
+        groups=verified.groups,
+        jwt_provider=verified.provider,
+        claims=verified.claims,
+    )
+
+
+def _check_route(ctx: RequestContext) -> None:
+    allowed = ctx.identity.allowed_routes
+    if allowed and ctx.route is not None and ctx.route.name not in allowed:
+        raise PermissionDeniedError(
+            f"API key '{ctx.identity.api_key_id}' may not use route '{ctx.route.name}'",
+            code="route_not_allowed",
+        )

@@ -1,0 +1,175 @@
+"""Anthropic client to Anthropic's Messages API: model rename, usage read, bytes passed through.
+
+Requests: the model is renamed to the provider's name for it; nothing else changes, because
+Anthropic reports usage in every response and stream without being asked.
+Responses are never rewritten. Usage is read from the message body, or from the stream's
+``message_start`` (input side) and ``message_delta`` (output side) events.
+
+Prompt tokens are everything the model read: ``input_tokens`` counts only the uncached part,
+so ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` are added to it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from extproc.context import Usage
+
+# Only the events that carry usage are parsed. Their JSON type is matched with its quotes, so
+# text deltas that merely mention the name (escaped as \"message_delta\") are skipped too.
+_USAGE_EVENT = re.compile(rb'"message_(?:start|delta)"')
+_EVENT_END = b"\n\n"
+
+
+def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
+    """Return the body to send upstream, or None when the client's body can go as is."""
+    if body.get("model") == upstream_model:
+        return None
+    body["model"] = upstream_model
+    return body
+
+
+def _count(value: Any) -> int | None:
+    # bool is an int subclass; a `true` token count is malformed, not 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _InputTokens:
+    """The input side of usage: uncached input plus the two cache counts."""
+
+    __slots__ = ("cache_creation", "cache_read", "uncached")
+
+    def __init__(self) -> None:
+        self.uncached: int | None = None
+        self.cache_creation = 0
+        self.cache_read = 0
+
+    def update(self, usage: dict[str, Any]) -> None:
+        """Take the counts a usage object carries; absent ones keep their earlier value."""
+        uncached = _count(usage.get("input_tokens"))
+        if uncached is not None:
+            self.uncached = uncached
+        creation = _count(usage.get("cache_creation_input_tokens"))
+        if creation is not None:
+            self.cache_creation = creation
+        read = _count(usage.get("cache_read_input_tokens"))
+        if read is not None:
+            self.cache_read = read
+
+    @property
+    def total(self) -> int | None:
+        if self.uncached is None:
+            return None
+        return self.uncached + self.cache_creation + self.cache_read
+
+
+def usage_from_object(value: Any) -> Usage | None:
+    """Read a Message's usage object; None when absent or malformed."""
+    if not isinstance(value, dict):
+        return None
+    tokens = _InputTokens()
+    tokens.update(value)
+    prompt = tokens.total
+    completion = _count(value.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion, prompt + completion)
+
+
+class MessageReader:
+    """A buffered (non-streaming) message: reads usage and model, passes bytes through."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if end_of_stream:
+            body = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            self._parts = []
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return None
+            if isinstance(parsed, dict):
+                self.usage = usage_from_object(parsed.get("usage"))
+                model = parsed.get("model")
+                self.response_model = model if isinstance(model, str) else None
+        return None
+
+
+class EventStreamReader:
+    """An SSE stream of Messages API events; reads usage, never changes a byte.
+
+    ``message_start`` carries the input tokens and the model; each ``message_delta`` carries
+    cumulative counts, always ``output_tokens`` and sometimes input and cache counts, which
+    then replace the earlier ones. Usage is known once a ``message_delta`` has been seen;
+    a stream cut off before it reports no usage rather than a made-up output count.
+    """
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._input = _InputTokens()
+        self._output: int | None = None
+        # The start of an event whose end has not arrived yet.
+        self._pending = b""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        data = self._pending + chunk if self._pending else chunk
+        if b"\r" in data:
+            # A "\r" ending the chunk stays pending and meets its "\n" in the next one.
+            data = data.replace(b"\r\n", b"\n")
+        if end_of_stream:
+            complete, self._pending = data, b""
+        else:
+            cut = data.rfind(_EVENT_END)
+            if cut < 0:
+                self._pending = data
+                return None
+            complete, self._pending = data[:cut], data[cut + 2 :]
+        if _USAGE_EVENT.search(complete):
+            for event in complete.split(_EVENT_END):
+                if _USAGE_EVENT.search(event):
+                    self._read_event(event)
+        return None
+
+    def _read_event(self, event: bytes) -> None:
+        # SSE lets one event's data span several lines, joined with newlines.
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(parsed, dict):
+            return
+        kind = parsed.get("type")
+        if kind == "message_start":
+            message = parsed.get("message")
+            if not isinstance(message, dict):
+                return
+            model = message.get("model")
+            if isinstance(model, str):
+                self.response_model = model
+            usage = message.get("usage")
+            if isinstance(usage, dict):
+                self._input.update(usage)
+        elif kind == "message_delta":
+            usage = parsed.get("usage")
+            if not isinstance(usage, dict):
+                return
+            output = _count(usage.get("output_tokens"))
+            if output is None:
+                return
+            self._output = output
+            self._input.update(usage)
+        else:
+            return
+        prompt = self._input.total
+        if prompt is not None and self._output is not None:
+            self.usage = Usage(prompt, self._output, prompt + self._output)
