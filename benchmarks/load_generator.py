@@ -2,8 +2,9 @@
 
 Every scenario gets the same request: ``POST /v1/chat/completions`` with an
 843-byte OpenAI chat body (the size of DESIGN.md's reference measurements),
-``content-type: application/json`` and ``authorization: Bearer sk-bench``. The
-Lua script wrk needs is written into the run's work directory.
+``content-type: application/json`` and the scenario's ``authorization`` (the
+demo org key, or a JWT). The Lua script wrk needs is written into the run's
+work directory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from benchmarks.envoy_configs import CHAT_PATH
 
 MODEL = "gpt-4o-mini"
 REQUEST_BODY_BYTES = 843
-HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+DEFAULT_AUTHORIZATION = "Bearer team1-key"  # an org key of config/gateway.yaml
 WRK_TIMEOUT_S = 5
 _FILLER = (
     "Summarise the quarterly report in three bullet points for the platform team, "
@@ -56,14 +57,18 @@ def request_body() -> bytes:
     return body
 
 
-def write_script(directory: Path) -> Path:
+def request_headers(authorization: str) -> dict[str, str]:
+    return {"content-type": "application/json", "authorization": authorization}
+
+
+def write_script(directory: Path, authorization: str = DEFAULT_AUTHORIZATION) -> Path:
     """wrk's Lua script: the body is read from a file next to it, so no quoting issues."""
     directory.mkdir(parents=True, exist_ok=True)
     body_path = directory / "request.json"
     body_path.write_bytes(request_body())
     headers = "".join(
         f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n"
-        for name, value in HEADERS.items()
+        for name, value in request_headers(authorization).items()
     )
     script = (
         'wrk.method = "POST"\n'
@@ -121,10 +126,13 @@ def parse_wrk(report: str) -> LoadResult:
     )
 
 
-def check_one_request(base_url: str) -> str | None:
+def check_one_request(base_url: str, authorization: str = DEFAULT_AUTHORIZATION) -> str | None:
     """Send the benchmark's request once; None if the answer is a 200 completion."""
     request = urllib.request.Request(
-        base_url + CHAT_PATH, data=request_body(), headers=HEADERS, method="POST"
+        base_url + CHAT_PATH,
+        data=request_body(),
+        headers=request_headers(authorization),
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

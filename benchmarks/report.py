@@ -68,12 +68,20 @@ def machine_note() -> str:
     )
 
 
-def compare(rows: list[Row], connections: int) -> Comparison:
-    def result(key: str) -> LoadResult | None:
-        found = [r for r in rows if r.scenario == key and r.connections == connections and r.ok]
-        return found[0].result if found else None
+# The rows that run the real gateway; each is compared with (a) and (b).
+GATEWAY_SCENARIOS = ("c", "d")
 
-    a, b, c = result("a"), result("b"), result("c")
+
+def result_of(rows: list[Row], key: str, connections: int) -> LoadResult | None:
+    found = [r for r in rows if r.scenario == key and r.connections == connections and r.ok]
+    return found[0].result if found else None
+
+
+def compare(rows: list[Row], connections: int, gateway: str = "c") -> Comparison:
+    def result(key: str) -> LoadResult | None:
+        return result_of(rows, key, connections)
+
+    a, b, c = result("a"), result("b"), result(gateway)
     return Comparison(
         connections=connections,
         c_over_a=c.requests_per_s / a.requests_per_s if a and c else None,
@@ -89,6 +97,19 @@ def format_table(rows: list[Row]) -> str:
         lines.append(_line(_cells(row, rows)))
         if row.failure:
             lines.append(f"    failed: {row.failure}")
+    return "\n".join(lines)
+
+
+def format_auth_cost(rows: list[Row], connections: list[int]) -> str:
+    """What JWT authentication (cached token) adds over API-key authentication."""
+    lines = []
+    for n in connections:
+        key, token = result_of(rows, "c", n), result_of(rows, "d", n)
+        if key and token:
+            lines.append(
+                f"JWT (cached) vs API key at c={n}: p50 {token.p50_ms - key.p50_ms:+.2f} ms, "
+                f"req/s x{token.requests_per_s / key.requests_per_s:.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -112,7 +133,11 @@ def write_json(path: Path, rows: list[Row], connections: list[int], duration_s: 
         "machine": {"cores": cores(), "note": machine_note()},
         "duration_s": duration_s,
         "rows": [_row_json(row) for row in rows],
-        "comparisons": [_comparison_json(compare(rows, n)) for n in connections],
+        "comparisons": [
+            {"gateway_scenario": key, **_comparison_json(compare(rows, n, key))}
+            for key in GATEWAY_SCENARIOS
+            for n in connections
+        ],
     }
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
@@ -128,8 +153,8 @@ def _cells(row: Row, rows: list[Row]) -> list[str]:
             str(result.errors),
         ]
     ratios = ["", "", ""]
-    if row.scenario == "c":
-        comparison = compare(rows, row.connections)
+    if row.scenario in GATEWAY_SCENARIOS:
+        comparison = compare(rows, row.connections, row.scenario)
         ratios = [
             _maybe(comparison.c_over_a, "{:.2f}"),
             _maybe(comparison.c_over_b, "{:.2f}"),

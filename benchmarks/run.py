@@ -22,7 +22,14 @@ from types import FrameType
 
 from benchmarks.cpu import CpuMeter
 from benchmarks.load_generator import check_one_request, run_wrk, write_script
-from benchmarks.report import Row, format_cpu, format_table, machine_note, write_json
+from benchmarks.report import (
+    Row,
+    format_auth_cost,
+    format_cpu,
+    format_table,
+    machine_note,
+    write_json,
+)
 from benchmarks.scenarios import SCENARIOS, Scenario, Target, running_upstream
 
 WARMUP_S = 1.0
@@ -57,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print()
     print(format_cpu(rows))
+    auth_cost = format_auth_cost(rows, args.connections)
+    if auth_cost:
+        print()
+        print(auth_cost)
     print()
     print(machine_note())
     if args.json is not None:
@@ -69,14 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_all(workdir: Path, connections: list[int], duration_s: float) -> list[Row]:
-    script = write_script(workdir / "wrk")
     rows: list[Row] = []
     with running_upstream(workdir / "upstream") as upstream:
         for scenario in SCENARIOS:
             scenario_dir = workdir / scenario.key
-            rows += measure_scenario(
-                scenario, scenario_dir, upstream, script, connections, duration_s
-            )
+            rows += measure_scenario(scenario, scenario_dir, upstream, connections, duration_s)
     return rows
 
 
@@ -84,14 +92,14 @@ def measure_scenario(
     scenario: Scenario,
     workdir: Path,
     upstream: Target,
-    script: Path,
     connections: list[int],
     duration_s: float,
 ) -> list[Row]:
     _progress(f"starting {scenario.title}")
     try:
         with scenario.start(workdir, upstream) as target:
-            failure = check_one_request(target.base_url)
+            script = write_script(workdir / "wrk", target.authorization)
+            failure = check_one_request(target.base_url, target.authorization)
             if failure is not None:
                 return [Row(scenario.key, scenario.title, n, failure=failure) for n in connections]
             return [measure(scenario, target, script, n, duration_s) for n in connections]

@@ -7,17 +7,23 @@ them before the next one starts, so idle processes do not share the cores:
 - ``upstream``: the upstream alone, a reference showing it is not the bottleneck;
 - ``a``: Envoy straight to the upstream, no ext_proc filter;
 - ``b``: Envoy + the echo processor on all four phases;
-- ``c``: Envoy + the real gateway with its default config (embedded Valkey,
-  log lines to a file, metrics), started by ``extproc.devstack.LocalStack``.
+- ``c``: Envoy + the real gateway with its default config (org API key auth,
+  embedded Valkey, log lines to a file, metrics), started by ``extproc.devstack.LocalStack``;
+- ``d``: the same with a JWT provider, the load presenting one RS256 token
+  (verified once, then served from the token cache).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.cpu import child_pids
 from benchmarks.envoy_configs import (
@@ -26,11 +32,13 @@ from benchmarks.envoy_configs import (
     upstream_bootstrap,
     write_bootstrap,
 )
+from benchmarks.load_generator import DEFAULT_AUTHORIZATION
 from benchmarks.processes import ProcessSet
 from extproc.devstack import LocalStack, Ports, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
+BENCH_ISSUER = "https://bench.aigw.local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,8 @@ class Target:
     base_url: str
     admin_url: str
     pids: dict[str, int]
+    # What the load generator authenticates with (ignored where nothing checks it).
+    authorization: str = DEFAULT_AUTHORIZATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +94,48 @@ def envoy_echo(workdir: Path, upstream: Target) -> Iterator[Target]:
 
 @contextmanager
 def envoy_gateway(workdir: Path, upstream: Target) -> Iterator[Target]:
-    """The gateway as ``make run`` starts it, its mock provider pointed at the upstream."""
+    """The gateway as ``make run`` starts it (org API keys), its mock provider on the upstream."""
+    with _gateway(workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION) as target:
+        yield target
+
+
+@contextmanager
+def envoy_gateway_jwt(workdir: Path, upstream: Target) -> Iterator[Target]:
+    """The same gateway with a JWT provider added; the load presents one RS256 token."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="bench", alg="RS256", use="sig")
+    (workdir / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    text = GATEWAY_CONFIG.read_text()
+    provider = (
+        "  jwt_providers:\n"
+        "    - name: bench\n"
+        f"      issuer: {BENCH_ISSUER}\n"
+        f"      jwks: {{file: {workdir / 'jwks.json'}}}\n"
+        "      algorithms: [RS256]\n"
+    )
+    config = workdir / "gateway-jwt.yaml"
+    config.write_text(text.replace("\nauth:\n", "\nauth:\n" + provider, 1))
+    claims = {"iss": BENCH_ISSUER, "sub": "bench-user", "group": "bench", "exp": 2**31 - 1}
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+    with _gateway(workdir, upstream, config, f"Bearer {token}") as target:
+        yield target
+
+
+@contextmanager
+def _gateway(workdir: Path, upstream: Target, config: Path, authorization: str) -> Iterator[Target]:
     fresh = Ports.free()
     ports = Ports(fresh.envoy, fresh.envoy_admin, fresh.grpc, fresh.http, _port_of(upstream))
     # real_provider="mock": no mock-llm process, models still go to the provider "mock".
-    stack = LocalStack(
-        workdir=workdir, ports=ports, config_path=GATEWAY_CONFIG, real_provider="mock"
-    )
+    stack = LocalStack(workdir=workdir, ports=ports, config_path=config, real_provider="mock")
     try:
         stack.start()
         gateway = stack.process("gateway").pid
         pids = {"envoy": stack.process("envoy").pid, "gateway": gateway, **upstream.pids}
         for valkey in child_pids(gateway)[:1]:  # the embedded store, when the gateway runs one
             pids["valkey"] = valkey
-        yield Target(stack.base_url, stack.envoy_admin_url, pids)
+        yield Target(stack.base_url, stack.envoy_admin_url, pids, authorization)
     finally:
         stack.stop()
 
@@ -107,6 +145,7 @@ SCENARIOS = (
     Scenario("a", "(a) envoy direct", envoy_direct),
     Scenario("b", "(b) envoy + echo ext_proc", envoy_echo),
     Scenario("c", "(c) envoy + gateway", envoy_gateway),
+    Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
 )
 
 
