@@ -163,6 +163,8 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "stat_prefix": "aigw",
         "codec_type": "AUTO",
         "generate_request_id": True,
+        # Clients get the id their log lines carry, without a header mutation per request.
+        "always_set_request_id_in_response": True,
         "use_remote_address": True,
         "normalize_path": True,
         "merge_slashes": True,
@@ -277,6 +279,10 @@ def _access_log() -> Json:
                             "prompt_tokens",
                             "completion_tokens",
                             "total_tokens",
+                            "api_key_id",
+                            "user_id",
+                            "group_id",
+                            "auth_method",
                         )
                     },
                 }

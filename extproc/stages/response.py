@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput, RequestContext, Usage
 from extproc.errors import anthropic_error_body, error_body
 from extproc.translators.anthropic_anthropic import EventStreamReader, MessageReader
@@ -45,7 +44,6 @@ class ResponseStage:
         ctx.first_byte_at = time.monotonic()
         if not ctx.accounted:
             return
-        out.set_headers[headers.REQUEST_ID] = ctx.request_id
         content_type = response_headers.get("content-type", "")
         anthropic = ctx.error_shape == "anthropic"
         if ctx.response_status < 400:

@@ -208,6 +208,7 @@ def test_envoy_access_log_shows_the_usage(stack: LocalStack, client: OpenAI) -> 
     assert int(found["total_tokens"]) == usage.total_tokens
     assert found["model"] == "gpt-4.1-nano"
     assert found["provider"] == "mock"
+    assert (found["api_key_id"], found["group_id"]) == ("team1", "engineering")
 
 
 def test_models_are_listed_from_the_config(client: OpenAI) -> None:
