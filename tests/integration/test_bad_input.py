@@ -148,3 +148,18 @@ def test_upstream_garbage_does_not_break_the_gateway(
 @pytest.fixture
 def client_openai(stack: LocalStack) -> OpenAI:
     return OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
+
+
+def test_a_client_cannot_pick_the_provider_cluster_itself(
+    stack: LocalStack, http: httpx.Client
+) -> None:
+    before = len(httpx.get(f"{stack.mock_url}/_mock/requests").json())
+    # Not an AI route: the gateway skips it, so only Envoy stands between the
+    # client's routing header and the provider.
+    response = http.post(
+        "/v1/chat/completions-not-a-route",
+        content=b"{}",
+        headers={**HEADERS, "x-aigw-cluster": "provider_mock"},
+    )
+    assert response.status_code == 404
+    assert len(httpx.get(f"{stack.mock_url}/_mock/requests").json()) == before

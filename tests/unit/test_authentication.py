@@ -1,0 +1,73 @@
+"""The authentication stage fed real ext_proc messages: where credentials are read from."""
+
+from __future__ import annotations
+
+import orjson
+
+from extproc.config import parse_config
+from extproc.devstack import DEFAULT_CONFIG
+from extproc.processor import Processor
+from extproc.testing import processor_for, request_body, request_headers, run_stream
+
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+PARTNER_ROUTE = """
+  - name: partner
+    path_prefix: /partner
+    auth: {methods: [api_key], api_key_header: x-partner-key}
+"""
+
+
+def processor() -> Processor:
+    text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\nroutes:" + PARTNER_ROUTE, 1)
+    return processor_for(parse_config(text, "gateway.yaml", {}))
+
+
+async def status_for(path: str, headers: dict[str, str]) -> int:
+    answers = await run_stream(
+        processor(), [request_headers(path, headers=headers), request_body(BODY)]
+    )
+    last = answers[-1]
+    return last.immediate_response.status.code if last.HasField("immediate_response") else 200
+
+
+async def test_a_route_can_name_its_own_key_header_and_it_is_stripped() -> None:
+    answers = await run_stream(
+        processor(), [request_headers("/partner", headers={"x-partner-key": "team1-key"})]
+    )
+    removed = answers[0].request_headers.response.header_mutation.remove_headers
+    assert "x-partner-key" in removed
+    assert await status_for("/partner", {"x-partner-key": "team1-key"}) == 200
+
+
+async def test_a_jwt_only_route_says_no_bearer_token_found() -> None:
+    text = DEFAULT_CONFIG.read_text().replace(
+        "\nroutes:\n",
+        "\nroutes:\n  - name: jwt-only\n    path_prefix: /jwt\n    auth: {methods: [jwt]}\n",
+        1,
+    )
+    provider = (
+        "  jwt_providers:\n    - name: dev\n      issuer: https://dev.example.com\n"
+        "      shared_secret: a-shared-secret-that-is-long-enough-000\n      algorithms: [HS256]\n"
+    )
+    text = text.replace("\nauth:\n", "\nauth:\n" + provider, 1)
+    [answer] = await run_stream(
+        processor_for(parse_config(text, "gateway.yaml", {})), [request_headers("/jwt")]
+    )
+    assert answer.immediate_response.status.code == 401
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert error["message"] == "no bearer token found"
+    challenge = {
+        h.header.key: h.header.raw_value.decode()
+        for h in answer.immediate_response.headers.set_headers
+    }["www-authenticate"]
+    assert challenge == 'Bearer realm="aigw"'
+
+
+async def test_credentials_are_read_from_every_supported_place() -> None:
+    assert await status_for("/v1/chat/completions", {"authorization": "team1-key"}) == 200
+    assert await status_for("/v1/chat/completions", {"authorization": "Bearer team1-key"}) == 200
+    assert await status_for("/v1/chat/completions", {"x-api-key": "team1-key"}) == 200
+    assert await status_for("/v1/chat/completions", {"api-key": "team1-key"}) == 200
+    assert await status_for("/v1/chat/completions", {"authorization": "Basic dGVhbTE="}) == 401
+    # The route-named header is only read on that route.
+    assert await status_for("/v1/chat/completions", {"x-partner-key": "team1-key"}) == 401
