@@ -84,6 +84,33 @@ class StoreConfig(_Section):
 class ProviderType(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock"
+
+
+class AwsConfig(_Section):
+    """AWS credentials and region for a Bedrock provider, signed with SigV4.
+
+    Static credentials come from the values or the files; with none given,
+    botocore's default chain is used (environment, web identity for Kubernetes
+    service accounts, shared config, instance metadata).
+    """
+
+    region: str = Field(min_length=1)
+    service: str = "bedrock"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    access_key_id_file: str | None = None
+    secret_access_key_file: str | None = None
+    session_token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> AwsConfig:
+        has_id = self.access_key_id is not None or self.access_key_id_file is not None
+        has_secret = self.secret_access_key is not None or self.secret_access_key_file is not None
+        if has_id != has_secret:
+            raise ValueError("set both the access key id and the secret access key, or neither")
+        return self
 
 
 class ProviderConfig(_Section):
@@ -98,6 +125,8 @@ class ProviderConfig(_Section):
     timeout_s: float | None = Field(default=None, gt=0)
     # Anthropic only: sent as `anthropic-version` when the client sends none.
     anthropic_version: str = "2023-06-01"
+    # Bedrock only: region and credentials for SigV4.
+    aws: AwsConfig | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -222,6 +251,11 @@ class GatewayConfig(_Section):
         _unique("models", [m.name for m in self.models])
         _unique("routes", [r.name for r in self.routes])
         known = set(providers)
+        for index, provider in enumerate(self.providers):
+            if (provider.type is ProviderType.BEDROCK) != (provider.aws is not None):
+                raise ValueError(
+                    f"providers[{index}].aws: required for bedrock providers and only for them"
+                )
         for index, model in enumerate(self.models):
             if model.provider not in known:
                 raise ValueError(
