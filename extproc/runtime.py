@@ -18,7 +18,6 @@ from extproc.config.auth_model import AuthMethod, RouteAuthConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import (
     GatewayConfig,
-    ModelConfig,
     ProviderConfig,
     ProviderType,
     RouteApi,
@@ -37,6 +36,11 @@ class Route:
     name: str
     api: RouteApi
     forced_model: str | None
+    prefix: str | None = None
+    model_from_path: bool = False
+    model_header: str | None = None
+    model_query: str | None = None
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,16 @@ class RouteTable:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
         for spec in config.routes:
-            route = Route(spec.name, spec.api, spec.model)
+            route = Route(
+                spec.name,
+                spec.api,
+                spec.model,
+                prefix=spec.path_prefix.rstrip("/") if spec.path_prefix else None,
+                model_from_path=spec.model_from_path,
+                model_header=spec.model_header.lower() if spec.model_header else None,
+                model_query=spec.model_query,
+                provider=spec.provider,
+            )
             if spec.path is not None:
                 self._exact[spec.path] = route
             elif spec.path_prefix is not None:
@@ -97,12 +110,32 @@ class Runtime:
             route.name: _route_auth(route.auth or config.auth.default, config)
             for route in config.routes
         }
-        keys = {p.name: _provider_key(p) for p in config.providers}
-        self.upstreams: dict[str, Upstream] = {
-            model.name: _upstream(model, config.provider(model.provider), keys[model.provider])
-            for model in config.models
-        }
+        self._keys = {p.name: _provider_key(p) for p in config.providers}
+        self.upstreams: dict[str, Upstream] = {}
+        for model in config.models:
+            provider = config.provider(model.provider)
+            upstream = _upstream(
+                model.upstream_model or model.name, provider, self._keys[model.provider]
+            )
+            for name in (model.name, *model.aliases):
+                self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
+        self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
+        self._by_name = {p.name: p for p in config.providers}
+
+    def resolve_upstream(self, model: str, route: Route) -> Upstream | None:
+        """The upstream serving ``model`` on ``route``: by name or alias, by prefix, or by
+        the route's own provider; None when nothing serves it there."""
+        found = self.upstreams.get(model)
+        if found is None:
+            provider = next((p for prefix, p in self._prefixes if model.startswith(prefix)), None)
+            provider = provider or route.provider
+            if provider is None:
+                return None
+            found = _upstream(model, self._by_name[provider], self._keys[provider])
+        if route.provider is not None and found.provider.name != route.provider:
+            return None
+        return found
 
     async def start(self) -> None:
         """Load what needs I/O (JWKS files and URLs) before serving with this config."""
@@ -128,7 +161,7 @@ def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConf
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
 
 
-def _upstream(model: ModelConfig, provider: ProviderConfig, key: str | None) -> Upstream:
+def _upstream(upstream_model: str, provider: ProviderConfig, key: str | None) -> Upstream:
     credentials: dict[str, str] = {}
     if provider.type is ProviderType.ANTHROPIC:
         endpoint = "/messages"
@@ -142,7 +175,7 @@ def _upstream(model: ModelConfig, provider: ProviderConfig, key: str | None) -> 
         provider=provider,
         cluster=cluster_name(provider),
         path=provider.path_prefix + endpoint,
-        upstream_model=model.upstream_model or model.name,
+        upstream_model=upstream_model,
         credential_headers=credentials,
     )
 

@@ -167,6 +167,15 @@ class ModelConfig(_Section):
     provider: Name
     # The name sent upstream, when it differs from what clients ask for.
     upstream_model: str | None = None
+    # Other names clients may use for this model (e.g. `haiku` for a Bedrock model id).
+    aliases: tuple[str, ...] = ()
+
+
+class ModelPrefixConfig(_Section):
+    """Models not listed by name, recognised by prefix (``claude-`` -> anthropic)."""
+
+    prefix: str = Field(min_length=1)
+    provider: Name
 
 
 class RouteApi(StrEnum):
@@ -184,6 +193,14 @@ class RouteConfig(_Section):
     api: RouteApi = RouteApi.OPENAI_CHAT
     # When set, every request on this route goes to this model, whatever the body says.
     model: str | None = None
+    # Where else the model may be named, strongest first: the path segment after
+    # path_prefix (`/openai/gpt-4o`), a request header, a query parameter; then the body.
+    model_from_path: bool = False
+    model_header: str | None = None
+    model_query: str | None = None
+    # Serve this route from one provider: models it does not list by name are
+    # sent to it under the name the client used (`/bedrock/<any model id>`).
+    provider: str | None = None
     # Credentials this route accepts; default: auth.default.
     auth: RouteAuthConfig | None = None
 
@@ -194,6 +211,8 @@ class RouteConfig(_Section):
         target = self.path or self.path_prefix or ""
         if not target.startswith("/") or "?" in target or "#" in target:
             raise ValueError("path must start with / and hold no query or fragment")
+        if self.model_from_path and self.path_prefix is None:
+            raise ValueError("model_from_path needs a path_prefix")
         return self
 
 
@@ -241,6 +260,7 @@ class GatewayConfig(_Section):
     telemetry: TelemetryConfig = TelemetryConfig()
     providers: tuple[ProviderConfig, ...] = Field(min_length=1)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
+    model_prefixes: tuple[ModelPrefixConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
     auth: AuthConfig = AuthConfig()
 
@@ -248,7 +268,7 @@ class GatewayConfig(_Section):
     def _references_resolve(self) -> GatewayConfig:
         providers = [p.name for p in self.providers]
         _unique("providers", providers)
-        _unique("models", [m.name for m in self.models])
+        _unique("models", [name for m in self.models for name in (m.name, *m.aliases)])
         _unique("routes", [r.name for r in self.routes])
         known = set(providers)
         for index, provider in enumerate(self.providers):
@@ -262,10 +282,17 @@ class GatewayConfig(_Section):
                     f"models[{index}].provider: unknown provider {model.provider!r}"
                     f" (known: {', '.join(sorted(known))})"
                 )
-        models = {m.name for m in self.models}
+        for index, prefix in enumerate(self.model_prefixes):
+            if prefix.provider not in known:
+                raise ValueError(
+                    f"model_prefixes[{index}].provider: unknown provider {prefix.provider!r}"
+                )
+        models = {name for m in self.models for name in (m.name, *m.aliases)}
         for index, route in enumerate(self.routes):
             if route.model is not None and route.model not in models:
                 raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")
+            if route.provider is not None and route.provider not in known:
+                raise ValueError(f"routes[{index}].provider: unknown provider {route.provider!r}")
         return self
 
     def provider(self, name: str) -> ProviderConfig:

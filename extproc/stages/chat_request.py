@@ -12,6 +12,7 @@ translate yet are refused with a clear 400 instead of a broken upstream call.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -28,6 +29,7 @@ from extproc.errors import (
 from extproc.translators import anthropic_anthropic, openai_openai
 
 _MAX_MODEL_NAME = 256
+_API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
 # Client API -> the provider type it passes through to unchanged (but for the model name).
 _NATIVE = {
     RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
@@ -48,16 +50,16 @@ class ChatRequestStage:
             )
         parsed = parse_chat_body(body, limits.max_messages)
         ctx.body = parsed
-        model = route.forced_model or parsed.get("model")
+        model = route.forced_model or _model_outside_body(ctx) or parsed.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
         ctx.model = model
-        upstream = ctx.runtime.upstreams.get(model)
+        upstream = ctx.runtime.resolve_upstream(model, route)
         if upstream is None:
             shown = model if len(model) <= _MAX_MODEL_NAME else model[:_MAX_MODEL_NAME] + "..."
+            where = f"on route '{route.name}'" if route.provider else "by this gateway"
             raise ModelNotFoundError(
-                f"The model '{shown}' does not exist or is not served by this gateway",
-                param="model",
+                f"The model '{shown}' does not exist or is not served {where}", param="model"
             )
         denial = ctx.runtime.access.denial(ctx.identity, model, route.name)
         if denial is not None:
@@ -110,6 +112,27 @@ class ChatRequestStage:
         return openai_openai.prepare_request(
             parsed, upstream_model, stream=ctx.stream, client_wants_usage=ctx.client_wants_usage
         )
+
+
+def _model_outside_body(ctx: RequestContext) -> str | None:
+    """The model named by the path, a header or the query, in that order of strength."""
+    route = ctx.route
+    assert route is not None
+    path, _, query = ctx.path.partition("?")
+    if route.model_from_path and route.prefix is not None:
+        segment = path[len(route.prefix) :].strip("/").split("/", 1)[0]
+        # `/openai/v1/chat/completions` (an SDK with base_url=/openai/v1) names no model.
+        if segment and segment not in _API_SEGMENTS:
+            return unquote(segment)
+    if route.model_header is not None:
+        named = ctx.request_headers.get(route.model_header)
+        if named:
+            return named
+    if route.model_query is not None and query:
+        values = parse_qs(query).get(route.model_query)
+        if values and values[0]:
+            return values[0]
+    return None
 
 
 def parse_chat_body(body: bytes, max_messages: int) -> dict[str, Any]:
