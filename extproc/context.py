@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
     from extproc.runtime import Route, Runtime
     from extproc.translators.base import ResponseTranslator
@@ -91,6 +92,7 @@ class RequestContext:
     model: str | None = None
     upstream_model: str | None = None
     provider: str | None = None
+    provider_type: ProviderType | None = None
     stream: bool = False
     # The client asked for the usage chunk itself; otherwise the gateway hides it.
     client_wants_usage: bool = False

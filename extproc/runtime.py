@@ -7,6 +7,8 @@ services (store, metrics, access log) are shared across reloads.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,12 +25,17 @@ from extproc.config.model import (
     RouteApi,
     cluster_name,
 )
+from extproc.providers.aws_signer import AwsSigner
 
 if TYPE_CHECKING:
     from extproc.store.usage import UsageStore
     from extproc.store.usage_writer import UsageWriter
     from extproc.telemetry.access_log import AccessLog
     from extproc.telemetry.metrics import GatewayMetrics
+
+
+log = logging.getLogger(__name__)
+CREDENTIAL_REFRESH_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class Upstream:
     upstream_model: str
     # The headers carrying the provider's credential; empty when none is configured.
     credential_headers: dict[str, str]
+    # Bedrock: signs each request with SigV4 instead of a static credential.
+    signer: AwsSigner | None = None
 
 
 @dataclass(slots=True)
@@ -111,11 +120,18 @@ class Runtime:
             for route in config.routes
         }
         self._keys = {p.name: _provider_key(p) for p in config.providers}
+        self.signers: dict[str, AwsSigner] = {
+            p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None
+        }
+        self._refresh: asyncio.Task[None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         for model in config.models:
             provider = config.provider(model.provider)
             upstream = _upstream(
-                model.upstream_model or model.name, provider, self._keys[model.provider]
+                model.upstream_model or model.name,
+                provider,
+                self._keys[model.provider],
+                self.signers.get(model.provider),
             )
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
@@ -132,17 +148,39 @@ class Runtime:
             provider = provider or route.provider
             if provider is None:
                 return None
-            found = _upstream(model, self._by_name[provider], self._keys[provider])
+            found = _upstream(
+                model, self._by_name[provider], self._keys[provider], self.signers.get(provider)
+            )
         if route.provider is not None and found.provider.name != route.provider:
             return None
         return found
 
     async def start(self) -> None:
-        """Load what needs I/O (JWKS files and URLs) before serving with this config."""
+        """Load what needs I/O (JWKS, AWS credentials) before serving with this config."""
         if self.jwt is not None:
             await self.jwt.start()
+        for signer in self.signers.values():
+            await signer.start()
+        if self.signers:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
+
+    async def _refresh_credentials(self) -> None:
+        # Temporary credentials (web identity, STS) are refreshed off the request
+        # path, in a thread, well before they expire.
+        while True:
+            await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL_S)
+            for signer in self.signers.values():
+                try:
+                    await signer.refresh_if_needed()
+                except Exception as exc:
+                    log.warning("AWS credential refresh failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+        for signer in self.signers.values():
+            await signer.close()
         if self.jwt is not None:
             await self.jwt.close()
 
@@ -161,7 +199,9 @@ def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConf
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
 
 
-def _upstream(upstream_model: str, provider: ProviderConfig, key: str | None) -> Upstream:
+def _upstream(
+    upstream_model: str, provider: ProviderConfig, key: str | None, signer: AwsSigner | None
+) -> Upstream:
     credentials: dict[str, str] = {}
     if provider.type is ProviderType.ANTHROPIC:
         endpoint = "/messages"
@@ -177,6 +217,7 @@ def _upstream(upstream_model: str, provider: ProviderConfig, key: str | None) ->
         path=provider.path_prefix + endpoint,
         upstream_model=upstream_model,
         credential_headers=credentials,
+        signer=signer,
     )
 
 

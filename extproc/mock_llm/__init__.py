@@ -1,13 +1,14 @@
 """A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
 
-It answers like OpenAI (``openai_api``) and like Anthropic's Messages API (``anthropic_api``),
+It answers like OpenAI (``openai_api``), like Anthropic's Messages API (``anthropic_api``) and
+like AWS Bedrock Runtime's Converse API, SigV4 and event stream included (``bedrock_api``),
 with deterministic replies and token counts (``tokens``), misbehaves on request (see ``faults``
 for the ``x-mock-fault`` header), and records what it received (see ``recorder``) so tests can
 check what the gateway sent upstream.
 
-Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``
-or ``/anthropic/v1/messages`` still reach the right endpoint. Control endpoints, which are not
-recorded:
+Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``,
+``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse`` still reach the right
+endpoint. Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
 - ``DELETE /_mock/requests``: forget them.
@@ -27,6 +28,8 @@ import orjson
 from aiohttp import web
 
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
+from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODELS
+from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.faults import NO_FAULT, parse_fault
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
@@ -46,6 +49,12 @@ class MockOptions:
     chunk_delay_s: float = 0.0  # sleep between SSE events
     default_fault: str | None = None  # x-mock-fault value used when the header is absent
     record_limit: int = DEFAULT_CAPACITY  # requests kept for /_mock/requests; 0 records nothing
+    bedrock_models: Sequence[str] = DEFAULT_BEDROCK_MODELS  # Converse model ids; empty accepts any
+    # The one AWS identity whose SigV4 signatures Bedrock accepts, and the region it serves.
+    aws_access_key_id: str = "AKIDMOCK"
+    aws_secret_access_key: str = "mock-secret-key"
+    aws_region: str = "us-east-1"
+    aws_session_token: str | None = None  # when set, x-amz-security-token must equal it
 
 
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
@@ -77,6 +86,17 @@ class _MockApp:
         self.anthropic = AnthropicEndpoints(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
+        self.bedrock = BedrockEndpoints(
+            models=options.bedrock_models,
+            verifier=SigV4Verifier(
+                access_key_id=options.aws_access_key_id,
+                secret_access_key=options.aws_secret_access_key,
+                region=options.aws_region,
+                session_token=options.aws_session_token,
+            ),
+            chunk_delay_s=options.chunk_delay_s,
+            default_fault=default_fault,
+        )
 
     def _route(self, path: str) -> tuple[str, Endpoint] | None:
         """The method and endpoint for a provider path, or None."""
@@ -86,6 +106,10 @@ class _MockApp:
             return "POST", self.anthropic.messages
         if path.endswith("/models"):
             return "GET", self.openai.models
+        if path.endswith("/converse"):
+            return "POST", self.bedrock.converse
+        if path.endswith("/converse-stream"):
+            return "POST", self.bedrock.converse_stream
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

@@ -4,9 +4,9 @@ The body is parsed exactly once (orjson); the translator may rewrite it, and
 then it is serialised once. The routing decision is a header Envoy's routes
 match on, plus a cleared route cache so Envoy re-picks the provider cluster.
 
-Which translator runs is decided by the route's API (what the client speaks)
-and the provider's type (what the upstream speaks). Pairs the gateway cannot
-translate yet are refused with a clear 400 instead of a broken upstream call.
+How the body is translated and signed for the provider is ``backends``'
+business: it depends on the route's API (what the client speaks) and the
+provider's type (what the upstream speaks).
 """
 
 from __future__ import annotations
@@ -17,24 +17,17 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.config.model import ProviderType, RouteApi
+from extproc.backends import plan_request
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    ServiceUnavailableError,
 )
-from extproc.translators import anthropic_anthropic, openai_openai
 
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
-# Client API -> the provider type it passes through to unchanged (but for the model name).
-_NATIVE = {
-    RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
-    RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
-}
 
 
 class ChatRequestStage:
@@ -64,54 +57,21 @@ class ChatRequestStage:
         denial = ctx.runtime.access.denial(ctx.identity, model, route.name)
         if denial is not None:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
-        provider = upstream.provider
-        if _NATIVE.get(route.api) is not provider.type:
-            raise BadRequestError(
-                f"model '{model}' is served by a provider that speaks the {provider.type} API, "
-                f"which this route ({route.api}) cannot translate to",
-                param="model",
-                code="unsupported_model_for_route",
-            )
-        ctx.provider = provider.name
+        ctx.provider = upstream.provider.name
+        ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
         stream = parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
-        if not upstream.credential_headers:
-            raise ServiceUnavailableError(
-                f"provider '{provider.name}' has no credential configured",
-                code="provider_not_configured",
-            )
-        rewritten = self._translate(ctx, parsed, upstream.upstream_model)
-        if rewritten is not None:
-            out.body = orjson.dumps(rewritten)
-            out.set_headers["content-length"] = str(len(out.body))
-        query = ctx.path.partition("?")[2]
-        out.set_headers[":path"] = upstream.path + ("?" + query if query else "")
+        plan = plan_request(ctx, parsed, upstream)
+        if plan.body is not None:
+            out.body = plan.body
+            out.set_headers["content-length"] = str(len(plan.body))
+        out.set_headers[":path"] = plan.path
         out.set_headers[headers.CLUSTER] = upstream.cluster
-        out.set_headers.update(upstream.credential_headers)
-        if provider.type is ProviderType.ANTHROPIC and (
-            "anthropic-version" not in ctx.request_headers
-        ):
-            out.set_headers["anthropic-version"] = provider.anthropic_version
+        out.set_headers.update(plan.headers)
         out.clear_route_cache = True
-
-    @staticmethod
-    def _translate(
-        ctx: RequestContext, parsed: dict[str, Any], upstream_model: str
-    ) -> dict[str, Any] | None:
-        if ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
-            # Anthropic streams always carry usage; nothing to ask for.
-            ctx.client_wants_usage = True
-            return anthropic_anthropic.prepare_request(parsed, upstream_model)
-        options = parsed.get("stream_options")
-        ctx.client_wants_usage = (
-            ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
-        )
-        return openai_openai.prepare_request(
-            parsed, upstream_model, stream=ctx.stream, client_wants_usage=ctx.client_wants_usage
-        )
 
 
 def _model_outside_body(ctx: RequestContext) -> str | None:

@@ -1,38 +1,18 @@
 """Response phases: pick how to read the body, read usage, hide the gateway's usage chunk.
 
-An SSE answer switches the response body to STREAMED (Envoy ``mode_override``)
-so chunks reach the client as they come; anything else stays buffered. Error
-bodies that are not JSON (an HTML page from a proxy, say) are replaced by an
-OpenAI-shaped error so clients can always parse what they get.
+A streamed answer (SSE, or Bedrock's event stream) switches the response body
+to STREAMED (Envoy ``mode_override``) so chunks reach the client as they come;
+anything else stays buffered. ``backends`` decides how each answer is read or
+rewritten: usage read as is, translated to the client's API, or an error body
+replaced by one the client can parse.
 """
 
 from __future__ import annotations
 
 import time
 
-from extproc.context import ModeOverride, PhaseOutput, RequestContext, Usage
-from extproc.errors import anthropic_error_body, error_body
-from extproc.translators.anthropic_anthropic import EventStreamReader, MessageReader
-from extproc.translators.openai_openai import ChunkStreamReader, CompletionReader
-
-
-class UpstreamErrorReplacer:
-    """Replaces a non-JSON error body with OpenAI's error shape, keeping the status."""
-
-    def __init__(self, status: int, shape: str) -> None:
-        self.usage: Usage | None = None
-        self.response_model: str | None = None
-        self._status = status
-        self._shape = shape
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        if not end_of_stream:
-            return b""
-        message = f"the provider answered with HTTP {self._status}"
-        if self._shape == "anthropic":
-            return anthropic_error_body(message, self._status)
-        kind = "server_error" if self._status >= 500 else "invalid_request_error"
-        return error_body(message, kind, code="upstream_error")
+from extproc.backends import plan_response
+from extproc.context import ModeOverride, PhaseOutput, RequestContext
 
 
 class ResponseStage:
@@ -44,22 +24,14 @@ class ResponseStage:
         ctx.first_byte_at = time.monotonic()
         if not ctx.accounted:
             return
-        content_type = response_headers.get("content-type", "")
-        anthropic = ctx.error_shape == "anthropic"
-        if ctx.response_status < 400:
-            if ctx.stream and content_type.startswith("text/event-stream"):
-                ctx.translator = (
-                    EventStreamReader()
-                    if anthropic
-                    else ChunkStreamReader(hide_usage_chunk=not ctx.client_wants_usage)
-                )
-                out.mode_override = ModeOverride(response_body="STREAMED")
-            else:
-                ctx.translator = MessageReader() if anthropic else CompletionReader()
-        elif "json" not in content_type:
-            ctx.translator = UpstreamErrorReplacer(ctx.response_status, ctx.error_shape)
-            out.set_headers["content-type"] = "application/json"
-            out.remove_headers.append("content-length")
+        if ctx.provider_type is None:
+            return
+        plan = plan_response(ctx, ctx.response_status, response_headers, ctx.provider_type)
+        ctx.translator = plan.translator
+        if plan.streamed:
+            out.mode_override = ModeOverride(response_body="STREAMED")
+        out.set_headers.update(plan.set_headers)
+        out.remove_headers.extend(plan.remove_headers)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

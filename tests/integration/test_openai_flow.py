@@ -13,7 +13,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import LocalStack
+from extproc.config import load_config
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
@@ -213,13 +214,8 @@ def test_envoy_access_log_shows_the_usage(stack: LocalStack, client: OpenAI) -> 
 
 def test_models_are_listed_from_the_config(client: OpenAI) -> None:
     names = {model.id for model in client.models.list()}
-    assert names == {
-        "gpt-4o-mini",
-        "gpt-4o",
-        "gpt-4.1-nano",
-        "claude-3-5-haiku-latest",
-        "claude-sonnet-4-0",
-    }
+    configured = load_config(DEFAULT_CONFIG, environ={}).models
+    assert names == {model.name for model in configured}
 
 
 def test_non_ai_paths_pass_through_to_envoy(stack: LocalStack, http: httpx.Client) -> None:

@@ -8,6 +8,7 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
+from extproc.config import load_config
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.testing import (
@@ -182,13 +183,8 @@ async def test_models_route_is_answered_by_the_gateway(processor: Processor) -> 
     )
     assert answer.immediate_response.status.code == 200
     listed = orjson.loads(answer.immediate_response.body)
-    assert [m["id"] for m in listed["data"]] == [
-        "gpt-4o-mini",
-        "gpt-4o",
-        "gpt-4.1-nano",
-        "claude-3-5-haiku-latest",
-        "claude-sonnet-4-0",
-    ]
+    expected = [m.name for m in load_config("config/gateway.yaml", environ={}).models]
+    assert [m["id"] for m in listed["data"]] == expected
 
 
 async def test_stream_cut_before_the_response_ends_is_logged_as_aborted(
@@ -215,7 +211,10 @@ async def test_non_json_upstream_error_is_replaced_by_an_openai_error(
         [
             request_headers(CHAT, headers=AUTH),
             request_body(chat()),
-            response_headers(502, {"content-type": "text/html"}),
+            # From the provider (Envoy marks upstream answers), not an Envoy local reply.
+            response_headers(
+                502, {"content-type": "text/html", "x-envoy-upstream-service-time": "3"}
+            ),
             response_body(b"<html>bad gateway</html>"),
         ],
     )

@@ -1,0 +1,252 @@
+"""What each (client API, provider type) pair does to a request and its response.
+
+The pairs the gateway serves:
+
+- OpenAI chat -> ``openai``: model renamed, usage chunk asked for (and hidden
+  from clients that did not ask); usage read.
+- OpenAI chat -> ``anthropic``: ``openai_anthropic`` both ways, SSE included.
+- OpenAI chat -> ``bedrock``: ``openai_bedrock`` + SigV4; Converse JSON or the
+  binary event stream turned into OpenAI JSON or SSE.
+- Anthropic messages -> ``anthropic``: model renamed; usage read.
+
+Stages ask this module for a plan and stay free of per-provider branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from extproc.config.model import ProviderType, RouteApi
+from extproc.context import RequestContext, Usage
+from extproc.errors import (
+    BadRequestError,
+    ServiceUnavailableError,
+    anthropic_error_body,
+    error_body,
+)
+from extproc.runtime import Upstream
+from extproc.translators import (
+    anthropic_anthropic,
+    openai_anthropic,
+    openai_bedrock,
+    openai_openai,
+)
+from extproc.translators.base import ResponseTranslator
+
+SSE = "text/event-stream"
+AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
+# Envoy's router adds this to every answer that came from an upstream.
+ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
+
+
+@dataclass(slots=True)
+class RequestPlan:
+    body: bytes | None
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ResponsePlan:
+    translator: ResponseTranslator | None
+    streamed: bool = False
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value)
+
+
+def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> RequestPlan:
+    """Translate and authenticate the request for ``upstream``; refuse pairs not served."""
+    route = ctx.route
+    assert route is not None
+    kind = upstream.provider.type
+    query = ctx.path.partition("?")[2]
+    suffix = "?" + query if query else ""
+    if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.ANTHROPIC:
+        ctx.client_wants_usage = True  # Anthropic streams always carry usage
+        rewritten = anthropic_anthropic.prepare_request(parsed, upstream.upstream_model)
+        return RequestPlan(
+            _json(rewritten) if rewritten is not None else None,
+            upstream.path + suffix,
+            _anthropic_headers(ctx, upstream),
+        )
+    if route.api is not RouteApi.OPENAI_CHAT:
+        raise _unsupported(ctx, kind)
+    options = parsed.get("stream_options")
+    ctx.client_wants_usage = (
+        ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+    )
+    if kind is ProviderType.OPENAI:
+        rewritten = openai_openai.prepare_request(
+            parsed,
+            upstream.upstream_model,
+            stream=ctx.stream,
+            client_wants_usage=ctx.client_wants_usage,
+        )
+        body = _json(rewritten) if rewritten is not None else None
+        return RequestPlan(body, upstream.path + suffix, _credentials(upstream))
+    if kind is ProviderType.ANTHROPIC:
+        translated = openai_anthropic.translate_request(
+            parsed, upstream.upstream_model, stream=ctx.stream
+        )
+        return RequestPlan(_json(translated), upstream.path, _anthropic_headers(ctx, upstream))
+    if kind is ProviderType.BEDROCK:
+        signer = upstream.signer
+        if signer is None:
+            raise ServiceUnavailableError(
+                f"provider '{upstream.provider.name}' has no AWS credentials",
+                code="provider_not_configured",
+            )
+        body = _json(openai_bedrock.translate_request(parsed))
+        path = upstream.provider.path_prefix + openai_bedrock.request_path(
+            upstream.upstream_model, stream=ctx.stream
+        )
+        headers = {"content-type": "application/json"}
+        headers.update(signer.sign("POST", path, body, headers))
+        return RequestPlan(body, path, headers)
+    raise _unsupported(ctx, kind)
+
+
+def _credentials(upstream: Upstream) -> dict[str, str]:
+    if not upstream.credential_headers:
+        raise ServiceUnavailableError(
+            f"provider '{upstream.provider.name}' has no credential configured",
+            code="provider_not_configured",
+        )
+    return dict(upstream.credential_headers)
+
+
+def _anthropic_headers(ctx: RequestContext, upstream: Upstream) -> dict[str, str]:
+    headers = _credentials(upstream)
+    if "anthropic-version" not in ctx.request_headers:
+        headers["anthropic-version"] = upstream.provider.anthropic_version
+    return headers
+
+
+def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
+    route = ctx.route
+    assert route is not None
+    return BadRequestError(
+        f"model '{ctx.model}' is served by a provider that speaks the {kind} API, "
+        f"which this route ({route.api}) cannot translate to",
+        param="model",
+        code="unsupported_model_for_route",
+    )
+
+
+def plan_response(
+    ctx: RequestContext, status: int, headers: dict[str, str], kind: ProviderType
+) -> ResponsePlan:
+    """How to read (and maybe rewrite) the provider's answer for this client."""
+    content_type = headers.get("content-type", "")
+    route = ctx.route
+    assert route is not None
+    anthropic_client = route.api is RouteApi.ANTHROPIC_MESSAGES
+    if status >= 400:
+        if ENVOY_UPSTREAM_TIME not in headers:
+            # Envoy's own reply (provider unreachable, timeout): already shaped by the
+            # bootstrap's local_reply_config, not the provider's to translate.
+            return ResponsePlan(None)
+        return _error_plan(ctx, status, headers, kind, content_type)
+    streaming = ctx.stream and (
+        content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
+    )
+    created = int(ctx.started_wall)
+    if anthropic_client:
+        if streaming:
+            return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)
+        return ResponsePlan(anthropic_anthropic.MessageReader())
+    if kind is ProviderType.OPENAI:
+        if streaming:
+            reader = openai_openai.ChunkStreamReader(hide_usage_chunk=not ctx.client_wants_usage)
+            return ResponsePlan(reader, streamed=True)
+        return ResponsePlan(openai_openai.CompletionReader())
+    # Translated answers change length: let Envoy send them chunked.
+    rewritten = ["content-length"]
+    if kind is ProviderType.ANTHROPIC:
+        if streaming:
+            stream = openai_anthropic.StreamTranslator(
+                include_usage=ctx.client_wants_usage, request_id=ctx.request_id, created=created
+            )
+            return ResponsePlan(stream, streamed=True, remove_headers=rewritten)
+        completion = openai_anthropic.CompletionTranslator(
+            request_id=ctx.request_id, created=created
+        )
+        return ResponsePlan(completion, remove_headers=rewritten)
+    model = ctx.model or ""
+    if streaming:
+        events = openai_bedrock.StreamTranslator(
+            model=model,
+            include_usage=ctx.client_wants_usage,
+            request_id=ctx.request_id,
+            created=created,
+        )
+        return ResponsePlan(
+            events, streamed=True, set_headers={"content-type": SSE}, remove_headers=rewritten
+        )
+    converse = openai_bedrock.CompletionTranslator(
+        model=model, request_id=ctx.request_id, created=created
+    )
+    return ResponsePlan(converse, remove_headers=rewritten)
+
+
+class ErrorRewriter:
+    """Buffers a provider's error answer and rewrites it for the client's API."""
+
+    def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._rewrite = rewrite
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if not end_of_stream:
+            return b""
+        return self._rewrite(b"".join(self._parts))
+
+
+def _error_plan(
+    ctx: RequestContext, status: int, headers: dict[str, str], kind: ProviderType, content_type: str
+) -> ResponsePlan:
+    route = ctx.route
+    assert route is not None
+    json_body = "json" in content_type
+    rewritten = ["content-length"]
+    json_headers = {"content-type": "application/json"}
+    if route.api is RouteApi.ANTHROPIC_MESSAGES or kind is ProviderType.OPENAI:
+        if json_body:
+            return ResponsePlan(None)  # already in the client's own error shape
+        shape = ctx.error_shape
+        message = f"the provider answered with HTTP {status}"
+
+        def replace(_: bytes) -> bytes:
+            if shape == "anthropic":
+                return anthropic_error_body(message, status)
+            kind_name = "server_error" if status >= 500 else "invalid_request_error"
+            return error_body(message, kind_name, code="upstream_error")
+
+        return ResponsePlan(
+            ErrorRewriter(replace), set_headers=json_headers, remove_headers=rewritten
+        )
+    if kind is ProviderType.ANTHROPIC:
+        client_status, _ = openai_anthropic.translate_error(status, b"")
+        return ResponsePlan(
+            ErrorRewriter(lambda body: openai_anthropic.translate_error(status, body)[1]),
+            set_headers={**json_headers, ":status": str(client_status)},
+            remove_headers=rewritten,
+        )
+    error_type = headers.get("x-amzn-errortype")
+    client_status, _ = openai_bedrock.translate_error(status, b"", error_type)
+    return ResponsePlan(
+        ErrorRewriter(lambda body: openai_bedrock.translate_error(status, body, error_type)[1]),
+        set_headers={**json_headers, ":status": str(client_status)},
+        remove_headers=rewritten,
+    )

@@ -1,0 +1,723 @@
+"""The mock's AWS Bedrock Runtime surface: Converse and ConverseStream, SigV4, AWS-shaped errors.
+
+Endpoints, matched by path suffix so gateway route prefixes still work:
+
+- ``POST .../model/{modelId}/converse``: one JSON document.
+- ``POST .../model/{modelId}/converse-stream``: the same reply as AWS's binary event stream
+  (see ``eventstream``): ``messageStart``, one ``contentBlockDelta`` per piece,
+  ``contentBlockStop``, ``messageStop`` and ``metadata`` (usage, latency), each its own write.
+
+``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``); an id
+missing from ``models`` is a 404 ResourceNotFoundException, and an empty ``models`` accepts any.
+
+Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
+``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
+the configured secret, and compares it in constant time. Only the headers named in
+``SignedHeaders`` take part, so a proxy may add or rewrite the others (Envoy rewrites hop-by-hop
+headers and adds ``x-forwarded-*``). Around the signature it checks what AWS checks: the access
+key id, the credential scope (its date, the configured region, service ``bedrock``), a timestamp
+(``x-amz-date``, else ``date``) within 5 minutes of now, ``host`` and that date header among the
+signed headers, a signed ``x-amz-content-sha256`` against the body, and ``x-amz-security-token``
+when a session token is configured. A signature mismatch answers with the canonical request and
+string to sign the mock expected, as AWS does, to make a signing bug quick to find.
+
+Replies and token counts follow ``tokens``. In Bedrock's terms: a message's text is its
+``{"text": ...}`` blocks joined with one space (other blocks count for nothing);
+``inputTokens`` counts the system blocks, when there are any, as one more message;
+``outputTokens`` is the number of pieces sent; ``inferenceConfig.maxTokens`` keeps the first N
+and makes ``stopReason`` "max_tokens", else "end_turn".
+
+Errors use AWS's REST-JSON shape: the status, ``x-amzn-errortype: <Code>:`` and
+``{"message": ...}``; botocore raises ``ClientError`` with that code in ``Error.Code``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.compat import HTTPHeaders
+from botocore.credentials import Credentials
+from multidict import CIMultiDictProxy
+
+from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
+from extproc.mock_llm.eventstream import encode_event
+from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.tokens import (
+    MESSAGE_OVERHEAD_TOKENS,
+    count_tokens,
+    prompt_tokens,
+    reply_pieces,
+)
+
+SIGNING_SERVICE = "bedrock"
+ALGORITHM = "AWS4-HMAC-SHA256"
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+SECURITY_TOKEN_HEADER = "x-amz-security-token"
+REQUEST_ID_HEADER = "x-amzn-RequestId"
+ERROR_TYPE_HEADER = "x-amzn-errortype"
+
+SIGNATURE_MISMATCH_MESSAGE = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. "
+    "Consult the service documentation for details."
+)
+INVALID_TOKEN_MESSAGE = "The security token included in the request is invalid."
+
+DEFAULT_MODELS = (
+    "anthropic.claude-3-haiku-20240307-v1:0",
+    "anthropic.claude-3-5-haiku-20241022-v1:0",
+    "anthropic.claude-3-5-sonnet-20240620-v1:0",
+    "us.anthropic.claude-3-haiku-20240307-v1:0",
+    "amazon.titan-text-express-v1",
+    "amazon.nova-micro-v1:0",
+    "meta.llama3-8b-instruct-v1:0",
+    "mistral.mistral-7b-instruct-v0:2",
+)
+
+_GARBAGE = b'{"output": {"message": this is not json'
+_GARBAGE_EVENT = b"{this is not json"
+_ROLES = ("user", "assistant")
+# Payload hashes a client may declare instead of the body's SHA-256.
+_UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+# Content blocks that need toolConfig in the same request.
+_TOOL_BLOCKS = ("toolUse", "toolResult")
+
+# The exception Bedrock names for each status its API documents; other 5xx are
+# InternalServerException and other 4xx ValidationException.
+_ERROR_CODES = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+
+
+def error_code_for(status: int) -> str:
+    if status in _ERROR_CODES:
+        return _ERROR_CODES[status]
+    return "InternalServerException" if status >= 500 else "ValidationException"
+
+
+class AwsError(Exception):
+    """A request Bedrock refuses, answered in AWS's error shape."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str, *, request_id: str) -> web.Response:
+    """An error as botocore's REST-JSON parser reads it: code from the header, message from JSON."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"message": message}),
+        headers={
+            "Content-Type": "application/json",
+            # AWS appends a namespace after the colon; botocore keeps what comes before it.
+            ERROR_TYPE_HEADER: f"{code}:",
+            REQUEST_ID_HEADER: request_id,
+        },
+    )
+
+
+def fault_error(status: int) -> AwsError:
+    code = error_code_for(status)
+    if status == 429:
+        message = "Too many requests, please wait before trying again. (injected by x-mock-fault)"
+    elif status == 503:
+        message = "Bedrock is unable to process your request. (injected by x-mock-fault)"
+    elif status >= 500:
+        message = "The server encountered an internal error. (injected by x-mock-fault)"
+    else:
+        message = f"Injected error {status} (x-mock-fault)."
+    return AwsError(status, code, message)
+
+
+# --- SigV4 -------------------------------------------------------------------------------------
+
+
+def _signature_error(message: str) -> AwsError:
+    return AwsError(403, "InvalidSignatureException", message)
+
+
+def _unrecognized_client() -> AwsError:
+    return AwsError(403, "UnrecognizedClientException", INVALID_TOKEN_MESSAGE)
+
+
+class _DeclaredHeadersSigV4Auth(SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+    """botocore's signer, canonicalizing exactly the headers on the request it is given.
+
+    botocore leaves out names it never signs itself (user-agent, connection, expect, ...). The
+    verifier hands it only the headers the client declared in SignedHeaders, and a client other
+    than botocore may have declared one of those, so nothing may be dropped here.
+    """
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        headers = HTTPHeaders()
+        for name, value in request.headers.items():
+            headers[name.lower()] = value
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Authorization:
+    """The parts of ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., ...``."""
+
+    access_key_id: str
+    date: str  # yyyymmdd
+    region: str
+    service: str
+    signed_headers: tuple[str, ...]
+    signature: str
+
+
+def _parse_authorization(value: str) -> _Authorization:
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise _signature_error(
+            f"Unsupported Authorization scheme {algorithm!r}: this endpoint takes {ALGORITHM}."
+        )
+    params: dict[str, str] = {}
+    for part in rest.split(","):
+        name, sep, param = part.strip().partition("=")
+        if sep:
+            params[name] = param
+    missing = [
+        name for name in ("Credential", "SignedHeaders", "Signature") if not params.get(name)
+    ]
+    if missing:
+        raise _signature_error(
+            " ".join(f"Authorization header requires '{name}' parameter." for name in missing)
+        )
+    scope = params["Credential"].split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        raise _signature_error(
+            "Credential should be <access key id>/<yyyymmdd>/<region>/<service>/aws4_request,"
+            f" got {params['Credential']!r}."
+        )
+    access_key_id, date, region, service, _ = scope
+    signed_headers = tuple(params["SignedHeaders"].split(";"))
+    return _Authorization(access_key_id, date, region, service, signed_headers, params["Signature"])
+
+
+def _signing_time(headers: CIMultiDictProxy[str]) -> tuple[str, datetime, str]:
+    """The SigV4 timestamp (yyyymmddThhmmssZ), as a datetime, and the header it came from.
+
+    AWS takes ``x-amz-date`` and falls back to ``date``; botocore itself signs with ``date``
+    when the request already has one.
+    """
+    amz_date = headers.get("x-amz-date")
+    if amz_date is not None:
+        try:
+            signed_at = datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
+        except ValueError:
+            raise _signature_error(
+                f"X-Amz-Date {amz_date!r} is not in the ISO 8601 basic format yyyyMMddTHHmmssZ."
+            ) from None
+        return amz_date, signed_at, "x-amz-date"
+    date = headers.get("date")
+    if date is not None:
+        try:
+            signed_at = parsedate_to_datetime(date).astimezone(UTC)
+        except (TypeError, ValueError):
+            raise _signature_error(f"Date {date!r} is not an HTTP date.") from None
+        return signed_at.strftime(SIGV4_TIMESTAMP), signed_at, "date"
+    raise _signature_error(
+        "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+    )
+
+
+def _check_clock_skew(timestamp: str, signed_at: datetime) -> None:
+    now = datetime.now(UTC)
+
+    def show(moment: datetime) -> str:
+        return moment.strftime(SIGV4_TIMESTAMP)
+
+    if signed_at < now - MAX_CLOCK_SKEW:
+        raise _signature_error(
+            f"Signature expired: {timestamp} is now earlier than"
+            f" {show(now - MAX_CLOCK_SKEW)} ({show(now)} - 5 min.)"
+        )
+    if signed_at > now + MAX_CLOCK_SKEW:
+        raise _signature_error(
+            f"Signature not yet current: {timestamp} is still later than"
+            f" {show(now + MAX_CLOCK_SKEW)} ({show(now)} + 5 min.)"
+        )
+
+
+class SigV4Verifier:
+    """Checks a received request's SigV4 signature against one set of credentials."""
+
+    def __init__(
+        self,
+        *,
+        access_key_id: str,
+        secret_access_key: str,
+        region: str,
+        session_token: str | None = None,
+    ) -> None:
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._region = region
+        self._session_token = session_token
+
+    def verify(
+        self,
+        *,
+        method: str,
+        target: str,
+        scheme: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+    ) -> None:
+        """Raise AwsError unless the request is signed by the configured credentials.
+
+        ``target`` is the request target as received (path and query, still percent-encoded):
+        the client signed the encoded path, so decoding it would change the canonical request.
+        """
+        value = headers.get("Authorization")
+        if not value:
+            raise _signature_error(
+                "Missing Authentication Token: the request has no SigV4 Authorization header."
+            )
+        auth = _parse_authorization(value)
+        if auth.access_key_id != self._access_key_id:
+            raise _unrecognized_client()
+        if self._session_token is not None:
+            token = headers.get(SECURITY_TOKEN_HEADER, "")
+            if not hmac.compare_digest(token.encode(), self._session_token.encode()):
+                raise _unrecognized_client()
+        timestamp, signed_at, date_header = _signing_time(headers)
+        if auth.date != timestamp[:8]:
+            raise _signature_error(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date"
+                f" from HTTP: '{auth.date}' != '{timestamp[:8]}', from '{timestamp}'."
+            )
+        if auth.service != SIGNING_SERVICE:
+            raise _signature_error(
+                f"Credential should be scoped to correct service: '{SIGNING_SERVICE}'."
+            )
+        if auth.region != self._region:
+            raise _signature_error(
+                "Credential should be scoped to a valid region: this endpoint serves"
+                f" '{self._region}', the credential is scoped to '{auth.region}'."
+            )
+        for required in ("host", date_header):
+            if required not in auth.signed_headers:
+                raise _signature_error(
+                    f"'{required}' must be a 'SignedHeader' in the AWS Authorization."
+                )
+        absent = [name for name in auth.signed_headers if name not in headers]
+        if absent:
+            raise _signature_error(
+                f"{SIGNATURE_MISMATCH_MESSAGE} Signed headers missing from the request:"
+                f" {', '.join(absent)}."
+            )
+        _check_clock_skew(timestamp, signed_at)
+        declared_hash = headers.get("x-amz-content-sha256")
+        if (
+            declared_hash is not None
+            and "x-amz-content-sha256" in auth.signed_headers
+            and declared_hash not in _UNSIGNED_PAYLOADS
+            and declared_hash != hashlib.sha256(body).hexdigest()
+        ):
+            raise _signature_error(
+                "The provided 'x-amz-content-sha256' header does not match what was computed."
+            )
+        self._check_signature(auth, method, target, scheme, headers, body, timestamp)
+
+    def _check_signature(
+        self,
+        auth: _Authorization,
+        method: str,
+        target: str,
+        scheme: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+        timestamp: str,
+    ) -> None:
+        path, _, query = target.partition("?")
+        url = f"{scheme}://{headers.get('host', '')}{path}" + (f"?{query}" if query else "")
+        aws_request = AWSRequest(method=method, url=url, data=body)
+        for name in auth.signed_headers:
+            # Assignment appends on botocore's headers: a repeated header stays repeated, and
+            # SigV4 joins its values with commas, as the client did.
+            for header_value in headers.getall(name):
+                aws_request.headers[name] = header_value
+        aws_request.context["timestamp"] = timestamp
+        credentials = Credentials(auth.access_key_id, self._secret_access_key)
+        signer = _DeclaredHeadersSigV4Auth(credentials, SIGNING_SERVICE, auth.region)
+        canonical_request: str = signer.canonical_request(aws_request)
+        string_to_sign: str = signer.string_to_sign(aws_request, canonical_request)
+        expected: str = signer.signature(string_to_sign, aws_request)
+        if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
+            raise _signature_error(
+                f"{SIGNATURE_MISMATCH_MESSAGE}\n\n"
+                f"The Canonical String for this request should have been\n'{canonical_request}'"
+                f"\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
+            )
+
+
+# --- Converse requests -------------------------------------------------------------------------
+
+
+def _invalid(message: str) -> AwsError:
+    return AwsError(400, "ValidationException", message)
+
+
+def _constraint(path: str, constraint: str) -> AwsError:
+    return _invalid(
+        f"1 validation error detected: Value at '{path}' failed to satisfy constraint: {constraint}"
+    )
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; `"maxTokens": true` must not mean 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _union_member(value: object, path: str, kinds: str) -> tuple[str, Any]:
+    """The one member of a union (a content block, a tool): AWS refuses zero or several."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _constraint(path, f"Member must be an object with exactly one of {kinds}")
+    ((kind, member),) = value.items()
+    return kind, member
+
+
+def _check_content(blocks: list[Any], where: str) -> bool:
+    """Validate a message's content blocks; True when one of them is a tool block."""
+    uses_tools = False
+    for j, block in enumerate(blocks):
+        path = f"{where}.{j}"
+        kind, member = _union_member(
+            block, path, "text, image, document, video, toolUse, toolResult, ..."
+        )
+        if kind == "text":
+            if not isinstance(member, str):
+                raise _constraint(f"{path}.text", "Member must be a string")
+            if not member.strip():
+                raise _invalid(
+                    f"The text field in the ContentBlock object at {path} is blank."
+                    " Add text to the text field, and try again."
+                )
+        uses_tools = uses_tools or kind in _TOOL_BLOCKS
+    return uses_tools
+
+
+def _blocks_text(blocks: list[Any]) -> str:
+    return " ".join(block["text"] for block in blocks if isinstance(block.get("text"), str))
+
+
+def _check_system(system: object) -> str | None:
+    """The system blocks' text, or None when there are none."""
+    if system is None:
+        return None
+    if not isinstance(system, list):
+        raise _constraint("system", "Member must be a list of system content blocks")
+    for j, block in enumerate(system):
+        kind, member = _union_member(block, f"system.{j}", "text, guardContent, cachePoint")
+        if kind == "text" and (not isinstance(member, str) or not member):
+            raise _constraint(
+                f"system.{j}.text", "Member must have length greater than or equal to 1"
+            )
+    return _blocks_text(system) if system else None
+
+
+def _check_inference_config(config: object) -> int | None:
+    """Validate inferenceConfig; its maxTokens, or None."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise _constraint("inferenceConfig", "Member must be an object")
+    max_tokens = config.get("maxTokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise _constraint(
+            "inferenceConfig.maxTokens", "Member must have value greater than or equal to 1"
+        )
+    for name in ("temperature", "topP"):
+        value = config.get(name)
+        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+            raise _constraint(f"inferenceConfig.{name}", "Member must be a number from 0 to 1")
+    stops = config.get("stopSequences")
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise _constraint("inferenceConfig.stopSequences", "Member must be non-empty strings")
+    return max_tokens
+
+
+def _check_tool_config(tool_config: object) -> None:
+    if not isinstance(tool_config, dict):
+        raise _constraint("toolConfig", "Member must be an object")
+    tools = tool_config.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise _constraint("toolConfig.tools", "Member must have length greater than or equal to 1")
+    for k, tool in enumerate(tools):
+        path = f"toolConfig.tools.{k}"
+        kind, spec = _union_member(tool, path, "toolSpec, systemTool, cachePoint")
+        if kind != "toolSpec":
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise _constraint(f"{path}.toolSpec.name", "Member must not be null")
+        schema = spec.get("inputSchema")
+        if not isinstance(schema, dict) or "json" not in schema:
+            raise _constraint(f"{path}.toolSpec.inputSchema", "Member must have a json member")
+    choice = tool_config.get("toolChoice")
+    if choice is not None and not isinstance(choice, dict):
+        raise _constraint("toolConfig.toolChoice", "Member must be an object")
+
+
+@dataclass(frozen=True, slots=True)
+class ConverseRequest:
+    model_id: str
+    messages: list[dict[str, Any]]  # in the shared form of ``tokens``: role and text content
+    system: str | None  # the system blocks' text, None when there are none
+    max_tokens: int | None
+
+
+def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
+    """Validate the fields the mock relies on, as Bedrock would; others are accepted and ignored."""
+    if not body.is_json or not isinstance(body.json, dict):
+        raise _invalid("Malformed input request: the body must be a JSON object.")
+    doc: dict[str, Any] = body.json
+    messages = doc.get("messages")
+    if messages is None:
+        raise _constraint("messages", "Member must not be null")
+    if not isinstance(messages, list) or not messages:
+        raise _constraint("messages", "Member must be a list of at least 1 message")
+    shared: list[dict[str, Any]] = []
+    uses_tools = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _constraint(f"messages.{i}", "Member must be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _constraint(
+                f"messages.{i}.role", "Member must satisfy enum value set: [user, assistant]"
+            )
+        content = message.get("content")
+        if not isinstance(content, list):
+            raise _constraint(f"messages.{i}.content", "Member must be a list of content blocks")
+        if not content:
+            raise _invalid(
+                f"The content field in the Message object at messages.{i} is empty."
+                " Add a ContentBlock object to the content field and try again."
+            )
+        uses_tools = _check_content(content, f"messages.{i}.content") or uses_tools
+        shared.append({"role": role, "content": _blocks_text(content)})
+    system = _check_system(doc.get("system"))
+    max_tokens = _check_inference_config(doc.get("inferenceConfig"))
+    tool_config = doc.get("toolConfig")
+    if tool_config is not None:
+        _check_tool_config(tool_config)
+    elif uses_tools:
+        raise _invalid(
+            "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        )
+    return ConverseRequest(model_id, shared, system, max_tokens)
+
+
+def model_id_from_target(target: str, operation: str) -> str | None:
+    """The decoded modelId of ``.../model/{modelId}/{operation}``, or None for another shape.
+
+    Splitting the raw target keeps an encoded ``/`` (``%2F``, as in an ARN) inside the id.
+    """
+    segments = target.partition("?")[0].split("/")
+    if len(segments) < 4 or segments[-1] != operation or segments[-3] != "model":
+        return None
+    return unquote(segments[-2]) or None
+
+
+# --- Replies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    pieces: list[str]
+    stop_reason: str
+    input_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def usage(self) -> dict[str, int]:
+        output_tokens = len(self.pieces)
+        return {
+            "inputTokens": self.input_tokens,
+            "outputTokens": output_tokens,
+            "totalTokens": self.input_tokens + output_tokens,
+        }
+
+
+def build_reply(req: ConverseRequest, fault: Fault) -> Reply:
+    pieces, truncated = reply_pieces(req.messages, max_tokens=req.max_tokens, chunks=fault.chunks)
+    input_tokens = prompt_tokens(req.messages)
+    if req.system is not None:
+        input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
+    return Reply(pieces, "max_tokens" if truncated else "end_turn", input_tokens)
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _abort(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Drop the connection so the client sees a reset instead of a (complete) response."""
+    if request.transport is not None:
+        request.transport.abort()
+    # aiohttp still wants a response object; finishing it fails quietly on the closed transport.
+    return response if response is not None else web.Response(status=500)
+
+
+class BedrockEndpoints:
+    """Request handlers for Bedrock Runtime's Converse API; one instance per mock application."""
+
+    def __init__(
+        self,
+        *,
+        models: Sequence[str],
+        verifier: SigV4Verifier,
+        chunk_delay_s: float,
+        default_fault: Fault,
+    ) -> None:
+        self._models = frozenset(models)
+        self._verifier = verifier
+        self._chunk_delay_s = chunk_delay_s
+        self._default_fault = default_fault
+
+    async def converse(self, request: web.Request, body: Body) -> web.StreamResponse:
+        return await self._serve(request, body, "converse")
+
+    async def converse_stream(self, request: web.Request, body: Body) -> web.StreamResponse:
+        return await self._serve(request, body, "converse-stream")
+
+    def _known_model(self, model_id: str) -> bool:
+        if not self._models:
+            return True
+        # A foundation model ARN names the model by its id after "foundation-model/".
+        _, marker, tail = model_id.partition(":foundation-model/")
+        return (tail if marker else model_id) in self._models
+
+    async def _precheck(self, request: web.Request, body: Body) -> Fault:
+        """Authentication and the request's fault; raises AwsError to end the request."""
+        self._verifier.verify(
+            method=request.method,
+            target=request.raw_path,
+            scheme=request.scheme,
+            headers=request.headers,
+            body=body.raw,
+        )
+        spec = request.headers.get(FAULT_HEADER)
+        try:
+            fault = self._default_fault if spec is None else parse_fault(spec)
+        except FaultSpecError as exc:
+            raise _invalid(str(exc)) from None
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.status is not None:
+            raise fault_error(fault.status)
+        return fault
+
+    def _parse(self, request: web.Request, body: Body, operation: str) -> ConverseRequest:
+        model_id = model_id_from_target(request.raw_path, operation)
+        if model_id is None:
+            raise AwsError(
+                404, "ResourceNotFoundException", f"Expected POST /model/{{modelId}}/{operation}."
+            )
+        if not self._known_model(model_id):
+            raise AwsError(
+                404,
+                "ResourceNotFoundException",
+                f"Could not resolve the foundation model from model identifier {model_id!r}.",
+            )
+        return parse_converse_request(model_id, body)
+
+    async def _serve(self, request: web.Request, body: Body, operation: str) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        try:
+            fault = await self._precheck(request, body)
+            req = self._parse(request, body, operation)
+        except AwsError as exc:
+            return error_response(exc.status, exc.code, exc.message, request_id=request_id)
+        reply = build_reply(req, fault)
+        if operation == "converse-stream":
+            return await self._stream(request, reply, fault, started, request_id)
+        if fault.reset_after is not None:
+            return _abort(request)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=headers)
+        document = {
+            "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+            "stopReason": reply.stop_reason,
+            "usage": reply.usage(),
+            "metrics": {"latencyMs": _elapsed_ms(started)},
+        }
+        return web.Response(body=orjson.dumps(document), headers=headers)
+
+    async def _stream(
+        self, request: web.Request, reply: Reply, fault: Fault, started: float, request_id: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": EVENT_STREAM_CONTENT_TYPE, REQUEST_ID_HEADER: request_id}
+        )
+        await response.prepare(request)
+        # One write per event, so each reaches the client as its own HTTP chunk.
+        writes = 0
+        interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
+
+        async def send(event_type: str, data: dict[str, Any]) -> None:
+            nonlocal writes
+            if writes and interval:
+                await asyncio.sleep(interval)
+            writes += 1
+            # Garbage keeps the framing intact: the client's decoder gets a payload, not JSON.
+            payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(data)
+            await response.write(encode_event(event_type, payload))
+
+        try:
+            await send("messageStart", {"role": "assistant"})
+            for sent, piece in enumerate(reply.pieces):
+                if sent == fault.reset_after:
+                    return _abort(request, response)
+                await send("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+            if fault.reset_after is not None:
+                # Fewer pieces than reset_after: the stream must still never finish.
+                return _abort(request, response)
+            await send("contentBlockStop", {"contentBlockIndex": 0})
+            await send("messageStop", {"stopReason": reply.stop_reason})
+            await send(
+                "metadata",
+                {"usage": reply.usage(), "metrics": {"latencyMs": _elapsed_ms(started)}},
+            )
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream; nothing left to tell it
+        return response

@@ -1,0 +1,83 @@
+"""An encoder for AWS's binary event stream (``application/vnd.amazon.eventstream``).
+
+Bedrock's ConverseStream answers with this framing instead of SSE. Each message is::
+
+    total length    uint32, big-endian; the whole message, these 4 bytes and the final CRC included
+    headers length  uint32, big-endian
+    prelude CRC     CRC-32 of the 8 bytes above
+    headers         name length (uint8), name, value type (uint8), value
+    payload         raw bytes; JSON for Bedrock
+    message CRC     CRC-32 of everything before it, the prelude CRC included
+
+The CRC is the common (zlib / gzip) CRC-32. Only string header values (type 7: uint16 length, then
+UTF-8) are written, which is all Bedrock sends: ``:event-type``, ``:content-type`` and
+``:message-type``. The limits are the ones decoders enforce (botocore refuses anything larger), so
+an oversized message fails here, in the mock, instead of confusing the client under test.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+
+CONTENT_TYPE = "application/vnd.amazon.eventstream"
+
+MAX_HEADERS_LENGTH = 128 * 1024
+MAX_PAYLOAD_LENGTH = 24 * 1024 * 1024
+
+_STRING_TYPE = 7
+_PRELUDE = struct.Struct("!II")
+_UINT32 = struct.Struct("!I")
+_STRING_HEADER = struct.Struct("!BH")  # value type, value length
+_MAX_NAME_LENGTH = 0xFF
+_MAX_VALUE_LENGTH = 0xFFFF
+
+
+def _crc32(data: bytes, crc: int = 0) -> int:
+    # zlib.crc32 is unsigned on Python 3; the mask documents that the wire field is 32 bits.
+    return zlib.crc32(data, crc) & 0xFFFFFFFF
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The headers section: each header as a string-typed name/value pair, in the given order."""
+    out = bytearray()
+    for name, value in headers.items():
+        raw_name, raw_value = name.encode(), value.encode()
+        if not 0 < len(raw_name) <= _MAX_NAME_LENGTH:
+            raise ValueError(f"event stream header name must be 1-255 bytes: {name!r}")
+        if len(raw_value) > _MAX_VALUE_LENGTH:
+            raise ValueError(f"event stream header {name!r}: value longer than 65535 bytes")
+        out.append(len(raw_name))
+        out += raw_name
+        out += _STRING_HEADER.pack(_STRING_TYPE, len(raw_value))
+        out += raw_value
+    return bytes(out)
+
+
+def encode_message(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One complete event stream message: prelude, prelude CRC, headers, payload, message CRC."""
+    header_bytes = encode_headers(headers)
+    if len(header_bytes) > MAX_HEADERS_LENGTH:
+        raise ValueError(f"event stream headers exceed {MAX_HEADERS_LENGTH} bytes")
+    if len(payload) > MAX_PAYLOAD_LENGTH:
+        raise ValueError(f"event stream payload exceeds {MAX_PAYLOAD_LENGTH} bytes")
+    # 12 bytes of prelude (two lengths and their CRC) and 4 of trailing message CRC.
+    total_length = 12 + len(header_bytes) + len(payload) + 4
+    prelude = _PRELUDE.pack(total_length, len(header_bytes))
+    head = prelude + _UINT32.pack(_crc32(prelude))
+    # The message CRC runs over the prelude CRC too; chaining the CRC avoids copying the payload.
+    message_crc = _crc32(payload, _crc32(header_bytes, _crc32(head)))
+    return b"".join((head, header_bytes, payload, _UINT32.pack(message_crc)))
+
+
+def encode_event(event_type: str, payload: bytes) -> bytes:
+    """A Bedrock stream event: a JSON payload named by ``:event-type``."""
+    return encode_message(
+        {
+            ":event-type": event_type,
+            ":content-type": "application/json",
+            ":message-type": "event",
+        },
+        payload,
+    )

@@ -1,0 +1,179 @@
+"""SigV4 signatures for requests to AWS (Bedrock), computed by botocore, and their credentials.
+
+Credentials come from the provider's ``aws`` config: the static values, or the files they
+name (read once per (re)load, like ``api_key_file``); with neither, botocore's default chain
+(environment, web identity token file for Kubernetes service accounts, shared config and
+credentials files, container and instance metadata).
+
+The chain can reach the network (STS, IMDS), and temporary credentials refresh themselves
+over it, so that I/O runs in a thread: in ``start()`` and in ``refresh_if_needed()``, which
+the runtime calls periodically. ``sign()`` runs on the event loop for every request and only
+hashes: it uses a frozen snapshot of the credentials taken by those two, never botocore's
+refreshing object, whose properties may block on a refresh.
+
+What is signed: method, path, body hash, ``host`` (the endpoint's authority, as ``host``
+below), ``content-type: application/json``, ``x-amz-date`` and, with session credentials,
+``x-amz-security-token``, plus any ``x-amz-*`` header the caller passes. Other headers are
+left unsigned on purpose: Envoy adds and rewrites some on the way, which would break the
+signature. Credentials never reach a log or an error message; errors name the config field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from pydantic import SecretStr
+
+from extproc.config.loader import ConfigError
+from extproc.config.model import AwsConfig
+
+# The headers sign() hands back for the caller to set; botocore adds
+# x-amz-content-sha256 only for services that want it (S3), never for Bedrock today.
+_SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class AwsSigner:
+    """Signs requests to one AWS endpoint with one provider's credentials."""
+
+    def __init__(self, config: AwsConfig, endpoint: str) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError("endpoint must be an http:// or https:// URL with a host")
+        self._config = config
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        # The value AWS checks `host` against: what botocore derives from a URL (no
+        # default port, no user info), and what the caller must send as the authority.
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
+            host = f"{host}:{parts.port}"
+        self.host = host
+        self._source: Credentials | None = None
+        self._frozen: ReadOnlyCredentials | None = None
+        self._auth: SigV4Auth | None = None
+
+    @property
+    def method(self) -> str | None:
+        """Where the credentials came from, in botocore's words (env, web identity...)."""
+        return None if self._source is None else str(self._source.method)
+
+    async def start(self) -> None:
+        """Resolve the credentials; raises ``ConfigError`` when there are none to use."""
+        source = await asyncio.to_thread(self._resolve)
+        try:
+            frozen = await asyncio.to_thread(source.get_frozen_credentials)
+        except Exception as exc:
+            # Say which source failed and how, without the exception's text: STS and IMDS
+            # errors can quote the token or role they were given.
+            raise ConfigError(
+                "aws",
+                [
+                    f"cannot obtain credentials from the AWS default chain "
+                    f"({source.method}): {type(exc).__name__}"
+                ],
+            ) from None
+        self._use(source, frozen)
+
+    def sign(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """The headers to set on the request so that AWS accepts it.
+
+        ``path`` is the request path as sent (percent-encoded, with any query string);
+        ``body`` the exact bytes sent. From ``headers``, only ``x-amz-*`` ones are signed
+        (the caller must send them unchanged); host and content-type are always signed as
+        ``self.host`` and ``application/json``.
+        """
+        if self._auth is None:
+            raise RuntimeError("AwsSigner.sign() called before start()")
+        signed = {
+            name.lower(): value
+            for name, value in headers.items()
+            if name.lower().startswith("x-amz-") and name.lower() not in _SIGNATURE_HEADERS
+        }
+        signed["host"] = self.host
+        signed["content-type"] = "application/json"
+        request = AWSRequest(method=method, url=self._origin + path, data=body, headers=signed)
+        self._auth.add_auth(request)
+        result: dict[str, str] = {}
+        for name, value in request.headers.items():
+            lname = name.lower()
+            if lname in _SIGNATURE_HEADERS:
+                result[lname] = value.decode() if isinstance(value, bytes) else str(value)
+        return result
+
+    async def refresh_if_needed(self) -> None:
+        """Refresh temporary credentials before they expire; cheap when there is nothing to do.
+
+        botocore refreshes within 15 minutes of expiry, so this must run more often than
+        every 5 minutes (its mandatory window is the last 10). A failure propagates and the
+        previous credentials stay in use until they expire.
+        """
+        source = self._source
+        if not isinstance(source, RefreshableCredentials) or not source.refresh_needed():
+            return
+        frozen = await asyncio.to_thread(source.get_frozen_credentials)
+        if frozen != self._frozen:
+            self._use(source, frozen)
+
+    async def close(self) -> None:
+        self._auth = None
+        self._frozen = None
+        self._source = None
+
+    def _use(self, source: Credentials, frozen: ReadOnlyCredentials) -> None:
+        self._source = source
+        self._frozen = frozen
+        # SigV4Auth reads only access_key, secret_key and token: the frozen tuple has them.
+        self._auth = SigV4Auth(frozen, self._config.service, self._config.region)
+
+    def _resolve(self) -> Credentials:
+        """Static credentials from the config, else the default chain (may do network I/O)."""
+        config = self._config
+        access_key = _secret(config.access_key_id, config.access_key_id_file, "access_key_id")
+        secret_key = _secret(
+            config.secret_access_key, config.secret_access_key_file, "secret_access_key"
+        )
+        if access_key is not None and secret_key is not None:
+            token = _secret(config.session_token, config.session_token_file, "session_token")
+            return Credentials(access_key, secret_key, token, method="gateway-config")
+        credentials = default_chain_credentials(config.region)
+        if credentials is None:
+            raise ConfigError(
+                "aws",
+                [
+                    "no credentials: set access_key_id and secret_access_key (or their _file "
+                    "fields), or provide them to the AWS default chain (environment, web "
+                    "identity, shared config, instance metadata)"
+                ],
+            )
+        return credentials
+
+
+def default_chain_credentials(region: str) -> Credentials | None:
+    """botocore's default credential chain; web identity credentials load lazily (no STS yet)."""
+    session = botocore.session.get_session()
+    # STS (web identity, assumed roles) is then called in the provider's own region.
+    session.set_config_variable("region", region)
+    credentials: Credentials | None = session.get_credentials()
+    return credentials
+
+
+def _secret(value: SecretStr | None, path: str | None, field: str) -> str | None:
+    """A SecretStr value, else the stripped contents of its file; None when neither is set."""
+    if value is not None:
+        text = value.get_secret_value().strip()
+    elif path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError("aws", [f"{field}_file: cannot read: {exc.strerror}"]) from None
+    else:
+        return None
+    if not text:
+        raise ConfigError("aws", [f"{field}{'' if value is not None else '_file'}: is empty"])
+    return text

@@ -1,0 +1,307 @@
+"""OpenAI chat-completions client to Anthropic's Messages API; this module owns the requests.
+
+The whole translator is imported from here. Answers (whole or streamed) and errors are
+translated in ``openai_anthropic_stream`` and re-exported below.
+
+``translate_request``: system and developer messages become the top-level ``system`` prompt
+wherever they stand in the conversation, since Anthropic has no system role; tool results
+become ``tool_result`` blocks in a user turn; consecutive turns of one role are merged
+because Anthropic requires user and assistant turns to alternate.
+
+What cannot be carried over is refused with a 400 naming the field, not guessed at:
+
+- ``n`` > 1: Anthropic returns one answer per request.
+- ``response_format`` of type ``json_schema``: nothing on Anthropic's side would enforce the
+  schema, and a client relying on it would parse whatever came back. ``json_object`` is
+  left out instead: OpenAI already requires a client asking for it to ask for JSON in its
+  prompt too, and Claude follows that.
+- content parts other than text and images (audio, files), tools other than functions.
+
+Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` is sent only
+without a temperature, because recent Claude models refuse the two together and many OpenAI
+clients send both. Other OpenAI-only fields (seed, penalties, logprobs, stream_options,
+reasoning_effort...) are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from extproc.errors import BadRequestError
+from extproc.translators.openai_anthropic_stream import (
+    CompletionTranslator,
+    StreamTranslator,
+    translate_error,
+)
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "CompletionTranslator",
+    "StreamTranslator",
+    "translate_error",
+    "translate_request",
+]
+
+DEFAULT_MAX_TOKENS = 4096
+
+# A tuple, not a set: a malformed role (a list, say) must not fail to hash.
+_SYSTEM_ROLES = ("system", "developer")
+_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+# A base64 data URL; parameters such as `;charset=` may stand before `;base64`.
+_DATA_URL = re.compile(r"data:(?P<media>[^;,]+)[^,]*;base64,(?P<data>.*)", re.DOTALL)
+
+
+def translate_request(
+    body: dict[str, Any],
+    upstream_model: str,
+    *,
+    stream: bool,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> dict[str, Any]:
+    """The Anthropic request for an OpenAI one; BadRequestError for what cannot be sent."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        raise BadRequestError(
+            "response_format 'json_schema' cannot be enforced by this model; "
+            "describe the JSON you want in the prompt instead",
+            param="response_format",
+        )
+    system, messages = _messages(body.get("messages"))
+    request: dict[str, Any] = {
+        "model": upstream_model,
+        "max_tokens": _max_tokens(body, default_max_tokens),
+        "messages": messages,
+    }
+    if system:
+        request["system"] = system
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequestError("'stop' must be a string or an array of strings", param="stop")
+        if stop:
+            request["stop_sequences"] = stop
+    temperature = _number(body, "temperature")
+    top_p = _number(body, "top_p")
+    if temperature is not None:
+        request["temperature"] = min(max(temperature, 0.0), 1.0)
+    elif top_p is not None:
+        request["top_p"] = top_p
+    tools = body.get("tools")
+    if tools:
+        request["tools"] = _tools(tools)
+        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice is not None:
+            request["tool_choice"] = choice
+    # OpenAI renamed `user` to `safety_identifier`; both name the end user for abuse checks.
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        request["metadata"] = {"user_id": user}
+    request["stream"] = stream
+    return request
+
+
+def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
+    if not isinstance(value, list):
+        raise BadRequestError("'messages' must be an array", param="messages")
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequestError("each message must be an object", param=where)
+        role = message.get("role")
+        if role in _SYSTEM_ROLES:
+            system.extend(_texts(message.get("content"), f"{where}.content"))
+            continue
+        if role == "user":
+            blocks = _user_blocks(message.get("content"), f"{where}.content")
+        elif role == "assistant":
+            blocks = _assistant_blocks(message, where)
+        elif role == "tool":
+            blocks = [_tool_result(message, where)]
+        else:
+            raise BadRequestError(
+                f"messages with role {role!r} cannot be sent to this model", param=f"{where}.role"
+            )
+        anthropic_role = "assistant" if role == "assistant" else "user"
+        if turns and turns[-1]["role"] == anthropic_role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": anthropic_role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user":
+            # Anthropic wants a turn's tool results before its other blocks; the sort is stable.
+            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return "\n\n".join(text for text in system if text), turns
+
+
+def _texts(content: Any, where: str) -> list[str]:
+    """The text of a string or of an array of text parts (an assistant's refusals count)."""
+    if isinstance(content, str):
+        return [content]
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise BadRequestError("content must be a string or an array of parts", param=where)
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("refusal" if kind == "refusal" else "text") if kind else None
+        if kind not in ("text", "refusal") or not isinstance(text, str):
+            raise BadRequestError("only text parts are accepted here", param=f"{where}[{j}]")
+        texts.append(text)
+    return texts
+
+
+def _text_blocks(texts: list[str]) -> list[dict[str, Any]]:
+    # Anthropic rejects empty text blocks, and they add nothing to the turn.
+    return [{"type": "text", "text": text} for text in texts if text]
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return _text_blocks(_texts(content, where))
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image_url":
+            blocks.append(_image(part.get("image_url"), f"{where}[{j}].image_url"))
+        elif kind == "text" and isinstance(part.get("text"), str):
+            blocks.extend(_text_blocks([part["text"]]))
+        else:
+            raise BadRequestError(
+                f"content parts of type {kind!r} cannot be sent to this model",
+                param=f"{where}[{j}]",
+            )
+    return blocks
+
+
+def _image(value: Any, where: str) -> dict[str, Any]:
+    url = value.get("url") if isinstance(value, dict) else value
+    if isinstance(url, str):
+        if url[:8].lower().startswith(("http://", "https://")):
+            return {"type": "image", "source": {"type": "url", "url": url}}
+        match = _DATA_URL.fullmatch(url)
+        if match:
+            source = {"type": "base64", "media_type": match["media"], "data": match["data"]}
+            return {"type": "image", "source": source}
+    raise BadRequestError(
+        "an image must be an http(s) URL or a base64 data URL", param=f"{where}.url"
+    )
+
+
+def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    blocks = _text_blocks(_texts(message.get("content"), f"{where}.content"))
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequestError("'tool_calls' must be an array", param=f"{where}.tool_calls")
+    for k, call in enumerate(calls):
+        at = f"{where}.tool_calls[{k}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRequestError("a tool call needs a function with a name", param=at)
+        if not isinstance(call.get("id"), str):
+            raise BadRequestError("a tool call needs an id", param=f"{at}.id")
+        # Models answer a tool without parameters with empty arguments as often as with {}.
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(arguments) if isinstance(arguments, str) else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise BadRequestError(
+                "tool call arguments must be a JSON object encoded as a string",
+                param=f"{at}.function.arguments",
+            )
+        blocks.append(
+            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+        )
+    return blocks
+
+
+def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise BadRequestError(
+            "a tool message needs the 'tool_call_id' it answers", param=f"{where}.tool_call_id"
+        )
+    content = message.get("content")
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    if isinstance(content, str):
+        if content:
+            result["content"] = content
+    else:
+        result["content"] = _text_blocks(_texts(content, f"{where}.content"))
+    return result
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    # max_completion_tokens is the newer name; OpenAI clients may send it beside max_tokens.
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequestError(f"'{field}' must be a positive integer", param=field)
+        return value
+    return default
+
+
+def _number(body: dict[str, Any], field: str) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadRequestError(f"'{field}' must be a number", param=field)
+    return value
+
+
+def _tools(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise BadRequestError("'tools' must be an array", param="tools")
+    tools: list[dict[str, Any]] = []
+    for i, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(function, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function.get("name"), str)
+        ):
+            raise BadRequestError(
+                "only function tools with a name can be sent to this model", param=f"tools[{i}]"
+            )
+        entry: dict[str, Any] = {"name": function["name"]}
+        if isinstance(function.get("description"), str):
+            entry["description"] = function["description"]
+        entry["input_schema"] = function.get("parameters") or {"type": "object"}
+        tools.append(entry)
+    return tools
+
+
+def _tool_choice(value: Any, parallel: Any) -> dict[str, Any] | None:
+    choice: dict[str, Any] | None = None
+    if isinstance(value, str) and value in _TOOL_CHOICES:
+        choice = {"type": _TOOL_CHOICES[value]}
+    elif isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            raise BadRequestError("tool_choice names no function", param="tool_choice")
+        choice = {"type": "tool", "name": name}
+    elif value is not None:
+        raise BadRequestError(
+            "tool_choice must be 'auto', 'required', 'none' or a function", param="tool_choice"
+        )
+    # OpenAI's switch is a top-level field; Anthropic's lives on tool_choice.
+    if parallel is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    return choice

@@ -1,0 +1,389 @@
+"""Anthropic's answers in OpenAI's shape: whole messages, event streams and errors.
+
+The answer half of the OpenAI-client-to-Anthropic translator; import it from
+``openai_anthropic``, which owns the requests and re-exports everything here.
+
+Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
+``tool_use`` blocks become ``tool_calls``; thinking blocks are not shown. Prompt tokens count
+cache writes and reads, as ``anthropic_anthropic`` counts them; cache reads are also reported
+as ``prompt_tokens_details.cached_tokens``. A body that is not a message becomes an
+``upstream_error`` / ``invalid_upstream_response`` error body, with no usage.
+
+Streams (``StreamTranslator``): each complete SSE event is translated as soon as its blank
+line arrives; a partial event waits for the rest, so the output is the same however the
+upstream body is cut into chunks. Events map as follows:
+
+- ``message_start``: the first chunk, ``delta: {"role": "assistant", "content": ""}``.
+- ``content_block_start`` of a ``tool_use`` block: a tool call with its id and name, numbered
+  by its place among the answer's tool calls (Anthropic numbers all blocks, text included).
+- ``content_block_delta``: text as ``delta.content``, ``input_json_delta`` as a piece of the
+  tool call's arguments. Thinking deltas are not shown.
+- ``message_delta``: the chunk with ``finish_reason`` (once), and the usage counts.
+- ``message_stop``: the usage chunk (``choices: []``) when the client asked for it, then
+  ``data: [DONE]``.
+- ``error``: a chunk carrying ``{"error": {...}}``, as OpenAI sends mid-stream errors, then
+  ``[DONE]``. A body that is not an event stream, or one that ends before ``message_stop``,
+  ends the same way. The translator then reports no usage.
+
+Usage is read whether or not the client asked for it, because the gateway accounts for it.
+Like OpenAI, every chunk carries ``"usage": null`` when the client did ask, except the last.
+
+Errors (``translate_error``): a 401/403 (or 402, billing) from Anthropic means the gateway's
+own credential or account was refused, so the client gets a 502 that says so rather than a
+status that would make it doubt its own key. An overload (529) becomes a 503, a rate limit
+stays a 429, other 5xx become 502; 400, 404 and 413 stay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc.context import Usage
+from extproc.errors import (
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from extproc.translators.anthropic_anthropic import usage_from_object
+
+DONE = b"data: [DONE]\n\n"
+_EVENT_END = b"\n\n"
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    # A server tool's loop paused; the text so far is an answer the client can show.
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# The HTTP status Anthropic documents for each error type, for errors that arrive inside a
+# stream and so carry no status of their own.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _finish_reason(stop_reason: Any) -> str:
+    # Stop reasons added after this was written read as a plain stop.
+    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def _openai_usage(usage: Usage, counts: dict[str, Any]) -> dict[str, Any]:
+    cached = counts.get("cache_read_input_tokens")
+    details = {"cached_tokens": cached if isinstance(cached, int) else 0}
+    return {**usage.as_dict(), "prompt_tokens_details": details}
+
+
+def _invalid_upstream_response(message: str) -> GatewayError:
+    return UpstreamError(message, code="invalid_upstream_response")
+
+
+class CompletionTranslator:
+    """A buffered Anthropic ``message`` turned into an OpenAI ``chat.completion``."""
+
+    def __init__(self, *, request_id: str, created: int) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._id = f"chatcmpl-{request_id}"
+        self._created = created
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if not end_of_stream:
+            return b""
+        body = b"".join(self._parts)
+        self._parts = []
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            return _invalid_upstream_response("the provider's answer could not be read").body()
+        text: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in message["content"]:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text" and isinstance(block.get("text"), str):
+                text.append(block["text"])
+            elif kind == "tool_use":
+                arguments = orjson.dumps(block.get("input") or {}).decode()
+                function = {"name": block.get("name"), "arguments": arguments}
+                calls.append({"id": block.get("id"), "type": "function", "function": function})
+        reply: dict[str, Any] = {
+            "role": "assistant",
+            # OpenAI sends null content, not "", when the answer is only tool calls.
+            "content": "".join(text) if text or not calls else None,
+            "refusal": None,
+        }
+        if calls:
+            reply["tool_calls"] = calls
+        model = message.get("model")
+        self.response_model = model if isinstance(model, str) else None
+        raw_usage = message.get("usage")
+        counts: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        self.usage = usage_from_object(counts)
+        choice = {
+            "index": 0,
+            "message": reply,
+            "logprobs": None,
+            "finish_reason": _finish_reason(message.get("stop_reason")),
+        }
+        completion = {
+            "id": self._id,
+            "object": "chat.completion",
+            "created": self._created,
+            "model": self.response_model or "",
+            "choices": [choice],
+            "usage": None if self.usage is None else _openai_usage(self.usage, counts),
+            "system_fingerprint": None,
+        }
+        return orjson.dumps(completion)
+
+
+def _client_error(status: int, kind: str | None, message: str) -> tuple[int, GatewayError]:
+    # The status depends on `status` alone, so a caller can answer Envoy's response headers
+    # with translate_error(status, b"") before the body arrives.
+    if status in (401, 402, 403):
+        refused = UpstreamError(
+            f"the provider refused the gateway's own credentials or account ({kind or status}); "
+            f"this is not a problem with your API key. The provider said: {message}",
+            code="upstream_credentials_refused",
+        )
+        return 502, refused
+    if status == 529:
+        return 503, ServiceUnavailableError(message, code="upstream_overloaded")
+    if status == 429:
+        return 429, RateLimitError(message)
+    if status >= 500 or status < 400:
+        return 502, UpstreamError(message, code=kind or "upstream_error")
+    if status == 404:
+        return 404, NotFoundError(message)
+    if status == 413:
+        return 413, PayloadTooLargeError(message)
+    return status, BadRequestError(message)
+
+
+def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
+    """An Anthropic error answer as (the status the client gets, an OpenAI error body)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    # Anthropic's shape is {"type": "error", "error": {"type", "message"}}; a proxy in front
+    # of it may send {"error": {"message"}} or an HTML page, hence each step is checked.
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = f"the provider answered with HTTP {status}"
+    client_status, client = _client_error(status, kind if isinstance(kind, str) else None, message)
+    return client_status, client.body()
+
+
+def _stream_error(error: Any) -> GatewayError:
+    """The OpenAI error for the ``error`` object of an Anthropic ``event: error``."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    kind = kind if isinstance(kind, str) else None
+    text = message if isinstance(message, str) and message else "the provider's stream failed"
+    return _client_error(_ERROR_STATUS.get(kind or "", 500), kind, text)[1]
+
+
+class StreamTranslator:
+    """One streamed answer, Anthropic SSE in, OpenAI SSE out."""
+
+    def __init__(self, *, include_usage: bool, request_id: str, created: int) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self._include_usage = include_usage
+        self._id = f"chatcmpl-{request_id}"
+        self._created = created
+        # The start of an event whose blank line has not arrived yet.
+        self._pending = b""
+        self._done = False
+        self._finished = False
+        # Anthropic block index -> the tool call's index in OpenAI's tool_calls.
+        self._tool_calls: dict[int, int] = {}
+        # Tool calls whose arguments have not started yet (blocks by Anthropic index).
+        self._no_arguments_yet: set[int] = set()
+        # Usage counts so far: message_start's, then each message_delta's cumulative ones.
+        self._counts: dict[str, int] = {}
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        if self._done:
+            return b""  # whatever follows message_stop or a failure is not shown
+        data = self._pending + chunk if self._pending else chunk
+        if b"\r" in data:
+            # A "\r" ending the chunk stays pending and meets its "\n" in the next one.
+            data = data.replace(b"\r\n", b"\n")
+        if end_of_stream:
+            complete, self._pending = data, b""
+        else:
+            cut = data.rfind(_EVENT_END)
+            if cut < 0:
+                self._pending = data
+                return b""
+            complete, self._pending = data[:cut], data[cut + 2 :]
+        out: list[bytes] = []
+        for event in complete.split(_EVENT_END):
+            if self._done:
+                break
+            out.extend(self._translate(event))
+        if end_of_stream and not self._done:
+            out.append(
+                self._fail(
+                    _invalid_upstream_response("the provider's stream ended before it was complete")
+                )
+            )
+        return b"".join(out)
+
+    def _translate(self, event: bytes) -> list[bytes]:
+        # SSE lets one event's data span several lines, joined with newlines; lines without
+        # data (the event name, comments) say nothing the JSON's "type" does not.
+        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not lines:
+            return []
+        try:
+            payload = orjson.loads(b"\n".join(lines))
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            return [self._fail(_invalid_upstream_response("the provider's stream is unreadable"))]
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            return self._block_delta(payload)
+        if kind == "content_block_start":
+            return self._block_start(payload)
+        if kind == "content_block_stop":
+            return self._block_stop(payload)
+        if kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                model = message.get("model")
+                self.response_model = model if isinstance(model, str) else None
+                self._take_counts(message.get("usage"))
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "message_delta":
+            return self._message_delta(payload)
+        if kind == "message_stop":
+            self._done = True
+            if self._include_usage and self.usage is not None:
+                return [self._usage_chunk(), DONE]
+            return [DONE]
+        if kind == "error":
+            return [self._fail(_stream_error(payload.get("error")))]
+        # ping, and event types added after this was written.
+        return []
+
+    def _block_start(self, payload: dict[str, Any]) -> list[bytes]:
+        block = payload.get("content_block")
+        index = payload.get("index")
+        if not isinstance(block, dict) or not isinstance(index, int):
+            return []
+        if block.get("type") == "text" and block.get("text"):
+            return [self._chunk({"content": block["text"]})]
+        if block.get("type") != "tool_use":
+            return []
+        position = len(self._tool_calls)
+        self._tool_calls[index] = position
+        self._no_arguments_yet.add(index)
+        function = {"name": block.get("name"), "arguments": ""}
+        call = {"index": position, "id": block.get("id"), "type": "function", "function": function}
+        return [self._chunk({"tool_calls": [call]})]
+
+    def _block_delta(self, payload: dict[str, Any]) -> list[bytes]:
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            return []
+        kind = delta.get("type")
+        if kind == "text_delta" and isinstance(delta.get("text"), str):
+            return [self._chunk({"content": delta["text"]})]
+        index = payload.get("index")
+        partial = delta.get("partial_json")
+        if kind != "input_json_delta" or not partial or not isinstance(index, int):
+            return []
+        if index not in self._tool_calls:
+            return []
+        self._no_arguments_yet.discard(index)
+        return [self._arguments(index, partial)]
+
+    def _block_stop(self, payload: dict[str, Any]) -> list[bytes]:
+        index = payload.get("index")
+        if not isinstance(index, int) or index not in self._no_arguments_yet:
+            return []
+        # A call without parameters may get no argument deltas at all; OpenAI clients parse
+        # the arguments they assembled, and "" is not JSON.
+        self._no_arguments_yet.discard(index)
+        return [self._arguments(index, "{}")]
+
+    def _message_delta(self, payload: dict[str, Any]) -> list[bytes]:
+        usage = payload.get("usage")
+        # message_start's output count is a placeholder; usage is known from here on.
+        if isinstance(usage, dict) and "output_tokens" in usage:
+            self._take_counts(usage)
+            self.usage = usage_from_object(self._counts)
+        delta = payload.get("delta")
+        reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+        # Server tools can make Anthropic send several message_delta events; one finish is shown.
+        if reason is None or self._finished:
+            return []
+        self._finished = True
+        return [self._chunk({}, _finish_reason(reason))]
+
+    def _take_counts(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for key, value in usage.items():
+            # bool is an int subclass; a `true` token count is malformed, not 1.
+            if isinstance(value, int) and not isinstance(value, bool):
+                self._counts[key] = value
+
+    def _fail(self, error: GatewayError) -> bytes:
+        self._done = True
+        self.usage = None
+        return b"data: " + error.body() + _EVENT_END + DONE
+
+    def _arguments(self, index: int, arguments: str) -> bytes:
+        call = {"index": self._tool_calls[index], "function": {"arguments": arguments}}
+        return self._chunk({"tool_calls": [call]})
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return self._event([choice], None)
+
+    def _usage_chunk(self) -> bytes:
+        assert self.usage is not None
+        return self._event([], _openai_usage(self.usage, self._counts))
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self.response_model or "",
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self._include_usage:
+            chunk["usage"] = usage
+        return b"data: " + orjson.dumps(chunk) + _EVENT_END

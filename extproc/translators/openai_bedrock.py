@@ -1,0 +1,437 @@
+"""OpenAI chat-completions client to AWS Bedrock's Converse API: requests, answers and errors.
+
+Requests (``translate_request``): system and developer messages become the top-level
+``system`` blocks wherever they stand, since Converse has no system role; tool results
+become ``toolResult`` blocks in a user turn; consecutive turns of one role are merged
+because Converse requires user and assistant to alternate. The model is not in the body:
+it is part of the path (``request_path``), percent-encoded as botocore does it.
+
+What cannot be carried over is refused, not guessed at:
+
+- ``n`` > 1: Converse returns one answer per request.
+- images by http(s) URL: Converse takes the image's bytes only, and the gateway does not
+  fetch URLs on a client's behalf. Data URLs of png, jpeg, gif and webp images are sent.
+- ``response_format`` other than ``text``, the deprecated ``functions``, content parts other
+  than text and images, tools other than functions.
+
+``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
+(and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
+accept the field. Converse has no ``none``: the tools are left out, unless the conversation
+already holds tool calls, which Converse refuses without a ``toolConfig``; then the tools
+are sent and the model may still call one. Other OpenAI-only fields (seed, penalties,
+logprobs, stream_options...) are dropped.
+
+Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
+``toolUse`` blocks become ``tool_calls``; reasoning blocks are not shown. Bedrock does not
+name the model that answered, so the client's model name is echoed and ``response_model``
+stays None. Prompt tokens count cache reads and writes on top of ``inputTokens``; cache
+reads are also reported as ``prompt_tokens_details.cached_tokens``. Streams are translated
+in ``openai_bedrock_stream``.
+
+Errors (``translate_error``): the client's status depends only on the provider's status and
+``x-amzn-errortype``, so it can be chosen before the body arrives. A refused signature or
+identity (403) means the *gateway's* AWS credentials were refused: the client gets a 502
+that says so, and never the provider's message, which can quote the signed request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from extproc.context import Usage
+from extproc.errors import BadRequestError, error_body
+
+# The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
+from extproc.translators.openai_bedrock_stream import (
+    StreamTranslator,
+    aws_error,
+    completion_id,
+    finish_reason,
+    read_usage,
+)
+
+__all__ = [
+    "CompletionTranslator",
+    "StreamTranslator",
+    "request_path",
+    "translate_error",
+    "translate_request",
+]
+
+# botocore's percent_encode keeps only these unreserved characters: ":" in model ids and
+# "/" in ARNs are encoded, so the path is the one AWS's own SDKs sign and send.
+_PATH_SAFE = "-._~"
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+
+
+def translate_request(
+    body: dict[str, Any], *, default_max_tokens: int | None = None
+) -> dict[str, Any]:
+    """The Converse (or ConverseStream) body for an OpenAI chat-completions request.
+
+    Raises ``BadRequestError`` (naming the offending field) for what Converse cannot do.
+    """
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequestError("Bedrock returns one choice per request: n must be 1", param="n")
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise BadRequestError(
+            "functions and function_call are not supported: use tools and tool_choice",
+            param="functions",
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type") != "text"
+    ):
+        raise BadRequestError(
+            "response_format is not supported for Bedrock models: ask for JSON in the prompt",
+            param="response_format",
+        )
+    system, turns = _conversation(body.get("messages"))
+    converse: dict[str, Any] = {"messages": turns}
+    if system:
+        converse["system"] = system
+    inference = _inference_config(body, default_max_tokens)
+    if inference:
+        converse["inferenceConfig"] = inference
+    tool_config = _tool_config(body.get("tools"), body.get("tool_choice"), turns)
+    if tool_config is not None:
+        converse["toolConfig"] = tool_config
+    return converse
+
+
+def request_path(model_id: str, *, stream: bool) -> str:
+    """The Converse path for a model id or ARN, e.g. ``/model/a.b-v1%3A0/converse``."""
+    action = "converse-stream" if stream else "converse"
+    return f"/model/{quote(model_id, safe=_PATH_SAFE)}/{action}"
+
+
+def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split OpenAI messages into Converse ``system`` blocks and alternating turns."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("messages must be a non-empty list", param="messages")
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise BadRequestError(f"{where} must be an object", param=where)
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend({"text": text} for text in _texts(message.get("content"), where))
+            continue
+        if role == "user":
+            blocks = _user_blocks(message.get("content"), where)
+        elif role == "assistant":
+            blocks = _assistant_blocks(message, where)
+        elif role == "tool":
+            role, blocks = "user", [_tool_result(message, where)]
+        else:
+            raise BadRequestError(f"{where}.role is not supported: {role!r}", param=f"{where}.role")
+        if not blocks:
+            raise BadRequestError(f"{where} has no content", param=f"{where}.content")
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _texts(content: Any, where: str) -> list[str]:
+    """The non-empty texts of a string or a list of text parts (refusals read as text)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content] if content else []
+    if not isinstance(content, list):
+        raise BadRequestError(
+            f"{where}.content must be a string or a list", param=f"{where}.content"
+        )
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        key = "refusal" if kind == "refusal" else "text"
+        value = part.get(key) if isinstance(part, dict) else None
+        if kind not in ("text", "refusal") or not isinstance(value, str):
+            raise BadRequestError(
+                f"{where}.content[{index}] must be a text part", param=f"{where}.content"
+            )
+        if value:
+            texts.append(value)
+    return texts
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return [{"text": text} for text in _texts(content, where)]
+    blocks: list[dict[str, Any]] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        here = f"{where}.content[{index}]"
+        if kind == "image_url":
+            blocks.append(_image(part.get("image_url"), here))
+        elif kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequestError(f"{here}.text must be a string", param=here)
+            if text:
+                blocks.append({"text": text})
+        else:
+            raise BadRequestError(
+                f"{here}: content parts of type {kind!r} are not supported for Bedrock models",
+                param=here,
+            )
+    return blocks
+
+
+def _image(value: Any, where: str) -> dict[str, Any]:
+    """A Converse image block from an OpenAI ``image_url`` (a base64 data URL)."""
+    url = value.get("url") if isinstance(value, dict) else value
+    param = f"{where}.image_url.url"
+    if not isinstance(url, str):
+        raise BadRequestError(f"{param} must be a string", param=param)
+    if url.startswith(("http://", "https://")):
+        raise BadRequestError(
+            "Bedrock takes images as bytes, not URLs: send the image as a data URL "
+            "(data:image/png;base64,...)",
+            param=param,
+        )
+    # Partition, not a regex: the data part can be megabytes long.
+    header, _, data = url.partition(",")
+    mime, _, encoding = header.removeprefix("data:").partition(";")
+    image_format = _IMAGE_FORMATS.get(mime.lower())
+    if not header.startswith("data:") or encoding != "base64" or image_format is None or not data:
+        raise BadRequestError(
+            "image_url must be a base64 data URL of a png, jpeg, gif or webp image", param=param
+        )
+    # Converse's JSON carries blobs as base64: the client's encoding is passed as is.
+    return {"image": {"format": image_format, "source": {"bytes": data}}}
+
+
+def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [
+        {"text": text} for text in _texts(message.get("content"), where)
+    ]
+    calls = message.get("tool_calls")
+    if calls is None:
+        return blocks
+    if not isinstance(calls, list):
+        raise BadRequestError(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
+    for index, call in enumerate(calls):
+        here = f"{where}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
+            raise BadRequestError(f"{here} must have an id and a function", param=here)
+        name, arguments = function.get("name"), function.get("arguments") or "{}"
+        try:
+            tool_input = orjson.loads(arguments) if isinstance(arguments, str) else None
+        except orjson.JSONDecodeError:
+            tool_input = None
+        if not isinstance(name, str) or not isinstance(tool_input, dict):
+            raise BadRequestError(
+                f"{here}.function needs a name and arguments that are a JSON object",
+                param=f"{here}.function",
+            )
+        blocks.append({"toolUse": {"toolUseId": call["id"], "name": name, "input": tool_input}})
+    return blocks
+
+
+def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise BadRequestError(
+            f"{where}.tool_call_id must be a string", param=f"{where}.tool_call_id"
+        )
+    texts = _texts(message.get("content"), where) or [""]
+    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text} for text in texts]}}
+
+
+def _inference_config(body: dict[str, Any], default_max_tokens: int | None) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequestError(f"{field} must be a positive integer", param=field)
+        config["maxTokens"] = value
+        break
+    else:
+        if default_max_tokens is not None:
+            config["maxTokens"] = default_max_tokens
+    for field, name in (("temperature", "temperature"), ("top_p", "topP")):
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise BadRequestError(f"{field} must be a number", param=field)
+        config[name] = value
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(item, str) for item in stop):
+            raise BadRequestError("stop must be a string or a list of strings", param="stop")
+        if stop:
+            config["stopSequences"] = stop
+    return config
+
+
+def _tool_config(tools: Any, choice: Any, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list):
+        raise BadRequestError("tools must be a list", param="tools")
+    specs = [_tool_spec(tool, index) for index, tool in enumerate(tools)]
+    config: dict[str, Any] = {"tools": specs}
+    if choice is None or choice == "auto":
+        return config
+    if choice == "none":
+        uses_tools = any(
+            "toolUse" in block or "toolResult" in block
+            for turn in turns
+            for block in turn["content"]
+        )
+        return config if uses_tools else None
+    if choice == "required":
+        config["toolChoice"] = {"any": {}}
+        return config
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise BadRequestError(
+            "tool_choice must be none, auto, required or a named function", param="tool_choice"
+        )
+    config["toolChoice"] = {"tool": {"name": name}}
+    return config
+
+
+def _tool_spec(tool: Any, index: int) -> dict[str, Any]:
+    where = f"tools[{index}]"
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(function, dict) or tool.get("type", "function") != "function":
+        raise BadRequestError(f"{where}: only function tools are supported", param=where)
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequestError(f"{where}.function.name is required", param=f"{where}.function")
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    spec: dict[str, Any] = {"name": name, "inputSchema": {"json": schema}}
+    # Converse refuses an empty description; OpenAI treats a missing one as none.
+    if isinstance(function.get("description"), str) and function["description"]:
+        spec["description"] = function["description"]
+    return {"toolSpec": spec}
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+class CompletionTranslator:
+    """A Converse answer, buffered, rewritten as an OpenAI ``chat.completion``."""
+
+    def __init__(self, *, model: str, request_id: str, created: int) -> None:
+        self.usage: Usage | None = None
+        # Bedrock does not say which model answered.
+        self.response_model: str | None = None
+        self._model = model
+        self._id = completion_id(request_id)
+        self._created = created
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if not end_of_stream:
+            return b""
+        body, self._parts = b"".join(self._parts), []
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        completion = self._completion(parsed) if isinstance(parsed, dict) else None
+        if completion is None:
+            self.usage = None
+            return error_body(
+                "the provider's answer could not be read as a Bedrock Converse response",
+                "upstream_error",
+            )
+        return orjson.dumps(completion)
+
+    def _completion(self, parsed: dict[str, Any]) -> dict[str, Any] | None:
+        output = parsed.get("output")
+        message = output.get("message") if isinstance(output, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            return None
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif isinstance(block.get("toolUse"), dict):
+                tool = block["toolUse"]
+                arguments = orjson.dumps(tool.get("input", {})).decode()
+                calls.append(
+                    {
+                        "id": tool.get("toolUseId"),
+                        "type": "function",
+                        "function": {"name": tool.get("name"), "arguments": arguments},
+                    }
+                )
+        answer: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(texts) if texts else None,
+            "refusal": None,
+        }
+        if calls:
+            answer["tool_calls"] = calls
+        completion: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": answer,
+                    "logprobs": None,
+                    "finish_reason": finish_reason(parsed.get("stopReason")),
+                }
+            ],
+        }
+        usage = read_usage(parsed.get("usage"))
+        if usage is not None:
+            self.usage, completion["usage"] = usage
+        return completion
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def error_name(error_type_header: str | None) -> str:
+    """The error name in ``x-amzn-errortype``, e.g. ``ThrottlingException:http://...``."""
+    if not error_type_header:
+        return ""
+    return error_type_header.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+
+
+def translate_error(status: int, body: bytes, error_type_header: str | None) -> tuple[int, bytes]:
+    """The client's status and OpenAI-shaped body for a Bedrock error answer."""
+    message = ""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        value = parsed.get("message", parsed.get("Message"))
+        message = value if isinstance(value, str) else ""
+    return aws_error(error_name(error_type_header), status, message)

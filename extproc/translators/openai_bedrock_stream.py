@@ -1,0 +1,287 @@
+"""Bedrock ConverseStream's binary event stream, rewritten as OpenAI chat-completion SSE chunks.
+
+ConverseStream answers ``application/vnd.amazon.eventstream``: length-prefixed, CRC-checked
+binary frames, which body chunks cut anywhere. botocore's ``EventStreamBuffer`` reassembles
+and checks them; each frame names its event in ``:event-type`` and carries JSON:
+
+- ``messageStart``: the chunk that opens the answer (``role``).
+- ``contentBlockStart`` with ``toolUse``: a tool call's id and name; its ``contentBlockIndex``
+  is numbered among the tool calls, since OpenAI counts tool calls, not content blocks.
+- ``contentBlockDelta``: text, or a piece of a tool call's JSON arguments.
+- ``messageStop``: the chunk with ``finish_reason``.
+- ``metadata`` (the last event): usage. The usage chunk (``choices: []``) is sent only when
+  the client asked for it; usage is read either way. ``data: [DONE]`` follows it.
+
+An exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``), a frame
+that fails its checks, or a stream that ends before ``messageStop`` becomes an OpenAI error
+chunk and ``[DONE]``; usage is then None, as nothing trustworthy was counted, and the rest
+of the stream is dropped.
+
+This module also holds what the buffered answer shares with the stream: stop reasons, usage
+and AWS error names. ``openai_bedrock`` imports them and re-exports ``StreamTranslator``, so
+the dependency runs one way.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from typing import Any
+
+import orjson
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+
+from extproc.context import Usage
+from extproc.errors import error_body
+
+_DONE = b"data: [DONE]\n\n"
+# What a frame that passed its CRCs can still raise from its headers or JSON payload:
+# unknown header types, truncated header fields, undecodable text.
+_BAD_FRAME = (ParserError, KeyError, ValueError, struct.error)
+
+
+# --- what buffered and streamed answers share -------------------------------------------
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "content_filtered": "content_filter",
+    "guardrail_intervened": "content_filter",
+}
+
+
+def finish_reason(stop_reason: Any) -> str:
+    """OpenAI's finish_reason for Converse's stopReason; unknown reasons read as a stop."""
+    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def completion_id(request_id: str) -> str:
+    return f"chatcmpl-{request_id or uuid.uuid4().hex}"
+
+
+def _count(value: Any) -> int:
+    # bool is an int subclass; a `true` token count is malformed, not 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
+    """Converse's usage as the gateway's ``Usage`` and OpenAI's usage object; None if absent."""
+    if not isinstance(value, dict):
+        return None
+    input_tokens, output_tokens = value.get("inputTokens"), value.get("outputTokens")
+    if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+        return None
+    cache_read = _count(value.get("cacheReadInputTokens"))
+    # inputTokens counts only the uncached part: the prompt is everything the model read.
+    prompt = _count(input_tokens) + cache_read + _count(value.get("cacheWriteInputTokens"))
+    usage = Usage(prompt, _count(output_tokens), prompt + _count(output_tokens))
+    shown: dict[str, Any] = usage.as_dict()
+    if cache_read:
+        shown["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    return usage, shown
+
+
+# AWS messages are short; a cap keeps a misbehaving proxy's page out of the client's error.
+_MAX_MESSAGE = 2000
+# AWS error name (lowercased: event streams spell them throttlingException) ->
+# (client status, OpenAI error type).
+_ERRORS = {
+    "throttlingexception": (429, "rate_limit_error"),
+    "servicequotaexceededexception": (429, "rate_limit_error"),
+    "validationexception": (400, "invalid_request_error"),
+    "resourcenotfoundexception": (404, "not_found_error"),
+    "serviceunavailableexception": (503, "service_unavailable"),
+    "modelnotreadyexception": (503, "service_unavailable"),
+    "modeltimeoutexception": (504, "timeout"),
+}
+# The provider refused who the gateway is, not what the client asked.
+_REFUSED_CREDENTIALS = {
+    "accessdeniedexception",
+    "unrecognizedclientexception",
+    "invalidsignatureexception",
+    "incompletesignatureexception",
+    "missingauthenticationtokenexception",
+    "expiredtokenexception",
+    "signaturedoesnotmatch",
+}
+_BY_STATUS = {
+    400: (400, "invalid_request_error"),
+    404: (404, "not_found_error"),
+    429: (429, "rate_limit_error"),
+    503: (503, "service_unavailable"),
+}
+
+
+def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
+    """The client's status and OpenAI error body for an AWS error name (or HTTP status)."""
+    key = name.lower()
+    if key in _REFUSED_CREDENTIALS or status in (401, 403):
+        return 502, error_body(
+            "the provider refused the gateway's AWS credentials"
+            f"{f' ({name})' if name else ''}: the gateway operator must check its AWS "
+            "identity and its access to this model",
+            "upstream_error",
+            code=name or None,
+        )
+    client_status, error_type = _ERRORS.get(key) or _BY_STATUS.get(status, (502, "upstream_error"))
+    text = message[:_MAX_MESSAGE] or f"the provider answered {name or f'HTTP {status}'}"
+    return client_status, error_body(text, error_type, code=name or None)
+
+
+# --- the stream ----------------------------------------------------------------------------
+
+
+class StreamTranslator:
+    """Bedrock's event stream in, OpenAI SSE out, chunk by chunk."""
+
+    def __init__(self, *, model: str, include_usage: bool, request_id: str, created: int) -> None:
+        self.usage: Usage | None = None
+        # Bedrock does not say which model answered.
+        self.response_model: str | None = None
+        self._model = model
+        self._include_usage = include_usage
+        self._id = completion_id(request_id)
+        self._created = created
+        self._frames = EventStreamBuffer()
+        # Converse content block index -> OpenAI tool call index.
+        self._tool_calls: dict[int, int] = {}
+        self._stopped = False
+        self._done = False
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        if self._done:
+            return b""
+        out: list[bytes] = []
+        self._frames.add_data(chunk)
+        try:
+            for frame in self._frames:
+                self._translate(frame, out)
+                if self._done:
+                    return b"".join(out)
+        except _BAD_FRAME:
+            out.append(self._fail("the provider's event stream could not be decoded"))
+            return b"".join(out)
+        if end_of_stream:
+            out.append(
+                self._finish()
+                if self._stopped
+                else self._fail("the provider's stream ended before the answer was complete")
+            )
+        return b"".join(out)
+
+    def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:
+        headers = frame.headers
+        kind = headers.get(":message-type", "event")
+        if kind == "exception":
+            name = str(headers.get(":exception-type", ""))
+            out.append(self._provider_error(name, _message(frame.payload)))
+            return
+        if kind == "error":
+            name = str(headers.get(":error-code", ""))
+            out.append(self._provider_error(name, str(headers.get(":error-message", ""))))
+            return
+        payload = orjson.loads(frame.payload) if frame.payload else {}
+        if not isinstance(payload, dict):
+            raise ValueError("event payload is not a JSON object")
+        event = headers.get(":event-type")
+        if event == "messageStart":
+            out.append(self._chunk({"role": "assistant", "content": ""}))
+        elif event == "contentBlockStart":
+            self._block_start(payload, out)
+        elif event == "contentBlockDelta":
+            self._block_delta(payload, out)
+        elif event == "messageStop":
+            self._stopped = True
+            out.append(self._chunk({}, finish_reason(payload.get("stopReason"))))
+        elif event == "metadata":
+            usage = read_usage(payload.get("usage"))
+            if usage is not None:
+                self.usage = usage[0]
+                if self._include_usage:
+                    out.append(self._event([], usage[1]))
+            if self._stopped:
+                out.append(self._finish())
+
+    def _block_start(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        start = payload.get("start")
+        tool = start.get("toolUse") if isinstance(start, dict) else None
+        if not isinstance(tool, dict):
+            return
+        index = len(self._tool_calls)
+        self._tool_calls[_block_index(payload)] = index
+        call = {
+            "index": index,
+            "id": tool.get("toolUseId"),
+            "type": "function",
+            "function": {"name": tool.get("name"), "arguments": ""},
+        }
+        out.append(self._chunk({"tool_calls": [call]}))
+
+    def _block_delta(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            return
+        text = delta.get("text")
+        if isinstance(text, str):
+            if text:
+                out.append(self._chunk({"content": text}))
+            return
+        tool = delta.get("toolUse")
+        arguments = tool.get("input") if isinstance(tool, dict) else None
+        index = self._tool_calls.get(_block_index(payload))
+        # Reasoning and citation deltas have no OpenAI counterpart and are not shown.
+        if isinstance(arguments, str) and arguments and index is not None:
+            call = {"index": index, "function": {"arguments": arguments}}
+            out.append(self._chunk({"tool_calls": [call]}))
+
+    def _provider_error(self, name: str, message: str) -> bytes:
+        # Exception events spell names in lowerCamel (throttlingException); the HTTP header
+        # as AWS documents them (ThrottlingException), which is what clients are shown.
+        _, body = aws_error(name[:1].upper() + name[1:], 0, message)
+        return self._abort(body)
+
+    def _fail(self, message: str) -> bytes:
+        return self._abort(error_body(message, "upstream_error"))
+
+    def _abort(self, body: bytes) -> bytes:
+        self.usage = None
+        self._done = True
+        return b"data: " + body + b"\n\n" + _DONE
+
+    def _finish(self) -> bytes:
+        self._done = True
+        return _DONE
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return self._event([choice], None)
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+        }
+        # OpenAI puts "usage": null on every chunk of a stream that asked for usage.
+        if self._include_usage:
+            chunk["usage"] = usage
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _block_index(payload: dict[str, Any]) -> int:
+    index = payload.get("contentBlockIndex")
+    return index if isinstance(index, int) else -1
+
+
+def _message(payload: bytes) -> str:
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ""
+    value = parsed.get("message") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else ""
