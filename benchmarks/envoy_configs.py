@@ -50,12 +50,35 @@ COMPLETION: Json = {
     ],
     "usage": {"prompt_tokens": 152, "completion_tokens": 9, "total_tokens": 161},
 }
+MESSAGES_PATH = "/v1/messages"
+# The same answer as Anthropic's Messages API gives it, for the translated scenario.
+MESSAGE: Json = {
+    "id": "msg_bench",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-3-5-haiku-latest",
+    "content": [{"type": "text", "text": "Benchmarks measure; they do not judge."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 152, "output_tokens": 9},
+}
 
 
 def upstream_bootstrap(port: int, admin_port: int) -> Json:
-    """The fast upstream: a fixed completion for POST /v1/chat/completions, 404 otherwise."""
+    """The fast upstream: a fixed OpenAI completion for POST /v1/chat/completions, a fixed
+    Anthropic message for POST /v1/messages, 404 otherwise."""
     completion = json.dumps(COMPLETION, separators=(",", ":"))
+    message = json.dumps(MESSAGE, separators=(",", ":"))
     routes = [
+        {
+            "name": "anthropic_message",
+            "match": {
+                "path": MESSAGES_PATH,
+                "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+            },
+            "direct_response": {"status": 200, "body": {"inline_string": message}},
+            "response_headers_to_add": [_json_content_type()],
+        },
         {
             "name": "chat_completion",
             "match": {

@@ -61,7 +61,9 @@ def request_headers(authorization: str) -> dict[str, str]:
     return {"content-type": "application/json", "authorization": authorization}
 
 
-def write_script(directory: Path, authorization: str = DEFAULT_AUTHORIZATION) -> Path:
+def write_script(
+    directory: Path, authorization: str = DEFAULT_AUTHORIZATION, path: str = CHAT_PATH
+) -> Path:
     """wrk's Lua script: the body is read from a file next to it, so no quoting issues."""
     directory.mkdir(parents=True, exist_ok=True)
     body_path = directory / "request.json"
@@ -72,7 +74,7 @@ def write_script(directory: Path, authorization: str = DEFAULT_AUTHORIZATION) ->
     )
     script = (
         'wrk.method = "POST"\n'
-        f"wrk.path = {json.dumps(CHAT_PATH)}\n"
+        f"wrk.path = {json.dumps(path)}\n"
         f"{headers}"
         f'local file = assert(io.open({json.dumps(str(body_path))}, "rb"))\n'
         'wrk.body = file:read("*a")\n'
@@ -126,10 +128,12 @@ def parse_wrk(report: str) -> LoadResult:
     )
 
 
-def check_one_request(base_url: str, authorization: str = DEFAULT_AUTHORIZATION) -> str | None:
+def check_one_request(
+    base_url: str, authorization: str = DEFAULT_AUTHORIZATION, path: str = CHAT_PATH
+) -> str | None:
     """Send the benchmark's request once; None if the answer is a 200 completion."""
     request = urllib.request.Request(
-        base_url + CHAT_PATH,
+        base_url + path,
         data=request_body(),
         headers=request_headers(authorization),
         method="POST",

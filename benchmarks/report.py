@@ -69,7 +69,7 @@ def machine_note() -> str:
 
 
 # The rows that run the real gateway; each is compared with (a) and (b).
-GATEWAY_SCENARIOS = ("c", "d")
+GATEWAY_SCENARIOS = ("c", "d", "e")
 
 
 def result_of(rows: list[Row], key: str, connections: int) -> LoadResult | None:
@@ -101,15 +101,16 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_auth_cost(rows: list[Row], connections: list[int]) -> str:
-    """What JWT authentication (cached token) adds over API-key authentication."""
+    """What JWT auth (cached token) and translation to Anthropic add over (c)."""
     lines = []
-    for n in connections:
-        key, token = result_of(rows, "c", n), result_of(rows, "d", n)
-        if key and token:
-            lines.append(
-                f"JWT (cached) vs API key at c={n}: p50 {token.p50_ms - key.p50_ms:+.2f} ms, "
-                f"req/s x{token.requests_per_s / key.requests_per_s:.2f}"
-            )
+    for key, label in (("d", "JWT (cached) vs API key"), ("e", "Anthropic translated vs OpenAI")):
+        for n in connections:
+            base, other = result_of(rows, "c", n), result_of(rows, key, n)
+            if base and other:
+                lines.append(
+                    f"{label} at c={n}: p50 {other.p50_ms - base.p50_ms:+.2f} ms, "
+                    f"req/s x{other.requests_per_s / base.requests_per_s:.2f}"
+                )
     return "\n".join(lines)
 
 

@@ -98,8 +98,8 @@ def measure_scenario(
     _progress(f"starting {scenario.title}")
     try:
         with scenario.start(workdir, upstream) as target:
-            script = write_script(workdir / "wrk", target.authorization)
-            failure = check_one_request(target.base_url, target.authorization)
+            script = write_script(workdir / "wrk", target.authorization, target.path)
+            failure = check_one_request(target.base_url, target.authorization, target.path)
             if failure is not None:
                 return [Row(scenario.key, scenario.title, n, failure=failure) for n in connections]
             return [measure(scenario, target, script, n, duration_s) for n in connections]

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.cpu import child_pids
 from benchmarks.envoy_configs import (
+    CHAT_PATH,
     envoy_argv,
     front_bootstrap,
     upstream_bootstrap,
@@ -39,6 +40,9 @@ from extproc.devstack import LocalStack, Ports, free_port
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
 BENCH_ISSUER = "https://bench.aigw.local"
+# The /openai route takes the model from the path: an Anthropic model, so the
+# OpenAI request is translated to Messages and the answer back.
+TRANSLATED_PATH = "/openai/claude-3-5-haiku-latest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class Target:
     pids: dict[str, int]
     # What the load generator authenticates with (ignored where nothing checks it).
     authorization: str = DEFAULT_AUTHORIZATION
+    # Where it posts (wrk's script sets the path; the URL's own path is not used).
+    path: str = CHAT_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +130,22 @@ def envoy_gateway_jwt(workdir: Path, upstream: Target) -> Iterator[Target]:
 
 
 @contextmanager
-def _gateway(workdir: Path, upstream: Target, config: Path, authorization: str) -> Iterator[Target]:
+def envoy_gateway_anthropic(workdir: Path, upstream: Target) -> Iterator[Target]:
+    """(c) with the request sent to an Anthropic model: translated both ways."""
+    with _gateway(
+        workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION, TRANSLATED_PATH
+    ) as target:
+        yield target
+
+
+@contextmanager
+def _gateway(
+    workdir: Path,
+    upstream: Target,
+    config: Path,
+    authorization: str,
+    path: str = CHAT_PATH,
+) -> Iterator[Target]:
     fresh = Ports.free()
     ports = Ports(fresh.envoy, fresh.envoy_admin, fresh.grpc, fresh.http, _port_of(upstream))
     # real_provider="mock": no mock-llm process, models still go to the provider "mock".
@@ -135,7 +156,7 @@ def _gateway(workdir: Path, upstream: Target, config: Path, authorization: str) 
         pids = {"envoy": stack.process("envoy").pid, "gateway": gateway, **upstream.pids}
         for valkey in child_pids(gateway)[:1]:  # the embedded store, when the gateway runs one
             pids["valkey"] = valkey
-        yield Target(stack.base_url, stack.envoy_admin_url, pids, authorization)
+        yield Target(stack.base_url, stack.envoy_admin_url, pids, authorization, path)
     finally:
         stack.stop()
 
@@ -146,6 +167,7 @@ SCENARIOS = (
     Scenario("b", "(b) envoy + echo ext_proc", envoy_echo),
     Scenario("c", "(c) envoy + gateway", envoy_gateway),
     Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
+    Scenario("e", "(e) gateway, -> Anthropic", envoy_gateway_anthropic),
 )
 
 
