@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
+    from extproc.quota.store import Reservation
     from extproc.runtime import Route, Runtime
     from extproc.translators.base import ResponseTranslator
 
@@ -100,6 +101,8 @@ class RequestContext:
     response_model: str | None = None
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)
+    # The quota reservation made for this request, settled when it ends.
+    reservation: Reservation | None = None
     usage_reported: bool = False
     first_byte_at: float | None = None
     error: GatewayError | None = None

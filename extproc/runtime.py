@@ -26,8 +26,10 @@ from extproc.config.model import (
     cluster_name,
 )
 from extproc.providers.aws_signer import AwsSigner
+from extproc.quota.rules import RuleSet
 
 if TYPE_CHECKING:
+    from extproc.quota.store import QuotaStore
     from extproc.store.usage import UsageStore
     from extproc.store.usage_writer import UsageWriter
     from extproc.telemetry.access_log import AccessLog
@@ -71,6 +73,7 @@ class Services:
     access_log: AccessLog
     store: UsageStore | None = None
     usage_writer: UsageWriter | None = None
+    quota_store: QuotaStore | None = None
 
 
 class RouteTable:
@@ -115,6 +118,10 @@ class Runtime:
         self.api_keys = ApiKeyStore(config.auth)
         self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
         self.access = AccessPolicy(config.auth.access_rules)
+        try:
+            self.quota_rules = RuleSet(config.quotas)
+        except ValueError as exc:
+            raise ConfigError("config", [f"quotas: {exc}"]) from None
         self.route_auth: dict[str, RouteAuthConfig] = {
             route.name: _route_auth(route.auth or config.auth.default, config)
             for route in config.routes

@@ -26,6 +26,7 @@ from extproc import http_endpoint
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
 from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.store.connection import connect
@@ -145,6 +146,8 @@ class Gateway:
             timeout_s=store.timeout_ms / 1000.0,
         )
         self.services.usage_writer.start()
+        self.services.quota_store = QuotaStore(self._store_client, store.key_prefix)
+        await self.services.quota_store.start()
 
     async def readiness(self) -> tuple[bool, str]:
         store = self.services.store
@@ -172,6 +175,8 @@ class Gateway:
             await self._server.stop(grace)
         if self.services.usage_writer is not None:
             await self.services.usage_writer.close()
+        if self.services.quota_store is not None:
+            await self.services.quota_store.close()
         if self._http is not None:
             await self._http.cleanup()
         await self.runtime.close()

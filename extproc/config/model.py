@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
+from extproc.config.quota_model import QuotasConfig
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -263,6 +264,7 @@ class GatewayConfig(_Section):
     model_prefixes: tuple[ModelPrefixConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
     auth: AuthConfig = AuthConfig()
+    quotas: QuotasConfig = QuotasConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:

@@ -16,6 +16,7 @@ from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage
 from extproc.stages.credentials import CredentialStage
 from extproc.stages.model_list import ModelListStage
+from extproc.stages.quota import QuotaStage
 from extproc.stages.response import ResponseStage
 from extproc.stages.routing import RoutingStage
 
@@ -27,6 +28,7 @@ def default_stages() -> list[object]:
         ModelListStage(),
         CredentialStage(),
         ChatRequestStage(),
+        QuotaStage(),
         ResponseStage(),
         AccountingStage(),
     ]

@@ -73,6 +73,12 @@ class GatewayMetrics:
             ("operation",),
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "aigw_rate_limited",
+            "Requests refused by a quota or rate limit, by rule and subject kind",
+            ("rule", "subject_kind"),
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "aigw_config_reloads",
             "Config reload attempts, by result (success, failure)",

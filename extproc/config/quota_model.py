@@ -1,0 +1,110 @@
+"""The ``quotas`` section: limit rules per API key, user, group or request header.
+
+A rule names a subject and a selector, optionally the models it covers, and
+any number of limits: requests per second/minute/hour/day, tokens per
+minute/hour/day, and one token quota per calendar day/week/month (in a time
+zone) or for a lifetime. Validation happens here; the meaning lives in
+``extproc.quota``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuotaMode(StrEnum):
+    ENFORCE = "enforce"
+    # Count and report, never block.
+    SHADOW = "shadow"
+
+
+class StoreFailure(StrEnum):
+    FAIL_CLOSED = "fail_closed"
+    FAIL_OPEN = "fail_open"
+
+
+class QuotaPeriod(StrEnum):
+    CALENDAR_DAY = "calendar_day"
+    CALENDAR_WEEK = "calendar_week"
+    CALENDAR_MONTH = "calendar_month"
+    LIFETIME = "lifetime"
+
+
+class TokenQuota(_Section):
+    limit: int = Field(gt=0)
+    period: QuotaPeriod = QuotaPeriod.CALENDAR_MONTH
+    # Default: quotas.time_zone.
+    time_zone: str | None = None
+
+
+class LimitRule(_Section):
+    name: Annotated[str, Field(pattern=_RULE_NAME)]
+    # api_key, user, group, or header:<name> (a request header's value, e.g. x-user-type)
+    subject: str
+    # "*": each subject separately; or one id, or a list of ids.
+    match: str | tuple[str, ...] = "*"
+    # Empty: every model. A trailing * matches a prefix.
+    models: tuple[str, ...] = ()
+    requests_per_second: int | None = Field(default=None, gt=0)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    requests_per_hour: int | None = Field(default=None, gt=0)
+    requests_per_day: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_hour: int | None = Field(default=None, gt=0)
+    tokens_per_day: int | None = Field(default=None, gt=0)
+    token_quota: TokenQuota | None = None
+    mode: QuotaMode = QuotaMode.ENFORCE
+    # Default: quotas.on_store_failure.
+    on_store_failure: StoreFailure | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subject(cls, subject: str) -> str:
+        if subject in {"api_key", "user", "group"}:
+            return subject
+        kind, _, header = subject.partition(":")
+        if kind == "header" and header and header == header.strip():
+            return f"header:{header.lower()}"
+        raise ValueError("must be api_key, user, group or header:<name>")
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> LimitRule:
+        limits = (
+            self.requests_per_second,
+            self.requests_per_minute,
+            self.requests_per_hour,
+            self.requests_per_day,
+            self.tokens_per_minute,
+            self.tokens_per_hour,
+            self.tokens_per_day,
+            self.token_quota,
+        )
+        if all(limit is None for limit in limits):
+            raise ValueError("set at least one limit (requests_per_*, tokens_per_*, token_quota)")
+        return self
+
+
+class QuotasConfig(_Section):
+    rules: tuple[LimitRule, ...] = ()
+    time_zone: str = "UTC"
+    # Completion tokens reserved when a request names no max_tokens.
+    default_max_tokens: int = Field(default=1024, gt=0)
+    on_store_failure: StoreFailure = StoreFailure.FAIL_CLOSED
+
+    @model_validator(mode="after")
+    def _unique_rules(self) -> QuotasConfig:
+        seen: set[str] = set()
+        for index, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(f"rules[{index}].name: duplicate rule {rule.name!r}")
+            seen.add(rule.name)
+        return self

@@ -1,0 +1,1 @@
+"""Token quotas and rate limits: windows, rules, the Redis store."""

@@ -1,0 +1,160 @@
+"""Which limits apply to a request: rules x the request's subjects x their windows.
+
+A request has up to four kinds of subject: its API key, its user, its group,
+and request header values. Every rule whose subject, selector and model scope
+match yields one limit per configured counter; all of them are checked, and
+the tightest decides. Counter keys carry the subject in a hash tag, so one
+subject's counters live in one Redis Cluster slot and one script checks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from extproc.config.quota_model import (
+    LimitRule,
+    QuotaMode,
+    QuotasConfig,
+    StoreFailure,
+)
+from extproc.context import Identity
+from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
+
+# Counter -> (window kind, request or token counter)
+_COUNTERS: tuple[tuple[str, WindowKind, str], ...] = (
+    ("requests_per_second", WindowKind.SECOND, "r"),
+    ("requests_per_minute", WindowKind.MINUTE, "r"),
+    ("requests_per_hour", WindowKind.HOUR, "r"),
+    ("requests_per_day", WindowKind.DAY, "r"),
+    ("tokens_per_minute", WindowKind.MINUTE, "t"),
+    ("tokens_per_hour", WindowKind.HOUR, "t"),
+    ("tokens_per_day", WindowKind.DAY, "t"),
+)
+_PERIODS = {
+    "calendar_day": WindowKind.CALENDAR_DAY,
+    "calendar_week": WindowKind.CALENDAR_WEEK,
+    "calendar_month": WindowKind.CALENDAR_MONTH,
+    "lifetime": WindowKind.LIFETIME,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One counter a request is checked against."""
+
+    rule: str
+    subject_kind: str
+    subject: str
+    counter: str  # e.g. requests_per_minute, token_quota
+    kind: str  # "r" requests, "t" tokens
+    limit: int
+    window: Window
+    enforce: bool
+    fail_open: bool
+    time_zone: str
+
+    @property
+    def is_quota(self) -> bool:
+        return self.counter == "token_quota"
+
+    def key(self, prefix: str) -> str:
+        # The braces are the hash tag: every counter of one subject shares a slot.
+        tag = f"{{{self.subject_kind}:{self.subject}}}"
+        return f"{prefix}q:{tag}:{self.rule}:{self.kind}:{self.window.key}"
+
+    def describe(self) -> str:
+        unit = "requests" if self.kind == "r" else "tokens"
+        if self.is_quota:
+            period = self.window.kind.value.replace("_", " ")
+            zone = f" ({self.time_zone})" if self.window.kind is not WindowKind.LIFETIME else ""
+            return f"{self.limit} {unit} per {period}{zone}"
+        return f"{self.limit} {unit} per {self.window.kind.value}"
+
+
+class RuleSet:
+    def __init__(self, config: QuotasConfig) -> None:
+        validate_timezone(config.time_zone)
+        for rule in config.rules:
+            if rule.token_quota is not None and rule.token_quota.time_zone:
+                validate_timezone(rule.token_quota.time_zone)
+        self._config = config
+        self.rules = config.rules
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def limits_for(
+        self, identity: Identity, headers: dict[str, str], model: str, now: float
+    ) -> list[Limit]:
+        found: list[Limit] = []
+        for rule in self.rules:
+            subject = _subject_value(rule, identity, headers)
+            if subject is None or not _selected(rule, subject) or not _covers(rule, model):
+                continue
+            found.extend(self._limits(rule, subject, now))
+        return found
+
+    def _limits(self, rule: LimitRule, subject: str, now: float) -> list[Limit]:
+        config = self._config
+        enforce = rule.mode is QuotaMode.ENFORCE
+        fail_open = (rule.on_store_failure or config.on_store_failure) is StoreFailure.FAIL_OPEN
+        # header:<name> keeps the header name: its values are a namespace of their own.
+        subject_kind = rule.subject
+        limits: list[Limit] = []
+        for counter, window_kind, unit in _COUNTERS:
+            value = getattr(rule, counter)
+            if value is not None:
+                window = window_for(window_kind, now)
+                limits.append(
+                    Limit(rule.name, subject_kind, subject, counter, unit, value, window,
+                          enforce, fail_open, "UTC")
+                )  # fmt: skip
+        quota = rule.token_quota
+        if quota is not None:
+            zone = quota.time_zone or config.time_zone
+            window = window_for(_PERIODS[quota.period.value], now, zone)
+            limits.append(
+                Limit(rule.name, subject_kind, subject, "token_quota", "t", quota.limit, window,
+                      enforce, fail_open, zone)
+            )  # fmt: skip
+        return limits
+
+
+def _subject_value(rule: LimitRule, identity: Identity, headers: dict[str, str]) -> str | None:
+    if rule.subject == "api_key":
+        return identity.api_key_id
+    if rule.subject == "user":
+        return identity.user_id
+    if rule.subject == "group":
+        return identity.group_id
+    value = headers.get(rule.subject.removeprefix("header:"))
+    return value or None
+
+
+def _selected(rule: LimitRule, subject: str) -> bool:
+    match = rule.match
+    if isinstance(match, str):
+        return match == "*" or match == subject
+    return subject in match
+
+
+def _covers(rule: LimitRule, model: str) -> bool:
+    if not rule.models:
+        return True
+    return any(
+        model.startswith(pattern[:-1]) if pattern.endswith("*") else model == pattern
+        for pattern in rule.models
+    )
+
+
+def tightest(limits: Sequence[Limit], used: Sequence[int], kind: str) -> int | None:
+    """Index of the limit of ``kind`` with the least left, for the rate-limit headers."""
+    best: int | None = None
+    for index, limit in enumerate(limits):
+        if limit.kind != kind or not limit.enforce:
+            continue
+        left = limit.limit - used[index]
+        if best is None or left < limits[best].limit - used[best]:
+            best = index
+    return best
