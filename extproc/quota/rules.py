@@ -58,18 +58,30 @@ class Limit:
     def is_quota(self) -> bool:
         return self.counter == "token_quota"
 
+    @property
+    def subject_tag(self) -> str:
+        return f"{{{self.subject_kind}:{self.subject}}}"
+
+    @property
+    def override_field(self) -> str:
+        return f"{self.rule}:{self.counter}"
+
+    def overrides_key(self, prefix: str) -> str:
+        """The subject's hash of limits set at run time, field ``<rule>:<counter>``."""
+        return f"{prefix}qo:{self.subject_tag}"
+
     def key(self, prefix: str) -> str:
         # The braces are the hash tag: every counter of one subject shares a slot.
-        tag = f"{{{self.subject_kind}:{self.subject}}}"
-        return f"{prefix}q:{tag}:{self.rule}:{self.kind}:{self.window.key}"
+        return f"{prefix}q:{self.subject_tag}:{self.rule}:{self.kind}:{self.window.key}"
 
-    def describe(self) -> str:
+    def describe(self, limit: int | None = None) -> str:
+        amount = self.limit if limit is None else limit
         unit = "requests" if self.kind == "r" else "tokens"
         if self.is_quota:
             period = self.window.kind.value.replace("_", " ")
             zone = f" ({self.time_zone})" if self.window.kind is not WindowKind.LIFETIME else ""
-            return f"{self.limit} {unit} per {period}{zone}"
-        return f"{self.limit} {unit} per {self.window.kind.value}"
+            return f"{amount} {unit} per {period}{zone}"
+        return f"{amount} {unit} per {self.window.kind.value}"
 
 
 class RuleSet:
@@ -83,6 +95,14 @@ class RuleSet:
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def limits_for_subject(self, subject_kind: str, subject: str, now: float) -> list[Limit]:
+        """Every limit of every rule that applies to one subject (for management)."""
+        found: list[Limit] = []
+        for rule in self.rules:
+            if rule.subject == subject_kind and _selected(rule, subject):
+                found.extend(self._limits(rule, subject, now))
+        return found
 
     def limits_for(
         self, identity: Identity, headers: dict[str, str], model: str, now: float
@@ -148,13 +168,15 @@ def _covers(rule: LimitRule, model: str) -> bool:
     )
 
 
-def tightest(limits: Sequence[Limit], used: Sequence[int], kind: str) -> int | None:
+def tightest(
+    limits: Sequence[Limit], used: Sequence[int], effective: Sequence[int], kind: str
+) -> int | None:
     """Index of the limit of ``kind`` with the least left, for the rate-limit headers."""
     best: int | None = None
     for index, limit in enumerate(limits):
         if limit.kind != kind or not limit.enforce:
             continue
-        left = limit.limit - used[index]
-        if best is None or left < limits[best].limit - used[best]:
+        left = effective[index] - used[index]
+        if best is None or left < effective[best] - used[best]:
             best = index
     return best

@@ -31,12 +31,15 @@ class Reservation:
     limits: list[Limit]
     reserved: list[int]
     used: list[int]  # after reserving
+    # The limits in force: the config's, or an operator's override.
+    effective: list[int]
 
 
 @dataclass(frozen=True, slots=True)
 class Denial:
     limit: Limit
     used: int
+    effective_limit: int
 
 
 @dataclass(slots=True)
@@ -96,7 +99,10 @@ class QuotaStore:
             "reserve",
             [
                 (
-                    [limit.key(self._prefix) for _, limit in group],
+                    [
+                        group[0][1].overrides_key(self._prefix),
+                        *(limit.key(self._prefix) for _, limit in group),
+                    ],
                     [
                         value
                         for _, limit in group
@@ -106,6 +112,7 @@ class QuotaStore:
                             limit.window.ttl_seconds(self.now()),
                             1 if limit.enforce else 0,
                             limit.kind,
+                            limit.override_field,
                         )
                     ],
                 )
@@ -114,23 +121,25 @@ class QuotaStore:
         )
         reserved = [0] * len(limits)
         used = [0] * len(limits)
+        effective = [limit.limit for limit in limits]
         denial: Denial | None = None
         admitted: list[list[tuple[int, Limit]]] = []
         for group, result in zip(groups, results, strict=True):
             if int(result[0]) == 0:
                 index = int(result[1]) - 1
-                denial = denial or Denial(group[index][1], int(result[2]))
+                denial = denial or Denial(group[index][1], int(result[2]), int(result[3]))
                 continue
             admitted.append(group)
             for position, (original, _) in enumerate(group):
-                reserved[original] = int(result[1 + position * 2])
-                used[original] = int(result[2 + position * 2])
+                reserved[original] = int(result[1 + position * 3])
+                used[original] = int(result[2 + position * 3])
+                effective[original] = int(result[3 + position * 3])
         if denial is not None:
             # Another subject refused: give back what this request took elsewhere.
             taken = [(limits[i], reserved[i]) for group in admitted for i, _ in group]
             await self.settle_now([(limit, -amount) for limit, amount in taken if amount])
             return denial
-        return Reservation(limits, reserved, used)
+        return Reservation(limits, reserved, used, effective)
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct token reservations with the real usage (None: release them), off the

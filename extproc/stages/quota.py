@@ -97,14 +97,14 @@ def _refusal(denial: Denial, now: float) -> RateLimitError:
     kind = limit.subject_kind.replace("header:", "header ")
     message = (
         f"Rate limit reached for {kind} '{limit.subject}' (rule '{limit.rule}'): "
-        f"{limit.describe()}, {denial.used} used; {_reset_text(limit)}"
+        f"{limit.describe(denial.effective_limit)}, {denial.used} used; {_reset_text(limit)}"
     )
     headers: dict[str, str] = {}
     left = limit.window.seconds_left(now)
     if left is not None:
         headers["retry-after"] = str(max(1, math.ceil(left)))
     unit = "requests" if limit.kind == "r" else "tokens"
-    headers[f"x-ratelimit-limit-{unit}"] = str(limit.limit)
+    headers[f"x-ratelimit-limit-{unit}"] = str(denial.effective_limit)
     headers[f"x-ratelimit-remaining-{unit}"] = "0"
     if left is not None:
         headers[f"x-ratelimit-reset-{unit}"] = f"{max(0, math.ceil(left))}s"
@@ -115,7 +115,7 @@ def _refusal(denial: Denial, now: float) -> RateLimitError:
 def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:
     headers: dict[str, str] = {}
     for kind, unit in (("r", "requests"), ("t", "tokens")):
-        index = tightest(reservation.limits, reservation.used, kind)
+        index = tightest(reservation.limits, reservation.used, reservation.effective, kind)
         if index is None:
             continue
         limit = reservation.limits[index]

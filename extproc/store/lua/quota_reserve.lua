@@ -1,46 +1,50 @@
 -- Check and reserve, atomically, every limit of one subject (all keys share the
 -- subject's hash tag, so this also runs on Redis Cluster).
--- KEYS: one counter per limit.
--- ARGV: then five values per limit: limit, cost, ttl seconds, enforce (1|0), kind (r|t).
+-- KEYS[1]: the subject's overrides hash (limits set at run time); KEYS[2..]: one
+-- counter per limit.
+-- ARGV: six values per limit: limit, cost, ttl seconds, enforce (1|0), kind (r|t),
+-- override field.
 --   r (requests): admitted while used + cost <= limit; reserves cost.
 --   t (tokens):   admitted while something remains; reserves min(cost, what remains).
--- Returns {1, reserved_1, used_1, ...} when admitted (used = after reserving), or
--- {0, index, used} naming the first enforced limit that refused; nothing is written then.
-local n = #KEYS
-local used = {}
+-- Returns {1, reserved_1, used_1, limit_1, ...} when admitted (used = after
+-- reserving), or {0, index, used, limit} naming the first enforced limit that
+-- refused; nothing is written then.
+local n = #KEYS - 1
+local used, limits = {}, {}
 for i = 1, n do
-  local base = (i - 1) * 5
+  local base = (i - 1) * 6
   local limit = tonumber(ARGV[base + 1])
+  local override = redis.call('HGET', KEYS[1], ARGV[base + 6])
+  if override then
+    limit = tonumber(override)
+  end
+  limits[i] = limit
   local cost = tonumber(ARGV[base + 2])
   local enforce = ARGV[base + 4] == '1'
   local kind = ARGV[base + 5]
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local current = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
   used[i] = current
   if enforce then
-    if kind == 'r' and current + cost > limit then
-      return {0, i, current}
-    end
-    if kind == 't' and current >= limit then
-      return {0, i, current}
+    if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then
+      return {0, i, current, limit}
     end
   end
 end
 local result = {1}
 for i = 1, n do
-  local base = (i - 1) * 5
-  local limit = tonumber(ARGV[base + 1])
+  local base = (i - 1) * 6
   local cost = tonumber(ARGV[base + 2])
   local ttl = tonumber(ARGV[base + 3])
-  local enforce = ARGV[base + 4] == '1'
   local reserve = cost
-  if enforce and ARGV[base + 5] == 't' and used[i] + cost > limit then
-    reserve = limit - used[i]
+  if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and used[i] + cost > limits[i] then
+    reserve = limits[i] - used[i]
   end
-  local after = redis.call('INCRBY', KEYS[i], reserve)
-  if redis.call('TTL', KEYS[i]) < 0 then
-    redis.call('EXPIRE', KEYS[i], ttl)
+  local after = redis.call('INCRBY', KEYS[i + 1], reserve)
+  if redis.call('TTL', KEYS[i + 1]) < 0 then
+    redis.call('EXPIRE', KEYS[i + 1], ttl)
   end
   result[#result + 1] = reserve
   result[#result + 1] = after
+  result[#result + 1] = limits[i]
 end
 return result
