@@ -119,10 +119,9 @@ def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:
         if index is None:
             continue
         limit = reservation.limits[index]
-        headers[f"x-ratelimit-limit-{unit}"] = str(limit.limit)
-        headers[f"x-ratelimit-remaining-{unit}"] = str(
-            max(0, limit.limit - reservation.used[index])
-        )
+        effective = reservation.effective[index]
+        headers[f"x-ratelimit-limit-{unit}"] = str(effective)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, effective - reservation.used[index]))
         left = limit.window.seconds_left(now)
         if left is not None:
             headers[f"x-ratelimit-reset-{unit}"] = f"{max(0, math.ceil(left))}s"
