@@ -1,0 +1,124 @@
+"""Quota counters in a real Valkey: atomic admission under concurrency, capped reservations,
+settlement, run-time overrides, and rollback when another subject refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from extproc.config.quota_model import LimitRule, QuotasConfig
+from extproc.context import Identity
+from extproc.quota.rules import Limit, RuleSet
+from extproc.quota.store import Denial, QuotaStore, Reservation
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+
+ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="eng")
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("quota-valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    quota_store = QuotaStore(client, "t:")
+    await quota_store.start()
+    yield quota_store
+    await quota_store.close()
+    await client.aclose()
+
+
+def limits(store: QuotaStore, *rules: LimitRule, identity: Identity = ALICE) -> list[Limit]:
+    rule_set = RuleSet(QuotasConfig(rules=rules))
+    return rule_set.limits_for(identity, {}, "gpt-4o", store.now())
+
+
+async def test_concurrent_requests_never_pass_a_request_limit_together(store: QuotaStore) -> None:
+    found = limits(store, LimitRule(name="ten", subject="api_key", requests_per_hour=10))
+    results = await asyncio.gather(*(store.reserve(found, 1) for _ in range(50)))
+    admitted = [r for r in results if isinstance(r, Reservation)]
+    assert len(admitted) == 10
+    assert sorted(r.used[0] for r in admitted) == list(range(1, 11))
+
+
+async def test_a_token_reservation_is_capped_at_what_remains(store: QuotaStore) -> None:
+    found = limits(store, LimitRule(name="hundred", subject="user", tokens_per_hour=100))
+    first = await store.reserve(found, 70)
+    second = await store.reserve(found, 70)
+    third = await store.reserve(found, 70)
+    assert isinstance(first, Reservation) and first.reserved == [70]
+    assert isinstance(second, Reservation) and second.reserved == [30]
+    assert isinstance(third, Denial) and third.used == 100
+
+
+async def test_settlement_replaces_the_estimate_with_real_usage(store: QuotaStore) -> None:
+    found = limits(store, LimitRule(name="hundred", subject="user", tokens_per_hour=100))
+    reservation = await store.reserve(found, 80)
+    assert isinstance(reservation, Reservation)
+    await store.settle_now([(found[0], 12 - 80)])
+    after = await store.reserve(found, 1)
+    assert isinstance(after, Reservation) and after.used == [13]
+
+
+async def test_an_override_changes_the_limit_in_force(store: QuotaStore) -> None:
+    found = limits(store, LimitRule(name="few", subject="group", requests_per_hour=1))
+    assert isinstance(await store.reserve(found, 1), Reservation)
+    assert isinstance(await store.reserve(found, 1), Denial)
+    await store._client.hset(found[0].overrides_key("t:"), found[0].override_field, 3)
+    granted = await store.reserve(found, 1)
+    assert isinstance(granted, Reservation) and granted.effective == [3]
+
+
+async def test_a_refusal_on_one_subject_gives_back_what_others_reserved(store: QuotaStore) -> None:
+    rules = (
+        LimitRule(name="user-tokens", subject="user", tokens_per_hour=1000),
+        LimitRule(name="group-requests", subject="group", requests_per_hour=1),
+    )
+    found = limits(store, *rules)
+    assert isinstance(await store.reserve(found, 100), Reservation)
+    refused = await store.reserve(found, 100)
+    assert isinstance(refused, Denial) and refused.limit.rule == "group-requests"
+    user_key = next(limit for limit in found if limit.rule == "user-tokens").key("t:")
+    assert int(await store._client.get(user_key)) == 100
+
+
+async def test_counters_share_the_subjects_hash_tag_and_expire(store: QuotaStore) -> None:
+    found = limits(store, LimitRule(name="r", subject="api_key", requests_per_minute=5,
+                                    tokens_per_day=50))  # fmt: skip
+    assert len({limit.key("t:").split("}")[0] for limit in found}) == 1
+    assert isinstance(await store.reserve(found, 5), Reservation)
+    for limit in found:
+        assert 0 < await store._client.ttl(limit.key("t:")) <= 86400 + 3600
+
+
+def test_rules_pick_subjects_selectors_and_models(tmp_path: Path) -> None:
+    rules = RuleSet(
+        QuotasConfig(
+            rules=(
+                LimitRule(
+                    name="listed", subject="user", match=("alice", "bob"), requests_per_day=9
+                ),
+                LimitRule(name="other-group", subject="group", match="sales", requests_per_day=9),
+                LimitRule(
+                    name="minis", subject="api_key", models=("gpt-4o-mini*",), requests_per_day=9
+                ),
+                LimitRule(
+                    name="hdr", subject="header:X-User-Type", match="limited", requests_per_day=9
+                ),
+            )
+        )
+    )
+    found = rules.limits_for(ALICE, {"x-user-type": "limited"}, "gpt-4o", 1_800_000_000.0)
+    assert sorted(limit.rule for limit in found) == ["hdr", "listed"]
+    minis = rules.limits_for(ALICE, {}, "gpt-4o-mini-2024", 1_800_000_000.0)
+    assert sorted(limit.rule for limit in minis) == ["listed", "minis"]
