@@ -72,6 +72,8 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
     if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.ANTHROPIC:
         ctx.client_wants_usage = True  # Anthropic streams always carry usage
         rewritten = anthropic_anthropic.prepare_request(parsed, upstream.upstream_model)
+        if rewritten is None and ctx.body_changed:
+            rewritten = parsed
         return RequestPlan(
             _json(rewritten) if rewritten is not None else None,
             upstream.path + suffix,
@@ -90,6 +92,8 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
             stream=ctx.stream,
             client_wants_usage=ctx.client_wants_usage,
         )
+        if rewritten is None and ctx.body_changed:
+            rewritten = parsed
         body = _json(rewritten) if rewritten is not None else None
         return RequestPlan(body, upstream.path + suffix, _credentials(upstream))
     if kind is ProviderType.ANTHROPIC:

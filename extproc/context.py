@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
-    from extproc.runtime import Route, Runtime
+    from extproc.runtime import Route, Runtime, Upstream
     from extproc.translators.base import ResponseTranslator
 
 
@@ -101,6 +101,9 @@ class RequestContext:
     response_model: str | None = None
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)
+    upstream: Upstream | None = None
+    # Set when a stage changed the parsed body (e.g. a hard cap on max_tokens).
+    body_changed: bool = False
     # The quota reservation made for this request, settled when it ends.
     reservation: Reservation | None = None
     usage_reported: bool = False

@@ -63,6 +63,9 @@ class LimitRule(_Section):
     tokens_per_day: int | None = Field(default=None, gt=0)
     token_quota: TokenQuota | None = None
     mode: QuotaMode = QuotaMode.ENFORCE
+    # Cap each request's max_tokens at what the rule's token budgets have left, so
+    # the budget holds up to the accuracy of the prompt estimate.
+    hard_cap: bool = False
     # Default: quotas.on_store_failure.
     on_store_failure: StoreFailure | None = None
 

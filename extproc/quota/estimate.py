@@ -37,6 +37,10 @@ def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
 
 
 def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
+    return estimate_prompt_tokens(body) + completion_allowance(body, default_max_tokens)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     messages = body.get("messages")
     prompt = 0
     if isinstance(messages, list):
@@ -45,4 +49,20 @@ def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
                 prompt += _text_length(message.get("content")) // CHARS_PER_TOKEN
                 prompt += PER_MESSAGE_OVERHEAD
     prompt += _text_length(body.get("system")) // CHARS_PER_TOKEN
-    return prompt + completion_allowance(body, default_max_tokens)
+    return prompt
+
+
+def cap_completion(body: dict[str, Any], most: int) -> bool:
+    """Lower the request's completion allowance to ``most``; True when the body changed."""
+    changed = False
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            body[field] = most
+            changed = True
+    if "max_completion_tokens" not in body and (
+        not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool)
+    ):
+        body["max_tokens"] = most
+        changed = True
+    return changed

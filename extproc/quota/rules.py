@@ -53,6 +53,7 @@ class Limit:
     enforce: bool
     fail_open: bool
     time_zone: str
+    hard_cap: bool = False
 
     @property
     def is_quota(self) -> bool:
@@ -128,7 +129,7 @@ class RuleSet:
                 window = window_for(window_kind, now)
                 limits.append(
                     Limit(rule.name, subject_kind, subject, counter, unit, value, window,
-                          enforce, fail_open, "UTC")
+                          enforce, fail_open, "UTC", rule.hard_cap)
                 )  # fmt: skip
         quota = rule.token_quota
         if quota is not None:
@@ -136,7 +137,7 @@ class RuleSet:
             window = window_for(_PERIODS[quota.period.value], now, zone)
             limits.append(
                 Limit(rule.name, subject_kind, subject, "token_quota", "t", quota.limit, window,
-                      enforce, fail_open, zone)
+                      enforce, fail_open, zone, rule.hard_cap)
             )  # fmt: skip
         return limits
 

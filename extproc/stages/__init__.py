@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from extproc.stages.accounting import AccountingStage
 from extproc.stages.authentication import AuthenticationStage
-from extproc.stages.chat_request import ChatRequestStage
+from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
 from extproc.stages.model_list import ModelListStage
 from extproc.stages.quota import QuotaStage
@@ -29,6 +29,7 @@ def default_stages() -> list[object]:
         CredentialStage(),
         ChatRequestStage(),
         QuotaStage(),
+        UpstreamRequestStage(),
         ResponseStage(),
         AccountingStage(),
     ]

@@ -64,7 +64,18 @@ class ChatRequestStage:
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
-        plan = plan_request(ctx, parsed, upstream)
+        ctx.upstream = upstream
+
+
+class UpstreamRequestStage:
+    """After the quota check: translate and sign the body for the chosen provider and
+    point Envoy at its cluster."""
+
+    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+        upstream = ctx.upstream
+        if upstream is None or ctx.body is None:
+            return
+        plan = plan_request(ctx, ctx.body, upstream)
         if plan.body is not None:
             out.body = plan.body
             out.set_headers["content-length"] = str(len(plan.body))

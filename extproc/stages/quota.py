@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
-from extproc.quota.estimate import estimate_tokens
+from extproc.quota.estimate import cap_completion, estimate_prompt_tokens, estimate_tokens
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 
@@ -64,6 +64,7 @@ class QuotaStage:
             ).inc()
             raise _refusal(result, store.now())
         ctx.reservation = result
+        await _apply_hard_cap(ctx, result)
 
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
@@ -83,6 +84,43 @@ class QuotaStage:
             store.settle(reservation, ctx.usage.total_tokens)
         elif ctx.aborted and ctx.first_byte_at is None:
             store.settle(reservation, None)
+
+
+async def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
+    """Cap the completion at what the hard-capped token budgets had left for this request.
+
+    What a budget had left is read from this request's own atomic reservation,
+    so concurrent requests each see the budget the earlier ones left them.
+    """
+    capped = [
+        index
+        for index, limit in enumerate(reservation.limits)
+        if limit.hard_cap and limit.kind == "t" and limit.enforce
+    ]
+    if not capped or ctx.body is None:
+        return
+    left = min(
+        reservation.effective[i] - (reservation.used[i] - reservation.reserved[i]) for i in capped
+    )
+    completion = left - estimate_prompt_tokens(ctx.body)
+    if completion < 1:
+        store = ctx.runtime.services.quota_store
+        assert store is not None
+        taken = zip(reservation.limits, reservation.reserved, strict=True)
+        await store.settle_now(
+            [(limit, -amount) for limit, amount in taken if limit.kind == "t" and amount]
+        )
+        ctx.reservation = None
+        tightest_index = min(capped, key=lambda i: reservation.effective[i] - reservation.used[i])
+        limit = reservation.limits[tightest_index]
+        raise RateLimitError(
+            f"Token budget nearly used for {limit.subject_kind} '{limit.subject}' "
+            f"(rule '{limit.rule}'): {max(0, left)} tokens left, not enough for this prompt; "
+            f"{_reset_text(limit)}",
+            code="insufficient_quota",
+        )
+    if cap_completion(ctx.body, completion):
+        ctx.body_changed = True
 
 
 def _reset_text(limit: Limit) -> str:

@@ -17,7 +17,10 @@ import pytest
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests, running_stack
 
-KEYS = {name: f"{name}-secret-key" for name in ("alpha", "beta", "gamma", "tiny", "shadow")}
+KEYS = {
+    name: f"{name}-secret-key" for name in ("alpha", "beta", "gamma", "tiny", "shadow", "capped")
+}
+HARD_BUDGET = 40
 QUOTAS = """
 quotas:
   time_zone: Europe/Berlin
@@ -33,6 +36,11 @@ quotas:
       subject: api_key
       match: tiny
       tokens_per_hour: 10
+    - name: hard-capped
+      subject: api_key
+      match: capped
+      tokens_per_hour: 40
+      hard_cap: true
     - name: shadow-1-rpm
       subject: api_key
       match: shadow
@@ -136,3 +144,27 @@ def test_shadow_rules_count_but_never_block(quota_stack: LocalStack) -> None:
     within_one_minute_window()
     answers = [chat(quota_stack, "shadow") for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200]
+
+
+def test_a_hard_capped_budget_is_not_overrun(quota_stack: LocalStack) -> None:
+    """Each answer is cut (max_tokens) to what the budget has left; what remains
+    of an overrun is the prompt estimate's error on the last admitted request."""
+    within_one_minute_window()
+    used = 0
+    answers = []
+    caps = []
+    for _ in range(5):
+        answer = chat(quota_stack, "capped")
+        answers.append(answer)
+        if answer.status_code != 200:
+            break
+        used += answer.json()["usage"]["total_tokens"]
+        caps.append(mock_requests(quota_stack)[-1]["json"]["max_tokens"])
+        time.sleep(0.2)  # let the settlement land, as a next request would
+    assert answers[-1].status_code == 429
+    assert "rule 'hard-capped'" in answers[-1].json()["error"]["message"]
+    # The client asked for no max_tokens: the gateway set one from what was left.
+    assert caps == sorted(caps, reverse=True) and caps[-1] < HARD_BUDGET
+    # The mock counts 2 more prompt tokens than the gateway's chars/4 estimate here.
+    assert used + 15 >= HARD_BUDGET  # the budget was really used up...
+    assert used <= HARD_BUDGET + 2  # ...and not overrun by more than the estimate's error
