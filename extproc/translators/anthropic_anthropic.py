@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
+from extproc.translators.base import BufferedBodyReader
 
 # Only the events that carry usage are parsed. Their JSON type is matched with its quotes, so
 # text deltas that merely mention the name (escaped as \"message_delta\") are skipped too.
@@ -79,28 +80,10 @@ def usage_from_object(value: Any) -> Usage | None:
     return Usage(prompt, completion, prompt + completion)
 
 
-class MessageReader:
+class MessageReader(BufferedBodyReader):
     """A buffered (non-streaming) message: reads usage and model, passes bytes through."""
 
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.response_model: str | None = None
-        self._parts: list[bytes] = []
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        self._parts.append(chunk)
-        if end_of_stream:
-            body = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
-            self._parts = []
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return None
-            if isinstance(parsed, dict):
-                self.usage = usage_from_object(parsed.get("usage"))
-                model = parsed.get("model")
-                self.response_model = model if isinstance(model, str) else None
-        return None
+    read_usage = staticmethod(usage_from_object)
 
 
 class EventStreamReader:

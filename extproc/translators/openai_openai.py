@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
+from extproc.translators.base import BufferedBodyReader
 
 # Only events that carry a usage object are parsed; the rest pass untouched,
 # which keeps a long stream cheap.
@@ -52,28 +53,10 @@ def usage_from_object(value: Any) -> Usage | None:
     return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
 
 
-class CompletionReader:
+class CompletionReader(BufferedBodyReader):
     """A buffered (non-streaming) chat completion: reads usage and model, passes bytes through."""
 
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.response_model: str | None = None
-        self._parts: list[bytes] = []
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        self._parts.append(chunk)
-        if end_of_stream:
-            body = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
-            self._parts = []
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return None
-            if isinstance(parsed, dict):
-                self.usage = usage_from_object(parsed.get("usage"))
-                model = parsed.get("model")
-                self.response_model = model if isinstance(model, str) else None
-        return None
+    read_usage = staticmethod(usage_from_object)
 
 
 class ChunkStreamReader:
