@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test unit integration lint typecheck bench render-envoy check-config clean
+.PHONY: run test unit integration lint typecheck bench render-envoy check-config protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ render-envoy: $(STAMP)
 
 check-config: $(STAMP)
 	$(BIN)/extproc check-config --config config/gateway.yaml
+
+## Regenerate the management API's Python stubs (committed) from protos/. protoc
+## names the import after the proto package; the stubs live in extproc.management.v1.
+protos: $(STAMP)
+	rm -rf .protos-build && mkdir -p .protos-build
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=.protos-build --pyi_out=.protos-build \
+	  --grpc_python_out=.protos-build protos/aigw/management/v1/management.proto
+	cp .protos-build/aigw/management/v1/management_pb2.py* extproc/management/v1/
+	sed 's/^from aigw\.management\.v1 import/from extproc.management.v1 import/' \
+	  .protos-build/aigw/management/v1/management_pb2_grpc.py > extproc/management/v1/management_pb2_grpc.py
+	rm -rf .protos-build
 
 clean:
 	rm -rf .run .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,13 +1,16 @@
-"""The ``extproc`` command line: serve, check and render config, mock provider, usage reports."""
+"""The ``extproc`` command line: serve, check and render config, mock provider, usage
+reports, and quotas at run time (a client of the management API)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from extproc import __version__
 from extproc.config.loader import ConfigError, load_config
@@ -75,6 +78,66 @@ def _usage_report(args: argparse.Namespace) -> int:
     return asyncio.run(report(_load(args.config), args))
 
 
+def _quota(args: argparse.Namespace) -> int:
+    from extproc.management.client import ManagementError, QuotaClient, render
+
+    address = args.address or _load(args.config).management.address
+    token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
+    if not token:
+        print("error: no admin token: pass --token or set AIGW_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        with QuotaClient(address, token, args.timeout) as client:
+            found = args.call(client, args)
+    except ManagementError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    many = isinstance(found, list)
+    sys.stdout.write(render(found if many else [found], args.format, many=many))
+    return 0
+
+
+def _add_quota_commands(commands: Any) -> None:
+    quota = commands.add_parser("quota", help="quota state at run time (management API)")
+    actions = quota.add_subparsers(dest="quota_command", required=True)
+
+    def action(name: str, help_text: str, call: Any, subject: bool = True) -> Any:
+        sub = actions.add_parser(name, help=help_text)
+        sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
+        sub.add_argument("--address", help="management API (default: the config's)")
+        sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
+        sub.add_argument("--format", choices=("table", "json"), default="table")
+        sub.add_argument("--timeout", type=float, default=10.0, help="seconds")
+        sub.add_argument("--kind", required=True, help="api_key, user, group or header:<name>")
+        if subject:
+            sub.add_argument("--subject", required=True, help="key id, user, group or value")
+        sub.set_defaults(run=_quota, call=call)
+        return sub
+
+    action("get", "limits and usage of one subject", lambda c, a: c.get(a.kind, a.subject))
+    action("list", "subjects with usage in the current windows",
+           lambda c, a: c.list(a.kind), subject=False)  # fmt: skip
+    set_limit = action(
+        "set", "override a limit (0: back to the config's)",
+        lambda c, a: c.set_limit(a.kind, a.subject, a.rule, a.counter, a.limit),
+    )  # fmt: skip
+    adjust = action(
+        "adjust", "add to usage in the current window (negative: grant)",
+        lambda c, a: c.adjust(a.kind, a.subject, a.rule, a.counter, a.delta),
+    )  # fmt: skip
+    for sub in (set_limit, adjust):
+        sub.add_argument("--rule", required=True)
+        sub.add_argument("--counter", required=True, help="e.g. requests_per_minute, token_quota")
+    set_limit.add_argument("--limit", type=int, required=True)
+    adjust.add_argument("--delta", type=int, required=True)
+    reset = action(
+        "reset", "zero usage in the current window",
+        lambda c, a: c.reset(a.kind, a.subject, a.rule or "", a.counter or ""),
+    )  # fmt: skip
+    reset.add_argument("--rule", help="default: every rule")
+    reset.add_argument("--counter", help="default: every counter")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extproc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
@@ -113,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage_report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage_report.set_defaults(run=_usage_report)
+    _add_quota_commands(commands)
     return parser
 
 

@@ -48,11 +48,12 @@ class Ports:
     grpc: int = 50051
     http: int = 9464
     mock: int = 8089
+    management: int = 9465
 
     @classmethod
     def free(cls) -> Ports:
-        """Five distinct free ports: all held open together so none is handed out twice."""
-        probes = [socket.socket() for _ in range(5)]
+        """Six distinct free ports: all held open together so none is handed out twice."""
+        probes = [socket.socket() for _ in range(6)]
         try:
             for probe in probes:
                 probe.bind(("127.0.0.1", 0))
@@ -83,6 +84,7 @@ class LocalStack:
         env.update(
             EXTPROC_GRPC_ADDRESS=f"127.0.0.1:{self.ports.grpc}",
             EXTPROC_HTTP_ADDRESS=f"127.0.0.1:{self.ports.http}",
+            EXTPROC_MANAGEMENT_ADDRESS=f"127.0.0.1:{self.ports.management}",
             ENVOY_LISTENER_PORT=str(self.ports.envoy),
             ENVOY_ADMIN_PORT=str(self.ports.envoy_admin),
             MOCK_LLM_ADDRESS=f"127.0.0.1:{self.ports.mock}",

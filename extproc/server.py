@@ -25,6 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from extproc import http_endpoint
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
+from extproc.management.audit import AuditLog
+from extproc.management.quotas import QuotaAdmin
+from extproc.management.service import QuotaManagementService, start_server
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
@@ -64,6 +67,7 @@ class Gateway:
         self._embedded: EmbeddedValkey | None = None
         self._store_client: Any = None
         self._server: grpc_aio.Server | None = None
+        self._management: grpc_aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http: Any = None
         self._reloader: ConfigReloader | None = None
@@ -75,6 +79,9 @@ class Gateway:
         await runtime.start()
         if config.server != self.config.server or config.store != self.config.store:
             log.warning("server and store settings change only on restart")
+        management, current = config.management, self.config.management
+        if (management.address, management.serving) != (current.address, current.serving):
+            log.warning("management.address and management.enabled change only on restart")
         previous, self.config, self.runtime = self.runtime, config, runtime
         # Streams that started on the old config may still verify tokens with it.
         asyncio.get_running_loop().call_later(
@@ -107,6 +114,8 @@ class Gateway:
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.management.serving:
+            await self._start_management()
         app = http_endpoint.create_app(self.metrics.registry, self.readiness)
         self._http = await http_endpoint.start(app, server_config.http_address)
         if self._config_path is not None:
@@ -121,6 +130,15 @@ class Gateway:
             server_config.grpc_address,
             server_config.http_address,
         )
+
+    async def _start_management(self) -> None:
+        # Its own server and port: the quota admin API is never reachable through Envoy.
+        quota_store = self.services.quota_store
+        assert quota_store is not None, "the store starts first"
+        admin = QuotaAdmin(self._store_client, self.config.store.key_prefix, quota_store)
+        service = QuotaManagementService(lambda: self.runtime, admin, AuditLog())
+        self._management = await start_server(self.config.management.address, service)
+        log.info("management API on %s", self.config.management.address)
 
     def reload_config(self) -> None:
         if self._reloader is not None:
@@ -173,6 +191,8 @@ class Gateway:
         if self._server is not None:
             # Stops accepting new streams at once; open ones get `grace` seconds.
             await self._server.stop(grace)
+        if self._management is not None:
+            await self._management.stop(grace)
         if self.services.usage_writer is not None:
             await self.services.usage_writer.close()
         if self.services.quota_store is not None:

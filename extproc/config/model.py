@@ -239,6 +239,49 @@ class TelemetryConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
 
 
+class AdminTokenConfig(_Section):
+    """One admin token of the management API; ``id`` names the caller in audit lines."""
+
+    id: Name
+    # The secret: given inline (usually ``${AIGW_ADMIN_TOKEN}``) or read from a file.
+    token: SecretStr | None = None
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminTokenConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token and token_file")
+        if self.token is not None and not self.token.get_secret_value().strip():
+            # An empty token (an unset variable) would let `Bearer ` through.
+            raise ValueError("token is empty")
+        return self
+
+
+class ManagementConfig(_Section):
+    """The management API (quotas at run time) on its own gRPC port."""
+
+    # Loopback by default: Envoy's public listener never routes to it.
+    address: str = "127.0.0.1:9465"
+    admin_tokens: tuple[AdminTokenConfig, ...] = ()
+    # Default: served when at least one admin token is configured.
+    enabled: bool | None = None
+
+    _check_address = field_validator("address")(_host_port)
+
+    @model_validator(mode="after")
+    def _tokens(self) -> ManagementConfig:
+        if self.enabled and not self.admin_tokens:
+            raise ValueError("enabled needs at least one entry in admin_tokens")
+        ids = [token.id for token in self.admin_tokens]
+        if len(set(ids)) != len(ids):
+            raise ValueError("admin_tokens: every id must be unique")
+        return self
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.admin_tokens) if self.enabled is None else self.enabled
+
+
 def _default_routes() -> tuple[RouteConfig, ...]:
     return (
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
@@ -265,6 +308,7 @@ class GatewayConfig(_Section):
     routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
     auth: AuthConfig = AuthConfig()
     quotas: QuotasConfig = QuotasConfig()
+    management: ManagementConfig = ManagementConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
@@ -290,6 +334,11 @@ class GatewayConfig(_Section):
                     f"model_prefixes[{index}].provider: unknown provider {prefix.provider!r}"
                 )
         models = {name for m in self.models for name in (m.name, *m.aliases)}
+        if self.management.serving and self.management.address in (
+            self.server.grpc_address,
+            self.server.http_address,
+        ):
+            raise ValueError("management.address: must differ from the server's addresses")
         for index, route in enumerate(self.routes):
             if route.model is not None and route.model not in models:
                 raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")

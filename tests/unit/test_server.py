@@ -14,6 +14,7 @@ async def test_not_ready_while_the_store_does_not_answer() -> None:
     environ = {
         "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{ports.grpc}",
         "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{ports.http}",
+        "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{ports.management}",
         # Nothing listens there: the store cannot answer.
         "REDIS_URL": f"redis://127.0.0.1:{ports.mock}/0",
     }

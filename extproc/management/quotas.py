@@ -1,0 +1,180 @@
+"""Quota state as operators see and change it: read, override, adjust, reset, list.
+
+The counters and override hashes are the ones ``QuotaStore.reserve`` checks:
+keys come from ``Limit.key`` / ``Limit.overrides_key`` (their one source of
+truth) and the current window from the Redis clock estimate, so what this
+module reads and writes is exactly what the next request is checked against.
+Requests naming what the config does not know raise ``NotFoundError`` or
+``InvalidArgumentError``, which the gRPC service turns into status codes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.quota.rules import Limit, RuleSet
+from extproc.quota.store import QuotaStore
+
+# Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
+SCAN_COUNT = 1000
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+class InvalidArgumentError(ValueError):
+    """The request is malformed: an unknown subject kind, a missing field, a bad value."""
+
+
+class NotFoundError(LookupError):
+    """The subject, rule or counter is not one the config's quota rules have."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit of one subject as it stands in the current window."""
+
+    limit: Limit
+    in_force: int
+    overridden: bool
+    used: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.in_force - self.used)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The state for an audit line."""
+        return {
+            "limit": self.in_force,
+            "configured_limit": self.limit.limit,
+            "overridden": self.overridden,
+            "used": self.used,
+            "remaining": self.remaining,
+            "window": self.limit.window.key,
+        }
+
+
+def normalize_kind(kind: str) -> str:
+    """The subject kind as the config spells it (header names are lower-cased there)."""
+    kind = kind.strip()
+    if kind.startswith("header:"):
+        return "header:" + kind.removeprefix("header:").strip().lower()
+    return kind
+
+
+class QuotaAdmin:
+    """Reads and changes one store's quota state under one config's rules."""
+
+    def __init__(self, client: Any, key_prefix: str, quota_store: QuotaStore) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        # Its clock estimate places "now" in the window requests are counted in;
+        # its settle script adjusts a counter the way settlement does.
+        self._quota_store = quota_store
+
+    def now(self) -> float:
+        return self._quota_store.now()
+
+    @staticmethod
+    def check_kind(rules: RuleSet, kind: str) -> None:
+        kinds = sorted({rule.subject for rule in rules.rules})
+        if kind not in kinds:
+            known = ", ".join(kinds) or "none"
+            raise InvalidArgumentError(
+                f"unknown subject kind {kind!r} (the quota rules use: {known})"
+            )
+
+    def limits(self, rules: RuleSet, kind: str, subject: str) -> list[Limit]:
+        """Every limit of every rule that applies to the subject, in the current windows."""
+        self.check_kind(rules, kind)
+        if not subject:
+            raise InvalidArgumentError("subject is required")
+        found = rules.limits_for_subject(kind, subject, self.now())
+        if not found:
+            raise NotFoundError(f"no quota rule applies to {kind} {subject!r}")
+        return found
+
+    @staticmethod
+    def select(limits: list[Limit], rule: str, counter: str) -> list[Limit]:
+        """The limits named by rule and counter; an empty name selects all of that level."""
+        rules = sorted({limit.rule for limit in limits})
+        if rule and rule not in rules:
+            subject = f"{limits[0].subject_kind} {limits[0].subject!r}"
+            raise NotFoundError(
+                f"rule {rule!r} does not apply to {subject} (rules that do: {', '.join(rules)})"
+            )
+        chosen = [limit for limit in limits if not rule or limit.rule == rule]
+        counters = sorted({limit.counter for limit in chosen})
+        if counter and counter not in counters:
+            owner = f"rule {rule!r}" if rule else "the subject's rules"
+            raise NotFoundError(
+                f"{owner} has no counter {counter!r} (it has: {', '.join(counters)})"
+            )
+        return [limit for limit in chosen if not counter or limit.counter == counter]
+
+    @classmethod
+    def select_one(cls, limits: list[Limit], rule: str, counter: str) -> Limit:
+        if not rule or not counter:
+            raise InvalidArgumentError("rule and counter are required")
+        return cls.select(limits, rule, counter)[0]
+
+    async def read(self, limits: list[Limit]) -> list[LimitState]:
+        """The state of limits of one subject: one round trip (they share a hash tag)."""
+        if not limits:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(limits[0].overrides_key(self._prefix))
+            for limit in limits:
+                pipe.get(limit.key(self._prefix))
+            overrides, *counters = await pipe.execute()
+        states: list[LimitState] = []
+        for limit, used in zip(limits, counters, strict=True):
+            override = overrides.get(limit.override_field.encode())
+            in_force = int(override) if override is not None else limit.limit
+            states.append(LimitState(limit, in_force, override is not None, int(used or 0)))
+        return states
+
+    async def set_limit(self, limit: Limit, value: int) -> None:
+        """Override the limit for its subject; 0 goes back to the config's value."""
+        if value < 0:
+            raise InvalidArgumentError("limit must be 0 (the config's value) or more")
+        key = limit.overrides_key(self._prefix)
+        # No expiry: an override is a standing decision, removed by setting 0.
+        if value == 0:
+            await self._client.hdel(key, limit.override_field)
+        else:
+            await self._client.hset(key, limit.override_field, value)
+
+    async def adjust(self, limit: Limit, delta: int) -> None:
+        """Add to the current window's counter (never below 0; it expires with its window)."""
+        if delta == 0:
+            raise InvalidArgumentError("delta must not be 0")
+        await self._quota_store.settle_now([(limit, delta)])
+
+    async def reset(self, limits: list[Limit]) -> None:
+        """Zero the current window's counters: the next request starts from nothing."""
+        if limits:
+            await self._client.delete(*(limit.key(self._prefix) for limit in limits))
+
+    async def subjects(self, rules: RuleSet, kind: str) -> list[tuple[str, list[Limit]]]:
+        """Subjects of a kind with a counter in a current window, with their limits.
+
+        SCAN, never KEYS: the store may hold millions of keys and serves
+        requests meanwhile. RedisCluster's scan_iter walks every primary.
+        """
+        head = f"{self._prefix}q:{{{kind}:"
+        found: set[str] = set()
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*"
+        async for raw in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
+            found.add(raw.decode() if isinstance(raw, bytes) else raw)
+        # The subject ends where the hash tag does (the first "}"), as Redis reads it.
+        names = sorted({key[len(head) :].partition("}")[0] for key in found})
+        now = self.now()
+        listed: list[tuple[str, list[Limit]]] = []
+        for subject in names:
+            limits = rules.limits_for_subject(kind, subject, now)
+            # Counters of past windows linger until they expire: only current ones count.
+            if any(limit.key(self._prefix) in found for limit in limits):
+                listed.append((subject, limits))
+        return listed

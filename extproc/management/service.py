@@ -1,0 +1,294 @@
+"""The management API served by the gateway: quota state for operators, behind admin tokens.
+
+``QuotaManagementService`` answers ``aigw.management.v1.QuotaManagement`` on a
+gRPC server of its own (``start_server``), bound to ``management.address``,
+which the public Envoy listener has no route to. Every call must carry
+``authorization: Bearer <admin token>``; each change writes one audit line
+naming the token's id. The rules come from the runtime current at each call,
+so a config reload applies to the next call, admin tokens included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
+
+from extproc.config.loader import ConfigError
+from extproc.config.model import ManagementConfig
+from extproc.management.audit import AuditLog
+from extproc.management.quotas import (
+    InvalidArgumentError,
+    LimitState,
+    NotFoundError,
+    QuotaAdmin,
+    normalize_kind,
+)
+from extproc.management.v1 import management_pb2 as pb
+from extproc.management.v1 import management_pb2_grpc as pb_grpc
+from extproc.quota.rules import Limit
+from extproc.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["QuotaManagement"].full_name
+T = TypeVar("T")
+# Anything that names the limits of one subject a change applies to.
+Selector = Callable[[list[Limit]], list[Limit]]
+
+
+class AdminTokens:
+    """The configured admin tokens, held as SHA-256 digests and compared in constant time."""
+
+    def __init__(self, config: ManagementConfig) -> None:
+        self._digests: list[tuple[str, bytes]] = []
+        for index, spec in enumerate(config.admin_tokens):
+            if spec.token is not None:
+                secret = spec.token.get_secret_value()
+            else:
+                secret = _read_token_file(index, spec.id, spec.token_file or "")
+            self._digests.append((spec.id, _digest(secret.strip())))
+
+    def caller(self, metadata: Iterable[tuple[str, Any]]) -> str | None:
+        """The id of the token the call presents, or None when it presents no valid one."""
+        presented = _bearer(metadata)
+        if presented is None:
+            return None
+        digest = _digest(presented)
+        found: str | None = None
+        # Digests have one length whatever was sent, so the comparisons take the
+        # same time for every guess; every token is compared, matching or not.
+        for token_id, known in self._digests:
+            if hmac.compare_digest(known, digest) and found is None:
+                found = token_id
+        return found
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def _bearer(metadata: Iterable[tuple[str, Any]]) -> str | None:
+    for key, value in metadata:
+        if key.lower() != "authorization":
+            continue
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _read_token_file(index: int, token_id: str, path: str) -> str:
+    where = f"management.admin_tokens[{index}] ({token_id}).token_file"
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError("config", [f"{where}: cannot read: {exc.strerror}"]) from None
+    if not secret:
+        raise ConfigError("config", [f"{where}: the file is empty"])
+    return secret
+
+
+class QuotaManagementService(pb_grpc.QuotaManagementServicer):
+    def __init__(self, runtime: Callable[[], Runtime], admin: QuotaAdmin, audit: AuditLog) -> None:
+        self._runtime = runtime
+        self._admin = admin
+        self._audit = audit
+        config = runtime().config.management
+        # Built once per config: a reload with new tokens (or a rotated file) applies.
+        self._tokens: tuple[ManagementConfig, AdminTokens] = (config, AdminTokens(config))
+
+    async def GetQuota(  # noqa: N802 - gRPC method name
+        self, request: pb.GetQuotaRequest, context: grpc_aio.ServicerContext
+    ) -> pb.QuotaState:
+        async def work(caller: str) -> pb.QuotaState:
+            kind = normalize_kind(request.subject_kind)
+            limits = self._admin.limits(self._runtime().quota_rules, kind, request.subject)
+            return _quota_state(kind, request.subject, await self._admin.read(limits))
+
+        return await self._call(context, work)
+
+    async def ListQuotas(  # noqa: N802 - gRPC method name
+        self, request: pb.ListQuotasRequest, context: grpc_aio.ServicerContext
+    ) -> pb.ListQuotasResponse:
+        async def work(caller: str) -> pb.ListQuotasResponse:
+            kind = normalize_kind(request.subject_kind)
+            rules = self._runtime().quota_rules
+            QuotaAdmin.check_kind(rules, kind)
+            response = pb.ListQuotasResponse()
+            for subject, limits in await self._admin.subjects(rules, kind):
+                response.states.append(_quota_state(kind, subject, await self._admin.read(limits)))
+            return response
+
+        return await self._call(context, work)
+
+    async def SetLimit(  # noqa: N802 - gRPC method name
+        self, request: pb.SetLimitRequest, context: grpc_aio.ServicerContext
+    ) -> pb.QuotaState:
+        return await self._change(
+            context,
+            request,
+            "set_limit",
+            lambda limits: [QuotaAdmin.select_one(limits, request.rule, request.counter)],
+            lambda targets: self._admin.set_limit(targets[0], request.limit),
+            {"limit": request.limit},
+        )
+
+    async def AdjustUsage(  # noqa: N802 - gRPC method name
+        self, request: pb.AdjustUsageRequest, context: grpc_aio.ServicerContext
+    ) -> pb.QuotaState:
+        return await self._change(
+            context,
+            request,
+            "adjust_usage",
+            lambda limits: [QuotaAdmin.select_one(limits, request.rule, request.counter)],
+            lambda targets: self._admin.adjust(targets[0], request.delta),
+            {"delta": request.delta},
+        )
+
+    async def ResetUsage(  # noqa: N802 - gRPC method name
+        self, request: pb.ResetUsageRequest, context: grpc_aio.ServicerContext
+    ) -> pb.QuotaState:
+        return await self._change(
+            context,
+            request,
+            "reset_usage",
+            lambda limits: QuotaAdmin.select(limits, request.rule, request.counter),
+            self._admin.reset,
+            {},
+        )
+
+    async def _change(
+        self,
+        context: grpc_aio.ServicerContext,
+        request: pb.SetLimitRequest | pb.AdjustUsageRequest | pb.ResetUsageRequest,
+        action: str,
+        select: Selector,
+        apply: Callable[[list[Limit]], Awaitable[None]],
+        details: dict[str, int],
+    ) -> pb.QuotaState:
+        """Apply one change to some limits of a subject, audit it, answer the new state."""
+
+        async def work(caller: str) -> pb.QuotaState:
+            kind = normalize_kind(request.subject_kind)
+            limits = self._admin.limits(self._runtime().quota_rules, kind, request.subject)
+            targets = select(limits)
+            before = await self._admin.read(targets)
+            await apply(targets)
+            after = await self._admin.read(limits)
+            self._audit.write(
+                action,
+                caller,
+                subject_kind=kind,
+                subject=request.subject,
+                rule=request.rule or None,
+                counter=request.counter or None,
+                **details,
+                before=_by_label(before),
+                after=_by_label([state for state in after if state.limit in targets]),
+            )
+            return _quota_state(kind, request.subject, after)
+
+        return await self._call(context, work)
+
+    async def _call(
+        self, context: grpc_aio.ServicerContext, work: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Authenticate the call, run it, and turn refusals into gRPC status codes."""
+        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
+        if caller is None:
+            presented = _bearer(context.invocation_metadata() or ()) is not None
+            log.warning(
+                "management call from %s refused: %s admin token",
+                context.peer(),
+                "invalid" if presented else "no",
+            )
+            message = (
+                "invalid admin token"
+                if presented
+                else "missing admin token: send `authorization: Bearer <token>`"
+            )
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
+        try:
+            return await work(caller)
+        except InvalidArgumentError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFoundError as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except RedisError as exc:
+            log.warning("management call failed on the store: %s", type(exc).__name__)
+            await _abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"quota store error: {type(exc).__name__}"
+            )
+
+    def _admin_tokens(self) -> AdminTokens:
+        config = self._runtime().config.management
+        cached, tokens = self._tokens
+        if config is not cached:
+            try:
+                tokens = AdminTokens(config)
+            except ConfigError as exc:
+                # A reloaded config with an unreadable token file keeps the tokens in force.
+                log.warning("admin tokens not reloaded: %s", "; ".join(exc.problems))
+            self._tokens = (config, tokens)
+        return tokens
+
+
+async def _abort(context: grpc_aio.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
+    await context.abort(code, text)
+    raise AssertionError("context.abort raises")
+
+
+def _by_label(states: list[LimitState]) -> dict[str, dict[str, Any]]:
+    return {state.limit.override_field: state.as_dict() for state in states}
+
+
+def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaState:
+    answer = pb.QuotaState(subject_kind=kind, subject=subject)
+    for state in states:
+        limit = state.limit
+        answer.limits.append(
+            pb.LimitState(
+                rule=limit.rule,
+                counter=limit.counter,
+                kind="requests" if limit.kind == "r" else "tokens",
+                limit=state.in_force,
+                configured_limit=limit.limit,
+                overridden=state.overridden,
+                used=state.used,
+                remaining=state.remaining,
+                window_start=limit.window.start,
+                reset_at=limit.window.end or 0.0,
+                time_zone=limit.time_zone,
+            )
+        )
+    return answer
+
+
+async def start_server(address: str, service: QuotaManagementService) -> grpc_aio.Server:
+    """A gRPC server of its own for the management API, with health and reflection."""
+    server = grpc_aio.server()
+    pb_grpc.add_QuotaManagementServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_service = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"management API cannot listen on {address}: {exc}") from None
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server
