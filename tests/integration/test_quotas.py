@@ -41,6 +41,11 @@ quotas:
       match: capped
       tokens_per_hour: 40
       hard_cap: true
+    - name: engineering-hourly
+      subject: group
+      match: engineering
+      models: [gpt-4o]
+      requests_per_hour: 2
     - name: shadow-1-rpm
       subject: api_key
       match: shadow
@@ -168,3 +173,22 @@ def test_a_hard_capped_budget_is_not_overrun(quota_stack: LocalStack) -> None:
     # The mock counts 2 more prompt tokens than the gateway's chars/4 estimate here.
     assert used + 15 >= HARD_BUDGET  # the budget was really used up...
     assert used <= HARD_BUDGET + 2  # ...and not overrun by more than the estimate's error
+
+
+def test_the_tightest_rule_decides_across_key_user_and_group(quota_stack: LocalStack) -> None:
+    """`beta` belongs to nobody; `team1` is alice in engineering: the group rule (2 per
+    hour) is tighter than the key rule (5 per minute) and refuses first."""
+    answers = [
+        httpx.post(
+            f"{quota_stack.base_url}/v1/chat/completions",
+            content=orjson.dumps(
+                {"model": "gpt-4o", "messages": [{"role": "user", "content": "group quota"}]}
+            ),
+            headers={"authorization": "Bearer team1-key", "content-type": "application/json"},
+        )
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    message = answers[2].json()["error"]["message"]
+    assert "group 'engineering'" in message and "rule 'engineering-hourly'" in message
+    assert answers[1].headers["x-ratelimit-remaining-requests"] == "0"
