@@ -69,7 +69,7 @@ def machine_note() -> str:
 
 
 # The rows that run the real gateway; each is compared with (a) and (b).
-GATEWAY_SCENARIOS = ("c", "d", "e")
+GATEWAY_SCENARIOS = ("c", "d", "e", "f")
 
 
 def result_of(rows: list[Row], key: str, connections: int) -> LoadResult | None:
@@ -101,9 +101,13 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_auth_cost(rows: list[Row], connections: list[int]) -> str:
-    """What JWT auth (cached token) and translation to Anthropic add over (c)."""
+    """What JWT auth (cached token), translation to Anthropic and quota rules add over (c)."""
     lines = []
-    for key, label in (("d", "JWT (cached) vs API key"), ("e", "Anthropic translated vs OpenAI")):
+    for key, label in (
+        ("d", "JWT (cached) vs API key"),
+        ("e", "Anthropic translated vs OpenAI"),
+        ("f", "3 quota rules vs none"),
+    ):
         for n in connections:
             base, other = result_of(rows, "c", n), result_of(rows, key, n)
             if base and other:

@@ -40,6 +40,16 @@ from extproc.devstack import LocalStack, Ports, free_port
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
 BENCH_ISSUER = "https://bench.aigw.local"
+# Per key, per user and per group, all on the benchmark's key (team1: alice, engineering).
+QUOTA_RULES = """
+quotas:
+  rules:
+    - {name: key-rpm, subject: api_key, requests_per_minute: 100000000}
+    - {name: user-tpm, subject: user, tokens_per_minute: 1000000000000}
+    - name: group-month
+      subject: group
+      token_quota: {limit: 1000000000000, period: calendar_month, time_zone: Europe/Berlin}
+"""
 # The /openai route takes the model from the path: an Anthropic model, so the
 # OpenAI request is translated to Messages and the answer back.
 TRANSLATED_PATH = "/openai/claude-3-5-haiku-latest"
@@ -130,6 +140,16 @@ def envoy_gateway_jwt(workdir: Path, upstream: Target) -> Iterator[Target]:
 
 
 @contextmanager
+def envoy_gateway_quotas(workdir: Path, upstream: Target) -> Iterator[Target]:
+    """(c) with three quota rules that apply to every request (none ever refuses)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "gateway-quotas.yaml"
+    config.write_text(GATEWAY_CONFIG.read_text() + QUOTA_RULES)
+    with _gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
+        yield target
+
+
+@contextmanager
 def envoy_gateway_anthropic(workdir: Path, upstream: Target) -> Iterator[Target]:
     """(c) with the request sent to an Anthropic model: translated both ways."""
     with _gateway(
@@ -168,6 +188,7 @@ SCENARIOS = (
     Scenario("c", "(c) envoy + gateway", envoy_gateway),
     Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
     Scenario("e", "(e) gateway, -> Anthropic", envoy_gateway_anthropic),
+    Scenario("f", "(f) gateway, 3 quota rules", envoy_gateway_quotas),
 )
 
 

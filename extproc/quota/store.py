@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from extproc.quota.rules import Limit
@@ -24,6 +25,7 @@ from extproc.store.scripts import script_source
 log = logging.getLogger(__name__)
 CLOCK_SYNC_INTERVAL_S = 30.0
 SETTLE_TIMEOUT_S = 2.0
+SETTLE_BATCH_S = 0.02
 
 
 @dataclass(slots=True)
@@ -52,12 +54,14 @@ class _Scripts:
 class QuotaStore:
     def __init__(self, client: Any, key_prefix: str) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._prefix = key_prefix
         self._offset = 0.0
         self._scripts = _Scripts(
             sources={name: script_source(f"quota_{name}") for name in ("reserve", "settle")}
         )
-        self._pending: set[asyncio.Task[None]] = set()
+        self._unsettled: dict[str, tuple[Limit, int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
 
     def now(self) -> float:
@@ -94,14 +98,17 @@ class QuotaStore:
                 log.warning("quota clock sync failed: %s", type(exc).__name__)
 
     async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
-        groups = _by_subject(limits)
+        # A single server checks every subject in one script (atomic, no rollback);
+        # a cluster needs one script per subject, since each lives in its own slot.
+        groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
         results = await self._run(
             "reserve",
             [
                 (
                     [
-                        group[0][1].overrides_key(self._prefix),
-                        *(limit.key(self._prefix) for _, limit in group),
+                        key
+                        for _, limit in group
+                        for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
                     ],
                     [
                         value
@@ -149,18 +156,36 @@ class QuotaStore:
             for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
             if limit.kind == "t"
         ]
-        changes = [(limit, delta) for limit, delta in changes if delta]
-        if not changes:
-            return
-        task = asyncio.get_running_loop().create_task(self._settle_quietly(changes))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        for limit, delta in changes:
+            if not delta:
+                continue
+            key = limit.key(self._prefix)
+            known = self._unsettled.get(key)
+            self._unsettled[key] = (limit, delta + (known[1] if known else 0))
+        if self._unsettled and self._flusher is None:
+            # Settlements of the next few milliseconds go out together: one pipeline
+            # instead of one per request, at the cost of that much staleness.
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
-    async def _settle_quietly(self, changes: list[tuple[Limit, int]]) -> None:
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(SETTLE_BATCH_S)
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending settlements; on failure keep them for the next attempt."""
+        batch, self._unsettled = self._unsettled, {}
+        if not batch:
+            return
         try:
-            await asyncio.wait_for(self.settle_now(changes), SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(self.settle_now(list(batch.values())), SETTLE_TIMEOUT_S)
         except Exception as exc:
-            log.warning("quota settlement failed: %s", type(exc).__name__)
+            log.warning("quota settlement failed, will retry: %s", type(exc).__name__)
+            for key, (limit, delta) in batch.items():
+                known = self._unsettled.get(key)
+                self._unsettled[key] = (limit, delta + (known[1] if known else 0))
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         groups = _by_subject([limit for limit, _ in changes])
@@ -185,9 +210,15 @@ class QuotaStore:
         for attempt in (0, 1):
             sha = getattr(self._scripts, name)
             try:
+                if len(calls) == 1:
+                    # One subject: a plain EVALSHA, without a pipeline's overhead.
+                    keys, args = calls[0]
+                    return [await self._client.evalsha(sha, len(keys), *keys, *args)]
                 async with self._client.pipeline(transaction=False) as pipe:
                     for keys, args in calls:
-                        pipe.evalsha(sha, len(keys), *keys, *args)
+                        # Not pipe.evalsha(): redis-py refuses it in cluster pipelines; the
+                        # raw command is routed by its keys like any other.
+                        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
                     results: list[Any] = await pipe.execute()
                     return results
             except NoScriptError:
@@ -200,8 +231,11 @@ class QuotaStore:
         if self._clock is not None:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()
 
 
 def _by_subject(limits: list[Limit]) -> list[list[tuple[int, Limit]]]:

