@@ -1,5 +1,5 @@
 """The ``extproc`` command line: serve, check and render config, mock provider, usage
-reports, and quotas at run time (a client of the management API)."""
+reports, and quotas and API keys at run time (a client of the management API)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,23 +79,54 @@ def _usage_report(args: argparse.Namespace) -> int:
     return asyncio.run(report(_load(args.config), args))
 
 
-def _quota(args: argparse.Namespace) -> int:
-    from extproc.management.client import ManagementError, QuotaClient, render
+def _management(args: argparse.Namespace, client_type: Any) -> Any:
+    """What ``args.call`` answers on a client of the management API; a refusal or an
+    unreachable API is one line on stderr and exit 2 (1 for the gateway's own failures)."""
+    from extproc.management.client import ManagementError
 
     address = args.address or _load(args.config).management.address
     token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
     if not token:
         print("error: no admin token: pass --token or set AIGW_ADMIN_TOKEN", file=sys.stderr)
-        return 2
+        raise SystemExit(2)
     try:
-        with QuotaClient(address, token, args.timeout) as client:
-            found = args.call(client, args)
+        with client_type(address, token, args.timeout) as client:
+            return args.call(client, args)
     except ManagementError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        raise SystemExit(exc.exit_code) from None
+
+
+def _quota(args: argparse.Namespace) -> int:
+    from extproc.management.client import QuotaClient, render
+
+    found = _management(args, QuotaClient)
     many = isinstance(found, list)
     sys.stdout.write(render(found if many else [found], args.format, many=many))
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from extproc.management import client
+
+    found = _management(args, client.KeyClient)
+    if args.keys_command == "create":
+        sys.stdout.write(client.render_created(found, args.format))
+        print(client.SHOWN_ONCE, file=sys.stderr)
+    elif args.keys_command == "revoke":
+        sys.stdout.write(client.render_revoked(found, args.format))
+    else:
+        sys.stdout.write(client.render_keys(found, args.format))
+    return 0
+
+
+def _management_options(sub: argparse.ArgumentParser) -> None:
+    """How every management command reaches the API (the same for quota and keys)."""
+    sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
+    sub.add_argument("--address", help="management API (default: the config's)")
+    sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
+    sub.add_argument("--format", choices=("table", "json"), default="table")
+    sub.add_argument("--timeout", type=float, default=10.0, help="seconds")
 
 
 def _add_quota_commands(commands: Any) -> None:
@@ -103,11 +135,7 @@ def _add_quota_commands(commands: Any) -> None:
 
     def action(name: str, help_text: str, call: Any, subject: bool = True) -> Any:
         sub = actions.add_parser(name, help=help_text)
-        sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
-        sub.add_argument("--address", help="management API (default: the config's)")
-        sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
-        sub.add_argument("--format", choices=("table", "json"), default="table")
-        sub.add_argument("--timeout", type=float, default=10.0, help="seconds")
+        _management_options(sub)
         sub.add_argument("--kind", required=True, help="api_key, user, group or header:<name>")
         if subject:
             sub.add_argument("--subject", required=True, help="key id, user, group or value")
@@ -136,6 +164,55 @@ def _add_quota_commands(commands: Any) -> None:
     )  # fmt: skip
     reset.add_argument("--rule", help="default: every rule")
     reset.add_argument("--counter", help="default: every counter")
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    return name, value
+
+
+def _timestamp(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2027-01-01T00:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. 2027-01-01T00:00:00Z")
+    return moment.timestamp()
+
+
+def _add_key_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="API keys created at run time (management API)")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+
+    def action(name: str, help_text: str, call: Any) -> Any:
+        sub = actions.add_parser(name, help=help_text)
+        _management_options(sub)
+        sub.set_defaults(run=_keys, call=call)
+        return sub
+
+    create = action(
+        "create", "create a key and print its secret (shown this once only)",
+        lambda c, a: c.create(
+            a.id, user_id=a.user or "", group_id=a.group or "", labels=dict(a.label),
+            expires_at=a.expires or 0.0, allowed_models=a.model, allowed_routes=a.route,
+        ),
+    )  # fmt: skip
+    create.add_argument("--id", required=True, help="the api_key_id logs and quotas show")
+    create.add_argument("--user", help="user_id of the key's requests")
+    create.add_argument("--group", help="group_id of the key's requests")
+    create.add_argument("--label", type=_label, action="append", default=[], help="name=value")
+    create.add_argument("--expires", type=_timestamp, help="ISO 8601 with a zone (default: never)")
+    create.add_argument("--model", action="append", default=[], help="allowed model (repeatable)")
+    create.add_argument("--route", action="append", default=[], help="allowed route (repeatable)")
+    action("list", "keys of the config and keys created at run time (never a secret)",
+           lambda c, a: c.list())  # fmt: skip
+    revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
+    revoke.add_argument("--id", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage_report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage_report.set_defaults(run=_usage_report)
     _add_quota_commands(commands)
+    _add_key_commands(commands)
     return parser
 
 

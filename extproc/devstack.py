@@ -75,6 +75,9 @@ class LocalStack:
     # Tests keep their embedded Valkey under the workdir; `make run` uses the
     # config's data dir, so `extproc usage report` finds the same store.
     isolated_store: bool = True
+    # Gateway processes behind the one Envoy (replicas sharing the store at REDIS_URL).
+    gateways: int = 1
+    _replica_http: list[str] = field(default_factory=list)
     _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _files: list[IO[bytes]] = field(default_factory=list)
 
@@ -94,6 +97,7 @@ class LocalStack:
         )
         if self.isolated_store:
             env["EXTPROC_DATA_DIR"] = str(self.workdir / "data" / "valkey")
+            env["EXTPROC_SPOOL_DIR"] = str(self.workdir / "data" / "spool")
         env.update(self.extra_env)
         return env
 
@@ -133,18 +137,41 @@ class LocalStack:
             )
         bootstrap = self.workdir / "envoy.yaml"
         config = load_config(self.config_path, env)
+        replicas = [env, *self._replica_envs(env)]
+        if len(replicas) > 1:
+            addresses = tuple(replica["EXTPROC_GRPC_ADDRESS"] for replica in replicas)
+            envoy = config.envoy.model_copy(update={"ext_proc_addresses": addresses})
+            config = config.model_copy(update={"envoy": envoy})
         bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
-        self._spawn(
-            "gateway",
-            [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)],
-            env,
-            stdout=self.gateway_log,
-        )
+        for index, replica in enumerate(replicas):
+            self._spawn(
+                "gateway" if index == 0 else f"gateway-{index}",
+                [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)],
+                replica,
+                stdout=self.gateway_log,
+            )
         self._spawn(
             "envoy", envoy_command(config, str(bootstrap), envoy_binary()), env,
             stdout=self.envoy_access_log,
         )  # fmt: skip
         self.wait_ready(timeout_s)
+
+    def _replica_envs(self, env: dict[str, str]) -> list[dict[str, str]]:
+        """Environments of the extra gateway processes: own ports, the same store."""
+        if self.gateways > 1 and not env.get("REDIS_URL"):
+            raise ValueError("several gateways must share a store: set REDIS_URL in extra_env")
+        replicas = []
+        for _ in range(self.gateways - 1):
+            replicas.append(
+                {
+                    **env,
+                    "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+                    "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+                    "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{free_port()}",
+                }
+            )
+        self._replica_http = [replica["EXTPROC_HTTP_ADDRESS"] for replica in replicas]
+        return replicas
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str], stdout: Path | None = None
@@ -161,6 +188,9 @@ class LocalStack:
 
     def wait_ready(self, timeout_s: float) -> None:
         checks = [("gateway", f"http://127.0.0.1:{self.ports.http}/readyz")]
+        checks += [
+            ("gateway replica", f"http://{address}/readyz") for address in self._replica_http
+        ]
         checks.append(("envoy", f"{self.envoy_admin_url}/ready"))
         if self.real_provider is None:
             checks.append(("mock-llm", f"{self.mock_url}/_mock/health"))

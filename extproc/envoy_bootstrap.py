@@ -403,20 +403,29 @@ def _longest_request_s(config: GatewayConfig) -> float:
 
 def _ext_proc_cluster(config: GatewayConfig) -> Json:
     if config.server.unix_socket:
-        address: Json = {"pipe": {"path": config.server.unix_socket}}
+        addresses: list[Json] = [{"pipe": {"path": config.server.unix_socket}}]
         discovery = "STATIC"
     else:
-        host, port = _split_host_port(config.envoy.ext_proc_address or config.server.grpc_address)
-        host = _reachable(host)
-        address = _socket_address(host, port)
-        discovery = "STATIC" if _is_ip(host) else "STRICT_DNS"
+        # Several gateway processes (replicas sharing one store): Envoy balances
+        # the ext_proc streams, one per HTTP request, across them.
+        targets = config.envoy.ext_proc_addresses or (
+            config.envoy.ext_proc_address or config.server.grpc_address,
+        )
+        hosts = [_split_host_port(target) for target in targets]
+        addresses = [_socket_address(_reachable(host), port) for host, port in hosts]
+        discovery = "STATIC" if all(_is_ip(_reachable(h)) for h, _ in hosts) else "STRICT_DNS"
     cluster: Json = {
         "name": EXT_PROC_CLUSTER,
         "type": discovery,
         "connect_timeout": _duration(EXT_PROC_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": _protocol_options({"http2_protocol_options": {}}),
         "circuit_breakers": _circuit_breakers(),
-        "load_assignment": _load_assignment(EXT_PROC_CLUSTER, address),
+        "load_assignment": {
+            "cluster_name": EXT_PROC_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": address}} for address in addresses]}
+            ],
+        },
     }
     if discovery != "STATIC":
         # "localhost" may resolve to ::1 first while the gateway listens on 127.0.0.1.

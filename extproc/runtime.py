@@ -29,6 +29,7 @@ from extproc.providers.aws_signer import AwsSigner
 from extproc.quota.rules import RuleSet
 
 if TYPE_CHECKING:
+    from extproc.auth.stored_keys import StoredKeys
     from extproc.quota.store import QuotaStore
     from extproc.store.usage import UsageStore
     from extproc.store.usage_writer import UsageWriter
@@ -74,6 +75,8 @@ class Services:
     store: UsageStore | None = None
     usage_writer: UsageWriter | None = None
     quota_store: QuotaStore | None = None
+    # API keys created at run time (the management API); None without a store.
+    stored_keys: StoredKeys | None = None
 
 
 class RouteTable:
@@ -146,6 +149,11 @@ class Runtime:
         self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
         self._by_name = {p.name: p for p in config.providers}
 
+    @property
+    def stored_keys(self) -> StoredKeys | None:
+        """Keys created at run time: asked for a key the config does not know."""
+        return self.services.stored_keys
+
     def resolve_upstream(self, model: str, route: Route) -> Upstream | None:
         """The upstream serving ``model`` on ``route``: by name or alias, by prefix, or by
         the route's own provider; None when nothing serves it there."""
@@ -199,8 +207,10 @@ def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConf
         for method in policy.methods
         if method is AuthMethod.NONE
         or (method is AuthMethod.JWT and config.auth.jwt_providers)
+        # With the management API on, keys can be created at any time.
         or (
-            method is AuthMethod.API_KEY and (config.auth.api_keys or config.auth.api_key_directory)
+            method is AuthMethod.API_KEY
+            and (config.auth.api_keys or config.auth.api_key_directory or config.management.serving)
         )
     )
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})

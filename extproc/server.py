@@ -23,17 +23,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from extproc import http_endpoint
+from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import QuotaManagementService, start_server
+from extproc.management.service import (
+    KeyManagementService,
+    QuotaManagementService,
+    start_server,
+)
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
+from extproc.store.spool import Spool
 from extproc.store.usage import UsageStore
 from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.access_log import AccessLog
@@ -132,12 +138,16 @@ class Gateway:
         )
 
     async def _start_management(self) -> None:
-        # Its own server and port: the quota admin API is never reachable through Envoy.
+        # Its own server and port: the management API is never reachable through Envoy.
         quota_store = self.services.quota_store
         assert quota_store is not None, "the store starts first"
+        stored_keys = self.services.stored_keys
+        assert stored_keys is not None, "the store starts first"
         admin = QuotaAdmin(self._store_client, self.config.store.key_prefix, quota_store)
-        service = QuotaManagementService(lambda: self.runtime, admin, AuditLog())
-        self._management = await start_server(self.config.management.address, service)
+        audit = AuditLog()
+        service = QuotaManagementService(lambda: self.runtime, admin, audit)
+        keys = KeyManagementService(lambda: self.runtime, stored_keys, audit)
+        self._management = await start_server(self.config.management.address, service, keys)
         log.info("management API on %s", self.config.management.address)
 
     def reload_config(self) -> None:
@@ -158,14 +168,26 @@ class Gateway:
         self.services.store = UsageStore(
             self._store_client, store.key_prefix, store.usage_retention_days
         )
+        spooled = self.metrics.spooled
         self.services.usage_writer = UsageWriter(
             self.services.store,
-            on_error=self.metrics.store_errors.labels(operation="usage_record").inc,
+            on_error=self._usage_spooled,
             timeout_s=store.timeout_ms / 1000.0,
+            spool=Spool(store.spool_dir, "usage"),
         )
         self.services.usage_writer.start()
-        self.services.quota_store = QuotaStore(self._store_client, store.key_prefix)
+        self.services.quota_store = QuotaStore(
+            self._store_client,
+            store.key_prefix,
+            spool=Spool(store.spool_dir, "quota"),
+            on_spooled=spooled.labels(kind="quota").inc,
+        )
         await self.services.quota_store.start()
+        self.services.stored_keys = StoredKeys(self._store_client, store.key_prefix)
+
+    def _usage_spooled(self) -> None:
+        self.metrics.store_errors.labels(operation="usage_record").inc()
+        self.metrics.spooled.labels(kind="usage").inc()
 
     async def readiness(self) -> tuple[bool, str]:
         store = self.services.store

@@ -47,7 +47,7 @@ class ApiKeyStore:
             if digest in self._by_digest:
                 problems.append(f"auth.api_keys[{index}] ({spec.id}): same secret as another key")
                 continue
-            self._by_digest[digest] = (digest, _record(spec))
+            self._by_digest[digest] = (digest, api_key_of(spec))
         known = {spec.id for spec in config.api_keys}
         # Files in the directory with no matching entry are keys with no identity beyond their id.
         for key_id, secret in directory.items():
@@ -55,12 +55,16 @@ class ApiKeyStore:
                 continue
             digest = key_digest(secret)
             if digest not in self._by_digest:
-                self._by_digest[digest] = (digest, _record(ApiKeyConfig(id=key_id)))
+                self._by_digest[digest] = (digest, api_key_of(ApiKeyConfig(id=key_id)))
         if problems:
             raise ConfigError("auth", problems)
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+    def records(self) -> list[ApiKey]:
+        """Every key of the config, by id (for listing: never a secret or a digest)."""
+        return sorted((record for _, record in self._by_digest.values()), key=lambda k: k.id)
 
     def lookup(self, presented: str) -> ApiKey | None:
         digest = key_digest(presented)
@@ -73,7 +77,8 @@ class ApiKeyStore:
         return record if hmac.compare_digest(stored, digest) else None
 
 
-def _record(spec: ApiKeyConfig) -> ApiKey:
+def api_key_of(spec: ApiKeyConfig) -> ApiKey:
+    """The identity a config entry (or a key created at run time) gives its requests."""
     return ApiKey(
         id=spec.id,
         user_id=spec.user_id,

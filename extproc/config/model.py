@@ -52,6 +52,8 @@ class EnvoyConfig(_Section):
     admin_port: int = Field(default=9901, gt=0, lt=65536)
     # Where Envoy reaches the gateway: defaults to server.grpc_address.
     ext_proc_address: str | None = None
+    # Several gateway processes behind one Envoy (overrides ext_proc_address).
+    ext_proc_addresses: tuple[str, ...] = ()
     message_timeout_ms: int = Field(default=5000, gt=0)
     failure_mode_allow: bool = False
     upstream_timeout_s: float = Field(default=300.0, gt=0)
@@ -64,6 +66,8 @@ class StoreConfig(_Section):
 
     url: str | None = None
     data_dir: str = ".data/valkey"
+    # Writes the store could not take (usage rollups, quota settlements), replayed later.
+    spool_dir: str = ".data/spool"
     key_prefix: str = "aigw:"
     timeout_ms: int = Field(default=500, gt=0)
     # Usage rollups are kept this long; every key the gateway writes expires.

@@ -1,16 +1,17 @@
-"""The management API's client: what the ``extproc quota ...`` commands call it with.
+"""The management API's client: what the ``extproc quota|keys ...`` commands call it with.
 
 A plain synchronous channel (one call per command). Failures become
 ``ManagementError`` with a message for a person, never a traceback; ``render``
-prints quota states as a table or as JSON.
+prints quota states and ``render_keys`` API keys, as a table or as JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -24,6 +25,7 @@ USAGE_ERRORS = frozenset(
     {
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -43,15 +45,20 @@ class ManagementError(Exception):
         return 2 if self.code in USAGE_ERRORS else 1
 
 
-class QuotaClient:
+class ManagementClient:
+    """One channel to the management API; every call carries the admin token."""
+
+    # The generated stub class of the service a subclass calls.
+    stub_type: Any = None
+
     def __init__(self, address: str, token: str, timeout_s: float = 10.0) -> None:
         self.address = address
         self._timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.QuotaManagementStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = self.stub_type(self._channel)
 
-    def __enter__(self) -> QuotaClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -61,6 +68,32 @@ class QuotaClient:
         trace: TracebackType | None,
     ) -> None:
         self._channel.close()
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: grpc.RpcError) -> ManagementError:
+        code: grpc.StatusCode = exc.code()
+        details = exc.details() or code.name
+        if code is grpc.StatusCode.UNAVAILABLE:
+            message = (
+                f"cannot reach the management API at {self.address}"
+                f" (is the gateway running, with management enabled?): {details}"
+            )
+        elif code is grpc.StatusCode.UNAUTHENTICATED:
+            message = f"the management API at {self.address} refused the call: {details}"
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = f"no answer from the management API at {self.address} in time"
+        else:
+            message = f"{details} ({code.name})"
+        return ManagementError(code, message)
+
+
+class QuotaClient(ManagementClient):
+    stub_type = pb_grpc.QuotaManagementStub
 
     def get(self, kind: str, subject: str) -> pb.QuotaState:
         request = pb.GetQuotaRequest(subject_kind=kind, subject=subject)
@@ -96,27 +129,40 @@ class QuotaClient:
         state: pb.QuotaState = self._call(self._stub.ResetUsage, request)
         return state
 
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return method(request, metadata=self._metadata, timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            raise self._explain(exc) from None
 
-    def _explain(self, exc: grpc.RpcError) -> ManagementError:
-        code: grpc.StatusCode = exc.code()
-        details = exc.details() or code.name
-        if code is grpc.StatusCode.UNAVAILABLE:
-            message = (
-                f"cannot reach the management API at {self.address}"
-                f" (is the gateway running, with management enabled?): {details}"
-            )
-        elif code is grpc.StatusCode.UNAUTHENTICATED:
-            message = f"the management API at {self.address} refused the call: {details}"
-        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            message = f"no answer from the management API at {self.address} in time"
-        else:
-            message = f"{details} ({code.name})"
-        return ManagementError(code, message)
+class KeyClient(ManagementClient):
+    stub_type = pb_grpc.KeyManagementStub
+
+    def create(
+        self,
+        key_id: str,
+        *,
+        user_id: str = "",
+        group_id: str = "",
+        labels: dict[str, str] | None = None,
+        expires_at: float = 0.0,
+        allowed_models: Sequence[str] = (),
+        allowed_routes: Sequence[str] = (),
+    ) -> pb.CreatedKey:
+        request = pb.CreateKeyRequest(
+            id=key_id,
+            user_id=user_id,
+            group_id=group_id,
+            labels=labels or {},
+            expires_at=expires_at,
+            allowed_models=allowed_models,
+            allowed_routes=allowed_routes,
+        )
+        created: pb.CreatedKey = self._call(self._stub.CreateKey, request)
+        return created
+
+    def list(self) -> list[pb.KeyInfo]:
+        answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, pb.ListKeysRequest())
+        return list(answer.keys)
+
+    def revoke(self, key_id: str) -> pb.KeyInfo:
+        info: pb.KeyInfo = self._call(self._stub.RevokeKey, pb.RevokeKeyRequest(id=key_id))
+        return info
 
 
 def state_dict(state: pb.QuotaState) -> dict[str, Any]:
@@ -166,7 +212,12 @@ def render(states: list[pb.QuotaState], output: str, *, many: bool = False) -> s
                     _reset_time(limit),
                 )
             )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return _table(rows)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as aligned columns, the first row being the header."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = (
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows
@@ -180,3 +231,80 @@ def _reset_time(limit: pb.LimitState) -> str:
     # In the zone the window is computed in: a monthly quota resets at local midnight.
     local = datetime.fromtimestamp(limit.reset_at, ZoneInfo(limit.time_zone or "UTC"))
     return f"{local.isoformat(timespec='seconds')} {limit.time_zone}"
+
+
+def key_dict(info: pb.KeyInfo) -> dict[str, Any]:
+    """A key as JSON-ready data; times stay unix seconds, null for never / not known."""
+    return {
+        "id": info.id,
+        "source": info.source,
+        "user_id": info.user_id or None,
+        "group_id": info.group_id or None,
+        "labels": dict(info.labels),
+        "enabled": info.enabled,
+        "expires_at": info.expires_at or None,
+        "created_at": info.created_at or None,
+        "allowed_models": list(info.allowed_models),
+        "allowed_routes": list(info.allowed_routes),
+    }
+
+
+def render_keys(keys: list[pb.KeyInfo], output: str) -> str:
+    """API keys as ``table`` or ``json`` (a list); never a secret, which the gateway has not."""
+    if output == "json":
+        return orjson.dumps([key_dict(k) for k in keys], option=orjson.OPT_INDENT_2).decode() + "\n"
+    if not keys:
+        return "no API keys\n"
+    header = ("ID", "SOURCE", "USER", "GROUP", "STATUS", "EXPIRES", "CREATED", "MODELS", "ROUTES",
+              "LABELS")  # fmt: skip
+    rows = [header]
+    for key in keys:
+        rows.append(
+            (
+                key.id,
+                key.source,
+                key.user_id or "-",
+                key.group_id or "-",
+                _status(key),
+                _utc(key.expires_at) if key.expires_at else "never",
+                _utc(key.created_at) if key.created_at else "-",
+                ",".join(key.allowed_models) or "*",
+                ",".join(key.allowed_routes) or "*",
+                ",".join(f"{name}={value}" for name, value in sorted(key.labels.items())) or "-",
+            )
+        )
+    return _table(rows)
+
+
+# Printed (on stderr) with every new key.
+SHOWN_ONCE = "Store this key now: it will not be shown again (the gateway keeps only its hash)."
+
+
+def render_created(created: pb.CreatedKey, output: str) -> str:
+    """A new key with its secret: the one time anyone sees it."""
+    if output == "json":
+        data = {"key": created.key, "info": key_dict(created.info)}
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return f"{render_keys([created.info], 'table')}key: {created.key}\n"
+
+
+def render_revoked(info: pb.KeyInfo, output: str) -> str:
+    """What a revocation removed (``json``), or one sentence saying what it means."""
+    if output == "json":
+        return orjson.dumps(key_dict(info), option=orjson.OPT_INDENT_2).decode() + "\n"
+    return (
+        f"revoked API key {info.id!r}: refused at once by the gateway that answered,"
+        " by its other replicas within 30 s\n"
+    )
+
+
+def _status(key: pb.KeyInfo) -> str:
+    if not key.enabled:
+        return "disabled"
+    if key.expires_at and key.expires_at <= time.time():
+        return "expired"
+    return "active"
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,11 +1,13 @@
-"""The management API served by the gateway: quota state for operators, behind admin tokens.
+"""The management API served by the gateway: quota state and API keys, behind admin tokens.
 
-``QuotaManagementService`` answers ``aigw.management.v1.QuotaManagement`` on a
-gRPC server of its own (``start_server``), bound to ``management.address``,
+``QuotaManagementService`` answers ``aigw.management.v1.QuotaManagement`` and
+``KeyManagementService`` answers ``aigw.management.v1.KeyManagement``, both on
+a gRPC server of their own (``start_server``), bound to ``management.address``,
 which the public Envoy listener has no route to. Every call must carry
 ``authorization: Bearer <admin token>``; each change writes one audit line
-naming the token's id. The rules come from the runtime current at each call,
-so a config reload applies to the next call, admin tokens included.
+naming the token's id (never a token, never a key's secret). The rules come
+from the runtime current at each call, so a config reload applies to the next
+call, admin tokens included.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -21,8 +25,12 @@ import grpc
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from extproc.auth.api_keys import ApiKey, api_key_of
+from extproc.auth.stored_keys import KeyIdTakenError, StoredKeys, UnknownKeyIdError
+from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import ManagementConfig
 from extproc.management.audit import AuditLog
@@ -41,6 +49,7 @@ from extproc.runtime import Runtime
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["QuotaManagement"].full_name
+KEY_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["KeyManagement"].full_name
 T = TypeVar("T")
 # Anything that names the limits of one subject a change applies to.
 Selector = Callable[[list[Limit]], list[Limit]]
@@ -99,14 +108,64 @@ def _read_token_file(index: int, token_id: str, path: str) -> str:
     return secret
 
 
-class QuotaManagementService(pb_grpc.QuotaManagementServicer):
-    def __init__(self, runtime: Callable[[], Runtime], admin: QuotaAdmin, audit: AuditLog) -> None:
+class AdminService:
+    """What every management service shares: the admin-token check, the audit log, and
+    refusals turned into gRPC status codes."""
+
+    def __init__(self, runtime: Callable[[], Runtime], audit: AuditLog) -> None:
         self._runtime = runtime
-        self._admin = admin
         self._audit = audit
         config = runtime().config.management
         # Built once per config: a reload with new tokens (or a rotated file) applies.
         self._tokens: tuple[ManagementConfig, AdminTokens] = (config, AdminTokens(config))
+
+    async def _call(
+        self, context: grpc_aio.ServicerContext, work: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Authenticate the call, run it, and turn refusals into gRPC status codes."""
+        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
+        if caller is None:
+            presented = _bearer(context.invocation_metadata() or ()) is not None
+            log.warning(
+                "management call from %s refused: %s admin token",
+                context.peer(),
+                "invalid" if presented else "no",
+            )
+            message = (
+                "invalid admin token"
+                if presented
+                else "missing admin token: send `authorization: Bearer <token>`"
+            )
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
+        try:
+            return await work(caller)
+        except InvalidArgumentError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (NotFoundError, UnknownKeyIdError) as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except KeyIdTakenError as exc:
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except RedisError as exc:
+            log.warning("management call failed on the store: %s", type(exc).__name__)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"store error: {type(exc).__name__}")
+
+    def _admin_tokens(self) -> AdminTokens:
+        config = self._runtime().config.management
+        cached, tokens = self._tokens
+        if config is not cached:
+            try:
+                tokens = AdminTokens(config)
+            except ConfigError as exc:
+                # A reloaded config with an unreadable token file keeps the tokens in force.
+                log.warning("admin tokens not reloaded: %s", "; ".join(exc.problems))
+            self._tokens = (config, tokens)
+        return tokens
+
+
+class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
+    def __init__(self, runtime: Callable[[], Runtime], admin: QuotaAdmin, audit: AuditLog) -> None:
+        super().__init__(runtime, audit)
+        self._admin = admin
 
     async def GetQuota(  # noqa: N802 - gRPC method name
         self, request: pb.GetQuotaRequest, context: grpc_aio.ServicerContext
@@ -201,47 +260,121 @@ class QuotaManagementService(pb_grpc.QuotaManagementServicer):
 
         return await self._call(context, work)
 
-    async def _call(
-        self, context: grpc_aio.ServicerContext, work: Callable[[str], Awaitable[T]]
-    ) -> T:
-        """Authenticate the call, run it, and turn refusals into gRPC status codes."""
-        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
-        if caller is None:
-            presented = _bearer(context.invocation_metadata() or ()) is not None
-            log.warning(
-                "management call from %s refused: %s admin token",
-                context.peer(),
-                "invalid" if presented else "no",
-            )
-            message = (
-                "invalid admin token"
-                if presented
-                else "missing admin token: send `authorization: Bearer <token>`"
-            )
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
-        try:
-            return await work(caller)
-        except InvalidArgumentError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFoundError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except RedisError as exc:
-            log.warning("management call failed on the store: %s", type(exc).__name__)
-            await _abort(
-                context, grpc.StatusCode.UNAVAILABLE, f"quota store error: {type(exc).__name__}"
-            )
 
-    def _admin_tokens(self) -> AdminTokens:
-        config = self._runtime().config.management
-        cached, tokens = self._tokens
-        if config is not cached:
+class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
+    """API keys at run time: created with a secret shown once, listed with the config's, revoked."""
+
+    def __init__(self, runtime: Callable[[], Runtime], keys: StoredKeys, audit: AuditLog) -> None:
+        super().__init__(runtime, audit)
+        self._keys = keys
+
+    async def CreateKey(  # noqa: N802 - gRPC method name
+        self, request: pb.CreateKeyRequest, context: grpc_aio.ServicerContext
+    ) -> pb.CreatedKey:
+        async def work(caller: str) -> pb.CreatedKey:
+            key = _new_key(request)
+            # A config key with the same id would make the id name two keys in
+            # logs, metrics and quotas.
+            if self._in_config(key.id):
+                raise KeyIdTakenError(
+                    f"an API key with id {key.id!r} already exists (in the config)"
+                )
+            secret, stored = await self._keys.create(key)
+            self._audit.write("create_key", caller, **_audited(key))
+            return pb.CreatedKey(key=secret, info=_key_info(key, stored.created_at, "store"))
+
+        return await self._call(context, work)
+
+    async def ListKeys(  # noqa: N802 - gRPC method name
+        self, request: pb.ListKeysRequest, context: grpc_aio.ServicerContext
+    ) -> pb.ListKeysResponse:
+        async def work(caller: str) -> pb.ListKeysResponse:
+            response = pb.ListKeysResponse()
+            for key in self._runtime().api_keys.records():
+                response.keys.append(_key_info(key, 0.0, "config"))
+            for stored in await self._keys.list():
+                response.keys.append(_key_info(stored.key, stored.created_at, "store"))
+            return response
+
+        return await self._call(context, work)
+
+    async def RevokeKey(  # noqa: N802 - gRPC method name
+        self, request: pb.RevokeKeyRequest, context: grpc_aio.ServicerContext
+    ) -> pb.KeyInfo:
+        async def work(caller: str) -> pb.KeyInfo:
+            if not request.id:
+                raise InvalidArgumentError("id is required")
             try:
-                tokens = AdminTokens(config)
-            except ConfigError as exc:
-                # A reloaded config with an unreadable token file keeps the tokens in force.
-                log.warning("admin tokens not reloaded: %s", "; ".join(exc.problems))
-            self._tokens = (config, tokens)
-        return tokens
+                stored = await self._keys.revoke(request.id)
+            except UnknownKeyIdError:
+                if self._in_config(request.id):
+                    raise InvalidArgumentError(
+                        f"API key {request.id!r} comes from the config:"
+                        " remove it there (or set enabled: false) and reload"
+                    ) from None
+                raise
+            self._audit.write("revoke_key", caller, **_audited(stored.key))
+            return _key_info(stored.key, stored.created_at, "store")
+
+        return await self._call(context, work)
+
+    def _in_config(self, key_id: str) -> bool:
+        return any(known.id == key_id for known in self._runtime().api_keys.records())
+
+
+def _new_key(request: pb.CreateKeyRequest) -> ApiKey:
+    """The key a CreateKey request asks for, checked as a config entry would be."""
+    if not request.id:
+        raise InvalidArgumentError("id is required")
+    if request.expires_at < 0 or 0 < request.expires_at <= time.time():
+        raise InvalidArgumentError("expires_at must be in the future (or 0: never)")
+    try:
+        spec = ApiKeyConfig(
+            id=request.id,
+            user_id=request.user_id or None,
+            group_id=request.group_id or None,
+            labels=dict(request.labels),
+            expires_at=datetime.fromtimestamp(request.expires_at, UTC)
+            if request.expires_at
+            else None,
+            allowed_models=tuple(request.allowed_models),
+            allowed_routes=tuple(request.allowed_routes),
+        )
+    except ValidationError as exc:
+        problems = (
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidArgumentError("; ".join(problems)) from None
+    return api_key_of(spec)
+
+
+def _audited(key: ApiKey) -> dict[str, Any]:
+    """A key's identity for an audit line: what it names, never its secret."""
+    return {
+        "key_id": key.id,
+        "user_id": key.user_id,
+        "group_id": key.group_id,
+        "labels": key.labels,
+        "expires_at": key.expires_at,
+        "allowed_models": list(key.allowed_models),
+        "allowed_routes": list(key.allowed_routes),
+    }
+
+
+def _key_info(key: ApiKey, created_at: float, source: str) -> pb.KeyInfo:
+    return pb.KeyInfo(
+        id=key.id,
+        user_id=key.user_id or "",
+        group_id=key.group_id or "",
+        labels=key.labels,
+        enabled=key.enabled,
+        expires_at=key.expires_at or 0.0,
+        created_at=created_at,
+        source=source,
+        allowed_models=key.allowed_models,
+        allowed_routes=key.allowed_routes,
+    )
 
 
 async def _abort(context: grpc_aio.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
@@ -275,20 +408,26 @@ def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaS
     return answer
 
 
-async def start_server(address: str, service: QuotaManagementService) -> grpc_aio.Server:
+async def start_server(
+    address: str, service: QuotaManagementService, keys: KeyManagementService | None = None
+) -> grpc_aio.Server:
     """A gRPC server of its own for the management API, with health and reflection."""
     server = grpc_aio.server()
     pb_grpc.add_QuotaManagementServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    served = [SERVICE_NAME]
+    if keys is not None:
+        pb_grpc.add_KeyManagementServicer_to_server(keys, server)  # type: ignore[no-untyped-call]
+        served.append(KEY_SERVICE_NAME)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeError(f"management API cannot listen on {address}: {exc}") from None
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", *served):
         await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +23,15 @@ from redis.exceptions import NoScriptError
 
 from extproc.quota.rules import Limit
 from extproc.store.scripts import script_source
+from extproc.store.spool import Spool
 
 log = logging.getLogger(__name__)
 CLOCK_SYNC_INTERVAL_S = 30.0
+SPOOL_REPLAY_INTERVAL_S = 2.0
 SETTLE_TIMEOUT_S = 2.0
 SETTLE_BATCH_S = 0.02
+# How long a settled batch id is remembered, so a replayed batch is not counted twice.
+BATCH_MEMORY_S = 7 * 86400
 
 
 @dataclass(slots=True)
@@ -52,7 +58,13 @@ class _Scripts:
 
 
 class QuotaStore:
-    def __init__(self, client: Any, key_prefix: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        spool: Spool | None = None,
+        on_spooled: Callable[[], None] = lambda: None,
+    ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         self._prefix = key_prefix
@@ -61,6 +73,8 @@ class QuotaStore:
             sources={name: script_source(f"quota_{name}") for name in ("reserve", "settle")}
         )
         self._unsettled: dict[str, tuple[Limit, int]] = {}
+        self._spool = spool
+        self._on_spooled = on_spooled
         self._flusher: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
 
@@ -90,12 +104,16 @@ class QuotaStore:
         self._offset = seconds + micros / 1e6 - (before + after) / 2
 
     async def _keep_clock(self) -> None:
+        last_sync = time.monotonic()
         while True:
-            await asyncio.sleep(CLOCK_SYNC_INTERVAL_S)
+            await asyncio.sleep(SPOOL_REPLAY_INTERVAL_S)
             try:
-                await self._sync_clock()
+                if time.monotonic() - last_sync >= CLOCK_SYNC_INTERVAL_S:
+                    await self._sync_clock()
+                    last_sync = time.monotonic()
+                await self.replay_spool()
             except Exception as exc:
-                log.warning("quota clock sync failed: %s", type(exc).__name__)
+                log.warning("quota store upkeep failed: %s", type(exc).__name__)
 
     async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
         # A single server checks every subject in one script (atomic, no rollback);
@@ -173,35 +191,58 @@ class QuotaStore:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write the pending settlements; on failure keep them for the next attempt."""
+        """Write the pending settlements; what the store does not take goes to the spool."""
         batch, self._unsettled = self._unsettled, {}
         if not batch:
             return
+        changes = self._raw(list(batch.values()))
+        batch_id = uuid.uuid4().hex
         try:
-            await asyncio.wait_for(self.settle_now(list(batch.values())), SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(self._settle_raw(changes, batch_id), SETTLE_TIMEOUT_S)
         except Exception as exc:
-            log.warning("quota settlement failed, will retry: %s", type(exc).__name__)
-            for key, (limit, delta) in batch.items():
-                known = self._unsettled.get(key)
-                self._unsettled[key] = (limit, delta + (known[1] if known else 0))
-            if self._flusher is None:
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+            log.warning("quota settlement failed, spooled: %s", type(exc).__name__)
+            self._on_spooled()
+            if self._spool is None:
+                return
+            self._spool.append({"id": batch_id, "changes": changes})
+
+    async def replay_spool(self) -> int:
+        """Settlements the store missed, in order; each batch counts once."""
+        if self._spool is None:
+            return 0
+
+        async def apply(record: dict[str, Any]) -> None:
+            changes = [tuple(change) for change in record["changes"]]
+            await asyncio.wait_for(self._settle_raw(changes, str(record["id"])), SETTLE_TIMEOUT_S)
+
+        return await self._spool.replay(apply)
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
-        groups = _by_subject([limit for limit, _ in changes])
-        deltas = [delta for _, delta in changes]
+        """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
+        await self._settle_raw(self._raw(changes), uuid.uuid4().hex)
+
+    def _raw(self, changes: list[tuple[Limit, int]]) -> list[tuple[str, str, int, int]]:
+        now = self.now()
+        return [
+            (limit.subject_tag, limit.key(self._prefix), delta, limit.window.ttl_seconds(now))
+            for limit, delta in changes
+        ]
+
+    async def _settle_raw(self, changes: list[Any], batch_id: str) -> None:
+        by_tag: dict[str, list[tuple[str, int, int]]] = {}
+        for tag, key, delta, ttl in changes:
+            by_tag.setdefault(tag, []).append((key, int(delta), int(ttl)))
         await self._run(
             "settle",
             [
                 (
-                    [limit.key(self._prefix) for _, limit in group],
+                    [f"{self._prefix}qs:{tag}:{batch_id}", *(key for key, _, _ in group)],
                     [
-                        value
-                        for index, limit in group
-                        for value in (deltas[index], limit.window.ttl_seconds(self.now()))
+                        BATCH_MEMORY_S,
+                        *(value for _, delta, ttl in group for value in (delta, ttl)),
                     ],
                 )
-                for group in groups
+                for tag, group in by_tag.items()
             ],
         )
 

@@ -19,7 +19,10 @@ class AccountingStage:
         services = ctx.runtime.services
         services.access_log.write(access_record(ctx))
         self._observe(ctx)
-        if ctx.accounted and services.usage_writer is not None and ctx.model is not None:
+        # The rollup counts requests that reached a provider; refusals (401, 429, ...)
+        # are in the log line and in aigw_requests_total, and cost nothing.
+        reached_provider = ctx.error is None and ctx.provider is not None
+        if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx))
 
     @staticmethod

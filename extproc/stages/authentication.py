@@ -9,18 +9,23 @@ message saying what was wrong, never the credential itself.
 
 A token verified before is answered from the verifier's cache without a
 coroutine; only a first sighting waits for signature checks (and maybe a JWKS
-fetch).
+fetch). Likewise a key the config does not know is looked up among the keys
+created at run time from a short-lived cache, and only a miss waits for the
+store; a store that does not answer is a 503 ``key_store_unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 
+from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
+from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
 from extproc.config.auth_model import AuthMethod
 from extproc.context import ANONYMOUS, Identity, PhaseOutput, RequestContext
-from extproc.errors import AuthenticationError, PermissionDeniedError
+from extproc.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 
 REALM = 'Bearer realm="aigw"'
 _KEY_HEADERS = ("x-api-key", "api-key")
@@ -64,7 +69,15 @@ class AuthenticationStage:
                 return self._verify(ctx, verifier, credential)
             ctx.identity = _from_jwt(cached)
         elif accepts_key:
-            ctx.identity = _from_api_key(ctx, credential)
+            key = runtime.api_keys.lookup(credential)
+            stored = runtime.stored_keys
+            if key is None and stored is not None:
+                digest = key_digest(credential)
+                found = stored.cached(digest)
+                if found is NOT_CACHED:
+                    return self._look_up_stored(ctx, stored, digest)
+                key = found
+            ctx.identity = _from_api_key(key)
         else:
             raise _challenge("invalid token", invalid=True)
         _check_route(ctx)
@@ -77,6 +90,23 @@ class AuthenticationStage:
         except AuthenticationError as error:
             raise _challenge(error.message, invalid=True) from None
         ctx.identity = _from_jwt(verified)
+        _check_route(ctx)
+
+    @staticmethod
+    async def _look_up_stored(ctx: RequestContext, stored: StoredKeys, digest: bytes) -> None:
+        runtime = ctx.runtime
+        try:
+            key = await asyncio.wait_for(
+                stored.lookup(digest), runtime.config.store.timeout_ms / 1000.0
+            )
+        except Exception:
+            runtime.services.metrics.store_errors.labels(operation="key_lookup").inc()
+            # Not a 401: the key may well be valid, and clients retry a 503.
+            raise ServiceUnavailableError(
+                "the API key store is unavailable; try again shortly",
+                code="key_store_unavailable",
+            ) from None
+        ctx.identity = _from_api_key(key)
         _check_route(ctx)
 
 
@@ -102,8 +132,7 @@ def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:
     return "no credentials found: send an API key or a bearer token"
 
 
-def _from_api_key(ctx: RequestContext, presented: str) -> Identity:
-    key = ctx.runtime.api_keys.lookup(presented)
+def _from_api_key(key: ApiKey | None) -> Identity:
     if key is None:
         raise _challenge("invalid API key", invalid=True)
     if not key.enabled:

@@ -9,6 +9,7 @@ logs reconcile exactly. Every hash expires after ``usage_retention_days``.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -91,9 +92,9 @@ class UsageStore:
         return f"{self._prefix}usage:{bucket}"
 
     async def record(self, entry: UsageEntry) -> None:
-        await self.record_totals(totals_of([entry]))
+        await self.record_totals(totals_of([entry]), uuid.uuid4().hex)
 
-    async def record_totals(self, totals: UsageTotals) -> None:
+    async def record_totals(self, totals: UsageTotals, batch_id: str) -> None:
         """Add summed usage to the rollups: one EVALSHA per hour touched (almost always one).
 
         Not pipelined: redis-py checks a pipeline's scripts with an extra SCRIPT
@@ -101,7 +102,9 @@ class UsageStore:
         """
         by_hour: dict[str, list[str | int]] = {}
         for (bucket, prefix), (requests, prompt, completion) in totals.items():
-            by_hour.setdefault(bucket, [self._ttl]).extend((prefix, requests, prompt, completion))
+            by_hour.setdefault(bucket, [self._ttl, batch_id]).extend(
+                (prefix, requests, prompt, completion)
+            )
         for bucket, args in by_hour.items():
             await self._record(keys=[self._key(bucket)], args=args)
 

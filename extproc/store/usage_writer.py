@@ -3,10 +3,11 @@
 Per-request writes would cost every request a store round trip for numbers
 that are only read by reports. Instead each finished request adds to in-memory
 totals, and a background task flushes them every ``interval_s`` (or sooner
-when many accumulate). A failed flush keeps its totals and retries, so a store
-outage delays the rollup but loses nothing; shutdown flushes what is left.
-The exposure is a crash (SIGKILL) between flushes: at most ``interval_s`` of
-rollups, which the per-request log lines still hold.
+when many accumulate). A failed flush keeps its totals in the spool file and
+replays them, once each, when the store is back, so a store outage delays the
+rollup but loses nothing; shutdown flushes what is left. The exposure is a
+crash (SIGKILL) between flushes: at most ``interval_s`` of rollups, which the
+per-request log lines still hold.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
+from typing import Any
 
+from extproc.store.spool import Spool
 from extproc.store.usage import UsageEntry, UsageStore, UsageTotals, add_entry, merge_totals
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,7 @@ class UsageWriter:
         interval_s: float = 0.5,
         max_pending: int = 2000,
         timeout_s: float = 2.0,
+        spool: Spool | None = None,
     ) -> None:
         self._store = store
         self._on_error = on_error
@@ -39,6 +44,7 @@ class UsageWriter:
         self._count = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._spool = spool
 
     def add(self, entry: UsageEntry) -> None:
         add_entry(self._pending, entry)
@@ -57,19 +63,36 @@ class UsageWriter:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Write what is pending; True when nothing is left pending."""
-        if not self._pending:
-            return True
-        batch, self._pending, self._count = self._pending, {}, 0
-        try:
-            await asyncio.wait_for(self._store.record_totals(batch), self._timeout)
-        except Exception as exc:
-            # Keep the batch; it goes out with the next flush.
+        """Write what is pending (then what the spool holds); True when all of it landed."""
+        written = True
+        if self._pending:
+            batch, self._pending, self._count = self._pending, {}, 0
+            batch_id = uuid.uuid4().hex
+            try:
+                await asyncio.wait_for(self._store.record_totals(batch, batch_id), self._timeout)
+            except Exception as exc:
+                self._on_error()
+                written = False
+                log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
+                self._keep(batch, batch_id)
+        if written and self._spool is not None:
+            await self._spool.replay(self._replay_one)
+        return written
+
+    def _keep(self, batch: UsageTotals, batch_id: str) -> None:
+        if self._spool is None:
+            # No spool: keep it in memory for the next flush (lost only on a crash).
             merge_totals(self._pending, batch)
-            self._on_error()
-            log.warning("usage rollup flush failed, will retry: %s", type(exc).__name__)
-            return False
-        return True
+            return
+        rows = [[bucket, prefix, *counts] for (bucket, prefix), counts in batch.items()]
+        self._spool.append({"id": batch_id, "totals": rows})
+
+    async def _replay_one(self, record: dict[str, Any]) -> None:
+        totals: UsageTotals = {
+            (str(bucket), str(prefix)): [int(requests), int(prompt), int(completion)]
+            for bucket, prefix, requests, prompt, completion in record["totals"]
+        }
+        await asyncio.wait_for(self._store.record_totals(totals, str(record["id"])), self._timeout)
 
     async def close(self) -> None:
         if self._task is not None:

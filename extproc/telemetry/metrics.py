@@ -73,6 +73,12 @@ class GatewayMetrics:
             ("operation",),
             registry=self.registry,
         )
+        self.spooled = Counter(
+            "aigw_spooled_batches",
+            "Batches the store could not take, written to the local spool for replay, by kind",
+            ("kind",),
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "aigw_rate_limited",
             "Requests refused by a quota or rate limit, by rule and subject kind",

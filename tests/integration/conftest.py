@@ -7,6 +7,8 @@ metrics page, the mock provider's record of what reached it, Envoy's stats.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +28,16 @@ STARTED: list[LocalStack] = []
 
 
 @contextmanager
-def running_stack(workdir: Path, config_path: Path | None = None) -> Iterator[LocalStack]:
+def running_stack(
+    workdir: Path,
+    config_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    gateways: int = 1,
+) -> Iterator[LocalStack]:
     """A whole stack on free ports, stopped on exit."""
-    running = LocalStack(workdir=workdir, ports=Ports.free())
+    running = LocalStack(
+        workdir=workdir, ports=Ports.free(), extra_env=extra_env or {}, gateways=gateways
+    )
     if config_path is not None:
         running.config_path = config_path
     STARTED.append(running)
@@ -130,3 +139,15 @@ def every_log_line_matches_the_schema() -> Iterator[None]:
     for line in lines:
         errors = [error.message for error in validator.iter_errors(line)]
         assert not errors, f"log line breaks docs/log-schema.json: {errors} in {line}"
+
+
+def usage_rows(stack: LocalStack, by: str) -> dict[str, dict[str, Any]]:
+    """`extproc usage report --by <by>` as the operator runs it, keyed by that dimension."""
+    dimension = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}.get(by, by)
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "usage", "report", "--by", by, "--format", "json",
+         "--config", str(stack.config_path)],
+        env=stack.env, capture_output=True, check=True,
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = orjson.loads(result.stdout)["rows"]
+    return {row[dimension]: row for row in rows}

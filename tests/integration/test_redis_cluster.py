@@ -227,7 +227,8 @@ async def test_usage_rollups_of_hours_on_different_nodes_add_up(
         totals_of(
             [UsageEntry(started, {**dims, "model": "gpt-4o-mini"}, 7, 3) for started in hours]
             + [UsageEntry(hours[0], {**dims, "model": "gpt-4o"}, 100, 50)]
-        )
+        ),
+        "writer-batch-1",
     )
     buckets = [datetime.fromtimestamp(started, UTC).strftime("%Y%m%d%H") for started in hours]
     nodes = {await node_of(client, cluster, f"{PREFIX}usage:{bucket}") for bucket in buckets}

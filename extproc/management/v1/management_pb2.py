@@ -19,7 +19,7 @@ _sym_db = _symbol_database.Default()
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n#aigw/management/v1/management.proto\x12\x12\x61igw.management.v1"8\n\x0fGetQuotaRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t")\n\x11ListQuotasRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t"D\n\x12ListQuotasResponse\x12.\n\x06states\x18\x01 \x03(\x0b\x32\x1e.aigw.management.v1.QuotaState"f\n\x0fSetLimitRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03"i\n\x12\x41\x64justUsageRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x03"Y\n\x11ResetUsageRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t"c\n\nQuotaState\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12.\n\x06limits\x18\x03 \x03(\x0b\x32\x1e.aigw.management.v1.LimitState"\xd2\x01\n\nLimitState\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x18\n\x10\x63onfigured_limit\x18\x05 \x01(\x03\x12\x12\n\noverridden\x18\x06 \x01(\x08\x12\x0c\n\x04used\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x14\n\x0cwindow_start\x18\t \x01(\x01\x12\x10\n\x08reset_at\x18\n \x01(\x01\x12\x11\n\ttime_zone\x18\x0b \x01(\t2\xbc\x03\n\x0fQuotaManagement\x12O\n\x08GetQuota\x12#.aigw.management.v1.GetQuotaRequest\x1a\x1e.aigw.management.v1.QuotaState\x12[\n\nListQuotas\x12%.aigw.management.v1.ListQuotasRequest\x1a&.aigw.management.v1.ListQuotasResponse\x12O\n\x08SetLimit\x12#.aigw.management.v1.SetLimitRequest\x1a\x1e.aigw.management.v1.QuotaState\x12U\n\x0b\x41\x64justUsage\x12&.aigw.management.v1.AdjustUsageRequest\x1a\x1e.aigw.management.v1.QuotaState\x12S\n\nResetUsage\x12%.aigw.management.v1.ResetUsageRequest\x1a\x1e.aigw.management.v1.QuotaStateb\x06proto3'
+    b'\n#aigw/management/v1/management.proto\x12\x12\x61igw.management.v1"8\n\x0fGetQuotaRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t")\n\x11ListQuotasRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t"D\n\x12ListQuotasResponse\x12.\n\x06states\x18\x01 \x03(\x0b\x32\x1e.aigw.management.v1.QuotaState"f\n\x0fSetLimitRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03"i\n\x12\x41\x64justUsageRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x03"Y\n\x11ResetUsageRequest\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x04 \x01(\t"c\n\nQuotaState\x12\x14\n\x0csubject_kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12.\n\x06limits\x18\x03 \x03(\x0b\x32\x1e.aigw.management.v1.LimitState"\xd2\x01\n\nLimitState\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x18\n\x10\x63onfigured_limit\x18\x05 \x01(\x03\x12\x12\n\noverridden\x18\x06 \x01(\x08\x12\x0c\n\x04used\x18\x07 \x01(\x03\x12\x11\n\tremaining\x18\x08 \x01(\x03\x12\x14\n\x0cwindow_start\x18\t \x01(\x01\x12\x10\n\x08reset_at\x18\n \x01(\x01\x12\x11\n\ttime_zone\x18\x0b \x01(\t"\xf6\x01\n\x10\x43reateKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12@\n\x06labels\x18\x04 \x03(\x0b\x32\x30.aigw.management.v1.CreateKeyRequest.LabelsEntry\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x16\n\x0e\x61llowed_models\x18\x06 \x03(\t\x12\x16\n\x0e\x61llowed_routes\x18\x07 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"D\n\nCreatedKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x04info\x18\x02 \x01(\x0b\x32\x1b.aigw.management.v1.KeyInfo"\x11\n\x0fListKeysRequest"=\n\x10ListKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.aigw.management.v1.KeyInfo"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t"\x99\x02\n\x07KeyInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.aigw.management.v1.KeyInfo.LabelsEntry\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\t \x03(\t\x12\x16\n\x0e\x61llowed_routes\x18\n \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xbc\x03\n\x0fQuotaManagement\x12O\n\x08GetQuota\x12#.aigw.management.v1.GetQuotaRequest\x1a\x1e.aigw.management.v1.QuotaState\x12[\n\nListQuotas\x12%.aigw.management.v1.ListQuotasRequest\x1a&.aigw.management.v1.ListQuotasResponse\x12O\n\x08SetLimit\x12#.aigw.management.v1.SetLimitRequest\x1a\x1e.aigw.management.v1.QuotaState\x12U\n\x0b\x41\x64justUsage\x12&.aigw.management.v1.AdjustUsageRequest\x1a\x1e.aigw.management.v1.QuotaState\x12S\n\nResetUsage\x12%.aigw.management.v1.ResetUsageRequest\x1a\x1e.aigw.management.v1.QuotaState2\x89\x02\n\rKeyManagement\x12Q\n\tCreateKey\x12$.aigw.management.v1.CreateKeyRequest\x1a\x1e.aigw.management.v1.CreatedKey\x12U\n\x08ListKeys\x12#.aigw.management.v1.ListKeysRequest\x1a$.aigw.management.v1.ListKeysResponse\x12N\n\tRevokeKey\x12$.aigw.management.v1.RevokeKeyRequest\x1a\x1b.aigw.management.v1.KeyInfob\x06proto3'
 )
 
 _globals = globals()
@@ -27,6 +27,10 @@ _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "aigw.management.v1.management_pb2", _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
     DESCRIPTOR._loaded_options = None
+    _globals["_CREATEKEYREQUEST_LABELSENTRY"]._loaded_options = None
+    _globals["_CREATEKEYREQUEST_LABELSENTRY"]._serialized_options = b"8\001"
+    _globals["_KEYINFO_LABELSENTRY"]._loaded_options = None
+    _globals["_KEYINFO_LABELSENTRY"]._serialized_options = b"8\001"
     _globals["_GETQUOTAREQUEST"]._serialized_start = 59
     _globals["_GETQUOTAREQUEST"]._serialized_end = 115
     _globals["_LISTQUOTASREQUEST"]._serialized_start = 117
@@ -43,6 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
     _globals["_QUOTASTATE"]._serialized_end = 631
     _globals["_LIMITSTATE"]._serialized_start = 634
     _globals["_LIMITSTATE"]._serialized_end = 844
-    _globals["_QUOTAMANAGEMENT"]._serialized_start = 847
-    _globals["_QUOTAMANAGEMENT"]._serialized_end = 1291
+    _globals["_CREATEKEYREQUEST"]._serialized_start = 847
+    _globals["_CREATEKEYREQUEST"]._serialized_end = 1093
+    _globals["_CREATEKEYREQUEST_LABELSENTRY"]._serialized_start = 1048
+    _globals["_CREATEKEYREQUEST_LABELSENTRY"]._serialized_end = 1093
+    _globals["_CREATEDKEY"]._serialized_start = 1095
+    _globals["_CREATEDKEY"]._serialized_end = 1163
+    _globals["_LISTKEYSREQUEST"]._serialized_start = 1165
+    _globals["_LISTKEYSREQUEST"]._serialized_end = 1182
+    _globals["_LISTKEYSRESPONSE"]._serialized_start = 1184
+    _globals["_LISTKEYSRESPONSE"]._serialized_end = 1245
+    _globals["_REVOKEKEYREQUEST"]._serialized_start = 1247
+    _globals["_REVOKEKEYREQUEST"]._serialized_end = 1277
+    _globals["_KEYINFO"]._serialized_start = 1280
+    _globals["_KEYINFO"]._serialized_end = 1561
+    _globals["_KEYINFO_LABELSENTRY"]._serialized_start = 1048
+    _globals["_KEYINFO_LABELSENTRY"]._serialized_end = 1093
+    _globals["_QUOTAMANAGEMENT"]._serialized_start = 1564
+    _globals["_QUOTAMANAGEMENT"]._serialized_end = 2008
+    _globals["_KEYMANAGEMENT"]._serialized_start = 2011
+    _globals["_KEYMANAGEMENT"]._serialized_end = 2276
 # @@protoc_insertion_point(module_scope)

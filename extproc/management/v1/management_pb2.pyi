@@ -153,3 +153,125 @@ class LimitState(_message.Message):
         reset_at: float | None = ...,
         time_zone: str | None = ...,
     ) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = (
+        "allowed_models",
+        "allowed_routes",
+        "expires_at",
+        "group_id",
+        "id",
+        "labels",
+        "user_id",
+    )
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user_id: str
+    group_id: str
+    labels: _containers.ScalarMap[str, str]
+    expires_at: float
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    allowed_routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        id: str | None = ...,
+        user_id: str | None = ...,
+        group_id: str | None = ...,
+        labels: _Mapping[str, str] | None = ...,
+        expires_at: float | None = ...,
+        allowed_models: _Iterable[str] | None = ...,
+        allowed_routes: _Iterable[str] | None = ...,
+    ) -> None: ...
+
+class CreatedKey(_message.Message):
+    __slots__ = ("info", "key")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    info: KeyInfo
+    def __init__(self, key: str | None = ..., info: KeyInfo | _Mapping | None = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
+    def __init__(self, keys: _Iterable[KeyInfo | _Mapping] | None = ...) -> None: ...
+
+class RevokeKeyRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: str | None = ...) -> None: ...
+
+class KeyInfo(_message.Message):
+    __slots__ = (
+        "allowed_models",
+        "allowed_routes",
+        "created_at",
+        "enabled",
+        "expires_at",
+        "group_id",
+        "id",
+        "labels",
+        "source",
+        "user_id",
+    )
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user_id: str
+    group_id: str
+    labels: _containers.ScalarMap[str, str]
+    enabled: bool
+    expires_at: float
+    created_at: float
+    source: str
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    allowed_routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        id: str | None = ...,
+        user_id: str | None = ...,
+        group_id: str | None = ...,
+        labels: _Mapping[str, str] | None = ...,
+        enabled: bool | None = ...,
+        expires_at: float | None = ...,
+        created_at: float | None = ...,
+        source: str | None = ...,
+        allowed_models: _Iterable[str] | None = ...,
+        allowed_routes: _Iterable[str] | None = ...,
+    ) -> None: ...

@@ -289,3 +289,199 @@ class QuotaManagement:
             metadata,
             _registered_method=True,
         )
+
+
+class KeyManagementStub:
+    """API keys created at run time: stored hashed in the gateway's store, next to
+    the keys of the config file. The secret leaves the gateway once, in the
+    answer to CreateKey; nothing can show it again.
+
+    A service of its own beside QuotaManagement: keys are identity, not quota
+    state, so each service reads as one subject (and has its own health status
+    and reflection entry), while both share the port and the admin tokens.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateKey = channel.unary_unary(
+            "/aigw.management.v1.KeyManagement/CreateKey",
+            request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.CreateKeyRequest.SerializeToString,
+            response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.CreatedKey.FromString,
+            _registered_method=True,
+        )
+        self.ListKeys = channel.unary_unary(
+            "/aigw.management.v1.KeyManagement/ListKeys",
+            request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.ListKeysRequest.SerializeToString,
+            response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.ListKeysResponse.FromString,
+            _registered_method=True,
+        )
+        self.RevokeKey = channel.unary_unary(
+            "/aigw.management.v1.KeyManagement/RevokeKey",
+            request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.SerializeToString,
+            response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
+            _registered_method=True,
+        )
+
+
+class KeyManagementServicer:
+    """API keys created at run time: stored hashed in the gateway's store, next to
+    the keys of the config file. The secret leaves the gateway once, in the
+    answer to CreateKey; nothing can show it again.
+
+    A service of its own beside QuotaManagement: keys are identity, not quota
+    state, so each service reads as one subject (and has its own health status
+    and reflection entry), while both share the port and the admin tokens.
+    """
+
+    def CreateKey(self, request, context):
+        """A new key with a generated secret; ALREADY_EXISTS when the id is taken
+        (by a stored key or one of the config's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
+    def ListKeys(self, request, context):
+        """Every key the gateway accepts: the config's and the stored ones."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
+    def RevokeKey(self, request, context):
+        """Delete a stored key; its secret stops working at once on the replica that
+        answers, within 30 s on the others. Config keys are revoked in the config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
+
+def add_KeyManagementServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+        "CreateKey": grpc.unary_unary_rpc_method_handler(
+            servicer.CreateKey,
+            request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.CreateKeyRequest.FromString,
+            response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.CreatedKey.SerializeToString,
+        ),
+        "ListKeys": grpc.unary_unary_rpc_method_handler(
+            servicer.ListKeys,
+            request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.ListKeysRequest.FromString,
+            response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.ListKeysResponse.SerializeToString,
+        ),
+        "RevokeKey": grpc.unary_unary_rpc_method_handler(
+            servicer.RevokeKey,
+            request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.FromString,
+            response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.SerializeToString,
+        ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+        "aigw.management.v1.KeyManagement", rpc_method_handlers
+    )
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers("aigw.management.v1.KeyManagement", rpc_method_handlers)
+
+
+# This class is part of an EXPERIMENTAL API.
+class KeyManagement:
+    """API keys created at run time: stored hashed in the gateway's store, next to
+    the keys of the config file. The secret leaves the gateway once, in the
+    answer to CreateKey; nothing can show it again.
+
+    A service of its own beside QuotaManagement: keys are identity, not quota
+    state, so each service reads as one subject (and has its own health status
+    and reflection entry), while both share the port and the admin tokens.
+    """
+
+    @staticmethod
+    def CreateKey(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/aigw.management.v1.KeyManagement/CreateKey",
+            aigw_dot_management_dot_v1_dot_management__pb2.CreateKeyRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.CreatedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def ListKeys(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/aigw.management.v1.KeyManagement/ListKeys",
+            aigw_dot_management_dot_v1_dot_management__pb2.ListKeysRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def RevokeKey(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/aigw.management.v1.KeyManagement/RevokeKey",
+            aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )

@@ -1,0 +1,251 @@
+"""Org API keys created at run time: stored hashed in Redis, remembered briefly per process.
+
+The management API creates, lists and revokes them; the authentication stage
+asks for a presented key the config does not know. The store holds, with
+``<prefix>`` the config's ``store.key_prefix``::
+
+    <prefix>key:{<sha256 hex>}   a hash: id, user_id, group_id, labels (JSON), enabled,
+                                 expires_at, created_at, allowed_models, allowed_routes (JSON)
+    <prefix>keyid:<id>           the sha256 hex: revoke by id, and one key per id
+
+The secret is generated here and leaves in the answer to ``create``, once;
+neither Redis nor this process keeps it, only its SHA-256. The two keys live in
+different cluster slots, so no command spans both: create claims the id first
+(``SET NX``), revoke deletes the record first, and each stops short of leaving a
+working key nobody can revoke.
+
+On the request path ``KeyCache`` remembers what the store answered for a
+digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
+recently used go first). Revoking through this process forgets the key at
+once; other replicas stop accepting it when their entry expires, 30 s at most.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final, Literal, TypeAlias
+
+import orjson
+
+from extproc.auth.api_keys import ApiKey, key_digest
+
+SECRET_PREFIX = "aigw-"
+FOUND_TTL_S = 30.0
+MISSING_TTL_S = 5.0
+CACHE_ENTRIES = 10_000
+# Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
+SCAN_COUNT = 1000
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+class KeyIdTakenError(ValueError):
+    """Another key (stored, or in the config) already has this id."""
+
+
+class UnknownKeyIdError(LookupError):
+    """No stored key has this id."""
+
+
+class _NotCached(Enum):
+    NOT_CACHED = "not cached"
+
+
+# What the cache says about a digest it has no live answer for: ask the store.
+NOT_CACHED: Final = _NotCached.NOT_CACHED
+# A cached answer: the key, None for "no such key", or NOT_CACHED.
+CachedAnswer: TypeAlias = ApiKey | Literal[_NotCached.NOT_CACHED] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A key created at run time, as the store holds it (never its secret or digest)."""
+
+    key: ApiKey
+    created_at: float
+
+
+def new_secret() -> str:
+    """A fresh secret: 256 random bits, prefixed so that scanners and people recognise it."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyCache:
+    """What the store answered for recent digests: found for 30 s, not found for 5 s.
+
+    An LRU of bounded size, so a flood of made-up keys evicts entries instead
+    of growing memory. The clock is injected so that tests can move time.
+    """
+
+    def __init__(
+        self,
+        *,
+        found_ttl_s: float = FOUND_TTL_S,
+        missing_ttl_s: float = MISSING_TTL_S,
+        max_entries: int = CACHE_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._found_ttl_s = found_ttl_s
+        self._missing_ttl_s = missing_ttl_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, ApiKey | None]] = OrderedDict()
+        # Bumped by every revocation: a lookup that started before one must not
+        # cache what it read, or a revoked key could come back for 30 s.
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: bytes) -> ApiKey | Literal[_NotCached.NOT_CACHED] | None:
+        """The key, None for a key known not to exist, or NOT_CACHED."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return NOT_CACHED
+        expires_at, key = entry
+        if expires_at <= self._clock():
+            del self._entries[digest]
+            return NOT_CACHED
+        self._entries.move_to_end(digest)
+        return key
+
+    def put(self, digest: bytes, key: ApiKey | None, generation: int) -> None:
+        """Remember an answer read when the cache was at ``generation``."""
+        if generation != self.generation:
+            return
+        ttl = self._found_ttl_s if key is not None else self._missing_ttl_s
+        self._entries[digest] = (self._clock() + ttl, key)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, digest: bytes) -> None:
+        self._entries.pop(digest, None)
+        self.generation += 1
+
+
+class StoredKeys:
+    """The keys created at run time in one store, and this process's cache of lookups."""
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        cache: KeyCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self.cache = cache if cache is not None else KeyCache()
+        self._clock = clock
+
+    def _record_key(self, digest_hex: str) -> str:
+        return f"{self._prefix}key:{{{digest_hex}}}"
+
+    def _id_key(self, key_id: str) -> str:
+        return f"{self._prefix}keyid:{key_id}"
+
+    def cached(self, digest: bytes) -> ApiKey | Literal[_NotCached.NOT_CACHED] | None:
+        """The request path's answer without I/O, when a recent lookup gave one."""
+        return self.cache.get(digest)
+
+    async def lookup(self, digest: bytes) -> ApiKey | None:
+        """Ask the store for the key with this digest (one HGETALL) and cache the answer."""
+        generation = self.cache.generation
+        fields = await self._client.hgetall(self._record_key(digest.hex()))
+        found = _from_fields(fields)
+        key = found.key if found is not None else None
+        self.cache.put(digest, key, generation)
+        return key
+
+    async def create(self, key: ApiKey) -> tuple[str, StoredKey]:
+        """Store a new key under a fresh secret; the secret is returned here and nowhere else."""
+        secret = new_secret()
+        digest_hex = key_digest(secret).hex()
+        stored = StoredKey(key, created_at=self._clock())
+        id_key = self._id_key(key.id)
+        if not await self._client.set(id_key, digest_hex, nx=True):
+            raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
+        try:
+            await self._client.hset(self._record_key(digest_hex), mapping=_to_fields(stored))
+        except Exception:
+            # A key that was never stored must not keep its id taken.
+            await self._client.delete(id_key)
+            raise
+        return secret, stored
+
+    async def list(self) -> list[StoredKey]:
+        """Every stored key, by id. SCAN, never KEYS: the store serves requests meanwhile."""
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
+        names = [name async for name in self._client.scan_iter(match=pattern, count=SCAN_COUNT)]
+        if not names:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(name)
+            records = await pipe.execute()
+        found = [stored for stored in map(_from_fields, records) if stored is not None]
+        return sorted(found, key=lambda stored: stored.key.id)
+
+    async def revoke(self, key_id: str) -> StoredKey:
+        """Delete a stored key; from now on this process refuses its secret."""
+        id_key = self._id_key(key_id)
+        raw = await self._client.get(id_key)
+        if raw is None:
+            raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+        digest_hex = raw.decode() if isinstance(raw, bytes) else str(raw)
+        record_key = self._record_key(digest_hex)
+        stored = _from_fields(await self._client.hgetall(record_key))
+        # The record first: once it is gone the secret no longer works anywhere
+        # (after the caches), even if deleting the id then fails.
+        await self._client.delete(record_key)
+        self.cache.forget(bytes.fromhex(digest_hex))
+        await self._client.delete(id_key)
+        if stored is None:
+            # An id whose record was never written (a create that failed half-way).
+            raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+        return stored
+
+
+def _to_fields(stored: StoredKey) -> dict[str, str]:
+    key = stored.key
+    return {
+        "id": key.id,
+        "user_id": key.user_id or "",
+        "group_id": key.group_id or "",
+        "labels": orjson.dumps(key.labels).decode(),
+        "enabled": "1" if key.enabled else "0",
+        "expires_at": repr(key.expires_at or 0.0),
+        "created_at": repr(stored.created_at),
+        "allowed_models": orjson.dumps(key.allowed_models).decode(),
+        "allowed_routes": orjson.dumps(key.allowed_routes).decode(),
+    }
+
+
+def _from_fields(raw: dict[Any, Any]) -> StoredKey | None:
+    """A record as HGETALL returns it (bytes); None when there is none."""
+    fields = {
+        (name.decode() if isinstance(name, bytes) else name): (
+            value.decode() if isinstance(value, bytes) else value
+        )
+        for name, value in raw.items()
+    }
+    if not fields.get("id"):
+        return None
+    expires_at = float(fields.get("expires_at") or 0.0)
+    key = ApiKey(
+        id=fields["id"],
+        user_id=fields.get("user_id") or None,
+        group_id=fields.get("group_id") or None,
+        enabled=fields.get("enabled", "1") == "1",
+        expires_at=expires_at or None,
+        allowed_models=tuple(orjson.loads(fields.get("allowed_models") or "[]")),
+        allowed_routes=tuple(orjson.loads(fields.get("allowed_routes") or "[]")),
+        labels=dict(orjson.loads(fields.get("labels") or "{}")),
+    )
+    return StoredKey(key, created_at=float(fields.get("created_at") or 0.0))

@@ -1,0 +1,119 @@
+"""`extproc keys ...` against a running gateway, and the official OpenAI client through Envoy.
+
+An operator creates a key and hands its secret (printed once) to a client; the
+client's requests carry the new key's identity into the log. The list shows the
+key without any secret; once revoked, the same client gets a 401 on its next
+request. Creating a second key with a taken id exits 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import openai
+import orjson
+import pytest
+from openai import OpenAI
+
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from tests.integration.conftest import GatewayLog, running_stack, wait_for
+
+ADMIN_TOKEN = "keys-cli-test-admin-token"
+MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "who am I?"}]
+
+
+@pytest.fixture(scope="module")
+def keys_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("keys")
+    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
+    config = workdir / "gateway.yaml"
+    config.write_text(text)
+    with running_stack(workdir, config) as running:
+        yield running
+
+
+def keys(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `extproc keys ...` as an operator would, with the stack's config."""
+    argv = [sys.executable, "-m", "extproc", "keys", *args, "--config", str(stack.config_path)]
+    env = {name: value for name, value in stack.env.items() if name != "AIGW_ADMIN_TOKEN"}
+    env["AIGW_ADMIN_TOKEN"] = ADMIN_TOKEN
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def client(stack: LocalStack, key: str) -> OpenAI:
+    return OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
+
+
+def test_a_key_created_at_run_time_works_until_it_is_revoked(keys_stack: LocalStack) -> None:
+    created = keys(
+        keys_stack, "create", "--id", "ci-bot", "--user", "carol", "--group", "research",
+        "--label", "team=ml", "--model", "gpt-4o-mini",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                if line.startswith("key: ")]  # fmt: skip
+    assert secret.startswith("aigw-")
+    assert "will not be shown again" in created.stderr
+
+    ci_bot = client(keys_stack, secret)
+    raw = ci_bot.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content
+    [line] = GatewayLog(keys_stack.gateway_log).for_request(raw.headers["x-request-id"])
+    assert (line["api_key_id"], line["user_id"], line["group_id"]) == (
+        "ci-bot",
+        "carol",
+        "research",
+    )
+    assert line["auth_method"] == "api_key"
+
+    listed = keys(keys_stack, "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in orjson.loads(listed.stdout)}
+    assert (rows["team1"]["source"], rows["ci-bot"]["source"]) == ("config", "store")
+    assert (rows["ci-bot"]["user_id"], rows["ci-bot"]["labels"]) == ("carol", {"team": "ml"})
+    assert rows["ci-bot"]["allowed_models"] == ["gpt-4o-mini"]
+    table = keys(keys_stack, "list")
+    assert "ci-bot" in table.stdout and "store" in table.stdout
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    for output in (listed.stdout, table.stdout):
+        assert secret not in output and digest not in output
+
+    revoked = keys(keys_stack, "revoke", "--id", "ci-bot")
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(openai.AuthenticationError) as refused:
+        ci_bot.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert refused.value.status_code == 401
+    assert "invalid API key" in str(refused.value)
+
+    # Each change left an audit line on the gateway's stderr; the secret is nowhere.
+    err = keys_stack.workdir / "gateway.err"
+    audits = wait_for(lambda: [line for line in err.read_text().splitlines() if '"audit"' in line])
+    ci_bot_lines = [orjson.loads(line) for line in audits if '"ci-bot"' in line]
+    assert [(line["action"], line["caller"]) for line in ci_bot_lines] == [
+        ("create_key", "ops"), ("revoke_key", "ops"),
+    ]  # fmt: skip
+    for path in (err, keys_stack.gateway_log):
+        assert secret not in path.read_text()
+
+
+def test_a_taken_id_exits_2_with_a_clear_message(keys_stack: LocalStack) -> None:
+    assert keys(keys_stack, "create", "--id", "nightly").returncode == 0
+
+    for taken in ("nightly", "team1"):
+        again = keys(keys_stack, "create", "--id", taken)
+        assert again.returncode == 2
+        assert f"an API key with id '{taken}' already exists" in again.stderr
+        assert "Traceback" not in again.stderr
+        assert again.stdout == ""
+
+
+def test_bad_input_and_unknown_ids_exit_2(keys_stack: LocalStack) -> None:
+    naive = keys(keys_stack, "create", "--id", "x", "--expires", "2030-01-01T00:00:00")
+    assert naive.returncode == 2 and "needs a time zone" in naive.stderr
+    unknown = keys(keys_stack, "revoke", "--id", "nobody")
+    assert unknown.returncode == 2
+    assert "no API key with id 'nobody' was created at run time" in unknown.stderr

@@ -1,0 +1,434 @@
+"""API keys created at run time: in a real Valkey, through the request path and the gRPC API.
+
+An operator creates a key and gets its secret once; the store holds only its
+SHA-256. A request with that secret is answered from one HGETALL, then from the
+process's cache; a revoked key is refused on the next request. The cache keeps
+answers 30 s (found) or 5 s (not found), as an injected clock shows.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.auth.api_keys import ApiKey, key_digest
+from extproc.auth.stored_keys import (
+    NOT_CACHED,
+    KeyCache,
+    KeyIdTakenError,
+    StoredKeys,
+    UnknownKeyIdError,
+)
+from extproc.config import GatewayConfig
+from extproc.config.auth_model import AuthConfig
+from extproc.management.audit import AuditLog
+from extproc.management.quotas import QuotaAdmin
+from extproc.management.service import KeyManagementService, QuotaManagementService, start_server
+from extproc.management.v1 import management_pb2 as pb
+from extproc.management.v1 import management_pb2_grpc as pb_grpc
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import processor_for, request_body, request_headers, run_stream
+
+PREFIX = "t:"
+ADMIN = "dev-admin-token"  # the default config's, with no environment set
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def new_key(key_id: str = "ci-bot", **fields: Any) -> ApiKey:
+    values: dict[str, Any] = {
+        "user_id": "carol", "group_id": "research", "enabled": True, "expires_at": None,
+        "allowed_models": (), "allowed_routes": (), "labels": {},
+    }  # fmt: skip
+    return ApiKey(id=key_id, **{**values, **fields})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("stored-keys-valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(valkey: EmbeddedValkey) -> AsyncIterator[Any]:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    await client.config_resetstat()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(client: Any) -> StoredKeys:
+    return StoredKeys(client, PREFIX)
+
+
+async def hgetall_calls(client: Any) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+# The store.
+
+
+async def test_a_created_key_is_stored_only_as_its_hash(keys: StoredKeys, client: Any) -> None:
+    secret, stored = await keys.create(new_key(labels={"team": "ml"}))
+
+    assert secret.startswith("aigw-") and len(secret) == len("aigw-") + 43
+    digest = key_digest(secret).hex()
+    assert sorted(await client.keys("*")) == [f"t:key:{{{digest}}}".encode(), b"t:keyid:ci-bot"]
+    assert await client.get("t:keyid:ci-bot") == digest.encode()
+    record = await client.hgetall(f"t:key:{{{digest}}}")
+    assert record[b"id"] == b"ci-bot" and record[b"labels"] == b'{"team":"ml"}'
+    for name in await client.keys("*"):
+        value = await client.dump(name)
+        assert secret.encode() not in name + value
+    assert stored.created_at == pytest.approx(time.time(), abs=5)
+
+
+async def test_a_created_key_is_found_by_its_secret_and_nothing_else(keys: StoredKeys) -> None:
+    secret, _ = await keys.create(new_key(allowed_models=("gpt-4o-mini",), expires_at=2e9))
+
+    found = await keys.lookup(key_digest(secret))
+    assert found == new_key(allowed_models=("gpt-4o-mini",), expires_at=2e9)
+    assert await keys.lookup(key_digest(secret + "x")) is None
+    assert await keys.lookup(key_digest("ci-bot")) is None
+
+
+async def test_an_id_is_taken_once(keys: StoredKeys) -> None:
+    await keys.create(new_key())
+    with pytest.raises(KeyIdTakenError, match="an API key with id 'ci-bot' already exists"):
+        await keys.create(new_key(user_id="mallory"))
+
+
+async def test_the_list_has_every_stored_key_by_id_and_no_secret(keys: StoredKeys) -> None:
+    await keys.create(new_key("zeta"))
+    await keys.create(new_key("alpha", user_id=None, group_id=None))
+
+    listed = await keys.list()
+
+    assert [stored.key for stored in listed] == [
+        new_key("alpha", user_id=None, group_id=None),
+        new_key("zeta"),
+    ]
+
+
+async def test_a_revoked_key_is_gone_from_the_store(keys: StoredKeys, client: Any) -> None:
+    secret, _ = await keys.create(new_key())
+
+    revoked = await keys.revoke("ci-bot")
+
+    assert revoked.key.id == "ci-bot"
+    assert await keys.lookup(key_digest(secret)) is None
+    assert await client.keys("*") == []
+    with pytest.raises(UnknownKeyIdError, match="no API key with id 'ci-bot'"):
+        await keys.revoke("ci-bot")
+
+
+# The cache.
+
+
+def test_a_found_key_is_remembered_30_seconds_and_a_missing_one_5() -> None:
+    clock = Clock()
+    cache = KeyCache(clock=clock)
+    cache.put(b"found", new_key(), cache.generation)
+    cache.put(b"missing", None, cache.generation)
+
+    clock.now += 4.9
+    assert (cache.get(b"found"), cache.get(b"missing")) == (new_key(), None)
+    clock.now += 0.1
+    assert cache.get(b"missing") is NOT_CACHED
+    clock.now += 24.9
+    assert cache.get(b"found") == new_key()
+    clock.now += 0.1
+    assert cache.get(b"found") is NOT_CACHED
+    assert len(cache) == 0
+
+
+def test_the_cache_forgets_the_least_recently_used_first() -> None:
+    cache = KeyCache(max_entries=2, clock=Clock())
+    cache.put(b"a", new_key("a"), 0)
+    cache.put(b"b", new_key("b"), 0)
+    assert cache.get(b"a") is not NOT_CACHED  # a is now the most recently used
+
+    cache.put(b"c", None, 0)
+
+    assert cache.get(b"b") is NOT_CACHED
+    assert cache.get(b"a") == new_key("a") and cache.get(b"c") is None
+
+
+def test_an_answer_read_before_a_revocation_is_not_cached() -> None:
+    cache = KeyCache(clock=Clock())
+    started_at = cache.generation  # a lookup goes out to the store...
+    cache.forget(b"revoked")  # ...a revocation lands meanwhile...
+    cache.put(b"revoked", new_key(), started_at)  # ...and its answer comes back.
+
+    assert cache.get(b"revoked") is NOT_CACHED
+
+
+async def test_revoking_clears_this_processs_cache_at_once(keys: StoredKeys) -> None:
+    secret, _ = await keys.create(new_key())
+    digest = key_digest(secret)
+    await keys.lookup(digest)
+    assert keys.cached(digest) == new_key()
+
+    await keys.revoke("ci-bot")
+
+    assert keys.cached(digest) is NOT_CACHED
+    assert await keys.lookup(digest) is None
+
+
+# The request path.
+
+
+@pytest.fixture
+def gateway(config: GatewayConfig, services: Services, keys: StoredKeys) -> Processor:
+    services.stored_keys = keys
+    return processor_for(config, services)
+
+
+async def send(processor: Processor, key: str | None) -> tuple[int, dict[str, Any]]:
+    """A chat request with the key (None: no key); the status and error body it gets."""
+    auth = {"authorization": f"Bearer {key}"} if key is not None else {}
+    answers = await run_stream(
+        processor,
+        [request_headers("/v1/chat/completions", headers=auth), request_body(BODY)],
+    )
+    last = answers[-1]
+    if not last.HasField("immediate_response"):
+        return 200, {}
+    return last.immediate_response.status.code, orjson.loads(last.immediate_response.body)
+
+
+async def test_a_created_key_authenticates_from_one_store_read_then_the_cache(
+    gateway: Processor, services: Services, keys: StoredKeys, client: Any
+) -> None:
+    secret, _ = await keys.create(new_key(labels={"team": "ml"}))
+
+    assert (await send(gateway, secret))[0] == 200
+    assert (await send(gateway, secret))[0] == 200
+
+    assert await hgetall_calls(client) == 1
+    lines: list[dict[str, Any]] = services.access_log.lines()  # type: ignore[attr-defined]
+    identity = [(line["api_key_id"], line["user_id"], line["group_id"]) for line in lines]
+    assert identity == [("ci-bot", "carol", "research")] * 2
+    # Config keys never wait for the store.
+    assert (await send(gateway, "team1-key"))[0] == 200
+    assert await hgetall_calls(client) == 1
+
+
+async def test_an_unknown_key_is_401_and_asked_for_once_in_5_seconds(
+    gateway: Processor, client: Any
+) -> None:
+    for _ in range(3):
+        status, body = await send(gateway, "aigw-made-up")
+        assert (status, body["error"]["message"]) == (401, "invalid API key")
+    assert await hgetall_calls(client) == 1
+
+
+async def test_a_revoked_key_is_refused_on_the_next_request(
+    gateway: Processor, keys: StoredKeys
+) -> None:
+    secret, _ = await keys.create(new_key())
+    assert (await send(gateway, secret))[0] == 200
+
+    await keys.revoke("ci-bot")
+
+    status, body = await send(gateway, secret)
+    assert (status, body["error"]["message"]) == (401, "invalid API key")
+
+
+async def test_expiry_and_allowed_routes_apply_as_to_config_keys(
+    gateway: Processor, keys: StoredKeys
+) -> None:
+    expired, _ = await keys.create(new_key("old", expires_at=time.time() - 1))
+    elsewhere, _ = await keys.create(new_key("partner-only", allowed_routes=("partner",)))
+
+    status, body = await send(gateway, expired)
+    assert (status, body["error"]["message"]) == (401, "API key 'old' has expired")
+    status, body = await send(gateway, elsewhere)
+    assert status == 403
+    assert body["error"]["message"] == "API key 'partner-only' may not use route 'openai-chat'"
+
+
+async def test_with_the_management_api_on_a_config_without_keys_still_asks_for_one(
+    config: GatewayConfig, services: Services, keys: StoredKeys
+) -> None:
+    services.stored_keys = keys
+    keyless = processor_for(config.model_copy(update={"auth": AuthConfig()}), services)
+    secret, _ = await keys.create(new_key())
+
+    status, body = await send(keyless, None)
+    assert (status, body["error"]["message"].split(":")[0]) == (401, "no API key found")
+    assert (await send(keyless, secret))[0] == 200
+
+
+async def test_a_store_that_does_not_answer_is_503_never_401(
+    config: GatewayConfig, services: Services
+) -> None:
+    nowhere = connect(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+    services.stored_keys = StoredKeys(nowhere, PREFIX)
+    try:
+        status, body = await send(processor_for(config, services), "aigw-some-key")
+    finally:
+        await nowhere.aclose()
+
+    assert status == 503
+    assert body["error"]["code"] == "key_store_unavailable"
+    errors = services.metrics.registry.get_sample_value(
+        "aigw_store_errors_total", {"operation": "key_lookup"}
+    )
+    assert errors == 1
+
+
+# The gRPC API.
+
+
+@dataclass
+class Api:
+    channel: grpc_aio.Channel
+    stub: Any
+    audit: io.BytesIO
+
+    async def call(self, method: str, request: Any, token: str = ADMIN) -> Any:
+        return await getattr(self.stub, method)(
+            request, metadata=(("authorization", f"Bearer {token}"),)
+        )
+
+    async def refusal(self, method: str, request: Any) -> tuple[str, str]:
+        with pytest.raises(grpc_aio.AioRpcError) as refused:
+            await self.call(method, request)
+        return refused.value.code().name, refused.value.details() or ""
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.audit.getvalue().splitlines()]
+
+
+@pytest.fixture
+async def api(config: GatewayConfig, client: Any, keys: StoredKeys) -> AsyncIterator[Api]:
+    quota_store = QuotaStore(client, PREFIX)
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False), stored_keys=keys))
+    audit = io.BytesIO()
+    quotas = QuotaManagementService(
+        lambda: runtime, QuotaAdmin(client, PREFIX, quota_store), AuditLog(audit)
+    )
+    service = KeyManagementService(lambda: runtime, keys, AuditLog(audit))
+    address = f"127.0.0.1:{free_port()}"
+    server = await start_server(address, quotas, service)
+    channel = grpc_aio.insecure_channel(address)
+    try:
+        yield Api(channel, pb_grpc.KeyManagementStub(channel), audit)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_operator_creates_lists_and_revokes_a_key(api: Api, keys: StoredKeys) -> None:
+    request = pb.CreateKeyRequest(
+        id="ci-bot", user_id="carol", group_id="research", labels={"team": "ml"},
+        expires_at=2e9, allowed_models=["gpt-4o-mini"],
+    )  # fmt: skip
+    created = await api.call("CreateKey", request)
+
+    assert created.key.startswith("aigw-")
+    assert (created.info.id, created.info.source, created.info.enabled) == ("ci-bot", "store", True)
+    assert await keys.lookup(key_digest(created.key)) is not None
+
+    listed = await api.call("ListKeys", pb.ListKeysRequest())
+    assert [(k.id, k.source) for k in listed.keys] == [
+        ("team1", "config"), ("team2", "config"), ("ci-bot", "store"),
+    ]  # fmt: skip
+    assert listed.keys[2] == created.info
+    assert created.key not in str(listed)
+
+    revoked = await api.call("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
+    assert revoked == created.info
+    assert [k.id for k in (await api.call("ListKeys", pb.ListKeysRequest())).keys] == [
+        "team1", "team2",
+    ]  # fmt: skip
+
+    create_line, revoke_line = api.audit_lines()
+    assert (create_line["action"], create_line["caller"], create_line["key_id"]) == (
+        "create_key", "ops", "ci-bot",
+    )  # fmt: skip
+    assert (create_line["labels"], create_line["allowed_models"]) == (
+        {"team": "ml"},
+        ["gpt-4o-mini"],
+    )
+    assert (revoke_line["action"], revoke_line["key_id"]) == ("revoke_key", "ci-bot")
+    assert created.key.encode() not in api.audit.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "message"),
+    [
+        ("CreateKey", pb.CreateKeyRequest(id="team1"), "ALREADY_EXISTS",
+         "an API key with id 'team1' already exists (in the config)"),
+        ("CreateKey", pb.CreateKeyRequest(id=""), "INVALID_ARGUMENT", "id is required"),
+        ("CreateKey", pb.CreateKeyRequest(id="no spaces"), "INVALID_ARGUMENT",
+         "id: String should match pattern"),
+        ("CreateKey", pb.CreateKeyRequest(id="late", expires_at=1.0), "INVALID_ARGUMENT",
+         "expires_at must be in the future (or 0: never)"),
+        ("RevokeKey", pb.RevokeKeyRequest(id="team1"), "INVALID_ARGUMENT",
+         "API key 'team1' comes from the config"),
+        ("RevokeKey", pb.RevokeKeyRequest(id="nobody"), "NOT_FOUND",
+         "no API key with id 'nobody' was created at run time"),
+    ],
+    ids=["config-id", "no-id", "bad-id", "past-expiry", "config-key", "unknown"],
+)  # fmt: skip
+async def test_what_cannot_be_done_is_refused_clearly(
+    api: Api, method: str, request_: Any, code: str, message: str
+) -> None:
+    found_code, details = await api.refusal(method, request_)
+
+    assert found_code == code
+    assert details.startswith(message)
+    assert api.audit_lines() == []
+
+
+async def test_a_second_key_with_the_same_id_is_already_exists(api: Api) -> None:
+    await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot"))
+
+    assert await api.refusal("CreateKey", pb.CreateKeyRequest(id="ci-bot")) == (
+        "ALREADY_EXISTS", "an API key with id 'ci-bot' already exists",
+    )  # fmt: skip
+
+
+async def test_health_answers_for_the_key_service(api: Api) -> None:
+    health = health_pb2_grpc.HealthStub(api.channel)
+    status = await health.Check(
+        health_pb2.HealthCheckRequest(service="aigw.management.v1.KeyManagement")
+    )
+
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_key_calls_need_the_admin_token(api: Api) -> None:
+    with pytest.raises(grpc_aio.AioRpcError) as refused:
+        await api.call("ListKeys", pb.ListKeysRequest(), token="team1-key")
+
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
