@@ -16,6 +16,7 @@ import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests, running_stack
+from tests.integration.jwt_tokens import ISSUER, SigningKey
 
 KEYS = {
     name: f"{name}-secret-key" for name in ("alpha", "beta", "gamma", "tiny", "shadow", "capped")
@@ -46,6 +47,16 @@ quotas:
       match: engineering
       models: [gpt-4o]
       requests_per_hour: 2
+    - name: research-per-user
+      subject: user
+      match: "*"
+      models: [gpt-4.1-nano]
+      requests_per_hour: 3
+    - name: research-group
+      subject: group
+      match: research
+      models: [gpt-4.1-nano]
+      requests_per_hour: 2
     - name: shadow-1-rpm
       subject: api_key
       match: shadow
@@ -54,12 +65,21 @@ quotas:
 """
 
 
+SIGNER = SigningKey("quota-rsa", "RS256")
+
+
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("quotas")
     text = DEFAULT_CONFIG.read_text()
     keys = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in KEYS.items())
     text = text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1)
+    jwks = orjson.dumps({"keys": [SIGNER.jwk()]}).decode()
+    provider = (
+        f"  jwt_providers:\n    - name: idp\n      issuer: {ISSUER}\n"
+        f"      jwks: {{inline: {jwks}}}\n      algorithms: [RS256]\n"
+    )
+    text = text.replace("\nauth:\n", "\nauth:\n" + provider, 1)
     config = workdir / "gateway.yaml"
     config.write_text(text + QUOTAS)
     with running_stack(workdir, config) as running:
@@ -192,3 +212,24 @@ def test_the_tightest_rule_decides_across_key_user_and_group(quota_stack: LocalS
     message = answers[2].json()["error"]["message"]
     assert "group 'engineering'" in message and "rule 'engineering-hourly'" in message
     assert answers[1].headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_jwt_users_and_groups_have_their_own_counters(quota_stack: LocalStack) -> None:
+    """Two users of the group `research` from their JWTs: the group's 2 per hour is
+    tighter than each user's 3 and refuses the third request, whoever sends it."""
+
+    def ask(user: str) -> httpx.Response:
+        token = SIGNER.token(sub=user, group="research")
+        return httpx.post(
+            f"{quota_stack.base_url}/v1/chat/completions",
+            content=orjson.dumps(
+                {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]}
+            ),
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        )
+
+    answers = [ask("rita"), ask("sam"), ask("rita")]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert "group 'research'" in answers[2].json()["error"]["message"]
+    [line] = GatewayLog(quota_stack.gateway_log).for_request(answers[0].headers["x-request-id"])
+    assert (line["user_id"], line["group_id"], line["auth_method"]) == ("rita", "research", "jwt")
