@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from extproc.config import GatewayConfig, load_config
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for
@@ -26,6 +28,15 @@ class MemoryLog(AccessLog):
 
     def lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.buffer.getvalue().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """One real Valkey for the unit tests that need a store; each test flushes it first."""
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,14 +88,6 @@ class Api:
 
     def audit_lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.audit.getvalue().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey(tmp_path_factory.mktemp("management-valkey"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ settlement, run-time overrides, and rollback when another subject refuses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +17,6 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 
 ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="eng")
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey(tmp_path_factory.mktemp("quota-valkey"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,14 +21,6 @@ from extproc.usage_report import render
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
 T1 = datetime(2026, 3, 1, 11, 5, tzinfo=UTC).timestamp()
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
