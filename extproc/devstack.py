@@ -255,7 +255,16 @@ Try it:
   PY
 
   curl -s {metrics} | grep tokens_consumed_total
-  .venv/bin/extproc usage report
+  .venv/bin/extproc usage report --by api_key,user,group
+
+  # Anthropic and Bedrock behind the same OpenAI API (translated, SigV4-signed)
+  curl -s {base}/bedrock/haiku/chat/completions -H 'authorization: Bearer team1-key' \\
+       -H 'content-type: application/json' -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
+
+  # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
+  export AIGW_ADMIN_TOKEN=dev-admin-token
+  .venv/bin/extproc keys create --id my-team --group engineering
+  .venv/bin/extproc quota list --kind api_key
 
 Ctrl-C stops everything.
 """
