@@ -78,11 +78,19 @@ class QuotaStage:
         store = ctx.runtime.services.quota_store
         if reservation is None or store is None:
             return
-        # Without a usage report the estimate stands (a conservative charge), unless
-        # the request died before the provider produced anything.
         if ctx.usage_reported:
             store.settle(reservation, ctx.usage.total_tokens)
-        elif ctx.aborted and ctx.first_byte_at is None:
+            return
+        # No usage report: nothing was produced when the gateway refused after
+        # reserving, the provider answered with an error, or the request died
+        # before any answer; release. An answer without a report (garbage, a cut
+        # stream) keeps the estimate as a conservative charge.
+        produced_nothing = (
+            ctx.error is not None
+            or ctx.response_status >= 400
+            or (ctx.aborted and ctx.first_byte_at is None)
+        )
+        if produced_nothing:
             store.settle(reservation, None)
 
 

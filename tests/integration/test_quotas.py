@@ -19,7 +19,8 @@ from tests.integration.conftest import GatewayLog, mock_requests, running_stack
 from tests.integration.jwt_tokens import ISSUER, SigningKey
 
 KEYS = {
-    name: f"{name}-secret-key" for name in ("alpha", "beta", "gamma", "tiny", "shadow", "capped")
+    name: f"{name}-secret-key"
+    for name in ("alpha", "beta", "gamma", "tiny", "shadow", "capped", "delta")
 }
 HARD_BUDGET = 40
 QUOTAS = """
@@ -57,6 +58,10 @@ quotas:
       match: research
       models: [gpt-4.1-nano]
       requests_per_hour: 2
+    - name: delta-budget
+      subject: api_key
+      match: delta
+      tokens_per_hour: 1100
     - name: shadow-1-rpm
       subject: api_key
       match: shadow
@@ -233,3 +238,16 @@ def test_jwt_users_and_groups_have_their_own_counters(quota_stack: LocalStack) -
     assert "group 'research'" in answers[2].json()["error"]["message"]
     [line] = GatewayLog(quota_stack.gateway_log).for_request(answers[0].headers["x-request-id"])
     assert (line["user_id"], line["group_id"], line["auth_method"]) == ("rita", "research", "jwt")
+
+
+def test_a_provider_error_gives_the_reserved_tokens_back(quota_stack: LocalStack) -> None:
+    """A request reserves its estimate: "count me" is 6 prompt tokens by the
+    gateway's estimate, plus the default 1024 for the completion. An error answer
+    produced nothing, so its reservation is released, not charged."""
+    failed = chat(quota_stack, "delta", **{"x-mock-fault": "status=500"})
+    assert failed.status_code == 500
+    time.sleep(0.3)  # the release is settled just after the answer
+    served = chat(quota_stack, "delta")
+    assert served.status_code == 200
+    # 1100 - 1030 reserved by this request alone (the failed one gave its 1030 back)
+    assert served.headers["x-ratelimit-remaining-tokens"] == "70"
