@@ -204,7 +204,8 @@ class QuotaStore:
             self._on_spooled()
             if self._spool is None:
                 return
-            self._spool.append({"id": batch_id, "changes": changes})
+            # fsync is disk I/O: off the event loop.
+            await asyncio.to_thread(self._spool.append, {"id": batch_id, "changes": changes})
 
     async def replay_spool(self) -> int:
         """Settlements the store missed, in order; each batch counts once."""

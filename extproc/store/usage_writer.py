@@ -74,18 +74,19 @@ class UsageWriter:
                 self._on_error()
                 written = False
                 log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
-                self._keep(batch, batch_id)
+                await self._keep(batch, batch_id)
         if written and self._spool is not None:
             await self._spool.replay(self._replay_one)
         return written
 
-    def _keep(self, batch: UsageTotals, batch_id: str) -> None:
+    async def _keep(self, batch: UsageTotals, batch_id: str) -> None:
         if self._spool is None:
             # No spool: keep it in memory for the next flush (lost only on a crash).
             merge_totals(self._pending, batch)
             return
         rows = [[bucket, prefix, *counts] for (bucket, prefix), counts in batch.items()]
-        self._spool.append({"id": batch_id, "totals": rows})
+        # fsync is disk I/O: off the event loop.
+        await asyncio.to_thread(self._spool.append, {"id": batch_id, "totals": rows})
 
     async def _replay_one(self, record: dict[str, Any]) -> None:
         totals: UsageTotals = {
