@@ -146,7 +146,11 @@ def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
 
 
 def plan_response(
-    ctx: RequestContext, status: int, headers: dict[str, str], kind: ProviderType
+    ctx: RequestContext,
+    status: int,
+    headers: dict[str, str],
+    kind: ProviderType,
+    from_provider: bool = False,
 ) -> ResponsePlan:
     """How to read (and maybe rewrite) the provider's answer for this client."""
     content_type = headers.get("content-type", "")
@@ -154,7 +158,7 @@ def plan_response(
     assert route is not None
     anthropic_client = route.api is RouteApi.ANTHROPIC_MESSAGES
     if status >= 400:
-        if ENVOY_UPSTREAM_TIME not in headers:
+        if not from_provider and ENVOY_UPSTREAM_TIME not in headers:
             # Envoy's own reply (provider unreachable, timeout): already shaped by the
             # bootstrap's local_reply_config, not the provider's to translate.
             return ResponsePlan(None)

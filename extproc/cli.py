@@ -69,7 +69,10 @@ def _render_envoy(args: argparse.Namespace) -> int:
 def _mock_llm(args: argparse.Namespace) -> int:
     from extproc.mock_llm import MockOptions, run
 
-    run(args.host, args.port, MockOptions(chunk_delay_s=args.chunk_delay, record_limit=args.record))
+    options = MockOptions(
+        chunk_delay_s=args.chunk_delay, record_limit=args.record, default_fault=args.fault
+    )
+    run(args.host, args.port, options)
     return 0
 
 
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=8089)
     mock.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
     mock.add_argument("--record", type=int, default=1000, help="requests to keep for inspection")
+    mock.add_argument("--fault", help="x-mock-fault applied to every request, e.g. status=503")
     mock.set_defaults(run=_mock_llm)
 
     usage = commands.add_parser("usage", help="usage rollups").add_subparsers(

@@ -102,6 +102,10 @@ class RequestContext:
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)
     upstream: Upstream | None = None
+    # The primary model of a request that may fail over (Envoy retries to fallbacks).
+    failover_model: str | None = None
+    # ext_proc attributes of the first message (the per-attempt filter's host metadata).
+    attributes: Any = None
     # Set when a stage changed the parsed body (e.g. a hard cap on max_tokens).
     body_changed: bool = False
     # The quota reservation made for this request, settled when it ends.

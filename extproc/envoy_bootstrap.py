@@ -24,6 +24,7 @@ import yaml
 
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
+from extproc.envoy_failover import add_failover
 from extproc.errors import (
     BadRequestError,
     GatewayError,
@@ -94,7 +95,7 @@ _ENVOY_REPLIES: tuple[tuple[type[GatewayError], str, str], ...] = (
 
 def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     """The whole Envoy bootstrap for one gateway config."""
-    return {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": _socket_address(config.envoy.admin_address, config.envoy.admin_port)},
         "static_resources": {
             "listeners": [_listener(config)],
@@ -102,6 +103,8 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
             + [_provider_cluster(provider) for provider in config.providers],
         },
     }
+    add_failover(bootstrap, config, _ext_proc_filter(config))
+    return bootstrap
 
 
 def render_bootstrap_yaml(config: GatewayConfig) -> str:

@@ -9,6 +9,11 @@ from __future__ import annotations
 PREFIX = "x-aigw-"
 # Set by the gateway on the request; Envoy's routes pick the provider cluster by it.
 CLUSTER = PREFIX + "cluster"
+# Failover: the primary model, for the per-attempt filter; and who answered, for the
+# downstream filter (removed before the client sees the answer).
+FAILOVER_MODEL = PREFIX + "failover-model"
+ANSWERED_BY_PROVIDER = PREFIX + "provider"
+ANSWERED_BY_MODEL = PREFIX + "model"
 # Echoed to the client so a request can be traced through logs.
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.

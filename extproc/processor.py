@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
 from extproc.context import PhaseOutput, RequestContext
+from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.errors import GatewayError
 from extproc.runtime import Runtime
 
@@ -33,12 +34,17 @@ PHASES = ("request_headers", "request_body", "response_headers", "response_body"
 
 
 class Processor:
-    def __init__(self, runtime: Callable[[], Runtime], stages: Sequence[object]) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        stages: Sequence[object],
+        attempt_stages: Sequence[object] = (),
+    ) -> None:
         self._runtime = runtime
-        self._hooks: dict[str, list[Callable[..., Any]]] = {
-            phase: [getattr(stage, phase) for stage in stages if hasattr(stage, phase)]
-            for phase in PHASES
-        }
+        self._hooks = _hooks_of(stages)
+        # Streams of the per-attempt (upstream) filter, used by failover.
+        self._attempt_hooks = _hooks_of(attempt_stages)
+        self._serves_attempts = bool(attempt_stages)
         self._done_hooks: list[Callable[[RequestContext], None]] = [
             getattr(stage, "done")  # noqa: B009 - stages are plain objects
             for stage in stages
@@ -53,15 +59,19 @@ class Processor:
     ) -> AsyncIterator[ext.ProcessingResponse]:
         """Serve one ext_proc stream, i.e. one HTTP request (the gRPC ``Process`` method)."""
         ctx = RequestContext(runtime=self._runtime())
+        hooks = self._hooks
+        attempt = self._serves_attempts and context is not None and _is_attempt(context)
+        if attempt:
+            hooks = self._attempt_hooks
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
-                if phase is None or phase not in self._hooks:
+                if phase is None or phase not in hooks:
                     continue
                 out = PhaseOutput()
                 try:
                     args = _arguments(ctx, phase, request)
-                    for hook in self._hooks[phase]:
+                    for hook in hooks[phase]:
                         # A hook returns None when done, or an awaitable when it
                         # must wait (a store call, a first JWT verification).
                         pending = hook(ctx, out, *args)
@@ -90,7 +100,8 @@ class Processor:
         finally:
             if not ctx.completed and ctx.error is None:
                 ctx.aborted = True
-            self._finish(ctx)
+            if not attempt:
+                self._finish(ctx)
 
     def _finish(self, ctx: RequestContext) -> None:
         # Runs in the stream's `finally`, so a cancelled stream still logs and
@@ -102,11 +113,27 @@ class Processor:
                 log.exception("finishing request %s failed", ctx.request_id)
 
 
+def _hooks_of(stages: Sequence[object]) -> dict[str, list[Callable[..., Any]]]:
+    return {
+        phase: [getattr(stage, phase) for stage in stages if hasattr(stage, phase)]
+        for phase in PHASES
+    }
+
+
+def _is_attempt(context: Any) -> bool:
+    for key, value in context.invocation_metadata() or ():
+        if key == ATTEMPT_METADATA:
+            return bool(value == "attempt")
+    return False
+
+
 def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) -> tuple[Any, ...]:
     """The phase's own arguments for its hooks, recording what the context keeps."""
     if phase == "request_headers":
         found = envoy_messages.header_map(request.request_headers)
         ctx.request_headers = found
+        if request.attributes:
+            ctx.attributes = request.attributes
         ctx.method = found.get(":method", "")
         ctx.path = found.get(":path", "")
         return ()

@@ -146,6 +146,16 @@ class Runtime:
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
+        # Primary model -> {provider name -> the chain member it serves}: how an
+        # attempt of a failover request finds what to translate for.
+        self.failover: dict[str, dict[str, tuple[str, Upstream]]] = {}
+        for model in config.models:
+            if model.fallbacks:
+                members = [model.name, *model.fallbacks]
+                self.failover[model.name] = {
+                    self.upstreams[name].provider.name: (name, self.upstreams[name])
+                    for name in members
+                }
         self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
         self._by_name = {p.name: p for p in config.providers}
 

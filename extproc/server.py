@@ -37,6 +37,7 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
+from extproc.stages.attempt import attempt_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.spool import Spool
@@ -69,7 +70,7 @@ class Gateway:
             access_log=AccessLog(stdout=telemetry.log.stdout, file=telemetry.log.file),
         )
         self.runtime = Runtime(config, self.services)
-        self.processor = Processor(lambda: self.runtime, default_stages())
+        self.processor = Processor(lambda: self.runtime, default_stages(), attempt_stages())
         self._embedded: EmbeddedValkey | None = None
         self._store_client: Any = None
         self._server: grpc_aio.Server | None = None

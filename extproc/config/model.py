@@ -174,6 +174,9 @@ class ModelConfig(_Section):
     upstream_model: str | None = None
     # Other names clients may use for this model (e.g. `haiku` for a Bedrock model id).
     aliases: tuple[str, ...] = ()
+    # Models to try, in order, when this one's provider fails (429, 5xx, timeout,
+    # connection failure) before the first response byte. Each on another provider.
+    fallbacks: tuple[str, ...] = ()
 
 
 class ModelPrefixConfig(_Section):
@@ -331,6 +334,17 @@ class GatewayConfig(_Section):
                 raise ValueError(
                     f"models[{index}].provider: unknown provider {model.provider!r}"
                     f" (known: {', '.join(sorted(known))})"
+                )
+        by_name = {m.name: m for m in self.models}
+        for index, model in enumerate(self.models):
+            chain = [model.provider]
+            for fallback in model.fallbacks:
+                if fallback not in by_name:
+                    raise ValueError(f"models[{index}].fallbacks: unknown model {fallback!r}")
+                chain.append(by_name[fallback].provider)
+            if len(set(chain)) != len(chain):
+                raise ValueError(
+                    f"models[{index}].fallbacks: each fallback must be on another provider"
                 )
         for index, prefix in enumerate(self.model_prefixes):
             if prefix.provider not in known:

@@ -18,7 +18,9 @@ import orjson
 
 from extproc import headers
 from extproc.backends import plan_request
+from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
+from extproc.envoy_failover import failover_cluster_name
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -65,6 +67,8 @@ class ChatRequestStage:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
         ctx.upstream = upstream
+        if route.api is RouteApi.OPENAI_CHAT and model in ctx.runtime.failover:
+            ctx.failover_model = model
 
 
 class UpstreamRequestStage:
@@ -74,6 +78,20 @@ class UpstreamRequestStage:
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
         upstream = ctx.upstream
         if upstream is None or ctx.body is None:
+            return
+        if ctx.failover_model is not None:
+            # Each attempt is translated and signed by the per-attempt filter, for
+            # whichever provider Envoy tries; the client's body goes as it came.
+            options = ctx.body.get("stream_options")
+            ctx.client_wants_usage = (
+                ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+            )
+            if ctx.body_changed:
+                out.body = orjson.dumps(ctx.body)
+                out.set_headers["content-length"] = str(len(out.body))
+            out.set_headers[headers.CLUSTER] = failover_cluster_name(ctx.failover_model)
+            out.set_headers[headers.FAILOVER_MODEL] = ctx.failover_model
+            out.clear_route_cache = True
             return
         plan = plan_request(ctx, ctx.body, upstream)
         if plan.body is not None:

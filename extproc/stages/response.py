@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 
+from extproc import headers
 from extproc.backends import plan_response
+from extproc.config.model import ProviderType
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 
 
@@ -26,7 +28,20 @@ class ResponseStage:
             return
         if ctx.provider_type is None:
             return
-        plan = plan_response(ctx, ctx.response_status, response_headers, ctx.provider_type)
+        kind = ctx.provider_type
+        if ctx.failover_model is not None:
+            # The per-attempt filter already translated the answer to OpenAI's API.
+            kind = ProviderType.OPENAI
+            answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
+            if answered:
+                ctx.provider = answered
+                ctx.upstream_model = response_headers.get(headers.ANSWERED_BY_MODEL)
+                if ctx.upstream_model and ctx.upstream_model != ctx.failover_model:
+                    ctx.runtime.services.metrics.failovers.labels(
+                        model=ctx.failover_model, to_model=ctx.upstream_model
+                    ).inc()
+            out.remove_headers.extend((headers.ANSWERED_BY_PROVIDER, headers.ANSWERED_BY_MODEL))
+        plan = plan_response(ctx, ctx.response_status, response_headers, kind)
         ctx.translator = plan.translator
         if plan.streamed:
             out.mode_override = ModeOverride(response_body="STREAMED")

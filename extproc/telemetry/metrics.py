@@ -79,6 +79,12 @@ class GatewayMetrics:
             ("kind",),
             registry=self.registry,
         )
+        self.failovers = Counter(
+            "aigw_failovers",
+            "Requests answered by a fallback model after the primary's provider failed",
+            ("model", "to_model"),
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "aigw_rate_limited",
             "Requests refused by a quota or rate limit, by rule and subject kind",

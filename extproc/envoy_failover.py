@@ -1,0 +1,147 @@
+"""Failover in the Envoy bootstrap: retries that move to the next provider, each attempt
+translated and signed for its own provider.
+
+For a model with fallbacks, the gateway routes to an aggregate cluster of the
+providers' clusters, in order; Envoy retries on 429, 5xx, resets, timeouts and
+connection failures before the first response byte, each retry moving to the
+next cluster (``previous_priorities``). An ext_proc filter in the router's
+upstream filter chain runs once per attempt: the gateway learns from the
+endpoint's metadata which provider this attempt goes to, and translates the
+client's request and the provider's answer for that provider. Everywhere else
+that upstream filter is disabled per route, so traffic without failover pays
+nothing for it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from extproc.config.model import GatewayConfig, ModelConfig, cluster_name
+from extproc.headers import CLUSTER, METADATA_NAMESPACE
+
+Json = dict[str, Any]
+_TYPE = "type.googleapis.com/"
+UPSTREAM_FILTER = "aigw.upstream_ext_proc"
+# Sent by the per-attempt filter on its gRPC streams: the gateway serves them in attempt mode.
+ATTEMPT_METADATA = "x-aigw-stream"
+HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+_SLUG = re.compile(r"[^a-z0-9_]")
+
+
+def failover_cluster_name(model: str) -> str:
+    return "failover_" + _SLUG.sub("_", model.lower())
+
+
+def models_with_fallbacks(config: GatewayConfig) -> list[ModelConfig]:
+    return [model for model in config.models if model.fallbacks]
+
+
+def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) -> None:
+    """Extend a rendered bootstrap with what failover needs (nothing when unused)."""
+    chains = models_with_fallbacks(config)
+    if not chains:
+        return
+    by_name = {model.name: model for model in config.models}
+    resources = bootstrap["static_resources"]
+    for cluster in resources["clusters"]:
+        provider = next((p for p in config.providers if cluster_name(p) == cluster["name"]), None)
+        if provider is not None:
+            # Tells the per-attempt filter which provider an attempt goes to.
+            for locality in cluster["load_assignment"]["endpoints"]:
+                for endpoint in locality["lb_endpoints"]:
+                    endpoint["metadata"] = {
+                        "filter_metadata": {METADATA_NAMESPACE: {"provider": provider.name}}
+                    }
+    manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    disabled = {
+        UPSTREAM_FILTER: {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        }
+    }
+    for route in routes:
+        route["typed_per_filter_config"] = disabled
+    failover_routes = []
+    for model in chains:
+        members = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
+        clusters = [cluster_name(config.provider(name)) for name in members]
+        name = failover_cluster_name(model.name)
+        resources["clusters"].append(_aggregate(name, clusters))
+        timeouts = [
+            config.provider(member).timeout_s or config.envoy.upstream_timeout_s
+            for member in members
+        ]
+        # Envoy has one per-try timeout per route: the primary's, which is what a
+        # timeout failover is about; the whole request may use every member's.
+        failover_routes.append(_route(name, len(clusters), timeouts[0], sum(timeouts)))
+    # Before the catch-all 404, which is last.
+    routes[-1:-1] = failover_routes
+    manager["route_config"]["virtual_hosts"][0]["include_attempt_count_in_response"] = True
+    router = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.router")
+    router["typed_config"]["upstream_http_filters"] = [
+        _attempt_filter(ext_proc_filter),
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+            },
+        },
+    ]
+
+
+def _aggregate(name: str, clusters: list[str]) -> Json:
+    return {
+        "name": name,
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": clusters,
+            },
+        },
+    }
+
+
+def _route(cluster: str, attempts: int, per_try_s: float, total_s: float) -> Json:
+    return {
+        "name": cluster,
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": CLUSTER, "string_match": {"exact": cluster}}],
+        },
+        "route": {
+            "cluster": cluster,
+            "timeout": f"{total_s:g}s",
+            "retry_policy": {
+                "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
+                "retriable_status_codes": [429],
+                "num_retries": attempts - 1,
+                "per_try_timeout": f"{per_try_s:g}s",
+                "retry_priority": {
+                    "name": "envoy.retry_priorities.previous_priorities",
+                    "typed_config": {
+                        "@type": _TYPE + "envoy.extensions.retry.priority.previous_priorities.v3"
+                        ".PreviousPrioritiesConfig",
+                        "update_frequency": 1,
+                    },
+                },
+            },
+        },
+        "request_headers_to_remove": [CLUSTER],
+    }
+
+
+def _attempt_filter(downstream: Json) -> Json:
+    typed = dict(downstream["typed_config"])
+    service = dict(typed["grpc_service"])
+    service["initial_metadata"] = [{"key": ATTEMPT_METADATA, "value": "attempt"}]
+    typed["grpc_service"] = service
+    typed["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
+    # The attempt filter may set :authority (each provider has its own host).
+    typed["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": True}
+    typed.pop("metadata_options", None)
+    return {"name": UPSTREAM_FILTER, "typed_config": typed}
