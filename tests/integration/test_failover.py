@@ -19,6 +19,8 @@ from extproc.store.embedded import free_port
 from tests.integration.conftest import GatewayLog, metric, mock_requests, running_stack, scrape
 
 REPLY = "Mock reply to: fail over please"
+# A second mock provider that answers every request with a 503.
+FLAKY_PORT = free_port()
 
 
 class BlackHole:
@@ -48,7 +50,7 @@ class BlackHole:
 @pytest.fixture(scope="module")
 def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("failover")
-    flaky_port, dead_port = free_port(), free_port()
+    flaky_port, dead_port = FLAKY_PORT, free_port()
     flaky = subprocess.Popen(
         [sys.executable, "-m", "extproc", "mock-llm", "--port", str(flaky_port), "--fault",
          "status=503"],
@@ -60,11 +62,15 @@ def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
   - {{name: flaky, base_url: "http://127.0.0.1:{flaky_port}/v1", api_key: flaky-key-123}}
   - {{name: slow, base_url: "http://127.0.0.1:{hole.port}/v1", api_key: slow-key-123,
       timeout_s: 1}}
+  - {{name: flaky-anthropic, type: anthropic, base_url: "http://127.0.0.1:{flaky_port}/v1",
+      api_key: flaky-anthropic-key-123}}
 """
     models = """
   - {name: primary-dead, provider: dead, fallbacks: [claude-3-5-haiku-latest]}
   - {name: primary-flaky, provider: flaky, fallbacks: [gpt-4.1-nano]}
   - {name: primary-slow, provider: slow, fallbacks: [claude-3-5-haiku-latest]}
+  - {name: primary-translated, provider: flaky-anthropic, upstream_model: claude-x,
+     fallbacks: [gpt-4.1-nano]}
   - {name: primary-mock, provider: mock, upstream_model: gpt-4o,
      fallbacks: [claude-3-5-haiku-latest]}
 """
@@ -166,3 +172,20 @@ def test_the_primary_answers_when_it_can(failover_stack: LocalStack) -> None:
     [line] = GatewayLog(failover_stack.gateway_log).for_request(raw.headers["x-request-id"])
     assert line["provider"] == "mock"
     assert httpx.get(failover_stack.metrics_url).status_code == 200
+
+
+def test_each_attempt_starts_from_the_clients_own_body(failover_stack: LocalStack) -> None:
+    """The first attempt translates the body to Anthropic's API (and fails with a 503);
+    the fallback, an OpenAI model, must get the client's OpenAI body, not that one."""
+    reply = client(failover_stack).chat.completions.create(
+        model="primary-translated",
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+    assert reply.choices[0].message.content == REPLY
+    upstream = mock_requests(failover_stack)[-1]
+    assert upstream["path"] == "/v1/chat/completions"
+    assert upstream["json"] == {"model": "gpt-4.1-nano", "messages": MESSAGES}
+    assert "x-api-key" not in upstream["headers"]  # the first attempt's credential
+    first = httpx.get(f"http://127.0.0.1:{FLAKY_PORT}/_mock/requests").json()[-1]
+    assert first["path"] == "/v1/messages"  # the first attempt really was translated
+    assert first["json"]["model"] == "claude-x"
