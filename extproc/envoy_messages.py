@@ -80,8 +80,30 @@ def _finish(response: ext.ProcessingResponse, out: PhaseOutput) -> ext.Processin
     return response
 
 
+def _continue(phase: str) -> ext.ProcessingResponse:
+    response = ext.ProcessingResponse()
+    getattr(response, phase).SetInParent()
+    return response
+
+
+# "Continue unchanged" is the most common answer: built once per phase, never mutated.
+_CONTINUE = {
+    phase: _continue(phase)
+    for phase in ("request_headers", "request_body", "response_headers", "response_body")
+}
+
+
 def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
     """Answer one phase's message (``request_headers``, ``response_body``, ...)."""
+    if not (
+        out.set_headers
+        or out.remove_headers
+        or out.body is not None
+        or out.clear_route_cache
+        or out.mode_override is not None
+        or out.metadata is not None
+    ):
+        return _CONTINUE[phase]
     response = ext.ProcessingResponse()
     target = getattr(response, phase)
     common = _common(out)
