@@ -264,7 +264,7 @@ Try it:
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
   export AIGW_ADMIN_TOKEN=dev-admin-token
   .venv/bin/extproc keys create --id my-team --group engineering
-  .venv/bin/extproc quota list --kind api_key
+  .venv/bin/extproc keys list      # quotas: see docs/quotas.md, then extproc quota get ...
 
 Ctrl-C stops everything.
 """
