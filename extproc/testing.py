@@ -7,10 +7,13 @@ and returns its answers, so a processor test reads like the request it checks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
+from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config.model import GatewayConfig
+from extproc.mock_llm import MockOptions, create_app
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -80,3 +83,15 @@ def processor_for(config: GatewayConfig, services: Services | None = None) -> Pr
     services = services or Services(GatewayMetrics(), AccessLog(stdout=False))
     runtime = Runtime(config, services)
     return Processor(lambda: runtime, default_stages())
+
+
+@asynccontextmanager
+async def serve_mock(options: MockOptions | None = None) -> AsyncIterator[str]:
+    """Run the mock provider on a free port of 127.0.0.1 and yield its base URL."""
+    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

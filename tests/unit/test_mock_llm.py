@@ -7,16 +7,15 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from aiohttp import web
 from openai import AsyncOpenAI
 
 from extproc.mock_llm import MockOptions, count_tokens, create_app
+from extproc.testing import serve_mock
 
 PROMPT = "Say hello, mock!"
 REPLY = "Mock reply to: Say hello, mock!"
@@ -28,23 +27,9 @@ MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
 AUTH = {"Authorization": "Bearer sk-test"}
 
 
-@asynccontextmanager
-async def serve(options: MockOptions | None = None) -> AsyncIterator[str]:
-    """Run the mock on a free port of 127.0.0.1 and yield its base URL."""
-    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
 async def mock_url() -> AsyncIterator[str]:
-    async with serve() as url:
+    async with serve_mock() as url:
         yield url
 
 
@@ -289,7 +274,7 @@ async def test_unknown_fault_key_is_a_400_naming_it(http: httpx.AsyncClient) -> 
 
 async def test_default_fault_applies_unless_the_header_overrides_it() -> None:
     async with (
-        serve(MockOptions(default_fault="status=503")) as url,
+        serve_mock(MockOptions(default_fault="status=503")) as url,
         AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0) as client,
     ):
         with pytest.raises(openai.InternalServerError):

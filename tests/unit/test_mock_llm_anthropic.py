@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anthropic
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 from anthropic import AsyncAnthropic
 from anthropic.types import Message
 
-from extproc.mock_llm import MockOptions, count_tokens, create_app
+from extproc.mock_llm import MockOptions, count_tokens
+from extproc.testing import serve_mock
 
 MODEL = "claude-sonnet-4-5"
 PROMPT = "Say hello, mock!"
@@ -27,21 +26,9 @@ MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 
 
-@asynccontextmanager
-async def serve(options: MockOptions | None = None) -> AsyncIterator[str]:
-    """Run the mock on a free port of 127.0.0.1 and yield its base URL."""
-    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
 async def mock_url() -> AsyncIterator[str]:
-    async with serve() as url:
+    async with serve_mock() as url:
         yield url
 
 
@@ -404,7 +391,7 @@ async def test_fault_garbage_answers_200_with_data_that_is_not_json(
 
 async def test_default_fault_applies_to_anthropic_too() -> None:
     async with (
-        serve(MockOptions(default_fault="status=529")) as url,
+        serve_mock(MockOptions(default_fault="status=529")) as url,
         AsyncAnthropic(base_url=url, api_key="sk-ant-test", max_retries=0) as client,
     ):
         with pytest.raises(anthropic.OverloadedError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from typing import Any
@@ -21,15 +20,15 @@ import botocore.config
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer, EventStreamMessage
 from botocore.exceptions import ClientError
 
-from extproc.mock_llm import MockOptions, count_tokens, create_app
+from extproc.mock_llm import MockOptions, count_tokens
 from extproc.mock_llm.eventstream import encode_event
+from extproc.testing import serve_mock
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 ACCESS_KEY = "AKIDMOCK"
@@ -50,21 +49,9 @@ MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": [{"text": PROMPT}]
 EVENT_HEADERS = {":content-type": "application/json", ":message-type": "event"}
 
 
-@asynccontextmanager
-async def serve(options: MockOptions | None = None) -> AsyncIterator[str]:
-    """Run the mock on a free port of 127.0.0.1 and yield its base URL."""
-    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
 async def mock_url() -> AsyncIterator[str]:
-    async with serve() as url:
+    async with serve_mock() as url:
         yield url
 
 
@@ -259,7 +246,7 @@ async def test_unknown_model_is_404_resource_not_found(client: Any) -> None:
 
 
 async def test_an_empty_model_list_accepts_any_model_id() -> None:
-    async with serve(MockOptions(bedrock_models=())) as url:
+    async with serve_mock(MockOptions(bedrock_models=())) as url:
         response = await converse(bedrock(url), modelId="acme.anything-v9:0")
 
     assert response["output"]["message"]["content"] == [{"text": REPLY}]
@@ -485,7 +472,7 @@ async def test_session_token_sent_without_one_configured_is_recorded(
 
 async def test_configured_session_token_must_be_sent_and_signed() -> None:
     options = MockOptions(aws_session_token="session-from-sts")
-    async with serve(options) as url, httpx.AsyncClient(base_url=url) as http:
+    async with serve_mock(options) as url, httpx.AsyncClient(base_url=url) as http:
         response = await converse(bedrock(url, aws_session_token="session-from-sts"))
         wrong = await client_error(
             converse, client=bedrock(url, aws_session_token="stolen-or-stale")
