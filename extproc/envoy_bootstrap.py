@@ -175,7 +175,12 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         # A non-streamed completion sends nothing until it is done: the idle timer
         # must outlast the longest upstream timeout, or Envoy cuts the call first.
         "stream_idle_timeout": _duration(_longest_request_s(config)),
-        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+        # Larger headers or more of them are refused by Envoy (431), before the gateway.
+        "max_request_headers_kb": config.limits.max_request_headers_kb,
+        "common_http_protocol_options": {
+            "headers_with_underscores_action": "DROP_HEADER",
+            "max_headers_count": config.limits.max_request_headers,
+        },
         "local_reply_config": _local_reply_config(),
         "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),

@@ -229,6 +229,11 @@ class LimitsConfig(_Section):
 
     max_request_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
     max_messages: int = Field(default=1000, gt=0)
+    # Nesting of lists and objects in a JSON body; stays under orjson's 254 for writing.
+    max_json_depth: int = Field(default=64, ge=8, le=200)
+    # Rendered into Envoy: the request line and headers together, and how many headers.
+    max_request_headers_kb: int = Field(default=64, ge=8, le=8192)
+    max_request_headers: int = Field(default=100, ge=16, le=10_000)
 
 
 class LogConfig(_Section):

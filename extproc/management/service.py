@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["QuotaManagement"].full_name
 KEY_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["KeyManagement"].full_name
 T = TypeVar("T")
+_LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 # Anything that names the limits of one subject a change applies to.
 Selector = Callable[[list[Limit]], list[Limit]]
 
@@ -326,8 +328,12 @@ def _new_key(request: pb.CreateKeyRequest) -> ApiKey:
     """The key a CreateKey request asks for, checked as a config entry would be."""
     if not request.id:
         raise InvalidArgumentError("id is required")
-    if request.expires_at < 0 or 0 < request.expires_at <= time.time():
+    expires = request.expires_at
+    # Not finite, or past what a datetime holds (year 9999): a typo, not a date.
+    if not math.isfinite(expires) or expires < 0 or 0 < expires <= time.time():
         raise InvalidArgumentError("expires_at must be in the future (or 0: never)")
+    if expires >= _LAST_EXPIRY:
+        raise InvalidArgumentError("expires_at must be before the year 10000")
     try:
         spec = ApiKeyConfig(
             id=request.id,

@@ -27,6 +27,7 @@ from extproc.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from extproc.input_limits import nesting_depth_over
 
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
@@ -43,7 +44,7 @@ class ChatRequestStage:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{limits.max_request_body_bytes} bytes"
             )
-        parsed = parse_chat_body(body, limits.max_messages)
+        parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
         ctx.body = parsed
         model = route.forced_model or _model_outside_body(ctx) or parsed.get("model")
         if not isinstance(model, str) or not model:
@@ -124,7 +125,7 @@ def _model_outside_body(ctx: RequestContext) -> str | None:
     return None
 
 
-def parse_chat_body(body: bytes, max_messages: int) -> dict[str, Any]:
+def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:
     """Parse and validate a chat request body (OpenAI chat completions or Anthropic messages)."""
     if not body:
         raise BadRequestError("request body is empty; expected a JSON object")
@@ -134,6 +135,8 @@ def parse_chat_body(body: bytes, max_messages: int) -> dict[str, Any]:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise BadRequestError("request body must be a JSON object")
+    if nesting_depth_over(parsed, max_depth):
+        raise BadRequestError(f"request body nests deeper than {max_depth} levels")
     messages = parsed.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError(
