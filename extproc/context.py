@@ -111,6 +111,9 @@ class RequestContext:
     # The quota reservation made for this request, settled when it ends.
     reservation: Reservation | None = None
     usage_reported: bool = False
+    # A stream that ended without a usage report: usage estimated from what it carried.
+    usage_estimated: bool = False
+    generated_chars: int = 0
     first_byte_at: float | None = None
     error: GatewayError | None = None
     # The client or upstream went away before the response completed.

@@ -16,6 +16,7 @@ from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
 from extproc.stages.model_list import ModelListStage
+from extproc.stages.partial_usage import PartialUsageStage
 from extproc.stages.quota import QuotaStage
 from extproc.stages.response import ResponseStage
 from extproc.stages.routing import RoutingStage
@@ -28,6 +29,8 @@ def default_stages() -> list[object]:
         ModelListStage(),
         CredentialStage(),
         ChatRequestStage(),
+        # Before the quota stage: its `done` estimates what a cut stream produced.
+        PartialUsageStage(),
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),

@@ -37,7 +37,7 @@ class AccountingStage:
             status="aborted" if ctx.aborted else str(ctx.response_status),
             duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
         )
-        if ctx.usage_reported:
+        if ctx.usage_reported or ctx.usage_estimated:
             metrics.count_tokens(
                 identity=(
                     ctx.identity.api_key_id or "",

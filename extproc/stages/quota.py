@@ -78,13 +78,14 @@ class QuotaStage:
         store = ctx.runtime.services.quota_store
         if reservation is None or store is None:
             return
-        if ctx.usage_reported:
+        if ctx.usage_reported or ctx.usage_estimated:
             store.settle(reservation, ctx.usage.total_tokens)
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
-        # before any answer; release. An answer without a report (garbage, a cut
-        # stream) keeps the estimate as a conservative charge.
+        # before any answer; release. A cut stream was estimated (partial_usage);
+        # a whole answer without a report (garbage) keeps the reservation as a
+        # conservative charge.
         produced_nothing = (
             ctx.error is not None
             or ctx.response_status >= 400

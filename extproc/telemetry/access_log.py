@@ -42,6 +42,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "completion_tokens": ctx.usage.completion_tokens,
         "total_tokens": ctx.usage.total_tokens,
         "usage_reported": ctx.usage_reported,
+        "usage_estimated": ctx.usage_estimated,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,

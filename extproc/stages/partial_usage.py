@@ -1,0 +1,55 @@
+"""A stream cut short still produced tokens: estimate them, so they are charged and recorded.
+
+When a client hangs up mid-stream (or the upstream resets), the provider never
+sends its usage report, yet it generated, and bills, what the client already
+got. This stage counts the characters of generated text in the provider's
+stream as it passes (the string values of ``content``, ``text``, and the
+tool-call fields ``arguments``, ``partial_json`` and ``input``: where OpenAI's
+SSE, Anthropic's SSE and Bedrock's event-stream payloads carry text). When a
+stream is cut short without a usage report, the request's usage becomes an
+estimate: prompt tokens as the quota estimate counts them, completion tokens
+at one per four characters. The quota stage then settles the reservation with
+that estimate instead of holding the whole reservation, and the log line, the
+token metrics and the usage rollup record it, marked ``usage_estimated``.
+
+It runs before the response stage, on the provider's own bytes, and only for
+streams; its ``done`` runs before the quota stage's, which reads the result.
+"""
+
+from __future__ import annotations
+
+import re
+
+from extproc.context import PhaseOutput, RequestContext, Usage
+from extproc.quota.estimate import CHARS_PER_TOKEN, estimate_prompt_tokens
+
+# A JSON string value of a field that carries generated text; escapes count as
+# their escaped length, close enough for an estimate.
+_TEXT_VALUE = re.compile(
+    rb'"(?:content|text|arguments|partial_json|input)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+
+
+def generated_chars(chunk: bytes) -> int:
+    """Characters of generated text in one piece of a provider's stream."""
+    return sum(len(found) for found in _TEXT_VALUE.findall(chunk))
+
+
+class PartialUsageStage:
+    def response_body(
+        self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
+    ) -> None:
+        if ctx.stream and ctx.accounted and ctx.response_status < 400:
+            ctx.generated_chars += generated_chars(chunk)
+
+    def done(self, ctx: RequestContext) -> None:
+        # Only a stream cut short: a whole answer without a report (garbage)
+        # keeps its reservation as a conservative charge.
+        if ctx.usage_reported or not ctx.aborted or not ctx.stream or ctx.body is None:
+            return
+        if ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None:
+            return  # nothing was generated
+        prompt = estimate_prompt_tokens(ctx.body)
+        completion = -(-ctx.generated_chars // CHARS_PER_TOKEN)
+        ctx.usage = Usage(prompt, completion, prompt + completion)
+        ctx.usage_estimated = True
