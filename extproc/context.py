@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
     from extproc.runtime import Route, Runtime, Upstream
+    from extproc.telemetry.content import ContentCapture
     from extproc.translators.base import ResponseTranslator
 
 
@@ -24,6 +25,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # Prompt tokens served from the provider's prompt cache (part of prompt_tokens).
+    cached_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -119,6 +122,26 @@ class RequestContext:
     # The client or upstream went away before the response completed.
     aborted: bool = False
     completed: bool = False
+    # Telemetry (docs/logging.md). The W3C trace id Envoy's tracer passed on, if any.
+    trace_id: str | None = None
+    # Monotonic times: the request went upstream, the first response body byte
+    # came back (time to first token for streams), the response ended.
+    upstream_sent_at: float | None = None
+    first_token_at: float | None = None
+    response_ended_at: float | None = None
+    # What the quota check decided: none, allowed, rejected, failed_open, unavailable.
+    quota_decision: str | None = None
+    quota_rule: str | None = None
+    # Why the model stopped, one per choice, as the client saw it ("stop", "length"...).
+    finish_reasons: list[str] = field(default_factory=list)
+    # The tail of the last response chunk, so a reason cut in two is still read.
+    finish_carry: bytes = b""
+    # Prompt and completion text, kept only when the log or traces include content.
+    content: ContentCapture | None = None
+    # Set by chargeback: the request's price in USD.
+    cost_usd: float | None = None
+    # Set by guardrails: one entry per guard that acted ({guard, phase, action, ...}).
+    guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def error_shape(self) -> str:

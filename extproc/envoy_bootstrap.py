@@ -25,6 +25,7 @@ import yaml
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
 from extproc.envoy_failover import add_failover
+from extproc.envoy_tracing import add_tracing
 from extproc.errors import (
     BadRequestError,
     GatewayError,
@@ -104,6 +105,7 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
         },
     }
     add_failover(bootstrap, config, _ext_proc_filter(config))
+    add_tracing(bootstrap, config)
     return bootstrap
 
 

@@ -27,6 +27,8 @@ from extproc.context import PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.errors import GatewayError
 from extproc.runtime import Runtime
+from extproc.telemetry.span_attributes import request_metadata
+from extproc.telemetry.trace_context import parse_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class Processor:
         attempt = self._serves_attempts and context is not None and _is_attempt(context)
         if attempt:
             hooks = self._attempt_hooks
+        if context is not None:
+            ctx.trace_id = trace_id_of(context)
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
@@ -82,13 +86,18 @@ class Processor:
                 except GatewayError as error:
                     ctx.error = error
                     ctx.response_status = error.status
-                    yield envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
+                    answer = envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
+                    # Envoy's access log and span see who was refused, and why.
+                    envoy_messages.add_metadata(answer, request_metadata(ctx))
+                    yield answer
                     return
                 if out.answer is not None:
                     status, body, answer_headers = out.answer
                     ctx.response_status = status
                     ctx.completed = True
-                    yield envoy_messages.immediate_response(status, body, answer_headers)
+                    answer = envoy_messages.immediate_response(status, body, answer_headers)
+                    envoy_messages.add_metadata(answer, request_metadata(ctx))
+                    yield answer
                     return
                 yield envoy_messages.phase_response(phase, out)
         except asyncio.CancelledError:
@@ -118,6 +127,14 @@ def _hooks_of(stages: Sequence[object]) -> dict[str, list[Callable[..., Any]]]:
         phase: [getattr(stage, phase) for stage in stages if hasattr(stage, phase)]
         for phase in PHASES
     }
+
+
+def trace_id_of(context: Any) -> str | None:
+    """The trace id of the W3C ``traceparent`` Envoy's tracer sends on the ext_proc stream."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return parse_traceparent(value)
+    return None
 
 
 def _is_attempt(context: Any) -> bool:

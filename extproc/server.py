@@ -67,7 +67,7 @@ class Gateway:
         self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
         self.services = Services(
             metrics=self.metrics,
-            access_log=AccessLog(stdout=telemetry.log.stdout, file=telemetry.log.file),
+            access_log=AccessLog.from_config(telemetry.log),
         )
         self.runtime = Runtime(config, self.services)
         self.processor = Processor(lambda: self.runtime, default_stages(), attempt_stages())

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
 from extproc.config.quota_model import QuotasConfig
+from extproc.config.telemetry_model import LogConfig, TracingConfig
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -236,11 +237,6 @@ class LimitsConfig(_Section):
     max_request_headers: int = Field(default=100, ge=16, le=10_000)
 
 
-class LogConfig(_Section):
-    stdout: bool = True
-    file: str | None = None
-
-
 class MetricsConfig(_Section):
     # Past this many distinct values a label folds new values into "other".
     max_label_values: int = Field(default=1000, gt=0)
@@ -249,6 +245,7 @@ class MetricsConfig(_Section):
 class TelemetryConfig(_Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 class AdminTokenConfig(_Section):

@@ -20,6 +20,7 @@ from extproc.stages.partial_usage import PartialUsageStage
 from extproc.stages.quota import QuotaStage
 from extproc.stages.response import ResponseStage
 from extproc.stages.routing import RoutingStage
+from extproc.stages.telemetry import TelemetryStage
 
 
 def default_stages() -> list[object]:
@@ -34,5 +35,7 @@ def default_stages() -> list[object]:
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),
+        # After every stage that shapes the answer: it reads what the client gets.
+        TelemetryStage(),
         AccountingStage(),
     ]

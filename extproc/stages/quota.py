@@ -33,11 +33,14 @@ class QuotaStage:
         runtime = ctx.runtime
         store = runtime.services.quota_store
         if not runtime.quota_rules or store is None or ctx.model is None or ctx.body is None:
+            if ctx.model is not None:
+                ctx.quota_decision = "none"
             return None
         limits = runtime.quota_rules.limits_for(
             ctx.identity, ctx.request_headers, ctx.model, store.now()
         )
         if not limits:
+            ctx.quota_decision = "none"
             return None
         cost = estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
         return self._reserve(ctx, limits, cost)
@@ -54,7 +57,9 @@ class QuotaStage:
             services.metrics.store_errors.labels(operation="quota_reserve").inc()
             if all(limit.fail_open for limit in limits):
                 log.warning("quota store unavailable, failing open: %s", type(exc).__name__)
+                ctx.quota_decision = "failed_open"
                 return
+            ctx.quota_decision = "unavailable"
             raise ServiceUnavailableError(
                 "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
             ) from None
@@ -62,7 +67,10 @@ class QuotaStage:
             services.metrics.rate_limited.labels(
                 rule=result.limit.rule, subject_kind=result.limit.subject_kind
             ).inc()
+            ctx.quota_decision = "rejected"
+            ctx.quota_rule = result.limit.rule
             raise _refusal(result, store.now())
+        ctx.quota_decision = "allowed"
         ctx.reservation = result
         await _apply_hard_cap(ctx, result)
 
@@ -122,6 +130,8 @@ async def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None
         ctx.reservation = None
         tightest_index = min(capped, key=lambda i: reservation.effective[i] - reservation.used[i])
         limit = reservation.limits[tightest_index]
+        ctx.quota_decision = "rejected"
+        ctx.quota_rule = limit.rule
         raise RateLimitError(
             f"Token budget nearly used for {limit.subject_kind} '{limit.subject}' "
             f"(rule '{limit.rule}'): {max(0, left)} tokens left, not enough for this prompt; "
@@ -130,6 +140,7 @@ async def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None
         )
     if cap_completion(ctx.body, completion):
         ctx.body_changed = True
+        ctx.quota_decision = "capped"
 
 
 def _reset_text(limit: Limit) -> str:

@@ -66,21 +66,3 @@ class ResponseStage:
             ctx.usage = translator.usage
             ctx.usage_reported = True
         ctx.response_model = translator.response_model
-        out.metadata = usage_metadata(ctx)
-
-
-def usage_metadata(ctx: RequestContext) -> dict[str, object]:
-    """What Envoy's access log and tracers see under the gateway's metadata namespace."""
-    return {
-        "route": ctx.route.name if ctx.route else "",
-        "provider": ctx.provider or "",
-        "model": ctx.model or "",
-        "response_model": ctx.response_model or "",
-        "prompt_tokens": ctx.usage.prompt_tokens,
-        "completion_tokens": ctx.usage.completion_tokens,
-        "total_tokens": ctx.usage.total_tokens,
-        "api_key_id": ctx.identity.api_key_id or "",
-        "user_id": ctx.identity.user_id or "",
-        "group_id": ctx.identity.group_id or "",
-        "auth_method": ctx.identity.method,
-    }

@@ -1,19 +1,22 @@
-"""The per-request JSON log: one line per request on stdout (and optionally a file).
+"""The per-request JSON log: one line per request on stdout and/or a rotated file.
 
-The line's fields are schema v1, documented in docs/log-schema.md and
-docs/log-schema.json. No prompt text and no credential is ever written.
+The line's fields are schema v1, documented in docs/logging.md and
+docs/log-schema.json. No credential is ever written; prompt and completion
+text only with ``telemetry.log.include_content``, and then as the guardrails
+left it. Building the line is the only work done on the event loop: writing it
+is the business of ``log_writer``'s background thread.
 """
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from extproc.config.telemetry_model import LogConfig
 from extproc.context import RequestContext
+from extproc.telemetry.log_writer import LineWriter, RotatingFile, default_stdout, expand_path
 
 SCHEMA_VERSION = 1
 
@@ -22,6 +25,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
     """Build the schema v1 log record of one finished request."""
     error = ctx.error
     identity = ctx.identity
+    usage = ctx.usage
     finished = ctx.elapsed_ms()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -29,6 +33,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
         "request_id": ctx.request_id,
+        "trace_id": ctx.trace_id,
         "method": ctx.method,
         "path": ctx.path.split("?", 1)[0],
         "route": ctx.route.name if ctx.route else None,
@@ -38,11 +43,14 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "response_model": ctx.response_model,
         "stream": ctx.stream,
         "http_status_code": ctx.response_status,
-        "prompt_tokens": ctx.usage.prompt_tokens,
-        "completion_tokens": ctx.usage.completion_tokens,
-        "total_tokens": ctx.usage.total_tokens,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
         "usage_reported": ctx.usage_reported,
         "usage_estimated": ctx.usage_estimated,
+        "finish_reasons": list(ctx.finish_reasons) if ctx.finish_reasons else None,
+        "cost_usd": ctx.cost_usd,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,
@@ -50,14 +58,31 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "jwt_provider": identity.jwt_provider,
         "claims": identity.claims or None,
         "latency_ms": round(finished, 3),
-        "time_to_first_byte_ms": (
-            round((ctx.first_byte_at - ctx.started) * 1000.0, 3) if ctx.first_byte_at else None
+        "time_to_first_byte_ms": _since(ctx, ctx.started, ctx.first_byte_at),
+        "time_to_first_token_ms": (
+            _since(ctx, ctx.started, ctx.first_token_at) if ctx.stream else None
         ),
+        "upstream_latency_ms": _since(ctx, ctx.upstream_sent_at, ctx.response_ended_at),
+        "quota_decision": ctx.quota_decision,
+        "quota_rule": ctx.quota_rule,
+        "guardrails": list(ctx.guardrail_decisions) if ctx.guardrail_decisions else None,
         "outcome": _outcome(ctx),
         "error_type": error.error_type if error else None,
+        "error_code": error.code if error else None,
         "error_message": error.message if error else None,
     }
+    content = ctx.content
+    if content is not None and ctx.runtime.config.telemetry.log.include_content:
+        record["prompt"] = content.prompt()
+        record["completion"] = content.completion()
+        record["content_truncated"] = content.truncated
     return record
+
+
+def _since(ctx: RequestContext, start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max(0.0, end - start) * 1000.0, 3)
 
 
 def _outcome(ctx: RequestContext) -> str:
@@ -71,23 +96,54 @@ def _outcome(ctx: RequestContext) -> str:
 
 
 class AccessLog:
-    def __init__(self, *, stdout: bool = True, file: str | None = None) -> None:
-        self._streams: list[IO[bytes]] = []
-        if stdout:
-            self._streams.append(sys.stdout.buffer)
-        self._file: IO[bytes] | None = None
-        if file:
-            Path(file).parent.mkdir(parents=True, exist_ok=True)
-            self._file = Path(file).open("ab")  # noqa: SIM115 - kept open for the process
-            self._streams.append(self._file)
+    """Encodes request records and hands the lines to the writer thread."""
+
+    def __init__(
+        self,
+        *,
+        stdout: bool = True,
+        file: str | None = None,
+        max_bytes: int = 0,
+        backup_count: int = 0,
+        queue_size: int = 100_000,
+    ) -> None:
+        self._writer: LineWriter | None = None
+        if stdout or file:
+            rotating = (
+                RotatingFile(expand_path(file), max_bytes=max_bytes, backup_count=backup_count)
+                if file
+                else None
+            )
+            self._writer = LineWriter(
+                stdout=default_stdout() if stdout else None, file=rotating, queue_size=queue_size
+            )
+
+    @classmethod
+    def from_config(cls, config: LogConfig) -> AccessLog:
+        return cls(
+            stdout=config.stdout,
+            file=config.file,
+            max_bytes=config.max_bytes,
+            backup_count=config.backup_count,
+            queue_size=config.queue_size,
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost because the sink did not keep up (see ``LineWriter``)."""
+        writer = self._writer
+        return writer.dropped + writer.failed if writer is not None else 0
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record) + b"\n"
-        for stream in self._streams:
-            # One write per line keeps lines whole when several processes share stdout.
-            stream.write(line)
-            stream.flush()
+        self.emit(orjson.dumps(record) + b"\n")
+
+    def emit(self, line: bytes) -> None:
+        """Send one encoded line to the sinks, without waiting for them."""
+        if self._writer is not None:
+            self._writer.submit(line)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        """Write out what is queued and close the file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -77,7 +77,7 @@ def usage_from_object(value: Any) -> Usage | None:
     completion = _count(value.get("output_tokens"))
     if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion, prompt + completion)
+    return Usage(prompt, completion, prompt + completion, tokens.cache_read)
 
 
 class MessageReader(BufferedBodyReader):
@@ -155,4 +155,4 @@ class EventStreamReader:
             return
         prompt = self._input.total
         if prompt is not None and self._output is not None:
-            self.usage = Usage(prompt, self._output, prompt + self._output)
+            self.usage = Usage(prompt, self._output, prompt + self._output, self._input.cache_read)

@@ -77,7 +77,7 @@ def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
     cache_read = _count(value.get("cacheReadInputTokens"))
     # inputTokens counts only the uncached part: the prompt is everything the model read.
     prompt = _count(input_tokens) + cache_read + _count(value.get("cacheWriteInputTokens"))
-    usage = Usage(prompt, _count(output_tokens), prompt + _count(output_tokens))
+    usage = Usage(prompt, _count(output_tokens), prompt + _count(output_tokens), cache_read)
     shown: dict[str, Any] = usage.as_dict()
     if cache_read:
         shown["prompt_tokens_details"] = {"cached_tokens": cache_read}

@@ -50,7 +50,14 @@ def usage_from_object(value: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = value.get("total_tokens")
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+    details = value.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt,
+        completion,
+        total if isinstance(total, int) else prompt + completion,
+        cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0,
+    )
 
 
 class CompletionReader(BufferedBodyReader):

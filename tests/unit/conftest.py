@@ -24,7 +24,9 @@ class MemoryLog(AccessLog):
     def __init__(self) -> None:
         super().__init__(stdout=False)
         self.buffer = io.BytesIO()
-        self._streams.append(self.buffer)
+
+    def emit(self, line: bytes) -> None:
+        self.buffer.write(line)
 
     def lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.buffer.getvalue().splitlines()]

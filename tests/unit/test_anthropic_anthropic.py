@@ -31,7 +31,8 @@ MESSAGE = (
     b'"cache_creation":{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":0},'
     b'"output_tokens":8,"service_tier":"standard"}}'
 )
-MESSAGE_USAGE = Usage(12 + 1024 + 2048, 8, 12 + 1024 + 2048 + 8)
+# Cache reads are prompt tokens, and also reported as cached tokens.
+MESSAGE_USAGE = Usage(12 + 1024 + 2048, 8, 12 + 1024 + 2048 + 8, cached_tokens=2048)
 
 MESSAGE_START = (
     b"event: message_start\n"
@@ -64,7 +65,7 @@ MESSAGE_DELTA = (
 )
 MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 STREAM = MESSAGE_START + PREAMBLE + DELTAS + MESSAGE_DELTA + MESSAGE_STOP
-STREAM_USAGE = Usage(472 + 2048, 15, 472 + 2048 + 15)
+STREAM_USAGE = Usage(472 + 2048, 15, 472 + 2048 + 15, cached_tokens=2048)
 
 
 def feed_all(reader: EventStreamReader | MessageReader, body: bytes, cuts: list[int]) -> None:
@@ -154,7 +155,7 @@ def test_last_message_delta_wins_because_counts_are_cumulative() -> None:
     )
     reader = EventStreamReader()
     feed_all(reader, stream, [])
-    assert reader.usage == Usage(900 + 4096, 40, 900 + 4096 + 40)
+    assert reader.usage == Usage(900 + 4096, 40, 900 + 4096 + 40, cached_tokens=4096)
 
 
 def test_stream_cut_before_message_delta_reports_no_usage() -> None:

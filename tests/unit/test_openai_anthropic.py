@@ -234,7 +234,10 @@ def test_recorded_answer_is_translated(path: Path) -> None:
     assert orjson.loads(answer) == expected
     usage = expected["usage"]
     assert translator.usage == Usage(
-        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        usage["total_tokens"],
+        usage["prompt_tokens_details"]["cached_tokens"],
     )
     assert translator.response_model == expected["model"]
 
@@ -330,7 +333,7 @@ def test_usage_is_read_whether_or_not_the_client_asked_for_it(include_usage: boo
     )
     sent = translator.feed(TEXT_STREAM, True)
     # 472 uncached input tokens and 2048 read from the cache; 15 output tokens.
-    assert translator.usage == Usage(2520, 15, 2535)
+    assert translator.usage == Usage(2520, 15, 2535, cached_tokens=2048)
     assert translator.response_model == UPSTREAM_MODEL
     assert (b'"usage":{' in sent) is include_usage
 
@@ -396,7 +399,7 @@ def test_several_message_deltas_give_one_finish_and_the_last_counts() -> None:
     translator = StreamTranslator(include_usage=False, request_id=REQUEST_ID, created=CREATED)
     sent = chunks(translator.feed(body, True))
     assert [chunk["choices"][0]["finish_reason"] for chunk in sent] == [None, "stop"]
-    assert translator.usage == Usage(2520, 40, 2560)
+    assert translator.usage == Usage(2520, 40, 2560, cached_tokens=2048)
 
 
 def test_thinking_is_not_shown_and_tool_calls_are_numbered_among_themselves() -> None:

@@ -1,0 +1,147 @@
+"""Tracing in the Envoy bootstrap: Envoy's OpenTelemetry tracer, spans tagged by the gateway.
+
+With ``telemetry.tracing.enabled``, the rendered connection manager traces requests
+with ``envoy.tracers.opentelemetry`` and exports spans over OTLP/gRPC to the
+collector at ``otlp_endpoint`` (a cluster of its own). The request's span gets
+one custom tag per gateway attribute (``extproc.telemetry.span_attributes``),
+read from the dynamic metadata the gateway returns in the ``io.aigw`` namespace.
+Custom tags are applied when the span finishes, after the response has ended, so
+they see the metadata of the request's last message (usage, finish reasons).
+
+Envoy also passes the trace context on: upstream to the provider (``traceparent``)
+and to the gateway on its ext_proc stream, which is how the gateway's log line
+gets the ``trace_id``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from extproc.config.model import GatewayConfig
+from extproc.config.telemetry_model import TracingConfig
+from extproc.headers import METADATA_NAMESPACE
+from extproc.telemetry.span_attributes import CONTENT_ATTRIBUTES, SPAN_ATTRIBUTES
+
+Json = dict[str, Any]
+_TYPE = "type.googleapis.com/"
+COLLECTOR_CLUSTER = "otel_collector"
+COLLECTOR_CONNECT_TIMEOUT_S = 2.0
+# Prompts and completions can be long; Envoy cuts the URL tag, never these.
+MAX_PATH_TAG_LENGTH = 256
+
+
+def add_tracing(bootstrap: Json, config: GatewayConfig) -> None:
+    """Turn on tracing in a rendered bootstrap (nothing when tracing is off)."""
+    tracing = config.telemetry.tracing
+    if not tracing.enabled:
+        return
+    resources = bootstrap["static_resources"]
+    resources["clusters"].append(collector_cluster(tracing))
+    for listener in resources["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == "envoy.filters.network.http_connection_manager":
+                    network_filter["typed_config"]["tracing"] = hcm_tracing(tracing)
+    # Envoy batches spans; these runtime keys set how often and how many.
+    layers = bootstrap.setdefault("layered_runtime", {}).setdefault("layers", [])
+    layers.append(
+        {
+            "name": "aigw_tracing",
+            "static_layer": {
+                "tracing.opentelemetry.flush_interval_ms": tracing.flush_interval_ms,
+                "tracing.opentelemetry.min_flush_spans": tracing.min_flush_spans,
+            },
+        }
+    )
+
+
+def hcm_tracing(tracing: TracingConfig) -> Json:
+    """The connection manager's ``tracing`` block."""
+    attributes = SPAN_ATTRIBUTES + (CONTENT_ATTRIBUTES if tracing.capture_content else ())
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _TYPE + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER},
+                    "timeout": _duration(tracing.export_timeout_s),
+                },
+                "service_name": tracing.service_name,
+            },
+        },
+        # Envoy's sampling percentages; a client's traceparent decides for itself.
+        "random_sampling": {"value": tracing.sampling_percent},
+        "client_sampling": {"value": 100.0},
+        "overall_sampling": {"value": 100.0},
+        # One span per upstream attempt (retries and failover show up as such).
+        "spawn_upstream_span": True,
+        "max_path_tag_length": MAX_PATH_TAG_LENGTH,
+        "custom_tags": [_metadata_tag(name, key) for name, key in attributes],
+    }
+
+
+def _metadata_tag(name: str, key: str) -> Json:
+    # Kind `request`: the stream's dynamic metadata, where ext_proc puts what the
+    # gateway returns. A key the gateway did not set leaves the attribute out.
+    return {
+        "tag": name,
+        "metadata": {
+            "kind": {"request": {}},
+            "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": key}]},
+        },
+    }
+
+
+def collector_cluster(tracing: TracingConfig) -> Json:
+    """The OTLP/gRPC collector: HTTP/2, resolved by DNS unless given as an IP."""
+    host, _, port_text = tracing.otlp_endpoint.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    static = _is_ip(host)
+    cluster: Json = {
+        "name": COLLECTOR_CLUSTER,
+        "type": "STATIC" if static else "STRICT_DNS",
+        "connect_timeout": _duration(COLLECTOR_CONNECT_TIMEOUT_S),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": COLLECTOR_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": host,
+                                        "port_value": int(port_text),
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if not static:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _duration(seconds: float) -> str:
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"{text}s"

@@ -1,0 +1,85 @@
+"""What the log line and the span need beyond the other stages' work: times, finish
+reasons, the trace id, the text (when enabled), and the metadata Envoy tags spans with.
+
+Runs after every stage that shapes the response (translation, response guardrails),
+so it sees the bytes the client gets. Per response chunk it costs one regular
+expression scan for finish reasons; the text is kept only when an operator turned
+content logging or capture on (``extproc.telemetry.content``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from extproc.config.model import RouteApi
+from extproc.context import PhaseOutput, RequestContext
+from extproc.telemetry.content import ContentCapture
+from extproc.telemetry.span_attributes import request_metadata
+from extproc.telemetry.trace_context import parse_traceparent
+
+# A finish reason as the client sees it: OpenAI's `finish_reason` in a choice, or
+# Anthropic's `stop_reason`. Only string values match (null ones are skipped), and
+# text inside JSON strings cannot match, because there its quotes are escaped.
+_OPENAI_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+_ANTHROPIC_FINISH = re.compile(rb'"stop_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+# Longest match, so a reason split across two body chunks is still found.
+_CARRY = 96
+
+
+class TelemetryStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        if ctx.trace_id is None:
+            # No tracer in Envoy: a client's own trace context passes through.
+            sent = ctx.request_headers.get("traceparent")
+            if sent:
+                ctx.trace_id = parse_traceparent(sent)
+
+    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+        if ctx.upstream is None or not ctx.accounted:
+            return
+        ctx.upstream_sent_at = time.monotonic()
+        telemetry = ctx.runtime.config.telemetry
+        if telemetry.log.include_content or (
+            telemetry.tracing.enabled and telemetry.tracing.capture_content
+        ):
+            route = ctx.route
+            capture = ContentCapture(
+                anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
+                max_chars=telemetry.log.max_content_chars,
+            )
+            capture.set_request(ctx.body)
+            ctx.content = capture
+
+    def response_body(
+        self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
+    ) -> None:
+        if ctx.route is None:
+            return
+        now = time.monotonic()
+        if ctx.first_token_at is None and chunk:
+            ctx.first_token_at = now
+        sent = out.body if out.body is not None else chunk
+        if ctx.accounted and sent:
+            self._scan_finish_reasons(ctx, sent)
+            if ctx.content is not None:
+                ctx.content.add_response_chunk(sent, streamed=ctx.stream)
+        if end_of_stream:
+            ctx.response_ended_at = now
+            out.metadata = request_metadata(ctx)
+
+    @staticmethod
+    def _scan_finish_reasons(ctx: RequestContext, sent: bytes) -> None:
+        route = ctx.route
+        pattern = (
+            _ANTHROPIC_FINISH
+            if route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES
+            else _OPENAI_FINISH
+        )
+        carry = ctx.finish_carry
+        data = carry + sent if carry else sent
+        for match in pattern.finditer(data):
+            # A match wholly inside the carried tail was counted with the last chunk.
+            if match.end() > len(carry):
+                ctx.finish_reasons.append(match.group(1).decode())
+        ctx.finish_carry = data[-_CARRY:]

@@ -1,0 +1,89 @@
+"""What the gateway tells Envoy about a request, for Envoy's access log and its spans.
+
+The gateway answers Envoy's last message of a request with dynamic metadata in
+the ``io.aigw`` namespace (``request_metadata``); Envoy's access log prints it
+and Envoy's tracer copies it onto the request's span as attributes, one custom
+tag per entry of ``SPAN_ATTRIBUTES`` (rendered by ``extproc.envoy_tracing``).
+One table, so the keys the gateway writes and the keys Envoy reads never drift.
+
+Attribute names follow the OpenTelemetry GenAI semantic conventions where one
+exists (``gen_ai.*``); the gateway's own dimensions are under ``aigw.*``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from extproc.context import RequestContext
+
+# (span attribute, metadata key): always tagged when the request has the value.
+SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("gen_ai.operation.name", "operation"),
+    ("gen_ai.provider.name", "provider_type"),
+    ("gen_ai.request.model", "model"),
+    ("gen_ai.response.model", "response_model"),
+    ("gen_ai.usage.input_tokens", "prompt_tokens"),
+    ("gen_ai.usage.output_tokens", "completion_tokens"),
+    ("gen_ai.response.finish_reasons", "finish_reasons"),
+    ("aigw.usage.cached_input_tokens", "cached_tokens"),
+    ("aigw.usage.total_tokens", "total_tokens"),
+    ("aigw.route", "route"),
+    ("aigw.provider", "provider"),
+    ("aigw.api_key_id", "api_key_id"),
+    ("aigw.user_id", "user_id"),
+    ("aigw.group_id", "group_id"),
+    ("aigw.auth_method", "auth_method"),
+    ("aigw.quota_decision", "quota_decision"),
+    ("aigw.error_type", "error_type"),
+)
+# Tagged only with ``telemetry.tracing.capture_content``: the text after guardrail masking.
+CONTENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("gen_ai.input.messages", "input_messages"),
+    ("gen_ai.output.messages", "output_messages"),
+)
+
+# gen_ai.provider.name's well-known values, by the gateway's provider type.
+_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
+
+
+def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
+    """The ``io.aigw`` metadata of one request; unknown values are left out, not empty."""
+    identity = ctx.identity
+    usage = ctx.usage
+    values: dict[str, str | float | None] = {
+        "route": ctx.route.name if ctx.route else None,
+        "operation": "chat" if ctx.accounted else None,
+        "provider": ctx.provider,
+        "provider_type": _PROVIDER_NAMES.get(ctx.provider_type.value)
+        if ctx.provider_type
+        else None,
+        "model": ctx.model,
+        "response_model": ctx.response_model,
+        "api_key_id": identity.api_key_id,
+        "user_id": identity.user_id,
+        "group_id": identity.group_id,
+        "auth_method": identity.method,
+        "quota_decision": ctx.quota_decision,
+        "error_type": ctx.error.error_type if ctx.error else None,
+    }
+    if ctx.usage_reported:
+        values["prompt_tokens"] = usage.prompt_tokens
+        values["completion_tokens"] = usage.completion_tokens
+        values["total_tokens"] = usage.total_tokens
+        values["cached_tokens"] = usage.cached_tokens
+    if ctx.finish_reasons:
+        # Envoy's tags are strings: the array as JSON, as OpenTelemetry exporters
+        # render array attributes they cannot type.
+        values["finish_reasons"] = orjson.dumps(list(ctx.finish_reasons)).decode()
+    tracing = ctx.runtime.config.telemetry.tracing
+    if tracing.enabled and tracing.capture_content and ctx.content is not None:
+        prompt = ctx.content.input_messages_json()
+        if prompt is not None:
+            values["input_messages"] = prompt
+        completion = ctx.content.output_messages_json()
+        if completion is not None:
+            values["output_messages"] = completion
+    return {key: value for key, value in values.items() if value is not None and value != ""}
