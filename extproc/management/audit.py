@@ -1,7 +1,7 @@
 """The audit trail of the management API: one JSON line per change, on stderr.
 
 Not on stdout: stdout carries only request log lines of schema v1
-(docs/log-schema.md), which log pipelines validate strictly. A line names the
+(docs/logging.md), which log pipelines validate strictly. A line names the
 caller by its admin token's id, never by the token.
 """
 
