@@ -118,6 +118,8 @@ class RequestContext:
     usage_estimated: bool = False
     generated_chars: int = 0
     first_byte_at: float | None = None
+    # No response-headers message: status and the rest come with the first body chunk.
+    lean_response: bool = False
     error: GatewayError | None = None
     # The client or upstream went away before the response completed.
     aborted: bool = False

@@ -34,7 +34,7 @@ from extproc.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
-from extproc.headers import CLUSTER, METADATA_NAMESPACE
+from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
 
 Json = dict[str, Any]
 
@@ -236,8 +236,11 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
-            # The gateway streams SSE responses and skips later phases for non-AI traffic.
+            # The gateway streams SSE responses, skips the response headers of
+            # pass-through requests and every later phase of non-AI traffic.
             "allow_mode_override": True,
+            # Sent with the first response message: the lean path's status.
+            "response_attributes": ["response.code", "response.code_details"],
             "message_timeout": _duration(config.envoy.message_timeout_ms / 1000),
             # Usage and identity the gateway returns, for the access log and tracers.
             "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
@@ -357,8 +360,35 @@ def _route_config(config: GatewayConfig) -> Json:
     routes.append(_not_found_route())
     return {
         "name": "aigw",
-        "virtual_hosts": [{"name": "aigw", "domains": ["*"], "routes": routes}],
+        "virtual_hosts": [
+            {
+                "name": "aigw",
+                "domains": ["*"],
+                "routes": routes,
+                "response_headers_to_add": _rate_limit_headers(),
+            }
+        ],
     }
+
+
+def _rate_limit_headers() -> list[Json]:
+    """OpenAI's x-ratelimit-* headers, from what the quota stage returned as metadata.
+
+    Set by Envoy rather than by a response-headers answer, so that pass-through
+    requests can skip that message (extproc.response_path); a request no rule
+    applies to has no such metadata, and an empty value adds no header.
+    """
+    return [
+        {
+            "header": {
+                "key": name,
+                "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%",
+            },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+        for name in RATE_LIMIT_HEADERS
+    ]
 
 
 def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:

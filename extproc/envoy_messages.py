@@ -56,9 +56,9 @@ def _common(out: PhaseOutput) -> ext.CommonResponse | None:
 
 
 def _mode_override(override: ModeOverride) -> Any:
+    # Envoy replaces the whole mode with the override: every field is spelled out.
     mode = _Mode()
-    if override.skip_request_body:
-        mode.request_body_mode = _Mode.NONE
+    mode.request_body_mode = _Mode.NONE if override.skip_request_body else _Mode.BUFFERED
     if override.skip_response_headers:
         mode.response_header_mode = _Mode.SKIP
     if override.response_body is not None:

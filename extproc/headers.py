@@ -20,3 +20,15 @@ REQUEST_ID = "x-request-id"
 METADATA_NAMESPACE = "io.aigw"
 # Client credentials that never reach a provider.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+# OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's route
+# sets them from the metadata the quota stage returns with the request body.
+RATE_LIMIT_HEADERS = tuple(
+    f"x-ratelimit-{part}-{unit}"
+    for unit in ("requests", "tokens")
+    for part in ("limit", "remaining", "reset")
+)
+
+
+def metadata_key(header: str) -> str:
+    """The dynamic metadata key that carries a response header's value to Envoy."""
+    return header.replace("-", "_")

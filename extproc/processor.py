@@ -23,6 +23,7 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
+from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
 from extproc.context import PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.errors import GatewayError
@@ -33,6 +34,9 @@ from extproc.telemetry.trace_context import parse_traceparent
 log = logging.getLogger(__name__)
 
 PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+# Where Envoy puts the attributes the filter's config asks for.
+ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
+JSON = "application/json"
 
 
 class Processor:
@@ -74,6 +78,14 @@ class Processor:
                     continue
                 out = PhaseOutput()
                 try:
+                    if ctx.lean_response and phase == "response_body" and ctx.first_byte_at is None:
+                        # No headers message on the lean path: the stages see the
+                        # response headers they need (the status) from the first chunk.
+                        found = lean_response_headers(request, ctx.stream)
+                        for hook in hooks["response_headers"]:
+                            pending = hook(ctx, PhaseOutput(), found)
+                            if pending is not None:
+                                await pending
                     args = _arguments(ctx, phase, request)
                     for hook in hooks[phase]:
                         # A hook returns None when done, or an awaitable when it
@@ -163,3 +175,29 @@ def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) 
         return (found,)
     body = request.response_body
     return (body.body, body.end_of_stream)
+
+
+def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[str, str]:
+    """What the lean path knows of the response headers, from the first body message.
+
+    Envoy sends the ``response.code`` and ``response.code_details`` attributes with
+    it. A provider's answer is marked like Envoy's router marks it, so stages tell
+    it from Envoy's own local reply (timeout, provider unreachable) as they do on
+    the full path. The content type is the one a pass-through answer has: an event
+    stream when the client asked for a stream, else JSON; an error's is guessed
+    from its first byte. Header changes a stage asks for cannot apply (the headers
+    have left); lean requests are the ones that need none.
+    """
+    found = request.attributes.get(ATTRIBUTES_KEY)
+    fields = found.fields if found is not None else {}
+    code = fields.get("response.code")
+    status = int(code.number_value) if code is not None else 0
+    result = {":status": str(status)}
+    details = fields.get("response.code_details")
+    if details is not None and details.string_value == "via_upstream":
+        result[ENVOY_UPSTREAM_TIME] = "0"
+    if 0 < status < 400:
+        result["content-type"] = SSE if stream else JSON
+    elif request.response_body.body.lstrip()[:1] in (b"{", b"["):
+        result["content-type"] = JSON
+    return result

@@ -27,6 +27,7 @@ from extproc.config.model import (
 )
 from extproc.providers.aws_signer import AwsSigner
 from extproc.quota.rules import RuleSet
+from extproc.response_path import is_lean, lean_routes
 
 if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
@@ -157,12 +158,19 @@ class Runtime:
                     for name in members
                 }
         self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
+        self.lean_routes = lean_routes(config)
         self._by_name = {p.name: p for p in config.providers}
 
     @property
     def stored_keys(self) -> StoredKeys | None:
         """Keys created at run time: asked for a key the config does not know."""
         return self.services.stored_keys
+
+    def lean_response(self, route: Route, named_model: str | None) -> bool:
+        """Whether a request skips the response-headers message (``response_path``)."""
+        return is_lean(
+            self.config, route, named_model, self.lean_routes, self.resolve_upstream, self.failover
+        )
 
     def resolve_upstream(self, model: str, route: Route) -> Upstream | None:
         """The upstream serving ``model`` on ``route``: by name or alias, by prefix, or by

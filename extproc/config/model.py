@@ -60,6 +60,8 @@ class EnvoyConfig(_Section):
     upstream_timeout_s: float = Field(default=300.0, gt=0)
     access_log: bool = True
     concurrency: int = Field(default=1, ge=1, le=64)
+    # Pass-through requests skip the response-headers message (docs/performance.md).
+    lean_responses: bool = True
 
 
 class StoreConfig(_Section):

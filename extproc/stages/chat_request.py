@@ -46,7 +46,7 @@ class ChatRequestStage:
             )
         parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
         ctx.body = parsed
-        model = route.forced_model or _model_outside_body(ctx) or parsed.get("model")
+        model = route.forced_model or model_outside_body(ctx) or parsed.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
         ctx.model = model
@@ -104,7 +104,7 @@ class UpstreamRequestStage:
         out.clear_route_cache = True
 
 
-def _model_outside_body(ctx: RequestContext) -> str | None:
+def model_outside_body(ctx: RequestContext) -> str | None:
     """The model named by the path, a header or the query, in that order of strength."""
     route = ctx.route
     assert route is not None

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
+from extproc.headers import metadata_key
 from extproc.quota.estimate import cap_completion, estimate_prompt_tokens, estimate_tokens
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
@@ -43,10 +44,12 @@ class QuotaStage:
             ctx.quota_decision = "none"
             return None
         cost = estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
-        return self._reserve(ctx, limits, cost)
+        return self._reserve(ctx, out, limits, cost)
 
     @staticmethod
-    async def _reserve(ctx: RequestContext, limits: list[Limit], cost: int) -> None:
+    async def _reserve(
+        ctx: RequestContext, out: PhaseOutput, limits: list[Limit], cost: int
+    ) -> None:
         services = ctx.runtime.services
         store = services.quota_store
         assert store is not None
@@ -72,14 +75,14 @@ class QuotaStage:
             raise _refusal(result, store.now())
         ctx.quota_decision = "allowed"
         ctx.reservation = result
+        # Envoy's route adds the x-ratelimit-* headers to the answer from this
+        # metadata, on the full and the lean response path alike (envoy_bootstrap).
+        published = {
+            metadata_key(name): value
+            for name, value in rate_limit_headers(result, store.now()).items()
+        }
+        out.metadata = {**(out.metadata or {}), **published}
         await _apply_hard_cap(ctx, result)
-
-    def response_headers(
-        self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
-    ) -> None:
-        store = ctx.runtime.services.quota_store
-        if ctx.reservation is not None and store is not None:
-            out.set_headers.update(rate_limit_headers(ctx.reservation, store.now()))
 
     def done(self, ctx: RequestContext) -> None:
         reservation = ctx.reservation

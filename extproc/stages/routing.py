@@ -12,10 +12,13 @@ from extproc import headers
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
+from extproc.stages.chat_request import model_outside_body
 
 SKIP_EVERYTHING = ModeOverride(
     skip_request_body=True, skip_response_headers=True, response_body="NONE"
 )
+# A pass-through answer is read from its body alone (extproc.response_path).
+LEAN_RESPONSE = ModeOverride(skip_response_headers=True, response_body="STREAMED")
 
 
 class RoutingStage:
@@ -42,3 +45,7 @@ class RoutingStage:
                 raise PayloadTooLargeError(
                     f"request body of {length} bytes is over the limit of {limit} bytes"
                 )
+        named_model = route.forced_model or model_outside_body(ctx)
+        if ctx.runtime.lean_response(route, named_model):
+            ctx.lean_response = True
+            out.mode_override = LEAN_RESPONSE

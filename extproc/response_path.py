@@ -1,0 +1,98 @@
+"""Which requests can take the lean response path: no response-headers message.
+
+Envoy sends the ext_proc server a blocking message for the response headers and
+one for each response body chunk. For a pass-through answer (an OpenAI client to
+an OpenAI-compatible provider, an Anthropic client to Anthropic) the gateway
+never needs to change the response headers: it only reads the status and the
+body (usage, the hidden usage chunk, masking). Such requests skip the headers
+message, which the benchmark showed to be the most expensive of the four (the
+response path then costs one round trip instead of two), and read everything
+from the body messages:
+
+- the status comes with the first body message as the ext_proc attribute
+  ``response.code`` (``response.code_details`` tells the provider's answer from
+  Envoy's own local reply);
+- the body is STREAMED, which serves a JSON answer (one or a few chunks, read
+  whole at the end) as well as an event stream, so the mode can be chosen before
+  the body says whether the client asked for a stream;
+- the ``x-ratelimit-*`` headers are set by Envoy's route from dynamic metadata
+  that the quota stage returns with the request body, for both paths.
+
+The choice must be made in the answer to the request headers (Envoy honours a
+``mode_override`` only there), before the body names the model. So a request is
+lean when everything it can reach is a pass-through: the model named by the
+route, path, header or query resolves to a provider of the client's own API with
+no failover chain, or, for a model named in the body, every model and prefix the
+route can reach does. Translated providers (whose errors change status) and
+failover chains (whose answers carry the attempt's provider in headers) keep the
+full path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from extproc.config.model import GatewayConfig, ProviderType, RouteApi
+
+if TYPE_CHECKING:
+    from extproc.runtime import Route, Upstream
+
+# The provider type whose API each client API passes through unchanged.
+PASS_THROUGH: dict[RouteApi, ProviderType] = {
+    RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
+    RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
+}
+
+
+def lean_routes(config: GatewayConfig) -> frozenset[str]:
+    """Routes on which every model a body can name is served as a pass-through."""
+    if not config.envoy.lean_responses:
+        return frozenset()
+    providers = {provider.name: provider.type for provider in config.providers}
+    with_fallbacks = {model.name for model in config.models if model.fallbacks}
+    lean: set[str] = set()
+    for route in config.routes:
+        wanted = PASS_THROUGH.get(route.api)
+        if wanted is None:
+            continue
+        reachable = {model.provider for model in config.models}
+        reachable.update(prefix.provider for prefix in config.model_prefixes)
+        if route.provider is not None:
+            reachable = {route.provider}
+        if route.api is RouteApi.ANTHROPIC_MESSAGES:
+            # Nothing translates to Messages: other providers are refused at the body.
+            reachable = {name for name in reachable if providers[name] is wanted}
+        if any(providers[name] is not wanted for name in reachable):
+            continue
+        served = {m.name for m in config.models if m.provider in reachable}
+        if route.api is RouteApi.OPENAI_CHAT and served & with_fallbacks:
+            continue
+        lean.add(route.name)
+    return frozenset(lean)
+
+
+def is_lean(
+    config: GatewayConfig,
+    route: Route,
+    named_model: str | None,
+    lean: frozenset[str],
+    resolve: Callable[[str, Route], Upstream | None],
+    failover: Mapping[str, object],
+) -> bool:
+    """Whether this request skips the response-headers message.
+
+    ``named_model`` is the model the route, path, header or query names (None when
+    only the body will); it wins over the body's, so it decides alone.
+    """
+    wanted = PASS_THROUGH.get(route.api)
+    if wanted is None or not config.envoy.lean_responses:
+        return False
+    if named_model is None:
+        return route.name in lean
+    upstream = resolve(named_model, route)
+    if upstream is None:
+        return False  # refused at the body anyway
+    if route.api is RouteApi.OPENAI_CHAT and named_model in failover:
+        return False
+    return upstream.provider.type is wanted
