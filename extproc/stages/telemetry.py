@@ -44,12 +44,10 @@ class TelemetryStage:
             telemetry.tracing.enabled and telemetry.tracing.capture_content
         ):
             route = ctx.route
-            capture = ContentCapture(
+            ctx.content = ContentCapture(
                 anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
                 max_chars=telemetry.log.max_content_chars,
             )
-            capture.set_request(ctx.body)
-            ctx.content = capture
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

@@ -73,7 +73,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
     }
     content = ctx.content
     if content is not None and ctx.runtime.config.telemetry.log.include_content:
-        record["prompt"] = content.prompt()
+        record["prompt"] = content.prompt(ctx.body)
         record["completion"] = content.completion()
         record["content_truncated"] = content.truncated
     return record

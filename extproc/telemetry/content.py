@@ -1,9 +1,10 @@
 """Prompt and completion text for the log line and the span, only when an operator asks.
 
 Nothing here runs unless ``telemetry.log.include_content`` or
-``telemetry.tracing.capture_content`` is on. Then the prompt is read from the
-parsed request body when the request ends, i.e. after guardrails have masked
-it there, and the completion from the bytes the client was sent, i.e. after
+``telemetry.tracing.capture_content`` is on, and only for requests that went to
+a provider (a refused prompt is not written: it may be the very text a
+guardrail stopped). Then the prompt is read from the parsed request body when
+the request ends, i.e. after guardrails have masked it there, and the completion from the bytes the client was sent, i.e. after
 translation and response guardrails. During the response the capture only
 keeps references to those byte chunks (one list append per chunk); they are
 parsed once, after Envoy has its last answer, and never on a request that
@@ -26,22 +27,17 @@ _DATA = b"data:"
 class ContentCapture:
     """The text side of one request: what was asked and what came back."""
 
-    __slots__ = ("_anthropic", "_body", "_chunks", "_limit", "_output", "_streamed", "truncated")
+    __slots__ = ("_anthropic", "_chunks", "_limit", "_output", "_streamed", "truncated")
 
     def __init__(self, *, anthropic: bool, max_chars: int) -> None:
         self._anthropic = anthropic
         self._limit = max_chars
-        self._body: dict[str, Any] | None = None
         self._chunks: list[bytes] = []
         self._streamed = False
         self._output: str | None = None
         self.truncated = False
 
     # --- fed during the request -------------------------------------------------
-
-    def set_request(self, body: dict[str, Any] | None) -> None:
-        """The parsed request body; read when the request ends, after masking."""
-        self._body = body
 
     def add_response_chunk(self, chunk: bytes, *, streamed: bool) -> None:
         if chunk:
@@ -50,9 +46,9 @@ class ContentCapture:
 
     # --- read when the request ends ----------------------------------------------
 
-    def prompt(self) -> list[dict[str, str]] | None:
-        """The conversation sent, as ``[{"role", "content"}]`` with text content."""
-        body = self._body
+    def prompt(self, body: dict[str, Any] | None) -> list[dict[str, str]] | None:
+        """The conversation in the parsed request body (read at the end, so after
+        guardrails masked it), as ``[{"role", "content"}]`` with text content."""
         if body is None:
             return None
         messages: list[dict[str, str]] = []
@@ -80,9 +76,9 @@ class ContentCapture:
             self._output = self._cut(text) if text is not None else ""
         return self._output or None
 
-    def input_messages_json(self) -> str | None:
+    def input_messages_json(self, body: dict[str, Any] | None) -> str | None:
         """The prompt in OpenTelemetry's ``gen_ai.input.messages`` shape, as JSON."""
-        prompt = self.prompt()
+        prompt = self.prompt(body)
         if not prompt:
             return None
         shaped = [

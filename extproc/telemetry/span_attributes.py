@@ -80,7 +80,7 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         values["finish_reasons"] = orjson.dumps(list(ctx.finish_reasons)).decode()
     tracing = ctx.runtime.config.telemetry.tracing
     if tracing.enabled and tracing.capture_content and ctx.content is not None:
-        prompt = ctx.content.input_messages_json()
+        prompt = ctx.content.input_messages_json(ctx.body)
         if prompt is not None:
             values["input_messages"] = prompt
         completion = ctx.content.output_messages_json()

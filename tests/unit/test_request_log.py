@@ -30,6 +30,7 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
+from extproc.translators import anthropic_anthropic, openai_bedrock_stream, openai_openai
 
 CHAT = "/v1/chat/completions"
 AUTH = {"authorization": "Bearer team1-key"}
@@ -345,3 +346,23 @@ def test_pid_in_the_file_name_gives_each_process_its_own_file(tmp_path: Path) ->
     log.write({"ok": True})
     log.close()
     assert (tmp_path / f"requests-{os.getpid()}.log").read_bytes() == b'{"ok":true}\n'
+
+
+def test_cached_tokens_are_read_from_every_providers_usage() -> None:
+    openai = openai_openai.usage_from_object(
+        {
+            "prompt_tokens": 50,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 32},
+        }
+    )
+    anthropic = anthropic_anthropic.usage_from_object(
+        {"input_tokens": 10, "cache_read_input_tokens": 40, "output_tokens": 5}
+    )
+    bedrock = openai_bedrock_stream.read_usage(
+        {"inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 40}
+    )
+    assert bedrock is not None
+    assert [u.cached_tokens if u else None for u in (openai, anthropic, bedrock[0])] == [32, 40, 40]
+    # The prompt counts what was read from the cache too.
+    assert [u.prompt_tokens if u else None for u in (openai, anthropic, bedrock[0])] == [50, 50, 50]
