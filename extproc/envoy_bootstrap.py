@@ -273,6 +273,8 @@ def _access_log() -> Json:
                 "json_format": {
                     "start_time": "%START_TIME%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
+                    # The active span's trace id (null when tracing is off).
+                    "trace_id": "%TRACE_ID%",
                     "method": "%REQ(:METHOD)%",
                     "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
                     "response_code": "%RESPONSE_CODE%",

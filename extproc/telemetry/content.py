@@ -3,12 +3,12 @@
 Nothing here runs unless ``telemetry.log.include_content`` or
 ``telemetry.tracing.capture_content`` is on, and only for requests that went to
 a provider (a refused prompt is not written: it may be the very text a
-guardrail stopped). Then the prompt is read from the parsed request body when
-the request ends, i.e. after guardrails have masked it there, and the completion from the bytes the client was sent, i.e. after
-translation and response guardrails. During the response the capture only
-keeps references to those byte chunks (one list append per chunk); they are
-parsed once, after Envoy has its last answer, and never on a request that
-does not log content.
+guardrail stopped). The prompt is read from the parsed request body when the
+request ends, i.e. after guardrails have masked it there; the completion from
+the bytes the client was sent, i.e. after translation and response guardrails.
+During the response the capture only keeps references to those byte chunks
+(one list append per chunk); they are parsed once, after Envoy has its last
+answer, and never on a request that does not log content.
 
 Text is cut at ``max_content_chars`` per field and flagged as truncated. Only
 text is kept: images and other non-text parts become a ``[type]`` marker, tool

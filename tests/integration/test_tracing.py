@@ -21,7 +21,7 @@ import yaml
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack
+from tests.integration.conftest import GatewayLog, running_stack, wait_for
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 
 PROMPT = "What is the capital of France?"
@@ -97,6 +97,14 @@ def ask(stack: LocalStack, **extra: Any) -> tuple[str, Any]:
     return raw.headers["x-request-id"], raw.parse()
 
 
+def envoy_access_line(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
+    for text in stack.envoy_access_log.read_bytes().splitlines():
+        if text.startswith(b"{") and request_id.encode() in text:
+            found: dict[str, Any] = orjson.loads(text)
+            return found
+    return None
+
+
 def log_line(stack: LocalStack, request_id: str) -> dict[str, Any]:
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     return line
@@ -129,6 +137,9 @@ def test_the_span_carries_gen_ai_attributes_and_the_identity(
     assert line["trace_id"] == span.trace_id
     assert line["finish_reasons"] == ["stop"]
     assert "prompt" not in line
+    # So does Envoy's access log line.
+    envoy_line = wait_for(lambda: envoy_access_line(traced, request_id))
+    assert envoy_line["trace_id"] == span.trace_id
     # The upstream call to the provider is a child span of the same trace.
     names = {found.name for found in collector.trace(span.trace_id)}
     assert any(name.startswith("router provider_mock") for name in names), names
