@@ -96,9 +96,9 @@ class AuthenticationStage:
     async def _look_up_stored(ctx: RequestContext, stored: StoredKeys, digest: bytes) -> None:
         runtime = ctx.runtime
         try:
-            key = await asyncio.wait_for(
-                stored.lookup(digest), runtime.config.store.timeout_ms / 1000.0
-            )
+            # asyncio.timeout, not wait_for: no extra task per lookup.
+            async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+                key = await stored.lookup(digest)
         except Exception:
             runtime.services.metrics.store_errors.labels(operation="key_lookup").inc()
             # Not a 401: the key may well be valid, and clients retry a 503.

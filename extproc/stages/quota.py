@@ -55,7 +55,9 @@ class QuotaStage:
         assert store is not None
         timeout = ctx.runtime.config.store.timeout_ms / 1000.0
         try:
-            result = await asyncio.wait_for(store.reserve(limits, cost), timeout)
+            # asyncio.timeout, not wait_for: no extra task on the request path.
+            async with asyncio.timeout(timeout):
+                result = await store.reserve(limits, cost)
         except Exception as exc:
             services.metrics.store_errors.labels(operation="quota_reserve").inc()
             if all(limit.fail_open for limit in limits):

@@ -1,0 +1,145 @@
+"""The gateway's own CPU per phase, without gRPC: the processor fed real ext_proc messages.
+
+``python -m benchmarks.phase_budget`` plays N requests through the default
+stages in-process (the messages Envoy would send, built by ``extproc.testing``)
+and prints the median CPU time of each phase's answer and of the finishing work
+(log line, metrics, rollup). What gRPC and Envoy add per message is measured by
+``make bench`` (the echo processor); this is the part the gateway's code owns.
+
+Two set-ups: the default config, and the same with one quota rule in an embedded
+Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from extproc.config import load_config
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import request_body, request_headers, response_body, response_headers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = REPO_ROOT / "config" / "gateway.yaml"
+QUOTA_RULE = (
+    "\nquotas:\n  rules:\n    - {name: key-rpm, subject: api_key, requests_per_minute: 100000000}\n"
+)
+PHASES = ("request_headers", "request_body", "response_headers", "response_body", "done")
+BODY = orjson.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. " * 8},
+            {"role": "user", "content": "Summarise the following text please. " * 12},
+        ],
+    }
+)
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 2, "total_tokens": 122},
+    }
+)
+
+
+def messages() -> list[Any]:
+    return [
+        request_headers(
+            "/v1/chat/completions",
+            # Envoy's connection manager sets x-request-id on every request.
+            headers={
+                "authorization": "Bearer team1-key",
+                "content-type": "application/json",
+                "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+            },
+        ),
+        request_body(BODY),
+        response_headers(200, {"x-envoy-upstream-service-time": "1"}),
+        response_body(ANSWER),
+    ]
+
+
+async def one_request(processor: Processor, spent: dict[str, list[float]]) -> None:
+    sent = messages()
+
+    async def feed() -> AsyncIterator[Any]:
+        # The processor asks for message k+1 only after answering message k.
+        for phase, message in zip(PHASES, sent, strict=False):
+            started = time.thread_time()
+            yield message
+            spent[phase].append(time.thread_time() - started)
+
+    started = time.thread_time()
+    async for _ in processor.process(feed()):
+        pass
+    total = time.thread_time() - started
+    spent["done"].append(total - sum(spent[phase][-1] for phase in PHASES[:4]))
+
+
+async def measure(config_text: str, requests: int, with_store: bool) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="aigw-phases-"))
+    path = workdir / "gateway.yaml"
+    path.write_text(config_text)
+    config = load_config(path)
+    valkey = EmbeddedValkey(workdir / "valkey") if with_store else None
+    services = Services(GatewayMetrics(), AccessLog(stdout=False, file=str(workdir / "log")))
+    if valkey is not None:
+        valkey.start()
+        services.quota_store = QuotaStore(connect(valkey.url, 2.0), config.store.key_prefix)
+        await services.quota_store.start()
+    try:
+        runtime = Runtime(config, services)
+        processor = Processor(lambda: runtime, default_stages())
+        spent: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        for _ in range(requests // 10):  # warm-up
+            await one_request(processor, {phase: [] for phase in PHASES})
+        for _ in range(requests):
+            await one_request(processor, spent)
+        return {phase: statistics.median(values) * 1e6 for phase, values in spent.items()}
+    finally:
+        if services.quota_store is not None:
+            await services.quota_store.close()
+        if valkey is not None:
+            valkey.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    text = CONFIG.read_text()
+    rows = {
+        "default config": asyncio.run(measure(text, args.requests, with_store=False)),
+        "+ one quota rule (Valkey)": asyncio.run(
+            measure(text + QUOTA_RULE, args.requests, with_store=True)
+        ),
+    }
+    print(f"{'median CPU per phase, us':28s}" + "".join(f"{p:>18s}" for p in PHASES) + "     total")
+    for name, row in rows.items():
+        cells = "".join(f"{row[p]:18.1f}" for p in PHASES)
+        print(f"{name:28s}{cells}{sum(row.values()):10.1f}")
+
+
+if __name__ == "__main__":
+    main()
