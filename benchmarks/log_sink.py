@@ -1,7 +1,7 @@
 """What writing one request log line costs the event loop, per sink and design.
 
-``python -m benchmarks.log_sink``: times ``AccessLog.write`` (encode + queue;
-the background thread writes) against writing and flushing on the caller's
+``python -m benchmarks.log_sink``: times ``AccessLog.write`` (encode + append
+to the writer's deque; the background thread writes) against writing and flushing on the caller's
 thread, as the gateway did before, for a file and for a pipe that a reader
 drains. Then shows what a pipe nobody reads does to each: the synchronous
 write blocks once the pipe is full; the queued one keeps returning.

@@ -138,6 +138,8 @@ class RequestContext:
     finish_reasons: list[str] = field(default_factory=list)
     # The tail of the last response chunk, so a reason cut in two is still read.
     finish_carry: bytes = b""
+    # The span metadata has gone to Envoy with the usage (before the stream's end).
+    usage_in_metadata: bool = False
     # Prompt and completion text, kept only when the log or traces include content.
     content: ContentCapture | None = None
     # Set by chargeback: the request's price in USD.

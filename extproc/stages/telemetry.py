@@ -65,6 +65,16 @@ class TelemetryStage:
         if end_of_stream:
             ctx.response_ended_at = now
             out.metadata = request_metadata(ctx)
+        elif ctx.stream and not ctx.usage_in_metadata:
+            # A stream's last message is often an empty end of stream that comes
+            # after the client has read everything; when the client then hangs up,
+            # Envoy drops the answer to it, metadata included. So the metadata also
+            # goes with the chunk that carried the provider's usage report, whose
+            # answer Envoy applies before the client sees those bytes.
+            translator = ctx.translator
+            if translator is not None and translator.usage is not None:
+                ctx.usage_in_metadata = True
+                out.metadata = request_metadata(ctx)
 
     @staticmethod
     def _scan_finish_reasons(ctx: RequestContext, sent: bytes) -> None:

@@ -27,7 +27,7 @@ _DATA = b"data:"
 class ContentCapture:
     """The text side of one request: what was asked and what came back."""
 
-    __slots__ = ("_anthropic", "_chunks", "_limit", "_output", "_streamed", "truncated")
+    __slots__ = ("_anthropic", "_chunks", "_limit", "_output", "_read", "_streamed", "truncated")
 
     def __init__(self, *, anthropic: bool, max_chars: int) -> None:
         self._anthropic = anthropic
@@ -35,6 +35,8 @@ class ContentCapture:
         self._chunks: list[bytes] = []
         self._streamed = False
         self._output: str | None = None
+        # How many chunks _output was read from (it may be asked for mid-stream).
+        self._read = 0
         self.truncated = False
 
     # --- fed during the request -------------------------------------------------
@@ -66,10 +68,10 @@ class ContentCapture:
         return messages
 
     def completion(self) -> str | None:
-        """The answer's text as the client received it; None when there was none."""
-        if self._output is None and self._chunks:
+        """The answer's text as the client received it so far; None when there was none."""
+        if self._read != len(self._chunks):
+            self._read = len(self._chunks)
             body = b"".join(self._chunks)
-            self._chunks = []
             text = _stream_text(body, self._anthropic) if self._streamed else None
             if text is None:
                 text = _body_text(body, self._anthropic)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
-    from extproc.context import RequestContext
+    from extproc.context import RequestContext, Usage
 
 # (span attribute, metadata key): always tagged when the request has the value.
 SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
@@ -52,7 +52,10 @@ _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws
 def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
     """The ``io.aigw`` metadata of one request; unknown values are left out, not empty."""
     identity = ctx.identity
-    usage = ctx.usage
+    usage: Usage | None = ctx.usage if ctx.usage_reported else None
+    if usage is None and ctx.translator is not None:
+        # Mid-stream: the provider's report has been read, the stream not ended yet.
+        usage = ctx.translator.usage
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
         "operation": "chat" if ctx.accounted else None,
@@ -69,7 +72,7 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         "quota_decision": ctx.quota_decision,
         "error_type": ctx.error.error_type if ctx.error else None,
     }
-    if ctx.usage_reported:
+    if usage is not None:
         values["prompt_tokens"] = usage.prompt_tokens
         values["completion_tokens"] = usage.completion_tokens
         values["total_tokens"] = usage.total_tokens

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from extproc import headers
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Services
@@ -366,3 +367,29 @@ def test_cached_tokens_are_read_from_every_providers_usage() -> None:
     assert [u.cached_tokens if u else None for u in (openai, anthropic, bedrock[0])] == [32, 40, 40]
     # The prompt counts what was read from the cache too.
     assert [u.prompt_tokens if u else None for u in (openai, anthropic, bedrock[0])] == [50, 50, 50]
+
+
+async def test_span_metadata_goes_with_the_usage_chunk_not_only_the_empty_end(
+    processor: Processor,
+) -> None:
+    # When the client hangs up after [DONE], Envoy drops the answer to the empty
+    # end-of-stream message: the usage must already have reached Envoy.
+    events = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}'
+        b"\n\ndata: [DONE]\n\n"
+    )
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(chat(stream=True)),
+            response_headers(200, SSE),
+            response_body(events, end_of_stream=False),
+            response_body(b"", end_of_stream=True),
+        ],
+    )
+    namespace = answers[3].dynamic_metadata.fields[headers.METADATA_NAMESPACE].struct_value
+    assert namespace.fields["prompt_tokens"].number_value == 4
+    assert namespace.fields["finish_reasons"].string_value == '["stop"]'
+    assert namespace.fields["api_key_id"].string_value == "team1"
