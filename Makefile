@@ -34,10 +34,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy extproc
 
-## Envoy direct vs minimal echo processor vs the gateway, side by side.
+## Every performance target (issues #2, #10) side by side: Envoy direct, echo
+## processor, gateway variants, streaming, memory. BENCH_ARGS="--quick --only prod,stream".
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 ## Keep envoy/envoy.yaml (the default config rendered with no environment set)
 ## in step with config/gateway.yaml; a test checks that it is.

@@ -1,5 +1,8 @@
 """Where the two cores went during one measurement: CPU time per process, from /proc.
 
+Also what a process holds in memory (``resident_bytes``) and who its children
+are (the gateway's embedded Valkey and worker processes).
+
 Shares are in percent of one core over the measurement's wall time, so on the
 two-core reference machine the shares add up to at most 200%. ``wrk`` itself is
 counted through ``RUSAGE_CHILDREN``: it is the only child that ends inside the
@@ -19,10 +22,17 @@ _PROC = Path("/proc")
 
 
 class CpuMeter:
-    """CPU share of named processes (and of the load generator) between enter and exit."""
+    """CPU share of named processes (and of the load generator) between enter and exit.
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    The load generator is ``wrk`` (a child that ends inside the window), or with
+    ``client="client"`` this Python process itself (the streaming and memory rows'
+    own clients).
+    """
+
+    def __init__(self, pids: dict[str, int], client: str = "wrk") -> None:
         self._pids = pids
+        self._client = client
+        self._usage = resource.RUSAGE_CHILDREN if client == "wrk" else resource.RUSAGE_SELF
         self._start: dict[str, float] = {}
         self._start_children = 0.0
         self._start_wall = 0.0
@@ -30,7 +40,7 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._start = _cpu_seconds_by_name(self._pids)
-        self._start_children = _children_cpu_seconds()
+        self._start_children = _rusage_seconds(self._usage)
         self._start_wall = time.monotonic()
         return self
 
@@ -43,7 +53,7 @@ class CpuMeter:
         wall = time.monotonic() - self._start_wall
         end = _cpu_seconds_by_name(self._pids)
         used = {name: end[name] - self._start[name] for name in end if name in self._start}
-        used["wrk"] = _children_cpu_seconds() - self._start_children
+        used[self._client] = _rusage_seconds(self._usage) - self._start_children
         self.shares = {name: 100 * seconds / wall for name, seconds in used.items() if wall > 0}
 
 
@@ -62,6 +72,27 @@ def child_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
+def process_name(pid: int) -> str:
+    """The process's command name (``comm``), or "" once it is gone."""
+    try:
+        return (_PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def resident_bytes(pid: int, field: str = "VmRSS") -> int | None:
+    """The process's resident set size, or None once it is gone. ``field="RssAnon"``: only
+    its private memory, without the shared libraries' pages (``RssFile``)."""
+    try:
+        status = (_PROC / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None
+
+
 def _cpu_seconds_by_name(pids: dict[str, int]) -> dict[str, float]:
     found = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     return {name: seconds for name, seconds in found.items() if seconds is not None}
@@ -78,6 +109,6 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _rusage_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime

@@ -1,12 +1,15 @@
-"""``make bench``: Envoy direct vs Envoy + echo processor vs Envoy + gateway, in one run.
+"""``make bench``: every performance target of issues #2 and #10, side by side, in one run.
 
-For each scenario (see ``benchmarks.scenarios``) and each connection count, the
+For each wrk scenario (``benchmarks.scenarios``) and each connection count, the
 run sends one request to check the answer is a 200 chat.completion, warms up
 for a second, then measures with ``wrk --latency`` while sampling each process's
-CPU. All traffic stays on 127.0.0.1; every process started is stopped at the
-end, on errors and on Ctrl-C/SIGTERM too. Exit status: 0 when every row passed,
-1 when a row failed (errors or no figures), 2 when wrk is missing, 130 when
-interrupted.
+CPU. Then the memory row (``benchmarks.memory``) and the streaming rows
+(``benchmarks.streaming``). It prints the wrk table, the streaming table, the
+memory figures, CPU per process, and one table of every target with this run's
+figure. All traffic stays on 127.0.0.1; every process started is stopped at the
+end, on errors and on Ctrl-C/SIGTERM too. Exit status: 0 when every row passed
+(a target not met is a finding, not a failure), 1 when a row failed (errors, a
+wrong answer, no figures), 2 when wrk is missing, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -16,35 +19,95 @@ import shutil
 import signal
 import sys
 import tempfile
-import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from benchmarks.cpu import CpuMeter
+from benchmarks.envoy_admin import ext_proc_counters, messages_per_stream
 from benchmarks.load_generator import check_one_request, run_wrk, write_script
+from benchmarks.memory import RULES, SUBJECTS, MemoryRow, measure_memory
 from benchmarks.report import (
     Row,
     format_auth_cost,
     format_cpu,
+    format_memory,
+    format_stream_table,
     format_table,
+    json_document,
     machine_note,
     write_json,
 )
 from benchmarks.scenarios import SCENARIOS, Scenario, Target, running_upstream
+from benchmarks.sse_upstream import DEFAULT_EVENTS
+from benchmarks.streaming import STREAM_SCENARIOS, StreamRow, measure_streams
+from benchmarks.targets import figures, format_targets, targets_json
 
 WARMUP_S = 1.0
 QUICK_DURATION_S = 3.0
+STREAM_REQUESTS = 200
+QUICK_STREAM_REQUESTS = 50
+QUICK_SUBJECTS = 2_000
+# Names --only accepts besides the scenario keys: groups of rows.
+GROUPS = {
+    "workers": ("w1", "w2"),
+    "stream": tuple(s.key for s in STREAM_SCENARIOS),
+    "memory": ("memory",),
+}
+ALL_KEYS = (
+    *(s.key for s in SCENARIOS),
+    *(s.key for s in STREAM_SCENARIOS),
+    "memory",
+)
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    streams: list[StreamRow] = field(default_factory=list)
+    memory: list[MemoryRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(r.ok for r in self.rows)
+            and all(s.ok for s in self.streams)
+            and all(m.ok for m in self.memory)
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk row")
     parser.add_argument("--connections", type=_connection_counts, default=[1, 16], help="e.g. 1,16")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION_S:.0f} s per row")
+    parser.add_argument(
+        "--only",
+        type=_selection,
+        default=list(ALL_KEYS),
+        help="rows to run, e.g. a,b,prod,stream (keys: "
+        + ",".join((*(s.key for s in SCENARIOS), *GROUPS))
+        + "; default: all)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_DURATION_S:.0f} s per wrk row, {QUICK_STREAM_REQUESTS} streams per "
+        f"streaming row, {QUICK_SUBJECTS:,} subjects in the memory row",
+    )
+    parser.add_argument("--stream-requests", type=int, default=None, help="streams per row")
+    parser.add_argument("--stream-events", type=int, default=DEFAULT_EVENTS, help="chunks/stream")
+    parser.add_argument(
+        "--stream-interval-ms", type=float, default=0.0, help="upstream pause between chunks"
+    )
+    parser.add_argument("--subjects", type=int, default=None, help="distinct keys in memory row")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = QUICK_DURATION_S
+    if args.stream_requests is None:
+        args.stream_requests = QUICK_STREAM_REQUESTS if args.quick else STREAM_REQUESTS
+    if args.subjects is None:
+        args.subjects = QUICK_SUBJECTS if args.quick else SUBJECTS
     return args
 
 
@@ -56,36 +119,74 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
     try:
-        rows = measure_all(workdir, args.connections, args.duration)
+        results = measure_all(workdir, args)
     except KeyboardInterrupt:
         print(f"\ninterrupted; processes stopped; logs in {workdir}", file=sys.stderr)
         return 130
-    print()
-    print(format_table(rows))
-    print()
-    print(format_cpu(rows))
-    auth_cost = format_auth_cost(rows, args.connections)
-    if auth_cost:
+    found = figures(
+        results.rows, results.streams, results.memory, _prod_title(), _workers_skipped()
+    )
+    if results.rows:
         print()
-        print(auth_cost)
+        print(format_table(results.rows))
+    if results.streams:
+        print()
+        print(format_stream_table(results.streams))
+    for memory in results.memory:
+        print()
+        print(format_memory(memory))
+    print()
+    print(format_cpu(results.rows, results.streams, results.memory))
+    variants = format_auth_cost(results.rows, args.connections)
+    if variants:
+        print()
+        print(variants)
+    print()
+    print(format_targets(found))
     print()
     print(machine_note())
     if args.json is not None:
-        write_json(args.json, rows, args.connections, args.duration)
-    if all(row.ok for row in rows):
+        settings = {
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "only": args.only,
+            "stream_requests": args.stream_requests,
+            "stream_events": args.stream_events,
+            "stream_interval_ms": args.stream_interval_ms,
+            "subjects": args.subjects,
+        }
+        document = json_document(
+            results.rows, results.streams, results.memory, targets_json(found), settings
+        )
+        write_json(args.json, document)
+    if results.ok:
         shutil.rmtree(workdir, ignore_errors=True)
         return 0
     print(f"some rows failed; logs kept in {workdir}", file=sys.stderr)
     return 1
 
 
-def measure_all(workdir: Path, connections: list[int], duration_s: float) -> list[Row]:
-    rows: list[Row] = []
-    with running_upstream(workdir / "upstream") as upstream:
-        for scenario in SCENARIOS:
-            scenario_dir = workdir / scenario.key
-            rows += measure_scenario(scenario, scenario_dir, upstream, connections, duration_s)
-    return rows
+def measure_all(workdir: Path, args: argparse.Namespace) -> Results:
+    results = Results()
+    selected = set(args.only)
+    load = [s for s in SCENARIOS if s.key in selected]
+    if load or "memory" in selected:
+        with running_upstream(workdir / "upstream") as upstream:
+            for scenario in load:
+                connections = list(scenario.connections or args.connections)
+                results.rows += measure_scenario(
+                    scenario, workdir / scenario.key, upstream, connections, args.duration
+                )
+            if "memory" in selected:
+                results.memory.append(
+                    measure_memory(workdir / "memory", upstream, args.subjects, rules=RULES)
+                )
+    streams = [s for s in STREAM_SCENARIOS if s.key in selected]
+    results.streams = measure_streams(
+        workdir / "stream", streams, args.stream_events, args.stream_requests,
+        args.stream_interval_ms,
+    )  # fmt: skip
+    return results
 
 
 def measure_scenario(
@@ -95,6 +196,10 @@ def measure_scenario(
     connections: list[int],
     duration_s: float,
 ) -> list[Row]:
+    unavailable = scenario.unavailable()
+    if unavailable is not None:
+        _progress(f"skipping {scenario.title}: {unavailable}")
+        return [Row(scenario.key, scenario.title, n, skipped=unavailable) for n in connections]
     _progress(f"starting {scenario.title}")
     try:
         with scenario.start(workdir, upstream) as target:
@@ -115,37 +220,21 @@ def measure(
     _progress(f"  {connections} connection(s): warm-up {WARMUP_S:.0f} s, then {duration_s:g} s")
     try:
         run_wrk(target.base_url, script, connections, WARMUP_S)
-        before = _ext_proc_counters(target.admin_url)
+        before = ext_proc_counters(target.admin_url)
         with CpuMeter(target.pids) as meter:
             row.result = run_wrk(target.base_url, script, connections, duration_s)
-        after = _ext_proc_counters(target.admin_url)
+        after = ext_proc_counters(target.admin_url)
     except (RuntimeError, ValueError, OSError) as error:
         row.failure = str(error).splitlines()[0]
         return row
     row.cpu = meter.shares
-    streams, messages = (end - start for start, end in zip(before, after, strict=True))
-    if streams > 0:
-        row.ext_proc_msgs_per_stream = messages / streams
+    row.ext_proc_msgs_per_stream = messages_per_stream(before, after)
     if row.result.errors:
         row.failure = (
             f"{row.result.non_2xx_3xx} non-2xx/3xx responses, "
             f"{row.result.socket_errors} socket errors"
         )
     return row
-
-
-def _ext_proc_counters(admin_url: str) -> tuple[int, int]:
-    """Envoy's ext_proc streams started and messages received from the processor, so far."""
-    url = f"{admin_url}/stats?filter=ext_proc"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    totals = {"streams_started": 0, "stream_msgs_received": 0}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        stat = name.rpartition(".")[2]
-        if stat in totals and value.strip().isdigit():
-            totals[stat] += int(value)
-    return totals["streams_started"], totals["stream_msgs_received"]
 
 
 def _connection_counts(text: str) -> list[int]:
@@ -156,6 +245,29 @@ def _connection_counts(text: str) -> list[int]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("connection counts must be positive")
     return counts
+
+
+def _selection(text: str) -> list[str]:
+    keys: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in GROUPS:
+            keys += GROUPS[part]
+        elif part in ALL_KEYS:
+            keys.append(part)
+        else:
+            valid = ", ".join((*(s.key for s in SCENARIOS), *GROUPS))
+            raise argparse.ArgumentTypeError(f"unknown row {part!r} (rows: {valid})")
+    if not keys:
+        raise argparse.ArgumentTypeError("name at least one row")
+    return keys
+
+
+def _prod_title() -> str:
+    return next(s.title for s in SCENARIOS if s.key == "prod")
+
+
+def _workers_skipped() -> str | None:
+    return next(s.unavailable() for s in SCENARIOS if s.key == "w1")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -9,8 +9,16 @@ them before the next one starts, so idle processes do not share the cores:
 - ``b``: Envoy + the echo processor on all four phases;
 - ``c``: Envoy + the real gateway with its default config (org API key auth,
   embedded Valkey, log lines to a file, metrics), started by ``extproc.devstack.LocalStack``;
-- ``d``: the same with a JWT provider, the load presenting one RS256 token
-  (verified once, then served from the token cache).
+- ``prod``: issue #10's production pipeline (``benchmarks.configs.PROD``);
+- ``d``: (c) with a JWT provider, the load presenting one RS256 token
+  (verified once, then served from the token cache);
+- ``e``: (c) with the request translated to Anthropic's Messages API and back;
+- ``f``: (c) with three quota rules on every request;
+- ``w1``/``w2``: the production pipeline with one and two worker processes
+  (``server.workers``), at 16 connections only.
+
+The streaming rows live in ``benchmarks.streaming``, the memory row in
+``benchmarks.memory``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,17 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from benchmarks.cpu import child_pids
+from benchmarks.configs import (
+    GATEWAY_CONFIG,
+    Json,
+    Overlay,
+    guard_available,
+    prod_overlay,
+    workers_available,
+    workers_overlay,
+    write_config,
+)
+from benchmarks.cpu import child_pids, process_name
 from benchmarks.envoy_configs import (
     CHAT_PATH,
     envoy_argv,
@@ -37,19 +55,25 @@ from benchmarks.load_generator import DEFAULT_AUTHORIZATION
 from benchmarks.processes import ProcessSet
 from extproc.devstack import LocalStack, Ports, free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-GATEWAY_CONFIG = REPO_ROOT / "config" / "gateway.yaml"
 BENCH_ISSUER = "https://bench.aigw.local"
 # Per key, per user and per group, all on the benchmark's key (team1: alice, engineering).
-QUOTA_RULES = """
-quotas:
-  rules:
-    - {name: key-rpm, subject: api_key, requests_per_minute: 100000000}
-    - {name: user-tpm, subject: user, tokens_per_minute: 1000000000000}
-    - name: group-month
-      subject: group
-      token_quota: {limit: 1000000000000, period: calendar_month, time_zone: Europe/Berlin}
-"""
+QUOTA_RULES: Json = {
+    "quotas": {
+        "rules": [
+            {"name": "key-rpm", "subject": "api_key", "requests_per_minute": 100_000_000},
+            {"name": "user-tpm", "subject": "user", "tokens_per_minute": 1_000_000_000_000},
+            {
+                "name": "group-month",
+                "subject": "group",
+                "token_quota": {
+                    "limit": 1_000_000_000_000,
+                    "period": "calendar_month",
+                    "time_zone": "Europe/Berlin",
+                },
+            },
+        ]
+    }
+}
 # The /openai route takes the model from the path: an Anthropic model, so the
 # OpenAI request is translated to Messages and the answer back.
 TRANSLATED_PATH = "/openai/claude-3-5-haiku-latest"
@@ -73,6 +97,10 @@ class Scenario:
     key: str
     title: str
     start: Callable[[Path, Target], AbstractContextManager[Target]]
+    # None: the run's --connections; otherwise these counts only.
+    connections: tuple[int, ...] | None = None
+    # Why the scenario cannot run in this checkout (None: it can).
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 @contextmanager
@@ -95,7 +123,7 @@ def upstream_alone(workdir: Path, upstream: Target) -> Iterator[Target]:
 @contextmanager
 def envoy_direct(workdir: Path, upstream: Target) -> Iterator[Target]:
     with ProcessSet(workdir) as processes:
-        yield _front_envoy(processes, upstream, echo_port=None, pids={})
+        yield front_envoy(processes, upstream, echo_port=None, pids={})
 
 
 @contextmanager
@@ -105,14 +133,34 @@ def envoy_echo(workdir: Path, upstream: Target) -> Iterator[Target]:
         argv = [sys.executable, "-m", "benchmarks.echo_processor", "--port", str(echo_port)]
         echo = processes.spawn("echo-processor", argv)
         processes.wait_for_port(echo_port)
-        yield _front_envoy(processes, upstream, echo_port, pids={"processor": echo.pid})
+        yield front_envoy(processes, upstream, echo_port, pids={"processor": echo.pid})
 
 
 @contextmanager
 def envoy_gateway(workdir: Path, upstream: Target) -> Iterator[Target]:
     """The gateway as ``make run`` starts it (org API keys), its mock provider on the upstream."""
-    with _gateway(workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION) as target:
+    with run_gateway(workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION) as target:
         yield target
+
+
+@contextmanager
+def envoy_gateway_prod(workdir: Path, upstream: Target) -> Iterator[Target]:
+    """Issue #10's production pipeline: API key, regex guard, one quota rule, metrics, log."""
+    config = write_config(workdir / "gateway-prod.yaml", prod_overlay())
+    with run_gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
+        yield target
+
+
+def envoy_gateway_workers(workers: int) -> Callable[[Path, Target], AbstractContextManager[Target]]:
+    """The production pipeline served by ``workers`` processes (``server.workers``)."""
+
+    @contextmanager
+    def start(workdir: Path, upstream: Target) -> Iterator[Target]:
+        config = write_config(workdir / f"gateway-workers-{workers}.yaml", workers_overlay(workers))
+        with run_gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
+            yield target
+
+    return start
 
 
 @contextmanager
@@ -123,76 +171,99 @@ def envoy_gateway_jwt(workdir: Path, upstream: Target) -> Iterator[Target]:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="bench", alg="RS256", use="sig")
     (workdir / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
-    text = GATEWAY_CONFIG.read_text()
-    provider = (
-        "  jwt_providers:\n"
-        "    - name: bench\n"
-        f"      issuer: {BENCH_ISSUER}\n"
-        f"      jwks: {{file: {workdir / 'jwks.json'}}}\n"
-        "      algorithms: [RS256]\n"
+    provider = {
+        "name": "bench",
+        "issuer": BENCH_ISSUER,
+        "jwks": {"file": str(workdir / "jwks.json")},
+        "algorithms": ["RS256"],
+    }
+    config = write_config(
+        workdir / "gateway-jwt.yaml", Overlay({"auth": {"jwt_providers": [provider]}})
     )
-    config = workdir / "gateway-jwt.yaml"
-    config.write_text(text.replace("\nauth:\n", "\nauth:\n" + provider, 1))
     claims = {"iss": BENCH_ISSUER, "sub": "bench-user", "group": "bench", "exp": 2**31 - 1}
     token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
-    with _gateway(workdir, upstream, config, f"Bearer {token}") as target:
+    with run_gateway(workdir, upstream, config, f"Bearer {token}") as target:
         yield target
 
 
 @contextmanager
 def envoy_gateway_quotas(workdir: Path, upstream: Target) -> Iterator[Target]:
     """(c) with three quota rules that apply to every request (none ever refuses)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "gateway-quotas.yaml"
-    config.write_text(GATEWAY_CONFIG.read_text() + QUOTA_RULES)
-    with _gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
+    config = write_config(workdir / "gateway-quotas.yaml", Overlay(QUOTA_RULES))
+    with run_gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
         yield target
 
 
 @contextmanager
 def envoy_gateway_anthropic(workdir: Path, upstream: Target) -> Iterator[Target]:
     """(c) with the request sent to an Anthropic model: translated both ways."""
-    with _gateway(
+    with run_gateway(
         workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION, TRANSLATED_PATH
     ) as target:
         yield target
 
 
 @contextmanager
-def _gateway(
+def run_gateway(
     workdir: Path,
     upstream: Target,
     config: Path,
     authorization: str,
     path: str = CHAT_PATH,
 ) -> Iterator[Target]:
+    """The gateway (``LocalStack``: server, embedded Valkey, Envoy) with ``config``, its
+    ``mock`` provider pointed at ``upstream``."""
     fresh = Ports.free()
     ports = Ports(fresh.envoy, fresh.envoy_admin, fresh.grpc, fresh.http, _port_of(upstream))
     # real_provider="mock": no mock-llm process, models still go to the provider "mock".
     stack = LocalStack(workdir=workdir, ports=ports, config_path=config, real_provider="mock")
     try:
         stack.start()
-        gateway = stack.process("gateway").pid
-        pids = {"envoy": stack.process("envoy").pid, "gateway": gateway, **upstream.pids}
-        for valkey in child_pids(gateway)[:1]:  # the embedded store, when the gateway runs one
-            pids["valkey"] = valkey
+        gateway_pid = stack.process("gateway").pid
+        pids = {"envoy": stack.process("envoy").pid, "gateway": gateway_pid}
+        pids |= gateway_children(gateway_pid) | upstream.pids
         yield Target(stack.base_url, stack.envoy_admin_url, pids, authorization, path)
     finally:
         stack.stop()
 
 
+def gateway_children(gateway: int) -> dict[str, int]:
+    """The gateway's child processes by role: its embedded store and, with
+    ``server.workers``, its worker processes."""
+    found: dict[str, int] = {}
+    workers = 0
+    for pid in child_pids(gateway):
+        if "valkey" in process_name(pid):
+            found.setdefault("valkey", pid)
+        else:
+            workers += 1
+            found[f"worker{workers}"] = pid
+    return found
+
+
+def _no_workers() -> str | None:
+    if workers_available():
+        return None
+    return "server.workers is not in the config yet (issue #10 item 4, obs); skipped"
+
+
+_PROD_TITLE = "(p) production" + ("" if guard_available() else " (no guard yet)")
+
 SCENARIOS = (
     Scenario("upstream", "upstream alone (ref)", upstream_alone),
     Scenario("a", "(a) envoy direct", envoy_direct),
     Scenario("b", "(b) envoy + echo ext_proc", envoy_echo),
-    Scenario("c", "(c) envoy + gateway", envoy_gateway),
+    Scenario("c", "(c) gateway, default config", envoy_gateway),
+    Scenario("prod", _PROD_TITLE, envoy_gateway_prod),
     Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
     Scenario("e", "(e) gateway, -> Anthropic", envoy_gateway_anthropic),
     Scenario("f", "(f) gateway, 3 quota rules", envoy_gateway_quotas),
+    Scenario("w1", "(w1) production, 1 worker", envoy_gateway_workers(1), (16,), _no_workers),
+    Scenario("w2", "(w2) production, 2 workers", envoy_gateway_workers(2), (16,), _no_workers),
 )
 
 
-def _front_envoy(
+def front_envoy(
     processes: ProcessSet, upstream: Target, echo_port: int | None, pids: dict[str, int]
 ) -> Target:
     port, admin_port = free_port(), free_port()

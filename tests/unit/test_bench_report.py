@@ -1,0 +1,80 @@
+"""The benchmark's configs and its targets table: what it runs is valid, what it prints adds up."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from benchmarks.configs import (
+    CHAT_ROUTE,
+    Overlay,
+    apply_overlay,
+    memory_key,
+    memory_overlay,
+    prod_overlay,
+    write_config,
+)
+from benchmarks.load_generator import LoadResult
+from benchmarks.report import Row
+from benchmarks.targets import TargetFigure, figures, format_targets
+from extproc.config.loader import load_config
+
+
+def test_overlays_merge_dicts_replace_lists_and_reach_routes_by_name() -> None:
+    base = {"server": {"grace_period_s": 10, "grpc_address": "x"}, "routes": [{"name": "r"}]}
+    overlay = Overlay({"server": {"workers": 2}, "quotas": {"rules": [1]}}, {"r": {"k": "v"}})
+    merged = apply_overlay(base, overlay)
+    assert merged["server"] == {"grace_period_s": 10, "grpc_address": "x", "workers": 2}
+    assert merged["routes"] == [{"name": "r", "k": "v"}]
+    assert base["server"] == {"grace_period_s": 10, "grpc_address": "x"}  # not mutated
+
+
+def test_the_production_and_memory_configs_are_valid_gateway_configs(tmp_path: Path) -> None:
+    prod = load_config(write_config(tmp_path / "prod.yaml", prod_overlay()), {})
+    assert len(prod.quotas.rules) >= 1
+    assert any(route.name == CHAT_ROUTE for route in prod.routes)
+
+    memory = load_config(write_config(tmp_path / "mem.yaml", memory_overlay(40, 10)), {})
+    assert len(memory.auth.api_keys) == 40
+    assert len(memory.quotas.rules) == 10
+    digest = hashlib.sha256(memory_key(7).encode()).hexdigest()
+    assert memory.auth.api_keys[7].key_sha256 == digest
+    # The digest, never the secret, is what the file holds.
+    assert memory_key(7) not in (tmp_path / "mem.yaml").read_text()
+    assert yaml.safe_load((tmp_path / "mem.yaml").read_text())["version"] == 1
+
+
+def _row(key: str, connections: int, rps: float, p50: float, p99: float) -> Row:
+    result = LoadResult(rps, p50, p99, requests=1000, non_2xx_3xx=0, socket_errors=0)
+    return Row(key, key, connections, result=result)
+
+
+def test_targets_compare_rows_of_the_run_and_say_which_are_met() -> None:
+    rows = [
+        _row("a", 1, 5000, 0.20, 0.50),
+        _row("b", 1, 700, 1.10, 2.00),
+        _row("prod", 1, 600, 1.00, 4.00),
+        _row("a", 16, 9000, 1.0, 3.0),
+        _row("b", 16, 1400, 11.0, 20.0),
+        _row("prod", 16, 1500, 10.0, 30.0),
+    ]
+    found = {f.name: f for f in figures(rows, [], [], "(p) production", None)}
+    p50 = found["1. production: p50 added over (a), c=1"]
+    assert round(p50.measured or 0, 2) == 0.8 and p50.met is True
+    p99 = found["1. production: p99 added over (a), c=1"]
+    assert round(p99.measured or 0, 2) == 3.5 and p99.met is False
+    throughput = found["2. production: req/s over (b) echo, c=16"]
+    assert round(throughput.measured or 0, 3) == 1.071 and throughput.met is True
+    # Rows that did not run give no figure and no verdict.
+    stream = found["3. stream: TTFT added over envoy direct"]
+    assert stream.measured is None and stream.met is None
+    table = format_targets(list(found.values()))
+    assert "+0.80 ms" in table and "NOT MET" in table and "x1.07" in table
+
+
+def test_a_reported_figure_without_goal_has_no_verdict() -> None:
+    figure = TargetFigure("4. workers", 1.6, None, "x", at_most=False)
+    assert figure.met is None
+    assert figure.cells()[1:3] == ["x1.60", "report"]
