@@ -51,13 +51,43 @@ PROD_QUOTA: Json = {
     }
 }
 
-# The guardrails of issue #7, in its config schema (top-level `guardrails`,
-# per-route `guardrails`). None until that schema is on main: the production
-# row then runs without a guard and its title says so.
-REQUEST_GUARD: Json | None = None
-REQUEST_GUARD_ROUTE: Json | None = None
-RESPONSE_GUARD: Json | None = None
-RESPONSE_GUARD_ROUTE: Json | None = None
+# The guardrails of issue #7 in its config schema (top-level `guardrails.policies`,
+# per-route `guardrails: [policy names]`; docs/guardrails.md). Used only once the
+# config model has `guardrails` (until then the rows run without and say so).
+# Request: one RE2 pattern, rejecting a prompt that carries an OpenAI-style
+# secret; the bench prompt has none, so every guard scans it all (the common case).
+REQUEST_GUARD: Json | None = {
+    "guardrails": {
+        "policies": [
+            {
+                "name": "bench-prod",
+                "request": [
+                    {
+                        "name": "no-secrets",
+                        "patterns": ["sk-[A-Za-z0-9]{32,64}"],
+                        "action": "reject",
+                    }
+                ],
+            }
+        ]
+    }
+}
+REQUEST_GUARD_ROUTE: Json | None = {"guardrails": ["bench-prod"]}
+# Response: the same pattern masking the streamed answer (stream-safe: the guard
+# holds back at most the pattern's longest match between chunks).
+RESPONSE_GUARD: Json | None = {
+    "guardrails": {
+        "policies": [
+            {
+                "name": "bench-stream",
+                "response": [
+                    {"name": "no-secrets", "patterns": ["sk-[A-Za-z0-9]{32,64}"], "action": "mask"}
+                ],
+            }
+        ]
+    }
+}
+RESPONSE_GUARD_ROUTE: Json | None = {"guardrails": ["bench-stream"]}
 
 
 @dataclass(frozen=True, slots=True)
