@@ -279,7 +279,9 @@ def _cells(row: Row, rows: Sequence[Row]) -> list[str]:
 
 
 def _line(columns: Sequence[tuple[str, str]], cells: Any) -> str:
-    return "  ".join(f"{cell:{spec}}" for cell, (_, spec) in zip(cells, columns, strict=True))
+    return "  ".join(
+        f"{cell:{spec}}" for cell, (_, spec) in zip(cells, columns, strict=True)
+    ).rstrip()
 
 
 def _maybe(value: float | None, template: str) -> str:
