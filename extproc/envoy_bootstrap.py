@@ -35,6 +35,7 @@ from extproc.errors import (
     UpstreamError,
 )
 from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
+from extproc.transport_security import envoy_transport_socket
 
 Json = dict[str, Any]
 
@@ -472,6 +473,11 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
     if discovery != "STATIC":
         # "localhost" may resolve to ::1 first while the gateway listens on 127.0.0.1.
         cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if config.server.tls is not None:
+        host = _reachable(
+            _split_host_port(config.envoy.ext_proc_address or config.server.grpc_address)[0]
+        )
+        cluster["transport_socket"] = envoy_transport_socket(config.server.tls, host)
     return cluster
 
 

@@ -26,6 +26,7 @@ from extproc import http_endpoint
 from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
+from extproc.config.watched_files import secret_files
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import (
@@ -45,6 +46,7 @@ from extproc.store.usage import UsageStore
 from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from extproc.transport_security import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,19 @@ class Gateway:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         server_config = self.config.server
-        self._server.add_insecure_port(server_config.grpc_address)
+        add_port = self._server.add_insecure_port
+        if server_config.tls is not None:
+            credentials = await asyncio.to_thread(server_credentials, server_config.tls)
+
+            def add_port(address: str) -> int:
+                assert self._server is not None
+                return int(self._server.add_secure_port(address, credentials))
+
+        add_port(server_config.grpc_address)
         if server_config.unix_socket:
             # A socket file left by a killed process would make the bind fail.
             await asyncio.to_thread(Path(server_config.unix_socket).unlink, missing_ok=True)
-            self._server.add_insecure_port(f"unix:{server_config.unix_socket}")
+            add_port(f"unix:{server_config.unix_socket}")
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -126,7 +136,12 @@ class Gateway:
         app = http_endpoint.create_app(self.metrics.registry, self.readiness)
         self._http = await http_endpoint.start(app, server_config.http_address)
         if self._config_path is not None:
-            self._reloader = ConfigReloader(self._config_path, self.apply, self._count_reload)
+            self._reloader = ConfigReloader(
+                self._config_path,
+                self.apply,
+                self._count_reload,
+                watched=lambda: secret_files(self.config),
+            )
             self._reloader.start()
         # Everything allocated so far lives as long as the process: keep it out of
         # the collector's full passes, which otherwise rescan it over and over.

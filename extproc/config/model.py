@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.telemetry_model import LogConfig, TracingConfig
+from extproc.config.tls_model import ServerTlsConfig
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -40,6 +41,8 @@ class ServerConfig(_Section):
     unix_socket: str | None = None
     http_address: str = "127.0.0.1:9464"
     grace_period_s: float = Field(default=10.0, ge=0, le=300)
+    # TLS (and mTLS) between Envoy and the gateway; none: plaintext on loopback or a pod.
+    tls: ServerTlsConfig | None = None
 
     _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
 

@@ -1,6 +1,8 @@
 """Live reload: on SIGHUP or when the file changes, load it again and swap it in.
 
 An invalid new file is logged and counted, and the old config keeps serving.
+Files the config takes secrets from (admin token, provider and org key files)
+are watched the same way, so rotating a mounted Secret needs no signal.
 The file is polled (its mtime, size and inode) so the watch works the same on
 every platform and on Kubernetes ConfigMap mounts, whose symlink swap changes
 the inode.
@@ -35,12 +37,15 @@ class ConfigReloader:
         apply: Callable[[GatewayConfig], Awaitable[None]],
         on_result: Callable[[bool], None],
         poll_interval_s: float = 1.0,
+        watched: Callable[[], list[Path]] = list,
     ) -> None:
         self._path = Path(path)
+        # Files the running config reads secrets from: a rotation reloads too.
+        self._watched = watched
         self._apply = apply
         self._on_result = on_result
         self._interval = poll_interval_s
-        self._stamp = _stamp(self._path)
+        self._stamp = self._stamps()
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
 
@@ -60,7 +65,7 @@ class ConfigReloader:
 
     async def reload(self) -> bool:
         """Load the file again; True when the new config is now serving."""
-        self._stamp = _stamp(self._path)
+        self._stamp = self._stamps()
         try:
             config = load_config(self._path, os.environ)
             await self._apply(config)
@@ -75,6 +80,11 @@ class ConfigReloader:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            stamp = _stamp(self._path)
-            if stamp is not None and stamp != self._stamp:
+            stamp = self._stamps()
+            if stamp[0] is not None and stamp != self._stamp:
                 await self.reload()
+                # The new config may read other files: stamp those.
+                self._stamp = self._stamps()
+
+    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return (_stamp(self._path), *(_stamp(path) for path in self._watched()))
