@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test unit integration lint typecheck bench render-envoy check-config protos clean
+.PHONY: run test unit integration lint typecheck bench soak render-envoy check-config protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+## Mixed load (streams, hang-ups, errors, rejections) on a local stack for
+## SOAK_DURATION seconds; reports memory, open files, unsettled reservations, errors.
+SOAK_DURATION ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --duration $(SOAK_DURATION)
 
 ## Keep envoy/envoy.yaml (the default config rendered with no environment set)
 ## in step with config/gateway.yaml; a test checks that it is.
