@@ -24,11 +24,20 @@ import httpx
 import orjson
 import pytest
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.config import load_config
+from extproc.devstack import DEFAULT_CONFIG, LocalStack, envoy_binary, free_port
+from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
 from extproc.management.client import QuotaClient
-from tests.integration.conftest import GatewayLog, running_stack, usage_rows, wait_for
+from tests.integration.conftest import (
+    GatewayLog,
+    mock_requests,
+    running_stack,
+    usage_rows,
+    wait_for,
+)
 from tests.integration.test_store_outage import OwnValkey
 
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a fault?"}]}
 KEYS = {"fault": "fault-key-0f1e2d3c", "closed": "closed-key-4b5a6978", "open": "open-key-8c7d6e5f"}
 EXTRA = """
   - name: slow
@@ -246,10 +255,23 @@ def test_the_gateway_killed_under_load_fails_requests_fast_and_recovers(
         worker.start()
     try:
         assert wait_for(lambda: len(results) >= 5, 20)
+        fail_open = fail_open_envoy(stack)
         stack.process("gateway").kill()
         stack.process("gateway").wait(10)
         refused_at = len(results)
         assert wait_for(lambda: any(s == 500 for s, _, _ in results[refused_at:]), 20)
+        # failure_mode_allow: true lets the request past the dead gateway, but only the
+        # gateway routes to a provider: it meets the catch-all 404, never a provider.
+        before = len(mock_requests(stack))
+        passed = httpx.post(
+            f"{fail_open}/v1/chat/completions",
+            content=orjson.dumps(CHAT),
+            headers={"authorization": f"Bearer {KEYS['open']}", "x-aigw-cluster": "provider_mock"},
+            timeout=30.0,
+        )
+        assert passed.status_code == 404
+        assert passed.json()["error"]["code"] == "route_not_found"
+        assert len(mock_requests(stack)) == before
         restart_gateway(stack)
         recovered_at = len(results)
         assert wait_for(lambda: any(s == 200 for s, _, _ in results[recovered_at:]), 60)
@@ -265,6 +287,29 @@ def test_the_gateway_killed_under_load_fails_requests_fast_and_recovers(
             assert error["type"] and error["message"]
     # message_timeout is 5 s: nothing may take close to a client's 30 s.
     assert max(seconds for _, seconds, _ in results) < 25
+
+
+def fail_open_envoy(stack: LocalStack) -> str:
+    """A second Envoy in front of the same gateway, rendered with failure_mode_allow: true."""
+    config = load_config(stack.config_path, stack.env)
+    envoy = config.envoy.model_copy(
+        update={"failure_mode_allow": True, "listener_port": free_port(), "admin_port": free_port()}
+    )
+    config = config.model_copy(update={"envoy": envoy})
+    bootstrap = stack.workdir / "envoy-fail-open.yaml"
+    bootstrap.write_text(render_bootstrap_yaml(config))
+    argv = envoy_command(config, str(bootstrap), envoy_binary())
+    stack._spawn("envoy-fail-open", argv, stack.env)
+    admin = f"http://127.0.0.1:{envoy.admin_port}/ready"
+    assert wait_for(lambda: _answers(admin), 30)
+    return f"http://127.0.0.1:{envoy.listener_port}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def restart_gateway(stack: LocalStack) -> None:
