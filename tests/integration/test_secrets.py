@@ -6,9 +6,10 @@ driven through every flow: each client API and provider, streaming, JWTs good
 and bad, wrong and oversized keys, upstream errors, the management API with
 good and bad tokens, a key created and revoked at run time, a config reload
 that fails on a secret-bearing field and one that succeeds. Then every place
-that could hold text is scanned: the gateway's request log and stderr, Envoy's
-access log and stderr, the metrics page, Envoy's admin pages (stats, clusters,
-config dump), every error body a client got and every management output.
+that could hold text is scanned: the gateway's request log (stdout and file)
+and stderr, Envoy's access log and stderr, the metrics page, the spans Envoy
+exported to an OTLP receiver, Envoy's admin pages (stats, clusters, config
+dump), every error body a client got and every management output.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, running_stack, scrape, wait_for
+from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 
 PROVIDER_KEY = "sk-provider-7d1c0e5a9b3f4e21"
 AWS_SECRET = "mock-secret-key"  # the mock's Bedrock only accepts this one
@@ -62,7 +64,15 @@ SHOWN: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def collector() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
+) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("secrets")
     config = workdir / "gateway.yaml"
     text = DEFAULT_CONFIG.read_text().replace("\nauth:\n", "\nauth:\n" + JWT_PROVIDER)
@@ -73,6 +83,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         "TEAM2_API_KEY": OTHER_ORG_KEY,
         "SSO_SECRET": SSO_SECRET,
         "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Traces to a real OTLP receiver, and the request log to a file as well.
+        "AIGW_TRACING_ENABLED": "true",
+        "AIGW_OTLP_ENDPOINT": collector.endpoint,
+        "AIGW_LOG_FILE": str(workdir / "requests.log"),
     }
     with running_stack(workdir, config, extra_env=env) as running:
         yield running
@@ -228,7 +242,7 @@ def _reloaded(stack: LocalStack, result: str) -> bool:
     )
 
 
-def readable_places(stack: LocalStack) -> dict[str, str]:
+def readable_places(stack: LocalStack, collector: OtlpReceiver) -> dict[str, str]:
     workdir = stack.workdir
 
     def read(path: Path) -> str:
@@ -237,6 +251,8 @@ def readable_places(stack: LocalStack) -> dict[str, str]:
     admin = stack.envoy_admin_url
     return {
         "gateway request log": read(stack.gateway_log),
+        "request log file": read(workdir / "requests.log"),
+        "traces": "\n".join(repr(span) for span in collector.spans),
         "gateway stderr": read(workdir / "gateway.err"),
         "envoy access log": read(stack.envoy_access_log),
         "envoy stderr": read(workdir / "envoy.err"),
@@ -249,10 +265,15 @@ def readable_places(stack: LocalStack) -> dict[str, str]:
     }
 
 
-def test_no_secret_appears_anywhere_after_every_flow(stack: LocalStack) -> None:
+def test_no_secret_appears_anywhere_after_every_flow(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
     drive_every_flow(stack)
     time.sleep(0.5)  # the last log lines are written after the answers
-    places = readable_places(stack)
+    assert wait_for(lambda: len(collector.spans) >= 20, 30), "Envoy exported no spans"
+    places = readable_places(stack, collector)
+    assert places["request log file"]
+    assert "team1" in places["traces"]  # spans carry the identity, as ids
     assert GatewayLog(stack.gateway_log).lines(), "the flows wrote no log line"
     assert "invalid" in places["gateway stderr"]  # the failed reload was reported...
     # The control: the secrets were really in use (the provider got its key).
