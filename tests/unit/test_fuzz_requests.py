@@ -19,10 +19,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.config import load_config
-from extproc.testing import processor_for, request_body, request_headers, run_stream
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import request_body, request_headers, run_stream
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-PROCESSOR = processor_for(load_config("config/gateway.yaml", environ={}))
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RUNTIME = Runtime(
+    load_config("config/gateway.yaml", environ={}),
+    Services(GatewayMetrics(), AccessLog(stdout=False)),
+)
+# Bedrock's signer resolves its (static) credentials once, as the server does at start.
+for _signer in RUNTIME.signers.values():
+    asyncio.run(_signer.start())
+PROCESSOR = Processor(lambda: RUNTIME, default_stages())
 AUTH = {"authorization": "Bearer team1-key"}
 
 json_values = st.recursive(
@@ -106,13 +118,13 @@ ROUTES = {
 }
 
 
-def _answers(
+async def _answers(
     path: str, headers: dict[str, str], body: bytes | None
 ) -> list[ext.ProcessingResponse]:
     messages = [request_headers(path, headers=headers)]
     if body is not None:
         messages.append(request_body(body))
-    return asyncio.run(run_stream(PROCESSOR, messages))
+    return await run_stream(PROCESSOR, messages)
 
 
 def _check_refusal(answer: ext.ProcessingResponse, shape: str) -> int:
@@ -135,9 +147,9 @@ def _check_refusal(answer: ext.ProcessingResponse, shape: str) -> int:
 @pytest.mark.parametrize("route", list(ROUTES))
 @FUZZ
 @given(body=bodies)
-def test_any_body_on_any_api_is_served_or_refused_cleanly(route: str, body: bytes) -> None:
+async def test_any_body_on_any_api_is_served_or_refused_cleanly(route: str, body: bytes) -> None:
     path, headers, shape = ROUTES[route]
-    answers = _answers(path, {**AUTH, **headers}, body)
+    answers = await _answers(path, {**AUTH, **headers}, body)
     assert len(answers) == 2
     last = answers[-1]
     if last.HasField("immediate_response"):
@@ -164,7 +176,7 @@ header_text = (
     api_key=st.none() | header_text,
     route=st.sampled_from(list(ROUTES)),
 )
-def test_any_credential_header_is_accepted_or_a_401(
+async def test_any_credential_header_is_accepted_or_a_401(
     authorization: str | None, api_key: str | None, route: str
 ) -> None:
     path, headers, shape = ROUTES[route]
@@ -173,7 +185,7 @@ def test_any_credential_header_is_accepted_or_a_401(
         sent["authorization"] = authorization
     if api_key is not None:
         sent["x-api-key"] = api_key
-    [answer] = _answers(path, sent, None)
+    [answer] = await _answers(path, sent, None)
     if answer.HasField("immediate_response"):
         assert _check_refusal(answer, shape) in (401, 403)
     else:
