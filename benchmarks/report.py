@@ -89,11 +89,25 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def machine_note() -> str:
-    return (
+def load_average() -> float | None:
+    """The machine's 1-minute load average: above the core count, other tenants competed."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_note(load_before: float | None = None, load_after: float | None = None) -> str:
+    note = (
         f"machine: {cores()} cores shared by Envoy, the processor, the upstream and the load "
         "generator; absolute figures drift between runs, compare ratios within one run."
     )
+    if load_before is not None and load_after is not None:
+        note += (
+            f"\nload average (1 min) {load_before:.1f} before the run, {load_after:.1f} after"
+            f" (above {cores()}: other processes competed for the cores; figures are noisy)"
+        )
+    return note
 
 
 # The rows that run the real gateway; each is compared with (a) and (b).
@@ -240,7 +254,7 @@ def json_document(
 ) -> dict[str, Any]:
     connections = sorted({row.connections for row in rows})
     return {
-        "machine": {"cores": cores(), "note": machine_note()},
+        "machine": {"cores": cores(), "note": machine_note(), "load_average": load_average()},
         "settings": settings,
         "rows": [_row_json(row) for row in rows],
         "comparisons": [

@@ -35,6 +35,7 @@ from benchmarks.report import (
     format_stream_table,
     format_table,
     json_document,
+    load_average,
     machine_note,
     write_json,
 )
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
+    load_before = load_average()
     try:
         results = measure_all(workdir, args)
     except KeyboardInterrupt:
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_targets(found))
     print()
-    print(machine_note())
+    print(machine_note(load_before, load_average()))
     if args.json is not None:
         settings = {
             "duration_s": args.duration,

@@ -105,7 +105,7 @@ def figures(
 
 
 def format_targets(found: Sequence[TargetFigure]) -> str:
-    header = _line([name for name, _ in _COLUMNS])
+    header = _line([name for name, _ in _COLUMNS]).rstrip()
     lines = [
         "Targets (issue #10, and issue #2's), from this run's rows; noisy on a shared machine",
         header,
