@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from benchmarks.cpu import CpuMeter
-from benchmarks.envoy_admin import ext_proc_counters, messages_per_stream
-from benchmarks.load_generator import check_one_request, run_wrk, write_script
+from benchmarks.interleave import WARMUP_S, apply_windows, measure_interleaved, measure_window
+from benchmarks.load_generator import check_one_request, write_script
 from benchmarks.memory import RULES, SUBJECTS, MemoryRow, measure_memory
 from benchmarks.report import (
     Row,
@@ -44,7 +43,6 @@ from benchmarks.sse_upstream import DEFAULT_EVENTS
 from benchmarks.streaming import STREAM_SCENARIOS, StreamRow, measure_streams
 from benchmarks.targets import figures, format_targets, targets_json
 
-WARMUP_S = 1.0
 QUICK_DURATION_S = 3.0
 STREAM_REQUESTS = 200
 QUICK_STREAM_REQUESTS = 50
@@ -95,6 +93,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"{QUICK_DURATION_S:.0f} s per wrk row, {QUICK_STREAM_REQUESTS} streams per "
         f"streaming row, {QUICK_SUBJECTS:,} subjects in the memory row",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the wrk rows in N interleaved rounds of duration/N s (all scenarios "
+        "running at once), so a neighbour's burst spreads over every row",
+    )
     parser.add_argument("--stream-requests", type=int, default=None, help="streams per row")
     parser.add_argument("--stream-events", type=int, default=DEFAULT_EVENTS, help="chunks/stream")
     parser.add_argument(
@@ -105,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = QUICK_DURATION_S
+    if args.rounds < 1 or args.duration / args.rounds < 1:
+        parser.error("--rounds: at least 1, and at most --duration (each window lasts >= 1 s)")
     if args.stream_requests is None:
         args.stream_requests = QUICK_STREAM_REQUESTS if args.quick else STREAM_REQUESTS
     if args.subjects is None:
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         settings = {
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "connections": args.connections,
             "only": args.only,
             "stream_requests": args.stream_requests,
@@ -174,11 +182,16 @@ def measure_all(workdir: Path, args: argparse.Namespace) -> Results:
     load = [s for s in SCENARIOS if s.key in selected]
     if load or "memory" in selected:
         with running_upstream(workdir / "upstream") as upstream:
-            for scenario in load:
-                connections = list(scenario.connections or args.connections)
-                results.rows += measure_scenario(
-                    scenario, workdir / scenario.key, upstream, connections, args.duration
+            if args.rounds > 1:
+                results.rows += measure_interleaved(
+                    load, workdir, upstream, args.connections, args.duration, args.rounds
                 )
+            else:
+                for scenario in load:
+                    connections = list(scenario.connections or args.connections)
+                    results.rows += measure_scenario(
+                        scenario, workdir / scenario.key, upstream, connections, args.duration
+                    )
             if "memory" in selected:
                 results.memory.append(
                     measure_memory(workdir / "memory", upstream, args.subjects, rules=RULES)
@@ -221,21 +234,11 @@ def measure(
     row = Row(scenario.key, scenario.title, connections)
     _progress(f"  {connections} connection(s): warm-up {WARMUP_S:.0f} s, then {duration_s:g} s")
     try:
-        run_wrk(target.base_url, script, connections, WARMUP_S)
-        before = ext_proc_counters(target.admin_url)
-        with CpuMeter(target.pids) as meter:
-            row.result = run_wrk(target.base_url, script, connections, duration_s)
-        after = ext_proc_counters(target.admin_url)
+        window = measure_window(target, script, connections, duration_s, WARMUP_S)
     except (RuntimeError, ValueError, OSError) as error:
         row.failure = str(error).splitlines()[0]
         return row
-    row.cpu = meter.shares
-    row.ext_proc_msgs_per_stream = messages_per_stream(before, after)
-    if row.result.errors:
-        row.failure = (
-            f"{row.result.non_2xx_3xx} non-2xx/3xx responses, "
-            f"{row.result.socket_errors} socket errors"
-        )
+    apply_windows(row, [window])
     return row
 
 

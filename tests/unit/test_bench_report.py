@@ -16,6 +16,7 @@ from benchmarks.configs import (
     prod_overlay,
     write_config,
 )
+from benchmarks.interleave import Window, apply_windows
 from benchmarks.load_generator import LoadResult
 from benchmarks.report import Row
 from benchmarks.targets import TargetFigure, figures, format_targets
@@ -78,3 +79,24 @@ def test_a_reported_figure_without_goal_has_no_verdict() -> None:
     figure = TargetFigure("4. workers", 1.6, None, "x", at_most=False)
     assert figure.met is None
     assert figure.cells()[1:3] == ["x1.60", "report"]
+
+
+def test_interleaved_windows_combine_into_one_row_robust_to_one_bad_window() -> None:
+    def window(rps: float, p50: float, p99: float, streams: int, errors: int = 0) -> Window:
+        result = LoadResult(rps, p50, p99, int(rps), non_2xx_3xx=errors, socket_errors=0)
+        cpu = {"envoy": rps / 100, "gateway": 50.0}
+        return Window(result, cpu, ((0, 0), (streams, 4 * streams)))
+
+    row = Row("prod", "(p) production", 16)
+    # The middle window was hit by a neighbour's burst.
+    apply_windows(row, [window(1000, 10.0, 20.0, 100), window(400, 40.0, 90.0, 40),
+                        window(1100, 11.0, 22.0, 110)])  # fmt: skip
+    assert row.result is not None and row.failure is None
+    assert row.result.requests_per_s == 2500 / 3
+    assert (row.result.p50_ms, row.result.p99_ms) == (11.0, 22.0)
+    assert row.cpu == {"envoy": 2500 / 300, "gateway": 50.0}
+    assert row.ext_proc_msgs_per_stream == 4.0
+
+    failed = Row("prod", "(p) production", 1)
+    apply_windows(failed, [window(1000, 1.0, 2.0, 10), window(1000, 1.0, 2.0, 10, errors=3)])
+    assert failed.failure == "3 non-2xx/3xx responses, 0 socket errors"
