@@ -29,9 +29,14 @@ def _load(path: str) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    workers = args.workers or config.server.workers
+    if workers > 1:
+        from extproc.workers import supervise
+
+        return asyncio.run(supervise(config, args.config, workers))
     from extproc.server import serve
 
-    config = _load(args.config)
     asyncio.run(serve(config, args.config))
     return 0
 
@@ -229,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
         return sub
 
-    with_config("serve", "run the ext_proc server").set_defaults(run=_serve)
+    serve = with_config("serve", "run the ext_proc server")
+    serve.add_argument(
+        "--workers", type=int, choices=range(1, 65), metavar="N",
+        help="worker processes, each on its own ext_proc endpoint (default: server.workers)",
+    )  # fmt: skip
+    serve.set_defaults(run=_serve)
     with_config("check-config", "validate a config file and exit").set_defaults(run=_check_config)
     render = with_config("render-envoy", "render the Envoy bootstrap from the config")
     render.add_argument("--output", "-o", help="file to write (default: stdout)")

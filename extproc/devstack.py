@@ -77,6 +77,8 @@ class LocalStack:
     isolated_store: bool = True
     # Gateway processes behind the one Envoy (replicas sharing the store at REDIS_URL).
     gateways: int = 1
+    # Worker processes of each gateway (`extproc serve --workers N`).
+    workers: int = 1
     _replica_http: list[str] = field(default_factory=list)
     _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _files: list[IO[bytes]] = field(default_factory=list)
@@ -142,11 +144,17 @@ class LocalStack:
             addresses = tuple(replica["EXTPROC_GRPC_ADDRESS"] for replica in replicas)
             envoy = config.envoy.model_copy(update={"ext_proc_addresses": addresses})
             config = config.model_copy(update={"envoy": envoy})
+        if self.workers > 1:
+            server = config.server.model_copy(update={"workers": self.workers})
+            config = config.model_copy(update={"server": server})
         bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
+        serve = [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)]
+        if self.workers > 1:
+            serve += ["--workers", str(self.workers)]
         for index, replica in enumerate(replicas):
             self._spawn(
                 "gateway" if index == 0 else f"gateway-{index}",
-                [sys.executable, "-m", "extproc", "serve", "--config", str(self.config_path)],
+                serve,
                 replica,
                 stdout=self.gateway_log,
             )

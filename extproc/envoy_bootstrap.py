@@ -36,6 +36,7 @@ from extproc.errors import (
 )
 from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
 from extproc.transport_security import envoy_transport_socket
+from extproc.worker_endpoints import worker_addresses, worker_sockets
 
 Json = dict[str, Any]
 
@@ -445,14 +446,18 @@ def _longest_request_s(config: GatewayConfig) -> float:
 
 
 def _ext_proc_cluster(config: GatewayConfig) -> Json:
+    # `server.workers` processes each serve on their own endpoint (one HTTP/2
+    # connection per endpoint: a shared port would not spread streams).
+    workers = config.server.workers
     if config.server.unix_socket:
-        addresses: list[Json] = [{"pipe": {"path": config.server.unix_socket}}]
+        sockets = worker_sockets(config.server.unix_socket, workers)
+        addresses: list[Json] = [{"pipe": {"path": path}} for path in sockets]
         discovery = "STATIC"
     else:
         # Several gateway processes (replicas sharing one store): Envoy balances
         # the ext_proc streams, one per HTTP request, across them.
-        targets = config.envoy.ext_proc_addresses or (
-            config.envoy.ext_proc_address or config.server.grpc_address,
+        targets = config.envoy.ext_proc_addresses or worker_addresses(
+            config.envoy.ext_proc_address or config.server.grpc_address, workers
         )
         hosts = [_split_host_port(target) for target in targets]
         addresses = [_socket_address(_reachable(host), port) for host, port in hosts]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from extproc.store.usage_writer import UsageWriter
     from extproc.telemetry.access_log import AccessLog
     from extproc.telemetry.metrics import GatewayMetrics
+    from extproc.telemetry.quota_gauges import SubjectTracker
 
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Services:
     quota_store: QuotaStore | None = None
     # API keys created at run time (the management API); None without a store.
     stored_keys: StoredKeys | None = None
+    # Notes quota subjects for the gauges read from the store (telemetry.quota_gauges).
+    quota_subjects: SubjectTracker | None = None
 
 
 class RouteTable:

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ from extproc.store.usage import UsageStore
 from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from extproc.telemetry.quota_gauges import QuotaGauges, SubjectTracker
 from extproc.transport_security import server_credentials
+from extproc.worker_endpoints import WorkerRole, worker_address, worker_socket
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,18 @@ class ExternalProcessorService(ext_grpc.ExternalProcessorServicer):  # type: ign
 class Gateway:
     """One serving process and everything it owns."""
 
-    def __init__(self, config: GatewayConfig, config_path: str | Path | None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        config_path: str | Path | None,
+        worker: WorkerRole | None = None,
+    ) -> None:
         self.config = config
         self._config_path = config_path
+        # A worker of `serve --workers N`: its own ext_proc endpoint, the shared
+        # store; the supervisor serves HTTP and the quota gauges for all workers.
+        self._worker = worker
+        self._quota_gauges: QuotaGauges | None = None
         telemetry = config.telemetry
         self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
         self.services = Services(
@@ -123,18 +135,26 @@ class Gateway:
                 assert self._server is not None
                 return int(self._server.add_secure_port(address, credentials))
 
-        add_port(server_config.grpc_address)
-        if server_config.unix_socket:
+        grpc_address, unix_socket = server_config.grpc_address, server_config.unix_socket
+        worker = self._worker
+        if worker is not None:
+            grpc_address = worker_address(grpc_address, worker.index)
+            if unix_socket:
+                unix_socket = worker_socket(unix_socket, worker.index, worker.workers)
+        add_port(grpc_address)
+        if unix_socket:
             # A socket file left by a killed process would make the bind fail.
-            await asyncio.to_thread(Path(server_config.unix_socket).unlink, missing_ok=True)
-            add_port(f"unix:{server_config.unix_socket}")
+            await asyncio.to_thread(Path(unix_socket).unlink, missing_ok=True)
+            add_port(f"unix:{unix_socket}")
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.management.serving:
+        # Workers: the first serves the management API (it has one port).
+        if self.config.management.serving and (worker is None or worker.index == 0):
             await self._start_management()
-        app = http_endpoint.create_app(self.metrics.registry, self.readiness)
-        self._http = await http_endpoint.start(app, server_config.http_address)
+        if worker is None:
+            app = http_endpoint.create_app(self.metrics.registry, self.readiness)
+            self._http = await http_endpoint.start(app, server_config.http_address)
         if self._config_path is not None:
             self._reloader = ConfigReloader(
                 self._config_path,
@@ -147,11 +167,14 @@ class Gateway:
         # the collector's full passes, which otherwise rescan it over and over.
         gc.collect()
         gc.freeze()
-        log.info(
-            "extproc serving ext_proc on %s, metrics on http://%s/metrics",
-            server_config.grpc_address,
-            server_config.http_address,
-        )
+        if worker is None:
+            log.info(
+                "extproc serving ext_proc on %s, metrics on http://%s/metrics",
+                grpc_address,
+                server_config.http_address,
+            )
+        else:
+            log.info("extproc worker %d serving ext_proc on %s", worker.index, grpc_address)
 
     async def _start_management(self) -> None:
         # Its own server and port: the management API is never reachable through Envoy.
@@ -171,11 +194,11 @@ class Gateway:
             self._reloader.schedule_reload()
 
     def _count_reload(self, ok: bool) -> None:
-        self.metrics.config_reloads.labels(result="success" if ok else "failure").inc()
+        self.metrics.config_reload(ok)
 
     async def _start_store(self) -> None:
         store = self.config.store
-        url = store.url
+        url = self._worker.store_url if self._worker is not None else store.url
         if url is None:
             self._embedded = EmbeddedValkey(store.data_dir)
             url = await asyncio.to_thread(self._embedded.start)
@@ -184,7 +207,6 @@ class Gateway:
         self.services.store = UsageStore(
             self._store_client, store.key_prefix, store.usage_retention_days
         )
-        spooled = self.metrics.spooled
         self.services.usage_writer = UsageWriter(
             self.services.store,
             on_error=self._usage_spooled,
@@ -196,14 +218,43 @@ class Gateway:
             self._store_client,
             store.key_prefix,
             spool=Spool(store.spool_dir, "quota"),
-            on_spooled=spooled.labels(kind="quota").inc,
+            on_spooled=self._quota_spooled,
         )
         await self.services.quota_store.start()
         self.services.stored_keys = StoredKeys(self._store_client, store.key_prefix)
+        self._start_quota_gauges()
+
+    def _start_quota_gauges(self) -> None:
+        settings = self.config.telemetry.metrics.quota_gauges
+        quota_store = self.services.quota_store
+        if not settings.enabled or quota_store is None:
+            return
+        prefix = self.config.store.key_prefix
+        tracker = SubjectTracker(
+            self._store_client,
+            prefix,
+            quota_store.now,
+            settings.subject_flush_interval_s,
+            on_error=lambda: self.metrics.store_error("quota_subjects"),
+        )
+        tracker.start()
+        self.services.quota_subjects = tracker
+        if self._worker is None:
+            # Workers leave the gauges to the supervisor, which serves /metrics.
+            self._quota_gauges = QuotaGauges(
+                self._store_client, prefix, lambda: self.runtime.quota_rules, quota_store.now,
+                settings,
+            )  # fmt: skip
+            self.metrics.registry.register(self._quota_gauges)
+            self._quota_gauges.start()
+
+    def _quota_spooled(self) -> None:
+        self.metrics.store_error("quota_settle")
+        self.metrics.spool("quota")
 
     def _usage_spooled(self) -> None:
-        self.metrics.store_errors.labels(operation="usage_record").inc()
-        self.metrics.spooled.labels(kind="usage").inc()
+        self.metrics.store_error("usage_record")
+        self.metrics.spool("usage")
 
     async def readiness(self) -> tuple[bool, str]:
         store = self.services.store
@@ -235,6 +286,10 @@ class Gateway:
             await self.services.usage_writer.close()
         if self.services.quota_store is not None:
             await self.services.quota_store.close()
+        if self.services.quota_subjects is not None:
+            await self.services.quota_subjects.close()
+        if self._quota_gauges is not None:
+            await self._quota_gauges.close()
         if self._http is not None:
             await self._http.cleanup()
         await self.runtime.close()
@@ -245,13 +300,20 @@ class Gateway:
         self.services.access_log.close()
 
 
-async def serve(config: GatewayConfig, config_path: str | Path | None) -> None:
-    gateway = Gateway(config, config_path)
+async def serve(
+    config: GatewayConfig,
+    config_path: str | Path | None,
+    worker: WorkerRole | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    gateway = Gateway(config, config_path, worker)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, gateway.request_stop)
     try:
         await gateway.start()
+        if on_started is not None:
+            on_started()
         if config_path is not None:
             loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
         await gateway.wait()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
+from extproc.config.metrics_model import MetricsConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ServerTlsConfig
@@ -43,6 +44,9 @@ class ServerConfig(_Section):
     grace_period_s: float = Field(default=10.0, ge=0, le=300)
     # TLS (and mTLS) between Envoy and the gateway; none: plaintext on loopback or a pod.
     tls: ServerTlsConfig | None = None
+    # Worker processes (`extproc serve --workers N`): each serves ext_proc on its own
+    # endpoint (grpc port + i, or unix_socket.i) and Envoy balances across them.
+    workers: int = Field(default=1, ge=1, le=64)
 
     _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
 
@@ -240,11 +244,6 @@ class LimitsConfig(_Section):
     # Rendered into Envoy: the request line and headers together, and how many headers.
     max_request_headers_kb: int = Field(default=64, ge=8, le=8192)
     max_request_headers: int = Field(default=100, ge=16, le=10_000)
-
-
-class MetricsConfig(_Section):
-    # Past this many distinct values a label folds new values into "other".
-    max_label_values: int = Field(default=1000, gt=0)
 
 
 class TelemetryConfig(_Section):

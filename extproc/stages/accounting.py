@@ -11,6 +11,9 @@ from extproc.context import RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 
+# gen_ai.operation.name (OpenTelemetry) of each route API.
+_OPERATIONS = {"openai_chat": "chat", "anthropic_messages": "chat"}
+
 
 class AccountingStage:
     def done(self, ctx: RequestContext) -> None:
@@ -30,14 +33,30 @@ class AccountingStage:
         metrics = ctx.runtime.services.metrics
         model = ctx.model or ""
         provider = ctx.provider or ""
+        # Time to first token: streams only (a buffered answer's first chunk is all of it).
+        ttft = None
+        if ctx.accounted and ctx.stream and ctx.first_chunk_at is not None:
+            ttft = ctx.first_chunk_at - ctx.started
+        status = "aborted" if ctx.aborted else str(ctx.response_status)
         metrics.observe_request(
             route=ctx.route.name if ctx.route else "",
             provider=provider,
             model=model,
-            status="aborted" if ctx.aborted else str(ctx.response_status),
+            status=status,
             duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
+            ttft_s=ttft,
         )
+        if ctx.error is None and ctx.provider is not None and ctx.response_status >= 400:
+            metrics.upstream_error(provider=provider, model=model, status=status)
         if ctx.usage_reported or ctx.usage_estimated:
+            metrics.observe_token_usage(
+                operation=_OPERATIONS.get(ctx.route.api, ctx.route.api) if ctx.route else "chat",
+                provider_type=ctx.provider_type.value if ctx.provider_type else provider,
+                request_model=model,
+                response_model=ctx.response_model or "",
+                prompt=ctx.usage.prompt_tokens,
+                completion=ctx.usage.completion_tokens,
+            )
             metrics.count_tokens(
                 identity=(
                     ctx.identity.api_key_id or "",

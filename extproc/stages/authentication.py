@@ -100,7 +100,7 @@ class AuthenticationStage:
             async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
                 key = await stored.lookup(digest)
         except Exception:
-            runtime.services.metrics.store_errors.labels(operation="key_lookup").inc()
+            runtime.services.metrics.store_error("key_lookup")
             # Not a 401: the key may well be valid, and clients retry a 503.
             raise ServiceUnavailableError(
                 "the API key store is unavailable; try again shortly",

@@ -43,6 +43,8 @@ class QuotaStage:
         if not limits:
             ctx.quota_decision = "none"
             return None
+        if runtime.services.quota_subjects is not None:
+            runtime.services.quota_subjects.note(limits)
         cost = estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
         return self._reserve(ctx, out, limits, cost)
 
@@ -59,7 +61,7 @@ class QuotaStage:
             async with asyncio.timeout(timeout):
                 result = await store.reserve(limits, cost)
         except Exception as exc:
-            services.metrics.store_errors.labels(operation="quota_reserve").inc()
+            services.metrics.store_error("quota_reserve")
             if all(limit.fail_open for limit in limits):
                 log.warning("quota store unavailable, failing open: %s", type(exc).__name__)
                 ctx.quota_decision = "failed_open"
@@ -69,9 +71,7 @@ class QuotaStage:
                 "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
             ) from None
         if isinstance(result, Denial):
-            services.metrics.rate_limited.labels(
-                rule=result.limit.rule, subject_kind=result.limit.subject_kind
-            ).inc()
+            services.metrics.rate_limit(result.limit.rule, result.limit.subject_kind)
             ctx.quota_decision = "rejected"
             ctx.quota_rule = result.limit.rule
             raise _refusal(result, store.now())

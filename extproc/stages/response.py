@@ -37,9 +37,7 @@ class ResponseStage:
                 ctx.provider = answered
                 ctx.upstream_model = response_headers.get(headers.ANSWERED_BY_MODEL)
                 if ctx.upstream_model and ctx.upstream_model != ctx.failover_model:
-                    ctx.runtime.services.metrics.failovers.labels(
-                        model=ctx.failover_model, to_model=ctx.upstream_model
-                    ).inc()
+                    ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.upstream_model)
             out.remove_headers.extend((headers.ANSWERED_BY_PROVIDER, headers.ANSWERED_BY_MODEL))
         plan = plan_response(ctx, ctx.response_status, response_headers, kind)
         ctx.translator = plan.translator
@@ -51,6 +49,8 @@ class ResponseStage:
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
+        if ctx.first_chunk_at is None and chunk:
+            ctx.first_chunk_at = time.monotonic()
         translator = ctx.translator
         if translator is None:
             if end_of_stream:

@@ -3,7 +3,13 @@
 Identity labels (``api_key_id``, ``user_id``, ``group_id``) stay empty until a
 request is authenticated. Label values are bounded per label name: past
 ``max_label_values`` distinct values, new ones are counted under ``other`` so a
-flood of made-up model names cannot blow up the series count.
+flood of made-up model names cannot blow up the series count. Every metric with
+a free-form label is recorded through ``_child``, which applies that budget.
+
+With ``extproc serve --workers N`` each worker records into prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor merges them
+(``extproc.telemetry.merged``); nothing here changes for that. Quota gauges are
+not recorded here: they are read from the shared store (``quota_gauges``).
 """
 
 from __future__ import annotations
@@ -15,11 +21,30 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
+# OpenTelemetry GenAI semantic conventions, attribute names with dots as underscores.
+GEN_AI_LABELS = (
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "gen_ai_token_type",
+)
 OVERFLOW_VALUE = "other"
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+# The semantic conventions' advice for gen_ai.client.token.usage (powers of four).
+TOKEN_USAGE_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+# The semantic conventions' advice for gen_ai.server.time_to_first_token.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+# gen_ai.provider.name well-known values, by the gateway's provider type.
+GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
 
 class LabelBudget:
@@ -54,6 +79,13 @@ class GatewayMetrics:
             TOKEN_LABELS,
             registry=self.registry,
         )
+        self.gen_ai_token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Input and output tokens per request (OpenTelemetry gen_ai.client.token.usage)",
+            GEN_AI_LABELS,
+            buckets=TOKEN_USAGE_BUCKETS,
+            registry=self.registry,
+        )
         self.requests = Counter(
             "aigw_requests",
             "AI requests handled by the gateway, by route, provider, model and HTTP status",
@@ -65,6 +97,21 @@ class GatewayMetrics:
             "Time from the request reaching the gateway to the end of its response",
             ("route", "provider", "model"),
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "aigw_time_to_first_token_seconds",
+            "Streamed responses: time from the request reaching the gateway to the first "
+            "response body chunk",
+            ("route", "provider", "model"),
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "aigw_upstream_errors",
+            "Provider answers with an error status (including Envoy's own 503/504 when the "
+            "provider is unreachable or slow), by provider, model and status",
+            ("provider", "model", "status_code"),
             registry=self.registry,
         )
         self.store_errors = Counter(
@@ -98,18 +145,19 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-        # Label children cached by their values: prometheus_client's labels() is
-        # the costliest part of recording a request otherwise.
+        # Label children cached by their bounded values: prometheus_client's
+        # labels() is the costliest part of recording a request otherwise. Keyed
+        # by the bounded values, so made-up label values cannot grow the cache.
         self._children: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *values: str) -> Any:
-        key = (metric._name, *values)
+        bound = self.labels.bound
+        bounded = tuple(
+            bound(name, value) for name, value in zip(metric._labelnames, values, strict=True)
+        )
+        key = (metric._name, *bounded)
         child = self._children.get(key)
         if child is None:
-            bounded = [
-                self.labels.bound(name, value)
-                for name, value in zip(metric._labelnames, values, strict=True)
-            ]
             child = self._children[key] = metric.labels(*bounded)
         return child
 
@@ -121,10 +169,13 @@ class GatewayMetrics:
         model: str,
         status: str,
         duration_s: float | None,
+        ttft_s: float | None = None,
     ) -> None:
         self._child(self.requests, route, provider, model, status).inc()
         if duration_s is not None:
             self._child(self.request_duration, route, provider, model).observe(duration_s)
+        if ttft_s is not None:
+            self._child(self.time_to_first_token, route, provider, model).observe(ttft_s)
 
     def count_tokens(
         self,
@@ -141,3 +192,39 @@ class GatewayMetrics:
             self._child(self.tokens_consumed, *identity, model, provider, "completion").inc(
                 completion
             )
+
+    def observe_token_usage(
+        self,
+        *,
+        operation: str,
+        provider_type: str,
+        request_model: str,
+        response_model: str,
+        prompt: int,
+        completion: int,
+    ) -> None:
+        """One request's usage in the OpenTelemetry-named histogram (one sample per type)."""
+        provider = GEN_AI_PROVIDER_NAMES.get(provider_type, provider_type)
+        for token_type, amount in (("input", prompt), ("output", completion)):
+            self._child(
+                self.gen_ai_token_usage,
+                operation, provider, request_model, response_model, token_type,
+            ).observe(amount)  # fmt: skip
+
+    def upstream_error(self, *, provider: str, model: str, status: str) -> None:
+        self._child(self.upstream_errors, provider, model, status).inc()
+
+    def store_error(self, operation: str) -> None:
+        self._child(self.store_errors, operation).inc()
+
+    def spool(self, kind: str) -> None:
+        self._child(self.spooled, kind).inc()
+
+    def failover(self, model: str, to_model: str) -> None:
+        self._child(self.failovers, model, to_model).inc()
+
+    def rate_limit(self, rule: str, subject_kind: str) -> None:
+        self._child(self.rate_limited, rule, subject_kind).inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self._child(self.config_reloads, "success" if ok else "failure").inc()

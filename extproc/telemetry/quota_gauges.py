@@ -1,0 +1,255 @@
+"""Quota gauges (limit, used, remaining, reset time) read from the shared store.
+
+Counting requests locally would give each replica (and each worker) its own
+partial view, and an 80% alert would depend on which one Prometheus scraped.
+So the gauges are read from the counters the quota script itself checks:
+
+* every request-serving process notes the quota subjects its requests touched
+  (``SubjectTracker.note``: a set insert, no I/O) and publishes them every few
+  seconds to one shared sorted set (``<prefix>qa``, score: last seen);
+* the process serving ``/metrics`` (``QuotaGauges``) refreshes in the
+  background: one round trip trims and lists that set, one pipelined round trip
+  reads every listed subject's current window counters and overrides; the
+  result is a snapshot that ``collect()`` turns into gauges. A scrape never
+  waits on the store; the gauges are as old as the last refresh, which the
+  ``aigw_quota_gauges_updated_timestamp_seconds`` gauge tells.
+
+Subjects named explicitly in a rule's ``match`` are always listed, with or
+without traffic. Every replica lists every subject any replica saw, so all of
+them publish the same values: aggregate with ``max`` across instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from extproc.config.metrics_model import QuotaGaugesConfig
+from extproc.quota.rules import Limit, RuleSet
+
+log = logging.getLogger(__name__)
+
+QUOTA_LABELS = ("rule", "subject_kind", "subject", "counter")
+# Separates kind and subject in the shared set's members (never in a header value).
+_SEPARATOR = "\x1f"
+
+
+def active_set_key(prefix: str) -> str:
+    return f"{prefix}qa"
+
+
+class SubjectTracker:
+    """Notes the quota subjects of this process's requests; publishes them to the shared set."""
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        clock: Callable[[], float],
+        interval_s: float,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._client = client
+        self._key = active_set_key(key_prefix)
+        self._clock = clock
+        self._interval = interval_s
+        self._on_error = on_error
+        self._pending: set[tuple[str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, limits: Iterable[Limit]) -> None:
+        pending = self._pending
+        for limit in limits:
+            pending.add((limit.subject_kind, limit.subject))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, set()
+        if not pending:
+            return
+        now = self._clock()
+        try:
+            await self._client.zadd(
+                self._key, {f"{kind}{_SEPARATOR}{subject}": now for kind, subject in pending}
+            )
+        except Exception as exc:
+            # Seen again on the subject's next request; meanwhile the gauges lag.
+            log.warning("publishing quota subjects failed: %s", type(exc).__name__)
+            self._on_error()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSample:
+    limit: Limit
+    in_force: int
+    used: int
+
+    @property
+    def labels(self) -> list[str]:
+        limit = self.limit
+        return [limit.rule, limit.subject_kind, limit.subject, limit.counter]
+
+
+class QuotaGauges(Collector):
+    """A Prometheus collector over the last snapshot of the store's quota counters."""
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        rules: Callable[[], RuleSet],
+        clock: Callable[[], float],
+        config: QuotaGaugesConfig,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._key = active_set_key(key_prefix)
+        self._rules = rules
+        self._clock = clock
+        self._config = config
+        self._samples: list[QuotaSample] = []
+        self._updated: float | None = None
+        self._errors = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.refresh(), self._config.refresh_interval_s)
+            except Exception as exc:
+                self._errors += 1
+                log.warning("quota gauges refresh failed: %s", type(exc).__name__)
+            await asyncio.sleep(self._config.refresh_interval_s)
+
+    async def refresh(self) -> None:
+        """Read the current windows of every listed subject: two round trips in all."""
+        rules = self._rules()
+        if not rules:
+            self._samples, self._updated = [], time.time()
+            return
+        now = self._clock()
+        config = self._config
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(self._key, "-inf", now - config.retention_s)
+            # Keep the most recently seen max_subjects (lowest scores go first).
+            pipe.zremrangebyrank(self._key, 0, -(config.max_subjects + 1))
+            pipe.zrange(self._key, 0, -1)
+            *_, members = await pipe.execute()
+        subjects = dict.fromkeys(_static_subjects(rules))
+        for member in members:
+            kind, _, subject = _text(member).partition(_SEPARATOR)
+            subjects[(kind, subject)] = None
+        limits = [
+            limit
+            for kind, subject in list(subjects)[: config.max_subjects]
+            for limit in rules.limits_for_subject(kind, subject, now)
+        ]
+        self._samples = await self._read(limits)
+        self._updated = time.time()
+
+    async def _read(self, limits: list[Limit]) -> list[QuotaSample]:
+        if not limits:
+            return []
+        override_keys = list(dict.fromkeys(limit.overrides_key(self._prefix) for limit in limits))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in override_keys:
+                pipe.hgetall(key)
+            for limit in limits:
+                pipe.get(limit.key(self._prefix))
+            results = await pipe.execute()
+        overrides = dict(zip(override_keys, results[: len(override_keys)], strict=True))
+        samples = []
+        for limit, used in zip(limits, results[len(override_keys) :], strict=True):
+            override = overrides[limit.overrides_key(self._prefix)].get(
+                limit.override_field.encode()
+            )
+            in_force = int(override) if override is not None else limit.limit
+            samples.append(QuotaSample(limit, in_force, int(used or 0)))
+        return samples
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self._samples
+        limit = GaugeMetricFamily(
+            "aigw_quota_limit",
+            "Limit in force for a quota counter of a subject (an operator's override, else the "
+            "config's); read from the shared store",
+            labels=QUOTA_LABELS,
+        )
+        used = GaugeMetricFamily(
+            "aigw_quota_used",
+            "Usage counted in the current window of a quota counter of a subject (all replicas)",
+            labels=QUOTA_LABELS,
+        )
+        remaining = GaugeMetricFamily(
+            "aigw_quota_remaining",
+            "What is left in the current window of a quota counter of a subject",
+            labels=QUOTA_LABELS,
+        )
+        reset = GaugeMetricFamily(
+            "aigw_quota_reset_timestamp_seconds",
+            "When the current window ends (Unix time); absent for lifetime quotas",
+            labels=QUOTA_LABELS,
+        )
+        for sample in samples:
+            labels = sample.labels
+            limit.add_metric(labels, sample.in_force)
+            used.add_metric(labels, sample.used)
+            remaining.add_metric(labels, max(0, sample.in_force - sample.used))
+            if sample.limit.window.end is not None:
+                reset.add_metric(labels, sample.limit.window.end)
+        yield from (limit, used, remaining, reset)
+        updated = GaugeMetricFamily(
+            "aigw_quota_gauges_updated_timestamp_seconds",
+            "When the quota gauges were last read from the store (Unix time)",
+        )
+        if self._updated is not None:
+            updated.add_metric([], self._updated)
+        yield updated
+        errors = CounterMetricFamily(
+            "aigw_quota_gauges_refresh_errors",
+            "Refreshes of the quota gauges that failed (the previous values stay)",
+        )
+        errors.add_metric([], self._errors)
+        yield errors
+
+
+def _static_subjects(rules: RuleSet) -> list[tuple[str, str]]:
+    """Subjects a rule names by id: listed with or without traffic."""
+    found: list[tuple[str, str]] = []
+    for rule in rules.rules:
+        match = rule.match
+        names = (match,) if isinstance(match, str) else match
+        found.extend((rule.subject, name) for name in names if name != "*")
+    return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
