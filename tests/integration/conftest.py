@@ -33,10 +33,15 @@ def running_stack(
     config_path: Path | None = None,
     extra_env: dict[str, str] | None = None,
     gateways: int = 1,
+    workers: int = 1,
 ) -> Iterator[LocalStack]:
     """A whole stack on free ports, stopped on exit."""
     running = LocalStack(
-        workdir=workdir, ports=Ports.free(), extra_env=extra_env or {}, gateways=gateways
+        workdir=workdir,
+        ports=Ports.free(),
+        extra_env=extra_env or {},
+        gateways=gateways,
+        workers=workers,
     )
     if config_path is not None:
         running.config_path = config_path
