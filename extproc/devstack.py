@@ -8,6 +8,7 @@ serves every instance.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -130,6 +132,12 @@ class LocalStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.workers > 1:
+            # Worker i serves on grpc + i: every port of the block must be free.
+            taken = set(dataclasses.astuple(self.ports))
+            self.ports = dataclasses.replace(
+                self.ports, grpc=free_port_block(self.workers, avoid=taken)
+            )
         env = self.env
         if self.real_provider is None:
             self._spawn(
@@ -233,6 +241,28 @@ class LocalStack:
         for file in self._files:
             file.close()
         self._files.clear()
+
+
+def free_port_block(count: int, avoid: Set[int] = frozenset(), attempts: int = 200) -> int:
+    """The first of ``count`` consecutive free ports (none of them in ``avoid``)."""
+    for _ in range(attempts):
+        base = free_port()
+        block = range(base, base + count)
+        if block.stop > 65536 or any(port in avoid for port in block):
+            continue
+        probes: list[socket.socket] = []
+        try:
+            for port in block:
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no block of {count} free ports found")
 
 
 def _answers(url: str) -> bool:

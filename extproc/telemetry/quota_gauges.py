@@ -143,7 +143,10 @@ class QuotaGauges(Collector):
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.refresh(), self._config.refresh_interval_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # cancellation that close() sends when the refresh fails at that moment.
+                async with asyncio.timeout(self._config.refresh_interval_s):
+                    await self.refresh()
             except Exception as exc:
                 self._errors += 1
                 log.warning("quota gauges refresh failed: %s", type(exc).__name__)
