@@ -8,7 +8,9 @@ a free-form label is recorded through ``_child``, which applies that budget.
 
 With ``extproc serve --workers N`` each worker records into prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor merges them
-(``extproc.telemetry.merged``); nothing here changes for that. Quota gauges are
+(``extproc.workers``); nothing here changes for that, except that a Gauge
+added here needs a ``multiprocess_mode`` saying how workers' values combine
+(``livesum`` for in-flight counts, ``max`` for shared facts). Quota gauges are
 not recorded here: they are read from the shared store (``quota_gauges``).
 """
 
@@ -42,6 +44,9 @@ TOKEN_USAGE_BUCKETS = (
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+
+# Label-value combinations remembered as sent, for the fast path of _child.
+_RAW_CACHE_SIZE = 10_000
 
 # gen_ai.provider.name well-known values, by the gateway's provider type.
 GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
@@ -145,12 +150,20 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-        # Label children cached by their bounded values: prometheus_client's
-        # labels() is the costliest part of recording a request otherwise. Keyed
-        # by the bounded values, so made-up label values cannot grow the cache.
+        # Label children cached: prometheus_client's labels() is the costliest
+        # part of recording a request otherwise. The fast path looks the raw
+        # values up; that cache stops growing at _RAW_CACHE_SIZE entries, so
+        # made-up label values cannot grow memory; past it, values are bounded
+        # first and looked up in the cache of bounded values (itself bounded by
+        # the label budget).
+        self._by_raw: dict[tuple[str, ...], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *values: str) -> Any:
+        raw = (metric._name, *values)
+        child = self._by_raw.get(raw)
+        if child is not None:
+            return child
         bound = self.labels.bound
         bounded = tuple(
             bound(name, value) for name, value in zip(metric._labelnames, values, strict=True)
@@ -159,6 +172,8 @@ class GatewayMetrics:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*bounded)
+        if len(self._by_raw) < _RAW_CACHE_SIZE:
+            self._by_raw[raw] = child
         return child
 
     def observe_request(
