@@ -120,8 +120,6 @@ class RequestContext:
     first_byte_at: float | None = None
     # No response-headers message: status and the rest come with the first body chunk.
     lean_response: bool = False
-    # When the first response body chunk reached the gateway (time to first token).
-    first_chunk_at: float | None = None
     error: GatewayError | None = None
     # The client or upstream went away before the response completed.
     aborted: bool = False

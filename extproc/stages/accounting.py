@@ -35,8 +35,8 @@ class AccountingStage:
         provider = ctx.provider or ""
         # Time to first token: streams only (a buffered answer's first chunk is all of it).
         ttft = None
-        if ctx.accounted and ctx.stream and ctx.first_chunk_at is not None:
-            ttft = ctx.first_chunk_at - ctx.started
+        if ctx.accounted and ctx.stream and ctx.first_token_at is not None:
+            ttft = ctx.first_token_at - ctx.started
         status = "aborted" if ctx.aborted else str(ctx.response_status)
         metrics.observe_request(
             route=ctx.route.name if ctx.route else "",

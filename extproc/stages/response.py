@@ -49,8 +49,6 @@ class ResponseStage:
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
-        if ctx.first_chunk_at is None and chunk:
-            ctx.first_chunk_at = time.monotonic()
         translator = ctx.translator
         if translator is None:
             if end_of_stream:
