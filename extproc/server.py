@@ -49,7 +49,13 @@ from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.telemetry.quota_gauges import QuotaGauges, SubjectTracker
 from extproc.transport_security import server_credentials
-from extproc.worker_endpoints import WorkerRole, worker_address, worker_socket
+from extproc.worker_endpoints import (
+    WorkerRole,
+    gather_spools,
+    spool_dir,
+    worker_address,
+    worker_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +205,9 @@ class Gateway:
     async def _start_store(self) -> None:
         store = self.config.store
         url = self._worker.store_url if self._worker is not None else store.url
+        spools = spool_dir(store.spool_dir, self._worker)
+        if self._worker is None:
+            await asyncio.to_thread(gather_spools, store.spool_dir, 1)
         if url is None:
             self._embedded = EmbeddedValkey(store.data_dir)
             url = await asyncio.to_thread(self._embedded.start)
@@ -211,13 +220,13 @@ class Gateway:
             self.services.store,
             on_error=self._usage_spooled,
             timeout_s=store.timeout_ms / 1000.0,
-            spool=Spool(store.spool_dir, "usage"),
+            spool=Spool(spools, "usage"),
         )
         self.services.usage_writer.start()
         self.services.quota_store = QuotaStore(
             self._store_client,
             store.key_prefix,
-            spool=Spool(store.spool_dir, "quota"),
+            spool=Spool(spools, "quota"),
             on_spooled=self._quota_spooled,
         )
         await self.services.quota_store.start()

@@ -11,7 +11,9 @@ the one source of truth for that numbering (the server binds, the renderer lists
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def worker_address(address: str, index: int) -> str:
@@ -41,3 +43,32 @@ class WorkerRole:
     workers: int
     # The store every worker shares (the supervisor starts the embedded one if needed).
     store_url: str
+
+
+def spool_dir(base: str, role: WorkerRole | None) -> Path:
+    """Where a process spools what the store could not take: one directory per worker,
+    since a spool file has one writer and one replayer (a restarted worker takes over
+    its predecessor's)."""
+    return Path(base) if role is None else Path(base) / f"worker-{role.index}"
+
+
+def gather_spools(base: str, workers: int) -> None:
+    """Before the workers start: hand spooled batches no worker would replay (left by a
+    single process, or by workers beyond the current count) to the one that will.
+
+    The spools' batch ids make a replay count once wherever it happens.
+    """
+    root = Path(base)
+    keep = spool_dir(base, WorkerRole(0, workers, "")) if workers > 1 else root
+    strays = [] if keep == root else list(root.glob("*.jsonl"))
+    for directory in root.glob("worker-*"):
+        index = directory.name.removeprefix("worker-")
+        if workers == 1 or not index.isdigit() or int(index) >= workers:
+            strays += list(directory.glob("*.jsonl"))
+    for stray in strays:
+        keep.mkdir(parents=True, exist_ok=True)
+        with (keep / stray.name).open("ab") as target:
+            target.write(stray.read_bytes())
+            target.flush()
+            os.fsync(target.fileno())
+        stray.unlink()

@@ -57,7 +57,7 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import LabelBudget
 from extproc.telemetry.quota_gauges import QuotaGauges
-from extproc.worker_endpoints import WorkerRole
+from extproc.worker_endpoints import WorkerRole, gather_spools
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class Supervisor:
 
     async def start(self) -> None:
         self._prepare_multiprocess_dir()
+        # Each worker spools to its own directory; leftovers go to worker 0.
+        await asyncio.to_thread(gather_spools, self.config.store.spool_dir, self._count)
         store = self.config.store
         url = store.url
         if url is None:

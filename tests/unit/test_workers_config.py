@@ -12,6 +12,7 @@ import pytest
 from extproc.cli import build_parser
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import EXT_PROC_CLUSTER, render_bootstrap, render_bootstrap_yaml
+from extproc.worker_endpoints import WorkerRole, gather_spools, spool_dir
 
 ENVOY = Path(sys.executable).parent / "envoy"
 
@@ -79,3 +80,27 @@ def test_the_worker_count_is_checked(value: str, capsys: pytest.CaptureFixture[s
 def test_workers_from_the_command_line() -> None:
     assert build_parser().parse_args(["serve", "--workers", "4"]).workers == 4
     assert build_parser().parse_args(["serve"]).workers is None
+
+
+def test_each_worker_spools_alone_and_leftovers_reach_a_worker(tmp_path: Path) -> None:
+    base = tmp_path / "spool"
+    (base / "worker-3").mkdir(parents=True)
+    (base / "usage.jsonl").write_bytes(b'{"id": "single"}\n')
+    (base / "worker-3" / "usage.jsonl").write_bytes(b'{"id": "old-worker-3"}\n')
+    (base / "worker-1").mkdir()
+    (base / "worker-1" / "quota.jsonl").write_bytes(b'{"id": "worker-1"}\n')
+    assert spool_dir(str(base), WorkerRole(1, 2, "redis://x")) == base / "worker-1"
+    assert spool_dir(str(base), None) == base
+    gather_spools(str(base), 2)
+    # Worker 0 replays what a single process and a worker beyond the count left.
+    assert (base / "worker-0" / "usage.jsonl").read_bytes().splitlines() == [
+        b'{"id": "single"}',
+        b'{"id": "old-worker-3"}',
+    ]
+    assert (base / "worker-1" / "quota.jsonl").exists()
+    assert not (base / "usage.jsonl").exists()
+    # Back to one process: it takes every worker's leftovers.
+    gather_spools(str(base), 1)
+    assert sorted(path.name for path in base.glob("*.jsonl")) == ["quota.jsonl", "usage.jsonl"]
+    assert len((base / "usage.jsonl").read_bytes().splitlines()) == 2
+    assert not list(base.glob("worker-*/*.jsonl"))
