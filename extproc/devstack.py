@@ -132,12 +132,11 @@ class LocalStack:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.workers > 1:
+        workers = max(self.workers, load_config(self.config_path, self.env).server.workers)
+        if workers > 1:
             # Worker i serves on grpc + i: every port of the block must be free.
             taken = set(dataclasses.astuple(self.ports))
-            self.ports = dataclasses.replace(
-                self.ports, grpc=free_port_block(self.workers, avoid=taken)
-            )
+            self.ports = dataclasses.replace(self.ports, grpc=free_port_block(workers, avoid=taken))
         env = self.env
         if self.real_provider is None:
             self._spawn(
