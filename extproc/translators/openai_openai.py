@@ -90,10 +90,14 @@ class ChunkStreamReader:
             complete, self._pending = data, b""
         elif cut < 0:
             complete, self._pending = b"", data
+        elif cut + 2 == len(data):
+            complete, self._pending = data, b""  # whole events only: nothing held back
         else:
             complete, self._pending = data[: cut + 2], data[cut + 2 :]
         if not _USAGE_OBJECT.search(complete):
-            return complete if self._hide else None
+            if not self._hide or complete is data is chunk:
+                return None  # Envoy forwards the chunk as it came: no body mutation
+            return complete
         kept: list[bytes] = []
         for event in complete.split(_EVENT_END):
             if not event.strip():

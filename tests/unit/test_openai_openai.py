@@ -76,3 +76,13 @@ def test_crlf_event_separators_are_understood() -> None:
     delivered = reader.feed(STREAM.replace(b"\n", b"\r\n"), True)
     assert delivered is not None and b'usage":{' not in delivered
     assert reader.usage is not None
+
+
+def test_whole_content_events_go_through_without_a_body_mutation() -> None:
+    reader = ChunkStreamReader(hide_usage_chunk=True)
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    # None: Envoy forwards the chunk as it came (a mutation would copy every chunk).
+    assert reader.feed(event, end_of_stream=False) is None
+    # Half an event is held back until its end arrives.
+    assert reader.feed(event[:10], end_of_stream=False) == b""
+    assert reader.feed(event[10:], end_of_stream=False) == event
