@@ -5,11 +5,13 @@ Grafana dashboard uses only names this gateway and its Envoy export."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,6 +20,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
+import yaml
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
@@ -150,6 +153,84 @@ def test_quota_gauges_show_the_groups_usage_from_the_store(stack: LocalStack) ->
         day=1, hour=0, minute=0, second=0, microsecond=0
     )
     assert found["aigw_quota_reset_timestamp_seconds"] == next_month.timestamp()
+
+
+def test_the_80_percent_alert_fires_from_the_real_page(stack: LocalStack, tmp_path: Path) -> None:
+    """An operator lowers marketing's quota (management API, served by worker 0) so its
+    usage is 85% of it; the series scraped from the real page, fed to promtool with the
+    shipped rules, fire AigwQuotaNearlyUsed for marketing and nothing else."""
+    used = sum(SENT["team2"])
+    limit = math.ceil(used / 0.85)
+    subprocess.run(
+        [sys.executable, "-m", "extproc", "quota", "set", "--config", str(stack.config_path),
+         "--kind", "group", "--subject", "marketing", "--rule", "group-monthly",
+         "--counter", "token_quota", "--limit", str(limit)],
+        env={**stack.env, "AIGW_ADMIN_TOKEN": "dev-admin-token"}, check=True,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    page = wait_for(
+        lambda: (
+            (found := scrape(stack.metrics_url))
+            and metric(found, "aigw_quota_limit", subject="marketing", counter="token_quota")
+            == limit
+            and found
+        ),
+        timeout_s=20.0,
+    )
+    assert page, "the override never reached the gauges"
+    # As Prometheus stores a scrape: the page's labels plus the target's.
+    target = (("instance", "gateway:9464"), ("job", "aigw-gateway"))
+    series = [
+        {
+            "series": name + "{" + ",".join(f'{k}="{v}"' for k, v in (*labels, *target)) + "}",
+            "values": f"{value:g}x10",
+        }
+        for (name, labels), value in page.items()
+        if name in ("aigw_quota_limit", "aigw_quota_used")
+    ]
+    ratio = used / limit
+    test = {
+        "rule_files": [str(Path("deploy/prometheus/rules").resolve() / name)
+                       for name in ("aigw-recording.yml", "aigw-alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [{
+                "eval_time": "5m",
+                "alertname": "AigwQuotaNearlyUsed",
+                "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "rule": "group-monthly",
+                                   "subject_kind": "group", "subject": "marketing",
+                                   "counter": "token_quota"},
+                    "exp_annotations": {
+                        "summary": f"group marketing has used {_percentage(ratio)} of its "
+                        "token quota (rule group-monthly)",
+                        "description": NEARLY_USED_DESCRIPTION,
+                    },
+                }],
+            }],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "real-page-test.yml"
+    path.write_text(yaml.safe_dump(test))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (see .ci/run)"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+NEARLY_USED_DESCRIPTION = (
+    "Requests are refused with 429 insufficient_quota once the quota is used up, until the "
+    "period resets. Raise it with `extproc quota set` if intended."
+)
+
+
+def _percentage(ratio: float) -> str:
+    """Prometheus' humanizePercentage: the ratio in percent with 4 significant digits."""
+    return f"{ratio * 100:.4g}%"
 
 
 def test_promtool_accepts_the_merged_metrics_page(stack: LocalStack) -> None:
