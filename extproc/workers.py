@@ -275,6 +275,9 @@ class Supervisor:
             await self._client.aclose()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
+        if self.config.telemetry.metrics.multiprocess_dir is None:
+            # Our own temporary directory: nothing reads it once the page is gone.
+            await asyncio.to_thread(shutil.rmtree, self.multiprocess_dir, True)
 
 
 class _BoundedCollector(Collector):
