@@ -82,9 +82,39 @@ def _mock_llm(args: argparse.Namespace) -> int:
 
 
 def _usage_report(args: argparse.Namespace) -> int:
-    from extproc.usage_report import report
+    from extproc.usage_report import export, report
 
-    return asyncio.run(report(_load(args.config), args))
+    run = export if args.usage_command == "export" else report
+    return run(_load(args.config), args)
+
+
+def _add_usage_commands(commands: Any) -> None:
+    usage = commands.add_parser("usage", help="usage and cost from the hourly rollups")
+    actions = usage.add_subparsers(dest="usage_command", required=True)
+    report = actions.add_parser("report", help="usage and cost over a period, for a person")
+    export = actions.add_parser("export", help="usage and cost as CSV or JSON, for billing")
+    for sub, formats, default in (
+        (report, ("table", "json", "csv"), "table"),
+        (export, ("csv", "json"), "csv"),
+    ):
+        sub.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        sub.add_argument(
+            "--by",
+            default="route,model" if sub is report else "model",
+            help="comma-separated: api_key, user, group, model, route, provider",
+        )
+        period = sub.add_argument_group("period (whole UTC hours; default: the last 24 hours)")
+        period.add_argument("--from", dest="start", help="start, ISO 8601 (on a whole hour)")
+        period.add_argument("--to", dest="end", help="end, exclusive, ISO 8601 (whole hour)")
+        period.add_argument("--day", help="one calendar day, YYYY-MM-DD")
+        period.add_argument("--month", help="one calendar month, YYYY-MM")
+        period.add_argument("--last-month", action="store_true", help="the previous month")
+        period.add_argument(
+            "--time-zone", default="UTC", help="zone of --day/--month and of times without offset"
+        )
+        sub.add_argument("--format", choices=formats, default=default)
+        sub.set_defaults(run=_usage_report)
+    export.add_argument("--output", "-o", help="file to write (default: stdout)")
 
 
 def _management(args: argparse.Namespace, client_type: Any) -> Any:
@@ -253,20 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--fault", help="x-mock-fault applied to every request, e.g. status=503")
     mock.set_defaults(run=_mock_llm)
 
-    usage = commands.add_parser("usage", help="usage rollups").add_subparsers(
-        dest="usage_command", required=True
-    )
-    usage_report = usage.add_parser("report", help="usage per route and model over a period")
-    usage_report.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    usage_report.add_argument("--from", dest="start", help="start (ISO 8601; default: 24h ago)")
-    usage_report.add_argument("--to", dest="end", help="end, exclusive (ISO 8601; default: now)")
-    usage_report.add_argument(
-        "--by",
-        default="route,model",
-        help="comma-separated: route, model, provider, api_key, user, group",
-    )
-    usage_report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    usage_report.set_defaults(run=_usage_report)
+    _add_usage_commands(commands)
     _add_quota_commands(commands)
     _add_key_commands(commands)
     return parser

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from extproc.chargeback.pricing import Cost
     from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
@@ -142,8 +143,8 @@ class RequestContext:
     usage_in_metadata: bool = False
     # Prompt and completion text, kept only when the log or traces include content.
     content: ContentCapture | None = None
-    # Set by chargeback: the request's price in USD.
-    cost_usd: float | None = None
+    # Set once the request is priced (extproc.chargeback.pricing.request_cost).
+    cost: Cost | None = None
     # Set by guardrails: one entry per guard that acted ({guard, phase, action, ...}).
     guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
 

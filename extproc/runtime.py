@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
 from extproc.auth.jwt_verifier import JwtVerifier
+from extproc.chargeback.pricing import PriceTable
 from extproc.config.auth_model import AuthMethod, RouteAuthConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import (
@@ -125,6 +126,13 @@ class Runtime:
         self.api_keys = ApiKeyStore(config.auth)
         self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
         self.access = AccessPolicy(config.auth.access_rules)
+        self.prices = PriceTable(config.pricing, config.models)
+        if self.prices.unpriced_models:
+            # Not an error: such requests cost 0 and are flagged unpriced in the reports.
+            log.warning(
+                "models without a price (cost 0, reported as unpriced): %s",
+                ", ".join(self.prices.unpriced_models),
+            )
         try:
             self.quota_rules = RuleSet(config.quotas)
         except ValueError as exc:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
 from extproc.config.metrics_model import MetricsConfig
+from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ServerTlsConfig
@@ -322,6 +323,7 @@ class GatewayConfig(_Section):
     auth: AuthConfig = AuthConfig()
     quotas: QuotasConfig = QuotasConfig()
     management: ManagementConfig = ManagementConfig()
+    pricing: PricingConfig = PricingConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:

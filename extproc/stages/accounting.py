@@ -1,4 +1,4 @@
-"""After the response: the log line, the metrics and the usage rollup, once per request.
+"""After the response: the cost, the log line, the metrics and the usage rollup, once per request.
 
 Runs in the processor's ``done`` step, after Envoy has its last answer. The rollup goes
 to the batching ``UsageWriter``, so no request waits on the store; a store
@@ -7,6 +7,7 @@ failure is counted, retried and never reaches the client.
 
 from __future__ import annotations
 
+from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
@@ -20,13 +21,16 @@ class AccountingStage:
         if ctx.route is None:
             return  # not AI traffic: Envoy's own access log covers it
         services = ctx.runtime.services
-        services.access_log.write(access_record(ctx))
+        # Priced once: the log line, the counter and the rollup carry the same cost.
+        cost = request_cost(ctx)
+        record = access_record(ctx)
+        services.access_log.write(record)
         self._observe(ctx)
         # The rollup counts requests that reached a provider; refusals (401, 429, ...)
         # are in the log line and in aigw_requests_total, and cost nothing.
         reached_provider = ctx.error is None and ctx.provider is not None
         if ctx.accounted and reached_provider and services.usage_writer is not None:
-            services.usage_writer.add(self._entry(ctx))
+            services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
 
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
@@ -68,9 +72,20 @@ class AccountingStage:
                 prompt=ctx.usage.prompt_tokens,
                 completion=ctx.usage.completion_tokens,
             )
+        if ctx.cost is not None and ctx.cost.picousd:
+            metrics.count_cost(
+                identity=(
+                    ctx.identity.api_key_id or "",
+                    ctx.identity.user_id or "",
+                    ctx.identity.group_id or "",
+                ),
+                model=model,
+                provider=provider,
+                picousd=ctx.cost.picousd,
+            )
 
     @staticmethod
-    def _entry(ctx: RequestContext) -> UsageEntry:
+    def _entry(ctx: RequestContext, cost: Cost, latency_ms: float) -> UsageEntry:
         return UsageEntry(
             started_at=ctx.started_wall,
             dimensions={
@@ -83,4 +98,8 @@ class AccountingStage:
             },
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,
+            cached_tokens=ctx.usage.cached_tokens,
+            cost_picousd=cost.picousd,
+            priced=cost.priced,
+            latency_ms=latency_ms,
         )

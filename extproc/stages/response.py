@@ -13,6 +13,7 @@ import time
 
 from extproc import headers
 from extproc.backends import plan_response
+from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 
@@ -64,3 +65,5 @@ class ResponseStage:
             ctx.usage = translator.usage
             ctx.usage_reported = True
         ctx.response_model = translator.response_model
+        # Priced now, so the metadata of this last answer carries the cost.
+        request_cost(ctx)

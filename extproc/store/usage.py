@@ -1,9 +1,16 @@
-"""Hourly usage rollups: requests, prompt and completion tokens per dimension set.
+"""Hourly usage rollups: requests, tokens, cost and latency buckets per dimension set.
 
 One hash per UTC hour, ``<prefix>usage:<YYYYMMDDHH>``; each field is the
 dimension values joined by tabs, then the measure name. A request counts in the
 hour it started, the same timestamp its log line carries, so the rollup and the
 logs reconcile exactly. Every hash expires after ``usage_retention_days``.
+
+Measures: ``requests``, ``prompt_tokens``, ``completion_tokens``,
+``cached_tokens`` (the part of the prompt read from the provider's cache),
+``cost_picousd`` (exact cost in 10**-12 USD, see ``extproc.chargeback.pricing``),
+``unpriced_requests`` (requests of models without a price, costed 0) and one
+count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency``).
+Only non-zero measures are written.
 """
 
 from __future__ import annotations
@@ -15,10 +22,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
 from extproc.store import scripts
 
 DIMENSIONS = ("route", "model", "provider", "api_key_id", "user_id", "group_id")
-MEASURES = ("requests", "prompt_tokens", "completion_tokens")
+SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_picousd",
+    "unpriced_requests",
+)
+MEASURES = (*SUMS, *BUCKET_NAMES)
+_INDEX = {name: index for index, name in enumerate(MEASURES)}
+_LATENCY_OFFSET = len(SUMS)
 _SEPARATOR = "\t"
 _HOURS_PER_BATCH = 500
 
@@ -29,6 +47,11 @@ class UsageEntry:
     dimensions: dict[str, str]
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    cost_picousd: int = 0
+    priced: bool = True
+    # None: not measured (the request is counted in no latency bucket).
+    latency_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -37,14 +60,21 @@ class UsageRow:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_picousd: int = 0
+    unpriced_requests: int = 0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     hours: set[str] = field(default_factory=set)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def latency_ms(self, quantile: float) -> float | None:
+        return percentile(self.latency_buckets, quantile)
 
-# (hour bucket, field prefix) -> [requests, prompt tokens, completion tokens]
+
+# (hour bucket, field prefix) -> one count per name of MEASURES
 UsageTotals = dict[tuple[str, str], list[int]]
 
 
@@ -57,10 +87,18 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
     # Formatting a date per request showed in profiles; the hour number is enough to key it.
     bucket = _bucket_of_hour(int(entry.started_at // 3600))
     prefix = _SEPARATOR.join(entry.dimensions.get(d, "") for d in DIMENSIONS) + _SEPARATOR
-    counts = totals.setdefault((bucket, prefix), [0, 0, 0])
+    counts = totals.get((bucket, prefix))
+    if counts is None:
+        counts = totals[(bucket, prefix)] = [0] * len(MEASURES)
     counts[0] += 1
     counts[1] += entry.prompt_tokens
     counts[2] += entry.completion_tokens
+    counts[3] += entry.cached_tokens
+    counts[4] += entry.cost_picousd
+    if not entry.priced:
+        counts[5] += 1
+    if entry.latency_ms is not None:
+        counts[_LATENCY_OFFSET + bucket_index(entry.latency_ms)] += 1
 
 
 def totals_of(entries: list[UsageEntry]) -> UsageTotals:
@@ -72,9 +110,15 @@ def totals_of(entries: list[UsageEntry]) -> UsageTotals:
 
 def merge_totals(into: UsageTotals, more: UsageTotals) -> None:
     for key, counts in more.items():
-        target = into.setdefault(key, [0, 0, 0])
+        target = into.setdefault(key, [0] * len(MEASURES))
         for index, value in enumerate(counts):
             target[index] += value
+
+
+def counts_from(values: list[Any]) -> list[int]:
+    """Counts read back from a spool record; older records carry fewer measures."""
+    counts = [int(value) for value in values[: len(MEASURES)]]
+    return counts + [0] * (len(MEASURES) - len(counts))
 
 
 def hour_bucket(moment: datetime) -> str:
@@ -101,9 +145,13 @@ class UsageStore:
         EXISTS round trip, while a lone EVALSHA reloads only on NOSCRIPT.
         """
         by_hour: dict[str, list[str | int]] = {}
-        for (bucket, prefix), (requests, prompt, completion) in totals.items():
+        for (bucket, prefix), counts in totals.items():
+            pairs: list[str | int] = []
+            for name, value in zip(MEASURES, counts, strict=False):
+                if value:
+                    pairs.extend((name, value))
             by_hour.setdefault(bucket, [self._ttl, batch_id]).extend(
-                (prefix, requests, prompt, completion)
+                (prefix, len(pairs) // 2, *pairs)
             )
         for bucket, args in by_hour.items():
             await self._record(keys=[self._key(bucket)], args=args)
@@ -138,14 +186,18 @@ def _add(
     rows: dict[tuple[str, ...], UsageRow], by: tuple[str, ...], bucket: str, name: str, value: int
 ) -> None:
     *values, measure = name.split(_SEPARATOR)
-    if measure not in MEASURES or len(values) != len(DIMENSIONS):
-        return
+    index = _INDEX.get(measure)
+    if index is None or len(values) != len(DIMENSIONS):
+        return  # a batch id, or a measure of a newer version
     dimensions = dict(zip(DIMENSIONS, values, strict=True))
     group = tuple(dimensions[d] for d in by)
     row = rows.get(group)
     if row is None:
         row = rows[group] = UsageRow(dict(zip(by, group, strict=True)))
-    setattr(row, measure, getattr(row, measure) + value)
+    if index >= _LATENCY_OFFSET:
+        row.latency_buckets[index - _LATENCY_OFFSET] += value
+    else:
+        setattr(row, measure, getattr(row, measure) + value)
     row.hours.add(bucket)
 
 

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from extproc.store.spool import Spool
-from extproc.store.usage import UsageEntry, UsageStore, UsageTotals, add_entry, merge_totals
+from extproc.store.usage import (
+    UsageEntry,
+    UsageStore,
+    UsageTotals,
+    add_entry,
+    counts_from,
+    merge_totals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,7 @@ class UsageWriter:
 
     async def _replay_one(self, record: dict[str, Any]) -> None:
         totals: UsageTotals = {
-            (str(bucket), str(prefix)): [int(requests), int(prompt), int(completion)]
-            for bucket, prefix, requests, prompt, completion in record["totals"]
+            (str(row[0]), str(row[1])): counts_from(row[2:]) for row in record["totals"]
         }
         await asyncio.wait_for(self._store.record_totals(totals, str(record["id"])), self._timeout)
 

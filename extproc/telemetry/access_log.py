@@ -50,7 +50,9 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "usage_reported": ctx.usage_reported,
         "usage_estimated": ctx.usage_estimated,
         "finish_reasons": list(ctx.finish_reasons) if ctx.finish_reasons else None,
-        "cost_usd": ctx.cost_usd,
+        # Exact: the float's shortest form is the picodollar amount (docs/chargeback.md).
+        "cost_usd": ctx.cost.usd_float if ctx.cost is not None else 0.0,
+        "cost_priced": ctx.cost.priced if ctx.cost is not None else True,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,

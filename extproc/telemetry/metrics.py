@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
+COST_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider")
 # OpenTelemetry GenAI semantic conventions, attribute names with dots as underscores.
 GEN_AI_LABELS = (
     "gen_ai_operation_name",
@@ -143,6 +144,14 @@ class GatewayMetrics:
             ("rule", "subject_kind"),
             registry=self.registry,
         )
+        self.cost = Counter(
+            "aigw_cost_usd",
+            "Cost of the requests in USD from the pricing table, by identity, model and provider",
+            COST_LABELS,
+            registry=self.registry,
+        )
+        # Exact picodollar sums behind each cost series (see count_cost).
+        self._cost_picousd: dict[Any, int] = {}
         self.config_reloads = Counter(
             "aigw_config_reloads",
             "Config reload attempts, by result (success, failure)",
@@ -225,6 +234,20 @@ class GatewayMetrics:
                 self.gen_ai_token_usage,
                 operation, provider, request_model, response_model, token_type,
             ).observe(amount)  # fmt: skip
+
+    def count_cost(
+        self, *, identity: tuple[str, str, str], model: str, provider: str, picousd: int
+    ) -> None:
+        """Add a request's cost. The series holds the float nearest the exact picodollar
+        sum (int / int rounds correctly), not a float sum of floats, so it equals the sum
+        of the log lines' ``cost_usd`` exactly, however many requests it counts. With
+        workers, each worker's file holds its own exact sum and the merge adds them."""
+        child = self._child(self.cost, *identity, model, provider)
+        total = self._cost_picousd.get(child, 0) + picousd
+        self._cost_picousd[child] = total
+        # prometheus_client has no public way to set a counter; its value holder (in
+        # memory or the multiprocess file) has one.
+        child._value.set(total / 10**12)
 
     def upstream_error(self, *, provider: str, model: str, status: str) -> None:
         self._child(self.upstream_errors, provider, model, status).inc()

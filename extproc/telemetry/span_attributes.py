@@ -77,6 +77,9 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         values["completion_tokens"] = usage.completion_tokens
         values["total_tokens"] = usage.total_tokens
         values["cached_tokens"] = usage.cached_tokens
+    if ctx.cost is not None:
+        # For Envoy's access log; exact like the log line's (docs/chargeback.md).
+        values["cost_usd"] = ctx.cost.usd_float
     if ctx.finish_reasons:
         # Envoy's tags are strings: the array as JSON, as OpenTelemetry exporters
         # render array attributes they cannot type.

@@ -56,8 +56,15 @@ def usage_from_object(value: Any) -> Usage | None:
         prompt,
         completion,
         total if isinstance(total, int) else prompt + completion,
-        cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0,
+        _cached(cached, prompt),
     )
+
+
+def _cached(value: Any, prompt: int) -> int:
+    """``prompt_tokens_details.cached_tokens``: part of the prompt, so never more than it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, prompt)
 
 
 class CompletionReader(BufferedBodyReader):

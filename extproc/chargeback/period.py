@@ -1,0 +1,112 @@
+"""The period of a usage report: whole UTC hours, given as from/to or as a day or a month.
+
+Rollups are hourly, so a period must start and end on a whole hour: a report
+never pretends to split an hour it cannot split. ``--day`` and ``--month`` are
+calendar periods in a time zone (UTC by default); a zone whose midnight is not
+a whole UTC hour (e.g. Asia/Kolkata, +05:30) cannot be reported on exactly and
+is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class PeriodError(ValueError):
+    """A period the rollups cannot answer exactly; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime
+    end: datetime  # exclusive
+
+    @property
+    def hours(self) -> int:
+        return int((self.end - self.start).total_seconds() // 3600)
+
+
+def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
+    """ISO 8601 date or date-time; a time without an offset is in ``zone``."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PeriodError(f"not an ISO 8601 date or time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+def time_zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PeriodError(f"unknown time zone {name!r}") from None
+
+
+def _whole_hour(moment: datetime, what: str) -> datetime:
+    utc = moment.astimezone(UTC)
+    if utc.minute or utc.second or utc.microsecond:
+        raise PeriodError(
+            f"{what} {moment.isoformat()} is not on a whole UTC hour (rollups are hourly)"
+        )
+    return utc
+
+
+def _month_start(year: int, month: int, zone: tzinfo) -> datetime:
+    return datetime(year, month, 1, tzinfo=zone)
+
+
+def _next_month(year: int, month: int) -> tuple[int, int]:
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def resolve_period(
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    day: str | None = None,
+    month: str | None = None,
+    last_month: bool = False,
+    zone_name: str = "UTC",
+    now: datetime | None = None,
+) -> Period:
+    """The period a report asks for. Default: the last 24 hours, the current one included."""
+    zone = time_zone(zone_name)
+    now = (now or datetime.now(UTC)).astimezone(zone)
+    shortcuts = [name for name, value in (("--day", day), ("--month", month)) if value]
+    if last_month:
+        shortcuts.append("--last-month")
+    if len(shortcuts) > 1 or (shortcuts and (start or end)):
+        raise PeriodError("give one of --from/--to, --day, --month and --last-month")
+    if day:
+        try:
+            first = date.fromisoformat(day)
+        except ValueError:
+            raise PeriodError(f"--day wants YYYY-MM-DD, got {day!r}") from None
+        begin = datetime(first.year, first.month, first.day, tzinfo=zone)
+        # Midnight to midnight in the zone: 23 or 25 hours on a DST change.
+        following = first + timedelta(days=1)
+        finish = datetime(following.year, following.month, following.day, tzinfo=zone)
+    elif month or last_month:
+        if month:
+            try:
+                year, number = (int(part) for part in month.split("-"))
+                _month_start(year, number, zone)
+            except ValueError:
+                raise PeriodError(f"--month wants YYYY-MM, got {month!r}") from None
+        else:
+            year, number = (now.year - 1, 12) if now.month == 1 else (now.year, now.month - 1)
+        begin = _month_start(year, number, zone)
+        finish = _month_start(*_next_month(year, number), zone)
+    else:
+        if end:
+            finish = parse_moment(end, zone)
+        else:
+            finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            finish += timedelta(hours=1)
+        begin = parse_moment(start, zone) if start else finish - timedelta(days=1)
+    period = Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end"))
+    if period.start >= period.end:
+        raise PeriodError("the start of the period must be before its end")
+    return period

@@ -1,0 +1,148 @@
+"""What one request costs: the price table and one pure function.
+
+Money is counted in whole picodollars (1 USD = 10**12 pUSD) as Python ints, so
+sums are exact however many requests are added, in any order, in any process.
+A price in USD per million tokens with at most six decimals is a whole number
+of picodollars per token (``price * 10**6``), so a request's cost is an exact
+integer too. Decimal strings and floats appear only at the edges (log line,
+metric, report), converted from the exact integer once.
+
+A request is priced at the model that answered it: the model it named, or the
+fallback that served it after a failover. A model without a price costs 0 and
+is flagged ``priced=False`` (log line, rollup's ``unpriced_requests``, report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from extproc.config.pricing_model import ModelPrice, PricingConfig
+
+if TYPE_CHECKING:
+    from extproc.config.model import ModelConfig
+    from extproc.context import RequestContext, Usage
+
+PICO_PER_USD = 10**12
+# USD per million tokens -> picodollars per token.
+_PER_MILLION_TO_PICO_PER_TOKEN = 10**6
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrices:
+    """Picodollars per token: input (uncached), cached input, output."""
+
+    input: int
+    cached_input: int
+    output: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    picousd: int
+    priced: bool
+
+    @property
+    def usd(self) -> Decimal:
+        return usd(self.picousd)
+
+    @property
+    def usd_float(self) -> float:
+        return usd_float(self.picousd)
+
+
+FREE = Cost(0, True)
+UNPRICED = Cost(0, False)
+
+
+def _per_token(price: Decimal) -> int:
+    return int(price * _PER_MILLION_TO_PICO_PER_TOKEN)
+
+
+def token_prices(price: ModelPrice) -> TokenPrices:
+    return TokenPrices(
+        input=_per_token(price.input_per_million),
+        cached_input=_per_token(price.cached_input),
+        output=_per_token(price.output_per_million),
+    )
+
+
+def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
+    """The cost of one request's usage: uncached prompt tokens at the input price,
+    cached ones at the cached-input price, completion tokens at the output price."""
+    if prices is None:
+        return UNPRICED
+    cached = min(max(usage.cached_tokens, 0), usage.prompt_tokens)
+    uncached = usage.prompt_tokens - cached
+    return Cost(
+        uncached * prices.input + cached * prices.cached_input
+        + usage.completion_tokens * prices.output,
+        True,
+    )  # fmt: skip
+
+
+class PriceTable:
+    """Prices by every name a request may carry: model names, their aliases, other names."""
+
+    def __init__(self, pricing: PricingConfig, models: tuple[ModelConfig, ...] = ()) -> None:
+        self._by_name: dict[str, TokenPrices] = {}
+        for name, price in pricing.models.items():
+            self._by_name[name] = token_prices(price)
+        # A price given for a model (or one of its aliases) covers all its names,
+        # unless a name has a price of its own.
+        for model in models:
+            names = (model.name, *model.aliases)
+            found = next((self._by_name[n] for n in names if n in pricing.models), None)
+            if found is None:
+                continue
+            for name in names:
+                self._by_name.setdefault(name, found)
+        self.unpriced_models = tuple(
+            model.name
+            for model in models
+            if not any(n in self._by_name for n in (model.name, *model.aliases))
+        )
+
+    def prices(self, model: str | None) -> TokenPrices | None:
+        return self._by_name.get(model) if model else None
+
+    def cost(self, model: str | None, usage: Usage) -> Cost:
+        return cost_of(usage, self.prices(model))
+
+
+def usd(picousd: int) -> Decimal:
+    """Picodollars as an exact Decimal number of USD."""
+    return Decimal(picousd).scaleb(-12)
+
+
+def usd_float(picousd: int) -> float:
+    """The float nearest the exact amount. Its shortest repr (what JSON and Prometheus
+    print) is the exact decimal while the amount has at most 15 significant digits,
+    i.e. below $1,000 at picodollar precision."""
+    return float(usd(picousd))
+
+
+def usd_text(picousd: int) -> str:
+    """The exact amount as plain decimal text, at least two decimals: '0.00015', '12.50'."""
+    text = format(usd(picousd), "f")
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"{whole}.{fraction}"
+
+
+def request_cost(ctx: RequestContext) -> Cost:
+    """The cost of a finished request, computed once and kept on the context, so the log
+    line, the counter, the rollup and Envoy's metadata carry the very same number."""
+    if ctx.cost is None:
+        if ctx.model is None:
+            # Refused before a model was named: nothing to price.
+            ctx.cost = FREE
+            return ctx.cost
+        prices = ctx.runtime.prices
+        model: str | None = ctx.model
+        if ctx.failover_model is not None and prices.prices(ctx.upstream_model) is not None:
+            # ctx.upstream_model names the chain member that answered.
+            model = ctx.upstream_model
+        ctx.cost = prices.cost(model, ctx.usage)
+    return ctx.cost
