@@ -176,6 +176,8 @@ class Reply:
     pieces: list[str]
     stop_reason: str
     input_tokens: int
+    # Of input_tokens, those reported as read from the cache (the `cached` fault key).
+    cached_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -185,13 +187,21 @@ class Reply:
     def output_tokens(self) -> int:
         return len(self.pieces)
 
+    def input_usage(self) -> dict[str, int]:
+        """The input side of usage: Anthropic's input_tokens excludes cache reads."""
+        usage = {"input_tokens": self.input_tokens - self.cached_tokens}
+        if self.cached_tokens:
+            usage["cache_read_input_tokens"] = self.cached_tokens
+        return usage
+
 
 def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     pieces, truncated = reply_pieces(req.messages, max_tokens=req.max_tokens, chunks=fault.chunks)
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
-    return Reply(pieces, "max_tokens" if truncated else "end_turn", input_tokens)
+    stop_reason = "max_tokens" if truncated else "end_turn"
+    return Reply(pieces, stop_reason, input_tokens, fault.cached_part(input_tokens))
 
 
 def _has_credentials(request: web.Request) -> bool:
@@ -259,7 +269,7 @@ class AnthropicEndpoints:
             "content": [{"type": "text", "text": reply.text}],
             "stop_reason": reply.stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+            "usage": {**reply.input_usage(), "output_tokens": reply.output_tokens},
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
 
@@ -297,7 +307,7 @@ class AnthropicEndpoints:
             "stop_reason": None,
             "stop_sequence": None,
             # Anthropic reports the input up front and a placeholder output count of 1.
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
+            "usage": {**reply.input_usage(), "output_tokens": 1},
         }
         try:
             await send("message_start", {"type": "message_start", "message": start_message})

@@ -561,6 +561,8 @@ class Reply:
     pieces: list[str]
     stop_reason: str
     input_tokens: int
+    # Of input_tokens, those reported as read from the cache (the `cached` fault key).
+    cached_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -568,11 +570,15 @@ class Reply:
 
     def usage(self) -> dict[str, int]:
         output_tokens = len(self.pieces)
-        return {
-            "inputTokens": self.input_tokens,
+        # Converse's inputTokens excludes cache reads, reported apart.
+        usage = {
+            "inputTokens": self.input_tokens - self.cached_tokens,
             "outputTokens": output_tokens,
             "totalTokens": self.input_tokens + output_tokens,
         }
+        if self.cached_tokens:
+            usage["cacheReadInputTokens"] = self.cached_tokens
+        return usage
 
 
 def build_reply(req: ConverseRequest, fault: Fault) -> Reply:
@@ -580,7 +586,8 @@ def build_reply(req: ConverseRequest, fault: Fault) -> Reply:
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
-    return Reply(pieces, "max_tokens" if truncated else "end_turn", input_tokens)
+    stop_reason = "max_tokens" if truncated else "end_turn"
+    return Reply(pieces, stop_reason, input_tokens, fault.cached_part(input_tokens))
 
 
 def _elapsed_ms(started: float) -> int:

@@ -13,6 +13,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     garbage    = 0 | 1 | true | false ; answer 200 with a body (or SSE data) that is not JSON
     chunks     = int >= 1             ; stream the reply as exactly this many content chunks
     interval   = float >= 0           ; seconds between SSE events (overrides chunk_delay_s)
+    cached     = int >= 0             ; report this many prompt tokens (at most all) as read
+                                      ; from the provider's prompt cache
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -42,6 +44,11 @@ class Fault:
     garbage: bool = False
     chunks: int | None = None
     interval_s: float | None = None
+    cached_tokens: int | None = None
+
+    def cached_part(self, prompt_tokens: int) -> int:
+        """How many of a request's prompt tokens to report as read from the cache."""
+        return min(self.cached_tokens or 0, prompt_tokens)
 
 
 NO_FAULT = Fault()
@@ -93,6 +100,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
     "interval": ("interval_s", _delay),
+    "cached": ("cached_tokens", _non_negative),
 }
 
 

@@ -19,8 +19,9 @@ import orjson
 from aiohttp import web
 
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.recorder import Body
-from extproc.mock_llm.tokens import prompt_tokens, reply_pieces
+from extproc.mock_llm.tokens import prompt_tokens, reply_pieces, reply_text
 
 SYSTEM_FINGERPRINT = "fp_mock"
 MODELS_CREATED = 1_700_000_000  # fixed so the model list is byte-for-byte stable
@@ -48,6 +49,8 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    # OpenAI's response_format: JSON answers when it asks for them (json_reply).
+    response_format: Any = None
 
 
 def _optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
@@ -98,7 +101,9 @@ def parse_chat_request(body: Body) -> ChatRequest:
     max_tokens = _optional_positive_int(doc, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _optional_positive_int(doc, "max_tokens")
-    return ChatRequest(model, messages, bool(stream), include_usage, max_tokens)
+    return ChatRequest(
+        model, messages, bool(stream), include_usage, max_tokens, doc.get("response_format")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +111,33 @@ class Completion:
     pieces: list[str]
     finish_reason: str
     prompt_tokens: int
+    # Prompt tokens reported as read from the cache (the `cached` fault key).
+    cached_tokens: int = 0
 
     @property
     def content(self) -> str:
         return "".join(self.pieces)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         completion_tokens = len(self.pieces)
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 def build_completion(chat: ChatRequest, fault: Fault) -> Completion:
-    pieces, truncated = reply_pieces(chat.messages, max_tokens=chat.max_tokens, chunks=fault.chunks)
+    as_json = json_reply(chat.response_format, reply_text(chat.messages))
+    pieces, truncated = reply_pieces(
+        chat.messages, max_tokens=chat.max_tokens, chunks=fault.chunks, text=as_json
+    )
     finish_reason = "length" if truncated else "stop"
-    return Completion(pieces, finish_reason, prompt_tokens(chat.messages))
+    prompt = prompt_tokens(chat.messages)
+    return Completion(pieces, finish_reason, prompt, fault.cached_part(prompt))
 
 
 def error_response(
@@ -254,7 +268,7 @@ class OpenAIEndpoints:
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
         created = int(time.time())
 
-        def event(choices: list[dict[str, Any]], usage: dict[str, int] | None) -> bytes:
+        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
             if fault.garbage:
                 return b"data: {this is not json\n\n"
             chunk: dict[str, Any] = {

@@ -77,10 +77,15 @@ def reply_text(messages: Sequence[dict[str, Any]]) -> str:
 
 
 def reply_pieces(
-    messages: Sequence[dict[str, Any]], *, max_tokens: int | None, chunks: int | None
+    messages: Sequence[dict[str, Any]],
+    *,
+    max_tokens: int | None,
+    chunks: int | None,
+    text: str | None = None,
 ) -> tuple[list[str], bool]:
-    """The reply's pieces to send, and whether the token limit cut them short."""
-    pieces = token_pieces(reply_text(messages))
+    """The reply's pieces to send (of ``text`` when given, e.g. a JSON answer), and
+    whether the token limit cut them short."""
+    pieces = token_pieces(reply_text(messages) if text is None else text)
     if chunks is not None and pieces:
         pieces = list(itertools.islice(itertools.cycle(pieces), chunks))
     if max_tokens is not None and max_tokens < len(pieces):

@@ -1,0 +1,118 @@
+"""The mock's behaviours for chargeback and evaluations: cached prompt tokens, JSON answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anthropic
+import pytest
+from openai import AsyncOpenAI
+
+from extproc.mock_llm import bedrock_api
+from extproc.mock_llm.faults import FaultSpecError, parse_fault
+from extproc.mock_llm.json_reply import instance
+from extproc.testing import serve_mock
+
+MESSAGES = [{"role": "user", "content": "Classify: I love it"}]
+CACHED = {"x-mock-fault": "cached=5"}
+
+
+@pytest.fixture(scope="module")
+async def mock_url() -> AsyncIterator[str]:
+    async with serve_mock() as url:
+        yield url
+
+
+@pytest.fixture
+async def client(mock_url: str) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="sk-test", max_retries=0) as c:
+        yield c
+
+
+async def test_openai_reports_cached_prompt_tokens_when_asked(client: AsyncOpenAI) -> None:
+    plain = await client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    cached = await client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers=CACHED,
+    )
+    assert plain.usage is not None and plain.usage.prompt_tokens_details is None
+    assert cached.usage is not None and cached.usage.prompt_tokens_details is not None
+    assert cached.usage.prompt_tokens_details.cached_tokens == 5
+    assert cached.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+async def test_anthropic_reports_cache_reads_apart_from_input(mock_url: str) -> None:
+    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
+        plain = await c.messages.create(model="m", max_tokens=50, messages=MESSAGES)  # type: ignore[arg-type]
+        cached = await c.messages.create(
+            model="m",
+            max_tokens=50,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_headers={"x-mock-fault": "cached=1000"},
+        )
+    # Never more than the whole prompt.
+    assert cached.usage.cache_read_input_tokens == plain.usage.input_tokens
+    assert cached.usage.input_tokens == 0
+
+
+def test_bedrock_reports_cache_reads_apart_from_input() -> None:
+    reply = bedrock_api.Reply(["a", "b"], "end_turn", 10, cached_tokens=4)
+    assert reply.usage() == {
+        "inputTokens": 6, "outputTokens": 2, "totalTokens": 12, "cacheReadInputTokens": 4,
+    }  # fmt: skip
+
+
+def test_cached_must_be_a_count() -> None:
+    assert parse_fault("cached=3").cached_tokens == 3
+    with pytest.raises(FaultSpecError, match="cached"):
+        parse_fault("cached=-1")
+
+
+async def test_json_object_answers_are_json(client: AsyncOpenAI) -> None:
+    answer = await client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        response_format={"type": "json_object"},
+    )
+    assert json.loads(answer.choices[0].message.content or "") == {
+        "reply": "Mock reply to: Classify: I love it"
+    }
+
+
+SENTIMENT = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "keywords": {"type": "array", "items": {"type": "string"}},
+        "sarcastic": {"type": ["boolean", "null"]},
+    },
+    "required": ["sentiment", "confidence"],
+}
+
+
+async def test_json_schema_answers_follow_the_schema_streamed_too(client: AsyncOpenAI) -> None:
+    response_format = {"type": "json_schema", "json_schema": {"name": "s", "schema": SENTIMENT}}
+    stream = await client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        response_format=response_format,  # type: ignore[arg-type]
+        stream=True,
+    )
+    text = "".join(
+        [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    )
+    assert json.loads(text) == {
+        "sentiment": "positive",
+        "confidence": 0,
+        "keywords": ["Mock reply to: Classify: I love it"],
+        "sarcastic": True,
+    }
+
+
+def test_schema_instances_cover_nesting_and_choices() -> None:
+    schema = {"anyOf": [{"type": "integer", "minimum": 3}, {"type": "string"}]}
+    assert instance(schema, "t") == 3
+    assert instance({"type": "array", "minItems": 2, "items": {"const": 1}}, "t") == [1, 1]
