@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test unit integration lint typecheck bench soak render-envoy check-config protos clean
+.PHONY: run test unit integration lint typecheck bench soak render-envoy check-config protos clean eval
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,17 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check extproc tests benchmarks
-	$(BIN)/ruff format --check extproc tests benchmarks
+	$(BIN)/ruff check extproc tests benchmarks evaluations
+	$(BIN)/ruff format --check extproc tests benchmarks evaluations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy extproc
+
+## Model evaluations: the promptfoo suites of evaluations/ against a local stack it
+## starts and stops (mock provider unless OPENAI_API_KEY / ANTHROPIC_API_KEY are set).
+## promptfoo and Node 22 are installed from npm into .eval/ on first use.
+eval: $(STAMP)
+	$(BIN)/python -m evaluations.run
 
 ## Every performance target (issues #2, #10) side by side: Envoy direct, echo
 ## processor, gateway variants, streaming, memory. BENCH_ARGS="--quick --only prod,stream".
@@ -67,4 +73,4 @@ protos: $(STAMP)
 	rm -rf .protos-build
 
 clean:
-	rm -rf .run .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run .data .eval .pytest_cache .mypy_cache .ruff_cache

@@ -113,6 +113,11 @@ def _add_usage_commands(commands: Any) -> None:
             "--time-zone", default="UTC", help="zone of --day/--month and of times without offset"
         )
         sub.add_argument("--format", choices=formats, default=default)
+        remote = sub.add_argument_group("through the management API instead of the store")
+        remote.add_argument("--api", action="store_true", help="ask the management API")
+        remote.add_argument("--address", help="management API (default: the config's)")
+        remote.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
+        remote.add_argument("--timeout", type=float, default=30.0, help="seconds")
         sub.set_defaults(run=_usage_report)
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
 

@@ -35,6 +35,7 @@ from extproc.management.service import (
     QuotaManagementService,
     start_server,
 )
+from extproc.management.usage import UsageReportService
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
@@ -192,7 +193,10 @@ class Gateway:
         audit = AuditLog()
         service = QuotaManagementService(lambda: self.runtime, admin, audit)
         keys = KeyManagementService(lambda: self.runtime, stored_keys, audit)
-        self._management = await start_server(self.config.management.address, service, keys)
+        usage_store = self.services.store
+        assert usage_store is not None, "the store starts first"
+        usage = UsageReportService(lambda: self.runtime, usage_store, audit)
+        self._management = await start_server(self.config.management.address, service, keys, usage)
         log.info("management API on %s", self.config.management.address)
 
     def reload_config(self) -> None:

@@ -24,6 +24,10 @@ from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.usage import UsageRow, UsageStore
 
 
+class ReportError(Exception):
+    """The report cannot be made (management API refused or unreachable)."""
+
+
 def period_of(args: argparse.Namespace) -> Period:
     return resolve_period(
         start=args.start,
@@ -57,11 +61,37 @@ def _rows(
     by = dimensions(args.by)
     try:
         period = period_of(args)
-        rows = asyncio.run(query_store(config, period, by))
-    except (PeriodError, ValueError) as exc:
+        if args.api:
+            rows = _ask_api(config, args, by)
+        else:
+            rows = asyncio.run(query_store(config, period, by))
+    except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
     return rows, by, period
+
+
+def _ask_api(
+    config: GatewayConfig, args: argparse.Namespace, by: tuple[str, ...]
+) -> list[UsageRow]:
+    """The same report from a gateway's management API (another host's store, say)."""
+    from extproc.management.client import ManagementError, UsageClient
+    from extproc.management.usage import rows_from_report
+    from extproc.management.v1 import management_pb2 as pb
+
+    address = args.address or config.management.address
+    token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
+    if not token:
+        raise ReportError("no admin token: pass --token or set AIGW_ADMIN_TOKEN")
+    request = pb.UsageReportRequest(
+        start=args.start or "", end=args.end or "", day=args.day or "", month=args.month or "",
+        last_month=args.last_month, time_zone=args.time_zone, group_by=by,
+    )  # fmt: skip
+    try:
+        with UsageClient(address, token, args.timeout) as client:
+            return rows_from_report(client.report(request))
+    except ManagementError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def report(config: GatewayConfig, args: argparse.Namespace) -> int:

@@ -308,3 +308,11 @@ def _status(key: pb.KeyInfo) -> str:
 
 def _utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class UsageClient(ManagementClient):
+    stub_type = pb_grpc.UsageReportsStub
+
+    def report(self, request: pb.UsageReportRequest) -> pb.UsageReport:
+        answer: pb.UsageReport = self._call(self._stub.GetUsageReport, request)
+        return answer

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 from grpc import aio as grpc_aio
@@ -47,10 +47,14 @@ from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.quota.rules import Limit
 from extproc.runtime import Runtime
 
+if TYPE_CHECKING:
+    from extproc.management.usage import UsageReportService
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["QuotaManagement"].full_name
 KEY_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["KeyManagement"].full_name
+USAGE_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["UsageReports"].full_name
 T = TypeVar("T")
 _LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 # Anything that names the limits of one subject a change applies to.
@@ -415,7 +419,10 @@ def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaS
 
 
 async def start_server(
-    address: str, service: QuotaManagementService, keys: KeyManagementService | None = None
+    address: str,
+    service: QuotaManagementService,
+    keys: KeyManagementService | None = None,
+    usage: UsageReportService | None = None,
 ) -> grpc_aio.Server:
     """A gRPC server of its own for the management API, with health and reflection."""
     server = grpc_aio.server()
@@ -424,6 +431,9 @@ async def start_server(
     if keys is not None:
         pb_grpc.add_KeyManagementServicer_to_server(keys, server)  # type: ignore[no-untyped-call]
         served.append(KEY_SERVICE_NAME)
+    if usage is not None:
+        pb_grpc.add_UsageReportsServicer_to_server(usage, server)  # type: ignore[no-untyped-call]
+        served.append(USAGE_SERVICE_NAME)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     reflection.enable_server_reflection(

@@ -247,10 +247,10 @@ def key_of(source: dict[str, Any]) -> Key:
     return api_key, user, group, model
 
 
-def usage_report(stack: LocalStack) -> dict[Key, dict[str, Any]]:
+def usage_report(stack: LocalStack, *options: str) -> dict[Key, dict[str, Any]]:
     result = subprocess.run(
         [sys.executable, "-m", "extproc", "usage", "report", "--by", "api_key,user,group,model",
-         "--format", "json", "--config", str(stack.config_path)],
+         "--format", "json", "--config", str(stack.config_path), *options],
         env=stack.env, capture_output=True, check=True,
     )  # fmt: skip
     rows = orjson.loads(result.stdout)["rows"]
@@ -271,6 +271,7 @@ def price_of(config_path: Path, model: str) -> tuple[Decimal, Decimal, Decimal] 
     return None
 
 
+@pytest.mark.timeout(300)  # a loaded CI machine; typically 30-40 s
 def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) -> None:
     log = GatewayLog(recon_stack.gateway_log)
     before = len(log.lines())
@@ -353,6 +354,9 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         assert row["unpriced_requests"] == (row["requests"] if unpriced else 0)
     # No series counts anything the logs do not.
     assert set(metrics) <= set(from_logs)
+
+    # The management API serves the very same report (the demo admin token of the config).
+    assert usage_report(recon_stack, "--api", "--token", "dev-admin-token") == report
 
     # The billing export, by group, adds up to the same money.
     export = subprocess.run(

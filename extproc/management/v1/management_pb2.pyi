@@ -1,35 +1,33 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetQuotaRequest(_message.Message):
-    __slots__ = ("subject", "subject_kind")
+    __slots__ = ("subject_kind", "subject")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
     subject: str
-    def __init__(self, subject_kind: str | None = ..., subject: str | None = ...) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class ListQuotasRequest(_message.Message):
     __slots__ = ("subject_kind",)
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
-    def __init__(self, subject_kind: str | None = ...) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ...) -> None: ...
 
 class ListQuotasResponse(_message.Message):
     __slots__ = ("states",)
     STATES_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedCompositeFieldContainer[QuotaState]
-    def __init__(self, states: _Iterable[QuotaState | _Mapping] | None = ...) -> None: ...
+    def __init__(self, states: _Optional[_Iterable[_Union[QuotaState, _Mapping]]] = ...) -> None: ...
 
 class SetLimitRequest(_message.Message):
-    __slots__ = ("counter", "limit", "rule", "subject", "subject_kind")
+    __slots__ = ("subject_kind", "subject", "rule", "counter", "limit")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
@@ -40,17 +38,10 @@ class SetLimitRequest(_message.Message):
     rule: str
     counter: str
     limit: int
-    def __init__(
-        self,
-        subject_kind: str | None = ...,
-        subject: str | None = ...,
-        rule: str | None = ...,
-        counter: str | None = ...,
-        limit: int | None = ...,
-    ) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., rule: _Optional[str] = ..., counter: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class AdjustUsageRequest(_message.Message):
-    __slots__ = ("counter", "delta", "rule", "subject", "subject_kind")
+    __slots__ = ("subject_kind", "subject", "rule", "counter", "delta")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
@@ -61,17 +52,10 @@ class AdjustUsageRequest(_message.Message):
     rule: str
     counter: str
     delta: int
-    def __init__(
-        self,
-        subject_kind: str | None = ...,
-        subject: str | None = ...,
-        rule: str | None = ...,
-        counter: str | None = ...,
-        delta: int | None = ...,
-    ) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., rule: _Optional[str] = ..., counter: _Optional[str] = ..., delta: _Optional[int] = ...) -> None: ...
 
 class ResetUsageRequest(_message.Message):
-    __slots__ = ("counter", "rule", "subject", "subject_kind")
+    __slots__ = ("subject_kind", "subject", "rule", "counter")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
@@ -80,43 +64,20 @@ class ResetUsageRequest(_message.Message):
     subject: str
     rule: str
     counter: str
-    def __init__(
-        self,
-        subject_kind: str | None = ...,
-        subject: str | None = ...,
-        rule: str | None = ...,
-        counter: str | None = ...,
-    ) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., rule: _Optional[str] = ..., counter: _Optional[str] = ...) -> None: ...
 
 class QuotaState(_message.Message):
-    __slots__ = ("limits", "subject", "subject_kind")
+    __slots__ = ("subject_kind", "subject", "limits")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
     subject: str
     limits: _containers.RepeatedCompositeFieldContainer[LimitState]
-    def __init__(
-        self,
-        subject_kind: str | None = ...,
-        subject: str | None = ...,
-        limits: _Iterable[LimitState | _Mapping] | None = ...,
-    ) -> None: ...
+    def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ...) -> None: ...
 
 class LimitState(_message.Message):
-    __slots__ = (
-        "configured_limit",
-        "counter",
-        "kind",
-        "limit",
-        "overridden",
-        "remaining",
-        "reset_at",
-        "rule",
-        "time_zone",
-        "used",
-        "window_start",
-    )
+    __slots__ = ("rule", "counter", "kind", "limit", "configured_limit", "overridden", "used", "remaining", "window_start", "reset_at", "time_zone")
     RULE_FIELD_NUMBER: _ClassVar[int]
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -139,39 +100,17 @@ class LimitState(_message.Message):
     window_start: float
     reset_at: float
     time_zone: str
-    def __init__(
-        self,
-        rule: str | None = ...,
-        counter: str | None = ...,
-        kind: str | None = ...,
-        limit: int | None = ...,
-        configured_limit: int | None = ...,
-        overridden: bool | None = ...,
-        used: int | None = ...,
-        remaining: int | None = ...,
-        window_start: float | None = ...,
-        reset_at: float | None = ...,
-        time_zone: str | None = ...,
-    ) -> None: ...
+    def __init__(self, rule: _Optional[str] = ..., counter: _Optional[str] = ..., kind: _Optional[str] = ..., limit: _Optional[int] = ..., configured_limit: _Optional[int] = ..., overridden: _Optional[bool] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ..., window_start: _Optional[float] = ..., reset_at: _Optional[float] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = (
-        "allowed_models",
-        "allowed_routes",
-        "expires_at",
-        "group_id",
-        "id",
-        "labels",
-        "user_id",
-    )
+    __slots__ = ("id", "user_id", "group_id", "labels", "expires_at", "allowed_models", "allowed_routes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -186,24 +125,15 @@ class CreateKeyRequest(_message.Message):
     expires_at: float
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     allowed_routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        id: str | None = ...,
-        user_id: str | None = ...,
-        group_id: str | None = ...,
-        labels: _Mapping[str, str] | None = ...,
-        expires_at: float | None = ...,
-        allowed_models: _Iterable[str] | None = ...,
-        allowed_routes: _Iterable[str] | None = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreatedKey(_message.Message):
-    __slots__ = ("info", "key")
+    __slots__ = ("key", "info")
     KEY_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     key: str
     info: KeyInfo
-    def __init__(self, key: str | None = ..., info: KeyInfo | _Mapping | None = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()
@@ -213,35 +143,23 @@ class ListKeysResponse(_message.Message):
     __slots__ = ("keys",)
     KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
-    def __init__(self, keys: _Iterable[KeyInfo | _Mapping] | None = ...) -> None: ...
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: str | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = (
-        "allowed_models",
-        "allowed_routes",
-        "created_at",
-        "enabled",
-        "expires_at",
-        "group_id",
-        "id",
-        "labels",
-        "source",
-        "user_id",
-    )
+    __slots__ = ("id", "user_id", "group_id", "labels", "enabled", "expires_at", "created_at", "source", "allowed_models", "allowed_routes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -262,16 +180,73 @@ class KeyInfo(_message.Message):
     source: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     allowed_routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        id: str | None = ...,
-        user_id: str | None = ...,
-        group_id: str | None = ...,
-        labels: _Mapping[str, str] | None = ...,
-        enabled: bool | None = ...,
-        expires_at: float | None = ...,
-        created_at: float | None = ...,
-        source: str | None = ...,
-        allowed_models: _Iterable[str] | None = ...,
-        allowed_routes: _Iterable[str] | None = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., enabled: _Optional[bool] = ..., expires_at: _Optional[float] = ..., created_at: _Optional[float] = ..., source: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UsageReportRequest(_message.Message):
+    __slots__ = ("start", "end", "day", "month", "last_month", "time_zone", "group_by")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    MONTH_FIELD_NUMBER: _ClassVar[int]
+    LAST_MONTH_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    end: str
+    day: str
+    month: str
+    last_month: bool
+    time_zone: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., day: _Optional[str] = ..., month: _Optional[str] = ..., last_month: _Optional[bool] = ..., time_zone: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UsageReport(_message.Message):
+    __slots__ = ("start", "end", "group_by", "rows", "totals", "latency_bucket_bounds_ms")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_BOUNDS_MS_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    end: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    totals: UsageRow
+    latency_bucket_bounds_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageRow, _Mapping]] = ..., latency_bucket_bounds_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets")
+    class DimensionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    COST_PICOUSD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    dimensions: _containers.ScalarMap[str, str]
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    total_tokens: int
+    unpriced_requests: int
+    cost_usd: str
+    cost_picousd: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cost_usd: _Optional[str] = ..., cost_picousd: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_buckets: _Optional[_Iterable[int]] = ...) -> None: ...

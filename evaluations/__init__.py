@@ -1,0 +1,1 @@
+"""promptfoo model evaluations run against the gateway (`make eval`)."""

@@ -1,0 +1,103 @@
+"""``aigw.management.v1.UsageReports``: the usage report over the management API.
+
+The same query and the same records as ``extproc usage report`` (the rollups in
+the store, summed by ``extproc.chargeback.report``), behind the admin tokens of
+the other management services. ``rows_from_report`` turns an answer back into
+rollup rows, so the CLI prints exactly the same thing whichever way it asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from grpc import aio as grpc_aio
+
+from extproc.chargeback.latency import BOUNDS_MS, BUCKETS
+from extproc.chargeback.period import Period, PeriodError, resolve_period
+from extproc.chargeback.pricing import usd_text
+from extproc.chargeback.report import dimensions, totals
+from extproc.management.audit import AuditLog
+from extproc.management.quotas import InvalidArgumentError
+from extproc.management.service import AdminService
+from extproc.management.v1 import management_pb2 as pb
+from extproc.management.v1 import management_pb2_grpc as pb_grpc
+from extproc.runtime import Runtime
+from extproc.store.usage import UsageRow, UsageStore
+
+
+class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
+    def __init__(self, runtime: Callable[[], Runtime], store: UsageStore, audit: AuditLog) -> None:
+        super().__init__(runtime, audit)
+        self._store = store
+
+    async def GetUsageReport(  # noqa: N802 - gRPC method name
+        self, request: pb.UsageReportRequest, context: grpc_aio.ServicerContext
+    ) -> pb.UsageReport:
+        async def work(caller: str) -> pb.UsageReport:
+            by = dimensions(",".join(request.group_by) or "model")
+            try:
+                period = resolve_period(
+                    start=request.start or None,
+                    end=request.end or None,
+                    day=request.day or None,
+                    month=request.month or None,
+                    last_month=request.last_month,
+                    zone_name=request.time_zone or "UTC",
+                )
+                rows = await self._store.query(period.start, period.end, by)
+            except (PeriodError, ValueError) as exc:
+                raise InvalidArgumentError(str(exc)) from None
+            return usage_report(rows, by, period)
+
+        return await self._call(context, work)
+
+
+def _row(row: UsageRow) -> pb.UsageRow:
+    answer = pb.UsageRow(
+        dimensions=row.dimensions,
+        requests=row.requests,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cached_tokens=row.cached_tokens,
+        total_tokens=row.total_tokens,
+        unpriced_requests=row.unpriced_requests,
+        cost_usd=usd_text(row.cost_picousd),
+        cost_picousd=row.cost_picousd,
+        latency_buckets=row.latency_buckets,
+    )
+    p50, p95 = row.latency_ms(0.50), row.latency_ms(0.95)
+    if p50 is not None and p95 is not None:
+        answer.latency_p50_ms = p50
+        answer.latency_p95_ms = p95
+    return answer
+
+
+def usage_report(rows: list[UsageRow], by: tuple[str, ...], period: Period) -> pb.UsageReport:
+    return pb.UsageReport(
+        start=period.start.isoformat(),
+        end=period.end.isoformat(),
+        group_by=by,
+        rows=[_row(row) for row in rows],
+        totals=_row(totals(rows)),
+        latency_bucket_bounds_ms=[float(bound) for bound in BOUNDS_MS],
+    )
+
+
+def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
+    """The rollup rows an answer carries, as the store would have given them."""
+    rows = []
+    for found in report.rows:
+        buckets = list(found.latency_buckets)[:BUCKETS]
+        rows.append(
+            UsageRow(
+                dict(found.dimensions),
+                requests=found.requests,
+                prompt_tokens=found.prompt_tokens,
+                completion_tokens=found.completion_tokens,
+                cached_tokens=found.cached_tokens,
+                cost_picousd=found.cost_picousd,
+                unpriced_requests=found.unpriced_requests,
+                latency_buckets=buckets + [0] * (BUCKETS - len(buckets)),
+            )
+        )
+    return rows
