@@ -11,12 +11,22 @@ from pydantic import ValidationError
 
 from extproc.chargeback.latency import BOUNDS_MS, BUCKETS, bucket_index, percentile
 from extproc.chargeback.period import PeriodError, resolve_period
-from extproc.chargeback.pricing import PriceTable, cost_of, token_prices, usd, usd_float, usd_text
+from extproc.chargeback.pricing import (
+    PriceTable,
+    cost_of,
+    request_cost,
+    token_prices,
+    usd,
+    usd_float,
+    usd_text,
+)
 from extproc.config import GatewayConfig, load_config
 from extproc.config.pricing_model import ModelPrice, PricingConfig
-from extproc.context import Usage
+from extproc.context import RequestContext, Usage
 from extproc.processor import Processor
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     processor_for,
     request_body,
@@ -181,3 +191,15 @@ async def test_a_model_without_a_price_is_flagged_in_the_log(services: Services)
     ])  # fmt: skip
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert (line["cost_usd"], line["cost_priced"]) == (0.0, False)
+
+
+def test_a_failover_is_priced_at_the_model_that_answered(config: GatewayConfig) -> None:
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+    ctx = RequestContext(runtime=runtime, model="gpt-4o", failover_model="gpt-4o")
+    # The per-attempt filter reported that the fallback gpt-4o-mini answered.
+    ctx.upstream_model = "gpt-4o-mini"
+    ctx.usage = Usage(1_000_000, 0, 1_000_000)
+    assert request_cost(ctx).usd == Decimal("0.15")
+    # Refused before naming a model: nothing to price, nothing flagged.
+    anonymous = RequestContext(runtime=runtime)
+    assert (request_cost(anonymous).picousd, request_cost(anonymous).priced) == (0, True)
