@@ -312,7 +312,18 @@ def _access_log() -> Json:
 
 
 def _local_reply_config() -> Json:
+    # First: the gateway itself did not answer within envoy.message_timeout_ms
+    # (Envoy's details: ext_proc_error_per-message_timeout_exceeded); without this,
+    # the 504 would blame the provider.
     mappers = [
+        _error_mapper(
+            "response.code == 504 && response.code_details.startsWith('ext_proc_error')",
+            GatewayTimeoutError.error_type,
+            "gateway_timeout",
+            "the gateway did not answer in time",
+        )
+    ]
+    mappers += [
         _error_mapper(f"response.code == {error.status}", error.error_type, code, message)
         for error, code, message in _ENVOY_REPLIES
     ]

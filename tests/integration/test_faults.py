@@ -62,6 +62,8 @@ def fault_config(workdir: Path) -> Path:
     text = text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1)
     text = text.replace("\nproviders:\n", "\nproviders:" + EXTRA, 1)
     text = text.replace("\nmodels:\n", "\nmodels:\n  - {name: slow-model, provider: slow}\n", 1)
+    # Envoy's wait for each gateway answer, short so the paused-gateway test is quick.
+    text = text.replace("\nenvoy:\n", "\nenvoy:\n  message_timeout_ms: 2000\n", 1)
     config = workdir / "gateway.yaml"
     config.write_text(text + QUOTAS)
     return config
@@ -228,6 +230,24 @@ def test_an_upstream_babbling_garbage_in_a_stream_breaks_nothing(stack: LocalSta
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     assert line["usage_reported"] is False
     assert chat(stack, "fault").status_code == 200
+
+
+def test_a_frozen_gateway_costs_a_request_no_more_than_envoys_message_timeout(
+    stack: LocalStack,
+) -> None:
+    gateway = stack.process("gateway")
+    gateway.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = chat(stack, "open")
+        waited = time.monotonic() - started
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+    # envoy.message_timeout_ms is 2 s here; the client would have waited 30.
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "gateway_timeout"
+    assert waited < 20
+    assert wait_for(lambda: chat(stack, "open").status_code == 200, 20)
 
 
 def test_the_gateway_killed_under_load_fails_requests_fast_and_recovers(

@@ -2,7 +2,8 @@
 
 Upstream answers (SSE, Bedrock's binary event stream, buffered JSON) come from
 providers the gateway does not control; config files come from operators; the
-management API's inputs come from admin clients. Each property: whatever
+management API's inputs (keys, quota subjects, rules and counters, call
+metadata) come from admin clients. Each property: whatever
 arrives, the parser answers in its documented way and never raises anything
 else. Request bodies and credential headers are fuzzed through the processor
 in ``test_fuzz_requests``.
@@ -22,12 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.config.loader import ConfigError, parse_config
+from extproc.config.quota_model import QuotasConfig
 from extproc.context import Usage
 from extproc.envoy_bootstrap import render_bootstrap
-from extproc.management.quotas import InvalidArgumentError, normalize_kind
+from extproc.management.quotas import InvalidArgumentError, QuotaAdmin, normalize_kind
+from extproc.management.quotas import NotFoundError as QuotaNotFoundError
 from extproc.management.service import _bearer, _new_key
 from extproc.management.v1 import management_pb2 as pb
 from extproc.mock_llm.eventstream import encode_event
+from extproc.quota.rules import RuleSet
 from extproc.translators import anthropic_anthropic, openai_anthropic, openai_bedrock, openai_openai
 from extproc.translators.base import ResponseTranslator
 
@@ -306,3 +310,48 @@ def test_any_subject_kind_and_call_metadata_parse(
     assert isinstance(normalize_kind(kind), str)
     token = _bearer(metadata)
     assert token is None or (token and token == token.strip())
+
+
+class _Clock:
+    def now(self) -> float:
+        return 1_800_000_000.0
+
+
+RULES = RuleSet(
+    QuotasConfig.model_validate(
+        {
+            "rules": [
+                {"name": "per-key", "subject": "api_key", "tokens_per_day": 1000},
+                {"name": "team", "subject": "group", "match": "eng", "requests_per_minute": 5},
+                {
+                    "name": "tier",
+                    "subject": "header:x-tier",
+                    "match": "free",
+                    "token_quota": {"limit": 10, "period": "calendar_month"},
+                },
+            ]
+        }
+    )
+)
+ADMIN = QuotaAdmin(None, "aigw:", _Clock())  # type: ignore[arg-type]
+kinds = st.sampled_from(["api_key", "group", "header:x-tier", "header: X-Tier ", "user"]) | texts
+
+
+@FUZZ
+@given(
+    kind=kinds,
+    subject=texts,
+    rule=texts | st.sampled_from(["per-key", "team", "tier"]),
+    counter=texts | st.sampled_from(["tokens_per_day", "requests_per_minute", "token_quota"]),
+)
+def test_any_quota_subject_rule_and_counter_select_limits_or_say_why_not(
+    kind: str, subject: str, rule: str, counter: str
+) -> None:
+    try:
+        limits = ADMIN.limits(RULES, normalize_kind(kind), subject)
+        chosen = QuotaAdmin.select(limits, rule, counter)
+        one = QuotaAdmin.select_one(limits, rule, counter)
+    except (InvalidArgumentError, QuotaNotFoundError) as refused:
+        assert str(refused)
+    else:
+        assert one in chosen and all(limit in limits for limit in chosen)
