@@ -207,13 +207,19 @@ def drive_every_flow(stack: LocalStack) -> None:
     SECRETS.add(runtime_key)
     SHOWN.append(created.stderr)  # the secret is shown once, on stdout, and only there
     assert post(stack, "/v1/chat/completions", runtime_key, CHAT).status_code == 200
-    for args in (("keys", "list"), ("quota", "list", "--kind", "api_key")):
+    for args in (
+        ("keys", "list"),
+        ("quota", "list", "--kind", "api_key"),
+        ("usage", "report", "--api", "--by", "api_key,user", "--format", "json"),
+        ("usage", "export", "--api", "--by", "api_key", "--format", "csv"),
+    ):
         listed = management(stack, ADMIN_TOKEN, *args)
         assert listed.returncode == 0, listed.stderr
         SHOWN.extend((listed.stdout, listed.stderr))
-    refused = management(stack, WRONG_ADMIN, "keys", "list")
-    assert refused.returncode != 0
-    SHOWN.extend((refused.stdout, refused.stderr))
+    for args in (("keys", "list"), ("usage", "report", "--api")):
+        refused = management(stack, WRONG_ADMIN, *args)
+        assert refused.returncode != 0
+        SHOWN.extend((refused.stdout, refused.stderr))
     revoked = management(stack, ADMIN_TOKEN, "keys", "revoke", "--id", "scan-bot")
     assert revoked.returncode == 0, revoked.stderr
     SHOWN.extend((revoked.stdout, revoked.stderr))
