@@ -46,7 +46,7 @@ def test_the_alert_unit_tests_pass_including_the_80_percent_quota_alert() -> Non
     result = promtool("test", "rules", *tests)
     assert result.returncode == 0, result.stdout + result.stderr
     text = "\n".join(Path(path).read_text() for path in tests)
-    assert "alertname: AigwQuotaNearlyUsed" in text and "has used 90% of its token quota" in text
+    assert "alertname: AigwQuotaNearlyUsed" in text and "has used 85% of its token quota" in text
 
 
 def test_the_alert_tests_feed_series_shaped_like_the_gateways_metrics() -> None:
