@@ -107,7 +107,9 @@ def measure_interleaved(
                     row.failure = f"could not start: {str(error).splitlines()[0]}"
                 continue
             script = write_script(workdir / scenario.key / "wrk", target.authorization, target.path)
-            failure = check_one_request(target.base_url, target.authorization, target.path)
+            failure = check_one_request(
+                target.base_url, target.authorization, target.path
+            ) or scenario.check(target)
             for row in own:
                 row.failure = failure
             if failure is None:

@@ -150,6 +150,31 @@ def check_one_request(
     return None
 
 
+def check_guard_refuses(
+    base_url: str, authorization: str = DEFAULT_AUTHORIZATION, path: str = CHAT_PATH
+) -> str | None:
+    """None if a prompt carrying an OpenAI-style secret is refused with an OpenAI error:
+    proof that a row meant to include the regex guard really runs it."""
+    secret = "sk-" + "A1b2C3d4" * 5
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"my key is {secret}"}]}
+    request = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        headers=request_headers(authorization),
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return f"the guard let a secret through: HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        answer = error.read()
+        if 400 <= error.code < 500 and b'"error"' in answer:
+            return None
+        return f"the guard's refusal is not an OpenAI error: HTTP {error.code} {answer[:200]!r}"
+    except (urllib.error.URLError, OSError) as error:
+        return f"request failed: {error}"
+
+
 def _find(pattern: str, text: str, default: str | None = None) -> str:
     match = re.search(pattern, text)
     if match:

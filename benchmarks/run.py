@@ -219,7 +219,9 @@ def measure_scenario(
     try:
         with scenario.start(workdir, upstream) as target:
             script = write_script(workdir / "wrk", target.authorization, target.path)
-            failure = check_one_request(target.base_url, target.authorization, target.path)
+            failure = check_one_request(
+                target.base_url, target.authorization, target.path
+            ) or scenario.check(target)
             if failure is not None:
                 return [Row(scenario.key, scenario.title, n, failure=failure) for n in connections]
             return [measure(scenario, target, script, n, duration_s) for n in connections]

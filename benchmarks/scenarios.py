@@ -51,7 +51,7 @@ from benchmarks.envoy_configs import (
     upstream_bootstrap,
     write_bootstrap,
 )
-from benchmarks.load_generator import DEFAULT_AUTHORIZATION
+from benchmarks.load_generator import DEFAULT_AUTHORIZATION, check_guard_refuses
 from benchmarks.processes import ProcessSet
 from extproc.devstack import LocalStack, Ports, free_port
 
@@ -101,6 +101,8 @@ class Scenario:
     connections: tuple[int, ...] | None = None
     # Why the scenario cannot run in this checkout (None: it can).
     unavailable: Callable[[], str | None] = lambda: None
+    # A check beyond the first 200 (None: passed), e.g. that the guard really runs.
+    check: Callable[[Target], str | None] = lambda target: None
 
 
 @contextmanager
@@ -249,17 +251,33 @@ def _no_workers() -> str | None:
 
 _PROD_TITLE = "(p) production" + ("" if guard_available() else " (no guard yet)")
 
+
+def _guard_runs(target: Target) -> str | None:
+    if not guard_available():
+        return None
+    return check_guard_refuses(target.base_url, target.authorization, target.path)
+
+
 SCENARIOS = (
     Scenario("upstream", "upstream alone (ref)", upstream_alone),
     Scenario("a", "(a) envoy direct", envoy_direct),
     Scenario("b", "(b) envoy + echo ext_proc", envoy_echo),
     Scenario("c", "(c) gateway, default config", envoy_gateway),
-    Scenario("prod", _PROD_TITLE, envoy_gateway_prod),
+    Scenario("prod", _PROD_TITLE, envoy_gateway_prod, check=_guard_runs),
     Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
     Scenario("e", "(e) gateway, -> Anthropic", envoy_gateway_anthropic),
     Scenario("f", "(f) gateway, 3 quota rules", envoy_gateway_quotas),
-    Scenario("w1", "(w1) production, 1 worker", envoy_gateway_workers(1), (16,), _no_workers),
-    Scenario("w2", "(w2) production, 2 workers", envoy_gateway_workers(2), (16,), _no_workers),
+    Scenario(
+        "w1", "(w1) production, 1 worker", envoy_gateway_workers(1), (16,), _no_workers, _guard_runs
+    ),
+    Scenario(
+        "w2",
+        "(w2) production, 2 workers",
+        envoy_gateway_workers(2),
+        (16,),
+        _no_workers,
+        _guard_runs,
+    ),
 )
 
 

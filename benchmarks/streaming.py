@@ -193,7 +193,7 @@ def measure_stream(
                 with CpuMeter(target.pids, client="client") as meter:
                     for _ in range(requests):
                         sample, seen, _ = client.request(full_speed)
-                        if seen.count != events + 1 or seen.leftover.strip():
+                        if seen.count < events + 1 or seen.leftover.strip():
                             row.failure = f"a stream had {seen.count} events, not {events + 1}"
                             return row
                         row.samples.append(sample)
