@@ -80,6 +80,14 @@ def process_name(pid: int) -> str:
         return ""
 
 
+def process_cmdline(pid: int) -> str:
+    """The process's command line, arguments joined by spaces ("" once it is gone)."""
+    try:
+        return (_PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def resident_bytes(pid: int, field: str = "VmRSS") -> int | None:
     """The process's resident set size, or None once it is gone. ``field="RssAnon"``: only
     its private memory, without the shared libraries' pages (``RssFile``)."""

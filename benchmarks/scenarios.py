@@ -23,12 +23,14 @@ The streaming rows live in ``benchmarks.streaming``, the memory row in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,7 +45,7 @@ from benchmarks.configs import (
     workers_overlay,
     write_config,
 )
-from benchmarks.cpu import child_pids, process_name
+from benchmarks.cpu import child_pids, process_cmdline, process_name
 from benchmarks.envoy_configs import (
     CHAT_PATH,
     envoy_argv,
@@ -159,7 +161,9 @@ def envoy_gateway_workers(workers: int) -> Callable[[Path, Target], AbstractCont
     @contextmanager
     def start(workdir: Path, upstream: Target) -> Iterator[Target]:
         config = write_config(workdir / f"gateway-workers-{workers}.yaml", workers_overlay(workers))
-        with run_gateway(workdir, upstream, config, DEFAULT_AUTHORIZATION) as target:
+        with run_gateway(
+            workdir, upstream, config, DEFAULT_AUTHORIZATION, workers=workers
+        ) as target:
             yield target
 
     return start
@@ -212,13 +216,20 @@ def run_gateway(
     config: Path,
     authorization: str,
     path: str = CHAT_PATH,
+    workers: int = 1,
 ) -> Iterator[Target]:
     """The gateway (``LocalStack``: server, embedded Valkey, Envoy) with ``config``, its
-    ``mock`` provider pointed at ``upstream``."""
+    ``mock`` provider pointed at ``upstream``; with ``workers``, that many worker processes."""
     fresh = Ports.free()
     ports = Ports(fresh.envoy, fresh.envoy_admin, fresh.grpc, fresh.http, _port_of(upstream))
     # real_provider="mock": no mock-llm process, models still go to the provider "mock".
-    stack = LocalStack(workdir=workdir, ports=ports, config_path=config, real_provider="mock")
+    options: dict[str, Any] = {
+        "workdir": workdir, "ports": ports, "config_path": config, "real_provider": "mock"
+    }  # fmt: skip
+    if workers > 1 and "workers" in {f.name for f in dataclasses.fields(LocalStack)}:
+        # LocalStack picks a free block of ports for the workers (one port each).
+        options["workers"] = workers
+    stack = LocalStack(**options)
     try:
         stack.start()
         gateway_pid = stack.process("gateway").pid
@@ -237,6 +248,8 @@ def gateway_children(gateway: int) -> dict[str, int]:
     for pid in child_pids(gateway):
         if "valkey" in process_name(pid):
             found.setdefault("valkey", pid)
+        elif "resource_tracker" in process_cmdline(pid):
+            continue  # multiprocessing's helper beside spawned workers: serves nothing
         else:
             workers += 1
             found[f"worker{workers}"] = pid
