@@ -7,8 +7,12 @@ did not run (``--only``), failed or were skipped reads "-" and says why.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.memory import MemoryRow
@@ -122,6 +126,31 @@ def targets_json(found: Sequence[TargetFigure]) -> list[dict[str, Any]]:
     return [{**asdict(figure), "met": figure.met} for figure in found]
 
 
+def format_targets_markdown(found: Sequence[TargetFigure]) -> str:
+    """The targets as the Markdown table of docs/performance.md."""
+    lines = ["| target | measured | goal | |", "|---|---|---|---|"]
+    for figure in found:
+        name, measured, goal, verdict = figure.cells()
+        if figure.note and figure.measured is None:
+            verdict = figure.note
+        lines.append(f"| {name} | {measured} | {goal} | {verdict.lower()} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.targets bench.json``: a saved run's targets as Markdown."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=main.__doc__)
+    parser.add_argument("json", type=Path, help="written by python -m benchmarks.run --json")
+    document = json.loads(parser.parse_args(argv).json.read_text(encoding="utf-8"))
+    fields = {f.name for f in dataclasses.fields(TargetFigure)}
+    found = [
+        TargetFigure(**{k: v for k, v in entry.items() if k in fields})
+        for entry in document["targets"]
+    ]
+    print(format_targets_markdown(found))
+    return 0
+
+
 def _value(value: float, unit: str, signed: bool = True) -> str:
     if unit == "ms":
         return f"{value:+.2f} ms" if signed else f"{value:.1f} ms"
@@ -132,3 +161,7 @@ def _value(value: float, unit: str, signed: bool = True) -> str:
 
 def _line(cells: Sequence[str]) -> str:
     return "  ".join(f"{cell:{spec}}" for cell, (_, spec) in zip(cells, _COLUMNS, strict=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ from benchmarks.configs import (
 from benchmarks.interleave import Window, apply_windows
 from benchmarks.load_generator import LoadResult
 from benchmarks.report import Row
-from benchmarks.targets import TargetFigure, figures, format_targets
+from benchmarks.targets import TargetFigure, figures, format_targets, format_targets_markdown
 from extproc.config.loader import load_config
 
 
@@ -100,3 +100,13 @@ def test_interleaved_windows_combine_into_one_row_robust_to_one_bad_window() -> 
     failed = Row("prod", "(p) production", 1)
     apply_windows(failed, [window(1000, 1.0, 2.0, 10), window(1000, 1.0, 2.0, 10, errors=3)])
     assert failed.failure == "3 non-2xx/3xx responses, 0 socket errors"
+
+
+def test_the_markdown_targets_table_carries_figures_and_skip_notes() -> None:
+    found = [
+        TargetFigure("5. RSS per worker", 140.4, 150.0, "MB", at_most=True),
+        TargetFigure("4. workers", None, None, "x", at_most=False, note="skipped: not on main"),
+    ]
+    table = format_targets_markdown(found).splitlines()
+    assert table[2] == "| 5. RSS per worker | 140 MB | <= 150 MB | met |"
+    assert table[3] == "| 4. workers | - | report | skipped: not on main |"
