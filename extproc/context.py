@@ -122,6 +122,9 @@ class RequestContext:
     # No response-headers message: status and the rest come with the first body chunk.
     lean_response: bool = False
     error: GatewayError | None = None
+    # The response's guard state (a StreamGuard, or the route's guards for a buffered answer).
+    response_guard: Any = None
+    response_guard_parts: list[bytes] = field(default_factory=list)
     # The client or upstream went away before the response completed.
     aborted: bool = False
     completed: bool = False

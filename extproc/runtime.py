@@ -26,6 +26,7 @@ from extproc.config.model import (
     RouteApi,
     cluster_name,
 )
+from extproc.guardrails.policy import Guardrails
 from extproc.providers.aws_signer import AwsSigner
 from extproc.quota.rules import RuleSet
 from extproc.response_path import is_lean, lean_routes
@@ -170,6 +171,13 @@ class Runtime:
                 }
         self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
         self.lean_routes = lean_routes(config)
+        try:
+            self.guardrails = Guardrails(
+                config.guardrails,
+                {route.name: (route.guardrails, route.enrichment) for route in config.routes},
+            )
+        except ValueError as exc:
+            raise ConfigError("config", [f"guardrails: {exc}"]) from None
         self._by_name = {p.name: p for p in config.providers}
 
     @property
@@ -225,6 +233,7 @@ class Runtime:
             await asyncio.gather(self._refresh, return_exceptions=True)
         for signer in self.signers.values():
             await signer.close()
+        await self.guardrails.close()
         if self.jwt is not None:
             await self.jwt.close()
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
+from extproc.config.guard_model import EnrichmentConfig, GuardrailsConfig, RoutePolicies
 from extproc.config.metrics_model import MetricsConfig
 from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
@@ -222,6 +223,9 @@ class RouteConfig(_Section):
     provider: str | None = None
     # Credentials this route accepts; default: auth.default.
     auth: RouteAuthConfig | None = None
+    # Guard policies (names in guardrails.policies) and prompt enrichment.
+    guardrails: RoutePolicies = ()
+    enrichment: EnrichmentConfig | None = None
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteConfig:
@@ -324,6 +328,7 @@ class GatewayConfig(_Section):
     quotas: QuotasConfig = QuotasConfig()
     management: ManagementConfig = ManagementConfig()
     pricing: PricingConfig = PricingConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
@@ -370,6 +375,15 @@ class GatewayConfig(_Section):
                 raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")
             if route.provider is not None and route.provider not in known:
                 raise ValueError(f"routes[{index}].provider: unknown provider {route.provider!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _route_policies_exist(self) -> GatewayConfig:
+        policies = {policy.name for policy in self.guardrails.policies}
+        for index, route in enumerate(self.routes):
+            for name in route.guardrails:
+                if name not in policies:
+                    raise ValueError(f"routes[{index}].guardrails: unknown policy {name!r}")
         return self
 
     def provider(self, name: str) -> ProviderConfig:

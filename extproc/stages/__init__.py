@@ -15,6 +15,7 @@ from extproc.stages.accounting import AccountingStage
 from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
+from extproc.stages.guardrails import GuardRequestStage, GuardResponseStage
 from extproc.stages.model_list import ModelListStage
 from extproc.stages.partial_usage import PartialUsageStage
 from extproc.stages.quota import QuotaStage
@@ -30,11 +31,15 @@ def default_stages() -> list[object]:
         ModelListStage(),
         CredentialStage(),
         ChatRequestStage(),
+        # Before the quota reservation (a refused prompt reserves nothing) and translation.
+        GuardRequestStage(),
         # Before the quota stage: its `done` estimates what a cut stream produced.
         PartialUsageStage(),
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),
+        # Right after the answer is translated: masks what the client will get.
+        GuardResponseStage(),
         # After every stage that shapes the answer: it reads what the client gets.
         TelemetryStage(),
         AccountingStage(),

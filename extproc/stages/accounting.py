@@ -28,7 +28,8 @@ class AccountingStage:
         self._observe(ctx)
         # The rollup counts requests that reached a provider; refusals (401, 429, ...)
         # are in the log line and in aigw_requests_total, and cost nothing.
-        reached_provider = ctx.error is None and ctx.provider is not None
+        # A response guard's refusal comes after the provider answered: its usage counts.
+        reached_provider = ctx.provider is not None and (ctx.error is None or ctx.usage_reported)
         if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
 

@@ -152,6 +152,13 @@ class GatewayMetrics:
         )
         # Exact picodollar sums behind each cost series (see count_cost).
         self._cost_picousd: dict[Any, int] = {}
+        self.guardrail_decisions = Counter(
+            "aigw_guardrail_decisions",
+            "Guardrail decisions, by guard, phase (request, response) and action "
+            "(pass, mask, reject, fail_open, fail_closed)",
+            ("guard", "phase", "action"),
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "aigw_config_reloads",
             "Config reload attempts, by result (success, failure)",

@@ -29,6 +29,8 @@ class BufferedBodyReader:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        # The parsed answer, for response guards (so the body is parsed once).
+        self.answer: Any = None
         self._parts: list[bytes] = []
 
     @staticmethod
@@ -44,6 +46,7 @@ class BufferedBodyReader:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
                 return None
+            self.answer = parsed
             if isinstance(parsed, dict):
                 self.usage = self.read_usage(parsed.get("usage"))
                 model = parsed.get("model")

@@ -106,6 +106,8 @@ class CompletionTranslator:
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         self._parts: list[bytes] = []
+        # The OpenAI answer built, for response guards (so it is not parsed again).
+        self.answer: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)
@@ -157,6 +159,7 @@ class CompletionTranslator:
             "usage": None if self.usage is None else _openai_usage(self.usage, counts),
             "system_fingerprint": None,
         }
+        self.answer = completion
         return orjson.dumps(completion)
 
 

@@ -345,6 +345,8 @@ class CompletionTranslator:
         self._id = completion_id(request_id)
         self._created = created
         self._parts: list[bytes] = []
+        # The OpenAI answer built, for response guards (so it is not parsed again).
+        self.answer: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)
@@ -362,6 +364,7 @@ class CompletionTranslator:
                 "the provider's answer could not be read as a Bedrock Converse response",
                 "upstream_error",
             )
+        self.answer = completion
         return orjson.dumps(completion)
 
     def _completion(self, parsed: dict[str, Any]) -> dict[str, Any] | None:

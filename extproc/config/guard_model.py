@@ -1,0 +1,297 @@
+"""The ``guardrails`` section and the per-route ``guardrails`` / ``enrichment`` fields.
+
+Policies are named lists of guards for the request and the response; a route
+names the policies it applies. Webhooks and moderation endpoints are defined
+once and referenced by name, so several policies share one connection pool.
+Validation happens here (patterns are compiled with RE2 to check them); the
+meaning lives in ``extproc.guardrails``.
+"""
+
+from __future__ import annotations
+
+import string
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import re2
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=_NAME)]
+# Identity fields an enrichment template may use.
+TEMPLATE_FIELDS = frozenset({"user_id", "group_id", "api_key_id", "route", "model"})
+# Request headers that carry the client's credential: never sent to a webhook.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _lower(value: Any) -> Any:
+    # The issue's and kgateway's spelling is upper case (REJECT, MASK); accept both.
+    return value.lower() if isinstance(value, str) else value
+
+
+class GuardAction(StrEnum):
+    REJECT = "reject"
+    MASK = "mask"
+
+
+class FailureMode(StrEnum):
+    FAIL_CLOSED = "fail_closed"
+    FAIL_OPEN = "fail_open"
+
+
+class Builtin(StrEnum):
+    CREDIT_CARD = "CREDIT_CARD"
+    SSN = "SSN"
+    EMAIL = "EMAIL"
+    PHONE_NUMBER = "PHONE_NUMBER"
+    CA_SIN = "CA_SIN"
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class PatternConfig(_Section):
+    """One regular expression (RE2 syntax); ``name`` labels its masks (``<name>``)."""
+
+    pattern: str = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    # Streams hold back at most this many characters for a pattern whose match
+    # length has no bound (``\\d+``); default: the policy's stream_max_match.
+    max_match_chars: int | None = Field(default=None, ge=1, le=4096)
+
+
+def _pattern(value: Any) -> Any:
+    return {"pattern": value} if isinstance(value, str) else value
+
+
+class GuardConfig(_Section):
+    """One guard: a matcher (literals, patterns, builtins), a webhook or a moderation call."""
+
+    name: Name
+    literals: tuple[Annotated[str, Field(min_length=1, max_length=1024)], ...] = ()
+    patterns: tuple[Annotated[PatternConfig, BeforeValidator(_pattern)], ...] = ()
+    builtins: tuple[Annotated[Builtin, BeforeValidator(_upper)], ...] = ()
+    # Literals and patterns match regardless of case.
+    case_insensitive: bool = False
+    webhook: Name | None = None
+    moderation: Name | None = None
+    action: Annotated[GuardAction, BeforeValidator(_lower)] = GuardAction.REJECT
+    # What a masked match becomes; default: <BUILTIN> for builtins, <name> for a
+    # named pattern, **** otherwise.
+    replacement: str | None = Field(default=None, max_length=256)
+    # The refusal the client sees (OpenAI error shape); a webhook's own
+    # RejectAction body and status win over these.
+    message: str | None = Field(default=None, min_length=1, max_length=2048)
+    status: int = Field(default=403, ge=400, le=599)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: tuple[PatternConfig, ...]) -> tuple[PatternConfig, ...]:
+        options = re2.Options()
+        options.log_errors = False
+        for index, entry in enumerate(patterns):
+            try:
+                re2.compile(entry.pattern, options)
+            except re2.error as exc:
+                reason = exc.args[0] if exc.args else "invalid"
+                if isinstance(reason, bytes):
+                    reason = reason.decode("utf-8", "replace")
+                raise ValueError(f"patterns[{index}]: not a valid RE2 pattern: {reason}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GuardConfig:
+        matcher = bool(self.literals or self.patterns or self.builtins)
+        kinds = sum((matcher, self.webhook is not None, self.moderation is not None))
+        if kinds != 1:
+            raise ValueError(
+                "set exactly one kind of guard: literals/patterns/builtins, webhook or moderation"
+            )
+        if self.action is GuardAction.MASK and self.moderation is not None:
+            raise ValueError("moderation guards can only reject")
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.webhook is not None:
+            return "webhook"
+        if self.moderation is not None:
+            return "moderation"
+        return "matcher"
+
+
+class GuardPolicyConfig(_Section):
+    """Guards for the request (before the provider sees it) and the response."""
+
+    name: Name
+    request: tuple[GuardConfig, ...] = ()
+    response: tuple[GuardConfig, ...] = ()
+    # Characters a stream may hold back for a pattern with no length bound.
+    stream_max_match: int = Field(default=256, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _checks(self) -> GuardPolicyConfig:
+        for phase, guards in (("request", self.request), ("response", self.response)):
+            seen: set[str] = set()
+            for index, guard in enumerate(guards):
+                if guard.name in seen:
+                    raise ValueError(f"{phase}[{index}].name: duplicate guard {guard.name!r}")
+                seen.add(guard.name)
+                if phase == "response" and guard.moderation is not None:
+                    raise ValueError(f"response[{index}]: moderation runs on requests only")
+        return self
+
+
+class WebhookConfig(_Section):
+    """A guardrail webhook speaking kgateway's API (POST /request, POST /response)."""
+
+    name: Name
+    host: str = Field(min_length=1)
+    port: int = Field(default=80, gt=0, lt=65536)
+    scheme: Literal["http", "https"] = "http"
+    request_path: str = "/request"
+    response_path: str = "/response"
+    # Request headers passed on to the webhook (exact names, or a prefix ending in *).
+    forward_headers: tuple[str, ...] = ()
+    # Headers the gateway adds itself, e.g. the webhook's own bearer token.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    timeout_ms: int = Field(default=2000, gt=0, le=60_000)
+    failure_mode: FailureMode = FailureMode.FAIL_CLOSED
+
+    @field_validator("request_path", "response_path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with /")
+        return path
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _no_credentials(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(name.lower() for name in names)
+        for name in lowered:
+            if name.endswith("*"):
+                hits = [c for c in CREDENTIAL_HEADERS if c.startswith(name[:-1])]
+            else:
+                hits = [name] if name in CREDENTIAL_HEADERS else []
+            if hits:
+                raise ValueError(
+                    f"{name!r} would forward the client's credential ({hits[0]}); "
+                    "the gateway never does"
+                )
+        return lowered
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class ModerationConfig(_Section):
+    """An OpenAI-compatible moderation endpoint (``POST {base_url}/moderations``)."""
+
+    name: Name
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr | None = None
+    api_key_file: str | None = None
+    model: str = "omni-moderation-latest"
+    # Category -> the score at or above which it rejects. Categories without a
+    # threshold reject when the provider flags them, unless default_threshold is set.
+    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
+    default_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Which messages are sent: user messages by default.
+    roles: tuple[str, ...] = ("user",)
+    timeout_ms: int = Field(default=3000, gt=0, le=60_000)
+    failure_mode: FailureMode = FailureMode.FAIL_CLOSED
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url.rstrip("/")
+
+
+class GuardrailsConfig(_Section):
+    """The top-level ``guardrails`` section."""
+
+    policies: tuple[GuardPolicyConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    moderation: tuple[ModerationConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> GuardrailsConfig:
+        for section, names in (
+            ("policies", [p.name for p in self.policies]),
+            ("webhooks", [w.name for w in self.webhooks]),
+            ("moderation", [m.name for m in self.moderation]),
+        ):
+            seen: set[str] = set()
+            for index, name in enumerate(names):
+                if name in seen:
+                    raise ValueError(f"{section}[{index}].name: duplicate name {name!r}")
+                seen.add(name)
+        webhooks = {w.name for w in self.webhooks}
+        moderation = {m.name for m in self.moderation}
+        for index, policy in enumerate(self.policies):
+            for phase, guards in (("request", policy.request), ("response", policy.response)):
+                for position, guard in enumerate(guards):
+                    where = f"policies[{index}].{phase}[{position}]"
+                    if guard.webhook is not None and guard.webhook not in webhooks:
+                        raise ValueError(f"{where}.webhook: unknown webhook {guard.webhook!r}")
+                    if guard.moderation is not None and guard.moderation not in moderation:
+                        raise ValueError(
+                            f"{where}.moderation: unknown moderation {guard.moderation!r}"
+                        )
+        return self
+
+
+class EnrichmentMessage(_Section):
+    """A message the gateway adds; ``{user_id}``, ``{group_id}``, ``{api_key_id}``,
+    ``{route}`` and ``{model}`` are filled in from the request."""
+
+    role: Literal["system", "user"] = "system"
+    content: str = Field(min_length=1, max_length=65_536)
+
+    @field_validator("content")
+    @classmethod
+    def _template(cls, content: str) -> str:
+        try:
+            fields = [
+                name for _, name, _, _ in string.Formatter().parse(content) if name is not None
+            ]
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write {{{{ for a literal {{") from None
+        for name in fields:
+            if name not in TEMPLATE_FIELDS:
+                known = ", ".join(sorted(TEMPLATE_FIELDS))
+                raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+        return content
+
+
+class EnrichmentConfig(_Section):
+    """Messages put before and after the client's on one route."""
+
+    prepend: tuple[EnrichmentMessage, ...] = ()
+    append: tuple[EnrichmentMessage, ...] = ()
+
+
+def _names(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value
+
+
+RoutePolicies = Annotated[tuple[Name, ...], BeforeValidator(_names)]

@@ -1,0 +1,71 @@
+"""Where the text of a request or a buffered answer lives, as slots a guard reads and writes.
+
+A ``TextSlot`` points at one string inside the parsed body (a message's
+``content``, one text part of it, Anthropic's ``system``, a choice's message),
+so guards read every piece of text and write masked text back in place,
+whether content came as a string or as an array of parts. Images, audio and
+tool-call arguments are not text slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TextSlot:
+    role: str
+    holder: Any  # the dict (or list) holding the string
+    key: Any  # its key (or index) there
+
+    @property
+    def text(self) -> str:
+        value = self.holder[self.key]
+        return value if isinstance(value, str) else ""
+
+    def write(self, text: str) -> None:
+        self.holder[self.key] = text
+
+
+def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
+    content = holder.get(key)
+    if isinstance(content, str):
+        slots.append(TextSlot(role, holder, key))
+    elif isinstance(content, list):
+        for part in content:
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                slots.append(TextSlot(role, part, "text"))
+
+
+def request_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """Every text of an OpenAI chat or Anthropic messages request, in order."""
+    slots: list[TextSlot] = []
+    if "system" in body:  # Anthropic's system prompt, a string or text blocks
+        _content_slots("system", body, "system", slots)
+    for message in body.get("messages") or ():
+        if isinstance(message, dict):
+            role = message.get("role")
+            _content_slots(role if isinstance(role, str) else "user", message, "content", slots)
+    return slots
+
+
+def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
+    """The text of each choice of an OpenAI chat completion."""
+    slots: list[TextSlot] = []
+    for choice in answer.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            slots.append(TextSlot("assistant", message, "content"))
+    return slots
+
+
+def anthropic_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
+    """The text blocks of an Anthropic message."""
+    slots: list[TextSlot] = []
+    _content_slots("assistant", answer, "content", slots)
+    return slots

@@ -1,0 +1,330 @@
+"""What one matcher looks for: RE2 patterns, literal strings and the PII builtins.
+
+A ``Detector`` finds spans in a text and knows two facts streams need: the
+longest match it can produce (``max_len``) and which characters a match can
+contain (``chars``, None for any). A stream only holds back a trailing run of
+such characters, at most ``max_len - 1`` of them, because any match that
+continues into the next chunk must begin inside that run.
+
+Every pattern is compiled with RE2, whose matching time is linear in the text:
+an operator's pattern cannot make the gateway backtrack for seconds.
+
+The builtins (why each rule):
+
+- ``CREDIT_CARD``: 13 to 19 digits, optionally grouped by single spaces or
+  dashes, passing the Luhn check. A run of digit groups is tried window by
+  window (whole groups only), so a card next to another number is still found.
+- ``SSN``: ``AAA-GG-SSSS`` or ``AAA GG SSSS`` with the SSA's never-issued
+  values excluded (area 000, 666, 900-999; group 00; serial 0000). Nine digits
+  in a row are not taken for an SSN: too many other numbers look like that.
+- ``CA_SIN``: nine digits, optionally ``AAA-BBB-CCC`` or spaced (the same
+  separator twice), passing the Luhn check.
+- ``EMAIL``: ``local@domain.tld`` with the characters mail systems accept.
+- ``PHONE_NUMBER``: North American numbers (``(555) 123-4567``,
+  ``+1 555.123.4567``, ``5551234567``) and international ``+CC ...`` numbers of
+  8 to 15 digits (E.164's limit).
+
+Numbers must stand alone: a match touching another letter or digit is not one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+from extproc.config.guard_model import Builtin
+
+# The stdlib's own regex parser (private, untyped): a pattern's width and characters.
+sre_parse: Any = importlib.import_module("re._parser")
+# Python's parser reads these RE2 spellings differently (or not at all): a
+# pattern using them gets no character-set shortcut and the policy's cap.
+_RE2_ONLY = ("[:", "\\p", "\\P", "\\C", "\\Q", "\\x{", "(?U")
+_ANYTHING_WIDE = 1 << 16
+
+
+def _options(case_insensitive: bool = False) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not case_insensitive
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start: int
+    end: int
+    label: str
+
+
+class Detector:
+    """A compiled pattern with an optional check of each candidate match."""
+
+    __slots__ = ("_check", "_regex", "chars", "label", "max_len")
+
+    def __init__(
+        self,
+        regex: Any,
+        label: str,
+        max_len: int,
+        chars: re.Pattern[str] | None,
+        check: Callable[[str, int, int], bool] | None = None,
+    ) -> None:
+        self._regex = regex
+        self._check = check
+        self.label = label
+        self.max_len = max_len
+        self.chars = chars
+
+    def find(self, text: str) -> Iterator[Span]:
+        check = self._check
+        for match in self._regex.finditer(text):
+            start, end = match.span()
+            if start == end:
+                continue
+            if check is None or check(text, start, end):
+                yield Span(start, end, self.label)
+
+
+class CardDetector(Detector):
+    """Credit cards: runs of digit groups, tried window by window with the Luhn check."""
+
+    __slots__ = ()
+
+    def find(self, text: str) -> Iterator[Span]:
+        for match in self._regex.finditer(text):
+            run_start, run_end = match.span()
+            if not _alone(text, run_start, run_end):
+                continue
+            yield from _card_windows(text, run_start, run_end, self.label)
+
+
+def _card_windows(text: str, start: int, end: int, label: str) -> Iterator[Span]:
+    groups: list[tuple[int, int]] = []
+    position = start
+    while position < end:
+        group_end = position
+        while group_end < end and text[group_end].isdigit():
+            group_end += 1
+        groups.append((position, group_end))
+        position = group_end + 1  # past the separator
+    first = 0
+    while first < len(groups):
+        digits = ""
+        found = None
+        for last in range(first, len(groups)):
+            digits += text[groups[last][0] : groups[last][1]]
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and luhn_valid(digits):
+                found = last
+        if found is None:
+            first += 1
+            continue
+        yield Span(groups[first][0], groups[found][1], label)
+        first = found + 1
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _alone(text: str, start: int, end: int) -> bool:
+    """No letter or digit right before or after: the number is not part of a longer word."""
+    return (start == 0 or not text[start - 1].isalnum()) and (
+        end == len(text) or not text[end].isalnum()
+    )
+
+
+def _ssn(text: str, start: int, end: int) -> bool:
+    if not _alone(text, start, end):
+        return False
+    digits = "".join(c for c in text[start:end] if c.isdigit())
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _sin(text: str, start: int, end: int) -> bool:
+    if not _alone(text, start, end):
+        return False
+    value = text[start:end]
+    separators = [c for c in value if not c.isdigit()]
+    if separators and (len(separators) != 2 or separators[0] != separators[1]):
+        return False
+    digits = "".join(c for c in value if c.isdigit())
+    return digits != "000000000" and luhn_valid(digits)
+
+
+def _phone(text: str, start: int, end: int) -> bool:
+    if start > 0 and (text[start - 1].isalnum() or text[start - 1] in "+("):
+        return False
+    if end < len(text) and text[end].isalnum():
+        return False
+    digits = sum(c.isdigit() for c in text[start:end])
+    if text[start] == "+":
+        return 8 <= digits <= 15
+    return digits in (10, 11)
+
+
+def _email(text: str, start: int, end: int) -> bool:
+    return end == len(text) or not (text[end].isalnum() or text[end] in "-_")
+
+
+_DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
+_BUILTINS: dict[Builtin, Callable[[], Detector]] = {
+    Builtin.CREDIT_CARD: lambda: CardDetector(
+        re2.compile(r"\d(?:[ -]?\d)*", _options()),
+        Builtin.CREDIT_CARD,
+        37,  # 19 digits and 18 separators
+        _DIGITS_AND_SEPARATORS,
+    ),
+    Builtin.SSN: lambda: Detector(
+        re2.compile(r"\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}", _options()),
+        Builtin.SSN,
+        11,
+        _DIGITS_AND_SEPARATORS,
+        _ssn,
+    ),
+    Builtin.CA_SIN: lambda: Detector(
+        re2.compile(r"\d{3}[ -]?\d{3}[ -]?\d{3}", _options()),
+        Builtin.CA_SIN,
+        11,
+        _DIGITS_AND_SEPARATORS,
+        _sin,
+    ),
+    Builtin.EMAIL: lambda: Detector(
+        re2.compile(
+            r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
+            _options(),
+        ),
+        Builtin.EMAIL,
+        254,  # the longest address SMTP carries
+        re.compile(r"[A-Za-z0-9._%+@\-]"),
+        _email,
+    ),
+    Builtin.PHONE_NUMBER: lambda: Detector(
+        re2.compile(
+            r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?)(?:[ .\-]?\d{2,4}){1,5}"
+            r"|(?:1[ .\-]?)?(?:\(\d{3}\) ?|\d{3}[ .\-]?)\d{3}[ .\-]?\d{4}",
+            _options(),
+        ),
+        Builtin.PHONE_NUMBER,
+        32,
+        re.compile(r"[0-9 .()+\-]"),
+        _phone,
+    ),
+}
+
+
+def builtin(kind: Builtin) -> Detector:
+    return _BUILTINS[kind]()
+
+
+def pattern(source: str, label: str, *, case_insensitive: bool, unbounded_cap: int) -> Detector:
+    """An operator's RE2 pattern, with its stream extent read from its syntax."""
+    regex = re2.compile(source, _options(case_insensitive))
+    max_len, chars = extent(source, case_insensitive=case_insensitive, cap=unbounded_cap)
+    return Detector(regex, label, max_len, chars)
+
+
+def literals(words: tuple[str, ...], label: str, *, case_insensitive: bool) -> Detector:
+    """Literal strings as one alternation (longest first, so a longer word wins)."""
+    ordered = sorted(set(words), key=len, reverse=True)
+    source = "|".join(re2.escape(word) for word in ordered)
+    regex = re2.compile(source, _options(case_insensitive))
+    chars = {c for word in ordered for c in word}
+    if case_insensitive:
+        chars |= {c.swapcase() for c in chars}
+    return Detector(regex, label, max(len(w) for w in ordered), _char_class(chars))
+
+
+def _char_class(chars: set[str]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]")
+
+
+def extent(source: str, *, case_insensitive: bool, cap: int) -> tuple[int, re.Pattern[str] | None]:
+    """The longest match of a pattern (capped) and the characters its matches can hold.
+
+    Python's own parser reads the pattern (RE2 syntax is nearly a subset of
+    Python's); where it cannot, or the pattern uses RE2-only syntax, the answer
+    is the safe one: any character, up to ``cap``.
+    """
+    if any(marker in source for marker in _RE2_ONLY):
+        return cap, None
+    try:
+        parsed = sre_parse.parse(source)
+    except (re.error, OverflowError, RecursionError):
+        return cap, None
+    high = parsed.getwidth()[1]
+    max_len = cap if high >= _ANYTHING_WIDE else min(max(high, 1), cap)
+    items: list[str] = []
+    if not _collect(parsed, items):
+        return max_len, None
+    if not items:
+        return max_len, None
+    if case_insensitive or "(?i" in source:
+        items = [*items, *(_swap_item(item) for item in items)]
+    try:
+        return max_len, re.compile("[" + "".join(items) + "]")
+    except re.error:
+        return max_len, None
+
+
+def _swap_item(item: str) -> str:
+    return item.swapcase() if item[:1] != "\\" else item
+
+
+def _collect(parsed: Any, items: list[str]) -> bool:
+    """Character-class items of every character a match can contain; False for any."""
+    for op, value in parsed:
+        name = str(op)
+        if name == "LITERAL":
+            items.append(re.escape(chr(value)))
+        elif name == "IN":
+            for item_op, item in value:
+                item_name = str(item_op)
+                if item_name == "LITERAL":
+                    items.append(re.escape(chr(item)))
+                elif item_name == "RANGE":
+                    items.append(f"{re.escape(chr(item[0]))}-{re.escape(chr(item[1]))}")
+                elif item_name == "CATEGORY" and str(item) in _CATEGORIES:
+                    items.append(_CATEGORIES[str(item)])
+                else:
+                    return False  # negated sets and the like: anything
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if not _collect(value[2], items):
+                return False
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+            if not _collect(value[-1], items):
+                return False
+        elif name == "BRANCH":
+            for branch in value[1]:
+                if not _collect(branch, items):
+                    return False
+        elif name == "AT":
+            continue  # anchors consume nothing
+        elif name == "CATEGORY" and str(value) in _CATEGORIES:
+            items.append(_CATEGORIES[str(value)])
+        else:
+            return False
+    return True
+
+
+_CATEGORIES = {
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_WORD": r"\w",
+}

@@ -1,0 +1,73 @@
+"""Prompt enrichment: messages a route adds before and after the client's.
+
+Applied to the parsed request before translation, so every provider gets
+them. On OpenAI routes the messages are inserted as they are (the Anthropic
+and Bedrock translators move system messages where their APIs want them). On
+Anthropic Messages routes a system message goes into the top-level ``system``
+prompt and a user message joins the first (or last) user turn as a text
+block, because that API wants user and assistant turns to alternate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config.guard_model import EnrichmentConfig, EnrichmentMessage
+from extproc.context import RequestContext
+
+
+def template_values(ctx: RequestContext) -> dict[str, str]:
+    identity = ctx.identity
+    return {
+        "user_id": identity.user_id or "",
+        "group_id": identity.group_id or "",
+        "api_key_id": identity.api_key_id or "",
+        "route": ctx.route.name if ctx.route is not None else "",
+        "model": ctx.model or "",
+    }
+
+
+def _text(message: EnrichmentMessage, values: dict[str, str]) -> str:
+    # Only known placeholders get past config validation; values are data, never templates.
+    return message.content.format_map(values)
+
+
+def enrich(
+    body: dict[str, Any], enrichment: EnrichmentConfig, values: dict[str, str], *, anthropic: bool
+) -> None:
+    """Add the route's messages to ``body`` in place."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    if not anthropic:
+        before = [{"role": m.role, "content": _text(m, values)} for m in enrichment.prepend]
+        after = [{"role": m.role, "content": _text(m, values)} for m in enrichment.append]
+        body["messages"] = [*before, *messages, *after]
+        return
+    for message in enrichment.prepend:
+        _anthropic_add(body, messages, _text(message, values), message.role, first=True)
+    for message in enrichment.append:
+        _anthropic_add(body, messages, _text(message, values), message.role, first=False)
+
+
+def _blocks(content: Any) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content) if isinstance(content, list) else []
+
+
+def _anthropic_add(
+    body: dict[str, Any], messages: list[Any], text: str, role: str, *, first: bool
+) -> None:
+    block = {"type": "text", "text": text}
+    if role == "system":
+        existing = _blocks(body.get("system"))
+        body["system"] = [block, *existing] if first else [*existing, block]
+        return
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not turns:
+        messages.insert(0 if first else len(messages), {"role": "user", "content": text})
+        return
+    turn = turns[0] if first else turns[-1]
+    existing = _blocks(turn.get("content"))
+    turn["content"] = [block, *existing] if first else [*existing, block]

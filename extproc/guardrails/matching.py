@@ -1,0 +1,145 @@
+"""The matcher guards of one phase, evaluated together on a text.
+
+All literal, pattern and builtin guards of a phase look at the same text at
+once: a reject guard that matches anywhere rejects; the spans of the mask
+guards are resolved (earliest first, then longest, then the guard listed
+first) and replaced. Evaluating them together keeps one pass per text and
+lets a stream compute one hold-back for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.config.guard_model import GuardAction, GuardConfig
+from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
+
+MASK_DEFAULT = "****"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A span one guard found, and what it becomes when masked."""
+
+    start: int
+    end: int
+    guard: int  # index into Matchers.guards
+    replacement: str
+
+
+class MatcherGuard:
+    """One configured literal/pattern/builtin guard, compiled."""
+
+    __slots__ = ("action", "config", "detectors", "name")
+
+    def __init__(self, config: GuardConfig, unbounded_cap: int) -> None:
+        self.config = config
+        self.name = config.name
+        self.action = config.action
+        detectors: list[Detector] = []
+        if config.literals:
+            detectors.append(
+                literals(config.literals, "", case_insensitive=config.case_insensitive)
+            )
+        for entry in config.patterns:
+            cap = entry.max_match_chars or unbounded_cap
+            detectors.append(
+                pattern(
+                    entry.pattern,
+                    entry.name or "",
+                    case_insensitive=config.case_insensitive,
+                    unbounded_cap=cap,
+                )
+            )
+        detectors.extend(builtin(kind) for kind in config.builtins)
+        self.detectors = tuple(detectors)
+
+    def replacement(self, span: Span) -> str:
+        if self.config.replacement is not None:
+            return self.config.replacement
+        return f"<{span.label}>" if span.label else MASK_DEFAULT
+
+    def labels(self, spans: list[Span]) -> list[str]:
+        """What the guard found, by kind (builtin or pattern name), never the text."""
+        return sorted({span.label for span in spans if span.label})
+
+
+class Matchers:
+    """Every matcher guard of one phase of one route."""
+
+    __slots__ = ("guards", "max_len")
+
+    def __init__(self, guards: tuple[MatcherGuard, ...]) -> None:
+        self.guards = guards
+        self.max_len = max((d.max_len for guard in guards for d in guard.detectors), default=1)
+
+    def __bool__(self) -> bool:
+        return bool(self.guards)
+
+    def scan(self, text: str) -> tuple[int | None, list[Hit], list[Span]]:
+        """(the first rejecting guard, the mask hits to apply, the rejecting spans)."""
+        rejecting: int | None = None
+        rejected_spans: list[Span] = []
+        hits: list[Hit] = []
+        for index, guard in enumerate(self.guards):
+            for detector in guard.detectors:
+                for span in detector.find(text):
+                    if guard.action is GuardAction.REJECT:
+                        if rejecting is None:
+                            rejecting = index
+                        if rejecting == index:
+                            rejected_spans.append(span)
+                        break
+                    hits.append(Hit(span.start, span.end, index, guard.replacement(span)))
+        return rejecting, _resolve(hits), rejected_spans
+
+    def holdback(self, text: str, cap: int | None = None) -> int:
+        """How many trailing characters could still begin a match that is not complete."""
+        longest = 0
+        length = len(text)
+        for guard in self.guards:
+            for detector in guard.detectors:
+                limit = min(detector.max_len - 1, length)
+                if cap is not None:
+                    limit = min(limit, cap)
+                if limit <= longest:
+                    continue
+                chars = detector.chars
+                if chars is None:
+                    longest = limit
+                    continue
+                count = 0
+                position = length - 1
+                while count < limit and chars.match(text, position):
+                    count += 1
+                    position -= 1
+                longest = max(longest, count)
+        return longest
+
+
+def _resolve(hits: list[Hit]) -> list[Hit]:
+    """Non-overlapping hits: earliest start first, then the longest, then the first guard."""
+    if len(hits) < 2:
+        return hits
+    hits.sort(key=lambda hit: (hit.start, hit.start - hit.end, hit.guard))
+    kept: list[Hit] = []
+    end = -1
+    for hit in hits:
+        if hit.start >= end:
+            kept.append(hit)
+            end = hit.end
+    return kept
+
+
+def apply(text: str, hits: list[Hit]) -> str:
+    """The text with each hit replaced; hits are sorted and do not overlap."""
+    if not hits:
+        return text
+    parts: list[str] = []
+    position = 0
+    for hit in hits:
+        parts.append(text[position : hit.start])
+        parts.append(hit.replacement)
+        position = hit.end
+    parts.append(text[position:])
+    return "".join(parts)

@@ -1,0 +1,292 @@
+"""Guards on streamed answers: masking that survives chunk boundaries.
+
+``TextStream`` guards one channel of text (a choice, or an Anthropic content
+block): each delta is scanned together with what it held back, the text
+that cannot be part of an unfinished match goes out at once, and only the
+trailing characters that could still begin a match stay behind: at most the
+longest match minus one, and only characters a match can contain. So a card
+number cut over three chunks is masked, while ordinary prose flows with
+next to no delay. What is held goes out when its channel closes (the finish
+chunk, ``content_block_stop``), at ``[DONE]`` / ``message_stop``, or at the end
+of the body.
+
+``StreamGuard`` applies that to the client's SSE events, OpenAI chat
+completion chunks or Anthropic Messages events: each text delta carries what
+the guard releases at that moment (possibly ""), and released leftovers travel
+in an extra text event just before the event that closes their channel. A
+reject guard that matches ends the stream: the text is not sent, an error
+event follows (OpenAI: an ``error`` chunk and ``[DONE]``; Anthropic: an
+``error`` event), and the rest of the upstream stream is dropped (its usage is
+still counted by the translator, which sees every byte).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from extproc.guardrails.matching import Hit, Matchers, apply
+
+_EVENT_END = b"\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamRejectedError(Exception):
+    """A reject guard matched in a stream; ``guard`` is its index in the matchers."""
+
+    def __init__(self, guard: int) -> None:
+        super().__init__(guard)
+        self.guard = guard
+
+
+class TextStream:
+    """One channel of streamed text through the phase's matchers."""
+
+    __slots__ = ("_before", "_held", "_matchers", "masked")
+
+    def __init__(self, matchers: Matchers) -> None:
+        self._matchers = matchers
+        self._held = ""
+        # The last character released, for the "stands alone" checks of builtins.
+        self._before = ""
+        self.masked: set[int] = set()  # guards that masked something
+
+    def push(self, text: str) -> str:
+        return self._release(self._held + text, final=False)
+
+    def flush(self) -> str:
+        if not self._held:
+            return ""
+        return self._release(self._held, final=True)
+
+    def _release(self, buffer: str, *, final: bool) -> str:
+        context = self._before
+        scanned = context + buffer
+        offset = len(context)
+        rejecting, hits, rejected = self._matchers.scan(scanned)
+        cut = len(scanned)
+        if not final:
+            cut = max(offset, cut - self._matchers.holdback(scanned))
+            # A match that runs past the cut may still grow: keep it whole for later.
+            spans = [(hit.start, hit.end) for hit in hits]
+            spans.extend((span.start, span.end) for span in rejected)
+            moved = True
+            while moved:
+                moved = False
+                for start, end in spans:
+                    if start < cut < end:
+                        cut = max(offset, start)
+                        moved = True
+        if rejecting is not None and any(
+            span.end > offset and span.end <= cut for span in rejected
+        ):
+            raise StreamRejectedError(rejecting)
+        released = [
+            Hit(hit.start - offset, hit.end - offset, hit.guard, hit.replacement)
+            for hit in hits
+            if hit.start >= offset and hit.end <= cut
+        ]
+        self.masked.update(hit.guard for hit in released)
+        out = apply(scanned[offset:cut], released)
+        if cut > offset:
+            self._before = scanned[cut - 1]
+        self._held = scanned[cut:]
+        return out
+
+
+@dataclass(slots=True)
+class _Event:
+    raw: bytes
+    payload: dict[str, Any] | None = None
+    # (channel, the dict holding the text, its key)
+    texts: list[tuple[int, dict[str, Any], str]] = field(default_factory=list)
+    closes: list[int] = field(default_factory=list)
+    done: bool = False
+    changed: bool = False
+
+
+class StreamGuard:
+    """The client-bound SSE events of one answer, guarded (see module docstring)."""
+
+    def __init__(self, matchers: Matchers, *, anthropic: bool) -> None:
+        self._matchers = matchers
+        self._anthropic = anthropic
+        self._channels: dict[int, TextStream] = {}
+        self._pending = b""
+        self._envelope: dict[str, Any] | None = None
+        self.ended = False
+        self.rejected_by: int | None = None
+
+    @property
+    def masked(self) -> set[int]:
+        found: set[int] = set()
+        for channel in self._channels.values():
+            found |= channel.masked
+        return found
+
+    def split(self, data: bytes, end_of_stream: bool) -> list[_Event]:
+        """The complete events in ``data`` (a partial one waits for the next chunk)."""
+        if self.ended:
+            return []
+        data = self._pending + data if self._pending else data
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        if end_of_stream:
+            complete, self._pending = data, b""
+        else:
+            cut = data.rfind(_EVENT_END)
+            if cut < 0:
+                self._pending = data
+                return []
+            complete, self._pending = data[: cut + 2], data[cut + 2 :]
+        events: list[_Event] = []
+        for raw in complete.split(_EVENT_END):
+            if raw.strip():
+                events.append(self._read(raw + _EVENT_END))
+        return events
+
+    def render(
+        self, events: list[_Event], end_of_stream: bool, error: Callable[[int], bytes]
+    ) -> bytes:
+        """Mask the events' text and serialise them; ``error(guard)`` is the error body used
+        when the reject guard ``guard`` matches."""
+        if self.ended:
+            return b""
+        out: list[bytes] = []
+        try:
+            for event in events:
+                for channel, holder, key in event.texts:
+                    released = self._channel(channel).push(holder[key])
+                    if released != holder[key]:
+                        holder[key] = released
+                        event.changed = True
+                for channel in event.closes:
+                    own = [(h, k) for c, h, k in event.texts if c == channel]
+                    if own:
+                        # The closing event carries text itself: what was held follows it there.
+                        stream = self._channels.get(channel)
+                        rest = stream.flush() if stream is not None else ""
+                        if rest:
+                            holder, key = own[-1]
+                            holder[key] += rest
+                            event.changed = True
+                    else:
+                        out.extend(self._flush(channel, event.payload))
+                if event.done:
+                    for channel in list(self._channels):
+                        out.extend(self._flush(channel, self._envelope))
+                out.append(self._serialise(event) if event.changed else event.raw)
+            if end_of_stream:
+                for channel in list(self._channels):
+                    out.extend(self._flush(channel, self._envelope))
+        except StreamRejectedError as rejected:
+            self.ended = True
+            self.rejected_by = rejected.guard
+            out.append(self._error_event(error(rejected.guard)))
+        return b"".join(out)
+
+    def _channel(self, channel: int) -> TextStream:
+        found = self._channels.get(channel)
+        if found is None:
+            found = self._channels[channel] = TextStream(self._matchers)
+        return found
+
+    def _flush(self, channel: int, envelope: dict[str, Any] | None) -> list[bytes]:
+        stream = self._channels.get(channel)
+        if stream is None:
+            return []
+        text = stream.flush()
+        if not text:
+            return []
+        return [self._text_event(channel, text, envelope)]
+
+    def _read(self, raw: bytes) -> _Event:
+        event = _Event(raw)
+        lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+        if not lines:
+            return event
+        data = b"\n".join(lines)
+        if data == b"[DONE]":
+            event.done = True
+            return event
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(payload, dict):
+            return event
+        event.payload = payload
+        if self._anthropic:
+            self._read_anthropic(event, payload)
+        else:
+            self._read_openai(event, payload)
+        return event
+
+    def _read_openai(self, event: _Event, payload: dict[str, Any]) -> None:
+        choices = payload.get("choices")
+        if not isinstance(choices, list):
+            return
+        self._envelope = payload
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                event.texts.append((index, delta, "content"))
+            if choice.get("finish_reason") is not None:
+                event.closes.append(index)
+
+    def _read_anthropic(self, event: _Event, payload: dict[str, Any]) -> None:
+        kind = payload.get("type")
+        index = payload.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        if kind == "content_block_delta":
+            delta = payload.get("delta")
+            if (
+                isinstance(delta, dict)
+                and delta.get("type") == "text_delta"
+                and isinstance(delta.get("text"), str)
+            ):
+                event.texts.append((index, delta, "text"))
+        elif kind == "content_block_stop":
+            event.closes.append(index)
+        elif kind == "message_stop":
+            event.done = True
+
+    def _serialise(self, event: _Event) -> bytes:
+        assert event.payload is not None
+        if self._anthropic:
+            name = str(event.payload.get("type", "")).encode()
+            return b"event: " + name + b"\ndata: " + orjson.dumps(event.payload) + _EVENT_END
+        return b"data: " + orjson.dumps(event.payload) + _EVENT_END
+
+    def _text_event(self, channel: int, text: str, envelope: dict[str, Any] | None) -> bytes:
+        if self._anthropic:
+            payload: dict[str, Any] = {
+                "type": "content_block_delta",
+                "index": channel,
+                "delta": {"type": "text_delta", "text": text},
+            }
+            return b"event: content_block_delta\ndata: " + orjson.dumps(payload) + _EVENT_END
+        chunk = {key: value for key, value in (envelope or {}).items() if key != "choices"}
+        chunk.setdefault("object", "chat.completion.chunk")
+        if "usage" in chunk:
+            chunk["usage"] = None
+        chunk["choices"] = [
+            {"index": channel, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+        ]
+        return b"data: " + orjson.dumps(chunk) + _EVENT_END
+
+    def _error_event(self, error: bytes) -> bytes:
+        if self._anthropic:
+            return b"event: error\ndata: " + error + _EVENT_END
+        return b"data: " + error + _EVENT_END + DONE
+
+    def texts(self, events: list[_Event]) -> list[tuple[_Event, int, dict[str, Any], str]]:
+        """Every text delta of the events, for a webhook to see and rewrite."""
+        return [(event, *slot) for event in events for slot in event.texts]

@@ -1,0 +1,154 @@
+"""Guardrail webhooks, speaking kgateway's guardrail webhook API.
+
+``POST /request`` gets ``{"body": {"messages": [{"role", "content"}, ...]}}``
+(one entry per text slot of the request, in order); ``POST /response`` gets
+``{"body": {"choices": [{"message": {"role", "content"}}, ...]}}``. The answer
+is ``{"action": ...}`` where the action is told apart by its fields, as the API
+has no tag:
+
+- ``RejectAction``: ``body`` (a string) and ``status_code``: refuse with them;
+- ``MaskAction``: ``body`` holding ``messages`` (or ``choices``), exactly as
+  many as were sent: use their contents instead;
+- ``PassAction``: anything else (only an optional ``reason``).
+
+Anything else the webhook does (an error status, a malformed answer, a
+MaskAction with another count, a timeout, a refused connection) is a
+``WebhookError``, which the guard turns into its ``failure_mode``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from extproc.config.guard_model import WebhookConfig
+
+# Verdicts are small; a runaway answer is a broken webhook.
+MAX_ANSWER_BYTES = 4 << 20
+
+
+class WebhookError(Exception):
+    """The webhook could not give a usable verdict; the message names why, never content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: str  # "pass", "mask" or "reject"
+    contents: list[str] | None = None  # mask: the new text of each slot, in order
+    body: str = ""  # reject
+    status: int = 0  # reject
+    reason: str | None = None
+
+
+class WebhookClient:
+    """Calls one configured webhook; the HTTP session is shared by the gateway's guards."""
+
+    def __init__(self, config: WebhookConfig, session: SessionHolder) -> None:
+        self.config = config
+        self._session = session
+        self._timeout = config.timeout_ms / 1000.0
+        self._request_url = config.base_url + config.request_path
+        self._response_url = config.base_url + config.response_path
+        self._static_headers = {
+            name: value.get_secret_value() for name, value in config.headers.items()
+        }
+        self._exact = frozenset(name for name in config.forward_headers if not name.endswith("*"))
+        self._prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
+
+    def headers_for(self, request_headers: dict[str, str]) -> dict[str, str]:
+        """The client's headers this webhook is configured to see, plus its own."""
+        chosen = {
+            name: value
+            for name, value in request_headers.items()
+            if not name.startswith(":")
+            and (name in self._exact or (self._prefixes and name.startswith(self._prefixes)))
+        }
+        chosen.update(self._static_headers)
+        chosen["content-type"] = "application/json"
+        return chosen
+
+    async def check_request(
+        self, messages: list[dict[str, str]], headers: dict[str, str]
+    ) -> Verdict:
+        answer = await self._post(self._request_url, {"body": {"messages": messages}}, headers)
+        return _verdict(answer, "messages", len(messages))
+
+    async def check_response(self, contents: list[str], headers: dict[str, str]) -> Verdict:
+        choices = [{"message": {"role": "assistant", "content": text}} for text in contents]
+        answer = await self._post(self._response_url, {"body": {"choices": choices}}, headers)
+        return _verdict(answer, "choices", len(choices))
+
+    async def _post(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
+        session = self._session.get()
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with session.post(url, data=orjson.dumps(payload), headers=headers) as reply:
+                    if reply.status != 200:
+                        raise WebhookError(f"answered HTTP {reply.status}")
+                    if (reply.content_length or 0) > MAX_ANSWER_BYTES:
+                        raise WebhookError("answer too large")
+                    raw = await reply.read()
+        except TimeoutError:
+            raise WebhookError(f"no answer within {self.config.timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise WebhookError(f"unreachable ({type(exc).__name__})") from None
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise WebhookError("answer too large")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise WebhookError("answer is not JSON") from None
+
+
+def _verdict(answer: Any, items: str, count: int) -> Verdict:
+    action = answer.get("action") if isinstance(answer, dict) else None
+    if not isinstance(action, dict):
+        raise WebhookError("answer has no action object")
+    reason = action.get("reason")
+    reason = reason if isinstance(reason, str) else None
+    body = action.get("body")
+    if "status_code" in action:
+        status = action.get("status_code")
+        if not isinstance(body, str) or not isinstance(status, int) or isinstance(status, bool):
+            raise WebhookError("RejectAction needs a string body and an integer status_code")
+        return Verdict("reject", body=body, status=status, reason=reason)
+    if body is None:
+        return Verdict("pass", reason=reason)
+    listed = body.get(items) if isinstance(body, dict) else None
+    if not isinstance(listed, list) or len(listed) != count:
+        raise WebhookError(f"MaskAction must return exactly {count} {items}")
+    contents: list[str] = []
+    for entry in listed:
+        if items == "choices":
+            entry = entry.get("message") if isinstance(entry, dict) else None
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(content, str):
+            raise WebhookError(f"MaskAction {items} need string contents")
+        contents.append(content)
+    return Verdict("mask", contents=contents, reason=reason)
+
+
+class SessionHolder:
+    """One aiohttp session for every webhook and moderation call, made on first use
+    (it needs the running event loop) and closed with the runtime."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+                # Proxies from the environment would take guard traffic elsewhere.
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

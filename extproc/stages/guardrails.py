@@ -1,0 +1,400 @@
+"""Guardrails and prompt enrichment in the request flow.
+
+``GuardRequestStage`` runs after the body is parsed and the model resolved,
+before the quota reservation (a refused prompt reserves nothing) and before
+translation (so every provider gets the same checked, enriched prompt). Its
+order is fixed: webhooks, then literal/pattern/builtin matchers, then
+moderation (cheap local checks before a paid call; the matchers and the
+moderation see what a webhook masked), then enrichment (operator text is not
+the client's, so it is not checked).
+
+``GuardResponseStage`` runs right after ``ResponseStage`` has translated a
+body: buffered answers are checked whole (webhook, then matchers), streamed
+ones event by event with ``guardrails.stream``. Only answers with a 2xx status
+are guarded; errors pass as they are.
+
+Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
+field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
+name, never the text it matched. Routes without policies cost one dict lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+
+from extproc.config.guard_model import FailureMode, GuardConfig
+from extproc.config.model import RouteApi
+from extproc.context import PhaseOutput, RequestContext
+from extproc.errors import anthropic_error_body
+from extproc.guardrails.content import (
+    TextSlot,
+    anthropic_answer_slots,
+    openai_answer_slots,
+    request_slots,
+)
+from extproc.guardrails.enrichment import enrich, template_values
+from extproc.guardrails.matching import Matchers, apply
+from extproc.guardrails.moderation import ModerationError
+from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
+from extproc.guardrails.stream import StreamGuard
+from extproc.guardrails.webhook import WebhookError
+
+log = logging.getLogger(__name__)
+
+
+def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:
+    """One guard decision, in the log line and the metric."""
+    ctx.guardrail_decisions.append({"guard": guard, "phase": phase, "action": action})
+    ctx.runtime.services.metrics.guardrail_decisions.labels(
+        guard=guard, phase=phase, action=action
+    ).inc()
+
+
+def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:
+    message = guard.message or f"Rejected by guardrail '{guard.name}'{found}"
+    return GuardrailRejectedError(message, guard.status)
+
+
+def _unavailable(ctx: RequestContext, guard: GuardConfig, phase: str, why: str) -> None:
+    """A webhook or moderation call failed: pass or refuse, as the guard's endpoint says."""
+    mode = _failure_mode(ctx, guard)
+    log.warning("guardrail %s (%s) failed: %s; %s", guard.name, phase, why, mode)
+    if mode is FailureMode.FAIL_OPEN:
+        record(ctx, guard.name, phase, "fail_open")
+        return
+    record(ctx, guard.name, phase, "fail_closed")
+    raise GuardrailRejectedError(
+        f"Guardrail '{guard.name}' is unavailable; try again shortly",
+        503,
+        code="guardrail_unavailable",
+    )
+
+
+def _failure_mode(ctx: RequestContext, guard: GuardConfig) -> FailureMode:
+    config = ctx.runtime.config.guardrails
+    if guard.webhook is not None:
+        return next(w.failure_mode for w in config.webhooks if w.name == guard.webhook)
+    return next(m.failure_mode for m in config.moderation if m.name == guard.moderation)
+
+
+def _run_matchers(
+    ctx: RequestContext, phase: str, matchers: Matchers, slots: list[TextSlot]
+) -> bool:
+    """Mask or reject on every slot; True when some text changed."""
+    masked: set[int] = set()
+    for slot in slots:
+        text = slot.text
+        if not text:
+            continue
+        rejecting, hits, spans = matchers.scan(text)
+        if rejecting is not None:
+            for index, guard in enumerate(matchers.guards):
+                if index < rejecting:
+                    record(ctx, guard.name, phase, "mask" if index in masked else "pass")
+            guard = matchers.guards[rejecting]
+            record(ctx, guard.name, phase, "reject")
+            found = guard.labels(spans)
+            raise _refusal(guard.config, f": it contains {', '.join(found)}" if found else "")
+        if hits:
+            slot.write(apply(text, hits))
+            masked.update(hit.guard for hit in hits)
+    for index, guard in enumerate(matchers.guards):
+        record(ctx, guard.name, phase, "mask" if index in masked else "pass")
+    return bool(masked)
+
+
+class GuardRequestStage:
+    def request_body(
+        self, ctx: RequestContext, out: PhaseOutput, body: bytes
+    ) -> Awaitable[None] | None:
+        route = ctx.route
+        if ctx.body is None or route is None or ctx.upstream is None:
+            return None
+        guards = ctx.runtime.guardrails.for_route(route.name)
+        if guards is None:
+            return None
+        if guards.request.waits:
+            return self._checked(ctx, guards)
+        if not guards.request.empty:
+            slots = request_slots(ctx.body)
+            if _run_matchers(ctx, "request", guards.request.matchers, slots):
+                ctx.body_changed = True
+        _enrich(ctx, guards)
+        return None
+
+    async def _checked(self, ctx: RequestContext, guards: RouteGuards) -> None:
+        assert ctx.body is not None
+        phase = guards.request
+        slots = request_slots(ctx.body)
+        if await _request_webhooks(ctx, phase, slots):
+            ctx.body_changed = True
+        if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots):
+            ctx.body_changed = True
+        for guard, client in phase.moderation:
+            texts = [slot.text for slot in slots if slot.role in client.roles and slot.text]
+            try:
+                violated = await client.violations(texts)
+            except ModerationError as exc:
+                _unavailable(ctx, guard, "request", str(exc))
+                continue
+            if violated:
+                record(ctx, guard.name, "request", "reject")
+                raise _refusal(guard, f": flagged for {', '.join(violated)}")
+            record(ctx, guard.name, "request", "pass")
+        _enrich(ctx, guards)
+
+
+async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot]) -> bool:
+    changed = False
+    for guard, client in phase.webhooks:
+        messages = [{"role": slot.role, "content": slot.text} for slot in slots]
+        try:
+            verdict = await client.check_request(messages, client.headers_for(ctx.request_headers))
+        except WebhookError as exc:
+            _unavailable(ctx, guard, "request", str(exc))
+            continue
+        if verdict.action == "reject":
+            record(ctx, guard.name, "request", "reject")
+            raise _webhook_refusal(guard, verdict.body, verdict.status)
+        if verdict.action == "mask" and verdict.contents is not None:
+            for slot, content in zip(slots, verdict.contents, strict=True):
+                if content != slot.text:
+                    slot.write(content)
+                    changed = True
+            record(ctx, guard.name, "request", "mask")
+            continue
+        record(ctx, guard.name, "request", "pass")
+    return changed
+
+
+def _webhook_refusal(guard: GuardConfig, body: str, status: int) -> GuardrailRejectedError:
+    # The webhook's own body and status win over the guard's configured response.
+    if not 400 <= status <= 599:
+        status = guard.status
+    return GuardrailRejectedError(body or f"Rejected by guardrail '{guard.name}'", status)
+
+
+def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
+    if guards.enrichment is None or ctx.body is None:
+        return
+    anthropic = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES
+    enrich(ctx.body, guards.enrichment, template_values(ctx), anthropic=anthropic)
+    ctx.body_changed = True
+
+
+class GuardResponseStage:
+    """Runs after ResponseStage in the same phases (see the module docstring)."""
+
+    def response_headers(
+        self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
+    ) -> None:
+        route = ctx.route
+        if route is None or not ctx.accounted or ctx.response_status >= 300:
+            return
+        guards = ctx.runtime.guardrails.for_route(route.name)
+        if guards is None or guards.response.empty:
+            return
+        anthropic = route.api is RouteApi.ANTHROPIC_MESSAGES
+        streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
+        ctx.response_guard = (
+            StreamGuard(guards.response.matchers, anthropic=anthropic) if streamed else guards
+        )
+        # Masking changes the body's length.
+        if "content-length" not in out.remove_headers:
+            out.remove_headers.append("content-length")
+
+    def response_body(
+        self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
+    ) -> Awaitable[None] | None:
+        state = ctx.response_guard
+        if state is None:
+            return None
+        assert ctx.route is not None
+        guards = ctx.runtime.guardrails.for_route(ctx.route.name)
+        if guards is None:
+            return None
+        data = out.body if out.body is not None else chunk
+        if isinstance(state, StreamGuard):
+            events = state.split(data, end_of_stream)
+            if guards.response.webhooks and events:
+                return self._stream_with_webhooks(ctx, out, state, guards, events, end_of_stream)
+            self._render(ctx, out, state, guards, events, end_of_stream)
+            return None
+        if not end_of_stream:
+            if out.body is None:
+                ctx.response_guard_parts.append(chunk)
+                out.body = b""
+            return None
+        if guards.response.webhooks:
+            return self._buffered_with_webhooks(ctx, out, guards, data)
+        self._buffered(ctx, out, guards, data, None)
+        return None
+
+    # --- buffered answers ---------------------------------------------------------------
+
+    def _answer(self, ctx: RequestContext, data: bytes) -> tuple[Any, list[TextSlot]]:
+        parts = ctx.response_guard_parts
+        if parts:
+            data = b"".join((*parts, data))
+        translator = ctx.translator
+        # The translator already parsed (or built) the answer: no second parse.
+        answer = getattr(translator, "answer", None) if translator is not None else None
+        if not isinstance(answer, dict):
+            try:
+                answer = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return None, []
+        if not isinstance(answer, dict):
+            return None, []
+        assert ctx.route is not None
+        if ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
+            return answer, anthropic_answer_slots(answer)
+        return answer, openai_answer_slots(answer)
+
+    async def _buffered_with_webhooks(
+        self, ctx: RequestContext, out: PhaseOutput, guards: RouteGuards, data: bytes
+    ) -> None:
+        answer, slots = self._answer(ctx, data)
+        changed = False
+        for guard, client in guards.response.webhooks:
+            if not slots:
+                break
+            try:
+                verdict = await client.check_response(
+                    [slot.text for slot in slots], client.headers_for(ctx.request_headers)
+                )
+            except WebhookError as exc:
+                _unavailable(ctx, guard, "response", str(exc))
+                continue
+            if verdict.action == "reject":
+                record(ctx, guard.name, "response", "reject")
+                raise _webhook_refusal(guard, verdict.body, verdict.status)
+            if verdict.action == "mask" and verdict.contents is not None:
+                for slot, content in zip(slots, verdict.contents, strict=True):
+                    if content != slot.text:
+                        slot.write(content)
+                        changed = True
+                record(ctx, guard.name, "response", "mask")
+            else:
+                record(ctx, guard.name, "response", "pass")
+        self._buffered(ctx, out, guards, data, (answer, slots, changed))
+
+    def _buffered(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        guards: RouteGuards,
+        data: bytes,
+        found: tuple[Any, list[TextSlot], bool] | None,
+    ) -> None:
+        answer, slots, changed = found if found is not None else (*self._answer(ctx, data), False)
+        if answer is None:
+            return
+        matchers = guards.response.matchers
+        if matchers and _run_matchers(ctx, "response", matchers, slots):
+            changed = True
+        if changed:
+            out.body = orjson.dumps(answer)
+        elif ctx.response_guard_parts:
+            out.body = b"".join((*ctx.response_guard_parts, data))
+
+    # --- streams ------------------------------------------------------------------------
+
+    async def _stream_with_webhooks(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        state: StreamGuard,
+        guards: RouteGuards,
+        events: list[Any],
+        end_of_stream: bool,
+    ) -> None:
+        # Each body chunk's text deltas go to the webhook as they arrive, one choice each.
+        slots = state.texts(events)
+        for guard, client in guards.response.webhooks:
+            texts = [holder[key] for _, _, holder, key in slots]
+            if not any(texts):
+                break
+            try:
+                verdict = await client.check_response(
+                    texts, client.headers_for(ctx.request_headers)
+                )
+            except WebhookError as exc:
+                try:
+                    _unavailable(ctx, guard, "response", str(exc))
+                except GuardrailRejectedError as refused:
+                    state.ended = True
+                    out.body = self._stream_error(ctx, refused)
+                    return
+                continue
+            if verdict.action == "reject":
+                record(ctx, guard.name, "response", "reject")
+                state.ended = True
+                out.body = self._stream_error(
+                    ctx, _webhook_refusal(guard, verdict.body, verdict.status)
+                )
+                return
+            if verdict.action == "mask" and verdict.contents is not None:
+                for (event, _, holder, key), content in zip(slots, verdict.contents, strict=True):
+                    if holder[key] != content:
+                        holder[key] = content
+                        event.changed = True
+                _once(ctx, guard.name, "mask")
+        self._render(ctx, out, state, guards, events, end_of_stream)
+
+    def _render(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        state: StreamGuard,
+        guards: RouteGuards,
+        events: list[Any],
+        end_of_stream: bool,
+    ) -> None:
+        if state.ended:
+            out.body = b""
+            return
+        matchers = guards.response.matchers
+
+        def error(index: int) -> bytes:
+            refusal = _refusal(matchers.guards[index].config, "")
+            return self._stream_error(ctx, refusal, framed=False)
+
+        out.body = state.render(events, end_of_stream, error)
+        if state.rejected_by is not None:
+            guard = matchers.guards[state.rejected_by]
+            record(ctx, guard.name, "response", "reject")
+            return
+        if end_of_stream:
+            masked = state.masked
+            for index, guard in enumerate(matchers.guards):
+                record(ctx, guard.name, "response", "mask" if index in masked else "pass")
+            for hook, _ in guards.response.webhooks:
+                if not _seen(ctx, hook.name):
+                    record(ctx, hook.name, "response", "pass")
+
+    @staticmethod
+    def _stream_error(
+        ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
+    ) -> bytes:
+        anthropic = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES
+        body = anthropic_error_body(error.message, error.status) if anthropic else error.body()
+        if not framed:
+            return body
+        if anthropic:
+            return b"event: error\ndata: " + body + b"\n\n"
+        return b"data: " + body + b"\n\ndata: [DONE]\n\n"
+
+
+def _seen(ctx: RequestContext, guard: str) -> bool:
+    return any(d["guard"] == guard and d["phase"] == "response" for d in ctx.guardrail_decisions)
+
+
+def _once(ctx: RequestContext, guard: str, action: str) -> None:
+    """A stream's guard decision, recorded once per request."""
+    if not _seen(ctx, guard):
+        record(ctx, guard, "response", action)
