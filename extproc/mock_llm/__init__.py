@@ -8,7 +8,9 @@ check what the gateway sent upstream.
 
 Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``,
 ``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse`` still reach the right
-endpoint. Control endpoints, which are not recorded:
+endpoint. ``POST .../moderations`` answers like OpenAI's moderation endpoint (see
+``moderation_api``), and header ``x-mock-reply`` chooses the reply (see ``scripted``).
+Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
 - ``DELETE /_mock/requests``: forget them.
@@ -31,6 +33,7 @@ from extproc.mock_llm.anthropic_api import AnthropicEndpoints
 from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODELS
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.faults import NO_FAULT, parse_fault
+from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
 from extproc.mock_llm.tokens import count_tokens
@@ -110,6 +113,8 @@ class _MockApp:
             return "POST", self.bedrock.converse
         if path.endswith("/converse-stream"):
             return "POST", self.bedrock.converse_stream
+        if path.endswith("/moderations"):
+            return "POST", moderations
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

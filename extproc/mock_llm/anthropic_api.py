@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from aiohttp import web
 
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.scripted import ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     count_tokens,
@@ -254,6 +255,12 @@ class AnthropicEndpoints:
         except InvalidRequestError as exc:
             return error_response(400, str(exc))
         reply = build_reply(req, fault)
+        try:
+            scripted = scripted_pieces(request.headers)
+        except ScriptError as exc:
+            return error_response(400, str(exc))
+        if scripted is not None:
+            reply = replace(reply, pieces=scripted, stop_reason="end_turn")
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
             return await self._stream(request, req, reply, fault, message_id)

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from aiohttp import web
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.scripted import REPLY_HEADER, ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import prompt_tokens, reply_pieces, reply_text
 
 SYSTEM_FINGERPRINT = "fp_mock"
@@ -238,6 +239,12 @@ class OpenAIEndpoints:
         except InvalidRequestError as exc:
             return error_response(400, exc.message, param=exc.param, code=exc.code)
         completion = build_completion(chat, fault)
+        try:
+            scripted = scripted_pieces(request.headers)
+        except ScriptError as exc:
+            return error_response(400, str(exc), param=REPLY_HEADER)
+        if scripted is not None:
+            completion = replace(completion, pieces=scripted, finish_reason="stop")
         if chat.stream:
             return await self._stream(request, chat, completion, fault)
         if fault.reset_after is not None:
