@@ -64,7 +64,7 @@ class Span:
 class Detector:
     """A compiled pattern with an optional check of each candidate match."""
 
-    __slots__ = ("_check", "_regex", "chars", "label", "max_len")
+    __slots__ = ("_check", "_regex", "chars", "label", "max_len", "source")
 
     def __init__(
         self,
@@ -75,6 +75,10 @@ class Detector:
         check: Callable[[str, int, int], bool] | None = None,
     ) -> None:
         self._regex = regex
+        # The pattern with its case flag inline, for the phase's one-pass prefilter.
+        self.source: str = (
+            regex.pattern if regex.options.case_sensitive else f"(?i:{regex.pattern})"
+        )
         self._check = check
         self.label = label
         self.max_len = max_len

@@ -10,6 +10,9 @@ lets a stream compute one hold-back for all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
@@ -65,13 +68,27 @@ class MatcherGuard:
 
 
 class Matchers:
-    """Every matcher guard of one phase of one route."""
+    """Every matcher guard of one phase of one route.
 
-    __slots__ = ("guards", "max_len")
+    All their patterns also form one alternation, searched first: most texts
+    hold nothing to find, and then one linear pass answers for every guard.
+    """
+
+    __slots__ = ("_any", "guards", "max_len")
 
     def __init__(self, guards: tuple[MatcherGuard, ...]) -> None:
         self.guards = guards
-        self.max_len = max((d.max_len for guard in guards for d in guard.detectors), default=1)
+        detectors = [d for guard in guards for d in guard.detectors]
+        self.max_len = max((d.max_len for d in detectors), default=1)
+        self._any: Any = None
+        if len(detectors) > 1:
+            options = re2.Options()
+            options.log_errors = False
+            options.never_capture = True
+            try:
+                self._any = re2.compile("|".join(f"(?:{d.source})" for d in detectors), options)
+            except re2.error:
+                self._any = None  # too big for one program: scan pattern by pattern
 
     def __bool__(self) -> bool:
         return bool(self.guards)
@@ -81,6 +98,8 @@ class Matchers:
         rejecting: int | None = None
         rejected_spans: list[Span] = []
         hits: list[Hit] = []
+        if self._any is not None and self._any.search(text) is None:
+            return rejecting, hits, rejected_spans
         for index, guard in enumerate(self.guards):
             for detector in guard.detectors:
                 for span in detector.find(text):

@@ -49,9 +49,7 @@ log = logging.getLogger(__name__)
 def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:
     """One guard decision, in the log line and the metric."""
     ctx.guardrail_decisions.append({"guard": guard, "phase": phase, "action": action})
-    ctx.runtime.services.metrics.guardrail_decisions.labels(
-        guard=guard, phase=phase, action=action
-    ).inc()
+    ctx.runtime.services.metrics.count_guardrail_decision(guard, phase, action)
 
 
 def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:

@@ -208,6 +208,9 @@ class GatewayMetrics:
         if ttft_s is not None:
             self._child(self.time_to_first_token, route, provider, model).observe(ttft_s)
 
+    def count_guardrail_decision(self, guard: str, phase: str, action: str) -> None:
+        self._child(self.guardrail_decisions, guard, phase, action).inc()
+
     def count_tokens(
         self,
         *,

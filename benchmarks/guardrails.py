@@ -1,0 +1,124 @@
+"""What guardrails cost per request: the gateway's CPU time for one 4 KB prompt, guarded or not.
+
+Plays whole ext_proc streams (request headers and body, response headers and
+body, as Envoy sends them) through the real processor and stages, in process,
+and reads the CPU time they take; no Envoy, no sockets, so the figure is the
+gateway's own work and holds on a shared machine (ratios even more so). Rows:
+
+- no guard: the default config's ``openai-chat`` route;
+- regex guard: one case-insensitive ``credit card`` pattern (reject) on the request;
+- builtins: ``CREDIT_CARD``, ``SSN``, ``EMAIL``, ``PHONE_NUMBER``, ``CA_SIN`` (mask) on
+  the request and ``CREDIT_CARD``, ``EMAIL`` on the answer;
+- regex + builtins: both.
+
+The prompt is 4 KB of prose with nothing to find (every guard scans it all,
+the common case); the answer is a short completion.
+
+    .venv/bin/python -m benchmarks.guardrails [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from benchmarks.scenarios import GATEWAY_CONFIG
+from extproc.config.loader import parse_config
+from extproc.processor import Processor
+from extproc.runtime import Services
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import (
+    processor_for,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+
+SENTENCE = "The quarterly report covers revenue, hiring plans and the roadmap for next year. "
+PROMPT = (SENTENCE * (4096 // len(SENTENCE) + 1))[:4096]
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]})
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "A short, harmless summary."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 900, "completion_tokens": 6, "total_tokens": 906},
+    }
+)
+REGEX = {"name": "card-talk", "patterns": ["credit card"], "case_insensitive": True}
+BUILTINS = {
+    "name": "pii",
+    "builtins": ["CREDIT_CARD", "SSN", "EMAIL", "PHONE_NUMBER", "CA_SIN"],
+    "action": "mask",
+}
+ANSWER_BUILTINS = {"name": "pii-out", "builtins": ["CREDIT_CARD", "EMAIL"], "action": "mask"}
+ROWS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]] | None] = {
+    "no guard": None,
+    "regex guard": ([REGEX], []),
+    "builtins": ([BUILTINS], [ANSWER_BUILTINS]),
+    "regex + builtins": ([REGEX, BUILTINS], [ANSWER_BUILTINS]),
+}
+
+
+def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) -> Processor:
+    import yaml
+
+    raw = yaml.safe_load(GATEWAY_CONFIG.read_text(encoding="utf-8"))
+    if guards is not None:
+        request, response = guards
+        raw["guardrails"] = {
+            "policies": [{"name": "bench", "request": request, "response": response}]
+        }
+        for route in raw["routes"]:
+            if route["name"] == "openai-chat":
+                route["guardrails"] = "bench"
+    config = parse_config(yaml.safe_dump(raw), "bench", {})
+    return processor_for(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+
+
+async def cpu_per_request(gateway: Processor, requests: int) -> float:
+    """CPU seconds per request, over ``requests`` whole streams after a warm-up."""
+    messages = [
+        request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
+        request_body(BODY),
+        response_headers(200),
+        response_body(ANSWER),
+    ]
+    for _ in range(50):
+        await run_stream(gateway, messages)
+    started = time.process_time()
+    for _ in range(requests):
+        answers = await run_stream(gateway, messages)
+    spent = time.process_time() - started
+    assert len(answers) == 4 and not answers[-1].HasField("immediate_response")
+    return spent / requests
+
+
+async def main(requests: int) -> None:
+    print(f"4 KB prompt ({len(BODY)} byte body), {requests} requests per row, CPU per request")
+    print(f"{'row':<18} {'us/request':>11} {'x no guard':>11} {'guard us':>9}")
+    base = None
+    for name, guards in ROWS.items():
+        spent = await cpu_per_request(processor(guards), requests) * 1e6
+        base = base if base is not None else spent
+        print(f"{name:<18} {spent:>11.1f} {spent / base:>11.2f} {spent - base:>9.1f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    asyncio.run(main(parser.parse_args().requests))
