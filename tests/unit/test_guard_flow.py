@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
-from extproc.config import GatewayConfig
+from extproc.config import GatewayConfig, load_config
 from extproc.config.loader import ConfigError
 from extproc.runtime import Services
 from extproc.telemetry.access_log import AccessLog
@@ -350,6 +350,17 @@ async def test_moderation_rejects_naming_categories() -> None:
     )
     assert passed[1].HasField("request_body")
     assert gateway.decisions(guard="moderated", action="pass") == 1
+
+
+def test_the_example_config_loads_and_builds() -> None:
+    config = load_config("config/examples/guardrails.yaml", environ={})
+    runtime_guards = processor_for(config)
+    assert runtime_guards is not None
+    assert [r.guardrails for r in config.routes] == [
+        ("workshop", "moderated"),
+        ("workshop",),
+        ("webhooked",),
+    ]
 
 
 def test_services_without_store_still_build() -> None:
