@@ -25,12 +25,14 @@ from pydantic import (
     model_validator,
 )
 
+from extproc.headers import CLIENT_CREDENTIAL_HEADERS
+
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
 # Identity fields an enrichment template may use.
 TEMPLATE_FIELDS = frozenset({"user_id", "group_id", "api_key_id", "route", "model"})
 # Request headers that carry the client's credential: never sent to a webhook.
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie"})
+CREDENTIAL_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
 
 
 class _Section(BaseModel):

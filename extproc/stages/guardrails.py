@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from extproc.config.guard_model import FailureMode, GuardConfig
+from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import anthropic_error_body
@@ -151,7 +151,7 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
     for guard, client in phase.webhooks:
         messages = [{"role": slot.role, "content": slot.text} for slot in slots]
         try:
-            verdict = await client.check_request(messages, client.headers_for(ctx.request_headers))
+            verdict = await client.check_request(messages, client.headers_for(_forwardable(ctx)))
         except WebhookError as exc:
             _unavailable(ctx, guard, "request", str(exc))
             continue
@@ -167,6 +167,16 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
             continue
         record(ctx, guard.name, "request", "pass")
     return changed
+
+
+def _forwardable(ctx: RequestContext) -> dict[str, str]:
+    """The client's headers a webhook may be sent: never a credential, whatever the config."""
+    blocked = set(CREDENTIAL_HEADERS)
+    if ctx.route is not None:
+        route_header = ctx.runtime.route_auth[ctx.route.name].api_key_header
+        if route_header:
+            blocked.add(route_header.lower())
+    return {k: v for k, v in ctx.request_headers.items() if k not in blocked}
 
 
 def _webhook_refusal(guard: GuardConfig, body: str, status: int) -> GuardrailRejectedError:
@@ -263,7 +273,7 @@ class GuardResponseStage:
                 break
             try:
                 verdict = await client.check_response(
-                    [slot.text for slot in slots], client.headers_for(ctx.request_headers)
+                    [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
                 )
             except WebhookError as exc:
                 _unavailable(ctx, guard, "response", str(exc))
@@ -318,9 +328,7 @@ class GuardResponseStage:
             if not any(texts):
                 break
             try:
-                verdict = await client.check_response(
-                    texts, client.headers_for(ctx.request_headers)
-                )
+                verdict = await client.check_response(texts, client.headers_for(_forwardable(ctx)))
             except WebhookError as exc:
                 try:
                     _unavailable(ctx, guard, "response", str(exc))
