@@ -187,6 +187,8 @@ class Runtime:
 
     def lean_response(self, route: Route, named_model: str | None) -> bool:
         """Whether a request skips the response-headers message (``response_path``)."""
+        if self.guardrails.guards_answers(route.name):
+            return False  # masking changes the body's length: its headers must be answered
         return is_lean(
             self.config, route, named_model, self.lean_routes, self.resolve_upstream, self.failover
         )

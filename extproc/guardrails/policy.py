@@ -107,5 +107,10 @@ class Guardrails:
     def for_route(self, route: str) -> RouteGuards | None:
         return self._routes.get(route)
 
+    def guards_answers(self, route: str) -> bool:
+        """True when the route has response guards (its answers' headers are processed)."""
+        guards = self._routes.get(route)
+        return guards is not None and not guards.response.empty
+
     async def close(self) -> None:
         await self.session.close()

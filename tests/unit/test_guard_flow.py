@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as ext_proc_mode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config import GatewayConfig, load_config
@@ -367,3 +368,17 @@ def test_services_without_store_still_build() -> None:
     # A runtime with guards builds without a running loop (sessions are made on first use).
     config = config_with(WORKSHOP, {"openai-chat": {"guardrails": "workshop"}})
     processor_for(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+
+
+async def test_routes_guarding_answers_keep_the_response_headers_message() -> None:
+    # Masking changes an answer's length, so its headers (content-length) must be answered;
+    # request-only policies keep the lean path.
+    request_only = {"policies": [{"name": "in", "request": WORKSHOP["policies"][0]["request"]}]}
+    for guardrails, policy, lean in ((WORKSHOP, "workshop", False), (request_only, "in", True)):
+        gateway = Gateway(config_with(guardrails, {"openai": {"guardrails": policy}}))
+        [answer] = await run_stream(
+            gateway.processor, [request_headers("/openai/gpt-4o-mini", headers=AUTH)]
+        )
+        assert answer.mode_override.response_header_mode == (
+            ext_proc_mode.ProcessingMode.SKIP if lean else 0
+        )
