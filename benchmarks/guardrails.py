@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.scenarios import GATEWAY_CONFIG
+from benchmarks.configs import GATEWAY_CONFIG
 from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.runtime import Services
