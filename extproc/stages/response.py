@@ -58,8 +58,14 @@ class ResponseStage:
         replaced = translator.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
-        if not end_of_stream:
+        if not end_of_stream and not (
+            ctx.stream and _ends_stream(ctx, out.body if out.body is not None else chunk)
+        ):
             return
+        # The end of the answer: Envoy's empty end of stream, or, for a stream, the
+        # terminal event the client reads last. A client that hangs up right after
+        # it makes Envoy drop the end of stream, and the request must not then be
+        # taken for one cut short (its usage estimated) when it was answered whole.
         ctx.completed = True
         if translator.usage is not None:
             ctx.usage = translator.usage
@@ -67,3 +73,16 @@ class ResponseStage:
         ctx.response_model = translator.response_model
         # Priced now, so the metadata of this last answer carries the cost.
         request_cost(ctx)
+
+
+# What a stream's client reads last, by the API it speaks.
+_OPENAI_STREAM_END = b"data: [DONE]"
+_ANTHROPIC_STREAM_END = b"event: message_stop"
+
+
+def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
+    if ctx.response_status >= 400 or not sent:
+        return False
+    end = _ANTHROPIC_STREAM_END if ctx.error_shape == "anthropic" else _OPENAI_STREAM_END
+    # At the start of a line: generated text cannot fake it (JSON escapes newlines).
+    return sent.startswith(end) or b"\n" + end in sent

@@ -73,6 +73,8 @@ class GatewayLog:
 
     def lines(self) -> list[dict[str, Any]]:
         text = self.path.read_bytes() if self.path.exists() else b""
+        # Only whole lines: the gateway may be halfway through writing the last one.
+        text = text[: text.rfind(b"\n") + 1]
         return [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
 
     def for_request(self, request_id: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -114,3 +114,29 @@ async def test_a_lean_answer_in_two_chunks_is_counted_from_the_whole_body(
     line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
     assert line["http_status_code"] == 200
     assert (line["prompt_tokens"], line["completion_tokens"]) == (7, 3)
+
+
+async def test_a_stream_read_to_its_end_is_complete_even_if_envoy_never_sends_the_end(
+    services: Services, processor: Processor
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    events = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"data: [DONE]"}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,'
+        b'"total_tokens":7}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    # The client hung up after [DONE]: Envoy ends the stream before its empty end.
+    await run_stream(
+        processor,
+        [
+            request_headers("/openai/gpt-4o-mini", headers=AUTH),
+            request_body(orjson.dumps(body)),
+            first_chunk(events, 200),
+        ],
+    )
+
+    line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
+    assert line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (5, 2)
+    assert not line.get("usage_estimated")
