@@ -91,6 +91,7 @@ class RouteTable:
     def __init__(self, config: GatewayConfig) -> None:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
+        self._named: dict[str, Route] = {}
         for spec in config.routes:
             route = Route(
                 spec.name,
@@ -102,11 +103,16 @@ class RouteTable:
                 model_query=spec.model_query,
                 provider=spec.provider,
             )
+            self._named[spec.name] = route
             if spec.path is not None:
                 self._exact[spec.path] = route
             elif spec.path_prefix is not None:
                 self._prefixes.append((spec.path_prefix.rstrip("/"), route))
         self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def named(self, name: str) -> Route | None:
+        """The route a Gateway API controller's route name or metadata points at."""
+        return self._named.get(name)
 
     def resolve(self, path: str) -> Route | None:
         path = path.split("?", 1)[0]

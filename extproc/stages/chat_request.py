@@ -109,8 +109,11 @@ def model_outside_body(ctx: RequestContext) -> str | None:
     route = ctx.route
     assert route is not None
     path, _, query = ctx.path.partition("?")
-    if route.model_from_path and route.prefix is not None:
-        segment = path[len(route.prefix) :].strip("/").split("/", 1)[0]
+    # Under a Gateway API controller an HTTPRoute may put the route on another path:
+    # then the path names no model.
+    prefix = route.prefix
+    if route.model_from_path and prefix is not None and path.startswith(prefix + "/"):
+        segment = path[len(prefix) :].strip("/").split("/", 1)[0]
         # `/openai/v1/chat/completions` (an SDK with base_url=/openai/v1) names no model.
         if segment and segment not in _API_SEGMENTS:
             return unquote(segment)

@@ -11,7 +11,9 @@ import uuid
 from extproc import headers
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.controller_routes import route_names
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
+from extproc.runtime import Route
 from extproc.stages.chat_request import model_outside_body
 
 SKIP_EVERYTHING = ModeOverride(
@@ -24,7 +26,12 @@ LEAN_RESPONSE = ModeOverride(skip_response_headers=True, response_body="STREAMED
 class RoutingStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
-        route = ctx.runtime.routes.resolve(ctx.path)
+        if headers.CLUSTER in ctx.request_headers:
+            # Only the gateway picks a provider. The gateway's own bootstrap strips a
+            # client-sent routing header before any filter; under a Gateway API
+            # controller it would reach a provider route directly, so refuse it.
+            raise BadRequestError(f"the {headers.CLUSTER} header is reserved for the gateway")
+        route = _route(ctx)
         if route is None:
             out.mode_override = SKIP_EVERYTHING
             return
@@ -49,3 +56,14 @@ class RoutingStage:
         if ctx.runtime.lean_response(route, named_model):
             ctx.lean_response = True
             out.mode_override = LEAN_RESPONSE
+
+
+def _route(ctx: RequestContext) -> Route | None:
+    """The route a controller's attributes name (Envoy Gateway), else the path's."""
+    table = ctx.runtime.routes
+    if ctx.attributes:
+        for name in route_names(ctx.attributes):
+            found = table.named(name)
+            if found is not None:
+                return found
+    return table.resolve(ctx.path)
