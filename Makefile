@@ -53,10 +53,12 @@ soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --duration $(SOAK_DURATION)
 
 ## Keep envoy/envoy.yaml (the default config rendered with no environment set)
-## in step with config/gateway.yaml; a test checks that it is.
+## in step with config/gateway.yaml, and the files rendered under deploy/ (Envoy
+## bootstraps, Gateway API attachments, PrometheusRule) with theirs; tests check it.
 render-envoy: $(STAMP)
 	env -i PATH="$$PATH" $(BIN)/extproc render-envoy --config config/gateway.yaml --output envoy/envoy.yaml.tmp \
 	  && mv envoy/envoy.yaml.tmp envoy/envoy.yaml
+	env -i PATH="$$PATH" $(BIN)/python -m extproc.deploy_render
 
 check-config: $(STAMP)
 	$(BIN)/extproc check-config --config config/gateway.yaml

