@@ -15,10 +15,11 @@ How a request flows (the same contract as the gateway's own bootstrap):
 2. The gateway sets ``x-aigw-cluster: provider_<name>``, rewrites the path for
    the provider and clears the route cache.
 3. Envoy matches again. The provider route (HTTPRoute ``aigw-providers``) has,
-   for every path a client route matches plus ``/``, a match on that path *and*
-   the routing header, so by Gateway API precedence (same path match, more
-   header matches) it wins over any client route. It rewrites the host and
-   sends the request to the provider's Backend, over TLS for https providers.
+   for every client match plus ``/``, a twin that also requires the routing
+   header, so by Gateway API precedence (same path match, one more header
+   match) it wins over any client route. It rewrites the host, drops the
+   routing header and sends the request to the provider's Backend, over TLS for
+   https providers.
 
 Envoy Gateway: EnvoyExtensionPolicy (ext_proc on the Gateway, buffered bodies,
 mode override, the route attributes, metadata namespace ``io.aigw``), Backend +
@@ -62,6 +63,9 @@ GATEWAY_NAME = "aigw"
 EXTPROC_SERVICE = "aigw"
 EXTPROC_PORT = 50051
 PROVIDERS_ROUTE = HTTP_ROUTE_PREFIX + "providers"
+# Gateway API's limits per HTTPRoute.
+MAX_RULES = 16
+MAX_MATCHES = 64
 # Matches any non-empty value: the shape is there, the gateway reads the model.
 ANY_VALUE = ".+"
 _HEADER = (
@@ -165,29 +169,37 @@ def _client_route(route: RouteConfig) -> Json:
     }
 
 
-def _provider_paths(config: GatewayConfig) -> list[Json]:
-    """Every path a client route matches, then ``/``: the provider rule must win on each."""
-    paths: list[Json] = []
-    for route in config.routes:
-        for match in _client_matches(route):
-            if match["path"] not in paths:
-                paths.append(match["path"])
-    root = {"type": "PathPrefix", "value": "/"}
-    if root not in paths:
-        paths.append(root)
-    return paths
+def _provider_matches(config: GatewayConfig, provider: ProviderConfig) -> list[Json]:
+    """Every client match plus the routing header, then ``/`` with it.
+
+    For any request that carries the header, the best client match has a twin
+    here with one more header match: by Gateway API precedence the twin wins,
+    whatever path the gateway left on the request.
+    """
+    header = {"type": "Exact", "name": CLUSTER, "value": cluster_name(provider)}
+    matches: list[Json] = []
+    client = [match for route in config.routes for match in _client_matches(route)]
+    for match in [*client, {"path": {"type": "PathPrefix", "value": "/"}}]:
+        twin = {**match, "headers": [*match.get("headers", []), header]}
+        if twin not in matches:
+            matches.append(twin)
+    if len(matches) > MAX_MATCHES:
+        raise ValueError(
+            f"{len(matches)} matches for provider {provider.name}: Gateway API allows"
+            f" {MAX_MATCHES} per rule; use fewer routes or route shapes"
+        )
+    return matches
 
 
 def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
+    if len(config.providers) > MAX_RULES:
+        raise ValueError(f"Gateway API allows {MAX_RULES} rules per HTTPRoute: one per provider")
     rules = []
     for provider in config.providers:
-        header = {"type": "Exact", "name": CLUSTER, "value": cluster_name(provider)}
         timeout = (provider.timeout_s or config.envoy.upstream_timeout_s) + REQUEST_SLACK_S
         rules.append(
             {
-                "matches": [
-                    {"path": path, "headers": [header]} for path in _provider_paths(config)
-                ],
+                "matches": _provider_matches(config, provider),
                 "filters": [
                     {"type": "URLRewrite", "urlRewrite": {"hostname": provider.host}},
                     {
