@@ -200,3 +200,21 @@ def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
     # they land, only they may be missing (tightened once they are in).
     pending = [p for p in missing if not p.startswith(("deploy/prometheus", "deploy/grafana"))]
     assert not pending, f"docker-compose.yml mounts missing files: {pending}"
+
+
+def test_envoy_sends_traces_to_the_jaeger_service(
+    compose: dict[str, Any], config: GatewayConfig, bootstrap: dict[str, Any]
+) -> None:
+    tracing = config.telemetry.tracing
+    assert tracing.enabled
+    host, port = tracing.otlp_endpoint.rsplit(":", 1)
+    assert host == "jaeger"
+    assert port in [str(exposed) for exposed in service(compose, "jaeger")["expose"]]
+    addresses = [
+        endpoint["endpoint"]["address"]["socket_address"]
+        for cluster in bootstrap["static_resources"]["clusters"]
+        for group in cluster["load_assignment"]["endpoints"]
+        for endpoint in group["lb_endpoints"]
+        if "socket_address" in endpoint["endpoint"]["address"]
+    ]
+    assert {"address": "jaeger", "port_value": int(port)} in addresses
