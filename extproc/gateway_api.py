@@ -47,7 +47,7 @@ from extproc.controller_routes import (
     ROUTE_NAME_ATTRIBUTE,
 )
 from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
-from extproc.headers import CLUSTER, METADATA_NAMESPACE
+from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
 
 Json = dict[str, Any]
 Controller = Literal["envoy-gateway", "kgateway"]
@@ -206,6 +206,7 @@ def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
                         "type": "RequestHeaderModifier",
                         "requestHeaderModifier": {"remove": [CLUSTER]},
                     },
+                    *_rate_limit_headers(controller),
                 ],
                 "backendRefs": [_backend_ref(provider, controller)],
                 # The controllers' default (15 s on Envoy Gateway) would cut LLM calls.
@@ -218,6 +219,23 @@ def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
         "metadata": {"name": PROVIDERS_ROUTE},
         "spec": {"parentRefs": [{"name": GATEWAY_NAME}], "rules": rules},
     }
+
+
+def _rate_limit_headers(controller: Controller) -> list[Json]:
+    """OpenAI's x-ratelimit-* headers from the metadata the gateway returns, as the
+    gateway's own bootstrap sets them (envoy_bootstrap._rate_limit_headers).
+
+    Envoy Gateway passes Envoy format strings in header values through to Envoy.
+    kgateway's ext_proc cannot accept metadata from the processor, so there the
+    headers come only with the gateway's own refusals (429).
+    """
+    if controller != "envoy-gateway":
+        return []
+    values = [
+        {"name": name, "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%"}
+        for name in RATE_LIMIT_HEADERS
+    ]
+    return [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": values}}]
 
 
 # --- backends -----------------------------------------------------------------------

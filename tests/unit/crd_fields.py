@@ -99,9 +99,12 @@ HTTP_ROUTE = {
             ],
             "filters": [
                 {
-                    Required("type"): enum("URLRewrite", "RequestHeaderModifier"),
+                    Required("type"): enum(
+                        "URLRewrite", "RequestHeaderModifier", "ResponseHeaderModifier"
+                    ),
                     "urlRewrite": {"hostname": HOSTNAME},
                     "requestHeaderModifier": HEADER_MODIFIER,
+                    "responseHeaderModifier": HEADER_MODIFIER,
                 }
             ],
             "backendRefs": [BACKEND_REF],

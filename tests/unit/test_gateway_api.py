@@ -21,7 +21,7 @@ from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, cluster_name
 from extproc.controller_routes import route_names
 from extproc.gateway_api import CONTROLLERS, render_attachments
-from extproc.headers import CLUSTER
+from extproc.headers import CLUSTER, RATE_LIMIT_HEADERS, metadata_key
 from extproc.runtime import RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +180,25 @@ class _Struct:
 class _Value:
     def __init__(self, text: str) -> None:
         self.string_value = text
+
+
+def test_envoy_gateway_sets_the_rate_limit_headers_from_the_gateways_metadata() -> None:
+    config = load_config(CONFIGS[0], environ={})
+    for controller in CONTROLLERS:
+        manifests = render_attachments(config, controller)
+        providers = next(m for m in manifests if m["metadata"]["name"] == "aigw-providers")
+        for rule in providers["spec"]["rules"]:
+            set_headers = {
+                header["name"]: header["value"]
+                for found in rule["filters"]
+                if found["type"] == "ResponseHeaderModifier"
+                for header in found["responseHeaderModifier"]["set"]
+            }
+            if controller == "kgateway":
+                # kgateway's ext_proc accepts no metadata from the processor.
+                assert not set_headers
+                continue
+            assert set_headers == {
+                name: f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"
+                for name in RATE_LIMIT_HEADERS
+            }

@@ -279,6 +279,10 @@ def test_extension_mode_serves_ext_proc_to_the_controllers_envoy(
     gateway = container(deployment, "gateway")
     env = {e["name"]: e.get("value") for e in gateway["env"]}
     assert env["EXTPROC_GRPC_ADDRESS"] == f"0.0.0.0:{EXTPROC_PORT}"
+    # No response attributes from the controller's Envoy: no lean response path.
+    extension = load_config(CONFIG_PATH, {"AIGW_LEAN_RESPONSES": env["AIGW_LEAN_RESPONSES"]})
+    assert extension.envoy.lean_responses is False
+    assert load_config(CONFIG_PATH, environ={}).envoy.lean_responses is True
     assert {"name": "grpc", "containerPort": EXTPROC_PORT, "protocol": "TCP"} in gateway["ports"]
     service = one(manifests, "Service", "aigw")
     assert [p["port"] for p in service["spec"]["ports"]] == [EXTPROC_PORT]
