@@ -196,10 +196,16 @@ def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
     ]
     assert mounted
     missing = [str(path.relative_to(ROOT)) for path in mounted if not path.exists()]
-    # Prometheus and Grafana files are written by the observability work; until
-    # they land, only they may be missing (tightened once they are in).
-    pending = [p for p in missing if not p.startswith(("deploy/prometheus", "deploy/grafana"))]
-    assert not pending, f"docker-compose.yml mounts missing files: {pending}"
+    assert not missing, f"docker-compose.yml mounts missing files: {missing}"
+    # Prometheus, its rules and Grafana's provisioning and dashboard are all mounted.
+    sources = {str(path.relative_to(ROOT)) for path in mounted}
+    assert {
+        "deploy/prometheus/prometheus.yml",
+        "deploy/prometheus/rules",
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+        "deploy/grafana/provisioning/dashboards/aigw.yml",
+        "deploy/grafana/dashboards/aigw.json",
+    } <= sources
 
 
 def test_envoy_sends_traces_to_the_jaeger_service(
@@ -218,3 +224,37 @@ def test_envoy_sends_traces_to_the_jaeger_service(
         if "socket_address" in endpoint["endpoint"]["address"]
     ]
     assert {"address": "jaeger", "port_value": int(port)} in addresses
+
+
+def test_prometheus_loads_the_rules_and_scrapes_the_compose_services(
+    compose: dict[str, Any], config: GatewayConfig
+) -> None:
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    mounted = mounts(compose, "prometheus")
+    config_file = next(
+        arg.split("=", 1)[1]
+        for arg in service(compose, "prometheus")["command"]
+        if arg.startswith("--config.file=")
+    )
+    assert mounted[config_file][0] == str(ROOT / "deploy/prometheus/prometheus.yml")
+    # Rule globs are relative to the config file: they must land on the mounted rules.
+    for pattern in prometheus["rule_files"]:
+        directory = str(Path(config_file).parent / Path(pattern).parent)
+        assert mounted[directory][0] == str(ROOT / "deploy/prometheus" / Path(pattern).parent)
+    targets = {
+        target
+        for job in prometheus["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert f"gateway:{port_of(config.server.http_address)}" in targets
+    assert f"envoy:{config.envoy.admin_port}" in targets
+
+
+def test_grafana_finds_the_dashboard_where_its_provider_looks(compose: dict[str, Any]) -> None:
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/aigw.yml").read_text()
+    )
+    [path] = [p["options"]["path"] for p in provider["providers"]]
+    mounted = mounts(compose, "grafana")
+    assert mounted[f"{path}/aigw.json"][0] == str(ROOT / "deploy/grafana/dashboards/aigw.json")
