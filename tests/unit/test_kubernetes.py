@@ -180,9 +180,11 @@ def test_the_gateway_reads_its_config_keys_and_token_from_mounts(
     assert config.auth.api_key_directory in mounted
     [token] = config.management.admin_tokens
     assert str(Path(token.token_file or "").parent) in mounted
-    assert volumes(deployment)[mounted[config.auth.api_key_directory]]["secret"]["secretName"] == (
-        "aigw-org-keys"
-    )
+    keys = volumes(deployment)[mounted[config.auth.api_key_directory]]["secret"]
+    admin = volumes(deployment)[mounted[str(Path(token.token_file or "").parent)]]["secret"]
+    assert (keys["secretName"], admin["secretName"]) == ("aigw-org-keys", "aigw-admin")
+    # Secret files: no access for other users (docs/security.md).
+    assert keys["defaultMode"] == admin["defaultMode"] == 0o440
     # The spool must be writable on a read-only root file system.
     assert any(config.store.spool_dir.startswith(path + "/") for path in mounted)
     for name in ("envoy", "gateway"):
