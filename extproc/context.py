@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from extproc.chargeback.pricing import Cost
+    from extproc.agents.call import AgentCall
     from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
@@ -150,6 +151,10 @@ class RequestContext:
     cost: Cost | None = None
     # Set by guardrails: one entry per guard that acted ({guard, phase, action, ...}).
     guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
+    # MCP / A2A routes: the call's record (extproc.agents).
+    agent: AgentCall | None = None
+    # Set when this request needs no credentials on an authenticated route (an A2A agent card).
+    public: bool = False
 
     @property
     def error_shape(self) -> str:

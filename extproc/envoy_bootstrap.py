@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from extproc.agents.envoy import add_agents, longest_agent_timeout_s
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
 from extproc.envoy_failover import add_failover
@@ -106,6 +107,7 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
             + [_provider_cluster(provider) for provider in config.providers],
         },
     }
+    add_agents(bootstrap, config)
     add_failover(bootstrap, config, _ext_proc_filter(config))
     add_tracing(bootstrap, config)
     return bootstrap
@@ -449,7 +451,10 @@ def _upstream_timeout_s(config: GatewayConfig, provider: ProviderConfig) -> floa
 
 def _longest_request_s(config: GatewayConfig) -> float:
     """An upper bound on one request's life: the slowest provider plus the gateway's turns."""
-    slowest = max(_upstream_timeout_s(config, p) for p in config.providers)
+    slowest = max(
+        max(_upstream_timeout_s(config, p) for p in config.providers),
+        longest_agent_timeout_s(config),
+    )
     return slowest + REQUEST_SLACK_S
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from extproc.agents.directory import AgentDirectory
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
 from extproc.auth.jwt_verifier import JwtVerifier
@@ -140,6 +141,7 @@ class Runtime:
                 "models without a price (cost 0, reported as unpriced): %s",
                 ", ".join(self.prices.unpriced_models),
             )
+        self.agents = AgentDirectory(config)
         try:
             self.quota_rules = RuleSet(config.quotas)
         except ValueError as exc:

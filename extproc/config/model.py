@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from extproc.config.agents_model import AgentsConfig, check_agent_routes
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
 from extproc.config.guard_model import EnrichmentConfig, GuardrailsConfig, RoutePolicies
 from extproc.config.metrics_model import MetricsConfig
@@ -202,6 +203,9 @@ class RouteApi(StrEnum):
     OPENAI_CHAT = "openai_chat"
     OPENAI_MODELS = "openai_models"
     ANTHROPIC_MESSAGES = "anthropic_messages"
+    # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
+    MCP = "mcp"
+    A2A = "a2a"
 
 
 class RouteConfig(_Section):
@@ -226,6 +230,8 @@ class RouteConfig(_Section):
     # Guard policies (names in guardrails.policies) and prompt enrichment.
     guardrails: RoutePolicies = ()
     enrichment: EnrichmentConfig | None = None
+    # api mcp / a2a: the entry of agents.servers this route leads to.
+    server: str | None = None
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteConfig:
@@ -329,6 +335,7 @@ class GatewayConfig(_Section):
     management: ManagementConfig = ManagementConfig()
     pricing: PricingConfig = PricingConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    agents: AgentsConfig = AgentsConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
@@ -375,6 +382,7 @@ class GatewayConfig(_Section):
                 raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")
             if route.provider is not None and route.provider not in known:
                 raise ValueError(f"routes[{index}].provider: unknown provider {route.provider!r}")
+        check_agent_routes(self.routes, self.agents)
         return self
 
     @model_validator(mode="after")

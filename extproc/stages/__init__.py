@@ -11,6 +11,7 @@ even a cancelled one, so it must not wait).
 
 from __future__ import annotations
 
+from extproc.agents.stages import AgentCallStage, AgentRouteStage
 from extproc.stages.accounting import AccountingStage
 from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
@@ -27,9 +28,11 @@ from extproc.stages.telemetry import TelemetryStage
 def default_stages() -> list[object]:
     return [
         RoutingStage(),
+        AgentRouteStage(),
         AuthenticationStage(),
         ModelListStage(),
         CredentialStage(),
+        AgentCallStage(),
         ChatRequestStage(),
         # Before the quota reservation (a refused prompt reserves nothing) and translation.
         GuardRequestStage(),

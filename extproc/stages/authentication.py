@@ -51,7 +51,7 @@ class AuthenticationStage:
             return None
         runtime = ctx.runtime
         policy = runtime.route_auth[route.name]
-        if AuthMethod.NONE in policy.methods:
+        if AuthMethod.NONE in policy.methods or ctx.public:
             ctx.identity = ANONYMOUS
             return None
         credential = _credential(ctx.request_headers, policy.api_key_header)

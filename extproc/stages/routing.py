@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from extproc import headers
+from extproc.agents.stages import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
@@ -36,6 +37,8 @@ class RoutingStage:
             out.mode_override = SKIP_EVERYTHING
             return
         ctx.route = route
+        if route.api in AGENT_APIS:
+            return  # extproc.agents takes it from here
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
                 raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}")

@@ -78,6 +78,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         record["prompt"] = content.prompt(ctx.body)
         record["completion"] = content.completion()
         record["content_truncated"] = content.truncated
+    if ctx.agent is not None:
+        record["agent"] = ctx.agent.log_fields(ctx.started)
     return record
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from extproc.agents.metrics import AgentMetrics
+
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
 COST_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider")
@@ -165,6 +167,8 @@ class GatewayMetrics:
             ("result",),
             registry=self.registry,
         )
+
+        self.agents = AgentMetrics(self.registry, self._child)
 
         # Label children cached: prometheus_client's labels() is the costliest
         # part of recording a request otherwise. The fast path looks the raw

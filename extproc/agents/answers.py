@@ -1,0 +1,370 @@
+"""Readers of upstream answers, JSON or SSE: find the answers to watched requests by id.
+
+A *watch* receives the JSON-RPC answer to one request and may replace it (tool
+lists are filtered, agent cards rewritten) or only record what it says (a tool
+call's outcome, an A2A task's id and state). While a watch that rewrites is
+waiting, the reader holds the bytes back, so a client never sees the original;
+once it has its answer the rest streams through untouched. A reader never holds
+more than ``MAX_HELD_BYTES``: past that, a rewriting watch fails closed (its
+request gets a JSON-RPC error) and an observing one gives up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+
+from extproc.agents import call as outcome
+from extproc.agents.call import AgentCall
+from extproc.agents.jsonrpc import (
+    INTERNAL_ERROR,
+    RequestId,
+    error_object,
+    is_response,
+    response_id_key,
+)
+from extproc.agents.sse import EventSplitter, event_data, with_data
+
+MAX_HELD_BYTES = 16 * 1024 * 1024
+MAX_CARD_BYTES = 1024 * 1024
+_STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
+
+
+class Watch(Protocol):
+    request_id: RequestId
+    # Replaces the answer (the reader holds bytes back until it comes).
+    rewrites: bool
+    # Done after the first answer; SSE streams of A2A repeat the id on every event.
+    final: bool
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+class AnswerReader:
+    """One HTTP answer (``feed`` per chunk): the bytes to send instead, or None for unchanged."""
+
+    def __init__(self, watches: list[Watch], *, sse: bool) -> None:
+        self._watches = {response_id_key(w.request_id): w for w in watches}
+        self._sse = sse
+        self._splitter = EventSplitter()
+        self._body = bytearray()
+        self._holding = self._rewrite_pending()
+        self._dropping = False
+
+    def _rewrite_pending(self) -> bool:
+        return any(watch.rewrites for watch in self._watches.values())
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self._dropping:
+            return b""
+        if not self._watches and not self._holding:
+            return None
+        if self._sse:
+            return self._feed_sse(chunk, end_of_stream)
+        return self._feed_json(chunk, end_of_stream)
+
+    # --- JSON ------------------------------------------------------------------------
+
+    def _feed_json(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if len(self._body) + len(chunk) > MAX_HELD_BYTES:
+            return self._too_large()
+        self._body += chunk
+        if not end_of_stream:
+            return b"" if self._holding else None
+        document = bytes(self._body)
+        replaced = self._read_document(document)
+        if not self._holding:
+            return None
+        if replaced is None and self._rewrite_pending():
+            return self._failure_body()  # the answer was not there or not readable
+        return replaced if replaced is not None else document
+
+    def _read_document(self, data: bytes) -> bytes | None:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        batch = isinstance(parsed, list)
+        messages: list[Any] = parsed if batch else [parsed]
+        changed = False
+        for index, message in enumerate(messages):
+            replaced = self._read_message(message)
+            if replaced is not None:
+                messages[index] = replaced
+                changed = True
+        if not changed:
+            return None
+        return orjson.dumps(messages if batch else messages[0])
+
+    def _read_message(self, message: Any) -> dict[str, Any] | None:
+        if not is_response(message):
+            return None
+        key = response_id_key(message["id"])
+        watch = self._watches.get(key)
+        if watch is None:
+            return None
+        if watch.final:
+            del self._watches[key]
+        return watch.answer(message)
+
+    # --- SSE -------------------------------------------------------------------------
+
+    def _feed_sse(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        events = self._splitter.feed(chunk)
+        if end_of_stream:
+            rest = self._splitter.flush()
+            if rest:
+                events.append(rest)
+        if len(self._splitter.pending) > MAX_HELD_BYTES:
+            if self._holding:
+                return self._too_large()
+            self._watches.clear()  # an answer too large to read: pass it on unread
+            return None
+        if not self._holding:
+            for event in events:
+                self._read_event(event)
+            return None
+        out = [self._read_event(event) or event for event in events]
+        if not self._rewrite_pending():
+            # Released: what was held goes out; the splitter keeps the partial event
+            # only to read it, it is never sent twice.
+            self._holding = False
+            out.append(self._splitter.pending)
+        return b"".join(out)
+
+    def _read_event(self, event: bytes) -> bytes | None:
+        data = event_data(event)
+        if data is None or not self._watches:
+            return None
+        replaced = self._read_document(data)
+        return with_data(event, replaced) if replaced is not None else None
+
+    # --- failing closed --------------------------------------------------------------
+
+    def _too_large(self) -> bytes | None:
+        if not self._holding:
+            self._watches.clear()  # an answer too large to read: passed on unread
+            return None
+        self._dropping = True
+        return self._failure_body()
+
+    def _failure_body(self) -> bytes:
+        errors = [
+            error_object(
+                watch.request_id,
+                INTERNAL_ERROR,
+                "the gateway could not read the upstream's answer to filter it",
+            )
+            for watch in self._watches.values()
+            if watch.rewrites
+        ]
+        self._watches.clear()
+        self._holding = False
+        body = orjson.dumps(errors[0] if len(errors) == 1 else errors)
+        return b"data: " + body + b"\n\n" if self._sse else body
+
+
+# --- watches -----------------------------------------------------------------------------
+
+
+class ToolListFilter:
+    """``tools/list``: keep the tools the caller may call; the list is the caller's own."""
+
+    rewrites = True
+    final = True
+
+    def __init__(self, request_id: RequestId, call: AgentCall, allowed: Callable[[str], bool]):
+        self.request_id = request_id
+        self._call = call
+        self._allowed = allowed
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        result = message.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            _record_error(self._call, message)
+            return None
+        tools = result["tools"]
+        kept = [
+            tool
+            for tool in tools
+            if isinstance(tool, dict)
+            and isinstance(tool.get("name"), str)
+            and self._allowed(tool["name"])
+        ]
+        call = self._call
+        call.tools_listed = (call.tools_listed or 0) + len(kept)
+        call.tools_hidden = (call.tools_hidden or 0) + len(tools) - len(kept)
+        call.answered(outcome.OK)
+        if len(kept) == len(tools) and result.get("cacheScope", "private") == "private":
+            return None
+        filtered = {**result, "tools": kept}
+        if "cacheScope" in result:
+            # The list now depends on who asked: no shared cache may serve it to another.
+            filtered["cacheScope"] = "private"
+        return {**message, "result": filtered}
+
+
+class ToolCallOutcome:
+    """``tools/call``: ok, the tool's own error (``isError``) or a JSON-RPC error."""
+
+    rewrites = False
+    final = True
+
+    def __init__(self, request_id: RequestId, call: AgentCall) -> None:
+        self.request_id = request_id
+        self._call = call
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if "error" in message:
+            _record_error(self._call, message)
+            return None
+        result = message.get("result")
+        failed = isinstance(result, dict) and result.get("isError") is True
+        self._call.answered(outcome.TOOL_ERROR if failed else outcome.OK)
+        return None
+
+
+class TaskWatch:
+    """A2A: the task an answer (or each event of a stream) is about, and its latest state."""
+
+    rewrites = False
+    final = False
+
+    def __init__(self, request_id: RequestId, call: AgentCall) -> None:
+        self.request_id = request_id
+        self._call = call
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if "error" in message:
+            _record_error(self._call, message)
+            return None
+        result = message.get("result")
+        if isinstance(result, dict):
+            _record_task(self._call, result)
+        self._call.answered(outcome.OK)
+        return None
+
+
+class ExtendedCardRewrite:
+    """A2A's authenticated extended card (a JSON-RPC result): its URLs point at the gateway."""
+
+    rewrites = True
+    final = True
+
+    def __init__(self, request_id: RequestId, call: AgentCall) -> None:
+        self.request_id = request_id
+        self._call = call
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        result = message.get("result")
+        if not isinstance(result, dict):
+            _record_error(self._call, message)
+            return None
+        self._call.answered(outcome.OK)
+        card = rewrite_card(result, self._call.server.path, self._call.public_base)
+        return {**message, "result": card}
+
+
+def _record_error(call: AgentCall, message: dict[str, Any]) -> None:
+    error = message.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    call.answered(outcome.RPC_ERROR, code if isinstance(code, int) else None)
+
+
+def _record_task(call: AgentCall, result: dict[str, Any]) -> None:
+    found: dict[str, Any] = result
+    # A2A 1.0 wraps each answer or event ({"task": ...}, {"statusUpdate": ...});
+    # 0.3 sends the object itself with a `kind`.
+    for key in ("task", "statusUpdate", "artifactUpdate", "message"):
+        inner = result.get(key)
+        if isinstance(inner, dict):
+            found = inner
+            break
+    status = found.get("status")
+    task_id = found.get("taskId")
+    if not isinstance(task_id, str) and isinstance(status, dict):
+        task_id = found.get("id")  # a task object names itself by `id`
+    if isinstance(task_id, str):
+        call.task_id = task_id[:128]
+    context_id = found.get("contextId")
+    if isinstance(context_id, str):
+        call.context_id = context_id[:128]
+    if isinstance(status, dict) and isinstance(status.get("state"), str):
+        call.task_state = normalize_state(status["state"])
+
+
+def normalize_state(state: str) -> str:
+    """One spelling for A2A 0.3 and 1.0: ``TASK_STATE_INPUT_REQUIRED`` -> ``input-required``."""
+    name = state.removeprefix("TASK_STATE_").lower().replace("_", "-")
+    return name if _STATE.match(name) else "other"
+
+
+# --- agent cards ---------------------------------------------------------------------------
+
+
+class CardReader:
+    """``GET .../.well-known/agent-card.json``: the card, its URLs pointed at the gateway."""
+
+    def __init__(self, call: AgentCall) -> None:
+        self._call = call
+        self._body = bytearray()
+        self._given_up = False
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self._given_up:
+            return None
+        self._body += chunk
+        if len(self._body) > MAX_CARD_BYTES:
+            # Not a card the gateway can read: what was held goes out as it came.
+            self._given_up = True
+            return bytes(self._body)
+        if not end_of_stream:
+            return b""
+        try:
+            card = orjson.loads(bytes(self._body))
+        except orjson.JSONDecodeError:
+            return bytes(self._body)
+        if not isinstance(card, dict):
+            return bytes(self._body)
+        self._call.answered(outcome.OK)
+        return orjson.dumps(rewrite_card(card, self._call.server.path, self._call.public_base))
+
+
+def rewrite_card(card: dict[str, Any], upstream_path: str, public_base: str) -> dict[str, Any]:
+    """The card with every JSON-RPC interface URL on the gateway's route; other bindings
+    (gRPC, HTTP+JSON) are dropped, since only JSON-RPC goes through the gateway."""
+
+    def moved(url: str) -> str:
+        path = urlsplit(url).path
+        if upstream_path and (path == upstream_path or path.startswith(upstream_path + "/")):
+            path = path[len(upstream_path) :]
+        return public_base + (path if path.startswith("/") else "/" + path)
+
+    card = dict(card)
+    interfaces = card.get("supportedInterfaces")
+    if isinstance(interfaces, list):  # A2A 1.0
+        card["supportedInterfaces"] = [
+            {**item, "url": moved(item["url"])}
+            for item in interfaces
+            if isinstance(item, dict)
+            and isinstance(item.get("url"), str)
+            and str(item.get("protocolBinding", "JSONRPC")).upper() == "JSONRPC"
+        ]
+    if isinstance(card.get("url"), str):  # A2A 0.3
+        card["url"] = moved(card["url"])
+        if "preferredTransport" in card:
+            card["preferredTransport"] = "JSONRPC"
+        extra = card.get("additionalInterfaces")
+        if isinstance(extra, list):
+            card["additionalInterfaces"] = [
+                {**item, "url": moved(item["url"])}
+                for item in extra
+                if isinstance(item, dict)
+                and isinstance(item.get("url"), str)
+                and str(item.get("transport", "")).upper() == "JSONRPC"
+            ]
+    return card

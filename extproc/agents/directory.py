@@ -1,0 +1,52 @@
+"""What the ``agents`` section of one loaded config means at run time.
+
+Built once per (re)load with the ``Runtime``: which server each agent route
+leads to, the access rules, the limit rules, and the upstream credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.agents.access import ToolAccess
+from extproc.agents.limits import AgentLimits
+from extproc.config.agents_model import AgentServerConfig
+from extproc.config.model import GatewayConfig
+
+_CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
+
+
+def agent_cluster_name(server: AgentServerConfig) -> str:
+    """The Envoy cluster of an agent server; one source of truth for render and routing."""
+    return "agent_" + server.name.translate(_CLUSTER_SLUG)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUpstream:
+    server: AgentServerConfig
+    cluster: str
+    # The header carrying the server's own credential, when one is configured.
+    credential: tuple[str, str] | None
+
+
+class AgentDirectory:
+    def __init__(self, config: GatewayConfig) -> None:
+        agents = config.agents
+        self.by_route: dict[str, AgentUpstream] = {}
+        for route in config.routes:
+            server = agents.server(route.server) if route.server else None
+            if server is not None:
+                self.by_route[route.name] = AgentUpstream(
+                    server, agent_cluster_name(server), _credential(server)
+                )
+        self.access = ToolAccess(agents.access, agents.default_access)
+        self.limits = AgentLimits(agents.limits, config.quotas)
+
+
+def _credential(server: AgentServerConfig) -> tuple[str, str] | None:
+    if server.api_key is None or not server.api_key.get_secret_value():
+        return None
+    secret = server.api_key.get_secret_value()
+    if server.api_key_header == "authorization":
+        return ("authorization", f"Bearer {secret}")
+    return (server.api_key_header, secret)

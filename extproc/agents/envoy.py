@@ -1,0 +1,83 @@
+"""Agent servers in the Envoy bootstrap: one cluster and one route per MCP server or A2A agent.
+
+Like providers, an agent route matches only the routing header the gateway sets
+(``x-aigw-cluster: agent_<name>``) after it authenticated the caller, so no
+request reaches an agent server without passing the gateway. The route
+streams: SSE answers and MCP's GET stream go through as they come (the
+gateway reads the answers it must read in STREAMED mode). No retries beyond a
+connection that never opened: a tool call is not idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.agents.directory import agent_cluster_name
+from extproc.config.agents_model import AgentServerConfig
+from extproc.config.model import GatewayConfig
+from extproc.headers import CLUSTER
+
+Json = dict[str, Any]
+AGENT_CONNECT_TIMEOUT_S = 5.0
+AGENT_IDLE_TIMEOUT_S = 60.0
+
+
+def add_agents(bootstrap: Json, config: GatewayConfig) -> None:
+    """Extend a rendered bootstrap with the agent servers' clusters and routes."""
+    servers = config.agents.servers
+    if not servers:
+        return
+    from extproc import envoy_bootstrap as base  # the renderer's helpers (it imports us)
+
+    resources = bootstrap["static_resources"]
+    resources["clusters"].extend(_cluster(base, server) for server in servers)
+    manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes: list[Json] = manager["route_config"]["virtual_hosts"][0]["routes"]
+    # Before the catch-all 404, which is last.
+    routes[-1:-1] = [_route(base, server) for server in servers]
+
+
+def longest_agent_timeout_s(config: GatewayConfig) -> float:
+    return max((server.timeout_s for server in config.agents.servers), default=0.0)
+
+
+def _cluster(base: Any, server: AgentServerConfig) -> Json:
+    name = agent_cluster_name(server)
+    ip = base._is_ip(server.host)
+    cluster: Json = {
+        "name": name,
+        "type": "STATIC" if ip else "LOGICAL_DNS",
+        "connect_timeout": base._duration(AGENT_CONNECT_TIMEOUT_S),
+        "typed_extension_protocol_options": base._protocol_options(
+            {"http_protocol_options": {}},
+            common={"idle_timeout": base._duration(AGENT_IDLE_TIMEOUT_S)},
+        ),
+        "circuit_breakers": base._circuit_breakers(),
+        "load_assignment": base._load_assignment(
+            name, base._socket_address(server.host, server.port)
+        ),
+    }
+    if not ip:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if server.tls:
+        cluster["transport_socket"] = base._upstream_tls(server.host)
+    return cluster
+
+
+def _route(base: Any, server: AgentServerConfig) -> Json:
+    cluster = agent_cluster_name(server)
+    return {
+        "name": cluster,
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": CLUSTER, "string_match": {"exact": cluster}}],
+        },
+        "route": {
+            "cluster": cluster,
+            # 0s: no limit on the whole request (a server stream), the idle timeout still applies.
+            "timeout": base._duration(server.timeout_s),
+            "host_rewrite_literal": server.authority,
+            "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
+        },
+        "request_headers_to_remove": [CLUSTER],
+    }

@@ -1,0 +1,111 @@
+"""JSON-RPC 2.0 as MCP and A2A carry it: requests in a POST body, answers and error objects.
+
+Pure functions, no I/O. The gateway's own refusals are JSON-RPC error objects
+with the request's id, so an SDK surfaces them as the call's error instead of a
+transport failure. Codes in the implementation-defined range -32000..-32099 that
+MCP and A2A leave unused are the gateway's: see ``FORBIDDEN`` and ``RATE_LIMITED``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# The caller may not use this tool or agent (access rules).
+FORBIDDEN = -32003
+# A request limit refused the call; ``data.retry_after_s`` says when to retry.
+RATE_LIMITED = -32029
+
+RequestId = str | int | float | None
+
+
+class RpcParseError(Exception):
+    """The body is not JSON-RPC; answered with ``code`` and the id null."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMessage:
+    """One message of a POST body: a request, a notification (no id) or a client's answer."""
+
+    method: str | None
+    id: RequestId
+    has_id: bool
+    params: Any
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None and self.has_id
+
+
+def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
+    """The messages of a POST body and whether it was a batch (an array)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RpcParseError(PARSE_ERROR, f"request body is not valid JSON: {exc}") from None
+    batch = isinstance(parsed, list)
+    items = parsed if batch else [parsed]
+    if not items:
+        raise RpcParseError(INVALID_REQUEST, "an empty batch is not a JSON-RPC request")
+    return [_message(item) for item in items], batch
+
+
+def _message(item: Any) -> RpcMessage:
+    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        raise RpcParseError(INVALID_REQUEST, "each message must be a JSON-RPC 2.0 object")
+    has_id = "id" in item
+    message_id = item.get("id")
+    if has_id and not isinstance(message_id, str | int | float | type(None)):
+        raise RpcParseError(INVALID_REQUEST, "'id' must be a string, a number or null")
+    method = item.get("method")
+    if method is None:
+        # A client's answer to a server request (sampling, elicitation): passed on.
+        if not has_id or ("result" not in item and "error" not in item):
+            raise RpcParseError(INVALID_REQUEST, "a message needs a 'method' or a 'result'")
+        return RpcMessage(None, message_id, True, None)
+    if not isinstance(method, str):
+        raise RpcParseError(INVALID_REQUEST, "'method' must be a string")
+    return RpcMessage(method, message_id, has_id, item.get("params"))
+
+
+def error_object(
+    request_id: RequestId, code: int, message: str, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def error_body(
+    ids: list[RequestId], code: int, message: str, data: dict[str, Any] | None, batch: bool
+) -> bytes:
+    """One error per request of the body (a batch gets an array, as JSON-RPC answers one)."""
+    if not batch:
+        return orjson.dumps(error_object(ids[0] if ids else None, code, message, data))
+    return orjson.dumps([error_object(i, code, message, data) for i in ids])
+
+
+def response_id_key(request_id: RequestId) -> str:
+    """A hashable, type-exact key for matching answers to requests ("1" is not 1)."""
+    return f"{type(request_id).__name__}:{request_id}"
+
+
+def is_response(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and "id" in message
+        and "method" not in message
+        and ("result" in message or "error" in message)
+    )

@@ -1,0 +1,105 @@
+"""``agents.limits`` as quota counters: the same windows, keys and Lua check as quotas.rules.
+
+A tool call or A2A message is checked against every rule that selects one of
+its subjects and covers its server and tool, one request counter per window;
+``QuotaStore.reserve`` checks and counts them atomically in one round trip, so
+the limits hold across replicas exactly like the LLM request limits. Counter
+names start with ``agent:`` (a character rule names cannot hold), so they never
+share a counter with a quota rule of the same name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from extproc.agents.access import compile_globs
+from extproc.config.agents_model import AgentLimitRule
+from extproc.config.quota_model import QuotaMode, QuotasConfig, StoreFailure
+from extproc.context import Identity
+from extproc.quota.rules import Limit
+from extproc.quota.windows import WindowKind, window_for
+
+_COUNTERS: tuple[tuple[str, WindowKind], ...] = (
+    ("requests_per_second", WindowKind.SECOND),
+    ("requests_per_minute", WindowKind.MINUTE),
+    ("requests_per_hour", WindowKind.HOUR),
+    ("requests_per_day", WindowKind.DAY),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    config: AgentLimitRule
+    servers: re.Pattern[str] | None
+    tools: re.Pattern[str] | None
+
+    def covers(self, server: str, tool: str | None) -> bool:
+        if self.servers is not None and not self.servers.match(server):
+            return False
+        if self.tools is None:
+            return True
+        return tool is not None and self.tools.match(tool) is not None
+
+
+class AgentLimits:
+    def __init__(self, rules: Sequence[AgentLimitRule], quotas: QuotasConfig) -> None:
+        self._rules = tuple(
+            _Rule(rule, compile_globs(rule.servers), compile_globs(rule.tools)) for rule in rules
+        )
+        self._on_store_failure = quotas.on_store_failure
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def limits_for(
+        self,
+        identity: Identity,
+        headers: dict[str, str],
+        server: str,
+        tool: str | None,
+        now: float,
+    ) -> list[Limit]:
+        found: list[Limit] = []
+        for rule in self._rules:
+            config = rule.config
+            subject = _subject_value(config.subject, identity, headers)
+            if subject is None or not _selected(config.match, subject):
+                continue
+            if not rule.covers(server, tool):
+                continue
+            name = f"agent:{config.name}"
+            if config.per_tool and tool is not None:
+                name += f":{tool}"
+            fail_open = (config.on_store_failure or self._on_store_failure) is (
+                StoreFailure.FAIL_OPEN
+            )
+            for counter, window_kind in _COUNTERS:
+                value = getattr(config, counter)
+                if value is None:
+                    continue
+                found.append(
+                    Limit(
+                        name, config.subject, subject, counter, "r", value,
+                        window_for(window_kind, now), config.mode is QuotaMode.ENFORCE,
+                        fail_open, "UTC",
+                    )
+                )  # fmt: skip
+        return found
+
+
+def _subject_value(kind: str, identity: Identity, headers: dict[str, str]) -> str | None:
+    if kind == "api_key":
+        return identity.api_key_id
+    if kind == "user":
+        return identity.user_id
+    if kind == "group":
+        return identity.group_id
+    return headers.get(kind.removeprefix("header:")) or None
+
+
+def _selected(match: str | tuple[str, ...], subject: str) -> bool:
+    if isinstance(match, str):
+        return match in {"*", subject}
+    return subject in match

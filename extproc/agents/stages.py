@@ -1,0 +1,435 @@
+"""Agent routes in the request flow: two stages, one on each side of authentication.
+
+``AgentRouteStage`` (request headers, before authentication) points Envoy at the
+route's upstream and decides what kind of request this is: a JSON-RPC POST, an
+MCP server stream (GET) or session end (DELETE), or an A2A agent card, which is
+public so that clients can discover how to authenticate. ``AgentCallStage``
+(after the client's credentials are stripped) puts the upstream's own
+credential in, reads the JSON-RPC body once, applies access rules and request
+limits, reads the answer as it streams, and records the call for the log line
+and the metrics.
+
+Refusals of a JSON-RPC request are JSON-RPC error objects with the request's id,
+so SDKs surface them as that call's error: an access rule answers HTTP 200 with
+code -32003, a request limit HTTP 200 with code -32029 and ``retry-after``, a
+body that is not JSON-RPC HTTP 400 with -32700 or -32600. Failures before the
+body is read (no or bad credentials, a method the route does not take) are HTTP
+errors as on every route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any
+
+from extproc import headers
+from extproc.agents import call as outcome
+from extproc.agents import jsonrpc
+from extproc.agents.answers import (
+    AnswerReader,
+    CardReader,
+    ExtendedCardRewrite,
+    TaskWatch,
+    ToolCallOutcome,
+    ToolListFilter,
+    Watch,
+)
+from extproc.agents.call import AgentCall
+from extproc.agents.jsonrpc import RequestId, RpcMessage, RpcParseError
+from extproc.config.agents_model import AgentProtocol
+from extproc.config.model import RouteApi
+from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.errors import (
+    BadRequestError,
+    GatewayError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+from extproc.quota.rules import Limit
+from extproc.quota.store import Denial
+
+log = logging.getLogger(__name__)
+
+AGENT_APIS = frozenset({RouteApi.MCP, RouteApi.A2A})
+CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
+EXTENDED_CARD_METHODS = frozenset({"GetExtendedAgentCard", "agent/getAuthenticatedExtendedCard"})
+# MCP tool names are at most 128 characters by the spec; some slack for older servers.
+MAX_TOOL_NAME = 256
+SESSION_HEADER = "mcp-session-id"
+SSE = "text/event-stream"
+_AUTHORITY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# The answer is Envoy's to deliver as it comes (server streams, session ends).
+_PASS_ANSWER = ModeOverride(skip_request_body=True, response_body="NONE")
+_NO_BODY = ModeOverride(skip_request_body=True)
+_READ_ANSWER = ModeOverride(response_body="STREAMED")
+_UNREAD_ANSWER = ModeOverride(response_body="NONE")
+
+
+class AgentRouteStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        route = ctx.route
+        if route is None or route.api not in AGENT_APIS:
+            return
+        upstream = ctx.runtime.agents.by_route[route.name]
+        server = upstream.server
+        call = AgentCall(AgentProtocol(route.api.value), server)
+        ctx.agent = call
+        path, _, query = ctx.path.partition("?")
+        rest = path[len(route.prefix) :] if route.prefix is not None else ""
+        session = ctx.request_headers.get(SESSION_HEADER)
+        if session:
+            call.set_session(session)
+        method = ctx.method
+        mcp = call.protocol is AgentProtocol.MCP
+        if method == "POST":
+            call.kind = "rpc"
+            _check_length(ctx)
+            # The gateway reads the answer: it must come uncompressed.
+            out.remove_headers.append("accept-encoding")
+            if not mcp:
+                call.public_base = _public_base(ctx, route.prefix or "")
+        elif not mcp and method in {"GET", "HEAD"} and rest.rstrip("/") in CARD_PATHS:
+            call.kind = "card"
+            call.method = "agent_card"
+            call.public_base = _public_base(ctx, route.prefix or "")
+            # Discovery comes before credentials: the card says how to authenticate.
+            ctx.public = True
+            out.remove_headers.append("accept-encoding")
+            out.mode_override = _NO_BODY
+        elif mcp and method == "GET":
+            call.kind = "stream"
+            out.mode_override = _PASS_ANSWER
+        elif mcp and method == "DELETE":
+            call.kind = "session_end"
+            out.mode_override = _PASS_ANSWER
+        else:
+            allowed = "GET, POST, DELETE" if mcp else "POST (and GET for the agent card)"
+            raise MethodNotAllowedError(f"{method} is not allowed on {path}; use {allowed}")
+        upstream_path = server.path + rest or "/"
+        out.set_headers[":path"] = upstream_path + ("?" + query if query else "")
+        out.set_headers[headers.CLUSTER] = upstream.cluster
+        out.clear_route_cache = True
+
+
+class AgentCallStage:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        call = ctx.agent
+        if call is None or ctx.route is None:
+            return
+        credential = ctx.runtime.agents.by_route[ctx.route.name].credential
+        if credential is not None:
+            name, value = credential
+            # Set after the client's credentials were removed in this same answer.
+            out.remove_headers[:] = [header for header in out.remove_headers if header != name]
+            out.set_headers[name] = value
+
+    def request_body(
+        self, ctx: RequestContext, out: PhaseOutput, body: bytes
+    ) -> Awaitable[None] | None:
+        call = ctx.agent
+        if call is None or call.kind != "rpc":
+            return None
+        limit = ctx.runtime.config.limits.max_request_body_bytes
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                f"request body of {len(body)} bytes is over the limit of {limit} bytes"
+            )
+        try:
+            messages, batch = jsonrpc.parse_body(body)
+        except RpcParseError as error:
+            call.method = None
+            invalid = BadRequestError(error.message, code="invalid_jsonrpc")
+            _refuse(ctx, out, [None], False, error.code, outcome.INVALID, invalid)
+            return None
+        call.methods = len(messages)
+        call.method = next((m.method for m in messages if m.method is not None), None)
+        requests = [m for m in messages if m.is_request]
+        if call.protocol is AgentProtocol.MCP:
+            return self._mcp(ctx, out, call, requests, batch)
+        return self._a2a(ctx, out, call, requests, batch)
+
+    def _mcp(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        call: AgentCall,
+        requests: list[RpcMessage],
+        batch: bool,
+    ) -> Awaitable[None] | None:
+        agents = ctx.runtime.agents
+        server = call.server.name
+        identity = ctx.identity
+        tool_calls = [m for m in requests if m.method == "tools/call"]
+        ids = [m.id for m in requests]
+        if tool_calls and batch:
+            message = "send each tools/call in a request of its own, not in a batch"
+            invalid = BadRequestError(message, code="batched_tool_call")
+            _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
+            return None
+        for request in requests:
+            if request.method == "tools/list":
+                call.watches.append(
+                    ToolListFilter(
+                        request.id,
+                        call,
+                        lambda tool: agents.access.denial(identity, server, tool) is None,
+                    )
+                )
+        if not tool_calls:
+            return None
+        request = tool_calls[0]
+        params = request.params
+        tool = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(tool, str) or not tool or len(tool) > MAX_TOOL_NAME:
+            message = f"tools/call needs params.name: a tool name of 1 to {MAX_TOOL_NAME} chars"
+            invalid = BadRequestError(message, code="invalid_tool_name")
+            _refuse(ctx, out, ids, batch, jsonrpc.INVALID_PARAMS, outcome.INVALID, invalid)
+            return None
+        call.tool = tool
+        denial = agents.access.denial(identity, server, tool)
+        if denial is not None:
+            refused = PermissionDeniedError(denial, code="tool_not_allowed")
+            data = {"type": "permission_error", "code": "tool_not_allowed", "tool": tool}
+            _refuse(ctx, out, ids, batch, jsonrpc.FORBIDDEN, outcome.DENIED, refused, data)
+            return None
+        call.watches.append(ToolCallOutcome(request.id, call))
+        return _limit(ctx, out, call, tool, ids, batch)
+
+    def _a2a(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        call: AgentCall,
+        requests: list[RpcMessage],
+        batch: bool,
+    ) -> Awaitable[None] | None:
+        ids = [m.id for m in requests]
+        if batch:
+            message = "A2A does not take JSON-RPC batches: send one request per call"
+            invalid = BadRequestError(message, code="batch_not_supported")
+            _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
+            return None
+        denial = ctx.runtime.agents.access.denial(ctx.identity, call.server.name, None)
+        if denial is not None:
+            refused = PermissionDeniedError(denial, code="agent_not_allowed")
+            data = {"type": "permission_error", "code": "agent_not_allowed"}
+            _refuse(ctx, out, ids, batch, jsonrpc.FORBIDDEN, outcome.DENIED, refused, data)
+            return None
+        if not requests:
+            return None
+        request = requests[0]
+        watch: Watch
+        if request.method in EXTENDED_CARD_METHODS:
+            watch = ExtendedCardRewrite(request.id, call)
+        else:
+            watch = TaskWatch(request.id, call)
+        call.watches.append(watch)
+        if not call.is_message:
+            return None
+        return _limit(ctx, out, call, None, ids, batch)
+
+    def response_headers(
+        self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
+    ) -> None:
+        call = ctx.agent
+        if call is None:
+            return
+        status_text = response_headers.get(":status", "0")
+        status = int(status_text) if status_text.isdigit() else 0
+        session = response_headers.get(SESSION_HEADER)
+        if session and call.session is None:
+            call.set_session(session)
+        content_type = response_headers.get("content-type", "")
+        reader: Any = None
+        if status >= 400:
+            call.answered(outcome.UPSTREAM_ERROR)
+        elif call.kind == "card":
+            if status == 200 and call.server.rewrite_agent_card and "json" in content_type:
+                reader = CardReader(call)
+        elif call.kind == "rpc" and call.watches:
+            sse = content_type.startswith(SSE)
+            if sse or "json" in content_type:
+                reader = AnswerReader(call.watches, sse=sse)
+        if reader is None:
+            # Nothing to read: Envoy delivers the answer (a server stream stays open).
+            out.mode_override = _UNREAD_ANSWER
+            ctx.completed = True
+            return
+        call.reader = reader
+        out.mode_override = _READ_ANSWER
+        out.remove_headers.append("content-length")
+
+    def response_body(
+        self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
+    ) -> None:
+        call = ctx.agent
+        if call is None or call.reader is None:
+            return
+        replaced = call.reader.feed(chunk, end_of_stream)
+        if replaced is not None:
+            out.body = replaced
+
+    def done(self, ctx: RequestContext) -> None:
+        call = ctx.agent
+        if call is None:
+            return
+        if ctx.aborted and call.status == outcome.FORWARDED:
+            call.status = outcome.ABORTED
+        if not (call.is_tool_call or call.is_message or call.tools_hidden):
+            return
+        metrics = ctx.runtime.services.metrics.agents
+        identity = ctx.identity
+        who = (identity.api_key_id or "", identity.user_id or "", identity.group_id or "")
+        ended = call.answered_at if call.answered_at is not None else None
+        seconds = (ended - ctx.started) if ended is not None else ctx.elapsed_ms() / 1000.0
+        server = call.server.name
+        if call.is_tool_call and call.tool is not None:
+            metrics.child(metrics.tool_calls, server, call.tool, call.status, *who).inc()
+            metrics.child(metrics.tool_call_duration, server, call.tool, call.status).observe(
+                seconds
+            )
+        if call.tools_hidden:
+            metrics.child(metrics.tools_hidden, server).inc(call.tools_hidden)
+        if call.is_message and call.method is not None:
+            metrics.child(metrics.a2a_messages, server, call.method, call.status, *who).inc()
+            metrics.child(metrics.a2a_message_duration, server, call.method).observe(seconds)
+            if call.task_state is not None:
+                metrics.child(metrics.a2a_tasks, server, call.task_state).inc()
+
+
+async def _reserve(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    call: AgentCall,
+    limits: list[Limit],
+    ids: list[RequestId],
+    batch: bool,
+) -> None:
+    services = ctx.runtime.services
+    store = services.quota_store
+    assert store is not None
+    try:
+        result = await asyncio.wait_for(
+            store.reserve(limits, 0), ctx.runtime.config.store.timeout_ms / 1000.0
+        )
+    except Exception as exc:
+        services.metrics.store_errors.labels(operation="agent_limit").inc()
+        if all(limit.fail_open for limit in limits):
+            log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
+            return
+        raise ServiceUnavailableError(
+            "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
+        ) from None
+    if isinstance(result, Denial):
+        services.metrics.rate_limited.labels(
+            rule=result.limit.rule, subject_kind=result.limit.subject_kind
+        ).inc()
+        error, data = _limit_refusal(result, store.now(), call)
+        _refuse(ctx, out, ids, batch, jsonrpc.RATE_LIMITED, outcome.RATE_LIMITED, error, data)
+        return
+    # Its request counters give the answer OpenAI's x-ratelimit-* headers (QuotaStage).
+    ctx.reservation = result
+
+
+def _limit(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    call: AgentCall,
+    tool: str | None,
+    ids: list[RequestId],
+    batch: bool,
+) -> Awaitable[None] | None:
+    agents = ctx.runtime.agents
+    store = ctx.runtime.services.quota_store
+    if not agents.limits or store is None:
+        return None
+    limits = agents.limits.limits_for(
+        ctx.identity, ctx.request_headers, call.server.name, tool, store.now()
+    )
+    if not limits:
+        return None
+    return _reserve(ctx, out, call, limits, ids, batch)
+
+
+def _limit_refusal(
+    denial: Denial, now: float, call: AgentCall
+) -> tuple[RateLimitError, dict[str, Any]]:
+    limit = denial.limit
+    rule = limit.rule.removeprefix("agent:").split(":", 1)[0]
+    what = f"tool '{call.tool}'" if call.tool is not None else f"agent '{call.server.name}'"
+    left = limit.window.seconds_left(now)
+    retry = max(1, math.ceil(left)) if left is not None else None
+    resets = (
+        " it resets at " + datetime.fromtimestamp(limit.window.end, UTC).isoformat("T", "seconds")
+        if limit.window.end is not None
+        else ""
+    )
+    kind = limit.subject_kind.replace("header:", "header ")
+    message = (
+        f"Rate limit reached for {what}, {kind} '{limit.subject}' (rule '{rule}'): "
+        f"{limit.describe(denial.effective_limit)};{resets}"
+    )
+    error_headers = {"retry-after": str(retry)} if retry is not None else {}
+    error = RateLimitError(message, code="rate_limit_exceeded", headers=error_headers)
+    data: dict[str, Any] = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "rule": rule}
+    if retry is not None:
+        data["retry_after_s"] = retry
+    return error, data
+
+
+def _refuse(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    ids: list[RequestId],
+    batch: bool,
+    code: int,
+    status: str,
+    error: GatewayError,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Answer the JSON-RPC request(s) with an error object; nothing goes upstream."""
+    call = ctx.agent
+    assert call is not None
+    call.answered(status, code)
+    # The log line's outcome and error fields say it was the gateway's refusal.
+    ctx.error = error
+    http_status = 400 if code in {jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST,
+                                  jsonrpc.INVALID_PARAMS} else 200  # fmt: skip
+    answer_headers = {"content-type": "application/json", **error.headers}
+    if ctx.request_id:
+        answer_headers[headers.REQUEST_ID] = ctx.request_id
+    body = jsonrpc.error_body(ids, code, error.message, data, batch)
+    out.answer = (http_status, body, answer_headers)
+
+
+def _check_length(ctx: RequestContext) -> None:
+    length = ctx.request_headers.get("content-length")
+    if length is None:
+        return
+    limit = ctx.runtime.config.limits.max_request_body_bytes
+    if not length.isdigit():
+        raise BadRequestError("content-length is not a number")
+    if int(length) > limit:
+        raise PayloadTooLargeError(
+            f"request body of {length} bytes is over the limit of {limit} bytes"
+        )
+
+
+def _public_base(ctx: RequestContext, prefix: str) -> str:
+    """Where clients reach this route: the scheme and host they used, and the route's path."""
+    found = ctx.request_headers
+    scheme = found.get("x-forwarded-proto", "").split(",")[0].strip() or found.get(":scheme", "")
+    if scheme not in {"http", "https"}:
+        scheme = "http"
+    authority = found.get(":authority") or found.get("host", "")
+    if not _AUTHORITY.match(authority):
+        raise BadRequestError("the Host header is not a valid host name")
+    return f"{scheme}://{authority}{prefix.rstrip('/')}"

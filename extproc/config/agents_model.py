@@ -1,0 +1,208 @@
+"""The ``agents`` section: MCP servers and A2A agents behind the gateway, who may use
+which tool or agent, and request limits per tool, agent and subject.
+
+A route with ``api: mcp`` or ``api: a2a`` names one entry of ``agents.servers``
+in its ``server`` field; Envoy gets one cluster per server. Validation happens
+here; the meaning lives in ``extproc.agents``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from extproc.config.quota_model import QuotaMode, StoreFailure
+
+_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentProtocol(StrEnum):
+    MCP = "mcp"
+    A2A = "a2a"
+
+
+class AgentServerConfig(_Section):
+    """An upstream MCP server (Streamable HTTP) or A2A agent (JSON-RPC), one Envoy cluster."""
+
+    name: Name
+    protocol: AgentProtocol
+    # MCP: the server's endpoint (``http://tools:8000/mcp``). A2A: the agent's base
+    # URL, where ``/.well-known/agent-card.json`` and its JSON-RPC endpoint live.
+    url: str
+    # The longest one request may take, a streamed answer included; an MCP client
+    # reopens its GET stream when this ends it. 0: no limit (only the idle timeout).
+    timeout_s: float = Field(default=300.0, ge=0)
+    # A credential the gateway sends upstream in place of the client's (which never
+    # leaves the gateway): ``Authorization: Bearer <api_key>`` or ``<api_key_header>: <api_key>``.
+    api_key: SecretStr | None = None
+    api_key_header: str = "authorization"
+    # A2A: point the agent card's URLs at the gateway, so clients call through it.
+    rewrite_agent_card: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must hold no query or fragment")
+        return url.rstrip("/")
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _lower(cls, header: str) -> str:
+        return header.strip().lower()
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "https"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def path(self) -> str:
+        """The upstream path the route's path maps to (``/mcp``; ``""`` for a bare host)."""
+        return urlsplit(self.url).path.rstrip("/")
+
+
+class AccessEffect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class ToolAccessRule(_Section):
+    """Who may call which tools (MCP) or use which agents (A2A).
+
+    ``servers`` and ``tools`` are glob patterns (``deploy_*``); empty means all. A
+    rule with ``tools`` applies to MCP tool calls and tool lists only; a rule
+    without covers every tool of an MCP server and every call to an A2A agent.
+    A rule naming no group, user or key applies to everyone.
+    """
+
+    name: str = Field(min_length=1)
+    effect: AccessEffect = AccessEffect.ALLOW
+    servers: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+
+
+class AgentLimitRule(_Section):
+    """Request limits per subject for MCP tool calls and A2A messages.
+
+    Counted: each ``tools/call`` whose tool matches ``tools``, and each A2A message
+    (``message/send``, ``message/stream``, ``SendMessage``, ``SendStreamingMessage``)
+    to a matching agent. With ``per_tool`` every tool has its own counter; without,
+    the matching tools share one.
+    """
+
+    name: Name
+    # api_key, user, group, or header:<name>: the same subjects as quotas.rules.
+    subject: str
+    match: str | tuple[str, ...] = "*"
+    servers: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    per_tool: bool = True
+    requests_per_second: int | None = Field(default=None, gt=0)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    requests_per_hour: int | None = Field(default=None, gt=0)
+    requests_per_day: int | None = Field(default=None, gt=0)
+    mode: QuotaMode = QuotaMode.ENFORCE
+    # Default: quotas.on_store_failure.
+    on_store_failure: StoreFailure | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subject(cls, subject: str) -> str:
+        if subject in {"api_key", "user", "group"}:
+            return subject
+        kind, _, header = subject.partition(":")
+        if kind == "header" and header and header == header.strip():
+            return f"header:{header.lower()}"
+        raise ValueError("must be api_key, user, group or header:<name>")
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> AgentLimitRule:
+        limits = (
+            self.requests_per_second,
+            self.requests_per_minute,
+            self.requests_per_hour,
+            self.requests_per_day,
+        )
+        if all(limit is None for limit in limits):
+            raise ValueError("set at least one of requests_per_second/minute/hour/day")
+        return self
+
+
+class AgentsConfig(_Section):
+    servers: tuple[AgentServerConfig, ...] = ()
+    access: tuple[ToolAccessRule, ...] = ()
+    # What happens to a tool or agent no allow rule covers.
+    default_access: AccessEffect = AccessEffect.ALLOW
+    limits: tuple[AgentLimitRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> AgentsConfig:
+        for section, names in (
+            ("servers", [s.name for s in self.servers]),
+            ("limits", [r.name for r in self.limits]),
+        ):
+            seen: set[str] = set()
+            for index, name in enumerate(names):
+                if name in seen:
+                    raise ValueError(f"{section}[{index}].name: duplicate name {name!r}")
+                seen.add(name)
+        return self
+
+    def server(self, name: str) -> AgentServerConfig | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+
+def check_agent_routes(routes: Sequence[Any], agents: AgentsConfig) -> None:
+    """Routes with ``api: mcp|a2a`` name a server of that protocol; no other route names one."""
+    for index, route in enumerate(routes):
+        api = str(route.api)
+        if api not in {AgentProtocol.MCP, AgentProtocol.A2A}:
+            if route.server is not None:
+                raise ValueError(f"routes[{index}].server: only for routes with api mcp or a2a")
+            continue
+        if route.server is None:
+            raise ValueError(f"routes[{index}].server: required for api {api}")
+        server = agents.server(route.server)
+        if server is None:
+            known = ", ".join(s.name for s in agents.servers) or "none"
+            raise ValueError(
+                f"routes[{index}].server: unknown server {route.server!r} in agents.servers"
+                f" (known: {known})"
+            )
+        if server.protocol != api:
+            raise ValueError(
+                f"routes[{index}].server: {route.server!r} speaks {server.protocol}, not {api}"
+            )
+        if api == AgentProtocol.A2A and route.path_prefix is None:
+            # The agent card and the JSON-RPC endpoint live under one base path.
+            raise ValueError(f"routes[{index}]: an a2a route needs a path_prefix")
+        if route.model is not None or route.provider is not None or route.model_from_path:
+            raise ValueError(f"routes[{index}]: model and provider settings do not apply to {api}")

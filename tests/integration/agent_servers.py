@@ -1,0 +1,121 @@
+"""A test MCP server and a test A2A agent, written with the official SDKs' server sides.
+
+Run as a process of its own (``python -m tests.integration.agent_servers
+--mcp-port P --a2a-port Q --a2a-public-url URL``): the MCP server (``mcp``'s
+MCPServer, Streamable HTTP at ``/mcp``) and the A2A agent (``a2a-sdk``,
+JSON-RPC at ``/``, its card at ``/.well-known/agent-card.json``) each on
+their own port, served by uvicorn in one event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvicorn
+from a2a.helpers import get_message_text, new_task_from_user_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandlerV2
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types.a2a_pb2 import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    Part,
+)
+from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+
+TOOLS = ("echo", "add", "fail", "deploy_staging", "deploy_production")
+
+
+def mcp_server() -> MCPServer:
+    server = MCPServer("test-tools")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Say the text back."""
+        return text
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @server.tool()
+    def fail() -> str:
+        """A tool that always reports an error."""
+        raise ValueError("this tool always fails")
+
+    @server.tool()
+    def deploy_staging(service: str) -> str:
+        """Deploy a service to staging."""
+        return f"{service} deployed to staging"
+
+    @server.tool()
+    def deploy_production(service: str) -> str:
+        """Deploy a service to production."""
+        return f"{service} deployed to production"
+
+    return server
+
+
+class EchoAgent(AgentExecutor):
+    """Makes a task, reports it working, answers with an artifact, completes it."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        message = context.message
+        assert message is not None
+        task = context.current_task or new_task_from_user_message(message)
+        await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        await updater.add_artifact([Part(text="echo: " + get_message_text(message))])
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise NotImplementedError
+
+
+def a2a_app(public_url: str) -> Starlette:
+    card = AgentCard(
+        name="echo-agent",
+        description="Echoes what it is told",
+        version="1.0.0",
+        # The agent's own address: the gateway points it at itself.
+        supported_interfaces=[
+            AgentInterface(url=public_url, protocol_binding="JSONRPC", protocol_version="1.0")
+        ],
+        capabilities=AgentCapabilities(streaming=True),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[AgentSkill(id="echo", name="echo", description="Echoes text", tags=["echo"])],
+    )
+    handler = DefaultRequestHandlerV2(EchoAgent(), InMemoryTaskStore(), card)
+    return Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
+
+
+async def serve(mcp_port: int, a2a_port: int) -> None:
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        for app, port in (
+            (mcp_server().streamable_http_app(), mcp_port),
+            (a2a_app(f"http://127.0.0.1:{a2a_port}/"), a2a_port),
+        )
+    ]
+    await asyncio.gather(*(server.serve() for server in servers))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mcp-port", type=int, required=True)
+    parser.add_argument("--a2a-port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.mcp_port, args.a2a_port))
+
+
+if __name__ == "__main__":
+    main()

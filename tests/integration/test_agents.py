@@ -1,0 +1,297 @@
+"""MCP and A2A through the gateway: the official SDK clients against SDK-built servers,
+behind the real Envoy and the gateway.
+
+Team 1 (group engineering) and team 2 (group marketing) share an MCP server of five
+tools and an A2A echo agent. Only engineering may see and call ``deploy_*``;
+marketing may not call ``fail``; ``add`` allows each key two calls an hour; bob
+(team 2) may send the agent one message an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.client.errors import A2AClientError
+from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
+from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
+
+TEAM1 = "team1-key"  # group engineering, user alice
+TEAM2 = "team2-key"  # group marketing, user bob
+MODES = ("legacy", "auto")  # initialize + session + SSE answers; 2026-07-28 + JSON answers
+FORBIDDEN = -32003
+RATE_LIMITED = -32029
+
+AGENTS = """
+agents:
+  servers:
+    - name: tools
+      protocol: mcp
+      url: http://127.0.0.1:{mcp}/mcp
+    - name: echo-agent
+      protocol: a2a
+      url: http://127.0.0.1:{a2a}
+  access:
+    - name: deploy-is-engineering
+      tools: ["deploy_*"]
+      groups: [engineering]
+    - name: marketing-never-fails
+      effect: deny
+      tools: [fail]
+      groups: [marketing]
+  limits:
+    - name: add-twice-an-hour
+      subject: api_key
+      servers: [tools]
+      tools: [add]
+      requests_per_hour: 2
+    - name: bob-one-message
+      subject: user
+      match: bob
+      servers: [echo-agent]
+      requests_per_hour: 1
+"""
+ROUTES = """routes:
+  - name: mcp-tools
+    path_prefix: /mcp/tools
+    api: mcp
+    server: tools
+  - name: echo-agent
+    path_prefix: /a2a/echo
+    api: a2a
+    server: echo-agent
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def agent_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("agents")
+    mcp_port, a2a_port = free_port(), free_port()
+    with (workdir / "agent-servers.err").open("ab") as err:
+        servers = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.agent_servers",
+             "--mcp-port", str(mcp_port), "--a2a-port", str(a2a_port)],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=Path.cwd(),
+        )  # fmt: skip
+    try:
+        assert wait_for(lambda: _listening(mcp_port) and _listening(a2a_port), 60.0), (
+            "the test MCP server and A2A agent did not start"
+        )
+        text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\n" + ROUTES, 1)
+        config = workdir / "gateway.yaml"
+        config.write_text(text + AGENTS.format(mcp=mcp_port, a2a=a2a_port))
+        with running_stack(workdir, config) as running:
+            yield running
+    finally:
+        servers.terminate()
+        servers.wait(15)
+
+
+@asynccontextmanager
+async def mcp_session(stack: LocalStack, key: str | None, mode: str) -> AsyncIterator[Client]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30.0) as http:
+        transport = streamable_http_client(f"{stack.base_url}/mcp/tools", http_client=http)
+        async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+            yield client
+
+
+def tool_lines(stack: LocalStack, tool: str, user: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in GatewayLog(stack.gateway_log).lines()
+        if (line.get("agent") or {}).get("tool") == tool and line.get("user_id") == user
+    ]
+
+
+# --- MCP ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_each_caller_lists_only_the_tools_it_may_call(
+    agent_stack: LocalStack, mode: str
+) -> None:
+    async with mcp_session(agent_stack, TEAM1, mode) as engineering:
+        listed = {tool.name for tool in (await engineering.list_tools()).tools}
+    assert listed == {"echo", "add", "fail", "deploy_staging", "deploy_production"}
+    async with mcp_session(agent_stack, TEAM2, mode) as marketing:
+        listed = {tool.name for tool in (await marketing.list_tools()).tools}
+    assert listed == {"echo", "add"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_forbidden_tool_call_is_a_jsonrpc_error_and_allowed_ones_run(
+    agent_stack: LocalStack, mode: str
+) -> None:
+    async with mcp_session(agent_stack, TEAM2, mode) as marketing:
+        echoed = await marketing.call_tool("echo", {"text": "hello through the gateway"})
+        assert echoed.content[0].text == "hello through the gateway"  # type: ignore[union-attr]
+        with pytest.raises(MCPError) as refused:
+            await marketing.call_tool("deploy_production", {"service": "billing"})
+        assert refused.value.code == FORBIDDEN
+        assert "deploy-is-engineering" in refused.value.message
+        # The session survives a refusal.
+        again = await marketing.call_tool("echo", {"text": "still here"})
+        assert again.structured_content == {"result": "still here"}
+    async with mcp_session(agent_stack, TEAM1, mode) as engineering:
+        deployed = await engineering.call_tool("deploy_production", {"service": "billing"})
+        assert deployed.content[0].text == "billing deployed to production"  # type: ignore[union-attr]
+        failed = await engineering.call_tool("fail", {})
+        assert failed.is_error
+
+
+async def test_tool_calls_are_logged_and_counted_per_tool_server_and_identity(
+    agent_stack: LocalStack,
+) -> None:
+    async with mcp_session(agent_stack, TEAM2, "legacy") as marketing:
+        with pytest.raises(MCPError):
+            await marketing.call_tool("deploy_staging", {"service": "web"})
+        await marketing.call_tool("echo", {"text": "logged"})
+    denied = wait_for(lambda: tool_lines(agent_stack, "deploy_staging", "bob"))
+    line = denied[-1]
+    assert line["route"] == "mcp-tools" and line["group_id"] == "marketing"
+    assert line["http_status_code"] == 200 and line["outcome"] == "rejected"
+    assert line["agent"]["status"] == "denied" and line["agent"]["server"] == "tools"
+    assert line["agent"]["rpc_error_code"] == FORBIDDEN
+    assert line["agent"]["session"] and len(line["agent"]["session"]) == 16
+    ok = wait_for(lambda: tool_lines(agent_stack, "echo", "bob"))[-1]
+    assert ok["agent"]["status"] == "ok" and ok["outcome"] == "completed"
+    assert ok["agent"]["answer_ms"] > 0
+    samples = scrape(agent_stack.metrics_url)
+    assert metric(samples, "aigw_mcp_tool_calls_total", tool="deploy_staging",
+                  status="denied", group_id="marketing", server="tools") >= 1  # fmt: skip
+    assert metric(samples, "aigw_mcp_tool_calls_total", tool="echo", status="ok",
+                  user_id="bob") >= 1  # fmt: skip
+    assert metric(samples, "aigw_mcp_tool_call_duration_seconds_count", tool="echo") >= 1
+    assert metric(samples, "aigw_mcp_tools_hidden_total", server="tools") >= 0
+    lines = GatewayLog(agent_stack.gateway_log).lines()
+    kinds = {(line.get("agent") or {}).get("kind") for line in lines}
+    # The legacy session opened its GET stream and ended with DELETE, both through the gateway.
+    assert {"stream", "session_end"} <= kinds
+
+
+async def test_a_tool_limit_refuses_the_third_call_in_the_hour(agent_stack: LocalStack) -> None:
+    if time.time() % 3600 > 3590:
+        await asyncio.sleep(11)  # the three calls must fall in one hour window
+    async with mcp_session(agent_stack, TEAM2, "auto") as marketing:
+        assert (await marketing.call_tool("add", {"a": 1, "b": 1})).structured_content
+        assert (await marketing.call_tool("add", {"a": 1, "b": 2})).structured_content
+        with pytest.raises(MCPError) as limited:
+            await marketing.call_tool("add", {"a": 1, "b": 3})
+        # Other tools are not counted by that rule.
+        await marketing.call_tool("echo", {"text": "still fine"})
+    assert limited.value.code == RATE_LIMITED
+    assert "add-twice-an-hour" in limited.value.message
+    assert limited.value.data["retry_after_s"] > 0
+    samples = scrape(agent_stack.metrics_url)
+    assert metric(samples, "aigw_mcp_tool_calls_total", tool="add", status="rate_limited") == 1
+
+
+def test_an_unauthenticated_mcp_client_is_refused(agent_stack: LocalStack) -> None:
+    answer = httpx.post(
+        f"{agent_stack.base_url}/mcp/tools",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"accept": "application/json, text/event-stream"},
+        timeout=30.0,
+    )
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+# --- A2A ----------------------------------------------------------------------------------
+
+
+def _message(text: str) -> SendMessageRequest:
+    return SendMessageRequest(
+        message=Message(
+            role=Role.ROLE_USER, message_id=f"m-{time.time_ns()}", parts=[Part(text=text)]
+        )
+    )
+
+
+async def _send(
+    stack: LocalStack, key: str | None, text: str, *, streaming: bool
+) -> list[StreamResponse]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(headers=headers, timeout=30.0) as http:
+        client = await create_client(
+            f"{stack.base_url}/a2a/echo",
+            client_config=ClientConfig(streaming=streaming, httpx_client=http),
+        )
+        return [event async for event in client.send_message(_message(text))]
+
+
+def test_the_agent_card_points_clients_at_the_gateway(agent_stack: LocalStack) -> None:
+    # Public: discovery comes before credentials.
+    card = httpx.get(f"{agent_stack.base_url}/a2a/echo/.well-known/agent-card.json", timeout=30.0)
+    assert card.status_code == 200
+    urls = [item["url"] for item in card.json()["supportedInterfaces"]]
+    assert urls == [f"{agent_stack.base_url}/a2a/echo/"]
+
+
+async def test_a_message_is_sent_through_the_gateway_and_its_task_logged(
+    agent_stack: LocalStack,
+) -> None:
+    events = await _send(agent_stack, TEAM1, "hello agent", streaming=False)
+    task = events[-1].task
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert task.artifacts[0].parts[0].text == "echo: hello agent"
+    lines = wait_for(
+        lambda: [
+            line
+            for line in GatewayLog(agent_stack.gateway_log).lines()
+            if (line.get("agent") or {}).get("task_id") == task.id
+        ]
+    )
+    agent = lines[-1]["agent"]
+    assert agent["protocol"] == "a2a" and agent["server"] == "echo-agent"
+    assert agent["method"] == "SendMessage" and agent["task_state"] == "completed"
+    assert lines[-1]["user_id"] == "alice"
+
+
+async def test_a_streamed_message_arrives_event_by_event(agent_stack: LocalStack) -> None:
+    events = await _send(agent_stack, TEAM1, "stream it", streaming=True)
+    kinds = [event.WhichOneof("payload") for event in events]
+    assert kinds[0] == "task" and "artifact_update" in kinds
+    assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    samples = scrape(agent_stack.metrics_url)
+    labels = {"agent": "echo-agent", "method": "SendStreamingMessage", "status": "ok"}
+    assert metric(samples, "aigw_a2a_messages_total", group_id="engineering", **labels) >= 1
+    assert metric(samples, "aigw_a2a_tasks_total", agent="echo-agent", state="completed") >= 1
+
+
+async def test_an_unauthenticated_message_is_refused(agent_stack: LocalStack) -> None:
+    with pytest.raises(A2AClientError) as refused:
+        await _send(agent_stack, None, "who am I", streaming=False)
+    assert "401" in str(refused.value)
+
+
+async def test_the_agent_limit_refuses_bobs_second_message(agent_stack: LocalStack) -> None:
+    if time.time() % 3600 > 3590:
+        await asyncio.sleep(11)
+    await _send(agent_stack, TEAM2, "first", streaming=False)
+    with pytest.raises(A2AClientError) as limited:
+        await _send(agent_stack, TEAM2, "second", streaming=False)
+    assert "bob-one-message" in str(limited.value)
