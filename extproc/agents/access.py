@@ -73,6 +73,12 @@ class ToolAccess:
         )
         self._default_allows = default is AccessEffect.ALLOW
 
+    def governs_tools(self, server: str) -> bool:
+        """Whether any rule may hide a tool of ``server`` (else tool lists pass unread)."""
+        if not self._default_allows:
+            return True
+        return any(rule.servers is None or rule.servers.match(server) for rule in self._rules)
+
     def denial(self, identity: Identity, server: str, tool: str | None) -> str | None:
         """Why the caller may not use ``tool`` (or the A2A agent ``server``); None if it may."""
         covering = [rule for rule in self._rules if rule.covers(server, tool)]

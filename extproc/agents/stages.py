@@ -174,8 +174,9 @@ class AgentCallStage:
             invalid = BadRequestError(message, code="batched_tool_call")
             _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
+        filtered = agents.access.governs_tools(server)
         for request in requests:
-            if request.method == "tools/list":
+            if request.method == "tools/list" and filtered:
                 call.watches.append(
                     ToolListFilter(
                         request.id,
@@ -248,6 +249,8 @@ class AgentCallStage:
         if session and call.session is None:
             call.set_session(session)
         content_type = response_headers.get("content-type", "")
+        # In the log line: the answer came as a stream (SSE), whoever asked for it.
+        ctx.stream = content_type.startswith(SSE)
         reader: Any = None
         if status >= 400:
             call.answered(outcome.UPSTREAM_ERROR)

@@ -407,3 +407,9 @@ async def test_the_agent_card_needs_no_credentials_but_a_message_does(
     assert refused.immediate_response.status.code == 401
     [wrong] = await run_stream(processor, [request_headers("/a2a/helper/x", method="DELETE")])
     assert wrong.immediate_response.status.code == 405
+
+
+def test_tool_lists_of_servers_no_rule_covers_are_not_read() -> None:
+    policy = access({"name": "deploy", "servers": ["tools"], "tools": ["deploy_*"]})
+    assert policy.governs_tools("tools") and not policy.governs_tools("search")
+    assert access(default="deny").governs_tools("search")
