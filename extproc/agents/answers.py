@@ -35,6 +35,7 @@ _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
 
 
 class Watch(Protocol):
+    # None: any answer, whatever its id (an MCP server stream replaying answers).
     request_id: RequestId
     # Replaces the answer (the reader holds bytes back until it comes).
     rewrites: bool
@@ -47,8 +48,9 @@ class Watch(Protocol):
 class AnswerReader:
     """One HTTP answer (``feed`` per chunk): the bytes to send instead, or None for unchanged."""
 
-    def __init__(self, watches: list[Watch], *, sse: bool) -> None:
+    def __init__(self, watches: list[Watch], *, sse: bool, any_answer: Watch | None = None) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
+        self._any = any_answer
         self._sse = sse
         self._splitter = EventSplitter()
         self._body = bytearray()
@@ -56,12 +58,14 @@ class AnswerReader:
         self._dropping = False
 
     def _rewrite_pending(self) -> bool:
+        if self._any is not None and self._any.rewrites:
+            return True
         return any(watch.rewrites for watch in self._watches.values())
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._dropping:
             return b""
-        if not self._watches and not self._holding:
+        if not self._watches and not self._holding and self._any is None:
             return None
         if self._sse:
             return self._feed_sse(chunk, end_of_stream)
@@ -106,7 +110,7 @@ class AnswerReader:
         key = response_id_key(message["id"])
         watch = self._watches.get(key)
         if watch is None:
-            return None
+            return self._any.answer(message) if self._any is not None else None
         if watch.final:
             del self._watches[key]
         return watch.answer(message)
@@ -123,6 +127,7 @@ class AnswerReader:
             if self._holding:
                 return self._too_large()
             self._watches.clear()  # an answer too large to read: pass it on unread
+            self._any = None
             return None
         if not self._holding:
             for event in events:
@@ -138,7 +143,7 @@ class AnswerReader:
 
     def _read_event(self, event: bytes) -> bytes | None:
         data = event_data(event)
-        if data is None or not self._watches:
+        if data is None or not (self._watches or self._any):
             return None
         replaced = self._read_document(data)
         return with_data(event, replaced) if replaced is not None else None
@@ -163,7 +168,10 @@ class AnswerReader:
             if watch.rewrites
         ]
         self._watches.clear()
+        self._any = None
         self._holding = False
+        if not errors:
+            return b""  # a stream, not one request's answer: the rest is dropped
         body = orjson.dumps(errors[0] if len(errors) == 1 else errors)
         return b"data: " + body + b"\n\n" if self._sse else body
 
@@ -172,20 +180,27 @@ class AnswerReader:
 
 
 class ToolListFilter:
-    """``tools/list``: keep the tools the caller may call; the list is the caller's own."""
+    """``tools/list``: keep the tools the caller may call; the list is the caller's own.
+
+    With no ``request_id`` it filters any answer shaped like a tool list: on an MCP
+    server stream, where a resumed stream replays the answers of earlier requests.
+    """
 
     rewrites = True
-    final = True
 
-    def __init__(self, request_id: RequestId, call: AgentCall, allowed: Callable[[str], bool]):
+    def __init__(
+        self, request_id: RequestId, call: AgentCall, allowed: Callable[[str], bool]
+    ) -> None:
         self.request_id = request_id
+        self.final = request_id is not None
         self._call = call
         self._allowed = allowed
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         result = message.get("result")
         if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-            _record_error(self._call, message)
+            if "error" in message:
+                _record_error(self._call, message)
             return None
         tools = result["tools"]
         kept = [

@@ -37,7 +37,6 @@ class AgentCall:
     # card: the A2A agent card; other: any other request on the route.
     kind: str = "rpc"
     method: str | None = None
-    methods: int = 0
     tool: str | None = None
     session: str | None = None
     status: str = FORWARDED

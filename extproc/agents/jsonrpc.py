@@ -58,7 +58,13 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
     items = parsed if batch else [parsed]
     if not items:
         raise RpcParseError(INVALID_REQUEST, "an empty batch is not a JSON-RPC request")
-    return [_message(item) for item in items], batch
+    messages = [_message(item) for item in items]
+    if batch:
+        ids = [response_id_key(m.id) for m in messages if m.is_request]
+        if len(set(ids)) != len(ids):
+            # Answers are matched to requests by id: two requests, one id is ambiguous.
+            raise RpcParseError(INVALID_REQUEST, "the requests of a batch need distinct ids")
+    return messages, batch
 
 
 def _message(item: Any) -> RpcMessage:

@@ -106,7 +106,12 @@ class AgentRouteStage:
             out.mode_override = _NO_BODY
         elif mcp and method == "GET":
             call.kind = "stream"
-            out.mode_override = _PASS_ANSWER
+            # A resumed stream replays earlier answers, tool lists too: read it when
+            # rules may hide tools; else Envoy passes it on untouched.
+            governed = ctx.runtime.agents.access.governs_tools(server.name)
+            out.mode_override = _NO_BODY if governed else _PASS_ANSWER
+            if governed:
+                out.remove_headers.append("accept-encoding")
         elif mcp and method == "DELETE":
             call.kind = "session_end"
             out.mode_override = _PASS_ANSWER
@@ -149,7 +154,6 @@ class AgentCallStage:
             invalid = BadRequestError(error.message, code="invalid_jsonrpc")
             _refuse(ctx, out, [None], False, error.code, outcome.INVALID, invalid)
             return None
-        call.methods = len(messages)
         call.method = next((m.method for m in messages if m.method is not None), None)
         requests = [m for m in messages if m.is_request]
         if call.protocol is AgentProtocol.MCP:
@@ -261,6 +265,14 @@ class AgentCallStage:
             sse = content_type.startswith(SSE)
             if sse or "json" in content_type:
                 reader = AnswerReader(call.watches, sse=sse)
+        elif call.kind == "stream" and status == 200 and content_type.startswith(SSE):
+            agents = ctx.runtime.agents
+            server, identity = call.server.name, ctx.identity
+            if agents.access.governs_tools(server):
+                lists = ToolListFilter(
+                    None, call, lambda tool: agents.access.denial(identity, server, tool) is None
+                )
+                reader = AnswerReader([], sse=True, any_answer=lists)
         if reader is None:
             # Nothing to read: Envoy delivers the answer (a server stream stays open).
             out.mode_override = _UNREAD_ANSWER

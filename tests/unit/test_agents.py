@@ -413,3 +413,29 @@ def test_tool_lists_of_servers_no_rule_covers_are_not_read() -> None:
     policy = access({"name": "deploy", "servers": ["tools"], "tools": ["deploy_*"]})
     assert policy.governs_tools("tools") and not policy.governs_tools("search")
     assert access(default="deny").governs_tools("search")
+
+
+def test_a_resumed_server_stream_has_replayed_tool_lists_filtered_event_by_event() -> None:
+    call = call_record()
+    lists = ToolListFilter(None, call, lambda name: not name.startswith("deploy"))
+    reader = AnswerReader([], sse=True, any_answer=lists)
+    note = b'id: 1\ndata: {"jsonrpc":"2.0","method":"notifications/tools/list_changed"}\n\n'
+    # A whole event goes on at once; the start of the next one waits for its end.
+    assert reader.feed(note + b"id: 2\ndata: ", False) == note
+    out = reader.feed(orjson.dumps(LISTED) + b"\n\n", False) or b""
+    assert [t["name"] for t in orjson.loads(event_data(out) or b"")["result"]["tools"]] == ["echo"]
+    assert out.startswith(b"id: 2\n")
+    assert call.tools_hidden == 1
+
+
+async def test_a_batch_with_two_requests_of_one_id_is_refused(
+    config: GatewayConfig, services: Services
+) -> None:
+    processor = processor_for(with_agents(config), services)
+    twice = [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}] * 2
+    answers = await run_stream(
+        processor, [request_headers("/mcp", headers=TEAM2), request_body(orjson.dumps(twice))]
+    )
+    refused = answers[1].immediate_response
+    assert refused.status.code == 400
+    assert orjson.loads(refused.body)["error"]["code"] == -32600
