@@ -53,8 +53,10 @@ from extproc.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
+from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
+from extproc.stages.quota import rate_limit_headers
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +341,9 @@ async def _reserve(
         services.metrics.store_errors.labels(operation="agent_limit").inc()
         if all(limit.fail_open for limit in limits):
             log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
+            ctx.quota_decision = "failed_open"
             return
+        ctx.quota_decision = "unavailable"
         raise ServiceUnavailableError(
             "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
         ) from None
@@ -347,11 +351,18 @@ async def _reserve(
         services.metrics.rate_limited.labels(
             rule=result.limit.rule, subject_kind=result.limit.subject_kind
         ).inc()
+        ctx.quota_decision = "rejected"
+        ctx.quota_rule = result.limit.rule
         error, data = _limit_refusal(result, store.now(), call)
         _refuse(ctx, out, ids, batch, jsonrpc.RATE_LIMITED, outcome.RATE_LIMITED, error, data)
         return
-    # Its request counters give the answer OpenAI's x-ratelimit-* headers (QuotaStage).
+    ctx.quota_decision = "allowed"
     ctx.reservation = result
+    # Envoy adds OpenAI's x-ratelimit-* headers to the answer from this metadata.
+    published = {
+        metadata_key(name): value for name, value in rate_limit_headers(result, store.now()).items()
+    }
+    out.metadata = {**(out.metadata or {}), **published}
 
 
 def _limit(

@@ -118,6 +118,31 @@ async def mcp_session(stack: LocalStack, key: str | None, mode: str) -> AsyncIte
             yield client
 
 
+async def raw_tool_call(
+    stack: LocalStack, key: str, tool: str, arguments: dict[str, Any]
+) -> httpx.Response:
+    """One tools/call as a 2026-07-28 client sends it: one POST, no session."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments, "_meta": meta}}  # fmt: skip
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        return await http.post(
+            f"{stack.base_url}/mcp/tools",
+            json=body,
+            headers={
+                "authorization": f"Bearer {key}",
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+                "mcp-name": tool,
+            },
+        )
+
+
 def tool_lines(stack: LocalStack, tool: str, user: str) -> list[dict[str, Any]]:
     return [
         line
@@ -195,8 +220,12 @@ async def test_tool_calls_are_logged_and_counted_per_tool_server_and_identity(
 async def test_a_tool_limit_refuses_the_third_call_in_the_hour(agent_stack: LocalStack) -> None:
     if time.time() % 3600 > 3590:
         await asyncio.sleep(11)  # the three calls must fall in one hour window
+    first = await raw_tool_call(agent_stack, TEAM2, "add", {"a": 1, "b": 1})
+    assert first.json()["result"]["structuredContent"] == {"result": 2}
+    # The tightest limit's state, in OpenAI's headers, as on LLM routes.
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
     async with mcp_session(agent_stack, TEAM2, "auto") as marketing:
-        assert (await marketing.call_tool("add", {"a": 1, "b": 1})).structured_content
         assert (await marketing.call_tool("add", {"a": 1, "b": 2})).structured_content
         with pytest.raises(MCPError) as limited:
             await marketing.call_tool("add", {"a": 1, "b": 3})
