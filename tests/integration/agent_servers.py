@@ -95,7 +95,9 @@ def a2a_app(public_url: str) -> Starlette:
         skills=[AgentSkill(id="echo", name="echo", description="Echoes text", tags=["echo"])],
     )
     handler = DefaultRequestHandlerV2(EchoAgent(), InMemoryTaskStore(), card)
-    return Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
+    # A2A 0.3 clients (`message/send`, `message/stream`) are served on the same endpoint.
+    rpc = create_jsonrpc_routes(handler, "/", enable_v0_3_compat=True)
+    return Starlette(routes=[*create_agent_card_routes(card), *rpc])
 
 
 async def serve(mcp_port: int, a2a_port: int) -> None:

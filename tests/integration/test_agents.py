@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import httpx2
+import orjson
 import pytest
 from a2a.client import ClientConfig, create_client
 from a2a.client.errors import A2AClientError
@@ -309,6 +310,39 @@ async def test_a_streamed_message_arrives_event_by_event(agent_stack: LocalStack
     labels = {"agent": "echo-agent", "method": "SendStreamingMessage", "status": "ok"}
     assert metric(samples, "aigw_a2a_messages_total", group_id="engineering", **labels) >= 1
     assert metric(samples, "aigw_a2a_tasks_total", agent="echo-agent", state="completed") >= 1
+
+
+@pytest.mark.parametrize("method", ["message/send", "message/stream"])
+async def test_a2a_0_3_clients_are_served_and_logged_too(
+    agent_stack: LocalStack, method: str
+) -> None:
+    message = {"role": "user", "kind": "message", "messageId": f"m-{time.time_ns()}",
+               "parts": [{"kind": "text", "text": "old protocol"}]}  # fmt: skip
+    body = {"jsonrpc": "2.0", "id": "req-1", "method": method, "params": {"message": message}}
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        answer = await http.post(
+            f"{agent_stack.base_url}/a2a/echo/",
+            json=body,
+            headers={"authorization": f"Bearer {TEAM1}", "accept": "text/event-stream"},
+        )
+    assert answer.status_code == 200
+    if method == "message/stream":
+        events = [
+            orjson.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")
+        ]
+        assert [e["result"]["kind"] for e in events][-1] == "status-update"
+        task_id = events[0]["result"]["id"]
+    else:
+        task_id = answer.json()["result"]["id"]
+    line = wait_for(
+        lambda: [
+            found
+            for found in GatewayLog(agent_stack.gateway_log).lines()
+            if (found.get("agent") or {}).get("task_id") == task_id
+        ]
+    )[-1]
+    assert line["agent"]["method"] == method and line["agent"]["task_state"] == "completed"
+    assert line["stream"] is (method == "message/stream")
 
 
 async def test_an_unauthenticated_message_is_refused(agent_stack: LocalStack) -> None:
