@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from extproc.chargeback.pricing import Cost
     from extproc.agents.call import AgentCall
+    from extproc.chargeback.pricing import Cost
     from extproc.config.model import ProviderType
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
