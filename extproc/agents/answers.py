@@ -32,6 +32,10 @@ from extproc.agents.sse import EventSplitter, event_data, with_data
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_CARD_BYTES = 1024 * 1024
 _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
+# A2A task states after which the agent sends nothing more for this request.
+_SETTLED_STATES = frozenset(
+    {"completed", "canceled", "failed", "rejected", "input-required", "auth-required"}
+)
 
 
 class Watch(Protocol):
@@ -56,6 +60,11 @@ class AnswerReader:
         self._body = bytearray()
         self._holding = self._rewrite_pending()
         self._dropping = False
+
+    @property
+    def settled(self) -> bool:
+        """Every watched answer is in: what follows is the end of the stream."""
+        return not self._watches and self._any is None
 
     def _rewrite_pending(self) -> bool:
         if self._any is not None and self._any.rewrites:
@@ -111,9 +120,10 @@ class AnswerReader:
         watch = self._watches.get(key)
         if watch is None:
             return self._any.answer(message) if self._any is not None else None
+        replaced = watch.answer(message)
         if watch.final:
             del self._watches[key]
-        return watch.answer(message)
+        return replaced
 
     # --- SSE -------------------------------------------------------------------------
 
@@ -247,19 +257,24 @@ class TaskWatch:
     """A2A: the task an answer (or each event of a stream) is about, and its latest state."""
 
     rewrites = False
-    final = False
 
     def __init__(self, request_id: RequestId, call: AgentCall) -> None:
         self.request_id = request_id
+        # Until the task ends or waits for input: a stream repeats the id on each event.
+        self.final = False
         self._call = call
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        self.final = True
         if "error" in message:
             _record_error(self._call, message)
             return None
         result = message.get("result")
         if isinstance(result, dict):
             _record_task(self._call, result)
+            state = self._call.task_state
+            is_message = "message" in result or result.get("kind") == "message"
+            self.final = is_message or state in _SETTLED_STATES
         self._call.answered(outcome.OK)
         return None
 

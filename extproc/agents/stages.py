@@ -290,9 +290,13 @@ class AgentCallStage:
         call = ctx.agent
         if call is None or call.reader is None:
             return
-        replaced = call.reader.feed(chunk, end_of_stream)
+        reader = call.reader
+        replaced = reader.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
+        if isinstance(reader, AnswerReader) and reader.settled:
+            # The answer is in: a client hanging up now has lost nothing.
+            ctx.completed = True
 
     def done(self, ctx: RequestContext) -> None:
         call = ctx.agent
