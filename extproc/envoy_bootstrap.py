@@ -16,7 +16,6 @@ uses, so clients see one error format whoever refused them.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
 from extproc.envoy_failover import add_failover
 from extproc.envoy_tracing import add_tracing
+from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
     BadRequestError,
     GatewayError,
@@ -180,7 +180,7 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "request_headers_timeout": "10s",
         # A non-streamed completion sends nothing until it is done: the idle timer
         # must outlast the longest upstream timeout, or Envoy cuts the call first.
-        "stream_idle_timeout": _duration(_longest_request_s(config)),
+        "stream_idle_timeout": duration(_longest_request_s(config)),
         # Larger headers or more of them are refused by Envoy (431), before the gateway.
         "max_request_headers_kb": config.limits.max_request_headers_kb,
         "common_http_protocol_options": {
@@ -229,7 +229,7 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
                 # Envoy 1.40 did not end a stream at this timeout (a 2 s stream
                 # outlived a 1 s one); should a later Envoy apply it, it must not cut
                 # a legitimate call. Each message is bounded by message_timeout.
-                "timeout": _duration(_longest_request_s(config)),
+                "timeout": duration(_longest_request_s(config)),
             },
             "failure_mode_allow": config.envoy.failure_mode_allow,
             "processing_mode": {
@@ -245,7 +245,7 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
             "allow_mode_override": True,
             # Sent with the first response message: the lean path's status.
             "response_attributes": ["response.code", "response.code_details"],
-            "message_timeout": _duration(config.envoy.message_timeout_ms / 1000),
+            "message_timeout": duration(config.envoy.message_timeout_ms / 1000),
             # Usage and identity the gateway returns, for the access log and tracers.
             "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
             # Envoy's defaults already let the gateway rewrite :path, set x-aigw-cluster
@@ -418,7 +418,7 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
         },
         "route": {
             "cluster": cluster,
-            "timeout": _duration(_upstream_timeout_s(config, provider)),
+            "timeout": duration(_upstream_timeout_s(config, provider)),
             "host_rewrite_literal": provider.authority,
             # Only failures where the provider never saw the request: a completion
             # is neither idempotent nor free to run twice.
@@ -477,11 +477,11 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         )
         hosts = [_split_host_port(target) for target in targets]
         addresses = [_socket_address(_reachable(host), port) for host, port in hosts]
-        discovery = "STATIC" if all(_is_ip(_reachable(h)) for h, _ in hosts) else "STRICT_DNS"
+        discovery = "STATIC" if all(is_ip(_reachable(h)) for h, _ in hosts) else "STRICT_DNS"
     cluster: Json = {
         "name": EXT_PROC_CLUSTER,
         "type": discovery,
-        "connect_timeout": _duration(EXT_PROC_CONNECT_TIMEOUT_S),
+        "connect_timeout": duration(EXT_PROC_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": _protocol_options({"http2_protocol_options": {}}),
         "circuit_breakers": _circuit_breakers(),
         "load_assignment": {
@@ -506,16 +506,16 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
     name = cluster_name(provider)
     cluster: Json = {
         "name": name,
-        "type": "STATIC" if _is_ip(provider.host) else "LOGICAL_DNS",
-        "connect_timeout": _duration(PROVIDER_CONNECT_TIMEOUT_S),
+        "type": "STATIC" if is_ip(provider.host) else "LOGICAL_DNS",
+        "connect_timeout": duration(PROVIDER_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": _protocol_options(
             {"http_protocol_options": {}},
-            common={"idle_timeout": _duration(PROVIDER_IDLE_TIMEOUT_S)},
+            common={"idle_timeout": duration(PROVIDER_IDLE_TIMEOUT_S)},
         ),
         "circuit_breakers": _circuit_breakers(),
         "load_assignment": _load_assignment(name, _socket_address(provider.host, provider.port)),
     }
-    if not _is_ip(provider.host):
+    if not is_ip(provider.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if provider.tls:
         cluster["transport_socket"] = _upstream_tls(provider.host)
@@ -525,11 +525,11 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
 def _upstream_tls(host: str) -> Json:
     # Verify the provider's certificate chain against the system CAs and its name
     # against the host we dial; SNI only for names (an IP literal is not valid SNI).
-    san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
+    san = {"san_type": "IP_ADDRESS" if is_ip(host) else "DNS", "matcher": {"exact": host}}
     context: Json = {
         "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
     }
-    if not _is_ip(host):
+    if not is_ip(host):
         context["sni"] = host
     context["common_tls_context"] = {
         # HTTP/1.1 to providers: every provider API speaks it.
@@ -583,17 +583,3 @@ def _split_host_port(value: str) -> tuple[str, int]:
 def _reachable(host: str) -> str:
     """A wildcard bind address names no peer: Envoy dials the loopback instead."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _duration(seconds: float) -> str:
-    """Envoy's Duration string: ``300s``, ``0.25s``."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text}s"

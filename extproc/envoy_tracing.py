@@ -15,11 +15,11 @@ gets the ``trace_id``.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from extproc.config.model import GatewayConfig
 from extproc.config.telemetry_model import TracingConfig
+from extproc.envoy_values import duration, is_ip
 from extproc.headers import METADATA_NAMESPACE
 from extproc.telemetry.span_attributes import CONTENT_ATTRIBUTES, SPAN_ATTRIBUTES
 
@@ -66,7 +66,7 @@ def hcm_tracing(tracing: TracingConfig) -> Json:
                 "@type": _TYPE + "envoy.config.trace.v3.OpenTelemetryConfig",
                 "grpc_service": {
                     "envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER},
-                    "timeout": _duration(tracing.export_timeout_s),
+                    "timeout": duration(tracing.export_timeout_s),
                 },
                 "service_name": tracing.service_name,
             },
@@ -98,11 +98,11 @@ def collector_cluster(tracing: TracingConfig) -> Json:
     """The OTLP/gRPC collector: HTTP/2, resolved by DNS unless given as an IP."""
     host, _, port_text = tracing.otlp_endpoint.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    static = _is_ip(host)
+    static = is_ip(host)
     cluster: Json = {
         "name": COLLECTOR_CLUSTER,
         "type": "STATIC" if static else "STRICT_DNS",
-        "connect_timeout": _duration(COLLECTOR_CONNECT_TIMEOUT_S),
+        "connect_timeout": duration(COLLECTOR_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -132,16 +132,3 @@ def collector_cluster(tracing: TracingConfig) -> Json:
     if not static:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _duration(seconds: float) -> str:
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text}s"

@@ -32,7 +32,6 @@ kgateway: GatewayExtension (ExtProc) + TrafficPolicy on the Gateway, Backend
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ from extproc.controller_routes import (
     ROUTE_NAME_ATTRIBUTE,
 )
 from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
+from extproc.envoy_values import is_ip
 from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
 
 Json = dict[str, Any]
@@ -246,14 +246,6 @@ def _in_cluster(provider: ProviderConfig) -> bool:
     return "." not in provider.host and ":" not in provider.host
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _backend_name(provider: ProviderConfig) -> str:
     return HTTP_ROUTE_PREFIX + provider.name.replace("_", "-").replace(".", "-")
 
@@ -276,7 +268,7 @@ def _backend(provider: ProviderConfig, controller: Controller) -> list[Json]:
         return []
     name = _backend_name(provider)
     if controller == "envoy-gateway":
-        kind, address = ("ip", "address") if _is_ip(provider.host) else ("fqdn", "hostname")
+        kind, address = ("ip", "address") if is_ip(provider.host) else ("fqdn", "hostname")
         backend: Json = {
             "apiVersion": ENVOY_GATEWAY_GROUP + "/v1alpha1",
             "kind": "Backend",

@@ -9,7 +9,6 @@ moment keeps the certificate in use.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import grpc
 
 from extproc.config.loader import ConfigError
 from extproc.config.tls_model import ServerTlsConfig
+from extproc.envoy_values import is_ip
 
 log = logging.getLogger(__name__)
 _TYPE = "type.googleapis.com/"
@@ -85,7 +85,7 @@ def envoy_transport_socket(tls: ServerTlsConfig, host: str) -> dict[str, Any]:
     """The TLS transport socket of Envoy's ext_proc cluster, dialling ``host``."""
     envoy = tls.envoy
     name = envoy.server_name or host
-    is_ip = _is_ip(name)
+    name_is_ip = is_ip(name)
     context: dict[str, Any] = {
         "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {
@@ -94,12 +94,12 @@ def envoy_transport_socket(tls: ServerTlsConfig, host: str) -> dict[str, Any]:
             "validation_context": {
                 "trusted_ca": {"filename": envoy.ca_file},
                 "match_typed_subject_alt_names": [
-                    {"san_type": "IP_ADDRESS" if is_ip else "DNS", "matcher": {"exact": name}}
+                    {"san_type": "IP_ADDRESS" if name_is_ip else "DNS", "matcher": {"exact": name}}
                 ],
             },
         },
     }
-    if not is_ip:
+    if not name_is_ip:
         context["sni"] = name
     if envoy.cert_file and envoy.key_file:
         context["common_tls_context"]["tls_certificates"] = [
@@ -109,11 +109,3 @@ def envoy_transport_socket(tls: ServerTlsConfig, host: str) -> dict[str, Any]:
             }
         ]
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

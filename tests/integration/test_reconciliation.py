@@ -55,7 +55,14 @@ quotas:
       subject: api_key
       match: recon-q
       requests_per_minute: 15
+guardrails:
+  policies:
+    - name: recon-guard
+      request:
+        - {name: banned, literals: ["forbidden-zeta"], action: REJECT}
 """
+# Sent now and then on /v1/chat/completions, whose route the guard above protects.
+BANNED = "forbidden-zeta"
 # The identity columns and the model: what every source is compared by.
 Key = tuple[str, str, str, str]
 
@@ -75,6 +82,9 @@ def recon_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         f"      jwks: {{inline: {jwks}}}\n      algorithms: [RS256]\n"
     )
     text = text.replace("\nauth:\n", "\nauth:\n" + provider, 1)
+    chat_route = "  - name: openai-chat\n    path: /v1/chat/completions\n"
+    assert chat_route in text
+    text = text.replace(chat_route, chat_route + "    guardrails: [recon-guard]\n", 1)
     config = workdir / "gateway.yaml"
     config.write_text(text + QUOTA)
     with running_stack(workdir, config) as running:
@@ -191,6 +201,8 @@ def plan(traffic: Traffic, seed: int = 20261201) -> list[Callable[[], Awaitable[
         if kind < 0.35:
             model = rng.choice(["gpt-4o-mini", "gpt-4o", "gpt-4.1-nano"])
             headers = _fault(rng, rng.choice(["status=500", "status=429"]))
+            if rng.random() < 0.1:
+                text += " " + BANNED  # refused by the route's guard: costs nothing
             client = traffic.openai(credential)
             calls.append(partial(_openai_chat, client, model, text, stream, headers))
         elif kind < 0.55:
@@ -284,6 +296,7 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
     outcomes = {line["outcome"] for line in lines}
     assert {"completed", "rejected", "upstream_error"} <= outcomes
     assert any(line["error_type"] == "rate_limit_error" for line in lines)
+    assert any(line["error_code"] == "guardrail_rejected" for line in lines)
     assert {line["provider"] for line in lines} >= {"mock", "mock-anthropic", "mock-bedrock"}
     assert any(line["stream"] and line["usage_reported"] for line in lines)
     assert any(line["cached_tokens"] for line in lines)
