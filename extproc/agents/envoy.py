@@ -15,6 +15,7 @@ from typing import Any
 from extproc.agents.directory import agent_cluster_name
 from extproc.config.agents_model import AgentServerConfig
 from extproc.config.model import GatewayConfig
+from extproc.envoy_values import duration, is_ip
 from extproc.headers import CLUSTER
 
 Json = dict[str, Any]
@@ -43,14 +44,14 @@ def longest_agent_timeout_s(config: GatewayConfig) -> float:
 
 def _cluster(base: Any, server: AgentServerConfig) -> Json:
     name = agent_cluster_name(server)
-    ip = base._is_ip(server.host)
+    ip = is_ip(server.host)
     cluster: Json = {
         "name": name,
         "type": "STATIC" if ip else "LOGICAL_DNS",
-        "connect_timeout": base._duration(AGENT_CONNECT_TIMEOUT_S),
+        "connect_timeout": duration(AGENT_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": base._protocol_options(
             {"http_protocol_options": {}},
-            common={"idle_timeout": base._duration(AGENT_IDLE_TIMEOUT_S)},
+            common={"idle_timeout": duration(AGENT_IDLE_TIMEOUT_S)},
         ),
         "circuit_breakers": base._circuit_breakers(),
         "load_assignment": base._load_assignment(
@@ -75,7 +76,7 @@ def _route(base: Any, server: AgentServerConfig) -> Json:
         "route": {
             "cluster": cluster,
             # 0s: no limit on the whole request (a server stream), the idle timeout still applies.
-            "timeout": base._duration(server.timeout_s),
+            "timeout": duration(server.timeout_s),
             "host_rewrite_literal": server.authority,
             "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
         },
