@@ -39,6 +39,20 @@ def _value(value: common_pb2.AnyValue) -> Any:
     return getattr(value, kind) if kind else None
 
 
+def _scope_spans(resource_spans: Any) -> Any:
+    """The spans' groups, whichever copy of the OTLP types Python imported.
+
+    xds-protos ships an older copy of the OpenTelemetry protos in the same package
+    folder as opentelemetry-proto, and which one a fresh install ends up with
+    depends on the install order. The older one names field 2 of ResourceSpans
+    ``instrumentation_library_spans``, the newer ``scope_spans``: same number, same
+    wire format, so both read what Envoy sends.
+    """
+    if "scope_spans" in resource_spans.DESCRIPTOR.fields_by_name:
+        return resource_spans.scope_spans
+    return resource_spans.instrumentation_library_spans
+
+
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, spans: list[ReceivedSpan], lock: threading.Lock) -> None:
         self._spans = spans
@@ -50,7 +64,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         received = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
+            for scope_spans in _scope_spans(resource_spans):
                 for span in scope_spans.spans:
                     received.append(
                         ReceivedSpan(
