@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from extproc.config.quota_model import QuotaMode, StoreFailure
+from extproc.config.quota_model import QuotaMode, StoreFailure, check_subject
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -136,12 +136,7 @@ class AgentLimitRule(_Section):
     @field_validator("subject")
     @classmethod
     def _check_subject(cls, subject: str) -> str:
-        if subject in {"api_key", "user", "group"}:
-            return subject
-        kind, _, header = subject.partition(":")
-        if kind == "header" and header and header == header.strip():
-            return f"header:{header.lower()}"
-        raise ValueError("must be api_key, user, group or header:<name>")
+        return check_subject(subject)
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> AgentLimitRule:

@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 
 
+def check_subject(subject: str) -> str:
+    """A rule's subject, normalised: ``api_key``, ``user``, ``group`` or ``header:<name>``."""
+    if subject in {"api_key", "user", "group"}:
+        return subject
+    kind, _, header = subject.partition(":")
+    if kind == "header" and header and header == header.strip():
+        return f"header:{header.lower()}"
+    raise ValueError("must be api_key, user, group or header:<name>")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,12 +82,7 @@ class LimitRule(_Section):
     @field_validator("subject")
     @classmethod
     def _check_subject(cls, subject: str) -> str:
-        if subject in {"api_key", "user", "group"}:
-            return subject
-        kind, _, header = subject.partition(":")
-        if kind == "header" and header and header == header.strip():
-            return f"header:{header.lower()}"
-        raise ValueError("must be api_key, user, group or header:<name>")
+        return check_subject(subject)
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> LimitRule:
