@@ -76,13 +76,17 @@ class ResponseStage:
 
 
 # What a stream's client reads last, by the API it speaks.
+# At the start of a line: generated text cannot fake it (JSON escapes newlines).
 _OPENAI_STREAM_END = b"data: [DONE]"
 _ANTHROPIC_STREAM_END = b"event: message_stop"
+_ENDS = {
+    "openai": (_OPENAI_STREAM_END, b"\n" + _OPENAI_STREAM_END),
+    "anthropic": (_ANTHROPIC_STREAM_END, b"\n" + _ANTHROPIC_STREAM_END),
+}
 
 
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
     if ctx.response_status >= 400 or not sent:
         return False
-    end = _ANTHROPIC_STREAM_END if ctx.error_shape == "anthropic" else _OPENAI_STREAM_END
-    # At the start of a line: generated text cannot fake it (JSON escapes newlines).
-    return sent.startswith(end) or b"\n" + end in sent
+    first_line, later_line = _ENDS[ctx.error_shape]
+    return sent.startswith(first_line) or later_line in sent
