@@ -19,6 +19,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from grpc import aio as grpc_aio
 
+from extproc import event_loop
+
 # One prebuilt answer per phase; an answer without a CommonResponse means CONTINUE.
 _CONTINUE: dict[str, Any] = {
     "request_headers": ext.ProcessingResponse(request_headers=ext.HeadersResponse()),
@@ -54,7 +56,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    args = parser.parse_args()
+    event_loop.run(serve(args.port), args.event_loop)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ reports, and quotas and API keys at run time (a client of the management API).""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -13,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from extproc import __version__
+from extproc import __version__, event_loop
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
 
@@ -34,10 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
     if workers > 1:
         from extproc.workers import supervise
 
-        return asyncio.run(supervise(config, args.config, workers))
+        return event_loop.run(supervise(config, args.config, workers), config.server.event_loop)
     from extproc.server import serve
 
-    asyncio.run(serve(config, args.config))
+    event_loop.run(serve(config, args.config), config.server.event_loop)
     return 0
 
 

@@ -25,18 +25,23 @@ _BODY_MODES = {
 
 def header_map(message: Any) -> dict[str, str]:
     """Envoy's header list as a dict (lower-case names; repeated names joined by commas)."""
-    result: dict[str, str] = {}
-    for header in message.headers.headers:
+    found = message.headers.headers
+    # Envoy sends every value in raw_value; names are seldom repeated. One pass
+    # for that common case, the careful one when a name repeats or a value is
+    # in the legacy ``value`` field.
+    result = {header.key: header.raw_value.decode("utf-8", "replace") for header in found}
+    if len(result) == len(found) and all(result.values()):
+        return result
+    result = {}
+    for header in found:
         value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
         key = header.key
         result[key] = f"{result[key]},{value}" if key in result else value
     return result
 
 
-def _common(out: PhaseOutput) -> ext.CommonResponse | None:
-    if not (out.set_headers or out.remove_headers or out.body is not None or out.clear_route_cache):
-        return None
-    common = ext.CommonResponse()
+def _fill_common(common: ext.CommonResponse, out: PhaseOutput) -> None:
+    """Write the phase's header and body changes into ``common``, in place."""
     if out.set_headers or out.remove_headers:
         mutation = common.header_mutation
         for key, value in out.set_headers.items():
@@ -52,7 +57,6 @@ def _common(out: PhaseOutput) -> ext.CommonResponse | None:
             common.body_mutation.clear_body = True
     if out.clear_route_cache:
         common.clear_route_cache = True
-    return common
 
 
 def _mode_override(override: ModeOverride) -> Any:
@@ -111,11 +115,10 @@ def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
         return _CONTINUE[phase]
     response = ext.ProcessingResponse()
     target = getattr(response, phase)
-    common = _common(out)
-    if common is None:
-        target.SetInParent()
+    if out.set_headers or out.remove_headers or out.body is not None or out.clear_route_cache:
+        _fill_common(target.response, out)
     else:
-        target.response.CopyFrom(common)
+        target.SetInParent()
     return _finish(response, out)
 
 

@@ -47,7 +47,7 @@ from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from extproc import http_endpoint
+from extproc import event_loop, http_endpoint
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
@@ -85,7 +85,7 @@ def run_worker(
     # process group, and the supervisor decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = load_config(config_path)
-    asyncio.run(serve(config, config_path, role, on_started=ready.set))
+    event_loop.run(serve(config, config_path, role, on_started=ready.set), config.server.event_loop)
 
 
 class _Worker:

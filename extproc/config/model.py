@@ -50,6 +50,8 @@ class ServerConfig(_Section):
     # Worker processes (`extproc serve --workers N`): each serves ext_proc on its own
     # endpoint (grpc port + i, or unix_socket.i) and Envoy balances across them.
     workers: int = Field(default=1, ge=1, le=64)
+    # auto: uvloop when installed, else asyncio's loop (extproc.event_loop).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
 
