@@ -238,6 +238,30 @@ def format_cpu(
     return "\n".join(lines)
 
 
+def cpu_per_request(row: Row) -> dict[str, float]:
+    """Each process's CPU time per request of a load row, in microseconds (empty: no figures).
+
+    The CPU shares are sampled over the same window wrk measured, so a share of one
+    core divided by the request rate is the CPU each request cost that process."""
+    if row.result is None or not row.cpu or row.result.requests_per_s <= 0:
+        return {}
+    rate = row.result.requests_per_s
+    return {name: share / 100.0 / rate * 1e6 for name, share in row.cpu.items()}
+
+
+def format_cpu_per_request(rows: Sequence[Row]) -> str:
+    """The load rows' CPU per request by process: where the cost of a request goes."""
+    lines = ["CPU per request (us; each process's CPU over the row's req/s):"]
+    for row in rows:
+        costs = cpu_per_request(row)
+        if not costs:
+            continue
+        parts = "  ".join(f"{name} {cost:.0f}" for name, cost in costs.items())
+        label = f"{row.title:<30} c={row.connections:<3}"
+        lines.append(f"  {label} {parts}  total {sum(costs.values()):.0f}")
+    return "\n".join(lines)
+
+
 def write_json(
     path: Path,
     document: dict[str, Any],
@@ -317,6 +341,7 @@ def _row_json(row: Row) -> dict[str, Any]:
         "requests": result.requests if result else None,
         "errors": result.errors if result else None,
         "cpu_percent_of_one_core": row.cpu,
+        "cpu_us_per_request": {name: round(cost, 1) for name, cost in cpu_per_request(row).items()},
         "ext_proc_msgs_per_stream": row.ext_proc_msgs_per_stream,
     }
 

@@ -30,6 +30,7 @@ from benchmarks.report import (
     Row,
     format_auth_cost,
     format_cpu,
+    format_cpu_per_request,
     format_memory,
     format_stream_table,
     format_table,
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_memory(memory))
     print()
     print(format_cpu(results.rows, results.streams, results.memory))
+    if results.rows:
+        print()
+        print(format_cpu_per_request(results.rows))
     variants = format_auth_cost(results.rows, args.connections)
     if variants:
         print()

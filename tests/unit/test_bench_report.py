@@ -18,7 +18,7 @@ from benchmarks.configs import (
 )
 from benchmarks.interleave import Window, apply_windows
 from benchmarks.load_generator import LoadResult
-from benchmarks.report import Row
+from benchmarks.report import Row, cpu_per_request, format_cpu_per_request
 from benchmarks.targets import TargetFigure, figures, format_targets, format_targets_markdown
 from extproc.config.loader import load_config
 
@@ -110,3 +110,13 @@ def test_the_markdown_targets_table_carries_figures_and_skip_notes() -> None:
     table = format_targets_markdown(found).splitlines()
     assert table[2] == "| 5. RSS per worker | 140 MB | <= 150 MB | met |"
     assert table[3] == "| 4. workers | - | report | skipped: not on main |"
+
+
+def test_cpu_per_request_divides_each_process_share_by_the_request_rate() -> None:
+    row = _row("c", 16, 2000, 8.0, 16.0)
+    row.cpu.update({"envoy": 44.0, "gateway": 120.0})
+    assert cpu_per_request(row) == {"envoy": 220.0, "gateway": 600.0}
+    printed = format_cpu_per_request([row, _row("a", 1, 5000, 0.2, 0.5)])
+    assert "envoy 220  gateway 600  total 820" in printed
+    # A row without CPU samples (or without figures) prints no line.
+    assert len(printed.splitlines()) == 2
