@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from extproc.quota.rules import Limit
+from extproc.store.coalescing import CoalescingCaller
 from extproc.store.scripts import script_source
 from extproc.store.spool import Spool
 
@@ -77,6 +78,10 @@ class QuotaStore:
         self._on_spooled = on_spooled
         self._flusher: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
+        # Reservations arriving while one is in flight go out together (one pipeline).
+        self.reservations: CoalescingCaller[tuple[list[str], list[Any]], Any] = CoalescingCaller(
+            self._run_reserve
+        )
 
     def now(self) -> float:
         """The Redis server's time, as this process estimates it."""
@@ -119,8 +124,7 @@ class QuotaStore:
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
-        results = await self._run(
-            "reserve",
+        results = await self.reservations.call(
             [
                 (
                     [
@@ -142,7 +146,7 @@ class QuotaStore:
                     ],
                 )
                 for group in groups
-            ],
+            ]
         )
         reserved = [0] * len(limits)
         used = [0] * len(limits)
@@ -247,6 +251,9 @@ class QuotaStore:
             ],
         )
 
+    async def _run_reserve(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        return await self._run("reserve", calls)
+
     async def _run(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """One pipelined EVALSHA per subject; reload the scripts once on NOSCRIPT."""
         for attempt in (0, 1):
@@ -270,6 +277,7 @@ class QuotaStore:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        await self.reservations.close()
         if self._clock is not None:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)

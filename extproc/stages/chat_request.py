@@ -98,7 +98,9 @@ class UpstreamRequestStage:
         if plan.body is not None:
             out.body = plan.body
             out.set_headers["content-length"] = str(len(plan.body))
-        out.set_headers[":path"] = plan.path
+        if plan.path != ctx.path:
+            # The same path needs no rewrite (and Envoy no header mutation).
+            out.set_headers[":path"] = plan.path
         out.set_headers[headers.CLUSTER] = upstream.cluster
         out.set_headers.update(plan.headers)
         out.clear_route_cache = True

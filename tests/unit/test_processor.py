@@ -53,9 +53,22 @@ async def test_chat_body_routes_to_the_provider_with_its_key(processor: Processo
     mutated = set_headers(body_answer, "request_body")
     assert mutated[headers.CLUSTER] == "provider_mock"
     assert mutated["authorization"] == "Bearer mock-provider-key"
-    assert mutated[":path"] == "/v1/chat/completions"
+    # The client's path is the provider's: no rewrite for Envoy to apply.
+    assert ":path" not in mutated
     # A non-streaming body the provider can take as is is not re-serialised.
     assert not body_answer.request_body.response.HasField("body_mutation")
+
+
+async def test_a_route_path_naming_the_model_is_rewritten_to_the_providers(
+    processor: Processor,
+) -> None:
+    answers = await run_stream(
+        processor,
+        [request_headers("/openai/gpt-4o-mini", headers=AUTH), request_body(chat())],
+    )
+    mutated = set_headers(answers[1], "request_body")
+    assert mutated[":path"] == "/v1/chat/completions"
+    assert mutated[headers.CLUSTER] == "provider_mock"
 
 
 async def test_streaming_request_gets_include_usage_injected(processor: Processor) -> None:

@@ -114,3 +114,17 @@ def test_rules_pick_subjects_selectors_and_models(tmp_path: Path) -> None:
     assert sorted(limit.rule for limit in found) == ["hdr", "listed"]
     minis = rules.limits_for(ALICE, {}, "gpt-4o-mini-2024", 1_800_000_000.0)
     assert sorted(limit.rule for limit in minis) == ["listed", "minis"]
+
+
+async def test_concurrent_reservations_share_round_trips_and_each_gets_its_own_answer(
+    store: QuotaStore,
+) -> None:
+    found = limits(store, LimitRule(name="budget", subject="user", tokens_per_hour=10_000))
+    before = store.reservations.round_trips
+    costs = list(range(1, 41))
+    results = await asyncio.gather(*(store.reserve(found, cost) for cost in costs))
+    assert all(isinstance(r, Reservation) for r in results)
+    # Each caller's reservation is its own estimate, whichever batch carried it.
+    assert [r.reserved[0] for r in results if isinstance(r, Reservation)] == costs
+    assert max(r.used[0] for r in results if isinstance(r, Reservation)) == sum(costs)
+    assert store.reservations.round_trips - before < len(costs)
