@@ -111,7 +111,7 @@ def machine_note(load_before: float | None = None, load_after: float | None = No
 
 
 # The rows that run the real gateway; each is compared with (a) and (b).
-GATEWAY_SCENARIOS = ("c", "prod", "d", "e", "f", "w1", "w2")
+GATEWAY_SCENARIOS = ("c", "r", "prod", "d", "e", "f", "w1", "w2")
 
 
 def result_of(rows: Sequence[Row], key: str, connections: int) -> LoadResult | None:

@@ -9,6 +9,8 @@ them before the next one starts, so idle processes do not share the cores:
 - ``b``: Envoy + the echo processor on all four phases;
 - ``c``: Envoy + the real gateway with its default config (org API key auth,
   embedded Valkey, log lines to a file, metrics), started by ``extproc.devstack.LocalStack``;
+- ``r``: (c)'s Envoy bootstrap and (c)'s answers, replayed by a processor that does
+  no work (``benchmarks.replay_processor``): the floor of the gateway's protocol;
 - ``prod``: issue #10's production pipeline (``benchmarks.configs.PROD``);
 - ``d``: (c) with a JWT provider, the load presenting one RS256 token
   (verified once, then served from the token cache);
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -55,7 +58,10 @@ from benchmarks.envoy_configs import (
 )
 from benchmarks.load_generator import DEFAULT_AUTHORIZATION, check_guard_refuses
 from benchmarks.processes import ProcessSet
-from extproc.devstack import LocalStack, Ports, free_port
+from benchmarks.replay_processor import capture_answers, write_answers
+from extproc.config.loader import load_config
+from extproc.devstack import LocalStack, Ports, envoy_binary, free_port
+from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
 
 BENCH_ISSUER = "https://bench.aigw.local"
 # Per key, per user and per group, all on the benchmark's key (team1: alice, engineering).
@@ -145,6 +151,35 @@ def envoy_gateway(workdir: Path, upstream: Target) -> Iterator[Target]:
     """The gateway as ``make run`` starts it (org API keys), its mock provider on the upstream."""
     with run_gateway(workdir, upstream, GATEWAY_CONFIG, DEFAULT_AUTHORIZATION) as target:
         yield target
+
+
+@contextmanager
+def envoy_gateway_protocol(workdir: Path, upstream: Target) -> Iterator[Target]:
+    """(c)'s Envoy bootstrap in front of a processor replaying (c)'s answers, doing nothing."""
+    with ProcessSet(workdir) as processes:
+        port, envoy_port, admin_port = free_port(), free_port(), free_port()
+        env = {
+            **os.environ,
+            "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "ENVOY_LISTENER_PORT": str(envoy_port),
+            "ENVOY_ADMIN_PORT": str(admin_port),
+            "MOCK_LLM_ADDRESS": f"127.0.0.1:{_port_of(upstream)}",
+            "LLM_PROVIDER": "mock",
+            "ANTHROPIC_PROVIDER": "mock-anthropic",
+        }
+        config = load_config(GATEWAY_CONFIG, env)
+        answers = workdir / "gateway-answers.json"
+        write_answers(answers, capture_answers(config))
+        argv = [sys.executable, "-m", "benchmarks.replay_processor", "--port", str(port)]
+        replay = processes.spawn("replay-processor", [*argv, "--answers", str(answers)])
+        processes.wait_for_port(port)
+        bootstrap = workdir / "gateway-envoy.yaml"
+        bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
+        envoy = processes.spawn("envoy", envoy_command(config, str(bootstrap), envoy_binary()))
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        processes.wait_for_http(f"{admin_url}/ready")
+        pids = {"envoy": envoy.pid, "processor": replay.pid, **upstream.pids}
+        yield Target(f"http://127.0.0.1:{envoy_port}", admin_url, pids)
 
 
 @contextmanager
@@ -276,6 +311,7 @@ SCENARIOS = (
     Scenario("a", "(a) envoy direct", envoy_direct),
     Scenario("b", "(b) envoy + echo ext_proc", envoy_echo),
     Scenario("c", "(c) gateway, default config", envoy_gateway),
+    Scenario("r", "(r) (c)'s answers, no work", envoy_gateway_protocol),
     Scenario("prod", _PROD_TITLE, envoy_gateway_prod, check=_guard_runs),
     Scenario("d", "(d) gateway, JWT auth", envoy_gateway_jwt),
     Scenario("e", "(e) gateway, -> Anthropic", envoy_gateway_anthropic),

@@ -105,6 +105,15 @@ def figures(
             "#2: (c) default config: p50 added over (b) echo, c=1",
             load("c", 1, lambda c: c.p50_added_over_b_ms), 0.3, "ms", at_most=True,
         ),
+        # The same two figures for (c)'s protocol with none of its work: (c)'s ceiling.
+        TargetFigure(
+            "#2 ceiling, (r) no work: req/s over (b) echo, c=16",
+            load("r", 16, lambda c: c.over_b), None, "x", at_most=False,
+        ),
+        TargetFigure(
+            "#2 ceiling, (r) no work: p50 added over (b) echo, c=1",
+            load("r", 1, lambda c: c.p50_added_over_b_ms), None, "ms", at_most=True,
+        ),
     ]  # fmt: skip
 
 

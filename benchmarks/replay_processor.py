@@ -1,0 +1,121 @@
+"""The gateway's answers with none of its work: the floor of the gateway's protocol.
+
+Scenario (r) of the benchmark. The gateway's answers to the bench request are
+captured once, in process (``capture_answers``: the default config's stages play
+the four messages Envoy sends), and this server replays them, each phase's
+prebuilt answer to each message, doing nothing else. Envoy runs the gateway's own
+bootstrap, so it does everything it does for the gateway: picks the provider route
+again after the body (``clear_route_cache``), applies the header mutations (the
+client's key out, the provider's in), stores the dynamic metadata, writes its JSON
+access log. The row therefore shows what the gateway's protocol costs Envoy and a
+``grpc.aio`` server when the gateway's Python costs nothing: the best (c) could
+ever reach, to set beside (b) (docs/performance.md).
+
+Run it with ``python -m benchmarks.replay_processor --port N --answers FILE``;
+SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from grpc import aio as grpc_aio
+
+from benchmarks.envoy_configs import CHAT_PATH, COMPLETION
+from benchmarks.load_generator import DEFAULT_AUTHORIZATION, request_body
+from extproc import event_loop, testing
+from extproc.config.model import GatewayConfig
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+
+PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+
+
+async def _play(config: GatewayConfig) -> list[ext.ProcessingResponse]:
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+    processor = Processor(lambda: runtime, default_stages())
+    headers = {
+        "authorization": DEFAULT_AUTHORIZATION,
+        "content-type": "application/json",
+        "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+    }
+    completion = json.dumps(COMPLETION, separators=(",", ":")).encode()
+    messages = [
+        testing.request_headers(CHAT_PATH, headers=headers),
+        testing.request_body(request_body()),
+        testing.response_headers(200, {"x-envoy-upstream-service-time": "1"}),
+        testing.response_body(completion),
+    ]
+    return await testing.run_stream(processor, messages)
+
+
+def capture_answers(config: GatewayConfig) -> dict[str, bytes]:
+    """The gateway's answer to each of the bench request's four messages, serialised."""
+    answers = asyncio.run(_play(config))
+    phases = [answer.WhichOneof("response") for answer in answers]
+    if phases != list(PHASES):
+        raise RuntimeError(f"the gateway did not answer the bench request phase by phase: {phases}")
+    return {
+        phase: answer.SerializeToString() for phase, answer in zip(PHASES, answers, strict=True)
+    }
+
+
+def write_answers(path: Path, answers: dict[str, bytes]) -> None:
+    path.write_text(json.dumps({phase: data.hex() for phase, data in answers.items()}))
+
+
+def read_answers(path: Path) -> dict[str, ext.ProcessingResponse]:
+    stored: dict[str, str] = json.loads(path.read_text())
+    return {
+        phase: ext.ProcessingResponse.FromString(bytes.fromhex(data))
+        for phase, data in stored.items()
+    }
+
+
+class ReplayProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, answers: dict[str, ext.ProcessingResponse]) -> None:
+        self._answers = answers
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        answers = self._answers
+        async for request in request_iterator:
+            yield answers[request.WhichOneof("request")]
+
+
+async def serve(port: int, answers: dict[str, ext.ProcessingResponse]) -> None:
+    server = grpc_aio.server()
+    ext_grpc.add_ExternalProcessorServicer_to_server(ReplayProcessor(answers), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await server.stop(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--answers", type=Path, required=True)
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    args = parser.parse_args()
+    event_loop.run(serve(args.port, read_answers(args.answers)), args.event_loop)
+
+
+if __name__ == "__main__":
+    main()
