@@ -2,8 +2,9 @@
 
 Scenario (r) of the benchmark. The gateway's answers to the bench request are
 captured once, in process (``capture_answers``: the default config's stages play
-the four messages Envoy sends), and this server replays them, each phase's
-prebuilt answer to each message, doing nothing else. Envoy runs the gateway's own
+the messages Envoy sends the gateway for it, body hints included, so the answers
+choose the same processing modes as the gateway's), and this server replays them,
+each phase's prebuilt answer to each message, doing nothing else. Envoy runs the gateway's own
 bootstrap, so it does everything it does for the gateway: picks the provider route
 again after the body (``clear_route_cache``), applies the header mutations (the
 client's key out, the provider's in), stores the dynamic metadata, writes its JSON
@@ -25,24 +26,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from grpc import aio as grpc_aio
 
 from benchmarks.envoy_configs import CHAT_PATH, COMPLETION
-from benchmarks.load_generator import DEFAULT_AUTHORIZATION, request_body
+from benchmarks.load_generator import DEFAULT_AUTHORIZATION, MODEL, request_body
 from extproc import event_loop, testing
 from extproc.config.model import GatewayConfig
-from extproc.processor import Processor
+from extproc.headers import BODY_HINTS_NAMESPACE
+from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 
 PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+# Envoy's json_to_metadata reading of the bench body (extproc.envoy_bootstrap).
+BODY_HINTS = {"model": MODEL, "stream": False}
 
 
-async def _play(config: GatewayConfig) -> list[ext.ProcessingResponse]:
+async def _play(config: GatewayConfig) -> dict[str, ext.ProcessingResponse]:
     runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
     processor = Processor(lambda: runtime, default_stages())
     headers = {
@@ -50,25 +55,34 @@ async def _play(config: GatewayConfig) -> list[ext.ProcessingResponse]:
         "content-type": "application/json",
         "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
     }
-    completion = json.dumps(COMPLETION, separators=(",", ":")).encode()
-    messages = [
-        testing.request_headers(CHAT_PATH, headers=headers),
-        testing.request_body(request_body()),
-        testing.response_headers(200, {"x-envoy-upstream-service-time": "1"}),
-        testing.response_body(completion),
-    ]
-    return await testing.run_stream(processor, messages)
+    first = testing.request_headers(CHAT_PATH, headers=headers)
+    if config.envoy.lean_responses:
+        first.metadata_context.filter_metadata[BODY_HINTS_NAMESPACE].update(BODY_HINTS)
+    body = testing.request_body(request_body())
+    [headers_answer, _] = await testing.run_stream(processor, [first, body])
+    lean = headers_answer.mode_override.response_header_mode == ProcessingMode.SKIP
+    # The response as Envoy sends it on the path the gateway chose: on the lean
+    # path no headers message, the status coming as an attribute of the body's.
+    response = testing.response_body(json.dumps(COMPLETION, separators=(",", ":")).encode())
+    response.attributes[ATTRIBUTES_KEY].update(
+        {"response.code": 200, "response.code_details": "via_upstream"}
+    )
+    messages = [first, body]
+    if not lean:
+        messages.append(testing.response_headers(200, {"x-envoy-upstream-service-time": "1"}))
+    answers = await testing.run_stream(processor, [*messages, response])
+    return {str(answer.WhichOneof("response")): answer for answer in answers}
 
 
 def capture_answers(config: GatewayConfig) -> dict[str, bytes]:
-    """The gateway's answer to each of the bench request's four messages, serialised."""
+    """The gateway's answer to each message Envoy sends for the bench request, serialised."""
     answers = asyncio.run(_play(config))
-    phases = [answer.WhichOneof("response") for answer in answers]
-    if phases != list(PHASES):
-        raise RuntimeError(f"the gateway did not answer the bench request phase by phase: {phases}")
-    return {
-        phase: answer.SerializeToString() for phase, answer in zip(PHASES, answers, strict=True)
-    }
+    lean = [phase for phase in PHASES if phase != "response_headers"]
+    if list(answers) not in (list(PHASES), lean):
+        raise RuntimeError(
+            f"the gateway did not answer the bench request phase by phase: {list(answers)}"
+        )
+    return {phase: answer.SerializeToString() for phase, answer in answers.items()}
 
 
 def write_answers(path: Path, answers: dict[str, bytes]) -> None:

@@ -58,6 +58,14 @@ class Identity:
 ANONYMOUS = Identity(method="none")
 
 
+@dataclass(frozen=True, slots=True)
+class BodyHints:
+    """What Envoy read from a JSON request body before the gateway saw it."""
+
+    model: str | None
+    stream: bool | None
+
+
 @dataclass(slots=True)
 class ModeOverride:
     """Processing modes to change for the rest of this request (Envoy ``mode_override``)."""
@@ -122,6 +130,11 @@ class RequestContext:
     first_byte_at: float | None = None
     # No response-headers message: status and the rest come with the first body chunk.
     lean_response: bool = False
+    # Envoy's reading of the body's `model` and `stream`, sent with the request
+    # headers (None: Envoy did not parse the body); the lean choice made from them,
+    # which the gateway's own parse of the body must confirm.
+    body_hints: BodyHints | None = None
+    lean_from_hints: BodyHints | None = None
     error: GatewayError | None = None
     # The response's guard state (a StreamGuard, or the route's guards for a buffered answer).
     response_guard: Any = None

@@ -35,7 +35,13 @@ from extproc.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
-from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
+from extproc.headers import (
+    BODY_HINTS_NAMESPACE,
+    CLUSTER,
+    METADATA_NAMESPACE,
+    RATE_LIMIT_HEADERS,
+    metadata_key,
+)
 from extproc.transport_security import envoy_transport_socket
 from extproc.worker_endpoints import worker_addresses, worker_sockets
 
@@ -190,7 +196,7 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "local_reply_config": _local_reply_config(),
         "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),
-        "http_filters": [_ext_proc_filter(config), _router_filter()],
+        "http_filters": [*_body_hints_filters(config), _ext_proc_filter(config), _router_filter()],
     }
     if config.envoy.access_log:
         hcm["access_log"] = [_access_log()]
@@ -218,7 +224,45 @@ def _strip_routing_header() -> Json:
     }
 
 
+def _body_hints_filters(config: GatewayConfig) -> list[Json]:
+    """Envoy reads the JSON body's ``model`` and ``stream`` before the gateway's first message.
+
+    The gateway can then choose, in its answer to the request headers (the only
+    answer Envoy takes a processing mode from), how to read the response: a
+    non-streamed answer from a pass-through provider skips the response-headers
+    message and comes whole, in one buffered body message (extproc.response_path).
+    Only a hint: the gateway's own parse of the body decides everything else, and
+    refuses a body whose two readings disagree. Without a JSON body (or when it
+    does not parse) nothing is set and the request takes the usual path.
+    """
+    if not config.envoy.lean_responses:
+        return []
+
+    def rule(key: str) -> Json:
+        return {
+            "selectors": [{"key": key}],
+            "on_present": {
+                "metadata_namespace": BODY_HINTS_NAMESPACE,
+                "key": key,
+                "type": "PROTOBUF_VALUE",
+            },
+        }
+
+    return [
+        {
+            "name": "envoy.filters.http.json_to_metadata",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+                "request_rules": {"rules": [rule("model"), rule("stream")]},
+            },
+        }
+    ]
+
+
 def _ext_proc_filter(config: GatewayConfig) -> Json:
+    metadata: Json = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
+    if config.envoy.lean_responses:
+        metadata["forwarding_namespaces"] = {"untyped": [BODY_HINTS_NAMESPACE]}
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -247,7 +291,8 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
             "response_attributes": ["response.code", "response.code_details"],
             "message_timeout": duration(config.envoy.message_timeout_ms / 1000),
             # Usage and identity the gateway returns, for the access log and tracers.
-            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+            # ...and the body hints Envoy read (_body_hints_filters), with the request headers.
+            "metadata_options": metadata,
             # Envoy's defaults already let the gateway rewrite :path, set x-aigw-cluster
             # and provider credentials, and remove the client's authorization; they keep
             # host/:authority/:method/:scheme and x-envoy-* out of reach. These rules

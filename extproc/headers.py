@@ -18,6 +18,9 @@ ANSWERED_BY_MODEL = PREFIX + "model"
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.
 METADATA_NAMESPACE = "io.aigw"
+# Where Envoy's json_to_metadata filter puts the request body's `model` and `stream`
+# for the gateway's first message (extproc.response_path: body hints).
+BODY_HINTS_NAMESPACE = "io.aigw.request"
 # Client credentials that never reach a provider.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
 # OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's route

@@ -24,9 +24,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
 from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
-from extproc.context import PhaseOutput, RequestContext
+from extproc.context import BodyHints, PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.errors import GatewayError
+from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
@@ -163,6 +164,8 @@ def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) 
         ctx.request_headers = found
         if request.attributes:
             ctx.attributes = request.attributes
+        if request.HasField("metadata_context"):
+            ctx.body_hints = body_hints(request.metadata_context)
         ctx.method = found.get(":method", "")
         ctx.path = found.get(":path", "")
         return ()
@@ -175,6 +178,27 @@ def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) 
         return (found,)
     body = request.response_body
     return (body.body, body.end_of_stream)
+
+
+def body_hints(metadata: Any) -> BodyHints | None:
+    """The body's ``model`` and ``stream`` as Envoy read them (None: it did not read the body).
+
+    Envoy sets ``model`` only when the body parsed as JSON, so a missing ``stream``
+    then means the body has none: not streamed, as the APIs define it. A value of
+    another type is no hint at all (the gateway's parse will refuse it)."""
+    found = metadata.filter_metadata.get(BODY_HINTS_NAMESPACE)
+    if found is None:
+        return None
+    fields = found.fields
+    model = fields.get("model")
+    if model is None or model.WhichOneof("kind") != "string_value":
+        return None
+    stream = fields.get("stream")
+    if stream is None:
+        return BodyHints(model.string_value, False)
+    if stream.WhichOneof("kind") != "bool_value":
+        return BodyHints(model.string_value, None)
+    return BodyHints(model.string_value, stream.bool_value)
 
 
 def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[str, str]:

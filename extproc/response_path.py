@@ -12,20 +12,30 @@ from the body messages:
 - the status comes with the first body message as the ext_proc attribute
   ``response.code`` (``response.code_details`` tells the provider's answer from
   Envoy's own local reply);
-- the body is STREAMED, which serves a JSON answer (one or a few chunks, read
-  whole at the end) as well as an event stream, so the mode can be chosen before
-  the body says whether the client asked for a stream;
+- a non-streamed answer comes whole, in one BUFFERED body message (the response
+  then costs one message instead of two); a stream, or an answer whose kind is
+  not known yet, comes STREAMED, which serves a JSON answer (one or a few chunks,
+  read whole at the end) as well as an event stream;
 - the ``x-ratelimit-*`` headers are set by Envoy's route from dynamic metadata
   that the quota stage returns with the request body, for both paths.
 
 The choice must be made in the answer to the request headers (Envoy honours a
-``mode_override`` only there), before the body names the model. So a request is
-lean when everything it can reach is a pass-through: the model named by the
-route, path, header or query resolves to a provider of the client's own API with
-no failover chain, or, for a model named in the body, every model and prefix the
-route can reach does. Translated providers (whose errors change status) and
+``mode_override`` only there), before the gateway has seen the body. Envoy's
+``json_to_metadata`` filter reads the body's ``model`` and ``stream`` first and
+sends them with the request headers (the body hints, ``envoy_bootstrap``). So a
+request is lean when the model named by the route, path, header or query (else by
+the hints) resolves to a provider of the client's own API with no failover chain;
+without any of them, when every model and prefix the route can reach does. The
+answer is BUFFERED when the hints say the client did not ask for a stream. Since
+Envoy's reading chose the path, the gateway's own parse of the body must agree
+with it (``ChatRequestStage``: a body read two ways is refused, 400
+``ambiguous_body``). Translated providers (whose errors change status) and
 failover chains (whose answers carry the attempt's provider in headers) keep the
 full path.
+
+A whole answer in one message leaves Envoy without its length: Envoy passes the
+headers on before the body and drops ``content-length`` (the gateway could change
+the body), so HTTP/1.1 clients get it chunked.
 """
 
 from __future__ import annotations

@@ -67,6 +67,20 @@ class ChatRequestStage:
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
+        confirm = ctx.lean_from_hints
+        if confirm is not None and (
+            (confirm.model is not None and confirm.model != model)
+            or (confirm.stream is not None and confirm.stream != ctx.stream)
+        ):
+            # Envoy read another model or stream flag in this body than the gateway
+            # (a repeated key, each parser keeping another one), and chose how to read
+            # the answer by its reading: refuse rather than guess which one the
+            # provider would honour.
+            raise BadRequestError(
+                "the request body is ambiguous: 'model' or 'stream' reads two ways "
+                "(is a key repeated?)",
+                code="ambiguous_body",
+            )
         ctx.upstream = upstream
         if route.api is RouteApi.OPENAI_CHAT and model in ctx.runtime.failover:
             ctx.failover_model = model

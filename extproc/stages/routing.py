@@ -11,7 +11,7 @@ import uuid
 from extproc import headers
 from extproc.agents.stages import AGENT_APIS
 from extproc.config.model import RouteApi
-from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
 from extproc.runtime import Route
@@ -20,8 +20,10 @@ from extproc.stages.chat_request import model_outside_body
 SKIP_EVERYTHING = ModeOverride(
     skip_request_body=True, skip_response_headers=True, response_body="NONE"
 )
-# A pass-through answer is read from its body alone (extproc.response_path).
+# A pass-through answer is read from its body alone (extproc.response_path)...
 LEAN_RESPONSE = ModeOverride(skip_response_headers=True, response_body="STREAMED")
+# ...in one buffered message when the body hints say it is not streamed.
+LEAN_BUFFERED = ModeOverride(skip_response_headers=True, response_body="BUFFERED")
 
 
 class RoutingStage:
@@ -56,9 +58,18 @@ class RoutingStage:
                     f"request body of {length} bytes is over the limit of {limit} bytes"
                 )
         named_model = route.forced_model or model_outside_body(ctx)
+        hints, hinted = ctx.body_hints, False
+        if named_model is None and hints is not None:
+            named_model, hinted = hints.model, True
         if ctx.runtime.lean_response(route, named_model):
             ctx.lean_response = True
-            out.mode_override = LEAN_RESPONSE
+            buffered = hints is not None and hints.stream is False
+            out.mode_override = LEAN_BUFFERED if buffered else LEAN_RESPONSE
+            if hints is not None and (hinted or buffered):
+                # Envoy's reading chose the path: the gateway's parse must agree.
+                ctx.lean_from_hints = BodyHints(
+                    hints.model if hinted else None, False if buffered else None
+                )
 
 
 def _route(ctx: RequestContext) -> Route | None:

@@ -52,7 +52,11 @@ def controller_envoy(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
     bootstrap = copy.deepcopy(render_bootstrap(config))
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     typed = hcm["typed_config"]
-    ext_proc = typed["http_filters"][0]["typed_config"]
+    ext_proc = next(
+        f["typed_config"]
+        for f in typed["http_filters"]
+        if f["name"] == "envoy.filters.http.ext_proc"
+    )
     ext_proc["request_attributes"] = [ROUTE_NAME_ATTRIBUTE, ROUTE_METADATA_ATTRIBUTE]
     routes = typed["route_config"]["virtual_hosts"][0]["routes"]
     # After the provider routes (picked once the gateway set its header), before the 404.

@@ -3,8 +3,10 @@
 Real Envoy, gateway, Valkey and mock provider, with one quota rule so the
 ``x-ratelimit-*`` headers (set by Envoy's route from the gateway's metadata) can
 be seen on both paths. ``/openai/gpt-4o-mini`` names an OpenAI-compatible model
-in the path: lean. ``/v1/chat/completions`` can reach Anthropic and Bedrock
-models, whose errors change status: the full path.
+in the path; on ``/v1/chat/completions`` the body names it, and Envoy reads it
+(with ``stream``) before the gateway's first message: both are lean, a
+non-streamed answer then coming whole in one buffered message. A model served by
+Anthropic (translated: its errors change status) keeps the full path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ quotas:
     - {name: key-rpm, subject: api_key, requests_per_minute: 100000}
 """
 LEAN_PATH = "/openai/gpt-4o-mini"
-FULL_PATH = "/v1/chat/completions"
+CHAT_PATH = "/v1/chat/completions"
+TRANSLATED_MODEL = "claude-3-5-haiku-latest"
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +40,34 @@ def lean_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
         yield running
 
 
-def post(stack: LocalStack, path: str, *, stream: bool = False, fault: str = "") -> httpx.Response:
+def post(
+    stack: LocalStack,
+    path: str,
+    *,
+    stream: bool = False,
+    fault: str = "",
+    model: str = "gpt-4o-mini",
+    raw: bytes | None = None,
+) -> httpx.Response:
     body: dict[str, Any] = {
-        "model": "gpt-4o-mini",
+        "model": model,
         "messages": [{"role": "user", "content": "one two three"}],
         "stream": stream,
     }
     headers = {"authorization": "Bearer team1-key", "content-type": "application/json"}
     if fault:
         headers["x-mock-fault"] = fault
-    return httpx.post(
-        stack.base_url + path, content=orjson.dumps(body), headers=headers, timeout=30.0
-    )
+    content = raw if raw is not None else orjson.dumps(body)
+    return httpx.post(stack.base_url + path, content=content, headers=headers, timeout=30.0)
 
 
-def phases(stack: LocalStack, path: str) -> tuple[int, int, httpx.Response]:
+def phases(
+    stack: LocalStack, path: str, model: str = "gpt-4o-mini"
+) -> tuple[int, int, httpx.Response]:
     """Envoy's count of ext_proc messages sent and answered for one request."""
     sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent")
     received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received")
-    answer = post(stack, path)
+    answer = post(stack, path, model=model)
     sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent") - sent
     received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received") - received
     return sent, received, answer
@@ -75,10 +87,11 @@ def test_a_pass_through_answer_skips_the_response_headers_message_and_keeps_its_
     assert answer.status_code == 200
     completion = answer.json()
     assert completion["object"] == "chat.completion"
-    # The body went back in Envoy's STREAMED mode (so no content-length), every
+    # Request headers, request body, and the whole answer in one buffered message
+    # (Envoy sent the headers on without waiting, so no content-length); every
     # message Envoy sent was answered, and the answer still carries the headers.
+    assert (sent, received) == (3, 3)
     assert "content-length" not in answer.headers
-    assert received == sent
     assert answer.headers["x-ratelimit-limit-requests"] == "100000"
     assert int(answer.headers["x-ratelimit-remaining-requests"]) < 100000
     line = log_line(lean_stack, answer)
@@ -88,16 +101,60 @@ def test_a_pass_through_answer_skips_the_response_headers_message_and_keeps_its_
     assert line["completion_tokens"] == completion["usage"]["completion_tokens"]
 
 
-def test_a_route_that_may_translate_keeps_the_full_path_and_the_same_headers(
+def test_a_model_named_in_the_body_is_lean_when_envoy_read_it_first(
     lean_stack: LocalStack,
 ) -> None:
-    sent, received, answer = phases(lean_stack, FULL_PATH)
+    sent, received, answer = phases(lean_stack, CHAT_PATH)
 
     assert answer.status_code == 200
-    # headers and body each way, the body BUFFERED (its length kept)
-    assert (sent, received) == (4, 4)
-    assert answer.headers["content-length"] == str(len(answer.content))
+    assert (sent, received) == (3, 3)
     assert answer.headers["x-ratelimit-limit-requests"] == "100000"
+    line = log_line(lean_stack, answer)
+    assert (line["outcome"], line["provider"]) == ("completed", "mock")
+    assert line["completion_tokens"] == answer.json()["usage"]["completion_tokens"]
+
+
+def test_a_translated_model_keeps_the_full_path_and_the_same_headers(
+    lean_stack: LocalStack,
+) -> None:
+    sent, received, answer = phases(lean_stack, CHAT_PATH, model=TRANSLATED_MODEL)
+
+    assert answer.status_code == 200
+    assert answer.json()["object"] == "chat.completion"
+    # headers and body each way: the translated answer needed its headers answered
+    assert (sent, received) == (4, 4)
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["x-ratelimit-limit-requests"] == "100000"
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_a_repeated_stream_key_is_answered_as_the_gateway_reads_it_or_refused(
+    lean_stack: LocalStack, last: bool
+) -> None:
+    # Envoy chose how to read the answer from its own reading of the body; the
+    # gateway's (orjson keeps the last key) decides the request. They must agree,
+    # or the request is refused: never an answer read the wrong way.
+    first = b"false" if last else b"true"
+    raw = (
+        b'{"model":"gpt-4o-mini","stream":' + first + b","
+        b'"messages":[{"role":"user","content":"one two three"}],'
+        b'"stream":' + (b"true" if last else b"false") + b"}"
+    )
+    answer = post(lean_stack, CHAT_PATH, raw=raw)
+
+    line = log_line(lean_stack, answer)
+    if answer.status_code == 400:
+        assert answer.json()["error"]["code"] == "ambiguous_body"
+        assert line["outcome"] == "rejected"
+        return
+    assert answer.status_code == 200
+    assert line["stream"] is last
+    assert line["outcome"] == "completed"
+    if last:
+        assert answer.text.rstrip().endswith("data: [DONE]")
+    else:
+        assert answer.json()["object"] == "chat.completion"
+    assert line["completion_tokens"] > 0
 
 
 def test_a_lean_stream_is_counted_and_its_usage_chunk_hidden(lean_stack: LocalStack) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+
 from benchmarks.configs import GATEWAY_CONFIG
 from benchmarks.replay_processor import capture_answers, read_answers, write_answers
 from extproc import headers
@@ -17,7 +19,12 @@ def test_the_replayed_answers_carry_the_gateways_routing_credentials_and_usage(
     path = tmp_path / "answers.json"
     write_answers(path, capture_answers(config))
     answers = read_answers(path)
-    assert list(answers) == ["request_headers", "request_body", "response_headers", "response_body"]
+    # The default config's lean path, as the gateway chooses it from Envoy's body hints:
+    # no response-headers message, the whole answer in one buffered body message.
+    assert list(answers) == ["request_headers", "request_body", "response_body"]
+    mode = answers["request_headers"].mode_override
+    assert mode.response_header_mode == ProcessingMode.SKIP
+    assert mode.response_body_mode == ProcessingMode.BUFFERED
 
     removed = answers["request_headers"].request_headers.response.header_mutation.remove_headers
     assert "authorization" in removed

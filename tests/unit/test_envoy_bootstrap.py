@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from google.protobuf import json_format
 
 from extproc.config.loader import load_config
@@ -25,7 +26,7 @@ from extproc.envoy_bootstrap import (
     render_bootstrap_yaml,
     render_default,
 )
-from extproc.headers import CLUSTER, METADATA_NAMESPACE
+from extproc.headers import BODY_HINTS_NAMESPACE, CLUSTER, METADATA_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
@@ -206,7 +207,11 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
     config = gateway(envoy={"message_timeout_ms": 2500, "failure_mode_allow": True})
     bootstrap = render_bootstrap(config)
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
-    assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
     processor = ext_proc(bootstrap)
     assert processor["grpc_service"]["envoy_grpc"] == {"cluster_name": "extproc"}
     assert processor["allow_mode_override"] is True
@@ -221,6 +226,24 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
         "response_trailer_mode": "SKIP",
     }
     assert processor["metadata_options"]["receiving_namespaces"]["untyped"] == [METADATA_NAMESPACE]
+
+
+def test_envoy_reads_the_bodys_model_and_stream_for_the_gateways_first_message() -> None:
+    bootstrap = render_bootstrap(gateway())
+    hints = hcm(bootstrap)["http_filters"][0]["typed_config"]
+    rules = hints["request_rules"]["rules"]
+    assert [rule["selectors"] for rule in rules] == [[{"key": "model"}], [{"key": "stream"}]]
+    assert {rule["on_present"]["metadata_namespace"] for rule in rules} == {BODY_HINTS_NAMESPACE}
+    forwarded = ext_proc(bootstrap)["metadata_options"]["forwarding_namespaces"]["untyped"]
+    assert forwarded == [BODY_HINTS_NAMESPACE]
+    # ParseDict rejects any field the filter's config message does not have.
+    json_format.ParseDict(
+        {k: v for k, v in hints.items() if k != "@type"}, json_to_metadata_pb2.JsonToMetadata()
+    )
+    # Without the lean path there is nothing to choose: no hints are read.
+    plain = render_bootstrap(gateway(envoy={"lean_responses": False}))
+    assert hcm(plain)["http_filters"][0]["name"] == "envoy.filters.http.ext_proc"
+    assert "forwarding_namespaces" not in ext_proc(plain)["metadata_options"]
 
 
 def test_ext_proc_config_uses_the_field_names_of_envoys_api() -> None:

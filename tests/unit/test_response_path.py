@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from google.protobuf import struct_pb2
 
 from extproc.config import GatewayConfig, load_config
+from extproc.headers import BODY_HINTS_NAMESPACE, METADATA_NAMESPACE
 from extproc.processor import ATTRIBUTES_KEY, Processor, lean_response_headers
 from extproc.response_path import lean_routes
 from extproc.runtime import Runtime, Services
@@ -140,3 +142,98 @@ async def test_a_stream_read_to_its_end_is_complete_even_if_envoy_never_sends_th
     assert line["outcome"] == "completed"
     assert (line["prompt_tokens"], line["completion_tokens"]) == (5, 2)
     assert not line.get("usage_estimated")
+
+
+def hinted_headers(path: str, hints: dict[str, Any]) -> Any:
+    """Request headers with the body hints Envoy's json_to_metadata filter forwards."""
+    message = request_headers(path, headers=AUTH)
+    message.metadata_context.filter_metadata[BODY_HINTS_NAMESPACE].update(hints)
+    return message
+
+
+def whole_answer(chunk: bytes, code: int) -> Any:
+    message = first_chunk(chunk, code)
+    message.response_body.end_of_stream = True
+    return message
+
+
+ANSWER = orjson.dumps(
+    {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+)
+
+
+async def test_a_non_streamed_pass_through_comes_whole_in_one_buffered_message(
+    services: Services, processor: Processor
+) -> None:
+    # /v1/chat/completions may reach Anthropic: without hints it keeps every message.
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    responses = await run_stream(
+        processor,
+        [
+            hinted_headers("/v1/chat/completions", {"model": "gpt-4o-mini"}),
+            request_body(orjson.dumps(body)),
+            whole_answer(ANSWER, 200),
+        ],
+    )
+
+    mode = responses[0].mode_override
+    assert mode.response_header_mode == ProcessingMode.SKIP
+    assert mode.response_body_mode == ProcessingMode.BUFFERED
+    assert mode.request_body_mode == ProcessingMode.BUFFERED
+    # The usage rides with the one answer Envoy gets for the response.
+    assert (
+        responses[-1]
+        .dynamic_metadata.fields[METADATA_NAMESPACE]
+        .struct_value.fields["total_tokens"]
+        .number_value
+        == 10
+    )
+    line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
+    assert (line["http_status_code"], line["outcome"]) == (200, "completed")
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (7, 3)
+
+
+async def test_streams_and_translated_models_keep_their_paths(processor: Processor) -> None:
+    streamed = await run_stream(
+        processor,
+        [hinted_headers("/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True})],
+    )
+    assert streamed[0].mode_override.response_body_mode == ProcessingMode.STREAMED
+    translated = await run_stream(
+        processor, [hinted_headers("/v1/chat/completions", {"model": "claude-sonnet-4-0"})]
+    )
+    assert not translated[0].HasField("mode_override")
+    unhinted = await run_stream(processor, [request_headers("/v1/chat/completions", headers=AUTH)])
+    assert not unhinted[0].HasField("mode_override")
+
+
+async def test_a_body_that_envoy_and_the_gateway_read_differently_is_refused(
+    processor: Processor,
+) -> None:
+    # Envoy kept one of two "stream" keys, the gateway the other: which one would
+    # the provider honour? The answer was set up for the wrong one; refuse.
+    raw = b'{"model":"gpt-4o-mini","stream":false,"messages":[{"role":"user","content":"hi"}],'
+    raw += b'"stream":true}'
+    answers = await run_stream(
+        processor,
+        [hinted_headers("/v1/chat/completions", {"model": "gpt-4o-mini", "stream": False}),
+         request_body(raw)],
+    )  # fmt: skip
+    refusal = answers[-1].immediate_response
+    assert refusal.status.code == 400
+    assert orjson.loads(refusal.body)["error"]["code"] == "ambiguous_body"
+
+    # Likewise a model the gateway reads as a translated one.
+    raw = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],'
+    raw += b'"model":"claude-sonnet-4-0"}'
+    answers = await run_stream(
+        processor,
+        [hinted_headers("/v1/chat/completions", {"model": "gpt-4o-mini"}), request_body(raw)],
+    )
+    assert answers[-1].immediate_response.status.code == 400
