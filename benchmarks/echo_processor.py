@@ -40,9 +40,11 @@ class EchoProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield _CONTINUE[request.WhichOneof("request")]
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, servicer: Any = None) -> None:
+    """Serve ``servicer`` (the echo processor by default) on 127.0.0.1:``port`` until
+    SIGTERM or SIGINT."""
     server = grpc_aio.server()
-    ext_grpc.add_ExternalProcessorServicer_to_server(EchoProcessor(), server)
+    ext_grpc.add_ExternalProcessorServicer_to_server(servicer or EchoProcessor(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stopping = asyncio.Event()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ from typing import Any
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
-from grpc import aio as grpc_aio
 
+from benchmarks.echo_processor import serve
 from benchmarks.envoy_configs import CHAT_PATH, COMPLETION
 from benchmarks.load_generator import DEFAULT_AUTHORIZATION, MODEL, request_body
 from extproc import event_loop, testing
@@ -109,26 +108,14 @@ class ReplayProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield answers[request.WhichOneof("request")]
 
 
-async def serve(port: int, answers: dict[str, ext.ProcessingResponse]) -> None:
-    server = grpc_aio.server()
-    ext_grpc.add_ExternalProcessorServicer_to_server(ReplayProcessor(answers), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
-    await server.stop(0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--answers", type=Path, required=True)
     parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     args = parser.parse_args()
-    event_loop.run(serve(args.port, read_answers(args.answers)), args.event_loop)
+    replay = ReplayProcessor(read_answers(args.answers))
+    event_loop.run(serve(args.port, replay), args.event_loop)
 
 
 if __name__ == "__main__":
