@@ -22,6 +22,7 @@ from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ServerTlsConfig
+from extproc.event_loop import EventLoopKind
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -51,7 +52,7 @@ class ServerConfig(_Section):
     # endpoint (grpc port + i, or unix_socket.i) and Envoy balances across them.
     workers: int = Field(default=1, ge=1, le=64)
     # auto: uvloop when installed, else asyncio's loop (extproc.event_loop).
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    event_loop: EventLoopKind = "auto"
 
     _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
 
