@@ -58,7 +58,7 @@ async def serve(port: int, servicer: Any = None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument("--event-loop", choices=event_loop.EVENT_LOOP_KINDS, default="auto")
     args = parser.parse_args()
     event_loop.run(serve(args.port), args.event_loop)
 

@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--answers", type=Path, required=True)
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument("--event-loop", choices=event_loop.EVENT_LOOP_KINDS, default="auto")
     args = parser.parse_args()
     replay = ReplayProcessor(read_answers(args.answers))
     event_loop.run(serve(args.port, replay), args.event_loop)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 EventLoopKind = Literal["auto", "uvloop", "asyncio"]
+# For command lines that choose the loop (the bench's processors).
+EVENT_LOOP_KINDS: tuple[str, ...] = get_args(EventLoopKind)
 T = TypeVar("T")
 
 
