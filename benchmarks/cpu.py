@@ -4,7 +4,10 @@ Also what a process holds in memory (``resident_bytes``) and who its children
 are (the gateway's embedded Valkey and worker processes).
 
 Shares are in percent of one core over the measurement's wall time, so on the
-two-core reference machine the shares add up to at most 200%. ``wrk`` itself is
+two-core reference machine the shares add up to at most 200%. Each process's
+main thread is also measured on its own: in a Python processor that is the
+event loop, where the Python work runs, while grpc's own threads (its poller and
+I/O threads) make up the rest of the process's share. ``wrk`` itself is
 counted through ``RUSAGE_CHILDREN``: it is the only child that ends inside the
 window. Without /proc (not Linux) the meter reports nothing.
 """
@@ -36,10 +39,14 @@ class CpuMeter:
         self._start: dict[str, float] = {}
         self._start_children = 0.0
         self._start_wall = 0.0
+        self._start_main: dict[str, float] = {}
         self.shares: dict[str, float] = {}
+        # The same for each process's main thread alone (a part of its share).
+        self.main_thread_shares: dict[str, float] = {}
 
     def __enter__(self) -> CpuMeter:
         self._start = _cpu_seconds_by_name(self._pids)
+        self._start_main = _cpu_seconds_by_name(self._pids, main_thread=True)
         self._start_children = _rusage_seconds(self._usage)
         self._start_wall = time.monotonic()
         return self
@@ -55,6 +62,12 @@ class CpuMeter:
         used = {name: end[name] - self._start[name] for name in end if name in self._start}
         used[self._client] = _rusage_seconds(self._usage) - self._start_children
         self.shares = {name: 100 * seconds / wall for name, seconds in used.items() if wall > 0}
+        end_main = _cpu_seconds_by_name(self._pids, main_thread=True)
+        self.main_thread_shares = {
+            name: 100 * (end_main[name] - self._start_main[name]) / wall
+            for name in end_main
+            if name in self._start_main and wall > 0
+        }
 
 
 def child_pids(parent: int) -> list[int]:
@@ -101,14 +114,18 @@ def resident_bytes(pid: int, field: str = "VmRSS") -> int | None:
     return None
 
 
-def _cpu_seconds_by_name(pids: dict[str, int]) -> dict[str, float]:
-    found = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+def _cpu_seconds_by_name(pids: dict[str, int], main_thread: bool = False) -> dict[str, float]:
+    found = {name: _cpu_seconds(pid, main_thread) for name, pid in pids.items()}
     return {name: seconds for name, seconds in found.items() if seconds is not None}
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _cpu_seconds(pid: int, main_thread: bool = False) -> float | None:
+    # The process's stat counts all its threads; its main thread's (whose id is
+    # the process id) counts that thread alone.
+    process = _PROC / str(pid)
+    path = process / "task" / str(pid) / "stat" if main_thread else process / "stat"
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        stat = path.read_text()
     except OSError:
         return None
     # Fields after the command name (which may hold spaces): state is index 0,

@@ -17,7 +17,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.cpu import CpuMeter
@@ -36,6 +36,8 @@ class Window:
     result: LoadResult
     cpu: dict[str, float]
     counters: tuple[tuple[int, int], tuple[int, int]]  # (streams, messages) before, after
+    # Each process's main thread alone (see ``CpuMeter``).
+    main_thread: dict[str, float] = field(default_factory=dict)
 
 
 def measure_window(
@@ -46,7 +48,8 @@ def measure_window(
     before = ext_proc_counters(target.admin_url)
     with CpuMeter(target.pids) as meter:
         result = run_wrk(target.base_url, script, connections, duration_s)
-    return Window(result, meter.shares, (before, ext_proc_counters(target.admin_url)))
+    counters = (before, ext_proc_counters(target.admin_url))
+    return Window(result, meter.shares, counters, meter.main_thread_shares)
 
 
 def apply_windows(row: Row, windows: Sequence[Window]) -> None:
@@ -62,10 +65,8 @@ def apply_windows(row: Row, windows: Sequence[Window]) -> None:
         non_2xx_3xx=sum(r.non_2xx_3xx for r in results),
         socket_errors=sum(r.socket_errors for r in results),
     )
-    # The processes are the same in every window: keep the first window's order.
-    row.cpu = {
-        name: statistics.fmean(w.cpu.get(name, 0.0) for w in windows) for name in windows[0].cpu
-    }
+    row.cpu = _mean_shares([w.cpu for w in windows])
+    row.main_thread_cpu = _mean_shares([w.main_thread for w in windows])
     streams = sum(after[0] - before[0] for before, after in (w.counters for w in windows))
     messages = sum(after[1] - before[1] for before, after in (w.counters for w in windows))
     row.ext_proc_msgs_per_stream = messages_per_stream((0, 0), (streams, messages))
@@ -74,6 +75,11 @@ def apply_windows(row: Row, windows: Sequence[Window]) -> None:
             f"{row.result.non_2xx_3xx} non-2xx/3xx responses, "
             f"{row.result.socket_errors} socket errors"
         )
+
+
+def _mean_shares(windows: Sequence[dict[str, float]]) -> dict[str, float]:
+    # The processes are the same in every window: keep the first window's order.
+    return {name: statistics.fmean(w.get(name, 0.0) for w in windows) for name in windows[0]}
 
 
 def measure_interleaved(

@@ -63,6 +63,8 @@ class Row:
     # Why the scenario did not run here (not a failure: e.g. a feature not on main yet).
     skipped: str | None = None
     cpu: dict[str, float] = field(default_factory=dict)
+    # The part of each process's share its main thread used (a processor's event loop).
+    main_thread_cpu: dict[str, float] = field(default_factory=dict)
     ext_proc_msgs_per_stream: float | None = None
 
     @property
@@ -238,25 +240,43 @@ def format_cpu(
     return "\n".join(lines)
 
 
-def cpu_per_request(row: Row) -> dict[str, float]:
-    """Each process's CPU time per request of a load row, in microseconds (empty: no figures).
+def cpu_per_request(row: Row, main_thread: bool = False) -> dict[str, float]:
+    """Each process's CPU time per request of a load row, in microseconds (empty: no figures);
+    with ``main_thread``, the processors' event loop threads alone (``is_processor``).
 
     The CPU shares are sampled over the same window wrk measured, so a share of one
     core divided by the request rate is the CPU each request cost that process."""
-    if row.result is None or not row.cpu or row.result.requests_per_s <= 0:
+    shares = row.main_thread_cpu if main_thread else row.cpu
+    if row.result is None or not shares or row.result.requests_per_s <= 0:
         return {}
     rate = row.result.requests_per_s
-    return {name: share / 100.0 / rate * 1e6 for name, share in row.cpu.items()}
+    return {
+        name: share / 100.0 / rate * 1e6
+        for name, share in shares.items()
+        if is_processor(name) or not main_thread
+    }
+
+
+def is_processor(name: str) -> bool:
+    """A Python ext_proc processor's process (echo, replay, the gateway, its workers):
+    its main thread runs the event loop. Envoy's main thread serves no requests."""
+    return name in ("processor", "gateway") or name.startswith("worker")
 
 
 def format_cpu_per_request(rows: Sequence[Row]) -> str:
-    """The load rows' CPU per request by process: where the cost of a request goes."""
+    """The load rows' CPU per request by process: where the cost of a request goes. A
+    Python processor's figure also shows, in brackets, its event loop thread's part;
+    the rest is its other threads (grpc's poller and I/O threads, the log writer)."""
     lines = ["CPU per request (us; each process's CPU over the row's req/s):"]
     for row in rows:
         costs = cpu_per_request(row)
         if not costs:
             continue
-        parts = "  ".join(f"{name} {cost:.0f}" for name, cost in costs.items())
+        loops = cpu_per_request(row, main_thread=True)
+        parts = "  ".join(
+            f"{name} {cost:.0f}" + (f" (loop {loops[name]:.0f})" if name in loops else "")
+            for name, cost in costs.items()
+        )
         label = f"{row.title:<30} c={row.connections:<3}"
         lines.append(f"  {label} {parts}  total {sum(costs.values()):.0f}")
     return "\n".join(lines)
@@ -341,9 +361,14 @@ def _row_json(row: Row) -> dict[str, Any]:
         "requests": result.requests if result else None,
         "errors": result.errors if result else None,
         "cpu_percent_of_one_core": row.cpu,
-        "cpu_us_per_request": {name: round(cost, 1) for name, cost in cpu_per_request(row).items()},
+        "cpu_us_per_request": _rounded(cpu_per_request(row)),
+        "cpu_us_per_request_main_thread": _rounded(cpu_per_request(row, main_thread=True)),
         "ext_proc_msgs_per_stream": row.ext_proc_msgs_per_stream,
     }
+
+
+def _rounded(costs: dict[str, float]) -> dict[str, float]:
+    return {name: round(cost, 1) for name, cost in costs.items()}
 
 
 def _comparison_json(comparison: Comparison) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -16,9 +19,10 @@ from benchmarks.configs import (
     prod_overlay,
     write_config,
 )
+from benchmarks.cpu import CpuMeter
 from benchmarks.interleave import Window, apply_windows
 from benchmarks.load_generator import LoadResult
-from benchmarks.report import Row, cpu_per_request, format_cpu_per_request
+from benchmarks.report import Row, cpu_per_request, format_cpu_per_request, json_document
 from benchmarks.targets import TargetFigure, figures, format_targets, format_targets_markdown
 from extproc.config.loader import load_config
 
@@ -120,3 +124,38 @@ def test_cpu_per_request_divides_each_process_share_by_the_request_rate() -> Non
     assert "envoy 220  gateway 600  total 820" in printed
     # A row without CPU samples (or without figures) prints no line.
     assert len(printed.splitlines()) == 2
+
+
+def test_a_processors_event_loop_thread_is_shown_as_a_part_of_its_cpu() -> None:
+    row = _row("c", 16, 2000, 8.0, 16.0)
+    row.cpu.update({"envoy": 44.0, "gateway": 120.0})
+    # Envoy's main thread serves no requests: only the processor's loop is shown.
+    row.main_thread_cpu.update({"envoy": 1.0, "gateway": 80.0})
+    assert cpu_per_request(row, main_thread=True) == {"gateway": 400.0}
+    printed = format_cpu_per_request([row])
+    assert "envoy 220  gateway 600 (loop 400)  total 820" in printed
+    assert json_document([row], [], [], [], {})["rows"][0]["cpu_us_per_request_main_thread"] == {
+        "gateway": 400.0
+    }
+
+
+def test_the_cpu_meter_tells_a_processs_main_thread_from_its_other_threads() -> None:
+    # A process whose main thread sleeps while a second thread spins.
+    script = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    end = time.monotonic() + 30\n"
+        "    while time.monotonic() < end: pass\n"
+        "threading.Thread(target=spin, daemon=True).start()\n"
+        "time.sleep(30)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        time.sleep(0.2)  # let the spinning thread start
+        with CpuMeter({"worker1": process.pid}) as meter:
+            time.sleep(1.0)
+    finally:
+        process.kill()
+        process.wait()
+    assert meter.shares["worker1"] > 10.0
+    assert meter.main_thread_shares["worker1"] < meter.shares["worker1"] / 4
