@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from extproc.chargeback.latency import BOUNDS_MS, BUCKETS, bucket_index, percentile
@@ -72,6 +74,13 @@ def test_sums_of_many_costs_are_exact() -> None:
     assert usd_float(total) == 0.003 and repr(usd_float(total)) == "0.003"
     assert usd_text(total) == "0.003"
     assert usd_text(0) == "0.00" and usd_text(12_500_000_000_000) == "12.50"
+
+
+@given(st.integers(min_value=0, max_value=10**24))
+def test_a_costs_float_is_the_float_nearest_its_exact_amount(picousd: int) -> None:
+    # The log line, the metadata and the metric print this float: it must be the
+    # one nearest the exact decimal amount, whatever the size of the sum.
+    assert usd_float(picousd) == float(usd(picousd))
 
 
 def test_aliases_share_their_model_price_and_unknown_models_are_unpriced(

@@ -93,6 +93,18 @@ async def test_a_body_nested_past_the_limit_is_a_400(processor: Processor) -> No
     assert await refusal(processor, chat(metadata=nested(60))) is None
 
 
+async def test_the_depth_limit_counts_structure_not_brackets_in_text(
+    processor: Processor,
+) -> None:
+    # The body object is level 1; nested(n) adds n - 1 containers.
+    status, _ = await refusal(processor, chat(metadata=nested(65))) or (0, {})
+    assert status == 400
+    assert await refusal(processor, chat(metadata=nested(64))) is None
+    # Brackets inside strings are text, however many there are.
+    text = "[{" * 500
+    assert await refusal(processor, chat(messages=[{"role": "user", "content": text}])) is None
+
+
 async def test_too_many_messages_is_a_400_naming_the_field(processor: Processor) -> None:
     many = [{"role": "user", "content": "x"}] * 1001
     status, error = await refusal(processor, chat(messages=many)) or (0, {})
