@@ -11,9 +11,10 @@ the one source of truth for that numbering (the server binds, the renderer lists
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from extproc.store.spool import append_lines
 
 
 def worker_address(address: str, index: int) -> str:
@@ -66,9 +67,9 @@ def gather_spools(base: str, workers: int) -> None:
         if workers == 1 or not index.isdigit() or int(index) >= workers:
             strays += list(directory.glob("*.jsonl"))
     for stray in strays:
-        keep.mkdir(parents=True, exist_ok=True)
-        with (keep / stray.name).open("ab") as target:
-            target.write(stray.read_bytes())
-            target.flush()
-            os.fsync(target.fileno())
+        data = stray.read_bytes()
+        if data:
+            # A stray torn by a crash mid-append: closed, so the next file's first
+            # record is not glued to it.
+            append_lines(keep / stray.name, data if data.endswith(b"\n") else data + b"\n")
         stray.unlink()

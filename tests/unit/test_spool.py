@@ -1,0 +1,58 @@
+"""The spool keeps every whole record it was given until a replay applied it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from extproc.store.spool import Spool
+from extproc.worker_endpoints import gather_spools
+
+
+class Applied:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.ids: list[str] = []
+        self._delay_s = delay_s
+
+    async def __call__(self, record: dict[str, Any]) -> None:
+        await asyncio.sleep(self._delay_s)  # the store's round trip
+        self.ids.append(record["id"])
+
+
+async def test_a_record_spooled_during_a_replay_waits_for_the_next_one(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "quota")
+    spool.append({"id": "old"})
+    apply = Applied(delay_s=0.2)
+    replay = asyncio.create_task(spool.replay(apply))
+    await asyncio.sleep(0.05)
+    # A settlement fails while the replay is applying "old": spooled from a thread.
+    await asyncio.to_thread(spool.append, {"id": "new"})
+    assert await replay == 1
+    assert spool.pending() == 1
+    assert await spool.replay(apply) == 1
+    assert apply.ids == ["old", "new"] and spool.pending() == 0
+
+
+async def test_a_line_torn_by_a_crash_costs_only_itself(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "usage")
+    spool.append({"id": "a"})
+    # Killed while appending "b": half a line, no newline.
+    with spool.path.open("ab") as torn:
+        torn.write(b'{"id": "b", "tot')
+    spool.append({"id": "c"})
+    apply = Applied()
+    assert await spool.replay(apply) == 3  # the torn line is skipped, and gone
+    assert apply.ids == ["a", "c"] and spool.pending() == 0
+
+
+async def test_gathered_spools_keep_the_records_after_a_torn_tail(tmp_path: Path) -> None:
+    (tmp_path / "worker-0").mkdir()
+    (tmp_path / "worker-3").mkdir()
+    # Worker 0's spool ends in a torn line; worker 3 is beyond the new count of 2.
+    (tmp_path / "worker-0" / "usage.jsonl").write_bytes(b'{"id": "a"}\n{"id": "b", "to')
+    (tmp_path / "worker-3" / "usage.jsonl").write_bytes(b'{"id": "c"}\n')
+    gather_spools(str(tmp_path), 2)
+    apply = Applied()
+    await Spool(tmp_path / "worker-0", "usage").replay(apply)
+    assert apply.ids == ["a", "c"]
