@@ -45,6 +45,15 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class _ReserveCall:
+    """One check-and-reserve script call: a subject's keys and arguments, and its limits."""
+
+    keys: list[str]
+    args: list[Any]
+    limits: list[Limit]
+
+
+@dataclass(frozen=True, slots=True)
 class Denial:
     limit: Limit
     used: int
@@ -78,9 +87,10 @@ class QuotaStore:
         self._on_spooled = on_spooled
         self._flusher: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
-        # Reservations arriving while one is in flight go out together (one pipeline).
-        self.reservations: CoalescingCaller[tuple[list[str], list[Any]], Any] = CoalescingCaller(
-            self._run_reserve
+        # Reservations arriving while one is in flight go out together (one pipeline);
+        # one whose request gave up after it was sent is given back when it lands.
+        self.reservations: CoalescingCaller[_ReserveCall, Any] = CoalescingCaller(
+            self._run_reserve, on_abandoned=self._give_back_abandoned
         )
 
     def now(self) -> float:
@@ -125,35 +135,18 @@ class QuotaStore:
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
         results = await self.reservations.call(
-            [
-                (
-                    [
-                        key
-                        for _, limit in group
-                        for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
-                    ],
-                    [
-                        value
-                        for _, limit in group
-                        for value in (
-                            limit.limit,
-                            1 if limit.kind == "r" else token_cost,
-                            limit.window.ttl_seconds(self.now()),
-                            1 if limit.enforce else 0,
-                            limit.kind,
-                            limit.override_field,
-                        )
-                    ],
-                )
-                for group in groups
-            ]
+            [self._reserve_call([limit for _, limit in group], token_cost) for group in groups]
         )
         reserved = [0] * len(limits)
         used = [0] * len(limits)
         effective = [limit.limit for limit in limits]
         denial: Denial | None = None
+        failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
         for group, result in zip(groups, results, strict=True):
+            if isinstance(result, Exception):
+                failure = failure or result
+                continue
             if int(result[0]) == 0:
                 index = int(result[1]) - 1
                 denial = denial or Denial(group[index][1], int(result[2]), int(result[3]))
@@ -163,21 +156,66 @@ class QuotaStore:
                 reserved[original] = int(result[1 + position * 3])
                 used[original] = int(result[2 + position * 3])
                 effective[original] = int(result[3 + position * 3])
-        if denial is not None:
-            # Another subject refused: give back what this request took elsewhere.
+        if denial is not None or failure is not None:
+            # Another subject refused, or its server failed: give back what this request
+            # took elsewhere, off the request path (spooled if the store cannot take it).
             taken = [(limits[i], reserved[i]) for group in admitted for i, _ in group]
-            await self.settle_now([(limit, -amount) for limit, amount in taken if amount])
-            return denial
+            self._queue_changes([(limit, -amount) for limit, amount in taken if amount])
+            if denial is not None:
+                return denial
+            assert failure is not None
+            raise failure
         return Reservation(limits, reserved, used, effective)
+
+    def _reserve_call(self, limits: list[Limit], token_cost: int) -> _ReserveCall:
+        now = self.now()
+        return _ReserveCall(
+            keys=[
+                key
+                for limit in limits
+                for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+            ],
+            args=[
+                value
+                for limit in limits
+                for value in (
+                    limit.limit,
+                    1 if limit.kind == "r" else token_cost,
+                    limit.window.ttl_seconds(now),
+                    1 if limit.enforce else 0,
+                    limit.kind,
+                    limit.override_field,
+                )
+            ],
+            limits=limits,
+        )
+
+    def _give_back_abandoned(self, calls: list[_ReserveCall], results: list[Any]) -> None:
+        """A request gave up (its timeout, its client gone) after its reservation was
+        sent: what the store reserved for it, requests and tokens, is given back."""
+        changes: list[tuple[Limit, int]] = []
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, Exception) or int(result[0]) == 0:
+                continue  # nothing was reserved
+            for position, limit in enumerate(call.limits):
+                amount = int(result[1 + position * 3])
+                if amount:
+                    changes.append((limit, -amount))
+        self._queue_changes(changes)
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct token reservations with the real usage (None: release them), off the
         request path; request counters stay as counted at admission."""
-        changes = [
-            (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved)
-            for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
-            if limit.kind == "t"
-        ]
+        self._queue_changes(
+            [
+                (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved)
+                for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
+                if limit.kind == "t"
+            ]
+        )
+
+    def _queue_changes(self, changes: list[tuple[Limit, int]]) -> None:
+        """Counter changes for the next settlement batch, merged by key."""
         for limit, delta in changes:
             if not delta:
                 continue
@@ -251,30 +289,53 @@ class QuotaStore:
             ],
         )
 
-    async def _run_reserve(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        return await self._run("reserve", calls)
+    async def _run_reserve(self, calls: list[_ReserveCall]) -> list[Any]:
+        # Each caller learns of its own calls' errors: one subject's server failing
+        # does not fail (and leak) the reservations the other calls made.
+        return await self._run("reserve", [(call.keys, call.args) for call in calls], True)
 
-    async def _run(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One pipelined EVALSHA per subject; reload the scripts once on NOSCRIPT."""
-        for attempt in (0, 1):
-            sha = getattr(self._scripts, name)
+    async def _run(
+        self, name: str, calls: list[tuple[list[str], list[Any]]], errors_as_results: bool = False
+    ) -> list[Any]:
+        """One pipelined EVALSHA per subject; calls that met NOSCRIPT are sent again once
+        the scripts are reloaded. With ``errors_as_results``, a call's error is its result;
+        otherwise the first error is raised."""
+        if len(calls) == 1:
+            # One subject: a plain EVALSHA, without a pipeline's overhead.
+            keys, args = calls[0]
             try:
-                if len(calls) == 1:
-                    # One subject: a plain EVALSHA, without a pipeline's overhead.
-                    keys, args = calls[0]
-                    return [await self._client.evalsha(sha, len(keys), *keys, *args)]
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        # Not pipe.evalsha(): redis-py refuses it in cluster pipelines; the
-                        # raw command is routed by its keys like any other.
-                        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-                    results: list[Any] = await pipe.execute()
-                    return results
+                return [await self._evalsha(name, keys, args)]
             except NoScriptError:
-                if attempt:
-                    raise
                 await self._load_scripts()
-        raise AssertionError("unreachable")
+                return [await self._evalsha(name, keys, args)]
+        results = await self._pipeline(name, calls)
+        missing = [
+            index for index, result in enumerate(results) if isinstance(result, NoScriptError)
+        ]
+        if missing:
+            # A server that lost its scripts (restarted, failed over) ran none of these
+            # calls; the others ran, and must not run again.
+            await self._load_scripts()
+            again = await self._pipeline(name, [calls[index] for index in missing])
+            for index, result in zip(missing, again, strict=True):
+                results[index] = result
+        if not errors_as_results:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
+
+    async def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._client.evalsha(getattr(self._scripts, name), len(keys), *keys, *args)
+
+    async def _pipeline(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        sha = getattr(self._scripts, name)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                # Not pipe.evalsha(): redis-py refuses it in cluster pipelines; the raw
+                # command is routed by its keys like any other.
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def close(self) -> None:
         await self.reservations.close()

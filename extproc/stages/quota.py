@@ -84,7 +84,7 @@ class QuotaStage:
             for name, value in rate_limit_headers(result, store.now()).items()
         }
         out.metadata = {**(out.metadata or {}), **published}
-        await _apply_hard_cap(ctx, result)
+        _apply_hard_cap(ctx, result)
 
     def done(self, ctx: RequestContext) -> None:
         reservation = ctx.reservation
@@ -108,7 +108,7 @@ class QuotaStage:
             store.settle(reservation, None)
 
 
-async def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
+def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     """Cap the completion at what the hard-capped token budgets had left for this request.
 
     What a budget had left is read from this request's own atomic reservation,
@@ -128,11 +128,10 @@ async def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None
     if completion < 1:
         store = ctx.runtime.services.quota_store
         assert store is not None
-        taken = zip(reservation.limits, reservation.reserved, strict=True)
-        await store.settle_now(
-            [(limit, -amount) for limit, amount in taken if limit.kind == "t" and amount]
-        )
+        # The tokens go back (the request counts); forgotten first, so that done()
+        # cannot give them back a second time.
         ctx.reservation = None
+        store.settle(reservation, None)
         tightest_index = min(capped, key=lambda i: reservation.effective[i] - reservation.used[i])
         limit = reservation.limits[tightest_index]
         ctx.quota_decision = "rejected"

@@ -9,20 +9,30 @@ pipeline. The batch grows with the load by itself, and no call waits longer than
 the round trip in flight plus its own.
 
 The round trip is a list-in, list-out function (one result per item, in order):
-each caller gets back the slice of results for its own items. A caller that gives
-up (its timeout, its client gone) before its batch is sent is dropped from it, so
-nothing is reserved for a request that no longer waits.
+each caller gets back the slice of results for its own items. The round trips run
+in a task of their own, never in a caller's, so a caller that gives up (its
+timeout, its client gone) cannot cut a round trip short and lose its answer:
+
+- a caller that gives up before its batch is sent is dropped from it, so nothing
+  is done for a request that no longer waits;
+- one that gives up after its items were sent has its results handed to
+  ``on_abandoned`` when they arrive, so what the store did for it (a quota
+  reservation) can be undone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+log = logging.getLogger(__name__)
+
+_Queued = list[tuple[list[Item], asyncio.Future[list[Result]]]]
 
 
 class StoreClosingError(ConnectionError):
@@ -30,42 +40,43 @@ class StoreClosingError(ConnectionError):
 
 
 class CoalescingCaller(Generic[Item, Result]):
-    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result]]]) -> None:
+    def __init__(
+        self,
+        send: Callable[[list[Item]], Awaitable[list[Result]]],
+        on_abandoned: Callable[[list[Item], list[Result]], None] | None = None,
+    ) -> None:
         self._send = send
-        self._in_flight = False
-        self._queued: list[tuple[list[Item], asyncio.Future[list[Result]]]] = []
-        self._batch: asyncio.Task[None] | None = None
+        self._on_abandoned = on_abandoned
+        self._queued: _Queued[Item, Result] = []
+        # The task sending round trips while calls keep coming (None: idle).
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
         # How many round trips carried how many calls (for tests and the bench).
         self.round_trips = 0
         self.calls = 0
 
     async def call(self, items: list[Item]) -> list[Result]:
         """The results of ``items``, sent alone or with the calls queued beside them."""
-        if self._in_flight:
-            waiter: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-            self._queued.append((items, waiter))
-            return await waiter
-        # Nothing in flight: this call goes at once, in this task (no extra task
-        # or future on an idle gateway's path).
-        self._in_flight = True
-        self.round_trips += 1
-        self.calls += 1
+        if self._closing:
+            raise StoreClosingError("the store is closing")
+        waiter: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._queued.append((items, waiter))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_batches())
+        return await waiter
+
+    async def _send_batches(self) -> None:
         try:
-            return await self._send(items)
+            while not self._closing:
+                batch = [(items, waiter) for items, waiter in self._queued if not waiter.done()]
+                self._queued = []
+                if not batch:
+                    return
+                await self._round_trip(batch)
         finally:
-            self._send_queued()
+            self._sender = None
 
-    def _send_queued(self) -> None:
-        batch = [(items, waiter) for items, waiter in self._queued if not waiter.done()]
-        self._queued = []
-        if not batch:
-            self._in_flight = False
-            return
-        self._batch = asyncio.get_running_loop().create_task(self._send_batch(batch))
-
-    async def _send_batch(
-        self, batch: list[tuple[list[Item], asyncio.Future[list[Result]]]]
-    ) -> None:
+    async def _round_trip(self, batch: _Queued[Item, Result]) -> None:
         self.round_trips += 1
         self.calls += len(batch)
         try:
@@ -75,27 +86,35 @@ class CoalescingCaller(Generic[Item, Result]):
             raise
         except Exception as error:
             _fail(batch, error)
-        else:
-            start = 0
-            for items, waiter in batch:
-                end = start + len(items)
-                if not waiter.done():
-                    waiter.set_result(results[start:end])
-                start = end
-        finally:
-            self._send_queued()
+            return
+        start = 0
+        for items, waiter in batch:
+            end = start + len(items)
+            if not waiter.done():
+                waiter.set_result(results[start:end])
+            elif self._on_abandoned is not None:
+                try:
+                    self._on_abandoned(items, results[start:end])
+                except Exception:
+                    log.exception("undoing an abandoned store call failed")
+            start = end
 
-    async def close(self) -> None:
-        """Stop sending: queued callers get ``StoreClosingError``."""
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop sending: queued callers get ``StoreClosingError``; the round trip in
+        flight finishes (within ``timeout_s``), so its callers get their answers."""
+        self._closing = True
         _fail(self._queued, StoreClosingError("the store is closing"))
         self._queued = []
-        if self._batch is not None and not self._batch.done():
-            self._batch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._batch
+        sender = self._sender
+        if sender is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), timeout_s)
+            except TimeoutError:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
 
 
-def _fail(batch: list[tuple[list[Item], asyncio.Future[list[Result]]]], error: Exception) -> None:
+def _fail(batch: _Queued[Item, Result], error: Exception) -> None:
     for _, waiter in batch:
         if not waiter.done():
             waiter.set_exception(error)

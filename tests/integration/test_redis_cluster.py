@@ -125,6 +125,7 @@ async def test_concurrent_refusals_on_one_node_leave_nothing_reserved_on_the_oth
     )
 
     results = await asyncio.gather(*(store.reserve(found, 7) for _ in range(50)))
+    await store.flush()  # the give-backs go out with the next settlement batch
 
     assert sum(isinstance(result, Reservation) for result in results) == 10
     tokens = [limit for limit in found if limit.kind == "t"]
@@ -192,6 +193,7 @@ async def test_a_refusal_on_one_node_gives_back_what_other_nodes_reserved(
     assert isinstance(await store.reserve(found, 100), Reservation)
 
     refused = await store.reserve(found, 100)
+    await store.flush()  # the give-back goes out with the next settlement batch
 
     assert isinstance(refused, Denial) and refused.limit.rule == "group-requests"
     tokens = [limit for limit in found if limit.kind == "t"]
@@ -212,6 +214,27 @@ async def test_scripts_lost_on_every_node_are_loaded_again(
     granted = await store.reserve(found, 1)
 
     assert isinstance(granted, Reservation) and granted.used == [1, 1]
+
+
+async def test_scripts_lost_on_one_node_do_not_reserve_twice_on_the_others(
+    store: QuotaStore, client: StoreClient, cluster: ValkeyCluster
+) -> None:
+    # One node restarted (or a replica took over) without the scripts: the calls to
+    # the other nodes already ran, and must not run again when the rest is resent.
+    found = limits(
+        store,
+        LimitRule(name="key-tokens", subject="api_key", tokens_per_hour=100_000),
+        LimitRule(name="user-tokens", subject="user", tokens_per_hour=100_000),
+        LimitRule(name="group-tokens", subject="group", tokens_per_hour=100_000),
+    )
+    group_node = await node_of(client, cluster, found[2].key(PREFIX))
+    with cluster.nodes[group_node].client() as node:
+        node.script_flush()
+
+    granted = await store.reserve(found, 300)
+
+    assert isinstance(granted, Reservation) and granted.reserved == [300, 300, 300]
+    assert [int(await client.get(limit.key(PREFIX))) for limit in found] == [300, 300, 300]
 
 
 async def test_usage_rollups_of_hours_on_different_nodes_add_up(

@@ -79,15 +79,37 @@ async def test_a_failed_round_trip_fails_its_callers_and_the_next_one_works() ->
     assert await caller.call([5]) == [10]
 
 
-async def test_closing_fails_what_is_queued() -> None:
+async def test_closing_fails_what_is_queued_and_lets_the_round_trip_in_flight_answer() -> None:
     store = FakeStore()
     caller = CoalescingCaller(store.send)
     first = asyncio.create_task(caller.call([1]))
     await asyncio.sleep(0)
     queued = asyncio.create_task(caller.call([2]))
     await asyncio.sleep(0)
-    await caller.close()
+    closing = asyncio.create_task(caller.close())
     with pytest.raises(StoreClosingError):
         await queued
     store.release.set()
+    await closing
     assert await first == [2]
+    assert store.sent == [[1]]
+    with pytest.raises(StoreClosingError):
+        await caller.call([3])
+
+
+async def test_a_caller_that_gave_up_after_its_batch_left_gets_its_results_undone() -> None:
+    store = FakeStore()
+    abandoned: list[tuple[list[int], list[int]]] = []
+    caller = CoalescingCaller(store.send, lambda items, results: abandoned.append((items, results)))
+    first = asyncio.create_task(caller.call([1]))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(caller.call([2, 3]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # A timeout while the round trip is in flight: the store still does the work.
+    first.cancel()
+    store.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await gone == [4, 6]
+    assert abandoned == [([1], [2])]

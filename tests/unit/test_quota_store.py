@@ -4,6 +4,7 @@ settlement, run-time overrides, and rollback when another subject refuses."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.context import Identity
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import Denial, QuotaStore, Reservation
-from extproc.store.connection import connect
+from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey
 
 ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="eng")
@@ -128,3 +129,45 @@ async def test_concurrent_reservations_share_round_trips_and_each_gets_its_own_a
     assert [r.reserved[0] for r in results if isinstance(r, Reservation)] == costs
     assert max(r.used[0] for r in results if isinstance(r, Reservation)) == sum(costs)
     assert store.reservations.round_trips - before < len(costs)
+
+
+# A slow command of another client: it keeps the server busy for ARGV[1] iterations.
+# (Not a wait on TIME: a script sees the time frozen at its start.)
+BUSY_SERVER = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + i end return 1"
+
+
+async def busy_iterations(client: StoreClient, seconds: float) -> int:
+    """How many BUSY_SERVER iterations keep this server busy for about ``seconds``."""
+    trial = 5_000_000
+    started = time.monotonic()
+    await client.eval(BUSY_SERVER, 0, trial)
+    return int(trial * seconds / max(time.monotonic() - started, 1e-3))
+
+
+async def test_a_reservation_whose_request_gave_up_in_flight_is_given_back(
+    store: QuotaStore, valkey: EmbeddedValkey
+) -> None:
+    found = limits(
+        store,
+        LimitRule(name="budget", subject="user", tokens_per_hour=10_000),
+        LimitRule(name="calls", subject="user", requests_per_hour=100),
+    )
+    other = connect(valkey.url, 5.0)
+    try:
+        iterations = await busy_iterations(other, 0.5)
+        busy = asyncio.create_task(other.eval(BUSY_SERVER, 0, iterations))
+        await asyncio.sleep(0.05)
+        # The request's budget runs out while its reservation waits on the busy
+        # server; the server makes the reservation all the same.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await store.reserve(found, 700)
+        await busy
+    finally:
+        await other.aclose()
+    # The next request's reservation goes out after the abandoned one has landed.
+    after = await store.reserve(found, 1)
+    assert isinstance(after, Reservation)
+    await store.flush()
+    counters = [int(await store._client.get(limit.key("t:"))) for limit in found]
+    assert counters == [1, 1]  # only the request that waited for its answer
