@@ -108,13 +108,6 @@ def totals_of(entries: list[UsageEntry]) -> UsageTotals:
     return totals
 
 
-def merge_totals(into: UsageTotals, more: UsageTotals) -> None:
-    for key, counts in more.items():
-        target = into.setdefault(key, [0] * len(MEASURES))
-        for index, value in enumerate(counts):
-            target[index] += value
-
-
 def counts_from(values: list[Any]) -> list[int]:
     """Counts read back from a spool record; older records carry fewer measures."""
     counts = [int(value) for value in values[: len(MEASURES)]]

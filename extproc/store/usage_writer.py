@@ -5,9 +5,10 @@ that are only read by reports. Instead each finished request adds to in-memory
 totals, and a background task flushes them every ``interval_s`` (or sooner
 when many accumulate). A failed flush keeps its totals in the spool file and
 replays them, once each, when the store is back, so a store outage delays the
-rollup but loses nothing; shutdown flushes what is left. The exposure is a
-crash (SIGKILL) between flushes: at most ``interval_s`` of rollups, which the
-per-request log lines still hold.
+rollup but loses nothing; shutdown lets a flush in progress finish, then
+flushes what is left. A batch the spool's disk cannot take either waits in
+memory under its id. The exposure is a crash (SIGKILL) between flushes: at most
+``interval_s`` of rollups, which the per-request log lines still hold.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from extproc.store.usage import (
     UsageTotals,
     add_entry,
     counts_from,
-    merge_totals,
 )
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,11 @@ class UsageWriter:
         self._timeout = timeout_s
         self._pending: UsageTotals = {}
         self._count = 0
+        # Batches neither written nor spooled (no spool, or its disk failed), kept
+        # with their ids: sent again as they were, so each still counts once.
+        self._unsent: list[tuple[UsageTotals, str]] = []
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._spool = spool
 
@@ -63,33 +67,55 @@ class UsageWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                # Nothing is dropped (see flush); the next interval tries again.
+                log.exception("usage rollup flush failed")
 
     async def flush(self) -> bool:
         """Write what is pending (then what the spool holds); True when all of it landed."""
-        written = True
+        batches, self._unsent = self._unsent, []
         if self._pending:
-            batch, self._pending, self._count = self._pending, {}, 0
-            batch_id = uuid.uuid4().hex
-            try:
-                await asyncio.wait_for(self._store.record_totals(batch, batch_id), self._timeout)
-            except Exception as exc:
-                self._on_error()
-                written = False
-                log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
-                await self._keep(batch, batch_id)
+            batches.append((self._pending, uuid.uuid4().hex))
+            self._pending, self._count = {}, 0
+        written = True
+        for batch, batch_id in batches:
+            written = await self._write(batch, batch_id) and written
         if written and self._spool is not None:
-            await self._spool.replay(self._replay_one)
+            try:
+                await self._spool.replay(self._replay_one)
+            except OSError:
+                log.exception("usage rollup spool could not be read")
+                return False
         return written
+
+    async def _write(self, batch: UsageTotals, batch_id: str) -> bool:
+        try:
+            await asyncio.wait_for(self._store.record_totals(batch, batch_id), self._timeout)
+            return True
+        except asyncio.CancelledError:
+            # Cut short (it may have landed): kept under its id for the last flush.
+            self._unsent.append((batch, batch_id))
+            raise
+        except Exception as exc:
+            self._on_error()
+            log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
+        try:
+            await self._keep(batch, batch_id)
+        except OSError:
+            log.exception("usage rollup spool not writable: the batch waits in memory")
+            self._unsent.append((batch, batch_id))
+        return False
 
     async def _keep(self, batch: UsageTotals, batch_id: str) -> None:
         if self._spool is None:
-            # No spool: keep it in memory for the next flush (lost only on a crash).
-            merge_totals(self._pending, batch)
+            # No spool: kept in memory for the next flush (lost only on a crash).
+            self._unsent.append((batch, batch_id))
             return
         rows = [[bucket, prefix, *counts] for (bucket, prefix), counts in batch.items()]
         # fsync is disk I/O: off the event loop.
@@ -102,8 +128,11 @@ class UsageWriter:
         await asyncio.wait_for(self._store.record_totals(totals, str(record["id"])), self._timeout)
 
     async def close(self) -> None:
+        """Let a flush in progress finish (never cut it short: its batch would be in
+        neither the store nor the spool), then write what is left."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if not await self.flush():
             log.error("usage rollups not written at shutdown: the store did not answer")

