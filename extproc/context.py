@@ -156,6 +156,8 @@ class RequestContext:
     finish_reasons: list[str] = field(default_factory=list)
     # The tail of the last response chunk, so a reason cut in two is still read.
     finish_carry: bytes = b""
+    # The same for the stream's end marker ("data: [DONE]"); it starts as a line start.
+    stream_end_carry: bytes = b"\n"
     # The span metadata has gone to Envoy with the usage (before the stream's end).
     usage_in_metadata: bool = False
     # Prompt and completion text, kept only when the log or traces include content.

@@ -207,10 +207,11 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     Envoy sends the ``response.code`` and ``response.code_details`` attributes with
     it. A provider's answer is marked like Envoy's router marks it, so stages tell
     it from Envoy's own local reply (timeout, provider unreachable) as they do on
-    the full path. The content type is the one a pass-through answer has: an event
-    stream when the client asked for a stream, else JSON; an error's is guessed
-    from its first byte. Header changes a stage asks for cannot apply (the headers
-    have left); lean requests are the ones that need none.
+    the full path. The content type is guessed from the answer's first byte: JSON
+    when it opens an object or array (an error, or a provider that ignored
+    ``stream``), else the one a pass-through answer has, an event stream when the
+    client asked for a stream. Header changes a stage asks for cannot apply (the
+    headers have left); lean requests are the ones that need none.
     """
     found = request.attributes.get(ATTRIBUTES_KEY)
     fields = found.fields if found is not None else {}
@@ -220,8 +221,8 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     details = fields.get("response.code_details")
     if details is not None and details.string_value == "via_upstream":
         result[ENVOY_UPSTREAM_TIME] = "0"
-    if 0 < status < 400:
-        result["content-type"] = SSE if stream else JSON
-    elif request.response_body.body.lstrip()[:1] in (b"{", b"["):
+    if request.response_body.body.lstrip()[:1] in (b"{", b"["):
         result["content-type"] = JSON
+    elif 0 < status < 400:
+        result["content-type"] = SSE if stream else JSON
     return result

@@ -10,7 +10,9 @@ stream is cut short without a usage report, the request's usage becomes an
 estimate: prompt tokens as the quota estimate counts them, completion tokens
 at one per four characters. The quota stage then settles the reservation with
 that estimate instead of holding the whole reservation, and the log line, the
-token metrics and the usage rollup record it, marked ``usage_estimated``.
+token metrics and the usage rollup record it, marked ``usage_estimated``. A
+stream cut after the provider's usage report was read (a client that did not ask
+for usage has no reason to wait for it) keeps that report: it is the usage.
 
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
@@ -49,6 +51,12 @@ class PartialUsageStage:
             return
         if ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None:
             return  # nothing was generated
+        translator = ctx.translator
+        if translator is not None and translator.usage is not None:
+            ctx.usage = translator.usage
+            ctx.usage_reported = True
+            ctx.response_model = translator.response_model
+            return
         prompt = estimate_prompt_tokens(ctx.body)
         completion = -(-ctx.generated_chars // CHARS_PER_TOKEN)
         ctx.usage = Usage(prompt, completion, prompt + completion)

@@ -75,18 +75,16 @@ class ResponseStage:
         request_cost(ctx)
 
 
-# What a stream's client reads last, by the API it speaks.
-# At the start of a line: generated text cannot fake it (JSON escapes newlines).
-_OPENAI_STREAM_END = b"data: [DONE]"
-_ANTHROPIC_STREAM_END = b"event: message_stop"
-_ENDS = {
-    "openai": (_OPENAI_STREAM_END, b"\n" + _OPENAI_STREAM_END),
-    "anthropic": (_ANTHROPIC_STREAM_END, b"\n" + _ANTHROPIC_STREAM_END),
-}
+# What a stream's client reads last, by the API it speaks, at the start of a line:
+# generated text cannot fake it (JSON escapes newlines).
+_ENDS = {"openai": b"\ndata: [DONE]", "anthropic": b"\nevent: message_stop"}
 
 
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
     if ctx.response_status >= 400 or not sent:
         return False
-    first_line, later_line = _ENDS[ctx.error_shape]
-    return sent.startswith(first_line) or later_line in sent
+    marker = _ENDS[ctx.error_shape]
+    # With the tail of what was sent before: a marker split over two chunks counts.
+    seen = ctx.stream_end_carry + sent
+    ctx.stream_end_carry = seen[1 - len(marker) :]
+    return marker in seen

@@ -77,3 +77,92 @@ async def test_a_whole_stream_is_never_estimated(processor: Processor, services:
     assert line["outcome"] == "completed"
     assert (line["usage_reported"], line["usage_estimated"]) == (False, False)
     assert line["total_tokens"] == 0
+
+
+CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":"stop"}]}\n\n'
+USAGE = (
+    b'data: {"choices":[],"usage":{"prompt_tokens":900,"completion_tokens":700,'
+    b'"total_tokens":1600}}\n\n'
+)
+
+
+async def test_a_stream_cut_after_its_usage_report_keeps_the_report(
+    processor: Processor, services: Services
+) -> None:
+    await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(BODY),
+            response_headers(200, {"content-type": "text/event-stream"}),
+            response_body(CONTENT, end_of_stream=False),
+            response_body(USAGE, end_of_stream=False),
+            # The client, which did not ask for usage, hung up before [DONE].
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["outcome"] == "aborted"
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (900, 700)
+
+
+async def test_an_anthropic_stream_cut_before_message_stop_keeps_its_report(
+    processor: Processor, services: Services
+) -> None:
+    body = orjson.dumps(
+        {
+            "model": "claude-3-5-haiku-latest",
+            "stream": True,
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "x" * 40}],
+        }
+    )
+    events = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-3-5",'
+        b'"usage":{"input_tokens":500,"output_tokens":1}}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hello"}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":300}}\n\n'
+    )
+    await run_stream(
+        processor,
+        [
+            request_headers("/v1/messages", headers={"x-api-key": "team1-key"}),
+            request_body(body),
+            response_headers(200, {"content-type": "text/event-stream"}),
+            response_body(events, end_of_stream=False),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (500, 300)
+    assert line["usage_reported"] is True
+
+
+async def test_an_end_marker_split_over_two_chunks_still_ends_the_stream(
+    processor: Processor, services: Services
+) -> None:
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    events = CONTENT + USAGE + b"data: [DONE]\n\n"
+    cut = events.index(b"[DONE]") + 3
+    await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(body),
+            response_headers(200, {"content-type": "text/event-stream"}),
+            response_body(events[:cut], end_of_stream=False),
+            response_body(events[cut:], end_of_stream=False),
+            # The client read [DONE] and hung up: Envoy drops the empty end of stream.
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (900, 700)

@@ -86,6 +86,34 @@ def test_the_first_body_message_tells_the_status_and_the_kind_of_answer() -> Non
     assert streamed["content-type"] == "text/event-stream"
     local_reply = lean_response_headers(first_chunk(b"upstream timeout", 504, "timeout"), False)
     assert local_reply == {":status": "504"}
+    # A provider that ignored "stream": true answers JSON, and is read as JSON.
+    ignored = lean_response_headers(first_chunk(b' {"id":1}', 200), stream=True)
+    assert ignored["content-type"] == "application/json"
+
+
+async def test_a_stream_answered_with_json_on_the_lean_path_is_counted(
+    services: Services, processor: Processor
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    answer = orjson.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }
+    )
+    await run_stream(
+        processor,
+        [
+            request_headers("/openai/gpt-4o-mini", headers=AUTH),
+            request_body(orjson.dumps(body)),
+            first_chunk(answer, 200),
+            response_body(b"", end_of_stream=True),
+        ],
+    )
+    line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (7, 3)
 
 
 async def test_a_lean_answer_in_two_chunks_is_counted_from_the_whole_body(
