@@ -1,7 +1,8 @@
 """Hourly usage rollups: requests, tokens, cost and latency buckets per dimension set.
 
 One hash per UTC hour, ``<prefix>usage:<YYYYMMDDHH>``; each field is the
-dimension values joined by tabs, then the measure name. A request counts in the
+dimension values joined by tabs, then the measure name (a tab or backslash in
+a value is written ``\\t`` or ``\\\\``). A request counts in the
 hour it started, the same timestamp its log line carries, so the rollup and the
 logs reconcile exactly. Every hash expires after ``usage_retention_days``.
 
@@ -16,6 +17,8 @@ Only non-zero measures are written.
 from __future__ import annotations
 
 import functools
+import math
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,10 +86,25 @@ def _bucket_of_hour(hour: int) -> str:
     return hour_bucket(datetime.fromtimestamp(hour * 3600, UTC))
 
 
+def hour_of(timestamp: float) -> int:
+    """The hour a timestamp falls in, as its log line names it: ``datetime`` rounds a
+    timestamp to the microsecond (half to even) first, so 0.3 us before the hour is
+    already the next hour's first microsecond."""
+    fraction, whole = math.modf(timestamp)
+    if round(fraction * 1e6) >= 1_000_000:
+        whole += 1
+    return int(whole) // 3600
+
+
 def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
     # Formatting a date per request showed in profiles; the hour number is enough to key it.
-    bucket = _bucket_of_hour(int(entry.started_at // 3600))
-    prefix = _SEPARATOR.join(entry.dimensions.get(d, "") for d in DIMENSIONS) + _SEPARATOR
+    bucket = _bucket_of_hour(hour_of(entry.started_at))
+    values = [entry.dimensions.get(d, "") for d in DIMENSIONS]
+    prefix = _SEPARATOR.join(values) + _SEPARATOR
+    if prefix.count(_SEPARATOR) != len(DIMENSIONS) or "\\" in prefix:
+        # A value holds the separator (a client's model name, a JWT claim): escaped,
+        # so that the field still splits into its six values.
+        prefix = _SEPARATOR.join(map(_escape, values)) + _SEPARATOR
     counts = totals.get((bucket, prefix))
     if counts is None:
         counts = totals[(bucket, prefix)] = [0] * len(MEASURES)
@@ -99,6 +117,21 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[5] += 1
     if entry.latency_ms is not None:
         counts[_LATENCY_OFFSET + bucket_index(entry.latency_ms)] += 1
+
+
+_ESCAPES = {"\\": "\\\\", _SEPARATOR: "\\t"}
+_UNESCAPED = {"\\\\": "\\", "\\t": _SEPARATOR}
+_ESCAPED = re.compile(r"\\[\\t]")
+
+
+def _escape(value: str) -> str:
+    return "".join(_ESCAPES.get(char, char) for char in value)
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return _ESCAPED.sub(lambda found: _UNESCAPED[found.group()], value)
 
 
 def totals_of(entries: list[UsageEntry]) -> UsageTotals:
@@ -182,7 +215,7 @@ def _add(
     index = _INDEX.get(measure)
     if index is None or len(values) != len(DIMENSIONS):
         return  # a batch id, or a measure of a newer version
-    dimensions = dict(zip(DIMENSIONS, values, strict=True))
+    dimensions = dict(zip(DIMENSIONS, map(_unescape, values), strict=True))
     group = tuple(dimensions[d] for d in by)
     row = rows.get(group)
     if row is None:

@@ -19,7 +19,7 @@ from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.spool import Spool
-from extproc.store.usage import UsageEntry, UsageStore
+from extproc.store.usage import UsageEntry, UsageStore, totals_of
 from extproc.store.usage_writer import UsageWriter
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
@@ -239,3 +239,23 @@ async def test_the_writer_outlives_a_spool_it_cannot_write(tmp_path: Path) -> No
         await client.aclose()
         if server.is_running():
             server.stop()
+
+
+async def test_values_holding_tabs_or_backslashes_are_reported_as_they_were(
+    store: UsageStore,
+) -> None:
+    # A client names the model; a JWT names the user: either may hold the separator.
+    odd = {"model": "claude-x\ty", "user_id": "corp\\alice\\t", "provider": "mock"}
+    await store.record(UsageEntry(T0, odd, 100, 20))
+    await store.record(entry(T0, "gpt-4o", 1, 1))
+    rows = await store.query(*DAY, ("model", "user_id"))
+    found = {(r.dimensions["model"], r.dimensions["user_id"]): r.prompt_tokens for r in rows}
+    assert found == {("claude-x\ty", "corp\\alice\\t"): 100, ("gpt-4o", ""): 1}
+
+
+def test_a_request_counts_in_the_hour_its_log_line_names() -> None:
+    # 0.3 us before 11:00: the log line, which keeps microseconds, says 11:00:00.000.
+    started = datetime(2026, 3, 1, 11, tzinfo=UTC).timestamp() - 0.3e-6
+    assert datetime.fromtimestamp(started, UTC).hour == 11
+    [(bucket, _)] = totals_of([UsageEntry(started, DIMS, 1, 1)])
+    assert bucket == "2026030111"
