@@ -9,6 +9,7 @@ rollup rows, so the CLI prints exactly the same thing whichever way it asked.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 from grpc import aio as grpc_aio
 
@@ -52,6 +53,9 @@ class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
         return await self._call(context, work)
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _row(row: UsageRow) -> pb.UsageRow:
     answer = pb.UsageRow(
         dimensions=row.dimensions,
@@ -62,9 +66,10 @@ def _row(row: UsageRow) -> pb.UsageRow:
         total_tokens=row.total_tokens,
         unpriced_requests=row.unpriced_requests,
         cost_usd=usd_text(row.cost_picousd),
-        cost_picousd=row.cost_picousd,
         latency_buckets=row.latency_buckets,
     )
+    if row.cost_picousd <= _INT64_MAX:
+        answer.cost_picousd = row.cost_picousd
     p50, p95 = row.latency_ms(0.50), row.latency_ms(0.95)
     if p50 is not None and p95 is not None:
         answer.latency_p50_ms = p50
@@ -95,7 +100,8 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 prompt_tokens=found.prompt_tokens,
                 completion_tokens=found.completion_tokens,
                 cached_tokens=found.cached_tokens,
-                cost_picousd=found.cost_picousd,
+                # The decimal text: exact at any size, where cost_picousd stops at int64.
+                cost_picousd=int(Decimal(found.cost_usd).scaleb(12)),
                 unpriced_requests=found.unpriced_requests,
                 latency_buckets=buckets + [0] * (BUCKETS - len(buckets)),
             )

@@ -88,6 +88,27 @@ async def test_a_month_by_group_and_model_with_costs_and_latency(
     assert render(rows_from_report(report), by, period, "csv") == render(direct, by, period, "csv")
 
 
+async def test_a_report_of_millions_of_dollars_is_exact(
+    usage_api: tuple[pb_grpc.UsageReportsStub, UsageStore],
+) -> None:
+    stub, store = usage_api
+    # Two groups of $5M each: the total passes int64 picodollars.
+    five_million = 5_000_000 * 10**12
+    await store.record(entry("marketing", "gpt-4o", five_million, 120))
+    await store.record(entry("sales", "gpt-4o", five_million + 1, 120))
+    request = pb.UsageReportRequest(month="2026-02", group_by=["group"])
+
+    report = await stub.GetUsageReport(request, metadata=AUTH)
+
+    assert report.totals.cost_usd == "10000000.000000000001"
+    assert not report.totals.HasField("cost_picousd")
+    assert [row.cost_picousd for row in report.rows] == [five_million, five_million + 1]
+    period = Period(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
+    by = ("group_id",)
+    direct = await store.query(period.start, period.end, by)
+    assert render(rows_from_report(report), by, period, "csv") == render(direct, by, period, "csv")
+
+
 async def test_usage_needs_the_admin_token_and_whole_hours(
     usage_api: tuple[pb_grpc.UsageReportsStub, UsageStore],
 ) -> None:
