@@ -241,13 +241,23 @@ class QuotaStore:
         batch_id = uuid.uuid4().hex
         try:
             await asyncio.wait_for(self._settle_raw(changes, batch_id), SETTLE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            # Cut short: it may have landed or not; spooled under its id, it counts once.
+            self._keep(changes, batch_id)
+            raise
         except Exception as exc:
             log.warning("quota settlement failed, spooled: %s", type(exc).__name__)
             self._on_spooled()
-            if self._spool is None:
-                return
             # fsync is disk I/O: off the event loop.
-            await asyncio.to_thread(self._spool.append, {"id": batch_id, "changes": changes})
+            await asyncio.to_thread(self._keep, changes, batch_id)
+
+    def _keep(self, changes: list[tuple[str, str, int, int]], batch_id: str) -> None:
+        if self._spool is None:
+            return
+        try:
+            self._spool.append({"id": batch_id, "changes": changes})
+        except OSError:
+            log.exception("a quota settlement is lost: the spool cannot be written")
 
     async def replay_spool(self) -> int:
         """Settlements the store missed, in order; each batch counts once."""
@@ -343,7 +353,7 @@ class QuotaStore:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)
         if self._flusher is not None:
-            self._flusher.cancel()
+            # Not cancelled: a flush in progress holds the only copy of its batch.
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self.flush()

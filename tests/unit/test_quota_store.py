@@ -171,3 +171,29 @@ async def test_a_reservation_whose_request_gave_up_in_flight_is_given_back(
     await store.flush()
     counters = [int(await store._client.get(limit.key("t:"))) for limit in found]
     assert counters == [1, 1]  # only the request that waited for its answer
+
+
+async def test_a_settlement_in_flight_when_the_store_closes_is_written(
+    valkey: EmbeddedValkey,
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    store = QuotaStore(client, "t:")
+    await store.start()
+    found = limits(store, LimitRule(name="budget", subject="user", tokens_per_hour=10_000))
+    reservation = await store.reserve(found, 700)
+    assert isinstance(reservation, Reservation)
+    other = connect(valkey.url, 5.0)
+    try:
+        iterations = await busy_iterations(other, 0.4)
+        # The store is busy when the settlement goes out, and the gateway stops.
+        busy = asyncio.create_task(other.eval(BUSY_SERVER, 0, iterations))
+        await asyncio.sleep(0.05)
+        store.settle(reservation, 40)
+        await asyncio.sleep(0.1)
+        await store.close()
+        await busy
+        assert int(await client.get(found[0].key("t:"))) == 40
+    finally:
+        await other.aclose()
+        await client.aclose()
