@@ -167,6 +167,10 @@ class Runtime:
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
+        # Alias -> the model's configured name, which access and quota rules name.
+        self.canonical_model = {
+            alias: model.name for model in config.models for alias in model.aliases
+        }
         # Primary model -> {provider name -> the chain member it serves}: how an
         # attempt of a failover request finds what to translate for.
         self.failover: dict[str, dict[str, tuple[str, Upstream]]] = {}
@@ -197,6 +201,9 @@ class Runtime:
         """Whether a request skips the response-headers message (``response_path``)."""
         if self.guardrails.guards_answers(route.name):
             return False  # masking changes the body's length: its headers must be answered
+        if named_model is not None:
+            # An alias takes its model's path (its failover chain included).
+            named_model = self.canonical_model.get(named_model, named_model)
         return is_lean(
             self.config, route, named_model, self.lean_routes, self.resolve_upstream, self.failover
         )

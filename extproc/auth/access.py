@@ -37,14 +37,22 @@ class AccessPolicy:
     def __init__(self, rules: Sequence[AccessRule]) -> None:
         self._rules = tuple(rules)
 
-    def denial(self, identity: Identity, model: str, route: str | None) -> str | None:
-        """Why ``identity`` may not use ``model`` on ``route``; None when it may."""
-        if identity.allowed_models and not _model_matches(identity.allowed_models, model):
+    def denial(
+        self, identity: Identity, model: str, route: str | None, canonical: str | None = None
+    ) -> str | None:
+        """Why ``identity`` may not use ``model`` on ``route``; None when it may.
+
+        ``canonical`` is the configured name of the model ``model`` is an alias of: a
+        rule or a key's list naming either name covers the request, so an alias
+        neither escapes a rule nor is refused where its model is allowed."""
+        names = (model,) if canonical is None or canonical == model else (model, canonical)
+        allowed_models = identity.allowed_models
+        if allowed_models and not any(_model_matches(allowed_models, name) for name in names):
             return f"API key '{identity.api_key_id}' may not use model '{model}'"
         covering = [
             rule
             for rule in self._rules
-            if (not rule.models or _model_matches(rule.models, model))
+            if (not rule.models or any(_model_matches(rule.models, name) for name in names))
             and (route is None or not rule.routes or route in rule.routes)
         ]
         if not covering or any(_allows(rule, identity) for rule in covering):

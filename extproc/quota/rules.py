@@ -106,12 +106,20 @@ class RuleSet:
         return found
 
     def limits_for(
-        self, identity: Identity, headers: dict[str, str], model: str, now: float
+        self,
+        identity: Identity,
+        headers: dict[str, str],
+        model: str,
+        now: float,
+        canonical: str | None = None,
     ) -> list[Limit]:
+        """The limits on this request; a rule naming ``model`` or its ``canonical`` name
+        (``model`` being an alias) covers it."""
+        names = (model,) if canonical is None or canonical == model else (model, canonical)
         found: list[Limit] = []
         for rule in self.rules:
             subject = _subject_value(rule, identity, headers)
-            if subject is None or not _selected(rule, subject) or not _covers(rule, model):
+            if subject is None or not _selected(rule, subject) or not _covers(rule, names):
                 continue
             found.extend(self._limits(rule, subject, now))
         return found
@@ -160,12 +168,13 @@ def _selected(rule: LimitRule, subject: str) -> bool:
     return subject in match
 
 
-def _covers(rule: LimitRule, model: str) -> bool:
+def _covers(rule: LimitRule, names: tuple[str, ...]) -> bool:
     if not rule.models:
         return True
     return any(
-        model.startswith(pattern[:-1]) if pattern.endswith("*") else model == pattern
+        name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
         for pattern in rule.models
+        for name in names
     )
 
 

@@ -13,6 +13,7 @@ clients that did not ask for it). Logging, metrics and quotas stay downstream.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import orjson
@@ -62,9 +63,14 @@ class AttemptStage:
         ctx.route = ATTEMPT_ROUTE
         ctx.provider = member[1].provider.name
         ctx.provider_type = member[1].provider.type
+        # The id the answer's translation names the completion after.
+        ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
         # Envoy replays an attempt's header changes into the next attempt: drop every
-        # provider credential an earlier attempt set, before this one sets its own.
+        # provider credential an earlier attempt set, before this one sets its own,
+        # and forget them here too, so this attempt's own are set, not taken as there.
         out.remove_headers.extend(_ATTEMPT_CREDENTIALS)
+        for name in _ATTEMPT_CREDENTIALS:
+            ctx.request_headers.pop(name, None)
 
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
         upstream = ctx.upstream

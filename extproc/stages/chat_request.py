@@ -57,7 +57,8 @@ class ChatRequestStage:
             raise ModelNotFoundError(
                 f"The model '{shown}' does not exist or is not served {where}", param="model"
             )
-        denial = ctx.runtime.access.denial(ctx.identity, model, route.name)
+        canonical = ctx.runtime.canonical_model.get(model)
+        denial = ctx.runtime.access.denial(ctx.identity, model, route.name, canonical)
         if denial is not None:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
         ctx.provider = upstream.provider.name
@@ -82,8 +83,10 @@ class ChatRequestStage:
                 code="ambiguous_body",
             )
         ctx.upstream = upstream
-        if route.api is RouteApi.OPENAI_CHAT and model in ctx.runtime.failover:
-            ctx.failover_model = model
+        # Asked by an alias, the model fails over along its own chain.
+        primary = canonical or model
+        if route.api is RouteApi.OPENAI_CHAT and primary in ctx.runtime.failover:
+            ctx.failover_model = primary
 
 
 class UpstreamRequestStage:

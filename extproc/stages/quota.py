@@ -38,7 +38,11 @@ class QuotaStage:
                 ctx.quota_decision = "none"
             return None
         limits = runtime.quota_rules.limits_for(
-            ctx.identity, ctx.request_headers, ctx.model, store.now()
+            ctx.identity,
+            ctx.request_headers,
+            ctx.model,
+            store.now(),
+            runtime.canonical_model.get(ctx.model),
         )
         if not limits:
             ctx.quota_decision = "none"
