@@ -298,11 +298,11 @@ def _provider_key(provider: ProviderConfig) -> str | None:
         return provider.api_key.get_secret_value()
     if provider.api_key_file:
         # Read once per (re)load; a rotated Kubernetes Secret is picked up on reload.
+        where = f"providers.{provider.name}.api_key_file"
         try:
             return Path(provider.api_key_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise ConfigError(
-                "config",
-                [f"providers.{provider.name}.api_key_file: cannot read: {exc.strerror}"],
-            ) from None
+            raise ConfigError("config", [f"{where}: cannot read: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError("config", [f"{where}: not UTF-8 text"]) from None
     return None

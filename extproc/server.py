@@ -104,7 +104,11 @@ class Gateway:
     async def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; new streams use it, open ones keep theirs."""
         runtime = Runtime(config, self.services)
-        await runtime.start()
+        try:
+            await runtime.start()
+        except BaseException:
+            await runtime.close()  # its JWKS refresher and sessions must not outlive it
+            raise
         if config.server != self.config.server or config.store != self.config.store:
             log.warning("server and store settings change only on restart")
         management, current = config.management, self.config.management

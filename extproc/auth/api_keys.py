@@ -53,6 +53,11 @@ class ApiKeyStore:
         for key_id, secret in directory.items():
             if key_id in known:
                 continue
+            if len(secret) < 8:
+                problems.append(
+                    f"auth.api_key_directory/{key_id}: the key is shorter than 8 characters"
+                )
+                continue
             digest = key_digest(secret)
             if digest not in self._by_digest:
                 self._by_digest[digest] = (digest, api_key_of(ApiKeyConfig(id=key_id)))
@@ -101,6 +106,8 @@ def _digest_of(spec: ApiKeyConfig, directory: dict[str, str]) -> bytes:
             secret = Path(spec.key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read key_file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError("key_file is not UTF-8 text") from None
     elif spec.id in directory:
         secret = directory[spec.id]
     else:
@@ -118,10 +125,20 @@ def _read_directory(path: str | None) -> dict[str, str]:
     if not root.is_dir():
         raise ConfigError("auth", [f"auth.api_key_directory: {path} is not a directory"])
     keys: dict[str, str] = {}
+    problems: list[str] = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or not entry.is_file():
             continue
-        secret = entry.read_text(encoding="utf-8").strip()
+        try:
+            secret = entry.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"auth.api_key_directory/{entry.name}: cannot read: {exc.strerror}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"auth.api_key_directory/{entry.name}: not UTF-8 text")
+            continue
         if secret:
             keys[entry.name] = secret
+    if problems:
+        raise ConfigError("auth", problems)
     return keys

@@ -141,4 +141,18 @@ def _describe(error: Any) -> str:
     value = error.get("input")
     if isinstance(value, dict | list) or value is None:
         return f"{location}: {message}" if location else message
+    if isinstance(value, str):
+        value = _without_userinfo(value)
     return f"{location}: {message} (got {value!r})"
+
+
+def _without_userinfo(value: str) -> str:
+    """A URL with its user and password masked (``redis://user:pass@host``): the value is
+    echoed in errors, and a store URL often carries the store's password."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return value
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"

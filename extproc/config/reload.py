@@ -48,6 +48,9 @@ class ConfigReloader:
         self._stamp = self._stamps()
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
+        # One reload at a time: a later one reads the file after an earlier one is
+        # done, so the newest file is the one left serving.
+        self._reloading = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -65,12 +68,24 @@ class ConfigReloader:
 
     async def reload(self) -> bool:
         """Load the file again; True when the new config is now serving."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        # Stamped before reading: a change written while this reload runs is seen
+        # by the next poll, not taken for loaded.
         self._stamp = self._stamps()
         try:
             config = load_config(self._path, os.environ)
             await self._apply(config)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
+            self._on_result(False)
+            return False
+        except Exception:
+            # Not a user error the loader names: still, the running config keeps
+            # serving and the watcher keeps watching.
+            log.exception("config reload failed, keeping the running config")
             self._on_result(False)
             return False
         log.info("config reloaded from %s", self._path)
@@ -82,9 +97,9 @@ class ConfigReloader:
             await asyncio.sleep(self._interval)
             stamp = self._stamps()
             if stamp[0] is not None and stamp != self._stamp:
+                # A new config that reads other files changes the stamps' shape:
+                # the next poll reloads once more, which changes nothing.
                 await self.reload()
-                # The new config may read other files: stamp those.
-                self._stamp = self._stamps()
 
     def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
         return (_stamp(self._path), *(_stamp(path) for path in self._watched()))

@@ -109,6 +109,8 @@ def _read_token_file(index: int, token_id: str, path: str) -> str:
         secret = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError("config", [f"{where}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", [f"{where}: not UTF-8 text"]) from None
     if not secret:
         raise ConfigError("config", [f"{where}: the file is empty"])
     return secret

@@ -85,7 +85,10 @@ class QuotaStore:
         self._unsettled: dict[str, tuple[Limit, int]] = {}
         self._spool = spool
         self._on_spooled = on_spooled
-        self._flusher: asyncio.Task[None] | None = None
+        # A flush is waiting to gather the next few milliseconds' settlements.
+        self._flush_due = False
+        # Flushes not finished yet: shutdown waits for them (each holds its batch).
+        self._flushes: set[asyncio.Task[None]] = set()
         self._clock: asyncio.Task[None] | None = None
         # Reservations arriving while one is in flight go out together (one pipeline);
         # one whose request gave up after it was sent is given back when it lands.
@@ -222,14 +225,17 @@ class QuotaStore:
             key = limit.key(self._prefix)
             known = self._unsettled.get(key)
             self._unsettled[key] = (limit, delta + (known[1] if known else 0))
-        if self._unsettled and self._flusher is None:
+        if self._unsettled and not self._flush_due:
             # Settlements of the next few milliseconds go out together: one pipeline
             # instead of one per request, at the cost of that much staleness.
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+            self._flush_due = True
+            flush = asyncio.get_running_loop().create_task(self._flush_soon())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(SETTLE_BATCH_S)
-        self._flusher = None
+        self._flush_due = False
         await self.flush()
 
     async def flush(self) -> None:
@@ -352,10 +358,8 @@ class QuotaStore:
         if self._clock is not None:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)
-        if self._flusher is not None:
-            # Not cancelled: a flush in progress holds the only copy of its batch.
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        # Not cancelled: a flush in progress holds the only copy of its batch.
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
 
 

@@ -41,12 +41,14 @@ class RoutingStage:
         ctx.route = route
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
+        # The path without its query, which may carry a credential.
+        path = ctx.path.partition("?")[0]
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
-                raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}")
+                raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}")
             return
         if ctx.method != "POST":
-            raise MethodNotAllowedError(f"{ctx.method} is not allowed on {ctx.path}; use POST")
+            raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}; use POST")
         ctx.accounted = True
         length = ctx.request_headers.get("content-length")
         if length is not None:

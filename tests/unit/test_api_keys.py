@@ -51,6 +51,19 @@ def test_a_secret_directory_supplies_keys_by_file_name(tmp_path: Path) -> None:
     assert ninth is not None and ninth.id == "team9" and ninth.group_id is None
 
 
+def test_a_directory_key_is_held_to_the_same_rules_as_any_other(tmp_path: Path) -> None:
+    (tmp_path / "weak").write_text("x")
+    (tmp_path / "garbled").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ConfigError) as caught:
+        store(directory=tmp_path)
+    assert caught.value.problems == [
+        "auth.api_key_directory/garbled: not UTF-8 text",
+    ]
+    (tmp_path / "garbled").unlink()
+    with pytest.raises(ConfigError, match="weak: the key is shorter than 8 characters"):
+        store(directory=tmp_path)
+
+
 def test_no_secret_is_kept_in_clear(tmp_path: Path) -> None:
     keys = store(ApiKeyConfig(id="team1", key="team1-secret-inline"))
     assert "team1-secret-inline" not in repr(vars(keys)) + repr(keys._by_digest)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from extproc.cli import main
-from extproc.config import ConfigError, load_config, parse_config
+from extproc.config import ConfigError, GatewayConfig, load_config, parse_config
+from extproc.config.reload import ConfigReloader
 
 MINIMAL = """
 providers:
@@ -63,6 +65,13 @@ def test_secret_values_are_never_echoed_in_errors() -> None:
     assert found and all("sk-live-123" not in p for p in found)
 
 
+def test_a_store_urls_password_is_never_echoed_in_errors() -> None:
+    text = MINIMAL + "store:\n  url: valkey://:Sup3rS3cret@redis:6379/0\n"
+    [found] = problems(text, {"MOCK_KEY": "sk-test"})
+    assert "store.url" in found and "Sup3rS3cret" not in found
+    assert "valkey://***@redis:6379/0" in found
+
+
 def test_unknown_provider_reference_is_reported() -> None:
     text = MINIMAL.replace("provider: mock", "provider: nope")
     [problem] = problems(text, {"MOCK_KEY": "k"})
@@ -91,3 +100,56 @@ def test_check_config_accepts_the_default_and_rejects_a_bad_file(
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "absent.yaml")
+
+
+async def test_a_reload_that_fails_unexpectedly_keeps_the_old_config_and_the_watcher(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(MINIMAL.replace("${MOCK_KEY}", "sk-test"))
+    results: list[bool] = []
+    serving: list[str] = []
+
+    async def apply(config: GatewayConfig) -> None:
+        if config.models[0].name == "boom":
+            raise RuntimeError("a bug, not a user error")
+        serving.append(config.models[0].name)
+
+    reloader = ConfigReloader(path, apply, results.append, poll_interval_s=0.02)
+    reloader.start()
+    try:
+        path.write_text(path.read_text().replace("gpt-4o-mini", "boom"))
+        await wait_for_len(results, 1)
+        path.write_text(path.read_text().replace("boom", "gpt-4o"))
+        await wait_for_len(results, 2)
+    finally:
+        await reloader.stop()
+    assert results == [False, True]
+    assert serving == ["gpt-4o"]
+
+
+async def test_overlapping_reloads_leave_the_newest_file_serving(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(MINIMAL.replace("${MOCK_KEY}", "sk-test"))
+    serving: list[str] = []
+
+    async def apply(config: GatewayConfig) -> None:
+        name = config.models[0].name
+        if name == "slow":
+            await asyncio.sleep(0.2)  # a JWKS fetch, say
+        serving.append(name)
+
+    reloader = ConfigReloader(path, apply, lambda ok: None, poll_interval_s=60)
+    path.write_text(path.read_text().replace("gpt-4o-mini", "slow"))
+    first = asyncio.create_task(reloader.reload())
+    await asyncio.sleep(0.05)
+    path.write_text(path.read_text().replace("slow", "newest"))
+    await asyncio.gather(first, reloader.reload())
+    assert serving[-1] == "newest"
+
+
+async def wait_for_len(found: list[bool], length: int) -> None:
+    for _ in range(200):
+        if len(found) >= length:
+            return
+        await asyncio.sleep(0.02)
