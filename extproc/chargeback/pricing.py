@@ -135,6 +135,12 @@ def usd_text(picousd: int) -> str:
     return f"{whole}.{fraction}"
 
 
+def _members(ctx: RequestContext) -> set[str]:
+    """The models of the request's failover chain (its primary's and fallbacks' names)."""
+    chain = ctx.runtime.failover.get(ctx.failover_model or "", {})
+    return {name for name, _ in chain.values()}
+
+
 def request_cost(ctx: RequestContext) -> Cost:
     """The cost of a finished request, computed once and kept on the context, so the log
     line, the counter, the rollup and Envoy's metadata carry the very same number."""
@@ -145,8 +151,9 @@ def request_cost(ctx: RequestContext) -> Cost:
             return ctx.cost
         prices = ctx.runtime.prices
         model: str | None = ctx.model
-        if ctx.failover_model is not None and prices.prices(ctx.upstream_model) is not None:
-            # ctx.upstream_model names the chain member that answered.
+        if ctx.failover_model is not None and ctx.upstream_model in _members(ctx):
+            # The chain member that answered is what the provider bills, priced or not
+            # (an unpriced fallback is unpriced, not billed at the primary's price).
             model = ctx.upstream_model
         ctx.cost = prices.cost(model, ctx.usage)
     return ctx.cost

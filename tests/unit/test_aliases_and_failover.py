@@ -1,5 +1,6 @@
 """A model asked for by an alias is the model: same access rules, quotas and failover chain;
-and each failover attempt is sent as a request of its own to its provider."""
+each failover attempt is sent as a request of its own to its provider, and billed as the
+model that answered."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE, failover_cluster_nam
 from extproc.quota.rules import RuleSet
 from extproc.runtime import Runtime, Services
 from extproc.stages.attempt import AttemptStage
-from extproc.testing import processor_for, request_body, request_headers, run_stream
+from extproc.testing import (
+    processor_for,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 
 DEFAULT = DEFAULT_CONFIG.read_text()
 MINI_FOR_ENGINEERING = DEFAULT.replace(
@@ -126,3 +134,51 @@ def test_a_second_anthropic_attempt_is_sent_with_its_own_version_and_key(
     assert out.set_headers["x-api-key"] != "k-b-123456"
     # The answer's translation names the completion after the request.
     assert ctx.request_id == "req-42"
+
+
+async def test_a_fallback_without_a_price_is_unpriced_not_billed_at_the_primarys(
+    services: Services,
+) -> None:
+    text = DEFAULT.replace(
+        "  - name: gpt-4o\n    provider: ${LLM_PROVIDER:-mock}\n",
+        "  - name: gpt-4o\n    provider: ${LLM_PROVIDER:-mock}\n"
+        "    fallbacks: [unpriced-fallback]\n"
+        "  - name: unpriced-fallback\n    provider: mock-anthropic\n",
+    )
+    processor = processor_for(parse_config(text, "gateway.yaml", {}), services)
+    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    answer = orjson.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 1_000_000,
+                "completion_tokens": 0,
+                "total_tokens": 1_000_000,
+            },
+        }
+    )
+    await run_stream(
+        processor,
+        [
+            request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
+            request_body(body),
+            # What the per-attempt filter sends down: the fallback's answer, translated.
+            response_headers(
+                200,
+                {
+                    headers.ANSWERED_BY_PROVIDER: "mock-anthropic",
+                    headers.ANSWERED_BY_MODEL: "unpriced-fallback",
+                    "x-envoy-upstream-service-time": "5",
+                },
+            ),
+            response_body(answer),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["provider"], line["cost_usd"], line["cost_priced"]) == (
+        "mock-anthropic",
+        0.0,
+        False,
+    )

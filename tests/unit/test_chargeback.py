@@ -203,7 +203,17 @@ async def test_a_model_without_a_price_is_flagged_in_the_log(services: Services)
 
 
 def test_a_failover_is_priced_at_the_model_that_answered(config: GatewayConfig) -> None:
-    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+    chained = config.model_copy(
+        update={
+            "models": [
+                model.model_copy(update={"fallbacks": ("gpt-4o-mini",)})
+                if model.name == "gpt-4o"
+                else model
+                for model in config.models
+            ]
+        }
+    )
+    runtime = Runtime(chained, Services(GatewayMetrics(), AccessLog(stdout=False)))
     ctx = RequestContext(runtime=runtime, model="gpt-4o", failover_model="gpt-4o")
     # The per-attempt filter reported that the fallback gpt-4o-mini answered.
     ctx.upstream_model = "gpt-4o-mini"
