@@ -211,6 +211,7 @@ class ErrorRewriter:
     def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.status: int | None = None  # the error's own status is kept (or set at headers)
         self._rewrite = rewrite
         self._parts: list[bytes] = []
 

@@ -58,6 +58,12 @@ class ResponseStage:
         replaced = translator.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
+        if translator.status is not None:
+            # An answer that could not be translated: the client gets the error body
+            # with the error's status, not the provider's 200 (the answer is buffered,
+            # so its headers have not left yet).
+            ctx.response_status = translator.status
+            out.set_headers[":status"] = str(translator.status)
         if not end_of_stream and not (
             ctx.stream and _ends_stream(ctx, out.body if out.body is not None else chunk)
         ):

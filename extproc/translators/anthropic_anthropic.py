@@ -98,6 +98,7 @@ class EventStreamReader:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.status: int | None = None  # passed through as it is
         self._input = _InputTokens()
         self._output: int | None = None
         # The start of an event whose end has not arrived yet.

@@ -14,6 +14,9 @@ class ResponseTranslator(Protocol):
 
     usage: Usage | None
     response_model: str | None
+    # The status the client gets instead of the provider's, when a buffered answer
+    # could not be translated and an error body replaced it (502); None otherwise.
+    status: int | None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         """Return the bytes to send the client instead of ``chunk``, or None to pass it as is."""
@@ -29,6 +32,7 @@ class BufferedBodyReader:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.status: int | None = None  # passed through as it is
         # The parsed answer, for response guards (so the body is parsed once).
         self.answer: Any = None
         self._parts: list[bytes] = []

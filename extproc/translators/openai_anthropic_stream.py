@@ -103,6 +103,8 @@ class CompletionTranslator:
     def __init__(self, *, request_id: str, created: int) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        # 502 once an answer could not be read as an Anthropic message.
+        self.status: int | None = None
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         self._parts: list[bytes] = []
@@ -120,7 +122,9 @@ class CompletionTranslator:
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            return _invalid_upstream_response("the provider's answer could not be read").body()
+            error = _invalid_upstream_response("the provider's answer could not be read")
+            self.status = error.status
+            return error.body()
         text: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in message["content"]:
@@ -218,6 +222,7 @@ class StreamTranslator:
     def __init__(self, *, include_usage: bool, request_id: str, created: int) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.status: int | None = None  # a stream's headers have left
         self._include_usage = include_usage
         self._id = f"chatcmpl-{request_id}"
         self._created = created

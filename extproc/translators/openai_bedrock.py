@@ -341,6 +341,8 @@ class CompletionTranslator:
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
+        # 502 once an answer could not be read as a Converse response.
+        self.status: int | None = None
         self._model = model
         self._id = completion_id(request_id)
         self._created = created
@@ -360,6 +362,7 @@ class CompletionTranslator:
         completion = self._completion(parsed) if isinstance(parsed, dict) else None
         if completion is None:
             self.usage = None
+            self.status = 502
             return error_body(
                 "the provider's answer could not be read as a Bedrock Converse response",
                 "upstream_error",

@@ -141,6 +141,7 @@ class StreamTranslator:
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
+        self.status: int | None = None  # a stream's headers have left
         self._model = model
         self._include_usage = include_usage
         self._id = completion_id(request_id)

@@ -85,6 +85,7 @@ class ChunkStreamReader:
     def __init__(self, *, hide_usage_chunk: bool) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        self.status: int | None = None  # passed through as it is
         self._hide = hide_usage_chunk
         self._pending = b""
 

@@ -145,6 +145,22 @@ def test_upstream_garbage_does_not_break_the_gateway(
     assert line["usage_reported"] is False
 
 
+@pytest.mark.parametrize("model", ["claude-3-5-haiku-latest", "titan"])
+def test_an_answer_that_cannot_be_translated_is_a_502(
+    http: httpx.Client, gateway_log: GatewayLog, model: str
+) -> None:
+    # Anthropic's or Bedrock's 200 that is not their API's answer: the OpenAI client
+    # gets an error it recognises, not a 200 holding an error.
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
+    response = http.post(CHAT, content=body, headers={**HEADERS, "x-mock-fault": "garbage=1"})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "invalid_upstream_response" or (
+        response.json()["error"]["type"] == "upstream_error"
+    )
+    [line] = gateway_log.for_request(response.headers["x-request-id"])
+    assert (line["http_status_code"], line["outcome"]) == (502, "upstream_error")
+
+
 @pytest.fixture
 def client_openai(stack: LocalStack) -> OpenAI:
     return OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
