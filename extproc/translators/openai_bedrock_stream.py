@@ -149,6 +149,8 @@ class StreamTranslator:
         self._frames = EventStreamBuffer()
         # Converse content block index -> OpenAI tool call index.
         self._tool_calls: dict[int, int] = {}
+        # Tool calls (by block index) that have had no argument text yet.
+        self._no_arguments_yet: set[int] = set()
         self._stopped = False
         self._done = False
 
@@ -194,6 +196,8 @@ class StreamTranslator:
             self._block_start(payload, out)
         elif event == "contentBlockDelta":
             self._block_delta(payload, out)
+        elif event == "contentBlockStop":
+            self._block_stop(payload, out)
         elif event == "messageStop":
             self._stopped = True
             out.append(self._chunk({}, finish_reason(payload.get("stopReason"))))
@@ -213,6 +217,7 @@ class StreamTranslator:
             return
         index = len(self._tool_calls)
         self._tool_calls[_block_index(payload)] = index
+        self._no_arguments_yet.add(_block_index(payload))
         call = {
             "index": index,
             "id": tool.get("toolUseId"),
@@ -235,8 +240,19 @@ class StreamTranslator:
         index = self._tool_calls.get(_block_index(payload))
         # Reasoning and citation deltas have no OpenAI counterpart and are not shown.
         if isinstance(arguments, str) and arguments and index is not None:
+            self._no_arguments_yet.discard(_block_index(payload))
             call = {"index": index, "function": {"arguments": arguments}}
             out.append(self._chunk({"tool_calls": [call]}))
+
+    def _block_stop(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        block = _block_index(payload)
+        if block not in self._no_arguments_yet:
+            return
+        # A tool without parameters gets no argument text at all; OpenAI clients parse
+        # the arguments they assembled, and "" is not JSON.
+        self._no_arguments_yet.discard(block)
+        call = {"index": self._tool_calls[block], "function": {"arguments": "{}"}}
+        out.append(self._chunk({"tool_calls": [call]}))
 
     def _provider_error(self, name: str, message: str) -> bytes:
         # Exception events spell names in lowerCamel (throttlingException); the HTTP header

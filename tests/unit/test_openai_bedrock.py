@@ -273,6 +273,7 @@ def test_an_unreadable_answer_becomes_an_upstream_error(body: bytes) -> None:
     assert answer is not None
     assert orjson.loads(answer)["error"]["type"] == "upstream_error"
     assert translator.usage is None
+    assert translator.status == 502  # the client gets the error's status, not the 200
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -293,6 +294,34 @@ def test_event_stream_becomes_the_recorded_sse(case: str, include_usage: bool) -
     usage = recorded["usage"]
     assert (translator.usage.as_dict() if translator.usage else None) == usage
     assert translator.response_model is None
+
+
+def test_a_tool_without_parameters_is_called_with_an_empty_object() -> None:
+    # Its input opens with an empty delta and gets no more: "" is not JSON to OpenAI clients.
+    block = {"contentBlockIndex": 0}
+    stream = event_stream(
+        [
+            {"event": "messageStart", "payload": {"role": "assistant"}},
+            {
+                "event": "contentBlockStart",
+                "payload": {**block, "start": {"toolUse": {"name": "now", "toolUseId": "t1"}}},
+            },
+            {
+                "event": "contentBlockDelta",
+                "payload": {**block, "delta": {"toolUse": {"input": ""}}},
+            },
+            {"event": "contentBlockStop", "payload": block},
+            {"event": "messageStop", "payload": {"stopReason": "tool_use"}},
+        ]
+    )
+    arguments = "".join(
+        call["function"]["arguments"]
+        for line in data_lines(stream_translator(False).feed(stream, True))
+        if line != "[DONE]"
+        for choice in line["choices"]
+        for call in choice["delta"].get("tool_calls", [])
+    )
+    assert orjson.loads(arguments) == {}
 
 
 @given(st.lists(st.integers(min_value=0, max_value=100_000), max_size=16))
