@@ -40,6 +40,7 @@ def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Ap
 
 async def start(app: web.Application, address: str) -> web.AppRunner:
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address is written [::]:9464
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, int(port)).start()

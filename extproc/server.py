@@ -327,12 +327,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, gateway.request_stop)
+    if config_path is not None:
+        # From the start: SIGHUP's default action would kill a gateway still starting
+        # (and leave its embedded store behind). Before the reloader exists, it is a no-op.
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
     try:
         await gateway.start()
         if on_started is not None:
             on_started()
-        if config_path is not None:
-            loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
         await gateway.wait()
         log.info("shutting down: finishing open streams")
     finally:

@@ -84,6 +84,8 @@ def run_worker(
     # The parent's SIGINT handler is not inherited; a Ctrl-C reaches the whole
     # process group, and the supervisor decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Until serve() takes SIGHUP over, its default action would kill a starting worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(config_path)
     event_loop.run(serve(config, config_path, role, on_started=ready.set), config.server.event_loop)
 
