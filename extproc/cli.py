@@ -28,15 +28,23 @@ def _load(path: str) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extproc.store.embedded import DataDirInUseError
+
     config = _load(args.config)
     workers = args.workers or config.server.workers
-    if workers > 1:
-        from extproc.workers import supervise
+    try:
+        if workers > 1:
+            from extproc.workers import supervise
 
-        return event_loop.run(supervise(config, args.config, workers), config.server.event_loop)
-    from extproc.server import serve
+            return event_loop.run(supervise(config, args.config, workers), config.server.event_loop)
+        from extproc.server import serve
 
-    event_loop.run(serve(config, args.config), config.server.event_loop)
+        event_loop.run(serve(config, args.config), config.server.event_loop)
+    except (ConfigError, DataDirInUseError) as exc:
+        # Found while starting (a file the config names, a data dir in use): a user
+        # error like those of the config's own check, not a traceback.
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -93,10 +101,15 @@ def _mock_llm(args: argparse.Namespace) -> int:
 
 
 def _usage_report(args: argparse.Namespace) -> int:
+    from extproc.store.embedded import DataDirInUseError
     from extproc.usage_report import export, report
 
     run = export if args.usage_command == "export" else report
-    return run(_load(args.config), args)
+    try:
+        return run(_load(args.config), args)
+    except DataDirInUseError as exc:
+        print(f"{exc}; try again once it answers", file=sys.stderr)
+        return 2
 
 
 def _add_usage_commands(commands: Any) -> None:

