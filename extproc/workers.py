@@ -48,7 +48,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from extproc import event_loop, http_endpoint
-from extproc.config.loader import load_config
+from extproc.config.loader import ConfigError
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
 from extproc.quota.rules import RuleSet
@@ -71,9 +71,13 @@ _STRUCTURAL_LABELS = frozenset({"le", "quantile"})
 
 
 def run_worker(
-    config_path: str, role: WorkerRole, ready: Event, log_level: str
+    config: GatewayConfig, config_path: str, role: WorkerRole, ready: Event, log_level: str
 ) -> None:  # pragma: no cover - runs in the child process
-    """A worker's entry point (spawned: a fresh interpreter, no inherited state)."""
+    """A worker's entry point (spawned: a fresh interpreter, no inherited state).
+
+    ``config`` is the one the supervisor validated last, not the file as it is now:
+    a worker restarted while the file holds a mistake serves like its siblings
+    (and the file's later changes reach it by reload, as they reach them)."""
     from extproc.server import serve
 
     logging.basicConfig(
@@ -86,7 +90,6 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Until serve() takes SIGHUP over, its default action would kill a starting worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = load_config(config_path)
     event_loop.run(serve(config, config_path, role, on_started=ready.set), config.server.event_loop)
 
 
@@ -113,6 +116,8 @@ class Supervisor:
         self._gauges: QuotaGauges | None = None
         self._http: Any = None
         self._reloader: ConfigReloader | None = None
+        # The config last found valid, for workers (re)started from now on.
+        self._latest = config
         self._rules = RuleSet(config.quotas)
         self._log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.multiprocess_dir = Path(
@@ -176,9 +181,14 @@ class Supervisor:
     def _spawn(self, worker: _Worker) -> None:
         role = WorkerRole(worker.index, self._count, self._store_url)
         worker.ready = self._context.Event()
+        # What changes only on restart stays as the supervisor started: a restarted
+        # worker shares its siblings' store, key prefix and addresses.
+        config = self._latest.model_copy(
+            update={"server": self.config.server, "store": self.config.store}
+        )
         process = self._context.Process(
             target=run_worker,
-            args=(self._config_path, role, worker.ready, self._log_level),
+            args=(config, self._config_path, role, worker.ready, self._log_level),
             name=f"extproc-worker-{worker.index}",
         )
         process.start()
@@ -187,8 +197,12 @@ class Supervisor:
 
     async def _apply(self, config: GatewayConfig) -> None:
         # Workers watch the same file and reload themselves; this keeps the
-        # gauges' rules in step with theirs.
-        self._rules = RuleSet(config.quotas)
+        # gauges' rules in step with theirs, and restarted workers on it.
+        try:
+            rules = RuleSet(config.quotas)
+        except ValueError as exc:  # what the workers' reload refuses as well
+            raise ConfigError("quotas", [str(exc)]) from None
+        self._rules, self._latest = rules, config
 
     # --- run --------------------------------------------------------------------
 

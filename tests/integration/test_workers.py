@@ -276,6 +276,35 @@ def test_a_dead_worker_is_restarted_and_its_counts_stay(stack: LocalStack) -> No
     assert metric(scrape(stack.metrics_url), "aigw_requests_total") == before + 4
 
 
+def test_a_worker_restarted_while_the_file_holds_a_mistake_serves_like_the_others(
+    stack: LocalStack,
+) -> None:
+    config = stack.workdir / "gateway.yaml"
+    good = config.read_text()
+    config.write_text(good + "\nmodels: [oops\n")  # the running workers refuse it
+    try:
+        rejected = wait_for(
+            lambda: (
+                (stack.workdir / "gateway.err").read_text().count("config reload rejected") >= 3
+            ),
+            timeout_s=30.0,
+        )
+        assert rejected, "the workers and the supervisor did not all refuse the file"
+        victim = worker_pids(stack)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: worker_pids(stack)[0] != victim, timeout_s=30.0)
+        ready = wait_for(
+            lambda: httpx.get(stack.metrics_url.replace("/metrics", "/readyz")).status_code == 200,
+            timeout_s=60.0,
+        )
+        assert ready
+        for _ in range(4):  # both workers answer, the restarted one on the last good config
+            assert chat(stack, "team1-key", stream=False)[0] > 0
+        assert stack.process("gateway").poll() is None
+    finally:
+        config.write_text(good)
+
+
 def test_sigterm_stops_every_worker_and_the_supervisor_cleanly(stack: LocalStack) -> None:
     pids = list(worker_pids(stack).values())
     supervisor = stack.process("gateway")
