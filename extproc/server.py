@@ -31,6 +31,7 @@ from extproc.config.watched_files import secret_files
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import (
+    AdminTokens,
     KeyManagementService,
     QuotaManagementService,
     start_server,
@@ -103,6 +104,10 @@ class Gateway:
 
     async def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; new streams use it, open ones keep theirs."""
+        if config.management.serving:
+            # Token files read now: one that cannot be read refuses the whole config,
+            # rather than leaving the old tokens (a revoked one among them) in force.
+            AdminTokens(config.management)
         runtime = Runtime(config, self.services)
         try:
             await runtime.start()

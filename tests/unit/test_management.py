@@ -24,7 +24,7 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from extproc.config import GatewayConfig, parse_config
+from extproc.config import ConfigError, GatewayConfig, parse_config
 from extproc.config.model import ManagementConfig
 from extproc.context import Identity
 from extproc.devstack import DEFAULT_CONFIG
@@ -35,6 +35,7 @@ from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.quota.store import Denial, QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
+from extproc.server import Gateway
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.telemetry.access_log import AccessLog
@@ -324,6 +325,20 @@ def test_admin_tokens_come_from_files_and_match_in_full(tmp_path: Path) -> None:
     assert tokens.caller([("authorization", f"bearer {TOKEN}")]) == "ops"
     assert tokens.caller([("authorization", f"Bearer {TOKEN[:-1]}")]) is None
     assert tokens.caller([]) is None
+
+
+async def test_a_config_whose_admin_token_file_cannot_be_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    gateway = Gateway(parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {}), None)
+    missing = tmp_path / "gone"
+    text = DEFAULT_CONFIG.read_text().replace(
+        "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}",
+        f"      token_file: {missing}",
+    )
+    with pytest.raises(ConfigError, match="token_file: cannot read"):
+        await gateway.apply(parse_config(text, "gateway.yaml", {}))
+    await gateway.runtime.close()
 
 
 def test_management_is_served_only_with_a_token() -> None:
