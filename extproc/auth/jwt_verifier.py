@@ -109,18 +109,24 @@ class JwtVerifier:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        """Load file and inline JWKS (their problems are config errors), fetch URL JWKS."""
+    def load_static(self) -> None:
+        """Load file and inline JWKS; their problems are config errors (no network)."""
         problems: list[str] = []
-        remote: list[RemoteJwks] = []
         for index, provider in enumerate(self._by_issuer.values()):
             if isinstance(provider.keys, StaticJwks):
                 where = f"auth.jwt_providers[{index}] ({provider.config.name})"
                 problems.extend(f"{where}: {problem}" for problem in provider.keys.load())
-            elif isinstance(provider.keys, RemoteJwks):
-                remote.append(provider.keys)
         if problems:
             raise ConfigError("jwt", problems)
+
+    async def start(self) -> None:
+        """Load file and inline JWKS (their problems are config errors), fetch URL JWKS."""
+        self.load_static()
+        remote = [
+            provider.keys
+            for provider in self._by_issuer.values()
+            if isinstance(provider.keys, RemoteJwks)
+        ]
         if remote:
             self._session = aiohttp.ClientSession()
             for source in remote:

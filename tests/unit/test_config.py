@@ -97,6 +97,22 @@ def test_check_config_accepts_the_default_and_rejects_a_bad_file(
     assert "providers" in err and "Traceback" not in err
 
 
+def test_check_config_reads_the_files_serve_reads_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "gone"
+    text = Path("config/gateway.yaml").read_text()
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text.replace("      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}",
+                                 f"      token_file: {gone}"))  # fmt: skip
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "token_file: cannot read" in capsys.readouterr().err
+    jwt = "auth:\n  jwt_providers:\n    - {name: idp, issuer: https://idp.example, "
+    path.write_text(text.replace("auth:\n", jwt + f"jwks: {{file: {gone}}}}}\n", 1))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "auth.jwt_providers[0] (idp)" in capsys.readouterr().err
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "absent.yaml")
