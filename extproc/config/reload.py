@@ -76,7 +76,9 @@ class ConfigReloader:
         # by the next poll, not taken for loaded.
         self._stamp = self._stamps()
         try:
-            config = load_config(self._path, os.environ)
+            # Off the event loop: a large file (thousands of keys) takes most of a
+            # second to parse and validate, and every open stream would wait.
+            config = await asyncio.to_thread(load_config, self._path, os.environ)
             await self._apply(config)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
