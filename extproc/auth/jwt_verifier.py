@@ -28,7 +28,7 @@ import jwt
 import orjson
 from jwt.types import Options
 
-from extproc.auth.jwks import JwksSource, RemoteJwks, StaticJwks
+from extproc.auth.jwks import JwksSource, KeySet, RemoteJwks, StaticJwks
 from extproc.config.auth_model import HMAC_ALGORITHMS, ClaimMapping, JwtProviderConfig
 from extproc.config.loader import ConfigError
 from extproc.errors import AuthenticationError
@@ -104,7 +104,7 @@ class JwtVerifier:
         if problems:
             raise ConfigError("jwt", problems)
         self._by_issuer = {config.issuer: _Provider(config, clock) for config in providers}
-        self._cache: OrderedDict[str, JwtIdentity] = OrderedDict()
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -141,12 +141,19 @@ class JwtVerifier:
             self._session = None
 
     def cached(self, token: str) -> JwtIdentity | None:
-        """The identity of a token verified before, until its ``exp``."""
+        """The identity of a token verified before, until its ``exp``, or until the key
+        that verified it leaves its JWKS (an identity provider withdrawing a key, say a
+        compromised one, means tokens it signed stop working)."""
         key = _cache_key(token)
-        identity = self._cache.get(key)
-        if identity is None:
+        entry = self._cache.get(key)
+        if entry is None:
             return None
-        if identity.expires_at is None or self._clock() >= identity.expires_at:
+        identity = entry.identity
+        if (
+            identity.expires_at is None
+            or self._clock() >= identity.expires_at
+            or not entry.still_signed()
+        ):
             del self._cache[key]
             return None
         self._cache.move_to_end(key)
@@ -175,7 +182,9 @@ class JwtVerifier:
             log.debug("JWT from provider %s refused: %s", config.name, message)
             raise AuthenticationError(message) from None
         identity = _identity(config, claims)
-        self._remember(token, identity)
+        source = provider.keys if provider.secret is None else None
+        kid = header.get("kid")
+        self._remember(token, _Cached(identity, source, source.keys if source else None, kid))
         return identity
 
     async def _decode_with_jwks(
@@ -205,7 +214,8 @@ class JwtVerifier:
                 continue
         return _decode(token, provider, keys[-1])
 
-    def _remember(self, token: str, identity: JwtIdentity) -> None:
+    def _remember(self, token: str, entry: _Cached) -> None:
+        identity = entry.identity
         # Without exp a token never leaves the cache, not even when its key is
         # withdrawn from the JWKS: verify such tokens every time instead.
         if self._cache_size <= 0 or identity.expires_at is None:
@@ -213,10 +223,29 @@ class JwtVerifier:
         if identity.expires_at <= self._clock():
             return  # accepted within the leeway; cached() would drop it at once
         key = _cache_key(token)
-        self._cache[key] = identity
+        self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A verified token's identity, and what verified it."""
+
+    identity: JwtIdentity
+    # The JWKS whose key checked the signature, and its keys then (None: a shared secret).
+    source: JwksSource | None
+    keys: KeySet | None
+    kid: str | None
+
+    def still_signed(self) -> bool:
+        """Whether the key that verified the token is still in its JWKS."""
+        if self.source is None or self.source.keys is self.keys:
+            return True
+        # The JWKS was fetched again: the token stands while its key is still there;
+        # a token without a kid is verified again against the new keys.
+        return self.kid is not None and self.source.keys.knows(self.kid)
 
 
 def _secret_problem(config: JwtProviderConfig) -> str | None:

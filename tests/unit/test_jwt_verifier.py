@@ -361,6 +361,27 @@ async def test_the_background_refresh_picks_up_added_and_withdrawn_keys(
     assert await refusal(verifier, mint()) == "invalid token: unknown signing key"
 
 
+async def test_a_cached_token_stops_working_when_its_key_is_withdrawn(
+    jwks_server: JwksServer, make_verifier: Factory
+) -> None:
+    provider = url_provider(
+        jwks_server, jwks={"refresh_interval_s": 0.02, "min_refresh_interval_s": 600}
+    )
+    verifier = await make_verifier(provider)
+    kept, withdrawn = mint(RSA_KEY_NEXT, kid="rsa-2"), mint()
+    jwks_server.keys = [RSA_JWK, NEXT_JWK]
+    await jwks_server.wait_for_hits(jwks_server.hits + 2)
+    for token in (kept, withdrawn):
+        assert (await verifier.verify(token)).user_id == "alice"
+    # The identity provider withdraws rsa-1 (compromised, say); rsa-2 stays.
+    jwks_server.keys = [NEXT_JWK]
+    await jwks_server.wait_for_hits(jwks_server.hits + 2)
+    assert verifier.cached(withdrawn) is None
+    assert await refusal(verifier, withdrawn) == "invalid token: unknown signing key"
+    cached = verifier.cached(kept)
+    assert cached is not None and cached.user_id == "alice"
+
+
 # --- refusals ----------------------------------------------------------------------------
 
 
