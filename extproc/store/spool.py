@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,22 @@ class Spool:
                     continue
                 try:
                     await apply(record)
-                except Exception as exc:
+                except (RedisError, OSError, TimeoutError) as exc:
+                    # The store (or the disk) is not there yet: the record waits.
                     log.warning("%s spool replay paused: %s", self.kind, type(exc).__name__)
                     break
+                except Exception:
+                    # The record itself is wrong (hand-edited, another version's): set
+                    # aside, so that it does not hold back every record after it.
+                    log.exception("a %s spool record cannot be applied: set aside", self.kind)
+                    await asyncio.to_thread(self._set_aside, line)
                 applied += 1
             if applied:
                 await asyncio.to_thread(self._drop_first, applied)
             return applied
+
+    def _set_aside(self, line: bytes) -> None:
+        append_lines(self.path.with_suffix(".rejected.jsonl"), line + b"\n")
 
     def _read_lines(self) -> list[bytes]:
         # Under the lock: never half of a record an append is writing.

@@ -56,3 +56,27 @@ async def test_gathered_spools_keep_the_records_after_a_torn_tail(tmp_path: Path
     apply = Applied()
     await Spool(tmp_path / "worker-0", "usage").replay(apply)
     assert apply.ids == ["a", "c"]
+
+
+async def test_a_record_that_cannot_be_applied_is_set_aside_not_in_the_way(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, "usage")
+    spool.append({"id": "a"})
+    spool.append({"no": "id"})  # another version's record, say
+    spool.append({"id": "c"})
+    apply = Applied()
+    assert await spool.replay(apply) == 3
+    assert apply.ids == ["a", "c"] and spool.pending() == 0
+    assert Spool(tmp_path, "usage.rejected").pending() == 1  # kept for a person to look at
+
+
+async def test_a_store_that_is_not_back_pauses_the_replay(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "quota")
+    spool.append({"id": "a"})
+
+    async def down(record: dict[str, Any]) -> None:
+        raise ConnectionError("store down")
+
+    assert await spool.replay(down) == 0
+    assert spool.pending() == 1
