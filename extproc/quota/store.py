@@ -331,8 +331,15 @@ class QuotaStore:
         if missing:
             # A server that lost its scripts (restarted, failed over) ran none of these
             # calls; the others ran, and must not run again.
-            await self._load_scripts()
-            again = await self._pipeline(name, [calls[index] for index in missing])
+            try:
+                await self._load_scripts()
+                again = await self._pipeline(name, [calls[index] for index in missing])
+            except Exception as exc:
+                if not errors_as_results:
+                    raise
+                # Only these calls failed: the others' answers stand (and are given
+                # back by their callers if they must be).
+                again = [exc] * len(missing)
             for index, result in zip(missing, again, strict=True):
                 results[index] = result
         if not errors_as_results:

@@ -116,6 +116,10 @@ class AttemptStage:
         replaced = ctx.translator.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
+        if ctx.translator.status is not None:
+            # An answer that could not be translated: the error's status, not the 200.
+            ctx.response_status = ctx.translator.status
+            out.set_headers[":status"] = str(ctx.translator.status)
         if end_of_stream:
             ctx.completed = True
 

@@ -63,7 +63,13 @@ class CoalescingCaller(Generic[Item, Result]):
         self._queued.append((items, waiter))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_batches())
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Cancelled in the very loop turn its answer landed: still undone.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._abandon(items, waiter.result())
+            raise
 
     async def _send_batches(self) -> None:
         try:
@@ -92,12 +98,17 @@ class CoalescingCaller(Generic[Item, Result]):
             end = start + len(items)
             if not waiter.done():
                 waiter.set_result(results[start:end])
-            elif self._on_abandoned is not None:
-                try:
-                    self._on_abandoned(items, results[start:end])
-                except Exception:
-                    log.exception("undoing an abandoned store call failed")
+            else:
+                self._abandon(items, results[start:end])
             start = end
+
+    def _abandon(self, items: list[Item], results: list[Result]) -> None:
+        if self._on_abandoned is None:
+            return
+        try:
+            self._on_abandoned(items, results)
+        except Exception:
+            log.exception("undoing an abandoned store call failed")
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop sending: queued callers get ``StoreClosingError``; the round trip in

@@ -84,8 +84,14 @@ class UsageWriter:
             batches.append((self._pending, uuid.uuid4().hex))
             self._pending, self._count = {}, 0
         written = True
-        for batch, batch_id in batches:
-            written = await self._write(batch, batch_id) and written
+        for index, (batch, batch_id) in enumerate(batches):
+            if not await self._write(batch, batch_id):
+                # The store is not there: the rest wait for the next flush untried
+                # (they go to the spool, or stay here, as this one did).
+                for rest, rest_id in batches[index + 1 :]:
+                    await self._keep_or_hold(rest, rest_id)
+                written = False
+                break
         if written and self._spool is not None:
             try:
                 await self._spool.replay(self._replay_one)
@@ -105,12 +111,15 @@ class UsageWriter:
         except Exception as exc:
             self._on_error()
             log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
+        await self._keep_or_hold(batch, batch_id)
+        return False
+
+    async def _keep_or_hold(self, batch: UsageTotals, batch_id: str) -> None:
         try:
             await self._keep(batch, batch_id)
         except OSError:
             log.exception("usage rollup spool not writable: the batch waits in memory")
             self._unsent.append((batch, batch_id))
-        return False
 
     async def _keep(self, batch: UsageTotals, batch_id: str) -> None:
         if self._spool is None:

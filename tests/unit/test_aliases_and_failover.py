@@ -182,3 +182,21 @@ async def test_a_fallback_without_a_price_is_unpriced_not_billed_at_the_primarys
         0.0,
         False,
     )
+
+
+def test_an_attempts_answer_that_cannot_be_translated_is_a_502(services: Services) -> None:
+    runtime = Runtime(parse_config(TWO_ANTHROPIC_ACCOUNTS, "gateway.yaml", {}), services)
+    ctx = RequestContext(runtime=runtime)
+    ctx.attributes = attempt_on("mock-anthropic")
+    ctx.request_headers = {":path": "/v1/chat/completions", headers.FAILOVER_MODEL: "primary"}
+    stage = AttemptStage()
+    stage.request_headers(ctx, PhaseOutput())
+    body = orjson.dumps({"model": "primary", "messages": [{"role": "user", "content": "x"}]})
+    stage.request_body(ctx, PhaseOutput(), body)
+    stage.response_headers(
+        ctx, PhaseOutput(), {":status": "200", "content-type": "application/json"}
+    )
+    out = PhaseOutput()
+    stage.response_body(ctx, out, b"<html>not a message</html>", True)
+    assert out.set_headers[":status"] == "502"
+    assert orjson.loads(out.body or b"{}")["error"]["code"] == "invalid_upstream_response"

@@ -113,3 +113,18 @@ async def test_a_caller_that_gave_up_after_its_batch_left_gets_its_results_undon
         await first
     assert await gone == [4, 6]
     assert abandoned == [([1], [2])]
+
+
+async def test_a_caller_cancelled_as_its_answer_lands_gets_it_undone() -> None:
+    store = FakeStore()
+    abandoned: list[tuple[list[int], list[int]]] = []
+    caller = CoalescingCaller(store.send, lambda items, results: abandoned.append((items, results)))
+    call = asyncio.create_task(caller.call([1]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    store.release.set()
+    await asyncio.sleep(0)  # the answer has landed, the caller has not resumed yet...
+    call.cancel()  # ...when its timeout fires
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert abandoned == [([1], [2])]

@@ -80,3 +80,18 @@ async def test_a_store_that_is_not_back_pauses_the_replay(tmp_path: Path) -> Non
 
     assert await spool.replay(down) == 0
     assert spool.pending() == 1
+
+
+async def test_a_store_error_of_any_kind_pauses_the_replay(tmp_path: Path) -> None:
+    class ClusterDownError(Exception):
+        """What a cluster client raises when no node answers: not a record's fault."""
+
+    spool = Spool(tmp_path, "quota")
+    spool.append({"id": "a"})
+
+    async def cluster_down(record: dict[str, Any]) -> None:
+        raise ClusterDownError("Redis Cluster cannot be connected")
+
+    assert await spool.replay(cluster_down) == 0
+    assert spool.pending() == 1
+    assert Spool(tmp_path, "quota.rejected").pending() == 0
