@@ -49,19 +49,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from extproc.management.service import AdminTokens
-    from extproc.runtime import Runtime, Services
-    from extproc.telemetry.access_log import AccessLog
-    from extproc.telemetry.metrics import GatewayMetrics
+    from extproc.startup_check import check_startup_files
 
     config = _load(args.config)
     try:
-        runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
-        # The files serve reads at start, without the network: JWKS files, admin tokens.
-        if runtime.jwt is not None:
-            runtime.jwt.load_static()
-        if config.management.serving:
-            AdminTokens(config.management)
+        check_startup_files(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -340,6 +340,10 @@ async def serve(
         await gateway.start()
         if on_started is not None:
             on_started()
+        if worker is not None and config_path is not None:
+            # Started on the config the supervisor last validated: the file may
+            # have changed since (its siblings reloaded it while this one started).
+            gateway.reload_config()
         await gateway.wait()
         log.info("shutting down: finishing open streams")
     finally:

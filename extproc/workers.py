@@ -53,6 +53,7 @@ from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
 from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore
+from extproc.startup_check import check_startup_files
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import LabelBudget
@@ -202,6 +203,9 @@ class Supervisor:
             rules = RuleSet(config.quotas)
         except ValueError as exc:  # what the workers' reload refuses as well
             raise ConfigError("quotas", [str(exc)]) from None
+        # What the workers read at start, too: a worker restarted on this config
+        # must not fail where its siblings' reload refused it.
+        check_startup_files(config)
         self._rules, self._latest = rules, config
 
     # --- run --------------------------------------------------------------------

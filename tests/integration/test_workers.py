@@ -281,7 +281,16 @@ def test_a_worker_restarted_while_the_file_holds_a_mistake_serves_like_the_other
 ) -> None:
     config = stack.workdir / "gateway.yaml"
     good = config.read_text()
-    config.write_text(good + "\nmodels: [oops\n")  # the running workers refuse it
+    # A file that validates but names a key file nobody can read: the running workers
+    # refuse it, and so must the supervisor, whose config restarted workers get.
+    config.write_text(
+        good.replace(
+            "providers:\n",
+            "providers:\n  - {name: broken, base_url: 'http://127.0.0.1:1/v1',"
+            " api_key_file: /nonexistent/key}\n",
+            1,
+        )
+    )
     try:
         rejected = wait_for(
             lambda: (

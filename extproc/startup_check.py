@@ -1,0 +1,24 @@
+"""What a valid config still needs to serve: the files ``serve`` reads at start.
+
+Validation checks the file itself; this reads what it names (key files, JWKS
+files, admin token files), without the network. ``extproc check-config`` runs it,
+and so does the workers' supervisor before it hands a reloaded config to the
+workers it restarts: a config the workers would refuse must not become theirs.
+"""
+
+from __future__ import annotations
+
+from extproc.config.model import GatewayConfig
+from extproc.management.service import AdminTokens
+from extproc.runtime import Runtime, Services
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+
+
+def check_startup_files(config: GatewayConfig) -> None:
+    """Raise ``ConfigError`` naming what ``serve`` could not read at start."""
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+    if runtime.jwt is not None:
+        runtime.jwt.load_static()
+    if config.management.serving:
+        AdminTokens(config.management)
