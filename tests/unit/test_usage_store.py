@@ -111,6 +111,17 @@ def test_one_data_dir_serves_one_embedded_valkey(tmp_path: Path) -> None:
     again.stop()
 
 
+def test_an_endpoint_left_by_a_killed_owner_does_not_block_a_fresh_start(
+    valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    # The file names a port where another data dir's server now listens.
+    (tmp_path / "endpoint").write_text(valkey.url + "\n")
+    assert running_endpoint(tmp_path) is None
+    mine = EmbeddedValkey(tmp_path)
+    mine.start()
+    mine.stop()
+
+
 def test_store_urls_pick_the_right_client() -> None:
     assert isinstance(connect("redis://127.0.0.1:6379/0", 1.0), Redis)
     assert isinstance(connect("rediss://127.0.0.1:6380", 1.0), Redis)
@@ -264,12 +275,14 @@ async def test_values_holding_tabs_or_backslashes_are_reported_as_they_were(
     store: UsageStore,
 ) -> None:
     # A client names the model; a JWT names the user: either may hold the separator.
-    odd = {"model": "claude-x\ty", "user_id": "corp\\alice\\t", "provider": "mock"}
+    odd = {"model": "claude-x\ty\x1ft", "user_id": "corp\\alice\\t", "provider": "mock"}
     await store.record(UsageEntry(T0, odd, 100, 20))
     await store.record(entry(T0, "gpt-4o", 1, 1))
     rows = await store.query(*DAY, ("model", "user_id"))
     found = {(r.dimensions["model"], r.dimensions["user_id"]): r.prompt_tokens for r in rows}
-    assert found == {("claude-x\ty", "corp\\alice\\t"): 100, ("gpt-4o", ""): 1}
+    assert found == {("claude-x\ty\x1ft", "corp\\alice\\t"): 100, ("gpt-4o", ""): 1}
+    # Rows written before escaping existed hold backslashes as they are.
+    assert b"corp\\alice\\t" in b"".join(await store._client.hkeys(store._key("2026030110")))
 
 
 def test_a_request_counts_in_the_hour_its_log_line_names() -> None:
