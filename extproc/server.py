@@ -279,6 +279,9 @@ class Gateway:
         self.metrics.spool("usage")
 
     async def readiness(self) -> tuple[bool, str]:
+        if self._stopping.is_set():
+            # Draining: send no new traffic here (the gRPC health says the same).
+            return False, "shutting down"
         store = self.services.store
         if store is None:
             return False, "store not started"

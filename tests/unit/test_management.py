@@ -341,6 +341,13 @@ async def test_a_config_whose_admin_token_file_cannot_be_read_is_refused(
     await gateway.runtime.close()
 
 
+async def test_a_draining_gateway_is_not_ready() -> None:
+    gateway = Gateway(parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {}), None)
+    gateway.request_stop()  # SIGTERM: open streams finish, new traffic goes elsewhere
+    assert await gateway.readiness() == (False, "shutting down")
+    await gateway.runtime.close()
+
+
 def test_management_is_served_only_with_a_token() -> None:
     assert not ManagementConfig().serving
     assert ManagementConfig.model_validate({"admin_tokens": [{"id": "a", "token": "t"}]}).serving
