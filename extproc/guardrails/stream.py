@@ -67,6 +67,14 @@ class TextStream:
         scanned = context + buffer
         offset = len(context)
         rejecting, hits, rejected = self._matchers.scan(scanned)
+        reaching_back = any(hit.start < offset < hit.end for hit in hits) or any(
+            span.start < offset < span.end for span in rejected
+        )
+        if offset and reaching_back:
+            # A match reaching back into text already sent cannot be masked there,
+            # and would hide one starting after it: match the held text on its own.
+            scanned, offset = buffer, 0
+            rejecting, hits, rejected = self._matchers.scan(scanned)
         cut = len(scanned)
         if not final:
             cut = max(offset, cut - self._matchers.holdback(scanned))
@@ -77,7 +85,9 @@ class TextStream:
             while moved:
                 moved = False
                 for start, end in spans:
-                    if start < cut < end:
+                    # Only ever earlier, and never before what is already out (a span
+                    # may start in the released context): so this loop ends.
+                    if start < cut < end and max(offset, start) < cut:
                         cut = max(offset, start)
                         moved = True
         if rejecting is not None and any(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from extproc.config.guard_model import GuardConfig
 from extproc.guardrails.matching import MatcherGuard, Matchers
-from extproc.guardrails.stream import StreamGuard
+from extproc.guardrails.stream import StreamGuard, TextStream
 from tests.unit.guard_helpers import (
     anthropic_event,
     anthropic_stream_text,
@@ -137,3 +138,21 @@ def test_anthropic_events_are_masked_and_flushed_at_block_stop() -> None:
         b"event: content_block_stop",
         b"event: message_stop",
     ]
+
+
+@pytest.mark.timeout(10)
+def test_a_match_reaching_back_into_released_text_does_not_stall_the_stream() -> None:
+    # Card-shaped runs that start in the character already released: the guard used
+    # to loop for ever on them, freezing the event loop for every request. Streamed in
+    # small pieces, each masks as the whole text does.
+    guard = GuardConfig(name="pii", builtins=["CREDIT_CARD", "PHONE_NUMBER"], action="mask")
+    for text in (
+        "123-45-678914111 1111 1111 11114111-111",
+        "The values are 77678 71333 17094 48490 79157 62135 82014 76133 858 79377 1725",
+    ):
+        whole = TextStream(Matchers((MatcherGuard(guard, 256),)))
+        expected = whole.push(text) + whole.flush()
+        for size in (3, len(text) - 1):
+            stream = TextStream(Matchers((MatcherGuard(guard, 256),)))
+            pieces = [text[i : i + size] for i in range(0, len(text), size)]
+            assert "".join(stream.push(piece) for piece in pieces) + stream.flush() == expected
