@@ -50,6 +50,9 @@ class RoutingStage:
         if ctx.method != "POST":
             raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}; use POST")
         ctx.accounted = True
+        # The gateway reads the answer (usage, translation, guards): it must come
+        # uncompressed, whatever the client's SDK accepts (httpx asks for gzip).
+        out.remove_headers.append("accept-encoding")
         length = ctx.request_headers.get("content-length")
         if length is not None:
             limit = ctx.runtime.config.limits.max_request_body_bytes

@@ -77,6 +77,9 @@ def test_chat_completion_is_answered_counted_logged_and_reported(
     assert upstream["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
     assert CLIENT_KEY not in orjson.dumps(upstream).decode()
     assert upstream["path"] == "/v1/chat/completions"
+    # The SDK asks for gzip; the gateway reads the answer, so the provider must not
+    # compress it (a compressed answer could be neither counted nor guarded).
+    assert "accept-encoding" not in upstream["headers"]
 
     request_id = raw.headers["x-request-id"]
     lines = gateway_log.for_request(request_id)
