@@ -1,7 +1,8 @@
 """Where the text of a request or a buffered answer lives, as slots a guard reads and writes.
 
 A ``TextSlot`` points at one string inside the parsed body (a message's
-``content``, one text part of it, Anthropic's ``system``, a choice's message),
+``content``, one text part of it, Anthropic's ``system`` or a ``tool_result``'s
+content, a choice's message),
 so guards read every piece of text and write masked text back in place,
 whether content came as a string or as an array of parts. Images, audio and
 tool-call arguments are not text slots.
@@ -34,12 +35,14 @@ def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[Text
         slots.append(TextSlot(role, holder, key))
     elif isinstance(content, list):
         for part in content:
-            if (
-                isinstance(part, dict)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
                 slots.append(TextSlot(role, part, "text"))
+            elif part.get("type") == "tool_result":
+                # Anthropic's tool output, a string or text blocks: the model reads
+                # it, as it reads an OpenAI "tool" message's content.
+                _content_slots(role, part, "content", slots)
 
 
 def request_slots(body: dict[str, Any]) -> list[TextSlot]:

@@ -129,6 +129,31 @@ async def test_pii_is_masked_in_strings_and_parts_before_the_provider_sees_it() 
     assert gateway.decisions(guard="card-talk", action="pass") == 1
 
 
+async def test_pii_in_an_anthropic_tool_result_is_masked_too() -> None:
+    gateway = Gateway(config_with(WORKSHOP, {"anthropic-messages": {"guardrails": "workshop"}}))
+    use = {"type": "tool_use", "id": "t1", "name": "lookup", "input": {}}
+    results = [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "mail jane@example.com"},
+        {"type": "tool_result", "tool_use_id": "t2",
+         "content": [{"type": "text", "text": "ops@example.com"}]},
+    ]  # fmt: skip
+    body = orjson.dumps(
+        {
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "look up the contact"},
+                {"role": "assistant", "content": [use]},
+                {"role": "user", "content": results},
+            ],
+        }
+    )
+    answers = await gateway.send("/v1/messages", body)
+    sent = upstream_body(answers[1])["messages"][2]["content"]
+    assert sent[0]["content"] == "mail <EMAIL>"
+    assert sent[1]["content"][0]["text"] == "<EMAIL>"
+
+
 async def test_routes_without_policies_are_untouched() -> None:
     gateway = Gateway(config_with(WORKSHOP, {"openai-chat": {"guardrails": "workshop"}}))
     answers = await gateway.send("/openai", chat("card 4111 1111 1111 1111"))
