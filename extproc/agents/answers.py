@@ -144,6 +144,10 @@ class AnswerReader:
                 self._read_event(event)
             return None
         out = [self._read_event(event) or event for event in events]
+        if end_of_stream and self._rewrite_pending():
+            # The answer to rewrite never came (or not under its request's id): what
+            # was held goes nowhere, as on the JSON path, rather than out unfiltered.
+            return self._failure_body()
         if not self._rewrite_pending():
             # Released: what was held goes out; the splitter keeps the partial event
             # only to read it, it is never sent twice.

@@ -193,6 +193,17 @@ def test_a_json_tool_list_is_filtered_and_a_batch_answer_too(size: int) -> None:
     assert [tool["name"] for tool in orjson.loads(out)[0]["result"]["tools"]] == ["echo"]
 
 
+def test_an_sse_stream_that_ends_without_the_tool_list_answer_fails_closed() -> None:
+    # Answered under another id than the request's (1 where the client sent 1.0, say):
+    # the list the gateway was to filter must not reach the client unfiltered.
+    reader = AnswerReader([only_echo(call_record())], sse=True)
+    other_id = {**LISTED, "id": 3}
+    body = b"event: message\ndata: " + orjson.dumps(other_id) + b"\n\n"
+    out = feed_all(reader, body, 100_000)
+    assert b"deploy_prod" not in out
+    assert orjson.loads(event_data(out) or b"")["error"]["code"] == -32603
+
+
 def test_a_tool_list_the_gateway_cannot_read_fails_closed() -> None:
     reader = AnswerReader([only_echo(call_record())], sse=False)
     assert reader.feed(b'{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"deploy_', False) == b""
