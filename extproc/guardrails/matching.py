@@ -95,8 +95,15 @@ class Matchers:
 
     def scan(self, text: str) -> tuple[int | None, list[Hit], list[Span]]:
         """(the first rejecting guard, the mask hits to apply, the rejecting spans)."""
+        rejecting, hits, every = self.scan_all(text)
+        return rejecting, hits, [span for guard, span in every if guard == rejecting]
+
+    def scan_all(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
+        """Like ``scan``, with the spans of every rejecting guard (by guard index): a
+        stream may release text before a rejecting match that is still growing, and
+        must still refuse what another rejecting guard found in it."""
         rejecting: int | None = None
-        rejected_spans: list[Span] = []
+        rejected_spans: list[tuple[int, Span]] = []
         hits: list[Hit] = []
         if self._any is not None and self._any.search(text) is None:
             return rejecting, hits, rejected_spans
@@ -106,8 +113,7 @@ class Matchers:
                     if guard.action is GuardAction.REJECT:
                         if rejecting is None:
                             rejecting = index
-                        if rejecting == index:
-                            rejected_spans.append(span)
+                        rejected_spans.append((index, span))
                         break
                     hits.append(Hit(span.start, span.end, index, guard.replacement(span)))
         return rejecting, _resolve(hits), rejected_spans

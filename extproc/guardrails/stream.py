@@ -66,21 +66,21 @@ class TextStream:
         context = self._before
         scanned = context + buffer
         offset = len(context)
-        rejecting, hits, rejected = self._matchers.scan(scanned)
+        _, hits, rejected = self._matchers.scan_all(scanned)
         reaching_back = any(hit.start < offset < hit.end for hit in hits) or any(
-            span.start < offset < span.end for span in rejected
+            span.start < offset < span.end for _, span in rejected
         )
         if offset and reaching_back:
             # A match reaching back into text already sent cannot be masked there,
             # and would hide one starting after it: match the held text on its own.
             scanned, offset = buffer, 0
-            rejecting, hits, rejected = self._matchers.scan(scanned)
+            _, hits, rejected = self._matchers.scan_all(scanned)
         cut = len(scanned)
         if not final:
             cut = max(offset, cut - self._matchers.holdback(scanned))
             # A match that runs past the cut may still grow: keep it whole for later.
             spans = [(hit.start, hit.end) for hit in hits]
-            spans.extend((span.start, span.end) for span in rejected)
+            spans.extend((span.start, span.end) for _, span in rejected)
             moved = True
             while moved:
                 moved = False
@@ -90,10 +90,11 @@ class TextStream:
                     if start < cut < end and max(offset, start) < cut:
                         cut = max(offset, start)
                         moved = True
-        if rejecting is not None and any(
-            span.end > offset and span.end <= cut for span in rejected
-        ):
-            raise StreamRejectedError(rejecting)
+        # Refused by the first guard (in config order) that found something complete in
+        # what would be released.
+        refusing = [guard for guard, span in rejected if offset < span.end <= cut]
+        if refusing:
+            raise StreamRejectedError(min(refusing))
         released = [
             Hit(hit.start - offset, hit.end - offset, hit.guard, hit.replacement)
             for hit in hits

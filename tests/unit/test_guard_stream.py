@@ -107,6 +107,19 @@ def test_reject_guard_ends_the_stream_with_an_error() -> None:
     assert out[-1] == b""  # nothing after the rejection
 
 
+def test_a_later_reject_guard_still_refuses_what_it_found_before_a_growing_match() -> None:
+    keys = GuardConfig(name="keys", patterns=[{"pattern": r"sk-[a-z0-9]{8,}"}], action="reject")
+    words = GuardConfig(name="words", literals=["topsecret"], action="reject")
+    guard = guard_of(keys, words)
+    out = play(
+        guard,
+        [openai_chunk("the topsecret plan, key sk-abcdefgh12"), openai_chunk("34 done")],
+    )
+    body = b"".join(out)
+    assert b"topsecret" not in body
+    assert guard.rejected_by == 1  # "words" found it first in what was to go out
+
+
 def test_anthropic_events_are_masked_and_flushed_at_block_stop() -> None:
     chunks = [
         anthropic_event("message_start", {"type": "message_start", "message": {"id": "m"}}),
