@@ -68,19 +68,16 @@ class Spool:
                     continue
                 try:
                     await apply(record)
-                except _MALFORMED as exc:
-                    if isinstance(exc, RedisError):
+                except Exception as exc:
+                    if not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
+                        # The store (or the disk) is not there yet, in whatever form
+                        # the client reports it: the record waits.
                         log.warning("%s spool replay paused: %s", self.kind, type(exc).__name__)
                         break
                     # The record itself is wrong (hand-edited, another version's): set
                     # aside, so that it does not hold back every record after it.
                     log.exception("a %s spool record cannot be applied: set aside", self.kind)
                     await asyncio.to_thread(self._set_aside, line)
-                except Exception as exc:
-                    # Anything else is the store (or the disk) not being there yet, in
-                    # whatever form the client reports it: the record waits.
-                    log.warning("%s spool replay paused: %s", self.kind, type(exc).__name__)
-                    break
                 applied += 1
             if applied:
                 await asyncio.to_thread(self._drop_first, applied)
