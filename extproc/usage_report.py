@@ -12,16 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
+
+from redis.exceptions import RedisClusterException, RedisError
 
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, render
 from extproc.config.model import GatewayConfig
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
+from extproc.store.spool import make_directory, sync_directory
 from extproc.store.usage import UsageRow, UsageStore
+
+# What a store that is down, unreachable or refusing us raises, for a single node or a cluster.
+_STORE_ERRORS = (RedisError, RedisClusterException)
 
 
 class ReportError(Exception):
@@ -68,6 +75,14 @@ def _rows(
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    except _STORE_ERRORS as exc:
+        # The kind of error only: a client's message may quote the URL it was given.
+        print(
+            f"error: the store did not answer ({type(exc).__name__}): check store.url"
+            " (or that the gateway's embedded Valkey is up), or ask a gateway with --api",
+            file=sys.stderr,
+        )
+        return None
     return rows, by, period
 
 
@@ -113,11 +128,41 @@ def export(config: GatewayConfig, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     target = Path(args.output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed: a billing job never reads half a file.
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-        file.write(text)
-    Path(temporary).replace(target)
+    try:
+        write_file(target, text)
+    except OSError as exc:
+        print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(rows)} rows to {target}", file=sys.stderr)
     return 0
+
+
+def write_file(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` whole: written beside it, fsynced, renamed, and the
+    rename fsynced, so a billing job never reads half a file, and a file that appeared
+    survives a power cut. The mode is the old file's, or what a new file gets (umask)."""
+    make_directory(target.parent)
+    mode = _mode_for(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            # mkstemp makes it 0600: the billing job reading it is often another user.
+            os.fchmod(file.fileno(), mode)
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        Path(temporary).replace(target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    sync_directory(target.parent)
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        # Reading the umask means setting it; the CLI runs one thread.
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -4,7 +4,14 @@ Rollups are hourly, so a period must start and end on a whole hour: a report
 never pretends to split an hour it cannot split. ``--day`` and ``--month`` are
 calendar periods in a time zone (UTC by default); a zone whose midnight is not
 a whole UTC hour (e.g. Asia/Kolkata, +05:30) cannot be reported on exactly and
-is refused.
+is refused. So is a local time without an offset that a DST change makes
+ambiguous (it happens twice) or void (it never happens): a bill must not depend
+on a guess about which hour was meant.
+
+A period spans at most ``MAX_PERIOD_DAYS``: every hour of it is one hash read,
+and a typo such as ``--from 0001-01-01`` must not make the gateway serving the
+management API read 87 million of them. Longer periods are split (costs are
+integers, so the parts add up exactly).
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MAX_PERIOD_DAYS = 3660  # ten years, leap days included, with room to spare
+
+_OUT_OF_RANGE = "the period must fall within the years 1 to 9999 (UTC)"
 
 
 class PeriodError(ValueError):
@@ -34,7 +45,20 @@ def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise PeriodError(f"not an ISO 8601 date or time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+    return moment if moment.tzinfo else _local(moment, zone, text)
+
+
+def _local(moment: datetime, zone: tzinfo, text: str) -> datetime:
+    """A wall-clock time in ``zone``, refused when a DST change makes it ambiguous."""
+    first, second = moment.replace(tzinfo=zone, fold=0), moment.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == moment:
+        raise PeriodError(
+            f"{text!r} happens twice in {zone} (the clocks go back): give its offset,"
+            f" {first.isoformat()} or {second.isoformat()}"
+        )
+    raise PeriodError(f"{text!r} does not exist in {zone} (the clocks go forward)")
 
 
 def time_zone(name: str) -> tzinfo:
@@ -72,6 +96,32 @@ def resolve_period(
     now: datetime | None = None,
 ) -> Period:
     """The period a report asks for. Default: the last 24 hours, the current one included."""
+    try:
+        period = _resolve(start, end, day, month, last_month, zone_name, now)
+    except PeriodError:
+        raise
+    except (OverflowError, ValueError):
+        # A date next to year 1 or 9999 whose UTC time or next day/month is not a date.
+        raise PeriodError(_OUT_OF_RANGE) from None
+    if period.start >= period.end:
+        raise PeriodError("the start of the period must be before its end")
+    if period.end - period.start > timedelta(days=MAX_PERIOD_DAYS):
+        raise PeriodError(
+            f"a report spans at most {MAX_PERIOD_DAYS} days (about ten years):"
+            " split a longer period, its parts add up exactly"
+        )
+    return period
+
+
+def _resolve(
+    start: str | None,
+    end: str | None,
+    day: str | None,
+    month: str | None,
+    last_month: bool,
+    zone_name: str,
+    now: datetime | None,
+) -> Period:
     zone = time_zone(zone_name)
     now = (now or datetime.now(UTC)).astimezone(zone)
     shortcuts = [name for name, value in (("--day", day), ("--month", month)) if value]
@@ -106,7 +156,4 @@ def resolve_period(
             finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
             finish += timedelta(hours=1)
         begin = parse_moment(start, zone) if start else finish - timedelta(days=1)
-    period = Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end"))
-    if period.start >= period.end:
-        raise PeriodError("the start of the period must be before its end")
-    return period
+    return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end"))

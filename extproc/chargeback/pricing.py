@@ -115,8 +115,9 @@ _PICO_PER_USD = 10**12
 
 
 def usd(picousd: int) -> Decimal:
-    """Picodollars as an exact Decimal number of USD."""
-    return Decimal(picousd).scaleb(-12)
+    """Picodollars as an exact Decimal number of USD, at any size: built from text, which
+    no context rounds (arithmetic such as ``scaleb`` rounds to 28 digits)."""
+    return Decimal(f"{picousd}E-12")
 
 
 def usd_float(picousd: int) -> float:
@@ -133,6 +134,14 @@ def usd_text(picousd: int) -> str:
     whole, _, fraction = text.partition(".")
     fraction = fraction.rstrip("0").ljust(2, "0")
     return f"{whole}.{fraction}"
+
+
+def picousd_of(text: str) -> int:
+    """The picodollars of a USD amount as ``usd_text`` writes it, exactly, at any size."""
+    whole, _, fraction = text.strip().partition(".")
+    if len(fraction) > 12 or (fraction and not fraction.isdigit()):
+        raise ValueError(f"not an amount of whole picodollars: {text!r}")
+    return int(whole + fraction.ljust(12, "0"))
 
 
 def _members(ctx: RequestContext) -> set[str]:

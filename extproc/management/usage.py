@@ -9,13 +9,12 @@ rollup rows, so the CLI prints exactly the same thing whichever way it asked.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal
 
 from grpc import aio as grpc_aio
 
 from extproc.chargeback.latency import BOUNDS_MS, BUCKETS
 from extproc.chargeback.period import Period, PeriodError, resolve_period
-from extproc.chargeback.pricing import usd_text
+from extproc.chargeback.pricing import picousd_of, usd_text
 from extproc.chargeback.report import dimensions, totals
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import InvalidArgumentError
@@ -101,7 +100,7 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 completion_tokens=found.completion_tokens,
                 cached_tokens=found.cached_tokens,
                 # The decimal text: exact at any size, where cost_picousd stops at int64.
-                cost_picousd=int(Decimal(found.cost_usd).scaleb(12)),
+                cost_picousd=picousd_of(found.cost_usd),
                 unpriced_requests=found.unpriced_requests,
                 latency_buckets=buckets + [0] * (BUCKETS - len(buckets)),
             )

@@ -2,10 +2,16 @@
 
 When the store is down, usage rollups and quota settlements are not dropped:
 each failed batch is appended as one JSON line to a file under
-``store.spool_dir`` (flushed to disk), and replayed in order once the store
-answers again. Every batch carries an id that the store-side scripts record,
-so a batch replayed twice (say, after a timeout that had in fact succeeded)
-is counted once.
+``store.spool_dir``, and replayed in order once the store answers again.
+
+A record is durable when ``append`` returns: the file is fsynced, and so is the
+directory whenever a name in it changed (a file or directory created, the file
+renamed into place or removed after a replay), since an fsynced file whose
+directory entry is lost to a power cut is lost with it. Callers run ``append``
+off the event loop: every fsync is disk I/O.
+
+Every batch carries an id that the store-side scripts record, so a batch
+replayed twice (say, after a timeout that had in fact succeeded) is counted once.
 
 Appends may come (from a worker thread) while a replay is applying records: the
 replay then keeps them, since it drops only the lines it read. A line torn by a
@@ -16,6 +22,7 @@ is the only one lost.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import threading
@@ -104,6 +111,9 @@ class Spool:
             rest = self._lines()[count:]
             if not rest:
                 self.path.unlink(missing_ok=True)
+                # Else a power cut brings back records the store already has (counted
+                # once thanks to their ids, but only while the store remembers them).
+                sync_directory(self.path.parent)
                 return
             temporary = self.path.with_suffix(".tmp")
             with temporary.open("wb") as spool:
@@ -111,17 +121,47 @@ class Spool:
                 spool.flush()
                 os.fsync(spool.fileno())
             temporary.replace(self.path)
+            # Until the rename is on disk, records appended to the new file (fsynced,
+            # but under a name a power cut can undo) are not safe.
+            sync_directory(self.path.parent)
 
 
 def append_lines(path: Path, data: bytes) -> None:
-    """Append whole lines to ``path`` and fsync them. When the file ends in a line torn
-    by a crash mid-append, that line is closed first, so the new lines stay readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append whole lines to ``path`` and fsync them (the directory too when the file
+    is new). When the file ends in a line torn by a crash mid-append, that line is
+    closed first, so the new lines stay readable."""
+    make_directory(path.parent)
     with path.open("ab+") as spool:
-        if spool.tell() > 0:
+        created = spool.tell() == 0
+        if not created:
             spool.seek(-1, os.SEEK_END)
             if spool.read(1) != b"\n":
                 data = b"\n" + data
         spool.write(data)
         spool.flush()
         os.fsync(spool.fileno())
+    if created:
+        sync_directory(path.parent)
+
+
+def make_directory(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each new name synced in its parent."""
+    if directory.is_dir():
+        return
+    make_directory(directory.parent)
+    directory.mkdir(exist_ok=True)
+    sync_directory(directory.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, which makes the names created, renamed or removed in it durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # A file system that cannot sync a directory (some network ones) gives what
+        # it can; refusing to spool there would lose the record outright.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
