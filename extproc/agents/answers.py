@@ -31,6 +31,7 @@ from extproc.agents.sse import EventSplitter, event_data, with_data
 
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_CARD_BYTES = 1024 * 1024
+UNREADABLE = "the gateway could not read the upstream's answer to filter it"
 _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
 # A2A task states after which the agent sends nothing more for this request.
 _SETTLED_STATES = frozenset(
@@ -144,9 +145,10 @@ class AnswerReader:
                 self._read_event(event)
             return None
         out = [self._read_event(event) or event for event in events]
-        if end_of_stream and self._rewrite_pending():
+        if end_of_stream and any(watch.rewrites for watch in self._watches.values()):
             # The answer to rewrite never came (or not under its request's id): what
             # was held goes nowhere, as on the JSON path, rather than out unfiltered.
+            # (A server stream's last events were all read and filtered: they go out.)
             return self._failure_body()
         if not self._rewrite_pending():
             # Released: what was held goes out; the splitter keeps the partial event
@@ -172,22 +174,21 @@ class AnswerReader:
         return self._failure_body()
 
     def _failure_body(self) -> bytes:
-        errors = [
-            error_object(
-                watch.request_id,
-                INTERNAL_ERROR,
-                "the gateway could not read the upstream's answer to filter it",
-            )
-            for watch in self._watches.values()
-            if watch.rewrites
-        ]
+        rewriting = [watch.request_id for watch in self._watches.values() if watch.rewrites]
         self._watches.clear()
         self._any = None
         self._holding = False
-        if not errors:
+        if not rewriting:
             return b""  # a stream, not one request's answer: the rest is dropped
-        body = orjson.dumps(errors[0] if len(errors) == 1 else errors)
+        body = unreadable_answer(rewriting)
         return b"data: " + body + b"\n\n" if self._sse else body
+
+
+def unreadable_answer(request_ids: list[RequestId]) -> bytes:
+    """The JSON-RPC error for requests whose answer the gateway had to rewrite but could
+    not read: the client gets this instead of, say, an unfiltered tool list."""
+    errors = [error_object(request_id, INTERNAL_ERROR, UNREADABLE) for request_id in request_ids]
+    return orjson.dumps(errors[0] if len(errors) == 1 else errors)
 
 
 # --- watches -----------------------------------------------------------------------------

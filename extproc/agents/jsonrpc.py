@@ -8,6 +8,7 @@ MCP and A2A leave unused are the gateway's: see ``FORBIDDEN`` and ``RATE_LIMITED
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,15 @@ def _message(item: Any) -> RpcMessage:
     if not isinstance(method, str):
         raise RpcParseError(INVALID_REQUEST, "'method' must be a string")
     return RpcMessage(method, message_id, has_id, item.get("params"))
+
+
+def canonical_method(method: str) -> str:
+    """The method as the most lenient server might read it: NFKC-normalised, casefolded,
+    without whitespace, control or format characters (``" Tools/Call"`` followed by a
+    zero-width space is ``tools/call``). JSON-RPC method names are exact; this only
+    spots lookalikes."""
+    folded = unicodedata.normalize("NFKC", method).casefold()
+    return "".join(c for c in folded if not c.isspace() and unicodedata.category(c)[0] != "C")
 
 
 def error_object(

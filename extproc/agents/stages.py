@@ -38,6 +38,7 @@ from extproc.agents.answers import (
     ToolCallOutcome,
     ToolListFilter,
     Watch,
+    unreadable_answer,
 )
 from extproc.agents.call import AgentCall
 from extproc.agents.jsonrpc import RequestId, RpcMessage, RpcParseError
@@ -52,6 +53,7 @@ from extproc.errors import (
     PermissionDeniedError,
     RateLimitError,
     ServiceUnavailableError,
+    UpstreamError,
 )
 from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
@@ -66,11 +68,23 @@ EXTENDED_CARD_METHODS = frozenset({"GetExtendedAgentCard", "agent/getAuthenticat
 # MCP tool names are at most 128 characters by the spec; some slack for older servers.
 MAX_TOOL_NAME = 256
 SESSION_HEADER = "mcp-session-id"
+MAX_METHOD_LOOKALIKE = 1024
+# Methods the gateway reads by name, by their lookalikes' canonical form: MCP tool calls
+# are checked and counted, tool lists filtered; A2A messages counted, extended cards rewritten.
+_MCP_GOVERNED = {jsonrpc.canonical_method(m): m for m in ("tools/call", "tools/list")}
+_A2A_GOVERNED = {
+    jsonrpc.canonical_method(m): m for m in outcome.A2A_MESSAGE_METHODS | EXTENDED_CARD_METHODS
+}
 SSE = "text/event-stream"
+JSON = "application/json"
 _AUTHORITY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 # The answer is Envoy's to deliver as it comes (server streams, session ends).
-_PASS_ANSWER = ModeOverride(skip_request_body=True, response_body="NONE")
-_NO_BODY = ModeOverride(skip_request_body=True)
+# Requests that carry no JSON-RPC (GET, DELETE) keep their body phase: there is no
+# body to read, and one that comes anyway is refused, since a lax server might run
+# the JSON-RPC in it unchecked. A body-less request costs no extra message.
+_PASS_ANSWER = ModeOverride(response_body="NONE")
+# Whether the answer is read is decided when its headers come.
+_ANSWER_LATER = ModeOverride()
 _READ_ANSWER = ModeOverride(response_body="STREAMED")
 _UNREAD_ANSWER = ModeOverride(response_body="NONE")
 
@@ -105,13 +119,13 @@ class AgentRouteStage:
             # Discovery comes before credentials: the card says how to authenticate.
             ctx.public = True
             out.remove_headers.append("accept-encoding")
-            out.mode_override = _NO_BODY
+            out.mode_override = _ANSWER_LATER
         elif mcp and method == "GET":
             call.kind = "stream"
             # A resumed stream replays earlier answers, tool lists too: read it when
             # rules may hide tools; else Envoy passes it on untouched.
             governed = ctx.runtime.agents.access.governs_tools(server.name)
-            out.mode_override = _NO_BODY if governed else _PASS_ANSWER
+            out.mode_override = _ANSWER_LATER if governed else _PASS_ANSWER
             if governed:
                 out.remove_headers.append("accept-encoding")
         elif mcp and method == "DELETE":
@@ -142,7 +156,13 @@ class AgentCallStage:
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
     ) -> Awaitable[None] | None:
         call = ctx.agent
-        if call is None or call.kind != "rpc":
+        if call is None:
+            return None
+        if call.kind != "rpc":
+            if body:
+                message = f"a {ctx.method} carries no body: send JSON-RPC messages in a POST"
+                invalid = BadRequestError(message, code="unexpected_body")
+                _refuse(ctx, out, [None], False, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
         limit = ctx.runtime.config.limits.max_request_body_bytes
         if len(body) > limit:
@@ -158,7 +178,14 @@ class AgentCallStage:
             return None
         call.method = next((m.method for m in messages if m.method is not None), None)
         requests = [m for m in messages if m.is_request]
-        if call.protocol is AgentProtocol.MCP:
+        mcp = call.protocol is AgentProtocol.MCP
+        unchecked = _unchecked_request(messages, _MCP_GOVERNED if mcp else _A2A_GOVERNED)
+        if unchecked is not None:
+            invalid = BadRequestError(unchecked, code="invalid_request")
+            ids = [m.id for m in requests] or [None]
+            _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
+            return None
+        if mcp:
             return self._mcp(ctx, out, call, requests, batch)
         return self._a2a(ctx, out, call, requests, batch)
 
@@ -254,27 +281,25 @@ class AgentCallStage:
         session = response_headers.get(SESSION_HEADER)
         if session and call.session is None:
             call.set_session(session)
-        content_type = response_headers.get("content-type", "")
+        media = _media_type(response_headers)
         # In the log line: the answer came as a stream (SSE), whoever asked for it.
-        ctx.stream = content_type.startswith(SSE)
+        ctx.stream = media == SSE
+        # Envoy marks a bodiless answer (headers end the stream): nothing to read.
+        has_body = not ctx.completed
         reader: Any = None
         if status >= 400:
             call.answered(outcome.UPSTREAM_ERROR)
         elif call.kind == "card":
-            if status == 200 and call.server.rewrite_agent_card and "json" in content_type:
+            if status == 200 and call.server.rewrite_agent_card and _is_json(media):
                 reader = CardReader(call)
-        elif call.kind == "rpc" and call.watches:
-            sse = content_type.startswith(SSE)
-            if sse or "json" in content_type:
-                reader = AnswerReader(call.watches, sse=sse)
-        elif call.kind == "stream" and status == 200 and content_type.startswith(SSE):
-            agents = ctx.runtime.agents
-            server, identity = call.server.name, ctx.identity
-            if agents.access.governs_tools(server):
-                lists = ToolListFilter(
-                    None, call, lambda tool: agents.access.denial(identity, server, tool) is None
-                )
-                reader = AnswerReader([], sse=True, any_answer=lists)
+        elif call.kind == "rpc" and call.watches and has_body:
+            reader = self._rpc_reader(ctx, out, call, response_headers, media)
+            if out.answer is not None:
+                return
+        elif call.kind == "stream" and 200 <= status < 300 and has_body:
+            reader = self._stream_reader(ctx, out, call, response_headers, media)
+            if out.answer is not None:
+                return
         if reader is None:
             # Nothing to read: Envoy delivers the answer (a server stream stays open).
             out.mode_override = _UNREAD_ANSWER
@@ -283,6 +308,61 @@ class AgentCallStage:
         call.reader = reader
         out.mode_override = _READ_ANSWER
         out.remove_headers.append("content-length")
+
+    def _rpc_reader(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        call: AgentCall,
+        response_headers: dict[str, str],
+        media: str,
+    ) -> AnswerReader | None:
+        """The reader of a JSON-RPC POST's answer; None to pass it on unread.
+
+        An answer the gateway must rewrite (a tool list) is read whatever its
+        content type says: JSON under ``text/plain`` or no type at all is still
+        filtered, and anything that is not JSON fails closed in the reader. Only a
+        compressed answer cannot be read: its requests get a JSON-RPC error now.
+        Answers the gateway only observes are read when they say JSON or SSE.
+        """
+        rewriting = [watch.request_id for watch in call.watches if watch.rewrites]
+        if _compressed(response_headers):
+            if rewriting:
+                _fail_closed(ctx, out, 200, unreadable_answer(rewriting))
+            return None
+        if media == SSE:
+            return AnswerReader(call.watches, sse=True)
+        if rewriting or _is_json(media):
+            if rewriting and not _is_json(media):
+                # What the client gets is JSON: the filtered document or an error.
+                out.set_headers["content-type"] = JSON
+            return AnswerReader(call.watches, sse=False)
+        return None
+
+    def _stream_reader(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        call: AgentCall,
+        response_headers: dict[str, str],
+        media: str,
+    ) -> AnswerReader | None:
+        """The reader of MCP's GET stream, which may replay earlier answers, tool lists too.
+
+        Read only when rules may hide tools of the server; then an answer that is
+        not an uncompressed SSE stream cannot be filtered and is refused (502).
+        """
+        agents = ctx.runtime.agents
+        server, identity = call.server.name, ctx.identity
+        if not agents.access.governs_tools(server):
+            return None
+        if media != SSE or _compressed(response_headers):
+            _fail_closed(ctx, out, 502, unreadable_answer([None]))
+            return None
+        lists = ToolListFilter(
+            None, call, lambda tool: agents.access.denial(identity, server, tool) is None
+        )
+        return AnswerReader([], sse=True, any_answer=lists)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
@@ -438,6 +518,68 @@ def _refuse(
         answer_headers[headers.REQUEST_ID] = ctx.request_id
     body = jsonrpc.error_body(ids, code, error.message, data, batch)
     out.answer = (http_status, body, answer_headers)
+
+
+def _unchecked_request(messages: list[RpcMessage], governed: dict[str, str]) -> str | None:
+    """Why a message meant as a governed request could not be checked as one.
+
+    Rules read requests by their exact method and id: MCP's ``tools/call`` is
+    checked and counted, ``tools/list`` filtered; A2A's messages are counted and
+    its extended card rewritten. A lenient server may still run a ``tools/call``
+    sent as a notification (no id: there is no answer to refuse) or under a
+    lookalike name (``Tools/Call``), or answer a lookalike ``tools/list`` with the
+    unfiltered list; such messages are refused, never forwarded unchecked.
+    Clients never send them: these methods are requests, which always carry an
+    id, and method names are exact.
+    """
+    for message in messages:
+        # A method longer than any lax reading of a governed one would take is not a
+        # lookalike; the bound keeps a huge method name from holding the event loop.
+        if message.method is None or len(message.method) > MAX_METHOD_LOOKALIKE:
+            continue
+        meant = governed.get(jsonrpc.canonical_method(message.method))
+        if meant is None:
+            continue
+        if message.method != meant:
+            return (
+                f"{message.method!r} is not a method of this protocol: method names are exact"
+                f" (did you mean '{meant}'?)"
+            )
+        if not message.has_id:
+            return f"{meant} is a request: it needs an id (a string or an integer)"
+    return None
+
+
+def _fail_closed(ctx: RequestContext, out: PhaseOutput, http_status: int, body: bytes) -> None:
+    """Answer with ``body`` (JSON-RPC errors) in place of an upstream answer the gateway
+    had to rewrite but cannot read; the original never reaches the client."""
+    call = ctx.agent
+    assert call is not None
+    call.answered(outcome.UPSTREAM_ERROR, jsonrpc.INTERNAL_ERROR)
+    ctx.error = UpstreamError(
+        "the upstream's answer could not be read to apply access rules", code="unreadable_answer"
+    )
+    answer_headers = {"content-type": JSON}
+    if ctx.request_id:
+        answer_headers[headers.REQUEST_ID] = ctx.request_id
+    out.answer = (http_status, body, answer_headers)
+
+
+def _media_type(response_headers: dict[str, str]) -> str:
+    """The answer's media type, without parameters; lowercase, as RFC 9110 compares it."""
+    return response_headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(media: str) -> bool:
+    # Loose on purpose (application/json, ...+json, application/json-rpc): answers that
+    # are only observed are read when they look like JSON; rewritten ones always are.
+    return "json" in media
+
+
+def _compressed(response_headers: dict[str, str]) -> bool:
+    """The gateway asks for no encoding; a server may compress anyway."""
+    encoding = response_headers.get("content-encoding", "").strip().lower()
+    return encoding not in {"", "identity"}
 
 
 def _check_length(ctx: RequestContext) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import json
+from typing import Any
 
 import uvicorn
 from a2a.helpers import get_message_text, new_task_from_user_message
@@ -28,6 +31,9 @@ from a2a.types.a2a_pb2 import (
 )
 from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 TOOLS = ("echo", "add", "fail", "deploy_staging", "deploy_production")
 
@@ -109,6 +115,83 @@ async def serve(mcp_port: int, a2a_port: int) -> None:
         )
     ]
     await asyncio.gather(*(server.serve() for server in servers))
+
+
+# --- a lenient MCP server: lax where real servers differ, to test the gateway fails closed ---
+
+# The tools the lenient server ran, in order: a test reads them at GET /calls.
+LENIENT_CALLS: list[str] = []
+
+
+def _lenient_answer(message: dict[str, Any]) -> dict[str, Any]:
+    """What a lax server makes of one message: methods matched loosely, tools run."""
+    method = str(message.get("method", "")).strip().lower()
+    found = message.get("params")
+    params: dict[str, Any] = found if isinstance(found, dict) else {}
+    if method == "tools/call":
+        name = str(params.get("name"))
+        LENIENT_CALLS.append(name)
+        return {"content": [{"type": "text", "text": f"ran {name}"}]}
+    if method == "tools/list":
+        return {"tools": [{"name": name, "inputSchema": {"type": "object"}} for name in TOOLS]}
+    return {}
+
+
+def _lenient_response(request: Request, payload: bytes, sse: bool) -> Response:
+    """The payload framed and labelled as the query asks: ``type`` (``none``: no
+    content type), ``sse=1`` for an event, ``gzip=1`` compressed whatever was accepted."""
+    query = request.query_params
+    body = b"event: message\ndata: " + payload + b"\n\n" if sse else payload
+    found_type = query.get("type", "text/event-stream" if sse else "application/json")
+    extra = {} if found_type == "none" else {"content-type": found_type}
+    if query.get("gzip") == "1":
+        body = gzip.compress(body)
+        extra["content-encoding"] = "gzip"
+    return Response(body, headers=extra)
+
+
+async def _lenient_post(request: Request) -> Response:
+    parsed = json.loads(await request.body())
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    answers = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        # Notifications run too, unanswered: the laxness the gateway must not rely on.
+        result = _lenient_answer(message)
+        if "id" in message:
+            answers.append({"jsonrpc": "2.0", "id": message["id"], "result": result})
+    if not answers:
+        return Response(status_code=202)
+    payload = json.dumps(answers if isinstance(parsed, list) else answers[0]).encode()
+    return _lenient_response(request, payload, request.query_params.get("sse") == "1")
+
+
+async def _lenient_stream(request: Request) -> Response:
+    """A server stream replaying a tool list (as after a resumption), then ending; a GET
+    or DELETE that carries a body is served as a POST (a lax server's shortcut)."""
+    if await request.body():
+        return await _lenient_post(request)
+    replayed = {"jsonrpc": "2.0", "id": 99, "result": _lenient_answer({"method": "tools/list"})}
+    return _lenient_response(request, json.dumps(replayed).encode(), sse=True)
+
+
+async def _lenient_calls(request: Request) -> Response:
+    return JSONResponse(LENIENT_CALLS)
+
+
+def lenient_mcp_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/mcp", _lenient_post, methods=["POST"]),
+            Route("/mcp", _lenient_stream, methods=["GET", "DELETE"]),
+            Route("/calls", _lenient_calls, methods=["GET"]),
+        ]
+    )
+
+
+def run_lenient_mcp(port: int) -> None:
+    uvicorn.run(lenient_mcp_app(), host="127.0.0.1", port=port, log_level="warning")
 
 
 def main() -> None:
