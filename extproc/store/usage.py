@@ -42,6 +42,9 @@ _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
 _SEPARATOR = "\t"
 _HOURS_PER_BATCH = 500
+# Hours whose last landed batch id is remembered (writes go to the current hour, and
+# to the one before just after it turns).
+_LANDED_HOURS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,11 @@ class UsageStore:
         self._prefix = key_prefix
         self._ttl = retention_days * 86400
         self._record = scripts.register(client, "usage_record")
+        # Per hour: the id of this writer's last batch that landed whole on its first
+        # try. It can never be replayed, so the next write to that hour removes its id
+        # from the hash (see usage_record.lua); without that, every flush (two a
+        # second) left an id in the hour for as long as the hour is kept.
+        self._landed: dict[str, str] = {}
 
     def _key(self, bucket: str) -> str:
         return f"{self._prefix}usage:{bucket}"
@@ -167,8 +175,13 @@ class UsageStore:
     async def record(self, entry: UsageEntry) -> None:
         await self.record_totals(totals_of([entry]), uuid.uuid4().hex)
 
-    async def record_totals(self, totals: UsageTotals, batch_id: str) -> None:
+    async def record_totals(
+        self, totals: UsageTotals, batch_id: str, *, replayed: bool = False
+    ) -> None:
         """Add summed usage to the rollups: one EVALSHA per hour touched (almost always one).
+
+        ``replayed``: the batch comes from the spool, so until the spool drops it a
+        crash can bring it back, and its id must stay to count it once.
 
         Not pipelined: redis-py checks a pipeline's scripts with an extra SCRIPT
         EXISTS round trip, while a lone EVALSHA reloads only on NOSCRIPT.
@@ -179,11 +192,20 @@ class UsageStore:
             for name, value in zip(MEASURES, counts, strict=False):
                 if value:
                     pairs.extend((name, value))
-            by_hour.setdefault(bucket, [self._ttl, batch_id]).extend(
-                (prefix, len(pairs) // 2, *pairs)
-            )
+            args = by_hour.get(bucket)
+            if args is None:
+                args = by_hour[bucket] = [self._ttl, batch_id, self._landed.get(bucket, "")]
+            args.extend((prefix, len(pairs) // 2, *pairs))
         for bucket, args in by_hour.items():
             await self._record(keys=[self._key(bucket)], args=args)
+        if not replayed:
+            # Only now: a batch that failed in one hour is spooled whole, and its
+            # replay must find its id in the hours where it did land.
+            for bucket in by_hour:
+                self._landed.pop(bucket, None)
+                self._landed[bucket] = batch_id
+            while len(self._landed) > _LANDED_HOURS:
+                del self._landed[next(iter(self._landed))]
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())

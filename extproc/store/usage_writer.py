@@ -134,7 +134,9 @@ class UsageWriter:
         totals: UsageTotals = {
             (str(row[0]), str(row[1])): counts_from(row[2:]) for row in record["totals"]
         }
-        await asyncio.wait_for(self._store.record_totals(totals, str(record["id"])), self._timeout)
+        await asyncio.wait_for(
+            self._store.record_totals(totals, str(record["id"]), replayed=True), self._timeout
+        )
 
     async def close(self) -> None:
         """Let a flush in progress finish (never cut it short: its batch would be in

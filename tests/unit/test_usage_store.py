@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -291,3 +292,81 @@ def test_a_request_counts_in_the_hour_its_log_line_names() -> None:
     assert datetime.fromtimestamp(started, UTC).hour == 11
     [(bucket, _)] = totals_of([UsageEntry(started, DIMS, 1, 1)])
     assert bucket == "2026030111"
+
+
+async def batch_ids_in_hour(valkey: EmbeddedValkey, key: str) -> list[str]:
+    client = connect(valkey.url, 2.0)
+    try:
+        fields = await client.hkeys(key)
+    finally:
+        await client.aclose()
+    return [name.decode() for name in fields if name.startswith(b"batch\t")]
+
+
+async def test_an_hour_keeps_a_handful_of_batch_ids_not_one_per_flush(
+    store: UsageStore, valkey: EmbeddedValkey
+) -> None:
+    writer = UsageWriter(store, on_error=lambda: None)
+    for _ in range(40):
+        writer.add(entry(T0, "gpt-4o", 1, 1))
+        assert await writer.flush() is True
+
+    assert (await requests_by_model(store)) == {"gpt-4o": 40}
+    # Two flushes a second used to leave 7,200 ids an hour in the hash, kept with it
+    # for the whole retention (400 days by default).
+    assert len(await batch_ids_in_hour(valkey, "test:usage:2026030110")) == 1
+
+
+class LandsButTimesOut(UsageStore):
+    """A store whose first write lands but whose answer is lost (a timeout)."""
+
+    lost = 0
+
+    async def record_totals(self, totals: Any, batch_id: str, *, replayed: bool = False) -> None:
+        if self.lost:
+            await super().record_totals(totals, batch_id, replayed=replayed)
+            return
+        self.lost += 1
+        # The script runs, its answer never comes back: as far as the writer knows, the
+        # batch may not have landed (the store itself never learns it landed whole).
+        await super().record_totals(totals, batch_id, replayed=True)
+        raise TimeoutError
+
+
+async def test_a_batch_whose_answer_was_lost_counts_once_among_later_flushes(
+    store: UsageStore, valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    flaky = LandsButTimesOut(connect(valkey.url, 2.0), "test:", retention_days=3)
+    spool = Spool(tmp_path, "usage")
+    writer = UsageWriter(flaky, on_error=lambda: None, spool=spool)
+    writer.add(entry(T0, "gpt-4o", 10, 5))
+    assert await writer.flush() is False  # landed, but the writer cannot know: spooled
+    assert spool.pending() == 1
+    for _ in range(3):  # later flushes to the same hour, the last one replaying the spool
+        writer.add(entry(T0, "gpt-4o", 1, 1))
+        assert await writer.flush() is True
+
+    assert spool.pending() == 0
+    rows = await store.query(*DAY, ("model",))
+    assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(4, 13, 8)]
+
+
+async def test_a_replayed_batch_found_again_after_a_crash_counts_once(
+    store: UsageStore, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path, "usage")
+    record = {"id": "spooled-1", "totals": []}
+    for (bucket, prefix), counts in totals_of([entry(T0, "gpt-4o", 10, 5)]).items():
+        record["totals"].append([bucket, prefix, *counts])
+    spool.append(record)
+    writer = UsageWriter(store, on_error=lambda: None, spool=spool)
+    writer.add(entry(T0, "gpt-4o", 1, 1))
+    assert await writer.flush() is True  # the live batch, then the spooled one
+    for _ in range(3):
+        writer.add(entry(T0, "gpt-4o", 1, 1))
+        assert await writer.flush() is True
+    # A crash between applying the record and removing it from the spool: it comes back.
+    spool.append(record)
+    assert await writer.flush() is True
+
+    assert (await requests_by_model(store)) == {"gpt-4o": 5}
