@@ -8,7 +8,8 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   ``content_block_start``, ``ping``, one ``content_block_delta`` per piece,
   ``content_block_stop``, ``message_delta`` (stop reason and cumulative output tokens) and
-  ``message_stop``, each written on its own.
+  ``message_stop``, each written on its own. With the ``error_after`` fault, an ``error``
+  event (``overloaded_error``) replaces the rest after that many deltas.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -221,6 +223,24 @@ def _abort(request: web.Request, response: web.StreamResponse | None = None) -> 
     return response if response is not None else web.Response(status=500)
 
 
+# Anthropic's error inside a stream whose 200 has left: an SSE ``error`` event, after
+# which the stream ends without message_delta or message_stop. Overloaded is the one
+# Anthropic documents as happening mid-stream.
+STREAM_ERROR = {
+    "type": "error",
+    "error": {"type": "overloaded_error", "message": "Overloaded (injected by x-mock-fault)"},
+}
+
+
+async def _fail_stream(
+    response: web.StreamResponse, send: Callable[[str, dict[str, Any]], Awaitable[None]]
+) -> web.StreamResponse:
+    """End a stream with Anthropic's mid-stream error event (the ``error_after`` fault)."""
+    await send("error", STREAM_ERROR)
+    await response.write_eof()
+    return response
+
+
 class AnthropicEndpoints:
     """Request handlers for Anthropic's endpoints; one instance per mock application."""
 
@@ -330,6 +350,8 @@ class AnthropicEndpoints:
             for sent, piece in enumerate(reply.pieces):
                 if sent == fault.reset_after:
                     return _abort(request, response)
+                if sent == fault.error_after:
+                    return await _fail_stream(response, send)
                 await send(
                     "content_block_delta",
                     {
@@ -341,6 +363,9 @@ class AnthropicEndpoints:
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
+            if fault.error_after is not None:
+                # Fewer pieces than error_after: the stream must still fail.
+                return await _fail_stream(response, send)
             await send("content_block_stop", {"type": "content_block_stop", "index": 0})
             await send(
                 "message_delta",

@@ -6,6 +6,8 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
 - ``POST .../model/{modelId}/converse-stream``: the same reply as AWS's binary event stream
   (see ``eventstream``): ``messageStart``, one ``contentBlockDelta`` per piece,
   ``contentBlockStop``, ``messageStop`` and ``metadata`` (usage, latency), each its own write.
+  With the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces
+  the rest after that many deltas.
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``); an id
 missing from ``models`` is a 404 ResourceNotFoundException, and an empty ``models`` accepts any.
@@ -54,7 +56,7 @@ from botocore.credentials import Credentials
 from multidict import CIMultiDictProxy
 
 from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
-from extproc.mock_llm.eventstream import encode_event
+from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.tokens import (
@@ -602,6 +604,23 @@ def _abort(request: web.Request, response: web.StreamResponse | None = None) -> 
     return response if response is not None else web.Response(status=500)
 
 
+# The exception Bedrock sends inside a ConverseStream whose 200 has left, when the model
+# fails mid-answer; the stream ends after it (botocore raises EventStreamError on it).
+STREAM_EXCEPTION = "modelStreamErrorException"
+STREAM_EXCEPTION_BODY = {
+    "message": "The model failed while streaming its answer. (injected by x-mock-fault)",
+    "originalStatusCode": 500,
+    "originalMessage": "Internal error",
+}
+
+
+async def _fail_stream(response: web.StreamResponse) -> web.StreamResponse:
+    """End a stream with Bedrock's mid-stream exception message (the ``error_after`` fault)."""
+    await response.write(encode_exception(STREAM_EXCEPTION, orjson.dumps(STREAM_EXCEPTION_BODY)))
+    await response.write_eof()
+    return response
+
+
 class BedrockEndpoints:
     """Request handlers for Bedrock Runtime's Converse API; one instance per mock application."""
 
@@ -714,10 +733,15 @@ class BedrockEndpoints:
             for sent, piece in enumerate(reply.pieces):
                 if sent == fault.reset_after:
                     return _abort(request, response)
+                if sent == fault.error_after:
+                    return await _fail_stream(response)
                 await send("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
+            if fault.error_after is not None:
+                # Fewer pieces than error_after: the stream must still fail.
+                return await _fail_stream(response)
             await send("contentBlockStop", {"contentBlockIndex": 0})
             await send("messageStop", {"stopReason": reply.stop_reason})
             await send(

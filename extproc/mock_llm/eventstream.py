@@ -10,9 +10,10 @@ Bedrock's ConverseStream answers with this framing instead of SSE. Each message 
     message CRC     CRC-32 of everything before it, the prelude CRC included
 
 The CRC is the common (zlib / gzip) CRC-32. Only string header values (type 7: uint16 length, then
-UTF-8) are written, which is all Bedrock sends: ``:event-type``, ``:content-type`` and
-``:message-type``. The limits are the ones decoders enforce (botocore refuses anything larger), so
-an oversized message fails here, in the mock, instead of confusing the client under test.
+UTF-8) are written, which is all Bedrock sends: ``:event-type`` (or ``:exception-type`` for an
+error inside the stream), ``:content-type`` and ``:message-type``. The limits are the ones
+decoders enforce (botocore refuses anything larger), so an oversized message fails here, in
+the mock, instead of confusing the client under test.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def encode_event(event_type: str, payload: bytes) -> bytes:
             ":event-type": event_type,
             ":content-type": "application/json",
             ":message-type": "event",
+        },
+        payload,
+    )
+
+
+def encode_exception(exception_type: str, payload: bytes) -> bytes:
+    """An error inside a Bedrock stream, as AWS sends one after the 200: an ``exception``
+    message named by ``:exception-type`` (lowerCamel, e.g. ``modelStreamErrorException``)."""
+    return encode_message(
+        {
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+            ":message-type": "exception",
         },
         payload,
     )

@@ -10,6 +10,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     delay      = float >= 0           ; seconds to sleep before answering
     reset_after= int >= 0             ; abort the connection after this many content chunks
                                       ; (non-streaming: before sending anything)
+    error_after= int >= 0             ; streams: after this many content chunks, send the
+                                      ; provider's own mid-stream error event and end the
+                                      ; stream (non-streaming answers are not affected)
     garbage    = 0 | 1 | true | false ; answer 200 with a body (or SSE data) that is not JSON
     chunks     = int >= 1             ; stream the reply as exactly this many content chunks
     interval   = float >= 0           ; seconds between SSE events (overrides chunk_delay_s)
@@ -41,6 +44,8 @@ class Fault:
     status: int | None = None
     delay_s: float = 0.0
     reset_after: int | None = None
+    # Streams: the content chunks sent before the provider's mid-stream error event.
+    error_after: int | None = None
     garbage: bool = False
     chunks: int | None = None
     interval_s: float | None = None
@@ -97,6 +102,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "status": ("status", _status),
     "delay": ("delay_s", _delay),
     "reset_after": ("reset_after", _non_negative),
+    "error_after": ("error_after", _non_negative),
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
     "interval": ("interval_s", _delay),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -181,6 +181,34 @@ def _abort(request: web.Request, response: web.StreamResponse | None = None) -> 
     return response if response is not None else web.Response(status=500)
 
 
+# OpenAI's error event inside a stream whose 200 has left: an SSE data line holding
+# {"error": ...} (no event name), after which the stream ends without [DONE].
+STREAM_ERROR_EVENT = (
+    b"data: "
+    + orjson.dumps(
+        {
+            "error": {
+                "message": "The server had an error while processing your request."
+                " (injected by x-mock-fault)",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    )
+    + b"\n\n"
+)
+
+
+async def _fail_stream(
+    response: web.StreamResponse, send: Callable[[bytes], Awaitable[None]]
+) -> web.StreamResponse:
+    """End a stream with OpenAI's mid-stream error event (the ``error_after`` fault)."""
+    await send(STREAM_ERROR_EVENT)
+    await response.write_eof()
+    return response
+
+
 class OpenAIEndpoints:
     """Request handlers for the OpenAI endpoints; one instance per mock application."""
 
@@ -312,10 +340,15 @@ class OpenAIEndpoints:
             for sent, piece in enumerate(completion.pieces):
                 if sent == fault.reset_after:
                     return _abort(request, response)
+                if sent == fault.error_after:
+                    return await _fail_stream(response, send)
                 await send(event(choice({"content": piece}, None), None))
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
+            if fault.error_after is not None:
+                # Fewer pieces than error_after: the stream must still fail.
+                return await _fail_stream(response, send)
             await send(event(choice({}, completion.finish_reason), None))
             if chat.include_usage:
                 await send(event([], completion.usage()))

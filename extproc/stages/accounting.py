@@ -29,7 +29,10 @@ class AccountingStage:
         # The rollup counts requests that reached a provider; refusals (401, 429, ...)
         # are in the log line and in aigw_requests_total, and cost nothing.
         # A response guard's refusal comes after the provider answered: its usage counts.
-        reached_provider = ctx.provider is not None and (ctx.error is None or ctx.usage_reported)
+        # So does a provider's error inside a stream (estimated): part of it was delivered.
+        reached_provider = ctx.provider is not None and (
+            ctx.error is None or ctx.usage_reported or ctx.usage_estimated
+        )
         if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
 

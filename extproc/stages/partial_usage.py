@@ -14,6 +14,14 @@ token metrics and the usage rollup record it, marked ``usage_estimated``. A
 stream cut after the provider's usage report was read (a client that did not ask
 for usage has no reason to wait for it) keeps that report: it is the usage.
 
+A stream the provider itself ended with an error event (``base.StreamFailure``:
+OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) is
+charged the same way: the prompt was read and part of the answer delivered. What
+the provider had reported by then is kept (Anthropic's ``message_start`` gives the
+prompt tokens, cache reads included), the rest is estimated as above, and the
+request is marked ``usage_estimated``; its error (set by the response stage) names
+the provider's error in the log line.
+
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
 """
@@ -21,9 +29,11 @@ streams; its ``done`` runs before the quota stage's, which reads the result.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN, estimate_prompt_tokens
+from extproc.translators.base import StreamFailure, stream_failure
 
 # A JSON string value of a field that carries generated text; escapes count as
 # their escaped length, close enough for an estimate.
@@ -45,9 +55,15 @@ class PartialUsageStage:
             ctx.generated_chars += generated_chars(chunk)
 
     def done(self, ctx: RequestContext) -> None:
-        # Only a stream cut short: a whole answer without a report (garbage)
+        if ctx.usage_reported or not ctx.stream or ctx.body is None:
+            return
+        failure = stream_failure(ctx.translator)
+        if failure is not None:
+            _charge_failed_stream(ctx, ctx.body, failure)
+            return
+        # Otherwise only a stream cut short: a whole answer without a report (garbage)
         # keeps its reservation as a conservative charge.
-        if ctx.usage_reported or not ctx.aborted or not ctx.stream or ctx.body is None:
+        if not ctx.aborted:
             return
         if ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None:
             return  # nothing was generated
@@ -58,6 +74,26 @@ class PartialUsageStage:
             ctx.response_model = translator.response_model
             return
         prompt = estimate_prompt_tokens(ctx.body)
-        completion = -(-ctx.generated_chars // CHARS_PER_TOKEN)
+        completion = _estimated_completion(ctx)
         ctx.usage = Usage(prompt, completion, prompt + completion)
         ctx.usage_estimated = True
+
+
+def _estimated_completion(ctx: RequestContext) -> int:
+    """One token per four characters of generated text the stream carried, rounded up."""
+    return -(-ctx.generated_chars // CHARS_PER_TOKEN)
+
+
+def _charge_failed_stream(
+    ctx: RequestContext, body: dict[str, Any], failure: StreamFailure
+) -> None:
+    """The provider's counts where it gave them, the gateway's estimate for the rest."""
+    if failure.prompt_tokens is not None:
+        prompt, cached = failure.prompt_tokens, failure.cached_tokens
+    else:
+        prompt, cached = estimate_prompt_tokens(body), 0
+    # A reported output count covers the text up to its report, the characters all of it:
+    # the larger is the closer to what was generated.
+    completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
+    ctx.usage = Usage(prompt, completion, prompt + completion, cached)
+    ctx.usage_estimated = True

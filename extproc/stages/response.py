@@ -5,6 +5,11 @@ to STREAMED (Envoy ``mode_override``) so chunks reach the client as they come;
 anything else stays buffered. ``backends`` decides how each answer is read or
 rewritten: usage read as is, translated to the client's API, or an error body
 replaced by one the client can parse.
+
+A provider's error event inside a stream (its 200 had left) ends the answer: the
+client reads that error last, in its own API's shape (the translator sees to it),
+and the request records it as its error; ``partial_usage`` then charges what the
+provider reported and estimates the rest, and it is priced after that, not here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from extproc.backends import plan_response
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.translators.base import ResponseTranslator, stream_failure
 
 
 class ResponseStage:
@@ -64,6 +70,8 @@ class ResponseStage:
             # so its headers have not left yet).
             ctx.response_status = translator.status
             out.set_headers[":status"] = str(translator.status)
+        if ctx.stream and _provider_failed(ctx, translator):
+            return
         if not end_of_stream and not (
             ctx.stream and _ends_stream(ctx, out.body if out.body is not None else chunk)
         ):
@@ -79,6 +87,21 @@ class ResponseStage:
         ctx.response_model = translator.response_model
         # Priced now, so the metadata of this last answer carries the cost.
         request_cost(ctx)
+
+
+def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:
+    """Whether the provider failed inside this stream; the first time, record it."""
+    failure = stream_failure(translator)
+    if failure is None:
+        return False
+    if ctx.error is None:
+        # The error is what the client reads last: the answer ended (not cut short), and
+        # the log line names the provider's error. Usage and cost come at done, once the
+        # estimate is made; priced now, the request would cost nothing.
+        ctx.error = failure.error
+        ctx.completed = True
+        ctx.response_model = translator.response_model
+    return True
 
 
 # What a stream's client reads last, by the API it speaks, at the start of a line:

@@ -91,7 +91,8 @@ def _since(ctx: RequestContext, start: float | None, end: float | None) -> float
 
 def _outcome(ctx: RequestContext) -> str:
     if ctx.error is not None:
-        return "rejected"
+        # Estimated usage with an error: the provider failed inside a stream (partial_usage).
+        return "upstream_error" if ctx.usage_estimated else "rejected"
     if ctx.aborted:
         return "aborted"
     if ctx.response_status >= 400:

@@ -3,7 +3,10 @@
 Requests: the model is renamed to the provider's name for it; nothing else changes, because
 Anthropic reports usage in every response and stream without being asked.
 Responses are never rewritten. Usage is read from the message body, or from the stream's
-``message_start`` (input side) and ``message_delta`` (output side) events.
+``message_start`` (input side) and ``message_delta`` (output side) events. An ``error``
+event inside a stream reaches the client as Anthropic sent it (its own API's shape); the
+reader records it as a ``failure`` (``base.StreamFailure``) with the counts reported by
+then, so the gateway charges the request and names the error in its log line.
 
 Prompt tokens are everything the model read: ``input_tokens`` counts only the uncached part,
 so ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` are added to it.
@@ -17,11 +20,13 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.translators.base import BufferedBodyReader
+from extproc.translators.anthropic_errors import stream_error
+from extproc.translators.base import BufferedBodyReader, StreamFailure
 
-# Only the events that carry usage are parsed. Their JSON type is matched with its quotes, so
-# text deltas that merely mention the name (escaped as \"message_delta\") are skipped too.
-_USAGE_EVENT = re.compile(rb'"message_(?:start|delta)"')
+# Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
+# its quotes, so text deltas that merely mention the name (escaped as \"message_delta\")
+# are skipped too.
+_USAGE_EVENT = re.compile(rb'"(?:message_start|message_delta|error)"')
 _EVENT_END = b"\n\n"
 
 
@@ -67,6 +72,16 @@ class _InputTokens:
         return self.uncached + self.cache_creation + self.cache_read
 
 
+def input_tokens_from_object(value: Any) -> tuple[int, int] | None:
+    """The prompt side of a usage object: (prompt tokens, of which cache reads); None if absent."""
+    if not isinstance(value, dict):
+        return None
+    tokens = _InputTokens()
+    tokens.update(value)
+    prompt = tokens.total
+    return None if prompt is None else (prompt, tokens.cache_read)
+
+
 def usage_from_object(value: Any) -> Usage | None:
     """Read a Message's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
@@ -92,13 +107,16 @@ class EventStreamReader:
     ``message_start`` carries the input tokens and the model; each ``message_delta`` carries
     cumulative counts, always ``output_tokens`` and sometimes input and cache counts, which
     then replace the earlier ones. Usage is known once a ``message_delta`` has been seen;
-    a stream cut off before it reports no usage rather than a made-up output count.
+    a stream cut off before it reports no usage rather than a made-up output count, and so
+    does one that ends in an ``error`` event (its counts so far go to ``failure``).
     """
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
+        # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
+        self.failure: StreamFailure | None = None
         self._input = _InputTokens()
         self._output: int | None = None
         # The start of an event whose end has not arrived yet.
@@ -152,8 +170,23 @@ class EventStreamReader:
                 return
             self._output = output
             self._input.update(usage)
+        elif kind == "error":
+            self._provider_failed(parsed.get("error"))
+            return
         else:
             return
         prompt = self._input.total
-        if prompt is not None and self._output is not None:
+        if prompt is not None and self._output is not None and self.failure is None:
             self.usage = Usage(prompt, self._output, prompt + self._output, self._input.cache_read)
+
+    def _provider_failed(self, error: Any) -> None:
+        if self.failure is not None:
+            return
+        # The counts so far are kept for the charge; an incomplete answer has no usage.
+        self.failure = StreamFailure(
+            stream_error(error),
+            prompt_tokens=self._input.total,
+            cached_tokens=self._input.cache_read,
+            completion_tokens=self._output,
+        )
+        self.usage = None

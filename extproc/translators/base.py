@@ -1,12 +1,26 @@
-"""The contract every response translator keeps: bytes in, bytes (or nothing) out, usage read."""
+"""The contract every response translator keeps: bytes in, bytes (or nothing) out, usage read.
+
+A stream translator may also expose ``failure``: a ``StreamFailure`` once the provider
+sent an error inside a stream whose 200 had already left (OpenAI's ``{"error": ...}``
+event, Anthropic's ``event: error``, a Bedrock exception message). The prompt was
+processed and part of the answer delivered, so the gateway charges the request: what
+the provider reported before failing is kept, the rest is estimated
+(``stages.partial_usage``). Read it with ``stream_failure``, which also serves
+translators that have no such attribute (buffered answers, error bodies).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from extproc.context import Usage
+from extproc.errors import GatewayError
+
+# Provider messages are short; a cap keeps a misbehaving proxy's page out of the log line.
+MAX_PROVIDER_MESSAGE = 2000
 
 
 class ResponseTranslator(Protocol):
@@ -21,6 +35,49 @@ class ResponseTranslator(Protocol):
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         """Return the bytes to send the client instead of ``chunk``, or None to pass it as is."""
         ...
+
+
+class ProviderStreamError(GatewayError):
+    """A provider's error event inside a stream, with the OpenAI type and code the client
+    was shown. It never becomes a status: the stream's 200 had already left."""
+
+    status = 502
+
+    def __init__(self, message: str, *, error_type: str, code: str | None) -> None:
+        super().__init__(message[:MAX_PROVIDER_MESSAGE], code=code)
+        self.error_type = error_type
+
+    @classmethod
+    def from_openai(cls, error: Any) -> ProviderStreamError:
+        """The error object of an OpenAI-shaped error event; odd fields read as unknown."""
+        found = error if isinstance(error, dict) else {}
+        message, kind, code = found.get("message"), found.get("type"), found.get("code")
+        return cls(
+            message if isinstance(message, str) and message else "the provider's stream failed",
+            error_type=kind if isinstance(kind, str) and kind else "upstream_error",
+            code=str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailure:
+    """A provider's error inside a stream that had started, and what it had reported by then.
+
+    ``error`` is the error as an OpenAI client is told it. The counts are the provider's
+    own, None when it had reported none: Anthropic's ``message_start`` carries the prompt
+    side, a ``message_delta`` the output so far; Bedrock and OpenAI report usage last.
+    """
+
+    error: GatewayError
+    prompt_tokens: int | None = None
+    cached_tokens: int = 0
+    completion_tokens: int | None = None
+
+
+def stream_failure(translator: object) -> StreamFailure | None:
+    """The provider failure a stream translator met, if it met one."""
+    found = getattr(translator, "failure", None)
+    return found if isinstance(found, StreamFailure) else None
 
 
 class BufferedBodyReader:

@@ -23,15 +23,16 @@ upstream body is cut into chunks. Events map as follows:
   ``data: [DONE]``.
 - ``error``: a chunk carrying ``{"error": {...}}``, as OpenAI sends mid-stream errors, then
   ``[DONE]``. A body that is not an event stream, or one that ends before ``message_stop``,
-  ends the same way. The translator then reports no usage.
+  ends the same way. The translator then reports no usage; after a provider's ``error``
+  event it records a ``failure`` (``base.StreamFailure``) with the counts Anthropic had
+  reported, so the gateway charges the request with them and an estimate of the rest.
 
 Usage is read whether or not the client asked for it, because the gateway accounts for it.
 Like OpenAI, every chunk carries ``"usage": null`` when the client did ask, except the last.
 
-Errors (``translate_error``): a 401/403 (or 402, billing) from Anthropic means the gateway's
-own credential or account was refused, so the client gets a 502 that says so rather than a
-status that would make it doubt its own key. An overload (529) becomes a 503, a rate limit
-stays a 429, other 5xx become 502; 400, 404 and 413 stay.
+Errors (``translate_error``) are mapped as ``anthropic_errors`` says: a 401/403 from
+Anthropic (the gateway's own credential) becomes a 502, an overload (529) a 503, a rate
+limit stays a 429, other 5xx become 502; 400, 404 and 413 stay.
 """
 
 from __future__ import annotations
@@ -41,16 +42,10 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import (
-    BadRequestError,
-    GatewayError,
-    NotFoundError,
-    PayloadTooLargeError,
-    RateLimitError,
-    ServiceUnavailableError,
-    UpstreamError,
-)
-from extproc.translators.anthropic_anthropic import usage_from_object
+from extproc.errors import GatewayError, UpstreamError
+from extproc.translators.anthropic_anthropic import input_tokens_from_object, usage_from_object
+from extproc.translators.anthropic_errors import client_error, stream_error
+from extproc.translators.base import StreamFailure
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -64,21 +59,6 @@ _FINISH_REASONS = {
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
-}
-
-# The HTTP status Anthropic documents for each error type, for errors that arrive inside a
-# stream and so carry no status of their own.
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
 }
 
 
@@ -167,29 +147,6 @@ class CompletionTranslator:
         return orjson.dumps(completion)
 
 
-def _client_error(status: int, kind: str | None, message: str) -> tuple[int, GatewayError]:
-    # The status depends on `status` alone, so a caller can answer Envoy's response headers
-    # with translate_error(status, b"") before the body arrives.
-    if status in (401, 402, 403):
-        refused = UpstreamError(
-            f"the provider refused the gateway's own credentials or account ({kind or status}); "
-            f"this is not a problem with your API key. The provider said: {message}",
-            code="upstream_credentials_refused",
-        )
-        return 502, refused
-    if status == 529:
-        return 503, ServiceUnavailableError(message, code="upstream_overloaded")
-    if status == 429:
-        return 429, RateLimitError(message)
-    if status >= 500 or status < 400:
-        return 502, UpstreamError(message, code=kind or "upstream_error")
-    if status == 404:
-        return 404, NotFoundError(message)
-    if status == 413:
-        return 413, PayloadTooLargeError(message)
-    return status, BadRequestError(message)
-
-
 def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     """An Anthropic error answer as (the status the client gets, an OpenAI error body)."""
     try:
@@ -203,17 +160,8 @@ def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(message, str) or not message:
         message = f"the provider answered with HTTP {status}"
-    client_status, client = _client_error(status, kind if isinstance(kind, str) else None, message)
+    client_status, client = client_error(status, kind if isinstance(kind, str) else None, message)
     return client_status, client.body()
-
-
-def _stream_error(error: Any) -> GatewayError:
-    """The OpenAI error for the ``error`` object of an Anthropic ``event: error``."""
-    kind = error.get("type") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    kind = kind if isinstance(kind, str) else None
-    text = message if isinstance(message, str) and message else "the provider's stream failed"
-    return _client_error(_ERROR_STATUS.get(kind or "", 500), kind, text)[1]
 
 
 class StreamTranslator:
@@ -223,6 +171,8 @@ class StreamTranslator:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
+        # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
+        self.failure: StreamFailure | None = None
         self._include_usage = include_usage
         self._id = f"chatcmpl-{request_id}"
         self._created = created
@@ -299,7 +249,7 @@ class StreamTranslator:
                 return [self._usage_chunk(), DONE]
             return [DONE]
         if kind == "error":
-            return [self._fail(_stream_error(payload.get("error")))]
+            return [self._provider_failed(stream_error(payload.get("error")))]
         # ping, and event types added after this was written.
         return []
 
@@ -365,6 +315,19 @@ class StreamTranslator:
             # bool is an int subclass; a `true` token count is malformed, not 1.
             if isinstance(value, int) and not isinstance(value, bool):
                 self._counts[key] = value
+
+    def _provider_failed(self, error: GatewayError) -> bytes:
+        # The prompt was read and part of the answer sent: what Anthropic reported by now
+        # is kept for the charge (message_start's input side; the output of a
+        # message_delta, if one came), the gateway estimates the rest.
+        prompt = input_tokens_from_object(self._counts)
+        self.failure = StreamFailure(
+            error,
+            prompt_tokens=prompt[0] if prompt is not None else None,
+            cached_tokens=prompt[1] if prompt is not None else 0,
+            completion_tokens=self.usage.completion_tokens if self.usage is not None else None,
+        )
+        return self._fail(error)
 
     def _fail(self, error: GatewayError) -> bytes:
         self._done = True

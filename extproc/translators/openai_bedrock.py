@@ -19,7 +19,9 @@ What cannot be carried over is refused, not guessed at:
 accept the field. Converse has no ``none``: the tools are left out, unless the conversation
 already holds tool calls, which Converse refuses without a ``toolConfig``; then the tools
 are sent and the model may still call one. Other OpenAI-only fields (seed, penalties,
-logprobs, stream_options...) are dropped.
+logprobs, stream_options...) are dropped. OpenAI's ``temperature`` (0..2) is clamped to
+Converse's 0..1, as ``openai_anthropic`` clamps it for Claude; ``top_p`` has the same range
+on both sides and is sent as is.
 
 Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
 ``toolUse`` blocks become ``tool_calls``; reasoning blocks are not shown. Bedrock does not
@@ -275,6 +277,10 @@ def _inference_config(body: dict[str, Any], default_max_tokens: int | None) -> d
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise BadRequestError(f"{field} must be a number", param=field)
         config[name] = value
+    if "temperature" in config:
+        # OpenAI's 0..2 into Converse's 0..1, as openai_anthropic clamps for Claude: a
+        # client's 1.5 works whichever provider serves the model, instead of a 400 from AWS.
+        config["temperature"] = min(max(config["temperature"], 0.0), 1.0)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]

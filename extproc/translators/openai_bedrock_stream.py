@@ -15,7 +15,10 @@ and checks them; each frame names its event in ``:event-type`` and carries JSON:
 An exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``), a frame
 that fails its checks, or a stream that ends before ``messageStop`` becomes an OpenAI error
 chunk and ``[DONE]``; usage is then None, as nothing trustworthy was counted, and the rest
-of the stream is dropped.
+of the stream is dropped. An exception frame is the provider's own error after the prompt
+was read and part of the answer sent: it is also recorded as ``failure``
+(``base.StreamFailure``, with no counts: Bedrock reports usage last), so the gateway
+charges the request with an estimate and names the error in its log line.
 
 This module also holds what the buffered answer shares with the stream: stop reasons, usage
 and AWS error names. ``openai_bedrock`` imports them and re-exports ``StreamTranslator``, so
@@ -33,6 +36,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from extproc.context import Usage
 from extproc.errors import error_body
+from extproc.translators.base import MAX_PROVIDER_MESSAGE, ProviderStreamError, StreamFailure
 
 _DONE = b"data: [DONE]\n\n"
 # What a frame that passed its CRCs can still raise from its headers or JSON payload:
@@ -84,8 +88,6 @@ def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
     return usage, shown
 
 
-# AWS messages are short; a cap keeps a misbehaving proxy's page out of the client's error.
-_MAX_MESSAGE = 2000
 # AWS error name (lowercased: event streams spell them throttlingException) ->
 # (client status, OpenAI error type).
 _ERRORS = {
@@ -115,19 +117,26 @@ _BY_STATUS = {
 }
 
 
-def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
-    """The client's status and OpenAI error body for an AWS error name (or HTTP status)."""
+def _client_error(name: str, status: int, message: str) -> tuple[int, str, str]:
+    """The client's status, OpenAI error type and message for an AWS error name (or status)."""
     key = name.lower()
     if key in _REFUSED_CREDENTIALS or status in (401, 403):
-        return 502, error_body(
+        return (
+            502,
+            "upstream_error",
             "the provider refused the gateway's AWS credentials"
             f"{f' ({name})' if name else ''}: the gateway operator must check its AWS "
             "identity and its access to this model",
-            "upstream_error",
-            code=name or None,
         )
     client_status, error_type = _ERRORS.get(key) or _BY_STATUS.get(status, (502, "upstream_error"))
-    text = message[:_MAX_MESSAGE] or f"the provider answered {name or f'HTTP {status}'}"
+    # AWS messages are short; the cap keeps a misbehaving proxy's page out of the error.
+    text = message[:MAX_PROVIDER_MESSAGE] or f"the provider answered {name or f'HTTP {status}'}"
+    return client_status, error_type, text
+
+
+def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
+    """The client's status and OpenAI error body for an AWS error name (or HTTP status)."""
+    client_status, error_type, text = _client_error(name, status, message)
     return client_status, error_body(text, error_type, code=name or None)
 
 
@@ -142,6 +151,8 @@ class StreamTranslator:
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
+        # Set when Bedrock sent an exception mid-stream (base.StreamFailure).
+        self.failure: StreamFailure | None = None
         self._model = model
         self._include_usage = include_usage
         self._id = completion_id(request_id)
@@ -257,8 +268,12 @@ class StreamTranslator:
     def _provider_error(self, name: str, message: str) -> bytes:
         # Exception events spell names in lowerCamel (throttlingException); the HTTP header
         # as AWS documents them (ThrottlingException), which is what clients are shown.
-        _, body = aws_error(name[:1].upper() + name[1:], 0, message)
-        return self._abort(body)
+        shown = name[:1].upper() + name[1:]
+        _, error_type, text = _client_error(shown, 0, message)
+        error = ProviderStreamError(text, error_type=error_type, code=shown or None)
+        # Bedrock reports usage last (metadata): no count is known, the gateway estimates.
+        self.failure = StreamFailure(error)
+        return self._abort(error.body())
 
     def _fail(self, message: str) -> bytes:
         return self._abort(error_body(message, "upstream_error"))

@@ -3,7 +3,10 @@
 Requests: the model is renamed to the provider's name for it, and streams always
 ask for ``stream_options.include_usage`` so the gateway can count tokens.
 Responses: usage is read from the JSON body, or from the last SSE chunk; when the
-client did not ask for that chunk, it is removed from the stream it receives.
+client did not ask for that chunk, it is removed from the stream it receives. An error
+event inside a stream (``data: {"error": {...}}``, how OpenAI fails a stream whose 200
+has left) reaches the client unchanged and is recorded as the reader's ``failure``
+(``base.StreamFailure``), so the gateway charges the request and names the error.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.translators.base import BufferedBodyReader
+from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
 
-# Only events that carry a usage object are parsed; the rest pass untouched,
-# which keeps a long stream cheap.
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# Only events that carry a usage or an error object are parsed; the rest pass
+# untouched, which keeps a long stream cheap. Generated text cannot fake either:
+# its quotes are escaped.
+_USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
 _EVENT_END = b"\n\n"
 
 
@@ -86,6 +90,8 @@ class ChunkStreamReader:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
+        # Set when the provider sent an error event mid-stream (base.StreamFailure).
+        self.failure: StreamFailure | None = None
         self._hide = hide_usage_chunk
         self._pending = b""
 
@@ -102,7 +108,7 @@ class ChunkStreamReader:
             complete, self._pending = data, b""  # whole events only: nothing held back
         else:
             complete, self._pending = data[: cut + 2], data[cut + 2 :]
-        if not _USAGE_OBJECT.search(complete):
+        if not _USAGE_OR_ERROR.search(complete):
             if not self._hide or complete is data is chunk:
                 return None  # Envoy forwards the chunk as it came: no body mutation
             return complete
@@ -110,13 +116,14 @@ class ChunkStreamReader:
         for event in complete.split(_EVENT_END):
             if not event.strip():
                 continue
-            if _USAGE_OBJECT.search(event) and self._read_usage(event) and self._hide:
+            if _USAGE_OR_ERROR.search(event) and self._read_usage(event) and self._hide:
                 continue
             kept.append(event + _EVENT_END)
         return b"".join(kept) if self._hide else None
 
     def _read_usage(self, event: bytes) -> bool:
-        """Take usage from one event; True when the event is a usage-only chunk."""
+        """Take usage (or the provider's error) from one event; True when the event is a
+        usage-only chunk."""
         for line in event.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
@@ -125,6 +132,9 @@ class ChunkStreamReader:
             except orjson.JSONDecodeError:
                 return False
             if not isinstance(parsed, dict):
+                return False
+            if isinstance(parsed.get("error"), dict):
+                self._provider_failed(parsed["error"])
                 return False
             usage = usage_from_object(parsed.get("usage"))
             if usage is None:
@@ -135,3 +145,10 @@ class ChunkStreamReader:
                 self.response_model = model
             return parsed.get("choices") == []
         return False
+
+    def _provider_failed(self, error: dict[str, Any]) -> None:
+        if self.failure is not None:
+            return
+        # OpenAI reports usage last: nothing counted yet is complete, the gateway estimates.
+        self.failure = StreamFailure(ProviderStreamError.from_openai(error))
+        self.usage = None
