@@ -244,6 +244,7 @@ class Gateway:
         )
         await self.services.quota_store.start()
         self.services.stored_keys = StoredKeys(self._store_client, store.key_prefix)
+        self.services.stored_keys.start()  # auth freshness: hear revocations from any process
         self._start_quota_gauges()
 
     def _start_quota_gauges(self) -> None:
@@ -318,6 +319,8 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         await self.runtime.close()
+        if self.services.stored_keys is not None:
+            await self.services.stored_keys.close()
         if self._store_client is not None:
             await self._store_client.aclose()
         if self._embedded is not None:

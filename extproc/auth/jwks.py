@@ -10,7 +10,15 @@ names another.
 ``StaticJwks`` (file, inline) is loaded once at start-up and its problems are
 config errors. ``RemoteJwks`` (url) is fetched with aiohttp, refreshed in the
 background and, on a token with an unknown ``kid``, refetched at most once per
-``min_refresh_interval_s``; a failed fetch keeps the keys it had.
+``min_refresh_interval_s``.
+
+What a fetch answers decides what is trusted. A JWKS document is the identity
+provider's word, even when it lists no key this provider can use: the keys it
+no longer lists stop verifying at once, so an IdP that withdraws every key
+stops every token. A fetch that fails (no answer, not 200, not a JWKS, or
+only broken entries) says nothing about the keys: the last good ones keep
+verifying, but only for ``max_stale_s`` after the last good fetch, so an
+outage, or someone blocking the fetch, cannot keep a withdrawn key alive.
 
 Messages name the JWKS entry by index and ``kid``, never by content: PyJWT's own
 exception texts embed the whole JWK, which must not reach a log.
@@ -150,8 +158,14 @@ def _build(entry: dict[str, object], algorithm: str, into: dict[str, jwt.PyJWK])
     return None
 
 
+# What an untrusted remote JWKS answers: no key at all.
+_NO_KEYS = KeySet()
+
+
 class JwksSource(Protocol):
-    keys: KeySet
+    @property
+    def keys(self) -> KeySet:
+        """The keys trusted now."""
 
     async def refresh_for_unknown_key(self) -> None:
         """A token named a key we lack: fetch again if the source allows it now."""
@@ -188,7 +202,7 @@ class StaticJwks:
 
 
 class RemoteJwks:
-    """Keys from a JWKS URL: refreshed on a timer and on demand, kept across outages."""
+    """Keys from a JWKS URL: refreshed on a timer and on demand, kept across short outages."""
 
     def __init__(
         self,
@@ -207,7 +221,16 @@ class RemoteJwks:
         self._lock = asyncio.Lock()
         self._last_attempt: float | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self.keys = KeySet()
+        self._keys = _NO_KEYS
+        # Until when the last good fetch's keys are trusted; None before the first one.
+        self._trusted_until: float | None = None
+
+    @property
+    def keys(self) -> KeySet:
+        """The last good fetch's keys, or none once they are ``max_stale_s`` old."""
+        if self._trusted_until is None or self._clock() >= self._trusted_until:
+            return _NO_KEYS
+        return self._keys
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         """First fetch, then the refresh timer. A failing URL is logged, not fatal."""
@@ -247,32 +270,60 @@ class RemoteJwks:
                 log.exception("JWKS refresh failed for provider %s", self._provider)
 
     async def _fetch(self) -> None:
-        """Fetch and parse the JWKS; on any failure keep the current keys."""
+        """Fetch and parse the JWKS: its keys replace ours, a failure keeps ours (bounded)."""
         assert self._session is not None, "start() first"
         self._last_attempt = self._clock()
         try:
             body = await self._download(self._session)
         except (aiohttp.ClientError, TimeoutError, _FetchError) as exc:
-            reason = str(exc) if isinstance(exc, _FetchError) else type(exc).__name__
-            log.warning(
-                "JWKS fetch failed for provider %s from %s: %s; keeping %d key(s)",
-                self._provider, self._url, reason, len(self.keys),
-            )  # fmt: skip
+            self._fetch_failed(str(exc) if isinstance(exc, _FetchError) else type(exc).__name__)
             return
+        answer = self._parse(body)
+        if isinstance(answer, str):
+            self._fetch_failed(answer)
+            return
+        if not answer and (self._trusted_until is None or self._keys):
+            # Once, when the set becomes empty: refetches of an empty set are routine.
+            log.warning(
+                "JWKS of provider %s from %s lists no key usable with %s: its tokens are refused",
+                self._provider, self._url, ", ".join(self._algorithms),
+            )  # fmt: skip
+        self._keys = answer
+        self._trusted_until = self._last_attempt + self._config.max_stale_s
+
+    def _parse(self, body: bytes) -> KeySet | str:
+        """The document's usable keys, or why it is no answer at all."""
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            document = None
+            return "not valid JSON"
         keys, problems = parse_jwks(document, self._algorithms)
+        if problems and not keys:
+            # Not a JWKS, or nothing but broken entries: an IdP fault, not its decision
+            # to withdraw keys.
+            more = len(problems) - 1
+            return problems[0] + (f" (and {more} more broken entries)" if more else "")
         for problem in problems:
             log.warning("JWKS of provider %s from %s: %s", self._provider, self._url, problem)
-        if not keys:
+        return keys
+
+    def _fetch_failed(self, reason: str) -> None:
+        where = (self._provider, self._url, reason)
+        if self._trusted_until is None:
+            log.warning("JWKS fetch failed for provider %s from %s: %s; no key yet", *where)
+            return
+        left = self._trusted_until - self._clock()
+        if left > 0:
             log.warning(
-                "JWKS of provider %s from %s has no usable key; keeping %d key(s)",
-                self._provider, self._url, len(self.keys),
+                "JWKS fetch failed for provider %s from %s: %s; keeping %d key(s) for %.0f s more",
+                *where, len(self._keys), left,
             )  # fmt: skip
             return
-        self.keys = keys
+        log.error(
+            "JWKS fetch failed for provider %s from %s: %s; the last good keys are older than "
+            "max_stale_s (%g s) and no longer trusted: every token is refused",
+            *where, self._config.max_stale_s,
+        )  # fmt: skip
 
     async def _download(self, session: aiohttp.ClientSession) -> bytes:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout_s)

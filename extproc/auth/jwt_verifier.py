@@ -98,7 +98,7 @@ class JwtVerifier:
     ) -> None:
         problems: list[str] = []
         for index, config in enumerate(providers):
-            problem = _secret_problem(config)
+            problem = _secret_problem(config) or _jwks_problem(config)
             if problem is not None:
                 problems.append(f"auth.jwt_providers[{index}] ({config.name}): {problem}")
         if problems:
@@ -257,6 +257,14 @@ def _secret_problem(config: JwtProviderConfig) -> str | None:
         if length < needed:
             return f"shared_secret must be at least {needed} bytes for {algorithm}"
     return None
+
+
+def _jwks_problem(config: JwtProviderConfig) -> str | None:
+    jwks = config.jwks
+    if jwks is None or jwks.url is None or jwks.max_stale_s >= jwks.refresh_interval_s:
+        return None
+    # Otherwise every key would turn stale between two regular refreshes.
+    return "jwks.max_stale_s must be at least jwks.refresh_interval_s"
 
 
 def _cache_key(token: str) -> str:

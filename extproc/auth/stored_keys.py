@@ -16,12 +16,15 @@ working key nobody can revoke.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
-recently used go first). Revoking through this process forgets the key at
-once; other replicas stop accepting it when their entry expires, 30 s at most.
+recently used go first). Revoking forgets the key in this process at once and
+announces it on the store's pub/sub channel, so that every other process
+sharing the store forgets it too (``extproc.auth.key_revocations``); the 30 s
+expiry is the bound only while a process cannot hear those notices.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -34,6 +37,9 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from extproc.auth.api_keys import ApiKey, key_digest
+from extproc.auth.key_revocations import RevocationListener, announce
+
+log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "aigw-"
 FOUND_TTL_S = 30.0
@@ -90,8 +96,8 @@ class KeyCache:
         max_entries: int = CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._found_ttl_s = found_ttl_s
         self._missing_ttl_s = missing_ttl_s
+        self.found_ttl_s = found_ttl_s
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[bytes, tuple[float, ApiKey | None]] = OrderedDict()
@@ -118,7 +124,7 @@ class KeyCache:
         """Remember an answer read when the cache was at ``generation``."""
         if generation != self.generation:
             return
-        ttl = self._found_ttl_s if key is not None else self._missing_ttl_s
+        ttl = self.found_ttl_s if key is not None else self._missing_ttl_s
         self._entries[digest] = (self._clock() + ttl, key)
         self._entries.move_to_end(digest)
         while len(self._entries) > self._max_entries:
@@ -126,6 +132,11 @@ class KeyCache:
 
     def forget(self, digest: bytes) -> None:
         self._entries.pop(digest, None)
+        self.generation += 1
+
+    def clear(self) -> None:
+        """Forget every answer: revocations may have been missed."""
+        self._entries.clear()
         self.generation += 1
 
 
@@ -143,6 +154,14 @@ class StoredKeys:
         self._prefix = key_prefix
         self.cache = cache if cache is not None else KeyCache()
         self._clock = clock
+        self.listener = RevocationListener(client, key_prefix, self.cache)
+
+    def start(self) -> None:
+        """Listen for revocations made by any process sharing the store."""
+        self.listener.start()
+
+    async def close(self) -> None:
+        await self.listener.close()
 
     def _record_key(self, digest_hex: str) -> str:
         return f"{self._prefix}key:{{{digest_hex}}}"
@@ -202,14 +221,27 @@ class StoredKeys:
         record_key = self._record_key(digest_hex)
         stored = _from_fields(await self._client.hgetall(record_key))
         # The record first: once it is gone the secret no longer works anywhere
-        # (after the caches), even if deleting the id then fails.
+        # (once the caches forget it), even if deleting the id then fails.
         await self._client.delete(record_key)
         self.cache.forget(bytes.fromhex(digest_hex))
+        await self._announce(key_id, digest_hex)
         await self._client.delete(id_key)
         if stored is None:
             # An id whose record was never written (a create that failed half-way).
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         return stored
+
+    async def _announce(self, key_id: str, digest_hex: str) -> None:
+        """Make the other processes forget the key; the store already refuses it."""
+        try:
+            await announce(self._client, self._prefix, digest_hex)
+        except Exception as exc:
+            # Failing the revoke here would only hide that the key is gone from the store.
+            log.warning(
+                "API key %r revoked, but the notice to other gateway processes failed (%s): "
+                "they refuse it within %g s",
+                key_id, type(exc).__name__, self.cache.found_ttl_s,
+            )  # fmt: skip
 
 
 def _to_fields(stored: StoredKey) -> dict[str, str]:

@@ -75,10 +75,12 @@ class JwksConfig(_Section):
     inline: dict[str, object] | None = None
     url: str | None = None
     # A URL's keys are refetched this often, and on an unknown `kid` at most
-    # once per `min_refresh_interval_s`; when the URL is down the cached keys stay.
+    # once per `min_refresh_interval_s`; when the URL is down the cached keys stay
+    # for `max_stale_s` after the last good fetch (docs/authentication.md).
     refresh_interval_s: float = Field(default=300.0, gt=0)
     min_refresh_interval_s: float = Field(default=10.0, ge=0)
     timeout_s: float = Field(default=2.0, gt=0)
+    max_stale_s: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> JwksConfig:

@@ -293,8 +293,8 @@ def render_revoked(info: pb.KeyInfo, output: str) -> str:
     if output == "json":
         return orjson.dumps(key_dict(info), option=orjson.OPT_INDENT_2).decode() + "\n"
     return (
-        f"revoked API key {info.id!r}: refused at once by the gateway that answered,"
-        " by its other replicas within 30 s\n"
+        f"revoked API key {info.id!r}: refused at once by every gateway process sharing"
+        " the store (within 30 s by one that has lost its connection to the store)\n"
     )
 
 

@@ -333,8 +333,8 @@ class KeyManagementServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeKey(self, request, context):
-        """Delete a stored key; its secret stops working at once on the replica that
-        answers, within 30 s on the others. Config keys are revoked in the config.
+        """Delete a stored key; its secret stops working at once on every gateway
+        process sharing the store (a pub/sub notice). Config keys are revoked in the config.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

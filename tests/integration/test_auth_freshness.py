@@ -1,0 +1,136 @@
+"""How soon a withdrawn credential stops working, with two gateway workers behind the real Envoy.
+
+An operator revokes a key created at run time with `extproc keys revoke`: the
+management API runs in the first worker, yet the client's very next requests
+are refused by both workers. An identity provider that withdraws every signing
+key (its JWKS now lists none) stops every token it signed, on every worker,
+from their next JWKS refresh on.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from tests.integration.conftest import mock_requests, running_stack, wait_for
+from tests.integration.jwt_tokens import ISSUER, JwksServer, SigningKey
+
+ADMIN_TOKEN = "auth-freshness-admin-token"
+SIGNING_KEY = SigningKey("rsa-1", "RS256")
+# Each worker gets every other stream (round robin): this many requests reach both twice.
+ROUND = 4
+
+
+def jwt_provider(jwks_url: str) -> str:
+    # A fast background refresh, so the test sees the identity provider's change soon.
+    return f"""
+  jwt_providers:
+    - name: dev
+      issuer: {ISSUER}
+      audiences: [aigw]
+      jwks: {{url: "{jwks_url}", refresh_interval_s: 0.5, min_refresh_interval_s: 0}}
+      algorithms: [RS256]
+"""
+
+
+@pytest.fixture(scope="module")
+def jwks() -> Iterator[JwksServer]:
+    with JwksServer() as server:
+        server.keys = [SIGNING_KEY.jwk()]
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, jwks: JwksServer) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("auth-freshness")
+    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
+    routes = text.index("\nroutes:\n")
+    config = workdir / "gateway.yaml"
+    config.write_text(text[:routes] + jwt_provider(jwks.url) + text[routes:])
+    with running_stack(workdir, config_path=config, workers=2) as running:
+        yield running
+
+
+def keys_cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`extproc keys ...` as an operator runs it."""
+    argv = [sys.executable, "-m", "extproc", "keys", *args, "--config", str(stack.config_path)]
+    env = {**stack.env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def chat(stack: LocalStack, credential: str) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "still me?"}]}
+    return httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        content=orjson.dumps(body),
+        headers={"content-type": "application/json", "authorization": f"Bearer {credential}"},
+        timeout=30.0,
+    )
+
+
+def worker_streams(stack: LocalStack) -> dict[str, int]:
+    """How many ext_proc streams Envoy opened to each worker so far."""
+    text = httpx.get(f"{stack.envoy_admin_url}/clusters").text
+    found = re.findall(r"^extproc::([\d.]+:\d+)::rq_total::(\d+)$", text, re.MULTILINE)
+    return {endpoint: int(count) for endpoint, count in found}
+
+
+def round_of_requests(stack: LocalStack, credential: str) -> list[httpx.Response]:
+    """ROUND requests with one credential; both workers must have served some of them."""
+    before = worker_streams(stack)
+    responses = [chat(stack, credential) for _ in range(ROUND)]
+    after = worker_streams(stack)
+    served = {endpoint: after[endpoint] - before.get(endpoint, 0) for endpoint in after}
+    assert len(served) == 2 and all(served.values()), served
+    return responses
+
+
+def test_a_revoked_key_is_refused_at_once_by_every_worker(stack: LocalStack) -> None:
+    created = keys_cli(stack, "create", "--id", "short-lived", "--user", "carol")
+    assert created.returncode == 0, created.stderr
+    [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                if line.startswith("key: ")]  # fmt: skip
+    # Both workers have now looked the key up and remember it.
+    for response in round_of_requests(stack, secret):
+        assert response.status_code == 200, response.text
+    reached = len(mock_requests(stack))
+
+    revoked = keys_cli(stack, "revoke", "--id", "short-lived")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "refused at once by every gateway process" in revoked.stdout
+
+    for response in round_of_requests(stack, secret):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["message"] == "invalid API key"
+    assert len(mock_requests(stack)) == reached, "a revoked key reached the provider"
+
+
+def test_a_jwks_that_withdraws_every_key_stops_every_token(
+    stack: LocalStack, jwks: JwksServer
+) -> None:
+    token = SIGNING_KEY.token(sub="dana")
+    # Verified once by each worker: from now on each answers it from its cache.
+    for response in round_of_requests(stack, token):
+        assert response.status_code == 200, response.text
+
+    jwks.keys = []  # the identity provider withdraws its only key: no token is valid now
+    try:
+
+        def all_refused() -> list[httpx.Response] | None:
+            responses = round_of_requests(stack, token)
+            return responses if all(r.status_code == 401 for r in responses) else None
+
+        refused = wait_for(all_refused, timeout_s=20.0)
+        assert refused, "a token signed by a withdrawn key still works"
+        for response in refused:
+            message = response.json()["error"]["message"]
+            assert message == "invalid token: unknown signing key", message
+    finally:
+        jwks.keys = [SIGNING_KEY.jwk()]
