@@ -11,7 +11,10 @@ from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
+from extproc.translators.base import stream_failure
 
+# The status_code of aigw_upstream_errors_total for a provider's error inside a stream.
+STREAM_ERROR_STATUS = "stream_error"
 # gen_ai.operation.name (OpenTelemetry) of each route API.
 _OPERATIONS = {"openai_chat": "chat", "anthropic_messages": "chat"}
 
@@ -56,6 +59,9 @@ class AccountingStage:
         )
         if ctx.error is None and ctx.provider is not None and ctx.response_status >= 400:
             metrics.upstream_error(provider=provider, model=model, status=status)
+        elif ctx.stream and stream_failure(ctx.translator) is not None:
+            # The provider failed after its 200 had left: no status tells, so a label does.
+            metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)
         if ctx.usage_reported or ctx.usage_estimated:
             metrics.observe_token_usage(
                 operation=_OPERATIONS.get(ctx.route.api, ctx.route.api) if ctx.route else "chat",

@@ -100,6 +100,9 @@ def assert_charged_everywhere(
         grown = metric(after, "tokens_consumed_total", api_key_id=key, token_type=token_type)
         grown -= metric(before, "tokens_consumed_total", api_key_id=key, token_type=token_type)
         assert grown == count, token_type
+    # An operator's alert on provider errors sees it, though its status was 200.
+    failed = metric(after, "aigw_upstream_errors_total", status_code="stream_error")
+    assert failed - metric(before, "aigw_upstream_errors_total", status_code="stream_error") == 1
     row = wait_for(lambda: usage_rows(stack, "api_key").get(key), 20)
     assert row, f"no rollup for {key}"
     assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
