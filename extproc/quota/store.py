@@ -6,11 +6,21 @@ the same check); several subjects go in one pipeline. Windows are computed
 from the Redis server's clock: the offset between it and this process's clock
 is measured at start and refreshed in the background, so replicas with skewed
 clocks still agree on window boundaries without a TIME call per request.
+
+Every reserve call carries an id: the script records what the call reserved
+under it (for ``CALL_MEMORY_S``), so a call whose answer never came (a
+connection cut, a timeout) is given back by its id, exactly, whether it ran or
+not, and a call that arrives after that reserves nothing. On a Redis Cluster,
+each node gets its own pipeline and its own queue of reservations
+(``extproc/store/cluster_calls.py``): a node that is down fails only the calls
+it holds, never the others' answers, and holds up no request that has no
+subject on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -19,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from extproc.quota.rules import Limit
+from extproc.store.cluster_calls import ClusterCalls, ReplyLostError
 from extproc.store.coalescing import CoalescingCaller
 from extproc.store.scripts import script_source
 from extproc.store.spool import Spool
@@ -33,6 +44,9 @@ SETTLE_TIMEOUT_S = 2.0
 SETTLE_BATCH_S = 0.02
 # How long a settled batch id is remembered, so a replayed batch is not counted twice.
 BATCH_MEMORY_S = 7 * 86400
+# How long what a reserve call reserved is remembered under its id: the give-back of a
+# call whose answer was lost must reach its node within this time to be exact.
+CALL_MEMORY_S = 30
 
 
 @dataclass(slots=True)
@@ -48,9 +62,20 @@ class Reservation:
 class _ReserveCall:
     """One check-and-reserve script call: a subject's keys and arguments, and its limits."""
 
-    keys: list[str]
+    keys: list[str]  # the call's marker, then each limit's counter and overrides hash
     args: list[Any]
     limits: list[Limit]
+
+    @property
+    def undo(self) -> _Undo:
+        """What gives this call back by its id: its marker and its counters."""
+        return self.keys[0], self.keys[1::2]
+
+
+# A give-back by call id (quota_undo.lua): the call's marker and its counters.
+_Undo = tuple[str, list[str]]
+# One script call in a round trip: the script's name, its keys and its arguments.
+_ScriptCall = tuple[str, list[str], list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +85,14 @@ class Denial:
     effective_limit: int
 
 
+_SCRIPTS = ("reserve", "settle", "undo")
+
+
 @dataclass(slots=True)
 class _Scripts:
-    reserve: str = ""
-    settle: str = ""
     sources: dict[str, str] = field(default_factory=dict)
+    # What EVALSHA names them by: the SHA-1 of their text, known before any server is asked.
+    shas: dict[str, str] = field(default_factory=dict)
 
 
 class QuotaStore:
@@ -77,12 +105,21 @@ class QuotaStore:
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        # On a cluster: one pipeline per node, each call answering for itself.
+        self._nodes = ClusterCalls(client) if self._cluster else None
         self._prefix = key_prefix
         self._offset = 0.0
+        sources = {name: script_source(f"quota_{name}") for name in _SCRIPTS}
         self._scripts = _Scripts(
-            sources={name: script_source(f"quota_{name}") for name in ("reserve", "settle")}
+            sources,
+            {
+                name: hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+                for name, text in sources.items()
+            },
         )
         self._unsettled: dict[str, tuple[Limit, int]] = {}
+        # Reserve calls whose answer was lost, to give back by their id.
+        self._undos: list[_Undo] = []
         self._spool = spool
         self._on_spooled = on_spooled
         # A flush is waiting to gather the next few milliseconds' settlements.
@@ -92,9 +129,13 @@ class QuotaStore:
         self._clock: asyncio.Task[None] | None = None
         # Reservations arriving while one is in flight go out together (one pipeline);
         # one whose request gave up after it was sent is given back when it lands.
-        self.reservations: CoalescingCaller[_ReserveCall, Any] = CoalescingCaller(
-            self._run_reserve, on_abandoned=self._give_back_abandoned
-        )
+        self.reservations: CoalescingCaller[_ReserveCall, Any] = self._queue()
+        # On a cluster, one queue per node: a node that is slow or down holds up only
+        # the reservations that need it.
+        self._node_queues: dict[str, CoalescingCaller[_ReserveCall, Any]] = {}
+
+    def _queue(self) -> CoalescingCaller[_ReserveCall, Any]:
+        return CoalescingCaller(self._run_reserve, on_abandoned=self._give_back_abandoned)
 
     def now(self) -> float:
         """The Redis server's time, as this process estimates it."""
@@ -111,8 +152,10 @@ class QuotaStore:
         self._clock = asyncio.get_running_loop().create_task(self._keep_clock())
 
     async def _load_scripts(self) -> None:
-        self._scripts.reserve = await self._client.script_load(self._scripts.sources["reserve"])
-        self._scripts.settle = await self._client.script_load(self._scripts.sources["settle"])
+        # Ahead of the first requests; a server without them gets them with the first
+        # call that meets NOSCRIPT there (see _run).
+        for name in _SCRIPTS:
+            await self._client.script_load(self._scripts.sources[name])
 
     async def _sync_clock(self) -> None:
         before = time.time()
@@ -137,18 +180,24 @@ class QuotaStore:
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
-        results = await self.reservations.call(
-            [self._reserve_call([limit for _, limit in group], token_cost) for group in groups]
-        )
+        call_id = uuid.uuid4().hex
+        calls = [
+            self._reserve_call([limit for _, limit in group], token_cost, call_id)
+            for group in groups
+        ]
+        results = await self._send_reservations(calls)
         reserved = [0] * len(limits)
         used = [0] * len(limits)
         effective = [limit.limit for limit in limits]
         denial: Denial | None = None
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
-        for group, result in zip(groups, results, strict=True):
-            if isinstance(result, Exception):
-                failure = failure or result
+        lost: list[_ReserveCall] = []
+        for group, call, result in zip(groups, calls, results, strict=True):
+            if _may_have_run(result):
+                lost.append(call)
+            if isinstance(result, Exception) or int(result[0]) < 0:
+                failure = failure or _as_error(result)
                 continue
             if int(result[0]) == 0:
                 index = int(result[1]) - 1
@@ -161,34 +210,79 @@ class QuotaStore:
                 effective[original] = int(result[3 + position * 3])
         if denial is not None or failure is not None:
             # Another subject refused, or its server failed: give back what this request
-            # took elsewhere, off the request path (spooled if the store cannot take it).
+            # took elsewhere, and whatever calls without an answer took, off the request
+            # path (spooled if the store cannot take it).
             taken = [(limits[i], reserved[i]) for group in admitted for i, _ in group]
             self._queue_changes([(limit, -amount) for limit, amount in taken if amount])
+            self._queue_undos(lost)
             if denial is not None:
                 return denial
             assert failure is not None
             raise failure
         return Reservation(limits, reserved, used, effective)
 
-    def _reserve_call(self, limits: list[Limit], token_cost: int) -> _ReserveCall:
+    async def _send_reservations(self, calls: list[_ReserveCall]) -> list[Any]:
+        """Each call's answer (an error is its answer): on one server in one round trip,
+        on a cluster in each node's."""
+        if self._nodes is None:
+            return await self.reservations.call(calls)
+        by_node: dict[str, list[int]] = {}
+        for index, node in enumerate(await self._nodes.node_names([c.keys[0] for c in calls])):
+            by_node.setdefault(node, []).append(index)
+        if len(by_node) == 1:
+            return await self._node_queue(next(iter(by_node))).call(calls)
+        waits = [
+            asyncio.ensure_future(self._node_queue(node).call([calls[i] for i in indexes]))
+            for node, indexes in by_node.items()
+        ]
+        try:
+            answers = await asyncio.gather(*waits, return_exceptions=True)
+        except asyncio.CancelledError:
+            # The request gave up while a node had not answered yet: what the nodes
+            # that did answer reserved is given back (the others' queues see to theirs).
+            for wait, indexes in zip(waits, by_node.values(), strict=True):
+                if wait.done() and not wait.cancelled() and wait.exception() is None:
+                    self._give_back_abandoned([calls[i] for i in indexes], wait.result())
+            raise
+        results: list[Any] = [None] * len(calls)
+        for indexes, answer in zip(by_node.values(), answers, strict=True):
+            for position, index in enumerate(indexes):
+                results[index] = answer if isinstance(answer, BaseException) else answer[position]
+        return results
+
+    def _node_queue(self, node: str) -> CoalescingCaller[_ReserveCall, Any]:
+        queue = self._node_queues.get(node)
+        if queue is None:
+            queue = self._node_queues[node] = self._queue()
+        return queue
+
+    def _reserve_call(self, limits: list[Limit], token_cost: int, call_id: str) -> _ReserveCall:
         now = self.now()
+        # The marker shares the subject's hash tag: on a cluster, the slot of its counters.
+        marker = f"{self._prefix}qr:{limits[0].subject_tag}:{call_id}"
         return _ReserveCall(
             keys=[
-                key
-                for limit in limits
-                for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+                marker,
+                *(
+                    key
+                    for limit in limits
+                    for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+                ),
             ],
             args=[
-                value
-                for limit in limits
-                for value in (
-                    limit.limit,
-                    1 if limit.kind == "r" else token_cost,
-                    limit.window.ttl_seconds(now),
-                    1 if limit.enforce else 0,
-                    limit.kind,
-                    limit.override_field,
-                )
+                CALL_MEMORY_S,
+                *(
+                    value
+                    for limit in limits
+                    for value in (
+                        limit.limit,
+                        1 if limit.kind == "r" else token_cost,
+                        limit.window.ttl_seconds(now),
+                        1 if limit.enforce else 0,
+                        limit.kind,
+                        limit.override_field,
+                    )
+                ),
             ],
             limits=limits,
         )
@@ -197,14 +291,19 @@ class QuotaStore:
         """A request gave up (its timeout, its client gone) after its reservation was
         sent: what the store reserved for it, requests and tokens, is given back."""
         changes: list[tuple[Limit, int]] = []
+        lost: list[_ReserveCall] = []
         for call, result in zip(calls, results, strict=True):
-            if isinstance(result, Exception) or int(result[0]) == 0:
+            if _may_have_run(result):
+                lost.append(call)
+                continue
+            if isinstance(result, Exception) or int(result[0]) != 1:
                 continue  # nothing was reserved
             for position, limit in enumerate(call.limits):
                 amount = int(result[1 + position * 3])
                 if amount:
                     changes.append((limit, -amount))
         self._queue_changes(changes)
+        self._queue_undos(lost)
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct token reservations with the real usage (None: release them), off the
@@ -225,7 +324,15 @@ class QuotaStore:
             key = limit.key(self._prefix)
             known = self._unsettled.get(key)
             self._unsettled[key] = (limit, delta + (known[1] if known else 0))
-        if self._unsettled and not self._flush_due:
+        self._flush_later()
+
+    def _queue_undos(self, calls: list[_ReserveCall]) -> None:
+        """Reserve calls without an answer, given back by their id with the next batch."""
+        self._undos.extend(call.undo for call in calls)
+        self._flush_later()
+
+    def _flush_later(self) -> None:
+        if (self._unsettled or self._undos) and not self._flush_due:
             # Settlements of the next few milliseconds go out together: one pipeline
             # instead of one per request, at the cost of that much staleness.
             self._flush_due = True
@@ -241,27 +348,36 @@ class QuotaStore:
     async def flush(self) -> None:
         """Write the pending settlements; what the store does not take goes to the spool."""
         batch, self._unsettled = self._unsettled, {}
-        if not batch:
+        undos, self._undos = self._undos, []
+        if not batch and not undos:
             return
         changes = self._raw(list(batch.values()))
         batch_id = uuid.uuid4().hex
         try:
-            await asyncio.wait_for(self._settle_raw(changes, batch_id), SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(self._settle_raw(changes, undos, batch_id), SETTLE_TIMEOUT_S)
         except asyncio.CancelledError:
-            # Cut short: it may have landed or not; spooled under its id, it counts once.
-            self._keep(changes, batch_id)
+            # Cut short: it may have landed or not; spooled under its id, it counts once
+            # (and a give-back by call id gives back once).
+            self._keep(changes, undos, batch_id)
             raise
         except Exception as exc:
+            # Nodes that took their part will not count it again when the batch is
+            # replayed: each remembers the batch id (and each given-back call its id).
             log.warning("quota settlement failed, spooled: %s", type(exc).__name__)
             self._on_spooled()
             # fsync is disk I/O: off the event loop.
-            await asyncio.to_thread(self._keep, changes, batch_id)
+            await asyncio.to_thread(self._keep, changes, undos, batch_id)
 
-    def _keep(self, changes: list[tuple[str, str, int, int]], batch_id: str) -> None:
+    def _keep(
+        self, changes: list[tuple[str, str, int, int]], undos: list[_Undo], batch_id: str
+    ) -> None:
         if self._spool is None:
             return
+        record: dict[str, Any] = {"id": batch_id, "changes": changes}
+        if undos:
+            record["undo"] = undos
         try:
-            self._spool.append({"id": batch_id, "changes": changes})
+            self._spool.append(record)
         except OSError:
             log.exception("a quota settlement is lost: the spool cannot be written")
 
@@ -272,13 +388,18 @@ class QuotaStore:
 
         async def apply(record: dict[str, Any]) -> None:
             changes = [tuple(change) for change in record["changes"]]
-            await asyncio.wait_for(self._settle_raw(changes, str(record["id"])), SETTLE_TIMEOUT_S)
+            undos = [
+                (str(marker), [str(key) for key in keys]) for marker, keys in record.get("undo", [])
+            ]
+            await asyncio.wait_for(
+                self._settle_raw(changes, undos, str(record["id"])), SETTLE_TIMEOUT_S
+            )
 
         return await self._spool.replay(apply)
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
-        await self._settle_raw(self._raw(changes), uuid.uuid4().hex)
+        await self._settle_raw(self._raw(changes), [], uuid.uuid4().hex)
 
     def _raw(self, changes: list[tuple[Limit, int]]) -> list[tuple[str, str, int, int]]:
         now = self.now()
@@ -287,53 +408,43 @@ class QuotaStore:
             for limit, delta in changes
         ]
 
-    async def _settle_raw(self, changes: list[Any], batch_id: str) -> None:
+    async def _settle_raw(self, changes: list[Any], undos: list[_Undo], batch_id: str) -> None:
         by_tag: dict[str, list[tuple[str, int, int]]] = {}
         for tag, key, delta, ttl in changes:
             by_tag.setdefault(tag, []).append((key, int(delta), int(ttl)))
-        await self._run(
-            "settle",
-            [
-                (
-                    [f"{self._prefix}qs:{tag}:{batch_id}", *(key for key, _, _ in group)],
-                    [
-                        BATCH_MEMORY_S,
-                        *(value for _, delta, ttl in group for value in (delta, ttl)),
-                    ],
-                )
-                for tag, group in by_tag.items()
-            ],
-        )
+        settles: list[_ScriptCall] = [
+            (
+                "settle",
+                [f"{self._prefix}qs:{tag}:{batch_id}", *(key for key, _, _ in group)],
+                [BATCH_MEMORY_S, *(value for _, delta, ttl in group for value in (delta, ttl))],
+            )
+            for tag, group in by_tag.items()
+        ]
+        gives_back: list[_ScriptCall] = [
+            ("undo", [marker, *counters], [CALL_MEMORY_S]) for marker, counters in undos
+        ]
+        await self._run([*settles, *gives_back])
 
     async def _run_reserve(self, calls: list[_ReserveCall]) -> list[Any]:
         # Each caller learns of its own calls' errors: one subject's server failing
         # does not fail (and leak) the reservations the other calls made.
-        return await self._run("reserve", [(call.keys, call.args) for call in calls], True)
+        return await self._run([("reserve", call.keys, call.args) for call in calls], True)
 
-    async def _run(
-        self, name: str, calls: list[tuple[list[str], list[Any]]], errors_as_results: bool = False
-    ) -> list[Any]:
-        """One pipelined EVALSHA per subject; calls that met NOSCRIPT are sent again once
-        the scripts are reloaded. With ``errors_as_results``, a call's error is its result;
+    async def _run(self, calls: list[_ScriptCall], errors_as_results: bool = False) -> list[Any]:
+        """One round trip of EVALSHAs; calls that met NOSCRIPT are sent again with the
+        script's text. With ``errors_as_results``, a call's error is its result;
         otherwise the first error is raised."""
-        if len(calls) == 1:
-            # One subject: a plain EVALSHA, without a pipeline's overhead.
-            keys, args = calls[0]
-            try:
-                return [await self._evalsha(name, keys, args)]
-            except NoScriptError:
-                await self._load_scripts()
-                return [await self._evalsha(name, keys, args)]
-        results = await self._pipeline(name, calls)
+        results = await self._send(calls)
         missing = [
             index for index, result in enumerate(results) if isinstance(result, NoScriptError)
         ]
         if missing:
             # A server that lost its scripts (restarted, failed over) ran none of these
-            # calls; the others ran, and must not run again.
+            # calls; the others ran, and must not run again. EVAL gives that server the
+            # script as it runs the call: nothing is asked of the other servers, some of
+            # which may be down.
             try:
-                await self._load_scripts()
-                again = await self._pipeline(name, [calls[index] for index in missing])
+                again = await self._send([calls[index] for index in missing], with_text=True)
             except Exception as exc:
                 if not errors_as_results:
                     raise
@@ -348,26 +459,52 @@ class QuotaStore:
                     raise result
         return results
 
-    async def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._client.evalsha(getattr(self._scripts, name), len(keys), *keys, *args)
-
-    async def _pipeline(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        sha = getattr(self._scripts, name)
+    async def _send(self, calls: list[_ScriptCall], with_text: bool = False) -> list[Any]:
+        """One round trip; a call's error reply is its result. On a cluster every call
+        answers for itself (``cluster_calls``); on one server a connection error fails
+        the round trip."""
+        scripts = self._scripts.sources if with_text else self._scripts.shas
+        verb = "EVAL" if with_text else "EVALSHA"
+        commands = [(verb, scripts[name], len(keys), *keys, *args) for name, keys, args in calls]
+        if self._nodes is not None:
+            return await self._nodes.send(
+                [(keys[0], command) for (_, keys, _), command in zip(calls, commands, strict=True)]
+            )
+        if len(commands) == 1:
+            # One call: a plain command, without a pipeline's overhead.
+            try:
+                return [await self._client.execute_command(*commands[0])]
+            except ResponseError as error:
+                return [error]
         async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                # Not pipe.evalsha(): redis-py refuses it in cluster pipelines; the raw
-                # command is routed by its keys like any other.
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            for command in commands:
+                pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
 
     async def close(self) -> None:
-        await self.reservations.close()
+        await asyncio.gather(
+            self.reservations.close(), *(queue.close() for queue in self._node_queues.values())
+        )
+        if self._nodes is not None:
+            await self._nodes.close()
         if self._clock is not None:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+
+
+def _may_have_run(result: Any) -> bool:
+    """A reserve call sent without an answer back (the connection broke or timed out):
+    what it may have reserved is given back by its id."""
+    return isinstance(result, ReplyLostError)
+
+
+def _as_error(result: Any) -> Exception:
+    if isinstance(result, Exception):
+        return result
+    return ReplyLostError("the reservation was given back before it reached the store")
 
 
 def _by_subject(limits: list[Limit]) -> list[list[tuple[int, Limit]]]:

@@ -10,6 +10,7 @@ Every process is started and stopped through its own ``Popen``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -48,8 +49,10 @@ class ClusterNode:
 class ValkeyCluster:
     """``start()`` forms the cluster (about two seconds), ``stop()`` ends every node."""
 
-    def __init__(self, workdir: Path, primaries: int = 3) -> None:
+    def __init__(self, workdir: Path, primaries: int = 3, options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        # Extra server options of every node (``"--appendonly", "yes"``, ...).
+        self.options = options
         self.nodes: list[ClusterNode] = []
         ports = _distinct_free_ports(2 * primaries)
         share = SLOTS // primaries
@@ -93,21 +96,46 @@ class ValkeyCluster:
             raise
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node.process is not None:
-                node.process.terminate()
-                try:
-                    node.process.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait(timeout=5.0)
-                node.process = None
-            if node.log is not None:
-                node.log.close()
-                node.log = None
+        for index in range(len(self.nodes)):
+            self.stop_node(index)
+
+    def stop_node(self, index: int) -> None:
+        """End one node's process (its port then refuses connections); its data dir stays."""
+        node = self.nodes[index]
+        if node.process is not None:
+            # A paused node cannot act on SIGTERM until it runs again.
+            node.process.send_signal(signal.SIGCONT)
+            node.process.terminate()
+            try:
+                node.process.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait(timeout=5.0)
+            node.process = None
+        if node.log is not None:
+            node.log.close()
+            node.log = None
+
+    def start_node(self, index: int, timeout_s: float = 15.0) -> None:
+        """Start a stopped node again on its port, from its own cluster config (and its
+        data, if the options persist it); returns once it serves its slots again."""
+        node = self.nodes[index]
+        self._spawn(node)
+        self._wait(node, time.monotonic() + timeout_s, self._formed, "cluster_state:ok")
+
+    def pause_node(self, index: int) -> None:
+        """Freeze one node's process (SIGSTOP): it accepts connections and answers nothing."""
+        process = self.nodes[index].process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+
+    def resume_node(self, index: int) -> None:
+        process = self.nodes[index].process
+        assert process is not None
+        process.send_signal(signal.SIGCONT)
 
     def _spawn(self, node: ClusterNode) -> None:
-        node.log = (node.workdir / "valkey.log").open("wb")
+        node.log = (node.workdir / "valkey.log").open("ab")
         node.process = subprocess.Popen(
             [
                 str(get_binary_path()),
@@ -120,6 +148,7 @@ class ValkeyCluster:
                 "--dir", str(node.workdir),
                 "--save", "",
                 "--appendonly", "no",
+                *self.options,
             ],
             stdout=node.log,
             stderr=subprocess.STDOUT,

@@ -1,20 +1,35 @@
 -- Check and reserve, atomically, a set of limits: on Redis Cluster those of one
 -- subject (their keys share the subject's hash tag), on a single server all of a
 -- request's limits at once.
--- KEYS: two per limit: its counter, then its subject's overrides hash (limits set
+-- KEYS[1]: this call's marker (same hash tag): written when the call reserves, it
+-- holds the call's answer, so that the call sent again (a client's retry after a
+-- lost answer) gets the same answer without reserving twice, and a call whose
+-- answer was lost can be given back (quota_undo.lua); 'x' once given back. Then
+-- two keys per limit: its counter, then its subject's overrides hash (limits set
 -- at run time).
--- ARGV: six values per limit: limit, cost, ttl seconds, enforce (1|0), kind (r|t),
--- override field.
+-- ARGV[1]: seconds to keep the marker. Then six values per limit: limit, cost,
+-- ttl seconds, enforce (1|0), kind (r|t), override field.
 --   r (requests): admitted while used + cost <= limit; reserves cost.
 --   t (tokens):   admitted while something remains; reserves min(cost, what remains).
 -- Returns {1, reserved_1, used_1, limit_1, ...} when admitted (used = after
 -- reserving), or {0, index, used, limit} naming the first enforced limit that
--- refused; nothing is written then.
-local n = #KEYS / 2
+-- refused; nothing is written then. Returns {-1}, writing nothing, when the call
+-- was given back before it arrived.
+local earlier = redis.call('GET', KEYS[1])
+if earlier == 'x' then
+  return {-1}
+elseif earlier then
+  local again = {1}
+  for value in string.gmatch(earlier, '[^,]+') do
+    again[#again + 1] = tonumber(value)
+  end
+  return again
+end
+local n = (#KEYS - 1) / 2
 local used, limits = {}, {}
 for i = 1, n do
-  local base = (i - 1) * 6
-  local counter, overrides = KEYS[i * 2 - 1], KEYS[i * 2]
+  local base = 1 + (i - 1) * 6
+  local counter, overrides = KEYS[i * 2], KEYS[i * 2 + 1]
   local limit = tonumber(ARGV[base + 1])
   local override = redis.call('HGET', overrides, ARGV[base + 6])
   if override then
@@ -33,8 +48,8 @@ for i = 1, n do
 end
 local result = {1}
 for i = 1, n do
-  local base = (i - 1) * 6
-  local counter = KEYS[i * 2 - 1]
+  local base = 1 + (i - 1) * 6
+  local counter = KEYS[i * 2]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
   if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and used[i] + cost > limits[i] then
@@ -48,4 +63,5 @@ for i = 1, n do
   result[#result + 1] = after
   result[#result + 1] = limits[i]
 end
+redis.call('SET', KEYS[1], table.concat(result, ',', 2), 'EX', ARGV[1])
 return result
