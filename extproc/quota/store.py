@@ -44,6 +44,9 @@ SETTLE_TIMEOUT_S = 2.0
 SETTLE_BATCH_S = 0.02
 # How long a settled batch id is remembered, so a replayed batch is not counted twice.
 BATCH_MEMORY_S = 7 * 86400
+# Subjects whose last landed batch marker this process remembers, to delete it with
+# its next settlement (a subject not settled again keeps its marker BATCH_MEMORY_S).
+LANDED_MARKERS = 10_000
 # How long what a reserve call reserved is remembered under its id: the give-back of a
 # call whose answer was lost must reach its node within this time to be exact.
 CALL_MEMORY_S = 30
@@ -120,6 +123,11 @@ class QuotaStore:
         self._unsettled: dict[str, tuple[Limit, int]] = {}
         # Reserve calls whose answer was lost, to give back by their id.
         self._undos: list[_Undo] = []
+        # Per subject tag: the marker of this process's last settlement batch that landed
+        # whole on its first try. It can never be replayed, so the next settlement of
+        # the subject deletes it (quota_settle.lua); else every batch (one per 20 ms
+        # under load) left a key per subject for BATCH_MEMORY_S.
+        self._landed: dict[str, str] = {}
         self._spool = spool
         self._on_spooled = on_spooled
         # A flush is waiting to gather the next few milliseconds' settlements.
@@ -354,7 +362,9 @@ class QuotaStore:
         changes = self._raw(list(batch.values()))
         batch_id = uuid.uuid4().hex
         try:
-            await asyncio.wait_for(self._settle_raw(changes, undos, batch_id), SETTLE_TIMEOUT_S)
+            await asyncio.wait_for(
+                self._settle_raw(changes, undos, batch_id, landed_whole=True), SETTLE_TIMEOUT_S
+            )
         except asyncio.CancelledError:
             # Cut short: it may have landed or not; spooled under its id, it counts once
             # (and a give-back by call id gives back once).
@@ -399,7 +409,7 @@ class QuotaStore:
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
-        await self._settle_raw(self._raw(changes), [], uuid.uuid4().hex)
+        await self._settle_raw(self._raw(changes), [], uuid.uuid4().hex, landed_whole=True)
 
     def _raw(self, changes: list[tuple[Limit, int]]) -> list[tuple[str, str, int, int]]:
         now = self.now()
@@ -408,14 +418,30 @@ class QuotaStore:
             for limit, delta in changes
         ]
 
-    async def _settle_raw(self, changes: list[Any], undos: list[_Undo], batch_id: str) -> None:
+    async def _settle_raw(
+        self,
+        changes: list[Any],
+        undos: list[_Undo],
+        batch_id: str,
+        *,
+        landed_whole: bool = False,
+    ) -> None:
+        """Apply one batch. ``landed_whole``: the batch is never spooled once this returns
+        (a live flush, an operator's change), so its markers can go with the subjects'
+        next settlements; a replayed batch stays in the spool until the replay drops it,
+        and a crash before that brings it back, so its markers must stay."""
         by_tag: dict[str, list[tuple[str, int, int]]] = {}
         for tag, key, delta, ttl in changes:
             by_tag.setdefault(tag, []).append((key, int(delta), int(ttl)))
+        markers = {tag: f"{self._prefix}qs:{tag}:{batch_id}" for tag in by_tag}
         settles: list[_ScriptCall] = [
             (
                 "settle",
-                [f"{self._prefix}qs:{tag}:{batch_id}", *(key for key, _, _ in group)],
+                [
+                    markers[tag],
+                    self._landed.get(tag, markers[tag]),
+                    *(key for key, _, _ in group),
+                ],
                 [BATCH_MEMORY_S, *(value for _, delta, ttl in group for value in (delta, ttl))],
             )
             for tag, group in by_tag.items()
@@ -424,6 +450,12 @@ class QuotaStore:
             ("undo", [marker, *counters], [CALL_MEMORY_S]) for marker, counters in undos
         ]
         await self._run([*settles, *gives_back])
+        if landed_whole:
+            for tag, marker in markers.items():
+                self._landed.pop(tag, None)
+                self._landed[tag] = marker
+            while len(self._landed) > LANDED_MARKERS:
+                del self._landed[next(iter(self._landed))]
 
     async def _run_reserve(self, calls: list[_ReserveCall]) -> list[Any]:
         # Each caller learns of its own calls' errors: one subject's server failing
