@@ -3,17 +3,19 @@
 ``POST /request`` gets ``{"body": {"messages": [{"role", "content"}, ...]}}``
 (one entry per text slot of the request, in order); ``POST /response`` gets
 ``{"body": {"choices": [{"message": {"role", "content"}}, ...]}}``. The answer
-is ``{"action": ...}`` where the action is told apart by its fields, as the API
-has no tag:
+is ``{"action": ...}`` where the action is told apart by its ``body``, as the
+API has no tag:
 
 - ``RejectAction``: ``body`` (a string) and ``status_code``: refuse with them;
 - ``MaskAction``: ``body`` holding ``messages`` (or ``choices``), exactly as
   many as were sent: use their contents instead;
-- ``PassAction``: anything else (only an optional ``reason``).
+- ``PassAction``: nothing but an optional ``reason``.
 
-Anything else the webhook does (an error status, a malformed answer, a
-MaskAction with another count, a timeout, a refused connection) is a
-``WebhookError``, which the guard turns into its ``failure_mode``.
+Anything else the webhook does (an error status, an answer of none of these
+shapes, a MaskAction with another count, a timeout, a refused connection) is a
+``WebhookError``, which the guard turns into its ``failure_mode``. A MaskAction
+replaces text only: the roles the gateway sent stay (a webhook cannot turn a
+client's message into a system prompt).
 """
 
 from __future__ import annotations
@@ -105,20 +107,38 @@ class WebhookClient:
 
 
 def _verdict(answer: Any, items: str, count: int) -> Verdict:
+    """The action of a webhook's answer, told apart by its ``body`` as the API has no tag.
+
+    A field set to null (or a zero status) counts as absent: webhooks that answer with
+    one struct for every action send the fields an action does not use that way.
+    """
     action = answer.get("action") if isinstance(answer, dict) else None
     if not isinstance(action, dict):
         raise WebhookError("answer has no action object")
     reason = action.get("reason")
     reason = reason if isinstance(reason, str) else None
     body = action.get("body")
-    if "status_code" in action:
-        status = action.get("status_code")
-        if not isinstance(body, str) or not isinstance(status, int) or isinstance(status, bool):
-            raise WebhookError("RejectAction needs a string body and an integer status_code")
-        return Verdict("reject", body=body, status=status, reason=reason)
-    if body is None:
-        return Verdict("pass", reason=reason)
-    listed = body.get(items) if isinstance(body, dict) else None
+    if isinstance(body, str):
+        return _reject(action.get("status_code"), body, reason)
+    if isinstance(body, dict):
+        return _mask(body, items, count, reason)
+    if body is not None:
+        raise WebhookError("action body is neither a message nor masked contents")
+    # A PassAction has nothing else: an action of another shape (another API's verdict,
+    # a RejectAction without its body) is no verdict, and must not pass a fail_closed guard.
+    if any(value not in (None, 0) for key, value in action.items() if key != "reason"):
+        raise WebhookError("answer is no PassAction, MaskAction or RejectAction")
+    return Verdict("pass", reason=reason)
+
+
+def _reject(status: Any, body: str, reason: str | None) -> Verdict:
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise WebhookError("RejectAction needs an integer status_code")
+    return Verdict("reject", body=body, status=status, reason=reason)
+
+
+def _mask(body: dict[str, Any], items: str, count: int, reason: str | None) -> Verdict:
+    listed = body.get(items)
     if not isinstance(listed, list) or len(listed) != count:
         raise WebhookError(f"MaskAction must return exactly {count} {items}")
     contents: list[str] = []

@@ -180,10 +180,13 @@ def _forwardable(ctx: RequestContext) -> dict[str, str]:
 
 
 def _webhook_refusal(guard: GuardConfig, body: str, status: int) -> GuardrailRejectedError:
-    # The webhook's own body and status win over the guard's configured response.
+    # The webhook's own body and status win over the guard's configured response;
+    # where it gives none usable (an empty body, a status that is no error), the
+    # operator's configured one stands.
     if not 400 <= status <= 599:
         status = guard.status
-    return GuardrailRejectedError(body or f"Rejected by guardrail '{guard.name}'", status)
+    message = body or guard.message or f"Rejected by guardrail '{guard.name}'"
+    return GuardrailRejectedError(message, status)
 
 
 def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
@@ -324,6 +327,10 @@ class GuardResponseStage:
         # Each body chunk's text deltas go to the webhook as they arrive, one choice each.
         slots = state.texts(events)
         for guard, client in guards.response.webhooks:
+            if _failed_open(ctx, guard.name):
+                # It failed earlier in this stream: waiting up to its timeout again at
+                # every chunk would stall the stream for a verdict that is not needed.
+                continue
             texts = [holder[key] for _, _, holder, key in slots]
             if not any(texts):
                 break
@@ -398,6 +405,13 @@ class GuardResponseStage:
 
 def _seen(ctx: RequestContext, guard: str) -> bool:
     return any(d["guard"] == guard and d["phase"] == "response" for d in ctx.guardrail_decisions)
+
+
+def _failed_open(ctx: RequestContext, guard: str) -> bool:
+    return any(
+        d["guard"] == guard and d["phase"] == "response" and d["action"] == "fail_open"
+        for d in ctx.guardrail_decisions
+    )
 
 
 def _once(ctx: RequestContext, guard: str, action: str) -> None:
