@@ -19,6 +19,11 @@ from extproc.quota.store import QuotaStore
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
+# The largest limit or adjustment an operator may set: the quota scripts compute
+# with Lua numbers (doubles), exact only up to 2**53 - 1, and hand limits back as
+# 64-bit integers, so 2**63 - 1 came back as -2**63 in every x-ratelimit-limit-*
+# header. Far above any real budget.
+MAX_AMOUNT = 2**53 - 1
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -137,8 +142,10 @@ class QuotaAdmin:
 
     async def set_limit(self, limit: Limit, value: int) -> None:
         """Override the limit for its subject; 0 goes back to the config's value."""
-        if value < 0:
-            raise InvalidArgumentError("limit must be 0 (the config's value) or more")
+        if not 0 <= value <= MAX_AMOUNT:
+            raise InvalidArgumentError(
+                f"limit must be 0 (the config's value) or more, and at most {MAX_AMOUNT}"
+            )
         key = limit.overrides_key(self._prefix)
         # No expiry: an override is a standing decision, removed by setting 0.
         if value == 0:
@@ -150,6 +157,9 @@ class QuotaAdmin:
         """Add to the current window's counter (never below 0; it expires with its window)."""
         if delta == 0:
             raise InvalidArgumentError("delta must not be 0")
+        if abs(delta) > MAX_AMOUNT:
+            # Redis would refuse it (an overflow), which reads as a store outage.
+            raise InvalidArgumentError(f"delta must be at most {MAX_AMOUNT} either way")
         await self._quota_store.settle_now([(limit, delta)])
 
     async def reset(self, limits: list[Limit]) -> None:
@@ -168,8 +178,7 @@ class QuotaAdmin:
         pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*"
         async for raw in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
             found.add(raw.decode() if isinstance(raw, bytes) else raw)
-        # The subject ends where the hash tag does (the first "}"), as Redis reads it.
-        names = sorted({key[len(head) :].partition("}")[0] for key in found})
+        names = sorted({name for key in found if (name := _subject_of(key, head)) is not None})
         now = self.now()
         listed: list[tuple[str, list[Limit]]] = []
         for subject in names:
@@ -178,3 +187,15 @@ class QuotaAdmin:
             if any(limit.key(self._prefix) in found for limit in limits):
                 listed.append((subject, limits))
         return listed
+
+
+def _subject_of(key: str, head: str) -> str | None:
+    """The subject of a counter key ``<head><subject>}:<rule>:<r|t>:<window>``.
+
+    The subject ends at the LAST ``}``: rule names and window keys never hold
+    one, while a subject may (a JWT ``sub``, a header value). Redis's hash tag
+    ends at the first, which changes only the slot, shared by all of a
+    subject's keys either way. None for a key not of that shape.
+    """
+    end = key.rfind("}")
+    return key[len(head) : end] if end >= len(head) else None

@@ -9,6 +9,7 @@ subject's counters live in one Redis Cluster slot and one script checks them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,7 +123,7 @@ class RuleSet:
             if subject is None or not _selected(rule, subject) or not _covers(rule, names):
                 continue
             found.extend(self._limits(rule, subject, now))
-        return found
+        return refusal_order(found)
 
     def _limits(self, rule: LimitRule, subject: str, now: float) -> list[Limit]:
         config = self._config
@@ -148,6 +149,24 @@ class RuleSet:
                       enforce, fail_open, zone, rule.hard_cap)
             )  # fmt: skip
         return limits
+
+
+def refusal_order(limits: list[Limit]) -> list[Limit]:
+    """The limits, the one that holds longest first (lifetime quotas, then the latest reset).
+
+    The reserve script names the first limit that refuses, and the 429's
+    message, ``retry-after`` and ``x-ratelimit-reset-*`` come from it. When
+    several refuse (a minute's and a month's both used up), the request stays
+    refused until the last of them resets: naming the minute's told clients to
+    come back in seconds, only to be refused again. Stable: config order among
+    limits that reset together.
+    """
+    return sorted(limits, key=_holds_until, reverse=True)
+
+
+def _holds_until(limit: Limit) -> float:
+    end = limit.window.end
+    return math.inf if end is None else end
 
 
 def _subject_value(rule: LimitRule, identity: Identity, headers: dict[str, str]) -> str | None:

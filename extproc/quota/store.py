@@ -209,7 +209,11 @@ class QuotaStore:
                 continue
             if int(result[0]) == 0:
                 index = int(result[1]) - 1
-                denial = denial or Denial(group[index][1], int(result[2]), int(result[3]))
+                found = Denial(group[index][1], int(result[2]), int(result[3]))
+                # On a cluster each subject names its own first refusal: the 429 names
+                # the one that holds longest, as the rules order them (refusal_order).
+                if denial is None or _holds_longer(found.limit, denial.limit):
+                    denial = found
                 continue
             admitted.append(group)
             for position, (original, _) in enumerate(group):
@@ -525,6 +529,11 @@ class QuotaStore:
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+
+
+def _holds_longer(limit: Limit, other: Limit) -> bool:
+    end, other_end = limit.window.end, other.window.end
+    return other_end is not None and (end is None or end > other_end)
 
 
 def _may_have_run(result: Any) -> bool:

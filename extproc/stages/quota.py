@@ -125,10 +125,8 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     ]
     if not capped or ctx.body is None:
         return
-    left = min(
-        reservation.effective[i] - (reservation.used[i] - reservation.reserved[i]) for i in capped
-    )
-    completion = left - estimate_prompt_tokens(ctx.body)
+    prompt = estimate_prompt_tokens(ctx.body)
+    completion = min(_left_before(reservation, i) for i in capped) - prompt
     if completion < 1:
         store = ctx.runtime.services.quota_store
         assert store is not None
@@ -136,19 +134,52 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         # cannot give them back a second time.
         ctx.reservation = None
         store.settle(reservation, None)
-        tightest_index = min(capped, key=lambda i: reservation.effective[i] - reservation.used[i])
-        limit = reservation.limits[tightest_index]
+        refusal, limit = _capped_refusal(reservation, capped, prompt, store.now())
+        # A refusal like the store's: aigw_rate_limited_total counts both.
+        ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
-        raise RateLimitError(
-            f"Token budget nearly used for {limit.subject_kind} '{limit.subject}' "
-            f"(rule '{limit.rule}'): {max(0, left)} tokens left, not enough for this prompt; "
-            f"{_reset_text(limit)}",
-            code="insufficient_quota",
-        )
+        raise refusal
     if cap_completion(ctx.body, completion):
         ctx.body_changed = True
         ctx.quota_decision = "capped"
+
+
+def _left_before(reservation: Reservation, index: int) -> int:
+    """What limit ``index`` had left for this request, before it reserved."""
+    return reservation.effective[index] - (reservation.used[index] - reservation.reserved[index])
+
+
+def _capped_refusal(
+    reservation: Reservation, capped: list[int], prompt: int, now: float
+) -> tuple[RateLimitError, Limit]:
+    """The 429 for a prompt that a hard-capped budget cannot take, and the limit it names.
+
+    A budget that has too little left says when it resets (``retry-after``),
+    like any other refusal. A prompt larger than a whole budget would be refused
+    after every reset: it gets no ``retry-after``, which would promise otherwise.
+    """
+    never = [i for i in capped if reservation.effective[i] - prompt < 1]
+    index = min(never or capped, key=lambda i: _left_before(reservation, i))
+    limit, effective = reservation.limits[index], reservation.effective[index]
+    left = max(0, _left_before(reservation, index))
+    subject = f"{_subject_text(limit)} (rule '{limit.rule}')"
+    if never:
+        message = (
+            f"Prompt too large for the token budget of {subject}: about {prompt} prompt tokens"
+            f" leave no room for an answer in {limit.describe(effective)}"
+        )
+    else:
+        message = (
+            f"Token budget nearly used for {subject}: {left} tokens left, not enough for"
+            f" this prompt; {_reset_text(limit)}"
+        )
+    headers = _limit_headers(limit, effective, left, now, retry=not never)
+    return RateLimitError(message, code="insufficient_quota", headers=headers), limit
+
+
+def _subject_text(limit: Limit) -> str:
+    return f"{limit.subject_kind.replace('header:', 'header ')} '{limit.subject}'"
 
 
 def _reset_text(limit: Limit) -> str:
@@ -158,22 +189,31 @@ def _reset_text(limit: Limit) -> str:
     return "it resets at " + datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
 
 
-def _refusal(denial: Denial, now: float) -> RateLimitError:
-    limit = denial.limit
-    kind = limit.subject_kind.replace("header:", "header ")
-    message = (
-        f"Rate limit reached for {kind} '{limit.subject}' (rule '{limit.rule}'): "
-        f"{limit.describe(denial.effective_limit)}, {denial.used} used; {_reset_text(limit)}"
-    )
-    headers: dict[str, str] = {}
+def _limit_headers(
+    limit: Limit, effective: int, remaining: int, now: float, *, retry: bool = True
+) -> dict[str, str]:
+    """A refusal's headers: OpenAI's ``x-ratelimit-*`` for the limit that refused, and
+    ``retry-after`` (whole seconds until it resets) when waiting can help."""
+    unit = "requests" if limit.kind == "r" else "tokens"
+    headers = {
+        f"x-ratelimit-limit-{unit}": str(effective),
+        f"x-ratelimit-remaining-{unit}": str(max(0, remaining)),
+    }
     left = limit.window.seconds_left(now)
     if left is not None:
-        headers["retry-after"] = str(max(1, math.ceil(left)))
-    unit = "requests" if limit.kind == "r" else "tokens"
-    headers[f"x-ratelimit-limit-{unit}"] = str(denial.effective_limit)
-    headers[f"x-ratelimit-remaining-{unit}"] = "0"
-    if left is not None:
         headers[f"x-ratelimit-reset-{unit}"] = f"{max(0, math.ceil(left))}s"
+        if retry:
+            headers["retry-after"] = str(max(1, math.ceil(left)))
+    return headers
+
+
+def _refusal(denial: Denial, now: float) -> RateLimitError:
+    limit = denial.limit
+    message = (
+        f"Rate limit reached for {_subject_text(limit)} (rule '{limit.rule}'): "
+        f"{limit.describe(denial.effective_limit)}, {denial.used} used; {_reset_text(limit)}"
+    )
+    headers = _limit_headers(limit, denial.effective_limit, 0, now)
     code = "insufficient_quota" if limit.is_quota else "rate_limit_exceeded"
     return RateLimitError(message, code=code, headers=headers)
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from extproc.config.quota_model import LimitRule, QuotasConfig
+from extproc.config.quota_model import LimitRule, QuotaPeriod, QuotasConfig, TokenQuota
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
 from extproc.quota.rules import Limit, RuleSet
@@ -294,3 +294,22 @@ async def test_listing_quota_subjects_scans_every_node(
     listed = await QuotaAdmin(client, PREFIX, store).subjects(rules, "user")
 
     assert [subject for subject, _ in listed] == sorted(USERS)
+
+
+async def test_when_subjects_on_two_nodes_refuse_the_longest_lasting_limit_is_named(
+    store: QuotaStore,
+) -> None:
+    # The user's minute (beside a lifetime quota it has room in) and the group's
+    # month, on different nodes, both spent.
+    lifetime = TokenQuota(limit=1_000_000, period=QuotaPeriod.LIFETIME)
+    found = limits(
+        store,
+        LimitRule(name="user", subject="user", requests_per_minute=1, token_quota=lifetime),
+        LimitRule(name="group-month", subject="group", token_quota=TokenQuota(limit=5)),
+    )
+    assert isinstance(await store.reserve(found, 5), Reservation)
+
+    refused = await store.reserve(found, 5)
+
+    # Naming the minute would tell the client to come back in seconds, to be refused again.
+    assert isinstance(refused, Denial) and refused.limit.rule == "group-month"
