@@ -17,18 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, render
 from extproc.config.model import GatewayConfig
-from extproc.store.connection import connect
+from extproc.store.connection import STORE_ERRORS, connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.spool import make_directory, sync_directory
 from extproc.store.usage import UsageRow, UsageStore
-
-# What a store that is down, unreachable or refusing us raises, for a single node or a cluster.
-_STORE_ERRORS = (RedisError, RedisClusterException)
 
 
 class ReportError(Exception):
@@ -75,7 +70,7 @@ def _rows(
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    except _STORE_ERRORS as exc:
+    except STORE_ERRORS as exc:
         # The kind of error only: a client's message may quote the URL it was given.
         print(
             f"error: the store did not answer ({type(exc).__name__}): check store.url"

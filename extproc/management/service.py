@@ -27,7 +27,6 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from extproc.auth.api_keys import ApiKey, api_key_of
 from extproc.auth.stored_keys import KeyIdTakenError, StoredKeys, UnknownKeyIdError
@@ -46,6 +45,7 @@ from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.quota.rules import Limit
 from extproc.runtime import Runtime
+from extproc.store.connection import STORE_ERRORS
 
 if TYPE_CHECKING:
     from extproc.management.usage import UsageReportService
@@ -153,7 +153,7 @@ class AdminService:
             await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except KeyIdTakenError as exc:
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except RedisError as exc:
+        except STORE_ERRORS as exc:
             log.warning("management call failed on the store: %s", type(exc).__name__)
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"store error: {type(exc).__name__}")
 

@@ -15,6 +15,11 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException, RedisError
+
+# What a store that is down, unreachable or refusing raises, single node or cluster
+# (the cluster client's own exception is not a RedisError).
+STORE_ERRORS = (RedisError, RedisClusterException)
 
 StoreClient = Any  # redis.asyncio.Redis or RedisCluster: the same command API
 
