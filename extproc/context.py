@@ -105,6 +105,8 @@ class RequestContext:
     body: dict[str, Any] | None = None
     model: str | None = None
     upstream_model: str | None = None
+    # Failover: the chain member (its config name) that answered; what prices the request.
+    answered_model: str | None = None
     provider: str | None = None
     provider_type: ProviderType | None = None
     stream: bool = False

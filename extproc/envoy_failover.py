@@ -10,14 +10,22 @@ endpoint's metadata which provider this attempt goes to, and translates the
 client's request and the provider's answer for that provider. Everywhere else
 that upstream filter is disabled per route, so traffic without failover pays
 nothing for it.
+
+A caller's access rules may keep it from some fallbacks. Envoy cannot leave
+members out of a route's chain per request, so every chain is also rendered
+without each combination of its fallbacks (2**n chains for n fallbacks), and
+the gateway routes each request to the chain of the fallbacks its caller may
+use: a fallback kept from the caller is never tried, and the last answer the
+client gets comes from a model it may use.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Collection, Iterator
+from itertools import combinations
 from typing import Any
 
-from extproc.config.model import GatewayConfig, ModelConfig, cluster_name
+from extproc.config.model import GatewayConfig, ModelConfig, cluster_name, failover_chain_name
 from extproc.headers import CLUSTER, METADATA_NAMESPACE
 
 Json = dict[str, Any]
@@ -26,11 +34,22 @@ UPSTREAM_FILTER = "aigw.upstream_ext_proc"
 # Sent by the per-attempt filter on its gRPC streams: the gateway serves them in attempt mode.
 ATTEMPT_METADATA = "x-aigw-stream"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-_SLUG = re.compile(r"[^a-z0-9_]")
 
 
-def failover_cluster_name(model: str) -> str:
-    return "failover_" + _SLUG.sub("_", model.lower())
+def failover_cluster_name(model: str, skipped: Collection[int] = ()) -> str:
+    """The aggregate cluster (and route) of ``model``'s chain, less the fallbacks at the
+    ``skipped`` positions (0 is the first fallback)."""
+    name = failover_chain_name(model)
+    if skipped:
+        # "-" is not in the slug's alphabet: no model's own name can end like this.
+        name += "-without-" + "-".join(str(position + 1) for position in sorted(skipped))
+    return name
+
+
+def skippable(fallbacks: int) -> Iterator[tuple[int, ...]]:
+    """Every set of fallback positions a caller's access rules may keep it from, none first."""
+    for count in range(fallbacks + 1):
+        yield from combinations(range(fallbacks), count)
 
 
 def models_with_fallbacks(config: GatewayConfig) -> list[ModelConfig]:
@@ -66,16 +85,18 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
     failover_routes = []
     for model in chains:
         members = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
-        clusters = [cluster_name(config.provider(name)) for name in members]
-        name = failover_cluster_name(model.name)
-        resources["clusters"].append(_aggregate(name, clusters))
-        timeouts = [
-            config.provider(member).timeout_s or config.envoy.upstream_timeout_s
-            for member in members
-        ]
-        # Envoy has one per-try timeout per route: the primary's, which is what a
-        # timeout failover is about; the whole request may use every member's.
-        failover_routes.append(_route(name, len(clusters), timeouts[0], sum(timeouts)))
+        for skipped in skippable(len(model.fallbacks)):
+            kept = [m for i, m in enumerate(members) if i == 0 or i - 1 not in skipped]
+            clusters = [cluster_name(config.provider(name)) for name in kept]
+            name = failover_cluster_name(model.name, skipped)
+            resources["clusters"].append(_aggregate(name, clusters))
+            timeouts = [
+                config.provider(member).timeout_s or config.envoy.upstream_timeout_s
+                for member in kept
+            ]
+            # Envoy has one per-try timeout per route: the primary's, which is what a
+            # timeout failover is about; the whole request may use every member's.
+            failover_routes.append(_route(name, len(clusters), timeouts[0], sum(timeouts)))
     # Before the catch-all 404, which is last.
     routes[-1:-1] = failover_routes
     manager["route_config"]["virtual_hosts"][0]["include_attempt_count_in_response"] = True

@@ -63,9 +63,11 @@ GATEWAY_NAME = "aigw"
 EXTPROC_SERVICE = "aigw"
 EXTPROC_PORT = 50051
 PROVIDERS_ROUTE = HTTP_ROUTE_PREFIX + "providers"
+PROVIDERS_HOSTS_ROUTE = HTTP_ROUTE_PREFIX + "providers-hosts"
 # Gateway API's limits per HTTPRoute.
 MAX_RULES = 16
 MAX_MATCHES = 64
+MAX_HOSTNAMES = 16
 # Matches any non-empty value: the shape is there, the gateway reads the model.
 ANY_VALUE = ".+"
 _HEADER = (
@@ -79,6 +81,9 @@ def render_attachments(config: GatewayConfig, controller: Controller) -> list[Js
     manifests: list[Json] = [_gateway(controller)]
     manifests += [_client_route(route) for route in config.routes]
     manifests.append(_providers_route(config, controller))
+    hosted = _providers_hosts_route(config, controller)
+    if hosted is not None:
+        manifests.append(hosted)
     for provider in config.providers:
         manifests += _backend(provider, controller)
     if controller == "envoy-gateway":
@@ -163,10 +168,21 @@ def _client_route(route: RouteConfig) -> Json:
         },
         "spec": {
             "parentRefs": [{"name": GATEWAY_NAME}],
+            **_hostnames(route.hosts),
             # No backend: the gateway answers every request here or re-routes it.
             "rules": [{"matches": _client_matches(route)}],
         },
     }
+
+
+def _hostnames(hosts: tuple[str, ...]) -> Json:
+    """Gateway API ``hostnames`` (the same exact names and ``*.`` wildcards); none: all."""
+    if len(hosts) > MAX_HOSTNAMES:
+        raise ValueError(
+            f"{len(hosts)} hosts: Gateway API allows {MAX_HOSTNAMES} hostnames per HTTPRoute"
+            " (the provider rules list every host the routes name); use wildcards"
+        )
+    return {"hostnames": list(hosts)} if hosts else {}
 
 
 def _provider_matches(config: GatewayConfig, provider: ProviderConfig) -> list[Json]:
@@ -219,6 +235,30 @@ def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
         "metadata": {"name": PROVIDERS_ROUTE},
         "spec": {"parentRefs": [{"name": GATEWAY_NAME}], "rules": rules},
     }
+
+
+def _providers_hosts_route(config: GatewayConfig, controller: Controller) -> Json | None:
+    """The provider rules again, for every host a client route names.
+
+    Gateway API ranks a route's hostname before its matches: for a request to
+    ``openai.gateway.local``, a client route naming that host would outrank the
+    host-less provider rules, routing header or not, and the request would never
+    leave for its provider. This copy names every such host, so it ties with
+    the client route on the host and wins on its extra header match, as the
+    host-less rules do for host-less client routes.
+    """
+    hosts = sorted({host for route in config.routes for host in route.hosts})
+    if not hosts:
+        return None
+    route = _providers_route(config, controller)
+    route["metadata"] = {"name": PROVIDERS_HOSTS_ROUTE}
+    spec = route["spec"]
+    route["spec"] = {
+        "parentRefs": spec["parentRefs"],
+        **_hostnames(tuple(hosts)),
+        "rules": spec["rules"],
+    }
+    return route
 
 
 def _rate_limit_headers(controller: Controller) -> list[Json]:

@@ -14,6 +14,8 @@ CLUSTER = PREFIX + "cluster"
 FAILOVER_MODEL = PREFIX + "failover-model"
 ANSWERED_BY_PROVIDER = PREFIX + "provider"
 ANSWERED_BY_MODEL = PREFIX + "model"
+# ... and the model name that member's provider was sent (its upstream_model).
+ANSWERED_UPSTREAM_MODEL = PREFIX + "upstream-model"
 # Echoed to the client so a request can be traced through logs.
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.

@@ -160,9 +160,9 @@ def request_cost(ctx: RequestContext) -> Cost:
             return ctx.cost
         prices = ctx.runtime.prices
         model: str | None = ctx.model
-        if ctx.failover_model is not None and ctx.upstream_model in _members(ctx):
+        if ctx.failover_model is not None and ctx.answered_model in _members(ctx):
             # The chain member that answered is what the provider bills, priced or not
             # (an unpriced fallback is unpriced, not billed at the primary's price).
-            model = ctx.upstream_model
+            model = ctx.answered_model
         ctx.cost = prices.cost(model, ctx.usage)
     return ctx.cost

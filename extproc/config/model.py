@@ -26,6 +26,8 @@ from extproc.event_loop import EventLoopKind
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
+# Fallbacks of one model (see ModelConfig.fallbacks).
+MAX_FALLBACKS = 4
 
 
 class _Section(BaseModel):
@@ -192,7 +194,9 @@ class ModelConfig(_Section):
     aliases: tuple[str, ...] = ()
     # Models to try, in order, when this one's provider fails (429, 5xx, timeout,
     # connection failure) before the first response byte. Each on another provider.
-    fallbacks: tuple[str, ...] = ()
+    # At most MAX_FALLBACKS: Envoy gets one chain per subset a caller's access rules
+    # may leave (envoy_failover), 2**n of them.
+    fallbacks: tuple[str, ...] = Field(default=(), max_length=MAX_FALLBACKS)
 
 
 class ModelPrefixConfig(_Section):
@@ -211,10 +215,20 @@ class RouteApi(StrEnum):
     A2A = "a2a"
 
 
+# A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
+_HOST = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_MAX_HOST = 253
+
+
 class RouteConfig(_Section):
     """A client-facing path and the API spoken on it."""
 
     name: Name
+    # Serve the route only to requests for these hosts (virtual hosts on one
+    # listener): exact names or ``*.suffix`` wildcards; none: every host.
+    hosts: tuple[str, ...] = ()
     path: str | None = None
     path_prefix: str | None = None
     api: RouteApi = RouteApi.OPENAI_CHAT
@@ -235,6 +249,22 @@ class RouteConfig(_Section):
     enrichment: EnrichmentConfig | None = None
     # api mcp / a2a: the entry of agents.servers this route leads to.
     server: str | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        normalized = []
+        for host in hosts:
+            name = host.strip().lower().removesuffix(".")
+            if len(name) > _MAX_HOST or not _HOST.fullmatch(name):
+                raise ValueError(
+                    f"{host!r} is not a host name (openai.gateway.local) or a wildcard"
+                    " (*.gateway.local); give it without a scheme, port or path"
+                )
+            if name in normalized:
+                raise ValueError(f"{host!r} is listed twice")
+            normalized.append(name)
+        return tuple(normalized)
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteConfig:
@@ -359,7 +389,16 @@ class GatewayConfig(_Section):
                     f" (known: {', '.join(sorted(known))})"
                 )
         by_name = {m.name: m for m in self.models}
+        chains: dict[str, str] = {}
         for index, model in enumerate(self.models):
+            if model.fallbacks:
+                other = chains.setdefault(failover_chain_name(model.name), model.name)
+                if other != model.name:
+                    raise ValueError(
+                        f"models[{index}].name: {model.name!r} and {other!r} both have fallbacks"
+                        " and differ only in case or punctuation, so Envoy would get one"
+                        " failover chain for two models; rename one"
+                    )
             chain = [model.provider]
             for fallback in model.fallbacks:
                 if fallback not in by_name:
@@ -389,6 +428,22 @@ class GatewayConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _host_routes_distinct(self) -> GatewayConfig:
+        # Two routes for one host and one path: which one serves it would depend on
+        # their order in the file. (Routes without hosts keep their older rule.)
+        seen: dict[tuple[str, str], int] = {}
+        for index, route in enumerate(self.routes):
+            target = route.path or "prefix:" + (route.path_prefix or "").rstrip("/")
+            for host in route.hosts:
+                earlier = seen.setdefault((host, target), index)
+                if earlier != index:
+                    raise ValueError(
+                        f"routes[{index}].hosts: {host} already has this path on"
+                        f" routes[{earlier}] ({self.routes[earlier].name})"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _route_policies_exist(self) -> GatewayConfig:
         policies = {policy.name for policy in self.guardrails.policies}
         for index, route in enumerate(self.routes):
@@ -410,6 +465,11 @@ def _unique(section: str, names: list[str]) -> None:
 
 
 CLUSTER_NAME = re.compile(r"[^a-z0-9_]")
+
+
+def failover_chain_name(model: str) -> str:
+    """The Envoy aggregate cluster (and route) of a model's failover chain."""
+    return "failover_" + CLUSTER_NAME.sub("_", model.lower())
 
 
 def cluster_name(provider: ProviderConfig) -> str:

@@ -8,6 +8,11 @@ downstream stages do for a request without failover: translate and sign the
 client's body for that provider, and translate the answer back to OpenAI's API
 (always with its usage, which the downstream filter counts and hides from
 clients that did not ask for it). Logging, metrics and quotas stay downstream.
+
+Which attempts a request may make is decided downstream, where the caller is
+known (``failover_cluster``): the chain of its model, less the fallbacks its
+access rules keep from it, so an attempt never serves a model its caller may
+not use.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from extproc import headers
 from extproc.backends import plan_request, plan_response
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
-from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE
+from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE, failover_cluster_name
 from extproc.errors import UpstreamError
 from extproc.runtime import Route
 
@@ -47,6 +52,27 @@ def provider_of_attempt(attributes: Any) -> str | None:
             found = _PROVIDER.search(field.string_value)
             return found.group(1) if found else None
     return None
+
+
+def failover_cluster(ctx: RequestContext) -> str:
+    """The chain a failover request goes to: its primary's, less the fallbacks its caller
+    may not use (a key's ``allowed_models``, access rules on the client's route).
+
+    An operator who kept a key from a model expects that to hold when the model would
+    serve as a fallback too; skipped, not refused: the request asked for a model the
+    caller may use, and without a fallback it gets that model's own answer."""
+    primary = ctx.failover_model
+    route = ctx.route
+    assert primary is not None and route is not None
+    # The chain in order, the primary first: Runtime.failover is built in that order, one
+    # member per provider (the config refuses two on one provider).
+    fallbacks = [name for name, _ in ctx.runtime.failover[primary].values()][1:]
+    skipped = [
+        position
+        for position, name in enumerate(fallbacks)
+        if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
+    ]
+    return failover_cluster_name(primary, skipped)
 
 
 class AttemptStage:
@@ -107,6 +133,8 @@ class AttemptStage:
         out.remove_headers.extend(plan.remove_headers)
         out.set_headers[headers.ANSWERED_BY_PROVIDER] = ctx.provider or ""
         out.set_headers[headers.ANSWERED_BY_MODEL] = ctx.model or ""
+        if ctx.upstream is not None:
+            out.set_headers[headers.ANSWERED_UPSTREAM_MODEL] = ctx.upstream.upstream_model
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

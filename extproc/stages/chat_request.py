@@ -20,7 +20,6 @@ from extproc import headers
 from extproc.backends import plan_request
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
-from extproc.envoy_failover import failover_cluster_name
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -28,6 +27,7 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import nesting_depth_over
+from extproc.stages.attempt import failover_cluster
 
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
@@ -107,7 +107,7 @@ class UpstreamRequestStage:
             if ctx.body_changed:
                 out.body = orjson.dumps(ctx.body)
                 out.set_headers["content-length"] = str(len(out.body))
-            out.set_headers[headers.CLUSTER] = failover_cluster_name(ctx.failover_model)
+            out.set_headers[headers.CLUSTER] = failover_cluster(ctx)
             out.set_headers[headers.FAILOVER_MODEL] = ctx.failover_model
             out.clear_route_cache = True
             return
@@ -141,10 +141,25 @@ def model_outside_body(ctx: RequestContext) -> str | None:
         if named:
             return named
     if route.model_query is not None and query:
-        values = parse_qs(query).get(route.model_query)
-        if values and values[0]:
-            return values[0]
+        return _query_model(query, route.model_query)
     return None
+
+
+def _query_model(query: str, name: str) -> str | None:
+    """The model the query names (URL-decoded); an empty value names none.
+
+    ``?model=a&model=b`` is refused: web frameworks disagree on which one counts
+    (first, last, a list), so a client cannot know which model it would be
+    billed for, as with a body that repeats its ``model`` key.
+    """
+    values = set(parse_qs(query).get(name, ()))
+    if len(values) > 1:
+        raise BadRequestError(
+            f"the query names more than one model in '{name}'; name one",
+            code="ambiguous_model",
+            param="model",
+        )
+    return values.pop() if values else None
 
 
 def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:

@@ -42,10 +42,17 @@ class ResponseStage:
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:
                 ctx.provider = answered
-                ctx.upstream_model = response_headers.get(headers.ANSWERED_BY_MODEL)
-                if ctx.upstream_model and ctx.upstream_model != ctx.failover_model:
-                    ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.upstream_model)
-            out.remove_headers.extend((headers.ANSWERED_BY_PROVIDER, headers.ANSWERED_BY_MODEL))
+                ctx.answered_model = response_headers.get(headers.ANSWERED_BY_MODEL)
+                ctx.upstream_model = response_headers.get(headers.ANSWERED_UPSTREAM_MODEL)
+                if ctx.answered_model and ctx.answered_model != ctx.failover_model:
+                    ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.answered_model)
+            out.remove_headers.extend(
+                (
+                    headers.ANSWERED_BY_PROVIDER,
+                    headers.ANSWERED_BY_MODEL,
+                    headers.ANSWERED_UPSTREAM_MODEL,
+                )
+            )
         plan = plan_response(ctx, ctx.response_status, response_headers, kind)
         ctx.translator = plan.translator
         if plan.streamed:

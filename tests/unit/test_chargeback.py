@@ -216,7 +216,7 @@ def test_a_failover_is_priced_at_the_model_that_answered(config: GatewayConfig) 
     runtime = Runtime(chained, Services(GatewayMetrics(), AccessLog(stdout=False)))
     ctx = RequestContext(runtime=runtime, model="gpt-4o", failover_model="gpt-4o")
     # The per-attempt filter reported that the fallback gpt-4o-mini answered.
-    ctx.upstream_model = "gpt-4o-mini"
+    ctx.answered_model = "gpt-4o-mini"
     ctx.usage = Usage(1_000_000, 0, 1_000_000)
     assert request_cost(ctx).usd == Decimal("0.15")
     # Refused before naming a model: nothing to price, nothing flagged.
