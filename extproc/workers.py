@@ -44,7 +44,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 
 from extproc import event_loop, http_endpoint
@@ -56,7 +56,7 @@ from extproc.quota.store import QuotaStore
 from extproc.startup_check import check_startup_files
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
-from extproc.telemetry.metrics import LabelBudget
+from extproc.telemetry.metrics import LabelBudget, MergedWorkerMetrics
 from extproc.telemetry.quota_gauges import QuotaGauges
 from extproc.worker_endpoints import WorkerRole, gather_spools
 
@@ -147,7 +147,7 @@ class Supervisor:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             _BoundedCollector(
-                MultiProcessCollector(None, str(self.multiprocess_dir)),  # type: ignore[no-untyped-call]
+                MergedWorkerMetrics(str(self.multiprocess_dir)),
                 self.config.telemetry.metrics.max_label_values,
             )
         )

@@ -182,6 +182,7 @@ class JwtVerifier:
             log.debug("JWT from provider %s refused: %s", config.name, message)
             raise AuthenticationError(message) from None
         identity = _identity(config, claims)
+        _check_encodable(identity)
         source = provider.keys if provider.secret is None else None
         kid = header.get("kid")
         self._remember(token, _Cached(identity, source, source.keys if source else None, kid))
@@ -323,6 +324,16 @@ def _identity(config: JwtProviderConfig, claims: dict[str, Any]) -> JwtIdentity:
         # PyJWT has checked int(exp) works; compare the same whole seconds it did.
         expires_at=float(int(expires)) if expires is not None else None,
     )
+
+
+def _check_encodable(identity: JwtIdentity) -> None:
+    """Refuse claims that are not Unicode text: JSON lets a token carry a lone surrogate
+    (``"\\udcff"``), which no store key, log line or metric label can hold, so such an
+    identity would fail every one of them after the provider had answered."""
+    try:
+        orjson.dumps([identity.user_id, identity.groups, identity.claims])
+    except orjson.JSONEncodeError:
+        raise AuthenticationError("invalid token: a claim is not valid Unicode text") from None
 
 
 def _claim_at(claims: Mapping[str, object], path: str) -> object | None:

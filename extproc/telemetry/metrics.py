@@ -8,18 +8,28 @@ a free-form label is recorded through ``_child``, which applies that budget.
 
 With ``extproc serve --workers N`` each worker records into prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor merges them
-(``extproc.workers``); nothing here changes for that, except that a Gauge
-added here needs a ``multiprocess_mode`` saying how workers' values combine
-(``livesum`` for in-flight counts, ``max`` for shared facts). Quota gauges are
-not recorded here: they are read from the shared store (``quota_gauges``).
+(``MergedWorkerMetrics``, served by ``extproc.workers``); nothing here changes
+for that, except that a Gauge added here needs a ``multiprocess_mode`` saying
+how workers' values combine (``livesum`` for in-flight counts, ``max`` for
+shared facts). Quota gauges are not recorded here: they are read from the
+shared store (``quota_gauges``).
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from extproc.agents.metrics import AgentMetrics
 
@@ -35,6 +45,11 @@ GEN_AI_LABELS = (
     "gen_ai_token_type",
 )
 OVERFLOW_VALUE = "other"
+COST_METRIC = "aigw_cost_usd"
+PICODOLLARS_PER_USD = 10**12
+# Below 2**13 USD a float's spacing is under half a picodollar, so a worker's float
+# (the one nearest its exact picodollar sum) gives that sum back exactly.
+_EXACT_USD_BELOW = float(2**13)
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -186,7 +201,8 @@ class GatewayMetrics:
             return child
         bound = self.labels.bound
         bounded = tuple(
-            bound(name, value) for name, value in zip(metric._labelnames, values, strict=True)
+            bound(name, exposable(value))
+            for name, value in zip(metric._labelnames, values, strict=True)
         )
         key = (metric._name, *bounded)
         child = self._children.get(key)
@@ -257,11 +273,17 @@ class GatewayMetrics:
         of the log lines' ``cost_usd`` exactly, however many requests it counts. With
         workers, each worker's file holds its own exact sum and the merge adds them."""
         child = self._child(self.cost, *identity, model, provider)
-        total = self._cost_picousd.get(child, 0) + picousd
+        known = self._cost_picousd.get(child)
+        if known is None:
+            # What the series already holds: 0, unless this process took over the
+            # multiprocess file of a dead one with the same pid, which prometheus_client
+            # reopens with its values; starting from 0 would set that counter back.
+            known = picodollars(child._value.get())
+        total = known + picousd
         self._cost_picousd[child] = total
         # prometheus_client has no public way to set a counter; its value holder (in
         # memory or the multiprocess file) has one.
-        child._value.set(total / 10**12)
+        child._value.set(total / PICODOLLARS_PER_USD)
 
     def upstream_error(self, *, provider: str, model: str, status: str) -> None:
         self._child(self.upstream_errors, provider, model, status).inc()
@@ -280,3 +302,89 @@ class GatewayMetrics:
 
     def config_reload(self, ok: bool) -> None:
         self._child(self.config_reloads, "success" if ok else "failure").inc()
+
+
+def exposable(value: str) -> str:
+    """A label value the UTF-8 exposition can hold: a lone surrogate (JSON's ``\\udcff``
+    in a JWT claim) would make every scrape fail, so it becomes U+FFFD."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+    return value
+
+
+def picodollars(usd: float) -> int:
+    """The picodollar sum behind a cost series' float (exact below ``_EXACT_USD_BELOW``)."""
+    return round(Fraction(usd) * PICODOLLARS_PER_USD)
+
+
+def worker_cost_sum(values: Iterable[float]) -> float:
+    """The cost series of several workers added up: the float nearest the exact sum.
+
+    Each worker's float is the one nearest its own exact picodollar sum; adding the
+    floats would round twice (0.1 + 0.2 gives 0.30000000000000004 where the log
+    lines add up to 0.3). So each is turned back into its picodollars and the sum
+    is rounded once. A worker's series past 8192 USD cannot be turned back (its float
+    is coarser than a picodollar); it adds as the exact value of its float.
+    """
+    total = Fraction(0)
+    for usd in values:
+        if 0.0 <= usd < _EXACT_USD_BELOW:
+            total += Fraction(picodollars(usd), PICODOLLARS_PER_USD)
+        else:
+            total += Fraction(usd)
+    return float(total)
+
+
+class MergedWorkerMetrics(Collector):
+    """What every worker of ``serve --workers N`` recorded, as one process would show it.
+
+    prometheus_client's merge of the workers' multiprocess files sums counters and
+    histograms across workers (a dead worker's file stays, so its counts do too);
+    the cost series is summed again from the same files, exactly (``worker_cost_sum``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+
+    def collect(self) -> Iterator[Metric]:
+        files = sorted(self._path.glob("*.db"))
+        # Read first: a series created between the two reads keeps the merge's
+        # value until the next scrape, which reads it here too.
+        exact = _exact_costs(path for path in files if path.name.startswith("counter_"))
+        names = [str(path) for path in files]
+        for family in MultiProcessCollector.merge(names, accumulate=True):  # type: ignore[no-untyped-call]
+            if family.name == COST_METRIC:
+                family.samples = [_exact_sample(sample, exact) for sample in family.samples]
+            yield family
+
+
+# A sample's name and sorted labels.
+_Series = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _series(name: str, labels: dict[str, str]) -> _Series:
+    return name, tuple(sorted(labels.items()))
+
+
+def _exact_sample(sample: Sample, exact: dict[_Series, float]) -> Sample:
+    return sample._replace(value=exact.get(_series(sample.name, sample.labels), sample.value))
+
+
+def _exact_costs(files: Iterable[Path]) -> dict[_Series, float]:
+    """Each cost series summed exactly over the workers' counter files."""
+    by_series: dict[_Series, list[float]] = {}
+    for path in files:
+        try:
+            entries = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            continue
+        for key, value, _, _ in entries:
+            if f'"{COST_METRIC}"' not in key:
+                continue  # most entries: spare decoding them
+            # prometheus_client's key: [metric name, sample name, labels, help].
+            metric_name, name, labels, _ = json.loads(key)
+            if metric_name == COST_METRIC:
+                by_series.setdefault(_series(name, labels), []).append(value)
+    return {series: worker_cost_sum(values) for series, values in by_series.items()}

@@ -164,7 +164,9 @@ class QuotaGauges(Collector):
             pipe.zremrangebyscore(self._key, "-inf", now - config.retention_s)
             # Keep the most recently seen max_subjects (lowest scores go first).
             pipe.zremrangebyrank(self._key, 0, -(config.max_subjects + 1))
-            pipe.zrange(self._key, 0, -1)
+            # Most recent first: past max_subjects (named subjects come first and
+            # always stay) the least recently seen are the ones left out.
+            pipe.zrange(self._key, 0, -1, desc=True)
             *_, members = await pipe.execute()
         subjects = dict.fromkeys(_static_subjects(rules))
         for member in members:

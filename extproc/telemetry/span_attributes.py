@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from extproc.translators.base import stream_failure
+
 if TYPE_CHECKING:
     from extproc.context import RequestContext, Usage
 
@@ -38,6 +40,14 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("aigw.auth_method", "auth_method"),
     ("aigw.quota_decision", "quota_decision"),
     ("aigw.error_type", "error_type"),
+    # A request that failed on the provider's or the gateway's side (``_server_failure``).
+    ("error.type", "failure_type"),
+    ("error", "error"),
+    # Envoy's OpenTelemetry tracer sets a span's status from two tags only: a 5xx
+    # http.status_code, and a failing grpc.status_code. The first must stay what the
+    # client got (a 200 when a stream broke after it), so the second carries the
+    # failure: UNKNOWN (2), an error status on server and client spans alike.
+    ("grpc.status_code", "failure_status"),
 )
 # Tagged only with ``telemetry.tracing.capture_content``: the text after guardrail masking.
 CONTENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
@@ -45,6 +55,10 @@ CONTENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("gen_ai.output.messages", "output_messages"),
 )
 
+# gRPC's UNKNOWN: the status Envoy's tracer maps to an error on every kind of span.
+_GRPC_UNKNOWN = "2"
+# error.type of a stream the provider broke off, when it named no error type.
+_STREAM_ERROR = "stream_error"
 # gen_ai.provider.name's well-known values, by the gateway's provider type.
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
@@ -77,6 +91,11 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         values["completion_tokens"] = usage.completion_tokens
         values["total_tokens"] = usage.total_tokens
         values["cached_tokens"] = usage.cached_tokens
+    failure = _server_failure(ctx)
+    if failure is not None:
+        values["failure_type"] = failure
+        values["error"] = "true"
+        values["failure_status"] = _GRPC_UNKNOWN
     if ctx.cost is not None:
         # For Envoy's access log; exact like the log line's (docs/chargeback.md).
         values["cost_usd"] = ctx.cost.usd_float
@@ -93,3 +112,18 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         if completion is not None:
             values["output_messages"] = completion
     return {key: value for key, value in values.items() if value is not None and value != ""}
+
+
+def _server_failure(ctx: RequestContext) -> str | None:
+    """``error.type`` of a request that failed on the provider's or the gateway's side.
+
+    OpenTelemetry's HTTP server conventions: a 5xx is the server's failure, a 4xx the
+    client's (a bad key, a quota used up: ``aigw.error_type`` says which), which leaves
+    the status unset. A provider's error inside a stream comes after its 200 has left,
+    so no status tells Envoy; only the gateway knows the client got a broken answer.
+    """
+    if ctx.stream and stream_failure(ctx.translator) is not None:
+        return ctx.error.error_type if ctx.error is not None else _STREAM_ERROR
+    if ctx.response_status >= 500:
+        return ctx.error.error_type if ctx.error is not None else str(ctx.response_status)
+    return None
