@@ -258,3 +258,28 @@ def test_an_unknown_bedrock_alias_is_an_openai_shaped_404(http: httpx.Client) ->
     )
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    ("host", "route", "provider"),
+    [
+        ("openai.gateway.local", "openai-host", "mock"),
+        ("Anthropic.Gateway.Local:10000", "anthropic-host", "mock-anthropic"),
+        ("elsewhere.example", "openai-chat", "mock"),
+    ],
+)
+def test_the_default_config_routes_one_path_by_host(
+    stack: LocalStack, gateway_log: GatewayLog, host: str, route: str, provider: str
+) -> None:
+    """The workshop's virtual hosts on one listener: the Host picks the provider."""
+    body = {"model": "claude-3-5-haiku-latest", "messages": MESSAGES}
+    if provider == "mock":
+        body["model"] = "gpt-4o-mini"
+    status, answer, request_id = raw_post(
+        stack, "/v1/chat/completions", body, host=host, authorization=f"Bearer {KEY}"
+    )
+
+    assert status == 200, answer
+    assert answer["object"] == "chat.completion"  # OpenAI's shape, whoever answered
+    [line] = gateway_log.for_request(request_id)
+    assert (line["route"], line["provider"]) == (route, provider)
