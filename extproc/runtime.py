@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from extproc.config.model import (
     ProviderConfig,
     ProviderType,
     RouteApi,
+    RouteConfig,
     cluster_name,
 )
 from extproc.guardrails.policy import Guardrails
@@ -126,11 +128,71 @@ class RouteTable:
         return None
 
 
+def request_host(authority: str | None) -> str:
+    """The request's host as routes name it: lower case, no port, no trailing dot.
+
+    Clients send ``Host: OpenAI.Gateway.Local:10000`` as readily as the bare
+    name: DNS names ignore case, and the port says nothing about the route.
+    """
+    host = (authority or "").strip().lower()
+    if host.startswith("["):  # an IPv6 literal, which no route names
+        return host.partition("]")[0] + "]"
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit():
+        host = name
+    return host.removesuffix(".")
+
+
+class HostRoutes:
+    """The route table split by host: exact names, wildcards, then every host."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        exact: dict[str, list[RouteConfig]] = {}
+        wildcard: dict[str, list[RouteConfig]] = {}
+        for spec in config.routes:
+            for host in spec.hosts:
+                if host.startswith("*."):
+                    # `*.gateway.local` covers `a.gateway.local` and `a.b.gateway.local`,
+                    # not `gateway.local` itself (as in Envoy and Gateway API).
+                    wildcard.setdefault(host[1:], []).append(spec)
+                else:
+                    exact.setdefault(host, []).append(spec)
+        self._exact = {host: _table(config, specs) for host, specs in exact.items()}
+        self._wildcards = sorted(
+            ((suffix, _table(config, specs)) for suffix, specs in wildcard.items()),
+            key=lambda item: len(item[0]),
+            reverse=True,
+        )
+        self._any_host = _table(config, [spec for spec in config.routes if not spec.hosts])
+
+    def resolve(self, host: str, path: str) -> Route | None:
+        for table in self._tables(host):
+            found = table.resolve(path)
+            if found is not None:
+                return found
+        return None
+
+    def _tables(self, host: str) -> Iterator[RouteTable]:
+        exact = self._exact.get(host)
+        if exact is not None:
+            yield exact
+        for suffix, table in self._wildcards:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                yield table
+        yield self._any_host
+
+
+def _table(config: GatewayConfig, specs: list[RouteConfig]) -> RouteTable:
+    return RouteTable(config.model_copy(update={"routes": tuple(specs)}))
+
+
 class Runtime:
     def __init__(self, config: GatewayConfig, services: Services) -> None:
         self.config = config
         self.services = services
         self.routes = RouteTable(config)
+        # None when no route names a host: the path alone decides.
+        self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None
         self.api_keys = ApiKeyStore(config.auth)
         self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
         self.access = AccessPolicy(config.auth.access_rules)

@@ -15,16 +15,14 @@ stays on every host.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from weakref import WeakKeyDictionary
 
 from extproc import headers
 from extproc.agents.stages import AGENT_APIS
-from extproc.config.model import GatewayConfig, RouteApi, RouteConfig
+from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
-from extproc.runtime import Route, RouteTable, Runtime
+from extproc.runtime import Route, request_host
 from extproc.stages.chat_request import model_outside_body
 
 SKIP_EVERYTHING = ModeOverride(
@@ -95,81 +93,8 @@ def _route(ctx: RequestContext) -> Route | None:
             found = table.named(name)
             if found is not None:
                 return found
-    hosts = _host_routes(ctx.runtime)
+    hosts = ctx.runtime.host_routes
     if hosts is None:
         return table.resolve(ctx.path)
     host = request_host(ctx.request_headers.get(":authority") or ctx.request_headers.get("host"))
     return hosts.resolve(host, ctx.path)
-
-
-def request_host(authority: str | None) -> str:
-    """The request's host as routes name it: lower case, no port, no trailing dot.
-
-    Clients send ``Host: OpenAI.Gateway.Local:10000`` as readily as the bare
-    name: DNS names ignore case, and the port says nothing about the route.
-    """
-    host = (authority or "").strip().lower()
-    if host.startswith("["):  # an IPv6 literal, which no route names
-        return host.partition("]")[0] + "]"
-    name, colon, port = host.rpartition(":")
-    if colon and port.isdigit():
-        host = name
-    return host.removesuffix(".")
-
-
-class HostRoutes:
-    """The route table split by host: exact names, wildcards, then every host."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        exact: dict[str, list[RouteConfig]] = {}
-        wildcard: dict[str, list[RouteConfig]] = {}
-        for spec in config.routes:
-            for host in spec.hosts:
-                if host.startswith("*."):
-                    # `*.gateway.local` covers `a.gateway.local` and `a.b.gateway.local`,
-                    # not `gateway.local` itself (as in Envoy and Gateway API).
-                    wildcard.setdefault(host[1:], []).append(spec)
-                else:
-                    exact.setdefault(host, []).append(spec)
-        self._exact = {host: _table(config, specs) for host, specs in exact.items()}
-        self._wildcards = sorted(
-            ((suffix, _table(config, specs)) for suffix, specs in wildcard.items()),
-            key=lambda item: len(item[0]),
-            reverse=True,
-        )
-        self._any_host = _table(config, [spec for spec in config.routes if not spec.hosts])
-
-    def resolve(self, host: str, path: str) -> Route | None:
-        for table in self._tables(host):
-            found = table.resolve(path)
-            if found is not None:
-                return found
-        return None
-
-    def _tables(self, host: str) -> Iterator[RouteTable]:
-        exact = self._exact.get(host)
-        if exact is not None:
-            yield exact
-        for suffix, table in self._wildcards:
-            if host.endswith(suffix) and len(host) > len(suffix):
-                yield table
-        yield self._any_host
-
-
-def _table(config: GatewayConfig, specs: list[RouteConfig]) -> RouteTable:
-    return RouteTable(config.model_copy(update={"routes": tuple(specs)}))
-
-
-# One table per loaded config, built on its first request; None when no route
-# names a host (the path alone decides, from the runtime's own table).
-_HOST_TABLES: WeakKeyDictionary[Runtime, HostRoutes | None] = WeakKeyDictionary()
-
-
-def _host_routes(runtime: Runtime) -> HostRoutes | None:
-    try:
-        return _HOST_TABLES[runtime]
-    except KeyError:
-        config = runtime.config
-        table = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None
-        _HOST_TABLES[runtime] = table
-        return table

@@ -23,15 +23,8 @@ from tests.integration.conftest import GatewayLog, mock_requests, running_stack
 
 OPENAI_HOST = "openai.gateway.local"
 ANTHROPIC_HOST = "anthropic.gateway.local"
+# Besides the default config's openai-host and anthropic-host routes.
 HOST_ROUTES = """
-  - name: openai-host
-    hosts: [openai.gateway.local]
-    path: /v1/chat/completions
-    provider: mock
-  - name: anthropic-host
-    hosts: [anthropic.gateway.local]
-    path: /v1/chat/completions
-    provider: mock-anthropic
   - name: team-host
     hosts: ["*.team.gateway.local"]
     path_prefix: /team
