@@ -9,8 +9,14 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   With the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces
   the rest after that many deltas.
 
-``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``); an id
-missing from ``models`` is a 404 ResourceNotFoundException, and an empty ``models`` accepts any.
+``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
+model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
+``...:inference-profile/<id>``, its ``/`` sent as ``%2F``). An id missing from ``models`` is a
+404 ResourceNotFoundException, and an empty ``models`` accepts any.
+
+Requests are checked as Converse checks them, with Bedrock's messages: turns must start with
+the user and alternate (a client merges consecutive messages of one role itself), text
+blocks must not be blank, tool blocks need a ``toolConfig``, ``inferenceConfig`` within range.
 
 Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
 ``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
@@ -96,6 +102,9 @@ _GARBAGE_EVENT = b"{this is not json"
 _ROLES = ("user", "assistant")
 # Payload hashes a client may declare instead of the body's SHA-256.
 _UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+# ARN resource types that name a model the mock may serve: the foundation model, or a
+# (cross-region) inference profile of one.
+_MODEL_ARN_RESOURCES = ("foundation-model", "inference-profile")
 # Content blocks that need toolConfig in the same request.
 _TOOL_BLOCKS = ("toolUse", "toolResult")
 
@@ -431,6 +440,24 @@ def _check_content(blocks: list[Any], where: str) -> bool:
     return uses_tools
 
 
+def _check_turn_order(index: int, role: str, earlier: list[dict[str, Any]]) -> None:
+    """Converse takes turns that start with the user and alternate, as Bedrock says it.
+
+    A client (or a gateway) must merge consecutive messages of one role itself; the mock
+    refusing them as Bedrock does is what lets a test notice one that does not.
+    """
+    if index == 0 and role != "user":
+        raise _invalid(
+            "A conversation must start with a user message. "
+            "Try again with a conversation that starts with a user message."
+        )
+    if earlier and earlier[-1]["role"] == role:
+        raise _invalid(
+            "A conversation must alternate between user and assistant roles. Make sure the "
+            "conversation alternates between user and assistant roles and try again."
+        )
+
+
 def _blocks_text(blocks: list[Any]) -> str:
     return " ".join(block["text"] for block in blocks if isinstance(block.get("text"), str))
 
@@ -522,6 +549,7 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
             raise _constraint(
                 f"messages.{i}.role", "Member must satisfy enum value set: [user, assistant]"
             )
+        _check_turn_order(i, role, shared)
         content = message.get("content")
         if not isinstance(content, list):
             raise _constraint(f"messages.{i}.content", "Member must be a list of content blocks")
@@ -553,6 +581,22 @@ def model_id_from_target(target: str, operation: str) -> str | None:
     if len(segments) < 4 or segments[-1] != operation or segments[-3] != "model":
         return None
     return unquote(segments[-2]) or None
+
+
+def model_of_identifier(model_id: str) -> str | None:
+    """The model (or inference profile) id a Converse ``modelId`` names; None for other ARNs.
+
+    Bedrock takes a model id, an inference profile id (``us.anthropic...``) or the ARN of
+    either: ``arn:aws:bedrock:<region>:<account>:<type>/<id>``, where the id may hold
+    colons itself (``...-v1:0``).
+    """
+    if not model_id.startswith("arn:"):
+        return model_id
+    parts = model_id.split(":", 5)
+    if len(parts) < 6:
+        return None
+    resource_type, _, resource_id = parts[5].partition("/")
+    return resource_id if resource_type in _MODEL_ARN_RESOURCES else None
 
 
 # --- Replies -----------------------------------------------------------------------------------
@@ -646,9 +690,7 @@ class BedrockEndpoints:
     def _known_model(self, model_id: str) -> bool:
         if not self._models:
             return True
-        # A foundation model ARN names the model by its id after "foundation-model/".
-        _, marker, tail = model_id.partition(":foundation-model/")
-        return (tail if marker else model_id) in self._models
+        return model_of_identifier(model_id) in self._models
 
     async def _precheck(self, request: web.Request, body: Body) -> Fault:
         """Authentication and the request's fault; raises AwsError to end the request."""

@@ -11,16 +11,18 @@ the runtime calls periodically. ``sign()`` runs on the event loop for every requ
 hashes: it uses a frozen snapshot of the credentials taken by those two, never botocore's
 refreshing object, whose properties may block on a refresh.
 
-What is signed: method, path, body hash, ``host`` (the endpoint's authority, as ``host``
-below), ``content-type: application/json``, ``x-amz-date`` and, with session credentials,
-``x-amz-security-token``, plus any ``x-amz-*`` header the caller passes. Other headers are
-left unsigned on purpose: Envoy adds and rewrites some on the way, which would break the
-signature. Credentials never reach a log or an error message; errors name the config field.
+What is signed: method, path, body hash, ``host`` (the endpoint's authority as written in
+``base_url``, which is what Envoy sends), ``content-type: application/json``, ``x-amz-date``
+and, with session credentials, ``x-amz-security-token``, plus any ``x-amz-*`` header the
+caller passes. Other headers are left unsigned on purpose: Envoy adds and rewrites some on
+the way, which would break the signature. Credentials never reach a log or an error
+message; errors name the config field.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,10 +35,14 @@ from pydantic import SecretStr
 from extproc.config.loader import ConfigError
 from extproc.config.model import AwsConfig
 
+# botocore.auth logs each canonical request it signs at DEBUG, the session token with
+# it: an operator turning on DEBUG to chase a problem must not write credentials out.
+logging.getLogger("botocore.auth").setLevel(logging.INFO)
+
 # The headers sign() hands back for the caller to set; botocore adds
 # x-amz-content-sha256 only for services that want it (S3), never for Bedrock today.
 _SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEMES = ("http", "https")
 
 
 class AwsSigner:
@@ -44,16 +50,16 @@ class AwsSigner:
 
     def __init__(self, config: AwsConfig, endpoint: str) -> None:
         parts = urlsplit(endpoint)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        if parts.scheme not in _SCHEMES or not parts.hostname:
             raise ValueError("endpoint must be an http:// or https:// URL with a host")
         self._config = config
         self._origin = f"{parts.scheme}://{parts.netloc}"
-        # The value AWS checks `host` against: what botocore derives from a URL (no
-        # default port, no user info), and what the caller must send as the authority.
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
-            host = f"{host}:{parts.port}"
-        self.host = host
+        # AWS checks the signature against the `host` it receives, and Envoy sends the
+        # endpoint's authority exactly as the config writes it (the provider route's
+        # host_rewrite_literal, a failover attempt's :authority): capitals and a written-out
+        # default port included. botocore's own form (lowercase, no default port) would
+        # sign another host than the one sent, and AWS would answer 403.
+        self.host = parts.netloc.rpartition("@")[2]
         self._source: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
         self._auth: SigV4Auth | None = None
@@ -139,8 +145,9 @@ class AwsSigner:
             config.secret_access_key, config.secret_access_key_file, "secret_access_key"
         )
         if access_key is not None and secret_key is not None:
-            token = _secret(config.session_token, config.session_token_file, "session_token")
-            return Credentials(access_key, secret_key, token, method="gateway-config")
+            return Credentials(
+                access_key, secret_key, _session_token(config), method="gateway-config"
+            )
         credentials = default_chain_credentials(config.region)
         if credentials is None:
             raise ConfigError(
@@ -161,6 +168,20 @@ def default_chain_credentials(region: str) -> Credentials | None:
     session.set_config_variable("region", region)
     credentials: Credentials | None = session.get_credentials()
     return credentials
+
+
+def _session_token(config: AwsConfig) -> str | None:
+    """The static credentials' session token; None for long-term keys.
+
+    An empty value means none: ``session_token: ${AWS_SESSION_TOKEN:-}`` is how a config
+    (the documented one included) takes a token when the environment has one, and
+    long-term keys come without. An empty token *file* is still refused, as a mounted
+    Secret that lost its content.
+    """
+    value = config.session_token
+    if value is not None and not value.get_secret_value().strip():
+        value = None
+    return _secret(value, config.session_token_file, "session_token")
 
 
 def _secret(value: SecretStr | None, path: str | None, field: str) -> str | None:

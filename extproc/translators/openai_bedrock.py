@@ -3,8 +3,11 @@
 Requests (``translate_request``): system and developer messages become the top-level
 ``system`` blocks wherever they stand, since Converse has no system role; tool results
 become ``toolResult`` blocks in a user turn; consecutive turns of one role are merged
-because Converse requires user and assistant to alternate. The model is not in the body:
-it is part of the path (``request_path``), percent-encoded as botocore does it.
+because Converse requires user and assistant to alternate; empty and whitespace-only text
+is left out, since Converse refuses a blank text block, and so is a message left with
+nothing in it (a conversation with nothing at all is refused); a final assistant turn (a
+prefill) loses its trailing whitespace, which Claude on Converse refuses. The model is not
+in the body: it is part of the path (``request_path``), percent-encoded as botocore does.
 
 What cannot be carried over is refused, not guessed at:
 
@@ -123,37 +126,79 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
         raise BadRequestError("messages must be a non-empty list", param="messages")
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    left_out: str | None = None  # the last message left out for having nothing in it
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise BadRequestError(f"{where} must be an object", param=where)
-        role = message.get("role")
-        if role in ("system", "developer"):
+        if message.get("role") in ("system", "developer"):
             system.extend({"text": text} for text in _texts(message.get("content"), where))
             continue
-        if role == "user":
-            blocks = _user_blocks(message.get("content"), where)
-        elif role == "assistant":
-            blocks = _assistant_blocks(message, where)
-        elif role == "tool":
-            role, blocks = "user", [_tool_result(message, where)]
-        else:
-            raise BadRequestError(f"{where}.role is not supported: {role!r}", param=f"{where}.role")
+        role, blocks = _turn(message, where)
         if not blocks:
-            raise BadRequestError(f"{where} has no content", param=f"{where}.content")
+            # Converse refuses an empty turn; OpenAI takes one (Claude often answers
+            # nothing after a tool result, and clients send that turn back). It says
+            # nothing, so it is left out, and the turns around it merge.
+            left_out = where
+            continue
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if not turns:
+        if left_out is None:
+            raise BadRequestError("messages need a user message", param="messages")
+        raise BadRequestError(
+            f"{left_out} has no content, nor has any other user or assistant message",
+            param=f"{left_out}.content",
+        )
+    _trim_prefill(turns)
     return system, turns
 
 
+def _turn(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """The Converse role and content blocks of a user, assistant or tool message."""
+    role = message.get("role")
+    if role == "user":
+        return role, _user_blocks(message.get("content"), where)
+    if role == "assistant":
+        return role, _assistant_blocks(message, where)
+    if role == "tool":
+        return "user", [_tool_result(message, where)]
+    raise BadRequestError(f"{where}.role is not supported: {role!r}", param=f"{where}.role")
+
+
+def _trim_prefill(turns: list[dict[str, Any]]) -> None:
+    """Strip the trailing whitespace of a final assistant turn (a prefill).
+
+    Claude on Converse refuses "final assistant content cannot end with trailing
+    whitespace"; the whitespace would only be where the model starts writing anyway.
+    """
+    last = turns[-1]
+    if last["role"] != "assistant":
+        return
+    blocks = last["content"]
+    # Blank text is never added: what is left after the strip is not empty.
+    if "text" in blocks[-1]:
+        blocks[-1] = {"text": blocks[-1]["text"].rstrip()}
+
+
+def _has_text(text: str) -> bool:
+    """Whether a text is worth a Converse text block.
+
+    Converse refuses a text block that is empty or only whitespace ("... is blank") with a
+    400, while OpenAI takes both: models often answer "\n\n" before their tool calls and
+    clients send that turn back. Such text carries nothing, so it is left out.
+    """
+    return bool(text) and not text.isspace()
+
+
 def _texts(content: Any, where: str) -> list[str]:
-    """The non-empty texts of a string or a list of text parts (refusals read as text)."""
+    """The non-blank texts of a string or a list of text parts (refusals read as text)."""
     if content is None:
         return []
     if isinstance(content, str):
-        return [content] if content else []
+        return [content] if _has_text(content) else []
     if not isinstance(content, list):
         raise BadRequestError(
             f"{where}.content must be a string or a list", param=f"{where}.content"
@@ -167,7 +212,7 @@ def _texts(content: Any, where: str) -> list[str]:
             raise BadRequestError(
                 f"{where}.content[{index}] must be a text part", param=f"{where}.content"
             )
-        if value:
+        if _has_text(value):
             texts.append(value)
     return texts
 
@@ -185,7 +230,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise BadRequestError(f"{here}.text must be a string", param=here)
-            if text:
+            if _has_text(text):
                 blocks.append({"text": text})
         else:
             raise BadRequestError(
