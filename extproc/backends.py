@@ -9,6 +9,12 @@ The pairs the gateway serves:
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
 
+Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
+refused the gateway's own key or account, whichever the pair: the client gets the
+gateway's ``upstream_credentials_refused`` error, never the provider's body as it was
+(OpenAI's 401 names a fragment of the key it was sent); translated pairs make it a 502,
+pass-through pairs keep the provider's status (they may take the lean path).
+
 Stages ask this module for a plan and stay free of per-provider branches.
 """
 
@@ -26,7 +32,9 @@ from extproc.errors import (
     BadRequestError,
     ServiceUnavailableError,
     anthropic_error_body,
+    credentials_refused,
     error_body,
+    without_secrets,
 )
 from extproc.runtime import Upstream
 from extproc.translators import (
@@ -35,7 +43,7 @@ from extproc.translators import (
     openai_bedrock,
     openai_openai,
 )
-from extproc.translators.base import ResponseTranslator
+from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator
 
 SSE = "text/event-stream"
 AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -97,8 +105,9 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         body = _json(rewritten) if rewritten is not None else None
         return RequestPlan(body, upstream.path + suffix, _credentials(upstream))
     if kind is ProviderType.ANTHROPIC:
+        version = ctx.request_headers.get("anthropic-version", upstream.provider.anthropic_version)
         translated = openai_anthropic.translate_request(
-            parsed, upstream.upstream_model, stream=ctx.stream
+            parsed, upstream.upstream_model, stream=ctx.stream, anthropic_version=version
         )
         return RequestPlan(_json(translated), upstream.path, _anthropic_headers(ctx, upstream))
     if kind is ProviderType.BEDROCK:
@@ -205,6 +214,60 @@ def plan_response(
     return ResponsePlan(converse, remove_headers=rewritten)
 
 
+# A provider's answer to the gateway's own key or account, not to anything of the client's.
+CREDENTIAL_REFUSALS = frozenset({401, 402, 403})
+
+
+def _refused_plan(ctx: RequestContext, status: int) -> ResponsePlan:
+    """A provider of the client's own API refused the gateway's credential or account.
+
+    Passed through as it came, OpenAI's 401 names a fragment of the gateway's key
+    ("Incorrect API key provided: sk-proj-****abcd") and tells the client to fix a key
+    it never had. The body becomes the gateway's ``upstream_credentials_refused`` error
+    in the client's shape, the provider's words kept without anything that looks like a
+    key or a piece of the provider's. The status stays the provider's: these pairs may
+    take the lean path, where the headers have left before the body is seen, and an
+    answer must not depend on the path it took.
+    """
+    shape = ctx.error_shape
+    known = _provider_secrets(ctx.upstream)
+
+    def replace(body: bytes) -> bytes:
+        detail, said = _provider_error(body, status)
+        return credentials_refused(detail, said, known).body(shape)
+
+    return ResponsePlan(
+        ErrorRewriter(replace),
+        set_headers={"content-type": "application/json"},
+        remove_headers=["content-length"],
+    )
+
+
+def _provider_secrets(upstream: Upstream | None) -> list[str]:
+    """The provider credential the gateway sent, as a provider could quote it back."""
+    if upstream is None:
+        return []
+    values = upstream.credential_headers.values()
+    return [value.removeprefix("Bearer ").strip() for value in values]
+
+
+def _provider_error(body: bytes, status: int) -> tuple[str, str]:
+    """The error's code (else type, else status) and message, from OpenAI's or Anthropic's
+    error shape; a body in neither gives the status alone."""
+    try:
+        document = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        document = None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return f"HTTP {status}", ""
+    code = error.get("code") or error.get("type")
+    message = error.get("message")
+    detail = code if isinstance(code, str) and code else f"HTTP {status}"
+    said = message[:MAX_PROVIDER_MESSAGE] if isinstance(message, str) else ""
+    return without_secrets(detail)[:100], said
+
+
 class ErrorRewriter:
     """Buffers a provider's error answer and rewrites it for the client's API."""
 
@@ -231,6 +294,8 @@ def _error_plan(
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
     if route.api is RouteApi.ANTHROPIC_MESSAGES or kind is ProviderType.OPENAI:
+        if status in CREDENTIAL_REFUSALS:
+            return _refused_plan(ctx, status)
         if json_body:
             return ResponsePlan(None)  # already in the client's own error shape
         shape = ctx.error_shape

@@ -19,10 +19,14 @@ same error shape whatever part of the gateway refused them::
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it,
 or ``{"type": "error", "error": {"type", "message"}}`` on Anthropic routes.
-Messages must never contain a secret: callers pass only ids and public values.
+Messages must never contain a secret: callers pass only ids and public values, and
+words a provider wrote go through ``without_secrets`` first.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
 
 import orjson
 
@@ -140,3 +144,48 @@ class ServiceUnavailableError(GatewayError):
 class GatewayTimeoutError(GatewayError):
     status = 504
     error_type = "timeout"
+
+
+# What a provider's words may show of a key: OpenAI names the key it refused by a
+# fragment ("sk-proj-****abcd"), others quote a key's start, an AWS key id or a token.
+_SECRET_LOOKING = re.compile(
+    r"\S*\*{3,}\S*"  # a masked key: a run of asterisks, and the fragments around it
+    r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # sk-..., sk-ant-..., sk_live_...
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"  # an AWS access key id
+    r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
+)
+REDACTED = "[redacted]"
+# Below this, a fragment of a known secret says nothing: kept (and too short to match safely).
+_MIN_FRAGMENT = 4
+
+
+def without_secrets(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` (a provider's error message) with anything that looks like a credential, and
+    any sight of the ``known`` secrets (whole, or their first or last four characters),
+    replaced by ``[redacted]``. Over-redacting an error message costs nothing; a fragment of
+    the gateway's provider key shown to a client or written to a log would."""
+    for secret in known:
+        if len(secret) < 2 * _MIN_FRAGMENT:
+            continue
+        for piece in (secret, secret[:_MIN_FRAGMENT], secret[-_MIN_FRAGMENT:]):
+            text = text.replace(piece, REDACTED)
+    return _SECRET_LOOKING.sub(REDACTED, text)
+
+
+def credentials_refused(
+    detail: str, provider_message: str = "", known: Iterable[str] = ()
+) -> UpstreamError:
+    """A provider refused the gateway's own key or account (its 401, 402 or 403).
+
+    That is the operator's problem, never the client's: a 502 that says so, not a 401 that
+    would make the client doubt its own key. The provider's words are kept for whoever
+    reads them, without anything that looks like a key, nor any sight of the ``known``
+    secrets (``without_secrets``)."""
+    message = (
+        f"the provider refused the gateway's own credentials or account ({detail}); "
+        "this is not a problem with your API key"
+    )
+    said = without_secrets(provider_message, known)
+    if said:
+        message += f". The provider said: {said}"
+    return UpstreamError(message, code="upstream_credentials_refused")

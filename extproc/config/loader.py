@@ -61,6 +61,7 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
+        problem = re.sub(r"'[^']{3,}'", "'...'", problem)  # a quoted tag may be a secret (!...)
         raise ConfigError(source, [f"YAML syntax error{where}: {problem}"]) from None
     if raw is None:
         raw = {}

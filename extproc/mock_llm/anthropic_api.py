@@ -5,11 +5,31 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
 - ``input_tokens`` counts the system prompt, when there is one, as one more message.
 - ``output_tokens`` is the number of reply pieces sent; ``max_tokens`` (required, as on the
   real API) keeps the first N pieces and sets ``stop_reason`` to "max_tokens", else "end_turn".
+- ``stop_sequences``: the reply ends before the first one it contains, with ``stop_reason``
+  "stop_sequence" and ``stop_sequence`` naming it.
+- ``output_config.format`` (``json_schema``): the reply is JSON built from the schema, as for
+  OpenAI's ``response_format`` (``json_reply``).
+- Forced tool use (``tool_choice`` ``any`` or ``tool``): the answer is ``tool_use`` blocks
+  only, as on the real API: one per tool for ``any`` (parallel calls) unless
+  ``disable_parallel_tool_use``, the named tool for ``tool``. Inputs are built from each
+  tool's ``input_schema`` like JSON replies; output tokens are the tokens of the inputs' JSON.
+  ``auto`` and ``none`` answer text.
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
-  ``content_block_start``, ``ping``, one ``content_block_delta`` per piece,
-  ``content_block_stop``, ``message_delta`` (stop reason and cumulative output tokens) and
-  ``message_stop``, each written on its own. With the ``error_after`` fault, an ``error``
-  event (``overloaded_error``) replaces the rest after that many deltas.
+  then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
+  tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
+  ``content_block_stop``, a ``ping`` after the first block's start, then ``message_delta``
+  (stop reason and cumulative output tokens) and ``message_stop``, each written on its own.
+  With the ``error_after`` fault, an ``error`` event (``overloaded_error``) replaces the rest
+  after that many deltas.
+
+Requests are checked the way the real API checks them, so that a translator bug fails a test
+here rather than in production (messages quoted from Anthropic's answers where known):
+required fields; fields it does not know (``n: Extra inputs are not permitted``); empty
+turns other than a final assistant one; empty or whitespace-only text; a final assistant
+turn ending in whitespace; ``tool_result`` blocks that do not answer the ``tool_use`` blocks
+of the turn just before, or that follow other blocks; ``temperature`` / ``top_p`` outside
+0..1, and, with ``anthropic-version: 2026-10-21`` (which removed them), any of
+``temperature``, ``top_p``, ``top_k``.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -31,6 +51,7 @@ import orjson
 from aiohttp import web
 
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.json_reply import instance
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import (
@@ -39,6 +60,8 @@ from extproc.mock_llm.tokens import (
     message_text,
     prompt_tokens,
     reply_pieces,
+    reply_text,
+    token_pieces,
 )
 
 API_KEY_HEADER = "x-api-key"
@@ -50,6 +73,23 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
 _GARBAGE = b'{"id": "msg_garbage", this is not json'
 _GARBAGE_DATA = b"{this is not json"
 _ROLES = ("user", "assistant")
+
+# The request fields the Messages API knows (the anthropic SDK's create parameters, beta ones
+# included, and the sampling parameters of API version 2023-06-01); any other is refused.
+_KNOWN_FIELDS = frozenset(
+    {
+        "model", "messages", "max_tokens", "system", "stop_sequences", "stream", "metadata",
+        "tools", "tool_choice", "thinking", "temperature", "top_p", "top_k", "output_config",
+        "output_format", "service_tier", "cache_control", "container", "context_management",
+        "mcp_servers", "inference_geo", "speed", "diagnostics", "user_profile_id",
+        "workspace_id", "billing_policy", "compaction", "fallback_credit_token", "fallbacks",
+        "thread",
+    }
+)  # fmt: skip
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+# The API version that removed the sampling parameters (ISO dates compare as strings).
+SAMPLING_REMOVED_IN = "2026-10-21"
+_TOOL_CHOICES = ("auto", "any", "tool", "none")
 
 # Anthropic's error.type for each HTTP status it documents; other 5xx are api_error and
 # other 4xx invalid_request_error.
@@ -107,6 +147,18 @@ class MessagesRequest:
     system: str | None  # the system prompt's text, None when absent
     max_tokens: int
     stream: bool
+    stop_sequences: tuple[str, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: dict[str, Any] | None = None
+    # The JSON schema of output_config.format, when the answer must be JSON.
+    output_schema: dict[str, Any] | None = None
+
+
+def _blocks(content: object) -> list[Any]:
+    """Content as a list of blocks: a string is shorthand for one text block."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return content if isinstance(content, list) else []
 
 
 def _check_content(content: object, where: str) -> None:
@@ -121,6 +173,70 @@ def _check_content(content: object, where: str) -> None:
             raise InvalidRequestError(f"{where}.{i}: Input should be an object with a 'type'")
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise InvalidRequestError(f"{where}.{i}.text: Field required")
+
+
+def _check_turn_text(messages: list[dict[str, Any]]) -> None:
+    """Anthropic's rules on empty turns and blank text (its own messages)."""
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        content = message["content"]
+        final_assistant = i == last and message["role"] == "assistant"
+        if content in ("", []) and not final_assistant:
+            raise InvalidRequestError(
+                f"messages.{i}: all messages must have non-empty content except for the "
+                "optional final assistant message"
+            )
+        blocks = [] if content == "" else _blocks(content)
+        texts = [block["text"] for block in blocks if block["type"] == "text"]
+        if "" in texts:
+            raise InvalidRequestError("messages: text content blocks must be non-empty")
+        if texts and len(texts) == len(blocks) and not any(text.strip() for text in texts):
+            raise InvalidRequestError(
+                "messages: text content blocks must contain non-whitespace text"
+            )
+        ends_in_text = bool(texts) and blocks[-1]["type"] == "text"
+        if final_assistant and ends_in_text and texts[-1] != texts[-1].rstrip():
+            raise InvalidRequestError(
+                "messages: final assistant content cannot end with trailing whitespace"
+            )
+
+
+def _ids(blocks: list[Any], kind: str, key: str) -> list[str]:
+    return [str(block.get(key)) for block in blocks if block["type"] == kind]
+
+
+def _check_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Each user turn answers every tool call of the assistant turn just before it, with
+    ``tool_result`` blocks that come before its other blocks, and answers nothing else."""
+    for i, message in enumerate(messages):
+        if message["role"] != "user" or i == 0:
+            continue
+        previous = messages[i - 1]
+        calls = _ids(_blocks(previous["content"]), "tool_use", "id")
+        if previous["role"] != "assistant":
+            calls = []
+        blocks = _blocks(message["content"])
+        for j, block in enumerate(blocks):
+            if block["type"] == "tool_result" and block.get("tool_use_id") not in calls:
+                raise InvalidRequestError(
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                    "block must have a corresponding `tool_use` block in the previous message."
+                )
+        kinds = [block["type"] for block in blocks]
+        if "tool_result" in kinds and kinds != sorted(kinds, key=lambda k: k != "tool_result"):
+            raise InvalidRequestError(
+                f"messages.{i}: tool_result blocks must come first in the content, "
+                "before any other block"
+            )
+        answered = _ids(blocks, "tool_result", "tool_use_id")
+        missing = [call for call in calls if call not in answered]
+        if missing:
+            raise InvalidRequestError(
+                f"messages.{i - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
+                "corresponding `tool_result` block in the next message."
+            )
 
 
 def _check_system(system: object) -> str | None:
@@ -138,8 +254,70 @@ def _check_system(system: object) -> str | None:
     return message_text(system)
 
 
-def parse_messages_request(body: Body) -> MessagesRequest:
-    """Validate the fields the mock relies on; everything else is accepted and ignored."""
+def _check_fields(doc: dict[str, Any], api_version: str | None) -> None:
+    """Unknown fields, and sampling parameters the API version or their range refuses."""
+    for field in doc:
+        if field not in _KNOWN_FIELDS:
+            raise InvalidRequestError(f"{field}: Extra inputs are not permitted")
+    removed = api_version is not None and api_version >= SAMPLING_REMOVED_IN
+    for field in (field for field in _SAMPLING_FIELDS if field in doc):
+        if removed:
+            raise InvalidRequestError(
+                f"{field}: Extra inputs are not permitted (removed in anthropic-version "
+                f"{SAMPLING_REMOVED_IN})"
+            )
+        value = doc[field]
+        if field == "top_k":
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise InvalidRequestError(
+                f"{field}: Input should be a number between 0 and 1, got {value!r}"
+            )
+
+
+def _stop_sequences(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidRequestError("stop_sequences: Input should be a valid list of strings")
+    return tuple(value)
+
+
+def _tools(doc: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]:
+    tools = doc.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list) or not all(
+        isinstance(tool, dict) and isinstance(tool.get("name"), str) for tool in tools
+    ):
+        raise InvalidRequestError("tools: Input should be a list of tools with a name")
+    choice = doc.get("tool_choice")
+    if choice is None:
+        return tuple(tools), None
+    if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
+        raise InvalidRequestError(
+            "tool_choice: Input tag should be 'auto', 'any', 'tool' or 'none'"
+        )
+    if choice["type"] == "tool" and choice.get("name") not in [tool["name"] for tool in tools]:
+        raise InvalidRequestError(f"tool_choice.name: no tool named {choice.get('name')!r}")
+    return tuple(tools), choice
+
+
+def _output_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of ``output_config.format`` (or the beta's older ``output_format``)."""
+    config = doc.get("output_config")
+    found = config.get("format") if isinstance(config, dict) else doc.get("output_format")
+    if found is None:
+        return None
+    schema = found.get("schema") if isinstance(found, dict) else None
+    if found.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise InvalidRequestError("output_config.format: expected a json_schema with a schema")
+    return schema
+
+
+def parse_messages_request(body: Body, api_version: str | None = None) -> MessagesRequest:
+    """Validate the request as the real API does (module docstring); ``api_version`` is the
+    ``anthropic-version`` header, which decides whether sampling parameters exist."""
     if not body.is_json or not isinstance(body.json, dict):
         raise InvalidRequestError("The request body is not valid JSON: expected a JSON object.")
     doc: dict[str, Any] = body.json
@@ -167,11 +345,38 @@ def parse_messages_request(body: Body) -> MessagesRequest:
         if "content" not in message:
             raise InvalidRequestError(f"messages.{i}.content: Field required")
         _check_content(message["content"], f"messages.{i}.content")
+    _check_fields(doc, api_version)
+    _check_turn_text(messages)
+    _check_tool_results(messages)
     system = _check_system(doc.get("system"))
     stream = doc.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequestError("stream: Input should be a valid boolean")
-    return MessagesRequest(model, messages, system, max_tokens, bool(stream))
+    tools, tool_choice = _tools(doc)
+    return MessagesRequest(
+        model,
+        messages,
+        system,
+        max_tokens,
+        bool(stream),
+        _stop_sequences(doc.get("stop_sequences")),
+        tools,
+        tool_choice,
+        _output_schema(doc),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One ``tool_use`` block of a forced tool use."""
+
+    name: str
+    input: dict[str, Any]
+
+    @property
+    def pieces(self) -> list[str]:
+        """The input's JSON, one piece per token (its input_json_delta pieces)."""
+        return token_pieces(orjson.dumps(self.input).decode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +386,10 @@ class Reply:
     input_tokens: int
     # Of input_tokens, those reported as read from the cache (the `cached` fault key).
     cached_tokens: int = 0
+    # The stop sequence that ended the reply, when one did.
+    stop_sequence: str | None = None
+    # A forced tool use answers these instead of text.
+    calls: tuple[ToolCall, ...] = ()
 
     @property
     def text(self) -> str:
@@ -188,6 +397,8 @@ class Reply:
 
     @property
     def output_tokens(self) -> int:
+        if self.calls:
+            return sum(len(call.pieces) for call in self.calls)
         return len(self.pieces)
 
     def input_usage(self) -> dict[str, int]:
@@ -197,14 +408,79 @@ class Reply:
             usage["cache_read_input_tokens"] = self.cached_tokens
         return usage
 
+    def blocks(self, message_id: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Each content block as it starts in a stream, with the deltas that complete it."""
+        if not self.calls:
+            deltas = [{"type": "text_delta", "text": piece} for piece in self.pieces]
+            return [({"type": "text", "text": ""}, deltas)]
+        blocks = []
+        for k, call in enumerate(self.calls):
+            # Tool use ids look like Anthropic's (toolu_...), unique per answer.
+            start = {"type": "tool_use", "id": f"toolu{message_id[3:]}_{k}", "name": call.name}
+            # Anthropic opens each input with an empty piece.
+            pieces = ["", *call.pieces]
+            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+            blocks.append(({**start, "input": {}}, deltas))
+        return blocks
+
+    def content(self, message_id: str) -> list[dict[str, Any]]:
+        """The content blocks of the whole message."""
+        if not self.calls:
+            return [{"type": "text", "text": self.text}]
+        return [
+            {**start, "input": call.input}
+            for (start, _), call in zip(self.blocks(message_id), self.calls, strict=True)
+        ]
+
+
+def _reply_text(req: MessagesRequest) -> tuple[str, str | None]:
+    """The text to answer (JSON when output_config asks for it), cut before the first stop
+    sequence it contains, and that sequence."""
+    text = reply_text(req.messages)
+    if req.output_schema is not None:
+        text = orjson.dumps(instance(req.output_schema, text)).decode()
+    found = [(text.find(stop), stop) for stop in req.stop_sequences if stop and stop in text]
+    if not found:
+        return text, None
+    at, stop = min(found)
+    return text[:at], stop
+
+
+def _forced_calls(req: MessagesRequest) -> tuple[ToolCall, ...]:
+    """The tool calls a forced tool use answers with (none for auto, none or no choice)."""
+    choice = req.tool_choice
+    if choice is None or choice["type"] not in ("any", "tool"):
+        return ()
+    if choice["type"] == "tool":
+        tools = [tool for tool in req.tools if tool["name"] == choice["name"]][:1]
+    else:
+        tools = list(req.tools[:1] if choice.get("disable_parallel_tool_use") else req.tools)
+    quoted = reply_text(req.messages)
+    calls = []
+    for tool in tools:
+        schema = tool.get("input_schema")
+        built = instance(schema if isinstance(schema, dict) else {}, quoted)
+        calls.append(ToolCall(tool["name"], built if isinstance(built, dict) else {}))
+    return tuple(calls)
+
 
 def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
-    pieces, truncated = reply_pieces(req.messages, max_tokens=req.max_tokens, chunks=fault.chunks)
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
-    stop_reason = "max_tokens" if truncated else "end_turn"
-    return Reply(pieces, stop_reason, input_tokens, fault.cached_part(input_tokens))
+    cached = fault.cached_part(input_tokens)
+    calls = _forced_calls(req)
+    if calls:
+        return Reply([], "tool_use", input_tokens, cached, calls=calls)
+    text, stop = _reply_text(req)
+    pieces, truncated = reply_pieces(
+        req.messages, max_tokens=req.max_tokens, chunks=fault.chunks, text=text
+    )
+    if truncated:
+        return Reply(pieces, "max_tokens", input_tokens, cached)
+    if stop is not None:
+        return Reply(pieces, "stop_sequence", input_tokens, cached, stop_sequence=stop)
+    return Reply(pieces, "end_turn", input_tokens, cached)
 
 
 def _has_credentials(request: web.Request) -> bool:
@@ -271,7 +547,7 @@ class AnthropicEndpoints:
         if isinstance(fault, web.Response):
             return fault
         try:
-            req = parse_messages_request(body)
+            req = parse_messages_request(body, request.headers.get(VERSION_HEADER))
         except InvalidRequestError as exc:
             return error_response(400, str(exc))
         reply = build_reply(req, fault)
@@ -280,7 +556,9 @@ class AnthropicEndpoints:
         except ScriptError as exc:
             return error_response(400, str(exc))
         if scripted is not None:
-            reply = replace(reply, pieces=scripted, stop_reason="end_turn")
+            reply = replace(
+                reply, pieces=scripted, stop_reason="end_turn", stop_sequence=None, calls=()
+            )
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
             return await self._stream(request, req, reply, fault, message_id)
@@ -293,9 +571,9 @@ class AnthropicEndpoints:
             "type": "message",
             "role": "assistant",
             "model": req.model,
-            "content": [{"type": "text", "text": reply.text}],
+            "content": reply.content(message_id),
             "stop_reason": reply.stop_reason,
-            "stop_sequence": None,
+            "stop_sequence": reply.stop_sequence,
             "usage": {**reply.input_usage(), "output_tokens": reply.output_tokens},
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
@@ -336,42 +614,41 @@ class AnthropicEndpoints:
             # Anthropic reports the input up front and a placeholder output count of 1.
             "usage": {**reply.input_usage(), "output_tokens": 1},
         }
+        blocks = reply.blocks(message_id)
+        last = len(blocks) - 1
+        sent = 0
         try:
             await send("message_start", {"type": "message_start", "message": start_message})
-            await send(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
-            await send("ping", {"type": "ping"})
-            for sent, piece in enumerate(reply.pieces):
-                if sent == fault.reset_after:
-                    return _abort(request, response)
-                if sent == fault.error_after:
-                    return await _fail_stream(response, send)
+            for index, (block, deltas) in enumerate(blocks):
                 await send(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
                 )
-            if fault.reset_after is not None:
-                # Fewer pieces than reset_after: the stream must still never finish.
-                return _abort(request, response)
-            if fault.error_after is not None:
-                # Fewer pieces than error_after: the stream must still fail.
-                return await _fail_stream(response, send)
-            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+                if index == 0:
+                    await send("ping", {"type": "ping"})
+                for delta in deltas:
+                    if sent == fault.reset_after:
+                        return _abort(request, response)
+                    if sent == fault.error_after:
+                        return await _fail_stream(response, send)
+                    sent += 1
+                    await send(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                    )
+                if index == last and fault.reset_after is not None:
+                    # Fewer pieces than reset_after: the stream must still never finish.
+                    return _abort(request, response)
+                if index == last and fault.error_after is not None:
+                    # Fewer pieces than error_after: the stream must still fail.
+                    return await _fail_stream(response, send)
+                await send("content_block_stop", {"type": "content_block_stop", "index": index})
+            stop = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
             await send(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                    "delta": stop,
                     "usage": {"output_tokens": reply.output_tokens},
                 },
             )

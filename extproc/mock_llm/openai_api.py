@@ -157,7 +157,21 @@ def error_response(
     )
 
 
-def fault_status_response(status: int) -> web.Response:
+def masked_key(key: str) -> str:
+    """How OpenAI echoes a key it refused: its first eight and last four characters."""
+    return key[:8] + "*" * max(len(key) - 12, 4) + key[-4:]
+
+
+def fault_status_response(status: int, presented_key: str = "") -> web.Response:
+    if status == 401:
+        # OpenAI's own 401 names a fragment of the key it was sent; a gateway that
+        # passes it through shows its clients a piece of the provider's key.
+        return error_response(
+            401,
+            f"Incorrect API key provided: {masked_key(presented_key)}. You can find your "
+            "API key at https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
     if status == 429:
         return error_response(
             429,
@@ -245,7 +259,7 @@ class OpenAIEndpoints:
         if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if fault.status is not None:
-            return fault_status_response(fault.status)
+            return fault_status_response(fault.status, key.strip())
         return fault
 
     async def models(self, request: web.Request, body: Body) -> web.StreamResponse:

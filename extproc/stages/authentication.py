@@ -4,8 +4,12 @@ Credentials are read from ``Authorization: Bearer <x>``, a bare
 ``Authorization: <key>``, ``x-api-key``, ``api-key`` or a header the route
 names. A bearer value shaped like a JWT (``eyJ...`` with two dots) is verified
 as a token when the route accepts JWTs; anything else is looked up as an API
-key. Failures are 401 with an RFC 6750 ``WWW-Authenticate`` header and a
-message saying what was wrong, never the credential itself.
+key; the first of these a request carries is the one used. Failures are 401
+with an RFC 6750 ``WWW-Authenticate`` header and a message saying what was
+wrong, never the credential itself. A credential in the query string
+(``?api-key=``, ``?key=``, ...) is refused with a 400 on every route, even next
+to a good header: the gateway never reads it there, and the query would carry
+it on to the provider.
 
 A token verified before is answered from the verifier's cache without a
 coroutine; only a first sighting waits for signature checks (and maybe a JWKS
@@ -19,16 +23,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from urllib.parse import parse_qsl
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
 from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
 from extproc.config.auth_model import AuthMethod
 from extproc.context import ANONYMOUS, Identity, PhaseOutput, RequestContext
-from extproc.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
+from extproc.errors import (
+    AuthenticationError,
+    BadRequestError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 
 REALM = 'Bearer realm="aigw"'
 _KEY_HEADERS = ("x-api-key", "api-key")
+# Query parameters that carry a credential by common convention: Azure's `api-key`,
+# Google's `key`, RFC 6750's `access_token`, and their spellings.
+_QUERY_CREDENTIALS = frozenset(
+    {"api-key", "api_key", "apikey", "x-api-key", "key", "access_token", "token", "authorization"}
+)
 
 
 def _challenge(message: str, *, invalid: bool) -> AuthenticationError:
@@ -51,6 +66,7 @@ class AuthenticationStage:
             return None
         runtime = ctx.runtime
         policy = runtime.route_auth[route.name]
+        _refuse_query_credential(ctx.path, policy.api_key_header, route.model_query)
         if AuthMethod.NONE in policy.methods or ctx.public:
             ctx.identity = ANONYMOUS
             return None
@@ -114,14 +130,42 @@ def _credential(headers: dict[str, str], route_header: str | None) -> str | None
     authorization = headers.get("authorization", "").strip()
     if authorization:
         scheme, _, rest = authorization.partition(" ")
-        if scheme.lower() == "bearer" and rest.strip():
-            return rest.strip()
-        if not rest:
+        if scheme.lower() == "bearer":
+            if token := rest.strip():
+                return token
+            # `Authorization: Bearer ` reaches us as `Bearer` (HTTP trims values): no
+            # credential there, not a key named "Bearer" hiding an `x-api-key`.
+        elif not rest:
             return authorization  # the bare form: `Authorization: team1-key`
     for name in (route_header, *_KEY_HEADERS):
         if name and (value := headers.get(name.lower(), "").strip()):
             return value
     return None
+
+
+def _refuse_query_credential(path: str, route_header: str | None, model_query: str | None) -> None:
+    """Refuse a credential sent in the query string, whatever else the request carries.
+
+    The gateway never reads one there, and one left in the URL would be sent on to the
+    provider with the rest of the query (the client's secret in a third party's logs).
+    Said plainly, and the parameter named, never its value: a client that took the key
+    for accepted would otherwise be told only that none was found, or nothing at all.
+    """
+    _, _, query = path.partition("?")
+    if not query:
+        return
+    names = _QUERY_CREDENTIALS | {route_header.lower()} if route_header else _QUERY_CREDENTIALS
+    if model_query:
+        names = names - {model_query.lower()}  # a route may read its model from `?key=`
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name.lower() in names:
+            raise BadRequestError(
+                f"credentials are not accepted in the query string (parameter '{name}'): "
+                "URLs are logged and passed on; send the key as 'Authorization: Bearer "
+                "<key>' or 'x-api-key: <key>'",
+                param=name,
+                code="credential_in_query",
+            )
 
 
 def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:

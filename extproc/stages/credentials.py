@@ -10,13 +10,21 @@ from __future__ import annotations
 from extproc import headers
 from extproc.context import PhaseOutput, RequestContext
 
+# Cookies too: set for the gateway's own site (an SSO session, say), they are
+# credentials no provider has any use for.
+_REMOVED = (*headers.CLIENT_CREDENTIAL_HEADERS, "cookie")
+
 
 class CredentialStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         if ctx.route is None:
             return
-        names = list(headers.CLIENT_CREDENTIAL_HEADERS)
+        names = list(_REMOVED)
         route_header = ctx.runtime.route_auth[ctx.route.name].api_key_header
         if route_header:
             names.append(route_header.lower())
         out.remove_headers.extend(name for name in names if name in ctx.request_headers)
+        # AWS's signing headers (x-amz-security-token, x-amz-date, ...) are the gateway's
+        # to set for Bedrock: a client's would be sent unsigned beside the signature, and
+        # AWS would refuse the request as if the gateway's own credentials were wrong.
+        out.remove_headers.extend(name for name in ctx.request_headers if name.startswith("x-amz-"))

@@ -2,9 +2,11 @@
 
 A 401/403 (or 402, billing) from Anthropic means the gateway's own credential or account
 was refused, so the client gets a 502 that says so rather than a status that would make it
-doubt its own key. An overload (529) becomes a 503, a rate limit stays a 429, other 5xx
-become 502; 400, 404 and 413 stay. An ``event: error`` inside a stream carries no status:
-the one Anthropic documents for its error type stands in for it.
+doubt its own key, and nothing of the provider's words that looks like a key (OpenAI-style
+proxies name a fragment of the key they refused). An overload (529) becomes a 503, a rate
+limit stays a 429, other 5xx become 502; 400, 404 and 413 stay. An ``event: error``
+inside a stream carries no status: the one Anthropic documents for its error type stands
+in for it.
 
 Both Anthropic translators use it: ``openai_anthropic`` for what the client is shown, and
 ``anthropic_anthropic`` to name, in the log line, an error its own client read unchanged.
@@ -22,6 +24,7 @@ from extproc.errors import (
     RateLimitError,
     ServiceUnavailableError,
     UpstreamError,
+    credentials_refused,
 )
 
 # The HTTP status Anthropic documents for each error type, for errors that arrive inside a
@@ -45,12 +48,8 @@ def client_error(status: int, kind: str | None, message: str) -> tuple[int, Gate
     # The status depends on `status` alone, so a caller can answer Envoy's response headers
     # with translate_error(status, b"") before the body arrives.
     if status in (401, 402, 403):
-        refused = UpstreamError(
-            f"the provider refused the gateway's own credentials or account ({kind or status}); "
-            f"this is not a problem with your API key. The provider said: {message}",
-            code="upstream_credentials_refused",
-        )
-        return 502, refused
+        # The provider's words lose anything that looks like a key (credentials_refused).
+        return 502, credentials_refused(kind or str(status), message)
     if status == 529:
         return 503, ServiceUnavailableError(message, code="upstream_overloaded")
     if status == 429:

@@ -6,21 +6,30 @@ translated in ``openai_anthropic_stream`` and re-exported below.
 ``translate_request``: system and developer messages become the top-level ``system`` prompt
 wherever they stand in the conversation, since Anthropic has no system role; tool results
 become ``tool_result`` blocks in a user turn; consecutive turns of one role are merged
-because Anthropic requires user and assistant turns to alternate.
+(Anthropic would merge them too, and its models are trained on alternating turns).
+
+What OpenAI accepts and Anthropic refuses with a 400 is made acceptable when nothing is lost:
+empty and whitespace-only text is left out, and so is a turn left with nothing in it (an
+assistant that answered nothing after a tool result, a blank line from a chat UI); a final
+assistant turn (a prefill) loses its trailing whitespace. A conversation with no user or
+assistant content left is refused by the gateway, naming ``messages``.
+
+``response_format`` of type ``json_schema`` becomes Anthropic's structured output
+(``output_config.format``), which constrains the answer to the schema; a model without
+structured outputs answers Anthropic's 400, which the client gets. ``json_object`` is left
+out: Anthropic has no "any JSON" mode, OpenAI already requires a client asking for it to ask
+for JSON in its prompt too, and Claude follows that.
 
 What cannot be carried over is refused with a 400 naming the field, not guessed at:
 
 - ``n`` > 1: Anthropic returns one answer per request.
-- ``response_format`` of type ``json_schema``: nothing on Anthropic's side would enforce the
-  schema, and a client relying on it would parse whatever came back. ``json_object`` is
-  left out instead: OpenAI already requires a client asking for it to ask for JSON in its
-  prompt too, and Claude follows that.
 - content parts other than text and images (audio, files), tools other than functions.
 
 Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` is sent only
 without a temperature, because recent Claude models refuse the two together and many OpenAI
-clients send both. Other OpenAI-only fields (seed, penalties, logprobs, stream_options,
-reasoning_effort...) are dropped.
+clients send both. API version 2026-10-21 removed both (Anthropic refuses them there even at
+their defaults), so with that version or a later one neither is sent. Other OpenAI-only
+fields (seed, penalties, logprobs, stream_options, reasoning_effort...) are dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 4096
+# The anthropic-version that removed temperature, top_p and top_k (ISO dates compare as text).
+SAMPLING_REMOVED_IN = "2026-10-21"
 
 # A tuple, not a set: a malformed role (a list, say) must not fail to hash.
 _SYSTEM_ROLES = ("system", "developer")
@@ -60,18 +71,17 @@ def translate_request(
     *,
     stream: bool,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    anthropic_version: str | None = None,
 ) -> dict[str, Any]:
-    """The Anthropic request for an OpenAI one; BadRequestError for what cannot be sent."""
+    """The Anthropic request for an OpenAI one; BadRequestError for what cannot be sent.
+
+    ``anthropic_version`` is the API version the request goes out with; it decides whether
+    sampling parameters can be sent (None: an older version, which takes them).
+    """
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        raise BadRequestError(
-            "response_format 'json_schema' cannot be enforced by this model; "
-            "describe the JSON you want in the prompt instead",
-            param="response_format",
-        )
+    output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"))
     request: dict[str, Any] = {
         "model": upstream_model,
@@ -87,11 +97,14 @@ def translate_request(
             raise BadRequestError("'stop' must be a string or an array of strings", param="stop")
         if stop:
             request["stop_sequences"] = stop
+    if output_config is not None:
+        request["output_config"] = output_config
     temperature = _number(body, "temperature")
     top_p = _number(body, "top_p")
-    if temperature is not None:
+    sampling = anthropic_version is None or anthropic_version < SAMPLING_REMOVED_IN
+    if sampling and temperature is not None:
         request["temperature"] = min(max(temperature, 0.0), 1.0)
-    elif top_p is not None:
+    elif sampling and top_p is not None:
         request["top_p"] = top_p
     tools = body.get("tools")
     if tools:
@@ -130,16 +143,35 @@ def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
             raise BadRequestError(
                 f"messages with role {role!r} cannot be sent to this model", param=f"{where}.role"
             )
+        if not blocks:
+            # Nothing said (empty or blank text): Anthropic refuses an empty turn.
+            continue
         anthropic_role = "assistant" if role == "assistant" else "user"
         if turns and turns[-1]["role"] == anthropic_role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": anthropic_role, "content": blocks})
+    if not turns:
+        raise BadRequestError(
+            "at least one user or assistant message with content is required",
+            param="messages",
+        )
     for turn in turns:
         if turn["role"] == "user":
             # Anthropic wants a turn's tool results before its other blocks; the sort is stable.
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    return "\n\n".join(text for text in system if text), turns
+    _trim_prefill(turns)
+    return "\n\n".join(text for text in system if text.strip()), turns
+
+
+def _trim_prefill(turns: list[dict[str, Any]]) -> None:
+    """Anthropic refuses a final assistant turn (a prefill) that ends in whitespace; the
+    whitespace is dropped (the model writes its own)."""
+    last = turns[-1]
+    block = last["content"][-1]
+    if last["role"] == "assistant" and block["type"] == "text":
+        # Not blank: blank text was left out, so something is left.
+        block["text"] = block["text"].rstrip()
 
 
 def _texts(content: Any, where: str) -> list[str]:
@@ -161,8 +193,8 @@ def _texts(content: Any, where: str) -> list[str]:
 
 
 def _text_blocks(texts: list[str]) -> list[dict[str, Any]]:
-    # Anthropic rejects empty text blocks, and they add nothing to the turn.
-    return [{"type": "text", "text": text} for text in texts if text]
+    # Anthropic refuses empty and whitespace-only text blocks, and they add nothing.
+    return [{"type": "text", "text": text} for text in texts if text.strip()]
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -235,11 +267,26 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     content = message.get("content")
     result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     if isinstance(content, str):
-        if content:
+        if content.strip():
             result["content"] = content
     else:
         result["content"] = _text_blocks(_texts(content, f"{where}.content"))
     return result
+
+
+def _output_config(response_format: Any) -> dict[str, Any] | None:
+    """Anthropic's structured output for OpenAI's ``json_schema`` response format."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise BadRequestError(
+            "response_format 'json_schema' needs a JSON schema object in json_schema.schema",
+            param="response_format",
+        )
+    # OpenAI's `strict` has no counterpart: Anthropic always holds the answer to the schema.
+    return {"format": {"type": "json_schema", "schema": schema}}
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:
