@@ -29,6 +29,9 @@ class Usage:
     total_tokens: int = 0
     # Prompt tokens served from the provider's prompt cache (part of prompt_tokens).
     cached_tokens: int = 0
+    # Prompt tokens the provider wrote to its prompt cache (part of prompt_tokens):
+    # Anthropic and Bedrock bill them above the input price.
+    cache_write_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {

@@ -31,11 +31,12 @@ _PER_MILLION_TO_PICO_PER_TOKEN = 10**6
 
 @dataclass(frozen=True, slots=True)
 class TokenPrices:
-    """Picodollars per token: input (uncached), cached input, output."""
+    """Picodollars per token: input (uncached), cached input, output, cache writes."""
 
     input: int
     cached_input: int
     output: int
+    cache_write_input: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +66,22 @@ def token_prices(price: ModelPrice) -> TokenPrices:
         input=_per_token(price.input_per_million),
         cached_input=_per_token(price.cached_input),
         output=_per_token(price.output_per_million),
+        cache_write_input=_per_token(price.cache_write_input),
     )
 
 
 def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
-    """The cost of one request's usage: uncached prompt tokens at the input price,
-    cached ones at the cached-input price, completion tokens at the output price."""
+    """The cost of one request's usage: prompt tokens read from the provider's cache at
+    the cached-input price, written to it at the cache-write price, the rest at the
+    input price; completion tokens at the output price."""
     if prices is None:
         return UNPRICED
     cached = min(max(usage.cached_tokens, 0), usage.prompt_tokens)
-    uncached = usage.prompt_tokens - cached
+    written = min(max(usage.cache_write_tokens, 0), usage.prompt_tokens - cached)
+    uncached = usage.prompt_tokens - cached - written
     return Cost(
         uncached * prices.input + cached * prices.cached_input
-        + usage.completion_tokens * prices.output,
+        + written * prices.cache_write_input + usage.completion_tokens * prices.output,
         True,
     )  # fmt: skip
 

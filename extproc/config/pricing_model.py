@@ -30,8 +30,17 @@ class ModelPrice(_Section):
     output_per_million: Price
     # Prompt tokens the provider served from its prompt cache. Default: the input price.
     cached_input_per_million: Price | None = None
+    # Prompt tokens the provider wrote to its prompt cache (Anthropic and Bedrock bill
+    # them above the input price: 1.25x for Claude's 5-minute cache). Default: the
+    # input price.
+    cache_write_input_per_million: Price | None = None
 
-    @field_validator("input_per_million", "output_per_million", "cached_input_per_million")
+    @field_validator(
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "cache_write_input_per_million",
+    )
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         if value is None:
@@ -48,6 +57,12 @@ class ModelPrice(_Section):
         if self.cached_input_per_million is None:
             return self.input_per_million
         return self.cached_input_per_million
+
+    @property
+    def cache_write_input(self) -> Decimal:
+        if self.cache_write_input_per_million is None:
+            return self.input_per_million
+        return self.cache_write_input_per_million
 
 
 class PricingConfig(_Section):

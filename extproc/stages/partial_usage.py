@@ -89,11 +89,15 @@ def _charge_failed_stream(
 ) -> None:
     """The provider's counts where it gave them, the gateway's estimate for the rest."""
     if failure.prompt_tokens is not None:
-        prompt, cached = failure.prompt_tokens, failure.cached_tokens
+        prompt, cached, written = (
+            failure.prompt_tokens,
+            failure.cached_tokens,
+            failure.cache_write_tokens,
+        )
     else:
-        prompt, cached = estimate_prompt_tokens(body), 0
+        prompt, cached, written = estimate_prompt_tokens(body), 0, 0
     # A reported output count covers the text up to its report, the characters all of it:
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
-    ctx.usage = Usage(prompt, completion, prompt + completion, cached)
+    ctx.usage = Usage(prompt, completion, prompt + completion, cached, written)
     ctx.usage_estimated = True

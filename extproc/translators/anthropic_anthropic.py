@@ -72,14 +72,15 @@ class _InputTokens:
         return self.uncached + self.cache_creation + self.cache_read
 
 
-def input_tokens_from_object(value: Any) -> tuple[int, int] | None:
-    """The prompt side of a usage object: (prompt tokens, of which cache reads); None if absent."""
+def input_tokens_from_object(value: Any) -> tuple[int, int, int] | None:
+    """The prompt side of a usage object: (prompt tokens, of which cache reads, of which
+    cache writes); None if absent."""
     if not isinstance(value, dict):
         return None
     tokens = _InputTokens()
     tokens.update(value)
     prompt = tokens.total
-    return None if prompt is None else (prompt, tokens.cache_read)
+    return None if prompt is None else (prompt, tokens.cache_read, tokens.cache_creation)
 
 
 def usage_from_object(value: Any) -> Usage | None:
@@ -92,7 +93,7 @@ def usage_from_object(value: Any) -> Usage | None:
     completion = _count(value.get("output_tokens"))
     if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion, prompt + completion, tokens.cache_read)
+    return Usage(prompt, completion, prompt + completion, tokens.cache_read, tokens.cache_creation)
 
 
 class MessageReader(BufferedBodyReader):
@@ -177,7 +178,13 @@ class EventStreamReader:
             return
         prompt = self._input.total
         if prompt is not None and self._output is not None and self.failure is None:
-            self.usage = Usage(prompt, self._output, prompt + self._output, self._input.cache_read)
+            self.usage = Usage(
+                prompt,
+                self._output,
+                prompt + self._output,
+                self._input.cache_read,
+                self._input.cache_creation,
+            )
 
     def _provider_failed(self, error: Any) -> None:
         if self.failure is not None:
@@ -188,5 +195,6 @@ class EventStreamReader:
             prompt_tokens=self._input.total,
             cached_tokens=self._input.cache_read,
             completion_tokens=self._output,
+            cache_write_tokens=self._input.cache_creation,
         )
         self.usage = None

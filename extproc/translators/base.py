@@ -72,6 +72,7 @@ class StreamFailure:
     prompt_tokens: int | None = None
     cached_tokens: int = 0
     completion_tokens: int | None = None
+    cache_write_tokens: int = 0
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

@@ -326,6 +326,7 @@ class StreamTranslator:
             prompt_tokens=prompt[0] if prompt is not None else None,
             cached_tokens=prompt[1] if prompt is not None else 0,
             completion_tokens=self.usage.completion_tokens if self.usage is not None else None,
+            cache_write_tokens=prompt[2] if prompt is not None else 0,
         )
         return self._fail(error)
 

@@ -79,9 +79,11 @@ def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
     if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
         return None
     cache_read = _count(value.get("cacheReadInputTokens"))
+    cache_write = _count(value.get("cacheWriteInputTokens"))
     # inputTokens counts only the uncached part: the prompt is everything the model read.
-    prompt = _count(input_tokens) + cache_read + _count(value.get("cacheWriteInputTokens"))
-    usage = Usage(prompt, _count(output_tokens), prompt + _count(output_tokens), cache_read)
+    prompt = _count(input_tokens) + cache_read + cache_write
+    completion = _count(output_tokens)
+    usage = Usage(prompt, completion, prompt + completion, cache_read, cache_write)
     shown: dict[str, Any] = usage.as_dict()
     if cache_read:
         shown["prompt_tokens_details"] = {"cached_tokens": cache_read}

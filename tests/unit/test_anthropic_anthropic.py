@@ -32,7 +32,9 @@ MESSAGE = (
     b'"output_tokens":8,"service_tier":"standard"}}'
 )
 # Cache reads are prompt tokens, and also reported as cached tokens.
-MESSAGE_USAGE = Usage(12 + 1024 + 2048, 8, 12 + 1024 + 2048 + 8, cached_tokens=2048)
+MESSAGE_USAGE = Usage(
+    12 + 1024 + 2048, 8, 12 + 1024 + 2048 + 8, cached_tokens=2048, cache_write_tokens=1024
+)
 
 MESSAGE_START = (
     b"event: message_start\n"

@@ -37,6 +37,7 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
+from extproc.translators.openai_bedrock_stream import read_usage
 
 PRICE = ModelPrice(input_per_million=Decimal("2.50"), output_per_million=Decimal("10"),
                    cached_input_per_million=Decimal("1.25"))  # fmt: skip
@@ -187,6 +188,48 @@ async def test_the_log_line_and_the_counter_carry_the_request_cost(
     assert value == 0.004
 
 
+def test_cache_writes_cost_the_cache_write_price() -> None:
+    # Claude Sonnet: 3.00 input, 0.30 cache reads, 3.75 cache writes, 15.00 output.
+    price = ModelPrice(
+        input_per_million=Decimal("3"),
+        output_per_million=Decimal("15"),
+        cached_input_per_million=Decimal("0.30"),
+        cache_write_input_per_million=Decimal("3.75"),
+    )
+    usage = Usage(3100, 50, 3150, cached_tokens=2000, cache_write_tokens=1000)
+    cost = cost_of(usage, token_prices(price))
+    # 100 plain, 2000 read, 1000 written: 300 + 600 + 3750, and 50 * 15 = 750.
+    assert cost.usd == Decimal("0.0054")
+    # Without a cache-write price, writes cost the input price.
+    plain = ModelPrice(input_per_million=Decimal("3"), output_per_million=Decimal("15"))
+    assert cost_of(Usage(1000, 0, 1000, cache_write_tokens=1000), token_prices(plain)).usd == (
+        Decimal("0.003")
+    )
+
+
+async def test_an_anthropic_answer_that_wrote_to_the_cache_is_billed_for_the_writes(
+    processor: Processor, services: Services
+) -> None:
+    answer = {"type": "message", "model": "claude-sonnet-4-0", "content": [], "usage": {
+        "input_tokens": 100, "cache_creation_input_tokens": 1000,
+        "cache_read_input_tokens": 2000, "output_tokens": 50}}  # fmt: skip
+    body = orjson.dumps({
+        "model": "claude-sonnet-4-0", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    await run_stream(processor, [
+        request_headers("/v1/messages", headers={"x-api-key": "team1-key"}),
+        request_body(body), response_headers(200), response_body(orjson.dumps(answer)),
+    ])  # fmt: skip
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["prompt_tokens"], line["cached_tokens"], line["cache_write_tokens"]) == (
+        3100,
+        2000,
+        1000,
+    )
+    # The default config's Sonnet prices: the writes at 3.75, not at the 3.00 input price.
+    assert line["cost_usd"] == 0.0054
+
+
 async def test_a_model_without_a_price_is_flagged_in_the_log(services: Services) -> None:
     config = load_config("config/gateway.yaml", environ={})
     pricing = PricingConfig(models={"gpt-4o": PRICE})
@@ -222,3 +265,13 @@ def test_a_failover_is_priced_at_the_model_that_answered(config: GatewayConfig) 
     # Refused before naming a model: nothing to price, nothing flagged.
     anonymous = RequestContext(runtime=runtime)
     assert (request_cost(anonymous).picousd, request_cost(anonymous).priced) == (0, True)
+
+
+def test_bedrock_cache_writes_are_read_as_such() -> None:
+    found = read_usage(
+        {"inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 20,
+         "cacheWriteInputTokens": 30}
+    )  # fmt: skip
+    assert found is not None
+    usage, _ = found
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens) == (60, 20, 30)

@@ -233,11 +233,13 @@ def test_recorded_answer_is_translated(path: Path) -> None:
 
     assert orjson.loads(answer) == expected
     usage = expected["usage"]
+    provider_usage = orjson.loads(path.read_bytes())["usage"]
     assert translator.usage == Usage(
         usage["prompt_tokens"],
         usage["completion_tokens"],
         usage["total_tokens"],
         usage["prompt_tokens_details"]["cached_tokens"],
+        provider_usage.get("cache_creation_input_tokens", 0),
     )
     assert translator.response_model == expected["model"]
 
