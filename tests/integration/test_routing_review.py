@@ -10,6 +10,7 @@ provider reached around authentication.
 from __future__ import annotations
 
 import http.client
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,10 +61,23 @@ def model_rollup(stack: LocalStack, model: str) -> dict[str, Any]:
     return usage_rows(stack, "model").get(model) or {"requests": 0, "total_tokens": 0}
 
 
+def settled_rollup(stack: LocalStack, model: str) -> dict[str, Any]:
+    """The model's rollup once earlier tests' requests have landed: two reads that agree,
+    further apart than the gateway's 0.5 s flush interval."""
+    last = model_rollup(stack, model)
+    for _ in range(20):
+        time.sleep(0.6)
+        now = model_rollup(stack, model)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"the rollup of {model} never settled")
+
+
 def test_a_model_forced_by_the_path_is_what_is_logged_counted_and_billed(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
-    before_rollup = model_rollup(stack, "gpt-4.1-nano")
+    before_rollup = settled_rollup(stack, "gpt-4.1-nano")
     before = scrape(stack.metrics_url)
     client = openai_client(stack, "/openai/gpt-4.1-nano")
     raw = client.chat.completions.with_raw_response.create(
