@@ -8,6 +8,7 @@ naming the token's id, never the token.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -93,11 +94,18 @@ class Api:
 
 @pytest.fixture
 async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
+    async with running_api(valkey, gateway_config()) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_api(valkey: EmbeddedValkey, config: GatewayConfig) -> AsyncIterator[Api]:
+    """The quota management service over gRPC, on ``config``, with an empty store."""
     client = connect(valkey.url, 2.0)
     await client.flushdb()
     quota_store = QuotaStore(client, PREFIX)
     await quota_store.start()
-    runtime = Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
+    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
     audit = io.BytesIO()
     service = QuotaManagementService(
         lambda: runtime, QuotaAdmin(client, PREFIX, quota_store), AuditLog(audit)

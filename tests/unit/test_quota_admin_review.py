@@ -10,7 +10,6 @@ holds longest (its ``retry-after`` and message come from it).
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from calendar import monthrange
 from collections.abc import AsyncIterator
@@ -25,19 +24,15 @@ from grpc import aio as grpc_aio
 
 from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
-from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import QuotaManagementService, start_server
 from extproc.management.v1 import management_pb2 as pb
-from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.quota.store import Denial, QuotaStore, Reservation
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Runtime, Services
 from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
-from tests.unit.test_management import PREFIX, TOKEN, Api, early_in_the_minute
+from tests.unit.test_management import PREFIX, TOKEN, Api, early_in_the_minute, running_api
 
 QUOTAS = """
 quotas:
@@ -67,26 +62,8 @@ def review_config() -> GatewayConfig:
 
 @pytest.fixture
 async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    quota_store = QuotaStore(client, PREFIX)
-    await quota_store.start()
-    runtime = Runtime(review_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
-    audit = io.BytesIO()
-    service = QuotaManagementService(
-        lambda: runtime, QuotaAdmin(client, PREFIX, quota_store), AuditLog(audit)
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(address, service)
-    channel = grpc_aio.insecure_channel(address)
-    try:
-        stub = pb_grpc.QuotaManagementStub(channel)
-        yield Api(address, stub, quota_store, runtime, audit, client)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await quota_store.close()
-        await client.aclose()
+    async with running_api(valkey, review_config()) as running:
+        yield running
 
 
 def set_rpm(subject: str, limit: int) -> pb.SetLimitRequest:
