@@ -17,6 +17,7 @@ from extproc.context import PhaseOutput, RequestContext
 from extproc.telemetry.content import ContentCapture
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
+from extproc.translators.base import stream_failure
 
 # A finish reason as the client sees it: OpenAI's `finish_reason` in a choice, or
 # Anthropic's `stop_reason`. Only string values match (null ones are skipped), and
@@ -70,9 +71,13 @@ class TelemetryStage:
             # after the client has read everything; when the client then hangs up,
             # Envoy drops the answer to it, metadata included. So the metadata also
             # goes with the chunk that carried the provider's usage report, whose
-            # answer Envoy applies before the client sees those bytes.
+            # answer Envoy applies before the client sees those bytes. So does the chunk
+            # carrying the provider's error event (the client stops reading at it), so
+            # the span is marked failed even when the client hangs up right after.
             translator = ctx.translator
-            if translator is not None and translator.usage is not None:
+            if translator is not None and (
+                translator.usage is not None or stream_failure(translator) is not None
+            ):
                 ctx.usage_in_metadata = True
                 out.metadata = request_metadata(ctx)
 

@@ -246,3 +246,24 @@ async def test_a_bedrock_exception_mid_stream_is_charged_and_named(
     expected_code = exception[:1].upper() + exception[1:]
     assert (line["error_type"], line["error_code"]) == (error_type, expected_code)
     assert token_samples(services) == {"prompt": PROMPT_ESTIMATE, "completion": 3.0}
+
+
+async def test_the_chunk_carrying_the_error_event_tells_envoy_the_error(
+    processor: Processor,
+) -> None:
+    # The client stops reading at the error event and may hang up before the end of the
+    # stream, whose answer Envoy then drops: the span learns of the error from this one.
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(chat_body("gpt-4o-mini")),
+            response_headers(200, SSE),
+            response_body(OPENAI_CHUNK, end_of_stream=False),
+            response_body(OPENAI_ERROR, end_of_stream=False),
+        ],
+    )
+    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
+    metadata = bodies[-1].dynamic_metadata.fields["io.aigw"].struct_value.fields
+    assert metadata["error_type"].string_value == "server_error"
+    assert "io.aigw" not in bodies[0].dynamic_metadata.fields
