@@ -8,6 +8,9 @@ The pairs the gateway serves:
 - OpenAI chat -> ``bedrock``: ``openai_bedrock`` + SigV4; Converse JSON or the
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
+- Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
+  ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
+  count generates nothing: no usage, no cost).
 
 Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
 refused the gateway's own key or account, whichever the pair: the client gets the
@@ -49,6 +52,10 @@ SSE = "text/event-stream"
 AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
 # Envoy's router adds this to every answer that came from an upstream.
 ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
+# The client APIs that speak Anthropic's wire format (and its error shape).
+ANTHROPIC_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.ANTHROPIC_COUNT_TOKENS})
+# Where Anthropic counts a Messages body's tokens, under its Messages path.
+COUNT_TOKENS_SUFFIX = "/count_tokens"
 
 
 @dataclass(slots=True)
@@ -77,14 +84,17 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
     kind = upstream.provider.type
     query = ctx.path.partition("?")[2]
     suffix = "?" + query if query else ""
-    if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.ANTHROPIC:
+    if route.api in ANTHROPIC_APIS and kind is ProviderType.ANTHROPIC:
         ctx.client_wants_usage = True  # Anthropic streams always carry usage
         rewritten = anthropic_anthropic.prepare_request(parsed, upstream.upstream_model)
         if rewritten is None and ctx.body_changed:
             rewritten = parsed
+        path = upstream.path
+        if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
+            path += COUNT_TOKENS_SUFFIX
         return RequestPlan(
             _json(rewritten) if rewritten is not None else None,
-            upstream.path + suffix,
+            path + suffix,
             _anthropic_headers(ctx, upstream),
         )
     if route.api is not RouteApi.OPENAI_CHAT:
@@ -176,6 +186,10 @@ def plan_response(
         content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
     )
     created = int(ctx.started_wall)
+    if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
+        # {"input_tokens": N} is a count, not usage: read as usage it would be billed
+        # and counted in aigw_tokens_consumed_total for tokens nobody generated.
+        return ResponsePlan(None)
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)
@@ -293,7 +307,7 @@ def _error_plan(
     json_body = "json" in content_type
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
-    if route.api is RouteApi.ANTHROPIC_MESSAGES or kind is ProviderType.OPENAI:
+    if route.api in ANTHROPIC_APIS or kind is ProviderType.OPENAI:
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)
         if json_body:

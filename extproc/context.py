@@ -179,7 +179,7 @@ class RequestContext:
     @property
     def error_shape(self) -> str:
         """How this request's client expects errors: ``anthropic`` on Messages routes."""
-        if self.route is not None and self.route.api == "anthropic_messages":
+        if self.route is not None and self.route.api.startswith("anthropic_"):
             return "anthropic"
         return "openai"
 

@@ -210,6 +210,9 @@ class RouteApi(StrEnum):
     OPENAI_CHAT = "openai_chat"
     OPENAI_MODELS = "openai_models"
     ANTHROPIC_MESSAGES = "anthropic_messages"
+    # Anthropic's /v1/messages/count_tokens: a Messages body in, {"input_tokens": N} out;
+    # nothing is generated, so nothing is billed and no token quota is reserved.
+    ANTHROPIC_COUNT_TOKENS = "anthropic_count_tokens"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -346,6 +349,11 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES
+        ),
+        RouteConfig(
+            name="anthropic-count-tokens",
+            path="/v1/messages/count_tokens",
+            api=RouteApi.ANTHROPIC_COUNT_TOKENS,
         ),
     )
 

@@ -105,6 +105,8 @@ class _MockApp:
         """The method and endpoint for a provider path, or None."""
         if path.endswith("/chat/completions"):
             return "POST", self.openai.chat_completions
+        if path.endswith("/v1/messages/count_tokens"):
+            return "POST", self.anthropic.count_tokens
         if path.endswith("/v1/messages"):
             return "POST", self.anthropic.messages
         if path.endswith("/models"):

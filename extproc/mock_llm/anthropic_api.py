@@ -14,6 +14,9 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``disable_parallel_tool_use``, the named tool for ``tool``. Inputs are built from each
   tool's ``input_schema`` like JSON replies; output tokens are the tokens of the inputs' JSON.
   ``auto`` and ``none`` answer text.
+- ``/v1/messages/count_tokens`` answers ``{"input_tokens": N}``, N being the ``input_tokens``
+  a Messages call with the same prompt reports; generation fields (``max_tokens``,
+  ``stream``...) are refused as extra inputs, as on the real API.
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
   tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
@@ -84,6 +87,14 @@ _KNOWN_FIELDS = frozenset(
         "mcp_servers", "inference_geo", "speed", "diagnostics", "user_profile_id",
         "workspace_id", "billing_policy", "compaction", "fallback_credit_token", "fallbacks",
         "thread",
+    }
+)  # fmt: skip
+# The fields /v1/messages/count_tokens knows (the SDK's count_tokens parameters, beta ones
+# included): the prompt's, none of the generation's.
+_COUNT_FIELDS = frozenset(
+    {
+        "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
+        "output_format", "cache_control", "context_management", "mcp_servers", "speed",
     }
 )  # fmt: skip
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
@@ -315,6 +326,53 @@ def _output_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
     return schema
 
 
+def _check_messages(messages: object) -> list[dict[str, Any]]:
+    if messages is None:
+        raise InvalidRequestError("messages: Field required")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"messages.{i}: Input should be an object")
+        if message.get("role") not in _ROLES:
+            raise InvalidRequestError(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if "content" not in message:
+            raise InvalidRequestError(f"messages.{i}.content: Field required")
+        _check_content(message["content"], f"messages.{i}.content")
+    return messages
+
+
+def count_request_tokens(body: Body) -> int:
+    """Validate a count_tokens body as the real API does and count its input tokens.
+
+    The body is a Messages body without the generation fields (``max_tokens``,
+    ``stream``, sampling...), which the real endpoint refuses as extra inputs. The
+    count is what ``usage.input_tokens`` of a Messages call with the same prompt reports.
+    """
+    if not body.is_json or not isinstance(body.json, dict):
+        raise InvalidRequestError("The request body is not valid JSON: expected a JSON object.")
+    doc: dict[str, Any] = body.json
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: Field required")
+    messages = _check_messages(doc.get("messages"))
+    for field in doc:
+        if field not in _COUNT_FIELDS:
+            raise InvalidRequestError(f"{field}: Extra inputs are not permitted")
+    _check_turn_text(messages)
+    _check_tool_results(messages)
+    _tools(doc)
+    return input_token_count(messages, _check_system(doc.get("system")))
+
+
+def input_token_count(messages: list[dict[str, Any]], system: str | None) -> int:
+    """The prompt's input tokens: the messages, and the system prompt as one more message."""
+    tokens = prompt_tokens(messages)
+    if system is not None:
+        tokens += count_tokens(system) + MESSAGE_OVERHEAD_TOKENS
+    return tokens
+
+
 def parse_messages_request(body: Body, api_version: str | None = None) -> MessagesRequest:
     """Validate the request as the real API does (module docstring); ``api_version`` is the
     ``anthropic-version`` header, which decides whether sampling parameters exist."""
@@ -332,19 +390,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         raise InvalidRequestError(
             f"max_tokens: Input should be an integer >= 1, got {max_tokens!r}"
         )
-    messages = doc.get("messages")
-    if messages is None:
-        raise InvalidRequestError("messages: Field required")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("messages: at least one message is required")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequestError(f"messages.{i}: Input should be an object")
-        if message.get("role") not in _ROLES:
-            raise InvalidRequestError(f"messages.{i}.role: Input should be 'user' or 'assistant'")
-        if "content" not in message:
-            raise InvalidRequestError(f"messages.{i}.content: Field required")
-        _check_content(message["content"], f"messages.{i}.content")
+    messages = _check_messages(doc.get("messages"))
     _check_fields(doc, api_version)
     _check_turn_text(messages)
     _check_tool_results(messages)
@@ -465,9 +511,7 @@ def _forced_calls(req: MessagesRequest) -> tuple[ToolCall, ...]:
 
 
 def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
-    input_tokens = prompt_tokens(req.messages)
-    if req.system is not None:
-        input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
+    input_tokens = input_token_count(req.messages, req.system)
     cached = fault.cached_part(input_tokens)
     calls = _forced_calls(req)
     if calls:
@@ -541,6 +585,17 @@ class AnthropicEndpoints:
         if fault.status is not None:
             return fault_status_response(fault.status)
         return fault
+
+    async def count_tokens(self, request: web.Request, body: Body) -> web.StreamResponse:
+        """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, generating nothing."""
+        fault = await self._precheck(request)
+        if isinstance(fault, web.Response):
+            return fault
+        try:
+            tokens = count_request_tokens(body)
+        except InvalidRequestError as exc:
+            return error_response(400, str(exc))
+        return web.Response(body=orjson.dumps({"input_tokens": tokens}), headers=_JSON_HEADERS)
 
     async def messages(self, request: web.Request, body: Body) -> web.StreamResponse:
         fault = await self._precheck(request)

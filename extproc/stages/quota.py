@@ -17,6 +17,7 @@ import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
@@ -49,7 +50,11 @@ class QuotaStage:
             return None
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
-        cost = estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
+        # A token count generates nothing: it counts as one request, reserves no tokens.
+        counting = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_COUNT_TOKENS
+        cost = (
+            0 if counting else estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
+        )
         return self._reserve(ctx, out, limits, cost)
 
     @staticmethod
@@ -88,7 +93,8 @@ class QuotaStage:
             for name, value in rate_limit_headers(result, store.now()).items()
         }
         out.metadata = {**(out.metadata or {}), **published}
-        _apply_hard_cap(ctx, result)
+        if cost:  # a count has no completion to cap (and no max_tokens to set)
+            _apply_hard_cap(ctx, result)
 
     def done(self, ctx: RequestContext) -> None:
         reservation = ctx.reservation
