@@ -25,7 +25,7 @@ from extproc.agents.envoy import add_agents, longest_agent_timeout_s
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
 from extproc.envoy_failover import add_failover
-from extproc.envoy_tracing import add_tracing
+from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing
 from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
     BadRequestError,
@@ -325,7 +325,10 @@ def _access_log() -> Json:
                     # The active span's trace id (null when tracing is off).
                     "trace_id": "%TRACE_ID%",
                     "method": "%REQ(:METHOD)%",
-                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    # The path without its query: a client may put a key there (refused
+                    # by the gateway, yet Envoy would log the URL as sent). Envoy's
+                    # built-in PATH operator; REQ_WITHOUT_QUERY needs an extension.
+                    "path": PATH_WITHOUT_QUERY,
                     "response_code": "%RESPONSE_CODE%",
                     "response_flags": "%RESPONSE_FLAGS%",
                     "response_code_details": "%RESPONSE_CODE_DETAILS%",

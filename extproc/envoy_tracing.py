@@ -29,6 +29,16 @@ COLLECTOR_CLUSTER = "otel_collector"
 COLLECTOR_CONNECT_TIMEOUT_S = 2.0
 # Prompts and completions can be long; Envoy cuts the URL tag, never these.
 MAX_PATH_TAG_LENGTH = 256
+# The request's path as the client sent it (before any route rewrite), without
+# its query string: Envoy's built-in PATH operator, for the access log and spans.
+_PATH_OPERATOR = "PATH(NQ:ORIG_OR_PATH)"
+PATH_WITHOUT_QUERY = f"%{_PATH_OPERATOR}%"
+# Envoy's own `http.url` is scheme://authority + path *with* the query, and no
+# tracing option drops the query. A custom tag of the same name is set after it
+# when the span finishes and replaces it, so this is what the collector gets.
+URL_WITHOUT_QUERY = (
+    f"%REQ(X-FORWARDED-PROTO)%://%REQ(:AUTHORITY)%%{_PATH_OPERATOR}:{MAX_PATH_TAG_LENGTH}%"
+)
 
 
 def add_tracing(bootstrap: Json, config: GatewayConfig) -> None:
@@ -78,8 +88,14 @@ def hcm_tracing(tracing: TracingConfig) -> Json:
         # One span per upstream attempt (retries and failover show up as such).
         "spawn_upstream_span": True,
         "max_path_tag_length": MAX_PATH_TAG_LENGTH,
-        "custom_tags": [_metadata_tag(name, key) for name, key in attributes],
+        "custom_tags": [_url_tag()] + [_metadata_tag(name, key) for name, key in attributes],
     }
+
+
+def _url_tag() -> Json:
+    # A client may put a key in the query string: the gateway refuses the request,
+    # but the span would keep the URL as sent.
+    return {"tag": "http.url", "value": URL_WITHOUT_QUERY}
 
 
 def _metadata_tag(name: str, key: str) -> Json:

@@ -38,7 +38,7 @@ def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
 def tags(bootstrap: dict[str, Any]) -> dict[str, list[str]]:
     """Span attribute -> the metadata path Envoy reads it from."""
     found = {}
-    for tag in hcm(bootstrap)["tracing"]["custom_tags"]:
+    for tag in [t for t in hcm(bootstrap)["tracing"]["custom_tags"] if "metadata" in t]:
         key = tag["metadata"]["metadata_key"]
         assert tag["metadata"]["kind"] == {"request": {}}
         found[tag["tag"]] = [key["key"], *(step["key"] for step in key["path"])]

@@ -1,0 +1,80 @@
+"""Envoy's own records keep no query string: a client may have put a key there.
+
+The gateway refuses a credential in the query (400 ``credential_in_query``), but
+Envoy writes its access log and exports spans for that request all the same.
+Both must carry the path without the query: the access log's ``path`` and the
+span's ``http.url`` (Envoy's own tag is replaced by a custom tag of that name).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config.model import GatewayConfig
+from extproc.envoy_bootstrap import render_bootstrap, render_bootstrap_yaml
+from extproc.envoy_tracing import MAX_PATH_TAG_LENGTH
+
+ENVOY = Path(sys.executable).parent / "envoy"
+# Envoy's operators for the path that keep the query string.
+WITH_QUERY = ("%REQ(:PATH)%", "X-ENVOY-ORIGINAL-PATH?:PATH", "%PATH%", "PATH(WQ")
+
+
+def traced_gateway() -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "providers": [{"name": "openai", "base_url": "https://api.openai.com/v1"}],
+            "models": [{"name": "gpt-4o", "provider": "openai"}],
+            "envoy": {"access_log": True},
+            "telemetry": {"tracing": {"enabled": True, "otlp_endpoint": "127.0.0.1:4317"}},
+        }
+    )
+
+
+def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    found: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return found
+
+
+def test_the_access_log_path_leaves_the_query_out() -> None:
+    manager = hcm(render_bootstrap(traced_gateway()))
+    fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    # NQ: no query; ORIG_OR_PATH: the path the client sent, before a route rewrite.
+    assert fields["path"] == "%PATH(NQ:ORIG_OR_PATH)%"
+
+
+def test_the_spans_url_is_rewritten_without_the_query_and_cut_like_envoys() -> None:
+    tracing = hcm(render_bootstrap(traced_gateway()))["tracing"]
+    [url_tag] = [tag for tag in tracing["custom_tags"] if tag["tag"] == "http.url"]
+    value = url_tag["value"]
+    assert value.startswith("%REQ(X-FORWARDED-PROTO)%://%REQ(:AUTHORITY)%")
+    assert value.endswith(f"%PATH(NQ:ORIG_OR_PATH):{MAX_PATH_TAG_LENGTH}%")
+    assert tracing["max_path_tag_length"] == MAX_PATH_TAG_LENGTH
+
+
+def test_no_rendered_field_logs_the_path_with_its_query() -> None:
+    rendered = render_bootstrap_yaml(traced_gateway())
+    for operator in WITH_QUERY:
+        assert operator not in rendered
+
+
+def test_envoy_accepts_the_query_free_log_and_span_fields(tmp_path: Path) -> None:
+    # REQ_WITHOUT_QUERY would need the envoy.formatter.req_without_query extension
+    # (deprecated); the PATH operator is built in, so no `formatters` entry.
+    rendered = render_bootstrap_yaml(traced_gateway())
+    assert "formatters" not in str(yaml.safe_load(rendered))
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(rendered, encoding="utf-8")
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
