@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.store import QuotaStore
+from extproc.quota.store import QuotaStore, generation_field
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
@@ -25,6 +25,18 @@ SCAN_COUNT = 1000
 # header. Far above any real budget.
 MAX_AMOUNT = 2**53 - 1
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+# Delete counters and bump each one's reset generation in one atomic step, so that
+# no reservation sees the new generation with the old counter, or the reverse
+# (quota_settle.lua and quota_undo.lua skip changes of an older generation).
+# KEYS: per limit, its counter then its subject's overrides hash (one hash tag: one
+# slot on a cluster); ARGV: per limit, its generation field.
+_RESET_SCRIPT = """
+for i = 1, #ARGV do
+  redis.call('DEL', KEYS[i * 2 - 1])
+  redis.call('HINCRBY', KEYS[i * 2], ARGV[i], 1)
+end
+return 1
+"""
 
 
 class InvalidArgumentError(ValueError):
@@ -163,9 +175,22 @@ class QuotaAdmin:
         await self._quota_store.settle_now([(limit, delta)])
 
     async def reset(self, limits: list[Limit]) -> None:
-        """Zero the current window's counters: the next request starts from nothing."""
-        if limits:
-            await self._client.delete(*(limit.key(self._prefix) for limit in limits))
+        """Zero the current window's counters: the next request starts from nothing.
+
+        Requests admitted before the reset and still running settle afterwards: the
+        new generation makes the store drop their corrections, which belong to the
+        usage the reset discarded, instead of taking them off the usage counted since.
+        """
+        if not limits:
+            return
+        keys = [
+            key
+            for limit in limits
+            for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+        ]
+        fields = [generation_field(limit) for limit in limits]
+        # Rare (an operator's command): the script's text each time, no SHA to manage.
+        await self._client.eval(_RESET_SCRIPT, len(keys), *keys, *fields)
 
     async def subjects(self, rules: RuleSet, kind: str) -> list[tuple[str, list[Limit]]]:
         """Subjects of a kind with a counter in a current window, with their limits.

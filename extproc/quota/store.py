@@ -15,6 +15,14 @@ each node gets its own pipeline and its own queue of reservations
 (``extproc/store/cluster_calls.py``): a node that is down fails only the calls
 it holds, never the others' answers, and holds up no request that has no
 subject on it.
+
+An operator's reset (``QuotaAdmin.reset``) deletes counters while requests
+admitted before it are still running. Each limit has a reset generation (a
+field of its subject's overrides hash, bumped by the reset in the same script
+that deletes the counter); the reserve script returns the generation it saw,
+and a settlement or give-back of that reservation is dropped by the store once
+the generation has moved on: what the request reserved went with the reset, so
+its correction must not come off the usage counted since.
 """
 
 from __future__ import annotations
@@ -60,6 +68,18 @@ class Reservation:
     used: list[int]  # after reserving
     # The limits in force: the config's, or an operator's override.
     effective: list[int]
+    # Each limit's reset generation when reserved: its settlement applies only while
+    # no reset has started the counter again since.
+    generations: list[int]
+
+
+def generation_field(limit: Limit) -> str:
+    """The field of the subject's overrides hash counting the resets of this limit.
+
+    Override fields are ``<rule>:<counter>`` and no counter name ends in
+    ``resets``, so this never names an override.
+    """
+    return f"{limit.override_field}:resets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +92,19 @@ class _ReserveCall:
 
     @property
     def undo(self) -> _Undo:
-        """What gives this call back by its id: its marker and its counters."""
-        return self.keys[0], self.keys[1::2]
+        """What gives this call back by its id: its marker, its counters, and where
+        their reset generations are (the overrides hash and field of each)."""
+        fields = [generation_field(limit) for limit in self.limits]
+        return self.keys[0], self.keys[1::2], self.keys[2::2], fields
 
 
-# A give-back by call id (quota_undo.lua): the call's marker and its counters.
-_Undo = tuple[str, list[str]]
+# A give-back by call id (quota_undo.lua): the call's marker, its counters, and each
+# counter's overrides hash and generation field (both empty in a record spooled by
+# a version without generations: given back whatever the generation).
+_Undo = tuple[str, list[str], list[str], list[str]]
+# A counter change for the next settlement: its limit, the delta, and the reset
+# generation it belongs to (None: whatever the generation, as an operator's change).
+_Change = tuple[Limit, int, int | None]
 # One script call in a round trip: the script's name, its keys and its arguments.
 _ScriptCall = tuple[str, list[str], list[Any]]
 
@@ -121,7 +148,9 @@ class QuotaStore:
                 for name, text in sources.items()
             },
         )
-        self._unsettled: dict[str, tuple[Limit, int]] = {}
+        # Merged per counter and generation: a change reserved before a reset must not
+        # be merged with one reserved after it (only the second still applies).
+        self._unsettled: dict[tuple[str, int | None], _Change] = {}
         # Reserve calls whose answer was lost, to give back by their id.
         self._undos: list[_Undo] = []
         # Reserve call ids: this process's random tag and a counter, unique across the
@@ -207,6 +236,7 @@ class QuotaStore:
         reserved = [0] * len(limits)
         used = [0] * len(limits)
         effective = [limit.limit for limit in limits]
+        generations = [0] * len(limits)
         denial: Denial | None = None
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
@@ -226,22 +256,31 @@ class QuotaStore:
                     denial = found
                 continue
             admitted.append(group)
+            # Three values per limit, then each limit's generation.
+            generations_at = 1 + len(group) * 3
             for position, (original, _) in enumerate(group):
                 reserved[original] = int(result[1 + position * 3])
                 used[original] = int(result[2 + position * 3])
                 effective[original] = int(result[3 + position * 3])
+                generations[original] = int(result[generations_at + position])
         if denial is not None or failure is not None:
             # Another subject refused, or its server failed: give back what this request
             # took elsewhere, and whatever calls without an answer took, off the request
             # path (spooled if the store cannot take it).
-            taken = [(limits[i], reserved[i]) for group in admitted for i, _ in group]
-            self._queue_changes([(limit, -amount) for limit, amount in taken if amount])
+            self._queue_changes(
+                [
+                    (limits[i], -reserved[i], generations[i])
+                    for group in admitted
+                    for i, _ in group
+                    if reserved[i]
+                ]
+            )
             self._queue_undos(lost)
             if denial is not None:
                 return denial
             assert failure is not None
             raise failure
-        return Reservation(limits, reserved, used, effective)
+        return Reservation(limits, reserved, used, effective, generations)
 
     async def _send_reservations(self, calls: list[_ReserveCall]) -> list[Any]:
         """Each call's answer (an error is its answer) from a cluster, in each node's
@@ -302,6 +341,7 @@ class QuotaStore:
                         1 if limit.enforce else 0,
                         limit.kind,
                         limit.override_field,
+                        generation_field(limit),
                     )
                 ),
             ],
@@ -311,7 +351,7 @@ class QuotaStore:
     def _give_back_abandoned(self, calls: list[_ReserveCall], results: list[Any]) -> None:
         """A request gave up (its timeout, its client gone) after its reservation was
         sent: what the store reserved for it, requests and tokens, is given back."""
-        changes: list[tuple[Limit, int]] = []
+        changes: list[_Change] = []
         lost: list[_ReserveCall] = []
         for call, result in zip(calls, results, strict=True):
             if _may_have_run(result):
@@ -319,10 +359,11 @@ class QuotaStore:
                 continue
             if isinstance(result, Exception) or int(result[0]) != 1:
                 continue  # nothing was reserved
+            generations_at = 1 + len(call.limits) * 3
             for position, limit in enumerate(call.limits):
                 amount = int(result[1 + position * 3])
                 if amount:
-                    changes.append((limit, -amount))
+                    changes.append((limit, -amount, int(result[generations_at + position])))
         self._queue_changes(changes)
         self._queue_undos(lost)
 
@@ -331,20 +372,22 @@ class QuotaStore:
         request path; request counters stay as counted at admission."""
         self._queue_changes(
             [
-                (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved)
-                for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
+                (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved, gen)
+                for limit, reserved, gen in zip(
+                    reservation.limits, reservation.reserved, reservation.generations, strict=True
+                )
                 if limit.kind == "t"
             ]
         )
 
-    def _queue_changes(self, changes: list[tuple[Limit, int]]) -> None:
-        """Counter changes for the next settlement batch, merged by key."""
-        for limit, delta in changes:
+    def _queue_changes(self, changes: list[_Change]) -> None:
+        """Counter changes for the next settlement batch, merged by key and generation."""
+        for limit, delta, generation in changes:
             if not delta:
                 continue
-            key = limit.key(self._prefix)
+            key = (limit.key(self._prefix), generation)
             known = self._unsettled.get(key)
-            self._unsettled[key] = (limit, delta + (known[1] if known else 0))
+            self._unsettled[key] = (limit, delta + (known[1] if known else 0), generation)
         self._flush_later()
 
     def _queue_undos(self, calls: list[_ReserveCall]) -> None:
@@ -391,9 +434,7 @@ class QuotaStore:
             # fsync is disk I/O: off the event loop.
             await asyncio.to_thread(self._keep, changes, undos, batch_id)
 
-    def _keep(
-        self, changes: list[tuple[str, str, int, int]], undos: list[_Undo], batch_id: str
-    ) -> None:
+    def _keep(self, changes: list[_RawChange], undos: list[_Undo], batch_id: str) -> None:
         if self._spool is None:
             return
         record: dict[str, Any] = {"id": batch_id, "changes": changes}
@@ -411,9 +452,7 @@ class QuotaStore:
 
         async def apply(record: dict[str, Any]) -> None:
             changes = [tuple(change) for change in record["changes"]]
-            undos = [
-                (str(marker), [str(key) for key in keys]) for marker, keys in record.get("undo", [])
-            ]
+            undos = [_spooled_undo(entry) for entry in record.get("undo", [])]
             await asyncio.wait_for(
                 self._settle_raw(changes, undos, str(record["id"])), SETTLE_TIMEOUT_S
             )
@@ -422,14 +461,26 @@ class QuotaStore:
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
-        await self._settle_raw(self._raw(changes), [], uuid.uuid4().hex, landed_whole=True)
+        # Whatever the generation: an operator's change applies to the counter as it is.
+        raw = self._raw([(limit, delta, None) for limit, delta in changes])
+        await self._settle_raw(raw, [], uuid.uuid4().hex, landed_whole=True)
 
-    def _raw(self, changes: list[tuple[Limit, int]]) -> list[tuple[str, str, int, int]]:
+    def _raw(self, changes: list[_Change]) -> list[_RawChange]:
+        """Changes as spooled: (tag, counter, delta, ttl), plus the overrides hash,
+        generation field and generation when the change belongs to one."""
         now = self.now()
-        return [
-            (limit.subject_tag, limit.key(self._prefix), delta, limit.window.ttl_seconds(now))
-            for limit, delta in changes
-        ]
+        raw: list[_RawChange] = []
+        for limit, delta, generation in changes:
+            change: _RawChange = (
+                limit.subject_tag,
+                limit.key(self._prefix),
+                delta,
+                limit.window.ttl_seconds(now),
+            )
+            if generation is not None:
+                change += (limit.overrides_key(self._prefix), generation_field(limit), generation)
+            raw.append(change)
+        return raw
 
     async def _settle_raw(
         self,
@@ -443,24 +494,17 @@ class QuotaStore:
         (a live flush, an operator's change), so its markers can go with the subjects'
         next settlements; a replayed batch stays in the spool until the replay drops it,
         and a crash before that brings it back, so its markers must stay."""
-        by_tag: dict[str, list[tuple[str, int, int]]] = {}
-        for tag, key, delta, ttl in changes:
-            by_tag.setdefault(tag, []).append((key, int(delta), int(ttl)))
+        by_tag: dict[str, list[_RawChange]] = {}
+        for change in changes:
+            by_tag.setdefault(str(change[0]), []).append(change)
         markers = {tag: f"{self._prefix}qs:{tag}:{batch_id}" for tag in by_tag}
-        settles: list[_ScriptCall] = [
-            (
-                "settle",
-                [
-                    markers[tag],
-                    self._landed.get(tag, markers[tag]),
-                    *(key for key, _, _ in group),
-                ],
-                [BATCH_MEMORY_S, *(value for _, delta, ttl in group for value in (delta, ttl))],
-            )
+        settles = [
+            _settle_call(markers[tag], self._landed.get(tag, markers[tag]), group)
             for tag, group in by_tag.items()
         ]
         gives_back: list[_ScriptCall] = [
-            ("undo", [marker, *counters], [CALL_MEMORY_S]) for marker, counters in undos
+            ("undo", [marker, *counters, *overrides], [CALL_MEMORY_S, *fields])
+            for marker, counters, overrides, fields in undos
         ]
         await self._run([*settles, *gives_back])
         if landed_whole:
@@ -538,6 +582,37 @@ class QuotaStore:
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+
+
+# A settlement change as spooled: (tag, counter, delta, ttl), then (overrides hash,
+# generation field, generation) if it belongs to a generation. Records spooled by a
+# version without generations hold the first four only, and apply as they did then.
+_RawChange = tuple[Any, ...]
+
+
+def _settle_call(marker: str, landed: str, group: list[_RawChange]) -> _ScriptCall:
+    """One subject's settle script call (quota_settle.lua). Its changes share one
+    overrides hash (the subject's); without generations the marker stands in for it,
+    never read."""
+    overrides = next((str(change[4]) for change in group if len(change) > 4), marker)
+    args: list[Any] = [BATCH_MEMORY_S]
+    for change in group:
+        field, generation = (change[5], change[6]) if len(change) > 4 else ("", "")
+        args += [int(change[2]), int(change[3]), field, generation]
+    return "settle", [marker, landed, overrides, *(str(change[1]) for change in group)], args
+
+
+def _spooled_undo(entry: list[Any]) -> _Undo:
+    """A give-back as spooled; one without generations (an older version's record)
+    gives back whatever the generation, as it did then."""
+    marker, counters, *rest = entry
+    overrides, fields = rest if rest else ([], [])
+    return (
+        str(marker),
+        [str(key) for key in counters],
+        [str(key) for key in overrides],
+        [str(field) for field in fields],
+    )
 
 
 def _holds_longer(limit: Limit, other: Limit) -> bool:

@@ -7,12 +7,14 @@
 -- answer was lost can be given back (quota_undo.lua); 'x' once given back. Then
 -- two keys per limit: its counter, then its subject's overrides hash (limits set
 -- at run time).
--- ARGV[1]: seconds to keep the marker. Then six values per limit: limit, cost,
--- ttl seconds, enforce (1|0), kind (r|t), override field.
+-- ARGV[1]: seconds to keep the marker. Then seven values per limit: limit, cost,
+-- ttl seconds, enforce (1|0), kind (r|t), override field, reset generation field
+-- (in the overrides hash: how many times an operator reset the counter).
 --   r (requests): admitted while used + cost <= limit; reserves cost.
 --   t (tokens):   admitted while something remains; reserves min(cost, what remains).
--- Returns {1, reserved_1, used_1, limit_1, ...} when admitted (used = after
--- reserving), or {0, index, used, limit} naming the first enforced limit that
+-- Returns {1, reserved_1, used_1, limit_1, ..., generation_1, ...} when admitted
+-- (used = after reserving; the generations, after the three values of every limit,
+-- let a settlement skip a counter reset since), or {0, index, used, limit} naming the first enforced limit that
 -- refused; nothing is written then. Returns {-1}, writing nothing, when the call
 -- was given back before it arrived.
 local earlier = redis.call('GET', KEYS[1])
@@ -26,16 +28,17 @@ elseif earlier then
   return again
 end
 local n = (#KEYS - 1) / 2
-local used, limits = {}, {}
+local used, limits, generations = {}, {}, {}
 for i = 1, n do
-  local base = 1 + (i - 1) * 6
+  local base = 1 + (i - 1) * 7
   local counter, overrides = KEYS[i * 2], KEYS[i * 2 + 1]
   local limit = tonumber(ARGV[base + 1])
-  local override = redis.call('HGET', overrides, ARGV[base + 6])
-  if override then
-    limit = tonumber(override)
+  local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
+  if set[1] then
+    limit = tonumber(set[1])
   end
   limits[i] = limit
+  generations[i] = tonumber(set[2] or '0')
   local cost = tonumber(ARGV[base + 2])
   local kind = ARGV[base + 5]
   local current = tonumber(redis.call('GET', counter) or '0')
@@ -48,7 +51,7 @@ for i = 1, n do
 end
 local result = {1}
 for i = 1, n do
-  local base = 1 + (i - 1) * 6
+  local base = 1 + (i - 1) * 7
   local counter = KEYS[i * 2]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
@@ -62,6 +65,9 @@ for i = 1, n do
   result[#result + 1] = reserve
   result[#result + 1] = after
   result[#result + 1] = limits[i]
+end
+for i = 1, n do
+  result[#result + 1] = generations[i]
 end
 redis.call('SET', KEYS[1], table.concat(result, ',', 2), 'EX', ARGV[1])
 return result

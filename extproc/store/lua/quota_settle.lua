@@ -2,8 +2,14 @@
 -- or release them, once per batch id.
 -- KEYS[1]: the batch marker (same hash tag as the counters); KEYS[2]: the marker of
 -- an earlier batch of the same writer that can no longer come back, to delete
--- (KEYS[1] again when there is none); KEYS[3..]: counters.
--- ARGV[1]: seconds to remember the batch; then delta and ttl per counter.
+-- (KEYS[1] again when there is none); KEYS[3]: the subject's overrides hash, where
+-- each limit's reset generation is (KEYS[1] when no change names a generation);
+-- KEYS[4..]: counters.
+-- ARGV[1]: seconds to remember the batch; then per counter: delta, ttl, generation
+-- field and the generation the change belongs to (both '' for a change that applies
+-- whatever the generation: an operator's, or one spooled by an older version).
+-- A change whose generation is no longer the limit's is skipped: an operator reset
+-- the counter after the reservation was made, and what was reserved went with it.
 -- Only a batch that may still be replayed needs its marker: without the deletion,
 -- a writer settling every few milliseconds left one marker per batch and subject
 -- for the whole memory time (millions of keys a week).
@@ -13,10 +19,17 @@ end
 if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) == false then
   return 0
 end
-for i = 3, #KEYS do
-  local delta = tonumber(ARGV[(i - 3) * 2 + 2])
-  local ttl = tonumber(ARGV[(i - 3) * 2 + 3])
-  if delta ~= 0 then
+for i = 4, #KEYS do
+  local base = (i - 4) * 4 + 2
+  local delta = tonumber(ARGV[base])
+  local ttl = tonumber(ARGV[base + 1])
+  local field = ARGV[base + 2]
+  local current = delta ~= 0
+  if current and field ~= '' then
+    local generation = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+    current = generation == tonumber(ARGV[base + 3])
+  end
+  if current then
     local after = redis.call('INCRBY', KEYS[i], delta)
     if after < 0 then
       redis.call('SET', KEYS[i], 0, 'KEEPTTL')

@@ -2,9 +2,14 @@
 -- never learnt its answer (the connection broke or timed out after sending it):
 -- it may have run or not. Once: the marker is then 'x', so a replay gives back
 -- nothing more and the call, should it arrive late, reserves nothing.
--- KEYS[1]: the call's marker (its answer: reserved, used, limit per counter);
--- KEYS[2..]: its counters, in the order it reserved them.
--- ARGV[1]: seconds to keep the marker.
+-- KEYS[1]: the call's marker (its answer: reserved, used, limit per counter, then
+-- each counter's reset generation); KEYS[2..n+1]: its counters, in the order it
+-- reserved them; KEYS[n+2..2n+1]: each counter's overrides hash.
+-- ARGV[1]: seconds to keep the marker; ARGV[2..n+1]: each counter's generation field.
+-- A counter an operator reset since the call ran is not given back: what the call
+-- reserved went with the reset. Without generation fields (a give-back spooled by
+-- an older version: KEYS are the marker and counters only), or with a marker
+-- written by an older version (no generations in it), every counter is given back.
 local answer = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
 if not answer or answer == 'x' then
@@ -14,12 +19,22 @@ local values = {}
 for value in string.gmatch(answer, '[^,]+') do
   values[#values + 1] = tonumber(value)
 end
-for i = 2, #KEYS do
-  local reserved = values[(i - 2) * 3 + 1]
+local n = #KEYS - 1
+if #ARGV > 1 then
+  n = #ARGV - 1
+end
+for i = 1, n do
+  local counter = KEYS[1 + i]
+  local reserved = values[(i - 1) * 3 + 1]
+  local seen = values[n * 3 + i]
+  local current = true
+  if #ARGV > 1 and seen then
+    current = tonumber(redis.call('HGET', KEYS[1 + n + i], ARGV[1 + i]) or '0') == seen
+  end
   -- A counter whose window ended (and expired) has nothing left to give back.
-  if reserved ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then
-    if redis.call('DECRBY', KEYS[i], reserved) < 0 then
-      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+  if current and reserved ~= 0 and redis.call('EXISTS', counter) == 1 then
+    if redis.call('DECRBY', counter, reserved) < 0 then
+      redis.call('SET', counter, 0, 'KEEPTTL')
     end
   end
 end
