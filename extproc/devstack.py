@@ -298,8 +298,8 @@ Try it:
   curl -s {base}/bedrock/haiku/chat/completions -H 'authorization: Bearer team1-key' \\
        -H 'content-type: application/json' -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
   # ... or by virtual host: the same path, Anthropic behind anthropic.gateway.local
-  curl -s {base}/v1/chat/completions -H 'host: anthropic.gateway.local' \
-       -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \
+  curl -s {base}/v1/chat/completions -H 'host: anthropic.gateway.local' \\
+       -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \\
        -d '{{"model":"claude-3-5-haiku-latest","messages":[{{"role":"user","content":"Hi"}}]}}'
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
