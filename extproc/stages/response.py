@@ -14,6 +14,7 @@ provider reported and estimates the rest, and it is priced after that, not here.
 
 from __future__ import annotations
 
+import re
 import time
 
 from extproc import headers
@@ -112,15 +113,25 @@ def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> boo
 
 
 # What a stream's client reads last, by the API it speaks, at the start of a line:
-# generated text cannot fake it (JSON escapes newlines).
-_ENDS = {"openai": b"\ndata: [DONE]", "anthropic": b"\nevent: message_stop"}
+# generated text cannot fake it (JSON escapes line ends). SSE ends a line with CR, LF
+# or CRLF and lets a field's value go without its leading space.
+_ENDS = {
+    "openai": (b"[DONE]", re.compile(rb"[\r\n]data: ?\[DONE\]")),
+    "anthropic": (b"message_stop", re.compile(rb"[\r\n]event: ?message_stop")),
+}
+# What is kept of what was sent, so a marker split over two chunks counts: one byte
+# short of the longest marker, which therefore never lies whole in it.
+_CARRY = len(b"\nevent: message_stop") - 1
 
 
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
     if ctx.response_status >= 400 or not sent:
         return False
-    marker = _ENDS[ctx.error_shape]
-    # With the tail of what was sent before: a marker split over two chunks counts.
-    seen = ctx.stream_end_carry + sent
-    ctx.stream_end_carry = seen[1 - len(marker) :]
-    return marker in seen
+    carry = ctx.stream_end_carry
+    seen = carry + sent
+    ctx.stream_end_carry = seen[-_CARRY:]
+    word, marker = _ENDS[ctx.error_shape]
+    if word not in seen:
+        return False  # most chunks: a plain search, no regular expression
+    # Only a marker that reaches into the new bytes: one inside the carry was seen before.
+    return any(found.end() > len(carry) for found in marker.finditer(seen))

@@ -22,12 +22,12 @@ import orjson
 from extproc.context import Usage
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import BufferedBodyReader, StreamFailure
+from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
 # its quotes, so text deltas that merely mention the name (escaped as \"message_delta\")
 # are skipped too.
 _USAGE_EVENT = re.compile(rb'"(?:message_start|message_delta|error)"')
-_EVENT_END = b"\n\n"
 
 
 def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
@@ -120,33 +120,19 @@ class EventStreamReader:
         self.failure: StreamFailure | None = None
         self._input = _InputTokens()
         self._output: int | None = None
-        # The start of an event whose end has not arrived yet.
-        self._pending = b""
+        self._events = EventBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        data = self._pending + chunk if self._pending else chunk
-        if b"\r" in data:
-            # A "\r" ending the chunk stays pending and meets its "\n" in the next one.
-            data = data.replace(b"\r\n", b"\n")
-        if end_of_stream:
-            complete, self._pending = data, b""
-        else:
-            cut = data.rfind(_EVENT_END)
-            if cut < 0:
-                self._pending = data
-                return None
-            complete, self._pending = data[:cut], data[cut + 2 :]
+        complete = self._events.whole_events(chunk, end_of_stream)
         if _USAGE_EVENT.search(complete):
-            for event in complete.split(_EVENT_END):
+            for event in complete.split(EVENT_END):
                 if _USAGE_EVENT.search(event):
                     self._read_event(event)
         return None
 
     def _read_event(self, event: bytes) -> None:
-        # SSE lets one event's data span several lines, joined with newlines.
-        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
         try:
-            parsed = orjson.loads(data)
+            parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
             return
         if not isinstance(parsed, dict):

@@ -46,6 +46,7 @@ from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.anthropic_anthropic import input_tokens_from_object, usage_from_object
 from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import StreamFailure
+from extproc.translators.sse import EventBuffer
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -177,7 +178,7 @@ class StreamTranslator:
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         # The start of an event whose blank line has not arrived yet.
-        self._pending = b""
+        self._events = EventBuffer()
         self._done = False
         self._finished = False
         # Anthropic block index -> the tool call's index in OpenAI's tool_calls.
@@ -190,18 +191,9 @@ class StreamTranslator:
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._done:
             return b""  # whatever follows message_stop or a failure is not shown
-        data = self._pending + chunk if self._pending else chunk
-        if b"\r" in data:
-            # A "\r" ending the chunk stays pending and meets its "\n" in the next one.
-            data = data.replace(b"\r\n", b"\n")
-        if end_of_stream:
-            complete, self._pending = data, b""
-        else:
-            cut = data.rfind(_EVENT_END)
-            if cut < 0:
-                self._pending = data
-                return b""
-            complete, self._pending = data[:cut], data[cut + 2 :]
+        complete = self._events.whole_events(chunk, end_of_stream)
+        if not complete and not end_of_stream:
+            return b""  # an event still arriving
         out: list[bytes] = []
         for event in complete.split(_EVENT_END):
             if self._done:

@@ -18,12 +18,12 @@ import orjson
 
 from extproc.context import Usage
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
+from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 
 # Only events that carry a usage or an error object are parsed; the rest pass
 # untouched, which keeps a long stream cheap. Generated text cannot fake either:
 # its quotes are escaped.
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
-_EVENT_END = b"\n\n"
 
 
 def prepare_request(
@@ -93,58 +93,43 @@ class ChunkStreamReader:
         # Set when the provider sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
         self._hide = hide_usage_chunk
-        self._pending = b""
+        self._events = EventBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        data = self._pending + chunk if self._pending else chunk
-        if b"\r\n" in data:
-            data = data.replace(b"\r\n", b"\n")
-        cut = data.rfind(_EVENT_END)
-        if end_of_stream:
-            complete, self._pending = data, b""
-        elif cut < 0:
-            complete, self._pending = b"", data
-        elif cut + 2 == len(data):
-            complete, self._pending = data, b""  # whole events only: nothing held back
-        else:
-            complete, self._pending = data[: cut + 2], data[cut + 2 :]
+        complete = self._events.whole_events(chunk, end_of_stream)
         if not _USAGE_OR_ERROR.search(complete):
-            if not self._hide or complete is data is chunk:
+            if not self._hide or complete is chunk:
                 return None  # Envoy forwards the chunk as it came: no body mutation
             return complete
         kept: list[bytes] = []
-        for event in complete.split(_EVENT_END):
+        for event in complete.split(EVENT_END):
             if not event.strip():
                 continue
             if _USAGE_OR_ERROR.search(event) and self._read_usage(event) and self._hide:
                 continue
-            kept.append(event + _EVENT_END)
+            kept.append(event + EVENT_END)
         return b"".join(kept) if self._hide else None
 
     def _read_usage(self, event: bytes) -> bool:
         """Take usage (or the provider's error) from one event; True when the event is a
         usage-only chunk."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                parsed = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return False
-            if not isinstance(parsed, dict):
-                return False
-            if isinstance(parsed.get("error"), dict):
-                self._provider_failed(parsed["error"])
-                return False
-            usage = usage_from_object(parsed.get("usage"))
-            if usage is None:
-                return False
-            self.usage = usage
-            model = parsed.get("model")
-            if isinstance(model, str):
-                self.response_model = model
-            return parsed.get("choices") == []
-        return False
+        try:
+            parsed = orjson.loads(event_data(event))
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(parsed, dict):
+            return False
+        if isinstance(parsed.get("error"), dict):
+            self._provider_failed(parsed["error"])
+            return False
+        usage = usage_from_object(parsed.get("usage"))
+        if usage is None:
+            return False
+        self.usage = usage
+        model = parsed.get("model")
+        if isinstance(model, str):
+            self.response_model = model
+        return parsed.get("choices") == []
 
     def _provider_failed(self, error: dict[str, Any]) -> None:
         if self.failure is not None:
