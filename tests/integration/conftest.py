@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import LocalStack, Ports
+from tests.integration.otlp_receiver import OtlpReceiver
 
 # Every stack started in this session; their logs are checked against the schema at the end.
 STARTED: list[LocalStack] = []
@@ -158,3 +159,28 @@ def usage_rows(stack: LocalStack, by: str) -> dict[str, dict[str, Any]]:
     )  # fmt: skip
     rows: list[dict[str, Any]] = orjson.loads(result.stdout)["rows"]
     return {row[dimension]: row for row in rows}
+
+
+def readable_places(stack: LocalStack, collector: OtlpReceiver, shown: list[str]) -> dict[str, str]:
+    """Every place an operator or a client can read, by name; ``shown``: what clients and
+    the CLI were shown (error bodies, management output)."""
+    workdir = stack.workdir
+
+    def read(path: Path) -> str:
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    admin = stack.envoy_admin_url
+    return {
+        "gateway request log": read(stack.gateway_log),
+        "request log file": read(workdir / "requests.log"),
+        "traces": "\n".join(repr(span) for span in collector.spans),
+        "gateway stderr": read(workdir / "gateway.err"),
+        "envoy access log": read(stack.envoy_access_log),
+        "envoy stderr": read(workdir / "envoy.err"),
+        "metrics page": httpx.get(stack.metrics_url).text,
+        "envoy stats": httpx.get(f"{admin}/stats").text,
+        "envoy clusters": httpx.get(f"{admin}/clusters").text,
+        "envoy config dump": httpx.get(f"{admin}/config_dump").text,
+        "rendered bootstrap": read(workdir / "envoy.yaml"),
+        "error bodies and management output": "\n".join(shown),
+    }

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -29,7 +28,7 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, scrape, wait_for
+from tests.integration.conftest import GatewayLog, readable_places, running_stack, scrape, wait_for
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 
 PROVIDER_KEY = "sk-provider-7d1c0e5a9b3f4e21"
@@ -248,36 +247,13 @@ def _reloaded(stack: LocalStack, result: str) -> bool:
     )
 
 
-def readable_places(stack: LocalStack, collector: OtlpReceiver) -> dict[str, str]:
-    workdir = stack.workdir
-
-    def read(path: Path) -> str:
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    admin = stack.envoy_admin_url
-    return {
-        "gateway request log": read(stack.gateway_log),
-        "request log file": read(workdir / "requests.log"),
-        "traces": "\n".join(repr(span) for span in collector.spans),
-        "gateway stderr": read(workdir / "gateway.err"),
-        "envoy access log": read(stack.envoy_access_log),
-        "envoy stderr": read(workdir / "envoy.err"),
-        "metrics page": httpx.get(stack.metrics_url).text,
-        "envoy stats": httpx.get(f"{admin}/stats").text,
-        "envoy clusters": httpx.get(f"{admin}/clusters").text,
-        "envoy config dump": httpx.get(f"{admin}/config_dump").text,
-        "rendered bootstrap": read(workdir / "envoy.yaml"),
-        "error bodies and management output": "\n".join(SHOWN),
-    }
-
-
 def test_no_secret_appears_anywhere_after_every_flow(
     stack: LocalStack, collector: OtlpReceiver
 ) -> None:
     drive_every_flow(stack)
     time.sleep(0.5)  # the last log lines are written after the answers
     assert wait_for(lambda: len(collector.spans) >= 20, 30), "Envoy exported no spans"
-    places = readable_places(stack, collector)
+    places = readable_places(stack, collector, SHOWN)
     assert places["request log file"]
     assert "team1" in places["traces"]  # spans carry the identity, as ids
     assert GatewayLog(stack.gateway_log).lines(), "the flows wrote no log line"

@@ -37,7 +37,7 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
 from extproc.store.embedded import free_port
-from tests.integration.conftest import STARTED, GatewayLog, mock_requests, wait_for
+from tests.integration.conftest import STARTED, GatewayLog, mock_requests, readable_places, wait_for
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 
 PROVIDER_KEY = "Zq4vPROVIDERkey-openai-7d1c0e5aW9x3"
@@ -537,27 +537,6 @@ def drive_jwt_flows(stack: LocalStack) -> str:
     return answer.headers["x-request-id"]
 
 
-def readable_places(stack: LocalStack, collector: OtlpReceiver) -> dict[str, str]:
-    workdir = stack.workdir
-
-    def read(path: Path) -> str:
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    admin = stack.envoy_admin_url
-    return {
-        "gateway request log": read(stack.gateway_log),
-        "request log file": read(workdir / "requests.log"),
-        "gateway stderr (DEBUG)": read(workdir / "gateway.err"),
-        "traces": "\n".join(repr(span) for span in collector.spans),
-        "envoy access log": read(stack.envoy_access_log),
-        "envoy stderr": read(workdir / "envoy.err"),
-        "metrics page": httpx.get(stack.metrics_url).text,
-        "envoy stats": httpx.get(f"{admin}/stats").text,
-        "envoy config dump": httpx.get(f"{admin}/config_dump").text,
-        "error bodies and management output": "\n".join(SHOWN),
-    }
-
-
 def test_zz_no_secret_nor_a_fragment_of_one_anywhere(
     stack: LocalStack, collector: OtlpReceiver
 ) -> None:
@@ -566,9 +545,9 @@ def test_zz_no_secret_nor_a_fragment_of_one_anywhere(
     # Envoy writes its access log and exports spans a little after the answers.
     assert wait_for(lambda: last in stack.envoy_access_log.read_text(), 30)
     assert wait_for(lambda: any(last in repr(span) for span in collector.spans), 30)
-    places = readable_places(stack, collector)
+    places = readable_places(stack, collector, SHOWN)
     # The control: the diagnostic log ran at DEBUG (the verifier's refusals show there).
-    assert "JWT from provider sso refused" in places["gateway stderr (DEBUG)"]
+    assert "JWT from provider sso refused" in places["gateway stderr"]
     assert "team1" in places["traces"]
     looked_for: dict[str, str] = {}
     for secret in DISTINCT:
