@@ -10,7 +10,10 @@ clocks still agree on window boundaries without a TIME call per request.
 Every reserve call carries an id: the script records what the call reserved
 under it (for ``CALL_MEMORY_S``), so a call whose answer never came (a
 connection cut, a timeout) is given back by its id, exactly, whether it ran or
-not, and a call that arrives after that reserves nothing. On a Redis Cluster,
+not, and a call that arrives after that reserves nothing. Round trips go out
+once, on one connection (``extproc/store/cluster_calls.py``), on a single
+server as on each node of a cluster: a call the store never saw (a refused
+connection) is told apart from one sent without an answer. On a Redis Cluster,
 each node gets its own pipeline and its own queue of reservations
 (``extproc/store/cluster_calls.py``): a node that is down fails only the calls
 it holds, never the others' answers, and holds up no request that has no
@@ -38,10 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from extproc.quota.rules import Limit
-from extproc.store.cluster_calls import ClusterCalls, ReplyLostError
+from extproc.store.cluster_calls import ClusterCalls, ReplyLostError, send_once
 from extproc.store.coalescing import CoalescingCaller
 from extproc.store.scripts import script_source
 from extproc.store.spool import Spool
@@ -549,9 +552,9 @@ class QuotaStore:
         return results
 
     async def _send(self, calls: list[_ScriptCall], with_text: bool = False) -> list[Any]:
-        """One round trip; a call's error reply is its result. On a cluster every call
-        answers for itself (``cluster_calls``); on one server a connection error fails
-        the round trip."""
+        """One round trip, sent once; every call answers for itself (``cluster_calls``):
+        an error reply, ``NotSentError`` (nothing ran) or ``ReplyLostError`` (sent, no
+        answer: it may have run) is its result."""
         scripts = self._scripts.sources if with_text else self._scripts.shas
         verb = "EVAL" if with_text else "EVALSHA"
         commands = [(verb, scripts[name], len(keys), *keys, *args) for name, keys, args in calls]
@@ -559,16 +562,9 @@ class QuotaStore:
             return await self._nodes.send(
                 [(keys[0], command) for (_, keys, _), command in zip(calls, commands, strict=True)]
             )
-        if len(commands) == 1:
-            # One call: a plain command, without a pipeline's overhead.
-            try:
-                return [await self._client.execute_command(*commands[0])]
-            except ResponseError as error:
-                return [error]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
+        # One server, one connection: a round trip cut after the write is told apart from
+        # one that never left, so the reservations it may have made are given back.
+        return await send_once(self._client.connection_pool, commands)
 
     async def close(self) -> None:
         await asyncio.gather(

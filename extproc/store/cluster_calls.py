@@ -1,4 +1,5 @@
-"""Commands to a Redis Cluster as one pipeline per node, sent once, each answering for itself.
+"""Store commands sent once, each answering for itself: one pipeline per node of a Redis
+Cluster, or one to a single server.
 
 redis-py's ``ClusterPipeline`` is built for commands that may safely run twice.
 When one node cannot be reached it closes every connection of the client
@@ -22,6 +23,12 @@ TRYAGAIN: nothing ran) are sent again through the client, which follows the
 redirection and updates its map of the slots. After a node failed, the map is
 read again in the background (at most once a second), so that a failover to a
 replica is picked up.
+
+``send_once`` does the same for a single server (or Sentinel's primary): one
+pipeline on one connection of the client's pool, the same answers. redis-py's
+own pipeline raises one error for the whole round trip, whether the connection
+was refused (nothing ran) or broke after the write (everything may have run),
+so a caller could not tell which reservations to give back.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import time
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import (
     AskError,
     MovedError,
@@ -147,6 +155,21 @@ class ClusterCalls:
             await asyncio.gather(self._map_refresh, return_exceptions=True)
 
 
+async def send_once(pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Each command's answer from a single server, sent once in one write on one of
+    ``pool``'s connections (see the module's docstring)."""
+    try:
+        # Connects (or reconnects a connection the server closed) before anything is
+        # written: a failure here means the server never saw the commands.
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    except (RedisError, OSError) as error:
+        return [NotSentError(f"store: {type(error).__name__}")] * len(commands)
+    try:
+        return await _exchange(connection, "store", commands)
+    finally:
+        await pool.release(connection)
+
+
 async def _pipeline_once(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` to ``node`` in one write and read each answer; raises
     ``NotSentError`` when no connection could be made."""
@@ -164,25 +187,44 @@ async def _pipeline_once(node: ClusterNode, commands: list[tuple[Any, ...]]) -> 
             await connection.connect()  # type: ignore[no-untyped-call]  # no-op when connected
         except (RedisError, OSError) as error:
             raise NotSentError(f"{node.name}: {type(error).__name__}") from error
-        try:
-            await connection.send_packed_command(
-                connection.pack_commands(commands), check_health=False
-            )
-        except (RedisError, OSError) as error:
-            # The write failed part-way: some commands may have reached the node.
-            return [ReplyLostError(f"{node.name}: {type(error).__name__}")] * len(commands)
-        answers: list[Any] = []
-        for _ in commands:
-            if answers and isinstance(answers[-1], ReplyLostError):
-                # The connection is gone (redis-py closed it): no more answers on it.
-                answers.append(answers[-1])
-                continue
-            try:
-                answers.append(await connection.read_response())
-            except ResponseError as error:
-                answers.append(error)
-            except (RedisError, OSError) as error:
-                answers.append(ReplyLostError(f"{node.name}: {type(error).__name__}"))
-        return answers
+        return await _exchange(connection, node.name, commands)
     finally:
         node.release(connection)
+
+
+async def _exchange(
+    connection: AbstractConnection, name: str, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Write ``commands`` on a connected ``connection`` at once and read each answer:
+    an error reply is its command's result, and so is ``ReplyLostError`` for each
+    command whose answer the broken (or timed out) connection did not bring."""
+    try:
+        return await _write_and_read(connection, name, commands)
+    except BaseException:
+        # Cancelled part-way (shutdown): answers still on their way would be read as
+        # the next round trip's on this connection, so it is closed, not reused.
+        await connection.disconnect(nowait=True)
+        raise
+
+
+async def _write_and_read(
+    connection: AbstractConnection, name: str, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    except (RedisError, OSError) as error:
+        # The write failed part-way: some commands may have reached the server.
+        return [ReplyLostError(f"{name}: {type(error).__name__}")] * len(commands)
+    answers: list[Any] = []
+    for _ in commands:
+        if answers and isinstance(answers[-1], ReplyLostError):
+            # The connection is gone (redis-py closed it): no more answers on it.
+            answers.append(answers[-1])
+            continue
+        try:
+            answers.append(await connection.read_response())
+        except ResponseError as error:
+            answers.append(error)
+        except (RedisError, OSError) as error:
+            answers.append(ReplyLostError(f"{name}: {type(error).__name__}"))
+    return answers

@@ -30,7 +30,7 @@ from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.store.connection import StoreClient, connect
 from extproc.store.spool import Spool
-from tests.integration.valkey_cluster import HOST, ValkeyCluster
+from tests.integration.valkey_cluster import HOST, ReplyCutter, ValkeyCluster
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -190,53 +190,6 @@ async def test_a_frozen_node_that_wakes_up_reserves_nothing_for_requests_that_ga
     assert isinstance(failed, Exception)
     assert await counters(client, found) == [100, 100, 100]
     assert Spool(tmp_path, "quota").pending() == 0
-
-
-class ReplyCutter:
-    """A TCP relay in front of one node that, once armed, closes the client's connection
-    as the node's next answer arrives: the node ran the command, the client never learns
-    what it answered (a connection cut at the wrong moment)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.armed = False
-        self.cut = 0
-        self._server: asyncio.Server | None = None
-        self._ends: list[asyncio.StreamWriter] = []
-        self._relays: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._relay, HOST, 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        for end in self._ends:
-            end.close()  # each relay then reads the end of its stream and stops
-        await asyncio.gather(*self._relays, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        relay = asyncio.current_task()
-        assert relay is not None
-        self._relays.add(relay)
-        node_reader, node_writer = await asyncio.open_connection(HOST, self.target_port)
-        self._ends += [writer, node_writer]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    if answers and self.armed:
-                        self.armed = False
-                        self.cut += 1
-                        break
-                    dst.write(data)
-                    await dst.drain()
-            for end in (writer, node_writer):
-                end.close()
-
-        await asyncio.gather(pipe(reader, node_writer, False), pipe(node_reader, writer, True))
 
 
 async def test_a_reservation_whose_answer_was_cut_off_is_given_back(
