@@ -13,7 +13,8 @@ The builtins (why each rule):
 
 - ``CREDIT_CARD``: 13 to 19 digits, optionally grouped by single spaces or
   dashes, passing the Luhn check. A run of digit groups is tried window by
-  window (whole groups only), so a card next to another number is still found.
+  window (whole groups only), so a card next to another number is still found,
+  even when that number touches a letter (``order A1 4111 ...``).
 - ``SSN``: ``AAA-GG-SSSS`` or ``AAA GG SSSS`` with the SSA's never-issued
   values excluded (area 000, 666, 900-999; group 00; serial 0000). Nine digits
   in a row are not taken for an SSN: too many other numbers look like that.
@@ -102,8 +103,6 @@ class CardDetector(Detector):
     def find(self, text: str) -> Iterator[Span]:
         for match in self._regex.finditer(text):
             run_start, run_end = match.span()
-            if not _alone(text, run_start, run_end):
-                continue
             yield from _card_windows(text, run_start, run_end, self.label)
 
 
@@ -116,11 +115,15 @@ def _card_windows(text: str, start: int, end: int, label: str) -> Iterator[Span]
             group_end += 1
         groups.append((position, group_end))
         position = group_end + 1  # past the separator
-    first = 0
-    while first < len(groups):
+    # "Stands alone" is a property of the card, not of the run: in "order A1 4111 ...",
+    # only the group "1" touches a letter, and the card after it stands alone. Checking
+    # the whole run let a code ending in a digit hide the card next to it.
+    first = 1 if start > 0 and text[start - 1].isalnum() else 0
+    usable = len(groups) - 1 if end < len(text) and text[end].isalnum() else len(groups)
+    while first < usable:
         digits = ""
         found = None
-        for last in range(first, len(groups)):
+        for last in range(first, usable):
             digits += text[groups[last][0] : groups[last][1]]
             if len(digits) > 19:
                 break
@@ -250,13 +253,25 @@ def literals(words: tuple[str, ...], label: str, *, case_insensitive: bool) -> D
     source = "|".join(re2.escape(word) for word in ordered)
     regex = re2.compile(source, _options(case_insensitive))
     chars = {c for word in ordered for c in word}
-    if case_insensitive:
-        chars |= {c.swapcase() for c in chars}
-    return Detector(regex, label, max(len(w) for w in ordered), _char_class(chars))
+    return Detector(
+        regex, label, max(len(w) for w in ordered), _char_class(chars, case_insensitive)
+    )
 
 
-def _char_class(chars: set[str]) -> re.Pattern[str]:
-    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + "]")
+def _char_class(chars: set[str], case_insensitive: bool) -> re.Pattern[str]:
+    source = "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
+    return re.compile(source, _fold(case_insensitive))
+
+
+def _fold(case_insensitive: bool) -> re.RegexFlag:
+    """The flag a stream's character set needs to hold back what RE2 matches.
+
+    RE2 ignores case by Unicode case folding, so "k" also matches the Kelvin sign and
+    "s" the long s; ``str.swapcase`` knows neither, and a stream let such a spelling
+    of a masked word out when a chunk ended inside it. Python's ``re.IGNORECASE``
+    folds at least as widely as RE2 (checked over every code point).
+    """
+    return re.IGNORECASE if case_insensitive else re.NOFLAG
 
 
 def extent(source: str, *, case_insensitive: bool, cap: int) -> tuple[int, re.Pattern[str] | None]:
@@ -279,16 +294,12 @@ def extent(source: str, *, case_insensitive: bool, cap: int) -> tuple[int, re.Pa
         return max_len, None
     if not items:
         return max_len, None
-    if case_insensitive or "(?i" in source:
-        items = [*items, *(_swap_item(item) for item in items)]
+    # An inline (?i) anywhere may fold any part: fold the whole set (holding more is safe).
+    flags = _fold(case_insensitive or "(?i" in source)
     try:
-        return max_len, re.compile("[" + "".join(items) + "]")
+        return max_len, re.compile("[" + "".join(items) + "]", flags)
     except re.error:
         return max_len, None
-
-
-def _swap_item(item: str) -> str:
-    return item.swapcase() if item[:1] != "\\" else item
 
 
 def _collect(parsed: Any, items: list[str]) -> bool:

@@ -5,11 +5,19 @@ configured roles as ``input`` (an array: one result per text). A category is
 violated when its score reaches its threshold; a category without one is
 violated when ``default_threshold`` is set and reached, else when the
 provider flags it. The refusal names the violated categories, never the text.
+
+A 429 is the service's own rate limit: the error carries when it says to retry
+(``retry-after-ms`` or ``retry-after``, seconds or an HTTP date), so a guard that
+fails closed can tell the client the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +28,23 @@ from extproc.config.guard_model import ModerationConfig
 from extproc.guardrails.webhook import SessionHolder
 
 MAX_ANSWER_BYTES = 4 << 20
+# When a rate-limited service does not say when to retry: a short wait, as the SDKs'
+# own backoff would make, rather than no hint at all.
+DEFAULT_RETRY_AFTER_S = 1
+# A value past a day is a broken header, not a plan.
+MAX_RETRY_AFTER_S = 86_400
 
 
 class ModerationError(Exception):
-    """No usable verdict (error status, bad answer, timeout); the message names why."""
+    """No usable verdict (error status, bad answer, timeout); the message names why.
+
+    ``retry_after`` (whole seconds) is set when the service refused for its own rate
+    limit (HTTP 429), and None otherwise.
+    """
+
+    def __init__(self, why: str, *, retry_after: int | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
 
 
 class ModerationClient:
@@ -54,6 +75,9 @@ class ModerationClient:
         try:
             async with asyncio.timeout(self._timeout):
                 async with session.post(self._url, data=payload, headers=self._headers) as reply:
+                    if reply.status == 429:
+                        wait = retry_after_seconds(reply.headers)
+                        raise ModerationError("answered HTTP 429", retry_after=wait)
                     if reply.status != 200:
                         raise ModerationError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:
@@ -94,3 +118,44 @@ class ModerationClient:
             elif threshold is None and flags.get(category) is True:
                 violated.append(category)
         return violated
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> int:
+    """When a rate-limited service says to retry, in whole seconds (1 to a day).
+
+    OpenAI's finer ``retry-after-ms`` first, then ``retry-after`` as seconds or as an
+    HTTP date; rounded up, since retrying a little early only earns another 429.
+    """
+    wait = _number(headers.get("retry-after-ms"))
+    if wait is not None:
+        wait /= 1000.0
+    else:
+        value = headers.get("retry-after")
+        wait = _number(value)
+        if wait is None:
+            wait = _until(value, now or datetime.now(UTC))
+    if wait is None:
+        return DEFAULT_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait)))
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _until(value: str | None, now: datetime) -> float | None:
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=UTC)
+    return (when - now).total_seconds()

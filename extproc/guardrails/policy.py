@@ -30,8 +30,15 @@ class GuardrailRejectedError(GatewayError):
     """A guard refused the request or the answer; status and message come from config
     (or from a webhook's RejectAction)."""
 
-    def __init__(self, message: str, status: int, *, code: str = "guardrail_rejected") -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        *,
+        code: str = "guardrail_rejected",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, headers=headers)
         self.status = status
         self.error_type = _ERROR_TYPES.get(
             status, "invalid_request_error" if status < 500 else "service_unavailable"

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from extproc.backends import ANTHROPIC_APIS
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -57,18 +58,36 @@ def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:
     return GuardrailRejectedError(message, guard.status)
 
 
-def _unavailable(ctx: RequestContext, guard: GuardConfig, phase: str, why: str) -> None:
-    """A webhook or moderation call failed: pass or refuse, as the guard's endpoint says."""
+def _unavailable(
+    ctx: RequestContext, guard: GuardConfig, phase: str, why: str, retry_after: int | None = None
+) -> None:
+    """A webhook or moderation call failed: pass or refuse, as the guard's endpoint says.
+
+    ``retry_after`` is set when the service refused for its own rate limit."""
     mode = _failure_mode(ctx, guard)
     log.warning("guardrail %s (%s) failed: %s; %s", guard.name, phase, why, mode)
     if mode is FailureMode.FAIL_OPEN:
         record(ctx, guard.name, phase, "fail_open")
         return
     record(ctx, guard.name, phase, "fail_closed")
+    if retry_after is not None:
+        raise _rate_limited(guard, retry_after)
     raise GuardrailRejectedError(
         f"Guardrail '{guard.name}' is unavailable; try again shortly",
         503,
         code="guardrail_unavailable",
+    )
+
+
+def _rate_limited(guard: GuardConfig, retry_after: int) -> GuardrailRejectedError:
+    """The guard's service is rate limited: a 429 saying when to retry, as a provider's
+    own 429 reaches the client, so SDKs wait and retry rather than report an outage."""
+    return GuardrailRejectedError(
+        f"Guardrail '{guard.name}' is rate limited by its moderation service; "
+        f"try again in {retry_after} second{'' if retry_after == 1 else 's'}",
+        429,
+        code="guardrail_rate_limited",
+        headers={"retry-after": str(retry_after)},
     )
 
 
@@ -137,7 +156,7 @@ class GuardRequestStage:
             try:
                 violated = await client.violations(texts)
             except ModerationError as exc:
-                _unavailable(ctx, guard, "request", str(exc))
+                _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
                 continue
             if violated:
                 record(ctx, guard.name, "request", "reject")
@@ -192,7 +211,9 @@ def _webhook_refusal(guard: GuardConfig, body: str, status: int) -> GuardrailRej
 def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     if guards.enrichment is None or ctx.body is None:
         return
-    anthropic = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES
+    # Token counting takes a Messages body too: enriched like /v1/messages, its count is
+    # of the prompt a Messages call sends (a "system" message in `messages` is refused).
+    anthropic = ctx.route is not None and ctx.route.api in ANTHROPIC_APIS
     enrich(ctx.body, guards.enrichment, template_values(ctx), anthropic=anthropic)
     ctx.body_changed = True
 
