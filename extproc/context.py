@@ -32,6 +32,9 @@ class Usage:
     # Prompt tokens the provider wrote to its prompt cache (part of prompt_tokens):
     # Anthropic and Bedrock bill them above the input price.
     cache_write_tokens: int = 0
+    # Of cache_write_tokens, those written to Claude's 1-hour cache, billed above the
+    # 5-minute writes (2x the input price against 1.25x); the rest are 5-minute writes.
+    cache_write_1h_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {

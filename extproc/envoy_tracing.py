@@ -5,8 +5,11 @@ with ``envoy.tracers.opentelemetry`` and exports spans over OTLP/gRPC to the
 collector at ``otlp_endpoint`` (a cluster of its own). The request's span gets
 one custom tag per gateway attribute (``extproc.telemetry.span_attributes``),
 read from the dynamic metadata the gateway returns in the ``io.aigw`` namespace.
-Custom tags are applied when the span finishes, after the response has ended, so
-they see the metadata of the request's last message (usage, finish reasons).
+Custom tags are applied when the span finishes, so they see the metadata of every
+answer Envoy applied until then, merged key by key: after a whole response, that of
+its last message (usage, finish reasons); when the client hangs up or the provider
+resets mid-stream, Envoy finishes the span at once and reads no later answer, which
+is why a running stream's answers carry its usage so far (``extproc.stages.telemetry``).
 
 Envoy also passes the trace context on: upstream to the provider (``traceparent``)
 and to the gateway on its ext_proc stream, which is how the gateway's log line

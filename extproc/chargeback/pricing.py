@@ -31,12 +31,14 @@ _PER_MILLION_TO_PICO_PER_TOKEN = 10**6
 
 @dataclass(frozen=True, slots=True)
 class TokenPrices:
-    """Picodollars per token: input (uncached), cached input, output, cache writes."""
+    """Picodollars per token: input (uncached), cached input, output, cache writes
+    (5-minute, and Claude's 1-hour cache)."""
 
     input: int
     cached_input: int
     output: int
     cache_write_input: int
+    cache_write_1h_input: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,23 +69,36 @@ def token_prices(price: ModelPrice) -> TokenPrices:
         cached_input=_per_token(price.cached_input),
         output=_per_token(price.output_per_million),
         cache_write_input=_per_token(price.cache_write_input),
+        cache_write_1h_input=_per_token(price.cache_write_1h_input),
     )
 
 
 def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
     """The cost of one request's usage: prompt tokens read from the provider's cache at
-    the cached-input price, written to it at the cache-write price, the rest at the
-    input price; completion tokens at the output price."""
+    the cached-input price, written to its 1-hour cache at the 1-hour cache-write price,
+    written to it otherwise at the cache-write price, the rest at the input price;
+    completion tokens at the output price.
+
+    Each part is clamped to what the prompt has left, so a malformed report never bills
+    more prompt tokens than the prompt has, nor any twice."""
     if prices is None:
         return UNPRICED
-    cached = min(max(usage.cached_tokens, 0), usage.prompt_tokens)
-    written = min(max(usage.cache_write_tokens, 0), usage.prompt_tokens - cached)
+    cached = _part(usage.cached_tokens, usage.prompt_tokens)
+    written = _part(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    # The 1-hour part is what the provider named as such; the other writes are 5-minute.
+    written_1h = _part(usage.cache_write_1h_tokens, written)
     uncached = usage.prompt_tokens - cached - written
     return Cost(
         uncached * prices.input + cached * prices.cached_input
-        + written * prices.cache_write_input + usage.completion_tokens * prices.output,
+        + (written - written_1h) * prices.cache_write_input
+        + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output,
         True,
     )  # fmt: skip
+
+
+def _part(reported: int, available: int) -> int:
+    """A reported count of a part of the tokens, within 0 and what is left of them."""
+    return min(max(reported, 0), available)
 
 
 class PriceTable:

@@ -34,12 +34,16 @@ class ModelPrice(_Section):
     # them above the input price: 1.25x for Claude's 5-minute cache). Default: the
     # input price.
     cache_write_input_per_million: Price | None = None
+    # Prompt tokens written to Claude's 1-hour cache (2x the input price). Default: the
+    # cache-write price, so a table written before the split bills as it did.
+    cache_write_1h_input_per_million: Price | None = None
 
     @field_validator(
         "input_per_million",
         "output_per_million",
         "cached_input_per_million",
         "cache_write_input_per_million",
+        "cache_write_1h_input_per_million",
     )
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
@@ -63,6 +67,12 @@ class ModelPrice(_Section):
         if self.cache_write_input_per_million is None:
             return self.input_per_million
         return self.cache_write_input_per_million
+
+    @property
+    def cache_write_1h_input(self) -> Decimal:
+        if self.cache_write_1h_input_per_million is None:
+            return self.cache_write_input
+        return self.cache_write_1h_input_per_million
 
 
 class PricingConfig(_Section):

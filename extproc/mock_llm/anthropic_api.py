@@ -17,6 +17,13 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
 - ``/v1/messages/count_tokens`` answers ``{"input_tokens": N}``, N being the ``input_tokens``
   a Messages call with the same prompt reports; generation fields (``max_tokens``,
   ``stream``...) are refused as extra inputs, as on the real API.
+- Prompt-cache writes on request, header ``x-mock-cache-write: 5m=N;1h=M`` (the gateway
+  forwards it): N and M of the prompt tokens (at most those left after the ``cached`` fault's
+  reads, 1-hour ones first) are reported as written to the 5-minute and the 1-hour cache, as
+  Anthropic reports them: ``cache_creation_input_tokens`` (both), ``cache_creation``
+  (``ephemeral_5m_input_tokens``, ``ephemeral_1h_input_tokens``) and ``input_tokens``
+  without them. Bedrock (``bedrock_api``) takes the same header, Claude's caches being the
+  same there.
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
   tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -149,6 +156,56 @@ def fault_status_response(status: int) -> web.Response:
 
 class InvalidRequestError(Exception):
     """A request Anthropic would reject with 400 invalid_request_error."""
+
+
+CACHE_WRITE_HEADER = "x-mock-cache-write"
+# The header's keys: Claude's two cache lifetimes, as Anthropic's cache_control names them.
+_CACHE_TTLS = ("5m", "1h")
+
+
+class CacheWriteSpecError(ValueError):
+    """The ``x-mock-cache-write`` header cannot be parsed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWrites:
+    """Prompt tokens to report as written to Claude's 5-minute and 1-hour caches."""
+
+    five_minutes: int = 0
+    one_hour: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.five_minutes + self.one_hour
+
+    def within(self, available: int) -> CacheWrites:
+        """At most ``available`` tokens in all: a cache cannot hold more than the prompt."""
+        one_hour = min(self.one_hour, available)
+        return CacheWrites(min(self.five_minutes, available - one_hour), one_hour)
+
+
+NO_CACHE_WRITES = CacheWrites()
+
+
+def cache_writes(headers: Mapping[str, str]) -> CacheWrites:
+    """The writes a request asks for (``5m=N;1h=M``, either key optional), none without
+    the header; CacheWriteSpecError names a malformed pair."""
+    spec = headers.get(CACHE_WRITE_HEADER)
+    if spec is None:
+        return NO_CACHE_WRITES
+    counts = dict.fromkeys(_CACHE_TTLS, 0)
+    for raw_pair in spec.split(";"):
+        if not raw_pair.strip():
+            continue
+        key, _, value = (part.strip() for part in raw_pair.partition("="))
+        if key not in counts:
+            raise CacheWriteSpecError(
+                f"{CACHE_WRITE_HEADER}: unknown key {key!r} (known keys: 5m, 1h)"
+            )
+        if not (value.isascii() and value.isdigit()):
+            raise CacheWriteSpecError(f"{CACHE_WRITE_HEADER}: {key}={value!r} is not a count")
+        counts[key] = int(value)
+    return CacheWrites(counts["5m"], counts["1h"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +489,8 @@ class Reply:
     input_tokens: int
     # Of input_tokens, those reported as read from the cache (the `cached` fault key).
     cached_tokens: int = 0
+    # Of input_tokens, those reported as written to the caches (x-mock-cache-write).
+    cache_writes: CacheWrites = NO_CACHE_WRITES
     # The stop sequence that ended the reply, when one did.
     stop_sequence: str | None = None
     # A forced tool use answers these instead of text.
@@ -447,12 +506,25 @@ class Reply:
             return sum(len(call.pieces) for call in self.calls)
         return len(self.pieces)
 
-    def input_usage(self) -> dict[str, int]:
-        """The input side of usage: Anthropic's input_tokens excludes cache reads."""
-        usage = {"input_tokens": self.input_tokens - self.cached_tokens}
+    def input_usage(self) -> dict[str, Any]:
+        """The input side of usage: Anthropic's input_tokens excludes cache reads and writes."""
+        writes = self.cache_writes
+        usage: dict[str, Any] = {
+            "input_tokens": self.input_tokens - self.cached_tokens - writes.total
+        }
         if self.cached_tokens:
             usage["cache_read_input_tokens"] = self.cached_tokens
+        if writes.total:
+            usage["cache_creation_input_tokens"] = writes.total
+            usage["cache_creation"] = {
+                "ephemeral_5m_input_tokens": writes.five_minutes,
+                "ephemeral_1h_input_tokens": writes.one_hour,
+            }
         return usage
+
+    def writing(self, asked: CacheWrites) -> Reply:
+        """This reply reporting the cache writes asked for, within the uncached prompt."""
+        return replace(self, cache_writes=asked.within(self.input_tokens - self.cached_tokens))
 
     def blocks(self, message_id: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Each content block as it starts in a stream, with the deltas that complete it."""
@@ -605,11 +677,12 @@ class AnthropicEndpoints:
             req = parse_messages_request(body, request.headers.get(VERSION_HEADER))
         except InvalidRequestError as exc:
             return error_response(400, str(exc))
-        reply = build_reply(req, fault)
         try:
             scripted = scripted_pieces(request.headers)
-        except ScriptError as exc:
+            writes = cache_writes(request.headers)
+        except (ScriptError, CacheWriteSpecError) as exc:
             return error_response(400, str(exc))
+        reply = build_reply(req, fault).writing(writes)
         if scripted is not None:
             reply = replace(
                 reply, pieces=scripted, stop_reason="end_turn", stop_sequence=None, calls=()

@@ -33,7 +33,11 @@ Replies and token counts follow ``tokens``. In Bedrock's terms: a message's text
 ``{"text": ...}`` blocks joined with one space (other blocks count for nothing);
 ``inputTokens`` counts the system blocks, when there are any, as one more message;
 ``outputTokens`` is the number of pieces sent; ``inferenceConfig.maxTokens`` keeps the first N
-and makes ``stopReason`` "max_tokens", else "end_turn".
+and makes ``stopReason`` "max_tokens", else "end_turn". Header ``x-mock-cache-write:
+5m=N;1h=M`` (as for Anthropic, ``anthropic_api.cache_writes``) reports prompt tokens written
+to Claude's caches: ``cacheWriteInputTokens`` (both), ``cacheDetails`` (one
+``{"ttl", "inputTokens"}`` entry per lifetime written, 1h before 5m as AWS sorts them) and
+``inputTokens`` without them.
 
 Errors use AWS's REST-JSON shape: the status, ``x-amzn-errortype: <Code>:`` and
 ``{"message": ...}``; botocore raises ``ClientError`` with that code in ``Error.Code``.
@@ -61,6 +65,12 @@ from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 from multidict import CIMultiDictProxy
 
+from extproc.mock_llm.anthropic_api import (
+    NO_CACHE_WRITES,
+    CacheWrites,
+    CacheWriteSpecError,
+    cache_writes,
+)
 from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
 from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
@@ -609,31 +619,50 @@ class Reply:
     input_tokens: int
     # Of input_tokens, those reported as read from the cache (the `cached` fault key).
     cached_tokens: int = 0
+    # Of input_tokens, those reported as written to Claude's caches (x-mock-cache-write).
+    cache_writes: CacheWrites = NO_CACHE_WRITES
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         output_tokens = len(self.pieces)
-        # Converse's inputTokens excludes cache reads, reported apart.
-        usage = {
-            "inputTokens": self.input_tokens - self.cached_tokens,
+        writes = self.cache_writes
+        # Converse's inputTokens excludes cache reads and writes, reported apart.
+        usage: dict[str, Any] = {
+            "inputTokens": self.input_tokens - self.cached_tokens - writes.total,
             "outputTokens": output_tokens,
             "totalTokens": self.input_tokens + output_tokens,
         }
         if self.cached_tokens:
             usage["cacheReadInputTokens"] = self.cached_tokens
+        if writes.total:
+            usage["cacheWriteInputTokens"] = writes.total
+            by_ttl = (("1h", writes.one_hour), ("5m", writes.five_minutes))
+            usage["cacheDetails"] = [
+                {"ttl": ttl, "inputTokens": tokens} for ttl, tokens in by_ttl if tokens
+            ]
         return usage
 
 
-def build_reply(req: ConverseRequest, fault: Fault) -> Reply:
+def build_reply(req: ConverseRequest, fault: Fault, writes: CacheWrites = NO_CACHE_WRITES) -> Reply:
     pieces, truncated = reply_pieces(req.messages, max_tokens=req.max_tokens, chunks=fault.chunks)
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
     stop_reason = "max_tokens" if truncated else "end_turn"
-    return Reply(pieces, stop_reason, input_tokens, fault.cached_part(input_tokens))
+    cached = fault.cached_part(input_tokens)
+    # A cache holds no more than the prompt left after the reads.
+    return Reply(pieces, stop_reason, input_tokens, cached, writes.within(input_tokens - cached))
+
+
+def _cache_writes(request: web.Request) -> CacheWrites:
+    """The cache writes the request asks for; a malformed header is a ValidationException."""
+    try:
+        return cache_writes(request.headers)
+    except CacheWriteSpecError as exc:
+        raise _invalid(str(exc)) from None
 
 
 def _elapsed_ms(started: float) -> int:
@@ -732,9 +761,10 @@ class BedrockEndpoints:
         try:
             fault = await self._precheck(request, body)
             req = self._parse(request, body, operation)
+            writes = _cache_writes(request)
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
-        reply = build_reply(req, fault)
+        reply = build_reply(req, fault, writes)
         if operation == "converse-stream":
             return await self._stream(request, reply, fault, started, request_id)
         if fault.reset_after is not None:

@@ -18,9 +18,9 @@ A stream the provider itself ended with an error event (``base.StreamFailure``:
 OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) is
 charged the same way: the prompt was read and part of the answer delivered. What
 the provider had reported by then is kept (Anthropic's ``message_start`` gives the
-prompt tokens, cache reads included), the rest is estimated as above, and the
-request is marked ``usage_estimated``; its error (set by the response stage) names
-the provider's error in the log line.
+prompt tokens, cache reads and writes included, with the writes' 1-hour part), the
+rest is estimated as above, and the request is marked ``usage_estimated``; its error
+(set by the response stage) names the provider's error in the log line.
 
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
@@ -59,24 +59,52 @@ class PartialUsageStage:
             return
         failure = stream_failure(ctx.translator)
         if failure is not None:
-            _charge_failed_stream(ctx, ctx.body, failure)
+            ctx.usage = _failed_stream_usage(ctx, ctx.body, failure)
+            ctx.usage_estimated = True
             return
         # Otherwise only a stream cut short: a whole answer without a report (garbage)
         # keeps its reservation as a conservative charge.
         if not ctx.aborted:
             return
-        if ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None:
-            return  # nothing was generated
+        if _nothing_generated(ctx):
+            return
         translator = ctx.translator
         if translator is not None and translator.usage is not None:
             ctx.usage = translator.usage
             ctx.usage_reported = True
             ctx.response_model = translator.response_model
             return
-        prompt = estimate_prompt_tokens(ctx.body)
-        completion = _estimated_completion(ctx)
-        ctx.usage = Usage(prompt, completion, prompt + completion)
+        ctx.usage = _cut_stream_usage(ctx, ctx.body)
         ctx.usage_estimated = True
+
+
+def usage_if_ended_now(ctx: RequestContext) -> Usage | None:
+    """What ``done`` charges a stream that has no usage report, were it to end now.
+
+    The span's running count (``extproc.telemetry.span_attributes``): Envoy closes a
+    span when the client hangs up, before any later answer of the gateway's, so the
+    span can only carry what was sent while the stream ran. None: nothing is charged.
+    """
+    if not ctx.stream or ctx.body is None:
+        return None
+    failure = stream_failure(ctx.translator)
+    if failure is not None:
+        return _failed_stream_usage(ctx, ctx.body, failure)
+    if _nothing_generated(ctx):
+        return None
+    return _cut_stream_usage(ctx, ctx.body)
+
+
+def _nothing_generated(ctx: RequestContext) -> bool:
+    """No answer was generated: the request was refused, or the provider answered an error."""
+    return ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None
+
+
+def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
+    """The prompt as the quota estimate counts it, the completion from the text streamed."""
+    prompt = estimate_prompt_tokens(body)
+    completion = _estimated_completion(ctx)
+    return Usage(prompt, completion, prompt + completion)
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
@@ -84,20 +112,25 @@ def _estimated_completion(ctx: RequestContext) -> int:
     return -(-ctx.generated_chars // CHARS_PER_TOKEN)
 
 
-def _charge_failed_stream(
+def _failed_stream_usage(
     ctx: RequestContext, body: dict[str, Any], failure: StreamFailure
-) -> None:
+) -> Usage:
     """The provider's counts where it gave them, the gateway's estimate for the rest."""
-    if failure.prompt_tokens is not None:
-        prompt, cached, written = (
-            failure.prompt_tokens,
-            failure.cached_tokens,
-            failure.cache_write_tokens,
-        )
-    else:
-        prompt, cached, written = estimate_prompt_tokens(body), 0, 0
     # A reported output count covers the text up to its report, the characters all of it:
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
-    ctx.usage = Usage(prompt, completion, prompt + completion, cached, written)
-    ctx.usage_estimated = True
+    if failure.prompt_tokens is None:
+        prompt = estimate_prompt_tokens(body)
+        return Usage(prompt, completion, prompt + completion)
+    else:
+        # The prompt side as the provider reported it: its cache reads, and its cache
+        # writes with their 1-hour part, which are billed at their own prices.
+        prompt = failure.prompt_tokens
+        return Usage(
+            prompt,
+            completion,
+            prompt + completion,
+            failure.cached_tokens,
+            failure.cache_write_tokens,
+            failure.cache_write_1h_tokens,
+        )

@@ -5,6 +5,13 @@ Runs after every stage that shapes the response (translation, response guardrail
 so it sees the bytes the client gets. Per response chunk it costs one regular
 expression scan for finish reasons; the text is kept only when an operator turned
 content logging or capture on (``extproc.telemetry.content``).
+
+The span is one of the ledgers users reconcile, so its usage is the log line's
+(``span_usage``). A stream's span can be closed at any chunk (the client hangs up,
+the provider resets): Envoy then reads no later answer of the gateway's. So every
+answer of a running stream carries the usage that stream would be charged were it
+cut there (``partial_usage.usage_if_ended_now``); the first one also names the
+caller, the route and the model.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import re
 import time
 
 from extproc.config.model import RouteApi
-from extproc.context import PhaseOutput, RequestContext
+from extproc.context import PhaseOutput, RequestContext, Usage
+from extproc.stages.partial_usage import usage_if_ended_now
 from extproc.telemetry.content import ContentCapture
-from extproc.telemetry.span_attributes import request_metadata
+from extproc.telemetry.span_attributes import request_metadata, running_usage_metadata
 from extproc.telemetry.trace_context import parse_traceparent
 from extproc.translators.base import stream_failure
 
@@ -56,7 +64,8 @@ class TelemetryStage:
         if ctx.route is None:
             return
         now = time.monotonic()
-        if ctx.first_token_at is None and chunk:
+        first_chunk = ctx.first_token_at is None and bool(chunk)
+        if first_chunk:
             ctx.first_token_at = now
         sent = out.body if out.body is not None else chunk
         if ctx.accounted and sent:
@@ -65,21 +74,35 @@ class TelemetryStage:
                 ctx.content.add_response_chunk(sent, streamed=ctx.stream)
         if end_of_stream:
             ctx.response_ended_at = now
-            out.metadata = request_metadata(ctx)
+            out.metadata = request_metadata(ctx, span_usage(ctx))
         elif ctx.stream and not ctx.usage_in_metadata:
-            # A stream's last message is often an empty end of stream that comes
-            # after the client has read everything; when the client then hangs up,
-            # Envoy drops the answer to it, metadata included. So the metadata also
-            # goes with the chunk that carried the provider's usage report, whose
-            # answer Envoy applies before the client sees those bytes. So does the chunk
-            # carrying the provider's error event (the client stops reading at it), so
-            # the span is marked failed even when the client hangs up right after.
-            translator = ctx.translator
-            if translator is not None and (
-                translator.usage is not None or stream_failure(translator) is not None
-            ):
-                ctx.usage_in_metadata = True
-                out.metadata = request_metadata(ctx)
+            out.metadata = self._stream_metadata(ctx, first_chunk)
+
+    @staticmethod
+    def _stream_metadata(ctx: RequestContext, first_chunk: bool) -> dict[str, str | float] | None:
+        """What the answer to one chunk of a running stream tells Envoy's span.
+
+        A stream's last message is often an empty end of stream that comes after
+        the client has read everything; when the client then hangs up, Envoy drops
+        the answer to it, metadata included. So the whole metadata also goes with
+        the chunk that settles the usage: the provider's usage report, its error
+        event (the client stops reading at it; the span is marked failed and
+        carries the charge), or the stream's terminal event. Envoy applies that
+        answer before the client sees those bytes.
+        """
+        translator = ctx.translator
+        if ctx.completed or (
+            translator is not None
+            and (translator.usage is not None or stream_failure(translator) is not None)
+        ):
+            ctx.usage_in_metadata = True
+            return request_metadata(ctx, span_usage(ctx))
+        running = usage_if_ended_now(ctx)
+        if first_chunk:
+            return request_metadata(ctx, running)
+        if running is None or ctx.first_token_at is None:
+            return None  # nothing charged, or only empty chunks so far
+        return running_usage_metadata(running)
 
     @staticmethod
     def _scan_finish_reasons(ctx: RequestContext, sent: bytes) -> None:
@@ -96,3 +119,21 @@ class TelemetryStage:
             if match.end() > len(carry):
                 ctx.finish_reasons.append(match.group(1).decode())
         ctx.finish_carry = data[-_CARRY:]
+
+
+def span_usage(ctx: RequestContext) -> Usage | None:
+    """The token counts the span carries: the log line's, or, while a stream runs, what
+    its log line would say were it cut now. None: the request has none (refused)."""
+    if ctx.usage_reported or ctx.usage_estimated:
+        return ctx.usage
+    translator = ctx.translator
+    if stream_failure(translator) is None:
+        if translator is not None and translator.usage is not None:
+            # Read from the stream, not settled yet: a stream cut now keeps it.
+            return translator.usage
+        if ctx.completed:
+            # Answered whole without a report: nothing is estimated, and the log line's
+            # counts replace the running ones the span was sent (Envoy keeps a key
+            # until it is overwritten).
+            return ctx.usage if usage_if_ended_now(ctx) is not None else None
+    return usage_if_ended_now(ctx)

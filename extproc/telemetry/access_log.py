@@ -48,6 +48,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "total_tokens": usage.total_tokens,
         "cached_tokens": usage.cached_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "usage_reported": ctx.usage_reported,
         "usage_estimated": ctx.usage_estimated,
         "finish_reasons": list(ctx.finish_reasons) if ctx.finish_reasons else None,

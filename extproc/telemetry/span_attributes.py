@@ -6,6 +6,12 @@ and Envoy's tracer copies it onto the request's span as attributes, one custom
 tag per entry of ``SPAN_ATTRIBUTES`` (rendered by ``extproc.envoy_tracing``).
 One table, so the keys the gateway writes and the keys Envoy reads never drift.
 
+Envoy merges each answer's metadata into what it holds, key by key, and reads it
+when the span closes. A stream's answers therefore also carry its running usage
+(``running_usage_metadata``, decided by ``extproc.stages.telemetry``): when the client
+hangs up, Envoy closes the span at once and reads no later answer, so what the
+span has is what was sent while the stream ran.
+
 Attribute names follow the OpenTelemetry GenAI semantic conventions where one
 exists (``gen_ai.*``); the gateway's own dimensions are under ``aigw.*``.
 """
@@ -63,13 +69,15 @@ _STREAM_ERROR = "stream_error"
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
 
-def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
-    """The ``io.aigw`` metadata of one request; unknown values are left out, not empty."""
+def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[str, str | float]:
+    """The ``io.aigw`` metadata of one request; unknown values are left out, not empty.
+
+    ``usage``: the counts the span carries while a stream runs or is being charged
+    (``extproc.stages.telemetry.span_usage``); otherwise the request's settled usage.
+    """
     identity = ctx.identity
-    usage: Usage | None = ctx.usage if ctx.usage_reported else None
-    if usage is None and ctx.translator is not None:
-        # Mid-stream: the provider's report has been read, the stream not ended yet.
-        usage = ctx.translator.usage
+    if usage is None and (ctx.usage_reported or ctx.usage_estimated):
+        usage = ctx.usage
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
         "operation": "chat" if ctx.accounted else None,
@@ -87,10 +95,7 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         "error_type": ctx.error.error_type if ctx.error else None,
     }
     if usage is not None:
-        values["prompt_tokens"] = usage.prompt_tokens
-        values["completion_tokens"] = usage.completion_tokens
-        values["total_tokens"] = usage.total_tokens
-        values["cached_tokens"] = usage.cached_tokens
+        values.update(usage_metadata(usage))
     failure = _server_failure(ctx)
     if failure is not None:
         values["failure_type"] = failure
@@ -112,6 +117,23 @@ def request_metadata(ctx: RequestContext) -> dict[str, str | float]:
         if completion is not None:
             values["output_messages"] = completion
     return {key: value for key, value in values.items() if value is not None and value != ""}
+
+
+def usage_metadata(usage: Usage) -> dict[str, str | float]:
+    """The token counts of a request (or of a stream so far)."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }
+
+
+def running_usage_metadata(usage: Usage) -> dict[str, str | float]:
+    """What each answer of a running stream carries: the counts that move. The prompt
+    side is fixed while it runs, and went with the stream's first answer; an answer
+    that changes it (the provider's report or error) carries the whole metadata."""
+    return {"completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}
 
 
 def _server_failure(ctx: RequestContext) -> str | None:

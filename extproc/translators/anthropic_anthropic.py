@@ -9,7 +9,11 @@ reader records it as a ``failure`` (``base.StreamFailure``) with the counts repo
 then, so the gateway charges the request and names the error in its log line.
 
 Prompt tokens are everything the model read: ``input_tokens`` counts only the uncached part,
-so ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` are added to it.
+so ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` are added to it. Of the
+cache writes, ``cache_creation.ephemeral_1h_input_tokens`` went to the 1-hour cache, which
+is billed above the 5-minute one; the rest of ``cache_creation_input_tokens`` (the total,
+which makes the prompt count) are 5-minute writes. A ``message_delta`` that carries a split
+replaces the one ``message_start`` carried, as it does for every other count.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
+from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import BufferedBodyReader, StreamFailure
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
@@ -43,15 +48,26 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class _InputTokens:
-    """The input side of usage: uncached input plus the two cache counts."""
+class InputTokens:
+    """The input side of usage: uncached input, the cache counts, and of the cache writes
+    those Anthropic made for its 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``,
+    billed above the 5-minute writes)."""
 
-    __slots__ = ("cache_creation", "cache_read", "uncached")
+    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "uncached")
 
     def __init__(self) -> None:
         self.uncached: int | None = None
         self.cache_creation = 0
+        self.cache_creation_1h = 0
         self.cache_read = 0
+
+    @classmethod
+    def of(cls, usage: Any) -> InputTokens:
+        """The counts of one usage object (nothing for what is not one)."""
+        tokens = cls()
+        if isinstance(usage, dict):
+            tokens.update(usage)
+        return tokens
 
     def update(self, usage: dict[str, Any]) -> None:
         """Take the counts a usage object carries; absent ones keep their earlier value."""
@@ -64,6 +80,11 @@ class _InputTokens:
         read = _count(usage.get("cache_read_input_tokens"))
         if read is not None:
             self.cache_read = read
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            one_hour = _count(split.get("ephemeral_1h_input_tokens"))
+            if one_hour is not None:
+                self.cache_creation_1h = one_hour
 
     @property
     def total(self) -> int | None:
@@ -71,29 +92,46 @@ class _InputTokens:
             return None
         return self.uncached + self.cache_creation + self.cache_read
 
+    @property
+    def cache_creation_1h_part(self) -> int:
+        """The 1-hour writes, never more than all the writes: the total is what makes the
+        prompt count, so a split that disagrees with it cannot add tokens."""
+        return min(max(self.cache_creation_1h, 0), self.cache_creation)
 
-def input_tokens_from_object(value: Any) -> tuple[int, int, int] | None:
-    """The prompt side of a usage object: (prompt tokens, of which cache reads, of which
-    cache writes); None if absent."""
-    if not isinstance(value, dict):
-        return None
-    tokens = _InputTokens()
-    tokens.update(value)
-    prompt = tokens.total
-    return None if prompt is None else (prompt, tokens.cache_read, tokens.cache_creation)
+    def usage(self, output_tokens: int) -> Usage | None:
+        """The request's usage with this input side; None while the input is unknown."""
+        prompt = self.total
+        if prompt is None:
+            return None
+        return Usage(
+            prompt,
+            output_tokens,
+            prompt + output_tokens,
+            self.cache_read,
+            self.cache_creation,
+            self.cache_creation_1h_part,
+        )
+
+    def failure(self, error: GatewayError, completion_tokens: int | None) -> StreamFailure:
+        """A stream's failure, with the input counts reported before it (base.StreamFailure)."""
+        return StreamFailure(
+            error,
+            prompt_tokens=self.total,
+            cached_tokens=self.cache_read,
+            completion_tokens=completion_tokens,
+            cache_write_tokens=self.cache_creation,
+            cache_write_1h_tokens=self.cache_creation_1h_part,
+        )
 
 
 def usage_from_object(value: Any) -> Usage | None:
     """Read a Message's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
         return None
-    tokens = _InputTokens()
-    tokens.update(value)
-    prompt = tokens.total
     completion = _count(value.get("output_tokens"))
-    if prompt is None or completion is None:
+    if completion is None:
         return None
-    return Usage(prompt, completion, prompt + completion, tokens.cache_read, tokens.cache_creation)
+    return InputTokens.of(value).usage(completion)
 
 
 class MessageReader(BufferedBodyReader):
@@ -118,7 +156,7 @@ class EventStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        self._input = _InputTokens()
+        self._input = InputTokens()
         self._output: int | None = None
         self._events = EventBuffer()
 
@@ -162,25 +200,12 @@ class EventStreamReader:
             return
         else:
             return
-        prompt = self._input.total
-        if prompt is not None and self._output is not None and self.failure is None:
-            self.usage = Usage(
-                prompt,
-                self._output,
-                prompt + self._output,
-                self._input.cache_read,
-                self._input.cache_creation,
-            )
+        if self._output is not None and self.failure is None:
+            self.usage = self._input.usage(self._output)
 
     def _provider_failed(self, error: Any) -> None:
         if self.failure is not None:
             return
         # The counts so far are kept for the charge; an incomplete answer has no usage.
-        self.failure = StreamFailure(
-            stream_error(error),
-            prompt_tokens=self._input.total,
-            cached_tokens=self._input.cache_read,
-            completion_tokens=self._output,
-            cache_write_tokens=self._input.cache_creation,
-        )
+        self.failure = self._input.failure(stream_error(error), self._output)
         self.usage = None

@@ -65,7 +65,8 @@ class StreamFailure:
 
     ``error`` is the error as an OpenAI client is told it. The counts are the provider's
     own, None when it had reported none: Anthropic's ``message_start`` carries the prompt
-    side, a ``message_delta`` the output so far; Bedrock and OpenAI report usage last.
+    side (cache writes and their 1-hour part included), a ``message_delta`` the output
+    so far; Bedrock and OpenAI report usage last.
     """
 
     error: GatewayError
@@ -73,6 +74,7 @@ class StreamFailure:
     cached_tokens: int = 0
     completion_tokens: int | None = None
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

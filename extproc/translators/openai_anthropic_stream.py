@@ -5,9 +5,10 @@ The answer half of the OpenAI-client-to-Anthropic translator; import it from
 
 Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
 ``tool_use`` blocks become ``tool_calls``; thinking blocks are not shown. Prompt tokens count
-cache writes and reads, as ``anthropic_anthropic`` counts them; cache reads are also reported
-as ``prompt_tokens_details.cached_tokens``. A body that is not a message becomes an
-``upstream_error`` / ``invalid_upstream_response`` error body, with no usage.
+cache writes and reads, as ``anthropic_anthropic`` counts them (the 1-hour part of the writes
+too, for the bill); cache reads are also reported as ``prompt_tokens_details.cached_tokens``.
+A body that is not a message becomes an ``upstream_error`` / ``invalid_upstream_response``
+error body, with no usage.
 
 Streams (``StreamTranslator``): each complete SSE event is translated as soon as its blank
 line arrives; a partial event waits for the rest, so the output is the same however the
@@ -43,7 +44,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
-from extproc.translators.anthropic_anthropic import input_tokens_from_object, usage_from_object
+from extproc.translators.anthropic_anthropic import InputTokens, usage_from_object
 from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import StreamFailure
 from extproc.translators.sse import EventBuffer
@@ -185,8 +186,9 @@ class StreamTranslator:
         self._tool_calls: dict[int, int] = {}
         # Tool calls whose arguments have not started yet (blocks by Anthropic index).
         self._no_arguments_yet: set[int] = set()
-        # Usage counts so far: message_start's, then each message_delta's cumulative ones.
-        self._counts: dict[str, int] = {}
+        # Usage counts so far: message_start's, then each message_delta's cumulative ones
+        # (numbers, and the cache writes' split by TTL, ``cache_creation``).
+        self._counts: dict[str, Any] = {}
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._done:
@@ -307,19 +309,17 @@ class StreamTranslator:
             # bool is an int subclass; a `true` token count is malformed, not 1.
             if isinstance(value, int) and not isinstance(value, bool):
                 self._counts[key] = value
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            # The 1-hour part of the cache writes is billed above the rest.
+            self._counts["cache_creation"] = split
 
     def _provider_failed(self, error: GatewayError) -> bytes:
         # The prompt was read and part of the answer sent: what Anthropic reported by now
         # is kept for the charge (message_start's input side; the output of a
         # message_delta, if one came), the gateway estimates the rest.
-        prompt = input_tokens_from_object(self._counts)
-        self.failure = StreamFailure(
-            error,
-            prompt_tokens=prompt[0] if prompt is not None else None,
-            cached_tokens=prompt[1] if prompt is not None else 0,
-            completion_tokens=self.usage.completion_tokens if self.usage is not None else None,
-            cache_write_tokens=prompt[2] if prompt is not None else 0,
-        )
+        completion = self.usage.completion_tokens if self.usage is not None else None
+        self.failure = InputTokens.of(self._counts).failure(error, completion)
         return self._fail(error)
 
     def _fail(self, error: GatewayError) -> bytes:

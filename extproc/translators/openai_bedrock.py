@@ -29,8 +29,9 @@ on both sides and is sent as is.
 Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
 ``toolUse`` blocks become ``tool_calls``; reasoning blocks are not shown. Bedrock does not
 name the model that answered, so the client's model name is echoed and ``response_model``
-stays None. Prompt tokens count cache reads and writes on top of ``inputTokens``; cache
-reads are also reported as ``prompt_tokens_details.cached_tokens``. Streams are translated
+stays None. Prompt tokens count cache reads and writes on top of ``inputTokens`` (the
+writes' 1-hour part, from ``cacheDetails``, is kept for the bill); cache reads are also
+reported as ``prompt_tokens_details.cached_tokens``. Streams are translated
 in ``openai_bedrock_stream``.
 
 Errors (``translate_error``): the client's status depends only on the provider's status and

@@ -9,8 +9,10 @@ and checks them; each frame names its event in ``:event-type`` and carries JSON:
   is numbered among the tool calls, since OpenAI counts tool calls, not content blocks.
 - ``contentBlockDelta``: text, or a piece of a tool call's JSON arguments.
 - ``messageStop``: the chunk with ``finish_reason``.
-- ``metadata`` (the last event): usage. The usage chunk (``choices: []``) is sent only when
-  the client asked for it; usage is read either way. ``data: [DONE]`` follows it.
+- ``metadata`` (the last event): usage, with ``cacheDetails`` splitting the cache writes
+  by TTL (5m, 1h) for models that have both caches. The usage chunk (``choices: []``) is
+  sent only when the client asked for it; usage is read either way. ``data: [DONE]``
+  follows it.
 
 An exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``), a frame
 that fails its checks, or a stream that ends before ``messageStop`` becomes an OpenAI error
@@ -83,11 +85,25 @@ def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
     # inputTokens counts only the uncached part: the prompt is everything the model read.
     prompt = _count(input_tokens) + cache_read + cache_write
     completion = _count(output_tokens)
-    usage = Usage(prompt, completion, prompt + completion, cache_read, cache_write)
+    written_1h = min(_one_hour_writes(value.get("cacheDetails")), cache_write)
+    usage = Usage(prompt, completion, prompt + completion, cache_read, cache_write, written_1h)
     shown: dict[str, Any] = usage.as_dict()
     if cache_read:
         shown["prompt_tokens_details"] = {"cached_tokens": cache_read}
     return usage, shown
+
+
+def _one_hour_writes(details: Any) -> int:
+    """The cache writes ``cacheDetails`` puts in Claude's 1-hour cache (billed above the
+    5-minute ones): the ``inputTokens`` of its entries with ``ttl`` "1h". The caller keeps
+    them within ``cacheWriteInputTokens``, the total that makes the prompt count."""
+    if not isinstance(details, list):
+        return 0
+    return sum(
+        _count(entry.get("inputTokens"))
+        for entry in details
+        if isinstance(entry, dict) and entry.get("ttl") == "1h"
+    )
 
 
 # AWS error name (lowercased: event streams spell them throttlingException) ->
