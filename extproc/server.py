@@ -4,7 +4,10 @@
 embedded Valkey when no store URL is set, answers Envoy's ext_proc streams,
 health checks and reflection on gRPC, serves metrics and probes over HTTP,
 reloads the config on SIGHUP or file change, and on SIGTERM/SIGINT stops
-accepting streams, lets open ones finish within the grace period, then flushes.
+accepting streams, lets open ones finish within the grace period, then flushes
+usage and quota settlements (to the store, or the spool) before it stops the
+store. A worker of ``serve --workers N`` stops the same way when its supervisor
+dies, rather than serving on unsupervised.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -342,6 +346,8 @@ async def serve(
         # From the start: SIGHUP's default action would kill a gateway still starting
         # (and leave its embedded store behind). Before the reloader exists, it is a no-op.
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
+    if worker is not None:
+        stop_with_supervisor(loop, gateway.request_stop)
     try:
         await gateway.start()
         if on_started is not None:
@@ -354,3 +360,26 @@ async def serve(
         log.info("shutting down: finishing open streams")
     finally:
         await gateway.stop()
+
+
+def stop_with_supervisor(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """Call ``stop`` when the supervisor that spawned this worker is gone.
+
+    A supervisor killed outright (SIGKILL, the OOM killer) tells its workers
+    nothing; left alone they would serve on unsupervised, holding their ports so
+    that no new supervisor can start, until someone kills them without a drain.
+    multiprocessing's parent sentinel is a pipe the supervisor holds open: it
+    reads as closed the moment the supervisor dies, and the worker then drains
+    and flushes as on SIGTERM.
+    """
+    parent = multiprocessing.parent_process()
+    sentinel = parent.sentinel if parent is not None else None
+    if parent is None or sentinel is None:
+        return  # not a spawned worker (a test running serve() in-process)
+
+    def supervisor_gone() -> None:
+        loop.remove_reader(sentinel)
+        log.error("the supervisor (pid %s) is gone: stopping", parent.pid)
+        stop()
+
+    loop.add_reader(sentinel, supervisor_gone)

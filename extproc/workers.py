@@ -13,7 +13,10 @@ The supervisor (this process) owns what must exist once:
   first worker also serves the management API.
 
 Signals: SIGTERM/SIGINT stop every worker gracefully (each drains its open
-streams within ``server.grace_period_s``), then the supervisor exits. SIGHUP is
+streams within ``server.grace_period_s``; ``/readyz`` answers 503 from the
+signal on), then the supervisor stops the embedded Valkey, last, and exits. A
+worker whose supervisor dies without a word (SIGKILL) drains and stops by itself
+(``server.stop_with_supervisor``). SIGHUP is
 passed on to every worker (each reloads its config) and reloads the
 supervisor's own copy (quota rules of the gauges).
 
@@ -256,6 +259,10 @@ class Supervisor:
             self._reloader.schedule_reload()
 
     async def readiness(self) -> tuple[bool, str]:
+        if self._stopping.is_set():
+            # Draining (or crash-looping): send no new traffic here; each worker's
+            # gRPC health says the same. The page stays up until the workers are gone.
+            return False, "shutting down"
         starting = [
             worker.index
             for worker in self._workers

