@@ -135,6 +135,9 @@ class RequestContext:
     # A stream that ended without a usage report: usage estimated from what it carried.
     usage_estimated: bool = False
     generated_chars: int = 0
+    # The prompt's estimated tokens (quota.estimate), once a stream first needs them:
+    # each of its chunks reports what it would be charged were it cut there.
+    prompt_estimate: int | None = None
     first_byte_at: float | None = None
     # No response-headers message: status and the rest come with the first body chunk.
     lean_response: bool = False

@@ -102,9 +102,16 @@ def _nothing_generated(ctx: RequestContext) -> bool:
 
 def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
     """The prompt as the quota estimate counts it, the completion from the text streamed."""
-    prompt = estimate_prompt_tokens(body)
+    prompt = _prompt_estimate(ctx, body)
     completion = _estimated_completion(ctx)
     return Usage(prompt, completion, prompt + completion)
+
+
+def _prompt_estimate(ctx: RequestContext, body: dict[str, Any]) -> int:
+    """The prompt's estimate, walked once per request: a running stream asks at every chunk."""
+    if ctx.prompt_estimate is None:
+        ctx.prompt_estimate = estimate_prompt_tokens(body)
+    return ctx.prompt_estimate
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
@@ -120,7 +127,7 @@ def _failed_stream_usage(
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
     if failure.prompt_tokens is None:
-        prompt = estimate_prompt_tokens(body)
+        prompt = _prompt_estimate(ctx, body)
         return Usage(prompt, completion, prompt + completion)
     else:
         # The prompt side as the provider reported it: its cache reads, and its cache
