@@ -6,6 +6,12 @@ are watched the same way, so rotating a mounted Secret needs no signal.
 The file is polled (its mtime, size and inode) so the watch works the same on
 every platform and on Kubernetes ConfigMap mounts, whose symlink swap changes
 the inode.
+
+A new config refused while it was being applied (a key file it names is not
+there yet, say) is tried again when one of the files it names changes: a
+Secret mounted a moment after its ConfigMap, or a key file copied after the
+config, then takes effect without a signal, instead of leaving the old config,
+and the keys it revoked, serving until the next edit.
 """
 
 from __future__ import annotations
@@ -18,16 +24,24 @@ from pathlib import Path
 
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
+from extproc.config.watched_files import secret_files
 
 log = logging.getLogger(__name__)
 
+# A file's (mtime, size, inode), or None while it cannot be read.
+Stamp = tuple[int, int, int] | None
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+
+def _stamp(path: Path) -> Stamp:
     try:
         found = path.stat()
     except OSError:
         return None
     return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+def _stamps_of(paths: list[Path]) -> tuple[Stamp, ...]:
+    return tuple(_stamp(path) for path in paths)
 
 
 class ConfigReloader:
@@ -38,14 +52,19 @@ class ConfigReloader:
         on_result: Callable[[bool], None],
         poll_interval_s: float = 1.0,
         watched: Callable[[], list[Path]] = list,
+        files_of: Callable[[GatewayConfig], list[Path]] = secret_files,
     ) -> None:
         self._path = Path(path)
         # Files the running config reads secrets from: a rotation reloads too.
         self._watched = watched
+        # The files a config names, and those of the last config refused while being
+        # applied: one of them written or changed is worth another try.
+        self._files_of = files_of
+        self._waiting_on: list[Path] = []
         self._apply = apply
         self._on_result = on_result
         self._interval = poll_interval_s
-        self._stamp = self._stamps()
+        self._stamp: tuple[Stamp, ...] = self._stamps()
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
         # One reload at a time: a later one reads the file after an earlier one is
@@ -75,33 +94,61 @@ class ConfigReloader:
         # Stamped before reading: a change written while this reload runs is seen
         # by the next poll, not taken for loaded.
         self._stamp = self._stamps()
+        # The config file's and the running config's files, without those waited on.
+        serving = self._stamp[: len(self._stamp) - len(self._waiting_on)]
         try:
             # Off the event loop: a large file (thousands of keys) takes most of a
             # second to parse and validate, and every open stream would wait.
             config = await asyncio.to_thread(load_config, self._path, os.environ)
+            named = self._files_of(config)
+        except Exception as exc:
+            # Nothing of it was applied: only a change to the file can help.
+            return self._refused(exc, serving, [], ())
+        # Stamped before the new config reads them: one written after it was found
+        # missing is seen as changed.
+        named_stamps = _stamps_of(named)
+        try:
             await self._apply(config)
-        except ConfigError as exc:
-            log.error("config reload rejected, keeping the running config: %s", exc)
-            self._on_result(False)
-            return False
-        except Exception:
-            # Not a user error the loader names: still, the running config keeps
-            # serving and the watcher keeps watching.
-            log.exception("config reload failed, keeping the running config")
-            self._on_result(False)
-            return False
+        except Exception as exc:
+            return self._refused(exc, serving, named, named_stamps)
+        self._waiting_on = []
+        if self._watched() == named:
+            # The files now watched were stamped before they were read: no second
+            # reload for the change in which files are watched.
+            self._stamp = (serving[0], *named_stamps)
         log.info("config reloaded from %s", self._path)
         self._on_result(True)
         return True
+
+    def _refused(
+        self,
+        exc: Exception,
+        serving: tuple[Stamp, ...],
+        named: list[Path],
+        named_stamps: tuple[Stamp, ...],
+    ) -> bool:
+        """Keep the running config; watch the files the refused one named as well."""
+        if isinstance(exc, ConfigError):
+            log.error("config reload rejected, keeping the running config: %s", exc)
+        else:
+            # Not a user error the loader names: still, the running config keeps
+            # serving and the watcher keeps watching.
+            log.error("config reload failed, keeping the running config", exc_info=exc)
+        self._waiting_on = named
+        self._stamp = (*serving, *named_stamps)
+        self._on_result(False)
+        return False
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
             stamp = self._stamps()
             if stamp[0] is not None and stamp != self._stamp:
-                # A new config that reads other files changes the stamps' shape:
-                # the next poll reloads once more, which changes nothing.
                 await self.reload()
 
-    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
-        return (_stamp(self._path), *(_stamp(path) for path in self._watched()))
+    def _stamps(self) -> tuple[Stamp, ...]:
+        return (
+            _stamp(self._path),
+            *_stamps_of(self._watched()),
+            *_stamps_of(self._waiting_on),
+        )
