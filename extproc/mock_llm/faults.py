@@ -18,6 +18,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     interval   = float >= 0           ; seconds between SSE events (overrides chunk_delay_s)
     cached     = int >= 0             ; report this many prompt tokens (at most all) as read
                                       ; from the provider's prompt cache
+    no_usage   = 0 | 1 | true | false ; OpenAI streams: no usage chunk, even when asked for
+                                      ; (a provider that ignores stream_options.include_usage)
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -50,6 +52,7 @@ class Fault:
     chunks: int | None = None
     interval_s: float | None = None
     cached_tokens: int | None = None
+    no_usage: bool = False
 
     def cached_part(self, prompt_tokens: int) -> int:
         """How many of a request's prompt tokens to report as read from the cache."""
@@ -107,6 +110,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "chunks": ("chunks", _positive),
     "interval": ("interval_s", _delay),
     "cached": ("cached_tokens", _non_negative),
+    "no_usage": ("no_usage", _flag),
 }
 
 

@@ -329,7 +329,7 @@ class OpenAIEndpoints:
                 "choices": choices,
             }
             # OpenAI sends "usage": null on every chunk once include_usage is on.
-            if chat.include_usage:
+            if chat.include_usage and not fault.no_usage:
                 chunk["usage"] = usage
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -364,7 +364,7 @@ class OpenAIEndpoints:
                 # Fewer pieces than error_after: the stream must still fail.
                 return await _fail_stream(response, send)
             await send(event(choice({}, completion.finish_reason), None))
-            if chat.include_usage:
+            if chat.include_usage and not fault.no_usage:
                 await send(event([], completion.usage()))
             await send(_SSE_DONE)
             await response.write_eof()

@@ -1,4 +1,5 @@
-"""A stream cut short still produced tokens: estimate them, so they are charged and recorded.
+"""A stream without a usage report still produced tokens: estimate them, so they are
+charged and recorded.
 
 When a client hangs up mid-stream (or the upstream resets), the provider never
 sends its usage report, yet it generated, and bills, what the client already
@@ -6,11 +7,12 @@ got. This stage counts the characters of generated text in the provider's
 stream as it passes (the string values of ``content``, ``text``, and the
 tool-call fields ``arguments``, ``partial_json`` and ``input``: where OpenAI's
 SSE, Anthropic's SSE and Bedrock's event-stream payloads carry text). When a
-stream is cut short without a usage report, the request's usage becomes an
-estimate: prompt tokens as the quota estimate counts them, completion tokens
-at one per four characters. The quota stage then settles the reservation with
-that estimate instead of holding the whole reservation, and the log line, the
-token metrics and the usage rollup record it, marked ``usage_estimated``. A
+stream ends without a usage report (cut short, or whole from a provider that
+sends none), the request's usage becomes an estimate: prompt tokens as the quota
+estimate counts them, completion tokens at one per four characters. The quota
+stage then settles the reservation with that estimate instead of holding the
+whole reservation, and the log line, the token metrics and the usage rollup
+record it, marked ``usage_estimated``. A
 stream cut after the provider's usage report was read (a client that did not ask
 for usage has no reason to wait for it) keeps that report: it is the usage.
 
@@ -62,10 +64,9 @@ class PartialUsageStage:
             ctx.usage = _failed_stream_usage(ctx, ctx.body, failure)
             ctx.usage_estimated = True
             return
-        # Otherwise only a stream cut short: a whole answer without a report (garbage)
-        # keeps its reservation as a conservative charge.
-        if not ctx.aborted:
-            return
+        # A stream cut short, or one that ended without a report (a provider that
+        # ignores include_usage, or garbage): estimated from what it carried, so the
+        # bill, the metrics and the quota charge the same tokens.
         if _nothing_generated(ctx):
             return
         translator = ctx.translator

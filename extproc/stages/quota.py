@@ -106,9 +106,9 @@ class QuotaStage:
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
-        # before any answer; release. A cut stream was estimated (partial_usage);
-        # a whole answer without a report (garbage) keeps the reservation as a
-        # conservative charge.
+        # before any answer; release. A stream without one was estimated
+        # (partial_usage); a whole JSON answer without one (garbage) keeps the
+        # reservation as a conservative charge.
         produced_nothing = (
             ctx.error is not None
             or ctx.response_status >= 400

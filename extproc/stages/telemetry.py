@@ -127,13 +127,7 @@ def span_usage(ctx: RequestContext) -> Usage | None:
     if ctx.usage_reported or ctx.usage_estimated:
         return ctx.usage
     translator = ctx.translator
-    if stream_failure(translator) is None:
-        if translator is not None and translator.usage is not None:
-            # Read from the stream, not settled yet: a stream cut now keeps it.
-            return translator.usage
-        if ctx.completed:
-            # Answered whole without a report: nothing is estimated, and the log line's
-            # counts replace the running ones the span was sent (Envoy keeps a key
-            # until it is overwritten).
-            return ctx.usage if usage_if_ended_now(ctx) is not None else None
+    if translator is not None and translator.usage is not None and not stream_failure(translator):
+        # Read from the stream, not settled yet: a stream cut now keeps it.
+        return translator.usage
     return usage_if_ended_now(ctx)

@@ -30,8 +30,10 @@ from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
 from extproc.management.client import QuotaClient
 from tests.integration.conftest import (
     GatewayLog,
+    metric,
     mock_requests,
     running_stack,
+    scrape,
     usage_rows,
     wait_for,
 )
@@ -229,7 +231,36 @@ def test_an_upstream_babbling_garbage_in_a_stream_breaks_nothing(stack: LocalSta
     request_id, _ = stream_lines(stack, "fault", "garbage=1")
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     assert line["usage_reported"] is False
+    # Charged its prompt, as the log line says, not its whole reservation.
+    assert (line["usage_estimated"], line["completion_tokens"]) == (True, 0)
+    assert_nothing_left_reserved(stack, "fault")
     assert chat(stack, "fault").status_code == 200
+
+
+def test_a_provider_ignoring_include_usage_is_charged_what_it_streamed(
+    stack: LocalStack,
+) -> None:
+    """The bill, the token metric and the quota agree on the estimate: not 0 tokens in the
+    log line while the quota keeps the whole reservation."""
+    before = scrape(stack.metrics_url)
+    request_id, events = stream_lines(stack, "fault", "no_usage=1")
+    assert events[-1] == b"data: [DONE]"
+    assert not any(b'"usage"' in event for event in events)
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert (line["outcome"], line["usage_reported"], line["usage_estimated"]) == (
+        "completed",
+        False,
+        True,
+    )
+    assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 0
+    assert_nothing_left_reserved(stack, "fault")
+    after = scrape(stack.metrics_url)
+    grown = {
+        kind: metric(after, "tokens_consumed_total", api_key_id="fault", token_type=kind)
+        - metric(before, "tokens_consumed_total", api_key_id="fault", token_type=kind)
+        for kind in ("prompt", "completion")
+    }
+    assert grown == {"prompt": line["prompt_tokens"], "completion": line["completion_tokens"]}
 
 
 def test_a_frozen_gateway_costs_a_request_no_more_than_envoys_message_timeout(

@@ -1,4 +1,5 @@
-"""A stream cut short is charged and recorded with an estimate of what it produced."""
+"""A stream without a usage report (cut short, or from a provider that sends none) is
+charged and recorded with an estimate of what it produced."""
 
 from __future__ import annotations
 
@@ -63,7 +64,35 @@ async def test_a_stream_the_client_left_is_recorded_with_its_estimate(
     assert samples == {("prompt", 14.0), ("completion", 6.0)}
 
 
-async def test_a_whole_stream_is_never_estimated(processor: Processor, services: Services) -> None:
+async def test_a_whole_stream_without_a_usage_report_is_charged_its_estimate(
+    processor: Processor, services: Services
+) -> None:
+    """A provider that ignores include_usage: the bill, the metrics and the quota charge the
+    estimate of what it streamed, not 0 tokens in the log and the reservation in the quota."""
+    events = b"".join(
+        b'data: {"choices":[{"index":0,"delta":{"content":"abcdefgh"}}]}\n\n' for _ in range(3)
+    )
+    await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(BODY),
+            response_headers(200, {"content-type": "text/event-stream"}),
+            response_body(events + b"data: [DONE]\n\n", end_of_stream=True),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["outcome"] == "completed"
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    # 24 characters streamed: 6 tokens; the prompt as the quota estimate counts it.
+    assert line["completion_tokens"] == 6
+    assert line["prompt_tokens"] > 0
+    assert line["total_tokens"] == line["prompt_tokens"] + 6
+
+
+async def test_a_stream_of_garbage_is_charged_only_its_prompt(
+    processor: Processor, services: Services
+) -> None:
     await run_stream(
         processor,
         [
@@ -75,8 +104,9 @@ async def test_a_whole_stream_is_never_estimated(processor: Processor, services:
     )
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert line["outcome"] == "completed"
-    assert (line["usage_reported"], line["usage_estimated"]) == (False, False)
-    assert line["total_tokens"] == 0
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    assert line["completion_tokens"] == 0
+    assert line["total_tokens"] == line["prompt_tokens"] > 0
 
 
 CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":"stop"}]}\n\n'

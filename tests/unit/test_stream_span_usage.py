@@ -93,8 +93,7 @@ async def test_every_answer_of_a_running_stream_carries_what_a_cut_there_is_char
 async def test_a_stream_that_ends_without_a_report_leaves_the_log_lines_counts_on_the_span(
     processor: Processor, services: Services
 ) -> None:
-    """No estimate is charged for a whole answer without usage: the running counts the
-    span was sent are replaced by the log line's."""
+    """A whole answer without usage is charged its estimate: the span carries it."""
     answers = await run_stream(
         processor,
         [*opening(text_event("abcdefgh"), b"data: [DONE]\n\n"), response_body(b"", True)],
@@ -103,8 +102,9 @@ async def test_a_stream_that_ends_without_a_report_leaves_the_log_lines_counts_o
     assert (line["outcome"], line["usage_reported"], line["usage_estimated"]) == (
         "completed",
         False,
-        False,
+        True,
     )
+    assert line["completion_tokens"] == 2
     assert usage_of(as_envoy_holds_it(answers)) == {key: line[key] for key in USAGE_KEYS}
     # Even when the client hangs up at [DONE] and Envoy drops the empty end of stream.
     assert usage_of(as_envoy_holds_it(answers[:-1])) == {key: line[key] for key in USAGE_KEYS}
