@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from extproc.quota.estimate import estimate_prompt_tokens
+
 if TYPE_CHECKING:
     from extproc.agents.call import AgentCall
     from extproc.chargeback.pricing import Cost
@@ -135,8 +137,7 @@ class RequestContext:
     # A stream that ended without a usage report: usage estimated from what it carried.
     usage_estimated: bool = False
     generated_chars: int = 0
-    # The prompt's estimated tokens (quota.estimate), once a stream first needs them:
-    # each of its chunks reports what it would be charged were it cut there.
+    # The prompt's estimated tokens (estimated_prompt_tokens), once first needed.
     prompt_estimate: int | None = None
     first_byte_at: float | None = None
     # No response-headers message: status and the rest come with the first body chunk.
@@ -191,3 +192,11 @@ class RequestContext:
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0
+
+    def estimated_prompt_tokens(self) -> int:
+        """The prompt's tokens as the quota estimate counts them, walked once per request:
+        the quota reserves and caps by it, and a running stream reports at every chunk
+        what it would be charged were it cut there."""
+        if self.prompt_estimate is None:
+            self.prompt_estimate = estimate_prompt_tokens(self.body or {})
+        return self.prompt_estimate

@@ -8,7 +8,8 @@ provider flags it. The refusal names the violated categories, never the text.
 
 A 429 is the service's own rate limit: the error carries when it says to retry
 (``retry-after-ms`` or ``retry-after``, seconds or an HTTP date), so a guard that
-fails closed can tell the client the same.
+fails closed can tell the client the same. ``retry_after_seconds`` reads those
+headers for guardrail webhooks too: one parser for every guard service.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
 from extproc.config.guard_model import ModerationConfig
-from extproc.guardrails.webhook import SessionHolder
+
+if TYPE_CHECKING:
+    # Only a type here: the webhook module imports this one's retry-after parser.
+    from extproc.guardrails.webhook import SessionHolder
 
 MAX_ANSWER_BYTES = 4 << 20
 # When a rate-limited service does not say when to retry: a short wait, as the SDKs'

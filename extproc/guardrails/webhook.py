@@ -13,9 +13,11 @@ API has no tag:
 
 Anything else the webhook does (an error status, an answer of none of these
 shapes, a MaskAction with another count, a timeout, a refused connection) is a
-``WebhookError``, which the guard turns into its ``failure_mode``. A MaskAction
-replaces text only: the roles the gateway sent stay (a webhook cannot turn a
-client's message into a system prompt).
+``WebhookError``, which the guard turns into its ``failure_mode``. A 429 is the
+webhook's own rate limit: its error carries when the webhook says to retry (read
+by the moderation client's parser), so a guard that fails closed tells the client
+the same. A MaskAction replaces text only: the roles the gateway sent stay (a
+webhook cannot turn a client's message into a system prompt).
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ import aiohttp
 import orjson
 
 from extproc.config.guard_model import WebhookConfig
+from extproc.guardrails.moderation import retry_after_seconds
 
 # Verdicts are small; a runaway answer is a broken webhook.
 MAX_ANSWER_BYTES = 4 << 20
 
 
 class WebhookError(Exception):
-    """The webhook could not give a usable verdict; the message names why, never content."""
+    """The webhook could not give a usable verdict; the message names why, never content.
+
+    ``retry_after`` (whole seconds) is set when the webhook refused for its own rate
+    limit (HTTP 429), and None otherwise.
+    """
+
+    def __init__(self, why: str, *, retry_after: int | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,9 @@ class WebhookClient:
         try:
             async with asyncio.timeout(self._timeout):
                 async with session.post(url, data=orjson.dumps(payload), headers=headers) as reply:
+                    if reply.status == 429:
+                        wait = retry_after_seconds(reply.headers)
+                        raise WebhookError("answered HTTP 429", retry_after=wait)
                     if reply.status != 200:
                         raise WebhookError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:

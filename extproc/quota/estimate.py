@@ -1,31 +1,43 @@
 """How many tokens to reserve before the provider says how many were used.
 
-Prompt tokens are estimated at one per four characters of message text (the
-common rule of thumb for English with OpenAI's tokenizers), plus the request's
-``max_tokens`` (or the configured default) for the completion. The estimate
-only sizes the reservation: the settlement replaces it with the provider's
-own count.
+Prompt tokens are estimated at one per four characters of the prompt's text
+(the common rule of thumb for English with OpenAI's tokenizers), plus the
+request's ``max_tokens`` (or the configured default) for the completion. The
+estimate only sizes the reservation: the settlement replaces it with the
+provider's own count.
+
+The text is everything the provider reads and bills as input, in the client's
+body (OpenAI chat completions or Anthropic messages: the estimate runs before
+translation, so a Bedrock-bound request is read in its OpenAI shape):
+
+- each message's content: a string, or its text parts or blocks;
+- Anthropic's ``tool_result`` content (a string or blocks, nested documents and
+  search results included), ``document`` blocks (a plain-text source's ``data``,
+  a content source's text, ``title``, ``context``) and ``search_result`` blocks;
+- tool calls in the history: Anthropic's ``tool_use`` name and ``input`` (as
+  JSON), OpenAI's ``tool_calls`` and legacy ``function_call`` names and
+  ``arguments``;
+- tool definitions: OpenAI's ``tools`` and legacy ``functions``, Anthropic's
+  ``tools``, as JSON (the providers render them into the prompt).
+
+Text the estimate skipped would still be billed: a prompt made of it reserved
+next to nothing, and one large request could overrun a token limit or a hard
+cap. Images and PDFs are not text (their base64 is not their token count).
+
+One pass over the already-parsed body; the only allocation is the JSON of tool
+inputs and definitions, which orjson writes in C at a fraction of the parse's cost.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
-
-
-def _text_length(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(part.get("text", ""))
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-            else 0
-            for part in content
-        )
-    return 0
+# The fields of a tool call (in an assistant turn) that the provider reads back.
+_CALL_FIELDS = ("name", "arguments")
 
 
 def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
@@ -36,20 +48,118 @@ def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
     return default_max_tokens
 
 
-def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
-    return estimate_prompt_tokens(body) + completion_allowance(body, default_max_tokens)
-
-
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     messages = body.get("messages")
     prompt = 0
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                prompt += _text_length(message.get("content")) // CHARS_PER_TOKEN
+                prompt += _message_chars(message) // CHARS_PER_TOKEN
                 prompt += PER_MESSAGE_OVERHEAD
-    prompt += _text_length(body.get("system")) // CHARS_PER_TOKEN
+    prompt += _content_chars(body.get("system")) // CHARS_PER_TOKEN
+    prompt += _definitions_chars(body) // CHARS_PER_TOKEN
     return prompt
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    """A message's content, and the tool calls an OpenAI assistant turn carries beside it."""
+    chars = _content_chars(message.get("content"))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                chars += _call_chars(call.get("function"))
+    return chars + _call_chars(message.get("function_call"))
+
+
+def _call_chars(function: Any) -> int:
+    """OpenAI's ``{"name", "arguments"}``: ``arguments`` is already JSON text."""
+    if not isinstance(function, dict):
+        return 0
+    return sum(_string_chars(function.get(field)) for field in _CALL_FIELDS)
+
+
+def _content_chars(content: Any) -> int:
+    """A content string, or its parts (OpenAI) or blocks (Anthropic)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(_block_chars(block) for block in content if isinstance(block, dict))
+    return 0
+
+
+def _block_chars(block: dict[str, Any]) -> int:
+    text = block.get("text")
+    if isinstance(text, str):
+        return len(text)
+    kind = block.get("type")
+    if kind == "tool_result":
+        # What a tool returned is prompt text, as an OpenAI "tool" message's content is.
+        return _content_chars(block.get("content"))
+    if kind == "tool_use":
+        return _string_chars(block.get("name")) + _json_chars(block.get("input"))
+    if kind in ("document", "search_result"):
+        return _document_chars(block)
+    return 0
+
+
+def _document_chars(block: dict[str, Any]) -> int:
+    """A document's or search result's title, context and text; PDFs are not text."""
+    chars = _string_chars(block.get("title")) + _string_chars(block.get("context"))
+    if block.get("type") == "search_result":
+        return chars + _content_chars(block.get("content"))
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return chars
+    if source.get("type") == "text":
+        return chars + _string_chars(source.get("data"))
+    if source.get("type") == "content":
+        return chars + _content_chars(source.get("content"))
+    return chars
+
+
+def _definitions_chars(body: dict[str, Any]) -> int:
+    """Tool definitions (names, descriptions, schemas): the providers put them in the prompt."""
+    chars = 0
+    for field in ("tools", "functions"):
+        definitions = body.get(field)
+        if isinstance(definitions, list) and definitions:
+            chars += _json_chars(definitions)
+    return chars
+
+
+def _string_chars(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _json_chars(value: Any) -> int:
+    """The length of ``value`` as compact JSON (a string counts as itself)."""
+    if isinstance(value, str):
+        return len(value)
+    if value is None:
+        return 0
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        # Deeper than orjson writes (a parse limit raised past 254 levels): the
+        # strings alone, so a deep schema still counts for its text.
+        return _strings_chars(value)
+
+
+def _strings_chars(value: Any) -> int:
+    """The strings (keys too) inside ``value``, walked without recursion."""
+    chars = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, dict):
+            chars += sum(len(key) for key in item if isinstance(key, str))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return chars
 
 
 def cap_completion(body: dict[str, Any], most: int) -> bool:

@@ -63,7 +63,7 @@ def _unavailable(
 ) -> None:
     """A webhook or moderation call failed: pass or refuse, as the guard's endpoint says.
 
-    ``retry_after`` is set when the service refused for its own rate limit."""
+    ``retry_after`` is set when the service refused for its own rate limit (its 429)."""
     mode = _failure_mode(ctx, guard)
     log.warning("guardrail %s (%s) failed: %s; %s", guard.name, phase, why, mode)
     if mode is FailureMode.FAIL_OPEN:
@@ -81,9 +81,13 @@ def _unavailable(
 
 def _rate_limited(guard: GuardConfig, retry_after: int) -> GuardrailRejectedError:
     """The guard's service is rate limited: a 429 saying when to retry, as a provider's
-    own 429 reaches the client, so SDKs wait and retry rather than report an outage."""
+    own 429 reaches the client, so SDKs wait and retry rather than report an outage.
+
+    On a stream whose 200 has left, the header cannot go out any more: the error
+    event's message says the wait."""
+    service = "webhook" if guard.webhook is not None else "moderation service"
     return GuardrailRejectedError(
-        f"Guardrail '{guard.name}' is rate limited by its moderation service; "
+        f"Guardrail '{guard.name}' is rate limited by its {service}; "
         f"try again in {retry_after} second{'' if retry_after == 1 else 's'}",
         429,
         code="guardrail_rate_limited",
@@ -172,7 +176,7 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
         try:
             verdict = await client.check_request(messages, client.headers_for(_forwardable(ctx)))
         except WebhookError as exc:
-            _unavailable(ctx, guard, "request", str(exc))
+            _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
             continue
         if verdict.action == "reject":
             record(ctx, guard.name, "request", "reject")
@@ -300,7 +304,7 @@ class GuardResponseStage:
                     [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
                 )
             except WebhookError as exc:
-                _unavailable(ctx, guard, "response", str(exc))
+                _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
                 continue
             if verdict.action == "reject":
                 record(ctx, guard.name, "response", "reject")
@@ -359,7 +363,7 @@ class GuardResponseStage:
                 verdict = await client.check_response(texts, client.headers_for(_forwardable(ctx)))
             except WebhookError as exc:
                 try:
-                    _unavailable(ctx, guard, "response", str(exc))
+                    _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
                 except GuardrailRejectedError as refused:
                     state.ended = True
                     out.body = self._stream_error(ctx, refused)

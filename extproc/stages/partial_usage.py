@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from extproc.context import PhaseOutput, RequestContext, Usage
-from extproc.quota.estimate import CHARS_PER_TOKEN, estimate_prompt_tokens
+from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.translators.base import StreamFailure, stream_failure
 
 # A JSON string value of a field that carries generated text; escapes count as
@@ -103,16 +103,9 @@ def _nothing_generated(ctx: RequestContext) -> bool:
 
 def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
     """The prompt as the quota estimate counts it, the completion from the text streamed."""
-    prompt = _prompt_estimate(ctx, body)
+    prompt = ctx.estimated_prompt_tokens()
     completion = _estimated_completion(ctx)
     return Usage(prompt, completion, prompt + completion)
-
-
-def _prompt_estimate(ctx: RequestContext, body: dict[str, Any]) -> int:
-    """The prompt's estimate, walked once per request: a running stream asks at every chunk."""
-    if ctx.prompt_estimate is None:
-        ctx.prompt_estimate = estimate_prompt_tokens(body)
-    return ctx.prompt_estimate
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
@@ -128,7 +121,7 @@ def _failed_stream_usage(
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
     if failure.prompt_tokens is None:
-        prompt = _prompt_estimate(ctx, body)
+        prompt = ctx.estimated_prompt_tokens()
         return Usage(prompt, completion, prompt + completion)
     else:
         # The prompt side as the provider reported it: its cache reads, and its cache

@@ -21,7 +21,7 @@ from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
-from extproc.quota.estimate import cap_completion, estimate_prompt_tokens, estimate_tokens
+from extproc.quota.estimate import cap_completion, completion_allowance
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 
@@ -52,8 +52,11 @@ class QuotaStage:
             runtime.services.quota_subjects.note(limits)
         # A token count generates nothing: it counts as one request, reserves no tokens.
         counting = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_COUNT_TOKENS
+        default_max_tokens = runtime.config.quotas.default_max_tokens
         cost = (
-            0 if counting else estimate_tokens(ctx.body, runtime.config.quotas.default_max_tokens)
+            0
+            if counting
+            else ctx.estimated_prompt_tokens() + completion_allowance(ctx.body, default_max_tokens)
         )
         return self._reserve(ctx, out, limits, cost)
 
@@ -131,7 +134,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     ]
     if not capped or ctx.body is None:
         return
-    prompt = estimate_prompt_tokens(ctx.body)
+    prompt = ctx.estimated_prompt_tokens()
     completion = min(_left_before(reservation, i) for i in capped) - prompt
     if completion < 1:
         store = ctx.runtime.services.quota_store
