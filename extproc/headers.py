@@ -9,9 +9,12 @@ from __future__ import annotations
 PREFIX = "x-aigw-"
 # Set by the gateway on the request; Envoy's routes pick the provider cluster by it.
 CLUSTER = PREFIX + "cluster"
-# Failover: the primary model, for the per-attempt filter; and who answered, for the
-# downstream filter (removed before the client sees the answer).
-FAILOVER_MODEL = PREFIX + "failover-model"
+# Failover: the chain as the request resolved it, for the per-attempt filter. A key of
+# the JSON body, not a header: Envoy replays one attempt's header changes into the next,
+# so a header the first attempt strips (it must reach no provider) is gone for the
+# second, while each attempt gets the body as the downstream filter left it.
+FAILOVER_CHAIN_KEY = PREFIX + "failover-chain"
+# Who answered, for the downstream filter (removed before the client sees the answer).
 ANSWERED_BY_PROVIDER = PREFIX + "provider"
 ANSWERED_BY_MODEL = PREFIX + "model"
 # ... and the model name that member's provider was sent (its upstream_model).

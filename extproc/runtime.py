@@ -3,6 +3,12 @@
 A ``Runtime`` is built once per (re)load and never mutated, so a request keeps
 the snapshot it started with while a reload swaps in a new one. Long-lived
 services (store, metrics, access log) are shared across reloads.
+
+A runtime owns clients (webhook and moderation HTTP sessions, the JWKS
+refresher, AWS credential refresh). Each ext_proc stream that serves on it is
+counted (``hold``) until the stream's task ends; a runtime a reload replaced
+(``retire``) closes those clients when its last stream has ended, so a long
+stream keeps its guards working to its end and nothing is left open after it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from extproc.agents.directory import AgentDirectory
 from extproc.auth.access import AccessPolicy
@@ -253,6 +259,16 @@ class Runtime:
         except ValueError as exc:
             raise ConfigError("config", [f"guardrails: {exc}"]) from None
         self._by_name = {p.name: p for p in config.providers}
+        # Each provider's endpoint and credentials, for a failover attempt (stages.attempt).
+        self.provider_upstreams = {
+            p.name: _upstream("", p, self._keys[p.name], self.signers.get(p.name))
+            for p in config.providers
+        }
+        # Streams serving on this runtime; it closes once retired and back to zero.
+        self._streams = 0
+        self._retired = False
+        self._closing: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     @property
     def stored_keys(self) -> StoredKeys | None:
@@ -305,6 +321,60 @@ class Runtime:
                     await signer.refresh_if_needed()
                 except Exception as exc:
                     log.warning("AWS credential refresh failed: %s", type(exc).__name__)
+
+    def hold(self, stream: asyncio.Task[Any] | None) -> Runtime:
+        """This runtime, counted as in use until ``stream`` (an ext_proc stream's task) ends.
+
+        One increment now and one done callback per stream: nothing per message."""
+        if stream is not None:
+            self._streams += 1
+            stream.add_done_callback(self._stream_ended)
+        return self
+
+    def _stream_ended(self, _stream: asyncio.Task[Any]) -> None:
+        self._streams -= 1
+        if self._retired and self._streams == 0:
+            self._close_soon()
+
+    def retire(self, max_wait_s: float) -> None:
+        """A reload replaced this runtime: close its clients once its last stream has ended.
+
+        ``max_wait_s`` is a safety net only (a stream that never ends must not keep
+        sessions open for the life of the process)."""
+        self._retired = True
+        if self._streams == 0:
+            self._close_soon()
+            return
+        self._deadline = asyncio.get_running_loop().call_later(
+            max_wait_s, self._overdue, max_wait_s
+        )
+
+    def _overdue(self, waited_s: float) -> None:
+        if self._closing is None:
+            # Their guard calls (webhook, moderation) now fail and their failure mode applies.
+            log.warning(
+                "closing the clients of a config replaced %.0f s ago; %d streams still use it",
+                waited_s,
+                self._streams,
+            )
+        self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
+    @property
+    def closed(self) -> bool:
+        """Its clients are closed (after ``retire`` or ``wait_closed``)."""
+        return self._closing is not None and self._closing.done()
+
+    async def wait_closed(self) -> None:
+        """Close now, streams or not (the process is stopping), and wait until done."""
+        self._close_soon()
+        assert self._closing is not None
+        await asyncio.gather(self._closing, return_exceptions=True)
 
     async def close(self) -> None:
         if self._refresh is not None:

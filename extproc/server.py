@@ -8,6 +8,11 @@ accepting streams, lets open ones finish within the grace period, then flushes
 usage and quota settlements (to the store, or the spool) before it stops the
 store. A worker of ``serve --workers N`` stops the same way when its supervisor
 dies, rather than serving on unsupervised.
+
+A reload swaps the runtime new streams use; the process keeps the ``server``
+and ``store`` settings it started with until it restarts (it warns on every
+reload that changes them), and the replaced runtime closes its clients when
+the last stream that started on it has ended.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ from extproc.worker_endpoints import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ext.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+# Sections the running process took at start (listeners, the store connection):
+# a reload cannot move them, so it keeps the running ones.
+RESTART_ONLY_SECTIONS = ("server", "store")
+# A replaced config's clients (webhook, moderation, JWKS) close when its last stream
+# ends; this bound is only a safety net against a stream that never does. Far beyond
+# any request Envoy lets run with the rendered timeouts (300 s per provider by default).
+RETIRED_CONFIG_MAX_WAIT_S = 3600.0
 
 
 class ExternalProcessorService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -96,7 +108,11 @@ class Gateway:
             access_log=AccessLog.from_config(telemetry.log),
         )
         self.runtime = Runtime(config, self.services)
-        self.processor = Processor(lambda: self.runtime, default_stages(), attempt_stages())
+        self.processor = Processor(self._runtime_for_stream, default_stages(), attempt_stages())
+        # Replaced by a reload, their clients not closed yet: closed at the latest on stop.
+        self._retired: set[Runtime] = set()
+        # The management listener as started: only a restart moves it.
+        self._management_started = (config.management.address, config.management.serving)
         self._embedded: EmbeddedValkey | None = None
         self._store_client: Any = None
         self._server: grpc_aio.Server | None = None
@@ -112,23 +128,41 @@ class Gateway:
             # Token files read now: one that cannot be read refuses the whole config,
             # rather than leaving the old tokens (a revoked one among them) in force.
             AdminTokens(config.management)
+        changed = restart_only_changes(self.config, config)
+        # The store client, listeners and timeouts were made from the running sections:
+        # requests, readiness and shutdown go on reading those until the restart.
+        config = config.model_copy(
+            update={name: getattr(self.config, name) for name in RESTART_ONLY_SECTIONS}
+        )
         runtime = Runtime(config, self.services)
         try:
             await runtime.start()
         except BaseException:
             await runtime.close()  # its JWKS refresher and sessions must not outlive it
             raise
-        if config.server != self.config.server or config.store != self.config.store:
-            log.warning("server and store settings change only on restart")
-        management, current = config.management, self.config.management
-        if (management.address, management.serving) != (current.address, current.serving):
+        if changed:
+            # Field names only: a store URL may carry a password.
+            log.warning(
+                "server and store settings change only on restart; still running on the"
+                " started values of: %s",
+                ", ".join(changed),
+            )
+        management = config.management
+        if (management.address, management.serving) != self._management_started:
             log.warning("management.address and management.enabled change only on restart")
         previous, self.config, self.runtime = self.runtime, config, runtime
-        # Streams that started on the old config may still verify tokens with it.
-        asyncio.get_running_loop().call_later(
-            self.config.server.grace_period_s + 30.0,
-            lambda: asyncio.ensure_future(previous.close()),
-        )
+        self._retire(previous)
+
+    def _runtime_for_stream(self) -> Runtime:
+        # Called once per ext_proc stream, from the task grpc.aio runs that stream in:
+        # the runtime counts the stream as its user until that task ends.
+        return self.runtime.hold(asyncio.current_task())
+
+    def _retire(self, previous: Runtime) -> None:
+        """Streams that started on ``previous`` keep it (and its clients) to their end."""
+        self._retired = {runtime for runtime in self._retired if not runtime.closed}
+        self._retired.add(previous)
+        previous.retire(RETIRED_CONFIG_MAX_WAIT_S)
 
     async def start(self) -> None:
         await self.runtime.start()
@@ -322,6 +356,8 @@ class Gateway:
             await self._quota_gauges.close()
         if self._http is not None:
             await self._http.cleanup()
+        for retired in self._retired:
+            await retired.wait_closed()
         await self.runtime.close()
         if self.services.stored_keys is not None:
             await self.services.stored_keys.close()
@@ -360,6 +396,19 @@ async def serve(
         log.info("shutting down: finishing open streams")
     finally:
         await gateway.stop()
+
+
+def restart_only_changes(running: GatewayConfig, loaded: GatewayConfig) -> list[str]:
+    """The ``server`` and ``store`` fields ``loaded`` sets otherwise than ``running``."""
+    changed: list[str] = []
+    for section in RESTART_ONLY_SECTIONS:
+        before, after = getattr(running, section), getattr(loaded, section)
+        changed += [
+            f"{section}.{field}"
+            for field in type(before).model_fields
+            if getattr(before, field) != getattr(after, field)
+        ]
+    return changed
 
 
 def stop_with_supervisor(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:

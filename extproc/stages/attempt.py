@@ -1,16 +1,24 @@
 """One attempt of a failover request, in the router's upstream filter chain.
 
 Envoy runs this filter once per attempt, after it has picked the provider
-cluster for the attempt. The endpoint's metadata names the provider; the
-primary model (a header the downstream stage set) names the chain; together
-they say which model this attempt asks for. The stage then does what the
-downstream stages do for a request without failover: translate and sign the
-client's body for that provider, and translate the answer back to OpenAI's API
-(always with its usage, which the downstream filter counts and hides from
-clients that did not ask for it). Logging, metrics and quotas stay downstream.
+cluster for the attempt. The endpoint's metadata names the provider; the chain
+the downstream stage resolved when it admitted the request (a key it adds to
+the JSON body, ``headers.FAILOVER_CHAIN_KEY``) says which model that provider
+serves for this request. The stage then does what the downstream stages do for
+a request without failover: translate and sign the client's body for that
+provider, and translate the answer back to OpenAI's API (always with its usage,
+which the downstream filter counts and hides from clients that did not ask for
+it). Logging, metrics and quotas stay downstream.
+
+The chain travels with the request, so a config reload between two attempts
+changes nothing of what the request is served as: the fallback it was admitted
+with answers, under its name and price, on whichever worker takes the attempt.
+Only the provider's credentials and signer come from the config serving the
+attempt (they are secrets, never written into a request); a provider the reload
+removed fails the attempt with a 502.
 
 Which attempts a request may make is decided downstream, where the caller is
-known (``failover_cluster``): the chain of its model, less the fallbacks its
+known (``failover_plan``): the chain of its model, less the fallbacks its
 access rules keep from it, so an attempt never serves a model its caller may
 not use.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -29,7 +38,7 @@ from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE, failover_cluster_name
 from extproc.errors import UpstreamError
-from extproc.runtime import Route
+from extproc.runtime import Route, Runtime, Upstream
 
 ATTEMPT_ROUTE = Route("failover-attempt", RouteApi.OPENAI_CHAT, None)
 _ATTEMPT_CREDENTIALS = (
@@ -54,41 +63,92 @@ def provider_of_attempt(attributes: Any) -> str | None:
     return None
 
 
-def failover_cluster(ctx: RequestContext) -> str:
+@dataclass(frozen=True, slots=True)
+class FailoverPlan:
+    """Where a failover request goes: the chain's aggregate cluster, and the members the
+    attempts may serve, in order, as ``[provider, model, upstream model]`` (what goes in
+    the body under ``headers.FAILOVER_CHAIN_KEY``)."""
+
+    cluster: str
+    chain: list[list[str]]
+
+
+def failover_plan(ctx: RequestContext) -> FailoverPlan:
     """The chain a failover request goes to: its primary's, less the fallbacks its caller
     may not use (a key's ``allowed_models``, access rules on the client's route).
 
     An operator who kept a key from a model expects that to hold when the model would
     serve as a fallback too; skipped, not refused: the request asked for a model the
-    caller may use, and without a fallback it gets that model's own answer."""
+    caller may use, and without a fallback it gets that model's own answer. A skipped
+    fallback is left out of the chain the attempts read too, so even an attempt Envoy
+    sent there could not serve it."""
     primary = ctx.failover_model
     route = ctx.route
     assert primary is not None and route is not None
     # The chain in order, the primary first: Runtime.failover is built in that order, one
     # member per provider (the config refuses two on one provider).
-    fallbacks = [name for name, _ in ctx.runtime.failover[primary].values()][1:]
+    members = list(ctx.runtime.failover[primary].values())
     skipped = [
         position
-        for position, name in enumerate(fallbacks)
+        for position, (name, _) in enumerate(members[1:])
         if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
     ]
-    return failover_cluster_name(primary, skipped)
+    kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
+    chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
+    return FailoverPlan(failover_cluster_name(primary, skipped), chain)
+
+
+def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
+    """The (model, upstream model) ``provider`` serves in the request's ``chain``; None
+    when the chain names no such member (or is not one the gateway wrote)."""
+    if not isinstance(chain, list):
+        return None
+    for member in chain:
+        if (
+            isinstance(member, list)
+            and len(member) == 3
+            and all(isinstance(part, str) for part in member)
+            and member[0] == provider
+        ):
+            return member[1], member[2]
+    return None
+
+
+def current_upstream(runtime: Runtime, provider: str, upstream_model: str) -> Upstream | None:
+    """How to reach ``provider`` with the config serving this attempt, asking it for
+    ``upstream_model``: the provider's credentials, signer and endpoint are the running
+    config's (a rotated key applies at once), the model the request's own. None when
+    that config has no such provider."""
+    upstream = runtime.provider_upstreams.get(provider)
+    return None if upstream is None else replace(upstream, upstream_model=upstream_model)
+
+
+def attempt_target(ctx: RequestContext, chain: object) -> tuple[str, Upstream]:
+    """The model this attempt serves and how to reach its provider; a 502 when it cannot
+    be served as the request was admitted."""
+    provider = ctx.provider or ""
+    member = chain_member(chain, provider)
+    if member is None:
+        raise UpstreamError(
+            f"this request's failover chain has no member on provider '{provider}'",
+            code="failover_misrouted",
+        )
+    model, upstream_model = member
+    upstream = current_upstream(ctx.runtime, provider, upstream_model)
+    if upstream is None:
+        raise UpstreamError(
+            f"provider '{provider}' of fallback '{model}' was removed from the "
+            "configuration while this request was in flight",
+            code="failover_provider_removed",
+        )
+    return model, upstream
 
 
 class AttemptStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
-        provider = provider_of_attempt(ctx.attributes)
-        primary = ctx.request_headers.get(headers.FAILOVER_MODEL, "")
-        member = ctx.runtime.failover.get(primary, {}).get(provider or "")
-        if member is None:
-            raise UpstreamError(
-                f"no fallback of '{primary}' is served by provider '{provider}'",
-                code="failover_misrouted",
-            )
-        ctx.model, ctx.upstream = member
+        # Which model this provider serves is read from the body (request_body).
+        ctx.provider = provider_of_attempt(ctx.attributes)
         ctx.route = ATTEMPT_ROUTE
-        ctx.provider = member[1].provider.name
-        ctx.provider_type = member[1].provider.type
         # The id the answer's translation names the completion after.
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
         # Envoy replays an attempt's header changes into the next attempt: drop every
@@ -99,15 +159,18 @@ class AttemptStage:
             ctx.request_headers.pop(name, None)
 
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
-        upstream = ctx.upstream
-        if upstream is None:
-            return
         parsed: dict[str, Any] = orjson.loads(body)  # validated downstream
+        # The chain is the gateway's note to itself: it never reaches a provider, so the
+        # body is always written anew.
+        chain = parsed.pop(headers.FAILOVER_CHAIN_KEY, None)
+        ctx.body_changed = True
+        ctx.model, upstream = attempt_target(ctx, chain)
+        ctx.upstream = upstream
+        ctx.provider_type = upstream.provider.type
         ctx.stream = parsed.get("stream") is True
         plan = plan_request(ctx, parsed, upstream)
-        sent = plan.body if plan.body is not None else body
-        if plan.body is not None:
-            out.body = plan.body
+        sent = plan.body if plan.body is not None else orjson.dumps(parsed)
+        out.body = sent
         out.set_headers["content-length"] = str(len(sent))
         out.set_headers[":path"] = plan.path
         out.set_headers[":authority"] = upstream.provider.authority

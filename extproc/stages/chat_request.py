@@ -27,7 +27,7 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import nesting_depth_over
-from extproc.stages.attempt import failover_cluster
+from extproc.stages.attempt import failover_plan
 
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
@@ -99,16 +99,15 @@ class UpstreamRequestStage:
             return
         if ctx.failover_model is not None:
             # Each attempt is translated and signed by the per-attempt filter, for
-            # whichever provider Envoy tries; the client's body goes as it came.
+            # whichever provider Envoy tries, from the client's body and the chain.
             options = ctx.body.get("stream_options")
             ctx.client_wants_usage = (
                 ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
             )
-            if ctx.body_changed:
-                out.body = orjson.dumps(ctx.body)
-                out.set_headers["content-length"] = str(len(out.body))
-            out.set_headers[headers.CLUSTER] = failover_cluster(ctx)
-            out.set_headers[headers.FAILOVER_MODEL] = ctx.failover_model
+            failover = failover_plan(ctx)
+            out.body = body_with_chain(ctx.body, failover.chain)
+            out.set_headers["content-length"] = str(len(out.body))
+            out.set_headers[headers.CLUSTER] = failover.cluster
             out.clear_route_cache = True
             return
         plan = plan_request(ctx, ctx.body, upstream)
@@ -121,6 +120,17 @@ class UpstreamRequestStage:
         out.set_headers[headers.CLUSTER] = upstream.cluster
         out.set_headers.update(plan.headers)
         out.clear_route_cache = True
+
+
+def body_with_chain(parsed: dict[str, Any], chain: list[list[str]]) -> bytes:
+    """The body every attempt starts from: the client's, with the failover chain as this
+    request resolved it, so an attempt made after a reload (on any worker) serves the
+    request under the config it was admitted with.
+
+    The gateway's value replaces any the client sent under that key: the client cannot
+    name the models its attempts serve. ``parsed`` itself is left as it is (later stages
+    read the client's request)."""
+    return orjson.dumps({**parsed, headers.FAILOVER_CHAIN_KEY: chain})
 
 
 def model_outside_body(ctx: RequestContext) -> str | None:

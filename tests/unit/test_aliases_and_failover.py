@@ -101,6 +101,21 @@ async def test_an_alias_fails_over_along_its_models_chain() -> None:
         assert cluster_of(answer) == failover_cluster_name("gpt-4o"), model
 
 
+def attempt_body() -> bytes:
+    """The body an attempt gets: the client's, with the chain the gateway admitted it with."""
+    chain = [
+        ["anthropic-b", "primary", "primary"],
+        ["mock-anthropic", "claude-3-5-haiku-latest", "claude-3-5-haiku-latest"],
+    ]
+    return orjson.dumps(
+        {
+            "model": "primary",
+            "messages": [{"role": "user", "content": "x"}],
+            headers.FAILOVER_CHAIN_KEY: chain,
+        }
+    )
+
+
 def attempt_on(provider: str) -> dict[str, Any]:
     """The attributes Envoy sends an attempt: the endpoint metadata naming its provider."""
     struct = struct_pb2.Struct()
@@ -120,7 +135,6 @@ def test_a_second_anthropic_attempt_is_sent_with_its_own_version_and_key(
     # Envoy replayed the first attempt's (anthropic-b's) header changes into this one.
     ctx.request_headers = {
         ":path": "/v1/chat/completions",
-        headers.FAILOVER_MODEL: "primary",
         headers.REQUEST_ID: "req-42",
         "anthropic-version": "2023-06-01",
         "x-api-key": "k-b-123456",
@@ -128,7 +142,7 @@ def test_a_second_anthropic_attempt_is_sent_with_its_own_version_and_key(
     stage = AttemptStage()
     stage.request_headers(ctx, PhaseOutput())
     out = PhaseOutput()
-    body = orjson.dumps({"model": "primary", "messages": [{"role": "user", "content": "x"}]})
+    body = attempt_body()
     stage.request_body(ctx, out, body)
     assert "anthropic-version" in out.set_headers
     assert out.set_headers["x-api-key"] != "k-b-123456"
@@ -188,10 +202,10 @@ def test_an_attempts_answer_that_cannot_be_translated_is_a_502(services: Service
     runtime = Runtime(parse_config(TWO_ANTHROPIC_ACCOUNTS, "gateway.yaml", {}), services)
     ctx = RequestContext(runtime=runtime)
     ctx.attributes = attempt_on("mock-anthropic")
-    ctx.request_headers = {":path": "/v1/chat/completions", headers.FAILOVER_MODEL: "primary"}
+    ctx.request_headers = {":path": "/v1/chat/completions"}
     stage = AttemptStage()
     stage.request_headers(ctx, PhaseOutput())
-    body = orjson.dumps({"model": "primary", "messages": [{"role": "user", "content": "x"}]})
+    body = attempt_body()
     stage.request_body(ctx, PhaseOutput(), body)
     stage.response_headers(
         ctx, PhaseOutput(), {":status": "200", "content-type": "application/json"}

@@ -1,0 +1,150 @@
+"""A stream guarded by a response webhook outlives a config reload by a long way.
+
+The real Envoy, the gateway and the mock provider, driven by the official OpenAI
+client; the webhook is a small server written here (kgateway's guardrail API).
+A client streams a long answer on a route whose answers a webhook checks, chunk
+by chunk, with ``fail_closed``. The operator reloads the config early in the
+stream. Well after the reload (later than the grace period plus 30 s, where the
+replaced config's HTTP session used to be closed on a timer) the webhook takes
+its time over one call. The stream must still end with the whole answer: the
+replaced config's clients stay open until the last stream that started on it
+has ended (docs/configuration.md, "Reload").
+"""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from openai import OpenAI
+
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from tests.integration.conftest import GatewayLog, running_stack, wait_for
+
+KEY = "team1-key"
+# The old timer closed the replaced config's clients grace_period_s + 30 s after the
+# reload; with no grace period, a call in flight from HOLD_FROM_S to HOLD_FROM_S +
+# HOLD_S after the reload spans that moment.
+HOLD_FROM_S = 25.0
+HOLD_S = 10.0
+# Long enough to stream past the held call: 150 chunks, a quarter of a second apart.
+LONG_STREAM = "chunks=150;interval=0.25"
+
+
+class Webhook(http.server.BaseHTTPRequestHandler):
+    """Passes every answer; the first call from ``hold_from`` on is answered slowly."""
+
+    hold_from: float | None = None
+    held = threading.Event()
+    calls_after_hold = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        cls = type(self)
+        if cls.held.is_set():
+            cls.calls_after_hold += 1
+        elif cls.hold_from is not None and time.monotonic() >= cls.hold_from:
+            cls.held.set()
+            time.sleep(HOLD_S)
+        body = orjson.dumps({"action": {}})
+        try:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway hung up on the call
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def config_text(webhook_port: int, revision: int) -> str:
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw["server"]["grace_period_s"] = 0
+    # The held webhook call keeps its chunk's ext_proc message waiting that long.
+    raw["envoy"]["message_timeout_ms"] = int((HOLD_S + 10) * 1000)
+    raw["guardrails"] = {
+        "webhooks": [{"name": "checker", "host": "127.0.0.1", "port": webhook_port,
+                      "timeout_ms": int((HOLD_S + 5) * 1000), "failure_mode": "fail_closed"}],
+        "policies": [{"name": "checked",
+                      "response": [{"name": "checker-out", "webhook": "checker"}]}],
+    }  # fmt: skip
+    raw["routes"].append({"name": "checked", "path_prefix": "/checked", "guardrails": "checked"})
+    # What the operator's edit changes does not matter here, only that it is a reload.
+    raw["auth"]["api_keys"].append({"id": f"edit-{revision}", "key": f"edit-{revision}-secret"})
+    return str(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook: int) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("reload-config-lifetime")
+    config = Path(workdir) / "gateway.yaml"
+    config.write_text(config_text(webhook, 0))
+    with running_stack(workdir, config) as running:
+        yield running
+
+
+def reload(stack: LocalStack, webhook_port: int, revision: int) -> None:
+    """Rewrite the file in one step, send SIGHUP, wait until the gateway reloaded."""
+
+    def reloads() -> int:
+        return (stack.workdir / "gateway.err").read_text().count("config reloaded")
+
+    before = reloads()
+    written = stack.config_path.with_suffix(".new")
+    written.write_text(config_text(webhook_port, revision))
+    written.replace(stack.config_path)
+    stack.process("gateway").send_signal(signal.SIGHUP)
+    assert wait_for(lambda: reloads() > before, timeout_s=30.0), "the gateway did not reload"
+
+
+def test_a_guarded_stream_keeps_its_webhook_long_after_a_reload(
+    stack: LocalStack, webhook: int
+) -> None:
+    chat = OpenAI(base_url=f"{stack.base_url}/checked/v1", api_key=KEY, max_retries=0)
+    with chat.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a long answer across a reload"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-fault": LONG_STREAM},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        chunks = iter(response.parse())
+        text = "".join(c.delta.content or "" for c in next(chunks).choices)
+        reload(stack, webhook, 1)
+        Webhook.hold_from = time.monotonic() + HOLD_FROM_S
+        usage = None
+        # The SDK raises on an error event: a cut webhook call (fail_closed) would end here.
+        for chunk in chunks:
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+            usage = chunk.usage or usage
+
+    assert Webhook.held.is_set(), "the stream ended before the webhook's slow call"
+    assert Webhook.calls_after_hold > 0, "the guard stopped asking the webhook"
+    assert text.startswith("Mock reply to: a long answer across a reload")
+    assert usage is not None, "the stream ended without its usage chunk"
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert (line["http_status_code"], line["completion_tokens"]) == (200, usage.completion_tokens)
