@@ -473,6 +473,10 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
             "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
         },
         "request_headers_to_remove": [CLUSTER],
+        # The provider's own x-ratelimit-* describe the organisation's account, not the
+        # caller's limits: removed, so the client sees the gateway's (added at the
+        # virtual host from the quota stage's metadata) or none.
+        "response_headers_to_remove": list(RATE_LIMIT_HEADERS),
     }
 
 

@@ -26,7 +26,7 @@ from itertools import combinations
 from typing import Any
 
 from extproc.config.model import GatewayConfig, ModelConfig, cluster_name, failover_chain_name
-from extproc.headers import CLUSTER, METADATA_NAMESPACE
+from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS
 
 Json = dict[str, Any]
 _TYPE = "type.googleapis.com/"
@@ -153,6 +153,9 @@ def _route(cluster: str, attempts: int, per_try_s: float, total_s: float) -> Jso
             },
         },
         "request_headers_to_remove": [CLUSTER],
+        # As on a provider's own route (envoy_bootstrap._provider_route): the account's
+        # limits are not the caller's.
+        "response_headers_to_remove": list(RATE_LIMIT_HEADERS),
     }
 
 

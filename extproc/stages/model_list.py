@@ -1,14 +1,25 @@
 """``GET /v1/models``: answered by the gateway from the config, without going upstream.
 
-Runs after authentication, so the list holds only the models the caller may use.
+Runs after authentication, so the list holds only what the caller may use: every
+configured name (a model's own and each of its aliases) that the caller could
+send on at least one route that serves it, as the chat request stage would
+decide it there (the route's provider and fixed model, the key's
+``allowed_models`` and ``allowed_routes``, the access rules of that route).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 
-from extproc.config.model import RouteApi
-from extproc.context import PhaseOutput, RequestContext
+from extproc.config.model import ProviderType, RouteApi
+from extproc.context import Identity, PhaseOutput, RequestContext
+from extproc.runtime import Route, Runtime
+
+# The routes a model is used on: those that generate answers. Count-tokens routes
+# generate nothing, and agent routes name no model.
+_CHAT_APIS = frozenset({RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES})
 
 
 class ModelListStage:
@@ -16,12 +27,52 @@ class ModelListStage:
         route = ctx.route
         if route is None or route.api is not RouteApi.OPENAI_MODELS:
             return
-        access = ctx.runtime.access
         created = int(ctx.started_wall)
         models = [
             {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-            for name in ctx.runtime.model_names
-            if access.denial(ctx.identity, name, None) is None
+            for name in usable_names(ctx.runtime, ctx.identity)
         ]
         body = orjson.dumps({"object": "list", "data": models})
         out.answer = (200, body, {"content-type": "application/json"})
+
+
+def usable_names(runtime: Runtime, identity: Identity) -> list[str]:
+    """The configured names ``identity`` may send, in config order, aliases after their model.
+
+    A key allowed only ``haiku`` sees ``haiku``; a rule kept to one route hides its
+    model only when no other route lets the caller use it."""
+    routes = list(_chat_routes(runtime, identity))
+    names: list[str] = []
+    for model in runtime.config.models:
+        for name in (model.name, *model.aliases):
+            canonical = None if name == model.name else model.name
+            if any(_usable_on(runtime, identity, name, canonical, route) for route in routes):
+                names.append(name)
+    return names
+
+
+def _chat_routes(runtime: Runtime, identity: Identity) -> Iterator[Route]:
+    """The routes that generate answers and that the caller's key may use."""
+    allowed = identity.allowed_routes
+    for spec in runtime.config.routes:
+        if spec.api not in _CHAT_APIS or (allowed and spec.name not in allowed):
+            continue
+        route = runtime.routes.named(spec.name)
+        if route is not None:
+            yield route
+
+
+def _usable_on(
+    runtime: Runtime, identity: Identity, name: str, canonical: str | None, route: Route
+) -> bool:
+    """Whether a request for ``name`` on ``route`` would pass the model checks."""
+    if route.forced_model is not None and route.forced_model != name:
+        return False  # the route sends its own model, whatever the client names
+    upstream = runtime.resolve_upstream(name, route)
+    if upstream is None:
+        return False
+    if route.api is RouteApi.ANTHROPIC_MESSAGES and upstream.provider.type is not (
+        ProviderType.ANTHROPIC
+    ):
+        return False  # Anthropic's API is served only by Anthropic providers
+    return runtime.access.denial(identity, name, route.name, canonical) is None

@@ -208,11 +208,11 @@ def _limit_headers(
         f"x-ratelimit-limit-{unit}": str(effective),
         f"x-ratelimit-remaining-{unit}": str(max(0, remaining)),
     }
-    left = limit.window.seconds_left(now)
+    left = _whole_seconds_left(limit, now)
     if left is not None:
-        headers[f"x-ratelimit-reset-{unit}"] = f"{max(0, math.ceil(left))}s"
+        headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
         if retry:
-            headers["retry-after"] = str(max(1, math.ceil(left)))
+            headers["retry-after"] = str(max(1, left))
     return headers
 
 
@@ -237,7 +237,28 @@ def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:
         effective = reservation.effective[index]
         headers[f"x-ratelimit-limit-{unit}"] = str(effective)
         headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, effective - reservation.used[index]))
-        left = limit.window.seconds_left(now)
+        left = _whole_seconds_left(limit, now)
         if left is not None:
-            headers[f"x-ratelimit-reset-{unit}"] = f"{max(0, math.ceil(left))}s"
+            headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
     return headers
+
+
+def _whole_seconds_left(limit: Limit, now: float) -> int | None:
+    """Seconds until the limit's window resets, rounded up; None: it never resets."""
+    left = limit.window.seconds_left(now)
+    return None if left is None else max(0, math.ceil(left))
+
+
+def openai_duration(seconds: int) -> str:
+    """Seconds as OpenAI writes its ``x-ratelimit-reset-*`` values: ``1s``, ``6m0s``,
+    ``13h2m5s`` (Go's duration text, hours being the largest unit).
+
+    Clients written against OpenAI read these, so a month's quota says ``650h0m0s``
+    as OpenAI would, not ``2340000s``."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

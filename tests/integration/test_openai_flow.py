@@ -218,7 +218,7 @@ def test_envoy_access_log_shows_the_usage(stack: LocalStack, client: OpenAI) -> 
 def test_models_are_listed_from_the_config(client: OpenAI) -> None:
     names = {model.id for model in client.models.list()}
     configured = load_config(DEFAULT_CONFIG, environ={}).models
-    assert names == {model.name for model in configured}
+    assert names == {name for model in configured for name in (model.name, *model.aliases)}
 
 
 def test_non_ai_paths_pass_through_to_envoy(stack: LocalStack, http: httpx.Client) -> None:

@@ -21,6 +21,7 @@ import pytest
 from openai import OpenAI, RateLimitError
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.stages.quota import openai_duration
 from tests.integration.conftest import metric, running_stack, scrape, wait_for
 from tests.integration.test_store_outage import OwnValkey
 
@@ -154,7 +155,7 @@ def assert_says_when(error: RateLimitError, unit: str, limit: str) -> int:
     retry_after = int(headers["retry-after"])
     assert headers[f"x-ratelimit-limit-{unit}"] == limit
     assert headers[f"x-ratelimit-remaining-{unit}"] == "0"
-    assert headers[f"x-ratelimit-reset-{unit}"] == f"{retry_after}s"
+    assert headers[f"x-ratelimit-reset-{unit}"] == openai_duration(retry_after)
     return retry_after
 
 
@@ -230,7 +231,7 @@ def test_a_hard_capped_refusal_says_when_to_retry(replicas: LocalStack) -> None:
     assert 1 <= int(headers["retry-after"]) <= 3600
     assert headers["x-ratelimit-limit-tokens"] == "40"
     assert headers["x-ratelimit-remaining-tokens"] == "10"
-    assert headers["x-ratelimit-reset-tokens"] == f"{headers['retry-after']}s"
+    assert headers["x-ratelimit-reset-tokens"] == openai_duration(int(headers["retry-after"]))
     # Counted like any refusal (it was not: only the store's refusals were).
     assert refusals_counted(replicas, "capped-budget") == counted + 1
 

@@ -197,7 +197,8 @@ async def test_models_route_is_answered_by_the_gateway(processor: Processor) -> 
     )
     assert answer.immediate_response.status.code == 200
     listed = orjson.loads(answer.immediate_response.body)
-    expected = [m.name for m in load_config("config/gateway.yaml", environ={}).models]
+    models = load_config("config/gateway.yaml", environ={}).models
+    expected = [name for m in models for name in (m.name, *m.aliases)]  # aliases are names too
     assert [m["id"] for m in listed["data"]] == expected
 
 
