@@ -196,6 +196,7 @@ class Runtime:
     def __init__(self, config: GatewayConfig, services: Services) -> None:
         self.config = config
         self.services = services
+        services.metrics.admit_config(config)  # its names never fold into "other"
         self.routes = RouteTable(config)
         # None when no route names a host: the path alone decides.
         self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None

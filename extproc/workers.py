@@ -152,6 +152,7 @@ class Supervisor:
             _BoundedCollector(
                 MergedWorkerMetrics(str(self.multiprocess_dir)),
                 self.config.telemetry.metrics.max_label_values,
+                self.config,
             )
         )
         settings = self.config.telemetry.metrics.quota_gauges
@@ -316,9 +317,13 @@ class _BoundedCollector(Collector):
     Counters and histogram buckets fold by summing, which keeps them exact.
     """
 
-    def __init__(self, source: Collector, max_values: int) -> None:
+    def __init__(
+        self, source: Collector, max_values: int, config: GatewayConfig | None = None
+    ) -> None:
         self._source = source
         self._budget = LabelBudget(max_values)
+        if config is not None:
+            self._budget.admit_config(config)  # as each worker does (GatewayMetrics)
 
     def collect(self) -> Iterator[Metric]:
         bound = self._budget.bound

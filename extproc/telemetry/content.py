@@ -10,16 +10,26 @@ During the response the capture only keeps references to those byte chunks
 (one list append per chunk); they are parsed once, after Envoy has its last
 answer, and never on a request that does not log content.
 
-Text is cut at ``max_content_chars`` per field and flagged as truncated. Only
-text is kept: images and other non-text parts become a ``[type]`` marker, tool
-calls their name and arguments.
+``max_content_chars`` bounds each field as a whole: the completion is cut at
+that many characters, the prompt keeps its newest messages within that many
+characters in total (a long conversation of short turns must not make a line
+many times the cap); either is then flagged as truncated. Only text is kept:
+images and other non-text parts become a ``[type]`` marker, tool calls their
+name and arguments.
+
+The answer is the provider's (after translation), i.e. outside input: reading
+it never raises, whatever its shape, because the log line, the metrics and the
+usage rollup are written after it and must not be lost to an odd answer.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 _DATA = b"data:"
 
@@ -50,33 +60,35 @@ class ContentCapture:
 
     def prompt(self, body: dict[str, Any] | None) -> list[dict[str, str]] | None:
         """The conversation in the parsed request body (read at the end, so after
-        guardrails masked it), as ``[{"role", "content"}]`` with text content."""
+        guardrails masked it), as ``[{"role", "content"}]`` with text content: its newest
+        messages within ``max_content_chars`` in all."""
         if body is None:
             return None
-        messages: list[dict[str, str]] = []
-        system = body.get("system") if self._anthropic else None
-        if system is not None:
-            messages.append({"role": "system", "content": self._cut(_text_of(system))})
-        for message in body.get("messages") or ():
-            if isinstance(message, dict):
-                role = message.get("role")
-                text = _text_of(message.get("content"))
-                calls = message.get("tool_calls")
-                if isinstance(calls, list) and calls:
-                    text = "\n".join(filter(None, (text, _tool_calls_text(calls))))
-                messages.append({"role": str(role), "content": self._cut(text)})
-        return messages
+        try:
+            messages = _conversation(body, self._anthropic)
+        except Exception as exc:  # the line must be written whatever happens
+            _unreadable("prompt", exc)
+            return None
+        return self._newest_within_limit(messages)
 
     def completion(self) -> str | None:
         """The answer's text as the client received it so far; None when there was none."""
         if self._read != len(self._chunks):
             self._read = len(self._chunks)
-            body = b"".join(self._chunks)
-            text = _stream_text(body, self._anthropic) if self._streamed else None
-            if text is None:
-                text = _body_text(body, self._anthropic)
+            try:
+                text = self._answer_text(b"".join(self._chunks))
+            except Exception as exc:  # the line must be written whatever happens
+                _unreadable("completion", exc)
+                self._output = None
+                return None
             self._output = self._cut(text) if text is not None else ""
         return self._output or None
+
+    def _answer_text(self, body: bytes) -> str | None:
+        text = _stream_text(body, self._anthropic) if self._streamed else None
+        if text is None:
+            text = _body_text(body, self._anthropic)
+        return text
 
     def input_messages_json(self, body: dict[str, Any] | None) -> str | None:
         """The prompt in OpenTelemetry's ``gen_ai.input.messages`` shape, as JSON."""
@@ -103,6 +115,62 @@ class ContentCapture:
         self.truncated = True
         return text[: self._limit]
 
+    def _newest_within_limit(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The newest messages whose text fits in the limit, in their order; the oldest
+        one kept may be cut. The newest turn is what a request adds to a conversation
+        (the older ones were in the lines of its earlier requests)."""
+        left = self._limit
+        kept: list[dict[str, str]] = []
+        for message in reversed(messages):
+            if left <= 0:
+                self.truncated = True
+                break
+            text = message["content"]
+            if len(text) > left:
+                self.truncated = True
+                text = text[:left]
+            kept.append({"role": message["role"], "content": text})
+            left -= len(text)
+        kept.reverse()
+        return kept
+
+
+def _conversation(body: dict[str, Any], anthropic: bool) -> list[dict[str, str]]:
+    """Every message of a request body with its whole text, the system prompt first."""
+    messages: list[dict[str, str]] = []
+    system = body.get("system") if anthropic else None
+    if system is not None:
+        messages.append({"role": "system", "content": _text_of(system)})
+    for message in _listed(body.get("messages")):
+        if isinstance(message, dict):
+            text = _text_of(message.get("content"))
+            calls = _listed(message.get("tool_calls"))
+            if calls:
+                text = "\n".join(filter(None, (text, _tool_calls_text(calls))))
+            messages.append({"role": str(message.get("role")), "content": text})
+    return messages
+
+
+def _unreadable(field: str, exc: Exception) -> None:
+    """A shape the readers below did not foresee: the field is left out (null), the rest
+    of the line is written. Only the exception's type is logged: its message could
+    quote the text."""
+    log.warning("content capture could not read the %s: %s", field, type(exc).__name__)
+
+
+def _listed(value: Any) -> list[Any]:
+    """A JSON value that should be an array; anything else has no items."""
+    return value if isinstance(value, list) else []
+
+
+def _json_text(value: Any) -> str:
+    """A tool's input as JSON text; one nested deeper than orjson writes (254 levels,
+    though it reads 1024) is shown as a marker rather than failing the line."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return "[too deeply nested]"
+
 
 def _text_of(content: Any) -> str:
     """Text of a message's content: a string, or a list of typed parts."""
@@ -122,8 +190,7 @@ def _text_of(content: Any) -> str:
             elif kind == "tool_result":
                 pieces.append(_text_of(part.get("content")))
             elif kind == "tool_use":
-                arguments = orjson.dumps(part.get("input")).decode()
-                pieces.append(f"[tool_use {part.get('name')}] {arguments}")
+                pieces.append(f"[tool_use {part.get('name')}] {_json_text(part.get('input'))}")
             else:
                 pieces.append(f"[{kind}]")
     return "\n".join(pieces)
@@ -156,8 +223,8 @@ def _body_text(body: bytes, anthropic: bool) -> str | None:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             text = _text_of(message.get("content"))
-            calls = message.get("tool_calls")
-            if isinstance(calls, list) and calls:
+            calls = _listed(message.get("tool_calls"))
+            if calls:
                 text = "\n".join(filter(None, (text, _tool_calls_text(calls))))
             texts.append(text)
     return "\n".join(texts)
@@ -190,7 +257,7 @@ def _stream_text(body: bytes, anthropic: bool) -> str | None:
                 if isinstance(partial, str):
                     pieces.append(partial)
             continue
-        for choice in event.get("choices") or ():
+        for choice in _listed(event.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
@@ -199,7 +266,7 @@ def _stream_text(body: bytes, anthropic: bool) -> str | None:
             text = delta.get("content")
             if isinstance(text, str):
                 pieces.append(text)
-            for call in delta.get("tool_calls") or ():
+            for call in _listed(delta.get("tool_calls")):
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
                     if function.get("name"):

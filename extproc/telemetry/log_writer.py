@@ -1,16 +1,20 @@
 """Writes request log lines off the event loop: stdout and/or a size-rotated file.
 
-``LineWriter.submit`` only appends a finished line to a bounded deque; one
-background thread drains it every few milliseconds and writes the lines. The
-deque, not a ``queue.Queue``: an append takes no lock and wakes no thread, so
-the event loop does not hand the GIL to the writer once per request (the
-profile showed the queue's lock release among the costliest calls of a
-request); the writer wakes on its own clock and takes whatever piled up. So a slow disk, a full
-pipe (a log shipper that stopped reading stdout) or a file rotation never holds
-up a request. If the sink stays stuck long enough for the queue to fill, new
-lines are dropped and counted (``dropped``) instead of growing memory without
-bound or stalling the gateway; usage itself is never lost that way, because
-quotas and the usage rollups do not depend on the log.
+``LineWriter.submit`` only appends a finished line to a bounded deque per sink;
+each sink has its own background thread that drains its deque every few
+milliseconds and writes the lines. The deque, not a ``queue.Queue``: an append
+takes no lock and wakes no thread, so the event loop does not hand the GIL to a
+writer once per request (the profile showed the queue's lock release among the
+costliest calls of a request); a writer wakes on its own clock and takes
+whatever piled up. So a slow disk, a full pipe (a log shipper that stopped
+reading stdout) or a file rotation never holds up a request, and one stuck sink
+never holds up the other: the file, often the audit copy, keeps being written
+while stdout is stuck. If a sink stays stuck long enough for its queue to fill
+(``queue_size`` lines, or ``max_queued_bytes``: lines with prompt and completion
+text can be a megabyte each), new lines are dropped for that sink and counted
+(``dropped``) instead of growing memory without bound or stalling the gateway;
+usage itself is never lost that way, because quotas and the usage rollups do
+not depend on the log.
 
 Each line goes out in one ``write`` with its own flush, so lines of several
 processes sharing one stdout stay whole (up to the pipe's atomic size, 4 KiB
@@ -23,14 +27,19 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
 
-# How often the writer drains the lines: a log line lands at most this late.
+# How often a writer drains its lines: a log line lands at most this late.
 DRAIN_INTERVAL_S = 0.01
+# Bytes of lines one sink may hold while it is stuck: about what the default
+# queue_size holds of lines without content (100,000 of ~1.3 KB), so it bounds
+# memory where lines with content are far larger, and changes nothing otherwise.
+MAX_QUEUED_BYTES = 128 * 1024 * 1024
 
 
 class RotatingFile:
@@ -83,7 +92,7 @@ class RotatingFile:
 
 
 class LineWriter:
-    """A background thread that writes queued lines to stdout and/or a rotating file."""
+    """Writes queued lines to stdout and/or a rotating file, one thread per sink."""
 
     def __init__(
         self,
@@ -91,37 +100,147 @@ class LineWriter:
         stdout: IO[bytes] | None = None,
         file: RotatingFile | None = None,
         queue_size: int = 100_000,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
-        self._stdout = stdout
         self._file = file
-        self._lines: deque[bytes] = deque()
-        self._queue_size = queue_size
-        self._stopping = threading.Event()
-        # Lines refused because the queue was full (counted on the event loop's thread).
-        self.dropped = 0
-        # Lines a sink failed to take (counted on the writer thread).
-        self.failed = 0
-        self.written = 0
-        self._thread = threading.Thread(target=self._run, name="aigw-request-log", daemon=True)
-        self._thread.start()
+        # The file first: close() waits for the sinks in this order, and a stuck stdout
+        # must not use up the wait that lets the file be flushed and closed.
+        self._sinks: list[_SinkWriter] = []
+        if file is not None:
+            self._sinks.append(_SinkWriter("file", _FileSink(file), queue_size, max_queued_bytes))
+        if stdout is not None:
+            self._sinks.append(
+                _SinkWriter("stdout", _StdoutSink(stdout), queue_size, max_queued_bytes)
+            )
+
+    @property
+    def dropped(self) -> int:
+        """Lines a sink refused because its queue was full (a line refused by both
+        sinks counts twice)."""
+        return sum(sink.dropped for sink in self._sinks)
+
+    @property
+    def failed(self) -> int:
+        """Lines a sink failed to take (a write error)."""
+        return sum(sink.failed for sink in self._sinks)
+
+    @property
+    def written(self) -> int:
+        """Lines every sink has taken (or failed to)."""
+        return min((sink.written for sink in self._sinks), default=0)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of lines waiting, in the sink holding the most."""
+        return max((sink.queued_bytes for sink in self._sinks), default=0)
 
     def submit(self, line: bytes) -> None:
-        """Queue one line (never blocks); counts it as dropped when the queue is full."""
-        if len(self._lines) < self._queue_size:
-            self._lines.append(line)
-        else:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "request log sink is not keeping up: %d lines dropped so far", self.dropped
-                )
+        """Queue one line for every sink (never blocks)."""
+        for sink in self._sinks:
+            sink.submit(line)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is queued, then stop the thread (waits at most ``timeout_s``)."""
-        self._stopping.set()
-        self._thread.join(timeout_s)
-        if self._file is not None and not self._thread.is_alive():
+        """Write what is queued, then stop the threads (waits at most ``timeout_s`` in all)."""
+        for sink in self._sinks:
+            sink.stop()
+        deadline = time.monotonic() + timeout_s
+        for sink in self._sinks:
+            sink.join(max(0.0, deadline - time.monotonic()))
+        file_sinks = [sink for sink in self._sinks if isinstance(sink.target, _FileSink)]
+        if self._file is not None and not any(sink.alive for sink in file_sinks):
             self._file.close()
+
+
+class _StdoutSink:
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def write(self, line: bytes) -> bool:
+        try:
+            self._stream.write(line)
+            self._stream.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Each line is flushed as it is written."""
+
+
+class _FileSink:
+    def __init__(self, file: RotatingFile) -> None:
+        self._file = file
+
+    def write(self, line: bytes) -> bool:
+        try:
+            self._file.write(line)
+        except OSError:
+            log.exception("request log file write failed")
+            return False
+        return True
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError:
+            log.exception("request log file flush failed")
+
+
+class _SinkWriter:
+    """One sink's bounded queue and the thread that drains it.
+
+    The queue is bounded by lines and by bytes. Its byte count is two counters, each
+    moved by one thread only (bytes in by the submitter, bytes out by the writer), so
+    no lock is taken and no update is lost.
+    """
+
+    def __init__(
+        self, name: str, target: _StdoutSink | _FileSink, queue_size: int, max_bytes: int
+    ) -> None:
+        self.name = name
+        self.target = target
+        self._lines: deque[bytes] = deque()
+        self._queue_size = queue_size
+        self._max_bytes = max_bytes
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._stopping = threading.Event()
+        # Lines refused because the queue was full (counted on the submitting thread).
+        self.dropped = 0
+        # Lines the sink failed to take (counted on the writer thread).
+        self.failed = 0
+        self.written = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"aigw-request-log-{name}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, line: bytes) -> None:
+        size = len(line)
+        if len(self._lines) < self._queue_size and self.queued_bytes + size <= self._max_bytes:
+            self._bytes_in += size
+            self._lines.append(line)
+            return
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "request log %s is not keeping up: %d lines dropped so far",
+                self.name, self.dropped,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while True:
@@ -129,34 +248,16 @@ class LineWriter:
             lines = self._lines
             wrote = False
             while lines:
-                self._write(lines.popleft())
+                line = lines.popleft()
+                if not self.target.write(line):
+                    self.failed += 1
+                self._bytes_out += len(line)
+                self.written += 1
                 wrote = True
-            if wrote and self._file is not None:
-                self._flush_file()
+            if wrote:
+                self.target.flush()
             if stopping:
                 return
-
-    def _write(self, line: bytes) -> None:
-        if self._stdout is not None:
-            try:
-                self._stdout.write(line)
-                self._stdout.flush()
-            except (OSError, ValueError):
-                self.failed += 1
-        if self._file is not None:
-            try:
-                self._file.write(line)
-            except OSError:
-                log.exception("request log file write failed")
-                self.failed += 1
-        self.written += 1
-
-    def _flush_file(self) -> None:
-        assert self._file is not None
-        try:
-            self._file.flush()
-        except OSError:
-            log.exception("request log file flush failed")
 
 
 def default_stdout() -> IO[bytes]:

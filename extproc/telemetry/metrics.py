@@ -5,6 +5,11 @@ request is authenticated. Label values are bounded per label name: past
 ``max_label_values`` distinct values, new ones are counted under ``other`` so a
 flood of made-up model names cannot blow up the series count. Every metric with
 a free-form label is recorded through ``_child``, which applies that budget.
+Values the config names (its models and aliases, routes, providers, keys) are
+admitted outside the budget (``admit_config``): made-up names that use the
+budget up must not push the configured models into ``other``. A request that
+reached no provider (401, 403, 404...) has no model label at all: its model may
+be any string the client sent.
 
 With ``extproc serve --workers N`` each worker records into prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor merges them
@@ -22,7 +27,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
@@ -32,6 +37,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from extproc.agents.metrics import AgentMetrics
+
+if TYPE_CHECKING:
+    from extproc.config.model import GatewayConfig
 
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
@@ -45,6 +53,8 @@ GEN_AI_LABELS = (
     "gen_ai_token_type",
 )
 OVERFLOW_VALUE = "other"
+# Labels that name a model the client asked for: the config's models and aliases.
+MODEL_LABELS = ("model", "to_model", "gen_ai_request_model")
 COST_METRIC = "aigw_cost_usd"
 PICODOLLARS_PER_USD = 10**12
 # Below 2**13 USD a float's spacing is under half a picodollar, so a worker's float
@@ -71,16 +81,43 @@ GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock"
 
 
 class LabelBudget:
-    """Caps the distinct values each label may take."""
+    """Caps the distinct values each label may take; admitted values are always kept."""
 
     def __init__(self, max_values: int) -> None:
         self.max_values = max_values
         self._seen: dict[str, set[str]] = {}
+        # Values the config names, per label: kept whatever the budget, not counted in it.
+        self._admitted: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
 
+    def admit(self, label: str, values: Iterable[str]) -> None:
+        """Keep these values of ``label`` outside the budget (replacing those admitted
+        before: a reload names the config's values anew; series made stay)."""
+        with self._lock:
+            self._admitted[label] = frozenset(values)
+
+    def admit_config(self, config: GatewayConfig) -> None:
+        """Admit the values the config names: its models and aliases, routes, providers
+        and keys. Bounded by the config, they cannot blow up the series; admitted, they
+        cannot be pushed into ``other`` by made-up values that came first."""
+        models = [name for model in config.models for name in (model.name, *model.aliases)]
+        for label in MODEL_LABELS:
+            self.admit(label, models)
+        self.admit("route", (route.name for route in config.routes))
+        self.admit("provider", (provider.name for provider in config.providers))
+        keys = config.auth.api_keys
+        self.admit("api_key_id", (key.id for key in keys))
+        self.admit("user_id", (key.user_id for key in keys if key.user_id))
+        self.admit("group_id", (key.group_id for key in keys if key.group_id))
+
     def bound(self, label: str, value: str) -> str:
+        if not value:
+            return value  # "unknown" (no provider, anonymous): one value, not a budget's worth
         seen = self._seen.get(label)
         if seen is not None and value in seen:
+            return value
+        admitted = self._admitted.get(label)
+        if admitted is not None and value in admitted:
             return value
         with self._lock:
             seen = self._seen.setdefault(label, set())
@@ -194,6 +231,12 @@ class GatewayMetrics:
         self._by_raw: dict[tuple[str, ...], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
+    def admit_config(self, config: GatewayConfig) -> None:
+        """Admit the values ``config`` names (called for each config the gateway loads)."""
+        self.labels.admit_config(config)
+        # Values folded into `other` before they were admitted are looked up anew.
+        self._by_raw.clear()
+
     def _child(self, metric: Any, *values: str) -> Any:
         raw = (metric._name, *values)
         child = self._by_raw.get(raw)
@@ -222,6 +265,10 @@ class GatewayMetrics:
         duration_s: float | None,
         ttft_s: float | None = None,
     ) -> None:
+        if not provider:
+            # Refused before a provider was chosen (401, 403, 404...): the model may be
+            # any string the client sent, so it names no series (the log line has it).
+            model = ""
         self._child(self.requests, route, provider, model, status).inc()
         if duration_s is not None:
             self._child(self.request_duration, route, provider, model).observe(duration_s)

@@ -239,7 +239,7 @@ async def test_anthropic_messages_content_and_stop_reason(
     assert line["finish_reasons"] == ["max_tokens"]
     assert (line["prompt_tokens"], line["cached_tokens"]) == (10, 7)
     assert line["prompt"] == [
-        {"role": "system", "content": "Be b"},
+        {"role": "system", "content": "Be"},  # the cap (4) bounds the whole prompt
         {"role": "user", "content": "Hi"},
     ]
     assert line["completion"] == "Hell"
