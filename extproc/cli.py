@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ def _load(path: str) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extproc.management.service import ManagementListenError
     from extproc.store.embedded import DataDirInUseError
 
     config = _load(args.config)
@@ -40,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         from extproc.server import serve
 
         event_loop.run(serve(config, args.config), config.server.event_loop)
-    except (ConfigError, DataDirInUseError) as exc:
+    except (ConfigError, DataDirInUseError, ManagementListenError) as exc:
         # Found while starting (a file the config names, a data dir in use): a user
         # error like those of the config's own check, not a traceback.
         print(exc, file=sys.stderr)
@@ -139,7 +141,7 @@ def _add_usage_commands(commands: Any) -> None:
         remote.add_argument("--api", action="store_true", help="ask the management API")
         remote.add_argument("--address", help="management API (default: the config's)")
         remote.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
-        remote.add_argument("--timeout", type=float, default=30.0, help="seconds")
+        remote.add_argument("--timeout", type=_seconds, default=30.0, help="seconds")
         sub.set_defaults(run=_usage_report)
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
 
@@ -185,13 +187,25 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A timeout: 0, a negative number, inf or nan made every call fail at once with
+    "no answer from the management API in time", blaming a gateway that was never asked."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return seconds
+
+
 def _management_options(sub: argparse.ArgumentParser) -> None:
     """How every management command reaches the API (the same for quota and keys)."""
     sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
     sub.add_argument("--address", help="management API (default: the config's)")
     sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
     sub.add_argument("--format", choices=("table", "json"), default="table")
-    sub.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    sub.add_argument("--timeout", type=_seconds, default=10.0, help="seconds")
 
 
 def _add_quota_commands(commands: Any) -> None:

@@ -1,8 +1,11 @@
 """The management API's client: what the ``extproc quota|keys ...`` commands call it with.
 
-A plain synchronous channel (one call per command). Failures become
-``ManagementError`` with a message for a person, never a traceback; ``render``
-prints quota states and ``render_keys`` API keys, as a table or as JSON.
+A plain synchronous channel (one call per command), straight to the address:
+never through an HTTP proxy of the environment (``https_proxy`` and the like),
+which would carry the plaintext call, admin token included, or fail to reach a
+loopback address. Failures become ``ManagementError`` with a message for a
+person, never a traceback; ``render`` prints quota states and ``render_keys``
+API keys, as a table or as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import orjson
 
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
+
+# Trailing metadata of an UNAVAILABLE the gateway itself answered because its store
+# did not: the API was reached, so "cannot reach the management API" would mislead.
+STORE_ERROR_METADATA: tuple[tuple[str, str], ...] = (("aigw-error", "store"),)
+# The management API is plaintext: a proxy would see the admin token.
+_CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0),)
 
 # Refusals a user can act on (wrong token, typo, gateway down): the CLI exits 2.
 USAGE_ERRORS = frozenset(
@@ -54,8 +63,9 @@ class ManagementClient:
     def __init__(self, address: str, token: str, timeout_s: float = 10.0) -> None:
         self.address = address
         self._timeout_s = timeout_s
+        _check_token(token)
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = self.stub_type(self._channel)
 
     def __enter__(self) -> Self:
@@ -78,7 +88,9 @@ class ManagementClient:
     def _explain(self, exc: grpc.RpcError) -> ManagementError:
         code: grpc.StatusCode = exc.code()
         details = exc.details() or code.name
-        if code is grpc.StatusCode.UNAVAILABLE:
+        if code is grpc.StatusCode.UNAVAILABLE and _from_the_store(exc):
+            message = f"{details} (the management API at {self.address} is up, its store is not)"
+        elif code is grpc.StatusCode.UNAVAILABLE:
             message = (
                 f"cannot reach the management API at {self.address}"
                 f" (is the gateway running, with management enabled?): {details}"
@@ -90,6 +102,24 @@ class ManagementClient:
         else:
             message = f"{details} ({code.name})"
         return ManagementError(code, message)
+
+
+def _check_token(token: str) -> None:
+    """gRPC sends only printable ASCII in metadata; anything else failed as an
+    "Invalid metadata (INTERNAL)" error. Never quotes the token."""
+    if not token.isascii() or not token.isprintable():
+        raise ManagementError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the admin token holds a character gRPC cannot send (only printable ASCII:"
+            " no line break, no accented letter); check AIGW_ADMIN_TOKEN or --token",
+        )
+
+
+def _from_the_store(exc: grpc.RpcError) -> bool:
+    """Whether the gateway answered UNAVAILABLE for its store (not the API unreachable)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    found = trailing() if callable(trailing) else None
+    return any(tuple(item) in STORE_ERROR_METADATA for item in found or ())
 
 
 class QuotaClient(ManagementClient):

@@ -3,11 +3,14 @@
 ``QuotaManagementService`` answers ``aigw.management.v1.QuotaManagement`` and
 ``KeyManagementService`` answers ``aigw.management.v1.KeyManagement``, both on
 a gRPC server of their own (``start_server``), bound to ``management.address``,
-which the public Envoy listener has no route to. Every call must carry
-``authorization: Bearer <admin token>``; each change writes one audit line
-naming the token's id (never a token, never a key's secret). The rules come
-from the runtime current at each call, so a config reload applies to the next
-call, admin tokens included.
+which the public Envoy listener has no route to, and which no other process
+can share (no SO_REUSEPORT). Every call must carry
+``authorization: Bearer <admin token>``; every change an admin asks for writes
+one audit line naming the token's id (never a token, never a key's secret) and
+its outcome: applied, or cut short by the store (failed, or unknown when it
+may be in force). Refusals of invalid requests change nothing and are not
+audited. The rules come from the runtime current at each call, so a config
+reload applies to the next call, admin tokens included.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import grpc
 from grpc import aio as grpc_aio
@@ -33,7 +37,8 @@ from extproc.auth.stored_keys import KeyIdTakenError, StoredKeys, UnknownKeyIdEr
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import ManagementConfig
-from extproc.management.audit import AuditLog
+from extproc.management.audit import AuditLog, Outcome
+from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.quotas import (
     InvalidArgumentError,
     LimitState,
@@ -59,6 +64,52 @@ T = TypeVar("T")
 _LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 # Anything that names the limits of one subject a change applies to.
 Selector = Callable[[list[Limit]], list[Limit]]
+# Refusals of what a request names, by the status code they answer with.
+_REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (UnknownKeyIdError, grpc.StatusCode.NOT_FOUND),
+    (KeyIdTakenError, grpc.StatusCode.ALREADY_EXISTS),
+)
+# gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
+# address would then share the port, and the kernel would hand each admin call
+# to either one (changes landing in the other gateway's store). Refuse instead.
+_SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+class ManagementListenError(RuntimeError):
+    """The management API cannot take its address (in use, or not this host's)."""
+
+
+@dataclass
+class Change:
+    """One change an admin asked for, as its audit line tells it, whatever its outcome."""
+
+    action: str
+    # What the request names (subject, rule, key id, new limit...), then the state
+    # before and after the change as far as it was read.
+    fields: dict[str, Any] = field(default_factory=dict)
+    # How far it got: "checking" (nothing sent to the store that changes anything),
+    # "applying" (sent, not confirmed) or "applied" (confirmed by the store).
+    stage: Literal["checking", "applying", "applied"] = "checking"
+
+    def cut_short_outcome(self) -> Outcome:
+        """The outcome of a change cut short by a store error (or a bug) at its stage."""
+        if self.stage == "checking":
+            return "failed"
+        return "unknown" if self.stage == "applying" else "applied"
+
+    def store_error_message(self, error: Exception) -> str:
+        """What the admin needs to know to decide whether to try again."""
+        cause = f"the store did not answer ({type(error).__name__})"
+        if self.stage == "applying":
+            return (
+                f"store error: {cause} while the change was being made: it may have been"
+                " applied; read the current state before trying again"
+            )
+        if self.stage == "applied":
+            return f"store error: the change was applied, but {cause} when its new state was read"
+        return f"store error: {cause}; nothing was changed"
 
 
 class AdminTokens:
@@ -128,34 +179,73 @@ class AdminService:
         self._tokens: tuple[ManagementConfig, AdminTokens] = (config, AdminTokens(config))
 
     async def _call(
-        self, context: grpc_aio.ServicerContext, work: Callable[[str], Awaitable[T]]
+        self,
+        context: grpc_aio.ServicerContext,
+        work: Callable[[str], Awaitable[T]],
+        change: Change | None = None,
     ) -> T:
-        """Authenticate the call, run it, and turn refusals into gRPC status codes."""
-        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
-        if caller is None:
-            presented = _bearer(context.invocation_metadata() or ()) is not None
-            log.warning(
-                "management call from %s refused: %s admin token",
-                context.peer(),
-                "invalid" if presented else "no",
-            )
-            message = (
-                "invalid admin token"
-                if presented
-                else "missing admin token: send `authorization: Bearer <token>`"
-            )
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
+        """Authenticate the call, run it, audit the ``change`` it makes (if any) with its
+        outcome, and turn refusals into gRPC status codes."""
+        caller = await self._authenticate(context)
         try:
-            return await work(caller)
-        except InvalidArgumentError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (NotFoundError, UnknownKeyIdError) as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except KeyIdTakenError as exc:
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            result = await work(caller)
         except STORE_ERRORS as exc:
             log.warning("management call failed on the store: %s", type(exc).__name__)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"store error: {type(exc).__name__}")
+            if change is None:
+                message = f"store error: the store did not answer ({type(exc).__name__})"
+            else:
+                message = change.store_error_message(exc)
+                self._write_audit(change, caller, context, change.cut_short_outcome(), message)
+            await _abort(
+                context, grpc.StatusCode.UNAVAILABLE, message, trailing=STORE_ERROR_METADATA
+            )
+        except Exception as exc:
+            code = _refusal_code(exc)
+            if code is None:
+                # A bug, not the admin's mistake: still one audit line for the change.
+                if change is not None:
+                    outcome = change.cut_short_outcome()
+                    error = f"internal error ({type(exc).__name__})"
+                    self._write_audit(change, caller, context, outcome, error)
+                raise
+            # Invalid, or naming what does not exist: nothing changed, no audit line.
+            await _abort(context, code, str(exc))
+        if change is not None:
+            self._write_audit(change, caller, context, "applied")
+        return result
+
+    async def _authenticate(self, context: grpc_aio.ServicerContext) -> str:
+        """The id of the admin token the call carries; UNAUTHENTICATED without one."""
+        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
+        if caller is not None:
+            return caller
+        presented = _bearer(context.invocation_metadata() or ()) is not None
+        log.warning(
+            "management call from %s refused: %s admin token",
+            context.peer(),
+            "invalid" if presented else "no",
+        )
+        message = (
+            "invalid admin token"
+            if presented
+            else "missing admin token: send `authorization: Bearer <token>`"
+        )
+        await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
+
+    def _write_audit(
+        self,
+        change: Change,
+        caller: str,
+        context: grpc_aio.ServicerContext,
+        outcome: Outcome,
+        error: str | None = None,
+    ) -> None:
+        """One line per change the store made or may have made: who (token id and
+        address), what, how it ended."""
+        extra = {"error": error} if error is not None else {}
+        self._audit.write(
+            change.action, caller, outcome, peer=context.peer(), **change.fields, **extra
+        )
 
     def _admin_tokens(self) -> AdminTokens:
         config = self._runtime().config.management
@@ -245,28 +335,30 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
         details: dict[str, int],
     ) -> pb.QuotaState:
         """Apply one change to some limits of a subject, audit it, answer the new state."""
+        kind = normalize_kind(request.subject_kind)
+        change = Change(
+            action,
+            {
+                "subject_kind": kind,
+                "subject": request.subject,
+                "rule": request.rule or None,
+                "counter": request.counter or None,
+                **details,
+            },
+        )
 
         async def work(caller: str) -> pb.QuotaState:
-            kind = normalize_kind(request.subject_kind)
             limits = self._admin.limits(self._runtime().quota_rules, kind, request.subject)
             targets = select(limits)
-            before = await self._admin.read(targets)
+            change.fields["before"] = _by_label(await self._admin.read(targets))
+            change.stage = "applying"
             await apply(targets)
+            change.stage = "applied"
             after = await self._admin.read(limits)
-            self._audit.write(
-                action,
-                caller,
-                subject_kind=kind,
-                subject=request.subject,
-                rule=request.rule or None,
-                counter=request.counter or None,
-                **details,
-                before=_by_label(before),
-                after=_by_label([state for state in after if state.limit in targets]),
-            )
+            change.fields["after"] = _by_label([s for s in after if s.limit in targets])
             return _quota_state(kind, request.subject, after)
 
-        return await self._call(context, work)
+        return await self._call(context, work, change)
 
 
 class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
@@ -279,19 +371,23 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
     async def CreateKey(  # noqa: N802 - gRPC method name
         self, request: pb.CreateKeyRequest, context: grpc_aio.ServicerContext
     ) -> pb.CreatedKey:
+        change = Change("create_key", {"key_id": request.id})
+
         async def work(caller: str) -> pb.CreatedKey:
             key = _new_key(request)
+            change.fields = _audited(key)
             # A config key with the same id would make the id name two keys in
             # logs, metrics and quotas.
             if self._in_config(key.id):
                 raise KeyIdTakenError(
                     f"an API key with id {key.id!r} already exists (in the config)"
                 )
+            change.stage = "applying"
             secret, stored = await self._keys.create(key)
-            self._audit.write("create_key", caller, **_audited(key))
+            change.stage = "applied"
             return pb.CreatedKey(key=secret, info=_key_info(key, stored.created_at, "store"))
 
-        return await self._call(context, work)
+        return await self._call(context, work, change)
 
     async def ListKeys(  # noqa: N802 - gRPC method name
         self, request: pb.ListKeysRequest, context: grpc_aio.ServicerContext
@@ -309,10 +405,15 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
     async def RevokeKey(  # noqa: N802 - gRPC method name
         self, request: pb.RevokeKeyRequest, context: grpc_aio.ServicerContext
     ) -> pb.KeyInfo:
+        change = Change("revoke_key", {"key_id": request.id})
+
         async def work(caller: str) -> pb.KeyInfo:
             if not request.id:
                 raise InvalidArgumentError("id is required")
             try:
+                # Reads first, then deletes: the store error of a half-done revoke
+                # counts as "unknown", one before any delete as well (conservative).
+                change.stage = "applying"
                 stored = await self._keys.revoke(request.id)
             except UnknownKeyIdError:
                 if self._in_config(request.id):
@@ -321,10 +422,11 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                         " remove it there (or set enabled: false) and reload"
                     ) from None
                 raise
-            self._audit.write("revoke_key", caller, **_audited(stored.key))
+            change.stage = "applied"
+            change.fields = _audited(stored.key)
             return _key_info(stored.key, stored.created_at, "store")
 
-        return await self._call(context, work)
+        return await self._call(context, work, change)
 
     def _in_config(self, key_id: str) -> bool:
         return any(known.id == key_id for known in self._runtime().api_keys.records())
@@ -389,8 +491,21 @@ def _key_info(key: ApiKey, created_at: float, source: str) -> pb.KeyInfo:
     )
 
 
-async def _abort(context: grpc_aio.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
-    await context.abort(code, text)
+def _refusal_code(error: Exception) -> grpc.StatusCode | None:
+    """The status code of a refusal of what the request names; None for anything else."""
+    for kind, code in _REFUSALS:
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+async def _abort(
+    context: grpc_aio.ServicerContext,
+    code: grpc.StatusCode,
+    text: str,
+    trailing: tuple[tuple[str, str], ...] = (),
+) -> NoReturn:
+    await context.abort(code, text, trailing)
     raise AssertionError("context.abort raises")
 
 
@@ -427,7 +542,7 @@ async def start_server(
     usage: UsageReportService | None = None,
 ) -> grpc_aio.Server:
     """A gRPC server of its own for the management API, with health and reflection."""
-    server = grpc_aio.server()
+    server = grpc_aio.server(options=_SERVER_OPTIONS)
     pb_grpc.add_QuotaManagementServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     served = [SERVICE_NAME]
     if keys is not None:
@@ -443,8 +558,12 @@ async def start_server(
     )
     try:
         server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise RuntimeError(f"management API cannot listen on {address}: {exc}") from None
+    except RuntimeError:
+        # gRPC's own message says only "Failed to bind" (and logs the reason).
+        raise ManagementListenError(
+            f"management API cannot listen on {address}: the address is in use (another"
+            " gateway with the same management.address?) or not one of this host's"
+        ) from None
     await server.start()
     for name in ("", *served):
         await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,176 @@
+"""The management API's audit trail says how each change ended, on a real Valkey.
+
+An operator's change whose confirmation is lost after the store made it is in
+force: the audit line says ``applied`` and the answer says so (retrying an
+adjustment would count it twice). A revocation cut short half-way is audited as
+``unknown`` (the key may already be refused), never with a secret.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from grpc import aio as grpc_aio
+from redis.exceptions import ConnectionError as StoreConnectionError
+
+from extproc.auth.api_keys import key_digest
+from extproc.auth.stored_keys import StoredKeys
+from extproc.config import parse_config
+from extproc.devstack import DEFAULT_CONFIG
+from extproc.management.audit import AuditLog
+from extproc.management.quotas import QuotaAdmin
+from extproc.management.service import KeyManagementService, QuotaManagementService, start_server
+from extproc.management.v1 import management_pb2 as pb
+from extproc.management.v1 import management_pb2_grpc as pb_grpc
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.telemetry.access_log import AccessLog
+from extproc.telemetry.metrics import GatewayMetrics
+
+TOKEN = "unit-audit-admin-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+PREFIX = "audit:"
+RULE = """
+quotas:
+  rules:
+    - name: keys-5-rpm
+      subject: api_key
+      requests_per_minute: 5
+"""
+FIELD = "keys-5-rpm:requests_per_minute"
+
+
+class ReadsLostAfterAWrite:
+    """The real store client, except that once a write went through, the next reads
+    fail: the connection lost right after the store made the change."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.wrote = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def hset(self, *args: Any, **kwargs: Any) -> Any:
+        answer = await self._client.hset(*args, **kwargs)
+        self.wrote = True
+        return answer
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        if self.wrote:
+            raise StoreConnectionError("Connection closed by server.")
+        return self._client.pipeline(*args, **kwargs)
+
+
+def runtime() -> Runtime:
+    config = parse_config(
+        DEFAULT_CONFIG.read_text() + RULE, "gateway.yaml", {"AIGW_ADMIN_TOKEN": TOKEN}
+    )
+    return Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
+
+
+def lines(audit: io.BytesIO) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in audit.getvalue().splitlines()]
+
+
+async def test_a_limit_set_whose_confirmation_was_lost_is_audited_as_applied(
+    valkey: EmbeddedValkey,
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    quota_store = QuotaStore(client, PREFIX)
+    current = runtime()
+    audit = io.BytesIO()
+    flaky = ReadsLostAfterAWrite(client)
+    service = QuotaManagementService(
+        lambda: current, QuotaAdmin(flaky, PREFIX, quota_store), AuditLog(audit)
+    )
+    address = f"127.0.0.1:{free_port()}"
+    server = await start_server(address, service)
+    request = pb.SetLimitRequest(
+        subject_kind="api_key", subject="team1", rule="keys-5-rpm",
+        counter="requests_per_minute", limit=2,
+    )  # fmt: skip
+    try:
+        async with grpc_aio.insecure_channel(address) as channel:
+            stub = pb_grpc.QuotaManagementStub(channel)
+            with pytest.raises(grpc_aio.AioRpcError) as lost:
+                await stub.SetLimit(request, metadata=AUTH)
+        # What the next request is checked against: the new limit is in force.
+        in_force = await QuotaAdmin(client, PREFIX, quota_store).read(
+            current.quota_rules.limits_for_subject("api_key", "team1", quota_store.now())
+        )
+    finally:
+        await server.stop(None)
+        await client.aclose()
+
+    assert lost.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "the change was applied" in (lost.value.details() or "")
+    assert (in_force[0].in_force, in_force[0].overridden) == (2, True)
+    [line] = lines(audit)
+    assert (line["action"], line["caller"], line["outcome"]) == ("set_limit", "ops", "applied")
+    assert line["before"][FIELD]["limit"] == 5
+    assert "after" not in line and "the change was applied" in line["error"]
+
+
+class DeletesLostAfterTheFirst:
+    """The real store client, except that the connection drops after one delete went
+    through: a revocation cut short after the key's record was deleted."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.deleted = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def delete(self, *names: str) -> Any:
+        if self.deleted:
+            raise StoreConnectionError("Connection closed by server.")
+        self.deleted += 1
+        return await self._client.delete(*names)
+
+
+async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
+    valkey: EmbeddedValkey,
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    current = runtime()
+    audit = io.BytesIO()
+    flaky = DeletesLostAfterTheFirst(client)
+    keys = KeyManagementService(lambda: current, StoredKeys(flaky, PREFIX), AuditLog(audit))
+    quotas = QuotaManagementService(
+        lambda: current, QuotaAdmin(client, PREFIX, QuotaStore(client, PREFIX)), AuditLog(audit)
+    )
+    address = f"127.0.0.1:{free_port()}"
+    server = await start_server(address, quotas, keys)
+    try:
+        async with grpc_aio.insecure_channel(address) as channel:
+            stub = pb_grpc.KeyManagementStub(channel)
+            created = await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
+            with pytest.raises(grpc_aio.AioRpcError) as cut:
+                await stub.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
+        # The key's record is gone: its secret no longer works.
+        still_there = await StoredKeys(client, PREFIX).lookup(key_digest(created.key))
+    finally:
+        await server.stop(None)
+        await client.aclose()
+
+    assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "it may have been applied" in (cut.value.details() or "")
+    assert still_there is None
+    created_line, revoked_line = lines(audit)
+    assert (created_line["action"], created_line["outcome"]) == ("create_key", "applied")
+    assert (revoked_line["action"], revoked_line["caller"], revoked_line["outcome"]) == (
+        "revoke_key", "ops", "unknown",
+    )  # fmt: skip
+    assert revoked_line["key_id"] == "ci-bot"
+    assert revoked_line["peer"].startswith("ipv4:127.0.0.1:")
+    assert created.key.encode() not in audit.getvalue()
