@@ -30,6 +30,7 @@ def _load(path: str) -> GatewayConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.management.service import ManagementListenError
+    from extproc.server import ListenError
     from extproc.store.embedded import DataDirInUseError
 
     config = _load(args.config)
@@ -42,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         from extproc.server import serve
 
         event_loop.run(serve(config, args.config), config.server.event_loop)
-    except (ConfigError, DataDirInUseError, ManagementListenError) as exc:
+    except (ConfigError, DataDirInUseError, ListenError, ManagementListenError) as exc:
         # Found while starting (a file the config names, a data dir in use): a user
         # error like those of the config's own check, not a traceback.
         print(exc, file=sys.stderr)

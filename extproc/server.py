@@ -171,6 +171,10 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # gRPC binds with SO_REUSEPORT by default: a second gateway on the same
+                # address (an old process still running) would silently take a share of
+                # Envoy's streams, and count them in its own store and metrics.
+                ("grpc.so_reuseport", 0),
             ]
         )
         ext_grpc.add_ExternalProcessorServicer_to_server(
@@ -195,11 +199,11 @@ class Gateway:
             grpc_address = worker_address(grpc_address, worker.index)
             if unix_socket:
                 unix_socket = worker_socket(unix_socket, worker.index, worker.workers)
-        add_port(grpc_address)
+        _listen(add_port, grpc_address)
         if unix_socket:
             # A socket file left by a killed process would make the bind fail.
             await asyncio.to_thread(Path(unix_socket).unlink, missing_ok=True)
-            add_port(f"unix:{unix_socket}")
+            _listen(add_port, f"unix:{unix_socket}")
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -396,6 +400,21 @@ async def serve(
         log.info("shutting down: finishing open streams")
     finally:
         await gateway.stop()
+
+
+class ListenError(RuntimeError):
+    """The ext_proc server cannot take its address (in use, or not this host's)."""
+
+
+def _listen(add_port: Callable[[str], int], address: str) -> None:
+    try:
+        add_port(address)
+    except RuntimeError:
+        # gRPC's own message says only "Failed to bind" (and logs the reason).
+        raise ListenError(
+            f"ext_proc server cannot listen on {address}: the address is in use (another"
+            " gateway with the same server.grpc_address?) or not one of this host's"
+        ) from None
 
 
 def restart_only_changes(running: GatewayConfig, loaded: GatewayConfig) -> list[str]:

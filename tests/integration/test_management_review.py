@@ -199,6 +199,41 @@ def test_a_second_gateway_cannot_answer_on_the_same_management_address(
     assert extproc(stack, "quota", "get", *TEAM1).returncode == 0
 
 
+def test_a_second_gateway_cannot_take_a_share_of_envoys_streams(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """The same for the ext_proc address itself: with SO_REUSEPORT a second gateway (an
+    old process still running) took a share of Envoy's streams and counted them in its
+    own store and metrics."""
+    env = {
+        **stack.env,
+        "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{free_port()}",
+        "EXTPROC_DATA_DIR": str(tmp_path / "valkey"),
+        "EXTPROC_SPOOL_DIR": str(tmp_path / "spool"),
+        "REDIS_URL": "",
+    }
+    serve = [sys.executable, "-m", "extproc", "serve", "--config", str(stack.config_path)]
+    with (tmp_path / "second.err").open("wb") as err:
+        second = subprocess.Popen(
+            serve, env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+        )
+        try:
+            ready_url = f"http://{env['EXTPROC_HTTP_ADDRESS']}/readyz"
+            outcome = wait_for(lambda: _exited_or_ready(second, ready_url), timeout_s=60)
+        finally:
+            if second.poll() is None:
+                second.terminate()
+                second.wait(30)
+    stderr = (tmp_path / "second.err").read_text(errors="replace")
+
+    assert outcome == "exited", "the second gateway serves beside the first"
+    assert second.returncode == 2
+    address = stack.env["EXTPROC_GRPC_ADDRESS"]
+    assert f"ext_proc server cannot listen on {address}" in stderr
+    assert "Traceback" not in stderr
+
+
 def _exited_or_ready(process: subprocess.Popen[bytes], ready_url: str) -> str | None:
     if process.poll() is not None:
         return "exited"
