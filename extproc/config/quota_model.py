@@ -14,16 +14,30 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from extproc.headers import CLIENT_CREDENTIAL_HEADERS
+
+# Headers whose values are secrets: never a rule's subject.
+CREDENTIAL_SUBJECT_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
+
 _RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 
 
 def check_subject(subject: str) -> str:
-    """A rule's subject, normalised: ``api_key``, ``user``, ``group`` or ``header:<name>``."""
+    """A rule's subject, normalised: ``api_key``, ``user``, ``group`` or ``header:<name>``.
+
+    Never a header carrying a client's credentials: its counters would be keyed by the
+    secrets themselves, stored in Redis and printed by ``extproc quota list``."""
     if subject in {"api_key", "user", "group"}:
         return subject
     kind, _, header = subject.partition(":")
     if kind == "header" and header and header == header.strip():
-        return f"header:{header.lower()}"
+        name = header.lower()
+        if name in CREDENTIAL_SUBJECT_HEADERS:
+            raise ValueError(
+                f"header:{name} carries clients' credentials, which would become quota"
+                " subjects in the store; use subject: api_key (or user, group) instead"
+            )
+        return f"header:{name}"
     raise ValueError("must be api_key, user, group or header:<name>")
 
 

@@ -72,6 +72,19 @@ def test_a_store_urls_password_is_never_echoed_in_errors() -> None:
     assert "valkey://***@redis:6379/0" in found
 
 
+def test_a_quota_rule_keyed_by_clients_credentials_is_refused() -> None:
+    """Counters keyed by the Authorization header would store every client's secret in
+    Redis and print it in `extproc quota list`."""
+    rule = "quotas:\n  rules:\n    - {name: r, subject: 'header:%s', requests_per_minute: 5}\n"
+    for header in ("Authorization", "x-api-key", "cookie"):
+        found = problems(MINIMAL + rule % header, {"MOCK_KEY": "k"})
+        assert any(
+            p.startswith("quotas.rules[0].subject:") and "credentials" in p for p in found
+        ), found
+    config = parse_config(MINIMAL + rule % "x-user-type", "test.yaml", {"MOCK_KEY": "k"})
+    assert config.quotas.rules[0].subject == "header:x-user-type"
+
+
 def test_unknown_provider_reference_is_reported() -> None:
     text = MINIMAL.replace("provider: mock", "provider: nope")
     [problem] = problems(text, {"MOCK_KEY": "k"})
