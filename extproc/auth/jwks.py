@@ -87,8 +87,9 @@ class KeySet:
 def parse_jwks(document: object, algorithms: Sequence[str]) -> tuple[KeySet, list[str]]:
     """Build the usable keys of a JWKS document; also return one line per broken entry.
 
-    Entries that are fine but of no use here (encryption keys, symmetric keys,
-    keys for algorithms the provider does not allow) are skipped silently.
+    Entries that are fine but of no use here (encryption keys, by ``use`` or
+    ``key_ops``, symmetric keys, keys for algorithms the provider does not allow)
+    are skipped silently.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         return KeySet(), ["not a JWKS: expected an object with a 'keys' array"]
@@ -105,7 +106,7 @@ def parse_jwks(document: object, algorithms: Sequence[str]) -> tuple[KeySet, lis
             continue
         if kid is not None:
             name += f" (kid {kid!r})"
-        if entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
+        if not _for_signatures(entry) or entry.get("kty") == "oct":
             continue
         if "d" in entry:
             # A published private key is a leak at the IdP; using it would hide that.
@@ -131,6 +132,19 @@ def parse_jwks(document: object, algorithms: Sequence[str]) -> tuple[KeySet, lis
             if by_algorithm:
                 keys.append(_Key(kid, by_algorithm))
     return KeySet(keys), problems
+
+
+def _for_signatures(entry: dict[str, object]) -> bool:
+    """Whether the IdP published this key to verify signatures (RFC 7517 §4.2, §4.3).
+
+    A key for encryption (``use: enc``, or ``key_ops`` without ``verify``) must never
+    verify a token: the IdP may run that key's private half as a decryption oracle,
+    which is not the care it takes of a signing key.
+    """
+    if entry.get("use", "sig") != "sig":
+        return False
+    operations = entry.get("key_ops")
+    return operations is None or (isinstance(operations, list) and "verify" in operations)
 
 
 def _algorithms_for(entry: dict[str, object]) -> tuple[str, ...]:

@@ -4,8 +4,11 @@ The token's unverified ``iss`` only picks the provider; everything else is
 checked by PyJWT against that provider's config: the algorithm allow-list, the
 key (from its JWKS, or its shared secret for HS*), issuer, audiences,
 ``exp``/``nbf``/``iat`` with the provider's leeway, and the required claims.
-Verified tokens are cached by their SHA-256 until their ``exp``, so a client
-reusing a token costs one hash per request, with no coroutine.
+A genuine token must name someone: a user or a group through the provider's
+claim mapping, or its usage would count against no limit and land in no one's
+rollup (unless the mapping names no claim at all). Verified tokens are cached
+by their SHA-256 until their ``exp``, so a client reusing a token costs one
+hash per request, with no coroutine.
 
 Every refusal is an ``AuthenticationError`` whose message the client sees:
 ``token expired``, ``token not yet valid`` or ``invalid token: <reason>``. No
@@ -182,6 +185,7 @@ class JwtVerifier:
             log.debug("JWT from provider %s refused: %s", config.name, message)
             raise AuthenticationError(message) from None
         identity = _identity(config, claims)
+        _check_named(config.claims, identity)
         _check_encodable(identity)
         source = provider.keys if provider.secret is None else None
         kid = header.get("kid")
@@ -314,16 +318,45 @@ def _reason(exc: jwt.PyJWTError) -> str:
 def _identity(config: JwtProviderConfig, claims: dict[str, Any]) -> JwtIdentity:
     mapping = config.claims
     groups = _groups(claims, mapping)
-    expires = claims.get("exp")
     return JwtIdentity(
         provider=config.name,
         user_id=_user_id(claims, mapping),
         group_id=groups[0] if groups else None,
         groups=groups,
         claims=_extra(claims, mapping),
-        # PyJWT has checked int(exp) works; compare the same whole seconds it did.
-        expires_at=float(int(expires)) if expires is not None else None,
+        expires_at=_expires_at(claims.get("exp")),
     )
+
+
+def _expires_at(expires: Any) -> float | None:
+    """``exp`` as the cache compares it, or None (never cached) when it has none."""
+    if expires is None:
+        return None
+    # PyJWT has checked int(exp) works; compare the same whole seconds it did.
+    seconds = int(expires)
+    try:
+        return float(seconds)
+    except OverflowError:
+        # A JSON integer past any float (exp: 1e400 written out): PyJWT found it in
+        # the future, but no clock reaches it. Verify such a token on every use.
+        return None
+
+
+def _check_named(mapping: ClaimMapping, identity: JwtIdentity) -> None:
+    """Refuse a token that names neither a user nor a group.
+
+    User and group are what limits, access rules and rollups key on: a token with
+    neither would pass every ``user`` and ``group`` limit and bill no one. A mapping
+    that names no claim at all is the operator's choice (the token is a gate only).
+    """
+    if identity.user_id is not None or identity.groups:
+        return
+    paths = (*mapping.user_id, *mapping.group_id)
+    if paths:
+        # The claim paths come from the config, never from the token.
+        raise AuthenticationError(
+            f"invalid token: names no user or group (claims {', '.join(paths)})"
+        )
 
 
 def _check_encodable(identity: JwtIdentity) -> None:

@@ -92,7 +92,11 @@ class JwksConfig(_Section):
 
 
 class ClaimMapping(_Section):
-    """Which claims become the identity. Paths are dotted (``realm_access.roles``)."""
+    """Which claims become the identity. Paths are dotted (``realm_access.roles``).
+
+    A token must name a user or a group through these paths (limits and rollups
+    key on them); only a mapping with both lists empty accepts tokens naming no one.
+    """
 
     user_id: tuple[ClaimPath, ...] = ("sub",)
     # A string claim, or an array claim: then group_id is its first element and
