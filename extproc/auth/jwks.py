@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import jwt
@@ -228,6 +229,8 @@ class RemoteJwks:
         assert config.url is not None
         self._provider = provider
         self._url = config.url
+        # What logs name: no user or password, no query (either may carry a secret).
+        self._shown_url = shown_url(config.url)
         self._config = config
         self._algorithms = tuple(algorithms)
         self._clock = clock
@@ -300,7 +303,7 @@ class RemoteJwks:
             # Once, when the set becomes empty: refetches of an empty set are routine.
             log.warning(
                 "JWKS of provider %s from %s lists no key usable with %s: its tokens are refused",
-                self._provider, self._url, ", ".join(self._algorithms),
+                self._provider, self._shown_url, ", ".join(self._algorithms),
             )  # fmt: skip
         self._keys = answer
         self._trusted_until = self._last_attempt + self._config.max_stale_s
@@ -318,11 +321,11 @@ class RemoteJwks:
             more = len(problems) - 1
             return problems[0] + (f" (and {more} more broken entries)" if more else "")
         for problem in problems:
-            log.warning("JWKS of provider %s from %s: %s", self._provider, self._url, problem)
+            log.warning("JWKS of provider %s from %s: %s", self._provider, self._shown_url, problem)
         return keys
 
     def _fetch_failed(self, reason: str) -> None:
-        where = (self._provider, self._url, reason)
+        where = (self._provider, self._shown_url, reason)
         if self._trusted_until is None:
             log.warning("JWKS fetch failed for provider %s from %s: %s; no key yet", *where)
             return
@@ -358,3 +361,10 @@ class RemoteJwks:
 
 class _FetchError(Exception):
     """The URL answered, but not with something worth parsing."""
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a log line may name it: scheme, host, port and path only."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -211,3 +211,21 @@ def test_max_stale_s_below_the_refresh_interval_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         JwtVerifier([config])
     assert "jwks.max_stale_s must be at least jwks.refresh_interval_s" in str(caught.value)
+
+
+async def test_a_failed_fetch_names_the_jwks_url_without_its_secrets(
+    idp: IdentityProvider,
+    clock: FakeClock,
+    make_verifier: Factory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An IdP's JWKS URL may carry a password or a token: the warnings name its host and
+    path, never those."""
+    secret_url = idp.url.replace("http://", "http://reader:Pa55w0rd@") + "?access_token=s3cr3t"
+    verifier = await make_verifier(provider(idp, url=secret_url))
+    idp.status = 503
+    await refetch(verifier, idp, clock)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "JWKS fetch failed for provider idp from http://127.0.0.1:" in logged
+    assert "/jwks.json" in logged
+    assert "Pa55w0rd" not in logged and "s3cr3t" not in logged and "reader" not in logged
