@@ -29,6 +29,7 @@ from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
 from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
 from extproc.config.auth_model import AuthMethod
+from extproc.config.model import RouteApi
 from extproc.context import ANONYMOUS, Identity, PhaseOutput, RequestContext
 from extproc.errors import (
     AuthenticationError,
@@ -207,7 +208,15 @@ def _from_jwt(verified: JwtIdentity) -> Identity:
 
 def _check_route(ctx: RequestContext) -> None:
     allowed = ctx.identity.allowed_routes
-    if allowed and ctx.route is not None and ctx.route.name not in allowed:
+    route = ctx.route
+    # The model list is open to every key: it names only what the key may use on the
+    # routes it is allowed (stages.model_list), and SDKs and eval tools read it first.
+    if (
+        allowed
+        and route is not None
+        and route.name not in allowed
+        and (route.api is not RouteApi.OPENAI_MODELS)
+    ):
         raise PermissionDeniedError(
             f"API key '{ctx.identity.api_key_id}' may not use route '{ctx.route.name}'",
             code="route_not_allowed",

@@ -32,6 +32,7 @@ KEYS = {
     "paced": "paced-secret-1",
     "half-metered": "half-metered-secret-1",
     "unmetered": "unmetered-secret-1",
+    "chat-only": "chat-only-secret-1",
 }
 AUTH = """
 auth:
@@ -42,6 +43,7 @@ auth:
     - {id: paced, key: paced-secret-1, group_id: paced-team}
     - {id: half-metered, key: half-metered-secret-1}
     - {id: unmetered, key: unmetered-secret-1}
+    - {id: chat-only, key: chat-only-secret-1, allowed_routes: [openai-chat]}
   access_rules:
     # Engineering only, and only on the /anthropic route: elsewhere anyone may.
     - {name: sonnet-via-anthropic-route, models: [claude-sonnet-4-0], routes: [anthropic],
@@ -154,6 +156,20 @@ def test_a_key_allowed_only_an_alias_finds_it_in_the_model_list(review_stack: Lo
     )
     assert answer.choices[0].message.content
     assert listed(review_stack, "haiku-only") == {"haiku"}
+
+
+def test_a_key_kept_to_one_route_may_still_list_its_models(review_stack: LocalStack) -> None:
+    """`allowed_routes: [openai-chat]`: the SDK's models.list() was a 403; it lists what
+    the key may use there, and the key is still kept from the other routes."""
+    names = listed(review_stack, "chat-only")
+    assert "gpt-4o-mini" in names
+    # Only what the chat route serves (the Anthropic-only names of /anthropic are not).
+    assert names <= listed(review_stack, "unmetered")
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client(review_stack, "chat-only", "/openai").chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+    assert refused.value.code == "route_not_allowed"
 
 
 def test_the_model_list_names_every_alias_a_caller_may_send(review_stack: LocalStack) -> None:
