@@ -215,9 +215,9 @@ def _check_route(ctx: RequestContext) -> None:
         allowed
         and route is not None
         and route.name not in allowed
-        and (route.api is not RouteApi.OPENAI_MODELS)
+        and route.api is not RouteApi.OPENAI_MODELS
     ):
         raise PermissionDeniedError(
-            f"API key '{ctx.identity.api_key_id}' may not use route '{ctx.route.name}'",
+            f"API key '{ctx.identity.api_key_id}' may not use route '{route.name}'",
             code="route_not_allowed",
         )
