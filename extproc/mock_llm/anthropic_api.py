@@ -14,6 +14,9 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``disable_parallel_tool_use``, the named tool for ``tool``. Inputs are built from each
   tool's ``input_schema`` like JSON replies; output tokens are the tokens of the inputs' JSON.
   ``auto`` and ``none`` answer text.
+- Scripted answers (``scripted``): header ``x-mock-reply`` chooses the text, and
+  ``x-mock-tool-calls`` makes the answer call tools after it, with the input pieces the test
+  chose (``stop_reason`` "tool_use"; output tokens are the text pieces and the input pieces).
 - ``/v1/messages/count_tokens`` answers ``{"input_tokens": N}``, N being the ``input_tokens``
   a Messages call with the same prompt reports; generation fields (``max_tokens``,
   ``stream``...) are refused as extra inputs, as on the real API.
@@ -63,7 +66,12 @@ from aiohttp import web
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import instance
 from extproc.mock_llm.recorder import Body
-from extproc.mock_llm.scripted import ScriptError, scripted_pieces
+from extproc.mock_llm.scripted import (
+    ScriptedCall,
+    ScriptError,
+    scripted_pieces,
+    scripted_tool_calls,
+)
 from extproc.mock_llm.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     count_tokens,
@@ -471,14 +479,18 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """One ``tool_use`` block of a forced tool use."""
+    """One ``tool_use`` block: of a forced tool use, or scripted (``x-mock-tool-calls``)."""
 
     name: str
     input: dict[str, Any]
+    # The input's JSON as streamed, one input_json_delta each; None: one piece per token.
+    scripted_pieces: tuple[str, ...] | None = None
 
     @property
     def pieces(self) -> list[str]:
-        """The input's JSON, one piece per token (its input_json_delta pieces)."""
+        """The input's JSON, as its input_json_delta pieces."""
+        if self.scripted_pieces is not None:
+            return list(self.scripted_pieces)
         return token_pieces(orjson.dumps(self.input).decode())
 
 
@@ -502,9 +514,8 @@ class Reply:
 
     @property
     def output_tokens(self) -> int:
-        if self.calls:
-            return sum(len(call.pieces) for call in self.calls)
-        return len(self.pieces)
+        # The text said before the calls, if any, and the calls' inputs.
+        return len(self.pieces) + sum(len(call.pieces) for call in self.calls)
 
     def input_usage(self) -> dict[str, Any]:
         """The input side of usage: Anthropic's input_tokens excludes cache reads and writes."""
@@ -527,11 +538,12 @@ class Reply:
         return replace(self, cache_writes=asked.within(self.input_tokens - self.cached_tokens))
 
     def blocks(self, message_id: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Each content block as it starts in a stream, with the deltas that complete it."""
-        if not self.calls:
+        """Each content block as it starts in a stream, with the deltas that complete it:
+        the text (when there is some, or nothing else), then one block per tool call."""
+        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if self.pieces or not self.calls:
             deltas = [{"type": "text_delta", "text": piece} for piece in self.pieces]
-            return [({"type": "text", "text": ""}, deltas)]
-        blocks = []
+            blocks.append(({"type": "text", "text": ""}, deltas))
         for k, call in enumerate(self.calls):
             # Tool use ids look like Anthropic's (toolu_...), unique per answer.
             start = {"type": "tool_use", "id": f"toolu{message_id[3:]}_{k}", "name": call.name}
@@ -543,11 +555,13 @@ class Reply:
 
     def content(self, message_id: str) -> list[dict[str, Any]]:
         """The content blocks of the whole message."""
-        if not self.calls:
-            return [{"type": "text", "text": self.text}]
-        return [
+        blocks = self.blocks(message_id)
+        # The tool_use blocks are the last ones; a text block, if any, comes before them.
+        first_call = len(blocks) - len(self.calls)
+        content = [{"type": "text", "text": self.text}] if first_call else []
+        return content + [
             {**start, "input": call.input}
-            for (start, _), call in zip(self.blocks(message_id), self.calls, strict=True)
+            for (start, _), call in zip(blocks[first_call:], self.calls, strict=True)
         ]
 
 
@@ -597,6 +611,18 @@ def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     if stop is not None:
         return Reply(pieces, "stop_sequence", input_tokens, cached, stop_sequence=stop)
     return Reply(pieces, "end_turn", input_tokens, cached)
+
+
+def _scripted_reply(
+    reply: Reply, pieces: list[str] | None, calls: list[ScriptedCall] | None
+) -> Reply:
+    """The reply the test chose: its text (none when it chose only tool calls), then its tool
+    calls, which end the answer with ``tool_use`` as on the real API."""
+    text = pieces or []
+    if calls is None:
+        return replace(reply, pieces=text, stop_reason="end_turn", stop_sequence=None, calls=())
+    tool_calls = tuple(ToolCall(call.name, call.input, call.pieces) for call in calls)
+    return replace(reply, pieces=text, stop_reason="tool_use", stop_sequence=None, calls=tool_calls)
 
 
 def _has_credentials(request: web.Request) -> bool:
@@ -679,14 +705,13 @@ class AnthropicEndpoints:
             return error_response(400, str(exc))
         try:
             scripted = scripted_pieces(request.headers)
+            scripted_calls = scripted_tool_calls(request.headers)
             writes = cache_writes(request.headers)
         except (ScriptError, CacheWriteSpecError) as exc:
             return error_response(400, str(exc))
         reply = build_reply(req, fault).writing(writes)
-        if scripted is not None:
-            reply = replace(
-                reply, pieces=scripted, stop_reason="end_turn", stop_sequence=None, calls=()
-            )
+        if scripted is not None or scripted_calls is not None:
+            reply = _scripted_reply(reply, scripted, scripted_calls)
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
             return await self._stream(request, req, reply, fault, message_id)

@@ -24,6 +24,8 @@ What cannot be carried over is refused with a 400 naming the field, not guessed 
 
 - ``n`` > 1: Anthropic returns one answer per request.
 - content parts other than text and images (audio, files), tools other than functions.
+- the deprecated ``functions`` and ``function_call``: left out, Claude would answer in text
+  a client waiting for a function call (and billed for it); ``tools`` say the same thing.
 
 Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` is sent only
 without a temperature, because recent Claude models refuse the two together and many OpenAI
@@ -81,6 +83,7 @@ def translate_request(
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
+    _refuse_legacy_functions(body)
     output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"))
     request: dict[str, Any] = {
@@ -118,6 +121,17 @@ def translate_request(
         request["metadata"] = {"user_id": user}
     request["stream"] = stream
     return request
+
+
+def _refuse_legacy_functions(body: dict[str, Any]) -> None:
+    """OpenAI's deprecated ``functions`` API has no Anthropic counterpart the answer could
+    come back in (``function_call``, not ``tool_calls``); dropping it would leave the model
+    without the functions, so the client is told to use tools."""
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise BadRequestError(
+            "functions and function_call are not supported: use tools and tool_choice",
+            param="functions",
+        )
 
 
 def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -328,6 +342,8 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         if isinstance(function.get("description"), str):
             entry["description"] = function["description"]
         entry["input_schema"] = function.get("parameters") or {"type": "object"}
+        # `strict` is not sent: Anthropic refuses strict tools on models without structured
+        # outputs, and OpenAI agent frameworks mark every tool strict (docs/providers.md).
         tools.append(entry)
     return tools
 
