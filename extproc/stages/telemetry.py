@@ -8,10 +8,11 @@ content logging or capture on (``extproc.telemetry.content``).
 
 The span is one of the ledgers users reconcile, so its usage is the log line's
 (``span_usage``). A stream's span can be closed at any chunk (the client hangs up,
-the provider resets): Envoy then reads no later answer of the gateway's. So every
-answer of a running stream carries the usage that stream would be charged were it
-cut there (``partial_usage.usage_if_ended_now``); the first one also names the
-caller, the route and the model.
+the provider resets): Envoy then reads no later answer of the gateway's. So the
+answers of a running stream carry the usage that stream would be charged were it
+cut there (``partial_usage.usage_if_ended_now``), at most every
+``RUNNING_USAGE_INTERVAL_S``; the first one also names the caller, the route and
+the model.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ _OPENAI_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 _ANTHROPIC_FINISH = re.compile(rb'"stop_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 # Longest match, so a reason split across two body chunks is still found.
 _CARRY = 96
+# A running stream's span counts are refreshed at most this often: each refresh is a
+# metadata Struct in the answer and a merge in Envoy, per chunk of a fast stream
+# otherwise. A span cut in between misses at most this much of the output (the log
+# line, the ledger, has all of it).
+RUNNING_USAGE_INTERVAL_S = 0.1
 
 
 class TelemetryStage:
@@ -76,10 +82,12 @@ class TelemetryStage:
             ctx.response_ended_at = now
             out.metadata = request_metadata(ctx, span_usage(ctx))
         elif ctx.stream and not ctx.usage_in_metadata:
-            out.metadata = self._stream_metadata(ctx, first_chunk)
+            out.metadata = self._stream_metadata(ctx, first_chunk, now)
 
     @staticmethod
-    def _stream_metadata(ctx: RequestContext, first_chunk: bool) -> dict[str, str | float] | None:
+    def _stream_metadata(
+        ctx: RequestContext, first_chunk: bool, now: float
+    ) -> dict[str, str | float] | None:
         """What the answer to one chunk of a running stream tells Envoy's span.
 
         A stream's last message is often an empty end of stream that comes after
@@ -97,11 +105,15 @@ class TelemetryStage:
         ):
             ctx.usage_in_metadata = True
             return request_metadata(ctx, span_usage(ctx))
+        if not first_chunk and now - ctx.span_usage_at < RUNNING_USAGE_INTERVAL_S:
+            return None
         running = usage_if_ended_now(ctx)
         if first_chunk:
+            ctx.span_usage_at = now
             return request_metadata(ctx, running)
         if running is None or ctx.first_token_at is None:
             return None  # nothing charged, or only empty chunks so far
+        ctx.span_usage_at = now
         return running_usage_metadata(running)
 
     @staticmethod

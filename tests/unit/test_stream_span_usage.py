@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from extproc.headers import METADATA_NAMESPACE
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.stages import telemetry
 from extproc.testing import (
     request_body,
     request_headers,
@@ -45,6 +47,13 @@ def opening(*chunks: bytes) -> list[Any]:
         response_headers(200, SSE),
         *(response_body(chunk, end_of_stream=False) for chunk in chunks),
     ]
+
+
+@pytest.fixture(autouse=True)
+def every_chunk_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process the chunks come microseconds apart: refresh the running counts at each,
+    as a stream whose chunks are RUNNING_USAGE_INTERVAL_S apart does."""
+    monkeypatch.setattr(telemetry, "RUNNING_USAGE_INTERVAL_S", 0.0)
 
 
 def metadata(answer: Any) -> dict[str, Any]:
@@ -138,3 +147,26 @@ async def test_a_reported_usage_is_what_the_span_carries_from_its_chunk_on(
         3,
     )
     assert usage_of(as_envoy_holds_it(answers)) == {key: line[key] for key in USAGE_KEYS}
+
+
+async def test_a_fast_streams_running_counts_are_refreshed_at_most_every_interval(
+    processor: Processor, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh costs a metadata Struct and a merge in Envoy: a stream whose chunks come
+    faster than the interval sends the counts with its first chunk and then once per
+    interval, and the answer that settles the usage still carries the log line's."""
+    monkeypatch.setattr(telemetry, "RUNNING_USAGE_INTERVAL_S", 3600.0)
+    chunks = [text_event("abcdefgh") for _ in range(5)]
+    report = (
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":10,'
+        b'"total_tokens":19}}\n\ndata: [DONE]\n\n'
+    )
+    answers = await run_stream(
+        processor, [*opening(*chunks, report), response_body(b"", end_of_stream=True)]
+    )
+    with_counts = [answer for answer in answers[3:-1] if "completion_tokens" in metadata(answer)]
+    # The first chunk's (who asked, and the running counts) and the report's.
+    assert len(with_counts) == 2
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert usage_of(as_envoy_holds_it(answers)) == {key: line[key] for key in USAGE_KEYS}
+    assert line["completion_tokens"] == 10
