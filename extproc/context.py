@@ -37,6 +37,10 @@ class Usage:
     # Of cache_write_tokens, those written to Claude's 1-hour cache, billed above the
     # 5-minute writes (2x the input price against 1.25x); the rest are 5-minute writes.
     cache_write_1h_tokens: int = 0
+    # Requests the provider's own tools made while answering, billed per request on top of
+    # the tokens, by tool name: Anthropic's usage.server_tool_use ("web_search_requests"
+    # is {"web_search": N}). Only counts above 0.
+    server_tool_requests: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
         return {

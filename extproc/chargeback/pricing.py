@@ -10,11 +10,18 @@ metric, report), converted from the exact integer once.
 A request is priced at the model that answered it: the model it named, or the
 fallback that served it after a failover. A model without a price costs 0 and
 is flagged ``priced=False`` (log line, rollup's ``unpriced_requests``, report).
+
+The requests a provider's server tools made (Anthropic's web searches) are added at
+their price per request. A tool the usage names but the table does not price is left
+out of the cost, the request is flagged ``priced=False`` the same way (its bill is
+short, and says so), and the operator is warned once per tool, not once per request.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -24,21 +31,30 @@ if TYPE_CHECKING:
     from extproc.config.model import ModelConfig
     from extproc.context import RequestContext, Usage
 
+log = logging.getLogger(__name__)
+
 PICO_PER_USD = 10**12
 # USD per million tokens -> picodollars per token.
 _PER_MILLION_TO_PICO_PER_TOKEN = 10**6
+# USD per thousand requests -> picodollars per request.
+_PER_THOUSAND_TO_PICO_PER_REQUEST = 10**9
+# Tool names warned about, per price table: a provider sending ever new names cannot
+# grow the set, or the gateway's stderr, without bound.
+_MAX_WARNED_TOOLS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class TokenPrices:
     """Picodollars per token: input (uncached), cached input, output, cache writes
-    (5-minute, and Claude's 1-hour cache)."""
+    (5-minute, and Claude's 1-hour cache); and picodollars per request of each server
+    tool, by the name the provider's usage gives it (``web_search``)."""
 
     input: int
     cached_input: int
     output: int
     cache_write_input: int
     cache_write_1h_input: int
+    server_tools: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +79,23 @@ def _per_token(price: Decimal) -> int:
     return int(price * _PER_MILLION_TO_PICO_PER_TOKEN)
 
 
-def token_prices(price: ModelPrice) -> TokenPrices:
+def _per_request(price_per_thousand: Decimal) -> int:
+    return int(price_per_thousand * _PER_THOUSAND_TO_PICO_PER_REQUEST)
+
+
+def token_prices(
+    price: ModelPrice, server_tools_per_thousand: Mapping[str, Decimal] | None = None
+) -> TokenPrices:
+    """A model's prices; ``server_tools_per_thousand`` is the table's price of each server
+    tool for all models, which the model's own prices override tool by tool."""
+    tools = {**(server_tools_per_thousand or {}), **price.server_tools_per_thousand}
     return TokenPrices(
         input=_per_token(price.input_per_million),
         cached_input=_per_token(price.cached_input),
         output=_per_token(price.output_per_million),
         cache_write_input=_per_token(price.cache_write_input),
         cache_write_1h_input=_per_token(price.cache_write_1h_input),
+        server_tools={name: _per_request(each) for name, each in tools.items()},
     )
 
 
@@ -77,10 +103,11 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
     """The cost of one request's usage: prompt tokens read from the provider's cache at
     the cached-input price, written to its 1-hour cache at the 1-hour cache-write price,
     written to it otherwise at the cache-write price, the rest at the input price;
-    completion tokens at the output price.
+    completion tokens at the output price; each server tool request at its tool's price.
 
     Each part is clamped to what the prompt has left, so a malformed report never bills
-    more prompt tokens than the prompt has, nor any twice."""
+    more prompt tokens than the prompt has, nor any twice. A server tool without a price
+    adds nothing and makes the cost ``priced=False``: the bill is short and says so."""
     if prices is None:
         return UNPRICED
     cached = _part(usage.cached_tokens, usage.prompt_tokens)
@@ -88,12 +115,25 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
     # The 1-hour part is what the provider named as such; the other writes are 5-minute.
     written_1h = _part(usage.cache_write_1h_tokens, written)
     uncached = usage.prompt_tokens - cached - written
-    return Cost(
+    tokens = (
         uncached * prices.input + cached * prices.cached_input
         + (written - written_1h) * prices.cache_write_input
-        + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output,
-        True,
+        + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output
     )  # fmt: skip
+    tools = sum(
+        max(count, 0) * prices.server_tools.get(name, 0)
+        for name, count in usage.server_tool_requests.items()
+    )
+    return Cost(tokens + tools, not unpriced_server_tools(usage, prices))
+
+
+def unpriced_server_tools(usage: Usage, prices: TokenPrices) -> list[str]:
+    """The server tools the usage names with requests that the prices do not cover."""
+    return [
+        name
+        for name, count in usage.server_tool_requests.items()
+        if count > 0 and name not in prices.server_tools
+    ]
 
 
 def _part(reported: int, available: int) -> int:
@@ -106,8 +146,10 @@ class PriceTable:
 
     def __init__(self, pricing: PricingConfig, models: tuple[ModelConfig, ...] = ()) -> None:
         self._by_name: dict[str, TokenPrices] = {}
+        # Server tools already warned about as unpriced (once each, not per request).
+        self._warned_tools: set[str] = set()
         for name, price in pricing.models.items():
-            self._by_name[name] = token_prices(price)
+            self._by_name[name] = token_prices(price, pricing.server_tools_per_thousand)
         # A price given for a model (or one of its aliases) covers all its names,
         # unless a name has a price of its own.
         for model in models:
@@ -127,7 +169,25 @@ class PriceTable:
         return self._by_name.get(model) if model else None
 
     def cost(self, model: str | None, usage: Usage) -> Cost:
-        return cost_of(usage, self.prices(model))
+        prices = self.prices(model)
+        cost = cost_of(usage, prices)
+        if prices is not None and not cost.priced:
+            self._warn_unpriced_tools(model, unpriced_server_tools(usage, prices))
+        return cost
+
+    def _warn_unpriced_tools(self, model: str | None, tools: list[str]) -> None:
+        for tool in tools:
+            if tool in self._warned_tools or len(self._warned_tools) >= _MAX_WARNED_TOOLS:
+                continue
+            self._warned_tools.add(tool)
+            log.warning(
+                "the provider reports requests of server tool %r (model %r) that pricing "
+                "does not price: such requests are billed without them and flagged "
+                "cost_priced=false; give it a price in pricing.server_tools_per_thousand "
+                "(docs/chargeback.md)",
+                tool,
+                model,
+            )
 
 
 _PICO_PER_USD = 10**12

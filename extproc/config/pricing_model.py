@@ -1,10 +1,16 @@
-"""The ``pricing`` section: what each model costs, in USD per million tokens.
+"""The ``pricing`` section: what each model costs, in USD per million tokens, and what the
+providers' server tools cost, in USD per 1,000 requests.
 
 Prices are exact decimals (never binary floats) with at most six decimal
 places, so every request's cost is a whole number of picodollars (see
 ``extproc.chargeback.pricing``). A price names a gateway model or one of its
 aliases (aliases of a priced model share its price), or any model name the
 gateway may serve through a prefix or a route's provider.
+
+Server tools (Anthropic's web search) are priced by the name the provider's usage
+report gives them (``web_search`` for ``web_search_requests``): once for all models in
+``pricing.server_tools_per_thousand``, and per model, tool by tool, in a model's own
+``server_tools_per_thousand``. A tool Anthropic adds later needs a price, not code.
 """
 
 from __future__ import annotations
@@ -14,9 +20,29 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Six decimals of a USD-per-million price are one picodollar per token.
+# Six decimals of a USD-per-million price are one picodollar per token (and of a
+# USD-per-thousand price, a thousand picodollars per request).
 PRICE_DECIMALS = 6
 Price = Annotated[Decimal, Field(ge=0, le=1_000_000)]
+# A server tool as the provider's usage names it, without "_requests" (web_search).
+ServerToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+ServerToolPrices = dict[ServerToolName, Price]
+
+
+def _exact(value: Decimal) -> Decimal:
+    """A price with at most PRICE_DECIMALS decimals, so costs are whole picodollars."""
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    exponent = value.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
+        raise ValueError(f"at most {PRICE_DECIMALS} decimal places")
+    return value
+
+
+def _exact_tool_prices(prices: ServerToolPrices) -> ServerToolPrices:
+    for value in prices.values():
+        _exact(value)
+    return prices
 
 
 class _Section(BaseModel):
@@ -37,6 +63,9 @@ class ModelPrice(_Section):
     # Prompt tokens written to Claude's 1-hour cache (2x the input price). Default: the
     # cache-write price, so a table written before the split bills as it did.
     cache_write_1h_input_per_million: Price | None = None
+    # USD per 1,000 requests of each server tool, when this model's differ from
+    # pricing.server_tools_per_thousand (tool by tool; the others keep that price).
+    server_tools_per_thousand: ServerToolPrices = {}
 
     @field_validator(
         "input_per_million",
@@ -47,14 +76,12 @@ class ModelPrice(_Section):
     )
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
-        if value is None:
-            return None
-        if not value.is_finite():
-            raise ValueError("must be a finite number")
-        exponent = value.normalize().as_tuple().exponent
-        if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
-            raise ValueError(f"at most {PRICE_DECIMALS} decimal places (USD per million tokens)")
-        return value
+        return None if value is None else _exact(value)
+
+    @field_validator("server_tools_per_thousand")
+    @classmethod
+    def _tool_prices(cls, value: ServerToolPrices) -> ServerToolPrices:
+        return _exact_tool_prices(value)
 
     @property
     def cached_input(self) -> Decimal:
@@ -80,3 +107,11 @@ class PricingConfig(_Section):
 
     # Gateway model name (or alias, or any served model name) -> its price.
     models: dict[Annotated[str, Field(min_length=1, max_length=256)], ModelPrice] = {}
+    # USD per 1,000 requests of each provider server tool (web_search: 10.00), for every
+    # priced model. A request whose usage names a tool without a price is flagged unpriced.
+    server_tools_per_thousand: ServerToolPrices = {}
+
+    @field_validator("server_tools_per_thousand")
+    @classmethod
+    def _tool_prices(cls, value: ServerToolPrices) -> ServerToolPrices:
+        return _exact_tool_prices(value)

@@ -27,6 +27,11 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   (``ephemeral_5m_input_tokens``, ``ephemeral_1h_input_tokens``) and ``input_tokens``
   without them. Bedrock (``bedrock_api``) takes the same header, Claude's caches being the
   same there.
+- Server tool use on request, header ``x-mock-server-tool-use: web_search=N;web_fetch=M``
+  (any tool name): reported as Anthropic reports the requests its server tools made,
+  ``usage.server_tool_use: {"web_search_requests": N, "web_fetch_requests": M}``, in JSON
+  answers and in a stream's ``message_delta``; a stream's ``message_start`` reports them
+  at 0 (they run while the answer streams).
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
   tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -214,6 +220,35 @@ def cache_writes(headers: Mapping[str, str]) -> CacheWrites:
             raise CacheWriteSpecError(f"{CACHE_WRITE_HEADER}: {key}={value!r} is not a count")
         counts[key] = int(value)
     return CacheWrites(counts["5m"], counts["1h"])
+
+
+SERVER_TOOLS_HEADER = "x-mock-server-tool-use"
+# A server tool's name as Anthropic's usage spells it before "_requests" (web_search).
+_TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class ServerToolSpecError(ValueError):
+    """The ``x-mock-server-tool-use`` header cannot be parsed; the message says why."""
+
+
+def server_tool_requests(headers: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """The server tool requests a request asks to be reported (``web_search=N;web_fetch=M``,
+    any tool name, so tests can report one the gateway has no price for); none without
+    the header. ServerToolSpecError names a malformed pair."""
+    spec = headers.get(SERVER_TOOLS_HEADER)
+    if spec is None:
+        return ()
+    counts: dict[str, int] = {}
+    for raw_pair in spec.split(";"):
+        if not raw_pair.strip():
+            continue
+        name, _, value = (part.strip() for part in raw_pair.partition("="))
+        if not _TOOL_NAME.fullmatch(name):
+            raise ServerToolSpecError(f"{SERVER_TOOLS_HEADER}: {name!r} is not a tool name")
+        if not (value.isascii() and value.isdigit()):
+            raise ServerToolSpecError(f"{SERVER_TOOLS_HEADER}: {name}={value!r} is not a count")
+        counts[name] = int(value)
+    return tuple(counts.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +542,8 @@ class Reply:
     stop_sequence: str | None = None
     # A forced tool use answers these instead of text.
     calls: tuple[ToolCall, ...] = ()
+    # Server tool requests to report (x-mock-server-tool-use): (tool name, count).
+    server_tools: tuple[tuple[str, int], ...] = ()
 
     @property
     def text(self) -> str:
@@ -532,6 +569,14 @@ class Reply:
                 "ephemeral_1h_input_tokens": writes.one_hour,
             }
         return usage
+
+    def server_tool_use(self, *, done: bool = True) -> dict[str, Any]:
+        """``usage.server_tool_use`` as Anthropic reports it, when the reply ran server tools:
+        ``{"<tool>_requests": N}``; before they ran (a stream's ``message_start``), zeros."""
+        if not self.server_tools:
+            return {}
+        counts = {f"{name}_requests": count if done else 0 for name, count in self.server_tools}
+        return {"server_tool_use": counts}
 
     def writing(self, asked: CacheWrites) -> Reply:
         """This reply reporting the cache writes asked for, within the uncached prompt."""
@@ -707,9 +752,10 @@ class AnthropicEndpoints:
             scripted = scripted_pieces(request.headers)
             scripted_calls = scripted_tool_calls(request.headers)
             writes = cache_writes(request.headers)
-        except (ScriptError, CacheWriteSpecError) as exc:
+            server_tools = server_tool_requests(request.headers)
+        except (ScriptError, CacheWriteSpecError, ServerToolSpecError) as exc:
             return error_response(400, str(exc))
-        reply = build_reply(req, fault).writing(writes)
+        reply = replace(build_reply(req, fault).writing(writes), server_tools=server_tools)
         if scripted is not None or scripted_calls is not None:
             reply = _scripted_reply(reply, scripted, scripted_calls)
         message_id = f"msg_mock_{next(self._ids)}"
@@ -727,7 +773,11 @@ class AnthropicEndpoints:
             "content": reply.content(message_id),
             "stop_reason": reply.stop_reason,
             "stop_sequence": reply.stop_sequence,
-            "usage": {**reply.input_usage(), "output_tokens": reply.output_tokens},
+            "usage": {
+                **reply.input_usage(),
+                "output_tokens": reply.output_tokens,
+                **reply.server_tool_use(),
+            },
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
 
@@ -764,8 +814,13 @@ class AnthropicEndpoints:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # Anthropic reports the input up front and a placeholder output count of 1.
-            "usage": {**reply.input_usage(), "output_tokens": 1},
+            # Anthropic reports the input up front and a placeholder output count of 1,
+            # and no server tool request yet: they run while the answer streams.
+            "usage": {
+                **reply.input_usage(),
+                "output_tokens": 1,
+                **reply.server_tool_use(done=False),
+            },
         }
         blocks = reply.blocks(message_id)
         last = len(blocks) - 1
@@ -802,7 +857,7 @@ class AnthropicEndpoints:
                 {
                     "type": "message_delta",
                     "delta": stop,
-                    "usage": {"output_tokens": reply.output_tokens},
+                    "usage": {"output_tokens": reply.output_tokens, **reply.server_tool_use()},
                 },
             )
             await send("message_stop", {"type": "message_stop"})

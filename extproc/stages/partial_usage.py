@@ -20,7 +20,8 @@ A stream the provider itself ended with an error event (``base.StreamFailure``:
 OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) is
 charged the same way: the prompt was read and part of the answer delivered. What
 the provider had reported by then is kept (Anthropic's ``message_start`` gives the
-prompt tokens, cache reads and writes included, with the writes' 1-hour part), the
+prompt tokens, cache reads and writes included, with the writes' 1-hour part; a
+``message_delta`` the output and the server tools' requests so far), the
 rest is estimated as above, and the request is marked ``usage_estimated``; its error
 (set by the response stage) names the provider's error in the log line.
 
@@ -120,9 +121,11 @@ def _failed_stream_usage(
     # A reported output count covers the text up to its report, the characters all of it:
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
+    # The server tools' requests reported by then were made, and are billed per request.
+    tools = dict(failure.server_tool_requests)
     if failure.prompt_tokens is None:
         prompt = ctx.estimated_prompt_tokens()
-        return Usage(prompt, completion, prompt + completion)
+        return Usage(prompt, completion, prompt + completion, server_tool_requests=tools)
     else:
         # The prompt side as the provider reported it: its cache reads, and its cache
         # writes with their 1-hour part, which are billed at their own prices.
@@ -134,4 +137,5 @@ def _failed_stream_usage(
             failure.cached_tokens,
             failure.cache_write_tokens,
             failure.cache_write_1h_tokens,
+            tools,
         )

@@ -49,6 +49,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
         "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        # Billed per request on top of the tokens (cost_usd includes them).
+        "server_tool_requests": dict(usage.server_tool_requests) or None,
         "usage_reported": ctx.usage_reported,
         "usage_estimated": ctx.usage_estimated,
         "finish_reasons": list(ctx.finish_reasons) if ctx.finish_reasons else None,

@@ -14,6 +14,12 @@ cache writes, ``cache_creation.ephemeral_1h_input_tokens`` went to the 1-hour ca
 is billed above the 5-minute one; the rest of ``cache_creation_input_tokens`` (the total,
 which makes the prompt count) are 5-minute writes. A ``message_delta`` that carries a split
 replaces the one ``message_start`` carried, as it does for every other count.
+
+Server tools (web search, web fetch) are billed per request on top of the tokens; Anthropic
+counts them in ``usage.server_tool_use``, one ``<tool>_requests`` count per tool
+(``web_search_requests``), in JSON answers and in a stream's ``message_start`` (0: they
+run while the answer streams) and ``message_delta`` (cumulative). Every such count is read,
+so a tool Anthropic adds later reaches the bill by its name without a change here.
 """
 
 from __future__ import annotations
@@ -43,26 +49,52 @@ def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any]
     return body
 
 
+# usage.server_tool_use names each tool's count "<tool>_requests".
+_REQUESTS_SUFFIX = "_requests"
+# A tool's name as it may appear in a log line and the price table; a provider (or a proxy
+# in front of it) that sends more, or odd names, cannot grow the line without bound.
+_TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_SERVER_TOOLS = 16
+
+
 def _count(value: Any) -> int | None:
     # bool is an int subclass; a `true` token count is malformed, not 1.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class InputTokens:
-    """The input side of usage: uncached input, the cache counts, and of the cache writes
-    those Anthropic made for its 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``,
-    billed above the 5-minute writes)."""
+def server_tool_requests(value: Any) -> dict[str, int]:
+    """The counts of a ``usage.server_tool_use`` object by tool name (``web_search``), 0s
+    included (a later report replaces an earlier one); malformed entries are left out."""
+    if not isinstance(value, dict):
+        return {}
+    counts: dict[str, int] = {}
+    for key, raw in value.items():
+        count = _count(raw)
+        if count is None or count < 0 or not isinstance(key, str):
+            continue
+        name = key.removesuffix(_REQUESTS_SUFFIX)
+        if name != key and _TOOL_NAME.fullmatch(name) and len(counts) < MAX_SERVER_TOOLS:
+            counts[name] = count
+    return counts
 
-    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "uncached")
+
+class UsageCounts:
+    """What a usage object reports besides the output tokens: uncached input, the cache
+    counts, of the cache writes those Anthropic made for its 1-hour cache
+    (``cache_creation.ephemeral_1h_input_tokens``, billed above the 5-minute writes), and
+    the requests of its server tools (``server_tool_use``, billed per request)."""
+
+    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "server_tools", "uncached")
 
     def __init__(self) -> None:
         self.uncached: int | None = None
         self.cache_creation = 0
         self.cache_creation_1h = 0
         self.cache_read = 0
+        self.server_tools: dict[str, int] = {}
 
     @classmethod
-    def of(cls, usage: Any) -> InputTokens:
+    def of(cls, usage: Any) -> UsageCounts:
         """The counts of one usage object (nothing for what is not one)."""
         tokens = cls()
         if isinstance(usage, dict):
@@ -85,6 +117,11 @@ class InputTokens:
             one_hour = _count(split.get("ephemeral_1h_input_tokens"))
             if one_hour is not None:
                 self.cache_creation_1h = one_hour
+        # Counts are cumulative: each tool's latest replaces its earlier one.
+        reported = server_tool_requests(usage.get("server_tool_use"))
+        if reported:
+            merged = {**self.server_tools, **reported}
+            self.server_tools = dict(list(merged.items())[:MAX_SERVER_TOOLS])
 
     @property
     def total(self) -> int | None:
@@ -98,8 +135,13 @@ class InputTokens:
         prompt count, so a split that disagrees with it cannot add tokens."""
         return min(max(self.cache_creation_1h, 0), self.cache_creation)
 
+    @property
+    def server_tools_used(self) -> dict[str, int]:
+        """The server tools that made requests (a count of 0 bills nothing and says nothing)."""
+        return {name: count for name, count in self.server_tools.items() if count > 0}
+
     def usage(self, output_tokens: int) -> Usage | None:
-        """The request's usage with this input side; None while the input is unknown."""
+        """The request's usage with these counts; None while the input is unknown."""
         prompt = self.total
         if prompt is None:
             return None
@@ -110,10 +152,11 @@ class InputTokens:
             self.cache_read,
             self.cache_creation,
             self.cache_creation_1h_part,
+            self.server_tools_used,
         )
 
     def failure(self, error: GatewayError, completion_tokens: int | None) -> StreamFailure:
-        """A stream's failure, with the input counts reported before it (base.StreamFailure)."""
+        """A stream's failure, with the counts reported before it (base.StreamFailure)."""
         return StreamFailure(
             error,
             prompt_tokens=self.total,
@@ -121,6 +164,7 @@ class InputTokens:
             completion_tokens=completion_tokens,
             cache_write_tokens=self.cache_creation,
             cache_write_1h_tokens=self.cache_creation_1h_part,
+            server_tool_requests=self.server_tools_used,
         )
 
 
@@ -131,7 +175,7 @@ def usage_from_object(value: Any) -> Usage | None:
     completion = _count(value.get("output_tokens"))
     if completion is None:
         return None
-    return InputTokens.of(value).usage(completion)
+    return UsageCounts.of(value).usage(completion)
 
 
 class MessageReader(BufferedBodyReader):
@@ -156,7 +200,7 @@ class EventStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        self._input = InputTokens()
+        self._input = UsageCounts()
         self._output: int | None = None
         self._events = EventBuffer()
 

@@ -11,7 +11,7 @@ translators that have no such attribute (buffered answers, error bodies).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -66,7 +66,7 @@ class StreamFailure:
     ``error`` is the error as an OpenAI client is told it. The counts are the provider's
     own, None when it had reported none: Anthropic's ``message_start`` carries the prompt
     side (cache writes and their 1-hour part included), a ``message_delta`` the output
-    so far; Bedrock and OpenAI report usage last.
+    and the server tool requests so far; Bedrock and OpenAI report usage last.
     """
 
     error: GatewayError
@@ -75,6 +75,8 @@ class StreamFailure:
     completion_tokens: int | None = None
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    # Requests of the provider's server tools reported by then, by tool (billed per request).
+    server_tool_requests: dict[str, int] = field(default_factory=dict)
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

@@ -6,7 +6,9 @@ The answer half of the OpenAI-client-to-Anthropic translator; import it from
 Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
 ``tool_use`` blocks become ``tool_calls``; thinking blocks are not shown. Prompt tokens count
 cache writes and reads, as ``anthropic_anthropic`` counts them (the 1-hour part of the writes
-too, for the bill); cache reads are also reported as ``prompt_tokens_details.cached_tokens``.
+too, for the bill, and the server tools' requests, ``usage.server_tool_use``, billed per
+request; OpenAI's usage has no place for them, so the client is not shown them); cache
+reads are also reported as ``prompt_tokens_details.cached_tokens``.
 A body that is not a message becomes an ``upstream_error`` / ``invalid_upstream_response``
 error body, with no usage.
 
@@ -44,7 +46,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
-from extproc.translators.anthropic_anthropic import InputTokens, usage_from_object
+from extproc.translators.anthropic_anthropic import UsageCounts, usage_from_object
 from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import StreamFailure
 from extproc.translators.sse import EventBuffer
@@ -187,7 +189,8 @@ class StreamTranslator:
         # Tool calls whose arguments have not started yet (blocks by Anthropic index).
         self._no_arguments_yet: set[int] = set()
         # Usage counts so far: message_start's, then each message_delta's cumulative ones
-        # (numbers, and the cache writes' split by TTL, ``cache_creation``).
+        # (numbers, the cache writes' split by TTL, ``cache_creation``, and the server
+        # tools' requests, ``server_tool_use``).
         self._counts: dict[str, Any] = {}
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
@@ -313,13 +316,17 @@ class StreamTranslator:
         if isinstance(split, dict):
             # The 1-hour part of the cache writes is billed above the rest.
             self._counts["cache_creation"] = split
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            # Web searches are billed per request; each tool's count is cumulative.
+            self._counts["server_tool_use"] = {**self._counts.get("server_tool_use", {}), **tools}
 
     def _provider_failed(self, error: GatewayError) -> bytes:
         # The prompt was read and part of the answer sent: what Anthropic reported by now
         # is kept for the charge (message_start's input side; the output of a
         # message_delta, if one came), the gateway estimates the rest.
         completion = self.usage.completion_tokens if self.usage is not None else None
-        self.failure = InputTokens.of(self._counts).failure(error, completion)
+        self.failure = UsageCounts.of(self._counts).failure(error, completion)
         return self._fail(error)
 
     def _fail(self, error: GatewayError) -> bytes:
