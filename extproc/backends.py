@@ -127,7 +127,7 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
                 f"provider '{upstream.provider.name}' has no AWS credentials",
                 code="provider_not_configured",
             )
-        body = _json(openai_bedrock.translate_request(parsed))
+        body = _json(openai_bedrock.translate_request(parsed, model_id=upstream.upstream_model))
         path = upstream.provider.path_prefix + openai_bedrock.request_path(
             upstream.upstream_model, stream=ctx.stream
         )

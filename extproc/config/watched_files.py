@@ -4,7 +4,9 @@ Rotating a secret that lives in a file (a Kubernetes Secret mounted as files:
 an admin token, a provider key, an org API key, a JWKS file) changes that file,
 not the config. The reloader watches these too, so a rotation takes effect
 within a poll interval, without a restart or a SIGHUP: the new admin token is
-accepted and the old one refused, the new provider key is sent.
+accepted and the old one refused, the new provider key is sent. So are the
+shared AWS credentials and config files a Bedrock provider's default credential
+chain reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from extproc.config.model import GatewayConfig
+from extproc.providers.aws_signer import shared_aws_files
 
 
 def secret_files(config: GatewayConfig) -> list[Path]:
@@ -22,6 +25,10 @@ def secret_files(config: GatewayConfig) -> list[Path]:
         if provider.aws is not None:
             aws = provider.aws
             paths += [aws.access_key_id_file, aws.secret_access_key_file, aws.session_token_file]
+    if any(provider.aws is not None for provider in config.providers):
+        # The default chain's shared files (a provider without keys of its own signs with
+        # their profile), rewritten in place by rotation tools.
+        paths += [str(path) for path in shared_aws_files()]
     paths += [key.key_file for key in config.auth.api_keys]
     # A mounted Secret's directory changes (its `..data` link is swapped) on rotation.
     paths.append(config.auth.api_key_directory)

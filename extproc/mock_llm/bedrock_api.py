@@ -16,7 +16,13 @@ model or inference profile id, or the ARN of either (``...:foundation-model/<id>
 
 Requests are checked as Converse checks them, with Bedrock's messages: turns must start with
 the user and alternate (a client merges consecutive messages of one role itself), text
-blocks must not be blank, tool blocks need a ``toolConfig``, ``inferenceConfig`` within range.
+blocks must not be blank, tool blocks need a ``toolConfig``, ``inferenceConfig`` within range,
+image blocks name one of Converse's formats and hold bytes of that format. Then what the
+model itself allows (``MODEL_RULES``, from AWS's "Supported models and model features" table
+and the models' parameter pages): Titan and Mistral 7B / Mixtral take no system prompt,
+Titan, Llama 3 (8B, 70B) and those Mistral models no tools and no images, Claude Sonnet and
+Haiku 4.5 not both ``temperature`` and ``topP``, and each model its own ``maxTokens`` limit;
+a request past one is refused with Bedrock's own words.
 
 Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
 ``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
@@ -46,12 +52,14 @@ Errors use AWS's REST-JSON shape: the status, ``x-amzn-errortype: <Code>:`` and
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -105,6 +113,10 @@ DEFAULT_MODELS = (
     "amazon.nova-micro-v1:0",
     "meta.llama3-8b-instruct-v1:0",
     "mistral.mistral-7b-instruct-v0:2",
+    "mistral.mixtral-8x7b-instruct-v0:1",
+    "mistral.mistral-large-2402-v1:0",
+    # Claude 4.5 models are served through inference profiles only.
+    "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
 )
 
 _GARBAGE = b'{"output": {"message": this is not json'
@@ -117,6 +129,13 @@ _UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 _MODEL_ARN_RESOURCES = ("foundation-model", "inference-profile")
 # Content blocks that need toolConfig in the same request.
 _TOOL_BLOCKS = ("toolUse", "toolResult")
+# How the bytes of each image format Converse takes begin (webp: "RIFF", size, "WEBP").
+_IMAGE_MAGIC = {
+    "png": (b"\x89PNG",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "gif": (b"GIF87a", b"GIF89a"),
+    "webp": (b"RIFF",),
+}
 
 # The exception Bedrock names for each status its API documents; other 5xx are
 # InternalServerException and other 4xx ValidationException.
@@ -446,8 +465,41 @@ def _check_content(blocks: list[Any], where: str) -> bool:
                     f"The text field in the ContentBlock object at {path} is blank."
                     " Add text to the text field, and try again."
                 )
+        elif kind == "image":
+            _check_image(member, f"{path}.image")
         uses_tools = uses_tools or kind in _TOOL_BLOCKS
     return uses_tools
+
+
+def _check_image(image: object, path: str) -> None:
+    """An image block: one of Converse's formats, and base64 bytes that are that format.
+
+    Bedrock checks the format's name first (a schema error), then whether the bytes are an
+    image of that format (the model's error, in its own words).
+    """
+    image_format = image.get("format") if isinstance(image, dict) else None
+    if image_format not in _IMAGE_MAGIC:
+        raise _constraint(
+            f"{path}.format", "Member must satisfy enum value set: [png, jpeg, gif, webp]"
+        )
+    source = image.get("source") if isinstance(image, dict) else None
+    data = source.get("bytes") if isinstance(source, dict) else None
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except binascii.Error:
+        raw = b""
+    if not _is_image_of(raw, image_format):
+        raise _invalid(
+            "The model returned the following errors: "
+            "The provided image does not match the specified image format."
+        )
+
+
+def _is_image_of(raw: bytes, image_format: str) -> bool:
+    if not any(raw.startswith(magic) for magic in _IMAGE_MAGIC[image_format]):
+        return False
+    # A RIFF file is a webp image only with "WEBP" after its size.
+    return image_format != "webp" or raw[8:12] == b"WEBP"
 
 
 def _check_turn_order(index: int, role: str, earlier: list[dict[str, Any]]) -> None:
@@ -529,6 +581,93 @@ def _check_tool_config(tool_config: object) -> None:
     choice = tool_config.get("toolChoice")
     if choice is not None and not isinstance(choice, dict):
         raise _constraint("toolConfig.toolChoice", "Member must be an object")
+
+
+# --- What each model allows -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRules:
+    """What Converse lets one model do beyond the API's own schema.
+
+    From AWS's "Supported models and model features" table (system prompts, tool use,
+    streaming tool use, vision) and the models' parameter pages (the output token limit;
+    Claude 4.5's refusal of both sampling parameters at once).
+    """
+
+    system_prompts: bool = True
+    tool_use: bool = True
+    streaming_tool_use: bool = True
+    vision: bool = True
+    max_output_tokens: int | None = None
+    temperature_with_top_p: bool = True
+
+
+_NO_CHAT_EXTRAS = ModelRules(system_prompts=False, tool_use=False, vision=False)
+# By the start of the base model id (an inference profile's geographic prefix removed).
+MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
+    ("amazon.titan-text-express", replace(_NO_CHAT_EXTRAS, max_output_tokens=8192)),
+    ("amazon.titan-text-lite", replace(_NO_CHAT_EXTRAS, max_output_tokens=4096)),
+    ("amazon.titan-text-premier", replace(_NO_CHAT_EXTRAS, max_output_tokens=3072)),
+    ("mistral.mistral-7b-instruct", replace(_NO_CHAT_EXTRAS, max_output_tokens=8192)),
+    ("mistral.mixtral-8x7b-instruct", replace(_NO_CHAT_EXTRAS, max_output_tokens=4096)),
+    ("mistral.mistral-large", ModelRules(streaming_tool_use=False, vision=False)),
+    ("meta.llama3-8b-instruct", ModelRules(tool_use=False, vision=False, max_output_tokens=2048)),
+    ("meta.llama3-70b-instruct", ModelRules(tool_use=False, vision=False, max_output_tokens=2048)),
+    ("meta.llama3-1-", ModelRules(streaming_tool_use=False, vision=False)),
+    ("meta.llama3-2-1b", ModelRules(tool_use=False, vision=False)),
+    ("meta.llama3-2-3b", ModelRules(tool_use=False, vision=False)),
+    ("amazon.nova-micro", ModelRules(vision=False)),
+    ("anthropic.claude-3-haiku-20240307", ModelRules(max_output_tokens=4096)),
+    ("anthropic.claude-3-5-haiku", ModelRules(vision=False, max_output_tokens=8192)),
+    ("anthropic.claude-sonnet-4-5", ModelRules(temperature_with_top_p=False)),
+    ("anthropic.claude-haiku-4-5", ModelRules(temperature_with_top_p=False)),
+)
+# An inference profile id starts with where it routes: us.anthropic..., eu.amazon...
+_PROFILE_PREFIXES = ("us.", "us-gov.", "eu.", "apac.", "au.", "ca.", "jp.", "global.")
+
+
+def model_rules(model_id: str) -> ModelRules:
+    """The rules of the model a Converse ``modelId`` names; none for a model not listed."""
+    base = model_of_identifier(model_id) or model_id
+    for prefix in _PROFILE_PREFIXES:
+        if base.startswith(prefix):
+            base = base.removeprefix(prefix)
+            break
+    return next((rules for start, rules in MODEL_RULES if base.startswith(start)), ModelRules())
+
+
+def check_model_rules(model_id: str, doc: dict[str, Any], *, stream: bool) -> None:
+    """Refuse, as Bedrock does, what a valid Converse request asks beyond the model."""
+    rules = model_rules(model_id)
+    if doc.get("system") and not rules.system_prompts:
+        raise _invalid(
+            "This model doesn't support system messages. Try again without a system message "
+            "or use a model that supports system messages."
+        )
+    if doc.get("toolConfig") is not None:
+        if not rules.tool_use:
+            raise _invalid("This model doesn't support tool use.")
+        if stream and not rules.streaming_tool_use:
+            raise _invalid("This model doesn't support tool use in streaming mode.")
+    if not rules.vision and _has_images(doc["messages"]):
+        raise _invalid("This model doesn't support the image field for user messages.")
+    config = doc.get("inferenceConfig") or {}
+    limit = rules.max_output_tokens
+    if limit is not None and config.get("maxTokens", 0) > limit:
+        raise _invalid(
+            f"The maximum tokens you requested exceeds the model limit of {limit}. "
+            f"Try again with a maximum tokens value that is lower than {limit}."
+        )
+    if not rules.temperature_with_top_p and "temperature" in config and "topP" in config:
+        raise _invalid(
+            "The model returned the following errors: `temperature` and `top_p` cannot both "
+            "be specified for this model. Please use only one."
+        )
+
+
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any("image" in block for message in messages for block in message["content"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,7 +892,11 @@ class BedrockEndpoints:
                 "ResourceNotFoundException",
                 f"Could not resolve the foundation model from model identifier {model_id!r}.",
             )
-        return parse_converse_request(model_id, body)
+        converse = parse_converse_request(model_id, body)
+        # The schema first, then the model: Bedrock names a malformed request before
+        # what the model cannot do.
+        check_model_rules(model_id, body.json, stream=operation == "converse-stream")
+        return converse
 
     async def _serve(self, request: web.Request, body: Body, operation: str) -> web.StreamResponse:
         started = time.monotonic()

@@ -30,6 +30,7 @@ import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import BotoCoreError
 from pydantic import SecretStr
 
 from extproc.config.loader import ConfigError
@@ -148,7 +149,14 @@ class AwsSigner:
             return Credentials(
                 access_key, secret_key, _session_token(config), method="gateway-config"
             )
-        credentials = default_chain_credentials(config.region)
+        try:
+            credentials = default_chain_credentials(config.region)
+        except BotoCoreError as exc:
+            # A shared file half-written by a rotation tool, a profile that names a missing
+            # source: the type says which, the text may quote the file.
+            raise ConfigError(
+                "aws", [f"the AWS default chain could not be read: {type(exc).__name__}"]
+            ) from None
         if credentials is None:
             raise ConfigError(
                 "aws",
@@ -168,6 +176,18 @@ def default_chain_credentials(region: str) -> Credentials | None:
     session.set_config_variable("region", region)
     credentials: Credentials | None = session.get_credentials()
     return credentials
+
+
+def shared_aws_files() -> list[Path]:
+    """The shared credentials and config files the default chain reads, as botocore finds
+    them (``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_CONFIG_FILE``, else ``~/.aws/``).
+
+    Their keys never refresh themselves, yet rotation tools (and operators) rewrite them
+    in place, often with session keys that expire within the hour: the config reloader
+    watches them (``config.watched_files``), and a new signer reads the chain again."""
+    session = botocore.session.get_session()
+    paths = (session.get_config_variable(name) for name in ("credentials_file", "config_file"))
+    return [Path(path).expanduser() for path in paths if isinstance(path, str)]
 
 
 def _session_token(config: AwsConfig) -> str | None:

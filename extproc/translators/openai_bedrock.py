@@ -1,7 +1,9 @@
 """OpenAI chat-completions client to AWS Bedrock's Converse API: requests, answers and errors.
 
 Requests (``translate_request``): system and developer messages become the top-level
-``system`` blocks wherever they stand, since Converse has no system role; tool results
+``system`` blocks wherever they stand, since Converse has no system role (for the models that
+take no ``system`` at all, Titan and Mistral's 7B and 8x7B Instruct, their text opens the first
+user turn instead: see ``model_takes_system``); tool results
 become ``toolResult`` blocks in a user turn; consecutive turns of one role are merged
 because Converse requires user and assistant to alternate; empty and whitespace-only text
 is left out, since Converse refuses a blank text block, and so is a message left with
@@ -24,7 +26,9 @@ already holds tool calls, which Converse refuses without a ``toolConfig``; then 
 are sent and the model may still call one. Other OpenAI-only fields (seed, penalties,
 logprobs, stream_options...) are dropped. OpenAI's ``temperature`` (0..2) is clamped to
 Converse's 0..1, as ``openai_anthropic`` clamps it for Claude; ``top_p`` has the same range
-on both sides and is sent as is.
+on both sides and is sent as is, except to Claude with a temperature: as ``openai_anthropic``
+does, Claude gets the temperature alone, since its recent models (Sonnet and Haiku 4.5)
+refuse the two together and many OpenAI clients set both.
 
 Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
 ``toolUse`` blocks become ``tool_calls``; reasoning blocks are not shown. Bedrock does not
@@ -70,6 +74,17 @@ __all__ = [
 # botocore's percent_encode keeps only these unreserved characters: ":" in model ids and
 # "/" in ARNs are encoded, so the path is the one AWS's own SDKs sign and send.
 _PATH_SAFE = "-._~"
+# Chat models without Converse `system` prompts, by the start of their model id.
+_NO_SYSTEM_PROMPT_MODELS = (
+    "amazon.titan-text-",
+    "amazon.titan-tg1-",
+    "mistral.mistral-7b-instruct-",
+    "mistral.mixtral-8x7b-instruct-",
+)
+# ARN resource types whose name is a model id or an inference profile id.
+_ARN_MODEL_RESOURCES = ("foundation-model", "inference-profile")
+# The geographic prefix of a cross-region inference profile id (us.anthropic...).
+_PROFILE_REGION_GROUPS = frozenset({"us", "us-gov", "eu", "apac", "au", "ca", "jp", "global"})
 _IMAGE_FORMATS = {
     "image/png": "png",
     "image/jpeg": "jpeg",
@@ -80,11 +95,13 @@ _IMAGE_FORMATS = {
 
 
 def translate_request(
-    body: dict[str, Any], *, default_max_tokens: int | None = None
+    body: dict[str, Any], *, model_id: str = "", default_max_tokens: int | None = None
 ) -> dict[str, Any]:
     """The Converse (or ConverseStream) body for an OpenAI chat-completions request.
 
-    Raises ``BadRequestError`` (naming the offending field) for what Converse cannot do.
+    ``model_id`` is the id (or ARN) the request goes to, for what differs by model; empty
+    when unknown, which sends what most models take. Raises ``BadRequestError`` (naming the
+    offending field) for what Converse cannot do.
     """
     n = body.get("n")
     if n is not None and n != 1:
@@ -104,15 +121,72 @@ def translate_request(
         )
     system, turns = _conversation(body.get("messages"))
     converse: dict[str, Any] = {"messages": turns}
-    if system:
+    if system and model_takes_system(model_id):
         converse["system"] = system
-    inference = _inference_config(body, default_max_tokens)
+    elif system:
+        _open_first_user_turn_with(system, turns)
+    inference = _inference_config(
+        body, default_max_tokens, one_sampling_parameter=_is_claude(model_id)
+    )
     if inference:
         converse["inferenceConfig"] = inference
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"), turns)
     if tool_config is not None:
         converse["toolConfig"] = tool_config
     return converse
+
+
+def base_model_id(model_id: str) -> str:
+    """The foundation model a Converse model id names, e.g. ``amazon.titan-text-express-v1``.
+
+    Strips the ARN of a foundation model or inference profile and the profile's
+    geographic prefix (``us.``, ``eu.``...). Other ARNs (provisioned throughput, custom
+    models, application inference profiles) hide their model: they are returned as is.
+    """
+    if model_id.startswith("arn:"):
+        resource = model_id.split(":", 5)[-1]
+        kind, _, name = resource.partition("/")
+        if kind not in _ARN_MODEL_RESOURCES:
+            return model_id
+        model_id = name
+    region_group, dot, rest = model_id.partition(".")
+    return rest if dot and region_group in _PROFILE_REGION_GROUPS else model_id
+
+
+def model_takes_system(model_id: str) -> bool:
+    """Whether the model takes Converse's ``system`` prompt.
+
+    AWS's "Supported models and model features" table lists the chat models that do not:
+    Amazon Titan Text and Mistral AI's 7B and 8x7B Instruct, which answer a ``system`` with
+    a 400 ValidationException. A model whose id hides it (a provisioned or custom model's
+    ARN) is assumed to take one, as all current models do.
+    """
+    return not base_model_id(model_id).startswith(_NO_SYSTEM_PROMPT_MODELS)
+
+
+def _is_claude(model_id: str) -> bool:
+    return base_model_id(model_id).startswith("anthropic.")
+
+
+def _open_first_user_turn_with(system: list[dict[str, Any]], turns: list[dict[str, Any]]) -> None:
+    """Put the system text at the start of the conversation, for a model without ``system``.
+
+    The instructions still reach the model, before anything the user said, which is what
+    an OpenAI client meant by them; a 400 for the most common request shape would not.
+    Joined into the first text (rather than a block of its own) because how a model's
+    prompt template joins text blocks is its own.
+    """
+    text = "\n\n".join(block["text"] for block in system)
+    first = turns[0]
+    if first["role"] != "user":
+        # A conversation that opens with the assistant: the instructions come first.
+        turns.insert(0, {"role": "user", "content": [{"text": text}]})
+        return
+    blocks = first["content"]
+    if "text" in blocks[0]:
+        blocks[0] = {"text": f"{text}\n\n{blocks[0]['text']}"}
+    else:
+        blocks.insert(0, {"text": text})
 
 
 def request_path(model_id: str, *, stream: bool) -> str:
@@ -303,7 +377,9 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     return {"toolResult": {"toolUseId": call_id, "content": [{"text": text} for text in texts]}}
 
 
-def _inference_config(body: dict[str, Any], default_max_tokens: int | None) -> dict[str, Any]:
+def _inference_config(
+    body: dict[str, Any], default_max_tokens: int | None, *, one_sampling_parameter: bool
+) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for field in ("max_completion_tokens", "max_tokens"):
         value = body.get(field)
@@ -327,6 +403,10 @@ def _inference_config(body: dict[str, Any], default_max_tokens: int | None) -> d
         # OpenAI's 0..2 into Converse's 0..1, as openai_anthropic clamps for Claude: a
         # client's 1.5 works whichever provider serves the model, instead of a 400 from AWS.
         config["temperature"] = min(max(config["temperature"], 0.0), 1.0)
+        if one_sampling_parameter:
+            # Claude Sonnet and Haiku 4.5 refuse temperature and topP together (a 400);
+            # the temperature is what OpenAI clients set on purpose far more often.
+            config.pop("topP", None)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]

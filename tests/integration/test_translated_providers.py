@@ -46,9 +46,9 @@ CASES = [
         "mock-bedrock",
     ),
     (
-        "/bedrock/titan",
+        "/bedrock/llama",
         "ignored-by-path",
-        "/model/amazon.titan-text-express-v1/converse",
+        "/model/meta.llama3-8b-instruct-v1:0/converse",
         "mock-bedrock",
     ),
 ]
@@ -124,12 +124,12 @@ def test_streams_are_translated_and_counted(
 
 
 def test_bedrock_catch_all_takes_any_model_id(stack: LocalStack) -> None:
-    reply = client(stack, "/bedrock/mistral.mistral-7b-instruct-v0:2").chat.completions.create(
+    reply = client(stack, "/bedrock/mistral.mistral-large-2402-v1:0").chat.completions.create(
         model="x",
         messages=PROMPT,  # type: ignore[arg-type]
     )
     assert reply.choices[0].message.content == REPLY
-    assert last_upstream(stack)["path"] == "/model/mistral.mistral-7b-instruct-v0:2/converse"
+    assert last_upstream(stack)["path"] == "/model/mistral.mistral-large-2402-v1:0/converse"
 
 
 @pytest.mark.parametrize(

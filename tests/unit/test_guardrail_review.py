@@ -457,7 +457,7 @@ async def test_enrichment_on_a_bedrock_route_becomes_converse_system_and_one_use
     await runtime.start()  # SigV4 credentials are loaded there
     gateway.processor = Processor(lambda: runtime, default_stages())
     try:
-        answers = await gateway.send("/bedrock/amazon.titan-text-express-v1", chat("Hi"))
+        answers = await gateway.send("/bedrock/anthropic.claude-3-haiku-20240307-v1:0", chat("Hi"))
     finally:
         await runtime.close()
     sent = upstream_body(answers[1])
