@@ -167,10 +167,39 @@ def test_a_second_gateway_cannot_answer_on_the_same_management_address(
     the same management.address: gRPC bound both to the port (SO_REUSEPORT), and the
     kernel handed each of the operator's calls to one of them at random, so a quota
     change could land in the other gateway's store."""
+    returncode, stderr = second_gateway(stack, tmp_path, shares="EXTPROC_MANAGEMENT_ADDRESS")
+
+    assert returncode == 2
+    address = stack.env["EXTPROC_MANAGEMENT_ADDRESS"]
+    assert f"management API cannot listen on {address}" in stderr
+    assert "the address is in use" in stderr
+    assert "Traceback" not in stderr
+    # The first gateway answers as before.
+    assert extproc(stack, "quota", "get", *TEAM1).returncode == 0
+
+
+def test_a_second_gateway_cannot_take_a_share_of_envoys_streams(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """The same for the ext_proc address itself: with SO_REUSEPORT a second gateway (an
+    old process still running) took a share of Envoy's streams and counted them in its
+    own store and metrics."""
+    returncode, stderr = second_gateway(stack, tmp_path, shares="EXTPROC_GRPC_ADDRESS")
+
+    assert returncode == 2
+    address = stack.env["EXTPROC_GRPC_ADDRESS"]
+    assert f"ext_proc server cannot listen on {address}" in stderr
+    assert "Traceback" not in stderr
+
+
+def second_gateway(stack: LocalStack, tmp_path: Path, shares: str) -> tuple[int, str]:
+    """Start a second gateway with the stack's config, on addresses of its own except
+    ``shares`` (an address variable), and a store of its own; it must exit, not serve.
+    Its exit code and stderr."""
+    own = ("EXTPROC_GRPC_ADDRESS", "EXTPROC_HTTP_ADDRESS", "EXTPROC_MANAGEMENT_ADDRESS")
     env = {
         **stack.env,
-        "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-        "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        **{name: f"127.0.0.1:{free_port()}" for name in own if name != shares},
         "EXTPROC_DATA_DIR": str(tmp_path / "valkey"),
         "EXTPROC_SPOOL_DIR": str(tmp_path / "spool"),
         "REDIS_URL": "",  # a store of its own: another gateway's quotas
@@ -187,51 +216,8 @@ def test_a_second_gateway_cannot_answer_on_the_same_management_address(
             if second.poll() is None:
                 second.terminate()
                 second.wait(30)
-    stderr = (tmp_path / "second.err").read_text(errors="replace")
-
     assert outcome == "exited", "the second gateway serves beside the first"
-    assert second.returncode == 2
-    address = stack.env["EXTPROC_MANAGEMENT_ADDRESS"]
-    assert f"management API cannot listen on {address}" in stderr
-    assert "the address is in use" in stderr
-    assert "Traceback" not in stderr
-    # The first gateway answers as before.
-    assert extproc(stack, "quota", "get", *TEAM1).returncode == 0
-
-
-def test_a_second_gateway_cannot_take_a_share_of_envoys_streams(
-    stack: LocalStack, tmp_path: Path
-) -> None:
-    """The same for the ext_proc address itself: with SO_REUSEPORT a second gateway (an
-    old process still running) took a share of Envoy's streams and counted them in its
-    own store and metrics."""
-    env = {
-        **stack.env,
-        "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-        "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{free_port()}",
-        "EXTPROC_DATA_DIR": str(tmp_path / "valkey"),
-        "EXTPROC_SPOOL_DIR": str(tmp_path / "spool"),
-        "REDIS_URL": "",
-    }
-    serve = [sys.executable, "-m", "extproc", "serve", "--config", str(stack.config_path)]
-    with (tmp_path / "second.err").open("wb") as err:
-        second = subprocess.Popen(
-            serve, env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
-        )
-        try:
-            ready_url = f"http://{env['EXTPROC_HTTP_ADDRESS']}/readyz"
-            outcome = wait_for(lambda: _exited_or_ready(second, ready_url), timeout_s=60)
-        finally:
-            if second.poll() is None:
-                second.terminate()
-                second.wait(30)
-    stderr = (tmp_path / "second.err").read_text(errors="replace")
-
-    assert outcome == "exited", "the second gateway serves beside the first"
-    assert second.returncode == 2
-    address = stack.env["EXTPROC_GRPC_ADDRESS"]
-    assert f"ext_proc server cannot listen on {address}" in stderr
-    assert "Traceback" not in stderr
+    return second.returncode, (tmp_path / "second.err").read_text(errors="replace")
 
 
 def _exited_or_ready(process: subprocess.Popen[bytes], ready_url: str) -> str | None:
