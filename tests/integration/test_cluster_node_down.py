@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -30,14 +29,17 @@ from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.store.connection import StoreClient, connect
 from extproc.store.spool import Spool
-from tests.integration.valkey_cluster import HOST, ReplyCutter, ValkeyCluster
+from tests.integration.valkey_cluster import (
+    HOST,
+    STORE_TIMEOUT_S,
+    ReplyCutter,
+    ValkeyCluster,
+    as_the_gateway_waits,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 PREFIX = "nd:"
-# The gateway's default store.timeout_ms: the client's socket timeout and the
-# time a request waits for its reservation.
-TIMEOUT_S = 0.5
 # Her API key, user and group live on nodes 1, 0 and 2 (tests/integration/test_redis_cluster.py).
 ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="sales")
 # His live on nodes 0, 1 and 0: none on Alice's group's node.
@@ -62,7 +64,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]
 
 @pytest.fixture
 async def client(cluster: ValkeyCluster) -> AsyncIterator[StoreClient]:
-    opened = connect(cluster.url, TIMEOUT_S)
+    opened = connect(cluster.url, STORE_TIMEOUT_S)
     await opened.flushdb()
     yield opened
     await opened.aclose()
@@ -82,15 +84,6 @@ def limits(store: QuotaStore, identity: Identity = ALICE) -> list[Limit]:
 
 async def counters(client: StoreClient, found: list[Limit]) -> list[int]:
     return [int(await client.get(limit.key(PREFIX)) or 0) for limit in found]
-
-
-async def as_the_gateway_waits(reservation: Awaitable[Any]) -> Any:
-    """A reservation as the quota stage waits for it: the store timeout, any error an answer."""
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await reservation
-    except Exception as error:
-        return error
 
 
 def node_of(cluster: ValkeyCluster, client: StoreClient, limit: Limit) -> int:
@@ -205,8 +198,8 @@ async def test_a_reservation_whose_answer_was_cut_off_is_given_back(
     client = RedisCluster(
         host=HOST,
         port=cluster.nodes[0].port,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
+        socket_timeout=STORE_TIMEOUT_S,
+        socket_connect_timeout=STORE_TIMEOUT_S,
         address_remap=via_relay,
     )
     await client.flushdb()

