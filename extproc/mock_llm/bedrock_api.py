@@ -5,9 +5,10 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
 - ``POST .../model/{modelId}/converse``: one JSON document.
 - ``POST .../model/{modelId}/converse-stream``: the same reply as AWS's binary event stream
   (see ``eventstream``): ``messageStart``, one ``contentBlockDelta`` per piece,
-  ``contentBlockStop``, ``messageStop`` and ``metadata`` (usage, latency), each its own write.
-  With the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces
-  the rest after that many deltas.
+  ``contentBlockStop``, then each tool call's block (``content_events``), ``messageStop``
+  and ``metadata`` (usage, latency), each its own write. With the ``error_after`` fault, a
+  ``modelStreamErrorException`` exception message replaces the rest after that many deltas
+  (text and tool input pieces alike).
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
 model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
@@ -16,7 +17,10 @@ model or inference profile id, or the ARN of either (``...:foundation-model/<id>
 
 Requests are checked as Converse checks them, with Bedrock's messages: turns must start with
 the user and alternate (a client merges consecutive messages of one role itself), text
-blocks must not be blank, tool blocks need a ``toolConfig``, ``inferenceConfig`` within range,
+blocks must not be blank, tool blocks need a ``toolConfig``, a user turn's ``toolResult``
+blocks answer every ``toolUse`` of the assistant turn before it and no more (Bedrock's
+"Expected toolResult blocks at messages.N.content for the following Ids: ..."),
+``inferenceConfig`` within range,
 image blocks name one of Converse's formats and hold bytes of that format. Then what the
 model itself allows (``MODEL_RULES``, from AWS's "Supported models and model features" table
 and the models' parameter pages): Titan and Mistral 7B / Mixtral take no system prompt,
@@ -45,6 +49,14 @@ to Claude's caches: ``cacheWriteInputTokens`` (both), ``cacheDetails`` (one
 ``{"ttl", "inputTokens"}`` entry per lifetime written, 1h before 5m as AWS sorts them) and
 ``inputTokens`` without them.
 
+Scripted answers (``scripted``): ``x-mock-reply`` chooses the text and ``x-mock-tool-calls``
+makes the answer call tools after it, as Converse sends calls: a ``toolUse`` block per call
+(``toolUseId``, ``name``, ``input``) and ``stopReason`` "tool_use"; streamed, a
+``contentBlockStart`` naming the call, one ``toolUse`` input delta per piece chosen, and
+``contentBlockStop``. Output tokens are the text pieces and the input pieces. A model calls
+only the tools its request declares (``toolConfig``): calls to others are not made, so a
+request that offers no tool gets text.
+
 Errors use AWS's REST-JSON shape: the status, ``x-amzn-errortype: <Code>:`` and
 ``{"message": ...}``; botocore raises ``ClientError`` with that code in ``Error.Code``.
 """
@@ -56,9 +68,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -83,6 +96,7 @@ from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TY
 from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
 from extproc.mock_llm.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     count_tokens,
@@ -467,8 +481,47 @@ def _check_content(blocks: list[Any], where: str) -> bool:
                 )
         elif kind == "image":
             _check_image(member, f"{path}.image")
+        elif kind in _TOOL_BLOCKS:
+            _check_tool_use_id(member, f"{path}.{kind}")
         uses_tools = uses_tools or kind in _TOOL_BLOCKS
     return uses_tools
+
+
+def _check_tool_use_id(member: object, path: str) -> None:
+    """A ``toolUse`` or ``toolResult`` block names its call with a ``toolUseId``."""
+    call_id = member.get("toolUseId") if isinstance(member, dict) else None
+    if not isinstance(call_id, str) or not call_id:
+        raise _constraint(f"{path}.toolUseId", "Member must not be null")
+
+
+def _tool_ids(content: list[dict[str, Any]], kind: str) -> list[str]:
+    return [block[kind]["toolUseId"] for block in content if kind in block]
+
+
+def _check_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Each user turn answers every ``toolUse`` of the assistant turn just before it, with a
+    ``toolResult`` each and no more, as Bedrock checks (in its words).
+
+    This is what refuses a client, or a gateway, that spreads an answer's results over
+    several turns, drops one, or answers a call of an earlier turn.
+    """
+    for i, message in enumerate(messages):
+        if message["role"] != "user":
+            continue
+        previous = messages[i - 1]["content"] if i else []
+        calls = _tool_ids(previous, "toolUse")
+        results = _tool_ids(message["content"], "toolResult")
+        if len(results) > len(calls):
+            raise _invalid(
+                f"The number of toolResult blocks at messages.{i}.content exceeds the number"
+                " of toolUse blocks of previous turn."
+            )
+        missing = [call for call in calls if call not in results]
+        if missing:
+            raise _invalid(
+                f"Expected toolResult blocks at messages.{i}.content for the following Ids: "
+                + ", ".join(missing)
+            )
 
 
 def _check_image(image: object, path: str) -> None:
@@ -562,12 +615,14 @@ def _check_inference_config(config: object) -> int | None:
     return max_tokens
 
 
-def _check_tool_config(tool_config: object) -> None:
+def _check_tool_config(tool_config: object) -> frozenset[str]:
+    """Validate toolConfig; the names of the tools it declares."""
     if not isinstance(tool_config, dict):
         raise _constraint("toolConfig", "Member must be an object")
     tools = tool_config.get("tools")
     if not isinstance(tools, list) or not tools:
         raise _constraint("toolConfig.tools", "Member must have length greater than or equal to 1")
+    names: set[str] = set()
     for k, tool in enumerate(tools):
         path = f"toolConfig.tools.{k}"
         kind, spec = _union_member(tool, path, "toolSpec, systemTool, cachePoint")
@@ -578,9 +633,11 @@ def _check_tool_config(tool_config: object) -> None:
         schema = spec.get("inputSchema")
         if not isinstance(schema, dict) or "json" not in schema:
             raise _constraint(f"{path}.toolSpec.inputSchema", "Member must have a json member")
+        names.add(spec["name"])
     choice = tool_config.get("toolChoice")
     if choice is not None and not isinstance(choice, dict):
         raise _constraint("toolConfig.toolChoice", "Member must be an object")
+    return frozenset(names)
 
 
 # --- What each model allows -------------------------------------------------------------------
@@ -676,6 +733,8 @@ class ConverseRequest:
     messages: list[dict[str, Any]]  # in the shared form of ``tokens``: role and text content
     system: str | None  # the system blocks' text, None when there are none
     max_tokens: int | None
+    # The tools toolConfig declares: the only ones the model can call.
+    tools: frozenset[str] = frozenset()
 
 
 def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
@@ -712,13 +771,15 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
     system = _check_system(doc.get("system"))
     max_tokens = _check_inference_config(doc.get("inferenceConfig"))
     tool_config = doc.get("toolConfig")
+    tools: frozenset[str] = frozenset()
     if tool_config is not None:
-        _check_tool_config(tool_config)
+        tools = _check_tool_config(tool_config)
     elif uses_tools:
         raise _invalid(
             "The toolConfig field must be defined when using toolUse and toolResult content blocks."
         )
-    return ConverseRequest(model_id, shared, system, max_tokens)
+    _check_tool_results(messages)
+    return ConverseRequest(model_id, shared, system, max_tokens, tools)
 
 
 def model_id_from_target(target: str, operation: str) -> str | None:
@@ -752,6 +813,17 @@ def model_of_identifier(model_id: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolUse:
+    """One ``toolUse`` block of an answer (scripted with ``x-mock-tool-calls``)."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    # The input's JSON as streamed, one toolUse input delta each.
+    pieces: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     pieces: list[str]
     stop_reason: str
@@ -760,13 +832,29 @@ class Reply:
     cached_tokens: int = 0
     # Of input_tokens, those reported as written to Claude's caches (x-mock-cache-write).
     cache_writes: CacheWrites = NO_CACHE_WRITES
+    # The tools the answer calls, after its text.
+    calls: tuple[ToolUse, ...] = ()
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
+    @property
+    def has_text_block(self) -> bool:
+        # An answer made only of tool calls has no text block, as on Bedrock.
+        return bool(self.pieces) or not self.calls
+
+    def content(self) -> list[dict[str, Any]]:
+        """Converse's ``output.message.content``: the text block, then one per call."""
+        text = [{"text": self.text}] if self.has_text_block else []
+        return text + [
+            {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name, "input": call.input}}
+            for call in self.calls
+        ]
+
     def usage(self) -> dict[str, Any]:
-        output_tokens = len(self.pieces)
+        # The text said before the calls, if any, and the calls' input pieces.
+        output_tokens = len(self.pieces) + sum(len(call.pieces) for call in self.calls)
         writes = self.cache_writes
         # Converse's inputTokens excludes cache reads and writes, reported apart.
         usage: dict[str, Any] = {
@@ -794,6 +882,33 @@ def build_reply(req: ConverseRequest, fault: Fault, writes: CacheWrites = NO_CAC
     cached = fault.cached_part(input_tokens)
     # A cache holds no more than the prompt left after the reads.
     return Reply(pieces, stop_reason, input_tokens, cached, writes.within(input_tokens - cached))
+
+
+def scripted_reply(
+    reply: Reply, headers: Mapping[str, str], req: ConverseRequest, ids: str
+) -> Reply:
+    """The reply the test chose (``x-mock-reply``, ``x-mock-tool-calls``), else ``reply``.
+
+    A model calls only the tools the request declares: scripted calls to other tools (all of
+    them, without a ``toolConfig``) are not made, as a request that offered no tool gets no
+    call. Calls end the answer with ``tool_use``; their ids are ``tooluse_<ids>_<k>``.
+    Raises AwsError for a malformed header.
+    """
+    try:
+        pieces = scripted_pieces(headers)
+        scripted_calls = scripted_tool_calls(headers) or []
+    except ScriptError as exc:
+        raise _invalid(str(exc)) from None
+    calls = tuple(
+        ToolUse(f"tooluse_{ids}_{k}", call.name, call.input, call.pieces)
+        for k, call in enumerate(scripted_calls)
+        if call.name in req.tools
+    )
+    if calls:
+        return replace(reply, pieces=pieces or [], stop_reason="tool_use", calls=calls)
+    if pieces is not None:
+        return replace(reply, pieces=pieces, stop_reason="end_turn")
+    return reply
 
 
 def _cache_writes(request: web.Request) -> CacheWrites:
@@ -826,6 +941,33 @@ STREAM_EXCEPTION_BODY = {
 }
 
 
+def content_events(reply: Reply) -> list[tuple[str, dict[str, Any]]]:
+    """The ConverseStream events between ``messageStart`` and ``messageStop``.
+
+    The text block (index 0) is its ``text`` deltas and ``contentBlockStop``; each tool call
+    is a block of its own, announced by ``contentBlockStart`` with its id and name, then one
+    ``toolUse`` input delta per piece of its JSON, then ``contentBlockStop``.
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    index = 0
+    if reply.has_text_block:
+        events += [
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+            for piece in reply.pieces
+        ]
+        events.append(("contentBlockStop", {"contentBlockIndex": 0}))
+        index = 1
+    for at, call in enumerate(reply.calls, start=index):
+        start = {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name}}
+        events.append(("contentBlockStart", {"contentBlockIndex": at, "start": start}))
+        events += [
+            ("contentBlockDelta", {"contentBlockIndex": at, "delta": {"toolUse": {"input": p}}})
+            for p in call.pieces
+        ]
+        events.append(("contentBlockStop", {"contentBlockIndex": at}))
+    return events
+
+
 async def _fail_stream(response: web.StreamResponse) -> web.StreamResponse:
     """End a stream with Bedrock's mid-stream exception message (the ``error_after`` fault)."""
     await response.write(encode_exception(STREAM_EXCEPTION, orjson.dumps(STREAM_EXCEPTION_BODY)))
@@ -848,6 +990,8 @@ class BedrockEndpoints:
         self._verifier = verifier
         self._chunk_delay_s = chunk_delay_s
         self._default_fault = default_fault
+        # Numbers the answers, so each tool call's id is unique on this mock.
+        self._answers = itertools.count(1)
 
     async def converse(self, request: web.Request, body: Body) -> web.StreamResponse:
         return await self._serve(request, body, "converse")
@@ -905,9 +1049,10 @@ class BedrockEndpoints:
             fault = await self._precheck(request, body)
             req = self._parse(request, body, operation)
             writes = _cache_writes(request)
+            reply = build_reply(req, fault, writes)
+            reply = scripted_reply(reply, request.headers, req, f"mock{next(self._answers)}")
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
-        reply = build_reply(req, fault, writes)
         if operation == "converse-stream":
             return await self._stream(request, reply, fault, started, request_id)
         if fault.reset_after is not None:
@@ -916,7 +1061,7 @@ class BedrockEndpoints:
         if fault.garbage:
             return web.Response(body=_GARBAGE, headers=headers)
         document = {
-            "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+            "output": {"message": {"role": "assistant", "content": reply.content()}},
             "stopReason": reply.stop_reason,
             "usage": reply.usage(),
             "metrics": {"latencyMs": _elapsed_ms(started)},
@@ -945,19 +1090,22 @@ class BedrockEndpoints:
 
         try:
             await send("messageStart", {"role": "assistant"})
-            for sent, piece in enumerate(reply.pieces):
-                if sent == fault.reset_after:
+            events = content_events(reply)
+            sent = 0
+            for position, (event_type, data) in enumerate(events):
+                if event_type == "contentBlockDelta":
+                    if sent == fault.reset_after:
+                        return _abort(request, response)
+                    if sent == fault.error_after:
+                        return await _fail_stream(response)
+                    sent += 1
+                elif position == len(events) - 1 and fault.reset_after is not None:
+                    # Fewer pieces than reset_after: the stream must still never finish.
                     return _abort(request, response)
-                if sent == fault.error_after:
+                elif position == len(events) - 1 and fault.error_after is not None:
+                    # Fewer pieces than error_after: the stream must still fail.
                     return await _fail_stream(response)
-                await send("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
-            if fault.reset_after is not None:
-                # Fewer pieces than reset_after: the stream must still never finish.
-                return _abort(request, response)
-            if fault.error_after is not None:
-                # Fewer pieces than error_after: the stream must still fail.
-                return await _fail_stream(response)
-            await send("contentBlockStop", {"contentBlockIndex": 0})
+                await send(event_type, data)
             await send("messageStop", {"stopReason": reply.stop_reason})
             await send(
                 "metadata",

@@ -21,10 +21,12 @@ What cannot be carried over is refused, not guessed at:
 
 ``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
 (and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
-accept the field. Converse has no ``none``: the tools are left out, unless the conversation
-already holds tool calls, which Converse refuses without a ``toolConfig``; then the tools
-are sent and the model may still call one. Other OpenAI-only fields (seed, penalties,
-logprobs, stream_options...) are dropped. OpenAI's ``temperature`` (0..2) is clamped to
+accept the field. Converse has no ``none``: the tools are left out. A request that sends no
+tools (none given, or ``none``) but whose history holds tool calls and results (an agent's
+final summary turn) gets that history as text (``_tool_history_as_text``): Converse refuses
+``toolUse`` and ``toolResult`` blocks without a ``toolConfig``, and declaring tools for them
+would let the model call one the client did not offer. Other OpenAI-only fields (seed,
+penalties, logprobs, stream_options...) are dropped. OpenAI's ``temperature`` (0..2) is clamped to
 Converse's 0..1, as ``openai_anthropic`` clamps it for Claude; ``top_p`` has the same range
 on both sides and is sent as is, except to Claude with a temperature: as ``openai_anthropic``
 does, Claude gets the temperature alone, since its recent models (Sonnet and Haiku 4.5)
@@ -120,6 +122,9 @@ def translate_request(
             param="response_format",
         )
     system, turns = _conversation(body.get("messages"))
+    tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
+    if tool_config is None:
+        _tool_history_as_text(turns)
     converse: dict[str, Any] = {"messages": turns}
     if system and model_takes_system(model_id):
         converse["system"] = system
@@ -130,7 +135,6 @@ def translate_request(
     )
     if inference:
         converse["inferenceConfig"] = inference
-    tool_config = _tool_config(body.get("tools"), body.get("tool_choice"), turns)
     if tool_config is not None:
         converse["toolConfig"] = tool_config
     return converse
@@ -418,7 +422,8 @@ def _inference_config(
     return config
 
 
-def _tool_config(tools: Any, choice: Any, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _tool_config(tools: Any, choice: Any) -> dict[str, Any] | None:
+    """Converse's ``toolConfig``, or None when the model is to call no tool."""
     if tools is None or tools == []:
         return None
     if not isinstance(tools, list):
@@ -428,12 +433,8 @@ def _tool_config(tools: Any, choice: Any, turns: list[dict[str, Any]]) -> dict[s
     if choice is None or choice == "auto":
         return config
     if choice == "none":
-        uses_tools = any(
-            "toolUse" in block or "toolResult" in block
-            for turn in turns
-            for block in turn["content"]
-        )
-        return config if uses_tools else None
+        # Converse has no "none": without the tools the model cannot call one.
+        return None
     if choice == "required":
         config["toolChoice"] = {"any": {}}
         return config
@@ -445,6 +446,46 @@ def _tool_config(tools: Any, choice: Any, turns: list[dict[str, Any]]) -> dict[s
         )
     config["toolChoice"] = {"tool": {"name": name}}
     return config
+
+
+def _tool_history_as_text(turns: list[dict[str, Any]]) -> None:
+    """Rewrite the conversation's ``toolUse`` and ``toolResult`` blocks as text blocks.
+
+    For a request that sends no tools: Converse refuses tool blocks without a ``toolConfig``
+    (a 400 ValidationException), and sending one would offer the model tools the client did
+    not offer (Converse has no "none"), so a client asking for a final summary could get a
+    tool call instead. As text, each call keeps its tool, arguments and id, and each result
+    the call it answers, so the model reads what happened; the turns keep their roles.
+    """
+    names = {
+        block["toolUse"]["toolUseId"]: block["toolUse"]["name"]
+        for turn in turns
+        for block in turn["content"]
+        if "toolUse" in block
+    }
+    for turn in turns:
+        turn["content"] = [_tool_block_as_text(block, names) for block in turn["content"]]
+
+
+def _tool_block_as_text(block: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A text block saying what a tool block said; other blocks are returned as they are."""
+    if "toolUse" in block:
+        call = block["toolUse"]
+        arguments = orjson.dumps(call["input"]).decode()
+        return {
+            "text": f"[called tool {call['name']} (call id {call['toolUseId']})"
+            f" with arguments {arguments}]"
+        }
+    if "toolResult" in block:
+        result = block["toolResult"]
+        call_id = result["toolUseId"]
+        name = names.get(call_id)
+        # A result whose call is not in the history still says which call it answers.
+        tool = f"tool {name} (call id {call_id})" if name else f"call id {call_id}"
+        heading = f"[result of {tool}]"
+        output = "\n".join(part["text"] for part in result["content"] if part["text"])
+        return {"text": f"{heading}\n{output}" if output else f"{heading} (no output)"}
+    return block
 
 
 def _tool_spec(tool: Any, index: int) -> dict[str, Any]:

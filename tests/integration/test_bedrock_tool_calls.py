@@ -1,0 +1,316 @@
+"""Tool calls through the real Envoy, gateway and mock Bedrock, read by the openai client.
+
+An agent needs each call back exactly as the model made it (its id, its name, its arguments
+as the provider's JSON), ``finish_reason`` "tool_calls" and the usage billed; and it sends
+the results back, which Converse takes only as one user turn of ``toolResult`` blocks that
+answer every call of the turn before. The mock answers the calls a test scripts
+(``x-mock-tool-calls``) in Converse's wire format (``toolUse`` blocks; streamed as
+``contentBlockStart`` then ``toolUse`` input deltas) and checks the results as Bedrock does.
+
+An agent's last turn often sends its whole history, tool calls and results included, with no
+``tools`` (it wants a summary, not another call): OpenAI takes it, Converse refuses tool
+blocks without a ``toolConfig``. The gateway sends that history as text, so the answer comes
+and the model cannot call a tool the client did not offer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
+
+from extproc.devstack import LocalStack
+from tests.integration.conftest import GatewayLog, mock_requests
+
+KEY = "team1-key"
+QUESTION: Any = {"role": "user", "content": "Weather in Paris and the time in Lyon?"}
+# Strict function tools: what the openai client's stream() helper requires.
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+# What the model says before calling, and each call's arguments as Bedrock streams them.
+SAID = ["Let", " me", " check", "."]
+WEATHER_PIECES = ['{"city": "Pa', 'ris", "un', 'it": "°C"}']
+TIME_PIECES = ['{"city"', ': "Lyon"}']
+# Headers are ASCII: json.dumps escapes the degree sign, which the mock sends as UTF-8.
+SCRIPT = {
+    "x-mock-reply": json.dumps(SAID),
+    "x-mock-tool-calls": json.dumps(
+        [
+            {"name": "get_weather", "arguments": WEATHER_PIECES},
+            {"name": "get_time", "arguments": TIME_PIECES},
+        ]
+    ),
+}
+# Output tokens the mock reports: the text pieces and the calls' input pieces.
+OUTPUT_TOKENS = len(SAID) + len(WEATHER_PIECES) + len(TIME_PIECES)
+# A history an agent built with tools: the calls and their results.
+CALLS: Any = [
+    {
+        "id": "call_w",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "°C"}'},
+    },
+    {"id": "call_t", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+]
+HISTORY: Any = [
+    QUESTION,
+    {"role": "assistant", "content": "Let me check.", "tool_calls": CALLS},
+    {"role": "tool", "tool_call_id": "call_w", "content": "18 °C, sunny"},
+    {"role": "tool", "tool_call_id": "call_t", "content": [{"type": "text", "text": "12:00"}]},
+    {"role": "user", "content": "Sum it up in one line."},
+]
+
+
+def bedrock_client(stack: LocalStack) -> OpenAI:
+    # `/bedrock/haiku` is a route prefix: the SDK posts to /bedrock/haiku/chat/completions.
+    return OpenAI(base_url=f"{stack.base_url}/bedrock/haiku", api_key=KEY, max_retries=0)
+
+
+def test_a_whole_answer_gives_each_call_with_its_id_and_arguments(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    raw = bedrock_client(stack).chat.completions.with_raw_response.create(
+        model="haiku", messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=SCRIPT
+    )
+    completion = raw.parse()
+
+    choice = completion.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("Let me check.", "tool_calls")
+    calls = [
+        call
+        for call in choice.message.tool_calls or []
+        if isinstance(call, ChatCompletionMessageFunctionToolCall)
+    ]
+    assert [(call.type, call.function.name) for call in calls] == [
+        ("function", "get_weather"),
+        ("function", "get_time"),
+    ]
+    # Arguments are a JSON string, as OpenAI sends them, holding the provider's input.
+    assert [orjson.loads(call.function.arguments) for call in calls] == [
+        {"city": "Paris", "unit": "°C"},
+        {"city": "Lyon"},
+    ]
+    ids = [call.id for call in calls]
+    assert len(set(ids)) == 2 and all(i.startswith("tooluse_") for i in ids)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == OUTPUT_TOKENS
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        completion.usage.prompt_tokens,
+        OUTPUT_TOKENS,
+    )
+
+
+def test_a_streamed_answer_gives_the_stream_helper_each_call_exactly(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    with bedrock_client(stack).chat.completions.stream(
+        model="haiku",
+        messages=[QUESTION],
+        tools=[WEATHER, TIME],
+        stream_options={"include_usage": True},
+        extra_headers=SCRIPT,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    # The gateway names each chunk after the request, as its log line does.
+    request_id = final.id.removeprefix("chatcmpl-")
+
+    choice = final.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("Let me check.", "tool_calls")
+    calls = choice.message.tool_calls or []
+    # The arguments are exactly the provider's pieces, joined.
+    assert [(call.function.name, call.function.arguments) for call in calls] == [
+        ("get_weather", "".join(WEATHER_PIECES)),
+        ("get_time", "".join(TIME_PIECES)),
+    ]
+    assert [call.function.parsed_arguments for call in calls] == [
+        {"city": "Paris", "unit": "°C"},
+        {"city": "Lyon"},
+    ]
+    # Each call is announced once (id, type and name on its first delta only) at its place
+    # among the calls, so the client's accumulation keeps two calls with distinct ids.
+    ids = [call.id for call in calls]
+    assert len(set(ids)) == 2 and all(i.startswith("tooluse_") for i in ids)
+    firsts = [
+        (delta.index, delta.id, delta.type, delta.function.name if delta.function else None)
+        for event in events
+        if event.type == "chunk"
+        for c in event.chunk.choices
+        for delta in c.delta.tool_calls or []
+        if delta.id or delta.type or (delta.function and delta.function.name)
+    ]
+    assert firsts == [
+        (0, ids[0], "function", "get_weather"),
+        (1, ids[1], "function", "get_time"),
+    ]
+    pieces = [
+        (delta.index, delta.function.arguments)
+        for event in events
+        if event.type == "chunk"
+        for c in event.chunk.choices
+        for delta in c.delta.tool_calls or []
+        if delta.function and delta.function.arguments
+    ]
+    assert pieces == [(0, p) for p in WEATHER_PIECES] + [(1, p) for p in TIME_PIECES]
+    done = [(e.index, e.name) for e in events if e.type == "tool_calls.function.arguments.done"]
+    assert done == [(0, "get_weather"), (1, "get_time")]
+
+    assert final.usage is not None
+    assert final.usage.completion_tokens == OUTPUT_TOKENS
+    [line] = gateway_log.for_request(request_id)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        final.usage.prompt_tokens,
+        OUTPUT_TOKENS,
+    )
+
+
+def test_the_results_go_back_as_one_user_turn_of_tool_results_in_order(
+    stack: LocalStack,
+) -> None:
+    client = bedrock_client(stack)
+    asked = client.chat.completions.create(
+        model="haiku", messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=SCRIPT
+    )
+    message = asked.choices[0].message
+    calls = [
+        c for c in message.tool_calls or [] if isinstance(c, ChatCompletionMessageFunctionToolCall)
+    ]
+
+    # The agent runs both tools and answers with two tool messages (one as content parts).
+    answer = client.chat.completions.create(
+        model="haiku",
+        messages=[
+            QUESTION,
+            message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": calls[0].id, "content": "18 °C"},
+            {
+                "role": "tool",
+                "tool_call_id": calls[1].id,
+                "content": [{"type": "text", "text": "12:00"}],
+            },
+        ],
+        tools=[WEATHER, TIME],
+    )
+
+    # The mock, as Bedrock, refuses results that do not answer the calls just before.
+    assert answer.choices[0].finish_reason == "stop"
+    sent = mock_requests(stack)[-1]["json"]["messages"]
+    assert [turn["role"] for turn in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"] == [
+        {"text": "Let me check."},
+        {
+            "toolUse": {
+                "toolUseId": calls[0].id,
+                "name": "get_weather",
+                "input": {"city": "Paris", "unit": "°C"},
+            }
+        },
+        {"toolUse": {"toolUseId": calls[1].id, "name": "get_time", "input": {"city": "Lyon"}}},
+    ]
+    assert sent[2]["content"] == [
+        {"toolResult": {"toolUseId": calls[0].id, "content": [{"text": "18 °C"}]}},
+        {"toolResult": {"toolUseId": calls[1].id, "content": [{"text": "12:00"}]}},
+    ]
+
+
+def test_a_call_left_unanswered_is_bedrocks_400_naming_it(stack: LocalStack) -> None:
+    messages: Any = [*HISTORY[:3], {"role": "user", "content": "and the time?"}]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        bedrock_client(stack).chat.completions.create(
+            model="haiku", messages=messages, tools=[WEATHER, TIME]
+        )
+
+    assert refused.value.status_code == 400
+    assert refused.value.code == "ValidationException"
+    assert "Expected toolResult blocks at messages.2.content" in refused.value.message
+    assert "call_t" in refused.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_history_with_tool_calls_but_no_tools_is_answered(
+    stack: LocalStack, gateway_log: GatewayLog, stream: bool
+) -> None:
+    # An agent's final summary turn: its history holds calls and results, and no tools.
+    client = bedrock_client(stack)
+    final: ChatCompletion
+    if stream:
+        with client.chat.completions.stream(
+            model="haiku", messages=HISTORY, stream_options={"include_usage": True}
+        ) as events:
+            final = events.get_final_completion()
+        request_id = final.id.removeprefix("chatcmpl-")
+    else:
+        raw = client.chat.completions.with_raw_response.create(model="haiku", messages=HISTORY)
+        final, request_id = raw.parse(), raw.headers["x-request-id"]
+
+    # Bedrock (and the mock) refused it with a 400: toolConfig must be defined.
+    choice = final.choices[0]
+    assert choice.finish_reason == "stop"
+    assert (choice.message.content or "").startswith("Mock reply to: ")
+    assert not choice.message.tool_calls
+    [line] = gateway_log.for_request(request_id)
+    assert final.usage is not None
+    assert line["completion_tokens"] == final.usage.completion_tokens > 0
+
+    # The model still reads what was called, with what, and what came back.
+    sent = mock_requests(stack)[-1]["json"]
+    assert "toolConfig" not in sent
+    assert [turn["role"] for turn in sent["messages"]] == ["user", "assistant", "user"]
+    said = json.dumps(sent["messages"][1:], ensure_ascii=False)
+    assert "toolUse" not in said and "toolResult" not in said
+    assistant = " ".join(block["text"] for block in sent["messages"][1]["content"])
+    assert "Let me check." in assistant
+    assert "get_weather" in assistant and '"city":"Paris"' in assistant
+    assert "get_time" in assistant
+    results = " ".join(block["text"] for block in sent["messages"][2]["content"])
+    assert "get_weather" in results and "18 °C, sunny" in results
+    assert "get_time" in results and "12:00" in results
+    assert results.endswith("Sum it up in one line.")
+
+
+def test_tool_choice_none_with_tool_history_gets_no_tool_call(stack: LocalStack) -> None:
+    # The client offers its tools but forbids a call now; the model (scripted) would call one.
+    completion = bedrock_client(stack).chat.completions.create(
+        model="haiku",
+        messages=HISTORY,
+        tools=[WEATHER, TIME],
+        tool_choice="none",
+        extra_headers={"x-mock-tool-calls": SCRIPT["x-mock-tool-calls"]},
+    )
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    assert not choice.message.tool_calls
+    assert (choice.message.content or "").startswith("Mock reply to: ")
+    assert "toolConfig" not in mock_requests(stack)[-1]["json"]
