@@ -267,10 +267,13 @@ def _rate_limit_headers(controller: Controller) -> list[Json]:
 
     Envoy Gateway passes Envoy format strings in header values through to Envoy.
     kgateway's ext_proc cannot accept metadata from the processor, so there the
-    headers come only with the gateway's own refusals (429).
+    headers come only with the gateway's own refusals (429), and the provider's own
+    (its limits for the organisation's whole account, not the caller's) are removed
+    from its answers, as the gateway's bootstrap removes them.
     """
     if controller != "envoy-gateway":
-        return []
+        removed = list(RATE_LIMIT_HEADERS)
+        return [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": removed}}]
     values = [
         {"name": name, "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%"}
         for name in RATE_LIMIT_HEADERS

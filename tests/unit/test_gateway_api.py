@@ -188,15 +188,22 @@ def test_envoy_gateway_sets_the_rate_limit_headers_from_the_gateways_metadata() 
         manifests = render_attachments(config, controller)
         providers = next(m for m in manifests if m["metadata"]["name"] == "aigw-providers")
         for rule in providers["spec"]["rules"]:
-            set_headers = {
-                header["name"]: header["value"]
+            modifiers = [
+                found["responseHeaderModifier"]
                 for found in rule["filters"]
                 if found["type"] == "ResponseHeaderModifier"
-                for header in found["responseHeaderModifier"]["set"]
+            ]
+            set_headers = {
+                header["name"]: header["value"]
+                for modifier in modifiers
+                for header in modifier.get("set", [])
             }
             if controller == "kgateway":
-                # kgateway's ext_proc accepts no metadata from the processor.
+                # kgateway's ext_proc accepts no metadata from the processor: the
+                # provider's own headers (its account's limits) are removed instead.
                 assert not set_headers
+                removed = [name for modifier in modifiers for name in modifier.get("remove", [])]
+                assert removed == list(RATE_LIMIT_HEADERS)
                 continue
             assert set_headers == {
                 name: f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"
