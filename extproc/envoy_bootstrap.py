@@ -10,8 +10,14 @@ header and clearing the route cache; requests it does not route fall through to
 an OpenAI-shaped 404.
 
 Errors Envoy itself produces (upstream refused or timed out, body too large,
-gateway unreachable) are rewritten into the same OpenAI error shape the gateway
-uses, so clients see one error format whoever refused them.
+gateway unreachable or full) are rewritten into the same OpenAI error shape the
+gateway uses, so clients see one error format whoever refused them.
+
+Envoy's defaults suit short web requests; an LLM call lasts seconds to minutes and
+may answer megabytes. So every cluster gets circuit breakers sized by
+``envoy.max_concurrent_requests``, routes to a provider buffer answers up to
+``envoy.max_response_body_bytes``, and a provider's timeout bounds the wait for its
+answer to start, never the answer itself (docs/configuration.md, "What ends a call").
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import yaml
 
 from extproc.agents.envoy import add_agents, longest_agent_timeout_s
 from extproc.config.loader import load_config
-from extproc.config.model import GatewayConfig, ProviderConfig, cluster_name
-from extproc.envoy_failover import add_failover
+from extproc.config.model import EnvoyConfig, GatewayConfig, ProviderConfig, cluster_name
+from extproc.envoy_failover import add_failover, longest_failover_wait_s
 from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing
 from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
@@ -51,16 +57,21 @@ EXT_PROC_CLUSTER = "extproc"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_CONFIG = "config/gateway.yaml"
 # Headroom over the largest body the gateway accepts, so a body just over the limit
-# still reaches the gateway and gets its own 413 instead of Envoy's.
+# still reaches the gateway and gets its own 413 instead of Envoy's; and over the
+# largest body Envoy sends the gateway in one message, for the message's other fields.
 BUFFER_SLACK_BYTES = 64 * 1024
-# Envoy's default circuit breakers allow 1024 concurrent requests per cluster. An
-# LLM call holds a request (and a gateway stream) open for seconds to minutes, so
-# that default would turn a busy minute into 503s long before any real limit.
-MAX_CONCURRENT_REQUESTS = 10_000
+# Envoy's default circuit breakers allow 1024 concurrent requests and 3 concurrent
+# retries per cluster. An LLM call holds a request (and a gateway stream) open for
+# seconds to minutes, so those would turn a busy minute into 503s, and silently skip
+# failovers, long before any real limit. The default; _apply_limits gives every
+# cluster the configured envoy.max_concurrent_requests.
+MAX_CONCURRENT_REQUESTS = EnvoyConfig().max_concurrent_requests
 EXT_PROC_CONNECT_TIMEOUT_S = 1.0
 PROVIDER_CONNECT_TIMEOUT_S = 5.0
 # Time a request spends outside the upstream call: the gateway's phases, queuing.
 REQUEST_SLACK_S = 30.0
+# Envoy's "no limit" for a route timeout.
+NO_TIMEOUT = "0s"
 # Keep-alive connections to providers are dropped before providers drop them.
 PROVIDER_IDLE_TIMEOUT_S = 60.0
 
@@ -116,7 +127,24 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     add_agents(bootstrap, config)
     add_failover(bootstrap, config, _ext_proc_filter(config))
     add_tracing(bootstrap, config)
+    _apply_limits(bootstrap, config.envoy)
     return bootstrap
+
+
+def _apply_limits(bootstrap: Json, envoy: EnvoyConfig) -> None:
+    """The same concurrency and answer-size limits wherever a cluster or route came from
+    (this module, failover chains, agent servers)."""
+    resources = bootstrap["static_resources"]
+    for cluster in resources["clusters"]:
+        cluster["circuit_breakers"] = _circuit_breakers(envoy.max_concurrent_requests)
+    for listener in resources["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+            # Routes to an upstream (not the catch-all 404): Envoy raises the stream's
+            # buffer to this once the gateway picked the route, so a whole non-streamed
+            # answer fits; at 1 MiB a long answer broke off or got a 500, uncounted.
+            if "route" in route:
+                route["request_body_buffer_limit"] = envoy.max_response_body_bytes
 
 
 def render_bootstrap_yaml(config: GatewayConfig) -> str:
@@ -156,6 +184,10 @@ def _listener(config: GatewayConfig) -> Json:
         "name": "aigw",
         "address": _socket_address(config.envoy.listener_address, config.envoy.listener_port),
         # Envoy buffers the request body for ext_proc up to this limit, then answers 413.
+        # The request is buffered before the gateway picks a provider, so under the
+        # catch-all route, which keeps this limit; a provider's route raises it for the
+        # answer (_apply_limits: Envoy 1.40 applies a route's request_body_buffer_limit
+        # to the stream once the route is picked, answers included).
         "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes
         + BUFFER_SLACK_BYTES,
         "filter_chains": [
@@ -184,8 +216,10 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "normalize_path": True,
         "merge_slashes": True,
         "request_headers_timeout": "10s",
-        # A non-streamed completion sends nothing until it is done: the idle timer
-        # must outlast the longest upstream timeout, or Envoy cuts the call first.
+        # A non-streamed completion sends nothing until it is done, nor does a failover
+        # while it waits out its attempts: the idle timer must outlast the longest wait
+        # for an answer to start, or Envoy ends the call first (a 504). It also
+        # ends a stream that falls silent for that long.
         "stream_idle_timeout": duration(_longest_request_s(config)),
         # Larger headers or more of them are refused by Envoy (431), before the gateway.
         "max_request_headers_kb": config.limits.max_request_headers_kb,
@@ -269,10 +303,10 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
             "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
-                # One stream lives as long as its request, streamed answers included.
-                # Envoy 1.40 did not end a stream at this timeout (a 2 s stream
-                # outlived a 1 s one); should a later Envoy apply it, it must not cut
-                # a legitimate call. Each message is bounded by message_timeout.
+                # One stream lives as long as its request, streamed answers included,
+                # which no timeout bounds. Envoy 1.40 did not end a stream at this
+                # timeout (a 2 s stream outlived a 1 s one); each message is bounded
+                # by message_timeout.
                 "timeout": duration(_longest_request_s(config)),
             },
             "failure_mode_allow": config.envoy.failure_mode_allow,
@@ -362,16 +396,36 @@ def _access_log() -> Json:
 
 
 def _local_reply_config() -> Json:
-    # First: the gateway itself did not answer within envoy.message_timeout_ms
-    # (Envoy's details: ext_proc_error_per-message_timeout_exceeded); without this,
-    # the 504 would blame the provider.
     mappers = [
+        # A circuit breaker is full (envoy.max_concurrent_requests): on the gateway's
+        # own cluster Envoy answered a 500 (ext_proc_error_gRPC_error_14{...overflow}),
+        # on a provider's a 503 blaming the provider; it is the gateway at its limit,
+        # a 503 worth retrying.
+        _error_mapper(
+            "response.code >= 500 && response.code_details.contains('overflow')",
+            ServiceUnavailableError.error_type,
+            "gateway_overloaded",
+            "the gateway has too many requests in flight; retry shortly",
+            status=ServiceUnavailableError.status,
+        ),
+        # An answer larger than envoy.max_response_body_bytes, caught before its
+        # headers left (Envoy's 500): the provider's answer cannot be delivered.
+        _error_mapper(
+            "response.code_details == 'response_payload_too_large'",
+            UpstreamError.error_type,
+            "response_too_large",
+            "the provider's answer is larger than the gateway can buffer",
+            status=UpstreamError.status,
+        ),
+        # The gateway itself did not answer within envoy.message_timeout_ms
+        # (Envoy's details: ext_proc_error_per-message_timeout_exceeded); without this,
+        # the 504 would blame the provider.
         _error_mapper(
             "response.code == 504 && response.code_details.startsWith('ext_proc_error')",
             GatewayTimeoutError.error_type,
             "gateway_timeout",
             "the gateway did not answer in time",
-        )
+        ),
     ]
     mappers += [
         _error_mapper(f"response.code == {error.status}", error.error_type, code, message)
@@ -396,9 +450,12 @@ def _local_reply_config() -> Json:
     return {"mappers": mappers}
 
 
-def _error_mapper(condition: str | None, error_type: str, code: str, message: str) -> Json:
+def _error_mapper(
+    condition: str | None, error_type: str, code: str, message: str, status: int | None = None
+) -> Json:
+    """Envoy's reply matching ``condition`` as OpenAI's error JSON (with ``status``, if set)."""
     expression = _NOT_JSON_YET if condition is None else f"{condition} && {_NOT_JSON_YET}"
-    return {
+    mapper: Json = {
         "filter": {
             "extension_filter": {
                 "name": "envoy.access_loggers.extension_filters.cel",
@@ -409,8 +466,11 @@ def _error_mapper(condition: str | None, error_type: str, code: str, message: st
                 },
             }
         },
-        "body_format_override": {"json_format": _openai_error(message, error_type, code)},
     }
+    if status is not None:
+        mapper["status_code"] = status
+    mapper["body_format_override"] = {"json_format": _openai_error(message, error_type, code)}
+    return mapper
 
 
 def _openai_error(message: str, error_type: str, code: str) -> Json:
@@ -466,11 +526,19 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
         },
         "route": {
             "cluster": cluster,
-            "timeout": duration(_upstream_timeout_s(config, provider)),
+            # A route timeout runs until the answer's last byte: it cut streams that
+            # were still flowing (a long reasoning answer). None here; the provider's
+            # timeout bounds each attempt until its answer starts (Envoy ignores a
+            # per-try timeout once the response has started), a 504 when it expires.
+            "timeout": NO_TIMEOUT,
             "host_rewrite_literal": provider.authority,
             # Only failures where the provider never saw the request: a completion
             # is neither idempotent nor free to run twice.
-            "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
+            "retry_policy": {
+                "retry_on": "connect-failure,reset-before-request",
+                "num_retries": 1,
+                "per_try_timeout": duration(_upstream_timeout_s(config, provider)),
+            },
         },
         "request_headers_to_remove": [CLUSTER],
         # The provider's own x-ratelimit-* describe the organisation's account, not the
@@ -502,10 +570,12 @@ def _upstream_timeout_s(config: GatewayConfig, provider: ProviderConfig) -> floa
 
 
 def _longest_request_s(config: GatewayConfig) -> float:
-    """An upper bound on one request's life: the slowest provider plus the gateway's turns."""
+    """The longest a request may wait for its answer to start: the slowest provider, or
+    the slowest failover chain's attempts, plus the gateway's own turns."""
     slowest = max(
         max(_upstream_timeout_s(config, p) for p in config.providers),
         longest_agent_timeout_s(config),
+        longest_failover_wait_s(config),
     )
     return slowest + REQUEST_SLACK_S
 
@@ -535,7 +605,10 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         "type": discovery,
         "connect_timeout": duration(EXT_PROC_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": _protocol_options({"http2_protocol_options": {}}),
-        "circuit_breakers": _circuit_breakers(),
+        # Envoy sends a buffered body to the gateway in one message. Larger than this
+        # connection's buffer, Envoy 1.40 crashed (SIGSEGV) when the message came from a
+        # failover attempt's filter (an answer of 1 MiB, the default, and a bit).
+        "per_connection_buffer_limit_bytes": _largest_body_bytes(config) + BUFFER_SLACK_BYTES,
         "load_assignment": {
             "cluster_name": EXT_PROC_CLUSTER,
             "endpoints": [
@@ -564,7 +637,6 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
             {"http_protocol_options": {}},
             common={"idle_timeout": duration(PROVIDER_IDLE_TIMEOUT_S)},
         ),
-        "circuit_breakers": _circuit_breakers(),
         "load_assignment": _load_assignment(name, _socket_address(provider.host, provider.port)),
     }
     if not is_ip(provider.host):
@@ -604,13 +676,27 @@ def _protocol_options(explicit: Json, common: Json | None = None) -> Json:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
 
 
-def _circuit_breakers() -> Json:
-    limit = MAX_CONCURRENT_REQUESTS
+def _circuit_breakers(limit: int = MAX_CONCURRENT_REQUESTS) -> Json:
+    # Retries are failovers (envoy_failover): every call in flight may be failing over
+    # at once when a provider goes down. Over the limit Envoy skips the retry and the
+    # client gets the failed attempt's error. Remaining capacity shows in Envoy's stats
+    # (cluster.<name>.circuit_breakers.default.remaining_rq, ...).
     return {
         "thresholds": [
-            {"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}
+            {
+                "max_connections": limit,
+                "max_pending_requests": limit,
+                "max_requests": limit,
+                "max_retries": limit,
+                "track_remaining": True,
+            }
         ]
     }
+
+
+def _largest_body_bytes(config: GatewayConfig) -> int:
+    """The largest body Envoy hands the gateway: a request or a buffered answer."""
+    return max(config.limits.max_request_body_bytes, config.envoy.max_response_body_bytes)
 
 
 def _load_assignment(cluster: str, address: Json) -> Json:

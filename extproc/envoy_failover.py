@@ -56,6 +56,25 @@ def models_with_fallbacks(config: GatewayConfig) -> list[ModelConfig]:
     return [model for model in config.models if model.fallbacks]
 
 
+def attempt_timeout_s(config: GatewayConfig, model: ModelConfig) -> float:
+    """Each attempt's wait for its answer to start: the primary's timeout (Envoy has one
+    per-try timeout per route), which is what a timeout failover is about."""
+    return config.provider(model.provider).timeout_s or config.envoy.upstream_timeout_s
+
+
+def longest_failover_wait_s(config: GatewayConfig) -> float:
+    """The longest a failover may wait for an answer to start: every member's attempt
+    timing out but the last. Nothing reaches the client meanwhile, so Envoy's stream
+    idle timer must outlast it (envoy_bootstrap)."""
+    return max(
+        (
+            (1 + len(model.fallbacks)) * attempt_timeout_s(config, model)
+            for model in models_with_fallbacks(config)
+        ),
+        default=0.0,
+    )
+
+
 def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) -> None:
     """Extend a rendered bootstrap with what failover needs (nothing when unused)."""
     chains = models_with_fallbacks(config)
@@ -90,13 +109,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
             clusters = [cluster_name(config.provider(name)) for name in kept]
             name = failover_cluster_name(model.name, skipped)
             resources["clusters"].append(_aggregate(name, clusters))
-            timeouts = [
-                config.provider(member).timeout_s or config.envoy.upstream_timeout_s
-                for member in kept
-            ]
-            # Envoy has one per-try timeout per route: the primary's, which is what a
-            # timeout failover is about; the whole request may use every member's.
-            failover_routes.append(_route(name, len(clusters), timeouts[0], sum(timeouts)))
+            failover_routes.append(_route(name, len(clusters), attempt_timeout_s(config, model)))
     # Before the catch-all 404, which is last.
     routes[-1:-1] = failover_routes
     manager["route_config"]["virtual_hosts"][0]["include_attempt_count_in_response"] = True
@@ -127,7 +140,7 @@ def _aggregate(name: str, clusters: list[str]) -> Json:
     }
 
 
-def _route(cluster: str, attempts: int, per_try_s: float, total_s: float) -> Json:
+def _route(cluster: str, attempts: int, per_try_s: float) -> Json:
     return {
         "name": cluster,
         "match": {
@@ -136,7 +149,10 @@ def _route(cluster: str, attempts: int, per_try_s: float, total_s: float) -> Jso
         },
         "route": {
             "cluster": cluster,
-            "timeout": f"{total_s:g}s",
+            # No limit on the whole request: a route timeout runs to the answer's last
+            # byte and would cut a stream still flowing. Each attempt is bounded until
+            # its answer starts (per_try_timeout); a started answer runs to its end.
+            "timeout": "0s",
             "retry_policy": {
                 "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
                 "retriable_status_codes": [429],

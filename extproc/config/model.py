@@ -77,6 +77,15 @@ class EnvoyConfig(_Section):
     concurrency: int = Field(default=1, ge=1, le=64)
     # Pass-through requests skip the response-headers message (docs/performance.md).
     lean_responses: bool = True
+    # Envoy's circuit breakers, per cluster (the gateway's own, each provider's, each
+    # failover chain's): calls in flight, connections, pending calls and failovers.
+    # An LLM call holds its slot for seconds to minutes; Envoy's default is 1024.
+    max_concurrent_requests: int = Field(default=10_000, ge=1)
+    # The largest provider answer Envoy buffers whole for the gateway (a non-streamed
+    # one). One gRPC message must carry it to the gateway, which takes up to 64 MiB.
+    max_response_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024 * 1024, le=63 * 1024 * 1024
+    )
 
 
 class StoreConfig(_Section):

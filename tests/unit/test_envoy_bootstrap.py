@@ -174,7 +174,7 @@ def test_each_provider_route_matches_its_cluster_header() -> None:
         assert route["match"]["headers"] == [{"name": CLUSTER, "string_match": {"exact": name}}]
         assert route["route"]["cluster"] == name
         assert route["route"]["host_rewrite_literal"] == authority
-        assert route["route"]["timeout"] == timeout
+        assert route["route"]["retry_policy"]["per_try_timeout"] == timeout
         assert route["request_headers_to_remove"] == [CLUSTER]
 
 
