@@ -1,7 +1,8 @@
 """What the gateway exports, read from its code, and the metric names a PromQL expression uses.
 
-Shared by the tests that keep deploy/prometheus and deploy/grafana from rotting:
-every name they use must be one the gateway (or Envoy, or a recording rule) exports.
+Shared by the tests that keep deploy/prometheus, deploy/grafana and the metrics reference
+(docs/metrics.md) from rotting: every name they use must be one the gateway (or Envoy, or
+a recording rule) exports.
 """
 
 from __future__ import annotations
@@ -31,16 +32,31 @@ _SUFFIXES = {
 }
 
 
+def code_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every metric the gateway's code registers, by the name a scrape shows for it
+    (counters with ``_total``), with its type and label names: the gateway's own, the
+    agent metrics on the same registry, and the quota gauges read from the store."""
+    found: dict[str, tuple[str, frozenset[str]]] = {}
+    metrics = GatewayMetrics()
+    for value in [*vars(metrics).values(), *vars(metrics.agents).values()]:
+        if isinstance(value, MetricWrapperBase):
+            found[_shown(value._name, value._type)] = (value._type, frozenset(value._labelnames))
+    gauges = QuotaGauges(None, "", lambda: RuleSet(QuotasConfig()), time.time, QuotaGaugesConfig())
+    for family in gauges.collect():
+        labels = frozenset(getattr(family, "_labelnames", ()))
+        found[_shown(family.name, family.type)] = (family.type, labels)
+    return found
+
+
+def _shown(name: str, kind: str) -> str:
+    return name + "_total" if kind == "counter" else name
+
+
 def code_series() -> dict[str, frozenset[str]]:
     """Every series name the gateway's code defines, with its label names."""
     found: dict[str, frozenset[str]] = {}
-    metrics = GatewayMetrics()
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            _add(found, value._name, value._type, value._labelnames)
-    gauges = QuotaGauges(None, "", lambda: RuleSet(QuotasConfig()), time.time, QuotaGaugesConfig())
-    for family in gauges.collect():
-        _add(found, family.name, family.type, getattr(family, "_labelnames", ()))
+    for name, (kind, labels) in code_metrics().items():
+        _add(found, name.removesuffix("_total") if kind == "counter" else name, kind, labels)
     return found
 
 
