@@ -256,7 +256,9 @@ def run_gateway(
     """The gateway (``LocalStack``: server, embedded Valkey, Envoy) with ``config``, its
     ``mock`` provider pointed at ``upstream``; with ``workers``, that many worker processes."""
     fresh = Ports.free()
-    ports = Ports(fresh.envoy, fresh.envoy_admin, fresh.grpc, fresh.http, _port_of(upstream))
+    # Every port its own: gateways of several rows run at once, and no listener of the
+    # gateway may be shared (SO_REUSEPORT is off), the management API's included.
+    ports = dataclasses.replace(fresh, mock=_port_of(upstream))
     # real_provider="mock": no mock-llm process, models still go to the provider "mock".
     options: dict[str, Any] = {
         "workdir": workdir, "ports": ports, "config_path": config, "real_provider": "mock"

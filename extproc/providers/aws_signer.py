@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -185,9 +186,11 @@ def shared_aws_files() -> list[Path]:
     Their keys never refresh themselves, yet rotation tools (and operators) rewrite them
     in place, often with session keys that expire within the hour: the config reloader
     watches them (``config.watched_files``), and a new signer reads the chain again."""
-    session = botocore.session.get_session()
-    paths = (session.get_config_variable(name) for name in ("credentials_file", "config_file"))
-    return [Path(path).expanduser() for path in paths if isinstance(path, str)]
+    # botocore's own lookup, without a botocore session (several MB, and this runs at
+    # every poll of the config reloader).
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    config = os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
+    return [Path(credentials).expanduser(), Path(config).expanduser()]
 
 
 def _session_token(config: AwsConfig) -> str | None:
