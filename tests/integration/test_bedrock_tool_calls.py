@@ -26,52 +26,17 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolC
 
 from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests
+from tests.integration.tool_script import (
+    OUTPUT_TOKENS,
+    QUESTION,
+    SCRIPT,
+    TIME,
+    TIME_PIECES,
+    WEATHER,
+    WEATHER_PIECES,
+)
 
 KEY = "team1-key"
-QUESTION: Any = {"role": "user", "content": "Weather in Paris and the time in Lyon?"}
-# Strict function tools: what the openai client's stream() helper requires.
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-# What the model says before calling, and each call's arguments as Bedrock streams them.
-SAID = ["Let", " me", " check", "."]
-WEATHER_PIECES = ['{"city": "Pa', 'ris", "un', 'it": "°C"}']
-TIME_PIECES = ['{"city"', ': "Lyon"}']
-# Headers are ASCII: json.dumps escapes the degree sign, which the mock sends as UTF-8.
-SCRIPT = {
-    "x-mock-reply": json.dumps(SAID),
-    "x-mock-tool-calls": json.dumps(
-        [
-            {"name": "get_weather", "arguments": WEATHER_PIECES},
-            {"name": "get_time", "arguments": TIME_PIECES},
-        ]
-    ),
-}
-# Output tokens the mock reports: the text pieces and the calls' input pieces.
-OUTPUT_TOKENS = len(SAID) + len(WEATHER_PIECES) + len(TIME_PIECES)
 # A history an agent built with tools: the calls and their results.
 CALLS: Any = [
     {

@@ -8,7 +8,6 @@ Anthropic's wire format (``tool_use`` blocks; streamed as ``input_json_delta`` f
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import openai
@@ -19,53 +18,18 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests
+from tests.integration.tool_script import (
+    OUTPUT_TOKENS,
+    QUESTION,
+    SCRIPT,
+    TIME,
+    TIME_PIECES,
+    WEATHER,
+    WEATHER_PIECES,
+)
 
 KEY = "team1-key"
 MODEL = "claude-3-5-haiku-latest"
-QUESTION: Any = {"role": "user", "content": "Weather in Paris and the time in Lyon?"}
-# Strict function tools: what the openai client's stream() and parse() helpers require.
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-# What the model says before calling, and each call's arguments as the provider streams them.
-SAID = ["Let", " me", " check", "."]
-WEATHER_PIECES = ['{"city": "Pa', 'ris", "un', 'it": "°C"}']
-TIME_PIECES = ['{"city"', ': "Lyon"}']
-# Headers are ASCII: json.dumps escapes the degree sign, which the mock sends as UTF-8.
-SCRIPT = {
-    "x-mock-reply": json.dumps(SAID),
-    "x-mock-tool-calls": json.dumps(
-        [
-            {"name": "get_weather", "arguments": WEATHER_PIECES},
-            {"name": "get_time", "arguments": TIME_PIECES},
-        ]
-    ),
-}
-# Output tokens the mock reports: the text pieces and the calls' input pieces.
-OUTPUT_TOKENS = len(SAID) + len(WEATHER_PIECES) + len(TIME_PIECES)
 
 
 def openai_client(stack: LocalStack) -> OpenAI:
