@@ -21,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
-from extproc.devstack import LocalStack, Ports
+from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
 from tests.integration.otlp_receiver import OtlpReceiver
 
 # Every stack started in this session; their logs are checked against the schema at the end.
@@ -84,6 +84,16 @@ class GatewayLog:
             lambda: [line for line in self.lines() if line.get("request_id") == request_id],
             timeout_s,
         )
+
+
+def config_with_keys(workdir: Path, keys: dict[str, str], tail: str = "") -> Path:
+    """The default config with API keys ``{id: secret}`` added (and ``tail`` appended: a
+    ``quotas:`` section, say), written to ``workdir``."""
+    text = DEFAULT_CONFIG.read_text()
+    entries = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in keys.items())
+    config = workdir / "gateway.yaml"
+    config.write_text(text.replace("  api_keys:\n", "  api_keys:\n" + entries, 1) + tail)
+    return config
 
 
 def wait_for(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:

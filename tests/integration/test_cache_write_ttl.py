@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
-from tests.integration.conftest import GatewayLog, running_stack, usage_rows, wait_for
+from tests.integration.conftest import (
+    GatewayLog,
+    config_with_keys,
+    running_stack,
+    usage_rows,
+    wait_for,
+)
 
 # One key per client, so each test reads its own rollup.
 KEYS = {"ttl-messages": "ttl-messages-key-4c1d", "ttl-bedrock": "ttl-bedrock-key-8e2a"}
@@ -34,18 +39,10 @@ PROMPT_TOKENS = count_tokens(PROMPT) + 4 + 2
 WRITES = {"x-mock-cache-write": "5m=10;1h=12"}
 
 
-def ttl_config(workdir: Path) -> Path:
-    text = DEFAULT_CONFIG.read_text()
-    keys = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in KEYS.items())
-    config = workdir / "gateway.yaml"
-    config.write_text(text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1))
-    return config
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("cache-ttl")
-    with running_stack(workdir, ttl_config(workdir)) as running:
+    with running_stack(workdir, config_with_keys(workdir, KEYS)) as running:
         yield running
 
 

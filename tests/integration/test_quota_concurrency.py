@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import running_stack, usage_rows
+from extproc.devstack import LocalStack
+from tests.integration.conftest import config_with_keys, running_stack, usage_rows
 from tests.integration.test_store_outage import OwnValkey
 
 KEYS = {"conc-r": "concurrent-requests-key", "conc-t": "concurrent-tokens-key"}
@@ -38,10 +38,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     valkey = OwnValkey(tmp_path_factory.mktemp("shared-valkey"))
     valkey.start()
     workdir = tmp_path_factory.mktemp("replicas")
-    text = DEFAULT_CONFIG.read_text()
-    keys = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in KEYS.items())
-    config = workdir / "gateway.yaml"
-    config.write_text(text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1) + RULES)
+    config = config_with_keys(workdir, KEYS, RULES)
     try:
         with running_stack(
             workdir,

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
+    config_with_keys,
     metric,
     running_stack,
     scrape,
@@ -45,18 +45,10 @@ INPUT, OUTPUT = Decimal("3.00"), Decimal("15.00")
 PER_SEARCH = Decimal("10.00") / 1000
 
 
-def billing_config(workdir: Path) -> Path:
-    text = DEFAULT_CONFIG.read_text()
-    keys = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in KEYS.items())
-    config = workdir / "gateway.yaml"
-    config.write_text(text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1))
-    return config
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("server-tools")
-    with running_stack(workdir, billing_config(workdir)) as running:
+    with running_stack(workdir, config_with_keys(workdir, KEYS)) as running:
         yield running
 
 
