@@ -311,7 +311,10 @@ def test_made_up_model_names_stay_within_the_label_budget(stack: LocalStack) -> 
         "aigw_request_duration_seconds_count",
     ):
         models = {dict(labels)["model"] for labels in series(samples, name)}
-        assert len(models) <= MAX_LABEL_VALUES + 1, name
+        # The budget holds the made-up names; the config's models (and the empty
+        # value of requests that reached no provider) are kept outside it.
+        made_up = {model for model in models if model.startswith("claude-made-up-")}
+        assert len(made_up) <= MAX_LABEL_VALUES, name
         assert "other" in models, name
     assert_counters_match_the_log_folded(stack, samples)
 
