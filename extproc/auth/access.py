@@ -6,11 +6,8 @@ covers it, the caller must be allowed by at least one of those rules; if none
 does, it is allowed. A key's own ``allowed_models``/``allowed_routes`` narrow
 further.
 
-Model names are compared without surrounding whitespace and case. A route with a
-``provider``, like a ``model_prefixes`` entry, sends a name the config does not
-list to the provider as the client spelled it; a provider that reads
-``Claude-Sonnet-4-0`` or ``"claude-sonnet-4-0 "`` as ``claude-sonnet-4-0`` would
-otherwise serve a model whose rule keeps it from the caller.
+Model names are compared without surrounding whitespace and case
+(``extproc.model_names``).
 """
 
 from __future__ import annotations
@@ -19,22 +16,7 @@ from collections.abc import Sequence
 
 from extproc.config.auth_model import AccessRule
 from extproc.context import Identity
-
-
-def _comparable(name: str) -> str:
-    """A model name or pattern as access checks compare it: trimmed, case folded."""
-    return name.strip().casefold()
-
-
-def _model_matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
-    """Whether a pattern matches one of ``names`` (both already ``_comparable``)."""
-    for pattern in patterns:
-        if pattern.endswith("*"):
-            if any(name.startswith(pattern[:-1]) for name in names):
-                return True
-        elif pattern in names:
-            return True
-    return False
+from extproc.model_names import comparable, matches
 
 
 def _allows(rule: AccessRule, identity: Identity) -> bool:
@@ -49,7 +31,7 @@ class AccessPolicy:
     def __init__(self, rules: Sequence[AccessRule]) -> None:
         # Each rule with its model patterns made comparable once, not per request.
         self._rules = tuple(
-            (rule, tuple(_comparable(pattern) for pattern in rule.models)) for rule in rules
+            (rule, tuple(comparable(pattern) for pattern in rule.models)) for rule in rules
         )
 
     def denial(
@@ -60,14 +42,14 @@ class AccessPolicy:
         ``canonical`` is the configured name of the model ``model`` is an alias of: a
         rule or a key's list naming either name covers the request, so an alias
         neither escapes a rule nor is refused where its model is allowed."""
-        names = tuple(_comparable(name) for name in (model, canonical) if name is not None)
+        names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         allowed_models = identity.allowed_models
-        if allowed_models and not _model_matches(tuple(map(_comparable, allowed_models)), names):
+        if allowed_models and not matches(tuple(map(comparable, allowed_models)), names):
             return f"API key '{identity.api_key_id}' may not use model '{model}'"
         covering = [
             rule
             for rule, patterns in self._rules
-            if (not patterns or _model_matches(patterns, names))
+            if (not patterns or matches(patterns, names))
             and (route is None or not rule.routes or route in rule.routes)
         ]
         if not covering or any(_allows(rule, identity) for rule in covering):

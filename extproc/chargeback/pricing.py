@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from extproc.config.pricing_model import ModelPrice, PricingConfig
+from extproc.model_names import comparable
 
 if TYPE_CHECKING:
     from extproc.config.model import ModelConfig
@@ -159,6 +160,9 @@ class PriceTable:
                 continue
             for name in names:
                 self._by_name.setdefault(name, found)
+        # Another spelling of a priced name (case, surrounding spaces) that a route's
+        # provider sent upstream as written: priced as the name it spells.
+        self._by_comparable = {comparable(name): each for name, each in self._by_name.items()}
         self.unpriced_models = tuple(
             model.name
             for model in models
@@ -166,7 +170,10 @@ class PriceTable:
         )
 
     def prices(self, model: str | None) -> TokenPrices | None:
-        return self._by_name.get(model) if model else None
+        if not model:
+            return None
+        found = self._by_name.get(model)
+        return found if found is not None else self._by_comparable.get(comparable(model))
 
     def cost(self, model: str | None, usage: Usage) -> Cost:
         prices = self.prices(model)

@@ -20,6 +20,7 @@ from extproc.config.quota_model import (
     StoreFailure,
 )
 from extproc.context import Identity
+from extproc.model_names import comparable, matches
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
 
 # Counter -> (window kind, request or token counter)
@@ -94,6 +95,10 @@ class RuleSet:
                 validate_timezone(rule.token_quota.time_zone)
         self._config = config
         self.rules = config.rules
+        # Each rule's model patterns as names are compared (extproc.model_names), once.
+        self._models = {
+            rule.name: tuple(comparable(pattern) for pattern in rule.models) for rule in self.rules
+        }
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -116,11 +121,14 @@ class RuleSet:
     ) -> list[Limit]:
         """The limits on this request; a rule naming ``model`` or its ``canonical`` name
         (``model`` being an alias) covers it."""
-        names = (model,) if canonical is None or canonical == model else (model, canonical)
+        names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         found: list[Limit] = []
         for rule in self.rules:
             subject = _subject_value(rule, identity, headers)
-            if subject is None or not _selected(rule, subject) or not _covers(rule, names):
+            if subject is None or not _selected(rule, subject):
+                continue
+            patterns = self._models[rule.name]
+            if patterns and not matches(patterns, names):
                 continue
             found.extend(self._limits(rule, subject, now))
         return refusal_order(found)
@@ -185,16 +193,6 @@ def _selected(rule: LimitRule, subject: str) -> bool:
     if isinstance(match, str):
         return match == "*" or match == subject
     return subject in match
-
-
-def _covers(rule: LimitRule, names: tuple[str, ...]) -> bool:
-    if not rule.models:
-        return True
-    return any(
-        name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
-        for pattern in rule.models
-        for name in names
-    )
 
 
 def tightest(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from extproc.chargeback.pricing import PriceTable
 from extproc.config import parse_config
-from extproc.context import Identity
+from extproc.config.quota_model import LimitRule, QuotasConfig
+from extproc.context import Identity, Usage
 from extproc.devstack import DEFAULT_CONFIG
+from extproc.quota.rules import RuleSet
 from extproc.runtime import Runtime, Services
 from extproc.stages.model_list import usable_names
 from extproc.stages.quota import openai_duration
@@ -81,3 +84,32 @@ def test_a_key_kept_to_some_routes_sees_what_those_routes_serve(services: Servic
 )
 def test_resets_are_written_as_openai_writes_them(seconds: int, text: str) -> None:
     assert openai_duration(seconds) == text
+
+
+def test_another_spelling_of_a_model_is_covered_by_its_quota_rule() -> None:
+    """A provider that reads `Claude-3-5-Haiku-Latest ` as the configured model serves it:
+    the rule naming that model counts it too, as the access rules do."""
+    rule = LimitRule(
+        name="haiku-day", subject="user", models=("claude-3-5-haiku-latest",), requests_per_day=9
+    )
+    rules = RuleSet(QuotasConfig(rules=(rule,)))
+    alice = Identity(method="api_key", api_key_id="k1", user_id="alice")
+    for spelling in (
+        "Claude-3-5-Haiku-Latest",
+        "claude-3-5-haiku-latest ",
+        "CLAUDE-3-5-HAIKU-LATEST",
+    ):
+        assert rules.limits_for(alice, {}, spelling, 1_800_000_000.0), spelling
+    assert not rules.limits_for(alice, {}, "claude-sonnet-4-0", 1_800_000_000.0)
+
+
+def test_another_spelling_of_a_priced_model_is_billed_at_its_price() -> None:
+    """Priced as the name it spells, not as an unpriced model that costs 0."""
+    config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {})
+    table = PriceTable(config.pricing, config.models)
+    usage = Usage(1000, 100, 1100)
+    configured = table.cost("claude-3-5-haiku-latest", usage)
+    assert configured.priced and configured.picousd > 0
+    for spelling in ("Claude-3-5-Haiku-Latest", " claude-3-5-haiku-latest"):
+        assert table.cost(spelling, usage) == configured, spelling
+    assert not table.cost("claude-made-up", usage).priced

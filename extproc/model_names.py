@@ -1,0 +1,28 @@
+"""How the gateway's rules compare model names: without case or surrounding whitespace.
+
+A route with a ``provider``, like a ``model_prefixes`` entry, sends a name the config
+does not list to the provider as the client spelled it. A provider that reads
+``Claude-Sonnet-4-0`` or ``"claude-sonnet-4-0 "`` as ``claude-sonnet-4-0`` would
+otherwise serve a model past the access rules, the quota rules and the price table that
+name it. Patterns ending in ``*`` match by prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def comparable(name: str) -> str:
+    """A model name or pattern as rules compare it: trimmed, case folded."""
+    return name.strip().casefold()
+
+
+def matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether a pattern matches one of ``names`` (both already ``comparable``)."""
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if any(name.startswith(pattern[:-1]) for name in names):
+                return True
+        elif pattern in names:
+            return True
+    return False
