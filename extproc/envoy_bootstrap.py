@@ -408,6 +408,18 @@ def _local_reply_config() -> Json:
             "the gateway has too many requests in flight; retry shortly",
             status=ServiceUnavailableError.status,
         ),
+        # No gateway process answers (stopped, restarting, not started yet): Envoy's
+        # 500 (ext_proc_error_gRPC_error_14, UNAVAILABLE) would read as the gateway
+        # failing on the request; it is the gateway unreachable, a 503 worth retrying
+        # once a replica is back. After the overflow mapper, whose details start alike.
+        _error_mapper(
+            "response.code == 500"
+            " && response.code_details.startsWith('ext_proc_error_gRPC_error_14')",
+            ServiceUnavailableError.error_type,
+            "gateway_unavailable",
+            "the gateway is not reachable; retry shortly",
+            status=ServiceUnavailableError.status,
+        ),
         # An answer larger than envoy.max_response_body_bytes, caught before its
         # headers left (Envoy's 500): the provider's answer cannot be delivered.
         _error_mapper(
