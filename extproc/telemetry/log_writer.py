@@ -16,15 +16,19 @@ text can be a megabyte each), new lines are dropped for that sink and counted
 usage itself is never lost that way, because quotas and the usage rollups do
 not depend on the log.
 
-Each line goes out in one ``write`` with its own flush, so lines of several
-processes sharing one stdout stay whole (up to the pipe's atomic size, 4 KiB
-on Linux, which a line without content stays under).
+On stdout, the lines a drain takes go out in as few ``write`` calls as keep
+each line whole: whole lines are joined up to the pipe's atomic size (4 KiB on
+Linux, ``select.PIPE_BUF``), so lines of several processes sharing one stdout
+never interleave, and a longer line goes out alone, as before. One call per
+line cost the writer thread ~19 us of CPU per request at 1,600 req/s; joined,
+three lines of ~1.3 KB share one call.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -40,6 +44,8 @@ DRAIN_INTERVAL_S = 0.01
 # queue_size holds of lines without content (100,000 of ~1.3 KB), so it bounds
 # memory where lines with content are far larger, and changes nothing otherwise.
 MAX_QUEUED_BYTES = 128 * 1024 * 1024
+# Lines a writer takes from its queue at a time.
+_BATCH_LINES = 256
 
 
 class RotatingFile:
@@ -151,39 +157,61 @@ class LineWriter:
             self._file.close()
 
 
+# The most a write to a pipe takes whole, never interleaved with another writer's.
+ATOMIC_WRITE_BYTES = getattr(select, "PIPE_BUF", 4096)
+
+
 class _StdoutSink:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
 
-    def write(self, line: bytes) -> bool:
-        try:
-            self._stream.write(line)
-            self._stream.flush()
-        except (OSError, ValueError):
-            return False
-        return True
+    def write_lines(self, lines: list[bytes]) -> int:
+        """Write ``lines``, returning how many of them failed."""
+        failed = 0
+        for chunk in _atomic_chunks(lines):
+            try:
+                self._stream.write(b"".join(chunk))
+                self._stream.flush()
+            except (OSError, ValueError):
+                failed += len(chunk)
+        return failed
 
-    def flush(self) -> None:
-        """Each line is flushed as it is written."""
+
+def _atomic_chunks(lines: list[bytes]) -> list[list[bytes]]:
+    """``lines`` in order, grouped so each group is one line or at most
+    ``ATOMIC_WRITE_BYTES`` long: written in one call each, no line is split."""
+    chunks: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        if current and size + len(line) > ATOMIC_WRITE_BYTES:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class _FileSink:
     def __init__(self, file: RotatingFile) -> None:
         self._file = file
 
-    def write(self, line: bytes) -> bool:
-        try:
-            self._file.write(line)
-        except OSError:
-            log.exception("request log file write failed")
-            return False
-        return True
-
-    def flush(self) -> None:
+    def write_lines(self, lines: list[bytes]) -> int:
+        """Write ``lines`` (buffered, flushed once), returning how many failed."""
+        failed = 0
+        for line in lines:
+            try:
+                self._file.write(line)
+            except OSError:
+                log.exception("request log file write failed")
+                failed += 1
         try:
             self._file.flush()
         except OSError:
             log.exception("request log file flush failed")
+        return failed
 
 
 class _SinkWriter:
@@ -245,17 +273,14 @@ class _SinkWriter:
     def _run(self) -> None:
         while True:
             stopping = self._stopping.wait(DRAIN_INTERVAL_S)
-            lines = self._lines
-            wrote = False
-            while lines:
-                line = lines.popleft()
-                if not self.target.write(line):
-                    self.failed += 1
-                self._bytes_out += len(line)
-                self.written += 1
-                wrote = True
-            if wrote:
-                self.target.flush()
+            queued = self._lines
+            while queued:
+                # A bounded batch: a huge backlog is written (and its bytes given back
+                # to the queue's budget) in steps, not all held twice at once.
+                batch = [queued.popleft() for _ in range(min(len(queued), _BATCH_LINES))]
+                self.failed += self.target.write_lines(batch)
+                self._bytes_out += sum(map(len, batch))
+                self.written += len(batch)
             if stopping:
                 return
 

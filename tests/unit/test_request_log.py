@@ -6,6 +6,7 @@ writer is checked against a real file and a real pipe nobody reads.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -21,7 +22,7 @@ from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.content import ContentCapture
-from extproc.telemetry.log_writer import LineWriter, RotatingFile
+from extproc.telemetry.log_writer import ATOMIC_WRITE_BYTES, LineWriter, RotatingFile
 from extproc.telemetry.trace_context import parse_traceparent
 from extproc.testing import (
     processor_for,
@@ -334,6 +335,51 @@ def test_a_stuck_stdout_never_blocks_the_caller_and_drops_are_counted() -> None:
     reader.join(10)
     assert received.count(b"\n") == 200 - writer.dropped
     assert all(len(part) == 4000 for part in bytes(received).split(b"\n")[:-1])
+
+
+class _RecordingStdout(io.BytesIO):
+    """A stdout that keeps what each flush sent: one ``write`` call to the pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    def flush(self) -> None:
+        if self.getvalue():
+            self.sent.append(self.getvalue())
+            self.seek(0)
+            self.truncate()
+
+
+def test_stdout_lines_go_out_whole_and_a_write_never_exceeds_what_a_pipe_keeps_whole() -> None:
+    """Workers share one stdout: a write of at most PIPE_BUF bytes never interleaves
+    with another process's, so every write holds whole lines and stays under it
+    unless it is one long line alone."""
+    stdout = _RecordingStdout()
+    writer = LineWriter(stdout=stdout)
+    lines = [orjson.dumps({"n": n, "pad": "p" * (n % 7 * 300)}) + b"\n" for n in range(60)]
+    lines.insert(30, orjson.dumps({"n": "long", "pad": "x" * 9000}) + b"\n")
+    for line in lines:
+        writer.submit(line)
+    writer.close()
+    assert b"".join(stdout.sent) == b"".join(lines)
+    for sent in stdout.sent:
+        assert sent.endswith(b"\n")
+        assert len(sent) <= ATOMIC_WRITE_BYTES or sent.count(b"\n") == 1
+    assert writer.written == len(lines) and writer.failed == 0
+
+
+class _FailingStdout(io.BytesIO):
+    def flush(self) -> None:
+        raise OSError("stdout closed")
+
+
+def test_lines_a_broken_stdout_refuses_are_counted_each() -> None:
+    writer = LineWriter(stdout=_FailingStdout())
+    for n in range(5):
+        writer.submit(b'{"n": %d}\n' % n)
+    writer.close()
+    assert writer.failed == 5
 
 
 def _drain(fd: int, into: bytearray) -> None:
