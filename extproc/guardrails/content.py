@@ -3,15 +3,29 @@
 A ``TextSlot`` points at one string inside the parsed body (a message's
 ``content``, one text part of it, Anthropic's ``system``, a ``tool_result``'s
 content, the text of a ``document`` or ``search_result`` block, a choice's
-message), so guards read every piece of text and write masked text back in
-place, whether content came as a string or as an array of parts. Images, audio,
-PDFs and tool-call arguments are not text slots.
+message, the arguments of a tool call), so guards read every piece of text and
+write masked text back in place, whether content came as a string or as an
+array of parts. Images, audio and PDFs are not text slots.
+
+Tool calls in a conversation's history are text the provider reads back, so a
+key or personal data put there must meet the same guards: OpenAI's
+``tool_calls[].function.arguments`` (and the deprecated ``function_call``, and a
+custom tool's ``input``) are one string each, one slot; Anthropic's ``tool_use``
+``input`` is an object, and each of its string leaves is a slot (its keys are
+the tool's parameter names, not text). The same holds for a buffered answer's
+tool calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+# Anthropic blocks that call a tool: their ``input`` object holds the call's arguments.
+_TOOL_CALL_BLOCKS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
+# How deep a tool input is walked: orjson parses at most 1024 levels, so no leaf of a
+# parsed body is ever left unread; the bound only caps a body built some other way.
+_MAX_INPUT_DEPTH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,8 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
         _content_slots(role, block, "content", slots)
     elif kind in ("document", "search_result"):
         _document_slots(role, block, slots)
+    elif kind in _TOOL_CALL_BLOCKS:
+        _input_slots(role, block, slots)
 
 
 def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
@@ -73,6 +89,49 @@ def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> 
         _content_slots(role, source, "content", slots)
 
 
+def _input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
+    """Each string leaf of a tool call's ``input`` object, in document order.
+
+    Walked with a list, not recursion: a deep input cannot exhaust the stack.
+    """
+    if "input" not in block:  # malformed: the provider refuses it, nothing to read
+        return
+    pending: list[tuple[Any, Any, int]] = [(block, "input", 0)]
+    while pending:
+        holder, key, depth = pending.pop()
+        value = holder[key]
+        if isinstance(value, str):
+            slots.append(TextSlot(role, holder, key))
+        elif depth >= _MAX_INPUT_DEPTH:
+            continue
+        elif isinstance(value, dict):
+            # Pushed last to first, so they come off the list in order.
+            pending.extend((value, name, depth + 1) for name in reversed(value))
+        elif isinstance(value, list):
+            pending.extend((value, index, depth + 1) for index in range(len(value) - 1, -1, -1))
+
+
+def _call_slots(role: str, message: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The arguments of the tool calls an OpenAI assistant message carries, one slot each.
+
+    Arguments are JSON text, read and masked as one string: a masked one stays a
+    string, though maybe no longer the JSON the model wrote (providers take the
+    history's arguments as opaque strings).
+    """
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                _string_slot(role, call.get("function"), "arguments", slots)
+                _string_slot(role, call.get("custom"), "input", slots)
+    _string_slot(role, message.get("function_call"), "arguments", slots)
+
+
+def _string_slot(role: str, holder: Any, key: str, slots: list[TextSlot]) -> None:
+    if isinstance(holder, dict) and isinstance(holder.get(key), str):
+        slots.append(TextSlot(role, holder, key))
+
+
 def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     """Every text of an OpenAI chat or Anthropic messages request, in order."""
     slots: list[TextSlot] = []
@@ -81,22 +140,28 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     for message in body.get("messages") or ():
         if isinstance(message, dict):
             role = message.get("role")
-            _content_slots(role if isinstance(role, str) else "user", message, "content", slots)
+            role = role if isinstance(role, str) else "user"
+            _content_slots(role, message, "content", slots)
+            if "tool_calls" in message or "function_call" in message:
+                _call_slots(role, message, slots)
     return slots
 
 
 def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
-    """The text of each choice of an OpenAI chat completion."""
+    """The text and tool-call arguments of each choice of an OpenAI chat completion."""
     slots: list[TextSlot] = []
     for choice in answer.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            slots.append(TextSlot("assistant", message, "content"))
+        if not isinstance(message, dict):
+            continue
+        _string_slot("assistant", message, "content", slots)
+        if "tool_calls" in message or "function_call" in message:
+            _call_slots("assistant", message, slots)
     return slots
 
 
 def anthropic_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
-    """The text blocks of an Anthropic message."""
+    """The text blocks and tool inputs of an Anthropic message."""
     slots: list[TextSlot] = []
     _content_slots("assistant", answer, "content", slots)
     return slots
