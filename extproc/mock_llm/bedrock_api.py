@@ -16,17 +16,17 @@ model or inference profile id, or the ARN of either (``...:foundation-model/<id>
 404 ResourceNotFoundException, and an empty ``models`` accepts any.
 
 Requests are checked as Converse checks them, with Bedrock's messages: turns must start with
-the user and alternate (a client merges consecutive messages of one role itself), text
-blocks must not be blank, tool blocks need a ``toolConfig``, a user turn's ``toolResult``
-blocks answer every ``toolUse`` of the assistant turn before it and no more (Bedrock's
-"Expected toolResult blocks at messages.N.content for the following Ids: ..."),
-``inferenceConfig`` within range,
-image blocks name one of Converse's formats and hold bytes of that format. Then what the
-model itself allows (``MODEL_RULES``, from AWS's "Supported models and model features" table
-and the models' parameter pages): Titan and Mistral 7B / Mixtral take no system prompt,
-Titan, Llama 3 (8B, 70B) and those Mistral models no tools and no images, Claude Sonnet and
-Haiku 4.5 not both ``temperature`` and ``topP``, and each model its own ``maxTokens`` limit;
-a request past one is refused with Bedrock's own words.
+the user and alternate (a client merges consecutive messages of one role itself), text blocks
+must not be blank (a blank text inside a ``toolResult`` is taken, as Bedrock takes it), tool
+blocks need a ``toolConfig`` and a ``toolUseId`` of 1 to 64 of ``[a-zA-Z0-9_-]``, a user turn's
+``toolResult`` blocks answer every ``toolUse`` of the assistant turn before it and no more
+(Bedrock's "Expected toolResult blocks at messages.N.content for the following Ids: ..."),
+``inferenceConfig`` within range, image blocks name one of Converse's formats and hold bytes of
+that format. Then what the model itself allows (``MODEL_RULES``, from AWS's "Supported models
+and model features" table and the models' parameter pages): Titan and Mistral 7B / Mixtral take
+no system prompt, Titan, Llama 3 (8B, 70B) and those Mistral models no tools and no images,
+Claude Sonnet and Haiku 4.5 not both ``temperature`` and ``topP``, and each model its own
+``maxTokens`` limit; a request past one is refused with Bedrock's own words.
 
 Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
 ``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
@@ -69,6 +69,7 @@ import binascii
 import hashlib
 import hmac
 import itertools
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -143,6 +144,13 @@ _UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 _MODEL_ARN_RESOURCES = ("foundation-model", "inference-profile")
 # Content blocks that need toolConfig in the same request.
 _TOOL_BLOCKS = ("toolUse", "toolResult")
+# What a toolUseId may hold, in both blocks (AWS's API reference, ToolUseBlock and
+# ToolResultBlock: 1 to 64 characters of this pattern). Newer pages list
+# [a-zA-Z0-9_.:-]+ for ToolUseBlock; the mock keeps the narrower rule both pages agree
+# on, so an id the gateway sends passes on any Bedrock that reads either.
+_TOOL_USE_ID_PATTERN = "[a-zA-Z0-9_-]+"
+_TOOL_USE_ID = re.compile(_TOOL_USE_ID_PATTERN)
+_TOOL_USE_ID_MAX_LENGTH = 64
 # How the bytes of each image format Converse takes begin (webp: "RIFF", size, "WEBP").
 _IMAGE_MAGIC = {
     "png": (b"\x89PNG",),
@@ -440,10 +448,14 @@ def _invalid(message: str) -> AwsError:
     return AwsError(400, "ValidationException", message)
 
 
-def _constraint(path: str, constraint: str) -> AwsError:
-    return _invalid(
-        f"1 validation error detected: Value at '{path}' failed to satisfy constraint: {constraint}"
+def _constraint(path: str, constraint: str, *more: str) -> AwsError:
+    """A schema error, in AWS's words; one value can break several constraints at once."""
+    constraints = (constraint, *more)
+    count = f"{len(constraints)} validation error{'s' if more else ''} detected"
+    broken = "; ".join(
+        f"Value at '{path}' failed to satisfy constraint: {each}" for each in constraints
     )
+    return _invalid(f"{count}: {broken}")
 
 
 def _is_int(value: object) -> bool:
@@ -488,10 +500,25 @@ def _check_content(blocks: list[Any], where: str) -> bool:
 
 
 def _check_tool_use_id(member: object, path: str) -> None:
-    """A ``toolUse`` or ``toolResult`` block names its call with a ``toolUseId``."""
+    """A ``toolUse`` or ``toolResult`` block names its call with a ``toolUseId`` that fits
+    Bedrock's rule (1 to 64 of ``[a-zA-Z0-9_-]``); Bedrock lists every rule an id breaks.
+
+    Ids another provider made (``functions.get_weather:0``, ids past 64 characters) reach
+    Bedrock in OpenAI clients' histories: refusing them here is what lets a test notice a
+    gateway that passes them on.
+    """
     call_id = member.get("toolUseId") if isinstance(member, dict) else None
-    if not isinstance(call_id, str) or not call_id:
+    if not isinstance(call_id, str):
         raise _constraint(f"{path}.toolUseId", "Member must not be null")
+    broken = []
+    if not _TOOL_USE_ID.fullmatch(call_id):
+        broken.append(f"Member must satisfy regular expression pattern: {_TOOL_USE_ID_PATTERN}")
+    if not call_id:
+        broken.append("Member must have length greater than or equal to 1")
+    if len(call_id) > _TOOL_USE_ID_MAX_LENGTH:
+        broken.append(f"Member must have length less than or equal to {_TOOL_USE_ID_MAX_LENGTH}")
+    if broken:
+        raise _constraint(f"{path}.toolUseId", *broken)
 
 
 def _tool_ids(content: list[dict[str, Any]], kind: str) -> list[str]:
