@@ -45,8 +45,9 @@ here rather than in production (messages quoted from Anthropic's answers where k
 required fields; fields it does not know (``n: Extra inputs are not permitted``); empty
 turns other than a final assistant one; empty or whitespace-only text; a final assistant
 turn ending in whitespace; ``tool_result`` blocks that do not answer the ``tool_use`` blocks
-of the turn just before, or that follow other blocks; ``temperature`` / ``top_p`` outside
-0..1, and, with ``anthropic-version: 2026-10-21`` (which removed them), any of
+of the turn just before, or that follow other blocks; tool call ids outside
+``^[a-zA-Z0-9_-]+$`` (another provider's ``functions.get_weather:0``); ``temperature`` /
+``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which removed them), any of
 ``temperature``, ``top_p``, ``top_k``.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
@@ -225,6 +226,8 @@ def cache_writes(headers: Mapping[str, str]) -> CacheWrites:
 SERVER_TOOLS_HEADER = "x-mock-server-tool-use"
 # A server tool's name as Anthropic's usage spells it before "_requests" (web_search).
 _TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# What Anthropic takes as a tool_use id and a tool_result's tool_use_id.
+_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 class ServerToolSpecError(ValueError):
@@ -316,10 +319,23 @@ def _ids(blocks: list[Any], kind: str, key: str) -> list[str]:
     return [str(block.get(key)) for block in blocks if block["type"] == kind]
 
 
+def _check_tool_ids(i: int, blocks: list[Any]) -> None:
+    """Tool call ids are Anthropic's own shape: another provider's id
+    (``functions.get_weather:0``) is refused, in Anthropic's words."""
+    for j, block in enumerate(blocks):
+        key = {"tool_use": "id", "tool_result": "tool_use_id"}.get(block["type"])
+        if key is not None and not _TOOL_ID.fullmatch(str(block.get(key))):
+            raise InvalidRequestError(
+                f"messages.{i}.content.{j}.{block['type']}.{key}: "
+                f"String should match pattern '{_TOOL_ID.pattern}'"
+            )
+
+
 def _check_tool_results(messages: list[dict[str, Any]]) -> None:
     """Each user turn answers every tool call of the assistant turn just before it, with
     ``tool_result`` blocks that come before its other blocks, and answers nothing else."""
     for i, message in enumerate(messages):
+        _check_tool_ids(i, _blocks(message["content"]))
         if message["role"] != "user" or i == 0:
             continue
         previous = messages[i - 1]

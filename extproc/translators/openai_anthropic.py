@@ -47,6 +47,7 @@ from extproc.translators.openai_anthropic_stream import (
     StreamTranslator,
     translate_error,
 )
+from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -267,7 +268,13 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
                 param=f"{at}.function.arguments",
             )
         blocks.append(
-            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+            {
+                "type": "tool_use",
+                # Anthropic refuses another provider's ids (``functions.get_weather:0``).
+                "id": provider_tool_call_id(call["id"]),
+                "name": function["name"],
+                "input": parsed,
+            }
         )
     return blocks
 
@@ -279,7 +286,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
             "a tool message needs the 'tool_call_id' it answers", param=f"{where}.tool_call_id"
         )
     content = message.get("content")
-    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": provider_tool_call_id(call_id)}
     if isinstance(content, str):
         if content.strip():
             result["content"] = content

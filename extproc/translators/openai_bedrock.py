@@ -27,9 +27,10 @@ final summary turn) gets that history as text (``_tool_history_as_text``): Conve
 ``toolUse`` and ``toolResult`` blocks without a ``toolConfig``, and declaring tools for them
 would let the model call one the client did not offer. Sent as blocks, a tool call id that
 Converse would refuse (another provider's ``functions.get_weather:0``, one past 64
-characters) is rewritten the same way in the call and in its result (``_tool_use_id``); ids
-that fit are sent as they are. An empty tool result is one empty text block, which Converse
-takes inside a ``toolResult`` (some models refuse a ``toolResult`` with no content at all).
+characters) is rewritten the same way in the call and in its result
+(``tool_ids.provider_tool_call_id``); ids that fit are sent as they are. An empty tool
+result is one empty text block, which Converse takes inside a ``toolResult`` (some models
+refuse a ``toolResult`` with no content at all).
 Other OpenAI-only fields (seed, penalties, logprobs, stream_options...) are dropped.
 OpenAI's ``temperature`` (0..2) is clamped to Converse's 0..1, as ``openai_anthropic``
 clamps it for Claude; ``top_p`` has the same range on both sides and is sent as is, except
@@ -53,8 +54,6 @@ that says so, and never the provider's message, which can quote the signed reque
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -71,6 +70,7 @@ from extproc.translators.openai_bedrock_stream import (
     finish_reason,
     read_usage,
 )
+from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
     "CompletionTranslator",
@@ -94,14 +94,6 @@ _NO_SYSTEM_PROMPT_MODELS = (
 _ARN_MODEL_RESOURCES = ("foundation-model", "inference-profile")
 # The geographic prefix of a cross-region inference profile id (us.anthropic...).
 _PROFILE_REGION_GROUPS = frozenset({"us", "us-gov", "eu", "apac", "au", "ca", "jp", "global"})
-# What Converse takes as a toolUseId (AWS's API reference: ToolUseBlock, ToolResultBlock).
-# Newer pages also allow "." and ":" in a ToolUseBlock; this narrower rule fits every page.
-_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_OUTSIDE_TOOL_USE_ID = re.compile(r"[^a-zA-Z0-9_-]")
-_TOOL_USE_ID_MAX_LENGTH = 64
-# Hex digits of the original id's SHA-256 that end a rewritten id: 64 bits keep two ids of
-# one conversation apart where their readable parts are the same.
-_TOOL_USE_ID_DIGEST_LENGTH = 16
 _IMAGE_FORMATS = {
     "image/png": "png",
     "image/jpeg": "jpeg",
@@ -475,30 +467,7 @@ def _fit_tool_use_ids(turns: list[dict[str, Any]]) -> None:
         for block in turn["content"]:
             for kind in ("toolUse", "toolResult"):
                 if kind in block:
-                    block[kind]["toolUseId"] = _tool_use_id(block[kind]["toolUseId"])
-
-
-def _tool_use_id(call_id: str) -> str:
-    """The Bedrock id for an OpenAI tool call id: the id itself when Converse takes it.
-
-    Converse refuses (400 ValidationException) an id that is not 1 to 64 of
-    ``[a-zA-Z0-9_-]``, and a client's history can hold ids another provider made
-    (``functions.get_weather:0``, ids longer than 64 characters). Such an id becomes its
-    first characters with the others replaced by ``_``, then ``-`` and a digest of the whole
-    id: the same id gives the same Bedrock id in the call, in its result and in every later
-    request of the conversation (nothing is stored), and ids that differ only where they
-    are rewritten or cut (``a.b`` and ``a:b``) stay apart, so each result keeps its call.
-    The answer's new calls carry Bedrock's own ids, which fit, so nothing maps back.
-    """
-    if _TOOL_USE_ID.fullmatch(call_id):
-        return call_id
-    # The body came through orjson, which refuses lone surrogates: the id encodes.
-    digest = hashlib.sha256(call_id.encode()).hexdigest()
-    readable_length = _TOOL_USE_ID_MAX_LENGTH - _TOOL_USE_ID_DIGEST_LENGTH - 1
-    # Cut before replacing: one character is replaced by one, and an id can be megabytes.
-    readable = _OUTSIDE_TOOL_USE_ID.sub("_", call_id[:readable_length])
-    suffix = digest[:_TOOL_USE_ID_DIGEST_LENGTH]
-    return f"{readable}-{suffix}" if readable else suffix
+                    block[kind]["toolUseId"] = provider_tool_call_id(block[kind]["toolUseId"])
 
 
 def _tool_history_as_text(turns: list[dict[str, Any]]) -> None:
