@@ -12,7 +12,10 @@ sends none), the request's usage becomes an estimate: prompt tokens as the quota
 estimate counts them, completion tokens at one per four characters. The quota
 stage then settles the reservation with that estimate instead of holding the
 whole reservation, and the log line, the token metrics and the usage rollup
-record it, marked ``usage_estimated``. A
+record it, marked ``usage_estimated``. Its server tools' requests (Anthropic's web
+searches, billed per request) are those the stream's ``server_tool_use`` blocks
+showed (``anthropic_anthropic.ServerToolTally``): Anthropic counts them only near
+the end, in ``message_delta``. A
 stream cut after the provider's usage report was read (a client that did not ask
 for usage has no reason to wait for it) keeps that report: it is the usage.
 
@@ -21,9 +24,11 @@ OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) 
 charged the same way: the prompt was read and part of the answer delivered. What
 the provider had reported by then is kept (Anthropic's ``message_start`` gives the
 prompt tokens, cache reads and writes included, with the writes' 1-hour part; a
-``message_delta`` the output and the server tools' requests so far), the
-rest is estimated as above, and the request is marked ``usage_estimated``; its error
-(set by the response stage) names the provider's error in the log line.
+``message_delta`` the output and the server tools' requests so far, else its
+blocks' count of them), the rest is estimated as above, and the request is marked
+``usage_estimated``; its error (set by the response stage) names the provider's
+error in the log line. A stream the gateway itself ended, because an event grew
+too long to hold (``sse.event_too_large``), is charged the same way.
 
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
@@ -36,6 +41,7 @@ from typing import Any
 
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, stream_failure
 
 # A JSON string value of a field that carries generated text; escapes count as
@@ -103,10 +109,12 @@ def _nothing_generated(ctx: RequestContext) -> bool:
 
 
 def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
-    """The prompt as the quota estimate counts it, the completion from the text streamed."""
+    """The prompt as the quota estimate counts it, the completion from the text streamed,
+    the server tools' requests from the blocks the stream showed."""
     prompt = ctx.estimated_prompt_tokens()
     completion = _estimated_completion(ctx)
-    return Usage(prompt, completion, prompt + completion)
+    tools = _server_tool_requests(ctx, {})
+    return Usage(prompt, completion, prompt + completion, server_tool_requests=tools)
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
@@ -122,7 +130,7 @@ def _failed_stream_usage(
     # the larger is the closer to what was generated.
     completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
     # The server tools' requests reported by then were made, and are billed per request.
-    tools = dict(failure.server_tool_requests)
+    tools = _server_tool_requests(ctx, failure.server_tool_requests)
     if failure.prompt_tokens is None:
         prompt = ctx.estimated_prompt_tokens()
         return Usage(prompt, completion, prompt + completion, server_tool_requests=tools)
@@ -139,3 +147,10 @@ def _failed_stream_usage(
             failure.cache_write_1h_tokens,
             tools,
         )
+
+
+def _server_tool_requests(ctx: RequestContext, reported: dict[str, int]) -> dict[str, int]:
+    """The server tools' requests to bill a stream that ended without its final count:
+    those its blocks showed (Anthropic's ``server_tool_use`` blocks, counted by the
+    translator), a tool's count reported by the provider taking its place."""
+    return {**server_tools_counted(ctx.translator), **reported}

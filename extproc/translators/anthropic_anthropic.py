@@ -2,7 +2,8 @@
 
 Requests: the model is renamed to the provider's name for it; nothing else changes, because
 Anthropic reports usage in every response and stream without being asked.
-Responses are never rewritten. Usage is read from the message body, or from the stream's
+Responses are not rewritten (but for a stream the gateway must end, ``sse.event_too_large``).
+Usage is read from the message body, or from the stream's
 ``message_start`` (input side) and ``message_delta`` (output side) events. An ``error``
 event inside a stream reaches the client as Anthropic sent it (its own API's shape); the
 reader records it as a ``failure`` (``base.StreamFailure``) with the counts reported by
@@ -20,6 +21,15 @@ counts them in ``usage.server_tool_use``, one ``<tool>_requests`` count per tool
 (``web_search_requests``), in JSON answers and in a stream's ``message_start`` (0: they
 run while the answer streams) and ``message_delta`` (cumulative). Every such count is read,
 so a tool Anthropic adds later reaches the bill by its name without a change here.
+
+A stream cut before its ``message_delta`` (the client hung up, the provider failed) would
+bill no search, and a search costs more than most answers' tokens. So the stream's own
+blocks are counted as they pass (``ServerToolTally``): each request of a tool Anthropic
+bills per request (``server_tool_use`` named ``web_search`` or ``web_fetch``, counted as
+``web_search_requests`` / ``web_fetch_requests``), less those whose result is an error
+(Anthropic bills no failed search). ``stages.partial_usage`` bills that count, marked
+estimated, when the stream ends without Anthropic's; once a ``message_delta`` reports
+``server_tool_use``, Anthropic's count is the bill.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from extproc.context import Usage
 from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import BufferedBodyReader, StreamFailure
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
 # its quotes, so text deltas that merely mention the name (escaped as \"message_delta\")
@@ -76,6 +86,74 @@ def server_tool_requests(value: Any) -> dict[str, int]:
         if name != key and _TOOL_NAME.fullmatch(name) and len(counts) < MAX_SERVER_TOOLS:
             counts[name] = count
     return counts
+
+
+# The server tools whose requests Anthropic counts in usage.server_tool_use, by the name of
+# their server_tool_use blocks (the same as the count's, "<name>_requests"). Code execution
+# and tool search run as server tools too, but are billed by time or not at all.
+BILLED_PER_REQUEST = frozenset({"web_search", "web_fetch"})
+# The bytes an event naming a server tool's request or result must hold, quotes included
+# (generated text escapes its quotes, so it cannot fake them): a plain search per chunk,
+# far cheaper than one more alternative in _USAGE_EVENT.
+_REQUEST_BLOCK = b'"server_tool_use"'
+_RESULT_BLOCK = b'_tool_result"'
+
+
+class ServerToolTally:
+    """The server tools' requests a stream's blocks showed, for a stream cut before
+    Anthropic's own count (``usage.server_tool_use`` in ``message_delta``).
+
+    Each ``server_tool_use`` block of a tool billed per request is one request, unless its
+    result block (``<name>_tool_result``) carries a ``<name>_tool_result_error``: Anthropic
+    bills no failed search (``max_uses_exceeded`` among them). Once Anthropic reports its
+    count, that is the bill and ``counts`` is empty.
+    """
+
+    __slots__ = ("_counts", "_superseded")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._superseded = False
+
+    @staticmethod
+    def may_name_a_block(data: bytes) -> bool:
+        """Whether ``data`` may hold a server tool's request or result block."""
+        return _REQUEST_BLOCK in data or _RESULT_BLOCK in data
+
+    def block_started(self, block: Any) -> None:
+        """Count the ``content_block`` of a ``content_block_start`` event."""
+        if not isinstance(block, dict):
+            return
+        kind = block.get("type")
+        if kind == "server_tool_use":
+            name = block.get("name")
+            if name in BILLED_PER_REQUEST:
+                self._counts[name] = self._counts.get(name, 0) + 1
+        elif isinstance(kind, str) and kind.endswith("_tool_result"):
+            name = kind.removesuffix("_tool_result")
+            content = block.get("content")
+            failed = isinstance(content, dict) and content.get("type") == f"{kind}_error"
+            if failed and self._counts.get(name, 0) > 0:
+                self._counts[name] -= 1
+
+    def reported(self, usage: dict[str, Any]) -> None:
+        """A ``message_delta``'s usage: its ``server_tool_use``, if any, is the bill."""
+        if isinstance(usage.get("server_tool_use"), dict):
+            self._superseded = True
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The requests counted by tool (those above 0); empty once Anthropic counted."""
+        if self._superseded:
+            return {}
+        return {name: count for name, count in self._counts.items() if count > 0}
+
+
+def server_tools_counted(translator: object) -> dict[str, int]:
+    """The server tool requests a stream translator counted from its blocks (its
+    ``server_tool_tally``); empty for any other translator, or once Anthropic counted."""
+    tally = getattr(translator, "server_tool_tally", None)
+    return tally.counts if isinstance(tally, ServerToolTally) else {}
 
 
 class UsageCounts:
@@ -185,13 +263,17 @@ class MessageReader(BufferedBodyReader):
 
 
 class EventStreamReader:
-    """An SSE stream of Messages API events; reads usage, never changes a byte.
+    """An SSE stream of Messages API events; reads usage, passes the bytes as they came.
 
     ``message_start`` carries the input tokens and the model; each ``message_delta`` carries
     cumulative counts, always ``output_tokens`` and sometimes input and cache counts, which
     then replace the earlier ones. Usage is known once a ``message_delta`` has been seen;
     a stream cut off before it reports no usage rather than a made-up output count, and so
-    does one that ends in an ``error`` event (its counts so far go to ``failure``).
+    does one that ends in an ``error`` event (its counts so far go to ``failure``). Its
+    server tools' blocks are counted (``server_tool_tally``) for the bill of a cut stream.
+
+    The only bytes it ever changes end a stream whose event grew too long to hold
+    (``_end_unreadable``).
     """
 
     def __init__(self) -> None:
@@ -200,17 +282,38 @@ class EventStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
+        # The server tools' requests its blocks show, billed if the stream is cut.
+        self.server_tool_tally = ServerToolTally()
         self._input = UsageCounts()
         self._output: int | None = None
         self._events = EventBuffer()
+        # Set once the gateway ended a stream it could no longer read (an event too long).
+        self._ended = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self._ended:
+            return b""  # the client has read the stream's end already
         complete = self._events.whole_events(chunk, end_of_stream)
-        if _USAGE_EVENT.search(complete):
+        if _worth_parsing(complete):
             for event in complete.split(EVENT_END):
-                if _USAGE_EVENT.search(event):
+                if _worth_parsing(event):
                     self._read_event(event)
+        if self._events.overflowed:
+            return self._end_unreadable(chunk)
         return None
+
+    def _end_unreadable(self, chunk: bytes) -> bytes:
+        """End a stream whose event grew too long to hold (``sse.EventBuffer``).
+
+        The gateway could no longer read its usage, so it fails it as Anthropic fails a
+        stream: the chunk as it came, a blank line that ends the broken event (the SSE
+        client drops or rejects it), then an ``event: error`` the client reads last, and
+        nothing after it. The request is charged as for Anthropic's own error event.
+        """
+        self._ended = True
+        error = event_too_large(self._events.max_event_bytes)
+        self._provider_failed(error)
+        return chunk + EVENT_END + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
 
     def _read_event(self, event: bytes) -> None:
         try:
@@ -239,17 +342,26 @@ class EventStreamReader:
                 return
             self._output = output
             self._input.update(usage)
+            self.server_tool_tally.reported(usage)
+        elif kind == "content_block_start":
+            self.server_tool_tally.block_started(parsed.get("content_block"))
+            return
         elif kind == "error":
-            self._provider_failed(parsed.get("error"))
+            self._provider_failed(stream_error(parsed.get("error")))
             return
         else:
             return
         if self._output is not None and self.failure is None:
             self.usage = self._input.usage(self._output)
 
-    def _provider_failed(self, error: Any) -> None:
+    def _provider_failed(self, error: GatewayError) -> None:
         if self.failure is not None:
             return
         # The counts so far are kept for the charge; an incomplete answer has no usage.
-        self.failure = self._input.failure(stream_error(error), self._output)
+        self.failure = self._input.failure(error, self._output)
         self.usage = None
+
+
+def _worth_parsing(events: bytes) -> bool:
+    """Whether these events may carry usage, an error or a server tool's block."""
+    return bool(_USAGE_EVENT.search(events)) or ServerToolTally.may_name_a_block(events)

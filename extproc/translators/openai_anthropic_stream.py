@@ -19,6 +19,9 @@ upstream body is cut into chunks. Events map as follows:
 - ``message_start``: the first chunk, ``delta: {"role": "assistant", "content": ""}``.
 - ``content_block_start`` of a ``tool_use`` block: a tool call with its id and name, numbered
   by its place among the answer's tool calls (Anthropic numbers all blocks, text included).
+  Anthropic's own tools' blocks (``server_tool_use`` and its result) are not shown; they are
+  counted (``anthropic_anthropic.ServerToolTally``) so a stream cut before ``message_delta``
+  still bills its web searches.
 - ``content_block_delta``: text as ``delta.content``, ``input_json_delta`` as a piece of the
   tool call's arguments. Thinking deltas are not shown.
 - ``message_delta``: the chunk with ``finish_reason`` (once), and the usage counts.
@@ -28,7 +31,9 @@ upstream body is cut into chunks. Events map as follows:
   ``[DONE]``. A body that is not an event stream, or one that ends before ``message_stop``,
   ends the same way. The translator then reports no usage; after a provider's ``error``
   event it records a ``failure`` (``base.StreamFailure``) with the counts Anthropic had
-  reported, so the gateway charges the request with them and an estimate of the rest.
+  reported, so the gateway charges the request with them and an estimate of the rest. A
+  stream whose event grows too long to hold (``sse.MAX_EVENT_BYTES``) ends the same way,
+  with ``sse.event_too_large`` recorded as its ``failure``.
 
 Usage is read whether or not the client asked for it, because the gateway accounts for it.
 Like OpenAI, every chunk carries ``"usage": null`` when the client did ask, except the last.
@@ -46,10 +51,14 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
-from extproc.translators.anthropic_anthropic import UsageCounts, usage_from_object
+from extproc.translators.anthropic_anthropic import (
+    ServerToolTally,
+    UsageCounts,
+    usage_from_object,
+)
 from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import StreamFailure
-from extproc.translators.sse import EventBuffer
+from extproc.translators.sse import EventBuffer, event_too_large
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -192,19 +201,26 @@ class StreamTranslator:
         # (numbers, the cache writes' split by TTL, ``cache_creation``, and the server
         # tools' requests, ``server_tool_use``).
         self._counts: dict[str, Any] = {}
+        # The server tools' requests its blocks show, billed if the stream is cut before
+        # Anthropic's count (anthropic_anthropic.ServerToolTally).
+        self.server_tool_tally = ServerToolTally()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._done:
             return b""  # whatever follows message_stop or a failure is not shown
         complete = self._events.whole_events(chunk, end_of_stream)
-        if not complete and not end_of_stream:
+        if not complete and not end_of_stream and not self._events.overflowed:
             return b""  # an event still arriving
         out: list[bytes] = []
         for event in complete.split(_EVENT_END):
             if self._done:
                 break
             out.extend(self._translate(event))
-        if end_of_stream and not self._done:
+        if self._events.overflowed and not self._done:
+            # An event too long to hold cannot be translated: the stream fails as if
+            # Anthropic had sent an error, charged with what it reported by then.
+            out.append(self._provider_failed(event_too_large(self._events.max_event_bytes)))
+        elif end_of_stream and not self._done:
             out.append(
                 self._fail(
                     _invalid_upstream_response("the provider's stream ended before it was complete")
@@ -255,6 +271,7 @@ class StreamTranslator:
         index = payload.get("index")
         if not isinstance(block, dict) or not isinstance(index, int):
             return []
+        self.server_tool_tally.block_started(block)
         if block.get("type") == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
         if block.get("type") != "tool_use":
@@ -297,6 +314,7 @@ class StreamTranslator:
         if isinstance(usage, dict) and "output_tokens" in usage:
             self._take_counts(usage)
             self.usage = usage_from_object(self._counts)
+            self.server_tool_tally.reported(usage)
         delta = payload.get("delta")
         reason = delta.get("stop_reason") if isinstance(delta, dict) else None
         # Server tools can make Anthropic send several message_delta events; one finish is shown.
