@@ -3,8 +3,9 @@
 kubernetes-validate knows only core kinds, so these custom resources are checked
 against field trees written from the projects' public API references (Gateway API
 v1.4 standard channel; Envoy Gateway v1alpha1 ``ExtProc``, ``Backend``,
-``ClientTrafficPolicy``; kgateway v1alpha1 ``GatewayExtension``, ``TrafficPolicy``,
-``Backend``, ``BackendConfigPolicy``; prometheus-operator v1 ``PodMonitor``,
+``ClientTrafficPolicy``, ``BackendTrafficPolicy``; kgateway v1alpha1
+``GatewayExtension``, ``TrafficPolicy``, ``Backend``, ``BackendConfigPolicy``,
+``ListenerPolicy``; prometheus-operator v1 ``PodMonitor``,
 ``PrometheusRule``). A tree lists the fields a manifest may use and marks the
 required ones; a typo, a field in the wrong place, a missing required field or a
 value outside an enum fails the check. Only the parts of each API the deploy
@@ -55,6 +56,8 @@ METADATA = {
     "annotations": {"*": str},
 }
 TARGET_REF = {Required("group"): str, Required("kind"): str, Required("name"): NAME}
+# A route rule by its name, or a Gateway listener by its name.
+SECTION_TARGET_REF = {**TARGET_REF, "sectionName": NAME}
 PARENT_REF = {"group": str, "kind": str, "namespace": str, Required("name"): NAME, "port": int}
 BACKEND_REF = {
     "group": str,
@@ -122,6 +125,23 @@ BACKEND_TLS_POLICY = {
 }
 
 EG_BODY = enum("Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed")
+EG_CIRCUIT_BREAKER = {
+    "maxConnections": int,
+    "maxPendingRequests": int,
+    "maxParallelRequests": int,
+    "maxParallelRetries": int,
+    "maxRequestsPerConnection": int,
+}
+# ClusterSettings (BackendTrafficPolicy, ExtProc backendSettings): the parts used here.
+EG_CLUSTER_SETTINGS = {
+    "circuitBreaker": EG_CIRCUIT_BREAKER,
+    "connection": {"bufferLimit": PORT},
+}
+EG_TRIGGER = enum(
+    "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
+    "retriable-status-codes", "cancelled", "deadline-exceeded", "internal",
+    "resource-exhausted", "unavailable",
+)  # fmt: skip
 ENVOY_EXTENSION_POLICY = {
     Required("targetRefs"): [TARGET_REF],
     "extProc": [
@@ -135,8 +155,18 @@ ENVOY_EXTENSION_POLICY = {
                 "allowModeOverride": bool,
             },
             "metadata": {"accessibleNamespaces": [str], "writableNamespaces": [str]},
+            "backendSettings": EG_CLUSTER_SETTINGS,
         }
     ],
+}
+BACKEND_TRAFFIC_POLICY = {
+    Required("targetRefs"): [SECTION_TARGET_REF],
+    **EG_CLUSTER_SETTINGS,
+    "retry": {
+        "numRetries": int,
+        "retryOn": {"triggers": [EG_TRIGGER], "httpStatusCodes": [int]},
+        "perRetry": {"timeout": DURATION, "backOff": {"baseInterval": DURATION}},
+    },
 }
 CLIENT_TRAFFIC_POLICY = {
     Required("targetRefs"): [TARGET_REF],
@@ -176,9 +206,28 @@ GATEWAY_EXTENSION = {
         "routeCacheAction": enum("FromResponse", "Clear", "Retain"),
     },
 }
+KG_RETRY_ON = enum(
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+    "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+    "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal",
+    "resource-exhausted", "unavailable",
+)  # fmt: skip
 TRAFFIC_POLICY = {
-    "targetRefs": [{Required("group"): str, Required("kind"): str, Required("name"): NAME}],
+    "targetRefs": [SECTION_TARGET_REF],
     "extProc": {Required("extensionRef"): {Required("name"): NAME, "namespace": str}},
+    "retry": {
+        "retryOn": [KG_RETRY_ON],
+        "attempts": int,
+        "perTryTimeout": DURATION,
+        "statusCodes": [int],
+    },
+}
+LISTENER_POLICY = {
+    "targetRefs": [TARGET_REF],
+    "default": {
+        "perConnectionBufferLimitBytes": int,
+        "httpSettings": {"streamIdleTimeout": DURATION},
+    },
 }
 KG_BACKEND = {
     "type": enum("AWS", "Static", "DynamicForwardProxy", "GCP"),
@@ -186,6 +235,14 @@ KG_BACKEND = {
 }
 BACKEND_CONFIG_POLICY = {
     "targetRefs": [TARGET_REF],
+    "perConnectionBufferLimitBytes": int,
+    "circuitBreakers": {
+        "maxConnections": int,
+        "maxPendingRequests": int,
+        "maxRequests": int,
+        "maxRetries": int,
+        "trackRemaining": bool,
+    },
     "tls": {
         "sni": str,
         "wellKnownCACertificates": enum("System"),
@@ -228,10 +285,12 @@ SPECS: dict[tuple[str, str], Any] = {
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): ENVOY_EXTENSION_POLICY,
     ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): CLIENT_TRAFFIC_POLICY,
     ("gateway.envoyproxy.io/v1alpha1", "Backend"): EG_BACKEND,
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"): BACKEND_TRAFFIC_POLICY,
     ("gateway.kgateway.dev/v1alpha1", "GatewayExtension"): GATEWAY_EXTENSION,
     ("gateway.kgateway.dev/v1alpha1", "TrafficPolicy"): TRAFFIC_POLICY,
     ("gateway.kgateway.dev/v1alpha1", "Backend"): KG_BACKEND,
     ("gateway.kgateway.dev/v1alpha1", "BackendConfigPolicy"): BACKEND_CONFIG_POLICY,
+    ("gateway.kgateway.dev/v1alpha1", "ListenerPolicy"): LISTENER_POLICY,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
 }

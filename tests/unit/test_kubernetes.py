@@ -109,7 +109,7 @@ def test_custom_resources_fit_their_apis(built: dict[str, list[Manifest]]) -> No
     assert {
         "Gateway", "HTTPRoute", "BackendTLSPolicy", "EnvoyExtensionPolicy", "ClientTrafficPolicy",
         "GatewayExtension", "TrafficPolicy", "BackendConfigPolicy", "Backend", "PodMonitor",
-        "PrometheusRule",
+        "PrometheusRule", "BackendTrafficPolicy", "ListenerPolicy",
     } <= seen  # fmt: skip
 
 
