@@ -8,8 +8,10 @@ stream as it passes (the string values of ``content``, ``text``, and the
 tool-call fields ``arguments``, ``partial_json`` and ``input``: where OpenAI's
 SSE, Anthropic's SSE and Bedrock's event-stream payloads carry text). When a
 stream ends without a usage report (cut short, or whole from a provider that
-sends none), the request's usage becomes an estimate: prompt tokens as the quota
-estimate counts them, completion tokens at one per four characters. The quota
+sends none), the request's usage becomes an estimate: prompt tokens as the provider
+reported them before the cut (Anthropic's ``message_start``, with its cache reads and
+writes, which are billed at their own prices; ``base.counts_so_far``), else as the
+quota estimate counts them, completion tokens at one per four characters. The quota
 stage then settles the reservation with that estimate instead of holding the
 whole reservation, and the log line, the token metrics and the usage rollup
 record it, marked ``usage_estimated``. Its server tools' requests (Anthropic's web
@@ -42,7 +44,7 @@ from typing import Any
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.translators.anthropic_anthropic import server_tools_counted
-from extproc.translators.base import StreamFailure, stream_failure
+from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
 
 # A JSON string value of a field that carries generated text; escapes count as
 # their escaped length, close enough for an estimate.
@@ -109,8 +111,13 @@ def _nothing_generated(ctx: RequestContext) -> bool:
 
 
 def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
-    """The prompt as the quota estimate counts it, the completion from the text streamed,
-    the server tools' requests from the blocks the stream showed."""
+    """The prompt as the provider reported it before the cut (Anthropic's
+    ``message_start``: its cache reads and writes are billed at their own prices), else as
+    the quota estimate counts it; the completion from the text streamed; the server
+    tools' requests from the blocks the stream showed."""
+    reported = counts_so_far(ctx.translator)
+    if reported is not None:
+        return _failed_stream_usage(ctx, body, reported)
     prompt = ctx.estimated_prompt_tokens()
     completion = _estimated_completion(ctx)
     tools = _server_tool_requests(ctx, {})

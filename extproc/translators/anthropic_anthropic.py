@@ -233,8 +233,9 @@ class UsageCounts:
             self.server_tools_used,
         )
 
-    def failure(self, error: GatewayError, completion_tokens: int | None) -> StreamFailure:
-        """A stream's failure, with the counts reported before it (base.StreamFailure)."""
+    def failure(self, error: GatewayError | None, completion_tokens: int | None) -> StreamFailure:
+        """A stream's failure, with the counts reported before it (base.StreamFailure);
+        with no error, the counts of a stream cut short."""
         return StreamFailure(
             error,
             prompt_tokens=self.total,
@@ -301,6 +302,10 @@ class EventStreamReader:
         if self._events.overflowed:
             return self._end_unreadable(chunk)
         return None
+
+    def counts_so_far(self) -> StreamFailure:
+        """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
+        return self._input.failure(None, self._output)
 
     def _end_unreadable(self, chunk: bytes) -> bytes:
         """End a stream whose event grew too long to hold (``sse.EventBuffer``).

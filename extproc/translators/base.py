@@ -63,13 +63,14 @@ class ProviderStreamError(GatewayError):
 class StreamFailure:
     """A provider's error inside a stream that had started, and what it had reported by then.
 
-    ``error`` is the error as an OpenAI client is told it. The counts are the provider's
+    ``error`` is the error as an OpenAI client is told it; None for the counts of a
+    stream that was cut, not failed (``counts_so_far``). The counts are the provider's
     own, None when it had reported none: Anthropic's ``message_start`` carries the prompt
     side (cache writes and their 1-hour part included), a ``message_delta`` the output
     and the server tool requests so far; Bedrock and OpenAI report usage last.
     """
 
-    error: GatewayError
+    error: GatewayError | None
     prompt_tokens: int | None = None
     cached_tokens: int = 0
     completion_tokens: int | None = None
@@ -82,6 +83,15 @@ class StreamFailure:
 def stream_failure(translator: object) -> StreamFailure | None:
     """The provider failure a stream translator met, if it met one."""
     found = getattr(translator, "failure", None)
+    return found if isinstance(found, StreamFailure) else None
+
+
+def counts_so_far(translator: object) -> StreamFailure | None:
+    """What a stream's provider had reported when the stream was cut (the client left),
+    with no error; None from a translator that keeps no counts before usage is whole
+    (only Anthropic reports part of it early, in ``message_start``)."""
+    read = getattr(translator, "counts_so_far", None)
+    found = read() if callable(read) else None
     return found if isinstance(found, StreamFailure) else None
 
 

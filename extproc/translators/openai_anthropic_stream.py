@@ -339,6 +339,11 @@ class StreamTranslator:
             # Web searches are billed per request; each tool's count is cumulative.
             self._counts["server_tool_use"] = {**self._counts.get("server_tool_use", {}), **tools}
 
+    def counts_so_far(self) -> StreamFailure:
+        """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
+        completion = self.usage.completion_tokens if self.usage is not None else None
+        return UsageCounts.of(self._counts).failure(None, completion)
+
     def _provider_failed(self, error: GatewayError) -> bytes:
         # The prompt was read and part of the answer sent: what Anthropic reported by now
         # is kept for the charge (message_start's input side; the output of a
