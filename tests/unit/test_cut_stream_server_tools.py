@@ -123,28 +123,34 @@ async def anthropic_stream(
     processor: Processor, services: Services, stream: bytes, *, ended: bool
 ) -> dict[str, Any]:
     """An Anthropic client's stream through the gateway; the request's log line."""
-    await run_stream(
-        processor,
-        [
-            request_headers("/v1/messages", headers=ANTHROPIC_KEY),
-            request_body(stream_body()),
-            response_headers(200, SSE),
-            response_body(stream, end_of_stream=ended),
-        ],
+    return await _stream_line(
+        processor, services, stream, ended, "/v1/messages", ANTHROPIC_KEY, stream_body()
     )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
-    return line  # type: ignore[no-any-return]
 
 
 async def openai_stream(
     processor: Processor, services: Services, stream: bytes, *, ended: bool
 ) -> dict[str, Any]:
     """An OpenAI client's stream, translated from Anthropic's; the request's log line."""
+    return await _stream_line(
+        processor, services, stream, ended, "/anthropic/chat/completions", OPENAI_KEY, chat_body()
+    )
+
+
+async def _stream_line(
+    processor: Processor,
+    services: Services,
+    stream: bytes,
+    ended: bool,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> dict[str, Any]:
     await run_stream(
         processor,
         [
-            request_headers("/anthropic/chat/completions", headers=OPENAI_KEY),
-            request_body(chat_body()),
+            request_headers(path, headers=headers),
+            request_body(body),
             response_headers(200, SSE),
             response_body(stream, end_of_stream=ended),
         ],
