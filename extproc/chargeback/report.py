@@ -1,9 +1,16 @@
 """Usage reports: rollup rows as records, and those records as a table, CSV or JSON.
 
 One record per group of the ``--by`` dimensions, with the summed measures, the
-exact cost and the latency p50/p95 of the requests in the group. The same
-records feed the CLI (``extproc usage report|export``) and the management API,
-so both say the same thing.
+exact cost and the latency p50/p95 of the requests in the group, then what explains
+the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart) and
+each server tool's requests. The same records feed the CLI (``extproc usage
+report|export``) and the management API, so both say the same thing.
+
+JSON always carries those last counts (``server_tool_requests`` as an object by tool).
+CSV and the table flatten the tools into one ``server_tool_requests:<tool>`` column per
+tool the period used; CSV always has the cache-write columns, the table only when the
+period wrote to a cache. Both add them after the earlier columns, so a billing import
+reading CSV by position finds those where they were.
 
 Money leaves as exact decimal text (``"0.000123"``), never a binary float: a
 billing system adding the rows gets the total to the picodollar.
@@ -19,7 +26,7 @@ import orjson
 
 from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import usd_text
-from extproc.store.usage import UsageRow
+from extproc.store.usage import TOOL_MEASURE, UsageRow
 
 # `--by api_key,user,group` reads better than the stored dimension names.
 DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
@@ -32,6 +39,10 @@ COUNTS = (
     "unpriced_requests",
 )
 COLUMNS = (*COUNTS, "cost_usd", "latency_p50_ms", "latency_p95_ms")
+# After COLUMNS in CSV and the table (see the module's docstring).
+CACHE_WRITE_COUNTS = ("cache_write_tokens", "cache_write_1h_tokens")
+# Summed by ``totals`` besides the latency buckets and the server tools.
+_SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS)
 
 
 def dimensions(by: str) -> tuple[str, ...]:
@@ -50,13 +61,16 @@ def _latency(row: UsageRow, quantile: float) -> float | None:
 
 
 def record(row: UsageRow) -> dict[str, Any]:
-    """One report row: its dimensions, then the columns of ``COLUMNS``."""
+    """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes and
+    ``server_tool_requests`` (by tool name, in name order)."""
     return {
         **row.dimensions,
         **{name: getattr(row, name) for name in COUNTS},
         "cost_usd": usd_text(row.cost_picousd),
         "latency_p50_ms": _latency(row, 0.50),
         "latency_p95_ms": _latency(row, 0.95),
+        **{name: getattr(row, name) for name in CACHE_WRITE_COUNTS},
+        "server_tool_requests": dict(sorted(row.server_tool_requests.items())),
     }
 
 
@@ -64,17 +78,41 @@ def totals(rows: list[UsageRow]) -> UsageRow:
     """Every row added up (latency buckets too, so the total has its own percentiles)."""
     total = UsageRow({})
     for row in rows:
-        for name in (*COUNTS[:4], "unpriced_requests", "cost_picousd"):
+        for name in _SUMMED:
             setattr(total, name, getattr(total, name) + getattr(row, name))
         for index, count in enumerate(row.latency_buckets):
             total.latency_buckets[index] += count
+        for tool, count in row.server_tool_requests.items():
+            total.server_tool_requests[tool] = total.server_tool_requests.get(tool, 0) + count
     return total
+
+
+def _tool_column(tool: str) -> str:
+    return TOOL_MEASURE + tool
+
+
+def _flat(found: dict[str, Any], tools: list[str]) -> dict[str, Any]:
+    """A record with one column per tool of ``tools`` (0 for a tool the row did not use)."""
+    flat = dict(found)
+    used = flat.pop("server_tool_requests")
+    flat.update((_tool_column(tool), used.get(tool, 0)) for tool in tools)
+    return flat
+
+
+def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
+    """The cache-write columns and the tools to show after ``COLUMNS``: in CSV every
+    cache-write column (a file a billing job imports keeps them from month to month), in
+    the table those the period has; in both, the tools the period used, by name."""
+    writes = [name for name in CACHE_WRITE_COUNTS if fmt == "csv" or getattr(total, name)]
+    tools = sorted(tool for tool, count in total.server_tool_requests.items() if count)
+    return writes, tools
 
 
 def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) -> str:
     records = [record(row) for row in rows]
+    summed = totals(rows)
     if fmt == "json":
-        total = record(totals(rows))
+        total = record(summed)
         document = {
             "from": period.start.isoformat(),
             "to": period.end.isoformat(),
@@ -84,17 +122,18 @@ def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) 
             "totals": total,
         }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
-    headers = [*by, *COLUMNS]
+    writes, tools = _extra_columns(summed, fmt)
+    headers = [*by, *COLUMNS, *writes, *map(_tool_column, tools)]
+    flat = [_flat(found, tools) for found in records]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\n")
         writer.writeheader()
         writer.writerows(
-            {key: "" if value is None else value for key, value in found.items()}
-            for found in records
+            {key: "" if value is None else value for key, value in found.items()} for found in flat
         )
         return buffer.getvalue()
-    return _table(records, headers, by, record(totals(rows)), period)
+    return _table(flat, headers, by, _flat(record(summed), tools), period)
 
 
 def _table(

@@ -66,6 +66,9 @@ def _row(row: UsageRow) -> pb.UsageRow:
         unpriced_requests=row.unpriced_requests,
         cost_usd=usd_text(row.cost_picousd),
         latency_buckets=row.latency_buckets,
+        cache_write_tokens=row.cache_write_tokens,
+        cache_write_1h_tokens=row.cache_write_1h_tokens,
+        server_tool_requests=row.server_tool_requests,
     )
     if row.cost_picousd <= _INT64_MAX:
         answer.cost_picousd = row.cost_picousd
@@ -103,6 +106,9 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 cost_picousd=picousd_of(found.cost_usd),
                 unpriced_requests=found.unpriced_requests,
                 latency_buckets=buckets + [0] * (BUCKETS - len(buckets)),
+                cache_write_tokens=found.cache_write_tokens,
+                cache_write_1h_tokens=found.cache_write_1h_tokens,
+                server_tool_requests=dict(found.server_tool_requests),
             )
         )
     return rows

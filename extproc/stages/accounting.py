@@ -112,4 +112,8 @@ class AccountingStage:
             cost_picousd=cost.picousd,
             priced=cost.priced,
             latency_ms=latency_ms,
+            # The log line's counts as they are, so that the report sums to the lines.
+            cache_write_tokens=ctx.usage.cache_write_tokens,
+            cache_write_1h_tokens=ctx.usage.cache_write_1h_tokens,
+            server_tool_requests=ctx.usage.server_tool_requests,
         )

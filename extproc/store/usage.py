@@ -9,9 +9,14 @@ logs reconcile exactly. Every hash expires after ``usage_retention_days``.
 Measures: ``requests``, ``prompt_tokens``, ``completion_tokens``,
 ``cached_tokens`` (the part of the prompt read from the provider's cache),
 ``cost_picousd`` (exact cost in 10**-12 USD, see ``extproc.chargeback.pricing``),
-``unpriced_requests`` (requests of models without a price, costed 0) and one
-count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency``).
-Only non-zero measures are written.
+``unpriced_requests`` (requests of models without a price, costed 0), one
+count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency``),
+``cache_write_tokens`` (the part of the prompt written to the provider's cache) and
+``cache_write_1h_tokens`` (the part of those written to Claude's 1-hour cache), and one
+``server_tool_requests:<tool>`` per server tool (``server_tool_requests:web_search``),
+so a tool a provider adds needs no code. Each is the log line's field of that name,
+summed. Only non-zero measures are written; an hour written before a measure existed
+reads it as 0.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import functools
 import math
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,9 +42,18 @@ SUMS = (
     "cost_picousd",
     "unpriced_requests",
 )
-MEASURES = (*SUMS, *BUCKET_NAMES)
+# After the latency buckets: a spooled batch holds its counts by position, so a record
+# an earlier version spooled (the sums, then the buckets) still reads as it was.
+CACHE_WRITES = ("cache_write_tokens", "cache_write_1h_tokens")
+MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES)
 _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
+_LATENCY_END = _LATENCY_OFFSET + BUCKETS
+_CACHE_WRITE = _INDEX["cache_write_tokens"]
+_CACHE_WRITE_1H = _INDEX["cache_write_1h_tokens"]
+# The measure of one server tool's requests is this and the tool's name: a fixed list
+# would need a release for every tool a provider adds.
+TOOL_MEASURE = "server_tool_requests:"
 _SEPARATOR = "\t"
 _HOURS_PER_BATCH = 500
 # Hours whose last landed batch id is remembered (writes go to the current hour, and
@@ -47,7 +61,9 @@ _HOURS_PER_BATCH = 500
 _LANDED_HOURS = 4
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built once per request in its done hook, where a frozen dataclass's
+# __init__ (object.__setattr__ per field) cost twice as much; nothing keeps or changes one.
+@dataclass(slots=True)
 class UsageEntry:
     started_at: float
     dimensions: dict[str, str]
@@ -58,6 +74,10 @@ class UsageEntry:
     priced: bool = True
     # None: not measured (the request is counted in no latency bucket).
     latency_ms: float | None = None
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    # By tool name (``web_search``); the request's own mapping, read once when added.
+    server_tool_requests: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -69,6 +89,9 @@ class UsageRow:
     cached_tokens: int = 0
     cost_picousd: int = 0
     unpriced_requests: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    server_tool_requests: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     hours: set[str] = field(default_factory=set)
 
@@ -80,8 +103,24 @@ class UsageRow:
         return percentile(self.latency_buckets, quantile)
 
 
-# (hour bucket, field prefix) -> one count per name of MEASURES
-UsageTotals = dict[tuple[str, str], list[int]]
+@dataclass(slots=True)
+class Tally:
+    """One dimension set's sums in one hour: one count per name of ``MEASURES``, and the
+    requests of each server tool (None until a request used one, as most never do)."""
+
+    counts: list[int]
+    tools: dict[str, int] | None = None
+
+    def add_tools(self, requests: Mapping[str, int]) -> None:
+        tools = self.tools
+        if tools is None:
+            tools = self.tools = {}
+        for name, count in requests.items():
+            tools[name] = tools.get(name, 0) + count
+
+
+# (hour bucket, field prefix) -> its tally
+UsageTotals = dict[tuple[str, str], Tally]
 
 
 @functools.lru_cache(maxsize=64)
@@ -108,9 +147,10 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         # A value holds the separator (a client's model name, a JWT claim): escaped,
         # so that the field still splits into its six values.
         prefix = _SEPARATOR.join(map(_escape, values)) + _SEPARATOR
-    counts = totals.get((bucket, prefix))
-    if counts is None:
-        counts = totals[(bucket, prefix)] = [0] * len(MEASURES)
+    tally = totals.get((bucket, prefix))
+    if tally is None:
+        tally = totals[(bucket, prefix)] = Tally([0] * len(MEASURES))
+    counts = tally.counts
     counts[0] += 1
     counts[1] += entry.prompt_tokens
     counts[2] += entry.completion_tokens
@@ -120,6 +160,12 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[5] += 1
     if entry.latency_ms is not None:
         counts[_LATENCY_OFFSET + bucket_index(entry.latency_ms)] += 1
+    # Most requests write no cache and use no server tool: two tests, no dict walk.
+    if entry.cache_write_tokens or entry.cache_write_1h_tokens:
+        counts[_CACHE_WRITE] += entry.cache_write_tokens
+        counts[_CACHE_WRITE_1H] += entry.cache_write_1h_tokens
+    if entry.server_tool_requests:
+        tally.add_tools(entry.server_tool_requests)
 
 
 # A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters
@@ -132,6 +178,15 @@ _ESCAPED = re.compile("\x1f([\x1ft])")
 
 def _escape(value: str) -> str:
     return "".join(_ESCAPES.get(char, char) for char in value)
+
+
+def tool_measure(tool: str) -> str:
+    """The measure of a server tool's requests. The translators pass only names such as
+    ``web_search``; one holding the separator is escaped all the same, so that it can
+    never split its field into more than its dimensions and one measure."""
+    if _SEPARATOR in tool or _ESCAPE_CHAR in tool:
+        tool = _escape(tool)
+    return TOOL_MEASURE + tool
 
 
 def _unescape(value: str) -> str:
@@ -147,10 +202,31 @@ def totals_of(entries: list[UsageEntry]) -> UsageTotals:
     return totals
 
 
-def counts_from(values: list[Any]) -> list[int]:
-    """Counts read back from a spool record; older records carry fewer measures."""
-    counts = [int(value) for value in values[: len(MEASURES)]]
-    return counts + [0] * (len(MEASURES) - len(counts))
+def spool_rows(totals: UsageTotals) -> list[list[Any]]:
+    """Totals as spool rows: hour bucket, field prefix, the counts of ``MEASURES`` by
+    position, then (only when the batch used server tools) an object of their requests."""
+    rows: list[list[Any]] = []
+    for (bucket, prefix), tally in totals.items():
+        row: list[Any] = [bucket, prefix, *tally.counts]
+        if tally.tools:
+            row.append(tally.tools)
+        rows.append(row)
+    return rows
+
+
+def totals_from_spool(rows: list[list[Any]]) -> UsageTotals:
+    """``spool_rows`` read back. A row spooled by an earlier version carries fewer counts
+    (the rest are 0); one spooled by a later version more (left out here)."""
+    totals: UsageTotals = {}
+    for row in rows:
+        values = row[2:]
+        tools = values.pop() if values and isinstance(values[-1], dict) else None
+        counts = [int(value) for value in values[: len(MEASURES)]]
+        tally = Tally(counts + [0] * (len(MEASURES) - len(counts)))
+        if tools:
+            tally.tools = {str(name): int(count) for name, count in tools.items()}
+        totals[(str(row[0]), str(row[1]))] = tally
+    return totals
 
 
 def hour_bucket(moment: datetime) -> str:
@@ -187,11 +263,14 @@ class UsageStore:
         EXISTS round trip, while a lone EVALSHA reloads only on NOSCRIPT.
         """
         by_hour: dict[str, list[str | int]] = {}
-        for (bucket, prefix), counts in totals.items():
+        for (bucket, prefix), tally in totals.items():
             pairs: list[str | int] = []
-            for name, value in zip(MEASURES, counts, strict=False):
+            for name, value in zip(MEASURES, tally.counts, strict=False):
                 if value:
                     pairs.extend((name, value))
+            for tool, value in (tally.tools or {}).items():
+                if value:
+                    pairs.extend((tool_measure(tool), value))
             args = by_hour.get(bucket)
             if args is None:
                 args = by_hour[bucket] = [self._ttl, batch_id, self._landed.get(bucket, "")]
@@ -237,19 +316,34 @@ def _add(
     rows: dict[tuple[str, ...], UsageRow], by: tuple[str, ...], bucket: str, name: str, value: int
 ) -> None:
     *values, measure = name.split(_SEPARATOR)
+    if len(values) != len(DIMENSIONS):
+        return  # a batch id
     index = _INDEX.get(measure)
-    if index is None or len(values) != len(DIMENSIONS):
-        return  # a batch id, or a measure of a newer version
+    if index is None:
+        if not measure.startswith(TOOL_MEASURE):
+            return  # a measure of a newer version
+        tool = _unescape(measure[len(TOOL_MEASURE) :])
+        tools = _row(rows, by, bucket, values).server_tool_requests
+        tools[tool] = tools.get(tool, 0) + value
+        return
+    row = _row(rows, by, bucket, values)
+    if _LATENCY_OFFSET <= index < _LATENCY_END:
+        row.latency_buckets[index - _LATENCY_OFFSET] += value
+    else:
+        setattr(row, measure, getattr(row, measure) + value)
+
+
+def _row(
+    rows: dict[tuple[str, ...], UsageRow], by: tuple[str, ...], bucket: str, values: list[str]
+) -> UsageRow:
+    """The report row a field of ``bucket`` adds to, by its dimension ``values``."""
     dimensions = dict(zip(DIMENSIONS, map(_unescape, values), strict=True))
     group = tuple(dimensions[d] for d in by)
     row = rows.get(group)
     if row is None:
         row = rows[group] = UsageRow(dict(zip(by, group, strict=True)))
-    if index >= _LATENCY_OFFSET:
-        row.latency_buckets[index - _LATENCY_OFFSET] += value
-    else:
-        setattr(row, measure, getattr(row, measure) + value)
     row.hours.add(bucket)
+    return row
 
 
 def _hours(start: datetime, end: datetime) -> Iterator[str]:

@@ -26,7 +26,8 @@ from extproc.store.usage import (
     UsageStore,
     UsageTotals,
     add_entry,
-    counts_from,
+    spool_rows,
+    totals_from_spool,
 )
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,12 @@ class UsageWriter:
             # No spool: kept in memory for the next flush (lost only on a crash).
             self._unsent.append((batch, batch_id))
             return
-        rows = [[bucket, prefix, *counts] for (bucket, prefix), counts in batch.items()]
+        rows = spool_rows(batch)
         # fsync is disk I/O: off the event loop.
         await asyncio.to_thread(self._spool.append, {"id": batch_id, "totals": rows})
 
     async def _replay_one(self, record: dict[str, Any]) -> None:
-        totals: UsageTotals = {
-            (str(row[0]), str(row[1])): counts_from(row[2:]) for row in record["totals"]
-        }
+        totals = totals_from_spool(record["totals"])
         await asyncio.wait_for(
             self._store.record_totals(totals, str(record["id"]), replayed=True), self._timeout
         )

@@ -2,14 +2,16 @@
 
 Over a thousand mixed requests go through the real Envoy, gateway, Valkey and
 mock provider, sent concurrently by the official clients: OpenAI chat (plain,
-streamed, with cached prompt tokens), Anthropic's Messages API, OpenAI to
-Anthropic and to Bedrock (translated, SigV4-signed), a model without a price,
+streamed, with cached prompt tokens), Anthropic's Messages API (with prompt-cache
+writes, 5-minute and 1-hour, and web searches and fetches), OpenAI to Anthropic
+and to Bedrock (translated, SigV4-signed), a model without a price,
 API keys and JWT users in several groups, a key whose quota refuses most of
 its requests, upstream errors and streams cut mid-way by the provider. Then,
 per (api_key, user, group, model), the sums of the JSON log lines, the
 ``tokens_consumed_total`` and ``aigw_cost_usd_total`` counters of the real
 /metrics page, and ``extproc usage report --format json`` are the same
-numbers, to the token and to the picodollar.
+numbers, to the token and to the picodollar, and the report counts the cache
+writes and server tool requests the log lines do.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import io
 import random
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from functools import partial
@@ -33,6 +35,7 @@ import pytest
 
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig
+from extproc.config.pricing_model import ModelPrice
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, running_stack, scrape, wait_for
 from tests.integration.jwt_tokens import ISSUER, SigningKey
@@ -140,6 +143,20 @@ def _fault(rng: random.Random, errors: str) -> dict[str, str]:
     return {}
 
 
+def _cache_and_tools(rng: random.Random, provider: str) -> dict[str, str]:
+    """Now and then prompt-cache writes (Anthropic, Bedrock) and server tool requests
+    (Anthropic only: Bedrock documents no such count), as the mock reports them on
+    request. A random source of its own, so the rest of the mix stays as it was."""
+    headers: dict[str, str] = {}
+    if rng.random() < 0.4:
+        headers["x-mock-cache-write"] = f"5m={rng.randint(0, 6)};1h={rng.randint(0, 6)}"
+    if provider == "anthropic" and rng.random() < 0.4:
+        headers["x-mock-server-tool-use"] = (
+            f"web_search={rng.randint(0, 4)};web_fetch={rng.randint(0, 3)}"
+        )
+    return headers
+
+
 async def _openai_chat(
     client: openai.AsyncOpenAI, model: str | None, text: str, stream: bool, headers: dict[str, str]
 ) -> None:
@@ -178,6 +195,7 @@ async def _anthropic_message(
 def plan(traffic: Traffic, seed: int = 20261201) -> list[Callable[[], Awaitable[None]]]:
     """The requests to send: every kind, every credential, deterministic."""
     rng = random.Random(seed)
+    extras = random.Random(seed + 1)
     calls: list[Callable[[], Awaitable[None]]] = []
     words = [
         "alpha",
@@ -206,16 +224,16 @@ def plan(traffic: Traffic, seed: int = 20261201) -> list[Callable[[], Awaitable[
             client = traffic.openai(credential)
             calls.append(partial(_openai_chat, client, model, text, stream, headers))
         elif kind < 0.55:
-            headers = _fault(rng, "status=529")
+            headers = {**_fault(rng, "status=529"), **_cache_and_tools(extras, "anthropic")}
             messages = traffic.anthropic(credential)
             calls.append(partial(_anthropic_message, messages, text, stream, headers))
         elif kind < 0.65:
-            headers = _fault(rng, "status=500")
+            headers = {**_fault(rng, "status=500"), **_cache_and_tools(extras, "anthropic")}
             client = traffic.openai(credential, "/anthropic")
             calls.append(partial(_openai_chat, client, "claude-sonnet-4-0", text, stream, headers))
         elif kind < 0.92:
             alias = rng.choice(["haiku", "titan", "llama"])
-            headers = _fault(rng, "status=503")
+            headers = {**_fault(rng, "status=503"), **_cache_and_tools(extras, "bedrock")}
             client = traffic.openai(credential, f"/bedrock/{alias}")
             calls.append(partial(_openai_chat, client, None, text, stream, headers))
         else:
@@ -270,8 +288,8 @@ def usage_report(stack: LocalStack, *options: str) -> dict[Key, dict[str, Any]]:
     return {key_of(row): row for row in rows}
 
 
-def price_of(config: GatewayConfig, model: str) -> tuple[Decimal, Decimal, Decimal] | None:
-    """USD per million (input, cached input, output) straight from the config's table."""
+def price_of(config: GatewayConfig, model: str) -> ModelPrice | None:
+    """The model's prices straight from the config's table."""
     names = {model}
     for entry in config.models:
         if model in (entry.name, *entry.aliases):
@@ -279,8 +297,33 @@ def price_of(config: GatewayConfig, model: str) -> tuple[Decimal, Decimal, Decim
     for name in names:
         price = config.pricing.models.get(name)
         if price is not None:
-            return price.input_per_million, price.cached_input, price.output_per_million
+            return price
     return None
+
+
+def expected_cost(config: GatewayConfig, price: ModelPrice, line: dict[str, Any]) -> Decimal:
+    """A log line's cost by hand: each part of the prompt at its price, per million
+    tokens, and each server tool request at its price per thousand."""
+    cached, written = line["cached_tokens"], line["cache_write_tokens"]
+    written_1h = line["cache_write_1h_tokens"]
+    tokens: Decimal = (
+        (line["prompt_tokens"] - cached - written) * price.input_per_million
+        + cached * price.cached_input
+        + (written - written_1h) * price.cache_write_input
+        + written_1h * price.cache_write_1h_input
+        + line["completion_tokens"] * price.output_per_million
+    ) / 1_000_000  # fmt: skip
+    tool_prices = {**config.pricing.server_tools_per_thousand, **price.server_tools_per_thousand}
+    tools = sum(
+        (count * tool_prices[tool] / 1000 for tool, count in used_tools(line).items()),
+        Decimal(0),
+    )
+    return tokens + tools
+
+
+def used_tools(line: dict[str, Any]) -> dict[str, int]:
+    tools: dict[str, int] = line["server_tool_requests"] or {}
+    return tools
 
 
 @pytest.mark.timeout(300)  # a loaded CI machine; typically 30-40 s
@@ -300,6 +343,9 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
     assert {line["provider"] for line in lines} >= {"mock", "mock-anthropic", "mock-bedrock"}
     assert any(line["stream"] and line["usage_reported"] for line in lines)
     assert any(line["cached_tokens"] for line in lines)
+    assert any(line["cache_write_1h_tokens"] for line in lines)
+    assert any(line["cache_write_tokens"] > line["cache_write_1h_tokens"] for line in lines)
+    assert any(used_tools(line).get("web_search") for line in lines)
     assert any(line["auth_method"] == "jwt" for line in lines)
     assert any(
         not line["cost_priced"] and line["model"] == "claude-3-opus-latest" for line in lines
@@ -311,24 +357,19 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
     # Each line's cost is its tokens at the config's prices, exactly.
     config = load_config(recon_stack.config_path, {})
     for line in lines:
-        prices = price_of(config, line["model"]) if line["model"] else None
+        price = price_of(config, line["model"]) if line["model"] else None
         cost = exact(line["cost_usd"])
-        if prices is None:
+        if price is None:
             assert cost == 0
             continue
-        input_price, cached_price, output_price = prices
-        cached = line["cached_tokens"]
-        expected = (
-            (line["prompt_tokens"] - cached) * input_price + cached * cached_price
-            + line["completion_tokens"] * output_price
-        ) / 1_000_000  # fmt: skip
-        assert cost == expected, line
+        assert cost == expected_cost(config, price, line), line
 
     # The log's sums, per subject and model, over the requests the rollup counts
     # (those that reached a provider; refusals cost nothing and carry no tokens).
     from_logs: dict[Key, dict[str, Any]] = defaultdict(
-        lambda: {"requests": 0, "prompt": 0, "completion": 0, "cached": 0, "cost": Decimal(0)}
-    )
+        lambda: {"requests": 0, "prompt": 0, "completion": 0, "cached": 0, "cost": Decimal(0),
+                 "writes": 0, "writes_1h": 0, "tools": Counter()}
+    )  # fmt: skip
     for line in lines:
         reached = line["provider"] is not None and line["error_type"] is None
         if not reached:
@@ -341,6 +382,9 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         sums["completion"] += line["completion_tokens"]
         sums["cached"] += line["cached_tokens"]
         sums["cost"] += exact(line["cost_usd"])
+        sums["writes"] += line["cache_write_tokens"]
+        sums["writes_1h"] += line["cache_write_1h_tokens"]
+        sums["tools"].update(used_tools(line))
     assert len(from_logs) >= 20
 
     # The report, once the batching writer has flushed everything.
@@ -362,6 +406,11 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
                 row["cached_tokens"]) == (sums["requests"], sums["prompt"], sums["completion"],
                                           sums["cached"]), key  # fmt: skip
         assert Decimal(row["cost_usd"]) == sums["cost"], key
+        # What explains the cost beyond plain tokens: the cache writes, the tools' requests.
+        assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (
+            sums["writes"], sums["writes_1h"],
+        ), key  # fmt: skip
+        assert row["server_tool_requests"] == dict(sums["tools"]), key
         assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] is not None
         counted = metrics.get(key, {"prompt": 0.0, "completion": 0.0, "cost": 0.0})
         assert (counted["prompt"], counted["completion"]) == (sums["prompt"], sums["completion"])

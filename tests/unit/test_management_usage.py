@@ -125,3 +125,30 @@ async def test_usage_needs_the_admin_token_and_whole_hours(
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await stub.GetUsageReport(pb.UsageReportRequest(group_by=["colour"]), metadata=AUTH)
     assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_api_reports_the_cache_writes_and_tool_requests_the_store_holds(
+    usage_api: tuple[pb_grpc.UsageReportsStub, UsageStore],
+) -> None:
+    stub, store = usage_api
+    dims = {"route": "anthropic-messages", "model": "claude-sonnet-4-0", "provider": "mock",
+            "group_id": "research"}  # fmt: skip
+    for searches in (3, 1):
+        await store.record(
+            UsageEntry(T0, dims, 100, 20, cache_write_tokens=22, cache_write_1h_tokens=12,
+                       server_tool_requests={"web_search": searches, "web_fetch": 2})
+        )  # fmt: skip
+    request = pb.UsageReportRequest(month="2026-02", group_by=["group"])
+
+    report = await stub.GetUsageReport(request, metadata=AUTH)
+
+    [row] = report.rows
+    assert (row.cache_write_tokens, row.cache_write_1h_tokens) == (44, 24)
+    assert dict(row.server_tool_requests) == {"web_search": 4, "web_fetch": 4}
+    assert dict(report.totals.server_tool_requests) == {"web_search": 4, "web_fetch": 4}
+    # `extproc usage report --api` prints what it prints from the store, tools included.
+    period = Period(datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
+    direct = await store.query(period.start, period.end, ("group_id",))
+    for fmt in ("json", "csv", "table"):
+        from_api = render(rows_from_report(report), ("group_id",), period, fmt)
+        assert from_api == render(direct, ("group_id",), period, fmt)

@@ -20,7 +20,7 @@ from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import DataDirInUseError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import Spool
-from extproc.store.usage import UsageEntry, UsageStore, totals_of
+from extproc.store.usage import UsageEntry, UsageStore, spool_rows, totals_of
 from extproc.store.usage_writer import UsageWriter
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
@@ -158,14 +158,18 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
             # One request in the 50-100 ms bucket: interpolated inside it.
             "latency_p50_ms": 75.0,
             "latency_p95_ms": 97.5,
+            "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0,
+            "server_tool_requests": {},
         }
     ]
     assert document["totals"]["cost_usd"] == "0.0000125"
     csv_text = render(rows, ("route", "model"), period, "csv")
     assert csv_text.splitlines() == [
         "route,model,requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,"
-        "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms",
-        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5",
+        "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms,"
+        "cache_write_tokens,cache_write_1h_tokens",
+        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5,0,0",
     ]
 
 
@@ -355,9 +359,7 @@ async def test_a_replayed_batch_found_again_after_a_crash_counts_once(
     store: UsageStore, tmp_path: Path
 ) -> None:
     spool = Spool(tmp_path, "usage")
-    record = {"id": "spooled-1", "totals": []}
-    for (bucket, prefix), counts in totals_of([entry(T0, "gpt-4o", 10, 5)]).items():
-        record["totals"].append([bucket, prefix, *counts])
+    record = {"id": "spooled-1", "totals": spool_rows(totals_of([entry(T0, "gpt-4o", 10, 5)]))}
     spool.append(record)
     writer = UsageWriter(store, on_error=lambda: None, spool=spool)
     writer.add(entry(T0, "gpt-4o", 1, 1))

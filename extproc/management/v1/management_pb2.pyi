@@ -217,7 +217,7 @@ class UsageReport(_message.Message):
     def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageRow, _Mapping]] = ..., latency_bucket_bounds_ms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets")
+    __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets", "cache_write_tokens", "cache_write_1h_tokens", "server_tool_requests")
     class DimensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,13 @@ class UsageRow(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ServerToolRequestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +244,9 @@ class UsageRow(_message.Message):
     LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_1H_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TOOL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     dimensions: _containers.ScalarMap[str, str]
     requests: int
     prompt_tokens: int
@@ -249,4 +259,7 @@ class UsageRow(_message.Message):
     latency_p50_ms: float
     latency_p95_ms: float
     latency_buckets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cost_usd: _Optional[str] = ..., cost_picousd: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+    cache_write_tokens: int
+    cache_write_1h_tokens: int
+    server_tool_requests: _containers.ScalarMap[str, int]
+    def __init__(self, dimensions: _Optional[_Mapping[str, str]] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., unpriced_requests: _Optional[int] = ..., cost_usd: _Optional[str] = ..., cost_picousd: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_buckets: _Optional[_Iterable[int]] = ..., cache_write_tokens: _Optional[int] = ..., cache_write_1h_tokens: _Optional[int] = ..., server_tool_requests: _Optional[_Mapping[str, int]] = ...) -> None: ...
