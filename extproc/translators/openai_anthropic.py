@@ -12,7 +12,9 @@ What OpenAI accepts and Anthropic refuses with a 400 is made acceptable when not
 empty and whitespace-only text is left out, and so is a turn left with nothing in it (an
 assistant that answered nothing after a tool result, a blank line from a chat UI); a final
 assistant turn (a prefill) loses its trailing whitespace. A conversation with no user or
-assistant content left is refused by the gateway, naming ``messages``.
+assistant content left is refused by the gateway, naming ``messages``. So is one whose last
+user message says nothing after the assistant's (naming that message): left out, it would
+turn the assistant's message into a prefill, continued rather than answered.
 
 ``response_format`` of type ``json_schema`` becomes Anthropic's structured output
 (``output_config.format``), which constrains the answer to the schema; a model without
@@ -140,6 +142,9 @@ def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
         raise BadRequestError("'messages' must be an array", param="messages")
     system: list[str] = []
     turns: list[dict[str, Any]] = []
+    # A user message left out since the last message with content: the client's last word,
+    # if the conversation would end with the assistant (_silent_last_user).
+    silent_user: str | None = None
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -160,7 +165,10 @@ def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
             )
         if not blocks:
             # Nothing said (empty or blank text): Anthropic refuses an empty turn.
+            if role == "user":
+                silent_user = where
             continue
+        silent_user = None
         anthropic_role = "assistant" if role == "assistant" else "user"
         if turns and turns[-1]["role"] == anthropic_role:
             turns[-1]["content"].extend(blocks)
@@ -171,12 +179,31 @@ def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
             "at least one user or assistant message with content is required",
             param="messages",
         )
+    if silent_user is not None and turns[-1]["role"] == "assistant":
+        raise _silent_last_user(silent_user)
     for turn in turns:
         if turn["role"] == "user":
             # Anthropic wants a turn's tool results before its other blocks; the sort is stable.
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     _trim_prefill(turns)
     return "\n\n".join(text for text in system if text.strip()), turns
+
+
+def _silent_last_user(where: str) -> BadRequestError:
+    """The refusal of a conversation whose last user message says nothing after the
+    assistant's.
+
+    Left out, it would leave the assistant's message last, which Anthropic reads as a
+    prefill to continue ("Hello! How can ..."), not as a turn to answer: the client would
+    get a continuation it did not ask for (and Claude 4.6 and later refuse a prefill with
+    a 400). Nothing stands in for the user's text without changing what was asked.
+    """
+    return BadRequestError(
+        f"{where}.content is empty: Anthropic needs text in the last user message. Without "
+        "it the conversation ends with the assistant's message, which the model would "
+        "continue instead of answering",
+        param=f"{where}.content",
+    )
 
 
 def _trim_prefill(turns: list[dict[str, Any]]) -> None:

@@ -8,8 +8,12 @@ become ``toolResult`` blocks in a user turn; consecutive turns of one role are m
 because Converse requires user and assistant to alternate; empty and whitespace-only text
 is left out, since Converse refuses a blank text block, and so is a message left with
 nothing in it (a conversation with nothing at all is refused); a final assistant turn (a
-prefill) loses its trailing whitespace, which Claude on Converse refuses. The model is not
-in the body: it is part of the path (``request_path``), percent-encoded as botocore does.
+prefill) loses its trailing whitespace, which Claude on Converse refuses. An empty user
+message is refused instead (400 naming it) where leaving it out would change the
+conversation: first, before the assistant's message (Converse refuses a conversation that
+starts with the assistant), or last, after it (the assistant's message would become a
+prefill, continued rather than answered). The model is not in the body: it is part of the
+path (``request_path``), percent-encoded as botocore does.
 
 What cannot be carried over is refused, not guessed at:
 
@@ -215,6 +219,11 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     left_out: str | None = None  # the last message left out for having nothing in it
+    # A user message left out before any turn, and the last one left out since the last
+    # message with content: they decide whether the conversation can do without them
+    # (_check_silent_users).
+    first_silent_user: str | None = None
+    silent_user: str | None = None
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -228,7 +237,12 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
             # nothing after a tool result, and clients send that turn back). It says
             # nothing, so it is left out, and the turns around it merge.
             left_out = where
+            if role == "user":
+                silent_user = where
+                if not turns and first_silent_user is None:
+                    first_silent_user = where
             continue
+        silent_user = None
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -240,8 +254,35 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
             f"{left_out} has no content, nor has any other user or assistant message",
             param=f"{left_out}.content",
         )
+    _check_silent_users(turns, first_silent_user, silent_user)
     _trim_prefill(turns)
     return system, turns
+
+
+def _check_silent_users(turns: list[dict[str, Any]], first: str | None, last: str | None) -> None:
+    """Refuse a conversation that an empty user message left out would change.
+
+    ``first``: one that opened the conversation before the assistant's message. Left out,
+    the conversation would start with the assistant, which Converse refuses ("A
+    conversation must start with a user message", though the client's did). ``last``: one
+    that said nothing after the assistant's message. Left out, the assistant's message
+    would be last, which the model reads as a prefill to continue, not as a turn to
+    answer: the client would get a continuation it did not ask for. No placeholder is
+    sent in its place: it would be text the user did not write.
+    """
+    if first is not None and turns[0]["role"] == "assistant":
+        raise BadRequestError(
+            f"{first}.content is empty: Bedrock needs text in the first user message, "
+            "since Converse requires a conversation to start with the user",
+            param=f"{first}.content",
+        )
+    if last is not None and turns[-1]["role"] == "assistant":
+        raise BadRequestError(
+            f"{last}.content is empty: Bedrock needs text in the last user message. Without "
+            "it the conversation ends with the assistant's message, which the model would "
+            "continue instead of answering",
+            param=f"{last}.content",
+        )
 
 
 def _turn(message: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:

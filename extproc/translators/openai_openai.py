@@ -6,7 +6,9 @@ Responses: usage is read from the JSON body, or from the last SSE chunk; when th
 client did not ask for that chunk, it is removed from the stream it receives. An error
 event inside a stream (``data: {"error": {...}}``, how OpenAI fails a stream whose 200
 has left) reaches the client unchanged and is recorded as the reader's ``failure``
-(``base.StreamFailure``), so the gateway charges the request and names the error.
+(``base.StreamFailure``), so the gateway charges the request and names the error. An event
+too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
+own error event (``sse.event_too_large``) the client reads last.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
+from extproc.errors import GatewayError
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Only events that carry a usage or an error object are parsed; the rest pass
 # untouched, which keeps a long stream cheap. Generated text cannot fake either:
 # its quotes are escaped.
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
+_DONE = b"data: [DONE]" + EVENT_END
 
 
 def prepare_request(
@@ -84,6 +88,9 @@ class ChunkStreamReader:
     usage-only chunk (``choices: []``) is cut out of what the client receives,
     because the gateway asked for it, not the client; then only whole events are
     forwarded and a partial one waits for its end in the next body chunk.
+
+    The only other bytes it changes end a stream whose event grew too long to hold
+    (``_end_unreadable``).
     """
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
@@ -94,13 +101,25 @@ class ChunkStreamReader:
         self.failure: StreamFailure | None = None
         self._hide = hide_usage_chunk
         self._events = EventBuffer()
+        # Set once the gateway ended a stream it could no longer read (an event too long).
+        self._ended = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self._ended:
+            return b""  # the client has read the stream's end already
         complete = self._events.whole_events(chunk, end_of_stream)
+        if self._events.overflowed:
+            return self._end_unreadable(chunk, complete)
         if not _USAGE_OR_ERROR.search(complete):
             if not self._hide or complete is chunk:
                 return None  # Envoy forwards the chunk as it came: no body mutation
             return complete
+        kept = self._read_events(complete)
+        return kept if self._hide else None
+
+    def _read_events(self, complete: bytes) -> bytes:
+        """Read the usage (or the provider's error) of whole events; the events a client
+        whose usage chunk is hidden receives."""
         kept: list[bytes] = []
         for event in complete.split(EVENT_END):
             if not event.strip():
@@ -108,7 +127,27 @@ class ChunkStreamReader:
             if _USAGE_OR_ERROR.search(event) and self._read_usage(event) and self._hide:
                 continue
             kept.append(event + EVENT_END)
-        return b"".join(kept) if self._hide else None
+        return b"".join(kept)
+
+    def _end_unreadable(self, chunk: bytes, complete: bytes) -> bytes:
+        """End a stream whose event grew too long to hold (``sse.EventBuffer``).
+
+        The gateway can no longer read what the provider sends, and going on would
+        silently leave that event out of what a client whose usage chunk is hidden
+        receives. So the stream fails as it does on a provider's error event: the client
+        reads what came before, the gateway's error event and ``[DONE]``, nothing after;
+        the request is charged an estimate (``stages.partial_usage``). Hiding the usage
+        chunk, only whole events were forwarded, so those this chunk ended come first.
+        Otherwise the chunks went as they came, the oversized event's start among them:
+        this chunk goes too, then a blank line that ends the broken event (an SSE client
+        drops or rejects it), as ``anthropic_anthropic`` ends one for Anthropic clients.
+        """
+        self._ended = True
+        kept = self._read_events(complete)
+        error = event_too_large(self._events.max_event_bytes)
+        self._stream_failed(error)
+        ending = b"data: " + error.body() + EVENT_END + _DONE
+        return kept + ending if self._hide else chunk + EVENT_END + ending
 
     def _read_usage(self, event: bytes) -> bool:
         """Take usage (or the provider's error) from one event; True when the event is a
@@ -120,7 +159,7 @@ class ChunkStreamReader:
         if not isinstance(parsed, dict):
             return False
         if isinstance(parsed.get("error"), dict):
-            self._provider_failed(parsed["error"])
+            self._stream_failed(ProviderStreamError.from_openai(parsed["error"]))
             return False
         usage = usage_from_object(parsed.get("usage"))
         if usage is None:
@@ -131,9 +170,10 @@ class ChunkStreamReader:
             self.response_model = model
         return parsed.get("choices") == []
 
-    def _provider_failed(self, error: dict[str, Any]) -> None:
+    def _stream_failed(self, error: GatewayError) -> None:
+        """Record the stream's first failure: the provider's error event, or the gateway's."""
         if self.failure is not None:
             return
         # OpenAI reports usage last: nothing counted yet is complete, the gateway estimates.
-        self.failure = StreamFailure(ProviderStreamError.from_openai(error))
+        self.failure = StreamFailure(error)
         self.usage = None
