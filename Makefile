@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Start Envoy, the ext_proc server, an embedded Valkey and the mock LLM (or OpenAI
-## when OPENAI_API_KEY is set); prints what to try; Ctrl-C stops everything.
+## Start Envoy, the ext_proc server, an embedded Valkey and the mock LLM (the OpenAI
+## models go to OpenAI when OPENAI_API_KEY is set, the Claude models to Anthropic with
+## ANTHROPIC_API_KEY; the mock serves the rest); prints what to try; Ctrl-C stops everything.
 run: $(STAMP)
 	$(BIN)/python -m extproc.devstack
 

@@ -259,11 +259,15 @@ def run_gateway(
     # Every port its own: gateways of several rows run at once, and no listener of the
     # gateway may be shared (SO_REUSEPORT is off), the management API's included.
     ports = dataclasses.replace(fresh, mock=_port_of(upstream))
-    # real_provider="mock": no mock-llm process, models still go to the provider "mock".
+    # Models go to the provider "mock", served by the upstream: no mock-llm process
+    # (real_provider="mock" says so to revisions without mock_llm, for A/B runs).
     options: dict[str, Any] = {
         "workdir": workdir, "ports": ports, "config_path": config, "real_provider": "mock"
     }  # fmt: skip
-    if workers > 1 and "workers" in {f.name for f in dataclasses.fields(LocalStack)}:
+    fields = {f.name for f in dataclasses.fields(LocalStack)}
+    if "mock_llm" in fields:
+        options["mock_llm"] = False  # the upstream serves the mock's port
+    if workers > 1 and "workers" in fields:
         # LocalStack picks a free block of ports for the workers (one port each).
         options["workers"] = workers
     stack = LocalStack(**options)

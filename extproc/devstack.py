@@ -73,6 +73,10 @@ class LocalStack:
     # None: the mock provider; otherwise the provider the models go to (e.g. "openai").
     real_provider: str | None = None
     real_anthropic: str | None = None
+    # Start the mock provider. It serves every model no real provider takes: with
+    # OPENAI_API_KEY set, the Claude models (unless ANTHROPIC_API_KEY is set too) and
+    # the Bedrock aliases still go to it. False: the caller serves ports.mock itself.
+    mock_llm: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # Tests keep their embedded Valkey under the workdir; `make run` uses the
     # config's data dir, so `extproc usage report` finds the same store.
@@ -138,7 +142,7 @@ class LocalStack:
             taken = set(dataclasses.astuple(self.ports))
             self.ports = dataclasses.replace(self.ports, grpc=free_port_block(workers, avoid=taken))
         env = self.env
-        if self.real_provider is None:
+        if self.mock_llm:
             self._spawn(
                 "mock-llm",
                 [sys.executable, "-m", "extproc", "mock-llm", "--port", str(self.ports.mock)],
@@ -207,7 +211,7 @@ class LocalStack:
             ("gateway replica", f"http://{address}/readyz") for address in self._replica_http
         ]
         checks.append(("envoy", f"{self.envoy_admin_url}/ready"))
-        if self.real_provider is None:
+        if self.mock_llm:
             checks.append(("mock-llm", f"{self.mock_url}/_mock/health"))
         deadline = time.monotonic() + timeout_s
         for name, url in checks:
