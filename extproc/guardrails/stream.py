@@ -18,6 +18,15 @@ reject guard that matches ends the stream: the text is not sent, an error
 event follows (OpenAI: an ``error`` chunk and ``[DONE]``; Anthropic: an
 ``error`` event), and the rest of the upstream stream is dropped (its usage is
 still counted by the translator, which sees every byte).
+
+The arguments of each streamed tool call are a channel too, as a buffered
+answer's are guarded: OpenAI's ``delta.tool_calls[j].function.arguments`` (and
+the deprecated ``delta.function_call.arguments``) per choice and call index,
+Anthropic's ``input_json_delta`` ``partial_json`` per content block. They are
+JSON text, matched as written (escapes included), and released the same way:
+leftovers in an extra argument delta before the finish chunk of their choice
+(OpenAI: a new call index does not end the one before, parallel calls may
+interleave) or before ``content_block_stop``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,15 @@ from extproc.guardrails.matching import Hit, Matchers, apply
 
 _EVENT_END = b"\n\n"
 DONE = b"data: [DONE]\n\n"
+
+# A tool call's arguments: (its choice, its index in the choice's ``tool_calls``) in
+# OpenAI streams, (its content block, 0) in Anthropic ones. What closes the choice or
+# block (``owner``, the first item) closes the call.
+CallChannel = tuple[int, int]
+# A channel of text: a choice or content block (an int), or a tool call's arguments.
+Channel = int | CallChannel
+# The call index of OpenAI's deprecated ``function_call``: one per choice.
+_FUNCTION_CALL = -1
 
 
 class StreamRejectedError(Exception):
@@ -112,9 +130,9 @@ class TextStream:
 class _Event:
     raw: bytes
     payload: dict[str, Any] | None = None
-    # (channel, the dict holding the text, its key)
-    texts: list[tuple[int, dict[str, Any], str]] = field(default_factory=list)
-    closes: list[int] = field(default_factory=list)
+    # (channel, the dict holding the text, its key): text deltas and argument fragments
+    texts: list[tuple[Channel, dict[str, Any], str]] = field(default_factory=list)
+    closes: list[int] = field(default_factory=list)  # choices or blocks that end here
     done: bool = False
     changed: bool = False
 
@@ -125,7 +143,9 @@ class StreamGuard:
     def __init__(self, matchers: Matchers, *, anthropic: bool) -> None:
         self._matchers = matchers
         self._anthropic = anthropic
-        self._channels: dict[int, TextStream] = {}
+        self._channels: dict[Channel, TextStream] = {}
+        # The tool calls seen, in order: their channels close with their owner's.
+        self._calls: list[CallChannel] = []
         self._pending = b""
         self._envelope: dict[str, Any] | None = None
         self.ended = False
@@ -174,18 +194,11 @@ class StreamGuard:
                     if released != holder[key]:
                         holder[key] = released
                         event.changed = True
-                for channel in event.closes:
-                    own = [(h, k) for c, h, k in event.texts if c == channel]
-                    if own:
-                        # The closing event carries text itself: what was held follows it there.
-                        stream = self._channels.get(channel)
-                        rest = stream.flush() if stream is not None else ""
-                        if rest:
-                            holder, key = own[-1]
-                            holder[key] += rest
-                            event.changed = True
-                    else:
-                        out.extend(self._flush(channel, event.payload))
+                for owner in event.closes:
+                    self._close(owner, event, out)
+                    if self._calls:
+                        for call in [c for c in self._calls if c[0] == owner]:
+                            self._close(call, event, out)
                 if event.done:
                     for channel in list(self._channels):
                         out.extend(self._flush(channel, self._envelope))
@@ -199,20 +212,36 @@ class StreamGuard:
             out.append(self._error_event(error(rejected.guard)))
         return b"".join(out)
 
-    def _channel(self, channel: int) -> TextStream:
+    def _channel(self, channel: Channel) -> TextStream:
         found = self._channels.get(channel)
         if found is None:
             found = self._channels[channel] = TextStream(self._matchers)
+            if isinstance(channel, tuple):
+                self._calls.append(channel)
         return found
 
-    def _flush(self, channel: int, envelope: dict[str, Any] | None) -> list[bytes]:
+    def _close(self, channel: Channel, event: _Event, out: list[bytes]) -> None:
+        """Release what ``channel`` held, as ``event`` closes it."""
+        own = [(h, k) for c, h, k in event.texts if c == channel]
+        if not own:
+            out.extend(self._flush(channel, event.payload))
+            return
+        # The closing event carries text of the channel itself: what was held follows it there.
+        stream = self._channels.get(channel)
+        rest = stream.flush() if stream is not None else ""
+        if rest:
+            holder, key = own[-1]
+            holder[key] += rest
+            event.changed = True
+
+    def _flush(self, channel: Channel, envelope: dict[str, Any] | None) -> list[bytes]:
         stream = self._channels.get(channel)
         if stream is None:
             return []
         text = stream.flush()
         if not text:
             return []
-        return [self._text_event(channel, text, envelope)]
+        return [self._released_event(channel, text, envelope)]
 
     def _read(self, raw: bytes) -> _Event:
         event = _Event(raw)
@@ -247,8 +276,12 @@ class StreamGuard:
             index = choice.get("index", 0)
             index = index if isinstance(index, int) else 0
             delta = choice.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                event.texts.append((index, delta, "content"))
+            if isinstance(delta, dict):
+                if isinstance(delta.get("content"), str):
+                    event.texts.append((index, delta, "content"))
+                # Two key lookups: all a chunk without tool calls pays for them.
+                if "tool_calls" in delta or "function_call" in delta:
+                    _read_openai_calls(event, index, delta)
             if choice.get("finish_reason") is not None:
                 event.closes.append(index)
 
@@ -258,12 +291,14 @@ class StreamGuard:
         index = index if isinstance(index, int) else 0
         if kind == "content_block_delta":
             delta = payload.get("delta")
-            if (
-                isinstance(delta, dict)
-                and delta.get("type") == "text_delta"
-                and isinstance(delta.get("text"), str)
-            ):
+            if not isinstance(delta, dict):
+                return
+            part = delta.get("type")
+            if part == "text_delta" and isinstance(delta.get("text"), str):
                 event.texts.append((index, delta, "text"))
+            elif part == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+                # A tool_use block's input (server and MCP tool calls' too), as JSON text.
+                event.texts.append(((index, 0), delta, "partial_json"))
         elif kind == "content_block_stop":
             event.closes.append(index)
         elif kind == "message_stop":
@@ -276,28 +311,61 @@ class StreamGuard:
             return b"event: " + name + b"\ndata: " + orjson.dumps(event.payload) + _EVENT_END
         return b"data: " + orjson.dumps(event.payload) + _EVENT_END
 
-    def _text_event(self, channel: int, text: str, envelope: dict[str, Any] | None) -> bytes:
+    def _released_event(
+        self, channel: Channel, text: str, envelope: dict[str, Any] | None
+    ) -> bytes:
+        """An extra delta carrying what ``channel`` held, in the channel's own shape."""
+        owner, delta = self._delta(channel, text)
         if self._anthropic:
-            payload: dict[str, Any] = {
-                "type": "content_block_delta",
-                "index": channel,
-                "delta": {"type": "text_delta", "text": text},
-            }
+            payload = {"type": "content_block_delta", "index": owner, "delta": delta}
             return b"event: content_block_delta\ndata: " + orjson.dumps(payload) + _EVENT_END
         chunk = {key: value for key, value in (envelope or {}).items() if key != "choices"}
         chunk.setdefault("object", "chat.completion.chunk")
         if "usage" in chunk:
             chunk["usage"] = None
         chunk["choices"] = [
-            {"index": channel, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+            {"index": owner, "delta": delta, "logprobs": None, "finish_reason": None}
         ]
         return b"data: " + orjson.dumps(chunk) + _EVENT_END
+
+    def _delta(self, channel: Channel, text: str) -> tuple[int, dict[str, Any]]:
+        if not isinstance(channel, tuple):
+            if self._anthropic:
+                return channel, {"type": "text_delta", "text": text}
+            return channel, {"content": text}
+        owner, call = channel
+        if self._anthropic:
+            return owner, {"type": "input_json_delta", "partial_json": text}
+        if call == _FUNCTION_CALL:
+            return owner, {"function_call": {"arguments": text}}
+        # Later deltas of a call carry its index and arguments only (the first had its id).
+        return owner, {"tool_calls": [{"index": call, "function": {"arguments": text}}]}
 
     def _error_event(self, error: bytes) -> bytes:
         if self._anthropic:
             return b"event: error\ndata: " + error + _EVENT_END
         return b"data: " + error + _EVENT_END + DONE
 
-    def texts(self, events: list[_Event]) -> list[tuple[_Event, int, dict[str, Any], str]]:
-        """Every text delta of the events, for a webhook to see and rewrite."""
+    def texts(self, events: list[_Event]) -> list[tuple[_Event, Channel, dict[str, Any], str]]:
+        """Every text delta and argument fragment of the events, for a webhook to see and
+        rewrite (a buffered answer's webhook sees its tool calls' arguments too)."""
         return [(event, *slot) for event in events for slot in event.texts]
+
+
+def _read_openai_calls(event: _Event, choice: int, delta: dict[str, Any]) -> None:
+    """The argument fragments of a choice delta's tool calls, a channel per call."""
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            function = call.get("function")
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                # Every call of OpenAI's carries its index; one without (or with a
+                # negative one) is read as the first, so its arguments are still guarded.
+                position = call.get("index", 0)
+                position = position if isinstance(position, int) and position >= 0 else 0
+                event.texts.append(((choice, position), function, "arguments"))
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        event.texts.append(((choice, _FUNCTION_CALL), legacy, "arguments"))
