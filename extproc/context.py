@@ -124,7 +124,11 @@ class RequestContext:
     stream: bool = False
     # The client asked for the usage chunk itself; otherwise the gateway hides it.
     client_wants_usage: bool = False
+    # The status the client got (a translated provider error changes it: 529 -> 503).
     response_status: int = 0
+    # The status the upstream side's answer came with: the provider's, or Envoy's own
+    # reply when the provider could not be reached (None: nothing came from upstream).
+    upstream_status: int | None = None
     response_model: str | None = None
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)

@@ -58,7 +58,11 @@ class AccountingStage:
             ttft_s=ttft,
         )
         if ctx.error is None and ctx.provider is not None and ctx.response_status >= 400:
-            metrics.upstream_error(provider=provider, model=model, status=status)
+            # The upstream side's own status (Anthropic's 529, not the client's 503); the
+            # client's, for an answer the gateway could not translate (its 200 is no error).
+            upstream = ctx.upstream_status or 0
+            label = str(upstream) if upstream >= 400 and not ctx.aborted else status
+            metrics.upstream_error(provider=provider, model=model, status=label)
         elif ctx.stream and stream_failure(ctx.translator) is not None:
             # The provider failed after its 200 had left: no status tells, so a label does.
             metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)

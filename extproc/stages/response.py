@@ -30,7 +30,7 @@ class ResponseStage:
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> None:
         status = response_headers.get(":status", "0")
-        ctx.response_status = int(status) if status.isdigit() else 0
+        ctx.response_status = ctx.upstream_status = int(status) if status.isdigit() else 0
         ctx.first_byte_at = time.monotonic()
         if not ctx.accounted:
             return
@@ -55,6 +55,11 @@ class ResponseStage:
                 )
             )
         plan = plan_response(ctx, ctx.response_status, response_headers, kind)
+        client_status = plan.set_headers.get(":status")
+        if client_status is not None:
+            # A translated error's status (Anthropic's 529 is an OpenAI client's 503):
+            # the log line and aigw_requests_total record what the client got.
+            ctx.response_status = int(client_status)
         ctx.translator = plan.translator
         if plan.streamed:
             out.mode_override = ModeOverride(response_body="STREAMED")

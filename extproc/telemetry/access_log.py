@@ -43,6 +43,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "response_model": ctx.response_model,
         "stream": ctx.stream,
         "http_status_code": ctx.response_status,
+        "upstream_status_code": ctx.upstream_status,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
