@@ -310,11 +310,16 @@ def _ext_proc_filter(config: GatewayConfig) -> Json:
                 "timeout": duration(_longest_request_s(config)),
             },
             "failure_mode_allow": config.envoy.failure_mode_allow,
+            # The response is read only when the gateway's request-headers answer asks
+            # for it (mode_override: routing.FULL_RESPONSE, the lean path's modes, the
+            # agents'): a reply Envoy makes for a request that never reached the gateway
+            # (431 for headers too large, 400 for malformed HTTP) must not wait for an
+            # answer, or the connection, which Envoy then closes, carries none at all.
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
+                "response_header_mode": "SKIP",
                 "request_body_mode": "BUFFERED",
-                "response_body_mode": "BUFFERED",
+                "response_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },

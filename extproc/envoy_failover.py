@@ -184,4 +184,11 @@ def _attempt_filter(downstream: Json) -> Json:
     # The attempt filter may set :authority (each provider has its own host).
     typed["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": True}
     typed.pop("metadata_options", None)
+    # Every attempt's answer is read and translated (its request headers answer sets no
+    # mode); a reply Envoy makes before any filter saw the request never reaches here.
+    typed["processing_mode"] = {
+        **typed["processing_mode"],
+        "response_header_mode": "SEND",
+        "response_body_mode": "BUFFERED",
+    }
     return {"name": UPSTREAM_FILTER, "typed_config": typed}

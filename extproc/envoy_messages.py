@@ -63,8 +63,8 @@ def _mode_override(override: ModeOverride) -> Any:
     # Envoy replaces the whole mode with the override: every field is spelled out.
     mode = _Mode()
     mode.request_body_mode = _Mode.NONE if override.skip_request_body else _Mode.BUFFERED
-    if override.skip_response_headers:
-        mode.response_header_mode = _Mode.SKIP
+    # SEND said outright: the filter's own default is SKIP (envoy_bootstrap).
+    mode.response_header_mode = _Mode.SKIP if override.skip_response_headers else _Mode.SEND
     if override.response_body is not None:
         mode.response_body_mode = _BODY_MODES[override.response_body]
     return mode

@@ -107,6 +107,7 @@ class AgentRouteStage:
         mcp = call.protocol is AgentProtocol.MCP
         if method == "POST":
             call.kind = "rpc"
+            out.mode_override = _ANSWER_LATER
             _check_length(ctx)
             # The gateway reads the answer: it must come uncompressed.
             out.remove_headers.append("accept-encoding")

@@ -32,6 +32,10 @@ SKIP_EVERYTHING = ModeOverride(
 LEAN_RESPONSE = ModeOverride(skip_response_headers=True, response_body="STREAMED")
 # ...in one buffered message when the body hints say it is not streamed.
 LEAN_BUFFERED = ModeOverride(skip_response_headers=True, response_body="BUFFERED")
+# The full path: the response headers, then the body (streamed if the headers say so).
+# Said in every AI request's first answer: Envoy reads no response by default, so that
+# its replies to requests the gateway never saw (malformed HTTP) are not held.
+FULL_RESPONSE = ModeOverride(response_body="BUFFERED")
 
 
 class RoutingStage:
@@ -54,6 +58,7 @@ class RoutingStage:
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
                 raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}")
+            out.mode_override = FULL_RESPONSE
             return
         if ctx.method != "POST":
             raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}; use POST")
@@ -74,6 +79,7 @@ class RoutingStage:
         hints, hinted = ctx.body_hints, False
         if named_model is None and hints is not None:
             named_model, hinted = hints.model, True
+        out.mode_override = FULL_RESPONSE
         if ctx.runtime.lean_response(route, named_model):
             ctx.lean_response = True
             buffered = hints is not None and hints.stream is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import openai
 import orjson
@@ -179,3 +181,28 @@ def test_a_client_cannot_pick_the_provider_cluster_itself(
     )
     assert response.status_code == 404
     assert len(httpx.get(f"{stack.mock_url}/_mock/requests").json()) == before
+
+
+def test_headers_too_large_get_a_431_in_openai_shape(stack: LocalStack) -> None:
+    # Refused by Envoy's HTTP codec before any filter saw the request: the reply used to
+    # wait on the ext_proc filter while Envoy closed the connection, so none arrived.
+    huge = {"authorization": "Bearer team1-key", "x-big": "a" * 70_000}
+    answer = httpx.post(f"{stack.base_url}/v1/chat/completions", headers=huge, content=b"{}")
+    assert answer.status_code == 431
+    assert answer.json()["error"]["type"]
+
+
+def test_malformed_http_gets_a_400_in_openai_shape(stack: LocalStack) -> None:
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nbad header: 1\r\n"
+        b"content-length: 2\r\n\r\n{}"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b'"error"' in body

@@ -217,11 +217,12 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
     assert processor["allow_mode_override"] is True
     assert processor["failure_mode_allow"] is True
     assert processor["message_timeout"] == "2.5s"
+    # The response is read only when the gateway asks for it (mode_override).
     assert processor["processing_mode"] == {
         "request_header_mode": "SEND",
-        "response_header_mode": "SEND",
+        "response_header_mode": "SKIP",
         "request_body_mode": "BUFFERED",
-        "response_body_mode": "BUFFERED",
+        "response_body_mode": "NONE",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }

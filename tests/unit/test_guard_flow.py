@@ -405,5 +405,5 @@ async def test_routes_guarding_answers_keep_the_response_headers_message() -> No
             gateway.processor, [request_headers("/openai/gpt-4o-mini", headers=AUTH)]
         )
         assert answer.mode_override.response_header_mode == (
-            ext_proc_mode.ProcessingMode.SKIP if lean else 0
+            ext_proc_mode.ProcessingMode.SKIP if lean else ext_proc_mode.ProcessingMode.SEND
         )

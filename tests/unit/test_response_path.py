@@ -236,9 +236,11 @@ async def test_streams_and_translated_models_keep_their_paths(processor: Process
     translated = await run_stream(
         processor, [hinted_headers("/v1/chat/completions", {"model": "claude-sonnet-4-0"})]
     )
-    assert not translated[0].HasField("mode_override")
     unhinted = await run_stream(processor, [request_headers("/v1/chat/completions", headers=AUTH)])
-    assert not unhinted[0].HasField("mode_override")
+    # The full path: the response headers are read, then the body.
+    for full in (translated[0], unhinted[0]):
+        assert full.mode_override.response_header_mode == ProcessingMode.SEND
+        assert full.mode_override.response_body_mode == ProcessingMode.BUFFERED
 
 
 async def test_a_body_that_envoy_and_the_gateway_read_differently_is_refused(
