@@ -6,7 +6,7 @@ and returns its answers, so a processor test reads like the request it checks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -76,6 +76,18 @@ async def run_stream(
 ) -> list[ext.ProcessingResponse]:
     """Play one stream; its finishing work (log, metrics, rollup) is done on return."""
     return [answer async for answer in processor.process(_iterate(messages))]
+
+
+def client_body(chunks: Sequence[bytes], answers: Iterable[ext.ProcessingResponse]) -> bytes:
+    """What the client received of an answer sent in ``chunks``: each chunk as it came,
+    or what the gateway's answer to it replaced it with (nothing, if it cleared it)."""
+    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
+    out = b""
+    for chunk, answer in zip(chunks, bodies, strict=True):
+        mutation = answer.response_body.response.body_mutation
+        kind = mutation.WhichOneof("mutation")
+        out += mutation.body if kind == "body" else b"" if kind == "clear_body" else chunk
+    return out
 
 
 def processor_for(config: GatewayConfig, services: Services | None = None) -> Processor:

@@ -20,6 +20,7 @@ from extproc.processor import Processor
 from extproc.runtime import Runtime
 from extproc.stages import default_stages
 from extproc.testing import (
+    client_body,
     request_body,
     request_headers,
     response_body,
@@ -286,13 +287,7 @@ async def stream_through(gateway: Gateway, chunks: list[bytes]) -> tuple[bytes, 
         *(response_body(c, end_of_stream=i == len(chunks) - 1) for i, c in enumerate(chunks)),
     ]
     answers = await run_stream(gateway.processor, messages)
-    got = b""
-    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
-    for chunk, answer in zip(chunks, bodies, strict=True):
-        mutation = answer.response_body.response.body_mutation
-        kind = mutation.WhichOneof("mutation")
-        got += mutation.body if kind == "body" else b"" if kind == "clear_body" else chunk
-    return got, answers
+    return client_body(chunks, answers), answers
 
 
 def mask_word(word: str, replacement: str) -> Any:

@@ -22,6 +22,7 @@ from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.testing import (
+    client_body,
     request_body,
     request_headers,
     response_body,
@@ -43,18 +44,6 @@ ANTHROPIC_STREAM = Path(
 
 def chat_body(model: str, **fields: Any) -> bytes:
     return orjson.dumps({"model": model, "stream": True, "messages": PROMPT, **fields})
-
-
-def client_got(chunks: list[bytes], answers: list[Any]) -> bytes:
-    """What the client received: each response chunk as sent, or the gateway's replacement."""
-    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
-    assert len(bodies) == len(chunks)
-    out = b""
-    for chunk, answer in zip(chunks, bodies, strict=True):
-        mutation = answer.response_body.response.body_mutation
-        kind = mutation.WhichOneof("mutation")
-        out += mutation.body if kind == "body" else b"" if kind == "clear_body" else chunk
-    return out
 
 
 def events_of(sent: bytes) -> list[bytes]:
@@ -100,7 +89,7 @@ async def test_an_openai_error_event_mid_stream_is_charged_with_an_estimate(
         ],
     )
     # The client gets the provider's own error event (its API's shape already).
-    assert client_got(chunks, answers) == OPENAI_CHUNK * 3 + OPENAI_ERROR
+    assert client_body(chunks, answers) == OPENAI_CHUNK * 3 + OPENAI_ERROR
     line = only_line(services)
     assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
     # 24 characters streamed: 6 tokens; the prompt as the quota estimate counts it.
@@ -129,7 +118,7 @@ async def test_an_anthropic_error_mid_stream_keeps_the_reported_prompt_tokens(
             response_body(chunks[0], end_of_stream=True),
         ],
     )
-    events = events_of(client_got(chunks, answers))
+    events = events_of(client_body(chunks, answers))
     # An OpenAI-style error event, then [DONE]: the OpenAI SDK raises on it.
     assert orjson.loads(events[-2].removeprefix(b"data: "))["error"]["code"] == (
         "upstream_overloaded"
@@ -173,7 +162,7 @@ async def test_an_anthropic_client_gets_the_error_event_and_the_input_tokens_are
         ],
     )
     # Passed through as the provider sent it: the Anthropic SDK raises on its error event.
-    assert client_got(chunks, answers) == chunks[0]
+    assert client_body(chunks, answers) == chunks[0]
     line = only_line(services)
     assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
     assert (line["prompt_tokens"], line["completion_tokens"]) == (25, 3)
@@ -234,7 +223,7 @@ async def test_a_bedrock_exception_mid_stream_is_charged_and_named(
             response_body(chunks[0], end_of_stream=True),
         ],
     )
-    events = events_of(client_got(chunks, answers))
+    events = events_of(client_body(chunks, answers))
     error = orjson.loads(events[-2].removeprefix(b"data: "))["error"]
     assert (error["type"], error["message"]) == (error_type, "The model stream failed. Try again.")
     assert events[-1] == b"data: [DONE]"

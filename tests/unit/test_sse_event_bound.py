@@ -19,6 +19,7 @@ import orjson
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.testing import (
+    client_body,
     request_body,
     request_headers,
     response_body,
@@ -101,17 +102,6 @@ def test_an_event_just_under_the_limit_is_read_whole() -> None:
 # --- Through the gateway ---------------------------------------------------------
 
 
-def answered(answers: list[Any], chunks: list[bytes]) -> bytes:
-    """What the client received: each chunk as sent, or the gateway's replacement."""
-    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
-    out = b""
-    for chunk, answer in zip(chunks, bodies, strict=True):
-        mutation = answer.response_body.response.body_mutation
-        kind = mutation.WhichOneof("mutation")
-        out += mutation.body if kind == "body" else b"" if kind == "clear_body" else chunk
-    return out
-
-
 async def send_endless(
     processor: Processor, path: str, headers: dict[str, str], body: dict[str, Any]
 ) -> tuple[bytes, list[bytes]]:
@@ -126,7 +116,7 @@ async def send_endless(
             response_body(chunks[-1], end_of_stream=True),
         ],
     )
-    return answered(answers, chunks), chunks
+    return client_body(chunks, answers), chunks
 
 
 def only_line(services: Services) -> dict[str, Any]:

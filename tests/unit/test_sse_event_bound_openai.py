@@ -19,6 +19,7 @@ import pytest
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.testing import (
+    client_body,
     request_body,
     request_headers,
     response_body,
@@ -63,17 +64,6 @@ def provider_stream() -> list[bytes]:
     return [*chunks, ENDLESS_END + AFTER + USAGE + DONE]
 
 
-def client_got(answers: list[Any], chunks: list[bytes]) -> bytes:
-    """What the client received: each chunk as sent, or the gateway's replacement."""
-    bodies = [a for a in answers if a.WhichOneof("response") == "response_body"]
-    out = b""
-    for chunk, answer in zip(chunks, bodies, strict=True):
-        mutation = answer.response_body.response.body_mutation
-        kind = mutation.WhichOneof("mutation")
-        out += mutation.body if kind == "body" else b"" if kind == "clear_body" else chunk
-    return out
-
-
 async def send(processor: Processor, **fields: Any) -> tuple[bytes, list[bytes]]:
     chunks = provider_stream()
     body = {"model": "gpt-4o-mini", "stream": True, "messages": PROMPT, **fields}
@@ -87,7 +77,7 @@ async def send(processor: Processor, **fields: Any) -> tuple[bytes, list[bytes]]
             response_body(chunks[-1], end_of_stream=True),
         ],
     )
-    return client_got(answers, chunks), chunks
+    return client_body(chunks, answers), chunks
 
 
 def the_error(event: bytes) -> dict[str, Any]:
