@@ -43,6 +43,11 @@ class ResponseStage:
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:
                 ctx.provider = answered
+                # The fallback may speak another API than the primary (span, metrics).
+                ctx.provider_type = next(
+                    (p.type for p in ctx.runtime.config.providers if p.name == answered),
+                    ctx.provider_type,
+                )
                 ctx.answered_model = response_headers.get(headers.ANSWERED_BY_MODEL)
                 ctx.upstream_model = response_headers.get(headers.ANSWERED_UPSTREAM_MODEL)
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from extproc.config.model import RouteApi
 from extproc.translators.base import stream_failure
 
 if TYPE_CHECKING:
@@ -65,6 +66,14 @@ CONTENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
 _GRPC_UNKNOWN = "2"
 # error.type of a stream the provider broke off, when it named no error type.
 _STREAM_ERROR = "stream_error"
+# gen_ai.operation.name by route API. A token count generates nothing, so a search for
+# chats (and the tokens they used) must not find it; the conventions have no value for
+# it, and a custom one is allowed.
+_OPERATIONS = {
+    RouteApi.OPENAI_CHAT: "chat",
+    RouteApi.ANTHROPIC_MESSAGES: "chat",
+    RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
+}
 # gen_ai.provider.name's well-known values, by the gateway's provider type.
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
@@ -80,7 +89,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         usage = ctx.usage
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
-        "operation": "chat" if ctx.accounted else None,
+        "operation": _OPERATIONS.get(ctx.route.api) if ctx.accounted and ctx.route else None,
         "provider": ctx.provider,
         "provider_type": _PROVIDER_NAMES.get(ctx.provider_type.value)
         if ctx.provider_type

@@ -30,6 +30,8 @@ class ReceivedSpan:
     parent_span_id: str
     attributes: dict[str, Any]
     service_name: str | None
+    # OTLP Status.code: 0 unset, 1 ok, 2 error (what an "error" search reads).
+    status_code: int = 0
 
 
 def _value(value: common_pb2.AnyValue) -> Any:
@@ -74,6 +76,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                             parent_span_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             service_name=resource.get("service.name"),
+                            status_code=span.status.code,
                         )
                     )
         with self._lock:
