@@ -18,7 +18,8 @@ signal on), then the supervisor stops the embedded Valkey, last, and exits. A
 worker whose supervisor dies without a word (SIGKILL) drains and stops by itself
 (``server.stop_with_supervisor``). SIGHUP is
 passed on to every worker (each reloads its config) and reloads the
-supervisor's own copy (quota rules of the gauges).
+supervisor's own copy (quota rules of the gauges, label values the merged page
+keeps apart).
 
 A worker that dies is restarted (its counters stay in the merged totals, since
 its metric files are kept; ``mark_process_dead`` drops only live gauges). A
@@ -119,6 +120,7 @@ class Supervisor:
         self._quota_store: QuotaStore | None = None
         self._gauges: QuotaGauges | None = None
         self._http: Any = None
+        self._bounded: _BoundedCollector | None = None
         self._reloader: ConfigReloader | None = None
         # The config last found valid, for workers (re)started from now on.
         self._latest = config
@@ -148,13 +150,12 @@ class Supervisor:
         for worker in self._workers:
             self._spawn(worker)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(
-            _BoundedCollector(
-                MergedWorkerMetrics(str(self.multiprocess_dir)),
-                self.config.telemetry.metrics.max_label_values,
-                self.config,
-            )
+        self._bounded = _BoundedCollector(
+            MergedWorkerMetrics(str(self.multiprocess_dir)),
+            self.config.telemetry.metrics.max_label_values,
+            self.config,
         )
+        registry.register(self._bounded)
         settings = self.config.telemetry.metrics.quota_gauges
         if settings.enabled:
             self._gauges = QuotaGauges(
@@ -211,6 +212,8 @@ class Supervisor:
         # must not fail where its siblings' reload refused it.
         check_startup_files(config)
         self._rules, self._latest = rules, config
+        if self._bounded is not None:
+            self._bounded.admit_config(config)
 
     # --- run --------------------------------------------------------------------
 
@@ -321,9 +324,15 @@ class _BoundedCollector(Collector):
         self, source: Collector, max_values: int, config: GatewayConfig | None = None
     ) -> None:
         self._source = source
-        self._budget = LabelBudget(max_values)
+        self._budget = LabelBudget(max_values, keep_admitted=True)
         if config is not None:
-            self._budget.admit_config(config)  # as each worker does (GatewayMetrics)
+            self.admit_config(config)
+
+    def admit_config(self, config: GatewayConfig) -> None:
+        """Keep the values ``config`` names apart, as each worker does (GatewayMetrics)
+        for each config it loads: a model added by a reload must not show under `other`
+        here while the workers record it under its name."""
+        self._budget.admit_config(config)
 
     def collect(self) -> Iterator[Metric]:
         bound = self._budget.bound

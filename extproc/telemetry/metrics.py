@@ -83,18 +83,24 @@ GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock"
 class LabelBudget:
     """Caps the distinct values each label may take; admitted values are always kept."""
 
-    def __init__(self, max_values: int) -> None:
+    def __init__(self, max_values: int, keep_admitted: bool = False) -> None:
         self.max_values = max_values
         self._seen: dict[str, set[str]] = {}
         # Values the config names, per label: kept whatever the budget, not counted in it.
         self._admitted: dict[str, frozenset[str]] = {}
+        # The supervisor of `serve --workers N` bounds cumulative values at every
+        # scrape: a value no longer admitted would move its whole history into
+        # `other` (its series gone, `other` jumping), so there admission is for good.
+        self._keep_admitted = keep_admitted
         self._lock = threading.Lock()
 
     def admit(self, label: str, values: Iterable[str]) -> None:
         """Keep these values of ``label`` outside the budget (replacing those admitted
-        before: a reload names the config's values anew; series made stay)."""
+        before: a reload names the config's values anew; series made stay), or adding to
+        them with ``keep_admitted``."""
         with self._lock:
-            self._admitted[label] = frozenset(values)
+            kept = self._admitted.get(label, frozenset()) if self._keep_admitted else frozenset()
+            self._admitted[label] = kept | frozenset(values)
 
     def admit_config(self, config: GatewayConfig) -> None:
         """Admit the values the config names in labels a client can fill with made-up
