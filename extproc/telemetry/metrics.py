@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from extproc.agents.metrics import AgentMetrics
+from extproc.telemetry.span_attributes import GEN_AI_PROVIDER_NAMES
 
 if TYPE_CHECKING:
     from extproc.config.model import GatewayConfig
@@ -75,9 +76,6 @@ TTFT_BUCKETS = (
 
 # Label-value combinations remembered as sent, for the fast path of _child.
 _RAW_CACHE_SIZE = 10_000
-
-# gen_ai.provider.name well-known values, by the gateway's provider type.
-GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
 
 class LabelBudget:

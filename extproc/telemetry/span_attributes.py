@@ -74,8 +74,9 @@ _OPERATIONS = {
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
 }
-# gen_ai.provider.name's well-known values, by the gateway's provider type.
-_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
+# gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
+# attribute, and the label of gen_ai_client_token_usage).
+GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
 
 
 def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[str, str | float]:
@@ -91,7 +92,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         "route": ctx.route.name if ctx.route else None,
         "operation": _OPERATIONS.get(ctx.route.api) if ctx.accounted and ctx.route else None,
         "provider": ctx.provider,
-        "provider_type": _PROVIDER_NAMES.get(ctx.provider_type.value)
+        "provider_type": GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value)
         if ctx.provider_type
         else None,
         "model": ctx.model,
