@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from extproc import background
 from extproc.agents.directory import AgentDirectory
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
@@ -378,9 +379,7 @@ class Runtime:
         await asyncio.gather(self._closing, return_exceptions=True)
 
     async def close(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            await asyncio.gather(self._refresh, return_exceptions=True)
+        await background.stop(self._refresh)
         for signer in self.signers.values():
             await signer.close()
         await self.guardrails.close()

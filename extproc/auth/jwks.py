@@ -27,7 +27,6 @@ exception texts embed the whole JWK, which must not reach a log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import aiohttp
 import jwt
 import orjson
 
+from extproc import background
 from extproc.config.auth_model import JwksConfig
 
 log = logging.getLogger(__name__)
@@ -259,11 +259,8 @@ class RemoteJwks:
         )
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        await background.stop(self._refresher)
+        self._refresher = None
 
     async def refresh_for_unknown_key(self) -> None:
         # Under the lock, so a burst of tokens with a new kid makes one fetch: the

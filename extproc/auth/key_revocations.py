@@ -27,6 +27,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
+from extproc import background
+
 if TYPE_CHECKING:
     from extproc.auth.stored_keys import KeyCache
 
@@ -81,11 +83,8 @@ class RevocationListener:
         self._task = asyncio.create_task(self._run(), name="key-revocation-listener")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         warned = False

@@ -22,6 +22,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from extproc import background
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
 from extproc.config.watched_files import secret_files
@@ -75,9 +76,7 @@ class ConfigReloader:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await background.stop(self._task)
 
     def schedule_reload(self) -> None:
         """From a signal handler: reload soon, on the event loop."""

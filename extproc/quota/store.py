@@ -43,6 +43,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from extproc import background
 from extproc.quota.rules import Limit
 from extproc.store.cluster_calls import ClusterCalls, ReplyLostError, send_once
 from extproc.store.coalescing import CoalescingCaller
@@ -572,9 +573,7 @@ class QuotaStore:
         )
         if self._nodes is not None:
             await self._nodes.close()
-        if self._clock is not None:
-            self._clock.cancel()
-            await asyncio.gather(self._clock, return_exceptions=True)
+        await background.stop(self._clock)
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()

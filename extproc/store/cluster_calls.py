@@ -50,6 +50,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from extproc import background
+
 log = logging.getLogger(__name__)
 MAP_REFRESH_INTERVAL_S = 1.0
 
@@ -150,9 +152,7 @@ class ClusterCalls:
             log.warning("reading the cluster's map of slots failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
-        if self._map_refresh is not None:
-            self._map_refresh.cancel()
-            await asyncio.gather(self._map_refresh, return_exceptions=True)
+        await background.stop(self._map_refresh)
 
 
 async def send_once(pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:

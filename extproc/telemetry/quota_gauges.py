@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.quota.rules import Limit, RuleSet
 
@@ -92,9 +93,7 @@ class SubjectTracker:
             self._on_error()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await background.stop(self._task)
         await self.flush()
 
 
@@ -136,9 +135,7 @@ class QuotaGauges(Collector):
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await background.stop(self._task)
 
     async def _run(self) -> None:
         while True:
