@@ -17,10 +17,11 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.integration.test_tracing import traced_config
 
 API_KEY = "team1-key"
 ANTHROPIC_KEY = "team2-key"
@@ -35,17 +36,10 @@ def collector() -> Iterator[OtlpReceiver]:
 
 
 def review_config(workdir: Path, collector: OtlpReceiver) -> Path:
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["telemetry"] = {
-        "log": {"max_content_chars": CONTENT_CAP},
-        "tracing": {
-            "enabled": True,
-            "otlp_endpoint": collector.endpoint,
-            "capture_content": True,
-            "flush_interval_ms": 200,
-            "min_flush_spans": 1,
-        },
-    }
+    # test_tracing's traced stack (content captured, spans exported at once, the quota
+    # rule), with content bounded and a failover chain.
+    config = yaml.safe_load(traced_config(workdir, collector, content=True).read_text())
+    config["telemetry"]["log"]["max_content_chars"] = CONTENT_CAP
     # A primary nobody listens on (connection refused), an OpenAI-type provider,
     # with an Anthropic-type fallback: the answer comes from another API.
     config["providers"].append(
@@ -55,16 +49,6 @@ def review_config(workdir: Path, collector: OtlpReceiver) -> Path:
         {"name": "primary-dead", "provider": "dead", "fallbacks": ["claude-3-5-haiku-latest"]}
     )
     config["models"].append({"name": "only-dead", "provider": "dead"})
-    config["quotas"] = {
-        "rules": [
-            {
-                "name": "one-per-day",
-                "subject": "header:x-test-budget",
-                "match": "spent",
-                "requests_per_day": 1,
-            }
-        ]
-    }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
