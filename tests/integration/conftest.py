@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
 from tests.integration.otlp_receiver import OtlpReceiver
+from tests.integration.valkey_cluster import ValkeyCluster
 
 # Every stack started in this session; their logs are checked against the schema at the end.
 STARTED: list[LocalStack] = []
@@ -60,6 +64,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """A three-primary Valkey Cluster for one test module (``store.url:
+    redis+cluster://``); a module that needs other nodes or options defines its own."""
+    valkeys = ValkeyCluster(tmp_path_factory.mktemp("valkey-cluster"))
+    valkeys.start()
+    try:
+        yield valkeys
+    finally:
+        valkeys.stop()
+
+
 @pytest.fixture
 def http(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=30.0) as client:
@@ -94,6 +110,47 @@ def config_with_keys(workdir: Path, keys: dict[str, str], tail: str = "") -> Pat
     config = workdir / "gateway.yaml"
     config.write_text(text.replace("  api_keys:\n", "  api_keys:\n" + entries, 1) + tail)
     return config
+
+
+def default_config() -> dict[str, Any]:
+    """The default config (what ``make run`` serves), parsed, for a test to change."""
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    return raw
+
+
+def write_config(workdir: Path, raw: dict[str, Any]) -> Path:
+    """``raw`` written as ``workdir``'s gateway.yaml, in the order the test built it."""
+    config = workdir / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A stand-in for a service the gateway calls (a guardrail webhook, a moderation
+    endpoint): ``handler`` on a free port of 127.0.0.1, in a thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def running_stack_calling(
+    handler: type[BaseHTTPRequestHandler],
+    workdir: Path,
+    config_for: Callable[[int], dict[str, Any]],
+) -> Iterator[LocalStack]:
+    """A stack whose config, ``config_for(port)``, calls the stand-in ``handler`` serves
+    on that port; both stopped on exit."""
+    with (
+        serving(handler) as port,
+        running_stack(workdir, write_config(workdir, config_for(port))) as running,
+    ):
+        yield running
 
 
 def wait_for(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:

@@ -19,21 +19,24 @@ import json
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from openai import OpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
+from openai.types.chat import ChatCompletion
 
 from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests
 from tests.integration.tool_script import (
-    OUTPUT_TOKENS,
     QUESTION,
     SCRIPT,
     TIME,
-    TIME_PIECES,
     WEATHER,
-    WEATHER_PIECES,
+    ask_the_turn,
+    assert_billed_as_reported,
+    assert_streamed_calls,
+    assert_whole_answer_calls,
+    function_calls,
+    send_the_results,
+    stream_the_turn,
 )
 
 KEY = "team1-key"
@@ -63,129 +66,30 @@ def bedrock_client(stack: LocalStack) -> OpenAI:
 def test_a_whole_answer_gives_each_call_with_its_id_and_arguments(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
-    raw = bedrock_client(stack).chat.completions.with_raw_response.create(
-        model="haiku", messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=SCRIPT
-    )
-    completion = raw.parse()
+    completion, request_id = ask_the_turn(bedrock_client(stack), "haiku")
 
-    choice = completion.choices[0]
-    assert (choice.message.content, choice.finish_reason) == ("Let me check.", "tool_calls")
-    calls = [
-        call
-        for call in choice.message.tool_calls or []
-        if isinstance(call, ChatCompletionMessageFunctionToolCall)
-    ]
-    assert [(call.type, call.function.name) for call in calls] == [
-        ("function", "get_weather"),
-        ("function", "get_time"),
-    ]
-    # Arguments are a JSON string, as OpenAI sends them, holding the provider's input.
-    assert [orjson.loads(call.function.arguments) for call in calls] == [
-        {"city": "Paris", "unit": "°C"},
-        {"city": "Lyon"},
-    ]
-    ids = [call.id for call in calls]
-    assert len(set(ids)) == 2 and all(i.startswith("tooluse_") for i in ids)
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens == OUTPUT_TOKENS
-    [line] = gateway_log.for_request(raw.headers["x-request-id"])
-    assert (line["prompt_tokens"], line["completion_tokens"]) == (
-        completion.usage.prompt_tokens,
-        OUTPUT_TOKENS,
-    )
+    assert_whole_answer_calls(completion, id_prefix="tooluse_")
+    assert_billed_as_reported(completion, gateway_log, request_id)
 
 
 def test_a_streamed_answer_gives_the_stream_helper_each_call_exactly(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
-    with bedrock_client(stack).chat.completions.stream(
-        model="haiku",
-        messages=[QUESTION],
-        tools=[WEATHER, TIME],
-        stream_options={"include_usage": True},
-        extra_headers=SCRIPT,
-    ) as stream:
-        events = list(stream)
-        final = stream.get_final_completion()
-    # The gateway names each chunk after the request, as its log line does.
-    request_id = final.id.removeprefix("chatcmpl-")
+    events, final, request_id = stream_the_turn(bedrock_client(stack), "haiku")
 
-    choice = final.choices[0]
-    assert (choice.message.content, choice.finish_reason) == ("Let me check.", "tool_calls")
-    calls = choice.message.tool_calls or []
-    # The arguments are exactly the provider's pieces, joined.
-    assert [(call.function.name, call.function.arguments) for call in calls] == [
-        ("get_weather", "".join(WEATHER_PIECES)),
-        ("get_time", "".join(TIME_PIECES)),
-    ]
-    assert [call.function.parsed_arguments for call in calls] == [
-        {"city": "Paris", "unit": "°C"},
-        {"city": "Lyon"},
-    ]
-    # Each call is announced once (id, type and name on its first delta only) at its place
-    # among the calls, so the client's accumulation keeps two calls with distinct ids.
-    ids = [call.id for call in calls]
-    assert len(set(ids)) == 2 and all(i.startswith("tooluse_") for i in ids)
-    firsts = [
-        (delta.index, delta.id, delta.type, delta.function.name if delta.function else None)
-        for event in events
-        if event.type == "chunk"
-        for c in event.chunk.choices
-        for delta in c.delta.tool_calls or []
-        if delta.id or delta.type or (delta.function and delta.function.name)
-    ]
-    assert firsts == [
-        (0, ids[0], "function", "get_weather"),
-        (1, ids[1], "function", "get_time"),
-    ]
-    pieces = [
-        (delta.index, delta.function.arguments)
-        for event in events
-        if event.type == "chunk"
-        for c in event.chunk.choices
-        for delta in c.delta.tool_calls or []
-        if delta.function and delta.function.arguments
-    ]
-    assert pieces == [(0, p) for p in WEATHER_PIECES] + [(1, p) for p in TIME_PIECES]
-    done = [(e.index, e.name) for e in events if e.type == "tool_calls.function.arguments.done"]
-    assert done == [(0, "get_weather"), (1, "get_time")]
-
-    assert final.usage is not None
-    assert final.usage.completion_tokens == OUTPUT_TOKENS
-    [line] = gateway_log.for_request(request_id)
-    assert (line["prompt_tokens"], line["completion_tokens"]) == (
-        final.usage.prompt_tokens,
-        OUTPUT_TOKENS,
-    )
+    assert_streamed_calls(events, final, id_prefix="tooluse_")
+    assert_billed_as_reported(final, gateway_log, request_id)
 
 
 def test_the_results_go_back_as_one_user_turn_of_tool_results_in_order(
     stack: LocalStack,
 ) -> None:
     client = bedrock_client(stack)
-    asked = client.chat.completions.create(
-        model="haiku", messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=SCRIPT
-    )
+    asked, _ = ask_the_turn(client, "haiku")
     message = asked.choices[0].message
-    calls = [
-        c for c in message.tool_calls or [] if isinstance(c, ChatCompletionMessageFunctionToolCall)
-    ]
+    calls = function_calls(message)
 
-    # The agent runs both tools and answers with two tool messages (one as content parts).
-    answer = client.chat.completions.create(
-        model="haiku",
-        messages=[
-            QUESTION,
-            message.model_dump(exclude_none=True),  # type: ignore[list-item]
-            {"role": "tool", "tool_call_id": calls[0].id, "content": "18 °C"},
-            {
-                "role": "tool",
-                "tool_call_id": calls[1].id,
-                "content": [{"type": "text", "text": "12:00"}],
-            },
-        ],
-        tools=[WEATHER, TIME],
-    )
+    answer = send_the_results(client, "haiku", message, calls)
 
     # The mock, as Bedrock, refuses results that do not answer the calls just before.
     assert answer.choices[0].finish_reason == "stop"

@@ -15,48 +15,32 @@ mock (``x-mock-reply`` chooses the streamed pieces).
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
-import openai
 import orjson
 import pytest
-import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, mock_requests, running_stack
+from extproc.devstack import LocalStack
+from tests.integration.conftest import default_config, mock_requests, running_stack_calling
+from tests.integration.guard_rate_limit import AtItsRateLimit, refused_before_the_provider
 
 KEY = "team1-key"
-RETRY_AFTER = "17"
 CARD_MESSAGE = "Requests about credit card numbers are not allowed."
 KELVIN = "\u212a"  # KELVIN SIGN, which case-folds to "k"
 
 
-class BusyModeration(http.server.BaseHTTPRequestHandler):
+class BusyModeration(AtItsRateLimit):
     """An OpenAI-like moderation endpoint at its rate limit."""
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        body = orjson.dumps({"error": {"message": "Rate limit reached", "type": "requests"}})
-        self.send_response(429)
-        self.send_header("content-type", "application/json")
-        self.send_header("retry-after", RETRY_AFTER)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    body = orjson.dumps({"error": {"message": "Rate limit reached", "type": "requests"}})
 
 
 def gaps_config(moderation_port: int) -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw = default_config()
     raw["guardrails"] = {
         "moderation": [{"name": "busy", "base_url": f"http://127.0.0.1:{moderation_port}/v1",
                         "api_key": "moderation-key", "failure_mode": "fail_closed"}],
@@ -89,17 +73,9 @@ def gaps_config(moderation_port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gaps_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BusyModeration)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     workdir = tmp_path_factory.mktemp("guardrail-gaps")
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(yaml.safe_dump(gaps_config(server.server_address[1]), sort_keys=False))
-    try:
-        with running_stack(workdir, config) as running:
-            yield running
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running_stack_calling(BusyModeration, workdir, gaps_config) as running:
+        yield running
 
 
 def client(stack: LocalStack, prefix: str, **headers: str) -> OpenAI:
@@ -116,21 +92,7 @@ def claude(stack: LocalStack) -> anthropic.Anthropic:
 def test_a_rate_limited_moderation_service_gives_the_client_a_429_with_retry_after(
     gaps_stack: LocalStack,
 ) -> None:
-    provider_calls = len(mock_requests(gaps_stack))
-    with pytest.raises(openai.RateLimitError) as limited:
-        client(gaps_stack, "/limited").chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
-        )
-    response = limited.value.response
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == RETRY_AFTER
-    assert limited.value.code == "guardrail_rate_limited"
-    assert "try again in 17 seconds" in limited.value.message
-    # Refused before the provider and the quota: nothing reached it, nothing is charged.
-    assert len(mock_requests(gaps_stack)) == provider_calls
-    [line] = GatewayLog(gaps_stack.gateway_log).for_request(response.headers["x-request-id"])
-    assert line["http_status_code"] == 429
-    assert (line["prompt_tokens"], line["total_tokens"]) == (0, 0)
+    _, line = refused_before_the_provider(gaps_stack, client(gaps_stack, "/limited"))
     assert line["guardrails"] == [
         {"guard": "moderation", "phase": "request", "action": "fail_closed"}
     ]

@@ -11,7 +11,7 @@ their hash tags fall on different nodes; the first test checks that they still d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -41,14 +41,6 @@ ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="s
 # settle_now() raises before anything is sent.
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
-    valkeys = ValkeyCluster(tmp_path_factory.mktemp("valkey-cluster"))
-    valkeys.start()
-    yield valkeys
-    valkeys.stop()
-
-
 @pytest.fixture
 async def client(cluster: ValkeyCluster) -> AsyncIterator[StoreClient]:
     opened = connect(cluster.url, 2.0)
@@ -67,6 +59,25 @@ async def store(client: StoreClient) -> AsyncIterator[QuotaStore]:
 
 def limits(store: QuotaStore, *rules: LimitRule, identity: Identity = ALICE) -> list[Limit]:
     return RuleSet(QuotasConfig(rules=rules)).limits_for(identity, {}, "gpt-4o", store.now())
+
+
+# Hourly rules named after their subject and what they count ("key-tokens",
+# "group-requests"): a denial names the rule that refused.
+def _rule_name(subject: str, counts: str) -> str:
+    return f"{'key' if subject == 'api_key' else subject}-{counts}"
+
+
+def tokens_per_hour(subject: str, limit: int) -> LimitRule:
+    return LimitRule(name=_rule_name(subject, "tokens"), subject=subject, tokens_per_hour=limit)
+
+
+def requests_per_hour(subject: str, limit: int) -> LimitRule:
+    return LimitRule(name=_rule_name(subject, "requests"), subject=subject, requests_per_hour=limit)
+
+
+async def token_counters(client: StoreClient, found: list[Limit]) -> list[int]:
+    """What the token limits among ``found`` hold, each read from its own node."""
+    return [int(await client.get(limit.key(PREFIX))) for limit in found if limit.kind == "t"]
 
 
 async def node_of(client: StoreClient, cluster: ValkeyCluster, key: str) -> int:
@@ -119,27 +130,22 @@ async def test_concurrent_refusals_on_one_node_leave_nothing_reserved_on_the_oth
 ) -> None:
     found = limits(
         store,
-        LimitRule(name="key-requests", subject="api_key", requests_per_hour=10),
-        LimitRule(name="user-tokens", subject="user", tokens_per_hour=100_000),
-        LimitRule(name="group-tokens", subject="group", tokens_per_hour=100_000),
+        requests_per_hour("api_key", 10),
+        tokens_per_hour("user", 100_000),
+        tokens_per_hour("group", 100_000),
     )
 
     results = await asyncio.gather(*(store.reserve(found, 7) for _ in range(50)))
     await store.flush()  # the give-backs go out with the next settlement batch
 
     assert sum(isinstance(result, Reservation) for result in results) == 10
-    tokens = [limit for limit in found if limit.kind == "t"]
-    assert [int(await client.get(limit.key(PREFIX))) for limit in tokens] == [70, 70]
+    assert await token_counters(client, found) == [70, 70]
 
 
 async def test_token_reservations_are_capped_at_what_remains_on_each_node(
     store: QuotaStore,
 ) -> None:
-    found = limits(
-        store,
-        LimitRule(name="user-tokens", subject="user", tokens_per_hour=100),
-        LimitRule(name="group-tokens", subject="group", tokens_per_hour=1000),
-    )
+    found = limits(store, tokens_per_hour("user", 100), tokens_per_hour("group", 1000))
     first = await store.reserve(found, 70)
     second = await store.reserve(found, 70)
     third = await store.reserve(found, 70)
@@ -151,17 +157,13 @@ async def test_token_reservations_are_capped_at_what_remains_on_each_node(
 async def test_settlement_replaces_the_estimates_with_real_usage_on_each_node(
     store: QuotaStore, client: StoreClient
 ) -> None:
-    found = limits(
-        store,
-        LimitRule(name="user-tokens", subject="user", tokens_per_hour=100),
-        LimitRule(name="key-tokens", subject="api_key", tokens_per_hour=100),
-    )
+    found = limits(store, tokens_per_hour("user", 100), tokens_per_hour("api_key", 100))
     reservation = await store.reserve(found, 80)
     assert isinstance(reservation, Reservation)
 
     await store.settle_now([(limit, 12 - 80) for limit in found])
 
-    assert [int(await client.get(limit.key(PREFIX))) for limit in found] == [12, 12]
+    assert await token_counters(client, found) == [12, 12]
     after = await store.reserve(found, 1)
     assert isinstance(after, Reservation) and after.used == [13, 13]
 
@@ -186,9 +188,9 @@ async def test_a_refusal_on_one_node_gives_back_what_other_nodes_reserved(
 ) -> None:
     found = limits(
         store,
-        LimitRule(name="key-tokens", subject="api_key", tokens_per_hour=1000),
-        LimitRule(name="user-tokens", subject="user", tokens_per_hour=1000),
-        LimitRule(name="group-requests", subject="group", requests_per_hour=1),
+        tokens_per_hour("api_key", 1000),
+        tokens_per_hour("user", 1000),
+        requests_per_hour("group", 1),
     )
     assert isinstance(await store.reserve(found, 100), Reservation)
 
@@ -196,19 +198,14 @@ async def test_a_refusal_on_one_node_gives_back_what_other_nodes_reserved(
     await store.flush()  # the give-back goes out with the next settlement batch
 
     assert isinstance(refused, Denial) and refused.limit.rule == "group-requests"
-    tokens = [limit for limit in found if limit.kind == "t"]
-    assert [int(await client.get(limit.key(PREFIX))) for limit in tokens] == [100, 100]
+    assert await token_counters(client, found) == [100, 100]
 
 
 async def test_scripts_lost_on_every_node_are_loaded_again(
     store: QuotaStore, client: StoreClient
 ) -> None:
     # What a failover to a replica that never loaded them looks like.
-    found = limits(
-        store,
-        LimitRule(name="key-requests", subject="api_key", requests_per_hour=5),
-        LimitRule(name="user-requests", subject="user", requests_per_hour=5),
-    )
+    found = limits(store, requests_per_hour("api_key", 5), requests_per_hour("user", 5))
     await client.script_flush()
 
     granted = await store.reserve(found, 1)
@@ -223,9 +220,9 @@ async def test_scripts_lost_on_one_node_do_not_reserve_twice_on_the_others(
     # the other nodes already ran, and must not run again when the rest is resent.
     found = limits(
         store,
-        LimitRule(name="key-tokens", subject="api_key", tokens_per_hour=100_000),
-        LimitRule(name="user-tokens", subject="user", tokens_per_hour=100_000),
-        LimitRule(name="group-tokens", subject="group", tokens_per_hour=100_000),
+        tokens_per_hour("api_key", 100_000),
+        tokens_per_hour("user", 100_000),
+        tokens_per_hour("group", 100_000),
     )
     group_node = await node_of(client, cluster, found[2].key(PREFIX))
     with cluster.nodes[group_node].client() as node:
@@ -234,7 +231,7 @@ async def test_scripts_lost_on_one_node_do_not_reserve_twice_on_the_others(
     granted = await store.reserve(found, 300)
 
     assert isinstance(granted, Reservation) and granted.reserved == [300, 300, 300]
-    assert [int(await client.get(limit.key(PREFIX))) for limit in found] == [300, 300, 300]
+    assert await token_counters(client, found) == [300, 300, 300]
 
 
 async def test_usage_rollups_of_hours_on_different_nodes_add_up(

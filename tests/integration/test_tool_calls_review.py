@@ -11,21 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from openai import OpenAI
-from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests
 from tests.integration.tool_script import (
-    OUTPUT_TOKENS,
     QUESTION,
-    SCRIPT,
-    TIME,
-    TIME_PIECES,
     WEATHER,
-    WEATHER_PIECES,
+    ask_the_turn,
+    assert_billed_as_reported,
+    assert_streamed_calls,
+    assert_whole_answer_calls,
+    send_the_results,
+    stream_the_turn,
 )
 
 KEY = "team1-key"
@@ -39,103 +38,23 @@ def openai_client(stack: LocalStack) -> OpenAI:
 def test_a_streamed_answer_gives_the_stream_helper_each_call_exactly(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
-    with openai_client(stack).chat.completions.stream(
-        model=MODEL,
-        messages=[QUESTION],
-        tools=[WEATHER, TIME],
-        stream_options={"include_usage": True},
-        extra_headers=SCRIPT,
-    ) as stream:
-        events = list(stream)
-        final = stream.get_final_completion()
-    # The gateway names each chunk after the request, as its log line does.
-    request_id = final.id.removeprefix("chatcmpl-")
+    events, final, request_id = stream_the_turn(openai_client(stack), MODEL)
 
-    choice = final.choices[0]
-    assert choice.message.content == "Let me check."
-    assert choice.finish_reason == "tool_calls"
-    calls = choice.message.tool_calls or []
-    assert [(call.function.name, call.function.arguments) for call in calls] == [
-        ("get_weather", "".join(WEATHER_PIECES)),
-        ("get_time", "".join(TIME_PIECES)),
-    ]
-    assert [call.function.parsed_arguments for call in calls] == [
-        {"city": "Paris", "unit": "°C"},
-        {"city": "Lyon"},
-    ]
-    # Each call is announced once (its id, type and name on its first delta only), so the
-    # client's accumulation gives two distinct ids, not ids glued together.
-    ids = [call.id for call in calls]
-    assert len(set(ids)) == 2 and all(i.startswith("toolu_") for i in ids)
-    firsts = [
-        (delta.index, delta.id, delta.type, delta.function.name if delta.function else None)
-        for event in events
-        if event.type == "chunk"
-        for c in event.chunk.choices
-        for delta in c.delta.tool_calls or []
-        if delta.id or delta.type or (delta.function and delta.function.name)
-    ]
-    assert firsts == [
-        (0, ids[0], "function", "get_weather"),
-        (1, ids[1], "function", "get_time"),
-    ]
-    done = [(e.index, e.name) for e in events if e.type == "tool_calls.function.arguments.done"]
-    assert done == [(0, "get_weather"), (1, "get_time")]
-
-    assert final.usage is not None
-    assert final.usage.completion_tokens == OUTPUT_TOKENS
-    [line] = gateway_log.for_request(request_id)
-    assert (line["prompt_tokens"], line["completion_tokens"]) == (
-        final.usage.prompt_tokens,
-        OUTPUT_TOKENS,
-    )
+    assert_streamed_calls(events, final, id_prefix="toolu_")
+    assert_billed_as_reported(final, gateway_log, request_id)
 
 
 def test_a_whole_answer_with_text_and_two_calls_and_its_results_round_trip(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
     client = openai_client(stack)
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=SCRIPT
-    )
-    completion = raw.parse()
+    completion, request_id = ask_the_turn(client, MODEL)
 
-    choice = completion.choices[0]
-    assert (choice.message.content, choice.finish_reason) == ("Let me check.", "tool_calls")
-    calls = [
-        call
-        for call in choice.message.tool_calls or []
-        if isinstance(call, ChatCompletionMessageFunctionToolCall)
-    ]
-    assert [(call.type, call.function.name) for call in calls] == [
-        ("function", "get_weather"),
-        ("function", "get_time"),
-    ]
-    assert [orjson.loads(call.function.arguments) for call in calls] == [
-        {"city": "Paris", "unit": "°C"},
-        {"city": "Lyon"},
-    ]
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens == OUTPUT_TOKENS
-    [line] = gateway_log.for_request(raw.headers["x-request-id"])
-    assert line["completion_tokens"] == OUTPUT_TOKENS
+    calls = assert_whole_answer_calls(completion, id_prefix="toolu_")
+    assert_billed_as_reported(completion, gateway_log, request_id)
 
-    # The agent runs both tools and answers with two tool messages (one as content parts);
-    # Anthropic takes them only as one user turn of tool_result blocks, ids kept.
-    answer = client.chat.completions.create(
-        model=MODEL,
-        messages=[
-            QUESTION,
-            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
-            {"role": "tool", "tool_call_id": calls[0].id, "content": "18 °C"},
-            {
-                "role": "tool",
-                "tool_call_id": calls[1].id,
-                "content": [{"type": "text", "text": "12:00"}],
-            },
-        ],
-        tools=[WEATHER, TIME],
-    )
+    # Anthropic takes the results only as one user turn of tool_result blocks, ids kept.
+    answer = send_the_results(client, MODEL, completion.choices[0].message, calls)
     assert answer.choices[0].finish_reason == "stop"
     sent = mock_requests(stack)[-1]["json"]["messages"]
     assert [turn["role"] for turn in sent] == ["user", "assistant", "user"]
