@@ -10,10 +10,11 @@ array of parts. Images, audio and PDFs are not text slots.
 Tool calls in a conversation's history are text the provider reads back, so a
 key or personal data put there must meet the same guards: OpenAI's
 ``tool_calls[].function.arguments`` (and the deprecated ``function_call``, and a
-custom tool's ``input``) are one string each, one slot; Anthropic's ``tool_use``
-``input`` is an object, and each of its string leaves is a slot (its keys are
-the tool's parameter names, not text). The same holds for a buffered answer's
-tool calls.
+custom tool's ``input``) are one string each, one slot, marked ``is_json``: the
+matchers read such JSON text decoded, string by string (``json_text``), as the
+translators and the client's code do; Anthropic's ``tool_use`` ``input`` is an
+object, and each of its string leaves is a slot (its keys are the tool's
+parameter names, not text). The same holds for a buffered answer's tool calls.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class TextSlot:
     role: str
     holder: Any  # the dict (or list) holding the string
     key: Any  # its key (or index) there
+    # The string is JSON text (a tool call's arguments): matchers read it as JSON.
+    is_json: bool = False
 
     @property
     def text(self) -> str:
@@ -114,22 +117,24 @@ def _input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
 def _call_slots(role: str, message: dict[str, Any], slots: list[TextSlot]) -> None:
     """The arguments of the tool calls an OpenAI assistant message carries, one slot each.
 
-    Arguments are JSON text, read and masked as one string: a masked one stays a
-    string, though maybe no longer the JSON the model wrote (providers take the
-    history's arguments as opaque strings).
+    Arguments are JSON text in a string: one slot each, which matchers read as JSON
+    (each string decoded) and mask so that it stays the JSON it was; webhooks and
+    moderation get the string as written.
     """
     calls = message.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
-                _string_slot(role, call.get("function"), "arguments", slots)
-                _string_slot(role, call.get("custom"), "input", slots)
-    _string_slot(role, message.get("function_call"), "arguments", slots)
+                _string_slot(role, call.get("function"), "arguments", slots, is_json=True)
+                _string_slot(role, call.get("custom"), "input", slots, is_json=True)
+    _string_slot(role, message.get("function_call"), "arguments", slots, is_json=True)
 
 
-def _string_slot(role: str, holder: Any, key: str, slots: list[TextSlot]) -> None:
+def _string_slot(
+    role: str, holder: Any, key: str, slots: list[TextSlot], *, is_json: bool = False
+) -> None:
     if isinstance(holder, dict) and isinstance(holder.get(key), str):
-        slots.append(TextSlot(role, holder, key))
+        slots.append(TextSlot(role, holder, key, is_json))
 
 
 def request_slots(body: dict[str, Any]) -> list[TextSlot]:

@@ -5,6 +5,10 @@ once: a reject guard that matches anywhere rejects; the spans of the mask
 guards are resolved (earliest first, then longest, then the guard listed
 first) and replaced. Evaluating them together keeps one pass per text and
 lets a stream compute one hold-back for all of them.
+
+A tool call's arguments are JSON text: ``scan(text, json_text=True)`` reads each
+of their strings decoded and each number as written (``json_text``), and answers
+with spans of the JSON text whose replacements keep it valid JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
+from extproc.guardrails.json_text import Piece, escape, pieces
 
 MASK_DEFAULT = "****"
 
@@ -93,10 +98,42 @@ class Matchers:
     def __bool__(self) -> bool:
         return bool(self.guards)
 
-    def scan(self, text: str) -> tuple[int | None, list[Hit], list[Span]]:
-        """(the first rejecting guard, the mask hits to apply, the rejecting spans)."""
-        rejecting, hits, every = self.scan_all(text)
+    def scan(
+        self, text: str, *, json_text: bool = False
+    ) -> tuple[int | None, list[Hit], list[Span]]:
+        """(the first rejecting guard, the mask hits to apply, the rejecting spans).
+
+        With ``json_text`` (a tool call's arguments), a JSON object or array is read
+        piece by piece (see ``_scan_json``); other text as it is."""
+        found = self._scan_json(text) if json_text else None
+        rejecting, hits, every = found if found is not None else self.scan_all(text)
         return rejecting, hits, [span for guard, span in every if guard == rejecting]
+
+    def _scan_json(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]] | None:
+        """``scan_all`` over each string (decoded, keys too) and number of a JSON document,
+        with spans and hits mapped back onto the JSON text; None when it is not one.
+
+        Each piece is read on its own, as each string of an Anthropic tool ``input`` is:
+        what its decoded text holds is what the provider and the client read."""
+        found = pieces(text)
+        if found is None:
+            return None
+        rejecting: int | None = None
+        hits: list[Hit] = []
+        every: list[tuple[int, Span]] = []
+        for piece in found:
+            if not piece.text:
+                continue
+            first, piece_hits, piece_spans = self.scan_all(piece.text)
+            if first is not None and (rejecting is None or first < rejecting):
+                rejecting = first
+            every.extend(
+                (guard, Span(piece.raw(span.start), piece.raw(span.end), span.label))
+                for guard, span in piece_spans
+            )
+            if piece_hits:
+                hits.extend(_onto_json(piece, piece_hits))
+        return rejecting, hits, every
 
     def scan_all(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
         """Like ``scan``, with the spans of every rejecting guard (by guard index): a
@@ -154,6 +191,34 @@ def _resolve(hits: list[Hit]) -> list[Hit]:
             kept.append(hit)
             end = hit.end
     return kept
+
+
+def _onto_json(piece: Piece, hits: list[Hit]) -> list[Hit]:
+    """A piece's hits as spans of the JSON text, replaced by JSON that stays valid.
+
+    In a string, a replacement is escaped (a quote or backslash in it would end or
+    break the string). A number is no place for text: one holding a match becomes a
+    string, its first hit opening the quote and its last closing it, so every hit
+    still names its guard."""
+    if not piece.number:
+        return [
+            Hit(piece.raw(hit.start), piece.raw(hit.end), hit.guard, escape(hit.replacement))
+            for hit in hits
+        ]
+    number = piece.text  # as written: digits, ".", "e", "+" and "-" need no escaping
+    mapped: list[Hit] = []
+    last = len(hits) - 1
+    for index, hit in enumerate(hits):
+        start, end = piece.start + hit.start, piece.start + hit.end
+        replacement = escape(hit.replacement)
+        if index == 0:
+            replacement = '"' + number[: hit.start] + replacement
+            start = piece.start
+        if index == last:
+            replacement += number[hit.end :] + '"'
+            end = piece.end
+        mapped.append(Hit(start, end, hit.guard, replacement))
+    return mapped
 
 
 def apply(text: str, hits: list[Hit]) -> str:

@@ -23,7 +23,9 @@ The arguments of each streamed tool call are a channel too, as a buffered
 answer's are guarded: OpenAI's ``delta.tool_calls[j].function.arguments`` (and
 the deprecated ``delta.function_call.arguments``) per choice and call index,
 Anthropic's ``input_json_delta`` ``partial_json`` per content block. They are
-JSON text, matched as written (escapes included), and released the same way:
+JSON text, matched as written (escapes included: unlike a buffered answer's
+arguments, which ``Matchers.scan`` reads as JSON, a stream's fragments leave
+before their document is complete), and released the same way:
 leftovers in an extra argument delta before the finish chunk of their choice
 (OpenAI: a new call index does not end the one before, parallel calls may
 interleave) or before ``content_block_stop``.

@@ -111,7 +111,7 @@ def _run_matchers(
         text = slot.text
         if not text:
             continue
-        rejecting, hits, spans = matchers.scan(text)
+        rejecting, hits, spans = matchers.scan(text, json_text=slot.is_json)
         if rejecting is not None:
             for index, guard in enumerate(matchers.guards):
                 if index < rejecting:

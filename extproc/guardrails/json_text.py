@@ -1,0 +1,126 @@
+"""Tool-call arguments read as the JSON they are: each string decoded, each number as written.
+
+OpenAI carries a tool call's arguments as JSON text inside a string. Whoever uses
+them reads them decoded: the gateway's Anthropic and Bedrock translators parse them
+into an object, and so does the client's code with an answer's arguments. A guard
+must read what they read: ``\\u0073k-...`` is ``sk-...``, and ``"x\\n4111..."``
+holds a newline before the number, not the letter ``n``.
+
+``pieces`` cuts a JSON object or array into the texts a guard reads: every string
+(keys included) with its escapes decoded, and every number as written. Each
+``Piece`` maps a position of its text back to the JSON text (``raw``), so a mask
+rewrites exactly the characters a match came from and keeps everything else as
+the model wrote it (spacing, other escapes), and ``escape`` writes a replacement
+so that the string stays valid JSON.
+
+A lexer, not a second parser: orjson checks the document first (the one parse of
+the argument), and on valid JSON one regular expression finds every token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import orjson
+
+# On valid JSON, searching from a token's end finds the next string or number: quotes
+# only ever open or close strings, and outside strings only numbers hold "-" or digits.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9][0-9.eE+\-]*')
+# One escape; a surrogate pair (orjson refuses a lone half) is one character.
+_ESCAPE = re.compile(
+    r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})|\\(.)", re.IGNORECASE
+)
+_SIMPLE_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One string or number of a JSON text, as a guard reads it."""
+
+    text: str  # a string's decoded content, or a number as written
+    start: int  # where the token starts in the JSON text (a string's opening quote)
+    end: int  # where it ends (after a string's closing quote)
+    number: bool
+    # Where runs of text begin: (position in ``text``, position in the JSON text). The
+    # first run starts the content; after each escape (several JSON characters for one
+    # decoded one) a new run starts.
+    _decoded: tuple[int, ...]
+    _raw: tuple[int, ...]
+
+    def raw(self, position: int) -> int:
+        """Where the character at ``position`` of ``text`` (or its end) is in the JSON text."""
+        run = bisect_right(self._decoded, position) - 1
+        return self._raw[run] + position - self._decoded[run]
+
+
+def pieces(text: str) -> list[Piece] | None:
+    """The strings and numbers of ``text``, in order; None unless it is a JSON object or array.
+
+    Anything else (broken JSON a model cut short, free text of a custom tool, a bare
+    scalar) is for the caller to read as plain text.
+    """
+    opening = text.lstrip()[:1]
+    if opening not in ("{", "["):
+        return None
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    found: list[Piece] = []
+    for token in _TOKEN.finditer(text):
+        start, end = token.span()
+        if text[start] == '"':
+            found.append(_string(token.group(), start, end))
+        else:
+            found.append(Piece(token.group(), start, end, True, (0,), (start,)))
+    return found
+
+
+def _string(token: str, start: int, end: int) -> Piece:
+    content = token[1:-1]
+    if "\\" not in content:
+        return Piece(content, start, end, False, (0,), (start + 1,))
+    parts: list[str] = []
+    decoded_marks = [0]
+    raw_marks = [start + 1]
+    length = 0  # decoded characters so far
+    position = 0  # in ``content``
+    for escape in _ESCAPE.finditer(content):
+        literal = content[position : escape.start()]
+        parts.append(literal)
+        parts.append(_decode(escape))
+        length += len(literal) + 1
+        position = escape.end()
+        decoded_marks.append(length)
+        raw_marks.append(start + 1 + position)
+    parts.append(content[position:])
+    return Piece("".join(parts), start, end, False, tuple(decoded_marks), tuple(raw_marks))
+
+
+def _decode(escape: re.Match[str]) -> str:
+    high, low, code, simple = escape.groups()
+    if high is not None:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
+    if code is not None:
+        return chr(int(code, 16))
+    return _SIMPLE_ESCAPES[simple]
+
+
+def escape(text: str) -> str:
+    """``text`` as the content of a JSON string: quotes, backslashes and controls escaped.
+
+    The standard library's encoder, not orjson's: it also takes a lone surrogate an
+    operator's replacement might hold, rather than raising."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
