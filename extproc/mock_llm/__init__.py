@@ -9,7 +9,10 @@ check what the gateway sent upstream.
 Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``,
 ``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse`` still reach the right
 endpoint. ``POST .../moderations`` answers like OpenAI's moderation endpoint (see
-``moderation_api``), and header ``x-mock-reply`` chooses the reply (see ``scripted``).
+``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
+``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
+Titan text embeddings (see ``bedrock_embeddings``); header ``x-mock-reply`` chooses the
+reply (see ``scripted``).
 Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
@@ -32,6 +35,7 @@ from aiohttp import web
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
 from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODELS
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
+from extproc.mock_llm.embeddings_api import EmbeddingsEndpoint
 from extproc.mock_llm.faults import NO_FAULT, parse_fault
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
@@ -86,6 +90,7 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s,
             default_fault=default_fault,
         )
+        self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.anthropic = AnthropicEndpoints(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
@@ -117,6 +122,10 @@ class _MockApp:
             return "POST", self.bedrock.converse_stream
         if path.endswith("/moderations"):
             return "POST", moderations
+        if path.endswith("/embeddings"):
+            return "POST", self.embeddings.create
+        if path.endswith("/invoke"):
+            return "POST", self.bedrock.invoke
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,9 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   and ``metadata`` (usage, latency), each its own write. With the ``error_after`` fault, a
   ``modelStreamErrorException`` exception message replaces the rest after that many deltas
   (text and tool input pieces alike).
+- ``POST .../model/{modelId}/invoke``: InvokeModel, for Titan text embeddings only
+  (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``); another
+  model is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
 model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
@@ -92,6 +95,15 @@ from extproc.mock_llm.anthropic_api import (
     CacheWrites,
     CacheWriteSpecError,
     cache_writes,
+)
+from extproc.mock_llm.bedrock_embeddings import (
+    INPUT_TOKEN_COUNT_HEADER,
+    INVOCATION_LATENCY_HEADER,
+    MalformedInputError,
+    TitanRequest,
+    is_titan_embedding_model,
+    parse_titan_request,
+    titan_answer,
 )
 from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
 from extproc.mock_llm.eventstream import encode_event, encode_exception
@@ -946,6 +958,22 @@ def _cache_writes(request: web.Request) -> CacheWrites:
         raise _invalid(str(exc)) from None
 
 
+def _titan_request(request: web.Request, body: Body) -> TitanRequest:
+    """The Titan embeddings request of an InvokeModel call; raises AwsError.
+
+    InvokeModel answers a model it cannot run with a 400, not Converse's 404: the mock
+    runs the Titan text embeddings models only, so any other is refused so.
+    """
+    model_id = model_id_from_target(request.raw_path, "invoke")
+    model = model_of_identifier(model_id) if model_id is not None else None
+    if model is None or not is_titan_embedding_model(model):
+        raise _invalid("The provided model identifier is invalid.")
+    try:
+        return parse_titan_request(model, body)
+    except MalformedInputError as exc:
+        raise _invalid(str(exc)) from None
+
+
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -1094,6 +1122,27 @@ class BedrockEndpoints:
             "metrics": {"latencyMs": _elapsed_ms(started)},
         }
         return web.Response(body=orjson.dumps(document), headers=headers)
+
+    async def invoke(self, request: web.Request, body: Body) -> web.StreamResponse:
+        """InvokeModel for Titan text embeddings: SigV4 and faults as for Converse, the
+        token count in the body and in InvokeModel's header (none with ``no_usage``)."""
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        try:
+            fault = await self._precheck(request, body)
+            titan = _titan_request(request, body)
+        except AwsError as exc:
+            return error_response(exc.status, exc.code, exc.message, request_id=request_id)
+        if fault.reset_after is not None:
+            return _abort(request)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=headers)
+        document = orjson.dumps(titan_answer(titan, with_usage=not fault.no_usage))
+        if not fault.no_usage:
+            headers[INPUT_TOKEN_COUNT_HEADER] = str(titan.input_tokens)
+        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
+        return web.Response(body=document, headers=headers)
 
     async def _stream(
         self, request: web.Request, reply: Reply, fault: Fault, started: float, request_id: str

@@ -243,24 +243,7 @@ class OpenAIEndpoints:
         )
 
     async def _precheck(self, request: web.Request) -> web.Response | Fault:
-        """Authentication and the request's fault; a response here ends the request."""
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return error_response(
-                401,
-                "You didn't provide an API key. Provide it as 'Authorization: Bearer KEY'.",
-                code="invalid_api_key",
-            )
-        spec = request.headers.get(FAULT_HEADER)
-        try:
-            fault = self._default_fault if spec is None else parse_fault(spec)
-        except FaultSpecError as exc:
-            return error_response(400, str(exc), param=FAULT_HEADER, code="invalid_fault")
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is not None:
-            return fault_status_response(fault.status, key.strip())
-        return fault
+        return await precheck(request, self._default_fault)
 
     async def models(self, request: web.Request, body: Body) -> web.StreamResponse:
         fault = await self._precheck(request)
@@ -371,3 +354,25 @@ class OpenAIEndpoints:
         except ConnectionResetError:
             pass  # the client went away mid-stream; nothing left to tell it
         return response
+
+
+async def precheck(request: web.Request, default_fault: Fault) -> web.Response | Fault:
+    """OpenAI's key check and the request's fault (``x-mock-fault``, else the mock's
+    default); a response here ends the request."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return error_response(
+            401,
+            "You didn't provide an API key. Provide it as 'Authorization: Bearer KEY'.",
+            code="invalid_api_key",
+        )
+    spec = request.headers.get(FAULT_HEADER)
+    try:
+        fault = default_fault if spec is None else parse_fault(spec)
+    except FaultSpecError as exc:
+        return error_response(400, str(exc), param=FAULT_HEADER, code="invalid_fault")
+    if fault.delay_s:
+        await asyncio.sleep(fault.delay_s)
+    if fault.status is not None:
+        return fault_status_response(fault.status, key.strip())
+    return fault
