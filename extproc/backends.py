@@ -8,6 +8,7 @@ The pairs the gateway serves:
 - OpenAI chat -> ``bedrock``: ``openai_bedrock`` + SigV4; Converse JSON or the
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
+- OpenAI embeddings -> ``openai``: model renamed; usage (prompt tokens) read.
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
@@ -44,6 +45,7 @@ from extproc.translators import (
     anthropic_anthropic,
     openai_anthropic,
     openai_bedrock,
+    openai_embeddings,
     openai_openai,
 )
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator
@@ -97,6 +99,8 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
             path + suffix,
             _anthropic_headers(ctx, upstream),
         )
+    if route.api is RouteApi.OPENAI_EMBEDDINGS:
+        return _embeddings_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
     options = parsed.get("stream_options")
@@ -135,6 +139,23 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         headers.update(signer.sign("POST", path, body, headers))
         return RequestPlan(body, path, headers)
     raise _unsupported(ctx, kind)
+
+
+def _embeddings_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """Embeddings go to OpenAI-compatible providers as they are, under the provider's
+    name for the model; no other provider type has OpenAI's embeddings API."""
+    kind = upstream.provider.type
+    if kind is not ProviderType.OPENAI:
+        raise _unsupported(ctx, kind)
+    rewritten = openai_embeddings.prepare_request(parsed, upstream.upstream_model)
+    if rewritten is None and ctx.body_changed:
+        rewritten = parsed
+    path = upstream.provider.path_prefix + openai_embeddings.ENDPOINT + suffix
+    return RequestPlan(
+        _json(rewritten) if rewritten is not None else None, path, _credentials(upstream)
+    )
 
 
 def _credentials(upstream: Upstream) -> dict[str, str]:
@@ -190,6 +211,8 @@ def plan_response(
         # {"input_tokens": N} is a count, not usage: read as usage it would be billed
         # and counted in aigw_tokens_consumed_total for tokens nobody generated.
         return ResponsePlan(None)
+    if route.api is RouteApi.OPENAI_EMBEDDINGS:
+        return ResponsePlan(openai_embeddings.EmbeddingsReader())
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

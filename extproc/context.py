@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from extproc.config.model import RouteApi
+from extproc.embeddings import estimate_input_tokens
 from extproc.quota.estimate import estimate_prompt_tokens
 
 if TYPE_CHECKING:
@@ -208,5 +210,9 @@ class RequestContext:
         the quota reserves and caps by it, and a running stream reports at every chunk
         what it would be charged were it cut there."""
         if self.prompt_estimate is None:
-            self.prompt_estimate = estimate_prompt_tokens(self.body or {})
+            body = self.body or {}
+            embeddings = self.route is not None and self.route.api is RouteApi.OPENAI_EMBEDDINGS
+            self.prompt_estimate = (
+                estimate_input_tokens(body) if embeddings else estimate_prompt_tokens(body)
+            )
         return self.prompt_estimate

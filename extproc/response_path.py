@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 # The provider type whose API each client API passes through unchanged.
 PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
+    RouteApi.OPENAI_EMBEDDINGS: ProviderType.OPENAI,
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
 }
 

@@ -222,6 +222,8 @@ class RouteApi(StrEnum):
     # Anthropic's /v1/messages/count_tokens: a Messages body in, {"input_tokens": N} out;
     # nothing is generated, so nothing is billed and no token quota is reserved.
     ANTHROPIC_COUNT_TOKENS = "anthropic_count_tokens"
+    # OpenAI's /v1/embeddings: input text in, vectors out; billed by prompt tokens only.
+    OPENAI_EMBEDDINGS = "openai_embeddings"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -287,6 +289,10 @@ class RouteConfig(_Section):
             raise ValueError("path must start with / and hold no query or fragment")
         if self.model_from_path and self.path_prefix is None:
             raise ValueError("model_from_path needs a path_prefix")
+        if self.api is RouteApi.OPENAI_EMBEDDINGS and self.enrichment is not None:
+            raise ValueError(
+                "enrichment adds chat messages, and an openai_embeddings route has none"
+            )
         return self
 
 
@@ -355,6 +361,9 @@ def _default_routes() -> tuple[RouteConfig, ...]:
     return (
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
         RouteConfig(name="openai-models", path="/v1/models", api=RouteApi.OPENAI_MODELS),
+        RouteConfig(
+            name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
+        ),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES

@@ -18,8 +18,9 @@ import orjson
 
 from extproc import headers
 from extproc.backends import plan_request
-from extproc.config.model import RouteApi
+from extproc.config.model import LimitsConfig, RouteApi
 from extproc.context import PhaseOutput, RequestContext
+from extproc.embeddings import check_embeddings_body
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -44,7 +45,7 @@ class ChatRequestStage:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{limits.max_request_body_bytes} bytes"
             )
-        parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
+        parsed = parse_request_body(route.api, body, limits)
         ctx.body = parsed
         model = route.forced_model or model_outside_body(ctx) or parsed.get("model")
         if not isinstance(model, str) or not model:
@@ -172,21 +173,18 @@ def _query_model(query: str, name: str) -> str | None:
     return values.pop() if values else None
 
 
+def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict[str, Any]:
+    """Parse and validate the body of a request in the route's API."""
+    if api is RouteApi.OPENAI_EMBEDDINGS:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_embeddings_body(parsed)
+        return parsed
+    return parse_chat_body(body, limits.max_messages, limits.max_json_depth)
+
+
 def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:
     """Parse and validate a chat request body (OpenAI chat completions or Anthropic messages)."""
-    if not body:
-        raise BadRequestError("request body is empty; expected a JSON object")
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise BadRequestError("request body must be a JSON object")
-    # Each level opens with a "{" or "[", so a body with no more of them than the
-    # limit cannot nest past it: counting bytes spares the walk for most bodies.
-    openers = body.count(b"{") + body.count(b"[")
-    if openers > max_depth and nesting_depth_over(parsed, max_depth):
-        raise BadRequestError(f"request body nests deeper than {max_depth} levels")
+    parsed = parse_json_object(body, max_depth)
     messages = parsed.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError(
@@ -203,4 +201,22 @@ def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict
                 f"messages[{index}] must be an object with a string 'role'",
                 param=f"messages[{index}]",
             )
+    return parsed
+
+
+def parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
+    """Parse a request body that must be one JSON object, nested no deeper than allowed."""
+    if not body:
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BadRequestError("request body must be a JSON object")
+    # Each level opens with a "{" or "[", so a body with no more of them than the
+    # limit cannot nest past it: counting bytes spares the walk for most bodies.
+    openers = body.count(b"{") + body.count(b"[")
+    if openers > max_depth and nesting_depth_over(parsed, max_depth):
+        raise BadRequestError(f"request body nests deeper than {max_depth} levels")
     return parsed

@@ -37,6 +37,7 @@ from extproc.guardrails.content import (
     openai_answer_slots,
     request_slots,
 )
+from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
 from extproc.guardrails.matching import Matchers, apply
 from extproc.guardrails.moderation import ModerationError
@@ -141,7 +142,7 @@ class GuardRequestStage:
         if guards.request.waits:
             return self._checked(ctx, guards)
         if not guards.request.empty:
-            slots = request_slots(ctx.body)
+            slots = _request_slots(ctx)
             if _run_matchers(ctx, "request", guards.request.matchers, slots):
                 ctx.body_changed = True
         _enrich(ctx, guards)
@@ -150,7 +151,7 @@ class GuardRequestStage:
     async def _checked(self, ctx: RequestContext, guards: RouteGuards) -> None:
         assert ctx.body is not None
         phase = guards.request
-        slots = request_slots(ctx.body)
+        slots = _request_slots(ctx)
         if await _request_webhooks(ctx, phase, slots):
             ctx.body_changed = True
         if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots):
@@ -167,6 +168,13 @@ class GuardRequestStage:
                 raise _refusal(guard, f": flagged for {', '.join(violated)}")
             record(ctx, guard.name, "request", "pass")
         _enrich(ctx, guards)
+
+
+def _request_slots(ctx: RequestContext) -> list[TextSlot]:
+    assert ctx.body is not None and ctx.route is not None
+    if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
+        return input_slots(ctx.body)
+    return request_slots(ctx.body)
 
 
 async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot]) -> bool:
@@ -231,6 +239,8 @@ class GuardResponseStage:
         route = ctx.route
         if route is None or not ctx.accounted or ctx.response_status >= 300:
             return
+        if route.api is RouteApi.OPENAI_EMBEDDINGS:
+            return  # vectors: no text to guard
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return

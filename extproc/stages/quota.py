@@ -53,11 +53,14 @@ class QuotaStage:
         # A token count generates nothing: it counts as one request, reserves no tokens.
         counting = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_COUNT_TOKENS
         default_max_tokens = runtime.config.quotas.default_max_tokens
-        cost = (
-            0
-            if counting
-            else ctx.estimated_prompt_tokens() + completion_allowance(ctx.body, default_max_tokens)
-        )
+        if counting:
+            cost = 0
+        elif ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
+            cost = ctx.estimated_prompt_tokens()  # vectors are not billed as tokens
+        else:
+            cost = ctx.estimated_prompt_tokens() + completion_allowance(
+                ctx.body, default_max_tokens
+            )
         return self._reserve(ctx, out, limits, cost)
 
     @staticmethod
@@ -136,7 +139,9 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         return
     prompt = ctx.estimated_prompt_tokens()
     completion = min(_left_before(reservation, i) for i in capped) - prompt
-    if completion < 1:
+    # An embeddings call needs room for its input only; a chat call for one more token.
+    embeddings = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS
+    if completion < (0 if embeddings else 1):
         store = ctx.runtime.services.quota_store
         assert store is not None
         # The tokens go back (the request counts); forgotten first, so that done()
@@ -149,7 +154,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
         raise refusal
-    if cap_completion(ctx.body, completion):
+    if not embeddings and cap_completion(ctx.body, completion):
         ctx.body_changed = True
         ctx.quota_decision = "capped"
 

@@ -82,7 +82,10 @@ class RoutingStage:
         out.mode_override = FULL_RESPONSE
         if ctx.runtime.lean_response(route, named_model):
             ctx.lean_response = True
-            buffered = hints is not None and hints.stream is False
+            # Embeddings never stream (a body asking to is refused): one buffered answer.
+            buffered = route.api is RouteApi.OPENAI_EMBEDDINGS or (
+                hints is not None and hints.stream is False
+            )
             out.mode_override = LEAN_BUFFERED if buffered else LEAN_RESPONSE
             if hints is not None and (hinted or buffered):
                 # Envoy's reading chose the path: the gateway's parse must agree.

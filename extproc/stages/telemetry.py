@@ -55,6 +55,8 @@ class TelemetryStage:
             return
         ctx.upstream_sent_at = time.monotonic()
         telemetry = ctx.runtime.config.telemetry
+        if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
+            return  # no messages in, vectors out: no text to capture, no finish reasons
         if telemetry.log.include_content or (
             telemetry.tracing.enabled and telemetry.tracing.capture_content
         ):
@@ -74,7 +76,7 @@ class TelemetryStage:
         if first_chunk:
             ctx.first_token_at = now
         sent = out.body if out.body is not None else chunk
-        if ctx.accounted and sent:
+        if ctx.accounted and sent and ctx.route.api is not RouteApi.OPENAI_EMBEDDINGS:
             self._scan_finish_reasons(ctx, sent)
             if ctx.content is not None:
                 ctx.content.add_response_chunk(sent, streamed=ctx.stream)

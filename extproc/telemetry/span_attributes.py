@@ -73,6 +73,7 @@ _OPERATIONS = {
     RouteApi.OPENAI_CHAT: "chat",
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
+    RouteApi.OPENAI_EMBEDDINGS: "embeddings",
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
 # attribute, and the label of gen_ai_client_token_usage).

@@ -1,0 +1,112 @@
+"""OpenAI embeddings requests: what a valid body is, and what its input costs.
+
+An embeddings call (``POST /v1/embeddings``) reads ``input`` and generates no text:
+the provider bills its prompt tokens only, so the gateway reserves, settles, counts
+and prices those alone. ``input`` takes four shapes, as OpenAI's API does:
+
+- one string;
+- an array of strings (one vector each);
+- an array of token ids (one vector for the tokens);
+- an array of arrays of token ids (one vector each).
+
+The checks are the ones that decide what the gateway counts: a request the provider
+would refuse anyway is refused here first with the same meaning (400, naming the
+field), before it reserves quota or reaches the provider. Token ids are counted as
+given, one token each; text is estimated at one token per four characters, as for
+chat prompts (``quota.estimate``), and the provider's own count settles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.errors import BadRequestError
+from extproc.quota.estimate import CHARS_PER_TOKEN
+
+# OpenAI's limit on the inputs of one request.
+MAX_INPUTS = 2048
+ENCODING_FORMATS = frozenset({"float", "base64"})
+
+
+def check_embeddings_body(body: dict[str, Any]) -> None:
+    """Refuse a body whose ``input``, ``encoding_format`` or ``dimensions`` is not valid."""
+    if "messages" in body:
+        raise BadRequestError(
+            "this is an embeddings route: send 'input', not 'messages' "
+            "(chat completions are served on /v1/chat/completions)",
+            param="messages",
+        )
+    _check_input(body.get("input"))
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ENCODING_FORMATS:
+        raise BadRequestError(
+            '\'encoding_format\' must be "float" or "base64"', param="encoding_format"
+        )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not _positive_int(dimensions):
+        raise BadRequestError("'dimensions' must be an integer >= 1", param="dimensions")
+    if body.get("stream") not in (None, False):
+        raise BadRequestError("embeddings cannot be streamed", param="stream")
+
+
+def _check_input(value: Any) -> None:
+    if isinstance(value, str):
+        if not value:
+            raise BadRequestError("'input' must not be an empty string", param="input")
+        return
+    if not isinstance(value, list) or not value:
+        raise BadRequestError(
+            "'input' is required: a string, an array of strings, an array of token ids "
+            "or an array of arrays of token ids",
+            param="input",
+        )
+    if len(value) > MAX_INPUTS:
+        raise BadRequestError(
+            f"'input' has {len(value)} entries; the limit is {MAX_INPUTS}", param="input"
+        )
+    first = value[0]
+    if isinstance(first, str):
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise _bad_item(index, "a non-empty string, as the first one is")
+    elif _token_id(first):
+        if not all(_token_id(item) for item in value):
+            raise BadRequestError("'input' mixes token ids with other values", param="input")
+    elif isinstance(first, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, list) or not item or not all(_token_id(t) for t in item):
+                raise _bad_item(index, "a non-empty array of token ids, as the first one is")
+    else:
+        raise _bad_item(0, "a string, a token id or an array of token ids")
+
+
+def _bad_item(index: int, expected: str) -> BadRequestError:
+    return BadRequestError(f"input[{index}] must be {expected}", param=f"input[{index}]")
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """The input's tokens: token ids as given, text at one token per four characters
+    (at least one per string, which the provider never bills at zero)."""
+    value = body.get("input")
+    if isinstance(value, str):
+        return max(1, len(value) // CHARS_PER_TOKEN)
+    if not isinstance(value, list):
+        return 0
+    tokens = 0
+    for item in value:
+        if isinstance(item, str):
+            tokens += max(1, len(item) // CHARS_PER_TOKEN)
+        elif isinstance(item, list):
+            tokens += len(item)
+        else:
+            tokens += 1  # one token id
+    return tokens
+
