@@ -9,6 +9,7 @@ The pairs the gateway serves:
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
 - OpenAI embeddings -> ``openai``: model renamed; usage (prompt tokens) read.
+- OpenAI embeddings -> ``bedrock``: ``bedrock_embeddings`` (Titan's InvokeModel) + SigV4.
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
@@ -40,9 +41,11 @@ from extproc.errors import (
     error_body,
     without_secrets,
 )
+from extproc.providers.aws_signer import AwsSigner
 from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
+    bedrock_embeddings,
     openai_anthropic,
     openai_bedrock,
     openai_embeddings,
@@ -125,12 +128,7 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         )
         return RequestPlan(_json(translated), upstream.path, _anthropic_headers(ctx, upstream))
     if kind is ProviderType.BEDROCK:
-        signer = upstream.signer
-        if signer is None:
-            raise ServiceUnavailableError(
-                f"provider '{upstream.provider.name}' has no AWS credentials",
-                code="provider_not_configured",
-            )
+        signer = _signer(upstream)
         body = _json(openai_bedrock.translate_request(parsed, model_id=upstream.upstream_model))
         path = upstream.provider.path_prefix + openai_bedrock.request_path(
             upstream.upstream_model, stream=ctx.stream
@@ -145,8 +143,18 @@ def _embeddings_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
 ) -> RequestPlan:
     """Embeddings go to OpenAI-compatible providers as they are, under the provider's
-    name for the model; no other provider type has OpenAI's embeddings API."""
+    name for the model, and to Bedrock as a Titan InvokeModel call; Anthropic has no
+    embeddings API."""
     kind = upstream.provider.type
+    if kind is ProviderType.BEDROCK:
+        signer = _signer(upstream)
+        body = _json(bedrock_embeddings.translate_request(parsed))
+        path = upstream.provider.path_prefix + bedrock_embeddings.request_path(
+            upstream.upstream_model
+        )
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers.update(signer.sign("POST", path, body, headers))
+        return RequestPlan(body, path, headers)
     if kind is not ProviderType.OPENAI:
         raise _unsupported(ctx, kind)
     rewritten = openai_embeddings.prepare_request(parsed, upstream.upstream_model)
@@ -156,6 +164,15 @@ def _embeddings_request(
     return RequestPlan(
         _json(rewritten) if rewritten is not None else None, path, _credentials(upstream)
     )
+
+
+def _signer(upstream: Upstream) -> AwsSigner:
+    if upstream.signer is None:
+        raise ServiceUnavailableError(
+            f"provider '{upstream.provider.name}' has no AWS credentials",
+            code="provider_not_configured",
+        )
+    return upstream.signer
 
 
 def _credentials(upstream: Upstream) -> dict[str, str]:
@@ -212,7 +229,13 @@ def plan_response(
         # and counted in aigw_tokens_consumed_total for tokens nobody generated.
         return ResponsePlan(None)
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
-        return ResponsePlan(openai_embeddings.EmbeddingsReader())
+        if kind is ProviderType.OPENAI:
+            return ResponsePlan(openai_embeddings.EmbeddingsReader())
+        body = ctx.body or {}
+        titan = bedrock_embeddings.EmbeddingTranslator(
+            model=ctx.model or "", base64_vectors=body.get("encoding_format") == "base64"
+        )
+        return ResponsePlan(titan, remove_headers=["content-length"])
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

@@ -150,6 +150,41 @@ def test_a_provider_error_reaches_the_client_and_charges_nothing(
     assert line["total_tokens"] == 0 and line["cost_usd"] == 0
 
 
+def test_titan_on_bedrock_answers_the_openai_client_and_bills_its_count(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    text = "Embed this on Bedrock, please."
+    raw = client_of(stack).embeddings.with_raw_response.create(model="titan-embed", input=text)
+    answer = raw.parse()  # base64 asked for and decoded by the SDK
+    assert len(answer.data) == 1 and len(answer.data[0].embedding) == 1024
+    assert answer.model == "titan-embed"
+    assert answer.usage.prompt_tokens == count_tokens(text)
+
+    upstream = mock_requests(stack)[-1]
+    assert upstream["path"] == "/model/amazon.titan-embed-text-v2:0/invoke"  # as decoded
+    assert upstream["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")
+    assert upstream["json"] == {"inputText": text}
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["provider"], line["model"]) == ("mock-bedrock", "titan-embed")
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (count_tokens(text), 0)
+
+    floats = client_of(stack).embeddings.create(
+        model="titan-embed", input=[text], dimensions=256, encoding_format="float"
+    )
+    assert len(floats.data[0].embedding) == 256
+
+
+def test_titan_refuses_what_it_cannot_take_with_a_400(stack: LocalStack) -> None:
+    with pytest.raises(openai.BadRequestError) as batch:
+        client_of(stack).embeddings.create(model="titan-embed", input=["one", "two"])
+    assert batch.value.code == "unsupported_input"
+    # Bedrock's own refusal (a size Titan v2 does not offer), in OpenAI's shape.
+    with pytest.raises(openai.BadRequestError) as size:
+        client_of(stack).embeddings.create(model="titan-embed", input="x", dimensions=300)
+    assert size.value.status_code == 400
+
+
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The default config with a 20-token hourly budget for team2's embeddings."""

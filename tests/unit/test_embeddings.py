@@ -3,6 +3,8 @@ the usage read from the answer, and what the log line records."""
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 import orjson
@@ -10,12 +12,13 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
-from extproc.config import load_config
+from extproc.config import GatewayConfig, load_config
 from extproc.config.loader import ConfigError
 from extproc.embeddings import check_embeddings_body, estimate_input_tokens
 from extproc.errors import BadRequestError
 from extproc.processor import Processor
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
 from extproc.testing import (
     processor_for,
     request_body,
@@ -242,3 +245,76 @@ async def test_token_id_inputs_pass_the_guards_unread() -> None:
     answers = await gateway.send(EMBEDDINGS, embeddings(input=[[4111, 1111], [1111, 1111]]))
     assert answers[1].request_body.response.header_mutation.set_headers  # routed on
     assert not answers[1].request_body.response.HasField("body_mutation")
+
+
+@pytest.fixture
+async def signing(config: GatewayConfig, services: Services) -> Processor:
+    """The default config's processor, its Bedrock credentials loaded (as serving does)."""
+    runtime = Runtime(config, services)
+    for signer in runtime.signers.values():
+        await signer.start()
+    return Processor(lambda: runtime, default_stages())
+
+
+async def test_a_titan_model_on_bedrock_gets_a_signed_invoke_model_call(
+    signing: Processor,
+) -> None:
+    processor = signing
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(EMBEDDINGS, headers=AUTH),
+            request_body(embeddings(model="titan-embed", input=["one text"], dimensions=256)),
+        ],
+    )
+    mutated = set_headers(answers[1], "request_body")
+    assert mutated[":path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke"
+    assert mutated["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCK/")
+    sent = orjson.loads(answers[1].request_body.response.body_mutation.body)
+    assert sent == {"inputText": "one text", "dimensions": 256}
+
+
+@pytest.mark.parametrize("value", [["one", "two"], [[1, 2, 3]], [7, 8]])
+async def test_a_batch_for_titan_is_a_400_not_several_calls(
+    processor: Processor, value: Any
+) -> None:
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(EMBEDDINGS, headers=AUTH),
+            request_body(embeddings(model="titan-embed", input=value)),
+        ],
+    )
+    status, error = error_of(answers[1])
+    assert status == 400 and error["code"] == "unsupported_input"
+
+
+async def test_a_titan_answer_becomes_openais_list_with_a_base64_vector(
+    signing: Processor, services: Services
+) -> None:
+    processor = signing
+    titan = orjson.dumps({"embedding": [0.5, -0.25, 1.0], "inputTextTokenCount": 3})
+    answers = await call(
+        processor, embeddings(model="titan-embed", encoding_format="base64"), titan
+    )
+    body = orjson.loads(answers[-1].response_body.response.body_mutation.body)
+    assert body["object"] == "list" and body["model"] == "titan-embed"
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    vector = struct.unpack("<3f", base64.b64decode(body["data"][0]["embedding"]))
+    assert vector == (0.5, -0.25, 1.0)
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["provider"], line["prompt_tokens"], line["completion_tokens"]) == (
+        "mock-bedrock",
+        3,
+        0,
+    )
+
+
+async def test_a_titan_answer_that_is_not_one_is_a_502(signing: Processor) -> None:
+    processor = signing
+    answers = await call(processor, embeddings(model="titan-embed"), b'{"vectors": []}')
+    assert answers[-1].response_body.response.header_mutation.set_headers[0].header.key == (
+        ":status"
+    )
+    body = orjson.loads(answers[-1].response_body.response.body_mutation.body)
+    assert body["error"]["type"] == "upstream_error"

@@ -1,0 +1,109 @@
+"""OpenAI embeddings <-> Bedrock InvokeModel with Amazon Titan text embeddings.
+
+Titan (``amazon.titan-embed-text-v2:0``, ``amazon.titan-embed-text-v1``) embeds one
+text per call: ``{"inputText": ..., "dimensions": ...}`` in, ``{"embedding": [...],
+"inputTextTokenCount": N}`` out. So an OpenAI request is translated when its
+``input`` is one text (a string, or an array holding one string); a batch or token
+ids are a 400 rather than several calls the client did not ask for, each billed on
+its own. ``dimensions`` passes through (v2 takes 256, 512 or 1024; Bedrock refuses
+others, and v1 refuses it: its refusal reaches the client as a 400). Titan's vectors
+are normalised by default, as OpenAI's are.
+
+The answer becomes OpenAI's list of one embedding, its usage Titan's token count. A
+client asking for ``base64`` (the ``openai`` SDK does unless told otherwise) gets
+the vector as OpenAI encodes it: little-endian float32 bytes in base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from extproc.context import Usage
+from extproc.errors import BadRequestError, error_body
+
+# Characters of a model id or ARN kept as they are in the path (":" is quoted, as
+# the Converse path does).
+_PATH_SAFE = "-._~"
+
+
+def request_path(model_id: str) -> str:
+    """The InvokeModel path for a model id or ARN, e.g. ``/model/a.b-v2%3A0/invoke``."""
+    return f"/model/{quote(model_id, safe=_PATH_SAFE)}/invoke"
+
+
+def translate_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Titan's request for an OpenAI embeddings body (already checked as OpenAI's)."""
+    value = body.get("input")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]
+    if not isinstance(value, str):
+        raise BadRequestError(
+            "this model embeds one text per request (Amazon Titan on Bedrock): send "
+            "'input' as one string",
+            param="input",
+            code="unsupported_input",
+        )
+    translated: dict[str, Any] = {"inputText": value}
+    if body.get("dimensions") is not None:
+        translated["dimensions"] = body["dimensions"]
+    return translated
+
+
+class EmbeddingTranslator:
+    """A Titan answer, buffered, rewritten as OpenAI's embeddings list."""
+
+    def __init__(self, *, model: str, base64_vectors: bool) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None  # Bedrock does not say which model answered
+        # 502 once an answer could not be read as Titan's.
+        self.status: int | None = None
+        self.answer: Any = None
+        self._model = model
+        self._base64 = base64_vectors
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if not end_of_stream:
+            return b""
+        body, self._parts = b"".join(self._parts), []
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        vector = parsed.get("embedding") if isinstance(parsed, dict) else None
+        if not _is_vector(vector):
+            self.status = 502
+            return error_body(
+                "the provider's answer could not be read as a Titan embedding",
+                "upstream_error",
+            )
+        assert isinstance(parsed, dict) and isinstance(vector, list)
+        tokens = parsed.get("inputTextTokenCount")
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            self.usage = Usage(tokens, 0, tokens, 0)
+        encoded: Any = _base64(vector) if self._base64 else vector
+        answer: dict[str, Any] = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": encoded}],
+            "model": self._model,
+        }
+        if self.usage is not None:
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return orjson.dumps(answer)
+
+
+def _is_vector(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value
+    )
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's ``base64`` encoding: the vector as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
