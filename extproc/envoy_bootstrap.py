@@ -4,10 +4,10 @@ The bootstrap is a plain dict in Envoy's v3 JSON/YAML shape, dumped as YAML by
 ``extproc render-envoy``; the committed ``envoy/envoy.yaml`` is the render of
 ``config/gateway.yaml`` with no environment set. It holds one listener whose HTTP
 connection manager runs the gateway's ``ext_proc`` filter and then the router, a
-cluster for the gateway itself (gRPC over HTTP/2), and one cluster and one route
-per provider. The gateway picks a provider by setting the ``x-aigw-cluster``
-header and clearing the route cache; requests it does not route fall through to
-an OpenAI-shaped 404.
+cluster for the gateway itself (gRPC over HTTP/2, kept alive with PINGs), and one
+cluster and one route per provider. The gateway picks a provider by setting the
+``x-aigw-cluster`` header and clearing the route cache; requests it does not route
+fall through to an OpenAI-shaped 404.
 
 Errors Envoy itself produces (upstream refused or timed out, body too large,
 gateway unreachable or full) are rewritten into the same OpenAI error shape the
@@ -621,7 +621,9 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         "name": EXT_PROC_CLUSTER,
         "type": discovery,
         "connect_timeout": duration(EXT_PROC_CONNECT_TIMEOUT_S),
-        "typed_extension_protocol_options": _protocol_options({"http2_protocol_options": {}}),
+        "typed_extension_protocol_options": _protocol_options(
+            {"http2_protocol_options": {"connection_keepalive": _keepalive(config)}}
+        ),
         # Envoy sends a buffered body to the gateway in one message. Larger than this
         # connection's buffer, Envoy 1.40 crashed (SIGSEGV) when the message came from a
         # failover attempt's filter (an answer of 1 MiB, the default, and a bit).
@@ -642,6 +644,22 @@ def _ext_proc_cluster(config: GatewayConfig) -> Json:
         )
         cluster["transport_socket"] = envoy_transport_socket(config.server.tls, host)
     return cluster
+
+
+def _keepalive(config: GatewayConfig) -> Json:
+    """HTTP/2 PINGs on each connection to the gateway.
+
+    A connection that sits idle between requests can be dropped silently on the
+    way (a NAT, conntrack, a load balancer's idle timeout) or outlive a gateway
+    host that vanished; without pings Envoy finds out only when the next
+    request's messages go nowhere, and that request fails or hangs until TCP
+    gives up. An unanswered ping closes the connection, and the next request
+    opens a fresh one. The gateway's server permits these pings
+    (extproc.server.keepalive_permission); Envoy adds up to 15% jitter to the
+    interval, never less.
+    """
+    keepalive = config.server.keepalive
+    return {"interval": duration(keepalive.interval_s), "timeout": duration(keepalive.timeout_s)}
 
 
 def _provider_cluster(provider: ProviderConfig) -> Json:

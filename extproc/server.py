@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from extproc import http_endpoint
 from extproc.auth.stored_keys import StoredKeys
-from extproc.config.model import GatewayConfig
+from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.watched_files import secret_files
 from extproc.management.audit import AuditLog
@@ -78,6 +78,12 @@ RESTART_ONLY_SECTIONS = ("server", "store")
 # ends; this bound is only a safety net against a stream that never does. Far beyond
 # any request Envoy lets run with the rendered timeouts (300 s per provider by default).
 RETIRED_CONFIG_MAX_WAIT_S = 3600.0
+# Envoy's keepalive pings may come this share of server.keepalive.interval_s apart
+# (keepalive_permission); pings closer than that count as strikes.
+PERMITTED_INTERVAL_SHARE = 0.5
+# gRPC's own default, spelt out: pings too close together tolerated before the
+# server closes the connection (0 would tolerate any number).
+MAX_PING_STRIKES = 2
 
 
 class ExternalProcessorService(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -167,16 +173,7 @@ class Gateway:
     async def start(self) -> None:
         await self.runtime.start()
         await self._start_store()
-        self._server = grpc_aio.server(
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                # gRPC binds with SO_REUSEPORT by default: a second gateway on the same
-                # address (an old process still running) would silently take a share of
-                # Envoy's streams, and count them in its own store and metrics.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        self._server = grpc_aio.server(options=grpc_server_options(self.config.server))
         ext_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessorService(self.processor), self._server
         )
@@ -400,6 +397,40 @@ async def serve(
         log.info("shutting down: finishing open streams")
     finally:
         await gateway.stop()
+
+
+def grpc_server_options(server: ServerConfig) -> list[tuple[str, int]]:
+    """The ext_proc server's gRPC channel arguments."""
+    return [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        # gRPC binds with SO_REUSEPORT by default: a second gateway on the same
+        # address (an old process still running) would silently take a share of
+        # Envoy's streams, and count them in its own store and metrics.
+        ("grpc.so_reuseport", 0),
+        *keepalive_permission(server.keepalive),
+    ]
+
+
+def keepalive_permission(keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
+    """Let Envoy's keepalive PINGs through, and nothing much faster.
+
+    gRPC's defaults refuse pings on a connection without calls, and pings less
+    than 5 minutes apart while no data flows: each counts as a strike, and past
+    ``MAX_PING_STRIKES`` the server answers GOAWAY ENHANCE_YOUR_CALM
+    ("too_many_pings") and closes the connection, failing the streams open on it
+    (a request waiting on a slow provider among them). Envoy's pings come at least
+    ``interval_s`` apart (its jitter only adds, and it waits for each answer), so
+    half the interval lets every one through with room for the network, while a
+    client pinging faster than that is still sent away. Data or headers the server
+    sends reset gRPC's count, so a busy connection never strikes.
+    """
+    permitted_ms = round(keepalive.interval_s * 1000 * PERMITTED_INTERVAL_SHARE)
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", permitted_ms),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+    ]
 
 
 class ListenError(RuntimeError):

@@ -41,6 +41,26 @@ def _host_port(value: str) -> str:
     return value
 
 
+class KeepaliveConfig(_Section):
+    """HTTP/2 PINGs Envoy sends on its connections to the gateway (docs/operations.md).
+
+    Both ends are rendered from these two values: Envoy pings every ``interval_s``
+    and drops a connection whose ping goes unanswered for ``timeout_s``; the
+    gateway's gRPC server permits pings that often, idle or not.
+    """
+
+    interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    timeout_s: float = Field(default=10.0, ge=0.1, le=300.0)
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> KeepaliveConfig:
+        # A ping still unanswered when the next one would be due means the connection
+        # is not healthy: a longer wait only finds a dead connection later.
+        if self.timeout_s > self.interval_s:
+            raise ValueError("timeout_s must not be longer than interval_s")
+        return self
+
+
 class ServerConfig(_Section):
     """Where the ext_proc gRPC server and its HTTP side listen."""
 
@@ -55,6 +75,10 @@ class ServerConfig(_Section):
     workers: int = Field(default=1, ge=1, le=64)
     # auto: uvloop when installed, else asyncio's loop (extproc.event_loop).
     event_loop: EventLoopKind = "auto"
+    # Envoy's pings on its connections to this server. Here rather than under `envoy`
+    # because the server's permission is fixed at start: a changed interval needs a
+    # restart, which a reload says for `server` fields.
+    keepalive: KeepaliveConfig = KeepaliveConfig()
 
     _check_grpc = field_validator("grpc_address", "http_address")(_host_port)
 

@@ -136,6 +136,7 @@ EG_CIRCUIT_BREAKER = {
 EG_CLUSTER_SETTINGS = {
     "circuitBreaker": EG_CIRCUIT_BREAKER,
     "connection": {"bufferLimit": PORT},
+    "tcpKeepalive": {"idleTime": DURATION, "interval": DURATION, "probes": int},
 }
 EG_TRIGGER = enum(
     "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
@@ -242,6 +243,11 @@ BACKEND_CONFIG_POLICY = {
         "maxRequests": int,
         "maxRetries": int,
         "trackRemaining": bool,
+    },
+    "tcpKeepalive": {
+        "keepAliveTime": DURATION,
+        "keepAliveInterval": DURATION,
+        "keepAliveProbes": int,
     },
     "tls": {
         "sni": str,
