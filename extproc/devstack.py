@@ -298,6 +298,11 @@ Try it:
   curl -s {metrics} | grep tokens_consumed_total
   .venv/bin/extproc usage report --by api_key,user,group
 
+  # Embeddings, billed by their input tokens (titan-embed: Bedrock's Titan, translated)
+  curl -s {base}/v1/embeddings -H 'authorization: Bearer team1-key' \
+       -H 'content-type: application/json' \
+       -d '{{"model":"text-embedding-3-small","input":"Hello","encoding_format":"float"}}'
+
   # Anthropic and Bedrock behind the same OpenAI API (translated, SigV4-signed)
   curl -s {base}/bedrock/haiku/chat/completions -H 'authorization: Bearer team1-key' \\
        -H 'content-type: application/json' -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
