@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
-from tests.integration.otlp_receiver import OtlpReceiver
+from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.integration.valkey_cluster import ValkeyCluster
 
 # Every stack started in this session; their logs are checked against the schema at the end.
@@ -39,9 +39,11 @@ def running_stack(
     extra_env: dict[str, str] | None = None,
     gateways: int = 1,
     workers: int = 1,
+    stack_type: type[LocalStack] = LocalStack,
 ) -> Iterator[LocalStack]:
-    """A whole stack on free ports, stopped on exit."""
-    running = LocalStack(
+    """A whole stack on free ports, stopped on exit; ``stack_type``: a LocalStack that
+    starts its processes its own way (a gateway at DEBUG, say)."""
+    running = stack_type(
         workdir=workdir,
         ports=Ports.free(),
         extra_env=extra_env or {},
@@ -74,6 +76,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]
         yield valkeys
     finally:
         valkeys.stop()
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[OtlpReceiver]:
+    """An OTLP/gRPC trace receiver for one test module's stacks to export their spans to
+    (``otlp_endpoint: collector.endpoint``)."""
+    with otlp_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -112,9 +122,41 @@ def config_with_keys(workdir: Path, keys: dict[str, str], tail: str = "") -> Pat
     return config
 
 
+def config_with_admin_token(workdir: Path, token: str, tail: str = "") -> Path:
+    """The default config with ``token`` as the management API's admin token (in place of
+    ``${AIGW_ADMIN_TOKEN:-dev-admin-token}``; ``tail`` appended: a ``quotas:`` section,
+    say), written to ``workdir``."""
+    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", token)
+    config = workdir / "gateway.yaml"
+    config.write_text(text + tail)
+    return config
+
+
+def run_cli(stack: LocalStack, *args: str, admin_token: str) -> subprocess.CompletedProcess[str]:
+    """`extproc <args> --config <the stack's config>` as an operator runs it, with
+    ``admin_token`` in AIGW_ADMIN_TOKEN; the caller checks the exit code."""
+    argv = [sys.executable, "-m", "extproc", *args, "--config", str(stack.config_path)]
+    env = {**stack.env, "AIGW_ADMIN_TOKEN": admin_token}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def default_config() -> dict[str, Any]:
     """The default config (what ``make run`` serves), parsed, for a test to change."""
     raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    return raw
+
+
+def guarded_config(policy: dict[str, Any], *routes: str) -> dict[str, Any]:
+    """The default config with one guardrail ``policy``, applied to the default routes
+    named ``routes``."""
+    raw = default_config()
+    raw["guardrails"] = {"policies": [policy]}
+    unknown = set(routes) - {route["name"] for route in raw["routes"]}
+    # A misspelt name would leave its route unguarded and the test checking nothing.
+    assert not unknown, f"no such route in the default config: {sorted(unknown)}"
+    for route in raw["routes"]:
+        if route["name"] in routes:
+            route["guardrails"] = policy["name"]
     return raw
 
 
@@ -123,6 +165,28 @@ def write_config(workdir: Path, raw: dict[str, Any]) -> Path:
     config = workdir / "gateway.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     return config
+
+
+class JsonStandIn(BaseHTTPRequestHandler):
+    """The handler of a stand-in service that reads and answers JSON (a guardrail webhook,
+    say): a subclass writes only its ``do_POST``."""
+
+    def json_body(self) -> Any:
+        return orjson.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+
+    def answer_json(self, payload: Any, status: int = 200) -> None:
+        body = orjson.dumps(payload)
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway gave up waiting (a guard's timeout): nothing to tell it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a line on stderr for every call would bury the test's own output
 
 
 @contextmanager

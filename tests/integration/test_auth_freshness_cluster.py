@@ -10,7 +10,7 @@ fall on different nodes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,14 +23,6 @@ from tests.unit.test_auth_freshness_keys import eventually
 pytestmark = pytest.mark.timeout(60)
 
 PREFIX = "fresh:"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
-    valkeys = ValkeyCluster(tmp_path_factory.mktemp("valkey-cluster"))
-    valkeys.start()
-    yield valkeys
-    valkeys.stop()
 
 
 @pytest.fixture

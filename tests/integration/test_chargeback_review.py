@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,11 +18,17 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.devstack import LocalStack
 from extproc.management.client import KeyClient
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
-from tests.integration.conftest import GatewayLog, running_stack, wait_for
+from tests.integration.conftest import (
+    GatewayLog,
+    config_with_admin_token,
+    run_cli,
+    running_stack,
+    wait_for,
+)
 
 ADMIN_TOKEN = "chargeback-review-admin-token"
 GROUP = 'Sales, "EMEA"\nWest'
@@ -33,18 +38,13 @@ MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "bill me"}]
 @pytest.fixture(scope="module")
 def billing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("billing")
-    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
-    config = workdir / "gateway.yaml"
-    config.write_text(text)
-    with running_stack(workdir, config) as running:
+    with running_stack(workdir, config_with_admin_token(workdir, ADMIN_TOKEN)) as running:
         yield running
 
 
 def usage(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     """`extproc usage ...` as the billing team runs it, with the stack's config."""
-    argv = [sys.executable, "-m", "extproc", "usage", *args, "--config", str(stack.config_path)]
-    env = {**stack.env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return run_cli(stack, "usage", *args, admin_token=ADMIN_TOKEN)
 
 
 def today() -> str:

@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
-import yaml
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack
+from extproc.devstack import LocalStack
+from tests.integration.conftest import GatewayLog, guarded_config, running_stack, write_config
+from tests.integration.test_guard_tool_calls import CLAUDE, SEND_EMAIL, claude, gpt
 
-KEY = "team1-key"
-CLAUDE = "claude-3-5-haiku-latest"
 KEY_MESSAGE = "API keys must not leave in an answer."
-SEND_EMAIL: Any = {
-    "name": "send_email",
-    "description": "Send an e-mail.",
-    "input_schema": {"type": "object", "properties": {"to": {"type": "string"}}},
-}
 OPENAI_TOOL: Any = {
     "type": "function",
     "function": {"name": "send_email", "parameters": SEND_EMAIL["input_schema"]},
@@ -42,40 +34,21 @@ def script(pieces: list[str]) -> dict[str, str]:
     return {"x-mock-tool-calls": json.dumps([{"name": "send_email", "arguments": pieces}])}
 
 
-def streamed_tool_guards_config() -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
-    raw["guardrails"] = {
-        "policies": [
-            {"name": "answer-guards",
-             "response": [
-                 {"name": "api-keys", "patterns": [r"sk-[A-Za-z0-9]{8,}"],
-                  "message": KEY_MESSAGE},
-                 {"name": "pii-out", "builtins": ["EMAIL"], "action": "mask"}]},
-        ]
-    }  # fmt: skip
-    for route in raw["routes"]:
-        if route["name"] in ("anthropic-messages", "anthropic"):
-            route["guardrails"] = "answer-guards"
-    return raw
+ANSWER_GUARDS: dict[str, Any] = {
+    "name": "answer-guards",
+    "response": [
+        {"name": "api-keys", "patterns": [r"sk-[A-Za-z0-9]{8,}"], "message": KEY_MESSAGE},
+        {"name": "pii-out", "builtins": ["EMAIL"], "action": "mask"},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guard-streamed-tool-calls")
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(yaml.safe_dump(streamed_tool_guards_config(), sort_keys=False))
-    with running_stack(workdir, config) as running:
+    raw = guarded_config(ANSWER_GUARDS, "anthropic-messages", "anthropic")
+    with running_stack(workdir, write_config(workdir, raw)) as running:
         yield running
-
-
-def gpt(stack: LocalStack) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/anthropic/v1", api_key=KEY, max_retries=0, timeout=30
-    )
-
-
-def claude(stack: LocalStack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.base_url, api_key=KEY, max_retries=0, timeout=30.0)
 
 
 def decisions(stack: LocalStack, request_id: str) -> list[dict[str, str]]:
@@ -87,7 +60,7 @@ def decisions(stack: LocalStack, request_id: str) -> list[dict[str, str]]:
 def test_an_address_in_streamed_tool_call_arguments_reaches_an_openai_client_masked(
     guarded: LocalStack,
 ) -> None:
-    stream = gpt(guarded).chat.completions.create(
+    stream = gpt(guarded, "/anthropic").chat.completions.create(
         model=CLAUDE,
         tools=[OPENAI_TOOL],
         messages=[{"role": "user", "content": "Email the report to Jane."}],
@@ -114,7 +87,7 @@ def test_an_address_in_streamed_tool_call_arguments_reaches_an_openai_client_mas
 def test_a_key_in_streamed_tool_call_arguments_ends_an_openai_clients_stream(
     guarded: LocalStack,
 ) -> None:
-    stream = gpt(guarded).chat.completions.create(
+    stream = gpt(guarded, "/anthropic").chat.completions.create(
         model=CLAUDE,
         tools=[OPENAI_TOOL],
         messages=[{"role": "user", "content": "Deploy it."}],

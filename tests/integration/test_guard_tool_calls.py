@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
-import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, mock_requests, running_stack
+from extproc.devstack import LocalStack
+from tests.integration.conftest import (
+    GatewayLog,
+    guarded_config,
+    mock_requests,
+    running_stack,
+    write_config,
+)
 
 KEY = "team1-key"
 SECRET = "sk-live4f9a8b7c6d5e"
@@ -38,29 +42,21 @@ CALL = {"name": "send_email", "arguments": '{"to": "jane@example.com"}'}
 SCRIPT = {"x-mock-tool-calls": json.dumps([CALL])}
 
 
-def tool_guards_config() -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
-    raw["guardrails"] = {
-        "policies": [
-            {"name": "tool-guards",
-             "request": [
-                 {"name": "api-keys", "patterns": [r"sk-[A-Za-z0-9]{8,}"], "message": KEY_MESSAGE},
-                 {"name": "pii", "builtins": ["EMAIL"], "action": "mask"}],
-             "response": [{"name": "pii-out", "builtins": ["EMAIL"], "action": "mask"}]},
-        ]
-    }  # fmt: skip
-    for route in raw["routes"]:
-        if route["name"] in ("openai-chat", "anthropic-messages", "anthropic"):
-            route["guardrails"] = "tool-guards"
-    return raw
+TOOL_GUARDS: dict[str, Any] = {
+    "name": "tool-guards",
+    "request": [
+        {"name": "api-keys", "patterns": [r"sk-[A-Za-z0-9]{8,}"], "message": KEY_MESSAGE},
+        {"name": "pii", "builtins": ["EMAIL"], "action": "mask"},
+    ],
+    "response": [{"name": "pii-out", "builtins": ["EMAIL"], "action": "mask"}],
+}
 
 
 @pytest.fixture(scope="module")
 def tool_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guard-tool-calls")
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(yaml.safe_dump(tool_guards_config(), sort_keys=False))
-    with running_stack(workdir, config) as running:
+    raw = guarded_config(TOOL_GUARDS, "openai-chat", "anthropic-messages", "anthropic")
+    with running_stack(workdir, write_config(workdir, raw)) as running:
         yield running
 
 

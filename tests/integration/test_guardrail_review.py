@@ -6,21 +6,24 @@ moderation endpoint, a real Valkey for the quota, and the official ``openai`` SD
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
-from tests.integration.conftest import GatewayLog, mock_requests, running_stack, wait_for
+from tests.integration.conftest import (
+    GatewayLog,
+    JsonStandIn,
+    default_config,
+    mock_requests,
+    running_stack_calling,
+    wait_for,
+)
 
 KEY = "team1-key"
 # Long enough that the quota's estimate of it (one token per four characters) shows.
@@ -28,11 +31,11 @@ ENRICHMENT = "Return the response in JSON format. " * 10
 HARD_BUDGET = 1000
 
 
-class StreamWebhook(http.server.BaseHTTPRequestHandler):
+class StreamWebhook(JsonStandIn):
     """Masks "secret" with a longer text; refuses an answer saying "forbidden"."""
 
-    def do_POST(self) -> None:
-        payload = orjson.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        payload = self.json_body()
         contents = [c["message"]["content"] for c in payload["body"]["choices"]]
         action: dict[str, Any] = {}
         if any("forbidden" in c for c in contents):
@@ -42,25 +45,14 @@ class StreamWebhook(http.server.BaseHTTPRequestHandler):
             action = {"body": {"choices": [
                 {"message": {"role": "assistant", "content": c}} for c in masked
             ]}}  # fmt: skip
-        body = orjson.dumps({"action": action})
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer_json({"action": action})
 
 
-@pytest.fixture(scope="module")
-def review_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StreamWebhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+def review_config(webhook_port: int) -> dict[str, Any]:
+    raw = default_config()
     mock = "${MOCK_LLM_ADDRESS:-127.0.0.1:8089}"
     raw["guardrails"] = {
-        "webhooks": [{"name": "answers", "host": "127.0.0.1", "port": server.server_address[1]}],
+        "webhooks": [{"name": "answers", "host": "127.0.0.1", "port": webhook_port}],
         "moderation": [{"name": "openai-moderation", "base_url": f"http://{mock}/v1",
                         "api_key": "mock-key"}],
         "policies": [
@@ -82,15 +74,14 @@ def review_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
         "rules": [{"name": "team2-budget", "subject": "api_key", "match": "team2",
                    "tokens_per_hour": HARD_BUDGET, "hard_cap": True}],
     }  # fmt: skip
+    return raw
+
+
+@pytest.fixture(scope="module")
+def review_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guardrail-review")
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    try:
-        with running_stack(workdir, config) as running:
-            yield running
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running_stack_calling(StreamWebhook, workdir, review_config) as running:
+        yield running
 
 
 def client(stack: LocalStack, prefix: str, key: str = KEY, **headers: str) -> OpenAI:

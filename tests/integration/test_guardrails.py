@@ -9,12 +9,9 @@ endpoint, and enrichment that the provider counts as prompt tokens.
 
 from __future__ import annotations
 
-import http.server
 import re
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,16 +19,17 @@ import httpx
 import openai
 import orjson
 import pytest
-import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
+from extproc.devstack import LocalStack, Ports
 from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
+    JsonStandIn,
+    default_config,
     metric,
     mock_requests,
-    running_stack,
+    running_stack_calling,
     scrape,
     wait_for,
 )
@@ -42,14 +40,13 @@ ENRICHMENT = "You are the assistant of the {group_id} team. Keep answers short."
 SLOW_S = 3.0
 
 
-class Webhook(http.server.BaseHTTPRequestHandler):
+class Webhook(JsonStandIn):
     """A guardrail webhook following kgateway's API (POST /request, POST /response)."""
 
     seen: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length", "0"))
-        payload = orjson.loads(self.rfile.read(length))
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        payload = self.json_body()
         Webhook.seen.append({"path": self.path, "headers": dict(self.headers), **payload})
         if self.path.startswith("/slow"):
             time.sleep(SLOW_S)
@@ -57,15 +54,7 @@ class Webhook(http.server.BaseHTTPRequestHandler):
             action = self._request(payload["body"]["messages"])
         else:
             action = self._response(payload["body"]["choices"])
-        body = orjson.dumps({"action": action})
-        try:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the gateway gave up waiting (the slow webhook's timeout)
+        self.answer_json({"action": action})
 
     @staticmethod
     def _request(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -98,24 +87,9 @@ class Webhook(http.server.BaseHTTPRequestHandler):
             return {"body": {"choices": masked}}
         return {}
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def webhook() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
 
 def guard_config(webhook_port: int, closed_port: int) -> dict[str, Any]:
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw = default_config()
     mock = "${MOCK_LLM_ADDRESS:-127.0.0.1:8089}"
     raw["guardrails"] = {
         "webhooks": [
@@ -175,12 +149,12 @@ def guard_config(webhook_port: int, closed_port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def guard_stack(tmp_path_factory: pytest.TempPathFactory, webhook: int) -> Iterator[LocalStack]:
+def guard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guardrails")
     closed_port = Ports.free().mock  # a free port nothing listens on
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(yaml.safe_dump(guard_config(webhook, closed_port), sort_keys=False))
-    with running_stack(workdir, config) as running:
+    with running_stack_calling(
+        Webhook, workdir, lambda webhook_port: guard_config(webhook_port, closed_port)
+    ) as running:
         yield running
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import openai
@@ -18,8 +17,14 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, wait_for
+from extproc.devstack import LocalStack
+from tests.integration.conftest import (
+    GatewayLog,
+    config_with_admin_token,
+    run_cli,
+    running_stack,
+    wait_for,
+)
 
 ADMIN_TOKEN = "keys-cli-test-admin-token"
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "who am I?"}]
@@ -28,19 +33,13 @@ MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "who am I?"}]
 @pytest.fixture(scope="module")
 def keys_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("keys")
-    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
-    config = workdir / "gateway.yaml"
-    config.write_text(text)
-    with running_stack(workdir, config) as running:
+    with running_stack(workdir, config_with_admin_token(workdir, ADMIN_TOKEN)) as running:
         yield running
 
 
 def keys(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `extproc keys ...` as an operator would, with the stack's config."""
-    argv = [sys.executable, "-m", "extproc", "keys", *args, "--config", str(stack.config_path)]
-    env = {name: value for name, value in stack.env.items() if name != "AIGW_ADMIN_TOKEN"}
-    env["AIGW_ADMIN_TOKEN"] = ADMIN_TOKEN
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return run_cli(stack, "keys", *args, admin_token=ADMIN_TOKEN)
 
 
 def client(stack: LocalStack, key: str) -> OpenAI:

@@ -22,13 +22,13 @@ import httpx
 import jwt
 import orjson
 import pytest
-import yaml
 from openai import APIError, OpenAI
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
-from tests.integration.conftest import running_stack
+from extproc.devstack import LocalStack, free_port
+from tests.integration.conftest import running_stack, write_config
 from tests.integration.otlp_receiver import _scope_spans, _value
+from tests.integration.test_tracing import traced_config
 
 # OTLP Status.code values.
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
@@ -103,16 +103,10 @@ def collector_on(port: int) -> Iterator[_Collector]:
         server.stop(grace=None)
 
 
-def traced_config(workdir: Path, port: int) -> Path:
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["telemetry"] = {
-        "tracing": {
-            "enabled": True,
-            "otlp_endpoint": f"127.0.0.1:{port}",
-            "flush_interval_ms": 200,
-            "min_flush_spans": 1,
-        }
-    }
+def review_config(workdir: Path, port: int) -> dict[str, Any]:
+    # test_tracing's traced stack (spans exported at once, content not captured, the
+    # quota rule), with a JWT provider.
+    config = traced_config(workdir, f"127.0.0.1:{port}", content=False)
     config["auth"]["jwt_providers"] = [
         {
             "name": "review",
@@ -122,19 +116,7 @@ def traced_config(workdir: Path, port: int) -> Path:
             "algorithms": ["HS256"],
         }
     ]
-    config["quotas"] = {
-        "rules": [
-            {
-                "name": "one-per-day",
-                "subject": "header:x-test-budget",
-                "match": "spent",
-                "requests_per_day": 1,
-            }
-        ]
-    }
-    path = workdir / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +128,8 @@ def collector() -> Iterator[_Collector]:
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory, collector: _Collector) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("traced-review")
-    with running_stack(workdir, traced_config(workdir, collector.port)) as stack:
+    config = write_config(workdir, review_config(workdir, collector.port))
+    with running_stack(workdir, config) as stack:
         yield stack
 
 

@@ -13,21 +13,26 @@ has ended (docs/configuration.md, "Reload").
 
 from __future__ import annotations
 
-import http.server
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, wait_for
+from extproc.devstack import LocalStack
+from tests.integration.conftest import (
+    GatewayLog,
+    JsonStandIn,
+    default_config,
+    running_stack,
+    serving,
+    wait_for,
+    write_config,
+)
 
 KEY = "team1-key"
 # The old timer closed the replaced config's clients grace_period_s + 30 s after the
@@ -39,49 +44,32 @@ HOLD_S = 10.0
 LONG_STREAM = "chunks=150;interval=0.25"
 
 
-class Webhook(http.server.BaseHTTPRequestHandler):
+class Webhook(JsonStandIn):
     """Passes every answer; the first call from ``hold_from`` on is answered slowly."""
 
     hold_from: float | None = None
     held = threading.Event()
     calls_after_hold = 0
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.json_body()  # every answer passes, whatever it says
         cls = type(self)
         if cls.held.is_set():
             cls.calls_after_hold += 1
         elif cls.hold_from is not None and time.monotonic() >= cls.hold_from:
             cls.held.set()
             time.sleep(HOLD_S)
-        body = orjson.dumps({"action": {}})
-        try:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the gateway hung up on the call
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer_json({"action": {}})
 
 
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Webhook) as port:
+        yield port
 
 
-def config_text(webhook_port: int, revision: int) -> str:
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+def checked_config(webhook_port: int, revision: int) -> dict[str, Any]:
+    raw = default_config()
     raw["server"]["grace_period_s"] = 0
     # The held webhook call keeps its chunk's ext_proc message waiting that long.
     raw["envoy"]["message_timeout_ms"] = int((HOLD_S + 10) * 1000)
@@ -94,15 +82,13 @@ def config_text(webhook_port: int, revision: int) -> str:
     raw["routes"].append({"name": "checked", "path_prefix": "/checked", "guardrails": "checked"})
     # What the operator's edit changes does not matter here, only that it is a reload.
     raw["auth"]["api_keys"].append({"id": f"edit-{revision}", "key": f"edit-{revision}-secret"})
-    return str(yaml.safe_dump(raw, sort_keys=False))
+    return raw
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, webhook: int) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("reload-config-lifetime")
-    config = Path(workdir) / "gateway.yaml"
-    config.write_text(config_text(webhook, 0))
-    with running_stack(workdir, config) as running:
+    with running_stack(workdir, write_config(workdir, checked_config(webhook, 0))) as running:
         yield running
 
 
@@ -114,7 +100,7 @@ def reload(stack: LocalStack, webhook_port: int, revision: int) -> None:
 
     before = reloads()
     written = stack.config_path.with_suffix(".new")
-    written.write_text(config_text(webhook_port, revision))
+    written.write_text(yaml.safe_dump(checked_config(webhook_port, revision), sort_keys=False))
     written.replace(stack.config_path)
     stack.process("gateway").send_signal(signal.SIGHUP)
     assert wait_for(lambda: reloads() > before, timeout_s=30.0), "the gateway did not reload"

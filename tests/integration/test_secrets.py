@@ -15,10 +15,9 @@ dump), every error body a client got and every management output.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -28,8 +27,15 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, readable_places, running_stack, scrape, wait_for
-from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.integration.conftest import (
+    GatewayLog,
+    readable_places,
+    run_cli,
+    running_stack,
+    scrape,
+    wait_for,
+)
+from tests.integration.otlp_receiver import OtlpReceiver
 
 PROVIDER_KEY = "sk-provider-7d1c0e5a9b3f4e21"
 AWS_SECRET = "mock-secret-key"  # the mock's Bedrock only accepts this one
@@ -62,10 +68,30 @@ SECRETS: set[str] = {
 SHOWN: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def collector() -> Iterator[OtlpReceiver]:
-    with otlp_receiver() as receiver:
-        yield receiver
+def scanned_stack_env(
+    workdir: Path,
+    collector: OtlpReceiver,
+    *,
+    provider_key: str,
+    org_key: str,
+    other_org_key: str,
+    sso_secret: str,
+    admin_token: str,
+) -> dict[str, str]:
+    """The environment of a stack whose readable places are scanned for secrets: the
+    secrets the config reads from it (the provider's key, team1's and team2's keys, the JWT
+    provider's shared secret, the admin token); traces to a real OTLP receiver, and the
+    request log to a file as well, so that every place ``readable_places`` reads is written."""
+    return {
+        "MOCK_LLM_API_KEY": provider_key,
+        "TEAM1_API_KEY": org_key,
+        "TEAM2_API_KEY": other_org_key,
+        "SSO_SECRET": sso_secret,
+        "AIGW_ADMIN_TOKEN": admin_token,
+        "AIGW_TRACING_ENABLED": "true",
+        "AIGW_OTLP_ENDPOINT": collector.endpoint,
+        "AIGW_LOG_FILE": str(workdir / "requests.log"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +102,10 @@ def stack(
     config = workdir / "gateway.yaml"
     text = DEFAULT_CONFIG.read_text().replace("\nauth:\n", "\nauth:\n" + JWT_PROVIDER)
     config.write_text(text + QUOTAS)
-    env = {
-        "MOCK_LLM_API_KEY": PROVIDER_KEY,
-        "TEAM1_API_KEY": ORG_KEY,
-        "TEAM2_API_KEY": OTHER_ORG_KEY,
-        "SSO_SECRET": SSO_SECRET,
-        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
-        # Traces to a real OTLP receiver, and the request log to a file as well.
-        "AIGW_TRACING_ENABLED": "true",
-        "AIGW_OTLP_ENDPOINT": collector.endpoint,
-        "AIGW_LOG_FILE": str(workdir / "requests.log"),
-    }
+    env = scanned_stack_env(
+        workdir, collector, provider_key=PROVIDER_KEY, org_key=ORG_KEY,
+        other_org_key=OTHER_ORG_KEY, sso_secret=SSO_SECRET, admin_token=ADMIN_TOKEN,
+    )  # fmt: skip
     with running_stack(workdir, config, extra_env=env) as running:
         yield running
 
@@ -114,13 +133,6 @@ def post(
     if answer.status_code >= 400:
         SHOWN.append(answer.text)
     return answer
-
-
-def management(stack: LocalStack, admin_token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "extproc", *args, "--config", str(stack.config_path)]
-    env = {**stack.env, "AIGW_ADMIN_TOKEN": admin_token}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
-    return done
 
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -196,7 +208,9 @@ def drive_every_flow(stack: LocalStack) -> None:
     )
 
     # The management API: a key created, used, listed, revoked; a wrong token refused.
-    created = management(stack, ADMIN_TOKEN, "keys", "create", "--id", "scan-bot", "--user", "zed")
+    created = run_cli(
+        stack, "keys", "create", "--id", "scan-bot", "--user", "zed", admin_token=ADMIN_TOKEN
+    )
     assert created.returncode == 0, created.stderr
     [runtime_key] = [
         line.removeprefix("key: ")
@@ -212,14 +226,14 @@ def drive_every_flow(stack: LocalStack) -> None:
         ("usage", "report", "--api", "--by", "api_key,user", "--format", "json"),
         ("usage", "export", "--api", "--by", "api_key", "--format", "csv"),
     ):
-        listed = management(stack, ADMIN_TOKEN, *args)
+        listed = run_cli(stack, *args, admin_token=ADMIN_TOKEN)
         assert listed.returncode == 0, listed.stderr
         SHOWN.extend((listed.stdout, listed.stderr))
     for args in (("keys", "list"), ("usage", "report", "--api")):
-        refused = management(stack, WRONG_ADMIN, *args)
+        refused = run_cli(stack, *args, admin_token=WRONG_ADMIN)
         assert refused.returncode != 0
         SHOWN.extend((refused.stdout, refused.stderr))
-    revoked = management(stack, ADMIN_TOKEN, "keys", "revoke", "--id", "scan-bot")
+    revoked = run_cli(stack, "keys", "revoke", "--id", "scan-bot", admin_token=ADMIN_TOKEN)
     assert revoked.returncode == 0, revoked.stderr
     SHOWN.extend((revoked.stdout, revoked.stderr))
     assert post(stack, "/v1/chat/completions", runtime_key, CHAT).status_code == 401

@@ -35,10 +35,18 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.store.embedded import free_port
-from tests.integration.conftest import STARTED, GatewayLog, mock_requests, readable_places, wait_for
-from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.integration.conftest import (
+    GatewayLog,
+    mock_requests,
+    readable_places,
+    run_cli,
+    running_stack,
+    wait_for,
+)
+from tests.integration.otlp_receiver import OtlpReceiver
+from tests.integration.test_secrets import scanned_stack_env
 
 PROVIDER_KEY = "Zq4vPROVIDERkey-openai-7d1c0e5aW9x3"
 FLAKY_KEY = "Gk7eFLAKYkey-second-mock-41d2Wb2n"
@@ -132,12 +140,6 @@ def flaky_provider() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def collector() -> Iterator[OtlpReceiver]:
-    with otlp_receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
 def flaky_port() -> Iterator[int]:
     with flaky_provider() as port:
         yield port
@@ -168,24 +170,12 @@ def stack(
     text = text.replace("\nauth:\n  api_keys:\n", "\nauth:\n" + CONFIG_AUTH, 1)
     config = workdir / "gateway.yaml"
     config.write_text(text)
-    env = {
-        "MOCK_LLM_API_KEY": PROVIDER_KEY,
-        "TEAM1_API_KEY": ORG_KEY,
-        "TEAM2_API_KEY": OTHER_ORG_KEY,
-        "SSO_SECRET": SSO_SECRET,
-        "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
-        "AIGW_TRACING_ENABLED": "true",
-        "AIGW_OTLP_ENDPOINT": collector.endpoint,
-        "AIGW_LOG_FILE": str(workdir / "requests.log"),
-    }
-    running = DebugStack(workdir=workdir, ports=Ports.free(), extra_env=env)
-    running.config_path = config
-    STARTED.append(running)
-    try:
-        running.start()
+    env = scanned_stack_env(
+        workdir, collector, provider_key=PROVIDER_KEY, org_key=ORG_KEY,
+        other_org_key=OTHER_ORG_KEY, sso_secret=SSO_SECRET, admin_token=ADMIN_TOKEN,
+    )  # fmt: skip
+    with running_stack(workdir, config, extra_env=env, stack_type=DebugStack) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def token(secret: str = SSO_SECRET, expires_in: float = 600) -> str:
@@ -510,13 +500,9 @@ def test_check_config_never_echoes_a_secret_from_a_broken_line(
 
 
 def test_the_key_listing_shows_ids_never_secrets_or_digests(stack: LocalStack) -> None:
-    env = {**stack.env, "AIGW_ADMIN_TOKEN": ADMIN_TOKEN}
     for output in ("table", "json"):
-        done = subprocess.run(
-            [sys.executable, "-m", "extproc", "keys", "list", "--format", output,
-             "--config", str(stack.config_path)],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+        done = run_cli(stack, "keys", "list", "--format", output, admin_token=ADMIN_TOKEN)
+        assert done.returncode == 0, done.stderr
         assert "team1" in done.stdout and "narrow" in done.stdout
         SHOWN.extend((done.stdout, done.stderr))
         for key in (ORG_KEY, OTHER_ORG_KEY, NARROW_KEY):

@@ -17,25 +17,27 @@ import anthropic
 import httpx
 import orjson
 import pytest
-import yaml
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, wait_for
-from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
+from extproc.devstack import LocalStack
+from tests.integration.conftest import (
+    GatewayLog,
+    default_config,
+    running_stack,
+    wait_for,
+    write_config,
+)
+from tests.integration.otlp_receiver import OtlpReceiver
 
 PROMPT = "What is the capital of France?"
 SECRET_WORD = "Marseille-7431"
 
 
-@pytest.fixture(scope="module")
-def collector() -> Iterator[OtlpReceiver]:
-    with otlp_receiver() as receiver:
-        yield receiver
-
-
-def traced_config(workdir: Path, collector: OtlpReceiver, *, content: bool) -> Path:
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+def traced_config(workdir: Path, otlp_endpoint: str, *, content: bool) -> dict[str, Any]:
+    """The default config with every span exported at once to ``otlp_endpoint``, the
+    request log written to a file in ``workdir`` too, content captured in both or in
+    neither, and a quota rule: one request a day for those sent ``x-test-budget: spent``."""
+    config = default_config()
     config["telemetry"] = {
         "log": {
             "include_content": content,
@@ -45,7 +47,7 @@ def traced_config(workdir: Path, collector: OtlpReceiver, *, content: bool) -> P
         },
         "tracing": {
             "enabled": True,
-            "otlp_endpoint": collector.endpoint,
+            "otlp_endpoint": otlp_endpoint,
             "service_name": "aigw-test",
             "capture_content": content,
             # Export each span at once, so the test does not wait for a batch.
@@ -63,9 +65,7 @@ def traced_config(workdir: Path, collector: OtlpReceiver, *, content: bool) -> P
             }
         ]
     }
-    path = workdir / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("traced")
-    with running_stack(workdir, traced_config(workdir, collector, content=False)) as stack:
+    config = write_config(workdir, traced_config(workdir, collector.endpoint, content=False))
+    with running_stack(workdir, config) as stack:
         yield stack
 
 
@@ -82,7 +83,8 @@ def with_content(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("traced-content")
-    with running_stack(workdir, traced_config(workdir, collector, content=True)) as stack:
+    config = write_config(workdir, traced_config(workdir, collector.endpoint, content=True))
+    with running_stack(workdir, config) as stack:
         yield stack
 
 

@@ -14,13 +14,19 @@ import anthropic
 import httpx
 import orjson
 import pytest
-import yaml
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
-from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
-from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
+from tests.integration.conftest import (
+    GatewayLog,
+    metric,
+    running_stack,
+    scrape,
+    wait_for,
+    write_config,
+)
+from tests.integration.otlp_receiver import OtlpReceiver
 from tests.integration.test_tracing import traced_config
 
 API_KEY = "team1-key"
@@ -29,16 +35,10 @@ CONTENT_CAP = 40
 LONG_PROMPT = "Tell me everything about the sea, the waves and the tides " * 3
 
 
-@pytest.fixture(scope="module")
-def collector() -> Iterator[OtlpReceiver]:
-    with otlp_receiver() as receiver:
-        yield receiver
-
-
-def review_config(workdir: Path, collector: OtlpReceiver) -> Path:
+def review_config(workdir: Path, collector: OtlpReceiver) -> dict[str, Any]:
     # test_tracing's traced stack (content captured, spans exported at once, the quota
     # rule), with content bounded and a failover chain.
-    config = yaml.safe_load(traced_config(workdir, collector, content=True).read_text())
+    config = traced_config(workdir, collector.endpoint, content=True)
     config["telemetry"]["log"]["max_content_chars"] = CONTENT_CAP
     # A primary nobody listens on (connection refused), an OpenAI-type provider,
     # with an Anthropic-type fallback: the answer comes from another API.
@@ -49,9 +49,7 @@ def review_config(workdir: Path, collector: OtlpReceiver) -> Path:
         {"name": "primary-dead", "provider": "dead", "fallbacks": ["claude-3-5-haiku-latest"]}
     )
     config["models"].append({"name": "only-dead", "provider": "dead"})
-    path = workdir / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("traced-review-2")
-    with running_stack(workdir, review_config(workdir, collector)) as stack:
+    with running_stack(workdir, write_config(workdir, review_config(workdir, collector))) as stack:
         yield stack
 
 

@@ -8,13 +8,7 @@ import orjson
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.stages.partial_usage import generated_chars
-from extproc.testing import (
-    request_body,
-    request_headers,
-    response_body,
-    response_headers,
-    run_stream,
-)
+from tests.unit.sse_play import only_line, play_sse
 
 CHAT = "/v1/chat/completions"
 AUTH = {"authorization": "Bearer team1-key"}
@@ -37,17 +31,9 @@ async def test_a_stream_the_client_left_is_recorded_with_its_estimate(
     events = b"".join(
         b'data: {"choices":[{"index":0,"delta":{"content":"abcdefgh"}}]}\n\n' for _ in range(3)
     )
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(BODY),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            # The stream ends here: no end_of_stream, no usage chunk.
-            response_body(events, end_of_stream=False),
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    # The stream ends here: no end_of_stream, no usage chunk.
+    await play_sse(processor, CHAT, AUTH, BODY, [events], ended=False)
+    line = only_line(services)
     assert line["outcome"] == "aborted"
     assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
     # 24 characters streamed: 6 tokens; the prompt as the quota estimate counts it.
@@ -72,16 +58,8 @@ async def test_a_whole_stream_without_a_usage_report_is_charged_its_estimate(
     events = b"".join(
         b'data: {"choices":[{"index":0,"delta":{"content":"abcdefgh"}}]}\n\n' for _ in range(3)
     )
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(BODY),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            response_body(events + b"data: [DONE]\n\n", end_of_stream=True),
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    await play_sse(processor, CHAT, AUTH, BODY, [events + b"data: [DONE]\n\n"])
+    line = only_line(services)
     assert line["outcome"] == "completed"
     assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
     # 24 characters streamed: 6 tokens; the prompt as the quota estimate counts it.
@@ -93,16 +71,8 @@ async def test_a_whole_stream_without_a_usage_report_is_charged_its_estimate(
 async def test_a_stream_of_garbage_is_charged_only_its_prompt(
     processor: Processor, services: Services
 ) -> None:
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(BODY),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            response_body(b"data: garbage\n\ndata: [DONE]\n\n", end_of_stream=True),
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    await play_sse(processor, CHAT, AUTH, BODY, [b"data: garbage\n\ndata: [DONE]\n\n"])
+    line = only_line(services)
     assert line["outcome"] == "completed"
     assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
     assert line["completion_tokens"] == 0
@@ -119,18 +89,9 @@ USAGE = (
 async def test_a_stream_cut_after_its_usage_report_keeps_the_report(
     processor: Processor, services: Services
 ) -> None:
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(BODY),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            response_body(CONTENT, end_of_stream=False),
-            response_body(USAGE, end_of_stream=False),
-            # The client, which did not ask for usage, hung up before [DONE].
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    # The client, which did not ask for usage, hung up before [DONE].
+    await play_sse(processor, CHAT, AUTH, BODY, [CONTENT, USAGE], ended=False)
+    line = only_line(services)
     assert line["outcome"] == "aborted"
     assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
     assert (line["prompt_tokens"], line["completion_tokens"]) == (900, 700)
@@ -155,16 +116,10 @@ async def test_an_anthropic_stream_cut_before_message_stop_keeps_its_report(
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
         b'"usage":{"output_tokens":300}}\n\n'
     )
-    await run_stream(
-        processor,
-        [
-            request_headers("/v1/messages", headers={"x-api-key": "team1-key"}),
-            request_body(body),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            response_body(events, end_of_stream=False),
-        ],
+    await play_sse(
+        processor, "/v1/messages", {"x-api-key": "team1-key"}, body, [events], ended=False
     )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    line = only_line(services)
     assert (line["prompt_tokens"], line["completion_tokens"]) == (500, 300)
     assert line["usage_reported"] is True
 
@@ -182,17 +137,8 @@ async def test_an_end_marker_split_over_two_chunks_still_ends_the_stream(
     )
     events = CONTENT + USAGE + b"data: [DONE]\n\n"
     cut = events.index(b"[DONE]") + 3
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(body),
-            response_headers(200, {"content-type": "text/event-stream"}),
-            response_body(events[:cut], end_of_stream=False),
-            response_body(events[cut:], end_of_stream=False),
-            # The client read [DONE] and hung up: Envoy drops the empty end of stream.
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    # The client read [DONE] and hung up: Envoy drops the empty end of stream.
+    await play_sse(processor, CHAT, AUTH, body, [events[:cut], events[cut:]], ended=False)
+    line = only_line(services)
     assert line["outcome"] == "completed"
     assert (line["prompt_tokens"], line["completion_tokens"]) == (900, 700)

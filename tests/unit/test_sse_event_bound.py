@@ -18,19 +18,12 @@ import orjson
 
 from extproc.processor import Processor
 from extproc.runtime import Services
-from extproc.testing import (
-    client_body,
-    request_body,
-    request_headers,
-    response_body,
-    response_headers,
-    run_stream,
-)
+from extproc.testing import client_body
 from extproc.translators import sse
+from tests.unit.sse_play import only_line, play_sse
 
 MIB = 1024 * 1024
 PROMPT = [{"role": "user", "content": "x" * 40}]
-SSE = {"content-type": "text/event-stream"}
 SONNET = "claude-sonnet-4-0"
 
 MESSAGE_START = (
@@ -106,22 +99,8 @@ async def send_endless(
     processor: Processor, path: str, headers: dict[str, str], body: dict[str, Any]
 ) -> tuple[bytes, list[bytes]]:
     chunks = [*endless_stream(sse.MAX_EVENT_BYTES + 2 * MIB), b"a" * 100 + b'"}}\n\n']
-    answers = await run_stream(
-        processor,
-        [
-            request_headers(path, headers=headers),
-            request_body(orjson.dumps(body)),
-            response_headers(200, SSE),
-            *(response_body(chunk, end_of_stream=False) for chunk in chunks[:-1]),
-            response_body(chunks[-1], end_of_stream=True),
-        ],
-    )
+    answers = await play_sse(processor, path, headers, orjson.dumps(body), chunks)
     return client_body(chunks, answers), chunks
-
-
-def only_line(services: Services) -> dict[str, Any]:
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
-    return line  # type: ignore[no-any-return]
 
 
 def assert_charged_as_failed(line: dict[str, Any]) -> None:

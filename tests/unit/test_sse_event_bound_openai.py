@@ -18,16 +18,10 @@ import pytest
 
 from extproc.processor import Processor
 from extproc.runtime import Services
-from extproc.testing import (
-    client_body,
-    request_body,
-    request_headers,
-    response_body,
-    response_headers,
-    run_stream,
-)
+from extproc.testing import client_body
 from extproc.translators import sse
 from extproc.translators.openai_openai import ChunkStreamReader
+from tests.unit.sse_play import only_line, play_sse
 
 MIB = 1024 * 1024
 CHAT = "/v1/chat/completions"
@@ -35,7 +29,6 @@ AUTH = {"authorization": "Bearer team1-key"}
 PROMPT = [{"role": "user", "content": "x" * 40}]
 # The gateway's estimate of that prompt: 40 characters / 4, + 4 per message.
 PROMPT_ESTIMATE = 40 // 4 + 4
-SSE = {"content-type": "text/event-stream"}
 
 
 def chunk_event(fields: str) -> bytes:
@@ -67,16 +60,7 @@ def provider_stream() -> list[bytes]:
 async def send(processor: Processor, **fields: Any) -> tuple[bytes, list[bytes]]:
     chunks = provider_stream()
     body = {"model": "gpt-4o-mini", "stream": True, "messages": PROMPT, **fields}
-    answers = await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(orjson.dumps(body)),
-            response_headers(200, SSE),
-            *(response_body(chunk, end_of_stream=False) for chunk in chunks[:-1]),
-            response_body(chunks[-1], end_of_stream=True),
-        ],
-    )
+    answers = await play_sse(processor, CHAT, AUTH, orjson.dumps(body), chunks)
     return client_body(chunks, answers), chunks
 
 
@@ -86,7 +70,7 @@ def the_error(event: bytes) -> dict[str, Any]:
 
 
 def assert_charged_as_failed(services: Services) -> None:
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    line = only_line(services)
     assert line["outcome"] == "upstream_error"
     assert line["http_status_code"] == 200
     assert (line["error_type"], line["error_code"]) == (

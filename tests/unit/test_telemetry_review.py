@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.config import GatewayConfig
+from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.telemetry.log_writer import MAX_QUEUED_BYTES, LineWriter, RotatingFile
 from extproc.telemetry.metrics import GatewayMetrics
@@ -30,11 +31,15 @@ from extproc.testing import (
 from extproc.workers import _BoundedCollector
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
+from tests.unit.sse_play import play_sse
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 AUTH = {"authorization": "Bearer team1-key"}
-SSE = {"content-type": "text/event-stream"}
+# A streamed chat, as an OpenAI client sends it.
+STREAMED_HELLO = orjson.dumps(
+    {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+)
 
 
 def with_telemetry(
@@ -47,6 +52,11 @@ def with_telemetry(
         }
     )
     return config.model_copy(update={"telemetry": telemetry})
+
+
+def logging_content(config: GatewayConfig, services: Services) -> Processor:
+    """A processor whose log lines carry the prompt and the completion."""
+    return processor_for(with_telemetry(config, log={"include_content": True}), services)
 
 
 def lines(services: Services) -> list[dict[str, Any]]:
@@ -69,30 +79,14 @@ def series(metrics: GatewayMetrics, name: str) -> dict[frozenset[tuple[str, str]
 async def test_odd_stream_chunk_with_content_logging_keeps_the_line_and_the_usage(
     config: GatewayConfig, services: Services
 ) -> None:
-    processor = processor_for(with_telemetry(config, log={"include_content": True}), services)
+    processor = logging_content(config, services)
     events = (
         b'data: {"choices":[{"index":0,"delta":{"content":"Hi","tool_calls":3}}]}\n\n'
         b'data: {"choices":7}\n\n'
         b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
         b"\n\ndata: [DONE]\n\n"
     )
-    await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(
-                orjson.dumps(
-                    {
-                        "model": "gpt-4o-mini",
-                        "stream": True,
-                        "messages": [{"role": "user", "content": "Hello"}],
-                    }
-                )
-            ),
-            response_headers(200, SSE),
-            response_body(events),
-        ],
-    )
+    await play_sse(processor, CHAT, AUTH, STREAMED_HELLO, [events])
     [line] = lines(services)
     assert line["total_tokens"] == 7
     assert line["completion"] == "Hi"
@@ -103,7 +97,7 @@ async def test_odd_stream_chunk_with_content_logging_keeps_the_line_and_the_usag
 async def test_deep_tool_input_with_content_logging_keeps_the_line_and_the_usage(
     config: GatewayConfig, services: Services
 ) -> None:
-    processor = processor_for(with_telemetry(config, log={"include_content": True}), services)
+    processor = logging_content(config, services)
     # A provider's JSON nested deeper than orjson writes (254 levels), though it reads it.
     deep = b"[" * 300 + b'"leaf"' + b"]" * 300
     answer = (
@@ -145,23 +139,7 @@ async def test_odd_answer_with_span_content_capture_still_reaches_the_client(
         b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
         b"\n\ndata: [DONE]\n\n"
     )
-    answers = await run_stream(
-        processor,
-        [
-            request_headers(CHAT, headers=AUTH),
-            request_body(
-                orjson.dumps(
-                    {
-                        "model": "gpt-4o-mini",
-                        "stream": True,
-                        "messages": [{"role": "user", "content": "Hello"}],
-                    }
-                )
-            ),
-            response_headers(200, SSE),
-            response_body(events),
-        ],
-    )
+    answers = await play_sse(processor, CHAT, AUTH, STREAMED_HELLO, [events])
     # Every message answered: the client gets the whole stream, not a reset.
     assert len(answers) == 4
     [line] = lines(services)
@@ -376,7 +354,7 @@ def test_the_merged_worker_page_keeps_configured_models_too(config: GatewayConfi
 async def test_an_anthropic_stream_translated_for_an_openai_client_is_logged_as_sent(
     config: GatewayConfig, services: Services
 ) -> None:
-    processor = processor_for(with_telemetry(config, log={"include_content": True}), services)
+    processor = logging_content(config, services)
     events = (
         b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
         b'"type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],'
@@ -394,23 +372,15 @@ async def test_an_anthropic_stream_translated_for_an_openai_client_is_logged_as_
     )
     # The multi-byte "à" is split between two body chunks.
     cut = events.index(b"\xa0")
-    answers = await run_stream(
-        processor,
-        [
-            request_headers("/anthropic/v1/chat/completions", headers=AUTH),
-            request_body(
-                orjson.dumps(
-                    {
-                        "model": "claude-3-5-haiku-latest",
-                        "stream": True,
-                        "messages": [{"role": "user", "content": "Salut"}],
-                    }
-                )
-            ),
-            response_headers(200, SSE),
-            response_body(events[:cut], end_of_stream=False),
-            response_body(events[cut:], end_of_stream=True),
-        ],
+    body = orjson.dumps(
+        {
+            "model": "claude-3-5-haiku-latest",
+            "stream": True,
+            "messages": [{"role": "user", "content": "Salut"}],
+        }
+    )
+    answers = await play_sse(
+        processor, "/anthropic/v1/chat/completions", AUTH, body, [events[:cut], events[cut:]]
     )
     sent = b"".join(
         answer.response_body.response.body_mutation.body
