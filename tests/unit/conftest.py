@@ -17,6 +17,11 @@ from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for
 
+# The mock provider's fixtures, registered here so every unit test module can ask for them.
+from tests.unit.mock_helpers import anthropic_client, http, mock_url, openai_client
+
+__all__ = ["anthropic_client", "http", "mock_url", "openai_client"]
+
 
 class MemoryLog(AccessLog):
     """The access log, kept in memory so tests read the lines it wrote."""

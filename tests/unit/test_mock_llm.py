@@ -6,7 +6,6 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,32 +26,14 @@ MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
 AUTH = {"Authorization": "Bearer sk-test"}
 
 
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
-
-
-@pytest.fixture
-async def client(mock_url: str) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="sk-test", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-async def http(mock_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock_url) as c:
-        yield c
-
-
 def test_count_tokens_counts_words_and_punctuation() -> None:
     # Hello , world ! It ' s 42 .
     assert count_tokens("Hello, world! It's 42.") == 9
     assert count_tokens("   ") == 0
 
 
-async def test_completion_replies_deterministically_with_usage(client: AsyncOpenAI) -> None:
-    completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+async def test_completion_replies_deterministically_with_usage(openai_client: AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     assert completion.id.startswith("chatcmpl-mock-")
     assert completion.model == "gpt-4o-mini"
@@ -65,23 +46,23 @@ async def test_completion_replies_deterministically_with_usage(client: AsyncOpen
     assert completion.usage.total_tokens == PROMPT_TOKENS + REPLY_TOKENS
 
 
-async def test_reply_quotes_text_parts_of_the_last_user_message(client: AsyncOpenAI) -> None:
+async def test_reply_quotes_text_parts_of_the_last_user_message(openai_client: AsyncOpenAI) -> None:
     messages: list[Any] = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "first answer"},
         {"role": "user", "content": [{"type": "text", "text": "second"}]},
     ]
-    completion = await client.chat.completions.create(model="gpt-4o", messages=messages)
+    completion = await openai_client.chat.completions.create(model="gpt-4o", messages=messages)
 
     assert completion.choices[0].message.content == "Mock reply to: second"
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == (3 + 2 + 2 + 1) + 4 * 4 + 2
 
 
-async def test_stream_with_usage_matches_the_plain_completion(client: AsyncOpenAI) -> None:
-    plain = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    stream = await client.chat.completions.create(
+async def test_stream_with_usage_matches_the_plain_completion(openai_client: AsyncOpenAI) -> None:
+    plain = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
         stream=True,
@@ -100,8 +81,8 @@ async def test_stream_with_usage_matches_the_plain_completion(client: AsyncOpenA
     assert all(c.usage is None for c in chunks[:-1])
 
 
-async def test_stream_without_include_usage_has_no_usage_chunk(client: AsyncOpenAI) -> None:
-    stream = await client.chat.completions.create(
+async def test_stream_without_include_usage_has_no_usage_chunk(openai_client: AsyncOpenAI) -> None:
+    stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True
     )
     chunks = [chunk async for chunk in stream]
@@ -111,8 +92,8 @@ async def test_stream_without_include_usage_has_no_usage_chunk(client: AsyncOpen
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-async def test_max_tokens_truncates_with_finish_reason_length(client: AsyncOpenAI) -> None:
-    completion = await client.chat.completions.create(
+async def test_max_tokens_truncates_with_finish_reason_length(openai_client: AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, max_tokens=3
     )
 
@@ -181,23 +162,23 @@ async def test_unknown_path_and_wrong_method_answer_openai_errors(
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-async def test_fault_429_raises_rate_limit_error(client: AsyncOpenAI) -> None:
+async def test_fault_429_raises_rate_limit_error(openai_client: AsyncOpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-fault": "status=429"}
         )
     assert caught.value.response.headers["retry-after"] == "1"
 
 
-async def test_fault_500_raises_internal_server_error(client: AsyncOpenAI) -> None:
+async def test_fault_500_raises_internal_server_error(openai_client: AsyncOpenAI) -> None:
     with pytest.raises(openai.InternalServerError):
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-fault": "status=500"}
         )
 
 
-async def test_fault_reset_after_cuts_the_stream_short(client: AsyncOpenAI) -> None:
-    stream = await client.chat.completions.create(
+async def test_fault_reset_after_cuts_the_stream_short(openai_client: AsyncOpenAI) -> None:
+    stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
         stream=True,
@@ -222,8 +203,10 @@ async def test_fault_reset_after_drops_a_plain_request(http: httpx.AsyncClient) 
         )
 
 
-async def test_fault_chunks_streams_exactly_that_many_content_chunks(client: AsyncOpenAI) -> None:
-    stream = await client.chat.completions.create(
+async def test_fault_chunks_streams_exactly_that_many_content_chunks(
+    openai_client: AsyncOpenAI,
+) -> None:
+    stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
         stream=True,
@@ -253,9 +236,9 @@ async def test_fault_garbage_returns_a_body_that_is_not_json(http: httpx.AsyncCl
         response.json()
 
 
-async def test_fault_delay_holds_the_answer(client: AsyncOpenAI) -> None:
+async def test_fault_delay_holds_the_answer(openai_client: AsyncOpenAI) -> None:
     started = time.monotonic()
-    await client.chat.completions.create(
+    await openai_client.chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-fault": "delay=0.2"}
     )
     assert time.monotonic() - started >= 0.2
@@ -315,8 +298,8 @@ async def test_recorder_shows_headers_and_json_body_until_cleared(
     assert (await http.get("/_mock/requests")).json() == []
 
 
-async def test_models_lists_the_configured_models(client: AsyncOpenAI) -> None:
-    models = [model async for model in client.models.list()]
+async def test_models_lists_the_configured_models(openai_client: AsyncOpenAI) -> None:
+    models = [model async for model in openai_client.models.list()]
 
     assert [m.id for m in models] == ["gpt-4o-mini", "gpt-4o", "gpt-4.1-nano"]
     assert all(m.owned_by == "mock" for m in models)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -10,10 +9,10 @@ import httpx
 import orjson
 import pytest
 from anthropic import AsyncAnthropic
-from anthropic.types import Message
 
 from extproc.mock_llm import MockOptions, count_tokens
 from extproc.testing import serve_mock
+from tests.unit.mock_helpers import anthropic_message
 
 MODEL = "claude-sonnet-4-5"
 PROMPT = "Say hello, mock!"
@@ -24,24 +23,6 @@ INPUT_TOKENS = 11
 OUTPUT_TOKENS = 9
 MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
-
-
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
-
-
-@pytest.fixture
-async def client(mock_url: str) -> AsyncIterator[AsyncAnthropic]:
-    async with AsyncAnthropic(base_url=mock_url, api_key="sk-ant-test", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-async def http(mock_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock_url) as c:
-        yield c
 
 
 def sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
@@ -56,8 +37,10 @@ def sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def test_message_replies_deterministically_with_usage(client: AsyncAnthropic) -> None:
-    message = await client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
+async def test_message_replies_deterministically_with_usage(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    message = await anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
 
     assert message.id.startswith("msg_mock_")
     assert message.type == "message"
@@ -71,12 +54,12 @@ async def test_message_replies_deterministically_with_usage(client: AsyncAnthrop
     assert message.usage.output_tokens == OUTPUT_TOKENS == count_tokens(REPLY)
 
 
-async def test_system_prompt_counts_as_one_more_message(client: AsyncAnthropic) -> None:
-    plain = await client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
-    as_string = await client.messages.create(
+async def test_system_prompt_counts_as_one_more_message(anthropic_client: AsyncAnthropic) -> None:
+    plain = await anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
+    as_string = await anthropic_client.messages.create(
         model=MODEL, max_tokens=100, system="Be brief.", messages=MESSAGES
     )
-    as_blocks = await client.messages.create(
+    as_blocks = await anthropic_client.messages.create(
         model=MODEL,
         max_tokens=100,
         system=[{"type": "text", "text": "Be brief."}],
@@ -88,8 +71,10 @@ async def test_system_prompt_counts_as_one_more_message(client: AsyncAnthropic) 
     assert as_blocks.usage == as_string.usage
 
 
-async def test_reply_quotes_text_blocks_of_the_last_user_message(client: AsyncAnthropic) -> None:
-    message = await client.messages.create(
+async def test_reply_quotes_text_blocks_of_the_last_user_message(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    message = await anthropic_client.messages.create(
         model=MODEL,
         max_tokens=100,
         messages=[
@@ -103,9 +88,11 @@ async def test_reply_quotes_text_blocks_of_the_last_user_message(client: AsyncAn
     assert message.usage.input_tokens == (2 + 2 + 1) + 3 * 4 + 2
 
 
-async def test_stream_helper_rebuilds_the_plain_message(client: AsyncAnthropic) -> None:
-    plain = await client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
-    async with client.messages.stream(model=MODEL, max_tokens=100, messages=MESSAGES) as stream:
+async def test_stream_helper_rebuilds_the_plain_message(anthropic_client: AsyncAnthropic) -> None:
+    plain = await anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
+    async with anthropic_client.messages.stream(
+        model=MODEL, max_tokens=100, messages=MESSAGES
+    ) as stream:
         deltas = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
 
@@ -117,8 +104,8 @@ async def test_stream_helper_rebuilds_the_plain_message(client: AsyncAnthropic) 
     assert final.usage == plain.usage
 
 
-async def test_raw_stream_sends_anthropics_event_sequence(client: AsyncAnthropic) -> None:
-    stream = await client.messages.create(
+async def test_raw_stream_sends_anthropics_event_sequence(anthropic_client: AsyncAnthropic) -> None:
+    stream = await anthropic_client.messages.create(
         model=MODEL, max_tokens=100, messages=MESSAGES, stream=True
     )
     events = [event async for event in stream]
@@ -161,14 +148,11 @@ async def test_stream_wire_format_is_one_named_event_per_write(http: httpx.Async
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_max_tokens_truncates_with_stop_reason_max_tokens(
-    client: AsyncAnthropic, stream: bool
+    anthropic_client: AsyncAnthropic, stream: bool
 ) -> None:
-    message: Message
-    if stream:
-        async with client.messages.stream(model=MODEL, max_tokens=3, messages=MESSAGES) as s:
-            message = await s.get_final_message()
-    else:
-        message = await client.messages.create(model=MODEL, max_tokens=3, messages=MESSAGES)
+    message = await anthropic_message(
+        anthropic_client, MESSAGES, model=MODEL, max_tokens=3, stream=stream
+    )
 
     assert message.content[0].type == "text" and message.content[0].text == "Mock reply to"
     assert message.stop_reason == "max_tokens"
@@ -177,11 +161,11 @@ async def test_max_tokens_truncates_with_stop_reason_max_tokens(
 
 
 async def test_request_without_api_key_raises_authentication_error(
-    client: AsyncAnthropic,
+    anthropic_client: AsyncAnthropic,
 ) -> None:
     # The client sends its key as a bearer token; omitting that leaves no credentials.
     with pytest.raises(anthropic.AuthenticationError) as caught:
-        await client.messages.create(
+        await anthropic_client.messages.create(
             model=MODEL,
             max_tokens=10,
             messages=MESSAGES,
@@ -284,9 +268,9 @@ async def test_invalid_request_is_a_400_in_anthropic_shape(
     assert document["error"]["message"].startswith(field) or field in document["error"]["message"]
 
 
-async def test_invalid_request_raises_bad_request_error(client: AsyncAnthropic) -> None:
+async def test_invalid_request_raises_bad_request_error(anthropic_client: AsyncAnthropic) -> None:
     with pytest.raises(anthropic.BadRequestError):
-        await client.messages.create(model=MODEL, max_tokens=10, messages=[])
+        await anthropic_client.messages.create(model=MODEL, max_tokens=10, messages=[])
 
 
 async def test_gateway_route_prefix_reaches_messages(http: httpx.AsyncClient) -> None:
@@ -310,10 +294,13 @@ async def test_gateway_route_prefix_reaches_messages(http: httpx.AsyncClient) ->
     ],
 )
 async def test_fault_status_raises_the_clients_matching_error(
-    client: AsyncAnthropic, status: int, error: type[anthropic.APIStatusError], error_type: str
+    anthropic_client: AsyncAnthropic,
+    status: int,
+    error: type[anthropic.APIStatusError],
+    error_type: str,
 ) -> None:
     with pytest.raises(error) as caught:
-        await client.messages.create(
+        await anthropic_client.messages.create(
             model=MODEL,
             max_tokens=10,
             messages=MESSAGES,
@@ -328,8 +315,8 @@ async def test_fault_status_raises_the_clients_matching_error(
         assert caught.value.response.headers["retry-after"] == "1"
 
 
-async def test_fault_reset_after_cuts_the_stream_short(client: AsyncAnthropic) -> None:
-    stream = await client.messages.create(
+async def test_fault_reset_after_cuts_the_stream_short(anthropic_client: AsyncAnthropic) -> None:
+    stream = await anthropic_client.messages.create(
         model=MODEL,
         max_tokens=100,
         messages=MESSAGES,
@@ -356,8 +343,10 @@ async def test_fault_reset_after_drops_a_plain_request(http: httpx.AsyncClient) 
         )
 
 
-async def test_fault_chunks_streams_exactly_that_many_deltas(client: AsyncAnthropic) -> None:
-    async with client.messages.stream(
+async def test_fault_chunks_streams_exactly_that_many_deltas(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    async with anthropic_client.messages.stream(
         model=MODEL,
         max_tokens=1000,
         messages=MESSAGES,
@@ -415,10 +404,12 @@ async def test_unknown_fault_key_is_a_400_naming_it(http: httpx.AsyncClient) -> 
 
 
 async def test_recorder_shows_the_anthropic_request(
-    client: AsyncAnthropic, http: httpx.AsyncClient
+    anthropic_client: AsyncAnthropic, http: httpx.AsyncClient
 ) -> None:
     await http.delete("/_mock/requests")
-    await client.messages.create(model=MODEL, max_tokens=100, system="Be brief.", messages=MESSAGES)
+    await anthropic_client.messages.create(
+        model=MODEL, max_tokens=100, system="Be brief.", messages=MESSAGES
+    )
 
     (entry,) = (await http.get("/_mock/requests")).json()
     assert entry["method"] == "POST"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from typing import Any
@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from extproc.mock_llm import MockOptions, count_tokens
 from extproc.mock_llm.eventstream import encode_event
 from extproc.testing import serve_mock
+from tests.unit.mock_helpers import http, mock_url
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 ACCESS_KEY = "AKIDMOCK"
@@ -48,17 +49,9 @@ USAGE = {
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": [{"text": PROMPT}]}]
 EVENT_HEADERS = {":content-type": "application/json", ":message-type": "event"}
 
-
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
-
-
-@pytest.fixture
-async def http(mock_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock_url) as c:
-        yield c
+# conftest.py gives every unit test these fixtures; they stay importable from here for the
+# modules that import them with the Converse helpers.
+__all__ = ["http", "mock_url"]
 
 
 def bedrock(url: str, *, headers: dict[str, str] | None = None, **overrides: Any) -> Any:

@@ -22,12 +22,10 @@ from tests.unit.test_mock_llm_bedrock import (
     converse,
     converse_path,
     converse_stream,
-    http,
-    mock_url,
     signed_post,
 )
 
-__all__ = ["client", "http", "mock_url"]  # fixtures, shared with the Converse tests
+__all__ = ["client"]  # the boto3 client fixture of the Converse tests
 
 SAID = ["I'll", " look", "."]
 PIECES = ['{"ci', 'ty": "Par', 'is"}']

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anthropic
 import pytest
+from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
 
 from extproc.mock_llm import bedrock_api
 from extproc.mock_llm.anthropic_api import CacheWrites, CacheWriteSpecError, cache_writes
-from extproc.testing import serve_mock
+from tests.unit.mock_helpers import anthropic_message, plain_whole_and_streamed
 
-MESSAGES = [{"role": "user", "content": "Summarise the handbook for a new colleague, please"}]
-
-
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
+MESSAGES: list[MessageParam] = [
+    {"role": "user", "content": "Summarise the handbook for a new colleague, please"}
+]
 
 
-async def test_anthropic_reports_writes_to_each_cache_apart_from_input(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        plain = await c.messages.create(model="m", max_tokens=50, messages=MESSAGES)  # type: ignore[arg-type]
-        asked = {"x-mock-cache-write": "5m=3; 1h=4", "x-mock-fault": "cached=2"}
-        written = await c.messages.create(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers=asked,
-        )
-        async with c.messages.stream(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers=asked,
-        ) as stream:
-            streamed = await stream.get_final_message()
+async def test_anthropic_reports_writes_to_each_cache_apart_from_input(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    asked = {"x-mock-cache-write": "5m=3; 1h=4", "x-mock-fault": "cached=2"}
+    plain, written, streamed = await plain_whole_and_streamed(anthropic_client, MESSAGES, asked)
     assert plain.usage.cache_creation_input_tokens is None
     for message in (written, streamed):
         usage = message.usage
@@ -48,15 +32,11 @@ async def test_anthropic_reports_writes_to_each_cache_apart_from_input(mock_url:
         assert usage.input_tokens == plain.usage.input_tokens - 7 - 2
 
 
-async def test_anthropic_refuses_a_malformed_request_for_writes(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        with pytest.raises(anthropic.BadRequestError, match="x-mock-cache-write"):
-            await c.messages.create(
-                model="m",
-                max_tokens=50,
-                messages=MESSAGES,  # type: ignore[arg-type]
-                extra_headers={"x-mock-cache-write": "1d=5"},
-            )
+async def test_anthropic_refuses_a_malformed_request_for_writes(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="x-mock-cache-write"):
+        await anthropic_message(anthropic_client, MESSAGES, headers={"x-mock-cache-write": "1d=5"})
 
 
 def test_bedrock_reports_writes_in_cache_details_one_hour_first() -> None:

@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from typing import Any
 
-import anthropic
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from extproc.mock_llm import bedrock_api
 from extproc.mock_llm.faults import FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import instance
-from extproc.testing import serve_mock
+from tests.unit.mock_helpers import anthropic_message
 
-MESSAGES = [{"role": "user", "content": "Classify: I love it"}]
+MESSAGES: list[Any] = [{"role": "user", "content": "Classify: I love it"}]
 CACHED = {"x-mock-fault": "cached=5"}
 
 
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
-
-
-@pytest.fixture
-async def client(mock_url: str) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="sk-test", max_retries=0) as c:
-        yield c
-
-
-async def test_openai_reports_cached_prompt_tokens_when_asked(client: AsyncOpenAI) -> None:
-    plain = await client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
-    cached = await client.chat.completions.create(
+async def test_openai_reports_cached_prompt_tokens_when_asked(openai_client: AsyncOpenAI) -> None:
+    plain = await openai_client.chat.completions.create(model="m", messages=MESSAGES)
+    cached = await openai_client.chat.completions.create(
         model="m",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_headers=CACHED,
     )
     assert plain.usage is not None and plain.usage.prompt_tokens_details is None
@@ -43,15 +32,13 @@ async def test_openai_reports_cached_prompt_tokens_when_asked(client: AsyncOpenA
     assert cached.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
-async def test_anthropic_reports_cache_reads_apart_from_input(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        plain = await c.messages.create(model="m", max_tokens=50, messages=MESSAGES)  # type: ignore[arg-type]
-        cached = await c.messages.create(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers={"x-mock-fault": "cached=1000"},
-        )
+async def test_anthropic_reports_cache_reads_apart_from_input(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    plain = await anthropic_message(anthropic_client, MESSAGES)
+    cached = await anthropic_message(
+        anthropic_client, MESSAGES, headers={"x-mock-fault": "cached=1000"}
+    )
     # Never more than the whole prompt.
     assert cached.usage.cache_read_input_tokens == plain.usage.input_tokens
     assert cached.usage.input_tokens == 0
@@ -70,10 +57,10 @@ def test_cached_must_be_a_count() -> None:
         parse_fault("cached=-1")
 
 
-async def test_json_object_answers_are_json(client: AsyncOpenAI) -> None:
-    answer = await client.chat.completions.create(
+async def test_json_object_answers_are_json(openai_client: AsyncOpenAI) -> None:
+    answer = await openai_client.chat.completions.create(
         model="m",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         response_format={"type": "json_object"},
     )
     assert json.loads(answer.choices[0].message.content or "") == {
@@ -81,7 +68,7 @@ async def test_json_object_answers_are_json(client: AsyncOpenAI) -> None:
     }
 
 
-SENTIMENT = {
+SENTIMENT: dict[str, object] = {
     "type": "object",
     "properties": {
         "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
@@ -93,12 +80,17 @@ SENTIMENT = {
 }
 
 
-async def test_json_schema_answers_follow_the_schema_streamed_too(client: AsyncOpenAI) -> None:
-    response_format = {"type": "json_schema", "json_schema": {"name": "s", "schema": SENTIMENT}}
-    stream = await client.chat.completions.create(
+async def test_json_schema_answers_follow_the_schema_streamed_too(
+    openai_client: AsyncOpenAI,
+) -> None:
+    response_format: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {"name": "s", "schema": SENTIMENT},
+    }
+    stream = await openai_client.chat.completions.create(
         model="m",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        response_format=response_format,  # type: ignore[arg-type]
+        messages=MESSAGES,
+        response_format=response_format,
         stream=True,
     )
     text = "".join(

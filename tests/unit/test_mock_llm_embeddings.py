@@ -12,7 +12,6 @@ import asyncio
 import base64
 import math
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,13 +26,9 @@ from tests.unit.test_mock_llm_bedrock import (
     absolute,
     bedrock,
     client_error,
-    http,
-    mock_url,
     sign,
     signed_post,
 )
-
-__all__ = ["http", "mock_url"]  # fixtures, shared with the Converse tests
 
 AUTH = {"Authorization": "Bearer sk-test"}
 TEXT = "Say hello, mock!"
@@ -41,12 +36,6 @@ TEXT = "Say hello, mock!"
 TEXT_TOKENS = 5
 TITAN_V2 = "amazon.titan-embed-text-v2:0"
 TITAN_V1 = "amazon.titan-embed-text-v1"
-
-
-@pytest.fixture
-async def client(mock_url: str) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="sk-test", max_retries=0) as c:
-        yield c
 
 
 def norm(vector: list[float]) -> float:
@@ -67,10 +56,10 @@ async def post_embeddings(http: httpx.AsyncClient, doc: Any, **headers: str) -> 
 
 
 async def test_client_default_asks_base64_and_decodes_unit_vectors(
-    client: AsyncOpenAI, http: httpx.AsyncClient
+    openai_client: AsyncOpenAI, http: httpx.AsyncClient
 ) -> None:
     await http.delete("/_mock/requests")
-    answer = await client.embeddings.create(
+    answer = await openai_client.embeddings.create(
         model="text-embedding-3-small", input=[TEXT, "second one"]
     )
 
@@ -86,14 +75,14 @@ async def test_client_default_asks_base64_and_decodes_unit_vectors(
     assert answer.usage.total_tokens == answer.usage.prompt_tokens
 
 
-async def test_float_and_base64_carry_the_same_vector(client: AsyncOpenAI) -> None:
-    as_floats = await client.embeddings.create(
+async def test_float_and_base64_carry_the_same_vector(openai_client: AsyncOpenAI) -> None:
+    as_floats = await openai_client.embeddings.create(
         model="text-embedding-3-small", input=TEXT, encoding_format="float"
     )
-    as_base64 = await client.embeddings.create(
+    as_base64 = await openai_client.embeddings.create(
         model="text-embedding-3-small", input=TEXT, encoding_format="base64"
     )
-    again = await client.embeddings.create(model="text-embedding-3-small", input=TEXT)
+    again = await openai_client.embeddings.create(model="text-embedding-3-small", input=TEXT)
 
     # Asked for explicitly, base64 is left as the string OpenAI sent.
     encoded: Any = as_base64.data[0].embedding
@@ -104,11 +93,11 @@ async def test_float_and_base64_carry_the_same_vector(client: AsyncOpenAI) -> No
 
 
 async def test_model_sets_the_default_size_and_dimensions_shortens_it(
-    client: AsyncOpenAI,
+    openai_client: AsyncOpenAI,
 ) -> None:
-    large = await client.embeddings.create(model="text-embedding-3-large", input=TEXT)
-    ada = await client.embeddings.create(model="text-embedding-ada-002", input=TEXT)
-    short = await client.embeddings.create(
+    large = await openai_client.embeddings.create(model="text-embedding-3-large", input=TEXT)
+    ada = await openai_client.embeddings.create(model="text-embedding-ada-002", input=TEXT)
+    short = await openai_client.embeddings.create(
         model="text-embedding-3-large", input=TEXT, dimensions=256
     )
 
@@ -122,9 +111,9 @@ async def test_model_sets_the_default_size_and_dimensions_shortens_it(
     assert vector == pytest.approx([x / norm(head) for x in head], abs=1e-6)
 
 
-async def test_token_arrays_count_one_token_per_id(client: AsyncOpenAI) -> None:
-    one = await client.embeddings.create(model="text-embedding-3-small", input=[11, 22, 33])
-    two = await client.embeddings.create(
+async def test_token_arrays_count_one_token_per_id(openai_client: AsyncOpenAI) -> None:
+    one = await openai_client.embeddings.create(model="text-embedding-3-small", input=[11, 22, 33])
+    two = await openai_client.embeddings.create(
         model="text-embedding-3-small", input=[[11, 22], [33, 44, 55]]
     )
 
@@ -136,19 +125,19 @@ async def test_token_arrays_count_one_token_per_id(client: AsyncOpenAI) -> None:
 
 
 async def test_unknown_model_is_served_like_the_chat_endpoint_serves_one(
-    client: AsyncOpenAI,
+    openai_client: AsyncOpenAI,
 ) -> None:
-    answer = await client.embeddings.create(model="acme-embed", input=TEXT, dimensions=64)
-    plain = await client.embeddings.create(model="acme-embed", input=TEXT)
+    answer = await openai_client.embeddings.create(model="acme-embed", input=TEXT, dimensions=64)
+    plain = await openai_client.embeddings.create(model="acme-embed", input=TEXT)
 
     assert answer.model == "acme-embed"
     assert len(answer.data[0].embedding) == 64
     assert len(plain.data[0].embedding) == 1536
 
 
-async def test_a_batch_of_2048_inputs_is_answered_in_full(client: AsyncOpenAI) -> None:
+async def test_a_batch_of_2048_inputs_is_answered_in_full(openai_client: AsyncOpenAI) -> None:
     texts = [f"document number {i}" for i in range(2048)]
-    answer = await client.embeddings.create(model="text-embedding-3-small", input=texts)
+    answer = await openai_client.embeddings.create(model="text-embedding-3-small", input=texts)
 
     assert [d.index for d in answer.data] == list(range(2048))
     assert all(len(d.embedding) == 1536 for d in answer.data)
@@ -249,15 +238,15 @@ async def test_a_body_that_is_not_json_is_a_400(http: httpx.AsyncClient) -> None
 # --- OpenAI: faults ----------------------------------------------------------------------------
 
 
-async def test_fault_status_raises_the_clients_typed_errors(client: AsyncOpenAI) -> None:
+async def test_fault_status_raises_the_clients_typed_errors(openai_client: AsyncOpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as limited:
-        await client.embeddings.create(
+        await openai_client.embeddings.create(
             model="text-embedding-3-small",
             input=TEXT,
             extra_headers={"x-mock-fault": "status=429"},
         )
     with pytest.raises(openai.InternalServerError):
-        await client.embeddings.create(
+        await openai_client.embeddings.create(
             model="text-embedding-3-small",
             input=TEXT,
             extra_headers={"x-mock-fault": "status=500"},

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anthropic
 import httpx
 import orjson
 import pytest
+from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
 
 from extproc.mock_llm.anthropic_api import ServerToolSpecError, server_tool_requests
-from extproc.testing import serve_mock
+from tests.unit.mock_helpers import anthropic_message, plain_whole_and_streamed
 
-MESSAGES = [{"role": "user", "content": "What happened in the news today?"}]
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "What happened in the news today?"}]
 ASKED = {"x-mock-server-tool-use": "web_search=3; web_fetch=1"}
 
 
-@pytest.fixture(scope="module")
-async def mock_url() -> AsyncIterator[str]:
-    async with serve_mock() as url:
-        yield url
-
-
-async def test_the_anthropic_client_reads_the_server_tool_requests(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        plain = await c.messages.create(model="m", max_tokens=50, messages=MESSAGES)  # type: ignore[arg-type]
-        answered = await c.messages.create(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers=ASKED,
-        )
-        async with c.messages.stream(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers=ASKED,
-        ) as stream:
-            streamed = await stream.get_final_message()
+async def test_the_anthropic_client_reads_the_server_tool_requests(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    plain, answered, streamed = await plain_whole_and_streamed(anthropic_client, MESSAGES, ASKED)
     assert plain.usage.server_tool_use is None
     for message in (answered, streamed):
         used = message.usage.server_tool_use
@@ -47,11 +29,10 @@ async def test_the_anthropic_client_reads_the_server_tool_requests(mock_url: str
         assert message.usage.input_tokens == plain.usage.input_tokens
 
 
-async def test_a_stream_reports_no_request_before_they_run(mock_url: str) -> None:
+async def test_a_stream_reports_no_request_before_they_run(http: httpx.AsyncClient) -> None:
     body = {"model": "m", "max_tokens": 50, "messages": MESSAGES, "stream": True}
     headers = {"x-api-key": "k", "anthropic-version": "2023-06-01", **ASKED}
-    async with httpx.AsyncClient() as client:
-        answer = await client.post(f"{mock_url}/v1/messages", json=body, headers=headers)
+    answer = await http.post("/v1/messages", json=body, headers=headers)
     events = [
         orjson.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")
     ]
@@ -64,27 +45,23 @@ async def test_a_stream_reports_no_request_before_they_run(mock_url: str) -> Non
     }
 
 
-async def test_any_tool_name_is_reported(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        raw = await c.messages.with_raw_response.create(
-            model="m",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers={"x-mock-server-tool-use": "code_execution=2"},
-        )
+async def test_any_tool_name_is_reported(anthropic_client: AsyncAnthropic) -> None:
+    raw = await anthropic_client.messages.with_raw_response.create(
+        model="m",
+        max_tokens=50,
+        messages=MESSAGES,
+        extra_headers={"x-mock-server-tool-use": "code_execution=2"},
+    )
     body = orjson.loads(await raw.read())
     assert body["usage"]["server_tool_use"] == {"code_execution_requests": 2}
 
 
-async def test_a_malformed_request_is_refused_naming_the_header(mock_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=mock_url, api_key="k", max_retries=0) as c:
-        with pytest.raises(anthropic.BadRequestError, match="x-mock-server-tool-use"):
-            await c.messages.create(
-                model="m",
-                max_tokens=50,
-                messages=MESSAGES,  # type: ignore[arg-type]
-                extra_headers={"x-mock-server-tool-use": "web_search=many"},
-            )
+async def test_a_malformed_request_is_refused_naming_the_header(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    malformed = {"x-mock-server-tool-use": "web_search=many"}
+    with pytest.raises(anthropic.BadRequestError, match="x-mock-server-tool-use"):
+        await anthropic_message(anthropic_client, MESSAGES, headers=malformed)
 
 
 @pytest.mark.parametrize("spec", ["web_search=-1", "web_search", "Web-Search=1", "=3", "a=²"])
