@@ -13,8 +13,10 @@ key or personal data put there must meet the same guards: OpenAI's
 custom tool's ``input``) are one string each, one slot, marked ``is_json``: the
 matchers read such JSON text decoded, string by string (``json_text``), as the
 translators and the client's code do; Anthropic's ``tool_use`` ``input`` is an
-object, and each of its string leaves is a slot (its keys are the tool's
-parameter names, not text). The same holds for a buffered answer's tool calls.
+object, and each of its string leaves is a slot, and so is each key (the tool's
+parameter names, which the provider reads as the keys of OpenAI arguments): a
+masked key renames its member where it stands (``_Members``). The same holds for a
+buffered answer's tool calls.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _MAX_INPUT_DEPTH = 1024
 @dataclass(frozen=True, slots=True)
 class TextSlot:
     role: str
-    holder: Any  # the dict (or list) holding the string
+    holder: Any  # the dict or list holding the string (or a tool input's ``_Members``)
     key: Any  # its key (or index) there
     # The string is JSON text (a tool call's arguments): matchers read it as JSON.
     is_json: bool = False
@@ -93,8 +95,11 @@ def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> 
 
 
 def _input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
-    """Each string leaf of a tool call's ``input`` object, in document order.
+    """Each key and string leaf of a tool call's ``input`` object, in document order.
 
+    A key comes right before its value, as in the JSON text. An object's members are
+    reached through ``_Members`` (by position), so a key a guard renames leaves its
+    value's slots, and those of the keys after it, pointing at the right member.
     Walked with a list, not recursion: a deep input cannot exhaust the stack.
     """
     if "input" not in block:  # malformed: the provider refuses it, nothing to read
@@ -108,10 +113,102 @@ def _input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
         elif depth >= _MAX_INPUT_DEPTH:
             continue
         elif isinstance(value, dict):
-            # Pushed last to first, so they come off the list in order.
-            pending.extend((value, name, depth + 1) for name in reversed(value))
+            members = _Members(value)
+            # Pushed last to first, so they come off the list in order: name, then value.
+            for index in range(len(value) - 1, -1, -1):
+                pending.append((members, index, depth + 1))
+                pending.append((members.names, index, depth + 1))
         elif isinstance(value, list):
             pending.extend((value, index, depth + 1) for index in range(len(value) - 1, -1, -1))
+
+
+class _Members:
+    """The members of one object of a tool ``input``, by position: their values (a value
+    slot's holder) and, through ``names``, their names (a key slot's holder).
+
+    A masked parameter name renames its member where it stands, keeping its value.
+    A dict has no rename, and rebuilding the object at each one would make an object
+    of n masked names cost n * n. So a renamed member goes to the end of the dict at
+    once, and the members after it (now before it) follow it there one by one as
+    their names are read (``_settle``), O(1) each: those from ``_next`` on are still
+    to move. The stage reads every slot in order, for the matchers as for a webhook's
+    masks, so by the end of each pass the object is in its order again; names and
+    values are right at every step, whatever the order of the reads.
+    """
+
+    __slots__ = ("_next", "_object", "_order", "_suffixes", "names")
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self._object = value
+        self._order = list(value)  # each member's current name, in document order
+        self._next = len(self._order)  # the first member still to move: none
+        self._suffixes: dict[str, int] | None = None  # by wanted name, the last suffix given
+        self.names = _Names(self)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._object[self._order[index]]
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        self._object[self._order[index]] = value
+
+    def name(self, index: int) -> str:
+        # Reading a name is the walk reaching its member: it goes back in its place.
+        self._settle(index + 1)
+        return self._order[index]
+
+    def rename(self, index: int, wanted: str) -> None:
+        old = self._order[index]
+        name = self._free(wanted, old)
+        if name == old:
+            return
+        if index >= self._next:
+            self._settle(index)  # the members still to move before it go first
+        elif index != self._next - 1:
+            # The object back in order first, if it is not (a name read out of order).
+            # The member at _next - 1 is the dict's last already: its name was just read.
+            self._settle(len(self._order))
+        self._object[name] = self._object.pop(old)
+        self._order[index] = name
+        self._next = index + 1
+
+    def _free(self, wanted: str, old: str) -> str:
+        """``wanted``, or, when another member has it, ``wanted#2`` (``#3``...): two names
+        masked alike keep both members, as two masked addresses in a text stay two."""
+        if wanted == old or wanted not in self._object:
+            return wanted
+        if self._suffixes is None:
+            self._suffixes = {}
+        # Counting on from the last suffix given: n names masked alike cost n, not n * n.
+        count = self._suffixes.get(wanted, 1)
+        while True:
+            count += 1
+            name = f"{wanted}#{count}"
+            if name == old or name not in self._object:
+                self._suffixes[wanted] = count
+                return name
+
+    def _settle(self, end: int) -> None:
+        """Move the displaced members before ``end`` behind the renamed ones, in order."""
+        members = self._object
+        while self._next < end:
+            name = self._order[self._next]
+            members[name] = members.pop(name)
+            self._next += 1
+
+
+class _Names:
+    """The names of an object's members, by position: what a key slot reads and writes."""
+
+    __slots__ = ("_members",)
+
+    def __init__(self, members: _Members) -> None:
+        self._members = members
+
+    def __getitem__(self, index: int) -> str:
+        return self._members.name(index)
+
+    def __setitem__(self, index: int, name: str) -> None:
+        self._members.rename(index, name)
 
 
 def _call_slots(role: str, message: dict[str, Any], slots: list[TextSlot]) -> None:

@@ -141,7 +141,8 @@ async def test_pii_in_anthropic_tool_use_input_is_masked_leaf_by_leaf() -> None:
         "to": "jane@example.com",
         "cc": ["ops@example.com", 3, True, None],
         "payment": {"card": {"number": "card 4111 1111 1111 1111"}, "amount": 12.5},
-        # Keys are names the tool defined, not text the gateway reads.
+        # A parameter name is read too: a secret or an address there would reach the
+        # provider as surely as in a value.
         "x@example.com": "kept",
     }
     answers = await gateway.send("/v1/messages", anthropic_history(tool_input))
@@ -150,8 +151,9 @@ async def test_pii_in_anthropic_tool_use_input_is_masked_leaf_by_leaf() -> None:
         "to": "<EMAIL>",
         "cc": ["<EMAIL>", 3, True, None],
         "payment": {"card": {"number": "card <CREDIT_CARD>"}, "amount": 12.5},
-        "x@example.com": "kept",
+        "<EMAIL>": "kept",
     }
+    assert list(sent["input"]) == ["to", "cc", "payment", "<EMAIL>"]  # order kept
     assert sent["name"] == "send_email" and sent["id"] == "toolu_1"
 
 
