@@ -13,7 +13,6 @@ from extproc.store.connection import StoreClient
 from tests.integration.test_redis_cluster import (  # noqa: F401 (fixtures)
     PREFIX,
     client,
-    cluster,
     limits,
     store,
 )
