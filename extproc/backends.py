@@ -139,6 +139,20 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
     raise _unsupported(ctx, kind)
 
 
+def check_embeddings_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
+    """Refuse an embeddings request its provider cannot serve as soon as the model is
+    known: a model of a provider without an embeddings API, or a batch for Titan.
+
+    Refused here rather than when the body is translated, which comes after the quota
+    reservation: a request limit would count a 400 that never reached a provider (and a
+    guardrail webhook would have been called for it)."""
+    kind = upstream.provider.type
+    if kind is ProviderType.BEDROCK:
+        bedrock_embeddings.input_text(parsed)
+    elif kind is not ProviderType.OPENAI:
+        raise _unsupported(ctx, kind)
+
+
 def _embeddings_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
 ) -> RequestPlan:

@@ -14,6 +14,12 @@ would refuse anyway is refused here first with the same meaning (400, naming the
 field), before it reserves quota or reaches the provider. Token ids are counted as
 given, one token each; text is estimated at one token per four characters, as for
 chat prompts (``quota.estimate``), and the provider's own count settles it.
+
+An answer that came whole without the provider's count (a provider that does not
+report usage, a body that is not JSON) still embedded the input, and the provider
+bills it: the request is charged that estimate (``usage_estimated``), as a stream
+without a usage report is, so the quota, the log line, the metrics, the rollup and
+the span all carry the same tokens (``stages.response``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ def check_embeddings_body(body: dict[str, Any]) -> None:
         )
     _check_input(body.get("input"))
     encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in ENCODING_FORMATS:
+    # A list or an object is no format either (and cannot be looked up in a set).
+    if encoding is not None and not (isinstance(encoding, str) and encoding in ENCODING_FORMATS):
         raise BadRequestError(
             '\'encoding_format\' must be "float" or "base64"', param="encoding_format"
         )
@@ -109,4 +116,3 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         else:
             tokens += 1  # one token id
     return tokens
-

@@ -11,12 +11,11 @@ from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
+from extproc.telemetry.span_attributes import OPERATIONS
 from extproc.translators.base import stream_failure
 
 # The status_code of aigw_upstream_errors_total for a provider's error inside a stream.
 STREAM_ERROR_STATUS = "stream_error"
-# gen_ai.operation.name (OpenTelemetry) of each route API.
-_OPERATIONS = {"openai_chat": "chat", "anthropic_messages": "chat"}
 
 
 class AccountingStage:
@@ -68,7 +67,7 @@ class AccountingStage:
             metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)
         if ctx.usage_reported or ctx.usage_estimated:
             metrics.observe_token_usage(
-                operation=_OPERATIONS.get(ctx.route.api, ctx.route.api) if ctx.route else "chat",
+                operation=OPERATIONS.get(ctx.route.api, ctx.route.api) if ctx.route else "chat",
                 provider_type=ctx.provider_type.value if ctx.provider_type else provider,
                 request_model=model,
                 response_model=ctx.response_model or "",

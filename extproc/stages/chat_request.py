@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import plan_request
+from extproc.backends import check_embeddings_pair, plan_request
 from extproc.config.model import LimitsConfig, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.embeddings import check_embeddings_body
@@ -65,6 +65,8 @@ class ChatRequestStage:
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
+        if route.api is RouteApi.OPENAI_EMBEDDINGS:
+            check_embeddings_pair(ctx, parsed, upstream)
         stream = parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")

@@ -20,8 +20,8 @@ import time
 from extproc import headers
 from extproc.backends import plan_response
 from extproc.chargeback.pricing import request_cost
-from extproc.config.model import ProviderType
-from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.config.model import ProviderType, RouteApi
+from extproc.context import ModeOverride, PhaseOutput, RequestContext, Usage
 from extproc.translators.base import ResponseTranslator, stream_failure
 
 
@@ -102,9 +102,24 @@ class ResponseStage:
         if translator.usage is not None:
             ctx.usage = translator.usage
             ctx.usage_reported = True
+        elif ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
+            _charge_unreported_input(ctx)
         ctx.response_model = translator.response_model
         # Priced now, so the metadata of this last answer carries the cost.
         request_cost(ctx)
+
+
+def _charge_unreported_input(ctx: RequestContext) -> None:
+    """An embeddings answer that came whole without the provider's count still embedded
+    the input, and the provider bills it: charged the input estimate in every ledger
+    alike (``usage_estimated``, as a stream without a usage report is). An error answer,
+    or one the gateway replaced with an error (a Titan answer it could not read),
+    embedded nothing the client got and is charged nothing."""
+    if ctx.response_status >= 400 or ctx.error is not None:
+        return
+    prompt = ctx.estimated_prompt_tokens()
+    ctx.usage = Usage(prompt, 0, prompt)
+    ctx.usage_estimated = True
 
 
 def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:

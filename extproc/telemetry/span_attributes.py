@@ -69,7 +69,7 @@ _STREAM_ERROR = "stream_error"
 # gen_ai.operation.name by route API. A token count generates nothing, so a search for
 # chats (and the tokens they used) must not find it; the conventions have no value for
 # it, and a custom one is allowed.
-_OPERATIONS = {
+OPERATIONS = {
     RouteApi.OPENAI_CHAT: "chat",
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
@@ -91,7 +91,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         usage = ctx.usage
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
-        "operation": _OPERATIONS.get(ctx.route.api) if ctx.accounted and ctx.route else None,
+        "operation": OPERATIONS.get(ctx.route.api) if ctx.accounted and ctx.route else None,
         "provider": ctx.provider,
         "provider_type": GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value)
         if ctx.provider_type

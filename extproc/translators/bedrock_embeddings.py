@@ -36,8 +36,12 @@ def request_path(model_id: str) -> str:
     return f"/model/{quote(model_id, safe=_PATH_SAFE)}/invoke"
 
 
-def translate_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Titan's request for an OpenAI embeddings body (already checked as OpenAI's)."""
+def input_text(body: dict[str, Any]) -> str:
+    """The one text Titan embeds for an OpenAI embeddings body (already checked as
+    OpenAI's); a batch or token ids are a 400 ``unsupported_input``.
+
+    Checked as soon as the model is known (``backends.check_embeddings_pair``), so such
+    a request is refused before the quota counts it, and again when translating."""
     value = body.get("input")
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]
@@ -48,7 +52,12 @@ def translate_request(body: dict[str, Any]) -> dict[str, Any]:
             param="input",
             code="unsupported_input",
         )
-    translated: dict[str, Any] = {"inputText": value}
+    return value
+
+
+def translate_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Titan's request for an OpenAI embeddings body (already checked as OpenAI's)."""
+    translated: dict[str, Any] = {"inputText": input_text(body)}
     if body.get("dimensions") is not None:
         translated["dimensions"] = body["dimensions"]
     return translated
