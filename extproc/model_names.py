@@ -5,11 +5,15 @@ does not list to the provider as the client spelled it. A provider that reads
 ``Claude-Sonnet-4-0`` or ``"claude-sonnet-4-0 "`` as ``claude-sonnet-4-0`` would
 otherwise serve a model past the access rules, the quota rules and the price table that
 name it. Patterns ending in ``*`` match by prefix.
+
+A rule that names an alias names its model: ``models: [titan-embed]`` covers a request
+for ``amazon.titan-embed-text-v2:0`` too (``covering_aliases``), as a rule naming the
+model covers its aliases, so no spelling of a model escapes a limit or an access rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def comparable(name: str) -> str:
@@ -26,3 +30,13 @@ def matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
         elif pattern in names:
             return True
     return False
+
+
+def covering_aliases(patterns: Sequence[str], aliases: Mapping[str, str]) -> tuple[str, ...]:
+    """``patterns`` (made ``comparable``), plus the name of every model one of whose
+    aliases they match; ``aliases`` maps each alias to its model's configured name."""
+    own = tuple(comparable(pattern) for pattern in patterns)
+    models = {
+        comparable(model) for alias, model in aliases.items() if matches(own, (comparable(alias),))
+    }
+    return own + tuple(sorted(models - set(own)))

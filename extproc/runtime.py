@@ -203,7 +203,11 @@ class Runtime:
         self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None
         self.api_keys = ApiKeyStore(config.auth)
         self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
-        self.access = AccessPolicy(config.auth.access_rules)
+        # Alias -> the model's configured name, which access and quota rules name.
+        self.canonical_model = {
+            alias: model.name for model in config.models for alias in model.aliases
+        }
+        self.access = AccessPolicy(config.auth.access_rules, self.canonical_model)
         self.prices = PriceTable(config.pricing, config.models)
         if self.prices.unpriced_models:
             # Not an error: such requests cost 0 and are flagged unpriced in the reports.
@@ -213,7 +217,7 @@ class Runtime:
             )
         self.agents = AgentDirectory(config)
         try:
-            self.quota_rules = RuleSet(config.quotas)
+            self.quota_rules = RuleSet(config.quotas, self.canonical_model)
         except ValueError as exc:
             raise ConfigError("config", [f"quotas: {exc}"]) from None
         self.route_auth: dict[str, RouteAuthConfig] = {
@@ -237,10 +241,6 @@ class Runtime:
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
-        # Alias -> the model's configured name, which access and quota rules name.
-        self.canonical_model = {
-            alias: model.name for model in config.models for alias in model.aliases
-        }
         # Primary model -> {provider name -> the chain member it serves}: how an
         # attempt of a failover request finds what to translate for.
         self.failover: dict[str, dict[str, tuple[str, Upstream]]] = {}

@@ -12,11 +12,11 @@ Model names are compared without surrounding whitespace and case
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from extproc.config.auth_model import AccessRule
 from extproc.context import Identity
-from extproc.model_names import comparable, matches
+from extproc.model_names import comparable, covering_aliases, matches
 
 
 def _allows(rule: AccessRule, identity: Identity) -> bool:
@@ -28,11 +28,13 @@ def _allows(rule: AccessRule, identity: Identity) -> bool:
 
 
 class AccessPolicy:
-    def __init__(self, rules: Sequence[AccessRule]) -> None:
+    def __init__(
+        self, rules: Sequence[AccessRule], aliases: Mapping[str, str] | None = None
+    ) -> None:
+        """``aliases``: each model alias and its model's name: a rule naming an alias
+        covers its model under every name (``model_names.covering_aliases``)."""
         # Each rule with its model patterns made comparable once, not per request.
-        self._rules = tuple(
-            (rule, tuple(comparable(pattern) for pattern in rule.models)) for rule in rules
-        )
+        self._rules = tuple((rule, covering_aliases(rule.models, aliases or {})) for rule in rules)
 
     def denial(
         self, identity: Identity, model: str, route: str | None, canonical: str | None = None

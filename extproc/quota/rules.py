@@ -10,7 +10,7 @@ subject's counters live in one Redis Cluster slot and one script checks them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from extproc.config.quota_model import (
@@ -20,7 +20,7 @@ from extproc.config.quota_model import (
     StoreFailure,
 )
 from extproc.context import Identity
-from extproc.model_names import comparable, matches
+from extproc.model_names import comparable, covering_aliases, matches
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
 
 # Counter -> (window kind, request or token counter)
@@ -88,16 +88,18 @@ class Limit:
 
 
 class RuleSet:
-    def __init__(self, config: QuotasConfig) -> None:
+    def __init__(self, config: QuotasConfig, aliases: Mapping[str, str] | None = None) -> None:
+        """``aliases``: each model alias and its model's name (``model_names.covering_aliases``)."""
         validate_timezone(config.time_zone)
         for rule in config.rules:
             if rule.token_quota is not None and rule.token_quota.time_zone:
                 validate_timezone(rule.token_quota.time_zone)
         self._config = config
         self.rules = config.rules
-        # Each rule's model patterns as names are compared (extproc.model_names), once.
+        # Each rule's model patterns as names are compared (extproc.model_names), once,
+        # with the model of each alias they name.
         self._models = {
-            rule.name: tuple(comparable(pattern) for pattern in rule.models) for rule in self.rules
+            rule.name: covering_aliases(rule.models, aliases or {}) for rule in self.rules
         }
 
     def __bool__(self) -> bool:
