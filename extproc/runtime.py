@@ -208,6 +208,13 @@ class Runtime:
             alias: model.name for model in config.models for alias in model.aliases
         }
         self.access = AccessPolicy(config.auth.access_rules, self.canonical_model)
+        # Model name or alias -> its kind, where the config says it (ModelConfig.kind).
+        self.model_kind = {
+            name: model.kind
+            for model in config.models
+            if model.kind is not None
+            for name in (model.name, *model.aliases)
+        }
         self.prices = PriceTable(config.pricing, config.models)
         if self.prices.unpriced_models:
             # Not an error: such requests cost 0 and are flagged unpriced in the reports.

@@ -216,11 +216,24 @@ class ProviderConfig(_Section):
         return parts.netloc
 
 
+class ModelKind(StrEnum):
+    """What a model does: which client APIs may ask for it."""
+
+    # Chat completions and messages (and Anthropic's token counts).
+    CHAT = "chat"
+    # Embeddings only.
+    EMBEDDINGS = "embeddings"
+
+
 class ModelConfig(_Section):
     """A model clients may ask for, and which provider serves it."""
 
     name: str = Field(min_length=1, max_length=256)
     provider: Name
+    # chat or embeddings: requests of the other kind are refused (400) before the quota
+    # and the provider, and /v1/models lists the model where it can be used. Unset:
+    # any route may send it, and the provider decides.
+    kind: ModelKind | None = None
     # The name sent upstream, when it differs from what clients ask for.
     upstream_model: str | None = None
     # Other names clients may use for this model (e.g. `haiku` for a Bedrock model id).
@@ -251,6 +264,15 @@ class RouteApi(StrEnum):
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
+
+
+# The kind of model each client API asks for (model-list and agent routes name none).
+ROUTE_MODEL_KIND = {
+    RouteApi.OPENAI_CHAT: ModelKind.CHAT,
+    RouteApi.ANTHROPIC_MESSAGES: ModelKind.CHAT,
+    RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
+    RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
+}
 
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.

@@ -18,7 +18,7 @@ import orjson
 
 from extproc import headers
 from extproc.backends import check_embeddings_pair, plan_request
-from extproc.config.model import LimitsConfig, RouteApi
+from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.embeddings import check_embeddings_body
 from extproc.errors import (
@@ -28,6 +28,7 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import nesting_depth_over
+from extproc.runtime import Route
 from extproc.stages.attempt import failover_plan
 
 _MAX_MODEL_NAME = 256
@@ -62,6 +63,7 @@ class ChatRequestStage:
         denial = ctx.runtime.access.denial(ctx.identity, model, route.name, canonical)
         if denial is not None:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
+        check_model_kind(ctx, model, route)
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
@@ -123,6 +125,23 @@ class UpstreamRequestStage:
         out.set_headers[headers.CLUSTER] = upstream.cluster
         out.set_headers.update(plan.headers)
         out.clear_route_cache = True
+
+
+def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
+    """Refuse a model of another kind than the route's API asks for (an embeddings model
+    on a chat route, a chat model on the embeddings route), before the quota counts the
+    request and the provider refuses it."""
+    kind = ctx.runtime.model_kind.get(model)
+    wanted = ROUTE_MODEL_KIND.get(route.api)
+    if kind is None or wanted is None or kind is wanted:
+        return
+    where = "/v1/embeddings" if kind is ModelKind.EMBEDDINGS else "/v1/chat/completions"
+    raise BadRequestError(
+        f"'{model}' is {'an' if kind is ModelKind.EMBEDDINGS else 'a'} {kind} model, "
+        f"which this route ({route.api}) does not serve; send it to {where}",
+        param="model",
+        code="unsupported_model_for_route",
+    )
 
 
 def body_with_chain(parsed: dict[str, Any], chain: list[list[str]]) -> bytes:

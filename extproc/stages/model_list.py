@@ -2,9 +2,10 @@
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
-send on at least one route that serves it, as the chat request stage would
-decide it there (the route's provider and fixed model, the key's
-``allowed_models`` and ``allowed_routes``, the access rules of that route).
+send on at least one route that serves it (chat or embeddings, by the model's
+``kind``), as the chat request stage would decide it there (the route's provider
+and fixed model, the key's ``allowed_models`` and ``allowed_routes``, the access
+rules of that route).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import Iterator
 
 import orjson
 
-from extproc.config.model import ProviderType, RouteApi
+from extproc.config.model import ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
 from extproc.runtime import Route, Runtime
 
-# The routes a model is used on: those that generate answers. Count-tokens routes
-# generate nothing, and agent routes name no model.
-_CHAT_APIS = frozenset({RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES})
+# The routes a model is used on: those that generate answers or embeddings.
+# Count-tokens routes generate nothing, and agent routes name no model.
+_USING_APIS = frozenset(
+    {RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_EMBEDDINGS}
+)
 
 
 class ModelListStage:
@@ -41,7 +44,7 @@ def usable_names(runtime: Runtime, identity: Identity) -> list[str]:
 
     A key allowed only ``haiku`` sees ``haiku``; a rule kept to one route hides its
     model only when no other route lets the caller use it."""
-    routes = list(_chat_routes(runtime, identity))
+    routes = list(_using_routes(runtime, identity))
     names: list[str] = []
     for model in runtime.config.models:
         for name in (model.name, *model.aliases):
@@ -51,11 +54,11 @@ def usable_names(runtime: Runtime, identity: Identity) -> list[str]:
     return names
 
 
-def _chat_routes(runtime: Runtime, identity: Identity) -> Iterator[Route]:
-    """The routes that generate answers and that the caller's key may use."""
+def _using_routes(runtime: Runtime, identity: Identity) -> Iterator[Route]:
+    """The routes that use a model and that the caller's key may use."""
     allowed = identity.allowed_routes
     for spec in runtime.config.routes:
-        if spec.api not in _CHAT_APIS or (allowed and spec.name not in allowed):
+        if spec.api not in _USING_APIS or (allowed and spec.name not in allowed):
             continue
         route = runtime.routes.named(spec.name)
         if route is not None:
@@ -68,6 +71,9 @@ def _usable_on(
     """Whether a request for ``name`` on ``route`` would pass the model checks."""
     if route.forced_model is not None and route.forced_model != name:
         return False  # the route sends its own model, whatever the client names
+    kind = runtime.model_kind.get(name)
+    if kind is not None and kind is not ROUTE_MODEL_KIND.get(route.api):
+        return False  # an embeddings model on a chat route, or the other way round
     upstream = runtime.resolve_upstream(name, route)
     if upstream is None:
         return False

@@ -14,11 +14,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from extproc import headers
 from extproc.config import GatewayConfig, load_config
 from extproc.config.loader import ConfigError
+from extproc.config.model import ModelKind
+from extproc.context import Identity
 from extproc.embeddings import check_embeddings_body, estimate_input_tokens
 from extproc.errors import BadRequestError
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
+from extproc.stages.model_list import usable_names
 from extproc.testing import (
     processor_for,
     request_body,
@@ -318,3 +321,44 @@ async def test_a_titan_answer_that_is_not_one_is_a_502(signing: Processor) -> No
     )
     body = orjson.loads(answers[-1].response_body.response.body_mutation.body)
     assert body["error"]["type"] == "upstream_error"
+
+
+async def test_an_embeddings_model_on_a_chat_route_is_a_400_before_the_provider(
+    processor: Processor,
+) -> None:
+    chat = orjson.dumps(
+        {"model": "text-embedding-3-small", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    answers = await run_stream(
+        processor, [request_headers("/v1/chat/completions", headers=AUTH), request_body(chat)]
+    )
+    status, error = error_of(answers[1])
+    assert status == 400 and error["code"] == "unsupported_model_for_route"
+    assert "send it to /v1/embeddings" in error["message"]
+
+
+async def test_a_chat_model_on_the_embeddings_route_is_a_400_when_its_kind_is_said(
+    config: GatewayConfig, services: Services
+) -> None:
+    models = tuple(
+        m.model_copy(update={"kind": ModelKind.CHAT}) if m.name == "gpt-4o-mini" else m
+        for m in config.models
+    )
+    processor = processor_for(config.model_copy(update={"models": models}), services)
+    answers = await run_stream(
+        processor,
+        [request_headers(EMBEDDINGS, headers=AUTH), request_body(embeddings(model="gpt-4o-mini"))],
+    )
+    status, error = error_of(answers[1])
+    assert status == 400 and "'gpt-4o-mini' is a chat model" in error["message"]
+
+
+def test_the_model_list_shows_embedding_models_where_they_can_be_used(
+    config: GatewayConfig, services: Services
+) -> None:
+    runtime = Runtime(config, services)
+    embeddings_only = Identity("api_key", "e", allowed_routes=("openai-embeddings",))
+    names = usable_names(runtime, embeddings_only)
+    assert {"text-embedding-3-small", "text-embedding-3-large", "titan-embed"} <= set(names)
+    bedrock_chat = Identity("api_key", "b", allowed_routes=("bedrock",))
+    assert "titan-embed" not in usable_names(runtime, bedrock_chat)
