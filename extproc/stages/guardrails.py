@@ -180,6 +180,10 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
 async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot]) -> bool:
     changed = False
     for guard, client in phase.webhooks:
+        if not slots:
+            # No text (an embeddings request of token ids): nothing to ask it about.
+            record(ctx, guard.name, "request", "pass")
+            continue
         messages = [{"role": slot.role, "content": slot.text} for slot in slots]
         try:
             verdict = await client.check_request(messages, client.headers_for(_forwardable(ctx)))

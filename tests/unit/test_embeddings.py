@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
@@ -32,7 +33,14 @@ from extproc.testing import (
 )
 from extproc.translators.openai_embeddings import EmbeddingsReader
 from tests.unit.guard_helpers import config_with
-from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
+from tests.unit.test_guard_flow import (
+    WORKSHOP,
+    Gateway,
+    immediate,
+    upstream_body,
+    webhook_config,
+    webhook_server,
+)
 
 EMBEDDINGS = "/v1/embeddings"
 AUTH = {"authorization": "Bearer team1-key"}
@@ -362,3 +370,24 @@ def test_the_model_list_shows_embedding_models_where_they_can_be_used(
     assert {"text-embedding-3-small", "text-embedding-3-large", "titan-embed"} <= set(names)
     bedrock_chat = Identity("api_key", "b", allowed_routes=("bedrock",))
     assert "titan-embed" not in usable_names(runtime, bedrock_chat)
+
+
+async def test_a_webhook_is_not_called_for_token_ids_and_passes_them() -> None:
+    calls: list[Any] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        return web.json_response({"action": {"reason": "ok"}})
+
+    async with webhook_server(hook) as port:
+        config = webhook_config(port)
+        routes = tuple(
+            r.model_copy(update={"guardrails": ("hooked",)}) if r.name == "openai-embeddings" else r
+            for r in config.routes
+        )
+        gateway = Gateway(config.model_copy(update={"routes": routes}))
+        await gateway.send(EMBEDDINGS, embeddings(input=[[1, 2], [3]]))
+        assert calls == []
+        assert gateway.decisions(guard="hook-guard", phase="request", action="pass") == 1
+        await gateway.send(EMBEDDINGS, embeddings(input=["some text"]))
+        assert calls == [{"body": {"messages": [{"role": "user", "content": "some text"}]}}]
