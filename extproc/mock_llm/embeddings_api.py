@@ -38,6 +38,7 @@ from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.openai_api import (
     InvalidRequestError,
     error_response,
+    json_request,
     precheck,
 )
 from extproc.mock_llm.recorder import Body
@@ -199,16 +200,7 @@ def _dimensions(doc: dict[str, Any], model: str) -> int:
 
 def parse_embeddings_request(body: Body) -> EmbeddingsRequest:
     """Validate the fields the mock relies on; everything else is accepted and ignored."""
-    if not body.is_json or not isinstance(body.json, dict):
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        )
-    doc: dict[str, Any] = body.json
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError(
-            "you must provide a model parameter", "model", "missing_required_parameter"
-        )
+    doc, model = json_request(body)
     inputs = parse_inputs(doc.get("input"))
     encoding = doc.get("encoding_format")
     if encoding is None:

@@ -66,8 +66,8 @@ def _optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_chat_request(body: Body) -> ChatRequest:
-    """Validate the fields the mock relies on; everything else is accepted and ignored."""
+def json_request(body: Body) -> tuple[dict[str, Any], str]:
+    """A request body as OpenAI reads it first: a JSON object, and its ``model``."""
     if not body.is_json or not isinstance(body.json, dict):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be a JSON object."
@@ -78,6 +78,12 @@ def parse_chat_request(body: Body) -> ChatRequest:
         raise InvalidRequestError(
             "you must provide a model parameter", "model", "missing_required_parameter"
         )
+    return doc, model
+
+
+def parse_chat_request(body: Body) -> ChatRequest:
+    """Validate the fields the mock relies on; everything else is accepted and ignored."""
+    doc, model = json_request(body)
     messages = doc.get("messages")
     if messages is None:
         raise InvalidRequestError(
