@@ -162,17 +162,23 @@ def _strings_chars(value: Any) -> int:
     return chars
 
 
-def cap_completion(body: dict[str, Any], most: int) -> bool:
-    """Lower the request's completion allowance to ``most``; True when the body changed."""
+def cap_completion(body: dict[str, Any], most: int, field: str = "max_completion_tokens") -> bool:
+    """Lower the request's completion allowance to ``most``; True when the body changed.
+
+    A body that names no allowance gets ``field``: ``max_completion_tokens`` for
+    OpenAI's chat API, where ``max_tokens`` is deprecated and its reasoning models
+    refuse it (400 "Unsupported parameter"); ``max_tokens`` for Anthropic's Messages
+    API, which has no other."""
     changed = False
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
-        if isinstance(value, int) and not isinstance(value, bool) and value > most:
-            body[field] = most
-            changed = True
-    if "max_completion_tokens" not in body and (
-        not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool)
-    ):
-        body["max_tokens"] = most
+    named = False
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            named = True
+            if value > most:
+                body[name] = most
+                changed = True
+    if not named:
+        body[field] = most
         changed = True
     return changed

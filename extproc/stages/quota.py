@@ -17,6 +17,7 @@ import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+from extproc.backends import ANTHROPIC_APIS
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
@@ -154,7 +155,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
         raise refusal
-    if not embeddings and cap_completion(ctx.body, completion):
+    if not embeddings and cap_completion(ctx.body, completion, _allowance_field(ctx)):
         ctx.body_changed = True
         ctx.quota_decision = "capped"
 
@@ -162,6 +163,14 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
 def _left_before(reservation: Reservation, index: int) -> int:
     """What limit ``index`` had left for this request, before it reserved."""
     return reservation.effective[index] - (reservation.used[index] - reservation.reserved[index])
+
+
+def _allowance_field(ctx: RequestContext) -> str:
+    """The completion allowance a capped body gets when it names none, in its API."""
+    route = ctx.route
+    if route is not None and route.api in ANTHROPIC_APIS:
+        return "max_tokens"
+    return "max_completion_tokens"
 
 
 def _capped_refusal(

@@ -186,4 +186,5 @@ def test_the_quota_reserves_for_the_enriched_prompt(review_stack: LocalStack) ->
     # The hard-capped budget leaves the completion what the prompt's estimate does not
     # take (one token per four characters + 4 per message): the enriched prompt's.
     estimate = (len(ENRICHMENT) // 4 + 4) + (len("Hello there") // 4 + 4)
-    assert mock_requests(review_stack)[-1]["json"]["max_tokens"] == HARD_BUDGET - estimate
+    sent = mock_requests(review_stack)[-1]["json"]
+    assert sent["max_completion_tokens"] == HARD_BUDGET - estimate

@@ -177,7 +177,7 @@ def test_shadow_rules_count_but_never_block(quota_stack: LocalStack) -> None:
 
 
 def test_a_hard_capped_budget_is_not_overrun(quota_stack: LocalStack) -> None:
-    """Each answer is cut (max_tokens) to what the budget has left; what remains
+    """Each answer is cut (max_completion_tokens) to what the budget has left; what remains
     of an overrun is the prompt estimate's error on the last admitted request."""
     within_one_minute_window()
     used = 0
@@ -189,11 +189,14 @@ def test_a_hard_capped_budget_is_not_overrun(quota_stack: LocalStack) -> None:
         if answer.status_code != 200:
             break
         used += answer.json()["usage"]["total_tokens"]
-        caps.append(mock_requests(quota_stack)[-1]["json"]["max_tokens"])
+        sent = mock_requests(quota_stack)[-1]["json"]
+        # OpenAI's current name, which its reasoning models require; not max_tokens.
+        assert "max_tokens" not in sent
+        caps.append(sent["max_completion_tokens"])
         time.sleep(0.2)  # let the settlement land, as a next request would
     assert answers[-1].status_code == 429
     assert "rule 'hard-capped'" in answers[-1].json()["error"]["message"]
-    # The client asked for no max_tokens: the gateway set one from what was left.
+    # The client asked for no limit: the gateway set one from what was left.
     assert caps == sorted(caps, reverse=True) and caps[-1] < HARD_BUDGET
     # The mock counts 2 more prompt tokens than the gateway's chars/4 estimate here.
     assert used + 15 >= HARD_BUDGET  # the budget was really used up...

@@ -333,3 +333,25 @@ SHAPES = st.recursive(
 def test_no_body_makes_the_estimate_fail(body: dict[str, Any]) -> None:
     """It runs on every admitted request: whatever the client sent, a number, never a 500."""
     assert estimate_prompt_tokens(body) >= 0
+
+
+def test_a_cap_names_the_allowance_of_the_bodys_api() -> None:
+    openai = {"model": "o3-mini", "messages": [{"role": "user", "content": "hi"}]}
+    assert cap_completion(openai, 50)
+    # OpenAI's reasoning models refuse max_tokens ("Unsupported parameter").
+    assert openai["max_completion_tokens"] == 50 and "max_tokens" not in openai
+    anthropic = {"model": "claude", "messages": [], "max_tokens": 500}
+    assert cap_completion(anthropic, 50, "max_tokens") and anthropic["max_tokens"] == 50
+    unnamed = {"model": "claude", "messages": []}
+    assert cap_completion(unnamed, 50, "max_tokens") and unnamed == {
+        "model": "claude",
+        "messages": [],
+        "max_tokens": 50,
+    }
+
+
+def test_a_cap_is_not_dodged_by_an_allowance_that_is_no_number() -> None:
+    body = {"model": "m", "messages": [], "max_completion_tokens": "lots"}
+    assert cap_completion(body, 50)
+    assert body["max_completion_tokens"] == 50
+    assert not cap_completion({"model": "m", "max_tokens": 10}, 50)  # already below
