@@ -188,6 +188,9 @@ class RequestContext:
     content: ContentCapture | None = None
     # Set once the request is priced (extproc.chargeback.pricing.request_cost).
     cost: Cost | None = None
+    # The service tier the provider reported serving the request at (OpenAI "flex",
+    # Anthropic "priority"), which priced it; set with the cost. None: none reported.
+    service_tier: str | None = None
     # Set by guardrails: one entry per guard that acted ({guard, phase, action, ...}).
     guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
     # MCP / A2A routes: the call's record (extproc.agents).

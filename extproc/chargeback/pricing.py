@@ -15,6 +15,13 @@ The requests a provider's server tools made (Anthropic's web searches) are added
 their price per request. A tool the usage names but the table does not price is left
 out of the cost, the request is flagged ``priced=False`` the same way (its bill is
 short, and says so), and the operator is warned once per tool, not once per request.
+
+A request is priced at the service tier its provider reports serving it at (OpenAI's
+``service_tier``, Anthropic's ``usage.service_tier``, read by the response translators
+where they read usage): the model's price entry for that tier, if the table has one,
+else the model's own price. The standard tier (``default``, ``standard``), an answer
+that names none, and a stream cut before it named one are billed at the model's own
+price.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from extproc.config.pricing_model import ModelPrice, PricingConfig
+from extproc.config.pricing_model import ModelPrice, PricingConfig, TierPrice
 from extproc.model_names import comparable
+from extproc.translators.base import reported_service_tier
 
 if TYPE_CHECKING:
     from extproc.config.model import ModelConfig
@@ -48,7 +56,8 @@ _MAX_WARNED_TOOLS = 64
 class TokenPrices:
     """Picodollars per token: input (uncached), cached input, output, cache writes
     (5-minute, and Claude's 1-hour cache); and picodollars per request of each server
-    tool, by the name the provider's usage gives it (``web_search``)."""
+    tool, by the name the provider's usage gives it (``web_search``). ``tiers``: the
+    prices of the service tiers the table prices apart, by the provider's tier name."""
 
     input: int
     cached_input: int
@@ -56,6 +65,14 @@ class TokenPrices:
     cache_write_input: int
     cache_write_1h_input: int
     server_tools: Mapping[str, int] = field(default_factory=dict)
+    tiers: Mapping[str, TokenPrices] = field(default_factory=dict)
+
+    def at_tier(self, service_tier: str | None) -> TokenPrices:
+        """The prices of the tier the provider served at: its own entry, else these
+        (the standard tier, a tier without an entry, or none reported)."""
+        if service_tier is None or not self.tiers:
+            return self
+        return self.tiers.get(service_tier, self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +105,21 @@ def token_prices(
     price: ModelPrice, server_tools_per_thousand: Mapping[str, Decimal] | None = None
 ) -> TokenPrices:
     """A model's prices; ``server_tools_per_thousand`` is the table's price of each server
-    tool for all models, which the model's own prices override tool by tool."""
-    tools = {**(server_tools_per_thousand or {}), **price.server_tools_per_thousand}
+    tool for all models, which the model's own prices override tool by tool, and a
+    service tier's entry overrides those in turn (a web search is not billed by tier
+    unless the table says so)."""
+    table = server_tools_per_thousand or {}
+    models = {**table, **price.server_tools_per_thousand}
+    tiers = {name: _entry_prices(tier, models, {}) for name, tier in price.service_tiers.items()}
+    return _entry_prices(price, table, tiers)
+
+
+def _entry_prices(
+    price: TierPrice, tools: Mapping[str, Decimal], tiers: Mapping[str, TokenPrices]
+) -> TokenPrices:
+    """One price entry (a model's own or a tier's) in picodollars; its server tool prices
+    override ``tools`` (the table's, or for a tier the model's) tool by tool."""
+    tools = {**tools, **price.server_tools_per_thousand}
     return TokenPrices(
         input=_per_token(price.input_per_million),
         cached_input=_per_token(price.cached_input),
@@ -97,6 +127,7 @@ def token_prices(
         cache_write_input=_per_token(price.cache_write_input),
         cache_write_1h_input=_per_token(price.cache_write_1h_input),
         server_tools={name: _per_request(each) for name, each in tools.items()},
+        tiers=tiers,
     )
 
 
@@ -175,8 +206,12 @@ class PriceTable:
         found = self._by_name.get(model)
         return found if found is not None else self._by_comparable.get(comparable(model))
 
-    def cost(self, model: str | None, usage: Usage) -> Cost:
+    def cost(self, model: str | None, usage: Usage, service_tier: str | None = None) -> Cost:
+        """The cost of ``usage`` at ``model``'s prices, those of ``service_tier`` (the tier
+        the provider reported) when the table prices that tier apart."""
         prices = self.prices(model)
+        if prices is not None:
+            prices = prices.at_tier(service_tier)
         cost = cost_of(usage, prices)
         if prices is not None and not cost.priced:
             self._warn_unpriced_tools(model, unpriced_server_tools(usage, prices))
@@ -238,8 +273,12 @@ def _members(ctx: RequestContext) -> set[str]:
 
 def request_cost(ctx: RequestContext) -> Cost:
     """The cost of a finished request, computed once and kept on the context, so the log
-    line, the counter, the rollup and Envoy's metadata carry the very same number."""
+    line, the counter, the rollup and Envoy's metadata carry the very same number.
+
+    The service tier the provider reported is kept beside it (``ctx.service_tier``, the
+    log line's), so the line names the tier its cost was priced at."""
     if ctx.cost is None:
+        ctx.service_tier = reported_service_tier(ctx.translator)
         if ctx.model is None:
             # Refused before a model was named: nothing to price.
             ctx.cost = FREE
@@ -250,5 +289,5 @@ def request_cost(ctx: RequestContext) -> Cost:
             # The chain member that answered is what the provider bills, priced or not
             # (an unpriced fallback is unpriced, not billed at the primary's price).
             model = ctx.answered_model
-        ctx.cost = prices.cost(model, ctx.usage)
+        ctx.cost = prices.cost(model, ctx.usage, ctx.service_tier)
     return ctx.cost

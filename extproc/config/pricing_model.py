@@ -11,6 +11,13 @@ Server tools (Anthropic's web search) are priced by the name the provider's usag
 report gives them (``web_search`` for ``web_search_requests``): once for all models in
 ``pricing.server_tools_per_thousand``, and per model, tool by tool, in a model's own
 ``server_tools_per_thousand``. A tool Anthropic adds later needs a price, not code.
+
+Service tiers: a provider may serve a request at another tier than its standard one and
+bill it at that tier's price (OpenAI's ``flex`` at about half the standard price, its
+``priority`` above it; Anthropic's Priority Tier). A model's ``service_tiers`` gives the
+full price entry of each such tier, by the name the provider's answer reports
+(``chargeback.pricing`` picks it). The standard tier's names (``default``, ``standard``,
+``auto``) are the model's own price and cannot have an entry.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ Price = Annotated[Decimal, Field(ge=0, le=1_000_000)]
 # A server tool as the provider's usage names it, without "_requests" (web_search).
 ServerToolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 ServerToolPrices = dict[ServerToolName, Price]
+# A service tier as the provider's answer names it (OpenAI "flex", Anthropic "priority").
+TIER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+ServiceTierName = Annotated[str, Field(pattern=TIER_NAME_PATTERN)]
+# The names providers give their standard tier (OpenAI "default", and "auto" as asked;
+# Anthropic "standard"): billed at the model's own price, so an entry would be a second,
+# contradicting price for the same requests.
+STANDARD_TIERS = frozenset({"default", "standard", "auto"})
 
 
 def _exact(value: Decimal) -> Decimal:
@@ -49,8 +63,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelPrice(_Section):
-    """USD per million tokens of one model."""
+class TierPrice(_Section):
+    """USD per million tokens of one model: its own price, or one service tier's."""
 
     input_per_million: Price
     output_per_million: Price
@@ -100,6 +114,30 @@ class ModelPrice(_Section):
         if self.cache_write_1h_input_per_million is None:
             return self.cache_write_input
         return self.cache_write_1h_input_per_million
+
+
+class ModelPrice(TierPrice):
+    """One model's price, and the prices of the service tiers the provider bills apart.
+
+    A tier's entry is whole, as the model's own: its defaults (cached input, cache writes)
+    follow the tier's own input price, and it has no tiers of its own. Its server tool
+    prices are added to the model's, tool by tool.
+    """
+
+    # The tier the provider reports serving the request at -> that tier's price. A tier
+    # reported without an entry is billed at the model's own price.
+    service_tiers: dict[ServiceTierName, TierPrice] = {}
+
+    @field_validator("service_tiers")
+    @classmethod
+    def _no_standard_tier(cls, value: dict[str, TierPrice]) -> dict[str, TierPrice]:
+        standard = sorted(STANDARD_TIERS.intersection(value))
+        if standard:
+            raise ValueError(
+                f"{standard[0]!r} is the standard tier, billed at the model's own price: "
+                "give that price in the model's entry, not under service_tiers"
+            )
+        return value
 
 
 class PricingConfig(_Section):

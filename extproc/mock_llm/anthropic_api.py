@@ -32,6 +32,11 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``usage.server_tool_use: {"web_search_requests": N, "web_fetch_requests": M}``, in JSON
   answers and in a stream's ``message_delta``; a stream's ``message_start`` reports them
   at 0 (they run while the answer streams).
+- Service tiers: ``usage.service_tier`` reports the tier that served the request, as
+  Anthropic reports it, in JSON answers and in a stream's ``message_start``: ``standard``,
+  or ``priority`` with header ``x-mock-service-tier: priority`` (an organisation with
+  Priority Tier capacity) unless the request's ``service_tier`` is ``standard_only``.
+  The request's ``service_tier`` must be ``auto`` or ``standard_only``, as on the real API.
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
   tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
@@ -254,6 +259,32 @@ def server_tool_requests(headers: Mapping[str, str]) -> tuple[tuple[str, int], .
     return tuple(counts.items())
 
 
+SERVICE_TIER_HEADER = "x-mock-service-tier"
+# The tiers the header may name: the Messages API serves at these (batch is the Batches API).
+_SERVED_TIERS = ("standard", "priority")
+# The request's service_tier: which capacity the request may use.
+_ASKED_TIERS = ("auto", "standard_only")
+
+
+class ServiceTierSpecError(ValueError):
+    """The ``x-mock-service-tier`` header names no tier the mock serves at."""
+
+
+def served_tier(headers: Mapping[str, str], asked: str) -> str:
+    """The tier that serves a request asking for ``asked`` (``auto``: any capacity, the
+    organisation's Priority Tier first; ``standard_only``): ``priority`` only when the
+    header gives the organisation Priority Tier capacity and the request may use it."""
+    spec = headers.get(SERVICE_TIER_HEADER)
+    if spec is None:
+        return "standard"
+    tier = spec.strip()
+    if tier not in _SERVED_TIERS:
+        raise ServiceTierSpecError(
+            f"{SERVICE_TIER_HEADER}: {tier!r} is not a tier (known tiers: standard, priority)"
+        )
+    return "standard" if asked == "standard_only" else tier
+
+
 @dataclass(frozen=True, slots=True)
 class MessagesRequest:
     model: str
@@ -266,6 +297,8 @@ class MessagesRequest:
     tool_choice: dict[str, Any] | None = None
     # The JSON schema of output_config.format, when the answer must be JSON.
     output_schema: dict[str, Any] | None = None
+    # Which capacity the request may use: "auto" (the default) or "standard_only".
+    service_tier: str = "auto"
 
 
 def _blocks(content: object) -> list[Any]:
@@ -525,7 +558,16 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         tools,
         tool_choice,
         _output_schema(doc),
+        _asked_tier(doc.get("service_tier", "auto")),
     )
+
+
+def _asked_tier(value: object) -> str:
+    if value not in _ASKED_TIERS:
+        raise InvalidRequestError(
+            f"service_tier: Input should be 'auto' or 'standard_only', got {value!r}"
+        )
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,14 +811,15 @@ class AnthropicEndpoints:
             scripted_calls = scripted_tool_calls(request.headers)
             writes = cache_writes(request.headers)
             server_tools = server_tool_requests(request.headers)
-        except (ScriptError, CacheWriteSpecError, ServerToolSpecError) as exc:
+            tier = served_tier(request.headers, req.service_tier)
+        except (ScriptError, CacheWriteSpecError, ServerToolSpecError, ServiceTierSpecError) as exc:
             return error_response(400, str(exc))
         reply = replace(build_reply(req, fault).writing(writes), server_tools=server_tools)
         if scripted is not None or scripted_calls is not None:
             reply = _scripted_reply(reply, scripted, scripted_calls)
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
-            return await self._stream(request, req, reply, fault, message_id)
+            return await self._stream(request, req, reply, fault, message_id, tier)
         if fault.reset_after is not None:
             return _abort(request)
         if fault.garbage:
@@ -793,6 +836,7 @@ class AnthropicEndpoints:
                 **reply.input_usage(),
                 "output_tokens": reply.output_tokens,
                 **reply.server_tool_use(),
+                "service_tier": tier,
             },
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
@@ -804,6 +848,7 @@ class AnthropicEndpoints:
         reply: Reply,
         fault: Fault,
         message_id: str,
+        tier: str,
     ) -> web.StreamResponse:
         def event(name: str, data: dict[str, Any]) -> bytes:
             payload = _GARBAGE_DATA if fault.garbage else orjson.dumps(data)
@@ -836,6 +881,8 @@ class AnthropicEndpoints:
                 **reply.input_usage(),
                 "output_tokens": 1,
                 **reply.server_tool_use(done=False),
+                # Anthropic names the tier up front; message_delta's usage has no such field.
+                "service_tier": tier,
             },
         }
         blocks = reply.blocks(message_id)

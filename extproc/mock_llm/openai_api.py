@@ -4,6 +4,11 @@ Replies and token counts are deterministic (the rules are in ``tokens``). In Ope
 ``prompt_tokens`` is the input count, ``completion_tokens`` the number of reply pieces sent,
 ``max_tokens`` (or ``max_completion_tokens``) keeps the first N pieces and sets
 ``finish_reason`` to "length", and a stream sends one content chunk per piece.
+
+``service_tier`` is answered as OpenAI answers it, at the top level of the completion and
+of every chunk: the tier asked for serves the request (``flex``, ``priority``, ``scale``;
+``fast`` is shown as ``priority``), ``auto``, ``default`` or none is served at ``default``.
+Another value is refused with a 400 naming ``service_tier``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _SSE_DONE = b"data: [DONE]\n\n"
 _GARBAGE = b'{"id": "chatcmpl-garbage", this is not json'
+# The service_tier a request may ask for -> the one OpenAI reports serving it at.
+SERVICE_TIERS = {
+    "auto": "default",
+    "default": "default",
+    "flex": "flex",
+    "scale": "scale",
+    "priority": "priority",
+    "fast": "priority",
+}
 
 
 class InvalidRequestError(Exception):
@@ -52,6 +66,8 @@ class ChatRequest:
     max_tokens: int | None
     # OpenAI's response_format: JSON answers when it asks for them (json_reply).
     response_format: Any = None
+    # The tier that serves the request, as the answer reports it (SERVICE_TIERS).
+    service_tier: str = "default"
 
 
 def _optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
@@ -109,8 +125,29 @@ def parse_chat_request(body: Body) -> ChatRequest:
     if max_tokens is None:
         max_tokens = _optional_positive_int(doc, "max_tokens")
     return ChatRequest(
-        model, messages, bool(stream), include_usage, max_tokens, doc.get("response_format")
+        model,
+        messages,
+        bool(stream),
+        include_usage,
+        max_tokens,
+        doc.get("response_format"),
+        _service_tier(doc.get("service_tier")),
     )
+
+
+def _service_tier(asked: Any) -> str:
+    """The tier that serves a request asking for ``asked`` (None: not asked)."""
+    if asked is None:
+        return "default"
+    served = SERVICE_TIERS.get(asked) if isinstance(asked, str) else None
+    if served is None:
+        supported = ", ".join(f"'{tier}'" for tier in SERVICE_TIERS)
+        raise InvalidRequestError(
+            f"Invalid value for 'service_tier': {asked!r}. Supported values are: {supported}.",
+            "service_tier",
+            "invalid_value",
+        )
+    return served
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +333,7 @@ class OpenAIEndpoints:
                 }
             ],
             "usage": completion.usage(),
+            "service_tier": chat.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
@@ -314,6 +352,7 @@ class OpenAIEndpoints:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": chat.model,
+                "service_tier": chat.service_tier,
                 "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": choices,
             }

@@ -58,6 +58,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         # Exact: the float's shortest form is the picodollar amount (docs/chargeback.md).
         "cost_usd": ctx.cost.usd_float if ctx.cost is not None else 0.0,
         "cost_priced": ctx.cost.priced if ctx.cost is not None else True,
+        # The tier the provider reported serving at, which priced cost_usd (chargeback.md).
+        "service_tier": ctx.service_tier,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,

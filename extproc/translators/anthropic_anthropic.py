@@ -30,6 +30,11 @@ bills per request (``server_tool_use`` named ``web_search`` or ``web_fetch``, co
 (Anthropic bills no failed search). ``stages.partial_usage`` bills that count, marked
 estimated, when the stream ends without Anthropic's; once a ``message_delta`` reports
 ``server_tool_use``, Anthropic's count is the bill.
+
+The service tier that served the answer (``usage.service_tier``: ``standard``,
+``priority``, ``batch``) prices the request. It is read with the usage: from the message
+body, or from a stream's ``message_start`` (a ``message_delta`` that names one too
+replaces it), so a stream cut after its start is billed at its tier.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
-from extproc.translators.base import BufferedBodyReader, StreamFailure
+from extproc.translators.base import BufferedBodyReader, StreamFailure, service_tier_of
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
@@ -247,6 +252,11 @@ class UsageCounts:
         )
 
 
+def service_tier_from_usage(usage: Any) -> str | None:
+    """The ``service_tier`` of a usage object (``standard``, ``priority``, ``batch``)."""
+    return service_tier_of(usage.get("service_tier")) if isinstance(usage, dict) else None
+
+
 def usage_from_object(value: Any) -> Usage | None:
     """Read a Message's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
@@ -257,10 +267,16 @@ def usage_from_object(value: Any) -> Usage | None:
     return UsageCounts.of(value).usage(completion)
 
 
+def _message_service_tier(answer: dict[str, Any]) -> str | None:
+    return service_tier_from_usage(answer.get("usage"))
+
+
 class MessageReader(BufferedBodyReader):
-    """A buffered (non-streaming) message: reads usage and model, passes bytes through."""
+    """A buffered (non-streaming) message: reads usage, model and service tier, passes
+    bytes through."""
 
     read_usage = staticmethod(usage_from_object)
+    read_service_tier = staticmethod(_message_service_tier)
 
 
 class EventStreamReader:
@@ -283,6 +299,8 @@ class EventStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
+        # The tier that served the stream (message_start's usage.service_tier).
+        self.service_tier: str | None = None
         # The server tools' requests its blocks show, billed if the stream is cut.
         self.server_tool_tally = ServerToolTally()
         self._input = UsageCounts()
@@ -338,10 +356,12 @@ class EventStreamReader:
             usage = message.get("usage")
             if isinstance(usage, dict):
                 self._input.update(usage)
+                self.service_tier = service_tier_from_usage(usage)
         elif kind == "message_delta":
             usage = parsed.get("usage")
             if not isinstance(usage, dict):
                 return
+            self.service_tier = service_tier_from_usage(usage) or self.service_tier
             output = _count(usage.get("output_tokens"))
             if output is None:
                 return

@@ -7,10 +7,17 @@ processed and part of the answer delivered, so the gateway charges the request: 
 the provider reported before failing is kept, the rest is estimated
 (``stages.partial_usage``). Read it with ``stream_failure``, which also serves
 translators that have no such attribute (buffered answers, error bodies).
+
+A translator that can read which service tier served the answer (OpenAI's
+``service_tier``, Anthropic's ``usage.service_tier``) exposes it as ``service_tier``,
+read where usage is read; ``reported_service_tier`` reads it from any translator (None
+from those that have none, or before the provider named one). It prices the request
+(``chargeback.pricing``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +28,22 @@ from extproc.errors import GatewayError
 
 # Provider messages are short; a cap keeps a misbehaving proxy's page out of the log line.
 MAX_PROVIDER_MESSAGE = 2000
+# A service tier as providers name it ("default", "flex", "priority", "standard"): what
+# else a provider (or a proxy in front of it) sends is not a tier the price table can
+# name, and must not grow the log line.
+_SERVICE_TIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def service_tier_of(value: Any) -> str | None:
+    """A reported service tier, or None for an absent or malformed one."""
+    if isinstance(value, str) and _SERVICE_TIER.fullmatch(value):
+        return value
+    return None
+
+
+def reported_service_tier(translator: object) -> str | None:
+    """The service tier a response translator read from the provider's answer, if any."""
+    return service_tier_of(getattr(translator, "service_tier", None))
 
 
 class ResponseTranslator(Protocol):
@@ -105,6 +128,8 @@ class BufferedBodyReader:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
+        # The tier that served the answer, as the provider reported it (prices it).
+        self.service_tier: str | None = None
         # The parsed answer, for response guards (so the body is parsed once).
         self.answer: Any = None
         self._parts: list[bytes] = []
@@ -112,6 +137,11 @@ class BufferedBodyReader:
     @staticmethod
     def read_usage(value: Any) -> Usage | None:
         raise NotImplementedError
+
+    @staticmethod
+    def read_service_tier(answer: dict[str, Any]) -> str | None:
+        """The service tier the answer reports; APIs that report one say where."""
+        return None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)
@@ -125,6 +155,7 @@ class BufferedBodyReader:
             self.answer = parsed
             if isinstance(parsed, dict):
                 self.usage = self.read_usage(parsed.get("usage"))
+                self.service_tier = self.read_service_tier(parsed)
                 model = parsed.get("model")
                 self.response_model = model if isinstance(model, str) else None
         return None

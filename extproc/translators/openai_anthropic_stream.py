@@ -38,6 +38,13 @@ upstream body is cut into chunks. Events map as follows:
 Usage is read whether or not the client asked for it, because the gateway accounts for it.
 Like OpenAI, every chunk carries ``"usage": null`` when the client did ask, except the last.
 
+The service tier Anthropic served the answer at (``usage.service_tier`` of the message, or
+of the stream's ``message_start``) prices the request, as ``service_tier``. The client is
+shown it in OpenAI's words, as OpenAI shows it (top level of the completion and of every
+chunk once known): ``standard`` as ``default``, ``priority`` as ``priority``; a tier OpenAI
+has no name for is not shown. A failover chain's downstream filter, which reads the answer
+as an OpenAI one, prices it at that tier the same way.
+
 Errors (``translate_error``) are mapped as ``anthropic_errors`` says: a 401/403 from
 Anthropic (the gateway's own credential) becomes a 502, an overload (529) a 503, a rate
 limit stays a 429, other 5xx become 502; 400, 404 and 413 stay.
@@ -54,6 +61,7 @@ from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.anthropic_anthropic import (
     ServerToolTally,
     UsageCounts,
+    service_tier_from_usage,
     usage_from_object,
 )
 from extproc.translators.anthropic_errors import client_error, stream_error
@@ -73,6 +81,15 @@ _FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+
+# Anthropic's service tiers in OpenAI's words (its chat.completion service_tier values);
+# OpenAI clients that decode the field as an enum know no others.
+_OPENAI_TIERS = {"standard": "default", "priority": "priority"}
+
+
+def _shown_tier(service_tier: str | None) -> str | None:
+    return _OPENAI_TIERS.get(service_tier) if service_tier is not None else None
 
 
 def _finish_reason(stop_reason: Any) -> str:
@@ -98,6 +115,8 @@ class CompletionTranslator:
         self.response_model: str | None = None
         # 502 once an answer could not be read as an Anthropic message.
         self.status: int | None = None
+        # The tier Anthropic served the answer at (usage.service_tier).
+        self.service_tier: str | None = None
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         self._parts: list[bytes] = []
@@ -141,6 +160,7 @@ class CompletionTranslator:
         raw_usage = message.get("usage")
         counts: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         self.usage = usage_from_object(counts)
+        self.service_tier = service_tier_from_usage(counts)
         choice = {
             "index": 0,
             "message": reply,
@@ -156,6 +176,9 @@ class CompletionTranslator:
             "usage": None if self.usage is None else _openai_usage(self.usage, counts),
             "system_fingerprint": None,
         }
+        shown = _shown_tier(self.service_tier)
+        if shown is not None:
+            completion["service_tier"] = shown
         self.answer = completion
         return orjson.dumps(completion)
 
@@ -186,6 +209,10 @@ class StreamTranslator:
         self.status: int | None = None  # a stream's headers have left
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
+        # The tier Anthropic served the stream at (message_start's usage.service_tier),
+        # and its OpenAI name, which every chunk after it shows.
+        self.service_tier: str | None = None
+        self._shown_tier: str | None = None
         self._include_usage = include_usage
         self._id = f"chatcmpl-{request_id}"
         self._created = created
@@ -253,6 +280,7 @@ class StreamTranslator:
                 model = message.get("model")
                 self.response_model = model if isinstance(model, str) else None
                 self._take_counts(message.get("usage"))
+                self._take_tier(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "message_delta":
             return self._message_delta(payload)
@@ -313,6 +341,7 @@ class StreamTranslator:
         # message_start's output count is a placeholder; usage is known from here on.
         if isinstance(usage, dict) and "output_tokens" in usage:
             self._take_counts(usage)
+            self._take_tier(usage)
             self.usage = usage_from_object(self._counts)
             self.server_tool_tally.reported(usage)
         delta = payload.get("delta")
@@ -338,6 +367,13 @@ class StreamTranslator:
         if isinstance(tools, dict):
             # Web searches are billed per request; each tool's count is cumulative.
             self._counts["server_tool_use"] = {**self._counts.get("server_tool_use", {}), **tools}
+
+    def _take_tier(self, usage: Any) -> None:
+        """A usage object's service tier, when it names one (message_start's does)."""
+        tier = service_tier_from_usage(usage)
+        if tier is not None:
+            self.service_tier = tier
+            self._shown_tier = _shown_tier(tier)
 
     def counts_so_far(self) -> StreamFailure:
         """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
@@ -378,6 +414,8 @@ class StreamTranslator:
             "system_fingerprint": None,
             "choices": choices,
         }
+        if self._shown_tier is not None:
+            chunk["service_tier"] = self._shown_tier
         if self._include_usage:
             chunk["usage"] = usage
         return b"data: " + orjson.dumps(chunk) + _EVENT_END

@@ -9,6 +9,13 @@ has left) reaches the client unchanged and is recorded as the reader's ``failure
 (``base.StreamFailure``), so the gateway charges the request and names the error. An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
 own error event (``sse.event_too_large``) the client reads last.
+
+The service tier that served the answer (``service_tier``, top level of a
+``chat.completion`` and of every ``chat.completion.chunk``: ``default``, ``flex``,
+``priority``...) prices the request. A JSON answer's is read from the parsed body; a
+stream's from its first event (one search of that event's bytes, no parse), so a stream
+cut before its usage chunk is billed at its tier too, and from the usage chunk, which is
+parsed anyway. A stream whose first event names no tier is read at its usage chunk only.
 """
 
 from __future__ import annotations
@@ -20,7 +27,12 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError
-from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
+from extproc.translators.base import (
+    BufferedBodyReader,
+    ProviderStreamError,
+    StreamFailure,
+    service_tier_of,
+)
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Only events that carry a usage or an error object are parsed; the rest pass
@@ -28,6 +40,9 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_to
 # its quotes are escaped.
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
 _DONE = b"data: [DONE]" + EVENT_END
+# The service tier of an event, top level of a chunk. Generated text cannot fake it: its
+# quotes are escaped, so none stands right after the name.
+_SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z0-9_]{1,32})"')
 
 
 def prepare_request(
@@ -75,10 +90,17 @@ def _cached(value: Any, prompt: int) -> int:
     return min(value, prompt)
 
 
+def service_tier_from_answer(answer: dict[str, Any]) -> str | None:
+    """The ``service_tier`` of a chat completion or chunk (top level)."""
+    return service_tier_of(answer.get("service_tier"))
+
+
 class CompletionReader(BufferedBodyReader):
-    """A buffered (non-streaming) chat completion: reads usage and model, passes bytes through."""
+    """A buffered (non-streaming) chat completion: reads usage, model and service tier,
+    passes bytes through."""
 
     read_usage = staticmethod(usage_from_object)
+    read_service_tier = staticmethod(service_tier_from_answer)
 
 
 class ChunkStreamReader:
@@ -99,6 +121,10 @@ class ChunkStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when the provider sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
+        # The tier that served the stream, as its first event or usage chunk names it.
+        self.service_tier: str | None = None
+        # True until the first data event has been looked at for the service tier.
+        self._first_event = True
         self._hide = hide_usage_chunk
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
@@ -108,6 +134,8 @@ class ChunkStreamReader:
         if self._ended:
             return b""  # the client has read the stream's end already
         complete = self._events.whole_events(chunk, end_of_stream)
+        if self._first_event and complete:
+            self._read_first_tier(complete)
         if self._events.overflowed:
             return self._end_unreadable(chunk, complete)
         if not _USAGE_OR_ERROR.search(complete):
@@ -116,6 +144,16 @@ class ChunkStreamReader:
             return complete
         kept = self._read_events(complete)
         return kept if self._hide else None
+
+    def _read_first_tier(self, complete: bytes) -> None:
+        """The service tier the stream's first data event names (OpenAI names it in every
+        chunk): known from the start, it prices a stream cut before its usage chunk."""
+        if b"data:" not in complete:
+            return  # comments or keep-alives before the first event
+        self._first_event = False
+        found = _SERVICE_TIER.search(complete)
+        if found is not None:
+            self.service_tier = service_tier_of(found.group(1).decode())
 
     def _read_events(self, complete: bytes) -> bytes:
         """Read the usage (or the provider's error) of whole events; the events a client
@@ -165,6 +203,8 @@ class ChunkStreamReader:
         if usage is None:
             return False
         self.usage = usage
+        # The usage chunk's tier is the provider's last word on it.
+        self.service_tier = service_tier_from_answer(parsed) or self.service_tier
         model = parsed.get("model")
         if isinstance(model, str):
             self.response_model = model
