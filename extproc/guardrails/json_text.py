@@ -14,7 +14,8 @@ the model wrote it (spacing, other escapes), and ``escape`` writes a replacement
 so that the string stays valid JSON.
 
 A lexer, not a second parser: orjson checks the document first (the one parse of
-the argument), and on valid JSON one regular expression finds every token.
+the argument), and on valid JSON one regular expression finds every token. A
+stream's arguments are read fragment by fragment instead (``json_fragments``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9][0-9.eE+\-]*')
 _ESCAPE = re.compile(
     r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})|\\(.)", re.IGNORECASE
 )
-_SIMPLE_ESCAPES = {
+SIMPLE_ESCAPES = {
     '"': '"',
     "\\": "\\",
     "/": "/",
@@ -63,6 +64,16 @@ class Piece:
         """Where the character at ``position`` of ``text`` (or its end) is in the JSON text."""
         run = bisect_right(self._decoded, position) - 1
         return self._raw[run] + position - self._decoded[run]
+
+    @property
+    def as_written(self) -> bool:
+        """Whether ``text`` is the JSON text as written (a number, a string without escapes)."""
+        return len(self._raw) == 1
+
+    def decoded(self, raw: int) -> int:
+        """The position in ``text`` of the JSON text's ``raw`` (not inside an escape)."""
+        run = bisect_right(self._raw, raw) - 1
+        return self._decoded[run] + raw - self._raw[run]
 
 
 def pieces(text: str) -> list[Piece] | None:
@@ -115,7 +126,7 @@ def _decode(escape: re.Match[str]) -> str:
         return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
     if code is not None:
         return chr(int(code, 16))
-    return _SIMPLE_ESCAPES[simple]
+    return SIMPLE_ESCAPES[simple]
 
 
 def escape(text: str) -> str:

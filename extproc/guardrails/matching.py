@@ -132,7 +132,7 @@ class Matchers:
                 for guard, span in piece_spans
             )
             if piece_hits:
-                hits.extend(_onto_json(piece, piece_hits))
+                hits.extend(onto_json(piece, piece_hits))
         return rejecting, hits, every
 
     def scan_all(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
@@ -193,7 +193,7 @@ def _resolve(hits: list[Hit]) -> list[Hit]:
     return kept
 
 
-def _onto_json(piece: Piece, hits: list[Hit]) -> list[Hit]:
+def onto_json(piece: Piece, hits: list[Hit]) -> list[Hit]:
     """A piece's hits as spans of the JSON text, replaced by JSON that stays valid.
 
     In a string, a replacement is escaped (a quote or backslash in it would end or

@@ -23,12 +23,16 @@ The arguments of each streamed tool call are a channel too, as a buffered
 answer's are guarded: OpenAI's ``delta.tool_calls[j].function.arguments`` (and
 the deprecated ``delta.function_call.arguments``) per choice and call index,
 Anthropic's ``input_json_delta`` ``partial_json`` per content block. They are
-JSON text, matched as written (escapes included: unlike a buffered answer's
-arguments, which ``Matchers.scan`` reads as JSON, a stream's fragments leave
-before their document is complete), and released the same way:
-leftovers in an extra argument delta before the finish chunk of their choice
-(OpenAI: a new call index does not end the one before, parallel calls may
-interleave) or before ``content_block_stop``.
+JSON text, read as a buffered answer's are (``json_text``): an ``ArgumentsStream``
+lexes the fragments as they come, matches each string decoded and each number as
+written, each on its own with a text channel's hold-back, and writes masks as JSON
+(escaped; a number holding a match becomes a string). What cannot be read yet
+waits: an escape cut in two, a number that may still grow. Should the fragments
+stop being JSON (a model can write broken arguments), the rest is read as
+written, by a ``TextStream``. Leftovers are released the same way as text: in
+an extra argument delta before the finish chunk of their choice (OpenAI: a new
+call index does not end the one before, parallel calls may interleave) or
+before ``content_block_stop``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from typing import Any
 
 import orjson
 
-from extproc.guardrails.matching import Hit, Matchers, apply
+from extproc.guardrails.json_fragments import Lexed, LexState, lex, state_at
+from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
 
 _EVENT_END = b"\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -67,11 +72,11 @@ class TextStream:
 
     __slots__ = ("_before", "_held", "_matchers", "masked")
 
-    def __init__(self, matchers: Matchers) -> None:
+    def __init__(self, matchers: Matchers, *, before: str = "") -> None:
         self._matchers = matchers
         self._held = ""
         # The last character released, for the "stands alone" checks of builtins.
-        self._before = ""
+        self._before = before
         self.masked: set[int] = set()  # guards that masked something
 
     def push(self, text: str) -> str:
@@ -83,49 +88,166 @@ class TextStream:
         return self._release(self._held, final=True)
 
     def _release(self, buffer: str, *, final: bool) -> str:
-        context = self._before
-        scanned = context + buffer
-        offset = len(context)
-        _, hits, rejected = self._matchers.scan_all(scanned)
-        reaching_back = any(hit.start < offset < hit.end for hit in hits) or any(
-            span.start < offset < span.end for _, span in rejected
-        )
-        if offset and reaching_back:
-            # A match reaching back into text already sent cannot be masked there,
-            # and would hide one starting after it: match the held text on its own.
-            scanned, offset = buffer, 0
-            _, hits, rejected = self._matchers.scan_all(scanned)
-        cut = len(scanned)
-        if not final:
-            cut = max(offset, cut - self._matchers.holdback(scanned))
-            # A match that runs past the cut may still grow: keep it whole for later.
-            spans = [(hit.start, hit.end) for hit in hits]
-            spans.extend((span.start, span.end) for _, span in rejected)
-            moved = True
-            while moved:
-                moved = False
-                for start, end in spans:
-                    # Only ever earlier, and never before what is already out (a span
-                    # may start in the released context): so this loop ends.
-                    if start < cut < end and max(offset, start) < cut:
-                        cut = max(offset, start)
-                        moved = True
-        # Refused by the first guard (in config order) that found something complete in
-        # what would be released.
-        refusing = [guard for guard, span in rejected if offset < span.end <= cut]
+        cut, hits, refusing = _plan(self._matchers, self._before, buffer, final=final)
         if refusing:
             raise StreamRejectedError(min(refusing))
-        released = [
-            Hit(hit.start - offset, hit.end - offset, hit.guard, hit.replacement)
-            for hit in hits
-            if hit.start >= offset and hit.end <= cut
-        ]
-        self.masked.update(hit.guard for hit in released)
-        out = apply(scanned[offset:cut], released)
-        if cut > offset:
-            self._before = scanned[cut - 1]
-        self._held = scanned[cut:]
-        return out
+        self.masked.update(hit.guard for hit in hits)
+        if cut:
+            self._before = buffer[cut - 1]
+        self._held = buffer[cut:]
+        return apply(buffer[:cut], hits)
+
+
+def _plan(
+    matchers: Matchers, before: str, buffer: str, *, final: bool
+) -> tuple[int, list[Hit], list[int]]:
+    """What of ``buffer`` (text that follows ``before``, the last character released) can
+    leave now: (where it is cut, the mask hits before the cut, the guards refusing what is
+    before it), positions in ``buffer``. The rest must wait for more text."""
+    context = before
+    scanned = context + buffer
+    offset = len(context)
+    _, hits, rejected = matchers.scan_all(scanned)
+    reaching_back = any(hit.start < offset < hit.end for hit in hits) or any(
+        span.start < offset < span.end for _, span in rejected
+    )
+    if offset and reaching_back:
+        # A match reaching back into text already sent cannot be masked there,
+        # and would hide one starting after it: match the held text on its own.
+        scanned, offset = buffer, 0
+        _, hits, rejected = matchers.scan_all(scanned)
+    cut = len(scanned)
+    if not final:
+        cut = max(offset, cut - matchers.holdback(scanned))
+        # A match that runs past the cut may still grow: keep it whole for later.
+        spans = [(hit.start, hit.end) for hit in hits]
+        spans.extend((span.start, span.end) for _, span in rejected)
+        moved = True
+        while moved:
+            moved = False
+            for start, end in spans:
+                # Only ever earlier, and never before what is already out (a span
+                # may start in the released context): so this loop ends.
+                if start < cut < end and max(offset, start) < cut:
+                    cut = max(offset, start)
+                    moved = True
+    # Refused by the first guard (in config order) that found something complete in
+    # what would be released.
+    refusing = [guard for guard, span in rejected if offset < span.end <= cut]
+    released = [
+        Hit(hit.start - offset, hit.end - offset, hit.guard, hit.replacement)
+        for hit in hits
+        if hit.start >= offset and hit.end <= cut
+    ]
+    return cut - offset, released, refusing
+
+
+class ArgumentsStream:
+    """One tool call's streamed arguments, read as the JSON they are (see module docstring).
+
+    Each push lexes what was held plus the new fragment from where the last release left
+    the document, matches each string (decoded) and number on its own with a string's
+    hold-back, and releases the JSON text up to the first thing that must wait: the held
+    tail of an open string, an escape cut in two, a number that may still grow."""
+
+    __slots__ = ("_held", "_last", "_matchers", "_state", "_text", "masked")
+
+    def __init__(self, matchers: Matchers) -> None:
+        self._matchers = matchers
+        self._held = ""  # JSON text not released yet; ``_state`` is where it begins
+        self._state = LexState()
+        self._last = ""  # the last character released, as written
+        self._text: TextStream | None = None  # once the arguments stopped being JSON
+        self.masked: set[int] = set()
+
+    def push(self, fragment: str) -> str:
+        if self._text is not None:
+            return self._text.push(fragment)
+        return self._release(self._held + fragment, final=False)
+
+    def flush(self) -> str:
+        if self._text is not None:
+            return self._text.flush()
+        if not self._held:
+            return ""
+        return self._release(self._held, final=True)
+
+    def _release(self, buffer: str, *, final: bool) -> str:
+        lexed = lex(self._state, buffer, final=final)
+        if lexed.broken:
+            return self._as_text(buffer, final=final)
+        cut, hits = self._json_cut(lexed, final=final)
+        if final:
+            self._state = lexed.state
+        else:
+            # Were the arguments to stop being JSON later, what was held is read as written
+            # with what follows: hold what a text channel would hold too, so a match begun
+            # there (a card written as JSON numbers "4111 1111 ...") is still found whole.
+            if not _holds_as_text(lexed, len(buffer), cut):
+                cut = min(cut, len(buffer) - self._matchers.holdback(buffer))
+            if lexed.fixed or hits:
+                cut = _outside(cut, [*lexed.fixed, *((hit.start, hit.end) for hit in hits)])
+                hits = [hit for hit in hits if hit.end <= cut]
+            if cut:
+                self._state = state_at(lexed, self._state, buffer, cut)
+        self.masked.update(hit.guard for hit in hits)
+        if cut:
+            self._last = buffer[cut - 1]
+        self._held = buffer[cut:]
+        return apply(buffer[:cut], hits)
+
+    def _json_cut(self, lexed: Lexed, *, final: bool) -> tuple[int, list[Hit]]:
+        """How far the JSON reading lets the text go, and the mask hits (as JSON) before that."""
+        cut = lexed.hold
+        hits: list[Hit] = []
+        refusing: list[int] = []
+        for index, (piece, complete) in enumerate(lexed.pieces):
+            if not piece.text:
+                continue
+            # Each piece is read on its own, as in a buffered answer; one going on from
+            # the last stretch, after the character released before it.
+            before = self._state.before if index == 0 and lexed.continued else ""
+            done = final or complete
+            piece_cut, found, refused = _plan(self._matchers, before, piece.text, final=done)
+            refusing.extend(refused)
+            if found:
+                hits.extend(onto_json(piece, found))
+            if not done:
+                cut = min(cut, piece.raw(piece_cut))
+        if refusing:
+            raise StreamRejectedError(min(refusing))
+        return cut, hits
+
+    def _as_text(self, buffer: str, *, final: bool) -> str:
+        """The arguments stopped being JSON: from what is held on, read them as written."""
+        self._held = ""
+        text = self._text = TextStream(self._matchers, before=self._last)
+        text.masked = self.masked
+        released = text.push(buffer)
+        return released + text.flush() if final else released
+
+
+def _holds_as_text(lexed: Lexed, length: int, cut: int) -> bool:
+    """Whether cutting a stretch of ``length`` characters at ``cut`` already holds what a
+    text channel would: the stretch ends in a string written without escapes, and the
+    hold-back begins inside it, so it was counted over the very characters a text channel
+    counts (the common case, spared a second count)."""
+    if lexed.hold < length or not lexed.state.in_string or not lexed.pieces:
+        return False
+    piece, complete = lexed.pieces[-1]
+    return not complete and piece.as_written and cut > piece.raw(0)
+
+
+def _outside(cut: int, spans: list[tuple[int, int]]) -> int:
+    """``cut``, moved back out of every span it falls strictly inside."""
+    moved = True
+    while moved:
+        moved = False
+        for start, end in spans:
+            if start < cut < end:
+                cut = start
+                moved = True
+    return cut
 
 
 @dataclass(slots=True)
@@ -145,7 +267,7 @@ class StreamGuard:
     def __init__(self, matchers: Matchers, *, anthropic: bool) -> None:
         self._matchers = matchers
         self._anthropic = anthropic
-        self._channels: dict[Channel, TextStream] = {}
+        self._channels: dict[Channel, TextStream | ArgumentsStream] = {}
         # The tool calls seen, in order: their channels close with their owner's.
         self._calls: list[CallChannel] = []
         self._pending = b""
@@ -214,12 +336,14 @@ class StreamGuard:
             out.append(self._error_event(error(rejected.guard)))
         return b"".join(out)
 
-    def _channel(self, channel: Channel) -> TextStream:
+    def _channel(self, channel: Channel) -> TextStream | ArgumentsStream:
         found = self._channels.get(channel)
         if found is None:
-            found = self._channels[channel] = TextStream(self._matchers)
             if isinstance(channel, tuple):
+                found = self._channels[channel] = ArgumentsStream(self._matchers)
                 self._calls.append(channel)
+            else:
+                found = self._channels[channel] = TextStream(self._matchers)
         return found
 
     def _close(self, channel: Channel, event: _Event, out: list[bytes]) -> None:
