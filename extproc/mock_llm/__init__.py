@@ -1,15 +1,16 @@
 """A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
 
-It answers like OpenAI (``openai_api``), like Anthropic's Messages API (``anthropic_api``) and
+It answers like OpenAI (chat completions in ``openai_api``, the Responses API in
+``responses_api``), like Anthropic's Messages API (``anthropic_api``) and
 like AWS Bedrock Runtime's Converse API, SigV4 and event stream included (``bedrock_api``),
 with deterministic replies and token counts (``tokens``), misbehaves on request (see ``faults``
 for the ``x-mock-fault`` header), and records what it received (see ``recorder``) so tests can
 check what the gateway sent upstream.
 
 Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``,
-``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse`` still reach the right
-endpoint. ``POST .../moderations`` answers like OpenAI's moderation endpoint (see
-``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
+``/openai/v1/responses``, ``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse``
+still reach the right endpoint. ``POST .../moderations`` answers like OpenAI's moderation
+endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
 ``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
 Titan text embeddings (see ``bedrock_embeddings``); header ``x-mock-reply`` chooses the
 reply (see ``scripted``).
@@ -40,6 +41,7 @@ from extproc.mock_llm.faults import NO_FAULT, parse_fault
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
+from extproc.mock_llm.responses_api import ResponsesEndpoint
 from extproc.mock_llm.tokens import count_tokens
 
 __all__ = ["MockOptions", "count_tokens", "create_app", "run"]
@@ -90,6 +92,9 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s,
             default_fault=default_fault,
         )
+        self.responses = ResponsesEndpoint(
+            chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
+        )
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.anthropic = AnthropicEndpoints(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
@@ -110,6 +115,8 @@ class _MockApp:
         """The method and endpoint for a provider path, or None."""
         if path.endswith("/chat/completions"):
             return "POST", self.openai.chat_completions
+        if path.endswith("/responses"):
+            return "POST", self.responses.create
         if path.endswith("/v1/messages/count_tokens"):
             return "POST", self.anthropic.count_tokens
         if path.endswith("/v1/messages"):

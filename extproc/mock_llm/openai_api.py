@@ -131,11 +131,11 @@ def parse_chat_request(body: Body) -> ChatRequest:
         include_usage,
         max_tokens,
         doc.get("response_format"),
-        _service_tier(doc.get("service_tier")),
+        served_tier(doc.get("service_tier")),
     )
 
 
-def _service_tier(asked: Any) -> str:
+def served_tier(asked: Any) -> str:
     """The tier that serves a request asking for ``asked`` (None: not asked)."""
     if asked is None:
         return "default"
