@@ -10,6 +10,9 @@ The pairs the gateway serves:
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
 - OpenAI embeddings -> ``openai``: model renamed; usage (prompt tokens) read.
 - OpenAI embeddings -> ``bedrock``: ``bedrock_embeddings`` (Titan's InvokeModel) + SigV4.
+- OpenAI Responses API -> ``openai``: ``openai_responses``: model renamed; usage read
+  from the JSON answer or the stream's terminal event. No other provider type has
+  the API, and none is translated to.
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
@@ -50,6 +53,7 @@ from extproc.translators import (
     openai_bedrock,
     openai_embeddings,
     openai_openai,
+    openai_responses,
 )
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator
 
@@ -104,6 +108,8 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         )
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return _embeddings_request(ctx, parsed, upstream, suffix)
+    if route.api is RouteApi.OPENAI_RESPONSES:
+        return _responses_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
     options = parsed.get("stream_options")
@@ -151,6 +157,28 @@ def check_embeddings_pair(ctx: RequestContext, parsed: dict[str, Any], upstream:
         bedrock_embeddings.input_text(parsed)
     elif kind is not ProviderType.OPENAI:
         raise _unsupported(ctx, kind)
+
+
+def check_responses_pair(ctx: RequestContext, upstream: Upstream) -> None:
+    """Refuse a Responses API request for a model of a provider without the API, as
+    soon as the model is known: before the quota counts it (``check_embeddings_pair``)."""
+    if upstream.provider.type is not ProviderType.OPENAI:
+        raise _unsupported(ctx, upstream.provider.type)
+
+
+def _responses_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """Responses API calls go to OpenAI-compatible providers as they are, under the
+    provider's name for the model. Its streams always report usage: nothing to ask."""
+    check_responses_pair(ctx, upstream)
+    rewritten = openai_responses.prepare_request(parsed, upstream.upstream_model)
+    if rewritten is None and ctx.body_changed:
+        rewritten = parsed
+    path = upstream.provider.path_prefix + openai_responses.ENDPOINT + suffix
+    return RequestPlan(
+        _json(rewritten) if rewritten is not None else None, path, _credentials(upstream)
+    )
 
 
 def _embeddings_request(
@@ -250,6 +278,10 @@ def plan_response(
             model=ctx.model or "", base64_vectors=body.get("encoding_format") == "base64"
         )
         return ResponsePlan(titan, remove_headers=["content-length"])
+    if route.api is RouteApi.OPENAI_RESPONSES:
+        if streaming:
+            return ResponsePlan(openai_responses.EventStreamReader(), streamed=True)
+        return ResponsePlan(openai_responses.ResponseReader())
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

@@ -8,12 +8,13 @@ Envoy, and the processor turns it into protobuf.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from extproc.config.model import RouteApi
 from extproc.embeddings import estimate_input_tokens
-from extproc.quota.estimate import estimate_prompt_tokens
+from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 
 if TYPE_CHECKING:
     from extproc.agents.call import AgentCall
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
     from extproc.runtime import Route, Runtime, Upstream
     from extproc.telemetry.content import ContentCapture
     from extproc.translators.base import ResponseTranslator
+
+
+# How the prompt of each client API that does not send chat messages is estimated;
+# the others (chat completions, Anthropic's Messages) by ``estimate_prompt_tokens``.
+_PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
+    RouteApi.OPENAI_EMBEDDINGS: estimate_input_tokens,
+    RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
+}
 
 
 @dataclass(slots=True)
@@ -213,9 +222,8 @@ class RequestContext:
         the quota reserves and caps by it, and a running stream reports at every chunk
         what it would be charged were it cut there."""
         if self.prompt_estimate is None:
-            body = self.body or {}
-            embeddings = self.route is not None and self.route.api is RouteApi.OPENAI_EMBEDDINGS
-            self.prompt_estimate = (
-                estimate_input_tokens(body) if embeddings else estimate_prompt_tokens(body)
-            )
+            estimate: Callable[[dict[str, Any]], int] = estimate_prompt_tokens
+            if self.route is not None:
+                estimate = _PROMPT_ESTIMATES.get(self.route.api, estimate_prompt_tokens)
+            self.prompt_estimate = estimate(self.body or {})
         return self.prompt_estimate

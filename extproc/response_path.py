@@ -52,8 +52,12 @@ if TYPE_CHECKING:
 PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.OPENAI_CHAT: ProviderType.OPENAI,
     RouteApi.OPENAI_EMBEDDINGS: ProviderType.OPENAI,
+    RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
 }
+# Client APIs nothing translates to: a model of another provider type is refused at
+# the body, so it does not keep a route off the lean path.
+_UNTRANSLATED = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_RESPONSES})
 
 
 def lean_routes(config: GatewayConfig) -> frozenset[str]:
@@ -71,8 +75,9 @@ def lean_routes(config: GatewayConfig) -> frozenset[str]:
         reachable.update(prefix.provider for prefix in config.model_prefixes)
         if route.provider is not None:
             reachable = {route.provider}
-        if route.api is RouteApi.ANTHROPIC_MESSAGES:
-            # Nothing translates to Messages: other providers are refused at the body.
+        if route.api in _UNTRANSLATED:
+            # Nothing translates to Messages or Responses: other providers are refused
+            # at the body.
             reachable = {name for name in reachable if providers[name] is wanted}
         if any(providers[name] is not wanted for name in reachable):
             continue

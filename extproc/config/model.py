@@ -261,6 +261,9 @@ class RouteApi(StrEnum):
     ANTHROPIC_COUNT_TOKENS = "anthropic_count_tokens"
     # OpenAI's /v1/embeddings: input text in, vectors out; billed by prompt tokens only.
     OPENAI_EMBEDDINGS = "openai_embeddings"
+    # OpenAI's Responses API (/v1/responses): passed through to OpenAI-compatible
+    # providers, billed like chat completions (input and output tokens).
+    OPENAI_RESPONSES = "openai_responses"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -272,6 +275,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.ANTHROPIC_MESSAGES: ModelKind.CHAT,
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
+    RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
 }
 
 
@@ -410,6 +414,7 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(
             name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
         ),
+        RouteConfig(name="openai-responses", path="/v1/responses", api=RouteApi.OPENAI_RESPONSES),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES

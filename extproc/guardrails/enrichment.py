@@ -5,7 +5,10 @@ them. On OpenAI routes the messages are inserted as they are (the Anthropic
 and Bedrock translators move system messages where their APIs want them). On
 Anthropic Messages routes a system message goes into the top-level ``system``
 prompt and a user message joins the first (or last) user turn as a text
-block, because that API wants user and assistant turns to alternate.
+block, because that API wants user and assistant turns to alternate. On OpenAI
+Responses API routes they become messages of ``input`` around the client's items
+(a string ``input`` is one user message first), as the API takes system and user
+messages there.
 """
 
 from __future__ import annotations
@@ -33,16 +36,24 @@ def _text(message: EnrichmentMessage, values: dict[str, str]) -> str:
 
 
 def enrich(
-    body: dict[str, Any], enrichment: EnrichmentConfig, values: dict[str, str], *, anthropic: bool
+    body: dict[str, Any],
+    enrichment: EnrichmentConfig,
+    values: dict[str, str],
+    *,
+    anthropic: bool,
+    responses: bool = False,
 ) -> None:
     """Add the route's messages to ``body`` in place."""
-    messages = body.get("messages")
+    key = "input" if responses else "messages"
+    messages = body.get(key)
+    if responses and isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, list):
         return
     if not anthropic:
         before = [{"role": m.role, "content": _text(m, values)} for m in enrichment.prepend]
         after = [{"role": m.role, "content": _text(m, values)} for m in enrichment.append]
-        body["messages"] = [*before, *messages, *after]
+        body[key] = [*before, *messages, *after]
         return
     for message in enrichment.prepend:
         _anthropic_add(body, messages, _text(message, values), message.role, first=True)

@@ -20,6 +20,16 @@ translation, so a Bedrock-bound request is read in its OpenAI shape):
 - tool definitions: OpenAI's ``tools`` and legacy ``functions``, Anthropic's
   ``tools``, as JSON (the providers render them into the prompt).
 
+An OpenAI Responses API body (``/v1/responses``) is read its own way
+(``estimate_responses_tokens``): ``instructions``, then ``input`` (a string, or
+items: each message's content, its ``input_text`` / ``output_text`` parts,
+function and custom tool calls' names and arguments, and what tools returned),
+with the same per-message overhead, and its tool definitions; its completion
+allowance is ``max_output_tokens``. Context the provider adds from storage
+(``previous_response_id``, ``conversation``, a stored ``prompt``) is not in the
+body: the estimate is low for such a request, and the settlement, from the
+provider's count, exact.
+
 Text the estimate skipped would still be billed: a prompt made of it reserved
 next to nothing, and one large request could overrun a token limit or a hard
 cap. Images and PDFs are not text (their base64 is not their token count).
@@ -38,10 +48,19 @@ CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
 # The fields of a tool call (in an assistant turn) that the provider reads back.
 _CALL_FIELDS = ("name", "arguments")
+# Where a request bounds its completion: chat completions and Anthropic's Messages
+# (OpenAI's newer name first), and OpenAI's Responses API, which has one field only.
+CHAT_ALLOWANCE_FIELDS = ("max_completion_tokens", "max_tokens")
+RESPONSES_ALLOWANCE_FIELDS = ("max_output_tokens",)
+# The text a Responses API input item carries besides its content: a function call's
+# name and arguments, a custom tool call's input.
+_ITEM_TEXT_FIELDS = ("name", "arguments", "input")
 
 
-def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
-    for field in ("max_completion_tokens", "max_tokens"):
+def completion_allowance(
+    body: dict[str, Any], default_max_tokens: int, fields: tuple[str, ...] = CHAT_ALLOWANCE_FIELDS
+) -> int:
+    for field in fields:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -59,6 +78,27 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     prompt += _content_chars(body.get("system")) // CHARS_PER_TOKEN
     prompt += _definitions_chars(body) // CHARS_PER_TOKEN
     return prompt
+
+
+def estimate_responses_tokens(body: dict[str, Any]) -> int:
+    """The prompt of an OpenAI Responses API body: ``instructions``, ``input`` and the tool
+    definitions, as ``estimate_prompt_tokens`` counts a chat body's."""
+    prompt = _string_chars(body.get("instructions")) // CHARS_PER_TOKEN
+    value = body.get("input")
+    if isinstance(value, str):
+        prompt += len(value) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                prompt += _item_chars(item) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
+    return prompt + _definitions_chars(body) // CHARS_PER_TOKEN
+
+
+def _item_chars(item: dict[str, Any]) -> int:
+    """One input item: a message's content (a string or its text parts), a tool call's
+    name and arguments, or a tool's ``output`` (a string or text parts)."""
+    chars = _content_chars(item.get("content")) + _content_chars(item.get("output"))
+    return chars + sum(_string_chars(item.get(field)) for field in _ITEM_TEXT_FIELDS)
 
 
 def _message_chars(message: dict[str, Any]) -> int:
@@ -162,16 +202,22 @@ def _strings_chars(value: Any) -> int:
     return chars
 
 
-def cap_completion(body: dict[str, Any], most: int, field: str = "max_completion_tokens") -> bool:
-    """Lower the request's completion allowance to ``most``; True when the body changed.
+def cap_completion(
+    body: dict[str, Any],
+    most: int,
+    field: str = "max_completion_tokens",
+    names: tuple[str, ...] = CHAT_ALLOWANCE_FIELDS,
+) -> bool:
+    """Lower the request's completion allowance (its fields ``names``) to ``most``; True
+    when the body changed.
 
     A body that names no allowance gets ``field``: ``max_completion_tokens`` for
     OpenAI's chat API, where ``max_tokens`` is deprecated and its reasoning models
     refuse it (400 "Unsupported parameter"); ``max_tokens`` for Anthropic's Messages
-    API, which has no other."""
+    API, which has no other; ``max_output_tokens`` for OpenAI's Responses API."""
     changed = False
     named = False
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in names:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
             named = True

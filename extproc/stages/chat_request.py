@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import check_embeddings_pair, plan_request
+from extproc.backends import check_embeddings_pair, check_responses_pair, plan_request
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.embeddings import check_embeddings_body
@@ -28,6 +28,7 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import nesting_depth_over
+from extproc.responses_api import check_responses_body
 from extproc.runtime import Route
 from extproc.stages.attempt import failover_plan
 
@@ -69,6 +70,8 @@ class ChatRequestStage:
         ctx.upstream_model = upstream.upstream_model
         if route.api is RouteApi.OPENAI_EMBEDDINGS:
             check_embeddings_pair(ctx, parsed, upstream)
+        elif route.api is RouteApi.OPENAI_RESPONSES:
+            check_responses_pair(ctx, upstream)
         stream = parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
@@ -199,6 +202,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_EMBEDDINGS:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_embeddings_body(parsed)
+        return parsed
+    if api is RouteApi.OPENAI_RESPONSES:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_responses_body(parsed, limits.max_messages)
         return parsed
     return parse_chat_body(body, limits.max_messages, limits.max_json_depth)
 

@@ -13,6 +13,12 @@ body: buffered answers are checked whole (webhook, then matchers), streamed
 ones event by event with ``guardrails.stream``. Only answers with a 2xx status
 are guarded; errors pass as they are.
 
+OpenAI Responses API routes (``guardrails.responses_text``) guard requests and
+whole answers. A stream of theirs repeats its text outside its deltas (in the
+``.done`` events and the terminal response), which the stream guard does not
+rewrite: a route that guards answers refuses to stream them (400), rather than
+send unguarded text.
+
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
 name, never the text it matched. Routes without policies cost one dict lookup.
@@ -30,7 +36,7 @@ from extproc.backends import ANTHROPIC_APIS
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
-from extproc.errors import anthropic_error_body
+from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.guardrails.content import (
     TextSlot,
     anthropic_answer_slots,
@@ -42,6 +48,8 @@ from extproc.guardrails.enrichment import enrich, template_values
 from extproc.guardrails.matching import Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
+from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
+from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard
 from extproc.guardrails.webhook import WebhookError
 
@@ -139,6 +147,8 @@ class GuardRequestStage:
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None:
             return None
+        if route.api is RouteApi.OPENAI_RESPONSES and ctx.stream and not guards.response.empty:
+            raise _unguardable_stream(route.name)
         if guards.request.waits:
             return self._checked(ctx, guards)
         if not guards.request.empty:
@@ -170,10 +180,24 @@ class GuardRequestStage:
         _enrich(ctx, guards)
 
 
+def _unguardable_stream(route: str) -> BadRequestError:
+    """A streamed Responses API answer on a route that guards answers: its text comes
+    again, whole, outside the deltas a stream guard rewrites, so it is refused before
+    the quota counts it rather than sent unguarded (the module docstring)."""
+    return BadRequestError(
+        f"route '{route}' guards answers, which it cannot do for a streamed Responses API "
+        "answer; send the request with stream: false",
+        param="stream",
+        code="stream_not_guarded",
+    )
+
+
 def _request_slots(ctx: RequestContext) -> list[TextSlot]:
     assert ctx.body is not None and ctx.route is not None
     if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
         return input_slots(ctx.body)
+    if ctx.route.api is RouteApi.OPENAI_RESPONSES:
+        return responses_request_slots(ctx.body)
     return request_slots(ctx.body)
 
 
@@ -230,7 +254,14 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     # Token counting takes a Messages body too: enriched like /v1/messages, its count is
     # of the prompt a Messages call sends (a "system" message in `messages` is refused).
     anthropic = ctx.route is not None and ctx.route.api in ANTHROPIC_APIS
-    enrich(ctx.body, guards.enrichment, template_values(ctx), anthropic=anthropic)
+    responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
+    enrich(
+        ctx.body,
+        guards.enrichment,
+        template_values(ctx),
+        anthropic=anthropic,
+        responses=responses,
+    )
     ctx.body_changed = True
 
 
@@ -303,6 +334,8 @@ class GuardResponseStage:
         assert ctx.route is not None
         if ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
             return answer, anthropic_answer_slots(answer)
+        if ctx.route.api is RouteApi.OPENAI_RESPONSES:
+            return answer, responses_answer_slots(answer)
         return answer, openai_answer_slots(answer)
 
     async def _buffered_with_webhooks(

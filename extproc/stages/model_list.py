@@ -2,10 +2,10 @@
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
-send on at least one route that serves it (chat or embeddings, by the model's
-``kind``), as the chat request stage would decide it there (the route's provider
-and fixed model, the key's ``allowed_models`` and ``allowed_routes``, the access
-rules of that route).
+send on at least one route that serves it (chat, responses or embeddings, by the
+model's ``kind`` and the provider types each API reaches), as the chat request
+stage would decide it there (the route's provider and fixed model, the key's
+``allowed_models`` and ``allowed_routes``, the access rules of that route).
 """
 
 from __future__ import annotations
@@ -21,8 +21,18 @@ from extproc.runtime import Route, Runtime
 # The routes a model is used on: those that generate answers or embeddings.
 # Count-tokens routes generate nothing, and agent routes name no model.
 _USING_APIS = frozenset(
-    {RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_EMBEDDINGS}
+    {
+        RouteApi.OPENAI_CHAT,
+        RouteApi.ANTHROPIC_MESSAGES,
+        RouteApi.OPENAI_EMBEDDINGS,
+        RouteApi.OPENAI_RESPONSES,
+    }
 )
+# The client APIs served by one provider type only (nothing translates to them).
+_ONLY_PROVIDER = {
+    RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
+    RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
+}
 
 
 class ModelListStage:
@@ -77,8 +87,7 @@ def _usable_on(
     upstream = runtime.resolve_upstream(name, route)
     if upstream is None:
         return False
-    if route.api is RouteApi.ANTHROPIC_MESSAGES and upstream.provider.type is not (
-        ProviderType.ANTHROPIC
-    ):
-        return False  # Anthropic's API is served only by Anthropic providers
+    only = _ONLY_PROVIDER.get(route.api)
+    if only is not None and upstream.provider.type is not only:
+        return False  # Anthropic's API only by Anthropic providers, Responses by OpenAI's
     return runtime.access.denial(identity, name, route.name, canonical) is None

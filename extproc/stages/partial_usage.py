@@ -32,6 +32,13 @@ blocks' count of them), the rest is estimated as above, and the request is marke
 error in the log line. A stream the gateway itself ended, because an event grew
 too long to hold (``sse.event_too_large``), is charged the same way.
 
+An OpenAI Responses API stream carries its generated text in the ``delta`` of its
+delta events (``response.output_text.delta``, function-call arguments, refusals,
+reasoning summaries), and again whole in the ``.done`` events and the terminal
+response: there only the deltas are counted (``_RESPONSES_DELTA``), once each. Its
+usage comes in its terminal event; a stream cut before it, or failed, is charged
+as above: the prompt estimate and the deltas' characters.
+
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
 """
@@ -41,6 +48,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.translators.anthropic_anthropic import server_tools_counted
@@ -53,9 +61,13 @@ _TEXT_VALUE = re.compile(
 )
 
 
-def generated_chars(chunk: bytes) -> int:
+# The same for a Responses API stream: the text of its delta events only.
+_RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def generated_chars(chunk: bytes, pattern: re.Pattern[bytes] = _TEXT_VALUE) -> int:
     """Characters of generated text in one piece of a provider's stream."""
-    return sum(len(found) for found in _TEXT_VALUE.findall(chunk))
+    return sum(len(found) for found in pattern.findall(chunk))
 
 
 class PartialUsageStage:
@@ -63,7 +75,9 @@ class PartialUsageStage:
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
         if ctx.stream and ctx.accounted and ctx.response_status < 400:
-            ctx.generated_chars += generated_chars(chunk)
+            responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
+            pattern = _RESPONSES_DELTA if responses else _TEXT_VALUE
+            ctx.generated_chars += generated_chars(chunk, pattern)
 
     def done(self, ctx: RequestContext) -> None:
         if ctx.usage_reported or not ctx.stream or ctx.body is None:

@@ -22,7 +22,12 @@ from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
-from extproc.quota.estimate import cap_completion, completion_allowance
+from extproc.quota.estimate import (
+    CHAT_ALLOWANCE_FIELDS,
+    RESPONSES_ALLOWANCE_FIELDS,
+    cap_completion,
+    completion_allowance,
+)
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 
@@ -60,7 +65,7 @@ class QuotaStage:
             cost = ctx.estimated_prompt_tokens()  # vectors are not billed as tokens
         else:
             cost = ctx.estimated_prompt_tokens() + completion_allowance(
-                ctx.body, default_max_tokens
+                ctx.body, default_max_tokens, _allowance_fields(ctx)
             )
         return self._reserve(ctx, out, limits, cost)
 
@@ -140,24 +145,38 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         return
     prompt = ctx.estimated_prompt_tokens()
     completion = min(_left_before(reservation, i) for i in capped) - prompt
-    # An embeddings call needs room for its input only; a chat call for one more token.
     embeddings = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS
-    if completion < (0 if embeddings else 1):
+    if completion < _least_completion(ctx):
         store = ctx.runtime.services.quota_store
         assert store is not None
         # The tokens go back (the request counts); forgotten first, so that done()
         # cannot give them back a second time.
         ctx.reservation = None
         store.settle(reservation, None)
-        refusal, limit = _capped_refusal(reservation, capped, prompt, store.now())
+        room = max(1, _least_completion(ctx))
+        refusal, limit = _capped_refusal(reservation, capped, prompt, store.now(), room)
         # A refusal like the store's: aigw_rate_limited_total counts both.
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
         raise refusal
-    if not embeddings and cap_completion(ctx.body, completion, _allowance_field(ctx)):
+    if not embeddings and cap_completion(
+        ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx)
+    ):
         ctx.body_changed = True
         ctx.quota_decision = "capped"
+
+
+# The least completion a hard cap may leave a request, by client API: an embeddings call
+# needs room for its input only; a Responses API call 16 tokens, the smallest
+# max_output_tokens OpenAI accepts (a lower cap would turn the request into the
+# provider's 400 about a field the client never set); a chat call one token.
+_LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 16}
+
+
+def _least_completion(ctx: RequestContext) -> int:
+    route = ctx.route
+    return _LEAST_COMPLETION.get(route.api, 1) if route is not None else 1
 
 
 def _left_before(reservation: Reservation, index: int) -> int:
@@ -170,19 +189,31 @@ def _allowance_field(ctx: RequestContext) -> str:
     route = ctx.route
     if route is not None and route.api in ANTHROPIC_APIS:
         return "max_tokens"
+    if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
+        return "max_output_tokens"
     return "max_completion_tokens"
 
 
+def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
+    """Where a body of the request's API bounds its completion: the Responses API reads
+    ``max_output_tokens`` alone (a ``max_tokens`` there is no allowance of its)."""
+    route = ctx.route
+    if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
+        return RESPONSES_ALLOWANCE_FIELDS
+    return CHAT_ALLOWANCE_FIELDS
+
+
 def _capped_refusal(
-    reservation: Reservation, capped: list[int], prompt: int, now: float
+    reservation: Reservation, capped: list[int], prompt: int, now: float, room: int = 1
 ) -> tuple[RateLimitError, Limit]:
     """The 429 for a prompt that a hard-capped budget cannot take, and the limit it names.
 
     A budget that has too little left says when it resets (``retry-after``),
-    like any other refusal. A prompt larger than a whole budget would be refused
-    after every reset: it gets no ``retry-after``, which would promise otherwise.
+    like any other refusal. A prompt that leaves a whole budget less than ``room``
+    for the answer would be refused after every reset: it gets no ``retry-after``,
+    which would promise otherwise.
     """
-    never = [i for i in capped if reservation.effective[i] - prompt < 1]
+    never = [i for i in capped if reservation.effective[i] - prompt < room]
     index = min(never or capped, key=lambda i: _left_before(reservation, i))
     limit, effective = reservation.limits[index], reservation.effective[index]
     left = max(0, _left_before(reservation, index))

@@ -137,7 +137,8 @@ def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> boo
     return True
 
 
-# What a stream's client reads last, by the API it speaks, at the start of a line:
+# What a stream's client reads last, by the API it speaks (the Responses API's stream
+# ends with a terminal event instead, ``_ends_stream``), at the start of a line:
 # generated text cannot fake it (JSON escapes line ends). SSE ends a line with CR, LF
 # or CRLF and lets a field's value go without its leading space.
 _ENDS = {
@@ -152,6 +153,10 @@ _CARRY = len(b"\nevent: message_stop") - 1
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
     if ctx.response_status >= 400 or not sent:
         return False
+    if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES:
+        # No end marker: the terminal event (response.completed...) ends the stream, and
+        # the reader, which parses it whole for its usage, knows when it has read one.
+        return getattr(ctx.translator, "terminal_event_read", False) is True
     carry = ctx.stream_end_carry
     seen = carry + sent
     ctx.stream_end_carry = seen[-_CARRY:]

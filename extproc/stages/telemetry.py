@@ -64,6 +64,7 @@ class TelemetryStage:
             ctx.content = ContentCapture(
                 anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
                 max_chars=telemetry.log.max_content_chars,
+                responses=route is not None and route.api is RouteApi.OPENAI_RESPONSES,
             )
 
     def response_body(
@@ -76,8 +77,13 @@ class TelemetryStage:
         if first_chunk:
             ctx.first_token_at = now
         sent = out.body if out.body is not None else chunk
-        if ctx.accounted and sent and ctx.route.api is not RouteApi.OPENAI_EMBEDDINGS:
-            self._scan_finish_reasons(ctx, sent)
+        api = ctx.route.api
+        if ctx.accounted and api is RouteApi.OPENAI_RESPONSES and ctx.completed:
+            # Read once the answer ended, which may be an empty last chunk.
+            _read_outcome(ctx)
+        if ctx.accounted and sent and api is not RouteApi.OPENAI_EMBEDDINGS:
+            if api is not RouteApi.OPENAI_RESPONSES:
+                self._scan_finish_reasons(ctx, sent)
             if ctx.content is not None:
                 ctx.content.add_response_chunk(sent, streamed=ctx.stream)
         if end_of_stream:
@@ -133,6 +139,17 @@ class TelemetryStage:
             if match.end() > len(carry):
                 ctx.finish_reasons.append(match.group(1).decode())
         ctx.finish_carry = data[-_CARRY:]
+
+
+def _read_outcome(ctx: RequestContext) -> None:
+    """A Responses API answer's finish reason: its outcome, as the reader of its JSON or
+    its terminal event found it (``translators.openai_responses.finish_reason``). Its
+    bytes are not scanned: ``status`` also stands in every output item."""
+    if ctx.finish_reasons:
+        return
+    reason = getattr(ctx.translator, "finish_reason", None)
+    if isinstance(reason, str):
+        ctx.finish_reasons.append(reason)
 
 
 def span_usage(ctx: RequestContext) -> Usage | None:

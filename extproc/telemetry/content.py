@@ -17,6 +17,12 @@ many times the cap); either is then flagged as truncated. Only text is kept:
 images and other non-text parts become a ``[type]`` marker, tool calls their
 name and arguments.
 
+An OpenAI Responses API request reads as a conversation too: ``instructions`` as the
+system message, then ``input`` (a string is one user message; items: messages by
+their role, function calls as the assistant's, their outputs as ``tool``); its answer
+is the text of its output messages (a stream's ``response.output_text.delta`` events)
+and its function calls.
+
 The answer is the provider's (after translation), i.e. outside input: reading
 it never raises, whatever its shape, because the log line, the metrics and the
 usage rollup are written after it and must not be lost to an odd answer.
@@ -37,10 +43,21 @@ _DATA = b"data:"
 class ContentCapture:
     """The text side of one request: what was asked and what came back."""
 
-    __slots__ = ("_anthropic", "_chunks", "_limit", "_output", "_read", "_streamed", "truncated")
+    __slots__ = (
+        "_anthropic",
+        "_chunks",
+        "_limit",
+        "_output",
+        "_read",
+        "_responses",
+        "_streamed",
+        "truncated",
+    )
 
-    def __init__(self, *, anthropic: bool, max_chars: int) -> None:
+    def __init__(self, *, anthropic: bool, max_chars: int, responses: bool = False) -> None:
         self._anthropic = anthropic
+        # An OpenAI Responses API exchange (the module docstring).
+        self._responses = responses
         self._limit = max_chars
         self._chunks: list[bytes] = []
         self._streamed = False
@@ -65,7 +82,10 @@ class ContentCapture:
         if body is None:
             return None
         try:
-            messages = _conversation(body, self._anthropic)
+            if self._responses:
+                messages = _responses_conversation(body)
+            else:
+                messages = _conversation(body, self._anthropic)
         except Exception as exc:  # the line must be written whatever happens
             _unreadable("prompt", exc)
             return None
@@ -85,6 +105,8 @@ class ContentCapture:
         return self._output or None
 
     def _answer_text(self, body: bytes) -> str | None:
+        if self._responses:
+            return _responses_stream_text(body) if self._streamed else _responses_text(body)
         text = _stream_text(body, self._anthropic) if self._streamed else None
         if text is None:
             text = _body_text(body, self._anthropic)
@@ -275,3 +297,92 @@ def _stream_text(body: bytes, anthropic: bool) -> str | None:
                     if isinstance(arguments, str):
                         pieces.append(arguments)
     return "".join(pieces) if saw_event else None
+
+
+def _responses_conversation(body: dict[str, Any]) -> list[dict[str, str]]:
+    """A Responses API request as messages: ``instructions`` (system), then ``input``."""
+    messages: list[dict[str, str]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        messages.append({"role": "system", "content": instructions})
+    value = body.get("input")
+    if isinstance(value, str):
+        messages.append({"role": "user", "content": value})
+    for item in _listed(value):
+        if isinstance(item, dict):
+            messages.append(_input_item(item))
+    return messages
+
+
+def _input_item(item: dict[str, Any]) -> dict[str, str]:
+    """One input item as a message: a message by its role, a tool call as the
+    assistant's, a tool's output as ``tool``, anything else a ``[type]`` marker."""
+    kind = item.get("type")
+    if "content" in item:
+        role = item.get("role")
+        return {
+            "role": role if isinstance(role, str) else "user",
+            "content": _text_of(item.get("content")),
+        }
+    if kind == "function_call":
+        return {"role": "assistant", "content": _item_call_text(item)}
+    if "output" in item:
+        return {"role": "tool", "content": _text_of(item.get("output"))}
+    return {"role": "assistant", "content": f"[{kind}]"}
+
+
+def _item_call_text(item: dict[str, Any]) -> str:
+    return f"[tool_call {item.get('name')}] {item.get('arguments')}"
+
+
+def _responses_text(body: bytes) -> str | None:
+    """A whole Responses API answer: its output messages' text and its function calls."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), list):
+        return None
+    texts = []
+    for item in parsed["output"]:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "message":
+            texts.append(_text_of(item.get("content")))
+        elif item.get("type") == "function_call":
+            texts.append(_item_call_text(item))
+    return "\n".join(texts)
+
+
+def _responses_stream_text(body: bytes) -> str | None:
+    """A streamed Responses API answer: its output text deltas, and its function calls
+    (named when they start, then their argument deltas)."""
+    pieces: list[str] = []
+    saw_event = False
+    for line in body.replace(b"\r\n", b"\n").split(b"\n"):
+        if not line.startswith(_DATA):
+            continue
+        saw_event = True
+        if b'.delta"' not in line and b'.output_item.added"' not in line:
+            continue  # the text again, whole (.done events, the terminal response)
+        try:
+            event = orjson.loads(line[len(_DATA) :])
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        delta = event.get("delta")
+        if kind in _RESPONSES_TEXT_DELTAS and isinstance(delta, str):
+            pieces.append(delta)
+        elif kind == "response.output_item.added":
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                pieces.append(f"[tool_call {item.get('name')}] ")
+    return "".join(pieces) if saw_event else None
+
+
+# The delta events whose text is the answer's: output text and function-call arguments.
+_RESPONSES_TEXT_DELTAS = frozenset(
+    {"response.output_text.delta", "response.function_call_arguments.delta"}
+)

@@ -68,9 +68,11 @@ _GRPC_UNKNOWN = "2"
 _STREAM_ERROR = "stream_error"
 # gen_ai.operation.name by route API. A token count generates nothing, so a search for
 # chats (and the tokens they used) must not find it; the conventions have no value for
-# it, and a custom one is allowed.
+# it, and a custom one is allowed. OpenAI's Responses API is a chat: the conventions for
+# OpenAI name it so (their openai.api.type tells "responses" from "chat_completions").
 OPERATIONS = {
     RouteApi.OPENAI_CHAT: "chat",
+    RouteApi.OPENAI_RESPONSES: "chat",
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",

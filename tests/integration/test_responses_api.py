@@ -1,0 +1,264 @@
+"""OpenAI's Responses API through the gateway: the official openai client's
+``responses.create``, plain and streamed, real Envoy, the gateway, embedded Valkey and
+the mock provider. A response is billed like a chat completion, and every ledger (the
+answer, the log line, the metrics, the usage rollup and the quota) must agree on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from openai import OpenAI
+
+from extproc.devstack import LocalStack
+from extproc.management.client import QuotaClient
+from extproc.mock_llm import count_tokens
+from tests.integration.conftest import (
+    GatewayLog,
+    default_config,
+    metric,
+    mock_requests,
+    running_stack,
+    scrape,
+    usage_rows,
+    wait_for,
+    write_config,
+)
+
+MODEL = "gpt-4.1-nano"
+ROUTE = "openai-responses"
+# This module's own keys, so its counters, rollups and quota are its alone; the ledger
+# test has one to itself, so that no other request lands in its rollup.
+KEY_ID = "responses"
+KEY = "responses-key-5e21"
+LEDGER_ID = "responses-ledger"
+LEDGER_KEY = "responses-ledger-key-0c9a"
+INSTRUCTIONS = "Be brief."
+QUESTION = "Tell me a short story about a lighthouse"
+# The mock's count: each message's words and punctuation + 4, + 2 per request.
+INPUT_TOKENS = count_tokens(INSTRUCTIONS) + 4 + count_tokens(QUESTION) + 4 + 2
+REPLY = f"Mock reply to: {QUESTION}"
+OUTPUT_TOKENS = count_tokens(REPLY)
+# A request-only guard: answers are not guarded, so the route still streams.
+CARD_TALK = {
+    "name": "no-cards",
+    "request": [
+        {
+            "name": "card-talk",
+            "patterns": ["credit card"],
+            "case_insensitive": True,
+            "message": "Not about credit cards.",
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    raw = default_config()
+    raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "rosa"})
+    raw["auth"]["api_keys"].append({"id": LEDGER_ID, "key": LEDGER_KEY, "user_id": "lena"})
+    raw["quotas"] = {
+        "rules": [
+            {
+                "name": "responses-tokens",
+                "subject": "api_key",
+                "match": [KEY_ID, LEDGER_ID],
+                "tokens_per_day": 100_000_000,
+            }
+        ]
+    }
+    raw["guardrails"] = {"policies": [CARD_TALK]}
+    for route in raw["routes"]:
+        if route["name"] == ROUTE:
+            route["guardrails"] = CARD_TALK["name"]
+    workdir = Path(tmp_path_factory.mktemp("responses"))
+    with running_stack(workdir, write_config(workdir, raw)) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway_log(stack: LocalStack) -> GatewayLog:
+    return GatewayLog(stack.gateway_log)
+
+
+def client_of(stack: LocalStack, base: str = "/v1", key: str = KEY) -> OpenAI:
+    return OpenAI(base_url=f"{stack.base_url}{base}", api_key=key, max_retries=0)
+
+
+def responses_requests(stack: LocalStack) -> list[dict[str, Any]]:
+    return [r for r in mock_requests(stack) if r["path"].endswith("/responses")]
+
+
+def tokens_used(stack: LocalStack, key_id: str = KEY_ID) -> int:
+    """The key's token counter in the store, as the management API reads it."""
+    with QuotaClient(f"127.0.0.1:{stack.ports.management}", "dev-admin-token") as client:
+        state = client.get("api_key", key_id)
+    return sum(limit.used for limit in state.limits if limit.kind == "tokens")
+
+
+def grown(
+    before: dict[Any, float], after: dict[Any, float], token_type: str, key_id: str = KEY_ID
+) -> float:
+    labels = {"api_key_id": key_id, "model": MODEL, "token_type": token_type}
+    return metric(after, "tokens_consumed_total", **labels) - metric(
+        before, "tokens_consumed_total", **labels
+    )
+
+
+def test_a_response_is_answered_billed_and_reported_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    raw = client_of(stack, key=LEDGER_KEY).responses.with_raw_response.create(
+        model=MODEL, instructions=INSTRUCTIONS, input=QUESTION, max_output_tokens=200
+    )
+    answer = raw.parse()
+
+    assert answer.output_text == REPLY and answer.status == "completed"
+    assert answer.usage is not None
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    upstream = responses_requests(stack)[-1]
+    assert upstream["path"] == "/v1/responses"
+    assert upstream["headers"]["authorization"] == "Bearer mock-provider-key"
+    assert LEDGER_KEY not in orjson.dumps(upstream).decode()
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["route"], line["model"], line["api_key_id"]) == (ROUTE, MODEL, LEDGER_ID)
+    assert line["http_status_code"] == 200 and line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    assert line["usage_reported"] is True and line["finish_reasons"] == ["completed"]
+    # gpt-4.1-nano: $0.10 in, $0.40 out per million.
+    assert line["cost_usd"] == pytest.approx((INPUT_TOKENS * 0.10 + OUTPUT_TOKENS * 0.40) / 1e6)
+
+    after = scrape(stack.metrics_url)
+    assert grown(before, after, "prompt", LEDGER_ID) == INPUT_TOKENS
+    assert grown(before, after, "completion", LEDGER_ID) == OUTPUT_TOKENS
+    row = wait_for(lambda: usage_rows(stack, "api_key").get(LEDGER_ID), 20)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+        1,
+        INPUT_TOKENS,
+        OUTPUT_TOKENS,
+    )
+    # Reserved the estimate plus max_output_tokens, settled on the provider's count.
+    total = INPUT_TOKENS + OUTPUT_TOKENS
+    assert wait_for(lambda: tokens_used(stack, LEDGER_ID) == total, 10)
+
+
+def test_a_streamed_response_is_read_whole_and_billed_by_its_completed_event(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    used_before = tokens_used(stack)
+    text = ""
+    kinds: list[str] = []
+    with client_of(stack).responses.with_streaming_response.create(
+        model=MODEL, instructions=INSTRUCTIONS, input=QUESTION, stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        for event in response.parse():
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            if event.type == "response.completed":
+                usage = event.response.usage
+    assert text == REPLY
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert usage is not None and usage.input_tokens == INPUT_TOKENS
+
+    [line] = gateway_log.for_request(request_id)
+    assert line["stream"] is True and line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    assert line["usage_reported"] is True and line["finish_reasons"] == ["completed"]
+    after = scrape(stack.metrics_url)
+    assert grown(before, after, "completion") == OUTPUT_TOKENS
+    total = INPUT_TOKENS + OUTPUT_TOKENS
+    assert wait_for(lambda: tokens_used(stack) - used_before == total, 10)
+
+
+def test_a_response_cut_by_max_output_tokens_is_billed_and_says_so(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    raw = client_of(stack).responses.with_raw_response.create(
+        model=MODEL, input="word " * 40, max_output_tokens=16
+    )
+    answer = raw.parse()
+    assert answer.status == "incomplete"
+    assert answer.usage is not None and answer.usage.output_tokens == 16
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["completion_tokens"] == 16
+    assert line["finish_reasons"] == ["incomplete:max_output_tokens"]
+
+
+def test_a_provider_error_mid_stream_reaches_the_client_and_is_charged(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    with client_of(stack).responses.with_streaming_response.create(
+        model=MODEL,
+        input=QUESTION,
+        stream=True,
+        extra_headers={"x-mock-fault": "error_after=2"},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="The server had an error"):
+            for _ in response.parse():
+                pass
+    [line] = gateway_log.for_request(request_id)
+    assert line["http_status_code"] == 200 and line["outcome"] == "upstream_error"
+    assert line["error_code"] == "server_error" and line["usage_estimated"] is True
+    assert line["prompt_tokens"] >= 1 and line["completion_tokens"] >= 1
+    after = scrape(stack.metrics_url)
+    assert grown(before, after, "completion") == line["completion_tokens"]
+
+
+def test_an_sdk_based_at_the_openai_prefix_reaches_responses_too(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    raw = client_of(stack, "/openai/v1").responses.with_raw_response.create(
+        model=MODEL, input=QUESTION
+    )
+    assert raw.parse().output_text == REPLY
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["route"] == "openai-prefix-responses"
+
+
+def test_a_background_request_is_a_400_that_never_reaches_the_provider(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    sent_before = len(responses_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).responses.create(model=MODEL, input=QUESTION, background=True)
+    body = refused.value.body
+    assert isinstance(body, dict) and body["param"] == "background"
+    assert len(responses_requests(stack)) == sent_before
+    [line] = gateway_log.for_request(refused.value.response.headers["x-request-id"])
+    assert line["http_status_code"] == 400 and line["quota_decision"] is None
+
+
+def test_a_guard_refuses_a_prompt_in_the_input_before_the_provider(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    sent_before = len(responses_requests(stack))
+    used_before = tokens_used(stack)
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client_of(stack).responses.create(
+            model=MODEL,
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "A credit card?"}]}],
+        )
+    body = refused.value.body
+    assert isinstance(body, dict) and body["message"] == "Not about credit cards."
+    assert len(responses_requests(stack)) == sent_before
+    [line] = gateway_log.for_request(refused.value.response.headers["x-request-id"])
+    assert line["guardrails"] == [{"guard": "card-talk", "phase": "request", "action": "reject"}]
+    assert tokens_used(stack) == used_before
+
+
+def test_a_model_of_a_provider_without_the_api_is_a_400(stack: LocalStack) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).responses.create(model="claude-3-5-haiku-latest", input="hi")
+    assert refused.value.code == "unsupported_model_for_route"
