@@ -145,25 +145,29 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
     raise _unsupported(ctx, kind)
 
 
-def check_embeddings_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
-    """Refuse an embeddings request its provider cannot serve as soon as the model is
-    known: a model of a provider without an embeddings API, or a batch for Titan.
+def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
+    """Refuse a request its provider cannot serve as soon as the model is known: a client
+    API the provider's type does not speak (and nothing translates to), or a batch of
+    embeddings for Titan.
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
     guardrail webhook would have been called for it)."""
+    route = ctx.route
+    assert route is not None
     kind = upstream.provider.type
-    if kind is ProviderType.BEDROCK:
-        bedrock_embeddings.input_text(parsed)
-    elif kind is not ProviderType.OPENAI:
+    if route.api in ANTHROPIC_APIS:
+        served = kind is ProviderType.ANTHROPIC
+    elif route.api is RouteApi.OPENAI_EMBEDDINGS:
+        if kind is ProviderType.BEDROCK:
+            bedrock_embeddings.input_text(parsed)
+        served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
+    elif route.api is RouteApi.OPENAI_RESPONSES:
+        served = kind is ProviderType.OPENAI
+    else:
+        served = True  # chat completions reach every provider type, translated
+    if not served:
         raise _unsupported(ctx, kind)
-
-
-def check_responses_pair(ctx: RequestContext, upstream: Upstream) -> None:
-    """Refuse a Responses API request for a model of a provider without the API, as
-    soon as the model is known: before the quota counts it (``check_embeddings_pair``)."""
-    if upstream.provider.type is not ProviderType.OPENAI:
-        raise _unsupported(ctx, upstream.provider.type)
 
 
 def _responses_request(
@@ -171,7 +175,7 @@ def _responses_request(
 ) -> RequestPlan:
     """Responses API calls go to OpenAI-compatible providers as they are, under the
     provider's name for the model. Its streams always report usage: nothing to ask."""
-    check_responses_pair(ctx, upstream)
+    check_pair(ctx, parsed, upstream)
     rewritten = openai_responses.prepare_request(parsed, upstream.upstream_model)
     if rewritten is None and ctx.body_changed:
         rewritten = parsed

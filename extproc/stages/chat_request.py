@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import check_embeddings_pair, check_responses_pair, plan_request
+from extproc.backends import check_pair, plan_request
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.embeddings import check_embeddings_body
@@ -68,10 +68,7 @@ class ChatRequestStage:
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
-        if route.api is RouteApi.OPENAI_EMBEDDINGS:
-            check_embeddings_pair(ctx, parsed, upstream)
-        elif route.api is RouteApi.OPENAI_RESPONSES:
-            check_responses_pair(ctx, upstream)
+        check_pair(ctx, parsed, upstream)
         stream = parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")

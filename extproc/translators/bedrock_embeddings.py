@@ -40,7 +40,7 @@ def input_text(body: dict[str, Any]) -> str:
     """The one text Titan embeds for an OpenAI embeddings body (already checked as
     OpenAI's); a batch or token ids are a 400 ``unsupported_input``.
 
-    Checked as soon as the model is known (``backends.check_embeddings_pair``), so such
+    Checked as soon as the model is known (``backends.check_pair``), so such
     a request is refused before the quota counts it, and again when translating."""
     value = body.get("input")
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
