@@ -55,7 +55,7 @@ from extproc.translators import (
     openai_openai,
     openai_responses,
 )
-from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator
+from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator, renamed
 
 SSE = "text/event-stream"
 AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -173,15 +173,24 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
 def _responses_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
 ) -> RequestPlan:
-    """Responses API calls go to OpenAI-compatible providers as they are, under the
-    provider's name for the model. Its streams always report usage: nothing to ask."""
+    """Responses API calls go to OpenAI-compatible providers as they are. Its streams
+    always report usage: nothing to ask."""
     check_pair(ctx, parsed, upstream)
-    rewritten = openai_responses.prepare_request(parsed, upstream.upstream_model)
+    return _pass_through(ctx, parsed, upstream, openai_responses.ENDPOINT + suffix)
+
+
+def _pass_through(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, endpoint: str
+) -> RequestPlan:
+    """The client's body, under the provider's name for the model, to ``endpoint`` under
+    the provider's API path, with the provider's credential."""
+    rewritten = renamed(parsed, upstream.upstream_model)
     if rewritten is None and ctx.body_changed:
         rewritten = parsed
-    path = upstream.provider.path_prefix + openai_responses.ENDPOINT + suffix
     return RequestPlan(
-        _json(rewritten) if rewritten is not None else None, path, _credentials(upstream)
+        _json(rewritten) if rewritten is not None else None,
+        upstream.provider.path_prefix + endpoint,
+        _credentials(upstream),
     )
 
 
@@ -203,13 +212,7 @@ def _embeddings_request(
         return RequestPlan(body, path, headers)
     if kind is not ProviderType.OPENAI:
         raise _unsupported(ctx, kind)
-    rewritten = openai_embeddings.prepare_request(parsed, upstream.upstream_model)
-    if rewritten is None and ctx.body_changed:
-        rewritten = parsed
-    path = upstream.provider.path_prefix + openai_embeddings.ENDPOINT + suffix
-    return RequestPlan(
-        _json(rewritten) if rewritten is not None else None, path, _credentials(upstream)
-    )
+    return _pass_through(ctx, parsed, upstream, openai_embeddings.ENDPOINT + suffix)
 
 
 def _signer(upstream: Upstream) -> AwsSigner:

@@ -47,7 +47,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
-from extproc.translators.base import BufferedBodyReader, StreamFailure, service_tier_of
+from extproc.translators.base import BufferedBodyReader, StreamFailure, renamed, service_tier_of
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
@@ -56,12 +56,8 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_to
 _USAGE_EVENT = re.compile(rb'"(?:message_start|message_delta|error)"')
 
 
-def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
-    """Return the body to send upstream, or None when the client's body can go as is."""
-    if body.get("model") == upstream_model:
-        return None
-    body["model"] = upstream_model
-    return body
+# The request goes as the client sent it, under the provider's name for the model.
+prepare_request = renamed
 
 
 # usage.server_tool_use names each tool's count "<tool>_requests".

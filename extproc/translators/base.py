@@ -118,6 +118,15 @@ def counts_so_far(translator: object) -> StreamFailure | None:
     return found if isinstance(found, StreamFailure) else None
 
 
+def renamed(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
+    """A pass-through body under the provider's name for the model; None when the
+    client's body can go as it is (no re-serialising)."""
+    if body.get("model") == upstream_model:
+        return None
+    body["model"] = upstream_model
+    return body
+
+
 class BufferedBodyReader:
     """A buffered (non-streaming) JSON answer: reads usage and model, passes bytes through.
 

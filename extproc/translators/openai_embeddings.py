@@ -29,14 +29,6 @@ from extproc.translators.base import BufferedBodyReader
 ENDPOINT = "/embeddings"
 
 
-def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
-    """Return the body to send upstream, or None when the client's body can go as is."""
-    if body.get("model") == upstream_model:
-        return None
-    body["model"] = upstream_model
-    return body
-
-
 def usage_from_embeddings(value: Any) -> Usage | None:
     """OpenAI's embeddings usage: ``prompt_tokens`` (and ``total_tokens``, the same);
     None when absent or malformed."""

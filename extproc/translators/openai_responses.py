@@ -62,14 +62,6 @@ AUTO_TIER = "auto"
 _REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def prepare_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
-    """Return the body to send upstream, or None when the client's body can go as is."""
-    if body.get("model") == upstream_model:
-        return None
-    body["model"] = upstream_model
-    return body
-
-
 def usage_from_responses(value: Any) -> Usage | None:
     """The Responses API's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
