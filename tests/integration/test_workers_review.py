@@ -346,5 +346,7 @@ def test_a_worker_that_cannot_take_its_port_stops_the_server(tmp_path: Path) -> 
     assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr, done.stderr[-3000:]
     assert "workers died 5 times" in done.stderr
     # Worker 0, which could bind, is gone with it: nothing serves on unsupervised.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", taken - 1))
+    # (Connecting, not binding: the port may be the local end of another process's
+    # outgoing connection, which makes a bind fail with nothing listening on it.)
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", taken - 1))
