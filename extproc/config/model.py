@@ -407,6 +407,17 @@ class ManagementConfig(_Section):
         return bool(self.admin_tokens) if self.enabled is None else self.enabled
 
 
+def _prefixed_routes(
+    name: str, versioned: str, api: RouteApi, endpoint: str
+) -> tuple[RouteConfig, RouteConfig]:
+    """The routes of one endpoint under a prefix, with and without its ``/v1``."""
+    bare = versioned.rsplit("/", 1)[0]
+    return (
+        RouteConfig(name=f"{name}-prefix-{endpoint}", path=f"{versioned}/{endpoint}", api=api),
+        RouteConfig(name=f"{name}-bare-prefix-{endpoint}", path=f"{bare}/{endpoint}", api=api),
+    )
+
+
 def _default_routes() -> tuple[RouteConfig, ...]:
     return (
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
@@ -415,6 +426,11 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
         ),
         RouteConfig(name="openai-responses", path="/v1/responses", api=RouteApi.OPENAI_RESPONSES),
+        # An SDK whose base_url is <gateway>/openai/v1 or <gateway>/openai: its
+        # embeddings and responses calls land under the chat prefix, which would read
+        # them as chat completions (exact paths win over the prefix).
+        *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_EMBEDDINGS, "embeddings"),
+        *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_RESPONSES, "responses"),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES

@@ -118,15 +118,19 @@ def test_token_id_input_is_billed_as_the_provider_counts_it(
     assert (line["prompt_tokens"], line["total_tokens"]) == (5, 5)
 
 
+@pytest.mark.parametrize(
+    ("base_path", "route"),
+    [("/openai/v1", "openai-prefix-embeddings"), ("/openai", "openai-bare-prefix-embeddings")],
+)
 def test_an_sdk_based_at_the_openai_prefix_reaches_embeddings_too(
-    stack: LocalStack, gateway_log: GatewayLog
+    stack: LocalStack, gateway_log: GatewayLog, base_path: str, route: str
 ) -> None:
-    client = OpenAI(base_url=f"{stack.base_url}/openai/v1", api_key=CLIENT_KEY, max_retries=0)
+    client = OpenAI(base_url=f"{stack.base_url}{base_path}", api_key=CLIENT_KEY, max_retries=0)
     raw = client.embeddings.with_raw_response.create(model=MODEL, input="prefixed")
     assert raw.parse().usage.prompt_tokens == count_tokens("prefixed")
     assert embedding_requests(stack)[-1]["path"] == "/v1/embeddings"
     [line] = gateway_log.for_request(raw.headers["x-request-id"])
-    assert line["route"] == "openai-prefix-embeddings"
+    assert line["route"] == route
 
 
 def test_a_bad_input_is_a_400_that_never_reaches_the_provider(

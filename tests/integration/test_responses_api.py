@@ -216,15 +216,19 @@ def test_a_provider_error_mid_stream_reaches_the_client_and_is_charged(
     assert grown(before, after, "completion") == line["completion_tokens"]
 
 
+@pytest.mark.parametrize(
+    ("base_path", "route"),
+    [("/openai/v1", "openai-prefix-responses"), ("/openai", "openai-bare-prefix-responses")],
+)
 def test_an_sdk_based_at_the_openai_prefix_reaches_responses_too(
-    stack: LocalStack, gateway_log: GatewayLog
+    stack: LocalStack, gateway_log: GatewayLog, base_path: str, route: str
 ) -> None:
-    raw = client_of(stack, "/openai/v1").responses.with_raw_response.create(
+    raw = client_of(stack, base_path).responses.with_raw_response.create(
         model=MODEL, input=QUESTION
     )
     assert raw.parse().output_text == REPLY
     [line] = gateway_log.for_request(raw.headers["x-request-id"])
-    assert line["route"] == "openai-prefix-responses"
+    assert line["route"] == route
 
 
 def test_a_background_request_is_a_400_that_never_reaches_the_provider(

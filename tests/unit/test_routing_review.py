@@ -292,3 +292,20 @@ def test_more_hosts_than_gateway_api_allows_is_refused_at_render(tmp_path: Path)
     config = config_with(tmp_path, routes)
     with pytest.raises(ValueError, match="16 hostnames per HTTPRoute"):
         render_attachments(config, "envoy-gateway")
+
+
+@pytest.mark.parametrize("base", ["/openai/v1", "/openai"])
+@pytest.mark.parametrize("endpoint", ["embeddings", "responses"])
+def test_the_built_in_routes_serve_an_sdk_based_at_the_openai_prefix(
+    tmp_path: Path, base: str, endpoint: str
+) -> None:
+    # Without `routes:`, an SDK whose base_url is the /openai prefix reaches the
+    # endpoint's API, not the chat route that owns the prefix.
+    raw = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
+    del raw["routes"]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    config = load_config(path, environ={})
+    found = HostRoutes(config).resolve("gateway.local", f"{base}/{endpoint}")
+    assert found is not None
+    assert found.api.value == f"openai_{endpoint}"
