@@ -27,6 +27,17 @@ A stream is OpenAI's event sequence, each event ``event: <type>`` and ``data: <j
 ``response.output_text.delta`` per reply piece, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, then ``response.completed`` (or
 ``response.incomplete``) carrying the whole response with its usage.
+
+Built-in tool calls on request, header ``x-mock-server-tool-use: web_search=N;file_search=M``
+(the header Anthropic's mock reads for its server tools): the answer's ``output`` starts with
+N ``web_search_call`` items (``action`` ``search``) and M ``file_search_call`` items, all
+``completed``, before the message, as OpenAI shows the calls its tools made; the usage is
+a plain answer's (OpenAI bills the calls per call). A stream shows each call before the
+text, as OpenAI streams it: ``response.output_item.added`` (``in_progress``),
+``response.<type>.in_progress``, ``.searching``, ``.completed``, then
+``response.output_item.done``; the message follows at the next ``output_index``, and a
+failed stream's ``response.failed`` still holds the calls made. Other tool names are a 400
+naming the header: the mock has no item to show for them.
 """
 
 from __future__ import annotations
@@ -34,12 +45,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.anthropic_api import (
+    SERVER_TOOLS_HEADER,
+    ServerToolSpecError,
+    server_tool_requests,
+)
 from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.openai_api import (
@@ -65,6 +82,10 @@ _GARBAGE_DATA = b"data: {this is not json\n\n"
 _SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. (injected by x-mock-fault)"
 )
+# The built-in tools whose calls the mock shows (x-mock-server-tool-use), by the name the
+# header gives them (the tool's type in the request's ``tools``): the output item's type
+# and its id's prefix.
+CALL_ITEMS = {"web_search": ("web_search_call", "ws"), "file_search": ("file_search_call", "fs")}
 
 
 # --- Requests ------------------------------------------------------------------------------------
@@ -218,6 +239,8 @@ class Reply:
     truncated: bool  # max_output_tokens cut it short
     input_tokens: int
     cached_tokens: int = 0
+    # Built-in tool calls to show before the message (x-mock-server-tool-use): (tool, count).
+    tool_calls: tuple[tuple[str, int], ...] = ()
 
     @property
     def text(self) -> str:
@@ -255,6 +278,33 @@ def build_reply(req: ResponsesRequest, fault: Fault, scripted: list[str] | None)
         req.messages, max_tokens=req.max_output_tokens, chunks=fault.chunks, text=as_json
     )
     return Reply(pieces, truncated, prompt, cached)
+
+
+def tool_calls_asked(headers: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """The built-in tool calls a request asks the answer to show (``web_search=N;
+    file_search=M``); ServerToolSpecError names a malformed pair or a tool with no item."""
+    asked = server_tool_requests(headers)
+    for name, _ in asked:
+        if name not in CALL_ITEMS:
+            known = ", ".join(CALL_ITEMS)
+            raise ServerToolSpecError(
+                f"{SERVER_TOOLS_HEADER}: the Responses API shows calls of {known}, not {name!r}"
+            )
+    return asked
+
+
+def tool_call_item(tool: str, item_id: str, status: str) -> dict[str, Any]:
+    """One built-in tool call as an output item, at ``status``."""
+    if tool == "web_search":
+        action = {"type": "search", "query": "mock search", "sources": None}
+        return {"id": item_id, "type": "web_search_call", "status": status, "action": action}
+    return {
+        "id": item_id,
+        "type": "file_search_call",
+        "status": status,
+        "queries": ["mock search"],
+        "results": None,
+    }
 
 
 def output_text_part(text: str) -> dict[str, Any]:
@@ -323,11 +373,24 @@ class ResponseShell:
             "metadata": {},
         }
 
+    def tool_calls(self, reply: Reply) -> list[tuple[str, str]]:
+        """The reply's built-in tool calls in output order, as (tool, item id)."""
+        number = self.response_id.removeprefix("resp_mock_")
+        tools = [tool for tool, count in reply.tool_calls for _ in range(count)]
+        return [(tool, f"{CALL_ITEMS[tool][1]}_mock_{number}_{i}") for i, tool in enumerate(tools)]
+
+    def output(self, reply: Reply, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The response's output: the tool calls made, all completed, then ``message``."""
+        calls = [
+            tool_call_item(tool, item_id, "completed") for tool, item_id in self.tool_calls(reply)
+        ]
+        return [*calls, message]
+
     def finished(self, reply: Reply, *, with_usage: bool) -> dict[str, Any]:
         """The response once the reply is whole: completed, or incomplete when cut short."""
         item = message_item(self.message_id, reply.status, [output_text_part(reply.text)])
         usage = reply.usage() if with_usage else None
-        return self.document(reply.status, output=[item], usage=usage)
+        return self.document(reply.status, output=self.output(reply, item), usage=usage)
 
 
 # --- Streams -------------------------------------------------------------------------------------
@@ -361,7 +424,7 @@ def _drop(request: web.Request) -> bool:
     return False
 
 
-async def _fail(writer: EventWriter, shell: ResponseShell, partial: str) -> None:
+async def _fail(writer: EventWriter, shell: ResponseShell, reply: Reply, partial: str) -> None:
     """OpenAI's mid-stream failure: an ``error`` event, its fields nested under ``error`` as
     the live API sends them (the openai client raises ``APIError`` on it), then
     ``response.failed`` with the response's error and no usage."""
@@ -378,41 +441,57 @@ async def _fail(writer: EventWriter, shell: ResponseShell, partial: str) -> None
     )
     item = message_item(shell.message_id, "incomplete", [output_text_part(partial)])
     error = {"code": "server_error", "message": _SERVER_ERROR_MESSAGE}
+    output = shell.output(reply, item)
     await writer.send(
-        "response.failed", {"response": shell.document("failed", output=[item], error=error)}
+        "response.failed", {"response": shell.document("failed", output=output, error=error)}
     )
+
+
+async def _stream_tool_calls(writer: EventWriter, shell: ResponseShell, reply: Reply) -> int:
+    """Show each built-in tool call as OpenAI streams it; the message's ``output_index``."""
+    calls = shell.tool_calls(reply)
+    for index, (tool, item_id) in enumerate(calls):
+        added = tool_call_item(tool, item_id, "in_progress")
+        await writer.send("response.output_item.added", {"output_index": index, "item": added})
+        for step in ("in_progress", "searching", "completed"):
+            progress = {"output_index": index, "item_id": item_id}
+            await writer.send(f"response.{added['type']}.{step}", progress)
+        done = tool_call_item(tool, item_id, "completed")
+        await writer.send("response.output_item.done", {"output_index": index, "item": done})
+    return len(calls)
 
 
 async def _stream_reply(
     request: web.Request, writer: EventWriter, shell: ResponseShell, reply: Reply, fault: Fault
 ) -> bool:
     """Send the reply's events; False when a fault dropped the connection instead."""
-    ids = {"item_id": shell.message_id, "output_index": 0, "content_index": 0}
     first_status = "queued" if shell.req.background else "in_progress"
     await writer.send("response.created", {"response": shell.document(first_status)})
     await writer.send("response.in_progress", {"response": shell.document("in_progress")})
+    index = await _stream_tool_calls(writer, shell, reply)
+    ids = {"item_id": shell.message_id, "output_index": index, "content_index": 0}
     await writer.send(
         "response.output_item.added",
-        {"output_index": 0, "item": message_item(shell.message_id, "in_progress", [])},
+        {"output_index": index, "item": message_item(shell.message_id, "in_progress", [])},
     )
     await writer.send("response.content_part.added", {**ids, "part": output_text_part("")})
     for sent, piece in enumerate(reply.pieces):
         if sent == fault.reset_after:
             return _drop(request)
         if sent == fault.error_after:
-            await _fail(writer, shell, "".join(reply.pieces[:sent]))
+            await _fail(writer, shell, reply, "".join(reply.pieces[:sent]))
             return True
         await writer.send("response.output_text.delta", {**ids, "delta": piece, "logprobs": []})
     if fault.reset_after is not None:
         return _drop(request)  # fewer pieces than reset_after: the stream must still never end
     if fault.error_after is not None:
-        await _fail(writer, shell, reply.text)  # fewer pieces: the stream must still fail
+        await _fail(writer, shell, reply, reply.text)  # fewer pieces: the stream must still fail
         return True
     text = reply.text
     await writer.send("response.output_text.done", {**ids, "text": text, "logprobs": []})
     await writer.send("response.content_part.done", {**ids, "part": output_text_part(text)})
     item = message_item(shell.message_id, reply.status, [output_text_part(text)])
-    await writer.send("response.output_item.done", {"output_index": 0, "item": item})
+    await writer.send("response.output_item.done", {"output_index": index, "item": item})
     final = shell.finished(reply, with_usage=not fault.no_usage)
     await writer.send(f"response.{reply.status}", {"response": final})
     return True
@@ -447,11 +526,14 @@ class ResponsesEndpoint:
         try:
             req = parse_responses_request(body)
             scripted = scripted_pieces(request.headers)
+            tool_calls = tool_calls_asked(request.headers)
         except InvalidRequestError as exc:
             return error_response(400, exc.message, param=exc.param, code=exc.code)
         except ScriptError as exc:
             return error_response(400, str(exc), param=REPLY_HEADER)
-        reply = build_reply(req, fault, scripted)
+        except ServerToolSpecError as exc:
+            return error_response(400, str(exc))
+        reply = replace(build_reply(req, fault, scripted), tool_calls=tool_calls)
         shell = self._shell(req)
         if req.stream:
             return await self._stream(request, shell, reply, fault)

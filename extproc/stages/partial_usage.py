@@ -37,7 +37,9 @@ delta events (``response.output_text.delta``, function-call arguments, refusals,
 reasoning summaries), and again whole in the ``.done`` events and the terminal
 response: there only the deltas are counted (``_RESPONSES_DELTA``), once each. Its
 usage comes in its terminal event; a stream cut before it, or failed, is charged
-as above: the prompt estimate and the deltas' characters.
+as above: the prompt estimate and the deltas' characters, and the calls of its
+built-in tools billed per call (web search, file search) that its output item events
+showed (``openai_responses.ToolCallTally``; a call that failed is not billed).
 
 It runs before the response stage, on the provider's own bytes, and only for
 streams; its ``done`` runs before the quota stage's, which reads the result.
@@ -53,6 +55,7 @@ from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
+from extproc.translators.openai_responses import server_tool_calls_counted
 
 # A JSON string value of a field that carries generated text; escapes count as
 # their escaped length, close enough for an estimate.
@@ -172,6 +175,8 @@ def _failed_stream_usage(
 
 def _server_tool_requests(ctx: RequestContext, reported: dict[str, int]) -> dict[str, int]:
     """The server tools' requests to bill a stream that ended without its final count:
-    those its blocks showed (Anthropic's ``server_tool_use`` blocks, counted by the
-    translator), a tool's count reported by the provider taking its place."""
-    return {**server_tools_counted(ctx.translator), **reported}
+    those it showed (Anthropic's ``server_tool_use`` blocks, a Responses stream's tool call
+    items, counted by the translator), a tool's count reported by the provider taking its
+    place."""
+    shown = server_tools_counted(ctx.translator) or server_tool_calls_counted(ctx.translator)
+    return {**shown, **reported}

@@ -12,7 +12,13 @@ The request goes as the client sent it, under the provider's name for the model,
   stream's first event echoes the tier asked for, read unless it is ``auto``), and
   the outcome for the log line's ``finish_reasons``: the response's ``status``
   (``completed``, ``failed``...), ``incomplete:<reason>`` for an incomplete one
-  (``incomplete:max_output_tokens``).
+  (``incomplete:max_output_tokens``);
+- the calls of OpenAI's built-in tools billed per call on top of the tokens, as
+  ``Usage.server_tool_requests`` (``server_tool_calls``): each ``web_search_call`` output
+  item that searched (its ``action`` ``search``, or no action), as ``web_search``; each
+  ``file_search_call``, as ``file_search``; a call whose ``status`` is ``failed`` is not
+  billed (docs/chargeback.md says why). A JSON answer's ``output``; a stream's terminal
+  response's ``output``.
 
 A stream (SSE, ``event: response.<kind>`` lines) ends with one terminal event:
 ``response.completed``, ``response.incomplete`` or ``response.failed``, each carrying
@@ -21,6 +27,13 @@ the gateway reads are parsed (the first, ``response.created``, for the model and
 tier of a stream cut before its end; the terminal one; an error): the deltas pass
 untouched. The reader says when it has read the terminal event
 (``terminal_event_read``), which is where the stream ends for the client.
+
+A stream cut before its terminal event (the client hung up) or failed by an ``error``
+event never shows its whole ``output``, yet the tool calls it made are billed. So the
+``response.output_item.added`` and ``.done`` events of billed tool calls are read too
+(``ToolCallTally``: a plain pattern on the item's type picks them out), and
+``stages.partial_usage`` bills what they showed; once the terminal response is read, its
+``output`` is the count.
 
 A provider's failure inside a stream whose 200 has left is recorded as the reader's
 ``failure`` (``base.StreamFailure``), so the gateway charges what the provider did and
@@ -51,11 +64,26 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_to
 ENDPOINT = "/responses"
 # The events whose end makes a stream whole: each carries the final response.
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# An event worth parsing names one of these types. Generated text cannot fake the
-# pattern: its quotes are escaped, so none stands right before the type.
+# The events whose response is read: the first (model, tier) and the terminal ones.
+_RESPONSE_EVENTS = TERMINAL_EVENTS | {"response.created"}
+# An event worth parsing names one of these types: its own, or (an output item event of a
+# billed tool call) its item's. Generated text cannot fake the pattern: its quotes are
+# escaped, so none stands right before the type.
 _READ_EVENTS = re.compile(
-    rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"'
+    rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error'
+    rb"|web_search_call|file_search_call)\""
 )
+# The events that show one output item: a tool call as it starts, then as it ended.
+_ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
+# The output items of OpenAI's built-in tools billed per call, by the name the bill gives
+# the tool: its type in the request's ``tools``, which is also Anthropic's name for its web
+# search, so one price table entry (``server_tools_per_thousand.web_search``) prices both.
+BILLED_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+# OpenAI bills a web_search_call whose action searched ("Search actions incur a tool call
+# cost"); a reasoning model's "open_page" and "find_in_page" actions are not searches.
+_SEARCH_ACTION = "search"
+# A call OpenAI reports as failed is not billed (docs/chargeback.md).
+_FAILED = "failed"
 # The tier a request asks for to let the provider choose: no tier that served anything.
 AUTO_TIER = "auto"
 # A finish reason as the log line keeps it: short, no markup.
@@ -104,14 +132,101 @@ def finish_reason(response: dict[str, Any]) -> str | None:
     return status
 
 
+def billed_call(item: Any) -> str | None:
+    """The tool an output item is a billed call of (``web_search``, ``file_search``); None
+    for any other item, a call that failed, or a web search's action that is no search."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    tool = BILLED_CALLS.get(kind) if isinstance(kind, str) else None
+    if tool is None or item.get("status") == _FAILED:
+        return None
+    action = item.get("action")
+    if isinstance(action, dict):
+        named = action.get("type")
+        if isinstance(named, str) and named != _SEARCH_ACTION:
+            return None
+    return tool
+
+
+def server_tool_calls(output: Any) -> dict[str, int]:
+    """The billed tool calls of a response's ``output``, by tool (those above 0)."""
+    counts: dict[str, int] = {}
+    if isinstance(output, list):
+        for item in output:
+            tool = billed_call(item)
+            if tool is not None:
+                counts[tool] = counts.get(tool, 0) + 1
+    return counts
+
+
+class ToolCallTally:
+    """The billed tool calls a stream showed, for a stream that ends without its terminal
+    response (cut short, or failed by an ``error`` event).
+
+    Each call is shown first by ``response.output_item.added`` (in progress: it was made,
+    and counts), then by ``response.output_item.done``, whose item says how it ended (a
+    ``failed`` call no longer counts). Both name the call's ``output_index``. Once the
+    terminal response is read, its ``output`` is the whole list and the count.
+    """
+
+    __slots__ = ("_calls", "_final")
+
+    def __init__(self) -> None:
+        # By output_index (the item's id when there is none): the tool billed, None if none.
+        self._calls: dict[int | str, str | None] = {}
+        self._final: dict[str, int] | None = None
+
+    def item_shown(self, event: dict[str, Any]) -> None:
+        """An ``output_item.added`` or ``.done`` event: its item's latest state."""
+        item = event.get("item")
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            return
+        if item["type"] not in BILLED_CALLS:
+            return
+        index = event.get("output_index")
+        item_id = item.get("id")
+        key: int | str
+        if isinstance(index, int) and not isinstance(index, bool):
+            key = index
+        elif isinstance(item_id, str):
+            key = item_id
+        else:
+            # Nothing to match its other event by: a call of its own (negative, so no index).
+            key = -1 - len(self._calls)
+        self._calls[key] = billed_call(item)
+
+    def response_read(self, response: dict[str, Any]) -> None:
+        """The terminal response: its ``output`` is the count."""
+        self._final = server_tool_calls(response.get("output"))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The billed calls by tool (those above 0)."""
+        if self._final is not None:
+            return dict(self._final)
+        counts: dict[str, int] = {}
+        for tool in self._calls.values():
+            if tool is not None:
+                counts[tool] = counts.get(tool, 0) + 1
+        return counts
+
+
+def server_tool_calls_counted(translator: object) -> dict[str, int]:
+    """The billed tool calls a Responses stream reader saw (its ``tool_call_tally``); empty
+    for any other translator."""
+    tally = getattr(translator, "tool_call_tally", None)
+    return tally.counts if isinstance(tally, ToolCallTally) else {}
+
+
 def _model(response: dict[str, Any]) -> str | None:
     model = response.get("model")
     return model if isinstance(model, str) else None
 
 
 class ResponseReader(BufferedBodyReader):
-    """A whole (non-streamed) response: reads usage, model, service tier and outcome,
-    passes bytes through."""
+    """A whole (non-streamed) response: reads usage (its billed tool calls included),
+    model, service tier and outcome, passes bytes through."""
 
     read_usage = staticmethod(usage_from_responses)
 
@@ -127,12 +242,15 @@ class ResponseReader(BufferedBodyReader):
         super().feed(chunk, end_of_stream)
         if end_of_stream and isinstance(self.answer, dict):
             self.finish_reason = finish_reason(self.answer)
+            if self.usage is not None:
+                self.usage.server_tool_requests = server_tool_calls(self.answer.get("output"))
         return None
 
 
 class EventStreamReader:
-    """A streamed response: reads the events that carry usage, model, tier, outcome or
-    an error (the module docstring), passes every byte through as it came."""
+    """A streamed response: reads the events that carry usage, model, tier, outcome, a
+    billed tool call or an error (the module docstring), passes every byte through as it
+    came."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -144,6 +262,8 @@ class EventStreamReader:
         self.finish_reason: str | None = None
         # Set once a terminal event (response.completed, .incomplete, .failed) was read.
         self.terminal_event_read = False
+        # The billed tool calls the stream showed, billed if it ends without its response.
+        self.tool_call_tally = ToolCallTally()
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
@@ -168,11 +288,16 @@ class EventStreamReader:
         if not isinstance(parsed, dict):
             return
         kind = parsed.get("type")
+        if not isinstance(kind, str):
+            return
         if kind == "error":
             self._stream_failed(_error_event(parsed))
             return
+        if kind in _ITEM_EVENTS:
+            self.tool_call_tally.item_shown(parsed)
+            return
         response = parsed.get("response")
-        if not isinstance(response, dict):
+        if not isinstance(response, dict) or kind not in _RESPONSE_EVENTS:
             return
         self.response_model = _model(response) or self.response_model
         tier = service_tier_of(response.get("service_tier"))
@@ -185,7 +310,10 @@ class EventStreamReader:
         self.service_tier = tier or self.service_tier
         self.terminal_event_read = True
         self.finish_reason = finish_reason(response)
+        self.tool_call_tally.response_read(response)
         usage = usage_from_responses(response.get("usage"))
+        if usage is not None:
+            usage.server_tool_requests = self.tool_call_tally.counts
         if kind == "response.failed":
             self._stream_failed(_failed_response(response), usage)
         elif self.failure is None:

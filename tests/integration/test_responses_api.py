@@ -266,3 +266,34 @@ def test_a_model_of_a_provider_without_the_api_is_a_400(stack: LocalStack) -> No
     with pytest.raises(openai.BadRequestError) as refused:
         client_of(stack).responses.create(model="claude-3-5-haiku-latest", input="hi")
     assert refused.value.code == "unsupported_model_for_route"
+
+
+def test_the_web_searches_of_a_response_are_billed_per_call(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """OpenAI bills each web search its tools made on top of the tokens ($10 per 1,000 in
+    the default config): a JSON answer and a stream, each with two searches."""
+    client = client_of(stack)
+    searches = {"x-mock-server-tool-use": "web_search=2"}
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input=QUESTION, tools=[{"type": "web_search"}], extra_headers=searches
+    )
+    answer = raw.parse()
+    assert [item.type for item in answer.output] == ["web_search_call"] * 2 + ["message"]
+    with client.responses.with_streaming_response.create(
+        model=MODEL,
+        input=QUESTION,
+        tools=[{"type": "web_search"}],
+        stream=True,
+        extra_headers=searches,
+    ) as response:
+        stream_id = response.headers["x-request-id"]
+        kinds = [event.type for event in response.parse()]
+    assert kinds.count("response.web_search_call.completed") == 2
+
+    for request_id in (raw.headers["x-request-id"], stream_id):
+        [line] = gateway_log.for_request(request_id)
+        assert line["server_tool_requests"] == {"web_search": 2}
+        tokens = (line["prompt_tokens"] * 0.10 + line["completion_tokens"] * 0.40) / 1e6
+        assert line["cost_usd"] == pytest.approx(tokens + 2 * 0.01)
+        assert line["cost_priced"] is True

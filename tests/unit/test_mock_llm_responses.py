@@ -471,3 +471,76 @@ async def test_fault_garbage_sends_bodies_that_are_not_json(http: httpx.AsyncCli
     with pytest.raises(ValueError):
         whole.json()
     assert stream.content.startswith(b"event: response.created\ndata: {this is not json")
+
+
+# --- Built-in tool calls (x-mock-server-tool-use) ----------------------------------------------
+
+TOOL_CALLS = {"x-mock-server-tool-use": "web_search=2; file_search=1"}
+CALL_TYPES = ["web_search_call", "web_search_call", "file_search_call"]
+
+
+async def test_asked_tool_calls_come_before_the_message_in_a_json_answer(
+    openai_client: AsyncOpenAI,
+) -> None:
+    answer = await openai_client.responses.create(
+        model=MODEL, input=QUESTION, tools=[{"type": "web_search"}], extra_headers=TOOL_CALLS
+    )
+
+    assert [item.type for item in answer.output] == [*CALL_TYPES, "message"]
+    assert all(item.status == "completed" for item in answer.output)
+    searches = [item for item in answer.output if item.type == "web_search_call"]
+    assert all(item.action.type == "search" for item in searches)
+    assert len({item.id for item in answer.output}) == 4
+    # Calls cost per call, not tokens: the usage is a plain answer's.
+    assert answer.output_text == REPLY
+    assert answer.usage is not None
+    assert answer.usage.to_dict() == usage_of(QUESTION_INPUT_TOKENS, REPLY_TOKENS)
+
+
+async def test_a_stream_shows_each_call_then_the_whole_output(http: httpx.AsyncClient) -> None:
+    body = {"model": MODEL, "input": QUESTION, "stream": True}
+    events = sse_events((await post(http, body, **TOOL_CALLS)).content)
+
+    names = [name for name, _ in events]
+    search = [
+        "response.output_item.added",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+        "response.output_item.done",
+    ]
+    file_search = [name.replace("web_search", "file_search") for name in search]
+    assert names == [
+        "response.created",
+        "response.in_progress",
+        *search,
+        *search,
+        *file_search,
+        *EVENT_ORDER[2:],
+    ]
+    done = [data for name, data in events if name == "response.output_item.done"]
+    assert [(d["output_index"], d["item"]["type"]) for d in done] == list(
+        enumerate([*CALL_TYPES, "message"])
+    )
+    delta = next(data for name, data in events if name == "response.output_text.delta")
+    assert delta["output_index"] == 3
+    final = events[-1][1]["response"]
+    assert [item["type"] for item in final["output"]] == [*CALL_TYPES, "message"]
+
+
+async def test_a_failed_stream_still_shows_the_calls_made(http: httpx.AsyncClient) -> None:
+    body = {"model": MODEL, "input": QUESTION, "stream": True}
+    raw = await post(http, body, **TOOL_CALLS, **{"x-mock-fault": "error_after=1"})
+    failed = sse_events(raw.content)[-1][1]["response"]
+    assert [item["type"] for item in failed["output"]] == [*CALL_TYPES, "message"]
+
+
+@pytest.mark.parametrize("spec", ["web_fetch=1", "web_search=many"])
+async def test_a_tool_call_the_mock_cannot_show_is_refused_naming_the_header(
+    http: httpx.AsyncClient, spec: str
+) -> None:
+    response = await post(
+        http, {"model": MODEL, "input": QUESTION}, **{"x-mock-server-tool-use": spec}
+    )
+    assert response.status_code == 400
+    assert "x-mock-server-tool-use" in response.json()["error"]["message"]
