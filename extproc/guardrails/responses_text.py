@@ -5,8 +5,8 @@ A request's text is what the provider reads, in order:
 - ``instructions``, with the role ``system``;
 - ``input``: one string (role ``user``), or items: a message's ``content`` (a string,
   or the text of its ``input_text`` / ``output_text`` parts) with the message's role;
-  a function call's ``arguments`` (JSON text, read as a chat tool call's are) and a
-  custom tool call's ``input``, as the ``assistant``'s; what a tool returned
+  a function call's ``arguments`` and a custom tool call's ``input`` (read as a chat
+  tool call's are: as JSON when they are), as the ``assistant``'s; what a tool returned
   (``output``, a string or text parts), as ``tool``.
 
 A whole answer's text is each output message's ``output_text`` parts and each function
@@ -23,8 +23,10 @@ from extproc.guardrails.content import TextSlot
 
 # Text parts of a message's content: the client's own, and earlier answers sent back.
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
-# Items that call a tool: (the field of their text, whether it is JSON).
-_CALLS = {"function_call": ("arguments", True), "custom_tool_call": ("input", False)}
+# Items that call a tool: the field of their text, read as JSON while it is JSON (a
+# custom tool's free input too, as on chat routes: a tool that decodes a JSON input
+# reads a key spelled with an escape), as written otherwise.
+_CALLS = {"function_call": ("arguments", True), "custom_tool_call": ("input", True)}
 
 
 def request_slots(body: dict[str, Any]) -> list[TextSlot]:

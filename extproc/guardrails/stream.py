@@ -33,6 +33,15 @@ written, by a ``TextStream``. Leftovers are released the same way as text: in
 an extra argument delta before the finish chunk of their choice (OpenAI: a new
 call index does not end the one before, parallel calls may interleave) or
 before ``content_block_stop``.
+
+A custom tool's input (OpenAI's ``delta.tool_calls[j].custom.input``, GPT-5 custom
+tools) is a channel of its own per choice and call index too. It is free text, most
+often not JSON, but it is read as arguments are (as JSON while it is JSON, as written
+from the first fragment that is not), as a buffered answer's custom input is: a tool
+that decodes a JSON input would read a key spelled with an escape. Its leftovers go
+out in an extra ``custom.input`` delta of the call. A call index carrying both
+``function.arguments`` and ``custom.input`` (no provider is known to) has two
+channels: a client merging deltas by index assembles two strings.
 """
 
 from __future__ import annotations
@@ -49,11 +58,16 @@ from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
 _EVENT_END = b"\n\n"
 DONE = b"data: [DONE]\n\n"
 
-# A tool call's arguments: (its choice, its index in the choice's ``tool_calls``) in
-# OpenAI streams, (its content block, 0) in Anthropic ones. What closes the choice or
-# block (``owner``, the first item) closes the call.
-CallChannel = tuple[int, int]
-# A channel of text: a choice or content block (an int), or a tool call's arguments.
+# A tool call's text: (its choice, its index in the choice's ``tool_calls``, what it
+# carries) in OpenAI streams, (its content block, 0, _ARGUMENTS) in Anthropic ones. What closes
+# the choice or block (``owner``, the first item) closes the call. A plain tuple, not a
+# NamedTuple: it is built for every argument fragment, and a NamedTuple costs 6 times more.
+CallChannel = tuple[int, int, int]
+# What a call's channel carries, the field its rewritten deltas go back in: a function's
+# arguments (Anthropic's input too), or a custom tool's input.
+_ARGUMENTS = 0
+_CUSTOM_INPUT = 1
+# A channel of text: a choice or content block (an int), or a tool call's text.
 Channel = int | CallChannel
 # The call index of OpenAI's deprecated ``function_call``: one per choice.
 _FUNCTION_CALL = -1
@@ -340,6 +354,8 @@ class StreamGuard:
         found = self._channels.get(channel)
         if found is None:
             if isinstance(channel, tuple):
+                # A custom tool's input too: read as JSON while it is JSON (a key
+                # spelled with an escape is still found), as written once it is not.
                 found = self._channels[channel] = ArgumentsStream(self._matchers)
                 self._calls.append(channel)
             else:
@@ -424,7 +440,7 @@ class StreamGuard:
                 event.texts.append((index, delta, "text"))
             elif part == "input_json_delta" and isinstance(delta.get("partial_json"), str):
                 # A tool_use block's input (server and MCP tool calls' too), as JSON text.
-                event.texts.append(((index, 0), delta, "partial_json"))
+                event.texts.append(((index, 0, _ARGUMENTS), delta, "partial_json"))
         elif kind == "content_block_stop":
             event.closes.append(index)
         elif kind == "message_stop":
@@ -459,12 +475,14 @@ class StreamGuard:
             if self._anthropic:
                 return channel, {"type": "text_delta", "text": text}
             return channel, {"content": text}
-        owner, call = channel
+        owner, call, carries = channel
         if self._anthropic:
             return owner, {"type": "input_json_delta", "partial_json": text}
         if call == _FUNCTION_CALL:
             return owner, {"function_call": {"arguments": text}}
-        # Later deltas of a call carry its index and arguments only (the first had its id).
+        # Later deltas of a call carry its index and text only (the first had its id).
+        if carries == _CUSTOM_INPUT:
+            return owner, {"tool_calls": [{"index": call, "custom": {"input": text}}]}
         return owner, {"tool_calls": [{"index": call, "function": {"arguments": text}}]}
 
     def _error_event(self, error: bytes) -> bytes:
@@ -479,7 +497,8 @@ class StreamGuard:
 
 
 def _read_openai_calls(event: _Event, choice: int, delta: dict[str, Any]) -> None:
-    """The argument fragments of a choice delta's tool calls, a channel per call."""
+    """The argument (and custom input) fragments of a choice delta's tool calls, a
+    channel per call and kind of text."""
     calls = delta.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
@@ -487,11 +506,19 @@ def _read_openai_calls(event: _Event, choice: int, delta: dict[str, Any]) -> Non
                 continue
             function = call.get("function")
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                # Every call of OpenAI's carries its index; one without (or with a
-                # negative one) is read as the first, so its arguments are still guarded.
-                position = call.get("index", 0)
-                position = position if isinstance(position, int) and position >= 0 else 0
-                event.texts.append(((choice, position), function, "arguments"))
+                event.texts.append(((choice, _position(call), _ARGUMENTS), function, "arguments"))
+            # One membership test: all a function call's delta pays for custom tools.
+            if "custom" in call:
+                custom = call["custom"]
+                if isinstance(custom, dict) and isinstance(custom.get("input"), str):
+                    event.texts.append(((choice, _position(call), _CUSTOM_INPUT), custom, "input"))
     legacy = delta.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-        event.texts.append(((choice, _FUNCTION_CALL), legacy, "arguments"))
+        event.texts.append(((choice, _FUNCTION_CALL, _ARGUMENTS), legacy, "arguments"))
+
+
+def _position(call: dict[str, Any]) -> int:
+    """A tool call delta's index. Every call of OpenAI's carries it; one without (or with a
+    negative one) is read as the first, so its text is still guarded."""
+    position = call.get("index", 0)
+    return position if isinstance(position, int) and position >= 0 else 0

@@ -591,6 +591,16 @@ async def test_masks_rewrite_instructions_parts_and_tool_outputs_before_the_prov
     assert orjson.loads(sent["input"][2]["arguments"]) == {"to": "<EMAIL>"}
 
 
+async def test_a_custom_tool_calls_json_input_is_read_as_json_as_on_chat_routes() -> None:
+    # A tool that decodes its JSON input reads the escape as the address it spells.
+    gateway = guarded()
+    call = {"type": "custom_tool_call", "call_id": "c1", "name": "mail"}
+    body = responses(input=[{**call, "input": '{"to": "jane\\u0040example.com"}'}])
+    answers = await gateway.send(RESPONSES, body)
+    sent = upstream_body(answers[1])
+    assert orjson.loads(sent["input"][0]["input"]) == {"to": "<EMAIL>"}
+
+
 async def test_a_response_guard_masks_a_whole_answers_output_text() -> None:
     gateway = guarded()
     answer = orjson.loads(TEXT_JSON)
