@@ -16,6 +16,7 @@ from extproc.stages.accounting import AccountingStage
 from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
+from extproc.stages.cut_answer import CutAnswerStage
 from extproc.stages.guardrails import GuardRequestStage, GuardResponseStage
 from extproc.stages.model_list import ModelListStage
 from extproc.stages.partial_usage import PartialUsageStage
@@ -38,6 +39,7 @@ def default_stages() -> list[object]:
         GuardRequestStage(),
         # Before the quota stage: its `done` estimates what a cut stream produced.
         PartialUsageStage(),
+        CutAnswerStage(),  # the same for a JSON answer cut (or whole) without usage
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),

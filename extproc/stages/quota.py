@@ -5,8 +5,9 @@ caller is checked and a token estimate reserved, in one Redis round trip. A
 refusal is a 429 naming the subject, the limit and when it resets, with
 ``retry-after``. Every AI answer carries OpenAI's ``x-ratelimit-*`` headers for
 the tightest request and token limits. When the response ends, the token
-reservation is corrected with the provider's count (or released when the
-request died before any usage was reported), off the response path.
+reservation is corrected with the provider's count, or with the gateway's estimate
+when an answer came without one (``partial_usage``, ``cut_answer``), or released when
+nothing was produced, off the response path.
 """
 
 from __future__ import annotations
@@ -58,15 +59,7 @@ class QuotaStage:
             runtime.services.quota_subjects.note(limits)
         # A token count generates nothing: it counts as one request, reserves no tokens.
         counting = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_COUNT_TOKENS
-        default_max_tokens = runtime.config.quotas.default_max_tokens
-        if counting:
-            cost = 0
-        elif ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
-            cost = ctx.estimated_prompt_tokens()  # vectors are not billed as tokens
-        else:
-            cost = ctx.estimated_prompt_tokens() + completion_allowance(
-                ctx.body, default_max_tokens, _allowance_fields(ctx)
-            )
+        cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
         return self._reserve(ctx, out, limits, cost)
 
     @staticmethod
@@ -118,9 +111,10 @@ class QuotaStage:
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
-        # before any answer; release. A stream without one was estimated
-        # (partial_usage); a whole JSON answer without one (garbage) keeps the
-        # reservation as a conservative charge.
+        # before any answer; release. An answer that started without one was
+        # estimated before this runs (a stream by partial_usage, a JSON answer, whole
+        # or cut, by cut_answer), so what is left keeps its reservation (a count: it
+        # reserved no tokens).
         produced_nothing = (
             ctx.error is not None
             or ctx.response_status >= 400
@@ -128,6 +122,20 @@ class QuotaStage:
         )
         if produced_nothing:
             store.settle(reservation, None)
+
+
+def reserved_completion(ctx: RequestContext) -> int:
+    """The completion allowance the quota reserves for a request (beside its prompt
+    estimate): the body's own, or ``quotas.default_max_tokens``; none for an embeddings
+    call, whose vectors are not billed as tokens (a token count reserves nothing at all).
+
+    Read from the body as it went upstream: once a hard cap lowered the allowance, the
+    capped one, the most the provider may generate (``cut_answer`` charges it)."""
+    route = ctx.route
+    if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
+        return 0
+    default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
+    return completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
 
 
 def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:

@@ -10,6 +10,8 @@ A provider's error event inside a stream (its 200 had left) ends the answer: the
 client reads that error last, in its own API's shape (the translator sees to it),
 and the request records it as its error; ``partial_usage`` then charges what the
 provider reported and estimates the rest, and it is priced after that, not here.
+A JSON answer that ends without the provider's count is charged an estimate from its
+text (``cut_answer``), before it is priced.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from extproc import headers
 from extproc.backends import plan_response
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
-from extproc.context import ModeOverride, PhaseOutput, RequestContext, Usage
+from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.stages.cut_answer import charge_whole_answer
 from extproc.translators.base import ResponseTranslator, stream_failure
 
 
@@ -102,24 +105,15 @@ class ResponseStage:
         if translator.usage is not None:
             ctx.usage = translator.usage
             ctx.usage_reported = True
-        elif ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
-            _charge_unreported_input(ctx)
+        elif not ctx.stream:
+            # A whole JSON answer without the provider's count (an embeddings answer
+            # without usage, garbage) was still generated, and billed: charged an
+            # estimate from its text in every ledger (a stream is estimated from its
+            # text at done: partial_usage).
+            charge_whole_answer(ctx, getattr(translator, "answer", None))
         ctx.response_model = translator.response_model
         # Priced now, so the metadata of this last answer carries the cost.
         request_cost(ctx)
-
-
-def _charge_unreported_input(ctx: RequestContext) -> None:
-    """An embeddings answer that came whole without the provider's count still embedded
-    the input, and the provider bills it: charged the input estimate in every ledger
-    alike (``usage_estimated``, as a stream without a usage report is). An error answer,
-    or one the gateway replaced with an error (a Titan answer it could not read),
-    embedded nothing the client got and is charged nothing."""
-    if ctx.response_status >= 400 or ctx.error is not None:
-        return
-    prompt = ctx.estimated_prompt_tokens()
-    ctx.usage = Usage(prompt, 0, prompt)
-    ctx.usage_estimated = True
 
 
 def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:

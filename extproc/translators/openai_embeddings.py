@@ -11,8 +11,8 @@ that as JSON floats), and only its last bytes are read: OpenAI writes ``model`` 
 parsed alone, so the event loop never parses megabytes of numbers to find two
 integers. Vectors hold no ``"`` (floats, or base64 strings), so the key cannot be
 faked by them. An answer laid out otherwise (``usage`` first) is parsed whole, up to
-``MAX_WHOLE_PARSE`` bytes; past that its usage counts as not reported (the quota
-keeps its reservation, as for any answer without usage).
+``MAX_WHOLE_PARSE`` bytes; past that its usage counts as not reported, and the
+input's estimate is charged in every ledger (``stages.cut_answer``).
 """
 
 from __future__ import annotations

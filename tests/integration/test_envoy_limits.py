@@ -224,6 +224,15 @@ def test_an_answer_over_the_response_limit_is_an_openai_shaped_502(
     assert (error["type"], error["code"]) == ("upstream_error", "response_too_large")
     assert small_stack.process("envoy").poll() is None
 
+    # The provider billed the answer all the same: the log line charges the prompt
+    # estimate and the whole allowance the request gave the provider. (After a
+    # failover the line still names the attempt that failed and charges nothing: not
+    # handled yet.)
+    if model == "claude-3-5-haiku-latest":
+        line = log_line(small_stack, answer.headers["x-request-id"])
+        assert (line["usage_estimated"], line["completion_tokens"]) == (True, 400_000)
+        assert line["prompt_tokens"] > 0 and line["cost_usd"] > 0
+
 
 def test_a_request_over_the_concurrency_limit_gets_a_retryable_503(
     small_stack: LocalStack,

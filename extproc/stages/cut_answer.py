@@ -1,0 +1,103 @@
+"""A non-streamed answer without the provider's count is charged what the quota reserved
+for it, in every ledger alike.
+
+A provider bills a whole answer once it has started sending it (its success status
+came back), whether or not anyone read the body to its end: the client hung up while
+the body was in flight, the upstream reset mid-body, or Envoy dropped an answer larger
+than ``envoy.max_response_body_bytes``. The usage count is inside that body, so the
+gateway never reads it. The same holds for a whole answer that carried no count
+(garbage, or a provider that sends none). Such a request is charged an estimate: the
+prompt as the quota estimate counts it, and for the completion (none for embeddings,
+whose vectors are not billed as tokens):
+
+- a cut answer: the allowance the quota reserved (the body's ``max_tokens`` /
+  ``max_completion_tokens`` / ``max_output_tokens``, lowered by a hard cap when one
+  capped it, else ``quotas.default_max_tokens``), the most the provider may have
+  generated: the gateway saw none of it;
+- a whole answer: its generated text, one token per four characters, as a cut stream's
+  (``partial_usage.generated_chars``): an answer that carries no count is charged what
+  it carries, not the allowance (a provider that never reports usage would otherwise
+  be billed ``default_max_tokens`` on every request); garbage carries nothing.
+
+It is marked ``usage_estimated``, as a cut stream is (``partial_usage``), so the quota
+settles at the very total the log line, the token and cost metrics, the usage rollup
+and, for a whole answer, the span record.
+
+The answer had started when the provider's status was a success (below 400), with no
+error of the gateway's: a request refused, answered with an error, or cut before any
+answer produced nothing, is charged nothing and its reservation released. On the lean
+response path a non-streamed answer comes in one buffered body message, which carries
+the status: cut before it, the gateway saw nothing of the provider's and cannot tell it
+from a client that left before any answer, so it is charged nothing.
+
+A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
+never billed. Streams are ``partial_usage``'s: they carry their text, which is counted.
+
+The response stage charges a whole answer at its end (so its cost and the span go
+with the last answer); this stage's ``done`` charges a cut one, and runs before the
+quota stage's, which settles with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc.config.model import RouteApi
+from extproc.context import RequestContext, Usage
+from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.stages.partial_usage import generated_chars
+from extproc.stages.quota import reserved_completion
+
+# The client APIs whose answers generate text, billed as completion tokens.
+_GENERATES = frozenset(
+    {RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_RESPONSES}
+)
+# The client APIs whose requests a provider bills by their tokens.
+_BILLED = _GENERATES | {RouteApi.OPENAI_EMBEDDINGS}
+
+
+class CutAnswerStage:
+    def done(self, ctx: RequestContext) -> None:
+        # Only a request that ended without a count: every other one is settled already.
+        unsettled = not (ctx.stream or ctx.usage_reported or ctx.usage_estimated)
+        if unsettled and _billed(ctx) and _answer_started(ctx):
+            _charge(ctx, reserved_completion(ctx))
+
+
+def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
+    """Charge a whole non-streamed answer without the provider's count (``answer``: as
+    parsed, None if it was no JSON) its prompt and generated text, ``usage_estimated``;
+    nothing if the answer is an error or the request is not billed by tokens."""
+    if not (_billed(ctx) and _answer_started(ctx)):
+        return
+    completion = 0
+    if answer is not None and ctx.route is not None and ctx.route.api in _GENERATES:
+        # Re-serialised only on this rare path, to read it as a stream's text is read.
+        characters = generated_chars(orjson.dumps(answer))
+        completion = -(-characters // CHARS_PER_TOKEN)
+    _charge(ctx, completion)
+
+
+def _charge(ctx: RequestContext, completion: int) -> None:
+    prompt = ctx.estimated_prompt_tokens()
+    ctx.usage = Usage(prompt, completion, prompt + completion)
+    ctx.usage_estimated = True
+
+
+def _billed(ctx: RequestContext) -> bool:
+    """A request a provider bills by its tokens, which reached one."""
+    route = ctx.route
+    return (
+        route is not None
+        and route.api in _BILLED
+        and ctx.body is not None
+        and ctx.provider is not None
+    )
+
+
+def _answer_started(ctx: RequestContext) -> bool:
+    """The provider's success status came back, and nothing turned the answer into an
+    error (a translated error, an answer the gateway replaced with one, a refusal)."""
+    return ctx.first_byte_at is not None and ctx.response_status < 400 and ctx.error is None
