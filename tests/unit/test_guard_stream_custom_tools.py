@@ -12,6 +12,7 @@ buffered answer's custom input is), as written once it is not.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -50,56 +51,8 @@ AUTH = {"authorization": "Bearer team1-key"}
 SHELL = {"type": "custom", "custom": {"name": "shell", "description": "Runs a shell command."}}
 
 
-def custom_chunk(
-    text: str | None,
-    call: int = 0,
-    *,
-    name: str | None = None,
-    finish: str | None = None,
-    choice: int = 0,
-) -> bytes:
-    """A chunk with one custom tool call delta; ``name`` makes it the call's first."""
-    delta: dict[str, Any] = {"index": call}
-    custom: dict[str, Any] = {}
-    if name is not None:
-        delta.update(id=f"call_{call}", type="custom")
-        custom["name"] = name
-    if text is not None:
-        custom["input"] = text
-    delta["custom"] = custom
-    chunk = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": [
-            {
-                "index": choice,
-                "delta": {"tool_calls": [delta]},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        ],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def custom_calls(body: bytes) -> dict[tuple[int, int], dict[str, str]]:
-    """What an OpenAI client assembles of custom calls: id, name, input, by (choice, index)."""
-    calls: dict[tuple[int, int], dict[str, str]] = {}
-    for event in openai_events(body):
-        for choice in event.get("choices") or ():
-            for delta in choice.get("delta", {}).get("tool_calls") or ():
-                custom = delta.get("custom")
-                if not isinstance(custom, dict):
-                    continue
-                call = calls.setdefault((choice["index"], delta["index"]), {"input": ""})
-                if "id" in delta:
-                    call["id"] = delta["id"]
-                if "name" in custom:
-                    call["name"] = custom["name"]
-                call["input"] += custom.get("input") or ""
-    return calls
+custom_chunk = partial(call_chunk, kind="custom")
+custom_calls = partial(openai_calls, kind="custom")
 
 
 async def shell_stream(gate: Gateway, fragments: list[str]) -> bytes:

@@ -47,23 +47,30 @@ def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
 # --- OpenAI chunks ------------------------------------------------------------------------
 
 
+# A tool call's type -> the field of its streamed text: a function's JSON arguments, a
+# custom tool's free input.
+TEXT_FIELD = {"function": "arguments", "custom": "input"}
+
+
 def call_chunk(
-    arguments: str | None,
+    text: str | None,
     call: int = 0,
     *,
     choice: int = 0,
     name: str | None = None,
     finish: str | None = None,
+    kind: str = "function",
 ) -> bytes:
-    """A chunk with one tool call delta; ``name`` makes it the call's first (id, type, name)."""
+    """A chunk with one tool call delta of type ``kind``; ``name`` makes it the call's first
+    (id, type, name)."""
     delta: dict[str, Any] = {"index": call}
-    function: dict[str, Any] = {}
+    holder: dict[str, Any] = {}
     if name is not None:
-        delta.update(id=f"call_{call}", type="function")
-        function["name"] = name
-    if arguments is not None:
-        function["arguments"] = arguments
-    delta["function"] = function
+        delta.update(id=f"call_{call}", type=kind)
+        holder["name"] = name
+    if text is not None:
+        holder[TEXT_FIELD[kind]] = text
+    delta[kind] = holder
     chunk = {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
@@ -85,19 +92,23 @@ def openai_events(body: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
 
 
-def openai_calls(body: bytes) -> dict[tuple[int, int], dict[str, str]]:
-    """What an OpenAI client assembles: each call's id, name and arguments, by (choice, index)."""
+def openai_calls(body: bytes, kind: str = "function") -> dict[tuple[int, int], dict[str, str]]:
+    """What an OpenAI client assembles of the calls of type ``kind``: each call's id, name and
+    text (``arguments``, a custom tool's ``input``), by (choice, index)."""
+    field = TEXT_FIELD[kind]
     calls: dict[tuple[int, int], dict[str, str]] = {}
     for event in openai_events(body):
         for choice in event.get("choices") or ():
             for delta in choice.get("delta", {}).get("tool_calls") or ():
-                call = calls.setdefault((choice["index"], delta["index"]), {"arguments": ""})
+                holder = delta.get(kind)
+                if not isinstance(holder, dict):
+                    continue
+                call = calls.setdefault((choice["index"], delta["index"]), {field: ""})
                 if "id" in delta:
                     call["id"] = delta["id"]
-                function = delta.get("function") or {}
-                if "name" in function:
-                    call["name"] = function["name"]
-                call["arguments"] += function.get("arguments") or ""
+                if "name" in holder:
+                    call["name"] = holder["name"]
+                call[field] += holder.get(field) or ""
     return calls
 
 
