@@ -389,6 +389,8 @@ def _access_log() -> Json:
                             "user_id",
                             "group_id",
                             "auth_method",
+                            # The tier that priced the request (null when none was named).
+                            "service_tier",
                         )
                     },
                 }

@@ -17,8 +17,9 @@ out of the cost, the request is flagged ``priced=False`` the same way (its bill 
 short, and says so), and the operator is warned once per tool, not once per request.
 
 A request is priced at the service tier its provider reports serving it at (OpenAI's
-``service_tier``, Anthropic's ``usage.service_tier``, read by the response translators
-where they read usage): the model's price entry for that tier, if the table has one,
+``service_tier``, Anthropic's ``usage.service_tier``, or ``fast`` when Anthropic's
+``usage.speed`` says fast mode served it; read by the response translators where they
+read usage): the model's price entry for that tier, if the table has one,
 else the model's own price. The standard tier (``default``, ``standard``), an answer
 that names none, and a stream cut before it named one are billed at the model's own
 price.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from extproc.config.model import RouteApi
-from extproc.translators.base import stream_failure
+from extproc.translators.base import reported_service_tier, stream_failure
 
 if TYPE_CHECKING:
     from extproc.context import RequestContext, Usage
@@ -47,6 +47,9 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("aigw.auth_method", "auth_method"),
     ("aigw.quota_decision", "quota_decision"),
     ("aigw.error_type", "error_type"),
+    # The tier that priced the request, in the provider's words (the log line's). For an
+    # OpenAI provider the conventions' openai.response.service_tier; one name for all.
+    ("aigw.service_tier", "service_tier"),
     # A request that failed on the provider's or the gateway's side (``_server_failure``).
     ("error.type", "failure_type"),
     ("error", "error"),
@@ -117,6 +120,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
     if ctx.cost is not None:
         # For Envoy's access log; exact like the log line's (docs/chargeback.md).
         values["cost_usd"] = ctx.cost.usd_float
+    values["service_tier"] = _service_tier(ctx)
     if ctx.finish_reasons:
         # Envoy's tags are strings: the array as JSON, as OpenTelemetry exporters
         # render array attributes they cannot type.
@@ -130,6 +134,16 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         if completion is not None:
             values["output_messages"] = completion
     return {key: value for key, value in values.items() if value is not None and value != ""}
+
+
+def _service_tier(ctx: RequestContext) -> str | None:
+    """The tier that priced the request; before it is priced (a running stream, its usage
+    report ahead of its end), the tier a cut there would be priced at: the one its answer
+    named so far. So the answers that carry a stream's usage carry its tier too, and a
+    span Envoy closes early has both."""
+    if ctx.cost is not None:
+        return ctx.service_tier
+    return reported_service_tier(ctx.translator)
 
 
 def usage_metadata(usage: Usage) -> dict[str, str | float]:

@@ -34,7 +34,10 @@ estimated, when the stream ends without Anthropic's; once a ``message_delta`` re
 The service tier that served the answer (``usage.service_tier``: ``standard``,
 ``priority``, ``batch``) prices the request. It is read with the usage: from the message
 body, or from a stream's ``message_start`` (a ``message_delta`` that names one too
-replaces it), so a stream cut after its start is billed at its tier.
+replaces it), so a stream cut after its start is billed at its tier. An answer served in
+fast mode (``usage.speed: "fast"``, asked for with the request's ``speed``) is billed at
+a multiple of the standard price whatever capacity served it, so its tier is its speed,
+``fast`` (``ServiceTierReport``); one that fell back to standard speed keeps its tier.
 """
 
 from __future__ import annotations
@@ -248,9 +251,44 @@ class UsageCounts:
         )
 
 
+# usage.speed of an answer served at the model's standard speed. Any other speed (fast
+# mode: "fast") is billed at its own price, a multiple of the standard one, whatever
+# capacity served it: the price table gives it as the model's tier of that name.
+STANDARD_SPEED = "standard"
+
+
+class ServiceTierReport:
+    """What a response's usage objects said of its tier and speed, each as the last one
+    that named it said (a stream's ``message_delta`` may repeat neither), and the tier
+    that bills it (``tier``)."""
+
+    __slots__ = ("_service_tier", "_speed")
+
+    def __init__(self) -> None:
+        self._service_tier: str | None = None
+        self._speed: str | None = None
+
+    def update(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        self._service_tier = service_tier_of(usage.get("service_tier")) or self._service_tier
+        self._speed = service_tier_of(usage.get("speed")) or self._speed
+
+    @property
+    def tier(self) -> str | None:
+        """The speed, unless standard (fast mode asked for may fall back to it, billed at
+        standard rates); else the service tier."""
+        if self._speed is not None and self._speed != STANDARD_SPEED:
+            return self._speed
+        return self._service_tier
+
+
 def service_tier_from_usage(usage: Any) -> str | None:
-    """The ``service_tier`` of a usage object (``standard``, ``priority``, ``batch``)."""
-    return service_tier_of(usage.get("service_tier")) if isinstance(usage, dict) else None
+    """The tier a usage object's request is billed at: its ``speed`` when not standard
+    (``fast``), else its ``service_tier`` (``standard``, ``priority``, ``batch``)."""
+    report = ServiceTierReport()
+    report.update(usage)
+    return report.tier
 
 
 def usage_from_object(value: Any) -> Usage | None:
@@ -295,8 +333,9 @@ class EventStreamReader:
         self.status: int | None = None  # passed through as it is
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        # The tier that served the stream (message_start's usage.service_tier).
+        # The tier that bills the stream (message_start's usage: service_tier, speed).
         self.service_tier: str | None = None
+        self._tier_report = ServiceTierReport()
         # The server tools' requests its blocks show, billed if the stream is cut.
         self.server_tool_tally = ServerToolTally()
         self._input = UsageCounts()
@@ -352,12 +391,12 @@ class EventStreamReader:
             usage = message.get("usage")
             if isinstance(usage, dict):
                 self._input.update(usage)
-                self.service_tier = service_tier_from_usage(usage)
+                self._take_tier(usage)
         elif kind == "message_delta":
             usage = parsed.get("usage")
             if not isinstance(usage, dict):
                 return
-            self.service_tier = service_tier_from_usage(usage) or self.service_tier
+            self._take_tier(usage)
             output = _count(usage.get("output_tokens"))
             if output is None:
                 return
@@ -374,6 +413,10 @@ class EventStreamReader:
             return
         if self._output is not None and self.failure is None:
             self.usage = self._input.usage(self._output)
+
+    def _take_tier(self, usage: dict[str, Any]) -> None:
+        self._tier_report.update(usage)
+        self.service_tier = self._tier_report.tier
 
     def _provider_failed(self, error: GatewayError) -> None:
         if self.failure is not None:

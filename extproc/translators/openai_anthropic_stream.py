@@ -39,11 +39,13 @@ Usage is read whether or not the client asked for it, because the gateway accoun
 Like OpenAI, every chunk carries ``"usage": null`` when the client did ask, except the last.
 
 The service tier Anthropic served the answer at (``usage.service_tier`` of the message, or
-of the stream's ``message_start``) prices the request, as ``service_tier``. The client is
-shown it in OpenAI's words, as OpenAI shows it (top level of the completion and of every
-chunk once known): ``standard`` as ``default``, ``priority`` as ``priority``; a tier OpenAI
-has no name for is not shown. A failover chain's downstream filter, which reads the answer
-as an OpenAI one, prices it at that tier the same way.
+of the stream's ``message_start``; ``fast`` for an answer its ``usage.speed`` says fast mode
+served, ``anthropic_anthropic.ServiceTierReport``) prices the request, as ``service_tier``.
+The client is shown it in OpenAI's words, as OpenAI shows it (top level of the completion
+and of every chunk once known): ``standard`` as ``default``, ``priority`` as ``priority``,
+``fast`` as ``fast`` (OpenAI's name for its own faster tier); a tier OpenAI has no name for
+is not shown. A failover chain's downstream filter, which reads the answer as an OpenAI
+one, prices it at that tier the same way.
 
 Errors (``translate_error``) are mapped as ``anthropic_errors`` says: a 401/403 from
 Anthropic (the gateway's own credential) becomes a 502, an overload (529) a 503, a rate
@@ -60,6 +62,7 @@ from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.anthropic_anthropic import (
     ServerToolTally,
+    ServiceTierReport,
     UsageCounts,
     service_tier_from_usage,
     usage_from_object,
@@ -84,8 +87,10 @@ _FINISH_REASONS = {
 
 
 # Anthropic's service tiers in OpenAI's words (its chat.completion service_tier values);
-# OpenAI clients that decode the field as an enum know no others.
-_OPENAI_TIERS = {"standard": "default", "priority": "priority"}
+# OpenAI clients that decode the field as an enum know no others. A failover chain prices
+# a fallback at the tier it shows (``openai_openai`` reads it downstream), so a tier
+# priced apart must be shown as the name it is priced under: fast mode as "fast".
+_OPENAI_TIERS = {"standard": "default", "priority": "priority", "fast": "fast"}
 
 
 def _shown_tier(service_tier: str | None) -> str | None:
@@ -209,10 +214,11 @@ class StreamTranslator:
         self.status: int | None = None  # a stream's headers have left
         # Set when Anthropic sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        # The tier Anthropic served the stream at (message_start's usage.service_tier),
-        # and its OpenAI name, which every chunk after it shows.
+        # The tier Anthropic served the stream at (message_start's usage: service_tier,
+        # speed), and its OpenAI name, which every chunk after it shows.
         self.service_tier: str | None = None
         self._shown_tier: str | None = None
+        self._tier_report = ServiceTierReport()
         self._include_usage = include_usage
         self._id = f"chatcmpl-{request_id}"
         self._created = created
@@ -369,11 +375,10 @@ class StreamTranslator:
             self._counts["server_tool_use"] = {**self._counts.get("server_tool_use", {}), **tools}
 
     def _take_tier(self, usage: Any) -> None:
-        """A usage object's service tier, when it names one (message_start's does)."""
-        tier = service_tier_from_usage(usage)
-        if tier is not None:
-            self.service_tier = tier
-            self._shown_tier = _shown_tier(tier)
+        """What a usage object says of the tier and speed (message_start's does)."""
+        self._tier_report.update(usage)
+        self.service_tier = self._tier_report.tier
+        self._shown_tier = _shown_tier(self.service_tier)
 
     def counts_so_far(self) -> StreamFailure:
         """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
