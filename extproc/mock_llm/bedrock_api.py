@@ -6,9 +6,9 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
 - ``POST .../model/{modelId}/converse-stream``: the same reply as AWS's binary event stream
   (see ``eventstream``): ``messageStart``, one ``contentBlockDelta`` per piece,
   ``contentBlockStop``, then each tool call's block (``content_events``), ``messageStop``
-  and ``metadata`` (usage, latency), each its own write. With the ``error_after`` fault, a
-  ``modelStreamErrorException`` exception message replaces the rest after that many deltas
-  (text and tool input pieces alike).
+  and ``metadata`` (usage, latency, the service tier asked for), each its own write. With
+  the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces the
+  rest after that many deltas (text and tool input pieces alike).
 - ``POST .../model/{modelId}/invoke``: InvokeModel, for Titan text embeddings only
   (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``); another
   model is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
@@ -59,6 +59,13 @@ makes the answer call tools after it, as Converse sends calls: a ``toolUse`` blo
 ``contentBlockStop``. Output tokens are the text pieces and the input pieces. A model calls
 only the tools its request declares (``toolConfig``): calls to others are not made, so a
 request that offers no tool gets text.
+
+Service tiers: a request's ``serviceTier`` (``{"type": "flex"}``; ``priority``, ``default``,
+``flex`` or ``reserved``, else a ValidationException naming ``serviceTier.type``) is answered
+as Bedrock answers it: the answer's ``serviceTier`` (Converse) or the ``metadata`` event's
+(ConverseStream) names the tier asked for. A request that names none gets none back. Every
+model takes every tier here (Bedrock offers flex and priority on some models only, and
+refuses the others with a ValidationException).
 
 Errors use AWS's REST-JSON shape: the status, ``x-amzn-errortype: <Code>:`` and
 ``{"message": ...}``; botocore raises ``ClientError`` with that code in ``Error.Code``.
@@ -145,6 +152,9 @@ DEFAULT_MODELS = (
     # Claude 4.5 models are served through inference profiles only.
     "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
 )
+
+# Converse's ServiceTierType (botocore's bedrock-runtime service model).
+SERVICE_TIERS = ("priority", "default", "flex", "reserved")
 
 _GARBAGE = b'{"output": {"message": this is not json'
 _GARBAGE_EVENT = b"{this is not json"
@@ -774,6 +784,8 @@ class ConverseRequest:
     max_tokens: int | None
     # The tools toolConfig declares: the only ones the model can call.
     tools: frozenset[str] = frozenset()
+    # serviceTier.type as asked, answered back; None when the request names no tier.
+    service_tier: str | None = None
 
 
 def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
@@ -818,7 +830,27 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
             "The toolConfig field must be defined when using toolUse and toolResult content blocks."
         )
     _check_tool_results(messages)
-    return ConverseRequest(model_id, shared, system, max_tokens, tools)
+    service_tier = _check_service_tier(doc.get("serviceTier"))
+    return ConverseRequest(model_id, shared, system, max_tokens, tools, service_tier)
+
+
+def _check_service_tier(value: object) -> str | None:
+    """The tier ``serviceTier`` asks for, checked as Bedrock checks the field."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _constraint("serviceTier", "Member must be an object")
+    tier = value.get("type")
+    if tier not in SERVICE_TIERS:
+        raise _constraint(
+            "serviceTier.type", f"Member must satisfy enum value set: [{', '.join(SERVICE_TIERS)}]"
+        )
+    return str(tier)
+
+
+def served_tier(req: ConverseRequest) -> dict[str, Any]:
+    """The answer's (or the metadata event's) ``serviceTier`` member: the tier asked for."""
+    return {"serviceTier": {"type": req.service_tier}} if req.service_tier is not None else {}
 
 
 def model_id_from_target(target: str, operation: str) -> str | None:
@@ -1109,7 +1141,7 @@ class BedrockEndpoints:
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
         if operation == "converse-stream":
-            return await self._stream(request, reply, fault, started, request_id)
+            return await self._stream(request, req, reply, fault, started, request_id)
         if fault.reset_after is not None:
             return _abort(request)
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
@@ -1120,6 +1152,7 @@ class BedrockEndpoints:
             "stopReason": reply.stop_reason,
             "usage": reply.usage(),
             "metrics": {"latencyMs": _elapsed_ms(started)},
+            **served_tier(req),
         }
         return web.Response(body=orjson.dumps(document), headers=headers)
 
@@ -1145,7 +1178,13 @@ class BedrockEndpoints:
         return web.Response(body=document, headers=headers)
 
     async def _stream(
-        self, request: web.Request, reply: Reply, fault: Fault, started: float, request_id: str
+        self,
+        request: web.Request,
+        req: ConverseRequest,
+        reply: Reply,
+        fault: Fault,
+        started: float,
+        request_id: str,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": EVENT_STREAM_CONTENT_TYPE, REQUEST_ID_HEADER: request_id}
@@ -1185,7 +1224,11 @@ class BedrockEndpoints:
             await send("messageStop", {"stopReason": reply.stop_reason})
             await send(
                 "metadata",
-                {"usage": reply.usage(), "metrics": {"latencyMs": _elapsed_ms(started)}},
+                {
+                    "usage": reply.usage(),
+                    "metrics": {"latencyMs": _elapsed_ms(started)},
+                    **served_tier(req),
+                },
             )
             await response.write_eof()
         except ConnectionResetError:

@@ -35,6 +35,12 @@ characters) is rewritten the same way in the call and in its result
 (``tool_ids.provider_tool_call_id``); ids that fit are sent as they are. An empty tool
 result is one empty text block, which Converse takes inside a ``toolResult`` (some models
 refuse a ``toolResult`` with no content at all).
+``service_tier``: the tiers Bedrock has are asked of Converse as ``serviceTier``
+(``converse_service_tier``): ``flex``, ``priority``, ``default`` as they are, OpenAI's
+``fast`` as ``priority`` (what OpenAI serves it as), and Bedrock's own ``reserved``.
+``auto`` (and none) sends no tier: Bedrock chooses, which is its standard tier. Another
+value (OpenAI's ``scale``) is refused with a 400 naming ``service_tier``: served at a tier
+the client did not ask for, the request would be billed at a price it did not choose.
 Other OpenAI-only fields (seed, penalties, logprobs, stream_options...) are dropped.
 OpenAI's ``temperature`` (0..2) is clamped to Converse's 0..1, as ``openai_anthropic``
 clamps it for Claude; ``top_p`` has the same range on both sides and is sent as is, except
@@ -47,8 +53,10 @@ Answers (``CompletionTranslator``): text blocks are joined into ``message.conten
 name the model that answered, so the client's model name is echoed and ``response_model``
 stays None. Prompt tokens count cache reads and writes on top of ``inputTokens`` (the
 writes' 1-hour part, from ``cacheDetails``, is kept for the bill); cache reads are also
-reported as ``prompt_tokens_details.cached_tokens``. Streams are translated
-in ``openai_bedrock_stream``.
+reported as ``prompt_tokens_details.cached_tokens``. The tier that served the answer
+(``serviceTier.type``) is read as ``service_tier``, which prices the request, and shown at
+the top level as OpenAI shows it (``openai_bedrock_stream.shown_tier``). Streams are
+translated in ``openai_bedrock_stream``.
 
 Errors (``translate_error``): the client's status depends only on the provider's status and
 ``x-amzn-errortype``, so it can be chosen before the body arrives. A refused signature or
@@ -73,12 +81,15 @@ from extproc.translators.openai_bedrock_stream import (
     completion_id,
     finish_reason,
     read_usage,
+    served_tier,
+    shown_tier,
 )
 from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
     "CompletionTranslator",
     "StreamTranslator",
+    "converse_service_tier",
     "request_path",
     "translate_error",
     "translate_request",
@@ -98,6 +109,20 @@ _NO_SYSTEM_PROMPT_MODELS = (
 _ARN_MODEL_RESOURCES = ("foundation-model", "inference-profile")
 # The geographic prefix of a cross-region inference profile id (us.anthropic...).
 _PROFILE_REGION_GROUPS = frozenset({"us", "us-gov", "eu", "apac", "au", "ca", "jp", "global"})
+# An OpenAI request's service_tier -> the Converse serviceTier type that serves it. OpenAI
+# serves "fast" as priority processing; "reserved" is Bedrock's own name (capacity reserved
+# by the account), for clients that know their route ends at Bedrock.
+_SERVICE_TIERS = {
+    "default": "default",
+    "flex": "flex",
+    "priority": "priority",
+    "fast": "priority",
+    "reserved": "reserved",
+}
+# OpenAI's "the provider chooses": no serviceTier, which Bedrock serves at its standard tier.
+_PROVIDER_CHOOSES_TIER = "auto"
+# How much of a refused service_tier the error quotes: it is the client's own input.
+_QUOTED_TIER_CHARS = 40
 _IMAGE_FORMATS = {
     "image/png": "png",
     "image/jpeg": "jpeg",
@@ -132,6 +157,7 @@ def translate_request(
             "response_format is not supported for Bedrock models: ask for JSON in the prompt",
             param="response_format",
         )
+    service_tier = converse_service_tier(body.get("service_tier"))
     system, turns = _conversation(body.get("messages"))
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
     if tool_config is None:
@@ -150,7 +176,30 @@ def translate_request(
         converse["inferenceConfig"] = inference
     if tool_config is not None:
         converse["toolConfig"] = tool_config
+    if service_tier is not None:
+        converse["serviceTier"] = {"type": service_tier}
     return converse
+
+
+def converse_service_tier(value: Any) -> str | None:
+    """Converse's ``serviceTier`` type for an OpenAI request's ``service_tier``; None to
+    send none (none asked for, or ``auto``). Raises ``BadRequestError`` naming the field for
+    a tier Bedrock does not have."""
+    if value is None or value == _PROVIDER_CHOOSES_TIER:
+        return None
+    tier = _SERVICE_TIERS.get(value) if isinstance(value, str) else None
+    if tier is not None:
+        return tier
+    asked = (
+        f"{value[:_QUOTED_TIER_CHARS]!r} is not a Bedrock service tier"
+        if isinstance(value, str)
+        else "must be a string"
+    )
+    raise BadRequestError(
+        f"service_tier {asked}: Bedrock serves flex, priority, default and reserved "
+        "(fast is served as priority); send auto, or no service_tier, to let Bedrock choose",
+        param="service_tier",
+    )
 
 
 def base_model_id(model_id: str) -> str:
@@ -577,6 +626,8 @@ class CompletionTranslator:
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
+        # The tier Bedrock served the answer at (serviceTier.type): it prices the request.
+        self.service_tier: str | None = None
         # 502 once an answer could not be read as a Converse response.
         self.status: int | None = None
         self._model = model
@@ -653,6 +704,10 @@ class CompletionTranslator:
         usage = read_usage(parsed.get("usage"))
         if usage is not None:
             self.usage, completion["usage"] = usage
+        self.service_tier = served_tier(parsed.get("serviceTier"))
+        shown = shown_tier(self.service_tier)
+        if shown is not None:
+            completion["service_tier"] = shown
         return completion
 
 

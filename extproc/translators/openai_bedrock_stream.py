@@ -8,11 +8,18 @@ and checks them; each frame names its event in ``:event-type`` and carries JSON:
 - ``contentBlockStart`` with ``toolUse``: a tool call's id and name; its ``contentBlockIndex``
   is numbered among the tool calls, since OpenAI counts tool calls, not content blocks.
 - ``contentBlockDelta``: text, or a piece of a tool call's JSON arguments.
-- ``messageStop``: the chunk with ``finish_reason``.
+- ``messageStop``: the chunk with ``finish_reason`` (sent with ``metadata``, below).
 - ``metadata`` (the last event): usage, with ``cacheDetails`` splitting the cache writes
-  by TTL (5m, 1h) for models that have both caches. The usage chunk (``choices: []``) is
-  sent only when the client asked for it; usage is read either way. ``data: [DONE]``
-  follows it.
+  by TTL (5m, 1h) for models that have both caches, and the tier that served the stream
+  (``serviceTier.type``). The usage chunk (``choices: []``) is sent only when the client
+  asked for it; usage is read either way. ``data: [DONE]`` follows it.
+
+The service tier is read as ``service_tier`` (it prices the request) and shown at the top
+level of the chunks as OpenAI shows it (``shown_tier``). Bedrock names it last, so the
+chunk with ``finish_reason`` is held from ``messageStop`` until ``metadata`` (the next
+event) and shows it, as does the usage chunk; the text went before it was known. A stream
+that ends without ``metadata`` still gets its finish chunk, with no tier. A stream cut
+before ``metadata`` names no tier: it is priced at the model's own price.
 
 An exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``), a frame
 that fails its checks, or a stream that ends before ``messageStop`` becomes an OpenAI error
@@ -38,7 +45,12 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from extproc.context import Usage
 from extproc.errors import error_body
-from extproc.translators.base import MAX_PROVIDER_MESSAGE, ProviderStreamError, StreamFailure
+from extproc.translators.base import (
+    MAX_PROVIDER_MESSAGE,
+    ProviderStreamError,
+    StreamFailure,
+    service_tier_of,
+)
 
 _DONE = b"data: [DONE]\n\n"
 # What a frame that passed its CRCs can still raise from its headers or JSON payload:
@@ -62,6 +74,25 @@ _FINISH_REASONS = {
 def finish_reason(stop_reason: Any) -> str:
     """OpenAI's finish_reason for Converse's stopReason; unknown reasons read as a stop."""
     return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+# Bedrock's service tiers in OpenAI's words (its chat.completion service_tier values).
+# Reserved capacity has none: OpenAI clients that decode the field as an enum would fail
+# on it, so it is priced as "reserved" but not shown. A failover chain prices a fallback at
+# the tier it shows (``openai_openai`` reads it downstream), hence each name is the one the
+# tier is priced under.
+_OPENAI_TIERS = {"default": "default", "flex": "flex", "priority": "priority"}
+
+
+def served_tier(value: Any) -> str | None:
+    """The tier a Converse answer or ``metadata`` event says served it (``serviceTier``:
+    ``{"type": "flex"}``); None when it names none, or nothing readable."""
+    return service_tier_of(value.get("type")) if isinstance(value, dict) else None
+
+
+def shown_tier(service_tier: str | None) -> str | None:
+    """The ``service_tier`` an OpenAI client is shown for a Bedrock tier, if it has one."""
+    return _OPENAI_TIERS.get(service_tier) if service_tier is not None else None
 
 
 def completion_id(request_id: str) -> str:
@@ -171,6 +202,12 @@ class StreamTranslator:
         self.status: int | None = None  # a stream's headers have left
         # Set when Bedrock sent an exception mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
+        # The tier Bedrock served the stream at (metadata's serviceTier), and its OpenAI
+        # name, which the chunks sent after it show.
+        self.service_tier: str | None = None
+        self._shown_tier: str | None = None
+        # messageStop's finish chunk, held until metadata names the tier it shows.
+        self._held_finish: str | None = None
         self._model = model
         self._include_usage = include_usage
         self._id = completion_id(request_id)
@@ -229,8 +266,10 @@ class StreamTranslator:
             self._block_stop(payload, out)
         elif event == "messageStop":
             self._stopped = True
-            out.append(self._chunk({}, finish_reason(payload.get("stopReason"))))
+            self._held_finish = finish_reason(payload.get("stopReason"))
         elif event == "metadata":
+            self._take_tier(payload.get("serviceTier"))
+            self._release_finish(out)
             usage = read_usage(payload.get("usage"))
             if usage is not None:
                 self.usage = usage[0]
@@ -238,6 +277,18 @@ class StreamTranslator:
                     out.append(self._event([], usage[1]))
             if self._stopped:
                 out.append(self._finish())
+
+    def _take_tier(self, value: Any) -> None:
+        tier = served_tier(value)
+        if tier is not None:
+            self.service_tier = tier
+            self._shown_tier = shown_tier(tier)
+
+    def _release_finish(self, out: list[bytes]) -> None:
+        """Send the finish chunk messageStop left held, if it did."""
+        if self._held_finish is not None:
+            out.append(self._chunk({}, self._held_finish))
+            self._held_finish = None
 
     def _block_start(self, payload: dict[str, Any], out: list[bytes]) -> None:
         start = payload.get("start")
@@ -299,11 +350,16 @@ class StreamTranslator:
     def _abort(self, body: bytes) -> bytes:
         self.usage = None
         self._done = True
-        return b"data: " + body + b"\n\n" + _DONE
+        # A finish chunk already decided goes first, as it did before the error.
+        held: list[bytes] = []
+        self._release_finish(held)
+        return b"".join(held) + b"data: " + body + b"\n\n" + _DONE
 
     def _finish(self) -> bytes:
         self._done = True
-        return _DONE
+        held: list[bytes] = []
+        self._release_finish(held)
+        return b"".join(held) + _DONE
 
     def _chunk(self, delta: dict[str, Any], reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
@@ -317,6 +373,8 @@ class StreamTranslator:
             "model": self._model,
             "choices": choices,
         }
+        if self._shown_tier is not None:
+            chunk["service_tier"] = self._shown_tier
         # OpenAI puts "usage": null on every chunk of a stream that asked for usage.
         if self._include_usage:
             chunk["usage"] = usage
