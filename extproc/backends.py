@@ -147,8 +147,9 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
 
 def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
     """Refuse a request its provider cannot serve as soon as the model is known: a client
-    API the provider's type does not speak (and nothing translates to), or a batch of
-    embeddings for Titan.
+    API the provider's type does not speak (and nothing translates to), a batch of
+    embeddings for Titan, or a chat completion asking Bedrock for what Converse cannot do
+    at the body's top level (``n``, ``functions``, ``response_format``, ``service_tier``).
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
@@ -165,6 +166,8 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     elif route.api is RouteApi.OPENAI_RESPONSES:
         served = kind is ProviderType.OPENAI
     else:
+        if kind is ProviderType.BEDROCK:
+            openai_bedrock.check_request(parsed)
         served = True  # chat completions reach every provider type, translated
     if not served:
         raise _unsupported(ctx, kind)

@@ -89,6 +89,7 @@ from extproc.translators.tool_ids import provider_tool_call_id
 __all__ = [
     "CompletionTranslator",
     "StreamTranslator",
+    "check_request",
     "converse_service_tier",
     "request_path",
     "translate_error",
@@ -141,23 +142,7 @@ def translate_request(
     when unknown, which sends what most models take. Raises ``BadRequestError`` (naming the
     offending field) for what Converse cannot do.
     """
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise BadRequestError("Bedrock returns one choice per request: n must be 1", param="n")
-    if body.get("functions") is not None or body.get("function_call") is not None:
-        raise BadRequestError(
-            "functions and function_call are not supported: use tools and tool_choice",
-            param="functions",
-        )
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        not isinstance(response_format, dict) or response_format.get("type") != "text"
-    ):
-        raise BadRequestError(
-            "response_format is not supported for Bedrock models: ask for JSON in the prompt",
-            param="response_format",
-        )
-    service_tier = converse_service_tier(body.get("service_tier"))
+    service_tier = check_request(body)
     system, turns = _conversation(body.get("messages"))
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
     if tool_config is None:
@@ -179,6 +164,31 @@ def translate_request(
     if service_tier is not None:
         converse["serviceTier"] = {"type": service_tier}
     return converse
+
+
+def check_request(body: dict[str, Any]) -> str | None:
+    """Refuse (``BadRequestError`` naming the field) what Converse cannot do and the body's
+    top level shows; the ``serviceTier`` type to ask for, if any.
+
+    Cheap, so it runs before the quota too (``backends.check_pair``): a request limit
+    does not count a request that would never reach Bedrock."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequestError("Bedrock returns one choice per request: n must be 1", param="n")
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise BadRequestError(
+            "functions and function_call are not supported: use tools and tool_choice",
+            param="functions",
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type") != "text"
+    ):
+        raise BadRequestError(
+            "response_format is not supported for Bedrock models: ask for JSON in the prompt",
+            param="response_format",
+        )
+    return converse_service_tier(body.get("service_tier"))
 
 
 def converse_service_tier(value: Any) -> str | None:
