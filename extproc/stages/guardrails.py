@@ -51,7 +51,7 @@ from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, Route
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard
-from extproc.guardrails.webhook import WebhookError
+from extproc.guardrails.webhook import Verdict, WebhookError
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +214,27 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
         except WebhookError as exc:
             _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
             continue
-        if verdict.action == "reject":
-            record(ctx, guard.name, "request", "reject")
-            raise _webhook_refusal(guard, verdict.body, verdict.status)
-        if verdict.action == "mask" and verdict.contents is not None:
-            for slot, content in zip(slots, verdict.contents, strict=True):
-                if content != slot.text:
-                    slot.write(content)
-                    changed = True
-            record(ctx, guard.name, "request", "mask")
-            continue
-        record(ctx, guard.name, "request", "pass")
+        changed = _apply_verdict(ctx, guard, "request", verdict, slots) or changed
+    return changed
+
+
+def _apply_verdict(
+    ctx: RequestContext, guard: GuardConfig, phase: str, verdict: Verdict, slots: list[TextSlot]
+) -> bool:
+    """Act on a webhook's verdict and record it: a refusal raises, a mask writes the texts
+    it changed back into their slots. Whether any text changed."""
+    if verdict.action == "reject":
+        record(ctx, guard.name, phase, "reject")
+        raise _webhook_refusal(guard, verdict.body, verdict.status)
+    if verdict.action != "mask" or verdict.contents is None:
+        record(ctx, guard.name, phase, "pass")
+        return False
+    changed = False
+    for slot, content in zip(slots, verdict.contents, strict=True):
+        if content != slot.text:
+            slot.write(content)
+            changed = True
+    record(ctx, guard.name, phase, "mask")
     return changed
 
 
@@ -353,17 +363,7 @@ class GuardResponseStage:
             except WebhookError as exc:
                 _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
                 continue
-            if verdict.action == "reject":
-                record(ctx, guard.name, "response", "reject")
-                raise _webhook_refusal(guard, verdict.body, verdict.status)
-            if verdict.action == "mask" and verdict.contents is not None:
-                for slot, content in zip(slots, verdict.contents, strict=True):
-                    if content != slot.text:
-                        slot.write(content)
-                        changed = True
-                record(ctx, guard.name, "response", "mask")
-            else:
-                record(ctx, guard.name, "response", "pass")
+            changed = _apply_verdict(ctx, guard, "response", verdict, slots) or changed
         self._buffered(ctx, out, guards, data, (answer, slots, changed))
 
     def _buffered(
