@@ -455,12 +455,19 @@ class GuardResponseStage:
             record(ctx, guard.name, "response", "reject")
             return
         if end_of_stream:
-            masked = state.masked
-            for index, guard in enumerate(matchers.guards):
-                record(ctx, guard.name, "response", "mask" if index in masked else "pass")
-            for hook, _ in guards.response.webhooks:
-                if not _seen(ctx, hook.name):
-                    record(ctx, hook.name, "response", "pass")
+            _record_stream_decisions(ctx, state, guards, whole=True)
+
+    def done(self, ctx: RequestContext) -> None:
+        # A stream Envoy never ended: the client hung up at its terminal event (Envoy
+        # then drops the empty end of stream) or mid-answer. Its decisions are recorded
+        # here, before the log line is written (a later stage's done).
+        state = ctx.response_guard
+        if not isinstance(state, StreamGuard) or state.ended or state.rejected_by is not None:
+            return
+        assert ctx.route is not None
+        guards = ctx.runtime.guardrails.for_route(ctx.route.name)
+        if guards is not None:
+            _record_stream_decisions(ctx, state, guards, whole=ctx.completed)
 
     @staticmethod
     def _stream_error(
@@ -484,6 +491,23 @@ def _failed_open(ctx: RequestContext, guard: str) -> bool:
         d["guard"] == guard and d["phase"] == "response" and d["action"] == "fail_open"
         for d in ctx.guardrail_decisions
     )
+
+
+def _record_stream_decisions(
+    ctx: RequestContext, state: StreamGuard, guards: RouteGuards, *, whole: bool
+) -> None:
+    """Each response guard's decision on a stream, once: a mask where it masked; a pass
+    where it did not, when the client got the whole answer (cut short, no guard saw it
+    all)."""
+    masked = state.masked
+    for index, guard in enumerate(guards.response.matchers.guards):
+        if index in masked:
+            _once(ctx, guard.name, "mask")
+        elif whole:
+            _once(ctx, guard.name, "pass")
+    if whole:
+        for hook, _ in guards.response.webhooks:
+            _once(ctx, hook.name, "pass")
 
 
 def _once(ctx: RequestContext, guard: str, action: str) -> None:

@@ -1,0 +1,65 @@
+"""A guarded stream's decisions reach its log line however the stream ended.
+
+A client that reads ``data: [DONE]`` may hang up at once, and Envoy then drops the empty
+end of stream that follows: the request was answered whole (the response stage takes the
+terminal event for the end), yet the guards' decisions were recorded only on that end of
+stream, so the log line and ``aigw_guardrail_decisions_total`` said nothing of a mask the
+client had been shown (seen in the integration suite, under load, for an address masked
+in streamed tool-call arguments).
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.unit.guard_helpers import config_with, openai_chunk
+from tests.unit.sse_play import play_sse
+from tests.unit.test_guard_flow import Gateway
+
+POLICIES = {
+    "policies": [
+        {"name": "guarded", "response": [
+            {"name": "api-keys", "patterns": [r"sk-[A-Za-z0-9]{8,}"], "message": "no keys"},
+            {"name": "pii-out", "builtins": ["EMAIL"], "action": "mask"},
+        ]},
+    ]
+}  # fmt: skip
+AUTH = {"authorization": "Bearer team1-key"}
+BODY = orjson.dumps(
+    {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+)
+DONE = b"data: [DONE]\n\n"
+
+
+def guarded() -> Gateway:
+    return Gateway(config_with(POLICIES, {"openai-chat": {"guardrails": "guarded"}}))
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["end of stream", "client left at DONE"])
+@pytest.mark.parametrize(
+    ("text", "pii"), [("Write to jane.doe@example.com", "mask"), ("Nothing to hide", "pass")]
+)
+async def test_the_guards_decisions_are_logged_once_the_terminal_event_passed(
+    ended: bool, text: str, pii: str
+) -> None:
+    gate = guarded()
+    chunks = [openai_chunk(text), openai_chunk(None, "stop") + DONE]
+    await play_sse(gate.processor, "/v1/chat/completions", AUTH, BODY, chunks, ended=ended)
+    line = gate.log()
+    assert line["outcome"] == "completed"
+    assert line["guardrails"] == [
+        {"guard": "api-keys", "phase": "response", "action": "pass"},
+        {"guard": "pii-out", "phase": "response", "action": pii},
+    ]
+    assert gate.decisions(guard="pii-out", action=pii) == 1
+
+
+async def test_a_stream_cut_before_its_end_logs_the_masks_it_made_and_no_pass() -> None:
+    # Cut mid-answer: what was masked was masked; no guard saw the whole answer pass.
+    gate = guarded()
+    chunks = [openai_chunk("Write to jane.doe@example.com today."), openai_chunk(" And")]
+    await play_sse(gate.processor, "/v1/chat/completions", AUTH, BODY, chunks, ended=False)
+    line = gate.log()
+    assert line["outcome"] == "aborted"
+    assert line["guardrails"] == [{"guard": "pii-out", "phase": "response", "action": "mask"}]
