@@ -17,6 +17,17 @@ without each combination of its fallbacks (2**n chains for n fallbacks), and
 the gateway routes each request to the chain of the fallbacks its caller may
 use: a fallback kept from the caller is never tried, and the last answer the
 client gets comes from a model it may use.
+
+An attempt's answer is read whole by its filter before it goes on. One larger than
+``envoy.max_response_body_bytes`` never does: Envoy answers the client a 502
+``response_too_large`` of its own instead, without waiting for the gateway's answer to
+that attempt's response headers (the headers that name who answered are lost with it).
+The provider billed that answer all the same. So each attempt also names itself in the
+request's dynamic metadata when it sends its request (Envoy has that answer before the
+provider gets the request, and the last attempt to send is the one that answered: an
+answer that started is never retried), and Envoy's reply for an answer over the buffer
+carries that name in the same headers, for the downstream filter to charge
+(``stages.cut_answer``).
 """
 
 from __future__ import annotations
@@ -26,7 +37,15 @@ from itertools import combinations
 from typing import Any
 
 from extproc.config.model import GatewayConfig, ModelConfig, cluster_name, failover_chain_name
-from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS
+from extproc.headers import (
+    ANSWERED_BY_MODEL,
+    ANSWERED_BY_PROVIDER,
+    ANSWERED_UPSTREAM_MODEL,
+    CLUSTER,
+    METADATA_NAMESPACE,
+    RATE_LIMIT_HEADERS,
+    metadata_key,
+)
 
 Json = dict[str, Any]
 _TYPE = "type.googleapis.com/"
@@ -34,6 +53,11 @@ UPSTREAM_FILTER = "aigw.upstream_ext_proc"
 # Sent by the per-attempt filter on its gRPC streams: the gateway serves them in attempt mode.
 ATTEMPT_METADATA = "x-aigw-stream"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+# The headers that name the chain member an attempt serves: on its answer, and, from the
+# metadata the attempt wrote under their metadata_key, on Envoy's reply replacing it.
+ANSWERED_HEADERS = (ANSWERED_BY_PROVIDER, ANSWERED_BY_MODEL, ANSWERED_UPSTREAM_MODEL)
+# Envoy's response code details for an answer over the buffer (its local reply's mapper).
+_TOO_LARGE_DETAILS = "response_payload_too_large"
 
 
 def failover_cluster_name(model: str, skipped: Collection[int] = ()) -> str:
@@ -113,6 +137,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
     # Before the catch-all 404, which is last.
     routes[-1:-1] = failover_routes
     manager["route_config"]["virtual_hosts"][0]["include_attempt_count_in_response"] = True
+    _name_the_attempt_in_the_too_large_reply(manager["local_reply_config"]["mappers"])
     router = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.router")
     router["typed_config"]["upstream_http_filters"] = [
         _attempt_filter(ext_proc_filter),
@@ -175,6 +200,32 @@ def _route(cluster: str, attempts: int, per_try_s: float) -> Json:
     }
 
 
+def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
+    """Envoy's reply to an answer over the buffer names the attempt last sent, which is
+    the one whose answer it dropped; a request without failover has no such metadata,
+    and an empty value adds no header."""
+    found = [mapper for mapper in mappers if _TOO_LARGE_DETAILS in _expression(mapper)]
+    if len(found) != 1:
+        raise ValueError(f"the bootstrap has no one local reply for {_TOO_LARGE_DETAILS}")
+    found[0]["headers_to_add"] = [
+        {
+            "header": {
+                "key": name,
+                "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%",
+            },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+        for name in ANSWERED_HEADERS
+    ]
+
+
+def _expression(mapper: Json) -> str:
+    """The CEL condition of a local reply mapper (envoy_bootstrap._error_mapper)."""
+    condition: str = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
+    return condition
+
+
 def _attempt_filter(downstream: Json) -> Json:
     typed = dict(downstream["typed_config"])
     service = dict(typed["grpc_service"])
@@ -183,7 +234,9 @@ def _attempt_filter(downstream: Json) -> Json:
     typed["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
     # The attempt filter may set :authority (each provider has its own host).
     typed["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": True}
-    typed.pop("metadata_options", None)
+    # Only to name the attempt for Envoy's reply to an answer over the buffer
+    # (stages.attempt); the metadata goes to the request's, where that reply reads it.
+    typed["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
     # Every attempt's answer is read and translated (its request headers answer sets no
     # mode); a reply Envoy makes before any filter saw the request never reaches here.
     typed["processing_mode"] = {

@@ -100,8 +100,12 @@ class Processor:
                     ctx.error = error
                     ctx.response_status = error.status
                     answer = envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
-                    # Envoy's access log and span see who was refused, and why.
-                    envoy_messages.add_metadata(answer, request_metadata(ctx))
+                    # Envoy's access log and span see who was refused, and why. Not from
+                    # an attempt: its filter writes into the request's metadata (to name
+                    # the attempt, envoy_failover), and its own view of the request (a
+                    # route of its own, no caller) is not the request's.
+                    if not attempt:
+                        envoy_messages.add_metadata(answer, request_metadata(ctx))
                     yield answer
                     return
                 if out.answer is not None:
@@ -109,7 +113,8 @@ class Processor:
                     ctx.response_status = status
                     ctx.completed = True
                     answer = envoy_messages.immediate_response(status, body, answer_headers)
-                    envoy_messages.add_metadata(answer, request_metadata(ctx))
+                    if not attempt:
+                        envoy_messages.add_metadata(answer, request_metadata(ctx))
                     yield answer
                     return
                 yield envoy_messages.phase_response(phase, out)

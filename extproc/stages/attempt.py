@@ -10,6 +10,14 @@ provider, and translate the answer back to OpenAI's API (always with its usage,
 which the downstream filter counts and hides from clients that did not ask for
 it). Logging, metrics and quotas stay downstream.
 
+The answer names the chain member that served it in headers the downstream filter
+reads and removes. The request's dynamic metadata names it too, from the moment the
+attempt sends its request: an answer over ``envoy.max_response_body_bytes`` never
+leaves this filter, and Envoy's own reply in its place carries that name instead
+(``envoy_failover``), so the downstream filter still charges the member that answered.
+That metadata is the only metadata an attempt gives Envoy: the attempt's own view of
+the request (a route of its own, no caller) is not the request's.
+
 The chain travels with the request, so a config reload between two attempts
 changes nothing of what the request is served as: the fallback it was admitted
 with answers, under its name and price, on whichever worker takes the attempt.
@@ -38,6 +46,7 @@ from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE, failover_cluster_name
 from extproc.errors import UpstreamError
+from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 
 ATTEMPT_ROUTE = Route("failover-attempt", RouteApi.OPENAI_CHAT, None)
@@ -144,6 +153,18 @@ def attempt_target(ctx: RequestContext, chain: object) -> tuple[str, Upstream]:
     return model, upstream
 
 
+def answered_by(ctx: RequestContext) -> dict[str, str]:
+    """The headers that name the chain member this attempt serves, for the downstream
+    filter (``envoy_failover.ANSWERED_HEADERS``)."""
+    named = {
+        headers.ANSWERED_BY_PROVIDER: ctx.provider or "",
+        headers.ANSWERED_BY_MODEL: ctx.model or "",
+    }
+    if ctx.upstream is not None:
+        named[headers.ANSWERED_UPSTREAM_MODEL] = ctx.upstream.upstream_model
+    return named
+
+
 class AttemptStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         # Which model this provider serves is read from the body (request_body).
@@ -175,6 +196,10 @@ class AttemptStage:
         out.set_headers[":path"] = plan.path
         out.set_headers[":authority"] = upstream.provider.authority
         out.set_headers.update(plan.headers)
+        # Envoy merges it into the request's metadata before this attempt's request
+        # leaves, so a later attempt overwrites it: it names the attempt last sent, for
+        # Envoy's reply should this one's answer outgrow the buffer (envoy_failover).
+        out.metadata = {metadata_key(name): value for name, value in answered_by(ctx).items()}
 
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
@@ -194,10 +219,8 @@ class AttemptStage:
             out.mode_override = ModeOverride(response_body="STREAMED")
         out.set_headers.update(plan.set_headers)
         out.remove_headers.extend(plan.remove_headers)
-        out.set_headers[headers.ANSWERED_BY_PROVIDER] = ctx.provider or ""
-        out.set_headers[headers.ANSWERED_BY_MODEL] = ctx.model or ""
-        if ctx.upstream is not None:
-            out.set_headers[headers.ANSWERED_UPSTREAM_MODEL] = ctx.upstream.upstream_model
+        # Overwrites any the provider sent: only the gateway names who answered.
+        out.set_headers.update(answered_by(ctx))
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

@@ -30,6 +30,15 @@ response path a non-streamed answer comes in one buffered body message, which ca
 the status: cut before it, the gateway saw nothing of the provider's and cannot tell it
 from a client that left before any answer, so it is charged nothing.
 
+After a failover the answer is read whole by the per-attempt filter first, and one
+over ``envoy.max_response_body_bytes`` never reaches the downstream filter: Envoy
+answers the client a 502 ``response_too_large`` of its own. Its reply names the
+attempt whose answer it dropped (``envoy_failover``), and only that reply does, so
+this stage charges that attempt's provider and model as above, at the reply's headers,
+and records the client's 502 and error (not counted as the provider's error: it
+answered). Envoy's reply does not carry the attempt's own status: an error body over
+the buffer would be charged too (providers' errors are a few hundred bytes).
+
 A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
 never billed. Streams are ``partial_usage``'s: they carry their text, which is counted.
 
@@ -44,8 +53,11 @@ from typing import Any
 
 import orjson
 
+from extproc import headers
+from extproc.backends import ENVOY_UPSTREAM_TIME
 from extproc.config.model import RouteApi
-from extproc.context import RequestContext, Usage
+from extproc.context import PhaseOutput, RequestContext, Usage
+from extproc.errors import UpstreamError
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.stages.partial_usage import generated_chars
 from extproc.stages.quota import reserved_completion
@@ -59,6 +71,14 @@ _BILLED = _GENERATES | {RouteApi.OPENAI_EMBEDDINGS}
 
 
 class CutAnswerStage:
+    def response_headers(
+        self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
+    ) -> None:
+        # Before the response stage, which takes the attempt's name from these headers
+        # (the price, the span) and removes them from what the client gets.
+        if ctx.failover_model is not None and _dropped_attempt(response_headers):
+            charge_dropped_attempt(ctx)
+
     def done(self, ctx: RequestContext) -> None:
         # Only a request that ended without a count: every other one is settled already.
         unsettled = not (ctx.stream or ctx.usage_reported or ctx.usage_estimated)
@@ -78,6 +98,29 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
         characters = generated_chars(orjson.dumps(answer))
         completion = -(-characters // CHARS_PER_TOKEN)
     _charge(ctx, completion)
+
+
+def charge_dropped_attempt(ctx: RequestContext) -> None:
+    """Charge a failover attempt's answer Envoy dropped for its size as a cut answer, and
+    record the error the client got instead."""
+    ctx.error = UpstreamError(_TOO_LARGE_MESSAGE, code="response_too_large")
+    if _billed(ctx):
+        _charge(ctx, reserved_completion(ctx))
+
+
+# The message of Envoy's reply (envoy_bootstrap's local reply for an answer over the
+# buffer), which the log line repeats as the client's error.
+_TOO_LARGE_MESSAGE = "the provider's answer is larger than the gateway can buffer"
+
+
+def _dropped_attempt(response_headers: dict[str, str]) -> bool:
+    """Envoy's own reply (no provider's answer passed its router, which would have added
+    its service time) naming an attempt: only its reply to an answer over the buffer
+    names one (envoy_failover); a provider's forged name the attempt overwrites."""
+    return (
+        headers.ANSWERED_BY_PROVIDER in response_headers
+        and ENVOY_UPSTREAM_TIME not in response_headers
+    )
 
 
 def _charge(ctx: RequestContext, completion: int) -> None:

@@ -8,6 +8,8 @@ by lowering the configured limit instead of opening thousands of streams.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,26 +214,61 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory, hole: BlackHole) -> It
         yield running
 
 
-@pytest.mark.parametrize("model", ["primary-dead", "claude-3-5-haiku-latest"])
+@pytest.mark.parametrize(
+    ("model", "answered_by"),
+    [
+        pytest.param("primary-dead", "mock", id="after-a-failover"),
+        pytest.param("claude-3-5-haiku-latest", "mock-anthropic", id="translated"),
+    ],
+)
 def test_an_answer_over_the_response_limit_is_an_openai_shaped_502(
-    small_stack: LocalStack, model: str
+    small_stack: LocalStack, model: str, answered_by: str
 ) -> None:
     """1.3 MB against a 1 MiB limit, on paths where the gateway holds the status until
     it has read the answer: Envoy's own 500 said the gateway could not process it."""
+    before = scrape(small_stack.metrics_url)
     answer = chat(small_stack, model, "chunks=400000", max_tokens=400_000)
     assert answer.status_code == 502
     error = answer.json()["error"]
     assert (error["type"], error["code"]) == ("upstream_error", "response_too_large")
     assert small_stack.process("envoy").poll() is None
+    # The gateway's own headers naming who answered never reach the client.
+    assert not [name for name in answer.headers if name.startswith("x-aigw-")]
 
-    # The provider billed the answer all the same: the log line charges the prompt
-    # estimate and the whole allowance the request gave the provider. (After a
-    # failover the line still names the attempt that failed and charges nothing: not
-    # handled yet.)
-    if model == "claude-3-5-haiku-latest":
-        line = log_line(small_stack, answer.headers["x-request-id"])
-        assert (line["usage_estimated"], line["completion_tokens"]) == (True, 400_000)
-        assert line["prompt_tokens"] > 0 and line["cost_usd"] > 0
+    # The provider that answered billed its answer all the same: every ledger charges
+    # the prompt estimate and the whole allowance the request gave it, to that provider.
+    # After a failover the line named the primary, whose connection was refused, and
+    # charged nothing: the fallback's answer never reached the gateway whole.
+    line = log_line(small_stack, answer.headers["x-request-id"])
+    assert (line["model"], line["provider"]) == (model, answered_by)
+    assert (line["usage_estimated"], line["completion_tokens"]) == (True, 400_000)
+    assert line["prompt_tokens"] > 0 and line["cost_usd"] > 0
+    if model == "primary-dead":
+        # Envoy's reply passes the gateway on this path: the line says what the client got.
+        assert (line["http_status_code"], line["error_code"]) == (502, "response_too_large")
+    charged = {"model": model, "provider": answered_by, "token_type": "completion"}
+    assert wait_for(
+        lambda: (
+            metric(scrape(small_stack.metrics_url), "tokens_consumed_total", **charged)
+            - metric(before, "tokens_consumed_total", **charged)
+            == 400_000
+        )
+    )
+    rows = wait_for(lambda: rollup_rows(small_stack, model), 15.0)
+    assert [(row["provider"], row["total_tokens"]) for row in rows] == [
+        (answered_by, line["total_tokens"])
+    ]
+
+
+def rollup_rows(stack: LocalStack, model: str) -> list[dict[str, Any]]:
+    """The `extproc usage report` rows of ``model`` for the test's key."""
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "usage", "report", "--by", "api_key,model,provider",
+         "--format", "json", "--config", str(stack.config_path)],
+        env=stack.env, capture_output=True, check=True,
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = orjson.loads(result.stdout)["rows"]
+    return [row for row in rows if row["model"] == model and row["api_key_id"] == "team1"]
 
 
 def test_a_request_over_the_concurrency_limit_gets_a_retryable_503(
