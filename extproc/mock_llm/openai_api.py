@@ -9,6 +9,11 @@ Replies and token counts are deterministic (the rules are in ``tokens``). In Ope
 of every chunk: the tier asked for serves the request (``flex``, ``priority``, ``scale``;
 ``fast`` is shown as ``priority``), ``auto``, ``default`` or none is served at ``default``.
 Another value is refused with a 400 naming ``service_tier``.
+
+A stream asked for its usage reports it as OpenAI does, in one usage-only chunk last.
+With ``x-mock-usage: every-chunk`` it reports it as Gemini's OpenAI endpoint and vLLM's
+``continuous_usage_stats`` do as well: every chunk carries the running count (the pieces
+sent so far, that chunk's included), the finish chunk the final one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _SSE_DONE = b"data: [DONE]\n\n"
 _GARBAGE = b'{"id": "chatcmpl-garbage", this is not json'
+# Where a stream asked for its usage reports it beside the usage-only chunk (module doc).
+USAGE_HEADER = "x-mock-usage"
+EVERY_CHUNK = "every-chunk"
 # The service_tier a request may ask for -> the one OpenAI reports serving it at.
 SERVICE_TIERS = {
     "auto": "default",
@@ -162,8 +170,9 @@ class Completion:
     def content(self) -> str:
         return "".join(self.pieces)
 
-    def usage(self) -> dict[str, Any]:
-        completion_tokens = len(self.pieces)
+    def usage(self, sent: int | None = None) -> dict[str, Any]:
+        """The usage of the whole answer, or of its first ``sent`` pieces (a running count)."""
+        completion_tokens = len(self.pieces) if sent is None else sent
         usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -364,6 +373,12 @@ class OpenAIEndpoints:
         def choice(delta: dict[str, str], finish_reason: str | None) -> list[dict[str, Any]]:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
+        every_chunk = request.headers.get(USAGE_HEADER) == EVERY_CHUNK
+
+        def running(sent: int | None) -> dict[str, Any] | None:
+            """A content chunk's usage: null, or the running count of ``x-mock-usage``."""
+            return completion.usage(sent) if every_chunk else None
+
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         # One write per event, so each reaches the client as its own HTTP chunk.
@@ -378,20 +393,20 @@ class OpenAIEndpoints:
             await response.write(data)
 
         try:
-            await send(event(choice({"role": "assistant", "content": ""}, None), None))
+            await send(event(choice({"role": "assistant", "content": ""}, None), running(0)))
             for sent, piece in enumerate(completion.pieces):
                 if sent == fault.reset_after:
                     return _abort(request, response)
                 if sent == fault.error_after:
                     return await _fail_stream(response, send)
-                await send(event(choice({"content": piece}, None), None))
+                await send(event(choice({"content": piece}, None), running(sent + 1)))
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
             if fault.error_after is not None:
                 # Fewer pieces than error_after: the stream must still fail.
                 return await _fail_stream(response, send)
-            await send(event(choice({}, completion.finish_reason), None))
+            await send(event(choice({}, completion.finish_reason), running(None)))
             if chat.include_usage and not fault.no_usage:
                 await send(event([], completion.usage()))
             await send(_SSE_DONE)

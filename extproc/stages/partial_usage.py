@@ -4,9 +4,11 @@ charged and recorded.
 When a client hangs up mid-stream (or the upstream resets), the provider never
 sends its usage report, yet it generated, and bills, what the client already
 got. This stage counts the characters of generated text in the provider's
-stream as it passes (the string values of ``content``, ``text``, and the
-tool-call fields ``arguments``, ``partial_json`` and ``input``: where OpenAI's
-SSE, Anthropic's SSE and Bedrock's event-stream payloads carry text). When a
+stream as it passes (the string values of ``content``, ``text``, the tool-call
+fields ``arguments``, ``partial_json`` and ``input``, and the reasoning fields
+``thinking``, ``reasoning_content`` and ``reasoning``, reasoning being billed as
+output: where OpenAI's SSE, the SSE of OpenAI-compatible providers, Anthropic's
+SSE and Bedrock's event-stream payloads carry text). When a
 stream ends without a usage report (cut short, or whole from a provider that
 sends none), the request's usage becomes an estimate: prompt tokens as the provider
 reported them before the cut (Anthropic's ``message_start``, with its cache reads and
@@ -19,7 +21,9 @@ searches, billed per request) are those the stream's ``server_tool_use`` blocks
 showed (``anthropic_anthropic.ServerToolTally``): Anthropic counts them only near
 the end, in ``message_delta``. A
 stream cut after the provider's usage report was read (a client that did not ask
-for usage has no reason to wait for it) keeps that report: it is the usage.
+for usage has no reason to wait for it) keeps that report: it is the usage. So does
+a stream cut after a running report (Gemini's OpenAI endpoint and vLLM repeat the
+count so far on every chunk): the last one read is what the provider had counted.
 
 A stream the provider itself ended with an error event (``base.StreamFailure``:
 OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) is
@@ -27,7 +31,8 @@ charged the same way: the prompt was read and part of the answer delivered. What
 the provider had reported by then is kept (Anthropic's ``message_start`` gives the
 prompt tokens, cache reads and writes included, with the writes' 1-hour part; a
 ``message_delta`` the output and the server tools' requests so far, else its
-blocks' count of them), the rest is estimated as above, and the request is marked
+blocks' count of them; an OpenAI-compatible provider's running report its prompt,
+cache hits and output so far), the rest is estimated as above, and the request is marked
 ``usage_estimated``; its error (set by the response stage) names the provider's
 error in the log line. A stream the gateway itself ended, because an event grew
 too long to hold (``sse.event_too_large``), is charged the same way.
@@ -57,20 +62,45 @@ from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
 from extproc.translators.openai_responses import server_tool_calls_counted
 
-# A JSON string value of a field that carries generated text; escapes count as
-# their escaped length, close enough for an estimate.
+# A JSON string value of a field that carries generated text; escapes count as their
+# escaped length, close enough for an estimate. Reasoning is generated and billed as
+# output too: Anthropic's ``thinking``, Bedrock's ``reasoningContent`` (as ``text``),
+# and, beside ``content`` in OpenAI-compatible streams, ``reasoning_content`` (DeepSeek,
+# older vLLM) or ``reasoning`` (vLLM, Ollama, Groq, OpenRouter), whose name is captured
+# (``generated_chars``). One pattern for all: OpenAI's own streams scan each chunk once.
 _TEXT_VALUE = re.compile(
-    rb'"(?:content|text|arguments|partial_json|input)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|arguments|partial_json|input|thinking|(reasoning(?:_content)?))"'
+    rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
+# OpenRouter repeats the ``reasoning`` of a delta in its ``reasoning_details``, whose
+# ``reasoning.text`` entries carry it as ``text``, counted already.
+_REASONING_DETAIL_TEXT = b'"reasoning.text"'
 
 
 # The same for a Responses API stream: the text of its delta events only.
 _RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def generated_chars(chunk: bytes, pattern: re.Pattern[bytes] = _TEXT_VALUE) -> int:
-    """Characters of generated text in one piece of a provider's stream."""
-    return sum(len(found) for found in pattern.findall(chunk))
+def generated_chars(chunk: bytes) -> int:
+    """Characters of generated text in one piece of a provider's stream (or answer), the
+    reasoning counted once under whichever names the provider gives it."""
+    chars = named = aliased = 0
+    for reasoning, value in _TEXT_VALUE.findall(chunk):
+        if not reasoning:
+            chars += len(value)
+        elif reasoning == b"reasoning":
+            named += len(value)
+        else:
+            aliased += len(value)
+    if (named or aliased) and _REASONING_DETAIL_TEXT not in chunk:
+        # vLLM may send the same text under both names: it was generated once.
+        chars += max(named, aliased)
+    return chars
+
+
+def responses_delta_chars(chunk: bytes) -> int:
+    """Characters of generated text in one piece of a Responses API stream."""
+    return sum(len(found) for found in _RESPONSES_DELTA.findall(chunk))
 
 
 class PartialUsageStage:
@@ -79,8 +109,8 @@ class PartialUsageStage:
     ) -> None:
         if ctx.stream and ctx.accounted and ctx.response_status < 400:
             responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
-            pattern = _RESPONSES_DELTA if responses else _TEXT_VALUE
-            ctx.generated_chars += generated_chars(chunk, pattern)
+            count = responses_delta_chars if responses else generated_chars
+            ctx.generated_chars += count(chunk)
 
     def done(self, ctx: RequestContext) -> None:
         if ctx.usage_reported or not ctx.stream or ctx.body is None:

@@ -2,11 +2,16 @@
 
 Requests: the model is renamed to the provider's name for it, and streams always
 ask for ``stream_options.include_usage`` so the gateway can count tokens.
-Responses: usage is read from the JSON body, or from the last SSE chunk; when the
-client did not ask for that chunk, it is removed from the stream it receives. An error
+Responses: usage is read from the JSON body, or from the SSE chunks that carry it (the
+last one OpenAI sends; other OpenAI-compatible providers put it elsewhere, or on every
+chunk: ``ChunkStreamReader``); when the client did not ask for it, it is removed from the
+stream it receives. The usage object is read as each provider fills it: reasoning tokens
+counted beside ``completion_tokens`` (xAI) and cache hits under other names (DeepSeek,
+Moonshot) are billed once each (``usage_from_object``). An error
 event inside a stream (``data: {"error": {...}}``, how OpenAI fails a stream whose 200
 has left) reaches the client unchanged and is recorded as the reader's ``failure``
-(``base.StreamFailure``), so the gateway charges the request and names the error. An event
+(``base.StreamFailure``), with the counts a running report had given by then, so the
+gateway charges the request and names the error. An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
 own error event (``sse.event_too_large``) the client reads last.
 
@@ -65,7 +70,13 @@ def prepare_request(
 
 
 def usage_from_object(value: Any) -> Usage | None:
-    """Read OpenAI's usage object; None when absent or malformed."""
+    """Read an OpenAI-shaped usage object; None when absent or malformed.
+
+    OpenAI-compatible providers differ in two counts, both read here so the bill holds
+    each token once: reasoning tokens, which xAI counts beside ``completion_tokens``
+    rather than inside it (``_reasoning_beside``), and cache hits, which DeepSeek and
+    Moonshot name their own way (``_cached``).
+    """
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens")
@@ -73,21 +84,50 @@ def usage_from_object(value: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = value.get("total_tokens")
-    details = value.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt,
-        completion,
-        total if isinstance(total, int) else prompt + completion,
-        _cached(cached, prompt),
-    )
+    if not isinstance(total, int):
+        return Usage(prompt, completion, prompt + completion, _cached(value, prompt))
+    completion += _reasoning_beside(value, prompt, completion, total)
+    return Usage(prompt, completion, total, _cached(value, prompt))
 
 
-def _cached(value: Any, prompt: int) -> int:
-    """``prompt_tokens_details.cached_tokens``: part of the prompt, so never more than it."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+def _count(value: Any) -> int | None:
+    """A token count as a provider reports one: an integer >= 0 (JSON's true is none)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _reasoning_beside(value: dict[str, Any], prompt: int, completion: int, total: int) -> int:
+    """The reasoning tokens a provider counted beside ``completion_tokens``, 0 when they
+    are inside it.
+
+    OpenAI counts ``completion_tokens_details.reasoning_tokens`` inside
+    ``completion_tokens`` (total = prompt + completion); xAI counts them beside it, and
+    bills them as output (total = prompt + completion + reasoning). Only a total that
+    says so exactly adds them: a report whose total matches neither is read as OpenAI's,
+    so no token is ever counted twice.
+    """
+    details = value.get("completion_tokens_details")
+    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    if not reasoning or total != prompt + completion + reasoning:
         return 0
-    return min(value, prompt)
+    return reasoning
+
+
+def _cached(value: dict[str, Any], prompt: int) -> int:
+    """The prompt tokens read from the provider's cache (part of ``prompt_tokens``), by
+    whichever name it gives them: OpenAI's (and most providers')
+    ``prompt_tokens_details.cached_tokens``, DeepSeek's ``prompt_cache_hit_tokens``,
+    Moonshot's ``cached_tokens`` beside the counts. The largest one reported (a provider
+    that fills in two names fills them alike; a 0 or null under OpenAI's name beside
+    DeepSeek's count is no hit), never more than the prompt."""
+    details = value.get("prompt_tokens_details")
+    named = (
+        details.get("cached_tokens") if isinstance(details, dict) else None,
+        value.get("prompt_cache_hit_tokens"),
+        value.get("cached_tokens"),
+    )
+    return min(max(_count(hits) or 0 for hits in named), prompt)
 
 
 def service_tier_from_answer(answer: dict[str, Any]) -> str | None:
@@ -106,10 +146,17 @@ class CompletionReader(BufferedBodyReader):
 class ChunkStreamReader:
     """An SSE stream of chat completion chunks.
 
-    Reads usage from the chunk that carries it. With ``hide_usage_chunk`` the
-    usage-only chunk (``choices: []``) is cut out of what the client receives,
-    because the gateway asked for it, not the client; then only whole events are
-    forwarded and a partial one waits for its end in the next body chunk.
+    Reads usage from the chunks that carry it, wherever an OpenAI-compatible provider
+    puts it (``_reported_usage``): OpenAI's usage-only chunk (``choices: []``) last, a
+    finish chunk's (Mistral, llama.cpp), a choice's (Moonshot), or a running count on
+    every chunk (Gemini's OpenAI endpoint, vLLM's ``continuous_usage_stats``). Each
+    report replaces the one before, never adds to it: the last one read is the usage.
+
+    With ``hide_usage_chunk`` the client did not ask for usage (the gateway did): the
+    usage-only chunk is cut out of what it receives, and a report in any other chunk
+    is taken out of that chunk (``_without_usage``), so the client finds none, as from
+    OpenAI. Then only whole events are forwarded, and a partial one waits for its end in
+    the next body chunk.
 
     The only other bytes it changes end a stream whose event grew too long to hold
     (``_end_unreadable``).
@@ -162,8 +209,10 @@ class ChunkStreamReader:
         for event in complete.split(EVENT_END):
             if not event.strip():
                 continue
-            if _USAGE_OR_ERROR.search(event) and self._read_usage(event) and self._hide:
-                continue
+            if _USAGE_OR_ERROR.search(event):
+                event = self._read_event(event)
+                if not event:
+                    continue  # the usage-only chunk of a client that did not ask for it
             kept.append(event + EVENT_END)
         return b"".join(kept)
 
@@ -187,33 +236,77 @@ class ChunkStreamReader:
         ending = b"data: " + error.body() + EVENT_END + _DONE
         return kept + ending if self._hide else chunk + EVENT_END + ending
 
-    def _read_usage(self, event: bytes) -> bool:
-        """Take usage (or the provider's error) from one event; True when the event is a
-        usage-only chunk."""
+    def _read_event(self, event: bytes) -> bytes:
+        """Take the usage (or the provider's error) from one event; the event as a client
+        whose usage chunk is hidden receives it (empty: not at all)."""
         try:
             parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
-            return False
+            return event
         if not isinstance(parsed, dict):
-            return False
+            return event
         if isinstance(parsed.get("error"), dict):
             self._stream_failed(ProviderStreamError.from_openai(parsed["error"]))
-            return False
-        usage = usage_from_object(parsed.get("usage"))
+            return event
+        usage = _reported_usage(parsed)
         if usage is None:
-            return False
+            return event
         self.usage = usage
         # The usage chunk's tier is the provider's last word on it.
         self.service_tier = service_tier_from_answer(parsed) or self.service_tier
         model = parsed.get("model")
         if isinstance(model, str):
             self.response_model = model
-        return parsed.get("choices") == []
+        return _without_usage(event, parsed) if self._hide else event
 
     def _stream_failed(self, error: GatewayError) -> None:
         """Record the stream's first failure: the provider's error event, or the gateway's."""
         if self.failure is not None:
             return
-        # OpenAI reports usage last: nothing counted yet is complete, the gateway estimates.
-        self.failure = StreamFailure(error)
+        # The last report read is a floor, not the usage: OpenAI reports last, so its
+        # streams have none yet, but a running count (Gemini, vLLM) counted the prompt
+        # and the output up to it, which the provider bills. The rest is estimated
+        # (stages.partial_usage).
+        reported = self.usage
+        self.failure = (
+            StreamFailure(error)
+            if reported is None
+            else StreamFailure(
+                error,
+                prompt_tokens=reported.prompt_tokens,
+                cached_tokens=reported.cached_tokens,
+                completion_tokens=reported.completion_tokens,
+            )
+        )
         self.usage = None
+
+
+def _reported_usage(chunk: dict[str, Any]) -> Usage | None:
+    """A chunk's usage report: OpenAI's, beside ``choices``; else Moonshot's, inside the
+    choice (its finish chunk). Moonshot may repeat it in a usage-only chunk after: a
+    report replaces the one before, so the two are one."""
+    found = usage_from_object(chunk.get("usage"))
+    if found is not None:
+        return found
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and (found := usage_from_object(choice.get("usage"))):
+            return found
+    return None
+
+
+def _without_usage(event: bytes, chunk: dict[str, Any]) -> bytes:
+    """The event a client that did not ask for usage receives: none, for a usage-only
+    chunk (``choices: []``); else the chunk without its report, beside the choices or
+    inside one (the event's other fields and lines kept). Only chunks with a report come
+    here: the ``"usage": null`` OpenAI puts on every other chunk once the gateway asked
+    for usage is no report, and goes as it came."""
+    choices = chunk.get("choices")
+    if choices == []:
+        return b""
+    chunk.pop("usage", None)
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            choice.pop("usage", None)
+    others = [line for line in event.split(b"\n") if not line.startswith(b"data:")]
+    return b"\n".join([*others, b"data: " + orjson.dumps(chunk)])

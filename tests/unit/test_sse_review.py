@@ -143,7 +143,9 @@ def test_usage_with_content_is_never_hidden() -> None:
     last = USAGE.replace(b'"choices":[]', b'"choices":[{"index":0,"delta":{"content":"!"}}]')
     stream = sse([CONTENT, last, DONE])
     reader = ChunkStreamReader(hide_usage_chunk=True)
-    assert parse(feed(reader, stream, [10, 200])) == parse(stream)
+    # The text stays; the report, which this client did not ask for, is taken out.
+    unasked = last[: last.index(b',"usage":')] + b"}"
+    assert parse(feed(reader, stream, [10, 200])) == parse(sse([CONTENT, unasked, DONE]))
     assert reader.usage == OPENAI_USAGE
 
 

@@ -1,0 +1,63 @@
+"""An OpenAI-compatible provider that repeats a running usage on every chunk (Gemini's
+OpenAI endpoint, vLLM's ``continuous_usage_stats``), through the real stack.
+
+The mock provider streams that way when asked (``x-mock-usage: every-chunk``); the
+official ``openai`` client reads the stream through Envoy and the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from openai import OpenAI
+
+from extproc.devstack import LocalStack
+from extproc.mock_llm import count_tokens
+from extproc.mock_llm.openai_api import EVERY_CHUNK, USAGE_HEADER
+from tests.integration.conftest import GatewayLog, metric, scrape
+
+MODEL = "gpt-4o-mini"
+
+
+def stream_events(client: OpenAI, **options: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A streamed chat completion from a provider with a running usage; the request id
+    and the chunks the client received, as sent (not as the SDK models them)."""
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count as you go"}],
+        stream=True,
+        extra_headers={USAGE_HEADER: EVERY_CHUNK},
+        **options,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+    return request_id, [orjson.loads(line.removeprefix("data: ")) for line in lines]
+
+
+def completion_tokens_metric(stack: LocalStack) -> float:
+    samples = scrape(stack.metrics_url)
+    return metric(samples, "tokens_consumed_total", model=MODEL, token_type="completion")
+
+
+def test_a_running_usage_is_billed_once_and_reaches_only_the_client_that_asked(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
+
+    # A client that asked for usage gets the provider's stream as sent: a count per chunk.
+    _, asked = stream_events(client, stream_options={"include_usage": True})
+    assert all(isinstance(chunk["usage"], dict) for chunk in asked)
+
+    before = completion_tokens_metric(stack)
+    request_id, events = stream_events(client)
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in events)
+    assert text == "Mock reply to: Count as you go"
+    # A client that did not: every content chunk, no usage report in any of them.
+    assert all(chunk["choices"] and "usage" not in chunk for chunk in events)
+
+    # The bill is the provider's last report, not the sum of its running counts.
+    [line] = gateway_log.for_request(request_id)
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
+    assert line["completion_tokens"] == count_tokens(text)
+    assert completion_tokens_metric(stack) - before == count_tokens(text)
