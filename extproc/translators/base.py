@@ -90,7 +90,9 @@ class StreamFailure:
     stream that was cut, not failed (``counts_so_far``). The counts are the provider's
     own, None when it had reported none: Anthropic's ``message_start`` carries the prompt
     side (cache writes and their 1-hour part included), a ``message_delta`` the output
-    and the server tool requests so far; Bedrock and OpenAI report usage last.
+    and the server tool requests so far; an OpenAI-compatible provider's running count
+    (Gemini, vLLM) the prompt, cache hits and output so far; Bedrock and OpenAI itself
+    report usage last.
     """
 
     error: GatewayError | None
