@@ -26,8 +26,9 @@ from extproc.management.v1 import management_pb2_grpc as pb_grpc
 # Trailing metadata of an UNAVAILABLE the gateway itself answered because its store
 # did not: the API was reached, so "cannot reach the management API" would mislead.
 STORE_ERROR_METADATA: tuple[tuple[str, str], ...] = (("aigw-error", "store"),)
-# The management API is plaintext: a proxy would see the admin token.
-_CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0),)
+# The management API is plaintext: a proxy would see the admin token. A usage report is
+# one message, over gRPC's default 4 MB for a large organisation's month of keys.
+_CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", -1))
 
 # Refusals a user can act on (wrong token, typo, gateway down): the CLI exits 2.
 USAGE_ERRORS = frozenset(

@@ -55,7 +55,17 @@ _CACHE_WRITE_1H = _INDEX["cache_write_1h_tokens"]
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
 _SEPARATOR = "\t"
-_HOURS_PER_BATCH = 500
+# A report reads the store in round trips of whole hours (HGETALL), about this many
+# fields each. The store runs a round trip's commands and buffers their answers before
+# it sends them: 500 busy hours a trip (as reports once read) was tens of MB for a large
+# organisation's month, which ran past the client's timeout (store.timeout_ms) or the
+# store's client-output-buffer-limit, and the report failed; and the management API,
+# which sums on the gateway's own event loop, held it for seconds at a time. 20,000
+# fields are about 2 MB, a few ms of the store's time and ~20 ms of summing.
+_FIELDS_PER_READ = 20_000
+# Hours whose sizes (HLEN) one round trip asks for: a long period without usage is
+# read at 500 hours a round trip.
+_HOURS_PER_SIZING = 500
 # Hours whose last landed batch id is remembered (writes go to the current hour, and
 # to the one before just after it turns).
 _LANDED_HOURS = 4
@@ -292,58 +302,120 @@ class UsageStore:
     async def query(
         self, start: datetime, end: datetime, by: tuple[str, ...] = ("route", "model")
     ) -> list[UsageRow]:
-        """Sum the hours in ``[start, end)`` grouped by the dimensions in ``by``."""
+        """Sum the hours in ``[start, end)`` grouped by the dimensions in ``by``.
+
+        The hours' sizes are read first (HLEN, ``_HOURS_PER_SIZING`` a round trip), then
+        their fields in round trips of about ``_FIELDS_PER_READ`` (see there): a month of
+        a large organisation is read in answers the store can send, and the management
+        API, which sums on the gateway's own event loop, gives it back between them."""
         unknown = [name for name in by if name not in DIMENSIONS]
         if unknown:
             raise ValueError(
                 f"unknown dimension {unknown[0]!r}; choose from {', '.join(DIMENSIONS)}"
             )
-        rows: dict[tuple[str, ...], UsageRow] = {}
-        buckets = list(_hours(start, end))
-        for offset in range(0, len(buckets), _HOURS_PER_BATCH):
-            batch = buckets[offset : offset + _HOURS_PER_BATCH]
-            async with self._client.pipeline(transaction=False) as pipe:
-                for bucket in batch:
-                    pipe.hgetall(self._key(bucket))
-                results = await pipe.execute()
-            for bucket, fields in zip(batch, results, strict=True):
-                for raw_field, raw_value in fields.items():
-                    _add(rows, by, bucket, raw_field.decode(), int(raw_value))
-        return sorted(rows.values(), key=lambda row: tuple(row.dimensions.values()))
+        summing = _Summing(by)
+        hours = list(_hours(start, end))
+        for offset in range(0, len(hours), _HOURS_PER_SIZING):
+            sized = await self._sizes(hours[offset : offset + _HOURS_PER_SIZING])
+            for batch in _reads(sized):
+                for bucket, fields in zip(batch, await self._read(batch), strict=True):
+                    summing.add_hour(bucket, fields)
+        return sorted(summing.rows.values(), key=lambda row: tuple(row.dimensions.values()))
+
+    async def _sizes(self, buckets: list[str]) -> list[tuple[str, int]]:
+        """Each hour with its number of fields, in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
+                pipe.hlen(self._key(bucket))
+            counts = await pipe.execute()
+        return list(zip(buckets, map(int, counts), strict=True))
+
+    async def _read(self, buckets: list[str]) -> list[dict[bytes, bytes]]:
+        """The fields of whole hours, in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
+                pipe.hgetall(self._key(bucket))
+            found: list[dict[bytes, bytes]] = await pipe.execute()
+        return found
 
 
-def _add(
-    rows: dict[tuple[str, ...], UsageRow], by: tuple[str, ...], bucket: str, name: str, value: int
-) -> None:
-    *values, measure = name.split(_SEPARATOR)
-    if len(values) != len(DIMENSIONS):
-        return  # a batch id
-    index = _INDEX.get(measure)
-    if index is None:
-        if not measure.startswith(TOOL_MEASURE):
-            return  # a measure of a newer version
-        tool = _unescape(measure[len(TOOL_MEASURE) :])
-        tools = _row(rows, by, bucket, values).server_tool_requests
-        tools[tool] = tools.get(tool, 0) + value
-        return
-    row = _row(rows, by, bucket, values)
-    if _LATENCY_OFFSET <= index < _LATENCY_END:
-        row.latency_buckets[index - _LATENCY_OFFSET] += value
-    else:
-        setattr(row, measure, getattr(row, measure) + value)
+def _reads(sized: list[tuple[str, int]]) -> Iterator[list[str]]:
+    """The hours that hold something, in runs of at most ``_FIELDS_PER_READ`` fields (an
+    hour holding more is read alone: a hash is read whole)."""
+    batch: list[str] = []
+    fields = 0
+    for bucket, count in sized:
+        if not count:
+            continue  # nothing that hour (or it expired): no read at all
+        if batch and fields + count > _FIELDS_PER_READ:
+            yield batch
+            batch, fields = [], 0
+        batch.append(bucket)
+        fields += count
+    if batch:
+        yield batch
 
 
-def _row(
-    rows: dict[tuple[str, ...], UsageRow], by: tuple[str, ...], bucket: str, values: list[str]
-) -> UsageRow:
-    """The report row a field of ``bucket`` adds to, by its dimension ``values``."""
-    dimensions = dict(zip(DIMENSIONS, map(_unescape, values), strict=True))
-    group = tuple(dimensions[d] for d in by)
-    row = rows.get(group)
-    if row is None:
-        row = rows[group] = UsageRow(dict(zip(by, group, strict=True)))
-    row.hours.add(bucket)
-    return row
+_UNSEEN: Any = object()
+_SEPARATOR_BYTES = _SEPARATOR.encode()
+_MEASURE_INDEX = {name.encode(): index for name, index in _INDEX.items()}
+_TOOL_MEASURE_BYTES = TOOL_MEASURE.encode()
+
+
+class _Summing:
+    """Report rows being summed from rollup fields, by the values of the ``by`` dimensions.
+
+    A field is its dimension set (the prefix) and a measure; each dimension set has
+    several measures in every hour, so what a prefix groups into is worked out once per
+    query, not once per field: reading a month's fields is most of a report's time."""
+
+    def __init__(self, by: tuple[str, ...]) -> None:
+        self.by = by
+        self.rows: dict[tuple[str, ...], UsageRow] = {}
+        # Field prefix -> its group (the --by values), or None for a field that is no
+        # measure (a batch id).
+        self._groups: dict[bytes, tuple[str, ...] | None] = {}
+
+    def add_hour(self, bucket: str, fields: dict[bytes, bytes]) -> None:
+        for name, value in fields.items():
+            self._add(bucket, name, int(value))
+
+    def _add(self, bucket: str, name: bytes, value: int) -> None:
+        prefix, _, measure = name.rpartition(_SEPARATOR_BYTES)
+        group = self._groups.get(prefix, _UNSEEN)
+        if group is _UNSEEN:
+            group = self._groups[prefix] = self._group_of(prefix)
+        if group is None:
+            return  # a batch id
+        index = _MEASURE_INDEX.get(measure)
+        if index is None:
+            if not measure.startswith(_TOOL_MEASURE_BYTES):
+                return  # a measure of a newer version
+            tool = _unescape(measure[len(_TOOL_MEASURE_BYTES) :].decode())
+            tools = self._row(bucket, group).server_tool_requests
+            tools[tool] = tools.get(tool, 0) + value
+            return
+        row = self._row(bucket, group)
+        if _LATENCY_OFFSET <= index < _LATENCY_END:
+            row.latency_buckets[index - _LATENCY_OFFSET] += value
+        else:
+            measure_name = MEASURES[index]
+            setattr(row, measure_name, getattr(row, measure_name) + value)
+
+    def _group_of(self, prefix: bytes) -> tuple[str, ...] | None:
+        values = prefix.decode().split(_SEPARATOR)
+        if len(values) != len(DIMENSIONS):
+            return None
+        dimensions = dict(zip(DIMENSIONS, map(_unescape, values), strict=True))
+        return tuple(dimensions[d] for d in self.by)
+
+    def _row(self, bucket: str, group: tuple[str, ...]) -> UsageRow:
+        """The report row of ``group``, which a field of hour ``bucket`` adds to."""
+        row = self.rows.get(group)
+        if row is None:
+            row = self.rows[group] = UsageRow(dict(zip(self.by, group, strict=True)))
+        row.hours.add(bucket)
+        return row
 
 
 def _hours(start: datetime, end: datetime) -> Iterator[str]:
