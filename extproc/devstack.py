@@ -54,15 +54,14 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """Six distinct free ports: all held open together so none is handed out twice."""
-        probes = [socket.socket() for _ in range(6)]
-        try:
-            for probe in probes:
-                probe.bind(("127.0.0.1", 0))
-            return cls(*(probe.getsockname()[1] for probe in probes))
-        finally:
-            for probe in probes:
-                probe.close()
+        """Six distinct free ports, below the ephemeral range (``free_port``: a port of
+        that range can become a connection's source port before the stack binds it)."""
+        chosen: list[int] = []
+        while len(chosen) < len(dataclasses.fields(cls)):
+            port = free_port()
+            if port not in chosen:
+                chosen.append(port)
+        return cls(*chosen)
 
 
 @dataclass

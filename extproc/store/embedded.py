@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -199,11 +200,45 @@ def _lock(data_dir: Path) -> int:
 
 
 def free_port() -> int:
-    """A loopback TCP port free right now."""
-    with socket.socket() as probe:
+    """A loopback TCP port free right now, below the kernel's ephemeral range.
+
+    The port 0 way (the kernel's pick) hands out a port of the ephemeral range, the
+    one outgoing connections take their source ports from: between this check and the
+    caller's bind, one of the many connections a busy host opens (Envoy's to its
+    upstreams, a client's) can take it, and the caller fails with "address already in
+    use" (seen in the test suite). A port below that range is never handed out that
+    way, so only a listener can take it."""
+    low = _ephemeral_range()[0]
+    for _ in range(_PORT_TRIES):
+        port = secrets.randbelow(low - _LOWEST_PORT) + _LOWEST_PORT
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # a listener has it, or a connection of it is closing
+            return port
+    with socket.socket() as probe:  # a crowded range: the kernel's pick, as before
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        picked: int = probe.getsockname()[1]
+        return picked
+
+
+# Below the ephemeral range, above the registered ports most services use.
+_LOWEST_PORT = 20000
+_PORT_TRIES = 50
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Linux's default, where the range cannot be read (another OS).
+_DEFAULT_EPHEMERAL = (32768, 60999)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports."""
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+    # A range reaching down near the floor leaves no room below it: the default's.
+    return (low, high) if low > _LOWEST_PORT + 1000 else _DEFAULT_EPHEMERAL
 
 
 def running_endpoint(data_dir: str | Path) -> str | None:

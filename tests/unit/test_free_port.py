@@ -1,0 +1,30 @@
+"""The ports the gateway and its tests pick for a listener are never a connection's.
+
+A port from the kernel's ephemeral range (its "port 0" pick) can be taken as the source
+port of an outgoing connection between the pick and the listener's bind: a stack in the
+test suite once failed to start with "address already in use" that way, while Envoy and
+clients opened thousands of connections."""
+
+from __future__ import annotations
+
+import socket
+
+from extproc.store.embedded import _ephemeral_range, free_port
+
+
+def test_a_free_port_lies_below_the_ephemeral_range_and_can_be_listened_on() -> None:
+    low, _ = _ephemeral_range()
+    for _ in range(20):
+        port = free_port()
+        assert port < low
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+
+
+def test_a_port_a_listener_holds_is_never_handed_out() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert all(free_port() != taken for _ in range(500))
