@@ -32,6 +32,7 @@ from extproc.responses_api import check_responses_body
 from extproc.runtime import Route
 from extproc.stages.attempt import failover_plan
 
+# The longest model name a request may give (path, header, query or body).
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
 
@@ -52,13 +53,19 @@ class ChatRequestStage:
         model = route.forced_model or model_outside_body(ctx) or parsed.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
+        if len(model) > _MAX_MODEL_NAME:
+            # No provider's model id comes near (a Bedrock ARN is about 100 characters);
+            # a catch-all route would otherwise carry a megabyte name into the log line,
+            # the metrics' label budget and every hourly rollup key.
+            raise BadRequestError(
+                f"'model' is longer than {_MAX_MODEL_NAME} characters", param="model"
+            )
         ctx.model = model
         upstream = ctx.runtime.resolve_upstream(model, route)
         if upstream is None:
-            shown = model if len(model) <= _MAX_MODEL_NAME else model[:_MAX_MODEL_NAME] + "..."
             where = f"on route '{route.name}'" if route.provider else "by this gateway"
             raise ModelNotFoundError(
-                f"The model '{shown}' does not exist or is not served {where}", param="model"
+                f"The model '{model}' does not exist or is not served {where}", param="model"
             )
         canonical = ctx.runtime.canonical_model.get(model)
         denial = ctx.runtime.access.denial(ctx.identity, model, route.name, canonical)

@@ -36,3 +36,19 @@ async def test_an_unserved_pair_is_refused_before_the_quota(
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert line["quota_decision"] is None  # the quota stage never saw it
     assert line["http_status_code"] == 400
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/bedrock/" + "m" * 300])
+async def test_a_model_name_longer_than_any_providers_is_a_400_before_the_quota(
+    processor: Processor, services: Services, path: str
+) -> None:
+    # The Bedrock route takes any model id from its path: a 300-character one would have
+    # gone to the provider, and into the log line, the metrics and the rollup keys.
+    body = {"model": "b" * 300, "messages": HELLO}
+    answers = await run_stream(
+        processor, [request_headers(path, headers=AUTH), request_body(orjson.dumps(body))]
+    )
+    assert answers[1].immediate_response.status.code == 400
+    assert b"longer than 256 characters" in answers[1].immediate_response.body
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["quota_decision"] is None
