@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from extproc.config.pricing_model import ModelPrice, PricingConfig, TierPrice
+from extproc.config.pricing_model import STANDARD_TIERS, ModelPrice, PricingConfig, TierPrice
 from extproc.model_names import comparable
 from extproc.translators.base import reported_service_tier
 
@@ -48,8 +48,8 @@ PICO_PER_USD = 10**12
 _PER_MILLION_TO_PICO_PER_TOKEN = 10**6
 # USD per thousand requests -> picodollars per request.
 _PER_THOUSAND_TO_PICO_PER_REQUEST = 10**9
-# Tool names warned about, per price table: a provider sending ever new names cannot
-# grow the set, or the gateway's stderr, without bound.
+# Tool names (and model and tier pairs) warned about, per price table: a provider sending
+# ever new names cannot grow the set, or the gateway's stderr, without bound.
 _MAX_WARNED_TOOLS = 64
 
 
@@ -181,6 +181,8 @@ class PriceTable:
         self._by_name: dict[str, TokenPrices] = {}
         # Server tools already warned about as unpriced (once each, not per request).
         self._warned_tools: set[str] = set()
+        # (model, tier) pairs warned about as served at a tier without its own prices.
+        self._warned_tiers: set[tuple[str, str]] = set()
         for name, price in pricing.models.items():
             self._by_name[name] = token_prices(price, pricing.server_tools_per_thousand)
         # A price given for a model (or one of its aliases) covers all its names,
@@ -212,11 +214,32 @@ class PriceTable:
         the provider reported) when the table prices that tier apart."""
         prices = self.prices(model)
         if prices is not None:
+            tier = service_tier
+            if tier is not None and tier not in prices.tiers and tier not in STANDARD_TIERS:
+                self._warn_unpriced_tier(model, tier)
             prices = prices.at_tier(service_tier)
         cost = cost_of(usage, prices)
         if prices is not None and not cost.priced:
             self._warn_unpriced_tools(model, unpriced_server_tools(usage, prices))
         return cost
+
+    def _warn_unpriced_tier(self, model: str | None, tier: str) -> None:
+        """A priced model served at a tier other than the standard one, which the table
+        does not price apart: billed at the model's own price, which may be double a flex
+        request's or half a priority one's. Said once per model and tier."""
+        if model is None:
+            return
+        key = (model, tier)
+        if key in self._warned_tiers or len(self._warned_tiers) >= _MAX_WARNED_TOOLS:
+            return
+        self._warned_tiers.add(key)
+        log.warning(
+            "model %r was served at service tier %r, which pricing does not price apart: "
+            "such requests are billed at the model's own price; give the tier its prices "
+            "in pricing.models.<model>.service_tiers (docs/chargeback.md#service-tiers)",
+            model,
+            tier,
+        )
 
     def _warn_unpriced_tools(self, model: str | None, tools: list[str]) -> None:
         for tool in tools:

@@ -430,6 +430,22 @@ def test_a_tier_entry_is_whole_and_shared_by_aliases() -> None:
     assert table.cost("haiku", usage, "standard") == table.cost("haiku", usage)
 
 
+def test_a_tier_served_without_its_own_prices_is_said_once_per_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Billed at the model's own price (docs/chargeback.md): twice a flex request's
+    # price on OpenAI. The operator hears of it once, not per request.
+    config = parse_config(config_text({}), "gateway.yaml", {})
+    table = PriceTable(config.pricing, config.models)
+    usage = Usage(1000, 100, 1100)
+    for tier in ("flex", "flex", "default", None):
+        assert table.cost("gpt-4o-mini", usage, tier) == table.cost("gpt-4o-mini", usage)
+    table.cost("unpriced-model", usage, "flex")  # no price at all: said elsewhere
+    warned = [r.getMessage() for r in caplog.records if "service tier" in r.getMessage()]
+    assert len(warned) == 1
+    assert "'gpt-4o-mini'" in warned[0] and "'flex'" in warned[0]
+
+
 @pytest.mark.parametrize(
     ("tiers", "problem"),
     [
