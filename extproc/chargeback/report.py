@@ -157,6 +157,13 @@ def _table(
         f"usage from {period.start.isoformat()} to {period.end.isoformat()}"
         " (hourly rollups, UTC; cost in USD; latency p50/p95 in ms)"
     ]
+    # The dimensions read left to right; every other column is a number, right-aligned so
+    # that digits of one magnitude stand above each other.
+    named = len(by)
     for row in [headers, *body, total_cells]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        line = "  ".join(
+            cell.ljust(width) if index < named else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        lines.append(line.rstrip())
     return "\n".join(lines) + "\n"

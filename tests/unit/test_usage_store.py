@@ -20,7 +20,7 @@ from extproc.devstack import free_port
 from extproc.store.connection import connect
 from extproc.store.embedded import DataDirInUseError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import Spool
-from extproc.store.usage import UsageEntry, UsageStore, spool_rows, totals_of
+from extproc.store.usage import UsageEntry, UsageRow, UsageStore, spool_rows, totals_of
 from extproc.store.usage_writer import UsageWriter
 
 T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
@@ -372,3 +372,19 @@ async def test_a_replayed_batch_found_again_after_a_crash_counts_once(
     assert await writer.flush() is True
 
     assert (await requests_by_model(store)) == {"gpt-4o": 5}
+
+
+def test_the_tables_numbers_are_right_aligned_under_their_headers() -> None:
+    # A finance reader compares magnitudes down a column: 7 requests stand under the last
+    # digit of 12,345, the route's name reads from the left.
+    rows = [
+        UsageRow({"route": "r", "model": "a-long-model-name"}, requests=12345, cost_picousd=5),
+        UsageRow({"route": "r", "model": "b"}, requests=7, cost_picousd=123_456_789_000),
+    ]
+    period = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    table = render(rows, ("route", "model"), period, "table")
+    header, first, second, total = table.splitlines()[1:]
+    end = header.index("requests") + len("requests")
+    assert first[:end].endswith(" 12345") and second[:end].endswith(" 7")
+    assert total[:end].endswith(" 12352") and total.startswith("TOTAL")
+    assert second.startswith("r      b ")
