@@ -272,13 +272,13 @@ class Gateway:
             self.services.store,
             on_error=self._usage_spooled,
             timeout_s=store.timeout_ms / 1000.0,
-            spool=Spool(spools, "usage"),
+            spool=Spool(spools, "usage", self.metrics),
         )
         self.services.usage_writer.start()
         self.services.quota_store = QuotaStore(
             self._store_client,
             store.key_prefix,
-            spool=Spool(spools, "quota"),
+            spool=Spool(spools, "quota", self.metrics),
             on_spooled=self._quota_spooled,
         )
         await self.services.quota_store.start()
@@ -312,11 +312,9 @@ class Gateway:
 
     def _quota_spooled(self) -> None:
         self.metrics.store_error("quota_settle")
-        self.metrics.spool("quota")
 
     def _usage_spooled(self) -> None:
         self.metrics.store_error("usage_record")
-        self.metrics.spool("usage")
 
     async def readiness(self) -> tuple[bool, str]:
         if self._stopping.is_set():

@@ -168,7 +168,13 @@ class QuotaStore:
         # under load) left a key per subject for BATCH_MEMORY_S.
         self._landed: dict[str, str] = {}
         self._spool = spool
+        # Called for each settlement batch the store failed (it goes to the spool; the
+        # spool itself reports whether its disk took it).
         self._on_spooled = on_spooled
+        # Batches the store failed and the spool's disk refused too, kept with their ids
+        # (so each still counts once): tried again by the upkeep and at close. Only a
+        # crash loses them.
+        self._held: list[_Batch] = []
         # A flush is waiting to gather the next few milliseconds' settlements.
         self._flush_due = False
         # Flushes not finished yet: shutdown waits for them (each holds its batch).
@@ -419,38 +425,76 @@ class QuotaStore:
         undos, self._undos = self._undos, []
         if not batch and not undos:
             return
-        changes = self._raw(list(batch.values()))
-        batch_id = uuid.uuid4().hex
+        settlement: _Batch = (self._raw(list(batch.values())), undos, uuid.uuid4().hex)
         try:
             await asyncio.wait_for(
-                self._settle_raw(changes, undos, batch_id, landed_whole=True), SETTLE_TIMEOUT_S
+                self._settle_raw(*settlement, landed_whole=True), SETTLE_TIMEOUT_S
             )
         except asyncio.CancelledError:
             # Cut short: it may have landed or not; spooled under its id, it counts once
             # (and a give-back by call id gives back once).
-            self._keep(changes, undos, batch_id)
+            self._hold_unless(self._to_spool(settlement), settlement)
             raise
         except Exception as exc:
             # Nodes that took their part will not count it again when the batch is
             # replayed: each remembers the batch id (and each given-back call its id).
-            log.warning("quota settlement failed, spooled: %s", type(exc).__name__)
-            self._on_spooled()
+            self._failed(exc)
             # fsync is disk I/O: off the event loop.
-            await asyncio.to_thread(self._keep, changes, undos, batch_id)
+            self._hold_unless(await asyncio.to_thread(self._to_spool, settlement), settlement)
 
-    def _keep(self, changes: list[_RawChange], undos: list[_Undo], batch_id: str) -> None:
+    def _failed(self, exc: Exception) -> None:
+        log.warning("quota settlement failed, to the spool: %s", type(exc).__name__)
+        self._on_spooled()
+
+    def _to_spool(self, settlement: _Batch) -> bool:
+        """Append the batch to the spool; False when the disk refused it. Blocks on disk
+        I/O, so it runs in a thread and only reports: ``_held`` is the event loop's."""
         if self._spool is None:
-            return
+            return True  # no spool (tools, tests): the batch is dropped
+        changes, undos, batch_id = settlement
         record: dict[str, Any] = {"id": batch_id, "changes": changes}
         if undos:
             record["undo"] = undos
         try:
             self._spool.append(record)
         except OSError:
-            log.exception("a quota settlement is lost: the spool cannot be written")
+            log.exception("quota settlement spool not writable: the batch waits in memory")
+            return False
+        return True
+
+    def _hold_unless(self, spooled: bool, settlement: _Batch) -> None:
+        if not spooled:
+            self._held.append(settlement)
+
+    async def _retry_held(self) -> None:
+        """Batches the spool's disk refused: to the store, or else to the spool again
+        (or held again). After a store failure the rest go straight to the spool: each
+        store call would wait out the same timeout."""
+        held, self._held = self._held, []
+        store_failed = False
+        for index, settlement in enumerate(held):
+            try:
+                if not store_failed:
+                    try:
+                        # Not ``landed_whole``: part of it may have landed at its first
+                        # try, and should this try fail, that part's markers must stay.
+                        await asyncio.wait_for(self._settle_raw(*settlement), SETTLE_TIMEOUT_S)
+                        continue
+                    except Exception as exc:
+                        self._failed(exc)
+                        store_failed = True
+                spooled = await asyncio.to_thread(self._to_spool, settlement)
+            except asyncio.CancelledError:
+                # Stopping (close cancels the upkeep): close tries them once more. One
+                # that landed or was spooled meanwhile still counts once, by its id.
+                self._held.extend(held[index:])
+                raise
+            self._hold_unless(spooled, settlement)
 
     async def replay_spool(self) -> int:
-        """Settlements the store missed, in order; each batch counts once."""
+        """Settlements the store missed, in order (those held in memory first); each
+        batch counts once."""
+        await self._retry_held()
         if self._spool is None:
             return 0
 
@@ -577,12 +621,21 @@ class QuotaStore:
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.flush()
+        await self._retry_held()
+        if self._held:
+            log.error(
+                "%d quota settlement batches lost at shutdown: neither the store nor the"
+                " spool's disk took them",
+                len(self._held),
+            )
 
 
 # A settlement change as spooled: (tag, counter, delta, ttl), then (overrides hash,
 # generation field, generation) if it belongs to a generation. Records spooled by a
 # version without generations hold the first four only, and apply as they did then.
 _RawChange = tuple[Any, ...]
+# A settlement batch as sent and spooled: its changes, its give-backs and its id.
+_Batch = tuple[list[_RawChange], list[_Undo], str]
 
 
 def _settle_call(marker: str, landed: str, group: list[_RawChange]) -> _ScriptCall:

@@ -17,6 +17,12 @@ Appends may come (from a worker thread) while a replay is applying records: the
 replay then keeps them, since it drops only the lines it read. A line torn by a
 crash mid-append is closed before the next record is written, so the torn line
 is the only one lost.
+
+A line the replay cannot apply (torn, hand-edited, another version's) is set
+aside in ``<kind>.rejected.jsonl``, once however often it is replayed, for a
+person to look at: the store never gets it. What the spool does is reported to
+a ``SpoolEvents`` (the gateway's metrics): batches written, batches the disk
+refused (their writer keeps them in memory), and lines set aside, by reason.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -37,27 +43,74 @@ log = logging.getLogger(__name__)
 
 # What reading a record of the wrong shape raises (a store error never means that).
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+# Why a line is set aside: not JSON at all (torn by a crash mid-append, damaged), or a
+# record this version cannot apply (edited by hand, another version's).
+UNREADABLE = "unreadable"
+MALFORMED = "malformed"
+REJECT_REASONS = (UNREADABLE, MALFORMED)
+# The spools the gateway keeps: usage rollups and quota settlements.
+SPOOL_KINDS = ("usage", "quota")
+# What reading a spool file raises when there is no file, or no directory to hold one
+# (a file where the directory should be: nothing was ever written there).
+_NO_FILE = (FileNotFoundError, NotADirectoryError)
+
+
+class SpoolEvents(Protocol):
+    """What a spool reports; the gateway's metrics (``GatewayMetrics``) implement it.
+    Called from worker threads as well as the event loop."""
+
+    def spool(self, kind: str) -> None:
+        """A batch is on disk (fsynced), to be replayed."""
+
+    def spool_write_error(self, kind: str) -> None:
+        """The disk refused a batch: its writer holds it in memory, which a crash loses."""
+
+    def spool_rejected(self, kind: str, reason: str) -> None:
+        """A line was set aside in the rejected file: the store will not get it."""
+
+
+class _Unobserved:
+    """No one listening (tools and tests that build a spool on its own)."""
+
+    def spool(self, kind: str) -> None:
+        return None
+
+    def spool_write_error(self, kind: str) -> None:
+        return None
+
+    def spool_rejected(self, kind: str, reason: str) -> None:
+        return None
 
 
 class Spool:
-    def __init__(self, directory: str | Path, kind: str) -> None:
+    def __init__(self, directory: str | Path, kind: str, events: SpoolEvents | None = None) -> None:
         self.path = Path(directory) / f"{kind}.jsonl"
+        self.rejected_path = self.path.with_suffix(".rejected.jsonl")
         self.kind = kind
+        self._events: SpoolEvents = events if events is not None else _Unobserved()
         # One replay at a time (on the event loop).
         self._lock = asyncio.Lock()
         # Appends (in worker threads) and a replay's rewrite of the file, one at a time.
         self._file_lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record and fsync it. Blocks on disk I/O: call it off the event loop."""
-        with self._file_lock:
-            append_lines(self.path, orjson.dumps(record) + b"\n")
+        """Write one record and fsync it. Blocks on disk I/O: call it off the event loop.
+
+        Raises ``OSError`` when the disk refuses it (full, read-only, gone): the caller
+        still holds the record, and must keep it."""
+        try:
+            with self._file_lock:
+                append_lines(self.path, orjson.dumps(record) + b"\n")
+        except OSError:
+            self._events.spool_write_error(self.kind)
+            raise
+        self._events.spool(self.kind)
 
     def pending(self) -> int:
         try:
             with self.path.open("rb") as spool:
                 return sum(1 for line in spool if line.strip())
-        except FileNotFoundError:
+        except _NO_FILE:
             return 0
 
     async def replay(self, apply: Callable[[dict[str, Any]], Awaitable[None]]) -> int:
@@ -70,7 +123,10 @@ class Spool:
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    log.error("skipping an unreadable line in the %s spool", self.kind)
+                    # Torn by a crash mid-append, or damaged: its usage cannot be read
+                    # back, but a person may still make something of what is there.
+                    log.error("an unreadable line in the %s spool: set aside", self.kind)
+                    await self._set_aside(line, UNREADABLE)
                     applied += 1
                     continue
                 try:
@@ -84,14 +140,31 @@ class Spool:
                     # The record itself is wrong (hand-edited, another version's): set
                     # aside, so that it does not hold back every record after it.
                     log.exception("a %s spool record cannot be applied: set aside", self.kind)
-                    await asyncio.to_thread(self._set_aside, line)
+                    await self._set_aside(line, MALFORMED)
                 applied += 1
             if applied:
                 await asyncio.to_thread(self._drop_first, applied)
             return applied
 
-    def _set_aside(self, line: bytes) -> None:
-        append_lines(self.path.with_suffix(".rejected.jsonl"), line + b"\n")
+    async def _set_aside(self, line: bytes, reason: str) -> None:
+        if await asyncio.to_thread(self._keep_rejected, line):
+            self._events.spool_rejected(self.kind, reason)
+
+    def _keep_rejected(self, line: bytes) -> bool:
+        """Add ``line`` to the rejected file unless it is there already; True if added.
+
+        A replay cut short (a stop, a crash) after setting a line aside, before it
+        dropped the line from the spool, meets it again at the next replay: kept once,
+        a person applying the file by hand does not count it twice. Every record has
+        its own batch id, so two equal lines are one record."""
+        try:
+            kept = self.rejected_path.read_bytes()
+        except FileNotFoundError:
+            kept = b""
+        if line in kept.splitlines():
+            return False
+        append_lines(self.rejected_path, line + b"\n")
+        return True
 
     def _read_lines(self) -> list[bytes]:
         # Under the lock: never half of a record an append is writing.
@@ -101,7 +174,7 @@ class Spool:
     def _lines(self) -> list[bytes]:
         try:
             data = self.path.read_bytes()
-        except FileNotFoundError:
+        except _NO_FILE:
             return []
         return [line for line in data.splitlines() if line.strip()]
 

@@ -7,8 +7,13 @@ when many accumulate). A failed flush keeps its totals in the spool file and
 replays them, once each, when the store is back, so a store outage delays the
 rollup but loses nothing; shutdown lets a flush in progress finish, then
 flushes what is left. A batch the spool's disk cannot take either waits in
-memory under its id. The exposure is a crash (SIGKILL) between flushes: at most
-``interval_s`` of rollups, which the per-request log lines still hold.
+memory under its id (the spool counts it, ``aigw_spool_write_errors_total``, not
+as spooled) and is tried again with each flush. The exposure is a crash (SIGKILL)
+between flushes: at most ``interval_s`` of rollups, which the per-request log
+lines still hold, plus any batch waiting in memory for a disk that failed.
+
+``on_error`` is called for each batch the store failed (``aigw_store_errors_total``);
+whether the batch reached the disk is the spool's to report.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ class UsageWriter:
             raise
         except Exception as exc:
             self._on_error()
-            log.warning("usage rollup flush failed, spooled: %s", type(exc).__name__)
+            log.warning("usage rollup flush failed, to the spool: %s", type(exc).__name__)
         await self._keep_or_hold(batch, batch_id)
         return False
 

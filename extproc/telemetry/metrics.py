@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from extproc.agents.metrics import AgentMetrics
+from extproc.store.spool import REJECT_REASONS, SPOOL_KINDS
 from extproc.telemetry.span_attributes import GEN_AI_PROVIDER_NAMES
 
 if TYPE_CHECKING:
@@ -191,6 +192,26 @@ class GatewayMetrics:
             ("kind",),
             registry=self.registry,
         )
+        self.spool_write_errors = Counter(
+            "aigw_spool_write_errors",
+            "Batches the store could not take that the spool's disk refused too (full, "
+            "read-only, failing): held in memory and retried, lost if the process dies first",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.spool_rejected_records = Counter(
+            "aigw_spool_rejected_records",
+            "Spooled lines the replay could not apply, set aside in <kind>.rejected.jsonl: "
+            "the store never gets their usage or settlement, by kind and reason",
+            ("kind", "reason"),
+            registry=self.registry,
+        )
+        # At 0 from the start: the first line set aside (often by the replay right after
+        # a restart, before any scrape) must show as an increase for the alerts.
+        for kind in SPOOL_KINDS:
+            self.spool_write_errors.labels(kind)
+            for reason in REJECT_REASONS:
+                self.spool_rejected_records.labels(kind, reason)
         self.failovers = Counter(
             "aigw_failovers",
             "Requests answered by a fallback model after the primary's provider failed",
@@ -345,6 +366,12 @@ class GatewayMetrics:
 
     def spool(self, kind: str) -> None:
         self._child(self.spooled, kind).inc()
+
+    def spool_write_error(self, kind: str) -> None:
+        self._child(self.spool_write_errors, kind).inc()
+
+    def spool_rejected(self, kind: str, reason: str) -> None:
+        self._child(self.spool_rejected_records, kind, reason).inc()
 
     def failover(self, model: str, to_model: str) -> None:
         self._child(self.failovers, model, to_model).inc()
