@@ -265,6 +265,25 @@ def envoy_stat(stack: LocalStack, name: str) -> int:
     return total
 
 
+def envoy_access_log(stack: LocalStack) -> str:
+    """Envoy's access log with every line Envoy has formatted so far. Envoy buffers the
+    file and writes it out every 10 s (``--file-flush-interval-msec``): a test waiting
+    for a line waited that out. A reopen (the admin's /reopen_logs; SIGUSR1 for
+    logrotate) writes the buffer out at once; the buffered-bytes gauge says when."""
+    httpx.post(f"{stack.envoy_admin_url}/reopen_logs", timeout=5.0).raise_for_status()
+    wait_for(lambda: envoy_stat(stack, "filesystem.write_total_buffered") == 0, 5.0)
+    return stack.envoy_access_log.read_text(errors="replace")
+
+
+def envoy_access_line(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
+    """Envoy's access log line of one request; None until Envoy has logged it."""
+    for text in envoy_access_log(stack).splitlines():
+        if text.startswith("{") and request_id in text:
+            found: dict[str, Any] = orjson.loads(text)
+            return found
+    return None
+
+
 LOG_SCHEMA = orjson.loads(Path("docs/log-schema.json").read_bytes())
 
 
@@ -306,7 +325,7 @@ def readable_places(stack: LocalStack, collector: OtlpReceiver, shown: list[str]
         "request log file": read(workdir / "requests.log"),
         "traces": "\n".join(repr(span) for span in collector.spans),
         "gateway stderr": read(workdir / "gateway.err"),
-        "envoy access log": read(stack.envoy_access_log),
+        "envoy access log": envoy_access_log(stack),
         "envoy stderr": read(workdir / "envoy.err"),
         "metrics page": httpx.get(stack.metrics_url).text,
         "envoy stats": httpx.get(f"{admin}/stats").text,

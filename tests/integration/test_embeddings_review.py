@@ -153,11 +153,15 @@ def test_every_ledger_charges_an_embeddings_call_the_same_tokens(
     assert line["usage_reported"] is reported and line["usage_estimated"] is not reported
     assert line["cost_usd"] == pytest.approx(charged * PRICE_PER_TOKEN)
 
-    # The rollup and the quota's settlement are written off the response path.
-    wait_for(lambda: ledgers(stack)["rollup_requests"] > before["rollup_requests"])
-    after = wait_for(
-        lambda: found if (found := ledgers(stack))["quota"] != before["quota"] else None
-    ) or ledgers(stack)
+    # The rollup and the quota's settlement are written off the response path: every
+    # ledger is read again until both have moved (a read runs two `extproc` commands,
+    # so one wait for both, not one for each).
+    def settled() -> dict[str, float] | None:
+        found = ledgers(stack)
+        moved = found["rollup_requests"] > before["rollup_requests"]
+        return found if moved and found["quota"] != before["quota"] else None
+
+    after = wait_for(settled) or ledgers(stack)
     grown = {name: after[name] - before[name] for name in after}
     assert grown == {
         "tokens_consumed_total": charged,

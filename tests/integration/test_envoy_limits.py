@@ -159,7 +159,7 @@ def test_a_stream_longer_than_the_provider_timeout_is_served_whole(stack: LocalS
         messages=MESSAGES,  # type: ignore[arg-type]
         stream=True,
         stream_options={"include_usage": True},
-        extra_headers={"x-mock-fault": "chunks=12;interval=0.3"},  # ~4 s
+        extra_headers={"x-mock-fault": "chunks=12;interval=0.2"},  # ~3 s
     ) as response:
         request_id = response.headers["x-request-id"]
         chunks = list(response.parse())

@@ -95,8 +95,8 @@ def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "p500": start_faulty("status=500"),
         "pslow": start_faulty("delay=3"),
         "preset": start_faulty("reset_after=3;interval=0.2"),
-        # Answers at once, then takes 0.4 s per chunk: past its 1 s per attempt.
-        "pdrip": start_faulty("chunks=8;interval=0.4"),
+        # Answers at once, then takes 0.25 s per event (~2.5 s): past its 1 s per attempt.
+        "pdrip": start_faulty("chunks=8;interval=0.25"),
     }
     dead_port = free_port()
     url = {name: f.url for name, f in faulty.items()}

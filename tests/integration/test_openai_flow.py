@@ -18,6 +18,7 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
+    envoy_access_line,
     envoy_stat,
     metric,
     mock_requests,
@@ -201,13 +202,7 @@ def test_envoy_access_log_shows_the_usage(stack: LocalStack, client: OpenAI) -> 
     assert usage is not None
     request_id = raw.headers["x-request-id"]
 
-    def entry() -> dict | None:  # type: ignore[type-arg]
-        for line in stack.envoy_access_log.read_bytes().splitlines():
-            if line.startswith(b"{") and request_id.encode() in line:
-                return orjson.loads(line)  # type: ignore[no-any-return]
-        return None
-
-    found = wait_for(entry)
+    found = wait_for(lambda: envoy_access_line(stack, request_id))
     assert found is not None
     assert int(found["total_tokens"]) == usage.total_tokens
     assert found["model"] == "gpt-4.1-nano"

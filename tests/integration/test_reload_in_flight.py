@@ -46,10 +46,13 @@ from tests.integration.test_workers import worker_streams
 WORKERS = 2
 ADMIN_TOKEN = "reload-in-flight-admin-token"
 KEYS = {name: f"{name}-secret-key" for name in ("leaver", "stayer", "revoked-later")}
-# Long enough that a reload lands while the stream is still being answered.
-LONG_STREAM = "chunks=400;interval=0.03"
+# Long enough that a reload lands while the stream is still being answered (~6 s; a
+# reload takes a tenth of a second). A whole number of the reply's 10 pieces, so the
+# answer ends on its last word, "reload".
+LONG_STREAM = "chunks=200;interval=0.03"
 # The primary's provider never answers; Envoy gives up on it after this and fails over.
-SLOW_TIMEOUT_S = 10
+# The reload must land in that wait (it takes a tenth of a second).
+SLOW_TIMEOUT_S = 5
 # The provider that never answers; started with the stack.
 HOLE: BlackHole | None = None
 # What the retiring route's guardrail policy makes of the word "reload".
@@ -433,6 +436,7 @@ def test_a_failover_attempt_after_a_reload_serves_the_request_under_its_config(
     assert wait_for(lambda: len(HOLE.held) > held, timeout_s=10.0)
     # The operator retires the model while the request waits on it.
     reload(stack, Edit(primary_slow=False))
+    assert not answers, "the request was answered before the reload landed: inconclusive"
     asking.join(timeout=60.0)
     [raw] = answers
     assert not isinstance(raw, Exception), f"the admitted request failed: {raw!r}"

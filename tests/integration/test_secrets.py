@@ -94,6 +94,14 @@ def scanned_stack_env(
     }
 
 
+def with_prompt_span_export(config_text: str) -> str:
+    """``config_text`` with Envoy exporting its spans every 200 ms: by default it waits
+    5 s for a batch of 5, which a scan for the last requests' spans waited out."""
+    tracing = "    service_name: aigw\n"
+    assert tracing in config_text, "the default config's tracing section has changed"
+    return config_text.replace(tracing, tracing + "    flush_interval_ms: 200\n", 1)
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
@@ -101,6 +109,7 @@ def stack(
     workdir = tmp_path_factory.mktemp("secrets")
     config = workdir / "gateway.yaml"
     text = DEFAULT_CONFIG.read_text().replace("\nauth:\n", "\nauth:\n" + JWT_PROVIDER)
+    text = with_prompt_span_export(text)
     config.write_text(text + QUOTAS)
     env = scanned_stack_env(
         workdir, collector, provider_key=PROVIDER_KEY, org_key=ORG_KEY,

@@ -39,6 +39,7 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     GatewayLog,
+    envoy_access_log,
     mock_requests,
     readable_places,
     run_cli,
@@ -46,7 +47,7 @@ from tests.integration.conftest import (
     wait_for,
 )
 from tests.integration.otlp_receiver import OtlpReceiver
-from tests.integration.test_secrets import scanned_stack_env
+from tests.integration.test_secrets import scanned_stack_env, with_prompt_span_export
 
 PROVIDER_KEY = "Zq4vPROVIDERkey-openai-7d1c0e5aW9x3"
 FLAKY_KEY = "Gk7eFLAKYkey-second-mock-41d2Wb2n"
@@ -168,6 +169,7 @@ def stack(
     text = text.replace("\nproviders:\n", "\nproviders:" + providers, 1)
     text = text.replace("\nmodels:\n", "\nmodels:" + models, 1)
     text = text.replace("\nauth:\n  api_keys:\n", "\nauth:\n" + CONFIG_AUTH, 1)
+    text = with_prompt_span_export(text)
     config = workdir / "gateway.yaml"
     config.write_text(text)
     env = scanned_stack_env(
@@ -311,10 +313,9 @@ def test_a_refused_query_key_is_not_in_envoys_access_log_or_spans(
     request_id = answer.headers["x-request-id"]
     # Envoy writes its access log and exports spans a little after the answer.
     logged = wait_for(
-        lambda: [line for line in stack.envoy_access_log.read_text().splitlines()
-                 if request_id in line],
+        lambda: [line for line in envoy_access_log(stack).splitlines() if request_id in line],
         30,
-    )  # fmt: skip
+    )
     spans = wait_for(
         lambda: [repr(span) for span in collector.spans if request_id in repr(span)], 30
     )
@@ -529,7 +530,7 @@ def test_zz_no_secret_nor_a_fragment_of_one_anywhere(
     """Runs last (by name): scans what every test above produced, plus JWT flows."""
     last = drive_jwt_flows(stack)
     # Envoy writes its access log and exports spans a little after the answers.
-    assert wait_for(lambda: last in stack.envoy_access_log.read_text(), 30)
+    assert wait_for(lambda: last in envoy_access_log(stack), 30)
     assert wait_for(lambda: any(last in repr(span) for span in collector.spans), 30)
     places = readable_places(stack, collector, SHOWN)
     # The control: the diagnostic log ran at DEBUG (the verifier's refusals show there).

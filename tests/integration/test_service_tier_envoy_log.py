@@ -8,21 +8,10 @@ Envoy's log (or the span the same metadata tags) sees what the bill says.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import GatewayLog, wait_for
-
-
-def envoy_access_line(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
-    for text in stack.envoy_access_log.read_bytes().splitlines():
-        if text.startswith(b"{") and request_id.encode() in text:
-            found: dict[str, Any] = orjson.loads(text)
-            return found
-    return None
+from tests.integration.conftest import GatewayLog, envoy_access_line, wait_for
 
 
 def test_envoys_access_log_names_the_tier_of_a_flex_stream(stack: LocalStack) -> None:

@@ -23,6 +23,7 @@ from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
+    envoy_access_line,
     running_stack,
     wait_for,
     write_config,
@@ -97,14 +98,6 @@ def ask(stack: LocalStack, **extra: Any) -> tuple[str, Any]:
         model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], **extra
     )
     return raw.headers["x-request-id"], raw.parse()
-
-
-def envoy_access_line(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
-    for text in stack.envoy_access_log.read_bytes().splitlines():
-        if text.startswith(b"{") and request_id.encode() in text:
-            found: dict[str, Any] = orjson.loads(text)
-            return found
-    return None
 
 
 def log_line(stack: LocalStack, request_id: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, wait_for
+from tests.integration.conftest import GatewayLog, envoy_access_line, running_stack, wait_for
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 API_KEY = "team1-key"
@@ -132,14 +132,6 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 def logged(stack: LocalStack, request_id: str) -> dict[str, Any]:
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     return line
-
-
-def envoy_access_line(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
-    for text in stack.envoy_access_log.read_bytes().splitlines():
-        if text.startswith(b"{") and request_id.encode() in text:
-            found: dict[str, Any] = orjson.loads(text)
-            return found
-    return None
 
 
 def test_a_stream_the_client_hangs_up_on_has_its_estimated_usage_on_the_span(
