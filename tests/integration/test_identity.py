@@ -21,7 +21,14 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import GatewayLog, metric, mock_requests, running_stack, scrape
+from tests.integration.conftest import (
+    GatewayLog,
+    envoy_access_log,
+    metric,
+    mock_requests,
+    running_stack,
+    scrape,
+)
 from tests.integration.jwt_tokens import (
     ISSUER,
     JwksServer,
@@ -307,7 +314,7 @@ def test_no_secret_appears_in_logs_metrics_or_errors(id_stack: LocalStack) -> No
     places = {
         "gateway log": id_stack.gateway_log.read_text(errors="replace"),
         "gateway stderr": (id_stack.workdir / "gateway.err").read_text(errors="replace"),
-        "envoy access log": id_stack.envoy_access_log.read_text(errors="replace"),
+        "envoy access log": envoy_access_log(id_stack),
         "metrics": httpx.get(id_stack.metrics_url).text,
         "error bodies": "\n".join(ERROR_BODIES),
     }
