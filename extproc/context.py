@@ -191,6 +191,8 @@ class RequestContext:
     stream_end_carry: bytes = b"\n"
     # The span metadata has gone to Envoy with the usage (before the stream's end).
     usage_in_metadata: bool = False
+    # The metadata of the answered stream, priced, has gone to Envoy (its cost included).
+    priced_in_metadata: bool = False
     # Monotonic time a running stream's span counts were last sent (stages.telemetry).
     span_usage_at: float = 0.0
     # Prompt and completion text, kept only when the log or traces include content.

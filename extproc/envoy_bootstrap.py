@@ -391,6 +391,8 @@ def _access_log() -> Json:
                             "auth_method",
                             # The tier that priced the request (null when none was named).
                             "service_tier",
+                            # What the request cost, exact like the gateway's log line.
+                            "cost_usd",
                         )
                     },
                 }

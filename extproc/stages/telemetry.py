@@ -91,6 +91,12 @@ class TelemetryStage:
             out.metadata = request_metadata(ctx, span_usage(ctx))
         elif ctx.stream and not ctx.usage_in_metadata:
             out.metadata = self._stream_metadata(ctx, first_chunk, now)
+        elif ctx.stream and ctx.cost is not None and not ctx.priced_in_metadata:
+            # The usage report came in a chunk of its own, before the terminal event
+            # that ends (and prices) the answer: the cost goes with that event's answer,
+            # which Envoy applies even when the client then hangs up.
+            ctx.priced_in_metadata = True
+            out.metadata = request_metadata(ctx, span_usage(ctx))
 
     @staticmethod
     def _stream_metadata(
@@ -112,6 +118,7 @@ class TelemetryStage:
             and (translator.usage is not None or stream_failure(translator) is not None)
         ):
             ctx.usage_in_metadata = True
+            ctx.priced_in_metadata = ctx.cost is not None
             return request_metadata(ctx, span_usage(ctx))
         if not first_chunk and now - ctx.span_usage_at < RUNNING_USAGE_INTERVAL_S:
             return None

@@ -8,6 +8,7 @@ Envoy's log (or the span the same metadata tags) sees what the bill says.
 
 from __future__ import annotations
 
+import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
@@ -28,3 +29,6 @@ def test_envoys_access_log_names_the_tier_of_a_flex_stream(stack: LocalStack) ->
     assert envoy is not None, "no Envoy access log line for the request"
     assert envoy["service_tier"] == line["service_tier"] == "flex"
     assert int(envoy["total_tokens"]) == line["total_tokens"]
+    # And the cost the tier priced, as the gateway's line has it.
+    assert line["cost_usd"] > 0
+    assert float(envoy["cost_usd"]) == pytest.approx(line["cost_usd"])

@@ -170,3 +170,22 @@ async def test_a_fast_streams_running_counts_are_refreshed_at_most_every_interva
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert usage_of(as_envoy_holds_it(answers)) == {key: line[key] for key in USAGE_KEYS}
     assert line["completion_tokens"] == 10
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["report apart from DONE", "together"])
+async def test_the_cost_reaches_envoy_when_the_client_leaves_at_done(
+    processor: Processor, services: Services, apart: bool
+) -> None:
+    # The usage report's chunk is answered before the answer ends and is priced; the
+    # [DONE] after it is the last answer Envoy applies when the client hangs up there:
+    # its access log and span then have the log line's cost.
+    report = (
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,'
+        b'"total_tokens":12}}\n\n'
+    )
+    done = b"data: [DONE]\n\n"
+    chunks = (report, done) if apart else (report + done,)
+    answers = await run_stream(processor, opening(text_event("abcdefgh"), *chunks))
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["cost_usd"] > 0
+    assert as_envoy_holds_it(answers)["cost_usd"] == pytest.approx(line["cost_usd"])
