@@ -11,8 +11,6 @@ carries no such key: Envoy's access log then prints null and the span has no att
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from extproc.config.model import GatewayConfig
@@ -37,6 +35,7 @@ from tests.unit.test_service_tier_pricing import (
     messages_body,
     openai_stream,
 )
+from tests.unit.test_stream_span_usage import as_envoy_holds_it, metadata
 
 TIER_KEY = "service_tier"
 
@@ -46,19 +45,6 @@ def every_chunk_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
     """In process the chunks come microseconds apart: refresh the running counts at each,
     as a stream whose chunks come RUNNING_USAGE_INTERVAL_S apart does."""
     monkeypatch.setattr(telemetry, "RUNNING_USAGE_INTERVAL_S", 0.0)
-
-
-def metadata(answer: Any) -> dict[str, Any]:
-    fields = answer.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
-    return {key: getattr(value, value.WhichOneof("kind")) for key, value in fields.items()}
-
-
-def as_envoy_holds_it(answers: list[Any]) -> dict[str, Any]:
-    """What Envoy's access log and span read: every answer's metadata, merged key by key."""
-    held: dict[str, Any] = {}
-    for answer in answers:
-        held.update(metadata(answer))
-    return held
 
 
 async def test_a_flex_answer_tells_envoy_the_tier_it_was_billed_at(
