@@ -320,6 +320,7 @@ def plan_response(
             include_usage=ctx.client_wants_usage,
             request_id=ctx.request_id,
             created=created,
+            asked_tier=openai_bedrock.asked_service_tier(ctx.body),
         )
         return ResponsePlan(
             events, streamed=True, set_headers={"content-type": SSE}, remove_headers=rewritten

@@ -89,6 +89,7 @@ from extproc.translators.tool_ids import provider_tool_call_id
 __all__ = [
     "CompletionTranslator",
     "StreamTranslator",
+    "asked_service_tier",
     "check_request",
     "converse_service_tier",
     "request_path",
@@ -210,6 +211,18 @@ def converse_service_tier(value: Any) -> str | None:
         "(fast is served as priority); send auto, or no service_tier, to let Bedrock choose",
         param="service_tier",
     )
+
+
+def asked_service_tier(body: Any) -> str | None:
+    """The ``serviceTier`` type a chat completions request asked Converse for (what
+    ``translate_request`` sent), for the stream translator to price a stream cut before
+    Bedrock named its tier (``StreamTranslator``'s ``asked_tier``). None when it asked
+    for none; never raises, for a tier refused at translation never reaches a stream."""
+    value = body.get("service_tier") if isinstance(body, dict) else None
+    try:
+        return converse_service_tier(value)
+    except BadRequestError:
+        return None
 
 
 def base_model_id(model_id: str) -> str:

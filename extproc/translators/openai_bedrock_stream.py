@@ -18,8 +18,13 @@ The service tier is read as ``service_tier`` (it prices the request) and shown a
 level of the chunks as OpenAI shows it (``shown_tier``). Bedrock names it last, so the
 chunk with ``finish_reason`` is held from ``messageStop`` until ``metadata`` (the next
 event) and shows it, as does the usage chunk; the text went before it was known. A stream
-that ends without ``metadata`` still gets its finish chunk, with no tier. A stream cut
-before ``metadata`` names no tier: it is priced at the model's own price.
+that ends without ``metadata`` still gets its finish chunk, with no tier. A stream cut (or
+failed) before ``metadata`` is priced at the tier the request asked for (``asked_tier``)
+where Bedrock serves the tier it accepted: ``flex``, ``priority`` and ``default`` (a model
+or region without the tier is refused before the stream starts). Reserved capacity
+overflows to the standard tier, which only ``metadata`` would tell, so a cut stream that
+asked for it, or for nothing, is priced at the model's own price. Nothing of this is
+shown: the client sees only the tier Bedrock named.
 
 An exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``), a frame
 that fails its checks, or a stream that ends before ``messageStop`` becomes an OpenAI error
@@ -82,6 +87,12 @@ def finish_reason(stop_reason: Any) -> str:
 # the tier it shows (``openai_openai`` reads it downstream), hence each name is the one the
 # tier is priced under.
 _OPENAI_TIERS = {"default": "default", "flex": "flex", "priority": "priority"}
+
+
+# The tiers Bedrock serves a request at once it accepts the request asking for them: it
+# refuses (ValidationException, before the stream) a tier the model or region lacks.
+# Reserved is not among them: past the reserved capacity, Bedrock serves the standard tier.
+_SERVED_AS_ASKED = frozenset({"default", "flex", "priority"})
 
 
 def served_tier(value: Any) -> str | None:
@@ -195,16 +206,28 @@ def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
 class StreamTranslator:
     """Bedrock's event stream in, OpenAI SSE out, chunk by chunk."""
 
-    def __init__(self, *, model: str, include_usage: bool, request_id: str, created: int) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        include_usage: bool,
+        request_id: str,
+        created: int,
+        asked_tier: str | None = None,
+    ) -> None:
+        """``asked_tier``: the ``serviceTier`` type the request asked Converse for
+        (``openai_bedrock.asked_service_tier``), None when it asked for none."""
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
         # Set when Bedrock sent an exception mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        # The tier Bedrock served the stream at (metadata's serviceTier), and its OpenAI
-        # name, which the chunks sent after it show.
-        self.service_tier: str | None = None
+        # The tier Bedrock served the stream at (metadata's serviceTier); until metadata
+        # comes, the tier asked for where Bedrock serves the tier it accepted, so a stream
+        # cut before it is priced at the tier that served it rather than the standard one.
+        self.service_tier: str | None = asked_tier if asked_tier in _SERVED_AS_ASKED else None
+        # The OpenAI name of the tier metadata names, which the chunks sent after it show.
         self._shown_tier: str | None = None
         # messageStop's finish chunk, held until metadata names the tier it shows.
         self._held_finish: str | None = None
@@ -279,10 +302,10 @@ class StreamTranslator:
                 out.append(self._finish())
 
     def _take_tier(self, value: Any) -> None:
-        tier = served_tier(value)
-        if tier is not None:
-            self.service_tier = tier
-            self._shown_tier = shown_tier(tier)
+        # Bedrock's word replaces the tier asked for, even when it names none: the stream
+        # is then priced as one that named none always was.
+        self.service_tier = served_tier(value)
+        self._shown_tier = shown_tier(self.service_tier)
 
     def _release_finish(self, out: list[bytes]) -> None:
         """Send the finish chunk messageStop left held, if it did."""

@@ -148,9 +148,10 @@ class ChunkStreamReader:
 
     Reads usage from the chunks that carry it, wherever an OpenAI-compatible provider
     puts it (``_reported_usage``): OpenAI's usage-only chunk (``choices: []``) last, a
-    finish chunk's (Mistral, llama.cpp), a choice's (Moonshot), or a running count on
-    every chunk (Gemini's OpenAI endpoint, vLLM's ``continuous_usage_stats``). Each
-    report replaces the one before, never adds to it: the last one read is the usage.
+    finish chunk's (Mistral, llama.cpp), a choice's (Moonshot), a finish chunk's
+    ``x_groq`` (Groq), or a running count on every chunk (Gemini's OpenAI endpoint,
+    vLLM's ``continuous_usage_stats``). Each report replaces the one before, never adds
+    to it: the last one read is the usage.
 
     With ``hide_usage_chunk`` the client did not ask for usage (the gateway did): the
     usage-only chunk is cut out of what it receives, and a report in any other chunk
@@ -283,8 +284,10 @@ class ChunkStreamReader:
 
 def _reported_usage(chunk: dict[str, Any]) -> Usage | None:
     """A chunk's usage report: OpenAI's, beside ``choices``; else Moonshot's, inside the
-    choice (its finish chunk). Moonshot may repeat it in a usage-only chunk after: a
-    report replaces the one before, so the two are one."""
+    choice (its finish chunk); else Groq's, in ``x_groq`` (its finish chunk). Moonshot
+    may repeat it in a usage-only chunk after, and Groq asked for usage sends it beside
+    ``x_groq``'s and again in a usage-only chunk: one report is read per chunk, and a
+    report replaces the one before, so the copies are one."""
     found = usage_from_object(chunk.get("usage"))
     if found is not None:
         return found
@@ -292,15 +295,17 @@ def _reported_usage(chunk: dict[str, Any]) -> Usage | None:
     for choice in choices if isinstance(choices, list) else ():
         if isinstance(choice, dict) and (found := usage_from_object(choice.get("usage"))):
             return found
-    return None
+    groq = chunk.get("x_groq")
+    return usage_from_object(groq.get("usage")) if isinstance(groq, dict) else None
 
 
 def _without_usage(event: bytes, chunk: dict[str, Any]) -> bytes:
     """The event a client that did not ask for usage receives: none, for a usage-only
-    chunk (``choices: []``); else the chunk without its report, beside the choices or
-    inside one (the event's other fields and lines kept). Only chunks with a report come
-    here: the ``"usage": null`` OpenAI puts on every other chunk once the gateway asked
-    for usage is no report, and goes as it came."""
+    chunk (``choices: []``); else the chunk without its report, beside the choices,
+    inside one or in Groq's ``x_groq`` (whose request ``id`` stays), the event's other
+    fields and lines kept. Only chunks with a report come here: the ``"usage": null``
+    OpenAI puts on every other chunk once the gateway asked for usage is no report, and
+    goes as it came."""
     choices = chunk.get("choices")
     if choices == []:
         return b""
@@ -308,5 +313,8 @@ def _without_usage(event: bytes, chunk: dict[str, Any]) -> bytes:
     for choice in choices if isinstance(choices, list) else ():
         if isinstance(choice, dict):
             choice.pop("usage", None)
+    groq = chunk.get("x_groq")
+    if isinstance(groq, dict):
+        groq.pop("usage", None)
     others = [line for line in event.split(b"\n") if not line.startswith(b"data:")]
     return b"\n".join([*others, b"data: " + orjson.dumps(chunk)])

@@ -25,6 +25,7 @@ from extproc.translators.base import reported_service_tier
 from extproc.translators.openai_bedrock import (
     CompletionTranslator,
     StreamTranslator,
+    asked_service_tier,
     translate_request,
 )
 from tests.unit.test_mock_llm_bedrock import (
@@ -72,8 +73,10 @@ def metadata(tier: Any = None) -> dict[str, Any]:
     return {"event": "metadata", "payload": payload}
 
 
-def stream_translator(*, include_usage: bool) -> StreamTranslator:
-    return StreamTranslator(model=MODEL, include_usage=include_usage, request_id="r", created=1)
+def stream_translator(*, include_usage: bool, asked_tier: str | None = None) -> StreamTranslator:
+    return StreamTranslator(
+        model=MODEL, include_usage=include_usage, request_id="r", created=1, asked_tier=asked_tier
+    )
 
 
 def chunks(sse: bytes) -> list[dict[str, Any]]:
@@ -225,6 +228,67 @@ def test_a_stream_cut_before_its_metadata_names_no_tier() -> None:
     translator.feed(event_stream(STREAM_EVENTS), False)
     assert reported_service_tier(translator) is None
     assert translator.usage is None
+
+
+@pytest.mark.parametrize(
+    ("asked", "priced_at"),
+    [
+        pytest.param("flex", "flex", id="flex"),
+        pytest.param("priority", "priority", id="priority"),
+        pytest.param("default", "default", id="default"),
+        # Past the reserved capacity Bedrock serves at its standard tier: only metadata
+        # says which, so a cut stream is priced at the model's own price.
+        pytest.param("reserved", None, id="reserved"),
+        pytest.param(None, None, id="none-asked"),
+    ],
+)
+def test_a_stream_cut_before_its_metadata_is_priced_at_the_tier_it_asked_for(
+    asked: str | None, priced_at: str | None
+) -> None:
+    # Bedrock serves flex and priority as asked once it accepts the request (a model or
+    # region without the tier is refused before the stream starts), so a flex stream the
+    # client left is billed at the flex price, not at twice it.
+    translator = stream_translator(include_usage=False, asked_tier=asked)
+    sse = translator.feed(event_stream(STREAM_EVENTS), False)
+    assert reported_service_tier(translator) == priced_at
+    # What the client was shown does not change: Bedrock had not named the tier yet.
+    assert all("service_tier" not in c for c in chunks(sse))
+
+
+def test_a_stream_failed_before_its_metadata_is_priced_at_the_tier_it_asked_for() -> None:
+    failed = [*STREAM_EVENTS[:2], {"exception": "throttlingException", "payload": {"message": "x"}}]
+    translator = stream_translator(include_usage=False, asked_tier="flex")
+    translator.feed(event_stream(failed), True)
+    assert translator.failure is not None
+    assert reported_service_tier(translator) == "flex"
+
+
+@pytest.mark.parametrize(("named", "priced_at"), [("priority", "priority"), (None, None)])
+def test_the_tier_metadata_names_outranks_the_tier_asked_for(
+    named: str | None, priced_at: str | None
+) -> None:
+    # Bedrock's own word, once it comes, prices the stream, as it always did.
+    translator = stream_translator(include_usage=False, asked_tier="flex")
+    translator.feed(event_stream([*STREAM_EVENTS, metadata(named)]), True)
+    assert reported_service_tier(translator) == priced_at
+
+
+@pytest.mark.parametrize(
+    ("body", "asked"),
+    [
+        ({"service_tier": "flex"}, "flex"),
+        ({"service_tier": "fast"}, "priority"),
+        ({"service_tier": "reserved"}, "reserved"),
+        ({"service_tier": "auto"}, None),
+        ({}, None),
+        # Refused when the request was translated: never reaches a stream, and never raises.
+        ({"service_tier": "scale"}, None),
+        ({"service_tier": 3}, None),
+        (None, None),
+    ],
+)
+def test_the_tier_a_request_asked_converse_for(body: Any, asked: str | None) -> None:
+    assert asked_service_tier(body) == asked
 
 
 def test_a_stream_cut_after_its_metadata_keeps_its_tier() -> None:

@@ -438,7 +438,8 @@ def test_a_tier_served_without_its_own_prices_is_said_once_per_model(
     config = parse_config(config_text({}), "gateway.yaml", {})
     table = PriceTable(config.pricing, config.models)
     usage = Usage(1000, 100, 1100)
-    for tier in ("flex", "flex", "default", None):
+    # Groq's standard tier is "on_demand": its every answer names it, and says nothing.
+    for tier in ("flex", "flex", "default", "on_demand", None):
         assert table.cost("gpt-4o-mini", usage, tier) == table.cost("gpt-4o-mini", usage)
     table.cost("unpriced-model", usage, "flex")  # no price at all: said elsewhere
     warned = [r.getMessage() for r in caplog.records if "service tier" in r.getMessage()]
@@ -453,6 +454,8 @@ def test_a_tier_served_without_its_own_prices_is_said_once_per_model(
          "pricing.models.gpt-4o-mini.service_tiers: 'default' is the standard tier"),
         ({"standard": {"input_per_million": 1, "output_per_million": 1}},
          "pricing.models.gpt-4o-mini.service_tiers: 'standard' is the standard tier"),
+        ({"on_demand": {"input_per_million": 1, "output_per_million": 1}},
+         "pricing.models.gpt-4o-mini.service_tiers: 'on_demand' is the standard tier"),
         ({"flex": {"input_per_million": "0.0000001", "output_per_million": 1}},
          "pricing.models.gpt-4o-mini.service_tiers.flex.input_per_million: "
          "at most 6 decimal places"),

@@ -1,0 +1,100 @@
+"""Usage that OpenAI-compatible providers report outside OpenAI's ``usage``, read for the bill.
+
+Groq (``api.groq.com/openai/v1``) puts its count in ``x_groq.usage`` of the finish chunk
+(OpenAI's fields plus ``queue_time``, ``prompt_time``, ``completion_time`` and
+``total_time``, in seconds). Before it took ``stream_options`` that was its only report;
+asked for usage today, it sends the same count three times: in ``x_groq.usage`` and in
+``usage`` of the finish chunk, then in a usage-only chunk (``choices: []``) that also
+names its ``service_tier`` (``on_demand``). The streams below are shaped as Groq sends
+them (recorded Groq streams, kimi-k2 and gemma2-9b-it). The bill must read the count when
+``x_groq.usage`` is the only one, count it once when it comes three times, and a client
+that did not ask for usage (the gateway asked) must find none of the three.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc.processor import Processor
+from extproc.runtime import Services
+from tests.unit.test_openai_compatible_streams import (
+    DONE,
+    counts,
+    delta,
+    event,
+    stream,
+    text,
+)
+
+GROQ_ID = {"id": "req_01k88s37gyfaqa5ckqj4t7mrg8"}
+# Groq's count with its timings, as x_groq.usage and (when asked) usage carry it.
+GROQ_USAGE = {
+    "queue_time": 0.19017122,
+    "prompt_tokens": 201,
+    "prompt_time": 0.021080836,
+    "completion_tokens": 61,
+    "completion_time": 0.201014516,
+    "total_tokens": 262,
+    "total_time": 0.222095352,
+}
+# The first chunk names the request in x_groq; the text chunks carry no x_groq.
+GROQ_FIRST = event(delta(role="assistant", content=""), x_groq=GROQ_ID)
+GROQ_TEXT = [text("I'll"), text(" help")]
+# Before Groq took stream_options: the count only in the finish chunk's x_groq.
+GROQ_FINISH_X_ONLY = event(delta("stop"), x_groq={**GROQ_ID, "usage": GROQ_USAGE})
+# Asked for usage today: the finish chunk has it twice, a usage-only chunk once more.
+GROQ_FINISH_BOTH = event(delta("stop"), x_groq={**GROQ_ID, "usage": GROQ_USAGE}, usage=GROQ_USAGE)
+GROQ_USAGE_CHUNK = event([], usage=GROQ_USAGE, service_tier="on_demand")
+
+
+def events_of(received: bytes) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(e.removeprefix(b"data: "))
+        for e in received.split(b"\n\n")
+        if e.startswith(b"data: {")
+    ]
+
+
+@pytest.mark.parametrize("ended", [True, False])
+async def test_a_groq_count_only_in_x_groq_is_billed_not_estimated(
+    processor: Processor, services: Services, ended: bool
+) -> None:
+    # Cut after the finish chunk (the client left before [DONE]), the count is known too.
+    chunks = [GROQ_FIRST, *GROQ_TEXT, GROQ_FINISH_X_ONLY, *([DONE] if ended else [])]
+    line, _ = await stream(processor, services, chunks, ended=ended)
+    assert counts(line) == (201, 61)
+    assert line["total_tokens"] == 262
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
+
+
+async def test_a_groq_count_sent_three_times_is_billed_once(
+    processor: Processor, services: Services
+) -> None:
+    chunks = [GROQ_FIRST, *GROQ_TEXT, GROQ_FINISH_BOTH, GROQ_USAGE_CHUNK, DONE]
+    line, received = await stream(processor, services, chunks, include_usage=True)
+    assert counts(line) == (201, 61)
+    assert line["total_tokens"] == 262
+    # A client that asked for usage gets Groq's stream byte for byte.
+    assert received == b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "finish", [GROQ_FINISH_X_ONLY, GROQ_FINISH_BOTH], ids=["x-groq-only", "both"]
+)
+async def test_a_client_that_did_not_ask_for_usage_finds_no_groq_count(
+    processor: Processor, services: Services, finish: bytes
+) -> None:
+    chunks = [GROQ_FIRST, *GROQ_TEXT, finish, GROQ_USAGE_CHUNK, DONE]
+    line, received = await stream(processor, services, chunks, include_usage=False)
+    assert counts(line) == (201, 61)
+    assert b'"usage"' not in received
+    events = events_of(received)
+    # Every chunk with a choice arrives, the usage-only chunk does not; the finish chunk
+    # keeps its finish_reason and Groq's request id.
+    assert len(events) == 4
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["x_groq"] == GROQ_ID
+    assert received.endswith(DONE)
