@@ -38,8 +38,8 @@ ServerToolPrices = dict[ServerToolName, Price]
 TIER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 ServiceTierName = Annotated[str, Field(pattern=TIER_NAME_PATTERN)]
 # The names providers give their standard tier (OpenAI "default", and "auto" as asked;
-# Anthropic "standard"; Groq "on_demand"): billed at the model's own price, so an entry would be a second,
-# contradicting price for the same requests.
+# Anthropic "standard"; Groq "on_demand"): billed at the model's own price, so an entry
+# would be a second, contradicting price for the same requests.
 STANDARD_TIERS = frozenset({"default", "standard", "auto", "on_demand"})
 
 
