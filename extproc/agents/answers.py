@@ -239,7 +239,8 @@ class ToolListFilter:
 
 
 class ToolCallOutcome:
-    """``tools/call``: ok, the tool's own error (``isError``) or a JSON-RPC error."""
+    """``tools/call``: ok, the tool's own error (``isError``), a request for the client's
+    input first (``input_required``) or a JSON-RPC error."""
 
     rewrites = False
     final = True
@@ -253,6 +254,9 @@ class ToolCallOutcome:
             _record_error(self._call, message)
             return None
         result = message.get("result")
+        if isinstance(result, dict) and result.get("resultType") == "input_required":
+            self._call.answered(outcome.INPUT_REQUIRED)
+            return None
         failed = isinstance(result, dict) and result.get("isError") is True
         self._call.answered(outcome.TOOL_ERROR if failed else outcome.OK)
         return None

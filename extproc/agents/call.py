@@ -16,10 +16,14 @@ from extproc.config.agents_model import AgentProtocol, AgentServerConfig
 # What happened to the call, as the log line and the metrics' `status` label say it.
 OK = "ok"  # the upstream answered with a result
 TOOL_ERROR = "tool_error"  # an MCP tool ran and reported an error (isError)
+# MCP 2026-07-28: the server asks the client for input (elicitation, sampling, roots)
+# before it runs the tool; the client sends the call again with it, a call of its own.
+INPUT_REQUIRED = "input_required"
 RPC_ERROR = "rpc_error"  # the upstream answered with a JSON-RPC error
-DENIED = "denied"  # refused by an access rule
+DENIED = "denied"  # refused by an access rule, or for the caller's credentials
 RATE_LIMITED = "rate_limited"  # refused by a request limit
-INVALID = "invalid"  # not JSON-RPC; refused by the gateway
+INVALID = "invalid"  # not JSON-RPC, too large, a method the route does not take
+UNAVAILABLE = "unavailable"  # refused because the quota store could not check the limits
 UPSTREAM_ERROR = "upstream_error"  # HTTP error from the upstream (or Envoy: unreachable)
 ABORTED = "aborted"  # the client or the upstream went away before the answer
 FORWARDED = "forwarded"  # passed on without an answer to read (notifications, streams)

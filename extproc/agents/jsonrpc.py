@@ -8,6 +8,7 @@ MCP and A2A leave unused are the gateway's: see ``FORBIDDEN`` and ``RATE_LIMITED
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,9 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
     items = parsed if batch else [parsed]
     if not items:
         raise RpcParseError(INVALID_REQUEST, "an empty batch is not a JSON-RPC request")
+    twice = _key_twice(body, items)
+    if twice is not None:
+        raise RpcParseError(INVALID_REQUEST, twice)
     messages = [_message(item) for item in items]
     if batch:
         ids = [response_id_key(m.id) for m in messages if m.is_request]
@@ -66,6 +70,66 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
             # Answers are matched to requests by id: two requests, one id is ambiguous.
             raise RpcParseError(INVALID_REQUEST, "the requests of a batch need distinct ids")
     return messages, batch
+
+
+# The keys the gateway reads a message by, and what a parser that keeps the first of two
+# equal keys (where orjson keeps the last) would read differently.
+_ENVELOPE_KEYS = ("jsonrpc", "id", "method", "params", "result", "error")
+_PARAMS_KEYS = ("name",)  # a tools/call's tool
+
+
+def _key_twice(body: bytes, items: list[Any]) -> str | None:
+    """Why a message (or its ``params``) holds a key the gateway reads by twice.
+
+    JSON leaves duplicate names to the parser: orjson keeps the last, a server's parser
+    may keep the first, and then the server runs another method or tool than the one
+    the gateway checked and counted (``"method":"tools/call", ..., "method":"ping"``).
+    No client sends them. A second parse that sees the duplicates runs only when the
+    bytes allow one: a key spelt more often than the parsed messages hold it, or a
+    ``\\u`` escape, which can spell a key in other bytes.
+    """
+    if b"\\u" not in body and not any(
+        body.count(b'"%s"' % key.encode()) > held for key, held in _held(items).items()
+    ):
+        return None
+    repeated: dict[int, set[str]] = {}
+
+    def pairs(found: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(found)
+        if len(obj) != len(found):
+            names = [name for name, _ in found]
+            repeated[id(obj)] = {name for name in names if names.count(name) > 1}
+        return obj
+
+    try:
+        parsed = json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return "the request body is nested too deeply to be read"
+    for item in parsed if isinstance(parsed, list) else [parsed]:
+        if not isinstance(item, dict):
+            continue
+        named = repeated.get(id(item), set()) & set(_ENVELOPE_KEYS)
+        params = item.get("params")
+        if isinstance(params, dict):
+            named |= repeated.get(id(params), set()) & set(_PARAMS_KEYS)
+        if named:
+            return f"a message names {sorted(named)[0]!r} twice: each key once"
+    return None
+
+
+def _held(items: list[Any]) -> dict[str, int]:
+    """How many of the parsed messages hold each key (``name``: in their ``params``)."""
+    held = dict.fromkeys((*_ENVELOPE_KEYS, *_PARAMS_KEYS), 0)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for key in _ENVELOPE_KEYS:
+            held[key] += key in item
+        params = item.get("params")
+        if isinstance(params, dict):
+            for key in _PARAMS_KEYS:
+                held[key] += key in params
+    return held
 
 
 def _message(item: Any) -> RpcMessage:

@@ -29,6 +29,17 @@ _COUNTERS: tuple[tuple[str, WindowKind], ...] = (
 )
 
 
+# Counter names: ``agent:<rule>``, or ``agent:<rule>:<tool>`` for a per-tool counter.
+COUNTER_PREFIX = "agent:"
+
+
+def rule_label(counter: str) -> str:
+    """``agent:<rule>`` of a counter name, without the tool: the ``rule`` label of
+    ``aigw_rate_limited_total``. Tool names are the client's to make up; with them, each
+    would open a series of its own."""
+    return COUNTER_PREFIX + counter.removeprefix(COUNTER_PREFIX).split(":", 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     config: AgentLimitRule
@@ -69,7 +80,7 @@ class AgentLimits:
                 continue
             if not rule.covers(server, tool):
                 continue
-            name = f"agent:{config.name}"
+            name = COUNTER_PREFIX + config.name
             if config.per_tool and tool is not None:
                 name += f":{tool}"
             fail_open = (config.on_store_failure or self._on_store_failure) is (

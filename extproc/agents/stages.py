@@ -14,7 +14,8 @@ so SDKs surface them as that call's error: an access rule answers HTTP 200 with
 code -32003, a request limit HTTP 200 with code -32029 and ``retry-after``, a
 body that is not JSON-RPC HTTP 400 with -32700 or -32600. Failures before the
 body is read (no or bad credentials, a method the route does not take) are HTTP
-errors as on every route.
+errors as on every route; so is the upstream refusing the gateway's own
+credential (a 502: the client's never goes upstream, it is not the client's to fix).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from extproc import headers
 from extproc.agents import call as outcome
-from extproc.agents import jsonrpc
+from extproc.agents import jsonrpc, mcp_headers
 from extproc.agents.answers import (
     AnswerReader,
     CardReader,
@@ -42,6 +43,7 @@ from extproc.agents.answers import (
 )
 from extproc.agents.call import AgentCall
 from extproc.agents.jsonrpc import RequestId, RpcMessage, RpcParseError
+from extproc.agents.limits import COUNTER_PREFIX, rule_label
 from extproc.config.agents_model import AgentProtocol
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
@@ -68,7 +70,7 @@ EXTENDED_CARD_METHODS = frozenset({"GetExtendedAgentCard", "agent/getAuthenticat
 # MCP tool names are at most 128 characters by the spec; some slack for older servers.
 MAX_TOOL_NAME = 256
 SESSION_HEADER = "mcp-session-id"
-MAX_METHOD_LOOKALIKE = 1024
+MAX_METHOD_NAME = 1024
 # Methods the gateway reads by name, by their lookalikes' canonical form: MCP tool calls
 # are checked and counted, tool lists filtered; A2A messages counted, extended cards rewritten.
 _MCP_GOVERNED = {jsonrpc.canonical_method(m): m for m in ("tools/call", "tools/list")}
@@ -177,7 +179,9 @@ class AgentCallStage:
             invalid = BadRequestError(error.message, code="invalid_jsonrpc")
             _refuse(ctx, out, [None], False, error.code, outcome.INVALID, invalid)
             return None
-        call.method = next((m.method for m in messages if m.method is not None), None)
+        method = next((m.method for m in messages if m.method is not None), None)
+        # Bounded for the log line: a longer one is refused below, not forwarded.
+        call.method = method[:MAX_METHOD_NAME] if method is not None else None
         requests = [m for m in messages if m.is_request]
         mcp = call.protocol is AgentProtocol.MCP
         unchecked = _unchecked_request(messages, _MCP_GOVERNED if mcp else _A2A_GOVERNED)
@@ -219,6 +223,8 @@ class AgentCallStage:
                     )
                 )
         if not tool_calls:
+            if len(requests) == 1 and not batch:
+                _check_mirror(ctx, out, requests[0], None)
             return None
         request = tool_calls[0]
         params = request.params
@@ -229,6 +235,8 @@ class AgentCallStage:
             _refuse(ctx, out, ids, batch, jsonrpc.INVALID_PARAMS, outcome.INVALID, invalid)
             return None
         call.tool = tool
+        if _check_mirror(ctx, out, request, tool):
+            return None
         denial = agents.access.denial(identity, server, tool)
         if denial is not None:
             refused = PermissionDeniedError(denial, code="tool_not_allowed")
@@ -290,6 +298,13 @@ class AgentCallStage:
         reader: Any = None
         if status >= 400:
             call.answered(outcome.UPSTREAM_ERROR)
+            if _refuses_gateway_credential(status, response_headers):
+                raise UpstreamError(
+                    f"the {call.protocol.value.upper()} server '{call.server.name}' refused the"
+                    f" gateway's own credentials (HTTP {status}); this is not a problem with"
+                    " your API key",
+                    code="upstream_credentials_refused",
+                )
         elif call.kind == "card":
             if status == 200 and call.server.rewrite_agent_card and _is_json(media):
                 reader = CardReader(call)
@@ -383,7 +398,12 @@ class AgentCallStage:
         call = ctx.agent
         if call is None:
             return
-        if ctx.aborted and call.status == outcome.FORWARDED:
+        if call.status == outcome.FORWARDED and ctx.error is not None:
+            # Refused with an HTTP error before anything went upstream (credentials, a
+            # method or size the route does not take, the quota store down): the log line
+            # and the metrics must not count it as a call the server saw.
+            call.status = _refusal_status(ctx.error)
+        elif ctx.aborted and call.status == outcome.FORWARDED:
             call.status = outcome.ABORTED
         if not (call.is_tool_call or call.is_message or call.tools_hidden):
             return
@@ -423,7 +443,7 @@ async def _reserve(
             store.reserve(limits, 0), ctx.runtime.config.store.timeout_ms / 1000.0
         )
     except Exception as exc:
-        services.metrics.store_errors.labels(operation="agent_limit").inc()
+        services.metrics.store_error("agent_limit")
         if all(limit.fail_open for limit in limits):
             log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
             ctx.quota_decision = "failed_open"
@@ -433,9 +453,8 @@ async def _reserve(
             "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
         ) from None
     if isinstance(result, Denial):
-        services.metrics.rate_limited.labels(
-            rule=result.limit.rule, subject_kind=result.limit.subject_kind
-        ).inc()
+        # aigw_mcp_tool_calls_total{status="rate_limited"} has the tool, within its budget.
+        services.metrics.rate_limit(rule_label(result.limit.rule), result.limit.subject_kind)
         ctx.quota_decision = "rejected"
         ctx.quota_rule = result.limit.rule
         error, data = _limit_refusal(result, store.now(), call)
@@ -474,7 +493,7 @@ def _limit_refusal(
     denial: Denial, now: float, call: AgentCall
 ) -> tuple[RateLimitError, dict[str, Any]]:
     limit = denial.limit
-    rule = limit.rule.removeprefix("agent:").split(":", 1)[0]
+    rule = rule_label(limit.rule).removeprefix(COUNTER_PREFIX)
     what = f"tool '{call.tool}'" if call.tool is not None else f"agent '{call.server.name}'"
     left = limit.window.seconds_left(now)
     retry = max(1, math.ceil(left)) if left is not None else None
@@ -521,6 +540,30 @@ def _refuse(
     out.answer = (http_status, body, answer_headers)
 
 
+def _check_mirror(
+    ctx: RequestContext, out: PhaseOutput, request: RpcMessage, tool: str | None
+) -> bool:
+    """Refuse an MCP request whose ``Mcp-Method``/``Mcp-Name`` headers name another
+    call than its body; True if refused."""
+    why = mcp_headers.mismatch(ctx.request_headers, request.method, tool)
+    if why is None:
+        return False
+    invalid = BadRequestError(why, code="header_mismatch")
+    _refuse(ctx, out, [request.id], False, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
+    return True
+
+
+def _refusal_status(error: GatewayError) -> str:
+    """The ``agent.status`` of a request the gateway answered with an HTTP error."""
+    if error.status in {401, 403}:
+        return outcome.DENIED
+    if error.status == 429:
+        return outcome.RATE_LIMITED
+    if isinstance(error, ServiceUnavailableError):
+        return outcome.UNAVAILABLE
+    return outcome.INVALID if error.status < 500 else outcome.UPSTREAM_ERROR
+
+
 def _unchecked_request(messages: list[RpcMessage], governed: dict[str, str]) -> str | None:
     """Why a message meant as a governed request could not be checked as one.
 
@@ -534,10 +577,12 @@ def _unchecked_request(messages: list[RpcMessage], governed: dict[str, str]) -> 
     id, and method names are exact.
     """
     for message in messages:
-        # A method longer than any lax reading of a governed one would take is not a
-        # lookalike; the bound keeps a huge method name from holding the event loop.
-        if message.method is None or len(message.method) > MAX_METHOD_LOOKALIKE:
+        if message.method is None:
             continue
+        if len(message.method) > MAX_METHOD_NAME:
+            # Padding (spaces, zero-width characters) makes a lookalike of any length, and
+            # reading a huge name would hold the event loop: no protocol method is this long.
+            return f"a method name is at most {MAX_METHOD_NAME} characters"
         meant = governed.get(jsonrpc.canonical_method(message.method))
         if meant is None:
             continue
@@ -549,6 +594,18 @@ def _unchecked_request(messages: list[RpcMessage], governed: dict[str, str]) -> 
         if not message.has_id:
             return f"{meant} is a request: it needs an id (a string or an integer)"
     return None
+
+
+def _refuses_gateway_credential(status: int, response_headers: dict[str, str]) -> bool:
+    """Whether the upstream refused the request's credentials: a 401, or a 403 that asks
+    for other authorization (``WWW-Authenticate``, as MCP's insufficient_scope does).
+
+    The client's credentials never reach the upstream, so that is the gateway's own
+    (``api_key``) or the lack of one: the operator's to fix. Passed on, it would tell the
+    client its key is wrong and send an MCP SDK into OAuth against the internal server
+    its ``WWW-Authenticate`` names. (A 403 without it, such as a refused ``Origin``, is
+    about the request and goes on as it came.)"""
+    return status == 401 or (status == 403 and "www-authenticate" in response_headers)
 
 
 def _fail_closed(ctx: RequestContext, out: PhaseOutput, http_status: int, body: bytes) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from extproc.agents import call
 from extproc.config import GatewayConfig
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
@@ -103,6 +104,18 @@ async def test_the_schema_describes_exactly_the_fields_the_code_writes(
     assert set(SCHEMA_DOC["properties"]) == set(plain) | CONTENT_FIELDS | {AGENT_FIELD}
     agent_schema = SCHEMA_DOC["properties"][AGENT_FIELD]
     assert set(agent_schema["properties"]) == set(agent_schema["required"]) == set(agent["agent"])
+
+
+def test_the_schema_allows_every_status_an_agent_call_can_end_with() -> None:
+    """A line whose ``agent.status`` the schema does not list fails strict validation in
+    the pipeline, and that line is the one an operator looks for (a refusal, an outage)."""
+    statuses = {
+        value
+        for name, value in vars(call).items()
+        if name.isupper() and isinstance(value, str) and value.islower()
+    }
+    agent_schema = SCHEMA_DOC["properties"][AGENT_FIELD]
+    assert statuses == set(agent_schema["properties"]["status"]["enum"])
 
 
 async def test_numbers_the_code_always_writes_are_never_null_in_the_schema(
