@@ -13,6 +13,9 @@ The pairs the gateway serves:
 - OpenAI Responses API -> ``openai``: ``openai_responses``: model renamed; usage read
   from the JSON answer or the stream's terminal event. No other provider type has
   the API, and none is translated to.
+- OpenAI text completions -> ``openai``: ``openai_completions``, which is chat's
+  pass-through (model renamed, usage chunk asked for and hidden from clients that did
+  not ask; usage read). Anthropic and Bedrock have no such API: refused with a 400.
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
@@ -51,6 +54,7 @@ from extproc.translators import (
     bedrock_embeddings,
     openai_anthropic,
     openai_bedrock,
+    openai_completions,
     openai_embeddings,
     openai_openai,
     openai_responses,
@@ -110,23 +114,13 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         return _embeddings_request(ctx, parsed, upstream, suffix)
     if route.api is RouteApi.OPENAI_RESPONSES:
         return _responses_request(ctx, parsed, upstream, suffix)
+    if route.api is RouteApi.OPENAI_COMPLETIONS:
+        return _completions_request(ctx, parsed, upstream, suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
-    options = parsed.get("stream_options")
-    ctx.client_wants_usage = (
-        ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
-    )
+    ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
     if kind is ProviderType.OPENAI:
-        rewritten = openai_openai.prepare_request(
-            parsed,
-            upstream.upstream_model,
-            stream=ctx.stream,
-            client_wants_usage=ctx.client_wants_usage,
-        )
-        if rewritten is None and ctx.body_changed:
-            rewritten = parsed
-        body = _json(rewritten) if rewritten is not None else None
-        return RequestPlan(body, upstream.path + suffix, _credentials(upstream))
+        return _openai_request(ctx, parsed, upstream, upstream.path + suffix)
     if kind is ProviderType.ANTHROPIC:
         version = ctx.request_headers.get("anthropic-version", upstream.provider.anthropic_version)
         translated = openai_anthropic.translate_request(
@@ -165,6 +159,10 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
     elif route.api is RouteApi.OPENAI_RESPONSES:
         served = kind is ProviderType.OPENAI
+    elif route.api is RouteApi.OPENAI_COMPLETIONS:
+        if kind is not ProviderType.OPENAI:
+            raise _no_completions_api(ctx, kind)
+        served = True
     else:
         if kind is ProviderType.BEDROCK:
             openai_bedrock.check_request(parsed)
@@ -180,6 +178,42 @@ def _responses_request(
     always report usage: nothing to ask."""
     check_pair(ctx, parsed, upstream)
     return _pass_through(ctx, parsed, upstream, openai_responses.ENDPOINT + suffix)
+
+
+def client_asked_for_usage(ctx: RequestContext, parsed: dict[str, Any]) -> bool:
+    """Whether a streamed OpenAI request asked for its usage chunk itself; when it did
+    not, the gateway asks for it and hides it from the client."""
+    options = parsed.get("stream_options")
+    return ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _completions_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """Text completions go to OpenAI-compatible providers as chat completions do: under
+    the provider's name for the model, a stream asking for its usage."""
+    check_pair(ctx, parsed, upstream)
+    ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
+    path = upstream.provider.path_prefix + openai_completions.ENDPOINT + suffix
+    return _openai_request(ctx, parsed, upstream, path)
+
+
+def _openai_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, path: str
+) -> RequestPlan:
+    """A chat or text completion to an OpenAI-compatible provider: under the provider's
+    name for the model, a stream asking for its usage (``openai_openai.prepare_request``);
+    the client's bytes as they came when nothing changed."""
+    rewritten = openai_openai.prepare_request(
+        parsed,
+        upstream.upstream_model,
+        stream=ctx.stream,
+        client_wants_usage=ctx.client_wants_usage,
+    )
+    if rewritten is None and ctx.body_changed:
+        rewritten = parsed
+    body = _json(rewritten) if rewritten is not None else None
+    return RequestPlan(body, path, _credentials(upstream))
 
 
 def _pass_through(
@@ -254,6 +288,16 @@ def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
     )
 
 
+def _no_completions_api(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
+    """A text completion for a model of a provider type that has no completions API."""
+    return BadRequestError(
+        f"model '{ctx.model}' is served by a provider that speaks the {kind} API, which has "
+        "no text completions API (/v1/completions); send it to /v1/chat/completions",
+        param="model",
+        code="unsupported_model_for_route",
+    )
+
+
 def plan_response(
     ctx: RequestContext,
     status: int,
@@ -292,6 +336,11 @@ def plan_response(
         if streaming:
             return ResponsePlan(openai_responses.EventStreamReader(), streamed=True)
         return ResponsePlan(openai_responses.ResponseReader())
+    if route.api is RouteApi.OPENAI_COMPLETIONS:
+        reader = openai_completions.response_reader(
+            streaming=streaming, client_wants_usage=ctx.client_wants_usage
+        )
+        return ResponsePlan(reader, streamed=streaming)
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

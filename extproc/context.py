@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from extproc.completions_api import estimate_prompt as estimate_completions_prompt
 from extproc.config.model import RouteApi
 from extproc.embeddings import estimate_input_tokens
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_EMBEDDINGS: estimate_input_tokens,
     RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
+    RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
 }
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.errors import BadRequestError
-from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.openai_inputs import check_items, estimate_tokens, positive_int
 
 # OpenAI's limit on the inputs of one request.
 MAX_INPUTS = 2048
@@ -50,7 +50,7 @@ def check_embeddings_body(body: dict[str, Any]) -> None:
             '\'encoding_format\' must be "float" or "base64"', param="encoding_format"
         )
     dimensions = body.get("dimensions")
-    if dimensions is not None and not _positive_int(dimensions):
+    if dimensions is not None and not positive_int(dimensions):
         raise BadRequestError("'dimensions' must be an integer >= 1", param="dimensions")
     if body.get("stream") not in (None, False):
         raise BadRequestError("embeddings cannot be streamed", param="stream")
@@ -71,48 +71,10 @@ def _check_input(value: Any) -> None:
         raise BadRequestError(
             f"'input' has {len(value)} entries; the limit is {MAX_INPUTS}", param="input"
         )
-    first = value[0]
-    if isinstance(first, str):
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise _bad_item(index, "a non-empty string, as the first one is")
-    elif _token_id(first):
-        if not all(_token_id(item) for item in value):
-            raise BadRequestError("'input' mixes token ids with other values", param="input")
-    elif isinstance(first, list):
-        for index, item in enumerate(value):
-            if not isinstance(item, list) or not item or not all(_token_id(t) for t in item):
-                raise _bad_item(index, "a non-empty array of token ids, as the first one is")
-    else:
-        raise _bad_item(0, "a string, a token id or an array of token ids")
-
-
-def _bad_item(index: int, expected: str) -> BadRequestError:
-    return BadRequestError(f"input[{index}] must be {expected}", param=f"input[{index}]")
-
-
-def _token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    check_items(value, "input", empty_strings=False)
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
     """The input's tokens: token ids as given, text at one token per four characters
     (at least one per string, which the provider never bills at zero)."""
-    value = body.get("input")
-    if isinstance(value, str):
-        return max(1, len(value) // CHARS_PER_TOKEN)
-    if not isinstance(value, list):
-        return 0
-    tokens = 0
-    for item in value:
-        if isinstance(item, str):
-            tokens += max(1, len(item) // CHARS_PER_TOKEN)
-        elif isinstance(item, list):
-            tokens += len(item)
-        else:
-            tokens += 1  # one token id
-    return tokens
+    return estimate_tokens(body.get("input"))

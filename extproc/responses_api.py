@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.errors import BadRequestError
+from extproc.openai_inputs import positive_int
 
 
 def check_responses_body(body: dict[str, Any], max_items: int) -> None:
@@ -39,7 +40,7 @@ def check_responses_body(body: dict[str, Any], max_items: int) -> None:
     if instructions is not None and not isinstance(instructions, str):
         raise BadRequestError("'instructions' must be a string", param="instructions")
     allowance = body.get("max_output_tokens")
-    if allowance is not None and not _positive_int(allowance):
+    if allowance is not None and not positive_int(allowance):
         raise BadRequestError(
             "'max_output_tokens' must be an integer >= 1", param="max_output_tokens"
         )
@@ -75,7 +76,3 @@ def _check_input(value: Any, max_items: int) -> None:
                 f"input[{index}] must be an object (a message or another input item)",
                 param=f"input[{index}]",
             )
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

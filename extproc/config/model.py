@@ -264,6 +264,9 @@ class RouteApi(StrEnum):
     # OpenAI's Responses API (/v1/responses): passed through to OpenAI-compatible
     # providers, billed like chat completions (input and output tokens).
     OPENAI_RESPONSES = "openai_responses"
+    # OpenAI's legacy text completions (/v1/completions: a prompt in, choices[].text
+    # out): passed through to OpenAI-compatible providers, billed like chat completions.
+    OPENAI_COMPLETIONS = "openai_completions"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -276,8 +279,14 @@ ROUTE_MODEL_KIND = {
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
+    # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
+    # prompts too: the config has no kind of its own for completion models.
+    RouteApi.OPENAI_COMPLETIONS: ModelKind.CHAT,
 }
 
+
+# The client APIs whose bodies carry no chat messages for enrichment to add to.
+_WITHOUT_MESSAGES = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS})
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
 _HOST = re.compile(
@@ -339,10 +348,8 @@ class RouteConfig(_Section):
             raise ValueError("path must start with / and hold no query or fragment")
         if self.model_from_path and self.path_prefix is None:
             raise ValueError("model_from_path needs a path_prefix")
-        if self.api is RouteApi.OPENAI_EMBEDDINGS and self.enrichment is not None:
-            raise ValueError(
-                "enrichment adds chat messages, and an openai_embeddings route has none"
-            )
+        if self.api in _WITHOUT_MESSAGES and self.enrichment is not None:
+            raise ValueError(f"enrichment adds chat messages, and an {self.api} route has none")
         return self
 
 
@@ -426,11 +433,15 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
         ),
         RouteConfig(name="openai-responses", path="/v1/responses", api=RouteApi.OPENAI_RESPONSES),
+        RouteConfig(
+            name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
+        ),
         # An SDK whose base_url is <gateway>/openai/v1 or <gateway>/openai: its
-        # embeddings and responses calls land under the chat prefix, which would read
-        # them as chat completions (exact paths win over the prefix).
+        # embeddings, responses and completions calls land under the chat prefix, which
+        # would read them as chat completions (exact paths win over the prefix).
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_EMBEDDINGS, "embeddings"),
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_RESPONSES, "responses"),
+        *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_COMPLETIONS, "completions"),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES

@@ -34,6 +34,10 @@ an extra argument delta before the finish chunk of their choice (OpenAI: a new
 call index does not end the one before, parallel calls may interleave) or
 before ``content_block_stop``.
 
+OpenAI's legacy text completions stream the same way, their text in each choice's
+``text`` rather than a delta (``completions``): one channel per choice, whose leftovers go
+out in an extra ``text_completion`` chunk before the choice's finish chunk.
+
 A custom tool's input (OpenAI's ``delta.tool_calls[j].custom.input``, GPT-5 custom
 tools) is a channel of its own per choice and call index too. It is free text, most
 often not JSON, but it is read as arguments are (as JSON while it is JSON, as written
@@ -278,9 +282,11 @@ class _Event:
 class StreamGuard:
     """The client-bound SSE events of one answer, guarded (see module docstring)."""
 
-    def __init__(self, matchers: Matchers, *, anthropic: bool) -> None:
+    def __init__(self, matchers: Matchers, *, anthropic: bool, completions: bool = False) -> None:
         self._matchers = matchers
         self._anthropic = anthropic
+        # OpenAI text completion chunks: a choice's text is its ``text``, not a delta's.
+        self._completions = completions
         self._channels: dict[Channel, TextStream | ArgumentsStream] = {}
         # The tool calls seen, in order: their channels close with their owner's.
         self._calls: list[CallChannel] = []
@@ -417,6 +423,12 @@ class StreamGuard:
                 continue
             index = choice.get("index", 0)
             index = index if isinstance(index, int) else 0
+            if self._completions:
+                if isinstance(choice.get("text"), str):
+                    event.texts.append((index, choice, "text"))
+                if choice.get("finish_reason") is not None:
+                    event.closes.append(index)
+                continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 if isinstance(delta.get("content"), str):
@@ -462,12 +474,18 @@ class StreamGuard:
             payload = {"type": "content_block_delta", "index": owner, "delta": delta}
             return b"event: content_block_delta\ndata: " + orjson.dumps(payload) + _EVENT_END
         chunk = {key: value for key, value in (envelope or {}).items() if key != "choices"}
-        chunk.setdefault("object", "chat.completion.chunk")
+        chunk.setdefault(
+            "object", "text_completion" if self._completions else "chat.completion.chunk"
+        )
         if "usage" in chunk:
             chunk["usage"] = None
-        chunk["choices"] = [
-            {"index": owner, "delta": delta, "logprobs": None, "finish_reason": None}
-        ]
+        # A text completion's channels are its choices' texts alone (no tool calls).
+        choice = (
+            {"index": owner, "text": text}
+            if self._completions
+            else {"index": owner, "delta": delta}
+        )
+        chunk["choices"] = [{**choice, "logprobs": None, "finish_reason": None}]
         return b"data: " + orjson.dumps(chunk) + _EVENT_END
 
     def _delta(self, channel: Channel, text: str) -> tuple[int, dict[str, Any]]:

@@ -1,11 +1,12 @@
 """A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
 
 It answers like OpenAI (chat completions in ``openai_api``, the Responses API in
-``responses_api``), like Anthropic's Messages API (``anthropic_api``) and
-like AWS Bedrock Runtime's Converse API, SigV4 and event stream included (``bedrock_api``),
-with deterministic replies and token counts (``tokens``), misbehaves on request (see ``faults``
-for the ``x-mock-fault`` header), and records what it received (see ``recorder``) so tests can
-check what the gateway sent upstream.
+``responses_api``, legacy text completions in ``completions_api``), like Anthropic's
+Messages API (``anthropic_api``) and like AWS Bedrock Runtime's Converse API, SigV4 and
+event stream included (``bedrock_api``), with deterministic replies and token counts
+(``tokens``), misbehaves on request (see ``faults`` for the ``x-mock-fault`` header), and
+records what it received (see ``recorder``) so tests can check what the gateway sent
+upstream.
 
 Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/completions``,
 ``/openai/v1/responses``, ``/anthropic/v1/messages`` or ``/bedrock/model/{modelId}/converse``
@@ -36,6 +37,7 @@ from aiohttp import web
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
 from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODELS
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
+from extproc.mock_llm.completions_api import CompletionsEndpoint
 from extproc.mock_llm.embeddings_api import EmbeddingsEndpoint
 from extproc.mock_llm.faults import NO_FAULT, parse_fault
 from extproc.mock_llm.moderation_api import moderations
@@ -96,6 +98,9 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
+        self.completions = CompletionsEndpoint(
+            chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
+        )
         self.anthropic = AnthropicEndpoints(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
@@ -115,6 +120,8 @@ class _MockApp:
         """The method and endpoint for a provider path, or None."""
         if path.endswith("/chat/completions"):
             return "POST", self.openai.chat_completions
+        if path.endswith("/completions"):  # after chat's, which ends the same way
+            return "POST", self.completions.create
         if path.endswith("/responses"):
             return "POST", self.responses.create
         if path.endswith("/v1/messages/count_tokens"):

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import check_pair, plan_request
+from extproc.backends import check_pair, client_asked_for_usage, plan_request
+from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.embeddings import check_embeddings_body
@@ -28,6 +29,7 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import nesting_depth_over
+from extproc.openai_inputs import check_choices
 from extproc.responses_api import check_responses_body
 from extproc.runtime import Route
 from extproc.stages.attempt import failover_plan
@@ -112,10 +114,7 @@ class UpstreamRequestStage:
         if ctx.failover_model is not None:
             # Each attempt is translated and signed by the per-attempt filter, for
             # whichever provider Envoy tries, from the client's body and the chain.
-            options = ctx.body.get("stream_options")
-            ctx.client_wants_usage = (
-                ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
-            )
+            ctx.client_wants_usage = client_asked_for_usage(ctx, ctx.body)
             failover = failover_plan(ctx)
             out.body = body_with_chain(ctx.body, failover.chain)
             out.set_headers["content-length"] = str(len(out.body))
@@ -211,7 +210,15 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
         parsed = parse_json_object(body, limits.max_json_depth)
         check_responses_body(parsed, limits.max_messages)
         return parsed
-    return parse_chat_body(body, limits.max_messages, limits.max_json_depth)
+    if api is RouteApi.OPENAI_COMPLETIONS:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_completions_body(parsed, limits.max_messages)
+        return parsed
+    parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
+    if api is RouteApi.OPENAI_CHAT:
+        # The quota reserves the allowance once per choice (``stages.quota``).
+        check_choices(parsed, "n")
+    return parsed
 
 
 def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:

@@ -12,8 +12,9 @@ whose vectors are not billed as tokens):
 
 - a cut answer: the allowance the quota reserved (the body's ``max_tokens`` /
   ``max_completion_tokens`` / ``max_output_tokens``, lowered by a hard cap when one
-  capped it, else ``quotas.default_max_tokens``), the most the provider may have
-  generated: the gateway saw none of it;
+  capped it, else ``quotas.default_max_tokens``; for a text completion, times the
+  completions it asked for: ``quota.reserved_completion``), the most the provider may
+  have generated: the gateway saw none of it;
 - a whole answer: its generated text, one token per four characters, as a cut stream's
   (``partial_usage.generated_chars``): an answer that carries no count is charged what
   it carries, not the allowance (a provider that never reports usage would otherwise
@@ -64,7 +65,12 @@ from extproc.stages.quota import reserved_completion
 
 # The client APIs whose answers generate text, billed as completion tokens.
 _GENERATES = frozenset(
-    {RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_RESPONSES}
+    {
+        RouteApi.OPENAI_CHAT,
+        RouteApi.ANTHROPIC_MESSAGES,
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_COMPLETIONS,
+    }
 )
 # The client APIs whose requests a provider bills by their tokens.
 _BILLED = _GENERATES | {RouteApi.OPENAI_EMBEDDINGS}

@@ -13,6 +13,10 @@ body: buffered answers are checked whole (webhook, then matchers), streamed
 ones event by event with ``guardrails.stream``. Only answers with a 2xx status
 are guarded; errors pass as they are.
 
+OpenAI text completion routes (``guardrails.completion_text``) guard the prompt's
+strings and ``suffix`` (a prompt of token ids is not text, and passes unread), whole
+answers' ``choices[].text``, and streams event by event as chat streams are.
+
 OpenAI Responses API routes (``guardrails.responses_text``) guard requests and
 whole answers. A stream of theirs repeats its text outside its deltas (in the
 ``.done`` events and the terminal response), which the stream guard does not
@@ -37,6 +41,8 @@ from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardCon
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, anthropic_error_body
+from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
+from extproc.guardrails.completion_text import request_slots as completion_request_slots
 from extproc.guardrails.content import (
     TextSlot,
     anthropic_answer_slots,
@@ -198,6 +204,8 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
         return input_slots(ctx.body)
     if ctx.route.api is RouteApi.OPENAI_RESPONSES:
         return responses_request_slots(ctx.body)
+    if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
+        return completion_request_slots(ctx.body)
     return request_slots(ctx.body)
 
 
@@ -205,7 +213,8 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
     changed = False
     for guard, client in phase.webhooks:
         if not slots:
-            # No text (an embeddings request of token ids): nothing to ask it about.
+            # No text (an embeddings request or a text completion of token ids): nothing
+            # to ask it about.
             record(ctx, guard.name, "request", "pass")
             continue
         messages = [{"role": slot.role, "content": slot.text} for slot in slots]
@@ -291,8 +300,11 @@ class GuardResponseStage:
             return
         anthropic = route.api is RouteApi.ANTHROPIC_MESSAGES
         streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
+        completions = route.api is RouteApi.OPENAI_COMPLETIONS
         ctx.response_guard = (
-            StreamGuard(guards.response.matchers, anthropic=anthropic) if streamed else guards
+            StreamGuard(guards.response.matchers, anthropic=anthropic, completions=completions)
+            if streamed
+            else guards
         )
         # Masking changes the body's length.
         if "content-length" not in out.remove_headers:
@@ -346,6 +358,8 @@ class GuardResponseStage:
             return answer, anthropic_answer_slots(answer)
         if ctx.route.api is RouteApi.OPENAI_RESPONSES:
             return answer, responses_answer_slots(answer)
+        if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
+            return answer, completion_answer_slots(answer)
         return answer, openai_answer_slots(answer)
 
     async def _buffered_with_webhooks(

@@ -2,7 +2,7 @@
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
-send on at least one route that serves it (chat, responses or embeddings, by the
+send on at least one route that serves it (chat, responses, completions or embeddings, by the
 model's ``kind`` and the provider types each API reaches), as the chat request
 stage would decide it there (the route's provider and fixed model, the key's
 ``allowed_models`` and ``allowed_routes``, the access rules of that route).
@@ -26,12 +26,14 @@ _USING_APIS = frozenset(
         RouteApi.ANTHROPIC_MESSAGES,
         RouteApi.OPENAI_EMBEDDINGS,
         RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_COMPLETIONS,
     }
 )
 # The client APIs served by one provider type only (nothing translates to them).
 _ONLY_PROVIDER = {
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
     RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
+    RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
 }
 
 

@@ -4,7 +4,8 @@ charged and recorded.
 When a client hangs up mid-stream (or the upstream resets), the provider never
 sends its usage report, yet it generated, and bills, what the client already
 got. This stage counts the characters of generated text in the provider's
-stream as it passes (the string values of ``content``, ``text``, the tool-call
+stream as it passes (the string values of ``content``, ``text`` (a text completion
+carries its answer in ``choices[].text``), the tool-call
 fields ``arguments``, ``partial_json`` and ``input``, and the reasoning fields
 ``thinking``, ``reasoning_content`` and ``reasoning``, reasoning being billed as
 output: where OpenAI's SSE, the SSE of OpenAI-compatible providers, Anthropic's

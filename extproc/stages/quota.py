@@ -19,10 +19,13 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from extproc.backends import ANTHROPIC_APIS
+from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
+from extproc.completions_api import generated_choices
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
+from extproc.openai_inputs import choices
 from extproc.quota.estimate import (
     CHAT_ALLOWANCE_FIELDS,
     RESPONSES_ALLOWANCE_FIELDS,
@@ -128,6 +131,9 @@ def reserved_completion(ctx: RequestContext) -> int:
     """The completion allowance the quota reserves for a request (beside its prompt
     estimate): the body's own, or ``quotas.default_max_tokens``; none for an embeddings
     call, whose vectors are not billed as tokens (a token count reserves nothing at all).
+    The allowance is per choice, and a chat completion's ``n`` or a text completion's
+    batch and ``best_of`` ask for several (``_choices``): the reservation is the
+    allowance times their number.
 
     Read from the body as it went upstream: once a hard cap lowered the allowance, the
     capped one, the most the provider may generate (``cut_answer`` charges it)."""
@@ -135,7 +141,22 @@ def reserved_completion(ctx: RequestContext) -> int:
     if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
         return 0
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
-    return completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
+    allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
+    return allowance * _choices(ctx)
+
+
+def _choices(ctx: RequestContext) -> int:
+    """How many completions of the allowance each the provider generates: a chat
+    completion's ``n``, a text completion's prompts times its ``best_of`` (or ``n``); one
+    for the other APIs."""
+    route = ctx.route
+    if ctx.body is None or route is None:
+        return 1
+    if route.api is RouteApi.OPENAI_CHAT:
+        return choices(ctx.body)
+    if route.api is RouteApi.OPENAI_COMPLETIONS:
+        return generated_choices(ctx.body)
+    return 1
 
 
 def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
@@ -152,7 +173,9 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if not capped or ctx.body is None:
         return
     prompt = ctx.estimated_prompt_tokens()
-    completion = min(_left_before(reservation, i) for i in capped) - prompt
+    # Shared by the completions the provider generates: each gets its part of the room.
+    choices = _choices(ctx)
+    completion = (min(_left_before(reservation, i) for i in capped) - prompt) // choices
     embeddings = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS
     if completion < _least_completion(ctx):
         store = ctx.runtime.services.quota_store
@@ -161,7 +184,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         # cannot give them back a second time.
         ctx.reservation = None
         store.settle(reservation, None)
-        room = max(1, _least_completion(ctx))
+        room = max(1, _least_completion(ctx)) * choices
         refusal, limit = _capped_refusal(reservation, capped, prompt, store.now(), room)
         # A refusal like the store's: aigw_rate_limited_total counts both.
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
@@ -199,15 +222,20 @@ def _allowance_field(ctx: RequestContext) -> str:
         return "max_tokens"
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
         return "max_output_tokens"
+    if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
+        return "max_tokens"  # the completions API has no other
     return "max_completion_tokens"
 
 
 def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
     """Where a body of the request's API bounds its completion: the Responses API reads
-    ``max_output_tokens`` alone (a ``max_tokens`` there is no allowance of its)."""
+    ``max_output_tokens`` alone (a ``max_tokens`` there is no allowance of its), text
+    completions ``max_tokens`` alone."""
     route = ctx.route
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
         return RESPONSES_ALLOWANCE_FIELDS
+    if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
+        return COMPLETIONS_ALLOWANCE_FIELDS
     return CHAT_ALLOWANCE_FIELDS
 
 

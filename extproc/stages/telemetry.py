@@ -65,6 +65,7 @@ class TelemetryStage:
                 anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
                 max_chars=telemetry.log.max_content_chars,
                 responses=route is not None and route.api is RouteApi.OPENAI_RESPONSES,
+                completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
             )
 
     def response_body(

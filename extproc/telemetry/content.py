@@ -23,6 +23,11 @@ their role, function calls as the assistant's, their outputs as ``tool``); its a
 is the text of its output messages (a stream's ``response.output_text.delta`` events)
 and its function calls.
 
+An OpenAI text completion request (``/v1/completions``) reads as user messages: its
+prompt (each prompt of a batch; token ids, which are no text to the gateway, as a
+``[token ids]`` marker), then its ``suffix``; its answer is its choices' ``text`` (a
+stream's, choice 0's, as for chat).
+
 The answer is the provider's (after translation), i.e. outside input: reading
 it never raises, whatever its shape, because the log line, the metrics and the
 usage rollup are written after it and must not be lost to an odd answer.
@@ -46,6 +51,7 @@ class ContentCapture:
     __slots__ = (
         "_anthropic",
         "_chunks",
+        "_completions",
         "_limit",
         "_output",
         "_read",
@@ -54,10 +60,18 @@ class ContentCapture:
         "truncated",
     )
 
-    def __init__(self, *, anthropic: bool, max_chars: int, responses: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        anthropic: bool,
+        max_chars: int,
+        responses: bool = False,
+        completions: bool = False,
+    ) -> None:
         self._anthropic = anthropic
-        # An OpenAI Responses API exchange (the module docstring).
+        # An OpenAI Responses API exchange, or a text completion (the module docstring).
         self._responses = responses
+        self._completions = completions
         self._limit = max_chars
         self._chunks: list[bytes] = []
         self._streamed = False
@@ -84,6 +98,8 @@ class ContentCapture:
         try:
             if self._responses:
                 messages = _responses_conversation(body)
+            elif self._completions:
+                messages = _completions_prompt(body)
             else:
                 messages = _conversation(body, self._anthropic)
         except Exception as exc:  # the line must be written whatever happens
@@ -243,7 +259,9 @@ def _body_text(body: bytes, anthropic: bool) -> str | None:
     texts = []
     for choice in choices:
         message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            texts.append(choice["text"])  # a text completion's choice
+        elif isinstance(message, dict):
             text = _text_of(message.get("content"))
             calls = _listed(message.get("tool_calls"))
             if calls:
@@ -282,6 +300,9 @@ def _stream_text(body: bytes, anthropic: bool) -> str | None:
         for choice in _listed(event.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
+            if isinstance(choice.get("text"), str):
+                pieces.append(choice["text"])  # a text completion's chunk
+                continue
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 continue
@@ -297,6 +318,22 @@ def _stream_text(body: bytes, anthropic: bool) -> str | None:
                     if isinstance(arguments, str):
                         pieces.append(arguments)
     return "".join(pieces) if saw_event else None
+
+
+def _completions_prompt(body: dict[str, Any]) -> list[dict[str, str]]:
+    """A text completion request as user messages: each prompt, then the ``suffix``."""
+    value = body.get("prompt")
+    prompts = [value] if isinstance(value, str) else _listed(value)
+    if prompts and not isinstance(prompts[0], str | list):
+        prompts = [prompts]  # one prompt of token ids
+    messages = [
+        {"role": "user", "content": prompt if isinstance(prompt, str) else "[token ids]"}
+        for prompt in prompts
+    ]
+    suffix = body.get("suffix")
+    if isinstance(suffix, str):
+        messages.append({"role": "user", "content": suffix})
+    return messages
 
 
 def _responses_conversation(body: dict[str, Any]) -> list[dict[str, str]]:

@@ -79,6 +79,8 @@ OPERATIONS = {
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
+    # The conventions' own value for OpenAI's legacy completions API.
+    RouteApi.OPENAI_COMPLETIONS: "text_completion",
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
 # attribute, and the label of gen_ai_client_token_usage).

@@ -21,6 +21,9 @@ HELLO = [{"role": "user", "content": "x"}]
         ("/v1/embeddings", {"model": "claude-3-5-haiku-latest", "input": "x"}),
         ("/v1/embeddings", {"model": "titan-embed", "input": ["one", "two"]}),
         ("/v1/responses", {"model": "claude-3-5-haiku-latest", "input": "x"}),
+        # Text completions: OpenAI-compatible providers only.
+        ("/v1/completions", {"model": "claude-3-5-haiku-latest", "prompt": "x"}),
+        ("/v1/completions", {"model": "titan", "prompt": "x"}),
         # What Converse cannot do, at the body's top level.
         ("/v1/chat/completions", {"model": "titan", "messages": HELLO, "service_tier": "scale"}),
         ("/v1/chat/completions", {"model": "titan", "messages": HELLO, "n": 2}),
