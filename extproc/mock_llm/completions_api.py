@@ -46,6 +46,7 @@ from extproc.mock_llm.openai_api import (
     InvalidRequestError,
     error_response,
     json_request,
+    optional_positive_int,
     precheck,
 )
 from extproc.mock_llm.recorder import Body
@@ -131,17 +132,6 @@ def _prompts(value: Any) -> list[Prompt]:
     )
 
 
-def _positive(doc: dict[str, Any], name: str, default: int) -> int:
-    value = doc.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer >= 1, got {value!r}.", name, "invalid_value"
-        )
-    return value
-
-
 def _flag(doc: dict[str, Any], name: str) -> bool:
     value = doc.get(name)
     if value is not None and not isinstance(value, bool):
@@ -160,8 +150,8 @@ def parse_completions_request(body: Body) -> CompletionsRequest:
         model=model,
         prompts=_prompts(doc.get("prompt")),
         suffix=suffix or "",
-        max_tokens=_positive(doc, "max_tokens", DEFAULT_MAX_TOKENS),
-        n=_positive(doc, "n", 1),
+        max_tokens=optional_positive_int(doc, "max_tokens") or DEFAULT_MAX_TOKENS,
+        n=optional_positive_int(doc, "n") or 1,
         echo=_flag(doc, "echo"),
         stream=_flag(doc, "stream"),
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,

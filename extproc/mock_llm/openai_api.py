@@ -78,7 +78,7 @@ class ChatRequest:
     service_tier: str = "default"
 
 
-def _optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
+def optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
     value = doc.get(name)
     if value is None:
         return None
@@ -129,9 +129,9 @@ def parse_chat_request(body: Body) -> ChatRequest:
     stream_options = doc.get("stream_options")
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     # max_completion_tokens supersedes the deprecated max_tokens when both are sent.
-    max_tokens = _optional_positive_int(doc, "max_completion_tokens")
+    max_tokens = optional_positive_int(doc, "max_completion_tokens")
     if max_tokens is None:
-        max_tokens = _optional_positive_int(doc, "max_tokens")
+        max_tokens = optional_positive_int(doc, "max_tokens")
     return ChatRequest(
         model,
         messages,
