@@ -23,6 +23,13 @@ read usage): the model's price entry for that tier, if the table has one,
 else the model's own price. The standard tier (``default``, ``standard``), an answer
 that names none, and a stream cut before it named one are billed at the model's own
 price.
+
+A request whose prompt is above its price entry's ``long_context`` threshold is priced
+wholly at the long-context prices (prompt, cache reads and writes, completion), as
+Anthropic bills Claude Sonnet 4's prompts above 200K tokens. The prompt is the usage's
+``prompt_tokens``, cache reads and writes included, as the providers count it toward the
+threshold; for a stream cut short, the estimate its usage holds. The entry is the tier's
+when the tier has one, so the tier is picked first, then the length.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from extproc.config.pricing_model import STANDARD_TIERS, ModelPrice, PricingConfig, TierPrice
+from extproc.config.pricing_model import (
+    STANDARD_TIERS,
+    ModelPrice,
+    PerTokenPrice,
+    PricingConfig,
+    TierPrice,
+)
 from extproc.model_names import comparable
 from extproc.translators.base import reported_service_tier
 
@@ -58,7 +71,8 @@ class TokenPrices:
     """Picodollars per token: input (uncached), cached input, output, cache writes
     (5-minute, and Claude's 1-hour cache); and picodollars per request of each server
     tool, by the name the provider's usage gives it (``web_search``). ``tiers``: the
-    prices of the service tiers the table prices apart, by the provider's tier name."""
+    prices of the service tiers the table prices apart, by the provider's tier name.
+    ``long_context``: the prices of a prompt above its threshold, if billed apart."""
 
     input: int
     cached_input: int
@@ -67,6 +81,7 @@ class TokenPrices:
     cache_write_1h_input: int
     server_tools: Mapping[str, int] = field(default_factory=dict)
     tiers: Mapping[str, TokenPrices] = field(default_factory=dict)
+    long_context: LongContextPrices | None = None
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -77,9 +92,19 @@ class TokenPrices:
 
 
 @dataclass(frozen=True, slots=True)
+class LongContextPrices:
+    """The prices of a request whose prompt has more than ``above_input_tokens`` tokens."""
+
+    above_input_tokens: int
+    prices: TokenPrices
+
+
+@dataclass(frozen=True, slots=True)
 class Cost:
     picousd: int
     priced: bool
+    # Priced at the long-context prices: the prompt was above the entry's threshold.
+    long_context: bool = False
 
     @property
     def usd(self) -> Decimal:
@@ -119,16 +144,35 @@ def _entry_prices(
     price: TierPrice, tools: Mapping[str, Decimal], tiers: Mapping[str, TokenPrices]
 ) -> TokenPrices:
     """One price entry (a model's own or a tier's) in picodollars; its server tool prices
-    override ``tools`` (the table's, or for a tier the model's) tool by tool."""
-    tools = {**tools, **price.server_tools_per_thousand}
+    override ``tools`` (the table's, or for a tier the model's) tool by tool. Its
+    long-context prices keep its server tool prices: a search costs the same after a
+    long prompt."""
+    server_tools = {
+        name: _per_request(each)
+        for name, each in {**tools, **price.server_tools_per_thousand}.items()
+    }
+    long = price.long_context
+    long_prices = None
+    if long is not None:
+        long_prices = LongContextPrices(long.above_input_tokens, _token_prices(long, server_tools))
+    return _token_prices(price, server_tools, tiers, long_prices)
+
+
+def _token_prices(
+    price: PerTokenPrice,
+    server_tools: Mapping[str, int],
+    tiers: Mapping[str, TokenPrices] | None = None,
+    long_context: LongContextPrices | None = None,
+) -> TokenPrices:
     return TokenPrices(
         input=_per_token(price.input_per_million),
         cached_input=_per_token(price.cached_input),
         output=_per_token(price.output_per_million),
         cache_write_input=_per_token(price.cache_write_input),
         cache_write_1h_input=_per_token(price.cache_write_1h_input),
-        server_tools={name: _per_request(each) for name, each in tools.items()},
-        tiers=tiers,
+        server_tools=server_tools,
+        tiers=tiers or {},
+        long_context=long_context,
     )
 
 
@@ -137,12 +181,19 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
     the cached-input price, written to its 1-hour cache at the 1-hour cache-write price,
     written to it otherwise at the cache-write price, the rest at the input price;
     completion tokens at the output price; each server tool request at its tool's price.
+    All at the long-context prices when the prompt (cache reads and writes included) is
+    above their threshold: the provider bills the whole request at them, not only the
+    tokens past it.
 
     Each part is clamped to what the prompt has left, so a malformed report never bills
     more prompt tokens than the prompt has, nor any twice. A server tool without a price
     adds nothing and makes the cost ``priced=False``: the bill is short and says so."""
     if prices is None:
         return UNPRICED
+    long_context = False
+    long = prices.long_context
+    if long is not None and usage.prompt_tokens > long.above_input_tokens:
+        prices, long_context = long.prices, True
     cached = _part(usage.cached_tokens, usage.prompt_tokens)
     written = _part(usage.cache_write_tokens, usage.prompt_tokens - cached)
     # The 1-hour part is what the provider named as such; the other writes are 5-minute.
@@ -157,7 +208,7 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
         max(count, 0) * prices.server_tools.get(name, 0)
         for name, count in usage.server_tool_requests.items()
     )
-    return Cost(tokens + tools, not unpriced_server_tools(usage, prices))
+    return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
 
 
 def unpriced_server_tools(usage: Usage, prices: TokenPrices) -> list[str]:

@@ -18,6 +18,14 @@ bill it at that tier's price (OpenAI's ``flex`` at about half the standard price
 full price entry of each such tier, by the name the provider's answer reports
 (``chargeback.pricing`` picks it). The standard tier's names (``default``, ``standard``,
 ``auto``) are the model's own price and cannot have an entry.
+
+Long context: some providers bill a request whose prompt is above a number of tokens at
+higher prices, the whole request (Anthropic's Claude Sonnet 4 and 4.5 with the 1M-token
+window above 200K: 2x input, 1.5x output; Gemini 2.5 Pro above 200K). A model's (or a
+tier's) ``long_context`` gives that threshold and the prices above it. Its cache prices
+must be given wherever the entry it belongs to gives its own, and a tier of a model that
+has one must have its own: left to a default, either would bill long prompts at a price
+nobody set.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # Six decimals of a USD-per-million price are one picodollar per token (and of a
 # USD-per-thousand price, a thousand picodollars per request).
@@ -41,6 +49,13 @@ ServiceTierName = Annotated[str, Field(pattern=TIER_NAME_PATTERN)]
 # Anthropic "standard"; Groq "on_demand"): billed at the model's own price, so an entry
 # would be a second, contradicting price for the same requests.
 STANDARD_TIERS = frozenset({"default", "standard", "auto", "on_demand"})
+# The prompt-cache prices, which default from the input price when left out.
+_CACHE_PRICE_KEYS = (
+    "cached_input_per_million",
+    "cache_write_input_per_million",
+    "cache_write_1h_input_per_million",
+)
+_TOKEN_PRICE_KEYS = ("input_per_million", "output_per_million", *_CACHE_PRICE_KEYS)
 
 
 def _exact(value: Decimal) -> Decimal:
@@ -63,8 +78,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TierPrice(_Section):
-    """USD per million tokens of one model: its own price, or one service tier's."""
+class PerTokenPrice(_Section):
+    """USD per million tokens of each kind of token: the keys every price entry has."""
 
     input_per_million: Price
     output_per_million: Price
@@ -77,25 +92,11 @@ class TierPrice(_Section):
     # Prompt tokens written to Claude's 1-hour cache (2x the input price). Default: the
     # cache-write price, so a table written before the split bills as it did.
     cache_write_1h_input_per_million: Price | None = None
-    # USD per 1,000 requests of each server tool, when this model's differ from
-    # pricing.server_tools_per_thousand (tool by tool; the others keep that price).
-    server_tools_per_thousand: ServerToolPrices = {}
 
-    @field_validator(
-        "input_per_million",
-        "output_per_million",
-        "cached_input_per_million",
-        "cache_write_input_per_million",
-        "cache_write_1h_input_per_million",
-    )
+    @field_validator(*_TOKEN_PRICE_KEYS)
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         return None if value is None else _exact(value)
-
-    @field_validator("server_tools_per_thousand")
-    @classmethod
-    def _tool_prices(cls, value: ServerToolPrices) -> ServerToolPrices:
-        return _exact_tool_prices(value)
 
     @property
     def cached_input(self) -> Decimal:
@@ -116,12 +117,62 @@ class TierPrice(_Section):
         return self.cache_write_1h_input_per_million
 
 
+class LongContextPrice(PerTokenPrice):
+    """The prices of a request whose prompt is above ``above_input_tokens``, all of it.
+
+    Whole, as a tier's entry: its unset cache prices follow its own input price. Server
+    tools cost the same at any prompt length, so it has none of its own."""
+
+    # The prompt as the provider counts it toward the threshold: every prompt token,
+    # cache reads and writes included (Anthropic: input_tokens +
+    # cache_creation_input_tokens + cache_read_input_tokens). Above it, not at it.
+    above_input_tokens: int = Field(gt=0)
+
+
+class TierPrice(PerTokenPrice):
+    """USD per million tokens of one model: its own price, or one service tier's."""
+
+    # USD per 1,000 requests of each server tool, when this model's differ from
+    # pricing.server_tools_per_thousand (tool by tool; the others keep that price).
+    server_tools_per_thousand: ServerToolPrices = {}
+    # The price of requests whose prompt is above a number of tokens, when the provider
+    # bills them apart. Default: none, one price at any length.
+    long_context: LongContextPrice | None = None
+
+    @field_validator("server_tools_per_thousand")
+    @classmethod
+    def _tool_prices(cls, value: ServerToolPrices) -> ServerToolPrices:
+        return _exact_tool_prices(value)
+
+    @field_validator("long_context")
+    @classmethod
+    def _long_cache_prices(
+        cls, value: LongContextPrice | None, info: ValidationInfo
+    ) -> LongContextPrice | None:
+        """A cache price the entry gives apart, its long_context gives too: by default
+        the long-context cache reads would cost the long-context input price, ten times
+        Anthropic's bill for them."""
+        if value is None:
+            return value
+        missing = [
+            key
+            for key in _CACHE_PRICE_KEYS
+            if info.data.get(key) is not None and getattr(value, key) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"give {', '.join(missing)} here too, as the entry it belongs to does: "
+                "left out, a long-context cache price is the long-context input price"
+            )
+        return value
+
+
 class ModelPrice(TierPrice):
     """One model's price, and the prices of the service tiers the provider bills apart.
 
     A tier's entry is whole, as the model's own: its defaults (cached input, cache writes)
-    follow the tier's own input price, and it has no tiers of its own. Its server tool
-    prices are added to the model's, tool by tool.
+    follow the tier's own input price, its long_context is its own, and it has no tiers
+    of its own. Its server tool prices are added to the model's, tool by tool.
     """
 
     # The tier the provider reports serving the request at -> that tier's price. A tier
@@ -130,13 +181,26 @@ class ModelPrice(TierPrice):
 
     @field_validator("service_tiers")
     @classmethod
-    def _no_standard_tier(cls, value: dict[str, TierPrice]) -> dict[str, TierPrice]:
+    def _no_standard_tier(
+        cls, value: dict[str, TierPrice], info: ValidationInfo
+    ) -> dict[str, TierPrice]:
         standard = sorted(STANDARD_TIERS.intersection(value))
         if standard:
             raise ValueError(
                 f"{standard[0]!r} is the standard tier, billed at the model's own price: "
                 "give that price in the model's entry, not under service_tiers"
             )
+        # A tier's entry is whole, so neither price would be right for a long prompt at a
+        # tier without its own: the tier's (its short price) nor the model's long one (a
+        # sixth of a fast-mode bill). The operator says which, even if it is the tier's.
+        if info.data.get("long_context") is not None:
+            short = sorted(name for name, tier in value.items() if tier.long_context is None)
+            if short:
+                raise ValueError(
+                    f"{short[0]!r} needs a long_context of its own, since the model prices "
+                    "long prompts apart (repeat the tier's prices there to bill long "
+                    "prompts at them)"
+                )
         return value
 
 

@@ -45,7 +45,18 @@ MINI_FLEX = (Decimal("0.075"), Decimal("0.30"))
 SONNET_PRIORITY = (Decimal("3.60"), Decimal("18.00"))
 TIERS = {
     MINI: {"flex": {"input_per_million": "0.075", "output_per_million": "0.30"}},
-    SONNET: {"priority": {"input_per_million": "3.60", "output_per_million": "18.00"}},
+    # Sonnet prices prompts above 200K tokens apart, so its tier must price them too.
+    SONNET: {
+        "priority": {
+            "input_per_million": "3.60",
+            "output_per_million": "18.00",
+            "long_context": {
+                "above_input_tokens": 200000,
+                "input_per_million": "7.20",
+                "output_per_million": "27.00",
+            },
+        }
+    },
 }
 
 

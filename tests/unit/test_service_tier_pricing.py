@@ -52,7 +52,11 @@ TIERS: dict[str, dict[str, Any]] = {
         "priority": {"input_per_million": "0.25", "cached_input_per_million": "0.125",
                      "output_per_million": "1.00"},
     },
-    SONNET: {"priority": {"input_per_million": "3.60", "output_per_million": "18.00"}},
+    # Sonnet prices prompts above 200K tokens apart, so its tier must price them too.
+    SONNET: {"priority": {"input_per_million": "3.60", "output_per_million": "18.00",
+                          "long_context": {"above_input_tokens": 200000,
+                                           "input_per_million": "7.20",
+                                           "output_per_million": "27.00"}}},
 }  # fmt: skip
 
 # An OpenAI answer's usage: 1000 prompt tokens of which 400 cached, 200 completion tokens.
