@@ -48,6 +48,10 @@ def enrich(
     messages = body.get(key)
     if responses and isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
+    elif responses and messages is None:
+        # No input: a stored prompt or conversation is the input; the route's messages
+        # still go with it (extproc.responses_api).
+        messages = []
     if not isinstance(messages, list):
         return
     if not anthropic:

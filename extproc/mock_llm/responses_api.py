@@ -4,10 +4,14 @@ Requests are checked as OpenAI checks them: ``model``; ``input``, a string (one 
 message) or an array of input items, of which messages (``{"role": "user" | "system" |
 "developer" | "assistant", "content": str | [parts]}``, ``"type": "message"`` optional) are
 read and other items (function calls and their outputs, reasoning, references) accepted and
-ignored; ``instructions`` (a string); ``max_output_tokens`` (an integer >= 16, as OpenAI
-requires); ``stream``, ``background``, ``store`` (booleans); ``previous_response_id`` (a
-string, not looked up); ``service_tier`` (as for chat completions); ``text.format`` (JSON
-answers, as chat's ``response_format``). Other fields are accepted and ignored.
+ignored; ``input`` may be left out when the request names a stored ``prompt``, a
+``previous_response_id`` or a ``conversation``, as OpenAI allows; ``instructions`` (a
+string); ``max_output_tokens`` (an integer >= 16, as OpenAI requires); ``stream``,
+``background``, ``store`` (booleans); ``previous_response_id`` (a string, not looked up);
+``prompt`` (an object: the mock stores no prompts, so it reads one as a user message made
+of its ``variables``' text, strings and ``input_text`` values joined with a space, before
+the input); ``service_tier`` (as for chat completions); ``text.format`` (JSON answers, as
+chat's ``response_format``). Other fields are accepted and ignored.
 
 Replies and usage follow ``tokens``, through the chat rules: ``instructions`` is one more
 message before the input, a string input is one user message, and a message's text is its
@@ -71,6 +75,8 @@ from extproc.mock_llm.scripted import REPLY_HEADER, ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import prompt_tokens, reply_pieces, reply_text
 
 MIN_OUTPUT_TOKENS = 16  # OpenAI refuses a smaller max_output_tokens
+# Fields that name context the provider holds, which may stand in for ``input``.
+_STORED_CONTEXT = ("prompt", "previous_response_id", "conversation")
 ROLES = ("user", "system", "developer", "assistant")
 # Content parts whose text counts: what users send, and what earlier answers sent back.
 TEXT_PARTS = ("input_text", "output_text")
@@ -148,9 +154,12 @@ def _message(item: dict[str, Any], param: str) -> dict[str, Any]:
     return {"role": role, "content": _content_text(item["content"], f"{param}.content")}
 
 
-def input_messages(value: object) -> list[dict[str, Any]]:
-    """``input`` as chat messages; items other than messages count for nothing."""
+def input_messages(value: object, *, stored_context: bool = False) -> list[dict[str, Any]]:
+    """``input`` as chat messages; items other than messages count for nothing. With
+    ``stored_context`` (a prompt, an earlier response, a conversation) it may be absent."""
     if value is None:
+        if stored_context:
+            return []
         raise InvalidRequestError(
             "Missing required parameter: 'input'.", "input", "missing_required_parameter"
         )
@@ -166,6 +175,31 @@ def input_messages(value: object) -> list[dict[str, Any]]:
         if item.get("type", "message") == "message":
             messages.append(_message(item, param))
     return messages
+
+
+def prompt_message(prompt: object) -> dict[str, Any] | None:
+    """A stored prompt as the mock reads it: a user message of its variables' text (the
+    module docstring); None when the request names none or its variables hold no text."""
+    if prompt is None:
+        return None
+    if not isinstance(prompt, dict) or not isinstance(prompt.get("id"), str):
+        raise _invalid_type("prompt", "an object with a string 'id'")
+    variables = prompt.get("variables")
+    if variables is None:
+        return None
+    if not isinstance(variables, dict):
+        raise _invalid_type("prompt.variables", "an object")
+    texts: list[str] = []
+    for name, value in variables.items():
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            text = value.get("text")
+            if value.get("type") == "input_text" and isinstance(text, str):
+                texts.append(text)
+        else:
+            raise _invalid_type(f"prompt.variables.{name}", "a string or an input object")
+    return {"role": "user", "content": " ".join(texts)} if texts else None
 
 
 def _optional(doc: dict[str, Any], name: str, kind: type, expected: str) -> Any:
@@ -207,7 +241,11 @@ def _text_format(doc: dict[str, Any]) -> dict[str, Any] | None:
 def parse_responses_request(body: Body) -> ResponsesRequest:
     """Validate the fields the mock relies on; everything else is accepted and ignored."""
     doc, model = json_request(body)
-    messages = input_messages(doc.get("input"))
+    stored = any(doc.get(name) is not None for name in _STORED_CONTEXT)
+    messages = input_messages(doc.get("input"), stored_context=stored)
+    prompt = prompt_message(doc.get("prompt"))
+    if prompt is not None:
+        messages.insert(0, prompt)
     instructions: str | None = _optional(doc, "instructions", str, "a string")
     if instructions is not None:
         messages.insert(0, {"role": "system", "content": instructions})

@@ -21,11 +21,12 @@ translation, so a Bedrock-bound request is read in its OpenAI shape):
   ``tools``, as JSON (the providers render them into the prompt).
 
 An OpenAI Responses API body (``/v1/responses``) is read its own way
-(``estimate_responses_tokens``): ``instructions``, then ``input`` (a string, or
-items: each message's content, its ``input_text`` / ``output_text`` parts,
-function and custom tool calls' names and arguments, and what tools returned),
-with the same per-message overhead, and its tool definitions; its completion
-allowance is ``max_output_tokens``. Context the provider adds from storage
+(``estimate_responses_tokens``): ``instructions``, a stored prompt's variables, then
+``input`` (a string, or items: the text the guards read of each, from
+``guardrails.responses_text``: messages' text and refusal parts, function and custom
+tool calls' names and arguments, what tools returned, reasoning summaries, MCP and
+shell items...), with the same per-message overhead, and its tool definitions; its
+completion allowance is ``max_output_tokens``. Context the provider adds from storage
 (``previous_response_id``, ``conversation``, a stored ``prompt``) is not in the
 body: the estimate is low for such a request, and the settlement, from the
 provider's count, exact.
@@ -44,6 +45,9 @@ from typing import Any
 
 import orjson
 
+from extproc.guardrails.content import TextSlot
+from extproc.guardrails.responses_text import item_slots, prompt_slots
+
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
 # The fields of a tool call (in an assistant turn) that the provider reads back.
@@ -52,9 +56,6 @@ _CALL_FIELDS = ("name", "arguments")
 # (OpenAI's newer name first), and OpenAI's Responses API, which has one field only.
 CHAT_ALLOWANCE_FIELDS = ("max_completion_tokens", "max_tokens")
 RESPONSES_ALLOWANCE_FIELDS = ("max_output_tokens",)
-# The text a Responses API input item carries besides its content: a function call's
-# name and arguments, a custom tool call's input.
-_ITEM_TEXT_FIELDS = ("name", "arguments", "input")
 
 
 def completion_allowance(
@@ -81,9 +82,12 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def estimate_responses_tokens(body: dict[str, Any]) -> int:
-    """The prompt of an OpenAI Responses API body: ``instructions``, ``input`` and the tool
-    definitions, as ``estimate_prompt_tokens`` counts a chat body's."""
+    """The prompt of an OpenAI Responses API body: ``instructions``, a stored prompt's
+    variables, ``input`` and the tool definitions, as ``estimate_prompt_tokens`` counts a
+    chat body's. The text of each item is what the guards read of it
+    (``guardrails.responses_text``), so no text reaches the provider past both."""
     prompt = _string_chars(body.get("instructions")) // CHARS_PER_TOKEN
+    prompt += _slots_chars(prompt_slots(body)) // CHARS_PER_TOKEN
     value = body.get("input")
     if isinstance(value, str):
         prompt += len(value) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
@@ -95,10 +99,13 @@ def estimate_responses_tokens(body: dict[str, Any]) -> int:
 
 
 def _item_chars(item: dict[str, Any]) -> int:
-    """One input item: a message's content (a string or its text parts), a tool call's
-    name and arguments, or a tool's ``output`` (a string or text parts)."""
-    chars = _content_chars(item.get("content")) + _content_chars(item.get("output"))
-    return chars + sum(_string_chars(item.get(field)) for field in _ITEM_TEXT_FIELDS)
+    """One input item: its text (a message's content, a tool call's arguments, what a
+    tool returned, a reasoning summary...) and the name of the tool a call called."""
+    return _slots_chars(item_slots(item)) + _string_chars(item.get("name"))
+
+
+def _slots_chars(slots: list[TextSlot]) -> int:
+    return sum(len(slot.text) for slot in slots)
 
 
 def _message_chars(message: dict[str, Any]) -> int:

@@ -297,3 +297,58 @@ def test_the_web_searches_of_a_response_are_billed_per_call(
         tokens = (line["prompt_tokens"] * 0.10 + line["completion_tokens"] * 0.40) / 1e6
         assert line["cost_usd"] == pytest.approx(tokens + 2 * 0.01)
         assert line["cost_priced"] is True
+
+
+# A stored prompt as OpenAI's dashboard names one; the mock reads it as its variables.
+PROMPT_ID = "pmpt_68bee228e8288196811e9e0426855ad501793deee998d9b1"
+
+
+def test_a_request_built_from_a_stored_prompt_needs_no_input_and_is_billed(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    prompt: Any = {"id": PROMPT_ID, "variables": {"place": "a lighthouse"}}
+    raw = client_of(stack).responses.with_raw_response.create(model=MODEL, prompt=prompt)
+    answer = raw.parse()
+    assert answer.output_text == "Mock reply to: a lighthouse"
+    assert answer.usage is not None
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["outcome"] == "completed" and line["usage_reported"] is True
+    assert line["prompt_tokens"] == answer.usage.input_tokens
+
+
+def test_a_guard_reads_a_stored_prompts_variables_before_the_provider(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    sent_before = len(responses_requests(stack))
+    prompt: Any = {"id": PROMPT_ID, "variables": {"topic": "credit card numbers"}}
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client_of(stack).responses.create(model=MODEL, input="Go on.", prompt=prompt)
+    body = refused.value.body
+    assert isinstance(body, dict) and body["message"] == "Not about credit cards."
+    assert len(responses_requests(stack)) == sent_before
+
+
+@pytest.mark.parametrize("key", [KEY, "not-a-key"])
+def test_the_other_responses_endpoints_never_reach_the_provider(
+    stack: LocalStack, gateway_log: GatewayLog, key: str
+) -> None:
+    """Retrieving, deleting, cancelling, listing input items, counting input tokens and
+    compacting are no routes of the gateway: a 404 before any provider, with or without a
+    key (a stored response is the organisation's, not the caller's: docs/providers.md)."""
+    client = client_of(stack, key=key)
+    used_before = tokens_used(stack)
+    sent_before = len(mock_requests(stack))
+    calls = [
+        lambda: client.responses.retrieve("resp_1"),
+        lambda: client.responses.delete("resp_1"),
+        lambda: client.responses.cancel("resp_1"),
+        lambda: client.responses.input_items.list("resp_1"),
+        lambda: client.responses.input_tokens.count(model=MODEL, input=QUESTION),
+        lambda: client.responses.compact(model=MODEL, input=QUESTION),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as refused:
+            call()
+        assert refused.value.code == "route_not_found"
+    assert len(mock_requests(stack)) == sent_before
+    assert tokens_used(stack) == used_before

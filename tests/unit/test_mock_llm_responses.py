@@ -271,6 +271,32 @@ async def test_store_and_previous_response_id_are_accepted_and_echoed(
     assert answer.to_dict()["store"] is False
 
 
+async def test_a_stored_prompt_stands_in_for_the_input_read_as_its_variables(
+    openai_client: AsyncOpenAI,
+) -> None:
+    """The mock stores no prompts: it reads one as a user message of its variables' text."""
+    prompt: Any = {
+        "id": "pmpt_1",
+        "variables": {
+            "name": "Jane",
+            "topic": {"type": "input_text", "text": "lighthouses"},
+            "photo": {"type": "input_image", "image_url": "https://example.com/a.png"},
+        },
+    }
+    answer = await openai_client.responses.create(model=MODEL, prompt=prompt)
+
+    assert answer.output_text == "Mock reply to: Jane lighthouses"
+    assert answer.usage is not None
+    assert answer.usage.input_tokens == count_tokens("Jane lighthouses") + 4 + 2
+
+
+async def test_a_turn_of_a_stored_conversation_needs_no_input(http: httpx.AsyncClient) -> None:
+    response = await post(http, {"model": MODEL, "previous_response_id": "resp_earlier"})
+
+    assert response.status_code == 200
+    assert response.json()["usage"]["input_tokens"] == 2
+
+
 async def test_service_tier_is_echoed_until_done_then_the_tier_served(
     openai_client: AsyncOpenAI,
 ) -> None:
@@ -337,6 +363,9 @@ async def test_scripted_reply_is_streamed_as_those_pieces(openai_client: AsyncOp
         ({"model": MODEL, "input": QUESTION, "max_output_tokens": True}, "max_output_tokens"),
         ({"model": MODEL, "input": QUESTION, "max_output_tokens": "64"}, "max_output_tokens"),
         ({"model": MODEL, "input": QUESTION, "previous_response_id": 3}, "previous_response_id"),
+        ({"model": MODEL, "prompt": "pmpt_1"}, "prompt"),
+        ({"model": MODEL, "prompt": {"id": "pmpt_1", "variables": ["x"]}}, "prompt.variables"),
+        ({"model": MODEL, "prompt": {"id": "p", "variables": {"n": 4}}}, "prompt.variables.n"),
         ({"model": MODEL, "input": QUESTION, "service_tier": "gold"}, "service_tier"),
         ({"model": MODEL, "input": QUESTION, "text": {"format": "json"}}, "text.format"),
     ],
