@@ -64,6 +64,36 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class CutAttempt:
+    """A failover attempt whose provider started an answer (its status below 400) that
+    never reached the client: cut mid-body and retried on the next member. Its provider
+    billed it; the gateway charges it as a cut answer (``stages.cut_answer``), beside the
+    answer the client got, in every ledger."""
+
+    provider: str
+    # The chain member (config name) the attempt served, whose price priced it.
+    model: str
+    usage: Usage
+    cost: Cost
+
+
+def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
+    """The request's token counts with its cut attempts': what the log line, the span and
+    the quota carry. The cache and tool counts are the answer's (a cut one has none)."""
+    prompt = usage.prompt_tokens + sum(each.usage.prompt_tokens for each in attempts)
+    completion = usage.completion_tokens + sum(each.usage.completion_tokens for each in attempts)
+    return Usage(
+        prompt,
+        completion,
+        usage.total_tokens + sum(each.usage.total_tokens for each in attempts),
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+        usage.server_tool_requests,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """Who sent a request. ``method`` is how they proved it: api_key, jwt or none."""
 
@@ -148,6 +178,9 @@ class RequestContext:
     upstream: Upstream | None = None
     # The primary model of a request that may fail over (Envoy retries to fallbacks).
     failover_model: str | None = None
+    # Failover: the attempts cut after their provider started answering (stages.cut_answer).
+    # A tuple: most requests share the empty one and allocate nothing.
+    cut_attempts: tuple[CutAttempt, ...] = ()
     # ext_proc attributes of the first message (the per-attempt filter's host metadata).
     attributes: Any = None
     # Set when a stage changed the parsed body (e.g. a hard cap on max_tokens).

@@ -28,6 +28,26 @@ provider gets the request, and the last attempt to send is the one that answered
 answer that started is never retried), and Envoy's reply for an answer over the buffer
 carries that name in the same headers, for the downstream filter to charge
 (``stages.cut_answer``).
+
+An attempt whose provider started an answer (its status below 400) is billed by that
+provider even when its body is cut mid-way (a reset, a stall past the attempt's
+timeout): for the router that answer had not started, so Envoy retries the next member
+and only that one's answer reaches the downstream filter. So such an attempt is named
+as started in the request's dynamic metadata at its response headers, under a key of
+its own provider (``started_key``: a later attempt adds its name rather than
+overwriting the earlier one's), and each failover route turns those names into the
+response header ``STARTED`` (on a provider's answer and Envoy's own replies alike),
+which the downstream filter charges and removes. Routes without failover add nothing.
+
+Envoy itself writes that name, not the attempt's ext_proc filter: a small Lua filter
+after it in the upstream chain (nearer the provider, so it sees the answer's headers
+first) reads the status and the name the attempt wrote when it sent its request, and
+writes the mark at once. The ext_proc filter's own answer to the response headers
+comes a gRPC round trip later, and a provider that resets right after its headers (as
+a crashed one does) ends the attempt before it: Envoy drops that answer, metadata
+included (seen with Envoy 1.40, ``tests/integration/test_failover_cut_attempts.py``).
+The ext_proc filter takes the name back when it turns the whole answer into an error
+(``stages.attempt``); it has the whole body then, so nothing can cut it short.
 """
 
 from __future__ import annotations
@@ -43,6 +63,7 @@ from extproc.headers import (
     ANSWERED_UPSTREAM_MODEL,
     CLUSTER,
     METADATA_NAMESPACE,
+    PREFIX,
     RATE_LIMIT_HEADERS,
     metadata_key,
 )
@@ -50,6 +71,8 @@ from extproc.headers import (
 Json = dict[str, Any]
 _TYPE = "type.googleapis.com/"
 UPSTREAM_FILTER = "aigw.upstream_ext_proc"
+# The Lua filter that names an attempt as started (STARTED), after UPSTREAM_FILTER.
+STARTED_FILTER = "aigw.attempt_started"
 # Sent by the per-attempt filter on its gRPC streams: the gateway serves them in attempt mode.
 ATTEMPT_METADATA = "x-aigw-stream"
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
@@ -58,6 +81,19 @@ HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 ANSWERED_HEADERS = (ANSWERED_BY_PROVIDER, ANSWERED_BY_MODEL, ANSWERED_UPSTREAM_MODEL)
 # Envoy's response code details for an answer over the buffer (its local reply's mapper).
 _TOO_LARGE_DETAILS = "response_payload_too_large"
+# The failover attempts whose provider started an answer, as "<provider>," each, in
+# chain order: added by a failover route for the downstream filter (stages.cut_answer),
+# which removes it before the client sees the answer.
+STARTED = PREFIX + "started"
+# What ends each attempt's name in STARTED (provider names have no comma: config.model).
+STARTED_SEPARATOR = ","
+
+
+def started_key(provider: str) -> str:
+    """The metadata key under which an attempt on ``provider`` names itself as started:
+    one per provider, so the attempts of one request each keep theirs (a chain has one
+    member per provider)."""
+    return f"{metadata_key(STARTED)}_by_{provider}"
 
 
 def failover_cluster_name(model: str, skipped: Collection[int] = ()) -> str:
@@ -121,7 +157,11 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
         UPSTREAM_FILTER: {
             "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
             "disabled": True,
-        }
+        },
+        STARTED_FILTER: {
+            "@type": _TYPE + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "disabled": True,
+        },
     }
     for route in routes:
         route["typed_per_filter_config"] = disabled
@@ -133,7 +173,9 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
             clusters = [cluster_name(config.provider(name)) for name in kept]
             name = failover_cluster_name(model.name, skipped)
             resources["clusters"].append(_aggregate(name, clusters))
-            failover_routes.append(_route(name, len(clusters), attempt_timeout_s(config, model)))
+            failover_routes.append(
+                _route(name, kept, len(clusters), attempt_timeout_s(config, model))
+            )
     # Before the catch-all 404, which is last.
     routes[-1:-1] = failover_routes
     manager["route_config"]["virtual_hosts"][0]["include_attempt_count_in_response"] = True
@@ -141,6 +183,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
     router = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.router")
     router["typed_config"]["upstream_http_filters"] = [
         _attempt_filter(ext_proc_filter),
+        _started_filter(),
         {
             "name": "envoy.filters.http.upstream_codec",
             "typed_config": {
@@ -165,7 +208,7 @@ def _aggregate(name: str, clusters: list[str]) -> Json:
     }
 
 
-def _route(cluster: str, attempts: int, per_try_s: float) -> Json:
+def _route(cluster: str, providers: list[str], attempts: int, per_try_s: float) -> Json:
     return {
         "name": cluster,
         "match": {
@@ -197,6 +240,23 @@ def _route(cluster: str, attempts: int, per_try_s: float) -> Json:
         # As on a provider's own route (envoy_bootstrap._provider_route): the account's
         # limits are not the caller's.
         "response_headers_to_remove": list(RATE_LIMIT_HEADERS),
+        "response_headers_to_add": [_started_header(providers)],
+    }
+
+
+def _started_header(providers: list[str]) -> Json:
+    """The attempts of the chain that started an answer: each member's name as its attempt
+    wrote it (an absent one renders empty), on whatever answer the client gets, Envoy's
+    502 after the last attempt was cut included. It overwrites any a provider sent; an
+    empty one (no attempt started) is not added."""
+    value = "".join(
+        f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{started_key(provider)})%"
+        for provider in providers
+    )
+    return {
+        "header": {"key": STARTED, "value": value},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        "keep_empty_value": False,
     }
 
 
@@ -226,6 +286,46 @@ def _expression(mapper: Json) -> str:
     return condition
 
 
+# The Lua filter's script: on an answer below 400, the attempt's provider (the name it
+# wrote when it sent its request, ANSWERED_BY_PROVIDER's metadata) names itself under
+# started_key. Nothing for a request without that name: no attempt of the gateway's.
+_STARTED_SCRIPT = """
+function envoy_on_response(handle)
+  local status = tonumber(handle:headers():get(":status"))
+  if status == nil or status >= 400 then
+    return
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local named = metadata:get("{namespace}")
+  local provider = named and named["{provider_key}"]
+  if type(provider) ~= "string" or provider == "" then
+    return
+  end
+  metadata:set("{namespace}", "{started_prefix}" .. provider, provider .. "{separator}")
+end
+"""
+
+
+def started_script() -> str:
+    """The Lua code that names an attempt as started (what Envoy runs, for tests)."""
+    return (
+        _STARTED_SCRIPT.replace("{namespace}", METADATA_NAMESPACE)
+        .replace("{provider_key}", metadata_key(ANSWERED_BY_PROVIDER))
+        .replace("{started_prefix}", started_key(""))
+        .replace("{separator}", STARTED_SEPARATOR)
+    )
+
+
+def _started_filter() -> Json:
+    return {
+        "name": STARTED_FILTER,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": started_script()},
+        },
+    }
+
+
 def _attempt_filter(downstream: Json) -> Json:
     typed = dict(downstream["typed_config"])
     service = dict(typed["grpc_service"])
@@ -234,8 +334,9 @@ def _attempt_filter(downstream: Json) -> Json:
     typed["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
     # The attempt filter may set :authority (each provider has its own host).
     typed["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": True}
-    # Only to name the attempt for Envoy's reply to an answer over the buffer
-    # (stages.attempt); the metadata goes to the request's, where that reply reads it.
+    # Only to name the attempt for Envoy's reply to an answer over the buffer, and as
+    # started (stages.attempt); the metadata goes to the request's, where that reply and
+    # the failover route read it.
     typed["metadata_options"] = {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}}
     # Every attempt's answer is read and translated (its request headers answer sets no
     # mode); a reply Envoy makes before any filter saw the request never reaches here.

@@ -3,12 +3,17 @@
 Runs in the processor's ``done`` step, after Envoy has its last answer. The rollup goes
 to the batching ``UsageWriter``, so no request waits on the store; a store
 failure is counted, retried and never reaches the client.
+
+A failover attempt cut after its provider started answering (``ctx.cut_attempts``) is a
+call its provider billed: the token and cost counters and the rollup count it under its
+own provider (and the model the client asked for, as the answer is counted), beside the
+answer; the log line adds it to its totals (``access_log``).
 """
 
 from __future__ import annotations
 
 from extproc.chargeback.pricing import Cost, request_cost
-from extproc.context import RequestContext
+from extproc.context import CutAttempt, RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import OPERATIONS
@@ -37,6 +42,8 @@ class AccountingStage:
         )
         if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
+        if ctx.cut_attempts:
+            self._charge_cut_attempts(ctx)
 
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
@@ -98,6 +105,38 @@ class AccountingStage:
             )
 
     @staticmethod
+    def _charge_cut_attempts(ctx: RequestContext) -> None:
+        """Each cut attempt in the metrics and the rollup, under its provider."""
+        services = ctx.runtime.services
+        metrics = services.metrics
+        identity = (
+            ctx.identity.api_key_id or "",
+            ctx.identity.user_id or "",
+            ctx.identity.group_id or "",
+        )
+        model = ctx.model or ""
+        # Not in gen_ai_client_token_usage: one observation per request, the answer's
+        # (docs/metrics.md); the counters below are the ledger.
+        for attempt in ctx.cut_attempts:
+            usage = attempt.usage
+            metrics.count_tokens(
+                identity=identity,
+                model=model,
+                provider=attempt.provider,
+                prompt=usage.prompt_tokens,
+                completion=usage.completion_tokens,
+            )
+            if attempt.cost.picousd:
+                metrics.count_cost(
+                    identity=identity,
+                    model=model,
+                    provider=attempt.provider,
+                    picousd=attempt.cost.picousd,
+                )
+            if ctx.accounted and services.usage_writer is not None:
+                services.usage_writer.add(_cut_entry(ctx, attempt))
+
+    @staticmethod
     def _entry(ctx: RequestContext, cost: Cost, latency_ms: float) -> UsageEntry:
         return UsageEntry(
             started_at=ctx.started_wall,
@@ -120,3 +159,23 @@ class AccountingStage:
             cache_write_1h_tokens=ctx.usage.cache_write_1h_tokens,
             server_tool_requests=ctx.usage.server_tool_requests,
         )
+
+
+def _cut_entry(ctx: RequestContext, attempt: CutAttempt) -> UsageEntry:
+    """A cut attempt's rollup entry: a request its provider billed, in no latency bucket
+    (the client waited for the request, not for this attempt)."""
+    return UsageEntry(
+        started_at=ctx.started_wall,
+        dimensions={
+            "route": ctx.route.name if ctx.route else "",
+            "model": ctx.model or "",
+            "provider": attempt.provider,
+            "api_key_id": ctx.identity.api_key_id or "",
+            "user_id": ctx.identity.user_id or "",
+            "group_id": ctx.identity.group_id or "",
+        },
+        prompt_tokens=attempt.usage.prompt_tokens,
+        completion_tokens=attempt.usage.completion_tokens,
+        cost_picousd=attempt.cost.picousd,
+        priced=attempt.cost.priced,
+    )

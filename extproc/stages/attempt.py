@@ -15,8 +15,19 @@ reads and removes. The request's dynamic metadata names it too, from the moment 
 attempt sends its request: an answer over ``envoy.max_response_body_bytes`` never
 leaves this filter, and Envoy's own reply in its place carries that name instead
 (``envoy_failover``), so the downstream filter still charges the member that answered.
-That metadata is the only metadata an attempt gives Envoy: the attempt's own view of
-the request (a route of its own, no caller) is not the request's.
+
+An attempt whose provider's status is below 400 is named as started, in the request's
+metadata under a key of its provider's (``envoy_failover.started_key``), by Envoy's Lua
+filter beside this one as the answer's headers arrive (this filter's answer to them
+could come too late: ``envoy_failover``): should its body then be cut (a reset, a stall
+past the attempt's timeout), Envoy retries the next member, the provider billed the
+answer all the same, and the failover route's header carries that name to the
+downstream filter, which charges it (``stages.cut_answer``). An answer this filter's
+translator turns into an error takes that name back: as without failover, an answer
+turned into an error is not charged as one. A provider's own ``x-aigw-started`` header
+is removed: a provider cannot name attempts to be charged. That is the only other
+metadata an attempt gives Envoy: the attempt's own view of the request (a route of its
+own, no caller) is not the request's.
 
 The chain travels with the request, so a config reload between two attempts
 changes nothing of what the request is served as: the fallback it was admitted
@@ -44,7 +55,12 @@ from extproc import headers
 from extproc.backends import plan_request, plan_response
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
-from extproc.envoy_failover import HOST_METADATA_ATTRIBUTE, failover_cluster_name
+from extproc.envoy_failover import (
+    HOST_METADATA_ATTRIBUTE,
+    STARTED,
+    failover_cluster_name,
+    started_key,
+)
 from extproc.errors import UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
@@ -206,6 +222,8 @@ class AttemptStage:
     ) -> None:
         status = response_headers.get(":status", "0")
         ctx.response_status = int(status) if status.isdigit() else 0
+        # Only the gateway names the attempts that started: never the provider.
+        out.remove_headers.append(STARTED)
         if ctx.provider_type is None:
             return
         # Keep the usage chunk: the downstream filter counts it and hides it from
@@ -232,8 +250,13 @@ class AttemptStage:
             out.body = replaced
         if ctx.translator.status is not None:
             # An answer that could not be translated: the error's status, not the 200.
+            # Not an answer either, so not charged as one should Envoy retry it: the
+            # name Envoy wrote at its 200 is taken back (an empty one renders as none in
+            # the failover route's header).
             ctx.response_status = ctx.translator.status
             out.set_headers[":status"] = str(ctx.translator.status)
+            if ctx.provider is not None:
+                out.metadata = {started_key(ctx.provider): ""}
         if end_of_stream:
             ctx.completed = True
 

@@ -40,6 +40,21 @@ and records the client's 502 and error (not counted as the provider's error: it
 answered). Envoy's reply does not carry the attempt's own status: an error body over
 the buffer would be charged too (providers' errors are a few hundred bytes).
 
+A failover attempt before the answer the client got may have been cut the same way
+after its provider's success status: for Envoy's router a non-streamed answer has not
+started while the per-attempt filter reads it, so a reset or a stall mid-body is retried
+on the next member, and the client gets that one's answer (or, when every attempt was
+cut, Envoy's 502). Each such attempt named itself, and the failover route's
+``x-aigw-started`` header lists them (``envoy_failover``). This stage reads and removes
+it (the client never sees it), leaves out the provider that answered (named in the
+answer's headers, or in Envoy's reply for an answer over the buffer), a name that is
+no member of the request's chain, and a repeated one, and charges each remaining
+attempt a cut answer at its member's price: the prompt estimate and the completion allowance,
+``usage_estimated``, under its provider (``ctx.cut_attempts``). The ledgers add them to
+the answer's charge. A client that hangs up while an attempt's body is in flight ends
+the request before any answer: no message comes to read the header from, so that
+attempt is not charged.
+
 A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
 never billed. Streams are ``partial_usage``'s: they carry their text, which is counted.
 
@@ -57,7 +72,8 @@ import orjson
 from extproc import headers
 from extproc.backends import ENVOY_UPSTREAM_TIME
 from extproc.config.model import RouteApi
-from extproc.context import PhaseOutput, RequestContext, Usage
+from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
+from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import UpstreamError
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.stages.partial_usage import generated_chars
@@ -80,9 +96,16 @@ class CutAnswerStage:
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> None:
+        if ctx.failover_model is None:
+            return  # only a failover route adds the header: elsewhere it means nothing
         # Before the response stage, which takes the attempt's name from these headers
         # (the price, the span) and removes them from what the client gets.
-        if ctx.failover_model is not None and _dropped_attempt(response_headers):
+        started = response_headers.get(STARTED)
+        out.remove_headers.append(STARTED)
+        if started:
+            answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
+            ctx.cut_attempts = cut_attempts(ctx, started, answered)
+        if _dropped_attempt(response_headers):
             charge_dropped_attempt(ctx)
 
     def done(self, ctx: RequestContext) -> None:
@@ -112,6 +135,28 @@ def charge_dropped_attempt(ctx: RequestContext) -> None:
     ctx.error = UpstreamError(_TOO_LARGE_MESSAGE, code="response_too_large")
     if _billed(ctx):
         _charge(ctx, reserved_completion(ctx))
+
+
+def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tuple[CutAttempt, ...]:
+    """The attempts ``started`` names (``<provider>,`` each) that did not answer, each
+    charged as a cut answer at its chain member's price. A name no member of the
+    request's chain has is left out: only the gateway writes the header, and a chain has
+    one member per provider, so nothing is charged twice."""
+    if not _billed(ctx):
+        return ()
+    chain = ctx.runtime.failover.get(ctx.failover_model or "", {})
+    providers = dict.fromkeys(started.split(STARTED_SEPARATOR))
+    charged = []
+    for provider in providers:
+        member = chain.get(provider)
+        if member is None or provider == answered:
+            continue
+        model = member[0]
+        prompt = ctx.estimated_prompt_tokens()
+        completion = reserved_completion(ctx)
+        usage = Usage(prompt, completion, prompt + completion)
+        charged.append(CutAttempt(provider, model, usage, ctx.runtime.prices.cost(model, usage)))
+    return tuple(charged)
 
 
 # The message of Envoy's reply (envoy_bootstrap's local reply for an answer over the

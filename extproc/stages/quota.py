@@ -7,7 +7,8 @@ refusal is a 429 naming the subject, the limit and when it resets, with
 the tightest request and token limits. When the response ends, the token
 reservation is corrected with the provider's count, or with the gateway's estimate
 when an answer came without one (``partial_usage``, ``cut_answer``), or released when
-nothing was produced, off the response path.
+nothing was produced, off the response path; plus, after a failover, what the attempts
+cut after their provider started answering are charged (``cut_answer``).
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ class QuotaStage:
         store = ctx.runtime.services.quota_store
         if reservation is None or store is None:
             return
+        # Failover attempts cut after their provider started answering, billed beside
+        # the answer (cut_answer); none on almost every request.
+        cut = sum(each.usage.total_tokens for each in ctx.cut_attempts) if ctx.cut_attempts else 0
         if ctx.usage_reported or ctx.usage_estimated:
-            store.settle(reservation, ctx.usage.total_tokens)
+            store.settle(reservation, ctx.usage.total_tokens + cut)
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
@@ -124,7 +128,24 @@ class QuotaStage:
             or (ctx.aborted and ctx.first_byte_at is None)
         )
         if produced_nothing:
-            store.settle(reservation, None)
+            # The answer produced nothing, but attempts cut before it were billed (every
+            # attempt cut: the client got Envoy's 502): settled at theirs, not released.
+            store.settle(reservation, cut or None)
+        elif cut:
+            # The answer keeps its reservation; its cut attempts come on top of it.
+            store.settle(reservation, _reserved_tokens(reservation) + cut)
+
+
+def _reserved_tokens(reservation: Reservation) -> int:
+    """The tokens a request reserved: its estimate, which each token limit reserved."""
+    return max(
+        (
+            reserved
+            for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
+            if limit.kind == "t"
+        ),
+        default=0,
+    )
 
 
 def reserved_completion(ctx: RequestContext) -> int:

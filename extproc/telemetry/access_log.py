@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 
+from extproc.chargeback.pricing import usd_float
 from extproc.config.telemetry_model import LogConfig
-from extproc.context import RequestContext
+from extproc.context import CutAttempt, RequestContext, with_cut_attempts
 from extproc.telemetry.log_writer import LineWriter, RotatingFile, default_stdout, expand_path
 
 SCHEMA_VERSION = 1
@@ -27,6 +28,21 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
     identity = ctx.identity
     usage = ctx.usage
     finished = ctx.elapsed_ms()
+    cost = ctx.cost
+    cost_usd = cost.usd_float if cost is not None else 0.0
+    cost_priced = cost.priced if cost is not None else True
+    estimated = ctx.usage_estimated
+    cut = ctx.cut_attempts
+    cut_field = None
+    if cut:
+        # Failover attempts cut after their provider started answering: billed, so in the
+        # totals (the metrics and the rollup count each apart, under its provider).
+        usage = with_cut_attempts(usage, cut)
+        picousd = (cost.picousd if cost is not None else 0) + sum(a.cost.picousd for a in cut)
+        cost_usd = usd_float(picousd)
+        cost_priced = cost_priced and all(a.cost.priced for a in cut)
+        estimated = True
+        cut_field = [_cut_attempt(a) for a in cut]
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "timestamp": datetime.fromtimestamp(ctx.started_wall, UTC)
@@ -53,13 +69,14 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         # Billed per request on top of the tokens (cost_usd includes them).
         "server_tool_requests": dict(usage.server_tool_requests) or None,
         "usage_reported": ctx.usage_reported,
-        "usage_estimated": ctx.usage_estimated,
+        "usage_estimated": estimated,
         "finish_reasons": list(ctx.finish_reasons) if ctx.finish_reasons else None,
         # Exact: the float's shortest form is the picodollar amount (docs/chargeback.md).
-        "cost_usd": ctx.cost.usd_float if ctx.cost is not None else 0.0,
-        "cost_priced": ctx.cost.priced if ctx.cost is not None else True,
+        "cost_usd": cost_usd,
+        "cost_priced": cost_priced,
         # The tier the provider reported serving at, which priced cost_usd (chargeback.md).
         "service_tier": ctx.service_tier,
+        "cut_attempts": cut_field,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,
@@ -88,6 +105,16 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
     if ctx.agent is not None:
         record["agent"] = ctx.agent.log_fields(ctx.started)
     return record
+
+
+def _cut_attempt(attempt: CutAttempt) -> dict[str, Any]:
+    return {
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "prompt_tokens": attempt.usage.prompt_tokens,
+        "completion_tokens": attempt.usage.completion_tokens,
+        "cost_usd": attempt.cost.usd_float,
+    }
 
 
 def _since(ctx: RequestContext, start: float | None, end: float | None) -> float | None:

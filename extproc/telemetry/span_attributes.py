@@ -14,6 +14,9 @@ span has is what was sent while the stream ran.
 
 Attribute names follow the OpenTelemetry GenAI semantic conventions where one
 exists (``gen_ai.*``); the gateway's own dimensions are under ``aigw.*``.
+
+After a failover, the counts and the cost include the attempts cut after their provider
+started answering (``ctx.cut_attempts``), as the log line's totals do.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from extproc.chargeback.pricing import usd_float
 from extproc.config.model import RouteApi
+from extproc.context import Usage, with_cut_attempts
 from extproc.translators.base import reported_service_tier, stream_failure
 
 if TYPE_CHECKING:
-    from extproc.context import RequestContext, Usage
+    from extproc.context import RequestContext
 
 # (span attribute, metadata key): always tagged when the request has the value.
 SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
@@ -65,6 +70,8 @@ CONTENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("gen_ai.output.messages", "output_messages"),
 )
 
+# The counts of a request without usage of its own (every failover attempt cut).
+_NO_USAGE = Usage()
 # gRPC's UNKNOWN: the status Envoy's tracer maps to an error on every kind of span.
 _GRPC_UNKNOWN = "2"
 # error.type of a stream the provider broke off, when it named no error type.
@@ -112,6 +119,9 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         "quota_decision": ctx.quota_decision,
         "error_type": ctx.error.error_type if ctx.error else None,
     }
+    cut = ctx.cut_attempts
+    if cut:
+        usage = with_cut_attempts(usage or _NO_USAGE, cut)
     if usage is not None:
         values.update(usage_metadata(usage))
     failure = _server_failure(ctx)
@@ -119,9 +129,12 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         values["failure_type"] = failure
         values["error"] = "true"
         values["failure_status"] = _GRPC_UNKNOWN
-    if ctx.cost is not None:
+    if ctx.cost is not None or cut:
         # For Envoy's access log; exact like the log line's (docs/chargeback.md).
-        values["cost_usd"] = ctx.cost.usd_float
+        picousd = ctx.cost.picousd if ctx.cost is not None else 0
+        if cut:
+            picousd += sum(each.cost.picousd for each in cut)
+        values["cost_usd"] = usd_float(picousd)
     values["service_tier"] = _service_tier(ctx)
     if ctx.finish_reasons:
         # Envoy's tags are strings: the array as JSON, as OpenTelemetry exporters
