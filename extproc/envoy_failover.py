@@ -61,9 +61,9 @@ from extproc.headers import (
     ANSWERED_BY_MODEL,
     ANSWERED_BY_PROVIDER,
     ANSWERED_UPSTREAM_MODEL,
+    ATTEMPTS_STARTED,
     CLUSTER,
     METADATA_NAMESPACE,
-    PREFIX,
     RATE_LIMIT_HEADERS,
     metadata_key,
 )
@@ -84,7 +84,7 @@ _TOO_LARGE_DETAILS = "response_payload_too_large"
 # The failover attempts whose provider started an answer, as "<provider>," each, in
 # chain order: added by a failover route for the downstream filter (stages.cut_answer),
 # which removes it before the client sees the answer.
-STARTED = PREFIX + "started"
+STARTED = ATTEMPTS_STARTED
 # What ends each attempt's name in STARTED (provider names have no comma: config.model).
 STARTED_SEPARATOR = ","
 

@@ -19,6 +19,9 @@ ANSWERED_BY_PROVIDER = PREFIX + "provider"
 ANSWERED_BY_MODEL = PREFIX + "model"
 # ... and the model name that member's provider was sent (its upstream_model).
 ANSWERED_UPSTREAM_MODEL = PREFIX + "upstream-model"
+# Failover: the attempts whose provider started an answer that was then cut, as
+# "<provider>," each (extproc.envoy_failover); removed before the client sees the answer.
+ATTEMPTS_STARTED = PREFIX + "started"
 # Echoed to the client so a request can be traced through logs.
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.
