@@ -13,6 +13,12 @@ The pairs the gateway serves:
 - OpenAI Responses API -> ``openai``: ``openai_responses``: model renamed; usage read
   from the JSON answer or the stream's terminal event. No other provider type has
   the API, and none is translated to.
+- OpenAI Responses compaction -> ``openai``: model renamed, sent to the provider's
+  ``/responses/compact``; usage read from its JSON answer (a response's usage). Refused
+  with a 400 for the other provider types, which have no such API.
+- OpenAI Responses token count -> ``openai``: model renamed, sent to the provider's
+  ``/responses/input_tokens``; its ``{"input_tokens": N}`` passes through unread, as
+  Anthropic's count does. Refused with a 400 for the other provider types.
 - OpenAI text completions -> ``openai``: ``openai_completions``, which is chat's
   pass-through (model renamed, usage chunk asked for and hidden from clients that did
   not ask; usage read). Anthropic and Bedrock have no such API: refused with a 400.
@@ -37,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from extproc.config.model import ProviderType, RouteApi
+from extproc.config.model import TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import RequestContext, Usage
 from extproc.errors import (
     BadRequestError,
@@ -48,6 +54,7 @@ from extproc.errors import (
     without_secrets,
 )
 from extproc.providers.aws_signer import AwsSigner
+from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
@@ -69,6 +76,29 @@ ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
 ANTHROPIC_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.ANTHROPIC_COUNT_TOKENS})
 # Where Anthropic counts a Messages body's tokens, under its Messages path.
 COUNT_TOKENS_SUFFIX = "/count_tokens"
+# Where an OpenAI-compatible provider serves each endpoint that takes a Responses body.
+_RESPONSES_ENDPOINTS = {
+    RouteApi.OPENAI_RESPONSES: openai_responses.ENDPOINT,
+    RouteApi.OPENAI_RESPONSES_COMPACT: openai_responses.COMPACT_ENDPOINT,
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: openai_responses.INPUT_TOKENS_ENDPOINT,
+}
+# The endpoints of OpenAI-compatible providers alone, as a refusal of another provider
+# type's model names them, and what it tells the client to do instead.
+_ONLY_OPENAI = {
+    RouteApi.OPENAI_COMPLETIONS: (
+        "text completions API (/v1/completions)",
+        "send it to /v1/chat/completions",
+    ),
+    RouteApi.OPENAI_RESPONSES_COMPACT: (
+        "Responses API compaction (/v1/responses/compact)",
+        "only models of OpenAI-compatible providers are compacted there",
+    ),
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: (
+        "Responses API token count (/v1/responses/input_tokens)",
+        "only models of OpenAI-compatible providers are counted there (Anthropic's at "
+        "/v1/messages/count_tokens)",
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -112,7 +142,7 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         )
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return _embeddings_request(ctx, parsed, upstream, suffix)
-    if route.api is RouteApi.OPENAI_RESPONSES:
+    if route.api in RESPONSES_REQUESTS:
         return _responses_request(ctx, parsed, upstream, suffix)
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         return _completions_request(ctx, parsed, upstream, suffix)
@@ -159,9 +189,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
     elif route.api is RouteApi.OPENAI_RESPONSES:
         served = kind is ProviderType.OPENAI
-    elif route.api is RouteApi.OPENAI_COMPLETIONS:
+    elif route.api in _ONLY_OPENAI:
         if kind is not ProviderType.OPENAI:
-            raise _no_completions_api(ctx, kind)
+            raise _no_such_api(ctx, kind, *_ONLY_OPENAI[route.api])
         served = True
     else:
         if kind is ProviderType.BEDROCK:
@@ -174,10 +204,12 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
 def _responses_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
 ) -> RequestPlan:
-    """Responses API calls go to OpenAI-compatible providers as they are. Its streams
-    always report usage: nothing to ask."""
+    """Responses API calls, compactions and token counts go to OpenAI-compatible
+    providers as they are. Its streams always report usage: nothing to ask."""
     check_pair(ctx, parsed, upstream)
-    return _pass_through(ctx, parsed, upstream, openai_responses.ENDPOINT + suffix)
+    route = ctx.route
+    assert route is not None
+    return _pass_through(ctx, parsed, upstream, _RESPONSES_ENDPOINTS[route.api] + suffix)
 
 
 def client_asked_for_usage(ctx: RequestContext, parsed: dict[str, Any]) -> bool:
@@ -288,11 +320,13 @@ def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
     )
 
 
-def _no_completions_api(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
-    """A text completion for a model of a provider type that has no completions API."""
+def _no_such_api(
+    ctx: RequestContext, kind: ProviderType, api: str, instead: str
+) -> BadRequestError:
+    """A request for a model of a provider type that lacks the endpoint (``_ONLY_OPENAI``)."""
     return BadRequestError(
         f"model '{ctx.model}' is served by a provider that speaks the {kind} API, which has "
-        "no text completions API (/v1/completions); send it to /v1/chat/completions",
+        f"no {api}; {instead}",
         param="model",
         code="unsupported_model_for_route",
     )
@@ -320,7 +354,7 @@ def plan_response(
         content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
     )
     created = int(ctx.started_wall)
-    if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
+    if route.api in TOKEN_COUNT_APIS:
         # {"input_tokens": N} is a count, not usage: read as usage it would be billed
         # and counted in aigw_tokens_consumed_total for tokens nobody generated.
         return ResponsePlan(None)
@@ -335,6 +369,9 @@ def plan_response(
     if route.api is RouteApi.OPENAI_RESPONSES:
         if streaming:
             return ResponsePlan(openai_responses.EventStreamReader(), streamed=True)
+        return ResponsePlan(openai_responses.ResponseReader())
+    if route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
+        # Never streamed (a body asking is refused): a response's usage, in one object.
         return ResponsePlan(openai_responses.ResponseReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(

@@ -34,6 +34,8 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_EMBEDDINGS: estimate_input_tokens,
     RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
     RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
+    RouteApi.OPENAI_RESPONSES_COMPACT: estimate_responses_tokens,
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: estimate_responses_tokens,
 }
 
 

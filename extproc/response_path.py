@@ -54,12 +54,18 @@ PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.OPENAI_EMBEDDINGS: ProviderType.OPENAI,
     RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
     RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
+    RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
 }
 # Client APIs nothing translates to: a model of another provider type is refused at
 # the body, so it does not keep a route off the lean path.
 _UNTRANSLATED = frozenset(
-    {RouteApi.ANTHROPIC_MESSAGES, RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_COMPLETIONS}
+    {
+        RouteApi.ANTHROPIC_MESSAGES,
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
+    }
 )
 
 
@@ -79,8 +85,8 @@ def lean_routes(config: GatewayConfig) -> frozenset[str]:
         if route.provider is not None:
             reachable = {route.provider}
         if route.api in _UNTRANSLATED:
-            # Nothing translates to Messages, Responses or text completions: other
-            # providers are refused at the body.
+            # Nothing translates to Messages, Responses (compactions included) or text
+            # completions: other providers are refused at the body.
             reachable = {name for name in reachable if providers[name] is wanted}
         if any(providers[name] is not wanted for name in reachable):
             continue

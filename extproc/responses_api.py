@@ -25,32 +25,53 @@ field, before it reserves quota or reaches the provider:
 - no ``messages`` (a body meant for chat completions).
 
 ``stream`` must be a boolean, as on every generating route (``ChatRequestStage``).
+
+Two more endpoints take a Responses body, checked the same way where they share its
+fields (``messages`` refused, ``input``, ``instructions``), and neither streams
+(``stream`` may only be false or left out):
+
+- compaction (``POST /v1/responses/compact``, ``check_compact_body``): ``input`` (a string
+  or items, nullable) may be left out with a ``previous_response_id``, the only context
+  the provider holds that the endpoint takes. It generates, and is billed; it has no
+  completion allowance (no ``max_output_tokens``), so the quota reserves
+  ``quotas.default_max_tokens`` for it;
+- token counting (``POST /v1/responses/input_tokens``, ``check_input_tokens_body``): the
+  body of the ``/v1/responses`` call to count; ``input`` may be left out with a
+  ``previous_response_id`` or a ``conversation`` (the endpoint takes no stored
+  ``prompt``). A count generates nothing and is never billed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from extproc.config.model import RouteApi
 from extproc.errors import BadRequestError
 from extproc.openai_inputs import positive_int
 
+# The client APIs whose request is a Responses API body: guards, the estimate and
+# content capture read them alike (``guardrails.responses_text``).
+RESPONSES_REQUESTS = frozenset(
+    {
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
+        RouteApi.OPENAI_RESPONSES_INPUT_TOKENS,
+    }
+)
+
 # The longest variable name a refusal repeats.
 _MAX_NAME = 64
+# What may stand in for ``input``: context the provider holds.
+_STORED_CONTEXT = "a stored 'prompt', 'previous_response_id' or 'conversation'"
+# Those a token count takes, and the one a compaction takes.
+_COUNTED_CONTEXT = "'previous_response_id' or 'conversation'"
+_PREVIOUS_RESPONSE = "'previous_response_id'"
 
 
 def check_responses_body(body: dict[str, Any], max_items: int) -> None:
     """Refuse a body the gateway cannot count, guard or bill (the module docstring)."""
-    if "messages" in body:
-        raise BadRequestError(
-            "this is a Responses API route: send 'input', not 'messages' "
-            "(chat completions are served on /v1/chat/completions)",
-            param="messages",
-        )
-    _check_input(body.get("input"), max_items, _stored_context(body))
+    _check_text(body, max_items, _stored_context(body), _STORED_CONTEXT)
     _check_prompt(body.get("prompt"))
-    instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise BadRequestError("'instructions' must be a string", param="instructions")
     allowance = body.get("max_output_tokens")
     if allowance is not None and not positive_int(allowance):
         raise BadRequestError(
@@ -69,6 +90,49 @@ def check_responses_body(body: dict[str, Any], max_items: int) -> None:
         )
 
 
+def check_compact_body(body: dict[str, Any], max_items: int) -> None:
+    """Refuse a compaction body the gateway cannot count, guard or bill (the module
+    docstring)."""
+    stored = body.get("previous_response_id") is not None
+    _check_text(body, max_items, stored, _PREVIOUS_RESPONSE)
+    _check_not_streamed(body, "compaction (/v1/responses/compact)")
+
+
+def check_input_tokens_body(body: dict[str, Any], max_items: int) -> None:
+    """Refuse a token count's body that guards could not read (the module docstring)."""
+    stored = body.get("previous_response_id") is not None or body.get("conversation") is not None
+    _check_text(body, max_items, stored, _COUNTED_CONTEXT)
+    _check_not_streamed(body, "token counting (/v1/responses/input_tokens)")
+
+
+def _check_text(body: dict[str, Any], max_items: int, stored_context: bool, stands_in: str) -> None:
+    """What every Responses body is checked for: no ``messages``, an ``input`` guards and
+    the estimate read (which ``stands_in`` may replace), ``instructions`` a string."""
+    if "messages" in body:
+        raise BadRequestError(
+            "this is a Responses API route: send 'input', not 'messages' "
+            "(chat completions are served on /v1/chat/completions)",
+            param="messages",
+        )
+    _check_input(body.get("input"), max_items, stored_context, stands_in)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequestError("'instructions' must be a string", param="instructions")
+
+
+def _check_not_streamed(body: dict[str, Any], endpoint: str) -> None:
+    """An endpoint that answers in one JSON object: ``stream`` false or left out. A stream
+    asked for would come back as the provider's 400 after the quota counted the request."""
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        raise BadRequestError(
+            f"{endpoint} answers in one JSON object and does not stream: send the request "
+            "without 'stream'",
+            param="stream",
+            code="unsupported_parameter",
+        )
+
+
 def _stored_context(body: dict[str, Any]) -> bool:
     """Whether the provider adds context of its own: a stored prompt, an earlier response,
     or a conversation."""
@@ -79,7 +143,7 @@ def _stored_context(body: dict[str, Any]) -> bool:
     )
 
 
-def _check_input(value: Any, max_items: int, stored_context: bool) -> None:
+def _check_input(value: Any, max_items: int, stored_context: bool, stands_in: str) -> None:
     if isinstance(value, str):
         if not value:
             raise BadRequestError("'input' must not be an empty string", param="input")
@@ -89,8 +153,7 @@ def _check_input(value: Any, max_items: int, stored_context: bool) -> None:
     if not isinstance(value, list) or not value:
         raise BadRequestError(
             "'input' is required: a string or a non-empty array of input items "
-            "(it may be left out with a stored 'prompt', 'previous_response_id' or "
-            "'conversation')",
+            f"(it may be left out with {stands_in})",
             param="input",
         )
     if len(value) > max_items:

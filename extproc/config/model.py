@@ -267,6 +267,15 @@ class RouteApi(StrEnum):
     # OpenAI's legacy text completions (/v1/completions: a prompt in, choices[].text
     # out): passed through to OpenAI-compatible providers, billed like chat completions.
     OPENAI_COMPLETIONS = "openai_completions"
+    # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
+    # window to carry on out (its user messages and one encrypted compaction item). It
+    # generates, so it is billed by its usage; it does not stream. OpenAI-compatible
+    # providers only.
+    OPENAI_RESPONSES_COMPACT = "openai_responses_compact"
+    # The Responses API's token count (/v1/responses/input_tokens): a Responses body in,
+    # {"object": "response.input_tokens", "input_tokens": N} out; as Anthropic's
+    # count_tokens, nothing is generated, billed or reserved.
+    OPENAI_RESPONSES_INPUT_TOKENS = "openai_responses_input_tokens"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -282,7 +291,15 @@ ROUTE_MODEL_KIND = {
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
     # prompts too: the config has no kind of its own for completion models.
     RouteApi.OPENAI_COMPLETIONS: ModelKind.CHAT,
+    RouteApi.OPENAI_RESPONSES_COMPACT: ModelKind.CHAT,
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: ModelKind.CHAT,
 }
+
+# The client APIs that count a prompt's tokens: they generate nothing, so they are never
+# billed and reserve no quota tokens (one request for request-rate limits).
+TOKEN_COUNT_APIS = frozenset(
+    {RouteApi.ANTHROPIC_COUNT_TOKENS, RouteApi.OPENAI_RESPONSES_INPUT_TOKENS}
+)
 
 
 # The client APIs whose bodies carry no chat messages for enrichment to add to.
@@ -350,6 +367,15 @@ class RouteConfig(_Section):
             raise ValueError("model_from_path needs a path_prefix")
         if self.api in _WITHOUT_MESSAGES and self.enrichment is not None:
             raise ValueError(f"enrichment adds chat messages, and an {self.api} route has none")
+        if self.api is RouteApi.OPENAI_RESPONSES_COMPACT and self.enrichment is not None:
+            # The compacted window goes back to the client, which sends it on with its
+            # next /v1/responses call: enriched there again, the route's messages would
+            # pile up in the conversation (and its user messages reach the client).
+            raise ValueError(
+                "enrichment would fold the route's messages into the compacted window the "
+                "client carries on (its next /v1/responses call is enriched again): an "
+                "openai_responses_compact route takes none"
+            )
         return self
 
 
@@ -417,11 +443,13 @@ class ManagementConfig(_Section):
 def _prefixed_routes(
     name: str, versioned: str, api: RouteApi, endpoint: str
 ) -> tuple[RouteConfig, RouteConfig]:
-    """The routes of one endpoint under a prefix, with and without its ``/v1``."""
+    """The routes of one endpoint under a prefix, with and without its ``/v1``; named after
+    the endpoint's path (``responses/compact``: ``...-prefix-responses-compact``)."""
     bare = versioned.rsplit("/", 1)[0]
+    label = endpoint.replace("/", "-").replace("_", "-")
     return (
-        RouteConfig(name=f"{name}-prefix-{endpoint}", path=f"{versioned}/{endpoint}", api=api),
-        RouteConfig(name=f"{name}-bare-prefix-{endpoint}", path=f"{bare}/{endpoint}", api=api),
+        RouteConfig(name=f"{name}-prefix-{label}", path=f"{versioned}/{endpoint}", api=api),
+        RouteConfig(name=f"{name}-bare-prefix-{label}", path=f"{bare}/{endpoint}", api=api),
     )
 
 
@@ -434,6 +462,16 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         ),
         RouteConfig(name="openai-responses", path="/v1/responses", api=RouteApi.OPENAI_RESPONSES),
         RouteConfig(
+            name="openai-responses-compact",
+            path="/v1/responses/compact",
+            api=RouteApi.OPENAI_RESPONSES_COMPACT,
+        ),
+        RouteConfig(
+            name="openai-responses-input-tokens",
+            path="/v1/responses/input_tokens",
+            api=RouteApi.OPENAI_RESPONSES_INPUT_TOKENS,
+        ),
+        RouteConfig(
             name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
         ),
         # An SDK whose base_url is <gateway>/openai/v1 or <gateway>/openai: its
@@ -441,6 +479,12 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         # would read them as chat completions (exact paths win over the prefix).
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_EMBEDDINGS, "embeddings"),
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_RESPONSES, "responses"),
+        *_prefixed_routes(
+            "openai", "/openai/v1", RouteApi.OPENAI_RESPONSES_COMPACT, "responses/compact"
+        ),
+        *_prefixed_routes(
+            "openai", "/openai/v1", RouteApi.OPENAI_RESPONSES_INPUT_TOKENS, "responses/input_tokens"
+        ),
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_COMPLETIONS, "completions"),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(

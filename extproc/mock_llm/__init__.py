@@ -1,7 +1,8 @@
 """A mock LLM provider: the upstream for tests, ``make run`` and benchmarks.
 
 It answers like OpenAI (chat completions in ``openai_api``, the Responses API in
-``responses_api``, legacy text completions in ``completions_api``), like Anthropic's
+``responses_api``, its compaction and token count in ``responses_compact``, legacy text
+completions in ``completions_api``), like Anthropic's
 Messages API (``anthropic_api``) and like AWS Bedrock Runtime's Converse API, SigV4 and
 event stream included (``bedrock_api``), with deterministic replies and token counts
 (``tokens``), misbehaves on request (see ``faults`` for the ``x-mock-fault`` header), and
@@ -44,6 +45,7 @@ from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
 from extproc.mock_llm.responses_api import ResponsesEndpoint
+from extproc.mock_llm.responses_compact import CompactEndpoints
 from extproc.mock_llm.tokens import count_tokens
 
 __all__ = ["MockOptions", "count_tokens", "create_app", "run"]
@@ -97,6 +99,7 @@ class _MockApp:
         self.responses = ResponsesEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
         )
+        self.compact = CompactEndpoints(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
@@ -124,6 +127,10 @@ class _MockApp:
             return "POST", self.completions.create
         if path.endswith("/responses"):
             return "POST", self.responses.create
+        if path.endswith("/responses/compact"):
+            return "POST", self.compact.compact
+        if path.endswith("/responses/input_tokens"):
+            return "POST", self.compact.input_tokens
         if path.endswith("/v1/messages/count_tokens"):
             return "POST", self.anthropic.count_tokens
         if path.endswith("/v1/messages"):

@@ -11,6 +11,7 @@ provider's type (what the upstream speaks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -30,10 +31,20 @@ from extproc.errors import (
 )
 from extproc.input_limits import nesting_depth_over
 from extproc.openai_inputs import check_choices
-from extproc.responses_api import check_responses_body
+from extproc.responses_api import (
+    check_compact_body,
+    check_input_tokens_body,
+    check_responses_body,
+)
 from extproc.runtime import Route
 from extproc.stages.attempt import failover_plan
 
+# How each endpoint that takes a Responses API body checks it (``responses_api``).
+_RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
+    RouteApi.OPENAI_RESPONSES: check_responses_body,
+    RouteApi.OPENAI_RESPONSES_COMPACT: check_compact_body,
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: check_input_tokens_body,
+}
 # The longest model name a request may give (path, header, query or body).
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
@@ -206,9 +217,9 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
         parsed = parse_json_object(body, limits.max_json_depth)
         check_embeddings_body(parsed)
         return parsed
-    if api is RouteApi.OPENAI_RESPONSES:
+    if api in _RESPONSES_CHECKS:
         parsed = parse_json_object(body, limits.max_json_depth)
-        check_responses_body(parsed, limits.max_messages)
+        _RESPONSES_CHECKS[api](parsed, limits.max_messages)
         return parsed
     if api is RouteApi.OPENAI_COMPLETIONS:
         parsed = parse_json_object(body, limits.max_json_depth)

@@ -86,6 +86,7 @@ _GENERATES = frozenset(
         RouteApi.ANTHROPIC_MESSAGES,
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
     }
 )
 # The client APIs whose requests a provider bills by their tokens.

@@ -18,10 +18,12 @@ strings and ``suffix`` (a prompt of token ids is not text, and passes unread), w
 answers' ``choices[].text``, and streams event by event as chat streams are.
 
 OpenAI Responses API routes (``guardrails.responses_text``) guard requests and
-whole answers. A stream of theirs repeats its text outside its deltas (in the
-``.done`` events and the terminal response), which the stream guard does not
-rewrite: a route that guards answers refuses to stream them (400), rather than
-send unguarded text.
+whole answers; so do its compaction routes (the answer's output: the user messages
+kept, and a compaction item whose encrypted content is no text) and its token-count
+routes (a request alone: the count's answer holds no text). A Responses stream
+repeats its text outside its deltas (in the ``.done`` events and the terminal
+response), which the stream guard does not rewrite: a route that guards answers
+refuses to stream them (400), rather than send unguarded text.
 
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
@@ -58,6 +60,7 @@ from extproc.guardrails.responses_text import answer_slots as responses_answer_s
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard
 from extproc.guardrails.webhook import Verdict, WebhookError
+from extproc.responses_api import RESPONSES_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +205,7 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
     assert ctx.body is not None and ctx.route is not None
     if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
         return input_slots(ctx.body)
-    if ctx.route.api is RouteApi.OPENAI_RESPONSES:
+    if ctx.route.api in RESPONSES_REQUESTS:
         return responses_request_slots(ctx.body)
     if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
         return completion_request_slots(ctx.body)
@@ -272,8 +275,10 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
         return
     # Token counting takes a Messages body too: enriched like /v1/messages, its count is
     # of the prompt a Messages call sends (a "system" message in `messages` is refused).
+    # So does a Responses token count: its count is of the input a /v1/responses call
+    # sends. A compaction route takes no enrichment (config.model).
     anthropic = ctx.route is not None and ctx.route.api in ANTHROPIC_APIS
-    responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
+    responses = ctx.route is not None and ctx.route.api in RESPONSES_REQUESTS
     enrich(
         ctx.body,
         guards.enrichment,
@@ -356,7 +361,7 @@ class GuardResponseStage:
         assert ctx.route is not None
         if ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
             return answer, anthropic_answer_slots(answer)
-        if ctx.route.api is RouteApi.OPENAI_RESPONSES:
+        if ctx.route.api in RESPONSES_REQUESTS:
             return answer, responses_answer_slots(answer)
         if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
             return answer, completion_answer_slots(answer)

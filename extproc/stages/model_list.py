@@ -2,8 +2,8 @@
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
-send on at least one route that serves it (chat, responses, completions or embeddings, by the
-model's ``kind`` and the provider types each API reaches), as the chat request
+send on at least one route that serves it (chat, responses and their compaction, completions
+or embeddings, by the model's ``kind`` and the provider types each API reaches), as the chat request
 stage would decide it there (the route's provider and fixed model, the key's
 ``allowed_models`` and ``allowed_routes``, the access rules of that route).
 """
@@ -27,6 +27,7 @@ _USING_APIS = frozenset(
         RouteApi.OPENAI_EMBEDDINGS,
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
     }
 )
 # The client APIs served by one provider type only (nothing translates to them).
@@ -34,6 +35,7 @@ _ONLY_PROVIDER = {
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
     RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
     RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
+    RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
 }
 
 

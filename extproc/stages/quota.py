@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from extproc.backends import ANTHROPIC_APIS
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
-from extproc.config.model import RouteApi
+from extproc.config.model import TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
@@ -62,7 +62,7 @@ class QuotaStage:
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
         # A token count generates nothing: it counts as one request, reserves no tokens.
-        counting = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_COUNT_TOKENS
+        counting = ctx.route is not None and ctx.route.api in TOKEN_COUNT_APIS
         cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
         return self._reserve(ctx, out, limits, cost)
 
@@ -212,8 +212,12 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
         raise refusal
-    if not embeddings and cap_completion(
-        ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx)
+    # An API without an allowance field (a compaction) has nothing to lower: it was
+    # admitted above only with room for its whole default allowance.
+    if (
+        not embeddings
+        and _allowance_fields(ctx)
+        and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
     ):
         ctx.body_changed = True
         ctx.quota_decision = "capped"
@@ -228,6 +232,9 @@ _LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 1
 
 def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
+    if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
+        # No allowance field to lower: the whole default allowance fits, or a 429.
+        return ctx.runtime.config.quotas.default_max_tokens
     return _LEAST_COMPLETION.get(route.api, 1) if route is not None else 1
 
 
@@ -255,6 +262,8 @@ def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
     route = ctx.route
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
         return RESPONSES_ALLOWANCE_FIELDS
+    if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
+        return ()  # none: a compaction reserves quotas.default_max_tokens
     if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
         return COMPLETIONS_ALLOWANCE_FIELDS
     return CHAT_ALLOWANCE_FIELDS

@@ -22,6 +22,7 @@ import time
 
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
+from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.stages.partial_usage import usage_if_ended_now
 from extproc.telemetry.content import ContentCapture
 from extproc.telemetry.span_attributes import request_metadata, running_usage_metadata
@@ -64,7 +65,7 @@ class TelemetryStage:
             ctx.content = ContentCapture(
                 anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
                 max_chars=telemetry.log.max_content_chars,
-                responses=route is not None and route.api is RouteApi.OPENAI_RESPONSES,
+                responses=route is not None and route.api in RESPONSES_REQUESTS,
                 completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
             )
 
@@ -79,11 +80,12 @@ class TelemetryStage:
             ctx.first_token_at = now
         sent = out.body if out.body is not None else chunk
         api = ctx.route.api
-        if ctx.accounted and api is RouteApi.OPENAI_RESPONSES and ctx.completed:
+        responses = api in RESPONSES_REQUESTS
+        if ctx.accounted and responses and ctx.completed:
             # Read once the answer ended, which may be an empty last chunk.
             _read_outcome(ctx)
         if ctx.accounted and sent and api is not RouteApi.OPENAI_EMBEDDINGS:
-            if api is not RouteApi.OPENAI_RESPONSES:
+            if not responses:
                 self._scan_finish_reasons(ctx, sent)
             if ctx.content is not None:
                 ctx.content.add_response_chunk(sent, streamed=ctx.stream)
@@ -152,7 +154,8 @@ class TelemetryStage:
 def _read_outcome(ctx: RequestContext) -> None:
     """A Responses API answer's finish reason: its outcome, as the reader of its JSON or
     its terminal event found it (``translators.openai_responses.finish_reason``). Its
-    bytes are not scanned: ``status`` also stands in every output item."""
+    bytes are not scanned: ``status`` also stands in every output item. A compaction or a
+    token count has no outcome: none is read."""
     if ctx.finish_reasons:
         return
     reason = getattr(ctx.translator, "finish_reason", None)

@@ -21,7 +21,10 @@ An OpenAI Responses API request reads as a conversation too: ``instructions`` as
 system message, then ``input`` (a string is one user message; items: messages by
 their role, function calls as the assistant's, their outputs as ``tool``); its answer
 is the text of its output messages (a stream's ``response.output_text.delta`` events)
-and its function calls.
+and its function calls, and a ``[compaction]`` marker for a compaction item (its
+content is encrypted). A compaction's request and answer (``/v1/responses/compact``:
+the user messages kept, then the compaction item) and a token count's request
+(``/v1/responses/input_tokens``) read the same way.
 
 An OpenAI text completion request (``/v1/completions``) reads as user messages: its
 prompt (each prompt of a batch; token ids, which are no text to the gateway, as a
@@ -388,6 +391,8 @@ def _responses_text(body: bytes) -> str | None:
             texts.append(_text_of(item.get("content")))
         elif item.get("type") == "function_call":
             texts.append(_item_call_text(item))
+        elif item.get("type") == "compaction":
+            texts.append("[compaction]")
     return "\n".join(texts)
 
 

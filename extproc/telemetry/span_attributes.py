@@ -88,6 +88,10 @@ OPERATIONS = {
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
     # The conventions' own value for OpenAI's legacy completions API.
     RouteApi.OPENAI_COMPLETIONS: "text_completion",
+    # The Responses API's compaction generates (and is billed), yet is no chat: a search
+    # for chats must not find it; the conventions have no value for it.
+    RouteApi.OPENAI_RESPONSES_COMPACT: "compact",
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "count_tokens",
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
 # attribute, and the label of gen_ai_client_token_usage).

@@ -35,6 +35,14 @@ event never shows its whole ``output``, yet the tool calls it made are billed. S
 ``stages.partial_usage`` bills what they showed; once the terminal response is read, its
 ``output`` is the count.
 
+A compaction (``/responses/compact``) answers one JSON object, ``{"id", "object":
+"response.compaction", "created_at", "output", "usage"}``, whose ``usage`` has this very
+shape (reasoning tokens in ``output_tokens``): ``ResponseReader`` reads it as a response's,
+and finds no ``model``, ``service_tier`` or ``status`` in it (the log line's
+``finish_reasons`` stays empty). A token count (``/responses/input_tokens``,
+``{"object": "response.input_tokens", "input_tokens": N}``) is not read: its number is a
+count, not usage, and nothing is billed for it.
+
 A provider's failure inside a stream whose 200 has left is recorded as the reader's
 ``failure`` (``base.StreamFailure``), so the gateway charges what the provider did and
 names its error: an ``error`` event, or ``response.failed`` (whose usage, when it
@@ -62,6 +70,9 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_to
 
 # Under the provider's API path (``/v1`` for OpenAI).
 ENDPOINT = "/responses"
+# The compaction and token-count endpoints beside it, which take a Responses body too.
+COMPACT_ENDPOINT = "/responses/compact"
+INPUT_TOKENS_ENDPOINT = "/responses/input_tokens"
 # The events whose end makes a stream whole: each carries the final response.
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # The events whose response is read: the first (model, tier) and the terminal ones.

@@ -1,7 +1,9 @@
 """OpenAI's Responses API through the gateway: the official openai client's
-``responses.create``, plain and streamed, real Envoy, the gateway, embedded Valkey and
-the mock provider. A response is billed like a chat completion, and every ledger (the
-answer, the log line, the metrics, the usage rollup and the quota) must agree on it."""
+``responses.create``, plain and streamed, ``responses.compact`` and
+``responses.input_tokens.count``, real Envoy, the gateway, embedded Valkey and the mock
+provider. A response or a compaction is billed like a chat completion, and every ledger
+(the answer, the log line, the metrics, the usage rollup and the quota) must agree on it;
+a token count is billed nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -20,6 +23,7 @@ from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
+    envoy_stat,
     metric,
     mock_requests,
     running_stack,
@@ -37,6 +41,9 @@ KEY_ID = "responses"
 KEY = "responses-key-5e21"
 LEDGER_ID = "responses-ledger"
 LEDGER_KEY = "responses-ledger-key-0c9a"
+# The compaction's own, for the same reason.
+COMPACT_ID = "responses-compact"
+COMPACT_KEY = "responses-compact-key-7d3f"
 INSTRUCTIONS = "Be brief."
 QUESTION = "Tell me a short story about a lighthouse"
 # The mock's count: each message's words and punctuation + 4, + 2 per request.
@@ -62,12 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw = default_config()
     raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "rosa"})
     raw["auth"]["api_keys"].append({"id": LEDGER_ID, "key": LEDGER_KEY, "user_id": "lena"})
+    raw["auth"]["api_keys"].append({"id": COMPACT_ID, "key": COMPACT_KEY, "user_id": "cora"})
     raw["quotas"] = {
         "rules": [
             {
                 "name": "responses-tokens",
                 "subject": "api_key",
-                "match": [KEY_ID, LEDGER_ID],
+                "match": [KEY_ID, LEDGER_ID, COMPACT_ID],
                 "tokens_per_day": 100_000_000,
             }
         ]
@@ -332,9 +340,10 @@ def test_a_guard_reads_a_stored_prompts_variables_before_the_provider(
 def test_the_other_responses_endpoints_never_reach_the_provider(
     stack: LocalStack, gateway_log: GatewayLog, key: str
 ) -> None:
-    """Retrieving, deleting, cancelling, listing input items, counting input tokens and
-    compacting are no routes of the gateway: a 404 before any provider, with or without a
-    key (a stored response is the organisation's, not the caller's: docs/providers.md)."""
+    """Retrieving, deleting, cancelling and listing input items are no routes of the
+    gateway: a 404 before any provider, with or without a key (a stored response is the
+    organisation's, not the caller's: docs/providers.md). Compacting and counting input
+    tokens are (the tests below)."""
     client = client_of(stack, key=key)
     used_before = tokens_used(stack)
     sent_before = len(mock_requests(stack))
@@ -343,12 +352,149 @@ def test_the_other_responses_endpoints_never_reach_the_provider(
         lambda: client.responses.delete("resp_1"),
         lambda: client.responses.cancel("resp_1"),
         lambda: client.responses.input_items.list("resp_1"),
-        lambda: client.responses.input_tokens.count(model=MODEL, input=QUESTION),
-        lambda: client.responses.compact(model=MODEL, input=QUESTION),
     ]
     for call in calls:
         with pytest.raises(openai.NotFoundError) as refused:
             call()
         assert refused.value.code == "route_not_found"
     assert len(mock_requests(stack)) == sent_before
+    assert tokens_used(stack) == used_before
+
+
+# --- compaction and token counts ------------------------------------------------------------
+
+
+def test_a_compaction_is_answered_billed_and_reported_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    raw = client_of(stack, key=COMPACT_KEY).responses.with_raw_response.compact(
+        model=MODEL, instructions=INSTRUCTIONS, input=QUESTION
+    )
+    compacted = raw.parse()
+
+    # The client gets the compacted window: its user message kept, then the compaction.
+    assert compacted.object == "response.compaction"
+    output = orjson.loads(raw.content)["output"]
+    assert [item["type"] for item in output] == ["message", "compaction"]
+    assert output[0]["role"] == "user" and output[0]["content"][0]["text"] == QUESTION
+    # The mock summarises as it would answer: the same input, the reply's tokens out.
+    usage = compacted.usage
+    assert (usage.input_tokens, usage.output_tokens) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    upstream = mock_requests(stack)[-1]
+    assert upstream["path"] == "/v1/responses/compact"
+    assert upstream["headers"]["authorization"] == "Bearer mock-provider-key"
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["route"], line["model"], line["api_key_id"]) == (
+        "openai-responses-compact",
+        MODEL,
+        COMPACT_ID,
+    )
+    assert line["http_status_code"] == 200 and line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    assert line["usage_reported"] is True and line["stream"] is False
+    # gpt-4.1-nano: $0.10 in, $0.40 out per million.
+    assert line["cost_usd"] == pytest.approx((INPUT_TOKENS * 0.10 + OUTPUT_TOKENS * 0.40) / 1e6)
+
+    after = scrape(stack.metrics_url)
+    assert grown(before, after, "prompt", COMPACT_ID) == INPUT_TOKENS
+    assert grown(before, after, "completion", COMPACT_ID) == OUTPUT_TOKENS
+    row = wait_for(lambda: usage_rows(stack, "api_key").get(COMPACT_ID), 20)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+        1,
+        INPUT_TOKENS,
+        OUTPUT_TOKENS,
+    )
+    # Reserved the estimate plus quotas.default_max_tokens, settled on the provider's count.
+    assert wait_for(lambda: tokens_used(stack, COMPACT_ID) == INPUT_TOKENS + OUTPUT_TOKENS, 10)
+
+
+@pytest.mark.parametrize(
+    ("base_path", "prefix"), [("/openai/v1", "openai-prefix"), ("/openai", "openai-bare-prefix")]
+)
+def test_an_sdk_based_at_the_openai_prefix_compacts_and_counts_too(
+    stack: LocalStack, gateway_log: GatewayLog, base_path: str, prefix: str
+) -> None:
+    client = client_of(stack, base_path)
+    raw = client.responses.with_raw_response.compact(model=MODEL, input=QUESTION)
+    assert raw.parse().usage.output_tokens == OUTPUT_TOKENS
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["route"] == f"{prefix}-responses-compact"
+    counted = client.responses.input_tokens.with_raw_response.count(model=MODEL, input=QUESTION)
+    assert counted.parse().input_tokens == count_tokens(QUESTION) + 4 + 2
+    [line] = gateway_log.for_request(counted.headers["x-request-id"])
+    assert line["route"] == f"{prefix}-responses-input-tokens"
+
+
+def test_a_compaction_skips_the_response_headers_message_and_comes_whole(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The lean response path (docs/architecture.md): request headers, request body and the
+    whole answer in one buffered message, each one answered (Envoy's own count)."""
+    sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent")
+    received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received")
+    answer = httpx.post(
+        f"{stack.base_url}/v1/responses/compact",
+        content=orjson.dumps({"model": MODEL, "input": QUESTION, "stream": False}),
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        timeout=30.0,
+    )
+    sent = envoy_stat(stack, "aigw.ext_proc.stream_msgs_sent") - sent
+    received = envoy_stat(stack, "aigw.ext_proc.stream_msgs_received") - received
+    assert answer.status_code == 200 and answer.json()["object"] == "response.compaction"
+    assert (sent, received) == (3, 3)
+    [line] = gateway_log.for_request(answer.headers["x-request-id"])
+    assert line["completion_tokens"] == answer.json()["usage"]["output_tokens"]
+
+
+def test_a_compaction_asked_to_stream_is_a_400_that_never_reaches_the_provider(
+    stack: LocalStack,
+) -> None:
+    sent_before = len(mock_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).responses.compact(model=MODEL, input=QUESTION, extra_body={"stream": True})
+    body = refused.value.body
+    assert isinstance(body, dict) and body["param"] == "stream"
+    assert len(mock_requests(stack)) == sent_before
+
+
+def test_a_compaction_or_count_of_a_model_without_the_api_is_a_400(stack: LocalStack) -> None:
+    client = client_of(stack)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.compact(model="claude-3-5-haiku-latest", input="hi")
+    assert refused.value.code == "unsupported_model_for_route"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.input_tokens.count(model="claude-3-5-haiku-latest", input="hi")
+    assert refused.value.code == "unsupported_model_for_route"
+
+
+def test_a_token_count_is_the_providers_count_and_billed_nothing(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    raw = client_of(stack).responses.input_tokens.with_raw_response.count(
+        model=MODEL, instructions=INSTRUCTIONS, input=QUESTION
+    )
+    counted = raw.parse()
+    # The mock counts what a /v1/responses call of this body would report as its input.
+    assert counted.object == "response.input_tokens" and counted.input_tokens == INPUT_TOKENS
+    assert mock_requests(stack)[-1]["path"] == "/v1/responses/input_tokens"
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["route"] == "openai-responses-input-tokens" and line["http_status_code"] == 200
+    assert (line["prompt_tokens"], line["completion_tokens"], line["cost_usd"]) == (0, 0, 0)
+    assert line["usage_reported"] is False
+    after = scrape(stack.metrics_url)
+    assert grown(before, after, "prompt") == 0 and grown(before, after, "completion") == 0
+
+
+def test_a_token_count_holds_no_quota_tokens(stack: LocalStack, gateway_log: GatewayLog) -> None:
+    """Needs the token count among the quota's counts (stages/quota.py, see the report)."""
+    used_before = tokens_used(stack)
+    raw = client_of(stack).responses.input_tokens.with_raw_response.count(
+        model=MODEL, input=QUESTION
+    )
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["quota_decision"] == "allowed"
     assert tokens_used(stack) == used_before
