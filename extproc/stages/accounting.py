@@ -140,14 +140,7 @@ class AccountingStage:
     def _entry(ctx: RequestContext, cost: Cost, latency_ms: float) -> UsageEntry:
         return UsageEntry(
             started_at=ctx.started_wall,
-            dimensions={
-                "route": ctx.route.name if ctx.route else "",
-                "model": ctx.model or "",
-                "provider": ctx.provider or "",
-                "api_key_id": ctx.identity.api_key_id or "",
-                "user_id": ctx.identity.user_id or "",
-                "group_id": ctx.identity.group_id or "",
-            },
+            dimensions=_dimensions(ctx, ctx.provider or ""),
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,
             cached_tokens=ctx.usage.cached_tokens,
@@ -166,16 +159,21 @@ def _cut_entry(ctx: RequestContext, attempt: CutAttempt) -> UsageEntry:
     (the client waited for the request, not for this attempt)."""
     return UsageEntry(
         started_at=ctx.started_wall,
-        dimensions={
-            "route": ctx.route.name if ctx.route else "",
-            "model": ctx.model or "",
-            "provider": attempt.provider,
-            "api_key_id": ctx.identity.api_key_id or "",
-            "user_id": ctx.identity.user_id or "",
-            "group_id": ctx.identity.group_id or "",
-        },
+        dimensions=_dimensions(ctx, attempt.provider),
         prompt_tokens=attempt.usage.prompt_tokens,
         completion_tokens=attempt.usage.completion_tokens,
         cost_picousd=attempt.cost.picousd,
         priced=attempt.cost.priced,
     )
+
+
+def _dimensions(ctx: RequestContext, provider: str) -> dict[str, str]:
+    """The rollup dimensions of the request's usage that ``provider`` billed."""
+    return {
+        "route": ctx.route.name if ctx.route else "",
+        "model": ctx.model or "",
+        "provider": provider,
+        "api_key_id": ctx.identity.api_key_id or "",
+        "user_id": ctx.identity.user_id or "",
+        "group_id": ctx.identity.group_id or "",
+    }
