@@ -72,10 +72,11 @@ def prepare_request(
 def usage_from_object(value: Any) -> Usage | None:
     """Read an OpenAI-shaped usage object; None when absent or malformed.
 
-    OpenAI-compatible providers differ in two counts, both read here so the bill holds
+    OpenAI-compatible providers differ in three counts, all read here so the bill holds
     each token once: reasoning tokens, which xAI counts beside ``completion_tokens``
-    rather than inside it (``_reasoning_beside``), and cache hits, which DeepSeek and
-    Moonshot name their own way (``_cached``).
+    rather than inside it (``_reasoning_beside``), cache hits, which DeepSeek and
+    Moonshot name their own way (``_cached``), and cache writes, which OpenRouter
+    reports for the models that bill them (``_cache_writes``).
     """
     if not isinstance(value, dict):
         return None
@@ -85,9 +86,11 @@ def usage_from_object(value: Any) -> Usage | None:
         return None
     total = value.get("total_tokens")
     if not isinstance(total, int):
-        return Usage(prompt, completion, prompt + completion, _cached(value, prompt))
-    completion += _reasoning_beside(value, prompt, completion, total)
-    return Usage(prompt, completion, total, _cached(value, prompt))
+        total = prompt + completion
+    else:
+        completion += _reasoning_beside(value, prompt, completion, total)
+    cached = _cached(value, prompt)
+    return Usage(prompt, completion, total, cached, _cache_writes(value, prompt - cached))
 
 
 def _count(value: Any) -> int | None:
@@ -128,6 +131,17 @@ def _cached(value: dict[str, Any], prompt: int) -> int:
         value.get("cached_tokens"),
     )
     return min(max(_count(hits) or 0 for hits in named), prompt)
+
+
+def _cache_writes(value: dict[str, Any], uncached: int) -> int:
+    """The prompt tokens written to the provider's cache (part of ``prompt_tokens``, billed
+    above the input price by Anthropic's models): OpenRouter's
+    ``prompt_tokens_details.cache_write_tokens``; never more than the prompt's tokens
+    not read from the cache."""
+    details = value.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        return 0
+    return min(_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
 
 
 def service_tier_from_answer(answer: dict[str, Any]) -> str | None:

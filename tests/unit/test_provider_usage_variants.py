@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc.chargeback.pricing import TokenPrices, cost_of
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.translators.openai_openai import usage_from_object
 from tests.unit.test_openai_compatible_streams import (
     DONE,
     counts,
@@ -98,3 +100,45 @@ async def test_a_client_that_did_not_ask_for_usage_finds_no_groq_count(
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert events[-1]["x_groq"] == GROQ_ID
     assert received.endswith(DONE)
+
+
+# OpenRouter's usage, as its usage-accounting docs show it: cache writes (Anthropic models
+# behind it bill them above the input price) inside prompt_tokens, under OpenAI's details.
+OPENROUTER_USAGE = {
+    "completion_tokens": 2,
+    "completion_tokens_details": {"reasoning_tokens": 0},
+    "cost": 0.95,
+    "cost_details": {"upstream_inference_cost": 19},
+    "prompt_tokens": 194,
+    "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 100, "audio_tokens": 0},
+    "total_tokens": 196,
+}
+
+
+def test_openrouters_cache_writes_are_billed_as_writes() -> None:
+    usage = usage_from_object(OPENROUTER_USAGE)
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (194, 2, 196)
+    assert (usage.cached_tokens, usage.cache_write_tokens) == (0, 100)
+    # USD per million: input 3, cache writes 3.75, output 15 (Claude Sonnet's).
+    prices = TokenPrices(
+        input=3_000_000, cached_input=300_000, output=15_000_000,
+        cache_write_input=3_750_000, cache_write_1h_input=6_000_000,
+    )  # fmt: skip
+    assert cost_of(usage, prices).picousd == 94 * 3_000_000 + 100 * 3_750_000 + 2 * 15_000_000
+
+
+@pytest.mark.parametrize(
+    ("details", "written"),
+    [
+        ({"cached_tokens": 150, "cache_write_tokens": 100}, 44),  # never past the prompt
+        ({"cache_write_tokens": -5}, 0),
+        ({"cache_write_tokens": True}, 0),
+        ({"cache_write_tokens": None}, 0),
+    ],
+)
+def test_a_cache_write_count_never_bills_a_prompt_token_twice(
+    details: dict[str, Any], written: int
+) -> None:
+    usage = usage_from_object({**OPENROUTER_USAGE, "prompt_tokens_details": details})
+    assert usage is not None and usage.cache_write_tokens == written
