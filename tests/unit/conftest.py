@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -11,7 +11,9 @@ import pytest
 
 from extproc.config import GatewayConfig, load_config
 from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
+from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
@@ -44,6 +46,18 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
+    """A quota store on the shared Valkey, emptied first."""
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    store = QuotaStore(client, "test:")
+    await store.start()
+    yield store
+    await store.close()
+    await client.aclose()
 
 
 @pytest.fixture

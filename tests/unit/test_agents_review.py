@@ -18,7 +18,6 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     processor_for,
@@ -68,17 +67,6 @@ def samples(services: Services, metric: str) -> list[dict[str, str]]:
         for sample in family.samples
         if sample.name == metric
     ]
-
-
-@pytest.fixture
-async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    store = QuotaStore(client, "agents-review:")
-    await store.start()
-    yield store
-    await store.close()
-    await client.aclose()
 
 
 # --- request limits --------------------------------------------------------------------------

@@ -15,17 +15,11 @@ import pytest
 from extproc.quota.estimate import estimate_prompt_tokens
 from extproc.quota.store import QuotaStore
 from extproc.testing import request_body, request_headers, run_stream
-from tests.unit.test_completions_api import (
-    AUTH,
-    capped,
-    error_of,
-    quota_store,
-    used_tokens,
-)
+from tests.unit.quota_helpers import capped, used_tokens
+from tests.unit.test_completions_api import AUTH, error_of
 from tests.unit.test_guard_flow import upstream_body
 
 CHAT = "/v1/chat/completions"
-__all__ = ["quota_store"]  # the fixture, shared
 
 
 def chat(**fields: Any) -> bytes:

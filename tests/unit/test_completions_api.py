@@ -9,7 +9,6 @@ chunk (``choices: []``) when usage was asked for, then ``data: [DONE]``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,9 @@ from extproc.config.loader import ConfigError, parse_config
 from extproc.config.model import GatewayConfig as GatewayConfigModel
 from extproc.processor import Processor
 from extproc.quota.estimate import CHARS_PER_TOKEN
-from extproc.quota.store import QuotaStore, Reservation
-from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Services
 from extproc.stages.partial_usage import generated_chars
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
-from extproc.telemetry.access_log import AccessLog
-from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,
     processor_for,
@@ -41,8 +35,8 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
-from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
+from tests.unit.quota_helpers import capped, used_tokens
 from tests.unit.sse_play import only_line, play_sse
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
 from tests.unit.test_request_log import with_log
@@ -441,43 +435,6 @@ def test_the_provider_generates_best_of_or_n_completions_per_prompt(
     fields: dict[str, Any], choices: int
 ) -> None:
     assert generated_choices({"prompt": PROMPT, **fields}) == choices
-
-
-HARD_CAP = """
-quotas:
-  default_max_tokens: 1000
-  rules:
-    - {name: team-cap, subject: api_key, tokens_per_day: %d, hard_cap: true}
-"""
-
-
-@pytest.fixture
-async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    store = QuotaStore(client, "completions-test:")
-    await store.start()
-    yield store
-    await store.close()
-    await client.aclose()
-
-
-def capped(quota_store: QuotaStore, budget: int) -> tuple[Processor, Services]:
-    text = DEFAULT_CONFIG + HARD_CAP % budget
-    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
-    runtime = Runtime(parse_config(text, "t", {}), services)
-    return Processor(lambda: runtime, default_stages()), services
-
-
-async def used_tokens(quota_store: QuotaStore, budget: int) -> int:
-    runtime = Runtime(
-        parse_config(DEFAULT_CONFIG + HARD_CAP % budget, "t", {}),
-        Services(GatewayMetrics(), AccessLog(stdout=False)),
-    )
-    limits = runtime.quota_rules.limits_for_subject("api_key", "team1", quota_store.now())
-    reservation = await quota_store.reserve(limits, 0)
-    assert isinstance(reservation, Reservation)
-    return reservation.used[0]
 
 
 async def test_the_reservation_is_max_tokens_times_the_completions_asked_for(

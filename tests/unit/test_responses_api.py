@@ -9,7 +9,6 @@ event (``response.completed``, ``.incomplete``, ``.failed``) and no ``[DONE]``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,9 @@ from extproc.quota.estimate import (
     completion_allowance,
     estimate_responses_tokens,
 )
-from extproc.quota.store import QuotaStore, Reservation
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.model_list import usable_names
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
@@ -52,6 +48,7 @@ from extproc.testing import (
 from extproc.translators import sse
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
+from tests.unit.quota_helpers import capped, used_tokens
 from tests.unit.sse_play import only_line, play_sse
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
 
@@ -471,32 +468,6 @@ def test_the_completion_allowance_is_max_output_tokens_alone() -> None:
     assert completion_allowance({"max_tokens": 10}, 4096, RESPONSES_ALLOWANCE_FIELDS) == 4096
 
 
-HARD_CAP = """
-quotas:
-  default_max_tokens: 1000
-  rules:
-    - {name: team-cap, subject: api_key, tokens_per_day: %d, hard_cap: true}
-"""
-
-
-@pytest.fixture
-async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    store = QuotaStore(client, "responses-test:")
-    await store.start()
-    yield store
-    await store.close()
-    await client.aclose()
-
-
-def capped(quota_store: QuotaStore, budget: int) -> tuple[Processor, Services]:
-    text = DEFAULT_CONFIG + HARD_CAP % budget
-    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
-    runtime = Runtime(parse_config(text, "t", {}), services)
-    return Processor(lambda: runtime, default_stages()), services
-
-
 async def test_a_hard_cap_lowers_max_output_tokens_never_max_tokens(
     quota_store: QuotaStore,
 ) -> None:
@@ -541,13 +512,7 @@ async def test_the_reservation_is_settled_with_the_providers_count(
     processor, _ = capped(quota_store, 100_000)
     await whole(processor, responses(max_output_tokens=500), TEXT_JSON)
     await quota_store.flush()
-    runtime = Runtime(
-        parse_config(DEFAULT_CONFIG + HARD_CAP % 100_000, "t", {}),
-        Services(GatewayMetrics(), AccessLog(stdout=False)),
-    )
-    limits = runtime.quota_rules.limits_for_subject("api_key", "team1", quota_store.now())
-    reservation = await quota_store.reserve(limits, 0)
-    assert isinstance(reservation, Reservation) and reservation.used == [123]
+    assert await used_tokens(quota_store, 100_000) == 123
 
 
 # --- guardrails -----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ response's; a count is ``{"object": "response.input_tokens", "input_tokens": N}`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,6 @@ from extproc.quota.estimate import estimate_responses_tokens
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
@@ -326,17 +323,6 @@ quotas:
   rules:
     - {name: team-tokens, subject: api_key, tokens_per_day: %d, hard_cap: %s}
 """
-
-
-@pytest.fixture
-async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    store = QuotaStore(client, "compact-test:")
-    await store.start()
-    yield store
-    await store.close()
-    await client.aclose()
 
 
 def with_quota(

@@ -6,22 +6,16 @@ items, refusals, MCP and shell items), and requests OpenAI serves that the gatew
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.estimate import CHARS_PER_TOKEN, estimate_responses_tokens
 from extproc.quota.store import QuotaStore
-from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
-from extproc.telemetry.metrics import GatewayMetrics
+from extproc.runtime import Services
 from extproc.testing import (
     request_body,
     request_headers,
@@ -29,8 +23,8 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
-from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
+from tests.unit.quota_helpers import capped
 from tests.unit.sse_play import only_line
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
 
@@ -272,31 +266,10 @@ def test_the_estimate_counts_prompt_variables_and_the_text_of_every_item() -> No
     assert estimate_responses_tokens(body) >= 3 * (len(passage) // CHARS_PER_TOKEN)
 
 
-HARD_CAP = """
-quotas:
-  default_max_tokens: 1000
-  rules:
-    - {name: team-cap, subject: api_key, tokens_per_day: %d, hard_cap: true}
-"""
-
-
-@pytest.fixture
-async def quota_store(valkey: EmbeddedValkey) -> AsyncIterator[QuotaStore]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    store = QuotaStore(client, "responses-review:")
-    await store.start()
-    yield store
-    await store.close()
-    await client.aclose()
-
-
 async def test_a_hard_cap_refuses_a_prompt_made_of_variables_larger_than_the_budget(
     quota_store: QuotaStore,
 ) -> None:
-    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
-    runtime = Runtime(parse_config(DEFAULT_CONFIG + HARD_CAP % 500, "t", {}), services)
-    processor = Processor(lambda: runtime, default_stages())
+    processor, services = capped(quota_store, 500)
     document = "Section 4.2: every region reported growth this quarter. " * 200  # ~2,800 tokens
     prompt = {"id": PROMPT_ID, "variables": {"document": document}}
     answers = await send(processor, responses(input="Summarise it.", prompt=prompt))

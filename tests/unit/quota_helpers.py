@@ -1,0 +1,42 @@
+"""The default config under one hard-capped daily token budget per API key, as the tests
+of each client API's hard cap use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from extproc.config.loader import parse_config
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore, Reservation
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.conftest import MemoryLog
+
+DEFAULT_CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
+HARD_CAP = """
+quotas:
+  default_max_tokens: 1000
+  rules:
+    - {name: team-cap, subject: api_key, tokens_per_day: %d, hard_cap: true}
+"""
+
+
+def capped_runtime(quota_store: QuotaStore, budget: int) -> tuple[Runtime, Services]:
+    """The default config whose keys each have ``budget`` tokens a day, hard-capped."""
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
+    return Runtime(parse_config(DEFAULT_CONFIG + HARD_CAP % budget, "t", {}), services), services
+
+
+def capped(quota_store: QuotaStore, budget: int) -> tuple[Processor, Services]:
+    runtime, services = capped_runtime(quota_store, budget)
+    return Processor(lambda: runtime, default_stages()), services
+
+
+async def used_tokens(quota_store: QuotaStore, budget: int) -> int:
+    """The tokens key team1's budget has used today (a zero reservation reads it)."""
+    runtime, _ = capped_runtime(quota_store, budget)
+    limits = runtime.quota_rules.limits_for_subject("api_key", "team1", quota_store.now())
+    reservation = await quota_store.reserve(limits, 0)
+    assert isinstance(reservation, Reservation)
+    return reservation.used[0]
