@@ -195,6 +195,11 @@ class RequestContext:
     generated_chars: int = 0
     # The prompt's estimated tokens (estimated_prompt_tokens), once first needed.
     prompt_estimate: int | None = None
+    # The tokens of the stored response a Responses API request continues, as recorded
+    # (stages.response_owner): context the provider adds that the body does not show.
+    stored_context_tokens: int = 0
+    # Set once the response this request created is recorded as the caller's.
+    owner_recorded: bool = False
     first_byte_at: float | None = None
     # No response-headers message: status and the rest come with the first body chunk.
     lean_response: bool = False
@@ -264,5 +269,5 @@ class RequestContext:
             estimate: Callable[[dict[str, Any]], int] = estimate_prompt_tokens
             if self.route is not None:
                 estimate = _PROMPT_ESTIMATES.get(self.route.api, estimate_prompt_tokens)
-            self.prompt_estimate = estimate(self.body or {})
+            self.prompt_estimate = estimate(self.body or {}) + self.stored_context_tokens
         return self.prompt_estimate

@@ -115,6 +115,12 @@ def _check_text(body: dict[str, Any], max_items: int, stored_context: bool, stan
             param="messages",
         )
     _check_input(body.get("input"), max_items, stored_context, stands_in)
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        # The gateway checks whose response it is (stages.response_owner) by this id.
+        raise BadRequestError(
+            "'previous_response_id' must be a non-empty string", param="previous_response_id"
+        )
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise BadRequestError("'instructions' must be a string", param="instructions")

@@ -44,6 +44,7 @@ from extproc.response_path import is_lean, lean_routes
 if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
     from extproc.quota.store import QuotaStore
+    from extproc.store.response_owners import ResponseOwners
     from extproc.store.usage import UsageStore
     from extproc.store.usage_writer import UsageWriter
     from extproc.telemetry.access_log import AccessLog
@@ -91,6 +92,8 @@ class Services:
     quota_store: QuotaStore | None = None
     # API keys created at run time (the management API); None without a store.
     stored_keys: StoredKeys | None = None
+    # Who created each stored response (None without a store, or with records off).
+    response_owners: ResponseOwners | None = None
     # Notes quota subjects for the gauges read from the store (telemetry.quota_gauges).
     quota_subjects: SubjectTracker | None = None
 

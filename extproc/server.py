@@ -53,6 +53,7 @@ from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
+from extproc.store.response_owners import ResponseOwners
 from extproc.store.spool import Spool
 from extproc.store.usage import UsageStore
 from extproc.store.usage_writer import UsageWriter
@@ -284,6 +285,10 @@ class Gateway:
         await self.services.quota_store.start()
         self.services.stored_keys = StoredKeys(self._store_client, store.key_prefix)
         self.services.stored_keys.start()  # auth freshness: hear revocations from any process
+        if store.response_owner_retention_days:
+            self.services.response_owners = ResponseOwners(
+                self._store_client, store.key_prefix, store.response_owner_retention_days
+            )
         self._start_quota_gauges()
 
     def _start_quota_gauges(self) -> None:

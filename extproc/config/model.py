@@ -123,6 +123,9 @@ class StoreConfig(_Section):
     timeout_ms: int = Field(default=500, gt=0)
     # Usage rollups are kept this long; every key the gateway writes expires.
     usage_retention_days: int = Field(default=400, ge=1)
+    # Who created each stored Responses API response, kept this long (OpenAI keeps a
+    # response 30 days); 0: no records, and any caller may continue any response.
+    response_owner_retention_days: int = Field(default=30, ge=0, le=3650)
 
     @field_validator("url")
     @classmethod

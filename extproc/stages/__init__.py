@@ -22,6 +22,7 @@ from extproc.stages.model_list import ModelListStage
 from extproc.stages.partial_usage import PartialUsageStage
 from extproc.stages.quota import QuotaStage
 from extproc.stages.response import ResponseStage
+from extproc.stages.response_owner import PreviousResponseStage, ResponseRecordStage
 from extproc.stages.routing import RoutingStage
 from extproc.stages.telemetry import TelemetryStage
 
@@ -35,6 +36,9 @@ def default_stages() -> list[object]:
         CredentialStage(),
         AgentCallStage(),
         ChatRequestStage(),
+        # Before the guards and the quota: a response the caller may not continue is
+        # refused first, and the quota reserves the stored context it adds.
+        PreviousResponseStage(),
         # Before the quota reservation (a refused prompt reserves nothing) and translation.
         GuardRequestStage(),
         # Before the quota stage: its `done` estimates what a cut stream produced.
@@ -43,6 +47,8 @@ def default_stages() -> list[object]:
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),
+        # Right after the answer's end is read, before the client gets that end.
+        ResponseRecordStage(),
         # Right after the answer is translated: masks what the client will get.
         GuardResponseStage(),
         # After every stage that shapes the answer: it reads what the client gets.

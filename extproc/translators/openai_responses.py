@@ -18,7 +18,9 @@ The request goes as the client sent it, under the provider's name for the model,
   item that searched (its ``action`` ``search``, or no action), as ``web_search``; each
   ``file_search_call``, as ``file_search``; a call whose ``status`` is ``failed`` is not
   billed (docs/chargeback.md says why). A JSON answer's ``output``; a stream's terminal
-  response's ``output``.
+  response's ``output``;
+- the response's ``id`` (a JSON answer's; a stream's first event's), under which
+  ``stages.response_owner`` records who created it.
 
 A stream (SSE, ``event: response.<kind>`` lines) ends with one terminal event:
 ``response.completed``, ``response.incomplete`` or ``response.failed``, each carrying
@@ -235,6 +237,13 @@ def _model(response: dict[str, Any]) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def _response_id(response: dict[str, Any]) -> str | None:
+    """The id the provider stores a response under (``stages.response_owner`` records
+    who created it)."""
+    found = response.get("id")
+    return found if isinstance(found, str) and found else None
+
+
 class ResponseReader(BufferedBodyReader):
     """A whole (non-streamed) response: reads usage (its billed tool calls included),
     model, service tier and outcome, passes bytes through."""
@@ -244,6 +253,7 @@ class ResponseReader(BufferedBodyReader):
     def __init__(self) -> None:
         super().__init__()
         self.finish_reason: str | None = None
+        self.response_id: str | None = None
 
     @staticmethod
     def read_service_tier(answer: dict[str, Any]) -> str | None:
@@ -253,6 +263,7 @@ class ResponseReader(BufferedBodyReader):
         super().feed(chunk, end_of_stream)
         if end_of_stream and isinstance(self.answer, dict):
             self.finish_reason = finish_reason(self.answer)
+            self.response_id = _response_id(self.answer)
             if self.usage is not None:
                 self.usage.server_tool_requests = server_tool_calls(self.answer.get("output"))
         return None
@@ -271,6 +282,8 @@ class EventStreamReader:
         self.failure: StreamFailure | None = None
         self.service_tier: str | None = None
         self.finish_reason: str | None = None
+        # The response's id, from its first event (or the terminal one).
+        self.response_id: str | None = None
         # Set once a terminal event (response.completed, .incomplete, .failed) was read.
         self.terminal_event_read = False
         # The billed tool calls the stream showed, billed if it ends without its response.
@@ -311,6 +324,7 @@ class EventStreamReader:
         if not isinstance(response, dict) or kind not in _RESPONSE_EVENTS:
             return
         self.response_model = _model(response) or self.response_model
+        self.response_id = _response_id(response) or self.response_id
         tier = service_tier_of(response.get("service_tier"))
         if kind not in TERMINAL_EVENTS:
             # response.created: the model and tier, for a stream cut before its end. It

@@ -44,6 +44,9 @@ LEDGER_KEY = "responses-ledger-key-0c9a"
 # The compaction's own, for the same reason.
 COMPACT_ID = "responses-compact"
 COMPACT_KEY = "responses-compact-key-7d3f"
+# Another person, who must not continue the responses the others created.
+OTHER_ID = "responses-other"
+OTHER_KEY = "responses-other-key-41b8"
 INSTRUCTIONS = "Be brief."
 QUESTION = "Tell me a short story about a lighthouse"
 # The mock's count: each message's words and punctuation + 4, + 2 per request.
@@ -70,6 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "rosa"})
     raw["auth"]["api_keys"].append({"id": LEDGER_ID, "key": LEDGER_KEY, "user_id": "lena"})
     raw["auth"]["api_keys"].append({"id": COMPACT_ID, "key": COMPACT_KEY, "user_id": "cora"})
+    raw["auth"]["api_keys"].append({"id": OTHER_ID, "key": OTHER_KEY, "user_id": "otto"})
     raw["quotas"] = {
         "rules": [
             {
@@ -359,6 +363,38 @@ def test_the_other_responses_endpoints_never_reach_the_provider(
         assert refused.value.code == "route_not_found"
     assert len(mock_requests(stack)) == sent_before
     assert tokens_used(stack) == used_before
+
+
+# --- stored responses belong to their creator ---------------------------------------------
+
+
+def test_only_the_caller_who_created_a_response_continues_it(stack: LocalStack) -> None:
+    created = client_of(stack).responses.create(model=MODEL, input=QUESTION)
+    # Streamed, right after the first: the record is there before the client reads the end.
+    with client_of(stack).responses.create(
+        model=MODEL, input="And then?", previous_response_id=created.id, stream=True
+    ) as events:
+        last = list(events)[-1]
+    assert last.type == "response.completed"
+    second = last.response
+    third = client_of(stack).responses.create(
+        model=MODEL, input="How does it end?", previous_response_id=second.id
+    )
+    assert third.status == "completed"
+    assert responses_requests(stack)[-1]["json"]["previous_response_id"] == second.id
+
+    sent_before = len(mock_requests(stack))
+    other = client_of(stack, key=OTHER_KEY)
+    for response_id in (created.id, second.id, "resp_never_made"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            other.responses.create(model=MODEL, input="Continue", previous_response_id=response_id)
+        # What OpenAI answers an id it does not know: whose it is stays untold.
+        assert refused.value.code == "previous_response_not_found"
+        assert refused.value.param == "previous_response_id"
+        with pytest.raises(openai.BadRequestError) as refused:
+            other.responses.compact(model=MODEL, previous_response_id=response_id)
+        assert refused.value.code == "previous_response_not_found"
+    assert len(mock_requests(stack)) == sent_before
 
 
 # --- compaction and token counts ------------------------------------------------------------

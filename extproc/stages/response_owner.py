@@ -1,0 +1,132 @@
+"""Stored Responses API responses: only the caller who created one continues it.
+
+Every caller shares the provider's account, where the provider stores each response
+(``store`` defaults to true). ``ResponseRecordStage`` records who created each stored
+response the moment its answer ends, before the client reads its end, so the client's
+next request finds the record (``store.response_owners``). ``PreviousResponseStage``
+looks up the response a request names in ``previous_response_id`` (a response, a
+compaction, a token count) and refuses it, as OpenAI refuses an id it does not know
+(400 ``previous_response_not_found``), when the record is missing or names another
+caller: whether another caller's response exists is not told. A found record gives the
+quota the stored context's size, which the body does not show (``stored_context_tokens``).
+
+Store failures: a lookup the store cannot answer follows ``quotas.on_store_failure``
+(open: unchecked; closed: 503); a record the store cannot take is logged and counted,
+and the answer goes on (that response can then not be continued through the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from extproc.config.model import RouteApi
+from extproc.config.quota_model import StoreFailure
+from extproc.context import PhaseOutput, RequestContext
+from extproc.errors import BadRequestError, ServiceUnavailableError
+from extproc.store.response_owners import (
+    NOBODY,
+    ResponseOwner,
+    ResponseOwners,
+    owner_of,
+    recordable,
+)
+
+log = logging.getLogger(__name__)
+
+# The endpoints whose body may name a stored response to build on.
+_CONTINUING_APIS = frozenset(
+    {
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
+        RouteApi.OPENAI_RESPONSES_INPUT_TOKENS,
+    }
+)
+_PARAM = "previous_response_id"
+
+
+class PreviousResponseStage:
+    """Request body: the response named in ``previous_response_id`` must be the caller's."""
+
+    def request_body(
+        self, ctx: RequestContext, out: PhaseOutput, body: bytes
+    ) -> Awaitable[None] | None:
+        owners = ctx.runtime.services.response_owners
+        route = ctx.route
+        if owners is None or route is None or route.api not in _CONTINUING_APIS:
+            return None
+        previous = ctx.body.get(_PARAM) if ctx.body is not None else None
+        if not isinstance(previous, str):
+            return None  # none named (the body's checks refused any other type)
+        return _check_owner(ctx, owners, previous)
+
+
+async def _check_owner(ctx: RequestContext, owners: ResponseOwners, response_id: str) -> None:
+    runtime = ctx.runtime
+    try:
+        # asyncio.timeout, not wait_for: no extra task per lookup.
+        async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+            found = await owners.find(response_id)
+    except Exception as exc:
+        runtime.services.metrics.store_error("response_owner_lookup")
+        if runtime.config.quotas.on_store_failure is StoreFailure.FAIL_OPEN:
+            log.warning("response owner store unavailable, not checked: %s", type(exc).__name__)
+            return
+        raise ServiceUnavailableError(
+            "the store that records stored responses is unavailable; try again shortly",
+            code="response_store_unavailable",
+        ) from None
+    caller = owner_of(ctx.identity)
+    if found is None or found.owner not in (caller, NOBODY):
+        # OpenAI's own answer for an id it does not know: the same for another caller's,
+        # so that a caller learns nothing of others' responses.
+        shown = response_id if recordable(response_id) else "(not a response id)"
+        raise BadRequestError(
+            f"Previous response with id '{shown}' not found.",
+            param=_PARAM,
+            code="previous_response_not_found",
+        )
+    ctx.stored_context_tokens = found.tokens
+
+
+class ResponseRecordStage:
+    """Response body: record who created a stored response, once its answer ends."""
+
+    def response_body(
+        self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
+    ) -> Awaitable[None] | None:
+        owners = ctx.runtime.services.response_owners
+        route = ctx.route
+        if owners is None or route is None or route.api is not RouteApi.OPENAI_RESPONSES:
+            return None
+        if ctx.owner_recorded or not ctx.completed or ctx.response_status >= 400:
+            return None
+        if ctx.provider is None:
+            return None
+        response_id = getattr(ctx.translator, "response_id", None)
+        body = ctx.body
+        if not isinstance(response_id, str) or body is None or body.get("store") is False:
+            return None
+        if not recordable(response_id):
+            return None
+        # Once: the chunks after a stream's terminal event find it recorded.
+        ctx.owner_recorded = True
+        owner = ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens)
+        return _record(ctx, owners, response_id, owner)
+
+
+async def _record(
+    ctx: RequestContext, owners: ResponseOwners, response_id: str, owner: ResponseOwner
+) -> None:
+    runtime = ctx.runtime
+    try:
+        async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+            await owners.record(response_id, owner)
+    except Exception as exc:
+        runtime.services.metrics.store_error("response_owner_record")
+        log.warning(
+            "the owner of a stored response was not recorded (request %s): %s",
+            ctx.request_id,
+            type(exc).__name__,
+        )

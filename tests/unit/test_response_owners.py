@@ -1,0 +1,270 @@
+"""Stored Responses API responses belong to the caller who created them: only they
+continue, compact or count one by its ``previous_response_id``, and the quota reserves
+the stored context a continuation adds (``stages.response_owner``), on a real Valkey."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+from extproc.config.loader import ConfigError, parse_config
+from extproc.context import Identity
+from extproc.processor import Processor
+from extproc.quota.estimate import estimate_responses_tokens
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.store.response_owners import NOBODY, ResponseOwner, ResponseOwners, owner_of
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+from tests.unit.conftest import MemoryLog
+from tests.unit.quota_helpers import DEFAULT_CONFIG, capped_runtime
+from tests.unit.sse_play import only_line, play_sse
+from tests.unit.test_guard_flow import immediate, upstream_body
+from tests.unit.test_responses_api import TEXT_JSON, TEXT_SSE, responses, split_events
+
+RESPONSES = "/v1/responses"
+ALICE = {"authorization": "Bearer team1-key"}  # key team1, user alice
+BOB = {"authorization": "Bearer team2-key"}  # key team2, user bob
+# The id both recorded answers carry, and their usage's total_tokens.
+CREATED = "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+JSON_TOTAL, STREAM_TOTAL = 123, 45
+
+
+@pytest.fixture
+async def owners(quota_store: QuotaStore, valkey: EmbeddedValkey) -> AsyncIterator[ResponseOwners]:
+    """The records on the shared Valkey (emptied by ``quota_store``)."""
+    client = connect(valkey.url, 2.0)
+    yield ResponseOwners(client, "test:", 30)
+    await client.aclose()
+
+
+def gateway(owners: ResponseOwners | None, extra: str = "") -> tuple[Processor, Services]:
+    services = Services(GatewayMetrics(), MemoryLog(), response_owners=owners)
+    runtime = Runtime(parse_config(DEFAULT_CONFIG + extra, "t", {}), services)
+    return Processor(lambda: runtime, default_stages()), services
+
+
+async def create(processor: Processor, body: bytes, answer: bytes = TEXT_JSON) -> None:
+    await run_stream(
+        processor,
+        [
+            request_headers(RESPONSES, headers=ALICE),
+            request_body(body),
+            response_headers(200),
+            response_body(answer),
+        ],
+    )
+
+
+async def continue_(
+    processor: Processor, caller: dict[str, str], path: str = RESPONSES, **fields: Any
+) -> ext.ProcessingResponse:
+    """The gateway's answer to a request continuing ``CREATED``: its request body's."""
+    body = orjson.dumps(
+        {"model": "gpt-4o-mini", "input": "And then?", "previous_response_id": CREATED, **fields}
+    )
+    answers = await run_stream(
+        processor, [request_headers(path, headers=caller), request_body(body)]
+    )
+    return answers[1]
+
+
+def refused_as_not_found(answer: ext.ProcessingResponse) -> dict[str, Any]:
+    status, body = immediate(answer)
+    assert status == 400
+    error: dict[str, Any] = body["error"]
+    assert error["code"] == "previous_response_not_found"
+    assert error["param"] == "previous_response_id"
+    return error
+
+
+def forwarded(answer: ext.ProcessingResponse) -> bool:
+    """Whether the request went on to the provider (no answer of the gateway's own)."""
+    return answer.WhichOneof("response") == "request_body"
+
+
+# --- who may continue a response ----------------------------------------------------------
+
+
+async def test_only_the_caller_who_created_a_response_continues_it(
+    owners: ResponseOwners,
+) -> None:
+    processor, _ = gateway(owners)
+    await create(processor, responses())
+    assert await owners.find(CREATED) == ResponseOwner("user:alice", "mock", JSON_TOTAL)
+
+    assert forwarded(await continue_(processor, ALICE))
+
+    processor, services = gateway(owners)
+    refused = refused_as_not_found(await continue_(processor, BOB))
+    # Told exactly what an unknown id is told: nothing about whose it is.
+    assert refused["message"] == f"Previous response with id '{CREATED}' not found."
+    line = only_line(services)
+    assert line["http_status_code"] == 400 and line["quota_decision"] is None
+
+
+async def test_an_id_never_recorded_is_not_found(owners: ResponseOwners) -> None:
+    processor, _ = gateway(owners)
+    refused_as_not_found(await continue_(processor, ALICE))
+
+
+@pytest.mark.parametrize("path", ["/v1/responses/compact", "/v1/responses/input_tokens"])
+async def test_compacting_or_counting_anothers_response_is_refused_the_same_way(
+    owners: ResponseOwners, path: str
+) -> None:
+    processor, _ = gateway(owners)
+    await create(processor, responses())
+    refused_as_not_found(await continue_(processor, BOB, path))
+    assert forwarded(await continue_(processor, ALICE, path))
+
+
+async def test_a_stream_is_recorded_at_its_terminal_event_even_when_the_client_leaves_then(
+    owners: ResponseOwners,
+) -> None:
+    processor, _ = gateway(owners)
+    # The client hangs up right after the terminal event: Envoy sends no end of stream.
+    await play_sse(
+        processor, RESPONSES, ALICE, responses(stream=True), split_events(TEXT_SSE), ended=False
+    )
+    assert await owners.find(CREATED) == ResponseOwner("user:alice", "mock", STREAM_TOTAL)
+
+
+async def test_a_response_not_stored_is_not_recorded_and_cannot_be_continued(
+    owners: ResponseOwners,
+) -> None:
+    processor, _ = gateway(owners)
+    await create(processor, responses(store=False))
+    assert await owners.find(CREATED) is None
+    refused_as_not_found(await continue_(processor, ALICE))
+
+
+async def test_a_provider_error_records_nothing(owners: ResponseOwners) -> None:
+    processor, _ = gateway(owners)
+    error = b'{"error":{"message":"bad","type":"invalid_request_error","id":"resp_x"}}'
+    await run_stream(
+        processor,
+        [
+            request_headers(RESPONSES, headers=ALICE),
+            request_body(responses()),
+            response_headers(400),
+            response_body(error),
+        ],
+    )
+    assert await owners.find("resp_x") is None
+
+
+async def test_a_previous_response_id_that_is_no_string_is_a_400_naming_it(
+    owners: ResponseOwners,
+) -> None:
+    processor, _ = gateway(owners)
+    answer = await continue_(processor, ALICE, previous_response_id=7)
+    status, body = immediate(answer)
+    assert (status, body["error"]["param"]) == (400, "previous_response_id")
+
+
+def test_a_persons_keys_share_their_responses_and_a_key_without_a_user_keeps_its_own() -> None:
+    by_key = Identity(method="api_key", api_key_id="team1", user_id="alice")
+    by_token = Identity(method="jwt", user_id="alice", jwt_provider="okta")
+    assert owner_of(by_key) == owner_of(by_token) == "user:alice"
+    assert owner_of(Identity(method="api_key", api_key_id="ci")) == "key:ci"
+    assert owner_of(Identity(method="none")) == NOBODY
+
+
+async def test_a_response_created_on_an_open_route_may_be_continued_by_anyone(
+    owners: ResponseOwners,
+) -> None:
+    await owners.record(CREATED, ResponseOwner(NOBODY, "mock", 10))
+    processor, _ = gateway(owners)
+    assert forwarded(await continue_(processor, BOB))
+
+
+async def test_without_records_any_caller_continues_any_response() -> None:
+    # store.response_owner_retention_days: 0 (no ResponseOwners): the provider decides.
+    processor, _ = gateway(None)
+    assert forwarded(await continue_(processor, BOB))
+
+
+@pytest.mark.parametrize(("days", "valid"), [(0, True), (90, True), (-1, False)])
+def test_the_retention_is_zero_or_more_days(days: int, valid: bool) -> None:
+    text = DEFAULT_CONFIG + f"\nstore:\n  response_owner_retention_days: {days}\n"
+    if valid:
+        assert parse_config(text, "t", {}).store.response_owner_retention_days == days
+    else:
+        with pytest.raises(ConfigError, match="response_owner_retention_days"):
+            parse_config(text, "t", {})
+
+
+# --- the quota ------------------------------------------------------------------------------
+
+
+async def test_a_hard_cap_counts_the_stored_context_a_continuation_adds(
+    quota_store: QuotaStore, owners: ResponseOwners
+) -> None:
+    await owners.record(CREATED, ResponseOwner("user:alice", "mock", 2000))
+    runtime, services = capped_runtime(quota_store, 3000)
+    services.response_owners = owners
+    processor = Processor(lambda: runtime, default_stages())
+    answer = await continue_(processor, ALICE)
+    body = {"model": "gpt-4o-mini", "input": "And then?", "previous_response_id": CREATED}
+    prompt = estimate_responses_tokens(body)
+    # Without the record the cap would have left 3000 - prompt for the answer.
+    assert upstream_body(answer)["max_output_tokens"] == 3000 - prompt - 2000
+
+
+async def test_a_stored_context_larger_than_the_budget_is_refused_by_the_hard_cap(
+    quota_store: QuotaStore, owners: ResponseOwners
+) -> None:
+    await owners.record(CREATED, ResponseOwner("user:alice", "mock", 5000))
+    runtime, services = capped_runtime(quota_store, 3000)
+    services.response_owners = owners
+    processor = Processor(lambda: runtime, default_stages())
+    status, body = immediate(await continue_(processor, ALICE))
+    assert status == 429 and body["error"]["code"] == "insufficient_quota"
+
+
+# --- the store down ---------------------------------------------------------------------------
+
+
+def unreachable() -> ResponseOwners:
+    return ResponseOwners(connect("redis://127.0.0.1:1", 0.2), "test:", 30)
+
+
+async def test_a_lookup_the_store_cannot_answer_is_a_503_by_default() -> None:
+    processor, services = gateway(unreachable())
+    status, body = immediate(await continue_(processor, ALICE))
+    assert status == 503 and body["error"]["code"] == "response_store_unavailable"
+    assert _store_errors(services, "response_owner_lookup") == 1
+
+
+async def test_a_lookup_the_store_cannot_answer_goes_on_unchecked_when_failing_open() -> None:
+    processor, _ = gateway(unreachable(), "\nquotas:\n  on_store_failure: fail_open\n")
+    assert forwarded(await continue_(processor, BOB))
+
+
+async def test_a_record_the_store_cannot_take_leaves_the_answer_whole() -> None:
+    processor, services = gateway(unreachable())
+    await create(processor, responses())
+    line = only_line(services)
+    assert line["http_status_code"] == 200 and line["total_tokens"] == JSON_TOTAL
+    assert _store_errors(services, "response_owner_record") == 1
+
+
+def _store_errors(services: Services, operation: str) -> float:
+    for family in services.metrics.registry.collect():
+        for found in family.samples:
+            if found.name == "aigw_store_errors_total" and found.labels["operation"] == operation:
+                return found.value
+    return 0.0
