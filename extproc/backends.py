@@ -433,17 +433,23 @@ def _refused_plan(ctx: RequestContext, status: int) -> ResponsePlan:
     answer must not depend on the path it took.
     """
     shape = ctx.error_shape
-    known = _provider_secrets(ctx.upstream)
+    upstream = ctx.upstream
 
     def replace(body: bytes) -> bytes:
-        detail, said = _provider_error(body, status)
-        return credentials_refused(detail, said, known).body(shape)
+        return refused_body(body, status, upstream, shape)
 
     return ResponsePlan(
         ErrorRewriter(replace),
         set_headers={"content-type": "application/json"},
         remove_headers=["content-length"],
     )
+
+
+def refused_body(body: bytes, status: int, upstream: Upstream | None, shape: str) -> bytes:
+    """The gateway's ``upstream_credentials_refused`` error in the client's ``shape`` for a
+    provider's refusal of the gateway's credential (``_refused_plan``)."""
+    detail, said = _provider_error(body, status)
+    return credentials_refused(detail, said, _provider_secrets(upstream)).body(shape)
 
 
 def _provider_secrets(upstream: Upstream | None) -> list[str]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from extproc.errors import GatewayError
     from extproc.quota.store import Reservation
     from extproc.runtime import Route, Runtime, Upstream
+    from extproc.stages.stored_responses import StoredResponseCall
     from extproc.telemetry.content import ContentCapture
     from extproc.translators.base import ResponseTranslator
 
@@ -248,6 +249,8 @@ class RequestContext:
     guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
     # MCP / A2A routes: the call's record (extproc.agents).
     agent: AgentCall | None = None
+    # A request to a stored Responses API response by its id (stages.stored_responses).
+    stored_response: StoredResponseCall | None = None
     # Set when this request needs no credentials on an authenticated route (an A2A agent card).
     public: bool = False
 

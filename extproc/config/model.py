@@ -279,6 +279,10 @@ class RouteApi(StrEnum):
     # {"object": "response.input_tokens", "input_tokens": N} out; as Anthropic's
     # count_tokens, nothing is generated, billed or reserved.
     OPENAI_RESPONSES_INPUT_TOKENS = "openai_responses_input_tokens"
+    # A stored response, by its id (/v1/responses/{id}: retrieve, delete; its
+    # input_items and cancel): served only to the caller who created it, at the provider
+    # that stores it (stages.stored_responses); nothing is generated or billed.
+    OPENAI_RESPONSES_STORED = "openai_responses_stored"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -476,6 +480,23 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         ),
         RouteConfig(
             name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
+        ),
+        # Every other path under /v1/responses: a stored response by its id (the exact
+        # paths above win over this prefix).
+        RouteConfig(
+            name="openai-responses-stored",
+            path_prefix="/v1/responses",
+            api=RouteApi.OPENAI_RESPONSES_STORED,
+        ),
+        RouteConfig(
+            name="openai-prefix-responses-stored",
+            path_prefix="/openai/v1/responses",
+            api=RouteApi.OPENAI_RESPONSES_STORED,
+        ),
+        RouteConfig(
+            name="openai-bare-prefix-responses-stored",
+            path_prefix="/openai/responses",
+            api=RouteApi.OPENAI_RESPONSES_STORED,
         ),
         # An SDK whose base_url is <gateway>/openai/v1 or <gateway>/openai: its
         # embeddings, responses and completions calls land under the chat prefix, which

@@ -24,6 +24,7 @@ from extproc.stages.quota import QuotaStage
 from extproc.stages.response import ResponseStage
 from extproc.stages.response_owner import PreviousResponseStage, ResponseRecordStage
 from extproc.stages.routing import RoutingStage
+from extproc.stages.stored_responses import StoredResponseStage
 from extproc.stages.telemetry import TelemetryStage
 
 
@@ -34,6 +35,8 @@ def default_stages() -> list[object]:
         AuthenticationStage(),
         ModelListStage(),
         CredentialStage(),
+        # After the client's credentials are removed: sets the provider's.
+        StoredResponseStage(),
         AgentCallStage(),
         ChatRequestStage(),
         # Before the guards and the quota: a response the caller may not continue is

@@ -55,6 +55,10 @@ class RoutingStage:
             return  # extproc.agents takes it from here
         # The path without its query, which may carry a credential.
         path = ctx.path.partition("?")[0]
+        if route.api is RouteApi.OPENAI_RESPONSES_STORED:
+            # Not billed, any method its paths take: stages.stored_responses decides.
+            out.mode_override = FULL_RESPONSE
+            return
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
                 raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}")

@@ -79,6 +79,10 @@ class ResponseOwners:
         )
         await self._client.set(self._key(response_id), value, ex=self._ttl_s)
 
+    async def forget(self, response_id: str) -> None:
+        """Drop a record (its response was deleted at the provider)."""
+        await self._client.delete(self._key(response_id))
+
     async def find(self, response_id: str) -> ResponseOwner | None:
         """The record of a response; None when there is none (never recorded, expired,
         or an id no record can have)."""

@@ -340,15 +340,13 @@ def test_a_guard_reads_a_stored_prompts_variables_before_the_provider(
     assert len(responses_requests(stack)) == sent_before
 
 
-@pytest.mark.parametrize("key", [KEY, "not-a-key"])
-def test_the_other_responses_endpoints_never_reach_the_provider(
-    stack: LocalStack, gateway_log: GatewayLog, key: str
+def test_a_stored_response_the_gateway_never_saw_is_a_404_before_the_provider(
+    stack: LocalStack,
 ) -> None:
-    """Retrieving, deleting, cancelling and listing input items are no routes of the
-    gateway: a 404 before any provider, with or without a key (a stored response is the
-    organisation's, not the caller's: docs/providers.md). Compacting and counting input
-    tokens are (the tests below)."""
-    client = client_of(stack, key=key)
+    """Retrieving, deleting, cancelling and listing the input items of a response the
+    gateway has no record of: OpenAI's 404 for an unknown id, before any provider (a
+    stored response is served to its creator alone: docs/providers.md)."""
+    client = client_of(stack)
     used_before = tokens_used(stack)
     sent_before = len(mock_requests(stack))
     calls = [
@@ -360,7 +358,9 @@ def test_the_other_responses_endpoints_never_reach_the_provider(
     for call in calls:
         with pytest.raises(openai.NotFoundError) as refused:
             call()
-        assert refused.value.code == "route_not_found"
+        assert refused.value.message.endswith("Response with id 'resp_1' not found.")
+    with pytest.raises(openai.AuthenticationError):
+        client_of(stack, key="not-a-key").responses.retrieve("resp_1")
     assert len(mock_requests(stack)) == sent_before
     assert tokens_used(stack) == used_before
 
