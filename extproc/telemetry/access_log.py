@@ -76,6 +76,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "cost_priced": cost_priced,
         # The tier the provider reported serving at, which priced cost_usd (chargeback.md).
         "service_tier": ctx.service_tier,
+        # Priced at the model's long-context prices (its prompt above their threshold).
+        "long_context": cost is not None and cost.long_context,
         "cut_attempts": cut_field,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,

@@ -205,6 +205,7 @@ async def test_a_250k_token_anthropic_answer_is_billed_at_the_long_context_price
     assert expected == Decimal("0.3345")  # not 0.171, the prices up to 200K
     assert (line["prompt_tokens"], line["cached_tokens"]) == (250_000, 220_000)
     assert Decimal(str(line["cost_usd"])) == expected and line["cost_priced"] is True
+    assert line["long_context"] is True  # why it costs twice the short price
     # The counter and Envoy's metadata carry the very same cost.
     counted = services.metrics.registry.get_sample_value(
         "aigw_cost_usd_total",
@@ -239,6 +240,7 @@ async def test_a_stream_cut_before_its_usage_is_priced_by_its_estimated_prompt(
                    openai_chunks(), ended=False)  # fmt: skip
     line = only_line(services)
     assert line["usage_estimated"] is True and line["prompt_tokens"] > 1
+    assert line["long_context"] is long_context
     prices = ("0.30", "1.20") if long_context else ("0.15", "0.60")
     assert Decimal(str(line["cost_usd"])) == usd(
         [(line["prompt_tokens"], prices[0]), (line["completion_tokens"], prices[1])]
