@@ -15,7 +15,9 @@ still reach the right endpoint. ``POST .../moderations`` answers like OpenAI's m
 endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
 ``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
 Titan text embeddings (see ``bedrock_embeddings``); header ``x-mock-reply`` chooses the
-reply (see ``scripted``).
+reply (see ``scripted``). The Responses API responses it creates are kept and served back
+(``GET`` / ``DELETE .../responses/{id}``, ``GET .../responses/{id}/input_items``,
+``POST .../responses/{id}/cancel``; see ``responses_store``).
 Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
@@ -29,7 +31,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -46,6 +48,7 @@ from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
 from extproc.mock_llm.responses_api import ResponsesEndpoint
 from extproc.mock_llm.responses_compact import CompactEndpoints
+from extproc.mock_llm.responses_store import ResponseStore, StoredResponsesEndpoints
 from extproc.mock_llm.tokens import count_tokens
 
 __all__ = ["MockOptions", "count_tokens", "create_app", "run"]
@@ -54,6 +57,8 @@ _EMPTY_BODY = Body(b"", False, None)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 Endpoint = Callable[[web.Request, Body], Awaitable[web.StreamResponse]]
+# The endpoint for each method a path takes (most take one; a stored response GET and DELETE).
+Routes = Mapping[str, Endpoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,14 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s,
             default_fault=default_fault,
         )
+        stored_responses = ResponseStore()
         self.responses = ResponsesEndpoint(
-            chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
+            chunk_delay_s=options.chunk_delay_s,
+            default_fault=default_fault,
+            store=stored_responses,
+        )
+        self.stored_responses = StoredResponsesEndpoints(
+            stored_responses, default_fault=default_fault
         )
         self.compact = CompactEndpoints(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
@@ -119,35 +130,36 @@ class _MockApp:
             default_fault=default_fault,
         )
 
-    def _route(self, path: str) -> tuple[str, Endpoint] | None:
-        """The method and endpoint for a provider path, or None."""
+    def _route(self, path: str) -> Routes | None:
+        """The endpoint for each method a provider path takes, or None."""
         if path.endswith("/chat/completions"):
-            return "POST", self.openai.chat_completions
+            return {"POST": self.openai.chat_completions}
         if path.endswith("/completions"):  # after chat's, which ends the same way
-            return "POST", self.completions.create
+            return {"POST": self.completions.create}
         if path.endswith("/responses"):
-            return "POST", self.responses.create
+            return {"POST": self.responses.create}
         if path.endswith("/responses/compact"):
-            return "POST", self.compact.compact
+            return {"POST": self.compact.compact}
         if path.endswith("/responses/input_tokens"):
-            return "POST", self.compact.input_tokens
+            return {"POST": self.compact.input_tokens}
         if path.endswith("/v1/messages/count_tokens"):
-            return "POST", self.anthropic.count_tokens
+            return {"POST": self.anthropic.count_tokens}
         if path.endswith("/v1/messages"):
-            return "POST", self.anthropic.messages
+            return {"POST": self.anthropic.messages}
         if path.endswith("/models"):
-            return "GET", self.openai.models
+            return {"GET": self.openai.models}
         if path.endswith("/converse"):
-            return "POST", self.bedrock.converse
+            return {"POST": self.bedrock.converse}
         if path.endswith("/converse-stream"):
-            return "POST", self.bedrock.converse_stream
+            return {"POST": self.bedrock.converse_stream}
         if path.endswith("/moderations"):
-            return "POST", moderations
+            return {"POST": moderations}
         if path.endswith("/embeddings"):
-            return "POST", self.embeddings.create
+            return {"POST": self.embeddings.create}
         if path.endswith("/invoke"):
-            return "POST", self.bedrock.invoke
-        return None
+            return {"POST": self.bedrock.invoke}
+        # Last: its pattern, .../responses/{id}, also fits the create endpoints' paths above.
+        return self.stored_responses.routes(path)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -163,12 +175,12 @@ class _MockApp:
                 body=body,
                 received_at=time.time(),
             )
-        route = self._route(path)
-        if route is None:
+        routes = self._route(path)
+        if routes is None:
             return _not_found(request)
-        method, endpoint = route
-        if request.method != method:
-            return _method_not_allowed(request, method)
+        endpoint = routes.get(request.method)
+        if endpoint is None:
+            return _method_not_allowed(request, ", ".join(routes))
         return await endpoint(request, body)
 
     async def _control(self, request: web.Request) -> web.Response:

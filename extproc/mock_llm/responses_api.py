@@ -25,6 +25,10 @@ string content or its ``input_text`` / ``output_text`` parts joined with a space
 ``background: true`` is answered as OpenAI answers it: JSON with ``status: "queued"``, no
 output and no usage (the work is not done yet); a background stream starts ``queued``.
 
+A response made with ``store`` not false is kept, as OpenAI keeps it, for the stored-response
+endpoints of ``responses_store``: a JSON answer as sent, a stream as its terminal event
+carries it, a background stream from its ``response.created`` on.
+
 A stream is OpenAI's event sequence, each event ``event: <type>`` and ``data: <json>`` with a
 ``sequence_number`` from 0, and no ``[DONE]``: ``response.created``, ``response.in_progress``,
 ``response.output_item.added``, ``response.content_part.added``, one
@@ -49,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,6 +75,7 @@ from extproc.mock_llm.openai_api import (
     served_tier,
 )
 from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.responses_store import ResponseStore, listed_input_items
 from extproc.mock_llm.scripted import REPLY_HEADER, ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import prompt_tokens, reply_pieces, reply_text
 
@@ -92,6 +97,8 @@ _SERVER_ERROR_MESSAGE = (
 # header gives them (the tool's type in the request's ``tools``): the output item's type
 # and its id's prefix.
 CALL_ITEMS = {"web_search": ("web_search_call", "ws"), "file_search": ("file_search_call", "fs")}
+# The events that end a stream, each carrying the response as it ended: what OpenAI keeps.
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 # --- Requests ------------------------------------------------------------------------------------
@@ -112,6 +119,7 @@ class ResponsesRequest:
     text_format: dict[str, Any] | None  # text.format as asked
     asked_tier: str  # service_tier as asked, echoed until the response is done
     served_tier: str  # the tier that served it, shown once done
+    input: Any = None  # ``input`` as sent, which a stored response lists back
 
 
 def _invalid_type(param: str, expected: str) -> InvalidRequestError:
@@ -263,6 +271,7 @@ def parse_responses_request(body: Body) -> ResponsesRequest:
         text_format=_text_format(doc),
         asked_tier=asked_tier if isinstance(asked_tier, str) else "auto",
         served_tier=served_tier(asked_tier),
+        input=doc.get("input"),
     )
 
 
@@ -434,13 +443,24 @@ class ResponseShell:
 # --- Streams -------------------------------------------------------------------------------------
 
 
+# Told of each response document an event is about to carry, with the event's type.
+ResponseListener = Callable[[str, dict[str, Any]], None]
+
+
 class EventWriter:
     """Writes SSE events, numbering them; one write per event so each is its own HTTP chunk."""
 
-    def __init__(self, response: web.StreamResponse, interval_s: float, garbage: bool) -> None:
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        interval_s: float,
+        garbage: bool,
+        on_response: ResponseListener | None = None,
+    ) -> None:
         self._response = response
         self._interval_s = interval_s
         self._garbage = garbage
+        self._on_response = on_response
         self._sequence = itertools.count()
 
     async def send(self, event_type: str, payload: dict[str, Any]) -> None:
@@ -451,6 +471,10 @@ class EventWriter:
         if self._garbage:
             await self._response.write(head + _GARBAGE_DATA)
             return
+        if self._on_response is not None and "response" in payload:
+            # Before the write: a client that reads the event and at once asks for the
+            # response must find it.
+            self._on_response(event_type, payload["response"])
         data = {"type": event_type, "sequence_number": sequence_number, **payload}
         await self._response.write(head + b"data: " + orjson.dumps(data) + b"\n\n")
 
@@ -546,16 +570,38 @@ class ResponsesEndpoint:
     text deltas; JSON: at once), ``error_after`` (streams: the failure events after that many
     deltas), ``garbage``, ``chunks``, ``interval``, ``cached`` and ``no_usage`` (the final
     response's ``usage`` is null).
+
+    Responses with ``store`` not false are kept in ``store`` as the client received them (see
+    ``responses_store``); a body that is not JSON (``garbage``) or a dropped connection
+    delivered nothing to keep.
     """
 
-    def __init__(self, *, chunk_delay_s: float, default_fault: Fault) -> None:
+    def __init__(
+        self, *, chunk_delay_s: float, default_fault: Fault, store: ResponseStore | None = None
+    ) -> None:
         self._chunk_delay_s = chunk_delay_s
         self._default_fault = default_fault
+        self._store = store if store is not None else ResponseStore()
         self._ids = itertools.count(1)
 
     def _shell(self, req: ResponsesRequest) -> ResponseShell:
         n = next(self._ids)
         return ResponseShell(req, f"resp_mock_{n}", f"msg_mock_{n}", int(time.time()))
+
+    def _keep(self, shell: ResponseShell, document: dict[str, Any]) -> None:
+        if shell.req.store:
+            self._store.keep(document, listed_input_items(shell.req.input, shell.response_id))
+
+    def _stream_keeper(self, shell: ResponseShell) -> ResponseListener:
+        """Keeps a stream's response once it ends, and a background one from its start
+        (queued), as OpenAI keeps it while it runs."""
+
+        def keep(event_type: str, document: dict[str, Any]) -> None:
+            started = event_type == "response.created" and shell.req.background
+            if started or event_type in TERMINAL_EVENTS:
+                self._keep(shell, document)
+
+        return keep
 
     async def create(self, request: web.Request, body: Body) -> web.StreamResponse:
         fault = await precheck(request, self._default_fault)
@@ -586,6 +632,7 @@ class ResponsesEndpoint:
             document = shell.document("queued")
         else:
             document = shell.finished(reply, with_usage=not fault.no_usage)
+        self._keep(shell, document)
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
 
     async def _stream(
@@ -594,7 +641,7 @@ class ResponsesEndpoint:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
-        writer = EventWriter(response, interval, fault.garbage)
+        writer = EventWriter(response, interval, fault.garbage, self._stream_keeper(shell))
         try:
             if await _stream_reply(request, writer, shell, reply, fault):
                 # No [DONE]: the Responses API ends a stream with its last event.
