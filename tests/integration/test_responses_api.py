@@ -47,6 +47,9 @@ COMPACT_KEY = "responses-compact-key-7d3f"
 # Another person, who must not continue the responses the others created.
 OTHER_ID = "responses-other"
 OTHER_KEY = "responses-other-key-41b8"
+# The stored-response test's own, so that its quota counter is its alone.
+STORED_ID = "responses-stored"
+STORED_KEY = "responses-stored-key-93ce"
 INSTRUCTIONS = "Be brief."
 QUESTION = "Tell me a short story about a lighthouse"
 # The mock's count: each message's words and punctuation + 4, + 2 per request.
@@ -74,12 +77,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": LEDGER_ID, "key": LEDGER_KEY, "user_id": "lena"})
     raw["auth"]["api_keys"].append({"id": COMPACT_ID, "key": COMPACT_KEY, "user_id": "cora"})
     raw["auth"]["api_keys"].append({"id": OTHER_ID, "key": OTHER_KEY, "user_id": "otto"})
+    raw["auth"]["api_keys"].append({"id": STORED_ID, "key": STORED_KEY, "user_id": "sara"})
     raw["quotas"] = {
         "rules": [
             {
                 "name": "responses-tokens",
                 "subject": "api_key",
-                "match": [KEY_ID, LEDGER_ID, COMPACT_ID],
+                "match": [KEY_ID, LEDGER_ID, COMPACT_ID, STORED_ID],
                 "tokens_per_day": 100_000_000,
             }
         ]
@@ -395,6 +399,61 @@ def test_only_the_caller_who_created_a_response_continues_it(stack: LocalStack) 
             other.responses.compact(model=MODEL, previous_response_id=response_id)
         assert refused.value.code == "previous_response_not_found"
     assert len(mock_requests(stack)) == sent_before
+
+
+def test_the_creator_retrieves_lists_and_deletes_a_stored_response_others_cannot(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    owner, other = client_of(stack, key=STORED_KEY), client_of(stack, key=OTHER_KEY)
+    created = owner.responses.create(model=MODEL, instructions=INSTRUCTIONS, input=QUESTION)
+    total = INPUT_TOKENS + OUTPUT_TOKENS
+    assert wait_for(lambda: tokens_used(stack, STORED_ID) == total, 10)
+    before = scrape(stack.metrics_url)
+
+    raw = owner.responses.with_raw_response.retrieve(created.id)
+    retrieved = raw.parse()
+    assert retrieved.id == created.id and retrieved.output_text == REPLY
+    # The stored response carries the usage it was billed for; reading it bills nothing.
+    assert retrieved.usage is not None and retrieved.usage.output_tokens == OUTPUT_TOKENS
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["route"], line["provider"], line["http_status_code"]) == (
+        "openai-responses-stored",
+        "mock",
+        200,
+    )
+    assert line["total_tokens"] == 0 and line["cost_usd"] == 0
+    upstream = mock_requests(stack)[-1]
+    assert (upstream["method"], upstream["path"]) == ("GET", f"/v1/responses/{created.id}")
+    assert upstream["headers"]["authorization"] == "Bearer mock-provider-key"
+    assert STORED_KEY not in orjson.dumps(upstream).decode()
+
+    items = owner.responses.input_items.list(created.id, order="asc")
+    assert [item.type for item in items.data] == ["message"]
+    assert items.data[0].content[0].text == QUESTION  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError):
+        owner.responses.cancel(created.id)  # the provider's: not a background response
+
+    sent_before = len(mock_requests(stack))
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(created.id)
+    assert len(mock_requests(stack)) == sent_before
+
+    deleted = owner.responses.with_raw_response.delete(created.id)
+    assert deleted.status_code == 200 and orjson.loads(deleted.content)["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        owner.responses.retrieve(created.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        owner.responses.create(model=MODEL, input="More", previous_response_id=created.id)
+    assert refused.value.code == "previous_response_not_found"
+
+    after = scrape(stack.metrics_url)
+    for token_type in ("prompt", "completion"):
+        assert grown(before, after, token_type, STORED_ID) == 0
+    assert tokens_used(stack, STORED_ID) == total
 
 
 # --- compaction and token counts ------------------------------------------------------------
