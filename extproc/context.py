@@ -57,6 +57,9 @@ class Usage:
     # the tokens, by tool name: Anthropic's usage.server_tool_use ("web_search_requests"
     # is {"web_search": N}). Only counts above 0.
     server_tool_requests: dict[str, int] = field(default_factory=dict)
+    # What the provider itself says it charged for the request, in picodollars, when it
+    # says (OpenRouter's usage.cost): the price of a model the table does not price.
+    reported_cost_picousd: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         return {

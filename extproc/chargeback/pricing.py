@@ -264,6 +264,10 @@ class PriceTable:
         """The cost of ``usage`` at ``model``'s prices, those of ``service_tier`` (the tier
         the provider reported) when the table prices that tier apart."""
         prices = self.prices(model)
+        if prices is None and usage.reported_cost_picousd is not None:
+            # A model the table does not price, whose provider said what it charged
+            # (OpenRouter): that charge. A model the table prices keeps the table's price.
+            return Cost(usage.reported_cost_picousd, True)
         if prices is not None:
             tier = service_tier
             if tier is not None and tier not in prices.tiers and tier not in STANDARD_TIERS:

@@ -26,6 +26,7 @@ parsed anyway. A stream whose first event names no tier is read at its usage chu
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import orjson
@@ -90,7 +91,9 @@ def usage_from_object(value: Any) -> Usage | None:
     else:
         completion += _reasoning_beside(value, prompt, completion, total)
     cached = _cached(value, prompt)
-    return Usage(prompt, completion, total, cached, _cache_writes(value, prompt - cached))
+    usage = Usage(prompt, completion, total, cached, _cache_writes(value, prompt - cached))
+    usage.reported_cost_picousd = _reported_cost(value)
+    return usage
 
 
 def _count(value: Any) -> int | None:
@@ -142,6 +145,41 @@ def _cache_writes(value: dict[str, Any], uncached: int) -> int:
     if not isinstance(details, dict):
         return 0
     return min(_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
+
+
+def _reported_cost(value: dict[str, Any]) -> int | None:
+    """What the provider says the request cost, in picodollars: OpenRouter's ``cost`` (in
+    credits, one USD each), plus, for a call OpenRouter made with the account's own key at
+    the model's provider (BYOK, ``is_byok``: ``cost`` is then OpenRouter's fee alone),
+    ``cost_details.upstream_inference_cost``, what that provider charged. None when there
+    is no such number."""
+    cost = _amount(value.get("cost"))
+    if cost is None:
+        return None
+    if value.get("is_byok") is True:
+        # On other calls OpenRouter fills the upstream cost in too, equal to ``cost``.
+        details = value.get("cost_details")
+        upstream = (
+            _amount(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
+        )
+        cost += upstream or 0
+    return cost
+
+
+# No single request costs this much: a larger amount is no cost report.
+_MAX_REPORTED_USD = Decimal(1_000_000)
+
+
+def _amount(value: Any) -> int | None:
+    """A USD amount as JSON gives it (``0.00014``), in whole picodollars, exactly: read from
+    its shortest text, as it was written. None for anything but a number from 0 up to
+    ``_MAX_REPORTED_USD``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not amount.is_finite() or amount < 0 or amount > _MAX_REPORTED_USD:
+        return None
+    return int(amount.scaleb(12).to_integral_value(ROUND_HALF_EVEN))
 
 
 def service_tier_from_answer(answer: dict[str, Any]) -> str | None:

@@ -13,15 +13,27 @@ that did not ask for usage (the gateway asked) must find none of the three.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from extproc.chargeback.pricing import TokenPrices, cost_of
+from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.testing import (
+    processor_for,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from extproc.translators.openai_openai import usage_from_object
+from tests.unit.sse_play import only_line
 from tests.unit.test_openai_compatible_streams import (
     DONE,
     counts,
@@ -142,3 +154,89 @@ def test_a_cache_write_count_never_bills_a_prompt_token_twice(
 ) -> None:
     usage = usage_from_object({**OPENROUTER_USAGE, "prompt_tokens_details": details})
     assert usage is not None and usage.cache_write_tokens == written
+
+
+# --- What the provider says it charged ------------------------------------------------------
+
+# OpenRouter's report of a call with its own key at the model's provider (cost is then its
+# whole charge; the upstream cost it fills in beside it is the same amount, not more)...
+OPENROUTER_CHARGE = {**OPENROUTER_USAGE, "cost": 0.00014, "is_byok": False,
+                     "cost_details": {"upstream_inference_cost": 0.00014}}  # fmt: skip
+# ...and of a call on the account's own provider key (BYOK): its fee, plus what that
+# provider charged.
+OPENROUTER_BYOK = {**OPENROUTER_USAGE, "cost": 0.000005, "is_byok": True,
+                   "cost_details": {"upstream_inference_cost": 0.0001}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reported", "picousd"),
+    [(OPENROUTER_CHARGE, 140_000_000), (OPENROUTER_BYOK, 105_000_000)],
+    ids=["credits", "byok"],
+)
+def test_openrouters_charge_is_read_to_the_picodollar(
+    reported: dict[str, Any], picousd: int
+) -> None:
+    usage = usage_from_object(reported)
+    assert usage is not None and usage.reported_cost_picousd == picousd
+
+
+@pytest.mark.parametrize("cost", ["0.1", True, -0.5, 10**9, float("inf"), None, {"usd": 1}])
+def test_a_cost_that_is_no_amount_is_no_report(cost: Any) -> None:
+    usage = usage_from_object({**OPENROUTER_USAGE, "cost": cost})
+    assert usage is not None and usage.reported_cost_picousd is None
+
+
+def with_unpriced_model(services: Services) -> Processor:
+    """The default config, plus a model of the mock provider that the price table lacks
+    (as OpenRouter's hundreds of models are lacking from most tables)."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    raw["models"].append({"name": "openrouter/auto", "provider": "mock"})
+    return processor_for(parse_config(yaml.safe_dump(raw), "t", {}), services)
+
+
+async def answered(processor: Processor, model: str, usage: dict[str, Any]) -> None:
+    answer = {"id": "gen-1", "object": "chat.completion", "created": 1, "model": model,
+              "choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": "Hi"}}],
+              "usage": usage}  # fmt: skip
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "Hi"}]})
+    await run_stream(processor, [
+        request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
+        request_body(body),
+        response_headers(200),
+        response_body(orjson.dumps(answer)),
+    ])  # fmt: skip
+
+
+async def test_a_model_the_table_lacks_costs_what_its_provider_charged(
+    services: Services,
+) -> None:
+    await answered(with_unpriced_model(services), "openrouter/auto", OPENROUTER_BYOK)
+    line = only_line(services)
+    assert line["cost_usd"] == 0.000105 and line["cost_priced"] is True
+    counted = services.metrics.registry.get_sample_value(
+        "aigw_cost_usd_total",
+        {"api_key_id": "team1", "user_id": "alice", "group_id": "engineering",
+         "model": "openrouter/auto", "provider": "mock"},
+    )  # fmt: skip
+    assert counted == 0.000105
+
+
+async def test_without_a_charge_a_model_the_table_lacks_stays_unpriced(
+    services: Services,
+) -> None:
+    await answered(
+        with_unpriced_model(services), "openrouter/auto", OPENROUTER_USAGE | {"cost": None}
+    )
+    line = only_line(services)
+    assert line["cost_usd"] == 0 and line["cost_priced"] is False
+
+
+async def test_the_tables_price_wins_over_the_providers_charge(
+    processor: Processor, services: Services
+) -> None:
+    # gpt-4o-mini: $0.15 in (cache writes at the input price: the table gives none),
+    # $0.60 out per million; the operator's price is the bill, whatever the provider says.
+    await answered(processor, "gpt-4o-mini", OPENROUTER_CHARGE)
+    line = only_line(services)
+    assert line["cost_usd"] == pytest.approx((194 * 0.15 + 2 * 0.60) / 1e6)
