@@ -87,6 +87,16 @@ async def _check_owner(ctx: RequestContext, owners: ResponseOwners, response_id:
             param=_PARAM,
             code="previous_response_not_found",
         )
+    if ctx.provider is not None and found.provider != ctx.provider:
+        # Another provider (account) has no such response: it would answer its own 404
+        # after the quota counted the request. Said plainly instead, to its creator.
+        raise BadRequestError(
+            f"Previous response '{response_id}' is stored by provider '{found.provider}', "
+            f"and model '{ctx.model}' is served by provider '{ctx.provider}': continue it "
+            "with a model of its own provider",
+            param=_PARAM,
+            code="previous_response_elsewhere",
+        )
     ctx.stored_context_tokens = found.tokens
 
 

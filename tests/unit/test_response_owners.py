@@ -116,6 +116,18 @@ async def test_only_the_caller_who_created_a_response_continues_it(
     assert line["http_status_code"] == 400 and line["quota_decision"] is None
 
 
+async def test_a_response_stored_by_another_provider_is_refused_naming_both(
+    owners: ResponseOwners,
+) -> None:
+    # Created at provider "openai"; gpt-4o-mini is the mock's in the default config.
+    await owners.record(CREATED, ResponseOwner("user:alice", "openai", 10))
+    processor, services = gateway(owners)
+    status, body = immediate(await continue_(processor, ALICE))
+    assert (status, body["error"]["code"]) == (400, "previous_response_elsewhere")
+    assert "'openai'" in body["error"]["message"] and "'mock'" in body["error"]["message"]
+    assert only_line(services)["quota_decision"] is None  # before the quota counted it
+
+
 async def test_an_id_never_recorded_is_not_found(owners: ResponseOwners) -> None:
     processor, _ = gateway(owners)
     refused_as_not_found(await continue_(processor, ALICE))
