@@ -222,14 +222,20 @@ def test_the_retention_is_zero_or_more_days(days: int, valid: bool) -> None:
 # --- the quota ------------------------------------------------------------------------------
 
 
+async def continued_under_a_cap(
+    quota_store: QuotaStore, owners: ResponseOwners, stored_tokens: int, budget: int
+) -> ext.ProcessingResponse:
+    """Alice continues her response of ``stored_tokens`` under a hard cap of ``budget``."""
+    await owners.record(CREATED, ResponseOwner("user:alice", "mock", stored_tokens))
+    runtime, services = capped_runtime(quota_store, budget)
+    services.response_owners = owners
+    return await continue_(Processor(lambda: runtime, default_stages()), ALICE)
+
+
 async def test_a_hard_cap_counts_the_stored_context_a_continuation_adds(
     quota_store: QuotaStore, owners: ResponseOwners
 ) -> None:
-    await owners.record(CREATED, ResponseOwner("user:alice", "mock", 2000))
-    runtime, services = capped_runtime(quota_store, 3000)
-    services.response_owners = owners
-    processor = Processor(lambda: runtime, default_stages())
-    answer = await continue_(processor, ALICE)
+    answer = await continued_under_a_cap(quota_store, owners, 2000, 3000)
     body = {"model": "gpt-4o-mini", "input": "And then?", "previous_response_id": CREATED}
     prompt = estimate_responses_tokens(body)
     # Without the record the cap would have left 3000 - prompt for the answer.
@@ -239,11 +245,8 @@ async def test_a_hard_cap_counts_the_stored_context_a_continuation_adds(
 async def test_a_stored_context_larger_than_the_budget_is_refused_by_the_hard_cap(
     quota_store: QuotaStore, owners: ResponseOwners
 ) -> None:
-    await owners.record(CREATED, ResponseOwner("user:alice", "mock", 5000))
-    runtime, services = capped_runtime(quota_store, 3000)
-    services.response_owners = owners
-    processor = Processor(lambda: runtime, default_stages())
-    status, body = immediate(await continue_(processor, ALICE))
+    answer = await continued_under_a_cap(quota_store, owners, 5000, 3000)
+    status, body = immediate(answer)
     assert status == 429 and body["error"]["code"] == "insufficient_quota"
 
 

@@ -19,7 +19,14 @@ from extproc.store.response_owners import ResponseOwner, ResponseOwners
 from extproc.testing import request_headers, response_body, response_headers, run_stream
 from tests.unit.sse_play import only_line
 from tests.unit.test_guard_flow import immediate
-from tests.unit.test_response_owners import ALICE, BOB, CREATED, TEXT_JSON, gateway
+from tests.unit.test_response_owners import (
+    ALICE,
+    BOB,
+    CREATED,
+    TEXT_JSON,
+    gateway,
+    unreachable,
+)
 
 STORED = f"/v1/responses/{CREATED}"
 OPENAI_KEY_401 = (
@@ -179,7 +186,6 @@ async def test_without_records_no_stored_response_is_served() -> None:
 
 
 async def test_a_store_that_cannot_answer_is_a_503() -> None:
-    unreachable = ResponseOwners(connect("redis://127.0.0.1:1", 0.2), "test:", 30)
-    answers, _ = await ask(unreachable)
+    answers, _ = await ask(unreachable())
     status, body = immediate(answers[0])
     assert (status, body["error"]["code"]) == (503, "response_store_unavailable")
