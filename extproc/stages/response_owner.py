@@ -3,7 +3,9 @@
 Every caller shares the provider's account, where the provider stores each response
 (``store`` defaults to true). ``ResponseRecordStage`` records who created each stored
 response the moment its answer ends, before the client reads its end, so the client's
-next request finds the record (``store.response_owners``). ``PreviousResponseStage``
+next request finds the record (``store.response_owners``); a stream the client left
+before its end is recorded when the request ends (its id came with its first event),
+leaving it to the provider to say whether that response can be continued. ``PreviousResponseStage``
 looks up the response a request names in ``previous_response_id`` (a response, a
 compaction, a token count) and refuses it, as OpenAI refuses an id it does not know
 (400 ``previous_response_not_found``), when the record is missing or names another
@@ -101,29 +103,54 @@ async def _check_owner(ctx: RequestContext, owners: ResponseOwners, response_id:
 
 
 class ResponseRecordStage:
-    """Response body: record who created a stored response, once its answer ends."""
+    """Response body: record who created a stored response, once its answer ends; or,
+    for a stream cut before its end, when the request ends."""
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> Awaitable[None] | None:
         owners = ctx.runtime.services.response_owners
-        route = ctx.route
-        if owners is None or route is None or route.api is not RouteApi.OPENAI_RESPONSES:
+        if owners is None or not ctx.completed:
             return None
-        if ctx.owner_recorded or not ctx.completed or ctx.response_status >= 400:
-            return None
-        if ctx.provider is None:
-            return None
-        response_id = getattr(ctx.translator, "response_id", None)
-        body = ctx.body
-        if not isinstance(response_id, str) or body is None or body.get("store") is False:
-            return None
-        if not recordable(response_id):
+        found = _to_record(ctx)
+        if found is None:
             return None
         # Once: the chunks after a stream's terminal event find it recorded.
         ctx.owner_recorded = True
-        owner = ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens)
-        return _record(ctx, owners, response_id, owner)
+        return _record(ctx, owners, *found)
+
+    def done(self, ctx: RequestContext) -> None:
+        # A stream the client left before its end: the provider may keep the response
+        # (its id came first), and it is the provider's to say whether it can be continued.
+        # Nothing waits for this record: the request is over.
+        owners = ctx.runtime.services.response_owners
+        found = _to_record(ctx) if owners is not None else None
+        if owners is None or found is None:
+            return
+        ctx.owner_recorded = True
+        metrics = ctx.runtime.services.metrics
+        owners.record_soon(
+            *found,
+            ctx.runtime.config.store.timeout_ms / 1000.0,
+            lambda _: metrics.store_error("response_owner_record"),
+        )
+
+
+def _to_record(ctx: RequestContext) -> tuple[str, ResponseOwner] | None:
+    """The response this request created, as its record, when it is one to record: a
+    stored response the provider gave an id, not recorded yet."""
+    route = ctx.route
+    if route is None or route.api is not RouteApi.OPENAI_RESPONSES:
+        return None
+    if ctx.owner_recorded or ctx.response_status >= 400 or ctx.provider is None:
+        return None
+    response_id = getattr(ctx.translator, "response_id", None)
+    body = ctx.body
+    if not isinstance(response_id, str) or body is None or body.get("store") is False:
+        return None
+    if not recordable(response_id):
+        return None
+    return response_id, ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens)
 
 
 async def _record(

@@ -19,7 +19,9 @@ cluster, and a request pays at most one round trip for it.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,8 @@ class ResponseOwners:
         self._client = client
         self._prefix = key_prefix
         self._ttl_s = retention_days * 86_400
+        # Records written off the request path (record_soon), held until they land.
+        self._pending: set[asyncio.Task[None]] = set()
 
     def _key(self, response_id: str) -> str:
         return f"{self._prefix}response:{response_id}"
@@ -78,6 +82,30 @@ class ResponseOwners:
             {"owner": owner.owner, "provider": owner.provider, "tokens": owner.tokens}
         )
         await self._client.set(self._key(response_id), value, ex=self._ttl_s)
+
+    def record_soon(
+        self,
+        response_id: str,
+        owner: ResponseOwner,
+        timeout_s: float,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        """Record off the request path, for an answer whose end the client never read
+        (nothing waits for it); ``on_error`` hears of a record that did not land."""
+
+        async def write() -> None:
+            async with asyncio.timeout(timeout_s):
+                await self.record(response_id, owner)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._pending.add(task)
+        task.add_done_callback(lambda done: self._landed(done, on_error))
+
+    def _landed(self, task: asyncio.Task[None], on_error: Callable[[BaseException], None]) -> None:
+        self._pending.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            on_error(error)
 
     async def forget(self, response_id: str) -> None:
         """Drop a record (its response was deleted at the provider)."""

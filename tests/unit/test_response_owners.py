@@ -4,6 +4,7 @@ the stored context a continuation adds (``stages.response_owner``), on a real Va
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -152,6 +153,22 @@ async def test_a_stream_is_recorded_at_its_terminal_event_even_when_the_client_l
         processor, RESPONSES, ALICE, responses(stream=True), split_events(TEXT_SSE), ended=False
     )
     assert await owners.find(CREATED) == ResponseOwner("user:alice", "mock", STREAM_TOTAL)
+
+
+async def test_a_stream_the_client_left_before_its_end_is_recorded_all_the_same(
+    owners: ResponseOwners,
+) -> None:
+    events = split_events(TEXT_SSE)
+    # The client hangs up after the first three events, long before the terminal one.
+    await play_sse(gateway(owners)[0], RESPONSES, ALICE, responses(stream=True), events[:3],
+                   ended=False)  # fmt: skip
+    found = None
+    for _ in range(100):  # written off the request path: wait for it to land
+        found = await owners.find(CREATED)
+        if found is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert found is not None and found.owner == "user:alice"
 
 
 async def test_a_response_not_stored_is_not_recorded_and_cannot_be_continued(
