@@ -365,6 +365,8 @@ class Gateway:
         await self.runtime.close()
         if self.services.stored_keys is not None:
             await self.services.stored_keys.close()
+        if self.services.response_owners is not None:
+            await self.services.response_owners.close()
         if self._store_client is not None:
             await self._store_client.aclose()
         if self._embedded is not None:

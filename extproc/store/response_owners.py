@@ -101,6 +101,11 @@ class ResponseOwners:
         self._pending.add(task)
         task.add_done_callback(lambda done: self._landed(done, on_error))
 
+    async def close(self) -> None:
+        """Let the records written off the request path land (each has its timeout)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+
     def _landed(self, task: asyncio.Task[None], on_error: Callable[[BaseException], None]) -> None:
         self._pending.discard(task)
         error = None if task.cancelled() else task.exception()
