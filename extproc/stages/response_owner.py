@@ -5,12 +5,14 @@ Every caller shares the provider's account, where the provider stores each respo
 response the moment its answer ends, before the client reads its end, so the client's
 next request finds the record (``store.response_owners``); a stream the client left
 before its end is recorded when the request ends (its id came with its first event),
-leaving it to the provider to say whether that response can be continued. ``PreviousResponseStage``
-looks up the response a request names in ``previous_response_id`` (a response, a
-compaction, a token count) and refuses it, as OpenAI refuses an id it does not know
-(400 ``previous_response_not_found``), when the record is missing or names another
-caller: whether another caller's response exists is not told. A found record gives the
-quota the stored context's size, which the body does not show (``stored_context_tokens``).
+leaving it to the provider to say whether that response can be continued.
+
+``PreviousResponseStage`` looks up the response a request names in
+``previous_response_id`` (a response, a compaction, a token count) and refuses it, as
+OpenAI refuses an id it does not know (400 ``previous_response_not_found``), when the
+record is missing or names another caller: whether another caller's response exists is
+not told. A found record gives the quota the stored context's size, which the body does
+not show (``stored_context_tokens``).
 
 Store failures: a lookup the store cannot answer follows ``quotas.on_store_failure``
 (open: unchecked; closed: 503); a record the store cannot take is logged and counted,
