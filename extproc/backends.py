@@ -9,7 +9,9 @@ The pairs the gateway serves:
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
 - OpenAI embeddings -> ``openai``: model renamed; usage (prompt tokens) read.
-- OpenAI embeddings -> ``bedrock``: ``bedrock_embeddings`` (Titan's InvokeModel) + SigV4.
+- OpenAI embeddings -> ``bedrock``: InvokeModel + SigV4, with Cohere Embed's body
+  (``bedrock_cohere_embeddings``) for a model id naming it, else Titan's
+  (``bedrock_embeddings``).
 - OpenAI Responses API -> ``openai``: ``openai_responses``: model renamed; usage read
   from the JSON answer or the stream's terminal event. No other provider type has
   the API, and none is translated to.
@@ -58,6 +60,7 @@ from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
+    bedrock_cohere_embeddings,
     bedrock_embeddings,
     openai_anthropic,
     openai_bedrock,
@@ -171,9 +174,11 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
 
 def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
     """Refuse a request its provider cannot serve as soon as the model is known: a client
-    API the provider's type does not speak (and nothing translates to), a batch of
-    embeddings for Titan, or a chat completion asking Bedrock for what Converse cannot do
-    at the body's top level (``n``, ``functions``, ``response_format``, ``service_tier``).
+    API the provider's type does not speak (and nothing translates to), embeddings a
+    Bedrock model cannot take (a batch for Titan; token ids, more than 96 texts or an
+    unknown ``input_type`` for Cohere), or a chat completion asking Bedrock for what
+    Converse cannot do at the body's top level (``n``, ``functions``,
+    ``response_format``, ``service_tier``).
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
@@ -185,7 +190,7 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = kind is ProviderType.ANTHROPIC
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
-            bedrock_embeddings.input_text(parsed)
+            _check_bedrock_embeddings(parsed, upstream.upstream_model)
         served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
     elif route.api is RouteApi.OPENAI_RESPONSES:
         served = kind is ProviderType.OPENAI
@@ -199,6 +204,13 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = True  # chat completions reach every provider type, translated
     if not served:
         raise _unsupported(ctx, kind)
+
+
+def _check_bedrock_embeddings(parsed: dict[str, Any], model_id: str) -> None:
+    if bedrock_cohere_embeddings.is_cohere_model(model_id):
+        bedrock_cohere_embeddings.check_request(parsed, model_id)
+    else:
+        bedrock_embeddings.input_text(parsed)
 
 
 def _responses_request(
@@ -267,15 +279,18 @@ def _embeddings_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
 ) -> RequestPlan:
     """Embeddings go to OpenAI-compatible providers as they are, under the provider's
-    name for the model, and to Bedrock as a Titan InvokeModel call; Anthropic has no
-    embeddings API."""
+    name for the model, and to Bedrock as an InvokeModel call in Cohere Embed's body or
+    Titan's, by the model id; Anthropic has no embeddings API."""
     kind = upstream.provider.type
     if kind is ProviderType.BEDROCK:
         signer = _signer(upstream)
-        body = _json(bedrock_embeddings.translate_request(parsed))
-        path = upstream.provider.path_prefix + bedrock_embeddings.request_path(
-            upstream.upstream_model
-        )
+        model_id = upstream.upstream_model
+        if bedrock_cohere_embeddings.is_cohere_model(model_id):
+            translated = bedrock_cohere_embeddings.translate_request(parsed, model_id)
+        else:
+            translated = bedrock_embeddings.translate_request(parsed)
+        body = _json(translated)
+        path = upstream.provider.path_prefix + bedrock_embeddings.request_path(model_id)
         headers = {"content-type": "application/json", "accept": "application/json"}
         headers.update(signer.sign("POST", path, body, headers))
         return RequestPlan(body, path, headers)
@@ -361,11 +376,9 @@ def plan_response(
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.OPENAI:
             return ResponsePlan(openai_embeddings.EmbeddingsReader())
-        body = ctx.body or {}
-        titan = bedrock_embeddings.EmbeddingTranslator(
-            model=ctx.model or "", base64_vectors=body.get("encoding_format") == "base64"
+        return ResponsePlan(
+            _bedrock_embeddings_translator(ctx, headers), remove_headers=["content-length"]
         )
-        return ResponsePlan(titan, remove_headers=["content-length"])
     if route.api is RouteApi.OPENAI_RESPONSES:
         if streaming:
             return ResponsePlan(openai_responses.EventStreamReader(), streamed=True)
@@ -415,6 +428,24 @@ def plan_response(
         model=model, request_id=ctx.request_id, created=created
     )
     return ResponsePlan(converse, remove_headers=rewritten)
+
+
+def _bedrock_embeddings_translator(
+    ctx: RequestContext, headers: dict[str, str]
+) -> ResponseTranslator:
+    """Cohere Embed's answer or Titan's, by the model id the request went to. Cohere's
+    token count is in the response headers, which only this phase sees."""
+    body = ctx.body or {}
+    model = ctx.model or ""
+    base64_vectors = body.get("encoding_format") == "base64"
+    if bedrock_cohere_embeddings.is_cohere_model(ctx.upstream_model or ""):
+        return bedrock_cohere_embeddings.EmbeddingTranslator(
+            model=model,
+            base64_vectors=base64_vectors,
+            texts=bedrock_cohere_embeddings.texts_sent(body),
+            input_tokens=bedrock_cohere_embeddings.input_token_count(headers),
+        )
+    return bedrock_embeddings.EmbeddingTranslator(model=model, base64_vectors=base64_vectors)
 
 
 # A provider's answer to the gateway's own key or account, not to anything of the client's.

@@ -9,9 +9,12 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   and ``metadata`` (usage, latency, the service tier asked for), each its own write. With
   the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces the
   rest after that many deltas (text and tool input pieces alike).
-- ``POST .../model/{modelId}/invoke``: InvokeModel, for Titan text embeddings only
-  (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``); another
-  model is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
+- ``POST .../model/{modelId}/invoke``: InvokeModel, for embedding models only: Titan text
+  embeddings (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``)
+  and Cohere Embed (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``,
+  ``cohere.embed-v4:0``, also through a cross-region profile such as
+  ``us.cohere.embed-v4:0``; see ``bedrock_cohere_embeddings``); another model is a
+  ValidationException, as Bedrock answers a model identifier it cannot invoke.
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
 model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
@@ -102,6 +105,12 @@ from extproc.mock_llm.anthropic_api import (
     CacheWrites,
     CacheWriteSpecError,
     cache_writes,
+)
+from extproc.mock_llm.bedrock_cohere_embeddings import (
+    CohereRequest,
+    cohere_answer,
+    is_cohere_embedding_model,
+    parse_cohere_request,
 )
 from extproc.mock_llm.bedrock_embeddings import (
     INPUT_TOKEN_COUNT_HEADER,
@@ -990,20 +999,29 @@ def _cache_writes(request: web.Request) -> CacheWrites:
         raise _invalid(str(exc)) from None
 
 
-def _titan_request(request: web.Request, body: Body) -> TitanRequest:
-    """The Titan embeddings request of an InvokeModel call; raises AwsError.
+def _embedding_request(request: web.Request, body: Body) -> TitanRequest | CohereRequest:
+    """The embeddings request of an InvokeModel call; raises AwsError.
 
     InvokeModel answers a model it cannot run with a 400, not Converse's 404: the mock
-    runs the Titan text embeddings models only, so any other is refused so.
+    runs the Titan and Cohere embedding models only, so any other is refused so.
     """
     model_id = model_id_from_target(request.raw_path, "invoke")
     model = model_of_identifier(model_id) if model_id is not None else None
-    if model is None or not is_titan_embedding_model(model):
-        raise _invalid("The provided model identifier is invalid.")
     try:
-        return parse_titan_request(model, body)
+        if model is not None and is_titan_embedding_model(model):
+            return parse_titan_request(model, body)
+        # Cohere's models are also invoked through cross-region profiles (us.cohere...).
+        cohere = _without_profile_prefix(model) if model is not None else None
+        if cohere is not None and is_cohere_embedding_model(cohere):
+            return parse_cohere_request(cohere, body)
     except MalformedInputError as exc:
         raise _invalid(str(exc)) from None
+    raise _invalid("The provided model identifier is invalid.")
+
+
+def _without_profile_prefix(model: str) -> str:
+    prefix = next((p for p in _PROFILE_PREFIXES if model.startswith(p)), "")
+    return model.removeprefix(prefix)
 
 
 def _elapsed_ms(started: float) -> int:
@@ -1157,13 +1175,14 @@ class BedrockEndpoints:
         return web.Response(body=orjson.dumps(document), headers=headers)
 
     async def invoke(self, request: web.Request, body: Body) -> web.StreamResponse:
-        """InvokeModel for Titan text embeddings: SigV4 and faults as for Converse, the
-        token count in the body and in InvokeModel's header (none with ``no_usage``)."""
+        """InvokeModel for Titan and Cohere embeddings: SigV4 and faults as for Converse,
+        the token count in InvokeModel's header and in Titan's body (none with
+        ``no_usage``)."""
         started = time.monotonic()
         request_id = str(uuid.uuid4())
         try:
             fault = await self._precheck(request, body)
-            titan = _titan_request(request, body)
+            embed = _embedding_request(request, body)
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
         if fault.reset_after is not None:
@@ -1171,9 +1190,13 @@ class BedrockEndpoints:
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
         if fault.garbage:
             return web.Response(body=_GARBAGE, headers=headers)
-        document = orjson.dumps(titan_answer(titan, with_usage=not fault.no_usage))
+        if isinstance(embed, CohereRequest):
+            answer = cohere_answer(embed)
+        else:
+            answer = titan_answer(embed, with_usage=not fault.no_usage)
+        document = orjson.dumps(answer)
         if not fault.no_usage:
-            headers[INPUT_TOKEN_COUNT_HEADER] = str(titan.input_tokens)
+            headers[INPUT_TOKEN_COUNT_HEADER] = str(embed.input_tokens)
         headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
         return web.Response(body=document, headers=headers)
 

@@ -1,5 +1,7 @@
 """Titan text embeddings, the models the mock serves on Bedrock's InvokeModel
-(``POST .../model/{modelId}/invoke``, handled by ``bedrock_api.BedrockEndpoints.invoke``).
+(``POST .../model/{modelId}/invoke``, handled by ``bedrock_api.BedrockEndpoints.invoke``)
+beside Cohere Embed (``bedrock_cohere_embeddings``, which shares the schema-check wording
+below: ``json_object``, ``refuse_violations``...).
 
 What a body may hold, from AWS's "Amazon Titan Embeddings Text" parameters page:
 
@@ -74,19 +76,19 @@ def is_titan_embedding_model(model: str) -> bool:
     return model in (TITAN_V2, TITAN_V1)
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
     if value is None:
         return "Null"
     return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), "Object")
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """A value as an enum violation shows it: strings bare, others as JSON."""
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _wrong_type(key: str, expected: str, value: object) -> str:
-    return f"#/{key}: expected type: {expected}, found: {_type_name(value)}"
+def wrong_type(key: str, expected: str, value: object) -> str:
+    return f"#/{key}: expected type: {expected}, found: {type_name(value)}"
 
 
 def _input_text_violations(doc: dict[str, Any]) -> list[str]:
@@ -94,7 +96,7 @@ def _input_text_violations(doc: dict[str, Any]) -> list[str]:
         return ["#: required key [inputText] not found"]
     text = doc["inputText"]
     if not isinstance(text, str):
-        return [_wrong_type("inputText", "String", text)]
+        return [wrong_type("inputText", "String", text)]
     if not text:
         return ["#/inputText: expected minLength: 1, actual: 0"]
     return []
@@ -105,45 +107,59 @@ def _v2_option_violations(doc: dict[str, Any]) -> list[str]:
     dimensions = doc.get("dimensions", V2_DIMENSIONS[0])
     # Whole numbers only: 256.0 equals 256 in Python, not in Bedrock's schema.
     if type(dimensions) is not int or dimensions not in V2_DIMENSIONS:
-        violations.append(f"#/dimensions: {_shown(dimensions)} is not a valid enum value")
+        violations.append(f"#/dimensions: {shown(dimensions)} is not a valid enum value")
     normalize = doc.get("normalize", True)
     if not isinstance(normalize, bool):
-        violations.append(_wrong_type("normalize", "Boolean", normalize))
+        violations.append(wrong_type("normalize", "Boolean", normalize))
     types = doc.get("embeddingTypes", ["float"])
     if not isinstance(types, list):
-        violations.append(_wrong_type("embeddingTypes", "JSONArray", types))
+        violations.append(wrong_type("embeddingTypes", "JSONArray", types))
     elif not types:
         violations.append("#/embeddingTypes: expected minimum item count: 1, found: 0")
     else:
         violations += [
-            f"#/embeddingTypes/{i}: {_shown(kind)} is not a valid enum value"
+            f"#/embeddingTypes/{i}: {shown(kind)} is not a valid enum value"
             for i, kind in enumerate(types)
             if kind not in EMBEDDING_TYPES
         ]
     return violations
 
 
-def parse_titan_request(model: str, body: Body) -> TitanRequest:
-    """The request of a Titan text embeddings model; raises MalformedInputError."""
+def json_object(body: Body) -> dict[str, Any]:
+    """The body as the JSON object InvokeModel's schema check wants; raises
+    MalformedInputError for anything else."""
     if not body.is_json or not isinstance(body.json, dict):
-        found = _type_name(body.json) if body.is_json else "text that is not JSON"
+        found = type_name(body.json) if body.is_json else "text that is not JSON"
         raise MalformedInputError(
             f"Malformed input request: #: expected type: JSONObject, found: {found}, "
             "please reformat your input and try again."
         )
     doc: dict[str, Any] = body.json
-    allowed = _V2_KEYS if model == TITAN_V2 else _V1_KEYS
-    violations = _input_text_violations(doc)
-    if model == TITAN_V2:
-        violations += _v2_option_violations(doc)
-    violations += [
-        f"#: extraneous key [{key}] is not permitted" for key in doc if key not in allowed
-    ]
+    return doc
+
+
+def extraneous_keys(doc: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    return [f"#: extraneous key [{key}] is not permitted" for key in doc if key not in allowed]
+
+
+def refuse_violations(violations: list[str]) -> None:
+    """Raise MalformedInputError naming every broken rule, as Bedrock words it; nothing
+    when there is none."""
     if violations:
         raise MalformedInputError(
             f"Malformed input request: {''.join(violations)}, "
             "please reformat your input and try again."
         )
+
+
+def parse_titan_request(model: str, body: Body) -> TitanRequest:
+    """The request of a Titan text embeddings model; raises MalformedInputError."""
+    doc = json_object(body)
+    allowed = _V2_KEYS if model == TITAN_V2 else _V1_KEYS
+    violations = _input_text_violations(doc)
+    if model == TITAN_V2:
+        violations += _v2_option_violations(doc)
+    refuse_violations(violations + extraneous_keys(doc, allowed))
     if model != TITAN_V2:
         return TitanRequest(doc["inputText"], V1_DIMENSIONS, True, None)
     # dict.fromkeys: a type asked twice is answered once.

@@ -86,7 +86,7 @@ class EmbeddingTranslator:
         except orjson.JSONDecodeError:
             parsed = None
         vector = parsed.get("embedding") if isinstance(parsed, dict) else None
-        if not _is_vector(vector):
+        if not is_vector(vector):
             self.status = 502
             return error_body(
                 "the provider's answer could not be read as a Titan embedding",
@@ -96,7 +96,7 @@ class EmbeddingTranslator:
         tokens = parsed.get("inputTextTokenCount")
         if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
             self.usage = Usage(tokens, 0, tokens, 0)
-        encoded: Any = _base64(vector) if self._base64 else vector
+        encoded: Any = base64_vector(vector) if self._base64 else vector
         answer: dict[str, Any] = {
             "object": "list",
             "data": [{"object": "embedding", "index": 0, "embedding": encoded}],
@@ -107,12 +107,13 @@ class EmbeddingTranslator:
         return orjson.dumps(answer)
 
 
-def _is_vector(value: Any) -> bool:
+def is_vector(value: Any) -> bool:
+    """Whether ``value`` is a list of numbers (booleans are not)."""
     return isinstance(value, list) and all(
         isinstance(x, int | float) and not isinstance(x, bool) for x in value
     )
 
 
-def _base64(vector: list[float]) -> str:
+def base64_vector(vector: list[float]) -> str:
     """OpenAI's ``base64`` encoding: the vector as little-endian float32 bytes."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")

@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
+from extproc.mock_llm.embeddings_api import embedding_vector, text_key
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
@@ -198,6 +199,74 @@ def test_titan_refuses_what_it_cannot_take_with_a_400(stack: LocalStack) -> None
     with pytest.raises(openai.BadRequestError) as size:
         client_of(stack).embeddings.create(model="titan-embed", input="x", dimensions=300)
     assert size.value.status_code == 400
+
+
+def test_cohere_on_bedrock_embeds_a_batch_for_the_openai_client_and_bills_bedrocks_count(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    texts = ["Embed this batch on Bedrock.", "Cohere takes up to 96 texts in one call."]
+    tokens = sum(count_tokens(text) for text in texts)
+    # The mock's Cohere vectors: deterministic, 1024 float32 numbers per text.
+    expected = [embedding_vector(text_key(text), 1024).tolist() for text in texts]
+
+    raw = client_of(stack).embeddings.with_raw_response.create(model="cohere-embed", input=texts)
+    answer = raw.parse()  # base64 asked for and decoded by the SDK
+    assert [item.index for item in answer.data] == [0, 1]
+    assert [item.embedding for item in answer.data] == expected
+    assert answer.model == "cohere-embed"
+    assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (tokens, tokens)
+
+    # One InvokeModel call in Cohere's body, signed (the mock verified the signature).
+    upstream = mock_requests(stack)[-1]
+    assert upstream["path"] == "/model/cohere.embed-english-v3/invoke"
+    assert upstream["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+    assert upstream["json"] == {
+        "texts": texts,
+        "input_type": "search_document",
+        "embedding_types": ["float"],
+    }
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["provider"], line["model"], line["route"]) == (
+        "mock-bedrock",
+        "cohere-embed",
+        ROUTE,
+    )
+    assert (line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) == (
+        tokens,
+        0,
+        tokens,
+    )
+    assert line["usage_reported"] is True
+    # Bedrock's list price for Cohere Embed 3 English: $0.10 per million input tokens.
+    assert line["cost_usd"] == pytest.approx(tokens * 0.10 / 1_000_000)
+
+    # Floats, and a query embedded as one (the openai SDK's extra_body).
+    raw_floats = client_of(stack).embeddings.with_raw_response.create(
+        model="cohere-embed",
+        input=texts[0],
+        encoding_format="float",
+        extra_body={"input_type": "search_query"},
+    )
+    floats = raw_floats.parse()
+    assert [item.embedding for item in floats.data] == expected[:1]
+    assert floats.usage.prompt_tokens == count_tokens(texts[0])
+    assert mock_requests(stack)[-1]["json"]["input_type"] == "search_query"
+    [line] = gateway_log.for_request(raw_floats.headers["x-request-id"])
+    assert line["prompt_tokens"] == count_tokens(texts[0])
+
+
+def test_cohere_refuses_what_it_cannot_take_with_a_400_before_bedrock(stack: LocalStack) -> None:
+    sent_before = len(mock_requests(stack))
+    with pytest.raises(openai.BadRequestError) as batch:
+        client_of(stack).embeddings.create(model="cohere-embed", input=["text"] * 97)
+    assert (batch.value.code, batch.value.param) == ("unsupported_input", "input")
+    with pytest.raises(openai.BadRequestError) as input_type:
+        client_of(stack).embeddings.create(
+            model="cohere-embed", input="x", extra_body={"input_type": "document"}
+        )
+    assert input_type.value.param == "input_type"
+    assert len(mock_requests(stack)) == sent_before
 
 
 @pytest.fixture(scope="module")
