@@ -220,9 +220,11 @@ class Runtime:
         }
         self.prices = PriceTable(config.pricing, config.models)
         if self.prices.unpriced_models:
-            # Not an error: such requests cost 0 and are flagged unpriced in the reports.
+            # Not an error: such requests cost 0 and are flagged unpriced in the reports,
+            # unless their provider reports what it charged (docs/chargeback.md).
             log.warning(
-                "models without a price (cost 0, reported as unpriced): %s",
+                "models without a price (cost 0, reported as unpriced, unless their "
+                "provider reports its charge): %s",
                 ", ".join(self.prices.unpriced_models),
             )
         self.agents = AgentDirectory(config)

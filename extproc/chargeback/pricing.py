@@ -8,7 +8,9 @@ integer too. Decimal strings and floats appear only at the edges (log line,
 metric, report), converted from the exact integer once.
 
 A request is priced at the model that answered it: the model it named, or the
-fallback that served it after a failover. A model without a price costs 0 and
+fallback that served it after a failover. A model without a price costs what its
+provider reported charging for the request, when it reported it
+(``Usage.reported_cost_picousd``: OpenRouter's ``usage.cost``); else it costs 0 and
 is flagged ``priced=False`` (log line, rollup's ``unpriced_requests``, report).
 
 The requests a provider's server tools made (Anthropic's web searches) are added at

@@ -205,7 +205,8 @@ class ModelPrice(TierPrice):
 
 
 class PricingConfig(_Section):
-    """The price table. A model without a price costs 0 and is reported as unpriced."""
+    """The price table. A model without a price costs what its provider reports charging
+    (OpenRouter's ``usage.cost``), else 0, and is then reported as unpriced."""
 
     # Gateway model name (or alias, or any served model name) -> its price.
     models: dict[Annotated[str, Field(min_length=1, max_length=256)], ModelPrice] = {}

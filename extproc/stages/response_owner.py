@@ -4,8 +4,10 @@ Every caller shares the provider's account, where the provider stores each respo
 (``store`` defaults to true). ``ResponseRecordStage`` records who created each stored
 response the moment its answer ends, before the client reads its end, so the client's
 next request finds the record (``store.response_owners``); a stream the client left
-before its end is recorded when the request ends (its id came with its first event),
-leaving it to the provider to say whether that response can be continued.
+before its end, or while that record was being written, is recorded when the request
+ends (its id came with its first event), leaving it to the provider to say whether that
+response can be continued. The record says whether the route guarded the answer
+(``stages.stored_responses`` does not read such a response back).
 
 ``PreviousResponseStage`` looks up the response a request names in
 ``previous_response_id`` (a response, a compaction, a token count) and refuses it, as
@@ -152,16 +154,30 @@ def _to_record(ctx: RequestContext) -> tuple[str, ResponseOwner] | None:
         return None
     if not recordable(response_id):
         return None
-    return response_id, ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens)
+    # Whether the client got the answer through the route's response guards, which the
+    # provider's stored copy never went through (stages.stored_responses).
+    guarded = ctx.runtime.guardrails.guards_answers(route.name)
+    owner = ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens, guarded)
+    return response_id, owner
 
 
 async def _record(
     ctx: RequestContext, owners: ResponseOwners, response_id: str, owner: ResponseOwner
 ) -> None:
     runtime = ctx.runtime
+    timeout_s = runtime.config.store.timeout_ms / 1000.0
     try:
-        async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+        async with asyncio.timeout(timeout_s):
             await owners.record(response_id, owner)
+    except asyncio.CancelledError:
+        # The client left while the record was being written (Envoy ended the call). A
+        # stream's client has had the id since its first event and may continue it: the
+        # record is written off the request path, as for a stream left before its end.
+        metrics = runtime.services.metrics
+        owners.record_soon(
+            response_id, owner, timeout_s, lambda _: metrics.store_error("response_owner_record")
+        )
+        raise
     except Exception as exc:
         runtime.services.metrics.store_error("response_owner_record")
         log.warning(

@@ -7,7 +7,9 @@ through (``store.response_owners``), and so is the caller who created it. A resp
 whose record is missing or names another caller is OpenAI's own 404 for an id it does
 not know, the same either way, so nobody learns which ids exist. Otherwise the request
 goes to that provider's endpoint with the provider's credential, the query (``include``,
-``limit``, ``after``, ``order``) as the client sent it.
+``limit``, ``after``, ``order``) as the client sent it. A response whose answer the
+creating route's guards checked is not read back (403 ``stored_response_guarded``): the
+provider stores it unguarded, and nothing here guards it; it may still be deleted.
 
 Nothing here is generated, so nothing is billed, reserved or counted as tokens: a
 retrieved response carries the usage it was billed for, which must not be billed again.
@@ -35,6 +37,7 @@ from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import (
     MethodNotAllowedError,
     NotFoundError,
+    PermissionDeniedError,
     ServiceUnavailableError,
 )
 from extproc.store.response_owners import NOBODY, ResponseOwners, owner_of, recordable
@@ -90,7 +93,8 @@ class StoredResponseStage:
         if status.isdigit() and int(status) in CREDENTIAL_REFUSALS:
             call.refused = True
             out.set_headers.update(JSON_HEADERS)
-            out.remove_headers.append("content-length")
+            # The body becomes the gateway's own plain JSON, whatever encoded the provider's.
+            out.remove_headers.extend(("content-length", "content-encoding"))
             return None
         owners = ctx.runtime.services.response_owners
         deleted = ctx.method == "DELETE" and (status.startswith("2") or status == "404")
@@ -148,6 +152,18 @@ async def _send_to_provider(
     ):
         shown = response_id if recordable(response_id) else "(not a response id)"
         raise _ResponseNotFoundError(f"Response with id '{shown}' not found.")
+    if found.guarded and ctx.method == "GET":
+        # The provider stores the answer as it generated it; the client got it through
+        # the route's response guards (masked, or refused). Read back by its id (the
+        # response's output; its input items, which with a previous_response_id hold the
+        # earlier turns' outputs too), it would come unguarded: this route runs none.
+        raise PermissionDeniedError(
+            f"Response '{response_id}' was created on a route whose guardrails check "
+            "answers, and the provider stores it unchecked: it is not served by its id. "
+            "Use the answer as it was returned; the response can still be continued "
+            "(previous_response_id) and deleted",
+            code="stored_response_guarded",
+        )
     if upstream is None or not upstream.credential_headers:
         raise ServiceUnavailableError(
             f"provider '{found.provider}', which stores this response, is not configured",
@@ -166,6 +182,9 @@ async def _send_to_provider(
     out.remove_headers[:] = [
         name for name in out.remove_headers if name not in upstream.credential_headers
     ]
+    # Uncompressed, as on every AI route: a refusal of the gateway's key is read and
+    # rewritten (response_body), which a gzip body (the SDKs accept it) would defeat.
+    out.remove_headers.append("accept-encoding")
     out.clear_route_cache = True
 
 

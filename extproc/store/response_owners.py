@@ -6,12 +6,16 @@ continue, compact or count another caller's conversation by its id
 (``previous_response_id``). So when a stored response passes through, the gateway
 writes, with ``<prefix>`` the config's ``store.key_prefix``::
 
-    <prefix>response:<id>   JSON: {"owner", "provider", "tokens"}, expiring after
-                            store.response_owner_retention_days
+    <prefix>response:<id>   JSON: {"owner", "provider", "tokens", "guarded"},
+                            expiring after store.response_owner_retention_days
 
 ``owner`` is the caller (``owner_of``), ``provider`` the provider that stores the
 response, ``tokens`` its ``total_tokens``: the context a request continuing it adds to
 what its body shows (the stored input plus the output), which the quota reserves.
+``guarded`` says that the route that created it guarded its answer (a mask, a refusal):
+the provider stores the answer as it generated it, so it is not read back by its id
+(``stages.stored_responses``). A record without it (written before it was kept) is
+read as unguarded.
 
 One key per response, read and written with one command each: the record fits a
 cluster, and a request pays at most one round trip for it.
@@ -44,19 +48,26 @@ class ResponseOwner:
     owner: str
     provider: str
     tokens: int
+    # The creating route's guards checked its answer (the module docstring).
+    guarded: bool = False
 
 
 def owner_of(identity: Identity) -> str:
     """The caller a response belongs to: the user when the credential names one (a JWT's
     subject, an API key's ``user_id``), so all of a person's keys share their
-    conversations; else the API key; ``NOBODY`` for an unauthenticated caller."""
+    conversations; else the API key; else, for a token naming no user (a service's token
+    naming a group, or a provider whose mapping names no claim), the token's provider and
+    group: whoever else holds such a token is the same caller as far as the gateway can
+    tell. ``NOBODY`` only for an unauthenticated caller."""
     if identity.method == "none":
         return NOBODY
     if identity.user_id:
         return f"user:{identity.user_id}"
     if identity.api_key_id:
         return f"key:{identity.api_key_id}"
-    return NOBODY
+    # Never NOBODY for a verified caller: that would let any caller, an anonymous one
+    # included, continue, read or delete the response.
+    return f"jwt:{identity.jwt_provider or ''}:{identity.group_id or ''}"
 
 
 def recordable(response_id: str) -> bool:
@@ -79,7 +90,12 @@ class ResponseOwners:
 
     async def record(self, response_id: str, owner: ResponseOwner) -> None:
         value = orjson.dumps(
-            {"owner": owner.owner, "provider": owner.provider, "tokens": owner.tokens}
+            {
+                "owner": owner.owner,
+                "provider": owner.provider,
+                "tokens": owner.tokens,
+                "guarded": owner.guarded,
+            }
         )
         await self._client.set(self._key(response_id), value, ex=self._ttl_s)
 
@@ -141,4 +157,4 @@ def _parse(raw: bytes | str) -> ResponseOwner | None:
         return None
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
         return None
-    return ResponseOwner(owner, provider, tokens)
+    return ResponseOwner(owner, provider, tokens, found.get("guarded") is True)

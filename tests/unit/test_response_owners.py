@@ -5,9 +5,11 @@ the stored context a continuation adds (``stages.response_owner``), on a real Va
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -32,7 +34,7 @@ from extproc.testing import (
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.quota_helpers import DEFAULT_CONFIG, capped_runtime
-from tests.unit.sse_play import only_line, play_sse
+from tests.unit.sse_play import SSE, only_line, play_sse
 from tests.unit.test_guard_flow import immediate, upstream_body
 from tests.unit.test_responses_api import TEXT_JSON, TEXT_SSE, responses, split_events
 
@@ -84,6 +86,7 @@ async def continue_(
 
 
 def refused_as_not_found(answer: ext.ProcessingResponse) -> dict[str, Any]:
+    assert not forwarded(answer), "the request went on to the provider"
     status, body = immediate(answer)
     assert status == 400
     error: dict[str, Any] = body["error"]
@@ -300,3 +303,93 @@ def _store_errors(services: Services, operation: str) -> float:
             if found.name == "aigw_store_errors_total" and found.labels["operation"] == operation:
                 return found.value
     return 0.0
+
+
+# --- a token that names no user -------------------------------------------------------------
+
+JWT_SECRET = "a-shared-secret-of-at-least-32-bytes!"
+# The default config's auth section, with a JWT provider before its API keys.
+WITH_TOKENS = f"""auth:
+  jwt_providers:
+    - name: corp
+      issuer: https://idp.example.com
+      shared_secret: "{JWT_SECRET}"
+      algorithms: [HS256]
+  api_keys:"""
+
+
+def token(**claims: Any) -> dict[str, str]:
+    """The headers of a caller with a token of the ``corp`` provider holding ``claims``."""
+    payload = {"iss": "https://idp.example.com", "exp": int(time.time()) + 600, **claims}
+    return {"authorization": "Bearer " + jwt.encode(payload, JWT_SECRET, algorithm="HS256")}
+
+
+def with_tokens(owners: ResponseOwners) -> Processor:
+    """The default config whose routes also take tokens of the ``corp`` provider."""
+    text = DEFAULT_CONFIG.replace("auth:\n  api_keys:", WITH_TOKENS, 1)
+    services = Services(GatewayMetrics(), MemoryLog(), response_owners=owners)
+    runtime = Runtime(parse_config(text, "t", {}), services)
+    return Processor(lambda: runtime, default_stages())
+
+
+async def test_a_response_created_with_a_token_naming_only_a_group_is_not_anyones(
+    owners: ResponseOwners,
+) -> None:
+    # A token naming a group and no user (a service's token) is accepted; its response
+    # is that caller's, not free for any caller of the gateway to continue.
+    research = token(groups=["research"])
+    processor = with_tokens(owners)
+    await run_stream(
+        processor,
+        [
+            request_headers(RESPONSES, headers=research),
+            request_body(responses()),
+            response_headers(200),
+            response_body(TEXT_JSON),
+        ],
+    )
+    assert await owners.find(CREATED) is not None
+    refused_as_not_found(await continue_(processor, BOB))
+    refused_as_not_found(await continue_(processor, token(groups=["sales"])))
+    assert forwarded(await continue_(processor, research))
+
+
+# --- a client that leaves while the record is being written ---------------------------------
+
+
+class StallingStore:
+    """A store whose first write hangs until the request is cancelled; later ones land."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.writing = asyncio.Event()  # set once the first write is under way
+
+    async def set(self, key: str, value: bytes, ex: int | None = None) -> None:
+        if not self.writing.is_set():
+            self.writing.set()
+            await asyncio.Event().wait()
+        self.values[key] = value
+
+    async def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+
+async def test_a_stream_the_client_leaves_while_its_record_is_written_is_recorded_after() -> None:
+    # The terminal event waits for the record; the client hangs up meanwhile, and Envoy
+    # ends the call. The client had the id from the first event, so it may continue.
+    store = StallingStore()
+    owners = ResponseOwners(store, "test:", 30)
+    processor, _ = gateway(owners)
+    messages = [
+        request_headers(RESPONSES, headers=ALICE),
+        request_body(responses(stream=True)),
+        response_headers(200, SSE),
+        *(response_body(event, end_of_stream=False) for event in split_events(TEXT_SSE)),
+    ]
+    call = asyncio.create_task(run_stream(processor, messages))
+    await store.writing.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await owners.close()  # the records written off the request path have landed
+    assert await owners.find(CREATED) == ResponseOwner("user:alice", "mock", STREAM_TOTAL)

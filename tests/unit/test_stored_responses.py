@@ -4,6 +4,7 @@ gateway recorded, never billed (``stages.stored_responses``), on a real Valkey."
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator
 
 import orjson
@@ -11,12 +12,24 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
+from extproc.config.loader import parse_config
+from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import ResponseOwner, ResponseOwners
-from extproc.testing import request_headers, response_body, response_headers, run_stream
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+from tests.unit.conftest import MemoryLog
+from tests.unit.quota_helpers import DEFAULT_CONFIG
 from tests.unit.sse_play import only_line
 from tests.unit.test_guard_flow import immediate
 from tests.unit.test_response_owners import (
@@ -189,3 +202,89 @@ async def test_a_store_that_cannot_answer_is_a_503() -> None:
     answers, _ = await ask(unreachable())
     status, body = immediate(answers[0])
     assert (status, body["error"]["code"]) == (503, "response_store_unavailable")
+
+
+# --- a response whose answer the route's guards checked ---------------------------------------
+
+# Masks a word of the recorded answer (text.json: "...a unicorn named Lumina...").
+MASKED_ANSWERS = """
+guardrails:
+  policies:
+    - name: no-unicorns
+      response:
+        - name: unicorns
+          literals: [unicorn]
+          action: MASK
+"""
+
+
+def guarding_answers(owners: ResponseOwners) -> tuple[Processor, Services]:
+    """The default config whose /v1/responses route masks a word in every answer."""
+    text = DEFAULT_CONFIG.replace(
+        "    path: /v1/responses\n    api: openai_responses\n",
+        "    path: /v1/responses\n    api: openai_responses\n    guardrails: no-unicorns\n",
+        1,
+    )
+    services = Services(GatewayMetrics(), MemoryLog(), response_owners=owners)
+    runtime = Runtime(parse_config(text + MASKED_ANSWERS, "t", {}), services)
+    return Processor(lambda: runtime, default_stages()), services
+
+
+@pytest.mark.parametrize("path", [STORED, f"{STORED}/input_items"])
+async def test_an_answer_a_guard_masked_is_not_served_unmasked_by_its_id(
+    quota_store: QuotaStore, valkey: EmbeddedValkey, path: str
+) -> None:
+    client = connect(valkey.url, 2.0)
+    owners = ResponseOwners(client, "test:", 30)
+    processor, _ = guarding_answers(owners)
+    created = await run_stream(
+        processor,
+        [
+            request_headers("/v1/responses", headers=ALICE),
+            request_body(orjson.dumps({"model": "gpt-4o-mini", "input": "A story?"})),
+            response_headers(200),
+            response_body(TEXT_JSON),
+        ],
+    )
+    got = created[-1].response_body.response.body_mutation.body
+    assert CREATED.encode() in got and b"unicorn" not in got  # she got it masked
+    # By its id the provider would send the answer as it stored it, unmasked.
+    processor, services = guarding_answers(owners)
+    answers = await run_stream(
+        processor, [request_headers(path, method="GET", headers=ALICE, end_of_stream=True)]
+    )
+    assert answers[0].WhichOneof("response") == "immediate_response"
+    status, body = immediate(answers[0])
+    assert (status, body["error"]["code"]) == (403, "stored_response_guarded")
+    assert only_line(services)["provider"] is None  # nothing reached a provider
+    # Deleting it is still hers to do.
+    deleted, _ = await ask(owners, method="DELETE")
+    assert headers.CLUSTER in mutation(deleted[0])[0]
+    await client.aclose()
+
+
+async def test_the_provider_answers_uncompressed_so_its_refusal_of_the_key_can_be_rewritten(
+    owners: ResponseOwners,
+) -> None:
+    # The openai SDK accepts gzip. A compressed refusal would be unreadable to the gateway,
+    # and its plain JSON replacement, still marked gzip, unreadable to the client.
+    answers, _ = await ask(owners, caller={**ALICE, "accept-encoding": "gzip, deflate"})
+    assert "accept-encoding" in mutation(answers[0])[1]
+
+
+async def test_a_compressed_refusal_of_the_key_reaches_the_client_as_plain_json(
+    owners: ResponseOwners,
+) -> None:
+    processor, _ = gateway(owners)
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(STORED, method="GET", headers=ALICE, end_of_stream=True),
+            response_headers(401, {"content-encoding": "gzip"}),
+            response_body(gzip.compress(OPENAI_KEY_401)),
+        ],
+    )
+    removed = answers[1].response_headers.response.header_mutation.remove_headers
+    assert "content-encoding" in removed  # the client must not gunzip the plain JSON
+    sent = answers[-1].response_body.response.body_mutation.body
+    assert orjson.loads(sent)["error"]["code"] == "upstream_credentials_refused"
