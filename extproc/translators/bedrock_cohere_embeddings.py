@@ -36,11 +36,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from extproc.context import Usage
-from extproc.errors import BadRequestError, error_body
-from extproc.translators.bedrock_embeddings import base64_vector, is_vector
+from extproc.errors import BadRequestError
+from extproc.translators.bedrock_embeddings import BufferedEmbeddings, is_vector
 from extproc.translators.openai_bedrock import base_model_id
 
 # How the model part of a Cohere Embed model id starts (after the ARN and profile prefix).
@@ -155,59 +152,25 @@ def texts_sent(body: dict[str, Any] | None) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
-class EmbeddingTranslator:
+class EmbeddingTranslator(BufferedEmbeddings):
     """A Cohere Embed answer, buffered, rewritten as OpenAI's embeddings list."""
+
+    unreadable = "the provider's answer could not be read as Cohere's embeddings"
 
     def __init__(
         self, *, model: str, base64_vectors: bool, texts: int, input_tokens: int | None
     ) -> None:
-        self.usage: Usage | None = None
-        self.response_model: str | None = None  # Bedrock does not say which model answered
-        # 502 once an answer could not be read as Cohere's.
-        self.status: int | None = None
-        self.answer: Any = None
-        self._model = model
-        self._base64 = base64_vectors
+        super().__init__(model=model, base64_vectors=base64_vectors)
         self._texts = texts
         self._input_tokens = input_tokens
-        self._parts: list[bytes] = []
 
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        self._parts.append(chunk)
-        if not end_of_stream:
-            return b""
-        body, self._parts = b"".join(self._parts), []
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            parsed = None
+    def read(self, parsed: Any) -> tuple[list[list[float]], int | None] | None:
         vectors = _vectors(parsed)
         # One vector per text sent, or the answer cannot be told apart from another's.
         if vectors is None or len(vectors) != self._texts:
-            self.status = 502
-            return error_body(
-                "the provider's answer could not be read as Cohere's embeddings",
-                "upstream_error",
-            )
+            return None
         tokens = self._input_tokens
-        if tokens is None:
-            tokens = _billed_input_tokens(parsed)
-        answer: dict[str, Any] = {
-            "object": "list",
-            "data": [
-                {
-                    "object": "embedding",
-                    "index": index,
-                    "embedding": base64_vector(vector) if self._base64 else vector,
-                }
-                for index, vector in enumerate(vectors)
-            ],
-            "model": self._model,
-        }
-        if tokens is not None:
-            self.usage = Usage(tokens, 0, tokens, 0)
-            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return orjson.dumps(answer)
+        return vectors, tokens if tokens is not None else _billed_input_tokens(parsed)
 
 
 def _billed_input_tokens(parsed: Any) -> int | None:

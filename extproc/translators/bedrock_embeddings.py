@@ -63,18 +63,28 @@ def translate_request(body: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
-class EmbeddingTranslator:
-    """A Titan answer, buffered, rewritten as OpenAI's embeddings list."""
+class BufferedEmbeddings:
+    """A Bedrock embeddings answer, buffered, rewritten as OpenAI's embeddings list; each
+    model family reads its own answer in ``read`` (Titan's below, Cohere's in
+    ``bedrock_cohere_embeddings``)."""
+
+    # What the client's 502 says when the answer cannot be read as the model's.
+    unreadable = "the provider's answer could not be read as Bedrock's embeddings"
 
     def __init__(self, *, model: str, base64_vectors: bool) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None  # Bedrock does not say which model answered
-        # 502 once an answer could not be read as Titan's.
+        # 502 once an answer could not be read as the model's.
         self.status: int | None = None
         self.answer: Any = None
         self._model = model
         self._base64 = base64_vectors
         self._parts: list[bytes] = []
+
+    def read(self, parsed: Any) -> tuple[list[list[float]], int | None] | None:
+        """The vectors, in order, and the input tokens the answer reports (None: none);
+        None when the answer is not the model's."""
+        raise NotImplementedError
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)
@@ -85,26 +95,43 @@ class EmbeddingTranslator:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             parsed = None
+        found = self.read(parsed)
+        if found is None:
+            self.status = 502
+            return error_body(self.unreadable, "upstream_error")
+        vectors, tokens = found
+        answer: dict[str, Any] = {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": base64_vector(vector) if self._base64 else vector,
+                }
+                for index, vector in enumerate(vectors)
+            ],
+            "model": self._model,
+        }
+        if tokens is not None:
+            self.usage = Usage(tokens, 0, tokens, 0)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return orjson.dumps(answer)
+
+
+class EmbeddingTranslator(BufferedEmbeddings):
+    """A Titan answer: one vector and its token count (``inputTextTokenCount``)."""
+
+    unreadable = "the provider's answer could not be read as a Titan embedding"
+
+    def read(self, parsed: Any) -> tuple[list[list[float]], int | None] | None:
         vector = parsed.get("embedding") if isinstance(parsed, dict) else None
         if not is_vector(vector):
-            self.status = 502
-            return error_body(
-                "the provider's answer could not be read as a Titan embedding",
-                "upstream_error",
-            )
+            return None
         assert isinstance(parsed, dict) and isinstance(vector, list)
         tokens = parsed.get("inputTextTokenCount")
         if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-            self.usage = Usage(tokens, 0, tokens, 0)
-        encoded: Any = base64_vector(vector) if self._base64 else vector
-        answer: dict[str, Any] = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": encoded}],
-            "model": self._model,
-        }
-        if self.usage is not None:
-            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return orjson.dumps(answer)
+            return [vector], tokens
+        return [vector], None
 
 
 def is_vector(value: Any) -> bool:
