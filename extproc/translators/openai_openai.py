@@ -92,7 +92,7 @@ def usage_from_object(value: Any) -> Usage | None:
         completion += _reasoning_beside(value, prompt, completion, total)
     cached = _cached(value, prompt)
     usage = Usage(prompt, completion, total, cached, _cache_writes(value, prompt - cached))
-    usage.reported_cost_picousd = _reported_cost(value)
+    usage.reported_cost_picousd = reported_cost(value)
     return usage
 
 
@@ -147,7 +147,7 @@ def _cache_writes(value: dict[str, Any], uncached: int) -> int:
     return min(_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
 
 
-def _reported_cost(value: dict[str, Any]) -> int | None:
+def reported_cost(value: dict[str, Any]) -> int | None:
     """What the provider says the request cost, in picodollars: OpenRouter's ``cost`` (in
     credits, one USD each), plus, for a call OpenRouter made with the account's own key at
     the model's provider (BYOK, ``is_byok``: ``cost`` is then OpenRouter's fee alone),

@@ -68,6 +68,7 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
+from extproc.translators.openai_openai import reported_cost
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -114,13 +115,16 @@ def usage_from_responses(value: Any) -> Usage | None:
     total = _count(value.get("total_tokens"))
     details = value.get("input_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return Usage(
+    usage = Usage(
         prompt,
         completion,
         total if total is not None else prompt + completion,
         # Part of the input, so never more than it.
         min(cached, prompt) if cached is not None else 0,
     )
+    # What the provider says it charged, as OpenRouter reports it here too.
+    usage.reported_cost_picousd = reported_cost(value)
+    return usage
 
 
 def _count(value: Any) -> int | None:

@@ -240,3 +240,24 @@ async def test_the_tables_price_wins_over_the_providers_charge(
     await answered(processor, "gpt-4o-mini", OPENROUTER_CHARGE)
     line = only_line(services)
     assert line["cost_usd"] == pytest.approx((194 * 0.15 + 2 * 0.60) / 1e6)
+
+
+async def test_a_responses_answer_of_a_model_the_table_lacks_costs_what_was_charged(
+    services: Services,
+) -> None:
+    # OpenRouter's Responses API reports the same cost fields in its usage.
+    answer = {"id": "resp_1", "object": "response", "status": "completed",
+              "model": "openrouter/auto", "output": [],
+              "usage": {"input_tokens": 12, "output_tokens": 3, "total_tokens": 15,
+                        "cost": 0.000005, "is_byok": True,
+                        "cost_details": {"upstream_inference_cost": 0.0001}}}  # fmt: skip
+    body = orjson.dumps({"model": "openrouter/auto", "input": "Hi", "store": False})
+    await run_stream(with_unpriced_model(services), [
+        request_headers("/v1/responses", headers={"authorization": "Bearer team1-key"}),
+        request_body(body),
+        response_headers(200),
+        response_body(orjson.dumps(answer)),
+    ])  # fmt: skip
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (12, 3)
+    assert line["cost_usd"] == 0.000105 and line["cost_priced"] is True
