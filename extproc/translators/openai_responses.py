@@ -5,9 +5,10 @@ The request goes as the client sent it, under the provider's name for the model,
 
 - usage: ``usage.input_tokens`` (of which ``input_tokens_details.cached_tokens`` came
   from the prompt cache), ``usage.output_tokens`` (reasoning tokens included, as OpenAI
-  bills them) and ``usage.total_tokens``; a JSON answer's top level, a stream's
-  terminal event's ``response.usage``. The Responses API always reports usage, so
-  nothing is asked of the provider to get it;
+  bills them) and ``usage.total_tokens``, and what the provider says it charged
+  (``usage.cost``, as OpenRouter reports it: ``openai_openai.reported_cost``); a JSON
+  answer's top level, a stream's terminal event's ``response.usage``. The Responses
+  API always reports usage, so nothing is asked of the provider to get it;
 - the model that answered, the service tier that served it (``service_tier``; a
   stream's first event echoes the tier asked for, read unless it is ``auto``), and
   the outcome for the log line's ``finish_reasons``: the response's ``status``
