@@ -27,6 +27,10 @@ The pairs the gateway serves:
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
+- Bedrock Converse -> ``bedrock``: the client's body as it came (the model is in the
+  path: the provider's id for it), signed with the gateway's AWS credentials; the
+  answer, JSON or event stream, passes through unchanged, its usage read
+  (``bedrock_bedrock``). No other provider type speaks Converse: refused with a 400.
 
 Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
 refused the gateway's own key or account, whichever the pair: the client gets the
@@ -51,6 +55,7 @@ from extproc.errors import (
     BadRequestError,
     ServiceUnavailableError,
     anthropic_error_body,
+    bedrock_error_body,
     credentials_refused,
     error_body,
     without_secrets,
@@ -60,10 +65,12 @@ from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
+    bedrock_bedrock,
     bedrock_cohere_embeddings,
     bedrock_embeddings,
     openai_anthropic,
     openai_bedrock,
+    openai_bedrock_stream,
     openai_completions,
     openai_embeddings,
     openai_openai,
@@ -123,8 +130,13 @@ def _json(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
-def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> RequestPlan:
-    """Translate and authenticate the request for ``upstream``; refuse pairs not served."""
+def plan_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, raw: bytes = b""
+) -> RequestPlan:
+    """Translate and authenticate the request for ``upstream``; refuse pairs not served.
+
+    ``raw`` is the body as the client sent it: a pass-through signed by the gateway
+    (Converse) signs those very bytes when nothing changed them."""
     route = ctx.route
     assert route is not None
     kind = upstream.provider.type
@@ -145,6 +157,8 @@ def plan_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
         )
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return _embeddings_request(ctx, parsed, upstream, suffix)
+    if route.api is RouteApi.BEDROCK_CONVERSE:
+        return _converse_request(ctx, parsed, upstream, raw)
     if route.api in RESPONSES_REQUESTS:
         return _responses_request(ctx, parsed, upstream, suffix)
     if route.api is RouteApi.OPENAI_COMPLETIONS:
@@ -188,6 +202,8 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     kind = upstream.provider.type
     if route.api in ANTHROPIC_APIS:
         served = kind is ProviderType.ANTHROPIC
+    elif route.api is RouteApi.BEDROCK_CONVERSE:
+        served = kind is ProviderType.BEDROCK
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
             _check_bedrock_embeddings(parsed, upstream.upstream_model)
@@ -299,6 +315,26 @@ def _embeddings_request(
     return _pass_through(ctx, parsed, upstream, openai_embeddings.ENDPOINT + suffix)
 
 
+def _converse_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, raw: bytes
+) -> RequestPlan:
+    """A Converse call goes to Bedrock as the client sent it, under the provider's id for
+    the model (in the path) and the gateway's signature; re-serialised only when the
+    gateway changed the body (a guard's mask, enrichment, a hard cap)."""
+    kind = upstream.provider.type
+    if kind is not ProviderType.BEDROCK:
+        raise _unsupported(ctx, kind)
+    signer = _signer(upstream)
+    changed = ctx.body_changed or not raw
+    body = _json(parsed) if changed else raw
+    path = upstream.provider.path_prefix + openai_bedrock.request_path(
+        upstream.upstream_model, stream=ctx.stream
+    )
+    headers = {"content-type": "application/json"}
+    headers.update(signer.sign("POST", path, body, headers))
+    return RequestPlan(body if changed else None, path, headers)
+
+
 def _signer(upstream: Upstream) -> AwsSigner:
     if upstream.signer is None:
         raise ServiceUnavailableError(
@@ -386,6 +422,12 @@ def plan_response(
     if route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # Never streamed (a body asking is refused): a response's usage, in one object.
         return ResponsePlan(openai_responses.ResponseReader())
+    if route.api is RouteApi.BEDROCK_CONVERSE:
+        if streaming:
+            asked = openai_bedrock_stream.served_tier((ctx.body or {}).get("serviceTier"))
+            frames = bedrock_bedrock.ConverseStreamReader(asked_tier=asked)
+            return ResponsePlan(frames, streamed=True)
+        return ResponsePlan(bedrock_bedrock.ConverseReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(
             streaming=streaming, client_wants_usage=ctx.client_wants_usage
@@ -500,7 +542,9 @@ def _provider_error(body: bytes, status: int) -> tuple[str, str]:
         document = None
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):
-        return f"HTTP {status}", ""
+        # Bedrock's shape: the message alone, its name in a header.
+        said = document.get("message") if isinstance(document, dict) else None
+        return f"HTTP {status}", said[:MAX_PROVIDER_MESSAGE] if isinstance(said, str) else ""
     code = error.get("code") or error.get("type")
     message = error.get("message")
     detail = code if isinstance(code, str) and code else f"HTTP {status}"
@@ -533,7 +577,11 @@ def _error_plan(
     json_body = "json" in content_type
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
-    if route.api in ANTHROPIC_APIS or kind is ProviderType.OPENAI:
+    if (
+        route.api in ANTHROPIC_APIS
+        or route.api is RouteApi.BEDROCK_CONVERSE
+        or (kind is ProviderType.OPENAI)
+    ):
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)
         if json_body:
@@ -544,6 +592,8 @@ def _error_plan(
         def replace(_: bytes) -> bytes:
             if shape == "anthropic":
                 return anthropic_error_body(message, status)
+            if shape == "bedrock":
+                return bedrock_error_body(message)
             kind_name = "server_error" if status >= 500 else "invalid_request_error"
             return error_body(message, kind_name, code="upstream_error")
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from extproc.completions_api import estimate_prompt as estimate_completions_prompt
 from extproc.config.model import RouteApi
+from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tokens
 from extproc.embeddings import estimate_input_tokens
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 
@@ -37,6 +38,7 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
     RouteApi.OPENAI_RESPONSES_COMPACT: estimate_responses_tokens,
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: estimate_responses_tokens,
+    RouteApi.BEDROCK_CONVERSE: estimate_converse_tokens,
 }
 
 
@@ -259,9 +261,13 @@ class RequestContext:
 
     @property
     def error_shape(self) -> str:
-        """How this request's client expects errors: ``anthropic`` on Messages routes."""
-        if self.route is not None and self.route.api.startswith("anthropic_"):
-            return "anthropic"
+        """How this request's client expects errors: ``anthropic`` on Messages routes,
+        ``bedrock`` on Converse routes."""
+        if self.route is not None:
+            if self.route.api.startswith("anthropic_"):
+                return "anthropic"
+            if self.route.api.startswith("bedrock_"):
+                return "bedrock"
         return "openai"
 
     def elapsed_ms(self) -> float:

@@ -48,7 +48,7 @@ from extproc.headers import (
     RATE_LIMIT_HEADERS,
     metadata_key,
 )
-from extproc.transport_security import envoy_transport_socket
+from extproc.transport_security import envoy_transport_socket, listener_transport_socket
 from extproc.worker_endpoints import worker_addresses, worker_sockets
 
 Json = dict[str, Any]
@@ -180,6 +180,14 @@ def envoy_command(
 
 
 def _listener(config: GatewayConfig) -> Json:
+    listener = _plain_listener(config)
+    if config.envoy.listener_tls is not None:
+        chain = listener["filter_chains"][0]
+        chain["transport_socket"] = listener_transport_socket(config.envoy.listener_tls)
+    return listener
+
+
+def _plain_listener(config: GatewayConfig) -> Json:
     return {
         "name": "aigw",
         "address": _socket_address(config.envoy.listener_address, config.envoy.listener_port),

@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput
-from extproc.errors import GatewayError
+from extproc.errors import BEDROCK_ERROR_TYPE_HEADER, GatewayError, bedrock_exception
 
 _Mode = processing_mode_pb2.ProcessingMode
 _BODY_MODES = {
@@ -144,6 +144,8 @@ def error_response(
     error: GatewayError, request_id: str, api_shape: str = "openai"
 ) -> ext.ProcessingResponse:
     extra = {"content-type": "application/json", **error.headers}
+    if api_shape == "bedrock":
+        extra[BEDROCK_ERROR_TYPE_HEADER] = bedrock_exception(error.status)
     if request_id:
         extra[headers.REQUEST_ID] = request_id
     return immediate_response(error.status, error.body(api_shape), extra)

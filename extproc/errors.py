@@ -18,7 +18,9 @@ same error shape whatever part of the gateway refused them::
     └── GatewayTimeoutError           504 timeout
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it,
-or ``{"type": "error", "error": {"type", "message"}}`` on Anthropic routes.
+``{"type": "error", "error": {"type", "message"}}`` on Anthropic routes, or
+``{"message"}`` with the exception's name in ``x-amzn-errortype`` on Bedrock Converse
+routes (``bedrock_exception``), which is how AWS SDKs tell a throttle from a refusal.
 Messages must never contain a secret: callers pass only ids and public values, and
 words a provider wrote go through ``without_secrets`` first.
 """
@@ -53,9 +55,12 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self, api_shape: str = "openai") -> bytes:
-        """The error as the client's API shapes errors: ``openai`` or ``anthropic``."""
+        """The error as the client's API shapes errors: ``openai``, ``anthropic`` or
+        ``bedrock``."""
         if api_shape == "anthropic":
             return anthropic_error_body(self.message, self.status)
+        if api_shape == "bedrock":
+            return bedrock_error_body(self.message, self.code)
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
 
 
@@ -85,6 +90,40 @@ def anthropic_error_body(message: str, status: int) -> bytes:
         status, "invalid_request_error" if status < 500 else "api_error"
     )
     return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+# Bedrock Runtime's exception for each status the gateway answers with, by the names
+# its API reference gives: AWS SDKs raise the exception class the name picks
+# (``ThrottlingException`` is retried, ``ValidationException`` is not).
+_BEDROCK_EXCEPTIONS = {
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    405: "ValidationException",
+    408: "ModelTimeoutException",
+    413: "ValidationException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailableException",
+    504: "ModelTimeoutException",
+}
+BEDROCK_ERROR_TYPE_HEADER = "x-amzn-errortype"
+
+
+def bedrock_exception(status: int) -> str:
+    """The Bedrock Runtime exception an AWS SDK reads for an error of ``status``."""
+    return _BEDROCK_EXCEPTIONS.get(
+        status, "ValidationException" if status < 500 else "InternalServerException"
+    )
+
+
+def bedrock_error_body(message: str, code: str | None = None) -> bytes:
+    """Serialise one error as Bedrock Runtime does (``{"message"}``), for clients of its
+    Converse API; the gateway's own code rides along for whoever reads the body."""
+    body: dict[str, str] = {"message": message}
+    if code:
+        body["code"] = code
+    return orjson.dumps(body)
 
 
 class BadRequestError(GatewayError):

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from extproc.config.loader import ConfigError
-from extproc.config.tls_model import ServerTlsConfig
+from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
 from extproc.envoy_values import is_ip
 
 log = logging.getLogger(__name__)
@@ -108,4 +108,22 @@ def envoy_transport_socket(tls: ServerTlsConfig, host: str) -> dict[str, Any]:
                 "private_key": {"filename": envoy.key_file},
             }
         ]
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def listener_transport_socket(tls: ListenerTlsConfig) -> dict[str, Any]:
+    """The TLS transport socket of Envoy's public listener (``envoy.listener_tls``)."""
+    context = {
+        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            # HTTP/2 where the client offers it (the codec is AUTO), else HTTP/1.1.
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": tls.cert_file},
+                    "private_key": {"filename": tls.key_file},
+                }
+            ],
+        },
+    }
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}

@@ -21,7 +21,7 @@ from extproc.config.metrics_model import MetricsConfig
 from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.telemetry_model import LogConfig, TracingConfig
-from extproc.config.tls_model import ServerTlsConfig
+from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
 from extproc.event_loop import EventLoopKind
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
@@ -110,6 +110,8 @@ class EnvoyConfig(_Section):
     max_response_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024 * 1024, le=63 * 1024 * 1024
     )
+    # HTTPS on the listener (certificate and key files, as Envoy sees them); none: HTTP.
+    listener_tls: ListenerTlsConfig | None = None
 
 
 class StoreConfig(_Section):
@@ -283,6 +285,10 @@ class RouteApi(StrEnum):
     # input_items and cancel): served only to the caller who created it, at the provider
     # that stores it (stages.stored_responses); nothing is generated or billed.
     OPENAI_RESPONSES_STORED = "openai_responses_stored"
+    # AWS Bedrock's own Converse API (/model/{modelId}/converse and converse-stream, as
+    # boto3's bedrock-runtime sends it): passed through to Bedrock providers, re-signed
+    # with the gateway's AWS credentials; billed by the usage Converse reports.
+    BEDROCK_CONVERSE = "bedrock_converse"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -293,6 +299,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.OPENAI_CHAT: ModelKind.CHAT,
     RouteApi.ANTHROPIC_MESSAGES: ModelKind.CHAT,
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
+    RouteApi.BEDROCK_CONVERSE: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
@@ -372,6 +379,12 @@ class RouteConfig(_Section):
             raise ValueError("path must start with / and hold no query or fragment")
         if self.model_from_path and self.path_prefix is None:
             raise ValueError("model_from_path needs a path_prefix")
+        if self.api is RouteApi.BEDROCK_CONVERSE and self.path_prefix is None:
+            # Converse names its model and operation in the path, under the prefix.
+            raise ValueError(
+                "a bedrock_converse route needs a path_prefix (clients call "
+                "<prefix>/<modelId>/converse)"
+            )
         if self.api in _WITHOUT_MESSAGES and self.enrichment is not None:
             raise ValueError(f"enrichment adds chat messages, and an {self.api} route has none")
         if self.api is RouteApi.OPENAI_RESPONSES_COMPACT and self.enrichment is not None:
@@ -519,6 +532,9 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             path="/v1/messages/count_tokens",
             api=RouteApi.ANTHROPIC_COUNT_TOKENS,
         ),
+        # AWS SDKs' Bedrock Runtime clients with the gateway as their endpoint:
+        # /model/{modelId}/converse and /model/{modelId}/converse-stream.
+        RouteConfig(name="bedrock-converse", path_prefix="/model", api=RouteApi.BEDROCK_CONVERSE),
     )
 
 

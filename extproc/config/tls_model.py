@@ -58,3 +58,13 @@ class ServerTlsConfig(_Section):
     @property
     def mutual(self) -> bool:
         return self.client_ca_file is not None
+
+
+class ListenerTlsConfig(_Section):
+    """``envoy.listener_tls``: HTTPS on Envoy's public listener, for clients that send
+    their key only over TLS (AWS SDKs refuse to send a Bedrock bearer token over plain
+    HTTP) where no load balancer in front terminates it. The paths are as Envoy sees
+    them; Envoy reads the files when it starts."""
+
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)

@@ -69,7 +69,7 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
     elif kind in ("document", "search_result"):
         _document_slots(role, block, slots)
     elif kind in _TOOL_CALL_BLOCKS:
-        _input_slots(role, block, slots)
+        tool_input_slots(role, block, slots)
 
 
 def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
@@ -94,7 +94,7 @@ def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> 
         _content_slots(role, source, "content", slots)
 
 
-def _input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
+def tool_input_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
     """Each key and string leaf of a tool call's ``input`` object, in document order.
 
     A key comes right before its value, as in the JSON text. An object's members are

@@ -8,7 +8,9 @@ prompt and a user message joins the first (or last) user turn as a text
 block, because that API wants user and assistant turns to alternate. On OpenAI
 Responses API routes they become messages of ``input`` around the client's items
 (a string ``input`` is one user message first), as the API takes system and user
-messages there.
+messages there. On Bedrock Converse routes they go where they go on Anthropic routes,
+as Converse's blocks (``{"text": ...}``): the ``system`` list, or the first (or last)
+user turn's content.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def enrich(
     *,
     anthropic: bool,
     responses: bool = False,
+    converse: bool = False,
 ) -> None:
     """Add the route's messages to ``body`` in place."""
     key = "input" if responses else "messages"
@@ -54,15 +57,24 @@ def enrich(
         messages = []
     if not isinstance(messages, list):
         return
-    if not anthropic:
+    if not anthropic and not converse:
         before = [{"role": m.role, "content": _text(m, values)} for m in enrichment.prepend]
         after = [{"role": m.role, "content": _text(m, values)} for m in enrichment.append]
         body[key] = [*before, *messages, *after]
         return
+    block = _converse_block if converse else _anthropic_block
     for message in enrichment.prepend:
-        _anthropic_add(body, messages, _text(message, values), message.role, first=True)
+        _add_block(body, messages, block(_text(message, values)), message.role, first=True)
     for message in enrichment.append:
-        _anthropic_add(body, messages, _text(message, values), message.role, first=False)
+        _add_block(body, messages, block(_text(message, values)), message.role, first=False)
+
+
+def _anthropic_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def _converse_block(text: str) -> dict[str, Any]:
+    return {"text": text}
 
 
 def _blocks(content: Any) -> list[Any]:
@@ -71,17 +83,18 @@ def _blocks(content: Any) -> list[Any]:
     return list(content) if isinstance(content, list) else []
 
 
-def _anthropic_add(
-    body: dict[str, Any], messages: list[Any], text: str, role: str, *, first: bool
+def _add_block(
+    body: dict[str, Any], messages: list[Any], block: dict[str, Any], role: str, *, first: bool
 ) -> None:
-    block = {"type": "text", "text": text}
+    """A system block first or last in ``system``; any other joins the first or last user
+    turn, or makes one when there is none (turns must alternate in both APIs)."""
     if role == "system":
         existing = _blocks(body.get("system"))
         body["system"] = [block, *existing] if first else [*existing, block]
         return
     turns = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     if not turns:
-        messages.insert(0 if first else len(messages), {"role": "user", "content": text})
+        messages.insert(0 if first else len(messages), {"role": "user", "content": [block]})
         return
     turn = turns[0] if first else turns[-1]
     existing = _blocks(turn.get("content"))

@@ -77,7 +77,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
                 prompt += _message_chars(message) // CHARS_PER_TOKEN
                 prompt += PER_MESSAGE_OVERHEAD
     prompt += _content_chars(body.get("system")) // CHARS_PER_TOKEN
-    prompt += _definitions_chars(body) // CHARS_PER_TOKEN
+    prompt += definitions_chars(body) // CHARS_PER_TOKEN
     return prompt
 
 
@@ -86,7 +86,7 @@ def estimate_responses_tokens(body: dict[str, Any]) -> int:
     variables, ``input`` and the tool definitions, as ``estimate_prompt_tokens`` counts a
     chat body's. The text of each item is what the guards read of it
     (``guardrails.responses_text``), so no text reaches the provider past both."""
-    prompt = _string_chars(body.get("instructions")) // CHARS_PER_TOKEN
+    prompt = string_chars(body.get("instructions")) // CHARS_PER_TOKEN
     prompt += _slots_chars(prompt_slots(body)) // CHARS_PER_TOKEN
     value = body.get("input")
     if isinstance(value, str):
@@ -95,13 +95,13 @@ def estimate_responses_tokens(body: dict[str, Any]) -> int:
         for item in value:
             if isinstance(item, dict):
                 prompt += _item_chars(item) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
-    return prompt + _definitions_chars(body) // CHARS_PER_TOKEN
+    return prompt + definitions_chars(body) // CHARS_PER_TOKEN
 
 
 def _item_chars(item: dict[str, Any]) -> int:
     """One input item: its text (a message's content, a tool call's arguments, what a
     tool returned, a reasoning summary...) and the name of the tool a call called."""
-    return _slots_chars(item_slots(item)) + _string_chars(item.get("name"))
+    return _slots_chars(item_slots(item)) + string_chars(item.get("name"))
 
 
 def _slots_chars(slots: list[TextSlot]) -> int:
@@ -123,7 +123,7 @@ def _call_chars(function: Any) -> int:
     """OpenAI's ``{"name", "arguments"}``: ``arguments`` is already JSON text."""
     if not isinstance(function, dict):
         return 0
-    return sum(_string_chars(function.get(field)) for field in _CALL_FIELDS)
+    return sum(string_chars(function.get(field)) for field in _CALL_FIELDS)
 
 
 def _content_chars(content: Any) -> int:
@@ -144,7 +144,7 @@ def _block_chars(block: dict[str, Any]) -> int:
         # What a tool returned is prompt text, as an OpenAI "tool" message's content is.
         return _content_chars(block.get("content"))
     if kind == "tool_use":
-        return _string_chars(block.get("name")) + _json_chars(block.get("input"))
+        return string_chars(block.get("name")) + json_chars(block.get("input"))
     if kind in ("document", "search_result"):
         return _document_chars(block)
     return 0
@@ -152,34 +152,34 @@ def _block_chars(block: dict[str, Any]) -> int:
 
 def _document_chars(block: dict[str, Any]) -> int:
     """A document's or search result's title, context and text; PDFs are not text."""
-    chars = _string_chars(block.get("title")) + _string_chars(block.get("context"))
+    chars = string_chars(block.get("title")) + string_chars(block.get("context"))
     if block.get("type") == "search_result":
         return chars + _content_chars(block.get("content"))
     source = block.get("source")
     if not isinstance(source, dict):
         return chars
     if source.get("type") == "text":
-        return chars + _string_chars(source.get("data"))
+        return chars + string_chars(source.get("data"))
     if source.get("type") == "content":
         return chars + _content_chars(source.get("content"))
     return chars
 
 
-def _definitions_chars(body: dict[str, Any]) -> int:
+def definitions_chars(body: dict[str, Any]) -> int:
     """Tool definitions (names, descriptions, schemas): the providers put them in the prompt."""
     chars = 0
     for field in ("tools", "functions"):
         definitions = body.get(field)
         if isinstance(definitions, list) and definitions:
-            chars += _json_chars(definitions)
+            chars += json_chars(definitions)
     return chars
 
 
-def _string_chars(value: Any) -> int:
+def string_chars(value: Any) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
-def _json_chars(value: Any) -> int:
+def json_chars(value: Any) -> int:
     """The length of ``value`` as compact JSON (a string counts as itself)."""
     if isinstance(value, str):
         return len(value)

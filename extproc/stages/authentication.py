@@ -75,7 +75,10 @@ class AuthenticationStage:
         accepts_jwt = AuthMethod.JWT in policy.methods and runtime.jwt is not None
         accepts_key = AuthMethod.API_KEY in policy.methods
         if credential is None:
-            raise _challenge(_missing_message(accepts_key, accepts_jwt), invalid=False)
+            message = _missing_message(accepts_key, accepts_jwt)
+            if _signed_for_aws(ctx.request_headers):
+                message = _AWS_SIGNATURE_REFUSED
+            raise _challenge(message, invalid=False)
         if len(credential) > runtime.config.auth.max_token_bytes:
             raise _challenge("invalid token: too large", invalid=True)
         if accepts_jwt and looks_like_jwt(credential):
@@ -167,6 +170,21 @@ def _refuse_query_credential(path: str, route_header: str | None, model_query: s
                 param=name,
                 code="credential_in_query",
             )
+
+
+# An AWS SDK with AWS credentials signs its requests (SigV4) for AWS itself: nothing in
+# the signature is a key the gateway knows, and the gateway signs for Bedrock itself.
+_AWS_SIGNATURE = "aws4-hmac-sha256"
+_AWS_SIGNATURE_REFUSED = (
+    "no API key found: this request is signed with AWS credentials (SigV4), which the "
+    "gateway does not take; send the gateway API key as a bearer token instead (AWS SDKs: "
+    "set AWS_BEARER_TOKEN_BEDROCK to it, over HTTPS)"
+)
+
+
+def _signed_for_aws(headers: dict[str, str]) -> bool:
+    scheme = headers.get("authorization", "").lstrip().partition(" ")[0]
+    return scheme.lower() == _AWS_SIGNATURE
 
 
 def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:

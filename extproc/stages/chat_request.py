@@ -22,6 +22,7 @@ from extproc.backends import check_pair, client_asked_for_usage, plan_request
 from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
+from extproc.converse_api import check_converse_body, operation
 from extproc.embeddings import check_embeddings_body
 from extproc.errors import (
     BadRequestError,
@@ -61,9 +62,15 @@ class ChatRequestStage:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{limits.max_request_body_bytes} bytes"
             )
+        converse = route.api is RouteApi.BEDROCK_CONVERSE
+        if converse:
+            # Converse names its model and its stream in the path, not the body; an
+            # operation the route does not serve is refused before its body is read.
+            path_model, streamed = operation(ctx.path)
         parsed = parse_request_body(route.api, body, limits)
         ctx.body = parsed
-        model = route.forced_model or model_outside_body(ctx) or parsed.get("model")
+        named = path_model if converse else model_outside_body(ctx) or parsed.get("model")
+        model = route.forced_model or named
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
         if len(model) > _MAX_MODEL_NAME:
@@ -89,7 +96,7 @@ class ChatRequestStage:
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
         check_pair(ctx, parsed, upstream)
-        stream = parsed.get("stream", False)
+        stream = streamed if converse else parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
@@ -132,7 +139,7 @@ class UpstreamRequestStage:
             out.set_headers[headers.CLUSTER] = failover.cluster
             out.clear_route_cache = True
             return
-        plan = plan_request(ctx, ctx.body, upstream)
+        plan = plan_request(ctx, ctx.body, upstream, body)
         if plan.body is not None:
             out.body = plan.body
             out.set_headers["content-length"] = str(len(plan.body))
@@ -224,6 +231,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_COMPLETIONS:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_completions_body(parsed, limits.max_messages)
+        return parsed
+    if api is RouteApi.BEDROCK_CONVERSE:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_converse_body(parsed, limits.max_messages)
         return parsed
     parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
     if api is RouteApi.OPENAI_CHAT:

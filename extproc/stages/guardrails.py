@@ -51,6 +51,8 @@ from extproc.guardrails.content import (
     openai_answer_slots,
     request_slots,
 )
+from extproc.guardrails.converse_text import answer_slots as converse_answer_slots
+from extproc.guardrails.converse_text import request_slots as converse_request_slots
 from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
 from extproc.guardrails.matching import Matchers, apply
@@ -156,8 +158,8 @@ class GuardRequestStage:
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None:
             return None
-        if route.api is RouteApi.OPENAI_RESPONSES and ctx.stream and not guards.response.empty:
-            raise _unguardable_stream(route.name)
+        if route.api in _UNGUARDABLE_STREAMS and ctx.stream and not guards.response.empty:
+            raise _unguardable_stream(route.name, route.api)
         if guards.request.waits:
             return self._checked(ctx, guards)
         if not guards.request.empty:
@@ -189,13 +191,22 @@ class GuardRequestStage:
         _enrich(ctx, guards)
 
 
-def _unguardable_stream(route: str) -> BadRequestError:
-    """A streamed Responses API answer on a route that guards answers: its text comes
-    again, whole, outside the deltas a stream guard rewrites, so it is refused before
-    the quota counts it rather than sent unguarded (the module docstring)."""
+# Streams a route that guards answers refuses, and how the client asks for the answer
+# whole instead: a Responses API stream repeats its text outside the deltas a stream
+# guard rewrites, and a ConverseStream's text sits in binary event-stream frames, which
+# the stream guard does not read (the module docstring).
+_UNGUARDABLE_STREAMS = {
+    RouteApi.OPENAI_RESPONSES: ("a streamed Responses API answer", "send it with stream: false"),
+    RouteApi.BEDROCK_CONVERSE: ("a ConverseStream answer", "call Converse (converse) instead"),
+}
+
+
+def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:
+    """A stream the route cannot guard, refused before the quota counts it rather than
+    sent unguarded."""
+    what, instead = _UNGUARDABLE_STREAMS[api]
     return BadRequestError(
-        f"route '{route}' guards answers, which it cannot do for a streamed Responses API "
-        "answer; send the request with stream: false",
+        f"route '{route}' guards answers, which it cannot do for {what}; {instead}",
         param="stream",
         code="stream_not_guarded",
     )
@@ -209,6 +220,8 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
         return responses_request_slots(ctx.body)
     if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
         return completion_request_slots(ctx.body)
+    if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
+        return converse_request_slots(ctx.body)
     return request_slots(ctx.body)
 
 
@@ -285,6 +298,7 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
         template_values(ctx),
         anthropic=anthropic,
         responses=responses,
+        converse=ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE,
     )
     ctx.body_changed = True
 
@@ -365,6 +379,8 @@ class GuardResponseStage:
             return answer, responses_answer_slots(answer)
         if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
             return answer, completion_answer_slots(answer)
+        if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
+            return answer, converse_answer_slots(answer)
         return answer, openai_answer_slots(answer)
 
     async def _buffered_with_webhooks(

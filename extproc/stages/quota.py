@@ -19,6 +19,7 @@ import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+from extproc import converse_api
 from extproc.backends import ANTHROPIC_APIS
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
@@ -162,6 +163,8 @@ def reserved_completion(ctx: RequestContext) -> int:
     if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
         return 0
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
+    if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
+        return converse_api.completion_allowance(ctx.body, default_max_tokens)
     allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
     return allowance * _choices(ctx)
 
@@ -214,11 +217,15 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         raise refusal
     # An API without an allowance field (a compaction) has nothing to lower: it was
     # admitted above only with room for its whole default allowance.
-    if (
-        not embeddings
-        and _allowance_fields(ctx)
-        and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
-    ):
+    if ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE:
+        lowered = converse_api.cap_completion(ctx.body, completion)
+    else:
+        lowered = (
+            not embeddings
+            and bool(_allowance_fields(ctx))
+            and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
+        )
+    if lowered:
         ctx.body_changed = True
         ctx.quota_decision = "capped"
 

@@ -139,6 +139,8 @@ _ENDS = {
     "openai": (b"[DONE]", re.compile(rb"[\r\n]data: ?\[DONE\]")),
     "anthropic": (b"message_stop", re.compile(rb"[\r\n]event: ?message_stop")),
 }
+# The APIs whose streams end with an event their reader recognises, not a marker.
+_TERMINAL_EVENT_APIS = frozenset({RouteApi.OPENAI_RESPONSES, RouteApi.BEDROCK_CONVERSE})
 # What is kept of what was sent, so a marker split over two chunks counts: one byte
 # short of the longest marker, which therefore never lies whole in it.
 _CARRY = len(b"\nevent: message_stop") - 1
@@ -147,9 +149,10 @@ _CARRY = len(b"\nevent: message_stop") - 1
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
     if ctx.response_status >= 400 or not sent:
         return False
-    if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES:
-        # No end marker: the terminal event (response.completed...) ends the stream, and
-        # the reader, which parses it whole for its usage, knows when it has read one.
+    if ctx.route is not None and ctx.route.api in _TERMINAL_EVENT_APIS:
+        # No end marker: the terminal event (response.completed..., ConverseStream's
+        # metadata) ends the stream, and the reader, which parses it whole for its
+        # usage, knows when it has read one.
         return getattr(ctx.translator, "terminal_event_read", False) is True
     carry = ctx.stream_end_carry
     seen = carry + sent

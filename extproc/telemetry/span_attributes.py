@@ -84,6 +84,7 @@ OPERATIONS = {
     RouteApi.OPENAI_CHAT: "chat",
     RouteApi.OPENAI_RESPONSES: "chat",
     RouteApi.ANTHROPIC_MESSAGES: "chat",
+    RouteApi.BEDROCK_CONVERSE: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
     # The conventions' own value for OpenAI's legacy completions API.

@@ -60,7 +60,7 @@ from extproc.translators.base import (
 _DONE = b"data: [DONE]\n\n"
 # What a frame that passed its CRCs can still raise from its headers or JSON payload:
 # unknown header types, truncated header fields, undecodable text.
-_BAD_FRAME = (ParserError, KeyError, ValueError, struct.error)
+BAD_FRAME = (ParserError, KeyError, ValueError, struct.error)
 
 
 # --- what buffered and streamed answers share -------------------------------------------
@@ -92,7 +92,7 @@ _OPENAI_TIERS = {"default": "default", "flex": "flex", "priority": "priority"}
 # The tiers Bedrock serves a request at once it accepts the request asking for them: it
 # refuses (ValidationException, before the stream) a tier the model or region lacks.
 # Reserved is not among them: past the reserved capacity, Bedrock serves the standard tier.
-_SERVED_AS_ASKED = frozenset({"default", "flex", "priority"})
+SERVED_AS_ASKED = frozenset({"default", "flex", "priority"})
 
 
 def served_tier(value: Any) -> str | None:
@@ -177,7 +177,7 @@ _BY_STATUS = {
 }
 
 
-def _client_error(name: str, status: int, message: str) -> tuple[int, str, str]:
+def client_error(name: str, status: int, message: str) -> tuple[int, str, str]:
     """The client's status, OpenAI error type and message for an AWS error name (or status)."""
     key = name.lower()
     if key in _REFUSED_CREDENTIALS or status in (401, 403):
@@ -196,11 +196,21 @@ def _client_error(name: str, status: int, message: str) -> tuple[int, str, str]:
 
 def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
     """The client's status and OpenAI error body for an AWS error name (or HTTP status)."""
-    client_status, error_type, text = _client_error(name, status, message)
+    client_status, error_type, text = client_error(name, status, message)
     return client_status, error_body(text, error_type, code=name or None)
 
 
 # --- the stream ----------------------------------------------------------------------------
+
+
+def stream_exception(name: str, message: str) -> ProviderStreamError:
+    """The error of an exception or error frame, named and classified as clients are shown
+    it (``ThrottlingException``: a ``rate_limit_error``)."""
+    # Exception frames spell names in lowerCamel (throttlingException); AWS documents them
+    # capitalised (the HTTP header's spelling), which is what clients are shown.
+    shown = name[:1].upper() + name[1:]
+    _, error_type, text = client_error(shown, 0, message)
+    return ProviderStreamError(text, error_type=error_type, code=shown or None)
 
 
 class StreamTranslator:
@@ -226,7 +236,7 @@ class StreamTranslator:
         # The tier Bedrock served the stream at (metadata's serviceTier); until metadata
         # comes, the tier asked for where Bedrock serves the tier it accepted, so a stream
         # cut before it is priced at the tier that served it rather than the standard one.
-        self.service_tier: str | None = asked_tier if asked_tier in _SERVED_AS_ASKED else None
+        self.service_tier: str | None = asked_tier if asked_tier in SERVED_AS_ASKED else None
         # The OpenAI name of the tier metadata names, which the chunks sent after it show.
         self._shown_tier: str | None = None
         # messageStop's finish chunk, held until metadata names the tier it shows.
@@ -253,7 +263,7 @@ class StreamTranslator:
                 self._translate(frame, out)
                 if self._done:
                     return b"".join(out)
-        except _BAD_FRAME:
+        except BAD_FRAME:
             out.append(self._fail("the provider's event stream could not be decoded"))
             return b"".join(out)
         if end_of_stream:
@@ -269,7 +279,7 @@ class StreamTranslator:
         kind = headers.get(":message-type", "event")
         if kind == "exception":
             name = str(headers.get(":exception-type", ""))
-            out.append(self._provider_error(name, _message(frame.payload)))
+            out.append(self._provider_error(name, frame_message(frame.payload)))
             return
         if kind == "error":
             name = str(headers.get(":error-code", ""))
@@ -358,11 +368,7 @@ class StreamTranslator:
         out.append(self._chunk({"tool_calls": [call]}))
 
     def _provider_error(self, name: str, message: str) -> bytes:
-        # Exception events spell names in lowerCamel (throttlingException); the HTTP header
-        # as AWS documents them (ThrottlingException), which is what clients are shown.
-        shown = name[:1].upper() + name[1:]
-        _, error_type, text = _client_error(shown, 0, message)
-        error = ProviderStreamError(text, error_type=error_type, code=shown or None)
+        error = stream_exception(name, message)
         # Bedrock reports usage last (metadata): no count is known, the gateway estimates.
         self.failure = StreamFailure(error)
         return self._abort(error.body())
@@ -409,7 +415,7 @@ def _block_index(payload: dict[str, Any]) -> int:
     return index if isinstance(index, int) else -1
 
 
-def _message(payload: bytes) -> str:
+def frame_message(payload: bytes) -> str:
     try:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError:

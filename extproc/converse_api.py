@@ -1,0 +1,138 @@
+"""AWS Bedrock's own Converse API, as clients send it to the gateway.
+
+A client built on an AWS SDK (boto3's ``bedrock-runtime``, the AWS SDKs' Bedrock
+Runtime clients, LangChain's ``ChatBedrockConverse``) calls
+``POST /model/{modelId}/converse`` for one JSON answer and
+``POST /model/{modelId}/converse-stream`` for AWS's binary event stream. The model is
+the path's, URL-encoded by the SDK (``anthropic.claude-3-haiku-20240307-v1%3A0``);
+the body names none, and asks for no stream: the path does. The SDK authenticates
+with a bearer token (``AWS_BEARER_TOKEN_BEDROCK``), which is where the client puts
+its gateway API key; the gateway signs the request with its own AWS credentials.
+
+This module reads what the gateway needs of such a request: which operation the path
+names, whether the body is one Converse accepts in shape (checked before the quota
+counts the request, so a malformed body costs nothing), its prompt as the quota
+estimates it (the text the guards read, tool inputs and results, reasoning sent back
+and the tool definitions), and the completion allowance
+(``inferenceConfig.maxTokens``), which a hard cap lowers in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from extproc.errors import BadRequestError, NotFoundError
+from extproc.guardrails.converse_text import estimate_chars
+from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD
+
+CONVERSE = "converse"
+CONVERSE_STREAM = "converse-stream"
+# Bedrock Runtime's other model operations: served by Bedrock, not by this route.
+_OTHER_OPERATIONS = frozenset(
+    {"invoke", "invoke-with-response-stream", "count-tokens", "converse-stream-bidirectional"}
+)
+_ROLES = frozenset({"user", "assistant"})
+
+
+class OperationNotServedError(NotFoundError):
+    """A Bedrock Runtime operation this route does not serve (InvokeModel and others)."""
+
+    default_code = "operation_not_served"
+
+
+def operation(path: str) -> tuple[str, bool]:
+    """The model id a Converse path names (decoded) and whether it asks for a stream.
+
+    The path's last three segments are ``model``, the model id and the operation,
+    wherever the route is mounted (the SDKs encode a model id's ``/`` and ``:``, so an
+    ARN is one segment).
+    Anything but ``.../{modelId}/converse`` or ``.../{modelId}/converse-stream`` is a 404
+    that says what is served.
+    """
+    segments = path.partition("?")[0].rstrip("/").split("/")
+    name = segments[-1]
+    # Bedrock's paths are /model/{modelId}/{operation}, under any prefix.
+    model = segments[-2] if len(segments) > 3 and segments[-3] == "model" else ""
+    if model and name in (CONVERSE, CONVERSE_STREAM):
+        return unquote(model), name == CONVERSE_STREAM
+    if name in _OTHER_OPERATIONS:
+        raise OperationNotServedError(
+            f"this gateway serves Bedrock's Converse and ConverseStream operations, not "
+            f"'{name}'; call converse or converse_stream"
+        )
+    raise NotFoundError(
+        "no Bedrock Runtime operation at this path; expected /model/<modelId>/converse "
+        "or /model/<modelId>/converse-stream"
+    )
+
+
+def check_converse_body(body: dict[str, Any], max_messages: int) -> None:
+    """Refuse a body Converse would refuse for its shape, naming the field as Bedrock's
+    SDKs do (``messages[0].content``); the provider checks the rest."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError(
+            "'messages' is required and must be a non-empty array", param="messages"
+        )
+    if len(messages) > max_messages:
+        raise BadRequestError(
+            f"'messages' has {len(messages)} entries; the limit is {max_messages}",
+            param="messages",
+        )
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise BadRequestError(
+                f"{where} must be an object whose 'role' is 'user' or 'assistant'", param=where
+            )
+        if not isinstance(message.get("content"), list):
+            raise BadRequestError(
+                f"{where}.content must be an array of content blocks", param=f"{where}.content"
+            )
+    system = body.get("system")
+    if system is not None and not isinstance(system, list):
+        raise BadRequestError("'system' must be an array of content blocks", param="system")
+    config = body.get("inferenceConfig")
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise BadRequestError("'inferenceConfig' must be an object", param="inferenceConfig")
+    max_tokens = config.get("maxTokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise BadRequestError(
+            "'inferenceConfig.maxTokens' must be an integer of at least 1",
+            param="inferenceConfig.maxTokens",
+        )
+
+
+def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
+    """The most the answer may take: ``inferenceConfig.maxTokens``, else the default."""
+    config = body.get("inferenceConfig")
+    value = config.get("maxTokens") if isinstance(config, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default_max_tokens
+
+
+def cap_completion(body: dict[str, Any], most: int) -> bool:
+    """Lower ``inferenceConfig.maxTokens`` to ``most`` (setting it when absent); whether
+    the body changed."""
+    config = body.get("inferenceConfig")
+    if not isinstance(config, dict):
+        config = body["inferenceConfig"] = {}
+    value = config.get("maxTokens")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most:
+        return False
+    config["maxTokens"] = most
+    return True
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt of a Converse body as the quota estimates a chat body's: its text at
+    ``CHARS_PER_TOKEN`` characters a token, and each message's overhead."""
+    messages = body.get("messages")
+    turns = len(messages) if isinstance(messages, list) else 0
+    return estimate_chars(body) // CHARS_PER_TOKEN + turns * PER_MESSAGE_OVERHEAD

@@ -1,0 +1,161 @@
+"""A Converse client to Bedrock's Converse API: Bedrock's answer passed on unchanged, usage read.
+
+The client speaks Bedrock's own API (boto3's ``bedrock-runtime`` ``converse`` and
+``converse_stream``, ``extproc.converse_api``), so the answer is already in its shape: every
+byte reaches it as Bedrock sent it, and its SDK checks what it gets as it would from AWS. The
+gateway only reads, to bill the request and to log a failure:
+
+- A Converse answer (``ConverseReader``): ``usage`` and ``serviceTier.type``; the parsed
+  answer is kept for response guards.
+- A ConverseStream answer (``ConverseStreamReader``): AWS's binary event stream, frames cut
+  anywhere by the body chunks, reassembled and CRC-checked by botocore's
+  ``EventStreamBuffer``. Only the ``metadata`` event (the last one) has its JSON parsed, for
+  its usage and tier: text deltas make up most of the stream, and every chunk of every
+  stream passes here on the request path.
+
+Usage is read as the OpenAI -> Bedrock translator reads it (``openai_bedrock_stream``), so
+one request costs the same whichever API the client spoke: the prompt is everything the
+model read, ``inputTokens`` (the uncached part) plus the cache reads and writes, with the
+writes' 1-hour part (``cacheDetails``) kept for the bill. A count that is not a
+non-negative integer makes the usage unreadable (None) rather than a guessed 0. Converse
+names no model in its answer, so ``response_model`` stays None.
+
+A stream that fails after its 200 left is recorded as ``failure`` (``base.StreamFailure``,
+with no counts: Bedrock reports usage last, so the gateway estimates the charge): an
+exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``) or an error
+frame, named and classified as the OpenAI -> Bedrock stream names them; and a frame that
+fails its checks, after which nothing of the stream can be trusted or found, so parsing
+stops. Its bytes still go on: the client's SDK rejects the broken frame itself. Usage is
+then None. A stream that merely ends before ``metadata`` (cut) has no usage and no failure:
+the gateway estimates it as any stream cut short; no counts are kept before ``metadata``,
+so there is no ``counts_so_far`` (``base.counts_so_far`` reads None).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage
+
+from extproc.context import Usage
+from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
+
+# The stream translator's own classification of Bedrock's frames and errors: the
+# pass-through names a failure exactly as it does.
+from extproc.translators.openai_bedrock_stream import (
+    BAD_FRAME,
+    SERVED_AS_ASKED,
+    frame_message,
+    read_usage,
+    served_tier,
+    stream_exception,
+)
+
+# The counts a Converse usage object may carry; the first two it always carries.
+_REQUIRED_COUNTS = ("inputTokens", "outputTokens")
+_CACHE_COUNTS = ("cacheReadInputTokens", "cacheWriteInputTokens")
+_UNDECODABLE = "the provider's event stream could not be decoded"
+
+
+def _is_count(value: Any) -> bool:
+    # bool is an int subclass; a `true` token count is malformed, not 1.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def converse_usage(value: Any) -> Usage | None:
+    """A Converse ``usage`` object (answer or ``metadata`` event) as the gateway's ``Usage``;
+    None when absent, or when a count in it is not a non-negative integer."""
+    if not isinstance(value, dict):
+        return None
+    if not all(_is_count(value.get(name)) for name in _REQUIRED_COUNTS):
+        return None
+    if not all(value.get(name) is None or _is_count(value.get(name)) for name in _CACHE_COUNTS):
+        return None
+    read = read_usage(value)
+    return read[0] if read is not None else None
+
+
+def _answer_service_tier(answer: dict[str, Any]) -> str | None:
+    return served_tier(answer.get("serviceTier"))
+
+
+class ConverseReader(BufferedBodyReader):
+    """A Converse JSON answer: reads usage and service tier, passes the bytes through."""
+
+    read_usage = staticmethod(converse_usage)
+    read_service_tier = staticmethod(_answer_service_tier)
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        super().feed(chunk, end_of_stream)
+        # Converse names no model; a "model" field a proxy added is not the provider's word.
+        self.response_model = None
+        return None
+
+
+class ConverseStreamReader:
+    """A ConverseStream event stream: passes every chunk unchanged, reads ``metadata``
+    (usage, tier) and failures from the frames as they complete."""
+
+    def __init__(self, *, asked_tier: str | None = None) -> None:
+        """``asked_tier``: the ``serviceTier`` type the client's request asked for, None
+        when it asked for none. It prices a stream cut before ``metadata`` where Bedrock
+        serves the tier it accepted (flex, priority, default); reserved capacity overflows
+        to the standard tier, which only ``metadata`` would tell."""
+        self.usage: Usage | None = None
+        # Bedrock does not say which model answered.
+        self.response_model: str | None = None
+        self.status: int | None = None  # a stream's headers have left
+        # Set when the stream failed after its 200 (base.StreamFailure).
+        self.failure: StreamFailure | None = None
+        self.service_tier: str | None = asked_tier if asked_tier in SERVED_AS_ASKED else None
+        self._frames = EventStreamBuffer()
+        # Cleared once nothing more can be read: a failure, or a frame that broke.
+        self._reading = True
+        # Set once ``metadata``, the stream's last event, was read: the answer is whole
+        # even if the client hangs up before Envoy's end of stream.
+        self.terminal_event_read = False
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if not self._reading:
+            return None
+        self._frames.add_data(chunk)
+        try:
+            for frame in self._frames:
+                self._read(frame)
+                if not self._reading:
+                    break
+        except BAD_FRAME:
+            self._failed(ProviderStreamError(_UNDECODABLE, error_type="upstream_error", code=None))
+        if not self._reading:
+            # What follows is passed on unread: drop what the buffer holds.
+            self._frames = EventStreamBuffer()
+        return None
+
+    def _read(self, frame: EventStreamMessage) -> None:
+        headers = frame.headers
+        kind = headers.get(":message-type", "event")
+        if kind == "exception":
+            name = str(headers.get(":exception-type", ""))
+            self._failed(stream_exception(name, frame_message(frame.payload)))
+        elif kind == "error":
+            name = str(headers.get(":error-code", ""))
+            self._failed(stream_exception(name, str(headers.get(":error-message", ""))))
+        elif headers.get(":event-type") == "metadata":
+            self._read_metadata(frame.payload)
+
+    def _read_metadata(self, payload: bytes) -> None:
+        # orjson's decode error is a ValueError: a payload that is not JSON is a bad frame.
+        parsed = orjson.loads(payload)
+        if not isinstance(parsed, dict):
+            raise ValueError("metadata payload is not a JSON object")
+        # Bedrock's word replaces the tier asked for, even when it names none.
+        self.service_tier = served_tier(parsed.get("serviceTier"))
+        self.usage = converse_usage(parsed.get("usage"))
+        self.terminal_event_read = True
+
+    def _failed(self, error: ProviderStreamError) -> None:
+        # Bedrock reports usage last: no count is known, the gateway estimates.
+        self.failure = StreamFailure(error)
+        self.usage = None
+        self._reading = False
