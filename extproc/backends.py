@@ -8,6 +8,9 @@ The pairs the gateway serves:
 - OpenAI chat -> ``bedrock``: ``openai_bedrock`` + SigV4; Converse JSON or the
   binary event stream turned into OpenAI JSON or SSE.
 - Anthropic messages -> ``anthropic``: model renamed; usage read.
+- Anthropic messages -> ``bedrock`` (Claude models only): ``anthropic_bedrock`` +
+  SigV4: InvokeModel with Anthropic's body, the JSON answer passed through, the
+  event stream turned into Anthropic's SSE, Bedrock's errors into Anthropic's.
 - OpenAI embeddings -> ``openai``: model renamed; usage (prompt tokens) read.
 - OpenAI embeddings -> ``bedrock``: InvokeModel + SigV4, with Cohere Embed's body
   (``bedrock_cohere_embeddings``) for a model id naming it, else Titan's
@@ -65,6 +68,7 @@ from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
+    anthropic_bedrock,
     bedrock_bedrock,
     bedrock_cohere_embeddings,
     bedrock_embeddings,
@@ -142,6 +146,9 @@ def plan_request(
     kind = upstream.provider.type
     query = ctx.path.partition("?")[2]
     suffix = "?" + query if query else ""
+    if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.BEDROCK:
+        ctx.client_wants_usage = True  # Claude's streams carry usage on Bedrock too
+        return _claude_on_bedrock_request(ctx, parsed, upstream)
     if route.api in ANTHROPIC_APIS and kind is ProviderType.ANTHROPIC:
         ctx.client_wants_usage = True  # Anthropic streams always carry usage
         rewritten = anthropic_anthropic.prepare_request(parsed, upstream.upstream_model)
@@ -201,7 +208,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     assert route is not None
     kind = upstream.provider.type
     if route.api in ANTHROPIC_APIS:
-        served = kind is ProviderType.ANTHROPIC
+        if kind is ProviderType.BEDROCK:
+            _check_claude_on_bedrock(ctx, upstream)
+        served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK)
     elif route.api is RouteApi.BEDROCK_CONVERSE:
         served = kind is ProviderType.BEDROCK
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
@@ -335,6 +344,47 @@ def _converse_request(
     return RequestPlan(body if changed else None, path, headers)
 
 
+def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
+    """Anthropic's API reaches Bedrock's Claude models alone (InvokeModel with
+    Anthropic's body), and Messages calls alone: a token count has no such operation."""
+    route = ctx.route
+    assert route is not None
+    if route.api is not RouteApi.ANTHROPIC_MESSAGES:
+        raise _no_such_api(
+            ctx,
+            ProviderType.BEDROCK,
+            "token count in Anthropic's shape",
+            "count with the Messages call's usage, or send Claude models of an "
+            "anthropic provider here",
+        )
+    if not openai_bedrock.is_claude(upstream.upstream_model):
+        raise BadRequestError(
+            f"model '{ctx.model}' is a Bedrock model that does not speak Anthropic's "
+            "Messages API (only Claude models do); send it to /v1/chat/completions or "
+            "Bedrock's Converse API",
+            param="model",
+            code="unsupported_model_for_route",
+        )
+
+
+def _claude_on_bedrock_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
+) -> RequestPlan:
+    """An Anthropic Messages call to Claude on Bedrock: InvokeModel (or its stream) with
+    Anthropic's body as Bedrock takes it, signed with the provider's AWS credentials."""
+    signer = _signer(upstream)
+    translated = anthropic_bedrock.translate_request(
+        parsed, ctx.request_headers.get("anthropic-beta")
+    )
+    body = _json(translated)
+    path = upstream.provider.path_prefix + anthropic_bedrock.request_path(
+        upstream.upstream_model, stream=ctx.stream
+    )
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    headers.update(signer.sign("POST", path, body, headers))
+    return RequestPlan(body, path, headers)
+
+
 def _signer(upstream: Upstream) -> AwsSigner:
     if upstream.signer is None:
         raise ServiceUnavailableError(
@@ -433,6 +483,14 @@ def plan_response(
             streaming=streaming, client_wants_usage=ctx.client_wants_usage
         )
         return ResponsePlan(reader, streamed=streaming)
+    if anthropic_client and kind is ProviderType.BEDROCK:
+        if streaming:
+            claude = anthropic_bedrock.StreamTranslator()
+            sse = {"content-type": SSE}
+            return ResponsePlan(
+                claude, streamed=True, set_headers=sse, remove_headers=["content-length"]
+            )
+        return ResponsePlan(anthropic_anthropic.MessageReader())
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)
@@ -577,10 +635,20 @@ def _error_plan(
     json_body = "json" in content_type
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
+    if route.api in ANTHROPIC_APIS and kind is ProviderType.BEDROCK:
+        error_type = headers.get("x-amzn-errortype")
+        client_status, _ = anthropic_bedrock.translate_error(status, b"", error_type)
+        return ResponsePlan(
+            ErrorRewriter(
+                lambda body: anthropic_bedrock.translate_error(status, body, error_type)[1]
+            ),
+            set_headers={**json_headers, ":status": str(client_status)},
+            remove_headers=rewritten,
+        )
     if (
         route.api in ANTHROPIC_APIS
         or route.api is RouteApi.BEDROCK_CONVERSE
-        or (kind is ProviderType.OPENAI)
+        or kind is ProviderType.OPENAI
     ):
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)

@@ -57,8 +57,13 @@ PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
 }
-# Client APIs nothing translates to: a model of another provider type is refused at
+# Client APIs that reach other provider types than their own only translated to these
+# (Anthropic's Messages API: Claude on Bedrock); a model of any other type is refused at
 # the body, so it does not keep a route off the lean path.
+_TRANSLATED_TO: dict[RouteApi, frozenset[ProviderType]] = {
+    RouteApi.ANTHROPIC_MESSAGES: frozenset({ProviderType.BEDROCK}),
+}
+# Client APIs nothing translates to.
 _UNTRANSLATED = frozenset(
     {
         RouteApi.ANTHROPIC_MESSAGES,
@@ -85,9 +90,15 @@ def lean_routes(config: GatewayConfig) -> frozenset[str]:
         if route.provider is not None:
             reachable = {route.provider}
         if route.api in _UNTRANSLATED:
-            # Nothing translates to Messages, Responses (compactions included) or text
-            # completions: other providers are refused at the body.
-            reachable = {name for name in reachable if providers[name] is wanted}
+            # Messages reach Anthropic and Claude on Bedrock; nothing translates to
+            # Responses (compactions included) or text completions: other providers
+            # are refused at the body.
+            translated = _TRANSLATED_TO.get(route.api, frozenset())
+            reachable = {
+                name
+                for name in reachable
+                if providers[name] is wanted or providers[name] in translated
+            }
         if any(providers[name] is not wanted for name in reachable):
             continue
         served = {m.name for m in config.models if m.provider in reachable}

@@ -14,7 +14,8 @@ Routing is by path suffix, so gateway route prefixes such as ``/openai/v1/chat/c
 still reach the right endpoint. ``POST .../moderations`` answers like OpenAI's moderation
 endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
 ``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
-Titan text embeddings (see ``bedrock_embeddings``); header ``x-mock-reply`` chooses the
+Titan and Cohere embeddings (see ``bedrock_embeddings``) and Claude, whose stream
+``.../invoke-with-response-stream`` serves too (see ``bedrock_anthropic``); header ``x-mock-reply`` chooses the
 reply (see ``scripted``). The Responses API responses it creates are kept and served back
 (``GET`` / ``DELETE .../responses/{id}``, ``GET .../responses/{id}/input_items``,
 ``POST .../responses/{id}/cancel``; see ``responses_store``).
@@ -158,6 +159,8 @@ class _MockApp:
             return {"POST": self.embeddings.create}
         if path.endswith("/invoke"):
             return {"POST": self.bedrock.invoke}
+        if path.endswith("/invoke-with-response-stream"):
+            return {"POST": self.bedrock.invoke_with_response_stream}
         # Last: its pattern, .../responses/{id}, also fits the create endpoints' paths above.
         return self.stored_responses.routes(path)
 

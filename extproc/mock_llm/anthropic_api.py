@@ -716,7 +716,7 @@ def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     return Reply(pieces, "end_turn", input_tokens, cached)
 
 
-def _scripted_reply(
+def scripted_anthropic_reply(
     reply: Reply, pieces: list[str] | None, calls: list[ScriptedCall] | None
 ) -> Reply:
     """The reply the test chose: its text (none when it chose only tool calls), then its tool
@@ -816,7 +816,7 @@ class AnthropicEndpoints:
             return error_response(400, str(exc))
         reply = replace(build_reply(req, fault).writing(writes), server_tools=server_tools)
         if scripted is not None or scripted_calls is not None:
-            reply = _scripted_reply(reply, scripted, scripted_calls)
+            reply = scripted_anthropic_reply(reply, scripted, scripted_calls)
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
             return await self._stream(request, req, reply, fault, message_id, tier)

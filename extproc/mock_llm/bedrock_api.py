@@ -9,12 +9,18 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   and ``metadata`` (usage, latency, the service tier asked for), each its own write. With
   the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces the
   rest after that many deltas (text and tool input pieces alike).
-- ``POST .../model/{modelId}/invoke``: InvokeModel, for embedding models only: Titan text
-  embeddings (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``)
-  and Cohere Embed (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``,
-  ``cohere.embed-v4:0``, also through a cross-region profile such as
-  ``us.cohere.embed-v4:0``; see ``bedrock_cohere_embeddings``); another model is a
-  ValidationException, as Bedrock answers a model identifier it cannot invoke.
+- ``POST .../model/{modelId}/invoke``: InvokeModel, for Claude (Anthropic's Messages API in
+  Bedrock's envelope, see ``bedrock_anthropic``), Titan text embeddings
+  (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``) and Cohere Embed
+  (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``, ``cohere.embed-v4:0``,
+  also through a cross-region profile such as ``us.cohere.embed-v4:0``; see
+  ``bedrock_cohere_embeddings``); another model, or a Claude model missing from ``models``,
+  is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
+- ``POST .../model/{modelId}/invoke-with-response-stream``: InvokeModelWithResponseStream,
+  for Claude: Anthropic's stream events, each a ``chunk`` message of the event stream,
+  each its own write; ``message_stop`` carries Bedrock's invocation metrics. With the
+  ``error_after`` fault, a ``modelStreamErrorException`` replaces the rest after that many
+  deltas, as in ConverseStream.
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
 model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
@@ -105,6 +111,14 @@ from extproc.mock_llm.anthropic_api import (
     CacheWrites,
     CacheWriteSpecError,
     cache_writes,
+)
+from extproc.mock_llm.bedrock_anthropic import (
+    STREAM_CONTENT_TYPE_HEADER,
+    ClaudeInvocation,
+    chunk_message,
+    claude_model_name,
+    invoke_claude,
+    stream_cut,
 )
 from extproc.mock_llm.bedrock_cohere_embeddings import (
     CohereRequest,
@@ -1177,7 +1191,9 @@ class BedrockEndpoints:
     async def invoke(self, request: web.Request, body: Body) -> web.StreamResponse:
         """InvokeModel for Titan and Cohere embeddings: SigV4 and faults as for Converse,
         the token count in InvokeModel's header and in Titan's body (none with
-        ``no_usage``)."""
+        ``no_usage``). Claude's models are answered by ``bedrock_anthropic``."""
+        if self._claude_model(request, "invoke") is not None:
+            return await self._invoke_claude(request, body, stream=False)
         started = time.monotonic()
         request_id = str(uuid.uuid4())
         try:
@@ -1199,6 +1215,91 @@ class BedrockEndpoints:
             headers[INPUT_TOKEN_COUNT_HEADER] = str(embed.input_tokens)
         headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
         return web.Response(body=document, headers=headers)
+
+    async def invoke_with_response_stream(
+        self, request: web.Request, body: Body
+    ) -> web.StreamResponse:
+        """InvokeModelWithResponseStream, for Claude only."""
+        return await self._invoke_claude(request, body, stream=True)
+
+    def _claude_model(self, request: web.Request, operation: str) -> str | None:
+        """The Anthropic name of the Claude model the path names, if it is one this mock
+        serves; None for another model."""
+        model_id = model_id_from_target(request.raw_path, operation)
+        model = model_of_identifier(model_id) if model_id is not None else None
+        if model_id is None or model is None or not self._known_model(model_id):
+            return None
+        return claude_model_name(model)
+
+    async def _invoke_claude(
+        self, request: web.Request, body: Body, *, stream: bool
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        operation = "invoke-with-response-stream" if stream else "invoke"
+        try:
+            fault = await self._precheck(request, body)
+            model = self._claude_model(request, operation)
+            if model is None:
+                raise _invalid("The provided model identifier is invalid.")
+            message_id = f"msg_bdrk_mock_{next(self._answers)}"
+            invocation = invoke_claude(model, body, request.headers, fault, message_id)
+        except MalformedInputError as exc:
+            return error_response(400, "ValidationException", str(exc), request_id=request_id)
+        except AwsError as exc:
+            return error_response(exc.status, exc.code, exc.message, request_id=request_id)
+        if stream:
+            return await self._stream_claude(request, invocation, fault, started, request_id)
+        if fault.reset_after is not None:
+            return _abort(request)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=headers)
+        headers |= invocation.token_headers()
+        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
+        return web.Response(body=orjson.dumps(invocation.message()), headers=headers)
+
+    async def _stream_claude(
+        self,
+        request: web.Request,
+        invocation: ClaudeInvocation,
+        fault: Fault,
+        started: float,
+        request_id: str,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": EVENT_STREAM_CONTENT_TYPE,
+                STREAM_CONTENT_TYPE_HEADER: "application/json",
+                REQUEST_ID_HEADER: request_id,
+            }
+        )
+        await response.prepare(request)
+        interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
+        events = invocation.events()
+        cut = stream_cut(events, fault)
+        first_byte_ms = 0
+        try:
+            for position, event in enumerate(events):
+                if cut is not None and position == cut.at:
+                    if cut.ending == "reset":
+                        return _abort(request, response)
+                    return await _fail_stream(response)
+                if position and interval:
+                    await asyncio.sleep(interval)
+                if event["type"] == "message_stop":
+                    metrics = invocation.invocation_metrics(_elapsed_ms(started), first_byte_ms)
+                    event = {**event, **metrics}
+                # Garbage keeps both framings intact: the chunk's bytes are not JSON.
+                payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(event)
+                # One write per event, so each reaches the client as its own HTTP chunk.
+                await response.write(chunk_message(payload))
+                if not position:
+                    first_byte_ms = _elapsed_ms(started)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream; nothing left to tell it
+        return response
 
     async def _stream(
         self,

@@ -76,8 +76,8 @@ from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import UpstreamError
 from extproc.quota.estimate import CHARS_PER_TOKEN
-from extproc.stages.partial_usage import generated_chars
 from extproc.stages.quota import reserved_completion
+from extproc.translators.generated_text import generated_chars
 
 # The client APIs whose answers generate text, billed as completion tokens.
 _GENERATES = frozenset(

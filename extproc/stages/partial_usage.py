@@ -48,7 +48,10 @@ built-in tools billed per call (web search, file search) that its output item ev
 showed (``openai_responses.ToolCallTally``; a call that failed is not billed).
 
 It runs before the response stage, on the provider's own bytes, and only for
-streams; its ``done`` runs before the quota stage's, which reads the result.
+streams; its ``done`` runs before the quota stage's, which reads the result. Where
+those bytes hide the text (Bedrock's InvokeModel stream carries each Anthropic event
+base64-encoded), the translator that unwraps them counts it instead
+(``generated_chars``).
 """
 
 from __future__ import annotations
@@ -61,42 +64,11 @@ from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
+from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_responses import server_tool_calls_counted
-
-# A JSON string value of a field that carries generated text; escapes count as their
-# escaped length, close enough for an estimate. Reasoning is generated and billed as
-# output too: Anthropic's ``thinking``, Bedrock's ``reasoningContent`` (as ``text``),
-# and, beside ``content`` in OpenAI-compatible streams, ``reasoning_content`` (DeepSeek,
-# older vLLM) or ``reasoning`` (vLLM, Ollama, Groq, OpenRouter), whose name is captured
-# (``generated_chars``). One pattern for all: OpenAI's own streams scan each chunk once.
-_TEXT_VALUE = re.compile(
-    rb'"(?:content|text|arguments|partial_json|input|thinking|(reasoning(?:_content)?))"'
-    rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
-)
-# OpenRouter repeats the ``reasoning`` of a delta in its ``reasoning_details``, whose
-# ``reasoning.text`` entries carry it as ``text``, counted already.
-_REASONING_DETAIL_TEXT = b'"reasoning.text"'
-
 
 # The same for a Responses API stream: the text of its delta events only.
 _RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-def generated_chars(chunk: bytes) -> int:
-    """Characters of generated text in one piece of a provider's stream (or answer), the
-    reasoning counted once under whichever names the provider gives it."""
-    chars = named = aliased = 0
-    for reasoning, value in _TEXT_VALUE.findall(chunk):
-        if not reasoning:
-            chars += len(value)
-        elif reasoning == b"reasoning":
-            named += len(value)
-        else:
-            aliased += len(value)
-    if (named or aliased) and _REASONING_DETAIL_TEXT not in chunk:
-        # vLLM may send the same text under both names: it was generated once.
-        chars += max(named, aliased)
-    return chars
 
 
 def responses_delta_chars(chunk: bytes) -> int:
@@ -109,6 +81,8 @@ class PartialUsageStage:
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
         if ctx.stream and ctx.accounted and ctx.response_status < 400:
+            if _unwrapped_chars(ctx) is not None:
+                return  # the provider's bytes hide the text: the translator counts it
             responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
             count = responses_delta_chars if responses else generated_chars
             ctx.generated_chars += count(chunk)
@@ -174,7 +148,16 @@ def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
 
 def _estimated_completion(ctx: RequestContext) -> int:
     """One token per four characters of generated text the stream carried, rounded up."""
-    return -(-ctx.generated_chars // CHARS_PER_TOKEN)
+    chars = _unwrapped_chars(ctx)
+    return -(-(ctx.generated_chars if chars is None else chars) // CHARS_PER_TOKEN)
+
+
+def _unwrapped_chars(ctx: RequestContext) -> int | None:
+    """The generated characters a translator counted in what it unwrapped (the base64
+    events of Bedrock's InvokeModel stream, ``anthropic_bedrock``), where the provider's
+    own bytes show none; None from every other translator."""
+    chars = getattr(ctx.translator, "generated_chars", None)
+    return chars if isinstance(chars, int) else None
 
 
 def _failed_stream_usage(

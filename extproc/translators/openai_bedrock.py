@@ -156,7 +156,7 @@ def translate_request(
     elif system:
         _open_first_user_turn_with(system, turns)
     inference = _inference_config(
-        body, default_max_tokens, one_sampling_parameter=_is_claude(model_id)
+        body, default_max_tokens, one_sampling_parameter=is_claude(model_id)
     )
     if inference:
         converse["inferenceConfig"] = inference
@@ -253,7 +253,7 @@ def model_takes_system(model_id: str) -> bool:
     return not base_model_id(model_id).startswith(_NO_SYSTEM_PROMPT_MODELS)
 
 
-def _is_claude(model_id: str) -> bool:
+def is_claude(model_id: str) -> bool:
     return base_model_id(model_id).startswith("anthropic.")
 
 

@@ -25,7 +25,7 @@ from extproc.processor import Processor
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
-from extproc.stages.partial_usage import generated_chars
+from extproc.translators.generated_text import generated_chars
 from extproc.testing import (
     client_body,
     processor_for,

@@ -7,7 +7,7 @@ import orjson
 
 from extproc.processor import Processor
 from extproc.runtime import Services
-from extproc.stages.partial_usage import generated_chars
+from extproc.translators.generated_text import generated_chars
 from tests.unit.sse_play import only_line, play_sse
 
 CHAT = "/v1/chat/completions"
