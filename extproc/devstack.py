@@ -309,6 +309,10 @@ Try it:
   curl -s {base}/v1/chat/completions -H 'host: anthropic.gateway.local' \\
        -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \\
        -d '{{"model":"claude-3-5-haiku-latest","messages":[{{"role":"user","content":"Hi"}}]}}'
+  # Anthropic's Messages API to Claude on Bedrock (InvokeModel, SigV4-signed)
+  curl -s {base}/v1/messages -H 'authorization: Bearer team1-key' \
+       -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \
+       -d '{{"model":"haiku","max_tokens":100,"messages":[{{"role":"user","content":"Hi"}}]}}'
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
   export AIGW_ADMIN_TOKEN=dev-admin-token
