@@ -55,10 +55,12 @@ import orjson
 from extproc.config.model import TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import RequestContext, Usage
 from extproc.errors import (
+    BEDROCK_ERROR_TYPE_HEADER,
     BadRequestError,
     ServiceUnavailableError,
     anthropic_error_body,
     bedrock_error_body,
+    bedrock_exception,
     credentials_refused,
     error_body,
     without_secrets,
@@ -448,7 +450,10 @@ def plan_response(
     if status >= 400:
         if not from_provider and ENVOY_UPSTREAM_TIME not in headers:
             # Envoy's own reply (provider unreachable, timeout): already shaped by the
-            # bootstrap's local_reply_config, not the provider's to translate.
+            # bootstrap's local_reply_config, not the provider's to translate. In
+            # OpenAI's shape: an AWS SDK would read no message and no exception in it.
+            if route.api is RouteApi.BEDROCK_CONVERSE:
+                return _bedrock_shaped(status)
             return ResponsePlan(None)
         return _error_plan(ctx, status, headers, kind, content_type)
     streaming = ctx.stream and (
@@ -627,6 +632,28 @@ class ErrorRewriter:
         return self._rewrite(b"".join(self._parts))
 
 
+def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
+    """An error a Converse client's SDK cannot read (Envoy's own reply, in OpenAI's
+    shape; a proxy's page) as Bedrock's: ``message`` (else the OpenAI error's message
+    and code) in the body, the exception's name in ``x-amzn-errortype``, which botocore
+    raises and retries by."""
+
+    def replace(body: bytes) -> bytes:
+        if message is not None:
+            return bedrock_error_body(message)
+        detail, said = _provider_error(body, status)
+        code = None if detail.startswith("HTTP ") else detail
+        return bedrock_error_body(said or f"the gateway answered with HTTP {status}", code)
+
+    set_headers = {
+        "content-type": "application/json",
+        BEDROCK_ERROR_TYPE_HEADER: bedrock_exception(status),
+    }
+    return ResponsePlan(
+        ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
+    )
+
+
 def _error_plan(
     ctx: RequestContext, status: int, headers: dict[str, str], kind: ProviderType, content_type: str
 ) -> ResponsePlan:
@@ -654,14 +681,14 @@ def _error_plan(
             return _refused_plan(ctx, status)
         if json_body:
             return ResponsePlan(None)  # already in the client's own error shape
+        if route.api is RouteApi.BEDROCK_CONVERSE:
+            return _bedrock_shaped(status, f"the provider answered with HTTP {status}")
         shape = ctx.error_shape
         message = f"the provider answered with HTTP {status}"
 
         def replace(_: bytes) -> bytes:
             if shape == "anthropic":
                 return anthropic_error_body(message, status)
-            if shape == "bedrock":
-                return bedrock_error_body(message)
             kind_name = "server_error" if status >= 500 else "invalid_request_error"
             return error_body(message, kind_name, code="upstream_error")
 

@@ -69,9 +69,15 @@ def operation(path: str) -> tuple[str, bool]:
 
 def check_converse_body(body: dict[str, Any], max_messages: int) -> None:
     """Refuse a body Converse would refuse for its shape, naming the field as Bedrock's
-    SDKs do (``messages[0].content``); the provider checks the rest."""
+    SDKs do (``messages[0].content``); the provider checks the rest.
+
+    A prompt from Prompt management (its ARN as the model id, its variables in
+    ``promptVariables``) brings its own messages: ``messages`` is optional there, and
+    checked as anywhere else when given (Bedrock appends them to the prompt's)."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if messages is None and isinstance(body.get("promptVariables"), dict):
+        messages = []  # the prompt's own: nothing of the client's to check
+    elif not isinstance(messages, list) or not messages:
         raise BadRequestError(
             "'messages' is required and must be a non-empty array", param="messages"
         )
@@ -106,6 +112,15 @@ def check_converse_body(body: dict[str, Any], max_messages: int) -> None:
             "'inferenceConfig.maxTokens' must be an integer of at least 1",
             param="inferenceConfig.maxTokens",
         )
+
+
+def is_prompt(model_id: str) -> bool:
+    """Whether a Converse model id is a prompt of Prompt management (its version's ARN,
+    ``arn:aws:bedrock:<region>:<account>:prompt/<id>:<version>``). Such a call takes no
+    ``inferenceConfig`` (nor ``system``, ``toolConfig``...): the prompt defines them, and
+    Bedrock refuses a request that sets them, so there is no allowance a hard cap could
+    lower."""
+    return model_id.startswith("arn:") and ":prompt/" in model_id
 
 
 def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:

@@ -196,6 +196,15 @@ _SECRET_LOOKING = re.compile(
 REDACTED = "[redacted]"
 # Below this, a fragment of a known secret says nothing: kept (and too short to match safely).
 _MIN_FRAGMENT = 4
+# AWS answers a signature it could not match (Bedrock's 403 InvalidSignatureException)
+# with the request it expected: the canonical request, whose signed headers carry the
+# session token of temporary credentials (a role's, a Kubernetes service account's), and
+# the string to sign. All of it is the gateway's own request, nothing the client needs:
+# cut from its heading on. A token header quoted anywhere else goes too.
+_AWS_EXPECTED_REQUEST = re.compile(
+    r"\s*The Canonical String for this request should have been.*", re.IGNORECASE | re.DOTALL
+)
+_AWS_SESSION_TOKEN = re.compile(r"(x-amz-security-token\s*[:=]\s*)[^\s'\"&,;]+", re.IGNORECASE)
 
 
 def without_secrets(text: str, known: Iterable[str] = ()) -> str:
@@ -208,6 +217,8 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
             continue
         for piece in (secret, secret[:_MIN_FRAGMENT], secret[-_MIN_FRAGMENT:]):
             text = text.replace(piece, REDACTED)
+    text = _AWS_EXPECTED_REQUEST.sub(f" {REDACTED}", text)
+    text = _AWS_SESSION_TOKEN.sub(rf"\g<1>{REDACTED}", text)
     return _SECRET_LOOKING.sub(REDACTED, text)
 
 

@@ -215,10 +215,17 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
         raise refusal
-    # An API without an allowance field (a compaction) has nothing to lower: it was
-    # admitted above only with room for its whole default allowance.
+    # Never above what the request reserved: a body that names no allowance gets the
+    # default it was reserved with, not the budget's whole remainder, which a provider
+    # refuses past the model's output limit (Bedrock: "The maximum tokens you requested
+    # exceeds the model limit") and a cut answer would be charged (cut_answer).
+    completion = min(completion, reserved_completion(ctx) // choices)
+    # An API without an allowance field (a compaction, a prompt of Prompt management)
+    # has nothing to lower: it was admitted above only with room for its whole default
+    # allowance.
     if ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE:
-        lowered = converse_api.cap_completion(ctx.body, completion)
+        prompt_call = converse_api.is_prompt(ctx.upstream_model or "")
+        lowered = not prompt_call and converse_api.cap_completion(ctx.body, completion)
     else:
         lowered = (
             not embeddings
@@ -241,6 +248,14 @@ def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.
+        return ctx.runtime.config.quotas.default_max_tokens
+    if (
+        route is not None
+        and route.api is RouteApi.BEDROCK_CONVERSE
+        and converse_api.is_prompt(ctx.upstream_model or "")
+    ):
+        # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses it):
+        # likewise.
         return ctx.runtime.config.quotas.default_max_tokens
     return _LEAST_COMPLETION.get(route.api, 1) if route is not None else 1
 
