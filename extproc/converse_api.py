@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 from extproc.errors import BadRequestError, NotFoundError
 from extproc.guardrails.converse_text import estimate_chars
+from extproc.input_limits import checked_messages
 from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD
 
 CONVERSE = "converse"
@@ -77,15 +78,8 @@ def check_converse_body(body: dict[str, Any], max_messages: int) -> None:
     messages = body.get("messages")
     if messages is None and isinstance(body.get("promptVariables"), dict):
         messages = []  # the prompt's own: nothing of the client's to check
-    elif not isinstance(messages, list) or not messages:
-        raise BadRequestError(
-            "'messages' is required and must be a non-empty array", param="messages"
-        )
-    if len(messages) > max_messages:
-        raise BadRequestError(
-            f"'messages' has {len(messages)} entries; the limit is {max_messages}",
-            param="messages",
-        )
+    else:
+        messages = checked_messages(messages, max_messages)
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict) or message.get("role") not in _ROLES:

@@ -16,9 +16,10 @@ endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddi
 ``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
 Titan and Cohere embeddings (see ``bedrock_embeddings``) and Claude, whose stream
 ``.../invoke-with-response-stream`` serves too (see ``bedrock_anthropic``); header
-``x-mock-reply`` chooses the reply (see ``scripted``). The Responses API responses it creates are kept and served back
-(``GET`` / ``DELETE .../responses/{id}``, ``GET .../responses/{id}/input_items``,
-``POST .../responses/{id}/cancel``; see ``responses_store``).
+``x-mock-reply`` chooses the reply (see ``scripted``). The Responses API responses it
+creates are kept and served back (``GET`` / ``DELETE .../responses/{id}``,
+``GET .../responses/{id}/input_items``, ``POST .../responses/{id}/cancel``; see
+``responses_store``).
 Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.

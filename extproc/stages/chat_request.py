@@ -30,7 +30,7 @@ from extproc.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from extproc.input_limits import nesting_depth_over
+from extproc.input_limits import checked_messages, nesting_depth_over
 from extproc.openai_inputs import check_choices
 from extproc.responses_api import (
     check_compact_body,
@@ -246,16 +246,7 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
 def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:
     """Parse and validate a chat request body (OpenAI chat completions or Anthropic messages)."""
     parsed = parse_json_object(body, max_depth)
-    messages = parsed.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError(
-            "'messages' is required and must be a non-empty array", param="messages"
-        )
-    if len(messages) > max_messages:
-        raise BadRequestError(
-            f"'messages' has {len(messages)} entries; the limit is {max_messages}",
-            param="messages",
-        )
+    messages = checked_messages(parsed.get("messages"), max_messages)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequestError(

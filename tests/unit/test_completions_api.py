@@ -25,7 +25,6 @@ from extproc.processor import Processor
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
-from extproc.translators.generated_text import generated_chars
 from extproc.testing import (
     client_body,
     processor_for,
@@ -35,6 +34,7 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
+from extproc.translators.generated_text import generated_chars
 from tests.unit.guard_helpers import config_with
 from tests.unit.quota_helpers import capped, used_tokens
 from tests.unit.sse_play import only_line, play_sse
