@@ -29,17 +29,25 @@ import yaml
 
 from extproc.agents.envoy import add_agents, longest_agent_timeout_s
 from extproc.config.loader import load_config
-from extproc.config.model import EnvoyConfig, GatewayConfig, ProviderConfig, cluster_name
+from extproc.config.model import (
+    EnvoyConfig,
+    GatewayConfig,
+    ProviderConfig,
+    RouteApi,
+    cluster_name,
+)
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
 from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing
 from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
+    BEDROCK_ERROR_TYPE_HEADER,
     BadRequestError,
     GatewayError,
     GatewayTimeoutError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     UpstreamError,
+    bedrock_exception,
 )
 from extproc.headers import (
     BODY_HINTS_NAMESPACE,
@@ -235,7 +243,7 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
             "headers_with_underscores_action": "DROP_HEADER",
             "max_headers_count": config.limits.max_request_headers,
         },
-        "local_reply_config": _local_reply_config(),
+        "local_reply_config": _local_reply_config(config),
         "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),
         "http_filters": [*_body_hints_filters(config), _ext_proc_filter(config), _router_filter()],
@@ -412,71 +420,125 @@ def _access_log() -> Json:
 # --- local replies ----------------------------------------------------------------
 
 
-def _local_reply_config() -> Json:
-    mappers = [
+# Envoy's own replies, as (condition, error type, code, message, status set, the status
+# the client gets), first match wins; rendered in OpenAI's error shape, and before them
+# in Bedrock's for the paths of Converse routes.
+_LocalReply = tuple[str | None, str, str, str, int | None, int]
+
+
+def _local_replies() -> list[_LocalReply]:
+    replies: list[_LocalReply] = [
         # A circuit breaker is full (envoy.max_concurrent_requests): on the gateway's
         # own cluster Envoy answered a 500 (ext_proc_error_gRPC_error_14{...overflow}),
         # on a provider's a 503 blaming the provider; it is the gateway at its limit,
         # a 503 worth retrying.
-        _error_mapper(
+        (
             "response.code >= 500 && response.code_details.contains('overflow')",
             ServiceUnavailableError.error_type,
             "gateway_overloaded",
             "the gateway has too many requests in flight; retry shortly",
-            status=ServiceUnavailableError.status,
+            ServiceUnavailableError.status,
+            ServiceUnavailableError.status,
         ),
         # No gateway process answers (stopped, restarting, not started yet): Envoy's
         # 500 (ext_proc_error_gRPC_error_14, UNAVAILABLE) would read as the gateway
         # failing on the request; it is the gateway unreachable, a 503 worth retrying
         # once a replica is back. After the overflow mapper, whose details start alike.
-        _error_mapper(
+        (
             "response.code == 500"
             " && response.code_details.startsWith('ext_proc_error_gRPC_error_14')",
             ServiceUnavailableError.error_type,
             "gateway_unavailable",
             "the gateway is not reachable; retry shortly",
-            status=ServiceUnavailableError.status,
+            ServiceUnavailableError.status,
+            ServiceUnavailableError.status,
         ),
         # An answer larger than envoy.max_response_body_bytes, caught before its
         # headers left (Envoy's 500): the provider's answer cannot be delivered.
-        _error_mapper(
+        (
             "response.code_details == 'response_payload_too_large'",
             UpstreamError.error_type,
             "response_too_large",
             "the provider's answer is larger than the gateway can buffer",
-            status=UpstreamError.status,
+            UpstreamError.status,
+            UpstreamError.status,
         ),
         # The gateway itself did not answer within envoy.message_timeout_ms
         # (Envoy's details: ext_proc_error_per-message_timeout_exceeded); without this,
         # the 504 would blame the provider.
-        _error_mapper(
+        (
             "response.code == 504 && response.code_details.startsWith('ext_proc_error')",
             GatewayTimeoutError.error_type,
             "gateway_timeout",
             "the gateway did not answer in time",
+            None,
+            GatewayTimeoutError.status,
         ),
     ]
-    mappers += [
-        _error_mapper(f"response.code == {error.status}", error.error_type, code, message)
+    replies += [
+        (f"response.code == {error.status}", error.error_type, code, message, None, error.status)
         for error, code, message in _ENVOY_REPLIES
     ]
-    mappers.append(
-        _error_mapper(
+    replies.append(
+        (
             "response.code < 500",
             BadRequestError.error_type,
             "request_rejected",
             "the request was rejected",
+            None,
+            BadRequestError.status,
         )
     )
-    mappers.append(
-        _error_mapper(
+    replies.append(
+        (
             None,
             GatewayError.error_type,
             "gateway_error",
             "the gateway could not process the request",
+            None,
+            GatewayError.status,
         )
     )
+    return replies
+
+
+def _local_reply_config(config: GatewayConfig) -> Json:
+    replies = _local_replies()
+    prefixes = _converse_prefixes(config)
+    mappers = [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
+    mappers += [
+        _error_mapper(condition, error_type, code, message, status)
+        for condition, error_type, code, message, status, _ in replies
+    ]
     return {"mappers": mappers}
+
+
+def _converse_prefixes(config: GatewayConfig) -> list[str]:
+    """The path prefixes of Converse routes, whose clients (AWS SDKs) read errors in
+    Bedrock's shape: the message at the top, the exception's name in a header."""
+    return sorted(
+        {
+            route.path_prefix.rstrip("/")
+            for route in config.routes
+            if route.api is RouteApi.BEDROCK_CONVERSE and route.path_prefix
+        }
+    )
+
+
+def _bedrock_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
+    """Envoy's reply on a Converse route's path, as Bedrock shapes errors."""
+    condition, _, code, message, status, answered = reply
+    on_path = " || ".join(f"request.path.startsWith('{prefix}/')" for prefix in prefixes)
+    where = f"({on_path})" if condition is None else f"{condition} && ({on_path})"
+    mapper = _error_mapper(where, "", code, message, status)
+    mapper["body_format_override"] = {"json_format": {"message": message, "code": code}}
+    mapper["headers_to_add"] = [
+        {
+            "header": {"key": BEDROCK_ERROR_TYPE_HEADER, "value": bedrock_exception(answered)},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    return mapper
 
 
 def _error_mapper(

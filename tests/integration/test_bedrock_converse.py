@@ -310,3 +310,16 @@ def test_a_guarded_route_masks_the_prompt_and_the_answer_and_refuses_streams(
         client.converse_stream(modelId=MODEL, messages=prompt)
     assert refused.value.response["Error"]["Code"] == "ValidationException"
     assert "converse" in refused.value.response["Error"]["Message"]
+
+
+def test_envoys_own_refusals_reach_the_sdk_as_bedrock_exceptions(
+    tls: TlsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over the listener's buffer: Envoy answers before the gateway sees the body.
+    huge = [{"role": "user", "content": [{"text": "x" * 2_000_000}]}]
+    with pytest.raises(ClientError) as refused:
+        bedrock_client(tls, monkeypatch).converse(modelId=MODEL, messages=huge)
+    error = refused.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert error["Error"]["Code"] == "ValidationException"
+    assert error["Error"]["Message"] == "the request body is too large"

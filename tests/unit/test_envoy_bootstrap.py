@@ -311,8 +311,11 @@ def test_every_local_reply_rewrite_spares_replies_that_are_already_json() -> Non
     for mapper in mappers:
         expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
         assert "response.headers['content-type'].startsWith('application/json')" in expression
-        error = mapper["body_format_override"]["json_format"]["error"]
-        assert set(error) == {"message", "type", "param", "code"}
+        body = mapper["body_format_override"]["json_format"]
+        if "headers_to_add" in mapper:  # a Converse route's path: Bedrock's shape
+            assert set(body) == {"message", "code"}
+            continue
+        assert set(body["error"]) == {"message", "type", "param", "code"}
     statuses = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
     assert any(s.startswith("response.code == 503") for s in statuses)
     assert any(s.startswith("response.code == 504") for s in statuses)
@@ -344,3 +347,43 @@ def test_envoy_command_sets_concurrency_on_the_command_line() -> None:
         "--disable-hot-restart",
     ]
     assert "concurrency" not in render_bootstrap_yaml(config)
+
+
+def _local_reply_mappers(config: GatewayConfig) -> list[dict[str, Any]]:
+    listener = render_bootstrap(config)["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    mappers: list[dict[str, Any]] = manager["local_reply_config"]["mappers"]
+    return mappers
+
+
+def test_envoys_own_replies_on_converse_paths_come_in_bedrocks_shape() -> None:
+    """AWS SDKs read an error's message at the top of the body and its exception in
+    x-amzn-errortype: Envoy's own replies on a Converse route's path say both."""
+    mappers = _local_reply_mappers(load_config(DEFAULT_CONFIG))
+    bedrock = [m for m in mappers if "headers_to_add" in m]
+    openai = [m for m in mappers if "headers_to_add" not in m]
+    assert len(bedrock) == len(openai) and mappers[: len(bedrock)] == bedrock  # they come first
+    too_large = next(m for m in bedrock if "response.code == 413" in _expression(m))
+    assert "request.path.startsWith('/model/')" in _expression(too_large)
+    assert too_large["body_format_override"]["json_format"] == {
+        "message": "the request body is too large",
+        "code": "request_too_large",
+    }
+    [header] = too_large["headers_to_add"]
+    assert header["header"] == {"key": "x-amzn-errortype", "value": "ValidationException"}
+
+
+def test_without_converse_routes_envoys_replies_stay_openai_shaped(tmp_path: Path) -> None:
+    raw = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+        "api: bedrock_converse", "api: openai_chat"
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(raw)
+    config = load_config(path)
+    assert all(route.api != "bedrock_converse" for route in config.routes)
+    assert all("headers_to_add" not in m for m in _local_reply_mappers(config))
+
+
+def _expression(mapper: dict[str, Any]) -> str:
+    expression: str = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
+    return expression
