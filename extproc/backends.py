@@ -348,7 +348,9 @@ def _converse_request(
 
 def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
     """Anthropic's API reaches Bedrock's Claude models alone (InvokeModel with
-    Anthropic's body), and Messages calls alone: a token count has no such operation."""
+    Anthropic's body), and Messages calls alone: a token count has no such operation.
+    A model id that hides its model (an application inference profile's ARN, a
+    provisioned model's) is Bedrock's to check: it refuses another model's."""
     route = ctx.route
     assert route is not None
     if route.api is not RouteApi.ANTHROPIC_MESSAGES:
@@ -359,7 +361,7 @@ def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
             "count with the Messages call's usage, or send Claude models of an "
             "anthropic provider here",
         )
-    if not openai_bedrock.is_claude(upstream.upstream_model):
+    if not anthropic_bedrock.may_run_claude(upstream.upstream_model):
         raise BadRequestError(
             f"model '{ctx.model}' is a Bedrock model that does not speak Anthropic's "
             "Messages API (only Claude models do); send it to /v1/chat/completions or "
@@ -489,13 +491,15 @@ def plan_response(
         )
         return ResponsePlan(reader, streamed=streaming)
     if anthropic_client and kind is ProviderType.BEDROCK:
+        # The tier Bedrock served: in its answer's header, not in Claude's usage.
+        served = headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
         if streaming:
-            claude = anthropic_bedrock.StreamTranslator()
+            claude = anthropic_bedrock.StreamTranslator(served_tier=served)
             sse = {"content-type": SSE}
             return ResponsePlan(
                 claude, streamed=True, set_headers=sse, remove_headers=["content-length"]
             )
-        return ResponsePlan(anthropic_anthropic.MessageReader())
+        return ResponsePlan(anthropic_bedrock.MessageReader(served_tier=served))
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

@@ -6,12 +6,13 @@ writes); this module owns what differs from Anthropic's own API, and takes the r
 ``anthropic_api`` (request checks, the reply, its content blocks and usage), so the two
 surfaces answer one prompt alike.
 
-The request body is a Messages body without ``model`` (the path names it) and without
-``stream`` (the operation says it), with ``"anthropic_version": "bedrock-2023-05-31"`` and
-optionally ``anthropic_beta`` (a list of strings). Bedrock's schema check comes first and
-names every rule broken, in its words: ``Malformed input request: #: required key
-[anthropic_version] not found#: extraneous key [model] is not permitted, please reformat
-your input and try again.``; another ``anthropic_version`` is "Invalid API version: ...".
+The request body is a Messages body without ``model`` (the path names it), ``stream``
+(the operation says it) and ``service_tier`` (a header picks Bedrock's tiers), with
+``"anthropic_version": "bedrock-2023-05-31"`` and optionally ``anthropic_beta`` (a list of
+strings). Bedrock's schema check comes first and names every rule broken, in its words:
+``Malformed input request: #: required key [anthropic_version] not found#: extraneous key
+[model] is not permitted, please reformat your input and try again.``; another
+``anthropic_version`` is "Invalid API version: ...".
 Then Anthropic's own checks, whose messages Bedrock passes on as they are.
 
 The JSON answer is Anthropic's Message, as Bedrock relays it: the model named as Anthropic
@@ -73,8 +74,10 @@ INVOCATION_METRICS = "amazon-bedrock-invocationMetrics"
 
 # Required by Bedrock's schema for Claude, beside what Anthropic's API requires.
 _REQUIRED_KEYS = ("anthropic_version", "max_tokens", "messages")
-# Anthropic's fields that Bedrock takes from the path and the operation instead.
-_EXTRANEOUS_KEYS = ("model", "stream")
+# Anthropic's fields that Bedrock takes elsewhere: the model from the path, the stream
+# from the operation, the service tier from InvokeModel's X-Amzn-Bedrock-Service-Tier
+# header (its values are Bedrock's: default, flex, priority, reserved).
+_EXTRANEOUS_KEYS = ("model", "stream", "service_tier")
 # Bedrock's own keys, which Anthropic's checks do not know.
 _BEDROCK_KEYS = ("anthropic_version", "anthropic_beta")
 # A Claude model or inference profile id: an optional geographic prefix (us., eu.,

@@ -10,9 +10,20 @@ sends them to Claude in the company's AWS account.
   it) and ``stream`` (the operation says it), which Bedrock refuses as extraneous keys,
   with ``anthropic_version: bedrock-2023-05-31``, the one version Bedrock takes; the
   betas the client asked for in its ``anthropic-beta`` header go in the body's
-  ``anthropic_beta`` list, where Bedrock reads them.
+  ``anthropic_beta`` list, where Bedrock reads them. Anthropic's ``service_tier``
+  (``auto``, ``standard_only``: whether Anthropic's priority capacity may serve) is left
+  out too: Bedrock takes tiers in a header, refuses the key in the body, and serves a
+  request that names none at its standard tier, which both values allow.
+- Which models (``may_run_claude``): a model id that names its model must name Claude's;
+  an ARN that hides it (an application inference profile, a provisioned or custom
+  model, a prompt router) is Bedrock's to check, and it refuses another model's.
 - JSON answer: Claude's Message as Anthropic sends it: passed through and read as on
-  Anthropic's own API (``anthropic_anthropic.MessageReader``).
+  Anthropic's own API (``MessageReader``, Anthropic's reader).
+- Service tier: Bedrock serves InvokeModel at the tier its ``X-Amzn-Bedrock-Service-Tier``
+  request header asks for (``default``, ``flex``, ``priority``, ``reserved``), which a
+  client may send through the gateway, and names the tier that served it in the same
+  header of its answer, not in Claude's usage. Both readers take that header's tier
+  (``served_tier``), which prices the request; without it, what Claude's usage says.
 - Stream (``StreamTranslator``): AWS's binary event stream, one ``chunk`` frame per
   Anthropic event, its JSON base64-encoded in the frame's ``bytes``. Each event becomes
   the SSE event Anthropic would have sent (``event: <type>`` / ``data: <json>``), which
@@ -20,7 +31,10 @@ sends them to Claude in the company's AWS account.
   exactly as on Anthropic's own API. An exception frame (``throttlingException``,
   ``modelStreamErrorException``...) becomes Anthropic's ``event: error`` with the type its
   status maps to, recorded as the stream's failure; a frame that fails its checks ends
-  the stream with an ``api_error`` event. Either ends the stream: nothing after it is sent.
+  the stream with an ``api_error`` event, and so does a body that ends before Claude's
+  ``message_stop`` (a frame cut short, a proxy that closed the response): the client
+  must not take half an answer (a tool call's input cut in two) for a whole one. Any of
+  these ends the stream: nothing after it is sent.
   Since the provider's bytes hide the text, the translator counts the generated
   characters of what it unwrapped (``generated_chars``) for the bill of a cut stream.
 - Errors: Bedrock's (``{"message"}`` and the exception's name in ``x-amzn-errortype``)
@@ -40,15 +54,21 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
 from extproc.errors import anthropic_error_body
-from extproc.translators.anthropic_anthropic import EventStreamReader
-from extproc.translators.base import MAX_PROVIDER_MESSAGE
+from extproc.translators import anthropic_anthropic
+from extproc.translators.base import MAX_PROVIDER_MESSAGE, service_tier_of
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_bedrock import base_model_id
 from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_message
 
+# InvokeModel's answer header naming the tier that served the request.
+SERVICE_TIER_HEADER = "x-amzn-bedrock-service-tier"
 # The only version Bedrock's Claude takes in the body.
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 # Keys of Anthropic's body that Bedrock takes elsewhere (the path) and refuses here.
 _NOT_IN_BODY = ("model", "stream")
+# Anthropic's service_tier values, both served by Bedrock's standard tier, which a body
+# without one gets (any other value goes on, for Bedrock to refuse in its words).
+_ANTHROPIC_TIERS = frozenset({"auto", "standard_only"})
 # The characters a model id keeps in the path; AWS's SDKs encode the rest (":" and an
 # ARN's "/").
 _PATH_SAFE = "-._~"
@@ -57,11 +77,15 @@ _PATH_SAFE = "-._~"
 _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([a-z_]+)"')
 _EVENT_END = b"\n\n"
 _UNDECODABLE = "the provider's event stream could not be decoded"
+_ENDED_EARLY = "the provider's event stream ended before the answer did"
+_MESSAGE_STOP = b"message_stop"
 
 
 def translate_request(body: dict[str, Any], beta_header: str | None) -> dict[str, Any]:
     """The InvokeModel body for an Anthropic Messages body (``body`` is left as it is)."""
     translated = {key: value for key, value in body.items() if key not in _NOT_IN_BODY}
+    if translated.get("service_tier") in _ANTHROPIC_TIERS:
+        del translated["service_tier"]
     translated["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
     betas = [beta.strip() for beta in (beta_header or "").split(",") if beta.strip()]
     if betas:
@@ -77,6 +101,14 @@ def request_path(model_id: str, *, stream: bool) -> str:
     """The InvokeModel path for a model id or ARN, e.g. ``/model/a.b-v1%3A0/invoke``."""
     action = "invoke-with-response-stream" if stream else "invoke"
     return f"/model/{quote(model_id, safe=_PATH_SAFE)}/{action}"
+
+
+def may_run_claude(model_id: str) -> bool:
+    """Whether InvokeModel may answer Anthropic's Messages API for ``model_id``: it names
+    a Claude model (its id, an inference profile's, the ARN of either), or it is an ARN
+    that hides its model, which Bedrock refuses itself when it runs no Claude."""
+    named = base_model_id(model_id)
+    return named.startswith("anthropic.") or named.startswith("arn:")
 
 
 def translate_error(status: int, body: bytes, error_type_header: str | None) -> tuple[int, bytes]:
@@ -98,16 +130,37 @@ def _message_of(body: bytes) -> str:
     return message[:MAX_PROVIDER_MESSAGE] if isinstance(message, str) else ""
 
 
-class StreamTranslator(EventStreamReader):
-    """InvokeModelWithResponseStream's event stream as Anthropic's SSE, read for usage,
-    failures and server tools as Anthropic's own stream is (the reader it extends)."""
+class MessageReader(anthropic_anthropic.MessageReader):
+    """InvokeModel's answer, Claude's Message, passed through and read as Anthropic's,
+    priced at the tier Bedrock's answer header names (``served_tier``), if any."""
 
-    def __init__(self) -> None:
+    def __init__(self, served_tier: str | None = None) -> None:
         super().__init__()
+        self._served_tier = service_tier_of(served_tier)
+        self.service_tier = self._served_tier
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        passed = super().feed(chunk, end_of_stream)
+        self.service_tier = self._served_tier or self.service_tier
+        return passed
+
+
+class StreamTranslator(anthropic_anthropic.EventStreamReader):
+    """InvokeModelWithResponseStream's event stream as Anthropic's SSE, read for usage,
+    failures and server tools as Anthropic's own stream is (the reader it extends), and
+    priced at the tier Bedrock's answer header names (``served_tier``), if any."""
+
+    def __init__(self, served_tier: str | None = None) -> None:
+        super().__init__()
+        # Known from the answer's headers, before any event: a cut stream is priced at it.
+        self._served_tier = service_tier_of(served_tier)
+        self.service_tier = self._served_tier
         # Characters of generated text in the events unwrapped so far (partial_usage).
         self.generated_chars = 0
         self._frames = EventStreamBuffer()
         self._closed = False
+        # Claude's message_stop was unwrapped: the answer is whole.
+        self._stopped = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._closed:
@@ -121,12 +174,15 @@ class StreamTranslator(EventStreamReader):
                     break
         except BAD_FRAME:
             out.append(self._end_with(anthropic_error_body(_UNDECODABLE, 502)))
+        if end_of_stream and not self._closed and not self._stopped:
+            out.append(self._end_with(anthropic_error_body(_ENDED_EARLY, 502)))
         sse = b"".join(out)
         if not sse:
             return sse
         # Anthropic's reader reads the events (and ends a stream whose event it cannot
         # hold, returning what the client gets instead).
         replaced = super().feed(sse, end_of_stream)
+        self.service_tier = self._served_tier or self.service_tier
         return sse if replaced is None else replaced
 
     def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:
@@ -144,7 +200,9 @@ class StreamTranslator(EventStreamReader):
                 # Whitespace between JSON tokens: one SSE data line must hold the event.
                 event = orjson.dumps(orjson.loads(event))
             self.generated_chars += generated_chars(event)
-            out.append(b"event: " + _event_type(event) + b"\ndata: " + event + _EVENT_END)
+            kind = _event_type(event)
+            self._stopped = self._stopped or kind == _MESSAGE_STOP
+            out.append(b"event: " + kind + b"\ndata: " + event + _EVENT_END)
 
     def _exception(self, name: str, message: str, out: list[bytes]) -> None:
         # Exception frames spell names in lowerCamel (throttlingException).
