@@ -378,7 +378,7 @@ def _claude_on_bedrock_request(
     Anthropic's body as Bedrock takes it, signed with the provider's AWS credentials."""
     signer = _signer(upstream)
     translated = anthropic_bedrock.translate_request(
-        parsed, ctx.request_headers.get("anthropic-beta")
+        parsed, ctx.request_headers.get("anthropic-beta"), upstream.provider.anthropic_betas
     )
     body = _json(translated)
     path = upstream.provider.path_prefix + anthropic_bedrock.request_path(

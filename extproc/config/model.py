@@ -188,6 +188,10 @@ class ProviderConfig(_Section):
     anthropic_version: str = "2023-06-01"
     # Bedrock only: region and credentials for SigV4.
     aws: AwsConfig | None = None
+    # Bedrock only: the anthropic-beta flags its Claude models take from Anthropic
+    # clients; others are left out (Bedrock refuses a flag it does not know: "invalid
+    # beta flag"). None: every flag the client sends goes on.
+    anthropic_betas: tuple[str, ...] | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -569,6 +573,11 @@ class GatewayConfig(_Section):
             if (provider.type is ProviderType.BEDROCK) != (provider.aws is not None):
                 raise ValueError(
                     f"providers[{index}].aws: required for bedrock providers and only for them"
+                )
+            if provider.anthropic_betas is not None and provider.type is not ProviderType.BEDROCK:
+                raise ValueError(
+                    f"providers[{index}].anthropic_betas: for bedrock providers only (an "
+                    "anthropic provider takes every flag Anthropic knows)"
                 )
         for index, model in enumerate(self.models):
             if model.provider not in known:

@@ -10,7 +10,9 @@ sends them to Claude in the company's AWS account.
   it) and ``stream`` (the operation says it), which Bedrock refuses as extraneous keys,
   with ``anthropic_version: bedrock-2023-05-31``, the one version Bedrock takes; the
   betas the client asked for in its ``anthropic-beta`` header go in the body's
-  ``anthropic_beta`` list, where Bedrock reads them. Anthropic's ``service_tier``
+  ``anthropic_beta`` list, where Bedrock reads them (only those of the provider's
+  ``anthropic_betas``, when it lists them: Bedrock refuses a flag it does not know, and
+  Claude Code sends some of Anthropic's own). Anthropic's ``service_tier``
   (``auto``, ``standard_only``: whether Anthropic's priority capacity may serve) is left
   out too: Bedrock takes tiers in a header, refuses the key in the body, and serves a
   request that names none at its standard tier, which both values allow.
@@ -47,6 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote
 
@@ -81,19 +84,27 @@ _ENDED_EARLY = "the provider's event stream ended before the answer did"
 _MESSAGE_STOP = b"message_stop"
 
 
-def translate_request(body: dict[str, Any], beta_header: str | None) -> dict[str, Any]:
-    """The InvokeModel body for an Anthropic Messages body (``body`` is left as it is)."""
+def translate_request(
+    body: dict[str, Any], beta_header: str | None, allowed_betas: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The InvokeModel body for an Anthropic Messages body (``body`` is left as it is);
+    with ``allowed_betas``, the beta flags (of the header and the body) not in it are
+    left out."""
     translated = {key: value for key, value in body.items() if key not in _NOT_IN_BODY}
     if translated.get("service_tier") in _ANTHROPIC_TIERS:
         del translated["service_tier"]
     translated["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
     betas = [beta.strip() for beta in (beta_header or "").split(",") if beta.strip()]
-    if betas:
-        listed = translated.get("anthropic_beta")
-        known = (
-            [beta for beta in listed if isinstance(beta, str)] if isinstance(listed, list) else []
-        )
-        translated["anthropic_beta"] = known + [beta for beta in betas if beta not in known]
+    listed = translated.get("anthropic_beta")
+    if betas or (allowed_betas is not None and isinstance(listed, list)):
+        known = [b for b in listed if isinstance(b, str)] if isinstance(listed, list) else []
+        merged = known + [beta for beta in betas if beta not in known]
+        if allowed_betas is not None:
+            merged = [beta for beta in merged if beta in allowed_betas]
+        if merged:
+            translated["anthropic_beta"] = merged
+        else:
+            translated.pop("anthropic_beta", None)
     return translated
 
 

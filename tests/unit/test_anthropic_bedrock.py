@@ -4,13 +4,16 @@ stream turned back into the SSE stream Anthropic's own API sends, read for usage
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.config.loader import ConfigError, load_config
 from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.translators.anthropic_bedrock import (
     BEDROCK_ANTHROPIC_VERSION,
@@ -155,3 +158,37 @@ def test_bedrocks_errors_come_in_anthropics_shape() -> None:
     # A refusal of the gateway's AWS identity is the operator's problem: a 502.
     status, body = translate_error(403, b'{"message": "denied for AKIAEXAMPLE"}', None)
     assert status == 502 and b"AKIA" not in body
+
+
+def test_a_provider_that_lists_its_betas_gets_only_those() -> None:
+    """Claude Code sends Anthropic's own flags, which Bedrock refuses ("invalid beta
+    flag"): a provider's anthropic_betas keeps only the flags it lists."""
+    allowed = {"interleaved-thinking-2025-05-14", "context-1m-2025-08-07"}
+    body = {"messages": [], "anthropic_beta": ["context-1m-2025-08-07", "files-api-2025-04-14"]}
+    header = "claude-code-20250219, interleaved-thinking-2025-05-14"
+    sent = translate_request(body, header, allowed)
+    assert sent["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
+    # None left: no empty list (Bedrock would read it as asking for nothing anyway).
+    assert "anthropic_beta" not in translate_request(
+        {"messages": []}, "claude-code-20250219", allowed
+    )
+    # No list: every flag goes on.
+    assert translate_request({"messages": []}, "claude-code-20250219")["anthropic_beta"] == [
+        "claude-code-20250219"
+    ]
+
+
+def test_only_bedrock_providers_list_anthropic_betas(tmp_path: Path) -> None:
+    config = """
+version: 1
+providers:
+  - {name: claude, type: anthropic, base_url: "https://api.anthropic.com", api_key: k,
+     anthropic_betas: [context-1m-2025-08-07]}
+models:
+  - {name: claude-sonnet-4-0, provider: claude}
+"""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "providers[0].anthropic_betas" in str(refused.value)
