@@ -36,6 +36,7 @@ from extproc.quota.estimate import (
 )
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
+from extproc.quota.thinking_budget import cap_thinking, least_completion
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,9 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
             and bool(_allowance_fields(ctx))
             and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
         )
+    if ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
+        # A thinking budget must stay below the max_tokens the cap may have lowered.
+        lowered = cap_thinking(ctx.body) or lowered
     if lowered:
         ctx.body_changed = True
         ctx.quota_decision = "capped"
@@ -246,6 +250,9 @@ _LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 1
 
 def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
+    if route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES and ctx.body is not None:
+        # Extended thinking needs room for its least budget (quota.thinking_budget).
+        return least_completion(ctx.body)
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.
         return ctx.runtime.config.quotas.default_max_tokens

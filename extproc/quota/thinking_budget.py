@@ -1,0 +1,46 @@
+"""Extended thinking under a hard cap (Anthropic's Messages API; Claude on Bedrock too).
+
+A Messages body that asks for extended thinking (``"thinking": {"type": "enabled",
+"budget_tokens": N}``) must keep N at least 1,024 and below ``max_tokens``: Anthropic
+and Bedrock refuse either with a 400. Clients such as Claude Code ask for a budget just
+below a large ``max_tokens``, so a hard cap that lowered ``max_tokens`` alone would turn
+every such request into the provider's 400 once the budget ran low. The cap lowers the
+thinking budget with it (``cap_thinking``), and a cap that leaves less room than the
+least thinking needs (1,025 tokens: a budget of 1,024 and one more) refuses the request
+as it refuses a prompt that does not fit (``least_completion``), rather than send what
+the provider refuses. Adaptive thinking (``"type": "adaptive"``) names no budget and is
+left as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Anthropic's least thinking budget; max_tokens must exceed the budget.
+MIN_THINKING_BUDGET = 1024
+
+
+def thinking_budget(body: dict[str, Any]) -> int | None:
+    """The thinking budget a Messages body asks for; None when it asks for none."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def least_completion(body: dict[str, Any]) -> int:
+    """The least ``max_tokens`` a hard cap may leave this body: room for the least
+    thinking budget and one token more, or one token without thinking."""
+    return MIN_THINKING_BUDGET + 1 if thinking_budget(body) is not None else 1
+
+
+def cap_thinking(body: dict[str, Any]) -> bool:
+    """Lower the thinking budget below the body's (capped) ``max_tokens``; whether the
+    body changed."""
+    budget = thinking_budget(body)
+    most = body.get("max_tokens")
+    if budget is None or not isinstance(most, int) or isinstance(most, bool) or budget < most:
+        return False
+    body["thinking"]["budget_tokens"] = max(MIN_THINKING_BUDGET, most - 1)
+    return True
