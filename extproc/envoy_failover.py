@@ -263,8 +263,13 @@ def _started_header(providers: list[str]) -> Json:
 def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
     """Envoy's reply to an answer over the buffer names the attempt last sent, which is
     the one whose answer it dropped; a request without failover has no such metadata,
-    and an empty value adds no header."""
-    found = [mapper for mapper in mappers if _TOO_LARGE_DETAILS in _expression(mapper)]
+    and an empty value adds no header. (Its Bedrock twin, on Converse paths, already
+    adds its exception's name: no failover chain serves those.)"""
+    found = [
+        mapper
+        for mapper in mappers
+        if _TOO_LARGE_DETAILS in _expression(mapper) and "headers_to_add" not in mapper
+    ]
     if len(found) != 1:
         raise ValueError(f"the bootstrap has no one local reply for {_TOO_LARGE_DETAILS}")
     found[0]["headers_to_add"] = [

@@ -65,10 +65,21 @@ def seconds(duration: str) -> float:
     return float(duration[:-1])
 
 
+def openai_mappers(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    """The local reply mappers of OpenAI-shaped paths (each has a Bedrock twin, first,
+    that matches only the paths of Converse routes)."""
+    mappers: list[dict[str, Any]] = hcm(bootstrap)["local_reply_config"]["mappers"]
+    return [m for m in mappers if "request.path.startsWith(" not in _expression(m)]
+
+
+def _expression(mapper: dict[str, Any]) -> str:
+    expression: str = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
+    return expression
+
+
 def mapper_for(bootstrap: dict[str, Any], needle: str) -> dict[str, Any]:
-    mappers = hcm(bootstrap)["local_reply_config"]["mappers"]
-    for mapper in mappers:
-        if needle in mapper["filter"]["extension_filter"]["typed_config"]["expression"]:
+    for mapper in openai_mappers(bootstrap):
+        if needle in _expression(mapper):
             found: dict[str, Any] = mapper
             return found
     raise AssertionError(f"no local reply mapper matches {needle!r}")
@@ -106,7 +117,7 @@ def test_an_overflowing_cluster_is_a_retryable_503_that_names_the_gateway() -> N
     assert mapper["status_code"] == 503
     error = mapper["body_format_override"]["json_format"]["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "gateway_overloaded")
-    mappers = hcm(render_bootstrap(gateway()))["local_reply_config"]["mappers"]
+    mappers = openai_mappers(render_bootstrap(gateway()))
     assert mappers.index(mapper) == 0, "the first matching mapper wins"
 
 
