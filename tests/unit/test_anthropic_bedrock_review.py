@@ -10,7 +10,6 @@ credentials loaded) and read what the client or the provider gets.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
 from extproc.mock_llm.bedrock_anthropic import parse_claude_request
 from extproc.mock_llm.bedrock_embeddings import MalformedInputError
-from extproc.mock_llm.eventstream import encode_event
 from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
@@ -47,6 +45,7 @@ from extproc.translators.anthropic_bedrock import (
 )
 from extproc.translators.base import stream_failure
 from tests.unit.conftest import MemoryLog
+from tests.unit.test_anthropic_bedrock import chunk, sse_events
 
 API_KEY = {"x-api-key": "team1-key"}
 PROMPT = [{"role": "user", "content": "Say hello."}]
@@ -70,23 +69,6 @@ EVENTS: list[dict[str, Any]] = [
         "inputTokenCount": 12, "outputTokenCount": 2, "invocationLatency": 40,
         "firstByteLatency": 20}},
 ]  # fmt: skip
-
-
-def chunk(event: dict[str, Any]) -> bytes:
-    """One InvokeModelWithResponseStream frame carrying ``event`` as Bedrock does."""
-    encoded = base64.b64encode(orjson.dumps(event)).decode()
-    return encode_event("chunk", orjson.dumps({"bytes": encoded}))
-
-
-def sse_events(stream: bytes) -> list[tuple[str, dict[str, Any]]]:
-    """The (event name, data) pairs of an Anthropic SSE stream."""
-    events = []
-    for block in stream.split(b"\n\n"):
-        if not block:
-            continue
-        name, data = block.split(b"\n")
-        events.append((name.removeprefix(b"event: ").decode(), orjson.loads(data[6:])))
-    return events
 
 
 def config_with_models(*models: dict[str, Any]) -> GatewayConfig:
