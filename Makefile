@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m extproc.devstack
 
-## The whole suite: lint, types, unit and integration tests.
+## The whole suite: lint, types, unit and integration tests, on two processes (each
+## test file stays whole on one, so a module's stack starts once); `make unit` and
+## `make integration` run one process.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

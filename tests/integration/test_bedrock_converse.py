@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     mock_requests,
     running_stack,
     scrape,
+    wait_for,
     write_config,
 )
 from tests.integration.test_openai_flow import usage_report
@@ -168,8 +169,17 @@ def test_converse_is_answered_signed_by_the_gateway_and_billed(
     after = scrape(stack.metrics_url)
     assert tokens(after, "prompt") - tokens(before, "prompt") == usage["inputTokens"]
     assert tokens(after, "completion") - tokens(before, "completion") == usage["outputTokens"]
-    row = usage_report(stack).get((ROUTE, MODEL), {})
+    # The rollup is written off the request path: wait for its row to count this call.
+    row = wait_for(
+        lambda: (
+            found
+            if (found := usage_report(stack).get((ROUTE, MODEL), {})).get("requests", 0)
+            > report_before.get("requests", 0)
+            else None
+        )
+    )
     assert row["requests"] - report_before.get("requests", 0) == 1
+    assert row["prompt_tokens"] - report_before.get("prompt_tokens", 0) == usage["inputTokens"]
 
 
 def test_converse_stream_events_reach_the_client_and_its_usage_is_billed(
