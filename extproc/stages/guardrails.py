@@ -160,6 +160,12 @@ class GuardRequestStage:
             return None
         if route.api in _UNGUARDABLE_STREAMS and ctx.stream and not guards.response.empty:
             raise _unguardable_stream(route.name, route.api)
+        if not guards.request.empty:
+            # The provider gets the body the guards read, serialised from the parse, never
+            # the client's bytes: in a body that repeats a key ("messages" twice) the
+            # guards read the parser's choice (the last), and the provider's parser may
+            # keep the other, unguarded one.
+            ctx.body_changed = True
         if guards.request.waits:
             return self._checked(ctx, guards)
         if not guards.request.empty:

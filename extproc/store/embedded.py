@@ -207,10 +207,13 @@ def free_port() -> int:
     caller's bind, one of the many connections a busy host opens (Envoy's to its
     upstreams, a client's) can take it, and the caller fails with "address already in
     use" (seen in the test suite). A port below that range is never handed out that
-    way, so only a listener can take it."""
-    low = _ephemeral_range()[0]
+    way, so only a listener can take it. ``AIGW_FREE_PORTS`` (``first-last``) narrows
+    the pick to a range of its own, for processes that start stacks side by side (the
+    test suite's workers): a port one chose is then never the other's choice before it
+    binds it."""
+    first, last = _pick_range()
     for _ in range(_PORT_TRIES):
-        port = secrets.randbelow(low - _LOWEST_PORT) + _LOWEST_PORT
+        port = secrets.randbelow(last - first + 1) + first
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -225,10 +228,22 @@ def free_port() -> int:
 
 # Below the ephemeral range, above the registered ports most services use.
 _LOWEST_PORT = 20000
+# The range free_port picks from, "first-last", when set.
+FREE_PORTS_ENV = "AIGW_FREE_PORTS"
 _PORT_TRIES = 50
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # Linux's default, where the range cannot be read (another OS).
 _DEFAULT_EPHEMERAL = (32768, 60999)
+
+
+def _pick_range() -> tuple[int, int]:
+    """Where ``free_port`` picks: ``AIGW_FREE_PORTS`` when it names a valid range below
+    the ephemeral one, else everything from the floor up to the ephemeral range."""
+    low = _ephemeral_range()[0]
+    first, _, last = os.environ.get(FREE_PORTS_ENV, "").partition("-")
+    if first.isdigit() and last.isdigit() and 1024 <= int(first) <= int(last) < low:
+        return int(first), int(last)
+    return _LOWEST_PORT, low - 1
 
 
 def _ephemeral_range() -> tuple[int, int]:

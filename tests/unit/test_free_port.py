@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 
-from extproc.store.embedded import _ephemeral_range, free_port
+import pytest
+
+from extproc.store.embedded import FREE_PORTS_ENV, _ephemeral_range, free_port
 
 
 def test_a_free_port_lies_below_the_ephemeral_range_and_can_be_listened_on() -> None:
@@ -28,3 +30,12 @@ def test_a_port_a_listener_holds_is_never_handed_out() -> None:
         held.listen()
         taken = held.getsockname()[1]
         assert all(free_port() != taken for _ in range(500))
+
+
+def test_a_process_given_a_range_picks_its_ports_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes that start stacks side by side each pick from a range of their own."""
+    monkeypatch.setenv(FREE_PORTS_ENV, "24000-24099")
+    assert all(24000 <= free_port() <= 24099 for _ in range(50))
+    # A range that is not one (reversed, in the ephemeral range) is ignored.
+    monkeypatch.setenv(FREE_PORTS_ENV, "24099-24000")
+    assert all(free_port() < 32768 for _ in range(20))

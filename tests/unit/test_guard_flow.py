@@ -407,3 +407,30 @@ async def test_routes_guarding_answers_keep_the_response_headers_message() -> No
         assert answer.mode_override.response_header_mode == (
             ext_proc_mode.ProcessingMode.SKIP if lean else ext_proc_mode.ProcessingMode.SEND
         )
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [("/v1/chat/completions", "openai-chat"), ("/v1/messages", "anthropic-messages")],
+)
+async def test_a_repeated_key_cannot_carry_unguarded_text_past_the_guards(
+    path: str, route: str
+) -> None:
+    """The guards read one of a repeated key's values (orjson keeps the last); had the
+    client's bytes gone on, a provider whose parser keeps the first would read the other,
+    unguarded one. The provider gets the body the guards read."""
+    gateway = Gateway(config_with(WORKSHOP, {route: {"guardrails": "workshop"}}))
+    unguarded = '[{"role": "user", "content": "my credit card is 4111 1111 1111 1111"}]'
+    clean = '[{"role": "user", "content": "hello"}]'
+    body = (
+        '{"model": "gpt-4o-mini", "max_tokens": 50, '
+        f'"messages": {unguarded}, "messages": {clean}}}'
+    ).encode()
+    if route == "anthropic-messages":
+        body = body.replace(b"gpt-4o-mini", b"claude-3-5-haiku-latest")
+
+    answers = await gateway.send(path, body)
+
+    sent = upstream_body(answers[1])
+    assert sent["messages"] == [{"role": "user", "content": "hello"}]
+    assert b"4111" not in answers[1].request_body.response.body_mutation.body

@@ -66,10 +66,9 @@ PII = {"policies": [{"name": "pii", "request": [
 async def test_a_card_after_a_code_ending_in_a_digit_is_still_masked(said: str, sent: str) -> None:
     gateway = Gateway(config_with(PII, {"openai-chat": {"guardrails": "pii"}}))
     answers = await gateway.send("/v1/chat/completions", chat(said))
-    masked = answers[1].request_body.response.HasField("body_mutation")
-    assert masked == (said != sent), "the provider got the prompt as the client wrote it"
-    if masked:
-        assert upstream_body(answers[1])["messages"][0]["content"] == sent
+    # A guarded route sends the body as the gateway parsed it, masked or not.
+    prompt = upstream_body(answers[1])["messages"][0]["content"]
+    assert prompt == sent, "the provider got another prompt than the guards left"
 
 
 # --- case folding in streams ---------------------------------------------------------------
@@ -313,7 +312,7 @@ async def test_a_rate_limited_moderation_service_failing_open_lets_the_prompt_th
         gateway = Gateway(moderated(port, mode="fail_open"))
         answers = await gateway.send("/v1/chat/completions", chat("hello"))
     assert answers[1].HasField("request_body")
-    assert not answers[1].request_body.response.HasField("body_mutation")
+    assert upstream_body(answers[1])["messages"] == [{"role": "user", "content": "hello"}]
     assert gateway.log()["guardrails"] == [
         {"guard": "moderation", "phase": "request", "action": "fail_open"}
     ]

@@ -1,0 +1,20 @@
+"""Settings every test process takes before any test runs."""
+
+from __future__ import annotations
+
+import os
+
+from extproc.store.embedded import FREE_PORTS_ENV
+
+# `make test` runs two processes (pytest-xdist), each starting stacks whose ports it
+# picks before the processes bind them: each process (and the servers it starts, which
+# inherit its environment) picks from its own slice of the range, so one never picks a
+# port the other chose and has not bound yet.
+_FIRST_PORT, _LAST_PORT = 20000, 32000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.removeprefix("gw").isdigit():
+    _count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _index = int(_worker.removeprefix("gw")) % _count
+    _span = (_LAST_PORT - _FIRST_PORT) // _count
+    _start = _FIRST_PORT + _index * _span
+    os.environ[FREE_PORTS_ENV] = f"{_start}-{_start + _span - 1}"
