@@ -34,6 +34,10 @@ The pairs the gateway serves:
   path: the provider's id for it), signed with the gateway's AWS credentials; the
   answer, JSON or event stream, passes through unchanged, its usage read
   (``bedrock_bedrock``). No other provider type speaks Converse: refused with a 400.
+- Bedrock InvokeModel (Claude's body) -> ``bedrock``, Claude models only: as Converse,
+  the client's body as it came, signed by the gateway, the answer passed through; its
+  usage read as Claude's on Anthropic's API (``bedrock_invoke``). Other models' bodies
+  (each family has its own) are refused with a 400 that names Converse.
 
 Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
 refused the gateway's own key or account, whichever the pair: the client gets the
@@ -74,6 +78,7 @@ from extproc.translators import (
     bedrock_bedrock,
     bedrock_cohere_embeddings,
     bedrock_embeddings,
+    bedrock_invoke,
     openai_anthropic,
     openai_bedrock,
     openai_bedrock_stream,
@@ -90,6 +95,9 @@ AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
 ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
 # The client APIs that speak Anthropic's wire format (and its error shape).
 ANTHROPIC_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.ANTHROPIC_COUNT_TOKENS})
+# The client APIs of Bedrock Runtime's own operations (Converse, InvokeModel): passed
+# through to Bedrock, their errors in its shape.
+BEDROCK_RUNTIME_APIS = frozenset({RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE})
 # Where Anthropic counts a Messages body's tokens, under its Messages path.
 COUNT_TOKENS_SUFFIX = "/count_tokens"
 # Where an OpenAI-compatible provider serves each endpoint that takes a Responses body.
@@ -166,8 +174,8 @@ def plan_request(
         )
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return _embeddings_request(ctx, parsed, upstream, suffix)
-    if route.api is RouteApi.BEDROCK_CONVERSE:
-        return _converse_request(ctx, parsed, upstream, raw)
+    if route.api in BEDROCK_RUNTIME_APIS:
+        return _bedrock_runtime_request(ctx, parsed, upstream, raw)
     if route.api in RESPONSES_REQUESTS:
         return _responses_request(ctx, parsed, upstream, suffix)
     if route.api is RouteApi.OPENAI_COMPLETIONS:
@@ -215,6 +223,16 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK)
     elif route.api is RouteApi.BEDROCK_CONVERSE:
         served = kind is ProviderType.BEDROCK
+    elif route.api is RouteApi.BEDROCK_INVOKE:
+        served = kind is ProviderType.BEDROCK
+        if served and not anthropic_bedrock.may_run_claude(upstream.upstream_model):
+            raise BadRequestError(
+                f"model '{ctx.model}' is not a Claude model: this gateway serves InvokeModel "
+                "with Claude's body only (each other model family has a body of its own); "
+                "call converse or converse_stream for it",
+                param="modelId",
+                code="unsupported_model_for_route",
+            )
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
             _check_bedrock_embeddings(parsed, upstream.upstream_model)
@@ -326,21 +344,27 @@ def _embeddings_request(
     return _pass_through(ctx, parsed, upstream, openai_embeddings.ENDPOINT + suffix)
 
 
-def _converse_request(
+def _bedrock_runtime_request(
     ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, raw: bytes
 ) -> RequestPlan:
-    """A Converse call goes to Bedrock as the client sent it, under the provider's id for
-    the model (in the path) and the gateway's signature; re-serialised only when the
-    gateway changed the body (a guard's mask, enrichment, a hard cap)."""
+    """A Converse or InvokeModel call goes to Bedrock as the client sent it, under the
+    provider's id for the model (in the path) and the gateway's signature; re-serialised
+    only when the gateway changed the body (a guard's mask, enrichment, a hard cap)."""
     kind = upstream.provider.type
     if kind is not ProviderType.BEDROCK:
         raise _unsupported(ctx, kind)
     signer = _signer(upstream)
     changed = ctx.body_changed or not raw
     body = _json(parsed) if changed else raw
-    path = upstream.provider.path_prefix + openai_bedrock.request_path(
-        upstream.upstream_model, stream=ctx.stream
+    route = ctx.route
+    assert route is not None
+    operation_path = (
+        anthropic_bedrock.request_path
+        if route.api is RouteApi.BEDROCK_INVOKE
+        else openai_bedrock.request_path
     )
+    model_path = operation_path(upstream.upstream_model, stream=ctx.stream)
+    path = upstream.provider.path_prefix + model_path
     headers = {"content-type": "application/json"}
     headers.update(signer.sign("POST", path, body, headers))
     return RequestPlan(body if changed else None, path, headers)
@@ -454,7 +478,7 @@ def plan_response(
             # Envoy's own reply (provider unreachable, timeout): already shaped by the
             # bootstrap's local_reply_config, not the provider's to translate. In
             # OpenAI's shape: an AWS SDK would read no message and no exception in it.
-            if route.api is RouteApi.BEDROCK_CONVERSE:
+            if route.api in BEDROCK_RUNTIME_APIS:
                 return _bedrock_shaped(status)
             return ResponsePlan(None)
         return _error_plan(ctx, status, headers, kind, content_type)
@@ -485,6 +509,12 @@ def plan_response(
             frames = bedrock_bedrock.ConverseStreamReader(asked_tier=asked)
             return ResponsePlan(frames, streamed=True)
         return ResponsePlan(bedrock_bedrock.ConverseReader())
+    if route.api is RouteApi.BEDROCK_INVOKE:
+        # The tier Bedrock served: in its answer's header, not in Claude's usage.
+        served = headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
+        if streaming:
+            return ResponsePlan(bedrock_invoke.InvokeStreamReader(served_tier=served), True)
+        return ResponsePlan(anthropic_bedrock.MessageReader(served_tier=served))
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(
             streaming=streaming, client_wants_usage=ctx.client_wants_usage
@@ -678,14 +708,14 @@ def _error_plan(
         )
     if (
         route.api in ANTHROPIC_APIS
-        or route.api is RouteApi.BEDROCK_CONVERSE
+        or route.api in BEDROCK_RUNTIME_APIS
         or kind is ProviderType.OPENAI
     ):
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)
         if json_body:
             return ResponsePlan(None)  # already in the client's own error shape
-        if route.api is RouteApi.BEDROCK_CONVERSE:
+        if route.api in BEDROCK_RUNTIME_APIS:
             return _bedrock_shaped(status, f"the provider answered with HTTP {status}")
         shape = ctx.error_shape
         message = f"the provider answered with HTTP {status}"

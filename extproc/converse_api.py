@@ -9,6 +9,13 @@ the body names none, and asks for no stream: the path does. The SDK authenticate
 with a bearer token (``AWS_BEARER_TOKEN_BEDROCK``), which is where the client puts
 its gateway API key; the gateway signs the request with its own AWS credentials.
 
+The same route serves InvokeModel (``/model/{modelId}/invoke``) and its stream
+(``invoke-with-response-stream``) for Claude models, whose body is Anthropic's Messages
+call as Bedrock takes it (boto3's ``invoke_model``, LangChain's ``ChatBedrock``): the
+routing stage gives such a request the route's InvokeModel twin
+(``stages.routing.invoke_route``), whose
+API (``bedrock_invoke``) reads the body as a Messages call.
+
 This module reads what the gateway needs of such a request: which operation the path
 names, whether the body is one Converse accepts in shape (checked before the quota
 counts the request, so a malformed body costs nothing), its prompt as the quota
@@ -29,9 +36,13 @@ from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD
 
 CONVERSE = "converse"
 CONVERSE_STREAM = "converse-stream"
+INVOKE = "invoke"
+INVOKE_STREAM = "invoke-with-response-stream"
+# The operations served, and whether each streams its answer.
+_SERVED = {CONVERSE: False, CONVERSE_STREAM: True, INVOKE: False, INVOKE_STREAM: True}
 # Bedrock Runtime's other model operations: served by Bedrock, not by this route.
 _OTHER_OPERATIONS = frozenset(
-    {"invoke", "invoke-with-response-stream", "count-tokens", "converse-stream-bidirectional"}
+    {"count-tokens", "converse-stream-bidirectional", "invoke-with-bidirectional-stream"}
 )
 _ROLES = frozenset({"user", "assistant"})
 
@@ -43,29 +54,36 @@ class OperationNotServedError(NotFoundError):
 
 
 def operation(path: str) -> tuple[str, bool]:
-    """The model id a Converse path names (decoded) and whether it asks for a stream.
+    """The model id a Bedrock Runtime path names (decoded) and whether it asks for a stream.
 
     The path's last three segments are ``model``, the model id and the operation,
     wherever the route is mounted (the SDKs encode a model id's ``/`` and ``:``, so an
     ARN is one segment).
-    Anything but ``.../{modelId}/converse`` or ``.../{modelId}/converse-stream`` is a 404
-    that says what is served.
+    Anything but ``.../{modelId}/`` followed by ``converse``, ``converse-stream``,
+    ``invoke`` or ``invoke-with-response-stream`` is a 404 that says what is served.
     """
     segments = path.partition("?")[0].rstrip("/").split("/")
     name = segments[-1]
     # Bedrock's paths are /model/{modelId}/{operation}, under any prefix.
     model = segments[-2] if len(segments) > 3 and segments[-3] == "model" else ""
-    if model and name in (CONVERSE, CONVERSE_STREAM):
-        return unquote(model), name == CONVERSE_STREAM
+    if model and name in _SERVED:
+        return unquote(model), _SERVED[name]
     if name in _OTHER_OPERATIONS:
         raise OperationNotServedError(
-            f"this gateway serves Bedrock's Converse and ConverseStream operations, not "
-            f"'{name}'; call converse or converse_stream"
+            f"this gateway serves Bedrock's Converse, ConverseStream, InvokeModel and "
+            f"InvokeModelWithResponseStream operations, not '{name}'"
         )
     raise NotFoundError(
-        "no Bedrock Runtime operation at this path; expected /model/<modelId>/converse "
-        "or /model/<modelId>/converse-stream"
+        "no Bedrock Runtime operation at this path; expected /model/<modelId>/ followed by "
+        "converse, converse-stream, invoke or invoke-with-response-stream"
     )
+
+
+def invokes_model(path: str) -> bool:
+    """Whether a Bedrock Runtime path names InvokeModel or its stream (``operation``
+    checks the rest of the path)."""
+    name = path.partition("?")[0].rstrip("/").rpartition("/")[2]
+    return name in (INVOKE, INVOKE_STREAM)
 
 
 def check_converse_body(body: dict[str, Any], max_messages: int) -> None:

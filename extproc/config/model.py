@@ -293,6 +293,12 @@ class RouteApi(StrEnum):
     # boto3's bedrock-runtime sends it): passed through to Bedrock providers, re-signed
     # with the gateway's AWS credentials; billed by the usage Converse reports.
     BEDROCK_CONVERSE = "bedrock_converse"
+    # Bedrock's InvokeModel (/model/{modelId}/invoke and invoke-with-response-stream) with
+    # Claude's body (Anthropic's Messages API as Bedrock takes it): served by a
+    # bedrock_converse route, which takes Bedrock Runtime's paths under its prefix; not a
+    # route's own api (RouteConfig refuses it). Passed through, re-signed, billed by
+    # Claude's usage.
+    BEDROCK_INVOKE = "bedrock_invoke"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -304,6 +310,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.ANTHROPIC_MESSAGES: ModelKind.CHAT,
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.BEDROCK_CONVERSE: ModelKind.CHAT,
+    RouteApi.BEDROCK_INVOKE: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
@@ -318,6 +325,9 @@ ROUTE_MODEL_KIND = {
 TOKEN_COUNT_APIS = frozenset(
     {RouteApi.ANTHROPIC_COUNT_TOKENS, RouteApi.OPENAI_RESPONSES_INPUT_TOKENS}
 )
+# The client APIs whose body is an Anthropic Messages call (Claude's, on Bedrock's
+# InvokeModel): read, guarded, enriched and capped alike, whatever the envelope.
+MESSAGES_BODY_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.BEDROCK_INVOKE})
 
 
 # The client APIs whose bodies carry no chat messages for enrichment to add to.
@@ -383,6 +393,11 @@ class RouteConfig(_Section):
             raise ValueError("path must start with / and hold no query or fragment")
         if self.model_from_path and self.path_prefix is None:
             raise ValueError("model_from_path needs a path_prefix")
+        if self.api is RouteApi.BEDROCK_INVOKE:
+            raise ValueError(
+                "InvokeModel is served by a bedrock_converse route, under its path_prefix "
+                "(<prefix>/<modelId>/invoke); declare that route instead"
+            )
         if self.api is RouteApi.BEDROCK_CONVERSE and self.path_prefix is None:
             # Converse names its model and operation in the path, under the prefix.
             raise ValueError(

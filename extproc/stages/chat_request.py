@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import check_pair, client_asked_for_usage, plan_request
+from extproc.backends import BEDROCK_RUNTIME_APIS, check_pair, client_asked_for_usage, plan_request
 from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -62,14 +62,14 @@ class ChatRequestStage:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{limits.max_request_body_bytes} bytes"
             )
-        converse = route.api is RouteApi.BEDROCK_CONVERSE
-        if converse:
-            # Converse names its model and its stream in the path, not the body; an
-            # operation the route does not serve is refused before its body is read.
+        bedrock_runtime = route.api in BEDROCK_RUNTIME_APIS
+        if bedrock_runtime:
+            # Bedrock Runtime names its model and its stream in the path, not the body;
+            # an operation the route does not serve is refused before its body is read.
             path_model, streamed = operation(ctx.path)
         parsed = parse_request_body(route.api, body, limits)
         ctx.body = parsed
-        named = path_model if converse else model_outside_body(ctx) or parsed.get("model")
+        named = path_model if bedrock_runtime else model_outside_body(ctx) or parsed.get("model")
         model = route.forced_model or named
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
@@ -96,7 +96,9 @@ class ChatRequestStage:
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
         check_pair(ctx, parsed, upstream)
-        stream = streamed if converse else parsed.get("stream", False)
+        if route.api is RouteApi.BEDROCK_INVOKE:
+            check_chat_messages(parsed, limits.max_messages)  # Claude's, check_pair said
+        stream = streamed if bedrock_runtime else parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
@@ -236,6 +238,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
         parsed = parse_json_object(body, limits.max_json_depth)
         check_converse_body(parsed, limits.max_messages)
         return parsed
+    if api is RouteApi.BEDROCK_INVOKE:
+        # Checked as a Messages body once the model is known to be Claude
+        # (``check_invoke_body``): another model's body has another shape.
+        return parse_json_object(body, limits.max_json_depth)
     parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
     if api is RouteApi.OPENAI_CHAT:
         # The quota reserves the allowance once per choice (``stages.quota``).
@@ -246,6 +252,12 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
 def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict[str, Any]:
     """Parse and validate a chat request body (OpenAI chat completions or Anthropic messages)."""
     parsed = parse_json_object(body, max_depth)
+    check_chat_messages(parsed, max_messages)
+    return parsed
+
+
+def check_chat_messages(parsed: dict[str, Any], max_messages: int) -> None:
+    """Refuse a chat body whose ``messages`` is not a list of objects with a role."""
     messages = checked_messages(parsed.get("messages"), max_messages)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -253,7 +265,6 @@ def parse_chat_body(body: bytes, max_messages: int, max_depth: int = 64) -> dict
                 f"messages[{index}] must be an object with a string 'role'",
                 param=f"messages[{index}]",
             )
-    return parsed
 
 
 def parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:

@@ -85,6 +85,7 @@ _GENERATES = frozenset(
         RouteApi.OPENAI_CHAT,
         RouteApi.ANTHROPIC_MESSAGES,
         RouteApi.BEDROCK_CONVERSE,
+        RouteApi.BEDROCK_INVOKE,
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_RESPONSES_COMPACT,

@@ -40,7 +40,7 @@ import orjson
 
 from extproc.backends import ANTHROPIC_APIS
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
-from extproc.config.model import RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
@@ -204,6 +204,10 @@ class GuardRequestStage:
 _UNGUARDABLE_STREAMS = {
     RouteApi.OPENAI_RESPONSES: ("a streamed Responses API answer", "send it with stream: false"),
     RouteApi.BEDROCK_CONVERSE: ("a ConverseStream answer", "call Converse (converse) instead"),
+    RouteApi.BEDROCK_INVOKE: (
+        "an InvokeModelWithResponseStream answer",
+        "call InvokeModel (invoke_model) instead",
+    ),
 }
 
 
@@ -296,7 +300,9 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     # of the prompt a Messages call sends (a "system" message in `messages` is refused).
     # So does a Responses token count: its count is of the input a /v1/responses call
     # sends. A compaction route takes no enrichment (config.model).
-    anthropic = ctx.route is not None and ctx.route.api in ANTHROPIC_APIS
+    anthropic = ctx.route is not None and (
+        ctx.route.api in ANTHROPIC_APIS or ctx.route.api in MESSAGES_BODY_APIS
+    )
     responses = ctx.route is not None and ctx.route.api in RESPONSES_REQUESTS
     enrich(
         ctx.body,
@@ -323,7 +329,7 @@ class GuardResponseStage:
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return
-        anthropic = route.api is RouteApi.ANTHROPIC_MESSAGES
+        anthropic = route.api in MESSAGES_BODY_APIS
         streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
         completions = route.api is RouteApi.OPENAI_COMPLETIONS
         ctx.response_guard = (
@@ -379,7 +385,7 @@ class GuardResponseStage:
         if not isinstance(answer, dict):
             return None, []
         assert ctx.route is not None
-        if ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
+        if ctx.route.api in MESSAGES_BODY_APIS:
             return answer, anthropic_answer_slots(answer)
         if ctx.route.api in RESPONSES_REQUESTS:
             return answer, responses_answer_slots(answer)

@@ -23,7 +23,7 @@ from extproc import converse_api
 from extproc.backends import ANTHROPIC_APIS
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
-from extproc.config.model import TOKEN_COUNT_APIS, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
@@ -233,7 +233,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
             and bool(_allowance_fields(ctx))
             and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
         )
-    if ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES:
+    if ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS:
         # A thinking budget must stay below the max_tokens the cap may have lowered.
         lowered = cap_thinking(ctx.body) or lowered
     if lowered:
@@ -250,7 +250,7 @@ _LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 1
 
 def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
-    if route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES and ctx.body is not None:
+    if route is not None and route.api in MESSAGES_BODY_APIS and ctx.body is not None:
         # Extended thinking needs room for its least budget (quota.thinking_budget).
         return least_completion(ctx.body)
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
@@ -275,7 +275,7 @@ def _left_before(reservation: Reservation, index: int) -> int:
 def _allowance_field(ctx: RequestContext) -> str:
     """The completion allowance a capped body gets when it names none, in its API."""
     route = ctx.route
-    if route is not None and route.api in ANTHROPIC_APIS:
+    if route is not None and (route.api in ANTHROPIC_APIS or route.api in MESSAGES_BODY_APIS):
         return "max_tokens"
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES:
         return "max_output_tokens"

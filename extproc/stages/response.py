@@ -140,7 +140,9 @@ _ENDS = {
     "anthropic": (b"message_stop", re.compile(rb"[\r\n]event: ?message_stop")),
 }
 # The APIs whose streams end with an event their reader recognises, not a marker.
-_TERMINAL_EVENT_APIS = frozenset({RouteApi.OPENAI_RESPONSES, RouteApi.BEDROCK_CONVERSE})
+_TERMINAL_EVENT_APIS = frozenset(
+    {RouteApi.OPENAI_RESPONSES, RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE}
+)
 # What is kept of what was sent, so a marker split over two chunks counts: one byte
 # short of the longest marker, which therefore never lies whole in it.
 _CARRY = len(b"\nevent: message_stop") - 1

@@ -15,12 +15,15 @@ stays on every host.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from functools import lru_cache
 
 from extproc import headers
 from extproc.agents.stages import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
+from extproc.converse_api import invokes_model
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
 from extproc.runtime import Route, request_host
 from extproc.stages.chat_request import model_outside_body
@@ -50,6 +53,8 @@ class RoutingStage:
         if route is None:
             out.mode_override = SKIP_EVERYTHING
             return
+        if route.api is RouteApi.BEDROCK_CONVERSE and invokes_model(ctx.path):
+            route = invoke_route(route)
         ctx.route = route
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
@@ -96,6 +101,13 @@ class RoutingStage:
                 ctx.lean_from_hints = BodyHints(
                     hints.model if hinted else None, False if buffered else None
                 )
+
+
+@lru_cache(maxsize=64)
+def invoke_route(route: Route) -> Route:
+    """A Bedrock Runtime route's twin for InvokeModel calls: the same route (name, auth,
+    guards, quotas), whose API reads Claude's body (``converse_api``)."""
+    return replace(route, api=RouteApi.BEDROCK_INVOKE)
 
 
 def _route(ctx: RequestContext) -> Route | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 
-from extproc.config.model import RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.stages.partial_usage import usage_if_ended_now
@@ -63,7 +63,7 @@ class TelemetryStage:
         ):
             route = ctx.route
             ctx.content = ContentCapture(
-                anthropic=route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES,
+                anthropic=route is not None and route.api in MESSAGES_BODY_APIS,
                 max_chars=telemetry.log.max_content_chars,
                 responses=route is not None and route.api in RESPONSES_REQUESTS,
                 completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
@@ -139,7 +139,7 @@ class TelemetryStage:
         route = ctx.route
         pattern = (
             _ANTHROPIC_FINISH
-            if route is not None and route.api is RouteApi.ANTHROPIC_MESSAGES
+            if route is not None and route.api in MESSAGES_BODY_APIS
             else _OPENAI_FINISH
         )
         carry = ctx.finish_carry

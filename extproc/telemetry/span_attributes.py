@@ -85,6 +85,7 @@ OPERATIONS = {
     RouteApi.OPENAI_RESPONSES: "chat",
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.BEDROCK_CONVERSE: "chat",
+    RouteApi.BEDROCK_INVOKE: "chat",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
     # The conventions' own value for OpenAI's legacy completions API.

@@ -173,7 +173,7 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         # Claude's message_stop was unwrapped: the answer is whole.
         self._stopped = False
 
-    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._closed:
             return b""  # the client has read the stream's end already
         self._frames.add_data(chunk)

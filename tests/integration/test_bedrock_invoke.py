@@ -1,0 +1,217 @@
+"""Bedrock's InvokeModel with Claude's body through the gateway: boto3's ``invoke_model``
+and ``invoke_model_with_response_stream`` with the gateway as the endpoint and the
+gateway key as the bearer token, over real Envoy (HTTPS), the gateway, embedded Valkey
+and the mock Bedrock, which checks the gateway's SigV4 signature and answers Claude's
+InvokeModel as Bedrock does. The stack is the Converse tests' (HTTPS, a guarded route, a
+hard-capped team2), its fixtures imported: their names as test parameters read to ruff
+as redefinitions."""
+
+# ruff: noqa: F401, F811
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+import pytest
+from botocore.exceptions import ClientError, EventStreamError
+
+from extproc.devstack import LocalStack
+from tests.integration.conftest import GatewayLog, metric, mock_requests, scrape
+from tests.integration.test_bedrock_converse import (
+    CLIENT_KEY,
+    INPUT_PRICE,
+    MODEL,
+    OUTPUT_PRICE,
+    ROUTE,
+    TlsStack,
+    bedrock_client,
+    stack,
+    tls,
+    with_headers,
+)
+
+PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
+
+
+def claude_body(**more: Any) -> str:
+    """An InvokeModel body for Claude, as a boto3 user writes one."""
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 200, "messages": PROMPT}
+    return json.dumps({**body, **more})
+
+
+def invocations(stack: LocalStack) -> list[dict[str, Any]]:
+    return [r for r in mock_requests(stack) if "/invoke" in r["path"]]
+
+
+def events_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Anthropic events of an InvokeModelWithResponseStream answer, as boto3 gives them."""
+    return [json.loads(part["chunk"]["bytes"]) for part in answer["body"]]
+
+
+def request_id(answer: dict[str, Any]) -> str:
+    return str(answer["ResponseMetadata"]["HTTPHeaders"]["x-request-id"])
+
+
+def test_invoke_model_reaches_claude_signed_by_the_gateway_and_is_billed(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = scrape(stack.metrics_url)
+    body = claude_body()
+    answer = bedrock_client(tls, monkeypatch).invoke_model(
+        modelId=MODEL, body=body, contentType="application/json", accept="application/json"
+    )
+
+    message = json.loads(answer["body"].read())
+    assert message["type"] == "message" and message["content"][0]["text"]
+    usage = message["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+
+    upstream = invocations(stack)[-1]
+    assert unquote(upstream["path"]) == f"/model/{MODEL}/invoke"
+    assert upstream["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCK/")
+    # The client's bytes as they came (the mock verified the signature over them).
+    assert upstream["body"] == body
+    assert CLIENT_KEY not in orjson.dumps(upstream).decode()
+
+    [line] = gateway_log.for_request(request_id(answer))
+    assert (line["route"], line["provider"], line["model"]) == (ROUTE, "mock-bedrock", MODEL)
+    assert line["http_status_code"] == 200 and line["outcome"] == "completed"
+    assert line["stream"] is False and line["usage_reported"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+    expected_cost = (
+        usage["input_tokens"] * INPUT_PRICE + usage["output_tokens"] * OUTPUT_PRICE
+    ) / 1e6
+    assert line["cost_usd"] == pytest.approx(expected_cost)
+
+    after = scrape(stack.metrics_url)
+    for kind, count in (("prompt", usage["input_tokens"]), ("completion", usage["output_tokens"])):
+        grown = metric(after, "tokens_consumed_total", model=MODEL, token_type=kind) - metric(
+            before, "tokens_consumed_total", model=MODEL, token_type=kind
+        )
+        assert grown == count
+
+
+def test_the_stream_reaches_the_client_as_bedrocks_frames_and_its_usage_is_billed(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = bedrock_client(tls, monkeypatch).invoke_model_with_response_stream(
+        modelId="haiku", body=claude_body()
+    )
+
+    events = events_of(answer)
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert text
+    prompt = events[0]["message"]["usage"]["input_tokens"]
+    [completion] = [e["usage"]["output_tokens"] for e in events if e["type"] == "message_delta"]
+
+    sent = invocations(stack)[-1]
+    assert unquote(sent["path"]) == f"/model/{MODEL}/invoke-with-response-stream"
+    [line] = gateway_log.for_request(request_id(answer))
+    # Asked for by its alias, billed as the model.
+    assert (line["route"], line["model"], line["stream"]) == (ROUTE, "haiku", True)
+    assert line["outcome"] == "completed" and line["usage_reported"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (prompt, completion)
+
+
+def test_a_stream_the_provider_breaks_off_is_charged_and_the_sdk_sees_bedrocks_error(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = with_headers(bedrock_client(tls, monkeypatch), {"x-mock-fault": "error_after=2"})
+    answer = client.invoke_model_with_response_stream(modelId=MODEL, body=claude_body())
+    with pytest.raises(EventStreamError):
+        events_of(answer)
+
+    [line] = gateway_log.for_request(request_id(answer))
+    # Claude reported its prompt up front; the output is what was generated before the error.
+    assert line["usage_estimated"] is True and line["usage_reported"] is False
+    assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+    assert line["error_code"] == "ModelStreamErrorException"
+    assert "injected by x-mock-fault" in line["error_message"]
+
+
+def test_models_that_are_not_claude_and_bodies_that_are_not_claudes_are_refused(
+    tls: TlsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch)
+    titan = json.dumps({"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 20}})
+    with pytest.raises(ClientError) as refused:
+        client.invoke_model(modelId="amazon.titan-text-express-v1", body=titan)
+    error = refused.value.response
+    assert error["Error"]["Code"] == "ValidationException"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "converse" in error["Error"]["Message"]
+
+    with pytest.raises(ClientError) as malformed:
+        client.invoke_model(modelId=MODEL, body=titan)
+    assert malformed.value.response["Error"]["Code"] == "ValidationException"
+    assert "messages" in malformed.value.response["Error"]["Message"]
+
+
+def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
+    tls: TlsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch, key="team2-key")
+    # The hard-capped budget is shared with the Converse module's tests only by name: a
+    # stack of its own (this module's) starts with the whole budget.
+    first = client.invoke_model(modelId=MODEL, body=claude_body(max_tokens=4000))
+    sent = orjson.loads(invocations(tls.stack)[-1]["body"])
+    assert 0 < sent["max_tokens"] < 120
+    assert json.loads(first["body"].read())["usage"]["output_tokens"] <= sent["max_tokens"]
+
+    with pytest.raises(ClientError) as throttled:
+        for _ in range(20):
+            client.invoke_model(modelId=MODEL, body=claude_body())
+    assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+
+
+def test_a_guarded_route_masks_the_prompt_and_the_answer_and_refuses_streams(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch, prefix="/guarded")
+    reply = ["Write to ", "bob@example.com", " today."]
+    scripted = with_headers(client, {"x-mock-reply": orjson.dumps(reply).decode()})
+    prompt = [{"role": "user", "content": "I am jane@example.com, hi"}]
+
+    answer = scripted.invoke_model(
+        modelId=MODEL, body=claude_body(messages=prompt, system="Reply to jane@example.com")
+    )
+
+    sent = orjson.loads(invocations(tls.stack)[-1]["body"])
+    assert "jane@example.com" not in orjson.dumps(sent).decode()
+    assert sent["messages"][0]["content"].startswith("I am ")
+    message = json.loads(answer["body"].read())
+    text = message["content"][0]["text"]
+    assert text.startswith("Write to ") and "bob@example.com" not in text
+    [line] = gateway_log.for_request(request_id(answer))
+    assert {(d["guard"], d["action"]) for d in line["guardrails"]} >= {
+        ("pii-in", "mask"),
+        ("pii-out", "mask"),
+    }
+
+    # Its event stream is not read by the stream guard: refused, before any provider.
+    with pytest.raises(ClientError) as refused:
+        client.invoke_model_with_response_stream(modelId=MODEL, body=claude_body())
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert "invoke_model" in refused.value.response["Error"]["Message"]
+
+
+def test_the_client_may_send_the_body_as_bytes_in_any_key_order(
+    tls: TlsStack, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LangChain's ChatBedrock and others send bytes; the gateway signs them as they came.
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, ' + (
+        b'"anthropic_version": "bedrock-2023-05-31"}'
+    )
+    answer = bedrock_client(tls, monkeypatch).invoke_model(modelId=MODEL, body=body)
+    assert json.loads(answer["body"].read())["stop_reason"]
+    recorded = invocations(stack)[-1]["body"]
+    assert base64.b64encode(recorded.encode()) == base64.b64encode(body)
