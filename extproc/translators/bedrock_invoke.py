@@ -14,8 +14,9 @@ the frames' CRCs as it would from AWS. The gateway only reads, to bill the reque
   client the frames, not the SSE it unwrapped. Claude's ``message_stop`` ends the answer
   (``terminal_event_read``). An exception frame is recorded as the stream's failure,
   named as the Converse pass-through names it (``ModelStreamErrorException``: the name the
-  client's SDK raises, not the Anthropic error type it maps to), and passed on. A stream that ends before ``message_stop`` is
-  charged as a cut one, from the prompt estimate and the text it carried.
+  client's SDK raises, not the Anthropic error type it maps to), and passed on. A stream
+  that ends before ``message_stop`` is charged as a cut one, from the prompt Claude
+  reported (else the estimate) and the text it carried.
 """
 
 from __future__ import annotations
