@@ -30,6 +30,10 @@ The pairs the gateway serves:
 - Anthropic count_tokens -> ``anthropic``: model renamed, sent to the provider's
   ``/messages/count_tokens``; its ``{"input_tokens": N}`` passes through unread (a
   count generates nothing: no usage, no cost).
+- Anthropic count_tokens -> ``bedrock`` (Claude models only):
+  ``anthropic_bedrock_count`` + SigV4: CountTokens with the InvokeModel body the
+  Messages call would send; ``{"inputTokens": N}`` becomes ``{"input_tokens": N}``,
+  read as no usage.
 - Bedrock Converse -> ``bedrock``: the client's body as it came (the model is in the
   path: the provider's id for it), signed with the gateway's AWS credentials; the
   answer, JSON or event stream, passes through unchanged, its usage read
@@ -75,6 +79,7 @@ from extproc.runtime import Upstream
 from extproc.translators import (
     anthropic_anthropic,
     anthropic_bedrock,
+    anthropic_bedrock_count,
     bedrock_bedrock,
     bedrock_cohere_embeddings,
     bedrock_embeddings,
@@ -159,6 +164,8 @@ def plan_request(
     if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.BEDROCK:
         ctx.client_wants_usage = True  # Claude's streams carry usage on Bedrock too
         return _claude_on_bedrock_request(ctx, parsed, upstream)
+    if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS and kind is ProviderType.BEDROCK:
+        return _claude_count_on_bedrock_request(ctx, parsed, upstream)
     if route.api in ANTHROPIC_APIS and kind is ProviderType.ANTHROPIC:
         ctx.client_wants_usage = True  # Anthropic streams always carry usage
         rewritten = anthropic_anthropic.prepare_request(parsed, upstream.upstream_model)
@@ -372,19 +379,9 @@ def _bedrock_runtime_request(
 
 def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
     """Anthropic's API reaches Bedrock's Claude models alone (InvokeModel with
-    Anthropic's body), and Messages calls alone: a token count has no such operation.
-    A model id that hides its model (an application inference profile's ARN, a
-    provisioned model's) is Bedrock's to check: it refuses another model's."""
-    route = ctx.route
-    assert route is not None
-    if route.api is not RouteApi.ANTHROPIC_MESSAGES:
-        raise _no_such_api(
-            ctx,
-            ProviderType.BEDROCK,
-            "token count in Anthropic's shape",
-            "count with the Messages call's usage, or send Claude models of an "
-            "anthropic provider here",
-        )
+    Anthropic's body; CountTokens with that body for a token count). A model id that
+    hides its model (an application inference profile's ARN, a provisioned model's) is
+    Bedrock's to check: it refuses another model's."""
     if not anthropic_bedrock.may_run_claude(upstream.upstream_model):
         raise BadRequestError(
             f"model '{ctx.model}' is a Bedrock model that does not speak Anthropic's "
@@ -407,6 +404,24 @@ def _claude_on_bedrock_request(
     body = _json(translated)
     path = upstream.provider.path_prefix + anthropic_bedrock.request_path(
         upstream.upstream_model, stream=ctx.stream
+    )
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    headers.update(signer.sign("POST", path, body, headers))
+    return RequestPlan(body, path, headers)
+
+
+def _claude_count_on_bedrock_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
+) -> RequestPlan:
+    """An Anthropic token count for Claude on Bedrock: CountTokens with the InvokeModel
+    body the Messages call would send, signed with the provider's AWS credentials."""
+    signer = _signer(upstream)
+    translated = anthropic_bedrock_count.translate_request(
+        parsed, ctx.request_headers.get("anthropic-beta"), upstream.provider.anthropic_betas
+    )
+    body = _json(translated)
+    path = upstream.provider.path_prefix + anthropic_bedrock_count.request_path(
+        upstream.upstream_model
     )
     headers = {"content-type": "application/json", "accept": "application/json"}
     headers.update(signer.sign("POST", path, body, headers))
@@ -486,6 +501,11 @@ def plan_response(
         content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
     )
     created = int(ctx.started_wall)
+    if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS and kind is ProviderType.BEDROCK:
+        # Bedrock's {"inputTokens": N} as Anthropic's count, read as no usage either.
+        counted = anthropic_bedrock_count.CountTranslator()
+        json_headers = {"content-type": "application/json"}
+        return ResponsePlan(counted, set_headers=json_headers, remove_headers=["content-length"])
     if route.api in TOKEN_COUNT_APIS:
         # {"input_tokens": N} is a count, not usage: read as usage it would be billed
         # and counted in aigw_tokens_consumed_total for tokens nobody generated.

@@ -15,7 +15,8 @@ still reach the right endpoint. ``POST .../moderations`` answers like OpenAI's m
 endpoint (see ``moderation_api``), ``POST .../embeddings`` like OpenAI's embeddings endpoint (see
 ``embeddings_api``) and ``POST .../model/{modelId}/invoke`` like Bedrock's InvokeModel for
 Titan and Cohere embeddings (see ``bedrock_embeddings``) and Claude, whose stream
-``.../invoke-with-response-stream`` serves too (see ``bedrock_anthropic``); header
+``.../invoke-with-response-stream`` serves too (see ``bedrock_anthropic``), as does
+Bedrock's CountTokens for Claude, ``POST .../model/{modelId}/count-tokens``; header
 ``x-mock-reply`` chooses the reply (see ``scripted``). The Responses API responses it
 creates are kept and served back (``GET`` / ``DELETE .../responses/{id}``,
 ``GET .../responses/{id}/input_items``, ``POST .../responses/{id}/cancel``; see
@@ -162,6 +163,8 @@ class _MockApp:
             return {"POST": self.bedrock.invoke}
         if path.endswith("/invoke-with-response-stream"):
             return {"POST": self.bedrock.invoke_with_response_stream}
+        if path.endswith("/count-tokens"):
+            return {"POST": self.bedrock.count_tokens}
         # Last: its pattern, .../responses/{id}, also fits the create endpoints' paths above.
         return self.stored_responses.routes(path)
 

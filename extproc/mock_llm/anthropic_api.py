@@ -68,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -510,16 +510,21 @@ def count_request_tokens(body: Body) -> int:
             raise InvalidRequestError(f"{field}: Extra inputs are not permitted")
     _check_turn_text(messages)
     _check_tool_results(messages)
-    _tools(doc)
-    return input_token_count(messages, _check_system(doc.get("system")))
+    tools, _ = _tools(doc)
+    return input_token_count(messages, _check_system(doc.get("system")), tools)
 
 
-def input_token_count(messages: list[dict[str, Any]], system: str | None) -> int:
-    """The prompt's input tokens: the messages, and the system prompt as one more message."""
+def input_token_count(
+    messages: list[dict[str, Any]], system: str | None, tools: Iterable[Mapping[str, Any]] = ()
+) -> int:
+    """The prompt's input tokens: the messages, the system prompt as one more message, and
+    the tool definitions, each the tokens of its JSON text (Claude reads them as part of
+    its prompt, and bills them so: a count that left them out could not tell a body that
+    carries them from one that does not)."""
     tokens = prompt_tokens(messages)
     if system is not None:
         tokens += count_tokens(system) + MESSAGE_OVERHEAD_TOKENS
-    return tokens
+    return tokens + sum(count_tokens(orjson.dumps(tool).decode()) for tool in tools)
 
 
 def parse_messages_request(body: Body, api_version: str | None = None) -> MessagesRequest:
@@ -700,7 +705,7 @@ def _forced_calls(req: MessagesRequest) -> tuple[ToolCall, ...]:
 
 
 def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
-    input_tokens = input_token_count(req.messages, req.system)
+    input_tokens = input_token_count(req.messages, req.system, req.tools)
     cached = fault.cached_part(input_tokens)
     calls = _forced_calls(req)
     if calls:

@@ -1,5 +1,5 @@
 """Claude on Bedrock's InvokeModel and InvokeModelWithResponseStream: Anthropic's Messages API
-in Bedrock's envelope.
+in Bedrock's envelope; and CountTokens for Claude.
 
 ``bedrock_api.BedrockEndpoints`` owns the HTTP side (SigV4, faults, AWS-shaped errors, the
 writes); this module owns what differs from Anthropic's own API, and takes the rest from
@@ -14,6 +14,11 @@ strings). Bedrock's schema check comes first and names every rule broken, in its
 [model] is not permitted, please reformat your input and try again.``; another
 ``anthropic_version`` is "Invalid API version: ...".
 Then Anthropic's own checks, whose messages Bedrock passes on as they are.
+
+CountTokens (``POST .../model/{modelId}/count-tokens``, served by ``bedrock_api``) counts
+an InvokeModel body (``count_claude_tokens``): the same checks as InvokeModel's, then
+the ``usage.input_tokens`` InvokeModel would report for that body (no cache read or
+written: a count touches no cache).
 
 The JSON answer is Anthropic's Message, as Bedrock relays it: the model named as Anthropic
 names it (``claude-3-haiku-20240307`` for ``anthropic.claude-3-haiku-20240307-v1:0``, also
@@ -50,6 +55,7 @@ from extproc.mock_llm.anthropic_api import (
     Reply,
     build_reply,
     cache_writes,
+    input_token_count,
     parse_messages_request,
     scripted_anthropic_reply,
 )
@@ -127,6 +133,14 @@ def parse_claude_request(model_name: str, body: Body) -> MessagesRequest:
     except InvalidRequestError as exc:
         # Bedrock passes the model's refusal on in its own words.
         raise MalformedInputError(str(exc)) from None
+
+
+def count_claude_tokens(model_name: str, body: Body) -> int:
+    """CountTokens' count of an InvokeModel body for Claude: the ``usage.input_tokens``
+    InvokeModel reports for it. Raises MalformedInputError (a ValidationException) for a
+    body InvokeModel refuses, ``max_tokens`` missing included."""
+    req = parse_claude_request(model_name, body)
+    return input_token_count(req.messages, req.system, req.tools)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,17 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   each its own write; ``message_stop`` carries Bedrock's invocation metrics. With the
   ``error_after`` fault, a ``modelStreamErrorException`` replaces the rest after that many
   deltas, as in ConverseStream.
+- ``POST .../model/{modelId}/count-tokens``: CountTokens, for Claude: ``{"input":
+  {"invokeModel": {"body": "<base64 of an InvokeModel body>"}}}`` answers
+  ``{"inputTokens": N}``, N being the ``usage.input_tokens`` InvokeModel reports for that
+  body (``bedrock_anthropic.count_claude_tokens``), which must pass InvokeModel's checks
+  (``max_tokens`` included); ``{"input": {"converse": {"messages", "system",
+  "toolConfig"...}}}`` answers the ``usage.inputTokens`` Converse reports for those
+  messages. ``input`` must hold exactly one of the two, and ``body`` be base64: a
+  ValidationException otherwise. Another model is a ValidationException, "The provided
+  model doesn't support counting tokens." (one missing from ``models``: "The provided
+  model identifier is invalid."). Faults: ``status``, ``delay``, ``reset_after`` and
+  ``garbage`` as for InvokeModel.
 
 ``modelId`` is the URL-encoded path segment (``anthropic.claude-3-haiku-20240307-v1%3A0``): a
 model or inference profile id, or the ARN of either (``...:foundation-model/<id>``,
@@ -117,6 +128,7 @@ from extproc.mock_llm.bedrock_anthropic import (
     ClaudeInvocation,
     chunk_message,
     claude_model_name,
+    count_claude_tokens,
     invoke_claude,
     stream_cut,
 )
@@ -137,7 +149,7 @@ from extproc.mock_llm.bedrock_embeddings import (
 )
 from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
 from extproc.mock_llm.eventstream import encode_event, encode_exception
-from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
 from extproc.mock_llm.tokens import (
@@ -903,6 +915,46 @@ def model_of_identifier(model_id: str) -> str | None:
     return resource_id if resource_type in _MODEL_ARN_RESOURCES else None
 
 
+# --- CountTokens -------------------------------------------------------------------------------
+
+COUNT_TOKENS = "count-tokens"
+# The members of CountTokens' ``input`` union (botocore's CountTokensInput).
+_COUNT_INPUT_MEMBERS = ("invokeModel", "converse")
+NOT_COUNTABLE_MESSAGE = "The provided model doesn't support counting tokens."
+INVALID_MODEL_MESSAGE = "The provided model identifier is invalid."
+
+
+def count_input(body: Body) -> tuple[str, dict[str, Any]]:
+    """The one member of a CountTokens body's ``input`` union, and its name; raises
+    AwsError (a ValidationException) as Bedrock refuses a malformed one."""
+    doc = body.json if body.is_json and isinstance(body.json, dict) else {}
+    value = doc.get("input")
+    if value is None:
+        raise _constraint("input", "Member must not be null")
+    kinds = ", ".join(_COUNT_INPUT_MEMBERS)
+    kind, member = _union_member(value, "input", kinds)
+    if kind not in _COUNT_INPUT_MEMBERS:
+        raise _constraint("input", f"Member must be an object with exactly one of {kinds}")
+    if not isinstance(member, dict):
+        raise _constraint(f"input.{kind}", "Member must be an object")
+    return kind, member
+
+
+def invoke_model_body(member: dict[str, Any]) -> Body:
+    """The InvokeModel body an ``invokeModel`` member carries (a REST-JSON blob: base64)."""
+    encoded = member.get("body")
+    where = "input.invokeModel.body"
+    if encoded is None:
+        raise _constraint(where, "Member must not be null")
+    if not isinstance(encoded, str):
+        raise _constraint(where, "Member must be a base64-encoded string")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise _invalid(f"Malformed input request: {where} is not valid base64.") from None
+    return Body.parse(raw)
+
+
 # --- Replies -----------------------------------------------------------------------------------
 
 
@@ -1230,6 +1282,50 @@ class BedrockEndpoints:
         if model_id is None or model is None or not self._known_model(model_id):
             return None
         return claude_model_name(model)
+
+    async def count_tokens(self, request: web.Request, body: Body) -> web.StreamResponse:
+        """CountTokens, for Claude: SigV4 and faults as for InvokeModel, the count its
+        InvokeModel (or Converse) would report for the body in the ``input`` union."""
+        request_id = str(uuid.uuid4())
+        try:
+            fault = await self._precheck(request, body)
+            model_id, model = self._countable_model(request)
+            kind, member = count_input(body)
+            if kind == "invokeModel":
+                tokens = count_claude_tokens(model, invoke_model_body(member))
+            else:
+                tokens = self._converse_count(model_id, member)
+        except MalformedInputError as exc:
+            return error_response(400, "ValidationException", str(exc), request_id=request_id)
+        except AwsError as exc:
+            return error_response(exc.status, exc.code, exc.message, request_id=request_id)
+        if fault.reset_after is not None:
+            return _abort(request)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=headers)
+        return web.Response(body=orjson.dumps({"inputTokens": tokens}), headers=headers)
+
+    def _countable_model(self, request: web.Request) -> tuple[str, str]:
+        """The model id the path names and its Claude model's Anthropic name; raises
+        AwsError for a model this mock does not serve, or cannot count."""
+        model_id = model_id_from_target(request.raw_path, COUNT_TOKENS)
+        model = model_of_identifier(model_id) if model_id is not None else None
+        if model_id is None or model is None or not self._known_model(model_id):
+            raise _invalid(INVALID_MODEL_MESSAGE)
+        name = claude_model_name(model)
+        if name is None:
+            raise _invalid(NOT_COUNTABLE_MESSAGE)
+        return model_id, name
+
+    @staticmethod
+    def _converse_count(model_id: str, member: dict[str, Any]) -> int:
+        """The ``usage.inputTokens`` Converse reports for the member's messages, checked
+        as Converse checks them."""
+        converse = parse_converse_request(model_id, Body(orjson.dumps(member), True, member))
+        check_model_rules(model_id, member, stream=False)
+        tokens: int = build_reply(converse, NO_FAULT).usage()["inputTokens"]
+        return tokens
 
     async def _invoke_claude(
         self, request: web.Request, body: Body, *, stream: bool
