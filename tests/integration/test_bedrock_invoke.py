@@ -15,6 +15,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
+import anthropic
 import orjson
 import pytest
 from botocore.exceptions import ClientError, EventStreamError
@@ -215,3 +216,37 @@ def test_the_client_may_send_the_body_as_bytes_in_any_key_order(
     assert json.loads(answer["body"].read())["stop_reason"]
     recorded = invocations(stack)[-1]["body"]
     assert base64.b64encode(recorded.encode()) == base64.b64encode(body)
+
+
+def test_anthropics_bedrock_client_reaches_claude_through_the_gateway(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # anthropic's AnthropicBedrock: the gateway as its Bedrock endpoint, the gateway key
+    # as its Bedrock API key. It sends its own API version unless the body names
+    # Bedrock's (docs/mock-llm.md).
+    version = {"anthropic_version": "bedrock-2023-05-31"}
+    with anthropic.DefaultHttpxClient(verify=str(tls.ca), timeout=30.0) as http:
+        client = anthropic.AnthropicBedrock(
+            base_url=tls.url,
+            api_key=CLIENT_KEY,
+            aws_region="us-east-1",
+            http_client=http,
+            max_retries=0,
+        )
+        message = client.messages.create(
+            model=MODEL, max_tokens=100, messages=PROMPT, extra_body=version
+        )
+        with client.messages.stream(
+            model="haiku", max_tokens=100, messages=PROMPT, extra_body=version
+        ) as stream:
+            streamed = stream.get_final_message()
+
+    assert message.content[0].type == "text" and message.content[0].text
+    assert streamed.usage.output_tokens > 0
+    [plain, flowing] = invocations(stack)[-2:]
+    assert unquote(plain["path"]) == f"/model/{MODEL}/invoke"
+    assert unquote(flowing["path"]) == f"/model/{MODEL}/invoke-with-response-stream"
+    assert CLIENT_KEY not in orjson.dumps([plain, flowing]).decode()
+    lines = [line for line in gateway_log.lines() if line.get("route") == ROUTE][-2:]
+    assert [line["stream"] for line in lines] == [False, True]
+    assert lines[1]["completion_tokens"] == streamed.usage.output_tokens
