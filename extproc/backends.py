@@ -60,6 +60,7 @@ from typing import Any
 
 import orjson
 
+from extproc import bedrock_count_tokens
 from extproc.config.model import TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import RequestContext, Usage
 from extproc.errors import (
@@ -102,7 +103,9 @@ ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
 ANTHROPIC_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.ANTHROPIC_COUNT_TOKENS})
 # The client APIs of Bedrock Runtime's own operations (Converse, InvokeModel): passed
 # through to Bedrock, their errors in its shape.
-BEDROCK_RUNTIME_APIS = frozenset({RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE})
+BEDROCK_RUNTIME_APIS = frozenset(
+    {RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE, RouteApi.BEDROCK_COUNT_TOKENS}
+)
 # Where Anthropic counts a Messages body's tokens, under its Messages path.
 COUNT_TOKENS_SUFFIX = "/count_tokens"
 # Where an OpenAI-compatible provider serves each endpoint that takes a Responses body.
@@ -228,15 +231,14 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         if kind is ProviderType.BEDROCK:
             _check_claude_on_bedrock(ctx, upstream)
         served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK)
-    elif route.api is RouteApi.BEDROCK_CONVERSE:
+    elif route.api in BEDROCK_RUNTIME_APIS:
         served = kind is ProviderType.BEDROCK
-    elif route.api is RouteApi.BEDROCK_INVOKE:
-        served = kind is ProviderType.BEDROCK
-        if served and not anthropic_bedrock.may_run_claude(upstream.upstream_model):
+        claude = _claude_body(route.api, parsed)
+        if served and claude and not anthropic_bedrock.may_run_claude(upstream.upstream_model):
             raise BadRequestError(
                 f"model '{ctx.model}' is not a Claude model: this gateway serves InvokeModel "
                 "with Claude's body only (each other model family has a body of its own); "
-                "call converse or converse_stream for it",
+                "call converse or converse_stream for it (count the converse form)",
                 param="modelId",
                 code="unsupported_model_for_route",
             )
@@ -361,20 +363,37 @@ def _bedrock_runtime_request(
     if kind is not ProviderType.BEDROCK:
         raise _unsupported(ctx, kind)
     signer = _signer(upstream)
-    changed = ctx.body_changed or not raw
-    body = _json(parsed) if changed else raw
     route = ctx.route
     assert route is not None
-    operation_path = (
-        anthropic_bedrock.request_path
-        if route.api is RouteApi.BEDROCK_INVOKE
-        else openai_bedrock.request_path
-    )
-    model_path = operation_path(upstream.upstream_model, stream=ctx.stream)
+    changed = ctx.body_changed or not raw
+    if route.api is RouteApi.BEDROCK_COUNT_TOKENS:
+        # The counted InvokeModel body was decoded for the guards: its bytes again.
+        body = _json(bedrock_count_tokens.encoded(parsed)) if changed else raw
+        model_path = anthropic_bedrock_count.request_path(upstream.upstream_model)
+    else:
+        body = _json(parsed) if changed else raw
+        operation_path = (
+            anthropic_bedrock.request_path
+            if route.api is RouteApi.BEDROCK_INVOKE
+            else openai_bedrock.request_path
+        )
+        model_path = operation_path(upstream.upstream_model, stream=ctx.stream)
     path = upstream.provider.path_prefix + model_path
     headers = {"content-type": "application/json"}
     headers.update(signer.sign("POST", path, body, headers))
     return RequestPlan(body if changed else None, path, headers)
+
+
+def _claude_body(api: RouteApi, parsed: dict[str, Any]) -> bool:
+    """Whether a Bedrock Runtime request carries Claude's body, which only Claude models
+    take: InvokeModel's, or the invokeModel member of a count (the one InvokeModel body
+    the gateway reads, for its guards)."""
+    if api is RouteApi.BEDROCK_INVOKE:
+        return True
+    if api is RouteApi.BEDROCK_COUNT_TOKENS:
+        member, _ = bedrock_count_tokens.counted_request(parsed)
+        return member == bedrock_count_tokens.INVOKE_MODEL
+    return False
 
 
 def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:

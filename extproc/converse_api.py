@@ -13,7 +13,7 @@ The same route serves InvokeModel (``/model/{modelId}/invoke``) and its stream
 (``invoke-with-response-stream``) for Claude models, whose body is Anthropic's Messages
 call as Bedrock takes it (boto3's ``invoke_model``, LangChain's ``ChatBedrock``): the
 routing stage gives such a request the route's InvokeModel twin
-(``stages.routing.invoke_route``), whose
+(``stages.routing.operation_route``), whose
 API (``bedrock_invoke``) reads the body as a Messages call.
 
 This module reads what the gateway needs of such a request: which operation the path
@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from extproc.config.model import RouteApi
 from extproc.errors import BadRequestError, NotFoundError
 from extproc.guardrails.converse_text import estimate_chars
 from extproc.input_limits import checked_messages
@@ -38,12 +39,23 @@ CONVERSE = "converse"
 CONVERSE_STREAM = "converse-stream"
 INVOKE = "invoke"
 INVOKE_STREAM = "invoke-with-response-stream"
+COUNT_TOKENS = "count-tokens"
 # The operations served, and whether each streams its answer.
-_SERVED = {CONVERSE: False, CONVERSE_STREAM: True, INVOKE: False, INVOKE_STREAM: True}
+_SERVED = {
+    CONVERSE: False,
+    CONVERSE_STREAM: True,
+    INVOKE: False,
+    INVOKE_STREAM: True,
+    COUNT_TOKENS: False,
+}
+# The API of each operation that is not Converse (stages.routing gives the request it).
+_OPERATION_APIS = {
+    INVOKE: RouteApi.BEDROCK_INVOKE,
+    INVOKE_STREAM: RouteApi.BEDROCK_INVOKE,
+    COUNT_TOKENS: RouteApi.BEDROCK_COUNT_TOKENS,
+}
 # Bedrock Runtime's other model operations: served by Bedrock, not by this route.
-_OTHER_OPERATIONS = frozenset(
-    {"count-tokens", "converse-stream-bidirectional", "invoke-with-bidirectional-stream"}
-)
+_OTHER_OPERATIONS = frozenset({"converse-stream-bidirectional", "invoke-with-bidirectional-stream"})
 _ROLES = frozenset({"user", "assistant"})
 
 
@@ -70,20 +82,21 @@ def operation(path: str) -> tuple[str, bool]:
         return unquote(model), _SERVED[name]
     if name in _OTHER_OPERATIONS:
         raise OperationNotServedError(
-            f"this gateway serves Bedrock's Converse, ConverseStream, InvokeModel and "
-            f"InvokeModelWithResponseStream operations, not '{name}'"
+            f"this gateway serves Bedrock's Converse, ConverseStream, InvokeModel, "
+            f"InvokeModelWithResponseStream and CountTokens operations, not '{name}'"
         )
     raise NotFoundError(
         "no Bedrock Runtime operation at this path; expected /model/<modelId>/ followed by "
-        "converse, converse-stream, invoke or invoke-with-response-stream"
+        "converse, converse-stream, invoke, invoke-with-response-stream or count-tokens"
     )
 
 
-def invokes_model(path: str) -> bool:
-    """Whether a Bedrock Runtime path names InvokeModel or its stream (``operation``
-    checks the rest of the path)."""
+def operation_api(path: str) -> RouteApi | None:
+    """The API of the operation a Bedrock Runtime path names when it is not Converse:
+    InvokeModel (either) or CountTokens; None for Converse and anything else, which
+    ``operation`` takes or refuses."""
     name = path.partition("?")[0].rstrip("/").rpartition("/")[2]
-    return name in (INVOKE, INVOKE_STREAM)
+    return _OPERATION_APIS.get(name)
 
 
 def check_converse_body(body: dict[str, Any], max_messages: int) -> None:

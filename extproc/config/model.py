@@ -299,6 +299,10 @@ class RouteApi(StrEnum):
     # route's own api (RouteConfig refuses it). Passed through, re-signed, billed by
     # Claude's usage.
     BEDROCK_INVOKE = "bedrock_invoke"
+    # Bedrock's CountTokens (/model/{modelId}/count-tokens): a count of a Converse or
+    # InvokeModel request, served by a bedrock_converse route likewise; as Anthropic's
+    # count_tokens, nothing is generated, billed or reserved.
+    BEDROCK_COUNT_TOKENS = "bedrock_count_tokens"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -311,6 +315,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.BEDROCK_CONVERSE: ModelKind.CHAT,
     RouteApi.BEDROCK_INVOKE: ModelKind.CHAT,
+    RouteApi.BEDROCK_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
@@ -323,8 +328,15 @@ ROUTE_MODEL_KIND = {
 # The client APIs that count a prompt's tokens: they generate nothing, so they are never
 # billed and reserve no quota tokens (one request for request-rate limits).
 TOKEN_COUNT_APIS = frozenset(
-    {RouteApi.ANTHROPIC_COUNT_TOKENS, RouteApi.OPENAI_RESPONSES_INPUT_TOKENS}
+    {
+        RouteApi.ANTHROPIC_COUNT_TOKENS,
+        RouteApi.OPENAI_RESPONSES_INPUT_TOKENS,
+        RouteApi.BEDROCK_COUNT_TOKENS,
+    }
 )
+# The APIs of a bedrock_converse route's own operations beside Converse: given to a
+# request by its path (stages.routing), never a route's own api.
+BEDROCK_OPERATION_APIS = frozenset({RouteApi.BEDROCK_INVOKE, RouteApi.BEDROCK_COUNT_TOKENS})
 # The client APIs whose body is an Anthropic Messages call (Claude's, on Bedrock's
 # InvokeModel): read, guarded, enriched and capped alike, whatever the envelope.
 MESSAGES_BODY_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.BEDROCK_INVOKE})
@@ -393,10 +405,10 @@ class RouteConfig(_Section):
             raise ValueError("path must start with / and hold no query or fragment")
         if self.model_from_path and self.path_prefix is None:
             raise ValueError("model_from_path needs a path_prefix")
-        if self.api is RouteApi.BEDROCK_INVOKE:
+        if self.api in BEDROCK_OPERATION_APIS:
             raise ValueError(
-                "InvokeModel is served by a bedrock_converse route, under its path_prefix "
-                "(<prefix>/<modelId>/invoke); declare that route instead"
+                "InvokeModel and CountTokens are served by a bedrock_converse route, under "
+                "its path_prefix (<prefix>/<modelId>/invoke); declare that route instead"
             )
         if self.api is RouteApi.BEDROCK_CONVERSE and self.path_prefix is None:
             # Converse names its model and operation in the path, under the prefix.

@@ -19,6 +19,7 @@ import orjson
 
 from extproc import headers
 from extproc.backends import BEDROCK_RUNTIME_APIS, check_pair, client_asked_for_usage, plan_request
+from extproc.bedrock_count_tokens import check_count_body
 from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -237,6 +238,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.BEDROCK_CONVERSE:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_converse_body(parsed, limits.max_messages)
+        return parsed
+    if api is RouteApi.BEDROCK_COUNT_TOKENS:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_count_body(parsed, limits.max_messages, limits.max_json_depth)
         return parsed
     if api is RouteApi.BEDROCK_INVOKE:
         # Checked as a Messages body once the model is known to be Claude

@@ -39,8 +39,9 @@ from typing import Any
 import orjson
 
 from extproc.backends import ANTHROPIC_APIS
+from extproc.bedrock_count_tokens import CONVERSE, counted_request
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
-from extproc.config.model import MESSAGES_BODY_APIS, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
@@ -232,6 +233,12 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
         return completion_request_slots(ctx.body)
     if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
         return converse_request_slots(ctx.body)
+    if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
+        # The counted request's text reaches the provider as the request's would.
+        member, counted = counted_request(ctx.body)
+        if member == CONVERSE:
+            return converse_request_slots(counted)
+        return request_slots(counted)
     return request_slots(ctx.body)
 
 
@@ -300,17 +307,21 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     # of the prompt a Messages call sends (a "system" message in `messages` is refused).
     # So does a Responses token count: its count is of the input a /v1/responses call
     # sends. A compaction route takes no enrichment (config.model).
-    anthropic = ctx.route is not None and (
-        ctx.route.api in ANTHROPIC_APIS or ctx.route.api in MESSAGES_BODY_APIS
-    )
-    responses = ctx.route is not None and ctx.route.api in RESPONSES_REQUESTS
+    # A Bedrock count is of its counted request, enriched as that request would be.
+    api = ctx.route.api if ctx.route is not None else None
+    body = ctx.body
+    converse = api is RouteApi.BEDROCK_CONVERSE
+    anthropic = api in ANTHROPIC_APIS or api in MESSAGES_BODY_APIS
+    if api is RouteApi.BEDROCK_COUNT_TOKENS:
+        member, body = counted_request(ctx.body)
+        converse, anthropic = member == CONVERSE, member != CONVERSE
     enrich(
-        ctx.body,
+        body,
         guards.enrichment,
         template_values(ctx),
         anthropic=anthropic,
-        responses=responses,
-        converse=ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE,
+        responses=api in RESPONSES_REQUESTS,
+        converse=converse,
     )
     ctx.body_changed = True
 
@@ -324,8 +335,8 @@ class GuardResponseStage:
         route = ctx.route
         if route is None or not ctx.accounted or ctx.response_status >= 300:
             return
-        if route.api is RouteApi.OPENAI_EMBEDDINGS:
-            return  # vectors: no text to guard
+        if route.api is RouteApi.OPENAI_EMBEDDINGS or route.api in TOKEN_COUNT_APIS:
+            return  # vectors, a count: no text to guard
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return

@@ -23,7 +23,7 @@ from extproc.agents.stages import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
-from extproc.converse_api import invokes_model
+from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
 from extproc.runtime import Route, request_host
 from extproc.stages.chat_request import model_outside_body
@@ -53,8 +53,10 @@ class RoutingStage:
         if route is None:
             out.mode_override = SKIP_EVERYTHING
             return
-        if route.api is RouteApi.BEDROCK_CONVERSE and invokes_model(ctx.path):
-            route = invoke_route(route)
+        if route.api is RouteApi.BEDROCK_CONVERSE:
+            api = operation_api(ctx.path)
+            if api is not None:
+                route = operation_route(route, api)
         ctx.route = route
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
@@ -104,10 +106,11 @@ class RoutingStage:
 
 
 @lru_cache(maxsize=64)
-def invoke_route(route: Route) -> Route:
-    """A Bedrock Runtime route's twin for InvokeModel calls: the same route (name, auth,
-    guards, quotas), whose API reads Claude's body (``converse_api``)."""
-    return replace(route, api=RouteApi.BEDROCK_INVOKE)
+def operation_route(route: Route, api: RouteApi) -> Route:
+    """A Bedrock Runtime route's twin for the requests of another operation than Converse
+    (InvokeModel, CountTokens): the same route (name, auth, guards, quotas), whose API
+    reads that operation's body (``converse_api``)."""
+    return replace(route, api=api)
 
 
 def _route(ctx: RequestContext) -> Route | None:

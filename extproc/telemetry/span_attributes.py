@@ -86,6 +86,7 @@ OPERATIONS = {
     RouteApi.ANTHROPIC_MESSAGES: "chat",
     RouteApi.BEDROCK_CONVERSE: "chat",
     RouteApi.BEDROCK_INVOKE: "chat",
+    RouteApi.BEDROCK_COUNT_TOKENS: "count_tokens",
     RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings",
     # The conventions' own value for OpenAI's legacy completions API.

@@ -244,10 +244,12 @@ def test_requests_the_route_does_not_serve_are_refused_in_bedrock_shape(
     https: httpx.Client,
 ) -> None:
     auth = {"authorization": f"Bearer {CLIENT_KEY}"}
-    count = https.post(f"/model/{MODEL}/count-tokens", json={"input": {}}, headers=auth)
-    assert count.status_code == 404
-    assert count.headers["x-amzn-errortype"] == "ResourceNotFoundException"
-    assert "Converse" in count.json()["message"]
+    duplex = https.post(
+        f"/model/{MODEL}/invoke-with-bidirectional-stream", json={"x": 1}, headers=auth
+    )
+    assert duplex.status_code == 404
+    assert duplex.headers["x-amzn-errortype"] == "ResourceNotFoundException"
+    assert "Converse" in duplex.json()["message"]
 
     blank = https.post(f"/model/{MODEL}/converse", json={"messages": []}, headers=auth)
     assert blank.status_code == 400

@@ -250,3 +250,71 @@ def test_anthropics_bedrock_client_reaches_claude_through_the_gateway(
     lines = [line for line in gateway_log.lines() if line.get("route") == ROUTE][-2:]
     assert [line["stream"] for line in lines] == [False, True]
     assert lines[1]["completion_tokens"] == streamed.usage.output_tokens
+
+
+def counts_sent(stack: LocalStack) -> list[dict[str, Any]]:
+    return [r for r in mock_requests(stack) if r["path"].endswith("/count-tokens")]
+
+
+def test_count_tokens_is_answered_by_bedrock_and_never_billed(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch)
+    before = scrape(stack.metrics_url)
+    body = claude_body()
+    counted = client.count_tokens(modelId=MODEL, input={"invokeModel": {"body": body}})
+    converse_prompt = [{"role": "user", "content": [{"text": PROMPT[0]["content"]}]}]
+    conversed = client.count_tokens(
+        modelId="haiku", input={"converse": {"messages": converse_prompt}}
+    )
+    after = scrape(stack.metrics_url)
+    for model in (MODEL, "haiku"):
+        for kind in ("prompt", "completion"):
+            was = metric(before, "tokens_consumed_total", model=model, token_type=kind)
+            assert metric(after, "tokens_consumed_total", model=model, token_type=kind) == was
+
+    # The counts a call with the same prompt reports as its input.
+    invoked = json.loads(client.invoke_model(modelId=MODEL, body=body)["body"].read())
+    assert counted["inputTokens"] == invoked["usage"]["input_tokens"] > 0
+    answered = client.converse(modelId=MODEL, messages=converse_prompt)
+    assert conversed["inputTokens"] == answered["usage"]["inputTokens"] > 0
+
+    first, second = counts_sent(stack)[-2:]
+    assert unquote(first["path"]) == f"/model/{MODEL}/count-tokens"
+    assert unquote(second["path"]) == f"/model/{MODEL}/count-tokens"  # the alias's model
+    assert first["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCK/")
+    sent = orjson.loads(first["body"])["input"]["invokeModel"]["body"]
+    assert base64.b64decode(sent).decode() == body  # the client's bytes, as they came
+    assert CLIENT_KEY not in orjson.dumps(first).decode()
+
+    [line] = gateway_log.for_request(request_id(counted))
+    assert (line["route"], line["model"], line["http_status_code"]) == (ROUTE, MODEL, 200)
+    assert line["prompt_tokens"] == line["completion_tokens"] == 0
+    assert line["usage_reported"] is False and line["cost_usd"] == 0
+
+
+def test_a_guarded_route_masks_what_a_count_sends_and_refuses_what_it_cannot_read(
+    tls: TlsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch, prefix="/guarded")
+    prompt = [{"role": "user", "content": "I am jane@example.com, hi"}]
+    client.count_tokens(
+        modelId=MODEL, input={"invokeModel": {"body": claude_body(messages=prompt)}}
+    )
+    sent = orjson.loads(counts_sent(tls.stack)[-1]["body"])["input"]["invokeModel"]["body"]
+    counted = json.loads(base64.b64decode(sent))
+    assert counted["messages"][0]["content"].startswith("I am ")
+    assert "jane@example.com" not in counted["messages"][0]["content"]
+
+    converse_prompt = [{"role": "user", "content": [{"text": "I am jane@example.com"}]}]
+    client.count_tokens(modelId=MODEL, input={"converse": {"messages": converse_prompt}})
+    conversed = orjson.loads(counts_sent(tls.stack)[-1]["body"])["input"]["converse"]
+    assert "jane@example.com" not in orjson.dumps(conversed).decode()
+
+    # Another model's InvokeModel body is not read: refused, as InvokeModel itself is.
+    titan = json.dumps({"inputText": "jane@example.com"})
+    with pytest.raises(ClientError) as refused:
+        client.count_tokens(
+            modelId="amazon.titan-text-express-v1", input={"invokeModel": {"body": titan}}
+        )
+    assert refused.value.response["Error"]["Code"] == "ValidationException"

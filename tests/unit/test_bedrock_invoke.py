@@ -11,10 +11,10 @@ import pytest
 
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import RouteApi
-from extproc.converse_api import invokes_model, operation
+from extproc.converse_api import operation, operation_api
 from extproc.mock_llm.eventstream import encode_exception
 from extproc.runtime import Route
-from extproc.stages.routing import invoke_route
+from extproc.stages.routing import operation_route
 from extproc.translators.base import stream_failure
 from extproc.translators.bedrock_invoke import InvokeStreamReader
 from tests.unit.test_anthropic_bedrock import EVENTS, chunk
@@ -34,21 +34,22 @@ def test_invoke_paths_name_the_model_and_whether_it_streams(
     path: str, expected: tuple[str, bool]
 ) -> None:
     assert operation(path) == expected
-    assert invokes_model(path)
+    assert operation_api(path) is RouteApi.BEDROCK_INVOKE
 
 
-def test_converse_paths_are_not_invocations() -> None:
-    assert not invokes_model("/model/haiku/converse")
-    assert not invokes_model("/model/haiku/converse-stream")
-    assert not invokes_model("/model/haiku/count-tokens")
+def test_converse_paths_keep_the_routes_api_and_counts_get_their_own() -> None:
+    assert operation_api("/model/haiku/converse") is None
+    assert operation_api("/model/haiku/converse-stream") is None
+    assert operation_api("/model/haiku/count-tokens") is RouteApi.BEDROCK_COUNT_TOKENS
+    assert operation("/model/haiku/count-tokens") == ("haiku", False)
 
 
 def test_the_invoke_twin_keeps_everything_of_its_route_but_the_api() -> None:
     route = Route("bedrock", RouteApi.BEDROCK_CONVERSE, None, prefix="/model", provider="b")
-    twin = invoke_route(route)
+    twin = operation_route(route, RouteApi.BEDROCK_INVOKE)
     assert twin.api is RouteApi.BEDROCK_INVOKE
     assert (twin.name, twin.prefix, twin.provider) == ("bedrock", "/model", "b")
-    assert invoke_route(route) is twin  # made once per route
+    assert operation_route(route, RouteApi.BEDROCK_INVOKE) is twin  # made once per route
 
 
 def test_a_route_cannot_be_declared_with_the_invoke_api(tmp_path: Path) -> None:

@@ -46,8 +46,9 @@ def test_the_path_names_the_model_and_whether_it_streams(
 
 def test_other_bedrock_operations_are_named_as_not_served() -> None:
     with pytest.raises(OperationNotServedError) as refused:
-        operation("/model/haiku/count-tokens")
-    assert refused.value.status == 404 and "'count-tokens'" in refused.value.message
+        operation("/model/haiku/converse-stream-bidirectional")
+    assert refused.value.status == 404
+    assert "'converse-stream-bidirectional'" in refused.value.message
     assert "Converse" in refused.value.message and "InvokeModel" in refused.value.message
     with pytest.raises(NotFoundError):
         operation("/model/converse")
