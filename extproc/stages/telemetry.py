@@ -85,10 +85,11 @@ class TelemetryStage:
             # Read once the answer ended, which may be an empty last chunk.
             _read_outcome(ctx)
         if ctx.accounted and sent and api is not RouteApi.OPENAI_EMBEDDINGS:
+            read = _readable(ctx, out, sent)
             if not responses:
-                self._scan_finish_reasons(ctx, sent)
+                self._scan_finish_reasons(ctx, read)
             if ctx.content is not None:
-                ctx.content.add_response_chunk(sent, streamed=ctx.stream)
+                ctx.content.add_response_chunk(read, streamed=ctx.stream)
         if end_of_stream:
             ctx.response_ended_at = now
             out.metadata = request_metadata(ctx, span_usage(ctx))
@@ -149,6 +150,16 @@ class TelemetryStage:
             if match.end() > len(carry):
                 ctx.finish_reasons.append(match.group(1).decode())
         ctx.finish_carry = data[-_CARRY:]
+
+
+def _readable(ctx: RequestContext, out: PhaseOutput, sent: bytes) -> bytes:
+    """What the client reads in the bytes it was sent: the events a translator unwrapped
+    from frames that hide them (InvokeModel's stream: Claude's events, base64-encoded),
+    else the bytes themselves."""
+    unwrapped = getattr(ctx.translator, "unwrapped", None)
+    if out.body is None and isinstance(unwrapped, bytes):
+        return unwrapped  # passed through as they came: the translator read them
+    return sent
 
 
 def _read_outcome(ctx: RequestContext) -> None:

@@ -36,6 +36,10 @@ class InvokeStreamReader(StreamTranslator):
         super().__init__(served_tier)
         # The exception frame that ended the stream, as the client's SDK names it.
         self._raised: ProviderStreamError | None = None
+        # The Anthropic events (as SSE) unwrapped from the last chunk's frames: what the
+        # client's SDK reads in them, for telemetry's finish reasons and captured text,
+        # which the frames' base64 hides.
+        self.unwrapped = b""
 
     @property
     def terminal_event_read(self) -> bool:
@@ -44,7 +48,7 @@ class InvokeStreamReader(StreamTranslator):
         return self._stopped
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        super().feed(chunk, end_of_stream)
+        self.unwrapped = super().feed(chunk, end_of_stream) or b""
         if self._raised is not None and self.failure is not None:
             # The counts Claude had reported stay; the error is the frame's own.
             self.failure = replace(self.failure, error=self._raised)
