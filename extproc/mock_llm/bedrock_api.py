@@ -14,13 +14,19 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``) and Cohere Embed
   (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``, ``cohere.embed-v4:0``,
   also through a cross-region profile such as ``us.cohere.embed-v4:0``; see
-  ``bedrock_cohere_embeddings``); another model, or a Claude model missing from ``models``,
+  ``bedrock_cohere_embeddings``) and the text models of Meta Llama (``meta.llama*``),
+  Mistral (``mistral.mistral-*``, ``mistral.mixtral-*``) and Titan Text
+  (``amazon.titan-text-*``), also through a cross-region profile (see
+  ``bedrock_text_models``); another model, or a Claude model missing from ``models``,
   is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
 - ``POST .../model/{modelId}/invoke-with-response-stream``: InvokeModelWithResponseStream,
   for Claude: Anthropic's stream events, each a ``chunk`` message of the event stream,
   each its own write; ``message_stop`` carries Bedrock's invocation metrics. With the
   ``error_after`` fault, a ``modelStreamErrorException`` replaces the rest after that many
-  deltas, as in ConverseStream.
+  deltas, as in ConverseStream. For Llama, Mistral and Titan Text: one ``chunk`` per
+  piece in the family's stream shape, the last carrying the invocation metrics; the
+  ``error_after`` exception (or ``reset_after`` drop) comes after that many pieces, or
+  replaces the last chunk when there are fewer.
 - ``POST .../model/{modelId}/count-tokens``: CountTokens, for Claude: ``{"input":
   {"invokeModel": {"body": "<base64 of an InvokeModel body>"}}}`` answers
   ``{"inputTokens": N}``, N being the ``usage.input_tokens`` InvokeModel reports for that
@@ -146,6 +152,13 @@ from extproc.mock_llm.bedrock_embeddings import (
     is_titan_embedding_model,
     parse_titan_request,
     titan_answer,
+)
+from extproc.mock_llm.bedrock_text_models import (
+    TextFamily,
+    TextInvocation,
+    invoke_text_model,
+    text_model_family,
+    text_stream_cut,
 )
 from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
 from extproc.mock_llm.eventstream import encode_event, encode_exception
@@ -1090,6 +1103,23 @@ def _without_profile_prefix(model: str) -> str:
     return model.removeprefix(prefix)
 
 
+INVOKE_STREAM = "invoke-with-response-stream"
+
+
+def _text_model(request: web.Request, operation: str) -> tuple[str, TextFamily] | None:
+    """The text model the path names (an id, a cross-region profile of one such as
+    ``us.meta.llama3-2-1b-instruct-v1:0``, or an ARN), its profile prefix removed, and its
+    family; None for a model no text family serves. Like the embedding models, these are
+    served whether or not the mock's model list names them."""
+    model_id = model_id_from_target(request.raw_path, operation)
+    model = model_of_identifier(model_id) if model_id is not None else None
+    if model is None:
+        return None
+    base = _without_profile_prefix(model)
+    family = text_model_family(base)
+    return (base, family) if family is not None else None
+
+
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -1243,9 +1273,13 @@ class BedrockEndpoints:
     async def invoke(self, request: web.Request, body: Body) -> web.StreamResponse:
         """InvokeModel for Titan and Cohere embeddings: SigV4 and faults as for Converse,
         the token count in InvokeModel's header and in Titan's body (none with
-        ``no_usage``). Claude's models are answered by ``bedrock_anthropic``."""
+        ``no_usage``). Claude's models are answered by ``bedrock_anthropic``, Llama,
+        Mistral and Titan Text by ``bedrock_text_models``."""
         if self._claude_model(request, "invoke") is not None:
             return await self._invoke_claude(request, body, stream=False)
+        text_model = _text_model(request, "invoke")
+        if text_model is not None:
+            return await self._invoke_text(request, body, *text_model, stream=False)
         started = time.monotonic()
         request_id = str(uuid.uuid4())
         try:
@@ -1271,7 +1305,10 @@ class BedrockEndpoints:
     async def invoke_with_response_stream(
         self, request: web.Request, body: Body
     ) -> web.StreamResponse:
-        """InvokeModelWithResponseStream, for Claude only."""
+        """InvokeModelWithResponseStream, for Claude, Llama, Mistral and Titan Text."""
+        text_model = _text_model(request, INVOKE_STREAM)
+        if text_model is not None:
+            return await self._invoke_text(request, body, *text_model, stream=True)
         return await self._invoke_claude(request, body, stream=True)
 
     def _claude_model(self, request: web.Request, operation: str) -> str | None:
@@ -1389,6 +1426,77 @@ class BedrockEndpoints:
                 # Garbage keeps both framings intact: the chunk's bytes are not JSON.
                 payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(event)
                 # One write per event, so each reaches the client as its own HTTP chunk.
+                await response.write(chunk_message(payload))
+                if not position:
+                    first_byte_ms = _elapsed_ms(started)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream; nothing left to tell it
+        return response
+
+    async def _invoke_text(
+        self, request: web.Request, body: Body, model: str, family: TextFamily, *, stream: bool
+    ) -> web.StreamResponse:
+        """InvokeModel(-WithResponseStream) for Llama, Mistral and Titan Text: SigV4 and
+        faults as for Claude; the token counts in InvokeModel's headers (none with
+        ``no_usage``)."""
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        try:
+            fault = await self._precheck(request, body)
+            invocation = invoke_text_model(family, model, body, request.headers, fault)
+        except MalformedInputError as exc:
+            return error_response(400, "ValidationException", str(exc), request_id=request_id)
+        except AwsError as exc:
+            return error_response(exc.status, exc.code, exc.message, request_id=request_id)
+        if stream:
+            return await self._stream_text(request, invocation, fault, started, request_id)
+        if fault.reset_after is not None:
+            return _abort(request)
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+        if fault.garbage:
+            return web.Response(body=_GARBAGE, headers=headers)
+        if not fault.no_usage:
+            headers |= invocation.token_headers()
+        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
+        return web.Response(body=orjson.dumps(invocation.answer()), headers=headers)
+
+    async def _stream_text(
+        self,
+        request: web.Request,
+        invocation: TextInvocation,
+        fault: Fault,
+        started: float,
+        request_id: str,
+    ) -> web.StreamResponse:
+        """One ``chunk`` per piece, framed as Claude's; the last carries Bedrock's
+        invocation metrics (none with ``no_usage``)."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": EVENT_STREAM_CONTENT_TYPE,
+                STREAM_CONTENT_TYPE_HEADER: "application/json",
+                REQUEST_ID_HEADER: request_id,
+            }
+        )
+        await response.prepare(request)
+        interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
+        chunks = invocation.chunks()
+        cut = text_stream_cut(len(chunks), fault)
+        first_byte_ms = 0
+        try:
+            for position, chunk in enumerate(chunks):
+                if cut is not None and position == cut.at:
+                    if cut.ending == "reset":
+                        return _abort(request, response)
+                    return await _fail_stream(response)
+                if position and interval:
+                    await asyncio.sleep(interval)
+                if position == len(chunks) - 1 and not fault.no_usage:
+                    metrics = invocation.invocation_metrics(_elapsed_ms(started), first_byte_ms)
+                    chunk = {**chunk, **metrics}
+                # Garbage keeps both framings intact: the chunk's bytes are not JSON.
+                payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(chunk)
+                # One write per chunk, so each reaches the client as its own HTTP chunk.
                 await response.write(chunk_message(payload))
                 if not position:
                     first_byte_ms = _elapsed_ms(started)

@@ -394,7 +394,7 @@ async def test_titan_by_arn_and_other_models_on_invoke(mock_url: str) -> None:
         invoke,
         client=client,
         doc={"inputText": TEXT},
-        model_id="meta.llama3-8b-instruct-v1:0",
+        model_id="cohere.command-r-v1:0",
     )
 
     assert len(answer["embedding"]) == 1024

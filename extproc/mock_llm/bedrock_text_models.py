@@ -1,0 +1,399 @@
+"""Meta Llama, Mistral and Amazon Titan Text on Bedrock's InvokeModel and
+InvokeModelWithResponseStream: each family's body, answer and stream chunks.
+
+``bedrock_api.BedrockEndpoints`` owns the HTTP side (SigV4, faults, AWS-shaped errors, the
+writes, the token headers); this module is pure: a body in, an answer or chunk documents
+out. Which family serves a model goes by its id (``text_model_family``), an inference
+profile's geographic prefix removed by the caller:
+
+- ``meta.llama*``: ``{"prompt" (required), "temperature", "top_p", "max_gen_len"}``;
+  answers ``{"generation", "prompt_token_count", "generation_token_count",
+  "stop_reason"}`` ("stop" or "length").
+- ``mistral.mistral-*``, ``mistral.mixtral-*``: ``{"prompt" (required), "max_tokens",
+  "stop", "temperature", "top_p", "top_k"}``; answers ``{"outputs": [{"text",
+  "stop_reason"}]}`` ("stop", also for a stop sequence, or "length").
+- ``amazon.titan-text-*``: ``{"inputText" (required), "textGenerationConfig":
+  {"maxTokenCount", "stopSequences", "temperature", "topP"}}``; answers
+  ``{"inputTextTokenCount", "results": [{"tokenCount", "outputText",
+  "completionReason"}]}`` ("FINISH", "LENGTH", or "STOP_CRITERIA_MET" for a stop
+  sequence).
+
+Bedrock's schema check comes first and names every rule broken, in its words (the wording
+of ``bedrock_embeddings``): required keys, then each key's type (``#/top_p: expected type:
+Number, found: String``) and lower bound (``#/max_gen_len: 0 is not greater or equal to
+1``), then unknown keys (``#: extraneous key [messages] is not permitted``). The
+allowance (``max_gen_len``, ``max_tokens``, ``maxTokenCount``) defaults to what AWS's
+parameter pages say (512; 8192 for Mistral Large); upper limits are not checked.
+
+The reply is the mock's (``tokens``): ``Mock reply to: <the prompt's first 200
+characters>``, one piece per token, cut before the first stop sequence it contains, then
+to the allowance; ``x-mock-reply`` chooses the pieces instead (still cut to the
+allowance). Input tokens are ``count_tokens(prompt)`` (no message overhead: the prompt is
+one string), output tokens the pieces.
+
+The stream is one chunk per piece (one empty piece for an empty reply), each the family's
+stream document: Llama ``{"generation", "prompt_token_count" (first chunk only, else
+null), "generation_token_count" (running), "stop_reason" (null but on the last)}``,
+Mistral ``{"outputs": [{"text", "stop_reason"}]}``, Titan ``{"outputText", "index": 0,
+"totalOutputTextTokenCount" (running), "completionReason", "inputTextTokenCount" (first
+chunk only)}``. Bedrock adds ``amazon-bedrock-invocationMetrics`` to the last one
+(``invocation_metrics``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from extproc.mock_llm.bedrock_anthropic import (
+    INVOCATION_METRICS,
+    OUTPUT_TOKEN_COUNT_HEADER,
+    StreamCut,
+    StreamEnding,
+)
+from extproc.mock_llm.bedrock_embeddings import (
+    INPUT_TOKEN_COUNT_HEADER,
+    MalformedInputError,
+    json_object,
+    refuse_violations,
+    wrong_type,
+)
+from extproc.mock_llm.faults import Fault
+from extproc.mock_llm.recorder import Body
+from extproc.mock_llm.scripted import ScriptError, scripted_pieces
+from extproc.mock_llm.tokens import count_tokens, reply_pieces, reply_text
+
+# How the reply ended, whatever each family calls it.
+Finish = Literal["end", "length", "stop_sequence"]
+# The allowance AWS's parameter pages give each family when the body names none.
+DEFAULT_MAX_TOKENS = 512
+MISTRAL_LARGE_MAX_TOKENS = 8192
+
+# --- Bedrock's schema check ----------------------------------------------------------------------
+
+# A key's check: its path (as Bedrock names it after "#/") and value in, violations out.
+_Check = Callable[[str, object], list[str]]
+
+
+def _string(path: str, value: object) -> list[str]:
+    return [] if isinstance(value, str) else [wrong_type(path, "String", value)]
+
+
+def _number(path: str, value: object) -> list[str]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return []
+    return [wrong_type(path, "Number", value)]
+
+
+def _integer(minimum: int | None = None) -> _Check:
+    def check(path: str, value: object) -> list[str]:
+        # bool is an int subclass; `"max_tokens": true` must not mean 1.
+        if not isinstance(value, int) or isinstance(value, bool):
+            return [wrong_type(path, "Integer", value)]
+        if minimum is not None and value < minimum:
+            return [f"#/{path}: {value} is not greater or equal to {minimum}"]
+        return []
+
+    return check
+
+
+def _strings(path: str, value: object) -> list[str]:
+    if not isinstance(value, list):
+        return [wrong_type(path, "JSONArray", value)]
+    return [violation for i, item in enumerate(value) for violation in _string(f"{path}/{i}", item)]
+
+
+def _object_violations(
+    doc: Mapping[str, Any], schema: Mapping[str, _Check], required: Sequence[str], where: str = ""
+) -> list[str]:
+    """Every rule ``doc`` breaks, in the order Bedrock lists them: required keys, each
+    known key's value (in the schema's order), unknown keys."""
+    at = f"#/{where}" if where else "#"
+    violations = [f"{at}: required key [{key}] not found" for key in required if key not in doc]
+    for key, check in schema.items():
+        if key in doc:
+            violations += check(f"{where}/{key}" if where else key, doc[key])
+    violations += [
+        f"{at}: extraneous key [{key}] is not permitted" for key in doc if key not in schema
+    ]
+    return violations
+
+
+def _object(schema: Mapping[str, _Check]) -> _Check:
+    """The check of a nested object (Titan's ``textGenerationConfig``): no key required."""
+
+    def check(path: str, value: object) -> list[str]:
+        if not isinstance(value, dict):
+            return [wrong_type(path, "JSONObject", value)]
+        return _object_violations(value, schema, (), path)
+
+    return check
+
+
+# --- Requests and replies ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextRequest:
+    """What the mock uses of a body, whichever family's it is."""
+
+    prompt: str
+    max_tokens: int  # the allowance: the body's, else the family's default
+    stop_sequences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextReply:
+    pieces: tuple[str, ...]
+    finish: Finish
+    input_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.pieces)
+
+    @property
+    def chunk_pieces(self) -> tuple[str, ...]:
+        """The piece of each stream chunk: an empty reply still sends its end in one."""
+        return self.pieces or ("",)
+
+
+class TextFamily(ABC):
+    """One model family's InvokeModel body, answer and stream chunk."""
+
+    # The family's words for how a reply ended.
+    stop_reasons: ClassVar[Mapping[Finish, str]]
+
+    @abstractmethod
+    def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        """The request a body makes; raises MalformedInputError as Bedrock refuses it."""
+
+    @abstractmethod
+    def answer(self, reply: TextReply) -> dict[str, Any]:
+        """InvokeModel's answer."""
+
+    @abstractmethod
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        """The stream's chunk at position ``at`` (its last one says how the reply ended)."""
+
+    def stop_reason(self, reply: TextReply, at: int) -> str | None:
+        """A chunk's stop reason: null but on the last chunk."""
+        return self.stop_reasons[reply.finish] if at == len(reply.chunk_pieces) - 1 else None
+
+
+class Llama(TextFamily):
+    # Llama's body takes no stop sequences, so its reply never ends on one.
+    stop_reasons: ClassVar[Mapping[Finish, str]] = {"end": "stop", "length": "length"}
+    _schema: ClassVar[Mapping[str, _Check]] = {
+        "prompt": _string,
+        "temperature": _number,
+        "top_p": _number,
+        "max_gen_len": _integer(1),
+    }
+
+    def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        refuse_violations(_object_violations(doc, self._schema, ("prompt",)))
+        return TextRequest(doc["prompt"], doc.get("max_gen_len", DEFAULT_MAX_TOKENS))
+
+    def answer(self, reply: TextReply) -> dict[str, Any]:
+        return {
+            "generation": reply.text,
+            "prompt_token_count": reply.input_tokens,
+            "generation_token_count": reply.output_tokens,
+            "stop_reason": self.stop_reasons[reply.finish],
+        }
+
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        return {
+            "generation": reply.chunk_pieces[at],
+            "prompt_token_count": reply.input_tokens if at == 0 else None,
+            "generation_token_count": min(at + 1, reply.output_tokens),
+            "stop_reason": self.stop_reason(reply, at),
+        }
+
+
+class Mistral(TextFamily):
+    # A stop sequence ends the reply as the model's own end does.
+    stop_reasons: ClassVar[Mapping[Finish, str]] = {
+        "end": "stop",
+        "length": "length",
+        "stop_sequence": "stop",
+    }
+    _schema: ClassVar[Mapping[str, _Check]] = {
+        "prompt": _string,
+        "max_tokens": _integer(1),
+        "stop": _strings,
+        "temperature": _number,
+        "top_p": _number,
+        "top_k": _integer(),
+    }
+
+    def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        refuse_violations(_object_violations(doc, self._schema, ("prompt",)))
+        default = (
+            MISTRAL_LARGE_MAX_TOKENS
+            if model.startswith("mistral.mistral-large")
+            else DEFAULT_MAX_TOKENS
+        )
+        return TextRequest(
+            doc["prompt"], doc.get("max_tokens", default), tuple(doc.get("stop", ()))
+        )
+
+    def answer(self, reply: TextReply) -> dict[str, Any]:
+        return {"outputs": [{"text": reply.text, "stop_reason": self.stop_reasons[reply.finish]}]}
+
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        piece = reply.chunk_pieces[at]
+        return {"outputs": [{"text": piece, "stop_reason": self.stop_reason(reply, at)}]}
+
+
+class TitanText(TextFamily):
+    stop_reasons: ClassVar[Mapping[Finish, str]] = {
+        "end": "FINISH",
+        "length": "LENGTH",
+        "stop_sequence": "STOP_CRITERIA_MET",
+    }
+    _config: ClassVar[Mapping[str, _Check]] = {
+        "maxTokenCount": _integer(0),
+        "stopSequences": _strings,
+        "temperature": _number,
+        "topP": _number,
+    }
+    _schema: ClassVar[Mapping[str, _Check]] = {
+        "inputText": _string,
+        "textGenerationConfig": _object(_config),
+    }
+
+    def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        refuse_violations(_object_violations(doc, self._schema, ("inputText",)))
+        config = doc.get("textGenerationConfig", {})
+        return TextRequest(
+            doc["inputText"],
+            config.get("maxTokenCount", DEFAULT_MAX_TOKENS),
+            tuple(config.get("stopSequences", ())),
+        )
+
+    def answer(self, reply: TextReply) -> dict[str, Any]:
+        result = {
+            "tokenCount": reply.output_tokens,
+            "outputText": reply.text,
+            "completionReason": self.stop_reasons[reply.finish],
+        }
+        return {"inputTextTokenCount": reply.input_tokens, "results": [result]}
+
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        return {
+            "outputText": reply.chunk_pieces[at],
+            "index": 0,
+            "totalOutputTextTokenCount": min(at + 1, reply.output_tokens),
+            "completionReason": self.stop_reason(reply, at),
+            "inputTextTokenCount": reply.input_tokens if at == 0 else None,
+        }
+
+
+LLAMA = Llama()
+MISTRAL = Mistral()
+TITAN_TEXT = TitanText()
+# By the start of the base model id.
+_FAMILIES: tuple[tuple[str, TextFamily], ...] = (
+    ("meta.llama", LLAMA),
+    ("mistral.mistral-", MISTRAL),
+    ("mistral.mixtral-", MISTRAL),
+    ("amazon.titan-text-", TITAN_TEXT),
+)
+
+
+def text_model_family(model: str) -> TextFamily | None:
+    """The family that serves ``model`` (an id, its inference profile's prefix removed);
+    None for a model none of them serves."""
+    return next((family for start, family in _FAMILIES if model.startswith(start)), None)
+
+
+def _stopped_text(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` cut before the first stop sequence it contains, and whether one was found."""
+    found = [text.find(stop) for stop in stops if stop and stop in text]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+def text_reply(req: TextRequest, fault: Fault, scripted: list[str] | None) -> TextReply:
+    """The reply to ``req``: the mock's deterministic one, or the scripted pieces, cut to
+    the allowance."""
+    input_tokens = count_tokens(req.prompt)
+    if scripted is not None:
+        cut = len(scripted) > req.max_tokens
+        return TextReply(
+            tuple(scripted[: req.max_tokens]), "length" if cut else "end", input_tokens
+        )
+    messages = [{"role": "user", "content": req.prompt}]
+    text, stopped = _stopped_text(reply_text(messages), req.stop_sequences)
+    pieces, cut = reply_pieces(messages, max_tokens=req.max_tokens, chunks=fault.chunks, text=text)
+    finish: Finish = "length" if cut else "stop_sequence" if stopped else "end"
+    return TextReply(tuple(pieces), finish, input_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class TextInvocation:
+    """One answer of a text model, ready to be sent whole (``answer``) or streamed
+    (``chunks``)."""
+
+    family: TextFamily
+    reply: TextReply
+
+    def answer(self) -> dict[str, Any]:
+        return self.family.answer(self.reply)
+
+    def chunks(self) -> list[dict[str, Any]]:
+        """The stream's chunk documents; the last gets its metrics when it is sent."""
+        return [self.family.chunk(self.reply, at) for at in range(len(self.reply.chunk_pieces))]
+
+    def token_headers(self) -> dict[str, str]:
+        return {
+            INPUT_TOKEN_COUNT_HEADER: str(self.reply.input_tokens),
+            OUTPUT_TOKEN_COUNT_HEADER: str(self.reply.output_tokens),
+        }
+
+    def invocation_metrics(self, latency_ms: int, first_byte_ms: int) -> dict[str, Any]:
+        """What Bedrock adds to the last chunk, as to Claude's ``message_stop``."""
+        return {
+            INVOCATION_METRICS: {
+                "inputTokenCount": self.reply.input_tokens,
+                "outputTokenCount": self.reply.output_tokens,
+                "invocationLatency": latency_ms,
+                "firstByteLatency": first_byte_ms,
+            }
+        }
+
+
+def invoke_text_model(
+    family: TextFamily, model: str, body: Body, headers: Mapping[str, str], fault: Fault
+) -> TextInvocation:
+    """The answer to an InvokeModel(-WithResponseStream) request for a text model, with the
+    scripted reply the test headers ask for. Raises MalformedInputError (a
+    ValidationException) for a request Bedrock refuses, or a malformed script."""
+    req = family.parse(model, json_object(body))
+    try:
+        scripted = scripted_pieces(headers)
+    except ScriptError as exc:
+        raise MalformedInputError(str(exc)) from None
+    return TextInvocation(family, text_reply(req, fault, scripted))
+
+
+def text_stream_cut(chunks: int, fault: Fault) -> StreamCut | None:
+    """Where ``reset_after`` / ``error_after`` end a stream of ``chunks`` chunks: before
+    the chunk past that many pieces or, with fewer, before the last chunk, so the stream
+    never reports its end; the earlier of the two, a reset first when they meet."""
+    limits: tuple[tuple[StreamEnding, int | None], ...] = (
+        ("reset", fault.reset_after),
+        ("error", fault.error_after),
+    )
+    cuts = [
+        StreamCut(min(after, chunks - 1), ending) for ending, after in limits if after is not None
+    ]
+    # min keeps the first of equals: the reset.
+    return min(cuts, key=lambda cut: cut.at) if cuts else None
