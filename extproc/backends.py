@@ -61,6 +61,7 @@ from typing import Any
 import orjson
 
 from extproc import bedrock_count_tokens
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import RequestContext, Usage
 from extproc.errors import (
@@ -232,16 +233,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             _check_claude_on_bedrock(ctx, upstream)
         served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK)
     elif route.api in BEDROCK_RUNTIME_APIS:
+        # Bedrock's own operations, for any of its models: a body Bedrock's model cannot
+        # take is Bedrock's to refuse.
         served = kind is ProviderType.BEDROCK
-        claude = _claude_body(route.api, parsed)
-        if served and claude and not anthropic_bedrock.may_run_claude(upstream.upstream_model):
-            raise BadRequestError(
-                f"model '{ctx.model}' is not a Claude model: this gateway serves InvokeModel "
-                "with Claude's body only (each other model family has a body of its own); "
-                "call converse or converse_stream for it (count the converse form)",
-                param="modelId",
-                code="unsupported_model_for_route",
-            )
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
             _check_bedrock_embeddings(parsed, upstream.upstream_model)
@@ -382,18 +376,6 @@ def _bedrock_runtime_request(
     headers = {"content-type": "application/json"}
     headers.update(signer.sign("POST", path, body, headers))
     return RequestPlan(body if changed else None, path, headers)
-
-
-def _claude_body(api: RouteApi, parsed: dict[str, Any]) -> bool:
-    """Whether a Bedrock Runtime request carries Claude's body, which only Claude models
-    take: InvokeModel's, or the invokeModel member of a count (the one InvokeModel body
-    the gateway reads, for its guards)."""
-    if api is RouteApi.BEDROCK_INVOKE:
-        return True
-    if api is RouteApi.BEDROCK_COUNT_TOKENS:
-        member, _ = bedrock_count_tokens.counted_request(parsed)
-        return member == bedrock_count_tokens.INVOKE_MODEL
-    return False
 
 
 def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
@@ -551,6 +533,11 @@ def plan_response(
     if route.api is RouteApi.BEDROCK_INVOKE:
         # The tier Bedrock served: in its answer's header, not in Claude's usage.
         served = headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
+        if not reads_as_claude(ctx.upstream_model or "", ctx.body or {}):
+            # Another family's answer: billed by the counts Bedrock reports for any model.
+            if streaming:
+                return ResponsePlan(bedrock_invoke.ModelStreamReader(served_tier=served), True)
+            return ResponsePlan(bedrock_invoke.TokenHeaderReader(headers))
         if streaming:
             return ResponsePlan(bedrock_invoke.InvokeStreamReader(served_tier=served), True)
         return ResponsePlan(anthropic_bedrock.MessageReader(served_tier=served))

@@ -35,8 +35,8 @@ _MEMBERS = (CONVERSE, INVOKE_MODEL)
 def check_count_body(body: dict[str, Any], max_messages: int, max_depth: int) -> None:
     """Refuse a CountTokens body Bedrock would refuse for its shape, naming the field as
     the SDKs do (``input.converse.messages``); decode the invokeModel member's body in
-    place (a JSON object nested no deeper than the body may be, checked as a Messages
-    body's ``messages``)."""
+    place (a JSON object nested no deeper than the body may be; Claude's checked as a
+    Messages body's ``messages``)."""
     union = body.get("input")
     members = [name for name in _MEMBERS if isinstance(union, dict) and name in union]
     if not isinstance(union, dict) or len(union) != 1 or len(members) != 1:
@@ -51,8 +51,10 @@ def check_count_body(body: dict[str, Any], max_messages: int, max_depth: int) ->
     if member == CONVERSE:
         check_converse_body(request, max_messages)
         return
-    request["body"] = _decoded(request.get("body"), max_depth)
-    checked_messages(request["body"].get("messages"), max_messages)
+    request["body"] = decoded = _decoded(request.get("body"), max_depth)
+    if "messages" in decoded or "anthropic_version" in decoded:
+        # Claude's body (another family's is Bedrock's to check): a Messages call's.
+        checked_messages(decoded.get("messages"), max_messages)
 
 
 def _decoded(blob: Any, max_depth: int) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from extproc.bedrock_invoke_bodies import estimate_prompt_tokens as estimate_invoke_body
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import estimate_prompt as estimate_completions_prompt
 from extproc.config.model import RouteApi
 from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tokens
@@ -281,5 +283,10 @@ class RequestContext:
             estimate: Callable[[dict[str, Any]], int] = estimate_prompt_tokens
             if self.route is not None:
                 estimate = _PROMPT_ESTIMATES.get(self.route.api, estimate_prompt_tokens)
+                if self.route.api is RouteApi.BEDROCK_INVOKE and not reads_as_claude(
+                    self.upstream_model or "", self.body or {}
+                ):
+                    # Another family's body: its text, wherever the family puts it.
+                    estimate = estimate_invoke_body
             self.prompt_estimate = estimate(self.body or {}) + self.stored_context_tokens
         return self.prompt_estimate

@@ -20,6 +20,7 @@ import orjson
 from extproc import headers
 from extproc.backends import BEDROCK_RUNTIME_APIS, check_pair, client_asked_for_usage, plan_request
 from extproc.bedrock_count_tokens import check_count_body
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -97,8 +98,10 @@ class ChatRequestStage:
         ctx.provider_type = upstream.provider.type
         ctx.upstream_model = upstream.upstream_model
         check_pair(ctx, parsed, upstream)
-        if route.api is RouteApi.BEDROCK_INVOKE:
-            check_chat_messages(parsed, limits.max_messages)  # Claude's, check_pair said
+        if route.api is RouteApi.BEDROCK_INVOKE and reads_as_claude(
+            upstream.upstream_model, parsed
+        ):
+            check_chat_messages(parsed, limits.max_messages)  # Claude's body: a Messages call
         stream = streamed if bedrock_runtime else parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
@@ -244,8 +247,8 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
         check_count_body(parsed, limits.max_messages, limits.max_json_depth)
         return parsed
     if api is RouteApi.BEDROCK_INVOKE:
-        # Checked as a Messages body once the model is known to be Claude
-        # (``check_invoke_body``): another model's body has another shape.
+        # Checked as a Messages body once the model is known to be Claude: another
+        # family's body has another shape, Bedrock's to check.
         return parse_json_object(body, limits.max_json_depth)
     parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
     if api is RouteApi.OPENAI_CHAT:

@@ -40,6 +40,7 @@ import orjson
 
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_count_tokens import CONVERSE, counted_request
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
 from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -161,6 +162,8 @@ class GuardRequestStage:
             return None
         if route.api in _UNGUARDABLE_STREAMS and ctx.stream and not guards.response.empty:
             raise _unguardable_stream(route.name, route.api)
+        if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
+            raise _unreadable_invoke_body(ctx, route.name)
         if not guards.request.empty:
             # The provider gets the body the guards read, serialised from the parse, never
             # the client's bytes: in a body that repeats a key ("messages" twice) the
@@ -210,6 +213,33 @@ _UNGUARDABLE_STREAMS = {
         "call InvokeModel (invoke_model) instead",
     ),
 }
+
+
+# The APIs whose body may be an InvokeModel body of any model family.
+_INVOKE_APIS = frozenset({RouteApi.BEDROCK_INVOKE, RouteApi.BEDROCK_COUNT_TOKENS})
+
+
+def _claude_invoke_body(ctx: RequestContext) -> bool:
+    """Whether the InvokeModel body the request carries (or counts) is Claude's, the one
+    family whose body the guards read; a count's converse member is read too."""
+    assert ctx.body is not None and ctx.route is not None
+    body = ctx.body
+    if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
+        member, body = counted_request(ctx.body)
+        if member == CONVERSE:
+            return True
+    return reads_as_claude(ctx.upstream_model or "", body)
+
+
+def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
+    """Another family's InvokeModel body on a route with guards or enrichment, which read
+    Claude's alone: refused before the quota counts it rather than sent unguarded."""
+    return BadRequestError(
+        f"route '{route}' guards or enriches requests, which it can do for Claude's "
+        f"InvokeModel body only, not for model '{ctx.model}'; call converse for it",
+        param="modelId",
+        code="body_not_guarded",
+    )
 
 
 def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:

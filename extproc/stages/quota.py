@@ -19,8 +19,10 @@ import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api
 from extproc.backends import ANTHROPIC_APIS
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
 from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
@@ -166,6 +168,9 @@ def reserved_completion(ctx: RequestContext) -> int:
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         return converse_api.completion_allowance(ctx.body, default_max_tokens)
+    if _other_family(ctx):
+        model = ctx.upstream_model or ""
+        return invoke_bodies.completion_allowance(model, ctx.body, default_max_tokens)
     allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
     return allowance * _choices(ctx)
 
@@ -227,13 +232,16 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE:
         prompt_call = converse_api.is_prompt(ctx.upstream_model or "")
         lowered = not prompt_call and converse_api.cap_completion(ctx.body, completion)
+    elif _other_family(ctx):
+        model = ctx.upstream_model or ""
+        lowered = invoke_bodies.cap_completion(model, ctx.body, completion)
     else:
         lowered = (
             not embeddings
             and bool(_allowance_fields(ctx))
             and cap_completion(ctx.body, completion, _allowance_field(ctx), _allowance_fields(ctx))
         )
-    if ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS:
+    if ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS and not _other_family(ctx):
         # A thinking budget must stay below the max_tokens the cap may have lowered.
         lowered = cap_thinking(ctx.body) or lowered
     if lowered:
@@ -250,6 +258,10 @@ _LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 1
 
 def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
+    if _other_family(ctx):
+        # An InvokeModel body whose allowance the gateway cannot write: as a compaction.
+        known = invoke_bodies.allowance_field(ctx.upstream_model or "") is not None
+        return 1 if known else ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api in MESSAGES_BODY_APIS and ctx.body is not None:
         # Extended thinking needs room for its least budget (quota.thinking_budget).
         return least_completion(ctx.body)
@@ -265,6 +277,18 @@ def _least_completion(ctx: RequestContext) -> int:
         # likewise.
         return ctx.runtime.config.quotas.default_max_tokens
     return _LEAST_COMPLETION.get(route.api, 1) if route is not None else 1
+
+
+def _other_family(ctx: RequestContext) -> bool:
+    """Whether the request is an InvokeModel call with another family's body than
+    Claude's (``bedrock_invoke_bodies``)."""
+    route = ctx.route
+    return (
+        route is not None
+        and route.api is RouteApi.BEDROCK_INVOKE
+        and ctx.body is not None
+        and not reads_as_claude(ctx.upstream_model or "", ctx.body)
+    )
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

@@ -57,10 +57,10 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
 from extproc.errors import anthropic_error_body
+from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators import anthropic_anthropic
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, service_tier_of
 from extproc.translators.generated_text import generated_chars
-from extproc.translators.openai_bedrock import base_model_id
 from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_message
 
 # InvokeModel's answer header naming the tier that served the request.
@@ -206,7 +206,7 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
             name = str(headers.get(":error-code", ""))
             self._exception(name, str(headers.get(":error-message", "")), out)
         elif headers.get(":event-type") == "chunk":
-            event = _unwrapped(frame.payload)
+            event = unwrapped_chunk(frame.payload)
             if b"\n" in event or b"\r" in event:
                 # Whitespace between JSON tokens: one SSE data line must hold the event.
                 event = orjson.dumps(orjson.loads(event))
@@ -228,7 +228,7 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         return b"event: error\ndata: " + error + _EVENT_END
 
 
-def _unwrapped(payload: bytes) -> bytes:
+def unwrapped_chunk(payload: bytes) -> bytes:
     """The Anthropic event a ``chunk`` frame carries (``{"bytes": "<base64>"}``)."""
     parsed = orjson.loads(payload)  # a ValueError, a bad frame, when it is not JSON
     encoded = parsed.get("bytes") if isinstance(parsed, dict) else None

@@ -37,8 +37,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from extproc.errors import BadRequestError
+from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.bedrock_embeddings import BufferedEmbeddings, is_vector
-from extproc.translators.openai_bedrock import base_model_id
 
 # How the model part of a Cohere Embed model id starts (after the ARN and profile prefix).
 COHERE_EMBED_PREFIX = "cohere.embed"

@@ -1,9 +1,9 @@
-"""An InvokeModel client to Claude on Bedrock: Bedrock's answer passed on unchanged, usage read.
+"""An InvokeModel client to Bedrock: Bedrock's answer passed on unchanged, usage read.
 
 The client speaks Bedrock's own API (boto3's ``invoke_model`` and
-``invoke_model_with_response_stream`` with Claude's body, ``extproc.converse_api``), so the
-answer is already in its shape: every byte reaches it as Bedrock sent it, and its SDK checks
-the frames' CRCs as it would from AWS. The gateway only reads, to bill the request:
+``invoke_model_with_response_stream``, ``extproc.converse_api``), so the answer is already
+in its shape: every byte reaches it as Bedrock sent it, and its SDK checks the frames' CRCs
+as it would from AWS. The gateway only reads, to bill the request. Claude's answers:
 
 - The JSON answer is Claude's Message, read as on Anthropic's own API
   (``anthropic_bedrock.MessageReader``).
@@ -17,15 +17,46 @@ the frames' CRCs as it would from AWS. The gateway only reads, to bill the reque
   client's SDK raises, not the Anthropic error type it maps to), and passed on. A stream
   that ends before ``message_stop`` is charged as a cut one, from the prompt Claude
   reported (else the estimate) and the text it carried.
+
+Any other model family's answer has its own shape, but Bedrock reports its token counts
+alike for every model, and the gateway bills by those:
+
+- The JSON answer (``TokenHeaderReader``): the ``X-Amzn-Bedrock-Input-Token-Count`` and
+  ``-Output-Token-Count`` headers of InvokeModel's answer, and the tier of its
+  ``X-Amzn-Bedrock-Service-Tier`` header; the body is parsed only when the counts are
+  missing, for the estimate of what it generated (``stages.cut_answer``).
+- The stream (``ModelStreamReader``): each ``chunk`` frame's base64 JSON, whose last one
+  carries ``amazon-bedrock-invocationMetrics`` (``inputTokenCount``,
+  ``outputTokenCount``), which ends the answer. Only that chunk is parsed; the others are
+  scanned for their generated text (``generated_text``: Llama's ``generation``, Titan's
+  ``outputText``, Mistral's ``text``...), the bill of a stream cut before it. Exception
+  frames are the stream's failure, named as on Converse.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from extproc.translators.anthropic_bedrock import StreamTranslator
-from extproc.translators.base import ProviderStreamError
-from extproc.translators.openai_bedrock_stream import stream_exception
+import orjson
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage
+
+from extproc.context import Usage
+from extproc.translators.anthropic_bedrock import (
+    SERVICE_TIER_HEADER,
+    StreamTranslator,
+    unwrapped_chunk,
+)
+from extproc.translators.base import ProviderStreamError, StreamFailure, service_tier_of
+from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_message, stream_exception
+
+# InvokeModel's answer headers with the token counts, for every model.
+INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
+OUTPUT_TOKENS_HEADER = "x-amzn-bedrock-output-token-count"
+# What Bedrock adds to the last chunk of every model's stream.
+_METRICS = b"amazon-bedrock-invocationMetrics"
+_UNDECODABLE = "the provider's event stream could not be decoded"
 
 
 class InvokeStreamReader(StreamTranslator):
@@ -57,3 +88,118 @@ class InvokeStreamReader(StreamTranslator):
     def _exception(self, name: str, message: str, out: list[bytes]) -> None:
         self._raised = stream_exception(name, message)
         super()._exception(name, message, out)
+
+
+def header_usage(headers: dict[str, str]) -> Usage | None:
+    """The usage InvokeModel's answer headers report; None when either count is missing
+    or not a whole number."""
+    prompt = _count(headers.get(INPUT_TOKENS_HEADER))
+    completion = _count(headers.get(OUTPUT_TOKENS_HEADER))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+class TokenHeaderReader:
+    """Another family's JSON answer: billed by InvokeModel's token headers, passed through."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.usage = header_usage(headers)
+        self.response_model: str | None = None  # the family's body may name none
+        self.status: int | None = None
+        self.service_tier = service_tier_of(headers.get(SERVICE_TIER_HEADER))
+        # Parsed only without the headers' counts: cut_answer estimates from its text.
+        self.answer: Any = None
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self.usage is not None:
+            return None
+        self._parts.append(chunk)
+        if end_of_stream:
+            try:
+                self.answer = orjson.loads(b"".join(self._parts))
+            except orjson.JSONDecodeError:
+                self.answer = None
+            self._parts = []
+        return None
+
+
+class ModelStreamReader:
+    """Another family's InvokeModelWithResponseStream frames, passed through; billed by the
+    last chunk's ``amazon-bedrock-invocationMetrics``."""
+
+    def __init__(self, served_tier: str | None = None) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self.status: int | None = None
+        self.failure: StreamFailure | None = None
+        self.service_tier = service_tier_of(served_tier)
+        # Characters of generated text in the chunks so far (partial_usage).
+        self.generated_chars = 0
+        # The metrics, the last chunk, were read: the answer is whole.
+        self.terminal_event_read = False
+        # The JSON of the last body chunk's events, which the frames' base64 hides, for
+        # telemetry's finish reasons.
+        self.unwrapped = b""
+        self._frames = EventStreamBuffer()
+        self._reading = True
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self.unwrapped = b""
+        if not self._reading:
+            return None
+        self._frames.add_data(chunk)
+        events: list[bytes] = []
+        try:
+            for frame in self._frames:
+                self._read(frame, events)
+                if not self._reading:
+                    break
+        except BAD_FRAME:
+            self._failed(ProviderStreamError(_UNDECODABLE, error_type="upstream_error", code=None))
+        if not self._reading:
+            self._frames = EventStreamBuffer()
+        self.unwrapped = b"\n".join(events)
+        return None
+
+    def _read(self, frame: EventStreamMessage, events: list[bytes]) -> None:
+        headers = frame.headers
+        kind = headers.get(":message-type", "event")
+        if kind == "exception":
+            name = str(headers.get(":exception-type", ""))
+            self._failed(stream_exception(name, frame_message(frame.payload)))
+        elif kind == "error":
+            name = str(headers.get(":error-code", ""))
+            self._failed(stream_exception(name, str(headers.get(":error-message", ""))))
+        elif headers.get(":event-type") == "chunk":
+            event = unwrapped_chunk(frame.payload)
+            events.append(event)
+            self.generated_chars += generated_chars(event)
+            if _METRICS in event:
+                self._read_metrics(event)
+
+    def _read_metrics(self, event: bytes) -> None:
+        parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
+        metrics = parsed.get(_METRICS.decode()) if isinstance(parsed, dict) else None
+        if not isinstance(metrics, dict):
+            return  # the key inside generated text, not Bedrock's metrics
+        prompt = _count(metrics.get("inputTokenCount"))
+        completion = _count(metrics.get("outputTokenCount"))
+        if prompt is not None and completion is not None:
+            self.usage = Usage(prompt, completion, prompt + completion)
+        self.terminal_event_read = True
+
+    def _failed(self, error: ProviderStreamError) -> None:
+        # The counts come last: none is known, the gateway estimates.
+        self.failure = StreamFailure(error)
+        self.usage = None
+        self._reading = False

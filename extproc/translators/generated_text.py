@@ -18,9 +18,12 @@ import re
 # output too: Anthropic's ``thinking``, Bedrock's ``reasoningContent`` (as ``text``),
 # and, beside ``content`` in OpenAI-compatible streams, ``reasoning_content`` (DeepSeek,
 # older vLLM) or ``reasoning`` (vLLM, Ollama, Groq, OpenRouter), whose name is captured
-# (``generated_chars``). One pattern for all: OpenAI's own streams scan each chunk once.
+# (``generated_chars``). Bedrock's InvokeModel families name their text their own way:
+# Llama's ``generation``, Titan Text's ``outputText`` (Mistral's is ``text``). One pattern
+# for all: OpenAI's own streams scan each chunk once.
 _TEXT_VALUE = re.compile(
-    rb'"(?:content|text|arguments|partial_json|input|thinking|(reasoning(?:_content)?))"'
+    rb'"(?:content|text|arguments|partial_json|input|thinking|generation|outputText'
+    rb'|(reasoning(?:_content)?))"'
     rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # OpenRouter repeats the ``reasoning`` of a delta in its ``reasoning_details``, whose

@@ -73,6 +73,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import BadRequestError, error_body
+from extproc.providers.bedrock_model_ids import base_model_id
 
 # The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_bedrock_stream import (
@@ -107,10 +108,6 @@ _NO_SYSTEM_PROMPT_MODELS = (
     "mistral.mistral-7b-instruct-",
     "mistral.mixtral-8x7b-instruct-",
 )
-# ARN resource types whose name is a model id or an inference profile id.
-_ARN_MODEL_RESOURCES = ("foundation-model", "inference-profile")
-# The geographic prefix of a cross-region inference profile id (us.anthropic...).
-_PROFILE_REGION_GROUPS = frozenset({"us", "us-gov", "eu", "apac", "au", "ca", "jp", "global"})
 # An OpenAI request's service_tier -> the Converse serviceTier type that serves it. OpenAI
 # serves "fast" as priority processing; "reserved" is Bedrock's own name (capacity reserved
 # by the account), for clients that know their route ends at Bedrock.
@@ -223,23 +220,6 @@ def asked_service_tier(body: Any) -> str | None:
         return converse_service_tier(value)
     except BadRequestError:
         return None
-
-
-def base_model_id(model_id: str) -> str:
-    """The foundation model a Converse model id names, e.g. ``amazon.titan-text-express-v1``.
-
-    Strips the ARN of a foundation model or inference profile and the profile's
-    geographic prefix (``us.``, ``eu.``...). Other ARNs (provisioned throughput, custom
-    models, application inference profiles) hide their model: they are returned as is.
-    """
-    if model_id.startswith("arn:"):
-        resource = model_id.split(":", 5)[-1]
-        kind, _, name = resource.partition("/")
-        if kind not in _ARN_MODEL_RESOURCES:
-            return model_id
-        model_id = name
-    region_group, dot, rest = model_id.partition(".")
-    return rest if dot and region_group in _PROFILE_REGION_GROUPS else model_id
 
 
 def model_takes_system(model_id: str) -> bool:

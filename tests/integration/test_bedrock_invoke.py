@@ -139,22 +139,78 @@ def test_a_stream_the_provider_breaks_off_is_charged_and_the_sdk_sees_bedrocks_e
     assert "injected by x-mock-fault" in line["error_message"]
 
 
-def test_models_that_are_not_claude_and_bodies_that_are_not_claudes_are_refused(
+LLAMA = "meta.llama3-8b-instruct-v1:0"
+TITAN = "amazon.titan-text-express-v1"
+MISTRAL = "mistral.mistral-7b-instruct-v0:2"
+
+
+def test_other_model_families_are_billed_by_the_counts_bedrock_reports(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch)
+    llama = client.invoke_model(
+        modelId=LLAMA, body=json.dumps({"prompt": "Say hello, please.", "max_gen_len": 50})
+    )
+    answer = json.loads(llama["body"].read())
+    assert answer["generation"]
+    [line] = gateway_log.for_request(request_id(llama))
+    assert (line["route"], line["provider"], line["model"]) == (ROUTE, "mock-bedrock", LLAMA)
+    assert line["usage_reported"] is True and line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        answer["prompt_token_count"],
+        answer["generation_token_count"],
+    )
+    sent = invocations(stack)[-1]
+    assert unquote(sent["path"]) == f"/model/{LLAMA}/invoke"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCK/")
+
+    titan = json.dumps({"inputText": "Say hello.", "textGenerationConfig": {"maxTokenCount": 30}})
+    streamed = client.invoke_model_with_response_stream(modelId=TITAN, body=titan)
+    chunks = events_of(streamed)
+    assert "".join(chunk["outputText"] for chunk in chunks)
+    metrics = chunks[-1]["amazon-bedrock-invocationMetrics"]
+    [line] = gateway_log.for_request(request_id(streamed))
+    assert line["stream"] is True and line["usage_reported"] is True
+    assert line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        metrics["inputTokenCount"],
+        metrics["outputTokenCount"],
+    )
+
+
+def test_another_familys_stream_broken_off_is_charged_its_estimate(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = with_headers(bedrock_client(tls, monkeypatch), {"x-mock-fault": "error_after=2"})
+    body = json.dumps({"prompt": "Tell me a long story about the gateway.", "max_tokens": 200})
+    answer = client.invoke_model_with_response_stream(modelId=MISTRAL, body=body)
+    with pytest.raises(EventStreamError):
+        events_of(answer)
+
+    [line] = gateway_log.for_request(request_id(answer))
+    # No counts came: the prompt is the quota's estimate, the output the text streamed.
+    assert line["usage_estimated"] is True and line["usage_reported"] is False
+    assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+    assert line["error_code"] == "ModelStreamErrorException"
+
+
+def test_bodies_bedrock_refuses_reach_the_client_in_bedrocks_words(
     tls: TlsStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = bedrock_client(tls, monkeypatch)
     titan = json.dumps({"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 20}})
-    with pytest.raises(ClientError) as refused:
-        client.invoke_model(modelId="amazon.titan-text-express-v1", body=titan)
-    error = refused.value.response
-    assert error["Error"]["Code"] == "ValidationException"
-    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert "converse" in error["Error"]["Message"]
-
+    # Claude's body is read as a Messages call: one without messages is the gateway's 400.
     with pytest.raises(ClientError) as malformed:
         client.invoke_model(modelId=MODEL, body=titan)
     assert malformed.value.response["Error"]["Code"] == "ValidationException"
     assert "messages" in malformed.value.response["Error"]["Message"]
+
+    # Another family's body is Bedrock's to check.
+    with pytest.raises(ClientError) as refused:
+        client.invoke_model(modelId=LLAMA, body=titan)
+    error = refused.value.response
+    assert error["Error"]["Code"] == "ValidationException"
+    assert "required key [prompt] not found" in error["Error"]["Message"]
 
 
 def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
@@ -167,6 +223,14 @@ def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
     sent = orjson.loads(invocations(tls.stack)[-1]["body"])
     assert 0 < sent["max_tokens"] < 120
     assert json.loads(first["body"].read())["usage"]["output_tokens"] <= sent["max_tokens"]
+
+    # Llama's allowance is max_gen_len: lowered as Claude's max_tokens is.
+    llama = client.invoke_model(
+        modelId=LLAMA, body=json.dumps({"prompt": "Hi", "max_gen_len": 2000})
+    )
+    sent = orjson.loads(invocations(tls.stack)[-1]["body"])
+    assert 0 < sent["max_gen_len"] < 120
+    assert json.loads(llama["body"].read())["generation_token_count"] <= sent["max_gen_len"]
 
     with pytest.raises(ClientError) as throttled:
         for _ in range(20):
@@ -203,6 +267,14 @@ def test_a_guarded_route_masks_the_prompt_and_the_answer_and_refuses_streams(
         client.invoke_model_with_response_stream(modelId=MODEL, body=claude_body())
     assert refused.value.response["Error"]["Code"] == "ValidationException"
     assert "invoke_model" in refused.value.response["Error"]["Message"]
+
+    # Another family's body is not read by the guards: refused, before any provider.
+    sent_before = len(invocations(tls.stack))
+    with pytest.raises(ClientError) as unread:
+        client.invoke_model(modelId=LLAMA, body=json.dumps({"prompt": "jane@example.com"}))
+    assert unread.value.response["Error"]["Code"] == "ValidationException"
+    assert "converse" in unread.value.response["Error"]["Message"]
+    assert len(invocations(tls.stack)) == sent_before
 
 
 def test_the_client_may_send_the_body_as_bytes_in_any_key_order(

@@ -1,0 +1,111 @@
+"""What the gateway reads of an InvokeModel body, whichever model family wrote it.
+
+InvokeModel takes each model family's own body. The gateway reads Claude's whole (it is
+Anthropic's Messages API: guarded, enriched, estimated and capped as ``/v1/messages``
+is). Any other family's body passes through unread but for what the quota needs:
+
+- its prompt estimate (``estimate_prompt_tokens``): every string in the body, at
+  ``CHARS_PER_TOKEN`` characters a token, which covers the prompt wherever the family
+  puts it (Llama's and Mistral's ``prompt``, Titan's ``inputText``, Nova's and
+  Cohere's messages) and over-counts by its few string settings;
+- its completion allowance, where the family names one the gateway knows
+  (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's ``max_tokens``, Titan's
+  ``textGenerationConfig.maxTokenCount``), which a hard cap lowers or sets as it does
+  ``max_tokens``; another family's allowance is ``quotas.default_max_tokens``, which a
+  hard cap cannot write (it is admitted only with room for all of it, as a compaction).
+
+The answer is billed by the counts Bedrock reports for every model, not by the body
+(``translators.bedrock_invoke``).
+
+Which body is Claude's (``reads_as_claude``): a model id that names its model says; an
+ARN that hides it (an application inference profile) says nothing, so the body does:
+Claude's alone carries ``anthropic_version``, which Bedrock requires of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.providers.bedrock_model_ids import base_model_id
+from extproc.quota.estimate import CHARS_PER_TOKEN
+
+# Where each family the gateway knows bounds its completion: the model id's prefix, and
+# the field's path in the body.
+ALLOWANCE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("meta.llama", ("max_gen_len",)),
+    ("mistral.", ("max_tokens",)),
+    ("amazon.titan-text", ("textGenerationConfig", "maxTokenCount")),
+)
+_CLAUDE = "anthropic."
+_CLAUDE_VERSION_KEY = "anthropic_version"
+
+
+def reads_as_claude(model_id: str, body: dict[str, Any]) -> bool:
+    """Whether an InvokeModel body for ``model_id`` is Claude's (module docstring)."""
+    named = base_model_id(model_id)
+    if named.startswith("arn:"):
+        return _CLAUDE_VERSION_KEY in body
+    return named.startswith(_CLAUDE)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Another family's prompt, as the quota reserves it: all the body's text."""
+    return _string_chars(body) // CHARS_PER_TOKEN
+
+
+def _string_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_string_chars(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_string_chars(item) for item in value)
+    return 0
+
+
+def allowance_field(model_id: str) -> tuple[str, ...] | None:
+    """The path of the completion allowance in ``model_id``'s family's body; None for a
+    family the gateway does not know."""
+    named = base_model_id(model_id)
+    for prefix, path in ALLOWANCE_FIELDS:
+        if named.startswith(prefix):
+            return path
+    return None
+
+
+def completion_allowance(model_id: str, body: dict[str, Any], default_max_tokens: int) -> int:
+    """The most the answer may take: the family's allowance field, else the default."""
+    path = allowance_field(model_id)
+    value = _read(body, path) if path is not None else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default_max_tokens
+
+
+def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
+    """Lower the family's allowance to ``most`` (setting it when absent); whether the body
+    changed. False for a family without a known field: nothing to lower."""
+    path = allowance_field(model_id)
+    if path is None:
+        return False
+    *parents, name = path
+    holder = body
+    for parent in parents:
+        inner = holder.get(parent)
+        if not isinstance(inner, dict):
+            inner = holder[parent] = {}
+        holder = inner
+    value = holder.get(name)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most:
+        return False
+    holder[name] = most
+    return True
+
+
+def _read(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = body
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
