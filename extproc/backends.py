@@ -62,7 +62,12 @@ import orjson
 
 from extproc import bedrock_count_tokens
 from extproc.bedrock_invoke_bodies import reads_as_claude
-from extproc.config.model import TOKEN_COUNT_APIS, ProviderType, RouteApi
+from extproc.config.model import (
+    BEDROCK_OPERATION_APIS,
+    TOKEN_COUNT_APIS,
+    ProviderType,
+    RouteApi,
+)
 from extproc.context import RequestContext, Usage
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
@@ -457,9 +462,11 @@ def _anthropic_headers(ctx: RequestContext, upstream: Upstream) -> dict[str, str
 def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
     route = ctx.route
     assert route is not None
+    # An operation's twin route is its bedrock_converse route to the operator.
+    api = RouteApi.BEDROCK_CONVERSE if route.api in BEDROCK_OPERATION_APIS else route.api
     return BadRequestError(
         f"model '{ctx.model}' is served by a provider that speaks the {kind} API, "
-        f"which this route ({route.api}) cannot translate to",
+        f"which this route ({api}) cannot translate to",
         param="model",
         code="unsupported_model_for_route",
     )

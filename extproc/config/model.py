@@ -314,7 +314,7 @@ ROUTE_MODEL_KIND = {
     RouteApi.ANTHROPIC_MESSAGES: ModelKind.CHAT,
     RouteApi.ANTHROPIC_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.BEDROCK_CONVERSE: ModelKind.CHAT,
-    RouteApi.BEDROCK_INVOKE: ModelKind.CHAT,
+    # InvokeModel takes both kinds (Titan's and Cohere's embeddings too): not listed.
     RouteApi.BEDROCK_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,

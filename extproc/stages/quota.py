@@ -25,7 +25,7 @@ from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
-from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
@@ -169,6 +169,8 @@ def reserved_completion(ctx: RequestContext) -> int:
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         return converse_api.completion_allowance(ctx.body, default_max_tokens)
     if _other_family(ctx):
+        if _embeds(ctx):
+            return 0  # vectors: nothing generated
         model = ctx.upstream_model or ""
         return invoke_bodies.completion_allowance(model, ctx.body, default_max_tokens)
     allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
@@ -259,6 +261,8 @@ _LEAST_COMPLETION = {RouteApi.OPENAI_EMBEDDINGS: 0, RouteApi.OPENAI_RESPONSES: 1
 def _least_completion(ctx: RequestContext) -> int:
     route = ctx.route
     if _other_family(ctx):
+        if _embeds(ctx):
+            return 0  # room for its input alone, as on /v1/embeddings
         # An InvokeModel body whose allowance the gateway cannot write: as a compaction.
         known = invoke_bodies.allowance_field(ctx.upstream_model or "") is not None
         return 1 if known else ctx.runtime.config.quotas.default_max_tokens
@@ -289,6 +293,13 @@ def _other_family(ctx: RequestContext) -> bool:
         and ctx.body is not None
         and not reads_as_claude(ctx.upstream_model or "", ctx.body)
     )
+
+
+def _embeds(ctx: RequestContext) -> bool:
+    """Whether the request's model is configured as an embeddings model."""
+    model = ctx.model or ""
+    model = ctx.runtime.canonical_model.get(model, model)
+    return ctx.runtime.model_kind.get(model) is ModelKind.EMBEDDINGS
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

@@ -91,12 +91,13 @@ class InvokeStreamReader(StreamTranslator):
 
 
 def header_usage(headers: dict[str, str]) -> Usage | None:
-    """The usage InvokeModel's answer headers report; None when either count is missing
-    or not a whole number."""
+    """The usage InvokeModel's answer headers report; None when the input count is
+    missing or not a whole number. An embeddings model's answer has no output count:
+    it generated no tokens."""
     prompt = _count(headers.get(INPUT_TOKENS_HEADER))
-    completion = _count(headers.get(OUTPUT_TOKENS_HEADER))
-    if prompt is None or completion is None:
+    if prompt is None:
         return None
+    completion = _count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
     return Usage(prompt, completion, prompt + completion)
 
 

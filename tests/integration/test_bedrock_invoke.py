@@ -390,3 +390,17 @@ def test_a_guarded_route_masks_what_a_count_sends_and_refuses_what_it_cannot_rea
             modelId="amazon.titan-text-express-v1", input={"invokeModel": {"body": titan}}
         )
     assert refused.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_an_embeddings_model_is_billed_its_input_through_invoke_model(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = bedrock_client(tls, monkeypatch)
+    answer = client.invoke_model(
+        modelId="amazon.titan-embed-text-v2:0", body=json.dumps({"inputText": "embed me"})
+    )
+    vector = json.loads(answer["body"].read())
+    assert vector["embedding"]
+    [line] = gateway_log.for_request(request_id(answer))
+    assert line["usage_reported"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (vector["inputTextTokenCount"], 0)
