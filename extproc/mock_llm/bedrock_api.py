@@ -108,7 +108,7 @@ import itertools
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -132,6 +132,7 @@ from extproc.mock_llm.anthropic_api import (
 from extproc.mock_llm.bedrock_anthropic import (
     STREAM_CONTENT_TYPE_HEADER,
     ClaudeInvocation,
+    StreamCut,
     chunk_message,
     claude_model_name,
     count_claude_tokens,
@@ -241,6 +242,18 @@ _ERROR_CODES = {
     500: "InternalServerException",
     503: "ServiceUnavailableException",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkStream:
+    """What an InvokeModelWithResponseStream answer sends: its events, where a fault cuts
+    them, which event carries Bedrock's invocation metrics (None: none does) and how
+    they are made from the latency and the first byte's (ms)."""
+
+    events: Sequence[Mapping[str, Any]]
+    cut: StreamCut | None
+    metrics_at: int | None
+    metrics: Callable[[int, int], dict[str, Any]]
 
 
 def error_code_for(status: int) -> str:
@@ -1400,39 +1413,16 @@ class BedrockEndpoints:
         started: float,
         request_id: str,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": EVENT_STREAM_CONTENT_TYPE,
-                STREAM_CONTENT_TYPE_HEADER: "application/json",
-                REQUEST_ID_HEADER: request_id,
-            }
-        )
-        await response.prepare(request)
-        interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
         events = invocation.events()
-        cut = stream_cut(events, fault)
-        first_byte_ms = 0
-        try:
-            for position, event in enumerate(events):
-                if cut is not None and position == cut.at:
-                    if cut.ending == "reset":
-                        return _abort(request, response)
-                    return await _fail_stream(response)
-                if position and interval:
-                    await asyncio.sleep(interval)
-                if event["type"] == "message_stop":
-                    metrics = invocation.invocation_metrics(_elapsed_ms(started), first_byte_ms)
-                    event = {**event, **metrics}
-                # Garbage keeps both framings intact: the chunk's bytes are not JSON.
-                payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(event)
-                # One write per event, so each reaches the client as its own HTTP chunk.
-                await response.write(chunk_message(payload))
-                if not position:
-                    first_byte_ms = _elapsed_ms(started)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client went away mid-stream; nothing left to tell it
-        return response
+        # Claude's message_stop carries Bedrock's invocation metrics.
+        stop = next(i for i, event in enumerate(events) if event["type"] == "message_stop")
+        return await self._stream_chunks(
+            request,
+            _ChunkStream(events, stream_cut(events, fault), stop, invocation.invocation_metrics),
+            fault,
+            started,
+            request_id,
+        )
 
     async def _invoke_text(
         self, request: web.Request, body: Body, model: str, family: TextFamily, *, stream: bool
@@ -1471,6 +1461,27 @@ class BedrockEndpoints:
     ) -> web.StreamResponse:
         """One ``chunk`` per piece, framed as Claude's; the last carries Bedrock's
         invocation metrics (none with ``no_usage``)."""
+        chunks = invocation.chunks()
+        last = None if fault.no_usage else len(chunks) - 1
+        cut = text_stream_cut(len(chunks), fault)
+        return await self._stream_chunks(
+            request,
+            _ChunkStream(chunks, cut, last, invocation.invocation_metrics),
+            fault,
+            started,
+            request_id,
+        )
+
+    async def _stream_chunks(
+        self,
+        request: web.Request,
+        stream: _ChunkStream,
+        fault: Fault,
+        started: float,
+        request_id: str,
+    ) -> web.StreamResponse:
+        """InvokeModelWithResponseStream's answer: one ``chunk`` frame per event, the
+        metrics added to the one ``stream.metrics_at`` names, cut where a fault says."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": EVENT_STREAM_CONTENT_TYPE,
@@ -1480,23 +1491,21 @@ class BedrockEndpoints:
         )
         await response.prepare(request)
         interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
-        chunks = invocation.chunks()
-        cut = text_stream_cut(len(chunks), fault)
+        cut = stream.cut
         first_byte_ms = 0
         try:
-            for position, chunk in enumerate(chunks):
+            for position, event in enumerate(stream.events):
                 if cut is not None and position == cut.at:
                     if cut.ending == "reset":
                         return _abort(request, response)
                     return await _fail_stream(response)
                 if position and interval:
                     await asyncio.sleep(interval)
-                if position == len(chunks) - 1 and not fault.no_usage:
-                    metrics = invocation.invocation_metrics(_elapsed_ms(started), first_byte_ms)
-                    chunk = {**chunk, **metrics}
+                if position == stream.metrics_at:
+                    event = {**event, **stream.metrics(_elapsed_ms(started), first_byte_ms)}
                 # Garbage keeps both framings intact: the chunk's bytes are not JSON.
-                payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(chunk)
-                # One write per chunk, so each reaches the client as its own HTTP chunk.
+                payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(event)
+                # One write per event, so each reaches the client as its own HTTP chunk.
                 await response.write(chunk_message(payload))
                 if not position:
                     first_byte_ms = _elapsed_ms(started)

@@ -61,7 +61,7 @@ from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators import anthropic_anthropic
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, service_tier_of
 from extproc.translators.generated_text import generated_chars
-from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_message
+from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_error
 
 # InvokeModel's answer header naming the tier that served the request.
 SERVICE_TIER_HEADER = "x-amzn-bedrock-service-tier"
@@ -197,15 +197,10 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         return sse if replaced is None else replaced
 
     def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:
-        headers = frame.headers
-        kind = headers.get(":message-type", "event")
-        if kind == "exception":
-            name = str(headers.get(":exception-type", ""))
-            self._exception(name, frame_message(frame.payload), out)
-        elif kind == "error":
-            name = str(headers.get(":error-code", ""))
-            self._exception(name, str(headers.get(":error-message", "")), out)
-        elif headers.get(":event-type") == "chunk":
+        error = frame_error(frame)
+        if error is not None:
+            self._exception(*error, out)
+        elif frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
             if b"\n" in event or b"\r" in event:
                 # Whitespace between JSON tokens: one SSE data line must hold the event.

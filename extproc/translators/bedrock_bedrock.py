@@ -46,7 +46,7 @@ from extproc.translators.base import BufferedBodyReader, ProviderStreamError, St
 from extproc.translators.openai_bedrock_stream import (
     BAD_FRAME,
     SERVED_AS_ASKED,
-    frame_message,
+    frame_error,
     read_usage,
     served_tier,
     stream_exception,
@@ -133,15 +133,10 @@ class ConverseStreamReader:
         return None
 
     def _read(self, frame: EventStreamMessage) -> None:
-        headers = frame.headers
-        kind = headers.get(":message-type", "event")
-        if kind == "exception":
-            name = str(headers.get(":exception-type", ""))
-            self._failed(stream_exception(name, frame_message(frame.payload)))
-        elif kind == "error":
-            name = str(headers.get(":error-code", ""))
-            self._failed(stream_exception(name, str(headers.get(":error-message", ""))))
-        elif headers.get(":event-type") == "metadata":
+        error = frame_error(frame)
+        if error is not None:
+            self._failed(stream_exception(*error))
+        elif frame.headers.get(":event-type") == "metadata":
             self._read_metadata(frame.payload)
 
     def _read_metadata(self, payload: bytes) -> None:

@@ -49,7 +49,7 @@ from extproc.translators.anthropic_bedrock import (
 )
 from extproc.translators.base import ProviderStreamError, StreamFailure, service_tier_of
 from extproc.translators.generated_text import generated_chars
-from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_message, stream_exception
+from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error, stream_exception
 
 # InvokeModel's answer headers with the token counts, for every model.
 INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
@@ -173,15 +173,10 @@ class ModelStreamReader:
         return None
 
     def _read(self, frame: EventStreamMessage, events: list[bytes]) -> None:
-        headers = frame.headers
-        kind = headers.get(":message-type", "event")
-        if kind == "exception":
-            name = str(headers.get(":exception-type", ""))
-            self._failed(stream_exception(name, frame_message(frame.payload)))
-        elif kind == "error":
-            name = str(headers.get(":error-code", ""))
-            self._failed(stream_exception(name, str(headers.get(":error-message", ""))))
-        elif headers.get(":event-type") == "chunk":
+        error = frame_error(frame)
+        if error is not None:
+            self._failed(stream_exception(*error))
+        elif frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
             events.append(event)
             self.generated_chars += generated_chars(event)

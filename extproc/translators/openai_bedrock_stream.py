@@ -276,14 +276,9 @@ class StreamTranslator:
 
     def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:
         headers = frame.headers
-        kind = headers.get(":message-type", "event")
-        if kind == "exception":
-            name = str(headers.get(":exception-type", ""))
-            out.append(self._provider_error(name, frame_message(frame.payload)))
-            return
-        if kind == "error":
-            name = str(headers.get(":error-code", ""))
-            out.append(self._provider_error(name, str(headers.get(":error-message", ""))))
+        error = frame_error(frame)
+        if error is not None:
+            out.append(self._provider_error(*error))
             return
         payload = orjson.loads(frame.payload) if frame.payload else {}
         if not isinstance(payload, dict):
@@ -413,6 +408,18 @@ class StreamTranslator:
 def _block_index(payload: dict[str, Any]) -> int:
     index = payload.get("contentBlockIndex")
     return index if isinstance(index, int) else -1
+
+
+def frame_error(frame: EventStreamMessage) -> tuple[str, str] | None:
+    """The name and message of an exception or error frame (``throttlingException``, and
+    what it says); None for an event."""
+    headers = frame.headers
+    kind = headers.get(":message-type", "event")
+    if kind == "exception":
+        return str(headers.get(":exception-type", "")), frame_message(frame.payload)
+    if kind == "error":
+        return str(headers.get(":error-code", "")), str(headers.get(":error-message", ""))
+    return None
 
 
 def frame_message(payload: bytes) -> str:
