@@ -244,6 +244,26 @@ _ERROR_CODES = {
 }
 
 
+def _invoke_answer(
+    request: web.Request,
+    answer: bytes,
+    counts: Mapping[str, str],
+    fault: Fault,
+    started: float,
+    request_id: str,
+) -> web.StreamResponse:
+    """InvokeModel's JSON answer with its token-count headers (``counts``) and latency;
+    the connection dropped, or garbage sent, when a fault says."""
+    if fault.reset_after is not None:
+        return _abort(request)
+    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
+    if fault.garbage:
+        return web.Response(body=_GARBAGE, headers=headers)
+    headers |= counts
+    headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
+    return web.Response(body=answer, headers=headers)
+
+
 @dataclass(frozen=True, slots=True)
 class _ChunkStream:
     """What an InvokeModelWithResponseStream answer sends: its events, where a fault cuts
@@ -1396,14 +1416,10 @@ class BedrockEndpoints:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
         if stream:
             return await self._stream_claude(request, invocation, fault, started, request_id)
-        if fault.reset_after is not None:
-            return _abort(request)
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
-        if fault.garbage:
-            return web.Response(body=_GARBAGE, headers=headers)
-        headers |= invocation.token_headers()
-        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
-        return web.Response(body=orjson.dumps(invocation.message()), headers=headers)
+        answer = orjson.dumps(invocation.message())
+        return _invoke_answer(
+            request, answer, invocation.token_headers(), fault, started, request_id
+        )
 
     async def _stream_claude(
         self,
@@ -1441,15 +1457,9 @@ class BedrockEndpoints:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
         if stream:
             return await self._stream_text(request, invocation, fault, started, request_id)
-        if fault.reset_after is not None:
-            return _abort(request)
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
-        if fault.garbage:
-            return web.Response(body=_GARBAGE, headers=headers)
-        if not fault.no_usage:
-            headers |= invocation.token_headers()
-        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
-        return web.Response(body=orjson.dumps(invocation.answer()), headers=headers)
+        counts = {} if fault.no_usage else invocation.token_headers()
+        answer = orjson.dumps(invocation.answer())
+        return _invoke_answer(request, answer, counts, fault, started, request_id)
 
     async def _stream_text(
         self,
