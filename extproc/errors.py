@@ -92,6 +92,15 @@ def anthropic_error_body(message: str, status: int) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
 
 
+def anthropic_error_status(error_type: str) -> int:
+    """The status an Anthropic error ``type`` stands for (``anthropic_error_body``'s
+    choice, read back): 400 for an unknown client error, 500 for ``api_error``."""
+    for status, named in _ANTHROPIC_TYPES.items():
+        if named == error_type:
+            return status
+    return 500 if error_type == "api_error" else 400
+
+
 # Bedrock Runtime's exception for each status the gateway answers with, by the names
 # its API reference gives: AWS SDKs raise the exception class the name picks
 # (``ThrottlingException`` is retried, ``ValidationException`` is not).

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import orjson
 
+from extproc.aws_eventstream import encode_event
 from extproc.mock_llm.anthropic_api import (
     CacheWriteSpecError,
     InvalidRequestError,
@@ -66,7 +67,6 @@ from extproc.mock_llm.bedrock_embeddings import (
     refuse_violations,
     wrong_type,
 )
-from extproc.mock_llm.eventstream import encode_event
 from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls

@@ -123,6 +123,8 @@ from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 from multidict import CIMultiDictProxy
 
+from extproc.aws_eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
+from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.mock_llm.anthropic_api import (
     NO_CACHE_WRITES,
     CacheWrites,
@@ -161,8 +163,6 @@ from extproc.mock_llm.bedrock_text_models import (
     text_model_family,
     text_stream_cut,
 )
-from extproc.mock_llm.eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
-from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls

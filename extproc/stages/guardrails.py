@@ -57,6 +57,7 @@ from extproc.guardrails.converse_text import answer_slots as converse_answer_slo
 from extproc.guardrails.converse_text import request_slots as converse_request_slots
 from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
+from extproc.guardrails.framed_stream import FramedStreamGuard
 from extproc.guardrails.matching import Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
@@ -208,10 +209,6 @@ class GuardRequestStage:
 _UNGUARDABLE_STREAMS = {
     RouteApi.OPENAI_RESPONSES: ("a streamed Responses API answer", "send it with stream: false"),
     RouteApi.BEDROCK_CONVERSE: ("a ConverseStream answer", "call Converse (converse) instead"),
-    RouteApi.BEDROCK_INVOKE: (
-        "an InvokeModelWithResponseStream answer",
-        "call InvokeModel (invoke_model) instead",
-    ),
 }
 
 
@@ -373,11 +370,15 @@ class GuardResponseStage:
         anthropic = route.api in MESSAGES_BODY_APIS
         streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
         completions = route.api is RouteApi.OPENAI_COMPLETIONS
-        ctx.response_guard = (
-            StreamGuard(guards.response.matchers, anthropic=anthropic, completions=completions)
-            if streamed
-            else guards
-        )
+        if streamed and route.api is RouteApi.BEDROCK_INVOKE:
+            # Claude's events in AWS frames (another family's body was refused).
+            ctx.response_guard = FramedStreamGuard(guards.response.matchers)
+        elif streamed:
+            ctx.response_guard = StreamGuard(
+                guards.response.matchers, anthropic=anthropic, completions=completions
+            )
+        else:
+            ctx.response_guard = guards
         # Masking changes the body's length.
         if "content-length" not in out.remove_headers:
             out.remove_headers.append("content-length")
@@ -396,8 +397,13 @@ class GuardResponseStage:
         if isinstance(state, StreamGuard):
             events = state.split(data, end_of_stream)
             if guards.response.webhooks and events:
-                return self._stream_with_webhooks(ctx, out, state, guards, events, end_of_stream)
+                checked = self._stream_with_webhooks(ctx, out, state, guards, events, end_of_stream)
+                if isinstance(state, FramedStreamGuard):
+                    return _reframed(checked, state, out)
+                return checked
             self._render(ctx, out, state, guards, events, end_of_stream)
+            if isinstance(state, FramedStreamGuard):
+                out.body = state.reframe(out.body or b"")
             return None
         if not end_of_stream:
             if out.body is None:
@@ -561,13 +567,20 @@ class GuardResponseStage:
     def _stream_error(
         ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
     ) -> bytes:
-        anthropic = ctx.route is not None and ctx.route.api is RouteApi.ANTHROPIC_MESSAGES
+        # InvokeModel's Claude events too: FramedStreamGuard frames the error event.
+        anthropic = ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS
         body = anthropic_error_body(error.message, error.status) if anthropic else error.body()
         if not framed:
             return body
         if anthropic:
             return b"event: error\ndata: " + body + b"\n\n"
         return b"data: " + body + b"\n\ndata: [DONE]\n\n"
+
+
+async def _reframed(checked: Awaitable[None], state: FramedStreamGuard, out: PhaseOutput) -> None:
+    """A framed stream's chunk once its webhooks answered: what they let out, framed."""
+    await checked
+    out.body = state.reframe(out.body or b"")
 
 
 def _seen(ctx: RequestContext, guard: str) -> bool:

@@ -156,9 +156,13 @@ def _readable(ctx: RequestContext, out: PhaseOutput, sent: bytes) -> bytes:
     """What the client reads in the bytes it was sent: the events a translator unwrapped
     from frames that hide them (InvokeModel's stream: Claude's events, base64-encoded),
     else the bytes themselves."""
-    unwrapped = getattr(ctx.translator, "unwrapped", None)
-    if out.body is None and isinstance(unwrapped, bytes):
-        return unwrapped  # passed through as they came: the translator read them
+    if out.body is None:
+        unwrapped = getattr(ctx.translator, "unwrapped", None)
+    else:
+        # Rewritten by a guard that framed them again: the events it released.
+        unwrapped = getattr(ctx.response_guard, "unwrapped", None)
+    if isinstance(unwrapped, bytes):
+        return unwrapped
     return sent
 
 

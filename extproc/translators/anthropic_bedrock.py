@@ -81,7 +81,7 @@ _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([a-z_]+)"')
 _EVENT_END = b"\n\n"
 _UNDECODABLE = "the provider's event stream could not be decoded"
 _ENDED_EARLY = "the provider's event stream ended before the answer did"
-_MESSAGE_STOP = b"message_stop"
+_STOP_EVENT = b"event: message_stop\n"
 
 
 def translate_request(
@@ -202,13 +202,10 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
             self._exception(*error, out)
         elif frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
-            if b"\n" in event or b"\r" in event:
-                # Whitespace between JSON tokens: one SSE data line must hold the event.
-                event = orjson.dumps(orjson.loads(event))
             self.generated_chars += generated_chars(event)
-            kind = _event_type(event)
-            self._stopped = self._stopped or kind == _MESSAGE_STOP
-            out.append(b"event: " + kind + b"\ndata: " + event + _EVENT_END)
+            sse = sse_event(event)
+            self._stopped = self._stopped or sse.startswith(_STOP_EVENT)
+            out.append(sse)
 
     def _exception(self, name: str, message: str, out: list[bytes]) -> None:
         # Exception frames spell names in lowerCamel (throttlingException).
@@ -221,6 +218,15 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         self._closed = True
         self._frames = EventStreamBuffer()
         return b"event: error\ndata: " + error + _EVENT_END
+
+
+def sse_event(event: bytes) -> bytes:
+    """An Anthropic event's JSON as the SSE event Anthropic's API sends
+    (``event: <type>`` / ``data: <json>``); a ValueError when it is no typed JSON object."""
+    if b"\n" in event or b"\r" in event:
+        # Whitespace between JSON tokens: one SSE data line must hold the event.
+        event = orjson.dumps(orjson.loads(event))
+    return b"event: " + _event_type(event) + b"\ndata: " + event + _EVENT_END
 
 
 def unwrapped_chunk(payload: bytes) -> bytes:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.config.loader import ConfigError, load_config
-from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.translators.anthropic_bedrock import (
     BEDROCK_ANTHROPIC_VERSION,
     StreamTranslator,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.aws_eventstream import encode_event, encode_exception, encode_message
 from extproc.context import Usage
-from extproc.mock_llm.eventstream import encode_event, encode_exception, encode_message
 from extproc.translators.base import counts_so_far, reported_service_tier, stream_failure
 from extproc.translators.bedrock_bedrock import ConverseReader, ConverseStreamReader, converse_usage
 from extproc.translators.openai_bedrock_stream import read_usage

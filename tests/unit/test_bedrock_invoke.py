@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import pytest
 
+from extproc.aws_eventstream import encode_exception
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import RouteApi
 from extproc.converse_api import operation, operation_api
-from extproc.mock_llm.eventstream import encode_exception
 from extproc.runtime import Route
 from extproc.stages.routing import operation_route
 from extproc.translators.base import stream_failure

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.bedrock_invoke_bodies import (
     allowance_field,
     cap_completion,
@@ -17,7 +18,6 @@ from extproc.bedrock_invoke_bodies import (
     estimate_prompt_tokens,
     reads_as_claude,
 )
-from extproc.mock_llm.eventstream import encode_event, encode_exception
 from extproc.translators.base import stream_failure
 from extproc.translators.bedrock_invoke import ModelStreamReader, TokenHeaderReader
 

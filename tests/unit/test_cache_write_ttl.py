@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc.aws_eventstream import encode_event
 from extproc.chargeback.pricing import cost_of, token_prices
 from extproc.config import GatewayConfig
 from extproc.config.pricing_model import ModelPrice
 from extproc.context import Usage
-from extproc.mock_llm.eventstream import encode_event
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages

@@ -22,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extproc.aws_eventstream import encode_event
 from extproc.config.loader import ConfigError, parse_config
 from extproc.config.quota_model import QuotasConfig
 from extproc.context import Usage
@@ -30,7 +31,6 @@ from extproc.management.quotas import InvalidArgumentError, QuotaAdmin, normaliz
 from extproc.management.quotas import NotFoundError as QuotaNotFoundError
 from extproc.management.service import _bearer, _new_key
 from extproc.management.v1 import management_pb2 as pb
-from extproc.mock_llm.eventstream import encode_event
 from extproc.quota.rules import RuleSet
 from extproc.translators import anthropic_anthropic, openai_anthropic, openai_bedrock, openai_openai
 from extproc.translators.base import ResponseTranslator

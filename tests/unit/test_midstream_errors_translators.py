@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from extproc.mock_llm.eventstream import encode_event, encode_exception
+from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.translators import anthropic_anthropic, openai_anthropic, openai_bedrock, openai_openai
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, stream_failure
 

@@ -26,8 +26,8 @@ from botocore.credentials import Credentials
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer, EventStreamMessage
 from botocore.exceptions import ClientError
 
+from extproc.aws_eventstream import encode_event
 from extproc.mock_llm import MockOptions, count_tokens
-from extproc.mock_llm.eventstream import encode_event
 from extproc.testing import serve_mock
 from tests.unit.mock_helpers import http, mock_url
 

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc.aws_eventstream import encode_event
 from extproc.config import parse_config
-from extproc.mock_llm.eventstream import encode_event
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages

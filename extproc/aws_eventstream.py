@@ -1,6 +1,8 @@
 """An encoder for AWS's binary event stream (``application/vnd.amazon.eventstream``).
 
-Bedrock's ConverseStream answers with this framing instead of SSE. Each message is::
+Bedrock's ConverseStream answers with this framing instead of SSE: the mock provider
+writes its streams with it, and the gateway re-frames an InvokeModel stream whose text a
+response guard rewrote (``guardrails.framed_stream``). Decoding is botocore's. Each message is::
 
     total length    uint32, big-endian; the whole message, these 4 bytes and the final CRC included
     headers length  uint32, big-endian
@@ -12,8 +14,8 @@ Bedrock's ConverseStream answers with this framing instead of SSE. Each message 
 The CRC is the common (zlib / gzip) CRC-32. Only string header values (type 7: uint16 length, then
 UTF-8) are written, which is all Bedrock sends: ``:event-type`` (or ``:exception-type`` for an
 error inside the stream), ``:content-type`` and ``:message-type``. The limits are the ones
-decoders enforce (botocore refuses anything larger), so an oversized message fails here, in
-the mock, instead of confusing the client under test.
+decoders enforce (botocore refuses anything larger), so an oversized message fails here
+instead of confusing the client.
 """
 
 from __future__ import annotations

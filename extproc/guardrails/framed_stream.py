@@ -1,0 +1,125 @@
+"""Guards on Claude's InvokeModelWithResponseStream answers: AWS frames around Anthropic's events.
+
+An AWS SDK client of InvokeModel (boto3, Claude Code in its Bedrock mode) reads Claude's
+stream as Bedrock frames it: one ``chunk`` message of AWS's binary event stream per
+Anthropic event, the event's JSON base64-encoded in the payload's ``bytes``. The text a
+guard rewrites lies inside, so ``FramedStreamGuard`` takes the frames apart, gives the
+events to the stream guard that guards Anthropic's own SSE (``StreamGuard``, which it
+extends: the same channels, hold-back, leftovers and tool-input masking), and frames
+what that guard releases again, each event its own ``chunk`` message with fresh CRCs,
+so the client's SDK reads the masked stream as it would read Bedrock's.
+
+- Exception frames (``throttlingException``...) are not events: they follow the events
+  released before them, as they came.
+- A reject guard ends the stream with an exception frame named as the gateway's own
+  refusals are in Bedrock's shape (``accessDeniedException`` for the default 403), which
+  the SDK raises with the guard's message; nothing after it is sent.
+- A frame that fails its checks ends the guarding: nothing after it can be read, so
+  nothing after it is sent (the client's stream ends short, as the provider's would).
+
+``unwrapped`` keeps the events last released, as Anthropic's SSE, for telemetry's finish
+reasons and captured text: what the client reads, masked.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage
+
+from extproc.aws_eventstream import encode_event, encode_exception
+from extproc.errors import anthropic_error_status, bedrock_exception
+from extproc.guardrails.matching import Matchers
+from extproc.guardrails.stream import StreamGuard
+from extproc.translators.anthropic_bedrock import sse_event, unwrapped_chunk
+from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error
+
+_EVENT_END = b"\n\n"
+_ERROR_EVENT = b"error"
+_CHUNK = "chunk"
+# An error event's JSON whose message could not be read: said plainly.
+_UNREADABLE_REFUSAL = "the answer was refused by a guardrail"
+
+
+class FramedStreamGuard(StreamGuard):
+    """``StreamGuard`` for Claude's events inside InvokeModel's stream frames."""
+
+    def __init__(self, matchers: Matchers) -> None:
+        super().__init__(matchers, anthropic=True)
+        self._frames = EventStreamBuffer()
+        # Exception frames read with this chunk: sent after its released events.
+        self._after: list[bytes] = []
+        # A frame broke: the chunk's events go out, and nothing after them.
+        self._broken = False
+        self.unwrapped = b""
+
+    def split(self, data: bytes, end_of_stream: bool) -> list[Any]:
+        """The Anthropic events of the complete frames in ``data``, as the SSE guard reads
+        them (a partial frame waits for the next chunk)."""
+        if self.ended:
+            return []
+        self._frames.add_data(data)
+        sse: list[bytes] = []
+        try:
+            for frame in self._frames:
+                self._unframe(frame, sse)
+        except BAD_FRAME:
+            # Nothing after a broken frame can be read, so none of it can be guarded.
+            self._frames = EventStreamBuffer()
+            self._broken = True
+            return super().split(b"".join(sse), True)
+        return super().split(b"".join(sse), end_of_stream)
+
+    def _unframe(self, frame: EventStreamMessage, sse: list[bytes]) -> None:
+        error = frame_error(frame)
+        if error is not None:
+            name, message = error
+            self._after.append(encode_exception(name, orjson.dumps({"message": message})))
+        elif frame.headers.get(":event-type") == _CHUNK:
+            sse.append(sse_event(unwrapped_chunk(frame.payload)))
+
+    def reframe(self, sse: bytes) -> bytes:
+        """The frames of what the SSE guard released (``render``'s bytes, or the error
+        event of a webhook's refusal), then the exception frames read with them."""
+        self.unwrapped = sse
+        out: list[bytes] = []
+        for block in sse.split(_EVENT_END):
+            if block.strip():
+                out.append(self._frame(block))
+        if not self.ended:
+            out.extend(self._after)
+        self._after = []
+        if self._broken:
+            self.ended = True
+        return b"".join(out)
+
+    def _frame(self, block: bytes) -> bytes:
+        name, _, data = block.partition(b"\n")
+        kind = name.removeprefix(b"event:").strip()
+        payload = data.removeprefix(b"data:").strip()
+        if kind != _ERROR_EVENT:
+            encoded = base64.b64encode(payload)
+            return encode_event(_CHUNK, b'{"bytes":"' + encoded + b'"}')
+        # A guard's refusal (the SSE guard's error event): the stream ends with it.
+        self.ended = True
+        message, status = _refusal_of(payload)
+        # Exception frames spell names in lowerCamel (accessDeniedException).
+        exception = bedrock_exception(status)
+        payload = orjson.dumps({"message": message})
+        return encode_exception(exception[:1].lower() + exception[1:], payload)
+
+
+def _refusal_of(payload: bytes) -> tuple[str, int]:
+    """The message of Anthropic's error event, and the status its type stands for."""
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return _UNREADABLE_REFUSAL, 403
+    message, kind = error.get("message"), error.get("type")
+    status = anthropic_error_status(kind) if isinstance(kind, str) else 403
+    return (message if isinstance(message, str) and message else _UNREADABLE_REFUSAL), status
