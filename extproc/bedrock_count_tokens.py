@@ -18,7 +18,6 @@ bytes back for the provider when they did.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import orjson
@@ -63,7 +62,7 @@ def _decoded(blob: Any, max_depth: int) -> dict[str, Any]:
         raise BadRequestError(f"'{where}' must be a base64-encoded string", param=where)
     try:
         decoded = orjson.loads(base64.b64decode(blob, validate=True))
-    except (binascii.Error, orjson.JSONDecodeError):
+    except ValueError:  # not base64 (non-ASCII text too), not UTF-8, not JSON
         raise BadRequestError(
             f"'{where}' must be the base64 of a JSON object (an InvokeModel body)", param=where
         ) from None

@@ -7,7 +7,8 @@ is). Any other family's body passes through unread but for what the quota needs:
 - its prompt estimate (``estimate_prompt_tokens``): every string in the body, at
   ``CHARS_PER_TOKEN`` characters a token, which covers the prompt wherever the family
   puts it (Llama's and Mistral's ``prompt``, Titan's ``inputText``, Nova's and
-  Cohere's messages) and over-counts by its few string settings;
+  Cohere's messages) and over-counts by its few string settings; a string of base64
+  (an image's bytes) is no text and counts nothing, as on every other API;
 - its completion allowance, where the family names one the gateway knows
   (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's ``max_tokens``, Titan's
   ``textGenerationConfig.maxTokenCount``), which a hard cap lowers or sets as it does
@@ -24,6 +25,7 @@ Claude's alone carries ``anthropic_version``, which Bedrock requires of it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from extproc.providers.bedrock_model_ids import base_model_id
@@ -38,6 +40,16 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 _CLAUDE = "anthropic."
 _CLAUDE_VERSION_KEY = "anthropic_version"
+# A string that is all base64 (an image's or a document's bytes: Llama's ``images``,
+# Nova's ``source.bytes``, Titan's ``inputImage``; a data URL) is no text: its length is
+# not its token count, and read as text one photo would reserve tens of thousands of
+# tokens (``quota.estimate`` counts no image either). Text has spaces or punctuation;
+# bytes' base64 mixes capitals, small letters and digits.
+_LEAST_BINARY = 256
+_BINARY = re.compile(
+    r"(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=[^0-9]*[0-9])"
+    r"(?:data:[\w.+/-]+(?:;[\w=.+-]+)*,)?[A-Za-z0-9+/_-]+={0,2}"
+)
 
 
 def reads_as_claude(model_id: str, body: dict[str, Any]) -> bool:
@@ -55,7 +67,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
 
 def _string_chars(value: Any) -> int:
     if isinstance(value, str):
-        return len(value)
+        return 0 if len(value) >= _LEAST_BINARY and _BINARY.fullmatch(value) else len(value)
     if isinstance(value, dict):
         return sum(_string_chars(item) for item in value.values())
     if isinstance(value, list):

@@ -19,7 +19,7 @@ import orjson
 
 from extproc import headers
 from extproc.backends import BEDROCK_RUNTIME_APIS, check_pair, client_asked_for_usage, plan_request
-from extproc.bedrock_count_tokens import check_count_body
+from extproc.bedrock_count_tokens import INVOKE_MODEL, check_count_body, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import check_completions_body
 from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
@@ -102,6 +102,11 @@ class ChatRequestStage:
             upstream.upstream_model, parsed
         ):
             check_chat_messages(parsed, limits.max_messages)  # Claude's body: a Messages call
+        if route.api is RouteApi.BEDROCK_COUNT_TOKENS:
+            member, counted = counted_request(parsed)
+            if member == INVOKE_MODEL and reads_as_claude(upstream.upstream_model, counted):
+                # Counted as InvokeModel's body, checked as it is: the guards read no other.
+                check_chat_messages(counted, limits.max_messages)
         stream = streamed if bedrock_runtime else parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")

@@ -54,6 +54,10 @@ from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error, st
 # InvokeModel's answer headers with the token counts, for every model.
 INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
 OUTPUT_TOKENS_HEADER = "x-amzn-bedrock-output-token-count"
+# The prompt tokens read from and written to the model's prompt cache (Nova's, at a
+# cachePoint), which the input count leaves out as Converse's inputTokens does.
+CACHE_READ_HEADER = "x-amzn-bedrock-cache-read-input-token-count"
+CACHE_WRITE_HEADER = "x-amzn-bedrock-cache-write-input-token-count"
 # What Bedrock adds to the last chunk of every model's stream.
 _METRICS = b"amazon-bedrock-invocationMetrics"
 _UNDECODABLE = "the provider's event stream could not be decoded"
@@ -98,7 +102,18 @@ def header_usage(headers: dict[str, str]) -> Usage | None:
     if prompt is None:
         return None
     completion = _count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
-    return Usage(prompt, completion, prompt + completion)
+    return _usage(
+        prompt, completion, headers.get(CACHE_READ_HEADER), headers.get(CACHE_WRITE_HEADER)
+    )
+
+
+def _usage(uncached: int, completion: int, read: Any, written: Any) -> Usage:
+    """Bedrock's counts as usage: the prompt is everything the model read, the uncached
+    part and the cache's reads and writes (billed at their own prices)."""
+    cache_read = _count(read) or 0
+    cache_write = _count(written) or 0
+    prompt = uncached + cache_read + cache_write
+    return Usage(prompt, completion, prompt + completion, cache_read, cache_write)
 
 
 def _count(value: Any) -> int | None:
@@ -191,7 +206,8 @@ class ModelStreamReader:
         prompt = _count(metrics.get("inputTokenCount"))
         completion = _count(metrics.get("outputTokenCount"))
         if prompt is not None and completion is not None:
-            self.usage = Usage(prompt, completion, prompt + completion)
+            read = metrics.get("cacheReadInputTokenCount")
+            self.usage = _usage(prompt, completion, read, metrics.get("cacheWriteInputTokenCount"))
         self.terminal_event_read = True
 
     def _failed(self, error: ProviderStreamError) -> None:
