@@ -313,6 +313,13 @@ Try it:
   curl -s {base}/v1/messages -H 'authorization: Bearer team1-key' \
        -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \
        -d '{{"model":"haiku","max_tokens":100,"messages":[{{"role":"user","content":"Hi"}}]}}'
+  # Bedrock's own API, as AWS SDKs call it: Converse, InvokeModel with any model's body
+  curl -s {base}/model/haiku/converse -H 'authorization: Bearer team1-key' \
+       -H 'content-type: application/json' \
+       -d '{{"messages":[{{"role":"user","content":[{{"text":"Hi"}}]}}]}}'
+  curl -s {base}/model/meta.llama3-8b-instruct-v1:0/invoke \
+       -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \
+       -d '{{"prompt":"Hi","max_gen_len":50}}'
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
   export AIGW_ADMIN_TOKEN=dev-admin-token
