@@ -39,6 +39,8 @@ from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error
 _EVENT_END = b"\n\n"
 _ERROR_EVENT = b"error"
 _CHUNK = "chunk"
+# The SSE event carrying a frame no guard reads, to send on as it came, in its place.
+_PASSED = "aws_frame"
 # An error event's JSON whose message could not be read: said plainly.
 _UNREADABLE_REFUSAL = "the answer was refused by a guardrail"
 
@@ -77,8 +79,21 @@ class FramedStreamGuard(StreamGuard):
         if error is not None:
             name, message = error
             self._after.append(encode_exception(name, orjson.dumps({"message": message})))
-        elif frame.headers.get(":event-type") == _CHUNK:
-            sse.append(sse_event(unwrapped_chunk(frame.payload)))
+            return
+        kind = str(frame.headers.get(":event-type", ""))
+        event = self._event(kind, frame.payload)
+        if event is None:
+            # No text the guards read: the frame goes on as it came, in its place.
+            passed = {"type": _PASSED, "event": kind, "payload": frame.payload.decode()}
+            event = b"event: " + _PASSED.encode() + b"\ndata: " + orjson.dumps(passed) + _EVENT_END
+        sse.append(event)
+
+    def _event(self, kind: str, payload: bytes) -> bytes | None:
+        """The Anthropic SSE event an event frame carries; None for a frame that carries
+        none (passed on unread)."""
+        if kind != _CHUNK:
+            return None
+        return sse_event(unwrapped_chunk(payload))
 
     def reframe(self, sse: bytes) -> bytes:
         """The frames of what the SSE guard released (``render``'s bytes, or the error
@@ -99,9 +114,11 @@ class FramedStreamGuard(StreamGuard):
         name, _, data = block.partition(b"\n")
         kind = name.removeprefix(b"event:").strip()
         payload = data.removeprefix(b"data:").strip()
+        if kind == _PASSED.encode():
+            passed = orjson.loads(payload)
+            return encode_event(passed["event"], passed["payload"].encode())
         if kind != _ERROR_EVENT:
-            encoded = base64.b64encode(payload)
-            return encode_event(_CHUNK, b'{"bytes":"' + encoded + b'"}')
+            return self._event_frame(kind, payload)
         # A guard's refusal (the SSE guard's error event): the stream ends with it.
         self.ended = True
         message, status = _refusal_of(payload)
@@ -109,6 +126,11 @@ class FramedStreamGuard(StreamGuard):
         exception = bedrock_exception(status)
         payload = orjson.dumps({"message": message})
         return encode_exception(exception[:1].lower() + exception[1:], payload)
+
+    def _event_frame(self, kind: bytes, payload: bytes) -> bytes:
+        """The frame of one event the SSE guard released: Claude's event in a chunk."""
+        encoded = base64.b64encode(payload)
+        return encode_event(_CHUNK, b'{"bytes":"' + encoded + b'"}')
 
 
 def _refusal_of(payload: bytes) -> tuple[str, int]:
@@ -123,3 +145,73 @@ def _refusal_of(payload: bytes) -> tuple[str, int]:
     message, kind = error.get("message"), error.get("type")
     status = anthropic_error_status(kind) if isinstance(kind, str) else 403
     return (message if isinstance(message, str) and message else _UNREADABLE_REFUSAL), status
+
+
+class ConverseStreamGuard(FramedStreamGuard):
+    """``StreamGuard`` for a ConverseStream answer's frames: Converse's events, each its
+    own frame (no base64), read as the Anthropic events they stand for.
+
+    A ``contentBlockDelta`` with ``text`` is a ``text_delta`` of its block, one with
+    ``toolUse.input`` an ``input_json_delta`` (the tool call's JSON input, guarded as
+    Anthropic's is), ``contentBlockStop`` closes the block (what its channel held goes
+    out before it), ``messageStop`` ends the answer's text (every channel's leftovers go
+    out before it). Each keeps its own payload, the text replaced: nothing else of
+    Bedrock's changes. Every other frame (``messageStart``, ``contentBlockStart``,
+    ``metadata``, reasoning and citation deltas) goes on as it came: reasoning is signed
+    (Bedrock refuses a changed one sent back), as in a whole answer."""
+
+    def _event(self, kind: str, payload: bytes) -> bytes | None:
+        if kind not in _CONVERSE_READ:
+            return None
+        event = orjson.loads(payload)
+        if not isinstance(event, dict):
+            return None
+        index = event.get("contentBlockIndex", 0)
+        anthropic: dict[str, Any] = {"type": _CONVERSE_READ[kind], "index": index}
+        if kind == _DELTA:
+            delta = event.get("delta")
+            text = delta.get("text") if isinstance(delta, dict) else None
+            tool = delta.get("toolUse") if isinstance(delta, dict) else None
+            if isinstance(text, str):
+                anthropic["delta"] = {"type": "text_delta", "text": text}
+            elif isinstance(tool, dict) and isinstance(tool.get("input"), str):
+                anthropic["delta"] = {"type": "input_json_delta", "partial_json": tool["input"]}
+            else:
+                return None
+        # The frame's own payload rides along: it is written back with the text replaced.
+        anthropic[_CONVERSE_KEY] = event
+        name = _CONVERSE_READ[kind].encode()
+        return b"event: " + name + b"\ndata: " + orjson.dumps(anthropic) + _EVENT_END
+
+    def _event_frame(self, kind: bytes, payload: bytes) -> bytes:
+        event = orjson.loads(payload)
+        original = event.get(_CONVERSE_KEY)
+        name = kind.decode()
+        if name == "content_block_delta":
+            delta = event.get("delta", {})
+            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            written: dict[str, Any] = (
+                {"text": text}
+                if text is not None
+                else {"toolUse": {"input": delta.get("partial_json", "")}}
+            )
+            if isinstance(original, dict):
+                converse = {**original, "delta": written}
+            else:
+                # Leftovers the guard released before the block closed: a delta of its own.
+                converse = {"contentBlockIndex": event.get("index", 0), "delta": written}
+            return encode_event(_DELTA, orjson.dumps(converse))
+        frame_kind = _CONVERSE_WRITTEN.get(name, name)
+        return encode_event(frame_kind, orjson.dumps(original if original is not None else event))
+
+
+_DELTA = "contentBlockDelta"
+# The Converse events the guard reads, and the Anthropic events they stand for.
+_CONVERSE_READ = {
+    _DELTA: "content_block_delta",
+    "contentBlockStop": "content_block_stop",
+    "messageStop": "message_stop",
+}
+_CONVERSE_WRITTEN = {anthropic: converse for converse, anthropic in _CONVERSE_READ.items()}
+# Where a read event keeps its frame's own payload.
+_CONVERSE_KEY = "converse"

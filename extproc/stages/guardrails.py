@@ -57,7 +57,7 @@ from extproc.guardrails.converse_text import answer_slots as converse_answer_slo
 from extproc.guardrails.converse_text import request_slots as converse_request_slots
 from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
-from extproc.guardrails.framed_stream import FramedStreamGuard
+from extproc.guardrails.framed_stream import ConverseStreamGuard, FramedStreamGuard
 from extproc.guardrails.matching import Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
@@ -204,11 +204,10 @@ class GuardRequestStage:
 
 # Streams a route that guards answers refuses, and how the client asks for the answer
 # whole instead: a Responses API stream repeats its text outside the deltas a stream
-# guard rewrites, and a ConverseStream's text sits in binary event-stream frames, which
-# the stream guard does not read (the module docstring).
+# guard rewrites (the module docstring). Bedrock's framed streams are guarded inside
+# their frames (guardrails.framed_stream).
 _UNGUARDABLE_STREAMS = {
     RouteApi.OPENAI_RESPONSES: ("a streamed Responses API answer", "send it with stream: false"),
-    RouteApi.BEDROCK_CONVERSE: ("a ConverseStream answer", "call Converse (converse) instead"),
 }
 
 
@@ -373,6 +372,8 @@ class GuardResponseStage:
         if streamed and route.api is RouteApi.BEDROCK_INVOKE:
             # Claude's events in AWS frames (another family's body was refused).
             ctx.response_guard = FramedStreamGuard(guards.response.matchers)
+        elif streamed and route.api is RouteApi.BEDROCK_CONVERSE:
+            ctx.response_guard = ConverseStreamGuard(guards.response.matchers)
         elif streamed:
             ctx.response_guard = StreamGuard(
                 guards.response.matchers, anthropic=anthropic, completions=completions

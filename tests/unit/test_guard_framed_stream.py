@@ -13,7 +13,7 @@ from botocore.eventstream import EventStreamBuffer
 from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.config.guard_model import GuardConfig
 from extproc.errors import anthropic_error_body
-from extproc.guardrails.framed_stream import FramedStreamGuard
+from extproc.guardrails.framed_stream import ConverseStreamGuard, FramedStreamGuard
 from extproc.guardrails.matching import MatcherGuard, Matchers
 
 PII = GuardConfig(name="pii", builtins=["EMAIL"], action="mask")
@@ -130,3 +130,73 @@ def test_the_events_released_are_kept_for_telemetry_as_anthropics_sse() -> None:
     play(guard, frame(claude_stream("Hi")[-2]), 100_000)
     assert guard.unwrapped.startswith(b"event: message_delta\ndata: ")
     assert b'"stop_reason":"end_turn"' in guard.unwrapped
+
+
+def converse_frames(*pieces: str, tool_input: list[str] | None = None) -> bytes:
+    """A ConverseStream answer as Bedrock frames it: one event per frame, no base64."""
+    events: list[tuple[str, dict[str, Any]]] = [("messageStart", {"role": "assistant", "p": "ab"})]
+    events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}, "p": "x"})
+               for p in pieces]  # fmt: skip
+    events.append(("contentBlockStop", {"contentBlockIndex": 0}))
+    if tool_input is not None:
+        start = {"toolUse": {"toolUseId": "t1", "name": "send"}}
+        events.append(("contentBlockStart", {"contentBlockIndex": 1, "start": start}))
+        for piece in tool_input:
+            delta = {"toolUse": {"input": piece}}
+            events.append(("contentBlockDelta", {"contentBlockIndex": 1, "delta": delta}))
+        events.append(("contentBlockStop", {"contentBlockIndex": 1}))
+    events.append(("messageStop", {"stopReason": "end_turn"}))
+    usage = {"inputTokens": 5, "outputTokens": 3, "totalTokens": 8}
+    events.append(("metadata", {"usage": usage, "metrics": {"latencyMs": 9}}))
+    return b"".join(encode_event(kind, orjson.dumps(payload)) for kind, payload in events)
+
+
+def read_converse(frames: bytes) -> list[tuple[str, Any]]:
+    buffer = EventStreamBuffer()
+    buffer.add_data(frames)
+    return [
+        (message.headers.get(":event-type") or message.headers[":exception-type"],
+         orjson.loads(message.payload))
+        for message in buffer
+    ]  # fmt: skip
+
+
+def converse_guard(*configs: GuardConfig) -> ConverseStreamGuard:
+    return ConverseStreamGuard(Matchers(tuple(MatcherGuard(c, 256) for c in configs)))
+
+
+@pytest.mark.parametrize("step", [1, 13, 100_000])
+def test_a_converse_stream_is_masked_in_its_frames_and_keeps_bedrocks_events(step: int) -> None:
+    stream = converse_frames("Mail bob@exa", "mple.com", " today.")
+    messages = read_converse(play(converse_guard(PII), stream, step))
+    text = "".join(p["delta"].get("text", "") for k, p in messages if k == "contentBlockDelta")
+    assert "bob@example.com" not in text and text.startswith("Mail ") and text.endswith(" today.")
+    kinds = [kind for kind, _ in messages]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    # Bedrock's own fields ride along untouched.
+    assert messages[0][1] == {"role": "assistant", "p": "ab"}
+    assert messages[-1][1]["usage"]["totalTokens"] == 8
+    # What a block held goes out before the block closes.
+    assert kinds.index("contentBlockStop") > max(
+        i for i, k in enumerate(kinds) if k == "contentBlockDelta"
+    )
+
+
+def test_a_converse_tool_calls_input_is_guarded_as_json() -> None:
+    stream = converse_frames("ok", tool_input=['{"to": "bob@ex', 'ample.com"}'])
+    messages = read_converse(play(converse_guard(PII), stream, 100_000))
+    sent = "".join(
+        p["delta"]["toolUse"]["input"]
+        for k, p in messages
+        if k == "contentBlockDelta" and "toolUse" in p["delta"]
+    )
+    assert "bob@example.com" not in sent
+    assert orjson.loads(sent)["to"] != "bob@example.com"  # still JSON, the address masked
+
+
+def test_a_converse_stream_a_guard_rejects_ends_with_an_exception() -> None:
+    stream = converse_frames("the password is hunter2")
+    messages = read_converse(play(converse_guard(NO_SECRETS), stream, 100_000))
+    kind, payload = messages[-1]
+    assert kind == "accessDeniedException" and payload["message"] == "refused: secret"
+    assert all("hunter2" not in orjson.dumps(p).decode() for _, p in messages)
