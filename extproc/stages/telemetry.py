@@ -34,6 +34,19 @@ from extproc.translators.base import stream_failure
 # text inside JSON strings cannot match, because there its quotes are escaped.
 _OPENAI_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 _ANTHROPIC_FINISH = re.compile(rb'"stop_reason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+# Bedrock's own APIs: Converse's stopReason; InvokeModel's, by model family (Claude's,
+# Llama's and Mistral's stop_reason, Titan's completionReason, Nova's stopReason,
+# Cohere's finish_reason).
+_CONVERSE_FINISH = re.compile(rb'"stopReason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+_INVOKE_FINISH = re.compile(
+    rb'"(?:stop_reason|stopReason|completionReason|finish_reason)"\s*:\s*"([A-Za-z0-9_.-]{1,64})"'
+)
+# The pattern of each API whose finish reason is not OpenAI's ``finish_reason``.
+_FINISH_PATTERNS = {
+    RouteApi.ANTHROPIC_MESSAGES: _ANTHROPIC_FINISH,
+    RouteApi.BEDROCK_CONVERSE: _CONVERSE_FINISH,
+    RouteApi.BEDROCK_INVOKE: _INVOKE_FINISH,
+}
 # Longest match, so a reason split across two body chunks is still found.
 _CARRY = 96
 # A running stream's span counts are refreshed at most this often: each refresh is a
@@ -138,11 +151,7 @@ class TelemetryStage:
     @staticmethod
     def _scan_finish_reasons(ctx: RequestContext, sent: bytes) -> None:
         route = ctx.route
-        pattern = (
-            _ANTHROPIC_FINISH
-            if route is not None and route.api in MESSAGES_BODY_APIS
-            else _OPENAI_FINISH
-        )
+        pattern = _FINISH_PATTERNS.get(route.api, _OPENAI_FINISH) if route else _OPENAI_FINISH
         carry = ctx.finish_carry
         data = carry + sent if carry else sent
         for match in pattern.finditer(data):

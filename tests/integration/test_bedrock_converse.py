@@ -156,6 +156,7 @@ def test_converse_is_answered_signed_by_the_gateway_and_billed(
     assert (line["route"], line["provider"], line["model"]) == (ROUTE, "mock-bedrock", MODEL)
     assert line["http_status_code"] == 200 and line["outcome"] == "completed"
     assert line["stream"] is False and line["usage_reported"] is True
+    assert line["finish_reasons"] == ["end_turn"]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (
         usage["inputTokens"],
         usage["outputTokens"],
@@ -203,6 +204,7 @@ def test_converse_stream_events_reach_the_client_and_its_usage_is_billed(
     # Asked for by its alias, billed as the model.
     assert (line["route"], line["model"], line["stream"]) == (ROUTE, "haiku", True)
     assert line["outcome"] == "completed" and line["usage_reported"] is True
+    assert line["finish_reasons"] == ["end_turn"]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (
         usage["inputTokens"],
         usage["outputTokens"],

@@ -156,6 +156,7 @@ def test_other_model_families_are_billed_by_the_counts_bedrock_reports(
     [line] = gateway_log.for_request(request_id(llama))
     assert (line["route"], line["provider"], line["model"]) == (ROUTE, "mock-bedrock", LLAMA)
     assert line["usage_reported"] is True and line["outcome"] == "completed"
+    assert line["finish_reasons"] == [answer["stop_reason"]]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (
         answer["prompt_token_count"],
         answer["generation_token_count"],
@@ -172,6 +173,7 @@ def test_other_model_families_are_billed_by_the_counts_bedrock_reports(
     [line] = gateway_log.for_request(request_id(streamed))
     assert line["stream"] is True and line["usage_reported"] is True
     assert line["outcome"] == "completed"
+    assert line["finish_reasons"] == [chunks[-1]["completionReason"]]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (
         metrics["inputTokenCount"],
         metrics["outputTokenCount"],
