@@ -9,13 +9,17 @@ extends: the same channels, hold-back, leftovers and tool-input masking), and fr
 what that guard releases again, each event its own ``chunk`` message with fresh CRCs,
 so the client's SDK reads the masked stream as it would read Bedrock's.
 
-- Exception frames (``throttlingException``...) are not events: they follow the events
-  released before them, as they came.
+- Exception and error frames (``throttlingException``...) are not events: they end the
+  stream, so what the channels held goes out before them (the SDK raises at them and
+  reads nothing after), and they follow as they came, byte for byte but the CRCs.
 - A reject guard ends the stream with an exception frame named as the gateway's own
-  refusals are in Bedrock's shape (``accessDeniedException`` for the default 403), which
-  the SDK raises with the guard's message; nothing after it is sent.
+  refusals are in Bedrock's shape, among the exceptions the stream declares (boto3 reads
+  neither the name nor the message of another): ``validationException`` for the default
+  403, as the stream has no access denied one. The SDK raises it with the guard's
+  message; nothing after it is sent.
 - A frame that fails its checks ends the guarding: nothing after it can be read, so
-  nothing after it is sent (the client's stream ends short, as the provider's would).
+  nothing after it is sent, and an ``internalServerException`` frame ends the stream
+  (the client's SDK would have raised at the broken frame itself).
 
 ``unwrapped`` keeps the events last released, as Anthropic's SSE, for telemetry's finish
 reasons and captured text: what the client reads, masked.
@@ -24,12 +28,13 @@ reasons and captured text: what the client reads, masked.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
-from extproc.aws_eventstream import encode_event, encode_exception
+from extproc.aws_eventstream import encode_event, encode_exception, encode_message
 from extproc.errors import anthropic_error_status, bedrock_exception
 from extproc.guardrails.matching import Matchers
 from extproc.guardrails.stream import StreamGuard
@@ -43,10 +48,27 @@ _CHUNK = "chunk"
 _PASSED = "aws_frame"
 # An error event's JSON whose message could not be read: said plainly.
 _UNREADABLE_REFUSAL = "the answer was refused by a guardrail"
+# What ends the client's stream where a provider's frame broke.
+_UNDECODABLE = orjson.dumps({"message": "the provider's event stream could not be decoded"})
+# The exceptions ConverseStream's stream declares (botocore's ConverseStreamOutput);
+# InvokeModel's adds modelTimeoutException (ResponseStream).
+_CONVERSE_EXCEPTIONS = frozenset(
+    {
+        "internalServerException",
+        "modelStreamErrorException",
+        "validationException",
+        "throttlingException",
+        "serviceUnavailableException",
+    }
+)
 
 
 class FramedStreamGuard(StreamGuard):
     """``StreamGuard`` for Claude's events inside InvokeModel's stream frames."""
+
+    # The exception names the stream declares: of another, boto3 raises an error with
+    # neither a code nor a message.
+    exceptions: ClassVar[frozenset[str]] = _CONVERSE_EXCEPTIONS | {"modelTimeoutException"}
 
     def __init__(self, matchers: Matchers) -> None:
         super().__init__(matchers, anthropic=True)
@@ -68,17 +90,27 @@ class FramedStreamGuard(StreamGuard):
             for frame in self._frames:
                 self._unframe(frame, sse)
         except BAD_FRAME:
-            # Nothing after a broken frame can be read, so none of it can be guarded.
+            # Nothing after a broken frame can be read, so none of it can be guarded; the
+            # client's SDK, which would have raised at it, raises at this instead.
             self._frames = EventStreamBuffer()
             self._broken = True
+            self._after.append(encode_exception("internalServerException", _UNDECODABLE))
             return super().split(b"".join(sse), True)
         return super().split(b"".join(sse), end_of_stream)
 
+    def render(
+        self, events: list[Any], end_of_stream: bool, error: Callable[[int], bytes]
+    ) -> bytes:
+        # An exception frame (or a broken one) ends the stream: what the channels hold goes
+        # out now, before it, not after it, where the SDK that raised reads nothing.
+        return super().render(events, end_of_stream or bool(self._after), error)
+
     def _unframe(self, frame: EventStreamMessage, sse: list[bytes]) -> None:
-        error = frame_error(frame)
-        if error is not None:
-            name, message = error
-            self._after.append(encode_exception(name, orjson.dumps({"message": message})))
+        if frame_error(frame) is not None:
+            # As it came: an error message's code and message are in its headers, a model
+            # error's payload has the model's own status too.
+            headers = {name: str(value) for name, value in frame.headers.items()}
+            self._after.append(encode_message(headers, frame.payload))
             return
         kind = str(frame.headers.get(":event-type", ""))
         event = self._event(kind, frame.payload)
@@ -122,10 +154,13 @@ class FramedStreamGuard(StreamGuard):
         # A guard's refusal (the SSE guard's error event): the stream ends with it.
         self.ended = True
         message, status = _refusal_of(payload)
-        # Exception frames spell names in lowerCamel (accessDeniedException).
+        # Exception frames spell names in lowerCamel (throttlingException).
         exception = bedrock_exception(status)
-        payload = orjson.dumps({"message": message})
-        return encode_exception(exception[:1].lower() + exception[1:], payload)
+        raised = exception[:1].lower() + exception[1:]
+        if raised not in self.exceptions:
+            # AccessDenied, ResourceNotFound: the call's errors, which no stream declares.
+            raised = "validationException"
+        return encode_exception(raised, orjson.dumps({"message": message}))
 
     def _event_frame(self, kind: bytes, payload: bytes) -> bytes:
         """The frame of one event the SSE guard released: Claude's event in a chunk."""
@@ -159,6 +194,8 @@ class ConverseStreamGuard(FramedStreamGuard):
     Bedrock's changes. Every other frame (``messageStart``, ``contentBlockStart``,
     ``metadata``, reasoning and citation deltas) goes on as it came: reasoning is signed
     (Bedrock refuses a changed one sent back), as in a whole answer."""
+
+    exceptions: ClassVar[frozenset[str]] = _CONVERSE_EXCEPTIONS
 
     def _event(self, kind: str, payload: bytes) -> bytes | None:
         if kind not in _CONVERSE_READ:
