@@ -249,18 +249,20 @@ def _invoke_answer(
     answer: bytes,
     counts: Mapping[str, str],
     fault: Fault,
-    started: float,
+    started: float | None,
     request_id: str,
 ) -> web.StreamResponse:
-    """InvokeModel's JSON answer with its token-count headers (``counts``) and latency;
-    the connection dropped, or garbage sent, when a fault says."""
+    """InvokeModel's JSON answer with its token-count headers (``counts``) and its latency
+    since ``started`` (None: none); the connection dropped, or garbage sent, when a fault
+    says."""
     if fault.reset_after is not None:
         return _abort(request)
     headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
     if fault.garbage:
         return web.Response(body=_GARBAGE, headers=headers)
     headers |= counts
-    headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
+    if started is not None:
+        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
     return web.Response(body=answer, headers=headers)
 
 
@@ -1320,20 +1322,12 @@ class BedrockEndpoints:
             embed = _embedding_request(request, body)
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
-        if fault.reset_after is not None:
-            return _abort(request)
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
-        if fault.garbage:
-            return web.Response(body=_GARBAGE, headers=headers)
         if isinstance(embed, CohereRequest):
             answer = cohere_answer(embed)
         else:
             answer = titan_answer(embed, with_usage=not fault.no_usage)
-        document = orjson.dumps(answer)
-        if not fault.no_usage:
-            headers[INPUT_TOKEN_COUNT_HEADER] = str(embed.input_tokens)
-        headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))
-        return web.Response(body=document, headers=headers)
+        counts = {} if fault.no_usage else {INPUT_TOKEN_COUNT_HEADER: str(embed.input_tokens)}
+        return _invoke_answer(request, orjson.dumps(answer), counts, fault, started, request_id)
 
     async def invoke_with_response_stream(
         self, request: web.Request, body: Body
@@ -1369,12 +1363,9 @@ class BedrockEndpoints:
             return error_response(400, "ValidationException", str(exc), request_id=request_id)
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
-        if fault.reset_after is not None:
-            return _abort(request)
-        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
-        if fault.garbage:
-            return web.Response(body=_GARBAGE, headers=headers)
-        return web.Response(body=orjson.dumps({"inputTokens": tokens}), headers=headers)
+        # CountTokens reports no latency: nothing was invoked.
+        answer = orjson.dumps({"inputTokens": tokens})
+        return _invoke_answer(request, answer, {}, fault, None, request_id)
 
     def _countable_model(self, request: web.Request) -> tuple[str, str]:
         """The model id the path names and its Claude model's Anthropic name; raises

@@ -39,7 +39,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage
+from botocore.eventstream import EventStreamMessage
 
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import (
@@ -47,9 +47,10 @@ from extproc.translators.anthropic_bedrock import (
     StreamTranslator,
     unwrapped_chunk,
 )
-from extproc.translators.base import ProviderStreamError, StreamFailure, service_tier_of
+from extproc.translators.base import ProviderStreamError, service_tier_of
+from extproc.translators.bedrock_bedrock import ConverseStreamReader
 from extproc.translators.generated_text import generated_chars
-from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error, stream_exception
+from extproc.translators.openai_bedrock_stream import frame_error, stream_exception
 
 # InvokeModel's answer headers with the token counts, for every model.
 INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
@@ -149,51 +150,34 @@ class TokenHeaderReader:
         return None
 
 
-class ModelStreamReader:
+class ModelStreamReader(ConverseStreamReader):
     """Another family's InvokeModelWithResponseStream frames, passed through; billed by the
-    last chunk's ``amazon-bedrock-invocationMetrics``."""
+    last chunk's ``amazon-bedrock-invocationMetrics``. Read as ConverseStream's frames are
+    (the reader it extends: failures, a broken frame), its chunks unwrapped."""
 
     def __init__(self, served_tier: str | None = None) -> None:
-        self.usage: Usage | None = None
-        self.response_model: str | None = None
-        self.status: int | None = None
-        self.failure: StreamFailure | None = None
+        super().__init__()
         self.service_tier = service_tier_of(served_tier)
         # Characters of generated text in the chunks so far (partial_usage).
         self.generated_chars = 0
-        # The metrics, the last chunk, were read: the answer is whole.
-        self.terminal_event_read = False
         # The JSON of the last body chunk's events, which the frames' base64 hides, for
         # telemetry's finish reasons.
         self.unwrapped = b""
-        self._frames = EventStreamBuffer()
-        self._reading = True
+        self._events: list[bytes] = []
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        self.unwrapped = b""
-        if not self._reading:
-            return None
-        self._frames.add_data(chunk)
-        events: list[bytes] = []
-        try:
-            for frame in self._frames:
-                self._read(frame, events)
-                if not self._reading:
-                    break
-        except BAD_FRAME:
-            self._failed(ProviderStreamError(_UNDECODABLE, error_type="upstream_error", code=None))
-        if not self._reading:
-            self._frames = EventStreamBuffer()
-        self.unwrapped = b"\n".join(events)
+        self._events = []
+        super().feed(chunk, end_of_stream)
+        self.unwrapped = b"\n".join(self._events)
         return None
 
-    def _read(self, frame: EventStreamMessage, events: list[bytes]) -> None:
+    def _read(self, frame: EventStreamMessage) -> None:
         error = frame_error(frame)
         if error is not None:
             self._failed(stream_exception(*error))
         elif frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
-            events.append(event)
+            self._events.append(event)
             self.generated_chars += generated_chars(event)
             if _METRICS in event:
                 self._read_metrics(event)
@@ -209,9 +193,3 @@ class ModelStreamReader:
             read = metrics.get("cacheReadInputTokenCount")
             self.usage = _usage(prompt, completion, read, metrics.get("cacheWriteInputTokenCount"))
         self.terminal_event_read = True
-
-    def _failed(self, error: ProviderStreamError) -> None:
-        # The counts come last: none is known, the gateway estimates.
-        self.failure = StreamFailure(error)
-        self.usage = None
-        self._reading = False
