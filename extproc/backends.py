@@ -538,8 +538,8 @@ def plan_response(
             return ResponsePlan(frames, streamed=True)
         return ResponsePlan(bedrock_bedrock.ConverseReader())
     if route.api is RouteApi.BEDROCK_INVOKE:
-        # The tier Bedrock served: in its answer's header, not in Claude's usage.
-        served = headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
+        # The tier Bedrock served: in its answer's headers, not in Claude's usage.
+        served = anthropic_bedrock.served_tier(headers)
         if not reads_as_claude(ctx.upstream_model or "", ctx.body or {}):
             # Another family's answer: billed by the counts Bedrock reports for any model.
             if streaming:
@@ -547,22 +547,28 @@ def plan_response(
             return ResponsePlan(bedrock_invoke.TokenHeaderReader(headers))
         if streaming:
             return ResponsePlan(bedrock_invoke.InvokeStreamReader(served_tier=served), True)
-        return ResponsePlan(anthropic_bedrock.MessageReader(served_tier=served))
+        header_counts = bedrock_invoke.header_usage(headers)
+        return ResponsePlan(
+            anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
+        )
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(
             streaming=streaming, client_wants_usage=ctx.client_wants_usage
         )
         return ResponsePlan(reader, streamed=streaming)
     if anthropic_client and kind is ProviderType.BEDROCK:
-        # The tier Bedrock served: in its answer's header, not in Claude's usage.
-        served = headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
+        # The tier Bedrock served: in its answer's headers, not in Claude's usage.
+        served = anthropic_bedrock.served_tier(headers)
         if streaming:
             claude = anthropic_bedrock.StreamTranslator(served_tier=served)
             sse = {"content-type": SSE}
             return ResponsePlan(
                 claude, streamed=True, set_headers=sse, remove_headers=["content-length"]
             )
-        return ResponsePlan(anthropic_bedrock.MessageReader(served_tier=served))
+        header_counts = bedrock_invoke.header_usage(headers)
+        return ResponsePlan(
+            anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
+        )
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)

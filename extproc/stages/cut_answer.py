@@ -115,10 +115,14 @@ class CutAnswerStage:
         # Only a request that ended without a count: every other one is settled already.
         unsettled = not (ctx.stream or ctx.usage_reported or ctx.usage_estimated)
         if unsettled and _billed(ctx) and _answer_started(ctx):
-            counted = ctx.translator.usage if ctx.translator is not None else None
+            translator = ctx.translator
+            counted = translator.usage if translator is not None else None
+            if counted is None:
+                # Bedrock's token headers, read before the body that was cut (Claude's).
+                counted = getattr(translator, "counted_usage", None)
             if counted is not None:
                 # The provider counted the answer before its body (Bedrock's token headers
-                # on another family's InvokeModel answer): that count is the bill.
+                # of InvokeModel's answer): that count is the bill.
                 ctx.usage = counted
                 ctx.usage_reported = True
                 return

@@ -56,6 +56,7 @@ from urllib.parse import quote
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
+from extproc.context import Usage
 from extproc.errors import anthropic_error_body
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators import anthropic_anthropic
@@ -65,6 +66,11 @@ from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, f
 
 # InvokeModel's answer header naming the tier that served the request.
 SERVICE_TIER_HEADER = "x-amzn-bedrock-service-tier"
+# InvokeModel's answer header naming the latency it served the request at.
+PERFORMANCE_LATENCY_HEADER = "x-amzn-bedrock-performanceconfig-latency"
+# The price tier of an answer Bedrock served latency-optimized (``performanceConfig``):
+# its own per-token price, which a model's ``service_tiers`` entry of this name gives.
+LATENCY_OPTIMIZED = "latency_optimized"
 # The only version Bedrock's Claude takes in the body.
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 # Keys of Anthropic's body that Bedrock takes elsewhere (the path) and refuses here.
@@ -122,6 +128,15 @@ def may_run_claude(model_id: str) -> bool:
     return named.startswith("anthropic.") or named.startswith("arn:")
 
 
+def served_tier(headers: dict[str, str]) -> str | None:
+    """The price tier of an InvokeModel answer, from its headers: ``latency_optimized``
+    when Bedrock served it so (``X-Amzn-Bedrock-PerformanceConfig-Latency``), else the
+    tier ``X-Amzn-Bedrock-Service-Tier`` names, if any."""
+    if headers.get(PERFORMANCE_LATENCY_HEADER) == "optimized":
+        return LATENCY_OPTIMIZED
+    return headers.get(SERVICE_TIER_HEADER)
+
+
 def translate_error(status: int, body: bytes, error_type_header: str | None) -> tuple[int, bytes]:
     """Bedrock's error as an Anthropic client reads one: the status the exception maps to
     and ``{"type": "error", "error": {...}}`` with Bedrock's message."""
@@ -143,12 +158,15 @@ def _message_of(body: bytes) -> str:
 
 class MessageReader(anthropic_anthropic.MessageReader):
     """InvokeModel's answer, Claude's Message, passed through and read as Anthropic's,
-    priced at the tier Bedrock's answer header names (``served_tier``), if any."""
+    priced at the tier Bedrock's answer headers name (``served_tier``), if any.
+    ``counted``: the counts of InvokeModel's token headers, which bill an answer the
+    client hung up on before its body was read (``stages.cut_answer``)."""
 
-    def __init__(self, served_tier: str | None = None) -> None:
+    def __init__(self, served_tier: str | None = None, counted: Usage | None = None) -> None:
         super().__init__()
         self._served_tier = service_tier_of(served_tier)
         self.service_tier = self._served_tier
+        self.counted_usage = counted
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         passed = super().feed(chunk, end_of_stream)

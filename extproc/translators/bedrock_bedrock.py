@@ -39,6 +39,7 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
 from extproc.context import Usage
+from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
 
 # The stream translator's own classification of Bedrock's frames and errors: the
@@ -77,6 +78,11 @@ def converse_usage(value: Any) -> Usage | None:
 
 
 def _answer_service_tier(answer: dict[str, Any]) -> str | None:
+    """The price tier of a Converse answer or ``metadata`` event: ``latency_optimized``
+    when Bedrock served it so (``performanceConfig.latency``), else its ``serviceTier``."""
+    performance = answer.get("performanceConfig")
+    if isinstance(performance, dict) and performance.get("latency") == "optimized":
+        return LATENCY_OPTIMIZED
     return served_tier(answer.get("serviceTier"))
 
 
@@ -145,7 +151,7 @@ class ConverseStreamReader:
         if not isinstance(parsed, dict):
             raise ValueError("metadata payload is not a JSON object")
         # Bedrock's word replaces the tier asked for, even when it names none.
-        self.service_tier = served_tier(parsed.get("serviceTier"))
+        self.service_tier = _answer_service_tier(parsed)
         self.usage = converse_usage(parsed.get("usage"))
         self.terminal_event_read = True
 

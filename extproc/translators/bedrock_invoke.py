@@ -43,8 +43,8 @@ from botocore.eventstream import EventStreamMessage
 
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import (
-    SERVICE_TIER_HEADER,
     StreamTranslator,
+    served_tier,
     unwrapped_chunk,
 )
 from extproc.translators.base import ProviderStreamError, service_tier_of
@@ -132,7 +132,7 @@ class TokenHeaderReader:
         self.usage = header_usage(headers)
         self.response_model: str | None = None  # the family's body may name none
         self.status: int | None = None
-        self.service_tier = service_tier_of(headers.get(SERVICE_TIER_HEADER))
+        self.service_tier = service_tier_of(served_tier(headers))
         # Parsed only without the headers' counts: cut_answer estimates from its text.
         self.answer: Any = None
         self._parts: list[bytes] = []
