@@ -29,8 +29,10 @@ alike for every model, and the gateway bills by those:
   carries ``amazon-bedrock-invocationMetrics`` (``inputTokenCount``,
   ``outputTokenCount``), which ends the answer. Only that chunk is parsed; the others are
   scanned for their generated text (``generated_text``: Llama's ``generation``, Titan's
-  ``outputText``, Mistral's ``text``...), the bill of a stream cut before it. Exception
-  frames are the stream's failure, named as on Converse.
+  ``outputText``, Mistral's ``text``...), the bill of a stream cut before it, with the
+  counts a family reports as it streams (Llama's and Titan's prompt on the first chunk,
+  output so far on each). Exception frames are the stream's failure, named as on
+  Converse.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from extproc.translators.anthropic_bedrock import (
     served_tier,
     unwrapped_chunk,
 )
-from extproc.translators.base import ProviderStreamError, service_tier_of
+from extproc.translators.base import ProviderStreamError, StreamFailure, service_tier_of
 from extproc.translators.bedrock_bedrock import ConverseStreamReader
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_bedrock_stream import frame_error, stream_exception
@@ -59,6 +61,14 @@ OUTPUT_TOKENS_HEADER = "x-amzn-bedrock-output-token-count"
 # cachePoint), which the input count leaves out as Converse's inputTokens does.
 CACHE_READ_HEADER = "x-amzn-bedrock-cache-read-input-token-count"
 CACHE_WRITE_HEADER = "x-amzn-bedrock-cache-write-input-token-count"
+# The running counts some families put in their chunks, (prompt, output so far) by family:
+# Llama's, Titan Text's.
+_RUNNING_COUNTS = (
+    ("prompt_token_count", "generation_token_count"),
+    ("inputTextTokenCount", "totalOutputTextTokenCount"),
+)
+# What every chunk holding one of them has (a plain search spares the parse).
+_RUNNING_COUNT = b'ount"'
 # What Bedrock adds to the last chunk of every model's stream.
 _METRICS = b"amazon-bedrock-invocationMetrics"
 _UNDECODABLE = "the provider's event stream could not be decoded"
@@ -164,6 +174,14 @@ class ModelStreamReader(ConverseStreamReader):
         # telemetry's finish reasons.
         self.unwrapped = b""
         self._events: list[bytes] = []
+        # The counts a family reports as it streams (Llama's, Titan's), for the bill of a
+        # stream cut or broken before the metrics.
+        self._prompt: int | None = None
+        self._output: int | None = None
+
+    def counts_so_far(self) -> StreamFailure:
+        """What the model had reported when the stream was cut (base.counts_so_far)."""
+        return StreamFailure(None, prompt_tokens=self._prompt, completion_tokens=self._output)
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._events = []
@@ -181,6 +199,26 @@ class ModelStreamReader(ConverseStreamReader):
             self.generated_chars += generated_chars(event)
             if _METRICS in event:
                 self._read_metrics(event)
+            elif _RUNNING_COUNT in event:
+                self._read_running_counts(event)
+
+    def _read_running_counts(self, event: bytes) -> None:
+        """Llama's ``prompt_token_count`` / ``generation_token_count``, Titan's
+        ``inputTextTokenCount`` / ``totalOutputTextTokenCount``: the prompt on the first
+        chunk, the output so far on each."""
+        parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
+        if not isinstance(parsed, dict):
+            return
+        for prompt_key, output_key in _RUNNING_COUNTS:
+            prompt = _count(parsed.get(prompt_key))
+            output = _count(parsed.get(output_key))
+            self._prompt = prompt if prompt is not None else self._prompt
+            self._output = output if output is not None else self._output
+
+    def _failed(self, error: ProviderStreamError) -> None:
+        # The counts reported so far stay with the failure: its bill starts from them.
+        super()._failed(error)
+        self.failure = replace(self.counts_so_far(), error=error)
 
     def _read_metrics(self, event: bytes) -> None:
         parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON

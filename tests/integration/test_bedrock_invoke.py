@@ -413,3 +413,21 @@ def test_an_embeddings_model_is_billed_its_input_through_invoke_model(
     [line] = gateway_log.for_request(request_id(answer))
     assert line["usage_reported"] is True
     assert (line["prompt_tokens"], line["completion_tokens"]) == (vector["inputTextTokenCount"], 0)
+
+
+def test_a_broken_llama_stream_is_charged_the_prompt_llama_reported(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = with_headers(bedrock_client(tls, monkeypatch), {"x-mock-fault": "error_after=3"})
+    body = json.dumps({"prompt": "Tell me a long story about the gateway.", "max_gen_len": 200})
+    answer = client.invoke_model_with_response_stream(modelId=LLAMA, body=body)
+    received = []
+    with pytest.raises(EventStreamError):
+        for part in answer["body"]:
+            received.append(json.loads(part["chunk"]["bytes"]))
+
+    [line] = gateway_log.for_request(request_id(answer))
+    # Llama's first chunk named the prompt's count: the bill starts from it.
+    assert line["prompt_tokens"] == received[0]["prompt_token_count"] > 0
+    assert line["completion_tokens"] >= received[-1]["generation_token_count"]
+    assert line["usage_estimated"] is True

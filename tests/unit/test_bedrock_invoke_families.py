@@ -18,7 +18,7 @@ from extproc.bedrock_invoke_bodies import (
     estimate_prompt_tokens,
     reads_as_claude,
 )
-from extproc.translators.base import stream_failure
+from extproc.translators.base import counts_so_far, stream_failure
 from extproc.translators.bedrock_invoke import ModelStreamReader, TokenHeaderReader
 
 LLAMA = "meta.llama3-8b-instruct-v1:0"
@@ -149,3 +149,22 @@ def test_a_corrupt_frame_ends_the_reading() -> None:
     reader = ModelStreamReader()
     reader.feed(b"\x00\x00\x00\x10" + b"garbage-garbage-", True)
     assert stream_failure(reader) is not None
+
+
+def test_a_cut_llama_stream_keeps_the_counts_it_reported() -> None:
+    reader = ModelStreamReader()
+    reader.feed(chunk(LLAMA_STREAM[0]), False)
+    counted = counts_so_far(reader)
+    assert counted is not None
+    assert (counted.prompt_tokens, counted.completion_tokens) == (7, 1)
+
+
+def test_a_broken_titan_stream_is_charged_from_the_prompt_it_reported() -> None:
+    reader = ModelStreamReader()
+    first = {"outputText": "Hi", "index": 0, "totalOutputTextTokenCount": 1,
+             "completionReason": None, "inputTextTokenCount": 9}  # fmt: skip
+    reader.feed(chunk(first), False)
+    reader.feed(encode_exception("modelStreamErrorException", b'{"message": "x"}'), True)
+    failure = stream_failure(reader)
+    assert failure is not None and failure.error is not None
+    assert (failure.prompt_tokens, failure.completion_tokens) == (9, 1)
