@@ -69,6 +69,10 @@ class FramedStreamGuard(StreamGuard):
     # The exception names the stream declares: of another, boto3 raises an error with
     # neither a code nor a message.
     exceptions: ClassVar[frozenset[str]] = _CONVERSE_EXCEPTIONS | {"modelTimeoutException"}
+    # Whether telemetry reads the events released (``unwrapped``) rather than the frames:
+    # Claude's events hide in base64; Converse's are plain JSON in the frames, which
+    # telemetry reads as they are.
+    unwraps: ClassVar[bool] = True
 
     def __init__(self, matchers: Matchers) -> None:
         super().__init__(matchers, anthropic=True)
@@ -77,7 +81,7 @@ class FramedStreamGuard(StreamGuard):
         self._after: list[bytes] = []
         # A frame broke: the chunk's events go out, and nothing after them.
         self._broken = False
-        self.unwrapped = b""
+        self.unwrapped: bytes | None = b""
 
     def split(self, data: bytes, end_of_stream: bool) -> list[Any]:
         """The Anthropic events of the complete frames in ``data``, as the SSE guard reads
@@ -130,7 +134,7 @@ class FramedStreamGuard(StreamGuard):
     def reframe(self, sse: bytes) -> bytes:
         """The frames of what the SSE guard released (``render``'s bytes, or the error
         event of a webhook's refusal), then the exception frames read with them."""
-        self.unwrapped = sse
+        self.unwrapped = sse if self.unwraps else None
         out: list[bytes] = []
         for block in sse.split(_EVENT_END):
             if block.strip():
@@ -196,6 +200,7 @@ class ConverseStreamGuard(FramedStreamGuard):
     (Bedrock refuses a changed one sent back), as in a whole answer."""
 
     exceptions: ClassVar[frozenset[str]] = _CONVERSE_EXCEPTIONS
+    unwraps: ClassVar[bool] = False
 
     def _event(self, kind: str, payload: bytes) -> bytes | None:
         if kind not in _CONVERSE_READ:

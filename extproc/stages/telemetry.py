@@ -80,6 +80,7 @@ class TelemetryStage:
                 max_chars=telemetry.log.max_content_chars,
                 responses=route is not None and route.api in RESPONSES_REQUESTS,
                 completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
+                converse=route is not None and route.api is RouteApi.BEDROCK_CONVERSE,
             )
 
     def response_body(

@@ -26,6 +26,9 @@ content is encrypted). A compaction's request and answer (``/v1/responses/compac
 the user messages kept, then the compaction item) and a token count's request
 (``/v1/responses/input_tokens``) read the same way.
 
+A Bedrock Converse request and answer (its stream's frames too) read as
+``converse_content`` says.
+
 An OpenAI text completion request (``/v1/completions``) reads as user messages: its
 prompt (each prompt of a batch; token ids, which are no text to the gateway, as a
 ``[token ids]`` marker), then its ``suffix``; its answer is its choices' ``text`` (a
@@ -43,6 +46,8 @@ from typing import Any
 
 import orjson
 
+from extproc.telemetry import converse_content
+
 log = logging.getLogger(__name__)
 
 _DATA = b"data:"
@@ -55,6 +60,7 @@ class ContentCapture:
         "_anthropic",
         "_chunks",
         "_completions",
+        "_converse",
         "_limit",
         "_output",
         "_read",
@@ -70,8 +76,11 @@ class ContentCapture:
         max_chars: int,
         responses: bool = False,
         completions: bool = False,
+        converse: bool = False,
     ) -> None:
         self._anthropic = anthropic
+        # Bedrock's Converse API (``converse_content``).
+        self._converse = converse
         # An OpenAI Responses API exchange, or a text completion (the module docstring).
         self._responses = responses
         self._completions = completions
@@ -101,6 +110,8 @@ class ContentCapture:
         try:
             if self._responses:
                 messages = _responses_conversation(body)
+            elif self._converse:
+                messages = converse_content.conversation(body)
             elif self._completions:
                 messages = _completions_prompt(body)
             else:
@@ -126,6 +137,10 @@ class ContentCapture:
     def _answer_text(self, body: bytes) -> str | None:
         if self._responses:
             return _responses_stream_text(body) if self._streamed else _responses_text(body)
+        if self._converse:
+            if self._streamed:
+                return converse_content.stream_text(body)
+            return converse_content.answer_text(body)
         text = _stream_text(body, self._anthropic) if self._streamed else None
         if text is None:
             text = _body_text(body, self._anthropic)
