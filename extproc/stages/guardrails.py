@@ -568,8 +568,10 @@ class GuardResponseStage:
     def _stream_error(
         ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
     ) -> bytes:
-        # InvokeModel's Claude events too: FramedStreamGuard frames the error event.
-        anthropic = ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS
+        # InvokeModel's Claude events and ConverseStream's: their guard (FramedStreamGuard)
+        # frames Anthropic's error event, the only error it reads.
+        in_frames = isinstance(ctx.response_guard, FramedStreamGuard)
+        anthropic = in_frames or (ctx.route is not None and ctx.route.api in MESSAGES_BODY_APIS)
         body = anthropic_error_body(error.message, error.status) if anthropic else error.body()
         if not framed:
             return body

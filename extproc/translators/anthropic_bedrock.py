@@ -171,6 +171,10 @@ class MessageReader(anthropic_anthropic.MessageReader):
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         passed = super().feed(chunk, end_of_stream)
         self.service_tier = self._served_tier or self.service_tier
+        if end_of_stream and self.usage is None:
+            # A whole Message whose usage could not be read: Bedrock's token headers
+            # counted it, and Bedrock bills those, as for one cut before its body.
+            self.usage = self.counted_usage
         return passed
 
 
