@@ -79,8 +79,9 @@ class FramedStreamGuard(StreamGuard):
         self._frames = EventStreamBuffer()
         # Exception frames read with this chunk: sent after its released events.
         self._after: list[bytes] = []
-        # A frame broke: the chunk's events go out, and nothing after them.
-        self._broken = False
+        # A frame broke: the chunk's events go out, and nothing after them (the stream
+        # ended without a refusal: its masks are still recorded at the request's end).
+        self.broken = False
         self.unwrapped: bytes | None = b""
 
     def split(self, data: bytes, end_of_stream: bool) -> list[Any]:
@@ -97,7 +98,7 @@ class FramedStreamGuard(StreamGuard):
             # Nothing after a broken frame can be read, so none of it can be guarded; the
             # client's SDK, which would have raised at it, raises at this instead.
             self._frames = EventStreamBuffer()
-            self._broken = True
+            self.broken = True
             self._after.append(encode_exception("internalServerException", _UNDECODABLE))
             return super().split(b"".join(sse), True)
         return super().split(b"".join(sse), end_of_stream)
@@ -142,7 +143,7 @@ class FramedStreamGuard(StreamGuard):
         if not self.ended:
             out.extend(self._after)
         self._after = []
-        if self._broken:
+        if self.broken:
             self.ended = True
         return b"".join(out)
 

@@ -557,8 +557,10 @@ class GuardResponseStage:
         # then drops the empty end of stream) or mid-answer. Its decisions are recorded
         # here, before the log line is written (a later stage's done).
         state = ctx.response_guard
-        if not isinstance(state, StreamGuard) or state.ended or state.rejected_by is not None:
+        if not isinstance(state, StreamGuard) or state.rejected_by is not None:
             return
+        if state.ended and not getattr(state, "broken", False):
+            return  # a refusal, recorded as it ended the stream
         assert ctx.route is not None
         guards = ctx.runtime.guardrails.for_route(ctx.route.name)
         if guards is not None:

@@ -314,13 +314,15 @@ def test_anthropics_bedrock_client_reaches_claude_through_the_gateway(
             http_client=http,
             max_retries=0,
         )
-        message = client.messages.create(
+        raw = client.messages.with_raw_response.create(
             model=MODEL, max_tokens=100, messages=PROMPT, extra_body=version
         )
+        message = raw.parse()
         with client.messages.stream(
             model="haiku", max_tokens=100, messages=PROMPT, extra_body=version
         ) as stream:
             streamed = stream.get_final_message()
+            streamed_id = stream.response.headers["x-request-id"]
 
     assert message.content[0].type == "text" and message.content[0].text
     assert streamed.usage.output_tokens > 0
@@ -328,9 +330,12 @@ def test_anthropics_bedrock_client_reaches_claude_through_the_gateway(
     assert unquote(plain["path"]) == f"/model/{MODEL}/invoke"
     assert unquote(flowing["path"]) == f"/model/{MODEL}/invoke-with-response-stream"
     assert CLIENT_KEY not in orjson.dumps([plain, flowing]).decode()
-    lines = [line for line in gateway_log.lines() if line.get("route") == ROUTE][-2:]
-    assert [line["stream"] for line in lines] == [False, True]
-    assert lines[1]["completion_tokens"] == streamed.usage.output_tokens
+    # The lines are written after the answers: waited for, by request id.
+    [whole] = gateway_log.for_request(raw.headers["x-request-id"])
+    [streamed_line] = gateway_log.for_request(streamed_id)
+    assert (whole["route"], whole["stream"]) == (ROUTE, False)
+    assert (streamed_line["route"], streamed_line["stream"]) == (ROUTE, True)
+    assert streamed_line["completion_tokens"] == streamed.usage.output_tokens
 
 
 def counts_sent(stack: LocalStack) -> list[dict[str, Any]]:

@@ -331,3 +331,13 @@ async def test_a_webhook_down_ends_the_stream_with_an_error_boto3_reads(
     assert "bob@" not in text_in(events)
     assert raised is not None and raised["Code"] == "serviceUnavailableException"
     assert "hook-guard" in raised["Message"]
+
+
+async def test_masks_made_before_a_broken_frame_are_in_the_log_line(services: Services) -> None:
+    events = claude_stream("Mail bob@example.com today.")
+    broken = bytearray(frame(events[-1]))
+    broken[-1] ^= 0xFF  # its CRC no longer holds
+    chunks = [b"".join(frame(event) for event in events[:-1]), bytes(broken), b""]
+    await invoke(guarded(PII_OUT), services, chunks)
+    decisions = {(d["guard"], d["action"]) for d in log_line(services)["guardrails"] or ()}
+    assert ("pii-out", "mask") in decisions
