@@ -71,7 +71,6 @@ _RUNNING_COUNTS = (
 _RUNNING_COUNT = b'ount"'
 # What Bedrock adds to the last chunk of every model's stream.
 _METRICS = b"amazon-bedrock-invocationMetrics"
-_UNDECODABLE = "the provider's event stream could not be decoded"
 
 
 class InvokeStreamReader(StreamTranslator):
