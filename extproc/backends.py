@@ -42,6 +42,14 @@ The pairs the gateway serves:
   the client's body as it came, signed by the gateway, the answer passed through; its
   usage read as Claude's on Anthropic's API (``bedrock_invoke``). Other models' bodies
   (each family has its own) are refused with a 400 that names Converse.
+- Anthropic messages and count_tokens -> ``vertex`` (Claude models only): the body as
+  Vertex takes it (``anthropic_vertex``: the model in the path, its own
+  ``anthropic_version``), an OAuth2 access token; the answer is Anthropic's own, read as
+  from Anthropic.
+- OpenAI chat -> ``vertex``: Claude models as to ``anthropic`` (``openai_anthropic``)
+  with Vertex's body and path; every other model (Gemini...) as to ``openai``, at Vertex's
+  OpenAI-compatible endpoint. Vertex's own errors (Google's shape) are written in the
+  client's (``vertex_errors``). Vertex serves no other client API here: refused with a 400.
 
 Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
 refused the gateway's own key or account, whichever the pair: the client gets the
@@ -80,6 +88,7 @@ from extproc.errors import (
     error_body,
     without_secrets,
 )
+from extproc.providers import vertex_endpoints
 from extproc.providers.aws_signer import AwsSigner
 from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
@@ -87,6 +96,7 @@ from extproc.translators import (
     anthropic_anthropic,
     anthropic_bedrock,
     anthropic_bedrock_count,
+    anthropic_vertex,
     bedrock_bedrock,
     bedrock_cohere_embeddings,
     bedrock_embeddings,
@@ -98,6 +108,7 @@ from extproc.translators import (
     openai_embeddings,
     openai_openai,
     openai_responses,
+    vertex_errors,
 )
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator, renamed
 
@@ -170,6 +181,8 @@ def plan_request(
     kind = upstream.provider.type
     query = ctx.path.partition("?")[2]
     suffix = "?" + query if query else ""
+    if kind is ProviderType.VERTEX:
+        return _vertex_request(ctx, parsed, upstream)
     if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.BEDROCK:
         ctx.client_wants_usage = True  # Claude's streams carry usage on Bedrock too
         return _claude_on_bedrock_request(ctx, parsed, upstream)
@@ -236,7 +249,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     if route.api in ANTHROPIC_APIS:
         if kind is ProviderType.BEDROCK:
             _check_claude_on_bedrock(ctx, upstream)
-        served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK)
+        if kind is ProviderType.VERTEX:
+            _check_claude_on_vertex(ctx, upstream)
+        served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK, ProviderType.VERTEX)
     elif route.api in BEDROCK_RUNTIME_APIS:
         # Bedrock's own operations, for any of its models: a body Bedrock's model cannot
         # take is Bedrock's to refuse.
@@ -443,7 +458,73 @@ def _signer(upstream: Upstream) -> AwsSigner:
     return upstream.signer
 
 
+def provider_api(upstream: Upstream) -> ProviderType:
+    """The API the provider speaks for ``upstream``'s model, which decides how its answer
+    is read: its type's own, but for Vertex, which serves Claude through Anthropic's
+    Messages API and every other model through OpenAI's chat completions."""
+    kind = upstream.provider.type
+    if kind is ProviderType.VERTEX:
+        claude = vertex_endpoints.is_claude(upstream.upstream_model)
+        return ProviderType.ANTHROPIC if claude else ProviderType.OPENAI
+    return kind
+
+
+def _vertex_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> RequestPlan:
+    """A request to Vertex AI, with the provider's access token: Anthropic's Messages API
+    (or its count) for Claude, an OpenAI chat completion translated to it for Claude, or
+    passed to Vertex's OpenAI-compatible endpoint for any other model. The client's query
+    string stays behind (the Anthropic SDK's ``?beta=true`` means nothing to Vertex)."""
+    route = ctx.route
+    assert route is not None
+    gcp = upstream.provider.gcp
+    assert gcp is not None  # the config requires it of a vertex provider
+    prefix = upstream.provider.path_prefix
+    model = upstream.upstream_model
+    headers = {**_credentials(upstream), "content-type": "application/json"}
+    if route.api is RouteApi.ANTHROPIC_MESSAGES:
+        ctx.client_wants_usage = True  # Claude's streams always carry usage
+        body = anthropic_vertex.messages_body(parsed)
+        path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
+        return RequestPlan(_json(body), prefix + path, headers)
+    if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
+        body = anthropic_vertex.count_tokens_body(parsed, model)
+        return RequestPlan(
+            _json(body), prefix + vertex_endpoints.claude_count_tokens_path(gcp), headers
+        )
+    if route.api is not RouteApi.OPENAI_CHAT:
+        raise _unsupported(ctx, ProviderType.VERTEX)
+    ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
+    if not vertex_endpoints.is_claude(model):
+        return _openai_request(
+            ctx, parsed, upstream, prefix + vertex_endpoints.openai_chat_path(gcp)
+        )
+    # Vertex's one API version predates the versions that limit sampling parameters.
+    translated = openai_anthropic.translate_request(parsed, model, stream=ctx.stream)
+    path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
+    return RequestPlan(_json(anthropic_vertex.messages_body(translated)), prefix + path, headers)
+
+
+def _check_claude_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
+    """Anthropic's API reaches Vertex's Claude models alone."""
+    if not vertex_endpoints.is_claude(upstream.upstream_model):
+        raise BadRequestError(
+            f"model '{ctx.model}' is a Vertex AI model that does not speak Anthropic's "
+            "Messages API (only Claude models do); send it to /v1/chat/completions",
+            param="model",
+            code="unsupported_model_for_route",
+        )
+
+
 def _credentials(upstream: Upstream) -> dict[str, str]:
+    source = upstream.token_source
+    if source is not None:
+        if source.token is None:
+            # Only while its runtime closes (the process is stopping): start() minted one.
+            raise ServiceUnavailableError(
+                f"provider '{upstream.provider.name}' has no access token",
+                code="provider_not_configured",
+            )
+        return {"authorization": source.authorization()}
     if not upstream.credential_headers:
         raise ServiceUnavailableError(
             f"provider '{upstream.provider.name}' has no credential configured",
@@ -666,7 +747,10 @@ def _provider_secrets(upstream: Upstream | None) -> list[str]:
     if upstream is None:
         return []
     values = upstream.credential_headers.values()
-    return [value.removeprefix("Bearer ").strip() for value in values]
+    secrets = [value.removeprefix("Bearer ").strip() for value in values]
+    if upstream.token_source is not None and upstream.token_source.token:
+        secrets.append(upstream.token_source.token)
+    return secrets
 
 
 def _provider_error(body: bytes, status: int) -> tuple[str, str]:
@@ -705,6 +789,32 @@ class ErrorRewriter:
         return self._rewrite(b"".join(self._parts))
 
 
+def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> ResponsePlan:
+    """A Vertex error: Google's shape (its front's) in the client's; the model's own
+    errors as from its API's provider: Claude's translated for an OpenAI client, the
+    others as they came."""
+    route = ctx.route
+    assert route is not None
+    shape = ctx.error_shape
+    translated = kind is ProviderType.ANTHROPIC and route.api not in ANTHROPIC_APIS
+
+    def replace(body: bytes) -> bytes:
+        rewritten = vertex_errors.in_client_shape(status, body, shape)
+        if rewritten is not None:
+            return rewritten
+        if translated:
+            return openai_anthropic.translate_error(status, body)[1]
+        return body
+
+    set_headers = {"content-type": "application/json"}
+    if translated:
+        # Anthropic's statuses as an OpenAI client knows them (its 529 is a 503).
+        set_headers[":status"] = str(openai_anthropic.translate_error(status, b"")[0])
+    return ResponsePlan(
+        ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
+    )
+
+
 def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
     """An error a Converse client's SDK cannot read (Envoy's own reply, in OpenAI's
     shape; a proxy's page) as Bedrock's: ``message`` (else the OpenAI error's message
@@ -735,6 +845,8 @@ def _error_plan(
     json_body = "json" in content_type
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
+    if ctx.provider_type is ProviderType.VERTEX and status not in CREDENTIAL_REFUSALS:
+        return _vertex_error_plan(ctx, status, kind)
     if route.api in ANTHROPIC_APIS and kind is ProviderType.BEDROCK:
         error_type = headers.get("x-amzn-errortype")
         client_status, _ = anthropic_bedrock.translate_error(status, b"", error_type)

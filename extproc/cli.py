@@ -98,7 +98,13 @@ def _mock_llm(args: argparse.Namespace) -> int:
     from extproc.mock_llm import MockOptions, run
 
     options = MockOptions(
-        chunk_delay_s=args.chunk_delay, record_limit=args.record, default_fault=args.fault
+        chunk_delay_s=args.chunk_delay,
+        record_limit=args.record,
+        default_fault=args.fault,
+        gcp_project=args.gcp_project,
+        gcp_region=args.gcp_region,
+        gcp_service_account=args.gcp_service_account,
+        gcp_token_lifetime_s=args.gcp_token_lifetime,
     )
     run(args.host, args.port, options)
     return 0
@@ -332,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
     mock.add_argument("--record", type=int, default=1000, help="requests to keep for inspection")
     mock.add_argument("--fault", help="x-mock-fault applied to every request, e.g. status=503")
+    mock.add_argument("--gcp-project", default="mock-project", help="the Vertex AI project served")
+    mock.add_argument("--gcp-region", default="us-east5", help="the Vertex AI region served")
+    mock.add_argument(
+        "--gcp-service-account",
+        help="service account key file whose key the token endpoint trusts (default: none)",
+    )
+    mock.add_argument(
+        "--gcp-token-lifetime", type=int, default=3600, help="seconds an access token lives"
+    )
     mock.set_defaults(run=_mock_llm)
 
     _add_usage_commands(commands)

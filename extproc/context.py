@@ -174,6 +174,10 @@ class RequestContext:
     answered_model: str | None = None
     provider: str | None = None
     provider_type: ProviderType | None = None
+    # The API the provider speaks for this request's model, which decides how its answer
+    # is read: the type's own, but Vertex's Claude speaks Anthropic's, its other models
+    # OpenAI's (backends.provider_api).
+    provider_api: ProviderType | None = None
     stream: bool = False
     # The client asked for the usage chunk itself; otherwise the gateway hides it.
     client_wants_usage: bool = False

@@ -25,6 +25,7 @@ from typing import IO
 
 from extproc.config.loader import load_config
 from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
+from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.store.embedded import free_port
 
 __all__ = ["DEFAULT_CONFIG", "LocalStack", "Ports", "envoy_binary", "free_port"]
@@ -100,6 +101,8 @@ class LocalStack:
             MOCK_LLM_ADDRESS=f"127.0.0.1:{self.ports.mock}",
             LLM_PROVIDER=self.real_provider or "mock",
             ANTHROPIC_PROVIDER=self.real_anthropic or "mock-anthropic",
+            # The key a config's vertex provider may name to reach the mock's Vertex AI.
+            MOCK_GCP_CREDENTIALS_FILE=str(self.gcp_credentials),
             PYTHONUNBUFFERED="1",
         )
         if self.isolated_store:
@@ -133,6 +136,11 @@ class LocalStack:
     def envoy_access_log(self) -> Path:
         return self.workdir / "envoy.log"
 
+    @property
+    def gcp_credentials(self) -> Path:
+        """The service account key the mock's Vertex AI trusts (written at start)."""
+        return self.workdir / "gcp-service-account.json"
+
     def start(self, timeout_s: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         workers = max(self.workers, load_config(self.config_path, self.env).server.workers)
@@ -142,11 +150,11 @@ class LocalStack:
             self.ports = dataclasses.replace(self.ports, grpc=free_port_block(workers, avoid=taken))
         env = self.env
         if self.mock_llm:
-            self._spawn(
-                "mock-llm",
-                [sys.executable, "-m", "extproc", "mock-llm", "--port", str(self.ports.mock)],
-                env,
-            )
+            # A fresh key for each stack: its token endpoint is this mock's.
+            write_service_account(self.gcp_credentials, token_uri=f"{self.mock_url}/token")
+            mock = ["mock-llm", "--port", str(self.ports.mock)]
+            mock += ["--gcp-service-account", str(self.gcp_credentials)]
+            self._spawn("mock-llm", [sys.executable, "-m", "extproc", *mock], env)
         bootstrap = self.workdir / "envoy.yaml"
         config = load_config(self.config_path, env)
         replicas = [env, *self._replica_envs(env)]

@@ -201,6 +201,7 @@ _SECRET_LOOKING = re.compile(
     r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # sk-..., sk-ant-..., sk_live_...
     r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"  # an AWS access key id
     r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
+    r"|\bya29\.[A-Za-z0-9_\-.]+"  # a Google OAuth2 access token (Vertex AI's)
 )
 REDACTED = "[redacted]"
 # Below this, a fragment of a known secret says nothing: kept (and too short to match safely).

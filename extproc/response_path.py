@@ -58,10 +58,11 @@ PASS_THROUGH: dict[RouteApi, ProviderType] = {
     RouteApi.ANTHROPIC_MESSAGES: ProviderType.ANTHROPIC,
 }
 # Client APIs that reach other provider types than their own only translated to these
-# (Anthropic's Messages API: Claude on Bedrock); a model of any other type is refused at
-# the body, so it does not keep a route off the lean path.
+# (Anthropic's Messages API: Claude on Bedrock and on Vertex, whose errors are
+# rewritten); a model of any other type is refused at the body, so it does not keep a
+# route off the lean path.
 _TRANSLATED_TO: dict[RouteApi, frozenset[ProviderType]] = {
-    RouteApi.ANTHROPIC_MESSAGES: frozenset({ProviderType.BEDROCK}),
+    RouteApi.ANTHROPIC_MESSAGES: frozenset({ProviderType.BEDROCK, ProviderType.VERTEX}),
 }
 # Client APIs nothing translates to.
 _UNTRANSLATED = frozenset(

@@ -43,6 +43,7 @@ from extproc.response_path import is_lean, lean_routes
 
 if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
+    from extproc.providers.gcp_tokens import GcpTokenSource
     from extproc.quota.store import QuotaStore
     from extproc.store.response_owners import ResponseOwners
     from extproc.store.usage import UsageStore
@@ -81,6 +82,8 @@ class Upstream:
     credential_headers: dict[str, str]
     # Bedrock: signs each request with SigV4 instead of a static credential.
     signer: AwsSigner | None = None
+    # Vertex: an OAuth2 access token, kept fresh, instead of a static credential.
+    token_source: GcpTokenSource | None = None
 
 
 @dataclass(slots=True)
@@ -240,16 +243,12 @@ class Runtime:
         self.signers: dict[str, AwsSigner] = {
             p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None
         }
+        self.token_sources = _token_sources(config)
         self._refresh: asyncio.Task[None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         for model in config.models:
             provider = config.provider(model.provider)
-            upstream = _upstream(
-                model.upstream_model or model.name,
-                provider,
-                self._keys[model.provider],
-                self.signers.get(model.provider),
-            )
+            upstream = self._upstream(model.upstream_model or model.name, provider)
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
@@ -274,10 +273,7 @@ class Runtime:
             raise ConfigError("config", [f"guardrails: {exc}"]) from None
         self._by_name = {p.name: p for p in config.providers}
         # Each provider's endpoint and credentials, for a failover attempt (stages.attempt).
-        self.provider_upstreams = {
-            p.name: _upstream("", p, self._keys[p.name], self.signers.get(p.name))
-            for p in config.providers
-        }
+        self.provider_upstreams = {p.name: self._upstream("", p) for p in config.providers}
         # Streams serving on this runtime; it closes once retired and back to zero.
         self._streams = 0
         self._retired = False
@@ -309,25 +305,35 @@ class Runtime:
             provider = provider or route.provider
             if provider is None:
                 return None
-            found = _upstream(
-                model, self._by_name[provider], self._keys[provider], self.signers.get(provider)
-            )
+            found = self._upstream(model, self._by_name[provider])
         if route.provider is not None and found.provider.name != route.provider:
             return None
         return found
 
+    def _upstream(self, upstream_model: str, provider: ProviderConfig) -> Upstream:
+        return _upstream(
+            upstream_model,
+            provider,
+            self._keys[provider.name],
+            self.signers.get(provider.name),
+            self.token_sources.get(provider.name),
+        )
+
     async def start(self) -> None:
-        """Load what needs I/O (JWKS, AWS credentials) before serving with this config."""
+        """Load what needs I/O (JWKS, AWS credentials, Google Cloud tokens) before
+        serving with this config."""
         if self.jwt is not None:
             await self.jwt.start()
         for signer in self.signers.values():
             await signer.start()
-        if self.signers:
+        for source in self.token_sources.values():
+            await source.start()
+        if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
 
     async def _refresh_credentials(self) -> None:
-        # Temporary credentials (web identity, STS) are refreshed off the request
-        # path, in a thread, well before they expire.
+        # Temporary credentials (web identity, STS) and access tokens are refreshed off
+        # the request path, in a thread, well before they expire.
         while True:
             await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL_S)
             for signer in self.signers.values():
@@ -335,6 +341,15 @@ class Runtime:
                     await signer.refresh_if_needed()
                 except Exception as exc:
                     log.warning("AWS credential refresh failed: %s", type(exc).__name__)
+            for name, source in self.token_sources.items():
+                try:
+                    await source.refresh_if_needed()
+                except Exception as exc:
+                    log.warning(
+                        "Google Cloud token refresh for provider %s failed: %s",
+                        name,
+                        type(exc).__name__,
+                    )
 
     def hold(self, stream: asyncio.Task[Any] | None) -> Runtime:
         """This runtime, counted as in use until ``stream`` (an ext_proc stream's task) ends.
@@ -394,6 +409,8 @@ class Runtime:
         await background.stop(self._refresh)
         for signer in self.signers.values():
             await signer.close()
+        for source in self.token_sources.values():
+            await source.close()
         await self.guardrails.close()
         if self.jwt is not None:
             await self.jwt.close()
@@ -415,8 +432,27 @@ def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConf
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
 
 
+def _token_sources(config: GatewayConfig) -> dict[str, GcpTokenSource]:
+    """A token source for each Vertex provider. google-auth is imported only when one
+    is configured."""
+    vertex = [p for p in config.providers if p.gcp is not None]
+    if not vertex:
+        return {}
+    from extproc.providers.gcp_tokens import GcpTokenSource
+
+    return {
+        p.name: GcpTokenSource(p.gcp, f"providers.{p.name}.gcp")
+        for p in vertex
+        if p.gcp is not None
+    }
+
+
 def _upstream(
-    upstream_model: str, provider: ProviderConfig, key: str | None, signer: AwsSigner | None
+    upstream_model: str,
+    provider: ProviderConfig,
+    key: str | None,
+    signer: AwsSigner | None,
+    token_source: GcpTokenSource | None = None,
 ) -> Upstream:
     credentials: dict[str, str] = {}
     if provider.type is ProviderType.ANTHROPIC:
@@ -434,6 +470,7 @@ def _upstream(
         upstream_model=upstream_model,
         credential_headers=credentials,
         signer=signer,
+        token_source=token_source,
     )
 
 

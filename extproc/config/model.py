@@ -146,6 +146,23 @@ class ProviderType(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     BEDROCK = "bedrock"
+    # Google Cloud Vertex AI: Claude through Anthropic's Messages API as Vertex serves it
+    # (rawPredict), every other model through Vertex's OpenAI-compatible endpoint.
+    VERTEX = "vertex"
+
+
+class GcpConfig(_Section):
+    """The Google Cloud project, region and credentials of a Vertex AI provider.
+
+    Requests carry an OAuth2 access token, minted from a service account key file, or
+    with none given from Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``,
+    gcloud's file, the metadata server of GKE, Cloud Run or Compute Engine).
+    """
+
+    project: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.:-]*$")
+    # A region (us-east5, europe-west1...), or `global`, as Vertex names its locations.
+    region: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+    credentials_file: str | None = None
 
 
 class AwsConfig(_Section):
@@ -188,6 +205,8 @@ class ProviderConfig(_Section):
     anthropic_version: str = "2023-06-01"
     # Bedrock only: region and credentials for SigV4.
     aws: AwsConfig | None = None
+    # Vertex only: project, region and credentials for its OAuth2 tokens.
+    gcp: GcpConfig | None = None
     # Bedrock only: the anthropic-beta flags its Claude models take from Anthropic
     # clients; others are left out (Bedrock refuses a flag it does not know: "invalid
     # beta flag"). None: every flag the client sends goes on.
@@ -600,6 +619,17 @@ class GatewayConfig(_Section):
             if (provider.type is ProviderType.BEDROCK) != (provider.aws is not None):
                 raise ValueError(
                     f"providers[{index}].aws: required for bedrock providers and only for them"
+                )
+            if (provider.type is ProviderType.VERTEX) != (provider.gcp is not None):
+                raise ValueError(
+                    f"providers[{index}].gcp: required for vertex providers and only for them"
+                )
+            if provider.type is ProviderType.VERTEX and (
+                provider.api_key is not None or provider.api_key_file is not None
+            ):
+                raise ValueError(
+                    f"providers[{index}].api_key: a vertex provider authenticates with its "
+                    "gcp credentials (OAuth2 tokens), not an API key"
                 )
             if provider.anthropic_betas is not None and provider.type is not ProviderType.BEDROCK:
                 raise ValueError(

@@ -6,11 +6,12 @@ not the config. The reloader watches these too, so a rotation takes effect
 within a poll interval, without a restart or a SIGHUP: the new admin token is
 accepted and the old one refused, the new provider key is sent. So are the
 shared AWS credentials and config files a Bedrock provider's default credential
-chain reads.
+chain reads, and a Vertex provider's service account key file.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from extproc.config.model import GatewayConfig
@@ -25,6 +26,11 @@ def secret_files(config: GatewayConfig) -> list[Path]:
         if provider.aws is not None:
             aws = provider.aws
             paths += [aws.access_key_id_file, aws.secret_access_key_file, aws.session_token_file]
+        if provider.gcp is not None:
+            paths.append(provider.gcp.credentials_file)
+            if provider.gcp.credentials_file is None:
+                # Application Default Credentials' key file, when the environment names one.
+                paths.append(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
     if any(provider.aws is not None for provider in config.providers):
         # The default chain's shared files (a provider without keys of its own signs with
         # their profile), rewritten in place by rotation tools.

@@ -21,11 +21,22 @@ Bedrock's CountTokens for Claude, ``POST .../model/{modelId}/count-tokens``; hea
 creates are kept and served back (``GET`` / ``DELETE .../responses/{id}``,
 ``GET .../responses/{id}/input_items``, ``POST .../responses/{id}/cancel``; see
 ``responses_store``).
+
+It also answers like Google Cloud Vertex AI (``vertex_api``) for one project and region:
+``POST /token`` is the OAuth2 token endpoint a service account key names (``vertex_auth``:
+JWT-bearer assertions checked against the key file ``gcp_service_account``), and every
+path with ``/projects/{p}/locations/{r}`` is a Vertex route (Claude's ``rawPredict`` /
+``streamRawPredict`` and token count, the OpenAI-compatible chat completions), which wants
+a token the mock issued. Those paths are routed before the suffix rules: Vertex's
+``.../endpoints/openapi/chat/completions`` must not reach the OpenAI endpoint, which takes
+any key.
 Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
 - ``DELETE /_mock/requests``: forget them.
 - ``GET /_mock/health``: ``{"status": "ok"}``.
+- ``GET /_mock/gcp/tokens``: ``{"issued": N}``, the access tokens issued so far, so a test
+  sees a client refresh its token.
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ from extproc.mock_llm.responses_api import ResponsesEndpoint
 from extproc.mock_llm.responses_compact import CompactEndpoints
 from extproc.mock_llm.responses_store import ResponseStore, StoredResponsesEndpoints
 from extproc.mock_llm.tokens import count_tokens
+from extproc.mock_llm.vertex_api import TOKEN_PATH, VertexEndpoints, as_served, is_vertex_path
+from extproc.mock_llm.vertex_auth import TokenIssuer
 
 __all__ = ["MockOptions", "count_tokens", "create_app", "run"]
 
@@ -76,6 +89,13 @@ class MockOptions:
     aws_secret_access_key: str = "mock-secret-key"
     aws_region: str = "us-east-1"
     aws_session_token: str | None = None  # when set, x-amz-security-token must equal it
+    # The one Google Cloud project and region Vertex serves, the service account key file
+    # whose public key verifies token requests (None: every token request is refused), and
+    # how long the access tokens it issues live.
+    gcp_project: str = "mock-project"
+    gcp_region: str = "us-east5"
+    gcp_service_account: str | None = None
+    gcp_token_lifetime_s: int = 3600
 
 
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
@@ -132,9 +152,22 @@ class _MockApp:
             chunk_delay_s=options.chunk_delay_s,
             default_fault=default_fault,
         )
+        self.vertex = VertexEndpoints(
+            project=options.gcp_project,
+            region=options.gcp_region,
+            issuer=TokenIssuer(options.gcp_service_account, options.gcp_token_lifetime_s),
+            anthropic=self.anthropic,
+            openai=self.openai,
+            default_fault=default_fault,
+        )
 
     def _route(self, path: str) -> Routes | None:
         """The endpoint for each method a provider path takes, or None."""
+        # Vertex first: its paths end like OpenAI's and Anthropic's but want its own token.
+        if path == TOKEN_PATH:
+            return {"POST": self.vertex.token}
+        if is_vertex_path(path):
+            return {"POST": self.vertex.serve}
         if path.endswith("/chat/completions"):
             return {"POST": self.openai.chat_completions}
         if path.endswith("/completions"):  # after chat's, which ends the same way
@@ -172,13 +205,15 @@ class _MockApp:
         path = request.path
         if path.startswith("/_mock/"):
             return await self._control(request)
-        body = Body.parse(await request.read()) if request.can_read_body else _EMPTY_BODY
+        # The request as its endpoint reads it; made before the body is read (as_served).
+        served = as_served(request) if is_vertex_path(path) else request
+        body = Body.parse(await served.read()) if served.can_read_body else _EMPTY_BODY
         if self.recorder.enabled:
             self.recorder.record(
                 method=request.method,
                 path=path,
                 query_string=request.query_string,
-                headers=request.headers,
+                headers=request.headers,  # as the client sent them
                 body=body,
                 received_at=time.time(),
             )
@@ -188,7 +223,7 @@ class _MockApp:
         endpoint = routes.get(request.method)
         if endpoint is None:
             return _method_not_allowed(request, ", ".join(routes))
-        return await endpoint(request, body)
+        return await endpoint(served, body)
 
     async def _control(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method
@@ -205,6 +240,11 @@ class _MockApp:
                 self.recorder.clear()
                 return web.Response(body=orjson.dumps({"cleared": cleared}), headers=_JSON_HEADERS)
             return _method_not_allowed(request, "GET, DELETE")
+        if path == "/_mock/gcp/tokens":
+            if method != "GET":
+                return _method_not_allowed(request, "GET")
+            issued = {"issued": self.vertex.tokens_issued}
+            return web.Response(body=orjson.dumps(issued), headers=_JSON_HEADERS)
         return _not_found(request)
 
 

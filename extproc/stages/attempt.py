@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 
 from extproc import headers
-from extproc.backends import plan_request, plan_response
+from extproc.backends import plan_request, plan_response, provider_api
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import (
@@ -204,6 +204,7 @@ class AttemptStage:
         ctx.model, upstream = attempt_target(ctx, chain)
         ctx.upstream = upstream
         ctx.provider_type = upstream.provider.type
+        ctx.provider_api = provider_api(upstream)
         ctx.stream = parsed.get("stream") is True
         plan = plan_request(ctx, parsed, upstream)
         sent = plan.body if plan.body is not None else orjson.dumps(parsed)
@@ -224,13 +225,13 @@ class AttemptStage:
         ctx.response_status = int(status) if status.isdigit() else 0
         # Only the gateway names the attempts that started: never the provider.
         out.remove_headers.append(STARTED)
-        if ctx.provider_type is None:
+        if ctx.provider_api is None:
             return
         # Keep the usage chunk: the downstream filter counts it and hides it from
         # clients that did not ask for it.
         ctx.client_wants_usage = True
         plan = plan_response(
-            ctx, ctx.response_status, response_headers, ctx.provider_type, from_provider=True
+            ctx, ctx.response_status, response_headers, ctx.provider_api, from_provider=True
         )
         ctx.translator = plan.translator
         if plan.streamed:

@@ -18,7 +18,13 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from extproc import headers
-from extproc.backends import BEDROCK_RUNTIME_APIS, check_pair, client_asked_for_usage, plan_request
+from extproc.backends import (
+    BEDROCK_RUNTIME_APIS,
+    check_pair,
+    client_asked_for_usage,
+    plan_request,
+    provider_api,
+)
 from extproc.bedrock_count_tokens import INVOKE_MODEL, check_count_body, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import check_completions_body
@@ -96,6 +102,7 @@ class ChatRequestStage:
         check_model_kind(ctx, model, route)
         ctx.provider = upstream.provider.name
         ctx.provider_type = upstream.provider.type
+        ctx.provider_api = provider_api(upstream)
         ctx.upstream_model = upstream.upstream_model
         check_pair(ctx, parsed, upstream)
         if route.api is RouteApi.BEDROCK_INVOKE and reads_as_claude(

@@ -37,9 +37,9 @@ class ResponseStage:
         ctx.first_byte_at = time.monotonic()
         if not ctx.accounted:
             return
-        if ctx.provider_type is None:
+        if ctx.provider_api is None:
             return
-        kind = ctx.provider_type
+        kind = ctx.provider_api
         if ctx.failover_model is not None:
             # The per-attempt filter already translated the answer to OpenAI's API.
             kind = ProviderType.OPENAI

@@ -98,7 +98,12 @@ OPERATIONS = {
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
 # attribute, and the label of gen_ai_client_token_usage).
-GEN_AI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "bedrock": "aws.bedrock"}
+GEN_AI_PROVIDER_NAMES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "bedrock": "aws.bedrock",
+    "vertex": "gcp.vertex_ai",
+}
 
 
 def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[str, str | float]:

@@ -1,0 +1,54 @@
+"""The paths of Vertex AI's endpoints the gateway calls, under a provider's project and region.
+
+Vertex serves each model under ``/v1/projects/{project}/locations/{region}``:
+
+- Claude (Anthropic's models) through Anthropic's Messages API as Vertex takes it:
+  ``publishers/anthropic/models/{model}:rawPredict`` (a JSON answer) and
+  ``:streamRawPredict`` (Anthropic's event stream), the model in the path; token counts
+  at ``publishers/anthropic/models/count-tokens:rawPredict``, the model in the body;
+- every other model (Gemini, the Model Garden's open models) through its
+  OpenAI-compatible chat completions, ``endpoints/openapi/chat/completions``, the model
+  in the body as Vertex names it (``google/gemini-2.5-flash``).
+
+Which is Claude is read from the provider's name for the model: Vertex names Anthropic's
+models ``claude-...`` (``claude-sonnet-4-5@20250929``).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from extproc.config.model import GcpConfig
+
+# What a model id keeps unescaped in the path: Vertex's ids are letters, digits, "-", "."
+# and the "@" before a version. Anything else (a "/" of a client's model name on a
+# catch-all route) is escaped, so it cannot reach another path.
+_PATH_SAFE = "-._~@"
+_CLAUDE = "claude-"
+
+
+def is_claude(upstream_model: str) -> bool:
+    """Whether Vertex serves ``upstream_model`` through Anthropic's Messages API."""
+    return upstream_model.startswith(_CLAUDE)
+
+
+def location_path(gcp: GcpConfig) -> str:
+    """``/v1/projects/{project}/locations/{region}``: where the provider's models live."""
+    return f"/v1/projects/{gcp.project}/locations/{gcp.region}"
+
+
+def claude_messages_path(gcp: GcpConfig, upstream_model: str, *, stream: bool) -> str:
+    """Claude's Messages endpoint on Vertex: ``rawPredict``, or ``streamRawPredict``."""
+    method = "streamRawPredict" if stream else "rawPredict"
+    model = quote(upstream_model, safe=_PATH_SAFE)
+    return f"{location_path(gcp)}/publishers/anthropic/models/{model}:{method}"
+
+
+def claude_count_tokens_path(gcp: GcpConfig) -> str:
+    """Claude's token count on Vertex (the model named in the body)."""
+    return f"{location_path(gcp)}/publishers/anthropic/models/count-tokens:rawPredict"
+
+
+def openai_chat_path(gcp: GcpConfig) -> str:
+    """Vertex's OpenAI-compatible chat completions, for every model but Claude."""
+    return f"{location_path(gcp)}/endpoints/openapi/chat/completions"
