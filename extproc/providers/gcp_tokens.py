@@ -78,7 +78,8 @@ class GcpTokenSource:
         except (GoogleAuthError, OSError, ValueError) as exc:
             # The token endpoint's answer can quote the assertion: its type only.
             raise ConfigError(
-                self._where, [f"cannot obtain a Google Cloud access token: {type(exc).__name__}"]
+                "config",
+                [f"{self._where}: cannot obtain a Google Cloud access token: {type(exc).__name__}"],
             ) from None
 
     async def refresh_if_needed(self) -> None:
@@ -122,10 +123,10 @@ class GcpTokenSource:
             credentials, _project = google.auth.default(scopes=SCOPES)
         except GoogleAuthError as exc:
             raise ConfigError(
-                self._where,
+                "config",
                 [
-                    "no credentials: set credentials_file to a service account key, or "
-                    "provide Application Default Credentials "
+                    f"{self._where}: no credentials: set credentials_file to a service account "
+                    "key, or provide Application Default Credentials "
                     f"(GOOGLE_APPLICATION_CREDENTIALS, a metadata server): {type(exc).__name__}"
                 ],
             ) from None

@@ -1,0 +1,109 @@
+"""A Vertex provider's access tokens, minted by google-auth from a service account key at
+the mock's token endpoint: the first at start, the next before the one in use expires,
+and the one in use kept when a refresh fails."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.auth.exceptions import RefreshError
+
+from extproc.config import ConfigError
+from extproc.config.model import GcpConfig
+from extproc.mock_llm import MockOptions
+from extproc.mock_llm.vertex_auth import write_service_account
+from extproc.providers.gcp_tokens import REFRESH_AHEAD_S, GcpTokenSource
+from extproc.testing import serve_mock
+
+# A token that lives less than REFRESH_AHEAD_S is due for a refresh at once.
+SHORT_LIFETIME_S = REFRESH_AHEAD_S // 2
+
+
+async def issued(mock: str) -> int:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"{mock}/_mock/gcp/tokens")
+    count: int = answer.json()["issued"]
+    return count
+
+
+async def started(mock: str, key_file: Path) -> GcpTokenSource:
+    write_service_account(key_file, token_uri=f"{mock}/token")
+    source = GcpTokenSource(
+        GcpConfig(project="mock-project", region="us-east5", credentials_file=str(key_file)),
+        "providers.vertex.gcp",
+    )
+    await source.start()
+    return source
+
+
+@pytest.fixture
+async def short_lived(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    key_file = tmp_path / "key.json"
+    options = MockOptions(gcp_service_account=str(key_file), gcp_token_lifetime_s=SHORT_LIFETIME_S)
+    async with serve_mock(options) as mock:
+        yield mock, key_file
+
+
+async def test_a_token_near_its_expiry_is_replaced_before_it_expires(
+    short_lived: tuple[str, Path],
+) -> None:
+    mock, key_file = short_lived
+    source = await started(mock, key_file)
+    first = source.authorization()
+    assert first.startswith("Bearer ya29.mock-")
+
+    await source.refresh_if_needed()
+
+    assert source.authorization() != first
+    assert await issued(mock) == 2
+    await source.close()
+
+
+async def test_a_token_with_an_hour_left_is_kept(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.json"
+    async with serve_mock(MockOptions(gcp_service_account=str(key_file))) as mock:
+        source = await started(mock, key_file)
+        first = source.authorization()
+        await source.refresh_if_needed()
+        assert source.authorization() == first
+        assert await issued(mock) == 1
+        await source.close()
+
+
+async def test_a_failed_refresh_keeps_the_token_in_use(short_lived: tuple[str, Path]) -> None:
+    mock, key_file = short_lived
+    source = await started(mock, key_file)
+    first = source.authorization()
+    # The key is replaced by one the token endpoint does not know: Google refuses it.
+    write_service_account(tmp_key := key_file.with_name("other.json"), token_uri=f"{mock}/token")
+    key_file.write_bytes(tmp_key.read_bytes().replace(b"mock-gateway@", b"someone-else@"))
+
+    with pytest.raises(RefreshError) as failed:
+        await source.refresh_if_needed()
+
+    assert "ya29" not in str(failed.value)
+    assert source.authorization() == first, "requests keep the token until it expires"
+    await source.close()
+
+
+async def test_a_key_the_token_endpoint_refuses_fails_the_start_by_its_field(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "key.json"
+    # The mock trusts another key than the one the gateway holds.
+    trusted = tmp_path / "trusted.json"
+    async with serve_mock(MockOptions(gcp_service_account=str(trusted))) as mock:
+        write_service_account(trusted, token_uri=f"{mock}/token")
+        write_service_account(key_file, token_uri=f"{mock}/token")
+        source = GcpTokenSource(
+            GcpConfig(project="p", region="r", credentials_file=str(key_file)),
+            "providers.vertex.gcp",
+        )
+        with pytest.raises(ConfigError) as refused:
+            await source.start()
+    assert refused.value.problems == [
+        "providers.vertex.gcp: cannot obtain a Google Cloud access token: RefreshError"
+    ]
