@@ -16,7 +16,9 @@ is). Any other family's body passes through unread but for what the quota needs:
   hard cap cannot write (it is admitted only with room for all of it, as a compaction).
 
 The answer is billed by the counts Bedrock reports for every model, not by the body
-(``translators.bedrock_invoke``).
+(``translators.bedrock_invoke``). An embeddings model (its ``kind`` in the config, else
+a model id that names Titan's or Cohere's embeddings, ``names_embeddings_model``)
+generates nothing: no completion is reserved, and its operation is ``embeddings``.
 
 Which body is Claude's (``reads_as_claude``): a model id that names its model says; an
 ARN that hides it (an application inference profile) says nothing, so the body does:
@@ -26,10 +28,14 @@ Claude's alone carries ``anthropic_version``, which Bedrock requires of it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from extproc.config.model import ModelKind, RouteApi
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.quota.estimate import CHARS_PER_TOKEN
+
+if TYPE_CHECKING:
+    from extproc.context import RequestContext
 
 # Where each family the gateway knows bounds its completion: the model id's prefix, and
 # the field's path in the body.
@@ -39,6 +45,9 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("amazon.titan-text", ("textGenerationConfig", "maxTokenCount")),
 )
 _CLAUDE = "anthropic."
+# The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
+# billed by the input count alone (Titan's and Cohere's text and multimodal models).
+EMBEDDINGS_PREFIXES = ("amazon.titan-embed", "cohere.embed")
 _CLAUDE_VERSION_KEY = "anthropic_version"
 # A string that is all base64 (an image's or a document's bytes: Llama's ``images``,
 # Nova's ``source.bytes``, Titan's ``inputImage``; a data URL) is no text: its length is
@@ -58,6 +67,26 @@ def reads_as_claude(model_id: str, body: dict[str, Any]) -> bool:
     if named.startswith("arn:"):
         return _CLAUDE_VERSION_KEY in body
     return named.startswith(_CLAUDE)
+
+
+def invokes_embeddings(ctx: RequestContext) -> bool:
+    """Whether ``ctx`` is an InvokeModel call to an embeddings model: its ``kind`` in the
+    config when it has one, else its model id (``names_embeddings_model``), so a catch-all
+    Bedrock Runtime route tells Titan's and Cohere's embeddings from chats too."""
+    route = ctx.route
+    if route is None or route.api is not RouteApi.BEDROCK_INVOKE:
+        return False
+    model = ctx.model or ""
+    kind = ctx.runtime.model_kind.get(ctx.runtime.canonical_model.get(model, model))
+    if kind is not None:
+        return kind is ModelKind.EMBEDDINGS
+    return names_embeddings_model(ctx.upstream_model or "")
+
+
+def names_embeddings_model(model_id: str) -> bool:
+    """Whether ``model_id`` names an embeddings model (``EMBEDDINGS_PREFIXES``); an ARN
+    that hides its model says no: its ``kind`` in the config says."""
+    return base_model_id(model_id).startswith(EMBEDDINGS_PREFIXES)
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -16,7 +16,7 @@ from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import CutAttempt, RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
-from extproc.telemetry.span_attributes import OPERATIONS
+from extproc.telemetry.span_attributes import operation_of
 from extproc.translators.base import stream_failure
 
 # The status_code of aigw_upstream_errors_total for a provider's error inside a stream.
@@ -74,7 +74,7 @@ class AccountingStage:
             metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)
         if ctx.usage_reported or ctx.usage_estimated:
             metrics.observe_token_usage(
-                operation=OPERATIONS.get(ctx.route.api, ctx.route.api) if ctx.route else "chat",
+                operation=operation_of(ctx) or "chat",
                 provider_type=ctx.provider_type.value if ctx.provider_type else provider,
                 request_model=model,
                 response_model=ctx.response_model or "",

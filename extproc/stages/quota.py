@@ -25,7 +25,7 @@ from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import generated_choices
-from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ModelKind, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
@@ -296,10 +296,9 @@ def _other_family(ctx: RequestContext) -> bool:
 
 
 def _embeds(ctx: RequestContext) -> bool:
-    """Whether the request's model is configured as an embeddings model."""
-    model = ctx.model or ""
-    model = ctx.runtime.canonical_model.get(model, model)
-    return ctx.runtime.model_kind.get(model) is ModelKind.EMBEDDINGS
+    """Whether the InvokeModel call goes to an embeddings model (configured so, or named
+    so by its model id)."""
+    return invoke_bodies.invokes_embeddings(ctx)
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

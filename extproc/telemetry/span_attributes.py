@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from extproc.bedrock_invoke_bodies import invokes_embeddings
 from extproc.chargeback.pricing import usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
@@ -106,6 +107,16 @@ GEN_AI_PROVIDER_NAMES = {
 }
 
 
+def operation_of(ctx: RequestContext) -> str | None:
+    """gen_ai.operation.name of the request (``OPERATIONS``); an InvokeModel call to an
+    embeddings model is ``embeddings``, as on /v1/embeddings."""
+    if ctx.route is None:
+        return None
+    if invokes_embeddings(ctx):
+        return "embeddings"
+    return OPERATIONS.get(ctx.route.api)
+
+
 def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[str, str | float]:
     """The ``io.aigw`` metadata of one request; unknown values are left out, not empty.
 
@@ -117,7 +128,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         usage = ctx.usage
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
-        "operation": OPERATIONS.get(ctx.route.api) if ctx.accounted and ctx.route else None,
+        "operation": operation_of(ctx) if ctx.accounted else None,
         "provider": ctx.provider,
         "provider_type": GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value)
         if ctx.provider_type
