@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import time
 
+from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.responses_api import RESPONSES_REQUESTS
@@ -75,12 +76,20 @@ class TelemetryStage:
             telemetry.tracing.enabled and telemetry.tracing.capture_content
         ):
             route = ctx.route
+            other_family = (
+                route is not None
+                and route.api is RouteApi.BEDROCK_INVOKE
+                and not reads_as_claude(ctx.upstream_model or "", ctx.body or {})
+            )
             ctx.content = ContentCapture(
-                anthropic=route is not None and route.api in MESSAGES_BODY_APIS,
+                anthropic=route is not None
+                and route.api in MESSAGES_BODY_APIS
+                and not other_family,
                 max_chars=telemetry.log.max_content_chars,
                 responses=route is not None and route.api in RESPONSES_REQUESTS,
                 completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
                 converse=route is not None and route.api is RouteApi.BEDROCK_CONVERSE,
+                invoke_family=other_family,
             )
 
     def response_body(

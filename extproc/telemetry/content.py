@@ -27,7 +27,8 @@ the user messages kept, then the compaction item) and a token count's request
 (``/v1/responses/input_tokens``) read the same way.
 
 A Bedrock Converse request and answer (its stream's frames too) read as
-``converse_content`` says.
+``converse_content`` says; an InvokeModel call in another family's body than Claude's
+(Claude's reads as Anthropic's Messages API) as ``invoke_content`` says.
 
 An OpenAI text completion request (``/v1/completions``) reads as user messages: its
 prompt (each prompt of a batch; token ids, which are no text to the gateway, as a
@@ -46,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from extproc.telemetry import converse_content
+from extproc.telemetry import converse_content, invoke_content
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ContentCapture:
         "_chunks",
         "_completions",
         "_converse",
+        "_invoke_family",
         "_limit",
         "_output",
         "_read",
@@ -77,10 +79,13 @@ class ContentCapture:
         responses: bool = False,
         completions: bool = False,
         converse: bool = False,
+        invoke_family: bool = False,
     ) -> None:
         self._anthropic = anthropic
         # Bedrock's Converse API (``converse_content``).
         self._converse = converse
+        # InvokeModel with another family's body than Claude's (``invoke_content``).
+        self._invoke_family = invoke_family
         # An OpenAI Responses API exchange, or a text completion (the module docstring).
         self._responses = responses
         self._completions = completions
@@ -112,6 +117,8 @@ class ContentCapture:
                 messages = _responses_conversation(body)
             elif self._converse:
                 messages = converse_content.conversation(body)
+            elif self._invoke_family:
+                messages = invoke_content.conversation(body)
             elif self._completions:
                 messages = _completions_prompt(body)
             else:
@@ -141,6 +148,9 @@ class ContentCapture:
             if self._streamed:
                 return converse_content.stream_text(body)
             return converse_content.answer_text(body)
+        if self._invoke_family:
+            # A stream's chunks as unwrapped from the frames, or the whole answer.
+            return invoke_content.answer_text(body)
         text = _stream_text(body, self._anthropic) if self._streamed else None
         if text is None:
             text = _body_text(body, self._anthropic)
