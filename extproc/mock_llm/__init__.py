@@ -26,7 +26,9 @@ It also answers like Google Cloud Vertex AI (``vertex_api``) for one project and
 ``POST /token`` is the OAuth2 token endpoint a service account key names (``vertex_auth``:
 JWT-bearer assertions checked against the key file ``gcp_service_account``), and every
 path with ``/projects/{p}/locations/{r}`` is a Vertex route (Claude's ``rawPredict`` /
-``streamRawPredict`` and token count, the OpenAI-compatible chat completions), which wants
+``streamRawPredict`` and token count, Gemini's ``generateContent``,
+``streamGenerateContent`` and ``countTokens`` (``vertex_gemini``), the OpenAI-compatible
+chat completions), which wants
 a token the mock issued. Those paths are routed before the suffix rules: Vertex's
 ``.../endpoints/openapi/chat/completions`` must not reach the OpenAI endpoint, which takes
 any key.
@@ -159,6 +161,7 @@ class _MockApp:
             anthropic=self.anthropic,
             openai=self.openai,
             default_fault=default_fault,
+            chunk_delay_s=options.chunk_delay_s,
         )
 
     def _route(self, path: str) -> Routes | None:

@@ -1,5 +1,5 @@
-"""The mock's Google Cloud Vertex AI surface: Claude's rawPredict routes, Vertex's
-OpenAI-compatible chat endpoint, its OAuth2 token endpoint, and Google's errors.
+"""The mock's Google Cloud Vertex AI surface: Claude's rawPredict routes, Gemini's native
+API, Vertex's OpenAI-compatible chat endpoint, its OAuth2 token endpoint, and Google's errors.
 
 Endpoints, for the one project and region the mock serves (``MockOptions.gcp_project``,
 ``gcp_region``), under any route prefix (``{base}/v1/projects/...``):
@@ -20,6 +20,11 @@ Endpoints, for the one project and region the mock serves (``MockOptions.gcp_pro
   body Anthropic's count_tokens body with ``model``; ``anthropic_version``, which Google's
   own example leaves out, may be absent but not another version. Answers
   ``{"input_tokens": N}``.
+- ``.../publishers/google/models/{model}:generateContent``, ``:streamGenerateContent``
+  (SSE with ``?alt=sse``, else a JSON array) and ``:countTokens``: Gemini's native API
+  (``vertex_gemini``) for Google's models (``gemini-...``, ``gemma-...``); another model
+  under ``publishers/google`` is not found. Its refusals and a fault's status Google has
+  no name for (529) are Google's errors: the model is Google's own.
 - ``.../endpoints/openapi/chat/completions``: OpenAI's chat completions (``openai_api``),
   JSON and SSE, for models named ``publisher/model`` (``google/gemini-2.5-flash``); a
   model without its publisher is a 400.
@@ -57,6 +62,12 @@ from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_f
 from extproc.mock_llm.openai_api import OpenAIEndpoints
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.vertex_auth import TokenIssuer, TokenRequestError
+from extproc.mock_llm.vertex_gemini import (
+    GEMINI_CALL,
+    GeminiEndpoints,
+    InvalidArgumentError,
+    is_google_model,
+)
 
 TOKEN_PATH = "/token"
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
@@ -177,12 +188,14 @@ class VertexEndpoints:
         anthropic: AnthropicEndpoints,
         openai: OpenAIEndpoints,
         default_fault: Fault,
+        chunk_delay_s: float = 0.0,
     ) -> None:
         self._project = project
         self._region = region
         self._issuer = issuer
         self._anthropic = anthropic
         self._openai = openai
+        self._gemini = GeminiEndpoints(chunk_delay_s=chunk_delay_s)
         self._default_fault = default_fault
 
     @property
@@ -252,6 +265,9 @@ class VertexEndpoints:
         call = _CLAUDE_CALL.fullmatch(rest)
         if call is not None and _CLAUDE_MODEL.fullmatch(call["model"]):
             return partial(self._claude, call["model"])
+        gemini = GEMINI_CALL.fullmatch(rest)
+        if gemini is not None and is_google_model(gemini["model"]):
+            return partial(self._gemini_call, gemini["model"], gemini["method"])
         return None
 
     async def _claude(
@@ -267,6 +283,19 @@ class VertexEndpoints:
                 return anthropic_api.error_response(400, str(exc))
             body = _anthropic_body(body.json, model=answered_model(model))
         return await self._anthropic.messages(request, body)
+
+    async def _gemini_call(
+        self, model: str, method: str, request: web.Request, body: Body, fault: Fault
+    ) -> web.StreamResponse:
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        # A status Google has no name for (serve answered the others): still Google's shape.
+        if fault.status is not None:
+            return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
+        try:
+            return await self._gemini.answer(model, method, request, body, fault)
+        except InvalidArgumentError as exc:
+            return google_error(400, str(exc))
 
     async def _count_tokens(
         self, request: web.Request, body: Body, fault: Fault

@@ -446,9 +446,10 @@ async def test_another_project_is_permission_denied(
     "path",
     [
         pytest.param(CHAT_PATH.replace(REGION, "europe-west1"), id="another-region"),
+        # Gemini's own methods are served (test_mock_vertex_gemini); another model is not.
         pytest.param(
-            f"{LOCATION}/publishers/google/models/gemini-2.5-flash:generateContent",
-            id="gemini-generate-content",
+            f"{LOCATION}/publishers/google/models/gpt-4o:generateContent",
+            id="not-googles-model",
         ),
         pytest.param(f"{LOCATION}/publishers/anthropic/models/gpt-4o:rawPredict", id="not-claude"),
         pytest.param(f"{CLAUDE_PATH}:predict", id="another-method"),
