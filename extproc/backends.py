@@ -68,10 +68,11 @@ from typing import Any
 
 import orjson
 
-from extproc import bedrock_count_tokens
+from extproc import bedrock_count_tokens, gemini_api
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import (
     BEDROCK_OPERATION_APIS,
+    GEMINI_APIS,
     TOKEN_COUNT_APIS,
     ProviderType,
     RouteApi,
@@ -101,6 +102,7 @@ from extproc.translators import (
     bedrock_cohere_embeddings,
     bedrock_embeddings,
     bedrock_invoke,
+    gemini_gemini,
     openai_anthropic,
     openai_bedrock,
     openai_bedrock_stream,
@@ -182,7 +184,7 @@ def plan_request(
     query = ctx.path.partition("?")[2]
     suffix = "?" + query if query else ""
     if kind is ProviderType.VERTEX:
-        return _vertex_request(ctx, parsed, upstream)
+        return _vertex_request(ctx, parsed, upstream, raw)
     if route.api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.BEDROCK:
         ctx.client_wants_usage = True  # Claude's streams carry usage on Bedrock too
         return _claude_on_bedrock_request(ctx, parsed, upstream)
@@ -252,6 +254,10 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         if kind is ProviderType.VERTEX:
             _check_claude_on_vertex(ctx, upstream)
         served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK, ProviderType.VERTEX)
+    elif route.api in GEMINI_APIS:
+        if kind is ProviderType.VERTEX:
+            _check_gemini_on_vertex(ctx, upstream)
+        served = kind is ProviderType.VERTEX
     elif route.api in BEDROCK_RUNTIME_APIS:
         # Bedrock's own operations, for any of its models: a body Bedrock's model cannot
         # take is Bedrock's to refuse.
@@ -469,7 +475,9 @@ def provider_api(upstream: Upstream) -> ProviderType:
     return kind
 
 
-def _vertex_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> RequestPlan:
+def _vertex_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, raw: bytes
+) -> RequestPlan:
     """A request to Vertex AI, with the provider's access token: Anthropic's Messages API
     (or its count) for Claude, an OpenAI chat completion translated to it for Claude, or
     passed to Vertex's OpenAI-compatible endpoint for any other model. The client's query
@@ -491,6 +499,18 @@ def _vertex_request(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstr
         return RequestPlan(
             _json(body), prefix + vertex_endpoints.claude_count_tokens_path(gcp), headers
         )
+    if route.api in GEMINI_APIS:
+        # Gemini's own body, as the client sent it unless the gateway changed it.
+        operation = (
+            gemini_api.COUNT_TOKENS
+            if route.api is RouteApi.GEMINI_COUNT_TOKENS
+            else gemini_api.STREAM_GENERATE_CONTENT
+            if ctx.stream
+            else gemini_api.GENERATE_CONTENT
+        )
+        path = vertex_endpoints.gemini_path(gcp, model, operation)
+        changed = ctx.body_changed or not raw
+        return RequestPlan(_json(parsed) if changed else None, prefix + path, headers)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, ProviderType.VERTEX)
     ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
@@ -510,6 +530,21 @@ def _check_claude_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
         raise BadRequestError(
             f"model '{ctx.model}' is a Vertex AI model that does not speak Anthropic's "
             "Messages API (only Claude models do); send it to /v1/chat/completions",
+            param="model",
+            code="unsupported_model_for_route",
+        )
+
+
+def _check_gemini_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
+    """Gemini's API reaches Google's own models on Vertex alone (the Model Garden's
+    partner models answer other APIs)."""
+    if not vertex_endpoints.is_google_model(upstream.upstream_model):
+        instead = "/v1/chat/completions"
+        if vertex_endpoints.is_claude(upstream.upstream_model):
+            instead += " or /v1/messages"
+        raise BadRequestError(
+            f"model '{ctx.model}' is a Vertex AI model that does not speak Gemini's API "
+            f"(only Google's models do); send it to {instead}",
             param="model",
             code="unsupported_model_for_route",
         )
@@ -632,6 +667,10 @@ def plan_response(
         return ResponsePlan(
             anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
         )
+    if route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+        if streaming:
+            return ResponsePlan(gemini_gemini.StreamReader(), streamed=True)
+        return ResponsePlan(gemini_gemini.GenerateContentReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(
             streaming=streaming, client_wants_usage=ctx.client_wants_usage
@@ -796,6 +835,8 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
     route = ctx.route
     assert route is not None
     shape = ctx.error_shape
+    if shape == "google":
+        return ResponsePlan(None)  # Gemini's clients read Google's errors as they come
     translated = kind is ProviderType.ANTHROPIC and route.api not in ANTHROPIC_APIS
 
     def replace(body: bytes) -> bytes:

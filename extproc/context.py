@@ -18,6 +18,7 @@ from extproc.completions_api import estimate_prompt as estimate_completions_prom
 from extproc.config.model import RouteApi
 from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tokens
 from extproc.embeddings import estimate_input_tokens
+from extproc.gemini_api import estimate_prompt_tokens as estimate_gemini_tokens
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_RESPONSES_COMPACT: estimate_responses_tokens,
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: estimate_responses_tokens,
     RouteApi.BEDROCK_CONVERSE: estimate_converse_tokens,
+    RouteApi.GEMINI_GENERATE_CONTENT: estimate_gemini_tokens,
+    RouteApi.GEMINI_COUNT_TOKENS: estimate_gemini_tokens,
 }
 
 
@@ -268,12 +271,14 @@ class RequestContext:
     @property
     def error_shape(self) -> str:
         """How this request's client expects errors: ``anthropic`` on Messages routes,
-        ``bedrock`` on Converse routes."""
+        ``bedrock`` on Converse routes, ``google`` on Gemini's."""
         if self.route is not None:
             if self.route.api.startswith("anthropic_"):
                 return "anthropic"
             if self.route.api.startswith("bedrock_"):
                 return "bedrock"
+            if self.route.api.startswith("gemini_"):
+                return "google"
         return "openai"
 
     def elapsed_ms(self) -> float:

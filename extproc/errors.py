@@ -55,12 +55,14 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self, api_shape: str = "openai") -> bytes:
-        """The error as the client's API shapes errors: ``openai``, ``anthropic`` or
-        ``bedrock``."""
+        """The error as the client's API shapes errors: ``openai``, ``anthropic``,
+        ``bedrock`` or ``google``."""
         if api_shape == "anthropic":
             return anthropic_error_body(self.message, self.status)
         if api_shape == "bedrock":
             return bedrock_error_body(self.message, self.code)
+        if api_shape == "google":
+            return google_error_body(self.message, self.status)
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
 
 
@@ -133,6 +135,29 @@ def bedrock_error_body(message: str, code: str | None = None) -> bytes:
     if code:
         body["code"] = code
     return orjson.dumps(body)
+
+
+# Google's status name for each HTTP status (google.rpc.Code), as its APIs answer errors.
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def google_error_body(message: str, status: int) -> bytes:
+    """Serialise one error as Google's APIs do (``{"error": {"code", "message",
+    "status"}}``), for clients of Gemini's API."""
+    name = _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    return orjson.dumps({"error": {"code": status, "message": message, "status": name}})
 
 
 class BadRequestError(GatewayError):

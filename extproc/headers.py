@@ -30,7 +30,14 @@ METADATA_NAMESPACE = "io.aigw"
 # for the gateway's first message (extproc.response_path: body hints).
 BODY_HINTS_NAMESPACE = "io.aigw.request"
 # Client credentials that never reach a provider.
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+CLIENT_CREDENTIAL_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "api-key",
+    # Google's: the Gemini API's SDKs and Gemini CLI send their key here.
+    "x-goog-api-key",
+    "proxy-authorization",
+)
 # OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's route
 # sets them from the metadata the quota stage returns with the request body.
 RATE_LIMIT_HEADERS = tuple(

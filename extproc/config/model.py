@@ -322,6 +322,14 @@ class RouteApi(StrEnum):
     # InvokeModel request, served by a bedrock_converse route likewise; as Anthropic's
     # count_tokens, nothing is generated, billed or reserved.
     BEDROCK_COUNT_TOKENS = "bedrock_count_tokens"
+    # Gemini's native API, as Google's SDKs and Gemini CLI call it (a path_prefix route:
+    # <prefix>/{model}:generateContent, :streamGenerateContent, the model and the stream
+    # named by the path, the key in x-goog-api-key): passed through to Vertex providers
+    # with their access token; billed by the usageMetadata Gemini reports.
+    GEMINI_GENERATE_CONTENT = "gemini_generate_content"
+    # Gemini's countTokens (<prefix>/{model}:countTokens), served by a
+    # gemini_generate_content route likewise; never billed.
+    GEMINI_COUNT_TOKENS = "gemini_count_tokens"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -342,6 +350,8 @@ ROUTE_MODEL_KIND = {
     RouteApi.OPENAI_COMPLETIONS: ModelKind.CHAT,
     RouteApi.OPENAI_RESPONSES_COMPACT: ModelKind.CHAT,
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: ModelKind.CHAT,
+    RouteApi.GEMINI_GENERATE_CONTENT: ModelKind.CHAT,
+    RouteApi.GEMINI_COUNT_TOKENS: ModelKind.CHAT,
 }
 
 # The client APIs that count a prompt's tokens: they generate nothing, so they are never
@@ -351,18 +361,25 @@ TOKEN_COUNT_APIS = frozenset(
         RouteApi.ANTHROPIC_COUNT_TOKENS,
         RouteApi.OPENAI_RESPONSES_INPUT_TOKENS,
         RouteApi.BEDROCK_COUNT_TOKENS,
+        RouteApi.GEMINI_COUNT_TOKENS,
     }
 )
 # The APIs of a bedrock_converse route's own operations beside Converse: given to a
 # request by its path (stages.routing), never a route's own api.
 BEDROCK_OPERATION_APIS = frozenset({RouteApi.BEDROCK_INVOKE, RouteApi.BEDROCK_COUNT_TOKENS})
+# Gemini's native API, its generateContent and countTokens (a gemini_generate_content
+# route serves both, by the path's operation).
+GEMINI_APIS = frozenset({RouteApi.GEMINI_GENERATE_CONTENT, RouteApi.GEMINI_COUNT_TOKENS})
 # The client APIs whose body is an Anthropic Messages call (Claude's, on Bedrock's
 # InvokeModel): read, guarded, enriched and capped alike, whatever the envelope.
 MESSAGES_BODY_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.BEDROCK_INVOKE})
 
 
-# The client APIs whose bodies carry no chat messages for enrichment to add to.
-_WITHOUT_MESSAGES = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS})
+# The client APIs whose bodies carry no chat messages for enrichment to add to (Gemini's
+# contents are not read for it either).
+_WITHOUT_MESSAGES = frozenset(
+    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, *GEMINI_APIS}
+)
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
 _HOST = re.compile(
@@ -428,6 +445,16 @@ class RouteConfig(_Section):
             raise ValueError(
                 "InvokeModel and CountTokens are served by a bedrock_converse route, under "
                 "its path_prefix (<prefix>/<modelId>/invoke); declare that route instead"
+            )
+        if self.api is RouteApi.GEMINI_COUNT_TOKENS:
+            raise ValueError(
+                "countTokens is served by a gemini_generate_content route, under its "
+                "path_prefix (<prefix>/<model>:countTokens); declare that route instead"
+            )
+        if self.api is RouteApi.GEMINI_GENERATE_CONTENT and self.path_prefix is None:
+            raise ValueError(
+                "a gemini_generate_content route needs a path_prefix (clients call "
+                "<prefix>/<model>:generateContent, e.g. /v1beta/models)"
             )
         if self.api is RouteApi.BEDROCK_CONVERSE and self.path_prefix is None:
             # Converse names its model and operation in the path, under the prefix.

@@ -8,7 +8,10 @@ Vertex serves each model under ``/v1/projects/{project}/locations/{region}``:
   at ``publishers/anthropic/models/count-tokens:rawPredict``, the model in the body;
 - every other model (Gemini, the Model Garden's open models) through its
   OpenAI-compatible chat completions, ``endpoints/openapi/chat/completions``, the model
-  in the body as Vertex names it (``google/gemini-2.5-flash``).
+  in the body as Vertex names it (``google/gemini-2.5-flash``);
+- Google's own models also through Gemini's API, for clients that speak it:
+  ``publishers/google/models/{model}:generateContent``, ``:streamGenerateContent``
+  (``?alt=sse``) and ``:countTokens``, the model in the path without its publisher.
 
 Which is Claude is read from the provider's name for the model: Vertex names Anthropic's
 models ``claude-...`` (``claude-sonnet-4-5@20250929``).
@@ -25,6 +28,9 @@ from extproc.config.model import GcpConfig
 # catch-all route) is escaped, so it cannot reach another path.
 _PATH_SAFE = "-._~@"
 _CLAUDE = "claude-"
+_GOOGLE = "google"
+# Gemini's streamed operation, which answers Server-Sent Events only when asked.
+_STREAM_GENERATE_CONTENT = "streamGenerateContent"
 
 
 def is_claude(upstream_model: str) -> bool:
@@ -52,3 +58,19 @@ def claude_count_tokens_path(gcp: GcpConfig) -> str:
 def openai_chat_path(gcp: GcpConfig) -> str:
     """Vertex's OpenAI-compatible chat completions, for every model but Claude."""
     return f"{location_path(gcp)}/endpoints/openapi/chat/completions"
+
+
+def is_google_model(upstream_model: str) -> bool:
+    """Whether ``upstream_model`` is one of Google's own models (Gemini, Gemma), which
+    Vertex serves through Gemini's API: named bare (``gemini-2.5-flash``) or with its
+    publisher, as the OpenAI-compatible endpoint names it (``google/gemini-2.5-flash``)."""
+    publisher, slash, _ = upstream_model.partition("/")
+    return (publisher == _GOOGLE if slash else True) and not is_claude(upstream_model)
+
+
+def gemini_path(gcp: GcpConfig, upstream_model: str, operation: str) -> str:
+    """Gemini's API on Vertex for one of Google's models: ``generateContent``,
+    ``streamGenerateContent`` (as Server-Sent Events) or ``countTokens``."""
+    model = quote(upstream_model.removeprefix(_GOOGLE + "/"), safe=_PATH_SAFE)
+    path = f"{location_path(gcp)}/publishers/google/models/{model}:{operation}"
+    return path + "?alt=sse" if operation == _STREAM_GENERATE_CONTENT else path

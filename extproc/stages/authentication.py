@@ -1,12 +1,12 @@
 """Request headers: who is calling, proven by an org API key or a JWT, per the route's policy.
 
 Credentials are read from ``Authorization: Bearer <x>``, a bare
-``Authorization: <key>``, ``x-api-key``, ``api-key`` or a header the route
-names. A bearer value shaped like a JWT (``eyJ...`` with two dots) is verified
-as a token when the route accepts JWTs; anything else is looked up as an API
-key; the first of these a request carries is the one used. Failures are 401
-with an RFC 6750 ``WWW-Authenticate`` header and a message saying what was
-wrong, never the credential itself. A credential in the query string
+``Authorization: <key>``, ``x-api-key``, ``api-key``, ``x-goog-api-key`` (Google's SDKs
+and Gemini CLI) or a header the route names. A bearer value shaped like a JWT
+(``eyJ...`` with two dots) is verified as a token when the route accepts JWTs; anything
+else is looked up as an API key; the first of these a request carries is the one
+used. Failures are 401 with an RFC 6750 ``WWW-Authenticate`` header and a message
+saying what was wrong, never the credential itself. A credential in the query string
 (``?api-key=``, ``?key=``, ...) is refused with a 400 on every route, even next
 to a good header: the gateway never reads it there, and the query would carry
 it on to the provider.
@@ -39,7 +39,7 @@ from extproc.errors import (
 )
 
 REALM = 'Bearer realm="aigw"'
-_KEY_HEADERS = ("x-api-key", "api-key")
+_KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 # Query parameters that carry a credential by common convention: Azure's `api-key`,
 # Google's `key`, RFC 6750's `access_token`, and their spellings.
 _QUERY_CREDENTIALS = frozenset(

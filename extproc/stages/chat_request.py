@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from extproc import headers
+from extproc import gemini_api, headers
 from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
     check_pair,
@@ -28,7 +28,7 @@ from extproc.backends import (
 from extproc.bedrock_count_tokens import INVOKE_MODEL, check_count_body, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import check_completions_body
-from extproc.config.model import ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
+from extproc.config.model import GEMINI_APIS, ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import check_converse_body, operation
 from extproc.embeddings import check_embeddings_body
@@ -70,14 +70,16 @@ class ChatRequestStage:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{limits.max_request_body_bytes} bytes"
             )
-        bedrock_runtime = route.api in BEDROCK_RUNTIME_APIS
-        if bedrock_runtime:
-            # Bedrock Runtime names its model and its stream in the path, not the body;
-            # an operation the route does not serve is refused before its body is read.
+        # Bedrock Runtime and Gemini name the model and the stream in the path, not the
+        # body; an operation the route does not serve is refused before its body is read.
+        in_path = route.api in BEDROCK_RUNTIME_APIS or route.api in GEMINI_APIS
+        if route.api in BEDROCK_RUNTIME_APIS:
             path_model, streamed = operation(ctx.path)
+        elif in_path:
+            path_model, streamed = gemini_operation(ctx.path)
         parsed = parse_request_body(route.api, body, limits)
         ctx.body = parsed
-        named = path_model if bedrock_runtime else model_outside_body(ctx) or parsed.get("model")
+        named = path_model if in_path else model_outside_body(ctx) or parsed.get("model")
         model = route.forced_model or named
         if not isinstance(model, str) or not model:
             raise BadRequestError("'model' is required and must be a string", param="model")
@@ -114,7 +116,7 @@ class ChatRequestStage:
             if member == INVOKE_MODEL and reads_as_claude(upstream.upstream_model, counted):
                 # Counted as InvokeModel's body, checked as it is: the guards read no other.
                 check_chat_messages(counted, limits.max_messages)
-        stream = streamed if bedrock_runtime else parsed.get("stream", False)
+        stream = streamed if in_path else parsed.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise BadRequestError("'stream' must be a boolean", param="stream")
         ctx.stream = bool(stream)
@@ -197,6 +199,14 @@ def body_with_chain(parsed: dict[str, Any], chain: list[list[str]]) -> bytes:
     return orjson.dumps({**parsed, headers.FAILOVER_CHAIN_KEY: chain})
 
 
+def gemini_operation(path: str) -> tuple[str, bool]:
+    """The model a Gemini API path names (its last segment, ``{model}:{operation}``, under
+    any prefix) and whether the operation streams."""
+    last = path.partition("?")[0].rstrip("/").rpartition("/")[2]
+    model, operation = gemini_api.model_and_operation("/" + last)
+    return model, gemini_api.streams(operation)
+
+
 def model_outside_body(ctx: RequestContext) -> str | None:
     """The model named by the path, a header or the query, in that order of strength."""
     route = ctx.route
@@ -262,6 +272,13 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
         # Checked as a Messages body once the model is known to be Claude: another
         # family's body has another shape, Bedrock's to check.
         return parse_json_object(body, limits.max_json_depth)
+    if api in GEMINI_APIS:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        counted = api is RouteApi.GEMINI_COUNT_TOKENS
+        gemini_api.check_body(
+            parsed, gemini_api.COUNT_TOKENS if counted else gemini_api.GENERATE_CONTENT
+        )
+        return parsed
     parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
     if api is RouteApi.OPENAI_CHAT:
         # The quota reserves the allowance once per choice (``stages.quota``).

@@ -42,7 +42,7 @@ from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_count_tokens import CONVERSE, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
-from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
+from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
@@ -165,6 +165,8 @@ class GuardRequestStage:
             raise _unguardable_stream(route.name, route.api)
         if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
             raise _unreadable_invoke_body(ctx, route.name)
+        if route.api in GEMINI_APIS:
+            raise _unreadable_gemini_body(ctx, route.name)
         if not guards.request.empty:
             # The provider gets the body the guards read, serialised from the parse, never
             # the client's bytes: in a body that repeats a key ("messages" twice) the
@@ -234,6 +236,17 @@ def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
         f"route '{route}' guards or enriches requests, which it can do for Claude's "
         f"InvokeModel body only, not for model '{ctx.model}'; call converse for it",
         param="modelId",
+        code="body_not_guarded",
+    )
+
+
+def _unreadable_gemini_body(ctx: RequestContext, route: str) -> BadRequestError:
+    """A Gemini API body on a route with guards or enrichment, which do not read Gemini's
+    contents: refused before the quota counts it rather than sent unguarded."""
+    return BadRequestError(
+        f"route '{route}' guards or enriches requests, which it does not do for Gemini's "
+        f"API; call model '{ctx.model}' through /v1/chat/completions on this route",
+        param="model",
         code="body_not_guarded",
     )
 

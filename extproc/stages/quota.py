@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from extproc import bedrock_invoke_bodies as invoke_bodies
-from extproc import converse_api
+from extproc import converse_api, gemini_api
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
@@ -168,6 +168,8 @@ def reserved_completion(ctx: RequestContext) -> int:
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         return converse_api.completion_allowance(ctx.body, default_max_tokens)
+    if route is not None and route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+        return gemini_api.completion_allowance(ctx.body, default_max_tokens)
     if _other_family(ctx):
         if _embeds(ctx):
             return 0  # vectors: nothing generated
@@ -188,6 +190,8 @@ def _choices(ctx: RequestContext) -> int:
         return choices(ctx.body)
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         return generated_choices(ctx.body)
+    if route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+        return gemini_api.choices(ctx.body)
     return 1
 
 
@@ -234,6 +238,8 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE:
         prompt_call = converse_api.is_prompt(ctx.upstream_model or "")
         lowered = not prompt_call and converse_api.cap_completion(ctx.body, completion)
+    elif ctx.route is not None and ctx.route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+        lowered = gemini_api.cap_completion(ctx.body, completion)
     elif _other_family(ctx):
         model = ctx.upstream_model or ""
         lowered = invoke_bodies.cap_completion(model, ctx.body, completion)

@@ -141,7 +141,12 @@ _ENDS = {
 }
 # The APIs whose streams end with an event their reader recognises, not a marker.
 _TERMINAL_EVENT_APIS = frozenset(
-    {RouteApi.OPENAI_RESPONSES, RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE}
+    {
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.BEDROCK_CONVERSE,
+        RouteApi.BEDROCK_INVOKE,
+        RouteApi.GEMINI_GENERATE_CONTENT,
+    }
 )
 # What is kept of what was sent, so a marker split over two chunks counts: one byte
 # short of the longest marker, which therefore never lies whole in it.

@@ -25,6 +25,7 @@ from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
+from extproc.gemini_api import counts_tokens
 from extproc.runtime import Route, request_host
 from extproc.stages.chat_request import model_outside_body
 
@@ -57,6 +58,8 @@ class RoutingStage:
             api = operation_api(ctx.path)
             if api is not None:
                 route = operation_route(route, api)
+        elif route.api is RouteApi.GEMINI_GENERATE_CONTENT and counts_tokens(ctx.path):
+            route = operation_route(route, RouteApi.GEMINI_COUNT_TOKENS)
         ctx.route = route
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
@@ -107,9 +110,9 @@ class RoutingStage:
 
 @lru_cache(maxsize=64)
 def operation_route(route: Route, api: RouteApi) -> Route:
-    """A Bedrock Runtime route's twin for the requests of another operation than Converse
-    (InvokeModel, CountTokens): the same route (name, auth, guards, quotas), whose API
-    reads that operation's body (``converse_api``)."""
+    """A route's twin for the requests of another operation than its API's own (Bedrock
+    Runtime's InvokeModel and CountTokens, Gemini's countTokens): the same route (name,
+    auth, guards, quotas), whose API reads that operation's body."""
     return replace(route, api=api)
 
 

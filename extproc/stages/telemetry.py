@@ -21,7 +21,7 @@ import re
 import time
 
 from extproc.bedrock_invoke_bodies import reads_as_claude
-from extproc.config.model import MESSAGES_BODY_APIS, RouteApi
+from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.stages.partial_usage import usage_if_ended_now
@@ -42,11 +42,14 @@ _CONVERSE_FINISH = re.compile(rb'"stopReason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 _INVOKE_FINISH = re.compile(
     rb'"(?:stop_reason|stopReason|completionReason|finish_reason)"\s*:\s*"([A-Za-z0-9_.-]{1,64})"'
 )
+# Gemini's finishReason, each candidate's.
+_GEMINI_FINISH = re.compile(rb'"finishReason"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 # The pattern of each API whose finish reason is not OpenAI's ``finish_reason``.
 _FINISH_PATTERNS = {
     RouteApi.ANTHROPIC_MESSAGES: _ANTHROPIC_FINISH,
     RouteApi.BEDROCK_CONVERSE: _CONVERSE_FINISH,
     RouteApi.BEDROCK_INVOKE: _INVOKE_FINISH,
+    RouteApi.GEMINI_GENERATE_CONTENT: _GEMINI_FINISH,
 }
 # Longest match, so a reason split across two body chunks is still found.
 _CARRY = 96
@@ -89,6 +92,7 @@ class TelemetryStage:
                 responses=route is not None and route.api in RESPONSES_REQUESTS,
                 completions=route is not None and route.api is RouteApi.OPENAI_COMPLETIONS,
                 converse=route is not None and route.api is RouteApi.BEDROCK_CONVERSE,
+                gemini=route is not None and route.api in GEMINI_APIS,
                 invoke_family=other_family,
             )
 

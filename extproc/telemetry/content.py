@@ -28,7 +28,8 @@ the user messages kept, then the compaction item) and a token count's request
 
 A Bedrock Converse request and answer (its stream's frames too) read as
 ``converse_content`` says; an InvokeModel call in another family's body than Claude's
-(Claude's reads as Anthropic's Messages API) as ``invoke_content`` says.
+(Claude's reads as Anthropic's Messages API) as ``invoke_content`` says; Gemini's API
+as ``gemini_content`` says.
 
 An OpenAI text completion request (``/v1/completions``) reads as user messages: its
 prompt (each prompt of a batch; token ids, which are no text to the gateway, as a
@@ -47,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from extproc.telemetry import converse_content, invoke_content
+from extproc.telemetry import converse_content, gemini_content, invoke_content
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class ContentCapture:
         "_chunks",
         "_completions",
         "_converse",
+        "_gemini",
         "_invoke_family",
         "_limit",
         "_output",
@@ -80,12 +82,15 @@ class ContentCapture:
         completions: bool = False,
         converse: bool = False,
         invoke_family: bool = False,
+        gemini: bool = False,
     ) -> None:
         self._anthropic = anthropic
         # Bedrock's Converse API (``converse_content``).
         self._converse = converse
         # InvokeModel with another family's body than Claude's (``invoke_content``).
         self._invoke_family = invoke_family
+        # Gemini's API (``gemini_content``).
+        self._gemini = gemini
         # An OpenAI Responses API exchange, or a text completion (the module docstring).
         self._responses = responses
         self._completions = completions
@@ -119,6 +124,8 @@ class ContentCapture:
                 messages = converse_content.conversation(body)
             elif self._invoke_family:
                 messages = invoke_content.conversation(body)
+            elif self._gemini:
+                messages = gemini_content.conversation(body)
             elif self._completions:
                 messages = _completions_prompt(body)
             else:
@@ -151,6 +158,8 @@ class ContentCapture:
         if self._invoke_family:
             # A stream's chunks as unwrapped from the frames, or the whole answer.
             return invoke_content.answer_text(body)
+        if self._gemini:
+            return gemini_content.answer_text(body)
         text = _stream_text(body, self._anthropic) if self._streamed else None
         if text is None:
             text = _body_text(body, self._anthropic)

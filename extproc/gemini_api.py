@@ -1,0 +1,257 @@
+"""Gemini's native API (generateContent), as clients send it to the gateway.
+
+Google's ``google-genai`` SDK, Gemini CLI and ADK call
+``POST .../models/{model}:generateContent`` for one JSON answer,
+``:streamGenerateContent?alt=sse`` for Server-Sent Events and ``:countTokens`` for a
+count Google never bills. The model and the operation are the path's last segment (the
+SDKs may encode its colon); the body names neither, and asks for no stream: the path
+does. The gateway sends the same body to Google's models on Vertex AI, which serves
+Gemini's bodies and answers unchanged.
+
+This module reads what the gateway needs of such a request: which model and operation
+the path names, whether the body is one Gemini accepts in shape (checked before the
+quota counts the request, so a malformed body costs nothing), its prompt as the quota
+estimates it (the text of the system instruction and of every content's parts, function
+calls and results, code and its output, and the tool definitions), and the completion
+allowance (``generationConfig.maxOutputTokens``, once per candidate), which a hard cap
+lowers in place.
+
+Google's REST API takes each field in camelCase, as the SDKs send it, or in snake_case
+(``generation_config.max_output_tokens``); camelCase is read first. A hard cap writes
+the spelling the body already uses, so the body never names a field twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from extproc.errors import BadRequestError, NotFoundError
+from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD, json_chars, string_chars
+
+GENERATE_CONTENT = "generateContent"
+STREAM_GENERATE_CONTENT = "streamGenerateContent"
+COUNT_TOKENS = "countTokens"
+# The operations served, and whether each streams its answer.
+_SERVED = {GENERATE_CONTENT: False, STREAM_GENERATE_CONTENT: True, COUNT_TOKENS: False}
+_NOT_SERVED = (
+    "no Gemini API operation at this path; expected /<model>: followed by "
+    f"{GENERATE_CONTENT}, {STREAM_GENERATE_CONTENT} or {COUNT_TOKENS}"
+)
+
+# Each field the gateway reads, in the spellings Google's REST API takes, camelCase first.
+_CONTENTS = ("contents",)
+_PARTS = ("parts",)
+_SYSTEM = ("systemInstruction", "system_instruction")
+_TOOLS = ("tools",)
+_CONFIG = ("generationConfig", "generation_config")
+_MAX_OUTPUT = ("maxOutputTokens", "max_output_tokens")
+_CANDIDATES = ("candidateCount", "candidate_count")
+_THINKING = ("thinkingConfig", "thinking_config")
+_BUDGET = ("thinkingBudget", "thinking_budget")
+_REQUEST = ("generateContentRequest", "generate_content_request")
+_FUNCTION_CALL = ("functionCall", "function_call")
+_FUNCTION_RESPONSE = ("functionResponse", "function_response")
+_CODE = ("executableCode", "executable_code")
+_CODE_RESULT = ("codeExecutionResult", "code_execution_result")
+
+
+def model_and_operation(rest: str) -> tuple[str, str]:
+    """The model (decoded once) and the operation that ``rest``, the path after the
+    route's prefix without its query, names: ``/{model}:{operation}``.
+
+    The model is one segment: the SDKs encode a ``/`` in it, and a raw one is a path
+    Gemini's API does not serve (``tunedModels/...``). Anything but a served operation
+    after a non-empty model is a 404 that says what is served, as Google's would be.
+    """
+    segment = rest.removeprefix("/")
+    model, colon, operation = unquote(segment).rpartition(":")
+    if "/" in segment or not colon or not model or operation not in _SERVED:
+        raise NotFoundError(_NOT_SERVED)
+    return model, operation
+
+
+def counts_tokens(path: str) -> bool:
+    """Whether a request path (query and all) names ``countTokens``: the routing stage
+    gives such a request its route's twin before the body comes."""
+    return unquote(path.partition("?")[0]).rstrip("/").endswith(":" + COUNT_TOKENS)
+
+
+def streams(operation: str) -> bool:
+    """Whether the operation answers with a stream (``streamGenerateContent``)."""
+    return _SERVED.get(operation, False)
+
+
+def check_body(body: dict[str, Any], operation: str) -> None:
+    """Refuse a body Gemini would refuse for its shape, naming the field as the body spells
+    it (``contents[0].parts``); Google checks the rest, unknown fields included.
+
+    countTokens takes ``contents``, or a whole ``generateContentRequest`` checked as one."""
+    if operation == COUNT_TOKENS and _field(body, _CONTENTS) is None:
+        key, request = _named(body, _REQUEST)
+        if request is not None:
+            if not isinstance(request, dict):
+                raise BadRequestError(f"'{key}' must be an object", param=key)
+            _check_request(request, f"{key}.")
+            return
+    _check_request(body, "")
+
+
+def _check_request(body: dict[str, Any], where: str) -> None:
+    """A GenerateContentRequest's contents and the counts of its ``generationConfig``."""
+    contents = _field(body, _CONTENTS)
+    if not isinstance(contents, list):
+        raise BadRequestError(
+            f"'{where}contents' is required and must be an array of contents",
+            param=f"{where}contents",
+        )
+    for index, content in enumerate(contents):
+        _check_content(content, f"{where}contents[{index}]")
+    key, config = _named(body, _CONFIG)
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise BadRequestError(f"'{where}{key}' must be an object", param=f"{where}{key}")
+    for names in (_MAX_OUTPUT, _CANDIDATES):
+        name, value = _named(config, names)
+        if value is not None and _positive(value) is None:
+            param = f"{where}{key}.{name}"
+            raise BadRequestError(f"'{param}' must be an integer of at least 1", param=param)
+
+
+def _check_content(content: Any, where: str) -> None:
+    """One content: an object whose ``parts``, when given, are objects. A content without
+    parts is Google's to refuse."""
+    if not isinstance(content, dict):
+        raise BadRequestError(f"'{where}' must be an object with 'role' and 'parts'", param=where)
+    parts = _field(content, _PARTS)
+    if parts is None:
+        return
+    if not isinstance(parts, list):
+        raise BadRequestError(f"'{where}.parts' must be an array of parts", param=f"{where}.parts")
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict):
+            param = f"{where}.parts[{index}]"
+            raise BadRequestError(f"'{param}' must be an object", param=param)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt of a Gemini body as the quota estimates a chat body's: its text at
+    ``CHARS_PER_TOKEN`` characters a token, and each content's overhead. A countTokens
+    body's ``generateContentRequest`` is read as the request it wraps.
+
+    Inline bytes and files (``inlineData``, ``fileData``) count nothing, as images count
+    nothing elsewhere (``quota.estimate``): their size is not their token count. Context
+    Google adds from a cache (``cachedContent``) is not in the body: the estimate is low
+    for such a request, and the settlement, from Google's count, exact."""
+    request = _field(body, _REQUEST)
+    if _field(body, _CONTENTS) is None and isinstance(request, dict):
+        body = request
+    prompt = _content_chars(_field(body, _SYSTEM)) // CHARS_PER_TOKEN
+    contents = _field(body, _CONTENTS)
+    if isinstance(contents, list):
+        for content in contents:
+            if isinstance(content, dict):
+                prompt += _content_chars(content) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
+    tools = _field(body, _TOOLS)
+    if isinstance(tools, list) and tools:
+        # The function declarations (names, descriptions, schemas) go into the prompt.
+        prompt += json_chars(tools) // CHARS_PER_TOKEN
+    return prompt
+
+
+def _content_chars(content: Any) -> int:
+    """The text of a content's parts (a system instruction is a content too)."""
+    parts = _field(content, _PARTS) if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return 0
+    return sum(_part_chars(part) for part in parts if isinstance(part, dict))
+
+
+def _part_chars(part: dict[str, Any]) -> int:
+    """A part's text: text itself, a function call's name and arguments, what a function
+    returned (and its name), code and what running it printed."""
+    text = part.get("text")
+    if isinstance(text, str):
+        return len(text)
+    call = _field(part, _FUNCTION_CALL)
+    if isinstance(call, dict):
+        return string_chars(call.get("name")) + json_chars(call.get("args"))
+    response = _field(part, _FUNCTION_RESPONSE)
+    if isinstance(response, dict):
+        return string_chars(response.get("name")) + json_chars(response.get("response"))
+    code = _field(part, _CODE)
+    if isinstance(code, dict):
+        return string_chars(code.get("code"))
+    result = _field(part, _CODE_RESULT)
+    if isinstance(result, dict):
+        return string_chars(result.get("output"))
+    return 0
+
+
+def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
+    """The most the answer may take: ``maxOutputTokens`` (else the default) for each of
+    the ``candidateCount`` candidates Gemini generates."""
+    config = _field(body, _CONFIG)
+    most = _positive(_field(config, _MAX_OUTPUT)) if isinstance(config, dict) else None
+    return (most or default_max_tokens) * choices(body)
+
+
+def choices(body: dict[str, Any]) -> int:
+    """How many candidates Gemini generates (``candidateCount``, else one): a hard cap
+    shares its room among them."""
+    config = _field(body, _CONFIG)
+    count = _positive(_field(config, _CANDIDATES)) if isinstance(config, dict) else None
+    return count or 1
+
+
+def cap_completion(body: dict[str, Any], most_per_candidate: int) -> bool:
+    """Lower ``maxOutputTokens`` to ``most_per_candidate`` (setting it when absent), in
+    the spelling the body uses; whether the body changed.
+
+    Gemini counts its thinking in the output: a ``thinkingBudget`` above the cap would
+    let the model spend all of it thinking, so such a budget comes down to the cap. A
+    budget of 0 (no thinking) or -1 (the model's choice, within the output) stays."""
+    key, config = _named(body, _CONFIG)
+    if not isinstance(config, dict):
+        config = body[key] = {}
+    # A new field takes the spelling of the object it goes in.
+    spelling = _MAX_OUTPUT[0] if key == _CONFIG[0] else _MAX_OUTPUT[1]
+    changed = False
+    name, value = _named(config, _MAX_OUTPUT, default=spelling)
+    current = _positive(value)
+    if current is None or current > most_per_candidate:
+        config[name] = most_per_candidate
+        changed = True
+    thinking = _field(config, _THINKING)
+    if isinstance(thinking, dict):
+        name, value = _named(thinking, _BUDGET)
+        budget = _positive(value)
+        if budget is not None and budget > most_per_candidate:
+            thinking[name] = most_per_candidate
+            changed = True
+    return changed
+
+
+def _positive(value: Any) -> int | None:
+    """An integer of at least 1 (JSON's ``true`` is none), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _named(
+    container: dict[str, Any], names: tuple[str, ...], default: str | None = None
+) -> tuple[str, Any]:
+    """The first of ``names`` the container gives a value (not null), and that value; else
+    ``default`` (the first name when none is given) and None."""
+    for name in names:
+        value = container.get(name)
+        if value is not None:
+            return name, value
+    return default or names[0], None
+
+
+def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` the container gives one."""
+    return _named(container, names)[1]

@@ -1,0 +1,271 @@
+"""A Gemini client to Gemini's native API: Google's answer passed on unchanged, usage read.
+
+The client speaks Gemini's own API (``google-genai``, Gemini CLI, ADK; ``extproc.gemini_api``),
+and Vertex AI answers Google's models in the same shape, so every byte reaches the client as
+Google sent it. The gateway only reads, to bill the request and to log a failure:
+
+- A generateContent answer (``GenerateContentReader``): ``usageMetadata``, ``modelVersion``
+  and each candidate's ``finishReason``; the parsed answer is kept for response guards.
+- A streamGenerateContent stream (``StreamReader``, ``?alt=sse``): events of the same
+  shape, cut anywhere by the body chunks, their lines ended by CRLF as Google writes them.
+  Only events that may carry a usage report, a finish reason or an error are parsed; each
+  event's generated text (its parts' ``text``, thoughts included) is counted as it passes
+  (``generated_chars``), the bill of a stream cut short.
+
+Usage is read as Google bills it: the input is ``promptTokenCount`` (which includes the
+``cachedContentTokenCount`` read from a cache, billed at the cached price) plus
+``toolUsePromptTokenCount`` (what a tool such as search added to the prompt); the output
+is ``candidatesTokenCount`` plus ``thoughtsTokenCount`` (thinking is billed as output).
+A count that is not a non-negative integer makes the report unreadable (None) rather
+than a guessed 0; so does an answer that is an error object.
+
+A stream's counts are cumulative: each report replaces the one before, and the last is
+the bill. Gemini reports as it goes (Vertex's first events may count only the prompt), so
+a running report with an output count is the usage of a stream cut there, as for Gemini's
+OpenAI-compatible endpoint (``openai_openai.ChunkStreamReader``); a stream cut before any
+output count reports its prompt through ``counts_so_far``. An ``{"error": {...}}`` event,
+how Google fails a stream whose 200 has left, reaches the client as it came and is
+recorded as ``failure`` (``base.StreamFailure``) with the counts reported by then; the
+gateway charges the request and names Google's error in its log line.
+
+An event too long to hold (``sse.EventBuffer``) is dropped from what is read, not from
+what is sent: the bytes are the client's, and the events after it are still read, the
+last report among them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from extproc.context import Usage
+from extproc.errors import without_secrets
+from extproc.translators.base import (
+    MAX_PROVIDER_MESSAGE,
+    BufferedBodyReader,
+    ProviderStreamError,
+    StreamFailure,
+)
+from extproc.translators.generated_text import generated_chars
+from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+
+# The events worth parsing: those that carry a usage report, a finish reason or an error.
+# Each is matched as a key, quotes and colon included, so generated text that merely
+# names one (its quotes escaped) is not parsed.
+_WORTH_PARSING = re.compile(rb'"(?:usageMetadata|finishReason|error)"\s*:')
+# A name of one of Google's enums: an error's status (RESOURCE_EXHAUSTED), which the log
+# line shows as its code, or a finish reason (MAX_TOKENS). Anything else a proxy sends
+# cannot grow the log line.
+_ENUM_NAME = re.compile(r"[A-Z][A-Z_]{0,63}")
+_RATE_LIMITED = "RESOURCE_EXHAUSTED"
+_STREAM_FAILED = "the provider's stream failed"
+
+
+def _count(value: Any) -> int | None:
+    """A count as Google reports one: an integer >= 0 (JSON's ``true`` is none)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """What one ``usageMetadata`` counts, as billed: the input (cache hits included), the
+    cache hits, and the output; None while Gemini has counted no output."""
+
+    prompt: int
+    cached: int
+    output: int | None
+
+    def usage(self) -> Usage:
+        output = self.output or 0
+        return Usage(self.prompt, output, self.prompt + output, self.cached)
+
+    def after(self, earlier: UsageReport | None) -> UsageReport:
+        """This report, taking the output count from ``earlier`` when it has none."""
+        if self.output is not None or earlier is None:
+            return self
+        return UsageReport(self.prompt, self.cached, earlier.output)
+
+
+def usage_report(value: Any) -> UsageReport | None:
+    """A ``usageMetadata`` object; None when absent, without ``promptTokenCount``, or when a
+    count in it is not a non-negative integer."""
+    if not isinstance(value, dict):
+        return None
+    counts = {
+        name: value.get(name)
+        for name in (
+            "promptTokenCount",
+            "toolUsePromptTokenCount",
+            "cachedContentTokenCount",
+            "candidatesTokenCount",
+            "thoughtsTokenCount",
+        )
+    }
+    if not all(count is None or _count(count) is not None for count in counts.values()):
+        return None
+    prompt = counts["promptTokenCount"]
+    if prompt is None:
+        return None
+    prompt += counts["toolUsePromptTokenCount"] or 0
+    candidates, thoughts = counts["candidatesTokenCount"], counts["thoughtsTokenCount"]
+    output = None
+    if candidates is not None or thoughts is not None:
+        output = (candidates or 0) + (thoughts or 0)
+    # The cache hits are part of the prompt, never more than it.
+    return UsageReport(prompt, min(counts["cachedContentTokenCount"] or 0, prompt), output)
+
+
+def _model_version(answer: dict[str, Any]) -> str | None:
+    model = answer.get("modelVersion")
+    return model if isinstance(model, str) else None
+
+
+def _finish_reasons(answer: dict[str, Any]) -> list[tuple[int, str]]:
+    """Each candidate's finish reason, by the candidate's index (its place when it names
+    none)."""
+    candidates = answer.get("candidates")
+    if not isinstance(candidates, list):
+        return []
+    found: list[tuple[int, str]] = []
+    for place, candidate in enumerate(candidates):
+        if not isinstance(candidate, dict):
+            continue
+        reason, index = candidate.get("finishReason"), _count(candidate.get("index"))
+        if isinstance(reason, str) and _ENUM_NAME.fullmatch(reason):
+            found.append((place if index is None else index, reason))
+    return found
+
+
+def stream_error(error: dict[str, Any]) -> ProviderStreamError:
+    """The error of a Google ``{"error": {"code", "message", "status"}}`` event, named by
+    its status (``resource_exhausted``) as Vertex's errors are (``vertex_errors``); the
+    provider's words lose anything that looks like a key."""
+    message, status, code = error.get("message"), error.get("status"), error.get("code")
+    text = without_secrets(message[:MAX_PROVIDER_MESSAGE]) if isinstance(message, str) else ""
+    name = status if isinstance(status, str) and _ENUM_NAME.fullmatch(status) else None
+    limited = name == _RATE_LIMITED or (code == 429 and not isinstance(code, bool))
+    return ProviderStreamError(
+        text or _STREAM_FAILED,
+        error_type="rate_limit_error" if limited else "upstream_error",
+        code=name.lower() if name else None,
+    )
+
+
+class GenerateContentReader(BufferedBodyReader):
+    """A generateContent JSON answer: reads usage, model and finish reasons, passes the
+    bytes through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Each candidate's finishReason, in the candidates' order.
+        self.finish_reasons: list[str] = []
+
+    @staticmethod
+    def read_usage(value: Any) -> Usage | None:
+        # Gemini names its report usageMetadata, read with the rest of the answer (feed).
+        return None
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        super().feed(chunk, end_of_stream)
+        if end_of_stream:
+            self._read(self.answer)
+        return None
+
+    def _read(self, answer: Any) -> None:
+        self.response_model = None  # a "model" field is not Gemini's: modelVersion is
+        if not isinstance(answer, dict) or "error" in answer:
+            return
+        self.response_model = _model_version(answer)
+        self.finish_reasons = [reason for _, reason in sorted(_finish_reasons(answer))]
+        report = usage_report(answer.get("usageMetadata"))
+        self.usage = report.usage() if report is not None else None
+
+
+class StreamReader:
+    """A streamGenerateContent SSE stream: passes every chunk unchanged, reads the usage
+    reports, finish reasons and errors of its events as they complete."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self.status: int | None = None  # a stream's headers have left
+        # Set when Google sent an error event mid-stream (base.StreamFailure).
+        self.failure: StreamFailure | None = None
+        # Characters of generated text in the events so far (stages.partial_usage).
+        self.generated_chars = 0
+        # Set by the event that ends the answer: its finish reason and its counts came
+        # (stages.response: the answer is whole even if Envoy's end never comes).
+        self.terminal_event_read = False
+        self._report: UsageReport | None = None
+        self._finished: dict[int, str] = {}
+        self._events = EventBuffer()
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        """Each candidate's finish reason, in the candidates' order."""
+        return [self._finished[index] for index in sorted(self._finished)]
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        complete = self._events.whole_events(chunk, end_of_stream)
+        # Whole events only: a JSON string never spans two, so none is counted twice.
+        self.generated_chars += generated_chars(complete)
+        if _WORTH_PARSING.search(complete):
+            for event in complete.split(EVENT_END):
+                if _WORTH_PARSING.search(event):
+                    self._read_event(event)
+        if end_of_stream and self.failure is None and self._report is not None:
+            # The stream ended whole: its last report is the bill, output counted or not.
+            self.usage = self._report.usage()
+        return None
+
+    def counts_so_far(self) -> StreamFailure:
+        """What Gemini had reported when the stream was cut (base.counts_so_far)."""
+        return self._failure(None)
+
+    def _read_event(self, event: bytes) -> None:
+        try:
+            parsed = orjson.loads(event_data(event))
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(parsed, dict):
+            return
+        error = parsed.get("error")
+        if isinstance(error, dict):
+            self._provider_failed(stream_error(error))
+            return
+        self.response_model = _model_version(parsed) or self.response_model
+        finished = _finish_reasons(parsed)
+        for index, reason in finished:
+            self._finished[index] = reason
+        report = usage_report(parsed.get("usageMetadata"))
+        if report is None or self.failure is not None:
+            return
+        self._report = report.after(self._report)
+        if self._report.output is not None:
+            # A running count: what Gemini had counted, should the stream be cut here.
+            self.usage = self._report.usage()
+            # Gemini's last event names why it stopped and carries the bill.
+            self.terminal_event_read = self.terminal_event_read or bool(finished)
+
+    def _provider_failed(self, error: ProviderStreamError) -> None:
+        if self.failure is not None:
+            return
+        # The counts so far are kept for the charge; an incomplete answer has no usage.
+        self.failure = self._failure(error)
+        self.usage = None
+
+    def _failure(self, error: ProviderStreamError | None) -> StreamFailure:
+        report = self._report
+        if report is None:
+            return StreamFailure(error)
+        return StreamFailure(
+            error,
+            prompt_tokens=report.prompt,
+            cached_tokens=report.cached,
+            completion_tokens=report.output,
+        )
