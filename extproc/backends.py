@@ -82,6 +82,7 @@ from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
     BadRequestError,
     ServiceUnavailableError,
+    UpstreamError,
     anthropic_error_body,
     bedrock_error_body,
     bedrock_exception,
@@ -157,6 +158,8 @@ class RequestPlan:
     body: bytes | None
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    # Client headers the provider must not get (a beta flag list it would refuse).
+    remove_headers: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -489,16 +492,23 @@ def _vertex_request(
     prefix = upstream.provider.path_prefix
     model = upstream.upstream_model
     headers = {**_credentials(upstream), "content-type": "application/json"}
+    removed: list[str] = []
+    allowed = upstream.provider.anthropic_betas
+    if route.api in ANTHROPIC_APIS and allowed is not None:
+        kept = anthropic_vertex.kept_betas(ctx.request_headers.get("anthropic-beta"), allowed)
+        if kept:
+            headers["anthropic-beta"] = kept
+        else:
+            removed.append("anthropic-beta")
     if route.api is RouteApi.ANTHROPIC_MESSAGES:
         ctx.client_wants_usage = True  # Claude's streams always carry usage
         body = anthropic_vertex.messages_body(parsed)
         path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
-        return RequestPlan(_json(body), prefix + path, headers)
+        return RequestPlan(_json(body), prefix + path, headers, removed)
     if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
         body = anthropic_vertex.count_tokens_body(parsed, model)
-        return RequestPlan(
-            _json(body), prefix + vertex_endpoints.claude_count_tokens_path(gcp), headers
-        )
+        path = vertex_endpoints.claude_count_tokens_path(gcp)
+        return RequestPlan(_json(body), prefix + path, headers, removed)
     if route.api in GEMINI_APIS:
         # Gemini's own body, as the client sent it unless the gateway changed it.
         operation = (
@@ -559,7 +569,7 @@ def _credentials(upstream: Upstream) -> dict[str, str]:
                 f"provider '{upstream.provider.name}' has no access token",
                 code="provider_not_configured",
             )
-        return {"authorization": source.authorization()}
+        return source.request_headers()
     if not upstream.credential_headers:
         raise ServiceUnavailableError(
             f"provider '{upstream.provider.name}' has no credential configured",
@@ -689,6 +699,10 @@ def plan_response(
         return ResponsePlan(
             anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
         )
+    if anthropic_client and streaming and ctx.provider_type is ProviderType.VERTEX:
+        # Without Vertex's own events; sent in whole events, so of another length.
+        vertex_stream = anthropic_vertex.EventStreamReader()
+        return ResponsePlan(vertex_stream, streamed=True, remove_headers=["content-length"])
     if anthropic_client:
         if streaming:
             return ResponsePlan(anthropic_anthropic.EventStreamReader(), streamed=True)
@@ -845,6 +859,9 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
             return rewritten
         if translated:
             return openai_anthropic.translate_error(status, body)[1]
+        if not _json_object(body):
+            # A page (Google's front, a proxy): the client's SDK reads no error in it.
+            return _status_error(status, shape)
         return body
 
     set_headers = {"content-type": "application/json"}
@@ -854,6 +871,24 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
     return ResponsePlan(
         ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
     )
+
+
+def _json_object(body: bytes) -> bool:
+    """Whether ``body`` is a JSON object (or a list of them: Google's wrapping)."""
+    try:
+        document = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict | list)
+
+
+def _status_error(status: int, shape: str) -> bytes:
+    """The client's error for a provider's error answer in no JSON shape: its status alone."""
+    message = f"the provider answered with HTTP {status}"
+    if shape == "anthropic":
+        return anthropic_error_body(message, status)
+    kind_name = "server_error" if status >= 500 else "invalid_request_error"
+    return error_body(message, kind_name, code="upstream_error")
 
 
 def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
@@ -886,8 +921,14 @@ def _error_plan(
     json_body = "json" in content_type
     rewritten = ["content-length"]
     json_headers = {"content-type": "application/json"}
-    if ctx.provider_type is ProviderType.VERTEX and status not in CREDENTIAL_REFUSALS:
-        return _vertex_error_plan(ctx, status, kind)
+    if ctx.provider_type is ProviderType.VERTEX:
+        if status not in CREDENTIAL_REFUSALS:
+            return _vertex_error_plan(ctx, status, kind)
+        # Never on the lean path (whose headers leave before the body is seen): the
+        # gateway's 502, as from Bedrock, not a 401 that tells the client its key is wrong.
+        refused = _refused_plan(ctx, status)
+        refused.set_headers[":status"] = str(UpstreamError.status)
+        return refused
     if route.api in ANTHROPIC_APIS and kind is ProviderType.BEDROCK:
         error_type = headers.get("x-amzn-errortype")
         client_status, _ = anthropic_bedrock.translate_error(status, b"", error_type)
@@ -910,16 +951,10 @@ def _error_plan(
         if route.api in BEDROCK_RUNTIME_APIS:
             return _bedrock_shaped(status, f"the provider answered with HTTP {status}")
         shape = ctx.error_shape
-        message = f"the provider answered with HTTP {status}"
-
-        def replace(_: bytes) -> bytes:
-            if shape == "anthropic":
-                return anthropic_error_body(message, status)
-            kind_name = "server_error" if status >= 500 else "invalid_request_error"
-            return error_body(message, kind_name, code="upstream_error")
-
         return ResponsePlan(
-            ErrorRewriter(replace), set_headers=json_headers, remove_headers=rewritten
+            ErrorRewriter(lambda _: _status_error(status, shape)),
+            set_headers=json_headers,
+            remove_headers=rewritten,
         )
     if kind is ProviderType.ANTHROPIC:
         client_status, _ = openai_anthropic.translate_error(status, b"")

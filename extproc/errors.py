@@ -247,14 +247,18 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
     any sight of the ``known`` secrets (whole, or their first or last four characters),
     replaced by ``[redacted]``. Over-redacting an error message costs nothing; a fragment of
     the gateway's provider key shown to a client or written to a log would."""
-    for secret in known:
-        if len(secret) < 2 * _MIN_FRAGMENT:
-            continue
-        for piece in (secret, secret[:_MIN_FRAGMENT], secret[-_MIN_FRAGMENT:]):
-            text = text.replace(piece, REDACTED)
+    secrets = [secret for secret in known if len(secret) >= 2 * _MIN_FRAGMENT]
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    # The patterns before the fragments: a fragment shared by every secret of a kind (a
+    # Google token's "ya29") would leave the rest of another one where no pattern finds it.
     text = _AWS_EXPECTED_REQUEST.sub(f" {REDACTED}", text)
     text = _AWS_SESSION_TOKEN.sub(rf"\g<1>{REDACTED}", text)
-    return _SECRET_LOOKING.sub(REDACTED, text)
+    text = _SECRET_LOOKING.sub(REDACTED, text)
+    for secret in secrets:
+        for piece in (secret[:_MIN_FRAGMENT], secret[-_MIN_FRAGMENT:]):
+            text = text.replace(piece, REDACTED)
+    return text
 
 
 def credentials_refused(

@@ -348,7 +348,7 @@ class Runtime:
                     log.warning(
                         "Google Cloud token refresh for provider %s failed: %s",
                         name,
-                        type(exc).__name__,
+                        source.failure(exc),
                     )
 
     def hold(self, stream: asyncio.Task[Any] | None) -> Runtime:

@@ -1,9 +1,10 @@
 """What a valid config still needs to serve: the files ``serve`` reads at start.
 
 Validation checks the file itself; this reads what it names (key files, JWKS
-files, admin token files), without the network. ``extproc check-config`` runs it,
-and so does the workers' supervisor before it hands a reloaded config to the
-workers it restarts: a config the workers would refuse must not become theirs.
+files, admin token files, a Vertex provider's service account key), without the
+network. ``extproc check-config`` runs it, and so does the workers' supervisor
+before it hands a reloaded config to the workers it restarts: a config the
+workers would refuse must not become theirs.
 """
 
 from __future__ import annotations
@@ -20,5 +21,7 @@ def check_startup_files(config: GatewayConfig) -> None:
     runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
     if runtime.jwt is not None:
         runtime.jwt.load_static()
+    for source in runtime.token_sources.values():
+        source.check_key_file()
     if config.management.serving:
         AdminTokens(config.management)

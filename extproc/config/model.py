@@ -207,9 +207,10 @@ class ProviderConfig(_Section):
     aws: AwsConfig | None = None
     # Vertex only: project, region and credentials for its OAuth2 tokens.
     gcp: GcpConfig | None = None
-    # Bedrock only: the anthropic-beta flags its Claude models take from Anthropic
-    # clients; others are left out (Bedrock refuses a flag it does not know: "invalid
-    # beta flag"). None: every flag the client sends goes on.
+    # Bedrock and Vertex only: the anthropic-beta flags their Claude models take from
+    # Anthropic clients; others are left out (Bedrock refuses a flag it does not know:
+    # "invalid beta flag"; Vertex: "Unexpected value(s) ... for the anthropic-beta
+    # header"). None: every flag the client sends goes on.
     anthropic_betas: tuple[str, ...] | None = None
 
     @field_validator("base_url")
@@ -658,10 +659,21 @@ class GatewayConfig(_Section):
                     f"providers[{index}].api_key: a vertex provider authenticates with its "
                     "gcp credentials (OAuth2 tokens), not an API key"
                 )
-            if provider.anthropic_betas is not None and provider.type is not ProviderType.BEDROCK:
+            if provider.type is ProviderType.VERTEX and provider.path_prefix.endswith(
+                ("/v1", "/v1beta1")
+            ):
                 raise ValueError(
-                    f"providers[{index}].anthropic_betas: for bedrock providers only (an "
-                    "anthropic provider takes every flag Anthropic knows)"
+                    f"providers[{index}].base_url: a vertex provider's base_url is the service "
+                    "endpoint without a version path (https://us-east5-aiplatform.googleapis.com"
+                    "): the gateway adds /v1/projects/..."
+                )
+            if provider.anthropic_betas is not None and provider.type not in (
+                ProviderType.BEDROCK,
+                ProviderType.VERTEX,
+            ):
+                raise ValueError(
+                    f"providers[{index}].anthropic_betas: for bedrock and vertex providers only "
+                    "(an anthropic provider takes every flag Anthropic knows)"
                 )
         for index, model in enumerate(self.models):
             if model.provider not in known:

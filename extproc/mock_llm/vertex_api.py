@@ -2,7 +2,9 @@
 API, Vertex's OpenAI-compatible chat endpoint, its OAuth2 token endpoint, and Google's errors.
 
 Endpoints, for the one project and region the mock serves (``MockOptions.gcp_project``,
-``gcp_region``), under any route prefix (``{base}/v1/projects/...``):
+``gcp_region``), at Vertex's version roots only (``/v1/projects/...``, ``/v1beta1/...``):
+a location under another prefix (a base URL that doubles the version) is a 404, as
+Google's front answers it.
 
 - ``POST /token``: the OAuth2 token endpoint a service account key names as its
   ``token_uri``; the JWT-bearer grant, checked by ``vertex_auth.TokenIssuer``. Faults do
@@ -17,9 +19,10 @@ Endpoints, for the one project and region the mock serves (``MockOptions.gcp_pro
   (``claude-sonnet-4-5@20250929`` answers ``claude-sonnet-4-5-20250929``, as recorded
   Vertex answers do). ``{model}`` must be a Claude model (``claude-...``).
 - ``.../publishers/anthropic/models/count-tokens:rawPredict``: Claude's token count, the
-  body Anthropic's count_tokens body with ``model``; ``anthropic_version``, which Google's
-  own example leaves out, may be absent but not another version. Answers
-  ``{"input_tokens": N}``.
+  body Anthropic's count_tokens body with ``model``, the model's name without Vertex's
+  ``@version`` (a versioned id is Anthropic's 400 "... is not supported for token
+  counting", as Vertex answers); ``anthropic_version``, which Google's own example leaves
+  out, may be absent but not another version. Answers ``{"input_tokens": N}``.
 - ``.../publishers/google/models/{model}:generateContent``, ``:streamGenerateContent``
   (SSE with ``?alt=sse``, else a JSON array) and ``:countTokens``: Gemini's native API
   (``vertex_gemini``) for Google's models (``gemini-...``, ``gemma-...``); another model
@@ -98,6 +101,8 @@ _JSON_HEADERS = {"Content-Type": "application/json; charset=UTF-8"}
 # OAuth2 answers carrying a token must not be cached (RFC 6749, 5.1).
 _TOKEN_HEADERS = {**_JSON_HEADERS, "Cache-Control": "no-store", "Pragma": "no-cache"}
 _LOCATION = re.compile(r"/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)(?P<rest>/.*)?$")
+# Where Vertex serves its resources: a version at the host's root.
+_VERSION_ROOTS = ("/v1/projects/", "/v1beta1/projects/")
 _COUNT_TOKENS = "/publishers/anthropic/models/count-tokens:rawPredict"
 _CLAUDE_CALL = re.compile(
     r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<method>rawPredict|streamRawPredict)"
@@ -237,7 +242,9 @@ class VertexEndpoints:
         """The handler of a Vertex path, or Google's refusal of another project (403),
         another region or a resource the mock does not serve (404)."""
         match = _LOCATION.search(path)
-        if match is None:  # the app routes only Vertex paths here
+        if match is None or not path.startswith(_VERSION_ROOTS):
+            # The app routes here any path naming a location; Vertex serves it only
+            # under its version root.
             return google_error(404, f"The requested URL {path} was not found.")
         project, region, rest = match["project"], match["region"], match["rest"] or ""
         if project != self._project:
@@ -303,6 +310,9 @@ class VertexEndpoints:
         if fault.status is None and body.is_json and isinstance(body.json, dict):
             try:
                 _check_version(body.json, required=False)
+                model = body.json.get("model")
+                if isinstance(model, str) and "@" in model:
+                    raise _RefusedBodyError(f"{model} is not supported for token counting")
             except _RefusedBodyError as exc:
                 return anthropic_api.error_response(400, str(exc))
             body = _anthropic_body(body.json)

@@ -12,7 +12,10 @@ the runtime calls every minute. A token lives an hour; it is replaced once it ha
 than ``REFRESH_AHEAD_S`` left, so a failed refresh has several more tries before the
 token in use expires. ``authorization()`` runs on the event loop for every request and
 only reads the token last minted. Tokens and keys never reach a log or an error
-message: errors name the config field and the exception's type.
+message: errors name the config field, the exception's type and, for a token endpoint's
+refusal, its OAuth2 reason (``invalid_grant: Invalid JWT Signature.``), which names no
+secret. A token request gives up after ``TOKEN_REQUEST_TIMEOUT``: a silent endpoint must
+not hold a start, a reload or the refresh loop forever.
 """
 
 from __future__ import annotations
@@ -21,18 +24,22 @@ import asyncio
 import datetime
 import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import google.auth
 import urllib3
+from google.auth import environment_vars
 from google.auth.credentials import Credentials
-from google.auth.exceptions import GoogleAuthError
+from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from google.auth.transport.urllib3 import Request
 from google.oauth2 import service_account
 
 from extproc.config.loader import ConfigError
 from extproc.config.model import GcpConfig
+from extproc.errors import without_secrets
 
 # google-auth can log each token request and answer at DEBUG: an operator turning on
 # DEBUG to chase a problem must not write assertions or access tokens out.
@@ -45,6 +52,13 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Replace a token with less than this left: google-auth itself calls one expired 3 min
 # 45 s early, and the runtime's refresh runs every minute.
 REFRESH_AHEAD_S = 10 * 60
+# urllib3 waits for an answer forever by default. A token request takes well under a
+# second; a connection refused fails at once, and is retried by urllib3.
+TOKEN_REQUEST_TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
+# How long the first token is tried for while its endpoint cannot be reached.
+START_RETRY_S = 20.0
+# How much of a token endpoint's reason an error or log line keeps.
+_MAX_REASON = 300
 
 
 class GcpTokenSource:
@@ -55,9 +69,13 @@ class GcpTokenSource:
         # The config path named in errors (providers.<name>.gcp).
         self._where = where
         self._credentials: Credentials | None = None
-        self._http = urllib3.PoolManager()
+        self._http = urllib3.PoolManager(timeout=TOKEN_REQUEST_TIMEOUT)
         self._token: str | None = None
-        self._expiry: datetime.datetime | None = None
+        # When the token in use is due for a refresh, on the monotonic clock: a step of
+        # the wall clock must not keep a token past its expiry.
+        self._refresh_due = 0.0
+        # The quota project the credentials name (user credentials need one).
+        self._quota_project: str | None = None
 
     @property
     def token(self) -> str | None:
@@ -70,17 +88,60 @@ class GcpTokenSource:
             raise RuntimeError("GcpTokenSource.authorization() called before start()")
         return f"Bearer {self._token}"
 
+    def request_headers(self) -> dict[str, str]:
+        """The headers a request to Vertex carries: the access token, and the quota project
+        the credentials name as ``x-goog-user-project`` (as google-auth's own ``apply``
+        sends it; gcloud's user credentials name one, and need it)."""
+        headers = {"authorization": self.authorization()}
+        if self._quota_project:
+            headers["x-goog-user-project"] = self._quota_project
+        return headers
+
+    def check_key_file(self) -> None:
+        """Read the key file ``start()`` reads, without the network (``check-config``):
+        ``ConfigError`` naming the field when ``start()`` would refuse it."""
+        if self._config.credentials_file is not None:
+            self._from_file(self._config.credentials_file)
+
+    @staticmethod
+    def failure(exc: BaseException) -> str:
+        """What a failed token request says: its type, and a token endpoint's OAuth2
+        ``error`` and ``error_description`` (a deleted key, a clock off by minutes), which
+        name no secret; anything that looks like one is redacted all the same."""
+        name = type(exc).__name__
+        data = exc.args[1] if isinstance(exc, RefreshError) and len(exc.args) > 1 else None
+        if not isinstance(data, dict):
+            return name
+        said = [str(data[key]) for key in ("error", "error_description") if data.get(key)]
+        reason = without_secrets(": ".join(said)[:_MAX_REASON])
+        return f"{name} ({reason})" if reason else name
+
     async def start(self) -> None:
-        """Load the credentials and mint the first token; ``ConfigError`` when that fails."""
+        """Load the credentials and mint the first token; ``ConfigError`` when that fails.
+
+        A token endpoint that cannot be reached yet (GKE's metadata server in a pod's
+        first seconds, a proxy sidecar starting beside the gateway) is tried again for up
+        to ``START_RETRY_S``; an answer that refuses the key fails at once."""
         self._credentials = await asyncio.to_thread(self._load)
-        try:
-            await asyncio.to_thread(self._refresh)
-        except (GoogleAuthError, OSError, ValueError) as exc:
-            # The token endpoint's answer can quote the assertion: its type only.
-            raise ConfigError(
-                "config",
-                [f"{self._where}: cannot obtain a Google Cloud access token: {type(exc).__name__}"],
-            ) from None
+        deadline = time.monotonic() + START_RETRY_S
+        pause = 0.25
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh)
+                return
+            except TransportError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise self._refused(exc) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+            except (GoogleAuthError, OSError, ValueError) as exc:
+                raise self._refused(exc) from None
+
+    def _refused(self, exc: BaseException) -> ConfigError:
+        return ConfigError(
+            "config",
+            [f"{self._where}: cannot obtain a Google Cloud access token: {self.failure(exc)}"],
+        )
 
     async def refresh_if_needed(self) -> None:
         """Mint a new token when the one in use expires within ``REFRESH_AHEAD_S``.
@@ -96,10 +157,7 @@ class GcpTokenSource:
         self._http.clear()
 
     def _expiring(self) -> bool:
-        if self._expiry is None:
-            return True
-        left = self._expiry - datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-        return left.total_seconds() < REFRESH_AHEAD_S
+        return time.monotonic() >= self._refresh_due
 
     def _refresh(self) -> None:
         credentials = self._credentials
@@ -110,10 +168,18 @@ class GcpTokenSource:
         token = credentials.token
         if not isinstance(token, str) or not token:
             raise ValueError("the token endpoint answered without an access token")
-        # google-auth's expiry is naive UTC; None: a token that names no lifetime,
-        # refreshed at every tick (the metadata server always names one).
+        # google-auth's expiry is naive UTC, from this host's wall clock just now: what
+        # is left of it, counted on the monotonic clock. None: a token that names no
+        # lifetime, refreshed at every tick (the metadata server always names one).
+        expiry = credentials.expiry
+        due = time.monotonic()
+        if expiry is not None:
+            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            due += (expiry - now).total_seconds() - REFRESH_AHEAD_S
+        quota_project = getattr(credentials, "quota_project_id", None)
         self._token = token
-        self._expiry = credentials.expiry
+        self._refresh_due = due
+        self._quota_project = quota_project if isinstance(quota_project, str) else None
 
     def _load(self) -> Credentials:
         path = self._config.credentials_file
@@ -122,6 +188,12 @@ class GcpTokenSource:
         try:
             credentials, _project = google.auth.default(scopes=SCOPES)
         except GoogleAuthError as exc:
+            named = os.environ.get(environment_vars.CREDENTIALS)
+            if named:
+                # The operator named a file: say what is wrong with it, not "no credentials".
+                raise ConfigError(
+                    "config", [f"{self._where}: {_named_file_problem(named, exc)}"]
+                ) from None
             raise ConfigError(
                 "config",
                 [
@@ -154,3 +226,16 @@ class GcpTokenSource:
                 "config", [f"{where}: not a usable service account key: {type(exc).__name__}"]
             ) from None
         return credentials
+
+
+def _named_file_problem(path: str, exc: GoogleAuthError) -> str:
+    """Why the file GOOGLE_APPLICATION_CREDENTIALS names gives no credentials (its
+    contents never quoted)."""
+    try:
+        Path(path).read_bytes()
+    except OSError as error:
+        return f"GOOGLE_APPLICATION_CREDENTIALS: cannot read: {error.strerror}"
+    return (
+        "GOOGLE_APPLICATION_CREDENTIALS: not credentials google-auth can load: "
+        f"{type(exc).__name__}"
+    )

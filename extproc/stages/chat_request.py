@@ -168,6 +168,7 @@ class UpstreamRequestStage:
             out.set_headers[":path"] = plan.path
         out.set_headers[headers.CLUSTER] = upstream.cluster
         out.set_headers.update(plan.headers)
+        out.remove_headers.extend(plan.remove_headers)
         out.clear_route_cache = True
 
 

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import orjson
 
+from extproc.backends import provider_api
 from extproc.config.model import ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
-from extproc.runtime import Route, Runtime
+from extproc.runtime import Route, Runtime, Upstream
 
 # The routes a model is used on: those that generate answers or embeddings.
 # Count-tokens routes generate nothing, and agent routes name no model.
@@ -92,6 +93,15 @@ def _usable_on(
     if upstream is None:
         return False
     only = _ONLY_PROVIDER.get(route.api)
-    if only is not None and upstream.provider.type is not only:
+    if only is not None and _api_of(upstream, route.api) is not only:
         return False  # Anthropic's API only by Anthropic providers, Responses by OpenAI's
     return runtime.access.denial(identity, name, route.name, canonical) is None
+
+
+def _api_of(upstream: Upstream, api: RouteApi) -> ProviderType:
+    """The API ``upstream``'s model speaks to the route's: its provider's type, but
+    Claude on Vertex speaks Anthropic's Messages API (``backends.provider_api``)."""
+    kind = upstream.provider.type
+    if api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.VERTEX:
+        return provider_api(upstream)
+    return kind

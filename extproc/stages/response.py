@@ -112,8 +112,11 @@ class ResponseStage:
             # text at done: partial_usage).
             charge_whole_answer(ctx, getattr(translator, "answer", None))
         ctx.response_model = translator.response_model
-        # Priced now, so the metadata of this last answer carries the cost.
-        request_cost(ctx)
+        if ctx.usage_reported or not ctx.stream:
+            # Priced now, so the metadata of this last answer carries the cost. A stream
+            # without the provider's count is charged its estimate at done
+            # (partial_usage), and priced after it: priced here, it would cost nothing.
+            request_cost(ctx)
 
 
 def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:

@@ -7,7 +7,8 @@ come in Anthropic's shape, the OpenAI-compatible endpoint's in OpenAI's. Vertex'
 the OpenAI-compatible endpoint may also wrap in a one-element list. Neither SDK reads
 Google's shape (no error type, a numeric code), so such a body is written again in the
 client's shape with the same status and Google's message; the status name, lower-cased,
-is an OpenAI error's ``code``. Any other body is left to the pair's own error handling.
+is an OpenAI error's ``code``, its type the status's (429: ``rate_limit_error``). Any other
+body is left to the pair's own error handling.
 """
 
 from __future__ import annotations
@@ -48,5 +49,12 @@ def in_client_shape(status: int, body: bytes, shape: str) -> bytes | None:
     message = message or f"Vertex AI answered with HTTP {status} ({name})"
     if shape == "anthropic":
         return anthropic_error_body(message, status)
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return error_body(message, kind, code=name.lower())
+    return error_body(message, _openai_type(status), code=name.lower())
+
+
+def _openai_type(status: int) -> str:
+    """The OpenAI error type of a status, as the gateway's own errors name it (a quota is
+    a ``rate_limit_error``, which clients retry, not a bad request)."""
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"

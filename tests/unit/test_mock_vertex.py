@@ -39,6 +39,8 @@ PROJECT = "mock-project"
 REGION = "us-east5"
 # Vertex names Claude models with an @version; its answers name them as Anthropic does.
 CLAUDE = "claude-sonnet-4-5@20250929"
+# What count-tokens names the model by: without Vertex's version.
+CLAUDE_NAME = "claude-sonnet-4-5"
 CLAUDE_ANSWERED = "claude-sonnet-4-5-20250929"
 GEMINI = "google/gemini-2.5-flash"
 VERSION = "vertex-2023-10-16"
@@ -55,7 +57,7 @@ CLAUDE_PATH = f"{LOCATION}/publishers/anthropic/models/{CLAUDE}"
 COUNT_PATH = f"{LOCATION}/publishers/anthropic/models/count-tokens:rawPredict"
 CHAT_PATH = f"{LOCATION}/endpoints/openapi/chat/completions"
 CLAUDE_BODY = {"anthropic_version": VERSION, "max_tokens": 50, "messages": MESSAGES}
-COUNT_BODY = {"anthropic_version": VERSION, "model": CLAUDE, "messages": MESSAGES}
+COUNT_BODY = {"anthropic_version": VERSION, "model": CLAUDE_NAME, "messages": MESSAGES}
 CHAT_BODY = {"model": GEMINI, "messages": MESSAGES}
 # Each Vertex route, with a body it answers 200.
 ROUTES = [
@@ -506,7 +508,7 @@ async def test_claude_counts_tokens_as_the_answer_reports_them(
     claude: AsyncAnthropicVertex,
 ) -> None:
     count = await claude.messages.count_tokens(
-        model=CLAUDE, messages=MESSAGES, extra_body=VERTEX_BODY
+        model=CLAUDE_NAME, messages=MESSAGES, extra_body=VERTEX_BODY
     )
     assert count.input_tokens == INPUT_TOKENS
 
@@ -515,7 +517,7 @@ async def test_a_count_without_anthropic_version_is_counted(
     http: httpx.AsyncClient, token: str
 ) -> None:
     # Google's count-tokens example sends none.
-    body = {"model": CLAUDE, "messages": MESSAGES}
+    body = {"model": CLAUDE_NAME, "messages": MESSAGES}
     answer = await http.post(COUNT_PATH, json=body, headers=bearer(token))
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"input_tokens": INPUT_TOKENS}
@@ -553,6 +555,12 @@ async def test_a_count_without_anthropic_version_is_counted(
             {**COUNT_BODY, "anthropic_version": "2026-10-21"},
             f"anthropic_version: Input should be '{VERSION}'",
             id="count-version",
+        ),
+        pytest.param(
+            COUNT_PATH,
+            {**COUNT_BODY, "model": CLAUDE},
+            f"{CLAUDE} is not supported for token counting",
+            id="count-versioned-model",
         ),
         pytest.param(
             f"{CLAUDE_PATH}:rawPredict",

@@ -4,18 +4,21 @@ and the one in use kept when a refresh fails."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from google.auth.exceptions import RefreshError
 
 from extproc.config import ConfigError
 from extproc.config.model import GcpConfig
-from extproc.mock_llm import MockOptions
+from extproc.mock_llm import MockOptions, create_app
 from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.providers.gcp_tokens import REFRESH_AHEAD_S, GcpTokenSource
+from extproc.store.embedded import free_port
 from extproc.testing import serve_mock
 
 # A token that lives less than REFRESH_AHEAD_S is due for a refresh at once.
@@ -105,5 +108,30 @@ async def test_a_key_the_token_endpoint_refuses_fails_the_start_by_its_field(
         with pytest.raises(ConfigError) as refused:
             await source.start()
     assert refused.value.problems == [
-        "providers.vertex.gcp: cannot obtain a Google Cloud access token: RefreshError"
+        "providers.vertex.gcp: cannot obtain a Google Cloud access token: RefreshError "
+        "(invalid_grant: Invalid JWT Signature.)"
     ]
+
+
+async def test_a_token_endpoint_not_up_yet_is_tried_again_at_start(tmp_path: Path) -> None:
+    # GKE's metadata server in a pod's first seconds, a proxy sidecar starting beside the
+    # gateway: the endpoint refuses connections for a moment, then answers.
+    key_file = tmp_path / "key.json"
+    port = free_port()
+    write_service_account(key_file, token_uri=f"http://127.0.0.1:{port}/token")
+    source = GcpTokenSource(
+        GcpConfig(project="mock-project", region="us-east5", credentials_file=str(key_file)),
+        "providers.vertex.gcp",
+    )
+    starting = asyncio.ensure_future(source.start())
+    await asyncio.sleep(0.6)
+    assert not starting.done(), "still trying"
+    runner = web.AppRunner(create_app(MockOptions(gcp_service_account=str(key_file))))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.wait_for(starting, timeout=15)
+        assert source.authorization().startswith("Bearer ya29.mock-")
+    finally:
+        await source.close()
+        await runner.cleanup()
