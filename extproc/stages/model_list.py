@@ -18,6 +18,7 @@ from extproc.backends import provider_api
 from extproc.config.model import ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
 from extproc.runtime import Route, Runtime, Upstream
+from extproc.translators.anthropic_bedrock import may_run_claude
 
 # The routes a model is used on: those that generate answers or embeddings.
 # Count-tokens routes generate nothing, and agent routes name no model.
@@ -100,8 +101,12 @@ def _usable_on(
 
 def _api_of(upstream: Upstream, api: RouteApi) -> ProviderType:
     """The API ``upstream``'s model speaks to the route's: its provider's type, but
-    Claude on Vertex speaks Anthropic's Messages API (``backends.provider_api``)."""
+    Claude on Vertex (``backends.provider_api``) and on Bedrock (a model id that names
+    Claude, or an ARN that hides its model) speak Anthropic's Messages API."""
     kind = upstream.provider.type
     if api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.VERTEX:
         return provider_api(upstream)
+    if api is RouteApi.ANTHROPIC_MESSAGES and kind is ProviderType.BEDROCK:
+        claude = may_run_claude(upstream.upstream_model)
+        return ProviderType.ANTHROPIC if claude else kind
     return kind

@@ -38,12 +38,18 @@ MODELS_ROUTE = "{name: models, path: /v1/models, api: openai_models}"
 def test_an_anthropic_only_gateway_lists_the_models_its_messages_route_serves(
     services: Services,
 ) -> None:
-    """/v1/messages is served by Anthropic providers only: a GPT model is unusable there."""
+    """/v1/messages is served by Claude alone, on Anthropic or on Bedrock (or Vertex): a
+    GPT model, Titan or Llama is unusable there."""
     text = only_routes(
         MODELS_ROUTE, "{name: messages, path: /v1/messages, api: anthropic_messages}"
     )
     names = usable_names(runtime_of(text, services), ENGINEER)
-    assert names == ["claude-3-5-haiku-latest", "claude-sonnet-4-0"]
+    assert names == [
+        "claude-3-5-haiku-latest",
+        "claude-sonnet-4-0",
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        "haiku",
+    ]
 
 
 def test_a_route_with_a_fixed_model_makes_only_that_name_usable(services: Services) -> None:
