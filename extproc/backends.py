@@ -88,6 +88,7 @@ from extproc.errors import (
     bedrock_exception,
     credentials_refused,
     error_body,
+    google_error_body,
     without_secrets,
 )
 from extproc.providers import vertex_endpoints
@@ -519,6 +520,11 @@ def _vertex_request(
             else gemini_api.GENERATE_CONTENT
         )
         path = vertex_endpoints.gemini_path(gcp, model, operation)
+        counted = (
+            gemini_api.vertex_count_body(parsed) if operation == gemini_api.COUNT_TOKENS else None
+        )
+        if counted is not None:
+            return RequestPlan(_json(counted), prefix + path, headers)
         changed = ctx.body_changed or not raw
         return RequestPlan(_json(parsed) if changed else None, prefix + path, headers)
     if route.api is not RouteApi.OPENAI_CHAT:
@@ -629,6 +635,8 @@ def plan_response(
             # OpenAI's shape: an AWS SDK would read no message and no exception in it.
             if route.api in BEDROCK_RUNTIME_APIS:
                 return _bedrock_shaped(status)
+            if ctx.error_shape == "google":
+                return _google_shaped(status)
             return ResponsePlan(None)
         return _error_plan(ctx, status, headers, kind, content_type)
     streaming = ctx.stream and (
@@ -679,7 +687,8 @@ def plan_response(
         )
     if route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         if streaming:
-            return ResponsePlan(gemini_gemini.StreamReader(), streamed=True)
+            candidates = gemini_api.choices(ctx.body or {})
+            return ResponsePlan(gemini_gemini.StreamReader(candidates), streamed=True)
         return ResponsePlan(gemini_gemini.GenerateContentReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         reader = openai_completions.response_reader(
@@ -910,6 +919,21 @@ def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
     }
     return ResponsePlan(
         ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
+    )
+
+
+def _google_shaped(status: int) -> ResponsePlan:
+    """Envoy's own reply (in OpenAI's shape) as Google's APIs shape errors, which Gemini's
+    clients read (``error.status``)."""
+
+    def replace(body: bytes) -> bytes:
+        _, said = _provider_error(body, status)
+        return google_error_body(said or f"the gateway answered with HTTP {status}", status)
+
+    return ResponsePlan(
+        ErrorRewriter(replace),
+        set_headers={"content-type": "application/json"},
+        remove_headers=["content-length"],
     )
 
 

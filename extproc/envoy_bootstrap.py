@@ -48,6 +48,7 @@ from extproc.errors import (
     ServiceUnavailableError,
     UpstreamError,
     bedrock_exception,
+    google_status,
 )
 from extproc.headers import (
     BODY_HINTS_NAMESPACE,
@@ -422,7 +423,7 @@ def _access_log() -> Json:
 
 # Envoy's own replies, as (condition, error type, code, message, status set, the status
 # the client gets), first match wins; rendered in OpenAI's error shape, and before them
-# in Bedrock's for the paths of Converse routes.
+# in Bedrock's for the paths of Converse routes and in Google's for those of Gemini's.
 _LocalReply = tuple[str | None, str, str, str, int | None, int]
 
 
@@ -506,6 +507,8 @@ def _local_reply_config(config: GatewayConfig) -> Json:
     replies = _local_replies()
     prefixes = _converse_prefixes(config)
     mappers = [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
+    gemini = _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT)
+    mappers += [_google_error_mapper(reply, gemini) for reply in replies] if gemini else []
     mappers += [
         _error_mapper(condition, error_type, code, message, status)
         for condition, error_type, code, message, status, _ in replies
@@ -516,21 +519,40 @@ def _local_reply_config(config: GatewayConfig) -> Json:
 def _converse_prefixes(config: GatewayConfig) -> list[str]:
     """The path prefixes of Converse routes, whose clients (AWS SDKs) read errors in
     Bedrock's shape: the message at the top, the exception's name in a header."""
+    return _route_prefixes(config, RouteApi.BEDROCK_CONVERSE)
+
+
+def _route_prefixes(config: GatewayConfig, api: RouteApi) -> list[str]:
+    """The path prefixes of the routes of one API."""
     return sorted(
         {
             route.path_prefix.rstrip("/")
             for route in config.routes
-            if route.api is RouteApi.BEDROCK_CONVERSE and route.path_prefix
+            if route.api is api and route.path_prefix
         }
     )
+
+
+def _on_paths(condition: str | None, prefixes: list[str]) -> str:
+    """``condition``, on the paths under ``prefixes`` alone."""
+    on_path = " || ".join(f"request.path.startsWith('{prefix}/')" for prefix in prefixes)
+    return f"({on_path})" if condition is None else f"{condition} && ({on_path})"
+
+
+def _google_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
+    """Envoy's reply on a Gemini route's path, as Google's APIs shape errors (the SDKs
+    read ``error.status``)."""
+    condition, _, code, message, status, answered = reply
+    mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
+    error = {"code": answered, "message": message, "status": google_status(answered)}
+    mapper["body_format_override"] = {"json_format": {"error": error}}
+    return mapper
 
 
 def _bedrock_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
     """Envoy's reply on a Converse route's path, as Bedrock shapes errors."""
     condition, _, code, message, status, answered = reply
-    on_path = " || ".join(f"request.path.startsWith('{prefix}/')" for prefix in prefixes)
-    where = f"({on_path})" if condition is None else f"{condition} && ({on_path})"
-    mapper = _error_mapper(where, "", code, message, status)
+    mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
     mapper["body_format_override"] = {"json_format": {"message": message, "code": code}}
     mapper["headers_to_add"] = [
         {

@@ -268,7 +268,9 @@ def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
     found = [
         mapper
         for mapper in mappers
-        if _TOO_LARGE_DETAILS in _expression(mapper) and "headers_to_add" not in mapper
+        if _TOO_LARGE_DETAILS in _expression(mapper)
+        and "headers_to_add" not in mapper
+        and "request.path" not in _expression(mapper)  # another API's shape, on its paths
     ]
     if len(found) != 1:
         raise ValueError(f"the bootstrap has no one local reply for {_TOO_LARGE_DETAILS}")

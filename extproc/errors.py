@@ -153,11 +153,16 @@ _GOOGLE_STATUSES = {
 }
 
 
+def google_status(status: int) -> str:
+    """Google's status name (google.rpc.Code) for an HTTP status."""
+    return _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+
+
 def google_error_body(message: str, status: int) -> bytes:
     """Serialise one error as Google's APIs do (``{"error": {"code", "message",
     "status"}}``), for clients of Gemini's API."""
-    name = _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-    return orjson.dumps({"error": {"code": status, "message": message, "status": name}})
+    error = {"code": status, "message": message, "status": google_status(status)}
+    return orjson.dumps({"error": error})
 
 
 class BadRequestError(GatewayError):

@@ -14,7 +14,8 @@ quota counts the request, so a malformed body costs nothing), its prompt as the 
 estimates it (the text of the system instruction and of every content's parts, function
 calls and results, code and its output, and the tool definitions), and the completion
 allowance (``generationConfig.maxOutputTokens``, once per candidate), which a hard cap
-lowers in place.
+lowers in place. A stream must ask for Server-Sent Events (``?alt=sse``); a token count
+of a whole ``generateContentRequest`` is unwrapped into the form Vertex's takes.
 
 Google's REST API takes each field in camelCase, as the SDKs send it, or in snake_case
 (``generation_config.max_output_tokens``); camelCase is read first. A hard cap writes
@@ -24,7 +25,7 @@ the spelling the body already uses, so the body never names a field twice.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from extproc.errors import BadRequestError, NotFoundError
 from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD, json_chars, string_chars
@@ -47,8 +48,6 @@ _TOOLS = ("tools",)
 _CONFIG = ("generationConfig", "generation_config")
 _MAX_OUTPUT = ("maxOutputTokens", "max_output_tokens")
 _CANDIDATES = ("candidateCount", "candidate_count")
-_THINKING = ("thinkingConfig", "thinking_config")
-_BUDGET = ("thinkingBudget", "thinking_budget")
 _REQUEST = ("generateContentRequest", "generate_content_request")
 _FUNCTION_CALL = ("functionCall", "function_call")
 _FUNCTION_RESPONSE = ("functionResponse", "function_response")
@@ -80,6 +79,35 @@ def counts_tokens(path: str) -> bool:
 def streams(operation: str) -> bool:
     """Whether the operation answers with a stream (``streamGenerateContent``)."""
     return _SERVED.get(operation, False)
+
+
+def check_stream_query(query: str) -> None:
+    """Refuse a stream that does not ask for Server-Sent Events (``?alt=sse``): Google
+    answers it with one JSON array of answers, which the gateway does not serve; sent as
+    events, the client's reader of that array could not parse them."""
+    if parse_qs(query).get("alt") != ["sse"]:
+        raise BadRequestError(
+            f"{STREAM_GENERATE_CONTENT} is served as Server-Sent Events only: add ?alt=sse "
+            "(as Google's SDKs and Gemini CLI do)",
+            param="alt",
+        )
+
+
+# What Vertex's CountTokensRequest takes of a GenerateContentRequest, at its top level.
+_VERTEX_COUNTED = (*_CONTENTS, *_SYSTEM, *_TOOLS, *_CONFIG)
+
+
+def vertex_count_body(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The countTokens body Vertex takes for ``body``: a ``generateContentRequest`` (the
+    Gemini API's way to count a system instruction or tools) unwrapped into the fields
+    Vertex's own request has at its top level (its ``model`` names the Gemini API's
+    resource, Vertex's is in the path); None when the body needs no change."""
+    if _field(body, _CONTENTS) is not None:
+        return None
+    request = _field(body, _REQUEST)
+    if not isinstance(request, dict):
+        return None
+    return {key: value for key, value in request.items() if key in _VERTEX_COUNTED}
 
 
 def check_body(body: dict[str, Any], operation: str) -> None:
@@ -209,28 +237,21 @@ def cap_completion(body: dict[str, Any], most_per_candidate: int) -> bool:
     """Lower ``maxOutputTokens`` to ``most_per_candidate`` (setting it when absent), in
     the spelling the body uses; whether the body changed.
 
-    Gemini counts its thinking in the output: a ``thinkingBudget`` above the cap would
-    let the model spend all of it thinking, so such a budget comes down to the cap. A
-    budget of 0 (no thinking) or -1 (the model's choice, within the output) stays."""
+    Gemini counts its thinking in ``maxOutputTokens``, which therefore bounds it: a
+    ``thinkingBudget`` stays as the client set it. Lowered, it could fall below the
+    least the model takes (128 for Gemini 2.5 Pro, 512 for Flash-Lite), which Google
+    refuses with a 400."""
     key, config = _named(body, _CONFIG)
     if not isinstance(config, dict):
         config = body[key] = {}
     # A new field takes the spelling of the object it goes in.
     spelling = _MAX_OUTPUT[0] if key == _CONFIG[0] else _MAX_OUTPUT[1]
-    changed = False
     name, value = _named(config, _MAX_OUTPUT, default=spelling)
     current = _positive(value)
-    if current is None or current > most_per_candidate:
-        config[name] = most_per_candidate
-        changed = True
-    thinking = _field(config, _THINKING)
-    if isinstance(thinking, dict):
-        name, value = _named(thinking, _BUDGET)
-        budget = _positive(value)
-        if budget is not None and budget > most_per_candidate:
-            thinking[name] = most_per_candidate
-            changed = True
-    return changed
+    if current is not None and current <= most_per_candidate:
+        return False
+    config[name] = most_per_candidate
+    return True
 
 
 def _positive(value: Any) -> int | None:

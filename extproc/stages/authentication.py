@@ -166,7 +166,7 @@ def _refuse_query_credential(path: str, route_header: str | None, model_query: s
             raise BadRequestError(
                 f"credentials are not accepted in the query string (parameter '{name}'): "
                 "URLs are logged and passed on; send the key as 'Authorization: Bearer "
-                "<key>' or 'x-api-key: <key>'",
+                "<key>', 'x-api-key: <key>' or 'x-goog-api-key: <key>'",
                 param=name,
                 code="credential_in_query",
             )

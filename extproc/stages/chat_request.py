@@ -203,9 +203,13 @@ def body_with_chain(parsed: dict[str, Any], chain: list[list[str]]) -> bytes:
 def gemini_operation(path: str) -> tuple[str, bool]:
     """The model a Gemini API path names (its last segment, ``{model}:{operation}``, under
     any prefix) and whether the operation streams."""
-    last = path.partition("?")[0].rstrip("/").rpartition("/")[2]
+    path, _, query = path.partition("?")
+    last = path.rstrip("/").rpartition("/")[2]
     model, operation = gemini_api.model_and_operation("/" + last)
-    return model, gemini_api.streams(operation)
+    streamed = gemini_api.streams(operation)
+    if streamed:
+        gemini_api.check_stream_query(query)
+    return model, streamed
 
 
 def model_outside_body(ctx: RequestContext) -> str | None:

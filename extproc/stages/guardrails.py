@@ -241,11 +241,11 @@ def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
 
 
 def _unreadable_gemini_body(ctx: RequestContext, route: str) -> BadRequestError:
-    """A Gemini API body on a route with guards or enrichment, which do not read Gemini's
-    contents: refused before the quota counts it rather than sent unguarded."""
+    """A Gemini API body on a route with guards, which do not read Gemini's contents:
+    refused before the quota counts it rather than sent unguarded."""
     return BadRequestError(
-        f"route '{route}' guards or enriches requests, which it does not do for Gemini's "
-        f"API; call model '{ctx.model}' through /v1/chat/completions on this route",
+        f"route '{route}' guards requests, which it does not do for Gemini's API; call "
+        f"model '{ctx.model}' through a guarded chat completions route instead",
         param="model",
         code="body_not_guarded",
     )

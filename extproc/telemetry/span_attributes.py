@@ -96,7 +96,8 @@ OPERATIONS = {
     # for chats must not find it; the conventions have no value for it.
     RouteApi.OPENAI_RESPONSES_COMPACT: "compact",
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "count_tokens",
-    RouteApi.GEMINI_GENERATE_CONTENT: "chat",
+    # The conventions' own value for Gemini's generateContent.
+    RouteApi.GEMINI_GENERATE_CONTENT: "generate_content",
     RouteApi.GEMINI_COUNT_TOKENS: "count_tokens",
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's

@@ -43,6 +43,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import without_secrets
+from extproc.quota.estimate import json_chars, string_chars
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
     BufferedBodyReader,
@@ -56,6 +57,9 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 # Each is matched as a key, quotes and colon included, so generated text that merely
 # names one (its quotes escaped) is not parsed.
 _WORTH_PARSING = re.compile(rb'"(?:usageMetadata|finishReason|error)"\s*:')
+# A function call's arguments are a JSON object, whose text ``generated_chars`` (string
+# values of known fields) does not see: an event carrying one is counted from its parse.
+_FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
 # A name of one of Google's enums: an error's status (RESOURCE_EXHAUSTED), which the log
 # line shows as its code, or a finish reason (MAX_TOKENS). Anything else a proxy sends
 # cannot grow the log line.
@@ -156,6 +160,35 @@ def stream_error(error: dict[str, Any]) -> ProviderStreamError:
     )
 
 
+def _blocked(answer: dict[str, Any]) -> bool:
+    """Whether Google blocked the prompt (``promptFeedback.blockReason``): no candidate
+    follows."""
+    feedback = answer.get("promptFeedback")
+    return isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str)
+
+
+def _event_chars(event: bytes) -> int:
+    """The generated characters of an event that carries function calls: its parts' text,
+    and each call's name and arguments as JSON."""
+    try:
+        parsed = orjson.loads(event_data(event))
+    except orjson.JSONDecodeError:
+        return generated_chars(event)
+    candidates = parsed.get("candidates") if isinstance(parsed, dict) else None
+    chars = 0
+    for candidate in candidates if isinstance(candidates, list) else []:
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else []:
+            if not isinstance(part, dict):
+                continue
+            call = part.get("functionCall")
+            if isinstance(call, dict):
+                chars += string_chars(call.get("name")) + json_chars(call.get("args"))
+            chars += string_chars(part.get("text"))
+    return chars
+
+
 class GenerateContentReader(BufferedBodyReader):
     """A generateContent JSON answer: reads usage, model and finish reasons, passes the
     bytes through."""
@@ -188,9 +221,13 @@ class GenerateContentReader(BufferedBodyReader):
 
 class StreamReader:
     """A streamGenerateContent SSE stream: passes every chunk unchanged, reads the usage
-    reports, finish reasons and errors of its events as they complete."""
+    reports, finish reasons and errors of its events as they complete.
 
-    def __init__(self) -> None:
+    ``candidates``: how many the request asked for (``candidateCount``); the answer is
+    whole once each has its finish reason, or at once when the prompt was blocked."""
+
+    def __init__(self, candidates: int = 1) -> None:
+        self._candidates = candidates
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
@@ -213,7 +250,12 @@ class StreamReader:
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         complete = self._events.whole_events(chunk, end_of_stream)
         # Whole events only: a JSON string never spans two, so none is counted twice.
-        self.generated_chars += generated_chars(complete)
+        if _FUNCTION_CALL.search(complete) is None:
+            self.generated_chars += generated_chars(complete)
+        else:
+            for event in complete.split(EVENT_END):
+                calls = _FUNCTION_CALL.search(event) is not None
+                self.generated_chars += _event_chars(event) if calls else generated_chars(event)
         if _WORTH_PARSING.search(complete):
             for event in complete.split(EVENT_END):
                 if _WORTH_PARSING.search(event):
@@ -249,8 +291,12 @@ class StreamReader:
         if self._report.output is not None:
             # A running count: what Gemini had counted, should the stream be cut here.
             self.usage = self._report.usage()
-            # Gemini's last event names why it stopped and carries the bill.
-            self.terminal_event_read = self.terminal_event_read or bool(finished)
+        # Gemini's last event carries the bill and says the answer ended: every candidate
+        # has its finish reason, or the prompt was blocked (no candidate at all). Its
+        # output count may be absent (a count of 0, which Google leaves out).
+        if _blocked(parsed) or len(self._finished) >= self._candidates:
+            self.usage = self._report.usage()
+            self.terminal_event_read = True
 
     def _provider_failed(self, error: ProviderStreamError) -> None:
         if self.failure is not None:
