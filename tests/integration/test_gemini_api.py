@@ -18,15 +18,14 @@ from tests.integration.conftest import (
     GatewayLog,
     default_config,
     metric,
-    mock_requests,
     running_stack,
     scrape,
     write_config,
 )
+from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
 
 CLIENT_KEY = "team1-key"
 GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
-LOCATION = "/v1/projects/mock-project/locations/us-east5"
 PROMPT = "Say hello to the gateway, please."
 # USD per million tokens: Gemini 2.5 Flash's list prices.
 FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
@@ -36,18 +35,7 @@ def gemini_config() -> dict[str, Any]:
     """The default config with the mock's Vertex AI, Gemini on it, Gemini's API on the
     SDK's own paths and again on a route that guards prompts."""
     raw = default_config()
-    raw["providers"].append(
-        {
-            "name": "vertex",
-            "type": "vertex",
-            "base_url": "http://${MOCK_LLM_ADDRESS}",
-            "gcp": {
-                "project": "mock-project",
-                "region": "us-east5",
-                "credentials_file": "${MOCK_GCP_CREDENTIALS_FILE}",
-            },
-        }
-    )
+    raw["providers"].append(vertex_provider())
     raw["models"] += [
         {"name": "gemini-2.5-flash", "provider": "vertex", "upstream_model": GEMINI_ON_VERTEX},
         {"name": "claude-on-vertex", "provider": "vertex",
@@ -108,10 +96,6 @@ def client(
     made = genai.Client(api_key=key, http_options=options)
     CLIENTS.append(made)
     return made
-
-
-def vertex_requests(stack: LocalStack) -> list[dict[str, Any]]:
-    return [r for r in mock_requests(stack) if r["path"].startswith(LOCATION)]
 
 
 def request_id(response: Any) -> str:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import orjson
 import pytest
@@ -20,17 +19,16 @@ from tests.integration.conftest import (
     GatewayLog,
     default_config,
     metric,
-    mock_requests,
     running_stack,
     scrape,
     write_config,
 )
+from tests.integration.mock_vertex import LOCATION, tokens_issued, vertex_provider, vertex_requests
 
 CLIENT_KEY = "team1-key"
 PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
 CLAUDE_ON_VERTEX = "claude-sonnet-4-5@20250929"
 GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
-LOCATION = "/v1/projects/mock-project/locations/us-east5"
 # USD per million tokens: Sonnet's and Gemini Flash's list prices.
 SONNET = {"input_per_million": 3.00, "output_per_million": 15.00}
 FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
@@ -40,18 +38,7 @@ def vertex_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and two of its models,
     one of which a primary model fails over to."""
     raw = default_config()
-    raw["providers"].append(
-        {
-            "name": "vertex",
-            "type": "vertex",
-            "base_url": "http://${MOCK_LLM_ADDRESS}",
-            "gcp": {
-                "project": "mock-project",
-                "region": "us-east5",
-                "credentials_file": "${MOCK_GCP_CREDENTIALS_FILE}",
-            },
-        }
-    )
+    raw["providers"].append(vertex_provider())
     # A provider nothing listens for: its model fails over to Gemini on Vertex.
     raw["providers"].append(
         {"name": "unreachable", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-none"}
@@ -97,16 +84,6 @@ def claude(stack: LocalStack, **headers: str) -> anthropic.Anthropic:
         timeout=30.0,
         default_headers=headers or None,
     )
-
-
-def vertex_requests(stack: LocalStack) -> list[dict[str, Any]]:
-    return [r for r in mock_requests(stack) if r["path"].startswith(LOCATION)]
-
-
-def tokens_issued(stack: LocalStack) -> int:
-    answer = httpx.get(f"{stack.mock_url}/_mock/gcp/tokens", timeout=5.0)
-    issued: int = answer.json()["issued"]
-    return issued
 
 
 def assert_sent_with_a_vertex_token_only(sent: dict[str, Any]) -> None:

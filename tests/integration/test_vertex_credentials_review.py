@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -33,12 +32,12 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
+from tests.integration.mock_vertex import LOCATION, tokens_issued, vertex_provider
 
 CLIENT_KEY = "team1-key"
 PROMPT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Say hello to the gateway, please."}
 ]
-LOCATION = "/v1/projects/mock-project/locations/us-east5"
 # The reloader polls every second; a reload mints a token in well under a second. A
 # token request that never answers must give up well within this (10 s proposed).
 RELOADED_S = 45.0
@@ -47,18 +46,7 @@ RELOADED_S = 45.0
 def vertex_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and a Gemini model."""
     raw = default_config()
-    raw["providers"].append(
-        {
-            "name": "vertex",
-            "type": "vertex",
-            "base_url": "http://${MOCK_LLM_ADDRESS}",
-            "gcp": {
-                "project": "mock-project",
-                "region": "us-east5",
-                "credentials_file": "${MOCK_GCP_CREDENTIALS_FILE}",
-            },
-        }
-    )
+    raw["providers"].append(vertex_provider())
     raw["models"].append(
         {"name": "gemini-flash", "provider": "vertex", "upstream_model": "google/gemini-2.5-flash"}
     )
@@ -71,12 +59,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("vertex-credentials")
     with running_stack(workdir, write_config(workdir, vertex_config())) as running:
         yield running
-
-
-def tokens_issued(stack: LocalStack) -> int:
-    answer = httpx.get(f"{stack.mock_url}/_mock/gcp/tokens", timeout=5.0)
-    issued: int = answer.json()["issued"]
-    return issued
 
 
 def reloads(stack: LocalStack, result: str) -> float:

@@ -18,28 +18,19 @@ from tests.integration.conftest import (
     GatewayLog,
     default_config,
     metric,
-    mock_requests,
     running_stack,
     scrape,
     write_config,
 )
+from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
+from tests.integration.test_vertex import chat, claude
 
-CLIENT_KEY = "team1-key"
 PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
 CLAUDE_ON_VERTEX = "claude-sonnet-4-5@20250929"
 GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
-LOCATION = "/v1/projects/mock-project/locations/us-east5"
 # USD per million tokens: Sonnet's and Gemini Flash's list prices.
 SONNET = {"input_per_million": 3.00, "output_per_million": 15.00}
 FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
-
-
-def gcp(project: str) -> dict[str, str]:
-    return {
-        "project": project,
-        "region": "us-east5",
-        "credentials_file": "${MOCK_GCP_CREDENTIALS_FILE}",
-    }
 
 
 def review_config() -> dict[str, Any]:
@@ -48,13 +39,10 @@ def review_config() -> dict[str, Any]:
     over to the mock's OpenAI models."""
     raw = default_config()
     raw["providers"] += [
-        {"name": "vertex", "type": "vertex", "base_url": "http://${MOCK_LLM_ADDRESS}",
-         "gcp": gcp("mock-project")},
-        {"name": "vertex-elsewhere", "type": "vertex", "base_url": "http://${MOCK_LLM_ADDRESS}",
-         "gcp": gcp("another-project")},
-        {"name": "vertex-down", "type": "vertex", "base_url": "http://127.0.0.1:9",
-         "gcp": gcp("mock-project")},
-    ]  # fmt: skip
+        vertex_provider(),
+        vertex_provider("vertex-elsewhere", project="another-project"),
+        vertex_provider("vertex-down", base_url="http://127.0.0.1:9"),
+    ]
     raw["models"] += [
         {"name": "sonnet-vertex", "provider": "vertex", "upstream_model": CLAUDE_ON_VERTEX},
         {"name": "gemini-flash", "provider": "vertex", "upstream_model": GEMINI_ON_VERTEX},
@@ -81,29 +69,8 @@ def gateway_log(stack: LocalStack) -> GatewayLog:
     return GatewayLog(stack.gateway_log)
 
 
-def chat(stack: LocalStack, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/v1",
-        api_key=CLIENT_KEY,
-        max_retries=0,
-        timeout=30.0,
-        default_headers=headers or None,
-    )
-
-
-def claude(stack: LocalStack, **headers: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=stack.base_url,
-        api_key=CLIENT_KEY,
-        max_retries=0,
-        timeout=30.0,
-        default_headers=headers or None,
-    )
-
-
 def last_vertex_request(stack: LocalStack) -> dict[str, Any]:
-    sent = [r for r in mock_requests(stack) if r["path"].startswith(LOCATION)]
-    return sent[-1]
+    return vertex_requests(stack)[-1]
 
 
 def cost_of(line: dict[str, Any], price: dict[str, float]) -> float:
