@@ -816,12 +816,15 @@ def _provider_secrets(upstream: Upstream | None) -> list[str]:
 
 
 def _provider_error(body: bytes, status: int) -> tuple[str, str]:
-    """The error's code (else type, else status) and message, from OpenAI's or Anthropic's
-    error shape; a body in neither gives the status alone."""
+    """The error's code (else type, else status) and message, from OpenAI's, Anthropic's
+    or Google's error shape (which Vertex's OpenAI-compatible endpoint may wrap in a
+    one-element list); a body in none gives the status alone."""
     try:
         document = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         document = None
+    if isinstance(document, list) and len(document) == 1:
+        document = document[0]
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):
         # Bedrock's shape: the message alone, its name in a header.

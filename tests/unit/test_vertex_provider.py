@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from extproc.backends import refused_body
 from extproc.config import ConfigError, parse_config
 from extproc.config.model import GcpConfig
 from extproc.config.watched_files import secret_files
@@ -206,3 +207,10 @@ def test_a_key_without_its_private_key_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         asyncio.run(source.start())
     assert "not a usable service account key" in caught.value.problems[0]
+
+
+def test_a_list_wrapped_refusal_of_the_gateways_token_keeps_googles_words() -> None:
+    # Vertex's OpenAI-compatible endpoint wraps its errors in a one-element list.
+    refusal = {"code": 403, "message": "Permission denied on the project", "status": "X"}
+    body = refused_body(orjson.dumps([{"error": refusal}]), 403, None, "openai")
+    assert "Permission denied on the project" in orjson.loads(body)["error"]["message"]
