@@ -66,6 +66,7 @@ from extproc.worker_endpoints import (
     gather_spools,
     spool_dir,
     worker_address,
+    worker_addresses,
     worker_socket,
 )
 
@@ -262,7 +263,9 @@ class Gateway:
         if self._worker is None:
             await asyncio.to_thread(gather_spools, store.spool_dir, 1)
         if url is None:
-            self._embedded = EmbeddedValkey(store.data_dir)
+            self._embedded = EmbeddedValkey(
+                store.data_dir, avoid_ports=listening_ports(self.config)
+            )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
         self._store_client = connect(url, store.timeout_ms / 1000.0)
@@ -440,6 +443,19 @@ def keepalive_permission(keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
 
 class ListenError(RuntimeError):
     """The ext_proc server cannot take its address (in use, or not this host's)."""
+
+
+def listening_ports(config: GatewayConfig) -> frozenset[int]:
+    """The TCP ports the gateway's processes listen on: ext_proc (each worker's, one port
+    up from the last), HTTP and the management API."""
+    server = config.server
+    addresses = [
+        *worker_addresses(server.grpc_address, server.workers),
+        server.http_address,
+        config.management.address,
+    ]
+    ports = (address.rpartition(":")[2] for address in addresses)
+    return frozenset(int(port) for port in ports if port.isdigit())
 
 
 def _listen(add_port: Callable[[str], int], address: str) -> None:

@@ -27,6 +27,7 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import redis
@@ -50,8 +51,11 @@ class EmbeddedStartError(RuntimeError):
 
 
 class EmbeddedValkey:
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, avoid_ports: Collection[int] = ()) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # The ports the gateway itself is about to listen on: free now, they are not
+        # Valkey's to take (its own ext_proc port, bound only after the store started).
+        self._avoid_ports = frozenset(avoid_ports)
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._lock: int | None = None
@@ -88,7 +92,7 @@ class EmbeddedValkey:
         for attempt in range(attempts):
             # A port the kernel just handed out: two gateways starting together
             # never pick the same one (a lost race to bind it is tried again).
-            port = free_port()
+            port = free_port(self._avoid_ports)
             try:
                 self._process = _launch(self.data_dir, port)
             except EmbeddedStartError:
@@ -199,8 +203,9 @@ def _lock(data_dir: Path) -> int:
     return descriptor
 
 
-def free_port() -> int:
-    """A loopback TCP port free right now, below the kernel's ephemeral range.
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A loopback TCP port free right now, below the kernel's ephemeral range, and none
+    of ``avoid`` (ports free now that a caller is about to bind).
 
     The port 0 way (the kernel's pick) hands out a port of the ephemeral range, the
     one outgoing connections take their source ports from: between this check and the
@@ -214,6 +219,8 @@ def free_port() -> int:
     first, last = _pick_range()
     for _ in range(_PORT_TRIES):
         port = secrets.randbelow(last - first + 1) + first
+        if port in avoid:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))

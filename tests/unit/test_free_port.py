@@ -8,9 +8,12 @@ clients opened thousands of connections."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
+from extproc.config import parse_config
+from extproc.server import listening_ports
 from extproc.store.embedded import FREE_PORTS_ENV, _ephemeral_range, free_port
 
 
@@ -39,3 +42,20 @@ def test_a_process_given_a_range_picks_its_ports_there(monkeypatch: pytest.Monke
     # A range that is not one (reversed, in the ephemeral range) is ignored.
     monkeypatch.setenv(FREE_PORTS_ENV, "24099-24000")
     assert all(free_port() < 32768 for _ in range(20))
+
+
+def test_the_ports_a_gateway_is_about_to_listen_on_are_not_handed_to_its_valkey(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded Valkey starts before the gateway binds its own ports: free at that
+    moment, those are not Valkey's to take (a test stack once failed to start when its
+    Valkey had taken the ext_proc port it was about to bind)."""
+    text = (
+        "server: {grpc_address: '127.0.0.1:24100', http_address: '127.0.0.1:24102',"
+        " workers: 2}\nmanagement: {address: '127.0.0.1:24103'}\n"
+    )
+    config = parse_config(Path("config/gateway.yaml").read_text() + text, "gateway.yaml", {})
+    ours = listening_ports(config)
+    assert ours == {24100, 24101, 24102, 24103}
+    monkeypatch.setenv(FREE_PORTS_ENV, "24100-24104")
+    assert all(free_port(ours) == 24104 for _ in range(30))
