@@ -16,8 +16,6 @@ import orjson
 import pytest
 
 from extproc.gemini_api import cap_completion
-from extproc.mock_llm import MockOptions
-from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -29,9 +27,9 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
-    serve_mock,
 )
 from tests.unit.conftest import MemoryLog
+from tests.unit.mock_vertex import mock_vertex
 from tests.unit.test_gemini_route import gemini_config, sent_upstream
 
 KEY = {"x-goog-api-key": "team1-key"}
@@ -43,8 +41,7 @@ SSE = {"content-type": "text/event-stream", "x-envoy-upstream-service-time": "3"
 @pytest.fixture
 async def vertex(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     key_file = tmp_path / "key.json"
-    async with serve_mock(MockOptions(gcp_service_account=str(key_file))) as mock:
-        write_service_account(key_file, token_uri=f"{mock}/token")
+    async with mock_vertex(key_file) as mock:
         yield mock, key_file
 
 

@@ -14,8 +14,6 @@ import pytest
 import yaml
 
 from extproc.config.loader import parse_config
-from extproc.mock_llm import MockOptions
-from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
@@ -28,9 +26,9 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
-    serve_mock,
 )
 from tests.unit.conftest import MemoryLog
+from tests.unit.mock_vertex import mock_vertex, vertex_provider
 
 KEY = {"x-goog-api-key": "team1-key"}
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
@@ -47,18 +45,7 @@ FROM_VERTEX = {"content-type": "application/json", "x-envoy-upstream-service-tim
 
 def gemini_config(key_file: Path, mock: str, tail: dict[str, Any]) -> Any:
     raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
-    raw["providers"].append(
-        {
-            "name": "vertex",
-            "type": "vertex",
-            "base_url": mock,
-            "gcp": {
-                "project": "mock-project",
-                "region": "us-east5",
-                "credentials_file": str(key_file),
-            },
-        }
-    )
+    raw["providers"].append(vertex_provider(mock, key_file))
     raw["models"].append(
         {
             "name": "gemini-2.5-flash",
@@ -76,8 +63,7 @@ def gemini_config(key_file: Path, mock: str, tail: dict[str, Any]) -> Any:
 @pytest.fixture
 async def vertex(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     key_file = tmp_path / "key.json"
-    async with serve_mock(MockOptions(gcp_service_account=str(key_file))) as mock:
-        write_service_account(key_file, token_uri=f"{mock}/token")
+    async with mock_vertex(key_file) as mock:
         yield mock, key_file
 
 

@@ -24,8 +24,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
-from extproc.mock_llm import MockOptions
-from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -37,9 +35,9 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
-    serve_mock,
 )
 from tests.unit.conftest import MemoryLog
+from tests.unit.mock_vertex import mock_vertex, vertex_provider
 
 CLAUDE = "claude-sonnet-4-5@20250929"
 GEMINI = "google/gemini-2.5-flash"
@@ -131,9 +129,7 @@ def google_error(status: int, name: str, message: str) -> bytes:
 async def google(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """The mock's Vertex AI and a service account key its token endpoint trusts."""
     key_file = tmp_path / "vertex-key.json"
-    async with serve_mock(MockOptions(gcp_service_account=str(key_file))) as mock:
-        # Read lazily: written once the mock knows its own address.
-        write_service_account(key_file, token_uri=f"{mock}/token")
+    async with mock_vertex(key_file) as mock:
         yield mock, key_file
 
 
@@ -144,18 +140,7 @@ def vertex_config(
     ``change`` edits the raw config before it is parsed."""
     mock, key_file = google
     raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
-    raw["providers"].append(
-        {
-            "name": "vertex",
-            "type": "vertex",
-            "base_url": mock,
-            "gcp": {
-                "project": "mock-project",
-                "region": "us-east5",
-                "credentials_file": str(key_file),
-            },
-        }
-    )
+    raw["providers"].append(vertex_provider(mock, key_file))
     raw["models"] += [
         {"name": "sonnet-vertex", "provider": "vertex", "upstream_model": CLAUDE},
         {"name": "gemini-flash", "provider": "vertex", "upstream_model": GEMINI},
