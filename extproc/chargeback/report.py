@@ -127,7 +127,10 @@ def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) 
     flat = [_flat(found, tools) for found in records]
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\n")
+        # RFC 4180's CRLF: the csv module quotes a value holding a character of the line
+        # terminator, so with "\n" alone a bare "\r" (a JWT claim may hold one) went out
+        # unquoted and split its row for every reader.
+        writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(
             {key: "" if value is None else value for key, value in found.items()} for found in flat

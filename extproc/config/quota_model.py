@@ -20,6 +20,10 @@ from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 CREDENTIAL_SUBJECT_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
 
 _RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+# The largest limit the store's Lua scripts count exactly (they compute in doubles): a
+# larger one came back wrong (2**63 - 1 as -2**63 in every x-ratelimit-limit-* header,
+# and a hard cap then refused every prompt). The management API's bound too.
+MAX_LIMIT = 2**53 - 1
 
 
 def check_subject(subject: str) -> str:
@@ -64,7 +68,7 @@ class QuotaPeriod(StrEnum):
 
 
 class TokenQuota(_Section):
-    limit: int = Field(gt=0)
+    limit: int = Field(gt=0, le=MAX_LIMIT)
     period: QuotaPeriod = QuotaPeriod.CALENDAR_MONTH
     # Default: quotas.time_zone.
     time_zone: str | None = None
@@ -78,13 +82,13 @@ class LimitRule(_Section):
     match: str | tuple[str, ...] = "*"
     # Empty: every model. A trailing * matches a prefix.
     models: tuple[str, ...] = ()
-    requests_per_second: int | None = Field(default=None, gt=0)
-    requests_per_minute: int | None = Field(default=None, gt=0)
-    requests_per_hour: int | None = Field(default=None, gt=0)
-    requests_per_day: int | None = Field(default=None, gt=0)
-    tokens_per_minute: int | None = Field(default=None, gt=0)
-    tokens_per_hour: int | None = Field(default=None, gt=0)
-    tokens_per_day: int | None = Field(default=None, gt=0)
+    requests_per_second: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_minute: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_hour: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_day: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    tokens_per_minute: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    tokens_per_hour: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    tokens_per_day: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     token_quota: TokenQuota | None = None
     mode: QuotaMode = QuotaMode.ENFORCE
     # Cap each request's max_tokens at what the rule's token budgets have left, so

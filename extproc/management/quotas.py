@@ -14,16 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.config.quota_model import MAX_LIMIT
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, generation_field
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
-# The largest limit or adjustment an operator may set: the quota scripts compute
-# with Lua numbers (doubles), exact only up to 2**53 - 1, and hand limits back as
-# 64-bit integers, so 2**63 - 1 came back as -2**63 in every x-ratelimit-limit-*
-# header. Far above any real budget.
-MAX_AMOUNT = 2**53 - 1
+# The largest limit or adjustment an operator may set: the config's own bound (the
+# quota scripts count exactly only up to it).
+MAX_AMOUNT = MAX_LIMIT
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # Delete counters and bump each one's reset generation in one atomic step, so that
 # no reservation sees the new generation with the old counter, or the reverse
@@ -124,9 +123,10 @@ class QuotaAdmin:
         chosen = [limit for limit in limits if not rule or limit.rule == rule]
         counters = sorted({limit.counter for limit in chosen})
         if counter and counter not in counters:
-            owner = f"rule {rule!r}" if rule else "the subject's rules"
+            owner, has = (f"rule {rule!r}", "has") if rule else ("the subject's rules", "have")
             raise NotFoundError(
-                f"{owner} has no counter {counter!r} (it has: {', '.join(counters)})"
+                f"{owner} {has} no counter {counter!r} ({'it' if rule else 'they'} {has}: "
+                f"{', '.join(counters)})"
             )
         return [limit for limit in chosen if not counter or limit.counter == counter]
 

@@ -60,13 +60,16 @@ class QuotaStage:
             store.now(),
             runtime.canonical_model.get(ctx.model),
         )
+        # A token count generates nothing: it counts as one request, reserves no tokens,
+        # and no token budget, spent or not, refuses it.
+        counting = ctx.route is not None and ctx.route.api in TOKEN_COUNT_APIS
+        if counting:
+            limits = [limit for limit in limits if limit.kind == "r"]
         if not limits:
             ctx.quota_decision = "none"
             return None
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
-        # A token count generates nothing: it counts as one request, reserves no tokens.
-        counting = ctx.route is not None and ctx.route.api in TOKEN_COUNT_APIS
         cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
         return self._reserve(ctx, out, limits, cost)
 
@@ -84,7 +87,8 @@ class QuotaStage:
                 result = await store.reserve(limits, cost)
         except Exception as exc:
             services.metrics.store_error("quota_reserve")
-            if all(limit.fail_open for limit in limits):
+            # A shadow rule never blocks: only enforced rules can fail the request closed.
+            if all(limit.fail_open or not limit.enforce for limit in limits):
                 log.warning("quota store unavailable, failing open: %s", type(exc).__name__)
                 ctx.quota_decision = "failed_open"
                 return
