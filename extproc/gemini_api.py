@@ -40,19 +40,20 @@ _NOT_SERVED = (
     f"{GENERATE_CONTENT}, {STREAM_GENERATE_CONTENT} or {COUNT_TOKENS}"
 )
 
-# Each field the gateway reads, in the spellings Google's REST API takes, camelCase first.
-_CONTENTS = ("contents",)
+# Each field the gateway reads, in the spellings Google's REST API takes, camelCase first
+# (the guards read the public ones too: guardrails.gemini_text, guardrails.enrichment).
+CONTENTS = ("contents",)
 _PARTS = ("parts",)
-_SYSTEM = ("systemInstruction", "system_instruction")
+SYSTEM = ("systemInstruction", "system_instruction")
 _TOOLS = ("tools",)
 _CONFIG = ("generationConfig", "generation_config")
 _MAX_OUTPUT = ("maxOutputTokens", "max_output_tokens")
 _CANDIDATES = ("candidateCount", "candidate_count")
-_REQUEST = ("generateContentRequest", "generate_content_request")
-_FUNCTION_CALL = ("functionCall", "function_call")
-_FUNCTION_RESPONSE = ("functionResponse", "function_response")
-_CODE = ("executableCode", "executable_code")
-_CODE_RESULT = ("codeExecutionResult", "code_execution_result")
+REQUEST = ("generateContentRequest", "generate_content_request")
+FUNCTION_CALL = ("functionCall", "function_call")
+FUNCTION_RESPONSE = ("functionResponse", "function_response")
+CODE = ("executableCode", "executable_code")
+CODE_RESULT = ("codeExecutionResult", "code_execution_result")
 
 
 def model_and_operation(rest: str) -> tuple[str, str]:
@@ -94,7 +95,7 @@ def check_stream_query(query: str) -> None:
 
 
 # What Vertex's CountTokensRequest takes of a GenerateContentRequest, at its top level.
-_VERTEX_COUNTED = (*_CONTENTS, *_SYSTEM, *_TOOLS, *_CONFIG)
+_VERTEX_COUNTED = (*CONTENTS, *SYSTEM, *_TOOLS, *_CONFIG)
 
 
 def vertex_count_body(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -102,9 +103,9 @@ def vertex_count_body(body: dict[str, Any]) -> dict[str, Any] | None:
     Gemini API's way to count a system instruction or tools) unwrapped into the fields
     Vertex's own request has at its top level (its ``model`` names the Gemini API's
     resource, Vertex's is in the path); None when the body needs no change."""
-    if _field(body, _CONTENTS) is not None:
+    if _field(body, CONTENTS) is not None:
         return None
-    request = _field(body, _REQUEST)
+    request = _field(body, REQUEST)
     if not isinstance(request, dict):
         return None
     return {key: value for key, value in request.items() if key in _VERTEX_COUNTED}
@@ -115,8 +116,8 @@ def check_body(body: dict[str, Any], operation: str) -> None:
     it (``contents[0].parts``); Google checks the rest, unknown fields included.
 
     countTokens takes ``contents``, or a whole ``generateContentRequest`` checked as one."""
-    if operation == COUNT_TOKENS and _field(body, _CONTENTS) is None:
-        key, request = _named(body, _REQUEST)
+    if operation == COUNT_TOKENS and _field(body, CONTENTS) is None:
+        key, request = _named(body, REQUEST)
         if request is not None:
             if not isinstance(request, dict):
                 raise BadRequestError(f"'{key}' must be an object", param=key)
@@ -127,7 +128,7 @@ def check_body(body: dict[str, Any], operation: str) -> None:
 
 def _check_request(body: dict[str, Any], where: str) -> None:
     """A GenerateContentRequest's contents and the counts of its ``generationConfig``."""
-    contents = _field(body, _CONTENTS)
+    contents = _field(body, CONTENTS)
     if not isinstance(contents, list):
         raise BadRequestError(
             f"'{where}contents' is required and must be an array of contents",
@@ -172,11 +173,11 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     nothing elsewhere (``quota.estimate``): their size is not their token count. Context
     Google adds from a cache (``cachedContent``) is not in the body: the estimate is low
     for such a request, and the settlement, from Google's count, exact."""
-    request = _field(body, _REQUEST)
-    if _field(body, _CONTENTS) is None and isinstance(request, dict):
+    request = _field(body, REQUEST)
+    if _field(body, CONTENTS) is None and isinstance(request, dict):
         body = request
-    prompt = _content_chars(_field(body, _SYSTEM)) // CHARS_PER_TOKEN
-    contents = _field(body, _CONTENTS)
+    prompt = _content_chars(_field(body, SYSTEM)) // CHARS_PER_TOKEN
+    contents = _field(body, CONTENTS)
     if isinstance(contents, list):
         for content in contents:
             if isinstance(content, dict):
@@ -202,16 +203,16 @@ def _part_chars(part: dict[str, Any]) -> int:
     text = part.get("text")
     if isinstance(text, str):
         return len(text)
-    call = _field(part, _FUNCTION_CALL)
+    call = _field(part, FUNCTION_CALL)
     if isinstance(call, dict):
         return string_chars(call.get("name")) + json_chars(call.get("args"))
-    response = _field(part, _FUNCTION_RESPONSE)
+    response = _field(part, FUNCTION_RESPONSE)
     if isinstance(response, dict):
         return string_chars(response.get("name")) + json_chars(response.get("response"))
-    code = _field(part, _CODE)
+    code = _field(part, CODE)
     if isinstance(code, dict):
         return string_chars(code.get("code"))
-    result = _field(part, _CODE_RESULT)
+    result = _field(part, CODE_RESULT)
     if isinstance(result, dict):
         return string_chars(result.get("output"))
     return 0

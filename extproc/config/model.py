@@ -377,10 +377,8 @@ MESSAGES_BODY_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.BEDROCK_IN
 
 
 # The client APIs whose bodies carry no chat messages for enrichment to add to (Gemini's
-# contents are not read for it either).
-_WITHOUT_MESSAGES = frozenset(
-    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, *GEMINI_APIS}
-)
+# contents take them: guardrails.enrichment).
+_WITHOUT_MESSAGES = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS})
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
 _HOST = re.compile(

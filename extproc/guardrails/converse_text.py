@@ -101,10 +101,10 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
     _text_slots(role, block, slots)
     use = block.get("toolUse")
     if isinstance(use, dict):
-        _json_slots(CALL_ROLE, use, "input", slots)
+        json_value_slots(CALL_ROLE, use, "input", slots)
     for item in _result_items(block):
         _text_slots(TOOL_ROLE, item, slots)
-        _json_slots(TOOL_ROLE, item, "json", slots)
+        json_value_slots(TOOL_ROLE, item, "json", slots)
 
 
 def _text_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
@@ -190,8 +190,9 @@ def _result_items(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _dicts(result.get("content"))
 
 
-def _json_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
-    """Each key and string of the JSON value ``holder[key]``, in document order.
+def json_value_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
+    """Each key and string of the JSON value ``holder[key]``, in document order (Gemini's
+    function calls and responses are read by it too, ``gemini_text``).
 
     A container is walked by content's walk of an Anthropic tool ``input``: the dict made
     here only hands it the value, and every slot it gives holds the body's own objects

@@ -10,7 +10,11 @@ Responses API routes they become messages of ``input`` around the client's items
 (a string ``input`` is one user message first), as the API takes system and user
 messages there. On Bedrock Converse routes they go where they go on Anthropic routes,
 as Converse's blocks (``{"text": ...}``): the ``system`` list, or the first (or last)
-user turn's content.
+user turn's content. On Gemini's API (``gemini``) a system message becomes a text part of
+``systemInstruction`` (made when the body has none, in the spelling the body uses) and a
+user message a ``contents`` entry of its own with the role ``user``, so the client's own
+turns (and the thought signatures in them) stay as the client sent them. Both keep the
+order they are listed in, before (``prepend``) or after (``append``) the client's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from extproc.config.guard_model import EnrichmentConfig, EnrichmentMessage
 from extproc.context import RequestContext
+from extproc.gemini_api import SYSTEM as GEMINI_SYSTEM
 
 
 def template_values(ctx: RequestContext) -> dict[str, str]:
@@ -45,8 +50,12 @@ def enrich(
     anthropic: bool,
     responses: bool = False,
     converse: bool = False,
+    gemini: bool = False,
 ) -> None:
     """Add the route's messages to ``body`` in place."""
+    if gemini:
+        _enrich_gemini(body, enrichment, values)
+        return
     key = "input" if responses else "messages"
     messages = body.get(key)
     if responses and isinstance(messages, str):
@@ -63,10 +72,44 @@ def enrich(
         body[key] = [*before, *messages, *after]
         return
     block = _converse_block if converse else _anthropic_block
-    for message in enrichment.prepend:
+    # Each prepended block goes first, so the last one listed goes in first: the blocks
+    # end up in the order the route lists them.
+    for message in reversed(enrichment.prepend):
         _add_block(body, messages, block(_text(message, values)), message.role, first=True)
     for message in enrichment.append:
         _add_block(body, messages, block(_text(message, values)), message.role, first=False)
+
+
+def _enrich_gemini(
+    body: dict[str, Any], enrichment: EnrichmentConfig, values: dict[str, str]
+) -> None:
+    """The route's messages as Gemini takes them (the module docstring)."""
+    contents = body.get("contents")
+    if not isinstance(contents, list):
+        return  # refused before the guards (gemini_api.check_body): nothing to add to
+    system: dict[str, list[dict[str, Any]]] = {"prepend": [], "append": []}
+    user: dict[str, list[dict[str, Any]]] = {"prepend": [], "append": []}
+    for where, messages in (("prepend", enrichment.prepend), ("append", enrichment.append)):
+        for message in messages:
+            part = {"text": _text(message, values)}
+            if message.role == "system":
+                system[where].append(part)
+            else:
+                user[where].append({"role": "user", "parts": [part]})
+    body["contents"] = [*user["prepend"], *contents, *user["append"]]
+    if not system["prepend"] and not system["append"]:
+        return
+    # The spelling the body gives a value, else one it names (null), else camelCase: the
+    # body never names the field twice.
+    key = next((name for name in GEMINI_SYSTEM if body.get(name) is not None), None)
+    key = key or next((name for name in GEMINI_SYSTEM if name in body), GEMINI_SYSTEM[0])
+    instruction = body.get(key)
+    if instruction is None:
+        instruction = body[key] = {}
+    parts = instruction.get("parts") if isinstance(instruction, dict) else None
+    if not isinstance(instruction, dict) or not isinstance(parts, list | None):
+        return  # not a Content: Google refuses the body as the client sent it
+    instruction["parts"] = [*system["prepend"], *(parts or []), *system["append"]]
 
 
 def _anthropic_block(text: str) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from typing import Any
 
 import orjson
 
+from extproc.guardrails.content import TextSlot
 from extproc.guardrails.json_fragments import Lexed, LexState, lex, state_at
 from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
 
@@ -269,7 +270,9 @@ def _outside(cut: int, spans: list[tuple[int, int]]) -> int:
 
 
 @dataclass(slots=True)
-class _Event:
+class StreamEvent:
+    """One SSE event of the answer, as read: where its text is, and what it closes."""
+
     raw: bytes
     payload: dict[str, Any] | None = None
     # (channel, the dict holding the text, its key): text deltas and argument fragments
@@ -277,6 +280,9 @@ class _Event:
     closes: list[int] = field(default_factory=list)  # choices or blocks that end here
     done: bool = False
     changed: bool = False
+    # Text that comes whole in this one event (a Gemini function call's arguments):
+    # matched at once, as a buffered answer's is (``_guard_whole``). None: there is none.
+    whole: list[TextSlot] | None = None
 
 
 class StreamGuard:
@@ -302,7 +308,7 @@ class StreamGuard:
             found |= channel.masked
         return found
 
-    def split(self, data: bytes, end_of_stream: bool) -> list[_Event]:
+    def split(self, data: bytes, end_of_stream: bool) -> list[StreamEvent]:
         """The complete events in ``data`` (a partial one waits for the next chunk)."""
         if self.ended:
             return []
@@ -317,14 +323,14 @@ class StreamGuard:
                 self._pending = data
                 return []
             complete, self._pending = data[: cut + 2], data[cut + 2 :]
-        events: list[_Event] = []
+        events: list[StreamEvent] = []
         for raw in complete.split(_EVENT_END):
             if raw.strip():
                 events.append(self._read(raw + _EVENT_END))
         return events
 
     def render(
-        self, events: list[_Event], end_of_stream: bool, error: Callable[[int], bytes]
+        self, events: list[StreamEvent], end_of_stream: bool, error: Callable[[int], bytes]
     ) -> bytes:
         """Mask the events' text and serialise them; ``error(guard)`` is the error body used
         when the reject guard ``guard`` matches."""
@@ -333,6 +339,8 @@ class StreamGuard:
         out: list[bytes] = []
         try:
             for event in events:
+                if event.whole:
+                    self._guard_whole(event)
                 for channel, holder, key in event.texts:
                     released = self._channel(channel).push(holder[key])
                     if released != holder[key]:
@@ -368,7 +376,7 @@ class StreamGuard:
                 found = self._channels[channel] = TextStream(self._matchers)
         return found
 
-    def _close(self, channel: Channel, event: _Event, out: list[bytes]) -> None:
+    def _close(self, channel: Channel, event: StreamEvent, out: list[bytes]) -> None:
         """Release what ``channel`` held, as ``event`` closes it."""
         own = [(h, k) for c, h, k in event.texts if c == channel]
         if not own:
@@ -391,8 +399,8 @@ class StreamGuard:
             return []
         return [self._released_event(channel, text, envelope)]
 
-    def _read(self, raw: bytes) -> _Event:
-        event = _Event(raw)
+    def _read(self, raw: bytes) -> StreamEvent:
+        event = StreamEvent(raw)
         lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
         if not lines:
             return event
@@ -407,13 +415,21 @@ class StreamGuard:
         if not isinstance(payload, dict):
             return event
         event.payload = payload
+        self._read_payload(event, payload)
+        return event
+
+    def _read_payload(self, event: StreamEvent, payload: dict[str, Any]) -> None:
+        """Where the event's text is, and what it closes: the API's own reading."""
         if self._anthropic:
             self._read_anthropic(event, payload)
         else:
             self._read_openai(event, payload)
-        return event
 
-    def _read_openai(self, event: _Event, payload: dict[str, Any]) -> None:
+    def _guard_whole(self, event: StreamEvent) -> None:
+        """Match the text an event carries whole; the guards of APIs whose events carry
+        some (``GeminiStreamGuard``) say how."""
+
+    def _read_openai(self, event: StreamEvent, payload: dict[str, Any]) -> None:
         choices = payload.get("choices")
         if not isinstance(choices, list):
             return
@@ -439,7 +455,7 @@ class StreamGuard:
             if choice.get("finish_reason") is not None:
                 event.closes.append(index)
 
-    def _read_anthropic(self, event: _Event, payload: dict[str, Any]) -> None:
+    def _read_anthropic(self, event: StreamEvent, payload: dict[str, Any]) -> None:
         kind = payload.get("type")
         index = payload.get("index", 0)
         index = index if isinstance(index, int) else 0
@@ -458,7 +474,7 @@ class StreamGuard:
         elif kind == "message_stop":
             event.done = True
 
-    def _serialise(self, event: _Event) -> bytes:
+    def _serialise(self, event: StreamEvent) -> bytes:
         assert event.payload is not None
         if self._anthropic:
             name = str(event.payload.get("type", "")).encode()
@@ -508,13 +524,15 @@ class StreamGuard:
             return b"event: error\ndata: " + error + _EVENT_END
         return b"data: " + error + _EVENT_END + DONE
 
-    def texts(self, events: list[_Event]) -> list[tuple[_Event, Channel, dict[str, Any], str]]:
+    def texts(
+        self, events: list[StreamEvent]
+    ) -> list[tuple[StreamEvent, Channel, dict[str, Any], str]]:
         """Every text delta and argument fragment of the events, for a webhook to see and
         rewrite (a buffered answer's webhook sees its tool calls' arguments too)."""
         return [(event, *slot) for event in events for slot in event.texts]
 
 
-def _read_openai_calls(event: _Event, choice: int, delta: dict[str, Any]) -> None:
+def _read_openai_calls(event: StreamEvent, choice: int, delta: dict[str, Any]) -> None:
     """The argument (and custom input) fragments of a choice delta's tool calls, a
     channel per call and kind of text."""
     calls = delta.get("tool_calls")

@@ -17,6 +17,12 @@ OpenAI text completion routes (``guardrails.completion_text``) guard the prompt'
 strings and ``suffix`` (a prompt of token ids is not text, and passes unread), whole
 answers' ``choices[].text``, and streams event by event as chat streams are.
 
+Gemini's own API (``guardrails.gemini_text``) guards generateContent and countTokens
+requests (a count's ``generateContentRequest`` as the request it wraps), whole answers'
+candidates, and streamGenerateContent's events one by one (``guardrails.gemini_stream``),
+refusals in Google's shape; enrichment writes Gemini's ``systemInstruction`` and
+``contents``.
+
 OpenAI Responses API routes (``guardrails.responses_text``) guard requests and
 whole answers; so do its compaction routes (the answer's output: the user messages
 kept, and a compaction item whose encrypted content is no text) and its token-count
@@ -58,6 +64,10 @@ from extproc.guardrails.converse_text import request_slots as converse_request_s
 from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
 from extproc.guardrails.framed_stream import ConverseStreamGuard, FramedStreamGuard
+from extproc.guardrails.gemini_stream import GeminiStreamGuard
+from extproc.guardrails.gemini_text import answer_slots as gemini_answer_slots
+from extproc.guardrails.gemini_text import guarded_request as gemini_request
+from extproc.guardrails.gemini_text import request_slots as gemini_request_slots
 from extproc.guardrails.matching import Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
@@ -165,8 +175,6 @@ class GuardRequestStage:
             raise _unguardable_stream(route.name, route.api)
         if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
             raise _unreadable_invoke_body(ctx, route.name)
-        if route.api in GEMINI_APIS:
-            raise _unreadable_gemini_body(ctx, route.name)
         if not guards.request.empty:
             # The provider gets the body the guards read, serialised from the parse, never
             # the client's bytes: in a body that repeats a key ("messages" twice) the
@@ -240,17 +248,6 @@ def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
     )
 
 
-def _unreadable_gemini_body(ctx: RequestContext, route: str) -> BadRequestError:
-    """A Gemini API body on a route with guards, which do not read Gemini's contents:
-    refused before the quota counts it rather than sent unguarded."""
-    return BadRequestError(
-        f"route '{route}' guards requests, which it does not do for Gemini's API; call "
-        f"model '{ctx.model}' through a guarded chat completions route instead",
-        param="model",
-        code="body_not_guarded",
-    )
-
-
 def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:
     """A stream the route cannot guard, refused before the quota counts it rather than
     sent unguarded."""
@@ -272,6 +269,9 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
         return completion_request_slots(ctx.body)
     if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
         return converse_request_slots(ctx.body)
+    if ctx.route.api in GEMINI_APIS:
+        # A count's text reaches the model as the request it counts would.
+        return gemini_request_slots(ctx.body)
     if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
         # The counted request's text reaches the provider as the request's would.
         member, counted = counted_request(ctx.body)
@@ -346,9 +346,13 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
     # of the prompt a Messages call sends (a "system" message in `messages` is refused).
     # So does a Responses token count: its count is of the input a /v1/responses call
     # sends. A compaction route takes no enrichment (config.model).
-    # A Bedrock count is of its counted request, enriched as that request would be.
+    # A Bedrock count is of its counted request, enriched as that request would be; so is
+    # a Gemini count of a whole generateContentRequest.
     api = ctx.route.api if ctx.route is not None else None
     body = ctx.body
+    gemini = api in GEMINI_APIS
+    if gemini:
+        body = gemini_request(ctx.body)
     converse = api is RouteApi.BEDROCK_CONVERSE
     anthropic = api in ANTHROPIC_APIS or api in MESSAGES_BODY_APIS
     if api is RouteApi.BEDROCK_COUNT_TOKENS:
@@ -361,6 +365,7 @@ def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:
         anthropic=anthropic,
         responses=api in RESPONSES_REQUESTS,
         converse=converse,
+        gemini=gemini,
     )
     ctx.body_changed = True
 
@@ -387,6 +392,8 @@ class GuardResponseStage:
             ctx.response_guard = FramedStreamGuard(guards.response.matchers)
         elif streamed and route.api is RouteApi.BEDROCK_CONVERSE:
             ctx.response_guard = ConverseStreamGuard(guards.response.matchers)
+        elif streamed and route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+            ctx.response_guard = GeminiStreamGuard(guards.response.matchers)
         elif streamed:
             ctx.response_guard = StreamGuard(
                 guards.response.matchers, anthropic=anthropic, completions=completions
@@ -454,6 +461,8 @@ class GuardResponseStage:
             return answer, completion_answer_slots(answer)
         if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
             return answer, converse_answer_slots(answer)
+        if ctx.route.api is RouteApi.GEMINI_GENERATE_CONTENT:
+            return answer, gemini_answer_slots(answer)
         return answer, openai_answer_slots(answer)
 
     async def _buffered_with_webhooks(
@@ -583,6 +592,10 @@ class GuardResponseStage:
     def _stream_error(
         ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
     ) -> bytes:
+        if ctx.error_shape == "google":
+            # Google's failure event, which google-genai raises (GeminiStreamGuard).
+            google = error.body("google")
+            return b"data: " + google + b"\n\n" if framed else google
         # InvokeModel's Claude events and ConverseStream's: their guard (FramedStreamGuard)
         # frames Anthropic's error event, the only error it reads.
         in_frames = isinstance(ctx.response_guard, FramedStreamGuard)

@@ -1,0 +1,135 @@
+"""Guards on a streamGenerateContent answer: Gemini's Server-Sent Events (``?alt=sse``).
+
+Each event is a whole GenerateContentResponse (``data: {...}``) whose candidates carry
+the next piece of their answer in ``content.parts``. ``GeminiStreamGuard`` is the chat
+stream guard (``StreamGuard``: its channels, hold-back and leftovers) reading Gemini's
+events:
+
+- Each candidate's text parts are one channel (by the candidate's ``index``, else its
+  place), so a match split over two events is still found, and text that could begin one
+  waits as it waits in a chat stream.
+- What a candidate held goes out when it finishes (the event with its ``finishReason``,
+  joined to that event's own text, else in an extra event just before it), before one of
+  its function calls or code parts (whose text comes before them), before Google's own
+  ``{"error": ...}`` event, and at the end of the body. An extra event carries the held
+  text alone, as a text part of its candidate, with the answer's ``modelVersion``,
+  ``responseId`` and ``createTime``; no ``usageMetadata``: Google's counts stay where it
+  wrote them, the last event's the bill.
+- A function call comes whole in one event (its ``args`` an object, not fragments), as
+  do code and its result: their text is matched at once, as a whole answer's is
+  (``gemini_text``), a mask writing into the event.
+- Thought parts (``"thought": true``) go on unread, as reasoning does on the other APIs.
+- A reject guard ends the stream with Google's error event, ``data: {"error": {"code",
+  "message", "status"}}``: google-genai raises it as it raises Google's own failure
+  mid-stream (``ClientError`` for a 4xx, with the code and the status), and the rest of
+  the upstream stream is dropped (the translator still reads it for its usage).
+
+Every event is otherwise written as Google sent it: one that nothing changed goes on
+byte for byte (its line ends as LF, as the chat guard writes every stream), and one that
+changed keeps every field but the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc.guardrails.content import TextSlot
+from extproc.guardrails.converse_text import CALL_ROLE
+from extproc.guardrails.gemini_text import part_slots
+from extproc.guardrails.matching import Matchers, apply
+from extproc.guardrails.stream import Channel, StreamEvent, StreamGuard, StreamRejectedError
+
+_EVENT_END = b"\n\n"
+# The answer's fields an extra event of held text repeats: what names the answer, not
+# what counts or finishes it.
+_NAMING = ("modelVersion", "responseId", "createTime")
+
+
+class GeminiStreamGuard(StreamGuard):
+    """The SSE events of one streamGenerateContent answer, guarded (module docstring)."""
+
+    def __init__(self, matchers: Matchers) -> None:
+        super().__init__(matchers, anthropic=False)
+        # The guards that masked text carried whole (function calls, code).
+        self._whole_masked: set[int] = set()
+
+    @property
+    def masked(self) -> set[int]:
+        return super().masked | self._whole_masked
+
+    def _read_payload(self, event: StreamEvent, payload: dict[str, Any]) -> None:
+        if "error" in payload:
+            # Google failed the stream: the client reads nothing after it, so every
+            # candidate's held text goes out first.
+            event.done = True
+            return
+        candidates = payload.get("candidates")
+        if not isinstance(candidates, list):
+            return  # a blocked prompt's feedback, a usage report alone
+        self._envelope = payload
+        for place, candidate in enumerate(candidates):
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index")
+            index = index if isinstance(index, int) and not isinstance(index, bool) else place
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                if not isinstance(part, dict) or part.get("thought") is True:
+                    continue
+                if isinstance(part.get("text"), str):
+                    event.texts.append((index, part, "text"))
+                    continue
+                whole: list[TextSlot] = []
+                part_slots(CALL_ROLE, part, whole)
+                if whole:
+                    if event.whole is None:
+                        event.whole = []
+                    event.whole.extend(whole)
+                    # The candidate's text so far goes out before the call.
+                    if index not in event.closes:
+                        event.closes.append(index)
+            if candidate.get("finishReason") is not None and index not in event.closes:
+                event.closes.append(index)
+
+    def _guard_whole(self, event: StreamEvent) -> None:
+        assert event.whole is not None
+        for slot in event.whole:
+            text = slot.text
+            if not text:
+                continue
+            rejecting, hits, _ = self._matchers.scan(text, json_text=slot.is_json)
+            if rejecting is not None:
+                raise StreamRejectedError(rejecting)
+            if hits:
+                slot.write(apply(text, hits))
+                self._whole_masked.update(hit.guard for hit in hits)
+                event.changed = True
+
+    def _released_event(
+        self, channel: Channel, text: str, envelope: dict[str, Any] | None
+    ) -> bytes:
+        assert isinstance(channel, int)  # a candidate: Gemini's streams have no call channels
+        candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "index": channel}
+        answer: dict[str, Any] = {"candidates": [candidate]}
+        for name in _NAMING:
+            if envelope is not None and name in envelope:
+                answer[name] = envelope[name]
+        return b"data: " + orjson.dumps(answer) + _EVENT_END
+
+    def _error_event(self, error: bytes) -> bytes:
+        # Google's failure is the stream's last event; there is no [DONE] to follow it.
+        return b"data: " + error + _EVENT_END
+
+    def texts(
+        self, events: list[StreamEvent]
+    ) -> list[tuple[StreamEvent, Channel, dict[str, Any], str]]:
+        """Every text piece and whole text of the events, for a response webhook: a
+        function call's arguments too, as a whole answer's webhook sees them."""
+        found = super().texts(events)
+        for event in events:
+            for slot in event.whole or ():
+                found.append((event, 0, slot.holder, slot.key))
+        return found

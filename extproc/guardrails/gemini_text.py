@@ -1,0 +1,136 @@
+"""The text of a Gemini API request and of its whole answer, as guard slots.
+
+A client of Gemini's own API (``google-genai``, Gemini CLI, ADK; ``extproc.gemini_api``)
+sends its prompt in Gemini's shape, which goes to Google's model on Vertex as it is. Its
+text is what the model reads, in order:
+
+- ``systemInstruction``'s parts, with the role ``system``;
+- each of ``contents``' parts, with the content's role (Gemini's ``model`` is the
+  ``assistant``; a content without a role is the ``user``'s): a ``text`` part; a
+  ``functionCall``'s ``args`` as the ``assistant``'s (the model wrote it, whatever content
+  carries it back); a ``functionResponse``'s ``response`` as ``tool``'s; the ``code`` of
+  an ``executableCode`` part as the ``assistant``'s and the ``output`` of a
+  ``codeExecutionResult`` as ``tool``'s (Google's code execution tool ran it).
+
+A function call's ``args`` and a response's ``response`` are JSON values, not JSON text:
+each key and each string in them is a slot of its own, read and masked as a Converse
+``toolUse`` ``input`` is (``converse_text.json_value_slots``), so a masked value or key
+changes in place and the value stays the same object.
+
+Not read, as on the other APIs:
+
+- thought parts (``"thought": true``): the model's reasoning, which Gemini's thought
+  signatures go with and which the other APIs' guards leave alone too (Anthropic's
+  ``thinking``, Converse's ``reasoningContent``); a text part that merely carries a
+  ``thoughtSignature`` is answer text, and read;
+- a function's ``name`` (an identifier a mask would break), inline data and files,
+  tool definitions (``tools``), ``generationConfig``, ``safetySettings``,
+  ``cachedContent`` (a name: its text is Google's, not in the body).
+
+A countTokens body is read as the request it counts: its ``contents`` (with Vertex's
+top-level ``systemInstruction``), or the ``generateContentRequest`` it wraps
+(``guarded_request``), which enrichment writes into as well.
+
+A whole answer's text is each candidate's ``content.parts``, read as the ``assistant``'s
+as above (its thoughts are not read). Field names are read in camelCase, then snake_case,
+as ``gemini_api`` reads them (Google's REST API takes both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from extproc.gemini_api import (
+    CODE,
+    CODE_RESULT,
+    CONTENTS,
+    FUNCTION_CALL,
+    FUNCTION_RESPONSE,
+    REQUEST,
+    SYSTEM,
+)
+from extproc.guardrails.content import TextSlot
+from extproc.guardrails.converse_text import CALL_ROLE, TOOL_ROLE, json_value_slots
+
+# A content without a role (or with one that is not a string) is the user's, as Gemini
+# reads it.
+DEFAULT_ROLE = "user"
+# Gemini's roles as the guards (webhooks, moderation's ``roles``) name them.
+_ROLES = {"model": "assistant"}
+
+
+def guarded_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The GenerateContentRequest whose text reaches the model: the body itself, or the
+    ``generateContentRequest`` a countTokens body wraps instead of ``contents``."""
+    request = _field(body, REQUEST)
+    if _field(body, CONTENTS) is None and isinstance(request, dict):
+        return request
+    return body
+
+
+def request_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """Every text of a Gemini request, in the order the model reads it."""
+    request = guarded_request(body)
+    slots: list[TextSlot] = []
+    system = _field(request, SYSTEM)
+    if isinstance(system, dict):
+        for part in _dicts(system.get("parts")):
+            part_slots("system", part, slots)
+    for content in _dicts(_field(request, CONTENTS)):
+        role = content.get("role")
+        role = _ROLES.get(role, role) if isinstance(role, str) else DEFAULT_ROLE
+        for part in _dicts(content.get("parts")):
+            part_slots(role, part, slots)
+    return slots
+
+
+def answer_slots(answer: Any) -> list[TextSlot]:
+    """The text of each candidate of a whole answer, as the assistant's. Any other shape
+    (an error, a blocked prompt) holds none."""
+    slots: list[TextSlot] = []
+    candidates = answer.get("candidates") if isinstance(answer, dict) else None
+    for candidate in _dicts(candidates):
+        content = candidate.get("content")
+        if isinstance(content, dict):
+            for part in _dicts(content.get("parts")):
+                part_slots(CALL_ROLE, part, slots)
+    return slots
+
+
+def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The text of one part (the module docstring); a thought has none the guards read."""
+    if part.get("thought") is True:
+        return
+    if isinstance(part.get("text"), str):
+        slots.append(TextSlot(role, part, "text"))
+        return
+    call = _field(part, FUNCTION_CALL)
+    if isinstance(call, dict):
+        json_value_slots(CALL_ROLE, call, "args", slots)
+    response = _field(part, FUNCTION_RESPONSE)
+    if isinstance(response, dict):
+        json_value_slots(TOOL_ROLE, response, "response", slots)
+    code = _field(part, CODE)
+    if isinstance(code, dict) and isinstance(code.get("code"), str):
+        slots.append(TextSlot(CALL_ROLE, code, "code"))
+    result = _field(part, CODE_RESULT)
+    if isinstance(result, dict) and isinstance(result.get("output"), str):
+        slots.append(TextSlot(TOOL_ROLE, result, "output"))
+
+
+def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` the container gives one (not null)."""
+    for name in names:
+        value = container.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _dicts(value: Any) -> Iterator[dict[str, Any]]:
+    """The objects of a list; nothing when ``value`` is no list."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield item
