@@ -71,7 +71,6 @@ import orjson
 from extproc import bedrock_count_tokens, gemini_api
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import (
-    BEDROCK_OPERATION_APIS,
     GEMINI_APIS,
     TOKEN_COUNT_APIS,
     ProviderType,
@@ -594,8 +593,10 @@ def _anthropic_headers(ctx: RequestContext, upstream: Upstream) -> dict[str, str
 def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
     route = ctx.route
     assert route is not None
-    # An operation's twin route is its bedrock_converse route to the operator.
-    api = RouteApi.BEDROCK_CONVERSE if route.api in BEDROCK_OPERATION_APIS else route.api
+    # The api the operator gave the route: an operation's twin (Bedrock's InvokeModel, a
+    # Vertex client's call read as Anthropic's) is its route's to the operator.
+    configured = ctx.runtime.routes.named(route.name)
+    api = configured.api if configured is not None else route.api
     return BadRequestError(
         f"model '{ctx.model}' is served by a provider that speaks the {kind} API, "
         f"which this route ({api}) cannot translate to",

@@ -331,6 +331,16 @@ class RouteApi(StrEnum):
     # Gemini's countTokens (<prefix>/{model}:countTokens), served by a
     # gemini_generate_content route likewise; never billed.
     GEMINI_COUNT_TOKENS = "gemini_count_tokens"
+    # Anthropic's Messages API at Vertex AI's paths, as Vertex's clients call it
+    # (AnthropicVertex, Claude Code's Vertex mode; a path_prefix route:
+    # <prefix>/projects/{project}/locations/{region}/publishers/anthropic/models/
+    # {model}:rawPredict or :streamRawPredict, the model named by the path). Once its path
+    # is read the request is an anthropic_messages one (extproc.vertex_client_api), sent
+    # wherever those go and billed alike.
+    ANTHROPIC_VERTEX = "anthropic_vertex"
+    # Its token count (.../models/count-tokens:rawPredict), served by an anthropic_vertex
+    # route likewise: an anthropic_count_tokens request once read, never billed.
+    ANTHROPIC_VERTEX_COUNT_TOKENS = "anthropic_vertex_count_tokens"
     # Agent traffic (docs/agents.md): an MCP server or an A2A agent of agents.servers.
     MCP = "mcp"
     A2A = "a2a"
@@ -353,6 +363,8 @@ ROUTE_MODEL_KIND = {
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: ModelKind.CHAT,
     RouteApi.GEMINI_GENERATE_CONTENT: ModelKind.CHAT,
     RouteApi.GEMINI_COUNT_TOKENS: ModelKind.CHAT,
+    RouteApi.ANTHROPIC_VERTEX: ModelKind.CHAT,
+    RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS: ModelKind.CHAT,
 }
 
 # The client APIs that count a prompt's tokens: they generate nothing, so they are never
@@ -374,6 +386,12 @@ GEMINI_APIS = frozenset({RouteApi.GEMINI_GENERATE_CONTENT, RouteApi.GEMINI_COUNT
 # The client APIs whose body is an Anthropic Messages call (Claude's, on Bedrock's
 # InvokeModel): read, guarded, enriched and capped alike, whatever the envelope.
 MESSAGES_BODY_APIS = frozenset({RouteApi.ANTHROPIC_MESSAGES, RouteApi.BEDROCK_INVOKE})
+# Anthropic's APIs at Vertex's paths (an anthropic_vertex route serves both, by the path),
+# and the API each request becomes once its path is read (stages.chat_request).
+ANTHROPIC_VERTEX_APIS = {
+    RouteApi.ANTHROPIC_VERTEX: RouteApi.ANTHROPIC_MESSAGES,
+    RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS: RouteApi.ANTHROPIC_COUNT_TOKENS,
+}
 
 
 # The client APIs whose bodies carry no chat messages for enrichment to add to (Gemini's
@@ -445,6 +463,26 @@ class RouteConfig(_Section):
                 "InvokeModel and CountTokens are served by a bedrock_converse route, under "
                 "its path_prefix (<prefix>/<modelId>/invoke); declare that route instead"
             )
+        if self.api is RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS:
+            raise ValueError(
+                "Vertex's count-tokens is served by an anthropic_vertex route, under its "
+                "path_prefix (<prefix>/projects/.../models/count-tokens:rawPredict); declare "
+                "that route instead"
+            )
+        if self.api is RouteApi.ANTHROPIC_VERTEX:
+            if self.path_prefix is None:
+                raise ValueError(
+                    "an anthropic_vertex route needs a path_prefix (clients call "
+                    "<prefix>/projects/{project}/locations/{region}/publishers/anthropic/"
+                    "models/{model}:rawPredict, <prefix> being their Vertex base URL's path)"
+                )
+            if self.model_from_path or self.model_header or self.model_query:
+                # Vertex's path names the model: another place naming one would make a
+                # request for a model its client never asked for.
+                raise ValueError(
+                    "on an anthropic_vertex route Vertex's path names the model: "
+                    "model_from_path, model_header and model_query do not apply"
+                )
         if self.api is RouteApi.GEMINI_COUNT_TOKENS:
             raise ValueError(
                 "countTokens is served by a gemini_generate_content route, under its "
@@ -608,6 +646,9 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             path="/v1/messages/count_tokens",
             api=RouteApi.ANTHROPIC_COUNT_TOKENS,
         ),
+        # Anthropic's Vertex clients (AnthropicVertex, Claude Code's Vertex mode) with
+        # <gateway>/vertex as their base URL: Claude at Vertex's paths under it.
+        RouteConfig(name="anthropic-vertex", path_prefix="/vertex", api=RouteApi.ANTHROPIC_VERTEX),
         # AWS SDKs' Bedrock Runtime clients with the gateway as their endpoint:
         # /model/{modelId}/converse and /model/{modelId}/converse-stream.
         RouteConfig(name="bedrock-converse", path_prefix="/model", api=RouteApi.BEDROCK_CONVERSE),

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from extproc import gemini_api, headers
+from extproc import gemini_api, headers, vertex_client_api
 from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
     check_pair,
@@ -28,7 +28,14 @@ from extproc.backends import (
 from extproc.bedrock_count_tokens import INVOKE_MODEL, check_count_body, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import check_completions_body
-from extproc.config.model import GEMINI_APIS, ROUTE_MODEL_KIND, LimitsConfig, ModelKind, RouteApi
+from extproc.config.model import (
+    ANTHROPIC_VERTEX_APIS,
+    GEMINI_APIS,
+    ROUTE_MODEL_KIND,
+    LimitsConfig,
+    ModelKind,
+    RouteApi,
+)
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import check_converse_body, operation
 from extproc.embeddings import check_embeddings_body
@@ -77,7 +84,17 @@ class ChatRequestStage:
             path_model, streamed = operation(ctx.path)
         elif in_path:
             path_model, streamed = gemini_operation(ctx.path)
+        vertex_call = None
+        if route.api in ANTHROPIC_VERTEX_APIS:
+            # Vertex's path read (a 404 for one it does not serve), the request becomes
+            # the Anthropic call it stands for: every stage from here on (guards, quota,
+            # translation, the answer's reading, telemetry) serves it as that API's.
+            vertex_call = vertex_client_api.read_path(ctx.path)
+            route = ctx.route = vertex_client_api.anthropic_route(route)
         parsed = parse_request_body(route.api, body, limits)
+        if vertex_call is not None:
+            vertex_client_api.as_anthropic_body(parsed, vertex_call)
+            ctx.body_changed = True  # the client's bytes are no Anthropic body
         ctx.body = parsed
         named = path_model if in_path else model_outside_body(ctx) or parsed.get("model")
         model = route.forced_model or named

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import orjson
 
 from extproc.backends import provider_api
-from extproc.config.model import ROUTE_MODEL_KIND, ProviderType, RouteApi
+from extproc.config.model import ANTHROPIC_VERTEX_APIS, ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.translators.anthropic_bedrock import may_run_claude
@@ -26,6 +26,7 @@ _USING_APIS = frozenset(
     {
         RouteApi.OPENAI_CHAT,
         RouteApi.ANTHROPIC_MESSAGES,
+        RouteApi.ANTHROPIC_VERTEX,
         RouteApi.OPENAI_EMBEDDINGS,
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
@@ -93,8 +94,10 @@ def _usable_on(
     upstream = runtime.resolve_upstream(name, route)
     if upstream is None:
         return False
-    only = _ONLY_PROVIDER.get(route.api)
-    if only is not None and _api_of(upstream, route.api) is not only:
+    # A Vertex client's call is served as Anthropic's (extproc.vertex_client_api).
+    api = ANTHROPIC_VERTEX_APIS.get(route.api, route.api)
+    only = _ONLY_PROVIDER.get(api)
+    if only is not None and _api_of(upstream, api) is not only:
         return False  # Anthropic's API only by Anthropic providers, Responses by OpenAI's
     return runtime.access.denial(identity, name, route.name, canonical) is None
 

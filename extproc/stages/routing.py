@@ -18,7 +18,7 @@ import uuid
 from dataclasses import replace
 from functools import lru_cache
 
-from extproc import headers
+from extproc import headers, vertex_client_api
 from extproc.agents.stages import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
@@ -54,12 +54,17 @@ class RoutingStage:
         if route is None:
             out.mode_override = SKIP_EVERYTHING
             return
+        vertex_call = None
         if route.api is RouteApi.BEDROCK_CONVERSE:
             api = operation_api(ctx.path)
             if api is not None:
                 route = operation_route(route, api)
         elif route.api is RouteApi.GEMINI_GENERATE_CONTENT and counts_tokens(ctx.path):
             route = operation_route(route, RouteApi.GEMINI_COUNT_TOKENS)
+        elif route.api is RouteApi.ANTHROPIC_VERTEX:
+            vertex_call = vertex_client_api.served_call(ctx.path)
+            if vertex_call is not None and vertex_call.counts_tokens:
+                route = operation_route(route, RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS)
         ctx.route = route
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
@@ -90,11 +95,17 @@ class RoutingStage:
                     f"request body of {length} bytes is over the limit of {limit} bytes"
                 )
         named_model = route.forced_model or model_outside_body(ctx)
+        answered_as = route
+        if vertex_call is not None:
+            # Answered as Anthropic's API answers (stages.chat_request makes the request
+            # one), for the model Vertex's path names.
+            answered_as = vertex_client_api.anthropic_route(route)
+            named_model = named_model or vertex_call.model
         hints, hinted = ctx.body_hints, False
         if named_model is None and hints is not None:
             named_model, hinted = hints.model, True
         out.mode_override = FULL_RESPONSE
-        if ctx.runtime.lean_response(route, named_model):
+        if ctx.runtime.lean_response(answered_as, named_model):
             ctx.lean_response = True
             # Embeddings never stream (a body asking to is refused): one buffered answer.
             buffered = route.api is RouteApi.OPENAI_EMBEDDINGS or (

@@ -99,6 +99,10 @@ OPERATIONS = {
     # The conventions' own value for Gemini's generateContent.
     RouteApi.GEMINI_GENERATE_CONTENT: "generate_content",
     RouteApi.GEMINI_COUNT_TOKENS: "count_tokens",
+    # A Vertex client's call before its body is read (a bad key); after, it is the
+    # Anthropic call it stands for (extproc.vertex_client_api).
+    RouteApi.ANTHROPIC_VERTEX: "chat",
+    RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS: "count_tokens",
 }
 # gen_ai.provider.name's well-known values, by the gateway's provider type (the span's
 # attribute, and the label of gen_ai_client_token_usage).

@@ -529,3 +529,29 @@ async def test_a_key_for_anthropics_route_is_shown_claude_on_vertex(
     names = [m["id"] for m in orjson.loads(listed[-1].immediate_response.body)["data"]]
     assert "claude-sonnet-4-0" in names
     assert "sonnet-vertex" in names
+
+
+async def test_a_key_for_the_vertex_clients_route_is_shown_the_claude_models_it_may_call(
+    google: tuple[str, Path], access_log: MemoryLog
+) -> None:
+    # A key kept to /vertex (Claude Code in its Vertex mode): its calls are Anthropic's,
+    # so its list shows Claude wherever it is served, and no OpenAI model.
+    def vertex_mode_key(raw: dict[str, Any]) -> None:
+        raw["auth"]["api_keys"].append(
+            {"id": "vertex-mode", "key": "vertex-mode-key", "allowed_routes": ["anthropic-vertex"]}
+        )
+
+    async with serving(vertex_config(google, vertex_mode_key), access_log) as gateway:
+        listed = await run_stream(
+            gateway,
+            [
+                request_headers(
+                    "/v1/models", "GET", {"x-api-key": "vertex-mode-key"}, end_of_stream=True
+                )
+            ],
+        )
+
+    names = [m["id"] for m in orjson.loads(listed[-1].immediate_response.body)["data"]]
+    assert "claude-sonnet-4-0" in names
+    assert "sonnet-vertex" in names
+    assert "gpt-4o-mini" not in names
