@@ -38,6 +38,11 @@ CLIENT_CREDENTIAL_HEADERS = (
     "x-goog-api-key",
     "proxy-authorization",
 )
+# Client headers that pick which account of the provider a key bills: OpenAI's organization
+# and project (the openai SDK sends them from OPENAI_ORG_ID and OPENAI_PROJECT_ID), Google's
+# quota project. Beside the gateway's key, a client's would bill another account, or make
+# the provider refuse the gateway's key. Never passed on; the gateway sets its own.
+PROVIDER_ACCOUNT_HEADERS = ("openai-organization", "openai-project", "x-goog-user-project")
 # OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's route
 # sets them from the metadata the quota stage returns with the request body.
 RATE_LIMIT_HEADERS = tuple(

@@ -784,6 +784,29 @@ class GatewayConfig(_Section):
                     raise ValueError(f"routes[{index}].guardrails: unknown policy {name!r}")
         return self
 
+    @model_validator(mode="after")
+    def _no_key_header_subjects(self) -> GatewayConfig:
+        # A route's own key header carries clients' keys as x-api-key does, which
+        # check_subject refuses: counters keyed by it would hold the secrets.
+        key_headers = {
+            policy.api_key_header.lower()
+            for policy in (self.auth.default, *(route.auth for route in self.routes))
+            if policy is not None and policy.api_key_header
+        }
+        subjects = [
+            *(("quotas.rules", i, rule.subject) for i, rule in enumerate(self.quotas.rules)),
+            *(("agents.limits", i, rule.subject) for i, rule in enumerate(self.agents.limits)),
+        ]
+        for section, index, subject in subjects:
+            kind, _, header = subject.partition(":")
+            if kind == "header" and header in key_headers:
+                raise ValueError(
+                    f"{section}[{index}].subject: header:{header} carries clients' "
+                    "credentials (a route's auth.api_key_header), which would become quota "
+                    "subjects in the store; use subject: api_key (or user, group) instead"
+                )
+        return self
+
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)
 

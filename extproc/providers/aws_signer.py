@@ -37,9 +37,12 @@ from pydantic import SecretStr
 from extproc.config.loader import ConfigError
 from extproc.config.model import AwsConfig
 
-# botocore.auth logs each canonical request it signs at DEBUG, the session token with
-# it: an operator turning on DEBUG to chase a problem must not write credentials out.
-logging.getLogger("botocore.auth").setLevel(logging.INFO)
+# botocore logs secrets at DEBUG: botocore.auth each canonical request it signs, the
+# session token with it; botocore.endpoint and botocore.parsers each call the default chain
+# makes to STS and its answer (a Kubernetes service account's token in, the role's secret
+# key and session token out). An operator turning on DEBUG to chase a problem must not
+# write credentials out, so all of botocore stays at INFO, as google-auth does.
+logging.getLogger("botocore").setLevel(logging.INFO)
 
 # The headers sign() hands back for the caller to set; botocore adds
 # x-amz-content-sha256 only for services that want it (S3), never for Bedrock today.

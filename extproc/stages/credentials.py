@@ -11,8 +11,9 @@ from extproc import headers
 from extproc.context import PhaseOutput, RequestContext
 
 # Cookies too: set for the gateway's own site (an SSO session, say), they are
-# credentials no provider has any use for.
-_REMOVED = (*headers.CLIENT_CREDENTIAL_HEADERS, "cookie")
+# credentials no provider has any use for. And the client's choice of the provider
+# account the gateway's key bills.
+_REMOVED = (*headers.CLIENT_CREDENTIAL_HEADERS, "cookie", *headers.PROVIDER_ACCOUNT_HEADERS)
 
 
 class CredentialStage:
