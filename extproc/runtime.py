@@ -236,7 +236,7 @@ class Runtime:
         except ValueError as exc:
             raise ConfigError("config", [f"quotas: {exc}"]) from None
         self.route_auth: dict[str, RouteAuthConfig] = {
-            route.name: _route_auth(route.auth or config.auth.default, config)
+            route.name: _route_auth(route.name, route.auth or config.auth.default, config)
             for route in config.routes
         }
         self._keys = {p.name: _provider_key(p) for p in config.providers}
@@ -416,7 +416,7 @@ class Runtime:
             await self.jwt.close()
 
 
-def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConfig:
+def _route_auth(route: str, policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConfig:
     """Drop methods nothing is configured for; with none left, the route is anonymous."""
     usable = tuple(
         method
@@ -429,6 +429,16 @@ def _route_auth(policy: RouteAuthConfig, config: GatewayConfig) -> RouteAuthConf
             and (config.auth.api_keys or config.auth.api_key_directory or config.management.serving)
         )
     )
+    asked = [m.value for m in policy.methods if m is not AuthMethod.NONE]
+    if not usable and asked and "methods" in policy.model_fields_set:
+        # The operator asked for credentials on this route and nothing can check them: a
+        # route that fails open deserves a line at every load, not a line in the docs.
+        log.warning(
+            "route '%s' asks for %s, but nothing is configured to check them (no keys, no "
+            "management API, no JWT providers): it serves anonymous callers",
+            route,
+            " or ".join(asked),
+        )
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
 
 
