@@ -533,8 +533,11 @@ def _vertex_request(
         return _openai_request(
             ctx, parsed, upstream, prefix + vertex_endpoints.openai_chat_path(gcp)
         )
-    # Vertex's one API version predates the versions that limit sampling parameters.
-    translated = openai_anthropic.translate_request(parsed, model, stream=ctx.stream)
+    # Vertex's one API version predates the versions that limit sampling parameters. Its
+    # Claude takes no image by URL ("URL sources are not supported").
+    translated = openai_anthropic.translate_request(
+        parsed, model, stream=ctx.stream, image_urls=False
+    )
     path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
     return RequestPlan(_json(anthropic_vertex.messages_body(translated)), prefix + path, headers)
 

@@ -51,9 +51,11 @@ required fields; fields it does not know (``n: Extra inputs are not permitted``)
 turns other than a final assistant one; empty or whitespace-only text; a final assistant
 turn ending in whitespace; ``tool_result`` blocks that do not answer the ``tool_use`` blocks
 of the turn just before, or that follow other blocks; tool call ids outside
-``^[a-zA-Z0-9_-]+$`` (another provider's ``functions.get_weather:0``); ``temperature`` /
-``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which removed them), any of
-``temperature``, ``top_p``, ``top_k``.
+``^[a-zA-Z0-9_-]+$`` (another provider's ``functions.get_weather:0``); a base64 image whose
+``media_type`` is not ``image/jpeg``, ``image/png``, ``image/gif`` or ``image/webp``, or whose
+bytes are another of these formats than it names; a stop sequence of whitespace alone;
+``temperature`` / ``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which
+removed them), any of ``temperature``, ``top_p``, ``top_k``.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -66,6 +68,8 @@ whose ``error.type`` the anthropic client and gateways branch on.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -76,6 +80,7 @@ import orjson
 from aiohttp import web
 
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.image_bytes import format_of
 from extproc.mock_llm.json_reply import instance
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import (
@@ -125,6 +130,8 @@ _COUNT_FIELDS = frozenset(
     }
 )  # fmt: skip
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+# The media types Anthropic takes for a base64 image.
+_IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # The API version that removed the sampling parameters (ISO dates compare as strings).
 SAMPLING_REMOVED_IN = "2026-10-21"
 _TOOL_CHOICES = ("auto", "any", "tool", "none")
@@ -320,6 +327,32 @@ def _check_content(content: object, where: str) -> None:
             raise InvalidRequestError(f"{where}.{i}: Input should be an object with a 'type'")
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise InvalidRequestError(f"{where}.{i}.text: Field required")
+        if block["type"] == "image":
+            _check_image(block.get("source"), f"{where}.{i}.image.source")
+
+
+def _check_image(source: object, where: str) -> None:
+    """A base64 image: a media type Anthropic takes, and bytes of that format when they
+    are of one it knows (other sources, URLs and files, are not the mock's to fetch)."""
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        return
+    media_type = source.get("media_type")
+    if media_type not in _IMAGE_MEDIA_TYPES:
+        raise InvalidRequestError(
+            f"{where}.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+            "'image/gif' or 'image/webp'"
+        )
+    data = source.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except binascii.Error:
+        raw = b""
+    found = format_of(raw)
+    if found is not None and f"image/{found}" != media_type:
+        raise InvalidRequestError(
+            f"{where}.base64.data: The image was specified using the {media_type} media "
+            f"type, but the image appears to be a image/{found} image"
+        )
 
 
 def _check_turn_text(messages: list[dict[str, Any]]) -> None:
@@ -440,6 +473,8 @@ def _stop_sequences(value: object) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidRequestError("stop_sequences: Input should be a valid list of strings")
+    if not all(item.strip() for item in value):
+        raise InvalidRequestError("stop_sequences: each stop sequence must contain non-whitespace")
     return tuple(value)
 
 

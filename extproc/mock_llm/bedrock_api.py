@@ -164,6 +164,7 @@ from extproc.mock_llm.bedrock_text_models import (
     text_stream_cut,
 )
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
+from extproc.mock_llm.image_bytes import IMAGE_FORMATS, format_of
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
 from extproc.mock_llm.tokens import (
@@ -222,13 +223,6 @@ _TOOL_BLOCKS = ("toolUse", "toolResult")
 _TOOL_USE_ID_PATTERN = "[a-zA-Z0-9_-]+"
 _TOOL_USE_ID = re.compile(_TOOL_USE_ID_PATTERN)
 _TOOL_USE_ID_MAX_LENGTH = 64
-# How the bytes of each image format Converse takes begin (webp: "RIFF", size, "WEBP").
-_IMAGE_MAGIC = {
-    "png": (b"\x89PNG",),
-    "jpeg": (b"\xff\xd8\xff",),
-    "gif": (b"GIF87a", b"GIF89a"),
-    "webp": (b"RIFF",),
-}
 
 # The exception Bedrock names for each status its API documents; other 5xx are
 # InternalServerException and other 4xx ValidationException.
@@ -663,7 +657,7 @@ def _check_image(image: object, path: str) -> None:
     image of that format (the model's error, in its own words).
     """
     image_format = image.get("format") if isinstance(image, dict) else None
-    if image_format not in _IMAGE_MAGIC:
+    if image_format not in IMAGE_FORMATS:
         raise _constraint(
             f"{path}.format", "Member must satisfy enum value set: [png, jpeg, gif, webp]"
         )
@@ -673,18 +667,11 @@ def _check_image(image: object, path: str) -> None:
         raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
     except binascii.Error:
         raw = b""
-    if not _is_image_of(raw, image_format):
+    if format_of(raw) != image_format:
         raise _invalid(
             "The model returned the following errors: "
             "The provided image does not match the specified image format."
         )
-
-
-def _is_image_of(raw: bytes, image_format: str) -> bool:
-    if not any(raw.startswith(magic) for magic in _IMAGE_MAGIC[image_format]):
-        return False
-    # A RIFF file is a webp image only with "WEBP" after its size.
-    return image_format != "webp" or raw[8:12] == b"WEBP"
 
 
 def _check_turn_order(index: int, role: str, earlier: list[dict[str, Any]]) -> None:

@@ -13,11 +13,13 @@ Google's front answers it.
   and ``:streamRawPredict``: Claude. The body is Anthropic's Messages body without
   ``model`` (the path names it) and with ``"anthropic_version": "vertex-2023-10-16"``; a
   body with ``model``, without that version or with another is refused with Anthropic's
-  400. The answer is the Anthropic surface's own (``anthropic_api``: the same reply,
-  usage, faults and ``x-mock-*`` headers), JSON or SSE as the body's ``stream`` says (Vertex
-  hands the body to Claude as it is), ``model`` named as Anthropic names it
-  (``claude-sonnet-4-5@20250929`` answers ``claude-sonnet-4-5-20250929``, as recorded
-  Vertex answers do). ``{model}`` must be a Claude model (``claude-...``).
+  400, and so is an image by URL (Vertex's Claude takes images as bytes: "URL sources are
+  not supported", with the path Vertex gives). The answer is the Anthropic surface's own
+  (``anthropic_api``: the same reply, usage, faults and ``x-mock-*`` headers), JSON or SSE
+  as the body's ``stream`` says (Vertex hands the body to Claude as it is), ``model``
+  named as Anthropic names it (``claude-sonnet-4-5@20250929`` answers
+  ``claude-sonnet-4-5-20250929``, as recorded Vertex answers do). ``{model}`` must be a
+  Claude model (``claude-...``).
 - ``.../publishers/anthropic/models/count-tokens:rawPredict``: Claude's token count, the
   body Anthropic's count_tokens body with ``model``, the model's name without Vertex's
   ``@version`` (a versioned id is Anthropic's 400 "... is not supported for token
@@ -143,6 +145,21 @@ def _check_version(doc: dict[str, Any], *, required: bool) -> None:
         return
     if doc["anthropic_version"] != VERTEX_ANTHROPIC_VERSION:
         raise _RefusedBodyError(f"anthropic_version: Input should be '{VERTEX_ANTHROPIC_VERSION}'")
+
+
+def _check_image_sources(doc: dict[str, Any]) -> None:
+    """Vertex's Claude takes images as bytes: a URL source is refused, in Vertex's words
+    (which name the base64 data whatever the block)."""
+    messages = doc.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            source = block.get("source") if isinstance(block, dict) else None
+            if isinstance(source, dict) and source.get("type") == "url":
+                raise _RefusedBodyError(
+                    f"messages.{i}.content.{j}.image.source.base64.data: "
+                    "URL sources are not supported"
+                )
 
 
 def _anthropic_body(doc: dict[str, Any], **fields: Any) -> Body:
@@ -286,6 +303,7 @@ class VertexEndpoints:
                 _check_version(body.json, required=True)
                 if "model" in body.json:
                     raise _RefusedBodyError("model: Extra inputs are not permitted")
+                _check_image_sources(body.json)
             except _RefusedBodyError as exc:
                 return anthropic_api.error_response(400, str(exc))
             body = _anthropic_body(body.json, model=answered_model(model))

@@ -22,10 +22,18 @@ structured outputs answers Anthropic's 400, which the client gets. ``json_object
 out: Anthropic has no "any JSON" mode, OpenAI already requires a client asking for it to ask
 for JSON in its prompt too, and Claude follows that.
 
+An image sent as a data URL goes with the media type its bytes are (``data_urls``), since
+Anthropic refuses a label the bytes do not match, and ``image/jpg``, both of which OpenAI
+takes.
+
 What cannot be carried over is refused with a 400 naming the field, not guessed at:
 
 - ``n`` > 1: Anthropic returns one answer per request.
 - content parts other than text and images (audio, files), tools other than functions.
+- an image by http(s) URL where the API takes images as bytes only (Claude on Vertex AI,
+  ``image_urls=False``): the gateway does not fetch URLs on a client's behalf.
+- a stop sequence of whitespace alone (``"\\n"``), which Anthropic refuses: the answer
+  cannot end where the client asked.
 - the deprecated ``functions`` and ``function_call``: left out, Claude would answer in text
   a client waiting for a function call (and billed for it); ``tools`` say the same thing.
 
@@ -44,6 +52,7 @@ from typing import Any
 import orjson
 
 from extproc.errors import BadRequestError
+from extproc.translators.data_urls import image_format
 from extproc.translators.openai_anthropic_stream import (
     CompletionTranslator,
     StreamTranslator,
@@ -77,18 +86,20 @@ def translate_request(
     stream: bool,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     anthropic_version: str | None = None,
+    image_urls: bool = True,
 ) -> dict[str, Any]:
     """The Anthropic request for an OpenAI one; BadRequestError for what cannot be sent.
 
     ``anthropic_version`` is the API version the request goes out with; it decides whether
     sampling parameters can be sent (None: an older version, which takes them).
+    ``image_urls``: whether the API takes an image by URL (Vertex AI's Claude does not).
     """
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
     output_config = _output_config(body.get("response_format"))
-    system, messages = _messages(body.get("messages"))
+    system, messages = _messages(body.get("messages"), image_urls)
     request: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": _max_tokens(body, default_max_tokens),
@@ -101,6 +112,12 @@ def translate_request(
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequestError("'stop' must be a string or an array of strings", param="stop")
+        if not all(s.strip() for s in stop):
+            raise BadRequestError(
+                "Claude takes no stop sequence of whitespace alone (Anthropic refuses it): "
+                "leave it out of 'stop'",
+                param="stop",
+            )
         if stop:
             request["stop_sequences"] = stop
     if output_config is not None:
@@ -137,7 +154,7 @@ def _refuse_legacy_functions(body: dict[str, Any]) -> None:
         )
 
 
-def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
+def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
     if not isinstance(value, list):
         raise BadRequestError("'messages' must be an array", param="messages")
     system: list[str] = []
@@ -154,7 +171,7 @@ def _messages(value: Any) -> tuple[str, list[dict[str, Any]]]:
             system.extend(_texts(message.get("content"), f"{where}.content"))
             continue
         if role == "user":
-            blocks = _user_blocks(message.get("content"), f"{where}.content")
+            blocks = _user_blocks(message.get("content"), f"{where}.content", image_urls)
         elif role == "assistant":
             blocks = _assistant_blocks(message, where)
         elif role == "tool":
@@ -239,14 +256,14 @@ def _text_blocks(texts: list[str]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text} for text in texts if text.strip()]
 
 
-def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+def _user_blocks(content: Any, where: str, image_urls: bool) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_blocks(_texts(content, where))
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "image_url":
-            blocks.append(_image(part.get("image_url"), f"{where}[{j}].image_url"))
+            blocks.append(_image(part.get("image_url"), f"{where}[{j}].image_url", image_urls))
         elif kind == "text" and isinstance(part.get("text"), str):
             blocks.extend(_text_blocks([part["text"]]))
         else:
@@ -257,14 +274,23 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _image(value: Any, where: str) -> dict[str, Any]:
+def _image(value: Any, where: str, image_urls: bool) -> dict[str, Any]:
     url = value.get("url") if isinstance(value, dict) else value
     if isinstance(url, str):
         if url[:8].lower().startswith(("http://", "https://")):
+            if not image_urls:
+                raise BadRequestError(
+                    "Claude on Vertex AI takes images as bytes, not URLs: send the image as "
+                    "a data URL (data:image/png;base64,...)",
+                    param=f"{where}.url",
+                )
             return {"type": "image", "source": {"type": "url", "url": url}}
         match = _DATA_URL.fullmatch(url)
         if match:
-            source = {"type": "base64", "media_type": match["media"], "data": match["data"]}
+            found = image_format(match["media"], match["data"])
+            # Bytes of no format Anthropic takes keep their label: its 400 names it.
+            media = f"image/{found}" if found is not None else match["media"]
+            source = {"type": "base64", "media_type": media, "data": match["data"]}
             return {"type": "image", "source": source}
     raise BadRequestError(
         "an image must be an http(s) URL or a base64 data URL", param=f"{where}.url"

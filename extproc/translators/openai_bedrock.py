@@ -19,7 +19,9 @@ What cannot be carried over is refused, not guessed at:
 
 - ``n`` > 1: Converse returns one answer per request.
 - images by http(s) URL: Converse takes the image's bytes only, and the gateway does not
-  fetch URLs on a client's behalf. Data URLs of png, jpeg, gif and webp images are sent.
+  fetch URLs on a client's behalf. Data URLs of png, jpeg, gif and webp images are sent, in
+  the format their bytes are (``data_urls``: Bedrock refuses a format the bytes do not
+  match, which OpenAI takes).
 - ``response_format`` other than ``text``, the deprecated ``functions``, content parts other
   than text and images, tools other than functions.
 
@@ -74,6 +76,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import BadRequestError, error_body
 from extproc.providers.bedrock_model_ids import base_model_id
+from extproc.translators.data_urls import image_format
 
 # The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_bedrock_stream import (
@@ -122,13 +125,6 @@ _SERVICE_TIERS = {
 _PROVIDER_CHOOSES_TIER = "auto"
 # How much of a refused service_tier the error quotes: it is the client's own input.
 _QUOTED_TIER_CHARS = 40
-_IMAGE_FORMATS = {
-    "image/png": "png",
-    "image/jpeg": "jpeg",
-    "image/jpg": "jpeg",
-    "image/gif": "gif",
-    "image/webp": "webp",
-}
 
 
 def translate_request(
@@ -436,13 +432,14 @@ def _image(value: Any, where: str) -> dict[str, Any]:
     # Partition, not a regex: the data part can be megabytes long.
     header, _, data = url.partition(",")
     mime, _, encoding = header.removeprefix("data:").partition(";")
-    image_format = _IMAGE_FORMATS.get(mime.lower())
-    if not header.startswith("data:") or encoding != "base64" or image_format is None or not data:
+    base64_url = header.startswith("data:") and encoding == "base64" and bool(data)
+    found = image_format(mime, data) if base64_url else None
+    if found is None:
         raise BadRequestError(
             "image_url must be a base64 data URL of a png, jpeg, gif or webp image", param=param
         )
     # Converse's JSON carries blobs as base64: the client's encoding is passed as is.
-    return {"image": {"format": image_format, "source": {"bytes": data}}}
+    return {"image": {"format": found, "source": {"bytes": data}}}
 
 
 def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
