@@ -283,6 +283,24 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         raise _unsupported(ctx, kind)
 
 
+def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
+    """Whether ``upstream`` can answer a request of a failover client API at all, whatever
+    its body (``check_pair`` refuses the rest with a 400 when the model is the one the
+    request named; a failover chain leaves such a fallback out instead). Chat completions
+    reach every provider type, translated; Anthropic's Messages API reaches Claude alone,
+    on Anthropic, Bedrock and Vertex: nothing translates it to OpenAI's API."""
+    if api is RouteApi.OPENAI_CHAT:
+        return True
+    if api is not RouteApi.ANTHROPIC_MESSAGES:
+        return False
+    kind = upstream.provider.type
+    if kind is ProviderType.BEDROCK:
+        return anthropic_bedrock.may_run_claude(upstream.upstream_model)
+    if kind is ProviderType.VERTEX:
+        return vertex_endpoints.is_claude(upstream.upstream_model)
+    return kind is ProviderType.ANTHROPIC
+
+
 def _check_bedrock_embeddings(parsed: dict[str, Any], model_id: str) -> None:
     if bedrock_cohere_embeddings.is_cohere_model(model_id):
         bedrock_cohere_embeddings.check_request(parsed, model_id)

@@ -56,7 +56,13 @@ from collections.abc import Collection, Iterator
 from itertools import combinations
 from typing import Any
 
-from extproc.config.model import GatewayConfig, ModelConfig, cluster_name, failover_chain_name
+from extproc.config.model import (
+    GatewayConfig,
+    ModelConfig,
+    RouteApi,
+    cluster_name,
+    failover_chain_name,
+)
 from extproc.headers import (
     ANSWERED_BY_MODEL,
     ANSWERED_BY_PROVIDER,
@@ -87,6 +93,13 @@ _TOO_LARGE_DETAILS = "response_payload_too_large"
 STARTED = ATTEMPTS_STARTED
 # What ends each attempt's name in STARTED (provider names have no comma: config.model).
 STARTED_SEPARATOR = ","
+# The client APIs whose requests fail over: OpenAI's chat completions, and Anthropic's
+# Messages API (Claude Code, the anthropic SDK; a Vertex client's rawPredict call is one
+# once its path is read). Each attempt is translated from the client's API to its
+# provider's and back, so a chain serves any client API the gateway can translate for
+# every member it keeps; the others (a token count, which generates nothing; APIs only one
+# provider type speaks) go to their model's provider alone.
+FAILOVER_APIS = frozenset({RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES})
 
 
 def started_key(provider: str) -> str:

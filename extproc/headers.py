@@ -14,6 +14,10 @@ CLUSTER = PREFIX + "cluster"
 # so a header the first attempt strips (it must reach no provider) is gone for the
 # second, while each attempt gets the body as the downstream filter left it.
 FAILOVER_CHAIN_KEY = PREFIX + "failover-chain"
+# ... and what the client's request is, beside the chain and for the same reason:
+# ``{"api": <the client's API>, "headers": {<name>: <the client's value>}}``. The gateway
+# writes both over any the client sent, and each attempt removes them.
+FAILOVER_REQUEST_KEY = PREFIX + "failover-request"
 # Who answered, for the downstream filter (removed before the client sees the answer).
 ANSWERED_BY_PROVIDER = PREFIX + "provider"
 ANSWERED_BY_MODEL = PREFIX + "model"

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from extproc.config.model import GatewayConfig, ProviderType, RouteApi
+from extproc.envoy_failover import FAILOVER_APIS
 
 if TYPE_CHECKING:
     from extproc.runtime import Route, Upstream
@@ -103,7 +104,7 @@ def lean_routes(config: GatewayConfig) -> frozenset[str]:
         if any(providers[name] is not wanted for name in reachable):
             continue
         served = {m.name for m in config.models if m.provider in reachable}
-        if route.api is RouteApi.OPENAI_CHAT and served & with_fallbacks:
+        if route.api in FAILOVER_APIS and served & with_fallbacks:
             continue
         lean.add(route.name)
     return frozenset(lean)
@@ -130,6 +131,6 @@ def is_lean(
     upstream = resolve(named_model, route)
     if upstream is None:
         return False  # refused at the body anyway
-    if route.api is RouteApi.OPENAI_CHAT and named_model in failover:
+    if route.api in FAILOVER_APIS and named_model in failover:
         return False
     return upstream.provider.type is wanted

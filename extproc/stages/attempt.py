@@ -4,11 +4,14 @@ Envoy runs this filter once per attempt, after it has picked the provider
 cluster for the attempt. The endpoint's metadata names the provider; the chain
 the downstream stage resolved when it admitted the request (a key it adds to
 the JSON body, ``headers.FAILOVER_CHAIN_KEY``) says which model that provider
-serves for this request. The stage then does what the downstream stages do for
-a request without failover: translate and sign the client's body for that
-provider, and translate the answer back to OpenAI's API (always with its usage,
-which the downstream filter counts and hides from clients that did not ask for
-it). Logging, metrics and quotas stay downstream.
+serves for this request, and a second key (``headers.FAILOVER_REQUEST_KEY``) which API the
+client speaks (OpenAI's chat completions or Anthropic's Messages API) with the
+client's headers that API's translation reads. The stage then does what the
+downstream stages do for a request without failover: translate and sign the
+client's body for that provider, and translate the answer back to the client's API
+(an OpenAI stream always with its usage, which the downstream filter counts and
+hides from clients that did not ask for it; Claude's answers carry theirs).
+Logging, metrics and quotas stay downstream.
 
 The answer names the chain member that served it in headers the downstream filter
 reads and removes. The request's dynamic metadata names it too, from the moment the
@@ -39,7 +42,14 @@ removed fails the attempt with a 502.
 Which attempts a request may make is decided downstream, where the caller is
 known (``failover_plan``): the chain of its model, less the fallbacks its
 access rules keep from it, so an attempt never serves a model its caller may
-not use.
+not use, and less those that cannot answer the client's API (an Anthropic client's
+fallback on an OpenAI-compatible provider: nothing translates Anthropic's Messages
+API to OpenAI's).
+
+Envoy replays one attempt's header changes into the next: each attempt removes every
+provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
+and ``anthropic-beta`` (which a Vertex attempt rewrites, Vertex refusing flags it does
+not know) come back as the client sent them, from the body, before they are translated.
 """
 
 from __future__ import annotations
@@ -52,10 +62,11 @@ from typing import Any
 import orjson
 
 from extproc import headers
-from extproc.backends import plan_request, plan_response, provider_api
+from extproc.backends import plan_request, plan_response, provider_api, serves_client_api
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import (
+    FAILOVER_APIS,
     HOST_METADATA_ATTRIBUTE,
     STARTED,
     failover_cluster_name,
@@ -65,9 +76,19 @@ from extproc.errors import UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 
-ATTEMPT_ROUTE = Route("failover-attempt", RouteApi.OPENAI_CHAT, None)
+# The route an attempt serves its request on, by the client's API: its own view of the
+# request (no operator's route: guards, quotas and access rules stay downstream).
+ATTEMPT_ROUTES = {api: Route("failover-attempt", api, None) for api in FAILOVER_APIS}
+ATTEMPT_ROUTE = ATTEMPT_ROUTES[RouteApi.OPENAI_CHAT]
+_ROUTES_BY_API = {api.value: route for api, route in ATTEMPT_ROUTES.items()}
+# The client's headers an Anthropic client's attempts are translated with, which an
+# earlier attempt may have changed (``anthropic-version`` is also removed as a
+# credential header below: each provider's is its own).
+_ANTHROPIC_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
 _ATTEMPT_CREDENTIALS = (
     *headers.CLIENT_CREDENTIAL_HEADERS,
+    # A Vertex attempt's quota project must not bill the next attempt's provider.
+    *headers.PROVIDER_ACCOUNT_HEADERS,
     "anthropic-version",
     "x-amz-date",
     "x-amz-security-token",
@@ -90,23 +111,33 @@ def provider_of_attempt(attributes: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class FailoverPlan:
-    """Where a failover request goes: the chain's aggregate cluster, and the members the
+    """Where a failover request goes: the chain's aggregate cluster, the members the
     attempts may serve, in order, as ``[provider, model, upstream model]`` (what goes in
-    the body under ``headers.FAILOVER_CHAIN_KEY``)."""
+    the body under ``headers.FAILOVER_CHAIN_KEY``), and what the client's request is
+    (under ``headers.FAILOVER_REQUEST_KEY``)."""
 
     cluster: str
     chain: list[list[str]]
+    request: dict[str, Any]
+
+
+def fails_over(api: RouteApi) -> bool:
+    """Whether requests of the client's ``api`` fail over along their model's chain."""
+    return api in FAILOVER_APIS
 
 
 def failover_plan(ctx: RequestContext) -> FailoverPlan:
     """The chain a failover request goes to: its primary's, less the fallbacks its caller
-    may not use (a key's ``allowed_models``, access rules on the client's route).
+    may not use (a key's ``allowed_models``, access rules on the client's route) and those
+    that cannot answer the client's API (``backends.serves_client_api``).
 
     An operator who kept a key from a model expects that to hold when the model would
     serve as a fallback too; skipped, not refused: the request asked for a model the
-    caller may use, and without a fallback it gets that model's own answer. A skipped
-    fallback is left out of the chain the attempts read too, so even an attempt Envoy
-    sent there could not serve it."""
+    caller may use, and without a fallback it gets that model's own answer. A fallback
+    that cannot answer in the client's API is skipped the same way: tried, it could only
+    fail the request with a 400 the client never caused. A skipped fallback is left out
+    of the chain the attempts read too, so even an attempt Envoy sent there could not
+    serve it."""
     primary = ctx.failover_model
     route = ctx.route
     assert primary is not None and route is not None
@@ -115,12 +146,49 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     members = list(ctx.runtime.failover[primary].values())
     skipped = [
         position
-        for position, (name, _) in enumerate(members[1:])
-        if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
+        for position, (name, upstream) in enumerate(members[1:])
+        if not serves_client_api(route.api, upstream)
+        or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
     ]
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
     chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
-    return FailoverPlan(failover_cluster_name(primary, skipped), chain)
+    return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
+
+
+def client_request(ctx: RequestContext) -> dict[str, Any]:
+    """What the attempts need to know of the client's request besides its body: its API,
+    and for Anthropic's the client's own headers its translation reads."""
+    route = ctx.route
+    assert route is not None
+    carried: dict[str, str] = {}
+    if route.api is RouteApi.ANTHROPIC_MESSAGES:
+        for name in _ANTHROPIC_CLIENT_HEADERS:
+            value = ctx.request_headers.get(name)
+            if value is not None:
+                carried[name] = value
+    return {"api": route.api.value, "headers": carried}
+
+
+def attempt_request(request: object) -> tuple[Route, dict[str, str]]:
+    """The route an attempt serves the client's request on, and the client's headers it
+    restores, from what the gateway wrote (``client_request``). A body without it is an
+    OpenAI chat completion's, as every attempt's was before the key existed; one the
+    gateway did not write is refused (502), never guessed at."""
+    if request is None:
+        return ATTEMPT_ROUTE, {}
+    api = request.get("api") if isinstance(request, dict) else None
+    carried = request.get("headers") if isinstance(request, dict) else None
+    route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
+    if (
+        route is None
+        or not isinstance(carried, dict)
+        or not all(isinstance(value, str) for value in carried.values())
+    ):
+        raise UpstreamError(
+            "this request's failover attempt names no client API the gateway fails over",
+            code="failover_misrouted",
+        )
+    return route, {str(name): value for name, value in carried.items()}
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -181,6 +249,25 @@ def answered_by(ctx: RequestContext) -> dict[str, str]:
     return named
 
 
+def restore_client_headers(ctx: RequestContext, carried: dict[str, str]) -> dict[str, str | None]:
+    """Put back the client's own headers its API's translation reads, as the client sent
+    them (an earlier attempt's changes replayed by Envoy undone), in the request this
+    attempt reads and in the one it sends: each name with its value, or None for one the
+    client did not send. Nothing for an OpenAI client, whose attempts read none."""
+    route = ctx.route
+    if route is None or route.api is not RouteApi.ANTHROPIC_MESSAGES:
+        return {}
+    restored: dict[str, str | None] = {}
+    for name in _ANTHROPIC_CLIENT_HEADERS:
+        value = carried.get(name)
+        if value is None:
+            ctx.request_headers.pop(name, None)
+        else:
+            ctx.request_headers[name] = value
+        restored[name] = value
+    return restored
+
+
 class AttemptStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         # Which model this provider serves is read from the body (request_body).
@@ -197,22 +284,33 @@ class AttemptStage:
 
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
         parsed: dict[str, Any] = orjson.loads(body)  # validated downstream
-        # The chain is the gateway's note to itself: it never reaches a provider, so the
-        # body is always written anew.
+        # The chain and the request's API are the gateway's notes to itself: they never
+        # reach a provider, so the body is always written anew.
         chain = parsed.pop(headers.FAILOVER_CHAIN_KEY, None)
+        request = parsed.pop(headers.FAILOVER_REQUEST_KEY, None)
         ctx.body_changed = True
+        ctx.route, carried = attempt_request(request)
         ctx.model, upstream = attempt_target(ctx, chain)
         ctx.upstream = upstream
         ctx.provider_type = upstream.provider.type
         ctx.provider_api = provider_api(upstream)
         ctx.stream = parsed.get("stream") is True
+        restored = restore_client_headers(ctx, carried)
         plan = plan_request(ctx, parsed, upstream)
         sent = plan.body if plan.body is not None else orjson.dumps(parsed)
         out.body = sent
         out.set_headers["content-length"] = str(len(sent))
         out.set_headers[":path"] = plan.path
         out.set_headers[":authority"] = upstream.provider.authority
-        out.set_headers.update(plan.headers)
+        # The client's headers as it sent them, then the provider's own (a Vertex attempt
+        # keeps only the beta flags Vertex knows): one change per header, none both set
+        # and removed.
+        changed = {**restored, **plan.headers, **dict.fromkeys(plan.remove_headers)}
+        for name, value in changed.items():
+            if value is None:
+                out.remove_headers.append(name)
+            else:
+                out.set_headers[name] = value
         # Envoy merges it into the request's metadata before this attempt's request
         # leaves, so a later attempt overwrites it: it names the attempt last sent, for
         # Envoy's reply should this one's answer outgrow the buffer (envoy_failover).

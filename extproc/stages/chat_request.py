@@ -53,7 +53,7 @@ from extproc.responses_api import (
     check_responses_body,
 )
 from extproc.runtime import Route
-from extproc.stages.attempt import failover_plan
+from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).
 _RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
@@ -152,9 +152,10 @@ class ChatRequestStage:
                 code="ambiguous_body",
             )
         ctx.upstream = upstream
-        # Asked by an alias, the model fails over along its own chain.
+        # Asked by an alias, the model fails over along its own chain (chat completions
+        # and Anthropic's Messages API, a Vertex client's call read as one included).
         primary = canonical or model
-        if route.api is RouteApi.OPENAI_CHAT and primary in ctx.runtime.failover:
+        if fails_over(route.api) and primary in ctx.runtime.failover:
             ctx.failover_model = primary
 
 
@@ -171,7 +172,7 @@ class UpstreamRequestStage:
             # whichever provider Envoy tries, from the client's body and the chain.
             ctx.client_wants_usage = client_asked_for_usage(ctx, ctx.body)
             failover = failover_plan(ctx)
-            out.body = body_with_chain(ctx.body, failover.chain)
+            out.body = body_with_chain(ctx.body, failover)
             out.set_headers["content-length"] = str(len(out.body))
             out.set_headers[headers.CLUSTER] = failover.cluster
             out.clear_route_cache = True
@@ -206,15 +207,21 @@ def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
     )
 
 
-def body_with_chain(parsed: dict[str, Any], chain: list[list[str]]) -> bytes:
+def body_with_chain(parsed: dict[str, Any], plan: FailoverPlan) -> bytes:
     """The body every attempt starts from: the client's, with the failover chain as this
     request resolved it, so an attempt made after a reload (on any worker) serves the
-    request under the config it was admitted with.
+    request under the config it was admitted with, and the client's API.
 
-    The gateway's value replaces any the client sent under that key: the client cannot
-    name the models its attempts serve. ``parsed`` itself is left as it is (later stages
-    read the client's request)."""
-    return orjson.dumps({**parsed, headers.FAILOVER_CHAIN_KEY: chain})
+    The gateway's values replace any the client sent under those keys: the client cannot
+    name the models its attempts serve, nor the API they read its body in. ``parsed``
+    itself is left as it is (later stages read the client's request)."""
+    return orjson.dumps(
+        {
+            **parsed,
+            headers.FAILOVER_CHAIN_KEY: plan.chain,
+            headers.FAILOVER_REQUEST_KEY: plan.request,
+        }
+    )
 
 
 def gemini_operation(path: str) -> tuple[str, bool]:

@@ -41,7 +41,8 @@ class ResponseStage:
             return
         kind = ctx.provider_api
         if ctx.failover_model is not None:
-            # The per-attempt filter already translated the answer to OpenAI's API.
+            # The per-attempt filter already translated the answer to the client's API
+            # (OpenAI's, or Anthropic's, whose readers below take no provider type).
             kind = ProviderType.OPENAI
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:

@@ -459,22 +459,21 @@ def test_a_client_cannot_make_envoy_retry_answers_it_is_billed_once_for(review: 
     assert len(mock_requests(review.gateway)) == before + 1
 
 
-def test_anthropic_messages_clients_get_the_primarys_answer_without_failover(
-    review: Stack,
-) -> None:
-    """Failover is for OpenAI-API routes: on /v1/messages the gateway passes Anthropic's API
-    through and no fallback is tried; the same model fails over for an OpenAI client."""
+def test_anthropic_messages_clients_fail_over_as_openai_clients_do(review: Stack) -> None:
+    """On /v1/messages the same model fails over too: the Anthropic client gets the
+    fallback's answer in Anthropic's API, as an OpenAI client gets it in OpenAI's
+    (tests/integration/test_anthropic_failover.py has the rest)."""
     before = len(mock_requests(review.gateway))
     client = anthropic.Anthropic(
         base_url=review.gateway.base_url, api_key=KEYS["logs"], max_retries=0
     )
-    with pytest.raises(anthropic.RateLimitError):
-        client.messages.create(
-            model="claude-flaky",
-            max_tokens=50,
-            messages=MESSAGES,  # type: ignore[arg-type]
-        )
-    assert len(mock_requests(review.gateway)) == before
+    message = client.messages.create(
+        model="claude-flaky",
+        max_tokens=50,
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+    assert message.content[0].type == "text" and message.content[0].text == REPLY
+    assert len(mock_requests(review.gateway)) == before + 1
     reply = openai_client(review, "logs").chat.completions.create(
         model="claude-flaky",
         messages=MESSAGES,  # type: ignore[arg-type]
