@@ -69,7 +69,7 @@ from typing import Any
 import orjson
 
 from extproc import bedrock_count_tokens, gemini_api
-from extproc.bedrock_invoke_bodies import reads_as_claude
+from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
 from extproc.config.model import (
     GEMINI_APIS,
     TOKEN_COUNT_APIS,
@@ -92,6 +92,7 @@ from extproc.errors import (
 )
 from extproc.providers import vertex_endpoints
 from extproc.providers.aws_signer import AwsSigner
+from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
 from extproc.translators import (
@@ -288,17 +289,52 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     its body (``check_pair`` refuses the rest with a 400 when the model is the one the
     request named; a failover chain leaves such a fallback out instead). Chat completions
     reach every provider type, translated; Anthropic's Messages API reaches Claude alone,
-    on Anthropic, Bedrock and Vertex: nothing translates it to OpenAI's API."""
+    on Anthropic, Bedrock and Vertex: nothing translates it to OpenAI's API. Gemini's API
+    reaches Google's own models on Vertex; Bedrock Runtime's operations reach Bedrock
+    (Converse speaks every Bedrock model; an InvokeModel body is one family's:
+    ``serves_invoke_body``)."""
+    kind = upstream.provider.type
     if api is RouteApi.OPENAI_CHAT:
         return True
+    if api is RouteApi.GEMINI_GENERATE_CONTENT:
+        return kind is ProviderType.VERTEX and vertex_endpoints.is_google_model(
+            upstream.upstream_model
+        )
+    if api in (RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE):
+        return kind is ProviderType.BEDROCK
     if api is not RouteApi.ANTHROPIC_MESSAGES:
         return False
-    kind = upstream.provider.type
     if kind is ProviderType.BEDROCK:
         return anthropic_bedrock.may_run_claude(upstream.upstream_model)
     if kind is ProviderType.VERTEX:
         return vertex_endpoints.is_claude(upstream.upstream_model)
     return kind is ProviderType.ANTHROPIC
+
+
+def serves_invoke_body(body: dict[str, Any], named_model: str, fallback_model: str) -> bool:
+    """Whether the Bedrock model ``fallback_model`` takes an InvokeModel ``body`` written
+    for ``named_model``: each family has a body of its own, and another family's is
+    refused (Claude's body to Llama), or worse, read some other way. Claude's body goes to
+    any Claude (an ARN that hides its model is Bedrock's to check, as for Anthropic's
+    clients); another body to a model of the family ``bedrock_invoke_bodies`` knows it
+    by (Llama, Mistral, Titan Text, Titan's and Cohere's embeddings), else to the same
+    model alone, in another region or account. A body for a model an ARN hides is of no
+    family the gateway can tell: it goes to that model alone."""
+    if reads_as_claude(named_model, body):
+        return anthropic_bedrock.may_run_claude(fallback_model)
+    family = _invoke_family(named_model)
+    return family is not None and family == _invoke_family(fallback_model)
+
+
+def _invoke_family(model_id: str) -> str | None:
+    """The InvokeModel body family of a model that is not Claude (``serves_invoke_body``):
+    the prefix of a family the gateway knows, else the model itself; None for an ARN
+    that hides its model."""
+    named = base_model_id(model_id)
+    if named.startswith("arn:"):
+        return None
+    known = (*(prefix for prefix, _ in ALLOWANCE_FIELDS), *EMBEDDINGS_PREFIXES)
+    return next((prefix for prefix in known if named.startswith(prefix)), named)
 
 
 def _check_bedrock_embeddings(parsed: dict[str, Any], model_id: str) -> None:

@@ -93,13 +93,24 @@ _TOO_LARGE_DETAILS = "response_payload_too_large"
 STARTED = ATTEMPTS_STARTED
 # What ends each attempt's name in STARTED (provider names have no comma: config.model).
 STARTED_SEPARATOR = ","
-# The client APIs whose requests fail over: OpenAI's chat completions, and Anthropic's
+# The client APIs whose requests fail over: OpenAI's chat completions, Anthropic's
 # Messages API (Claude Code, the anthropic SDK; a Vertex client's rawPredict call is one
-# once its path is read). Each attempt is translated from the client's API to its
-# provider's and back, so a chain serves any client API the gateway can translate for
-# every member it keeps; the others (a token count, which generates nothing; APIs only one
-# provider type speaks) go to their model's provider alone.
-FAILOVER_APIS = frozenset({RouteApi.OPENAI_CHAT, RouteApi.ANTHROPIC_MESSAGES})
+# once its path is read), Gemini's generateContent (google-genai, Gemini CLI, ADK) and
+# Bedrock Runtime's Converse and InvokeModel (the AWS SDKs). Each attempt is translated
+# from the client's API to its provider's and back, or passed to a provider of the
+# client's own API with its own model in the path and its own credentials, so a chain
+# serves any client API the gateway can send to every member it keeps
+# (``backends.serves_client_api``); a token count, which generates nothing, goes to its
+# model's provider alone.
+FAILOVER_APIS = frozenset(
+    {
+        RouteApi.OPENAI_CHAT,
+        RouteApi.ANTHROPIC_MESSAGES,
+        RouteApi.GEMINI_GENERATE_CONTENT,
+        RouteApi.BEDROCK_CONVERSE,
+        RouteApi.BEDROCK_INVOKE,
+    }
+)
 
 
 def started_key(provider: str) -> str:
@@ -276,18 +287,13 @@ def _started_header(providers: list[str]) -> Json:
 def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
     """Envoy's reply to an answer over the buffer names the attempt last sent, which is
     the one whose answer it dropped; a request without failover has no such metadata,
-    and an empty value adds no header. (Its Bedrock twin, on Converse paths, already
-    adds its exception's name: no failover chain serves those.)"""
-    found = [
-        mapper
-        for mapper in mappers
-        if _TOO_LARGE_DETAILS in _expression(mapper)
-        and "headers_to_add" not in mapper
-        and "request.path" not in _expression(mapper)  # another API's shape, on its paths
-    ]
-    if len(found) != 1:
-        raise ValueError(f"the bootstrap has no one local reply for {_TOO_LARGE_DETAILS}")
-    found[0]["headers_to_add"] = [
+    and an empty value adds no header. The reply comes in each client API's shape (its
+    Bedrock and Google twins match Converse and Gemini paths), and each names it: those
+    clients fail over too."""
+    found = [mapper for mapper in mappers if _TOO_LARGE_DETAILS in _expression(mapper)]
+    if not any("request.path" not in _expression(mapper) for mapper in found):
+        raise ValueError(f"the bootstrap has no local reply for {_TOO_LARGE_DETAILS}")
+    named = [
         {
             "header": {
                 "key": name,
@@ -298,6 +304,9 @@ def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
         }
         for name in ANSWERED_HEADERS
     ]
+    for mapper in found:
+        # After what the reply adds already (Bedrock's exception name).
+        mapper["headers_to_add"] = [*mapper.get("headers_to_add", []), *named]
 
 
 def _expression(mapper: Json) -> str:

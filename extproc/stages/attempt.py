@@ -5,13 +5,17 @@ cluster for the attempt. The endpoint's metadata names the provider; the chain
 the downstream stage resolved when it admitted the request (a key it adds to
 the JSON body, ``headers.FAILOVER_CHAIN_KEY``) says which model that provider
 serves for this request, and a second key (``headers.FAILOVER_REQUEST_KEY``) which API the
-client speaks (OpenAI's chat completions or Anthropic's Messages API) with the
-client's headers that API's translation reads. The stage then does what the
-downstream stages do for a request without failover: translate and sign the
-client's body for that provider, and translate the answer back to the client's API
-(an OpenAI stream always with its usage, which the downstream filter counts and
-hides from clients that did not ask for it; Claude's answers carry theirs).
-Logging, metrics and quotas stay downstream.
+client speaks (OpenAI's chat completions, Anthropic's Messages API, Gemini's
+generateContent, Bedrock's Converse or InvokeModel) with the client's headers that
+API's translation reads and, for the APIs whose path names the operation, whether it
+streams (each attempt rewrites the path). The stage then does what the downstream
+stages do for a request without failover: translate and sign the client's body for
+that provider, and translate the answer back to the client's API (an OpenAI stream
+always with its usage, which the downstream filter counts and hides from clients that
+did not ask for it; Claude's answers carry theirs). A Gemini or Bedrock client's body
+goes to a provider of its own API as it would without failover, under the attempt's
+model in the path and with the attempt's provider's token or signature, and its answer
+comes back unchanged. Logging, metrics and quotas stay downstream.
 
 The answer names the chain member that served it in headers the downstream filter
 reads and removes. The request's dynamic metadata names it too, from the moment the
@@ -44,7 +48,9 @@ known (``failover_plan``): the chain of its model, less the fallbacks its
 access rules keep from it, so an attempt never serves a model its caller may
 not use, and less those that cannot answer the client's API (an Anthropic client's
 fallback on an OpenAI-compatible provider: nothing translates Anthropic's Messages
-API to OpenAI's).
+API to OpenAI's; a Gemini client's anywhere but Google's models on Vertex; a Bedrock
+client's anywhere but Bedrock, and for InvokeModel a model of another family than the
+body's).
 
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
@@ -62,7 +68,13 @@ from typing import Any
 import orjson
 
 from extproc import headers
-from extproc.backends import plan_request, plan_response, provider_api, serves_client_api
+from extproc.backends import (
+    plan_request,
+    plan_response,
+    provider_api,
+    serves_client_api,
+    serves_invoke_body,
+)
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import (
@@ -81,6 +93,12 @@ from extproc.runtime import Route, Runtime, Upstream
 ATTEMPT_ROUTES = {api: Route("failover-attempt", api, None) for api in FAILOVER_APIS}
 ATTEMPT_ROUTE = ATTEMPT_ROUTES[RouteApi.OPENAI_CHAT]
 _ROUTES_BY_API = {api.value: route for api, route in ATTEMPT_ROUTES.items()}
+# The client APIs whose path, not body, says whether the answer streams (Gemini's
+# operation, Bedrock's): an earlier attempt rewrote the path, so the gateway's note
+# carries it.
+_STREAM_IN_PATH = frozenset(
+    {RouteApi.GEMINI_GENERATE_CONTENT, RouteApi.BEDROCK_CONVERSE, RouteApi.BEDROCK_INVOKE}
+)
 # The client's headers an Anthropic client's attempts are translated with, which an
 # earlier attempt may have changed (``anthropic-version`` is also removed as a
 # credential header below: each provider's is its own).
@@ -147,7 +165,7 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     skipped = [
         position
         for position, (name, upstream) in enumerate(members[1:])
-        if not serves_client_api(route.api, upstream)
+        if not serves_request(ctx, upstream)
         or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
     ]
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
@@ -155,9 +173,24 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
 
 
+def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:
+    """Whether ``fallback`` can answer this client's request: its API
+    (``backends.serves_client_api``), and for InvokeModel its body, which is one model
+    family's (``backends.serves_invoke_body``)."""
+    route = ctx.route
+    assert route is not None
+    if not serves_client_api(route.api, fallback):
+        return False
+    if route.api is RouteApi.BEDROCK_INVOKE:
+        named = ctx.upstream_model or ""
+        return serves_invoke_body(ctx.body or {}, named, fallback.upstream_model)
+    return True
+
+
 def client_request(ctx: RequestContext) -> dict[str, Any]:
     """What the attempts need to know of the client's request besides its body: its API,
-    and for Anthropic's the client's own headers its translation reads."""
+    for Anthropic's the client's own headers its translation reads, and for the APIs
+    whose path names the operation whether it streams."""
     route = ctx.route
     assert route is not None
     carried: dict[str, str] = {}
@@ -166,29 +199,47 @@ def client_request(ctx: RequestContext) -> dict[str, Any]:
             value = ctx.request_headers.get(name)
             if value is not None:
                 carried[name] = value
-    return {"api": route.api.value, "headers": carried}
+    request: dict[str, Any] = {"api": route.api.value, "headers": carried}
+    if route.api in _STREAM_IN_PATH:
+        request["stream"] = ctx.stream
+    return request
 
 
-def attempt_request(request: object) -> tuple[Route, dict[str, str]]:
-    """The route an attempt serves the client's request on, and the client's headers it
-    restores, from what the gateway wrote (``client_request``). A body without it is an
+@dataclass(frozen=True, slots=True)
+class AttemptRequest:
+    """The client's request as an attempt serves it (``attempt_request``): the route of
+    its API, the client's headers to restore, and whether it streams when its path says
+    so (None: the body says)."""
+
+    route: Route
+    headers: dict[str, str]
+    stream: bool | None = None
+
+
+def attempt_request(request: object) -> AttemptRequest:
+    """The route an attempt serves the client's request on, the client's headers it
+    restores and, for an API whose path names the operation, whether the request
+    streams, from what the gateway wrote (``client_request``). A body without it is an
     OpenAI chat completion's, as every attempt's was before the key existed; one the
     gateway did not write is refused (502), never guessed at."""
     if request is None:
-        return ATTEMPT_ROUTE, {}
+        return AttemptRequest(ATTEMPT_ROUTE, {})
     api = request.get("api") if isinstance(request, dict) else None
     carried = request.get("headers") if isinstance(request, dict) else None
+    stream = request.get("stream") if isinstance(request, dict) else None
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
+        or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
     ):
         raise UpstreamError(
             "this request's failover attempt names no client API the gateway fails over",
             code="failover_misrouted",
         )
-    return route, {str(name): value for name, value in carried.items()}
+    in_path = stream if isinstance(stream, bool) else None
+    return AttemptRequest(route, {str(name): value for name, value in carried.items()}, in_path)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -289,13 +340,22 @@ class AttemptStage:
         chain = parsed.pop(headers.FAILOVER_CHAIN_KEY, None)
         request = parsed.pop(headers.FAILOVER_REQUEST_KEY, None)
         ctx.body_changed = True
-        ctx.route, carried = attempt_request(request)
+        client = attempt_request(request)
+        ctx.route = client.route
         ctx.model, upstream = attempt_target(ctx, chain)
         ctx.upstream = upstream
+        ctx.upstream_model = upstream.upstream_model
         ctx.provider_type = upstream.provider.type
         ctx.provider_api = provider_api(upstream)
-        ctx.stream = parsed.get("stream") is True
-        restored = restore_client_headers(ctx, carried)
+        if client.stream is None:
+            ctx.stream = parsed.get("stream") is True
+        else:
+            # The operation is the path's: the body the client sent is the provider's own,
+            # which the answer's reader consults (an InvokeModel body's family, Gemini's
+            # candidates).
+            ctx.stream = client.stream
+            ctx.body = parsed
+        restored = restore_client_headers(ctx, client.headers)
         plan = plan_request(ctx, parsed, upstream)
         sent = plan.body if plan.body is not None else orjson.dumps(parsed)
         out.body = sent

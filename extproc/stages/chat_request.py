@@ -152,8 +152,9 @@ class ChatRequestStage:
                 code="ambiguous_body",
             )
         ctx.upstream = upstream
-        # Asked by an alias, the model fails over along its own chain (chat completions
-        # and Anthropic's Messages API, a Vertex client's call read as one included).
+        # Asked by an alias, the model fails over along its own chain (chat completions,
+        # Anthropic's Messages API, a Vertex client's call read as one included, Gemini's
+        # generateContent, Bedrock's Converse and InvokeModel; never a token count).
         primary = canonical or model
         if fails_over(route.api) and primary in ctx.runtime.failover:
             ctx.failover_model = primary

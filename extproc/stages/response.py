@@ -42,7 +42,8 @@ class ResponseStage:
         kind = ctx.provider_api
         if ctx.failover_model is not None:
             # The per-attempt filter already translated the answer to the client's API
-            # (OpenAI's, or Anthropic's, whose readers below take no provider type).
+            # (OpenAI's; Anthropic's, Gemini's and Bedrock's readers below go by the
+            # route's API, and their errors by the answering provider's type).
             kind = ProviderType.OPENAI
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:
