@@ -26,6 +26,14 @@ ANSWERED_UPSTREAM_MODEL = PREFIX + "upstream-model"
 # Failover: the attempts whose provider started an answer that was then cut, as
 # "<provider>," each (extproc.envoy_failover); removed before the client sees the answer.
 ATTEMPTS_STARTED = PREFIX + "started"
+# Who the gateway authenticated, for MCP servers and A2A agents (extproc.agents). They
+# get the gateway's own credential, the same for every caller, so these are all they
+# have to keep one caller's tasks and sessions from another's. Written over any the
+# client sent (and removed when there is nothing to say).
+CALLER = PREFIX + "caller"
+CALLER_API_KEY_ID = PREFIX + "api-key-id"
+CALLER_USER_ID = PREFIX + "user-id"
+CALLER_GROUP_ID = PREFIX + "group-id"
 # Echoed to the client so a request can be traced through logs.
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.

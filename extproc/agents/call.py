@@ -53,6 +53,9 @@ class AgentCall:
     answered_at: float | None = None
     # Where the route is reached from outside, for agent card URLs.
     public_base: str = ""
+    # The route's path as the client sent it, without what lies below it: where the
+    # server's own path lies, for redirects.
+    route_path: str = ""
     # What reads the answer: watches of the request's ids, and their reader.
     watches: list[Any] = field(default_factory=list)
     reader: Any = None

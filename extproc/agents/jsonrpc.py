@@ -137,7 +137,10 @@ def _message(item: Any) -> RpcMessage:
         raise RpcParseError(INVALID_REQUEST, "each message must be a JSON-RPC 2.0 object")
     has_id = "id" in item
     message_id = item.get("id")
-    if has_id and not isinstance(message_id, str | int | float | type(None)):
+    # A bool is an int to Python, not a number to JSON-RPC.
+    if has_id and (
+        isinstance(message_id, bool) or not isinstance(message_id, str | int | float | type(None))
+    ):
         raise RpcParseError(INVALID_REQUEST, "'id' must be a string, a number or null")
     method = item.get("method")
     if method is None:

@@ -24,9 +24,11 @@ import asyncio
 import logging
 import math
 import re
+import string
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from extproc import headers
 from extproc.agents import call as outcome
@@ -51,6 +53,7 @@ from extproc.errors import (
     BadRequestError,
     GatewayError,
     MethodNotAllowedError,
+    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
@@ -61,6 +64,7 @@ from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
 from extproc.stages.quota import rate_limit_headers
+from extproc.store.response_owners import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,9 @@ _A2A_GOVERNED = {
 SSE = "text/event-stream"
 JSON = "application/json"
 _AUTHORITY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# What a caller header carries as it is; anything else (a JWT claim may hold any
+# character) is percent-encoded, so every value is a valid header value.
+_HEADER_SAFE = "".join(c for c in string.punctuation if c != "%")
 # The answer is Envoy's to deliver as it comes (server streams, session ends).
 # Requests that carry no JSON-RPC (GET, DELETE) keep their body phase: there is no
 # body to read, and one that comes anyway is refused, since a lax server might run
@@ -102,12 +109,22 @@ class AgentRouteStage:
         ctx.agent = call
         path, _, query = ctx.path.partition("?")
         rest = path[len(route.prefix) :] if route.prefix is not None else ""
+        call.route_path = path[: len(path) - len(rest)]
         session = ctx.request_headers.get(SESSION_HEADER)
         if session:
             call.set_session(session)
         method = ctx.method
         mcp = call.protocol is AgentProtocol.MCP
         if method == "POST":
+            if not mcp and _rest_binding_path(rest):
+                # The binding the gateway does not read: a body that is JSON-RPC too (the
+                # binding ignores what it does not know) would run there as a message
+                # the gateway checked as another method, and no limit counted.
+                raise NotFoundError(
+                    f"{path} is a path of A2A's HTTP+JSON binding, which this gateway does"
+                    " not serve: send JSON-RPC to the agent's JSON-RPC URL (its card's)",
+                    code="binding_not_served",
+                )
             call.kind = "rpc"
             out.mode_override = _ANSWER_LATER
             _check_length(ctx)
@@ -148,12 +165,14 @@ class AgentCallStage:
         call = ctx.agent
         if call is None or ctx.route is None:
             return
-        credential = ctx.runtime.agents.by_route[ctx.route.name].credential
+        upstream = ctx.runtime.agents.by_route[ctx.route.name]
+        credential = upstream.credential
         if credential is not None:
             name, value = credential
             # Set after the client's credentials were removed in this same answer.
             out.remove_headers[:] = [header for header in out.remove_headers if header != name]
             out.set_headers[name] = value
+        _name_caller(ctx, out, upstream.server.forward_identity)
 
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
@@ -296,6 +315,9 @@ class AgentCallStage:
         # Envoy marks a bodiless answer (headers end the stream): nothing to read.
         has_body = not ctx.completed
         reader: Any = None
+        location = response_headers.get("location")
+        if location is not None and 300 <= status < 400:
+            _redirect_through_route(call, out, location)
         if status >= 400:
             call.answered(outcome.UPSTREAM_ERROR)
             if _refuses_gateway_credential(status, response_headers):
@@ -594,6 +616,63 @@ def _unchecked_request(messages: list[RpcMessage], governed: dict[str, str]) -> 
         if not message.has_id:
             return f"{meant} is a request: it needs an id (a string or an integer)"
     return None
+
+
+def _name_caller(ctx: RequestContext, out: PhaseOutput, forward: bool) -> None:
+    """Tell the upstream who the gateway authenticated, over anything the client said.
+
+    The upstream gets the gateway's credential, the same for every caller: without these
+    headers an agent keeps every caller's tasks as one caller's (``ListTasks`` lists them
+    all) and an MCP server cannot bind a session to its creator. ``x-aigw-caller`` is the
+    caller as the gateway's own records name it (``owner_of``: ``user:<id>``,
+    ``key:<id>``, ``jwt:<provider>:<group>``); a client's copy of any of them is removed,
+    so that a client never speaks for the gateway."""
+    identity = ctx.identity
+    named = {
+        headers.CALLER: owner_of(identity),
+        headers.CALLER_API_KEY_ID: identity.api_key_id or "",
+        headers.CALLER_USER_ID: identity.user_id or "",
+        headers.CALLER_GROUP_ID: identity.group_id or "",
+    }
+    for name, value in named.items():
+        if forward and value:
+            out.set_headers[name] = quote(value, safe=_HEADER_SAFE)
+        elif name in ctx.request_headers:
+            out.remove_headers.append(name)
+
+
+def _redirect_through_route(call: AgentCall, out: PhaseOutput, location: str) -> None:
+    """Point a redirect of the server's at the gateway's route.
+
+    The server builds the URL from the Host the gateway sent it, its own (Starlette's
+    ``/mcp/`` to ``/mcp``, say): a client following it would reach the server without
+    the gateway, where no rule filters its tool lists, or fail to reach it. A path below
+    the server's URL becomes the same path on the route, relative, so the client keeps
+    the scheme and host it used; another site's URL (an authorization server) is left
+    as it is; one elsewhere on the server, which no route reaches, is refused (502)."""
+    server = call.server
+    parts = urlsplit(location)
+    if parts.netloc and parts.netloc.lower() != server.authority.lower():
+        return
+    if not parts.netloc and not parts.path.startswith("/"):
+        return  # relative to the request's path, which mirrors the server's
+    path = parts.path
+    if server.path and path != server.path and not path.startswith(server.path + "/"):
+        raise UpstreamError(
+            f"the {call.protocol.value.upper()} server '{server.name}' redirected to a path"
+            " outside its URL, which no route of the gateway reaches",
+            code="upstream_redirect",
+        )
+    moved = (call.route_path + path[len(server.path) :]) or "/"
+    out.set_headers["location"] = moved + ("?" + parts.query if parts.query else "")
+
+
+def _rest_binding_path(rest: str) -> bool:
+    """Whether a path below an A2A route is one of the agent's HTTP+JSON binding (1.0 and
+    0.3, under a tenant or ``/v1``): ``message:send``, ``message:stream``, ``tasks/...``.
+    Read decoded, as the agent's server reads it (``message%3Asend``)."""
+    segments = unquote(rest).split("/")
+    return "tasks" in segments or any(segment.startswith("message:") for segment in segments)
 
 
 def _refuses_gateway_credential(status: int, response_headers: dict[str, str]) -> bool:

@@ -47,6 +47,10 @@ class AgentServerConfig(_Section):
     api_key_header: str = "authorization"
     # A2A: point the agent card's URLs at the gateway, so clients call through it.
     rewrite_agent_card: bool = True
+    # Name the caller the gateway authenticated in x-aigw-caller and its kin: the
+    # server's only way to keep callers' tasks and sessions apart. Off for a server
+    # that must not learn who calls it (it then cannot tell callers apart).
+    forward_identity: bool = True
 
     @field_validator("url")
     @classmethod
