@@ -409,12 +409,12 @@ async def test_a_hard_cap_without_room_for_the_default_allowance_refuses_a_compa
 async def test_a_token_count_reserves_nothing_even_on_a_spent_budget(
     quota_store: QuotaStore,
 ) -> None:
-    """Needs the token count among the quota's counts (the report)."""
+    """A count generates nothing: no token budget applies to it, spent or not."""
     processor, services = with_quota(quota_store, 10, hard_cap=True)
     answers = await answered(processor, COUNT, compact_body(), INPUT_TOKENS_JSON)
     assert not answers[1].HasField("immediate_response")
     assert not answers[1].request_body.response.HasField("body_mutation")  # no allowance
-    assert only_line(services)["quota_decision"] == "allowed"
+    assert only_line(services)["quota_decision"] == "none"  # only token rules: none apply
     assert await tokens_used(quota_store, 10) == 0
 
 
