@@ -784,11 +784,14 @@ def plan_response(
     if kind is ProviderType.ANTHROPIC:
         if streaming:
             stream = openai_anthropic.StreamTranslator(
-                include_usage=ctx.client_wants_usage, request_id=ctx.request_id, created=created
+                include_usage=ctx.client_wants_usage,
+                request_id=ctx.request_id,
+                created=created,
+                bill_apart=from_provider,
             )
             return ResponsePlan(stream, streamed=True, remove_headers=rewritten)
         completion = openai_anthropic.CompletionTranslator(
-            request_id=ctx.request_id, created=created
+            request_id=ctx.request_id, created=created, bill_apart=from_provider
         )
         return ResponsePlan(completion, remove_headers=rewritten)
     model = ctx.model or ""
@@ -799,12 +802,13 @@ def plan_response(
             request_id=ctx.request_id,
             created=created,
             asked_tier=openai_bedrock.asked_service_tier(ctx.body),
+            bill_apart=from_provider,
         )
         return ResponsePlan(
             events, streamed=True, set_headers={"content-type": SSE}, remove_headers=rewritten
         )
     converse = openai_bedrock.CompletionTranslator(
-        model=model, request_id=ctx.request_id, created=created
+        model=model, request_id=ctx.request_id, created=created, bill_apart=from_provider
     )
     return ResponsePlan(converse, remove_headers=rewritten)
 

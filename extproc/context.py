@@ -208,6 +208,9 @@ class RequestContext:
     # A stream that ended without a usage report: usage estimated from what it carried.
     usage_estimated: bool = False
     generated_chars: int = 0
+    # The stream's bytes after the last line end seen, not counted yet: a text value the
+    # body's chunks cut in two is counted whole (stages.partial_usage).
+    generated_tail: bytearray | None = None
     # The prompt's estimated tokens (estimated_prompt_tokens), once first needed.
     prompt_estimate: int | None = None
     # The tokens of the stored response a Responses API request continues, as recorded

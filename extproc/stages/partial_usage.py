@@ -48,10 +48,13 @@ built-in tools billed per call (web search, file search) that its output item ev
 showed (``openai_responses.ToolCallTally``; a call that failed is not billed).
 
 It runs before the response stage, on the provider's own bytes, and only for
-streams; its ``done`` runs before the quota stage's, which reads the result. Where
-those bytes hide the text (Bedrock's InvokeModel stream carries each Anthropic event
-base64-encoded), the translator that unwraps them counts it instead
-(``generated_chars``).
+streams; its ``done`` runs before the quota stage's, which reads the result. It counts
+them up to each chunk's last line end (``_whole_lines``), so a value Envoy's chunks cut
+in two is counted whole. Where those bytes hide the text, or are no lines (Bedrock's
+binary frames; its InvokeModel stream carries each Anthropic event base64-encoded), the
+translator that reads the frames counts it instead, whole frame by frame
+(``generated_chars``). Under a hard cap, the estimate is never more than the allowance
+the gateway gave the provider (``quota.reserved_completion``).
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ from typing import Any
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_responses import server_tool_calls_counted
+from extproc.translators.sse import MAX_EVENT_BYTES
 
 # The same for a Responses API stream: the text of its delta events only.
 _RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -85,7 +90,7 @@ class PartialUsageStage:
                 return  # the provider's bytes hide the text: the translator counts it
             responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
             count = responses_delta_chars if responses else generated_chars
-            ctx.generated_chars += count(chunk)
+            ctx.generated_chars += count(_whole_lines(ctx, chunk, end_of_stream))
 
     def done(self, ctx: RequestContext) -> None:
         if ctx.usage_reported or not ctx.stream or ctx.body is None:
@@ -108,6 +113,35 @@ class PartialUsageStage:
             return
         ctx.usage = _cut_stream_usage(ctx, ctx.body)
         ctx.usage_estimated = True
+
+
+def _whole_lines(ctx: RequestContext, chunk: bytes, end_of_stream: bool) -> bytes:
+    """The stream's bytes not counted yet, up to the last line end in ``chunk`` (all of
+    them at the stream's end); the rest waits for the next chunk.
+
+    Envoy cuts the body anywhere, inside a text value too, and neither half alone reads
+    as one; no value holds a raw line end (JSON escapes it). Only event streams come here
+    (Bedrock's binary frames are counted whole by their readers). Bytes held past
+    ``sse.MAX_EVENT_BYTES`` are a broken event's, which no reader reads: dropped, as its
+    readers drop it."""
+    if end_of_stream or chunk[-1:] in (b"\n", b"\r"):
+        end = len(chunk)  # most chunks end an event
+    else:
+        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+    held = ctx.generated_tail
+    if held is None:
+        if end < len(chunk):
+            ctx.generated_tail = bytearray(chunk[end:])
+        return chunk if end == len(chunk) else chunk[:end]
+    if not end:
+        if len(held) + len(chunk) > MAX_EVENT_BYTES:
+            held.clear()
+        else:
+            held += chunk
+        return b""
+    held += chunk[:end]
+    ctx.generated_tail = bytearray(chunk[end:]) if end < len(chunk) else None
+    return bytes(held)
 
 
 def usage_if_ended_now(ctx: RequestContext) -> Usage | None:
@@ -147,9 +181,13 @@ def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
-    """One token per four characters of generated text the stream carried, rounded up."""
+    """One token per four characters of generated text the stream carried, rounded up;
+    never more than the allowance a hard cap gave the provider, which it answered within."""
     chars = _unwrapped_chars(ctx)
-    return -(-(ctx.generated_chars if chars is None else chars) // CHARS_PER_TOKEN)
+    estimate = -(-(ctx.generated_chars if chars is None else chars) // CHARS_PER_TOKEN)
+    if ctx.quota_decision == "capped":
+        return min(estimate, reserved_completion(ctx))
+    return estimate
 
 
 def _unwrapped_chars(ctx: RequestContext) -> int | None:

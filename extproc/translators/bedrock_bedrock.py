@@ -41,6 +41,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
+from extproc.translators.generated_text import generated_chars
 
 # The stream translator's own classification of Bedrock's frames and errors: the
 # pass-through names a failure exactly as it does.
@@ -121,6 +122,9 @@ class ConverseStreamReader:
         # Set once ``metadata``, the stream's last event, was read: the answer is whole
         # even if the client hangs up before Envoy's end of stream.
         self.terminal_event_read = False
+        # Characters of generated text in the frames so far (stages.partial_usage), counted
+        # in whole frames: the body's chunks cut a frame, its text too, anywhere.
+        self.generated_chars = 0
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if not self._reading:
@@ -144,6 +148,8 @@ class ConverseStreamReader:
             self._failed(stream_exception(*error))
         elif frame.headers.get(":event-type") == "metadata":
             self._read_metadata(frame.payload)
+        else:
+            self.generated_chars += generated_chars(frame.payload)
 
     def _read_metadata(self, payload: bytes) -> None:
         # orjson's decode error is a ValueError: a payload that is not JSON is a bad frame.

@@ -7,8 +7,9 @@ Whole answers (``CompletionTranslator``): text blocks are joined into ``message.
 ``tool_use`` blocks become ``tool_calls``; thinking blocks are not shown. Prompt tokens count
 cache writes and reads, as ``anthropic_anthropic`` counts them (the 1-hour part of the writes
 too, for the bill, and the server tools' requests, ``usage.server_tool_use``, billed per
-request; OpenAI's usage has no place for them, so the client is not shown them); cache
-reads are also reported as ``prompt_tokens_details.cached_tokens``.
+request; OpenAI's usage has no place for them, so the client is not shown them, but for
+a failover attempt's translation, which shows them to the request's filter that bills it,
+``bill_apart``); cache reads are also reported as ``prompt_tokens_details.cached_tokens``.
 A body that is not a message becomes an ``upstream_error`` / ``invalid_upstream_response``
 error body, with no usage.
 
@@ -69,6 +70,7 @@ from extproc.translators.anthropic_anthropic import (
 )
 from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import StreamFailure
+from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
 
 DONE = b"data: [DONE]\n\n"
@@ -102,10 +104,11 @@ def _finish_reason(stop_reason: Any) -> str:
     return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def _openai_usage(usage: Usage, counts: dict[str, Any]) -> dict[str, Any]:
+def _openai_usage(usage: Usage, counts: dict[str, Any], bill_apart: bool) -> dict[str, Any]:
     cached = counts.get("cache_read_input_tokens")
     details = {"cached_tokens": cached if isinstance(cached, int) else 0}
-    return {**usage.as_dict(), "prompt_tokens_details": details}
+    shown = {**usage.as_dict(), "prompt_tokens_details": details}
+    return show_billed_apart(shown, usage) if bill_apart else shown
 
 
 def _invalid_upstream_response(message: str) -> GatewayError:
@@ -115,7 +118,9 @@ def _invalid_upstream_response(message: str) -> GatewayError:
 class CompletionTranslator:
     """A buffered Anthropic ``message`` turned into an OpenAI ``chat.completion``."""
 
-    def __init__(self, *, request_id: str, created: int) -> None:
+    def __init__(self, *, request_id: str, created: int, bill_apart: bool = False) -> None:
+        """``bill_apart``: the usage shows what OpenAI's counts leave out, for the failover
+        route that bills it (``openai_openai.show_billed_apart``)."""
         self.usage: Usage | None = None
         self.response_model: str | None = None
         # 502 once an answer could not be read as an Anthropic message.
@@ -124,6 +129,7 @@ class CompletionTranslator:
         self.service_tier: str | None = None
         self._id = f"chatcmpl-{request_id}"
         self._created = created
+        self._bill_apart = bill_apart
         self._parts: list[bytes] = []
         # The OpenAI answer built, for response guards (so it is not parsed again).
         self.answer: dict[str, Any] | None = None
@@ -178,7 +184,9 @@ class CompletionTranslator:
             "created": self._created,
             "model": self.response_model or "",
             "choices": [choice],
-            "usage": None if self.usage is None else _openai_usage(self.usage, counts),
+            "usage": (
+                None if self.usage is None else _openai_usage(self.usage, counts, self._bill_apart)
+            ),
             "system_fingerprint": None,
         }
         shown = _shown_tier(self.service_tier)
@@ -208,7 +216,10 @@ def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
 class StreamTranslator:
     """One streamed answer, Anthropic SSE in, OpenAI SSE out."""
 
-    def __init__(self, *, include_usage: bool, request_id: str, created: int) -> None:
+    def __init__(
+        self, *, include_usage: bool, request_id: str, created: int, bill_apart: bool = False
+    ) -> None:
+        """``bill_apart``: as ``CompletionTranslator``'s."""
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
@@ -220,6 +231,7 @@ class StreamTranslator:
         self._shown_tier: str | None = None
         self._tier_report = ServiceTierReport()
         self._include_usage = include_usage
+        self._bill_apart = bill_apart
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         # The start of an event whose blank line has not arrived yet.
@@ -408,7 +420,7 @@ class StreamTranslator:
 
     def _usage_chunk(self) -> bytes:
         assert self.usage is not None
-        return self._event([], _openai_usage(self.usage, self._counts))
+        return self._event([], _openai_usage(self.usage, self._counts, self._bill_apart))
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
         chunk: dict[str, Any] = {

@@ -88,6 +88,7 @@ from extproc.translators.openai_bedrock_stream import (
     served_tier,
     shown_tier,
 )
+from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
@@ -622,7 +623,11 @@ def _tool_spec(tool: Any, index: int) -> dict[str, Any]:
 class CompletionTranslator:
     """A Converse answer, buffered, rewritten as an OpenAI ``chat.completion``."""
 
-    def __init__(self, *, model: str, request_id: str, created: int) -> None:
+    def __init__(
+        self, *, model: str, request_id: str, created: int, bill_apart: bool = False
+    ) -> None:
+        """``bill_apart``: the usage shows what OpenAI's counts leave out, for the failover
+        route that bills it (``openai_openai.show_billed_apart``)."""
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
@@ -633,6 +638,7 @@ class CompletionTranslator:
         self._model = model
         self._id = completion_id(request_id)
         self._created = created
+        self._bill_apart = bill_apart
         self._parts: list[bytes] = []
         # The OpenAI answer built, for response guards (so it is not parsed again).
         self.answer: dict[str, Any] | None = None
@@ -704,6 +710,8 @@ class CompletionTranslator:
         usage = read_usage(parsed.get("usage"))
         if usage is not None:
             self.usage, completion["usage"] = usage
+            if self._bill_apart:
+                show_billed_apart(completion["usage"], self.usage)
         self.service_tier = served_tier(parsed.get("serviceTier"))
         shown = shown_tier(self.service_tier)
         if shown is not None:

@@ -56,6 +56,8 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
+from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_openai import show_billed_apart
 
 _DONE = b"data: [DONE]\n\n"
 # What a frame that passed its CRCs can still raise from its headers or JSON payload:
@@ -224,9 +226,12 @@ class StreamTranslator:
         request_id: str,
         created: int,
         asked_tier: str | None = None,
+        bill_apart: bool = False,
     ) -> None:
         """``asked_tier``: the ``serviceTier`` type the request asked Converse for
-        (``openai_bedrock.asked_service_tier``), None when it asked for none."""
+        (``openai_bedrock.asked_service_tier``), None when it asked for none.
+        ``bill_apart``: the usage chunk shows what OpenAI's counts leave out, for the
+        failover route that bills it (``openai_openai.show_billed_apart``)."""
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
@@ -243,6 +248,7 @@ class StreamTranslator:
         self._held_finish: str | None = None
         self._model = model
         self._include_usage = include_usage
+        self._bill_apart = bill_apart
         self._id = completion_id(request_id)
         self._created = created
         self._frames = EventStreamBuffer()
@@ -252,6 +258,9 @@ class StreamTranslator:
         self._no_arguments_yet: set[int] = set()
         self._stopped = False
         self._done = False
+        # Characters of generated text in the frames so far (stages.partial_usage), counted
+        # in whole frames: the body's chunks cut a frame, its text too, anywhere.
+        self.generated_chars = 0
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._done:
@@ -283,6 +292,7 @@ class StreamTranslator:
         payload = orjson.loads(frame.payload) if frame.payload else {}
         if not isinstance(payload, dict):
             raise ValueError("event payload is not a JSON object")
+        self.generated_chars += generated_chars(frame.payload)
         event = headers.get(":event-type")
         if event == "messageStart":
             out.append(self._chunk({"role": "assistant", "content": ""}))
@@ -302,7 +312,8 @@ class StreamTranslator:
             if usage is not None:
                 self.usage = usage[0]
                 if self._include_usage:
-                    out.append(self._event([], usage[1]))
+                    shown = show_billed_apart(usage[1], usage[0]) if self._bill_apart else usage[1]
+                    out.append(self._event([], shown))
             if self._stopped:
                 out.append(self._finish())
 

@@ -33,6 +33,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError
+from extproc.translators.anthropic_anthropic import server_tool_requests
 from extproc.translators.base import (
     BufferedBodyReader,
     ProviderStreamError,
@@ -77,7 +78,10 @@ def usage_from_object(value: Any) -> Usage | None:
     each token once: reasoning tokens, which xAI counts beside ``completion_tokens``
     rather than inside it (``_reasoning_beside``), cache hits, which DeepSeek and
     Moonshot name their own way (``_cached``), and cache writes, which OpenRouter
-    reports for the models that bill them (``_cache_writes``).
+    reports for the models that bill them (``_cache_writes``). The total is always the
+    counts' sum, the one every ledger records. The 1-hour part of the writes and the
+    server tools' requests are read where a failover attempt shows them
+    (``show_billed_apart``).
     """
     if not isinstance(value, dict):
         return None
@@ -86,14 +90,40 @@ def usage_from_object(value: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = value.get("total_tokens")
-    if not isinstance(total, int):
-        total = prompt + completion
-    else:
+    if isinstance(total, int):
         completion += _reasoning_beside(value, prompt, completion, total)
     cached = _cached(value, prompt)
-    usage = Usage(prompt, completion, total, cached, _cache_writes(value, prompt - cached))
+    # The total is the counts' sum, as the metrics and the rollup count it: a provider's
+    # total that matches neither reading would settle the quota at a number no other
+    # ledger records.
+    total = prompt + completion
+    writes = _cache_writes(value, prompt - cached)
+    usage = Usage(prompt, completion, total, cached, writes, _one_hour_writes(value, writes))
+    usage.server_tool_requests = {
+        tool: count
+        for tool, count in server_tool_requests(value.get("server_tool_use")).items()
+        if count
+    }
     usage.reported_cost_picousd = reported_cost(value)
     return usage
+
+
+def show_billed_apart(shown: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    """``shown``, an OpenAI usage object, with what ``usage`` bills apart that OpenAI's
+    own counts leave out, in the names ``usage_from_object`` reads: the cache writes
+    (OpenRouter's ``prompt_tokens_details.cache_write_tokens``), their 1-hour part
+    (Anthropic's ``cache_creation``) and the server tools' requests (Anthropic's
+    ``server_tool_use``). A failover route bills the answer an attempt translated to
+    OpenAI's API from that object alone."""
+    if usage.cache_write_tokens:
+        details = shown.setdefault("prompt_tokens_details", {})
+        details["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.cache_write_1h_tokens:
+        shown["cache_creation"] = {"ephemeral_1h_input_tokens": usage.cache_write_1h_tokens}
+    if usage.server_tool_requests:
+        requests = usage.server_tool_requests.items()
+        shown["server_tool_use"] = {f"{tool}_requests": count for tool, count in requests}
+    return shown
 
 
 def _count(value: Any) -> int | None:
@@ -145,6 +175,14 @@ def _cache_writes(value: dict[str, Any], uncached: int) -> int:
     if not isinstance(details, dict):
         return 0
     return min(_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
+
+
+def _one_hour_writes(value: dict[str, Any], writes: int) -> int:
+    """Of the cache writes, those made for a 1-hour cache, as Anthropic names them
+    (``cache_creation.ephemeral_1h_input_tokens``); never more than all the writes."""
+    split = value.get("cache_creation")
+    one_hour = _count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
+    return min(one_hour or 0, writes)
 
 
 def reported_cost(value: dict[str, Any]) -> int | None:

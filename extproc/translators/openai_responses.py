@@ -113,13 +113,13 @@ def usage_from_responses(value: Any) -> Usage | None:
     completion = _count(value.get("output_tokens"))
     if prompt is None or completion is None:
         return None
-    total = _count(value.get("total_tokens"))
     details = value.get("input_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
     usage = Usage(
         prompt,
         completion,
-        total if total is not None else prompt + completion,
+        # The counts' sum, as every other ledger counts it (``openai_openai``).
+        prompt + completion,
         # Part of the input, so never more than it.
         min(cached, prompt) if cached is not None else 0,
     )
