@@ -266,8 +266,11 @@ class StreamTranslator:
             # Anthropic had sent an error, charged with what it reported by then.
             out.append(self._provider_failed(event_too_large(self._events.max_event_bytes)))
         elif end_of_stream and not self._done:
+            # Ended before message_stop: the client gets an error, and the request is a
+            # failed stream charged what Anthropic had counted by then, as after its error
+            # event (a message_delta's output count included).
             out.append(
-                self._fail(
+                self._provider_failed(
                     _invalid_upstream_response("the provider's stream ended before it was complete")
                 )
             )

@@ -49,7 +49,7 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from extproc.context import Usage
-from extproc.errors import error_body
+from extproc.errors import UpstreamError, error_body
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
     ProviderStreamError,
@@ -380,7 +380,11 @@ class StreamTranslator:
         return self._abort(error.body())
 
     def _fail(self, message: str) -> bytes:
-        return self._abort(error_body(message, "upstream_error"))
+        # The stream ended early or broke: the client gets an error, and the request is a
+        # failed stream (logged so, counted among upstream errors), its usage estimated.
+        error = UpstreamError(message, code="invalid_upstream_response")
+        self.failure = StreamFailure(error)
+        return self._abort(error.body())
 
     def _abort(self, body: bytes) -> bytes:
         self.usage = None

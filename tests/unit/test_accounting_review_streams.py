@@ -622,3 +622,23 @@ async def test_a_hard_capped_stream_cut_short_is_charged_no_more_than_its_cap(
     assert recorded.line["completion_tokens"] <= 100 - PROMPT_ESTIMATE
     assert recorded.quota <= 100
     recorded.agree()
+
+
+# --- a translated stream that ended before Anthropic's message_stop -----------------------
+
+
+async def test_a_translated_stream_cut_after_its_count_is_charged_anthropics_count(
+    store: StoreClient,
+) -> None:
+    """Anthropic's stream ended (cleanly, for Envoy) after message_delta's output count but
+    before message_stop: the client got an error chunk, the request is charged what
+    Anthropic had counted, not an estimate, and it is logged as the failure it was."""
+    served = STREAMED_APIS["chat to anthropic"]
+    whole = served.stream("whole")
+    assert whole[-1].startswith(b"event: message_stop")
+    recorded = await ledgers(store, served.path, served.key, served.body, Answer(whole[:-1], SSE))
+    recorded.agree()
+    line = recorded.line
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (18, 8)  # 12 + 6 read
+    assert line["outcome"] != "completed"
+    assert line["error_code"] is not None

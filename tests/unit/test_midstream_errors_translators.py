@@ -118,13 +118,19 @@ def test_a_bedrock_exception_is_recorded_with_its_aws_name() -> None:
     assert failure.error.message == "Too many tokens"
 
 
-def test_a_stream_that_merely_ends_early_is_no_provider_failure() -> None:
-    # A cut or unreadable stream stays what it was: no provider error to name.
+def test_a_stream_that_ends_before_its_end_event_is_a_failed_stream() -> None:
+    # The provider closed the stream before its last event: the client was shown an error
+    # chunk, so the request is logged as the failure it got, not as completed.
     translator = openai_bedrock.StreamTranslator(
         model="m", include_usage=False, request_id="r", created=0
     )
-    translator.feed(encode_event("messageStart", b'{"role":"assistant"}'), True)
-    assert stream_failure(translator) is None
+    shown = translator.feed(encode_event("messageStart", b'{"role":"assistant"}'), True)
+    failure = stream_failure(translator)
+    assert failure is not None and failure.error is not None
+    assert failure.error.code == "invalid_upstream_response"
+    assert b"ended before the answer was complete" in shown
     anthropic = openai_anthropic.StreamTranslator(include_usage=False, request_id="r", created=0)
     anthropic.feed(ANTHROPIC_STREAM.split(b"event: error")[0], True)
-    assert stream_failure(anthropic) is None
+    failure = stream_failure(anthropic)
+    assert failure is not None and failure.error is not None
+    assert failure.error.code == "invalid_upstream_response"
