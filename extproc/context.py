@@ -227,6 +227,10 @@ class RequestContext:
     body_hints: BodyHints | None = None
     lean_from_hints: BodyHints | None = None
     error: GatewayError | None = None
+    # A refusal the gateway sent inside a stream whose 200 had left (a response guard's
+    # REJECT): what the log line and the span name as the request's error. Not ``error``,
+    # which says nothing was produced: the provider's answer up to it is charged.
+    stream_refusal: GatewayError | None = None
     # The response's guard state (a StreamGuard, or the route's guards for a buffered answer).
     response_guard: Any = None
     response_guard_parts: list[bytes] = field(default_factory=list)

@@ -37,7 +37,7 @@ from extproc.config.model import (
     cluster_name,
 )
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
-from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing
+from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing, client_path_filter
 from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
@@ -247,7 +247,12 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "local_reply_config": _local_reply_config(config),
         "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),
-        "http_filters": [*_body_hints_filters(config), _ext_proc_filter(config), _router_filter()],
+        "http_filters": [
+            client_path_filter(),
+            *_body_hints_filters(config),
+            _ext_proc_filter(config),
+            _router_filter(),
+        ],
     }
     if config.envoy.access_log:
         hcm["access_log"] = [_access_log()]
@@ -381,9 +386,9 @@ def _access_log() -> Json:
                     # The active span's trace id (null when tracing is off).
                     "trace_id": "%TRACE_ID%",
                     "method": "%REQ(:METHOD)%",
-                    # The path without its query: a client may put a key there (refused
-                    # by the gateway, yet Envoy would log the URL as sent). Envoy's
-                    # built-in PATH operator; REQ_WITHOUT_QUERY needs an extension.
+                    # The path the client sent, without its query: a client may put a
+                    # key there (refused by the gateway, yet Envoy would log the URL as
+                    # sent). REQ_WITHOUT_QUERY needs an extension.
                     "path": PATH_WITHOUT_QUERY,
                     "response_code": "%RESPONSE_CODE%",
                     "response_flags": "%RESPONSE_FLAGS%",

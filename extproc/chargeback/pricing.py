@@ -360,15 +360,20 @@ def request_cost(ctx: RequestContext) -> Cost:
     log line's), so the line names the tier its cost was priced at."""
     if ctx.cost is None:
         ctx.service_tier = reported_service_tier(ctx.translator)
-        if ctx.model is None:
-            # Refused before a model was named: nothing to price.
-            ctx.cost = FREE
-            return ctx.cost
-        prices = ctx.runtime.prices
-        model: str | None = ctx.model
-        if ctx.failover_model is not None and ctx.answered_model in _members(ctx):
-            # The chain member that answered is what the provider bills, priced or not
-            # (an unpriced fallback is unpriced, not billed at the primary's price).
-            model = ctx.answered_model
-        ctx.cost = prices.cost(model, ctx.usage, ctx.service_tier)
+        ctx.cost = usage_cost(ctx, ctx.usage, ctx.service_tier)
     return ctx.cost
+
+
+def usage_cost(ctx: RequestContext, usage: Usage, tier: str | None) -> Cost:
+    """What ``usage`` of the request costs at ``tier``: ``request_cost``'s pricing, for
+    counts the request is not charged yet (a stream's estimate, before ``done`` makes it
+    the request's usage)."""
+    if ctx.model is None:
+        # Refused before a model was named: nothing to price.
+        return FREE
+    model: str | None = ctx.model
+    if ctx.failover_model is not None and ctx.answered_model in _members(ctx):
+        # The chain member that answered is what the provider bills, priced or not
+        # (an unpriced fallback is unpriced, not billed at the primary's price).
+        model = ctx.answered_model
+    return ctx.runtime.prices.cost(model, usage, tier)

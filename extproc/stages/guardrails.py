@@ -592,6 +592,8 @@ class GuardResponseStage:
     def _stream_error(
         ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
     ) -> bytes:
+        # The client reads this refusal last: the log line and the span name it.
+        ctx.stream_refusal = error
         if ctx.error_shape == "google":
             # Google's failure event, which google-genai raises (GeminiStreamGuard).
             google = error.body("google")

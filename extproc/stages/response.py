@@ -79,6 +79,11 @@ class ResponseStage:
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
+        if end_of_stream:
+            # Before the response guards, which may refuse the answer: the provider's
+            # share of the wait (upstream_latency_ms) ends with its last byte, whatever
+            # the client then gets.
+            ctx.response_ended_at = time.monotonic()
         translator = ctx.translator
         if translator is None:
             if end_of_stream:

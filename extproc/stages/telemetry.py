@@ -72,6 +72,10 @@ class TelemetryStage:
         if ctx.upstream is None or not ctx.accounted:
             return
         ctx.upstream_sent_at = time.monotonic()
+        # Envoy's access log and span name the request from here on: a client that gives
+        # up before the answer starts (its timeout on a slow first token) ends it before
+        # any answer to the response, which would leave them naming nobody.
+        out.metadata = {**(out.metadata or {}), **request_metadata(ctx)}
         telemetry = ctx.runtime.config.telemetry
         if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
             return  # no messages in, vectors out: no text to capture, no finish reasons
@@ -118,7 +122,6 @@ class TelemetryStage:
             if ctx.content is not None:
                 ctx.content.add_response_chunk(read, streamed=ctx.stream)
         if end_of_stream:
-            ctx.response_ended_at = now
             out.metadata = request_metadata(ctx, span_usage(ctx))
         elif ctx.stream and not ctx.usage_in_metadata:
             out.metadata = self._stream_metadata(ctx, first_chunk, now)
@@ -140,13 +143,18 @@ class TelemetryStage:
         the answer to it, metadata included. So the whole metadata also goes with
         the chunk that settles the usage: the provider's usage report, its error
         event (the client stops reading at it; the span is marked failed and
-        carries the charge), or the stream's terminal event. Envoy applies that
-        answer before the client sees those bytes.
+        carries the charge), a response guard's refusal (also read last), or the
+        stream's terminal event. Envoy applies that answer before the client sees
+        those bytes.
         """
         translator = ctx.translator
-        if ctx.completed or (
-            translator is not None
-            and (translator.usage is not None or stream_failure(translator) is not None)
+        if (
+            ctx.completed
+            or ctx.stream_refusal is not None
+            or (
+                translator is not None
+                and (translator.usage is not None or stream_failure(translator) is not None)
+            )
         ):
             ctx.usage_in_metadata = True
             ctx.priced_in_metadata = ctx.cost is not None

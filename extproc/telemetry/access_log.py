@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 
 def access_record(ctx: RequestContext) -> dict[str, Any]:
     """Build the schema v1 log record of one finished request."""
-    error = ctx.error
+    error = ctx.error or ctx.stream_refusal
     identity = ctx.identity
     usage = ctx.usage
     finished = ctx.elapsed_ms()
@@ -129,6 +129,8 @@ def _outcome(ctx: RequestContext) -> str:
     if ctx.error is not None:
         # Estimated usage with an error: the provider failed inside a stream (partial_usage).
         return "upstream_error" if ctx.usage_estimated else "rejected"
+    if ctx.stream_refusal is not None:
+        return "rejected"  # refused inside its stream: the client read the refusal
     if ctx.aborted:
         return "aborted"
     if ctx.response_status >= 400:

@@ -176,12 +176,19 @@ class ContentCapture:
         ]
         return orjson.dumps(shaped).decode()
 
-    def output_messages_json(self) -> str | None:
-        """The completion in OpenTelemetry's ``gen_ai.output.messages`` shape, as JSON."""
+    def output_messages_json(self, finish_reason: str) -> str | None:
+        """The completion in OpenTelemetry's ``gen_ai.output.messages`` shape, as JSON; the
+        conventions' schema requires each message's ``finish_reason``."""
         text = self.completion()
         if text is None:
             return None
-        shaped = [{"role": "assistant", "parts": [{"type": "text", "content": text}]}]
+        shaped = [
+            {
+                "role": "assistant",
+                "parts": [{"type": "text", "content": text}],
+                "finish_reason": finish_reason,
+            }
+        ]
         return orjson.dumps(shaped).decode()
 
     def _cut(self, text: str) -> str:

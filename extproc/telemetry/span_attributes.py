@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from extproc.bedrock_invoke_bodies import invokes_embeddings
-from extproc.chargeback.pricing import usd_float
+from extproc.chargeback.pricing import usage_cost, usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
 from extproc.translators.base import reported_service_tier, stream_failure
@@ -131,8 +131,15 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
     (``extproc.stages.telemetry.span_usage``); otherwise the request's settled usage.
     """
     identity = ctx.identity
+    error = ctx.error or ctx.stream_refusal
     if usage is None and (ctx.usage_reported or ctx.usage_estimated):
         usage = ctx.usage
+    cost = ctx.cost
+    if cost is None and usage is not None and ctx.completed:
+        # A stream that ended without the provider's count, or with its error event, is
+        # charged its estimate at done, after Envoy's last answer: the answers that carry
+        # that estimate carry its cost (the counts, model and tier done prices).
+        cost = usage_cost(ctx, usage, _service_tier(ctx))
     values: dict[str, str | float | None] = {
         "route": ctx.route.name if ctx.route else None,
         "operation": operation_of(ctx) if ctx.accounted else None,
@@ -147,7 +154,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         "group_id": identity.group_id,
         "auth_method": identity.method,
         "quota_decision": ctx.quota_decision,
-        "error_type": ctx.error.error_type if ctx.error else None,
+        "error_type": error.error_type if error else None,
     }
     cut = ctx.cut_attempts
     if cut:
@@ -159,9 +166,9 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         values["failure_type"] = failure
         values["error"] = "true"
         values["failure_status"] = _GRPC_UNKNOWN
-    if ctx.cost is not None or cut:
+    if cost is not None or cut:
         # For Envoy's access log; exact like the log line's (docs/chargeback.md).
-        picousd = ctx.cost.picousd if ctx.cost is not None else 0
+        picousd = cost.picousd if cost is not None else 0
         if cut:
             picousd += sum(each.cost.picousd for each in cut)
         values["cost_usd"] = usd_float(picousd)
@@ -175,7 +182,10 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         prompt = ctx.content.input_messages_json(ctx.body)
         if prompt is not None:
             values["input_messages"] = prompt
-        completion = ctx.content.output_messages_json()
+        # The first choice's reason, as the client saw it; "error" (the conventions' value
+        # for a generation that did not finish) when it saw none: cut short, failed.
+        reason = ctx.finish_reasons[0] if ctx.finish_reasons else "error"
+        completion = ctx.content.output_messages_json(reason)
         if completion is not None:
             values["output_messages"] = completion
     return {key: value for key, value in values.items() if value is not None and value != ""}

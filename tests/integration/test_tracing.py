@@ -228,7 +228,13 @@ def test_capture_content_puts_the_masked_text_on_the_span_and_in_the_log(
     prompt = orjson.loads(attributes["gen_ai.input.messages"])
     assert prompt == [{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}]
     reply = orjson.loads(attributes["gen_ai.output.messages"])
-    assert reply == [{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]
+    assert reply == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": answer}],
+            "finish_reason": "stop",
+        }
+    ]
 
     line = log_line(with_content, request_id)
     assert line["prompt"] == [{"role": "user", "content": PROMPT}]

@@ -208,6 +208,8 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
     bootstrap = render_bootstrap(config)
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
     assert names == [
+        # Keeps the client's path for the access log and spans, before any rewrite.
+        "envoy.filters.http.set_filter_state",
         "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
@@ -231,7 +233,7 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
 
 def test_envoy_reads_the_bodys_model_and_stream_for_the_gateways_first_message() -> None:
     bootstrap = render_bootstrap(gateway())
-    hints = hcm(bootstrap)["http_filters"][0]["typed_config"]
+    hints = hcm(bootstrap)["http_filters"][1]["typed_config"]
     rules = hints["request_rules"]["rules"]
     assert [rule["selectors"] for rule in rules] == [[{"key": "model"}], [{"key": "stream"}]]
     assert {rule["on_present"]["metadata_namespace"] for rule in rules} == {BODY_HINTS_NAMESPACE}
@@ -243,7 +245,7 @@ def test_envoy_reads_the_bodys_model_and_stream_for_the_gateways_first_message()
     )
     # Without the lean path there is nothing to choose: no hints are read.
     plain = render_bootstrap(gateway(envoy={"lean_responses": False}))
-    assert hcm(plain)["http_filters"][0]["name"] == "envoy.filters.http.ext_proc"
+    assert hcm(plain)["http_filters"][1]["name"] == "envoy.filters.http.ext_proc"
     assert "forwarding_namespaces" not in ext_proc(plain)["metadata_options"]
 
 
@@ -329,7 +331,7 @@ def test_access_log_carries_the_gateways_usage_metadata(enabled: bool) -> None:
         fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
         assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
         # The path as sent, never its query: a client may have put a key there.
-        assert fields["path"] == "%PATH(NQ:ORIG_OR_PATH)%"
+        assert fields["path"] == "%FILTER_STATE(io.aigw.client_path:PLAIN)%"
         for key in ("route", "provider", "model", "prompt_tokens", "total_tokens"):
             assert fields[key] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
 

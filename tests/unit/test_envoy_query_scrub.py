@@ -44,16 +44,20 @@ def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
 def test_the_access_log_path_leaves_the_query_out() -> None:
     manager = hcm(render_bootstrap(traced_gateway()))
     fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
-    # NQ: no query; ORIG_OR_PATH: the path the client sent, before a route rewrite.
-    assert fields["path"] == "%PATH(NQ:ORIG_OR_PATH)%"
+    # The path the client sent, kept before the gateway rewrites it; NQ: no query.
+    assert fields["path"] == "%FILTER_STATE(io.aigw.client_path:PLAIN)%"
+    [kept] = manager["http_filters"][0]["typed_config"]["on_request_headers"]
+    assert kept["format_string"]["text_format_source"]["inline_string"] == "%PATH(NQ)%"
 
 
 def test_the_spans_url_is_rewritten_without_the_query_and_cut_like_envoys() -> None:
     tracing = hcm(render_bootstrap(traced_gateway()))["tracing"]
     [url_tag] = [tag for tag in tracing["custom_tags"] if tag["tag"] == "http.url"]
     value = url_tag["value"]
-    assert value.startswith("%REQ(X-FORWARDED-PROTO)%://%REQ(:AUTHORITY)%")
-    assert value.endswith(f"%PATH(NQ:ORIG_OR_PATH):{MAX_PATH_TAG_LENGTH}%")
+    # The client's authority: the provider route rewrites :authority, Envoy keeps the
+    # client's in x-envoy-original-host.
+    assert value.startswith("%REQ(X-FORWARDED-PROTO)%://%REQ(X-ENVOY-ORIGINAL-HOST?:AUTHORITY)%")
+    assert value.endswith(f"%FILTER_STATE(io.aigw.client_path:PLAIN):{MAX_PATH_TAG_LENGTH}%")
     assert tracing["max_path_tag_length"] == MAX_PATH_TAG_LENGTH
 
 

@@ -260,8 +260,12 @@ def test_anthropic_stream_text_is_joined() -> None:
         streamed=True,
     )
     assert capture.completion() == "Hello"
-    assert orjson.loads(capture.output_messages_json() or "null") == [
-        {"role": "assistant", "parts": [{"type": "text", "content": "Hello"}]}
+    assert orjson.loads(capture.output_messages_json("end_turn") or "null") == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": "Hello"}],
+            "finish_reason": "end_turn",
+        }
     ]
 
 
