@@ -23,7 +23,6 @@ from anthropic.types import Message, MessageParam
 from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import (
-    GatewayLog,
     default_config,
     metric,
     mock_requests,
@@ -32,6 +31,7 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
+from tests.integration.failover_ledgers import log_line, quota_used
 from tests.integration.mock_vertex import LOCATION, vertex_provider
 from tests.integration.test_failover import BlackHole
 
@@ -226,25 +226,6 @@ def client(stack: Stack, key: str) -> anthropic.Anthropic:
     )
 
 
-def log_line(stack: Stack, request_id: str) -> dict[str, Any]:
-    [line] = GatewayLog(stack.gateway.gateway_log).for_request(request_id)
-    return line
-
-
-def quota_used(stack: Stack, key: str) -> int:
-    """Tokens the key's `failover-budget` counter holds, as `extproc quota get` shows it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "extproc", "quota", "get", "--kind", "api_key", "--subject", key,
-         "--format", "json", "--config", str(stack.gateway.config_path),
-         "--token", "dev-admin-token"],
-        env=stack.gateway.env, capture_output=True, check=True,
-    )  # fmt: skip
-    for limit in orjson.loads(result.stdout).get("limits", []):
-        if limit.get("rule") == "failover-budget":
-            return int(limit["used"])
-    return 0
-
-
 def received(stack: Stack, path: str) -> dict[str, Any]:
     """What the stack's mock received last at ``path`` (decoded, without its query)."""
     [*_, sent] = [
@@ -292,7 +273,7 @@ def assert_counted(
         answered = {"model": line["model"], "provider": line["provider"], **labels}
         assert metric(after, "tokens_consumed_total", **answered) == count
     total_tokens = usage.input_tokens + usage.output_tokens
-    assert wait_for(lambda: quota_used(stack, key) == total_tokens, 5.0)
+    assert wait_for(lambda: quota_used(stack.gateway, key) == total_tokens, 5.0)
 
 
 def test_an_overloaded_anthropic_fails_over_to_claude_on_bedrock(failover: Stack) -> None:
@@ -317,7 +298,7 @@ def test_an_overloaded_anthropic_fails_over_to_claude_on_bedrock(failover: Stack
     assert "model" not in sent["json"]
     assert "x-api-key" not in sent["headers"]  # the first attempt's credential
     assert_no_secret_of_the_client(sent, "tobedrock")
-    line = log_line(failover, raw.headers["x-request-id"])
+    line = log_line(failover.gateway, raw.headers["x-request-id"])
     assert (line["model"], line["provider"], line["upstream_model"]) == (
         "sonnet-flaky",
         "mock-bedrock",
@@ -340,7 +321,7 @@ def test_a_refused_connection_or_a_timeout_fails_over_too(failover: Stack, model
     )
     message = raw.parse()
     assert message.content[0].type == "text" and message.content[0].text == REPLY
-    line = log_line(failover, raw.headers["x-request-id"])
+    line = log_line(failover.gateway, raw.headers["x-request-id"])
     assert (line["model"], line["provider"]) == (model, "mock-bedrock")
     assert line["total_tokens"] == message.usage.input_tokens + message.usage.output_tokens
 
@@ -358,7 +339,7 @@ def test_a_stream_fails_over_to_bedrocks_event_stream_as_anthropics_sse(failover
     sent = received(failover, invoke_path(BEDROCK_CLAUDE, stream=True))
     assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
     assert_no_secret_of_the_client(sent, "stream")
-    line = log_line(failover, request_id)
+    line = log_line(failover.gateway, request_id)
     assert (line["model"], line["provider"]) == ("sonnet-flaky", "mock-bedrock")
     assert_counted(failover, before, "stream", line, message.usage, BEDROCK_CLAUDE_PRICE)
 
@@ -392,7 +373,7 @@ def test_an_unavailable_bedrock_fails_over_to_anthropic(failover: Stack, stream:
     assert sent["json"]["messages"] == MESSAGES
     assert "anthropic_version" not in sent["json"]
     assert_no_secret_of_the_client(sent, "reverse")
-    line = log_line(failover, request_id)
+    line = log_line(failover.gateway, request_id)
     assert (line["model"], line["provider"]) == ("bedrock-claude-flaky", "mock-anthropic")
     # A new key per scenario would do better: two requests share this one's counters.
     if not stream:
@@ -421,7 +402,7 @@ def test_claude_on_vertex_serves_as_a_fallback(failover: Stack, stream: bool) ->
     assert sent["json"]["anthropic_version"] == "vertex-2023-10-16"
     assert "model" not in sent["json"]
     assert_no_secret_of_the_client(sent, "vertex")
-    line = log_line(failover, request_id)
+    line = log_line(failover.gateway, request_id)
     assert (line["model"], line["provider"], line["upstream_model"]) == (
         "sonnet-to-vertex",
         "vertex",
@@ -450,7 +431,7 @@ def test_a_vertex_client_fails_over_too(failover: Stack) -> None:
     sent = received(failover, invoke_path(BEDROCK_CLAUDE))
     assert sent["json"]["anthropic_version"] == "bedrock-2023-05-31"
     assert_no_secret_of_the_client(sent, "vclient")
-    line = log_line(failover, raw.headers["x-request-id"])
+    line = log_line(failover.gateway, raw.headers["x-request-id"])
     assert (line["model"], line["provider"]) == ("sonnet-flaky", "mock-bedrock")
 
 
@@ -472,7 +453,7 @@ def test_when_every_attempt_fails_the_last_error_reaches_the_client_in_anthropic
     assert failover.unavailable.requests()[-1]["json"]["anthropic_version"] == (
         "bedrock-2023-05-31"
     )
-    line = log_line(failover, error.response.headers["x-request-id"])
+    line = log_line(failover.gateway, error.response.headers["x-request-id"])
     assert (line["model"], line["provider"], line["http_status_code"]) == (
         "sonnet-doomed",
         "flaky-bedrock",
@@ -480,7 +461,7 @@ def test_when_every_attempt_fails_the_last_error_reaches_the_client_in_anthropic
     )
     assert (line["total_tokens"], line["cost_usd"]) == (0, 0)
     # Nothing was generated: the reservation is given back.
-    assert quota_used(failover, "doomed") == 0
+    assert quota_used(failover.gateway, "doomed") == 0
 
 
 def test_a_fallback_the_key_may_not_use_is_never_tried(failover: Stack) -> None:
@@ -510,7 +491,7 @@ def test_a_fallback_that_speaks_only_openais_api_is_skipped_for_messages_clients
     assert message.content[0].type == "text" and message.content[0].text == REPLY
     assert raw.headers["x-envoy-attempt-count"] == "2"  # the primary, then Claude
     assert len(received_all(failover, "/v1/chat/completions")) == chat_calls
-    line = log_line(failover, raw.headers["x-request-id"])
+    line = log_line(failover.gateway, raw.headers["x-request-id"])
     assert (line["model"], line["provider"]) == ("sonnet-mixed", "mock-anthropic")
 
 

@@ -32,7 +32,6 @@ from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.store.embedded import free_port
 from tests.integration.certificates import Authority
 from tests.integration.conftest import (
-    GatewayLog,
     default_config,
     metric,
     mock_requests,
@@ -41,6 +40,7 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
+from tests.integration.failover_ledgers import log_line, quota_used
 from tests.integration.mock_vertex import LOCATION, vertex_provider
 
 GEMINI = "gemini-2.5-flash"
@@ -231,25 +231,6 @@ def bedrock(stack: Stack, key: str, monkeypatch: pytest.MonkeyPatch) -> BaseClie
     )
 
 
-def log_line(stack: Stack, request_id: str) -> dict[str, Any]:
-    [line] = GatewayLog(stack.gateway.gateway_log).for_request(request_id)
-    return line
-
-
-def quota_used(stack: Stack, key: str) -> int:
-    """Tokens the key's `failover-budget` counter holds, as `extproc quota get` shows it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "extproc", "quota", "get", "--kind", "api_key", "--subject", key,
-         "--format", "json", "--config", str(stack.gateway.config_path),
-         "--token", "dev-admin-token"],
-        env=stack.gateway.env, capture_output=True, check=True,
-    )  # fmt: skip
-    for limit in orjson.loads(result.stdout).get("limits", []):
-        if limit.get("rule") == "failover-budget":
-            return int(limit["used"])
-    return 0
-
-
 def received(requests: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
     """The requests at ``path`` (decoded, without its query), oldest first."""
     return [r for r in requests if unquote(r["path"].partition("?")[0]) == path]
@@ -289,7 +270,7 @@ def assert_counted(
         assert total - metric(before, "tokens_consumed_total", **labels) == count
         answered = {"model": line["model"], "provider": line["provider"], **labels}
         assert metric(after, "tokens_consumed_total", **answered) == count
-    assert wait_for(lambda: quota_used(stack, key) == prompt + completion, 5.0)
+    assert wait_for(lambda: quota_used(stack.gateway, key) == prompt + completion, 5.0)
 
 
 # --- Gemini's API ---------------------------------------------------------------------
@@ -338,7 +319,7 @@ def test_a_429_on_the_first_vertex_is_answered_by_gemini_in_the_second(
     assert_nothing_of_the_client(sent, key)
     # gpt-4.1-nano, between them in the chain, speaks no Gemini: never tried.
     assert len(received(mock_requests(failover.gateway), "/v1/chat/completions")) == chats_before
-    line = log_line(failover, headers["x-request-id"])
+    line = log_line(failover.gateway, headers["x-request-id"])
     assert (line["model"], line["provider"], line["upstream_model"], line["stream"]) == (
         "gemini-flash",
         "vertex",
@@ -363,14 +344,14 @@ def test_when_every_vertex_fails_the_sdk_gets_googles_error(failover: Stack) -> 
     [sent] = received(failover.down.requests(), vertex_gemini_path(down_location, False))[-1:]
     assert sent["json"]["contents"] == GEMINI_CONTENTS
     request_id = error.response.headers["x-request-id"]  # type: ignore[union-attr]
-    line = log_line(failover, request_id)
+    line = log_line(failover.gateway, request_id)
     assert (line["model"], line["provider"], line["http_status_code"]) == (
         "gemini-doomed",
         "down",
         503,
     )
     assert (line["total_tokens"], line["cost_usd"]) == (0, 0)
-    assert quota_used(failover, "gdoomed") == 0
+    assert quota_used(failover.gateway, "gdoomed") == 0
 
 
 # --- Bedrock's Converse and InvokeModel ------------------------------------------------
@@ -418,7 +399,7 @@ def test_a_bedrock_throttle_is_answered_by_the_next_bedrock_account(
     assert_nothing_of_the_client(sent, key)
     # Claude on Anthropic, first in the chain, speaks no Bedrock API: never tried.
     assert len(received(mock_requests(failover.gateway), "/v1/messages")) == messages_before
-    line = log_line(failover, headers["x-request-id"])
+    line = log_line(failover.gateway, headers["x-request-id"])
     assert (line["model"], line["provider"], line["upstream_model"], line["stream"]) == (
         "llama-eu",
         "bedrock-claude",
@@ -452,7 +433,7 @@ def test_invoke_model_fails_over_to_a_model_of_its_bodys_family(
     # Claude on Bedrock takes Claude's body, not Llama's: skipped.
     claude_after = received(mock_requests(failover.gateway), f"/model/{BEDROCK_CLAUDE}/invoke")
     assert len(claude_after) == claude_before
-    line = log_line(failover, headers["x-request-id"])
+    line = log_line(failover.gateway, headers["x-request-id"])
     assert (line["model"], line["provider"], line["upstream_model"]) == (
         "llama-eu",
         "mock-bedrock",
@@ -477,11 +458,11 @@ def test_when_every_bedrock_fails_the_sdk_gets_bedrocks_exception(
     assert headers["x-envoy-attempt-count"] == "2"
     [sent] = received(failover.down.requests(), f"/model/{LLAMA}/converse")[-1:]
     assert credential(sent)[0:1] + credential(sent)[2:] == ["AKIDOREGON", "us-west-2", "bedrock"]
-    line = log_line(failover, headers["x-request-id"])
+    line = log_line(failover.gateway, headers["x-request-id"])
     assert (line["model"], line["provider"], line["http_status_code"]) == (
         "llama-doomed",
         "bedrock-down",
         503,
     )
     assert (line["total_tokens"], line["cost_usd"]) == (0, 0)
-    assert quota_used(failover, "cdoomed") == 0
+    assert quota_used(failover.gateway, "cdoomed") == 0
