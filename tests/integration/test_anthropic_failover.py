@@ -6,7 +6,6 @@ and what the log line, the metrics and the quota count."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import anthropic
-import httpx
 import orjson
 import pytest
 from anthropic.types import Message, MessageParam
@@ -31,7 +29,12 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
-from tests.integration.failover_ledgers import log_line, quota_used
+from tests.integration.failover_support import (
+    FaultyMock,
+    log_line,
+    quota_used,
+    start_faulty_mock,
+)
 from tests.integration.mock_vertex import LOCATION, vertex_provider
 from tests.integration.test_failover import BlackHole
 
@@ -64,41 +67,17 @@ BEDROCK_CLAUDE_PRICE = (Decimal("0.25"), Decimal("1.25"))  # the default config'
 ANTHROPIC_HAIKU_PRICE = (Decimal("0.80"), Decimal("4.00"))  # claude-3-5-haiku-latest
 
 
-@dataclass
-class Faulty:
-    """A mock provider that answers every request with the same fault."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def requests(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = httpx.get(f"{self.url}/_mock/requests").json()
-        return found
-
-
-def start_faulty(fault: str) -> Faulty:
+def start_faulty(fault: str) -> FaultyMock:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "extproc", "mock-llm", "--port", str(port), "--fault", fault],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    faulty = Faulty(f"http://127.0.0.1:{port}", process)
-    wait_for(lambda: _answers(faulty.url), 15.0)
-    return faulty
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/_mock/health").status_code == 200
-    except httpx.HTTPError:
-        return False
+    command = [sys.executable, "-m", "extproc", "mock-llm", "--port", str(port), "--fault", fault]
+    return start_faulty_mock(port, command)
 
 
 @dataclass
 class Stack:
     gateway: LocalStack
-    overloaded: Faulty  # Anthropic answering 529
-    unavailable: Faulty  # Bedrock answering 503
+    overloaded: FaultyMock  # Anthropic answering 529
+    unavailable: FaultyMock  # Bedrock answering 503
 
 
 def failover_config(overloaded: str, unavailable: str, silent: str) -> dict[str, Any]:

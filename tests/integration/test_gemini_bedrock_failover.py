@@ -8,7 +8,6 @@ count."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import boto3
-import httpx
 import orjson
 import pytest
 from botocore.client import BaseClient
@@ -40,7 +38,12 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
-from tests.integration.failover_ledgers import log_line, quota_used
+from tests.integration.failover_support import (
+    FaultyMock,
+    log_line,
+    quota_used,
+    start_faulty_mock,
+)
 from tests.integration.mock_vertex import LOCATION, vertex_provider
 
 GEMINI = "gemini-2.5-flash"
@@ -66,19 +69,9 @@ CLAUDE_B_PRICE = (Decimal("0.25"), Decimal("1.25"))
 LLAMA_PRICE = (Decimal("0.30"), Decimal("0.60"))  # the default config's
 
 
-@dataclass
-class Mock:
-    """A mock provider of its own, answering every request with the same fault."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def requests(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = httpx.get(f"{self.url}/_mock/requests").json()
-        return found
-
-
-def start_mock(workdir: Path, name: str, fault: str, gcp_region: str, aws: dict[str, str]) -> Mock:
+def start_mock(
+    workdir: Path, name: str, fault: str, gcp_region: str, aws: dict[str, str]
+) -> FaultyMock:
     """The mock as Vertex in ``gcp_region`` (trusting a key of its own, written to
     ``<name>-key.json``) and as Bedrock for the account ``aws``, with ``fault``."""
     port = free_port()
@@ -95,38 +88,26 @@ def start_mock(workdir: Path, name: str, fault: str, gcp_region: str, aws: dict[
         "from extproc.mock_llm import MockOptions, run\n"
         f"run('127.0.0.1', {port}, MockOptions({options}))\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    mock = Mock(url, process)
-    wait_for(lambda: _answers(url), 15.0)
-    return mock
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/_mock/health").status_code == 200
-    except httpx.HTTPError:
-        return False
+    return start_faulty_mock(port, [sys.executable, "-c", script])
 
 
 @dataclass
 class Stack:
     gateway: LocalStack
     ca: Path
-    tired: Mock  # 429 as Vertex in us-central1 and as Bedrock in eu-west-1
-    down: Mock  # 503 as Vertex in us-west1 and as Bedrock in us-west-2
+    tired: FaultyMock  # 429 as Vertex in us-central1 and as Bedrock in eu-west-1
+    down: FaultyMock  # 503 as Vertex in us-west1 and as Bedrock in us-west-2
 
     @property
     def url(self) -> str:
         return self.gateway.base_url.replace("http://", "https://", 1)
 
 
-def failover_config(workdir: Path, tired: Mock, down: Mock) -> dict[str, Any]:
+def failover_config(workdir: Path, tired: FaultyMock, down: FaultyMock) -> dict[str, Any]:
     raw = default_config()
     bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
 
-    def vertex_at(name: str, mock: Mock, region: str) -> dict[str, Any]:
+    def vertex_at(name: str, mock: FaultyMock, region: str) -> dict[str, Any]:
         entry = vertex_provider(name, base_url=mock.url)
         entry["gcp"] = {
             **entry["gcp"],
