@@ -17,8 +17,17 @@ from collections.abc import Mapping, Sequence
 
 
 def comparable(name: str) -> str:
-    """A model name or pattern as rules compare it: trimmed, case folded."""
-    return name.strip().casefold()
+    """A model name or pattern as rules compare it: trimmed, case folded, Vertex's ``@``
+    before a version read as Anthropic's ``-``."""
+    return name.strip().casefold().replace("@", "-")
+
+
+def anthropic_spelling(name: str) -> str:
+    """``name`` as Anthropic's API knows it: Vertex's ``claude-...@{version}`` becomes
+    ``claude-...-{version}`` (Anthropic's API refuses a name with ``@`` as an unknown
+    model). The one model whose names differ otherwise, ``claude-3-5-sonnet-v2@20241022``
+    (Anthropic's ``claude-3-5-sonnet-20241022``), needs the config to name it."""
+    return name.replace("@", "-")
 
 
 def matches(patterns: Sequence[str], names: Sequence[str]) -> bool:

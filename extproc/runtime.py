@@ -37,6 +37,7 @@ from extproc.config.model import (
     cluster_name,
 )
 from extproc.guardrails.policy import Guardrails
+from extproc.model_names import anthropic_spelling
 from extproc.providers.aws_signer import AwsSigner
 from extproc.quota.rules import RuleSet
 from extproc.response_path import is_lean, lean_routes
@@ -466,6 +467,9 @@ def _upstream(
 ) -> Upstream:
     credentials: dict[str, str] = {}
     if provider.type is ProviderType.ANTHROPIC:
+        # A client of Vertex's paths (Claude Code in its Vertex mode) names Claude as
+        # Vertex does; Anthropic serves the same model by its own spelling.
+        upstream_model = anthropic_spelling(upstream_model)
         endpoint = "/messages"
         if key:
             credentials["x-api-key"] = key

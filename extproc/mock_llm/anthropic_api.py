@@ -185,6 +185,15 @@ class InvalidRequestError(Exception):
     """A request Anthropic would reject with 400 invalid_request_error."""
 
 
+def unknown_model(body: Body) -> str | None:
+    """The body's model when Anthropic's API knows no model by that name from its shape
+    alone: Vertex's ``name@version`` (Anthropic's is ``name-version``), which the real API
+    refuses with a 404 not_found_error naming it."""
+    doc = body.json if body.is_json and isinstance(body.json, dict) else {}
+    model = doc.get("model")
+    return model if isinstance(model, str) and "@" in model else None
+
+
 CACHE_WRITE_HEADER = "x-mock-cache-write"
 # The header's keys: Claude's two cache lifetimes, as Anthropic's cache_control names them.
 _CACHE_TTLS = ("5m", "1h")
@@ -832,6 +841,8 @@ class AnthropicEndpoints:
         fault = await self._precheck(request)
         if isinstance(fault, web.Response):
             return fault
+        if (model := unknown_model(body)) is not None:
+            return error_response(404, f"model: {model}")
         try:
             tokens = count_request_tokens(body)
         except InvalidRequestError as exc:
@@ -842,6 +853,8 @@ class AnthropicEndpoints:
         fault = await self._precheck(request)
         if isinstance(fault, web.Response):
             return fault
+        if (model := unknown_model(body)) is not None:
+            return error_response(404, f"model: {model}")
         try:
             req = parse_messages_request(body, request.headers.get(VERSION_HEADER))
         except InvalidRequestError as exc:

@@ -239,3 +239,28 @@ def test_what_vertex_clients_may_not_call_here_is_a_404_in_anthropics_shape(
     error = answer.json()
     assert (error["type"], error["error"]["type"]) == ("error", "not_found_error")
     assert said in error["error"]["message"]
+
+
+def test_claude_codes_vertex_name_reaches_anthropic_as_anthropic_spells_it(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # Claude Code in its Vertex mode asks for Vertex's name of a model the config does not
+    # list; the default config's `claude-` prefix sends it to mock-anthropic, which (as
+    # Anthropic) knows it only as claude-haiku-4-5-20251001.
+    vertex_name = "claude-haiku-4-5@20251001"
+    with vertex_client(stack).messages.stream(
+        model=vertex_name, max_tokens=200, messages=PROMPT
+    ) as stream:
+        final = stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
+
+    assert final.content[0].type == "text" and final.content[0].text
+    [*_, sent] = [r for r in mock_requests(stack) if r["path"] == "/v1/messages"]
+    assert orjson.loads(sent["body"])["model"] == "claude-haiku-4-5-20251001"
+    [line] = gateway_log.for_request(request_id)
+    assert (line["model"], line["provider"], line["http_status_code"]) == (
+        vertex_name,
+        "mock-anthropic",
+        200,
+    )
+    assert line["completion_tokens"] == final.usage.output_tokens

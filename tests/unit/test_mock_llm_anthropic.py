@@ -273,6 +273,23 @@ async def test_invalid_request_raises_bad_request_error(anthropic_client: AsyncA
         await anthropic_client.messages.create(model=MODEL, max_tokens=10, messages=[])
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_vertexs_spelling_of_a_model_is_anthropics_404(
+    http: httpx.AsyncClient, path: str
+) -> None:
+    # Vertex names Claude claude-haiku-4-5@20251001; Anthropic knows no name with an @.
+    body = {"model": "claude-haiku-4-5@20251001", "max_tokens": 10, "messages": MESSAGES}
+    if path.endswith("count_tokens"):
+        del body["max_tokens"]
+    response = await http.post(path, json=body, headers=HEADERS)
+
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "type": "not_found_error",
+        "message": "model: claude-haiku-4-5@20251001",
+    }
+
+
 async def test_gateway_route_prefix_reaches_messages(http: httpx.AsyncClient) -> None:
     response = await http.post(
         "/anthropic/v1/messages",

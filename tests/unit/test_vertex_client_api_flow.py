@@ -341,3 +341,57 @@ async def test_a_model_no_anthropic_api_serves_is_a_400_naming_the_routes_api(
     code, error = refusal(answers)
     assert (code, error["error"]["type"]) == (400, "invalid_request_error")
     assert "this route (anthropic_vertex)" in error["error"]["message"]
+
+
+# Claude Code in its Vertex mode names Claude as Vertex does; the default config's
+# `claude-` prefix sends a name it does not list to mock-anthropic.
+CLAUDE_CODES_NAME = "claude-haiku-4-5@20251001"
+ANTHROPICS_NAME = "claude-haiku-4-5-20251001"
+
+
+async def test_a_vertex_name_the_config_does_not_list_reaches_anthropic_as_anthropic_spells_it(
+    vertex: tuple[str, Path], services: Services
+) -> None:
+    prices = {"input_per_million": 1, "output_per_million": 5}
+    async for processor in gateway(vertex, services, pricing={"models": {ANTHROPICS_NAME: prices}}):
+        answers = await run_stream(
+            processor,
+            [
+                request_headers(predict(CLAUDE_CODES_NAME), headers=KEY),
+                request_body(orjson.dumps(BODY)),
+                response_headers(200, FROM_PROVIDER),
+                response_body(orjson.dumps({**ANSWER, "model": ANTHROPICS_NAME})),
+            ],
+        )
+    headers, body = sent_upstream(answers)
+    assert (headers[":path"], body["model"]) == ("/v1/messages", ANTHROPICS_NAME)
+    line = log_line(services)
+    assert (line["model"], line["provider"]) == (CLAUDE_CODES_NAME, "mock-anthropic")
+    # Priced as the model it is: 11 tokens in at $1/M, 3 out at $5/M.
+    assert (line["cost_usd"], line["cost_priced"]) == (0.000026, True)
+
+
+async def test_a_key_limited_to_anthropics_spelling_may_call_it_by_vertexs(
+    vertex: tuple[str, Path], services: Services
+) -> None:
+    team4 = {"id": "team4", "key": "team4-key", "allowed_models": [ANTHROPICS_NAME]}
+    headers = {"authorization": "Bearer team4-key"}
+    async for processor in gateway(vertex, services, auth={"api_keys": [team4]}):
+        allowed = await call(processor, predict(CLAUDE_CODES_NAME), BODY, headers)
+        denied = await call(processor, predict("claude-opus-4-1@20250805"), BODY, headers)
+    assert sent_upstream(allowed)[1]["model"] == ANTHROPICS_NAME
+    code, error = refusal(denied)
+    assert (code, error["error"]["type"]) == (403, "permission_error")
+
+
+async def test_a_rule_keeping_anthropics_spelling_to_a_group_keeps_vertexs_too(
+    vertex: tuple[str, Path], services: Services
+) -> None:
+    # team1 is not in `research`: Vertex's spelling of the model must not get it past.
+    rule = {"name": "haiku-4-5-research", "models": [ANTHROPICS_NAME], "groups": ["research"]}
+    auth = {"api_keys": [{"id": "team1", "key": "team1-key"}], "access_rules": [rule]}
+    async for processor in gateway(vertex, services, auth=auth):
+        denied = await call(processor, predict(CLAUDE_CODES_NAME), BODY)
+    code, error = refusal(denied)
+    assert (code, error["error"]["type"]) == (403, "permission_error")
+    assert "haiku-4-5-research" in error["error"]["message"]
