@@ -257,11 +257,31 @@ BACKEND_CONFIG_POLICY = {
     },
 }
 
+# prometheus-operator's RelabelConfig (a target's labels before the scrape).
+RELABEL_ACTIONS = ("replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                   "lowercase", "uppercase", "keepequal", "dropequal",
+                   "Replace", "Keep", "Drop", "HashMod", "LabelMap", "LabelDrop", "LabelKeep",
+                   "Lowercase", "Uppercase", "KeepEqual", "DropEqual")  # fmt: skip
+RELABEL_CONFIG = {
+    "sourceLabels": [Pattern(r"^[a-zA-Z_][a-zA-Z0-9_]*$")],
+    "separator": str,
+    "targetLabel": str,
+    "regex": str,
+    "modulus": int,
+    "replacement": str,
+    "action": enum(*RELABEL_ACTIONS),
+}
 POD_MONITOR = {
     Required("selector"): {"matchLabels": {"*": str}},
     "namespaceSelector": {"any": bool, "matchNames": [str]},
     Required("podMetricsEndpoints"): [
-        {"port": str, "path": str, "interval": DURATION, "scheme": enum("http", "https")}
+        {
+            "port": str,
+            "path": str,
+            "interval": DURATION,
+            "scheme": enum("http", "https"),
+            "relabelings": [RELABEL_CONFIG],
+        }
     ],
 }
 PROMETHEUS_RULE = {

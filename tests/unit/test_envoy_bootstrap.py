@@ -347,6 +347,10 @@ def test_envoy_command_sets_concurrency_on_the_command_line() -> None:
         "--log-level",
         "warn",
         "--disable-hot-restart",
+        "--drain-strategy",
+        "immediate",
+        "--drain-time-s",
+        "20",
     ]
     assert "concurrency" not in render_bootstrap_yaml(config)
 
