@@ -14,7 +14,7 @@ import yaml
 
 from extproc.config.loader import load_config
 
-from .test_kubernetes import CONFIG_PATH, RULES, Manifest, container, kustomize, one
+from .test_kubernetes import BUILDS, CONFIG_PATH, RULES, Manifest, container, kustomize, one
 
 # `kubectl apply -n <namespace>`: the Prometheus Operator names a PodMonitor's job after it.
 NAMESPACE = "ai"
@@ -127,3 +127,37 @@ def test_the_pod_monitors_jobs_are_the_compose_scrape_jobs(pod_monitor: Manifest
     compose_jobs = {job["job_name"] for job in scrape}
     for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
         assert _operator_job(pod_monitor, endpoint) in compose_jobs, endpoint["port"]
+
+
+def _label_selectors(manifest: Manifest) -> list[tuple[str, dict[str, str]]]:
+    """Every label selector of a manifest that names which pods it means, by where."""
+    spec = manifest.get("spec", {})
+    kind = manifest["kind"]
+    found: list[tuple[str, dict[str, str]]] = []
+    if kind == "Service" and "selector" in spec:
+        found.append(("spec.selector", spec["selector"]))
+    if "selector" in spec and "matchLabels" in spec["selector"]:
+        found.append(("spec.selector", spec["selector"]["matchLabels"]))
+    if kind == "NetworkPolicy":
+        found.append(("spec.podSelector", spec["podSelector"]["matchLabels"]))
+        for rule in spec.get("ingress", []):
+            for peer in rule.get("from", []):
+                if "podSelector" in peer:
+                    found.append(("ingress.from", peer["podSelector"]["matchLabels"]))
+    pod = spec.get("template", {}).get("spec", {})
+    for constraint in pod.get("topologySpreadConstraints", []):
+        found.append(("topologySpreadConstraints", constraint["labelSelector"]["matchLabels"]))
+    return found
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_selector_names_the_gateways_own_pods(build: str) -> None:
+    # `component: store` or `component: gateway` alone would also pick another app's
+    # pods in the namespace: its store would take the gateway's traffic, its pods
+    # would pass the store's NetworkPolicy.
+    for manifest in kustomize(build):
+        for where, labels in _label_selectors(manifest):
+            if "app.kubernetes.io/component" in labels:
+                assert labels.get("app.kubernetes.io/name") == "aigw", (
+                    f"{manifest['kind']} {manifest['metadata']['name']} {where}: {labels}"
+                )
