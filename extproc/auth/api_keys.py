@@ -13,6 +13,8 @@ import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from extproc.config.auth_model import ApiKeyConfig, AuthConfig
 from extproc.config.loader import ConfigError
 
@@ -58,9 +60,19 @@ class ApiKeyStore:
                     f"auth.api_key_directory/{key_id}: the key is shorter than 8 characters"
                 )
                 continue
+            try:
+                spec = ApiKeyConfig(id=key_id)
+            except ValidationError:
+                # A Secret may hold keys (`_legacy`, a 200-character name) that no
+                # key id can be: say which file, not a traceback.
+                problems.append(
+                    f"auth.api_key_directory/{key_id}: the file name is not a valid key id "
+                    "(a letter or digit, then letters, digits and _ . : @ -, at most 128)"
+                )
+                continue
             digest = key_digest(secret)
             if digest not in self._by_digest:
-                self._by_digest[digest] = (digest, api_key_of(ApiKeyConfig(id=key_id)))
+                self._by_digest[digest] = (digest, api_key_of(spec))
         if problems:
             raise ConfigError("auth", problems)
 
@@ -100,7 +112,9 @@ def _digest_of(spec: ApiKeyConfig, directory: dict[str, str]) -> bytes:
     if spec.key_sha256 is not None:
         return bytes.fromhex(spec.key_sha256)
     if spec.key is not None:
-        secret = spec.key.get_secret_value()
+        # As for a key_file: a header value never starts or ends with whitespace, so a
+        # key from an env var filled from a file (its newline kept) could never match.
+        secret = spec.key.get_secret_value().strip()
     elif spec.key_file is not None:
         try:
             secret = Path(spec.key_file).read_text(encoding="utf-8").strip()

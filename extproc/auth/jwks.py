@@ -71,6 +71,18 @@ class KeySet:
     def knows(self, kid: str) -> bool:
         return any(key.kid == kid for key in self._keys)
 
+    def still_lists(self, kid: str, verified_with: jwt.PyJWK) -> bool:
+        """Whether the key behind ``kid`` is still the one that verified a token.
+
+        The ``kid`` alone is not enough: an identity provider that keeps one ``kid``
+        ("1", "default") withdraws a key by publishing another under the same name.
+        """
+        return any(
+            key.kid == kid
+            and any(same.key == verified_with.key for same in key.by_algorithm.values())
+            for key in self._keys
+        )
+
     def candidates(self, kid: str | None, algorithm: str) -> list[jwt.PyJWK]:
         """Keys that could have signed a token with this header.
 

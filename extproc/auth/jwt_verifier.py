@@ -175,11 +175,14 @@ class JwtVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in config.algorithms:
             raise AuthenticationError("invalid token: algorithm not allowed")
+        verified_with: jwt.PyJWK | None = None
         try:
             if provider.secret is not None:
                 claims = _decode(token, provider, provider.secret)
             else:
-                claims = await self._decode_with_jwks(token, provider, header, algorithm)
+                claims, verified_with = await self._decode_with_jwks(
+                    token, provider, header, algorithm
+                )
         except jwt.PyJWTError as exc:
             message = _reason(exc)
             log.debug("JWT from provider %s refused: %s", config.name, message)
@@ -189,12 +192,14 @@ class JwtVerifier:
         _check_encodable(identity)
         source = provider.keys if provider.secret is None else None
         kid = header.get("kid")
-        self._remember(token, _Cached(identity, source, source.keys if source else None, kid))
+        keys = source.keys if source else None
+        self._remember(token, _Cached(identity, source, keys, kid, verified_with))
         return identity
 
     async def _decode_with_jwks(
         self, token: str, provider: _Provider, header: Mapping[str, Any], algorithm: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], jwt.PyJWK]:
+        """The token's claims, and the key that verified its signature."""
         source: JwksSource | None = provider.keys
         assert source is not None
         if algorithm in HMAC_ALGORITHMS:
@@ -210,14 +215,20 @@ class JwtVerifier:
             if kid is not None and source.keys.knows(kid):
                 raise AuthenticationError("invalid token: algorithm does not match the signing key")
             raise AuthenticationError("invalid token: unknown signing key")
-        for key in keys[:-1]:
-            # Without a kid several keys may fit; only a signature mismatch means
-            # "try the next one": any other failure is about the token itself.
-            try:
-                return _decode(token, provider, key)
-            except jwt.InvalidSignatureError:
-                continue
-        return _decode(token, provider, keys[-1])
+        try:
+            return _first_that_verifies(token, provider, keys)
+        except jwt.InvalidSignatureError:
+            # An IdP that keeps its kid ("1", "default") rotates by publishing a new
+            # key under it: its new tokens fail the old key until we fetch again
+            # (rate limited, as for an unknown kid, so forgeries cannot flood the IdP).
+            before = source.keys
+            await source.refresh_for_unknown_key()
+            if source.keys is before:
+                raise
+        keys = source.keys.candidates(kid, algorithm)
+        if not keys:
+            raise AuthenticationError("invalid token: unknown signing key")
+        return _first_that_verifies(token, provider, keys)
 
     def _remember(self, token: str, entry: _Cached) -> None:
         identity = entry.identity
@@ -243,14 +254,21 @@ class _Cached:
     source: JwksSource | None
     keys: KeySet | None
     kid: str | None
+    # The JWKS key that checked the signature (None: a shared secret).
+    verified_with: jwt.PyJWK | None
 
     def still_signed(self) -> bool:
         """Whether the key that verified the token is still in its JWKS."""
         if self.source is None or self.source.keys is self.keys:
             return True
-        # The JWKS was fetched again: the token stands while its key is still there;
-        # a token without a kid is verified again against the new keys.
-        return self.kid is not None and self.source.keys.knows(self.kid)
+        # The JWKS was fetched again: the token stands while its key is still there,
+        # under its kid and with the same material; a token without a kid is
+        # verified again against the new keys.
+        return (
+            self.kid is not None
+            and self.verified_with is not None
+            and self.source.keys.still_lists(self.kid, self.verified_with)
+        )
 
 
 def _secret_problem(config: JwtProviderConfig) -> str | None:
@@ -303,6 +321,21 @@ def _decode(token: str, provider: _Provider, key: jwt.PyJWK | bytes) -> dict[str
         issuer=config.issuer,
         leeway=config.leeway_s,
     )
+
+
+def _first_that_verifies(
+    token: str, provider: _Provider, keys: Sequence[jwt.PyJWK]
+) -> tuple[dict[str, Any], jwt.PyJWK]:
+    """The claims and the first key whose signature check passes; the last key's
+    error when none does."""
+    for key in keys[:-1]:
+        # Without a kid several keys may fit; only a signature mismatch means
+        # "try the next one": any other failure is about the token itself.
+        try:
+            return _decode(token, provider, key), key
+        except jwt.InvalidSignatureError:
+            continue
+    return _decode(token, provider, keys[-1]), keys[-1]
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

@@ -11,6 +11,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -86,9 +87,28 @@ class JwksConfig(_Section):
     def _one_source(self) -> JwksConfig:
         if sum(x is not None for x in (self.file, self.inline, self.url)) != 1:
             raise ValueError("set exactly one of file, inline and url")
-        if self.url is not None and not self.url.startswith(("https://", "http://")):
-            raise ValueError("url must be http:// or https://")
+        if self.url is not None:
+            _check_url(self.url)
         return self
+
+
+def _check_url(url: str) -> None:
+    """A URL the gateway can fetch: http(s), a host, a port that exists.
+
+    Found now rather than at the first fetch, which would only log a warning and
+    leave every token of the provider refused (or, for a broken IPv6 host, stop the
+    gateway with a traceback)."""
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("url must be http:// or https://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of range
+    except ValueError:
+        raise ValueError("url is not a valid URL") from None
+    if not parts.hostname:
+        raise ValueError("url names no host")
+    if port == 0:
+        raise ValueError("url names port 0")
 
 
 class ClaimMapping(_Section):
