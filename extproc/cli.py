@@ -115,8 +115,11 @@ def _usage_report(args: argparse.Namespace) -> int:
     from extproc.usage_report import export, report
 
     run = export if args.usage_command == "export" else report
+    # Asked of a gateway named by its address, the report needs no config: the operator's
+    # laptop has none (as for `extproc quota` and `extproc keys`).
+    config = None if args.api and args.address else _load(args.config)
     try:
-        return run(_load(args.config), args)
+        return run(config, args)
     except DataDirInUseError as exc:
         print(f"{exc}; try again once it answers", file=sys.stderr)
         return 2

@@ -58,14 +58,16 @@ async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]
 
 
 def _rows(
-    config: GatewayConfig, args: argparse.Namespace
+    config: GatewayConfig | None, args: argparse.Namespace
 ) -> tuple[list[UsageRow], tuple[str, ...], Period] | None:
+    """``config`` is None only for a report asked of the management API at ``--address``."""
     by = dimensions(args.by)
     try:
         period = period_of(args)
         if args.api:
             rows = _ask_api(config, args, by)
         else:
+            assert config is not None, "a report read from the store has the store's config"
             rows = asyncio.run(query_store(config, period, by))
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,14 +84,14 @@ def _rows(
 
 
 def _ask_api(
-    config: GatewayConfig, args: argparse.Namespace, by: tuple[str, ...]
+    config: GatewayConfig | None, args: argparse.Namespace, by: tuple[str, ...]
 ) -> list[UsageRow]:
     """The same report from a gateway's management API (another host's store, say)."""
     from extproc.management.client import ManagementError, UsageClient
     from extproc.management.usage import rows_from_report
     from extproc.management.v1 import management_pb2 as pb
 
-    address = args.address or config.management.address
+    address = args.address or (config.management.address if config is not None else "")
     token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
     if not token:
         raise ReportError("no admin token: pass --token or set AIGW_ADMIN_TOKEN")
@@ -104,7 +106,7 @@ def _ask_api(
         raise ReportError(str(exc)) from None
 
 
-def report(config: GatewayConfig, args: argparse.Namespace) -> int:
+def report(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     found = _rows(config, args)
     if found is None:
         return 2
@@ -113,7 +115,7 @@ def report(config: GatewayConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def export(config: GatewayConfig, args: argparse.Namespace) -> int:
+def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     found = _rows(config, args)
     if found is None:
         return 2

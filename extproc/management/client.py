@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from zoneinfo import ZoneInfo
 
 import grpc
 import orjson
 
+from extproc.config.quota_model import MAX_LIMIT
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 
@@ -29,6 +30,9 @@ STORE_ERROR_METADATA: tuple[tuple[str, str], ...] = (("aigw-error", "store"),)
 # The management API is plaintext: a proxy would see the admin token. A usage report is
 # one message, over gRPC's default 4 MB for a large organisation's month of keys.
 _CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", -1))
+
+_INT64 = range(-(2**63), 2**63)
+Message = TypeVar("Message")
 
 # Refusals a user can act on (wrong token, typo, gateway down): the CLI exits 2.
 USAGE_ERRORS = frozenset(
@@ -65,6 +69,8 @@ class ManagementClient:
         self.address = address
         self._timeout_s = timeout_s
         _check_token(token)
+        if (problem := _unsendable(address)) is not None:
+            raise ManagementError(grpc.StatusCode.INVALID_ARGUMENT, f"the address {problem}")
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = self.stub_type(self._channel)
@@ -116,6 +122,39 @@ def _check_token(token: str) -> None:
         )
 
 
+def _request(message_type: Callable[..., Message], **fields: Any) -> Message:
+    """The request message of a call, or a usage error naming the field it cannot carry:
+    protobuf raised on a number past int64 (``--limit 1e20`` typed in full) and on a
+    string that is not UTF-8 (Python passes a byte of argv that is not as a surrogate),
+    and the CLI printed that as a traceback."""
+    for name, value in fields.items():
+        problem = _unsendable(value)
+        if problem is not None:
+            raise ManagementError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} {problem}")
+    return message_type(**fields)
+
+
+def _unsendable(value: Any) -> str | None:
+    """Why protobuf cannot carry a field's value (None when it can)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if value in _INT64:
+            return None
+        return f"{value} is out of range (the management API takes at most {MAX_LIMIT})"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not UTF-8 text (check the bytes the shell passed)"
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        return next((found for item in value if (found := _unsendable(item))), None)
+    return None
+
+
 def _from_the_store(exc: grpc.RpcError) -> bool:
     """Whether the gateway answered UNAVAILABLE for its store (not the API unreachable)."""
     trailing = getattr(exc, "trailing_metadata", None)
@@ -127,35 +166,45 @@ class QuotaClient(ManagementClient):
     stub_type = pb_grpc.QuotaManagementStub
 
     def get(self, kind: str, subject: str) -> pb.QuotaState:
-        request = pb.GetQuotaRequest(subject_kind=kind, subject=subject)
+        request = _request(pb.GetQuotaRequest, subject_kind=kind, subject=subject)
         state: pb.QuotaState = self._call(self._stub.GetQuota, request)
         return state
 
     def list(self, kind: str) -> list[pb.QuotaState]:
         answer: pb.ListQuotasResponse = self._call(
-            self._stub.ListQuotas, pb.ListQuotasRequest(subject_kind=kind)
+            self._stub.ListQuotas, _request(pb.ListQuotasRequest, subject_kind=kind)
         )
         return list(answer.states)
 
     def set_limit(
         self, kind: str, subject: str, rule: str, counter: str, limit: int
     ) -> pb.QuotaState:
-        request = pb.SetLimitRequest(
-            subject_kind=kind, subject=subject, rule=rule, counter=counter, limit=limit
+        request = _request(
+            pb.SetLimitRequest,
+            subject_kind=kind,
+            subject=subject,
+            rule=rule,
+            counter=counter,
+            limit=limit,
         )
         state: pb.QuotaState = self._call(self._stub.SetLimit, request)
         return state
 
     def adjust(self, kind: str, subject: str, rule: str, counter: str, delta: int) -> pb.QuotaState:
-        request = pb.AdjustUsageRequest(
-            subject_kind=kind, subject=subject, rule=rule, counter=counter, delta=delta
+        request = _request(
+            pb.AdjustUsageRequest,
+            subject_kind=kind,
+            subject=subject,
+            rule=rule,
+            counter=counter,
+            delta=delta,
         )
         state: pb.QuotaState = self._call(self._stub.AdjustUsage, request)
         return state
 
     def reset(self, kind: str, subject: str, rule: str = "", counter: str = "") -> pb.QuotaState:
-        request = pb.ResetUsageRequest(
-            subject_kind=kind, subject=subject, rule=rule, counter=counter
+        request = _request(
+            pb.ResetUsageRequest, subject_kind=kind, subject=subject, rule=rule, counter=counter
         )
         state: pb.QuotaState = self._call(self._stub.ResetUsage, request)
         return state
@@ -175,7 +224,8 @@ class KeyClient(ManagementClient):
         allowed_models: Sequence[str] = (),
         allowed_routes: Sequence[str] = (),
     ) -> pb.CreatedKey:
-        request = pb.CreateKeyRequest(
+        request = _request(
+            pb.CreateKeyRequest,
             id=key_id,
             user_id=user_id,
             group_id=group_id,
@@ -192,7 +242,8 @@ class KeyClient(ManagementClient):
         return list(answer.keys)
 
     def revoke(self, key_id: str) -> pb.KeyInfo:
-        info: pb.KeyInfo = self._call(self._stub.RevokeKey, pb.RevokeKeyRequest(id=key_id))
+        request = _request(pb.RevokeKeyRequest, id=key_id)
+        info: pb.KeyInfo = self._call(self._stub.RevokeKey, request)
         return info
 
 
