@@ -292,10 +292,18 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     on Anthropic, Bedrock and Vertex: nothing translates it to OpenAI's API. Gemini's API
     reaches Google's own models on Vertex; Bedrock Runtime's operations reach Bedrock
     (Converse speaks every Bedrock model; an InvokeModel body is one family's:
-    ``serves_invoke_body``)."""
+    ``serves_invoke_body``). The Responses API (its compaction included) and text
+    completions reach OpenAI-compatible providers alone; embeddings reach those and
+    Bedrock, though only the same model's vectors compare (``same_embeddings_model``)."""
     kind = upstream.provider.type
     if api is RouteApi.OPENAI_CHAT:
         return True
+    if api in (RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_RESPONSES_COMPACT):
+        return kind is ProviderType.OPENAI
+    if api is RouteApi.OPENAI_COMPLETIONS:
+        return kind is ProviderType.OPENAI
+    if api is RouteApi.OPENAI_EMBEDDINGS:
+        return kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
     if api is RouteApi.GEMINI_GENERATE_CONTENT:
         return kind is ProviderType.VERTEX and vertex_endpoints.is_google_model(
             upstream.upstream_model
@@ -309,6 +317,21 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     if kind is ProviderType.VERTEX:
         return vertex_endpoints.is_claude(upstream.upstream_model)
     return kind is ProviderType.ANTHROPIC
+
+
+def same_embeddings_model(primary: Upstream, fallback: Upstream) -> bool:
+    """Whether ``fallback`` embeds with the very model ``primary`` does (another region,
+    account or deployment of it): vectors of different models live in different spaces,
+    so one from another model would be compared with the client's stored vectors and
+    mean nothing, without any error to tell. Told by the provider's name for the model,
+    on a provider of the same type (a Bedrock id less its inference profile's region);
+    a deployment under a name of its own is not recognised, so not tried."""
+    kind = primary.provider.type
+    if fallback.provider.type is not kind:
+        return False
+    if kind is ProviderType.BEDROCK:
+        return base_model_id(primary.upstream_model) == base_model_id(fallback.upstream_model)
+    return primary.upstream_model == fallback.upstream_model
 
 
 def serves_invoke_body(body: dict[str, Any], named_model: str, fallback_model: str) -> bool:

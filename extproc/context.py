@@ -193,7 +193,9 @@ class RequestContext:
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)
     upstream: Upstream | None = None
-    # The primary model of a request that may fail over (Envoy retries to fallbacks).
+    # The primary model of a request that may fail over (Envoy retries to fallbacks). In
+    # a failover attempt (stages.attempt): the same, but only while a later member
+    # remains, so an error Envoy retries is counted where the client never sees it.
     failover_model: str | None = None
     # Failover: the attempts cut after their provider started answering (stages.cut_answer).
     # A tuple: most requests share the empty one and allocate nothing.

@@ -59,6 +59,7 @@ from typing import Any
 from extproc.config.model import (
     GatewayConfig,
     ModelConfig,
+    ProviderType,
     RouteApi,
     cluster_name,
     failover_chain_name,
@@ -93,18 +94,27 @@ _TOO_LARGE_DETAILS = "response_payload_too_large"
 STARTED = ATTEMPTS_STARTED
 # What ends each attempt's name in STARTED (provider names have no comma: config.model).
 STARTED_SEPARATOR = ","
-# The client APIs whose requests fail over: OpenAI's chat completions, Anthropic's
-# Messages API (Claude Code, the anthropic SDK; a Vertex client's rawPredict call is one
-# once its path is read), Gemini's generateContent (google-genai, Gemini CLI, ADK) and
-# Bedrock Runtime's Converse and InvokeModel (the AWS SDKs). Each attempt is translated
-# from the client's API to its provider's and back, or passed to a provider of the
-# client's own API with its own model in the path and its own credentials, so a chain
-# serves any client API the gateway can send to every member it keeps
-# (``backends.serves_client_api``); a token count, which generates nothing, goes to its
-# model's provider alone.
+# The client APIs whose requests fail over: OpenAI's chat completions, Responses API
+# (and its compaction), legacy text completions and embeddings, Anthropic's Messages API
+# (Claude Code, the anthropic SDK; a Vertex client's rawPredict call is one once its path
+# is read), Gemini's generateContent (google-genai, Gemini CLI, ADK) and Bedrock
+# Runtime's Converse and InvokeModel (the AWS SDKs). Each attempt is translated from the
+# client's API to its provider's and back, or passed to a provider of the client's own
+# API with its own model in the path and its own credentials, so a chain serves any
+# client API the gateway can send to every member it keeps
+# (``backends.serves_client_api``; embeddings only to the same model elsewhere, whose
+# vectors compare: ``backends.same_embeddings_model``); a token count, which generates
+# nothing, goes to its model's provider alone. A Responses API request that builds on
+# context one provider keeps (``previous_response_id``, ``conversation``, a stored
+# ``prompt``) goes to the member of that provider alone (``stages.response_owner``):
+# through the chain's pinned route (``pinned_cluster_name``) when it is a fallback's.
 FAILOVER_APIS = frozenset(
     {
         RouteApi.OPENAI_CHAT,
+        RouteApi.OPENAI_RESPONSES,
+        RouteApi.OPENAI_RESPONSES_COMPACT,
+        RouteApi.OPENAI_COMPLETIONS,
+        RouteApi.OPENAI_EMBEDDINGS,
         RouteApi.ANTHROPIC_MESSAGES,
         RouteApi.GEMINI_GENERATE_CONTENT,
         RouteApi.BEDROCK_CONVERSE,
@@ -128,6 +138,24 @@ def failover_cluster_name(model: str, skipped: Collection[int] = ()) -> str:
         # "-" is not in the slug's alphabet: no model's own name can end like this.
         name += "-without-" + "-".join(str(position + 1) for position in sorted(skipped))
     return name
+
+
+def pinned_cluster_name(model: str, fallback: int) -> str:
+    """The route of ``model``'s chain that sends a request to the fallback at position
+    ``fallback`` (0 is the first) alone, through the per-attempt filter: a Responses API
+    request continuing a response that fallback's provider stores."""
+    return failover_chain_name(model) + f"-only-{fallback + 1}"
+
+
+def pinnable(config: GatewayConfig, model: ModelConfig) -> list[int]:
+    """The fallback positions of ``model``'s chain a request can be pinned to: those on
+    OpenAI-compatible providers, the only ones that store Responses API responses."""
+    by_name = {each.name: each for each in config.models}
+    return [
+        position
+        for position, name in enumerate(model.fallbacks)
+        if config.provider(by_name[name].provider).type is ProviderType.OPENAI
+    ]
 
 
 def skippable(fallbacks: int) -> Iterator[tuple[int, ...]]:
@@ -198,7 +226,20 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
             name = failover_cluster_name(model.name, skipped)
             resources["clusters"].append(_aggregate(name, clusters))
             failover_routes.append(
-                _route(name, kept, len(clusters), attempt_timeout_s(config, model))
+                _route(name, name, kept, len(clusters), attempt_timeout_s(config, model))
+            )
+        for position in pinnable(config, model):
+            # No aggregate: the one member's own cluster, tried once.
+            provider = config.provider(by_name[model.fallbacks[position]].provider)
+            pinned = pinned_cluster_name(model.name, position)
+            failover_routes.append(
+                _route(
+                    pinned,
+                    cluster_name(provider),
+                    [provider.name],
+                    1,
+                    attempt_timeout_s(config, model),
+                )
             )
     # Before the catch-all 404, which is last.
     routes[-1:-1] = failover_routes
@@ -232,12 +273,13 @@ def _aggregate(name: str, clusters: list[str]) -> Json:
     }
 
 
-def _route(cluster: str, providers: list[str], attempts: int, per_try_s: float) -> Json:
+def _route(name: str, cluster: str, providers: list[str], attempts: int, per_try_s: float) -> Json:
+    """The route the gateway picks by ``name`` (its CLUSTER header) to ``cluster``."""
     return {
-        "name": cluster,
+        "name": name,
         "match": {
             "prefix": "/",
-            "headers": [{"name": CLUSTER, "string_match": {"exact": cluster}}],
+            "headers": [{"name": CLUSTER, "string_match": {"exact": name}}],
         },
         "route": {
             "cluster": cluster,

@@ -5,10 +5,12 @@ cluster for the attempt. The endpoint's metadata names the provider; the chain
 the downstream stage resolved when it admitted the request (a key it adds to
 the JSON body, ``headers.FAILOVER_CHAIN_KEY``) says which model that provider
 serves for this request, and a second key (``headers.FAILOVER_REQUEST_KEY``) which API the
-client speaks (OpenAI's chat completions, Anthropic's Messages API, Gemini's
-generateContent, Bedrock's Converse or InvokeModel) with the client's headers that
-API's translation reads and, for the APIs whose path names the operation, whether it
-streams (each attempt rewrites the path). The stage then does what the downstream
+client speaks (OpenAI's chat completions, Responses API and its compaction, text
+completions or embeddings, Anthropic's Messages API, Gemini's generateContent,
+Bedrock's Converse or InvokeModel) with the client's headers that API's translation
+reads and, for the APIs whose path names the operation, whether it streams (each
+attempt rewrites the path), for the others the client's query (an earlier attempt's
+path, which Envoy replays, may have lost it). The stage then does what the downstream
 stages do for a request without failover: translate and sign the client's body for
 that provider, and translate the answer back to the client's API (an OpenAI stream
 always with its usage, which the downstream filter counts and hides from clients that
@@ -50,7 +52,12 @@ not use, and less those that cannot answer the client's API (an Anthropic client
 fallback on an OpenAI-compatible provider: nothing translates Anthropic's Messages
 API to OpenAI's; a Gemini client's anywhere but Google's models on Vertex; a Bedrock
 client's anywhere but Bedrock, and for InvokeModel a model of another family than the
-body's).
+body's; a Responses API or text completions client's anywhere but an OpenAI-compatible
+provider; an embeddings client's anywhere but the same model elsewhere).
+
+An attempt whose provider answers an error Envoy retries (429, 5xx) while a later
+member remains counts it in ``aigw_upstream_errors_total``: the downstream filter
+only ever sees the last attempt's answer.
 
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
@@ -72,6 +79,7 @@ from extproc.backends import (
     plan_request,
     plan_response,
     provider_api,
+    same_embeddings_model,
     serves_client_api,
     serves_invoke_body,
 )
@@ -82,6 +90,7 @@ from extproc.envoy_failover import (
     HOST_METADATA_ATTRIBUTE,
     STARTED,
     failover_cluster_name,
+    pinned_cluster_name,
     started_key,
 )
 from extproc.errors import UpstreamError
@@ -155,13 +164,25 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     that cannot answer in the client's API is skipped the same way: tried, it could only
     fail the request with a 400 the client never caused. A skipped fallback is left out
     of the chain the attempts read too, so even an attempt Envoy sent there could not
-    serve it."""
+    serve it.
+
+    A request pinned to a fallback (its ``ctx.provider`` is that fallback's, set by
+    ``stages.response_owner`` for a response that provider stores) goes to that member
+    alone, through the chain's pinned route."""
     primary = ctx.failover_model
     route = ctx.route
     assert primary is not None and route is not None
     # The chain in order, the primary first: Runtime.failover is built in that order, one
     # member per provider (the config refuses two on one provider).
     members = list(ctx.runtime.failover[primary].values())
+    pinned = next(
+        (i for i, (_, up) in enumerate(members[1:]) if up.provider.name == ctx.provider), None
+    )
+    if pinned is not None:
+        # Only that member holds what the request builds on (stages.response_owner).
+        name, up = members[pinned + 1]
+        chain = [[up.provider.name, name, up.upstream_model]]
+        return FailoverPlan(pinned_cluster_name(primary, pinned), chain, client_request(ctx))
     skipped = [
         position
         for position, (name, upstream) in enumerate(members[1:])
@@ -175,8 +196,9 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
 
 def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:
     """Whether ``fallback`` can answer this client's request: its API
-    (``backends.serves_client_api``), and for InvokeModel its body, which is one model
-    family's (``backends.serves_invoke_body``)."""
+    (``backends.serves_client_api``), for InvokeModel its body, which is one model
+    family's (``backends.serves_invoke_body``), and for embeddings the very model the
+    request named, whose vectors alone compare (``backends.same_embeddings_model``)."""
     route = ctx.route
     assert route is not None
     if not serves_client_api(route.api, fallback):
@@ -184,13 +206,15 @@ def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:
     if route.api is RouteApi.BEDROCK_INVOKE:
         named = ctx.upstream_model or ""
         return serves_invoke_body(ctx.body or {}, named, fallback.upstream_model)
+    if route.api is RouteApi.OPENAI_EMBEDDINGS:
+        return ctx.upstream is not None and same_embeddings_model(ctx.upstream, fallback)
     return True
 
 
 def client_request(ctx: RequestContext) -> dict[str, Any]:
     """What the attempts need to know of the client's request besides its body: its API,
-    for Anthropic's the client's own headers its translation reads, and for the APIs
-    whose path names the operation whether it streams."""
+    for Anthropic's the client's own headers its translation reads, for the APIs whose
+    path names the operation whether it streams, for the others the client's query."""
     route = ctx.route
     assert route is not None
     carried: dict[str, str] = {}
@@ -202,6 +226,12 @@ def client_request(ctx: RequestContext) -> dict[str, Any]:
     request: dict[str, Any] = {"api": route.api.value, "headers": carried}
     if route.api in _STREAM_IN_PATH:
         request["stream"] = ctx.stream
+    else:
+        # The query each attempt passes on (the Anthropic SDK's ``?beta=true``): an
+        # earlier attempt's path, which Envoy replays, may have lost it (Vertex's).
+        query = ctx.path.partition("?")[2]
+        if query:
+            request["query"] = query
     return request
 
 
@@ -214,6 +244,8 @@ class AttemptRequest:
     route: Route
     headers: dict[str, str]
     stream: bool | None = None
+    # The client's query (empty: none), for an API whose path the attempt builds anew.
+    query: str = ""
 
 
 def attempt_request(request: object) -> AttemptRequest:
@@ -227,9 +259,11 @@ def attempt_request(request: object) -> AttemptRequest:
     api = request.get("api") if isinstance(request, dict) else None
     carried = request.get("headers") if isinstance(request, dict) else None
     stream = request.get("stream") if isinstance(request, dict) else None
+    query = request.get("query", "") if isinstance(request, dict) else ""
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
+        or not isinstance(query, str)
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
         or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
@@ -239,7 +273,8 @@ def attempt_request(request: object) -> AttemptRequest:
             code="failover_misrouted",
         )
     in_path = stream if isinstance(stream, bool) else None
-    return AttemptRequest(route, {str(name): value for name, value in carried.items()}, in_path)
+    carried_headers = {str(name): value for name, value in carried.items()}
+    return AttemptRequest(route, carried_headers, in_path, query)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -286,6 +321,25 @@ def attempt_target(ctx: RequestContext, chain: object) -> tuple[str, Upstream]:
             code="failover_provider_removed",
         )
     return model, upstream
+
+
+def retried_to(chain: object, provider: str) -> str | None:
+    """The chain's primary model when a member after ``provider``'s remains (Envoy
+    retries a failed attempt there), else None: the last attempt's answer is the
+    client's, whatever its status."""
+    if not isinstance(chain, list) or not chain:
+        return None
+    providers = [member[0] if isinstance(member, list) and member else None for member in chain]
+    if provider not in providers or providers.index(provider) == len(chain) - 1:
+        return None
+    primary = chain[0][1] if isinstance(chain[0], list) and len(chain[0]) > 1 else None
+    return primary if isinstance(primary, str) else None
+
+
+def retried(status: int) -> bool:
+    """Whether Envoy retries an attempt answered ``status`` (the failover route's
+    ``retry_on``: 5xx and 429)."""
+    return status == 429 or status >= 500
 
 
 def answered_by(ctx: RequestContext) -> dict[str, str]:
@@ -342,7 +396,19 @@ class AttemptStage:
         ctx.body_changed = True
         client = attempt_request(request)
         ctx.route = client.route
+        if client.route.api not in _STREAM_IN_PATH:
+            # The client's query, whatever an earlier attempt's path (replayed) kept of it.
+            ctx.path = ctx.path.partition("?")[0] + (f"?{client.query}" if client.query else "")
         ctx.model, upstream = attempt_target(ctx, chain)
+        if not serves_client_api(client.route.api, upstream):
+            # The gateway's chain keeps no such member (failover_plan): not its note.
+            raise UpstreamError(
+                f"provider '{ctx.provider}' cannot answer this request's {client.route.api}",
+                code="failover_misrouted",
+            )
+        # Set while a later member may still answer: this attempt's failure is then no
+        # answer to the client (response_headers counts it as the upstream error it is).
+        ctx.failover_model = retried_to(chain, ctx.provider or "")
         ctx.upstream = upstream
         ctx.upstream_model = upstream.upstream_model
         ctx.provider_type = upstream.provider.type
@@ -354,6 +420,9 @@ class AttemptStage:
             # which the answer's reader consults (an InvokeModel body's family, Gemini's
             # candidates).
             ctx.stream = client.stream
+            ctx.body = parsed
+        if client.route.api is RouteApi.OPENAI_EMBEDDINGS:
+            # A Bedrock answer's translation reads the client's texts and encoding.
             ctx.body = parsed
         restored = restore_client_headers(ctx, client.headers)
         plan = plan_request(ctx, parsed, upstream)
@@ -383,6 +452,13 @@ class AttemptStage:
         ctx.response_status = int(status) if status.isdigit() else 0
         # Only the gateway names the attempts that started: never the provider.
         out.remove_headers.append(STARTED)
+        if ctx.failover_model is not None and retried(ctx.response_status):
+            # Envoy tries the next member: the downstream filter never sees this error,
+            # which aigw_upstream_errors_total counts all the same (the last attempt's
+            # is the answer, counted there).
+            ctx.runtime.services.metrics.upstream_error(
+                provider=ctx.provider or "", model=ctx.failover_model, status=status
+            )
         if ctx.provider_api is None:
             return
         # Keep the usage chunk: the downstream filter counts it and hides it from

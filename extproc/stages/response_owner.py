@@ -16,6 +16,13 @@ record is missing or names another caller: whether another caller's response exi
 not told. A found record gives the quota the stored context's size, which the body does
 not show (``stored_context_tokens``).
 
+Failover: a Responses API request that builds on context one provider account keeps
+(``previous_response_id``, ``conversation``, a stored ``prompt``) does not fail over:
+another member would not have it. It goes to the model's own provider alone, or, for a
+previous response a fallback's provider stores (the record names the provider that
+answered, after a failover too), to that fallback alone (``pin_to_fallback``: the
+chain's pinned route, ``envoy_failover.pinned_cluster_name``).
+
 Store failures: a lookup the store cannot answer follows ``quotas.on_store_failure``
 (open: unchecked; closed: 503); a record the store cannot take is logged and counted,
 and the answer goes on (that response can then not be continued through the gateway).
@@ -26,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
+from extproc.backends import provider_api
 from extproc.config.model import RouteApi
 from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, ServiceUnavailableError
+from extproc.stages.attempt import serves_request
 from extproc.store.response_owners import (
     NOBODY,
     ResponseOwner,
@@ -53,22 +63,61 @@ _PARAM = "previous_response_id"
 
 
 class PreviousResponseStage:
-    """Request body: the response named in ``previous_response_id`` must be the caller's."""
+    """Request body: the response named in ``previous_response_id`` must be the caller's;
+    a request building on context a provider keeps does not fail over."""
 
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
     ) -> Awaitable[None] | None:
         owners = ctx.runtime.services.response_owners
         route = ctx.route
-        if owners is None or route is None or route.api not in _CONTINUING_APIS:
+        if route is None or route.api not in _CONTINUING_APIS:
             return None
-        previous = ctx.body.get(_PARAM) if ctx.body is not None else None
-        if not isinstance(previous, str):
+        parsed = ctx.body or {}
+        primary = ctx.failover_model
+        if primary is not None and builds_on_stored_context(parsed):
+            # The context is in one provider's account: another member would answer its
+            # own 404 (or, worse, without the context). The model's own provider answers
+            # alone; a previous response a fallback's provider stores, that fallback
+            # (_check_owner).
+            ctx.failover_model = None
+        previous = parsed.get(_PARAM)
+        if owners is None or not isinstance(previous, str):
             return None  # none named (the body's checks refused any other type)
-        return _check_owner(ctx, owners, previous)
+        return _check_owner(ctx, owners, previous, primary)
 
 
-async def _check_owner(ctx: RequestContext, owners: ResponseOwners, response_id: str) -> None:
+def builds_on_stored_context(body: dict[str, Any]) -> bool:
+    """Whether a Responses API body builds on what the provider's account keeps: a
+    stored response, a conversation or a stored prompt."""
+    return any(body.get(name) is not None for name in (_PARAM, "conversation", "prompt"))
+
+
+def pin_to_fallback(ctx: RequestContext, primary: str, provider: str) -> bool:
+    """Send the request to the member of ``primary``'s chain on ``provider`` alone (the
+    per-attempt filter reads and answers it as that member: its name prices the answer),
+    when there is one its caller may use; False when there is none."""
+    member = ctx.runtime.failover.get(primary, {}).get(provider)
+    route = ctx.route
+    if member is None or route is None:
+        return False
+    name, upstream = member
+    if not serves_request(ctx, upstream):
+        return False
+    if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None:
+        return False
+    ctx.failover_model = primary
+    ctx.upstream = upstream
+    ctx.provider = provider
+    ctx.provider_type = upstream.provider.type
+    ctx.provider_api = provider_api(upstream)
+    ctx.upstream_model = upstream.upstream_model
+    return True
+
+
+async def _check_owner(
+    ctx: RequestContext, owners: ResponseOwners, response_id: str, primary: str | None
+) -> None:
     runtime = ctx.runtime
     try:
         # asyncio.timeout, not wait_for: no extra task per lookup.
@@ -93,7 +142,12 @@ async def _check_owner(ctx: RequestContext, owners: ResponseOwners, response_id:
             param=_PARAM,
             code="previous_response_not_found",
         )
-    if ctx.provider is not None and found.provider != ctx.provider:
+    if (
+        ctx.provider is not None
+        and found.provider != ctx.provider
+        # A response a fallback answered (and its provider stores) continues there.
+        and (primary is None or not pin_to_fallback(ctx, primary, found.provider))
+    ):
         # Another provider (account) has no such response: it would answer its own 404
         # after the quota counted the request. Said plainly instead, to its creator.
         raise BadRequestError(
