@@ -760,6 +760,20 @@ class GatewayConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _store_answers_within_envoys_wait(self) -> GatewayConfig:
+        # Envoy waits envoy.message_timeout_ms for each gateway answer. A store wait as
+        # long made a frozen store cost every request Envoy's 504, where its quota rules
+        # said fail_open (through) or fail_closed (503 quota_store_unavailable).
+        if self.store.timeout_ms >= self.envoy.message_timeout_ms:
+            raise ValueError(
+                f"store.timeout_ms ({self.store.timeout_ms}) must be below"
+                f" envoy.message_timeout_ms ({self.envoy.message_timeout_ms}): Envoy would"
+                " answer 504 before a store that stopped answering fails a request open or"
+                " closed as its quota rules say"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _host_routes_distinct(self) -> GatewayConfig:
         # Two routes for one host and one path: which one serves it would depend on
         # their order in the file. (Routes without hosts keep their older rule.)

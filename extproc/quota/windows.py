@@ -36,6 +36,8 @@ __all__ = [
 # A lifetime counter has no end to outlive; ten years keeps it while stopping
 # abandoned subjects from piling up in Redis forever.
 LIFETIME_TTL_SECONDS = 10 * 365 * 86400
+# The longest a window's counter outlives it (ttl_seconds).
+MAX_SLACK_S = 3600
 
 
 class WindowKind(StrEnum):
@@ -75,16 +77,21 @@ class Window:
         return max(0.0, self.end - now)
 
     def ttl_seconds(
-        self, now: float, slack: float = 3600, lifetime: int = LIFETIME_TTL_SECONDS
+        self, now: float, slack: float | None = None, lifetime: int = LIFETIME_TTL_SECONDS
     ) -> int:
         """How long a counter for this window must live in Redis: until ``end + slack``.
 
-        The slack keeps a counter readable a while after its window closed (for
-        late settlement of a streamed response and for reports). At least 1,
-        because Redis rejects EXPIRE 0 as "delete now".
+        The slack keeps a counter a while after its window closed, for a streamed
+        response's late settlement; by default as long as the window lasted, at most
+        an hour (``MAX_SLACK_S``). A longer slack would buy nothing on short windows,
+        whose every second or minute leaves a key per subject: an hour's slack kept
+        3,600 per-second counters alive for each subject of a requests_per_second rule.
+        At least 1, because Redis rejects EXPIRE 0 as "delete now".
         """
         if self.end is None:
             return lifetime
+        if slack is None:
+            slack = min(MAX_SLACK_S, self.end - self.start)
         return max(1, math.ceil(self.end - now + slack))
 
 

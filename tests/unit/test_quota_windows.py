@@ -246,10 +246,30 @@ def test_lifetime_window_never_ends() -> None:
     assert window.ttl_seconds(utc(2026, 6, 17), lifetime=86400) == 86400
 
 
+@pytest.mark.parametrize(
+    ("kind", "longest_s"),
+    [
+        # A per-second counter is gone two seconds on: a requests_per_second rule used to
+        # keep 3,600 of them per subject, an hour's worth.
+        (WindowKind.SECOND, 2),
+        (WindowKind.MINUTE, 120),
+        (WindowKind.HOUR, 7200),
+        (WindowKind.DAY, 86400 + 3600),
+        (WindowKind.CALENDAR_MONTH, 31 * 86400 + 3600),
+    ],
+)
+def test_a_counter_outlives_its_window_by_as_long_as_it_lasted_at_most_an_hour(
+    kind: WindowKind, longest_s: int
+) -> None:
+    now = utc(2026, 1, 1, 0, 0, 0)
+    assert window_for(kind, now).ttl_seconds(now) == longest_s
+
+
 def test_counter_ttl_outlives_the_window_by_the_slack() -> None:
     window = window_for(WindowKind.MINUTE, utc(2026, 6, 17, 12, 0, 50))
     assert reset_at(window) == window.end == utc(2026, 6, 17, 12, 1)
-    assert window.ttl_seconds(utc(2026, 6, 17, 12, 0, 50)) == 10 + 3600
+    assert window.ttl_seconds(utc(2026, 6, 17, 12, 0, 50)) == 10 + 60  # a minute's slack
+    assert window.ttl_seconds(utc(2026, 6, 17, 12, 0, 50), slack=3600) == 10 + 3600
     assert window.ttl_seconds(utc(2026, 6, 17, 12, 0, 50) + 0.5, slack=0) == 10  # rounded up
     assert window.ttl_seconds(utc(2026, 6, 17, 13), slack=0) == 1  # never 0: EXPIRE 0 deletes
     assert window.seconds_left(utc(2026, 6, 17, 13)) == 0
