@@ -1,11 +1,12 @@
 """Where the text of a request or a buffered answer lives, as slots a guard reads and writes.
 
 A ``TextSlot`` points at one string inside the parsed body (a message's
-``content``, one text part of it, Anthropic's ``system``, a ``tool_result``'s
-content, the text of a ``document`` or ``search_result`` block, a choice's
-message, the arguments of a tool call), so guards read every piece of text and
-write masked text back in place, whether content came as a string or as an
-array of parts. Images, audio and PDFs are not text slots.
+``content``, one text or refusal part of it, an OpenAI assistant's ``refusal``,
+Anthropic's ``system``, a ``tool_result``'s or ``mcp_tool_result``'s content, the
+text of a ``document`` or ``search_result`` block, a choice's message, the
+arguments of a tool call), so guards read every piece of text and write masked
+text back in place, whether content came as a string or as an array of parts.
+Images, audio and PDFs are not text slots.
 
 Tool calls in a conversation's history are text the provider reads back, so a
 key or personal data put there must meet the same guards: OpenAI's
@@ -26,6 +27,8 @@ from typing import Any
 
 # Anthropic blocks that call a tool: their ``input`` object holds the call's arguments.
 _TOOL_CALL_BLOCKS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
+# Anthropic blocks holding what a tool returned: a string or blocks in ``content``.
+_TOOL_RESULT_BLOCKS = frozenset(("tool_result", "mcp_tool_result"))
 # How deep a tool input is walked: orjson parses at most 1024 levels, so no leaf of a
 # parsed body is ever left unread; the bound only caps a body built some other way.
 _MAX_INPUT_DEPTH = 1024
@@ -62,9 +65,13 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
     kind = block.get("type")
     if kind == "text" and isinstance(block.get("text"), str):
         slots.append(TextSlot(role, block, "text"))
-    elif kind == "tool_result":
+    elif kind == "refusal" and isinstance(block.get("refusal"), str):
+        # An OpenAI refusal part: the provider reads it, and the Anthropic and Bedrock
+        # translators make it a text block (a system message's too).
+        slots.append(TextSlot(role, block, "refusal"))
+    elif kind in _TOOL_RESULT_BLOCKS:
         # Anthropic's tool output, a string or blocks: the model reads it, as it
-        # reads an OpenAI "tool" message's content.
+        # reads an OpenAI "tool" message's content (an MCP server's result alike).
         _content_slots(role, block, "content", slots)
     elif kind in ("document", "search_result"):
         _document_slots(role, block, slots)
@@ -244,6 +251,8 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
             role = message.get("role")
             role = role if isinstance(role, str) else "user"
             _content_slots(role, message, "content", slots)
+            # An OpenAI assistant's refusal, sent back in the history the model reads.
+            _string_slot(role, message, "refusal", slots)
             if "tool_calls" in message or "function_call" in message:
                 _call_slots(role, message, slots)
     return slots

@@ -19,10 +19,11 @@ changes in place and the value stays the same object.
 
 Not read, as on the other APIs:
 
-- thought parts (``"thought": true``): the model's reasoning, which Gemini's thought
-  signatures go with and which the other APIs' guards leave alone too (Anthropic's
-  ``thinking``, Converse's ``reasoningContent``); a text part that merely carries a
-  ``thoughtSignature`` is answer text, and read;
+- thought parts (``"thought": true``) of the model's turns: the model's reasoning, which
+  Gemini's thought signatures go with and which the other APIs' guards leave alone too
+  (Anthropic's ``thinking``, Converse's ``reasoningContent``); a text part that merely
+  carries a ``thoughtSignature`` is answer text, and read. A part marked as a thought in
+  a user's turn or the system instruction is the client's own text, and read;
 - a function's ``name`` (an identifier a mask would break), inline data and files,
   tool definitions (``tools``), ``generationConfig``, ``safetySettings``,
   ``cachedContent`` (a name: its text is Google's, not in the body).
@@ -99,8 +100,11 @@ def answer_slots(answer: Any) -> list[TextSlot]:
 
 
 def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
-    """The text of one part (the module docstring); a thought has none the guards read."""
-    if part.get("thought") is True:
+    """The text of one part (the module docstring); the model's thoughts are not read.
+
+    A thought outside the model's turns (a user's, the system instruction's) is the
+    client's own text marked as one: read, or the mark would carry it past every guard."""
+    if part.get("thought") is True and role == CALL_ROLE:
         return
     if isinstance(part.get("text"), str):
         slots.append(TextSlot(role, part, "text"))

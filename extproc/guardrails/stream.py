@@ -89,13 +89,16 @@ class StreamRejectedError(Exception):
 class TextStream:
     """One channel of streamed text through the phase's matchers."""
 
-    __slots__ = ("_before", "_held", "_matchers", "masked")
+    __slots__ = ("_before", "_held", "_matchers", "_open", "masked")
 
     def __init__(self, matchers: Matchers, *, before: str = "") -> None:
         self._matchers = matchers
         self._held = ""
         # The last character released, for the "stands alone" checks of builtins.
         self._before = before
+        # The guard whose too long match was cut where the released text ends: its
+        # mask is out, so the rest of that match leaves as nothing (one mask, as whole).
+        self._open: int | None = None
         self.masked: set[int] = set()  # guards that masked something
 
     def push(self, text: str) -> str:
@@ -107,22 +110,28 @@ class TextStream:
         return self._release(self._held, final=True)
 
     def _release(self, buffer: str, *, final: bool) -> str:
-        cut, hits, refusing = _plan(self._matchers, self._before, buffer, final=final)
+        cut, hits, refusing, split = _plan(
+            self._matchers, self._before, buffer, final=final, continues=self._open
+        )
         if refusing:
             raise StreamRejectedError(min(refusing))
         self.masked.update(hit.guard for hit in hits)
         if cut:
             self._before = buffer[cut - 1]
+            self._open = split
         self._held = buffer[cut:]
         return apply(buffer[:cut], hits)
 
 
 def _plan(
-    matchers: Matchers, before: str, buffer: str, *, final: bool
-) -> tuple[int, list[Hit], list[int]]:
+    matchers: Matchers, before: str, buffer: str, *, final: bool, continues: int | None = None
+) -> tuple[int, list[Hit], list[int], int | None]:
     """What of ``buffer`` (text that follows ``before``, the last character released) can
     leave now: (where it is cut, the mask hits before the cut, the guards refusing what is
-    before it), positions in ``buffer``. The rest must wait for more text."""
+    before it, the guard of a too long match cut there), positions in ``buffer``. The rest
+    must wait for more text. ``continues``: the guard of a too long match cut where
+    ``before`` ends, whose rest (a match of that guard at the buffer's start) is masked
+    by nothing: its mask went out already."""
     context = before
     scanned = context + buffer
     offset = len(context)
@@ -135,12 +144,21 @@ def _plan(
         # and would hide one starting after it: match the held text on its own.
         scanned, offset = buffer, 0
         _, hits, rejected = matchers.scan_all(scanned)
+        hits = [
+            Hit(0, hit.end, hit.guard, "") if hit.start == 0 and hit.guard == continues else hit
+            for hit in hits
+        ]
     cut = len(scanned)
+    # A match starting before this is longer than any bounded match can be: one of an
+    # unbounded pattern past its cap (``stream_max_match``), which is not held whole.
+    too_long = len(scanned) - matchers.max_len
+    refusing: list[int] = []
+    split: int | None = None
     if not final:
         cut = max(offset, cut - matchers.holdback(scanned))
         # A match that runs past the cut may still grow: keep it whole for later.
-        spans = [(hit.start, hit.end) for hit in hits]
-        spans.extend((span.start, span.end) for _, span in rejected)
+        spans = [(hit.start, hit.end) for hit in hits if hit.start >= too_long]
+        spans.extend((span.start, span.end) for _, span in rejected if span.start >= too_long)
         moved = True
         while moved:
             moved = False
@@ -150,15 +168,23 @@ def _plan(
                 if start < cut < end and max(offset, start) < cut:
                     cut = max(offset, start)
                     moved = True
+        # Holding a match longer than the cap whole would hold the stream (and scan it
+        # all again at each chunk) for as long as the match grows: its part before the
+        # cut is refused now, or leaves masked; what follows is matched on its own.
+        refusing = [guard for guard, span in rejected if span.start < too_long < span.end > offset]
+        for index, hit in enumerate(hits):
+            if hit.start < too_long and hit.start < cut < hit.end:
+                hits[index] = Hit(hit.start, cut, hit.guard, hit.replacement)
+                split = hit.guard
     # Refused by the first guard (in config order) that found something complete in
     # what would be released.
-    refusing = [guard for guard, span in rejected if offset < span.end <= cut]
+    refusing.extend(guard for guard, span in rejected if offset < span.end <= cut)
     released = [
         Hit(hit.start - offset, hit.end - offset, hit.guard, hit.replacement)
         for hit in hits
         if hit.start >= offset and hit.end <= cut
     ]
-    return cut - offset, released, refusing
+    return cut - offset, released, refusing, split
 
 
 class ArgumentsStream:
@@ -227,7 +253,7 @@ class ArgumentsStream:
             # the last stretch, after the character released before it.
             before = self._state.before if index == 0 and lexed.continued else ""
             done = final or complete
-            piece_cut, found, refused = _plan(self._matchers, before, piece.text, final=done)
+            piece_cut, found, refused, _ = _plan(self._matchers, before, piece.text, final=done)
             refusing.extend(refused)
             if found:
                 hits.extend(onto_json(piece, found))
