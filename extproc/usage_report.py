@@ -15,7 +15,9 @@ import os
 import stat
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, render
@@ -24,6 +26,9 @@ from extproc.store.connection import STORE_ERRORS, connect
 from extproc.store.embedded import EmbeddedValkey, running_endpoint
 from extproc.store.spool import make_directory, sync_directory
 from extproc.store.usage import UsageRow, UsageStore
+
+if TYPE_CHECKING:
+    from extproc.management.v1 import management_pb2 as pb
 
 
 class ReportError(Exception):
@@ -65,10 +70,11 @@ def _rows(
     try:
         period = period_of(args)
         if args.api:
-            rows = _ask_api(config, args, by)
+            rows, by, period = _ask_api(config, args, by, period)
         else:
             assert config is not None, "a report read from the store has the store's config"
             rows = asyncio.run(query_store(config, period, by))
+            _note_expired_hours(period, config.store.usage_retention_days)
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -83,10 +89,29 @@ def _rows(
     return rows, by, period
 
 
+def _note_expired_hours(period: Period, retention_days: int, now: datetime | None = None) -> None:
+    """Say on stderr when the period starts before the oldest hour the store still keeps:
+    those hours read as no usage, and a bill of $0.00 for a month whose rollups expired
+    must not pass for a month without usage. stdout stays the report a job imports."""
+    kept_from = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    if period.start >= kept_from:
+        return
+    print(
+        f"note: the rollups of hours before {kept_from:%Y-%m-%dT%H:00Z} have expired (kept"
+        f" for store.usage_retention_days ({retention_days}) days): this report does not"
+        " count them",
+        file=sys.stderr,
+    )
+
+
 def _ask_api(
-    config: GatewayConfig | None, args: argparse.Namespace, by: tuple[str, ...]
-) -> list[UsageRow]:
-    """The same report from a gateway's management API (another host's store, say)."""
+    config: GatewayConfig | None, args: argparse.Namespace, by: tuple[str, ...], period: Period
+) -> tuple[list[UsageRow], tuple[str, ...], Period]:
+    """The same report from a gateway's management API (another host's store, say): its
+    rows, grouped and over the period as the gateway answered them, since the gateway
+    resolves the period on its own clock (the last 24 hours, the last month) and an
+    empty grouping as by model."""
+    from extproc.chargeback.report import totals
     from extproc.management.client import ManagementError, UsageClient
     from extproc.management.usage import rows_from_report
     from extproc.management.v1 import management_pb2 as pb
@@ -101,9 +126,28 @@ def _ask_api(
     )  # fmt: skip
     try:
         with UsageClient(address, token, args.timeout) as client:
-            return rows_from_report(client.report(request))
+            answer = client.report(request)
     except ManagementError as exc:
         raise ReportError(str(exc)) from None
+    rows = rows_from_report(answer)
+    if not by:
+        # Asked by no dimension, which the API reads as by model: its rows summed, as
+        # the store's rows are for the same question.
+        return ([totals(rows)] if rows else []), by, _answered_period(answer, period)
+    return rows, tuple(answer.group_by) or by, _answered_period(answer, period)
+
+
+def _answered_period(answer: pb.UsageReport, asked: Period) -> Period:
+    """The period the gateway summed, as its answer names it (``asked``, resolved on this
+    host's clock, when it names none)."""
+    if not (answer.start and answer.end):
+        return asked
+    try:
+        return Period(datetime.fromisoformat(answer.start), datetime.fromisoformat(answer.end))
+    except ValueError:
+        raise ReportError(
+            f"the gateway answered an unreadable period: {answer.start!r} to {answer.end!r}"
+        ) from None
 
 
 def report(config: GatewayConfig | None, args: argparse.Namespace) -> int:
