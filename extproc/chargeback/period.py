@@ -68,11 +68,18 @@ def time_zone(name: str) -> tzinfo:
         raise PeriodError(f"unknown time zone {name!r}") from None
 
 
+def _hour_before(moment: datetime) -> datetime:
+    """The whole UTC hour at or before ``moment`` (a UTC time)."""
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
 def _whole_hour(moment: datetime, what: str) -> datetime:
     utc = moment.astimezone(UTC)
     if utc.minute or utc.second or utc.microsecond:
         raise PeriodError(
-            f"{what} {moment.isoformat()} is not on a whole UTC hour (rollups are hourly)"
+            f"{what} {moment.isoformat()} is not on a whole UTC hour (rollups are hourly);"
+            f" give --from/--to on whole UTC hours instead, such as"
+            f" {_hour_before(utc).isoformat()}"
         )
     return utc
 

@@ -149,7 +149,11 @@ def test_period_shortcuts() -> None:
     ("arguments", "message"),
     [
         ({"start": "2026-03-01T10:30:00Z"}, "not on a whole UTC hour"),
-        ({"day": "2026-03-01", "zone_name": "Asia/Kolkata"}, "not on a whole UTC hour"),
+        # A day in a half-hour zone: the message shows a period that can be asked for.
+        (
+            {"day": "2026-03-01", "zone_name": "Asia/Kolkata"},
+            "give --from/--to on whole UTC hours instead, such as 2026-02-28T18:00:00",
+        ),
         ({"day": "2026-03-01", "month": "2026-03"}, "give one of"),
         ({"month": "2026-13"}, "YYYY-MM"),
         ({"day": "01/03/2026"}, "YYYY-MM-DD"),
