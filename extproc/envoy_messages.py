@@ -96,10 +96,23 @@ def _continue(phase: str) -> ext.ProcessingResponse:
 
 
 # "Continue unchanged" is the most common answer: built once per phase, never mutated.
+# Trailers included: no stage reads them, yet Envoy waits for an answer to each message.
 _CONTINUE = {
     phase: _continue(phase)
-    for phase in ("request_headers", "request_body", "response_headers", "response_body")
+    for phase in (
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+        "request_trailers",
+        "response_trailers",
+    )
 }
+
+
+def continue_response(phase: str) -> ext.ProcessingResponse:
+    """Let one phase's message (trailers included) through unchanged."""
+    return _CONTINUE[phase]
 
 
 def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
@@ -117,6 +130,10 @@ def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
     target = getattr(response, phase)
     if out.set_headers or out.remove_headers or out.body is not None or out.clear_route_cache:
         _fill_common(target.response, out)
+        if phase == "request_headers" and out.body is not None:
+            # A body from the headers' answer (a request that ended with its headers,
+            # whose body phase ran there): Envoy applies it only when told to.
+            target.response.status = ext.CommonResponse.CONTINUE_AND_REPLACE
     else:
         target.SetInParent()
     return _finish(response, out)

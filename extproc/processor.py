@@ -75,7 +75,12 @@ class Processor:
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
-                if phase is None or phase not in hooks:
+                if phase is None:
+                    continue
+                if phase not in hooks:
+                    # Trailers: no stage reads them, but Envoy waits for an answer to
+                    # every message it sends (message_timeout, then a 504).
+                    yield envoy_messages.continue_response(phase)
                     continue
                 out = PhaseOutput()
                 try:
@@ -96,7 +101,10 @@ class Processor:
                             await pending
                         if out.answer is not None:
                             break
-                except GatewayError as error:
+                    if phase == "request_headers" and _no_body_to_come(ctx, request, out):
+                        await _read_empty_body(ctx, hooks["request_body"], out)
+                except Exception as exc:
+                    error = exc if isinstance(exc, GatewayError) else _internal_error(ctx, phase)
                     ctx.error = error
                     ctx.response_status = error.status
                     answer = envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
@@ -138,6 +146,42 @@ class Processor:
                 hook(ctx)
             except Exception:
                 log.exception("finishing request %s failed", ctx.request_id)
+
+
+def _no_body_to_come(ctx: RequestContext, request: ext.ProcessingRequest, out: PhaseOutput) -> bool:
+    """An AI call whose request ended with its headers: Envoy sends no body message."""
+    return bool(request.request_headers.end_of_stream and ctx.accounted and out.answer is None)
+
+
+async def _read_empty_body(
+    ctx: RequestContext, hooks: list[Callable[..., Any]], out: PhaseOutput
+) -> None:
+    """The body phase of a POST without a body (``curl -X POST``, ``content-length: 0``).
+
+    Envoy sends no body message at all then, so the body phase (the model, the provider,
+    the route to it) would never run and Envoy would answer its catch-all 404. The
+    stages read the empty body here, in the headers' answer, and refuse it as they
+    refuse any unreadable body, in the client's API shape."""
+    for hook in hooks:
+        pending = hook(ctx, out, b"")
+        if pending is not None:
+            await pending
+        if out.answer is not None:
+            break
+
+
+def _internal_error(ctx: RequestContext, phase: str) -> GatewayError:
+    """A stage's bug, as the client sees it: a 500 in its API's shape, naming the request
+    whose traceback the log holds, never the exception's own words (a host, a key).
+
+    Raised out of the stream instead, it would end the gRPC call: Envoy then answers a
+    bare 500 (or, with ``failure_mode_allow``, lets the request through unprocessed),
+    and the request's log line says the client went away."""
+    log.exception("request %s failed in the %s phase", ctx.request_id or "-", phase)
+    return GatewayError(
+        f"the gateway failed to process the request (request id {ctx.request_id or '-'})",
+        code="gateway_error",
+    )
 
 
 def _hooks_of(stages: Sequence[object]) -> dict[str, list[Callable[..., Any]]]:
