@@ -145,6 +145,7 @@ _GOOGLE_STATUSES = {
     404: "NOT_FOUND",
     405: "INVALID_ARGUMENT",
     413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     502: "UNAVAILABLE",
@@ -201,6 +202,12 @@ class PayloadTooLargeError(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_content_encoding"
 
 
 class RateLimitError(GatewayError):

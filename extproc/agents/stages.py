@@ -153,7 +153,10 @@ class AgentRouteStage:
             out.mode_override = _PASS_ANSWER
         else:
             allowed = "GET, POST, DELETE" if mcp else "POST (and GET for the agent card)"
-            raise MethodNotAllowedError(f"{method} is not allowed on {path}; use {allowed}")
+            raise MethodNotAllowedError(
+                f"{method} is not allowed on {path}; use {allowed}",
+                headers={"allow": "GET, POST, DELETE" if mcp else "GET, POST"},
+            )
         upstream_path = server.path + rest or "/"
         out.set_headers[":path"] = upstream_path + ("?" + query if query else "")
         out.set_headers[headers.CLUSTER] = upstream.cluster

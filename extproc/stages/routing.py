@@ -24,7 +24,12 @@ from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
-from extproc.errors import BadRequestError, MethodNotAllowedError, PayloadTooLargeError
+from extproc.errors import (
+    BadRequestError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from extproc.gemini_api import counts_tokens
 from extproc.runtime import Route, request_host
 from extproc.stages.chat_request import model_outside_body
@@ -76,11 +81,23 @@ class RoutingStage:
             return
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
-                raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}")
+                raise MethodNotAllowedError(
+                    f"{ctx.method} is not allowed on {path}", headers={"allow": "GET, HEAD"}
+                )
             out.mode_override = FULL_RESPONSE
             return
         if ctx.method != "POST":
-            raise MethodNotAllowedError(f"{ctx.method} is not allowed on {path}; use POST")
+            raise MethodNotAllowedError(
+                f"{ctx.method} is not allowed on {path}; use POST", headers={"allow": "POST"}
+            )
+        encoding = ctx.request_headers.get("content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            # The stages read the body's JSON as it comes; a compressed one would be
+            # refused as "not JSON", naming a parser's complaint about its bytes.
+            raise UnsupportedMediaTypeError(
+                f"request bodies with content-encoding {encoding.strip()!r} are not accepted;"
+                " send the JSON uncompressed"
+            )
         ctx.accounted = True
         # The gateway reads the answer (usage, translation, guards): it must come
         # uncompressed, whatever the client's SDK accepts (httpx asks for gzip).

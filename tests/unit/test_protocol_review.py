@@ -137,3 +137,44 @@ async def test_a_stage_bug_is_a_clean_500_without_internals(
     assert line["error_type"] == "server_error"
     # The operator's log keeps the traceback, tied to the request.
     assert any(line["request_id"] in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "allowed"),
+    [(CHAT, "GET", "POST"), ("/v1/models", "POST", "GET, HEAD")],
+)
+async def test_a_method_a_path_does_not_take_is_a_405_naming_those_it_does(
+    processor: Processor, path: str, method: str, allowed: str
+) -> None:
+    answers = await run_stream(
+        processor, [request_headers(path, headers=AUTH, method=method, end_of_stream=True)]
+    )
+    answer = answers[-1]
+    assert answer.immediate_response.status.code == 405
+    # RFC 9110: a 405 carries Allow; a CORS preflight or a script reads it.
+    assert answer_headers(answer)["allow"] == allowed
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", " Deflate "])
+async def test_a_compressed_request_body_is_a_415_saying_to_send_it_plain(
+    processor: Processor, services: Services, encoding: str
+) -> None:
+    gzip_headers = {**AUTH, "content-encoding": encoding}
+    answers = await run_stream(
+        processor, [request_headers(CHAT, headers=gzip_headers), request_body(b"\x1f\x8b\x08")]
+    )
+    answer = answers[-1]
+    assert answer.immediate_response.status.code == 415
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert error["code"] == "unsupported_content_encoding"
+    assert encoding.strip() in error["message"] and "uncompressed" in error["message"]
+    [line] = log_lines(services)
+    assert line["http_status_code"] == 415
+
+
+async def test_an_identity_encoded_body_is_read(processor: Processor) -> None:
+    plain = {**AUTH, "content-encoding": "identity"}
+    answers = await run_stream(
+        processor, [request_headers(CHAT, headers=plain), request_body(CHAT_BODY)]
+    )
+    assert not answers[-1].HasField("immediate_response")
