@@ -38,6 +38,7 @@ name, never the text it matched. Routes without policies cost one dict lookup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -78,6 +79,26 @@ from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
 
 log = logging.getLogger(__name__)
+
+# Of Envoy's wait for a phase's answer (envoy.message_timeout_ms), what the guard calls
+# leave to the rest of the phase's work.
+_ANSWER_MARGIN_S = 0.1
+_OUT_OF_TIME = "no answer before Envoy's wait for the gateway (envoy.message_timeout_ms) ran out"
+
+
+def _guard_deadline(ctx: RequestContext, *, store_follows: bool) -> float:
+    """When this phase's webhook and moderation calls must have answered, on the event
+    loop's clock. Envoy answers its own 504 once envoy.message_timeout_ms has passed,
+    whatever a guard's failure_mode says: several guards called one after the other (each
+    within its own timeout), then the quota's store wait, could add up past it. A call
+    still running at the deadline fails as a call past its own timeout does, as its
+    guard's failure_mode says. ``store_follows``: the request's phase, whose quota waits
+    for the store (store.timeout_ms) after the guards."""
+    config = ctx.runtime.config
+    budget_ms = config.envoy.message_timeout_ms
+    if store_follows:
+        budget_ms -= config.store.timeout_ms
+    return asyncio.get_running_loop().time() + max(0.0, budget_ms / 1000 - _ANSWER_MARGIN_S)
 
 
 def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:
@@ -194,16 +215,21 @@ class GuardRequestStage:
         assert ctx.body is not None
         phase = guards.request
         slots = _request_slots(ctx)
-        if await _request_webhooks(ctx, phase, slots):
+        deadline = _guard_deadline(ctx, store_follows=True)
+        if await _request_webhooks(ctx, phase, slots, deadline):
             ctx.body_changed = True
         if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots):
             ctx.body_changed = True
         for guard, client in phase.moderation:
             texts = [slot.text for slot in slots if slot.role in client.roles and slot.text]
             try:
-                violated = await client.violations(texts)
+                async with asyncio.timeout_at(deadline):
+                    violated = await client.violations(texts)
             except ModerationError as exc:
                 _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
+                continue
+            except TimeoutError:
+                _unavailable(ctx, guard, "request", _OUT_OF_TIME)
                 continue
             if violated:
                 record(ctx, guard.name, "request", "reject")
@@ -281,7 +307,9 @@ def _request_slots(ctx: RequestContext) -> list[TextSlot]:
     return request_slots(ctx.body)
 
 
-async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot]) -> bool:
+async def _request_webhooks(
+    ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot], deadline: float
+) -> bool:
     changed = False
     for guard, client in phase.webhooks:
         if not slots:
@@ -291,9 +319,15 @@ async def _request_webhooks(ctx: RequestContext, phase: PhaseGuards, slots: list
             continue
         messages = [{"role": slot.role, "content": slot.text} for slot in slots]
         try:
-            verdict = await client.check_request(messages, client.headers_for(_forwardable(ctx)))
+            async with asyncio.timeout_at(deadline):
+                verdict = await client.check_request(
+                    messages, client.headers_for(_forwardable(ctx))
+                )
         except WebhookError as exc:
             _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
+            continue
+        except TimeoutError:
+            _unavailable(ctx, guard, "request", _OUT_OF_TIME)
             continue
         changed = _apply_verdict(ctx, guard, "request", verdict, slots) or changed
     return changed
@@ -470,15 +504,20 @@ class GuardResponseStage:
     ) -> None:
         answer, slots = self._answer(ctx, data)
         changed = False
+        deadline = _guard_deadline(ctx, store_follows=False)
         for guard, client in guards.response.webhooks:
             if not slots:
                 break
             try:
-                verdict = await client.check_response(
-                    [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
-                )
+                async with asyncio.timeout_at(deadline):
+                    verdict = await client.check_response(
+                        [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
+                    )
             except WebhookError as exc:
                 _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
+                continue
+            except TimeoutError:
+                _unavailable(ctx, guard, "response", _OUT_OF_TIME)
                 continue
             changed = _apply_verdict(ctx, guard, "response", verdict, slots) or changed
         self._buffered(ctx, out, guards, data, (answer, slots, changed))
@@ -515,6 +554,7 @@ class GuardResponseStage:
     ) -> None:
         # Each body chunk's text deltas go to the webhook as they arrive, one choice each.
         slots = state.texts(events)
+        deadline = _guard_deadline(ctx, store_follows=False)
         for guard, client in guards.response.webhooks:
             if _failed_open(ctx, guard.name):
                 # It failed earlier in this stream: waiting up to its timeout again at
@@ -524,10 +564,18 @@ class GuardResponseStage:
             if not any(texts):
                 break
             try:
-                verdict = await client.check_response(texts, client.headers_for(_forwardable(ctx)))
-            except WebhookError as exc:
+                async with asyncio.timeout_at(deadline):
+                    verdict = await client.check_response(
+                        texts, client.headers_for(_forwardable(ctx))
+                    )
+            except (WebhookError, TimeoutError) as exc:
+                why, retry_after = (
+                    (str(exc), exc.retry_after)
+                    if isinstance(exc, WebhookError)
+                    else (_OUT_OF_TIME, None)
+                )
                 try:
-                    _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
+                    _unavailable(ctx, guard, "response", why, retry_after)
                 except GuardrailRejectedError as refused:
                     state.ended = True
                     out.body = self._stream_error(ctx, refused)
