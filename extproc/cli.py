@@ -28,11 +28,18 @@ def _load(path: str) -> GatewayConfig:
         raise SystemExit(2) from None
 
 
+def _in_file(exc: Exception, path: str) -> Exception:
+    """A config mistake found past validation (a key file, a JWKS file), named by the
+    file it is in, not by the part that found it ("invalid config auth:")."""
+    return ConfigError(path, exc.problems) if isinstance(exc, ConfigError) else exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     # The config first, then the server's modules: imported before the parse of a
     # config of 10,000 keys, they left the process 15 MB larger once ready (measured
     # with the memory benchmark: 143 MB against 128 MB).
     config = _load(args.config)
+    from extproc.http_endpoint import HttpListenError
     from extproc.management.service import ManagementListenError
     from extproc.server import ListenError
     from extproc.store.embedded import DataDirInUseError
@@ -46,10 +53,16 @@ def _serve(args: argparse.Namespace) -> int:
         from extproc.server import serve
 
         event_loop.run(serve(config, args.config), config.server.event_loop)
-    except (ConfigError, DataDirInUseError, ListenError, ManagementListenError) as exc:
+    except (
+        ConfigError,
+        DataDirInUseError,
+        HttpListenError,
+        ListenError,
+        ManagementListenError,
+    ) as exc:
         # Found while starting (a file the config names, a data dir in use): a user
         # error like those of the config's own check, not a traceback.
-        print(exc, file=sys.stderr)
+        print(_in_file(exc, args.config), file=sys.stderr)
         return 2
     return 0
 
@@ -61,7 +74,7 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         check_startup_files(config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(_in_file(exc, args.config), file=sys.stderr)
         return 2
     print(
         f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models, "

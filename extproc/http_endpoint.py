@@ -7,12 +7,17 @@ accounted.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class HttpListenError(RuntimeError):
+    """The HTTP side cannot take ``server.http_address`` (in use, or not this host's)."""
 
 
 def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
@@ -43,5 +48,15 @@ async def start(app: web.Application, address: str) -> web.AppRunner:
     host = host.strip("[]")  # an IPv6 address is written [::]:9464
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, int(port)).start()
+    try:
+        await web.TCPSite(runner, host, int(port)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = (
+            "the address is in use (another gateway with the same server.http_address?)"
+            if exc.errno == errno.EADDRINUSE
+            else exc.strerror or str(exc)
+        )
+        # A user error like a taken gRPC port: one line naming the setting, not a traceback.
+        raise HttpListenError(f"server.http_address: cannot listen on {address}: {why}") from None
     return runner

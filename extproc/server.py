@@ -32,9 +32,9 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from extproc import http_endpoint
+from extproc import http_endpoint, worker_endpoints
 from extproc.auth.stored_keys import StoredKeys
-from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig
+from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.watched_files import secret_files
 from extproc.management.audit import AuditLog
@@ -66,7 +66,6 @@ from extproc.worker_endpoints import (
     gather_spools,
     spool_dir,
     worker_address,
-    worker_addresses,
     worker_socket,
 )
 
@@ -76,6 +75,13 @@ SERVICE_NAME = ext.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 # Sections the running process took at start (listeners, the store connection):
 # a reload cannot move them, so it keeps the running ones.
 RESTART_ONLY_SECTIONS = ("server", "store")
+# Parts of `telemetry` set up once at start: the request log's sinks, the metrics'
+# label budget and quota gauges. A reload takes the rest of the section (logged
+# content) and warns about these, since nothing else would tell the operator.
+STARTED_TELEMETRY_FIELDS = {
+    "log": ("stdout", "file", "max_bytes", "backup_count", "queue_size"),
+    "metrics": ("max_label_values", "quota_gauges", "multiprocess_dir"),
+}
 # A replaced config's clients (webhook, moderation, JWKS) close when its last stream
 # ends; this bound is only a safety net against a stream that never does. Far beyond
 # any request Envoy lets run with the rendered timeouts (300 s per provider by default).
@@ -121,6 +127,8 @@ class Gateway:
         self._retired: set[Runtime] = set()
         # The management listener as started: only a restart moves it.
         self._management_started = (config.management.address, config.management.serving)
+        # The log sinks and metrics as set up above: a reload that changes them warns.
+        self._telemetry_started = config.telemetry
         self._embedded: EmbeddedValkey | None = None
         self._store_client: Any = None
         self._server: grpc_aio.Server | None = None
@@ -158,6 +166,13 @@ class Gateway:
         management = config.management
         if (management.address, management.serving) != self._management_started:
             log.warning("management.address and management.enabled change only on restart")
+        telemetry = started_telemetry_changes(self._telemetry_started, config)
+        if telemetry:
+            log.warning(
+                "the request log's outputs and telemetry.metrics change only on restart;"
+                " still running on the started values of: %s",
+                ", ".join(telemetry),
+            )
         previous, self.config, self.runtime = self.runtime, config, runtime
         self._retire(previous)
 
@@ -446,16 +461,8 @@ class ListenError(RuntimeError):
 
 
 def listening_ports(config: GatewayConfig) -> frozenset[int]:
-    """The TCP ports the gateway's processes listen on: ext_proc (each worker's, one port
-    up from the last), HTTP and the management API."""
-    server = config.server
-    addresses = [
-        *worker_addresses(server.grpc_address, server.workers),
-        server.http_address,
-        config.management.address,
-    ]
-    ports = (address.rpartition(":")[2] for address in addresses)
-    return frozenset(int(port) for port in ports if port.isdigit())
+    """The TCP ports the gateway's processes listen on (``worker_endpoints``)."""
+    return worker_endpoints.listening_ports(config, config.server.workers)
 
 
 def _listen(add_port: Callable[[str], int], address: str) -> None:
@@ -480,6 +487,17 @@ def restart_only_changes(running: GatewayConfig, loaded: GatewayConfig) -> list[
             if getattr(before, field) != getattr(after, field)
         ]
     return changed
+
+
+def started_telemetry_changes(started: TelemetryConfig, loaded: GatewayConfig) -> list[str]:
+    """The ``telemetry`` fields set up at start that ``loaded`` sets otherwise."""
+    return [
+        f"telemetry.{section}.{field}"
+        for section, fields in STARTED_TELEMETRY_FIELDS.items()
+        for field in fields
+        if getattr(getattr(started, section), field)
+        != getattr(getattr(loaded.telemetry, section), field)
+    ]
 
 
 def stop_with_supervisor(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:

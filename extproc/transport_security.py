@@ -49,7 +49,10 @@ class CertificateFiles:
         self._paths = [tls.cert_file, tls.key_file]
         if tls.client_ca_file:
             self._paths.append(tls.client_ca_file)
-        self._stamp = _stamp(self._paths)
+        try:
+            self._stamp = _stamp(self._paths)
+        except OSError:
+            self._stamp = ()  # the read below names the file and why it cannot be read
         self.initial = self._configuration()
 
     def _configuration(self) -> Any:

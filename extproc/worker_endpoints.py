@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extproc.store.spool import append_lines
+
+if TYPE_CHECKING:
+    from extproc.config.model import GatewayConfig
 
 
 def worker_address(address: str, index: int) -> str:
@@ -34,6 +38,20 @@ def worker_addresses(address: str, workers: int) -> tuple[str, ...]:
 
 def worker_sockets(path: str, workers: int) -> tuple[str, ...]:
     return tuple(worker_socket(path, index, workers) for index in range(workers))
+
+
+def listening_ports(config: GatewayConfig, workers: int) -> frozenset[int]:
+    """The TCP ports the gateway's processes listen on: ext_proc (each of ``workers``
+    one port up from the last), HTTP and the management API. The embedded store,
+    started before any of them is bound, must not take one."""
+    server = config.server
+    addresses = [
+        *worker_addresses(server.grpc_address, workers),
+        server.http_address,
+        config.management.address,
+    ]
+    ports = (address.rpartition(":")[2] for address in addresses)
+    return frozenset(int(port) for port in ports if port.isdigit())
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,13 +62,16 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import LabelBudget, MergedWorkerMetrics
 from extproc.telemetry.quota_gauges import QuotaGauges
-from extproc.worker_endpoints import WorkerRole, gather_spools
+from extproc.worker_endpoints import WorkerRole, gather_spools, listening_ports
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
+# A worker's exit status when it cannot start for a reason the operator must fix (its
+# port taken, a file its config names unreadable), as `serve` exits without workers.
+USER_ERROR_EXIT = 2
 # Beyond the grace period: time to flush usage and close the store.
 STOP_SLACK_S = 10.0
 # Labels the budget does not fold (bucket bounds are part of a histogram's shape).
@@ -83,7 +86,8 @@ def run_worker(
     ``config`` is the one the supervisor validated last, not the file as it is now:
     a worker restarted while the file holds a mistake serves like its siblings
     (and the file's later changes reach it by reload, as they reach them)."""
-    from extproc.server import serve
+    from extproc.management.service import ManagementListenError
+    from extproc.server import ListenError, serve
 
     logging.basicConfig(
         level=log_level,
@@ -95,7 +99,14 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Until serve() takes SIGHUP over, its default action would kill a starting worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    event_loop.run(serve(config, config_path, role, on_started=ready.set), config.server.event_loop)
+    try:
+        event_loop.run(
+            serve(config, config_path, role, on_started=ready.set), config.server.event_loop
+        )
+    except (ConfigError, ListenError, ManagementListenError) as exc:
+        # The reason, once, without a traceback: the supervisor decides what follows.
+        log.error("worker %d cannot start: %s", role.index, exc)
+        raise SystemExit(USER_ERROR_EXIT) from None
 
 
 class _Worker:
@@ -139,7 +150,11 @@ class Supervisor:
         store = self.config.store
         url = store.url
         if url is None:
-            self._embedded = EmbeddedValkey(store.data_dir)
+            # Started before the workers and this process bind their ports: free now,
+            # they must not become the store's.
+            self._embedded = EmbeddedValkey(
+                store.data_dir, avoid_ports=listening_ports(self.config, self._count)
+            )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
         self._store_url = url
@@ -209,8 +224,9 @@ class Supervisor:
         except ValueError as exc:  # what the workers' reload refuses as well
             raise ConfigError("quotas", [str(exc)]) from None
         # What the workers read at start, too: a worker restarted on this config
-        # must not fail where its siblings' reload refused it.
-        check_startup_files(config)
+        # must not fail where its siblings' reload refused it. Not the listener's
+        # files: a restarted worker listens as started, like its siblings.
+        check_startup_files(config, listener_files=False)
         self._rules, self._latest = rules, config
         if self._bounded is not None:
             self._bounded.admit_config(config)

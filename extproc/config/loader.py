@@ -3,8 +3,11 @@
 Interpolation runs on the parsed YAML's string scalars, not on the raw text, so a
 value taken from the environment can never change the file's structure.
 ``${VAR}`` needs VAR set; ``${VAR:-default}`` falls back when VAR is unset or
-empty; ``$${`` writes a literal ``${``. Errors name the field path and the bad
-value, and never echo a value that looks like a secret.
+empty, and the default may itself use ``${OTHER}`` (read only when it is used);
+``$${`` writes a literal ``${``. Any other ``${`` is an error, not text: kept as
+it stands, ``${KEY-x}`` would become the provider key itself. A value taken from
+the environment is never interpolated again. Errors name the field path and the
+bad value, and never echo a value that looks like a secret.
 """
 
 from __future__ import annotations
@@ -20,8 +23,23 @@ from pydantic import ValidationError
 
 from extproc.config.model import GatewayConfig
 
-_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
 _SECRET_FIELD = re.compile(r"(key|secret|token|password|credential)", re.IGNORECASE)
+# Fields whose names look like a secret's but which hold counts or names: their bad
+# values are shown like any other's.
+_NOT_SECRET_FIELDS = frozenset(
+    {
+        "tokens_per_minute",
+        "tokens_per_hour",
+        "tokens_per_day",
+        "default_max_tokens",
+        "above_input_tokens",
+        "max_token_bytes",
+        "key_prefix",
+        "api_key_header",
+    }
+)
 
 
 class ConfigError(Exception):
@@ -104,19 +122,83 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: li
 
 
 def _substitute(text: str, environ: Mapping[str, str], path: str, problems: list[str]) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        name, default = match.group(1), match.group(2)
-        found = environ.get(name)
-        if found:
-            return found
-        if default is not None:
-            return default
-        problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+    expansion = _Expansion(text, environ, path or "<root>", problems)
+    try:
+        return expansion.value()
+    except _BadReferenceError as exc:
+        problems.append(f"{path or '<root>'}: {exc}")
         return ""
 
-    return _VARIABLE.sub(replace, text)
+
+class _BadReferenceError(Exception):
+    """A ``${`` that is neither a reference the loader reads nor escaped."""
+
+
+class _Expansion:
+    """One string scalar, read left to right: a default may hold references of its
+    own, so a pattern cannot find where it ends."""
+
+    def __init__(
+        self, text: str, environ: Mapping[str, str], where: str, problems: list[str]
+    ) -> None:
+        self._text = text
+        self._environ = environ
+        self._where = where
+        self._problems = problems
+        self._at = 0
+
+    def value(self) -> str:
+        return self._until_end(used=True, in_default=False)
+
+    def _until_end(self, *, used: bool, in_default: bool) -> str:
+        """The text up to its end, or to the ``}`` closing the default being read."""
+        text, parts = self._text, []
+        while self._at < len(text):
+            if text.startswith("$${", self._at):
+                parts.append("${")
+                self._at += 3
+            elif text.startswith("${", self._at):
+                parts.append(self._reference(used=used))
+            elif in_default and text[self._at] == "}":
+                return "".join(parts)
+            else:
+                parts.append(text[self._at])
+                self._at += 1
+        if in_default:
+            raise self._bad(self._text.rfind("${"))
+        return "".join(parts)
+
+    def _reference(self, *, used: bool) -> str:
+        """``${NAME}`` or ``${NAME:-default}`` at the cursor; ``used`` is False inside a
+        default that is not taken, whose variables then need not be set."""
+        start = self._at
+        name = _NAME.match(self._text, start + 2)
+        if name is None:
+            raise self._bad(start)
+        self._at = name.end()
+        found = self._environ.get(name.group()) if used else None
+        if self._text.startswith("}", self._at):
+            self._at += 1
+            if used and not found:
+                self._problems.append(
+                    f"{self._where}: environment variable {name.group()} is not set"
+                )
+            return found or ""
+        if not self._text.startswith(":-", self._at):
+            raise self._bad(start)
+        self._at += 2
+        default = self._until_end(used=used and not found, in_default=True)
+        self._at += 1  # the closing brace
+        return found or default
+
+    def _bad(self, start: int) -> _BadReferenceError:
+        if _SECRET_FIELD.search(self._where):
+            written = "a ${"  # the text around it is a secret
+        else:
+            # The reference as written, up to its brace, not the rest of the value.
+            end = self._text.find("}", start)
+            written = self._text[start : end + 1 if 0 <= end < start + 40 else start + 2]
+        return _BadReferenceError(f"{written} is not a variable reference: {_REFERENCE_FORMS}")
 
 
 def _join(path: str, key: str) -> str:
@@ -137,7 +219,7 @@ def _describe(error: Any) -> str:
         return f"{location}: unknown field"
     if error["type"] == "missing":
         return f"{location}: required field is missing"
-    if any(_SECRET_FIELD.search(str(part)) for part in error["loc"]):
+    if any(_is_secret_field(part) for part in error["loc"]):
         return f"{location}: {message}"
     value = error.get("input")
     if isinstance(value, dict | list) or value is None:
@@ -145,6 +227,11 @@ def _describe(error: Any) -> str:
     if isinstance(value, str):
         value = _without_userinfo(value)
     return f"{location}: {message} (got {value!r})"
+
+
+def _is_secret_field(part: object) -> bool:
+    name = str(part)
+    return name not in _NOT_SECRET_FIELDS and _SECRET_FIELD.search(name) is not None
 
 
 def _without_userinfo(value: str) -> str:

@@ -71,15 +71,24 @@ class ConfigReloader:
         # One reload at a time: a later one reads the file after an earlier one is
         # done, so the newest file is the one left serving.
         self._reloading = asyncio.Lock()
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
+        """Stop watching, and drop a reload still running: the gateway is stopping and
+        closes the runtime it serves; one swapped in after that would never be closed.
+        A SIGHUP during the drain is ignored for the same reason."""
+        self._stopped = True
         await background.stop(self._task)
+        for pending in list(self._pending):
+            await background.stop(pending)
 
     def schedule_reload(self) -> None:
         """From a signal handler: reload soon, on the event loop."""
+        if self._stopped:
+            return
         task = asyncio.get_running_loop().create_task(self.reload())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -128,7 +137,9 @@ class ConfigReloader:
     ) -> bool:
         """Keep the running config; watch the files the refused one named as well."""
         if isinstance(exc, ConfigError):
-            log.error("config reload rejected, keeping the running config: %s", exc)
+            # Named by the config file, not by the part that found the mistake ("auth").
+            in_file = ConfigError(str(self._path), exc.problems)
+            log.error("config reload rejected, keeping the running config: %s", in_file)
         else:
             # Not a user error the loader names: still, the running config keeps
             # serving and the watcher keeps watching.

@@ -1,12 +1,13 @@
 """Files a config reads secrets from, watched like the config file itself.
 
 Rotating a secret that lives in a file (a Kubernetes Secret mounted as files:
-an admin token, a provider key, an org API key, a JWKS file) changes that file,
-not the config. The reloader watches these too, so a rotation takes effect
-within a poll interval, without a restart or a SIGHUP: the new admin token is
-accepted and the old one refused, the new provider key is sent. So are the
-shared AWS credentials and config files a Bedrock provider's default credential
-chain reads, and a Vertex provider's service account key file.
+an admin token, a provider key, an org API key, a JWKS file, a moderation
+service's key) changes that file, not the config. The reloader watches these
+too, so a rotation takes effect within a poll interval, without a restart or a
+SIGHUP: the new admin token is accepted and the old one refused, the new
+provider key is sent. So are the shared AWS credentials and config files a
+Bedrock provider's default credential chain reads, and a Vertex provider's
+service account key file.
 """
 
 from __future__ import annotations
@@ -39,4 +40,5 @@ def secret_files(config: GatewayConfig) -> list[Path]:
     # A mounted Secret's directory changes (its `..data` link is swapped) on rotation.
     paths.append(config.auth.api_key_directory)
     paths += [p.jwks.file for p in config.auth.jwt_providers if p.jwks is not None]
+    paths += [moderation.api_key_file for moderation in config.guardrails.moderation]
     return [Path(path) for path in paths if path]
