@@ -180,9 +180,8 @@ class _Expansion:
         if self._text.startswith("}", self._at):
             self._at += 1
             if used and not found:
-                self._problems.append(
-                    f"{self._where}: environment variable {name.group()} is not set"
-                )
+                state = "is empty" if name.group() in self._environ else "is not set"
+                self._problems.append(f"{self._where}: environment variable {name.group()} {state}")
             return found or ""
         if not self._text.startswith(":-", self._at):
             raise self._bad(start)

@@ -396,3 +396,13 @@ async def test_a_reload_signalled_just_before_shutdown_is_not_swapped_in_after_i
     for _ in range(5):
         await asyncio.sleep(0)
     assert swapped == [] and results == []
+
+
+def test_a_variable_set_to_nothing_is_said_to_be_empty_not_unset() -> None:
+    raw = (
+        "providers:\n"
+        "  - {name: p, type: openai, base_url: 'http://127.0.0.1:1', api_key: '${KEY}'}\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(raw, "gateway.yaml", {"KEY": ""})
+    assert "environment variable KEY is empty" in str(refused.value)
