@@ -331,6 +331,30 @@ class Runtime:
             await source.start()
         if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
+        await self._warn_of_shared_key_ids()
+
+    async def _warn_of_shared_key_ids(self) -> None:
+        """Name the config's API keys whose id a key created at run time has too: the id
+        would stand for two keys in logs, metrics and quotas. CreateKey refuses a config
+        key's id, but a config written later can take a stored key's."""
+        stored = self.stored_keys
+        configured = {key.id for key in self.api_keys.records()}
+        if stored is None or not configured:
+            return
+        try:
+            async with asyncio.timeout(self.config.store.timeout_ms / 1000):
+                created = {each.key.id for each in await stored.list()}
+        except Exception as exc:
+            # The store does not answer now: the check waits for the next load.
+            log.debug("stored key ids not compared with the config's: %s", type(exc).__name__)
+            return
+        if shared := sorted(configured & created):
+            log.warning(
+                "API key ids %s are in the config and were also created at run time: "
+                "each stands for two keys in logs, metrics and quotas; revoke the "
+                "created one (extproc keys revoke --id ID) or rename the config's",
+                ", ".join(shared),
+            )
 
     async def _refresh_credentials(self) -> None:
         # Temporary credentials (web identity, STS) and access tokens are refreshed off

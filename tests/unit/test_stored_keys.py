@@ -424,3 +424,31 @@ async def test_key_calls_need_the_admin_token(api: Api) -> None:
         await api.call("ListKeys", pb.ListKeysRequest(), token="team1-key")
 
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_config_key_taking_a_stored_keys_id_is_named_at_load(
+    config: GatewayConfig, services: Services, keys: StoredKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CreateKey refuses the config's ids; a config written later may still take one.
+    await keys.create(new_key("team1"))
+    await keys.create(new_key("ci-bot"))
+    services.stored_keys = keys
+    runtime = Runtime(config, services)
+    with caplog.at_level("WARNING", logger="extproc.runtime"):
+        await runtime.start()
+    await runtime.close()
+    [warning] = [r.getMessage() for r in caplog.records if "created at run time" in r.getMessage()]
+    assert "API key ids team1 are in the config" in warning
+    assert "ci-bot" not in warning
+
+
+async def test_no_word_when_the_config_and_the_store_name_other_keys(
+    config: GatewayConfig, services: Services, keys: StoredKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    await keys.create(new_key("ci-bot"))
+    services.stored_keys = keys
+    runtime = Runtime(config, services)
+    with caplog.at_level("WARNING", logger="extproc.runtime"):
+        await runtime.start()
+    await runtime.close()
+    assert not [r for r in caplog.records if "created at run time" in r.getMessage()]
