@@ -331,9 +331,9 @@ class Runtime:
             await source.start()
         if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
-        await self._warn_of_shared_key_ids()
+        await self.warn_of_shared_key_ids()
 
-    async def _warn_of_shared_key_ids(self) -> None:
+    async def warn_of_shared_key_ids(self) -> None:
         """Name the config's API keys whose id a key created at run time has too: the id
         would stand for two keys in logs, metrics and quotas. CreateKey refuses a config
         key's id, but a config written later can take a stored key's."""

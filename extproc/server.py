@@ -190,6 +190,8 @@ class Gateway:
     async def start(self) -> None:
         await self.runtime.start()
         await self._start_store()
+        # The runtime started before the store it compares the config's key ids with.
+        await self.runtime.warn_of_shared_key_ids()
         self._server = grpc_aio.server(options=grpc_server_options(self.config.server))
         ext_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessorService(self.processor), self._server
