@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -64,6 +64,38 @@ class Ports:
                 chosen.append(port)
         return cls(*chosen)
 
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Ports:
+        """`make run`'s ports: the defaults, each moved by the variable the default config
+        reads for it (``ENVOY_LISTENER_PORT=18000``, ``MOCK_LLM_ADDRESS=127.0.0.1:18089``),
+        so that one taken port does not stop the stack, and the CLI run with the same
+        variables finds it. The stack listens on loopback whatever host an address names.
+        """
+        moved = {
+            name: _port_of(variable, environ[variable])
+            for name, variable in _PORT_VARIABLES.items()
+            if environ.get(variable, "").strip()
+        }
+        return dataclasses.replace(cls(), **moved)
+
+
+# The variable of config/gateway.yaml behind each port: a port, or a HOST:PORT address.
+_PORT_VARIABLES = {
+    "envoy": "ENVOY_LISTENER_PORT",
+    "envoy_admin": "ENVOY_ADMIN_PORT",
+    "grpc": "EXTPROC_GRPC_ADDRESS",
+    "http": "EXTPROC_HTTP_ADDRESS",
+    "mock": "MOCK_LLM_ADDRESS",
+    "management": "EXTPROC_MANAGEMENT_ADDRESS",
+}
+
+
+def _port_of(variable: str, value: str) -> int:
+    text = value.strip().rsplit(":", 1)[-1]
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{variable}={value!r}: expected a port (1-65535) or HOST:PORT")
+    return int(text)
+
 
 @dataclass
 class LocalStack:
@@ -86,6 +118,8 @@ class LocalStack:
     # Worker processes of each gateway (`extproc serve --workers N`).
     workers: int = 1
     _replica_http: list[str] = field(default_factory=list)
+    # "https" once start() read an `envoy.listener_tls` in the config.
+    _listener_scheme: str = "http"
     _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _files: list[IO[bytes]] = field(default_factory=list)
 
@@ -113,7 +147,7 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.envoy}"
+        return f"{self._listener_scheme}://127.0.0.1:{self.ports.envoy}"
 
     @property
     def metrics_url(self) -> str:
@@ -157,6 +191,7 @@ class LocalStack:
             self._spawn("mock-llm", [sys.executable, "-m", "extproc", *mock], env)
         bootstrap = self.workdir / "envoy.yaml"
         config = load_config(self.config_path, env)
+        self._listener_scheme = "https" if config.envoy.listener_tls else "http"
         replicas = [env, *self._replica_envs(env)]
         if len(replicas) > 1:
             addresses = tuple(replica["EXTPROC_GRPC_ADDRESS"] for replica in replicas)
@@ -306,8 +341,8 @@ Try it:
   .venv/bin/extproc usage report --by api_key,user,group
 
   # Embeddings, billed by their input tokens (titan-embed: Bedrock's Titan, translated)
-  curl -s {base}/v1/embeddings -H 'authorization: Bearer team1-key' \
-       -H 'content-type: application/json' \
+  curl -s {base}/v1/embeddings -H 'authorization: Bearer team1-key' \\
+       -H 'content-type: application/json' \\
        -d '{{"model":"text-embedding-3-small","input":"Hello","encoding_format":"float"}}'
 
   # Anthropic and Bedrock behind the same OpenAI API (translated, SigV4-signed)
@@ -318,15 +353,15 @@ Try it:
        -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \\
        -d '{{"model":"claude-3-5-haiku-latest","messages":[{{"role":"user","content":"Hi"}}]}}'
   # Anthropic's Messages API to Claude on Bedrock (InvokeModel, SigV4-signed)
-  curl -s {base}/v1/messages -H 'authorization: Bearer team1-key' \
-       -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \
+  curl -s {base}/v1/messages -H 'authorization: Bearer team1-key' \\
+       -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \\
        -d '{{"model":"haiku","max_tokens":100,"messages":[{{"role":"user","content":"Hi"}}]}}'
   # Bedrock's own API, as AWS SDKs call it: Converse, InvokeModel with any model's body
-  curl -s {base}/model/haiku/converse -H 'authorization: Bearer team1-key' \
-       -H 'content-type: application/json' \
+  curl -s {base}/model/haiku/converse -H 'authorization: Bearer team1-key' \\
+       -H 'content-type: application/json' \\
        -d '{{"messages":[{{"role":"user","content":[{{"text":"Hi"}}]}}]}}'
-  curl -s {base}/model/meta.llama3-8b-instruct-v1:0/invoke \
-       -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \
+  curl -s {base}/model/meta.llama3-8b-instruct-v1:0/invoke \\
+       -H 'authorization: Bearer team1-key' -H 'content-type: application/json' \\
        -d '{{"prompt":"Hi","max_gen_len":50}}'
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
@@ -341,8 +376,14 @@ Ctrl-C stops everything.
 def main() -> int:
     real = "openai" if os.environ.get("OPENAI_API_KEY") else None
     real_anthropic = "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else None
+    try:
+        ports = Ports.from_environment(os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stack = LocalStack(
         workdir=Path(".run"),
+        ports=ports,
         real_provider=real,
         real_anthropic=real_anthropic,
         isolated_store=False,
