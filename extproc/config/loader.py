@@ -102,7 +102,9 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
                 e["type"] == "too_short" and tuple(e["loc"]) in {f[: len(e["loc"])] for f in failed}
             )
         ]
-        raise ConfigError(source, [_describe(error) for error in errors]) from None
+        # A check across sections reports each of its problems on a line of its own.
+        problems = [line for error in errors for line in _describe(error).split("\n")]
+        raise ConfigError(source, problems) from None
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:

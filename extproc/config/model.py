@@ -8,6 +8,7 @@ loaded config is a snapshot that in-flight requests keep using across reloads.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -676,160 +677,174 @@ class GatewayConfig(_Section):
     agents: AgentsConfig = AgentsConfig()
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> GatewayConfig:
-        providers = [p.name for p in self.providers]
-        _unique("providers", providers)
-        _unique("models", [name for m in self.models for name in (m.name, *m.aliases)])
-        _unique("routes", [r.name for r in self.routes])
-        known = set(providers)
-        for index, provider in enumerate(self.providers):
-            if (provider.type is ProviderType.BEDROCK) != (provider.aws is not None):
-                raise ValueError(
-                    f"providers[{index}].aws: required for bedrock providers and only for them"
-                )
-            if (provider.type is ProviderType.VERTEX) != (provider.gcp is not None):
-                raise ValueError(
-                    f"providers[{index}].gcp: required for vertex providers and only for them"
-                )
-            if provider.type is ProviderType.VERTEX and (
-                provider.api_key is not None or provider.api_key_file is not None
-            ):
-                raise ValueError(
-                    f"providers[{index}].api_key: a vertex provider authenticates with its "
-                    "gcp credentials (OAuth2 tokens), not an API key"
-                )
-            if provider.type is ProviderType.VERTEX and provider.path_prefix.endswith(
-                ("/v1", "/v1beta1")
-            ):
-                raise ValueError(
-                    f"providers[{index}].base_url: a vertex provider's base_url is the service "
-                    "endpoint without a version path (https://us-east5-aiplatform.googleapis.com"
-                    "): the gateway adds /v1/projects/..."
-                )
-            if provider.anthropic_betas is not None and provider.type not in (
-                ProviderType.BEDROCK,
-                ProviderType.VERTEX,
-            ):
-                raise ValueError(
-                    f"providers[{index}].anthropic_betas: for bedrock and vertex providers only "
-                    "(an anthropic provider takes every flag Anthropic knows)"
-                )
-        for index, model in enumerate(self.models):
-            if model.provider not in known:
-                raise ValueError(
-                    f"models[{index}].provider: unknown provider {model.provider!r}"
-                    f" (known: {', '.join(sorted(known))})"
-                )
-        by_name = {m.name: m for m in self.models}
-        chains: dict[str, str] = {}
-        for index, model in enumerate(self.models):
-            if model.fallbacks:
-                other = chains.setdefault(failover_chain_name(model.name), model.name)
-                if other != model.name:
-                    raise ValueError(
-                        f"models[{index}].name: {model.name!r} and {other!r} both have fallbacks"
-                        " and differ only in case or punctuation, so Envoy would get one"
-                        " failover chain for two models; rename one"
-                    )
-            chain = [model.provider]
-            for fallback in model.fallbacks:
-                if fallback not in by_name:
-                    raise ValueError(f"models[{index}].fallbacks: unknown model {fallback!r}")
-                chain.append(by_name[fallback].provider)
-            if len(set(chain)) != len(chain):
-                raise ValueError(
-                    f"models[{index}].fallbacks: each fallback must be on another provider"
-                )
-        for index, prefix in enumerate(self.model_prefixes):
-            if prefix.provider not in known:
-                raise ValueError(
-                    f"model_prefixes[{index}].provider: unknown provider {prefix.provider!r}"
-                )
-        models = {name for m in self.models for name in (m.name, *m.aliases)}
-        if self.management.serving and self.management.address in (
-            self.server.grpc_address,
-            self.server.http_address,
-        ):
-            raise ValueError("management.address: must differ from the server's addresses")
-        for index, route in enumerate(self.routes):
-            if route.model is not None and route.model not in models:
-                raise ValueError(f"routes[{index}].model: unknown model {route.model!r}")
-            if route.provider is not None and route.provider not in known:
-                raise ValueError(f"routes[{index}].provider: unknown provider {route.provider!r}")
-        check_agent_routes(self.routes, self.agents)
-        return self
-
-    @model_validator(mode="after")
-    def _store_answers_within_envoys_wait(self) -> GatewayConfig:
-        # Envoy waits envoy.message_timeout_ms for each gateway answer. A store wait as
-        # long made a frozen store cost every request Envoy's 504, where its quota rules
-        # said fail_open (through) or fail_closed (503 quota_store_unavailable).
-        if self.store.timeout_ms >= self.envoy.message_timeout_ms:
-            raise ValueError(
-                f"store.timeout_ms ({self.store.timeout_ms}) must be below"
-                f" envoy.message_timeout_ms ({self.envoy.message_timeout_ms}): Envoy would"
-                " answer 504 before a store that stopped answering fails a request open or"
-                " closed as its quota rules say"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _host_routes_distinct(self) -> GatewayConfig:
-        # Two routes for one host and one path: which one serves it would depend on
-        # their order in the file. (Routes without hosts keep their older rule.)
-        seen: dict[tuple[str, str], int] = {}
-        for index, route in enumerate(self.routes):
-            target = route.path or "prefix:" + (route.path_prefix or "").rstrip("/")
-            for host in route.hosts:
-                earlier = seen.setdefault((host, target), index)
-                if earlier != index:
-                    raise ValueError(
-                        f"routes[{index}].hosts: {host} already has this path on"
-                        f" routes[{earlier}] ({self.routes[earlier].name})"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _route_policies_exist(self) -> GatewayConfig:
-        policies = {policy.name for policy in self.guardrails.policies}
-        for index, route in enumerate(self.routes):
-            for name in route.guardrails:
-                if name not in policies:
-                    raise ValueError(f"routes[{index}].guardrails: unknown policy {name!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _no_key_header_subjects(self) -> GatewayConfig:
-        # A route's own key header carries clients' keys as x-api-key does, which
-        # check_subject refuses: counters keyed by it would hold the secrets.
-        key_headers = {
-            policy.api_key_header.lower()
-            for policy in (self.auth.default, *(route.auth for route in self.routes))
-            if policy is not None and policy.api_key_header
-        }
-        subjects = [
-            *(("quotas.rules", i, rule.subject) for i, rule in enumerate(self.quotas.rules)),
-            *(("agents.limits", i, rule.subject) for i, rule in enumerate(self.agents.limits)),
+    def _cross_checks(self) -> GatewayConfig:
+        # Every check across sections runs, so that a config's problems come out at once
+        # (the loader lists each line of the message as a problem of its own).
+        problems = [
+            *_reference_problems(self),
+            *_store_wait_problems(self),
+            *_host_route_problems(self),
+            *_route_policy_problems(self),
+            *_key_header_subject_problems(self),
         ]
-        for section, index, subject in subjects:
-            kind, _, header = subject.partition(":")
-            if kind == "header" and header in key_headers:
-                raise ValueError(
-                    f"{section}[{index}].subject: header:{header} carries clients' "
-                    "credentials (a route's auth.api_key_header), which would become quota "
-                    "subjects in the store; use subject: api_key (or user, group) instead"
-                )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)
 
 
-def _unique(section: str, names: list[str]) -> None:
+def _reference_problems(config: GatewayConfig) -> Iterator[str]:
+    """Names that must resolve (providers, models, fallbacks, routes' models) and what
+    each provider type requires."""
+    providers = [p.name for p in config.providers]
+    yield from _duplicates("providers", providers)
+    yield from _duplicates("models", [name for m in config.models for name in (m.name, *m.aliases)])
+    yield from _duplicates("routes", [r.name for r in config.routes])
+    known = set(providers)
+    for index, provider in enumerate(config.providers):
+        yield from _provider_problems(index, provider)
+    for index, model in enumerate(config.models):
+        if model.provider not in known:
+            yield (
+                f"models[{index}].provider: unknown provider {model.provider!r}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+    yield from _fallback_problems(config)
+    for index, prefix in enumerate(config.model_prefixes):
+        if prefix.provider not in known:
+            yield f"model_prefixes[{index}].provider: unknown provider {prefix.provider!r}"
+    models = {name for m in config.models for name in (m.name, *m.aliases)}
+    if config.management.serving and config.management.address in (
+        config.server.grpc_address,
+        config.server.http_address,
+    ):
+        yield "management.address: must differ from the server's addresses"
+    for index, route in enumerate(config.routes):
+        if route.model is not None and route.model not in models:
+            yield f"routes[{index}].model: unknown model {route.model!r}"
+        if route.provider is not None and route.provider not in known:
+            yield f"routes[{index}].provider: unknown provider {route.provider!r}"
+    try:
+        check_agent_routes(config.routes, config.agents)
+    except ValueError as exc:
+        yield str(exc)
+
+
+def _provider_problems(index: int, provider: ProviderConfig) -> Iterator[str]:
+    if (provider.type is ProviderType.BEDROCK) != (provider.aws is not None):
+        yield f"providers[{index}].aws: required for bedrock providers and only for them"
+    if (provider.type is ProviderType.VERTEX) != (provider.gcp is not None):
+        yield f"providers[{index}].gcp: required for vertex providers and only for them"
+    if provider.type is ProviderType.VERTEX and (
+        provider.api_key is not None or provider.api_key_file is not None
+    ):
+        yield (
+            f"providers[{index}].api_key: a vertex provider authenticates with its "
+            "gcp credentials (OAuth2 tokens), not an API key"
+        )
+    if provider.type is ProviderType.VERTEX and provider.path_prefix.endswith(("/v1", "/v1beta1")):
+        yield (
+            f"providers[{index}].base_url: a vertex provider's base_url is the service "
+            "endpoint without a version path (https://us-east5-aiplatform.googleapis.com"
+            "): the gateway adds /v1/projects/..."
+        )
+    if provider.anthropic_betas is not None and provider.type not in (
+        ProviderType.BEDROCK,
+        ProviderType.VERTEX,
+    ):
+        yield (
+            f"providers[{index}].anthropic_betas: for bedrock and vertex providers only "
+            "(an anthropic provider takes every flag Anthropic knows)"
+        )
+
+
+def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
+    by_name = {m.name: m for m in config.models}
+    chains: dict[str, str] = {}
+    for index, model in enumerate(config.models):
+        if model.fallbacks:
+            other = chains.setdefault(failover_chain_name(model.name), model.name)
+            if other != model.name:
+                yield (
+                    f"models[{index}].name: {model.name!r} and {other!r} both have fallbacks"
+                    " and differ only in case or punctuation, so Envoy would get one"
+                    " failover chain for two models; rename one"
+                )
+        unknown = [name for name in model.fallbacks if name not in by_name]
+        for name in unknown:
+            yield f"models[{index}].fallbacks: unknown model {name!r}"
+        if unknown:
+            continue
+        chain = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
+        if len(set(chain)) != len(chain):
+            yield f"models[{index}].fallbacks: each fallback must be on another provider"
+
+
+def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:
+    # Envoy waits envoy.message_timeout_ms for each gateway answer. A store wait as
+    # long made a frozen store cost every request Envoy's 504, where its quota rules
+    # said fail_open (through) or fail_closed (503 quota_store_unavailable).
+    if config.store.timeout_ms >= config.envoy.message_timeout_ms:
+        yield (
+            f"store.timeout_ms ({config.store.timeout_ms}) must be below"
+            f" envoy.message_timeout_ms ({config.envoy.message_timeout_ms}): Envoy would"
+            " answer 504 before a store that stopped answering fails a request open or"
+            " closed as its quota rules say"
+        )
+
+
+def _host_route_problems(config: GatewayConfig) -> Iterator[str]:
+    # Two routes for one host and one path: which one serves it would depend on
+    # their order in the file. (Routes without hosts keep their older rule.)
+    seen: dict[tuple[str, str], int] = {}
+    for index, route in enumerate(config.routes):
+        target = route.path or "prefix:" + (route.path_prefix or "").rstrip("/")
+        for host in route.hosts:
+            earlier = seen.setdefault((host, target), index)
+            if earlier != index:
+                yield (
+                    f"routes[{index}].hosts: {host} already has this path on"
+                    f" routes[{earlier}] ({config.routes[earlier].name})"
+                )
+
+
+def _route_policy_problems(config: GatewayConfig) -> Iterator[str]:
+    policies = {policy.name for policy in config.guardrails.policies}
+    for index, route in enumerate(config.routes):
+        for name in route.guardrails:
+            if name not in policies:
+                yield f"routes[{index}].guardrails: unknown policy {name!r}"
+
+
+def _key_header_subject_problems(config: GatewayConfig) -> Iterator[str]:
+    # A route's own key header carries clients' keys as x-api-key does, which
+    # check_subject refuses: counters keyed by it would hold the secrets.
+    key_headers = {
+        policy.api_key_header.lower()
+        for policy in (config.auth.default, *(route.auth for route in config.routes))
+        if policy is not None and policy.api_key_header
+    }
+    subjects = [
+        *(("quotas.rules", i, rule.subject) for i, rule in enumerate(config.quotas.rules)),
+        *(("agents.limits", i, rule.subject) for i, rule in enumerate(config.agents.limits)),
+    ]
+    for section, index, subject in subjects:
+        kind, _, header = subject.partition(":")
+        if kind == "header" and header in key_headers:
+            yield (
+                f"{section}[{index}].subject: header:{header} carries clients' "
+                "credentials (a route's auth.api_key_header), which would become quota "
+                "subjects in the store; use subject: api_key (or user, group) instead"
+            )
+
+
+def _duplicates(section: str, names: list[str]) -> Iterator[str]:
     seen: set[str] = set()
     for index, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"{section}[{index}].name: duplicate name {name!r}")
+            yield f"{section}[{index}].name: duplicate name {name!r}"
         seen.add(name)
 
 

@@ -182,3 +182,28 @@ async def wait_for_len(found: list[bool], length: int) -> None:
         if len(found) >= length:
             return
         await asyncio.sleep(0.02)
+
+
+def test_every_problem_across_sections_is_listed_at_once() -> None:
+    # check-config promises every problem: one fixed after another would take a run each.
+    text = """
+providers:
+  - {name: mock, base_url: 'http://127.0.0.1:8089/v1', api_key: k}
+models:
+  - {name: gpt-4o-mini, provider: nowhere}
+  - {name: gpt-4o, provider: mock, fallbacks: [gpt-5-typo]}
+routes:
+  - {name: chat, path: /v1/chat/completions, guardrails: missing-policy}
+  - {name: chat, path: /v1/other}
+store:
+  timeout_ms: 6000
+"""
+    assert problems(text) == [
+        "routes[1].name: duplicate name 'chat'",
+        "models[0].provider: unknown provider 'nowhere' (known: mock)",
+        "models[1].fallbacks: unknown model 'gpt-5-typo'",
+        "store.timeout_ms (6000) must be below envoy.message_timeout_ms (5000): Envoy would"
+        " answer 504 before a store that stopped answering fails a request open or closed as"
+        " its quota rules say",
+        "routes[0].guardrails: unknown policy 'missing-policy'",
+    ]
