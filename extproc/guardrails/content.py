@@ -3,10 +3,20 @@
 A ``TextSlot`` points at one string inside the parsed body (a message's
 ``content``, one text or refusal part of it, an OpenAI assistant's ``refusal``,
 Anthropic's ``system``, a ``tool_result``'s or ``mcp_tool_result``'s content, the
-text of a ``document`` or ``search_result`` block, a choice's message, the
-arguments of a tool call), so guards read every piece of text and write masked
-text back in place, whether content came as a string or as an array of parts.
-Images, audio and PDFs are not text slots.
+text of a ``document`` or ``search_result`` block, the text of a server tool's
+result, a choice's message, the arguments of a tool call), so guards read every
+piece of text and write masked text back in place, whether content came as a
+string or as an array of parts. Images, audio and PDFs are not text slots.
+
+Claude's server tools (web search and fetch, code execution, bash, the text editor,
+tool search, and those Anthropic adds later) return ``<tool>_tool_result`` blocks,
+each result its own shape: a fetched page as a ``document``, a run's ``stdout`` and
+``stderr``, a viewed file's ``content``, an edit's ``lines``, an ``error_message``, a
+search result's ``title``. Their ``content`` is read whole, field by field, as the
+Responses API's items are (``responses_text``): every string but for the fields that
+are no text the model reads as language (``_NOT_RESULT_TEXT``: ids, codes, URLs,
+timestamps, file ids, and the encrypted and base64 payloads Anthropic decrypts or
+decodes itself, which a mask would break), as ``tool``'s.
 
 Tool calls in a conversation's history are text the provider reads back, so a
 key or personal data put there must meet the same guards: OpenAI's
@@ -29,6 +39,43 @@ from typing import Any
 _TOOL_CALL_BLOCKS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 # Anthropic blocks holding what a tool returned: a string or blocks in ``content``.
 _TOOL_RESULT_BLOCKS = frozenset(("tool_result", "mcp_tool_result"))
+# How a server tool's result block is named (web_search_tool_result, ...): its
+# ``content`` is read field by field (``server_result_slots``).
+_SERVER_RESULT = "_tool_result"
+# The fields of a server tool's result that hold no text the model reads as language,
+# wherever they stand: kinds, ids, codes, URLs and timestamps, file ids and types, tool
+# names (renaming one breaks what refers to it), and payloads that are not text: a search
+# result's page and a run's output in encrypted form (Anthropic decrypts them; a mask
+# would break them), base64 ``data``. A fetched page's text is its document's, read as
+# documents are (``_document_slots``).
+_NOT_RESULT_TEXT = frozenset(
+    (
+        "type",
+        "id",
+        "tool_use_id",
+        "caller",
+        "cache_control",
+        "citations",
+        "error_code",
+        "file_id",
+        "file_type",
+        "media_type",
+        "url",
+        "retrieved_at",
+        "page_age",
+        "encrypted_content",
+        "encrypted_stdout",
+        "encrypted_index",
+        "data",
+        "name",
+        "tool_name",
+    )
+)
+# Blocks inside a server tool's result that are read as they are in a message: a fetched
+# page's document, text.
+_RESULT_BLOCKS = frozenset(("text", "document", "search_result"))
+# The role of what a server tool returned, as a tool's output is on the other APIs.
+_RESULT_ROLE = "tool"
 # How deep a tool input is walked: orjson parses at most 1024 levels, so no leaf of a
 # parsed body is ever left unread; the bound only caps a body built some other way.
 _MAX_INPUT_DEPTH = 1024
@@ -63,6 +110,10 @@ def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[Text
 
 def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
     kind = block.get("type")
+    if not isinstance(kind, str):
+        # No block the provider takes (it refuses it); a list or an object here is no
+        # key of the sets below (unhashable), and must not fail the gateway.
+        return
     if kind == "text" and isinstance(block.get("text"), str):
         slots.append(TextSlot(role, block, "text"))
     elif kind == "refusal" and isinstance(block.get("refusal"), str):
@@ -77,6 +128,48 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
         _document_slots(role, block, slots)
     elif kind in _TOOL_CALL_BLOCKS:
         tool_input_slots(role, block, slots)
+    elif kind.endswith(_SERVER_RESULT):
+        # A server tool's result (web fetch, code execution...): read, or its text
+        # reached the model past every guard.
+        server_result_slots(block, slots)
+
+
+def server_result_slots(block: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The text of a server tool's result block, in document order (module docstring).
+
+    Walked with a list, not recursion, as tool inputs are; only a nested text, document
+    or search result block is read by ``_block_slots``, whose results hold no deeper
+    server results. A viewed file that is not text (an image, a PDF) is not read.
+    """
+    if "content" not in block:
+        return
+    pending: list[tuple[Any, Any]] = [(block, "content")]
+    while pending:
+        holder, key = pending.pop()
+        value = holder[key]
+        if isinstance(value, str):
+            slots.append(TextSlot(_RESULT_ROLE, holder, key))
+        elif isinstance(value, dict):
+            kind = value.get("type")
+            if isinstance(kind, str) and kind in _RESULT_BLOCKS:
+                _block_slots(_RESULT_ROLE, value, slots)
+            elif value.get("file_type", "text") == "text":
+                # Pushed last to first, so they come off the list in order.
+                fields = [name for name in value if name not in _NOT_RESULT_TEXT]
+                pending.extend((value, name) for name in reversed(fields))
+        elif isinstance(value, list):
+            pending.extend((value, index) for index in range(len(value) - 1, -1, -1))
+
+
+def whole_block_slots(block: dict[str, Any]) -> list[TextSlot]:
+    """The text of a block that comes whole in a stream's ``content_block_start``: what a
+    server tool or an MCP server returned. Other blocks' text comes in deltas (a start's
+    text and input are empty), and is not read here."""
+    kind = block.get("type")
+    slots: list[TextSlot] = []
+    if isinstance(kind, str) and kind.endswith(_SERVER_RESULT):
+        _block_slots("assistant", block, slots)
+    return slots
 
 
 def _document_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:

@@ -38,8 +38,8 @@ import orjson
 from extproc.guardrails.content import TextSlot
 from extproc.guardrails.converse_text import CALL_ROLE
 from extproc.guardrails.gemini_text import part_slots
-from extproc.guardrails.matching import Matchers, apply
-from extproc.guardrails.stream import Channel, StreamEvent, StreamGuard, StreamRejectedError
+from extproc.guardrails.matching import Matchers
+from extproc.guardrails.stream import Channel, StreamEvent, StreamGuard
 
 _EVENT_END = b"\n\n"
 # The answer's fields an extra event of held text repeats: what names the answer, not
@@ -52,12 +52,6 @@ class GeminiStreamGuard(StreamGuard):
 
     def __init__(self, matchers: Matchers) -> None:
         super().__init__(matchers, anthropic=False)
-        # The guards that masked text carried whole (function calls, code).
-        self._whole_masked: set[int] = set()
-
-    @property
-    def masked(self) -> set[int]:
-        return super().masked | self._whole_masked
 
     def _read_payload(self, event: StreamEvent, payload: dict[str, Any]) -> None:
         if "error" in payload:
@@ -94,20 +88,6 @@ class GeminiStreamGuard(StreamGuard):
             if candidate.get("finishReason") is not None and index not in event.closes:
                 event.closes.append(index)
 
-    def _guard_whole(self, event: StreamEvent) -> None:
-        assert event.whole is not None
-        for slot in event.whole:
-            text = slot.text
-            if not text:
-                continue
-            rejecting, hits, _ = self._matchers.scan(text, json_text=slot.is_json)
-            if rejecting is not None:
-                raise StreamRejectedError(rejecting)
-            if hits:
-                slot.write(apply(text, hits))
-                self._whole_masked.update(hit.guard for hit in hits)
-                event.changed = True
-
     def _released_event(
         self, channel: Channel, text: str, envelope: dict[str, Any] | None
     ) -> bytes:
@@ -122,14 +102,3 @@ class GeminiStreamGuard(StreamGuard):
     def _error_event(self, error: bytes) -> bytes:
         # Google's failure is the stream's last event; there is no [DONE] to follow it.
         return b"data: " + error + _EVENT_END
-
-    def texts(
-        self, events: list[StreamEvent]
-    ) -> list[tuple[StreamEvent, Channel, dict[str, Any], str]]:
-        """Every text piece and whole text of the events, for a response webhook: a
-        function call's arguments too, as a whole answer's webhook sees them."""
-        found = super().texts(events)
-        for event in events:
-            for slot in event.whole or ():
-                found.append((event, 0, slot.holder, slot.key))
-        return found

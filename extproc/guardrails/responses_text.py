@@ -114,7 +114,11 @@ def item_slots(item: dict[str, Any]) -> list[TextSlot]:
     """The text of one input or output item (the module docstring)."""
     slots: list[TextSlot] = []
     kind = item.get("type")
-    call = _CALLS.get(kind) if isinstance(kind, str) else None
+    if kind is not None and not isinstance(kind, str):
+        # No item the provider takes (it refuses it); a list or an object is no key of
+        # the tables below (unhashable), and must not fail the gateway.
+        return slots
+    call = _CALLS.get(kind) if kind is not None else None
     if call is not None:
         field, is_json = call
         if isinstance(item.get(field), str):
@@ -124,7 +128,7 @@ def item_slots(item: dict[str, Any]) -> list[TextSlot]:
     elif kind is None or kind == "message":
         role = item.get("role")
         _content_slots(role if isinstance(role, str) else "user", item, "content", slots)
-    elif isinstance(kind, str):
+    else:
         role = "tool" if kind.endswith("_output") else "assistant"
         skipped = _NOT_TEXT | _NOT_TEXT_FIELDS.get(kind, frozenset())
         _walk(role, item, slots, skipped)
@@ -154,7 +158,8 @@ def _walk(role: str, value: Any, slots: list[TextSlot], skipped: frozenset[str])
 
     Recursive: a parsed body is at most ``limits.max_json_depth`` (200) levels deep."""
     if isinstance(value, dict):
-        if value.get("type") in _NOT_TEXT_PARTS:
+        kind = value.get("type")
+        if isinstance(kind, str) and kind in _NOT_TEXT_PARTS:
             return
         for key, member in value.items():
             if key in skipped:

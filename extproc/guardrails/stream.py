@@ -34,6 +34,12 @@ an extra argument delta before the finish chunk of their choice (OpenAI: a new
 call index does not end the one before, parallel calls may interleave) or
 before ``content_block_stop``.
 
+Some text comes whole in one event rather than in deltas (``StreamEvent.whole``): what a
+server tool or an MCP server returned, an Anthropic ``*_tool_result`` or ``mcp_tool_result``
+block in its ``content_block_start`` (read as a whole answer's, ``content``), and a Gemini
+function call. It is matched at once, as a buffered answer's is: a mask rewrites the event,
+a reject ends the stream before it.
+
 OpenAI's legacy text completions stream the same way, their text in each choice's
 ``text`` rather than a delta (``completions``): one channel per choice, whose leftovers go
 out in an extra ``text_completion`` chunk before the choice's finish chunk.
@@ -56,7 +62,7 @@ from typing import Any
 
 import orjson
 
-from extproc.guardrails.content import TextSlot
+from extproc.guardrails.content import TextSlot, whole_block_slots
 from extproc.guardrails.json_fragments import Lexed, LexState, lex, state_at
 from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
 
@@ -324,12 +330,14 @@ class StreamGuard:
         self._calls: list[CallChannel] = []
         self._pending = b""
         self._envelope: dict[str, Any] | None = None
+        # The guards that masked text carried whole (``StreamEvent.whole``).
+        self._whole_masked: set[int] = set()
         self.ended = False
         self.rejected_by: int | None = None
 
     @property
     def masked(self) -> set[int]:
-        found: set[int] = set()
+        found = set(self._whole_masked)
         for channel in self._channels.values():
             found |= channel.masked
         return found
@@ -452,8 +460,21 @@ class StreamGuard:
             self._read_openai(event, payload)
 
     def _guard_whole(self, event: StreamEvent) -> None:
-        """Match the text an event carries whole; the guards of APIs whose events carry
-        some (``GeminiStreamGuard``) say how."""
+        """Match the text an event carries whole (an Anthropic tool result, a Gemini
+        function call) at once, as a buffered answer's is: a mask writes into the event,
+        a reject ends the stream before it."""
+        assert event.whole is not None
+        for slot in event.whole:
+            text = slot.text
+            if not text:
+                continue
+            rejecting, hits, _ = self._matchers.scan(text, json_text=slot.is_json)
+            if rejecting is not None:
+                raise StreamRejectedError(rejecting)
+            if hits:
+                slot.write(apply(text, hits))
+                self._whole_masked.update(hit.guard for hit in hits)
+                event.changed = True
 
     def _read_openai(self, event: StreamEvent, payload: dict[str, Any]) -> None:
         choices = payload.get("choices")
@@ -497,6 +518,11 @@ class StreamGuard:
                 event.texts.append(((index, 0, _ARGUMENTS), delta, "partial_json"))
         elif kind == "content_block_stop":
             event.closes.append(index)
+        elif kind == "content_block_start":
+            # What a server tool or an MCP server returned comes whole here, no deltas.
+            block = payload.get("content_block")
+            if isinstance(block, dict):
+                event.whole = whole_block_slots(block) or None
         elif kind == "message_stop":
             event.done = True
 
@@ -553,9 +579,16 @@ class StreamGuard:
     def texts(
         self, events: list[StreamEvent]
     ) -> list[tuple[StreamEvent, Channel, dict[str, Any], str]]:
-        """Every text delta and argument fragment of the events, for a webhook to see and
-        rewrite (a buffered answer's webhook sees its tool calls' arguments too)."""
-        return [(event, *slot) for event in events for slot in event.texts]
+        """Every text delta and argument fragment of the events, and the text they carry
+        whole, for a webhook to see and rewrite (a buffered answer's webhook sees its tool
+        calls' arguments and results too)."""
+        found: list[tuple[StreamEvent, Channel, dict[str, Any], str]] = [
+            (event, *slot) for event in events for slot in event.texts
+        ]
+        for event in events:
+            for whole in event.whole or ():
+                found.append((event, 0, whole.holder, whole.key))
+        return found
 
 
 def _read_openai_calls(event: StreamEvent, choice: int, delta: dict[str, Any]) -> None:

@@ -32,6 +32,10 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``usage.server_tool_use: {"web_search_requests": N, "web_fetch_requests": M}``, in JSON
   answers and in a stream's ``message_delta``; a stream's ``message_start`` reports them
   at 0 (they run while the answer streams).
+- Server tool results on request, header ``x-mock-result-blocks``: a JSON array of content
+  blocks (``web_fetch_tool_result``, ``mcp_tool_result``...) the answer starts with, as
+  Claude's answer carries what its server tools returned; a stream sends each whole in its
+  ``content_block_start``, with no delta, as Anthropic does.
 - Service tiers: ``usage.service_tier`` reports the tier that served the request, as
   Anthropic reports it, in JSON answers and in a stream's ``message_start``: ``standard``,
   or ``priority`` with header ``x-mock-service-tier: priority`` (an organisation with
@@ -651,6 +655,8 @@ class Reply:
     calls: tuple[ToolCall, ...] = ()
     # Server tool requests to report (x-mock-server-tool-use): (tool name, count).
     server_tools: tuple[tuple[str, int], ...] = ()
+    # Blocks the answer starts with, whole (x-mock-result-blocks): server tools' results.
+    result_blocks: tuple[dict[str, Any], ...] = ()
 
     @property
     def text(self) -> str:
@@ -692,7 +698,9 @@ class Reply:
     def blocks(self, message_id: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Each content block as it starts in a stream, with the deltas that complete it:
         the text (when there is some, or nothing else), then one block per tool call."""
-        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
+            (block, []) for block in self.result_blocks
+        ]
         if self.pieces or not self.calls:
             deltas = [{"type": "text_delta", "text": piece} for piece in self.pieces]
             blocks.append(({"type": "text", "text": ""}, deltas))
@@ -710,11 +718,30 @@ class Reply:
         blocks = self.blocks(message_id)
         # The tool_use blocks are the last ones; a text block, if any, comes before them.
         first_call = len(blocks) - len(self.calls)
-        content = [{"type": "text", "text": self.text}] if first_call else []
+        content = list(self.result_blocks)
+        if first_call > len(self.result_blocks):
+            content.append({"type": "text", "text": self.text})
         return content + [
             {**start, "input": call.input}
             for (start, _), call in zip(blocks[first_call:], self.calls, strict=True)
         ]
+
+
+RESULT_BLOCKS_HEADER = "x-mock-result-blocks"
+
+
+def result_blocks(headers: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """The blocks ``x-mock-result-blocks`` asks the answer to start with (none without it)."""
+    value = headers.get(RESULT_BLOCKS_HEADER)
+    if value is None:
+        return ()
+    try:
+        blocks = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        blocks = None
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise ScriptError(f"{RESULT_BLOCKS_HEADER} must be a JSON array of content blocks")
+    return tuple(blocks)
 
 
 def _reply_text(req: MessagesRequest) -> tuple[str, str | None]:
@@ -865,11 +892,13 @@ class AnthropicEndpoints:
             writes = cache_writes(request.headers)
             server_tools = server_tool_requests(request.headers)
             tier = served_tier(request.headers, req.service_tier)
+            results = result_blocks(request.headers)
         except (ScriptError, CacheWriteSpecError, ServerToolSpecError, ServiceTierSpecError) as exc:
             return error_response(400, str(exc))
         reply = replace(build_reply(req, fault).writing(writes), server_tools=server_tools)
         if scripted is not None or scripted_calls is not None:
             reply = scripted_anthropic_reply(reply, scripted, scripted_calls)
+        reply = replace(reply, result_blocks=results)
         message_id = f"msg_mock_{next(self._ids)}"
         if req.stream:
             return await self._stream(request, req, reply, fault, message_id, tier)

@@ -10,13 +10,18 @@ The text is everything the provider reads and bills as input, in the client's
 body (OpenAI chat completions or Anthropic messages: the estimate runs before
 translation, so a Bedrock-bound request is read in its OpenAI shape):
 
-- each message's content: a string, or its text parts or blocks;
-- Anthropic's ``tool_result`` content (a string or blocks, nested documents and
-  search results included), ``document`` blocks (a plain-text source's ``data``,
-  a content source's text, ``title``, ``context``) and ``search_result`` blocks;
-- tool calls in the history: Anthropic's ``tool_use`` name and ``input`` (as
-  JSON), OpenAI's ``tool_calls`` and legacy ``function_call`` names and
-  ``arguments``;
+- each message's content: a string, or its text and refusal parts or blocks, and
+  an OpenAI assistant's ``refusal``;
+- Anthropic's ``tool_result`` and ``mcp_tool_result`` content (a string or blocks,
+  nested documents and search results included), ``document`` blocks (a plain-text
+  source's ``data``, a content source's text, ``title``, ``context``),
+  ``search_result`` blocks, and the text of server tools' results (a fetched page,
+  a run's output, a viewed file: what the guards read of them,
+  ``guardrails.content.server_result_slots``; encrypted results are not text);
+- tool calls in the history: Anthropic's ``tool_use``, ``server_tool_use`` and
+  ``mcp_tool_use`` name and ``input`` (as JSON), OpenAI's ``tool_calls`` (a
+  function's or a custom tool's) and legacy ``function_call`` names and
+  ``arguments`` or ``input``;
 - tool definitions: OpenAI's ``tools`` and legacy ``functions``, Anthropic's
   ``tools``, as JSON (the providers render them into the prompt).
 
@@ -45,13 +50,19 @@ from typing import Any
 
 import orjson
 
-from extproc.guardrails.content import TextSlot
+from extproc.guardrails.content import TextSlot, server_result_slots
 from extproc.guardrails.responses_text import item_slots, prompt_slots
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
-# The fields of a tool call (in an assistant turn) that the provider reads back.
-_CALL_FIELDS = ("name", "arguments")
+# The fields of a tool call (in an assistant turn) that the provider reads back: a
+# function's arguments, a custom tool's input.
+_CALL_FIELDS = ("name", "arguments", "input")
+# Anthropic's blocks holding what a tool returned (a string or blocks), and calling one.
+_RESULT_BLOCKS = frozenset(("tool_result", "mcp_tool_result"))
+_CALL_BLOCKS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
+# How a server tool's result block is named (web_fetch_tool_result, ...).
+_SERVER_RESULT = "_tool_result"
 # Where a request bounds its completion: chat completions and Anthropic's Messages
 # (OpenAI's newer name first), and OpenAI's Responses API, which has one field only.
 CHAT_ALLOWANCE_FIELDS = ("max_completion_tokens", "max_tokens")
@@ -109,18 +120,20 @@ def _slots_chars(slots: list[TextSlot]) -> int:
 
 
 def _message_chars(message: dict[str, Any]) -> int:
-    """A message's content, and the tool calls an OpenAI assistant turn carries beside it."""
-    chars = _content_chars(message.get("content"))
+    """A message's content, and the refusal and tool calls an OpenAI assistant turn
+    carries beside it (the Anthropic and Bedrock translations send a refusal as text)."""
+    chars = _content_chars(message.get("content")) + string_chars(message.get("refusal"))
     calls = message.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
-                chars += _call_chars(call.get("function"))
+                chars += _call_chars(call.get("function")) + _call_chars(call.get("custom"))
     return chars + _call_chars(message.get("function_call"))
 
 
 def _call_chars(function: Any) -> int:
-    """OpenAI's ``{"name", "arguments"}``: ``arguments`` is already JSON text."""
+    """OpenAI's ``{"name", "arguments"}`` (``arguments`` is already JSON text), or a custom
+    tool's ``{"name", "input"}``."""
     if not isinstance(function, dict):
         return 0
     return sum(string_chars(function.get(field)) for field in _CALL_FIELDS)
@@ -140,13 +153,21 @@ def _block_chars(block: dict[str, Any]) -> int:
     if isinstance(text, str):
         return len(text)
     kind = block.get("type")
-    if kind == "tool_result":
+    if not isinstance(kind, str):
+        return 0  # no block the provider takes (unhashable, too: no key of the sets below)
+    if kind in _RESULT_BLOCKS:
         # What a tool returned is prompt text, as an OpenAI "tool" message's content is.
         return _content_chars(block.get("content"))
-    if kind == "tool_use":
+    if kind in _CALL_BLOCKS:
         return string_chars(block.get("name")) + json_chars(block.get("input"))
     if kind in ("document", "search_result"):
         return _document_chars(block)
+    if kind == "refusal":
+        return string_chars(block.get("refusal"))
+    if kind.endswith(_SERVER_RESULT):
+        slots: list[TextSlot] = []
+        server_result_slots(block, slots)
+        return _slots_chars(slots)
     return 0
 
 
