@@ -155,16 +155,20 @@ def _plan(
             for hit in hits
         ]
     cut = len(scanned)
-    # A match starting before this is longer than any bounded match can be: one of an
+    # A match longer than this is longer than any bounded match can be: one of an
     # unbounded pattern past its cap (``stream_max_match``), which is not held whole.
-    too_long = len(scanned) - matchers.max_len
+    # Told by its own length, not where it starts: a short match may start that far
+    # before a chunk's end, and cut in two its rest would leave unmasked.
+    longest = matchers.max_len
     refusing: list[int] = []
     split: int | None = None
     if not final:
         cut = max(offset, cut - matchers.holdback(scanned))
         # A match that runs past the cut may still grow: keep it whole for later.
-        spans = [(hit.start, hit.end) for hit in hits if hit.start >= too_long]
-        spans.extend((span.start, span.end) for _, span in rejected if span.start >= too_long)
+        spans = [(hit.start, hit.end) for hit in hits if hit.end - hit.start <= longest]
+        spans.extend(
+            (span.start, span.end) for _, span in rejected if span.end - span.start <= longest
+        )
         moved = True
         while moved:
             moved = False
@@ -177,9 +181,13 @@ def _plan(
         # Holding a match longer than the cap whole would hold the stream (and scan it
         # all again at each chunk) for as long as the match grows: its part before the
         # cut is refused now, or leaves masked; what follows is matched on its own.
-        refusing = [guard for guard, span in rejected if span.start < too_long < span.end > offset]
+        refusing = [
+            guard
+            for guard, span in rejected
+            if span.end - span.start > longest and span.end > offset
+        ]
         for index, hit in enumerate(hits):
-            if hit.start < too_long and hit.start < cut < hit.end:
+            if hit.end - hit.start > longest and hit.start < cut < hit.end:
                 hits[index] = Hit(hit.start, cut, hit.guard, hit.replacement)
                 split = hit.guard
     # Refused by the first guard (in config order) that found something complete in
