@@ -161,6 +161,9 @@ class PhaseOutput:
 class RequestContext:
     runtime: Runtime
     started: float = field(default_factory=time.monotonic)
+    # When the phase being served reached the processor (time.monotonic()): Envoy's wait
+    # for its answer (envoy.message_timeout_ms) runs from there, store waits included.
+    phase_started: float = 0.0
     started_wall: float = field(default_factory=time.time)
     request_id: str = ""
     method: str = ""

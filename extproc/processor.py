@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ class Processor:
                     yield envoy_messages.continue_response(phase)
                     continue
                 out = PhaseOutput()
+                ctx.phase_started = time.monotonic()
                 try:
                     if ctx.lean_response and phase == "response_body" and ctx.first_byte_at is None:
                         # No headers message on the lean path: the stages see the

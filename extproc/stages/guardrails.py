@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -98,7 +99,11 @@ def _guard_deadline(ctx: RequestContext, *, store_follows: bool) -> float:
     budget_ms = config.envoy.message_timeout_ms
     if store_follows:
         budget_ms -= config.store.timeout_ms
-    return asyncio.get_running_loop().time() + max(0.0, budget_ms / 1000 - _ANSWER_MARGIN_S)
+    # Counted from the message's arrival: a store wait before the guards in this phase
+    # (a stored response's owner looked up, a finished one recorded) took its share.
+    spent_s = time.monotonic() - ctx.phase_started if ctx.phase_started else 0.0
+    left_s = budget_ms / 1000 - _ANSWER_MARGIN_S - spent_s
+    return asyncio.get_running_loop().time() + max(0.0, left_s)
 
 
 def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -434,3 +435,20 @@ async def test_a_repeated_key_cannot_carry_unguarded_text_past_the_guards(
     sent = upstream_body(answers[1])
     assert sent["messages"] == [{"role": "user", "content": "hello"}]
     assert b"4111" not in answers[1].request_body.response.body_mutation.body
+
+
+async def test_the_guards_deadline_counts_what_the_phase_spent_before_them() -> None:
+    # A store wait earlier in the phase (a stored response's owner looked up) took its
+    # share of Envoy's wait: the guards get only what is left of it.
+    from extproc.context import RequestContext
+    from extproc.runtime import Runtime
+    from extproc.stages.guardrails import _guard_deadline
+
+    config = webhook_config(1, timeout_ms=200)
+    runtime = Runtime(config, Services(metrics=GatewayMetrics(), access_log=MemoryLog()))
+    loop = asyncio.get_running_loop()
+    fresh = RequestContext(runtime=runtime, phase_started=time.monotonic())
+    budget_s = (config.envoy.message_timeout_ms - config.store.timeout_ms) / 1000
+    assert budget_s - 0.2 < _guard_deadline(fresh, store_follows=True) - loop.time() < budget_s
+    spent = RequestContext(runtime=runtime, phase_started=time.monotonic() - budget_s)
+    assert _guard_deadline(spent, store_follows=True) <= loop.time()
