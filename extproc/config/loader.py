@@ -5,8 +5,11 @@ value taken from the environment can never change the file's structure.
 ``${VAR}`` needs VAR set; ``${VAR:-default}`` falls back when VAR is unset or
 empty, and the default may itself use ``${OTHER}`` (read only when it is used);
 ``$${`` writes a literal ``${``. Any other ``${`` is an error, not text: kept as
-it stands, ``${KEY-x}`` would become the provider key itself. A value taken from
-the environment is never interpolated again. Errors name the field path and the
+it stands, ``${KEY-x}`` would become the provider key itself. Text a guard looks
+for or a person reads (guard literals, patterns, messages and replacements,
+enrichment messages) keeps such a ``${`` as written: a guard against Log4Shell
+looks for ``${jndi:`` itself. A value taken from the environment is never
+interpolated again. Errors name the field path and the
 bad value, and never echo a value that looks like a secret.
 """
 
@@ -25,7 +28,18 @@ from extproc.config.model import GatewayConfig
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
+# What may follow a name in a shell's ${NAME...} form: shown in an error, unlike the text
+# after it.
+_SHELL_OPERATOR = re.compile(r":?[-=?+]?")
 _SECRET_FIELD = re.compile(r"(key|secret|token|password|credential)", re.IGNORECASE)
+# Fields holding text that may itself contain ``${`` (a guard looking for ``${jndi:``, a
+# prompt quoting a shell form): a ``${`` there that is no reference stays text, as it
+# did before the loader refused one elsewhere. A reference there is still read.
+_TEXT_FIELD = re.compile(
+    r"^guardrails\.policies\[\d+\]\.(request|response)\[\d+\]"
+    r"\.(literals\[\d+\]|patterns\[\d+\](\.pattern)?|message|replacement)$"
+    r"|^routes\[\d+\]\.enrichment\.(prepend|append)\[\d+\]\.content$"
+)
 # Fields whose names look like a secret's but which hold counts or names: their bad
 # values are shown like any other's.
 _NOT_SECRET_FIELDS = frozenset(
@@ -124,7 +138,8 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: li
 
 
 def _substitute(text: str, environ: Mapping[str, str], path: str, problems: list[str]) -> str:
-    expansion = _Expansion(text, environ, path or "<root>", problems)
+    lenient = _TEXT_FIELD.match(path) is not None
+    expansion = _Expansion(text, environ, path or "<root>", problems, lenient=lenient)
     try:
         return expansion.value()
     except _BadReferenceError as exc:
@@ -141,34 +156,57 @@ class _Expansion:
     own, so a pattern cannot find where it ends."""
 
     def __init__(
-        self, text: str, environ: Mapping[str, str], where: str, problems: list[str]
+        self,
+        text: str,
+        environ: Mapping[str, str],
+        where: str,
+        problems: list[str],
+        *,
+        lenient: bool = False,
     ) -> None:
         self._text = text
         self._environ = environ
         self._where = where
         self._problems = problems
+        # True: a ``${`` that is no reference is text, not an error (``_TEXT_FIELD``).
+        self._lenient = lenient
         self._at = 0
 
     def value(self) -> str:
-        return self._until_end(used=True, in_default=False)
+        return self._until_end(used=True, default_of=None)
 
-    def _until_end(self, *, used: bool, in_default: bool) -> str:
-        """The text up to its end, or to the ``}`` closing the default being read."""
+    def _until_end(self, *, used: bool, default_of: int | None) -> str:
+        """The text up to its end, or to the ``}`` closing the default being read (of the
+        reference opened at ``default_of``)."""
+        in_default = default_of is not None
         text, parts = self._text, []
         while self._at < len(text):
             if text.startswith("$${", self._at):
                 parts.append("${")
                 self._at += 3
             elif text.startswith("${", self._at):
-                parts.append(self._reference(used=used))
+                parts.append(self._reference_or_text(used=used))
             elif in_default and text[self._at] == "}":
                 return "".join(parts)
             else:
                 parts.append(text[self._at])
                 self._at += 1
-        if in_default:
-            raise self._bad(self._text.rfind("${"))
+        if default_of is not None:
+            raise self._bad(default_of)  # the reference whose default was never closed
         return "".join(parts)
+
+    def _reference_or_text(self, *, used: bool) -> str:
+        """The reference at the cursor; in a text field, its ``$`` as text when it is none."""
+        if not self._lenient:
+            return self._reference(used=used)
+        start, reported = self._at, len(self._problems)
+        try:
+            return self._reference(used=used)
+        except _BadReferenceError:
+            # Not a reference after all: nothing it named counts.
+            del self._problems[reported:]
+            self._at = start + 1
+            return "$"
 
     def _reference(self, *, used: bool) -> str:
         """``${NAME}`` or ``${NAME:-default}`` at the cursor; ``used`` is False inside a
@@ -188,17 +226,22 @@ class _Expansion:
         if not self._text.startswith(":-", self._at):
             raise self._bad(start)
         self._at += 2
-        default = self._until_end(used=used and not found, in_default=True)
+        default = self._until_end(used=used and not found, default_of=start)
         self._at += 1  # the closing brace
         return found or default
 
     def _bad(self, start: int) -> _BadReferenceError:
-        if _SECRET_FIELD.search(self._where):
-            written = "a ${"  # the text around it is a secret
+        # The variable's name and the shell operator after it (`${PW-...}`), never what
+        # follows: a shell form's default is often the secret itself (a password in a
+        # store URL, a bearer token in a header), and a reload logs this message.
+        name = _NAME.match(self._text, start + 2)
+        if name is None:
+            written = "a ${"
         else:
-            # The reference as written, up to its brace, not the rest of the value.
-            end = self._text.find("}", start)
-            written = self._text[start : end + 1 if 0 <= end < start + 40 else start + 2]
+            operator = _SHELL_OPERATOR.match(self._text, name.end())
+            assert operator is not None  # it matches the empty string too
+            rest = "..." if operator.end() < len(self._text) else ""
+            written = f"${{{name.group()}{operator.group()}{rest}"
         return _BadReferenceError(f"{written} is not a variable reference: {_REFERENCE_FORMS}")
 
 
