@@ -31,7 +31,7 @@ KEY = {"authorization": "Bearer team1-key"}
 class Hanging(JsonStandIn):
     """Webhooks that have stopped answering: each call waits past any timeout."""
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.json_body()
         time.sleep(2.5)
         self.answer_json({"action": {}})
