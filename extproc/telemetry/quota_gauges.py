@@ -14,6 +14,11 @@ So the gauges are read from the counters the quota script itself checks:
   waits on the store; the gauges are as old as the last refresh, which the
   ``aigw_quota_gauges_updated_timestamp_seconds`` gauge tells.
 
+Every gauge carries its rule's ``mode`` (``enforce`` or ``shadow``, from the
+config; an operator's override changes the limit, never the mode): alerts that
+say "its requests are refused" must leave out shadow rules, which never refuse.
+One rule has one mode, so the label adds no series.
+
 Subjects named explicitly in a rule's ``match`` are always listed, with or
 without traffic. Every replica lists every subject any replica saw, so all of
 them publish the same values: aggregate with ``max`` across instances.
@@ -33,11 +38,12 @@ from prometheus_client.registry import Collector
 
 from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
+from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
 
 log = logging.getLogger(__name__)
 
-QUOTA_LABELS = ("rule", "subject_kind", "subject", "counter")
+QUOTA_LABELS = ("rule", "subject_kind", "subject", "counter", "mode")
 # Separates kind and subject in the shared set's members (never in a header value).
 _SEPARATOR = "\x1f"
 
@@ -106,7 +112,7 @@ class QuotaSample:
     @property
     def labels(self) -> list[str]:
         limit = self.limit
-        return [limit.rule, limit.subject_kind, limit.subject, limit.counter]
+        return [limit.rule, limit.subject_kind, limit.subject, limit.counter, _mode(limit)]
 
 
 class QuotaGauges(Collector):
@@ -251,6 +257,11 @@ def _static_subjects(rules: RuleSet) -> list[tuple[str, str]]:
         names = (match,) if isinstance(match, str) else match
         found.extend((rule.subject, name) for name in names if name != "*")
     return found
+
+
+def _mode(limit: Limit) -> str:
+    """The rule's mode as the config spells it."""
+    return (QuotaMode.ENFORCE if limit.enforce else QuotaMode.SHADOW).value
 
 
 def _text(value: bytes | str) -> str:

@@ -421,15 +421,17 @@ def test_the_80_percent_quota_alert_fires_on_what_the_gateway_publishes(
             "input_series": series,
             "promql_expr_test": [{
                 "expr": 'max by (rule, subject_kind, subject, counter) '
-                        '(aigw_quota_used{counter="token_quota"}) / max by (rule, subject_kind, '
-                        'subject, counter) (aigw_quota_limit{counter="token_quota"}) >= 0.8 < 1',
+                        '(aigw_quota_used{counter="token_quota", mode="enforce"}) / max by '
+                        '(rule, subject_kind, subject, counter) '
+                        '(aigw_quota_limit{counter="token_quota", mode="enforce"}) >= 0.8 < 1',
                 "eval_time": "5m",
                 "exp_samples": [{"labels": _series("", {**labels, "subject_kind": "group"}),
                                  "value": used / QUOTA}],
             }],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "AigwQuotaNearlyUsed", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "subject_kind": "group", **labels},
+                    "exp_labels": {"severity": "warning", "subject_kind": "group",
+                                   "mode": "enforce", **labels},
                     "exp_annotations": {
                         "summary": f"group marketing has used {used / QUOTA:.0%} of its token "
                                    "quota (rule marketing-monthly)",

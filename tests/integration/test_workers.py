@@ -200,7 +200,7 @@ def test_the_80_percent_alert_fires_from_the_real_page(stack: LocalStack, tmp_pa
                 "exp_alerts": [{
                     "exp_labels": {"severity": "warning", "rule": "group-monthly",
                                    "subject_kind": "group", "subject": "marketing",
-                                   "counter": "token_quota"},
+                                   "counter": "token_quota", "mode": "enforce"},
                     "exp_annotations": {
                         "summary": f"group marketing has used {_percentage(ratio)} of its "
                         "token quota (rule group-monthly)",

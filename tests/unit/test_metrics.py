@@ -144,7 +144,7 @@ async def test_quota_gauges_show_what_every_replica_counted(client: Any) -> None
     def value(name: str, subject: str, counter: str = "token_quota") -> float:
         rule = "group-monthly" if counter == "token_quota" else "marketing-rpm"
         key = frozenset({("rule", rule), ("subject_kind", "group"), ("subject", subject),
-                         ("counter", counter)})  # fmt: skip
+                         ("counter", counter), ("mode", "enforce")})  # fmt: skip
         return found[(name, key)]
 
     assert value("aigw_quota_used", "marketing") == 850

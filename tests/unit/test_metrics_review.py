@@ -240,17 +240,20 @@ def test_the_docs_80_percent_alert_fires_for_80_to_100_percent_only(tmp_path: Pa
     """ "Marketing has used 80% of its monthly quota", as the doc writes it, on series
     shaped like the gateway's (two replicas publishing the same values): marketing at
     85% fires; sales at 50% does not, nor does support, whose quota is used up (120%:
-    that is the exhausted alert's business, as the doc's comment says)."""
+    that is the exhausted alert's business, as the doc's comment says), nor does legal,
+    at 85% of a shadow rule's quota, which never refuses."""
     rules = {"groups": [{"name": "doc", "rules": [
         {"alert": "DocQuotaNearlyUsed", "expr": eighty_percent_query()},
     ]}]}  # fmt: skip
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
     series = []
-    for subject, used in (("marketing", 850), ("sales", 500), ("support", 1200)):
+    subjects = (("marketing", 850, "enforce"), ("sales", 500, "enforce"),
+                ("support", 1200, "enforce"), ("legal", 850, "shadow"))  # fmt: skip
+    for subject, used, mode in subjects:
         for instance in ("gw-a:9464", "gw-b:9464"):
             labels = (
                 f'rule="group-monthly",subject_kind="group",subject="{subject}",'
-                f'counter="token_quota",instance="{instance}",job="aigw-gateway"'
+                f'counter="token_quota",mode="{mode}",instance="{instance}",job="aigw-gateway"'
             )
             series.append({"series": f"aigw_quota_used{{{labels}}}", "values": f"{used}x10"})
             series.append({"series": f"aigw_quota_limit{{{labels}}}", "values": "1000x10"})
