@@ -122,7 +122,18 @@ class AdminTokens:
                 secret = spec.token.get_secret_value()
             else:
                 secret = _read_token_file(index, spec.id, spec.token_file or "")
-            self._digests.append((spec.id, _digest(secret.strip())))
+            digest = _digest(secret.strip())
+            shared = next((known for known, same in self._digests if same == digest), None)
+            if shared is not None:
+                # One secret under two ids: the audit log would name the first for both.
+                raise ConfigError(
+                    "config",
+                    [
+                        f"management.admin_tokens[{index}] ({spec.id}): the same secret as"
+                        f" {shared}'s; give each caller a token of its own"
+                    ],
+                )
+            self._digests.append((spec.id, digest))
 
     def caller(self, metadata: Iterable[tuple[str, Any]]) -> str | None:
         """The id of the token the call presents, or None when it presents no valid one."""

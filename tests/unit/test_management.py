@@ -335,6 +335,21 @@ def test_admin_tokens_come_from_files_and_match_in_full(tmp_path: Path) -> None:
     assert tokens.caller([]) is None
 
 
+def test_two_admin_ids_sharing_one_secret_are_refused(tmp_path: Path) -> None:
+    # The audit log names the caller by the token's id: one secret under two ids would
+    # put every change of the second caller under the first's name.
+    secret = tmp_path / "admin-token"
+    secret.write_text(TOKEN + "\n")
+    config = ManagementConfig.model_validate(
+        {"admin_tokens": [{"id": "ops", "token": TOKEN}, {"id": "ci", "token_file": str(secret)}]}
+    )
+    with pytest.raises(ConfigError) as refused:
+        AdminTokens(config)
+    [problem] = refused.value.problems
+    assert problem.startswith("management.admin_tokens[1] (ci): the same secret as ops's")
+    assert TOKEN not in problem
+
+
 async def test_a_config_whose_admin_token_file_cannot_be_read_is_refused(
     tmp_path: Path,
 ) -> None:
