@@ -366,8 +366,9 @@ Try it:
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
   export AIGW_ADMIN_TOKEN=dev-admin-token
-  .venv/bin/extproc keys create --id my-team --group engineering
+  .venv/bin/extproc keys create --id my-team --group engineering   # once: .data keeps it
   .venv/bin/extproc keys list      # quotas: see docs/quotas.md, then extproc quota get ...
+  .venv/bin/extproc keys revoke --id my-team                       # to create it again
 
 Ctrl-C stops everything.
 """
