@@ -344,8 +344,8 @@ def operator(stack: LocalStack, command: str, *args: str) -> None:
 
 def marketing_gauges(stack: LocalStack) -> dict[str, float]:
     samples = parse(page(stack))
-    wanted = (("counter", "token_quota"), ("rule", "group-monthly"), ("subject", "marketing"),
-              ("subject_kind", "group"))  # fmt: skip
+    wanted = (("counter", "token_quota"), ("mode", "enforce"), ("rule", "group-monthly"),
+              ("subject", "marketing"), ("subject_kind", "group"))  # fmt: skip
     return {
         name.removeprefix("aigw_quota_"): value
         for (name, labels), value in samples.items()

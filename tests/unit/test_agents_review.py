@@ -80,7 +80,8 @@ async def test_made_up_tool_names_cannot_grow_the_rate_limited_series_past_the_b
     budget = 3
     services = Services(GatewayMetrics(max_label_values=budget), MemoryLog(),
                         quota_store=quota_store)  # fmt: skip
-    rule = {"name": "per-tool", "subject": "api_key", "requests_per_minute": 1}
+    # Per day: a minute's boundary between a tool's two calls would admit the second.
+    rule = {"name": "per-tool", "subject": "api_key", "requests_per_day": 1}
     processor = processor_for(with_limits(config, rule), services)
     for index in range(budget * 3):
         params = {"name": f"made_up_{index}", "arguments": {}}
@@ -103,12 +104,13 @@ async def test_made_up_tool_names_cannot_grow_the_rate_limited_series_past_the_b
 async def test_a_refused_call_uses_up_no_other_limit(
     config: GatewayConfig, quota_store: QuotaStore
 ) -> None:
-    # echo may run once a minute; every tool together three times. Refusals of echo by
-    # the first rule must not eat into the second: Bob still has two calls of other tools.
+    # echo may run once a day; every tool together three times. Refusals of echo by the
+    # first rule must not eat into the second: Bob still has two calls of other tools.
+    # (Per day, not per minute: a minute's boundary mid-test would start both afresh.)
     services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
     rules = (
-        {"name": "echo-once", "subject": "api_key", "tools": ["echo"], "requests_per_minute": 1},
-        {"name": "three", "subject": "api_key", "per_tool": False, "requests_per_minute": 3},
+        {"name": "echo-once", "subject": "api_key", "tools": ["echo"], "requests_per_day": 1},
+        {"name": "three", "subject": "api_key", "per_tool": False, "requests_per_day": 3},
     )
     processor = processor_for(with_limits(config, *rules), services)
     echo = {"name": "echo", "arguments": {}}
