@@ -32,6 +32,12 @@ from tests.integration.valkey_cluster import ValkeyCluster
 STARTED: list[LocalStack] = []
 
 
+# A loopback port nothing ever listens on (a privileged port no test or server binds):
+# a connection there is refused. A port free_port() picked and left unbound is not that:
+# a stack or mock started later may be given it, and answer.
+REFUSED_PORT = 1
+
+
 @contextmanager
 def running_stack(
     workdir: Path,

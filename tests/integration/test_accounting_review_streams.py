@@ -21,8 +21,8 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.management.client import QuotaClient
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
+    REFUSED_PORT,
     GatewayLog,
     metric,
     running_stack,
@@ -105,7 +105,7 @@ def streams_config(workdir: Any, standin_port: int) -> Any:
     keys = "".join(f"    - {{id: {name}, key: {secret}}}\n" for name, secret in KEYS.items())
     text = text.replace("  api_keys:\n", "  api_keys:\n" + keys, 1)
     providers = f"""
-  - {{name: dead, base_url: "http://127.0.0.1:{free_port()}/v1", api_key: dead-key-123}}
+  - {{name: dead, base_url: "http://127.0.0.1:{REFUSED_PORT}/v1", api_key: dead-key-123}}
   - {{name: standin, base_url: "http://127.0.0.1:{standin_port}/v1", api_key: standin-key-123}}
 """
     models = "".join(f"  - {{name: {name}, provider: standin}}\n" for name in SCRIPTS)

@@ -21,6 +21,7 @@ from anthropic.types import Message, MessageParam
 from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import (
+    REFUSED_PORT,
     default_config,
     metric,
     mock_requests,
@@ -88,7 +89,7 @@ def failover_config(overloaded: str, unavailable: str, silent: str) -> dict[str,
         {
             "name": "gone-anthropic",
             "type": "anthropic",
-            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "base_url": f"http://127.0.0.1:{REFUSED_PORT}/v1",
             "api_key": "gone-provider-key",
         },
         {

@@ -21,9 +21,10 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import LocalStack, Ports
+from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
+    REFUSED_PORT,
     GatewayLog,
     JsonStandIn,
     default_config,
@@ -151,7 +152,7 @@ def guard_config(webhook_port: int, closed_port: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def guard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guardrails")
-    closed_port = Ports.free().mock  # a free port nothing listens on
+    closed_port = REFUSED_PORT
     with running_stack_calling(
         Webhook, workdir, lambda webhook_port: guard_config(webhook_port, closed_port)
     ) as running:

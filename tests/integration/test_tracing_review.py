@@ -17,8 +17,8 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
+    REFUSED_PORT,
     GatewayLog,
     metric,
     running_stack,
@@ -43,7 +43,7 @@ def review_config(workdir: Path, collector: OtlpReceiver) -> dict[str, Any]:
     # A primary nobody listens on (connection refused), an OpenAI-type provider,
     # with an Anthropic-type fallback: the answer comes from another API.
     config["providers"].append(
-        {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "dead-k"}
+        {"name": "dead", "base_url": f"http://127.0.0.1:{REFUSED_PORT}/v1", "api_key": "dead-k"}
     )
     config["models"].append(
         {"name": "primary-dead", "provider": "dead", "fallbacks": ["claude-3-5-haiku-latest"]}
