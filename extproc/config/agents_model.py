@@ -8,7 +8,7 @@ here; the meaning lives in ``extproc.agents``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -179,29 +179,28 @@ class AgentsConfig(_Section):
         return next((s for s in self.servers if s.name == name), None)
 
 
-def check_agent_routes(routes: Sequence[Any], agents: AgentsConfig) -> None:
-    """Routes with ``api: mcp|a2a`` name a server of that protocol; no other route names one."""
+def agent_route_problems(routes: Sequence[Any], agents: AgentsConfig) -> Iterator[str]:
+    """Routes with ``api: mcp|a2a`` name a server of that protocol; no other route names one.
+    Every problem, so that check-config lists them all at once."""
     for index, route in enumerate(routes):
         api = str(route.api)
         if api not in {AgentProtocol.MCP, AgentProtocol.A2A}:
             if route.server is not None:
-                raise ValueError(f"routes[{index}].server: only for routes with api mcp or a2a")
+                yield f"routes[{index}].server: only for routes with api mcp or a2a"
             continue
+        server = None if route.server is None else agents.server(route.server)
         if route.server is None:
-            raise ValueError(f"routes[{index}].server: required for api {api}")
-        server = agents.server(route.server)
-        if server is None:
+            yield f"routes[{index}].server: required for api {api}"
+        elif server is None:
             known = ", ".join(s.name for s in agents.servers) or "none"
-            raise ValueError(
+            yield (
                 f"routes[{index}].server: unknown server {route.server!r} in agents.servers"
                 f" (known: {known})"
             )
-        if server.protocol != api:
-            raise ValueError(
-                f"routes[{index}].server: {route.server!r} speaks {server.protocol}, not {api}"
-            )
+        elif server.protocol != api:
+            yield f"routes[{index}].server: {route.server!r} speaks {server.protocol}, not {api}"
         if api == AgentProtocol.A2A and route.path_prefix is None:
             # The agent card and the JSON-RPC endpoint live under one base path.
-            raise ValueError(f"routes[{index}]: an a2a route needs a path_prefix")
+            yield f"routes[{index}]: an a2a route needs a path_prefix"
         if route.model is not None or route.provider is not None or route.model_from_path:
-            raise ValueError(f"routes[{index}]: model and provider settings do not apply to {api}")
+            yield f"routes[{index}]: model and provider settings do not apply to {api}"

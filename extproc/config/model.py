@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from extproc.config.agents_model import AgentsConfig, check_agent_routes
+from extproc.config.agents_model import AgentsConfig, agent_route_problems
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
 from extproc.config.guard_model import EnrichmentConfig, GuardrailsConfig, RoutePolicies
 from extproc.config.metrics_model import MetricsConfig
@@ -726,10 +726,7 @@ def _reference_problems(config: GatewayConfig) -> Iterator[str]:
             yield f"routes[{index}].model: unknown model {route.model!r}"
         if route.provider is not None and route.provider not in known:
             yield f"routes[{index}].provider: unknown provider {route.provider!r}"
-    try:
-        check_agent_routes(config.routes, config.agents)
-    except ValueError as exc:
-        yield str(exc)
+    yield from agent_route_problems(config.routes, config.agents)
 
 
 def _provider_problems(index: int, provider: ProviderConfig) -> Iterator[str]:

@@ -332,6 +332,21 @@ def test_agent_routes_must_name_a_server_of_their_protocol(
         gateway(routes=[route], agents=SERVERS)
 
 
+def test_every_agent_route_problem_is_listed_at_once() -> None:
+    # check-config lists every problem: an operator fixing agent routes one run at a time
+    # would take as many runs as mistakes.
+    bad = [
+        {"name": "r1", "path": "/m", "api": "mcp", "server": "nope"},
+        {"name": "r2", "path": "/a", "api": "a2a", "server": "tools"},
+    ]
+    with pytest.raises(ValueError) as refused:
+        gateway(routes=bad, agents=SERVERS)
+    message = str(refused.value)
+    assert "routes[0].server: unknown server 'nope'" in message
+    assert "routes[1].server: 'tools' speaks mcp, not a2a" in message
+    assert "routes[1]: an a2a route needs a path_prefix" in message
+
+
 def test_agent_servers_render_as_clusters_with_routes_before_the_catch_all() -> None:
     bootstrap = render_bootstrap(gateway(routes=AGENT_ROUTES, agents=SERVERS))
     names = [route["name"] for route in routes(bootstrap)]
