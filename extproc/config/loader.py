@@ -116,8 +116,14 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
                 e["type"] == "too_short" and tuple(e["loc"]) in {f[: len(e["loc"])] for f in failed}
             )
         ]
-        # A check across sections reports each of its problems on a line of its own.
-        problems = [line for error in errors for line in _describe(error).split("\n")]
+        # A check across sections (an error of the whole config, at no field) reports each
+        # of its problems on a line of its own; any other error is one problem, whatever
+        # its field's name holds (a YAML key may hold a line break).
+        problems = [
+            line
+            for error in errors
+            for line in (_describe(error).split("\n") if not error["loc"] else [_describe(error)])
+        ]
         raise ConfigError(source, problems) from None
 
 

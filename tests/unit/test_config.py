@@ -207,3 +207,9 @@ store:
         " its quota rules say",
         "routes[0].guardrails: unknown policy 'missing-policy'",
     ]
+
+
+def test_a_field_name_holding_line_breaks_is_one_problem() -> None:
+    # Only the checks across sections report several problems in one message.
+    # A quoted YAML key across lines: its two line breaks read as one.
+    assert problems(MINIMAL + "? '\n\n'\n", {"MOCK_KEY": "k"}) == ["\n: unknown field"]
