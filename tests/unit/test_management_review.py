@@ -11,7 +11,6 @@ another host" example), as ``extproc quota`` and ``extproc keys`` do.
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,19 +19,9 @@ import orjson
 import pytest
 
 from extproc import cli
-from extproc.config import parse_config
-from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
-from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import QuotaManagementService, start_server
-from extproc.management.usage import UsageReportService
-from extproc.quota.store import QuotaStore
-from extproc.runtime import Runtime, Services
-from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.store.usage import UsageEntry, UsageStore
-from extproc.telemetry.access_log import AccessLog
-from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.usage_api import management_api
 
 TOKEN = "unit-mgmt-review-admin-token"
 PREFIX = "mr:"
@@ -106,24 +95,8 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(
 @pytest.fixture
 async def remote_gateway(valkey: EmbeddedValkey) -> AsyncIterator[tuple[str, UsageStore]]:
     """A gateway's management API (usage reports) with its store: another host's."""
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {"AIGW_ADMIN_TOKEN": TOKEN})
-    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
-    store = UsageStore(client, PREFIX, 3660)
-    audit = AuditLog(io.BytesIO())
-    quotas = QuotaManagementService(
-        lambda: runtime, QuotaAdmin(client, PREFIX, QuotaStore(client, PREFIX)), audit
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(
-        address, quotas, None, UsageReportService(lambda: runtime, store, audit)
-    )
-    try:
-        yield address, store
-    finally:
-        await server.stop(None)
-        await client.aclose()
+    async with management_api(valkey.url, TOKEN, PREFIX, 3660) as api:
+        yield api
 
 
 async def test_a_usage_report_through_the_api_needs_no_local_config(

@@ -17,19 +17,12 @@ import pytest
 
 from extproc.chargeback.pricing import usd_float
 from extproc.cli import main
-from extproc.config import GatewayConfig, parse_config
-from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
-from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import QuotaManagementService, start_server
-from extproc.management.usage import UsageReportService
-from extproc.quota.store import QuotaStore
-from extproc.runtime import Runtime, Services
+from extproc.config import GatewayConfig
+from extproc.runtime import Services
 from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageEntry, UsageStore, UsageTotals, totals_of
 from extproc.store.usage_writer import UsageWriter
-from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     processor_for,
@@ -50,6 +43,7 @@ from tests.unit.test_service_tier_pricing import (
     completion,
     tiered_config,
 )
+from tests.unit.usage_api import management_api
 
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
 CLI_PREFIX = "aigw:"  # config/gateway.yaml's store.key_prefix
@@ -140,24 +134,8 @@ def test_a_month_of_many_busy_keys_is_read_in_answers_the_store_can_send(
 @pytest.fixture
 async def management(valkey: EmbeddedValkey) -> AsyncIterator[tuple[str, UsageStore]]:
     """A gateway's management API over the test store: its address, and the store."""
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {"AIGW_ADMIN_TOKEN": TOKEN})
-    runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
-    store = UsageStore(client, "api:", 30)
-    audit = AuditLog(io.BytesIO())
-    quotas = QuotaManagementService(
-        lambda: runtime, QuotaAdmin(client, "api:", QuotaStore(client, "api:")), audit
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(
-        address, quotas, None, UsageReportService(lambda: runtime, store, audit)
-    )
-    try:
-        yield address, store
-    finally:
-        await server.stop(None)
-        await client.aclose()
+    async with management_api(valkey.url, TOKEN, "api:", 30) as api:
+        yield api
 
 
 async def test_a_report_of_many_keys_comes_whole_through_the_management_api(
