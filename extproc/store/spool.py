@@ -18,9 +18,9 @@ replay then keeps them, since it drops only the lines it read. A line torn by a
 crash mid-append is closed before the next record is written, so the torn line
 is the only one lost.
 
-A line the replay cannot apply (torn, hand-edited, another version's) is set
-aside in ``<kind>.rejected.jsonl``, once however often it is replayed, for a
-person to look at: the store never gets it. What the spool does is reported to
+A line the replay cannot apply (torn, hand-edited, another version's, refused by
+the store) is set aside in ``<kind>.rejected.jsonl``, once however often it is
+replayed, for a person to look at: the store never gets it. What the spool does is reported to
 a ``SpoolEvents`` (the gateway's metrics): batches written, batches the disk
 refused (their writer keeps them in memory), and lines set aside, by reason.
 """
@@ -37,22 +37,70 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
 # What reading a record of the wrong shape raises (a store error never means that).
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
-# Why a line is set aside: not JSON at all (torn by a crash mid-append, damaged), or a
-# record this version cannot apply (edited by hand, another version's).
+# Why a line is set aside: not JSON at all (torn by a crash mid-append, damaged), a
+# record this version cannot apply (edited by hand, another version's), or one the
+# store answers with an error about the record itself (a key of another type under
+# the gateway's prefix, a counter the record would overflow).
 UNREADABLE = "unreadable"
 MALFORMED = "malformed"
-REJECT_REASONS = (UNREADABLE, MALFORMED)
+REFUSED = "refused"
+REJECT_REASONS = (UNREADABLE, MALFORMED, REFUSED)
+# A store's error answers that say it cannot write now, whatever the record: a replica
+# during a failover, loading its data, out of memory, a missing ACL or password, a
+# full disk, a cluster resharding or without a quorum, a script not loaded yet. Any
+# other error answer (WRONGTYPE, ERR...) is about the record: retrying it can only
+# fail again, and would hold back every record after it.
+_STORE_NOT_WRITABLE = frozenset(
+    {
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "OOM",
+        "NOPERM",
+        "NOAUTH",
+        "WRONGPASS",
+        "MISCONF",
+        "NOREPLICAS",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+        "NOSCRIPT",
+        "EXECABORT",
+    }
+)
 # The spools the gateway keeps: usage rollups and quota settlements.
 SPOOL_KINDS = ("usage", "quota")
 # What reading a spool file raises when there is no file, or no directory to hold one
 # (a file where the directory should be: nothing was ever written there).
 _NO_FILE = (FileNotFoundError, NotADirectoryError)
+
+
+def _refused_by_store(exc: Exception) -> bool:
+    """The store answered this record with an error about the record itself."""
+    if not isinstance(exc, ResponseError):
+        return False
+    # redis-py's subclasses (a replica, a script not loaded, a cluster resharding or
+    # down...) are all the store's state, never the record's.
+    if type(exc) is not ResponseError:
+        return False
+    return _error_code(exc) not in _STORE_NOT_WRITABLE
+
+
+def _error_code(exc: Exception) -> str:
+    """The first word of the store's answer (``WRONGTYPE``, ``ERR``...); a pipeline's
+    error names its command first, then the answer."""
+    message = str(exc)
+    _, marker, answer = message.partition("caused error: ")
+    words = (answer if marker else message).lstrip("(['\"").split(maxsplit=1)
+    return words[0] if words else ""
 
 
 class SpoolEvents(Protocol):
@@ -132,15 +180,24 @@ class Spool:
                 try:
                     await apply(record)
                 except Exception as exc:
-                    if not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
+                    if _refused_by_store(exc):
+                        # The store's error names the record (its code, never a value).
+                        log.error(
+                            "the store refuses a %s spool record (%s): set aside",
+                            self.kind,
+                            _error_code(exc) or type(exc).__name__,
+                        )
+                        await self._set_aside(line, REFUSED)
+                    elif not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
                         # The store (or the disk) is not there yet, in whatever form
                         # the client reports it: the record waits.
                         log.warning("%s spool replay paused: %s", self.kind, type(exc).__name__)
                         break
-                    # The record itself is wrong (hand-edited, another version's): set
-                    # aside, so that it does not hold back every record after it.
-                    log.exception("a %s spool record cannot be applied: set aside", self.kind)
-                    await self._set_aside(line, MALFORMED)
+                    else:
+                        # The record itself is wrong (hand-edited, another version's):
+                        # set aside, so that it does not hold back every record after it.
+                        log.exception("a %s spool record cannot be applied: set aside", self.kind)
+                        await self._set_aside(line, MALFORMED)
                 applied += 1
             if applied:
                 await asyncio.to_thread(self._drop_first, applied)
