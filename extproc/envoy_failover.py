@@ -169,8 +169,9 @@ def models_with_fallbacks(config: GatewayConfig) -> list[ModelConfig]:
 
 
 def attempt_timeout_s(config: GatewayConfig, model: ModelConfig) -> float:
-    """Each attempt's wait for its answer to start: the primary's timeout (Envoy has one
-    per-try timeout per route), which is what a timeout failover is about."""
+    """Each attempt's wait for its answer to start on a route whose first member is
+    ``model``: a chain's primary's timeout (Envoy has one per-try timeout per route),
+    which is what a timeout failover is about; a pinned route's fallback's own."""
     return config.provider(model.provider).timeout_s or config.envoy.upstream_timeout_s
 
 
@@ -229,8 +230,11 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
                 _route(name, name, kept, len(clusters), attempt_timeout_s(config, model))
             )
         for position in pinnable(config, model):
-            # No aggregate: the one member's own cluster, tried once.
-            provider = config.provider(by_name[model.fallbacks[position]].provider)
+            # No aggregate: the one member's own cluster, tried once, and so waited for
+            # as its provider says (a request naming that model would be): the primary's
+            # timeout is the chain's, set to fail over soon, and would cut a long answer.
+            fallback = by_name[model.fallbacks[position]]
+            provider = config.provider(fallback.provider)
             pinned = pinned_cluster_name(model.name, position)
             failover_routes.append(
                 _route(
@@ -238,7 +242,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
                     cluster_name(provider),
                     [provider.name],
                     1,
-                    attempt_timeout_s(config, model),
+                    attempt_timeout_s(config, fallback),
                 )
             )
     # Before the catch-all 404, which is last.

@@ -286,11 +286,12 @@ def _is_secret_field(part: object) -> bool:
 
 def _without_userinfo(value: str) -> str:
     """A URL with its user and password masked (``redis://user:pass@host``): the value is
-    echoed in errors, and a store URL often carries the store's password."""
+    echoed in errors, and a store URL often carries the store's password.
+
+    Masked up to the last ``@``, not to the end of the authority as a URL parser finds
+    it: a password written raw with a '/', '?' or '#' in it (base64 holds '/') ends the
+    authority inside the password, and the rest of it would be echoed as the path."""
     scheme, sep, rest = value.partition("://")
-    if not sep:
+    if not sep or "@" not in rest:
         return value
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return value
-    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

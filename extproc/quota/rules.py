@@ -90,10 +90,13 @@ class Limit:
 class RuleSet:
     def __init__(self, config: QuotasConfig, aliases: Mapping[str, str] | None = None) -> None:
         """``aliases``: each model alias and its model's name (``model_names.covering_aliases``)."""
-        validate_timezone(config.time_zone)
-        for rule in config.rules:
+        # Named by field (and rule): with dozens of rules, "unknown time zone" alone
+        # left the operator to search the file for the one mistyped.
+        _check_zone("time_zone", config.time_zone)
+        for index, rule in enumerate(config.rules):
             if rule.token_quota is not None and rule.token_quota.time_zone:
-                validate_timezone(rule.token_quota.time_zone)
+                field = f"rules[{index}].token_quota.time_zone (rule {rule.name!r})"
+                _check_zone(field, rule.token_quota.time_zone)
         self._config = config
         self.rules = config.rules
         # Each rule's model patterns as names are compared (extproc.model_names), once,
@@ -159,6 +162,14 @@ class RuleSet:
                       enforce, fail_open, zone, rule.hard_cap)
             )  # fmt: skip
         return limits
+
+
+def _check_zone(field: str, zone: str) -> None:
+    """``validate_timezone``, its ValueError prefixed with the field that names the zone."""
+    try:
+        validate_timezone(zone)
+    except ValueError as error:
+        raise ValueError(f"{field}: {error}") from None
 
 
 def refusal_order(limits: list[Limit]) -> list[Limit]:

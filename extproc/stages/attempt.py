@@ -55,9 +55,13 @@ client's anywhere but Bedrock, and for InvokeModel a model of another family tha
 body's; a Responses API or text completions client's anywhere but an OpenAI-compatible
 provider; an embeddings client's anywhere but the same model elsewhere).
 
-An attempt whose provider answers an error Envoy retries (429, 5xx) while a later
-member remains counts it in ``aigw_upstream_errors_total``: the downstream filter
-only ever sees the last attempt's answer.
+An attempt whose answer Envoy retries (429, 5xx) while a later member remains counts it
+in ``aigw_upstream_errors_total``: the downstream filter only ever sees the last
+attempt's answer. Envoy decides by the status this filter hands it, the translated one:
+a provider's refusal of the gateway's credentials (401, 403 from Anthropic, Bedrock or
+Vertex) becomes the gateway's 502, an answer that cannot be translated a 502 too, so
+those are retried and counted (under the provider's own status, as downstream), and a
+status translated to one Envoy does not retry is the client's, counted downstream alone.
 
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
@@ -452,14 +456,8 @@ class AttemptStage:
         ctx.response_status = int(status) if status.isdigit() else 0
         # Only the gateway names the attempts that started: never the provider.
         out.remove_headers.append(STARTED)
-        if ctx.failover_model is not None and retried(ctx.response_status):
-            # Envoy tries the next member: the downstream filter never sees this error,
-            # which aigw_upstream_errors_total counts all the same (the last attempt's
-            # is the answer, counted there).
-            ctx.runtime.services.metrics.upstream_error(
-                provider=ctx.provider or "", model=ctx.failover_model, status=status
-            )
         if ctx.provider_api is None:
+            self._count_if_retried(ctx, ctx.response_status, status)
             return
         # Keep the usage chunk: the downstream filter counts it and hides it from
         # clients that did not ask for it.
@@ -474,6 +472,11 @@ class AttemptStage:
         out.remove_headers.extend(plan.remove_headers)
         # Overwrites any the provider sent: only the gateway names who answered.
         out.set_headers.update(answered_by(ctx))
+        # Envoy's router decides by the status this filter hands it, the translated one
+        # (a refused credential's 401 from Anthropic, Bedrock or Vertex is the gateway's
+        # 502, Bedrock's 408 a 504): counted by the provider's own, as downstream.
+        handed = out.set_headers.get(":status", status)
+        self._count_if_retried(ctx, int(handed) if handed.isdigit() else 0, status)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
@@ -492,8 +495,26 @@ class AttemptStage:
             out.set_headers[":status"] = str(ctx.translator.status)
             if ctx.provider is not None:
                 out.metadata = {started_key(ctx.provider): ""}
+            # Envoy held the headers for the whole body: it retries this status, an error
+            # no client sees (labelled the client's, as downstream: the 200 was none).
+            label = str(ctx.translator.status)
+            self._count_if_retried(ctx, ctx.translator.status, label)
         if end_of_stream:
             ctx.completed = True
+
+    @staticmethod
+    def _count_if_retried(ctx: RequestContext, handed: int, label: str) -> None:
+        """Count an error Envoy retries on the next member (``handed``: the status this
+        filter gives Envoy's router) in aigw_upstream_errors_total, as the provider's
+        ``label``: the downstream filter never sees it. The last member's error is the
+        client's answer, counted there (``ctx.failover_model`` is None then)."""
+        if ctx.failover_model is None or not retried(handed):
+            return
+        ctx.runtime.services.metrics.upstream_error(
+            provider=ctx.provider or "", model=ctx.failover_model, status=label
+        )
+        # Once: a later phase of this attempt (an untranslatable body) is the same error.
+        ctx.failover_model = None
 
 
 def attempt_stages() -> list[object]:

@@ -89,6 +89,9 @@ _GENERATES = frozenset(
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_RESPONSES_COMPACT,
+        # Google bills a generateContent answer it started, cut or without its
+        # usageMetadata, as any provider does (its allowance: maxOutputTokens).
+        RouteApi.GEMINI_GENERATE_CONTENT,
     }
 )
 # The client APIs whose requests a provider bills by their tokens.

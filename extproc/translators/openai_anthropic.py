@@ -6,7 +6,10 @@ translated in ``openai_anthropic_stream`` and re-exported below.
 ``translate_request``: system and developer messages become the top-level ``system`` prompt
 wherever they stand in the conversation, since Anthropic has no system role; tool results
 become ``tool_result`` blocks in a user turn; consecutive turns of one role are merged
-(Anthropic would merge them too, and its models are trained on alternating turns).
+(Anthropic would merge them too, and its models are trained on alternating turns). A
+request with tool calls in its history but no ``tools`` (an agent's closing summary)
+declares the tools the history called, with ``tool_choice: none``: Anthropic refuses tool
+blocks in a request that defines no tools, and the client asked for no tool call.
 
 What OpenAI accepts and Anthropic refuses with a 400 is made acceptable when nothing is lost:
 empty and whitespace-only text is left out, and so is a turn left with nothing in it (an
@@ -29,6 +32,8 @@ takes.
 What cannot be carried over is refused with a 400 naming the field, not guessed at:
 
 - ``n`` > 1: Anthropic returns one answer per request.
+- ``logprobs: true`` or ``top_logprobs`` above 0: Claude returns no log probabilities (an
+  answer would carry ``logprobs: null`` where the client asked for them).
 - content parts other than text and images (audio, files), tools other than functions.
 - an image by http(s) URL where the API takes images as bytes only (Claude on Vertex AI,
   ``image_urls=False``): the gateway does not fetch URLs on a client's behalf.
@@ -41,7 +46,7 @@ Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` 
 without a temperature, because recent Claude models refuse the two together and many OpenAI
 clients send both. API version 2026-10-21 removed both (Anthropic refuses them there even at
 their defaults), so with that version or a later one neither is sent. Other OpenAI-only
-fields (seed, penalties, logprobs, stream_options, reasoning_effort...) are dropped.
+fields (seed, penalties, stream_options, reasoning_effort...) are dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ def translate_request(
     if n is not None and n != 1:
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
+    _refuse_logprobs(body)
     output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"), image_urls)
     request: dict[str, Any] = {
@@ -135,6 +141,11 @@ def translate_request(
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
             request["tool_choice"] = choice
+    else:
+        called = _tools_the_history_called(messages)
+        if called:
+            request["tools"] = called
+            request["tool_choice"] = {"type": "none"}
     # OpenAI renamed `user` to `safety_identifier`; both name the end user for abuse checks.
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
@@ -152,6 +163,18 @@ def _refuse_legacy_functions(body: dict[str, Any]) -> None:
             "functions and function_call are not supported: use tools and tool_choice",
             param="functions",
         )
+
+
+def _refuse_logprobs(body: dict[str, Any]) -> None:
+    """Claude returns no token log probabilities: a client that asks for them (``logprobs:
+    true``, ``top_logprobs`` above 0) is told so, as OpenAI tells it for its own models
+    without them, rather than answered with the ``logprobs: null`` it did not ask for."""
+    for field in ("logprobs", "top_logprobs"):
+        value = body.get(field)
+        if value is True or (isinstance(value, int) and not isinstance(value, bool) and value):
+            raise BadRequestError(
+                f"Claude returns no log probabilities: leave '{field}' out", param=field
+            )
 
 
 def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
@@ -406,6 +429,22 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         # outputs, and OpenAI agent frameworks mark every tool strict (docs/providers.md).
         tools.append(entry)
     return tools
+
+
+def _tools_the_history_called(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools a request without ``tools`` must declare for its history's tool calls.
+
+    Anthropic refuses ``tool_use`` and ``tool_result`` blocks in a request that defines no
+    tools ("Requests which include `tool_use` or `tool_result` blocks must define tools."),
+    and OpenAI takes them: an agent's last turn (a summary, a compaction) sends its history
+    without tools. Each tool the history called is declared (its schema is not known: any
+    object), and the request forbids calling them (``tool_choice: none``), so Claude reads
+    the history as it was and answers in text, as the client asked.
+    """
+    names = dict.fromkeys(
+        block["name"] for turn in turns for block in turn["content"] if block["type"] == "tool_use"
+    )
+    return [{"name": name, "input_schema": {"type": "object"}} for name in names]
 
 
 def _tool_choice(value: Any, parallel: Any) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ What cannot be carried over is refused, not guessed at:
   match, which OpenAI takes).
 - ``response_format`` other than ``text``, the deprecated ``functions``, content parts other
   than text and images, tools other than functions.
+- ``logprobs: true`` or ``top_logprobs`` above 0: Converse returns no log probabilities.
 
 ``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
 (and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
@@ -43,7 +44,7 @@ refuse a ``toolResult`` with no content at all).
 ``auto`` (and none) sends no tier: Bedrock chooses, which is its standard tier. Another
 value (OpenAI's ``scale``) is refused with a 400 naming ``service_tier``: served at a tier
 the client did not ask for, the request would be billed at a price it did not choose.
-Other OpenAI-only fields (seed, penalties, logprobs, stream_options...) are dropped.
+Other OpenAI-only fields (seed, penalties, stream_options...) are dropped.
 OpenAI's ``temperature`` (0..2) is clamped to Converse's 0..1, as ``openai_anthropic``
 clamps it for Claude; ``top_p`` has the same range on both sides and is sent as is, except
 to Claude with a temperature: as ``openai_anthropic`` does, Claude gets the temperature
@@ -175,6 +176,15 @@ def check_request(body: dict[str, Any]) -> str | None:
             "functions and function_call are not supported: use tools and tool_choice",
             param="functions",
         )
+    for field in ("logprobs", "top_logprobs"):
+        # Converse returns no log probabilities: answered, the client would read
+        # logprobs: null where it asked for them (OpenAI refuses them for its models
+        # without them too). false, null and 0 ask for nothing.
+        value = body.get(field)
+        if value is True or (isinstance(value, int) and not isinstance(value, bool) and value):
+            raise BadRequestError(
+                f"Bedrock returns no log probabilities: leave '{field}' out", param=field
+            )
     response_format = body.get("response_format")
     if response_format is not None and (
         not isinstance(response_format, dict) or response_format.get("type") != "text"
