@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from extproc.agents.limits import COUNTER_PREFIX
 from extproc.agents.metrics import AgentMetrics
 from extproc.store.spool import REJECT_REASONS, SPOOL_KINDS
 from extproc.telemetry.span_attributes import GEN_AI_PROVIDER_NAMES
@@ -57,6 +58,29 @@ GEN_AI_LABELS = (
 OVERFLOW_VALUE = "other"
 # Labels that name a model the client asked for: the config's models and aliases.
 MODEL_LABELS = ("model", "to_model", "gen_ai_request_model")
+# Labels whose values the gateway picks from a few fixed ones (docs/metrics.md, "Where
+# each label's values come from"), or from the config (a rule's subject kind, a provider
+# type): no client can add one, so they take no budget. Folded, they would hide what
+# alerts and dashboards select (a guard's `fail_closed`, a store operation) once a low
+# `max_label_values` filled up.
+FIXED_LABELS = frozenset(
+    {
+        "token_type",
+        "gen_ai_token_type",
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "subject_kind",
+        "phase",
+        "action",
+        "operation",
+        "kind",
+        "reason",
+        "result",
+    }
+)
+# The gateway's words in `status_code` beside the HTTP statuses (a cut stream, a
+# provider's error event after its 200).
+STATUS_WORDS = frozenset({"aborted", "stream_error"})
 COST_METRIC = "aigw_cost_usd"
 PICODOLLARS_PER_USD = 10**12
 # Below 2**13 USD a float's spacing is under half a picodollar, so a worker's float
@@ -115,10 +139,26 @@ class LabelBudget:
             self.admit(label, models)
         self.admit("route", (route.name for route in config.routes))
         self.admit("provider", (provider.name for provider in config.providers))
+        # Rules and guards the config names: an operator with more of them than the cap
+        # alerts on each one's refusals.
+        self.admit(
+            "rule",
+            [
+                *(rule.name for rule in config.quotas.rules),
+                *(COUNTER_PREFIX + rule.name for rule in config.agents.limits),
+            ],
+        )
+        policies = config.guardrails.policies
+        self.admit(
+            "guard",
+            (guard.name for policy in policies for guard in (*policy.request, *policy.response)),
+        )
 
     def bound(self, label: str, value: str) -> str:
         if not value:
             return value  # "unknown" (no provider, anonymous): one value, not a budget's worth
+        if label in FIXED_LABELS or (label == "status_code" and _is_status(value)):
+            return value
         seen = self._seen.get(label)
         if seen is not None and value in seen:
             return value
@@ -381,6 +421,12 @@ class GatewayMetrics:
 
     def config_reload(self, ok: bool) -> None:
         self._child(self.config_reloads, "success" if ok else "failure").inc()
+
+
+def _is_status(value: str) -> bool:
+    """An HTTP status (Envoy passes three digits at most) or one of the gateway's words:
+    at most a thousand values, whatever a client or a provider sends."""
+    return (len(value) <= 3 and value.isascii() and value.isdigit()) or value in STATUS_WORDS
 
 
 def exposable(value: str) -> str:
