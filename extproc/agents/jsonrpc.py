@@ -73,32 +73,51 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
 
 
 # The keys the gateway reads a message by, and what a parser that keeps the first of two
-# equal keys (where orjson keeps the last) would read differently.
+# equal keys (where orjson keeps the last), or matches keys regardless of case, would read
+# differently.
 _ENVELOPE_KEYS = ("jsonrpc", "id", "method", "params", "result", "error")
 _PARAMS_KEYS = ("name",)  # a tools/call's tool
+_READ_KEYS = frozenset((*_ENVELOPE_KEYS, *_PARAMS_KEYS))
+# Non-ASCII characters that case-fold to letters of those keys: the long s (U+017F, "s")
+# and the Kelvin sign (U+212A, "k"), in UTF-8. Go's encoding/json folds both.
+_FOLDING_TO_ASCII = (b"\xc5\xbf", b"\xe2\x84\xaa")
 
 
 def _key_twice(body: bytes, items: list[Any]) -> str | None:
-    """Why a message (or its ``params``) holds a key the gateway reads by twice.
+    """Why a message (or its ``params``) holds a key the gateway reads by twice, or
+    spelt in another case.
 
     JSON leaves duplicate names to the parser: orjson keeps the last, a server's parser
     may keep the first, and then the server runs another method or tool than the one
     the gateway checked and counted (``"method":"tools/call", ..., "method":"ping"``).
-    No client sends them. A second parse that sees the duplicates runs only when the
-    bytes allow one: a key spelt more often than the parsed messages hold it, or a
-    ``\\u`` escape, which can spell a key in other bytes.
+    JSON-RPC keys are exact, but Go's ``encoding/json`` (mcp-go, Go A2A servers, the Go
+    MCP SDK before CVE-2026-27896) matches them regardless of case, the long s and the
+    Kelvin sign included, and keeps the last: to such a server ``"Method":"tools/call"``
+    after ``"method":"tools/list"`` is a tool call, and ``"Name"`` in ``params`` the tool.
+    No client sends either. A second parse that sees them runs only when the bytes allow
+    one: a key spelt (in any case) more often than the parsed messages hold it, a
+    character that folds to one of its letters, or a ``\\u`` escape, which can spell a
+    key in other bytes.
     """
-    if b"\\u" not in body and not any(
-        body.count(b'"%s"' % key.encode()) > held for key, held in _held(items).items()
-    ):
-        return None
-    repeated: dict[int, set[str]] = {}
+    if b"\\u" not in body and not any(fold in body for fold in _FOLDING_TO_ASCII):
+        lowered = body.lower()
+        if not any(
+            lowered.count(b'"%s"' % key.encode()) > held for key, held in _held(items).items()
+        ):
+            return None
+    # Per object: each key the gateway reads by, and how the object spells it.
+    spellings: dict[int, dict[str, list[str]]] = {}
 
     def pairs(found: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(found)
-        if len(obj) != len(found):
-            names = [name for name, _ in found]
-            repeated[id(obj)] = {name for name in names if names.count(name) > 1}
+        read: dict[str, list[str]] = {}
+        for name, _ in found:
+            folded = name.casefold()
+            if folded in _READ_KEYS:
+                read.setdefault(folded, []).append(name)
+        clashes = {key: names for key, names in read.items() if names != [key]}
+        if clashes:
+            spellings[id(obj)] = clashes
         return obj
 
     try:
@@ -108,12 +127,15 @@ def _key_twice(body: bytes, items: list[Any]) -> str | None:
     for item in parsed if isinstance(parsed, list) else [parsed]:
         if not isinstance(item, dict):
             continue
-        named = repeated.get(id(item), set()) & set(_ENVELOPE_KEYS)
+        found = {k: v for k, v in spellings.get(id(item), {}).items() if k in _ENVELOPE_KEYS}
         params = item.get("params")
         if isinstance(params, dict):
-            named |= repeated.get(id(params), set()) & set(_PARAMS_KEYS)
-        if named:
-            return f"a message names {sorted(named)[0]!r} twice: each key once"
+            found |= {k: v for k, v in spellings.get(id(params), {}).items() if k in _PARAMS_KEYS}
+        for key in sorted(found):
+            other = next((name for name in found[key] if name != key), None)
+            if other is None:
+                return f"a message names {key!r} twice: each key once"
+            return f"a message spells {key!r} as {other!r}: JSON-RPC keys are exact, each once"
     return None
 
 
@@ -181,7 +203,14 @@ def error_body(
 
 
 def response_id_key(request_id: RequestId) -> str:
-    """A hashable, type-exact key for matching answers to requests ("1" is not 1)."""
+    """A hashable key for matching answers to requests: "1" is not 1, but a number is
+    its value as a double. JSON has one number type and JavaScript (the TypeScript SDK)
+    reads every number as a double: ``1.0`` is ``1`` to it, and so are two ids past 2**53
+    that a double cannot tell apart. Were they two ids to the gateway, a batch pairing a
+    ``ping`` with a ``tools/list`` under one id to such a server could get back two
+    answers under one id, and the tool list the watch did not take would go out unread."""
+    if isinstance(request_id, int | float) and not isinstance(request_id, bool):
+        return f"number:{float(request_id)!r}"
     return f"{type(request_id).__name__}:{request_id}"
 
 
