@@ -41,6 +41,12 @@ from extproc.quota.store import Denial, Reservation
 from extproc.quota.thinking_budget import cap_thinking, least_completion
 
 log = logging.getLogger(__name__)
+# The longest wait a refused client should sit out before its SDK retries on its own: the
+# bound the OpenAI and Anthropic TypeScript SDKs put on `retry-after`. A longer one (an
+# hour's budget, a calendar quota) gets `x-should-retry: false`, which those SDKs and
+# their Python twins obey: the Anthropic Python client slept whatever `retry-after`
+# said (weeks, for a monthly quota) with its caller hanging.
+RETRY_WITHIN_S = 60
 
 
 class QuotaStage:
@@ -386,7 +392,9 @@ def _limit_headers(
     limit: Limit, effective: int, remaining: int, now: float, *, retry: bool = True
 ) -> dict[str, str]:
     """A refusal's headers: OpenAI's ``x-ratelimit-*`` for the limit that refused, and
-    ``retry-after`` (whole seconds until it resets) when waiting can help."""
+    ``retry-after`` (whole seconds until it resets) when waiting can help; and
+    ``x-should-retry: false`` unless it helps within ``RETRY_WITHIN_S``, so that no SDK
+    retries on its own what a retry a few seconds later cannot pass, nor hangs for hours."""
     unit = "requests" if limit.kind == "r" else "tokens"
     headers = {
         f"x-ratelimit-limit-{unit}": str(effective),
@@ -397,6 +405,8 @@ def _limit_headers(
         headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
         if retry:
             headers["retry-after"] = str(max(1, left))
+    if left is None or not retry or left > RETRY_WITHIN_S:
+        headers["x-should-retry"] = "false"
     return headers
 
 
