@@ -373,7 +373,10 @@ class _FetchError(Exception):
 
 
 def shown_url(url: str) -> str:
-    """``url`` as a log line may name it: scheme, host, port and path only."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    """``url`` as a log line may name it: scheme, host, port and path only.
+
+    Everything up to the last '@' goes first: a password written raw with a '/' or '#'
+    in it ends the authority a URL parser finds inside the password."""
+    scheme, sep, rest = url.partition("://")
+    parts = urlsplit(f"{scheme}{sep}{rest.rpartition('@')[2]}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -140,6 +140,12 @@ class StoreConfig(_Section):
             raise ValueError(
                 "scheme must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
             )
+        # What serve would refuse at start (a raw '/' in the password): check-config says
+        # so too. Imported here: redis-py is not needed to read a config.
+        from extproc.store.connection import url_problem
+
+        if (problem := url_problem(url)) is not None:
+            raise ValueError(problem)
         return url
 
 

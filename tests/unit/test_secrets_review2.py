@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from extproc.auth.jwks import shown_url
 from extproc.config import ConfigError, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.store.connection import connect
@@ -102,4 +103,27 @@ def test_a_port_that_is_no_number_is_named_without_the_password(url: str) -> Non
         connect(url.format(pw=password("")), 0.5)
     shown = str(refused.value)
     assert "store.url" in shown and "port" in shown
+    assert shows_no_part_of_the_password(shown), shown
+
+
+@pytest.mark.parametrize("splitter", SPLITTERS)
+def test_check_config_refuses_a_raw_password_in_the_store_url_too(splitter: str) -> None:
+    """What serve refuses at start, check-config refuses first (it said "ok")."""
+    url = f"redis://:{password(splitter)}@127.0.0.1:6379/0"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(config_with_store_url(url), "gateway.yaml", {**ENV, "REDIS_URL": url})
+    shown = str(refused.value)
+    assert "store.url" in shown and "percent-encode" in shown
+    assert shows_no_part_of_the_password(shown), shown
+
+
+@pytest.mark.parametrize("splitter", SPLITTERS)
+def test_a_jwks_url_is_named_in_warnings_without_any_part_of_its_password(
+    splitter: str,
+) -> None:
+    """A JWKS URL with a raw '/' after a digit-led password passes config validation; each
+    fetch warning names the URL, and named all of the password."""
+    url = f"https://reader:123{password(splitter)}@idp.example:8443/keys/jwks.json?v=2"
+    shown = shown_url(url)
+    assert shown == "https://idp.example:8443/keys/jwks.json"
     assert shows_no_part_of_the_password(shown), shown
