@@ -59,7 +59,9 @@ of the turn just before, or that follow other blocks; tool call ids outside
 ``media_type`` is not ``image/jpeg``, ``image/png``, ``image/gif`` or ``image/webp``, or whose
 bytes are another of these formats than it names; a stop sequence of whitespace alone;
 ``temperature`` / ``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which
-removed them), any of ``temperature``, ``top_p``, ``top_k``.
+removed them), any of ``temperature``, ``top_p``, ``top_k``; ``tool_use`` or ``tool_result``
+blocks in a request that defines no ``tools`` ("Requests which include `tool_use` or
+`tool_result` blocks must define tools.").
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -511,6 +513,19 @@ def _tools(doc: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], dict[str, A
     return tuple(tools), choice
 
 
+def _check_tools_defined(messages: list[dict[str, Any]], tools: tuple[Any, ...]) -> None:
+    """Tool blocks need tools: the real API refuses a request whose history holds
+    ``tool_use`` or ``tool_result`` blocks but that defines no tools (an OpenAI client's
+    closing summary, sent without its tools, translated as it is)."""
+    if tools:
+        return
+    kinds = {block["type"] for message in messages for block in _blocks(message["content"])}
+    if kinds & {"tool_use", "tool_result"}:
+        raise InvalidRequestError(
+            "Requests which include `tool_use` or `tool_result` blocks must define tools."
+        )
+
+
 def _output_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The schema of ``output_config.format`` (or the beta's older ``output_format``)."""
     config = doc.get("output_config")
@@ -601,6 +616,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequestError("stream: Input should be a valid boolean")
     tools, tool_choice = _tools(doc)
+    _check_tools_defined(messages, tools)
     return MessagesRequest(
         model,
         messages,
