@@ -190,10 +190,15 @@ class StoredKeys:
         id_key = self._id_key(key.id)
         if not await self._client.set(id_key, digest_hex, nx=True):
             raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
+        record_key = self._record_key(digest_hex)
         try:
-            await self._client.hset(self._record_key(digest_hex), mapping=_to_fields(stored))
+            await self._client.hset(record_key, mapping=_to_fields(stored))
         except Exception:
-            # A key that was never stored must not keep its id taken.
+            # A key that was never stored must not keep its id taken. The write may have
+            # gone through all the same (its answer lost): its record goes first, so that
+            # no key is left that its id cannot revoke (nobody has its secret anyway),
+            # and the id stays taken, pointing at it, if that delete fails too.
+            await self._client.delete(record_key)
             await self._client.delete(id_key)
             raise
         return secret, stored

@@ -10,6 +10,10 @@ and says how the change ended (``outcome``):
 * ``failed``: the store did not answer before anything was sent; nothing changed;
 * ``unknown``: the store did not confirm a change that was sent: it may be in force.
 
+A call cancelled before it ended (its caller's deadline passed, it hung up, the
+gateway is stopping) is audited the same way, by how far it got, its ``error``
+saying it was cancelled.
+
 Requests refused as invalid (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS) and
 calls without a valid admin token change nothing and are not audited; the
 latter get a warning with the caller's address in the diagnostic log.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 import orjson
@@ -310,9 +310,18 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 def _reset_time(limit: pb.LimitState) -> str:
     if not limit.reset_at:
         return "never"
-    # In the zone the window is computed in: a monthly quota resets at local midnight.
-    local = datetime.fromtimestamp(limit.reset_at, ZoneInfo(limit.time_zone or "UTC"))
-    return f"{local.isoformat(timespec='seconds')} {limit.time_zone}"
+    zone = limit.time_zone or "UTC"
+    try:
+        # In the zone the window is computed in: a monthly quota resets at local midnight.
+        local = datetime.fromtimestamp(
+            limit.reset_at, UTC if zone == "UTC" else ZoneInfo(zone)
+        ).isoformat(timespec="seconds")
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # The gateway knows the zone and this host does not (an older tz database, a
+        # slim image, Windows without the tzdata package): the same moment, in UTC.
+        moment = datetime.fromtimestamp(limit.reset_at, UTC).isoformat(timespec="seconds")
+        return f"{moment} UTC (the rule's zone {zone} is unknown on this host)"
+    return f"{local} {zone}"
 
 
 def key_dict(info: pb.KeyInfo) -> dict[str, Any]:

@@ -7,14 +7,17 @@ which the public Envoy listener has no route to, and which no other process
 can share (no SO_REUSEPORT). Every call must carry
 ``authorization: Bearer <admin token>``; every change an admin asks for writes
 one audit line naming the token's id (never a token, never a key's secret) and
-its outcome: applied, or cut short by the store (failed, or unknown when it
-may be in force). Refusals of invalid requests change nothing and are not
-audited. The rules come from the runtime current at each call, so a config
-reload applies to the next call, admin tokens included.
+its outcome: applied, or cut short by the store or by the call's cancellation
+(failed, or unknown when it may be in force). Refusals of invalid requests
+change nothing and are not audited; a request whose bytes are no message of the
+method's type is one of them (INVALID_ARGUMENT, after the token check). The
+rules come from the runtime current at each call, so a config reload applies to
+the next call, admin tokens included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -64,6 +68,8 @@ T = TypeVar("T")
 _LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 # Anything that names the limits of one subject a change applies to.
 Selector = Callable[[list[Limit]], list[Limit]]
+# A gRPC method of a service: request and context in, answer out.
+Handler = Callable[[Any, grpc_aio.ServicerContext], Awaitable[Any]]
 # Refusals of what a request names, by the status code they answer with.
 _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -110,6 +116,15 @@ class Change:
         if self.stage == "applied":
             return f"store error: the change was applied, but {cause} when its new state was read"
         return f"store error: {cause}; nothing was changed"
+
+    def cancelled_message(self) -> str:
+        """Why a change cut short by its caller (or a stopping gateway) ended as it did."""
+        cause = "the call was cancelled (its caller stopped waiting, or the gateway is stopping)"
+        if self.stage == "applying":
+            return f"{cause} while the change was being made: it may have been applied"
+        if self.stage == "applied":
+            return f"{cause} after the change was applied, before its new state was read"
+        return f"{cause} before anything was sent to the store; nothing was changed"
 
 
 class AdminTokens:
@@ -200,6 +215,14 @@ class AdminService:
         caller = await self._authenticate(context)
         try:
             result = await work(caller)
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the caller's deadline passes or it hangs up
+            # (Ctrl-C), and on stop: what was sent to the store may be in force all the
+            # same, so the change keeps its audit line.
+            if change is not None:
+                outcome = change.cut_short_outcome()
+                self._write_audit(change, caller, context, outcome, change.cancelled_message())
+            raise
         except STORE_ERRORS as exc:
             log.warning("management call failed on the store: %s", type(exc).__name__)
             if change is None:
@@ -257,6 +280,22 @@ class AdminService:
         self._audit.write(
             change.action, caller, outcome, peer=context.peer(), **change.fields, **extra
         )
+
+    def parsed(self, handler: Handler) -> Handler:
+        """``handler``, for a request that may be malformed (``_parser``): INVALID_ARGUMENT
+        for one that is, once the call has shown an admin token."""
+
+        async def call(request: Any, context: grpc_aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                # The token first: without one, a caller learns nothing about the API.
+                await self._authenticate(context)
+                message = f"the request is not a valid {request.type_name} message"
+                await _abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.reason})"
+                )
+            return await handler(request, context)
+
+        return call
 
     def _admin_tokens(self) -> AdminTokens:
         config = self._runtime().config.management
@@ -546,6 +585,50 @@ def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaS
     return answer
 
 
+@dataclass(frozen=True, slots=True)
+class _Malformed:
+    """A request whose bytes are no message of the method's type."""
+
+    type_name: str
+    reason: str
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    """The request's parser, which hands a malformed request to the handler as such.
+
+    gRPC answers a parser's exception itself, before the handler runs: UNKNOWN,
+    "Unexpected <class ...DecodeError>", the gateway's failure rather than the
+    caller's, to anyone, token or not, with a traceback in the diagnostic log.
+    """
+    type_name: str = message_type.DESCRIPTOR.full_name
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return message_type.FromString(raw)
+        except DecodeError as exc:
+            # "Error parsing message with type '<name>': <reason>": the reason alone.
+            return _Malformed(type_name, str(exc).rpartition(": ")[2] or "unreadable")
+
+    return parse
+
+
+def _add_service(server: grpc_aio.Server, name: str, servicer: AdminService) -> None:
+    """Serve ``servicer``'s methods of the service ``name``, as the generated
+    ``add_*Servicer_to_server`` does, but refusing a malformed request as INVALID_ARGUMENT
+    once the call has shown an admin token."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name[name.rpartition(".")[2]].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            servicer.parsed(getattr(servicer, method.name)),
+            request_deserializer=_parser(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 async def start_server(
     address: str,
     service: QuotaManagementService,
@@ -554,14 +637,12 @@ async def start_server(
 ) -> grpc_aio.Server:
     """A gRPC server of its own for the management API, with health and reflection."""
     server = grpc_aio.server(options=_SERVER_OPTIONS)
-    pb_grpc.add_QuotaManagementServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    served = [SERVICE_NAME]
-    if keys is not None:
-        pb_grpc.add_KeyManagementServicer_to_server(keys, server)  # type: ignore[no-untyped-call]
-        served.append(KEY_SERVICE_NAME)
-    if usage is not None:
-        pb_grpc.add_UsageReportsServicer_to_server(usage, server)  # type: ignore[no-untyped-call]
-        served.append(USAGE_SERVICE_NAME)
+    served: list[str] = []
+    for name, servicer in ((SERVICE_NAME, service), (KEY_SERVICE_NAME, keys),
+                           (USAGE_SERVICE_NAME, usage)):  # fmt: skip
+        if servicer is not None:
+            _add_service(server, name, servicer)
+            served.append(name)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     reflection.enable_server_reflection(
