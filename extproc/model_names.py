@@ -9,11 +9,20 @@ name it. Patterns ending in ``*`` match by prefix.
 A rule that names an alias names its model: ``models: [titan-embed]`` covers a request
 for ``amazon.titan-embed-text-v2:0`` too (``covering_aliases``), as a rule naming the
 model covers its aliases, so no spelling of a model escapes a limit or an access rule.
+
+Bedrock serves one model under several ids: its own (``anthropic.claude-3-haiku-...``),
+a cross-region inference profile's (``us.anthropic.claude-3-haiku-...``) and the ARN of
+either; a route that sends any id to Bedrock (``/bedrock/<id>``, Converse's
+``/model/<id>/converse``) reaches the model by each. A rule naming the model (or its
+alias) covers them all (``covers``); a rule naming a profile, or ``us.*``, keeps
+covering that profile's ids alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+
+from extproc.providers.bedrock_model_ids import base_model_id
 
 
 def comparable(name: str) -> str:
@@ -39,6 +48,35 @@ def matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
         elif pattern in names:
             return True
     return False
+
+
+def covers(patterns: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether a rule's patterns (access and quota rules: ``covering_aliases``) cover one
+    of ``names`` (``comparable``), a Bedrock id by any of its spellings. A key's own
+    ``allowed_models`` keeps to ``matches``: it narrows, so it stays with the names it
+    lists."""
+    return matches(patterns, tuple(each for name in names for each in bedrock_spellings(name)))
+
+
+def bedrock_spellings(name: str) -> Iterator[str]:
+    """``name`` (already ``comparable``), then, for a Bedrock id, the profile id its ARN
+    names and the foundation model's own id. Only names Bedrock reads that way: the ARN
+    of a foundation model or an inference profile (others hide their model), a profile
+    id whose rest is ``<vendor>.<model>``, so that ``us.x`` on an OpenAI-compatible
+    provider is no ``x``."""
+    yield name
+    profile = name
+    if name.startswith("arn:"):
+        parts = name.split(":", 5)
+        if len(parts) < 6 or parts[2] != "bedrock" or base_model_id(name) == name:
+            return
+        profile = parts[5].partition("/")[2]
+        if not profile:
+            return
+        yield profile
+    model = base_model_id(profile)
+    if model != profile and "." in model:
+        yield model
 
 
 def covering_aliases(patterns: Sequence[str], aliases: Mapping[str, str]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from extproc.config.auth_model import AccessRule
 from extproc.context import Identity
-from extproc.model_names import comparable, covering_aliases, matches
+from extproc.model_names import comparable, covering_aliases, covers, matches
 
 
 def _allows(rule: AccessRule, identity: Identity) -> bool:
@@ -51,7 +51,7 @@ class AccessPolicy:
         covering = [
             rule
             for rule, patterns in self._rules
-            if (not patterns or matches(patterns, names))
+            if (not patterns or covers(patterns, names))
             and (route is None or not rule.routes or route in rule.routes)
         ]
         if not covering or any(_allows(rule, identity) for rule in covering):

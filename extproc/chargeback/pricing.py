@@ -49,7 +49,7 @@ from extproc.config.pricing_model import (
     PricingConfig,
     TierPrice,
 )
-from extproc.model_names import comparable
+from extproc.model_names import bedrock_spellings, comparable
 from extproc.translators.base import reported_service_tier
 
 if TYPE_CHECKING:
@@ -260,7 +260,15 @@ class PriceTable:
         if not model:
             return None
         found = self._by_name.get(model)
-        return found if found is not None else self._by_comparable.get(comparable(model))
+        if found is not None:
+            return found
+        # Another spelling: case and spaces, then a Bedrock model's other ids (an
+        # inference profile's, an ARN's), each read as the model it names.
+        for spelling in bedrock_spellings(comparable(model)):
+            found = self._by_comparable.get(spelling)
+            if found is not None:
+                return found
+        return None
 
     def cost(self, model: str | None, usage: Usage, service_tier: str | None = None) -> Cost:
         """The cost of ``usage`` at ``model``'s prices, those of ``service_tier`` (the tier

@@ -20,7 +20,7 @@ from extproc.config.quota_model import (
     StoreFailure,
 )
 from extproc.context import Identity
-from extproc.model_names import comparable, covering_aliases, matches
+from extproc.model_names import comparable, covering_aliases, covers
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
 
 # Counter -> (window kind, request or token counter)
@@ -133,7 +133,7 @@ class RuleSet:
             if subject is None or not _selected(rule, subject):
                 continue
             patterns = self._models[rule.name]
-            if patterns and not matches(patterns, names):
+            if patterns and not covers(patterns, names):
                 continue
             found.extend(self._limits(rule, subject, now))
         return refusal_order(found)
