@@ -644,6 +644,9 @@ def _default_routes() -> tuple[RouteConfig, ...]:
             "openai", "/openai/v1", RouteApi.OPENAI_RESPONSES_INPUT_TOKENS, "responses/input_tokens"
         ),
         *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_COMPLETIONS, "completions"),
+        # ...and its model list (models.list(), a chat UI's model picker), which the chat
+        # prefix would refuse as a GET.
+        *_prefixed_routes("openai", "/openai/v1", RouteApi.OPENAI_MODELS, "models"),
         RouteConfig(name="openai", path_prefix="/openai"),
         RouteConfig(
             name="anthropic-messages", path="/v1/messages", api=RouteApi.ANTHROPIC_MESSAGES

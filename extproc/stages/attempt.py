@@ -159,7 +159,8 @@ def fails_over(api: RouteApi) -> bool:
 
 def failover_plan(ctx: RequestContext) -> FailoverPlan:
     """The chain a failover request goes to: its primary's, less the fallbacks its caller
-    may not use (a key's ``allowed_models``, access rules on the client's route) and those
+    may not use (a key's ``allowed_models``, access rules on the client's route), those
+    of other providers than the one a route is kept to (``routes[].provider``) and those
     that cannot answer the client's API (``backends.serves_client_api``).
 
     An operator who kept a key from a model expects that to hold when the model would
@@ -191,6 +192,9 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         position
         for position, (name, upstream) in enumerate(members[1:])
         if not serves_request(ctx, upstream)
+        # A route kept to one provider refuses another's models by name: not served
+        # through its failover either.
+        or (route.provider is not None and upstream.provider.name != route.provider)
         or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
     ]
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
