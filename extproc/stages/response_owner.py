@@ -21,7 +21,9 @@ Failover: a Responses API request that builds on context one provider account ke
 another member would not have it. It goes to the model's own provider alone, or, for a
 previous response a fallback's provider stores (the record names the provider that
 answered, after a failover too), to that fallback alone (``pin_to_fallback``: the
-chain's pinned route, ``envoy_failover.pinned_cluster_name``).
+chain's pinned route, ``envoy_failover.pinned_cluster_name``). A token count, which never
+fails over, of a continuation of such a response goes to that fallback's own provider
+(``_count_at_fallback``), as the continuation itself would.
 
 Store failures: a lookup the store cannot answer follows ``quotas.on_store_failure``
 (open: unchecked; closed: 503); a record the store cannot take is logged and counted,
@@ -35,7 +37,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from extproc.backends import provider_api
+from extproc.backends import provider_api, serves_client_api
 from extproc.config.model import RouteApi
 from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
@@ -97,16 +99,42 @@ def pin_to_fallback(ctx: RequestContext, primary: str, provider: str) -> bool:
     """Send the request to the member of ``primary``'s chain on ``provider`` alone (the
     per-attempt filter reads and answers it as that member: its name prices the answer),
     when there is one its caller may use; False when there is none."""
+    if not _to_member(ctx, primary, provider):
+        return False
+    ctx.failover_model = primary
+    return True
+
+
+def _count_at_fallback(ctx: RequestContext, provider: str) -> bool:
+    """Send a token count straight to the member of its model's chain on ``provider``, when
+    there is one its caller may use. A count never fails over, so it has no chain of its
+    own to pin; yet the response it builds on is there, where a response or a compaction
+    of the same model would be pinned: counted elsewhere, it would be refused."""
+    route = ctx.route
+    model = ctx.model
+    if route is None or route.api is not RouteApi.OPENAI_RESPONSES_INPUT_TOKENS or not model:
+        return False
+    primary = ctx.runtime.canonical_model.get(model) or model
+    # That member's own cluster, as any request of its model: nothing to price or retry.
+    return _to_member(ctx, primary, provider, counted=True)
+
+
+def _to_member(ctx: RequestContext, primary: str, provider: str, counted: bool = False) -> bool:
+    """Point the request at the member of ``primary``'s chain on ``provider``, when there is
+    one that answers the request's API (a count's: where its response is answered) and its
+    caller may use."""
     member = ctx.runtime.failover.get(primary, {}).get(provider)
     route = ctx.route
     if member is None or route is None:
         return False
     name, upstream = member
-    if not serves_request(ctx, upstream):
+    if counted:
+        if not serves_client_api(RouteApi.OPENAI_RESPONSES, upstream):
+            return False
+    elif not serves_request(ctx, upstream):
         return False
     if ctx.runtime.access.denial(ctx.identity, name, route.name) is not None:
         return False
-    ctx.failover_model = primary
     ctx.upstream = upstream
     ctx.provider = provider
     ctx.provider_type = upstream.provider.type
@@ -145,8 +173,13 @@ async def _check_owner(
     if (
         ctx.provider is not None
         and found.provider != ctx.provider
-        # A response a fallback answered (and its provider stores) continues there.
-        and (primary is None or not pin_to_fallback(ctx, primary, found.provider))
+        # A response a fallback answered (and its provider stores) continues there, and
+        # its continuation is counted there.
+        and not (
+            pin_to_fallback(ctx, primary, found.provider)
+            if primary is not None
+            else _count_at_fallback(ctx, found.provider)
+        )
     ):
         # Another provider (account) has no such response: it would answer its own 404
         # after the quota counted the request. Said plainly instead, to its creator.

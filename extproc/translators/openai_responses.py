@@ -4,11 +4,13 @@ The request goes as the client sent it, under the provider's name for the model,
 ``<base_url>/responses``. The answer passes through unchanged; the gateway reads:
 
 - usage: ``usage.input_tokens`` (of which ``input_tokens_details.cached_tokens`` came
-  from the prompt cache), ``usage.output_tokens`` (reasoning tokens included, as OpenAI
-  bills them) and ``usage.total_tokens``, and what the provider says it charged
-  (``usage.cost``, as OpenRouter reports it: ``openai_openai.reported_cost``); a JSON
-  answer's top level, a stream's terminal event's ``response.usage``. The Responses
-  API always reports usage, so nothing is asked of the provider to get it;
+  from the prompt cache and ``input_tokens_details.cache_write_tokens`` were written to
+  it, read as chat's ``prompt_tokens_details`` are), ``usage.output_tokens`` (reasoning
+  tokens included, as OpenAI bills them) and ``usage.total_tokens``, and what the
+  provider says it charged (``usage.cost``, as OpenRouter reports it:
+  ``openai_openai.reported_cost``); a JSON answer's top level, a stream's terminal
+  event's ``response.usage``. The Responses API always reports usage, so nothing is
+  asked of the provider to get it;
 - the model that answered, the service tier that served it (``service_tier``; a
   stream's first event echoes the tier asked for, read unless it is ``auto``), and
   the outcome for the log line's ``finish_reasons``: the response's ``status``
@@ -114,14 +116,20 @@ def usage_from_responses(value: Any) -> Usage | None:
     if prompt is None or completion is None:
         return None
     details = value.get("input_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    if not isinstance(details, dict):
+        details = {}
+    found = _count(details.get("cached_tokens"))
+    # Part of the input, so never more than it.
+    cached = min(found, prompt) if found is not None else 0
     usage = Usage(
         prompt,
         completion,
         # The counts' sum, as every other ledger counts it (``openai_openai``).
         prompt + completion,
-        # Part of the input, so never more than it.
-        min(cached, prompt) if cached is not None else 0,
+        cached,
+        # Part of the input too, as on chat completions (``openai_openai``): never more
+        # than the input not read from the cache.
+        min(_count(details.get("cache_write_tokens")) or 0, prompt - cached),
     )
     # What the provider says it charged, as OpenRouter reports it here too.
     usage.reported_cost_picousd = reported_cost(value)
@@ -359,6 +367,7 @@ class EventStreamReader:
                 prompt_tokens=usage.prompt_tokens,
                 cached_tokens=usage.cached_tokens,
                 completion_tokens=usage.completion_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         elif self.failure is None:
             self.failure = StreamFailure(error)
