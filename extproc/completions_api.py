@@ -11,7 +11,9 @@ quota or reaches the provider:
   array of arrays of token ids, as OpenAI's API takes it. An array holds one prompt
   per string (or per array of ids), at most ``limits.max_messages`` of them; an empty
   string is a prompt (fill-in-the-middle at the start of a file), an empty array none;
-- ``max_tokens``: an integer >= 1 (or null), the completion allowance of each choice;
+- ``max_tokens``: an integer >= 0 (or null), the completion allowance of each choice;
+  0 is OpenAI's way to score a prompt (``echo`` and ``logprobs``: the prompt's log
+  probabilities, nothing generated), which vLLM serves too;
 - ``n`` and ``best_of``: integers from 1 to ``MAX_CHOICES`` (or null), ``best_of`` at
   least ``n``: the provider generates ``best_of`` candidates (``n`` when unset) for
   each prompt and bills them all;
@@ -23,9 +25,12 @@ quota or reaches the provider:
 
 The prompt's tokens (``estimate_prompt``) are counted as the embeddings input is:
 token ids one each, text at one token per four characters (``openai_inputs.
-estimate_tokens``), the ``suffix`` included. The completion the quota reserves is
-``max_tokens`` (else ``quotas.default_max_tokens``) times ``generated_choices``: every
-prompt of a batch gets its own ``best_of`` (else ``n``) completions.
+estimate_tokens``), the ``suffix`` included once per prompt (the provider reads it
+after each prompt of a batch, and bills it each time). The completion the quota
+reserves (``completion_allowance``) is ``max_tokens`` (else
+``quotas.default_max_tokens``; none for a prompt scored with 0) times
+``generated_choices``: every prompt of a batch gets its own ``best_of`` (else ``n``)
+completions.
 """
 
 from __future__ import annotations
@@ -58,7 +63,10 @@ def check_completions_body(body: dict[str, Any], max_prompts: int) -> None:
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise BadRequestError("'suffix' must be a string", param="suffix")
-    for name in ("max_tokens", "n", "best_of"):
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and not token_id(max_tokens):
+        raise BadRequestError("'max_tokens' must be an integer >= 0", param="max_tokens")
+    for name in ("n", "best_of"):
         value = body.get(name)
         if value is not None and not positive_int(value):
             raise BadRequestError(f"'{name}' must be an integer >= 1", param=name)
@@ -102,10 +110,18 @@ def _check_prompt(value: Any, max_prompts: int) -> None:
 
 def estimate_prompt(body: dict[str, Any]) -> int:
     """The prompt's tokens: token ids as given, text at one token per four characters
-    (at least one per prompt), and the ``suffix`` the provider reads too."""
+    (at least one per prompt), and the ``suffix`` the provider reads after each prompt."""
     suffix = body.get("suffix")
     suffix_tokens = len(suffix) // CHARS_PER_TOKEN if isinstance(suffix, str) else 0
-    return estimate_tokens(body.get("prompt")) + suffix_tokens
+    return estimate_tokens(body.get("prompt")) + suffix_tokens * prompt_count(body)
+
+
+def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
+    """The tokens each completion may generate: ``max_tokens``, 0 included (a prompt
+    scored, nothing generated: reserving the default for it would refuse a batch of
+    them that fits the budget), else ``default_max_tokens``."""
+    value = body.get("max_tokens")
+    return value if isinstance(value, int) and token_id(value) else default_max_tokens
 
 
 def prompt_count(body: dict[str, Any]) -> int:

@@ -57,7 +57,9 @@ class ModerationClient:
         self._session = session
         self._url = config.base_url + "/moderations"
         self._timeout = config.timeout_ms / 1000.0
-        key = config.api_key.get_secret_value() if config.api_key is not None else ""
+        # Stripped as a key file's is: a key from an environment variable (a Secret written
+        # with `echo`) may end in a newline, which no header can carry.
+        key = config.api_key.get_secret_value().strip() if config.api_key is not None else ""
         if not key and config.api_key_file:
             try:
                 key = Path(config.api_key_file).read_text(encoding="utf-8").strip()
@@ -91,6 +93,11 @@ class ModerationClient:
             raise ModerationError(f"no answer within {self.config.timeout_ms} ms") from None
         except aiohttp.ClientError as exc:
             raise ModerationError(f"unreachable ({type(exc).__name__})") from None
+        except ValueError:
+            # aiohttp refuses a header it cannot send (a control character in the key):
+            # a failed call, decided by failure_mode, never the client's 500. Its message
+            # is not repeated: it may quote the header.
+            raise ModerationError("request could not be sent (a header is not valid)") from None
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -3,8 +3,9 @@
 Requests are checked as OpenAI checks the fields the mock relies on: ``model``,
 ``prompt`` (required: a string, an array of strings, an array of token ids or an array
 of non-empty arrays of token ids; an array of strings or id arrays is a batch, one
-prompt each), ``suffix`` (a string), ``max_tokens`` and ``n`` (integers >= 1;
-``max_tokens`` defaults to 16, as OpenAI's does), ``echo`` and ``stream`` (booleans),
+prompt each), ``suffix`` (a string), ``max_tokens`` (an integer >= 0, 16 by default, as
+OpenAI's: 0 scores a prompt, ``echo`` giving it back with nothing generated), ``n`` (an
+integer >= 1), ``echo`` and ``stream`` (booleans),
 ``stream_options.include_usage``. Others (``best_of``, ``logprobs``, ``temperature``,
 ``stop``...) are accepted and ignored: ``logprobs`` is always null.
 
@@ -132,6 +133,20 @@ def _prompts(value: Any) -> list[Prompt]:
     )
 
 
+def _max_tokens(doc: dict[str, Any]) -> int:
+    value = doc.get("max_tokens")
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    # OpenAI's minimum is 0 (a prompt scored); bool is an int subclass, and true is no 1.
+    if not _token_id(value):
+        raise InvalidRequestError(
+            f"Invalid 'max_tokens': expected an integer >= 0, got {value!r}.",
+            "max_tokens",
+            "invalid_value",
+        )
+    return int(value)
+
+
 def _flag(doc: dict[str, Any], name: str) -> bool:
     value = doc.get(name)
     if value is not None and not isinstance(value, bool):
@@ -150,7 +165,7 @@ def parse_completions_request(body: Body) -> CompletionsRequest:
         model=model,
         prompts=_prompts(doc.get("prompt")),
         suffix=suffix or "",
-        max_tokens=optional_positive_int(doc, "max_tokens") or DEFAULT_MAX_TOKENS,
+        max_tokens=_max_tokens(doc),
         n=optional_positive_int(doc, "n") or 1,
         echo=_flag(doc, "echo"),
         stream=_flag(doc, "stream"),

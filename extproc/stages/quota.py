@@ -24,6 +24,7 @@ from extproc import converse_api, gemini_api
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
+from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
 from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
@@ -185,7 +186,11 @@ def reserved_completion(ctx: RequestContext) -> int:
             return 0  # vectors: nothing generated
         model = ctx.upstream_model or ""
         return invoke_bodies.completion_allowance(model, ctx.body, default_max_tokens)
-    allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
+    if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
+        # Its own reader: max_tokens 0 (a prompt scored) reserves no completion.
+        allowance = text_completion_allowance(ctx.body, default_max_tokens)
+    else:
+        allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
     return allowance * _choices(ctx)
 
 

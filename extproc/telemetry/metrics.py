@@ -29,7 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -43,6 +43,11 @@ from extproc.telemetry.span_attributes import GEN_AI_PROVIDER_NAMES
 
 if TYPE_CHECKING:
     from extproc.config.model import GatewayConfig
+
+# No `<name>_created` series beside each counter and histogram: one more series per
+# label set that no alert reads, absent from the merged page of `serve --workers N`, so
+# one process and several would show different pages.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
 REQUEST_LABELS = ("route", "provider", "model", "status_code")

@@ -239,7 +239,7 @@ async def test_the_model_is_sent_under_the_providers_name(services: Services) ->
         ({"prompt": [[1, 2], []]}, "prompt[1]"),
         ({"prompt": [[1, 2], [3, -4]]}, "prompt[1]"),
         ({"prompt": [True]}, "prompt[0]"),
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"max_tokens": "100"}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
         ({"n": 0}, "n"),

@@ -103,7 +103,7 @@ async def test_a_stream_not_asked_for_usage_carries_none(http: httpx.AsyncClient
     [
         ({"model": MODEL}, "prompt"),
         ({"model": MODEL, "prompt": []}, "prompt"),
-        ({"model": MODEL, "prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "prompt": PROMPT, "max_tokens": -1}, "max_tokens"),
         ({"model": MODEL, "prompt": PROMPT, "suffix": 3}, "suffix"),
     ],
 )
