@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from extproc.guardrails.webhook import SessionHolder
 
 MAX_ANSWER_BYTES = 4 << 20
+# How much of a 429's body is read to tell a spent account from a rate limit: OpenAI's
+# error object is a few hundred bytes.
+MAX_ERROR_BYTES = 16 << 10
 # When a rate-limited service does not say when to retry: a short wait, as the SDKs'
 # own backoff would make, rather than no hint at all.
 DEFAULT_RETRY_AFTER_S = 1
@@ -82,6 +85,10 @@ class ModerationClient:
             async with asyncio.timeout(self._timeout):
                 async with session.post(self._url, data=payload, headers=self._headers) as reply:
                     if reply.status == 429:
+                        if _out_of_credit(await _head(reply, MAX_ERROR_BYTES)):
+                            # OpenAI's billing refusal: no wait cures it, so it is an
+                            # outage (failure_mode decides), never "retry in 1 second".
+                            raise ModerationError("answered HTTP 429 insufficient_quota")
                         wait = retry_after_seconds(reply.headers)
                         raise ModerationError("answered HTTP 429", retry_after=wait)
                     if reply.status != 200:
@@ -129,6 +136,27 @@ class ModerationClient:
             elif threshold is None and flags.get(category) is True:
                 violated.append(category)
         return violated
+
+
+async def _head(reply: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of an answer's body, however its chunks arrive."""
+    head = b""
+    async for chunk in reply.content.iter_chunked(limit):
+        head += chunk
+        if len(head) >= limit:
+            break
+    return head[:limit]
+
+
+def _out_of_credit(raw: bytes) -> bool:
+    """Whether a 429's body is OpenAI's ``insufficient_quota`` (the account's credit or
+    monthly budget spent) rather than a rate limit that passes in seconds."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error, dict) and error.get("code") == "insufficient_quota"
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> int:

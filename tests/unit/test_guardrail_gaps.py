@@ -316,3 +316,30 @@ async def test_a_rate_limited_moderation_service_failing_open_lets_the_prompt_th
     assert gateway.log()["guardrails"] == [
         {"guard": "moderation", "phase": "request", "action": "fail_open"}
     ]
+
+
+def out_of_credit(_: web.Request) -> web.Response:
+    """OpenAI's answer for an account whose credit or budget is spent: a 429 too."""
+    error = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    return web.json_response(error, status=429)
+
+
+async def test_a_moderation_account_out_of_credit_is_an_outage_not_a_rate_limit() -> None:
+    """No wait cures a spent account: failing closed, the client is told the guard is
+    unavailable (503) rather than to retry in a second, over and over."""
+    hook = Hook(out_of_credit)
+    async with serving(hook.handle, "/v1/moderations") as port:
+        gateway = Gateway(moderated(port))
+        answers = await gateway.send("/v1/chat/completions", chat("hello"))
+    response = answers[-1].immediate_response
+    status, error = immediate(answers[-1])
+    assert status == 503
+    assert error["error"]["code"] == "guardrail_unavailable"
+    assert "retry-after" not in {h.header.key for h in response.headers.set_headers}
