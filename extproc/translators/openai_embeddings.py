@@ -31,10 +31,12 @@ ENDPOINT = "/embeddings"
 
 def usage_from_embeddings(value: Any) -> Usage | None:
     """OpenAI's embeddings usage: ``prompt_tokens`` (and ``total_tokens``, the same);
-    None when absent or malformed."""
+    None when absent or malformed. An OpenAI-compatible provider that reports
+    ``total_tokens`` alone (Voyage AI's embeddings do) is read from it: an embedding
+    generates nothing, so the total is the input."""
     if not isinstance(value, dict):
         return None
-    prompt = value.get("prompt_tokens")
+    prompt = value.get("prompt_tokens", value.get("total_tokens"))
     if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
         return None
     return Usage(prompt, 0, prompt, 0)

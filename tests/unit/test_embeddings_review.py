@@ -175,3 +175,22 @@ async def test_a_request_its_provider_cannot_serve_is_refused_before_the_quota(
     assert line["http_status_code"] == 400 and line["total_tokens"] == 0
     # The quota never saw it: no request limit counted it.
     assert line["quota_decision"] is None
+
+
+async def test_a_provider_reporting_only_its_total_is_charged_that_count(
+    processor: Processor, services: Services
+) -> None:
+    """OpenAI-compatible embeddings services such as Voyage AI's answer `usage:
+    {"total_tokens": N}` alone: N is what they bill, not the gateway's estimate."""
+    reply = orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.125] * 8}],
+            "model": "text-embedding-3-small",
+            "usage": {"total_tokens": 7},
+        }
+    )
+    await call(processor, embeddings(input=TEXT), reply)
+    line = log_line(services)
+    assert (line["prompt_tokens"], line["total_tokens"]) == (7, 7)
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
