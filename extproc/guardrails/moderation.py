@@ -85,7 +85,7 @@ class ModerationClient:
             async with asyncio.timeout(self._timeout):
                 async with session.post(self._url, data=payload, headers=self._headers) as reply:
                     if reply.status == 429:
-                        if _out_of_credit(await _head(reply, MAX_ERROR_BYTES)):
+                        if _out_of_credit(await read_at_most(reply, MAX_ERROR_BYTES)):
                             # OpenAI's billing refusal: no wait cures it, so it is an
                             # outage (failure_mode decides), never "retry in 1 second".
                             raise ModerationError("answered HTTP 429 insufficient_quota")
@@ -95,7 +95,10 @@ class ModerationClient:
                         raise ModerationError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:
                         raise ModerationError("answer too large")
-                    raw = await reply.read()
+                    # Read with the bound too: a chunked answer announces no length.
+                    raw = await read_at_most(reply, MAX_ANSWER_BYTES + 1)
+                    if len(raw) > MAX_ANSWER_BYTES:
+                        raise ModerationError("answer too large")
         except TimeoutError:
             raise ModerationError(f"no answer within {self.config.timeout_ms} ms") from None
         except aiohttp.ClientError as exc:
@@ -138,7 +141,7 @@ class ModerationClient:
         return violated
 
 
-async def _head(reply: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_at_most(reply: aiohttp.ClientResponse, limit: int) -> bytes:
     """Up to ``limit`` bytes of an answer's body, however its chunks arrive."""
     head = b""
     async for chunk in reply.content.iter_chunked(limit):

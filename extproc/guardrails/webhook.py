@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 
 from extproc.config.guard_model import WebhookConfig
-from extproc.guardrails.moderation import retry_after_seconds
+from extproc.guardrails.moderation import read_at_most, retry_after_seconds
 
 # Verdicts are small; a runaway answer is a broken webhook.
 MAX_ANSWER_BYTES = 4 << 20
@@ -107,7 +107,8 @@ class WebhookClient:
                         raise WebhookError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:
                         raise WebhookError("answer too large")
-                    raw = await reply.read()
+                    # Bounded as it is read: a chunked answer announces no length.
+                    raw = await read_at_most(reply, MAX_ANSWER_BYTES + 1)
         except TimeoutError:
             raise WebhookError(f"no answer within {self.config.timeout_ms} ms") from None
         except aiohttp.ClientError as exc:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from extproc.config import GatewayConfig
 from extproc.config.guard_model import GuardConfig
+from extproc.guardrails import moderation
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.guardrails.moderation import MAX_RETRY_AFTER_S, retry_after_seconds
 from extproc.guardrails.stream import TextStream
@@ -343,3 +344,38 @@ async def test_a_moderation_account_out_of_credit_is_an_outage_not_a_rate_limit(
     assert status == 503
     assert error["error"]["code"] == "guardrail_unavailable"
     assert "retry-after" not in {h.header.key for h in response.headers.set_headers}
+
+
+def chunked_results(size: int) -> web.Response:
+    """A well-formed moderation answer padded to ``size`` bytes, sent chunked: no
+    content-length announces how much is coming."""
+    result = {"flagged": False, "categories": {}, "category_scores": {}, "pad": "x" * size}
+    reply = web.Response(body=orjson.dumps({"results": [result]}), content_type="application/json")
+    reply.enable_chunked_encoding()
+    return reply
+
+
+async def test_a_chunked_moderation_answer_past_the_bound_is_refused_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer-size bound holds when the service streams its answer without a
+    content-length (else a runaway service fills the gateway's memory)."""
+    monkeypatch.setattr(moderation, "MAX_ANSWER_BYTES", 4096)
+    hook = Hook(lambda _: chunked_results(8192))
+    async with serving(hook.handle, "/v1/moderations") as port:
+        gateway = Gateway(moderated(port))
+        answers = await gateway.send("/v1/chat/completions", chat("hello"))
+    status, error = immediate(answers[-1])
+    assert status == 503
+    assert error["error"]["code"] == "guardrail_unavailable"
+
+
+async def test_a_chunked_moderation_answer_within_the_bound_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(moderation, "MAX_ANSWER_BYTES", 4096)
+    hook = Hook(lambda _: chunked_results(1024))
+    async with serving(hook.handle, "/v1/moderations") as port:
+        gateway = Gateway(moderated(port))
+        answers = await gateway.send("/v1/chat/completions", chat("hello"))
+    assert upstream_body(answers[1])["messages"] == [{"role": "user", "content": "hello"}]
