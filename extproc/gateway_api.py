@@ -45,6 +45,7 @@ controller: the gateway's cluster gets TCP keepalive from the same values instea
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,12 +165,22 @@ def _path(route: RouteConfig) -> Json:
     return {"type": "PathPrefix", "value": route.path_prefix}
 
 
+# RE2's metacharacters (the syntax Envoy Gateway and kgateway hand their regexes to):
+# a prefix such as `/v1.5` is matched as written, never `/v1x5`.
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def _literal(text: str) -> str:
+    return _RE2_SPECIAL.sub(r"\\\1", text)
+
+
 def _client_matches(route: RouteConfig) -> list[Json]:
     path = _path(route)
     matches: list[Json] = []
     if route.model_from_path and route.path_prefix is not None:
         prefix = route.path_prefix.rstrip("/")
-        matches.append({"path": {"type": "RegularExpression", "value": f"{prefix}/[^/]+.*"}})
+        pattern = f"{_literal(prefix)}/[^/]+.*"
+        matches.append({"path": {"type": "RegularExpression", "value": pattern}})
     if route.model_header is not None:
         header = {"type": "RegularExpression", "name": route.model_header, "value": ANY_VALUE}
         matches.append({"path": path, "headers": [header]})

@@ -212,3 +212,26 @@ def test_envoy_gateway_sets_the_rate_limit_headers_from_the_gateways_metadata() 
                 name: f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"
                 for name in RATE_LIMIT_HEADERS
             }
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_a_model_path_prefix_is_matched_as_written_not_as_a_pattern(controller: Any) -> None:
+    """A prefix holding a regex metacharacter (`.`, `+`) matches itself alone: `/v1.5`
+    must not take `/v1x5/...`, which belongs to no route (404 at Envoy, not the gateway's
+    route), and `/a+b` must still take `/a+b/<model>`."""
+    config = GatewayConfig.model_validate(
+        {
+            "providers": [{"name": "openai", "base_url": "https://api.openai.com/v1"}],
+            "models": [{"name": "gpt-4o", "provider": "openai"}],
+            "routes": [
+                {"name": "dotted", "path_prefix": "/v1.5", "model_from_path": True},
+                {"name": "plus", "path_prefix": "/a+b", "model_from_path": True},
+            ],
+        }
+    )
+    manifests = render_attachments(config, controller)
+    found = route(manifests, "/v1.5/gpt-4o", {}, {})
+    assert found is not None and found[0].endswith("dotted")
+    assert route(manifests, "/v1x5/gpt-4o", {}, {}) is None
+    found = route(manifests, "/a+b/gpt-4o", {}, {})
+    assert found is not None and found[0].endswith("plus")
