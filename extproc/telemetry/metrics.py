@@ -290,6 +290,10 @@ class GatewayMetrics:
             ("result",),
             registry=self.registry,
         )
+        # Both results shown from the start, at 0: the first failed reload is then an
+        # increase an alert can see, not a series that appears already at 1.
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
 
         self.agents = AgentMetrics(self.registry, self._child)
 

@@ -387,3 +387,31 @@ def test_the_docs_tokens_left_query_reads_the_groups_monthly_quota(tmp_path: Pat
     exprs = [{"expr": query, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 150}]}]
     failed = promtool_test(tmp_path, timeline, [], exprs)
     assert not failed, failed
+
+
+def test_a_failed_config_reload_raises_an_alert(tmp_path: Path) -> None:
+    """The first failed reload of a gateway's life is seen: its page shows the failure
+    count at 0 from the start, so going to 1 is an increase."""
+    metrics = GatewayMetrics()
+    timeline: Timeline = {}
+    for minute in range(MINUTES):
+        if minute == 10:
+            metrics.config_reload(False)
+        add_scrape(timeline, minute, page(metrics.registry, "gateway-a:9464"))
+    failed_reload = alert(
+        "A config reload failed on gateway-a:9464 in the last 15 minutes: it keeps serving "
+        "its previous config (the log says which field is wrong)",
+        severity="warning",
+        result="failure",
+        **target("gateway-a:9464"),
+    )
+    failed = promtool_test(
+        tmp_path,
+        timeline,
+        [
+            firing("AigwConfigReloadFailed", 8),
+            firing("AigwConfigReloadFailed", 12, failed_reload),
+            firing("AigwConfigReloadFailed", 29),
+        ],
+    )
+    assert not failed, failed
