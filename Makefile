@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/python -m extproc.devstack
 
 ## The whole suite: lint, types, unit and integration tests, on two processes (each
-## test file stays whole on one, so a module's stack starts once); `make unit` and
-## `make integration` run one process.
+## test file stays whole on one, so a module's stack starts once; a third process
+## finished no sooner on two cores); `make unit` and `make integration` run one process.
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

@@ -10,7 +10,7 @@ from hypothesis import settings
 
 from extproc.store.embedded import FREE_PORTS_ENV
 
-# `make test` runs two processes (pytest-xdist), each starting stacks whose ports it
+# `make test` runs several processes (pytest-xdist), each starting stacks whose ports it
 # picks before the processes bind them: each process (and the servers it starts, which
 # inherit its environment) picks from its own slice of the range, so one never picks a
 # port the other chose and has not bound yet.

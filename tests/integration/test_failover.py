@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -16,11 +17,25 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.store.embedded import free_port
-from tests.integration.conftest import GatewayLog, metric, mock_requests, running_stack, scrape
+from tests.integration.conftest import (
+    REFUSED_PORT,
+    GatewayLog,
+    metric,
+    mock_requests,
+    running_stack,
+    scrape,
+)
 
 REPLY = "Mock reply to: fail over please"
-# A second mock provider that answers every request with a 503.
-FLAKY_PORT = free_port()
+# A second mock provider that answers every request with a 503, on a port picked as it
+# starts (a port picked when the module is imported may be another stack's by then).
+_flaky_port = 0
+
+
+def flaky_requests() -> list[dict[str, Any]]:
+    """What the failing mock provider received, oldest first."""
+    found: list[dict[str, Any]] = httpx.get(f"http://127.0.0.1:{_flaky_port}/_mock/requests").json()
+    return found
 
 
 class BlackHole:
@@ -50,7 +65,9 @@ class BlackHole:
 @pytest.fixture(scope="module")
 def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("failover")
-    flaky_port, dead_port = FLAKY_PORT, free_port()
+    global _flaky_port
+    flaky_port = _flaky_port = free_port()
+    dead_port = REFUSED_PORT
     flaky = subprocess.Popen(
         [sys.executable, "-m", "extproc", "mock-llm", "--port", str(flaky_port), "--fault",
          "status=503"],
@@ -81,6 +98,8 @@ def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
     config.write_text(text)
     try:
         with running_stack(workdir, config) as running:
+            # It answers by now (the stack took longer to start); gone, its port was taken.
+            assert flaky.poll() is None, "the failing mock provider could not start"
             yield running
     finally:
         flaky.terminate()
@@ -186,6 +205,6 @@ def test_each_attempt_starts_from_the_clients_own_body(failover_stack: LocalStac
     assert upstream["path"] == "/v1/chat/completions"
     assert upstream["json"] == {"model": "gpt-4.1-nano", "messages": MESSAGES}
     assert "x-api-key" not in upstream["headers"]  # the first attempt's credential
-    first = httpx.get(f"http://127.0.0.1:{FLAKY_PORT}/_mock/requests").json()[-1]
+    first = flaky_requests()[-1]
     assert first["path"] == "/v1/messages"  # the first attempt really was translated
     assert first["json"]["model"] == "claude-x"

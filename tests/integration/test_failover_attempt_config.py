@@ -7,14 +7,13 @@ back to the stack's mock providers; the official OpenAI client is the client.
 
 from __future__ import annotations
 
-import httpx
 import orjson
 import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests
-from tests.integration.test_failover import FLAKY_PORT, MESSAGES, REPLY, failover_stack
+from tests.integration.test_failover import MESSAGES, REPLY, failover_stack, flaky_requests
 
 __all__ = ["failover_stack"]
 
@@ -40,7 +39,7 @@ def test_no_provider_is_sent_the_gateways_failover_bookkeeping(
     )
     assert reply.choices[0].message.content == REPLY
     fallback = mock_requests(failover_stack)[-1]
-    first = httpx.get(f"http://127.0.0.1:{FLAKY_PORT}/_mock/requests").json()[-1]
+    first = flaky_requests()[-1]
     assert first["path"] == "/v1/messages"  # the failed first attempt
     assert gateway_fields(first) == []
     assert fallback["json"] == {"model": "gpt-4.1-nano", "messages": MESSAGES}

@@ -15,8 +15,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
-from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from tests.integration.conftest import (
+    REFUSED_PORT,
+    GatewayLog,
+    metric,
+    running_stack,
+    scrape,
+    wait_for,
+)
 
 DOWN_PROVIDER = """
   - name: down
@@ -34,11 +41,8 @@ def config_text(extra_model: str = "", unix_socket: Path | None = None) -> str:
     if unix_socket is not None:
         # Envoy reaches this gateway over a Unix socket, as a sidecar would.
         text = text.replace("\nserver:\n", f"\nserver:\n  unix_socket: {unix_socket}\n")
-    text = text.replace("\nproviders:\n", "\nproviders:" + DOWN_PROVIDER.format(port=CLOSED_PORT))
+    text = text.replace("\nproviders:\n", "\nproviders:" + DOWN_PROVIDER.format(port=REFUSED_PORT))
     return text.replace("\nmodels:\n", "\nmodels:" + DOWN_MODEL + extra_model)
-
-
-CLOSED_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
