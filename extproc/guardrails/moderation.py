@@ -143,12 +143,14 @@ class ModerationClient:
 
 async def read_at_most(reply: aiohttp.ClientResponse, limit: int) -> bytes:
     """Up to ``limit`` bytes of an answer's body, however its chunks arrive."""
-    head = b""
+    parts: list[bytes] = []
+    size = 0
     async for chunk in reply.content.iter_chunked(limit):
-        head += chunk
-        if len(head) >= limit:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
             break
-    return head[:limit]
+    return b"".join(parts)[:limit]
 
 
 def _out_of_credit(raw: bytes) -> bool:
