@@ -102,6 +102,22 @@ class LimitRule(_Section):
     def _check_subject(cls, subject: str) -> str:
         return check_subject(subject)
 
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        # A match that selects no subject loaded as a rule that never applied: the cap an
+        # operator wrote for every team, as match: ["*"], capped none of them.
+        ids = (match,) if isinstance(match, str) else match
+        if not ids:
+            raise ValueError('an empty list selects no subject: name ids, or "*" for each one')
+        if "" in ids:
+            raise ValueError('an empty id selects no subject: name ids, or "*" for each one')
+        if isinstance(match, tuple) and "*" in match:
+            raise ValueError(
+                '"*" in a list is taken as an id, not every subject: write match: "*" alone'
+            )
+        return match
+
     @model_validator(mode="after")
     def _has_a_limit(self) -> LimitRule:
         limits = (
@@ -122,8 +138,9 @@ class LimitRule(_Section):
 class QuotasConfig(_Section):
     rules: tuple[LimitRule, ...] = ()
     time_zone: str = "UTC"
-    # Completion tokens reserved when a request names no max_tokens.
-    default_max_tokens: int = Field(default=1024, gt=0)
+    # Completion tokens reserved when a request names no max_tokens; bounded like a limit,
+    # since a reservation is counted by the same scripts.
+    default_max_tokens: int = Field(default=1024, gt=0, le=MAX_LIMIT)
     on_store_failure: StoreFailure = StoreFailure.FAIL_CLOSED
 
     @model_validator(mode="after")

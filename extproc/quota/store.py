@@ -44,6 +44,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from extproc import background
+from extproc.config.quota_model import MAX_LIMIT
 from extproc.quota.rules import Limit
 from extproc.store.cluster_calls import ClusterCalls, ReplyLostError, send_once
 from extproc.store.coalescing import CoalescingCaller
@@ -230,6 +231,13 @@ class QuotaStore:
                 log.warning("quota store upkeep failed: %s", type(exc).__name__)
 
     async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
+        # The cost comes from the client's body (its max_tokens): one past what the Lua
+        # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
+        # INCRBY as a float and failed the whole script, so the request got a 503, or
+        # went through uncounted by every enforced limit under fail_open. No limit can
+        # tell a larger reservation from this one: an enforced limit reserves what
+        # remains of it anyway.
+        token_cost = min(token_cost, MAX_LIMIT)
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
@@ -380,6 +388,9 @@ class QuotaStore:
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct token reservations with the real usage (None: release them), off the
         request path; request counters stay as counted at admission."""
+        if actual_tokens is not None:
+            # As in reserve: a count past what the scripts add exactly failed its batch.
+            actual_tokens = min(actual_tokens, MAX_LIMIT)
         self._queue_changes(
             [
                 (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved, gen)
@@ -387,6 +398,21 @@ class QuotaStore:
                     reservation.limits, reservation.reserved, reservation.generations, strict=True
                 )
                 if limit.kind == "t"
+            ]
+        )
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back all a request reserved, requests and tokens, off the request path:
+        for a request the gateway refused itself after reserving (a hard-capped budget
+        too small for its prompt). It never reached the provider, and a refusal by the
+        store counts it in no limit: neither may this one, or each refused retry took a
+        request of the subject's requests_per_* limits."""
+        self._queue_changes(
+            [
+                (limit, -reserved, generation)
+                for limit, reserved, generation in zip(
+                    reservation.limits, reservation.reserved, reservation.generations, strict=True
+                )
             ]
         )
 

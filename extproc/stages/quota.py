@@ -231,10 +231,12 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if completion < _least_completion(ctx):
         store = ctx.runtime.services.quota_store
         assert store is not None
-        # The tokens go back (the request counts); forgotten first, so that done()
-        # cannot give them back a second time.
+        # Everything goes back, the request too: it never reached the provider, and a
+        # refusal by the store counts in no limit either (else each refused retry took
+        # one of the subject's requests_per_*). Forgotten first, so that done() cannot
+        # give it back a second time.
         ctx.reservation = None
-        store.settle(reservation, None)
+        store.release(reservation)
         room = max(1, _least_completion(ctx)) * choices
         refusal, limit = _capped_refusal(reservation, capped, prompt, store.now(), room)
         # A refusal like the store's: aigw_rate_limited_total counts both.
@@ -364,7 +366,15 @@ def _capped_refusal(
     which would promise otherwise.
     """
     never = [i for i in capped if reservation.effective[i] - prompt < room]
-    index = min(never or capped, key=lambda i: _left_before(reservation, i))
+    if never:
+        index = min(never, key=lambda i: _left_before(reservation, i))
+    else:
+        # Of the budgets too low for this prompt, the one that holds longest, as the
+        # store's refusals name (refusal_order): naming the one with the fewest tokens
+        # left (a minute's) sent the client back before a day's budget, just as short
+        # of it, had reset, to be refused again.
+        short = [i for i in capped if _left_before(reservation, i) - prompt < room] or capped
+        index = max(short, key=lambda i: (_holds_until(reservation.limits[i]), -i))
     limit, effective = reservation.limits[index], reservation.effective[index]
     left = max(0, _left_before(reservation, index))
     subject = f"{_subject_text(limit)} (rule '{limit.rule}')"
@@ -380,6 +390,11 @@ def _capped_refusal(
         )
     headers = _limit_headers(limit, effective, left, now, retry=not never)
     return RateLimitError(message, code="insufficient_quota", headers=headers), limit
+
+
+def _holds_until(limit: Limit) -> float:
+    end = limit.window.end
+    return math.inf if end is None else end
 
 
 def _subject_text(limit: Limit) -> str:

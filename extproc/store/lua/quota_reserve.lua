@@ -69,5 +69,12 @@ end
 for i = 1, n do
   result[#result + 1] = generations[i]
 end
-redis.call('SET', KEYS[1], table.concat(result, ',', 2), 'EX', ARGV[1])
+-- Written digit for digit: table.concat would use Lua's default number format (14
+-- significant digits), and a call sent again would read back a limit of fifteen
+-- nines as 1e+15, and a large reservation rounded.
+local answer = {}
+for i = 2, #result do
+  answer[#answer + 1] = string.format('%.0f', result[i])
+end
+redis.call('SET', KEYS[1], table.concat(answer, ','), 'EX', ARGV[1])
 return result
