@@ -109,9 +109,15 @@ def hcm_tracing(tracing: TracingConfig) -> Json:
                 "service_name": tracing.service_name,
             },
         },
-        # Envoy's sampling percentages; a client's traceparent decides for itself.
+        # Envoy's sampling percentages. Envoy 1.40 applies random_sampling to a request with a
+        # client's sampled traceparent too (at 0 it exported none): the trace id is kept,
+        # the span is not always exported.
         "random_sampling": {"value": tracing.sampling_percent},
-        "client_sampling": {"value": 100.0},
+        # The share of requests with an `x-client-trace-id` header that Envoy traces
+        # whatever `random_sampling` decided (Envoy's default: all of them). Any client may
+        # send one, so it would export a span for each of its requests past
+        # `sampling_percent`: the collector's load is the operator's to decide.
+        "client_sampling": {"value": 0.0},
         "overall_sampling": {"value": 100.0},
         # One span per upstream attempt (retries and failover show up as such).
         "spawn_upstream_span": True,

@@ -45,8 +45,8 @@ class TracingConfig(_Section):
     enabled: bool = False
     # The OTLP/gRPC collector (Jaeger, Tempo, an OpenTelemetry Collector), HOST:PORT.
     otlp_endpoint: str = "127.0.0.1:4317"
-    # Share of requests that start a trace; a client's sampled traceparent is
-    # always followed. 100 traces everything.
+    # Share of requests whose spans Envoy exports, a client's sampled traceparent
+    # included (Envoy keeps its trace id either way). 100 traces everything.
     sampling_percent: float = Field(default=100.0, ge=0.0, le=100.0)
     service_name: str = Field(default="aigw", min_length=1)
     # Prompt and completion text as span attributes (after guardrail masking).
