@@ -56,6 +56,7 @@ from extproc.headers import (
     METADATA_NAMESPACE,
     RATE_LIMIT_HEADERS,
     metadata_key,
+    provider_headers_removed,
 )
 from extproc.transport_security import envoy_transport_socket, listener_transport_socket
 from extproc.worker_endpoints import worker_addresses, worker_sockets
@@ -673,10 +674,11 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
             },
         },
         "request_headers_to_remove": [CLUSTER],
-        # The provider's own x-ratelimit-* describe the organisation's account, not the
-        # caller's limits: removed, so the client sees the gateway's (added at the
-        # virtual host from the quota stage's metadata) or none.
-        "response_headers_to_remove": list(RATE_LIMIT_HEADERS),
+        # The provider's own x-ratelimit-* (and anthropic-ratelimit-*, the account's
+        # id) describe the organisation's account, not the caller's limits: removed,
+        # so the client sees the gateway's (added at the virtual host from the quota
+        # stage's metadata) or none.
+        "response_headers_to_remove": list(provider_headers_removed(provider.type)),
     }
 
 

@@ -71,8 +71,8 @@ from extproc.headers import (
     ATTEMPTS_STARTED,
     CLUSTER,
     METADATA_NAMESPACE,
-    RATE_LIMIT_HEADERS,
     metadata_key,
+    provider_headers_removed,
 )
 
 Json = dict[str, Any]
@@ -227,7 +227,14 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
             name = failover_cluster_name(model.name, skipped)
             resources["clusters"].append(_aggregate(name, clusters))
             failover_routes.append(
-                _route(name, name, kept, len(clusters), attempt_timeout_s(config, model))
+                _route(
+                    name,
+                    name,
+                    kept,
+                    _headers_removed(config, kept),
+                    len(clusters),
+                    attempt_timeout_s(config, model),
+                )
             )
         for position in pinnable(config, model):
             # No aggregate: the one member's own cluster, tried once, and so waited for
@@ -241,6 +248,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
                     pinned,
                     cluster_name(provider),
                     [provider.name],
+                    list(provider_headers_removed(provider.type)),
                     1,
                     attempt_timeout_s(config, fallback),
                 )
@@ -277,7 +285,22 @@ def _aggregate(name: str, clusters: list[str]) -> Json:
     }
 
 
-def _route(name: str, cluster: str, providers: list[str], attempts: int, per_try_s: float) -> Json:
+def _headers_removed(config: GatewayConfig, providers: list[str]) -> list[str]:
+    """The account headers of every provider of a chain, for whichever answers."""
+    removed: dict[str, None] = {}
+    for name in providers:
+        removed.update(dict.fromkeys(provider_headers_removed(config.provider(name).type)))
+    return list(removed)
+
+
+def _route(
+    name: str,
+    cluster: str,
+    providers: list[str],
+    headers_removed: list[str],
+    attempts: int,
+    per_try_s: float,
+) -> Json:
     """The route the gateway picks by ``name`` (its CLUSTER header) to ``cluster``."""
     return {
         "name": name,
@@ -308,8 +331,8 @@ def _route(name: str, cluster: str, providers: list[str], attempts: int, per_try
         },
         "request_headers_to_remove": [CLUSTER],
         # As on a provider's own route (envoy_bootstrap._provider_route): the account's
-        # limits are not the caller's.
-        "response_headers_to_remove": list(RATE_LIMIT_HEADERS),
+        # id and limits are not the caller's.
+        "response_headers_to_remove": headers_removed,
         "response_headers_to_add": [_started_header(providers)],
     }
 

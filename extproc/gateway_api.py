@@ -61,7 +61,13 @@ from extproc.controller_routes import (
 )
 from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
 from extproc.envoy_values import is_ip
-from extproc.headers import CLUSTER, METADATA_NAMESPACE, RATE_LIMIT_HEADERS, metadata_key
+from extproc.headers import (
+    CLUSTER,
+    METADATA_NAMESPACE,
+    RATE_LIMIT_HEADERS,
+    metadata_key,
+    provider_headers_removed,
+)
 
 Json = dict[str, Any]
 Controller = Literal["envoy-gateway", "kgateway"]
@@ -257,7 +263,7 @@ def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
                         "type": "RequestHeaderModifier",
                         "requestHeaderModifier": {"remove": [CLUSTER]},
                     },
-                    *_rate_limit_headers(controller),
+                    *_rate_limit_headers(controller, provider),
                 ],
                 "backendRefs": [_backend_ref(provider, controller)],
                 # No overall limit: a route timeout runs until the answer's last byte,
@@ -299,12 +305,13 @@ def _providers_hosts_route(config: GatewayConfig, controller: Controller) -> Jso
     return route
 
 
-def _rate_limit_headers(controller: Controller) -> list[Json]:
+def _rate_limit_headers(controller: Controller, provider: ProviderConfig) -> list[Json]:
     """OpenAI's x-ratelimit-* headers from the metadata the gateway returns, as the
     gateway's own bootstrap sets them (envoy_bootstrap._rate_limit_headers).
 
     The provider's own (its limits for the organisation's whole account, not the
-    caller's) are removed from its answers, as the bootstrap removes them. Envoy
+    caller's, and the account's id) are removed from its answers, as the bootstrap
+    removes them. Envoy
     removes a route's headers before it sets them, so on Envoy Gateway, which passes
     Envoy format strings in header values through to Envoy, the gateway's values
     replace the provider's; on an answer no quota rule applies to the gateway returns
@@ -321,7 +328,7 @@ def _rate_limit_headers(controller: Controller) -> list[Json]:
             }
             for name in RATE_LIMIT_HEADERS
         ]
-    modifier["remove"] = list(RATE_LIMIT_HEADERS)
+    modifier["remove"] = list(provider_headers_removed(provider.type))
     return [{"type": "ResponseHeaderModifier", "responseHeaderModifier": modifier}]
 
 

@@ -64,6 +64,34 @@ RATE_LIMIT_HEADERS = tuple(
 )
 
 
+# A provider's answer headers about the account the gateway's key bills, not about the
+# caller: the organisation's id and its rate limits for the whole account. They told
+# every caller the company's provider account and capacity, and a client that paces
+# itself by them paced by a budget that is not its own. Removed by Envoy's route to
+# the provider, by type (Gateway API allows 16 names to remove per route); OpenAI's
+# x-ratelimit-* names are the gateway's own on its answers (RATE_LIMIT_HEADERS).
+OPENAI_ACCOUNT_HEADERS = ("openai-organization", "openai-project")
+ANTHROPIC_ACCOUNT_HEADERS = (
+    "anthropic-organization-id",
+    *(
+        f"anthropic-ratelimit-{unit}-{part}"
+        for unit in ("requests", "tokens", "input-tokens", "output-tokens")
+        for part in ("limit", "remaining", "reset")
+    ),
+)
+
+
+def provider_headers_removed(provider_type: str) -> tuple[str, ...]:
+    """The answer headers Envoy removes from a provider of this type before the client
+    sees its answer: what describes the account (above). Anthropic's answers carry no
+    x-ratelimit-*, which keeps its list within Gateway API's 16."""
+    if provider_type == "anthropic":
+        return ANTHROPIC_ACCOUNT_HEADERS
+    if provider_type == "openai":
+        return RATE_LIMIT_HEADERS + OPENAI_ACCOUNT_HEADERS
+    return RATE_LIMIT_HEADERS
+
+
 def metadata_key(header: str) -> str:
     """The dynamic metadata key that carries a response header's value to Envoy."""
     return header.replace("-", "_")

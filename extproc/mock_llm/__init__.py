@@ -32,6 +32,8 @@ chat completions), which wants
 a token the mock issued. Those paths are routed before the suffix rules: Vertex's
 ``.../endpoints/openapi/chat/completions`` must not reach the OpenAI endpoint, which takes
 any key.
+Every OpenAI and Anthropic answer carries the account headers those providers send (the
+organisation's id and rate limits), which a gateway must keep from its callers.
 Control endpoints, which are not recorded:
 
 - ``GET /_mock/requests``: the recorded requests, oldest first.
@@ -98,6 +100,49 @@ class MockOptions:
     gcp_region: str = "us-east5"
     gcp_service_account: str | None = None
     gcp_token_lifetime_s: int = 3600
+
+
+# What a real provider says on every answer about the account the key bills: its id and
+# its rate limits for the whole organisation (fixed values: the mock has no limits). A
+# gateway must keep them from its callers; tests see that it does.
+OPENAI_ACCOUNT_ANSWER_HEADERS = {
+    "openai-organization": "mock-org",
+    "openai-project": "proj_mock",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-reset-requests": "6ms",
+    "x-ratelimit-limit-tokens": "30000000",
+    "x-ratelimit-remaining-tokens": "29999000",
+    "x-ratelimit-reset-tokens": "2ms",
+}
+ANTHROPIC_ACCOUNT_ANSWER_HEADERS = {
+    "anthropic-organization-id": "0a1b2c3d-0000-4000-8000-000000000000",
+    **{
+        f"anthropic-ratelimit-{unit}-{part}": value
+        for unit in ("requests", "tokens", "input-tokens", "output-tokens")
+        for part, value in (
+            ("limit", "4000"),
+            ("remaining", "3999"),
+            ("reset", "2026-01-01T00:00:00Z"),
+        )
+    },
+}
+
+
+def _account_answer_headers(path: str) -> Mapping[str, str]:
+    """The account headers of the API a path serves (Vertex and Bedrock send none)."""
+    if path.startswith("/_mock/") or path == TOKEN_PATH or is_vertex_path(path):
+        return {}
+    if path.endswith(("/v1/messages", "/v1/messages/count_tokens")):
+        return ANTHROPIC_ACCOUNT_ANSWER_HEADERS
+    if "/model/" in path:  # Bedrock's /model/{modelId}/...
+        return {}
+    return OPENAI_ACCOUNT_ANSWER_HEADERS
+
+
+async def _add_account_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _account_answer_headers(request.path).items():
+        response.headers.setdefault(name, value)
 
 
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
@@ -255,6 +300,7 @@ def create_app(options: MockOptions | None = None) -> web.Application:
     """Build the mock's aiohttp application; raises ValueError for invalid options."""
     mock = _MockApp(options or MockOptions())
     app = web.Application()
+    app.on_response_prepare.append(_add_account_headers)
     # One catch-all route: matching by suffix keeps gateway route prefixes working.
     app.router.add_route("*", "/{path:.*}", mock.dispatch)
     return app

@@ -58,3 +58,15 @@ def test_fallbacks_render_an_aggregate_cluster_a_retrying_route_and_the_attempt_
         [envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_chains_answer_loses_the_account_headers_of_whichever_provider_answered() -> None:
+    # The chain's route is the one the answer comes back on, from OpenAI, Anthropic or
+    # Bedrock: each one's account headers are removed there, as on its own route.
+    bootstrap = render_bootstrap(parse_config(WITH_FALLBACKS, "g.yaml", {}))
+    routes = manager(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
+    failover = next(r for r in routes if r["name"] == failover_cluster_name("gpt-4o"))
+    removed = failover["response_headers_to_remove"]
+    assert {"x-ratelimit-remaining-tokens", "openai-organization"} <= set(removed)
+    assert {"anthropic-organization-id", "anthropic-ratelimit-tokens-remaining"} <= set(removed)
+    assert len(removed) == len(set(removed))

@@ -242,21 +242,51 @@ def test_the_providers_own_rate_limit_headers_never_reach_the_client(
 
     On an answer no quota rule applies to, the gateway returns no limits, so a
     header set from its metadata formats empty and is not added: the provider's
-    own must be removed first (Envoy removes before it sets, on one route).
+    own must be removed first (Envoy removes before it sets, on one route). Each
+    provider's own names, within the 16 Gateway API allows one modifier to remove.
     """
-    manifests = render_attachments(gateway(), controller)
+    config = GatewayConfig.model_validate(
+        {
+            "providers": [
+                {"name": "openai", "base_url": "https://api.openai.com/v1"},
+                {"name": "claude", "type": "anthropic", "base_url": "https://api.anthropic.com"},
+                {
+                    "name": "aws",
+                    "type": "bedrock",
+                    "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+                    "aws": {"region": "us-east-1"},
+                },
+            ],
+            "models": [
+                {"name": "gpt-4o", "provider": "openai"},
+                {"name": "claude-sonnet-4", "provider": "claude"},
+                {"name": "nova", "provider": "aws"},
+            ],
+        }
+    )
+    manifests = render_attachments(config, controller)
+    removed = {}
     for _, rule in provider_rules(manifests):
         [modifier] = [
             f["responseHeaderModifier"]
             for f in rule["filters"]
             if f["type"] == "ResponseHeaderModifier"
         ]
-        assert modifier["remove"] == list(RATE_LIMIT_HEADERS)
+        removed[provider_of(rule, config).name] = modifier["remove"]
+        assert len(modifier["remove"]) <= 16
         if controller == "envoy-gateway":
             assert modifier["set"] == [
                 {"name": name, "value": f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"}
                 for name in RATE_LIMIT_HEADERS
             ]
+    assert removed["openai"] == [*RATE_LIMIT_HEADERS, "openai-organization", "openai-project"]
+    assert removed["aws"] == list(RATE_LIMIT_HEADERS)
+    assert "anthropic-organization-id" in removed["claude"]
+    assert {
+        f"anthropic-ratelimit-{unit}-{part}"
+        for unit in ("requests", "tokens", "input-tokens", "output-tokens")
+        for part in ("limit", "remaining", "reset")
+    } <= set(removed["claude"])
 
 
 # --- every rendered resource fits its API -------------------------------------------
