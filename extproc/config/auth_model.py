@@ -13,16 +13,14 @@ from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from extproc.config.section import Section as _Section
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CLAIM_PATH = r"^[A-Za-z0-9_:/.-]{1,256}$"
 ClaimPath = Annotated[str, Field(pattern=_CLAIM_PATH)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AuthMethod(StrEnum):

@@ -16,15 +16,14 @@ from urllib.parse import urlsplit
 
 import re2
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
 
+from extproc.config.section import Section as _Section
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
@@ -33,10 +32,6 @@ Name = Annotated[str, Field(pattern=_NAME)]
 TEMPLATE_FIELDS = frozenset({"user_id", "group_id", "api_key_id", "route", "model"})
 # Request headers that carry the client's credential: never sent to a webhook.
 CREDENTIAL_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _lower(value: Any) -> Any:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from extproc.config.agents_model import AgentsConfig, agent_route_problems
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
@@ -21,6 +21,7 @@ from extproc.config.guard_model import EnrichmentConfig, GuardrailsConfig, Route
 from extproc.config.metrics_model import MetricsConfig
 from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
+from extproc.config.section import Section as _Section
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
 from extproc.event_loop import EventLoopKind
@@ -29,10 +30,6 @@ _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
 # Fallbacks of one model (see ModelConfig.fallbacks).
 MAX_FALLBACKS = 4
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _host_port(value: str) -> str:

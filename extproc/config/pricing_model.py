@@ -33,7 +33,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+
+from extproc.config.section import Section as _Section
 
 # Six decimals of a USD-per-million price are one picodollar per token (and of a
 # USD-per-thousand price, a thousand picodollars per request).
@@ -72,10 +74,6 @@ def _exact_tool_prices(prices: ServerToolPrices) -> ServerToolPrices:
     for value in prices.values():
         _exact(value)
     return prices
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PerTokenPrice(_Section):

@@ -12,8 +12,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from extproc.config.section import Section as _Section
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 
 # Headers whose values are secrets: never a rule's subject.
@@ -43,10 +44,6 @@ def check_subject(subject: str) -> str:
             )
         return f"header:{name}"
     raise ValueError("must be api_key, user, group or header:<name>")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class QuotaMode(StrEnum):

@@ -8,11 +8,9 @@ dynamic metadata. Reference: docs/logging.md and docs/configuration.md.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from extproc.config.section import Section as _Section
 
 
 class LogConfig(_Section):

@@ -12,11 +12,9 @@ elsewhere).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from extproc.config.section import Section as _Section
 
 
 class EnvoyTlsConfig(_Section):
