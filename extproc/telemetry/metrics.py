@@ -16,8 +16,8 @@ multiprocess files (``PROMETHEUS_MULTIPROC_DIR``) and the supervisor merges them
 (``MergedWorkerMetrics``, served by ``extproc.workers``); nothing here changes
 for that, except that a Gauge added here needs a ``multiprocess_mode`` saying
 how workers' values combine (``livesum`` for in-flight counts, ``max`` for
-shared facts). Quota gauges are not recorded here: they are read from the
-shared store (``quota_gauges``).
+shared facts, ``livemin`` for "all of them are fine"). Quota gauges are not
+recorded here: they are read from the shared store (``quota_gauges``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -294,6 +300,18 @@ class GatewayMetrics:
         # increase an alert can see, not a series that appears already at 1.
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        # Whether the file on disk is the config serving: a failure count cannot say,
+        # since a later good reload does not take it back, and an alert on it kept
+        # firing after the fix. Workers reload each on their own: the merged page
+        # shows the lowest of the live ones, 0 while any of them refused the file.
+        self.config_last_reload_ok = Gauge(
+            "aigw_config_last_reload_successful",
+            "1 when the last config reload succeeded (or none was tried yet), 0 when it "
+            "was refused and the previous config still serves",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.config_last_reload_ok.set(1)
 
         self.agents = AgentMetrics(self.registry, self._child)
 
@@ -430,6 +448,7 @@ class GatewayMetrics:
 
     def config_reload(self, ok: bool) -> None:
         self._child(self.config_reloads, "success" if ok else "failure").inc()
+        self.config_last_reload_ok.set(1 if ok else 0)
 
 
 def _is_status(value: str) -> bool:

@@ -277,3 +277,16 @@ def test_the_docs_80_percent_alert_fires_for_80_to_100_percent_only(tmp_path: Pa
     result = subprocess.run([promtool(), "test", "rules", str(path)],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_merged_page_shows_a_refused_config_while_any_worker_serves_an_older_one(
+    tmp_path: Path, worker_files: Callable[[int], GatewayMetrics]
+) -> None:
+    # Each worker reloads the file itself: one that refused it serves the old config.
+    first, second = worker_files(201), worker_files(202)
+    first.config_reload(True)
+    second.config_reload(False)
+    reloaded = ("aigw_config_last_reload_successful", frozenset())
+    assert merged(tmp_path)[reloaded] == 0
+    second.config_reload(True)
+    assert merged(tmp_path)[reloaded] == 1
