@@ -109,11 +109,18 @@ def test_unreachable_provider_is_an_openai_shaped_503(own_stack: LocalStack) -> 
     assert "down-key" not in response.text
 
 
+def last_reload_ok(stack: LocalStack) -> float:
+    return metric(scrape(stack.metrics_url), "aigw_config_last_reload_successful")
+
+
 def test_invalid_reload_keeps_the_old_config_serving(own_stack: LocalStack) -> None:
     failures = reloads(own_stack, "failure")
+    assert last_reload_ok(own_stack) == 1
     own_stack.config_path.write_text("providers: [\n")
     assert wait_for(lambda: reloads(own_stack, "failure") > failures)
     assert chat(own_stack).status_code == 200
+    # What the alert reads: the file on disk is not the config serving.
+    assert last_reload_ok(own_stack) == 0
 
 
 def test_valid_reload_on_file_change_takes_effect(own_stack: LocalStack) -> None:
@@ -123,6 +130,7 @@ def test_valid_reload_on_file_change_takes_effect(own_stack: LocalStack) -> None
     own_stack.config_path.write_text(config_text(extra, own_stack.workdir / "extproc.sock"))
     assert wait_for(lambda: reloads(own_stack, "success") > successes)
     assert chat(own_stack, model="gpt-4o-reloaded").status_code == 200
+    assert last_reload_ok(own_stack) == 1
 
 
 def test_sighup_reloads(own_stack: LocalStack) -> None:
