@@ -37,6 +37,7 @@ from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.watched_files import secret_files
+from extproc.envoy_drift import bootstrap_changes
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import (
@@ -145,6 +146,8 @@ class Gateway:
             # rather than leaving the old tokens (a revoked one among them) in force.
             AdminTokens(config.management)
         changed = restart_only_changes(self.config, config)
+        # Off the event loop, as the file's parse was: a large config renders for a while.
+        envoy_changes = await asyncio.to_thread(bootstrap_changes, self.config, config)
         # The store client, listeners and timeouts were made from the running sections:
         # requests, readiness and shutdown go on reading those until the restart.
         config = config.model_copy(
@@ -162,6 +165,13 @@ class Gateway:
                 "server and store settings change only on restart; still running on the"
                 " started values of: %s",
                 ", ".join(changed),
+            )
+        if envoy_changes:
+            log.warning(
+                "the new config renders another Envoy bootstrap (%s): Envoy serves the one"
+                " it started with until it is rendered again (extproc render-envoy, or"
+                " render-gateway-api) and Envoy restarted, if that was not done already",
+                ", ".join(envoy_changes),
             )
         management = config.management
         if (management.address, management.serving) != self._management_started:

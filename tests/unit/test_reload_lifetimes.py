@@ -152,3 +152,40 @@ async def test_stopping_closes_a_replaced_config_a_stream_still_held() -> None:
     await gateway.stop()
     assert session.closed, "an HTTP session left open at exit"
     await stream.end()
+
+
+async def test_a_reload_that_adds_a_provider_says_envoy_needs_its_bootstrap_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Envoy has no cluster for a provider the reload added: requests routed to it fail
+    until the bootstrap is rendered again. A model added for a provider Envoy knows
+    needs nothing of Envoy, and is not warned about."""
+    gateway = Gateway(gateway_config(), None)
+    base = gateway_config()
+    more_models = base.model_copy(
+        update={"models": (*base.models, base.models[0].model_copy(update={"name": "gpt-5"}))}
+    )
+    provider = base.providers[0].model_copy(
+        update={"name": "azure", "base_url": "https://example.openai.azure.com/openai/v1"}
+    )
+    new_provider = more_models.model_copy(
+        update={
+            "providers": (*base.providers, provider),
+            "models": (
+                *base.models,
+                base.models[0].model_copy(update={"name": "gpt-5", "provider": "azure"}),
+            ),
+        }
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="extproc.server"):
+            await gateway.apply(more_models)
+            assert not [r for r in caplog.records if "Envoy bootstrap" in r.getMessage()]
+            await gateway.apply(new_provider)
+        [warning] = [r.getMessage() for r in caplog.records if "Envoy bootstrap" in r.getMessage()]
+        assert "cluster provider_azure" in warning
+        assert "render-envoy" in warning
+        # The gateway serves the new config all the same: the model is routed to it.
+        assert gateway.config.provider("azure").name == "azure"
+    finally:
+        await gateway.runtime.close()
