@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from extproc.config.section import Section as _Section
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
+from extproc.headers import PREFIX as GATEWAY_HEADER_PREFIX
 
 # Headers whose values are secrets: never a rule's subject.
 CREDENTIAL_SUBJECT_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
@@ -41,6 +42,14 @@ def check_subject(subject: str) -> str:
             raise ValueError(
                 f"header:{name} carries clients' credentials, which would become quota"
                 " subjects in the store; use subject: api_key (or user, group) instead"
+            )
+        if name.startswith(GATEWAY_HEADER_PREFIX):
+            # The gateway writes these for agents after it authenticates; a rule reads
+            # the request as the client sent it, so it would count whatever the client
+            # wrote there (a new value per request escapes the limit).
+            raise ValueError(
+                f"header:{name} is a header the gateway sets, and a rule would read the"
+                " client's own value of it; use subject: api_key, user or group instead"
             )
         return f"header:{name}"
     raise ValueError("must be api_key, user, group or header:<name>")

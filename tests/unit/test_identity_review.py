@@ -151,6 +151,19 @@ def test_a_routes_own_key_header_is_refused_as_a_quota_subject() -> None:
     parse_config(text + HEADER_RULE.replace("x-partner-key", "x-user-type"), "gateway.yaml", {})
 
 
+@pytest.mark.parametrize("header", ["x-aigw-user-id", "X-AIGW-Group-Id", "x-aigw-caller"])
+def test_a_header_the_gateway_sets_is_refused_as_a_quota_subject(header: str) -> None:
+    """The gateway writes x-aigw-* (who it authenticated) for agents; a rule reads the
+    request as the client sent it, so `header:x-aigw-user-id` counted whatever the
+    client wrote there, and a new value per request escaped the limit."""
+    rule = HEADER_RULE.replace("x-partner-key", header)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(DEFAULT_CONFIG.read_text() + rule, "gateway.yaml", {})
+    [problem] = [p for p in refused.value.problems if "quotas.rules[0].subject" in p]
+    assert "the gateway sets" in problem
+    assert "subject: api_key, user or group" in problem
+
+
 # --- which provider account the gateway's key bills ------------------------------------
 
 
