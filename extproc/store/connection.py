@@ -113,5 +113,5 @@ def _sentinel(netloc: str, path: str, options: dict[str, Any]) -> StoreClient:
     if not segments:
         raise StoreUrlError("a redis+sentinel:// URL needs the master name as its path")
     db = int(segments[1]) if len(segments) > 1 else 0
-    sentinel = Sentinel(nodes, password=password, db=db, **options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(nodes, password=password, db=db, **options)
     return sentinel.master_for(segments[0])
