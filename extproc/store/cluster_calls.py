@@ -180,9 +180,9 @@ async def _pipeline_once(node: ClusterNode, commands: list[tuple[Any, ...]]) -> 
     try:
         try:
             await node.disconnect_if_needed(connection)  # one marked stale by a map refresh
-            if connection.is_connected and await connection.can_read():
-                # An idle connection with something to read was closed by its node (it
-                # restarted): a fresh one, rather than a command lost on the old one.
+            if connection.is_connected and await _closed_by_node(connection):
+                # An idle connection its node closed (it restarted): a fresh one, rather
+                # than a command lost on the old one.
                 await connection.disconnect()
             await connection.connect()  # type: ignore[no-untyped-call]  # no-op when connected
         except (RedisError, OSError) as error:
@@ -190,6 +190,16 @@ async def _pipeline_once(node: ClusterNode, commands: list[tuple[Any, ...]]) -> 
         return await _exchange(connection, node.name, commands)
     finally:
         node.release(connection)
+
+
+async def _closed_by_node(connection: AbstractConnection) -> bool:
+    """Whether an idle connection was closed by its node. redis-py's parsers tell it
+    either way: something to read on a connection nobody asked anything of (the
+    end of the stream), or, since redis-py 8.2's hiredis parser, a ConnectionError."""
+    try:
+        return bool(await connection.can_read())
+    except (RedisConnectionError, OSError):
+        return True
 
 
 async def _exchange(
