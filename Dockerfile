@@ -16,11 +16,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/aigw
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY extproc ./extproc
-# Runtime dependencies only: no dev extras (no Envoy wheel, no test tools).
+# Runtime dependencies only: no dev extras (no Envoy wheel, no test tools), at the
+# versions the suite passed on (constraints.txt).
 RUN /opt/aigw/bin/pip install --upgrade pip \
-    && /opt/aigw/bin/pip install . \
+    && /opt/aigw/bin/pip install -c constraints.txt . \
     && /opt/aigw/bin/extproc --version
 
 # --- run: the virtualenv on a slim Python, as a non-root user ---------------------

@@ -4,12 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test unit integration lint typecheck bench soak render-envoy check-config protos clean eval
+.PHONY: lock run test unit integration lint typecheck bench soak render-envoy check-config protos clean eval
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite last passed on, so a
+# fresh machine installs what was tested (a release of a dependency, even a patch,
+# changes what mypy --strict and the tests see); `make lock` moves them forward.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## Move the pins of constraints.txt to the newest releases pyproject.toml admits;
+## run `make test` before committing the new file.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
 	touch $(STAMP)
 
 ## Start Envoy, the ext_proc server, an embedded Valkey and the mock LLM (the OpenAI
