@@ -24,6 +24,7 @@ expiry is the bound only while a process cannot hear those notices.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -193,15 +194,20 @@ class StoredKeys:
         record_key = self._record_key(digest_hex)
         try:
             await self._client.hset(record_key, mapping=_to_fields(stored))
-        except Exception:
-            # A key that was never stored must not keep its id taken. The write may have
-            # gone through all the same (its answer lost): its record goes first, so that
-            # no key is left that its id cannot revoke (nobody has its secret anyway),
-            # and the id stays taken, pointing at it, if that delete fails too.
-            await self._client.delete(record_key)
-            await self._client.delete(id_key)
+        except BaseException:
+            # A key that was never stored must not keep its id taken, nor one whose
+            # create was cancelled (the caller hung up: nobody will get its secret).
+            # Shielded, so that a second cancellation cannot cut the clean-up short.
+            await asyncio.shield(self._undo_create(record_key, id_key))
             raise
         return secret, stored
+
+    async def _undo_create(self, record_key: str, id_key: str) -> None:
+        # The write may have gone through all the same (its answer lost): its record
+        # goes first, so that no key is left that its id cannot revoke (nobody has its
+        # secret anyway), and the id stays taken, pointing at it, if that delete fails.
+        await self._client.delete(record_key)
+        await self._client.delete(id_key)
 
     async def list(self) -> list[StoredKey]:
         """Every stored key, by id. SCAN, never KEYS: the store serves requests meanwhile."""

@@ -8,6 +8,7 @@ answers 30 s (found) or 5 s (not found), as an injected clock shows.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
@@ -115,6 +116,37 @@ async def test_an_id_is_taken_once(keys: StoredKeys) -> None:
     await keys.create(new_key())
     with pytest.raises(KeyIdTakenError, match="an API key with id 'ci-bot' already exists"):
         await keys.create(new_key(user_id="mallory"))
+
+
+class StalledWrite:
+    """The store client, whose HSET never answers: the create is cut between its two
+    writes, as when the operator's call is cancelled there."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.id_claimed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def hset(self, *args: Any, **kwargs: Any) -> Any:
+        self.id_claimed.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_create_cancelled_half_way_leaves_its_id_free(client: Any) -> None:
+    stalled = StalledWrite(client)
+    creating = asyncio.create_task(StoredKeys(stalled, PREFIX).create(new_key()))
+    await stalled.id_claimed.wait()
+    assert await client.get("t:keyid:ci-bot") is not None
+
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+
+    assert await client.keys("*") == []
+    secret, stored = await StoredKeys(client, PREFIX).create(new_key())
+    assert stored.key.id == "ci-bot" and secret.startswith("aigw-")
 
 
 async def test_the_list_has_every_stored_key_by_id_and_no_secret(keys: StoredKeys) -> None:
