@@ -16,6 +16,7 @@ integers, so the parts add up exactly).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,10 +40,30 @@ class Period:
         return int((self.end - self.start).total_seconds() // 3600)
 
 
+# A date (calendar or week), then a time after "T" (or a space), then an offset; each
+# part checked by ``datetime.fromisoformat`` once put together. Matched first because
+# that function takes any character between date and time: "2026-05-01+02:00" (a date
+# at an offset) read as 02:00 without one, "2026-05-01-05:00" as 05:00, a period hours
+# off without a word.
+_MOMENT = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-?W\d{2}(?:-?\d)?)"
+    r"(?:[Tt ](?P<time>[0-9:.,]+))?"
+    r"(?P<offset>[Zz]|[+-][0-9:.,]+)?"
+)
+
+
 def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
-    """ISO 8601 date or date-time; a time without an offset is in ``zone``."""
+    """ISO 8601 date or date-time; a date alone is its midnight; a time without an
+    offset is in ``zone``."""
+    found = _MOMENT.fullmatch(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if found is None:
+            raise ValueError(text)
+        offset = found["offset"] or ""
+        moment = datetime.fromisoformat(
+            f"{found['date']}T{found['time'] or '00:00'}"
+            f"{'+00:00' if offset in ('Z', 'z') else offset}"
+        )
     except ValueError:
         raise PeriodError(f"not an ISO 8601 date or time: {text!r}") from None
     return moment if moment.tzinfo else _local(moment, zone, text)
@@ -111,7 +132,11 @@ def resolve_period(
         # A date next to year 1 or 9999 whose UTC time or next day/month is not a date.
         raise PeriodError(_OUT_OF_RANGE) from None
     if period.start >= period.end:
-        raise PeriodError("the start of the period must be before its end")
+        # Named, since one of them may be implied: --from alone ends with the current hour.
+        raise PeriodError(
+            f"the start of the period ({period.start.isoformat()}) must be before its end"
+            f" ({period.end.isoformat()})"
+        )
     if period.end - period.start > timedelta(days=MAX_PERIOD_DAYS):
         raise PeriodError(
             f"a report spans at most {MAX_PERIOD_DAYS} days (about ten years):"

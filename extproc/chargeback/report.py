@@ -152,7 +152,9 @@ def _table(
     total_cells = cells({**total, **{name: "" for name in by}})
     if by:
         total_cells[0] = "TOTAL"
-    body = [cells(found) for found in records]
+    # Grouped by nothing, the one row is the total: printed twice, the second without
+    # the TOTAL label (there is no column to hold it), it read as two groups.
+    body = [cells(found) for found in records] if by else []
     widths = [
         max(len(h), *(len(row[i]) for row in [*body, total_cells])) for i, h in enumerate(headers)
     ]
