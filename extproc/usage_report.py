@@ -66,8 +66,8 @@ def _rows(
     config: GatewayConfig | None, args: argparse.Namespace
 ) -> tuple[list[UsageRow], tuple[str, ...], Period] | None:
     """``config`` is None only for a report asked of the management API at ``--address``."""
-    by = dimensions(args.by)
     try:
+        by = dimensions(args.by)
         period = period_of(args)
         if args.api:
             rows, by, period = _ask_api(config, args, by, period)

@@ -26,10 +26,11 @@ import orjson
 
 from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import usd_text
-from extproc.store.usage import TOOL_MEASURE, UsageRow
+from extproc.store.usage import DIMENSIONS, TOOL_MEASURE, UsageRow
 
 # `--by api_key,user,group` reads better than the stored dimension names.
 DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
+_SHORT_NAMES = {stored: short for short, stored in DIMENSION_ALIASES.items()}
 COUNTS = (
     "requests",
     "prompt_tokens",
@@ -46,10 +47,16 @@ _SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS
 
 
 def dimensions(by: str) -> tuple[str, ...]:
-    """``--by`` as stored dimension names, in the order given, without repeats."""
+    """``--by`` as stored dimension names, in the order given, without repeats; in any
+    case (``Model``); ValueError naming an unknown one and the names ``--by`` takes,
+    before the store is asked."""
     names: list[str] = []
     for part in by.split(","):
-        name = DIMENSION_ALIASES.get(part.strip(), part.strip())
+        given = part.strip().lower()
+        name = DIMENSION_ALIASES.get(given, given)
+        if name and name not in DIMENSIONS:
+            choices = ", ".join(_SHORT_NAMES.get(known, known) for known in DIMENSIONS)
+            raise ValueError(f"unknown dimension {part.strip()!r}; choose from {choices}")
         if name and name not in names:
             names.append(name)
     return tuple(names)

@@ -34,8 +34,8 @@ class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
         self, request: pb.UsageReportRequest, context: grpc_aio.ServicerContext
     ) -> pb.UsageReport:
         async def work(caller: str) -> pb.UsageReport:
-            by = dimensions(",".join(request.group_by) or "model")
             try:
+                by = dimensions(",".join(request.group_by) or "model")
                 period = resolve_period(
                     start=request.start or None,
                     end=request.end or None,

@@ -112,3 +112,25 @@ def test_a_table_grouped_by_nothing_shows_its_figures_once(
     assert lines[1].split()[:2] == ["requests", "prompt_tokens"]
     assert [line.split()[0] for line in lines[2:]] == ["2"]  # one line: both requests
     assert "0.000000000012" in lines[2]
+
+
+def test_dimensions_are_named_in_any_case_as_the_help_names_them(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record(store_url, [entry("sales", 7), entry("ops", 5)])
+    assert main(["usage", "report", "--month", "2026-02", "--by", "Group", "--format", "json"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)["rows"]
+    assert sorted(row["group_id"] for row in rows) == ["ops", "sales"]
+
+
+def test_an_unknown_dimension_is_refused_before_the_store_is_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A store nothing listens on: the refusal must not wait for it, nor be about it.
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["usage", "report", "--month", "2026-02", "--by", "model,team"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: unknown dimension 'team'; choose from route, model, provider, api_key, user,"
+        " group\n"
+    )
