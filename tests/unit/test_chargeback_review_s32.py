@@ -134,3 +134,19 @@ def test_an_unknown_dimension_is_refused_before_the_store_is_asked(
         "error: unknown dimension 'team'; choose from route, model, provider, api_key, user,"
         " group\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "zone"),
+    [("utc", "UTC"), ("europe/berlin", "Europe/Berlin"), ("AMERICA/NEW_YORK", "America/New_York")],
+)
+def test_a_time_zone_is_named_in_any_case(given: str, zone: str) -> None:
+    period = resolve_period(day="2026-05-01", zone_name=given, now=NOW)
+    expected = resolve_period(day="2026-05-01", zone_name=zone, now=NOW)
+    assert (period.start, period.end) == (expected.start, expected.end)
+    assert period.hours == 24
+
+
+def test_an_unknown_time_zone_is_still_refused() -> None:
+    with pytest.raises(PeriodError, match="unknown time zone 'Mars/Olympus'"):
+        resolve_period(day="2026-05-01", zone_name="Mars/Olympus", now=NOW)
