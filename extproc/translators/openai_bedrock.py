@@ -713,7 +713,9 @@ class CompletionTranslator:
                     "index": 0,
                     "message": answer,
                     "logprobs": None,
-                    "finish_reason": finish_reason(parsed.get("stopReason")),
+                    "finish_reason": finish_reason(
+                        parsed.get("stopReason"), called_tools=bool(calls)
+                    ),
                 }
             ],
         }

@@ -78,9 +78,22 @@ _FINISH_REASONS = {
 }
 
 
-def finish_reason(stop_reason: Any) -> str:
-    """OpenAI's finish_reason for Converse's stopReason; unknown reasons read as a stop."""
-    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+def finish_reason(stop_reason: Any, *, called_tools: bool) -> str:
+    """OpenAI's finish_reason for Converse's stopReason; unknown reasons read as a stop.
+
+    ``called_tools``: whether the answer holds tool calls. Some Bedrock models end a turn
+    that calls tools with ``end_turn`` (AWS's own Strands agents SDK corrects it to
+    ``tool_use``), and some end a text-only turn with ``tool_use``. OpenAI answers
+    ``tool_calls`` exactly when it returns calls, and clients rely on it: one that runs
+    tools only on ``tool_calls`` would drop the calls, one that reads ``tool_calls`` off
+    the message on that reason would find none. A length or content-filter stop is kept.
+    """
+    reason = _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+    if reason == "stop" and called_tools:
+        return "tool_calls"
+    if reason == "tool_calls" and not called_tools:
+        return "stop"
+    return reason
 
 
 # Bedrock's service tiers in OpenAI's words (its chat.completion service_tier values).
@@ -304,7 +317,9 @@ class StreamTranslator:
             self._block_stop(payload, out)
         elif event == "messageStop":
             self._stopped = True
-            self._held_finish = finish_reason(payload.get("stopReason"))
+            self._held_finish = finish_reason(
+                payload.get("stopReason"), called_tools=bool(self._tool_calls)
+            )
         elif event == "metadata":
             self._take_tier(payload.get("serviceTier"))
             self._release_finish(out)

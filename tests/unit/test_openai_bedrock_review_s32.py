@@ -1,0 +1,138 @@
+"""Review of the OpenAI chat -> Bedrock Converse translation, as an OpenAI SDK user sees it.
+
+Streams are built as Bedrock frames them (``aws_eventstream``) and read back as the SSE
+the client gets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc.aws_eventstream import encode_event
+from extproc.translators.openai_bedrock import CompletionTranslator, StreamTranslator
+
+USAGE = {"inputTokens": 20, "outputTokens": 7, "totalTokens": 27}
+
+
+def converse_answer(content: list[dict[str, Any]], stop_reason: str) -> dict[str, Any]:
+    """The finish reason and tool calls of a buffered Converse answer, as the client reads it."""
+    translator = CompletionTranslator(model="claude", request_id="r1", created=1)
+    body = {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": stop_reason,
+        "usage": USAGE,
+    }
+    out = translator.feed(orjson.dumps(body), True)
+    choice: dict[str, Any] = orjson.loads(out or b"{}")["choices"][0]
+    return choice
+
+
+def streamed(events: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """The data of each SSE event the client gets for these ConverseStream events."""
+    translator = StreamTranslator(model="claude", include_usage=True, request_id="r1", created=1)
+    frames = b"".join(encode_event(name, orjson.dumps(payload)) for name, payload in events)
+    sse = translator.feed(frames, True)
+    lines: list[Any] = []
+    for event in sse.split(b"\n\n"):
+        if event:
+            data = event.removeprefix(b"data: ")
+            lines.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+    return lines
+
+
+def finish_reasons(lines: list[Any]) -> list[str]:
+    return [
+        choice["finish_reason"]
+        for line in lines
+        if isinstance(line, dict)
+        for choice in line.get("choices", [])
+        if choice["finish_reason"] is not None
+    ]
+
+
+CALL = {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}
+
+
+def tool_stream(stop_reason: str, *, with_call: bool) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = [("messageStart", {"role": "assistant"})]
+    if with_call:
+        start = {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}
+        events += [
+            ("contentBlockStart", {"contentBlockIndex": 0, "start": start}),
+            (
+                "contentBlockDelta",
+                {"contentBlockIndex": 0, "delta": {"toolUse": {"input": '{"city":"Paris"}'}}},
+            ),
+            ("contentBlockStop", {"contentBlockIndex": 0}),
+        ]
+    else:
+        events += [
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "It is sunny."}}),
+            ("contentBlockStop", {"contentBlockIndex": 0}),
+        ]
+    events += [("messageStop", {"stopReason": stop_reason}), ("metadata", {"usage": USAGE})]
+    return events
+
+
+# --- finish_reason agrees with the tool calls the client gets ------------------------------
+
+
+def test_tool_calls_ended_with_end_turn_finish_as_tool_calls() -> None:
+    # Some Bedrock models end a turn that calls tools with end_turn (AWS's Strands SDK
+    # corrects it); an OpenAI agent loop that runs tools on finish_reason "tool_calls"
+    # would otherwise take the calls for a final answer.
+    choice = converse_answer([{"text": "Let me check."}, CALL], "end_turn")
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert choice["finish_reason"] == "tool_calls"
+
+
+def test_streamed_tool_calls_ended_with_end_turn_finish_as_tool_calls() -> None:
+    lines = streamed(tool_stream("end_turn", with_call=True))
+    assert finish_reasons(lines) == ["tool_calls"]
+    assert lines[-1] == "[DONE]"
+
+
+def test_a_text_answer_ended_with_tool_use_finishes_as_stop() -> None:
+    # finish_reason "tool_calls" with no tool_calls makes clients that read
+    # message.tool_calls on that reason iterate over null.
+    choice = converse_answer([{"text": "It is sunny."}], "tool_use")
+    assert "tool_calls" not in choice["message"]
+    assert choice["finish_reason"] == "stop"
+    assert finish_reasons(streamed(tool_stream("tool_use", with_call=False))) == ["stop"]
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "expected"),
+    [
+        ("tool_use", "tool_calls"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+    ],
+)
+def test_a_cut_or_filtered_tool_call_keeps_its_reason(stop_reason: str, expected: str) -> None:
+    # A call cut by the token limit is incomplete: the client must see "length", not be
+    # told to run it.
+    assert converse_answer([CALL], stop_reason)["finish_reason"] == expected
+    assert finish_reasons(streamed(tool_stream(stop_reason, with_call=True))) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "expected"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+        ("malformed_model_output", "stop"),
+    ],
+)
+def test_every_stop_reason_of_a_text_answer(stop_reason: str, expected: str) -> None:
+    assert converse_answer([{"text": "Hi."}], stop_reason)["finish_reason"] == expected
+    assert finish_reasons(streamed(tool_stream(stop_reason, with_call=False))) == [expected]
