@@ -144,9 +144,12 @@ def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
     completion = _count(output_tokens)
     written_1h = min(_one_hour_writes(value.get("cacheDetails")), cache_write)
     usage = Usage(prompt, completion, prompt + completion, cache_read, cache_write, written_1h)
-    shown: dict[str, Any] = usage.as_dict()
-    if cache_read:
-        shown["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    # Shown even at 0, as OpenAI (and the gateway's Anthropic translation) show it: SDK
+    # users read usage.prompt_tokens_details.cached_tokens, which fails on a missing object.
+    shown: dict[str, Any] = {
+        **usage.as_dict(),
+        "prompt_tokens_details": {"cached_tokens": cache_read},
+    }
     return usage, shown
 
 

@@ -136,3 +136,18 @@ def test_a_cut_or_filtered_tool_call_keeps_its_reason(stop_reason: str, expected
 def test_every_stop_reason_of_a_text_answer(stop_reason: str, expected: str) -> None:
     assert converse_answer([{"text": "Hi."}], stop_reason)["finish_reason"] == expected
     assert finish_reasons(streamed(tool_stream(stop_reason, with_call=False))) == [expected]
+
+
+# --- usage an OpenAI SDK user can read ---------------------------------------------------
+
+
+def test_usage_without_cache_hits_still_shows_cached_tokens() -> None:
+    # OpenAI always sends prompt_tokens_details; SDK users read
+    # usage.prompt_tokens_details.cached_tokens, which fails when the object is missing.
+    translator = CompletionTranslator(model="claude", request_id="r1", created=1)
+    body = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi."}]}}}
+    body |= {"stopReason": "end_turn", "usage": USAGE}
+    answer = orjson.loads(translator.feed(orjson.dumps(body), True) or b"{}")
+    assert answer["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    usage_chunk = streamed(tool_stream("end_turn", with_call=False))[-2]
+    assert usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
