@@ -100,13 +100,16 @@ def _hour_before(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _whole_hour(moment: datetime, what: str) -> datetime:
+def _whole_hour(moment: datetime, what: str, *, end: bool = False) -> datetime:
+    """``moment`` in UTC, refused when not on a whole hour. The hour suggested instead
+    widens the period (the hour before a start, the one after an end), so that it
+    still covers all the time asked about."""
     utc = moment.astimezone(UTC)
     if utc.minute or utc.second or utc.microsecond:
+        suggested = _hour_before(utc) + (timedelta(hours=1) if end else timedelta(0))
         raise PeriodError(
             f"{what} {moment.isoformat()} is not on a whole UTC hour (rollups are hourly);"
-            f" give --from/--to on whole UTC hours instead, such as"
-            f" {_hour_before(utc).isoformat()}"
+            f" give --from/--to on whole UTC hours instead, such as {suggested.isoformat()}"
         )
     return utc
 
@@ -194,4 +197,4 @@ def _resolve(
             finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
             finish += timedelta(hours=1)
         begin = parse_moment(start, zone) if start else finish - timedelta(days=1)
-    return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end"))
+    return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end", end=True))

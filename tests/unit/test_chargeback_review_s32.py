@@ -150,3 +150,11 @@ def test_a_time_zone_is_named_in_any_case(given: str, zone: str) -> None:
 def test_an_unknown_time_zone_is_still_refused() -> None:
     with pytest.raises(PeriodError, match="unknown time zone 'Mars/Olympus'"):
         resolve_period(day="2026-05-01", zone_name="Mars/Olympus", now=NOW)
+
+
+def test_an_end_off_the_hour_is_told_the_hour_after_it() -> None:
+    # The suggestion widens the period: the hour before would leave out the time asked.
+    with pytest.raises(PeriodError, match=r"such as 2026-05-01T11:00:00\+00:00$"):
+        resolve_period(start="2026-05-01T00:00Z", end="2026-05-01T10:30Z", now=NOW)
+    with pytest.raises(PeriodError, match=r"such as 2026-05-01T00:00:00\+00:00$"):
+        resolve_period(start="2026-05-01T00:30Z", end="2026-05-01T10:00Z", now=NOW)
