@@ -62,7 +62,9 @@ class GatewayError(Exception):
         if api_shape == "bedrock":
             return bedrock_error_body(self.message, self.code)
         if api_shape == "google":
-            return google_error_body(self.message, self.status)
+            return google_error_body(
+                self.message, self.status, retry_after=self.headers.get("retry-after")
+            )
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
 
 
@@ -159,11 +161,21 @@ def google_status(status: int) -> str:
     return _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
 
 
-def google_error_body(message: str, status: int) -> bytes:
+def google_error_body(message: str, status: int, *, retry_after: str | None = None) -> bytes:
     """Serialise one error as Google's APIs do (``{"error": {"code", "message",
-    "status"}}``), for clients of Gemini's API."""
-    error = {"code": status, "message": message, "status": google_status(status)}
+    "status"}}``), for clients of Gemini's API.
+
+    ``retry_after`` (whole seconds, the ``retry-after`` header's) becomes a
+    ``google.rpc.RetryInfo`` detail, as Gemini's API sends it with a 429: Gemini CLI
+    and Google's SDKs read the wait there, not in the header, and tell a quota that
+    resets soon (wait, then retry) from one that does not (give up) by it."""
+    error: dict[str, object] = {"code": status, "message": message, "status": google_status(status)}
+    if retry_after is not None and retry_after.isdigit():
+        error["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{int(retry_after)}s"}]
     return orjson.dumps({"error": error})
+
+
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 
 class BadRequestError(GatewayError):

@@ -137,3 +137,32 @@ async def test_a_blocked_prompt_is_charged_its_prompt(
     line = log_line(services)
     assert (line["outcome"], line["usage_estimated"]) == ("completed", False)
     assert billed(services)[:4] == (9, 0, 0, 9)
+
+
+# -- the gateway's own refusals, as Gemini's clients read them ------------------------------
+
+
+def test_a_rate_limit_tells_geminis_clients_when_to_retry_in_retry_info() -> None:
+    from google.genai import errors
+
+    from extproc.errors import RateLimitError
+
+    refused = RateLimitError(
+        "Rate limit reached for api_key 'team1' (rule 'rpm')",
+        headers={"retry-after": "17", "x-ratelimit-limit-requests": "60"},
+    )
+    document = orjson.loads(refused.body("google"))
+    sdk_error = errors.ClientError(429, document)
+    assert (sdk_error.code, sdk_error.status) == (429, "RESOURCE_EXHAUSTED")
+    # Gemini CLI and Google's SDKs read the wait from RetryInfo, as Google sends it.
+    assert sdk_error.details["error"]["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
+    ]
+
+
+def test_a_refusal_that_waiting_cannot_help_carries_no_retry_info() -> None:
+    from extproc.errors import RateLimitError
+
+    # A quota that never resets: no retry-after, so no delay to wait for.
+    refused = RateLimitError("Token budget used", code="insufficient_quota")
+    assert "details" not in orjson.loads(refused.body("google"))["error"]
