@@ -29,9 +29,9 @@ upstream body is cut into chunks. Events map as follows:
 - ``message_stop``: the usage chunk (``choices: []``) when the client asked for it, then
   ``data: [DONE]``.
 - ``error``: a chunk carrying ``{"error": {...}}``, as OpenAI sends mid-stream errors, then
-  ``[DONE]``. A body that is not an event stream, or one that ends before ``message_stop``,
-  ends the same way. The translator then reports no usage; after a provider's ``error``
-  event it records a ``failure`` (``base.StreamFailure``) with the counts Anthropic had
+  ``[DONE]``. A body that is not an event stream, one with an event that is not JSON, or
+  one that ends before ``message_stop``, ends the same way. The translator then reports no
+  usage and records a ``failure`` (``base.StreamFailure``) with the counts Anthropic had
   reported, so the gateway charges the request with them and an estimate of the rest. A
   stream whose event grows too long to hold (``sse.MAX_EVENT_BYTES``) ends the same way,
   with ``sse.event_too_large`` recorded as its ``failure``.
@@ -50,17 +50,19 @@ one, prices it at that tier the same way.
 
 Errors (``translate_error``) are mapped as ``anthropic_errors`` says: a 401/403 from
 Anthropic (the gateway's own credential) becomes a 502, an overload (529) a 503, a rate
-limit stays a 429, other 5xx become 502; 400, 404 and 413 stay.
+limit stays a 429, other 5xx become 502; 400, 404 and 413 stay. A 400 for a prompt over
+the context window gets OpenAI's code for it, ``context_length_exceeded``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import GatewayError, UpstreamError
+from extproc.errors import BadRequestError, GatewayError, UpstreamError
 from extproc.translators.anthropic_anthropic import (
     ServerToolTally,
     ServiceTierReport,
@@ -75,6 +77,10 @@ from extproc.translators.sse import EventBuffer, event_too_large
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
+# Anthropic's 400 for a prompt over the context window ("prompt is too long: 208310
+# tokens > 200000 maximum"), or one that leaves no room for max_tokens ("input length and
+# `max_tokens` exceed context limit: 198000 + 8192 > 200000, ...").
+_CONTEXT_OVERFLOW = re.compile(r"prompt is too long|exceed context limit", re.IGNORECASE)
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -210,6 +216,10 @@ def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     if not isinstance(message, str) or not message:
         message = f"the provider answered with HTTP {status}"
     client_status, client = client_error(status, kind if isinstance(kind, str) else None, message)
+    if client_status == 400 and _CONTEXT_OVERFLOW.search(message):
+        # OpenAI names a prompt too long for the model's context window with this code, and
+        # agents read it (not the words, which differ) to shorten the conversation and retry.
+        client = BadRequestError(message, code="context_length_exceeded", param="messages")
     return client_status, client.body()
 
 
@@ -287,7 +297,10 @@ class StreamTranslator:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return [self._fail(_invalid_upstream_response("the provider's stream is unreadable"))]
+            # Charged as a stream the provider failed: the prompt was read, and what
+            # Anthropic had counted by now (a message_delta's output too) stays reported.
+            error = _invalid_upstream_response("the provider's stream is unreadable")
+            return [self._provider_failed(error)]
         kind = payload.get("type")
         if kind == "content_block_delta":
             return self._block_delta(payload)
