@@ -34,6 +34,24 @@ MAX_PROVIDER_MESSAGE = 2000
 _SERVICE_TIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
+# A provider's 400 for a prompt over the model's context window, in the words providers
+# use: Anthropic's ("prompt is too long: 208310 tokens > 200000 maximum", "input length and
+# `max_tokens` exceed context limit: ..."), Bedrock's ("Input is too long for requested
+# model."; Claude on Bedrock passes Anthropic's on), and OpenAI-compatible servers' ("This
+# model's maximum context length is ...").
+_CONTEXT_OVERFLOW = re.compile(
+    r"prompt is too long|exceed context limit|input is too long|maximum context length",
+    re.IGNORECASE,
+)
+# OpenAI's code for it, which agents read (not the words) to shorten the conversation.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def overflows_context(message: str) -> bool:
+    """Whether a provider's 400 message says the prompt is over the context window."""
+    return _CONTEXT_OVERFLOW.search(message) is not None
+
+
 def service_tier_of(value: Any) -> str | None:
     """A reported service tier, or None for an absent or malformed one."""
     if isinstance(value, str) and _SERVICE_TIER.fullmatch(value):

@@ -56,7 +56,6 @@ the context window gets OpenAI's code for it, ``context_length_exceeded``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -71,16 +70,12 @@ from extproc.translators.anthropic_anthropic import (
     usage_from_object,
 )
 from extproc.translators.anthropic_errors import client_error, stream_error
-from extproc.translators.base import StreamFailure
+from extproc.translators.base import CONTEXT_LENGTH_EXCEEDED, StreamFailure, overflows_context
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
-# Anthropic's 400 for a prompt over the context window ("prompt is too long: 208310
-# tokens > 200000 maximum"), or one that leaves no room for max_tokens ("input length and
-# `max_tokens` exceed context limit: 198000 + 8192 > 200000, ...").
-_CONTEXT_OVERFLOW = re.compile(r"prompt is too long|exceed context limit", re.IGNORECASE)
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -216,10 +211,10 @@ def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     if not isinstance(message, str) or not message:
         message = f"the provider answered with HTTP {status}"
     client_status, client = client_error(status, kind if isinstance(kind, str) else None, message)
-    if client_status == 400 and _CONTEXT_OVERFLOW.search(message):
+    if client_status == 400 and overflows_context(message):
         # OpenAI names a prompt too long for the model's context window with this code, and
         # agents read it (not the words, which differ) to shorten the conversation and retry.
-        client = BadRequestError(message, code="context_length_exceeded", param="messages")
+        client = BadRequestError(message, code=CONTEXT_LENGTH_EXCEEDED, param="messages")
     return client_status, client.body()
 
 

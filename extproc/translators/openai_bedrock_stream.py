@@ -51,9 +51,11 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 from extproc.context import Usage
 from extproc.errors import UpstreamError, error_body
 from extproc.translators.base import (
+    CONTEXT_LENGTH_EXCEEDED,
     MAX_PROVIDER_MESSAGE,
     ProviderStreamError,
     StreamFailure,
+    overflows_context,
     service_tier_of,
 )
 from extproc.translators.generated_text import generated_chars
@@ -213,8 +215,13 @@ def client_error(name: str, status: int, message: str) -> tuple[int, str, str]:
 
 
 def aws_error(name: str, status: int, message: str) -> tuple[int, bytes]:
-    """The client's status and OpenAI error body for an AWS error name (or HTTP status)."""
+    """The client's status and OpenAI error body for an AWS error name (or HTTP status).
+    A prompt over the context window gets OpenAI's code for it, which agents read."""
     client_status, error_type, text = client_error(name, status, message)
+    if client_status == 400 and overflows_context(message):
+        return client_status, error_body(
+            text, error_type, code=CONTEXT_LENGTH_EXCEEDED, param="messages"
+        )
     return client_status, error_body(text, error_type, code=name or None)
 
 

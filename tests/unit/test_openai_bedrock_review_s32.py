@@ -151,3 +151,33 @@ def test_usage_without_cache_hits_still_shows_cached_tokens() -> None:
     assert answer["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     usage_chunk = streamed(tool_stream("end_turn", with_call=False))[-2]
     assert usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+# --- a prompt over the context window ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Input is too long for requested model.",
+        # Claude on Bedrock passes Anthropic's own words on.
+        "The model returned the following errors: prompt is too long: 208310 tokens > 200000"
+        " maximum",
+    ],
+)
+def test_a_prompt_over_the_context_window_has_openais_code_for_it(said: str) -> None:
+    from extproc.translators.openai_bedrock import translate_error
+
+    status, body = translate_error(400, orjson.dumps({"message": said}), "ValidationException")
+    error = orjson.loads(body)["error"]
+    # Agents read this code (not the words) to shorten the conversation and retry.
+    assert (status, error["code"], error["param"]) == (400, "context_length_exceeded", "messages")
+    assert error["message"] == said
+
+
+def test_other_validation_errors_keep_awss_name() -> None:
+    from extproc.translators.openai_bedrock import translate_error
+
+    said = b'{"message": "temperature: must be between 0 and 1"}'
+    _, body = translate_error(400, said, "ValidationException")
+    assert orjson.loads(body)["error"]["code"] == "ValidationException"
