@@ -59,14 +59,10 @@ def billed(services: Services) -> tuple[Any, ...]:
     )
 
 
-async def test_a_whole_answer_bills_every_count_google_reported(
-    vertex: tuple[str, Path],
+async def answered_whole(
+    vertex: tuple[str, Path], services: Services, answer: dict[str, Any]
 ) -> None:
-    services = memory_services()
-    answer = {
-        "candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}],
-        "usageMetadata": COUNTS,
-    }
+    """One generateContent call whose answer Vertex sends whole."""
     await play(
         vertex,
         [
@@ -77,6 +73,17 @@ async def test_a_whole_answer_bills_every_count_google_reported(
         ],
         services,
     )
+
+
+async def test_a_whole_answer_bills_every_count_google_reported(
+    vertex: tuple[str, Path],
+) -> None:
+    services = memory_services()
+    answer = {
+        "candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}],
+        "usageMetadata": COUNTS,
+    }
+    await answered_whole(vertex, services, answer)
     assert billed(services) == (107, 40, 25, 132, 107.0, 25.0)
 
 
@@ -124,16 +131,7 @@ async def test_a_blocked_prompt_is_charged_its_prompt(
         "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
         "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
     }
-    await play(
-        vertex,
-        [
-            request_headers(f"{PREFIX}:generateContent", headers=KEY),
-            request_body(orjson.dumps(BODY)),
-            response_headers(200, JSON),
-            response_body(orjson.dumps(blocked)),
-        ],
-        services,
-    )
+    await answered_whole(vertex, services, blocked)
     line = log_line(services)
     assert (line["outcome"], line["usage_estimated"]) == ("completed", False)
     assert billed(services)[:4] == (9, 0, 0, 9)
