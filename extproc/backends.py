@@ -114,7 +114,12 @@ from extproc.translators import (
     openai_responses,
     vertex_errors,
 )
-from extproc.translators.base import MAX_PROVIDER_MESSAGE, ResponseTranslator, renamed
+from extproc.translators.base import (
+    MAX_PROVIDER_MESSAGE,
+    ResponseTranslator,
+    refuse_forced_call_without_tools,
+    renamed,
+)
 
 SSE = "text/event-stream"
 AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -242,9 +247,10 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     """Refuse a request its provider cannot serve as soon as the model is known: a client
     API the provider's type does not speak (and nothing translates to), embeddings a
     Bedrock model cannot take (a batch for Titan; token ids, more than 96 texts or an
-    unknown ``input_type`` for Cohere), or a chat completion asking Bedrock for what
+    unknown ``input_type`` for Cohere), a chat completion asking Bedrock for what
     Converse cannot do at the body's top level (``n``, ``functions``,
-    ``response_format``, ``service_tier``).
+    ``response_format``, ``service_tier``), or one to be translated that forces a tool
+    call without declaring tools.
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
@@ -277,6 +283,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             raise _no_such_api(ctx, kind, *_ONLY_OPENAI[route.api])
         served = True
     else:
+        if kind is not ProviderType.OPENAI:
+            # OpenAI's own refusal, which a translation dropping the choice would lose.
+            refuse_forced_call_without_tools(parsed)
         if kind is ProviderType.BEDROCK:
             openai_bedrock.check_request(parsed)
         served = True  # chat completions reach every provider type, translated

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import GatewayError
+from extproc.errors import BadRequestError, GatewayError
 
 # Provider messages are short; a cap keeps a misbehaving proxy's page out of the log line.
 MAX_PROVIDER_MESSAGE = 2000
@@ -50,6 +50,20 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 def overflows_context(message: str) -> bool:
     """Whether a provider's 400 message says the prompt is over the context window."""
     return _CONTEXT_OVERFLOW.search(message) is not None
+
+
+def refuse_forced_call_without_tools(body: dict[str, Any]) -> None:
+    """An OpenAI chat request that forces a tool call (``tool_choice`` ``required`` or a
+    named function) without declaring a tool: OpenAI refuses it, and a translation that
+    dropped the choice would answer in text a client waiting for a call."""
+    choice = body.get("tool_choice")
+    forced = choice == "required" or isinstance(choice, dict)
+    if forced and not body.get("tools"):
+        raise BadRequestError(
+            "tool_choice forces a tool call, and the request declares no tools: add them to"
+            " 'tools', or leave tool_choice out",
+            param="tool_choice",
+        )
 
 
 def service_tier_of(value: Any) -> str | None:
