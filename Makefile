@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-## Move the pins of constraints.txt to the newest releases pyproject.toml admits;
-## run `make test` before committing the new file.
+## Move the pins of constraints.txt to the newest releases pyproject.toml admits, read
+## off a fresh virtualenv (so nothing installed by hand is pinned); the next make
+## installs them. Run `make test` before committing the new file.
+LOCK_VENV := .venv-lock
 lock:
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
-	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
-	touch $(STAMP)
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude-editable > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 ## Start Envoy, the ext_proc server, an embedded Valkey and the mock LLM (the OpenAI
 ## models go to OpenAI when OPENAI_API_KEY is set, the Claude models to Anthropic with
