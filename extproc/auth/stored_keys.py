@@ -10,9 +10,14 @@ asks for a presented key the config does not know. The store holds, with
 
 The secret is generated here and leaves in the answer to ``create``, once;
 neither Redis nor this process keeps it, only its SHA-256. The two keys live in
-different cluster slots, so no command spans both: create claims the id first
-(``SET NX``), revoke deletes the record first, and each stops short of leaving a
-working key nobody can revoke.
+different cluster slots, so no command spans both. A create claims the id first
+(``SET NX``) and writes the record, both expiring in ``CLAIM_TTL_MS``, then makes
+them permanent, the id first: an id without an expiry is a finished create. A
+revoke that finds the id of a create in flight without its record leaves both
+alone (the create has not happened yet); one that finds the record deletes it and
+then the id, and the create, whose id is then gone, deletes its record and
+fails. So a revoke racing a create never leaves a working key nobody can revoke,
+and a process that dies half-way leaves nothing that lasts past the expiry.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
@@ -46,6 +51,9 @@ SECRET_PREFIX = "aigw-"
 FOUND_TTL_S = 30.0
 MISSING_TTL_S = 5.0
 CACHE_ENTRIES = 10_000
+# How long a create's claim on its id (and its record) lasts before the create makes them
+# permanent: a create takes milliseconds; one whose process died leaves nothing behind.
+CLAIM_TTL_MS = 60_000
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
@@ -57,6 +65,11 @@ class KeyIdTakenError(ValueError):
 
 class UnknownKeyIdError(LookupError):
     """No stored key has this id."""
+
+
+class KeyCreateConflictError(RuntimeError):
+    """A create and a revoke of the same id ran at once; the one that failed may be run
+    again."""
 
 
 class _NotCached(Enum):
@@ -189,17 +202,32 @@ class StoredKeys:
         digest_hex = key_digest(secret).hex()
         stored = StoredKey(key, created_at=self._clock())
         id_key = self._id_key(key.id)
-        if not await self._client.set(id_key, digest_hex, nx=True):
+        if not await self._client.set(id_key, digest_hex, nx=True, px=CLAIM_TTL_MS):
             raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
         record_key = self._record_key(digest_hex)
         try:
-            await self._client.hset(record_key, mapping=_to_fields(stored))
+            # One slot: the record and its expiry in one transaction.
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(record_key, mapping=_to_fields(stored))
+                pipe.pexpire(record_key, CLAIM_TTL_MS)
+                await pipe.execute()
+            claimed = bool(await self._client.persist(id_key))
+            if claimed and not await self._client.persist(record_key):
+                # A revoke took the record after the id was made permanent: it is gone.
+                raise KeyCreateConflictError(_revoked_while_created(key.id))
+        except KeyCreateConflictError:
+            raise
         except BaseException:
             # A key that was never stored must not keep its id taken, nor one whose
             # create was cancelled (the caller hung up: nobody will get its secret).
             # Shielded, so that a second cancellation cannot cut the clean-up short.
             await asyncio.shield(self._undo_create(record_key, id_key))
             raise
+        if not claimed:
+            # The id is gone: revoked meanwhile (or its claim expired, the store stalled,
+            # and the id may be another create's now): only the record is this one's.
+            await asyncio.shield(self._client.delete(record_key))
+            raise KeyCreateConflictError(_revoked_while_created(key.id))
         return secret, stored
 
     async def _undo_create(self, record_key: str, id_key: str) -> None:
@@ -225,12 +253,23 @@ class StoredKeys:
     async def revoke(self, key_id: str) -> StoredKey:
         """Delete a stored key; from now on this process refuses its secret."""
         id_key = self._id_key(key_id)
-        raw = await self._client.get(id_key)
+        # The id and its expiry in one read (one key): an expiry marks a create in flight.
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(id_key)
+            pipe.pttl(id_key)
+            raw, expires_in_ms = await pipe.execute()
         if raw is None:
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         digest_hex = raw.decode() if isinstance(raw, bytes) else str(raw)
         record_key = self._record_key(digest_hex)
+        # Read after the expiry: a create makes its id permanent only once its record is
+        # written, so a permanent id whose record is missing lost it for good.
         stored = _from_fields(await self._client.hgetall(record_key))
+        if stored is None and expires_in_ms != -1:
+            # A create in flight that has not written its record yet: the key does not
+            # exist yet, and deleting its id now would leave the key it is about to
+            # write without one.
+            raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         # The record first: once it is gone the secret no longer works anywhere
         # (once the caches forget it), even if deleting the id then fails.
         await self._client.delete(record_key)
@@ -253,6 +292,13 @@ class StoredKeys:
                 "they refuse it within %g s",
                 key_id, type(exc).__name__, self.cache.found_ttl_s,
             )  # fmt: skip
+
+
+def _revoked_while_created(key_id: str) -> str:
+    return (
+        f"API key {key_id!r} was revoked while it was being created; no key was made "
+        "(its secret was never handed out): create it again"
+    )
 
 
 def _to_fields(stored: StoredKey) -> dict[str, str]:

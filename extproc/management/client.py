@@ -40,6 +40,7 @@ USAGE_ERRORS = frozenset(
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,

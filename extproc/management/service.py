@@ -37,7 +37,12 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from extproc.auth.api_keys import ApiKey, api_key_of
-from extproc.auth.stored_keys import KeyIdTakenError, StoredKeys, UnknownKeyIdError
+from extproc.auth.stored_keys import (
+    KeyCreateConflictError,
+    KeyIdTakenError,
+    StoredKeys,
+    UnknownKeyIdError,
+)
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import ManagementConfig
@@ -76,6 +81,8 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (UnknownKeyIdError, grpc.StatusCode.NOT_FOUND),
     (KeyIdTakenError, grpc.StatusCode.ALREADY_EXISTS),
+    # A create and a revoke of one id at once: the create failed, and may be run again.
+    (KeyCreateConflictError, grpc.StatusCode.ABORTED),
 )
 # gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
 # address would then share the port, and the kernel would hand each admin call

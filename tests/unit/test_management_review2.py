@@ -180,8 +180,28 @@ class WriteAnswerLost:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def hset(self, *args: Any, **kwargs: Any) -> Any:
-        await self._client.hset(*args, **kwargs)
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return AnswerLostPipeline(self._client.pipeline(*args, **kwargs))
+
+
+class AnswerLostPipeline:
+    """A pipeline whose commands the store carries out, and whose answer is lost."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+
+    async def __aenter__(self) -> AnswerLostPipeline:
+        await self._pipeline.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._pipeline.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+    async def execute(self) -> Any:
+        await self._pipeline.execute()
         raise StoreConnectionError("Connection closed by server.")
 
 

@@ -25,7 +25,9 @@ from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.stored_keys import (
     NOT_CACHED,
     KeyCache,
+    KeyCreateConflictError,
     KeyIdTakenError,
+    StoredKey,
     StoredKeys,
     UnknownKeyIdError,
 )
@@ -119,8 +121,9 @@ async def test_an_id_is_taken_once(keys: StoredKeys) -> None:
 
 
 class StalledWrite:
-    """The store client, whose HSET never answers: the create is cut between its two
-    writes, as when the operator's call is cancelled there."""
+    """The store client, whose write of the record never answers: the create is cut
+    between its claim of the id and its record, as when the operator's call is
+    cancelled there, or its process dies."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -129,9 +132,18 @@ class StalledWrite:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def hset(self, *args: Any, **kwargs: Any) -> Any:
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         self.id_claimed.set()
+        return StalledPipeline()
+
+
+class StalledPipeline:
+    async def __aenter__(self) -> StalledPipeline:
         await asyncio.Event().wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 async def test_a_create_cancelled_half_way_leaves_its_id_free(client: Any) -> None:
@@ -147,6 +159,105 @@ async def test_a_create_cancelled_half_way_leaves_its_id_free(client: Any) -> No
     assert await client.keys("*") == []
     secret, stored = await StoredKeys(client, PREFIX).create(new_key())
     assert stored.key.id == "ci-bot" and secret.startswith("aigw-")
+
+
+async def test_the_claim_of_a_create_whose_process_died_expires(client: Any) -> None:
+    stalled = StalledWrite(client)
+    creating = asyncio.create_task(StoredKeys(stalled, PREFIX).create(new_key()))
+    await stalled.id_claimed.wait()
+
+    # The process is gone (nothing will clean up): the id is free again within a minute.
+    assert 0 < await client.pttl("t:keyid:ci-bot") <= 60_000
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+
+
+class RevokeInBetween:
+    """The store client of a create, which lets a revoke of the same id run to its end
+    just before the create's call number ``at`` of ``method``: a revoke racing the create
+    at that step."""
+
+    def __init__(self, client: Any, method: str, at: int = 1) -> None:
+        self._client = client
+        self._method = method
+        self._at = at
+        self._calls = 0
+        self.revoked: StoredKey | UnknownKeyIdError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._client, name)
+        if name != self._method:
+            return target
+        self._calls += 1
+        if self._calls != self._at:
+            return target
+        if name == "pipeline":
+            return self._revoke_first_then_pipeline(target)
+
+        async def revoke_first(*args: Any, **kwargs: Any) -> Any:
+            await self._revoke()
+            return await target(*args, **kwargs)
+
+        return revoke_first
+
+    async def _revoke(self) -> None:
+        try:
+            self.revoked = await StoredKeys(self._client, PREFIX).revoke("ci-bot")
+        except UnknownKeyIdError as exc:
+            self.revoked = exc
+
+    def _revoke_first_then_pipeline(self, pipeline: Any) -> Any:
+        outer = self
+
+        class RevokeThenPipeline:
+            async def __aenter__(self) -> Any:
+                await outer._revoke()
+                self._pipe = pipeline(transaction=True)
+                return await self._pipe.__aenter__()
+
+            async def __aexit__(self, *exc: Any) -> Any:
+                return await self._pipe.__aexit__(*exc)
+
+        return lambda *args, **kwargs: RevokeThenPipeline()
+
+
+async def test_a_revoke_before_the_key_is_written_leaves_a_key_its_id_revokes(
+    client: Any,
+) -> None:
+    racing = RevokeInBetween(client, "pipeline")
+    secret, _ = await StoredKeys(racing, PREFIX).create(new_key())
+
+    # The key did not exist yet when the revoke ran ...
+    assert isinstance(racing.revoked, UnknownKeyIdError)
+    keys = StoredKeys(client, PREFIX)
+    assert (await keys.lookup(key_digest(secret))) is not None
+    # ... and the key that then came to be is one its id revokes.
+    assert (await keys.revoke("ci-bot")).key.id == "ci-bot"
+    assert await keys.lookup(key_digest(secret)) is None
+    assert await client.keys("*") == []
+
+
+@pytest.mark.parametrize("persist_call", [1, 2], ids=["before-the-id-is-kept", "before-the-key"])
+async def test_a_revoke_after_the_key_is_written_fails_the_create(
+    client: Any, persist_call: int
+) -> None:
+    racing = RevokeInBetween(client, "persist", persist_call)
+
+    with pytest.raises(KeyCreateConflictError, match="revoked while it was being created"):
+        await StoredKeys(racing, PREFIX).create(new_key())
+
+    # The revoke took the key; no key is left, working or not, and the id is free.
+    assert isinstance(racing.revoked, StoredKey) and racing.revoked.key.id == "ci-bot"
+    assert await client.keys("*") == []
+    secret, _ = await StoredKeys(client, PREFIX).create(new_key())
+    assert secret.startswith("aigw-")
+
+
+async def test_a_finished_key_keeps_no_expiry(keys: StoredKeys, client: Any) -> None:
+    await keys.create(new_key())
+
+    assert [await client.pttl(name) for name in await client.keys("*")] == [-1, -1]
 
 
 async def test_the_list_has_every_stored_key_by_id_and_no_secret(keys: StoredKeys) -> None:
