@@ -293,6 +293,33 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         raise _unsupported(ctx, kind)
 
 
+def check_translation(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
+    """Refuse, as ``plan_request`` would, a request ``upstream`` cannot be sent: the early
+    checks (``check_pair``), then, for the pairs whose translation refuses more than
+    those (OpenAI chat to Anthropic, to Bedrock, to Claude on Vertex: ``n``, log
+    probabilities, a content part or a ``stop`` the provider has no room for...), the
+    translation itself, thrown away. Nothing is signed and no credential read, and
+    ``parsed`` is left as it was (the translators build a body of their own).
+
+    A failover chain asks it of every member before the attempts are planned
+    (``stages.attempt.failover_plan``): an attempt's translation runs in Envoy's
+    upstream filter, after the chain's earlier members failed, where its refusal
+    could only reach the client as a 400 for a request the model it named accepts."""
+    check_pair(ctx, parsed, upstream)
+    route = ctx.route
+    assert route is not None
+    if route.api is not RouteApi.OPENAI_CHAT:
+        return  # the other pairs pass the body on, or translate without refusing
+    kind = upstream.provider.type
+    model = upstream.upstream_model
+    if kind is ProviderType.ANTHROPIC:
+        openai_anthropic.translate_request(parsed, model, stream=ctx.stream)
+    elif kind is ProviderType.BEDROCK:
+        openai_bedrock.translate_request(parsed, model_id=model)
+    elif kind is ProviderType.VERTEX and vertex_endpoints.is_claude(model):
+        openai_anthropic.translate_request(parsed, model, stream=ctx.stream, image_urls=False)
+
+
 def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     """Whether ``upstream`` can answer a request of a failover client API at all, whatever
     its body (``check_pair`` refuses the rest with a 400 when the model is the one the

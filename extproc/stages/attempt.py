@@ -53,7 +53,9 @@ fallback on an OpenAI-compatible provider: nothing translates Anthropic's Messag
 API to OpenAI's; a Gemini client's anywhere but Google's models on Vertex; a Bedrock
 client's anywhere but Bedrock, and for InvokeModel a model of another family than the
 body's; a Responses API or text completions client's anywhere but an OpenAI-compatible
-provider; an embeddings client's anywhere but the same model elsewhere).
+provider; an embeddings client's anywhere but the same model elsewhere), and less those
+that cannot be sent this body (``serves_body``: what their provider's early checks or
+translation would refuse), so an attempt's translation never refuses the client's body.
 
 An attempt whose answer Envoy retries (429, 5xx) while a later member remains counts it
 in ``aigw_upstream_errors_total``: the downstream filter only ever sees the last
@@ -71,6 +73,7 @@ not know) come back as the client sent them, from the body, before they are tran
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -80,6 +83,7 @@ import orjson
 
 from extproc import headers
 from extproc.backends import (
+    check_translation,
     plan_request,
     plan_response,
     provider_api,
@@ -97,7 +101,7 @@ from extproc.envoy_failover import (
     pinned_cluster_name,
     started_key,
 )
-from extproc.errors import UpstreamError
+from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 
@@ -127,6 +131,10 @@ _ATTEMPT_CREDENTIALS = (
 )
 # Envoy renders the host metadata attribute in protobuf text form.
 _PROVIDER = re.compile(r'key: "provider" value \{ string_value: "([^"]*)"')
+# The longest field name a skipped fallback's diagnostic quotes (a path into the body).
+_LOGGED_PARAM_CHARS = 100
+
+log = logging.getLogger(__name__)
 
 
 def provider_of_attempt(attributes: Any) -> str | None:
@@ -160,16 +168,24 @@ def fails_over(api: RouteApi) -> bool:
 def failover_plan(ctx: RequestContext) -> FailoverPlan:
     """The chain a failover request goes to: its primary's, less the fallbacks its caller
     may not use (a key's ``allowed_models``, access rules on the client's route), those
-    of other providers than the one a route is kept to (``routes[].provider``) and those
-    that cannot answer the client's API (``backends.serves_client_api``).
+    of other providers than the one a route is kept to (``routes[].provider``), those
+    that cannot answer the client's API (``backends.serves_client_api``) and those that
+    cannot serve this very body (``serves_body``).
 
     An operator who kept a key from a model expects that to hold when the model would
     serve as a fallback too; skipped, not refused: the request asked for a model the
     caller may use, and without a fallback it gets that model's own answer. A fallback
-    that cannot answer in the client's API is skipped the same way: tried, it could only
-    fail the request with a 400 the client never caused. A skipped fallback is left out
-    of the chain the attempts read too, so even an attempt Envoy sent there could not
-    serve it.
+    that cannot answer in the client's API, or cannot be sent this body (``n`` above 1
+    for Claude, ``response_format`` for Bedrock, a forced tool call without tools for
+    any translated provider), is skipped the same way: tried, it could only fail the
+    request with a 400 the client never caused, or answer what the client did not ask
+    for; and a fallback an operator adds must not make a request the primary serves
+    fail. A skipped fallback is left out of the chain the attempts read too, so even an
+    attempt Envoy sent there could not serve it.
+
+    The primary is checked as a request without fallbacks is when it is translated
+    (``backends.plan_request``, after the quota too): a body it cannot be sent is the
+    client's 400 here, in the client's shape, and never reaches Envoy's attempts.
 
     A request pinned to a fallback (its ``ctx.provider`` is that fallback's, set by
     ``stages.response_owner`` for a response that provider stores) goes to that member
@@ -188,6 +204,7 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         name, up = members[pinned + 1]
         chain = [[up.provider.name, name, up.upstream_model]]
         return FailoverPlan(pinned_cluster_name(primary, pinned), chain, client_request(ctx))
+    check_translation(ctx, ctx.body or {}, members[0][1])
     skipped = [
         position
         for position, (name, upstream) in enumerate(members[1:])
@@ -196,6 +213,8 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         # through its failover either.
         or (route.provider is not None and upstream.provider.name != route.provider)
         or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
+        # Last: the only check that reads the body, and the only one that logs.
+        or not serves_body(ctx, name, upstream)
     ]
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
     chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
@@ -216,6 +235,26 @@ def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:
         return serves_invoke_body(ctx.body or {}, named, fallback.upstream_model)
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
         return ctx.upstream is not None and same_embeddings_model(ctx.upstream, fallback)
+    return True
+
+
+def serves_body(ctx: RequestContext, name: str, fallback: Upstream) -> bool:
+    """Whether the fallback ``name`` can be sent this request's body as it would be were
+    the request its own (``backends.check_translation``). One that cannot is named on
+    the gateway's diagnostic log, with the request and the field it refuses (never the
+    body's content), so an operator can tell why a request did not fail over there."""
+    try:
+        check_translation(ctx, ctx.body or {}, fallback)
+    except BadRequestError as refused:
+        log.info(
+            "request %s: fallback '%s' of '%s' skipped: provider '%s' cannot serve its %s",
+            ctx.request_id,
+            name,
+            ctx.failover_model,
+            fallback.provider.name,
+            f"'{refused.param[:_LOGGED_PARAM_CHARS]}'" if refused.param else "body",
+        )
+        return False
     return True
 
 
