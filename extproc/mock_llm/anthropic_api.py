@@ -14,6 +14,11 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``disable_parallel_tool_use``, the named tool for ``tool``. Inputs are built from each
   tool's ``input_schema`` like JSON replies; output tokens are the tokens of the inputs' JSON.
   ``auto`` and ``none`` answer text.
+- Extended thinking (``thinking: {"type": "enabled", "budget_tokens": N}``): the answer
+  starts with a ``thinking`` block (``THOUGHT``, one piece per token, with a signature),
+  streamed as ``thinking_delta`` pieces then a ``signature_delta``; its tokens are output
+  tokens, counted in ``output_tokens`` and against ``max_tokens`` as on the real API.
+  ``disabled`` and ``adaptive`` thinking answer without a thinking block.
 - Scripted answers (``scripted``): header ``x-mock-reply`` chooses the text, and
   ``x-mock-tool-calls`` makes the answer call tools after it, with the input pieces the test
   chose (``stop_reason`` "tool_use"; output tokens are the text pieces and the input pieces).
@@ -61,7 +66,11 @@ bytes are another of these formats than it names; a stop sequence of whitespace 
 ``temperature`` / ``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which
 removed them), any of ``temperature``, ``top_p``, ``top_k``; ``tool_use`` or ``tool_result``
 blocks in a request that defines no ``tools`` ("Requests which include `tool_use` or
-`tool_result` blocks must define tools.").
+`tool_result` blocks must define tools."); and, with extended thinking, a budget below
+1,024 or not below ``max_tokens``, a ``temperature`` other than 1, a ``top_p`` below 0.95,
+any ``top_k``, a ``tool_choice`` that forces tool use, and a final assistant turn (a
+prefill, or the one whose tool calls the last user turn answers) that does not start with
+a thinking block.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -141,6 +150,11 @@ _IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # The API version that removed the sampling parameters (ISO dates compare as strings).
 SAMPLING_REMOVED_IN = "2026-10-21"
 _TOOL_CHOICES = ("auto", "any", "tool", "none")
+# What Claude thinks, in the mock: the text of every thinking block it answers with.
+THOUGHT = "The user wants an answer; I will quote their words back to them."
+THOUGHT_SIGNATURE = "EqoBCkgIARABGAIiQMockSignature"
+_MIN_THINKING_BUDGET = 1024
+_THINKING_TYPES = ("enabled", "disabled", "adaptive")
 
 # Anthropic's error.type for each HTTP status it documents; other 5xx are api_error and
 # other 4xx invalid_request_error.
@@ -321,6 +335,8 @@ class MessagesRequest:
     output_schema: dict[str, Any] | None = None
     # Which capacity the request may use: "auto" (the default) or "standard_only".
     service_tier: str = "auto"
+    # Extended thinking's budget_tokens, when the request enables it.
+    thinking_budget: int | None = None
 
 
 def _blocks(content: object) -> list[Any]:
@@ -538,6 +554,65 @@ def _output_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
     return schema
 
 
+def _thinking_budget(doc: dict[str, Any], max_tokens: int) -> int | None:
+    """Extended thinking's budget, checked as the real API checks a request that enables
+    it (messages quoted from its answers); None without thinking."""
+    thinking = doc.get("thinking")
+    if thinking is None:
+        return None
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in _THINKING_TYPES:
+        raise InvalidRequestError(
+            "thinking: Input tag should be 'enabled', 'disabled' or 'adaptive'"
+        )
+    if kind != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        raise InvalidRequestError("thinking.enabled.budget_tokens: Field required")
+    if budget < _MIN_THINKING_BUDGET:
+        raise InvalidRequestError(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        )
+    if max_tokens <= budget:
+        raise InvalidRequestError("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    temperature = doc.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise InvalidRequestError("`temperature` may only be set to 1 when thinking is enabled.")
+    top_p = doc.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        raise InvalidRequestError(
+            "`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled."
+        )
+    if doc.get("top_k") is not None:
+        raise InvalidRequestError("`top_k` must be unset when thinking is enabled.")
+    choice = doc.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise InvalidRequestError("Thinking may not be enabled when tool_choice forces tool use.")
+    return budget
+
+
+def _check_final_assistant_thinks(messages: list[dict[str, Any]]) -> None:
+    """With thinking on, the assistant turn the request continues (a prefill, or the one
+    whose tool calls the last user turn answers) must start with its thinking block."""
+    last = len(messages) - 1
+    if messages[last]["role"] == "assistant":
+        at = last
+    elif last >= 1 and _ids(_blocks(messages[last]["content"]), "tool_result", "tool_use_id"):
+        at = last - 1
+    else:
+        return
+    blocks = _blocks(messages[at]["content"])
+    first = blocks[0].get("type") if blocks and isinstance(blocks[0], dict) else None
+    if first not in ("thinking", "redacted_thinking"):
+        raise InvalidRequestError(
+            f"messages.{at}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+            f"found `{first}`. When `thinking` is enabled, a final `assistant` message must "
+            "start with a thinking block (preceeding the lastmost set of `tool_use` and "
+            "`tool_result` blocks)."
+        )
+
+
 def _check_messages(messages: object) -> list[dict[str, Any]]:
     if messages is None:
         raise InvalidRequestError("messages: Field required")
@@ -617,6 +692,9 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         raise InvalidRequestError("stream: Input should be a valid boolean")
     tools, tool_choice = _tools(doc)
     _check_tools_defined(messages, tools)
+    thinking_budget = _thinking_budget(doc, max_tokens)
+    if thinking_budget is not None:
+        _check_final_assistant_thinks(messages)
     return MessagesRequest(
         model,
         messages,
@@ -628,6 +706,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         tool_choice,
         _output_schema(doc),
         _asked_tier(doc.get("service_tier", "auto")),
+        thinking_budget,
     )
 
 
@@ -673,6 +752,8 @@ class Reply:
     server_tools: tuple[tuple[str, int], ...] = ()
     # Blocks the answer starts with, whole (x-mock-result-blocks): server tools' results.
     result_blocks: tuple[dict[str, Any], ...] = ()
+    # What Claude thought first, one piece per token (extended thinking); none without.
+    thought: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -680,8 +761,8 @@ class Reply:
 
     @property
     def output_tokens(self) -> int:
-        # The text said before the calls, if any, and the calls' inputs.
-        return len(self.pieces) + sum(len(call.pieces) for call in self.calls)
+        # The thinking, the text said before the calls, if any, and the calls' inputs.
+        return len(self.thought) + len(self.pieces) + sum(len(call.pieces) for call in self.calls)
 
     def input_usage(self) -> dict[str, Any]:
         """The input side of usage: Anthropic's input_tokens excludes cache reads and writes."""
@@ -714,9 +795,12 @@ class Reply:
     def blocks(self, message_id: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Each content block as it starts in a stream, with the deltas that complete it:
         the text (when there is some, or nothing else), then one block per tool call."""
-        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
-            (block, []) for block in self.result_blocks
-        ]
+        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if self.thought:
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in self.thought]
+            deltas.append({"type": "signature_delta", "signature": THOUGHT_SIGNATURE})
+            blocks.append(({"type": "thinking", "thinking": ""}, deltas))
+        blocks.extend((block, []) for block in self.result_blocks)
         if self.pieces or not self.calls:
             deltas = [{"type": "text_delta", "text": piece} for piece in self.pieces]
             blocks.append(({"type": "text", "text": ""}, deltas))
@@ -734,8 +818,14 @@ class Reply:
         blocks = self.blocks(message_id)
         # The tool_use blocks are the last ones; a text block, if any, comes before them.
         first_call = len(blocks) - len(self.calls)
-        content = list(self.result_blocks)
-        if first_call > len(self.result_blocks):
+        content: list[dict[str, Any]] = []
+        if self.thought:
+            thinking = "".join(self.thought)
+            content.append(
+                {"type": "thinking", "thinking": thinking, "signature": THOUGHT_SIGNATURE}
+            )
+        content.extend(self.result_blocks)
+        if first_call > len(content):
             content.append({"type": "text", "text": self.text})
         return content + [
             {**start, "input": call.input}
@@ -797,15 +887,20 @@ def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     calls = _forced_calls(req)
     if calls:
         return Reply([], "tool_use", input_tokens, cached, calls=calls)
+    # A budget is at least 1,024 tokens: the thought always fits, and takes its part of
+    # max_tokens before the answer.
+    thought = tuple(token_pieces(THOUGHT)) if req.thinking_budget is not None else ()
     text, stop = _reply_text(req)
     pieces, truncated = reply_pieces(
-        req.messages, max_tokens=req.max_tokens, chunks=fault.chunks, text=text
+        req.messages, max_tokens=req.max_tokens - len(thought), chunks=fault.chunks, text=text
     )
     if truncated:
-        return Reply(pieces, "max_tokens", input_tokens, cached)
+        return Reply(pieces, "max_tokens", input_tokens, cached, thought=thought)
     if stop is not None:
-        return Reply(pieces, "stop_sequence", input_tokens, cached, stop_sequence=stop)
-    return Reply(pieces, "end_turn", input_tokens, cached)
+        return Reply(
+            pieces, "stop_sequence", input_tokens, cached, stop_sequence=stop, thought=thought
+        )
+    return Reply(pieces, "end_turn", input_tokens, cached, thought=thought)
 
 
 def scripted_anthropic_reply(

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# Anthropic's least thinking budget; max_tokens must exceed the budget.
+# Anthropic's least thinking budget; max_tokens must exceed the budget. The OpenAI
+# translation (openai_anthropic, reasoning_effort) fits its budgets by the same rule.
 MIN_THINKING_BUDGET = 1024
 
 

@@ -26,11 +26,12 @@ from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
-from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
+from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
 from extproc.openai_inputs import choices
+from extproc.providers import vertex_endpoints
 from extproc.quota.estimate import (
     CHAT_ALLOWANCE_FIELDS,
     RESPONSES_ALLOWANCE_FIELDS,
@@ -39,7 +40,8 @@ from extproc.quota.estimate import (
 )
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
-from extproc.quota.thinking_budget import cap_thinking, least_completion
+from extproc.quota.thinking_budget import MIN_THINKING_BUDGET, cap_thinking, least_completion
+from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
 
 log = logging.getLogger(__name__)
 # The longest wait a refused client should sit out before its SDK retries on its own: the
@@ -191,7 +193,26 @@ def reserved_completion(ctx: RequestContext) -> int:
         allowance = text_completion_allowance(ctx.body, default_max_tokens)
     else:
         allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
+        thinking = _claude_thinking_budget(ctx)
+        if thinking is not None and named_max_tokens(ctx.body) is None:
+            # The translation raises max_tokens by the budget (openai_anthropic), so the
+            # reservation does too; a hard cap writes what is reserved, which the
+            # translation then keeps and fits the budget below.
+            allowance = default_max_tokens + thinking
     return allowance * _choices(ctx)
+
+
+def _claude_thinking_budget(ctx: RequestContext) -> int | None:
+    """The thinking budget an OpenAI chat request translated for Claude (Anthropic's API,
+    Vertex AI's Claude) asks for with ``reasoning_effort``; None for any other request."""
+    route = ctx.route
+    if route is None or route.api is not RouteApi.OPENAI_CHAT or ctx.body is None:
+        return None
+    claude = ctx.provider_type is ProviderType.ANTHROPIC or (
+        ctx.provider_type is ProviderType.VERTEX
+        and vertex_endpoints.is_claude(ctx.upstream_model or "")
+    )
+    return thinking_budget_for(ctx.body) if claude else None
 
 
 def _choices(ctx: RequestContext) -> int:
@@ -292,6 +313,10 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api in MESSAGES_BODY_APIS and ctx.body is not None:
         # Extended thinking needs room for its least budget (quota.thinking_budget).
         return least_completion(ctx.body)
+    if _claude_thinking_budget(ctx) is not None:
+        # So does reasoning_effort translated for Claude: a cap that left less would turn
+        # the request into a 400 about a max_completion_tokens the client never set.
+        return MIN_THINKING_BUDGET + 1
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.
         return ctx.runtime.config.quotas.default_max_tokens

@@ -46,7 +46,24 @@ Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` 
 without a temperature, because recent Claude models refuse the two together and many OpenAI
 clients send both. API version 2026-10-21 removed both (Anthropic refuses them there even at
 their defaults), so with that version or a later one neither is sent. Other OpenAI-only
-fields (seed, penalties, stream_options, reasoning_effort...) are dropped.
+fields (seed, penalties, stream_options...) are dropped.
+
+Reasoning: ``reasoning_effort`` is OpenAI's only switch for thinking, so it becomes
+Anthropic's extended thinking, ``{"type": "enabled", "budget_tokens": N}`` with N from
+``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096); ``none`` and ``minimal`` ask for
+no thinking, any other value is a 400 naming it. Thinking counts against ``max_tokens``,
+whose budget Anthropic wants at least 1,024 and below it: a request that names no
+``max_completion_tokens`` / ``max_tokens`` gets the default plus the budget (the answer
+keeps the room it has without thinking); one that names its own bound keeps it (OpenAI's
+bound covers reasoning too) with the budget lowered below it, and one that names 1,024 or
+less, no room to think at all, is a 400 naming that field. What Anthropic refuses beside
+thinking is refused with a 400 naming the OpenAI field, as OpenAI refuses it for its own
+reasoning models: a ``temperature`` other than 1, a ``top_p`` below 0.95, and a
+``tool_choice`` that forces a call. Thinking is not turned on when the conversation's last
+assistant turn is still open (``_turn_left_open``): inside a tool loop Anthropic wants that
+turn to start with the thinking block it answered with, signature included, which an
+OpenAI client never had to send back; a final assistant turn (a prefill) is the same case.
+The quota stage reads the same numbers (``thinking_budget_for``, ``named_max_tokens``).
 """
 
 from __future__ import annotations
@@ -57,6 +74,7 @@ from typing import Any
 import orjson
 
 from extproc.errors import BadRequestError
+from extproc.quota.thinking_budget import MIN_THINKING_BUDGET
 from extproc.translators.data_urls import image_format
 from extproc.translators.openai_anthropic_stream import (
     CompletionTranslator,
@@ -67,13 +85,22 @@ from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "THINKING_BUDGETS",
     "CompletionTranslator",
     "StreamTranslator",
+    "named_max_tokens",
+    "thinking_budget_for",
     "translate_error",
     "translate_request",
 ]
 
 DEFAULT_MAX_TOKENS = 4096
+# reasoning_effort -> extended thinking's budget_tokens; "none" and "minimal" think not.
+THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096}
+_NO_THINKING = ("none", "minimal")
+_EFFORTS = "'none', 'minimal', 'low', 'medium' or 'high'"
+# With thinking, Anthropic takes top_p from here to 1 only (and temperature 1 only).
+_THINKING_MIN_TOP_P = 0.95
 # The anthropic-version that removed temperature, top_p and top_k (ISO dates compare as text).
 SAMPLING_REMOVED_IN = "2026-10-21"
 
@@ -104,11 +131,18 @@ def translate_request(
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
     _refuse_logprobs(body)
+    effort_budget = reasoning_budget(body)
     output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"), image_urls)
+    named = named_max_tokens(body)
+    max_tokens = named[1] if named is not None else default_max_tokens
+    thinking: dict[str, Any] | None = None
+    if effort_budget is not None and not _turn_left_open(messages):
+        budget, max_tokens = _fit_thinking(effort_budget, named, default_max_tokens)
+        thinking = {"type": "enabled", "budget_tokens": budget}
     request: dict[str, Any] = {
         "model": upstream_model,
-        "max_tokens": _max_tokens(body, default_max_tokens),
+        "max_tokens": max_tokens,
         "messages": messages,
     }
     if system:
@@ -135,11 +169,21 @@ def translate_request(
         request["temperature"] = min(max(temperature, 0.0), 1.0)
     elif sampling and top_p is not None:
         request["top_p"] = top_p
+    if thinking is not None:
+        _refuse_sampling_with_thinking(request)
+        request["thinking"] = thinking
     tools = body.get("tools")
     if tools:
         request["tools"] = _tools(tools)
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
+            if thinking is not None and choice["type"] in ("any", "tool"):
+                raise BadRequestError(
+                    "Claude cannot think before a forced tool call: with reasoning_effort, "
+                    "tool_choice must be 'auto' or 'none' (or leave reasoning_effort out, or "
+                    "set it to 'none', to force the call)",
+                    param="tool_choice",
+                )
             request["tool_choice"] = choice
     else:
         called = _tools_the_history_called(messages)
@@ -152,6 +196,88 @@ def translate_request(
         request["metadata"] = {"user_id": user}
     request["stream"] = stream
     return request
+
+
+def reasoning_budget(body: dict[str, Any]) -> int | None:
+    """The thinking budget the body's ``reasoning_effort`` asks for (``THINKING_BUDGETS``);
+    None for no thinking (``none``, ``minimal``, or no value). Another value is a 400: a
+    client that asked the model to reason must not get an answer without it unawares."""
+    effort = body.get("reasoning_effort")
+    if effort is None or (isinstance(effort, str) and effort in _NO_THINKING):
+        return None
+    if isinstance(effort, str) and effort in THINKING_BUDGETS:
+        return THINKING_BUDGETS[effort]
+    raise BadRequestError(
+        f"reasoning_effort must be {_EFFORTS} for this model", param="reasoning_effort"
+    )
+
+
+def thinking_budget_for(body: dict[str, Any]) -> int | None:
+    """The thinking budget ``translate_request`` asks for this OpenAI chat body, before it
+    is fitted below a ``max_tokens`` the body names: None when it asks for no thinking or
+    the conversation's last assistant turn is still open (``_turn_left_open``).
+
+    For the quota, which reserves the budget on top of the default allowance and leaves
+    a hard-capped request room for the least budget; it raises the 400s the translation
+    would raise for the same body."""
+    budget = reasoning_budget(body)
+    if budget is None:
+        return None
+    _, turns = _messages(body.get("messages"), True)
+    return None if _turn_left_open(turns) else budget
+
+
+def _turn_left_open(turns: list[dict[str, Any]]) -> bool:
+    """Whether the conversation's last assistant turn is still open: it holds tool calls
+    (their results follow, and Claude carries on in the same turn), or it ends the
+    conversation (a prefill). With thinking on, Anthropic wants such a turn to start with
+    the thinking block Claude wrote in it, signature included ("Expected `thinking` or
+    `redacted_thinking`, but found `tool_use`"), and an OpenAI client has none to send
+    back; without thinking, the turn goes on as it started."""
+    for turn in reversed(turns):
+        if turn["role"] == "assistant":
+            return turn is turns[-1] or any(
+                block["type"] == "tool_use" for block in turn["content"]
+            )
+    return False
+
+
+def _fit_thinking(budget: int, named: tuple[str, int] | None, default: int) -> tuple[int, int]:
+    """(budget_tokens, max_tokens) for a thinking budget, which Anthropic wants below
+    max_tokens: a body that names no bound gets the default plus the budget, so the
+    answer keeps the room it has without thinking; a bound the body names (or a hard cap
+    set) stays, as OpenAI's bounds reasoning and answer together, with the budget below
+    it, or a 400 when it leaves no room for the least budget."""
+    if named is None:
+        return budget, default + budget
+    field, most = named
+    if most <= MIN_THINKING_BUDGET:
+        raise BadRequestError(
+            f"'{field}' ({most}) leaves Claude no room to think: with reasoning_effort it "
+            f"must be above {MIN_THINKING_BUDGET}, Claude's least thinking budget (or "
+            "leave reasoning_effort out, or set it to 'none')",
+            param=field,
+        )
+    return min(budget, most - 1), most
+
+
+def _refuse_sampling_with_thinking(request: dict[str, Any]) -> None:
+    """Anthropic refuses a temperature other than 1 and a top_p below 0.95 while Claude
+    thinks; so does OpenAI for its reasoning models, and a client is told which field."""
+    temperature = request.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise BadRequestError(
+            "Claude takes no temperature but 1 while it thinks (reasoning_effort): leave "
+            "'temperature' out or set it to 1, or leave reasoning_effort out",
+            param="temperature",
+        )
+    top_p = request.get("top_p")
+    if top_p is not None and top_p < _THINKING_MIN_TOP_P:
+        raise BadRequestError(
+            f"Claude takes no top_p below {_THINKING_MIN_TOP_P} while it thinks "
+            "(reasoning_effort): leave 'top_p' out, or leave reasoning_effort out",
+            param="top_p",
+        )
 
 
 def _refuse_legacy_functions(body: dict[str, Any]) -> None:
@@ -386,7 +512,8 @@ def _output_config(response_format: Any) -> dict[str, Any] | None:
     return {"format": {"type": "json_schema", "schema": schema}}
 
 
-def _max_tokens(body: dict[str, Any], default: int) -> int:
+def named_max_tokens(body: dict[str, Any]) -> tuple[str, int] | None:
+    """The completion bound the body names, with its field; None when it names none."""
     # max_completion_tokens is the newer name; OpenAI clients may send it beside max_tokens.
     for field in ("max_completion_tokens", "max_tokens"):
         value = body.get(field)
@@ -394,8 +521,8 @@ def _max_tokens(body: dict[str, Any], default: int) -> int:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadRequestError(f"'{field}' must be a positive integer", param=field)
-        return value
-    return default
+        return field, value
+    return None
 
 
 def _number(body: dict[str, Any], field: str) -> float | None:

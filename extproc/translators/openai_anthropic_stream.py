@@ -4,7 +4,13 @@ The answer half of the OpenAI-client-to-Anthropic translator; import it from
 ``openai_anthropic``, which owns the requests and re-exports everything here.
 
 Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
-``tool_use`` blocks become ``tool_calls``; thinking blocks are not shown. Prompt tokens count
+``tool_use`` blocks become ``tool_calls``; the text of ``thinking`` blocks becomes
+``message.reasoning_content``, as OpenAI-compatible servers and gateways show reasoning
+(``redacted_thinking`` carries no text and is not shown; neither is a thinking block's
+signature, which an OpenAI client has no way to send back). Thinking is billed as output
+and Anthropic counts it in ``output_tokens``: ``completion_tokens`` is that count, thinking
+included, with no ``reasoning_tokens`` detail, since Anthropic does not report how many of
+them were thinking. Prompt tokens count
 cache writes and reads, as ``anthropic_anthropic`` counts them (the 1-hour part of the writes
 too, for the bill, and the server tools' requests, ``usage.server_tool_use``, billed per
 request; OpenAI's usage has no place for them, so the client is not shown them, but for
@@ -24,7 +30,8 @@ upstream body is cut into chunks. Events map as follows:
   counted (``anthropic_anthropic.ServerToolTally``) so a stream cut before ``message_delta``
   still bills its web searches.
 - ``content_block_delta``: text as ``delta.content``, ``input_json_delta`` as a piece of the
-  tool call's arguments. Thinking deltas are not shown.
+  tool call's arguments, ``thinking_delta`` as ``delta.reasoning_content``; signatures are
+  not shown.
 - ``message_delta``: the chunk with ``finish_reason`` (once), and the usage counts.
 - ``message_stop``: the usage chunk (``choices: []``) when the client asked for it, then
   ``data: [DONE]``.
@@ -150,11 +157,14 @@ class CompletionTranslator:
             self.status = error.status
             return error.body()
         text: list[str] = []
+        thinking: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in message["content"]:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
                 text.append(block["text"])
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                thinking.append(block["thinking"])
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
                 function = {"name": block.get("name"), "arguments": arguments}
@@ -165,6 +175,8 @@ class CompletionTranslator:
             "content": "".join(text) if text or not calls else None,
             "refusal": None,
         }
+        if thinking:
+            reply["reasoning_content"] = "\n\n".join(thinking)
         if calls:
             reply["tool_calls"] = calls
         model = message.get("model")
@@ -243,6 +255,8 @@ class StreamTranslator:
         self._events = EventBuffer()
         self._done = False
         self._finished = False
+        # Whether a thinking block came already (the next one is set apart).
+        self._thought = False
         # Anthropic block index -> the tool call's index in OpenAI's tool_calls.
         self._tool_calls: dict[int, int] = {}
         # Tool calls whose arguments have not started yet (blocks by Anthropic index).
@@ -331,6 +345,11 @@ class StreamTranslator:
         self.server_tool_tally.block_started(block)
         if block.get("type") == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
+            # Thoughts apart (interleaved thinking) are apart in the whole answer too.
+            text = ("\n\n" if self._thought else "") + block["thinking"]
+            self._thought = True
+            return [self._chunk({"reasoning_content": text})] if text else []
         if block.get("type") != "tool_use":
             return []
         position = len(self._tool_calls)
@@ -347,6 +366,8 @@ class StreamTranslator:
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str):
             return [self._chunk({"content": delta["text"]})]
+        if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
+            return [self._chunk({"reasoning_content": delta["thinking"]})]
         index = payload.get("index")
         partial = delta.get("partial_json")
         if kind != "input_json_delta" or not partial or not isinstance(index, int):

@@ -404,7 +404,7 @@ def test_several_message_deltas_give_one_finish_and_the_last_counts() -> None:
     assert translator.usage == Usage(2520, 40, 2560, cached_tokens=2048)
 
 
-def test_thinking_is_not_shown_and_tool_calls_are_numbered_among_themselves() -> None:
+def test_thinking_is_shown_as_reasoning_and_tool_calls_are_numbered_among_themselves() -> None:
     blocks = [
         {
             "type": "content_block_start",
@@ -438,6 +438,7 @@ def test_thinking_is_not_shown_and_tool_calls_are_numbered_among_themselves() ->
     sent = chunks(translate_stream(body, include_usage=False))
     deltas = [chunk["choices"][0]["delta"] for chunk in sent]
     assert deltas[1:] == [
+        {"reasoning_content": "Hmm"},
         {
             "tool_calls": [
                 {
