@@ -287,7 +287,15 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             # OpenAI's own refusal, which a translation dropping the choice would lose.
             refuse_forced_call_without_tools(parsed)
         if kind is ProviderType.BEDROCK:
-            openai_bedrock.check_request(parsed)
+            guards = ctx.runtime.guardrails.for_route(route.name)
+            enrichment = guards.enrichment if guards is not None else None
+            openai_bedrock.check_request(
+                parsed,
+                model_id=upstream.upstream_model,
+                # The route's user message opens the conversation by translation time.
+                route_prepends_user=enrichment is not None
+                and any(message.role == "user" for message in enrichment.prepend),
+            )
         served = True  # chat completions reach every provider type, translated
     if not served:
         raise _unsupported(ctx, kind)

@@ -55,7 +55,9 @@ that format. Then what the model itself allows (``MODEL_RULES``, from AWS's "Sup
 and model features" table and the models' parameter pages): Titan and Mistral 7B / Mixtral take
 no system prompt, Titan, Llama 3 (8B, 70B) and those Mistral models no tools and no images,
 Claude Sonnet and Haiku 4.5 not both ``temperature`` and ``topP``, and each model its own
-``maxTokens`` limit; a request past one is refused with Bedrock's own words.
+``maxTokens`` limit; Claude no stop sequence of whitespace alone, and no Anthropic
+``tool_choice`` in ``additionalModelRequestFields`` without a ``type`` or beside a
+``toolConfig.toolChoice``; a request past one is refused with Bedrock's own words.
 
 Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
 ``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
@@ -839,6 +841,41 @@ def check_model_rules(model_id: str, doc: dict[str, Any], *, stream: bool) -> No
         raise _invalid(
             "The model returned the following errors: `temperature` and `top_p` cannot both "
             "be specified for this model. Please use only one."
+        )
+    if _is_claude(model_id):
+        _check_claude_fields(doc, config)
+
+
+def _is_claude(model_id: str) -> bool:
+    # A model id, an inference profile's (``us.anthropic.claude...``) or the ARN of either.
+    return "anthropic.claude" in (model_of_identifier(model_id) or model_id)
+
+
+def _check_claude_fields(doc: dict[str, Any], config: dict[str, Any]) -> None:
+    """What Claude refuses on Converse as on Anthropic's API, in Bedrock's words for a
+    model's error: a stop sequence of whitespace alone, and an Anthropic ``tool_choice``
+    in ``additionalModelRequestFields`` without its ``type`` or beside a
+    ``toolConfig.toolChoice`` (Bedrock merges the two and refuses the clash; the
+    words are those public reports of calls to Bedrock quote)."""
+    stops = config.get("stopSequences") or []
+    if any(isinstance(stop, str) and stop.isspace() for stop in stops):
+        raise _invalid(
+            "The model returned the following errors: stop_sequences: each stop sequence "
+            "must contain non-whitespace"
+        )
+    extra = doc.get("additionalModelRequestFields")
+    choice = extra.get("tool_choice") if isinstance(extra, dict) else None
+    if choice is None:
+        return
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+        raise _invalid("The model returned the following errors: tool_choice.type: Field required")
+    tool_config = doc.get("toolConfig")
+    converse_choice = tool_config.get("toolChoice") if isinstance(tool_config, dict) else None
+    if isinstance(converse_choice, dict) and converse_choice:
+        kind = next(iter(converse_choice))
+        raise _invalid(
+            f"The additional field tool_choice/type conflicts with the existing field "
+            f"toolConfig.toolChoice.{kind}. Remove tool_choice/type and try again."
         )
 
 

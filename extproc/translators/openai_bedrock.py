@@ -25,6 +25,10 @@ What cannot be carried over is refused, not guessed at:
 - ``response_format`` other than ``text``, the deprecated ``functions``, content parts other
   than text and images, tools other than functions.
 - ``logprobs: true`` or ``top_logprobs`` above 0: Converse returns no log probabilities.
+- a stop sequence of whitespace alone for Claude, which refuses it (``_stop_sequences``;
+  an empty one is left out, for every model).
+- a conversation that opens with the assistant's message, which Converse refuses
+  (``_check_conversation_start``).
 
 ``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
 (and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
@@ -32,7 +36,9 @@ accept the field. Converse has no ``none``: the tools are left out. A request th
 tools (none given, or ``none``) but whose history holds tool calls and results (an agent's
 final summary turn) gets that history as text (``_tool_history_as_text``): Converse refuses
 ``toolUse`` and ``toolResult`` blocks without a ``toolConfig``, and declaring tools for them
-would let the model call one the client did not offer. Sent as blocks, a tool call id that
+would let the model call one the client did not offer. ``parallel_tool_calls: false``
+reaches Claude as Anthropic's ``disable_parallel_tool_use`` (``_one_call_at_a_time``);
+other models have no such switch, and it is dropped. Sent as blocks, a tool call id that
 Converse would refuse (another provider's ``functions.get_weather:0``, one past 64
 characters) is rewritten the same way in the call and in its result
 (``tool_ids.provider_tool_call_id``); ids that fit are sent as they are. An empty tool
@@ -106,6 +112,8 @@ __all__ = [
 # botocore's percent_encode keeps only these unreserved characters: ":" in model ids and
 # "/" in ARNs are encoded, so the path is the one AWS's own SDKs sign and send.
 _PATH_SAFE = "-._~"
+# A tuple, not a set: a malformed role (a list, say) must not fail to hash.
+_SYSTEM_ROLES = ("system", "developer")
 # Chat models without Converse `system` prompts, by the start of their model id.
 _NO_SYSTEM_PROMPT_MODELS = (
     "amazon.titan-text-",
@@ -138,36 +146,53 @@ def translate_request(
     when unknown, which sends what most models take. Raises ``BadRequestError`` (naming the
     offending field) for what Converse cannot do.
     """
-    service_tier = check_request(body)
-    system, turns = _conversation(body.get("messages"))
+    service_tier = _check_top_level(body, model_id)
+    takes_system = model_takes_system(model_id)
+    system, turns = _conversation(body.get("messages"), takes_system)
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
     if tool_config is None:
         _tool_history_as_text(turns)
     else:
         _fit_tool_use_ids(turns)
     converse: dict[str, Any] = {"messages": turns}
-    if system and model_takes_system(model_id):
+    if system and takes_system:
         converse["system"] = system
     elif system:
         _open_first_user_turn_with(system, turns)
-    inference = _inference_config(
-        body, default_max_tokens, one_sampling_parameter=is_claude(model_id)
-    )
+    claude = is_claude(model_id)
+    inference = _inference_config(body, default_max_tokens, claude=claude)
     if inference:
         converse["inferenceConfig"] = inference
     if tool_config is not None:
         converse["toolConfig"] = tool_config
+        if claude and body.get("parallel_tool_calls") is False:
+            converse["additionalModelRequestFields"] = {
+                "tool_choice": _one_call_at_a_time(tool_config)
+            }
     if service_tier is not None:
         converse["serviceTier"] = {"type": service_tier}
     return converse
 
 
-def check_request(body: dict[str, Any]) -> str | None:
-    """Refuse (``BadRequestError`` naming the field) what Converse cannot do and the body's
-    top level shows; the ``serviceTier`` type to ask for, if any.
+def check_request(
+    body: dict[str, Any], *, model_id: str = "", route_prepends_user: bool = False
+) -> str | None:
+    """Refuse (``BadRequestError`` naming the field) what Converse cannot do and the body
+    shows without translating it; the ``serviceTier`` type to ask for, if any.
 
     Cheap, so it runs before the quota too (``backends.check_pair``): a request limit
-    does not count a request that would never reach Bedrock."""
+    does not count a request that would never reach Bedrock. ``model_id`` as for
+    ``translate_request`` (empty: a model that takes a ``system`` prompt and is not
+    Claude). ``route_prepends_user``: the route's enrichment puts a user message first,
+    so a conversation the client opened with the assistant's message no longer starts
+    with it by the time it is translated."""
+    if not route_prepends_user:
+        _check_conversation_start(body.get("messages"), model_takes_system(model_id))
+    return _check_top_level(body, model_id)
+
+
+def _check_top_level(body: dict[str, Any], model_id: str) -> str | None:
+    """``check_request``'s checks of the body's top-level fields."""
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequestError("Bedrock returns one choice per request: n must be 1", param="n")
@@ -193,7 +218,103 @@ def check_request(body: dict[str, Any]) -> str | None:
             "response_format is not supported for Bedrock models: ask for JSON in the prompt",
             param="response_format",
         )
+    _stop_sequences(body.get("stop"), claude=is_claude(model_id))
     return converse_service_tier(body.get("service_tier"))
+
+
+def _stop_sequences(value: Any, *, claude: bool) -> list[str]:
+    """Converse's ``stopSequences`` for OpenAI's ``stop`` (a string or a list of them).
+
+    An empty string is left out: it marks no place the answer could end at, and Converse
+    refuses it (a stop sequence has a minimum length of 1), so without it the answer is
+    the one the client would get anywhere that takes it. A sequence of whitespace alone
+    (``"\\n"``) is refused for Claude, which refuses it on Converse as on Anthropic's own
+    API (a 400 the client could not tell from its own field, and ``openai_anthropic``
+    refuses it the same way): sent without it, the answer would not end where the
+    client asked. Other models take it (a newline is a common stop for Llama and
+    Mistral), so it is sent to them.
+    """
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(item, str) for item in stops):
+        raise BadRequestError("stop must be a string or a list of strings", param="stop")
+    if claude and any(item and item.isspace() for item in stops):
+        raise BadRequestError(
+            "Claude takes no stop sequence of whitespace alone (Bedrock refuses it): "
+            "leave it out of 'stop'",
+            param="stop",
+        )
+    return [item for item in stops if item]
+
+
+def _check_conversation_start(messages: Any, takes_system: bool) -> None:
+    """Refuse a conversation whose first message with content is the assistant's.
+
+    OpenAI takes one (a chat UI that opens with the assistant's greeting); Converse
+    refuses it ("A conversation must start with a user message"), a 400 the client
+    could not tell from its own fields. Nothing can stand in for the user's opening
+    words without the gateway writing text the user did not write, so the client is
+    told, naming ``messages``. A model without a ``system`` prompt is the exception:
+    there the system text opens the conversation as a user turn of its own
+    (``_open_first_user_turn_with``). An assistant message with nothing in it is left
+    out by the translation, so it does not count; what is malformed is left to the
+    translation, which names it.
+    """
+    if not isinstance(messages, list):
+        return
+    opener = _assistant_opener(messages)
+    if opener is not None and (takes_system or not _has_system_text(messages)):
+        raise _assistant_first(opener)
+
+
+def _assistant_opener(messages: list[Any]) -> int | None:
+    """The index of the assistant message that opens the conversation, if one does."""
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in _SYSTEM_ROLES:
+            continue
+        if role != "assistant":
+            return None
+        if message.get("tool_calls") or _says_something(message.get("content")):
+            return index
+    return None
+
+
+def _assistant_first(index: int) -> BadRequestError:
+    return BadRequestError(
+        f"messages[{index}] is the assistant's, before any user message: Bedrock needs a "
+        "conversation to start with a user message. Send a user message first, or put "
+        "the assistant's opening words in the system message",
+        param="messages",
+    )
+
+
+def _has_system_text(messages: list[Any]) -> bool:
+    """Whether a system or developer message has text: for a model without ``system``,
+    it opens the conversation as the user's turn."""
+    return any(
+        isinstance(message, dict)
+        and message.get("role") in _SYSTEM_ROLES
+        and _says_something(message.get("content"))
+        for message in messages
+    )
+
+
+def _says_something(content: Any) -> bool:
+    """Whether a message's content has text the translation keeps (``_texts``)."""
+    if isinstance(content, str):
+        return _has_text(content)
+    if not isinstance(content, list):
+        return False
+    return any(
+        isinstance(part, dict)
+        and isinstance(
+            text := part.get("refusal" if part.get("type") == "refusal" else "text"), str
+        )
+        and _has_text(text)
+        for part in content
+    )
 
 
 def converse_service_tier(value: Any) -> str | None:
@@ -271,8 +392,13 @@ def request_path(model_id: str, *, stream: bool) -> str:
     return f"/model/{quote(model_id, safe=_PATH_SAFE)}/{action}"
 
 
-def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split OpenAI messages into Converse ``system`` blocks and alternating turns."""
+def _conversation(
+    messages: Any, takes_system: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split OpenAI messages into Converse ``system`` blocks and alternating turns.
+
+    ``takes_system``: whether the model takes a ``system`` prompt; without one, system
+    text opens the conversation as the user's (``_check_conversation_start``)."""
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("messages must be a non-empty list", param="messages")
     system: list[dict[str, Any]] = []
@@ -283,11 +409,12 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     # (_check_silent_users).
     first_silent_user: str | None = None
     silent_user: str | None = None
+    opener = 0  # the index of the message that opens the first turn
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise BadRequestError(f"{where} must be an object", param=where)
-        if message.get("role") in ("system", "developer"):
+        if message.get("role") in _SYSTEM_ROLES:
             system.extend({"text": text} for text in _texts(message.get("content"), where))
             continue
         role, blocks = _turn(message, where)
@@ -305,6 +432,7 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
+            opener = opener if turns else index
             turns.append({"role": role, "content": blocks})
     if not turns:
         if left_out is None:
@@ -314,6 +442,10 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
             param=f"{left_out}.content",
         )
     _check_silent_users(turns, first_silent_user, silent_user)
+    if turns[0]["role"] == "assistant" and (takes_system or not system):
+        # check_request refused the client's before the quota; this is the body as
+        # enriched, or a caller's that skipped the check.
+        raise _assistant_first(opener)
     _trim_prefill(turns)
     return system, turns
 
@@ -492,7 +624,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _inference_config(
-    body: dict[str, Any], default_max_tokens: int | None, *, one_sampling_parameter: bool
+    body: dict[str, Any], default_max_tokens: int | None, *, claude: bool
 ) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for field in ("max_completion_tokens", "max_tokens"):
@@ -517,18 +649,13 @@ def _inference_config(
         # OpenAI's 0..2 into Converse's 0..1, as openai_anthropic clamps for Claude: a
         # client's 1.5 works whichever provider serves the model, instead of a 400 from AWS.
         config["temperature"] = min(max(config["temperature"], 0.0), 1.0)
-        if one_sampling_parameter:
+        if claude:
             # Claude Sonnet and Haiku 4.5 refuse temperature and topP together (a 400);
             # the temperature is what OpenAI clients set on purpose far more often.
             config.pop("topP", None)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(item, str) for item in stop):
-            raise BadRequestError("stop must be a string or a list of strings", param="stop")
-        if stop:
-            config["stopSequences"] = stop
+    stop = _stop_sequences(body.get("stop"), claude=claude)
+    if stop:
+        config["stopSequences"] = stop
     return config
 
 
@@ -556,6 +683,23 @@ def _tool_config(tools: Any, choice: Any) -> dict[str, Any] | None:
         )
     config["toolChoice"] = {"tool": {"name": name}}
     return config
+
+
+def _one_call_at_a_time(tool_config: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's ``tool_choice`` with ``disable_parallel_tool_use``, for Claude asked for
+    ``parallel_tool_calls: false``; the choice moves out of ``toolConfig``.
+
+    Converse has no such switch, but passes ``additionalModelRequestFields`` on to Claude,
+    whose ``tool_choice`` carries it (as ``openai_anthropic`` sends it). Claude needs the
+    choice's ``type`` there, and Bedrock refuses one beside ``toolConfig.toolChoice``
+    ("The additional field tool_choice/type conflicts with the existing field
+    toolConfig.toolChoice.tool"), so the whole choice goes in the additional field.
+    """
+    choice = tool_config.pop("toolChoice", {})
+    if "tool" in choice:
+        return {"type": "tool", "name": choice["tool"]["name"], "disable_parallel_tool_use": True}
+    kind = "any" if "any" in choice else "auto"
+    return {"type": kind, "disable_parallel_tool_use": True}
 
 
 def _fit_tool_use_ids(turns: list[dict[str, Any]]) -> None:

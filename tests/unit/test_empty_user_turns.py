@@ -186,8 +186,15 @@ def test_bedrock_refuses_an_empty_first_user_message_before_the_assistant_naming
 
 def test_converse_does_refuse_a_conversation_that_starts_with_the_assistant() -> None:
     # What the gateway's 400 spares the client: the provider's, which names no message.
+    # (The translator refuses the client's own such conversation, naming `messages`.)
+    converse = {
+        "messages": [
+            {"role": "assistant", "content": [{"text": HELLO["content"]}]},
+            {"role": "user", "content": [{"text": QUESTION["content"]}]},
+        ]
+    }
     with pytest.raises(AwsError, match="must start with a user message"):
-        to_bedrock([HELLO, QUESTION])
+        parse_converse_request(BEDROCK_CLAUDE, Body.parse(orjson.dumps(converse)))
 
 
 @pytest.mark.parametrize("silent", SILENT_USERS, ids=SILENT_IDS)
