@@ -15,10 +15,11 @@ background and, on a token with an unknown ``kid``, refetched at most once per
 What a fetch answers decides what is trusted. A JWKS document is the identity
 provider's word, even when it lists no key this provider can use: the keys it
 no longer lists stop verifying at once, so an IdP that withdraws every key
-stops every token. A fetch that fails (no answer, not 200, not a JWKS, or
-only broken entries) says nothing about the keys: the last good ones keep
-verifying, but only for ``max_stale_s`` after the last good fetch, so an
-outage, or someone blocking the fetch, cannot keep a withdrawn key alive.
+stops every token. A fetch that fails (no answer, not 200, a redirect to
+plain http, not a JWKS, or only broken entries) says nothing about the keys:
+the last good ones keep verifying, but only for ``max_stale_s`` after the last
+good fetch, so an outage, or someone blocking the fetch, cannot keep a
+withdrawn key alive.
 
 Messages name the JWKS entry by index and ``kid``, never by content: PyJWT's own
 exception texts embed the whole JWK, which must not reach a log.
@@ -27,6 +28,7 @@ exception texts embed the whole JWK, which must not reach a log.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,15 +88,17 @@ class KeySet:
     def candidates(self, kid: str | None, algorithm: str) -> list[jwt.PyJWK]:
         """Keys that could have signed a token with this header.
 
-        A token naming a ``kid`` gets only that key. A token without one tries
-        every key that fits the algorithm: a provider with a single key often
-        leaves ``kid`` out of both the JWKS and its tokens.
+        A token naming a ``kid`` the JWKS lists gets only that key. A token without
+        one tries every key that fits the algorithm: a provider with a single key
+        often leaves ``kid`` out of both the JWKS and its tokens. A token naming a
+        ``kid`` the JWKS does not list tries the keys published without one: a JWKS
+        written from the IdP's PEM has no kid to match, while its tokens name one.
         """
-        return [
-            key.by_algorithm[algorithm]
-            for key in self._keys
-            if algorithm in key.by_algorithm and (kid is None or key.kid == kid)
-        ]
+        fitting = [key for key in self._keys if algorithm in key.by_algorithm]
+        if kid is not None:
+            named = [key for key in fitting if key.kid == kid]
+            fitting = named if named or self.knows(kid) else [k for k in fitting if k.kid is None]
+        return [key.by_algorithm[algorithm] for key in fitting]
 
 
 def parse_jwks(document: object, algorithms: Sequence[str]) -> tuple[KeySet, list[str]]:
@@ -358,6 +362,10 @@ class RemoteJwks:
         ) as response:
             if response.status != 200:
                 raise _FetchError(f"HTTP {response.status}")
+            if response.history and not self._config.allow_http and plain_http(str(response.url)):
+                # An https URL that redirects to plain http would hand the keys to
+                # whoever sits on that path, as a plain-http URL would.
+                raise _FetchError(f"redirected to plain http ({shown_url(str(response.url))})")
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.content.iter_chunked(65536):
@@ -380,3 +388,17 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     parts = urlsplit(f"{scheme}{sep}{rest.rpartition('@')[2]}")
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def plain_http(url: str) -> bool:
+    """Whether fetching ``url`` crosses a network without TLS (loopback does not)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "https":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True

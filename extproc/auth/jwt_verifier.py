@@ -31,7 +31,7 @@ import jwt
 import orjson
 from jwt.types import Options
 
-from extproc.auth.jwks import JwksSource, KeySet, RemoteJwks, StaticJwks
+from extproc.auth.jwks import JwksSource, KeySet, RemoteJwks, StaticJwks, plain_http
 from extproc.config.auth_model import HMAC_ALGORITHMS, ClaimMapping, JwtProviderConfig
 from extproc.config.loader import ConfigError
 from extproc.errors import AuthenticationError
@@ -284,10 +284,19 @@ def _secret_problem(config: JwtProviderConfig) -> str | None:
 
 def _jwks_problem(config: JwtProviderConfig) -> str | None:
     jwks = config.jwks
-    if jwks is None or jwks.url is None or jwks.max_stale_s >= jwks.refresh_interval_s:
+    if jwks is None or jwks.url is None:
         return None
-    # Otherwise every key would turn stale between two regular refreshes.
-    return "jwks.max_stale_s must be at least jwks.refresh_interval_s"
+    if not jwks.allow_http and plain_http(jwks.url):
+        # Whoever can answer a plain-http fetch (a hop on the way, a spoofed DNS
+        # answer) publishes a key of their own and mints tokens for anyone.
+        return (
+            "jwks.url must be https:// (or on this host): keys fetched over plain http "
+            "can be replaced on the way; set jwks.allow_http: true to accept that"
+        )
+    if jwks.max_stale_s < jwks.refresh_interval_s:
+        # Otherwise every key would turn stale between two regular refreshes.
+        return "jwks.max_stale_s must be at least jwks.refresh_interval_s"
+    return None
 
 
 def _cache_key(token: str) -> str:

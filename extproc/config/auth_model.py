@@ -7,6 +7,7 @@ log line or a validation error.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -80,6 +81,9 @@ class JwksConfig(_Section):
     min_refresh_interval_s: float = Field(default=10.0, ge=0)
     timeout_s: float = Field(default=2.0, gt=0)
     max_stale_s: float = Field(default=3600.0, gt=0)
+    # A plain http:// URL on another host than this one lets anyone on the network
+    # path publish keys: refused unless the operator accepts that here.
+    allow_http: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> JwksConfig:
@@ -105,6 +109,15 @@ def _check_url(url: str) -> None:
         raise ValueError("url is not a valid URL") from None
     if not parts.hostname:
         raise ValueError("url names no host")
+    try:
+        ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        try:
+            # What the fetch does with a name: an empty label or one over 63
+            # characters raised UnicodeError out of the first fetch, at start.
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            raise ValueError("url's host is not a valid DNS name") from None
     if port == 0:
         raise ValueError("url names port 0")
 

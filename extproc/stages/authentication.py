@@ -133,7 +133,9 @@ class AuthenticationStage:
 def _credential(headers: dict[str, str], route_header: str | None) -> str | None:
     authorization = headers.get("authorization", "").strip()
     if authorization:
-        scheme, _, rest = authorization.partition(" ")
+        # Any HTTP whitespace (a space or a tab) ends the scheme, not just a space.
+        scheme, *rest_of = authorization.split(None, 1)
+        rest = rest_of[0] if rest_of else ""
         if scheme.lower() == "bearer":
             if token := rest.strip():
                 return token
