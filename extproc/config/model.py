@@ -689,6 +689,7 @@ class GatewayConfig(_Section):
         problems = [
             *_reference_problems(self),
             *_store_wait_problems(self),
+            *_jwks_wait_problems(self),
             *_host_route_problems(self),
             *_route_policy_problems(self),
             *_key_header_subject_problems(self),
@@ -796,6 +797,21 @@ def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:
             " answer 504 before a store that stopped answering fails a request open or"
             " closed as its quota rules say"
         )
+
+
+def _jwks_wait_problems(config: GatewayConfig) -> Iterator[str]:
+    # A token naming a kid the gateway has not seen waits for the JWKS refetch inside
+    # its request-headers answer: a fetch allowed as long as Envoy's wait turned a hung
+    # identity provider into Envoy's 504 for the request, where the gateway answers 401.
+    limit_s = config.envoy.message_timeout_ms / 1000
+    for index, provider in enumerate(config.auth.jwt_providers):
+        jwks = provider.jwks
+        if jwks is not None and jwks.url is not None and jwks.timeout_s >= limit_s:
+            yield (
+                f"auth.jwt_providers[{index}].jwks.timeout_s ({jwks.timeout_s:g}) must be"
+                f" below envoy.message_timeout_ms ({config.envoy.message_timeout_ms} ms):"
+                " Envoy would answer 504 before a JWKS fetch that hangs gives up"
+            )
 
 
 def _host_route_problems(config: GatewayConfig) -> Iterator[str]:

@@ -213,3 +213,19 @@ def test_a_field_name_holding_line_breaks_is_one_problem() -> None:
     # Only the checks across sections report several problems in one message.
     # A quoted YAML key across lines: its two line breaks read as one.
     assert problems(MINIMAL + "? '\n\n'\n", {"MOCK_KEY": "k"}) == ["\n: unknown field"]
+
+
+def test_a_jwks_fetch_allowed_as_long_as_envoys_wait_is_refused() -> None:
+    # A hung identity provider would cost the request Envoy's 504, not the gateway's 401.
+    provider = """
+auth:
+  jwt_providers:
+    - name: idp
+      issuer: https://idp.example.com
+      jwks: {url: 'https://idp.example.com/jwks.json', timeout_s: TIMEOUT}
+"""
+    assert problems(MINIMAL + provider.replace("TIMEOUT", "5"), {"MOCK_KEY": "k"}) == [
+        "auth.jwt_providers[0].jwks.timeout_s (5) must be below envoy.message_timeout_ms"
+        " (5000 ms): Envoy would answer 504 before a JWKS fetch that hangs gives up"
+    ]
+    parse_config(MINIMAL + provider.replace("TIMEOUT", "4.5"), "test.yaml", {"MOCK_KEY": "k"})
