@@ -14,11 +14,13 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``disable_parallel_tool_use``, the named tool for ``tool``. Inputs are built from each
   tool's ``input_schema`` like JSON replies; output tokens are the tokens of the inputs' JSON.
   ``auto`` and ``none`` answer text.
-- Extended thinking (``thinking: {"type": "enabled", "budget_tokens": N}``): the answer
-  starts with a ``thinking`` block (``THOUGHT``, one piece per token, with a signature),
-  streamed as ``thinking_delta`` pieces then a ``signature_delta``; its tokens are output
-  tokens, counted in ``output_tokens`` and against ``max_tokens`` as on the real API.
-  ``disabled`` and ``adaptive`` thinking answer without a thinking block.
+- Extended thinking (``thinking: {"type": "enabled", "budget_tokens": N}``) and adaptive
+  thinking (``{"type": "adaptive"}``, ``output_config.effort`` or not): the answer starts
+  with a ``thinking`` block (``THOUGHT``, one piece per token, with a signature), streamed
+  as ``thinking_delta`` pieces then a ``signature_delta``; its tokens are output tokens,
+  counted in ``output_tokens`` and against ``max_tokens`` as on the real API (adaptive
+  thinking under a ``max_tokens`` too small for the thought ends in it, "max_tokens").
+  ``disabled`` thinking answers without a thinking block.
 - Scripted answers (``scripted``): header ``x-mock-reply`` chooses the text, and
   ``x-mock-tool-calls`` makes the answer call tools after it, with the input pieces the test
   chose (``stop_reason`` "tool_use"; output tokens are the text pieces and the input pieces).
@@ -66,11 +68,15 @@ bytes are another of these formats than it names; a stop sequence of whitespace 
 ``temperature`` / ``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which
 removed them), any of ``temperature``, ``top_p``, ``top_k``; ``tool_use`` or ``tool_result``
 blocks in a request that defines no ``tools`` ("Requests which include `tool_use` or
-`tool_result` blocks must define tools."); and, with extended thinking, a budget below
-1,024 or not below ``max_tokens``, a ``temperature`` other than 1, a ``top_p`` below 0.95,
-any ``top_k``, a ``tool_choice`` that forces tool use, and a final assistant turn (a
-prefill, or the one whose tool calls the last user turn answers) that does not start with
-a thinking block.
+`tool_result` blocks must define tools."); a thinking mode the model does not take:
+a fixed budget for Claude Opus 4.7 and later, the 5 generation, Mythos and Fable, which
+think adaptively only, and adaptive thinking for the models before Opus 4.6 and Sonnet 4.6
+(Claude 3.7 Sonnet, the 4.0, 4.1 and 4.5 models); an ``output_config.effort`` other than
+``low``, ``medium``, ``high``, ``xhigh`` or ``max``; and, with thinking on (a budget or
+adaptive), a budget below 1,024 or not below ``max_tokens``, a ``temperature`` other than
+1, a ``top_p`` below 0.95, any ``top_k``, a ``tool_choice`` that forces tool use, and a
+final assistant turn (a prefill, or the one whose tool calls the last user turn answers)
+that does not start with a thinking block.
 
 Credentials are an ``x-api-key`` header or ``Authorization: Bearer``: the anthropic Python
 client (2.14 here) sends its ``api_key`` as a bearer token, while older clients and curl
@@ -155,6 +161,10 @@ THOUGHT = "The user wants an answer; I will quote their words back to them."
 THOUGHT_SIGNATURE = "EqoBCkgIARABGAIiQMockSignature"
 _MIN_THINKING_BUDGET = 1024
 _THINKING_TYPES = ("enabled", "disabled", "adaptive")
+_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+# A Claude model id's family and version: claude-opus-4-7, claude-sonnet-4-20250514 (4.0),
+# claude-mythos-preview (no version); Claude 3 ids (claude-3-7-sonnet) put it first.
+_CLAUDE_ID = re.compile(r"claude-(?P<family>[a-z]+)(?:-(?P<major>\d+)(?:-(?P<minor>\d)(?!\d))?)?")
 
 # Anthropic's error.type for each HTTP status it documents; other 5xx are api_error and
 # other 4xx invalid_request_error.
@@ -337,6 +347,8 @@ class MessagesRequest:
     service_tier: str = "auto"
     # Extended thinking's budget_tokens, when the request enables it.
     thinking_budget: int | None = None
+    # Whether the request asks for adaptive thinking.
+    adaptive_thinking: bool = False
 
 
 def _blocks(content: object) -> list[Any]:
@@ -554,28 +566,72 @@ def _output_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
     return schema
 
 
-def _thinking_budget(doc: dict[str, Any], max_tokens: int) -> int | None:
-    """Extended thinking's budget, checked as the real API checks a request that enables
-    it (messages quoted from its answers); None without thinking."""
+def _thinking_modes(model: str) -> tuple[str, ...]:
+    """The thinking types ``model`` takes besides ``disabled``, as Anthropic lists them:
+    a budget only before Claude Opus 4.6 and Sonnet 4.6, which take both (the budget
+    deprecated), adaptive only from Opus 4.7 on, in the 5 generation, Mythos and Fable.
+    An id the mock cannot read takes both."""
+    if "claude-3-" in model.lower():
+        return ("enabled",)
+    found = _CLAUDE_ID.search(model.lower())
+    if found is None:
+        return ("enabled", "adaptive")
+    family = found["family"]
+    if family in ("mythos", "fable"):
+        return ("adaptive",)
+    if found["major"] is None:
+        return ("enabled", "adaptive")
+    version = (int(found["major"]), int(found["minor"] or 0))
+    if version < (4, 6):
+        return ("enabled",)
+    if version >= (5, 0) or (family == "opus" and version >= (4, 7)):
+        return ("adaptive",)
+    return ("enabled", "adaptive")
+
+
+def _check_effort(doc: dict[str, Any]) -> None:
+    config = doc.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort is not None and effort not in _EFFORTS:
+        raise InvalidRequestError(
+            "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+        )
+
+
+def _thinking(doc: dict[str, Any], model: str, max_tokens: int) -> tuple[int | None, bool]:
+    """Extended thinking's budget (None without one) and whether thinking is adaptive,
+    checked as the real API checks a request that turns thinking on (messages quoted from
+    its answers where known)."""
+    _check_effort(doc)
     thinking = doc.get("thinking")
     if thinking is None:
-        return None
+        return None, False
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind not in _THINKING_TYPES:
         raise InvalidRequestError(
             "thinking: Input tag should be 'enabled', 'disabled' or 'adaptive'"
         )
-    if kind != "enabled":
-        return None
-    budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or isinstance(budget, bool):
-        raise InvalidRequestError("thinking.enabled.budget_tokens: Field required")
-    if budget < _MIN_THINKING_BUDGET:
-        raise InvalidRequestError(
-            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-        )
-    if max_tokens <= budget:
-        raise InvalidRequestError("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    if kind == "disabled":
+        return None, False
+    if kind not in _thinking_modes(model):
+        if kind == "enabled":
+            raise InvalidRequestError(
+                '"thinking.type.enabled" is not supported for this model. Use '
+                '"thinking.type.adaptive" and "output_config.effort" to control thinking '
+                "behavior."
+            )
+        raise InvalidRequestError('"thinking.type.adaptive" is not supported for this model.')
+    budget: int | None = None
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise InvalidRequestError("thinking.enabled.budget_tokens: Field required")
+        if budget < _MIN_THINKING_BUDGET:
+            raise InvalidRequestError(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if max_tokens <= budget:
+            raise InvalidRequestError("`max_tokens` must be greater than `thinking.budget_tokens`.")
     temperature = doc.get("temperature")
     if temperature is not None and temperature != 1:
         raise InvalidRequestError("`temperature` may only be set to 1 when thinking is enabled.")
@@ -589,7 +645,7 @@ def _thinking_budget(doc: dict[str, Any], max_tokens: int) -> int | None:
     choice = doc.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         raise InvalidRequestError("Thinking may not be enabled when tool_choice forces tool use.")
-    return budget
+    return budget, kind == "adaptive"
 
 
 def _check_final_assistant_thinks(messages: list[dict[str, Any]]) -> None:
@@ -692,8 +748,8 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         raise InvalidRequestError("stream: Input should be a valid boolean")
     tools, tool_choice = _tools(doc)
     _check_tools_defined(messages, tools)
-    thinking_budget = _thinking_budget(doc, max_tokens)
-    if thinking_budget is not None:
+    thinking_budget, adaptive_thinking = _thinking(doc, model, max_tokens)
+    if thinking_budget is not None or adaptive_thinking:
         _check_final_assistant_thinks(messages)
     return MessagesRequest(
         model,
@@ -707,6 +763,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         _output_schema(doc),
         _asked_tier(doc.get("service_tier", "auto")),
         thinking_budget,
+        adaptive_thinking,
     )
 
 
@@ -888,8 +945,10 @@ def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     if calls:
         return Reply([], "tool_use", input_tokens, cached, calls=calls)
     # A budget is at least 1,024 tokens: the thought always fits, and takes its part of
-    # max_tokens before the answer.
-    thought = tuple(token_pieces(THOUGHT)) if req.thinking_budget is not None else ()
+    # max_tokens before the answer. Adaptive thinking has no least: a max_tokens below
+    # the thought cuts it, and leaves the answer no room.
+    thinks = req.thinking_budget is not None or req.adaptive_thinking
+    thought = tuple(token_pieces(THOUGHT))[: req.max_tokens] if thinks else ()
     text, stop = _reply_text(req)
     pieces, truncated = reply_pieces(
         req.messages, max_tokens=req.max_tokens - len(thought), chunks=fault.chunks, text=text

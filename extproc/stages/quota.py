@@ -41,7 +41,11 @@ from extproc.quota.estimate import (
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 from extproc.quota.thinking_budget import MIN_THINKING_BUDGET, cap_thinking, least_completion
-from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
+from extproc.translators.openai_anthropic import (
+    named_max_tokens,
+    takes_adaptive_thinking,
+    thinking_budget_for,
+)
 
 log = logging.getLogger(__name__)
 # The longest wait a refused client should sit out before its SDK retries on its own: the
@@ -313,9 +317,12 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api in MESSAGES_BODY_APIS and ctx.body is not None:
         # Extended thinking needs room for its least budget (quota.thinking_budget).
         return least_completion(ctx.body)
-    if _claude_thinking_budget(ctx) is not None:
-        # So does reasoning_effort translated for Claude: a cap that left less would turn
-        # the request into a 400 about a max_completion_tokens the client never set.
+    if _claude_thinking_budget(ctx) is not None and not takes_adaptive_thinking(
+        ctx.upstream_model or ""
+    ):
+        # So does reasoning_effort translated for a Claude that thinks with a fixed budget:
+        # a cap that left less would turn the request into a 400 about a
+        # max_completion_tokens the client never set. Adaptive thinking fits any bound.
         return MIN_THINKING_BUDGET + 1
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.

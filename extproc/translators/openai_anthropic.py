@@ -48,22 +48,34 @@ clients send both. API version 2026-10-21 removed both (Anthropic refuses them t
 their defaults), so with that version or a later one neither is sent. Other OpenAI-only
 fields (seed, penalties, stream_options...) are dropped.
 
-Reasoning: ``reasoning_effort`` is OpenAI's only switch for thinking, so it becomes
-Anthropic's extended thinking, ``{"type": "enabled", "budget_tokens": N}`` with N from
-``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096); ``none`` and ``minimal`` ask for
-no thinking, any other value is a 400 naming it. Thinking counts against ``max_tokens``,
-whose budget Anthropic wants at least 1,024 and below it: a request that names no
-``max_completion_tokens`` / ``max_tokens`` gets the default plus the budget (the answer
-keeps the room it has without thinking); one that names its own bound keeps it (OpenAI's
-bound covers reasoning too) with the budget lowered below it, and one that names 1,024 or
-less, no room to think at all, is a 400 naming that field. What Anthropic refuses beside
-thinking is refused with a 400 naming the OpenAI field, as OpenAI refuses it for its own
-reasoning models: a ``temperature`` other than 1, a ``top_p`` below 0.95, and a
-``tool_choice`` that forces a call. Thinking is not turned on when the conversation's last
-assistant turn is still open (``_turn_left_open``): inside a tool loop Anthropic wants that
-turn to start with the thinking block it answered with, signature included, which an
-OpenAI client never had to send back; a final assistant turn (a prefill) is the same case.
-The quota stage reads the same numbers (``thinking_budget_for``, ``named_max_tokens``).
+Reasoning: ``reasoning_effort`` is OpenAI's only switch for thinking, so it turns on
+Claude's thinking in the one mode the model takes (``takes_adaptive_thinking``, by the
+upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other value than
+``low``, ``medium`` or ``high`` is a 400 naming it. Thinking counts against ``max_tokens``.
+
+- Adaptive thinking (Claude Opus 4.6, Sonnet 4.6 and every later model, one the gateway
+  does not know included: Opus 4.7 and later refuse a fixed budget, and the 4.6 models
+  deprecate it): ``{"type": "adaptive"}`` with ``output_config.effort`` the level, beside
+  the ``output_config.format`` structured output may set. Claude decides how much to
+  think, so no bound is too small: one the body names is kept as it is.
+- Extended thinking with a fixed budget (Claude 3.7 Sonnet, Opus 4 and 4.1, Sonnet 4, the
+  4.5 models, which predate adaptive thinking): ``{"type": "enabled", "budget_tokens":
+  N}`` with N from ``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096), at least
+  1,024 and below ``max_tokens``: a bound the body names keeps, with the budget lowered
+  below it (OpenAI's bound covers reasoning too), and one of 1,024 or less, no room to
+  think at all, is a 400 naming that field.
+
+Either way, a request that names no ``max_completion_tokens`` / ``max_tokens`` gets the
+default plus the level's budget, so the answer keeps the room it has without thinking.
+What Anthropic refuses beside thinking, adaptive or not, is refused with a 400 naming the
+OpenAI field, as OpenAI refuses it for its own reasoning models: a ``temperature`` other
+than 1, a ``top_p`` below 0.95, and a ``tool_choice`` that forces a call. Thinking is not
+turned on when the conversation's last assistant turn is still open
+(``_turn_left_open``): inside a tool loop Anthropic wants that turn to start with the
+thinking block it answered with, signature included, which an OpenAI client never had to
+send back; a final assistant turn (a prefill) is the same case. The quota stage reads
+the same numbers (``thinking_budget_for``, ``named_max_tokens``,
+``takes_adaptive_thinking``).
 """
 
 from __future__ import annotations
@@ -89,6 +101,7 @@ __all__ = [
     "CompletionTranslator",
     "StreamTranslator",
     "named_max_tokens",
+    "takes_adaptive_thinking",
     "thinking_budget_for",
     "translate_error",
     "translate_request",
@@ -101,6 +114,22 @@ _NO_THINKING = ("none", "minimal")
 _EFFORTS = "'none', 'minimal', 'low', 'medium' or 'high'"
 # With thinking, Anthropic takes top_p from here to 1 only (and temperature 1 only).
 _THINKING_MIN_TOP_P = 0.95
+# The Claude models that take thinking with a fixed budget only, by their names without
+# date or version: they came before adaptive thinking (Claude Opus 4.6 and Sonnet 4.6),
+# and refuse it. Claude 3 models before 3.7 do not think at all; they keep the budget the
+# translation always sent them, and answer Anthropic's 400 about it. A model not listed
+# here, a new one included, thinks adaptively: Opus 4.7 and later refuse a budget.
+_BUDGET_ONLY_MODELS = frozenset(
+    {
+        "claude-3-7-sonnet", "claude-opus-4", "claude-opus-4-0", "claude-opus-4-1",
+        "claude-sonnet-4", "claude-sonnet-4-0", "claude-sonnet-4-5", "claude-haiku-4-5",
+        "claude-opus-4-5",
+    }
+)  # fmt: skip
+# What follows a model's name in its id: a date snapshot (``-20250929``) or ``-latest``,
+# then Bedrock's version (``-v1:0``, ``-v1:0:200k``). Vertex's ``@20250929`` is cut at
+# the ``@``.
+_MODEL_ID_SUFFIX = re.compile(r"(?:-(?:\d{8}|latest))?(?:-v\d+(?::\w+)*)?$")
 # The anthropic-version that removed temperature, top_p and top_k (ISO dates compare as text).
 SAMPLING_REMOVED_IN = "2026-10-21"
 
@@ -131,15 +160,22 @@ def translate_request(
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
     _refuse_logprobs(body)
-    effort_budget = reasoning_budget(body)
+    effort = _reasoning_effort(body)
     output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"), image_urls)
     named = named_max_tokens(body)
     max_tokens = named[1] if named is not None else default_max_tokens
     thinking: dict[str, Any] | None = None
-    if effort_budget is not None and not _turn_left_open(messages):
-        budget, max_tokens = _fit_thinking(effort_budget, named, default_max_tokens)
-        thinking = {"type": "enabled", "budget_tokens": budget}
+    if effort is not None and not _turn_left_open(messages):
+        if takes_adaptive_thinking(upstream_model):
+            # Claude sizes its thinking to the effort and to the bound: any bound is kept.
+            thinking = {"type": "adaptive"}
+            output_config = {**(output_config or {}), "effort": effort}
+            if named is None:
+                max_tokens = default_max_tokens + THINKING_BUDGETS[effort]
+        else:
+            budget, max_tokens = _fit_thinking(THINKING_BUDGETS[effort], named, default_max_tokens)
+            thinking = {"type": "enabled", "budget_tokens": budget}
     request: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": max_tokens,
@@ -198,15 +234,31 @@ def translate_request(
     return request
 
 
-def reasoning_budget(body: dict[str, Any]) -> int | None:
-    """The thinking budget the body's ``reasoning_effort`` asks for (``THINKING_BUDGETS``);
-    None for no thinking (``none``, ``minimal``, or no value). Another value is a 400: a
-    client that asked the model to reason must not get an answer without it unawares."""
+def takes_adaptive_thinking(upstream_model: str) -> bool:
+    """Whether Claude ``upstream_model`` thinks adaptively (``{"type": "adaptive"}`` with
+    ``output_config.effort``) rather than with a fixed budget (``_BUDGET_ONLY_MODELS``).
+
+    The id may be Anthropic's (``claude-sonnet-4-5-20250929``, ``claude-opus-4-7``),
+    Vertex AI's (``claude-sonnet-4-5@20250929``) or Bedrock's
+    (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``, or an inference profile's ARN
+    ending in one); an id the gateway cannot read is a new model, which thinks adaptively."""
+    name = upstream_model.lower().rsplit("/", 1)[-1].partition("@")[0]
+    # Bedrock names the maker and, for a cross-region profile, the region before it.
+    name = name[name.find("claude-") :] if "claude-" in name else name
+    family = _MODEL_ID_SUFFIX.sub("", name)
+    return family not in _BUDGET_ONLY_MODELS and not family.startswith("claude-3-")
+
+
+def _reasoning_effort(body: dict[str, Any]) -> str | None:
+    """The thinking level the body's ``reasoning_effort`` asks for (a key of
+    ``THINKING_BUDGETS``); None for no thinking (``none``, ``minimal``, or no value).
+    Another value is a 400: a client that asked the model to reason must not get an answer
+    without it unawares."""
     effort = body.get("reasoning_effort")
     if effort is None or (isinstance(effort, str) and effort in _NO_THINKING):
         return None
     if isinstance(effort, str) and effort in THINKING_BUDGETS:
-        return THINKING_BUDGETS[effort]
+        return effort
     raise BadRequestError(
         f"reasoning_effort must be {_EFFORTS} for this model", param="reasoning_effort"
     )
@@ -218,13 +270,14 @@ def thinking_budget_for(body: dict[str, Any]) -> int | None:
     the conversation's last assistant turn is still open (``_turn_left_open``).
 
     For the quota, which reserves the budget on top of the default allowance and leaves
-    a hard-capped request room for the least budget; it raises the 400s the translation
-    would raise for the same body."""
-    budget = reasoning_budget(body)
-    if budget is None:
+    a hard-capped request room for the least budget (adaptive thinking names no budget,
+    but a body that names no bound gets the same room for it); it raises the 400s the
+    translation would raise for the same body."""
+    effort = _reasoning_effort(body)
+    if effort is None:
         return None
     _, turns = _messages(body.get("messages"), True)
-    return None if _turn_left_open(turns) else budget
+    return None if _turn_left_open(turns) else THINKING_BUDGETS[effort]
 
 
 def _turn_left_open(turns: list[dict[str, Any]]) -> bool:
