@@ -88,6 +88,10 @@ class TextSlot:
     key: Any  # its key (or index) there
     # The string is JSON text (a tool call's arguments): matchers read it as JSON.
     is_json: bool = False
+    # Reasoning a signature covers (Anthropic's ``thinking``, Converse's ``reasoningText``):
+    # the provider refuses the block sent back changed, so a mask cannot be written here;
+    # the stage refuses the answer instead (``reasoning_slots``).
+    signed: bool = False
 
     @property
     def text(self) -> str:
@@ -352,8 +356,10 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
 
 
 def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
-    """The text and tool-call arguments of each choice of an OpenAI chat completion."""
+    """The text, tool-call arguments and reasoning of each choice of an OpenAI chat
+    completion; the reasoning after the rest (``reasoning_slots``)."""
     slots: list[TextSlot] = []
+    reasoning: list[TextSlot] = []
     for choice in answer.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
@@ -361,11 +367,57 @@ def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
         _string_slot("assistant", message, "content", slots)
         if "tool_calls" in message or "function_call" in message:
             _call_slots("assistant", message, slots)
+        openai_reasoning_slots(message, reasoning)
+    slots.extend(reasoning)
     return slots
 
 
+# The fields OpenAI-compatible providers show reasoning in, on a message or a stream's
+# delta: DeepSeek's and older vLLM's ``reasoning_content`` (the gateway's translation of
+# Claude's thinking too), and ``reasoning`` (vLLM, Ollama, Groq, OpenRouter). None is
+# signed: an OpenAI client has no way to send reasoning back that a provider checks.
+OPENAI_REASONING = ("reasoning_content", "reasoning")
+# OpenRouter's ``reasoning_details`` entries, by type: the field of their text.
+# ``reasoning.encrypted`` carries opaque ``data``, no text.
+REASONING_DETAILS = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+def openai_reasoning_slots(message: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The reasoning an OpenAI-compatible message shows: its reasoning fields and the text
+    of its ``reasoning_details``. Reasoning reaches the client as answer text does, so a
+    policy that keeps a card number from the answer keeps it from the reasoning too."""
+    for field in OPENAI_REASONING:
+        _string_slot("assistant", message, field, slots)
+    details = message.get("reasoning_details")
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict):
+                kind = detail.get("type")
+                named = REASONING_DETAILS.get(kind) if isinstance(kind, str) else None
+                if named is not None:
+                    _string_slot("assistant", detail, named, slots)
+
+
 def anthropic_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
-    """The text blocks and tool inputs of an Anthropic message."""
+    """The text blocks, tool inputs and thinking of an Anthropic message.
+
+    The text of ``thinking`` blocks comes last, each slot ``signed``: Anthropic checks the
+    block's signature whenever the client sends it back, so a masked block would fail that
+    turn and every later one of the conversation; a mask there refuses the answer
+    (``stages.guardrails``). ``redacted_thinking`` is encrypted, no text."""
     slots: list[TextSlot] = []
-    _content_slots("assistant", answer, "content", slots)
+    thinking: list[TextSlot] = []
+    content = answer.get("content")
+    if isinstance(content, str):
+        slots.append(TextSlot("assistant", answer, "content"))
+    elif isinstance(content, list):
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "thinking":
+                if isinstance(block.get("thinking"), str):
+                    thinking.append(TextSlot("assistant", block, "thinking", signed=True))
+            else:
+                _block_slots("assistant", block, slots)
+    slots.extend(thinking)
     return slots

@@ -26,7 +26,7 @@ Not read, as on chat routes:
 
 - reasoning (``reasoningContent``): its ``signature`` covers its text, which Bedrock
   wants back unmodified (the model refuses a changed one), as Anthropic's ``thinking``
-  blocks, which chat routes leave alone; ``redactedContent`` is encrypted;
+  blocks, which requests on chat routes leave alone; ``redactedContent`` is encrypted;
 - a document's ``name``: an identifier, as a tool's name is, of a few characters
   (letters, digits, spaces, hyphens, brackets) that a mask's ``<EMAIL>`` or ``****``
   would break (Bedrock would refuse the body); a search result's ``source`` (a URL or an
@@ -38,8 +38,9 @@ Not read, as on chat routes:
   (a sampling knob or a prompt), so the gateway cannot tell text from settings there.
 
 A whole answer's text is its ``output.message`` content blocks, read as the
-``assistant``'s as above: text, cited text and tool calls' input; its reasoning is not
-read. A streamed answer is not read here.
+``assistant``'s as above: text, cited text and tool calls' input, then its reasoning's
+text, which reaches the client too: signed, so a mask there refuses the answer. A
+streamed answer is not read here.
 
 The quota's prompt estimate (``estimate_chars``) counts the same text, with JSON values
 whole, reasoning sent back and tool definitions.
@@ -78,12 +79,25 @@ def answer_slots(answer: Any) -> list[TextSlot]:
     """The text of a whole Converse answer's message: its text, cited text and tool calls'
     input, as the assistant's. Any other shape holds none."""
     slots: list[TextSlot] = []
+    reasoning: list[TextSlot] = []
     output = answer.get("output") if isinstance(answer, dict) else None
     message = output.get("message") if isinstance(output, dict) else None
     if isinstance(message, dict):
         for block in _dicts(message.get("content")):
             _block_slots(CALL_ROLE, block, slots)
+            _reasoning_slot(block, reasoning)
+    slots.extend(reasoning)
     return slots
+
+
+def _reasoning_slot(block: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The text of an answer's ``reasoningContent`` block, ``signed``: its signature covers
+    it and Bedrock refuses it changed, so a mask there refuses the answer instead
+    (``stages.guardrails``). ``redactedContent`` is encrypted, no text."""
+    reasoning = block.get("reasoningContent")
+    text = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
+    if isinstance(text, dict) and isinstance(text.get("text"), str):
+        slots.append(TextSlot(CALL_ROLE, text, "text", signed=True))
 
 
 def _variable_slots(body: dict[str, Any]) -> list[TextSlot]:

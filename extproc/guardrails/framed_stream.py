@@ -197,8 +197,10 @@ class ConverseStreamGuard(FramedStreamGuard):
     out before it), ``messageStop`` ends the answer's text (every channel's leftovers go
     out before it). Each keeps its own payload, the text replaced: nothing else of
     Bedrock's changes. Every other frame (``messageStart``, ``contentBlockStart``,
-    ``metadata``, reasoning and citation deltas) goes on as it came: reasoning is signed
-    (Bedrock refuses a changed one sent back), as in a whole answer."""
+    ``metadata``, citation deltas, redacted reasoning) goes on as it came. A reasoning
+    delta's ``text`` is read as Claude's ``thinking_delta`` and its ``signature`` as the
+    ``signature_delta`` that closes it: signed (Bedrock refuses a changed one sent back),
+    so a mask there ends the stream as a reject guard does."""
 
     exceptions: ClassVar[frozenset[str]] = _CONVERSE_EXCEPTIONS
     unwraps: ClassVar[bool] = False
@@ -215,10 +217,17 @@ class ConverseStreamGuard(FramedStreamGuard):
             delta = event.get("delta")
             text = delta.get("text") if isinstance(delta, dict) else None
             tool = delta.get("toolUse") if isinstance(delta, dict) else None
+            reasoning = delta.get("reasoningContent") if isinstance(delta, dict) else None
             if isinstance(text, str):
                 anthropic["delta"] = {"type": "text_delta", "text": text}
             elif isinstance(tool, dict) and isinstance(tool.get("input"), str):
                 anthropic["delta"] = {"type": "input_json_delta", "partial_json": tool["input"]}
+            elif isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
+                # Signed reasoning, read as Claude's thinking: a mask there ends the stream.
+                anthropic["delta"] = {"type": "thinking_delta", "thinking": reasoning["text"]}
+            elif isinstance(reasoning, dict) and "signature" in reasoning:
+                # Its signature closes the reasoning: what was held goes out before it.
+                anthropic["delta"] = {"type": "signature_delta"}
             else:
                 return None
         # The frame's own payload rides along: it is written back with the text replaced.
@@ -232,12 +241,16 @@ class ConverseStreamGuard(FramedStreamGuard):
         name = kind.decode()
         if name == "content_block_delta":
             delta = event.get("delta", {})
-            text = delta.get("text") if delta.get("type") == "text_delta" else None
-            written: dict[str, Any] = (
-                {"text": text}
-                if text is not None
-                else {"toolUse": {"input": delta.get("partial_json", "")}}
-            )
+            part = delta.get("type")
+            if part == "signature_delta" and isinstance(original, dict):
+                return encode_event(_DELTA, orjson.dumps(original))
+            written: dict[str, Any]
+            if part == "text_delta":
+                written = {"text": delta.get("text", "")}
+            elif part == "thinking_delta":
+                written = {"reasoningContent": {"text": delta.get("thinking", "")}}
+            else:
+                written = {"toolUse": {"input": delta.get("partial_json", "")}}
             if isinstance(original, dict):
                 converse = {**original, "delta": written}
             else:

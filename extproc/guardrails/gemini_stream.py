@@ -18,7 +18,9 @@ events:
 - A function call comes whole in one event (its ``args`` an object, not fragments), as
   do code and its result: their text is matched at once, as a whole answer's is
   (``gemini_text``), a mask writing into the event.
-- Thought parts (``"thought": true``) go on unread, as reasoning does on the other APIs.
+- Thought parts (``"thought": true``, the thought summaries the client is shown) are a
+  channel of their own per candidate, masked as its text is; what they held goes out, as
+  a thought part, before the candidate's answer text begins and when it finishes.
 - A reject guard ends the stream with Google's error event, ``data: {"error": {"code",
   "message", "status"}}``: google-genai raises it as it raises Google's own failure
   mid-stream (``ClientError`` for a 4xx, with the code and the status), and the rest of
@@ -39,7 +41,7 @@ from extproc.guardrails.content import TextSlot
 from extproc.guardrails.converse_text import CALL_ROLE
 from extproc.guardrails.gemini_text import part_slots
 from extproc.guardrails.matching import Matchers
-from extproc.guardrails.stream import Channel, StreamEvent, StreamGuard
+from extproc.guardrails.stream import THOUGHT, Channel, StreamEvent, StreamGuard
 
 _EVENT_END = b"\n\n"
 # The answer's fields an extra event of held text repeats: what names the answer, not
@@ -71,10 +73,18 @@ class GeminiStreamGuard(StreamGuard):
             content = candidate.get("content")
             parts = content.get("parts") if isinstance(content, dict) else None
             for part in parts if isinstance(parts, list) else ():
-                if not isinstance(part, dict) or part.get("thought") is True:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("thought") is True:
+                    if isinstance(part.get("text"), str):
+                        event.texts.append(((index, 0, THOUGHT), part, "text"))
                     continue
                 if isinstance(part.get("text"), str):
                     event.texts.append((index, part, "text"))
+                    thought = (index, 0, THOUGHT)
+                    if part["text"] and thought in self._channels and thought not in event.closes:
+                        # The answer begins: the thought held goes out before it.
+                        event.closes.append(thought)
                     continue
                 whole: list[TextSlot] = []
                 part_slots(CALL_ROLE, part, whole)
@@ -91,8 +101,11 @@ class GeminiStreamGuard(StreamGuard):
     def _released_event(
         self, channel: Channel, text: str, envelope: dict[str, Any] | None
     ) -> bytes:
-        assert isinstance(channel, int)  # a candidate: Gemini's streams have no call channels
-        candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "index": channel}
+        # A candidate's text, or its thoughts: Gemini's streams have no call channels.
+        part: dict[str, Any] = {"text": text}
+        if isinstance(channel, tuple):
+            channel, part["thought"] = channel[0], True
+        candidate = {"content": {"role": "model", "parts": [part]}, "index": channel}
         answer: dict[str, Any] = {"candidates": [candidate]}
         for name in _NAMING:
             if envelope is not None and name in envelope:

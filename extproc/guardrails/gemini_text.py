@@ -19,9 +19,10 @@ changes in place and the value stays the same object.
 
 Not read, as on the other APIs:
 
-- thought parts (``"thought": true``) of the model's turns: the model's reasoning, which
-  Gemini's thought signatures go with and which the other APIs' guards leave alone too
-  (Anthropic's ``thinking``, Converse's ``reasoningContent``); a text part that merely
+- thought parts (``"thought": true``) of the model's turns in a request: the model's
+  reasoning sent back, which Gemini's thought signatures go with and which the other
+  APIs' request guards leave alone too (Anthropic's ``thinking``, Converse's
+  ``reasoningContent``); a text part that merely
   carries a ``thoughtSignature`` is answer text, and read. A part marked as a thought in
   a user's turn or the system instruction is the client's own text, and read;
 - a function's ``name`` (an identifier a mask would break), inline data and files,
@@ -33,8 +34,9 @@ top-level ``systemInstruction``), or the ``generateContentRequest`` it wraps
 (``guarded_request``), which enrichment writes into as well.
 
 A whole answer's text is each candidate's ``content.parts``, read as the ``assistant``'s
-as above (its thoughts are not read). Field names are read in camelCase, then snake_case,
-as ``gemini_api`` reads them (Google's REST API takes both).
+as above, then its thought parts' text: the client is shown its thought summaries as it
+is shown the answer, and a mask writes in place there. Field names are read in camelCase,
+then snake_case, as ``gemini_api`` reads them (Google's REST API takes both).
 """
 
 from __future__ import annotations
@@ -90,12 +92,20 @@ def answer_slots(answer: Any) -> list[TextSlot]:
     """The text of each candidate of a whole answer, as the assistant's. Any other shape
     (an error, a blocked prompt) holds none."""
     slots: list[TextSlot] = []
+    thoughts: list[TextSlot] = []
     candidates = answer.get("candidates") if isinstance(answer, dict) else None
     for candidate in _dicts(candidates):
         content = candidate.get("content")
         if isinstance(content, dict):
             for part in _dicts(content.get("parts")):
-                part_slots(CALL_ROLE, part, slots)
+                if part.get("thought") is True and isinstance(part.get("text"), str):
+                    # The client is shown its thought summaries as it is shown the
+                    # answer; no signature covers their text (a thought signature
+                    # stands for the model's hidden thinking), so a mask writes there.
+                    thoughts.append(TextSlot(CALL_ROLE, part, "text"))
+                else:
+                    part_slots(CALL_ROLE, part, slots)
+    slots.extend(thoughts)
     return slots
 
 

@@ -44,6 +44,13 @@ OpenAI's legacy text completions stream the same way, their text in each choice'
 ``text`` rather than a delta (``completions``): one channel per choice, whose leftovers go
 out in an extra ``text_completion`` chunk before the choice's finish chunk.
 
+Reasoning is text the client reads too, a ``TextStream`` per choice (or block) and field:
+OpenAI-compatible ``delta.reasoning_content`` / ``delta.reasoning`` and the text of
+OpenRouter's ``delta.reasoning_details``, whose held text goes out before the choice's
+answer begins, and Anthropic's ``thinking_delta``, released before its ``signature_delta``.
+Thinking is signed (Anthropic refuses a changed block sent back), so a mask hit there
+ends the stream as a reject guard's match does (``signed_channel``).
+
 A custom tool's input (OpenAI's ``delta.tool_calls[j].custom.input``, GPT-5 custom
 tools) is a channel of its own per choice and call index too. It is free text, most
 often not JSON, but it is read as arguments are (as JSON while it is JSON, as written
@@ -78,10 +85,35 @@ CallChannel = tuple[int, int, int]
 # arguments (Anthropic's input too), or a custom tool's input.
 _ARGUMENTS = 0
 _CUSTOM_INPUT = 1
+# Reasoning, plain text (a ``TextStream`` each, never lexed as JSON), a channel per choice
+# or block and field, closing with its owner: OpenAI-compatible ``reasoning_content`` and
+# ``reasoning`` (call index ``_REASONING_FIELD``), OpenRouter's ``reasoning_details``
+# entries by their ``index``, Anthropic's ``thinking_delta`` (signed: a mask there ends
+# the stream, see ``TextStream``), Gemini's thought parts.
+_REASONING_CONTENT = 2
+_REASONING = 3
+_DETAIL_TEXT = 4
+_DETAIL_SUMMARY = 5
+_THINKING = 6
+THOUGHT = 7
+_FIRST_TEXT = _REASONING_CONTENT
+_REASONING_FIELDS = (("reasoning_content", _REASONING_CONTENT), ("reasoning", _REASONING))
+_DETAILS = {
+    "reasoning.text": ("text", _DETAIL_TEXT),
+    "reasoning.summary": ("summary", _DETAIL_SUMMARY),
+}
+_REASONING_FIELD = -2
 # A channel of text: a choice or content block (an int), or a tool call's text.
 Channel = int | CallChannel
 # The call index of OpenAI's deprecated ``function_call``: one per choice.
 _FUNCTION_CALL = -1
+
+
+def signed_channel(channel: Channel) -> bool:
+    """Whether a channel's text is reasoning a signature covers (Anthropic's thinking, and
+    Converse's read as it): the provider refuses it changed when the client sends it
+    back, so it can be refused but not masked."""
+    return isinstance(channel, tuple) and channel[2] == _THINKING
 
 
 class StreamRejectedError(Exception):
@@ -95,10 +127,13 @@ class StreamRejectedError(Exception):
 class TextStream:
     """One channel of streamed text through the phase's matchers."""
 
-    __slots__ = ("_before", "_held", "_matchers", "_open", "masked")
+    __slots__ = ("_before", "_held", "_matchers", "_open", "_signed", "masked")
 
-    def __init__(self, matchers: Matchers, *, before: str = "") -> None:
+    def __init__(self, matchers: Matchers, *, before: str = "", signed: bool = False) -> None:
         self._matchers = matchers
+        # Signed reasoning: a mask hit refuses, as a reject guard's match does (the hold-back
+        # keeps every character of it from leaving first).
+        self._signed = signed
         self._held = ""
         # The last character released, for the "stands alone" checks of builtins.
         self._before = before
@@ -121,6 +156,8 @@ class TextStream:
         )
         if refusing:
             raise StreamRejectedError(min(refusing))
+        if hits and self._signed:
+            raise StreamRejectedError(min(hit.guard for hit in hits))
         self.masked.update(hit.guard for hit in hits)
         if cut:
             self._before = buffer[cut - 1]
@@ -317,7 +354,9 @@ class StreamEvent:
     payload: dict[str, Any] | None = None
     # (channel, the dict holding the text, its key): text deltas and argument fragments
     texts: list[tuple[Channel, dict[str, Any], str]] = field(default_factory=list)
-    closes: list[int] = field(default_factory=list)  # choices or blocks that end here
+    # Choices or blocks that end here (their calls and reasoning with them), and reasoning
+    # channels that end where their choice's answer begins.
+    closes: list[Channel] = field(default_factory=list)
     done: bool = False
     changed: bool = False
     # Text that comes whole in this one event (a Gemini function call's arguments):
@@ -334,8 +373,11 @@ class StreamGuard:
         # OpenAI text completion chunks: a choice's text is its ``text``, not a delta's.
         self._completions = completions
         self._channels: dict[Channel, TextStream | ArgumentsStream] = {}
-        # The tool calls seen, in order: their channels close with their owner's.
+        # The tool calls (and reasoning) seen, in order: their channels close with their
+        # owner's.
         self._calls: list[CallChannel] = []
+        # By choice, its reasoning channels: what they hold leaves before its answer.
+        self._reasoning: dict[int, list[CallChannel]] = {}
         self._pending = b""
         self._envelope: dict[str, Any] | None = None
         # The guards that masked text carried whole (``StreamEvent.whole``).
@@ -390,7 +432,7 @@ class StreamGuard:
                         event.changed = True
                 for owner in event.closes:
                     self._close(owner, event, out)
-                    if self._calls:
+                    if self._calls and isinstance(owner, int):
                         for call in [c for c in self._calls if c[0] == owner]:
                             self._close(call, event, out)
                 if event.done:
@@ -409,7 +451,13 @@ class StreamGuard:
     def _channel(self, channel: Channel) -> TextStream | ArgumentsStream:
         found = self._channels.get(channel)
         if found is None:
-            if isinstance(channel, tuple):
+            if isinstance(channel, tuple) and channel[2] >= _FIRST_TEXT:
+                found = self._channels[channel] = TextStream(
+                    self._matchers, signed=channel[2] == _THINKING
+                )
+                self._calls.append(channel)
+                self._reasoning.setdefault(channel[0], []).append(channel)
+            elif isinstance(channel, tuple):
                 # A custom tool's input too: read as JSON while it is JSON (a key
                 # spelled with an escape is still found), as written once it is not.
                 found = self._channels[channel] = ArgumentsStream(self._matchers)
@@ -502,11 +550,22 @@ class StreamGuard:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                if isinstance(delta.get("content"), str):
+                content = delta.get("content")
+                if isinstance(content, str):
                     event.texts.append((index, delta, "content"))
                 # Two key lookups: all a chunk without tool calls pays for them.
-                if "tool_calls" in delta or "function_call" in delta:
+                calls = "tool_calls" in delta or "function_call" in delta
+                if calls:
                     _read_openai_calls(event, index, delta)
+                # Three more for reasoning, which an answer's chunks do not carry.
+                for name, carries in _REASONING_FIELDS:
+                    if name in delta and isinstance(delta[name], str):
+                        event.texts.append(((index, _REASONING_FIELD, carries), delta, name))
+                if "reasoning_details" in delta:
+                    _read_details(event, index, delta["reasoning_details"])
+                if self._reasoning and (content or calls) and index in self._reasoning:
+                    # The answer begins: the reasoning held goes out before it.
+                    event.closes.extend(self._reasoning[index])
             if choice.get("finish_reason") is not None:
                 event.closes.append(index)
 
@@ -521,6 +580,11 @@ class StreamGuard:
             part = delta.get("type")
             if part == "text_delta" and isinstance(delta.get("text"), str):
                 event.texts.append((index, delta, "text"))
+            elif part == "thinking_delta" and isinstance(delta.get("thinking"), str):
+                event.texts.append(((index, 0, _THINKING), delta, "thinking"))
+            elif part == "signature_delta":
+                # The signature ends the thinking: what it held goes out before it.
+                event.closes.append((index, 0, _THINKING))
             elif part == "input_json_delta" and isinstance(delta.get("partial_json"), str):
                 # A tool_use block's input (server and MCP tool calls' too), as JSON text.
                 event.texts.append(((index, 0, _ARGUMENTS), delta, "partial_json"))
@@ -570,8 +634,17 @@ class StreamGuard:
                 return channel, {"type": "text_delta", "text": text}
             return channel, {"content": text}
         owner, call, carries = channel
+        if carries == _THINKING:
+            return owner, {"type": "thinking_delta", "thinking": text}
         if self._anthropic:
             return owner, {"type": "input_json_delta", "partial_json": text}
+        if carries in (_REASONING_CONTENT, _REASONING):
+            return owner, {_REASONING_FIELDS[carries - _REASONING_CONTENT][0]: text}
+        if carries in (_DETAIL_TEXT, _DETAIL_SUMMARY):
+            kind, name = next(
+                (kind, name) for kind, (name, code) in _DETAILS.items() if code == carries
+            )
+            return owner, {"reasoning_details": [{"type": kind, name: text, "index": call}]}
         if call == _FUNCTION_CALL:
             return owner, {"function_call": {"arguments": text}}
         # Later deltas of a call carry its index and text only (the first had its id).
@@ -618,6 +691,21 @@ def _read_openai_calls(event: StreamEvent, choice: int, delta: dict[str, Any]) -
     legacy = delta.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
         event.texts.append(((choice, _FUNCTION_CALL, _ARGUMENTS), legacy, "arguments"))
+
+
+def _read_details(event: StreamEvent, choice: int, details: Any) -> None:
+    """The text of a delta's ``reasoning_details`` entries (OpenRouter), a channel per
+    entry index and kind."""
+    if not isinstance(details, list):
+        return
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        kind = detail.get("type")
+        found = _DETAILS.get(kind) if isinstance(kind, str) else None
+        if found is not None and isinstance(detail.get(found[0]), str):
+            name, carries = found
+            event.texts.append(((choice, _position(detail), carries), detail, name))
 
 
 def _position(call: dict[str, Any]) -> int:

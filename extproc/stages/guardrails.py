@@ -31,6 +31,10 @@ repeats its text outside its deltas (in the ``.done`` events and the terminal
 response), which the stream guard does not rewrite: a route that guards answers
 refuses to stream them (400), rather than send unguarded text.
 
+Answers' reasoning is guarded as their text is, whole and streamed; reasoning a
+signature covers (Anthropic's thinking, Converse's reasoning) cannot be masked, so a mask
+there refuses the answer (``_signed_refusal``).
+
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
 name, never the text it matched. Routes without policies cost one dict lookup.
@@ -70,12 +74,12 @@ from extproc.guardrails.gemini_stream import GeminiStreamGuard
 from extproc.guardrails.gemini_text import answer_slots as gemini_answer_slots
 from extproc.guardrails.gemini_text import guarded_request as gemini_request
 from extproc.guardrails.gemini_text import request_slots as gemini_request_slots
-from extproc.guardrails.matching import Matchers, apply
+from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
-from extproc.guardrails.stream import StreamGuard
+from extproc.guardrails.stream import StreamGuard, signed_channel
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
 
@@ -115,6 +119,16 @@ def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:
 def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:
     message = guard.message or f"Rejected by guardrail '{guard.name}'{found}"
     return GuardrailRejectedError(message, guard.status)
+
+
+def _signed_refusal(guard: MatcherGuard, text: str) -> GuardrailRejectedError:
+    """A mask guard matched in signed reasoning: the answer is refused, naming what was
+    found (never the text) and why it could not be masked."""
+    found = sorted(
+        {span.label for detector in guard.detectors for span in detector.find(text) if span.label}
+    )
+    what = f"contains {', '.join(found)}" if found else "holds text to mask"
+    return _refusal(guard.config, f": the model's signed reasoning {what}, which cannot be masked")
 
 
 def _unavailable(
@@ -179,6 +193,16 @@ def _run_matchers(
             record(ctx, guard.name, phase, "reject")
             found = guard.labels(spans)
             raise _refusal(guard.config, f": it contains {', '.join(found)}" if found else "")
+        if hits and slot.signed:
+            # Signed reasoning cannot be masked: the provider would refuse the block when
+            # the client sends it back, that turn and every later one. Refused instead.
+            index = min(hit.guard for hit in hits)
+            for earlier, guard in enumerate(matchers.guards):
+                if earlier < index:
+                    record(ctx, guard.name, phase, "mask" if earlier in masked else "pass")
+            refusing = matchers.guards[index]
+            record(ctx, refusing.name, phase, "reject")
+            raise _signed_refusal(refusing, text)
         if hits:
             slot.write(apply(text, hits))
             masked.update(hit.guard for hit in hits)
@@ -352,6 +376,10 @@ def _apply_verdict(
     changed = False
     for slot, content in zip(slots, verdict.contents, strict=True):
         if content != slot.text:
+            if slot.signed:
+                # As a matcher's mask there: signed reasoning cannot change.
+                record(ctx, guard.name, phase, "reject")
+                raise _refusal(guard, ": the model's signed reasoning cannot be masked")
             slot.write(content)
             changed = True
     record(ctx, guard.name, phase, "mask")
@@ -594,10 +622,20 @@ class GuardResponseStage:
                 )
                 return
             if verdict.action == "mask" and verdict.contents is not None:
-                for (event, _, holder, key), content in zip(slots, verdict.contents, strict=True):
-                    if holder[key] != content:
-                        holder[key] = content
-                        event.changed = True
+                for (event, channel, holder, key), content in zip(
+                    slots, verdict.contents, strict=True
+                ):
+                    if holder[key] == content:
+                        continue
+                    if signed_channel(channel):
+                        # Signed reasoning cannot change (as a matcher's mask there).
+                        record(ctx, guard.name, "response", "reject")
+                        state.ended = True
+                        signed = _refusal(guard, ": the model's signed reasoning cannot be masked")
+                        out.body = self._stream_error(ctx, signed)
+                        return
+                    holder[key] = content
+                    event.changed = True
                 _once(ctx, guard.name, "mask")
         self._render(ctx, out, state, guards, events, end_of_stream)
 

@@ -354,13 +354,16 @@ def test_an_answers_text_tool_calls_and_cited_text_are_the_assistants() -> None:
         ("assistant", f"per {EMAIL}"),
         ("assistant", "to"),
         ("assistant", EMAIL),
+        ("assistant", f"maybe {EMAIL}"),
     ]
-    mask_emails(slots)
+    # The reasoning is read, signed: the response stage refuses a mask there.
+    assert [slot.signed for slot in slots] == [False, False, False, False, True]
+    mask_emails([slot for slot in slots if not slot.signed])
     content = whole["output"]["message"]["content"]
     assert content[1] == {"text": "Writing to <EMAIL>."}
     assert content[2]["citationsContent"]["content"] == [{"text": "per <EMAIL>"}]
     assert content[3]["toolUse"]["input"] == {"to": "<EMAIL>"}
-    # The model's signed reasoning reaches the client as the model wrote it.
+    # Signed reasoning is never rewritten.
     assert content[0]["reasoningContent"]["reasoningText"]["text"] == f"maybe {EMAIL}"
 
 

@@ -145,12 +145,17 @@ def test_a_reject_guard_ends_the_stream_with_googles_error_event() -> None:
     assert out[2] == b"", "nothing after the refusal is sent"
 
 
-def test_thought_parts_pass_as_they_came() -> None:
+def test_thought_parts_are_masked_and_stay_thoughts() -> None:
     thought = {"text": "The user wrote jane@example.com", "thought": True}
     stream = event(parts=[thought]) + event("Done.", finish="STOP")
     out = b"".join(play(guard_of(PII), [stream]))
-    parts = answers(out)[0]["candidates"][0]["content"]["parts"]
-    assert parts == [thought], "reasoning is not read, as elsewhere"
+    thoughts = [
+        part
+        for answer in answers(out)
+        for part in answer["candidates"][0]["content"]["parts"]
+        if part.get("thought")
+    ]
+    assert "".join(p["text"] for p in thoughts) == "The user wrote <EMAIL>"
     assert text_of(out) == "Done."
 
 

@@ -179,7 +179,7 @@ def test_a_count_of_a_whole_request_is_read_as_that_request() -> None:
 # --- whole answers -----------------------------------------------------------------------
 
 
-def test_an_answers_text_and_function_calls_are_the_assistants_and_thoughts_are_not_read() -> None:
+def test_an_answers_text_and_function_calls_are_the_assistants_then_its_thoughts() -> None:
     answer = {
         "candidates": [
             {
@@ -203,10 +203,12 @@ def test_an_answers_text_and_function_calls_are_the_assistants_and_thoughts_are_
         ("assistant", "to"),
         ("assistant", EMAIL),
         ("assistant", "second"),
+        ("assistant", f"thinking about {EMAIL}"),
     ]
     mask_emails(slots)
     parts = answer["candidates"][0]["content"]["parts"]
-    assert parts[0]["text"] == f"thinking about {EMAIL}"
+    # The client is shown its thought summaries: masked in place, still a thought.
+    assert parts[0] == {"text": "thinking about <EMAIL>", "thought": True}
     assert parts[1] == {"text": "Write to <EMAIL>."}
     assert parts[2]["functionCall"]["args"] == {"to": "<EMAIL>"}
 
