@@ -763,7 +763,9 @@ def plan_response(
             if ctx.error_shape == "google":
                 return _google_shaped(status)
             return ResponsePlan(None)
-        return _error_plan(ctx, status, headers, kind, content_type)
+        return _without_provider_credentials(
+            ctx, _error_plan(ctx, status, headers, kind, content_type)
+        )
     streaming = ctx.stream and (
         content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
     )
@@ -966,6 +968,44 @@ def _provider_error(body: bytes, status: int) -> tuple[str, str]:
     return without_secrets(detail)[:100], said
 
 
+def _without_provider_credentials(ctx: RequestContext, plan: ResponsePlan) -> ResponsePlan:
+    """``plan``, reading the provider's error with every provider credential of the gateway
+    cut out first.
+
+    Errors other than a refusal of the gateway's key (``_refused_plan``) pass on the
+    provider's words, often its whole body. A provider that quotes the request's headers
+    back (a proxy in front of a model server, one in debug mode, a validation error
+    listing what it was sent) would hand the client the gateway's key. Each one is
+    replaced by as many asterisks, so a body passed on keeps its length (and its
+    ``content-length``, already sent on the lean path). Every provider's, not only this
+    request's: a failover answer comes from whichever member answered last."""
+    secrets = [
+        secret.encode()
+        for upstream in ctx.runtime.provider_upstreams.values()
+        for secret in _provider_secrets(upstream)
+        if len(secret) >= _MIN_SCRUBBED_SECRET
+    ]
+    if not secrets:
+        return plan
+
+    def scrub(body: bytes) -> bytes:
+        for secret in secrets:
+            body = body.replace(secret, b"*" * len(secret))
+        return body
+
+    translator = plan.translator
+    if translator is None:
+        plan.translator = _ScrubbedError(scrub)
+    elif isinstance(translator, ErrorRewriter):
+        translator.read_first(scrub)
+    return plan
+
+
+# Shorter than this, a "secret" (a placeholder key of a local model server) could be any
+# word of an error message; no provider's real key is anywhere near as short.
+_MIN_SCRUBBED_SECRET = 8
+
+
 class ErrorRewriter:
     """Buffers a provider's error answer and rewrites it for the client's API."""
 
@@ -981,6 +1021,22 @@ class ErrorRewriter:
         if not end_of_stream:
             return b""
         return self._rewrite(b"".join(self._parts))
+
+    def read_first(self, change: Callable[[bytes], bytes]) -> None:
+        """Apply ``change`` to the provider's whole body before the rewrite reads it."""
+        rewrite = self._rewrite
+        self._rewrite = lambda body: rewrite(change(body))
+
+
+class _ScrubbedError(ErrorRewriter):
+    """A provider's error passed on as it came (no body mutation at all) unless the
+    scrub changed it (``_without_provider_credentials``)."""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if end_of_stream and not self._parts:
+            scrubbed = self._rewrite(chunk)
+            return None if scrubbed == chunk else scrubbed
+        return super().feed(chunk, end_of_stream)
 
 
 def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> ResponsePlan:
