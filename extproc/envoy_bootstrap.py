@@ -51,6 +51,7 @@ from extproc.errors import (
     google_status,
 )
 from extproc.headers import (
+    ABOUT_THE_CLIENT,
     BODY_HINTS_NAMESPACE,
     CLUSTER,
     METADATA_NAMESPACE,
@@ -673,7 +674,7 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
                 "per_try_timeout": duration(_upstream_timeout_s(config, provider)),
             },
         },
-        "request_headers_to_remove": [CLUSTER],
+        "request_headers_to_remove": [CLUSTER, *ABOUT_THE_CLIENT],
         # The provider's own x-ratelimit-* (and anthropic-ratelimit-*, the account's
         # id) describe the organisation's account, not the caller's limits: removed,
         # so the client sees the gateway's (added at the virtual host from the quota

@@ -65,6 +65,7 @@ from extproc.config.model import (
     failover_chain_name,
 )
 from extproc.headers import (
+    ABOUT_THE_CLIENT,
     ANSWERED_BY_MODEL,
     ANSWERED_BY_PROVIDER,
     ANSWERED_UPSTREAM_MODEL,
@@ -329,7 +330,7 @@ def _route(
                 },
             },
         },
-        "request_headers_to_remove": [CLUSTER],
+        "request_headers_to_remove": [CLUSTER, *ABOUT_THE_CLIENT],
         # As on a provider's own route (envoy_bootstrap._provider_route): the account's
         # id and limits are not the caller's.
         "response_headers_to_remove": headers_removed,

@@ -62,6 +62,7 @@ from extproc.controller_routes import (
 from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
 from extproc.envoy_values import is_ip
 from extproc.headers import (
+    ABOUT_THE_CLIENT,
     CLUSTER,
     METADATA_NAMESPACE,
     RATE_LIMIT_HEADERS,
@@ -261,7 +262,8 @@ def _providers_route(config: GatewayConfig, controller: Controller) -> Json:
                     {"type": "URLRewrite", "urlRewrite": {"hostname": provider.host}},
                     {
                         "type": "RequestHeaderModifier",
-                        "requestHeaderModifier": {"remove": [CLUSTER]},
+                        # The client's address is no business of a third party's.
+                        "requestHeaderModifier": {"remove": [CLUSTER, *ABOUT_THE_CLIENT]},
                     },
                     *_rate_limit_headers(controller, provider),
                 ],

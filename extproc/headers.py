@@ -34,6 +34,10 @@ CALLER = PREFIX + "caller"
 CALLER_API_KEY_ID = PREFIX + "api-key-id"
 CALLER_USER_ID = PREFIX + "user-id"
 CALLER_GROUP_ID = PREFIX + "group-id"
+# What Envoy writes about the client on the request it forwards (its address, and any
+# x-forwarded-for the client wrote), removed on the way to a provider: a third party has
+# no use for the address of an employee's machine.
+ABOUT_THE_CLIENT = ("x-forwarded-for", "x-envoy-external-address")
 # Echoed to the client so a request can be traced through logs.
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.

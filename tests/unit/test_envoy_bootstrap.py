@@ -26,7 +26,12 @@ from extproc.envoy_bootstrap import (
     render_bootstrap_yaml,
     render_default,
 )
-from extproc.headers import BODY_HINTS_NAMESPACE, CLUSTER, METADATA_NAMESPACE
+from extproc.headers import (
+    ABOUT_THE_CLIENT,
+    BODY_HINTS_NAMESPACE,
+    CLUSTER,
+    METADATA_NAMESPACE,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
@@ -175,7 +180,8 @@ def test_each_provider_route_matches_its_cluster_header() -> None:
         assert route["route"]["cluster"] == name
         assert route["route"]["host_rewrite_literal"] == authority
         assert route["route"]["retry_policy"]["per_try_timeout"] == timeout
-        assert route["request_headers_to_remove"] == [CLUSTER]
+        # The routing header, and the client's address, which is no business of the provider's.
+        assert route["request_headers_to_remove"] == [CLUSTER, *ABOUT_THE_CLIENT]
 
 
 def test_unrouted_requests_get_an_openai_shaped_404_last() -> None:
