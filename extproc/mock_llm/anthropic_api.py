@@ -598,7 +598,7 @@ def _check_effort(doc: dict[str, Any]) -> None:
         )
 
 
-def _thinking(doc: dict[str, Any], model: str, max_tokens: int) -> tuple[int | None, bool]:
+def checked_thinking(doc: dict[str, Any], model: str, max_tokens: int) -> tuple[int | None, bool]:
     """Extended thinking's budget (None without one) and whether thinking is adaptive,
     checked as the real API checks a request that turns thinking on (messages quoted from
     its answers where known)."""
@@ -748,7 +748,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         raise InvalidRequestError("stream: Input should be a valid boolean")
     tools, tool_choice = _tools(doc)
     _check_tools_defined(messages, tools)
-    thinking_budget, adaptive_thinking = _thinking(doc, model, max_tokens)
+    thinking_budget, adaptive_thinking = checked_thinking(doc, model, max_tokens)
     if thinking_budget is not None or adaptive_thinking:
         _check_final_assistant_thinks(messages)
     return MessagesRequest(

@@ -58,6 +58,14 @@ Claude Sonnet and Haiku 4.5 not both ``temperature`` and ``topP``, and each mode
 ``maxTokens`` limit; Claude no stop sequence of whitespace alone, and no Anthropic
 ``tool_choice`` in ``additionalModelRequestFields`` without a ``type`` or beside a
 ``toolConfig.toolChoice``; a request past one is refused with Bedrock's own words.
+Claude's thinking, asked in ``additionalModelRequestFields`` (``thinking``, and
+``output_config.effort``), is checked as Anthropic checks it (``anthropic_api``, the one
+source of those rules), in Bedrock's words for a model's error: the mode the model does
+not take (a fixed budget for Opus 4.7 and later, adaptive thinking before Opus 4.6 and
+Sonnet 4.6), a budget below 1,024 or not below ``maxTokens`` (unchecked without one), a
+``temperature`` other than 1, a ``topP`` below 0.95, a forced tool choice, and a final
+assistant turn (a prefill, or the one the last tool results answer) that does not start
+with its ``reasoningContent``.
 
 Authentication is SigV4, checked for real: the mock recomputes the signature with botocore's
 ``SigV4Auth`` over the request as received (raw path, body, the headers the client signed) with
@@ -78,7 +86,10 @@ and makes ``stopReason`` "max_tokens", else "end_turn". Header ``x-mock-cache-wr
 5m=N;1h=M`` (as for Anthropic, ``anthropic_api.cache_writes``) reports prompt tokens written
 to Claude's caches: ``cacheWriteInputTokens`` (both), ``cacheDetails`` (one
 ``{"ttl", "inputTokens"}`` entry per lifetime written, 1h before 5m as AWS sorts them) and
-``inputTokens`` without them.
+``inputTokens`` without them. With thinking on, the answer starts with a
+``reasoningContent`` block (``reasoningText``: ``THOUGHT`` and its signature), streamed as
+``reasoningContent`` text deltas, one per token, then a ``signature`` delta; its tokens
+are output tokens and take their part of ``maxTokens`` first, as Claude's do.
 
 Scripted answers (``scripted``): ``x-mock-reply`` chooses the text and ``x-mock-tool-calls``
 makes the answer call tools after it, as Converse sends calls: a ``toolUse`` block per call
@@ -108,6 +119,7 @@ import hashlib
 import hmac
 import itertools
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -129,10 +141,16 @@ from extproc.aws_eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
 from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.mock_llm.anthropic_api import (
     NO_CACHE_WRITES,
+    THOUGHT,
+    THOUGHT_SIGNATURE,
     CacheWrites,
     CacheWriteSpecError,
+    InvalidRequestError,
     cache_writes,
 )
+
+# What Claude refuses while it thinks is Anthropic's rule, whichever API carries it.
+from extproc.mock_llm.anthropic_api import checked_thinking as anthropic_thinking
 from extproc.mock_llm.bedrock_anthropic import (
     STREAM_CONTENT_TYPE_HEADER,
     ClaudeInvocation,
@@ -174,6 +192,7 @@ from extproc.mock_llm.tokens import (
     count_tokens,
     prompt_tokens,
     reply_pieces,
+    token_pieces,
 )
 
 SIGNING_SERVICE = "bedrock"
@@ -203,6 +222,8 @@ DEFAULT_MODELS = (
     "mistral.mistral-large-2402-v1:0",
     # Claude 4.5 models are served through inference profiles only.
     "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    # A model that takes adaptive thinking only.
+    "us.anthropic.claude-opus-4-7",
 )
 
 # Converse's ServiceTierType (botocore's bedrock-runtime service model).
@@ -879,6 +900,58 @@ def _check_claude_fields(doc: dict[str, Any], config: dict[str, Any]) -> None:
         )
 
 
+def claude_thinks(model_id: str, doc: dict[str, Any]) -> bool:
+    """Whether the request turns Claude's thinking on, checked as Anthropic checks it
+    (``anthropic_api``) and refused in Bedrock's words for a model's error."""
+    extra = doc.get("additionalModelRequestFields")
+    if not _is_claude(model_id) or not isinstance(extra, dict):
+        return False
+    config = doc.get("inferenceConfig") or {}
+    tool_config = doc.get("toolConfig")
+    converse_choice = tool_config.get("toolChoice") if isinstance(tool_config, dict) else None
+    forced = isinstance(converse_choice, dict) and bool(set(converse_choice) & {"any", "tool"})
+    # The request as Claude reads it once Bedrock has merged Converse's fields in.
+    anthropic = {
+        "thinking": extra.get("thinking"),
+        "output_config": extra.get("output_config"),
+        "temperature": config.get("temperature"),
+        "top_p": config.get("topP"),
+        "tool_choice": {"type": "any"} if forced else extra.get("tool_choice"),
+    }
+    # Without maxTokens the budget is not checked against it.
+    max_tokens = config.get("maxTokens") or sys.maxsize
+    try:
+        budget, adaptive = anthropic_thinking(
+            anthropic, model_of_identifier(model_id) or "", max_tokens
+        )
+    except InvalidRequestError as exc:
+        raise _invalid(f"The model returned the following errors: {exc}") from None
+    thinks = budget is not None or adaptive
+    if thinks:
+        _check_final_assistant_thinks(doc["messages"])
+    return thinks
+
+
+def _check_final_assistant_thinks(messages: list[dict[str, Any]]) -> None:
+    """With thinking on, the assistant turn the request continues (a prefill, or the one
+    whose tool calls the last user turn answers) must start with its reasoning block."""
+    last = len(messages) - 1
+    if messages[last]["role"] == "assistant":
+        at = last
+    elif last >= 1 and _tool_ids(messages[last]["content"], "toolResult"):
+        at = last - 1
+    else:
+        return
+    first = messages[at]["content"][0]
+    if not (isinstance(first, dict) and "reasoningContent" in first):
+        raise _invalid(
+            f"The model returned the following errors: messages.{at}.content.0.type: "
+            "Expected `thinking` or `redacted_thinking`, but found another block. When "
+            "`thinking` is enabled, a final `assistant` message must start with a thinking "
+            "block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+        )
+
+
 def _has_images(messages: list[dict[str, Any]]) -> bool:
     return any("image" in block for message in messages for block in message["content"])
 
@@ -893,6 +966,8 @@ class ConverseRequest:
     tools: frozenset[str] = frozenset()
     # serviceTier.type as asked, answered back; None when the request names no tier.
     service_tier: str | None = None
+    # Whether Claude thinks before it answers (claude_thinks).
+    thinks: bool = False
 
 
 def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
@@ -1052,6 +1127,8 @@ class Reply:
     cache_writes: CacheWrites = NO_CACHE_WRITES
     # The tools the answer calls, after its text.
     calls: tuple[ToolUse, ...] = ()
+    # The thinking before the answer, one piece per token (THOUGHT), when asked for.
+    thought: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -1063,16 +1140,27 @@ class Reply:
         return bool(self.pieces) or not self.calls
 
     def content(self) -> list[dict[str, Any]]:
-        """Converse's ``output.message.content``: the text block, then one per call."""
+        """Converse's ``output.message.content``: the reasoning block when Claude thought,
+        the text block, then one per call."""
+        reasoning: list[dict[str, Any]] = []
+        if self.thought:
+            thought = {"text": "".join(self.thought), "signature": THOUGHT_SIGNATURE}
+            reasoning = [{"reasoningContent": {"reasoningText": thought}}]
         text = [{"text": self.text}] if self.has_text_block else []
-        return text + [
-            {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name, "input": call.input}}
-            for call in self.calls
-        ]
+        return (
+            reasoning
+            + text
+            + [
+                {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name, "input": call.input}}
+                for call in self.calls
+            ]
+        )
 
     def usage(self) -> dict[str, Any]:
-        # The text said before the calls, if any, and the calls' input pieces.
-        output_tokens = len(self.pieces) + sum(len(call.pieces) for call in self.calls)
+        # The thought, the text said before the calls, if any, and the calls' input pieces.
+        output_tokens = (
+            len(self.thought) + len(self.pieces) + sum(len(call.pieces) for call in self.calls)
+        )
         writes = self.cache_writes
         # Converse's inputTokens excludes cache reads and writes, reported apart.
         usage: dict[str, Any] = {
@@ -1092,14 +1180,18 @@ class Reply:
 
 
 def build_reply(req: ConverseRequest, fault: Fault, writes: CacheWrites = NO_CACHE_WRITES) -> Reply:
-    pieces, truncated = reply_pieces(req.messages, max_tokens=req.max_tokens, chunks=fault.chunks)
+    # The thought comes first and takes its part of maxTokens; one too small cuts it.
+    thought = tuple(token_pieces(THOUGHT))[: req.max_tokens] if req.thinks else ()
+    room = req.max_tokens - len(thought) if req.max_tokens is not None else None
+    pieces, truncated = reply_pieces(req.messages, max_tokens=room, chunks=fault.chunks)
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS
     stop_reason = "max_tokens" if truncated else "end_turn"
     cached = fault.cached_part(input_tokens)
     # A cache holds no more than the prompt left after the reads.
-    return Reply(pieces, stop_reason, input_tokens, cached, writes.within(input_tokens - cached))
+    written = writes.within(input_tokens - cached)
+    return Reply(pieces, stop_reason, input_tokens, cached, written, thought=thought)
 
 
 def scripted_reply(
@@ -1204,19 +1296,29 @@ STREAM_EXCEPTION_BODY = {
 def content_events(reply: Reply) -> list[tuple[str, dict[str, Any]]]:
     """The ConverseStream events between ``messageStart`` and ``messageStop``.
 
-    The text block (index 0) is its ``text`` deltas and ``contentBlockStop``; each tool call
-    is a block of its own, announced by ``contentBlockStart`` with its id and name, then one
-    ``toolUse`` input delta per piece of its JSON, then ``contentBlockStop``.
+    A thought is the first block: one ``reasoningContent`` text delta per piece, then its
+    ``signature`` delta and ``contentBlockStop``. The text block is its ``text`` deltas and
+    ``contentBlockStop``; each tool call is a block of its own, announced by
+    ``contentBlockStart`` with its id and name, then one ``toolUse`` input delta per piece
+    of its JSON, then ``contentBlockStop``.
     """
     events: list[tuple[str, dict[str, Any]]] = []
     index = 0
-    if reply.has_text_block:
+    if reply.thought:
+        deltas = [{"text": piece} for piece in reply.thought] + [{"signature": THOUGHT_SIGNATURE}]
         events += [
-            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
-            for piece in reply.pieces
+            ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": d}})
+            for d in deltas
         ]
         events.append(("contentBlockStop", {"contentBlockIndex": 0}))
         index = 1
+    if reply.has_text_block:
+        events += [
+            ("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}})
+            for piece in reply.pieces
+        ]
+        events.append(("contentBlockStop", {"contentBlockIndex": index}))
+        index += 1
     for at, call in enumerate(reply.calls, start=index):
         start = {"toolUse": {"toolUseId": call.tool_use_id, "name": call.name}}
         events.append(("contentBlockStart", {"contentBlockIndex": at, "start": start}))
@@ -1300,7 +1402,7 @@ class BedrockEndpoints:
         # The schema first, then the model: Bedrock names a malformed request before
         # what the model cannot do.
         check_model_rules(model_id, body.json, stream=operation == "converse-stream")
-        return converse
+        return replace(converse, thinks=claude_thinks(model_id, body.json))
 
     async def _serve(self, request: web.Request, body: Body, operation: str) -> web.StreamResponse:
         started = time.monotonic()

@@ -41,6 +41,7 @@ from extproc.quota.estimate import (
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 from extproc.quota.thinking_budget import MIN_THINKING_BUDGET, cap_thinking, least_completion
+from extproc.translators import openai_bedrock
 from extproc.translators.openai_anthropic import (
     named_max_tokens,
     takes_adaptive_thinking,
@@ -199,19 +200,25 @@ def reserved_completion(ctx: RequestContext) -> int:
         allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
         thinking = _claude_thinking_budget(ctx)
         if thinking is not None and named_max_tokens(ctx.body) is None:
-            # The translation raises max_tokens by the budget (openai_anthropic), so the
-            # reservation does too; a hard cap writes what is reserved, which the
-            # translation then keeps and fits the budget below.
+            # The translation raises max_tokens by the budget (openai_anthropic, and
+            # openai_bedrock's maxTokens), so the reservation does too; a hard cap
+            # writes what is reserved, which the translation then keeps and fits the
+            # budget below.
             allowance = default_max_tokens + thinking
     return allowance * _choices(ctx)
 
 
 def _claude_thinking_budget(ctx: RequestContext) -> int | None:
     """The thinking budget an OpenAI chat request translated for Claude (Anthropic's API,
-    Vertex AI's Claude) asks for with ``reasoning_effort``; None for any other request."""
+    Vertex AI's Claude, Bedrock's Converse) asks for with ``reasoning_effort``; None for
+    any other request."""
     route = ctx.route
     if route is None or route.api is not RouteApi.OPENAI_CHAT or ctx.body is None:
         return None
+    if ctx.provider_type is ProviderType.BEDROCK:
+        # Its own reading: which turn is left open depends on Converse's translation
+        # (a tool history without tools goes as text), and other models think not.
+        return openai_bedrock.thinking_budget_for(ctx.body, ctx.upstream_model or "")
     claude = ctx.provider_type is ProviderType.ANTHROPIC or (
         ctx.provider_type is ProviderType.VERTEX
         and vertex_endpoints.is_claude(ctx.upstream_model or "")

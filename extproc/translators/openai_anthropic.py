@@ -38,7 +38,9 @@ What cannot be carried over is refused with a 400 naming the field, not guessed 
 - an image by http(s) URL where the API takes images as bytes only (Claude on Vertex AI,
   ``image_urls=False``): the gateway does not fetch URLs on a client's behalf.
 - a stop sequence of whitespace alone (``"\\n"``), which Anthropic refuses: the answer
-  cannot end where the client asked.
+  cannot end where the client asked. An empty one (``""``) is left out instead: it marks
+  no place to stop, and Anthropic refuses it too, so the answer is the one the client
+  would get anywhere that takes it (``openai_bedrock`` leaves it out the same way).
 - the deprecated ``functions`` and ``function_call``: left out, Claude would answer in text
   a client waiting for a function call (and billed for it); ``tools`` say the same thing.
 
@@ -51,16 +53,22 @@ fields (seed, penalties, stream_options...) are dropped.
 Reasoning: ``reasoning_effort`` is OpenAI's only switch for thinking, so it turns on
 Claude's thinking in the one mode the model takes (``takes_adaptive_thinking``, by the
 upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other value than
-``low``, ``medium`` or ``high`` is a 400 naming it. Thinking counts against ``max_tokens``.
+``low``, ``medium``, ``high`` or ``xhigh`` is a 400 naming it. Thinking counts against
+``max_tokens``. The same decisions serve Claude on Bedrock's Converse API
+(``openai_bedrock``), which imports them.
 
 - Adaptive thinking (Claude Opus 4.6, Sonnet 4.6 and every later model, one the gateway
   does not know included: Opus 4.7 and later refuse a fixed budget, and the 4.6 models
   deprecate it): ``{"type": "adaptive"}`` with ``output_config.effort`` the level, beside
   the ``output_config.format`` structured output may set. Claude decides how much to
-  think, so no bound is too small: one the body names is kept as it is.
+  think, so no bound is too small: one the body names is kept as it is. OpenAI's
+  ``xhigh`` is Anthropic's ``xhigh`` (Opus 4.7 and later); the models that came before
+  that level (Opus 4.6, Sonnet 4.6, Mythos Preview) get ``max``, the one level they have
+  above ``high`` (``adaptive_effort``).
 - Extended thinking with a fixed budget (Claude 3.7 Sonnet, Opus 4 and 4.1, Sonnet 4, the
   4.5 models, which predate adaptive thinking): ``{"type": "enabled", "budget_tokens":
-  N}`` with N from ``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096), at least
+  N}`` with N from ``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096, xhigh
+  8,192), at least
   1,024 and below ``max_tokens``: a bound the body names keeps, with the budget lowered
   below it (OpenAI's bound covers reasoning too), and one of 1,024 or less, no room to
   think at all, is a 400 naming that field.
@@ -71,9 +79,10 @@ What Anthropic refuses beside thinking, adaptive or not, is refused with a 400 n
 OpenAI field, as OpenAI refuses it for its own reasoning models: a ``temperature`` other
 than 1, a ``top_p`` below 0.95, and a ``tool_choice`` that forces a call. Thinking is not
 turned on when the conversation's last assistant turn is still open
-(``_turn_left_open``): inside a tool loop Anthropic wants that turn to start with the
+inside a tool loop Anthropic wants that turn to start with the
 thinking block it answered with, signature included, which an OpenAI client never had to
-send back; a final assistant turn (a prefill) is the same case. The quota stage reads
+send back (``turn_left_open``); a final assistant turn (a prefill) is the same case. The
+quota stage reads
 the same numbers (``thinking_budget_for``, ``named_max_tokens``,
 ``takes_adaptive_thinking``).
 """
@@ -81,6 +90,7 @@ the same numbers (``thinking_budget_for``, ``named_max_tokens``,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -100,18 +110,25 @@ __all__ = [
     "THINKING_BUDGETS",
     "CompletionTranslator",
     "StreamTranslator",
+    "adaptive_effort",
+    "fit_thinking",
+    "forced_call_with_thinking",
     "named_max_tokens",
+    "reasoning_effort",
+    "refuse_sampling_with_thinking",
     "takes_adaptive_thinking",
     "thinking_budget_for",
     "translate_error",
     "translate_request",
+    "turn_left_open",
 ]
 
 DEFAULT_MAX_TOKENS = 4096
 # reasoning_effort -> extended thinking's budget_tokens; "none" and "minimal" think not.
-THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096}
+# OpenAI's "xhigh" (its newest level, above "high") doubles "high", as each level does.
+THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
 _NO_THINKING = ("none", "minimal")
-_EFFORTS = "'none', 'minimal', 'low', 'medium' or 'high'"
+_EFFORTS = "'none', 'minimal', 'low', 'medium' or 'high' (or 'xhigh', above high)"
 # With thinking, Anthropic takes top_p from here to 1 only (and temperature 1 only).
 _THINKING_MIN_TOP_P = 0.95
 # The Claude models that take thinking with a fixed budget only, by their names without
@@ -126,6 +143,9 @@ _BUDGET_ONLY_MODELS = frozenset(
         "claude-opus-4-5",
     }
 )  # fmt: skip
+# The adaptive models that came before Anthropic's "xhigh" effort (Opus 4.7 brought it):
+# they refuse it, and their one level above "high" is "max".
+_NO_XHIGH_MODELS = frozenset({"claude-opus-4-6", "claude-sonnet-4-6", "claude-mythos-preview"})
 # What follows a model's name in its id: a date snapshot (``-20250929``) or ``-latest``,
 # then Bedrock's version (``-v1:0``, ``-v1:0:200k``). Vertex's ``@20250929`` is cut at
 # the ``@``.
@@ -160,21 +180,22 @@ def translate_request(
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
     _refuse_logprobs(body)
-    effort = _reasoning_effort(body)
+    effort = reasoning_effort(body)
     output_config = _output_config(body.get("response_format"))
     system, messages = _messages(body.get("messages"), image_urls)
     named = named_max_tokens(body)
     max_tokens = named[1] if named is not None else default_max_tokens
     thinking: dict[str, Any] | None = None
-    if effort is not None and not _turn_left_open(messages):
+    if effort is not None and not turn_left_open(messages):
         if takes_adaptive_thinking(upstream_model):
             # Claude sizes its thinking to the effort and to the bound: any bound is kept.
             thinking = {"type": "adaptive"}
-            output_config = {**(output_config or {}), "effort": effort}
+            level = adaptive_effort(effort, upstream_model)
+            output_config = {**(output_config or {}), "effort": level}
             if named is None:
                 max_tokens = default_max_tokens + THINKING_BUDGETS[effort]
         else:
-            budget, max_tokens = _fit_thinking(THINKING_BUDGETS[effort], named, default_max_tokens)
+            budget, max_tokens = fit_thinking(THINKING_BUDGETS[effort], named, default_max_tokens)
             thinking = {"type": "enabled", "budget_tokens": budget}
     request: dict[str, Any] = {
         "model": upstream_model,
@@ -188,12 +209,14 @@ def translate_request(
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequestError("'stop' must be a string or an array of strings", param="stop")
-        if not all(s.strip() for s in stop):
+        if any(s and s.isspace() for s in stop):
             raise BadRequestError(
                 "Claude takes no stop sequence of whitespace alone (Anthropic refuses it): "
                 "leave it out of 'stop'",
                 param="stop",
             )
+        # An empty one marks no place to stop (and Anthropic refuses it): left out.
+        stop = [s for s in stop if s]
         if stop:
             request["stop_sequences"] = stop
     if output_config is not None:
@@ -206,7 +229,7 @@ def translate_request(
     elif sampling and top_p is not None:
         request["top_p"] = top_p
     if thinking is not None:
-        _refuse_sampling_with_thinking(request)
+        refuse_sampling_with_thinking(request.get("temperature"), request.get("top_p"))
         request["thinking"] = thinking
     tools = body.get("tools")
     if tools:
@@ -214,12 +237,7 @@ def translate_request(
         choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
             if thinking is not None and choice["type"] in ("any", "tool"):
-                raise BadRequestError(
-                    "Claude cannot think before a forced tool call: with reasoning_effort, "
-                    "tool_choice must be 'auto' or 'none' (or leave reasoning_effort out, or "
-                    "set it to 'none', to force the call)",
-                    param="tool_choice",
-                )
+                raise forced_call_with_thinking()
             request["tool_choice"] = choice
     else:
         called = _tools_the_history_called(messages)
@@ -242,14 +260,30 @@ def takes_adaptive_thinking(upstream_model: str) -> bool:
     Vertex AI's (``claude-sonnet-4-5@20250929``) or Bedrock's
     (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``, or an inference profile's ARN
     ending in one); an id the gateway cannot read is a new model, which thinks adaptively."""
-    name = upstream_model.lower().rsplit("/", 1)[-1].partition("@")[0]
-    # Bedrock names the maker and, for a cross-region profile, the region before it.
-    name = name[name.find("claude-") :] if "claude-" in name else name
-    family = _MODEL_ID_SUFFIX.sub("", name)
+    family = _model_family(upstream_model)
     return family not in _BUDGET_ONLY_MODELS and not family.startswith("claude-3-")
 
 
-def _reasoning_effort(body: dict[str, Any]) -> str | None:
+def adaptive_effort(effort: str, upstream_model: str) -> str:
+    """Anthropic's ``output_config.effort`` for a ``reasoning_effort`` level sent to a
+    Claude that thinks adaptively: the level itself, but ``xhigh`` is ``max`` for the
+    models that came before Anthropic's ``xhigh`` (``_NO_XHIGH_MODELS``), which refuse it
+    and have no other level above ``high``."""
+    if effort == "xhigh" and _model_family(upstream_model) in _NO_XHIGH_MODELS:
+        return "max"
+    return effort
+
+
+def _model_family(upstream_model: str) -> str:
+    """A Claude model's name without date or version (``claude-sonnet-4-5``), from any of
+    the ids ``takes_adaptive_thinking`` reads."""
+    name = upstream_model.lower().rsplit("/", 1)[-1].partition("@")[0]
+    # Bedrock names the maker and, for a cross-region profile, the region before it.
+    name = name[name.find("claude-") :] if "claude-" in name else name
+    return _MODEL_ID_SUFFIX.sub("", name)
+
+
+def reasoning_effort(body: dict[str, Any]) -> str | None:
     """The thinking level the body's ``reasoning_effort`` asks for (a key of
     ``THINKING_BUDGETS``); None for no thinking (``none``, ``minimal``, or no value).
     Another value is a 400: a client that asked the model to reason must not get an answer
@@ -267,35 +301,43 @@ def _reasoning_effort(body: dict[str, Any]) -> str | None:
 def thinking_budget_for(body: dict[str, Any]) -> int | None:
     """The thinking budget ``translate_request`` asks for this OpenAI chat body, before it
     is fitted below a ``max_tokens`` the body names: None when it asks for no thinking or
-    the conversation's last assistant turn is still open (``_turn_left_open``).
+    the conversation's last assistant turn is still open (``turn_left_open``).
 
     For the quota, which reserves the budget on top of the default allowance and leaves
     a hard-capped request room for the least budget (adaptive thinking names no budget,
     but a body that names no bound gets the same room for it); it raises the 400s the
     translation would raise for the same body."""
-    effort = _reasoning_effort(body)
+    effort = reasoning_effort(body)
     if effort is None:
         return None
     _, turns = _messages(body.get("messages"), True)
-    return None if _turn_left_open(turns) else THINKING_BUDGETS[effort]
+    return None if turn_left_open(turns) else THINKING_BUDGETS[effort]
 
 
-def _turn_left_open(turns: list[dict[str, Any]]) -> bool:
+def turn_left_open(
+    turns: list[dict[str, Any]], calls_a_tool: Callable[[dict[str, Any]], bool] | None = None
+) -> bool:
     """Whether the conversation's last assistant turn is still open: it holds tool calls
     (their results follow, and Claude carries on in the same turn), or it ends the
     conversation (a prefill). With thinking on, Anthropic wants such a turn to start with
     the thinking block Claude wrote in it, signature included ("Expected `thinking` or
     `redacted_thinking`, but found `tool_use`"), and an OpenAI client has none to send
-    back; without thinking, the turn goes on as it started."""
+    back; without thinking, the turn goes on as it started.
+
+    ``turns`` are Anthropic's; ``calls_a_tool`` tells another API's tool call blocks
+    (Converse's ``toolUse``) for the same rule."""
+    is_call = calls_a_tool or _is_tool_use
     for turn in reversed(turns):
         if turn["role"] == "assistant":
-            return turn is turns[-1] or any(
-                block["type"] == "tool_use" for block in turn["content"]
-            )
+            return turn is turns[-1] or any(is_call(block) for block in turn["content"])
     return False
 
 
-def _fit_thinking(budget: int, named: tuple[str, int] | None, default: int) -> tuple[int, int]:
+def _is_tool_use(block: dict[str, Any]) -> bool:
+    return bool(block["type"] == "tool_use")
+
+
+def fit_thinking(budget: int, named: tuple[str, int] | None, default: int) -> tuple[int, int]:
     """(budget_tokens, max_tokens) for a thinking budget, which Anthropic wants below
     max_tokens: a body that names no bound gets the default plus the budget, so the
     answer keeps the room it has without thinking; a bound the body names (or a hard cap
@@ -314,17 +356,27 @@ def _fit_thinking(budget: int, named: tuple[str, int] | None, default: int) -> t
     return min(budget, most - 1), most
 
 
-def _refuse_sampling_with_thinking(request: dict[str, Any]) -> None:
+def forced_call_with_thinking() -> BadRequestError:
+    """The refusal of a ``tool_choice`` that forces a call while Claude thinks, which
+    Anthropic refuses ("Thinking may not be enabled when tool_choice forces tool use")."""
+    return BadRequestError(
+        "Claude cannot think before a forced tool call: with reasoning_effort, "
+        "tool_choice must be 'auto' or 'none' (or leave reasoning_effort out, or "
+        "set it to 'none', to force the call)",
+        param="tool_choice",
+    )
+
+
+def refuse_sampling_with_thinking(temperature: float | None, top_p: float | None) -> None:
     """Anthropic refuses a temperature other than 1 and a top_p below 0.95 while Claude
-    thinks; so does OpenAI for its reasoning models, and a client is told which field."""
-    temperature = request.get("temperature")
+    thinks; so does OpenAI for its reasoning models, and a client is told which field.
+    The values are those the translation sends (clamped, or left out)."""
     if temperature is not None and temperature != 1:
         raise BadRequestError(
             "Claude takes no temperature but 1 while it thinks (reasoning_effort): leave "
             "'temperature' out or set it to 1, or leave reasoning_effort out",
             param="temperature",
         )
-    top_p = request.get("top_p")
     if top_p is not None and top_p < _THINKING_MIN_TOP_P:
         raise BadRequestError(
             f"Claude takes no top_p below {_THINKING_MIN_TOP_P} while it thinks "

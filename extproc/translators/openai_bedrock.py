@@ -51,6 +51,26 @@ refuse a ``toolResult`` with no content at all).
 value (OpenAI's ``scale``) is refused with a 400 naming ``service_tier``: served at a tier
 the client did not ask for, the request would be billed at a price it did not choose.
 Other OpenAI-only fields (seed, penalties, stream_options...) are dropped.
+
+``reasoning_effort`` turns on Claude's thinking as ``openai_anthropic`` does, with its
+decisions (imported, not copied): Converse passes Anthropic's fields on to Claude in
+``additionalModelRequestFields``, so a Claude that thinks adaptively
+(``takes_adaptive_thinking``: Opus 4.6, Sonnet 4.6 and later) gets ``thinking: {"type":
+"adaptive"}`` with ``output_config.effort``, an older one ``thinking: {"type": "enabled",
+"budget_tokens": N}`` (``THINKING_BUDGETS``), each refusing the other mode with a 400.
+``maxTokens`` is raised by the level's budget when the body names no bound (from the
+default the caller gives, else ``openai_anthropic.DEFAULT_MAX_TOKENS``, since a budget
+needs a ``maxTokens`` above it); a bound the body names is kept, the budget fitted below
+it. The 400s are Anthropic's translation's: an unknown level, a bound with no room for
+the least budget, a ``temperature`` other than 1, a ``top_p`` below 0.95, a forced tool
+call; and no thinking while the last assistant turn is open (a tool loop, a prefill),
+which Claude would want to start with the thinking block, signature included, that an
+OpenAI client never sends back (``turn_left_open``; a history sent as text has no tool
+call left open). For the other models (Nova, Llama, Mistral, DeepSeek, Titan...) and an
+ARN that hides its model, ``reasoning_effort`` is dropped, as before: Converse has no
+common switch, and Nova 2's own (``reasoningConfig``) returns its reasoning redacted.
+``thinking_budget_for`` tells the quota what the translation adds to ``maxTokens``.
+
 OpenAI's ``temperature`` (0..2) is clamped to Converse's 0..1, as ``openai_anthropic``
 clamps it for Claude; ``top_p`` has the same range on both sides and is sent as is, except
 to Claude with a temperature: as ``openai_anthropic`` does, Claude gets the temperature
@@ -58,7 +78,11 @@ alone, since its recent models (Sonnet and Haiku 4.5) refuse the two together an
 OpenAI clients set both.
 
 Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
-``toolUse`` blocks become ``tool_calls``; reasoning blocks are not shown. Bedrock does not
+``toolUse`` blocks become ``tool_calls``; the text of ``reasoningContent`` blocks
+(``reasoningText.text``, any model's) is ``message.reasoning_content``, as the gateway
+shows Claude's thinking on Anthropic's API. Their ``signature`` and ``redactedContent``
+(encrypted thinking) are never shown: they mean nothing to an OpenAI client, which
+cannot send them back. Bedrock does not
 name the model that answered, so the client's model name is echoed and ``response_model``
 stays None. Prompt tokens count cache reads and writes on top of ``inputTokens`` (the
 writes' 1-hour part, from ``cacheDetails``, is kept for the bill); cache reads are also
@@ -84,6 +108,18 @@ from extproc.context import Usage
 from extproc.errors import BadRequestError, error_body
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.data_urls import image_format
+from extproc.translators.openai_anthropic import (
+    DEFAULT_MAX_TOKENS,
+    THINKING_BUDGETS,
+    adaptive_effort,
+    fit_thinking,
+    forced_call_with_thinking,
+    named_max_tokens,
+    reasoning_effort,
+    refuse_sampling_with_thinking,
+    takes_adaptive_thinking,
+    turn_left_open,
+)
 
 # The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_bedrock_stream import (
@@ -105,6 +141,7 @@ __all__ = [
     "check_request",
     "converse_service_tier",
     "request_path",
+    "thinking_budget_for",
     "translate_error",
     "translate_request",
 ]
@@ -161,17 +198,74 @@ def translate_request(
         _open_first_user_turn_with(system, turns)
     claude = is_claude(model_id)
     inference = _inference_config(body, default_max_tokens, claude=claude)
+    # Anthropic's own fields, which Converse passes on to Claude.
+    claude_fields: dict[str, Any] = {}
+    if claude:
+        claude_fields = _claude_thinking(body, model_id, turns, inference, default_max_tokens)
     if inference:
         converse["inferenceConfig"] = inference
     if tool_config is not None:
         converse["toolConfig"] = tool_config
+        if claude_fields and set(tool_config.get("toolChoice", {})) & {"any", "tool"}:
+            raise forced_call_with_thinking()
         if claude and body.get("parallel_tool_calls") is False:
-            converse["additionalModelRequestFields"] = {
-                "tool_choice": _one_call_at_a_time(tool_config)
-            }
+            claude_fields["tool_choice"] = _one_call_at_a_time(tool_config)
+    if claude_fields:
+        converse["additionalModelRequestFields"] = claude_fields
     if service_tier is not None:
         converse["serviceTier"] = {"type": service_tier}
     return converse
+
+
+def _claude_thinking(
+    body: dict[str, Any],
+    model_id: str,
+    turns: list[dict[str, Any]],
+    inference: dict[str, Any],
+    default_max_tokens: int | None,
+) -> dict[str, Any]:
+    """The thinking fields ``reasoning_effort`` asks of Claude (empty for none), with
+    ``inference``'s ``maxTokens`` set for it; ``openai_anthropic`` decides, as for
+    Anthropic's API. ``turns`` are the ones sent, a tool history as text already."""
+    effort = reasoning_effort(body)
+    if effort is None or turn_left_open(turns, _calls_a_tool):
+        return {}
+    named = named_max_tokens(body)
+    default = DEFAULT_MAX_TOKENS if default_max_tokens is None else default_max_tokens
+    fields: dict[str, Any]
+    if takes_adaptive_thinking(model_id):
+        fields = {
+            "thinking": {"type": "adaptive"},
+            "output_config": {"effort": adaptive_effort(effort, model_id)},
+        }
+        if named is None:
+            inference["maxTokens"] = default + THINKING_BUDGETS[effort]
+    else:
+        budget, inference["maxTokens"] = fit_thinking(THINKING_BUDGETS[effort], named, default)
+        fields = {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    refuse_sampling_with_thinking(inference.get("temperature"), inference.get("topP"))
+    return fields
+
+
+def _calls_a_tool(block: dict[str, Any]) -> bool:
+    return "toolUse" in block
+
+
+def thinking_budget_for(body: dict[str, Any], model_id: str) -> int | None:
+    """The thinking budget ``translate_request`` adds to ``maxTokens`` for this OpenAI
+    chat body when it names no bound (``THINKING_BUDGETS``, before any fitting); None
+    when it sends Claude no thinking: another model, no ``reasoning_effort``, a turn
+    left open. For the quota, which reserves the same; it raises the translation's 400s."""
+    effort = reasoning_effort(body) if is_claude(model_id) else None
+    if effort is None:
+        return None
+    # Translated, so that the answer is the translation's whatever decides it.
+    sent = translate_request(body, model_id=model_id)
+    return (
+        THINKING_BUDGETS[effort]
+        if "thinking" in sent.get("additionalModelRequestFields", {})
+        else None
+    )
 
 
 def check_request(
@@ -218,7 +312,10 @@ def _check_top_level(body: dict[str, Any], model_id: str) -> str | None:
             "response_format is not supported for Bedrock models: ask for JSON in the prompt",
             param="response_format",
         )
-    _stop_sequences(body.get("stop"), claude=is_claude(model_id))
+    claude = is_claude(model_id)
+    _stop_sequences(body.get("stop"), claude=claude)
+    if claude:
+        reasoning_effort(body)  # an unknown level is a 400 before the quota counts it
     return converse_service_tier(body.get("service_tier"))
 
 
@@ -824,12 +921,20 @@ class CompletionTranslator:
         if not isinstance(content, list):
             return None
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in content:
             if not isinstance(block, dict):
                 continue
             if isinstance(block.get("text"), str):
                 texts.append(block["text"])
+            elif isinstance(block.get("reasoningContent"), dict):
+                # The thinking's text only: its signature and redacted (encrypted)
+                # thinking mean nothing to an OpenAI client.
+                reasoning = block["reasoningContent"].get("reasoningText")
+                thought = reasoning.get("text") if isinstance(reasoning, dict) else None
+                if isinstance(thought, str):
+                    thoughts.append(thought)
             elif isinstance(block.get("toolUse"), dict):
                 tool = block["toolUse"]
                 arguments = orjson.dumps(tool.get("input", {})).decode()
@@ -845,6 +950,9 @@ class CompletionTranslator:
             "content": "".join(texts) if texts else None,
             "refusal": None,
         }
+        if thoughts:
+            # Where OpenAI-compatible servers (and the gateway for Anthropic) put it.
+            answer["reasoning_content"] = "".join(thoughts)
         if calls:
             answer["tool_calls"] = calls
         completion: dict[str, Any] = {

@@ -7,7 +7,11 @@ and checks them; each frame names its event in ``:event-type`` and carries JSON:
 - ``messageStart``: the chunk that opens the answer (``role``).
 - ``contentBlockStart`` with ``toolUse``: a tool call's id and name; its ``contentBlockIndex``
   is numbered among the tool calls, since OpenAI counts tool calls, not content blocks.
-- ``contentBlockDelta``: text, or a piece of a tool call's JSON arguments.
+- ``contentBlockDelta``: text, a piece of a tool call's JSON arguments, or reasoning
+  (``reasoningContent``): its ``text`` is sent as ``reasoning_content`` deltas, as the
+  gateway streams Claude's thinking from Anthropic's API; its ``signature`` and
+  ``redactedContent`` (encrypted thinking) are not shown, being of no use to an OpenAI
+  client.
 - ``messageStop``: the chunk with ``finish_reason`` (sent with ``metadata``, below).
 - ``metadata`` (the last event): usage, with ``cacheDetails`` splitting the cache writes
   by TTL (5m, 1h) for models that have both caches, and the tier that served the stream
@@ -379,10 +383,17 @@ class StreamTranslator:
             if text:
                 out.append(self._chunk({"content": text}))
             return
+        reasoning = delta.get("reasoningContent")
+        if isinstance(reasoning, dict):
+            # Only the thinking's text: a signature or redacted thinking is not shown.
+            thought = reasoning.get("text")
+            if isinstance(thought, str) and thought:
+                out.append(self._chunk({"reasoning_content": thought}))
+            return
         tool = delta.get("toolUse")
         arguments = tool.get("input") if isinstance(tool, dict) else None
         index = self._tool_calls.get(_block_index(payload))
-        # Reasoning and citation deltas have no OpenAI counterpart and are not shown.
+        # Citation deltas have no OpenAI counterpart and are not shown.
         if isinstance(arguments, str) and arguments and index is not None:
             self._no_arguments_yet.discard(_block_index(payload))
             call = {"index": index, "function": {"arguments": arguments}}

@@ -264,3 +264,44 @@ async def test_a_small_hard_cap_lets_an_adaptive_request_through(quota_store: Qu
     sent = sent_body(answer)
     assert 0 < sent["max_tokens"] < 600
     assert sent["thinking"] == {"type": "adaptive"}
+
+
+# --- OpenAI's xhigh, and an empty stop ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "effort"),
+    [
+        (OPUS_47, "xhigh"),
+        ("claude-opus-5", "xhigh"),
+        # Before Anthropic's xhigh: their one level above high.
+        ("claude-opus-4-6", "max"),
+        ("claude-sonnet-4-6", "max"),
+        ("claude-mythos-preview", "max"),
+    ],
+)
+def test_xhigh_is_the_next_level_above_high_the_model_has(model: str, effort: str) -> None:
+    """Before: a 400 for OpenAI's newest level."""
+    sent = translate(chat(reasoning_effort="xhigh"), model)
+
+    assert sent["thinking"] == {"type": "adaptive"}
+    assert sent["output_config"] == {"effort": effort}
+    assert sent["max_tokens"] == DEFAULT_MAX_TOKENS + THINKING_BUDGETS["xhigh"]
+
+
+def test_xhigh_doubles_high_s_budget_for_a_budget_model() -> None:
+    sent = translate(chat(reasoning_effort="xhigh"), "claude-sonnet-4-5-20250929")
+
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert sent["max_tokens"] == DEFAULT_MAX_TOKENS + 8192
+
+
+@pytest.mark.parametrize(("stop", "sent"), [("", None), ([""], None), (["", "END"], ["END"])])
+def test_an_empty_stop_sequence_is_left_out(stop: Any, sent: list[str] | None) -> None:
+    """Before: a 400 about whitespace; it marks no place to stop, as on Bedrock."""
+    assert translate(chat(stop=stop)).get("stop_sequences") == sent
+
+
+@pytest.mark.parametrize("stop", ["\n", ["", " "]])
+def test_a_stop_sequence_of_whitespace_alone_is_still_a_400(stop: Any) -> None:
+    assert refusal(chat(stop=stop)).param == "stop"
