@@ -42,11 +42,8 @@ from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
 from extproc.quota.thinking_budget import MIN_THINKING_BUDGET, cap_thinking, least_completion
 from extproc.translators import openai_bedrock
-from extproc.translators.openai_anthropic import (
-    named_max_tokens,
-    takes_adaptive_thinking,
-    thinking_budget_for,
-)
+from extproc.translators.claude_thinking import takes_adaptive_thinking
+from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
 
 log = logging.getLogger(__name__)
 # The longest wait a refused client should sit out before its SDK retries on its own: the

@@ -107,18 +107,20 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import BadRequestError, error_body
 from extproc.providers.bedrock_model_ids import base_model_id
-from extproc.translators.data_urls import image_format
-from extproc.translators.openai_anthropic import (
-    DEFAULT_MAX_TOKENS,
+from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
     adaptive_effort,
     fit_thinking,
     forced_call_with_thinking,
-    named_max_tokens,
     reasoning_effort,
     refuse_sampling_with_thinking,
     takes_adaptive_thinking,
     turn_left_open,
+)
+from extproc.translators.data_urls import image_format
+from extproc.translators.openai_anthropic import (
+    DEFAULT_MAX_TOKENS,
+    named_max_tokens,
 )
 
 # The stream half; it also holds what both answer forms share (stop reasons, usage, errors).

@@ -21,12 +21,8 @@ from extproc.mock_llm.anthropic_api import (
 from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.recorder import Body
 from extproc.quota.store import QuotaStore
-from extproc.translators.openai_anthropic import (
-    DEFAULT_MAX_TOKENS,
-    THINKING_BUDGETS,
-    takes_adaptive_thinking,
-    translate_request,
-)
+from extproc.translators.claude_thinking import THINKING_BUDGETS, takes_adaptive_thinking
+from extproc.translators.openai_anthropic import DEFAULT_MAX_TOKENS, translate_request
 from tests.unit.quota_helpers import used_tokens
 from tests.unit.test_reasoning_effort_claude import (
     ASK,
