@@ -4,6 +4,10 @@ of each client API's hard cap use it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config.loader import parse_config
 from extproc.processor import Processor
@@ -11,6 +15,7 @@ from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog
 
 DEFAULT_CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
@@ -40,3 +45,23 @@ async def used_tokens(quota_store: QuotaStore, budget: int) -> int:
     reservation = await quota_store.reserve(limits, 0)
     assert isinstance(reservation, Reservation)
     return reservation.used[0]
+
+
+async def capped_request(
+    quota_store: QuotaStore, budget: int, path: str, body: dict[str, Any]
+) -> ext.ProcessingResponse:
+    """The gateway's answer to a request of key team1 on ``path``, whose hard-capped
+    daily budget is ``budget`` tokens (quotas.default_max_tokens: 1000)."""
+    runtime, _ = capped_runtime(quota_store, budget)
+    await runtime.start()
+    try:
+        answers = await run_stream(
+            Processor(lambda: runtime, default_stages()),
+            [
+                request_headers(path, headers={"authorization": "Bearer team1-key"}),
+                request_body(orjson.dumps(body)),
+            ],
+        )
+    finally:
+        await runtime.close()
+    return answers[-1]

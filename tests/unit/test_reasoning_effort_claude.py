@@ -20,18 +20,15 @@ from extproc.mock_llm.anthropic_api import (
 )
 from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.recorder import Body
-from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.quota.thinking_budget import MIN_THINKING_BUDGET
-from extproc.stages import default_stages
-from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators.openai_anthropic import (
     DEFAULT_MAX_TOKENS,
     CompletionTranslator,
     StreamTranslator,
     translate_request,
 )
-from tests.unit.quota_helpers import capped_runtime, used_tokens
+from tests.unit.quota_helpers import capped_request, used_tokens
 
 MODEL = "claude-sonnet-4-5-20250929"
 ASK = {"role": "user", "content": "What is 17 * 23?"}
@@ -343,21 +340,7 @@ AUTH = {"authorization": "Bearer team1-key"}
 async def capped_chat(
     quota_store: QuotaStore, budget: int, body: dict[str, Any]
 ) -> ext.ProcessingResponse:
-    """The gateway's answer to a chat completion of key team1 for the mock's Claude, whose
-    hard-capped daily budget is ``budget`` tokens (quotas.default_max_tokens: 1000)."""
-    runtime, _ = capped_runtime(quota_store, budget)
-    await runtime.start()
-    try:
-        answers = await run_stream(
-            Processor(lambda: runtime, default_stages()),
-            [
-                request_headers("/v1/chat/completions", headers=AUTH),
-                request_body(orjson.dumps(body)),
-            ],
-        )
-    finally:
-        await runtime.close()
-    return answers[-1]
+    return await capped_request(quota_store, budget, "/v1/chat/completions", body)
 
 
 def sent_body(answer: ext.ProcessingResponse) -> dict[str, Any]:

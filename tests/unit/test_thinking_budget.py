@@ -9,12 +9,9 @@ from typing import Any
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
-from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.quota.thinking_budget import cap_thinking, least_completion
-from extproc.stages import default_stages
-from extproc.testing import request_body, request_headers, run_stream
-from tests.unit.quota_helpers import capped_runtime
+from tests.unit.quota_helpers import capped_request
 
 AUTH = {"authorization": "Bearer team1-key", "anthropic-version": "2023-06-01"}
 MESSAGES = [{"role": "user", "content": "Plan the refactoring, then do it."}]
@@ -33,21 +30,7 @@ def claude_code_body(max_tokens: int = 32_000, budget: int = 31_999) -> dict[str
 async def capped_messages(
     quota_store: QuotaStore, budget: int, body: dict[str, Any]
 ) -> ext.ProcessingResponse:
-    """The gateway's answer to a /v1/messages body of key team1, whose hard-capped daily
-    budget is ``budget`` tokens."""
-    runtime, _ = capped_runtime(quota_store, budget)
-    await runtime.start()
-    try:
-        answers = await run_stream(
-            Processor(lambda: runtime, default_stages()),
-            [
-                request_headers("/v1/messages", headers=AUTH),
-                request_body(orjson.dumps(body)),
-            ],
-        )
-    finally:
-        await runtime.close()
-    return answers[-1]
+    return await capped_request(quota_store, budget, "/v1/messages", body)
 
 
 def sent_body(answer: ext.ProcessingResponse) -> dict[str, Any]:
