@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from extproc.agents.envoy import add_agents, longest_agent_timeout_s
+from extproc.config.egress_model import EgressConfig, bypassed
 from extproc.config.loader import load_config
 from extproc.config.model import (
     EnvoyConfig,
@@ -85,6 +87,11 @@ REQUEST_SLACK_S = 30.0
 NO_TIMEOUT = "0s"
 # Keep-alive connections to providers are dropped before providers drop them.
 PROVIDER_IDLE_TIMEOUT_S = 60.0
+# The endpoint metadata key naming the egress proxy for Envoy's http_11_proxy socket.
+HTTP11_PROXY_ADDRESS = "envoy.http11_proxy_transport_socket.proxy_address"
+_HTTP11_PROXY_TRANSPORT = (
+    "envoy.extensions.transport_sockets.http_11_proxy.v3.Http11ProxyUpstreamTransport"
+)
 
 _TYPE = "type.googleapis.com/"
 _HEADER = (
@@ -132,7 +139,7 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
         "static_resources": {
             "listeners": [_listener(config)],
             "clusters": [_ext_proc_cluster(config)]
-            + [_provider_cluster(provider) for provider in config.providers],
+            + [_provider_cluster(provider, config.egress) for provider in config.providers],
         },
     }
     add_agents(bootstrap, config)
@@ -780,8 +787,11 @@ def _keepalive(config: GatewayConfig) -> Json:
     return {"interval": duration(keepalive.interval_s), "timeout": duration(keepalive.timeout_s)}
 
 
-def _provider_cluster(provider: ProviderConfig) -> Json:
+def _provider_cluster(provider: ProviderConfig, egress: EgressConfig) -> Json:
     name = cluster_name(provider)
+    proxy = _egress_proxy(provider, egress)
+    if proxy is not None:
+        return _proxied_provider_cluster(provider, proxy)
     cluster: Json = {
         "name": name,
         "type": "STATIC" if is_ip(provider.host) else "LOGICAL_DNS",
@@ -797,6 +807,77 @@ def _provider_cluster(provider: ProviderConfig) -> Json:
     if provider.tls:
         cluster["transport_socket"] = _upstream_tls(provider.host)
     return cluster
+
+
+def _egress_proxy(provider: ProviderConfig, egress: EgressConfig) -> tuple[str, int] | None:
+    """The proxy's address (IP, port) Envoy reaches ``provider`` through, or None."""
+    if egress.proxy_url is None or bypassed(provider.host, egress.no_proxy):
+        return None
+    # The config refuses a proxy named by host name or with credentials when a
+    # provider goes through it (egress_problems): what is left is http://IP:port.
+    hostpart = egress.proxy_url.get_secret_value().partition("://")[2].rpartition("@")[2]
+    parts = urlsplit(f"http://{hostpart}")
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def _proxied_provider_cluster(provider: ProviderConfig, proxy: tuple[str, int]) -> Json:
+    """A provider cluster that reaches its provider through the egress proxy.
+
+    Envoy's http_11_proxy transport socket dials the proxy named in the endpoint's
+    metadata and sends ``CONNECT <hostname>:<port>``: the endpoint's ``hostname`` is the
+    provider's, so the proxy resolves it (Envoy needs no outside DNS) and its host
+    rules see the name. The endpoint's own address is never dialled: it carries the
+    provider's port, and the proxy's IP as a placeholder where the provider's host is
+    a name. Inside the tunnel the cluster's TLS (or plain HTTP) goes on as it would
+    directly."""
+    name = cluster_name(provider)
+    proxy_host, proxy_port = proxy
+    placeholder = provider.host if is_ip(provider.host) else proxy_host
+    endpoint: Json = {
+        "endpoint": {
+            "hostname": provider.host,
+            "address": _socket_address(placeholder, provider.port),
+        },
+        "metadata": {
+            "typed_filter_metadata": {
+                HTTP11_PROXY_ADDRESS: {
+                    "@type": _TYPE + "envoy.config.core.v3.Address",
+                    **_socket_address(proxy_host, proxy_port),
+                }
+            }
+        },
+    }
+    inner = (
+        _upstream_tls(provider.host)
+        if provider.tls
+        else {
+            "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+            },
+        }
+    )
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": duration(PROVIDER_CONNECT_TIMEOUT_S),
+        "typed_extension_protocol_options": _protocol_options(
+            {"http_protocol_options": {}},
+            common={"idle_timeout": duration(PROVIDER_IDLE_TIMEOUT_S)},
+        ),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [endpoint]}],
+        },
+        "transport_socket": {
+            "name": "envoy.transport_sockets.http_11_proxy",
+            "typed_config": {
+                "@type": _TYPE + _HTTP11_PROXY_TRANSPORT,
+                "transport_socket": inner,
+            },
+        },
+    }
 
 
 def _upstream_tls(host: str) -> Json:

@@ -202,8 +202,9 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
             # Tells the per-attempt filter which provider an attempt goes to.
             for locality in cluster["load_assignment"]["endpoints"]:
                 for endpoint in locality["lb_endpoints"]:
-                    endpoint["metadata"] = {
-                        "filter_metadata": {METADATA_NAMESPACE: {"provider": provider.name}}
+                    # Beside, not over, other metadata (the egress proxy's address).
+                    endpoint.setdefault("metadata", {})["filter_metadata"] = {
+                        METADATA_NAMESPACE: {"provider": provider.name}
                     }
     manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]

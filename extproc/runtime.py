@@ -36,6 +36,7 @@ from extproc.config.model import (
     RouteConfig,
     cluster_name,
 )
+from extproc.egress import EgressProxy
 from extproc.guardrails.policy import Guardrails
 from extproc.model_names import anthropic_spelling
 from extproc.providers.aws_signer import AwsSigner
@@ -209,7 +210,13 @@ class Runtime:
         # None when no route names a host: the path alone decides.
         self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None
         self.api_keys = ApiKeyStore(config.auth)
-        self.jwt = JwtVerifier(config.auth.jwt_providers) if config.auth.jwt_providers else None
+        # The proxy the gateway's own outbound calls go through (JWKS, guards, tokens).
+        self.egress = EgressProxy(config.egress)
+        self.jwt = (
+            JwtVerifier(config.auth.jwt_providers, egress=self.egress)
+            if config.auth.jwt_providers
+            else None
+        )
         # Alias -> the model's configured name, which access and quota rules name.
         self.canonical_model = {
             alias: model.name for model in config.models for alias in model.aliases
@@ -244,7 +251,7 @@ class Runtime:
         self.signers: dict[str, AwsSigner] = {
             p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None
         }
-        self.token_sources = _token_sources(config)
+        self.token_sources = _token_sources(config, self.egress)
         self._refresh: asyncio.Task[None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         for model in config.models:
@@ -269,6 +276,7 @@ class Runtime:
             self.guardrails = Guardrails(
                 config.guardrails,
                 {route.name: (route.guardrails, route.enrichment) for route in config.routes},
+                self.egress,
             )
         except ValueError as exc:
             raise ConfigError("config", [f"guardrails: {exc}"]) from None
@@ -467,7 +475,7 @@ def _route_auth(route: str, policy: RouteAuthConfig, config: GatewayConfig) -> R
     return policy.model_copy(update={"methods": usable or (AuthMethod.NONE,)})
 
 
-def _token_sources(config: GatewayConfig) -> dict[str, GcpTokenSource]:
+def _token_sources(config: GatewayConfig, egress: EgressProxy) -> dict[str, GcpTokenSource]:
     """A token source for each Vertex provider. google-auth is imported only when one
     is configured."""
     vertex = [p for p in config.providers if p.gcp is not None]
@@ -476,7 +484,7 @@ def _token_sources(config: GatewayConfig) -> dict[str, GcpTokenSource]:
     from extproc.providers.gcp_tokens import GcpTokenSource
 
     return {
-        p.name: GcpTokenSource(p.gcp, f"providers.{p.name}.gcp")
+        p.name: GcpTokenSource(p.gcp, f"providers.{p.name}.gcp", egress)
         for p in vertex
         if p.gcp is not None
     }

@@ -42,6 +42,7 @@ import orjson
 
 from extproc import background
 from extproc.config.auth_model import JwksConfig
+from extproc.egress import DIRECT, EgressProxy
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +242,13 @@ class RemoteJwks:
         config: JwksConfig,
         algorithms: Sequence[str],
         clock: Callable[[], float],
+        egress: EgressProxy = DIRECT,
     ) -> None:
         assert config.url is not None
         self._provider = provider
         self._url = config.url
+        # The configured proxy, unless egress.no_proxy lists the identity provider.
+        self._proxy = egress.aiohttp(config.url)
         # What logs name: no user or password, no query (either may carry a secret).
         self._shown_url = shown_url(config.url)
         self._config = config
@@ -358,7 +362,7 @@ class RemoteJwks:
     async def _download(self, session: aiohttp.ClientSession) -> bytes:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout_s)
         async with session.get(
-            self._url, timeout=timeout, headers={"accept": "application/json"}
+            self._url, timeout=timeout, headers={"accept": "application/json"}, **self._proxy
         ) as response:
             if response.status != 200:
                 raise _FetchError(f"HTTP {response.status}")

@@ -34,6 +34,7 @@ from jwt.types import Options
 from extproc.auth.jwks import JwksSource, KeySet, RemoteJwks, StaticJwks, plain_http
 from extproc.config.auth_model import HMAC_ALGORITHMS, ClaimMapping, JwtProviderConfig
 from extproc.config.loader import ConfigError
+from extproc.egress import DIRECT, EgressProxy
 from extproc.errors import AuthenticationError
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,16 @@ class _Provider:
 
     __slots__ = ("config", "keys", "options", "secret")
 
-    def __init__(self, config: JwtProviderConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: JwtProviderConfig, clock: Callable[[], float], egress: EgressProxy
+    ) -> None:
         self.config = config
         self.secret: bytes | None = None
         self.keys: StaticJwks | RemoteJwks | None = None
         if config.shared_secret is not None:
             self.secret = config.shared_secret.get_secret_value().encode("utf-8")
         elif config.jwks is not None and config.jwks.url is not None:
-            self.keys = RemoteJwks(config.name, config.jwks, config.algorithms, clock)
+            self.keys = RemoteJwks(config.name, config.jwks, config.algorithms, clock, egress)
         elif config.jwks is not None:
             self.keys = StaticJwks(config.jwks, config.algorithms)
         self.options: Options = {
@@ -98,6 +101,7 @@ class JwtVerifier:
         *,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        egress: EgressProxy = DIRECT,
     ) -> None:
         problems: list[str] = []
         for index, config in enumerate(providers):
@@ -106,7 +110,7 @@ class JwtVerifier:
                 problems.append(f"auth.jwt_providers[{index}] ({config.name}): {problem}")
         if problems:
             raise ConfigError("jwt", problems)
-        self._by_issuer = {config.issuer: _Provider(config, clock) for config in providers}
+        self._by_issuer = {config.issuer: _Provider(config, clock, egress) for config in providers}
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
@@ -131,7 +135,8 @@ class JwtVerifier:
             if isinstance(provider.keys, RemoteJwks)
         ]
         if remote:
-            self._session = aiohttp.ClientSession()
+            # No proxy of the environment: the configured one (egress) goes with each fetch.
+            self._session = aiohttp.ClientSession(trust_env=False)
             for source in remote:
                 await source.start(self._session)
 

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from extproc.config.agents_model import AgentsConfig, agent_route_problems
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
+from extproc.config.egress_model import EgressConfig, egress_problems
 from extproc.config.guard_model import EnrichmentConfig, GuardrailsConfig, RoutePolicies
 from extproc.config.metrics_model import MetricsConfig
 from extproc.config.pricing_model import PricingConfig
@@ -681,6 +682,8 @@ class GatewayConfig(_Section):
     pricing: PricingConfig = PricingConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     agents: AgentsConfig = AgentsConfig()
+    # The forward proxy outbound traffic goes through (docs/configuration.md, egress).
+    egress: EgressConfig = EgressConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GatewayConfig:
@@ -693,6 +696,7 @@ class GatewayConfig(_Section):
             *_host_route_problems(self),
             *_route_policy_problems(self),
             *_key_header_subject_problems(self),
+            *egress_problems(self.egress, [(i, p.host) for i, p in enumerate(self.providers)]),
         ]
         if problems:
             raise ValueError("\n".join(problems))

@@ -83,7 +83,12 @@ class ModerationClient:
         session = self._session.get()
         try:
             async with asyncio.timeout(self._timeout):
-                async with session.post(self._url, data=payload, headers=self._headers) as reply:
+                async with session.post(
+                    self._url,
+                    data=payload,
+                    headers=self._headers,
+                    **self._session.egress.aiohttp(self._url),
+                ) as reply:
                     if reply.status == 429:
                         if _out_of_credit(await read_at_most(reply, MAX_ERROR_BYTES)):
                             # OpenAI's billing refusal: no wait cures it, so it is an

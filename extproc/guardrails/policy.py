@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc.config.guard_model import EnrichmentConfig, GuardConfig, GuardrailsConfig
+from extproc.egress import DIRECT, EgressProxy
 from extproc.errors import GatewayError
 from extproc.guardrails.matching import MatcherGuard, Matchers
 from extproc.guardrails.moderation import ModerationClient
@@ -77,8 +78,10 @@ class Guardrails:
         self,
         config: GuardrailsConfig,
         routes: dict[str, tuple[tuple[str, ...], EnrichmentConfig | None]],
+        egress: EgressProxy = DIRECT,
     ) -> None:
-        self.session = SessionHolder()
+        # Webhook and moderation calls go through the egress proxy (docs/security.md).
+        self.session = SessionHolder(egress)
         webhooks = {w.name: WebhookClient(w, self.session) for w in config.webhooks}
         moderation = {m.name: ModerationClient(m, self.session) for m in config.moderation}
         policies = {p.name: p for p in config.policies}

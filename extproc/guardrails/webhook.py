@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from extproc.config.guard_model import WebhookConfig
+from extproc.egress import DIRECT, EgressProxy
 from extproc.guardrails.moderation import read_at_most, retry_after_seconds
 
 # Verdicts are small; a runaway answer is a broken webhook.
@@ -99,7 +100,12 @@ class WebhookClient:
         session = self._session.get()
         try:
             async with asyncio.timeout(self._timeout):
-                async with session.post(url, data=orjson.dumps(payload), headers=headers) as reply:
+                async with session.post(
+                    url,
+                    data=orjson.dumps(payload),
+                    headers=headers,
+                    **self._session.egress.aiohttp(url),
+                ) as reply:
                     if reply.status == 429:
                         wait = retry_after_seconds(reply.headers)
                         raise WebhookError("answered HTTP 429", retry_after=wait)
@@ -169,16 +175,20 @@ def _mask(body: dict[str, Any], items: str, count: int, reason: str | None) -> V
 
 class SessionHolder:
     """One aiohttp session for every webhook and moderation call, made on first use
-    (it needs the running event loop) and closed with the runtime."""
+    (it needs the running event loop) and closed with the runtime. ``egress`` says
+    which calls go through the configured proxy (each call passes it: the session
+    itself trusts no proxy of the environment)."""
 
-    def __init__(self) -> None:
+    def __init__(self, egress: EgressProxy = DIRECT) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.egress = egress
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
-                # Proxies from the environment would take guard traffic elsewhere.
+                # Proxies from the environment would take guard traffic elsewhere: the
+                # configured one (egress) is passed with each call.
                 trust_env=False,
             )
         return self._session

@@ -39,6 +39,7 @@ from google.oauth2 import service_account
 
 from extproc.config.loader import ConfigError
 from extproc.config.model import GcpConfig
+from extproc.egress import DIRECT, EgressProxy
 from extproc.errors import without_secrets
 
 # google-auth can log each token request and answer at DEBUG: an operator turning on
@@ -57,6 +58,9 @@ REFRESH_AHEAD_S = 10 * 60
 TOKEN_REQUEST_TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
 # How long the first token is tried for while its endpoint cannot be reached.
 START_RETRY_S = 20.0
+# The metadata server of GKE, Cloud Run and Compute Engine (Application Default
+# Credentials): on the host's own link, which no forward proxy can reach.
+METADATA_SERVER_HOSTS = ("metadata.google.internal", "169.254.169.254")
 # How much of a token endpoint's reason an error or log line keeps.
 _MAX_REASON = 300
 
@@ -64,12 +68,14 @@ _MAX_REASON = 300
 class GcpTokenSource:
     """The access token of one Vertex provider's credentials, kept fresh off the loop."""
 
-    def __init__(self, config: GcpConfig, where: str) -> None:
+    def __init__(self, config: GcpConfig, where: str, egress: EgressProxy = DIRECT) -> None:
         self._config = config
         # The config path named in errors (providers.<name>.gcp).
         self._where = where
         self._credentials: Credentials | None = None
-        self._http = urllib3.PoolManager(timeout=TOKEN_REQUEST_TIMEOUT)
+        # Token requests go through the egress proxy unless egress.no_proxy lists their
+        # host; the metadata server is always asked directly.
+        self._http = egress.with_direct(METADATA_SERVER_HOSTS).urllib3_pool(TOKEN_REQUEST_TIMEOUT)
         self._token: str | None = None
         # When the token in use is due for a refresh, on the monotonic clock: a step of
         # the wall clock must not keep a token past its expiry.
