@@ -49,7 +49,10 @@ The pairs the gateway serves:
 - OpenAI chat -> ``vertex``: Claude models as to ``anthropic`` (``openai_anthropic``)
   with Vertex's body and path; every other model (Gemini...) as to ``openai``, at Vertex's
   OpenAI-compatible endpoint. Vertex's own errors (Google's shape) are written in the
-  client's (``vertex_errors``). Vertex serves no other client API here: refused with a 400.
+  client's (``vertex_errors``).
+- OpenAI embeddings -> ``vertex`` (Google's text embedding models only): ``:predict`` with
+  one instance per text (``vertex_embeddings``), the answer turned into OpenAI's list.
+  Vertex serves no other client API here: refused with a 400.
 
 Provider errors reach the client in its API's shape. A provider's 401, 402 or 403
 refused the gateway's own key or account, whichever the pair: the client gets the
@@ -112,6 +115,7 @@ from extproc.translators import (
     openai_embeddings,
     openai_openai,
     openai_responses,
+    vertex_embeddings,
     vertex_errors,
 )
 from extproc.translators.base import (
@@ -275,7 +279,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
             _check_bedrock_embeddings(parsed, upstream.upstream_model)
-        served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
+        if kind is ProviderType.VERTEX:
+            _check_vertex_embeddings(ctx, parsed, upstream)
+        served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK, ProviderType.VERTEX)
     elif route.api is RouteApi.OPENAI_RESPONSES:
         served = kind is ProviderType.OPENAI
     elif route.api in _ONLY_OPENAI:
@@ -337,8 +343,9 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     reaches Google's own models on Vertex; Bedrock Runtime's operations reach Bedrock
     (Converse speaks every Bedrock model; an InvokeModel body is one family's:
     ``serves_invoke_body``). The Responses API (its compaction included) and text
-    completions reach OpenAI-compatible providers alone; embeddings reach those and
-    Bedrock, though only the same model's vectors compare (``same_embeddings_model``)."""
+    completions reach OpenAI-compatible providers alone; embeddings reach those, Bedrock
+    and Google's text embedding models on Vertex, though only the same model's vectors
+    compare (``same_embeddings_model``)."""
     kind = upstream.provider.type
     if api is RouteApi.OPENAI_CHAT:
         return True
@@ -347,6 +354,8 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     if api is RouteApi.OPENAI_COMPLETIONS:
         return kind is ProviderType.OPENAI
     if api is RouteApi.OPENAI_EMBEDDINGS:
+        if kind is ProviderType.VERTEX:
+            return vertex_endpoints.is_text_embedding_model(upstream.upstream_model)
         return kind in (ProviderType.OPENAI, ProviderType.BEDROCK)
     if api is RouteApi.GEMINI_GENERATE_CONTENT:
         return kind is ProviderType.VERTEX and vertex_endpoints.is_google_model(
@@ -409,6 +418,23 @@ def _check_bedrock_embeddings(parsed: dict[str, Any], model_id: str) -> None:
         bedrock_cohere_embeddings.check_request(parsed, model_id)
     else:
         bedrock_embeddings.input_text(parsed)
+
+
+def _check_vertex_embeddings(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream
+) -> None:
+    """Embeddings reach Google's text embedding models on Vertex alone (a chat model's
+    ``:predict`` is no embedding), with what ``:predict`` can take."""
+    model = upstream.upstream_model
+    if not vertex_endpoints.is_text_embedding_model(model):
+        raise BadRequestError(
+            f"model '{ctx.model}' is a Vertex AI model without embeddings (only Google's "
+            "text embedding models, such as gemini-embedding-001 or text-embedding-005, "
+            "have them); send it to /v1/chat/completions",
+            param="model",
+            code="unsupported_model_for_route",
+        )
+    vertex_embeddings.check_request(parsed, model)
 
 
 def _responses_request(
@@ -647,6 +673,11 @@ def _vertex_request(
             return RequestPlan(_json(counted), prefix + path, headers)
         changed = ctx.body_changed or not raw
         return RequestPlan(_json(parsed) if changed else None, prefix + path, headers)
+    if route.api is RouteApi.OPENAI_EMBEDDINGS:
+        _check_vertex_embeddings(ctx, parsed, upstream)
+        body = vertex_embeddings.translate_request(parsed, model)
+        path = vertex_endpoints.predict_path(gcp, model)
+        return RequestPlan(_json(body), prefix + path, headers)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, ProviderType.VERTEX)
     ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
@@ -780,6 +811,15 @@ def plan_response(
         # and counted in aigw_tokens_consumed_total for tokens nobody generated.
         return ResponsePlan(None)
     if route.api is RouteApi.OPENAI_EMBEDDINGS:
+        # Vertex's own answer, unless a failover attempt's filter already translated it
+        # (the client's filter then reads it as OpenAI's): Vertex's models speak OpenAI's
+        # chat API, so ``kind`` alone does not tell its embeddings apart.
+        if ctx.provider_type is ProviderType.VERTEX and (
+            from_provider or ctx.failover_model is None
+        ):
+            return ResponsePlan(
+                _vertex_embeddings_translator(ctx), remove_headers=["content-length"]
+            )
         if kind is ProviderType.OPENAI:
             return ResponsePlan(openai_embeddings.EmbeddingsReader())
         return ResponsePlan(
@@ -898,6 +938,16 @@ def _bedrock_embeddings_translator(
             input_tokens=bedrock_cohere_embeddings.input_token_count(headers),
         )
     return bedrock_embeddings.EmbeddingTranslator(model=model, base64_vectors=base64_vectors)
+
+
+def _vertex_embeddings_translator(ctx: RequestContext) -> ResponseTranslator:
+    """Vertex's ``:predict`` answer as OpenAI's list, one vector per text sent."""
+    body = ctx.body or {}
+    return vertex_embeddings.EmbeddingTranslator(
+        model=ctx.model or "",
+        base64_vectors=body.get("encoding_format") == "base64",
+        texts=vertex_embeddings.texts_sent(body),
+    )
 
 
 # A provider's answer to the gateway's own key or account, not to anything of the client's.

@@ -27,8 +27,8 @@ It also answers like Google Cloud Vertex AI (``vertex_api``) for one project and
 JWT-bearer assertions checked against the key file ``gcp_service_account``), and every
 path with ``/projects/{p}/locations/{r}`` is a Vertex route (Claude's ``rawPredict`` /
 ``streamRawPredict`` and token count, Gemini's ``generateContent``,
-``streamGenerateContent`` and ``countTokens`` (``vertex_gemini``), the OpenAI-compatible
-chat completions), which wants
+``streamGenerateContent`` and ``countTokens`` (``vertex_gemini``), text embeddings'
+``:predict`` (``vertex_embeddings``), the OpenAI-compatible chat completions), which wants
 a token the mock issued. Those paths are routed before the suffix rules: Vertex's
 ``.../endpoints/openapi/chat/completions`` must not reach the OpenAI endpoint, which takes
 any key.

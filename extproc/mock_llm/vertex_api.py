@@ -30,6 +30,9 @@ Google's front answers it.
   (``vertex_gemini``) for Google's models (``gemini-...``, ``gemma-...``); another model
   under ``publishers/google`` is not found. Its refusals and a fault's status Google has
   no name for (529) are Google's errors: the model is Google's own.
+- ``.../publishers/google/models/{model}:predict``: text embeddings
+  (``vertex_embeddings``) for Google's text embedding models (``gemini-embedding-001``,
+  ``text-embedding-005``...); refusals are Google's 400.
 - ``.../endpoints/openapi/chat/completions``: OpenAI's chat completions (``openai_api``),
   JSON and SSE, for models named ``publisher/model`` (``google/gemini-2.5-flash``); a
   model without its publisher is a 400.
@@ -61,7 +64,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from extproc.mock_llm import anthropic_api
+from extproc.mock_llm import anthropic_api, vertex_embeddings
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.openai_api import OpenAIEndpoints
@@ -289,6 +292,11 @@ class VertexEndpoints:
         call = _CLAUDE_CALL.fullmatch(rest)
         if call is not None and _CLAUDE_MODEL.fullmatch(call["model"]):
             return partial(self._claude, call["model"])
+        embeddings = vertex_embeddings.PREDICT_CALL.fullmatch(rest)
+        if embeddings is not None and vertex_embeddings.is_text_embedding_model(
+            embeddings["model"]
+        ):
+            return partial(self._embeddings, embeddings["model"])
         gemini = GEMINI_CALL.fullmatch(rest)
         if gemini is not None and is_google_model(gemini["model"]):
             return partial(self._gemini_call, gemini["model"], gemini["method"])
@@ -321,6 +329,20 @@ class VertexEndpoints:
             return await self._gemini.answer(model, method, request, body, fault)
         except InvalidArgumentError as exc:
             return google_error(400, str(exc))
+
+    async def _embeddings(
+        self, model: str, request: web.Request, body: Body, fault: Fault
+    ) -> web.StreamResponse:
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        # A status Google has no name for (serve answered the others): still Google's shape.
+        if fault.status is not None:
+            return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
+        try:
+            answer = vertex_embeddings.predict(model, body)
+        except InvalidArgumentError as exc:
+            return google_error(400, str(exc))
+        return web.Response(body=orjson.dumps(answer), headers=_JSON_HEADERS)
 
     async def _count_tokens(
         self, request: web.Request, body: Body, fault: Fault

@@ -11,7 +11,9 @@ Vertex serves each model under ``/v1/projects/{project}/locations/{region}``:
   in the body as Vertex names it (``google/gemini-2.5-flash``);
 - Google's own models also through Gemini's API, for clients that speak it:
   ``publishers/google/models/{model}:generateContent``, ``:streamGenerateContent``
-  (``?alt=sse``) and ``:countTokens``, the model in the path without its publisher.
+  (``?alt=sse``) and ``:countTokens``, the model in the path without its publisher;
+- Google's text embedding models (``gemini-embedding-001``, ``text-embedding-005``...)
+  through their ``:predict`` method, under the same publisher path.
 
 Which is Claude is read from the provider's name for the model: Vertex names Anthropic's
 models ``claude-...`` (``claude-sonnet-4-5@20250929``).
@@ -28,6 +30,11 @@ from extproc.config.model import GcpConfig
 # catch-all route) is escaped, so it cannot reach another path.
 _PATH_SAFE = "-._~@"
 _CLAUDE = "claude-"
+# What Google's text embedding models have in their names (``gemini-embedding-001``,
+# ``text-embedding-005``, ``textembedding-gecko@003``); the multimodal one takes another
+# body (``text``, ``image``, ``video``) and is not served.
+_EMBEDDING = "embedding"
+_MULTIMODAL = "multimodalembedding"
 _GOOGLE = "google"
 # Gemini's streamed operation, which answers Server-Sent Events only when asked.
 _STREAM_GENERATE_CONTENT = "streamGenerateContent"
@@ -74,3 +81,17 @@ def gemini_path(gcp: GcpConfig, upstream_model: str, operation: str) -> str:
     model = quote(upstream_model.removeprefix(_GOOGLE + "/"), safe=_PATH_SAFE)
     path = f"{location_path(gcp)}/publishers/google/models/{model}:{operation}"
     return path + "?alt=sse" if operation == _STREAM_GENERATE_CONTENT else path
+
+
+def is_text_embedding_model(upstream_model: str) -> bool:
+    """Whether ``upstream_model`` is one of Google's text embedding models, which Vertex
+    serves through ``:predict`` (named bare or with the ``google/`` publisher)."""
+    name = upstream_model.removeprefix(_GOOGLE + "/")
+    return (
+        is_google_model(upstream_model) and _EMBEDDING in name and not name.startswith(_MULTIMODAL)
+    )
+
+
+def predict_path(gcp: GcpConfig, upstream_model: str) -> str:
+    """The ``:predict`` method of one of Google's models: its text embeddings."""
+    return gemini_path(gcp, upstream_model, "predict")

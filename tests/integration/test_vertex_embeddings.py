@@ -1,0 +1,126 @@
+"""OpenAI embeddings on Google Cloud Vertex AI: the official ``openai`` client, through real
+Envoy and the gateway, to the mock's Vertex AI, which takes only the access tokens it
+issued for the stack's service account key and answers ``:predict`` in Vertex's format.
+The vectors, the answer's usage, the log line and ``tokens_consumed_total`` must agree on
+Vertex's token counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from extproc.devstack import LocalStack
+from extproc.mock_llm import count_tokens
+from extproc.mock_llm.embeddings_api import embedding_vector, text_key
+from tests.integration.conftest import (
+    GatewayLog,
+    default_config,
+    metric,
+    running_stack,
+    scrape,
+    write_config,
+)
+from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
+
+CLIENT_KEY = "team1-key"
+TEXT_EMBEDDING = "text-embedding-005"
+# USD per million input tokens (text-embedding-005's list price is per character; any
+# price makes the cost say something).
+PRICE = {"input_per_million": 0.10, "output_per_million": 0.0}
+
+
+def vertex_config() -> dict[str, Any]:
+    raw = default_config()
+    raw["providers"].append(vertex_provider())
+    raw["models"] += [
+        {"name": "vertex-embed", "provider": "vertex", "upstream_model": TEXT_EMBEDDING},
+        {"name": "gemini-embed", "provider": "vertex", "upstream_model": "gemini-embedding-001"},
+    ]
+    raw["pricing"]["models"]["vertex-embed"] = PRICE
+    return raw
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("vertex-embeddings")
+    with running_stack(workdir, write_config(workdir, vertex_config())) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway_log(stack: LocalStack) -> GatewayLog:
+    return GatewayLog(stack.gateway_log)
+
+
+def client_of(stack: LocalStack) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{stack.base_url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=30.0
+    )
+
+
+def prompt_tokens(samples: dict[str, Any]) -> float:
+    return metric(
+        samples,
+        "tokens_consumed_total",
+        model="vertex-embed",
+        provider="vertex",
+        token_type="prompt",
+    )
+
+
+def test_a_batch_is_embedded_on_vertex_and_billed_by_vertexs_counts(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    texts = ["Hello Vertex, embed me.", "A second text, somewhat longer than the first."]
+    before = scrape(stack.metrics_url)
+
+    # The SDK asks for base64 and decodes it: the gateway encoded Vertex's floats.
+    raw = client_of(stack).embeddings.with_raw_response.create(
+        model="vertex-embed", input=texts, dimensions=64
+    )
+    answer = raw.parse()
+
+    expected = [list(embedding_vector(text_key(text), 64)) for text in texts]
+    assert [item.index for item in answer.data] == [0, 1]
+    assert [item.embedding for item in answer.data] == expected
+    tokens = sum(count_tokens(text) for text in texts)
+    assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (tokens, tokens)
+    assert answer.model == "vertex-embed"
+
+    sent = vertex_requests(stack)[-1]
+    assert sent["path"] == f"{LOCATION}/publishers/google/models/{TEXT_EMBEDDING}:predict"
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.mock-")
+    assert orjson.loads(sent["body"]) == {
+        "instances": [{"content": text} for text in texts],
+        "parameters": {"autoTruncate": False, "outputDimensionality": 64},
+    }
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert (line["provider"], line["model"], line["http_status_code"]) == (
+        "vertex",
+        "vertex-embed",
+        200,
+    )
+    assert (line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) == (
+        tokens,
+        0,
+        tokens,
+    )
+    assert line["cost_usd"] == pytest.approx(tokens * PRICE["input_per_million"] / 1e6)
+    assert prompt_tokens(scrape(stack.metrics_url)) - prompt_tokens(before) == tokens
+
+
+def test_a_batch_for_gemini_embedding_is_a_400_that_never_reaches_vertex(
+    stack: LocalStack,
+) -> None:
+    sent_before = len(vertex_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_of(stack).embeddings.create(model="gemini-embed", input=["one", "two"])
+
+    assert refused.value.status_code == 400
+    assert refused.value.param == "input"
+    assert len(vertex_requests(stack)) == sent_before
