@@ -28,10 +28,16 @@ object, and each of its string leaves is a slot, and so is each key (the tool's
 parameter names, which the provider reads as the keys of OpenAI arguments): a
 masked key renames its member where it stands (``_Members``). The same holds for a
 buffered answer's tool calls.
+
+Reasoning a client sends back is text the provider reads too: an OpenAI-compatible
+assistant's ``reasoning_content`` / ``reasoning`` / ``reasoning_details`` text, masked in
+place, and Anthropic's ``thinking`` blocks, ``signed``: a mask cannot be written there, so
+the stage drops the block from a closed turn (``drop_reasoning``) or refuses the request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +98,9 @@ class TextSlot:
     # the provider refuses the block sent back changed, so a mask cannot be written here;
     # the stage refuses the answer instead (``reasoning_slots``).
     signed: bool = False
+    # In a request, the signed block itself: a mask there drops it from the history where
+    # the provider allows that (``drop_closed_reasoning``) rather than change it.
+    block: Any = None
 
     @property
     def text(self) -> str:
@@ -120,6 +129,11 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
         return
     if kind == "text" and isinstance(block.get("text"), str):
         slots.append(TextSlot(role, block, "text"))
+    elif kind == "thinking" and isinstance(block.get("thinking"), str):
+        # Claude's thinking sent back in a request's history: signed (Anthropic refuses
+        # it changed), so a mask drops it where it may go (``drop_closed_reasoning``).
+        # An answer's thinking is read by ``anthropic_answer_slots``.
+        slots.append(TextSlot(role, block, "thinking", signed=True, block=block))
     elif kind == "refusal" and isinstance(block.get("refusal"), str):
         # An OpenAI refusal part: the provider reads it, and the Anthropic and Bedrock
         # translators make it a text block (a system message's too).
@@ -352,6 +366,13 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
             _string_slot(role, message, "refusal", slots)
             if "tool_calls" in message or "function_call" in message:
                 _call_slots(role, message, slots)
+            # Reasoning sent back (DeepSeek's and vLLM's clients do): three key lookups.
+            if (
+                "reasoning_content" in message
+                or "reasoning" in message
+                or "reasoning_details" in message
+            ):
+                _reasoning_slots(role, message, slots, request=True)
     return slots
 
 
@@ -365,6 +386,8 @@ def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
         if not isinstance(message, dict):
             continue
         _string_slot("assistant", message, "content", slots)
+        # A structured-output refusal: text the client shows, as it shows the content.
+        _string_slot("assistant", message, "refusal", slots)
         if "tool_calls" in message or "function_call" in message:
             _call_slots("assistant", message, slots)
         openai_reasoning_slots(message, reasoning)
@@ -386,16 +409,26 @@ def openai_reasoning_slots(message: dict[str, Any], slots: list[TextSlot]) -> No
     """The reasoning an OpenAI-compatible message shows: its reasoning fields and the text
     of its ``reasoning_details``. Reasoning reaches the client as answer text does, so a
     policy that keeps a card number from the answer keeps it from the reasoning too."""
+    _reasoning_slots("assistant", message, slots, request=False)
+
+
+def _reasoning_slots(
+    role: str, message: dict[str, Any], slots: list[TextSlot], *, request: bool
+) -> None:
     for field in OPENAI_REASONING:
-        _string_slot("assistant", message, field, slots)
+        _string_slot(role, message, field, slots)
     details = message.get("reasoning_details")
     if isinstance(details, list):
         for detail in details:
             if isinstance(detail, dict):
                 kind = detail.get("type")
                 named = REASONING_DETAILS.get(kind) if isinstance(kind, str) else None
-                if named is not None:
-                    _string_slot("assistant", detail, named, slots)
+                if named is None or not isinstance(detail.get(named), str):
+                    continue
+                # Sent back, an entry with a signature (Claude's thinking through
+                # OpenRouter) is checked against it: a mask there refuses the request.
+                signed = request and bool(detail.get("signature"))
+                slots.append(TextSlot(role, detail, named, signed=signed))
 
 
 def anthropic_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
@@ -421,3 +454,78 @@ def anthropic_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
                 _block_slots("assistant", block, slots)
     slots.extend(thinking)
     return slots
+
+
+# Anthropic's reasoning blocks: a history's thinking, signed or encrypted.
+_REASONING_BLOCKS = frozenset(("thinking", "redacted_thinking"))
+
+
+def drop_reasoning(body: dict[str, Any], first: dict[str, Any]) -> set[int] | None:
+    """Drop the signed thinking block ``first`` from an Anthropic request's history, with
+    every reasoning block of the closed turns after it (``drop_closed_reasoning``)."""
+    return drop_closed_reasoning(
+        _dicts(body.get("messages")), first, _is_reasoning_block, _is_tool_result
+    )
+
+
+def _is_reasoning_block(block: dict[str, Any]) -> bool:
+    return block.get("type") in _REASONING_BLOCKS
+
+
+def _is_tool_result(block: dict[str, Any]) -> bool:
+    return block.get("type") == "tool_result"
+
+
+def drop_closed_reasoning(
+    messages: list[dict[str, Any]],
+    first: dict[str, Any],
+    is_reasoning: Callable[[dict[str, Any]], bool],
+    is_tool_result: Callable[[dict[str, Any]], bool],
+) -> set[int] | None:
+    """Drop the signed reasoning block ``first`` and every reasoning block of the closed
+    turns after it; the ``id`` of each block dropped. None, and nothing dropped, when
+    ``first`` is not in a closed turn or a message would be left with no content.
+
+    A turn is closed by a user message that answers no tool call (a new turn of the
+    user's). The provider lets a client leave out the reasoning of closed turns (Claude's
+    older models strip it anyway), never that of the open one: a tool loop's turn must
+    start with its signed thinking, unchanged. Every later reasoning block of the closed
+    turns goes too: a newer Claude checks each block against what came before it (the
+    "prefix check"), and one left out between others fails the blocks after it. Done the
+    same at every later request, this leaves the reasoning Claude writes afterwards
+    checked against the very history it was written after.
+    """
+    closed = 0
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") == "user" and not any(
+            is_tool_result(block) for block in _dicts(message.get("content"))
+        ):
+            closed = index
+            break
+    changes: list[tuple[list[Any], list[Any]]] = []
+    dropped: set[int] = set()
+    for message in messages[:closed]:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        kept: list[Any] = []
+        for block in content:
+            if block is first or (dropped and isinstance(block, dict) and is_reasoning(block)):
+                dropped.add(id(block))
+            else:
+                kept.append(block)
+        if len(kept) != len(content):
+            if not kept:
+                return None
+            changes.append((content, kept))
+    if not dropped:
+        return None
+    for content, kept in changes:
+        content[:] = kept
+    return dropped
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list; none when ``value`` is no list."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -22,11 +22,14 @@ each string in them is a slot of its own, read and masked as an Anthropic ``tool
 stands, and the value stays the same object, so no one re-serialises it. Numbers,
 booleans and nulls are not text. A value that is a bare string is one slot.
 
+Reasoning sent back (``reasoningContent``) is read as the ``assistant``'s too. Its
+``signature`` (Claude's) covers its text, which Bedrock wants back unmodified, as
+Anthropic's ``thinking``: a mask there drops the block where Claude allows it, from a
+closed turn, or refuses the request. Reasoning without one is masked in place;
+``redactedContent`` is encrypted.
+
 Not read, as on chat routes:
 
-- reasoning (``reasoningContent``): its ``signature`` covers its text, which Bedrock
-  wants back unmodified (the model refuses a changed one), as Anthropic's ``thinking``
-  blocks, which requests on chat routes leave alone; ``redactedContent`` is encrypted;
 - a document's ``name``: an identifier, as a tool's name is, of a few characters
   (letters, digits, spaces, hyphens, brackets) that a mask's ``<EMAIL>`` or ``****``
   would break (Bedrock would refuse the body); a search result's ``source`` (a URL or an
@@ -53,7 +56,7 @@ from typing import Any
 
 # One walk of a structured tool input (``content``) and one way of counting JSON values
 # and tool definitions (the quota's estimate).
-from extproc.guardrails.content import TextSlot, tool_input_slots
+from extproc.guardrails.content import TextSlot, drop_closed_reasoning, tool_input_slots
 from extproc.quota.estimate import definitions_chars, json_chars, string_chars
 
 # A message without a role (Bedrock refuses it) is read as the user's, as on chat routes.
@@ -72,7 +75,35 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     slots.extend(_variable_slots(body))
     for role, block in _message_blocks(body):
         _block_slots(role, block, slots)
+        if "reasoningContent" in block:
+            _sent_reasoning_slot(role, block, slots)
     return slots
+
+
+def _sent_reasoning_slot(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
+    """The text of reasoning sent back in a request's history. With a ``signature``
+    (Claude's) it is ``signed``: Bedrock refuses it changed, so a mask drops the block where
+    it may go (``drop_reasoning``); without one (DeepSeek's on Bedrock) it is masked in
+    place. ``redactedContent`` is encrypted, no text."""
+    reasoning = block["reasoningContent"]
+    text = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
+    if isinstance(text, dict) and isinstance(text.get("text"), str):
+        if text.get("signature"):
+            slots.append(TextSlot(role, text, "text", signed=True, block=block))
+        else:
+            slots.append(TextSlot(role, text, "text"))
+
+
+def drop_reasoning(body: dict[str, Any], first: dict[str, Any]) -> set[int] | None:
+    """Drop the signed reasoning block ``first`` from a Converse request's history, with
+    every reasoning block of the closed turns after it, as on Anthropic's API
+    (``content.drop_closed_reasoning``)."""
+    return drop_closed_reasoning(
+        list(_dicts(body.get("messages"))),
+        first,
+        lambda block: "reasoningContent" in block,
+        lambda block: "toolResult" in block,
+    )
 
 
 def answer_slots(answer: Any) -> list[TextSlot]:

@@ -10,7 +10,10 @@ text is what the model reads, in order:
   ``functionCall``'s ``args`` as the ``assistant``'s (the model wrote it, whatever content
   carries it back); a ``functionResponse``'s ``response`` as ``tool``'s; the ``code`` of
   an ``executableCode`` part as the ``assistant``'s and the ``output`` of a
-  ``codeExecutionResult`` as ``tool``'s (Google's code execution tool ran it).
+  ``codeExecutionResult`` as ``tool``'s (Google's code execution tool ran it);
+- the text of a thought part (``"thought": true``), the model's reasoning sent back, as
+  the ``assistant``'s: no signature covers that text (a ``thoughtSignature`` stands for
+  the model's hidden thinking and stays as it came), so a mask writes in place there.
 
 A function call's ``args`` and a response's ``response`` are JSON values, not JSON text:
 each key and each string in them is a slot of its own, read and masked as a Converse
@@ -19,12 +22,6 @@ changes in place and the value stays the same object.
 
 Not read, as on the other APIs:
 
-- thought parts (``"thought": true``) of the model's turns in a request: the model's
-  reasoning sent back, which Gemini's thought signatures go with and which the other
-  APIs' request guards leave alone too (Anthropic's ``thinking``, Converse's
-  ``reasoningContent``); a text part that merely
-  carries a ``thoughtSignature`` is answer text, and read. A part marked as a thought in
-  a user's turn or the system instruction is the client's own text, and read;
 - a function's ``name`` (an identifier a mask would break), inline data and files,
   tool definitions (``tools``), ``generationConfig``, ``safetySettings``,
   ``cachedContent`` (a name: its text is Google's, not in the body).
@@ -110,12 +107,7 @@ def answer_slots(answer: Any) -> list[TextSlot]:
 
 
 def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
-    """The text of one part (the module docstring); the model's thoughts are not read.
-
-    A thought outside the model's turns (a user's, the system instruction's) is the
-    client's own text marked as one: read, or the mark would carry it past every guard."""
-    if part.get("thought") is True and role == CALL_ROLE:
-        return
+    """The text of one part (the module docstring), a thought's included."""
     if isinstance(part.get("text"), str):
         slots.append(TextSlot(role, part, "text"))
         return

@@ -44,6 +44,10 @@ OpenAI's legacy text completions stream the same way, their text in each choice'
 ``text`` rather than a delta (``completions``): one channel per choice, whose leftovers go
 out in an extra ``text_completion`` chunk before the choice's finish chunk.
 
+A structured-output refusal (OpenAI's ``delta.refusal``) is the answer's text in a field
+of its own: a ``TextStream`` per choice, held back and released as the content is, in an
+extra ``refusal`` delta before the choice's finish chunk.
+
 Reasoning is text the client reads too, a ``TextStream`` per choice (or block) and field:
 OpenAI-compatible ``delta.reasoning_content`` / ``delta.reasoning`` and the text of
 OpenRouter's ``delta.reasoning_details``, whose held text goes out before the choice's
@@ -96,6 +100,9 @@ _DETAIL_TEXT = 4
 _DETAIL_SUMMARY = 5
 _THINKING = 6
 THOUGHT = 7
+# A structured-output refusal (``delta.refusal``), call index ``_REFUSAL_FIELD``: the
+# answer's text, in a field of its own.
+_REFUSAL = 8
 _FIRST_TEXT = _REASONING_CONTENT
 _REASONING_FIELDS = (("reasoning_content", _REASONING_CONTENT), ("reasoning", _REASONING))
 _DETAILS = {
@@ -103,6 +110,7 @@ _DETAILS = {
     "reasoning.summary": ("summary", _DETAIL_SUMMARY),
 }
 _REASONING_FIELD = -2
+_REFUSAL_FIELD = -3
 # A channel of text: a choice or content block (an int), or a tool call's text.
 Channel = int | CallChannel
 # The call index of OpenAI's deprecated ``function_call``: one per choice.
@@ -117,11 +125,32 @@ def signed_channel(channel: Channel) -> bool:
 
 
 class StreamRejectedError(Exception):
-    """A reject guard matched in a stream; ``guard`` is its index in the matchers."""
+    """A reject guard matched in a stream; ``guard`` is its index in the matchers.
 
-    def __init__(self, guard: int) -> None:
+    ``found``: the kinds of data it found (builtin and pattern names, never the text),
+    which the refusal names as a whole answer's does. ``signed``: a mask guard's match in
+    signed reasoning, refused because it cannot be masked."""
+
+    def __init__(self, guard: int, found: tuple[str, ...] = (), *, signed: bool = False) -> None:
         super().__init__(guard)
         self.guard = guard
+        self.found = found
+        self.signed = signed
+
+
+def found_in(matchers: Matchers, guard: int, text: str) -> tuple[str, ...]:
+    """The kinds of data ``guard`` finds in ``text``: for a refusal's message, read again
+    only when a stream is refused."""
+    return tuple(
+        sorted(
+            {
+                span.label
+                for detector in matchers.guards[guard].detectors
+                for span in detector.find(text)
+                if span.label
+            }
+        )
+    )
 
 
 class TextStream:
@@ -155,9 +184,12 @@ class TextStream:
             self._matchers, self._before, buffer, final=final, continues=self._open
         )
         if refusing:
-            raise StreamRejectedError(min(refusing))
+            guard = min(refusing)
+            raise StreamRejectedError(guard, found_in(self._matchers, guard, buffer))
         if hits and self._signed:
-            raise StreamRejectedError(min(hit.guard for hit in hits))
+            guard = min(hit.guard for hit in hits)
+            found = found_in(self._matchers, guard, buffer)
+            raise StreamRejectedError(guard, found, signed=True)
         self.masked.update(hit.guard for hit in hits)
         if cut:
             self._before = buffer[cut - 1]
@@ -297,6 +329,7 @@ class ArgumentsStream:
         cut = lexed.hold
         hits: list[Hit] = []
         refusing: list[int] = []
+        refused_in: list[str] = []  # the pieces something was refused in
         for index, (piece, complete) in enumerate(lexed.pieces):
             if not piece.text:
                 continue
@@ -305,13 +338,17 @@ class ArgumentsStream:
             before = self._state.before if index == 0 and lexed.continued else ""
             done = final or complete
             piece_cut, found, refused, _ = _plan(self._matchers, before, piece.text, final=done)
-            refusing.extend(refused)
+            if refused:
+                refusing.extend(refused)
+                refused_in.append(piece.text)
             if found:
                 hits.extend(onto_json(piece, found))
             if not done:
                 cut = min(cut, piece.raw(piece_cut))
         if refusing:
-            raise StreamRejectedError(min(refusing))
+            guard = min(refusing)
+            kinds = {kind for text in refused_in for kind in found_in(self._matchers, guard, text)}
+            raise StreamRejectedError(guard, tuple(sorted(kinds)))
         return cut, hits
 
     def _as_text(self, buffer: str, *, final: bool) -> str:
@@ -384,6 +421,8 @@ class StreamGuard:
         self._whole_masked: set[int] = set()
         self.ended = False
         self.rejected_by: int | None = None
+        # The refusal that ended the stream, for its message (``StreamRejectedError``).
+        self.rejection: StreamRejectedError | None = None
 
     @property
     def masked(self) -> set[int]:
@@ -445,6 +484,7 @@ class StreamGuard:
         except StreamRejectedError as rejected:
             self.ended = True
             self.rejected_by = rejected.guard
+            self.rejection = rejected
             out.append(self._error_event(error(rejected.guard)))
         return b"".join(out)
 
@@ -456,7 +496,8 @@ class StreamGuard:
                     self._matchers, signed=channel[2] == _THINKING
                 )
                 self._calls.append(channel)
-                self._reasoning.setdefault(channel[0], []).append(channel)
+                if channel[2] != _REFUSAL:
+                    self._reasoning.setdefault(channel[0], []).append(channel)
             elif isinstance(channel, tuple):
                 # A custom tool's input too: read as JSON while it is JSON (a key
                 # spelled with an escape is still found), as written once it is not.
@@ -524,9 +565,10 @@ class StreamGuard:
             text = slot.text
             if not text:
                 continue
-            rejecting, hits, _ = self._matchers.scan(text, json_text=slot.is_json)
+            rejecting, hits, spans = self._matchers.scan(text, json_text=slot.is_json)
             if rejecting is not None:
-                raise StreamRejectedError(rejecting)
+                found = self._matchers.guards[rejecting].labels(spans)
+                raise StreamRejectedError(rejecting, tuple(found))
             if hits:
                 slot.write(apply(text, hits))
                 self._whole_masked.update(hit.guard for hit in hits)
@@ -563,7 +605,12 @@ class StreamGuard:
                         event.texts.append(((index, _REASONING_FIELD, carries), delta, name))
                 if "reasoning_details" in delta:
                     _read_details(event, index, delta["reasoning_details"])
-                if self._reasoning and (content or calls) and index in self._reasoning:
+                # One more for a structured-output refusal (most chunks say null there).
+                refusal = delta.get("refusal")
+                if isinstance(refusal, str):
+                    event.texts.append(((index, _REFUSAL_FIELD, _REFUSAL), delta, "refusal"))
+                answers = content or calls or refusal
+                if self._reasoning and answers and index in self._reasoning:
                     # The answer begins: the reasoning held goes out before it.
                     event.closes.extend(self._reasoning[index])
             if choice.get("finish_reason") is not None:
@@ -636,6 +683,8 @@ class StreamGuard:
         owner, call, carries = channel
         if carries == _THINKING:
             return owner, {"type": "thinking_delta", "thinking": text}
+        if carries == _REFUSAL:
+            return owner, {"refusal": text}
         if self._anthropic:
             return owner, {"type": "input_json_delta", "partial_json": text}
         if carries in (_REASONING_CONTENT, _REASONING):

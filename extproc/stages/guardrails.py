@@ -33,7 +33,9 @@ refuses to stream them (400), rather than send unguarded text.
 
 Answers' reasoning is guarded as their text is, whole and streamed; reasoning a
 signature covers (Anthropic's thinking, Converse's reasoning) cannot be masked, so a mask
-there refuses the answer (``_signed_refusal``).
+there refuses the answer (``_signed_refusal``). Sent back in a request, such reasoning is
+dropped from a closed turn instead where a mask matches (``Dropper``), and refused in the
+open one.
 
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
@@ -45,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -62,10 +64,12 @@ from extproc.guardrails.completion_text import request_slots as completion_reque
 from extproc.guardrails.content import (
     TextSlot,
     anthropic_answer_slots,
+    drop_reasoning,
     openai_answer_slots,
     request_slots,
 )
 from extproc.guardrails.converse_text import answer_slots as converse_answer_slots
+from extproc.guardrails.converse_text import drop_reasoning as drop_converse_reasoning
 from extproc.guardrails.converse_text import request_slots as converse_request_slots
 from extproc.guardrails.embedding_input import input_slots
 from extproc.guardrails.enrichment import enrich, template_values
@@ -121,14 +125,33 @@ def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:
     return GuardrailRejectedError(message, guard.status)
 
 
-def _signed_refusal(guard: MatcherGuard, text: str) -> GuardrailRejectedError:
-    """A mask guard matched in signed reasoning: the answer is refused, naming what was
-    found (never the text) and why it could not be masked."""
+def _found(found: list[str] | tuple[str, ...]) -> str:
+    """A reject guard's refusal names the kinds of data it found, never the text."""
+    return f": it contains {', '.join(found)}" if found else ""
+
+
+# Whose signed reasoning a mask refuses, by phase.
+_SIGNED = {"response": "the model's signed reasoning", "request": "signed reasoning sent back"}
+
+
+def _signed_found(found: list[str] | tuple[str, ...], phase: str) -> str:
+    """Why a mask guard refuses signed reasoning: what it found there (never the text)."""
+    what = f"contains {', '.join(found)}" if found else "holds text to mask"
+    return f": {_SIGNED[phase]} {what}, which cannot be masked"
+
+
+def _signed_refusal(guard: MatcherGuard, text: str, phase: str) -> GuardrailRejectedError:
+    """A mask guard matched in signed reasoning it could not drop: refused, naming what
+    was found (never the text) and why it could not be masked."""
     found = sorted(
         {span.label for detector in guard.detectors for span in detector.find(text) if span.label}
     )
-    what = f"contains {', '.join(found)}" if found else "holds text to mask"
-    return _refusal(guard.config, f": the model's signed reasoning {what}, which cannot be masked")
+    return _refusal(guard.config, _signed_found(found, phase))
+
+
+# Drops a signed reasoning block (and the reasoning after it) from a request's history
+# where the provider allows it: the ids of the blocks dropped, or None where it does not.
+Dropper = Callable[[dict[str, Any]], set[int] | None]
 
 
 def _unavailable(
@@ -176,11 +199,19 @@ def _failure_mode(ctx: RequestContext, guard: GuardConfig) -> FailureMode:
 
 
 def _run_matchers(
-    ctx: RequestContext, phase: str, matchers: Matchers, slots: list[TextSlot]
+    ctx: RequestContext,
+    phase: str,
+    matchers: Matchers,
+    slots: list[TextSlot],
+    drop: Dropper | None = None,
 ) -> bool:
-    """Mask or reject on every slot; True when some text changed."""
+    """Mask or reject on every slot; True when some text changed. ``drop``: a request's
+    way to go without signed reasoning a mask guard matched in (``_request_slots``)."""
     masked: set[int] = set()
+    dropped: set[int] = set()
     for slot in slots:
+        if dropped and id(slot.block) in dropped:
+            continue  # gone from the history: the provider never reads it
         text = slot.text
         if not text:
             continue
@@ -191,21 +222,29 @@ def _run_matchers(
                     record(ctx, guard.name, phase, "mask" if index in masked else "pass")
             guard = matchers.guards[rejecting]
             record(ctx, guard.name, phase, "reject")
-            found = guard.labels(spans)
-            raise _refusal(guard.config, f": it contains {', '.join(found)}" if found else "")
+            raise _refusal(guard.config, _found(guard.labels(spans)))
         if hits and slot.signed:
             # Signed reasoning cannot be masked: the provider would refuse the block when
-            # the client sends it back, that turn and every later one. Refused instead.
+            # the client sends it back, that turn and every later one. A request goes
+            # without it where the provider allows that; otherwise it is refused.
+            gone = drop(slot.block) if drop is not None and slot.block is not None else None
+            if gone is not None:
+                dropped |= gone
+                masked.update(hit.guard for hit in hits)
+                continue
             index = min(hit.guard for hit in hits)
             for earlier, guard in enumerate(matchers.guards):
                 if earlier < index:
                     record(ctx, guard.name, phase, "mask" if earlier in masked else "pass")
             refusing = matchers.guards[index]
             record(ctx, refusing.name, phase, "reject")
-            raise _signed_refusal(refusing, text)
+            raise _signed_refusal(refusing, text, phase)
         if hits:
             slot.write(apply(text, hits))
             masked.update(hit.guard for hit in hits)
+    if dropped:
+        # Moderation, after the matchers, reads what the provider gets.
+        slots[:] = [slot for slot in slots if id(slot.block) not in dropped]
     for index, guard in enumerate(matchers.guards):
         record(ctx, guard.name, phase, "mask" if index in masked else "pass")
     return bool(masked)
@@ -234,8 +273,8 @@ class GuardRequestStage:
         if guards.request.waits:
             return self._checked(ctx, guards)
         if not guards.request.empty:
-            slots = _request_slots(ctx)
-            if _run_matchers(ctx, "request", guards.request.matchers, slots):
+            slots, drop = _request_slots(ctx)
+            if _run_matchers(ctx, "request", guards.request.matchers, slots, drop):
                 ctx.body_changed = True
         _enrich(ctx, guards)
         return None
@@ -243,11 +282,11 @@ class GuardRequestStage:
     async def _checked(self, ctx: RequestContext, guards: RouteGuards) -> None:
         assert ctx.body is not None
         phase = guards.request
-        slots = _request_slots(ctx)
+        slots, drop = _request_slots(ctx)
         deadline = _guard_deadline(ctx, store_follows=True)
-        if await _request_webhooks(ctx, phase, slots, deadline):
+        if await _request_webhooks(ctx, phase, slots, deadline, drop):
             ctx.body_changed = True
-        if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots):
+        if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots, drop):
             ctx.body_changed = True
         for guard, client in phase.moderation:
             texts = [slot.text for slot in slots if slot.role in client.roles and slot.text]
@@ -314,30 +353,38 @@ def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:
     )
 
 
-def _request_slots(ctx: RequestContext) -> list[TextSlot]:
+def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]:
+    """The request's text, and how it goes without signed reasoning a mask matched in
+    (None: it carries none)."""
     assert ctx.body is not None and ctx.route is not None
+    body = ctx.body
     if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
-        return input_slots(ctx.body)
+        return input_slots(body), None
     if ctx.route.api in RESPONSES_REQUESTS:
-        return responses_request_slots(ctx.body)
+        return responses_request_slots(body), None
     if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
-        return completion_request_slots(ctx.body)
-    if ctx.route.api is RouteApi.BEDROCK_CONVERSE:
-        return converse_request_slots(ctx.body)
+        return completion_request_slots(body), None
     if ctx.route.api in GEMINI_APIS:
         # A count's text reaches the model as the request it counts would.
-        return gemini_request_slots(ctx.body)
+        return gemini_request_slots(body), None
+    converse = ctx.route.api is RouteApi.BEDROCK_CONVERSE
     if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
         # The counted request's text reaches the provider as the request's would.
-        member, counted = counted_request(ctx.body)
-        if member == CONVERSE:
-            return converse_request_slots(counted)
-        return request_slots(counted)
-    return request_slots(ctx.body)
+        member, body = counted_request(ctx.body)
+        converse = member == CONVERSE
+    if converse:
+        counted = body
+        return converse_request_slots(body), lambda block: drop_converse_reasoning(counted, block)
+    messages = body
+    return request_slots(body), lambda block: drop_reasoning(messages, block)
 
 
 async def _request_webhooks(
-    ctx: RequestContext, phase: PhaseGuards, slots: list[TextSlot], deadline: float
+    ctx: RequestContext,
+    phase: PhaseGuards,
+    slots: list[TextSlot],
+    deadline: float,
+    drop: Dropper | None,
 ) -> bool:
     changed = False
     for guard, client in phase.webhooks:
@@ -358,15 +405,21 @@ async def _request_webhooks(
         except TimeoutError:
             _unavailable(ctx, guard, "request", _OUT_OF_TIME)
             continue
-        changed = _apply_verdict(ctx, guard, "request", verdict, slots) or changed
+        changed = _apply_verdict(ctx, guard, "request", verdict, slots, drop) or changed
     return changed
 
 
 def _apply_verdict(
-    ctx: RequestContext, guard: GuardConfig, phase: str, verdict: Verdict, slots: list[TextSlot]
+    ctx: RequestContext,
+    guard: GuardConfig,
+    phase: str,
+    verdict: Verdict,
+    slots: list[TextSlot],
+    drop: Dropper | None = None,
 ) -> bool:
     """Act on a webhook's verdict and record it: a refusal raises, a mask writes the texts
-    it changed back into their slots. Whether any text changed."""
+    it changed back into their slots (a request goes without signed reasoning it changed,
+    where it may: ``drop``). Whether any text changed."""
     if verdict.action == "reject":
         record(ctx, guard.name, phase, "reject")
         raise _webhook_refusal(guard, verdict.body, verdict.status)
@@ -374,14 +427,24 @@ def _apply_verdict(
         record(ctx, guard.name, phase, "pass")
         return False
     changed = False
+    dropped: set[int] = set()
     for slot, content in zip(slots, verdict.contents, strict=True):
         if content != slot.text:
             if slot.signed:
                 # As a matcher's mask there: signed reasoning cannot change.
-                record(ctx, guard.name, phase, "reject")
-                raise _refusal(guard, ": the model's signed reasoning cannot be masked")
+                if dropped and id(slot.block) in dropped:
+                    continue
+                gone = drop(slot.block) if drop is not None and slot.block is not None else None
+                if gone is None:
+                    record(ctx, guard.name, phase, "reject")
+                    raise _refusal(guard, f": {_SIGNED[phase]} cannot be masked")
+                dropped |= gone
+                changed = True
+                continue
             slot.write(content)
             changed = True
+    if dropped:
+        slots[:] = [slot for slot in slots if id(slot.block) not in dropped]
     record(ctx, guard.name, phase, "mask")
     return changed
 
@@ -631,7 +694,7 @@ class GuardResponseStage:
                         # Signed reasoning cannot change (as a matcher's mask there).
                         record(ctx, guard.name, "response", "reject")
                         state.ended = True
-                        signed = _refusal(guard, ": the model's signed reasoning cannot be masked")
+                        signed = _refusal(guard, f": {_SIGNED['response']} cannot be masked")
                         out.body = self._stream_error(ctx, signed)
                         return
                     holder[key] = content
@@ -654,7 +717,14 @@ class GuardResponseStage:
         matchers = guards.response.matchers
 
         def error(index: int) -> bytes:
-            refusal = _refusal(matchers.guards[index].config, "")
+            # Named as a whole answer's refusal is: the kinds of data found, never the text.
+            rejection = state.rejection
+            found = rejection.found if rejection is not None else ()
+            if rejection is not None and rejection.signed:
+                why = _signed_found(found, "response")
+            else:
+                why = _found(found)
+            refusal = _refusal(matchers.guards[index].config, why)
             return self._stream_error(ctx, refusal, framed=False)
 
         out.body = state.render(events, end_of_stream, error)

@@ -291,16 +291,25 @@ def test_what_a_tool_returned_is_read_as_tool_text_json_documents_and_search_res
 # --- request: what is left as it is ----------------------------------------------------
 
 
-def test_signed_reasoning_is_not_read_so_it_goes_back_unchanged() -> None:
+def test_signed_reasoning_is_read_as_signed_and_encrypted_reasoning_is_not() -> None:
     reasoning = {"reasoningText": {"text": f"They said {EMAIL}", "signature": "sig"}}
     body = converse(
         assistant({"reasoningContent": reasoning}, {"text": "Noted."}),
         assistant({"reasoningContent": {"redactedContent": "b3BhcXVl"}}),
     )
     slots = request_slots(body)
-    assert read(slots) == [("assistant", "Noted.")]
+    assert read(slots) == [("assistant", f"They said {EMAIL}"), ("assistant", "Noted.")]
+    # The stage drops or refuses it rather than write a mask the signature would fail.
+    assert [slot.signed for slot in slots] == [True, False]
+
+
+def test_unsigned_reasoning_sent_back_is_masked_in_place() -> None:
+    reasoning = {"reasoningText": {"text": f"They said {EMAIL}"}}
+    body = converse(assistant({"reasoningContent": reasoning}, {"text": "Noted."}))
+    slots = request_slots(body)
+    assert not any(slot.signed for slot in slots)
     mask_emails(slots)
-    assert reasoning["reasoningText"]["text"] == f"They said {EMAIL}"
+    assert reasoning["reasoningText"]["text"] == "They said <EMAIL>"
 
 
 def test_tool_definitions_and_model_fields_are_not_read() -> None:

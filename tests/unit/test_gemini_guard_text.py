@@ -145,7 +145,7 @@ def test_what_a_function_returned_is_the_tools_wherever_it_is_sent() -> None:
     assert returned == {"rows": [{"email": "<EMAIL>"}], "total": 1}
 
 
-def test_thought_parts_files_and_inline_data_are_not_read() -> None:
+def test_files_and_inline_data_are_not_read_and_thought_text_is() -> None:
     thought = {"text": f"They said {EMAIL}", "thought": True, "thoughtSignature": "c2ln"}
     body = {
         "contents": [
@@ -156,9 +156,10 @@ def test_thought_parts_files_and_inline_data_are_not_read() -> None:
         "tools": [{"functionDeclarations": [{"name": "f", "description": EMAIL}]}],
     }
     slots = request_slots(body)
-    assert read(slots) == [("assistant", "Noted.")]
+    assert read(slots) == [("assistant", f"They said {EMAIL}"), ("assistant", "Noted.")]
     mask_emails(slots)
-    assert thought["text"] == f"They said {EMAIL}", "reasoning goes back as the model wrote it"
+    assert thought["text"] == "They said <EMAIL>"
+    assert thought["thoughtSignature"] == "c2ln", "the signature goes back as it came"
 
 
 def test_a_count_of_a_whole_request_is_read_as_that_request() -> None:

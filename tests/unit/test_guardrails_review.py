@@ -94,8 +94,10 @@ def test_a_clients_text_marked_as_a_thought_is_still_guarded() -> None:
         slot.write(apply(slot.text, hits))
     assert said["text"] == "mail <EMAIL> the plan", "the user's 'thought' went to Google unread"
     assert instruction["text"] == "owner <EMAIL>"
-    # The model's own reasoning goes back as it wrote it (its signature covers it).
-    assert reasoning["text"] == "they said amy@example.com"
+    # The model's thought text is read too: no signature covers it (the
+    # thoughtSignature stands for the hidden thinking and stays as it came).
+    assert reasoning["text"] == "they said <EMAIL>"
+    assert reasoning["thoughtSignature"] == "c2ln"
 
 
 # --- Anthropic MCP tool results ------------------------------------------------------------
