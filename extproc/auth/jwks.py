@@ -199,6 +199,12 @@ class JwksSource(Protocol):
     def keys(self) -> KeySet:
         """The keys trusted now."""
 
+    @property
+    def available(self) -> bool:
+        """False while no keys are trusted because none could be fetched (never, or not
+        within ``max_stale_s``): a refusal then says the identity provider is out of
+        reach, not that the token is bad."""
+
     async def refresh_for_unknown_key(self) -> None:
         """A token named a key we lack: fetch again if the source allows it now."""
 
@@ -228,6 +234,10 @@ class StaticJwks:
             problems = ["no key usable with the provider's algorithms"]
         self.keys = keys
         return [f"{where}: {problem}" for problem in problems]
+
+    @property
+    def available(self) -> bool:
+        return True
 
     async def refresh_for_unknown_key(self) -> None:
         return None
@@ -268,6 +278,12 @@ class RemoteJwks:
         if self._trusted_until is None or self._clock() >= self._trusted_until:
             return _NO_KEYS
         return self._keys
+
+    @property
+    def available(self) -> bool:
+        """Whether a fetch succeeded within ``max_stale_s`` (its keys are trusted, even
+        none: an identity provider may withdraw every key)."""
+        return self._trusted_until is not None and self._clock() < self._trusted_until
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         """First fetch, then the refresh timer. A failing URL is logged, not fatal."""

@@ -35,7 +35,7 @@ from extproc.auth.jwks import JwksSource, KeySet, RemoteJwks, StaticJwks, plain_
 from extproc.config.auth_model import HMAC_ALGORITHMS, ClaimMapping, JwtProviderConfig
 from extproc.config.loader import ConfigError
 from extproc.egress import DIRECT, EgressProxy
-from extproc.errors import AuthenticationError
+from extproc.errors import AuthenticationError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,15 @@ class JwtVerifier:
         if not keys:
             if kid is not None and source.keys.knows(kid):
                 raise AuthenticationError("invalid token: algorithm does not match the signing key")
+            if not source.available:
+                # Nothing to check the token against: not a 401, which tells the client
+                # its token is bad; clients retry a 503.
+                log.debug("JWT from provider %s not checked: no JWKS keys", provider.config.name)
+                raise ServiceUnavailableError(
+                    "the identity provider's signing keys could not be fetched; "
+                    "try again shortly",
+                    code="jwks_unavailable",
+                )
             raise AuthenticationError("invalid token: unknown signing key")
         try:
             return _first_that_verifies(token, provider, keys)

@@ -32,7 +32,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
 from extproc.config.auth_model import JwtProviderConfig
 from extproc.config.loader import ConfigError
-from extproc.errors import AuthenticationError
+from extproc.errors import AuthenticationError, ServiceUnavailableError
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "ai-gateway"
@@ -210,6 +210,15 @@ async def refusal(verifier: JwtVerifier, token: str) -> str:
     return caught.value.message
 
 
+async def unavailable(verifier: JwtVerifier, token: str) -> str | None:
+    """The 503's code when no JWKS keys could be fetched to check ``token`` with."""
+    with pytest.raises(ServiceUnavailableError) as caught:
+        await verifier.verify(token)
+    assert caught.value.status == 503
+    assert "could not be fetched" in caught.value.message
+    return caught.value.code
+
+
 # --- tokens that verify ---------------------------------------------------------------
 
 
@@ -340,7 +349,7 @@ async def test_a_url_down_at_start_refuses_tokens_until_it_answers(
 ) -> None:
     jwks_server.status = 503
     verifier = await make_verifier(url_provider(jwks_server))
-    assert await refusal(verifier, mint()) == "invalid token: unknown signing key"
+    assert await unavailable(verifier, mint()) == "jwks_unavailable"
     jwks_server.status = 200
     clock.advance(11)
     assert (await verifier.verify(mint())).user_id == "alice"
