@@ -224,8 +224,7 @@ class JwtVerifier:
                 # its token is bad; clients retry a 503.
                 log.debug("JWT from provider %s not checked: no JWKS keys", provider.config.name)
                 raise ServiceUnavailableError(
-                    "the identity provider's signing keys could not be fetched; "
-                    "try again shortly",
+                    "the identity provider's signing keys could not be fetched; try again shortly",
                     code="jwks_unavailable",
                 )
             raise AuthenticationError("invalid token: unknown signing key")
