@@ -789,9 +789,14 @@ def _keepalive(config: GatewayConfig) -> Json:
 
 def _provider_cluster(provider: ProviderConfig, egress: EgressConfig) -> Json:
     name = cluster_name(provider)
-    proxy = _egress_proxy(provider, egress)
+    proxy = egress_proxy(provider.host, egress)
     if proxy is not None:
-        return _proxied_provider_cluster(provider, proxy)
+        return proxied_cluster(
+            name,
+            (provider.host, provider.port, provider.tls),
+            proxy,
+            PROVIDER_IDLE_TIMEOUT_S,
+        )
     cluster: Json = {
         "name": name,
         "type": "STATIC" if is_ip(provider.host) else "LOGICAL_DNS",
@@ -809,35 +814,42 @@ def _provider_cluster(provider: ProviderConfig, egress: EgressConfig) -> Json:
     return cluster
 
 
-def _egress_proxy(provider: ProviderConfig, egress: EgressConfig) -> tuple[str, int] | None:
-    """The proxy's address (IP, port) Envoy reaches ``provider`` through, or None."""
-    if egress.proxy_url is None or bypassed(provider.host, egress.no_proxy):
+def egress_proxy(host: str, egress: EgressConfig) -> tuple[str, int] | None:
+    """The proxy's address (IP, port) Envoy reaches ``host`` through, or None."""
+    if egress.proxy_url is None or bypassed(host, egress.no_proxy):
         return None
     # The config refuses a proxy named by host name or with credentials when a
-    # provider goes through it (egress_problems): what is left is http://IP:port.
+    # destination of Envoy's goes through it (egress_problems): what is left is
+    # http://IP:port.
     hostpart = egress.proxy_url.get_secret_value().partition("://")[2].rpartition("@")[2]
     parts = urlsplit(f"http://{hostpart}")
     assert parts.hostname is not None and parts.port is not None
     return parts.hostname, parts.port
 
 
-def _proxied_provider_cluster(provider: ProviderConfig, proxy: tuple[str, int]) -> Json:
-    """A provider cluster that reaches its provider through the egress proxy.
+def proxied_cluster(
+    name: str,
+    destination: tuple[str, int, bool],
+    proxy: tuple[str, int],
+    idle_timeout_s: float,
+) -> Json:
+    """A cluster that reaches ``destination`` (host, port, TLS) through the egress proxy:
+    a provider, or an agent server (``agents.envoy``).
 
     Envoy's http_11_proxy transport socket dials the proxy named in the endpoint's
     metadata and sends ``CONNECT <hostname>:<port>``: the endpoint's ``hostname`` is the
-    provider's, so the proxy resolves it (Envoy needs no outside DNS) and its host
+    destination's, so the proxy resolves it (Envoy needs no outside DNS) and its host
     rules see the name. The endpoint's own address is never dialled: it carries the
-    provider's port, and the proxy's IP as a placeholder where the provider's host is
-    a name. Inside the tunnel the cluster's TLS (or plain HTTP) goes on as it would
+    destination's port, and the proxy's IP as a placeholder where the destination's host
+    is a name. Inside the tunnel the cluster's TLS (or plain HTTP) goes on as it would
     directly."""
-    name = cluster_name(provider)
+    host, port, tls = destination
     proxy_host, proxy_port = proxy
-    placeholder = provider.host if is_ip(provider.host) else proxy_host
+    placeholder = host if is_ip(host) else proxy_host
     endpoint: Json = {
         "endpoint": {
-            "hostname": provider.host,
-            "address": _socket_address(placeholder, provider.port),
+            "hostname": host,
+            "address": _socket_address(placeholder, port),
         },
         "metadata": {
             "typed_filter_metadata": {
@@ -849,8 +861,8 @@ def _proxied_provider_cluster(provider: ProviderConfig, proxy: tuple[str, int]) 
         },
     }
     inner = (
-        _upstream_tls(provider.host)
-        if provider.tls
+        _upstream_tls(host)
+        if tls
         else {
             "name": "envoy.transport_sockets.raw_buffer",
             "typed_config": {
@@ -864,7 +876,7 @@ def _proxied_provider_cluster(provider: ProviderConfig, proxy: tuple[str, int]) 
         "connect_timeout": duration(PROVIDER_CONNECT_TIMEOUT_S),
         "typed_extension_protocol_options": _protocol_options(
             {"http_protocol_options": {}},
-            common={"idle_timeout": duration(PROVIDER_IDLE_TIMEOUT_S)},
+            common={"idle_timeout": duration(idle_timeout_s)},
         ),
         "load_assignment": {
             "cluster_name": name,

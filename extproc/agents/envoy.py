@@ -14,6 +14,7 @@ from typing import Any
 
 from extproc.agents.directory import agent_cluster_name
 from extproc.config.agents_model import AgentServerConfig
+from extproc.config.egress_model import EgressConfig
 from extproc.config.model import GatewayConfig
 from extproc.envoy_values import duration, is_ip
 from extproc.headers import CLUSTER
@@ -31,7 +32,7 @@ def add_agents(bootstrap: Json, config: GatewayConfig) -> None:
     from extproc import envoy_bootstrap as base  # the renderer's helpers (it imports us)
 
     resources = bootstrap["static_resources"]
-    resources["clusters"].extend(_cluster(base, server) for server in servers)
+    resources["clusters"].extend(_cluster(base, server, config.egress) for server in servers)
     manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes: list[Json] = manager["route_config"]["virtual_hosts"][0]["routes"]
     # Before the catch-all 404, which is last.
@@ -42,8 +43,15 @@ def longest_agent_timeout_s(config: GatewayConfig) -> float:
     return max((server.timeout_s for server in config.agents.servers), default=0.0)
 
 
-def _cluster(base: Any, server: AgentServerConfig) -> Json:
+def _cluster(base: Any, server: AgentServerConfig, egress: EgressConfig) -> Json:
     name = agent_cluster_name(server)
+    proxy = base.egress_proxy(server.host, egress)
+    if proxy is not None:
+        # An agent server outside the network: through the egress proxy, as providers.
+        destination = (server.host, server.port, server.tls)
+        proxied: Json = base.proxied_cluster(name, destination, proxy, AGENT_IDLE_TIMEOUT_S)
+        proxied["circuit_breakers"] = base._circuit_breakers()
+        return proxied
     ip = is_ip(server.host)
     cluster: Json = {
         "name": name,

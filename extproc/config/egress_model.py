@@ -1,7 +1,8 @@
 """``egress``: the HTTP forward proxy every outbound call goes through, when one is set.
 
 Networks whose only way out is a corporate proxy (Squid, Zscaler, an egress gateway)
-name it here. Envoy reaches each provider through it with HTTP/1.1 ``CONNECT``, and
+name it here. Envoy reaches each provider and agent server (MCP, A2A) through it with
+HTTP/1.1 ``CONNECT``, and
 the gateway's own calls (JWKS, guardrail webhooks, moderation, Google's token
 endpoint) use it too. Proxies from the environment (``HTTPS_PROXY``) are never read:
 the proxy is configured, like every other destination (docs/security.md).
@@ -9,14 +10,14 @@ the proxy is configured, like every other destination (docs/security.md).
 ``no_proxy`` lists the hosts reached directly: a name matches itself and every name
 under it (``corp.example`` matches ``idp.corp.example``; a leading dot or ``*.`` is
 the same), an IP address itself, a CIDR block (``10.0.0.0/8``) the addresses in it.
-A provider whose host is listed is reached directly by Envoy as well.
+A provider or agent server whose host is listed is reached directly by Envoy as well.
 
 A proxy URL that is not ``http://[user:password@]host:port`` is refused at load with
 an error naming ``egress.proxy_url`` and never quoting it. The URL may carry
 ``user:password`` for the gateway's own calls; it is never logged or echoed. Envoy
 1.40 cannot send ``Proxy-Authorization`` on its ``CONNECT``, and dials the proxy by IP
-address only, so the config is refused when a provider goes through a proxy named by
-host name or with credentials (``egress_problems``).
+address only, so the config is refused when a provider or an agent server goes through
+a proxy named by host name or with credentials (``egress_problems``).
 """
 
 from __future__ import annotations
@@ -122,10 +123,11 @@ def bypassed(host: str, no_proxy: tuple[str, ...]) -> bool:
     return False
 
 
-def egress_problems(egress: EgressConfig, provider_hosts: list[tuple[int, str]]) -> Iterator[str]:
+def egress_problems(egress: EgressConfig, destinations: list[tuple[str, str]]) -> Iterator[str]:
     """Why ``egress.proxy_url`` is unusable, or what Envoy cannot do with it for the
-    providers that go through it (``provider_hosts``: index and host of each provider).
-    Checked with the whole config, whose errors quote no value."""
+    destinations that go through it (``destinations``: the config path and host of each
+    provider and agent server). Checked with the whole config, whose errors quote no
+    value."""
     if egress.proxy_url is None:
         return
     url = egress.proxy_url.get_secret_value()
@@ -133,17 +135,17 @@ def egress_problems(egress: EgressConfig, provider_hosts: list[tuple[int, str]])
     if problem is not None:
         yield f"egress.proxy_url: {problem}"
         return
-    proxied = [index for index, host in provider_hosts if not bypassed(host, egress.no_proxy)]
+    proxied = [where for where, host in destinations if not bypassed(host, egress.no_proxy)]
     if not proxied:
         return
     rest = url.partition("://")[2]
     _userinfo, at, hostpart = rest.rpartition("@")
-    named = ", ".join(f"providers[{index}]" for index in proxied)
+    named = ", ".join(proxied)
     if at:
         yield (
             "egress.proxy_url: Envoy cannot send proxy credentials (Proxy-Authorization) on "
             f"its CONNECT, and {named} go through the proxy: let the proxy admit the "
-            "gateway's address without credentials, or list those providers' hosts in "
+            "gateway's address without credentials, or list those hosts in "
             "egress.no_proxy"
         )
     host = urlsplit(f"http://{hostpart}").hostname or ""
@@ -153,5 +155,5 @@ def egress_problems(egress: EgressConfig, provider_hosts: list[tuple[int, str]])
         yield (
             f"egress.proxy_url: Envoy dials the proxy by IP address only, and {named} go "
             f"through it: write the proxy's IP address instead of {host!r} (a Kubernetes "
-            "Service's cluster IP, say), or list those providers' hosts in egress.no_proxy"
+            "Service's cluster IP, say), or list those hosts in egress.no_proxy"
         )

@@ -696,7 +696,7 @@ class GatewayConfig(_Section):
             *_host_route_problems(self),
             *_route_policy_problems(self),
             *_key_header_subject_problems(self),
-            *egress_problems(self.egress, [(i, p.host) for i, p in enumerate(self.providers)]),
+            *egress_problems(self.egress, _envoy_destinations(self)),
         ]
         if problems:
             raise ValueError("\n".join(problems))
@@ -839,6 +839,14 @@ def _route_policy_problems(config: GatewayConfig) -> Iterator[str]:
         for name in route.guardrails:
             if name not in policies:
                 yield f"routes[{index}].guardrails: unknown policy {name!r}"
+
+
+def _envoy_destinations(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Where Envoy connects outside the gateway: each provider's and agent server's config
+    path and host (the egress proxy's checks name them)."""
+    providers = [(f"providers[{i}]", p.host) for i, p in enumerate(config.providers)]
+    servers = [(f"agents.servers[{i}]", s.host) for i, s in enumerate(config.agents.servers)]
+    return providers + servers
 
 
 def _key_header_subject_problems(config: GatewayConfig) -> Iterator[str]:

@@ -1,5 +1,5 @@
-"""Behind an egress proxy: Envoy reaches the provider only through the configured HTTP
-forward proxy, with CONNECT, and the client's answer comes back through it.
+"""Behind an egress proxy: Envoy reaches the provider and an MCP server only through the
+configured HTTP forward proxy, with CONNECT, and the client's answer comes back through it.
 
 The proxy is the unit tests' ``ForwardProxy`` (loopback only, it records the CONNECT
 targets it tunnels), run on its own event loop in a thread beside the stack. The mock
@@ -9,15 +9,26 @@ TLS."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from extproc.devstack import LocalStack, free_port
-from tests.integration.conftest import default_config, mock_requests, running_stack, write_config
+from tests.integration.conftest import (
+    default_config,
+    mock_requests,
+    running_stack,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_agents import _listening
 from tests.unit.test_egress_proxy import ForwardProxy
 
 CLIENT_KEY = "team1-key"
@@ -61,10 +72,37 @@ def proxy() -> Iterator[ProxyThread]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, proxy: ProxyThread) -> Iterator[LocalStack]:
+def mcp_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """An MCP server outside the gateway's network (the tests' lenient one)."""
+    port = free_port()
+    start = "import sys; from tests.integration.agent_servers import run_lenient_mcp; "
+    err = tmp_path_factory.mktemp("egress-mcp") / "mcp.err"
+    with err.open("ab") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-c", start + "run_lenient_mcp(int(sys.argv[1]))", str(port)],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=Path.cwd(),
+        )  # fmt: skip
+    try:
+        assert wait_for(lambda: _listening(port), 60.0), "the MCP server did not start"
+        yield port
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, proxy: ProxyThread, mcp_port: int
+) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("egress")
     raw = default_config()
     raw["egress"] = {"proxy_url": f"http://127.0.0.1:{proxy.proxy.port}"}
+    raw["agents"] = {
+        "servers": [{"name": "tools", "protocol": "mcp", "url": f"http://127.0.0.1:{mcp_port}/mcp"}]
+    }
+    raw["routes"].insert(
+        0, {"name": "mcp-tools", "path_prefix": "/mcp/tools", "api": "mcp", "server": "tools"}
+    )
     with running_stack(workdir, write_config(workdir, raw)) as running:
         yield running
 
@@ -86,3 +124,21 @@ def test_envoy_reaches_the_provider_only_through_the_egress_proxy(
     assert any(
         "Hello through the proxy" in str(request.get("body")) for request in mock_requests(stack)
     )
+
+
+def test_envoy_reaches_an_mcp_server_only_through_the_egress_proxy(
+    stack: LocalStack, proxy: ProxyThread, mcp_port: int
+) -> None:
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    answer = httpx.post(
+        f"{stack.base_url}/mcp/tools",
+        json=listing,
+        headers={
+            "authorization": f"Bearer {CLIENT_KEY}",
+            "accept": "application/json, text/event-stream",
+        },
+        timeout=30.0,
+    )
+    assert answer.status_code == 200, answer.text
+    assert "echo" in answer.text
+    assert f"127.0.0.1:{mcp_port}" in proxy.targets()

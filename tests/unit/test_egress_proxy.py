@@ -260,7 +260,7 @@ def test_envoy_cannot_send_proxy_credentials_so_they_are_refused_for_providers()
     assert found == [
         "egress.proxy_url: Envoy cannot send proxy credentials (Proxy-Authorization) on its "
         "CONNECT, and providers[0] go through the proxy: let the proxy admit the gateway's "
-        "address without credentials, or list those providers' hosts in egress.no_proxy"
+        "address without credentials, or list those hosts in egress.no_proxy"
     ]
 
 
@@ -291,7 +291,9 @@ def test_a_bad_no_proxy_entry_is_refused_by_its_field() -> None:
 # --- Envoy: provider clusters through the proxy --------------------------------------
 
 
-def gateway(egress: dict[str, Any], *, fallbacks: bool = False) -> GatewayConfig:
+def gateway(
+    egress: dict[str, Any], *, fallbacks: bool = False, agent_url: str | None = None
+) -> GatewayConfig:
     models: list[dict[str, Any]] = [{"name": "gpt-4o", "provider": "openai"}]
     if fallbacks:
         models = [
@@ -306,6 +308,11 @@ def gateway(egress: dict[str, Any], *, fallbacks: bool = False) -> GatewayConfig
             ],
             "models": models,
             "egress": egress,
+            "agents": {
+                "servers": [{"name": "tools", "protocol": "mcp", "url": agent_url}]
+                if agent_url
+                else []
+            },
         }
     )
 
@@ -343,6 +350,31 @@ def test_failover_keeps_the_proxy_address_of_a_providers_endpoint() -> None:
         assert metadata["filter_metadata"]  # the failover filter's provider name
 
 
+def test_an_agent_server_outside_the_network_is_reached_through_the_proxy() -> None:
+    egress = {"proxy_url": "http://10.1.2.3:3128", "no_proxy": ["corp.example"]}
+    outside = clusters(gateway(egress, agent_url="https://mcp.vendor.example/mcp"))["agent_tools"]
+    assert outside["transport_socket"]["name"] == "envoy.transport_sockets.http_11_proxy"
+    endpoint = outside["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["hostname"] == "mcp.vendor.example"
+    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == 443
+    inner = outside["transport_socket"]["typed_config"]["transport_socket"]
+    assert inner["typed_config"]["sni"] == "mcp.vendor.example"
+    assert outside["circuit_breakers"]  # as a direct agent cluster has
+    inside = clusters(gateway(egress, agent_url="http://tools.corp.example:8080/mcp"))
+    assert "transport_socket" not in inside["agent_tools"]
+
+
+def test_a_proxy_envoy_cannot_use_is_refused_naming_the_agent_server() -> None:
+    text = (
+        config_text("{proxy_url: 'http://proxy.corp.example:3128', no_proxy: [api.openai.com]}")
+        + "agents: {servers: [{name: tools, protocol: mcp, url: 'https://mcp.vendor.example/mcp'}]}\n"
+    )
+    found = problems(text)
+    assert len(found) == 1
+    assert "agents.servers[0] go through it" in found[0]
+    assert "providers[0]" not in found[0]
+
+
 def test_without_a_proxy_the_provider_clusters_are_unchanged() -> None:
     assert clusters(gateway({})) == clusters(gateway({"no_proxy": ["api.openai.com"]}))
     assert "http_11_proxy" not in render_bootstrap_yaml(gateway({}))
@@ -353,7 +385,11 @@ def test_envoy_accepts_a_bootstrap_with_an_egress_proxy(tmp_path: Path, fallback
     if not ENVOY.exists():
         pytest.skip(f"no Envoy binary at {ENVOY}")
     bootstrap = tmp_path / "envoy.yaml"
-    config = gateway({"proxy_url": "http://10.1.2.3:3128"}, fallbacks=fallbacks)
+    config = gateway(
+        {"proxy_url": "http://10.1.2.3:3128"},
+        fallbacks=fallbacks,
+        agent_url="https://mcp.vendor.example/mcp",
+    )
     bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
     result = subprocess.run(
         [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
