@@ -377,13 +377,18 @@ def same_embeddings_model(primary: Upstream, fallback: Upstream) -> bool:
     account or deployment of it): vectors of different models live in different spaces,
     so one from another model would be compared with the client's stored vectors and
     mean nothing, without any error to tell. Told by the provider's name for the model,
-    on a provider of the same type (a Bedrock id less its inference profile's region);
+    on a provider of the same type (a Bedrock id less its inference profile's region, a
+    Vertex name less Google's ``google/`` publisher);
     a deployment under a name of its own is not recognised, so not tried."""
     kind = primary.provider.type
     if fallback.provider.type is not kind:
         return False
     if kind is ProviderType.BEDROCK:
         return base_model_id(primary.upstream_model) == base_model_id(fallback.upstream_model)
+    if kind is ProviderType.VERTEX:
+        # ``google/text-embedding-005`` is ``text-embedding-005``: one model, one path.
+        named = vertex_endpoints.google_model_name
+        return named(primary.upstream_model) == named(fallback.upstream_model)
     return primary.upstream_model == fallback.upstream_model
 
 
@@ -427,13 +432,19 @@ def _check_vertex_embeddings(
     ``:predict`` is no embedding), with what ``:predict`` can take."""
     model = upstream.upstream_model
     if not vertex_endpoints.is_text_embedding_model(model):
-        raise BadRequestError(
-            f"model '{ctx.model}' is a Vertex AI model without embeddings (only Google's "
-            "text embedding models, such as gemini-embedding-001 or text-embedding-005, "
-            "have them); send it to /v1/chat/completions",
-            param="model",
-            code="unsupported_model_for_route",
+        served = (
+            "only Google's text embedding models, such as gemini-embedding-001 or "
+            "text-embedding-005, are served on /v1/embeddings"
         )
+        # Vertex's multimodal embeddings take another body: no chat model to send it to.
+        message = (
+            f"model '{ctx.model}' is a Vertex AI multimodal embedding model, which the "
+            f"gateway does not serve ({served})"
+            if vertex_endpoints.is_embedding_model(model)
+            else f"model '{ctx.model}' is a Vertex AI model without embeddings ({served}); "
+            "send it to /v1/chat/completions"
+        )
+        raise BadRequestError(message, param="model", code="unsupported_model_for_route")
     vertex_embeddings.check_request(parsed, model)
 
 

@@ -2,7 +2,9 @@
 
 Request guards read, mask and refuse it as they do a chat message's content, with the
 role ``user``: webhooks get one user message per string, moderation reads them when
-its ``roles`` include ``user``. Token ids are not text and are not read.
+its ``roles`` include ``user``. Token ids are not text and are not read. A ``title``
+(Vertex AI's title of the documents embedded, which goes to Vertex with each text) is
+the client's text too, read after the input.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ ROLE = "user"
 
 
 def input_slots(body: dict[str, Any]) -> list[TextSlot]:
-    """Each string of an embeddings request's ``input``, in order."""
+    """Each string of an embeddings request's ``input``, in order, then its ``title``."""
+    title = [TextSlot(ROLE, body, "title")] if isinstance(body.get("title"), str) else []
     value = body.get("input")
     if isinstance(value, str):
-        return [TextSlot(ROLE, body, "input")]
+        return [TextSlot(ROLE, body, "input"), *title]
     if not isinstance(value, list):
-        return []
-    return [TextSlot(ROLE, value, i) for i, item in enumerate(value) if isinstance(item, str)]
+        return title
+    texts = [TextSlot(ROLE, value, i) for i, item in enumerate(value) if isinstance(item, str)]
+    return [*texts, *title]

@@ -85,6 +85,9 @@ def _texts(doc: dict[str, Any], model: str) -> list[str]:
             raise InvalidArgumentError(
                 f"instances[{index}].task_type: unknown task type {task_type!r}."
             )
+        title = instance.get("title") if isinstance(instance, dict) else None
+        if title is not None and not isinstance(title, str):
+            raise InvalidArgumentError(f"instances[{index}].title: a string is required.")
         texts.append(content)
     return texts
 

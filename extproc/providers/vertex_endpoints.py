@@ -75,10 +75,17 @@ def is_google_model(upstream_model: str) -> bool:
     return (publisher == _GOOGLE if slash else True) and not is_claude(upstream_model)
 
 
+def google_model_name(upstream_model: str) -> str:
+    """``upstream_model`` without the ``google/`` publisher the OpenAI-compatible
+    endpoint names Google's models with: the name in Vertex's publisher paths, so
+    ``google/text-embedding-005`` and ``text-embedding-005`` are one model."""
+    return upstream_model.removeprefix(_GOOGLE + "/")
+
+
 def gemini_path(gcp: GcpConfig, upstream_model: str, operation: str) -> str:
     """Gemini's API on Vertex for one of Google's models: ``generateContent``,
     ``streamGenerateContent`` (as Server-Sent Events) or ``countTokens``."""
-    model = quote(upstream_model.removeprefix(_GOOGLE + "/"), safe=_PATH_SAFE)
+    model = quote(google_model_name(upstream_model), safe=_PATH_SAFE)
     path = f"{location_path(gcp)}/publishers/google/models/{model}:{operation}"
     return path + "?alt=sse" if operation == _STREAM_GENERATE_CONTENT else path
 
@@ -86,10 +93,15 @@ def gemini_path(gcp: GcpConfig, upstream_model: str, operation: str) -> str:
 def is_text_embedding_model(upstream_model: str) -> bool:
     """Whether ``upstream_model`` is one of Google's text embedding models, which Vertex
     serves through ``:predict`` (named bare or with the ``google/`` publisher)."""
-    name = upstream_model.removeprefix(_GOOGLE + "/")
-    return (
-        is_google_model(upstream_model) and _EMBEDDING in name and not name.startswith(_MULTIMODAL)
+    return is_embedding_model(upstream_model) and not google_model_name(upstream_model).startswith(
+        _MULTIMODAL
     )
+
+
+def is_embedding_model(upstream_model: str) -> bool:
+    """Whether ``upstream_model`` is one of Google's embedding models, the multimodal one
+    (which the gateway does not serve) included."""
+    return is_google_model(upstream_model) and _EMBEDDING in google_model_name(upstream_model)
 
 
 def predict_path(gcp: GcpConfig, upstream_model: str) -> str:

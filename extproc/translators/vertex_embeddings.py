@@ -22,7 +22,10 @@ module does with it:
   the vector of a text it did not know was cut would be misled. Vertex's 400 says so.
 - ``task_type`` (Vertex's own field, which OpenAI lacks; the ``openai`` SDK sends it with
   ``extra_body``) goes with each instance when one of Vertex's values, else is a 400
-  naming it. ``user`` and ``encoding_format`` are OpenAI's alone.
+  naming it. ``title``, Vertex's too, the title of the documents embedded, goes with
+  each instance as well: a string, and only with ``RETRIEVAL_DOCUMENT``, the one task
+  type Vertex applies it to (else a 400 naming it, rather than a title dropped without a
+  word). ``user`` and ``encoding_format`` are OpenAI's alone.
 
 The answer becomes OpenAI's list; ``base64`` vectors are encoded as the Bedrock path
 encodes them (little-endian float32). The prompt tokens are the sum of the predictions'
@@ -51,6 +54,8 @@ TASK_TYPES = (
     "FACT_VERIFICATION",
     "CODE_RETRIEVAL_QUERY",
 )
+# The one task type a ``title`` applies to.
+TITLED_TASK_TYPE = "RETRIEVAL_DOCUMENT"
 
 
 def _takes_one_instance(model: str) -> bool:
@@ -108,21 +113,44 @@ def _task_type(body: dict[str, Any]) -> str | None:
     return value
 
 
+def _title(body: dict[str, Any], task_type: str | None) -> str | None:
+    value = body.get("title")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(
+            "'title' must be a string (the title of the documents in 'input')",
+            param="title",
+            code="invalid_value",
+        )
+    if task_type != TITLED_TASK_TYPE:
+        raise BadRequestError(
+            f"'title' goes with 'task_type' {TITLED_TASK_TYPE} alone (Vertex AI applies "
+            "a title to documents to retrieve): send that task type, or no title",
+            param="title",
+            code="invalid_value",
+        )
+    return value
+
+
 def check_request(body: dict[str, Any], model: str) -> None:
     """Refuse, with a 400 naming the field, what Vertex's text embeddings cannot serve."""
     input_texts(body, model)
-    _task_type(body)
+    _title(body, _task_type(body))
 
 
 def translate_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Vertex's ``:predict`` body for an OpenAI embeddings body (already checked as
     OpenAI's)."""
     task_type = _task_type(body)
+    title = _title(body, task_type)
     instances: list[dict[str, str]] = []
     for text in input_texts(body, model):
         instance = {"content": text}
         if task_type is not None:
             instance["task_type"] = task_type
+        if title is not None:
+            instance["title"] = title
         instances.append(instance)
     parameters: dict[str, Any] = {"autoTruncate": False}
     if body.get("dimensions") is not None:
