@@ -98,7 +98,14 @@ def _render_envoy(args: argparse.Namespace) -> int:
 def _render_gateway_api(args: argparse.Namespace) -> int:
     from extproc.gateway_api import render_attachments_yaml
 
-    rendered = render_attachments_yaml(_load(args.config), args.controller)
+    config = _load(args.config)
+    try:
+        rendered = render_attachments_yaml(config, args.controller)
+    except ValueError as exc:
+        # What the attachments cannot express (names that collide, an egress proxy):
+        # the config's mistake for this mode, said as the config check says its own.
+        print(f"{args.config}: cannot render the Gateway API attachments: {exc}", file=sys.stderr)
+        return 2
     if args.output in (None, "-"):
         sys.stdout.write(rendered)
     else:

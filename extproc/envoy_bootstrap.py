@@ -841,16 +841,18 @@ def proxied_cluster(
     destination's, so the proxy resolves it (Envoy needs no outside DNS) and its host
     rules see the name. The endpoint's own address is never dialled: it carries the
     destination's port, and the proxy's IP as a placeholder where the destination's host
-    is a name. Inside the tunnel the cluster's TLS (or plain HTTP) goes on as it would
-    directly."""
+    is a name. An IP destination gets no ``hostname``: Envoy then names the address
+    itself, bracketed when it is IPv6 (``CONNECT [fd00::7]:443``), where the hostname
+    would go out bare (``fd00::7:443``, which no proxy parses). Inside the tunnel the
+    cluster's TLS (or plain HTTP) goes on as it would directly."""
     host, port, tls = destination
     proxy_host, proxy_port = proxy
-    placeholder = host if is_ip(host) else proxy_host
+    if is_ip(host):
+        target: Json = {"address": _socket_address(host, port)}
+    else:
+        target = {"hostname": host, "address": _socket_address(proxy_host, port)}
     endpoint: Json = {
-        "endpoint": {
-            "hostname": host,
-            "address": _socket_address(placeholder, port),
-        },
+        "endpoint": target,
         "metadata": {
             "typed_filter_metadata": {
                 HTTP11_PROXY_ADDRESS: {

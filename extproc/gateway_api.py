@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import yaml
 
+from extproc.config.egress_model import bypassed
 from extproc.config.model import GatewayConfig, ProviderConfig, RouteConfig, cluster_name
 from extproc.controller_routes import (
     ENVOY_GATEWAY_ANNOTATION_PREFIX,
@@ -107,6 +108,7 @@ _HEADER = (
 def render_attachments(config: GatewayConfig, controller: Controller) -> list[Json]:
     """Every manifest that attaches the gateway to ``controller``'s Envoy."""
     _check_rule_names(config)
+    _check_egress(config)
     manifests: list[Json] = [_gateway(controller)]
     manifests += [_client_route(route) for route in config.routes]
     manifests.append(_providers_route(config, controller))
@@ -357,6 +359,23 @@ def _check_rule_names(config: GatewayConfig) -> None:
                 f"providers {other} and {provider.name} have the same Gateway API name"
                 f" {_rule_name(provider)!r}: rename one"
             )
+
+
+def _check_egress(config: GatewayConfig) -> None:
+    """The attachments carry no egress proxy: the controller's Envoy dials each provider's
+    Backend itself. A provider the config sends through the proxy would silently go
+    direct (or nowhere, where the proxy is the only way out): refused, naming them."""
+    egress = config.egress
+    if egress.proxy_url is None:
+        return
+    proxied = [p.name for p in config.providers if not bypassed(p.host, egress.no_proxy)]
+    if proxied:
+        raise ValueError(
+            "egress.proxy_url: the Gateway API attachments cannot send providers through "
+            f"the egress proxy, and {', '.join(proxied)} would go through it: route the "
+            "controller's Envoy through the proxy by its own means and list those hosts "
+            "in egress.no_proxy (egress then serves the gateway's own calls only)"
+        )
 
 
 def _backend_name(provider: ProviderConfig) -> str:

@@ -9,8 +9,12 @@ the proxy is configured, like every other destination (docs/security.md).
 
 ``no_proxy`` lists the hosts reached directly: a name matches itself and every name
 under it (``corp.example`` matches ``idp.corp.example``; a leading dot or ``*.`` is
-the same), an IP address itself, a CIDR block (``10.0.0.0/8``) the addresses in it.
-A provider or agent server whose host is listed is reached directly by Envoy as well.
+the same), an IP address itself (``::1`` or ``[::1]``), a CIDR block (``10.0.0.0/8``)
+the addresses in it, and ``*`` everything. It may also be one comma-separated string,
+as a ``NO_PROXY`` variable is written (``no_proxy: ${NO_PROXY_HOSTS:-}``). An entry
+covers every port of its host, so ``host:port`` is refused rather than read as
+narrower than it is. A provider or agent server whose host is listed is reached
+directly by Envoy as well.
 
 A proxy URL that is not ``http://[user:password@]host:port`` is refused at load with
 an error naming ``egress.proxy_url`` and never quoting it. The URL may carry
@@ -32,6 +36,8 @@ from extproc.config.section import Section as _Section
 
 # Longest no_proxy list: each entry is matched against every outbound host.
 MAX_NO_PROXY = 256
+# The no_proxy entry that sends everything direct, as in NO_PROXY.
+EVERYTHING = "*"
 
 
 class EgressConfig(_Section):
@@ -49,20 +55,20 @@ class EgressConfig(_Section):
         # this field would echo its value, and the value may hold the proxy's password.
         return url if url is not None and url.get_secret_value() else None
 
+    @field_validator("no_proxy", mode="before")
+    @classmethod
+    def _split_string(cls, entries: object) -> object:
+        # NO_PROXY's own form, one comma-separated string, for a list from a variable.
+        if isinstance(entries, str):
+            return tuple(entry for entry in entries.split(",") if entry.strip())
+        return entries
+
     @field_validator("no_proxy")
     @classmethod
     def _check_no_proxy(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
         if len(entries) > MAX_NO_PROXY:
             raise ValueError(f"at most {MAX_NO_PROXY} entries")
-        cleaned: list[str] = []
-        for entry in entries:
-            value = entry.strip().lower().removeprefix("*.").lstrip(".").rstrip(".")
-            if not value or (any(c in value for c in " /:@") and not _network(value)):
-                raise ValueError(
-                    f"{entry!r} is not a host name, a domain, an IP address or a CIDR block"
-                )
-            cleaned.append(value)
-        return tuple(cleaned)
+        return tuple(_no_proxy_entry(entry) for entry in entries)
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +105,44 @@ def proxy_url_problem(url: str) -> str | None:
     return None
 
 
+def _no_proxy_entry(entry: str) -> str:
+    """``entry`` as ``bypassed`` matches it, or ValueError saying what is wrong with it."""
+    value = entry.strip().lower()
+    if value == EVERYTHING:
+        return value
+    if value.startswith("[") and value.endswith("]"):
+        # A bracketed IPv6 address, as URLs write it.
+        value = value[1:-1]
+        if not _address(value):
+            raise ValueError(f"{entry!r} is no IP address inside its brackets")
+        return value
+    value = value.removeprefix("*.").lstrip(".").rstrip(".")
+    if _network(value):
+        return value
+    host, colon, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if colon and port.isdigit() and (bracketed or (host and ":" not in host)):
+        raise ValueError(
+            f"{entry!r}: no_proxy takes no port (an entry covers every port of its host): "
+            f"write {host.strip('[]')!r}"
+        )
+    if "*" in value:
+        raise ValueError(
+            f"{entry!r}: a wildcard is '*' alone (everything direct) or a leading '*.' (a domain)"
+        )
+    if not value or any(c in value for c in " /:@[]"):
+        raise ValueError(f"{entry!r} is not a host name, a domain, an IP address or a CIDR block")
+    return value
+
+
+def _address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _network(value: str) -> bool:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -115,6 +159,8 @@ def bypassed(host: str, no_proxy: tuple[str, ...]) -> bool:
     except ValueError:
         address = None
     for entry in no_proxy:
+        if entry == EVERYTHING:
+            return True
         if address is not None:
             if _network(entry) and address in ipaddress.ip_network(entry, strict=False):
                 return True
