@@ -98,8 +98,9 @@ class TextSlot:
     # the provider refuses the block sent back changed, so a mask cannot be written here;
     # the stage refuses the answer instead (``reasoning_slots``).
     signed: bool = False
-    # In a request, the signed block itself: a mask there drops it from the history where
-    # the provider allows that (``drop_closed_reasoning``) rather than change it.
+    # In a request, the reasoning block holding the text: a mask in a signed one drops it
+    # from the history where the provider allows that (``drop_closed_reasoning``) rather
+    # than change it; a slot whose block a drop took goes with it.
     block: Any = None
 
     @property
@@ -469,7 +470,10 @@ def drop_reasoning(body: dict[str, Any], first: dict[str, Any]) -> set[int] | No
 
 
 def _is_reasoning_block(block: dict[str, Any]) -> bool:
-    return block.get("type") in _REASONING_BLOCKS
+    # A type that is no string (a list, an object: the provider refuses the block) is no
+    # key of the set, and must not fail the gateway.
+    kind = block.get("type")
+    return isinstance(kind, str) and kind in _REASONING_BLOCKS
 
 
 def _is_tool_result(block: dict[str, Any]) -> bool:

@@ -84,14 +84,14 @@ def _sent_reasoning_slot(role: str, block: dict[str, Any], slots: list[TextSlot]
     """The text of reasoning sent back in a request's history. With a ``signature``
     (Claude's) it is ``signed``: Bedrock refuses it changed, so a mask drops the block where
     it may go (``drop_reasoning``); without one (DeepSeek's on Bedrock) it is masked in
-    place. ``redactedContent`` is encrypted, no text."""
+    place, and goes with a drop of signed reasoning before it (the slot names its block so
+    guards read no more what Bedrock will not get). ``redactedContent`` is encrypted, no
+    text."""
     reasoning = block["reasoningContent"]
     text = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
     if isinstance(text, dict) and isinstance(text.get("text"), str):
-        if text.get("signature"):
-            slots.append(TextSlot(role, text, "text", signed=True, block=block))
-        else:
-            slots.append(TextSlot(role, text, "text"))
+        signed = bool(text.get("signature"))
+        slots.append(TextSlot(role, text, "text", signed=signed, block=block))
 
 
 def drop_reasoning(body: dict[str, Any], first: dict[str, Any]) -> set[int] | None:

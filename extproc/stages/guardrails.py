@@ -429,20 +429,19 @@ def _apply_verdict(
     changed = False
     dropped: set[int] = set()
     for slot, content in zip(slots, verdict.contents, strict=True):
-        if content != slot.text:
-            if slot.signed:
-                # As a matcher's mask there: signed reasoning cannot change.
-                if dropped and id(slot.block) in dropped:
-                    continue
-                gone = drop(slot.block) if drop is not None and slot.block is not None else None
-                if gone is None:
-                    record(ctx, guard.name, phase, "reject")
-                    raise _refusal(guard, f": {_SIGNED[phase]} cannot be masked")
-                dropped |= gone
-                changed = True
-                continue
-            slot.write(content)
+        if content == slot.text or (dropped and id(slot.block) in dropped):
+            continue  # unchanged, or gone from the history with a block dropped before it
+        if slot.signed:
+            # As a matcher's mask there: signed reasoning cannot change.
+            gone = drop(slot.block) if drop is not None and slot.block is not None else None
+            if gone is None:
+                record(ctx, guard.name, phase, "reject")
+                raise _refusal(guard, f": {_SIGNED[phase]} cannot be masked")
+            dropped |= gone
             changed = True
+            continue
+        slot.write(content)
+        changed = True
     if dropped:
         slots[:] = [slot for slot in slots if id(slot.block) not in dropped]
     record(ctx, guard.name, phase, "mask")
