@@ -74,6 +74,7 @@ from extproc.mock_llm.vertex_gemini import (
     GEMINI_CALL,
     GeminiEndpoints,
     InvalidArgumentError,
+    abort_connection,
     is_google_model,
 )
 
@@ -103,6 +104,9 @@ UNAUTHENTICATED_MESSAGE = (
 )
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=UTF-8"}
+# The ``garbage`` fault's answer to ``:predict``: a 200 whose body is not JSON.
+_GARBAGE_PREDICTION = b'{"predictions": [{"embeddings": this is not json'
+
 # OAuth2 answers carrying a token must not be cached (RFC 6749, 5.1).
 _TOKEN_HEADERS = {**_JSON_HEADERS, "Cache-Control": "no-store", "Pragma": "no-cache"}
 _LOCATION = re.compile(r"/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)(?P<rest>/.*)?$")
@@ -339,9 +343,14 @@ class VertexEndpoints:
         if fault.status is not None:
             return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
         try:
-            answer = vertex_embeddings.predict(model, body)
+            answer = vertex_embeddings.predict(model, body, with_counts=not fault.no_usage)
         except InvalidArgumentError as exc:
             return google_error(400, str(exc))
+        # Checked first as Vertex would, then misbehaving as the test asked.
+        if fault.reset_after is not None:
+            return abort_connection(request)
+        if fault.garbage:
+            return web.Response(body=_GARBAGE_PREDICTION, headers=_JSON_HEADERS)
         return web.Response(body=orjson.dumps(answer), headers=_JSON_HEADERS)
 
     async def _count_tokens(

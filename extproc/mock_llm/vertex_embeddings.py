@@ -109,9 +109,10 @@ def _parameters(doc: dict[str, Any], model: str) -> tuple[int, bool]:
     return dimensions, truncate
 
 
-def predict(model: str, body: Body) -> dict[str, Any]:
+def predict(model: str, body: Body, *, with_counts: bool = True) -> dict[str, Any]:
     """The answer to a text embeddings ``:predict`` call; raises ``InvalidArgumentError``
-    for a body Vertex refuses."""
+    for a body Vertex refuses. ``with_counts`` False leaves out each prediction's
+    ``statistics`` (the ``no_usage`` fault: an answer that counts nothing)."""
     doc = body.json if body.is_json else None
     if not isinstance(doc, dict):
         raise InvalidArgumentError("Invalid JSON payload received.")
@@ -131,14 +132,13 @@ def predict(model: str, body: Body) -> dict[str, Any]:
             f"but the model supports up to {MAX_REQUEST_TOKENS}. Reduce the input token "
             "count and try again."
         )
-    predictions = [
-        {
-            "embeddings": {
-                "values": embedding_vector(text_key(text), dimensions).tolist(),
-                "statistics": {"truncated": count > MAX_TEXT_TOKENS, "token_count": tokens},
-            }
+    predictions: list[dict[str, Any]] = []
+    for text, count, tokens in zip(texts, counts, embedded, strict=True):
+        embeddings: dict[str, Any] = {
+            "values": embedding_vector(text_key(text), dimensions).tolist()
         }
-        for text, count, tokens in zip(texts, counts, embedded, strict=True)
-    ]
+        if with_counts:
+            embeddings["statistics"] = {"truncated": count > MAX_TEXT_TOKENS, "token_count": tokens}
+        predictions.append({"embeddings": embeddings})
     characters = sum(len(text) for text in texts)
     return {"predictions": predictions, "metadata": {"billableCharacterCount": characters}}

@@ -237,7 +237,9 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _abort(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+def abort_connection(
+    request: web.Request, response: web.StreamResponse | None = None
+) -> web.StreamResponse:
     """Drop the connection so the client sees a reset instead of a (complete) response."""
     if request.transport is not None:
         request.transport.abort()
@@ -286,7 +288,7 @@ class GeminiEndpoints:
             framing = _Framing(sse=request.query.get("alt") == "sse")
             return await self._stream(request, answer, fault, framing)
         if fault.reset_after is not None:
-            return _abort(request)
+            return abort_connection(request)
         if fault.garbage:
             return web.Response(body=_GARBAGE, headers=_JSON_HEADERS)
         document = answer.document(
@@ -347,7 +349,7 @@ class GeminiEndpoints:
         try:
             for sent, piece in enumerate(pieces):
                 if sent == fault.reset_after:
-                    return _abort(request, response)
+                    return abort_connection(request, response)
                 if sent == fault.error_after:
                     return await fail()
                 finish = sent == last and not cut
@@ -359,7 +361,7 @@ class GeminiEndpoints:
                 )
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
-                return _abort(request, response)
+                return abort_connection(request, response)
             if fault.error_after is not None:
                 # Fewer pieces than error_after: the stream must still fail.
                 return await fail()

@@ -124,3 +124,49 @@ def test_a_batch_for_gemini_embedding_is_a_400_that_never_reaches_vertex(
     assert refused.value.status_code == 400
     assert refused.value.param == "input"
     assert len(vertex_requests(stack)) == sent_before
+
+
+def test_an_answer_without_vertexs_counts_is_charged_the_estimate(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    text = "Count me, even if Vertex does not."
+    before = scrape(stack.metrics_url)
+    raw = client_of(stack).embeddings.with_raw_response.create(
+        model="vertex-embed", input=text, extra_headers={"x-mock-fault": "no_usage=1"}
+    )
+    answer = raw.parse()
+    assert answer.data[0].embedding == list(embedding_vector(text_key(text), 768))
+
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    estimate = line["prompt_tokens"]
+    assert line["usage_estimated"] is True and estimate > 0
+    assert prompt_tokens(scrape(stack.metrics_url)) - prompt_tokens(before) == estimate
+
+
+def test_an_answer_that_is_not_json_is_an_openai_error_charged_nothing(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    before = scrape(stack.metrics_url)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client_of(stack).embeddings.create(
+            model="vertex-embed", input="garbled", extra_headers={"x-mock-fault": "garbage=1"}
+        )
+    assert failed.value.status_code == 502
+    error = failed.value.body
+    assert isinstance(error, dict) and error.get("type") == "upstream_error"
+
+    # The client got an error, not vectors: nothing is charged (docs/chargeback.md).
+    [line] = gateway_log.for_request(failed.value.response.headers["x-request-id"])
+    assert line["http_status_code"] == 502 and line["upstream_status_code"] == 200
+    assert (line["usage_estimated"], line["total_tokens"]) == (False, 0)
+    assert prompt_tokens(scrape(stack.metrics_url)) == prompt_tokens(before)
+
+
+def test_a_connection_vertex_drops_is_an_openai_error(stack: LocalStack) -> None:
+    with pytest.raises(openai.APIStatusError) as failed:
+        client_of(stack).embeddings.create(
+            model="vertex-embed", input="dropped", extra_headers={"x-mock-fault": "reset_after=0"}
+        )
+    assert failed.value.status_code in (502, 503)
+    error = failed.value.body
+    assert isinstance(error, dict) and "message" in error
