@@ -230,9 +230,11 @@ def plan_request(
     if kind is ProviderType.OPENAI:
         return _openai_request(ctx, parsed, upstream, upstream.path + suffix)
     if kind is ProviderType.ANTHROPIC:
-        version = ctx.request_headers.get("anthropic-version", upstream.provider.anthropic_version)
         translated = openai_anthropic.translate_request(
-            parsed, upstream.upstream_model, stream=ctx.stream, anthropic_version=version
+            parsed,
+            upstream.upstream_model,
+            stream=ctx.stream,
+            anthropic_version=_anthropic_version(ctx, upstream),
         )
         return RequestPlan(_json(translated), upstream.path, _anthropic_headers(ctx, upstream))
     if kind is ProviderType.BEDROCK:
@@ -292,6 +294,16 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         if kind is not ProviderType.OPENAI:
             # OpenAI's own refusal, which a translation dropping the choice would lose.
             refuse_forced_call_without_tools(parsed)
+        if kind is ProviderType.ANTHROPIC:
+            # reasoning_effort beside what Claude refuses while it thinks (a temperature, a
+            # forced tool call, a bound with no room to think): the translation's 400s.
+            openai_anthropic.check_thinking(
+                parsed,
+                upstream.upstream_model,
+                anthropic_version=_anthropic_version(ctx, upstream),
+            )
+        if kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model):
+            openai_anthropic.check_thinking(parsed, upstream.upstream_model, image_urls=False)
         if kind is ProviderType.BEDROCK:
             guards = ctx.runtime.guardrails.for_route(route.name)
             enrichment = guards.enrichment if guards is not None else None
@@ -305,6 +317,12 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = True  # chat completions reach every provider type, translated
     if not served:
         raise _unsupported(ctx, kind)
+
+
+def _anthropic_version(ctx: RequestContext, upstream: Upstream) -> str:
+    """The anthropic-version an OpenAI chat request goes to Anthropic with: the client's
+    header, else the provider's."""
+    return ctx.request_headers.get("anthropic-version", upstream.provider.anthropic_version)
 
 
 def check_translation(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
@@ -327,7 +345,9 @@ def check_translation(ctx: RequestContext, parsed: dict[str, Any], upstream: Ups
     kind = upstream.provider.type
     model = upstream.upstream_model
     if kind is ProviderType.ANTHROPIC:
-        openai_anthropic.translate_request(parsed, model, stream=ctx.stream)
+        openai_anthropic.translate_request(
+            parsed, model, stream=ctx.stream, anthropic_version=_anthropic_version(ctx, upstream)
+        )
     elif kind is ProviderType.BEDROCK:
         openai_bedrock.translate_request(parsed, model_id=model)
     elif kind is ProviderType.VERTEX and vertex_endpoints.is_claude(model):

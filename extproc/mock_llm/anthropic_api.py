@@ -20,7 +20,10 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   as ``thinking_delta`` pieces then a ``signature_delta``; its tokens are output tokens,
   counted in ``output_tokens`` and against ``max_tokens`` as on the real API (adaptive
   thinking under a ``max_tokens`` too small for the thought ends in it, "max_tokens").
-  ``disabled`` thinking answers without a thinking block.
+  ``disabled`` thinking answers without a thinking block. ``thinking.display: "omitted"``
+  (the default of Claude Opus 4.7 and later, the 5 generation, Mythos and Fable) leaves the
+  block's text empty (a signature, no ``thinking_delta``), its tokens billed all the same;
+  ``"summarized"`` (the default before them) shows it.
 - Scripted answers (``scripted``): header ``x-mock-reply`` chooses the text, and
   ``x-mock-tool-calls`` makes the answer call tools after it, with the input pieces the test
   chose (``stop_reason`` "tool_use"; output tokens are the text pieces and the input pieces).
@@ -162,6 +165,7 @@ THOUGHT_SIGNATURE = "EqoBCkgIARABGAIiQMockSignature"
 _MIN_THINKING_BUDGET = 1024
 _THINKING_TYPES = ("enabled", "disabled", "adaptive")
 _EFFORTS = ("low", "medium", "high", "xhigh", "max")
+_THINKING_DISPLAYS = ("summarized", "omitted")
 # A Claude model id's family and version: claude-opus-4-7, claude-sonnet-4-20250514 (4.0),
 # claude-mythos-preview (no version); Claude 3 ids (claude-3-7-sonnet) put it first.
 _CLAUDE_ID = re.compile(r"claude-(?P<family>[a-z]+)(?:-(?P<major>\d+)(?:-(?P<minor>\d)(?!\d))?)?")
@@ -349,6 +353,9 @@ class MessagesRequest:
     thinking_budget: int | None = None
     # Whether the request asks for adaptive thinking.
     adaptive_thinking: bool = False
+    # Whether the thinking block's text is left empty (thinking.display "omitted", the
+    # default of Opus 4.7, Mythos and the models after them): the tokens are billed still.
+    thinking_omitted: bool = False
 
 
 def _blocks(content: object) -> list[Any]:
@@ -589,6 +596,27 @@ def _thinking_modes(model: str) -> tuple[str, ...]:
     return ("enabled", "adaptive")
 
 
+def _thinking_omitted(doc: dict[str, Any], model: str) -> bool:
+    """Whether the thinking block's text is left empty: ``thinking.display`` says so, or
+    says nothing to a model whose default is ``omitted`` (Claude Opus 4.7 and later, the 5
+    generation, Mythos and Fable); ``summarized`` was the default before them."""
+    thinking = doc.get("thinking")
+    display = thinking.get("display") if isinstance(thinking, dict) else None
+    if display is not None:
+        if display not in _THINKING_DISPLAYS:
+            raise InvalidRequestError("thinking.display: Input should be 'summarized' or 'omitted'")
+        return bool(display == "omitted")
+    found = _CLAUDE_ID.search(model.lower())
+    if found is None or found["major"] is None:
+        return found is not None and found["family"] in ("mythos", "fable")
+    version = (int(found["major"]), int(found["minor"] or 0))
+    return (
+        found["family"] in ("mythos", "fable")
+        or version >= (5, 0)
+        or (found["family"] == "opus" and version >= (4, 7))
+    )
+
+
 def _check_effort(doc: dict[str, Any]) -> None:
     config = doc.get("output_config")
     effort = config.get("effort") if isinstance(config, dict) else None
@@ -751,6 +779,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
     thinking_budget, adaptive_thinking = checked_thinking(doc, model, max_tokens)
     if thinking_budget is not None or adaptive_thinking:
         _check_final_assistant_thinks(messages)
+    omitted = _thinking_omitted(doc, model)
     return MessagesRequest(
         model,
         messages,
@@ -764,6 +793,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         _asked_tier(doc.get("service_tier", "auto")),
         thinking_budget,
         adaptive_thinking,
+        omitted,
     )
 
 
@@ -811,6 +841,8 @@ class Reply:
     result_blocks: tuple[dict[str, Any], ...] = ()
     # What Claude thought first, one piece per token (extended thinking); none without.
     thought: tuple[str, ...] = ()
+    # The thought is billed but its text not shown (thinking.display "omitted").
+    thought_omitted: bool = False
 
     @property
     def text(self) -> str:
@@ -854,7 +886,8 @@ class Reply:
         the text (when there is some, or nothing else), then one block per tool call."""
         blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         if self.thought:
-            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in self.thought]
+            shown = () if self.thought_omitted else self.thought
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in shown]
             deltas.append({"type": "signature_delta", "signature": THOUGHT_SIGNATURE})
             blocks.append(({"type": "thinking", "thinking": ""}, deltas))
         blocks.extend((block, []) for block in self.result_blocks)
@@ -877,7 +910,7 @@ class Reply:
         first_call = len(blocks) - len(self.calls)
         content: list[dict[str, Any]] = []
         if self.thought:
-            thinking = "".join(self.thought)
+            thinking = "" if self.thought_omitted else "".join(self.thought)
             content.append(
                 {"type": "thinking", "thinking": thinking, "signature": THOUGHT_SIGNATURE}
             )
@@ -953,13 +986,16 @@ def build_reply(req: MessagesRequest, fault: Fault) -> Reply:
     pieces, truncated = reply_pieces(
         req.messages, max_tokens=req.max_tokens - len(thought), chunks=fault.chunks, text=text
     )
+    omitted = req.thinking_omitted
     if truncated:
-        return Reply(pieces, "max_tokens", input_tokens, cached, thought=thought)
-    if stop is not None:
-        return Reply(
+        reply = Reply(pieces, "max_tokens", input_tokens, cached, thought=thought)
+    elif stop is not None:
+        reply = Reply(
             pieces, "stop_sequence", input_tokens, cached, stop_sequence=stop, thought=thought
         )
-    return Reply(pieces, "end_turn", input_tokens, cached, thought=thought)
+    else:
+        reply = Reply(pieces, "end_turn", input_tokens, cached, thought=thought)
+    return replace(reply, thought_omitted=omitted) if omitted else reply
 
 
 def scripted_anthropic_reply(

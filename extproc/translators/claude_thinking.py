@@ -25,6 +25,7 @@ from extproc.quota.thinking_budget import MIN_THINKING_BUDGET
 __all__ = [
     "THINKING_BUDGETS",
     "adaptive_effort",
+    "adaptive_thinking",
     "fit_thinking",
     "forced_call_with_thinking",
     "reasoning_effort",
@@ -55,6 +56,10 @@ _BUDGET_ONLY_MODELS = frozenset(
 # The adaptive models that came before Anthropic's "xhigh" effort (Opus 4.7 brought it):
 # they refuse it, and their one level above "high" is "max".
 _NO_XHIGH_MODELS = frozenset({"claude-opus-4-6", "claude-sonnet-4-6", "claude-mythos-preview"})
+# The adaptive models that show their thinking (summarized) unless asked not to. Opus 4.7,
+# Mythos Preview and the models after them leave a thinking block's text empty unless the
+# request asks for it (``thinking.display``), and bill the thinking all the same.
+_SHOWN_THINKING_MODELS = frozenset({"claude-opus-4-6", "claude-sonnet-4-6"})
 # What follows a model's name in its id: a date snapshot (``-20250929``) or ``-latest``,
 # then Bedrock's version (``-v1:0``, ``-v1:0:200k``). Vertex's ``@20250929`` is cut at
 # the ``@``.
@@ -71,6 +76,17 @@ def takes_adaptive_thinking(upstream_model: str) -> bool:
     ending in one); an id the gateway cannot read is a new model, which thinks adaptively."""
     family = _model_family(upstream_model)
     return family not in _BUDGET_ONLY_MODELS and not family.startswith("claude-3-")
+
+
+def adaptive_thinking(upstream_model: str) -> dict[str, Any]:
+    """Anthropic's ``thinking`` field for a Claude that thinks adaptively: ``{"type":
+    "adaptive"}``, with ``display: "summarized"`` for the models that would otherwise
+    answer with an empty thinking block (Opus 4.7, Mythos Preview and later: their
+    default display is ``omitted``), since the client asked to see Claude reason and
+    pays for the thinking. Opus 4.6 and Sonnet 4.6 show it already and get no more."""
+    if _model_family(upstream_model) in _SHOWN_THINKING_MODELS:
+        return {"type": "adaptive"}
+    return {"type": "adaptive", "display": "summarized"}
 
 
 def adaptive_effort(effort: str, upstream_model: str) -> str:

@@ -55,7 +55,8 @@ Claude's thinking in the one mode the model takes (``takes_adaptive_thinking``, 
 upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other value than
 ``low``, ``medium``, ``high`` or ``xhigh`` is a 400 naming it. Thinking counts against
 ``max_tokens``. The same decisions serve Claude on Bedrock's Converse API
-(``openai_bedrock``), which imports them.
+(``openai_bedrock``), which imports them. ``check_thinking`` raises the 400s below
+before the quota counts the request (``backends.check_pair``).
 
 - Adaptive thinking (Claude Opus 4.6, Sonnet 4.6 and every later model, one the gateway
   does not know included: Opus 4.7 and later refuse a fixed budget, and the 4.6 models
@@ -64,7 +65,9 @@ upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other va
   think, so no bound is too small: one the body names is kept as it is. OpenAI's
   ``xhigh`` is Anthropic's ``xhigh`` (Opus 4.7 and later); the models that came before
   that level (Opus 4.6, Sonnet 4.6, Mythos Preview) get ``max``, the one level they have
-  above ``high`` (``adaptive_effort``).
+  above ``high`` (``adaptive_effort``). Opus 4.7, Mythos Preview and later would answer
+  with an empty thinking block (their ``thinking.display`` defaults to ``omitted``): they
+  are asked for the summarized thought (``adaptive_thinking``).
 - Extended thinking with a fixed budget (Claude 3.7 Sonnet, Opus 4 and 4.1, Sonnet 4, the
   4.5 models, which predate adaptive thinking): ``{"type": "enabled", "budget_tokens":
   N}`` with N from ``THINKING_BUDGETS`` (low 1,024, medium 2,048, high 4,096, xhigh
@@ -98,6 +101,7 @@ from extproc.errors import BadRequestError
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
     adaptive_effort,
+    adaptive_thinking,
     fit_thinking,
     forced_call_with_thinking,
     reasoning_effort,
@@ -117,6 +121,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "CompletionTranslator",
     "StreamTranslator",
+    "check_thinking",
     "named_max_tokens",
     "thinking_budget_for",
     "translate_error",
@@ -163,7 +168,7 @@ def translate_request(
     if effort is not None and not turn_left_open(messages):
         if takes_adaptive_thinking(upstream_model):
             # Claude sizes its thinking to the effort and to the bound: any bound is kept.
-            thinking = {"type": "adaptive"}
+            thinking = adaptive_thinking(upstream_model)
             level = adaptive_effort(effort, upstream_model)
             output_config = {**(output_config or {}), "effort": level}
             if named is None:
@@ -240,6 +245,31 @@ def thinking_budget_for(body: dict[str, Any]) -> int | None:
         return None
     _, turns = _messages(body.get("messages"), True)
     return None if turn_left_open(turns) else THINKING_BUDGETS[effort]
+
+
+def check_thinking(
+    body: dict[str, Any],
+    upstream_model: str,
+    *,
+    anthropic_version: str | None = None,
+    image_urls: bool = True,
+) -> None:
+    """Refuse, before the quota counts the request, what ``translate_request`` would
+    refuse of a body whose ``reasoning_effort`` asks Claude to think: the level, and what
+    Anthropic refuses beside thinking in the mode the model takes (a ``temperature`` or
+    ``top_p`` the API version sends, a forced ``tool_choice``, a bound with no room for
+    the least budget). Translated and thrown away, so the decision is the translation's
+    (the turn left open, the model, the version); a body that asks for no thinking is
+    not read further. The options are ``translate_request``'s."""
+    if reasoning_effort(body) is None:
+        return
+    translate_request(
+        body,
+        upstream_model,
+        stream=False,
+        anthropic_version=anthropic_version,
+        image_urls=image_urls,
+    )
 
 
 def _refuse_legacy_functions(body: dict[str, Any]) -> None:

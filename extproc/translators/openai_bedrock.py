@@ -110,6 +110,7 @@ from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
     adaptive_effort,
+    adaptive_thinking,
     fit_thinking,
     forced_call_with_thinking,
     reasoning_effort,
@@ -237,7 +238,7 @@ def _claude_thinking(
     fields: dict[str, Any]
     if takes_adaptive_thinking(model_id):
         fields = {
-            "thinking": {"type": "adaptive"},
+            "thinking": adaptive_thinking(model_id),
             "output_config": {"effort": adaptive_effort(effort, model_id)},
         }
         if named is None:
