@@ -65,9 +65,14 @@ Stages ask this module for a plan and stay free of per-provider branches.
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
+from weakref import WeakKeyDictionary
 
 import orjson
 
@@ -244,7 +249,7 @@ def plan_request(
             upstream.upstream_model, stream=ctx.stream
         )
         headers = {"content-type": "application/json"}
-        headers.update(signer.sign("POST", path, body, headers))
+        headers.update(_signed(signer, "POST", path, body, headers))
         return RequestPlan(body, path, headers)
     raise _unsupported(ctx, kind)
 
@@ -547,7 +552,7 @@ def _embeddings_request(
         body = _json(translated)
         path = upstream.provider.path_prefix + bedrock_embeddings.request_path(model_id)
         headers = {"content-type": "application/json", "accept": "application/json"}
-        headers.update(signer.sign("POST", path, body, headers))
+        headers.update(_signed(signer, "POST", path, body, headers))
         return RequestPlan(body, path, headers)
     if kind is not ProviderType.OPENAI:
         raise _unsupported(ctx, kind)
@@ -581,7 +586,7 @@ def _bedrock_runtime_request(
         model_path = operation_path(upstream.upstream_model, stream=ctx.stream)
     path = upstream.provider.path_prefix + model_path
     headers = {"content-type": "application/json"}
-    headers.update(signer.sign("POST", path, body, headers))
+    headers.update(_signed(signer, "POST", path, body, headers))
     return RequestPlan(body if changed else None, path, headers)
 
 
@@ -614,7 +619,7 @@ def _claude_on_bedrock_request(
         upstream.upstream_model, stream=ctx.stream
     )
     headers = {"content-type": "application/json", "accept": "application/json"}
-    headers.update(signer.sign("POST", path, body, headers))
+    headers.update(_signed(signer, "POST", path, body, headers))
     return RequestPlan(body, path, headers)
 
 
@@ -632,7 +637,7 @@ def _claude_count_on_bedrock_request(
         upstream.upstream_model
     )
     headers = {"content-type": "application/json", "accept": "application/json"}
-    headers.update(signer.sign("POST", path, body, headers))
+    headers.update(_signed(signer, "POST", path, body, headers))
     return RequestPlan(body, path, headers)
 
 
@@ -811,6 +816,19 @@ def plan_response(
     from_provider: bool = False,
 ) -> ResponsePlan:
     """How to read (and maybe rewrite) the provider's answer for this client."""
+    plan = _answer_plan(ctx, status, headers, kind, from_provider)
+    if plan.streamed:
+        return _stream_without_provider_credentials(ctx, plan)
+    return plan
+
+
+def _answer_plan(
+    ctx: RequestContext,
+    status: int,
+    headers: dict[str, str],
+    kind: ProviderType,
+    from_provider: bool,
+) -> ResponsePlan:
     content_type = headers.get("content-type", "")
     route = ctx.route
     assert route is not None
@@ -826,7 +844,10 @@ def plan_response(
                 return _google_shaped(status)
             return ResponsePlan(None)
         return _without_provider_credentials(
-            ctx, _error_plan(ctx, status, headers, kind, content_type)
+            ctx,
+            _error_plan(ctx, status, headers, kind, content_type),
+            status,
+            headers.get("content-encoding", ""),
         )
     streaming = ctx.stream and (
         content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
@@ -1024,7 +1045,33 @@ def _provider_secrets(upstream: Upstream | None) -> list[str]:
     secrets = [value.removeprefix("Bearer ").strip() for value in values]
     if upstream.token_source is not None and upstream.token_source.token:
         secrets.append(upstream.token_source.token)
+    if upstream.signer is not None:
+        secrets.extend(_SIGNED_WITH.get(upstream.signer, ()))
     return secrets
+
+
+# What each signer's requests carried of its AWS credentials: the access key id (it names
+# the account) and, under temporary credentials, the session token, which signs nothing
+# but is a bearer secret of its own. The secret key never leaves the gateway (only a
+# signature made with it does). The last two sets, so that the answer to a request signed
+# just before a refresh is still searched for the credentials it carried.
+_SIGNED_WITH: WeakKeyDictionary[AwsSigner, tuple[str, ...]] = WeakKeyDictionary()
+_KEPT_SIGNED = 4
+_ACCESS_KEY_ID = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def _signed(
+    signer: AwsSigner, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> dict[str, str]:
+    """``signer.sign()``, noting what of the credentials the request carries (``_SIGNED_WITH``)."""
+    signed = signer.sign(method, path, body, headers)
+    found = _ACCESS_KEY_ID.search(signed.get("authorization", ""))
+    sent = (found.group(1) if found else "", signed.get("x-amz-security-token", ""))
+    known = _SIGNED_WITH.get(signer, ())
+    if not all(value in known for value in sent if value):
+        fresh = (value for value in (*sent, *known) if value)
+        _SIGNED_WITH[signer] = tuple(dict.fromkeys(fresh))[:_KEPT_SIGNED]
+    return signed
 
 
 def _provider_error(body: bytes, status: int) -> tuple[str, str]:
@@ -1049,42 +1096,143 @@ def _provider_error(body: bytes, status: int) -> tuple[str, str]:
     return without_secrets(detail)[:100], said
 
 
-def _without_provider_credentials(ctx: RequestContext, plan: ResponsePlan) -> ResponsePlan:
+def _without_provider_credentials(
+    ctx: RequestContext, plan: ResponsePlan, status: int, encoding: str = ""
+) -> ResponsePlan:
     """``plan``, reading the provider's error with every provider credential of the gateway
     cut out first.
 
     Errors other than a refusal of the gateway's key (``_refused_plan``) pass on the
     provider's words, often its whole body. A provider that quotes the request's headers
     back (a proxy in front of a model server, one in debug mode, a validation error
-    listing what it was sent) would hand the client the gateway's key. Each one is
-    replaced by as many asterisks, so a body passed on keeps its length (and its
-    ``content-length``, already sent on the lean path). Every provider's, not only this
-    request's: a failover answer comes from whichever member answered last."""
-    secrets = [
-        secret.encode()
-        for upstream in ctx.runtime.provider_upstreams.values()
-        for secret in _provider_secrets(upstream)
-        if len(secret) >= _MIN_SCRUBBED_SECRET
-    ]
-    if not secrets:
+    listing what it was sent) would hand the client the gateway's key. Each one, in each
+    form a provider could quote it (``_quoted_forms``), is replaced by as many asterisks,
+    so a body passed on keeps its length (and its ``content-length``, already sent on the
+    lean path). Every provider's, not only this request's: a failover answer comes from
+    whichever member answered last.
+
+    A compressed body (``encoding``: the gateway asks for none, a provider may compress
+    anyway) would hide the key from that search: it is read uncompressed and sent so;
+    one in an encoding the gateway cannot read (or larger, uncompressed, than the
+    largest answer Envoy buffers) is not passed on at all: the client gets the status."""
+    needles = _credential_needles(ctx)
+    compressed = encoding.strip().lower() not in ("", "identity")
+    if not needles and not compressed:
         return plan
 
     def scrub(body: bytes) -> bytes:
-        for secret in secrets:
-            body = body.replace(secret, b"*" * len(secret))
-        return body
+        return _scrubbed(body, needles)
 
+    read = scrub
+    if compressed:
+        limit = ctx.runtime.config.envoy.max_response_body_bytes
+
+        def read(body: bytes) -> bytes:
+            return scrub(_decoded(body, encoding, limit) or b"")
+
+        for name in ("content-encoding", "content-length"):
+            if name not in plan.remove_headers:
+                plan.remove_headers.append(name)
     translator = plan.translator
-    if translator is None:
+    if translator is None and compressed:
+        shape = ctx.error_shape
+        plan.translator = ErrorRewriter(lambda body: read(body) or _status_error(status, shape))
+    elif translator is None:
         plan.translator = _ScrubbedError(scrub)
     elif isinstance(translator, ErrorRewriter):
-        translator.read_first(scrub)
+        translator.read_first(read)
+    return plan
+
+
+def _stream_without_provider_credentials(ctx: RequestContext, plan: ResponsePlan) -> ResponsePlan:
+    """A streamed ``plan`` whose reader is fed the provider's bytes with every provider
+    credential of the gateway cut out (``_ScrubbedStream``): an error event inside a
+    stream quotes the provider's words as an error body does, to the client and, as the
+    request's error, to the log line."""
+    needles = _credential_needles(ctx)
+    if needles and plan.translator is not None:
+        plan.translator = _ScrubbedStream(plan.translator, needles)
     return plan
 
 
 # Shorter than this, a "secret" (a placeholder key of a local model server) could be any
 # word of an error message; no provider's real key is anywhere near as short.
 _MIN_SCRUBBED_SECRET = 8
+
+
+def _credential_needles(ctx: RequestContext) -> tuple[bytes, ...]:
+    """Every provider credential the gateway holds, in every form it is searched for."""
+    secrets = dict.fromkeys(
+        secret
+        for upstream in ctx.runtime.provider_upstreams.values()
+        for secret in _provider_secrets(upstream)
+        if len(secret) >= _MIN_SCRUBBED_SECRET
+    )
+    return _quoted_forms(tuple(secrets)) if secrets else ()
+
+
+@lru_cache(maxsize=16)
+def _quoted_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
+    """``secrets`` as a provider could quote them: as sent, URL-encoded (a query string
+    echoed back), JSON-escaped (orjson's escapes, and the ``\\/`` some encoders write for
+    a slash). They differ only for a secret with such characters (an AWS session token's
+    ``/``, ``+`` and ``=``). Longest first, so no form is cut by a shorter one inside it."""
+    forms: dict[bytes, None] = {}
+    for secret in secrets:
+        raw = secret.encode()
+        for form in (
+            raw,
+            quote(secret, safe="").encode(),
+            orjson.dumps(secret)[1:-1],
+            raw.replace(b"/", b"\\/"),
+        ):
+            forms[form] = None
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _scrubbed(body: bytes, needles: tuple[bytes, ...]) -> bytes:
+    """``body`` with each of ``needles`` replaced by as many asterisks; ``body`` itself
+    (no copy) when it holds none."""
+    for needle in needles:
+        if needle in body:
+            body = body.replace(needle, b"*" * len(needle))
+    return body
+
+
+def _unfinished(data: bytes, needles: tuple[bytes, ...]) -> int:
+    """Where the tail of ``data`` that begins one of ``needles`` starts (``len(data)``:
+    none does). Only the last ``len(needle) - 1`` bytes are looked at."""
+    cut = len(data)
+    if data[-1:] in (b"\n", b"\r"):
+        # Most chunks end an event, and no credential holds a line end: nothing to hold.
+        return cut
+    for needle in needles:
+        first = needle[:1]
+        at = data.find(first, max(0, len(data) - len(needle) + 1))
+        while at != -1 and at < cut:
+            if needle.startswith(data[at:]):
+                cut = at
+                break
+            at = data.find(first, at + 1)
+    return cut
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """``body`` decoded from its ``content-encoding`` (gzip, or deflate: zlib's format or
+    the raw one some servers send), at most ``limit`` bytes of it; None when it is in
+    another encoding, broken, cut short or larger."""
+    name = encoding.strip().lower()
+    formats = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}.get(name, ())
+    for wbits in formats:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            decoded = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if decoder.eof and len(decoded) <= limit:
+            return decoded
+        return None
+    return None
 
 
 class ErrorRewriter:
@@ -1118,6 +1266,65 @@ class _ScrubbedError(ErrorRewriter):
             scrubbed = self._rewrite(chunk)
             return None if scrubbed == chunk else scrubbed
         return super().feed(chunk, end_of_stream)
+
+
+class _ScrubbedStream:
+    """A stream's reader, fed each chunk with the gateway's provider credentials cut out.
+
+    The cost per chunk is a substring search for each credential over the bytes the
+    gateway holds anyway, no parse; a chunk without any reaches the reader, and the
+    client, as it came. A credential split over two chunks is found too: a chunk's tail
+    that begins one waits for the next chunk (in an event stream, such a tail is inside
+    an event the client cannot read before its end anyway). Everything else is the
+    reader's: its usage, its failure (whose message the log line then records without
+    the credential) and whatever else the stages read of it."""
+
+    def __init__(self, reader: ResponseTranslator, needles: tuple[bytes, ...]) -> None:
+        self._reader = reader
+        self._needles = needles
+        self._held = b""
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._reader.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._reader.usage = value
+
+    @property
+    def response_model(self) -> str | None:
+        return self._reader.response_model
+
+    @response_model.setter
+    def response_model(self, value: str | None) -> None:
+        self._reader.response_model = value
+
+    @property
+    def status(self) -> int | None:
+        return self._reader.status
+
+    @status.setter
+    def status(self, value: int | None) -> None:
+        self._reader.status = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._reader, name)
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        data = self._held + chunk if self._held else chunk
+        self._held = b""
+        data = _scrubbed(data, self._needles)
+        if not end_of_stream:
+            cut = _unfinished(data, self._needles)
+            if cut < len(data):
+                data, self._held = data[:cut], data[cut:]
+        out = self._reader.feed(data, end_of_stream)
+        if out is None and data is not chunk:
+            return data  # the reader passes on what it was fed: not the provider's chunk
+        return out
 
 
 def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> ResponsePlan:
@@ -1165,6 +1372,10 @@ def _status_error(status: int, shape: str) -> bytes:
     message = f"the provider answered with HTTP {status}"
     if shape == "anthropic":
         return anthropic_error_body(message, status)
+    if shape == "bedrock":
+        return bedrock_error_body(message, "upstream_error")
+    if shape == "google":
+        return google_error_body(message, status)
     kind_name = "server_error" if status >= 500 else "invalid_request_error"
     return error_body(message, kind_name, code="upstream_error")
 
