@@ -36,6 +36,9 @@ signature covers (Anthropic's thinking, Converse's reasoning) cannot be masked, 
 there refuses the answer (``_signed_refusal``). Sent back in a request, such reasoning is
 dropped from a closed turn instead where a mask matches (``Dropper``), and refused in the
 open one.
+On a route whose guards may change what a client sends back, a request sending thinking
+back to a Claude model that binds it to its history asks Claude to drop the thinking that
+no longer matches rather than refuse the request (``guardrails.thinking_binding``).
 
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
@@ -84,6 +87,7 @@ from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, Route
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard, signed_channel
+from extproc.guardrails.thinking_binding import ask_to_drop_changed_thinking
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
 
@@ -271,15 +275,16 @@ class GuardRequestStage:
             # keep the other, unguarded one.
             ctx.body_changed = True
         if guards.request.waits:
-            return self._checked(ctx, guards)
+            return self._checked(ctx, guards, out)
         if not guards.request.empty:
             slots, drop = _request_slots(ctx)
             if _run_matchers(ctx, "request", guards.request.matchers, slots, drop):
                 ctx.body_changed = True
         _enrich(ctx, guards)
+        ask_to_drop_changed_thinking(ctx, guards, out)
         return None
 
-    async def _checked(self, ctx: RequestContext, guards: RouteGuards) -> None:
+    async def _checked(self, ctx: RequestContext, guards: RouteGuards, out: PhaseOutput) -> None:
         assert ctx.body is not None
         phase = guards.request
         slots, drop = _request_slots(ctx)
@@ -304,6 +309,7 @@ class GuardRequestStage:
                 raise _refusal(guard, f": flagged for {', '.join(violated)}")
             record(ctx, guard.name, "request", "pass")
         _enrich(ctx, guards)
+        ask_to_drop_changed_thinking(ctx, guards, out)
 
 
 # Streams a route that guards answers refuses, and how the client asks for the answer

@@ -26,6 +26,7 @@ __all__ = [
     "THINKING_BUDGETS",
     "adaptive_effort",
     "adaptive_thinking",
+    "claude_model_family",
     "fit_thinking",
     "forced_call_with_thinking",
     "reasoning_effort",
@@ -74,7 +75,7 @@ def takes_adaptive_thinking(upstream_model: str) -> bool:
     Vertex AI's (``claude-sonnet-4-5@20250929``) or Bedrock's
     (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``, or an inference profile's ARN
     ending in one); an id the gateway cannot read is a new model, which thinks adaptively."""
-    family = _model_family(upstream_model)
+    family = claude_model_family(upstream_model)
     return family not in _BUDGET_ONLY_MODELS and not family.startswith("claude-3-")
 
 
@@ -84,7 +85,7 @@ def adaptive_thinking(upstream_model: str) -> dict[str, Any]:
     answer with an empty thinking block (Opus 4.7, Mythos Preview and later: their
     default display is ``omitted``), since the client asked to see Claude reason and
     pays for the thinking. Opus 4.6 and Sonnet 4.6 show it already and get no more."""
-    if _model_family(upstream_model) in _SHOWN_THINKING_MODELS:
+    if claude_model_family(upstream_model) in _SHOWN_THINKING_MODELS:
         return {"type": "adaptive"}
     return {"type": "adaptive", "display": "summarized"}
 
@@ -94,12 +95,12 @@ def adaptive_effort(effort: str, upstream_model: str) -> str:
     Claude that thinks adaptively: the level itself, but ``xhigh`` is ``max`` for the
     models that came before Anthropic's ``xhigh`` (``_NO_XHIGH_MODELS``), which refuse it
     and have no other level above ``high``."""
-    if effort == "xhigh" and _model_family(upstream_model) in _NO_XHIGH_MODELS:
+    if effort == "xhigh" and claude_model_family(upstream_model) in _NO_XHIGH_MODELS:
         return "max"
     return effort
 
 
-def _model_family(upstream_model: str) -> str:
+def claude_model_family(upstream_model: str) -> str:
     """A Claude model's name without date or version (``claude-sonnet-4-5``), from any of
     the ids ``takes_adaptive_thinking`` reads."""
     name = upstream_model.lower().rsplit("/", 1)[-1].partition("@")[0]
