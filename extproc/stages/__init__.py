@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from extproc.agents.stages import AgentCallStage, AgentRouteStage
 from extproc.stages.accounting import AccountingStage
+from extproc.stages.attempt import FailoverCheckStage
 from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
@@ -47,6 +48,8 @@ def default_stages() -> list[object]:
         # Before the quota stage: its `done` estimates what a cut stream produced.
         PartialUsageStage(),
         CutAnswerStage(),  # the same for a JSON answer cut (or whole) without usage
+        # After the guards (they may change the body), before the quota counts it.
+        FailoverCheckStage(),
         QuotaStage(),
         UpstreamRequestStage(),
         ResponseStage(),

@@ -183,9 +183,9 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     fail. A skipped fallback is left out of the chain the attempts read too, so even an
     attempt Envoy sent there could not serve it.
 
-    The primary is checked as a request without fallbacks is when it is translated
-    (``backends.plan_request``, after the quota too): a body it cannot be sent is the
-    client's 400 here, in the client's shape, and never reaches Envoy's attempts.
+    The primary was checked before the quota (``FailoverCheckStage``): a body it cannot
+    be sent is the client's 400 there, in the client's shape, and never reaches Envoy's
+    attempts.
 
     A request pinned to a fallback (its ``ctx.provider`` is that fallback's, set by
     ``stages.response_owner`` for a response that provider stores) goes to that member
@@ -196,15 +196,12 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     # The chain in order, the primary first: Runtime.failover is built in that order, one
     # member per provider (the config refuses two on one provider).
     members = list(ctx.runtime.failover[primary].values())
-    pinned = next(
-        (i for i, (_, up) in enumerate(members[1:]) if up.provider.name == ctx.provider), None
-    )
+    pinned = pinned_to(ctx, members)
     if pinned is not None:
         # Only that member holds what the request builds on (stages.response_owner).
         name, up = members[pinned + 1]
         chain = [[up.provider.name, name, up.upstream_model]]
         return FailoverPlan(pinned_cluster_name(primary, pinned), chain, client_request(ctx))
-    check_translation(ctx, ctx.body or {}, members[0][1])
     skipped = [
         position
         for position, (name, upstream) in enumerate(members[1:])
@@ -219,6 +216,31 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
     chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
     return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
+
+
+def pinned_to(ctx: RequestContext, members: list[tuple[str, Upstream]]) -> int | None:
+    """The position of the fallback a request is pinned to (0 is the first), if any."""
+    return next(
+        (i for i, (_, up) in enumerate(members[1:]) if up.provider.name == ctx.provider), None
+    )
+
+
+class FailoverCheckStage:
+    """Before the quota: a body a failover request's primary cannot be sent (what its
+    provider's translation refuses beyond ``backends.check_pair``: ``n`` or log
+    probabilities for Claude...) is the client's 400, as a request limit counts no other
+    400 the gateway gives before a provider is asked. After the guards, which may change
+    the body (a route's enrichment opening a conversation for Converse), as the
+    translation without fallbacks reads it. A request pinned to a fallback is that
+    member's alone, checked by its own attempt."""
+
+    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+        primary = ctx.failover_model
+        if primary is None or ctx.body is None:
+            return
+        members = list(ctx.runtime.failover[primary].values())
+        if pinned_to(ctx, members) is None:
+            check_translation(ctx, ctx.body, members[0][1])
 
 
 def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:
