@@ -55,7 +55,9 @@ class ForwardProxy:
     MAX_RECORDED = 100
     MAX_HEAD_BYTES = 16 * 1024
 
-    def __init__(self, credentials: str | None = None) -> None:
+    def __init__(self, credentials: str | None = None, listen: str = "127.0.0.1") -> None:
+        # The loopback address it listens on (``::1``: a proxy named by IPv6 address).
+        self.listen = listen
         self.targets: deque[str] = deque(maxlen=self.MAX_RECORDED)
         self.authorizations: deque[str | None] = deque(maxlen=self.MAX_RECORDED)
         self._expected = (
@@ -67,11 +69,12 @@ class ForwardProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        return f"http://{host}:{self.port}"
 
     async def start(self, port: int = 0) -> ForwardProxy:
         self._server = await asyncio.start_server(
-            self._serve, "127.0.0.1", port, limit=self.MAX_HEAD_BYTES
+            self._serve, self.listen, port, limit=self.MAX_HEAD_BYTES
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -260,26 +260,11 @@ def test_a_no_proxy_entry_it_would_misread_is_refused_saying_what_to_write(
 # --- an IPv6 proxy for the gateway's own calls ---------------------------------------
 
 
-class Ipv6ForwardProxy(ForwardProxy):
-    """The tests' proxy, listening on the IPv6 loopback."""
-
-    @property
-    def url(self) -> str:
-        return f"http://[::1]:{self.port}"
-
-    async def start(self, port: int = 0) -> Ipv6ForwardProxy:
-        self._server = await asyncio.start_server(
-            self._serve, "::1", port, limit=self.MAX_HEAD_BYTES
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-
 async def test_the_gateways_calls_go_through_a_proxy_named_by_ipv6_address(
     upstream: tuple[str, list[str]],
 ) -> None:
     try:
-        ipv6 = await Ipv6ForwardProxy().start()
+        ipv6 = await ForwardProxy(listen="::1").start()
     except OSError:
         pytest.skip("no IPv6 loopback")
     base_url, seen = upstream
