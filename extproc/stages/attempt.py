@@ -68,7 +68,8 @@ status translated to one Envoy does not retry is the client's, counted downstrea
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
 and ``anthropic-beta`` (which a Vertex attempt rewrites, Vertex refusing flags it does
-not know) come back as the client sent them, from the body, before they are translated.
+not know) come back as the client sent them, from the body, before they are translated;
+an OpenAI chat client's ``anthropic-version`` too, which its translation for Claude reads.
 """
 
 from __future__ import annotations
@@ -120,6 +121,14 @@ _STREAM_IN_PATH = frozenset(
 # earlier attempt may have changed (``anthropic-version`` is also removed as a
 # credential header below: each provider's is its own).
 _ANTHROPIC_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+# The client's headers each client API's attempts restore: an OpenAI chat client's own
+# ``anthropic-version`` decides what its translation for Claude refuses (sampling
+# parameters beside thinking), as the admission check read it (``FailoverCheckStage``);
+# no attempt rewrites its ``anthropic-beta``, which Envoy passes on as sent.
+_CLIENT_HEADERS = {
+    RouteApi.ANTHROPIC_MESSAGES: _ANTHROPIC_CLIENT_HEADERS,
+    RouteApi.OPENAI_CHAT: ("anthropic-version",),
+}
 _ATTEMPT_CREDENTIALS = (
     *headers.CLIENT_CREDENTIAL_HEADERS,
     # A Vertex attempt's quota project must not bill the next attempt's provider.
@@ -282,16 +291,15 @@ def serves_body(ctx: RequestContext, name: str, fallback: Upstream) -> bool:
 
 def client_request(ctx: RequestContext) -> dict[str, Any]:
     """What the attempts need to know of the client's request besides its body: its API,
-    for Anthropic's the client's own headers its translation reads, for the APIs whose
+    the client's own headers its translation reads (``_CLIENT_HEADERS``), for the APIs whose
     path names the operation whether it streams, for the others the client's query."""
     route = ctx.route
     assert route is not None
     carried: dict[str, str] = {}
-    if route.api is RouteApi.ANTHROPIC_MESSAGES:
-        for name in _ANTHROPIC_CLIENT_HEADERS:
-            value = ctx.request_headers.get(name)
-            if value is not None:
-                carried[name] = value
+    for name in _CLIENT_HEADERS.get(route.api, ()):
+        value = ctx.request_headers.get(name)
+        if value is not None:
+            carried[name] = value
     request: dict[str, Any] = {"api": route.api.value, "headers": carried}
     if route.api in _STREAM_IN_PATH:
         request["stream"] = ctx.stream
@@ -427,12 +435,12 @@ def restore_client_headers(ctx: RequestContext, carried: dict[str, str]) -> dict
     """Put back the client's own headers its API's translation reads, as the client sent
     them (an earlier attempt's changes replayed by Envoy undone), in the request this
     attempt reads and in the one it sends: each name with its value, or None for one the
-    client did not send. Nothing for an OpenAI client, whose attempts read none."""
+    client did not send (``_CLIENT_HEADERS``)."""
     route = ctx.route
-    if route is None or route.api is not RouteApi.ANTHROPIC_MESSAGES:
+    if route is None:
         return {}
     restored: dict[str, str | None] = {}
-    for name in _ANTHROPIC_CLIENT_HEADERS:
+    for name in _CLIENT_HEADERS.get(route.api, ()):
         value = carried.get(name)
         if value is None:
             ctx.request_headers.pop(name, None)
