@@ -954,8 +954,9 @@ class CompletionTranslator:
             "refusal": None,
         }
         if thoughts:
-            # Where OpenAI-compatible servers (and the gateway for Anthropic) put it.
-            answer["reasoning_content"] = "".join(thoughts)
+            # Where OpenAI-compatible servers (and the gateway for Anthropic) put it;
+            # thoughts apart (interleaved thinking) set apart as Anthropic's are.
+            answer["reasoning_content"] = "\n\n".join(thoughts)
         if calls:
             answer["tool_calls"] = calls
         completion: dict[str, Any] = {

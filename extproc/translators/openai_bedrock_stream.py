@@ -283,6 +283,9 @@ class StreamTranslator:
         self._tool_calls: dict[int, int] = {}
         # Tool calls (by block index) that have had no argument text yet.
         self._no_arguments_yet: set[int] = set()
+        # The block the last thinking text came from (None: none yet): thoughts of
+        # different blocks are set apart by a blank line, as the whole answer has them.
+        self._thought_block: int | None = None
         self._stopped = False
         self._done = False
         # Characters of generated text in the frames so far (stages.partial_usage), counted
@@ -388,6 +391,10 @@ class StreamTranslator:
             # Only the thinking's text: a signature or redacted thinking is not shown.
             thought = reasoning.get("text")
             if isinstance(thought, str) and thought:
+                block = _block_index(payload)
+                if self._thought_block is not None and block != self._thought_block:
+                    thought = "\n\n" + thought
+                self._thought_block = block
                 out.append(self._chunk({"reasoning_content": thought}))
             return
         tool = delta.get("toolUse")

@@ -289,6 +289,47 @@ def test_streamed_thinking_comes_as_reasoning_content_deltas() -> None:
     assert THOUGHT_SIGNATURE not in orjson.dumps(chunks).decode()
 
 
+def interleaved_thinking() -> list[dict[str, Any]]:
+    """An answer that thinks, calls a tool, and thinks again (interleaved thinking)."""
+    call = {"toolUse": {"toolUseId": "t1", "name": "lookup", "input": {}}}
+    return [
+        {"reasoningContent": {"reasoningText": {"text": "First thought.", "signature": "s"}}},
+        call,
+        {"reasoningContent": {"reasoningText": {"text": "Second thought.", "signature": "s"}}},
+    ]
+
+
+def test_two_thoughts_of_one_answer_are_set_apart_as_anthropics_are() -> None:
+    document = {
+        "output": {"message": {"role": "assistant", "content": interleaved_thinking()}},
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14},
+    }
+
+    message = completion(document)["choices"][0]["message"]
+
+    assert message["reasoning_content"] == "First thought.\n\nSecond thought."
+
+
+def test_two_streamed_thoughts_read_as_the_whole_answer_reads_them() -> None:
+    def thought(index: int, text: str) -> tuple[str, dict[str, Any]]:
+        delta = {"reasoningContent": {"text": text}}
+        return ("contentBlockDelta", {"contentBlockIndex": index, "delta": delta})
+
+    events = [
+        thought(0, "First "),
+        thought(0, "thought."),
+        ("contentBlockStop", {"contentBlockIndex": 0}),
+        thought(1, "Second thought."),
+        ("contentBlockStop", {"contentBlockIndex": 1}),
+    ]
+
+    deltas = [chunk["choices"][0]["delta"] for chunk in streamed(events)]
+
+    joined = "".join(d.get("reasoning_content", "") for d in deltas)
+    assert joined == "First thought.\n\nSecond thought."
+
+
 REDACTED = {"redactedContent": "c2VjcmV0"}
 
 
