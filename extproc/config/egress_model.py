@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr, field_validator
 
 from extproc.config.section import Section as _Section
+from extproc.envoy_values import is_ip
 
 # Longest no_proxy list: each entry is matched against every outbound host.
 MAX_NO_PROXY = 256
@@ -113,7 +114,7 @@ def _no_proxy_entry(entry: str) -> str:
     if value.startswith("[") and value.endswith("]"):
         # A bracketed IPv6 address, as URLs write it.
         value = value[1:-1]
-        if not _address(value):
+        if not is_ip(value):
             raise ValueError(f"{entry!r} is no IP address inside its brackets")
         return value
     value = value.removeprefix("*.").lstrip(".").rstrip(".")
@@ -133,14 +134,6 @@ def _no_proxy_entry(entry: str) -> str:
     if not value or any(c in value for c in " /:@[]"):
         raise ValueError(f"{entry!r} is not a host name, a domain, an IP address or a CIDR block")
     return value
-
-
-def _address(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _network(value: str) -> bool:
@@ -195,9 +188,7 @@ def egress_problems(egress: EgressConfig, destinations: list[tuple[str, str]]) -
             "egress.no_proxy"
         )
     host = urlsplit(f"http://{hostpart}").hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if not is_ip(host):
         yield (
             f"egress.proxy_url: Envoy dials the proxy by IP address only, and {named} go "
             f"through it: write the proxy's IP address instead of {host!r} (a Kubernetes "

@@ -324,11 +324,9 @@ class VertexEndpoints:
     async def _gemini_call(
         self, model: str, method: str, request: web.Request, body: Body, fault: Fault
     ) -> web.StreamResponse:
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        # A status Google has no name for (serve answered the others): still Google's shape.
-        if fault.status is not None:
-            return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
+        refused = await _google_fault(fault)
+        if refused is not None:
+            return refused
         try:
             return await self._gemini.answer(model, method, request, body, fault)
         except InvalidArgumentError as exc:
@@ -337,11 +335,9 @@ class VertexEndpoints:
     async def _embeddings(
         self, model: str, request: web.Request, body: Body, fault: Fault
     ) -> web.StreamResponse:
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        # A status Google has no name for (serve answered the others): still Google's shape.
-        if fault.status is not None:
-            return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
+        refused = await _google_fault(fault)
+        if refused is not None:
+            return refused
         try:
             answer = vertex_embeddings.predict(model, body, with_counts=not fault.no_usage)
         except InvalidArgumentError as exc:
@@ -378,3 +374,14 @@ class VertexEndpoints:
                 f"publisher/model, such as google/{model}.",
             )
         return await self._openai.chat_completions(request, body)
+
+
+async def _google_fault(fault: Fault) -> web.StreamResponse | None:
+    """What a Google model call answers first for the test's fault: after its delay, an
+    injected status (one Google has no name for: serve answered the others) in Google's
+    shape; None to go on answering."""
+    if fault.delay_s:
+        await asyncio.sleep(fault.delay_s)
+    if fault.status is not None:
+        return google_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
+    return None

@@ -11,7 +11,6 @@ reservation left behind).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +22,12 @@ from extproc.devstack import LocalStack
 from extproc.management.client import QuotaClient
 from tests.integration.conftest import (
     GatewayLog,
-    default_config,
     metric,
-    running_stack,
     scrape,
     usage_rows,
     wait_for,
-    write_config,
 )
-from tests.integration.mock_vertex import vertex_provider
+from tests.integration.mock_vertex import GEMINI_ON_VERTEX, stack_serving, vertex_config
 
 USER = [{"role": "user", "content": "tell me a long story about the sea"}]
 GEMINI_CONTENTS = [{"role": "user", "parts": [{"text": "tell me a long story about the sea"}]}]
@@ -113,15 +109,7 @@ def key_id(api: str, kind: str) -> str:
 def review_config() -> dict[str, Any]:
     """The default config, Gemini on the mock's Vertex AI, a key per case, a token budget
     for every key."""
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
-    raw["models"].append(
-        {
-            "name": "gemini-2.5-flash",
-            "provider": "vertex",
-            "upstream_model": "google/gemini-2.5-flash",
-        }
-    )
+    raw = vertex_config({"gemini-2.5-flash": GEMINI_ON_VERTEX})
     raw["routes"].insert(
         0, {"name": "gemini", "path_prefix": "/v1beta/models", "api": "gemini_generate_content"}
     )
@@ -132,11 +120,7 @@ def review_config() -> dict[str, Any]:
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("accounting-review3")
-    with running_stack(workdir, write_config(workdir, review_config())) as running:
-        yield running
+stack = stack_serving(review_config, "accounting-review3")
 
 
 def send(stack: LocalStack, call: Call, key: str, fault: str, hang_up: bool) -> str:

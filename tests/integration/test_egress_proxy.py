@@ -9,12 +9,9 @@ TLS."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 
 import httpx
 import openai
@@ -25,10 +22,9 @@ from tests.integration.conftest import (
     default_config,
     mock_requests,
     running_stack,
-    wait_for,
     write_config,
 )
-from tests.integration.test_agents import _listening
+from tests.integration.test_mcp_gaps import lenient_mcp_server
 from tests.unit.test_egress_proxy import ForwardProxy
 
 CLIENT_KEY = "team1-key"
@@ -74,20 +70,8 @@ def proxy() -> Iterator[ProxyThread]:
 @pytest.fixture(scope="module")
 def mcp_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """An MCP server outside the gateway's network (the tests' lenient one)."""
-    port = free_port()
-    start = "import sys; from tests.integration.agent_servers import run_lenient_mcp; "
-    err = tmp_path_factory.mktemp("egress-mcp") / "mcp.err"
-    with err.open("ab") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, "-c", start + "run_lenient_mcp(int(sys.argv[1]))", str(port)],
-            stdout=subprocess.DEVNULL, stderr=stderr, cwd=Path.cwd(),
-        )  # fmt: skip
-    try:
-        assert wait_for(lambda: _listening(port), 60.0), "the MCP server did not start"
+    with lenient_mcp_server(tmp_path_factory.mktemp("egress-mcp") / "mcp.err") as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(15)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ gateway's service account key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -14,34 +13,28 @@ from google import genai
 from google.genai import errors, types
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import (
-    GatewayLog,
-    default_config,
-    metric,
-    running_stack,
-    scrape,
-    write_config,
+from tests.integration.conftest import GatewayLog, metric, scrape
+from tests.integration.mock_vertex import (
+    CLAUDE_ON_VERTEX,
+    FLASH,
+    GEMINI_ON_VERTEX,
+    LOCATION,
+    stack_serving,
+    vertex_config,
+    vertex_requests,
 )
-from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
 
 CLIENT_KEY = "team1-key"
-GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
 PROMPT = "Say hello to the gateway, please."
-# USD per million tokens: Gemini 2.5 Flash's list prices.
-FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
 
 
 def gemini_config() -> dict[str, Any]:
     """The default config with the mock's Vertex AI, Gemini on it, Gemini's API on the
     SDK's own paths and again on a route that guards prompts."""
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
-    raw["models"] += [
-        {"name": "gemini-2.5-flash", "provider": "vertex", "upstream_model": GEMINI_ON_VERTEX},
-        {"name": "claude-on-vertex", "provider": "vertex",
-         "upstream_model": "claude-sonnet-4-5@20250929"},
-    ]  # fmt: skip
-    raw["pricing"]["models"]["gemini-2.5-flash"] = FLASH
+    raw = vertex_config(
+        {"gemini-2.5-flash": GEMINI_ON_VERTEX, "claude-on-vertex": CLAUDE_ON_VERTEX},
+        {"gemini-2.5-flash": FLASH},
+    )
     raw["guardrails"] = {
         "policies": [
             {
@@ -62,16 +55,7 @@ def gemini_config() -> dict[str, Any]:
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("gemini")
-    with running_stack(workdir, write_config(workdir, gemini_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
+stack = stack_serving(gemini_config, "gemini")
 
 
 # The clients made so far: the SDK closes its connections when its Client is collected,

@@ -6,7 +6,6 @@ raises is what the guards refused; the log line's usage is Google's count, guard
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -14,8 +13,8 @@ import pytest
 from google.genai import errors
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import GatewayLog, running_stack, write_config
-from tests.integration.mock_vertex import vertex_requests
+from tests.integration.conftest import GatewayLog
+from tests.integration.mock_vertex import stack_serving, vertex_requests
 from tests.integration.test_gemini_api import client, gemini_config, request_id
 
 MODEL = "gemini-2.5-flash"
@@ -55,16 +54,7 @@ def guarded_gemini_config() -> dict[str, Any]:
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("gemini-guardrails")
-    with running_stack(workdir, write_config(workdir, guarded_gemini_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
+stack = stack_serving(guarded_gemini_config, "gemini-guardrails")
 
 
 def guarded(stack: LocalStack, reply: list[str] | None = None) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,26 +70,34 @@ class Lenient:
         return found
 
 
-@pytest.fixture(scope="module")
-def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lenient]:
-    workdir = tmp_path_factory.mktemp("mcp-gaps")
+@contextmanager
+def lenient_mcp_server(stderr_file: Path) -> Iterator[int]:
+    """The tests' lenient MCP server, in a process of its own on a free port (yielded), its
+    stderr appended to ``stderr_file``; stopped on exit."""
     port = free_port()
     start = "import sys; from tests.integration.agent_servers import run_lenient_mcp; "
-    with (workdir / "lenient.err").open("ab") as err:
+    with stderr_file.open("ab") as stderr:
         server = subprocess.Popen(
             [sys.executable, "-c", start + "run_lenient_mcp(int(sys.argv[1]))", str(port)],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=Path.cwd(),
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=Path.cwd(),
         )  # fmt: skip
     try:
         assert wait_for(lambda: _listening(port), 60.0), "the lenient MCP server did not start"
+        yield port
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+@pytest.fixture(scope="module")
+def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lenient]:
+    workdir = tmp_path_factory.mktemp("mcp-gaps")
+    with lenient_mcp_server(workdir / "lenient.err") as port:
         text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\n" + ROUTES, 1)
         config = workdir / "gateway.yaml"
         config.write_text(text + AGENTS.format(port=port))
         with running_stack(workdir, config) as stack:
             yield Lenient(stack, port)
-    finally:
-        server.terminate()
-        server.wait(15)
 
 
 def deploy(**envelope: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ the OpenAI-compatible endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -15,55 +14,42 @@ import orjson
 import pytest
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import (
-    GatewayLog,
-    default_config,
-    metric,
-    running_stack,
-    scrape,
-    write_config,
+from tests.integration.conftest import GatewayLog, metric, scrape
+from tests.integration.mock_vertex import (
+    CLAUDE_ON_VERTEX,
+    FLASH,
+    GEMINI_ON_VERTEX,
+    LOCATION,
+    SONNET,
+    stack_serving,
+    tokens_issued,
+    vertex_config,
+    vertex_requests,
 )
-from tests.integration.mock_vertex import LOCATION, tokens_issued, vertex_provider, vertex_requests
 
 CLIENT_KEY = "team1-key"
 PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
-CLAUDE_ON_VERTEX = "claude-sonnet-4-5@20250929"
-GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
-# USD per million tokens: Sonnet's and Gemini Flash's list prices.
-SONNET = {"input_per_million": 3.00, "output_per_million": 15.00}
-FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
 
 
-def vertex_config() -> dict[str, Any]:
+def claude_and_gemini_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and two of its models,
     one of which a primary model fails over to."""
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
+    raw = vertex_config(
+        {"sonnet-vertex": CLAUDE_ON_VERTEX, "gemini-flash": GEMINI_ON_VERTEX},
+        {"sonnet-vertex": SONNET, "gemini-flash": FLASH},
+    )
     # A provider nothing listens for: its model fails over to Gemini on Vertex.
     raw["providers"].append(
         {"name": "unreachable", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-none"}
     )
-    raw["models"] += [
-        {"name": "sonnet-vertex", "provider": "vertex", "upstream_model": CLAUDE_ON_VERTEX},
-        {"name": "gemini-flash", "provider": "vertex", "upstream_model": GEMINI_ON_VERTEX},
+    raw["models"].append(
         {"name": "gpt-4o-failing", "provider": "unreachable", "upstream_model": "gpt-4o",
-         "fallbacks": ["gemini-flash"]},
-    ]  # fmt: skip
-    raw["pricing"]["models"]["sonnet-vertex"] = SONNET
-    raw["pricing"]["models"]["gemini-flash"] = FLASH
+         "fallbacks": ["gemini-flash"]}
+    )  # fmt: skip
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("vertex")
-    with running_stack(workdir, write_config(workdir, vertex_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
+stack = stack_serving(claude_and_gemini_config, "vertex")
 
 
 def chat(stack: LocalStack, **headers: str) -> openai.OpenAI:

@@ -6,7 +6,6 @@ own project) and the mock's Bedrock (InvokeModel, SigV4 checked)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -18,14 +17,11 @@ import pytest
 from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
-    default_config,
     metric,
     mock_requests,
-    running_stack,
     scrape,
-    write_config,
 )
-from tests.integration.mock_vertex import LOCATION, vertex_provider
+from tests.integration.mock_vertex import CLAUDE_ON_VERTEX, LOCATION, stack_serving, vertex_config
 
 CLIENT_KEY = "team1-key"
 PREFIX = "/gcp"
@@ -33,7 +29,7 @@ PREFIX = "/gcp"
 CLIENT_PROJECT, CLIENT_REGION = "client-project", "europe-west1"
 PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
 ON_ANTHROPIC = "claude-3-5-haiku-latest"  # mock-anthropic's, in the default config
-ON_VERTEX = "claude-sonnet-4-5@20250929"
+ON_VERTEX = CLAUDE_ON_VERTEX
 ON_BEDROCK = "anthropic.claude-3-haiku-20240307-v1:0"
 # Each model, the provider serving it, and where that provider got the call (the path
 # without a query, decoded; the stream's path).
@@ -62,25 +58,14 @@ VERSIONS = {
 def vertex_clients_config() -> dict[str, Any]:
     """The default config with the mock's Vertex AI, Claude on it, and an anthropic_vertex
     route under PREFIX."""
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
-    raw["models"].append({"name": ON_VERTEX, "provider": "vertex"})
+    raw = vertex_config({ON_VERTEX: ON_VERTEX})
     raw["routes"].insert(
         0, {"name": "vertex-clients", "path_prefix": PREFIX, "api": "anthropic_vertex"}
     )
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("vertex-clients")
-    with running_stack(workdir, write_config(workdir, vertex_clients_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
+stack = stack_serving(vertex_clients_config, "vertex-clients")
 
 
 def vertex_client(stack: LocalStack, key: str = CLIENT_KEY) -> anthropic.AnthropicVertex:

@@ -24,7 +24,6 @@ from openai.types.chat import ChatCompletionMessageParam
 from extproc.devstack import LocalStack
 from extproc.mock_llm.vertex_auth import write_service_account
 from tests.integration.conftest import (
-    default_config,
     metric,
     mock_requests,
     running_stack,
@@ -32,7 +31,14 @@ from tests.integration.conftest import (
     wait_for,
     write_config,
 )
-from tests.integration.mock_vertex import LOCATION, tokens_issued, vertex_provider
+from tests.integration.mock_vertex import (
+    FLASH,
+    GEMINI_ON_VERTEX,
+    LOCATION,
+    stack_serving,
+    tokens_issued,
+    vertex_config,
+)
 
 CLIENT_KEY = "team1-key"
 PROMPT: list[ChatCompletionMessageParam] = [
@@ -43,22 +49,12 @@ PROMPT: list[ChatCompletionMessageParam] = [
 RELOADED_S = 45.0
 
 
-def vertex_config() -> dict[str, Any]:
+def gemini_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and a Gemini model."""
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
-    raw["models"].append(
-        {"name": "gemini-flash", "provider": "vertex", "upstream_model": "google/gemini-2.5-flash"}
-    )
-    raw["pricing"]["models"]["gemini-flash"] = {"input_per_million": 0.3, "output_per_million": 2.5}
-    return raw
+    return vertex_config({"gemini-flash": GEMINI_ON_VERTEX}, {"gemini-flash": FLASH})
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("vertex-credentials")
-    with running_stack(workdir, write_config(workdir, vertex_config())) as running:
-        yield running
+stack = stack_serving(gemini_config, "vertex-credentials")
 
 
 def reloads(stack: LocalStack, result: str) -> float:
@@ -167,7 +163,7 @@ def test_each_worker_mints_its_own_token_and_reloads_a_rotated_key(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     workdir: Path = tmp_path_factory.mktemp("vertex-workers")
-    config = write_config(workdir, vertex_config())
+    config = write_config(workdir, gemini_config())
     with running_stack(workdir, config, workers=2) as workers:
         # Each worker mints at its start, and again in the reload it does once started
         # (to catch up with the file).

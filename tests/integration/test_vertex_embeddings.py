@@ -6,7 +6,6 @@ Vertex's token counts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -16,50 +15,22 @@ import pytest
 from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
 from extproc.mock_llm.embeddings_api import embedding_vector, text_key
-from tests.integration.conftest import (
-    GatewayLog,
-    default_config,
-    metric,
-    running_stack,
-    scrape,
-    write_config,
-)
-from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
+from tests.integration.conftest import GatewayLog, metric, scrape
+from tests.integration.mock_vertex import LOCATION, stack_serving, vertex_config, vertex_requests
+from tests.integration.test_vertex import chat
 
-CLIENT_KEY = "team1-key"
 TEXT_EMBEDDING = "text-embedding-005"
 # USD per million input tokens (text-embedding-005's list price is per character; any
 # price makes the cost say something).
 PRICE = {"input_per_million": 0.10, "output_per_million": 0.0}
 
 
-def vertex_config() -> dict[str, Any]:
-    raw = default_config()
-    raw["providers"].append(vertex_provider())
-    raw["models"] += [
-        {"name": "vertex-embed", "provider": "vertex", "upstream_model": TEXT_EMBEDDING},
-        {"name": "gemini-embed", "provider": "vertex", "upstream_model": "gemini-embedding-001"},
-    ]
-    raw["pricing"]["models"]["vertex-embed"] = PRICE
-    return raw
+def embeddings_config() -> dict[str, Any]:
+    models = {"vertex-embed": TEXT_EMBEDDING, "gemini-embed": "gemini-embedding-001"}
+    return vertex_config(models, {"vertex-embed": PRICE})
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("vertex-embeddings")
-    with running_stack(workdir, write_config(workdir, vertex_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
-
-
-def client_of(stack: LocalStack) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=30.0
-    )
+stack = stack_serving(embeddings_config, "vertex-embeddings")
 
 
 def prompt_tokens(samples: dict[str, Any]) -> float:
@@ -79,7 +50,7 @@ def test_a_batch_is_embedded_on_vertex_and_billed_by_vertexs_counts(
     before = scrape(stack.metrics_url)
 
     # The SDK asks for base64 and decodes it: the gateway encoded Vertex's floats.
-    raw = client_of(stack).embeddings.with_raw_response.create(
+    raw = chat(stack).embeddings.with_raw_response.create(
         model="vertex-embed", input=texts, dimensions=64
     )
     answer = raw.parse()
@@ -119,7 +90,7 @@ def test_a_batch_for_gemini_embedding_is_a_400_that_never_reaches_vertex(
 ) -> None:
     sent_before = len(vertex_requests(stack))
     with pytest.raises(openai.BadRequestError) as refused:
-        client_of(stack).embeddings.create(model="gemini-embed", input=["one", "two"])
+        chat(stack).embeddings.create(model="gemini-embed", input=["one", "two"])
 
     assert refused.value.status_code == 400
     assert refused.value.param == "input"
@@ -131,7 +102,7 @@ def test_an_answer_without_vertexs_counts_is_charged_the_estimate(
 ) -> None:
     text = "Count me, even if Vertex does not."
     before = scrape(stack.metrics_url)
-    raw = client_of(stack).embeddings.with_raw_response.create(
+    raw = chat(stack).embeddings.with_raw_response.create(
         model="vertex-embed", input=text, extra_headers={"x-mock-fault": "no_usage=1"}
     )
     answer = raw.parse()
@@ -148,7 +119,7 @@ def test_an_answer_that_is_not_json_is_an_openai_error_charged_nothing(
 ) -> None:
     before = scrape(stack.metrics_url)
     with pytest.raises(openai.APIStatusError) as failed:
-        client_of(stack).embeddings.create(
+        chat(stack).embeddings.create(
             model="vertex-embed", input="garbled", extra_headers={"x-mock-fault": "garbage=1"}
         )
     assert failed.value.status_code == 502
@@ -164,7 +135,7 @@ def test_an_answer_that_is_not_json_is_an_openai_error_charged_nothing(
 
 def test_a_connection_vertex_drops_is_an_openai_error(stack: LocalStack) -> None:
     with pytest.raises(openai.APIStatusError) as failed:
-        client_of(stack).embeddings.create(
+        chat(stack).embeddings.create(
             model="vertex-embed", input="dropped", extra_headers={"x-mock-fault": "reset_after=0"}
         )
     assert failed.value.status_code in (502, 503)

@@ -5,7 +5,6 @@ inside it, a project Vertex refuses the gateway, and a Vertex primary that fails
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -14,59 +13,45 @@ import orjson
 import pytest
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import (
-    GatewayLog,
-    default_config,
-    metric,
-    running_stack,
-    scrape,
-    write_config,
+from tests.integration.conftest import GatewayLog, metric, scrape
+from tests.integration.mock_vertex import (
+    CLAUDE_ON_VERTEX,
+    FLASH,
+    GEMINI_ON_VERTEX,
+    LOCATION,
+    SONNET,
+    stack_serving,
+    vertex_config,
+    vertex_provider,
+    vertex_requests,
 )
-from tests.integration.mock_vertex import LOCATION, vertex_provider, vertex_requests
-from tests.integration.test_vertex import chat, claude
-
-PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
-CLAUDE_ON_VERTEX = "claude-sonnet-4-5@20250929"
-GEMINI_ON_VERTEX = "google/gemini-2.5-flash"
-# USD per million tokens: Sonnet's and Gemini Flash's list prices.
-SONNET = {"input_per_million": 3.00, "output_per_million": 15.00}
-FLASH = {"input_per_million": 0.30, "output_per_million": 2.50}
+from tests.integration.test_vertex import PROMPT, chat, claude
 
 
 def review_config() -> dict[str, Any]:
     """The default config with the mock's Vertex AI (Claude and Gemini), the same key on a
     project Vertex refuses it, and a Vertex provider nothing listens for, whose Claude fails
     over to the mock's OpenAI models."""
-    raw = default_config()
+    raw = vertex_config(
+        {"sonnet-vertex": CLAUDE_ON_VERTEX, "gemini-flash": GEMINI_ON_VERTEX},
+        {"sonnet-vertex": SONNET, "gemini-flash": FLASH},
+    )
     raw["providers"] += [
-        vertex_provider(),
         vertex_provider("vertex-elsewhere", project="another-project"),
         vertex_provider("vertex-down", base_url="http://127.0.0.1:9"),
     ]
     raw["models"] += [
-        {"name": "sonnet-vertex", "provider": "vertex", "upstream_model": CLAUDE_ON_VERTEX},
-        {"name": "gemini-flash", "provider": "vertex", "upstream_model": GEMINI_ON_VERTEX},
         {"name": "sonnet-elsewhere", "provider": "vertex-elsewhere",
          "upstream_model": CLAUDE_ON_VERTEX},
         {"name": "sonnet-down", "provider": "vertex-down", "upstream_model": CLAUDE_ON_VERTEX,
          "fallbacks": ["gpt-4o-mini"]},
     ]  # fmt: skip
-    for name in ("sonnet-vertex", "sonnet-elsewhere", "sonnet-down"):
+    for name in ("sonnet-elsewhere", "sonnet-down"):
         raw["pricing"]["models"][name] = SONNET
-    raw["pricing"]["models"]["gemini-flash"] = FLASH
     return raw
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("vertex-review")
-    with running_stack(workdir, write_config(workdir, review_config())) as running:
-        yield running
-
-
-@pytest.fixture
-def gateway_log(stack: LocalStack) -> GatewayLog:
-    return GatewayLog(stack.gateway_log)
+stack = stack_serving(review_config, "vertex-review")
 
 
 def last_vertex_request(stack: LocalStack) -> dict[str, Any]:

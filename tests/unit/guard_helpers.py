@@ -10,6 +10,7 @@ import yaml
 
 from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
+from extproc.guardrails.stream import StreamGuard
 
 
 def config_with(guardrails: dict[str, Any], routes: dict[str, dict[str, Any]]) -> GatewayConfig:
@@ -21,8 +22,21 @@ def config_with(guardrails: dict[str, Any], routes: dict[str, dict[str, Any]]) -
     return parse_config(yaml.safe_dump(raw), "test", {})
 
 
-def openai_chunk(text: str | None, finish: str | None = None, index: int = 0) -> bytes:
-    delta = {"content": text} if text is not None else {}
+def openai_answer(**message: Any) -> bytes:
+    """A whole chat completion whose one choice's message has ``message``'s fields."""
+    return orjson.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+    )
+
+
+def openai_delta(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+    """One chat completion stream chunk: choice ``index`` with ``delta`` and ``finish``."""
     chunk = {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
@@ -33,15 +47,36 @@ def openai_chunk(text: str | None, finish: str | None = None, index: int = 0) ->
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+def openai_chunk(text: str | None, finish: str | None = None, index: int = 0) -> bytes:
+    return openai_delta({"content": text} if text is not None else {}, finish, index)
+
+
+def openai_deltas(body: bytes) -> list[dict[str, Any]]:
+    """Every choice's delta of an OpenAI stream, in order (error events carry none)."""
+    found = []
+    for event in body.split(b"\n\n"):
+        if event.startswith(b"data: {"):
+            for choice in orjson.loads(event[6:]).get("choices") or ():
+                found.append(choice.get("delta") or {})
+    return found
+
+
 def openai_stream_text(body: bytes) -> str:
     """What an OpenAI client shows: the concatenated content deltas."""
-    text = []
-    for event in body.split(b"\n\n"):
-        if not event.startswith(b"data: {"):
-            continue
-        for choice in orjson.loads(event[6:]).get("choices") or ():
-            text.append(choice.get("delta", {}).get("content") or "")
-    return "".join(text)
+    return "".join(delta.get("content") or "" for delta in openai_deltas(body))
+
+
+# What ``play`` renders where a guard refuses the rest of a stream.
+ERROR = b'{"error":{"message":"refused"}}'
+
+
+def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
+    """The stream a client gets when ``guard`` reads ``chunks`` as they arrive."""
+    out = []
+    for number, chunk in enumerate(chunks):
+        last = number == len(chunks) - 1
+        out.append(guard.render(guard.split(chunk, last), last, lambda _: ERROR))
+    return b"".join(out)
 
 
 def anthropic_event(name: str, data: dict[str, Any]) -> bytes:

@@ -3,7 +3,6 @@ the processor's answers on MCP and A2A routes, and the rendered Envoy routes."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from extproc.context import Identity
 from extproc.envoy_bootstrap import render_bootstrap, render_bootstrap_yaml
 from extproc.runtime import Services
 from extproc.testing import processor_for, request_body, request_headers, run_stream
-from tests.unit.test_envoy_bootstrap import ENVOY, cluster, gateway, routes
+from tests.unit.test_envoy_bootstrap import ENVOY, assert_envoy_accepts, cluster, gateway, routes
 
 ENGINEER = Identity(method="api_key", api_key_id="team1", user_id="alice", group_id="engineering",
                     groups=("engineering",))  # fmt: skip
@@ -365,13 +364,9 @@ def test_agent_servers_render_as_clusters_with_routes_before_the_catch_all() -> 
 def test_envoy_accepts_a_bootstrap_with_agent_servers(tmp_path: Path) -> None:
     if not ENVOY.exists():
         pytest.skip(f"no Envoy binary at {ENVOY}")
-    bootstrap = tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap_yaml(gateway(routes=AGENT_ROUTES, agents=SERVERS)))
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(
+        render_bootstrap_yaml(gateway(routes=AGENT_ROUTES, agents=SERVERS)), tmp_path
+    )
 
 
 # --- the processor on agent routes -----------------------------------------------------------

@@ -36,6 +36,7 @@ from extproc.translators.openai_bedrock import check_request, translate_request
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with
 from tests.unit.quota_helpers import DEFAULT_CONFIG
+from tests.unit.test_bedrock_invoke_review import signing_processor
 from tests.unit.test_completions_api import AUTH, error_of
 from tests.unit.test_guard_flow import upstream_body
 
@@ -254,12 +255,8 @@ async def one_request_a_minute(quota_store: QuotaStore) -> AsyncIterator[Process
     """The default config, each key allowed one request a minute; its AWS signer started."""
     services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
     config = parse_config(DEFAULT_CONFIG + ONE_REQUEST_A_MINUTE, "t", {})
-    runtime = Runtime(config, services)
-    await runtime.start()
-    try:
-        yield Processor(lambda: runtime, default_stages())
-    finally:
-        await runtime.close()
+    async with signing_processor(config, services) as processor:
+        yield processor
 
 
 async def test_a_conversation_opened_by_the_assistant_is_refused_before_the_quota(

@@ -14,8 +14,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import subprocess
-import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,9 +35,9 @@ from extproc.guardrails.webhook import SessionHolder, WebhookClient
 from extproc.providers.gcp_tokens import GcpTokenSource
 from tests.unit import test_jwt_verifier as jwt_tests
 from tests.unit.mock_vertex import mock_vertex
+from tests.unit.test_envoy_bootstrap import ENVOY, assert_envoy_accepts
 from tests.unit.test_jwt_verifier import JwksServer, mint, url_provider
 
-ENVOY = Path(sys.executable).parent / "envoy"
 # The JWT tests' JWKS server, shared rather than copied.
 jwks_server = jwt_tests.jwks_server
 PASSWORD = "pr0xy-s3cret"
@@ -387,21 +385,12 @@ def test_without_a_proxy_the_provider_clusters_are_unchanged() -> None:
 def test_envoy_accepts_a_bootstrap_with_an_egress_proxy(tmp_path: Path, fallbacks: bool) -> None:
     if not ENVOY.exists():
         pytest.skip(f"no Envoy binary at {ENVOY}")
-    bootstrap = tmp_path / "envoy.yaml"
     config = gateway(
         {"proxy_url": "http://10.1.2.3:3128"},
         fallbacks=fallbacks,
         agent_url="https://mcp.vendor.example/mcp",
     )
-    bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(render_bootstrap_yaml(config), tmp_path)
 
 
 # --- the gateway's own calls ---------------------------------------------------------

@@ -50,6 +50,7 @@ from tests.unit.test_egress_proxy import (
     verifier_through,
     webhook_at,
 )
+from tests.unit.test_envoy_bootstrap import assert_envoy_accepts
 from tests.unit.test_jwt_verifier import JwksServer
 
 __all__ = ["jwks_server", "upstream"]  # fixtures shared with test_egress_proxy
@@ -181,16 +182,7 @@ def test_envoy_accepts_ipv6_providers_and_an_ipv6_proxy(tmp_path: Path) -> None:
         "address": "fd00::5",
         "port_value": 3128,
     }
-    bootstrap = tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(render_bootstrap_yaml(config), tmp_path)
 
 
 # --- no_proxy as NO_PROXY is written -------------------------------------------------

@@ -37,6 +37,22 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
 COMMITTED = ROOT / "envoy" / "envoy.yaml"
 ENVOY = Path(sys.executable).parent / "envoy"
+
+
+def assert_envoy_accepts(rendered: str, tmp_path: Path) -> None:
+    """Envoy's own check of a rendered bootstrap (``--mode validate``) passes."""
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(rendered, encoding="utf-8")
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 REGENERATE = (
     '.venv/bin/python -c "from extproc.envoy_bootstrap import render_default; '
     "open('envoy/envoy.yaml', 'w').write(render_default())\""
@@ -113,16 +129,7 @@ def test_committed_bootstrap_is_the_render_of_the_default_config() -> None:
 def test_envoy_accepts_the_rendered_bootstrap(config: GatewayConfig, tmp_path: Path) -> None:
     if not ENVOY.exists():
         pytest.skip(f"no Envoy binary at {ENVOY}")
-    bootstrap = tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap_yaml(config), encoding="utf-8")
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(render_bootstrap_yaml(config), tmp_path)
 
 
 def test_yaml_is_deterministic_and_says_it_is_generated() -> None:

@@ -17,18 +17,13 @@ import pytest
 from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog
+from tests.unit.test_bedrock_invoke_review import signing_processor
+from tests.unit.test_bedrock_translation_gaps import ONE_REQUEST_A_MINUTE
 from tests.unit.test_failover_chain_checks import CLIENT, PROMPT, config
-
-ONE_REQUEST_A_MINUTE = """
-quotas:
-  rules:
-    - {name: one-rpm, subject: api_key, requests_per_minute: 1}
-"""
 
 
 @pytest.fixture
@@ -36,12 +31,8 @@ async def claude_failing_over_to_gpt(quota_store: QuotaStore) -> AsyncIterator[P
     """Claude on Anthropic falling back to gpt-4o, each key allowed one request a minute."""
     services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
     text = config("claude-3-5-haiku-latest", "[gpt-4o]") + ONE_REQUEST_A_MINUTE
-    runtime = Runtime(parse_config(text, "gateway.yaml", {}), services)
-    await runtime.start()
-    try:
-        yield Processor(lambda: runtime, default_stages())
-    finally:
-        await runtime.close()
+    async with signing_processor(parse_config(text, "gateway.yaml", {}), services) as processor:
+        yield processor
 
 
 async def answer(processor: Processor, **body: object) -> tuple[str, int]:

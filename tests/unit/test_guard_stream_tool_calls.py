@@ -18,10 +18,12 @@ from extproc.guardrails.content import openai_answer_slots
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.guardrails.stream import StreamGuard
 from tests.unit.guard_helpers import (
+    ERROR,
     anthropic_event,
     anthropic_stream_text,
     openai_chunk,
     openai_stream_text,
+    play,
 )
 from tests.unit.test_guard_flow import Gateway
 from tests.unit.test_guardrail_review import DONE, Hook, hooked, serving, stream_through
@@ -29,19 +31,10 @@ from tests.unit.test_guardrail_review import DONE, Hook, hooked, serving, stream
 PII = GuardConfig(name="pii", builtins=["CREDIT_CARD", "EMAIL"], action="mask")
 KEYS = GuardConfig(name="keys", patterns=[{"pattern": r"sk-[A-Za-z0-9]{8,}"}], action="reject")
 SECRET = "sk-live4f9a8b7c6d5e"
-ERROR = b'{"error":{"message":"refused"}}'
 
 
 def guard_of(*configs: GuardConfig, anthropic: bool = False) -> StreamGuard:
     return StreamGuard(Matchers(tuple(MatcherGuard(c, 256) for c in configs)), anthropic=anthropic)
-
-
-def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
-    out = []
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        out.append(guard.render(guard.split(chunk, last), last, lambda _: ERROR))
-    return b"".join(out)
 
 
 # --- OpenAI chunks ------------------------------------------------------------------------

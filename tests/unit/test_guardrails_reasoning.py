@@ -35,13 +35,20 @@ from extproc.guardrails.matching import MatcherGuard, Matchers
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.stream import StreamGuard
 from extproc.testing import client_body, response_body, response_headers
-from tests.unit.guard_helpers import anthropic_event, config_with
+from tests.unit.guard_helpers import (
+    ERROR,
+    anthropic_event,
+    config_with,
+    openai_answer,
+    openai_delta,
+    openai_deltas,
+    play,
+)
 from tests.unit.test_guard_flow import Gateway, chat, immediate, webhook_server
 
 CARD = "4111 1111 1111 1111"
 PII = GuardConfig(name="pii", builtins=["CREDIT_CARD", "EMAIL"], action="mask")
 NO_CARDS = GuardConfig(name="no-cards", builtins=["CREDIT_CARD"], action="reject")
-ERROR = b'{"error":{"message":"refused"}}'
 
 
 def matchers(*configs: GuardConfig) -> Matchers:
@@ -129,18 +136,6 @@ def policy(*response: dict[str, Any]) -> dict[str, Any]:
 
 MASK_PII = {"name": "pii", "builtins": ["CREDIT_CARD", "SSN"], "action": "mask"}
 REJECT_CARDS = {"name": "no-cards", "builtins": ["CREDIT_CARD"], "action": "reject"}
-
-
-def openai_answer(**message: Any) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "c1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", **message}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-        }
-    )
 
 
 async def answer_through(route: str, path: str, body: bytes, answer: bytes, guard: Any) -> Any:
@@ -276,33 +271,6 @@ async def test_the_response_webhook_is_sent_reasoning_as_further_choices() -> No
 # --- OpenAI streams -----------------------------------------------------------------------
 
 
-def openai_delta(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "model": "deepseek-reasoner",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
-    out = []
-    for number, chunk in enumerate(chunks):
-        last = number == len(chunks) - 1
-        out.append(guard.render(guard.split(chunk, last), last, lambda _: ERROR))
-    return b"".join(out)
-
-
-def deltas(body: bytes) -> list[dict[str, Any]]:
-    found = []
-    for block in body.split(b"\n\n"):
-        if block.startswith(b"data: {"):
-            for choice in orjson.loads(block[6:]).get("choices") or ():
-                found.append(choice.get("delta") or {})
-    return found
-
-
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_a_card_split_over_streamed_reasoning_deltas_is_masked(field: str) -> None:
     chunks = [
@@ -315,7 +283,7 @@ def test_a_card_split_over_streamed_reasoning_deltas_is_masked(field: str) -> No
     ]
     out = play(StreamGuard(matchers(PII), anthropic=False), chunks)
     assert b"4111" not in out
-    got = deltas(out)
+    got = openai_deltas(out)
     assert "".join(d.get(field) or "" for d in got) == "The card <CREDIT_CARD> is on file."
     assert "".join(d.get("content") or "" for d in got) == "Sure."
 
@@ -328,7 +296,7 @@ def test_held_reasoning_goes_out_before_the_answer_begins() -> None:
         openai_delta({}, "stop"),
         b"data: [DONE]\n\n",
     ]
-    got = deltas(play(StreamGuard(matchers(PII), anthropic=False), chunks))
+    got = openai_deltas(play(StreamGuard(matchers(PII), anthropic=False), chunks))
     fields = [name for d in got for name, value in d.items() if value]
     # A client showing reasoning, then the answer, reads them in that order.
     assert fields == ["reasoning_content", "reasoning_content", "content"]
@@ -360,7 +328,9 @@ def test_streamed_reasoning_details_are_masked() -> None:
     out = play(StreamGuard(matchers(PII), anthropic=False), chunks)
     assert b"jane@" not in out
     text = "".join(
-        item.get("text", "") for d in deltas(out) for item in d.get("reasoning_details") or ()
+        item.get("text", "")
+        for d in openai_deltas(out)
+        for item in d.get("reasoning_details") or ()
     )
     assert text == "mail <EMAIL> now"
 
@@ -532,5 +502,5 @@ async def test_an_openai_stream_through_the_processor_masks_reasoning() -> None:
     )
     shown = client_body(chunks, answers)
     assert b"4111" not in shown
-    text = "".join(d.get("reasoning_content") or "" for d in deltas(shown))
+    text = "".join(d.get("reasoning_content") or "" for d in openai_deltas(shown))
     assert text == "card <CREDIT_CARD> fine"

@@ -22,16 +22,13 @@ from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_bedrock_invoke_review import AUTH, signing_processor
 from tests.unit.test_guard_flow import Gateway, upstream_body, webhook_server
+from tests.unit.test_guardrails_reasoning_sent_back import converse_body, thinking
 
 CARD = "4111 1111 1111 1111"
 MASK_PII = {"name": "pii", "builtins": ["CREDIT_CARD", "EMAIL"], "action": "mask"}
 REJECT_SECRET = {"name": "no-secrets", "literals": ["project-zebra"], "action": "reject"}
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 CONVERSE = f"/model/{quote(HAIKU, safe='')}/converse"
-
-
-def thinking(text: str) -> dict[str, Any]:
-    return {"type": "thinking", "thinking": text, "signature": "c2ln"}
 
 
 async def test_a_block_whose_type_is_no_string_after_dropped_thinking_is_no_500() -> None:
@@ -59,17 +56,7 @@ async def test_a_block_whose_type_is_no_string_after_dropped_thinking_is_no_500(
 def converse_history(later_reasoning: str) -> dict[str, Any]:
     """A closed turn whose signed reasoning holds a card, then one whose reasoning (another
     model's, unsigned) a drop of the first takes with it."""
-    signed = {"reasoningText": {"text": f"card {CARD}", "signature": "c2ln"}}
-    unsigned = {"reasoningText": {"text": later_reasoning}}
-    return {
-        "messages": [
-            {"role": "user", "content": [{"text": "first"}]},
-            {"role": "assistant", "content": [{"reasoningContent": signed}, {"text": "A"}]},
-            {"role": "user", "content": [{"text": "second"}]},
-            {"role": "assistant", "content": [{"reasoningContent": unsigned}, {"text": "B"}]},
-            {"role": "user", "content": [{"text": "third"}]},
-        ]
-    }
+    return converse_body(f"card {CARD}", later_reasoning)
 
 
 async def converse_through(policy: dict[str, Any], body: dict[str, Any], services: Services) -> Any:

@@ -25,13 +25,19 @@ from extproc.guardrails.gemini_text import request_slots as gemini_request_slots
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.guardrails.stream import StreamGuard
 from extproc.testing import client_body, response_body, response_headers
-from tests.unit.guard_helpers import anthropic_event, config_with
+from tests.unit.guard_helpers import (
+    anthropic_event,
+    config_with,
+    openai_answer,
+    openai_delta,
+    openai_deltas,
+    play,
+)
 from tests.unit.test_guard_flow import Gateway, chat, immediate, upstream_body, webhook_server
 
 CARD = "4111 1111 1111 1111"
 MASK_PII = {"name": "pii", "builtins": ["CREDIT_CARD", "EMAIL"], "action": "mask"}
 REJECT_CARDS = {"name": "no-cards", "builtins": ["CREDIT_CARD"], "action": "reject"}
-ERROR = b'{"error":{"message":"refused"}}'
 
 
 def policy(phase: str, guard: dict[str, Any]) -> dict[str, Any]:
@@ -53,18 +59,6 @@ def masked(slots: list[Any], guards: Matchers) -> None:
 
 
 # --- 1. an OpenAI answer's refusal ----------------------------------------------------------
-
-
-def openai_answer(**message: Any) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "c1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", **message}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-        }
-    )
 
 
 async def answered(gw: Gateway, answer: bytes) -> Any:
@@ -94,32 +88,6 @@ async def test_a_reject_guard_refuses_an_answer_whose_refusal_holds_a_card() -> 
     assert "4111" not in orjson.dumps(body).decode()
 
 
-def openai_delta(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
-    out = []
-    for number, chunk in enumerate(chunks):
-        last = number == len(chunks) - 1
-        out.append(guard.render(guard.split(chunk, last), last, lambda _: ERROR))
-    return b"".join(out)
-
-
-def deltas(body: bytes) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(block[6:])["choices"][0]["delta"]
-        for block in body.split(b"\n\n")
-        if block.startswith(b"data: {") and b'"choices"' in block
-    ]
-
-
 def test_an_address_split_over_streamed_refusal_deltas_is_masked() -> None:
     chunks = [
         openai_delta({"role": "assistant", "content": None, "refusal": None}),
@@ -131,7 +99,7 @@ def test_an_address_split_over_streamed_refusal_deltas_is_masked() -> None:
     ]
     out = play(StreamGuard(matchers(MASK_PII), anthropic=False), chunks)
     assert b"jane@" not in out
-    refusal = "".join(d.get("refusal") or "" for d in deltas(out))
+    refusal = "".join(d.get("refusal") or "" for d in openai_deltas(out))
     assert refusal == "Write to <EMAIL> instead"
 
 
@@ -139,7 +107,7 @@ def test_a_refusal_held_at_the_finish_goes_out_masked_before_the_finish_chunk() 
     # The address ends the delta: it could still grow, so it waits for the finish.
     chunks = [openai_delta({"refusal": "Mail jane@example.com"}), openai_delta({}, "stop")]
     out = play(StreamGuard(matchers(MASK_PII), anthropic=False), chunks)
-    assert "".join(d.get("refusal") or "" for d in deltas(out)) == "Mail <EMAIL>"
+    assert "".join(d.get("refusal") or "" for d in openai_deltas(out)) == "Mail <EMAIL>"
     finish = [orjson.loads(b[6:]) for b in out.split(b"\n\n") if b.startswith(b"data: {")][-1]
     assert finish["choices"][0]["finish_reason"] == "stop"
 
@@ -271,9 +239,13 @@ def test_a_thinking_only_message_is_not_emptied_by_a_drop() -> None:
     assert body["messages"][1]["content"] == [thinking(f"card {CARD}")]
 
 
-def converse_body() -> dict[str, Any]:
-    signed = {"reasoningText": {"text": "mail jane@example.com", "signature": "c2ln"}}
-    unsigned = {"reasoningText": {"text": "R1 saw bob@example.com"}}
+def converse_body(
+    signed_text: str = "mail jane@example.com", unsigned_text: str = "R1 saw bob@example.com"
+) -> dict[str, Any]:
+    """Two closed Converse turns: the first's reasoning signed, the second's (another
+    model's) not."""
+    signed = {"reasoningText": {"text": signed_text, "signature": "c2ln"}}
+    unsigned = {"reasoningText": {"text": unsigned_text}}
     return {
         "messages": [
             {"role": "user", "content": [{"text": "first"}]},

@@ -29,6 +29,7 @@ from extproc.translators.openai_anthropic import (
     translate_request,
 )
 from tests.unit.quota_helpers import capped_request, used_tokens
+from tests.unit.test_thinking_budget import sent_body as changed_body
 
 MODEL = "claude-sonnet-4-5-20250929"
 ASK = {"role": "user", "content": "What is 17 * 23?"}
@@ -344,9 +345,7 @@ async def capped_chat(
 
 
 def sent_body(answer: ext.ProcessingResponse) -> dict[str, Any]:
-    mutation = answer.request_body.response.body_mutation
-    assert mutation.WhichOneof("mutation") == "body", "the body went unchanged"
-    sent: dict[str, Any] = orjson.loads(mutation.body)
+    sent = changed_body(answer)
     # What reaches Anthropic must pass its checks (the mock's).
     parse_messages_request(Body.parse(orjson.dumps(sent)))
     return sent

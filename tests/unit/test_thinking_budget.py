@@ -34,6 +34,7 @@ async def capped_messages(
 
 
 def sent_body(answer: ext.ProcessingResponse) -> dict[str, Any]:
+    """The body the gateway sent on, which it must have changed."""
     mutation = answer.request_body.response.body_mutation
     assert mutation.WhichOneof("mutation") == "body", "the body went unchanged"
     sent: dict[str, Any] = orjson.loads(mutation.body)

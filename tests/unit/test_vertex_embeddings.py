@@ -28,7 +28,6 @@ from extproc.translators.vertex_embeddings import (
     translate_request,
 )
 from tests.unit.conftest import MemoryLog
-from tests.unit.mock_vertex import mock_vertex
 from tests.unit.test_vertex_review import (
     JSON,
     OPENAI_KEY,
@@ -36,9 +35,8 @@ from tests.unit.test_vertex_review import (
     answered,
     google_error,
     sent,
-    serving,
     upstream_headers,
-    vertex_config,
+    vertex_gateway,
 )
 
 GEMINI_EMBEDDING = "gemini-embedding-001"
@@ -275,11 +273,8 @@ def access_log() -> MemoryLog:
 
 @pytest.fixture
 async def processor(tmp_path: Path, access_log: MemoryLog) -> AsyncIterator[Processor]:
-    key_file = tmp_path / "vertex-key.json"
-    async with mock_vertex(key_file) as mock:
-        config = vertex_config((mock, key_file), with_embedding_models)
-        async with serving(config, access_log) as running:
-            yield running
+    async with vertex_gateway(tmp_path, access_log, with_embedding_models) as running:
+        yield running
 
 
 async def test_a_batch_goes_to_predict_with_the_providers_access_token(

@@ -20,7 +20,6 @@ from extproc.mock_llm.vertex_gemini import InvalidArgumentError
 from extproc.processor import Processor
 from extproc.translators.vertex_embeddings import translate_request
 from tests.unit.conftest import MemoryLog
-from tests.unit.mock_vertex import mock_vertex
 from tests.unit.test_guard_flow import WORKSHOP
 from tests.unit.test_vertex_embeddings import TEXT_EMBEDDING, with_embedding_models
 from tests.unit.test_vertex_review import (
@@ -29,10 +28,9 @@ from tests.unit.test_vertex_review import (
     answered,
     google_error,
     sent,
-    serving,
     upstream_body,
     upstream_headers,
-    vertex_config,
+    vertex_gateway,
 )
 
 EMBEDDINGS = "/v1/embeddings"
@@ -64,11 +62,8 @@ def access_log() -> MemoryLog:
 
 @pytest.fixture
 async def processor(tmp_path: Path, access_log: MemoryLog) -> AsyncIterator[Processor]:
-    key_file = tmp_path / "vertex-key.json"
-    async with mock_vertex(key_file) as mock:
-        config = vertex_config((mock, key_file), with_more_vertex_models)
-        async with serving(config, access_log) as running:
-            yield running
+    async with vertex_gateway(tmp_path, access_log, with_more_vertex_models) as running:
+        yield running
 
 
 async def refused_before_the_quota(
@@ -255,12 +250,9 @@ async def test_embeddings_fail_over_to_the_same_model_named_with_or_without_its_
              "upstream_model": "google/" + TEXT_EMBEDDING},
         ]  # fmt: skip
 
-    key_file = tmp_path / "vertex-key.json"
-    async with mock_vertex(key_file) as mock:
-        config = vertex_config((mock, key_file), two_regions)
-        async with serving(config, MemoryLog()) as gateway:
-            body = {"model": "embed-us", "input": "a"}
-            answers = await sent(gateway, (EMBEDDINGS, OPENAI_KEY, body))
+    async with vertex_gateway(tmp_path, MemoryLog(), two_regions) as gateway:
+        body = {"model": "embed-us", "input": "a"}
+        answers = await sent(gateway, (EMBEDDINGS, OPENAI_KEY, body))
     chain = upstream_body(answers)[headers.FAILOVER_CHAIN_KEY]
     assert chain == [
         ["vertex", "embed-us", TEXT_EMBEDDING],

@@ -163,6 +163,20 @@ async def serving(config: GatewayConfig, log: MemoryLog) -> AsyncIterator[Proces
         await runtime.close()
 
 
+@asynccontextmanager
+async def vertex_gateway(
+    key_dir: Path, log: MemoryLog, change: Callable[[dict[str, Any]], None] | None = None
+) -> AsyncIterator[Processor]:
+    """A processor serving ``vertex_config(.., change)`` with the mock's Vertex AI, its
+    service account key written in ``key_dir``."""
+    key_file = key_dir / "vertex-key.json"
+    async with (
+        mock_vertex(key_file) as mock,
+        serving(vertex_config((mock, key_file), change), log) as running,
+    ):
+        yield running
+
+
 @pytest.fixture
 def access_log() -> MemoryLog:
     return MemoryLog()

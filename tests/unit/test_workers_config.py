@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,7 @@ from extproc.cli import build_parser
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import EXT_PROC_CLUSTER, render_bootstrap, render_bootstrap_yaml
 from extproc.worker_endpoints import WorkerRole, gather_spools, spool_dir
-
-ENVOY = Path(sys.executable).parent / "envoy"
+from tests.unit.test_envoy_bootstrap import assert_envoy_accepts
 
 
 def config(envoy: dict[str, Any] | None = None, **server: Any) -> GatewayConfig:
@@ -59,13 +56,7 @@ def test_workers_on_a_unix_socket_get_one_socket_each() -> None:
 
 
 def test_envoy_accepts_a_bootstrap_with_workers(tmp_path: Path) -> None:
-    bootstrap = tmp_path / "envoy.yaml"
-    bootstrap.write_text(render_bootstrap_yaml(config(workers=4)), encoding="utf-8")
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(bootstrap), "--log-level", "warn"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(render_bootstrap_yaml(config(workers=4)), tmp_path)
 
 
 @pytest.mark.parametrize("value", ["0", "65", "two"])
