@@ -39,6 +39,8 @@ from extproc.errors import (
 )
 
 REALM = 'Bearer realm="aigw"'
+# The error code of a bearer token (a JWT) the gateway refuses: RFC 6750's.
+_INVALID_TOKEN = "invalid_token"
 _KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 # Query parameters that carry a credential by common convention: Azure's `api-key`,
 # Google's `key`, RFC 6750's `access_token`, and their spellings.
@@ -47,13 +49,15 @@ _QUERY_CREDENTIALS = frozenset(
 )
 
 
-def _challenge(message: str, *, invalid: bool) -> AuthenticationError:
+def _challenge(message: str, *, invalid: bool, code: str | None = None) -> AuthenticationError:
+    """A 401 with its challenge; ``code``: the error's own (``invalid_token`` for a bearer
+    token refused, so a log line tells a bad JWT from a bad key), else the class's."""
     value = REALM
     if invalid:
         # RFC 6750 allows neither '"' nor '\\' inside error_description.
         description = message.replace('"', "'").replace("\\", "")
         value += f', error="invalid_token", error_description="{description}"'
-    return AuthenticationError(message, headers={"www-authenticate": value})
+    return AuthenticationError(message, code=code, headers={"www-authenticate": value})
 
 
 def looks_like_jwt(value: str) -> bool:
@@ -80,7 +84,8 @@ class AuthenticationStage:
                 message = _AWS_SIGNATURE_REFUSED
             raise _challenge(message, invalid=False)
         if len(credential) > runtime.config.auth.max_token_bytes:
-            raise _challenge("invalid token: too large", invalid=True)
+            code = _INVALID_TOKEN if looks_like_jwt(credential) else None
+            raise _challenge("invalid token: too large", invalid=True, code=code)
         if accepts_jwt and looks_like_jwt(credential):
             verifier = runtime.jwt
             assert verifier is not None
@@ -99,7 +104,7 @@ class AuthenticationStage:
                 key = found
             ctx.identity = _from_api_key(key)
         else:
-            raise _challenge("invalid token", invalid=True)
+            raise _challenge("invalid token", invalid=True, code=_INVALID_TOKEN)
         _check_route(ctx)
         return None
 
@@ -108,7 +113,7 @@ class AuthenticationStage:
         try:
             verified = await verifier.verify(token)
         except AuthenticationError as error:
-            raise _challenge(error.message, invalid=True) from None
+            raise _challenge(error.message, invalid=True, code=_INVALID_TOKEN) from None
         ctx.identity = _from_jwt(verified)
         _check_route(ctx)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jwt
 import orjson
 
 from extproc.config import parse_config
@@ -71,3 +72,30 @@ async def test_credentials_are_read_from_every_supported_place() -> None:
     assert await status_for("/v1/chat/completions", {"authorization": "Basic dGVhbTE="}) == 401
     # The route-named header is only read on that route.
     assert await status_for("/v1/chat/completions", {"x-partner-key": "team1-key"}) == 401
+
+
+async def test_a_refused_jwt_and_a_refused_key_say_which_credential_failed() -> None:
+    secret = "a-shared-secret-that-is-long-enough-000"
+    provider = (
+        "  jwt_providers:\n    - name: dev\n      issuer: https://dev.example.com\n"
+        f"      shared_secret: {secret}\n      algorithms: [HS256]\n"
+    )
+    text = DEFAULT_CONFIG.read_text().replace("\nauth:\n", "\nauth:\n" + provider, 1)
+    gateway = processor_for(parse_config(text, "gateway.yaml", {}))
+    expired = jwt.encode(
+        {"iss": "https://dev.example.com", "sub": "alice", "exp": 1_000_000_000}, secret, "HS256"
+    )
+
+    async def refusal(credential: str) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {credential}"}
+        [answer] = await run_stream(
+            gateway, [request_headers("/v1/chat/completions", headers=headers)]
+        )
+        assert answer.immediate_response.status.code == 401
+        error: dict[str, str] = orjson.loads(answer.immediate_response.body)["error"]
+        return error
+
+    token_error = await refusal(expired)
+    assert token_error["message"] == "token expired"
+    assert token_error["code"] == "invalid_token"
+    assert (await refusal("no-such-key"))["code"] == "invalid_api_key"
