@@ -129,13 +129,18 @@ class RuleSet:
         names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         found: list[Limit] = []
         for rule in self.rules:
-            subject = _subject_value(rule, identity, headers)
-            if subject is None or not _selected(rule, subject):
+            selected = [
+                subject
+                for subject in _subject_values(rule, identity, headers)
+                if _selected(rule, subject)
+            ]
+            if not selected:
                 continue
             patterns = self._models[rule.name]
             if patterns and not covers(patterns, names):
                 continue
-            found.extend(self._limits(rule, subject, now))
+            for subject in selected:
+                found.extend(self._limits(rule, subject, now))
         return refusal_order(found)
 
     def _limits(self, rule: LimitRule, subject: str, now: float) -> list[Limit]:
@@ -190,15 +195,23 @@ def _holds_until(limit: Limit) -> float:
     return math.inf if end is None else end
 
 
-def _subject_value(rule: LimitRule, identity: Identity, headers: dict[str, str]) -> str | None:
+def _subject_values(rule: LimitRule, identity: Identity, headers: dict[str, str]) -> list[str]:
+    """The request's subjects of the rule's kind: its key, user or group, or each value of
+    a header. A header sent twice reaches the gateway as one comma-separated list (as HTTP
+    reads it), and a client may write one list itself: each value is a subject, so a
+    client cannot slip a limited value past its rule by adding another beside it (a proxy
+    in front appending its value to the client's header)."""
     if rule.subject == "api_key":
-        return identity.api_key_id
-    if rule.subject == "user":
-        return identity.user_id
-    if rule.subject == "group":
-        return identity.group_id
-    value = headers.get(rule.subject.removeprefix("header:"))
-    return value or None
+        found = identity.api_key_id
+    elif rule.subject == "user":
+        found = identity.user_id
+    elif rule.subject == "group":
+        found = identity.group_id
+    else:
+        value = headers.get(rule.subject.removeprefix("header:"), "")
+        listed = (part.strip() for part in value.split(","))
+        return list(dict.fromkeys(part for part in listed if part))
+    return [found] if found else []
 
 
 def _selected(rule: LimitRule, subject: str) -> bool:

@@ -1,0 +1,83 @@
+"""A header subject whose header comes with several values: sent twice (Envoy hands each
+on; HTTP reads them as one comma-separated list) or as one comma-separated value. Each
+value is a subject of its own, so a limit on ``x-user-type: limited`` holds for a
+request whose header also carries another value (a client's own, before the one a
+proxy in front appends)."""
+
+from __future__ import annotations
+
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+from extproc.config.loader import parse_config
+from extproc.config.quota_model import LimitRule, QuotasConfig
+from extproc.context import Identity
+from extproc.processor import Processor
+from extproc.quota.rules import RuleSet
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import request_body, run_stream
+from tests.unit.conftest import MemoryLog
+from tests.unit.quota_helpers import DEFAULT_CONFIG
+
+NOW = 1_800_000_000.0
+LIMITED = LimitRule(name="limited", subject="header:x-user-type", match="limited",
+                    requests_per_minute=2)  # fmt: skip
+EACH_TEAM = LimitRule(name="each-team", subject="header:x-team", requests_per_minute=9)
+TWO_A_MINUTE = """
+quotas:
+  rules:
+    - {name: limited-users, subject: "header:x-user-type", match: limited, requests_per_minute: 2}
+"""
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def subjects(rule: LimitRule, headers: dict[str, str]) -> list[str]:
+    rules = RuleSet(QuotasConfig(rules=(rule,)))
+    found = rules.limits_for(Identity(method="api_key"), headers, "gpt-4o", NOW)
+    return sorted(limit.subject for limit in found)
+
+
+def test_a_value_among_several_is_selected() -> None:
+    assert subjects(LIMITED, {"x-user-type": "premium,limited"}) == ["limited"]
+    assert subjects(LIMITED, {"x-user-type": "premium, limited"}) == ["limited"]
+    assert subjects(LIMITED, {"x-user-type": "premium"}) == []
+
+
+def test_each_value_counts_once_and_empty_ones_not_at_all() -> None:
+    assert subjects(EACH_TEAM, {"x-team": "blue, red,blue,, "}) == ["blue", "red"]
+    assert subjects(EACH_TEAM, {"x-team": " , "}) == []
+
+
+def headers_sent_twice(name: str, *values: str) -> ext.ProcessingRequest:
+    """Envoy's request headers with ``name`` repeated, once per value, as a client (or a
+    proxy appending to the client's) sent them."""
+    message = ext.ProcessingRequest()
+    pairs = [(":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "gateway"),
+             (":scheme", "http"), ("authorization", "Bearer team1-key"),
+             *((name, value) for value in values)]  # fmt: skip
+    for key, value in pairs:
+        header = message.request_headers.headers.headers.add()
+        header.key = key
+        header.raw_value = value.encode()
+    return message
+
+
+async def test_a_client_cannot_escape_a_header_limit_by_sending_the_header_twice(
+    quota_store: QuotaStore,
+) -> None:
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
+    runtime = Runtime(parse_config(DEFAULT_CONFIG + TWO_A_MINUTE, "t", {}), services)
+    gateway = Processor(lambda: runtime, default_stages())
+    statuses = []
+    for _ in range(3):
+        answers = await run_stream(
+            gateway, [headers_sent_twice("x-user-type", "premium", "limited"), request_body(BODY)]
+        )
+        last = answers[-1]
+        statuses.append(
+            last.immediate_response.status.code if last.HasField("immediate_response") else 200
+        )
+    assert statuses == [200, 200, 429]
