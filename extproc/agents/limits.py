@@ -18,7 +18,7 @@ from extproc.agents.access import compile_globs
 from extproc.config.agents_model import AgentLimitRule
 from extproc.config.quota_model import QuotaMode, QuotasConfig, StoreFailure
 from extproc.context import Identity
-from extproc.quota.rules import Limit
+from extproc.quota.rules import Limit, selected, subject_values
 from extproc.quota.windows import WindowKind, window_for
 
 _COUNTERS: tuple[tuple[str, WindowKind], ...] = (
@@ -75,10 +75,12 @@ class AgentLimits:
         found: list[Limit] = []
         for rule in self._rules:
             config = rule.config
-            subject = _subject_value(config.subject, identity, headers)
-            if subject is None or not _selected(config.match, subject):
-                continue
-            if not rule.covers(server, tool):
+            subjects = [
+                subject
+                for subject in subject_values(config.subject, identity, headers)
+                if selected(config.match, subject)
+            ]
+            if not subjects or not rule.covers(server, tool):
                 continue
             name = COUNTER_PREFIX + config.name
             if config.per_tool and tool is not None:
@@ -86,31 +88,16 @@ class AgentLimits:
             fail_open = (config.on_store_failure or self._on_store_failure) is (
                 StoreFailure.FAIL_OPEN
             )
-            for counter, window_kind in _COUNTERS:
-                value = getattr(config, counter)
-                if value is None:
-                    continue
-                found.append(
-                    Limit(
-                        name, config.subject, subject, counter, "r", value,
-                        window_for(window_kind, now), config.mode is QuotaMode.ENFORCE,
-                        fail_open, "UTC",
-                    )
-                )  # fmt: skip
+            for subject in subjects:
+                for counter, window_kind in _COUNTERS:
+                    value = getattr(config, counter)
+                    if value is None:
+                        continue
+                    found.append(
+                        Limit(
+                            name, config.subject, subject, counter, "r", value,
+                            window_for(window_kind, now), config.mode is QuotaMode.ENFORCE,
+                            fail_open, "UTC",
+                        )
+                    )  # fmt: skip
         return found
-
-
-def _subject_value(kind: str, identity: Identity, headers: dict[str, str]) -> str | None:
-    if kind == "api_key":
-        return identity.api_key_id
-    if kind == "user":
-        return identity.user_id
-    if kind == "group":
-        return identity.group_id
-    return headers.get(kind.removeprefix("header:")) or None
-
-
-def _selected(match: str | tuple[str, ...], subject: str) -> bool:
-    if isinstance(match, str):
-        return match in {"*", subject}
-    return subject in match

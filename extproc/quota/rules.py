@@ -112,7 +112,7 @@ class RuleSet:
         """Every limit of every rule that applies to one subject (for management)."""
         found: list[Limit] = []
         for rule in self.rules:
-            if rule.subject == subject_kind and _selected(rule, subject):
+            if rule.subject == subject_kind and selected(rule.match, subject):
                 found.extend(self._limits(rule, subject, now))
         return found
 
@@ -129,17 +129,17 @@ class RuleSet:
         names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         found: list[Limit] = []
         for rule in self.rules:
-            selected = [
+            subjects = [
                 subject
-                for subject in _subject_values(rule, identity, headers)
-                if _selected(rule, subject)
+                for subject in subject_values(rule.subject, identity, headers)
+                if selected(rule.match, subject)
             ]
-            if not selected:
+            if not subjects:
                 continue
             patterns = self._models[rule.name]
             if patterns and not covers(patterns, names):
                 continue
-            for subject in selected:
+            for subject in subjects:
                 found.extend(self._limits(rule, subject, now))
         return refusal_order(found)
 
@@ -195,27 +195,27 @@ def _holds_until(limit: Limit) -> float:
     return math.inf if end is None else end
 
 
-def _subject_values(rule: LimitRule, identity: Identity, headers: dict[str, str]) -> list[str]:
-    """The request's subjects of the rule's kind: its key, user or group, or each value of
+def subject_values(kind: str, identity: Identity, headers: dict[str, str]) -> list[str]:
+    """The request's subjects of a rule's ``kind``: its key, user or group, or each value of
     a header. A header sent twice reaches the gateway as one comma-separated list (as HTTP
     reads it), and a client may write one list itself: each value is a subject, so a
     client cannot slip a limited value past its rule by adding another beside it (a proxy
     in front appending its value to the client's header)."""
-    if rule.subject == "api_key":
+    if kind == "api_key":
         found = identity.api_key_id
-    elif rule.subject == "user":
+    elif kind == "user":
         found = identity.user_id
-    elif rule.subject == "group":
+    elif kind == "group":
         found = identity.group_id
     else:
-        value = headers.get(rule.subject.removeprefix("header:"), "")
+        value = headers.get(kind.removeprefix("header:"), "")
         listed = (part.strip() for part in value.split(","))
         return list(dict.fromkeys(part for part in listed if part))
     return [found] if found else []
 
 
-def _selected(rule: LimitRule, subject: str) -> bool:
-    match = rule.match
+def selected(match: str | tuple[str, ...], subject: str) -> bool:
+    """Whether a rule's ``match`` (``"*"``, one id or a list of ids) selects ``subject``."""
     if isinstance(match, str):
         return match == "*" or match == subject
     return subject in match

@@ -9,6 +9,8 @@ from __future__ import annotations
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc.agents.limits import AgentLimits
+from extproc.config.agents_model import AgentLimitRule
 from extproc.config.loader import parse_config
 from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.context import Identity
@@ -49,6 +51,16 @@ def test_a_value_among_several_is_selected() -> None:
 def test_each_value_counts_once_and_empty_ones_not_at_all() -> None:
     assert subjects(EACH_TEAM, {"x-team": "blue, red,blue,, "}) == ["blue", "red"]
     assert subjects(EACH_TEAM, {"x-team": " , "}) == []
+
+
+def test_an_agent_limit_reads_a_headers_values_the_same_way() -> None:
+    rule = AgentLimitRule(name="limited", subject="header:x-user-type", match="limited",
+                          requests_per_minute=2)  # fmt: skip
+    limits = AgentLimits([rule], QuotasConfig())
+    found = limits.limits_for(
+        Identity(method="api_key"), {"x-user-type": "premium,limited"}, "tools", "deploy", NOW
+    )
+    assert [(limit.subject, limit.limit) for limit in found] == [("limited", 2)]
 
 
 def headers_sent_twice(name: str, *values: str) -> ext.ProcessingRequest:
