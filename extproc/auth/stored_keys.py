@@ -16,8 +16,13 @@ them permanent, the id first: an id without an expiry is a finished create. A
 revoke that finds the id of a create in flight without its record leaves both
 alone (the create has not happened yet); one that finds the record deletes it and
 then the id, and the create, whose id is then gone, deletes its record and
-fails. So a revoke racing a create never leaves a working key nobody can revoke,
-and a process that dies half-way leaves nothing that lasts past the expiry.
+fails. An id is only ever made permanent or deleted while it still names the
+caller's key (``stored_key_id.lua``): a create whose claim expired while the store
+stalled, a create cleaning up after a lost answer, or a second revoke of the same
+key never keeps or frees an id that another create holds by then. So a revoke
+racing a create never leaves a working key nobody can revoke, and a process that
+dies half-way leaves nothing that lasts past the expiry. A revoke that has deleted
+the record finishes (notice, id) even if its caller hangs up.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
@@ -44,6 +49,7 @@ import orjson
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.key_revocations import RevocationListener, announce
+from extproc.store.scripts import register
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,9 @@ CLAIM_TTL_MS = 60_000
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+# What stored_key_id.lua does with an id that still names the caller's key.
+_KEEP = "keep"
+_FREE = "free"
 
 
 class KeyIdTakenError(ValueError):
@@ -169,6 +178,7 @@ class StoredKeys:
         self.cache = cache if cache is not None else KeyCache()
         self._clock = clock
         self.listener = RevocationListener(client, key_prefix, self.cache)
+        self._id_script = register(client, "stored_key_id")
 
     def start(self) -> None:
         """Listen for revocations made by any process sharing the store."""
@@ -202,26 +212,32 @@ class StoredKeys:
         digest_hex = key_digest(secret).hex()
         stored = StoredKey(key, created_at=self._clock())
         id_key = self._id_key(key.id)
-        if not await self._client.set(id_key, digest_hex, nx=True, px=CLAIM_TTL_MS):
-            raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
         record_key = self._record_key(digest_hex)
         try:
+            if not await self._client.set(id_key, digest_hex, nx=True, px=CLAIM_TTL_MS):
+                raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
             # One slot: the record and its expiry in one transaction.
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(record_key, mapping=_to_fields(stored))
                 pipe.pexpire(record_key, CLAIM_TTL_MS)
                 await pipe.execute()
-            claimed = bool(await self._client.persist(id_key))
+            # Only while the id is still this create's: a claim that expired (the store
+            # stalled) may be another create's by now, or gone with a revoke.
+            claimed = await self._id_named(id_key, digest_hex, _KEEP)
             if claimed and not await self._client.persist(record_key):
-                # A revoke took the record after the id was made permanent: it is gone.
+                # A revoke took the record after the id was made permanent (or the store
+                # stalled past its expiry): it is gone, and so goes its id (the revoke
+                # frees it too, only while it names this key).
+                await asyncio.shield(self._id_named(id_key, digest_hex, _FREE))
                 raise KeyCreateConflictError(_revoked_while_created(key.id))
-        except KeyCreateConflictError:
+        except (KeyIdTakenError, KeyCreateConflictError):
             raise
         except BaseException:
             # A key that was never stored must not keep its id taken, nor one whose
-            # create was cancelled (the caller hung up: nobody will get its secret).
+            # create was cancelled (the caller hung up: nobody will get its secret), nor
+            # a claim whose answer was lost (it may have been taken all the same).
             # Shielded, so that a second cancellation cannot cut the clean-up short.
-            await asyncio.shield(self._undo_create(record_key, id_key))
+            await asyncio.shield(self._undo_create(record_key, id_key, digest_hex))
             raise
         if not claimed:
             # The id is gone: revoked meanwhile (or its claim expired, the store stalled,
@@ -230,12 +246,19 @@ class StoredKeys:
             raise KeyCreateConflictError(_revoked_while_created(key.id))
         return secret, stored
 
-    async def _undo_create(self, record_key: str, id_key: str) -> None:
+    async def _undo_create(self, record_key: str, id_key: str, digest_hex: str) -> None:
         # The write may have gone through all the same (its answer lost): its record
         # goes first, so that no key is left that its id cannot revoke (nobody has its
         # secret anyway), and the id stays taken, pointing at it, if that delete fails.
+        # The id only while it is this create's: another create may hold it by now.
         await self._client.delete(record_key)
-        await self._client.delete(id_key)
+        await self._id_named(id_key, digest_hex, _FREE)
+
+    async def _id_named(self, id_key: str, digest_hex: str, action: str) -> bool:
+        """Keep (make permanent) or free (delete) the id only while it names the key with
+        ``digest_hex`` (stored_key_id.lua); whether it did."""
+        named = await self._id_script(keys=[id_key], args=[digest_hex, action], client=self._client)
+        return bool(named)
 
     async def list(self) -> list[StoredKey]:
         """Every stored key, by id. SCAN, never KEYS: the store serves requests meanwhile."""
@@ -270,16 +293,24 @@ class StoredKeys:
             # exist yet, and deleting its id now would leave the key it is about to
             # write without one.
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
-        # The record first: once it is gone the secret no longer works anywhere
-        # (once the caches forget it), even if deleting the id then fails.
-        await self._client.delete(record_key)
-        self.cache.forget(bytes.fromhex(digest_hex))
-        await self._announce(key_id, digest_hex)
-        await self._client.delete(id_key)
+        # Shielded: a caller that hangs up once the record's delete is sent must not
+        # leave the other processes accepting the key for their cache's lifetime, nor
+        # the id taken by a key that no longer exists.
+        await asyncio.shield(self._delete_key(key_id, id_key, record_key, digest_hex))
         if stored is None:
             # An id whose record was never written (a create that failed half-way).
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         return stored
+
+    async def _delete_key(self, key_id: str, id_key: str, record_key: str, digest_hex: str) -> None:
+        # The record first: once it is gone the secret no longer works anywhere
+        # (once the caches forget it), even if freeing the id then fails.
+        await self._client.delete(record_key)
+        self.cache.forget(bytes.fromhex(digest_hex))
+        await self._announce(key_id, digest_hex)
+        # Only while it names the key revoked: another revoke of the same key may have
+        # freed it already, and a create taken it since.
+        await self._id_named(id_key, digest_hex, _FREE)
 
     async def _announce(self, key_id: str, digest_hex: str) -> None:
         """Make the other processes forget the key; the store already refuses it."""

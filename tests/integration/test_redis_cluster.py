@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from extproc.auth.api_keys import ApiKey, key_digest
+from extproc.auth.stored_keys import StoredKeys
 from extproc.config.quota_model import LimitRule, QuotaPeriod, QuotasConfig, TokenQuota
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
@@ -310,3 +312,28 @@ async def test_when_subjects_on_two_nodes_refuse_the_longest_lasting_limit_is_na
 
     # Naming the minute would tell the client to come back in seconds, to be refused again.
     assert isinstance(refused, Denial) and refused.limit.rule == "group-month"
+
+
+async def test_run_time_api_keys_are_created_and_revoked_by_id_across_nodes(
+    client: StoreClient,
+) -> None:
+    # A key's id and its record live in different slots; the id's keep and free are a
+    # script on the id's node alone.
+    keys = StoredKeys(client, PREFIX)
+    created = []
+    for key_id in ("ci-bot", "nightly", "batch"):
+        secret, _ = await keys.create(run_time_key(key_id))
+        created.append(secret)
+
+    assert [stored.key.id for stored in await keys.list()] == ["batch", "ci-bot", "nightly"]
+    for key_id in ("ci-bot", "nightly", "batch"):
+        assert (await keys.revoke(key_id)).key.id == key_id
+    for secret in created:
+        assert await keys.lookup(key_digest(secret)) is None
+    # Every id is free again.
+    await keys.create(run_time_key("ci-bot"))
+
+
+def run_time_key(key_id: str) -> ApiKey:
+    return ApiKey(key_id, "alice", "eng", enabled=True, expires_at=None,
+                  allowed_models=(), allowed_routes=())  # fmt: skip

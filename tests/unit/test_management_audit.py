@@ -121,7 +121,8 @@ async def test_a_limit_set_whose_confirmation_was_lost_is_audited_as_applied(
 
 class DeletesLostAfterTheFirst:
     """The real store client, except that the connection drops after one delete went
-    through: a revocation cut short after the key's record was deleted."""
+    through: a revocation cut short after the key's record was deleted (its id, freed by
+    a script, is lost with it)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -135,6 +136,11 @@ class DeletesLostAfterTheFirst:
             raise StoreConnectionError("Connection closed by server.")
         self.deleted += 1
         return await self._client.delete(*names)
+
+    async def evalsha(self, *args: Any) -> Any:
+        if self.deleted:
+            raise StoreConnectionError("Connection closed by server.")
+        return await self._client.evalsha(*args)
 
 
 async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
