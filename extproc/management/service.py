@@ -249,7 +249,11 @@ class AdminService:
                     error = f"internal error ({type(exc).__name__})"
                     self._write_audit(change, caller, context, outcome, error)
                 raise
-            # Invalid, or naming what does not exist: nothing changed, no audit line.
+            if change is not None and isinstance(exc, KeyCreateConflictError):
+                # Written to the store, then taken back (a revoke of the id raced it):
+                # nothing lasts, but the attempt is the admin's, and the audit tells it.
+                self._write_audit(change, caller, context, "failed", str(exc))
+            # Otherwise invalid, or naming what does not exist: nothing changed, no line.
             await _abort(context, code, str(exc))
         if change is not None:
             self._write_audit(change, caller, context, "applied")

@@ -180,3 +180,51 @@ async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
     assert revoked_line["key_id"] == "ci-bot"
     assert revoked_line["peer"].startswith("ipv4:127.0.0.1:")
     assert created.key.encode() not in audit.getvalue()
+
+
+class RevokedBeforeTheKeyIsKept:
+    """The real store client of a create, which lets a revoke of the same id run to its
+    end just before the create keeps its key: the create is then taken back (ABORTED)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def persist(self, *names: str) -> Any:
+        await StoredKeys(self._client, PREFIX).revoke("ci-bot")
+        return await self._client.persist(*names)
+
+
+async def test_a_create_taken_back_by_a_racing_revoke_is_audited_as_failed(
+    valkey: EmbeddedValkey,
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    current = runtime()
+    audit = io.BytesIO()
+    racing = RevokedBeforeTheKeyIsKept(client)
+    keys = KeyManagementService(lambda: current, StoredKeys(racing, PREFIX), AuditLog(audit))
+    quotas = QuotaManagementService(
+        lambda: current, QuotaAdmin(client, PREFIX, QuotaStore(client, PREFIX)), AuditLog(audit)
+    )
+    address = f"127.0.0.1:{free_port()}"
+    server = await start_server(address, quotas, keys)
+    try:
+        async with grpc_aio.insecure_channel(address) as channel:
+            stub = pb_grpc.KeyManagementStub(channel)
+            with pytest.raises(grpc_aio.AioRpcError) as refused:
+                await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
+        left = await client.keys("*")
+    finally:
+        await server.stop(None)
+        await client.aclose()
+
+    assert refused.value.code() is grpc.StatusCode.ABORTED
+    assert left == []
+    [created_line] = lines(audit)
+    assert (created_line["action"], created_line["caller"], created_line["outcome"]) == (
+        "create_key", "ops", "failed",
+    )  # fmt: skip
+    assert "revoked while it was being created" in created_line["error"]
