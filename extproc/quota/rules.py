@@ -20,6 +20,7 @@ from extproc.config.quota_model import (
     StoreFailure,
 )
 from extproc.context import Identity
+from extproc.errors import BadRequestError
 from extproc.model_names import comparable, covering_aliases, covers
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
 
@@ -33,6 +34,8 @@ _COUNTERS: tuple[tuple[str, WindowKind, str], ...] = (
     ("tokens_per_hour", WindowKind.HOUR, "t"),
     ("tokens_per_day", WindowKind.DAY, "t"),
 )
+# The most values one header subject's header may carry (each is a subject of its own).
+MAX_HEADER_SUBJECTS = 16
 _PERIODS = {
     "calendar_day": WindowKind.CALENDAR_DAY,
     "calendar_week": WindowKind.CALENDAR_WEEK,
@@ -208,9 +211,18 @@ def subject_values(kind: str, identity: Identity, headers: dict[str, str]) -> li
     elif kind == "group":
         found = identity.group_id
     else:
-        value = headers.get(kind.removeprefix("header:"), "")
-        listed = (part.strip() for part in value.split(","))
-        return list(dict.fromkeys(part for part in listed if part))
+        name = kind.removeprefix("header:")
+        listed = (part.strip() for part in headers.get(name, "").split(","))
+        values = list(dict.fromkeys(part for part in listed if part))
+        if len(values) > MAX_HEADER_SUBJECTS:
+            # Each is counted: a request must not open counters by the thousand (a rule
+            # matching "*"), and keeping only some would let a limited value hide.
+            raise BadRequestError(
+                f"header '{name}' carries {len(values)} values; a quota counts each, and "
+                f"takes at most {MAX_HEADER_SUBJECTS}",
+                code="too_many_header_values",
+            )
+        return values
     return [found] if found else []
 
 

@@ -7,6 +7,7 @@ proxy in front appends)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.agents.limits import AgentLimits
@@ -14,8 +15,9 @@ from extproc.config.agents_model import AgentLimitRule
 from extproc.config.loader import parse_config
 from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.context import Identity
+from extproc.errors import BadRequestError
 from extproc.processor import Processor
-from extproc.quota.rules import RuleSet
+from extproc.quota.rules import MAX_HEADER_SUBJECTS, RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -51,6 +53,16 @@ def test_a_value_among_several_is_selected() -> None:
 def test_each_value_counts_once_and_empty_ones_not_at_all() -> None:
     assert subjects(EACH_TEAM, {"x-team": "blue, red,blue,, "}) == ["blue", "red"]
     assert subjects(EACH_TEAM, {"x-team": " , "}) == []
+
+
+def test_a_header_with_more_values_than_a_quota_counts_is_a_400_naming_it() -> None:
+    many = ",".join(f"team-{n}" for n in range(MAX_HEADER_SUBJECTS + 1))
+    with pytest.raises(BadRequestError, match="header 'x-team' carries 17 values") as refused:
+        subjects(EACH_TEAM, {"x-team": many})
+    assert refused.value.status == 400
+    # As many as it counts are counted, each.
+    at_most = ",".join(f"team-{n}" for n in range(MAX_HEADER_SUBJECTS))
+    assert len(subjects(EACH_TEAM, {"x-team": at_most})) == MAX_HEADER_SUBJECTS
 
 
 def test_an_agent_limit_reads_a_headers_values_the_same_way() -> None:
@@ -93,3 +105,18 @@ async def test_a_client_cannot_escape_a_header_limit_by_sending_the_header_twice
             last.immediate_response.status.code if last.HasField("immediate_response") else 200
         )
     assert statuses == [200, 200, 429]
+
+
+async def test_a_request_whose_header_carries_too_many_values_gets_a_400_not_a_500(
+    quota_store: QuotaStore,
+) -> None:
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
+    runtime = Runtime(parse_config(DEFAULT_CONFIG + TWO_A_MINUTE, "t", {}), services)
+    values = [f"kind-{n}" for n in range(MAX_HEADER_SUBJECTS)] + ["limited"]
+    answers = await run_stream(
+        Processor(lambda: runtime, default_stages()),
+        [headers_sent_twice("x-user-type", *values), request_body(BODY)],
+    )
+    refused = answers[-1].immediate_response
+    assert refused.status.code == 400
+    assert orjson.loads(refused.body)["error"]["code"] == "too_many_header_values"
