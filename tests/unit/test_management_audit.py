@@ -9,6 +9,8 @@ adjustment would count it twice). A revocation cut short half-way is audited as
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -143,15 +145,14 @@ class DeletesLostAfterTheFirst:
         return await self._client.evalsha(*args)
 
 
-async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
-    valkey: EmbeddedValkey,
-) -> None:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
+@asynccontextmanager
+async def key_management(
+    client: Any, keys_client: Any, audit: io.BytesIO
+) -> AsyncIterator[pb_grpc.KeyManagementStub]:
+    """The management API on a port of its own, its stored keys on ``keys_client`` (the
+    store's client, or a wrapper of it), both services auditing into ``audit``."""
     current = runtime()
-    audit = io.BytesIO()
-    flaky = DeletesLostAfterTheFirst(client)
-    keys = KeyManagementService(lambda: current, StoredKeys(flaky, PREFIX), AuditLog(audit))
+    keys = KeyManagementService(lambda: current, StoredKeys(keys_client, PREFIX), AuditLog(audit))
     quotas = QuotaManagementService(
         lambda: current, QuotaAdmin(client, PREFIX, QuotaStore(client, PREFIX)), AuditLog(audit)
     )
@@ -159,14 +160,25 @@ async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
     server = await start_server(address, quotas, keys)
     try:
         async with grpc_aio.insecure_channel(address) as channel:
-            stub = pb_grpc.KeyManagementStub(channel)
+            yield pb_grpc.KeyManagementStub(channel)
+    finally:
+        await server.stop(None)
+
+
+async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
+    valkey: EmbeddedValkey,
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    audit = io.BytesIO()
+    try:
+        async with key_management(client, DeletesLostAfterTheFirst(client), audit) as stub:
             created = await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
             with pytest.raises(grpc_aio.AioRpcError) as cut:
                 await stub.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
         # The key's record is gone: its secret no longer works.
         still_there = await StoredKeys(client, PREFIX).lookup(key_digest(created.key))
     finally:
-        await server.stop(None)
         await client.aclose()
 
     assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -202,23 +214,13 @@ async def test_a_create_taken_back_by_a_racing_revoke_is_audited_as_failed(
 ) -> None:
     client = connect(valkey.url, 2.0)
     await client.flushdb()
-    current = runtime()
     audit = io.BytesIO()
-    racing = RevokedBeforeTheKeyIsKept(client)
-    keys = KeyManagementService(lambda: current, StoredKeys(racing, PREFIX), AuditLog(audit))
-    quotas = QuotaManagementService(
-        lambda: current, QuotaAdmin(client, PREFIX, QuotaStore(client, PREFIX)), AuditLog(audit)
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(address, quotas, keys)
     try:
-        async with grpc_aio.insecure_channel(address) as channel:
-            stub = pb_grpc.KeyManagementStub(channel)
+        async with key_management(client, RevokedBeforeTheKeyIsKept(client), audit) as stub:
             with pytest.raises(grpc_aio.AioRpcError) as refused:
                 await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
         left = await client.keys("*")
     finally:
-        await server.stop(None)
         await client.aclose()
 
     assert refused.value.code() is grpc.StatusCode.ABORTED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,17 +173,19 @@ async def test_the_claim_of_a_create_whose_process_died_expires(client: Any) -> 
         await creating
 
 
-class RevokeInBetween:
-    """The store client of a create, which lets a revoke of the same id run to its end
-    just before the create's call number ``at`` of ``method``: a revoke racing the create
-    at that step."""
+class Meanwhile:
+    """The store client of one call, which runs ``meanwhile`` just before that call's
+    ``at``-th use of ``method`` (then the method itself, unless ``meanwhile`` raises):
+    what another caller (or the store) does at that step."""
 
-    def __init__(self, client: Any, method: str, at: int = 1) -> None:
+    def __init__(
+        self, client: Any, method: str, meanwhile: Callable[[], Awaitable[None]], at: int = 1
+    ) -> None:
         self._client = client
         self._method = method
+        self._meanwhile = meanwhile
         self._at = at
         self._calls = 0
-        self.revoked: StoredKey | UnknownKeyIdError | None = None
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._client, name)
@@ -193,33 +195,43 @@ class RevokeInBetween:
         if self._calls != self._at:
             return target
         if name == "pipeline":
-            return self._revoke_first_then_pipeline(target)
+            return self._pipeline_after_meanwhile(target)
 
-        async def revoke_first(*args: Any, **kwargs: Any) -> Any:
-            await self._revoke()
+        async def after_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            await self._meanwhile()
             return await target(*args, **kwargs)
 
-        return revoke_first
+        return after_meanwhile
 
-    async def _revoke(self) -> None:
-        try:
-            self.revoked = await StoredKeys(self._client, PREFIX).revoke("ci-bot")
-        except UnknownKeyIdError as exc:
-            self.revoked = exc
-
-    def _revoke_first_then_pipeline(self, pipeline: Any) -> Any:
+    def _pipeline_after_meanwhile(self, pipeline: Any) -> Any:
         outer = self
 
-        class RevokeThenPipeline:
+        class PipelineAfterMeanwhile:
             async def __aenter__(self) -> Any:
-                await outer._revoke()
+                await outer._meanwhile()
                 self._pipe = pipeline(transaction=True)
                 return await self._pipe.__aenter__()
 
             async def __aexit__(self, *exc: Any) -> Any:
                 return await self._pipe.__aexit__(*exc)
 
-        return lambda *args, **kwargs: RevokeThenPipeline()
+        return lambda *args, **kwargs: PipelineAfterMeanwhile()
+
+
+class RevokeInBetween(Meanwhile):
+    """The store client of a create, which lets a revoke of the same id run to its end
+    just before the create's call number ``at`` of ``method``: a revoke racing the create
+    at that step."""
+
+    def __init__(self, client: Any, method: str, at: int = 1) -> None:
+        super().__init__(client, method, self._revoke, at)
+        self.revoked: StoredKey | UnknownKeyIdError | None = None
+
+    async def _revoke(self) -> None:
+        try:
+            self.revoked = await StoredKeys(self._client, PREFIX).revoke("ci-bot")
+        except UnknownKeyIdError as exc:
+            self.revoked = exc
 
 
 async def test_a_revoke_before_the_key_is_written_leaves_a_key_its_id_revokes(

@@ -6,7 +6,6 @@ does what another caller (or the store) would do at one step of the call it serv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,57 +17,13 @@ from extproc.auth.stored_keys import (
     StoredKeys,
     UnknownKeyIdError,
 )
-from tests.unit.test_stored_keys import PREFIX, client, new_key
+from tests.unit.test_stored_keys import PREFIX, Meanwhile, client, new_key
 
 __all__ = ["client"]  # the real store, flushed: test_stored_keys's fixture
 
 ID_KEY = f"{PREFIX}keyid:ci-bot"
 # The digest another create's claim names.
 OTHER_DIGEST = "0" * 64
-
-
-class Meanwhile:
-    """The store client of one call, which runs ``meanwhile`` just before that call's
-    ``at``-th use of ``method`` (then the method itself, unless ``meanwhile`` raises)."""
-
-    def __init__(
-        self, client: Any, method: str, meanwhile: Callable[[], Awaitable[None]], at: int = 1
-    ) -> None:
-        self._client = client
-        self._method = method
-        self._meanwhile = meanwhile
-        self._at = at
-        self._calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._client, name)
-        if name != self._method:
-            return target
-        self._calls += 1
-        if self._calls != self._at:
-            return target
-        if name == "pipeline":
-            return self._pipeline_after_meanwhile(target)
-
-        async def after_meanwhile(*args: Any, **kwargs: Any) -> Any:
-            await self._meanwhile()
-            return await target(*args, **kwargs)
-
-        return after_meanwhile
-
-    def _pipeline_after_meanwhile(self, pipeline: Any) -> Any:
-        outer = self
-
-        class PipelineAfterMeanwhile:
-            async def __aenter__(self) -> Any:
-                await outer._meanwhile()
-                self._pipe = pipeline(transaction=True)
-                return await self._pipe.__aenter__()
-
-            async def __aexit__(self, *exc: Any) -> Any:
-                return await self._pipe.__aexit__(*exc)
-
-        return lambda *args, **kwargs: PipelineAfterMeanwhile()
 
 
 async def works(client: Any, secret: str) -> bool:
