@@ -34,6 +34,9 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.test_stored_keys import client
+
+__all__ = ["client"]  # the real store, flushed: test_stored_keys's fixture
 
 TOKEN = "unit-audit-admin-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -165,21 +168,14 @@ async def key_management(
         await server.stop(None)
 
 
-async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(
-    valkey: EmbeddedValkey,
-) -> None:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
+async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(client: Any) -> None:
     audit = io.BytesIO()
-    try:
-        async with key_management(client, DeletesLostAfterTheFirst(client), audit) as stub:
-            created = await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
-            with pytest.raises(grpc_aio.AioRpcError) as cut:
-                await stub.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
-        # The key's record is gone: its secret no longer works.
-        still_there = await StoredKeys(client, PREFIX).lookup(key_digest(created.key))
-    finally:
-        await client.aclose()
+    async with key_management(client, DeletesLostAfterTheFirst(client), audit) as stub:
+        created = await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
+        with pytest.raises(grpc_aio.AioRpcError) as cut:
+            await stub.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
+    # The key's record is gone: its secret no longer works.
+    still_there = await StoredKeys(client, PREFIX).lookup(key_digest(created.key))
 
     assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "it may have been applied" in (cut.value.details() or "")
@@ -209,19 +205,12 @@ class RevokedBeforeTheKeyIsKept:
         return await self._client.persist(*names)
 
 
-async def test_a_create_taken_back_by_a_racing_revoke_is_audited_as_failed(
-    valkey: EmbeddedValkey,
-) -> None:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
+async def test_a_create_taken_back_by_a_racing_revoke_is_audited_as_failed(client: Any) -> None:
     audit = io.BytesIO()
-    try:
-        async with key_management(client, RevokedBeforeTheKeyIsKept(client), audit) as stub:
-            with pytest.raises(grpc_aio.AioRpcError) as refused:
-                await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
-        left = await client.keys("*")
-    finally:
-        await client.aclose()
+    async with key_management(client, RevokedBeforeTheKeyIsKept(client), audit) as stub:
+        with pytest.raises(grpc_aio.AioRpcError) as refused:
+            await stub.CreateKey(pb.CreateKeyRequest(id="ci-bot"), metadata=AUTH)
+    left = await client.keys("*")
 
     assert refused.value.code() is grpc.StatusCode.ABORTED
     assert left == []
