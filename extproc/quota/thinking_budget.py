@@ -9,7 +9,9 @@ thinking budget with it (``cap_thinking``), and a cap that leaves less room than
 least thinking needs (1,025 tokens: a budget of 1,024 and one more) refuses the request
 as it refuses a prompt that does not fit (``least_completion``), rather than send what
 the provider refuses. Adaptive thinking (``"type": "adaptive"``) names no budget and is
-left as it is.
+left as it is. Bedrock's Converse API passes Anthropic's ``thinking`` on to Claude in
+``additionalModelRequestFields`` (``converse_fields``), bounded by
+``inferenceConfig.maxTokens``: the same rules hold there.
 """
 
 from __future__ import annotations
@@ -36,12 +38,21 @@ def least_completion(body: dict[str, Any]) -> int:
     return MIN_THINKING_BUDGET + 1 if thinking_budget(body) is not None else 1
 
 
-def cap_thinking(body: dict[str, Any]) -> bool:
-    """Lower the thinking budget below the body's (capped) ``max_tokens``; whether the
-    body changed."""
+def cap_thinking(body: dict[str, Any], most: Any = None) -> bool:
+    """Lower the thinking budget below the body's (capped) ``max_tokens``, or below
+    ``most`` when given (Converse's ``maxTokens``, the body being its
+    ``additionalModelRequestFields``); whether the body changed."""
     budget = thinking_budget(body)
-    most = body.get("max_tokens")
+    if most is None:
+        most = body.get("max_tokens")
     if budget is None or not isinstance(most, int) or isinstance(most, bool) or budget < most:
         return False
     body["thinking"]["budget_tokens"] = max(MIN_THINKING_BUDGET, most - 1)
     return True
+
+
+def converse_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A Converse body's ``additionalModelRequestFields``, where Claude's ``thinking`` is
+    asked (empty when there are none)."""
+    fields = body.get("additionalModelRequestFields")
+    return fields if isinstance(fields, dict) else {}

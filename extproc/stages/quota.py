@@ -40,7 +40,12 @@ from extproc.quota.estimate import (
 )
 from extproc.quota.rules import Limit, tightest
 from extproc.quota.store import Denial, Reservation
-from extproc.quota.thinking_budget import MIN_THINKING_BUDGET, cap_thinking, least_completion
+from extproc.quota.thinking_budget import (
+    MIN_THINKING_BUDGET,
+    cap_thinking,
+    converse_fields,
+    least_completion,
+)
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
 from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
@@ -128,6 +133,13 @@ class QuotaStage:
         reservation = ctx.reservation
         store = ctx.runtime.services.quota_store
         if reservation is None or store is None:
+            return
+        if ctx.error is not None and ctx.upstream is not None and ctx.upstream_sent_at is None:
+            # Refused by the gateway after reserving, before the request left for its
+            # provider (the translation refused a field the model cannot take): all goes
+            # back, the request too, as for a hard cap's refusal. Counted, each such 400
+            # took one of the subject's requests_per_* and its valid requests got 429s.
+            store.release(reservation)
             return
         # Failover attempts cut after their provider started answering, billed beside
         # the answer (cut_answer); none on almost every request.
@@ -284,6 +296,11 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     if ctx.route is not None and ctx.route.api is RouteApi.BEDROCK_CONVERSE:
         prompt_call = converse_api.is_prompt(ctx.upstream_model or "")
         lowered = not prompt_call and converse_api.cap_completion(ctx.body, completion)
+        if lowered:
+            # Claude's thinking budget (passed on in additionalModelRequestFields) must
+            # stay below the maxTokens just lowered: Bedrock refuses it otherwise.
+            most = ctx.body["inferenceConfig"]["maxTokens"]
+            cap_thinking(converse_fields(ctx.body), most)
     elif ctx.route is not None and ctx.route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         lowered = gemini_api.cap_completion(ctx.body, completion)
     elif _other_family(ctx):
@@ -331,14 +348,15 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.
         return ctx.runtime.config.quotas.default_max_tokens
-    if (
-        route is not None
-        and route.api is RouteApi.BEDROCK_CONVERSE
-        and converse_api.is_prompt(ctx.upstream_model or "")
-    ):
-        # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses it):
-        # likewise.
-        return ctx.runtime.config.quotas.default_max_tokens
+    if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
+        if converse_api.is_prompt(ctx.upstream_model or ""):
+            # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses
+            # it): likewise.
+            return ctx.runtime.config.quotas.default_max_tokens
+        if ctx.body is not None:
+            # Claude's thinking asked in additionalModelRequestFields: room for its least
+            # budget, as on the Messages API.
+            return least_completion(converse_fields(ctx.body))
     return _LEAST_COMPLETION.get(route.api, 1) if route is not None else 1
 
 
