@@ -132,17 +132,12 @@ class RuleSet:
         names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         found: list[Limit] = []
         for rule in self.rules:
-            subjects = [
-                subject
-                for subject in subject_values(rule.subject, identity, headers)
-                if selected(rule.match, subject)
-            ]
-            if not subjects:
-                continue
             patterns = self._models[rule.name]
             if patterns and not covers(patterns, names):
-                continue
-            for subject in subjects:
+                continue  # before the subjects: a rule not covering the model reads none
+            for subject in subject_values(rule.subject, identity, headers):
+                if not selected(rule.match, subject):
+                    continue
                 found.extend(self._limits(rule, subject, now))
         return refusal_order(found)
 

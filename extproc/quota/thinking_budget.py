@@ -38,16 +38,15 @@ def least_completion(body: dict[str, Any]) -> int:
     return MIN_THINKING_BUDGET + 1 if thinking_budget(body) is not None else 1
 
 
-def cap_thinking(body: dict[str, Any], most: Any = None) -> bool:
+def cap_thinking(body: dict[str, Any], most: int | None = None) -> bool:
     """Lower the thinking budget below the body's (capped) ``max_tokens``, or below
     ``most`` when given (Converse's ``maxTokens``, the body being its
     ``additionalModelRequestFields``); whether the body changed."""
     budget = thinking_budget(body)
-    if most is None:
-        most = body.get("max_tokens")
-    if budget is None or not isinstance(most, int) or isinstance(most, bool) or budget < most:
+    bound = body.get("max_tokens") if most is None else most
+    if budget is None or not isinstance(bound, int) or isinstance(bound, bool) or budget < bound:
         return False
-    body["thinking"]["budget_tokens"] = max(MIN_THINKING_BUDGET, most - 1)
+    body["thinking"]["budget_tokens"] = max(MIN_THINKING_BUDGET, bound - 1)
     return True
 
 

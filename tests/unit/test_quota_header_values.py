@@ -120,3 +120,11 @@ async def test_a_request_whose_header_carries_too_many_values_gets_a_400_not_a_5
     refused = answers[-1].immediate_response
     assert refused.status.code == 400
     assert orjson.loads(refused.body)["error"]["code"] == "too_many_header_values"
+
+
+def test_a_header_rule_for_another_model_reads_no_header_values() -> None:
+    other_model = LimitRule(name="minis", subject="header:x-team", models=("gpt-4o-mini*",),
+                            requests_per_minute=9)  # fmt: skip
+    many = ",".join(f"team-{n}" for n in range(MAX_HEADER_SUBJECTS + 1))
+    # The request is for gpt-4o: the rule does not apply, and its header is no 400.
+    assert subjects(other_model, {"x-team": many}) == []
