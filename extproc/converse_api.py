@@ -148,13 +148,19 @@ def is_prompt(model_id: str) -> bool:
     return model_id.startswith("arn:") and ":prompt/" in model_id
 
 
-def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
-    """The most the answer may take: ``inferenceConfig.maxTokens``, else the default."""
+def named_max_tokens(body: dict[str, Any]) -> int | None:
+    """The ``inferenceConfig.maxTokens`` a Converse body names; None when it names none."""
     config = body.get("inferenceConfig")
     value = config.get("maxTokens") if isinstance(config, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    return default_max_tokens
+    return None
+
+
+def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
+    """The most the answer may take: ``inferenceConfig.maxTokens``, else the default."""
+    named = named_max_tokens(body)
+    return default_max_tokens if named is None else named
 
 
 def cap_completion(body: dict[str, Any], most: int) -> bool:

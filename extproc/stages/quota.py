@@ -45,6 +45,7 @@ from extproc.quota.thinking_budget import (
     cap_thinking,
     converse_fields,
     least_completion,
+    thinking_budget,
 )
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
@@ -194,6 +195,12 @@ def reserved_completion(ctx: RequestContext) -> int:
         return 0
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
+        budget = thinking_budget(converse_fields(ctx.body))
+        if budget is not None and converse_api.named_max_tokens(ctx.body) is None:
+            # Claude asked to think with no maxTokens: room for the budget and an answer
+            # of the default, as reasoning_effort reserves. The default alone left a hard
+            # cap writing a maxTokens the budget cannot stay below (Bedrock's 400).
+            return default_max_tokens + budget
         return converse_api.completion_allowance(ctx.body, default_max_tokens)
     if route is not None and route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         return gemini_api.completion_allowance(ctx.body, default_max_tokens)

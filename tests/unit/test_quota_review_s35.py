@@ -121,13 +121,16 @@ async def capped_converse(
     return answers[-1]
 
 
-def thinking_converse(max_tokens: int = 32_000, budget: int = 31_999) -> dict[str, Any]:
-    """A Converse call asking Claude to think (Anthropic's fields, passed on to Claude)."""
-    return {
+def thinking_converse(max_tokens: int | None = 32_000, budget: int = 31_999) -> dict[str, Any]:
+    """A Converse call asking Claude to think (Anthropic's fields, passed on to Claude),
+    with no inferenceConfig when ``max_tokens`` is None."""
+    body: dict[str, Any] = {
         "messages": [{"role": "user", "content": [{"text": "Plan it, then do it."}]}],
-        "inferenceConfig": {"maxTokens": max_tokens},
         "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": budget}},
     }
+    if max_tokens is not None:
+        body["inferenceConfig"] = {"maxTokens": max_tokens}
+    return body
 
 
 async def test_a_cap_on_converse_lowers_claudes_thinking_budget_below_max_tokens(
@@ -155,3 +158,18 @@ async def test_a_cap_too_small_for_converse_thinking_is_a_429_not_bedrocks_400(
     refused = refusal(await capped_converse(quota_store, 600, thinking_converse()))
 
     assert refused is not None and refused[0] == 429
+
+
+async def test_a_cap_on_converse_thinking_without_max_tokens_leaves_room_for_the_budget(
+    quota_store: QuotaStore,
+) -> None:
+    # No maxTokens: the request is reserved the default answer (1,000 tokens here) and
+    # its thinking budget, as reasoning_effort is. Reserving the default alone made the
+    # cap write maxTokens 1,000, which no budget (at least 1,024) stays below.
+    answer = await capped_converse(quota_store, 5_000, thinking_converse(None, 2_000))
+
+    sent = orjson.loads(answer.request_body.response.body_mutation.body)
+    most = sent["inferenceConfig"]["maxTokens"]
+    budget = sent["additionalModelRequestFields"]["thinking"]["budget_tokens"]
+    assert 1_024 <= budget < most <= 3_000
+    assert claude_thinks(SONNET, sent)
