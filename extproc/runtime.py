@@ -285,6 +285,8 @@ class Runtime:
         self.provider_upstreams = {p.name: self._upstream("", p) for p in config.providers}
         # Streams serving on this runtime; it closes once retired and back to zero.
         self._streams = 0
+        # Made when the process stops and waits for its streams (streams_ended).
+        self._idle: asyncio.Event | None = None
         self._retired = False
         self._closing: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -395,8 +397,24 @@ class Runtime:
 
     def _stream_ended(self, _stream: asyncio.Task[Any]) -> None:
         self._streams -= 1
-        if self._retired and self._streams == 0:
-            self._close_soon()
+        if self._streams == 0:
+            if self._idle is not None:
+                self._idle.set()
+            if self._retired:
+                self._close_soon()
+
+    async def streams_ended(self, timeout_s: float) -> bool:
+        """Wait until every stream serving on this runtime has ended, its ``finally``
+        run (its log line, usage and settlement handed over); False when some had not
+        within ``timeout_s``. For a stopping process whose server took no new streams."""
+        if self._streams == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def retire(self, max_wait_s: float) -> None:
         """A reload replaced this runtime: close its clients once its last stream has ended.

@@ -87,6 +87,9 @@ STARTED_TELEMETRY_FIELDS = {
 # ends; this bound is only a safety net against a stream that never does. Far beyond
 # any request Envoy lets run with the rendered timeouts (300 s per provider by default).
 RETIRED_CONFIG_MAX_WAIT_S = 3600.0
+# How long a stopping process waits, after the grace period, for the streams it cut to
+# run their last lines; they end within a few loop turns unless a stage's clean-up hangs.
+STREAMS_END_WAIT_S = 5.0
 # Envoy's keepalive pings may come this share of server.keepalive.interval_s apart
 # (keepalive_permission); pings closer than that count as strikes.
 PERMITTED_INTERVAL_SHARE = 0.5
@@ -381,6 +384,7 @@ class Gateway:
         await asyncio.gather(
             *(server.stop(grace) for server in (self._server, self._management) if server)
         )
+        await self._streams_ended()
         if self.services.usage_writer is not None:
             await self.services.usage_writer.close()
         if self.services.quota_store is not None:
@@ -403,6 +407,22 @@ class Gateway:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         self.services.access_log.close()
+
+    async def _streams_ended(self) -> None:
+        """Wait for the streams cut at the end of the grace period to end.
+
+        grpc.aio's ``stop`` returns once it has cancelled the calls still open, before
+        their tasks have run: a call waiting on a store or a guard then runs its
+        ``finally`` (its log line, its usage, its quota settlement) later, and it must
+        do so before the writers below close."""
+        runtimes = (self.runtime, *self._retired)
+        ended = await asyncio.gather(*(r.streams_ended(STREAMS_END_WAIT_S) for r in runtimes))
+        if not all(ended):
+            log.error(
+                "ext_proc streams still running %.0f s after the grace period: their usage"
+                " may be lost",
+                STREAMS_END_WAIT_S,
+            )
 
 
 async def serve(
