@@ -29,6 +29,10 @@ CONTENT_TYPE = "application/vnd.amazon.eventstream"
 MAX_HEADERS_LENGTH = 128 * 1024
 MAX_PAYLOAD_LENGTH = 24 * 1024 * 1024
 
+# The least a message takes (its framing around no headers and no payload) and the most.
+MIN_MESSAGE_LENGTH = 16
+MAX_MESSAGE_LENGTH = MIN_MESSAGE_LENGTH + MAX_HEADERS_LENGTH + MAX_PAYLOAD_LENGTH
+
 _STRING_TYPE = 7
 _PRELUDE = struct.Struct("!II")
 _UINT32 = struct.Struct("!I")
@@ -97,3 +101,40 @@ def encode_exception(exception_type: str, payload: bytes) -> bytes:
         },
         payload,
     )
+
+
+def whole_messages(data: bytes) -> int | None:
+    """How many leading bytes of ``data`` are whole messages, read from their length
+    fields alone; None when a length no message can have says ``data`` is no event
+    stream (or not from a message's start)."""
+    at, end = 0, len(data)
+    while end - at >= 4:
+        (total,) = _UINT32.unpack_from(data, at)
+        if not MIN_MESSAGE_LENGTH <= total <= MAX_MESSAGE_LENGTH:
+            return None
+        if end - at < total:
+            break
+        at += total
+    return at
+
+
+def with_fresh_checksums(original: bytes, changed: bytes) -> bytes:
+    """``changed``, which is ``original`` (messages from their start) with bytes replaced
+    in place, with each changed message's CRC made again over what it now holds.
+
+    A message whose CRC did not match in ``original`` keeps its CRC: a broken message
+    stays broken. A partial message at the end is left as it is."""
+    out = bytearray(changed)
+    at, end = 0, len(original)
+    while end - at >= 4:
+        (total,) = _UINT32.unpack_from(original, at)
+        stop = at + total
+        if total < MIN_MESSAGE_LENGTH or stop > end:
+            break
+        crc_at = stop - 4
+        if out[at:stop] != original[at:stop]:
+            (sent,) = _UINT32.unpack_from(original, crc_at)
+            if sent == _crc32(original[at:crc_at]):
+                _UINT32.pack_into(out, crc_at, _crc32(out[at:crc_at]))
+        at = stop
+    return bytes(out)

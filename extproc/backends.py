@@ -76,7 +76,7 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
-from extproc import bedrock_count_tokens, gemini_api
+from extproc import aws_eventstream, bedrock_count_tokens, gemini_api
 from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
 from extproc.config.model import (
     GEMINI_APIS,
@@ -131,7 +131,7 @@ from extproc.translators.base import (
 )
 
 SSE = "text/event-stream"
-AWS_EVENT_STREAM = "application/vnd.amazon.eventstream"
+AWS_EVENT_STREAM = aws_eventstream.CONTENT_TYPE
 # Envoy's router adds this to every answer that came from an upstream.
 ENVOY_UPSTREAM_TIME = "x-envoy-upstream-service-time"
 # The client APIs that speak Anthropic's wire format (and its error shape).
@@ -818,7 +818,8 @@ def plan_response(
     """How to read (and maybe rewrite) the provider's answer for this client."""
     plan = _answer_plan(ctx, status, headers, kind, from_provider)
     if plan.streamed:
-        return _stream_without_provider_credentials(ctx, plan)
+        framed = headers.get("content-type", "").startswith(AWS_EVENT_STREAM)
+        return _stream_without_provider_credentials(ctx, plan, framed)
     return plan
 
 
@@ -1144,14 +1145,18 @@ def _without_provider_credentials(
     return plan
 
 
-def _stream_without_provider_credentials(ctx: RequestContext, plan: ResponsePlan) -> ResponsePlan:
+def _stream_without_provider_credentials(
+    ctx: RequestContext, plan: ResponsePlan, framed: bool
+) -> ResponsePlan:
     """A streamed ``plan`` whose reader is fed the provider's bytes with every provider
-    credential of the gateway cut out (``_ScrubbedStream``): an error event inside a
-    stream quotes the provider's words as an error body does, to the client and, as the
-    request's error, to the log line."""
+    credential of the gateway cut out (``_ScrubbedStream``; ``_ScrubbedFrames`` for an
+    AWS event stream, ``framed``): an error event inside a stream quotes the provider's
+    words as an error body does, to the client and, as the request's error, to the log
+    line."""
     needles = _credential_needles(ctx)
     if needles and plan.translator is not None:
-        plan.translator = _ScrubbedStream(plan.translator, needles)
+        scrubbed = _ScrubbedFrames if framed else _ScrubbedStream
+        plan.translator = scrubbed(plan.translator, needles)
     return plan
 
 
@@ -1324,6 +1329,43 @@ class _ScrubbedStream:
         out = self._reader.feed(data, end_of_stream)
         if out is None and data is not chunk:
             return data  # the reader passes on what it was fed: not the provider's chunk
+        return out
+
+
+class _ScrubbedFrames(_ScrubbedStream):
+    """An AWS event stream's reader, fed whole messages with the credentials cut out.
+
+    A message's CRC runs over its payload, so one whose credential was starred out
+    gets a CRC of what it now holds (the client's SDK, and the gateway's own reader of
+    a translated stream, refuse a message whose CRC does not match, and would report a
+    broken stream instead of the provider's error). A message split over chunks waits
+    for its end, which the client cannot read before anyway: searched whole, no
+    credential is ever split. Messages that come whole, as nearly all do, pass as they
+    came. Bytes that frame no message are searched as any stream's."""
+
+    def __init__(self, reader: ResponseTranslator, needles: tuple[bytes, ...]) -> None:
+        super().__init__(reader, needles)
+        self._framed = True
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if not self._framed:
+            return super().feed(chunk, end_of_stream)
+        data = self._held + chunk if self._held else chunk
+        self._held = b""
+        whole = aws_eventstream.whole_messages(data)
+        if whole is None:
+            # No event stream after all: searched as any stream's bytes from here on.
+            self._framed = False
+            out = super().feed(data, end_of_stream)
+            return data if out is None and data is not chunk else out
+        if not end_of_stream and whole < len(data):
+            data, self._held = data[:whole], data[whole:]
+        scrubbed = _scrubbed(data, self._needles)
+        if scrubbed is not data:
+            scrubbed = aws_eventstream.with_fresh_checksums(data, scrubbed)
+        out = self._reader.feed(scrubbed, end_of_stream)
+        if out is None and scrubbed is not chunk:
+            return scrubbed  # the reader passes on what it was fed: not the provider's chunk
         return out
 
 

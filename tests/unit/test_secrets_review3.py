@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.aws_eventstream import encode_event, encode_exception
@@ -318,21 +319,84 @@ async def test_a_stream_without_any_credential_passes_byte_for_byte(
     assert not any(body.HasField("body_mutation") for body in bodies)
 
 
+BEDROCK_FRAMES = encode_event("messageStart", b'{"role":"assistant"}') + encode_exception(
+    "validationException", as_json({"message": echo("the stream failed")})
+)
+
+
 async def test_a_bedrock_exception_frame_quoting_the_session_token_shows_the_client_none(
     gateway: Processor, services: Services
 ) -> None:
-    frames = encode_event("messageStart", b'{"role":"assistant"}') + encode_exception(
-        "validationException", as_json({"message": echo("the stream failed")})
-    )
     answers, shown = await play(
         gateway,
         f"/model/{quote(HAIKU, safe='')}/converse-stream",
         CONVERSE_BODY,
         200,
         EVENT_STREAM,
-        split_in_the_key(frames, SESSION_TOKEN),
+        split_in_the_key(BEDROCK_FRAMES, SESSION_TOKEN),
     )
     assert_nothing_leaked(answers, shown, services)
+    # The client's SDK reads the exception, starred, not a broken stream: the frame
+    # whose credential was starred out carries a checksum of what it now holds.
+    buffer = EventStreamBuffer()
+    buffer.add_data(shown)
+    _, failure = list(buffer)  # botocore checks each frame's CRCs as it decodes it
+    assert failure.headers[":exception-type"] == "validationException"
+    assert "the stream failed; got Authorization: Bearer ***" in failure.payload.decode()
+
+
+async def test_a_bedrock_stream_without_a_credential_reaches_the_client_as_it_came(
+    gateway: Processor, services: Services
+) -> None:
+    # A message split over three chunks waits for its end; the client's bytes are the
+    # provider's, and messages that came whole pass without a body mutation.
+    first, second, third = (
+        encode_event("contentBlockDelta", as_json({"delta": {"text": f"part {n}"}}))
+        for n in range(3)
+    )
+    chunks = [first, second[:9], second[9:] + third]
+    answers, shown = await play(
+        gateway, CONVERSE + "-stream", CONVERSE_BODY, 200, EVENT_STREAM, chunks
+    )
+    assert shown == first + second + third
+    whole = next(a.response_body.response for a in answers if a.HasField("response_body"))
+    assert not whole.HasField("body_mutation")
+
+
+async def test_a_bedrock_frame_broken_by_the_provider_stays_broken_once_starred(
+    gateway: Processor, services: Services
+) -> None:
+    # A fresh checksum only for what the gateway changed: a message that came with a
+    # wrong CRC is not made to look sound.
+    broken = bytearray(BEDROCK_FRAMES)
+    broken[-1] ^= 0xFF
+    answers, shown = await play(
+        gateway, CONVERSE + "-stream", CONVERSE_BODY, 200, EVENT_STREAM, [bytes(broken)]
+    )
+    assert_nothing_leaked(answers, shown, services)
+    buffer = EventStreamBuffer()
+    buffer.add_data(shown)
+    with pytest.raises(ChecksumMismatch):
+        list(buffer)
+
+
+async def test_a_bedrock_exception_frame_quoting_a_credential_is_read_for_an_openai_client(
+    gateway: Processor, services: Services
+) -> None:
+    # Translated for an OpenAI client, the gateway reads the frame itself: the client and
+    # the log line get Bedrock's words (starred), not a stream the gateway cannot read.
+    answers, shown = await play(
+        gateway,
+        "/v1/chat/completions",
+        chat(HAIKU, stream=True),
+        200,
+        EVENT_STREAM,
+        split_in_the_key(BEDROCK_FRAMES, SESSION_TOKEN),
+    )
+    assert_nothing_leaked(answers, shown, services)
+    assert b"the stream failed; got Authorization: Bearer ***" in shown
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert "the stream failed" in line["error_message"]
 
 
 def test_every_form_of_the_secrets_in_this_file_is_one_a_provider_could_send() -> None:
