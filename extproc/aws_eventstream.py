@@ -41,7 +41,7 @@ _MAX_NAME_LENGTH = 0xFF
 _MAX_VALUE_LENGTH = 0xFFFF
 
 
-def _crc32(data: bytes, crc: int = 0) -> int:
+def _crc32(data: bytes | bytearray, crc: int = 0) -> int:
     # zlib.crc32 is unsigned on Python 3; the mask documents that the wire field is 32 bits.
     return zlib.crc32(data, crc) & 0xFFFFFFFF
 
