@@ -1044,8 +1044,8 @@ def _provider_secrets(upstream: Upstream | None) -> list[str]:
         return []
     values = upstream.credential_headers.values()
     secrets = [value.removeprefix("Bearer ").strip() for value in values]
-    if upstream.token_source is not None and upstream.token_source.token:
-        secrets.append(upstream.token_source.token)
+    if upstream.token_source is not None:
+        secrets.extend(upstream.token_source.recent_tokens)
     if upstream.signer is not None:
         secrets.extend(_SIGNED_WITH.get(upstream.signer, ()))
     return secrets

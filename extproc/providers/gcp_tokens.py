@@ -77,6 +77,8 @@ class GcpTokenSource:
         # host; the metadata server is always asked directly.
         self._http = egress.with_direct(METADATA_SERVER_HOSTS).urllib3_pool(TOKEN_REQUEST_TIMEOUT)
         self._token: str | None = None
+        # The token before it: a request sent with it may still be waiting for its answer.
+        self._previous: str | None = None
         # When the token in use is due for a refresh, on the monotonic clock: a step of
         # the wall clock must not keep a token past its expiry.
         self._refresh_due = 0.0
@@ -87,6 +89,12 @@ class GcpTokenSource:
     def token(self) -> str | None:
         """The access token in use (None before ``start()``)."""
         return self._token
+
+    @property
+    def recent_tokens(self) -> tuple[str, ...]:
+        """The tokens requests in flight may carry: the one in use, and the one it replaced
+        (the answer to a request sent just before a refresh can quote it back)."""
+        return tuple(token for token in (self._token, self._previous) if token)
 
     def authorization(self) -> str:
         """The ``Authorization`` header's value for a request to Vertex."""
@@ -159,7 +167,7 @@ class GcpTokenSource:
 
     async def close(self) -> None:
         self._credentials = None
-        self._token = None
+        self._token = self._previous = None
         self._http.clear()
 
     def _expiring(self) -> bool:
@@ -183,6 +191,8 @@ class GcpTokenSource:
             now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
             due += (expiry - now).total_seconds() - REFRESH_AHEAD_S
         quota_project = getattr(credentials, "quota_project_id", None)
+        if token != self._token:
+            self._previous = self._token
         self._token = token
         self._refresh_due = due
         self._quota_project = quota_project if isinstance(quota_project, str) else None

@@ -27,6 +27,7 @@ import orjson
 import pytest
 import urllib3
 from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from google.auth.exceptions import GoogleAuthError
 
 from extproc import runtime as runtime_module
@@ -42,7 +43,15 @@ from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
-from extproc.testing import request_body, request_headers, run_stream, serve_mock
+from extproc.testing import (
+    client_body,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+    serve_mock,
+)
 
 T = TypeVar("T")
 
@@ -544,3 +553,47 @@ async def test_no_token_key_or_assertion_reaches_a_log_record_at_debug(
         seen = record.getMessage() + repr(record.__dict__)
         for secret in secrets:
             assert secret not in seen, f"{record.name} logged a secret"
+
+
+# --- The token in answers ----------------------------------------------------------------------
+
+
+async def test_an_answer_quoting_the_token_refreshed_while_it_was_in_flight_shows_none(
+    tmp_path: Path, token_endpoint: TokenEndpoint
+) -> None:
+    # The request went with the token in use; a refresh replaced it before the answer
+    # came. A provider quoting the request's headers back quotes the one it was sent.
+    token_endpoint.lifetime_s = None  # every refresh mints a new token
+    key_file = tmp_path / "key.json"
+    write_service_account(key_file, token_uri=token_endpoint.url)
+    gemini_route = """
+routes:
+  - {name: gemini, path_prefix: /v1beta/models, api: gemini_generate_content}
+"""
+    text = vertex_config("http://127.0.0.1:9", key_file_line(key_file)) + gemini_route
+    runtime = await started_runtime(parse_config(text, "t", {}))
+    source = runtime.token_sources["vertex"]
+    sent_with = source.token
+    assert sent_with is not None
+    said = f"bad request; got Authorization: Bearer {sent_with}"
+    error = orjson.dumps({"error": {"code": 400, "message": said, "status": "INVALID_ARGUMENT"}})
+
+    # A Gemini client gets Google's errors as they came (no translation that would
+    # redact the token by its look).
+    contents = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+
+    async def messages() -> AsyncIterator[ext.ProcessingRequest]:
+        yield request_headers("/v1beta/models/gemini-flash:generateContent")
+        yield request_body(orjson.dumps(contents))
+        await source.refresh_if_needed()
+        assert source.token != sent_with
+        headers = {"content-type": "application/json", "x-envoy-upstream-service-time": "3"}
+        yield response_headers(400, headers)
+        yield response_body(error)
+
+    processor = Processor(lambda: runtime, default_stages())
+    answers = [answer async for answer in processor.process(messages())]
+    await runtime.close()
+    shown = client_body([error], answers)
+    assert sent_with.encode() not in shown
+    assert said.replace(sent_with, "*" * len(sent_with)).encode() in shown
