@@ -111,6 +111,10 @@ class PartialUsageStage:
             ctx.usage_reported = True
             ctx.response_model = translator.response_model
             return
+        if translator is not None and ctx.response_model is None:
+            # The model the answer named before it was cut (Anthropic's message_start,
+            # an OpenAI chunk's model): it answered, whoever the client asked for.
+            ctx.response_model = translator.response_model
         ctx.usage = _cut_stream_usage(ctx, ctx.body)
         ctx.usage_estimated = True
 

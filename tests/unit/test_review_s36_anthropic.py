@@ -341,6 +341,8 @@ async def test_a_stream_cut_after_message_start_is_charged_its_cache_counts_and_
         "cost_usd": usd(PROMPT_PICOUSD + 10 * OUTPUT_PICOUSD),
     }
     assert line["outcome"] == "aborted"
+    # The model that answered, as message_start named it, though the answer was cut.
+    assert line["response_model"] == "claude-3-5-haiku-20241022"
 
 
 @pytest.mark.parametrize("path", ROUTES)
