@@ -239,6 +239,8 @@ class StreamReader:
         # (stages.response: the answer is whole even if Envoy's end never comes).
         self.terminal_event_read = False
         self._report: UsageReport | None = None
+        # generated_chars when Gemini last counted the output: the text its count covers.
+        self._counted_chars = 0
         self._finished: dict[int, str] = {}
         self._events = EventBuffer()
 
@@ -249,20 +251,26 @@ class StreamReader:
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         complete = self._events.whole_events(chunk, end_of_stream)
-        # Whole events only: a JSON string never spans two, so none is counted twice.
-        if _FUNCTION_CALL.search(complete) is None:
+        # Whole events only: a JSON string never spans two, so none is counted twice. The
+        # events are read in order, so a running count covers the text up to its event.
+        if _FUNCTION_CALL.search(complete) is None and _WORTH_PARSING.search(complete) is None:
             self.generated_chars += generated_chars(complete)
         else:
             for event in complete.split(EVENT_END):
                 calls = _FUNCTION_CALL.search(event) is not None
                 self.generated_chars += _event_chars(event) if calls else generated_chars(event)
-        if _WORTH_PARSING.search(complete):
-            for event in complete.split(EVENT_END):
                 if _WORTH_PARSING.search(event):
                     self._read_event(event)
         if end_of_stream and self.failure is None and self._report is not None:
             # The stream ended whole: its last report is the bill, output counted or not.
             self.usage = self._report.usage()
+        elif not self.terminal_event_read and self.generated_chars > self._counted_chars:
+            # Text came after the last output count (Vertex counts only the prompt, or
+            # nothing, until its last event): that count is no longer what was generated.
+            # Cut here, the stream is charged its counts so far and the estimate of its
+            # text, the larger output (counts_so_far, stages.partial_usage), as when
+            # Google's error event fails it.
+            self.usage = None
         return None
 
     def counts_so_far(self) -> StreamFailure:
@@ -288,9 +296,10 @@ class StreamReader:
         if report is None or self.failure is not None:
             return
         self._report = report.after(self._report)
-        if self._report.output is not None:
+        if report.output is not None:
             # A running count: what Gemini had counted, should the stream be cut here.
             self.usage = self._report.usage()
+            self._counted_chars = self.generated_chars
         # Gemini's last event carries the bill and says the answer ended: every candidate
         # has its finish reason, or the prompt was blocked (no candidate at all). Its
         # output count may be absent (a count of 0, which Google leaves out).

@@ -139,13 +139,18 @@ def _reasoning_beside(value: dict[str, Any], prompt: int, completion: int, total
 
     OpenAI counts ``completion_tokens_details.reasoning_tokens`` inside
     ``completion_tokens`` (total = prompt + completion); xAI counts them beside it, and
-    bills them as output (total = prompt + completion + reasoning). Only a total that
-    says so exactly adds them: a report whose total matches neither is read as OpenAI's,
-    so no token is ever counted twice.
+    bills them as output (total = prompt + completion + reasoning). Gemini, through
+    Google's OpenAI-compatible endpoints, may count its thinking in ``total_tokens`` alone,
+    naming no reasoning tokens (``{"prompt_tokens": 9, "completion_tokens": 1,
+    "total_tokens": 103}``): what the total holds beyond the two counts is that thinking,
+    which Google bills as output. A report that names reasoning tokens and whose total
+    matches neither reading is read as OpenAI's, so no token is ever counted twice.
     """
     details = value.get("completion_tokens_details")
     reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
-    if not reasoning or total != prompt + completion + reasoning:
+    if not reasoning:
+        return max(0, total - prompt - completion)
+    if total != prompt + completion + reasoning:
         return 0
     return reasoning
 

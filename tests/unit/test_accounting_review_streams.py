@@ -392,12 +392,12 @@ async def test_every_ledger_records_the_tokens_of_a_stream_however_it_ended(
 async def test_a_total_that_is_not_the_counts_sum_settles_the_quota_at_the_lines_tokens(
     store: StoreClient,
 ) -> None:
-    """An OpenAI-compatible provider whose ``total_tokens`` is neither prompt + completion
-    nor that plus itemised reasoning (a thinking model's total that counts thoughts it does
-    not itemise): the gateway reads it as OpenAI's, 20 + 8 (docs/providers.md), and
-    tokens_consumed_total and the rollup count 28. The log line's total_tokens and the
-    quota settlement said 140, so a key's budget ran out five times faster than its bill
-    grew, and the line's total was not its own prompt plus completion."""
+    """An OpenAI-compatible provider whose ``total_tokens`` is more than prompt +
+    completion and itemises no reasoning (a thinking model's total that counts thoughts it
+    does not itemise, as Gemini's OpenAI-compatible endpoints do): the rest is that
+    thinking, billed as output, 20 + 120 (docs/providers.md), and every ledger counts the
+    same 140. Before, the log line's total_tokens and the quota settlement said 140 while
+    tokens_consumed_total and the rollup counted 28."""
     chunks = [
         chat_chunk({"content": TEXT[0]}),
         chat_chunk({}, "stop"),
@@ -406,7 +406,7 @@ async def test_a_total_that_is_not_the_counts_sum_settles_the_quota_at_the_lines
     ]
     body = {"model": "gpt-4o-mini", "stream": True, "messages": USER}
     recorded = await ledgers(store, "/v1/chat/completions", OPENAI_KEY, body, Answer(chunks, SSE))
-    assert (recorded.line["prompt_tokens"], recorded.line["completion_tokens"]) == (20, 8)
+    assert (recorded.line["prompt_tokens"], recorded.line["completion_tokens"]) == (20, 120)
     recorded.agree()
 
 
