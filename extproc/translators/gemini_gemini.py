@@ -53,10 +53,15 @@ from extproc.translators.base import (
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 
-# The events worth parsing: those that carry a usage report, a finish reason or an error.
-# Each is matched as a key, quotes and colon included, so generated text that merely
-# names one (its quotes escaped) is not parsed.
-_WORTH_PARSING = re.compile(rb'"(?:usageMetadata|finishReason|error)"\s*:')
+# The events worth parsing: those that carry a usage report, a finish reason, an error
+# or a search's grounding. Each is matched as a key, quotes and colon included, so
+# generated text that merely names one (its quotes escaped) is not parsed.
+_WORTH_PARSING = re.compile(rb'"(?:usageMetadata|finishReason|error|groundingMetadata)"\s*:')
+# Grounding with Google Search, as Google bills it: per grounded prompt (Gemini 2.5 and
+# before) or per search query the model ran (Gemini 3). Both are counted, as server tool
+# requests under these names; the price table prices each model by the one it bills.
+GROUNDED_PROMPT = "grounded_prompt"
+SEARCH_QUERY = "google_search"
 # A function call's arguments are a JSON object, whose text ``generated_chars`` (string
 # values of known fields) does not see: an event carrying one is counted from its parse.
 _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
@@ -122,6 +127,27 @@ def usage_report(value: Any) -> UsageReport | None:
         output = (candidates or 0) + (thoughts or 0)
     # The cache hits are part of the prompt, never more than it.
     return UsageReport(prompt, min(counts["cachedContentTokenCount"] or 0, prompt), output)
+
+
+def search_queries(answer: dict[str, Any]) -> dict[int, int]:
+    """By candidate index, the Google Search queries its ``groundingMetadata`` lists
+    (``webSearchQueries``) for the candidates that name any."""
+    candidates = answer.get("candidates")
+    found: dict[int, int] = {}
+    for place, candidate in enumerate(candidates if isinstance(candidates, list) else ()):
+        grounding = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
+        queries = grounding.get("webSearchQueries") if isinstance(grounding, dict) else None
+        if isinstance(queries, list) and queries:
+            index = _count(candidate.get("index"))
+            found[place if index is None else index] = sum(isinstance(q, str) for q in queries)
+    return found
+
+
+def search_requests(queries: dict[int, int]) -> dict[str, int]:
+    """The searches to bill for the queries each candidate ran: the prompt, grounded
+    once however many candidates searched, and every query."""
+    total = sum(queries.values())
+    return {GROUNDED_PROMPT: 1, SEARCH_QUERY: total} if total else {}
 
 
 def _model_version(answer: dict[str, Any]) -> str | None:
@@ -217,6 +243,8 @@ class GenerateContentReader(BufferedBodyReader):
         self.finish_reasons = [reason for _, reason in sorted(_finish_reasons(answer))]
         report = usage_report(answer.get("usageMetadata"))
         self.usage = report.usage() if report is not None else None
+        if self.usage is not None:
+            self.usage.server_tool_requests = search_requests(search_queries(answer))
 
 
 class StreamReader:
@@ -242,12 +270,20 @@ class StreamReader:
         # generated_chars when Gemini last counted the output: the text its count covers.
         self._counted_chars = 0
         self._finished: dict[int, str] = {}
+        # By candidate, the search queries its latest grounding listed (one event may
+        # repeat an earlier one's: the latest replaces it).
+        self._queries: dict[int, int] = {}
         self._events = EventBuffer()
 
     @property
     def finish_reasons(self) -> list[str]:
         """Each candidate's finish reason, in the candidates' order."""
         return [self._finished[index] for index in sorted(self._finished)]
+
+    def _usage(self, report: UsageReport) -> Usage:
+        usage = report.usage()
+        usage.server_tool_requests = search_requests(self._queries)
+        return usage
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         complete = self._events.whole_events(chunk, end_of_stream)
@@ -263,7 +299,7 @@ class StreamReader:
                     self._read_event(event)
         if end_of_stream and self.failure is None and self._report is not None:
             # The stream ended whole: its last report is the bill, output counted or not.
-            self.usage = self._report.usage()
+            self.usage = self._usage(self._report)
         elif not self.terminal_event_read and self.generated_chars > self._counted_chars:
             # Text came after the last output count (Vertex counts only the prompt, or
             # nothing, until its last event): that count is no longer what was generated.
@@ -292,19 +328,20 @@ class StreamReader:
         finished = _finish_reasons(parsed)
         for index, reason in finished:
             self._finished[index] = reason
+        self._queries.update(search_queries(parsed))
         report = usage_report(parsed.get("usageMetadata"))
         if report is None or self.failure is not None:
             return
         self._report = report.after(self._report)
         if report.output is not None:
             # A running count: what Gemini had counted, should the stream be cut here.
-            self.usage = self._report.usage()
+            self.usage = self._usage(self._report)
             self._counted_chars = self.generated_chars
         # Gemini's last event carries the bill and says the answer ended: every candidate
         # has its finish reason, or the prompt was blocked (no candidate at all). Its
         # output count may be absent (a count of 0, which Google leaves out).
         if _blocked(parsed) or len(self._finished) >= self._candidates:
-            self.usage = self._report.usage()
+            self.usage = self._usage(self._report)
             self.terminal_event_read = True
 
     def _provider_failed(self, error: ProviderStreamError) -> None:
@@ -316,11 +353,13 @@ class StreamReader:
 
     def _failure(self, error: ProviderStreamError | None) -> StreamFailure:
         report = self._report
+        searches = search_requests(self._queries)
         if report is None:
-            return StreamFailure(error)
+            return StreamFailure(error, server_tool_requests=searches)
         return StreamFailure(
             error,
             prompt_tokens=report.prompt,
             cached_tokens=report.cached,
             completion_tokens=report.output,
+            server_tool_requests=searches,
         )

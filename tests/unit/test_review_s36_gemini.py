@@ -260,3 +260,110 @@ async def test_a_running_count_on_every_chunk_is_billed_once_and_hidden_from_the
     [line] = log.lines()
     assert (line["prompt_tokens"], line["completion_tokens"], line["cached_tokens"]) == (9, 3, 4)
     assert line["usage_estimated"] is False and line["outcome"] == "completed"
+
+
+# --- Grounding with Google Search --------------------------------------------------------
+
+# Gemini 2.5 is billed per grounded prompt ($35 per 1,000), Gemini 3 per search query.
+PRICED_SEARCH = {
+    "models": {
+        "gemini-2.5-flash": {
+            "input_per_million": 0.30,
+            "output_per_million": 2.50,
+            "server_tools_per_thousand": {"grounded_prompt": 35.00, "google_search": 0},
+        }
+    }
+}
+GROUNDED_USAGE = {"promptTokenCount": 10, "candidatesTokenCount": 20, "totalTokenCount": 30}
+
+
+def grounded(queries: list[str], **more: Any) -> dict[str, Any]:
+    """A candidate's answer grounded by Google Search queries ``queries``."""
+    return {
+        "content": {"role": "model", "parts": [{"text": "Grounded."}]},
+        "groundingMetadata": {"webSearchQueries": queries, "groundingChunks": []},
+        **more,
+    }
+
+
+async def test_a_grounded_answer_bills_its_prompt_and_queries_as_search_requests(
+    vertex: tuple[str, Path],
+) -> None:
+    # Google bills Grounding with Google Search beside the tokens: the line counts the
+    # grounded prompt and its queries, and prices the one the table prices.
+    answer = orjson.dumps(
+        {
+            "candidates": [grounded(["weather paris", "paris forecast"], finishReason="STOP")],
+            "usageMetadata": GROUNDED_USAGE,
+            "modelVersion": "gemini-2.5-flash",
+        }
+    )
+    services = memory_services()
+    await play(
+        vertex,
+        [
+            request_headers(f"{PREFIX}:generateContent", headers=KEY),
+            request_body(orjson.dumps(BODY)),
+            response_headers(200, {**SSE, "content-type": "application/json"}),
+            response_body(answer),
+        ],
+        services,
+        pricing=PRICED_SEARCH,
+    )
+    line = log_line(services)
+    assert line["server_tool_requests"] == {"grounded_prompt": 1, "google_search": 2}
+    assert line["cost_priced"] is True
+    assert line["cost_usd"] == pytest.approx(10 * 0.30e-6 + 20 * 2.50e-6 + 0.035)
+
+
+async def test_a_grounded_answer_without_a_search_price_is_not_priced_as_complete(
+    vertex: tuple[str, Path],
+) -> None:
+    # A table that prices the model's tokens but not its searches: the line says the
+    # cost is incomplete rather than show $0 for searches Google billed.
+    answer = orjson.dumps(
+        {
+            "candidates": [grounded(["weather"], finishReason="STOP")],
+            "usageMetadata": GROUNDED_USAGE,
+        }
+    )
+    tokens_only = {
+        "models": {"gemini-2.5-flash": {"input_per_million": 0.30, "output_per_million": 2.50}}
+    }
+    services = memory_services()
+    await play(
+        vertex,
+        [
+            request_headers(f"{PREFIX}:generateContent", headers=KEY),
+            request_body(orjson.dumps(BODY)),
+            response_headers(200, {**SSE, "content-type": "application/json"}),
+            response_body(answer),
+        ],
+        services,
+        pricing=tokens_only,
+    )
+    line = log_line(services)
+    assert line["server_tool_requests"] == {"grounded_prompt": 1, "google_search": 1}
+    assert line["cost_priced"] is False
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["whole", "cut"])
+async def test_a_streams_grounding_is_billed_once_whole_or_cut(
+    vertex: tuple[str, Path], ended: bool
+) -> None:
+    # The grounding may come in more than one event (repeated): counted once. A stream
+    # cut after it is charged the searches it showed, as Google billed them.
+    first = event({"candidates": [grounded(["paris"])], "usageMetadata": {"promptTokenCount": 10}})
+    last = event(
+        {
+            "candidates": [grounded(["paris", "paris news"], finishReason="STOP")],
+            "usageMetadata": GROUNDED_USAGE,
+        }
+    )
+    events = [first, last] if ended else [first]
+    services = memory_services()
+    await play(vertex, gemini_stream_call(events, ended=ended), services, pricing=PRICED_SEARCH)
+    line = log_line(services)
+    queries = 2 if ended else 1
+    assert line["server_tool_requests"] == {"grounded_prompt": 1, "google_search": queries}
+    assert line["usage_estimated"] is not ended
