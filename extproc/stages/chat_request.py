@@ -96,6 +96,10 @@ class ChatRequestStage:
             vertex_client_api.as_anthropic_body(parsed, vertex_call)
             ctx.body_changed = True  # the client's bytes are no Anthropic body
         ctx.body = parsed
+        if may_repeat_a_key_read(body):
+            # Sent on as parsed (each key once), never as the client's bytes: the model
+            # and stream checked here are then the ones the provider reads.
+            ctx.body_changed = True
         named = path_model if in_path else model_outside_body(ctx) or parsed.get("model")
         model = route.forced_model or named
         if not isinstance(model, str) or not model:
@@ -223,6 +227,17 @@ def body_with_chain(parsed: dict[str, Any], plan: FailoverPlan) -> bytes:
             headers.FAILOVER_REQUEST_KEY: plan.request,
         }
     )
+
+
+def may_repeat_a_key_read(body: bytes) -> bool:
+    """Whether ``body`` may name ``model`` or ``stream`` twice (or spell one with
+    ``\\u`` escapes, which is how a second one could hide from a byte count).
+
+    orjson keeps a repeated key's last value, and the gateway checks that model against
+    the key's ``allowed_models`` and the access rules; a provider whose parser keeps the
+    first would serve the other one, past both, and bill a stream the gateway took for
+    a JSON answer. A body that may read two ways is sent as the gateway parsed it."""
+    return body.count(b'"model"') > 1 or body.count(b'"stream"') > 1 or b"\\u" in body
 
 
 def gemini_operation(path: str) -> tuple[str, bool]:
