@@ -112,7 +112,7 @@ class CutAnswerStage:
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             ctx.cut_attempts = cut_attempts(ctx, started, answered)
         if _dropped_attempt(response_headers):
-            charge_dropped_attempt(ctx)
+            charge_dropped_attempt(ctx, response_headers.get(headers.ANSWERED_BY_PROVIDER))
 
     def done(self, ctx: RequestContext) -> None:
         # Only a request that ended without a count: every other one is settled already.
@@ -146,12 +146,14 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
     _charge(ctx, completion)
 
 
-def charge_dropped_attempt(ctx: RequestContext) -> None:
-    """Charge a failover attempt's answer Envoy dropped for its size as a cut answer, and
-    record the error the client got instead."""
+def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> None:
+    """Charge a failover attempt's answer Envoy dropped for its size as a cut answer (the
+    allowance of the chain member on ``provider``, whose answer it was), and record the
+    error the client got instead."""
     ctx.error = UpstreamError(_TOO_LARGE_MESSAGE, code="response_too_large")
     if _billed(ctx):
-        _charge(ctx, reserved_completion(ctx))
+        member = ctx.runtime.failover.get(ctx.failover_model or "", {}).get(provider or "")
+        _charge(ctx, reserved_completion(ctx, member[1] if member is not None else None))
 
 
 def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tuple[CutAttempt, ...]:
@@ -168,9 +170,11 @@ def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tup
         member = chain.get(provider)
         if member is None or provider == answered:
             continue
-        model = member[0]
+        model, upstream = member
         prompt = ctx.estimated_prompt_tokens()
-        completion = reserved_completion(ctx)
+        # The allowance this member's attempt was sent (Claude's thinking budget added to
+        # an OpenAI client's), not the request's primary's.
+        completion = reserved_completion(ctx, upstream)
         usage = Usage(prompt, completion, prompt + completion)
         charged.append(CutAttempt(provider, model, usage, ctx.runtime.prices.cost(model, usage)))
     return tuple(charged)

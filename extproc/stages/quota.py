@@ -47,6 +47,7 @@ from extproc.quota.thinking_budget import (
     least_completion,
     thinking_budget,
 )
+from extproc.runtime import Upstream
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
 from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
@@ -180,7 +181,7 @@ def _reserved_tokens(reservation: Reservation) -> int:
     )
 
 
-def reserved_completion(ctx: RequestContext) -> int:
+def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> int:
     """The completion allowance the quota reserves for a request (beside its prompt
     estimate): the body's own, or ``quotas.default_max_tokens``; none for an embeddings
     call, whose vectors are not billed as tokens (a token count reserves nothing at all).
@@ -189,7 +190,13 @@ def reserved_completion(ctx: RequestContext) -> int:
     allowance times their number.
 
     Read from the body as it went upstream: once a hard cap lowered the allowance, the
-    capped one, the most the provider may generate (``cut_answer`` charges it)."""
+    capped one, the most the provider may generate (``cut_answer`` charges it).
+
+    A failover request may be served by any member of its chain, and a member's
+    translation may allow more than the primary's (an OpenAI chat request's
+    ``reasoning_effort`` adds Claude's thinking budget): the request reserves the
+    largest, so a hard cap leaves every member the room it needs. ``member``: the
+    allowance of that one chain member's attempt (a cut attempt's charge)."""
     route = ctx.route
     if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
         return 0
@@ -214,7 +221,11 @@ def reserved_completion(ctx: RequestContext) -> int:
         allowance = text_completion_allowance(ctx.body, default_max_tokens)
     else:
         allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
-        thinking = _claude_thinking_budget(ctx)
+        thinking = (
+            _claude_thinking_budget(ctx, member)
+            if member is not None
+            else _chain_thinking_budget(ctx)
+        )
         if thinking is not None and named_max_tokens(ctx.body) is None:
             # The translation raises max_tokens by the budget (openai_anthropic, and
             # openai_bedrock's maxTokens), so the reservation does too; a hard cap
@@ -224,22 +235,34 @@ def reserved_completion(ctx: RequestContext) -> int:
     return allowance * _choices(ctx)
 
 
-def _claude_thinking_budget(ctx: RequestContext) -> int | None:
+def _claude_thinking_budget(ctx: RequestContext, member: Upstream | None = None) -> int | None:
     """The thinking budget an OpenAI chat request translated for Claude (Anthropic's API,
     Vertex AI's Claude, Bedrock's Converse) asks for with ``reasoning_effort``; None for
-    any other request."""
+    any other request. ``member``: as sent to that upstream (a failover chain's member)
+    rather than the request's own."""
     route = ctx.route
     if route is None or route.api is not RouteApi.OPENAI_CHAT or ctx.body is None:
         return None
-    if ctx.provider_type is ProviderType.BEDROCK:
+    provider_type = member.provider.type if member is not None else ctx.provider_type
+    model = (member.upstream_model if member is not None else ctx.upstream_model) or ""
+    if provider_type is ProviderType.BEDROCK:
         # Its own reading: which turn is left open depends on Converse's translation
         # (a tool history without tools goes as text), and other models think not.
-        return openai_bedrock.thinking_budget_for(ctx.body, ctx.upstream_model or "")
-    claude = ctx.provider_type is ProviderType.ANTHROPIC or (
-        ctx.provider_type is ProviderType.VERTEX
-        and vertex_endpoints.is_claude(ctx.upstream_model or "")
+        return openai_bedrock.thinking_budget_for(ctx.body, model)
+    claude = provider_type is ProviderType.ANTHROPIC or (
+        provider_type is ProviderType.VERTEX and vertex_endpoints.is_claude(model)
     )
     return thinking_budget_for(ctx.body) if claude else None
+
+
+def _chain_thinking_budget(ctx: RequestContext) -> int | None:
+    """The request's thinking budget; for a failover request the largest any member of
+    its chain would be sent (None when none thinks)."""
+    chain = ctx.runtime.failover.get(ctx.failover_model or "") if ctx.failover_model else None
+    if not chain:
+        return _claude_thinking_budget(ctx)
+    budgets = [_claude_thinking_budget(ctx, upstream) for _, upstream in chain.values()]
+    return max((budget for budget in budgets if budget is not None), default=None)
 
 
 def _choices(ctx: RequestContext) -> int:
