@@ -221,6 +221,9 @@ class RequestContext:
     # The tokens of the stored response a Responses API request continues, as recorded
     # (stages.response_owner): context the provider adds that the body does not show.
     stored_context_tokens: int = 0
+    # Whether that stored response's answer was guarded where it was created: the provider
+    # keeps it unguarded, and a continuation's input items hold it (stages.stored_responses).
+    stored_context_guarded: bool = False
     # Set once the response this request created is recorded as the caller's.
     owner_recorded: bool = False
     first_byte_at: float | None = None

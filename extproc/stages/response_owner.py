@@ -43,6 +43,7 @@ from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, ServiceUnavailableError
 from extproc.stages.attempt import serves_request
+from extproc.stages.partial_usage import usage_if_ended_now
 from extproc.store.response_owners import (
     NOBODY,
     ResponseOwner,
@@ -191,6 +192,7 @@ async def _check_owner(
             code="previous_response_elsewhere",
         )
     ctx.stored_context_tokens = found.tokens
+    ctx.stored_context_guarded = found.guarded
 
 
 class ResponseRecordStage:
@@ -242,9 +244,16 @@ def _to_record(ctx: RequestContext) -> tuple[str, ResponseOwner] | None:
     if not recordable(response_id):
         return None
     # Whether the client got the answer through the route's response guards, which the
-    # provider's stored copy never went through (stages.stored_responses).
-    guarded = ctx.runtime.guardrails.guards_answers(route.name)
-    owner = ResponseOwner(owner_of(ctx.identity), ctx.provider, ctx.usage.total_tokens, guarded)
+    # provider's stored copy never went through (stages.stored_responses); or, for a
+    # continuation, the earlier answer it builds on, which its input items hold as the
+    # provider stored it.
+    guarded = ctx.runtime.guardrails.guards_answers(route.name) or ctx.stored_context_guarded
+    usage = ctx.usage
+    if ctx.error is not None and not (ctx.usage_reported or ctx.usage_estimated):
+        # A stream the provider failed (response.failed) is recorded as its end is read,
+        # before done charges it (partial_usage): what it will be charged is its size.
+        usage = usage_if_ended_now(ctx) or usage
+    owner = ResponseOwner(owner_of(ctx.identity), ctx.provider, usage.total_tokens, guarded)
     return response_id, owner
 
 
