@@ -266,6 +266,10 @@ class GuardRequestStage:
             return None
         if route.api in _UNGUARDABLE_STREAMS and ctx.stream and not guards.response.empty:
             raise _unguardable_stream(route.name, route.api)
+        if not guards.response.empty:
+            asked = _asks_for_logprobs(route.api, ctx.body)
+            if asked is not None:
+                raise _unguardable_logprobs(route.name, asked)
         if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
             raise _unreadable_invoke_body(ctx, route.name)
         if not guards.request.empty:
@@ -319,6 +323,45 @@ class GuardRequestStage:
 _UNGUARDABLE_STREAMS = {
     RouteApi.OPENAI_RESPONSES: ("a streamed Responses API answer", "send it with stream: false"),
 }
+
+
+def _asks_for_logprobs(api: RouteApi, body: dict[str, Any]) -> str | None:
+    """The field by which a request asks for its answer's token log probabilities, which
+    carry every token's text (``token``, ``bytes``, ``top_logprobs``; a completion's
+    ``tokens``): the answer's text again, outside the fields response guards mask. None
+    when it asks for none."""
+    if api is RouteApi.OPENAI_CHAT:
+        if body.get("logprobs") or body.get("top_logprobs"):
+            return "logprobs"
+    elif api is RouteApi.OPENAI_COMPLETIONS:
+        # logprobs: 0 still returns each sampled token.
+        if body.get("logprobs") is not None:
+            return "logprobs"
+    elif api in RESPONSES_REQUESTS:
+        include = body.get("include")
+        if isinstance(include, list) and "message.output_text.logprobs" in include:
+            return "include"
+        if body.get("top_logprobs"):
+            return "top_logprobs"
+    elif api in GEMINI_APIS:
+        config = body.get("generationConfig") or body.get("generation_config")
+        if isinstance(config, dict) and (
+            config.get("responseLogprobs") or config.get("response_logprobs")
+        ):
+            return "generationConfig.responseLogprobs"
+    return None
+
+
+def _unguardable_logprobs(route: str, param: str) -> BadRequestError:
+    """Log probabilities spell out the answer's text token by token, which response
+    guards do not mask: refused before the quota counts the request rather than let the
+    masked text through beside the mask."""
+    return BadRequestError(
+        f"route '{route}' guards answers, which it cannot do for token log probabilities "
+        "(they repeat the answer's text); ask without them",
+        param=param,
+        code="logprobs_not_guarded",
+    )
 
 
 # The APIs whose body may be an InvokeModel body of any model family.
