@@ -33,7 +33,8 @@ top-level ``systemInstruction``), or the ``generateContentRequest`` it wraps
 A whole answer's text is each candidate's ``content.parts``, read as the ``assistant``'s
 as above, then its thought parts' text: the client is shown its thought summaries as it
 is shown the answer, and a mask writes in place there. Field names are read in camelCase,
-then snake_case, as ``gemini_api`` reads them (Google's REST API takes both).
+then snake_case, as ``gemini_api`` reads them (Google's REST API takes both); a field
+that holds text is read under both when a body spells it both ways.
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     """Every text of a Gemini request, in the order the model reads it."""
     request = guarded_request(body)
     slots: list[TextSlot] = []
-    system = _field(request, SYSTEM)
-    if isinstance(system, dict):
-        for part in _dicts(system.get("parts")):
-            part_slots("system", part, slots)
+    for system in _spellings(request, SYSTEM):
+        if isinstance(system, dict):
+            for part in _dicts(system.get("parts")):
+                part_slots("system", part, slots)
     for content in _dicts(_field(request, CONTENTS)):
         role = content.get("role")
         role = _ROLES.get(role, role) if isinstance(role, str) else DEFAULT_ROLE
@@ -111,18 +112,18 @@ def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
     if isinstance(part.get("text"), str):
         slots.append(TextSlot(role, part, "text"))
         return
-    call = _field(part, FUNCTION_CALL)
-    if isinstance(call, dict):
-        json_value_slots(CALL_ROLE, call, "args", slots)
-    response = _field(part, FUNCTION_RESPONSE)
-    if isinstance(response, dict):
-        json_value_slots(TOOL_ROLE, response, "response", slots)
-    code = _field(part, CODE)
-    if isinstance(code, dict) and isinstance(code.get("code"), str):
-        slots.append(TextSlot(CALL_ROLE, code, "code"))
-    result = _field(part, CODE_RESULT)
-    if isinstance(result, dict) and isinstance(result.get("output"), str):
-        slots.append(TextSlot(TOOL_ROLE, result, "output"))
+    for call in _spellings(part, FUNCTION_CALL):
+        if isinstance(call, dict):
+            json_value_slots(CALL_ROLE, call, "args", slots)
+    for response in _spellings(part, FUNCTION_RESPONSE):
+        if isinstance(response, dict):
+            json_value_slots(TOOL_ROLE, response, "response", slots)
+    for code in _spellings(part, CODE):
+        if isinstance(code, dict) and isinstance(code.get("code"), str):
+            slots.append(TextSlot(CALL_ROLE, code, "code"))
+    for result in _spellings(part, CODE_RESULT):
+        if isinstance(result, dict) and isinstance(result.get("output"), str):
+            slots.append(TextSlot(TOOL_ROLE, result, "output"))
 
 
 def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -132,6 +133,16 @@ def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[Any]:
+    """The value under each of ``names`` (one field's camelCase and snake_case names) the
+    container gives: a body that spells a field both ways has both read, whichever one
+    Google reads."""
+    for name in names:
+        value = container.get(name)
+        if value is not None:
+            yield value
 
 
 def _dicts(value: Any) -> Iterator[dict[str, Any]]:

@@ -7,6 +7,7 @@ user sees: the client's bytes never carry the secret, or the request is refused.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -361,3 +362,42 @@ def test_choices_and_fields_of_one_event_are_each_masked() -> None:
     events.append(b"data: [DONE]\n\n")
     out = play(stream_guard(), [b"".join(events)])
     assert b"jane" not in out and b"4111" not in out
+
+
+# --- a Gemini body naming one field in both of Google's spellings -------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "system_instruction": {"parts": [{"text": "Owner: jane@example.com"}]},
+            **gemini_user("Hello"),
+        },
+        {
+            "contents": [
+                {
+                    "role": "model",
+                    "parts": [
+                        {
+                            "functionCall": {"name": "f", "args": {"to": "bob"}},
+                            "function_call": {"name": "f", "args": {"to": "jane@example.com"}},
+                        }
+                    ],
+                }
+            ]
+        },
+    ],
+    ids=["system-instruction", "function-call"],
+)
+async def test_a_gemini_field_in_both_spellings_is_guarded_in_both(
+    vertex: tuple[str, Path],  # noqa: F811  (the fixture)
+    body: dict[str, Any],
+) -> None:
+    # Google's REST API takes camelCase and snake_case names: whichever of the two it
+    # reads, the guards have read (and masked) it.
+    async with gemini_gateway(vertex, POLICIES, guardrails="pii") as gw:
+        answers = await gw.send(GENERATE, body)
+        mutation = answers[1].request_body.response.body_mutation.body
+        assert b"jane@example.com" not in (mutation or orjson.dumps(body))
