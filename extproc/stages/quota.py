@@ -50,6 +50,7 @@ from extproc.quota.thinking_budget import (
 from extproc.runtime import Upstream
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
+from extproc.translators.openai_anthropic import DEFAULT_MAX_TOKENS as CLAUDE_DEFAULT_MAX_TOKENS
 from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
 
 log = logging.getLogger(__name__)
@@ -221,18 +222,47 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
         allowance = text_completion_allowance(ctx.body, default_max_tokens)
     else:
         allowance = completion_allowance(ctx.body, default_max_tokens, _allowance_fields(ctx))
-        thinking = (
-            _claude_thinking_budget(ctx, member)
-            if member is not None
-            else _chain_thinking_budget(ctx)
-        )
-        if thinking is not None and named_max_tokens(ctx.body) is None:
-            # The translation raises max_tokens by the budget (openai_anthropic, and
-            # openai_bedrock's maxTokens), so the reservation does too; a hard cap
-            # writes what is reserved, which the translation then keeps and fits the
-            # budget below.
-            allowance = default_max_tokens + thinking
+        chat = route is not None and route.api is RouteApi.OPENAI_CHAT
+        if chat and named_max_tokens(ctx.body) is None:
+            # The bound the request goes out with when it names none, for the member
+            # that serves it or, before that is known, the largest of its chain's: a
+            # hard cap writes what is reserved, which every member then keeps.
+            members = [member] if member is not None else _chain_members(ctx)
+            allowance = max(_unnamed_allowance(ctx, each, default_max_tokens) for each in members)
     return allowance * _choices(ctx)
+
+
+def _unnamed_allowance(ctx: RequestContext, member: Upstream | None, default: int) -> int:
+    """The most an OpenAI chat request that names no allowance may be answered with by
+    ``member`` (None: the request's own upstream). The translation for Claude writes a
+    ``max_tokens`` of its own (Anthropic's API requires one: ``openai_anthropic``'s
+    default), raised by the thinking budget ``reasoning_effort`` asks for (as
+    ``openai_bedrock``'s ``maxTokens`` is); any other provider bounds the answer itself,
+    and the request reserves ``quotas.default_max_tokens``."""
+    thinking = _claude_thinking_budget(ctx, member)
+    if thinking is not None:
+        return CLAUDE_DEFAULT_MAX_TOKENS + thinking
+    return CLAUDE_DEFAULT_MAX_TOKENS if _writes_claude_bound(ctx, member) else default
+
+
+def _chain_members(ctx: RequestContext) -> list[Upstream | None]:
+    """The upstreams that may serve the request: its failover chain's members, or its
+    own (None)."""
+    chain = ctx.runtime.failover.get(ctx.failover_model or "") if ctx.failover_model else None
+    if not chain:
+        return [None]
+    return [upstream for _, upstream in chain.values()]
+
+
+def _writes_claude_bound(ctx: RequestContext, member: Upstream | None) -> bool:
+    """Whether the request goes to ``member`` (None: its own upstream) translated into
+    Anthropic's Messages API (Anthropic's, Vertex AI's Claude), whose translation
+    writes a ``max_tokens`` when the client named none."""
+    provider_type = member.provider.type if member is not None else ctx.provider_type
+    model = (member.upstream_model if member is not None else ctx.upstream_model) or ""
+    return provider_type is ProviderType.ANTHROPIC or (
+        provider_type is ProviderType.VERTEX and vertex_endpoints.is_claude(model)
+    )
 
 
 def _claude_thinking_budget(ctx: RequestContext, member: Upstream | None = None) -> int | None:
@@ -244,25 +274,12 @@ def _claude_thinking_budget(ctx: RequestContext, member: Upstream | None = None)
     if route is None or route.api is not RouteApi.OPENAI_CHAT or ctx.body is None:
         return None
     provider_type = member.provider.type if member is not None else ctx.provider_type
-    model = (member.upstream_model if member is not None else ctx.upstream_model) or ""
     if provider_type is ProviderType.BEDROCK:
         # Its own reading: which turn is left open depends on Converse's translation
         # (a tool history without tools goes as text), and other models think not.
+        model = (member.upstream_model if member is not None else ctx.upstream_model) or ""
         return openai_bedrock.thinking_budget_for(ctx.body, model)
-    claude = provider_type is ProviderType.ANTHROPIC or (
-        provider_type is ProviderType.VERTEX and vertex_endpoints.is_claude(model)
-    )
-    return thinking_budget_for(ctx.body) if claude else None
-
-
-def _chain_thinking_budget(ctx: RequestContext) -> int | None:
-    """The request's thinking budget; for a failover request the largest any member of
-    its chain would be sent (None when none thinks)."""
-    chain = ctx.runtime.failover.get(ctx.failover_model or "") if ctx.failover_model else None
-    if not chain:
-        return _claude_thinking_budget(ctx)
-    budgets = [_claude_thinking_budget(ctx, upstream) for _, upstream in chain.values()]
-    return max((budget for budget in budgets if budget is not None), default=None)
+    return thinking_budget_for(ctx.body) if _writes_claude_bound(ctx, member) else None
 
 
 def _choices(ctx: RequestContext) -> int:

@@ -244,8 +244,9 @@ ADAPTIVE_CHAT = {"model": OPUS_47, "messages": [ASK], "reasoning_effort": "high"
 async def test_the_reservation_holds_what_an_adaptive_request_gets(quota_store: QuotaStore) -> None:
     sent = sent_body(await capped_chat(quota_store, 1_000_000, ADAPTIVE_CHAT))
 
-    # quotas.default_max_tokens (1000) plus high's room, as for a budget model.
-    assert sent["max_tokens"] == 1000 + 4096
+    # What the translation sends uncapped (its 4,096 and high's room), not
+    # quotas.default_max_tokens (1000), as for a budget model.
+    assert sent["max_tokens"] == 4096 + 4096
     assert sent["thinking"]["type"] == "adaptive"
     assert sent["output_config"] == {"effort": "high"}
     used = await used_tokens(quota_store, 1_000_000)

@@ -396,8 +396,9 @@ async def test_the_reservation_holds_the_budget_bedrock_gets(quota_store: QuotaS
     """Before: reserved 1,000 for a request whose thinking alone may take 4,096."""
     sent = sent_converse(await capped_chat(quota_store, 1_000_000, THINKING_CHAT))
 
-    # quotas.default_max_tokens (1000) plus high's budget: reserved, capped at, and sent.
-    assert sent["inferenceConfig"]["maxTokens"] == 1000 + 4096
+    # What the translation sends uncapped (its 4,096 and high's budget), not
+    # quotas.default_max_tokens (1000): reserved, capped at, and sent.
+    assert sent["inferenceConfig"]["maxTokens"] == 4096 + 4096
     assert sent["additionalModelRequestFields"]["thinking"]["budget_tokens"] == 4096
     used = await used_tokens(quota_store, 1_000_000)
     assert used - sent["inferenceConfig"]["maxTokens"] < 20  # the rest is the prompt's

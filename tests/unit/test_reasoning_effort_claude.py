@@ -358,8 +358,9 @@ async def test_the_reservation_holds_the_budget_the_provider_gets(quota_store: Q
     answer = await capped_chat(quota_store, 1_000_000, THINKING_CHAT)
 
     sent = sent_body(answer)
-    # quotas.default_max_tokens (1000) plus high's budget: reserved, capped at, and sent.
-    assert sent["max_tokens"] == 1000 + 4096
+    # What the translation sends uncapped (its 4,096 and high's budget), not
+    # quotas.default_max_tokens (1000): reserved, capped at, and sent.
+    assert sent["max_tokens"] == 4096 + 4096
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
     used = await used_tokens(quota_store, 1_000_000)
     assert used - sent["max_tokens"] < 20  # the rest is the prompt's estimate
