@@ -182,22 +182,23 @@ def test_every_ledger_holds_a_stream_whose_total_is_not_its_counts_sum(
     streams_stack: LocalStack,
 ) -> None:
     """The provider reports 20 prompt and 8 completion tokens, total 140 (a total that
-    counts what it does not itemise). The gateway bills 20 + 8, as OpenAI's reading says:
-    so must the log line's total and the quota, which settled at 140."""
+    counts thinking it does not itemise, as Gemini's OpenAI-compatible endpoints do). The
+    gateway bills the rest as output, 20 + 120: so must the metrics, the log line's
+    total and the quota."""
     before = scrape(streams_stack.metrics_url)
     used_before = tokens_used(streams_stack, "streams")
     line = stream_line(streams_stack, "standin-odd-total")
-    assert (line["prompt_tokens"], line["completion_tokens"]) == (20, 8)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (20, 120)
     after = scrape(streams_stack.metrics_url)
     grown = {
         kind: metric(after, "tokens_consumed_total", api_key_id="streams", token_type=kind)
         - metric(before, "tokens_consumed_total", api_key_id="streams", token_type=kind)
         for kind in ("prompt", "completion")
     }
-    assert grown == {"prompt": 20, "completion": 8}
-    settled = wait_for(lambda: tokens_used(streams_stack, "streams") - used_before == 28, 10)
+    assert grown == {"prompt": 20, "completion": 120}
+    settled = wait_for(lambda: tokens_used(streams_stack, "streams") - used_before == 140, 10)
     assert settled, tokens_used(streams_stack, "streams") - used_before
-    assert line["total_tokens"] == 28
+    assert line["total_tokens"] == 140
 
 
 # Claude writes 5 prompt tokens to its cache (2 to its 1-hour cache) and searches the web

@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc import envoy_messages
 from extproc.config import GatewayConfig, load_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
@@ -23,6 +25,34 @@ from extproc.testing import processor_for
 from tests.unit.mock_helpers import anthropic_client, http, mock_url, openai_client
 
 __all__ = ["anthropic_client", "http", "mock_url", "openai_client"]
+
+
+CONTINUED_PHASES = (
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "request_trailers",
+    "response_trailers",
+)
+
+
+@pytest.fixture(autouse=True)
+def shared_answers_stay_unchanged() -> Iterator[None]:
+    """The processor answers "continue" with one message per phase, built once and shared
+    by every request. A test reading it must not change it (indexing a protobuf map
+    inserts the key: ``answer.dynamic_metadata.fields[ns]``), else every later answer
+    of that process carries the change."""
+    yield
+    changed = []
+    for phase in CONTINUED_PHASES:
+        shared = envoy_messages.continue_response(phase)
+        expected = ext.ProcessingResponse()
+        getattr(expected, phase).SetInParent()
+        if shared != expected:
+            changed.append(phase)
+            shared.CopyFrom(expected)  # put back, so that only this test fails
+    assert not changed, f"this test changed the shared continue answers of {changed}"
 
 
 class MemoryLog(AccessLog):

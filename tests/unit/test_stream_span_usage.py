@@ -57,7 +57,12 @@ def every_chunk_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def metadata(answer: Any) -> dict[str, Any]:
-    fields = answer.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
+    """The gateway's metadata in ``answer`` (read with ``in``: indexing a protobuf map
+    adds the key, and a continue answer is shared by every request)."""
+    namespaces = answer.dynamic_metadata.fields
+    if METADATA_NAMESPACE not in namespaces:
+        return {}
+    fields = namespaces[METADATA_NAMESPACE].struct_value.fields
     return {key: getattr(value, value.WhichOneof("kind")) for key, value in fields.items()}
 
 
