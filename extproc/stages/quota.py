@@ -184,7 +184,8 @@ def _reserved_tokens(reservation: Reservation) -> int:
 
 def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> int:
     """The completion allowance the quota reserves for a request (beside its prompt
-    estimate): the body's own, or ``quotas.default_max_tokens``; none for an embeddings
+    estimate): the body's own, else the bound its translation writes (Claude's:
+    ``_unnamed_allowance``), else ``quotas.default_max_tokens``; none for an embeddings
     call, whose vectors are not billed as tokens (a token count reserves nothing at all).
     The allowance is per choice, and a chat completion's ``n`` or a text completion's
     batch and ``best_of`` ask for several (``_choices``): the reservation is the
