@@ -95,19 +95,18 @@ def _continue(phase: str) -> ext.ProcessingResponse:
     return response
 
 
+# Every message Envoy sends and waits for an answer to. Trailers included: no stage
+# reads them, yet Envoy waits for an answer to each message.
+ANSWERED_PHASES = (
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "request_trailers",
+    "response_trailers",
+)
 # "Continue unchanged" is the most common answer: built once per phase, never mutated.
-# Trailers included: no stage reads them, yet Envoy waits for an answer to each message.
-_CONTINUE = {
-    phase: _continue(phase)
-    for phase in (
-        "request_headers",
-        "request_body",
-        "response_headers",
-        "response_body",
-        "request_trailers",
-        "response_trailers",
-    )
-}
+_CONTINUE = {phase: _continue(phase) for phase in ANSWERED_PHASES}
 
 
 def continue_response(phase: str) -> ext.ProcessingResponse:

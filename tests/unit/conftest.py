@@ -27,16 +27,6 @@ from tests.unit.mock_helpers import anthropic_client, http, mock_url, openai_cli
 __all__ = ["anthropic_client", "http", "mock_url", "openai_client"]
 
 
-CONTINUED_PHASES = (
-    "request_headers",
-    "request_body",
-    "response_headers",
-    "response_body",
-    "request_trailers",
-    "response_trailers",
-)
-
-
 @pytest.fixture(autouse=True)
 def shared_answers_stay_unchanged() -> Iterator[None]:
     """The processor answers "continue" with one message per phase, built once and shared
@@ -45,7 +35,7 @@ def shared_answers_stay_unchanged() -> Iterator[None]:
     of that process carries the change."""
     yield
     changed = []
-    for phase in CONTINUED_PHASES:
+    for phase in envoy_messages.ANSWERED_PHASES:
         shared = envoy_messages.continue_response(phase)
         expected = ext.ProcessingResponse()
         getattr(expected, phase).SetInParent()
