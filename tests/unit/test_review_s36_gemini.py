@@ -286,6 +286,25 @@ def grounded(queries: list[str], **more: Any) -> dict[str, Any]:
     }
 
 
+async def generated(
+    vertex: tuple[str, Path], answer: bytes, pricing: dict[str, Any]
+) -> dict[str, Any]:
+    """The log line of a generateContent call Vertex answered ``answer``, under ``pricing``."""
+    services = memory_services()
+    await play(
+        vertex,
+        [
+            request_headers(f"{PREFIX}:generateContent", headers=KEY),
+            request_body(orjson.dumps(BODY)),
+            response_headers(200, {**SSE, "content-type": "application/json"}),
+            response_body(answer),
+        ],
+        services,
+        pricing=pricing,
+    )
+    return log_line(services)
+
+
 async def test_a_grounded_answer_bills_its_prompt_and_queries_as_search_requests(
     vertex: tuple[str, Path],
 ) -> None:
@@ -298,19 +317,7 @@ async def test_a_grounded_answer_bills_its_prompt_and_queries_as_search_requests
             "modelVersion": "gemini-2.5-flash",
         }
     )
-    services = memory_services()
-    await play(
-        vertex,
-        [
-            request_headers(f"{PREFIX}:generateContent", headers=KEY),
-            request_body(orjson.dumps(BODY)),
-            response_headers(200, {**SSE, "content-type": "application/json"}),
-            response_body(answer),
-        ],
-        services,
-        pricing=PRICED_SEARCH,
-    )
-    line = log_line(services)
+    line = await generated(vertex, answer, PRICED_SEARCH)
     assert line["server_tool_requests"] == {"grounded_prompt": 1, "google_search": 2}
     assert line["cost_priced"] is True
     assert line["cost_usd"] == pytest.approx(10 * 0.30e-6 + 20 * 2.50e-6 + 0.035)
@@ -330,19 +337,7 @@ async def test_a_grounded_answer_without_a_search_price_is_not_priced_as_complet
     tokens_only = {
         "models": {"gemini-2.5-flash": {"input_per_million": 0.30, "output_per_million": 2.50}}
     }
-    services = memory_services()
-    await play(
-        vertex,
-        [
-            request_headers(f"{PREFIX}:generateContent", headers=KEY),
-            request_body(orjson.dumps(BODY)),
-            response_headers(200, {**SSE, "content-type": "application/json"}),
-            response_body(answer),
-        ],
-        services,
-        pricing=tokens_only,
-    )
-    line = log_line(services)
+    line = await generated(vertex, answer, tokens_only)
     assert line["server_tool_requests"] == {"grounded_prompt": 1, "google_search": 1}
     assert line["cost_priced"] is False
 
