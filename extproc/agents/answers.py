@@ -120,7 +120,15 @@ class AnswerReader:
         key = response_id_key(message["id"])
         watch = self._watches.get(key)
         if watch is None:
-            return self._any.answer(message) if self._any is not None else None
+            if self._any is not None:
+                return self._any.answer(message)
+            # An answer under an id no request of this body has, while a tool list is
+            # still to filter: the server read the id another way than the gateway.
+            # Never let it pass as it came: filter it like the list it may be.
+            pending = next(
+                (w for w in self._watches.values() if isinstance(w, ToolListFilter)), None
+            )
+            return pending.filter_stray(message) if pending is not None else None
         replaced = watch.answer(message)
         if watch.final:
             del self._watches[key]
@@ -207,9 +215,18 @@ class ToolListFilter:
         self, request_id: RequestId, call: AgentCall, allowed: Callable[[str], bool]
     ) -> None:
         self.request_id = request_id
-        self.final = request_id is not None
+        # As a request's watch, done with its answer (an id of null included). As a
+        # server stream's reader of any answer it is never consumed: `final` is unread.
+        self.final = True
         self._call = call
         self._allowed = allowed
+
+    def filter_stray(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """A tool-list-shaped answer under an id no request has: filtered, not consumed."""
+        result = message.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            return None
+        return self.answer(message)
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         result = message.get("result")

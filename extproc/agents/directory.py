@@ -13,12 +13,10 @@ from extproc.agents.limits import AgentLimits
 from extproc.config.agents_model import AgentServerConfig
 from extproc.config.model import GatewayConfig
 
-_CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
-
 
 def agent_cluster_name(server: AgentServerConfig) -> str:
     """The Envoy cluster of an agent server; one source of truth for render and routing."""
-    return "agent_" + server.name.translate(_CLUSTER_SLUG)
+    return server.envoy_cluster
 
 
 @dataclass(frozen=True, slots=True)

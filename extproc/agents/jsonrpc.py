@@ -210,7 +210,8 @@ def response_id_key(request_id: RequestId) -> str:
     ``ping`` with a ``tools/list`` under one id to such a server could get back two
     answers under one id, and the tool list the watch did not take would go out unread."""
     if isinstance(request_id, int | float) and not isinstance(request_id, bool):
-        return f"number:{float(request_id)!r}"
+        # + 0.0: -0.0 is 0 to every server (JSON.stringify(-0) is "0"), so one id.
+        return f"number:{float(request_id) + 0.0!r}"
     return f"{type(request_id).__name__}:{request_id}"
 
 

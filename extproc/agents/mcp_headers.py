@@ -47,3 +47,8 @@ def mismatch(headers: dict[str, str], method: str | None, tool: str | None) -> s
     if sent_name is not None and tool is not None and decode_value(sent_name) != tool:
         return f"the {NAME_HEADER} header does not match the tool the request body calls"
     return None
+
+
+def names_a_call(headers: dict[str, str]) -> bool:
+    """Whether the request carries either mirror header."""
+    return METHOD_HEADER in headers or NAME_HEADER in headers

@@ -213,7 +213,7 @@ class AgentCallStage:
             _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
         if mcp:
-            return self._mcp(ctx, out, call, requests, batch)
+            return self._mcp(ctx, out, call, messages, requests, batch)
         return self._a2a(ctx, out, call, requests, batch)
 
     def _mcp(
@@ -221,6 +221,7 @@ class AgentCallStage:
         ctx: RequestContext,
         out: PhaseOutput,
         call: AgentCall,
+        messages: list[RpcMessage],
         requests: list[RpcMessage],
         batch: bool,
     ) -> Awaitable[None] | None:
@@ -245,8 +246,16 @@ class AgentCallStage:
                     )
                 )
         if not tool_calls:
-            if len(requests) == 1 and not batch:
-                _check_mirror(ctx, out, requests[0], None)
+            if not batch and len(messages) == 1 and messages[0].method is not None:
+                # One request or notification: its headers must name its method.
+                _check_mirror(ctx, out, messages[0], None)
+            elif mcp_headers.names_a_call(ctx.request_headers):
+                # A batch or a client's answer is no one call: headers naming one are
+                # what something after the gateway would route on, unchecked.
+                message = "Mcp-Method and Mcp-Name name one call; this body is not one"
+                invalid = BadRequestError(message, code="header_mismatch")
+                _refuse(ctx, out, ids or [None], batch, jsonrpc.INVALID_REQUEST,
+                        outcome.INVALID, invalid)  # fmt: skip
             return None
         request = tool_calls[0]
         params = request.params

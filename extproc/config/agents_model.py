@@ -18,6 +18,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from extproc.config.quota_model import QuotaMode, StoreFailure, check_subject
 from extproc.config.section import Section as _Section
 
+_CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
+
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
 
@@ -63,6 +65,12 @@ class AgentServerConfig(_Section):
     @classmethod
     def _lower(cls, header: str) -> str:
         return header.strip().lower()
+
+    @property
+    def envoy_cluster(self) -> str:
+        """The server's Envoy cluster, which its routing header names too: its name with
+        "-" and "." as "_" (Envoy's stat names read a "." as a separator)."""
+        return "agent_" + self.name.translate(_CLUSTER_SLUG)
 
     @property
     def tls(self) -> bool:
@@ -170,6 +178,17 @@ class AgentsConfig(_Section):
                 if name in seen:
                     raise ValueError(f"{section}[{index}].name: duplicate name {name!r}")
                 seen.add(name)
+        # Two names must not become one Envoy cluster (envoy_cluster): the first route
+        # would take both servers' traffic, or Envoy refuse the bootstrap.
+        clusters: dict[str, str] = {}
+        for index, server in enumerate(self.servers):
+            cluster = server.envoy_cluster
+            if cluster in clusters:
+                raise ValueError(
+                    f"servers[{index}].name: {server.name!r} and {clusters[cluster]!r} would"
+                    f" share the Envoy cluster {cluster}; rename one"
+                )
+            clusters[cluster] = server.name
         return self
 
     def server(self, name: str) -> AgentServerConfig | None:
