@@ -105,14 +105,19 @@ def test_the_expected_long_cost_is_the_providers_bill() -> None:
     assert Decimal("1.1625") == LONG_COST
 
 
+# Claude's whole answer to a 210K-token prompt, and the request for it.
+LONG_ANSWER = orjson.dumps(
+    {"id": "msg_1", "type": "message", "role": "assistant", "model": SONNET,
+     "content": [{"type": "text", "text": "Looks fine"}], "stop_reason": "end_turn",
+     "usage": LONG_USAGE}
+)  # fmt: skip
+LONG_BODY = {"model": SONNET, "max_tokens": 2000, "messages": PROMPT}
+
+
 async def test_an_anthropic_answer_over_200k_with_its_cache_bills_every_class_long(
     processor: Processor, services: Services
 ) -> None:
-    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": SONNET,
-              "content": [{"type": "text", "text": "Looks fine"}], "stop_reason": "end_turn",
-              "usage": LONG_USAGE}  # fmt: skip
-    body = {"model": SONNET, "max_tokens": 2000, "messages": PROMPT}
-    await exchange(processor, "/v1/messages", ANTHROPIC_AUTH, body, [orjson.dumps(answer)])
+    await exchange(processor, "/v1/messages", ANTHROPIC_AUTH, LONG_BODY, [LONG_ANSWER])
     [line] = lines(services)
     assert (line["prompt_tokens"], line["cached_tokens"]) == (210_000, 40_000)
     assert (line["cache_write_tokens"], line["cache_write_1h_tokens"]) == (20_000, 8_000)
@@ -156,11 +161,7 @@ async def test_an_openai_client_of_claude_is_billed_as_anthropic_bills_it(
     processor: Processor, services: Services
 ) -> None:
     # /anthropic: OpenAI's API in, Anthropic's out; the same answer costs the same.
-    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": SONNET,
-              "content": [{"type": "text", "text": "Looks fine"}], "stop_reason": "end_turn",
-              "usage": LONG_USAGE}  # fmt: skip
-    body = {"model": SONNET, "max_tokens": 2000, "messages": PROMPT}
-    await exchange(processor, "/anthropic", OPENAI_AUTH, body, [orjson.dumps(answer)])
+    await exchange(processor, "/anthropic", OPENAI_AUTH, LONG_BODY, [LONG_ANSWER])
     [line] = lines(services)
     assert line["prompt_tokens"] == 210_000
     assert cost(line) == LONG_COST
