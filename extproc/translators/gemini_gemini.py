@@ -19,6 +19,14 @@ is ``candidatesTokenCount`` plus ``thoughtsTokenCount`` (thinking is billed as o
 A count that is not a non-negative integer makes the report unreadable (None) rather
 than a guessed 0; so does an answer that is an error object.
 
+Vertex names in ``usageMetadata.trafficType`` the capacity that served the request, which
+sets its price: ``ON_DEMAND`` (pay as you go), ``ON_DEMAND_PRIORITY`` (Priority PayGo, at
+a higher rate), ``ON_DEMAND_FLEX`` (Flex PayGo, at a lower one) or
+``PROVISIONED_THROUGHPUT`` (capacity bought ahead). It is read as the service tier
+(``traffic_tier``), under the names the price table gives tiers: ``on_demand`` (the
+model's own price), ``priority``, ``flex``, ``provisioned_throughput``; a type Google
+adds later is its name in lowercase. Gemini's own API names none.
+
 A stream's counts are cumulative: each report replaces the one before, and the last is
 the bill. Gemini reports as it goes (Vertex's first events may count only the prompt), so
 a running report with an output count is the usage of a stream cut there, as for Gemini's
@@ -49,6 +57,7 @@ from extproc.translators.base import (
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
+    service_tier_of,
 )
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
@@ -70,6 +79,15 @@ _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
 # cannot grow the log line.
 _ENUM_NAME = re.compile(r"[A-Z][A-Z_]{0,63}")
 _RATE_LIMITED = "RESOURCE_EXHAUSTED"
+# Vertex's traffic types, by the tier names the price table uses for them
+# (chargeback.pricing); TRAFFIC_TYPE_UNSPECIFIED names no tier.
+_TRAFFIC_TIERS = {
+    "ON_DEMAND": "on_demand",
+    "ON_DEMAND_PRIORITY": "priority",
+    "ON_DEMAND_FLEX": "flex",
+    "PROVISIONED_THROUGHPUT": "provisioned_throughput",
+    "TRAFFIC_TYPE_UNSPECIFIED": None,
+}
 _STREAM_FAILED = "the provider's stream failed"
 
 
@@ -98,6 +116,18 @@ class UsageReport:
         if self.output is not None or earlier is None:
             return self
         return UsageReport(self.prompt, self.cached, earlier.output)
+
+
+def traffic_tier(usage_metadata: Any) -> str | None:
+    """The service tier a ``usageMetadata``'s ``trafficType`` names (Vertex), or None."""
+    if not isinstance(usage_metadata, dict):
+        return None
+    traffic = usage_metadata.get("trafficType")
+    if not isinstance(traffic, str) or _ENUM_NAME.fullmatch(traffic) is None:
+        return None
+    if traffic in _TRAFFIC_TIERS:
+        return _TRAFFIC_TIERS[traffic]
+    return service_tier_of(traffic.lower())
 
 
 def usage_report(value: Any) -> UsageReport | None:
@@ -229,6 +259,10 @@ class GenerateContentReader(BufferedBodyReader):
         # Gemini names its report usageMetadata, read with the rest of the answer (feed).
         return None
 
+    @staticmethod
+    def read_service_tier(answer: dict[str, Any]) -> str | None:
+        return traffic_tier(answer.get("usageMetadata"))
+
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         super().feed(chunk, end_of_stream)
         if end_of_stream:
@@ -259,6 +293,8 @@ class StreamReader:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # a stream's headers have left
+        # The tier Vertex reported serving the stream at (traffic_tier), which prices it.
+        self.service_tier: str | None = None
         # Set when Google sent an error event mid-stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
         # Characters of generated text in the events so far (stages.partial_usage).
@@ -329,7 +365,9 @@ class StreamReader:
         for index, reason in finished:
             self._finished[index] = reason
         self._queries.update(search_queries(parsed))
-        report = usage_report(parsed.get("usageMetadata"))
+        metadata = parsed.get("usageMetadata")
+        self.service_tier = traffic_tier(metadata) or self.service_tier
+        report = usage_report(metadata)
         if report is None or self.failure is not None:
             return
         self._report = report.after(self._report)
