@@ -213,6 +213,15 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
     return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
 
 
+def _used_nothing(usage: Usage) -> bool:
+    """No token and no server tool request: a usage every price bills at 0."""
+    return (
+        usage.prompt_tokens <= 0
+        and usage.completion_tokens <= 0
+        and all(count <= 0 for count in usage.server_tool_requests.values())
+    )
+
+
 def unpriced_server_tools(usage: Usage, prices: TokenPrices) -> list[str]:
     """The server tools the usage names with requests that the prices do not cover."""
     return [
@@ -278,6 +287,10 @@ class PriceTable:
             # A model the table does not price, whose provider said what it charged
             # (OpenRouter): that charge. A model the table prices keeps the table's price.
             return Cost(usage.reported_cost_picousd, True)
+        if prices is None and _used_nothing(usage):
+            # Refused, or failed before it used anything: nothing to bill at any price,
+            # so the bill is not short (unpriced_requests counts what lacks a price).
+            return FREE
         if prices is not None:
             tier = service_tier
             if tier is not None and tier not in prices.tiers and tier not in STANDARD_TIERS:

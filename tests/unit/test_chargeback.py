@@ -249,6 +249,25 @@ async def test_a_model_without_a_price_is_flagged_in_the_log(services: Services)
     assert (line["cost_usd"], line["cost_priced"]) == (0.0, False)
 
 
+async def test_a_request_of_a_model_without_a_price_that_used_nothing_is_not_flagged(
+    services: Services,
+) -> None:
+    # The provider failed it before any token: it costs 0 at any price, so the bill is
+    # not short and the reports' unpriced_requests do not count it.
+    config = load_config("config/gateway.yaml", environ={})
+    unpriced = config.model_copy(update={"pricing": PricingConfig(models={"gpt-4o": PRICE})})
+    processor = processor_for(unpriced, services)
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    failed = b'{"error":{"message":"The server had an error","type":"server_error"}}'
+    await run_stream(processor, [
+        request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
+        request_body(body), response_headers(500), response_body(failed),
+    ])  # fmt: skip
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["http_status_code"], line["prompt_tokens"]) == (500, 0)
+    assert (line["cost_usd"], line["cost_priced"]) == (0.0, True)
+
+
 def test_a_failover_is_priced_at_the_model_that_answered(config: GatewayConfig) -> None:
     chained = config.model_copy(
         update={
