@@ -66,7 +66,6 @@ Stages ask this module for a plan and stay free of per-provider branches.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -77,6 +76,7 @@ from weakref import WeakKeyDictionary
 import orjson
 
 from extproc import aws_eventstream, bedrock_count_tokens, gemini_api
+from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
 from extproc.config.model import (
     GEMINI_APIS,
@@ -819,7 +819,39 @@ def plan_response(
     plan = _answer_plan(ctx, status, headers, kind, from_provider)
     if plan.streamed:
         framed = headers.get("content-type", "").startswith(AWS_EVENT_STREAM)
-        return _stream_without_provider_credentials(ctx, plan, framed)
+        plan = _stream_without_provider_credentials(ctx, plan, framed)
+    if status < 400:
+        # An error's encoding is read with its credentials (_without_provider_credentials).
+        return _uncompressed(ctx, plan, headers.get("content-encoding", ""))
+    return plan
+
+
+def _uncompressed(ctx: RequestContext, plan: ResponsePlan, encoding: str) -> ResponsePlan:
+    """``plan``, its reader fed the answer uncompressed when the provider compressed it
+    although the gateway asked for none (``answer_encoding``); the client gets it
+    uncompressed. Compressed, its usage could not be read, nor its text guarded."""
+    if plan.translator is None or not readable_encoding(encoding):
+        return plan
+    limit = ctx.runtime.config.envoy.max_response_body_bytes
+    if ctx.lean_response:
+        # The headers have left, naming the provider's encoding: the client reads it.
+        plan.translator = DecompressedAnswer(
+            plan.translator, encoding, limit, streamed=plan.streamed, reencode=True
+        )
+        return plan
+    shape = ctx.error_shape
+    plan.translator = DecompressedAnswer(
+        plan.translator,
+        encoding,
+        limit,
+        streamed=plan.streamed,
+        broken_body=lambda: _status_error(
+            BROKEN_STATUS, shape, "the provider's compressed answer could not be read"
+        ),
+    )
+    for name in ("content-encoding", "content-length"):
+        if name not in plan.remove_headers:
+            plan.remove_headers.append(name)
     return plan
 
 
@@ -1124,12 +1156,27 @@ def _without_provider_credentials(
     def scrub(body: bytes) -> bytes:
         return _scrubbed(body, needles)
 
+    if compressed and ctx.lean_response:
+        # The headers have left, naming the provider's encoding (the lean path knows
+        # only the gzip and zlib it can tell by their first bytes): the error is read
+        # uncompressed, and compressed again if the search changed it.
+        limit = ctx.runtime.config.envoy.max_response_body_bytes
+        translator = plan.translator
+        if translator is None:
+            translator = _ScrubbedError(scrub)
+        elif isinstance(translator, ErrorRewriter):
+            translator.read_first(scrub)
+        plan.translator = DecompressedAnswer(
+            translator, encoding, limit, streamed=False, reencode=True, broken_body=bytes
+        )
+        return plan
+
     read = scrub
     if compressed:
         limit = ctx.runtime.config.envoy.max_response_body_bytes
 
         def read(body: bytes) -> bytes:
-            return scrub(_decoded(body, encoding, limit) or b"")
+            return scrub(decoded(body, encoding, limit) or b"")
 
         for name in ("content-encoding", "content-length"):
             if name not in plan.remove_headers:
@@ -1220,24 +1267,6 @@ def _unfinished(data: bytes, needles: tuple[bytes, ...]) -> int:
                 break
             at = data.find(first, at + 1)
     return cut
-
-
-def _decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
-    """``body`` decoded from its ``content-encoding`` (gzip, or deflate: zlib's format or
-    the raw one some servers send), at most ``limit`` bytes of it; None when it is in
-    another encoding, broken, cut short or larger."""
-    name = encoding.strip().lower()
-    formats = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}.get(name, ())
-    for wbits in formats:
-        decoder = zlib.decompressobj(wbits)
-        try:
-            decoded = decoder.decompress(body, limit + 1)
-        except zlib.error:
-            continue
-        if decoder.eof and len(decoded) <= limit:
-            return decoded
-        return None
-    return None
 
 
 class ErrorRewriter:
@@ -1409,9 +1438,10 @@ def _json_object(body: bytes) -> bool:
     return isinstance(document, dict | list)
 
 
-def _status_error(status: int, shape: str) -> bytes:
-    """The client's error for a provider's error answer in no JSON shape: its status alone."""
-    message = f"the provider answered with HTTP {status}"
+def _status_error(status: int, shape: str, message: str | None = None) -> bytes:
+    """The client's error for a provider's error answer in no JSON shape: its status alone
+    (or ``message``)."""
+    message = message or f"the provider answered with HTTP {status}"
     if shape == "anthropic":
         return anthropic_error_body(message, status)
     if shape == "bedrock":

@@ -24,6 +24,7 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
+from extproc.answer_encoding import sniffed_encoding
 from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
 from extproc.context import BodyHints, PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
@@ -261,8 +262,9 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     the full path. The content type is guessed from the answer's first byte: JSON
     when it opens an object or array (an error, or a provider that ignored
     ``stream``), else the one a pass-through answer has, an event stream when the
-    client asked for a stream. Header changes a stage asks for cannot apply (the
-    headers have left); lean requests are the ones that need none.
+    client asked for a stream. A compressed answer is told by its first bytes too
+    (``answer_encoding.sniffed_encoding``). Header changes a stage asks for cannot
+    apply (the headers have left); lean requests are the ones that need none.
     """
     found = request.attributes.get(ATTRIBUTES_KEY)
     fields = found.fields if found is not None else {}
@@ -272,7 +274,13 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     details = fields.get("response.code_details")
     if details is not None and details.string_value == "via_upstream":
         result[ENVOY_UPSTREAM_TIME] = "0"
-    if request.response_body.body.lstrip()[:1] in (b"{", b"["):
+    body = request.response_body.body
+    encoding = sniffed_encoding(body)
+    if encoding:
+        # Compressed although the gateway asked for none (answer_encoding); a
+        # compressed error is taken for JSON, the errors of pass-through providers.
+        result["content-encoding"] = encoding
+    if (encoding and status >= 400) or body.lstrip()[:1] in (b"{", b"["):
         result["content-type"] = JSON
     elif 0 < status < 400:
         result["content-type"] = SSE if stream else JSON

@@ -60,7 +60,7 @@ from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODEL
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.completions_api import CompletionsEndpoint
 from extproc.mock_llm.embeddings_api import EmbeddingsEndpoint
-from extproc.mock_llm.faults import NO_FAULT, parse_fault
+from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, FaultSpecError, parse_fault
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
@@ -143,6 +143,27 @@ def _account_answer_headers(path: str) -> Mapping[str, str]:
 async def _add_account_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in _account_answer_headers(request.path).items():
         response.headers.setdefault(name, value)
+
+
+async def _compress_if_asked(request: web.Request, response: web.StreamResponse) -> None:
+    """The ``gzip`` fault: the answer compressed whatever the request accepts. The
+    headers are ready when this runs (aiohttp's own compression is chosen before), so
+    the writer compresses, chunked; a stream arrives in the compressor's blocks."""
+    spec = request.headers.get(FAULT_HEADER)
+    writer = request._payload_writer  # what the response is about to be written with
+    if spec is None or writer is None:
+        return
+    try:
+        fault = parse_fault(spec)
+    except FaultSpecError:
+        return  # answered with the 400 that names the bad pair
+    if not fault.gzip:
+        return
+    response.headers.popall("Content-Length", None)
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers["Transfer-Encoding"] = "chunked"
+    writer.enable_compression("gzip")
+    writer.enable_chunking()
 
 
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
@@ -301,6 +322,7 @@ def create_app(options: MockOptions | None = None) -> web.Application:
     mock = _MockApp(options or MockOptions())
     app = web.Application()
     app.on_response_prepare.append(_add_account_headers)
+    app.on_response_prepare.append(_compress_if_asked)
     # One catch-all route: matching by suffix keeps gateway route prefixes working.
     app.router.add_route("*", "/{path:.*}", mock.dispatch)
     return app

@@ -20,6 +20,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; from the provider's prompt cache
     no_usage   = 0 | 1 | true | false ; OpenAI streams: no usage chunk, even when asked for
                                       ; (a provider that ignores stream_options.include_usage)
+    gzip       = 0 | 1 | true | false ; compress the answer with gzip although the client
+                                      ; asked for no encoding (a misbehaving server or proxy)
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -53,6 +55,7 @@ class Fault:
     interval_s: float | None = None
     cached_tokens: int | None = None
     no_usage: bool = False
+    gzip: bool = False
 
     def cached_part(self, prompt_tokens: int) -> int:
         """How many of a request's prompt tokens to report as read from the cache."""
@@ -111,6 +114,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "interval": ("interval_s", _delay),
     "cached": ("cached_tokens", _non_negative),
     "no_usage": ("no_usage", _flag),
+    "gzip": ("gzip", _flag),
 }
 
 

@@ -1,0 +1,213 @@
+"""Answers a provider compressed although the gateway asked for none.
+
+The gateway drops the client's ``accept-encoding``, so providers answer uncompressed and
+every answer can be read: its usage counted, its text guarded, its credentials searched
+for. A provider (or a proxy in front of a model server) that compresses anyway would hide
+all of that: a gzip answer's usage is unreadable, and the request was charged an estimate
+of its prompt alone. Such an answer is read uncompressed (``DecompressedAnswer``) and the
+client gets it so, its ``content-encoding`` removed: gzip, and deflate in zlib's format
+or the raw one some servers send. An answer in an encoding the gateway cannot read (br,
+zstd) passes as it came, charged as an unreadable answer is.
+
+A compressed answer cannot grow without bound in memory: a body whose decompressed size
+exceeds the largest answer Envoy buffers (``envoy.max_response_body_bytes``), whole or in
+one stream chunk, is refused as a broken one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from extproc.context import Usage
+from extproc.translators.base import ResponseTranslator
+
+# zlib's window bits by encoding name: 31 reads gzip only; 47 reads gzip or zlib's
+# format by their header, and a deflate body without one is retried as raw (-15).
+_WINDOW_BITS = {"gzip": (31,), "x-gzip": (31,), "deflate": (47, -15)}
+# The status of a buffered answer that could not be decompressed: the provider's answer
+# was broken, as a proxy's would be.
+BROKEN_STATUS = 502
+
+
+def readable_encoding(encoding: str) -> bool:
+    """Whether ``encoding`` (a ``content-encoding``) compresses, in a format read here."""
+    return encoding.strip().lower() in _WINDOW_BITS
+
+
+def sniffed_encoding(body: bytes) -> str:
+    """The encoding a body's first bytes show: gzip's magic number, or zlib's header
+    (deflate); "" for anything else. The lean path has no headers to read it from, and
+    JSON and SSE never begin so."""
+    if body[:2] == b"\x1f\x8b":
+        return "gzip"
+    if len(body) >= 2 and body[0] == 0x78 and (body[0] << 8 | body[1]) % 31 == 0:
+        return "deflate"
+    return ""
+
+
+def decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """``body`` decoded from its ``content-encoding`` (gzip, or deflate: zlib's format or
+    the raw one), at most ``limit`` bytes of it; None when it is in another encoding,
+    broken, cut short or larger."""
+    for wbits in _WINDOW_BITS.get(encoding.strip().lower(), ()):
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if decoder.eof and len(out) <= limit:
+            return out
+        return None
+    return None
+
+
+class _StreamDecoder:
+    """A compressed stream, decoded chunk by chunk: a raw deflate stream is told apart
+    from zlib's format by its first bytes, which are kept until then."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self._formats = list(_WINDOW_BITS[encoding.strip().lower()])
+        self._decoder = zlib.decompressobj(self._formats[0])
+        self._limit = limit
+        # The bytes read so far, while a second format may still be tried.
+        self._start: bytes | None = b""
+
+    def decode(self, chunk: bytes) -> bytes:
+        """The chunk's decoded bytes; raises zlib.error for a broken or oversize stream."""
+        try:
+            out = self._decode(chunk)
+        except zlib.error:
+            if self._start is None or len(self._formats) < 2:
+                raise
+            # Not zlib's header: a raw deflate stream, read again from its first byte.
+            self._formats.pop(0)
+            self._decoder = zlib.decompressobj(self._formats[0])
+            chunk, self._start = self._start + chunk, None
+            out = self._decode(chunk)
+        if self._start is not None:
+            if out:
+                self._start = None  # the format read data: it is the stream's
+            else:
+                self._start += chunk
+        return out
+
+    def _decode(self, chunk: bytes) -> bytes:
+        out = self._decoder.decompress(chunk, self._limit + 1)
+        if len(out) > self._limit or self._decoder.unconsumed_tail:
+            raise zlib.error("a chunk decompresses to more than the largest answer")
+        return out
+
+
+class DecompressedAnswer:
+    """A reader fed its provider's compressed answer uncompressed.
+
+    The client gets the uncompressed bytes (or what the reader makes of them), its
+    ``content-encoding`` removed by the plan; on the lean path (``reencode``), whose
+    headers have left naming the provider's encoding, it gets them compressed again in
+    that encoding, and an answer the reader passes unchanged goes as it came.
+
+    A stream (``streamed``) is decoded chunk by chunk as it comes; a stream that breaks
+    feeds its reader nothing more, and the client nothing more: it ends as a stream cut
+    short, charged as one. A buffered answer is decoded whole at its end; one that cannot
+    be is the client's ``BROKEN_STATUS`` with ``broken_body()``, charged as an answer
+    the gateway could not translate (on the lean path, with no ``broken_body``, it goes
+    as it came)."""
+
+    def __init__(
+        self,
+        reader: ResponseTranslator,
+        encoding: str,
+        limit: int,
+        *,
+        streamed: bool,
+        reencode: bool = False,
+        broken_body: Callable[[], bytes] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._encoding = encoding
+        self._limit = limit
+        self._stream = _StreamDecoder(encoding, limit) if streamed else None
+        self._encoder = _encoder(encoding) if reencode else None
+        self._broken_body = broken_body
+        self._broken = False
+        self._parts: list[bytes] = []
+        self._status: int | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._reader.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._reader.usage = value
+
+    @property
+    def response_model(self) -> str | None:
+        return self._reader.response_model
+
+    @response_model.setter
+    def response_model(self, value: str | None) -> None:
+        self._reader.response_model = value
+
+    @property
+    def status(self) -> int | None:
+        return self._status if self._status is not None else self._reader.status
+
+    @status.setter
+    def status(self, value: int | None) -> None:
+        self._reader.status = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._reader, name)
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        if self._stream is None:
+            return self._feed_whole(chunk, end_of_stream)
+        data = b""
+        if not self._broken:
+            try:
+                data = self._stream.decode(chunk)
+            except zlib.error:
+                self._broken = True
+        sent = b""
+        if not self._broken or end_of_stream:
+            out = self._reader.feed(data, end_of_stream)
+            sent = data if out is None else out
+        return self._encoded(sent, end_of_stream)
+
+    def _feed_whole(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        self._parts.append(chunk)
+        if not end_of_stream:
+            return b""
+        parts, self._parts = self._parts, []
+        body = decoded(b"".join(parts), self._encoding, self._limit)
+        if body is None and self._broken_body is not None:
+            if self._encoder is None:
+                self._status = BROKEN_STATUS  # the lean path's status has left
+            return self._broken_body()
+        out = self._reader.feed(body, True) if body is not None else None
+        if out is not None:
+            return self._encoded(out, True)
+        if self._encoder is None and body is not None:
+            return body
+        # Unchanged on the lean path: as it came (the earlier chunks were held back).
+        return None if len(parts) == 1 else b"".join(parts)
+
+    def _encoded(self, data: bytes, end_of_stream: bool) -> bytes:
+        encoder = self._encoder
+        if encoder is None:
+            return data
+        if end_of_stream:
+            return encoder.compress(data) + encoder.flush(zlib.Z_FINISH)
+        # Flushed chunk by chunk, so the client reads each as it comes.
+        return encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH) if data else b""
+
+
+def _encoder(encoding: str) -> zlib._Compress:
+    """A compressor writing ``encoding``: gzip, or deflate in zlib's format."""
+    wbits = 31 if encoding.strip().lower() in ("gzip", "x-gzip") else 15
+    return zlib.compressobj(wbits=wbits)
