@@ -40,6 +40,34 @@ def header_map(message: Any) -> dict[str, str]:
     return result
 
 
+def status_code(text: str) -> int:
+    """An HTTP status as ``:status`` carries it (three ASCII digits), else 0.
+
+    ``str.isdigit`` alone takes other digits too: ``"²"`` passes it and ``int`` then
+    raises, and a long run of digits is a number no log line or metric can hold."""
+    return int(text) if is_decimal(text) and len(text) <= 3 else 0
+
+
+def is_decimal(text: str) -> bool:
+    """Whether ``text`` is a non-negative decimal number in ASCII digits (a
+    ``content-length``): what ``int`` reads as HTTP means it."""
+    return text.isascii() and text.isdigit()
+
+
+# More digits than any body size: read as this, not parsed (int() refuses a string of
+# thousands of digits).
+_HUGE = 10**18
+
+
+def content_length(text: str) -> int | None:
+    """A ``content-length`` as HTTP means it (ASCII digits), None for anything else; a
+    number of more than 18 digits is read as 10**18, past any limit."""
+    if not is_decimal(text):
+        return None
+    digits = text.lstrip("0")
+    return _HUGE if len(digits) > 18 else int(digits or "0")
+
+
 def _fill_common(common: ext.CommonResponse, out: PhaseOutput) -> None:
     """Write the phase's header and body changes into ``common``, in place."""
     if out.set_headers or out.remove_headers:

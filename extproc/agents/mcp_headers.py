@@ -12,7 +12,6 @@ one that was checked. Pure functions, no I/O.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 
 METHOD_HEADER = "mcp-method"
@@ -33,7 +32,10 @@ def decode_value(value: str) -> str | None:
         if base64.b64encode(decoded).decode("ascii") != payload:
             return None
         return decoded.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error and UnicodeDecodeError are ValueErrors, and so is base64's
+        # refusal of a payload that is not ASCII (Envoy passes a header's non-ASCII
+        # bytes, which the gateway reads as U+FFFD).
         return None
 
 

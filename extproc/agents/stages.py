@@ -49,6 +49,7 @@ from extproc.agents.limits import COUNTER_PREFIX, rule_label
 from extproc.config.agents_model import AgentProtocol
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.envoy_messages import content_length, status_code
 from extproc.errors import (
     BadRequestError,
     GatewayError,
@@ -317,7 +318,7 @@ class AgentCallStage:
         if call is None:
             return
         status_text = response_headers.get(":status", "0")
-        status = int(status_text) if status_text.isdigit() else 0
+        status = status_code(status_text)
         session = response_headers.get(SESSION_HEADER)
         if session and call.session is None:
             call.set_session(session)
@@ -736,11 +737,12 @@ def _check_length(ctx: RequestContext) -> None:
     if length is None:
         return
     limit = ctx.runtime.config.limits.max_request_body_bytes
-    if not length.isdigit():
+    size = content_length(length)
+    if size is None:
         raise BadRequestError("content-length is not a number")
-    if int(length) > limit:
+    if size > limit:
         raise PayloadTooLargeError(
-            f"request body of {length} bytes is over the limit of {limit} bytes"
+            f"request body of {size} bytes is over the limit of {limit} bytes"
         )
 
 

@@ -102,6 +102,7 @@ from extproc.envoy_failover import (
     pinned_cluster_name,
     started_key,
 )
+from extproc.envoy_messages import status_code
 from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
@@ -526,7 +527,7 @@ class AttemptStage:
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> None:
         status = response_headers.get(":status", "0")
-        ctx.response_status = int(status) if status.isdigit() else 0
+        ctx.response_status = status_code(status)
         # Only the gateway names the attempts that started: never the provider.
         out.remove_headers.append(STARTED)
         if ctx.provider_api is None:
@@ -549,7 +550,7 @@ class AttemptStage:
         # (a refused credential's 401 from Anthropic, Bedrock or Vertex is the gateway's
         # 502, Bedrock's 408 a 504): counted by the provider's own, as downstream.
         handed = out.set_headers.get(":status", status)
-        self._count_if_retried(ctx, int(handed) if handed.isdigit() else 0, status)
+        self._count_if_retried(ctx, status_code(handed), status)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

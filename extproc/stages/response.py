@@ -24,6 +24,7 @@ from extproc.backends import plan_response
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.envoy_messages import status_code
 from extproc.stages.cut_answer import charge_whole_answer
 from extproc.translators.base import ResponseTranslator, stream_failure
 
@@ -32,8 +33,7 @@ class ResponseStage:
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> None:
-        status = response_headers.get(":status", "0")
-        ctx.response_status = ctx.upstream_status = int(status) if status.isdigit() else 0
+        ctx.response_status = ctx.upstream_status = status_code(response_headers.get(":status", ""))
         ctx.first_byte_at = time.monotonic()
         if not ctx.accounted:
             return

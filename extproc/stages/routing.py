@@ -24,6 +24,7 @@ from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
+from extproc.envoy_messages import content_length
 from extproc.errors import (
     BadRequestError,
     MethodNotAllowedError,
@@ -50,12 +51,14 @@ FULL_RESPONSE = ModeOverride(response_body="BUFFERED")
 class RoutingStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
+        route = _route(ctx)
         if headers.CLUSTER in ctx.request_headers:
             # Only the gateway picks a provider. The gateway's own bootstrap strips a
             # client-sent routing header before any filter; under a Gateway API
-            # controller it would reach a provider route directly, so refuse it.
+            # controller it would reach a provider route directly, so refuse it, in the
+            # error shape of the client's API (the route's).
+            ctx.route = route
             raise BadRequestError(f"the {headers.CLUSTER} header is reserved for the gateway")
-        route = _route(ctx)
         if route is None:
             out.mode_override = SKIP_EVERYTHING
             return
@@ -105,11 +108,12 @@ class RoutingStage:
         length = ctx.request_headers.get("content-length")
         if length is not None:
             limit = ctx.runtime.config.limits.max_request_body_bytes
-            if not length.isdigit():
+            size = content_length(length)
+            if size is None:
                 raise BadRequestError("content-length is not a number")
-            if int(length) > limit:
+            if size > limit:
                 raise PayloadTooLargeError(
-                    f"request body of {length} bytes is over the limit of {limit} bytes"
+                    f"request body of {size} bytes is over the limit of {limit} bytes"
                 )
         named_model = route.forced_model or model_outside_body(ctx)
         answered_as = route

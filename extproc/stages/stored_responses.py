@@ -34,6 +34,7 @@ from extproc import headers
 from extproc.backends import CREDENTIAL_REFUSALS, refused_body
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import PhaseOutput, RequestContext
+from extproc.envoy_messages import status_code
 from extproc.errors import (
     MethodNotAllowedError,
     NotFoundError,
@@ -90,7 +91,7 @@ class StoredResponseStage:
         if call is None:
             return None
         status = response_headers.get(":status", "")
-        if status.isdigit() and int(status) in CREDENTIAL_REFUSALS:
+        if status_code(status) in CREDENTIAL_REFUSALS:
             call.refused = True
             out.set_headers.update(JSON_HEADERS)
             # The body becomes the gateway's own plain JSON, whatever encoded the provider's.
