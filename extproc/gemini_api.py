@@ -18,7 +18,8 @@ lowers in place. A stream must ask for Server-Sent Events (``?alt=sse``); a toke
 of a whole ``generateContentRequest`` is unwrapped into the form Vertex's takes.
 
 Google's REST API takes each field in camelCase, as the SDKs send it, or in snake_case
-(``generation_config.max_output_tokens``); camelCase is read first. A hard cap writes
+(``generation_config.max_output_tokens``); camelCase is read first. A body giving a field
+the quota reads in both spellings is refused (400 ``ambiguous_body``). A hard cap writes
 the spelling the body already uses, so the body never names a field twice.
 """
 
@@ -115,7 +116,9 @@ def check_body(body: dict[str, Any], operation: str) -> None:
     """Refuse a body Gemini would refuse for its shape, naming the field as the body spells
     it (``contents[0].parts``); Google checks the rest, unknown fields included.
 
+    A field the quota reads given in both spellings is refused (``_one_spelling``).
     countTokens takes ``contents``, or a whole ``generateContentRequest`` checked as one."""
+    _one_spelling(body, "", (REQUEST,))
     if operation == COUNT_TOKENS and _field(body, CONTENTS) is None:
         key, request = _named(body, REQUEST)
         if request is not None:
@@ -136,16 +139,37 @@ def _check_request(body: dict[str, Any], where: str) -> None:
         )
     for index, content in enumerate(contents):
         _check_content(content, f"{where}contents[{index}]")
+    _one_spelling(body, where, (SYSTEM, _CONFIG))
     key, config = _named(body, _CONFIG)
     if config is None:
         return
     if not isinstance(config, dict):
         raise BadRequestError(f"'{where}{key}' must be an object", param=f"{where}{key}")
+    _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES))
     for names in (_MAX_OUTPUT, _CANDIDATES):
         name, value = _named(config, names)
         if value is not None and _positive(value) is None:
             param = f"{where}{key}.{name}"
             raise BadRequestError(f"'{param}' must be an integer of at least 1", param=param)
+
+
+def _one_spelling(
+    container: dict[str, Any], where: str, fields: tuple[tuple[str, ...], ...]
+) -> None:
+    """Refuse a field given in both spellings (``generationConfig`` and
+    ``generation_config``). The quota reads the camelCase one; were Google to read the
+    other, a client could name a small allowance in one and a large one in the other,
+    past the reservation and the hard cap."""
+    for names in fields:
+        given = [name for name in names if container.get(name) is not None]
+        if len(given) > 1:
+            param = f"{where}{given[0]}"
+            raise BadRequestError(
+                f"'{param}' is given twice, as {' and '.join(repr(n) for n in given)}:"
+                " give it once",
+                param=param,
+                code="ambiguous_body",
+            )
 
 
 def _check_content(content: Any, where: str) -> None:

@@ -381,3 +381,50 @@ def test_a_body_within_the_cap_is_left_whole_thinking_budget_and_all() -> None:
         "maxOutputTokens": 50,
         "thinkingConfig": {"thinkingBudget": 5000},
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {
+                "contents": [],
+                "generationConfig": {"maxOutputTokens": 10},
+                "generation_config": {"max_output_tokens": 60000},
+            },
+            "generationConfig",
+        ),
+        (
+            {"contents": [], "generationConfig": {"maxOutputTokens": 10, "max_output_tokens": 9}},
+            "generationConfig.maxOutputTokens",
+        ),
+        (
+            {"contents": [], "generation_config": {"candidateCount": 1, "candidate_count": 8}},
+            "generation_config.candidateCount",
+        ),
+        (
+            {
+                "contents": [],
+                "systemInstruction": {"parts": [{"text": "a"}]},
+                "system_instruction": {"parts": [{"text": "b" * 9000}]},
+            },
+            "systemInstruction",
+        ),
+    ],
+)
+def test_a_field_the_quota_reads_given_in_both_spellings_is_refused(
+    body: dict[str, Any], param: str
+) -> None:
+    # The quota reads camelCase first: a large allowance in the other spelling would go
+    # past the reservation and the hard cap, were Google to read that one.
+    with pytest.raises(BadRequestError) as refused:
+        check_body(body, GENERATE_CONTENT)
+    assert (refused.value.param, refused.value.code) == (param, "ambiguous_body")
+
+
+def test_a_count_wrapping_its_request_in_both_spellings_is_refused() -> None:
+    request = {"contents": []}
+    body = {"generateContentRequest": request, "generate_content_request": request}
+    with pytest.raises(BadRequestError) as refused:
+        check_body(body, COUNT_TOKENS)
+    assert refused.value.param == "generateContentRequest"

@@ -396,8 +396,13 @@ async def test_a_gemini_field_in_both_spellings_is_guarded_in_both(
     body: dict[str, Any],
 ) -> None:
     # Google's REST API takes camelCase and snake_case names: whichever of the two it
-    # reads, the guards have read (and masked) it.
+    # reads, the guards have read (and masked) it. A field the quota reads given twice
+    # (the system instruction) is refused before anything reaches Google.
     async with gemini_gateway(vertex, POLICIES, guardrails="pii") as gw:
         answers = await gw.send(GENERATE, body)
+        if answers[1].HasField("immediate_response"):
+            assert answers[1].immediate_response.status.code == 400
+            assert b"ambiguous_body" in answers[1].immediate_response.body
+            return
         mutation = answers[1].request_body.response.body_mutation.body
         assert b"jane@example.com" not in (mutation or orjson.dumps(body))
