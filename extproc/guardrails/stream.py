@@ -76,6 +76,7 @@ import orjson
 from extproc.guardrails.content import TextSlot, whole_block_slots
 from extproc.guardrails.json_fragments import Lexed, LexState, lex, state_at
 from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
+from extproc.translators.sse import EventBuffer
 
 _EVENT_END = b"\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -415,7 +416,9 @@ class StreamGuard:
         self._calls: list[CallChannel] = []
         # By choice, its reasoning channels: what they hold leaves before its answer.
         self._reasoning: dict[int, list[CallChannel]] = {}
-        self._pending = b""
+        # The start of an event whose end has not come: LF, CRLF and lone-CR line ends
+        # alike, searched only in new bytes, and bounded (``sse.EventBuffer``).
+        self._events = EventBuffer()
         self._envelope: dict[str, Any] | None = None
         # The guards that masked text carried whole (``StreamEvent.whole``).
         self._whole_masked: set[int] = set()
@@ -435,17 +438,9 @@ class StreamGuard:
         """The complete events in ``data`` (a partial one waits for the next chunk)."""
         if self.ended:
             return []
-        data = self._pending + data if self._pending else data
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        if end_of_stream:
-            complete, self._pending = data, b""
-        else:
-            cut = data.rfind(_EVENT_END)
-            if cut < 0:
-                self._pending = data
-                return []
-            complete, self._pending = data[: cut + 2], data[cut + 2 :]
+        # An event past the bound is dropped, never sent unguarded; the stream's reader
+        # (whose buffer has the same bound) ends the stream with its error.
+        complete = self._events.whole_events(data, end_of_stream)
         events: list[StreamEvent] = []
         for raw in complete.split(_EVENT_END):
             if raw.strip():

@@ -100,20 +100,24 @@ class BufferedEmbeddings:
             self.status = 502
             return error_body(self.unreadable, "upstream_error")
         vectors, tokens = found
-        answer: dict[str, Any] = {
-            "object": "list",
-            "data": [
+        if tokens is not None:
+            # Read first: the provider billed it, even should its vectors not be sendable.
+            self.usage = Usage(tokens, 0, tokens, 0)
+        try:
+            data = [
                 {
                     "object": "embedding",
                     "index": index,
                     "embedding": base64_vector(vector) if self._base64 else vector,
                 }
                 for index, vector in enumerate(vectors)
-            ],
-            "model": self._model,
-        }
+            ]
+        except (OverflowError, struct.error):
+            # A number past float32's range has no base64 (float32) encoding.
+            self.status = 502
+            return error_body(self.unreadable, "upstream_error")
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": self._model}
         if tokens is not None:
-            self.usage = Usage(tokens, 0, tokens, 0)
             answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         return orjson.dumps(answer)
 

@@ -127,7 +127,8 @@ def _usage(uncached: int, completion: int, read: Any, written: Any) -> Usage:
 
 
 def _count(value: Any) -> int | None:
-    if isinstance(value, str) and value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "①", which int() refuses.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
