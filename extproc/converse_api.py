@@ -113,7 +113,9 @@ def check_converse_body(body: dict[str, Any], max_messages: int) -> None:
         messages = checked_messages(messages, max_messages)
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        # A list or an object is no role (and cannot be looked up in a set).
+        if not isinstance(role, str) or role not in _ROLES:
             raise BadRequestError(
                 f"{where} must be an object whose 'role' is 'user' or 'assistant'", param=where
             )

@@ -29,7 +29,11 @@ def thinking_budget(body: dict[str, Any]) -> int | None:
     if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
         return None
     budget = thinking.get("budget_tokens")
-    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+    # A budget below one is none the provider takes (it refuses the request): reserved
+    # as none, never as a negative allowance that would give tokens back to the quota.
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        return None
+    return budget
 
 
 def least_completion(body: dict[str, Any]) -> int:

@@ -97,7 +97,9 @@ def translate_request(
     with ``allowed_betas``, the beta flags (of the header and the body) not in it are
     left out."""
     translated = {key: value for key, value in body.items() if key not in _NOT_IN_BODY}
-    if translated.get("service_tier") in _ANTHROPIC_TIERS:
+    tier = translated.get("service_tier")
+    # A list or an object is no tier (and cannot be looked up in a set): Bedrock's to refuse.
+    if isinstance(tier, str) and tier in _ANTHROPIC_TIERS:
         del translated["service_tier"]
     translated["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
     betas = [beta.strip() for beta in (beta_header or "").split(",") if beta.strip()]
