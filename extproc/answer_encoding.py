@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Any
 
-from extproc.context import Usage
-from extproc.translators.base import ResponseTranslator
+from extproc.translators.base import ResponseTranslator, WrappedReader
 
 # zlib's window bits by encoding name: 31 reads gzip only; 47 reads gzip or zlib's
 # format by their header, and a deflate body without one is retried as raw (-15).
@@ -100,7 +98,7 @@ class _StreamDecoder:
         return out
 
 
-class DecompressedAnswer:
+class DecompressedAnswer(WrappedReader):
     """A reader fed its provider's compressed answer uncompressed.
 
     The client gets the uncompressed bytes (or what the reader makes of them), its
@@ -125,7 +123,7 @@ class DecompressedAnswer:
         reencode: bool = False,
         broken_body: Callable[[], bytes] | None = None,
     ) -> None:
-        self._reader = reader
+        super().__init__(reader)
         self._encoding = encoding
         self._limit = limit
         self._stream = _StreamDecoder(encoding, limit) if streamed else None
@@ -136,33 +134,12 @@ class DecompressedAnswer:
         self._status: int | None = None
 
     @property
-    def usage(self) -> Usage | None:
-        return self._reader.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._reader.usage = value
-
-    @property
-    def response_model(self) -> str | None:
-        return self._reader.response_model
-
-    @response_model.setter
-    def response_model(self, value: str | None) -> None:
-        self._reader.response_model = value
-
-    @property
     def status(self) -> int | None:
         return self._status if self._status is not None else self._reader.status
 
     @status.setter
     def status(self, value: int | None) -> None:
         self._reader.status = value
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._reader, name)
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._stream is None:

@@ -126,6 +126,7 @@ from extproc.translators import (
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
     ResponseTranslator,
+    WrappedReader,
     refuse_forced_call_without_tools,
     renamed,
 )
@@ -1302,7 +1303,7 @@ class _ScrubbedError(ErrorRewriter):
         return super().feed(chunk, end_of_stream)
 
 
-class _ScrubbedStream:
+class _ScrubbedStream(WrappedReader):
     """A stream's reader, fed each chunk with the gateway's provider credentials cut out.
 
     The cost per chunk is a substring search for each credential over the bytes the
@@ -1314,38 +1315,9 @@ class _ScrubbedStream:
     the credential) and whatever else the stages read of it."""
 
     def __init__(self, reader: ResponseTranslator, needles: tuple[bytes, ...]) -> None:
-        self._reader = reader
+        super().__init__(reader)
         self._needles = needles
         self._held = b""
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._reader.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self._reader.usage = value
-
-    @property
-    def response_model(self) -> str | None:
-        return self._reader.response_model
-
-    @response_model.setter
-    def response_model(self, value: str | None) -> None:
-        self._reader.response_model = value
-
-    @property
-    def status(self) -> int | None:
-        return self._reader.status
-
-    @status.setter
-    def status(self, value: int | None) -> None:
-        self._reader.status = value
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._reader, name)
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         data = self._held + chunk if self._held else chunk

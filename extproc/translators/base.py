@@ -92,6 +92,43 @@ class ResponseTranslator(Protocol):
         ...
 
 
+class WrappedReader:
+    """A reader in front of another (``_reader``): what the stages read of it (usage,
+    model, status, and any other attribute) is the inner reader's."""
+
+    def __init__(self, reader: ResponseTranslator) -> None:
+        self._reader = reader
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._reader.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._reader.usage = value
+
+    @property
+    def response_model(self) -> str | None:
+        return self._reader.response_model
+
+    @response_model.setter
+    def response_model(self, value: str | None) -> None:
+        self._reader.response_model = value
+
+    @property
+    def status(self) -> int | None:
+        return self._reader.status
+
+    @status.setter
+    def status(self, value: int | None) -> None:
+        self._reader.status = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._reader, name)
+
+
 class ProviderStreamError(GatewayError):
     """A provider's error event inside a stream, with the OpenAI type and code the client
     was shown. It never becomes a status: the stream's 200 had already left."""
