@@ -9,9 +9,14 @@ client gets it so, its ``content-encoding`` removed: gzip, and deflate in zlib's
 or the raw one some servers send. An answer in an encoding the gateway cannot read (br,
 zstd) passes as it came, charged as an unreadable answer is.
 
+A gzip body may be several members (RFC 1952), as a proxy that compresses each flush
+writes it: each is read in turn, and bytes after the last that begin no other are
+ignored, as clients ignore them.
+
 A compressed answer cannot grow without bound in memory: a body whose decompressed size
-exceeds the largest answer Envoy buffers (``envoy.max_response_body_bytes``), whole or in
-one stream chunk, is refused as a broken one.
+exceeds the largest answer Envoy buffers (``envoy.max_response_body_bytes``) is not read.
+A stream chunk that does breaks the stream; a buffered answer is refused (``too_large``)
+and charged as one over Envoy's buffer, which its provider billed whole.
 """
 
 from __future__ import annotations
@@ -49,16 +54,51 @@ def decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
     """``body`` decoded from its ``content-encoding`` (gzip, or deflate: zlib's format or
     the raw one), at most ``limit`` bytes of it; None when it is in another encoding,
     broken, cut short or larger."""
+    out = _decoded(body, encoding, limit)
+    return out if isinstance(out, bytes) else None
+
+
+# ``_decoded``'s answer for a body larger, decoded, than its limit.
+_TOO_LARGE = object()
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | object | None:
     for wbits in _WINDOW_BITS.get(encoding.strip().lower(), ()):
         decoder = zlib.decompressobj(wbits)
         try:
             out = decoder.decompress(body, limit + 1)
         except zlib.error:
             continue
-        if decoder.eof and len(out) <= limit:
-            return out
-        return None
+        if len(out) > limit:
+            return _TOO_LARGE
+        if not decoder.eof:
+            return None
+        if wbits == 31:
+            return _later_members(out, decoder.unused_data, limit)
+        return out
     return None
+
+
+def _later_members(first: bytes, rest: bytes, limit: int) -> bytes | object | None:
+    """A gzip body's members after its first, decoded and joined to it (RFC 1952: a
+    body may be several members, as a proxy that compresses each flush writes it).
+    Bytes after the last member that begin no other are ignored, as clients do."""
+    parts = [first]
+    size = len(first)
+    while rest[:2] == b"\x1f\x8b":
+        decoder = zlib.decompressobj(31)
+        try:
+            out = decoder.decompress(rest, limit - size + 1)
+        except zlib.error:
+            return None
+        size += len(out)
+        if size > limit:
+            return _TOO_LARGE
+        if not decoder.eof:
+            return None
+        parts.append(out)
+        rest = decoder.unused_data
+    return b"".join(parts)
 
 
 class _StreamDecoder:
@@ -71,6 +111,8 @@ class _StreamDecoder:
         self._limit = limit
         # The bytes read so far, while a second format may still be tried.
         self._start: bytes | None = b""
+        # Past a gzip stream's last member: what follows is not read.
+        self._trailing = False
 
     def decode(self, chunk: bytes) -> bytes:
         """The chunk's decoded bytes; raises zlib.error for a broken or oversize stream."""
@@ -92,8 +134,28 @@ class _StreamDecoder:
         return out
 
     def _decode(self, chunk: bytes) -> bytes:
-        out = self._decoder.decompress(chunk, self._limit + 1)
-        if len(out) > self._limit or self._decoder.unconsumed_tail:
+        if self._trailing:
+            return b""
+        out = self._inflate(chunk)
+        # A gzip stream may be several members (RFC 1952), as a proxy that compresses
+        # each flush writes it: each is read in turn. Bytes after a member that begin
+        # no other are ignored, as clients do.
+        while self._decoder.eof and self._formats[0] == 31:
+            rest = self._decoder.unused_data
+            if not b"\x1f\x8b".startswith(rest[:2]):
+                self._trailing = True
+                break
+            if len(rest) < 2:
+                break  # the next member's magic number, cut: kept until it comes whole
+            self._decoder = zlib.decompressobj(31)
+            out += self._inflate(rest, len(out))
+        return out
+
+    def _inflate(self, data: bytes, decoded: int = 0) -> bytes:
+        """``data`` decoded by the current member's decoder (``decoded`` bytes of the
+        chunk came before it)."""
+        out = self._decoder.decompress(data, self._limit - decoded + 1)
+        if decoded + len(out) > self._limit or self._decoder.unconsumed_tail:
             raise zlib.error("a chunk decompresses to more than the largest answer")
         return out
 
@@ -109,9 +171,10 @@ class DecompressedAnswer(WrappedReader):
     A stream (``streamed``) is decoded chunk by chunk as it comes; a stream that breaks
     feeds its reader nothing more, and the client nothing more: it ends as a stream cut
     short, charged as one. A buffered answer is decoded whole at its end; one that cannot
-    be is the client's ``BROKEN_STATUS`` with ``broken_body()``, charged as an answer
-    the gateway could not translate (on the lean path, with no ``broken_body``, it goes
-    as it came)."""
+    be is the client's ``BROKEN_STATUS`` with ``broken_body(too_large)``, charged as an
+    answer the gateway could not translate, or, when it is larger decoded than the
+    largest answer (``too_large``), as an answer over Envoy's buffer (on the lean path,
+    with no ``broken_body``, it goes as it came)."""
 
     def __init__(
         self,
@@ -121,7 +184,7 @@ class DecompressedAnswer(WrappedReader):
         *,
         streamed: bool,
         reencode: bool = False,
-        broken_body: Callable[[], bytes] | None = None,
+        broken_body: Callable[[bool], bytes] | None = None,
     ) -> None:
         super().__init__(reader)
         self._encoding = encoding
@@ -130,6 +193,8 @@ class DecompressedAnswer(WrappedReader):
         self._encoder = _encoder(encoding) if reencode else None
         self._broken_body = broken_body
         self._broken = False
+        # A buffered answer larger, decoded, than the largest answer.
+        self.too_large = False
         self._parts: list[bytes] = []
         self._status: int | None = None
 
@@ -161,11 +226,16 @@ class DecompressedAnswer(WrappedReader):
         if not end_of_stream:
             return b""
         parts, self._parts = self._parts, []
-        body = decoded(b"".join(parts), self._encoding, self._limit)
-        if body is None and self._broken_body is not None:
-            if self._encoder is None:
-                self._status = BROKEN_STATUS  # the lean path's status has left
-            return self._broken_body()
+        body = _decoded(b"".join(parts), self._encoding, self._limit)
+        if not isinstance(body, bytes):
+            # The provider generated and billed an answer this large: charged as one
+            # over Envoy's buffer (cut_answer), not as a broken one.
+            self.too_large = body is _TOO_LARGE
+            if self._broken_body is not None:
+                if self._encoder is None:
+                    self._status = BROKEN_STATUS  # the lean path's status has left
+                return self._broken_body(self.too_large)
+            body = None
         out = self._reader.feed(body, True) if body is not None else None
         if out is not None:
             return self._encoded(out, True)

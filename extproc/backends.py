@@ -96,6 +96,7 @@ from extproc.errors import (
     credentials_refused,
     error_body,
     google_error_body,
+    response_too_large,
     without_secrets,
 )
 from extproc.providers import vertex_endpoints
@@ -846,8 +847,12 @@ def _uncompressed(ctx: RequestContext, plan: ResponsePlan, encoding: str) -> Res
         encoding,
         limit,
         streamed=plan.streamed,
-        broken_body=lambda: _status_error(
-            BROKEN_STATUS, shape, "the provider's compressed answer could not be read"
+        broken_body=lambda too_large: (
+            response_too_large().body(shape)
+            if too_large
+            else _status_error(
+                BROKEN_STATUS, shape, "the provider's compressed answer could not be read"
+            )
         ),
     )
     for name in ("content-encoding", "content-length"):
@@ -1168,7 +1173,7 @@ def _without_provider_credentials(
         elif isinstance(translator, ErrorRewriter):
             translator.read_first(scrub)
         plan.translator = DecompressedAnswer(
-            translator, encoding, limit, streamed=False, reencode=True, broken_body=bytes
+            translator, encoding, limit, streamed=False, reencode=True, broken_body=_nothing
         )
         return plan
 
@@ -1241,6 +1246,11 @@ def _quoted_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
         ):
             forms[form] = None
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _nothing(too_large: bool) -> bytes:
+    """No body: a compressed error the lean path could not read is not passed on."""
+    return b""
 
 
 def _scrubbed(body: bytes, needles: tuple[bytes, ...]) -> bytes:

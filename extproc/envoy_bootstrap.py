@@ -43,6 +43,7 @@ from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing, client_path_f
 from extproc.envoy_values import duration, is_ip
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
+    RESPONSE_TOO_LARGE_MESSAGE,
     BadRequestError,
     GatewayError,
     GatewayTimeoutError,
@@ -488,7 +489,7 @@ def _local_replies() -> list[_LocalReply]:
             "response.code_details == 'response_payload_too_large'",
             UpstreamError.error_type,
             "response_too_large",
-            "the provider's answer is larger than the gateway can buffer",
+            RESPONSE_TOO_LARGE_MESSAGE,
             UpstreamError.status,
             UpstreamError.status,
         ),

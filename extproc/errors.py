@@ -233,6 +233,17 @@ class UpstreamError(GatewayError):
     error_type = "upstream_error"
 
 
+# An answer over envoy.max_response_body_bytes: Envoy's own reply says it (the
+# bootstrap's local reply), and so does the gateway's to a compressed answer larger than
+# that once decoded. The provider billed it whole (stages.cut_answer).
+RESPONSE_TOO_LARGE_MESSAGE = "the provider's answer is larger than the gateway can buffer"
+
+
+def response_too_large() -> UpstreamError:
+    """The error of an answer larger than the gateway buffers."""
+    return UpstreamError(RESPONSE_TOO_LARGE_MESSAGE, code="response_too_large")
+
+
 class ServiceUnavailableError(GatewayError):
     status = 503
     error_type = "service_unavailable"

@@ -567,7 +567,9 @@ class AttemptStage:
             # the failover route's header).
             ctx.response_status = ctx.translator.status
             out.set_headers[":status"] = str(ctx.translator.status)
-            if ctx.provider is not None:
+            # One larger, decoded, than the gateway buffers (answer_encoding) was an
+            # answer, billed whole: its name stays, charged as a cut attempt.
+            if ctx.provider is not None and not getattr(ctx.translator, "too_large", False):
                 out.metadata = {started_key(ctx.provider): ""}
             # Envoy held the headers for the whole body: it retries this status, an error
             # no client sees (labelled the client's, as downstream: the 200 was none).

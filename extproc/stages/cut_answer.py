@@ -4,7 +4,8 @@ for it, in every ledger alike.
 A provider bills a whole answer once it has started sending it (its success status
 came back), whether or not anyone read the body to its end: the client hung up while
 the body was in flight, the upstream reset mid-body, or Envoy dropped an answer larger
-than ``envoy.max_response_body_bytes``. The usage count is inside that body, so the
+than ``envoy.max_response_body_bytes`` (or the gateway refused a compressed one larger
+than that once decoded: ``charge_answer_too_large``). The usage count is inside that body, so the
 gateway never reads it. The same holds for a whole answer that carried no count
 (garbage, or a provider that sends none). Such a request is charged an estimate: the
 prompt as the quota estimate counts it, and for the completion (none for embeddings,
@@ -74,7 +75,7 @@ from extproc.backends import ENVOY_UPSTREAM_TIME
 from extproc.config.model import RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
-from extproc.errors import UpstreamError
+from extproc.errors import response_too_large
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.stages.quota import reserved_completion
 from extproc.translators.generated_text import generated_chars
@@ -146,11 +147,23 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
     _charge(ctx, completion)
 
 
+def charge_answer_too_large(ctx: RequestContext) -> None:
+    """Charge a whole success answer larger than the gateway reads (a compressed one,
+    decoded: ``answer_encoding``) as one over Envoy's buffer: the prompt estimate and
+    the completion allowance. When its 502 replaced the answer, that is the client's
+    error (on the lean path the provider's status had left)."""
+    if not _billed(ctx) or ctx.first_byte_at is None or (ctx.upstream_status or 0) >= 400:
+        return
+    if ctx.response_status >= 400:
+        ctx.error = response_too_large()
+    _charge(ctx, reserved_completion(ctx))
+
+
 def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> None:
     """Charge a failover attempt's answer Envoy dropped for its size as a cut answer (the
     allowance of the chain member on ``provider``, whose answer it was), and record the
     error the client got instead."""
-    ctx.error = UpstreamError(_TOO_LARGE_MESSAGE, code="response_too_large")
+    ctx.error = response_too_large()
     if _billed(ctx):
         member = ctx.runtime.failover.get(ctx.failover_model or "", {}).get(provider or "")
         _charge(ctx, reserved_completion(ctx, member[1] if member is not None else None))
@@ -178,11 +191,6 @@ def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tup
         usage = Usage(prompt, completion, prompt + completion)
         charged.append(CutAttempt(provider, model, usage, ctx.runtime.prices.cost(model, usage)))
     return tuple(charged)
-
-
-# The message of Envoy's reply (envoy_bootstrap's local reply for an answer over the
-# buffer), which the log line repeats as the client's error.
-_TOO_LARGE_MESSAGE = "the provider's answer is larger than the gateway can buffer"
 
 
 def _dropped_attempt(response_headers: dict[str, str]) -> bool:

@@ -25,7 +25,7 @@ from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_messages import status_code
-from extproc.stages.cut_answer import charge_whole_answer
+from extproc.stages.cut_answer import charge_answer_too_large, charge_whole_answer
 from extproc.translators.base import ResponseTranslator, stream_failure
 
 
@@ -112,6 +112,10 @@ class ResponseStage:
         if translator.usage is not None:
             ctx.usage = translator.usage
             ctx.usage_reported = True
+        elif getattr(translator, "too_large", False):
+            # A compressed answer larger, decoded, than the gateway buffers was generated
+            # whole, and billed: charged as one over Envoy's buffer.
+            charge_answer_too_large(ctx)
         elif not ctx.stream:
             # A whole JSON answer without the provider's count (an embeddings answer
             # without usage, garbage) was still generated, and billed: charged an

@@ -217,11 +217,53 @@ async def test_an_answer_in_an_encoding_the_gateway_cannot_read_passes_as_it_cam
     assert "content-encoding" not in played.removed_headers
 
 
-async def test_an_answer_that_inflates_beyond_the_largest_answer_is_refused() -> None:
+async def test_an_answer_that_inflates_past_the_largest_is_billed_as_one_over_the_buffer() -> None:
     limit = PLAIN.envoy.max_response_body_bytes
     bomb = gzip.compress(b" " * (limit + 1))
-    played = await play([bomb], "gzip")
-    assert played.answers[3].response_body.response.body_mutation.body.startswith(b'{"error"')
+    played = await play(pieces(bomb, 4096), "gzip")
+    refused = played.answers[-1].response_body.response
+    error = orjson.loads(refused.body_mutation.body)["error"]
+    # As Envoy's reply to an answer over its buffer: the provider billed it whole.
+    assert (error["code"], error["message"]) == (
+        "response_too_large",
+        "the provider's answer is larger than the gateway can buffer",
+    )
+    line = played.line
+    assert (line["http_status_code"], line["error_code"]) == (502, "response_too_large")
+    assert line["usage_estimated"] is True and line["prompt_tokens"] > 0
+    # The completion allowance the quota reserved (the default config's default_max_tokens).
+    assert line["completion_tokens"] == PLAIN.quotas.default_max_tokens
+
+
+def members(data: bytes, size: int) -> bytes:
+    """``data`` as a gzip body of one member per ``size`` bytes (RFC 1952)."""
+    return b"".join(gzip.compress(part) for part in pieces(data, size))
+
+
+@pytest.mark.parametrize("member_size", [30, len(ANSWER) - 1])
+async def test_a_gzip_answer_of_several_members_is_read_whole(member_size: int) -> None:
+    played = await play(pieces(members(ANSWER, member_size), 64), "gzip")
+    assert played.usage == (9, 12, True, False)
+    assert orjson.loads(played.body) == orjson.loads(ANSWER)
+
+
+@pytest.mark.parametrize("size", [1, 2, 9, 4096])
+async def test_a_gzip_stream_of_one_member_per_event_is_billed_its_usage(size: int) -> None:
+    events = [event + b"\n\n" for event in STREAM.split(b"\n\n") if event]
+    compressed = b"".join(gzip.compress(event) for event in events)
+    played = await play(pieces(compressed, size), "gzip", stream=True)
+    assert played.usage == (9, 12, True, False)
+    assert played.line["outcome"] == "completed"
+    assert openai_stream_text(played.body) == "Paid with 4111 1111 1111 1111."
+    assert played.body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_bytes_after_the_last_gzip_member_are_ignored_as_clients_ignore_them() -> None:
+    played = await play([gzip.compress(ANSWER) + b"\x00" * 8], "gzip")
+    assert played.usage == (9, 12, True, False)
+    streamed = await play([gzip.compress(STREAM) + b"\x00" * 8], "gzip", stream=True)
+    assert streamed.usage == (9, 12, True, False)
+    assert openai_stream_text(streamed.body) == "Paid with 4111 1111 1111 1111."
 
 
 # --- the lean path: no response headers message, the encoding told by the first bytes ---
@@ -275,3 +317,22 @@ async def test_a_compressed_error_quoting_the_provider_key_on_the_lean_path_is_s
     assert b"mock-provider-key" not in shown
     assert orjson.loads(shown)["error"]["type"] == "insufficient_quota"
     assert played.line["http_status_code"] == 429
+
+
+async def test_a_gzip_answer_of_several_members_on_the_lean_path_is_billed() -> None:
+    compressed = members(ANSWER, 40)
+    played = await play_lean(pieces(compressed, 50))
+    assert played.usage == (9, 12, True, False)
+    assert gzip.decompress(played.body) == ANSWER
+
+
+async def test_a_compressed_answer_too_large_on_the_lean_path_is_billed_as_over_the_buffer() -> (
+    None
+):
+    limit = PLAIN.envoy.max_response_body_bytes
+    played = await play_lean(pieces(gzip.compress(b" " * (limit + 1)), 4096))
+    line = played.line
+    # Its 200 has left: it goes as it came, charged as an answer over the buffer.
+    assert line["http_status_code"] == 200
+    assert line["usage_estimated"] is True
+    assert line["completion_tokens"] == PLAIN.quotas.default_max_tokens

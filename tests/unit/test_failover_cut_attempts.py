@@ -18,6 +18,7 @@ these tests play as its script says; the real Envoy runs it in
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -410,6 +411,23 @@ async def test_an_answer_the_attempt_turned_into_an_error_is_not_charged(
     await failover_request(processor, failover_config, attempts)
     line = only_line(services)
     assert (line["cut_attempts"], line["total_tokens"]) == (None, sum(ANSWER_USAGE))
+
+
+async def test_an_attempt_whose_compressed_answer_is_too_large_is_charged_as_cut(
+    failover_config: GatewayConfig, services: Services
+) -> None:
+    """A gzip answer larger, decoded, than the gateway buffers: the attempt answers Envoy
+    a 502 (retried), but its provider generated the whole answer and billed it, as it
+    bills an answer over Envoy's buffer."""
+    processor = gateway(failover_config, services)
+    bomb = gzip.compress(b" " * (failover_config.envoy.max_response_body_bytes + 1))
+    attempts: list[Attempt] = [("cut", 200, bomb), ("mock", 200, gzip.compress(ANSWER))]
+    await failover_request(
+        processor, failover_config, attempts, provider_headers={"content-encoding": "gzip"}
+    )
+    line = only_line(services)
+    assert line["cut_attempts"] == [cut_entry("cut", "primary")]
+    assert line["total_tokens"] == sum(ANSWER_USAGE) + PROMPT + ALLOWANCE
 
 
 async def test_when_every_attempt_is_cut_each_is_charged(
