@@ -83,7 +83,7 @@ class AuthenticationStage:
             if _signed_for_aws(ctx.request_headers):
                 message = _AWS_SIGNATURE_REFUSED
             raise _challenge(message, invalid=False)
-        if len(credential) > runtime.config.auth.max_token_bytes:
+        if _byte_length(credential) > runtime.config.auth.max_token_bytes:
             code = _INVALID_TOKEN if looks_like_jwt(credential) else None
             raise _challenge("invalid token: too large", invalid=True, code=code)
         if accepts_jwt and looks_like_jwt(credential):
@@ -246,3 +246,9 @@ def _check_route(ctx: RequestContext) -> None:
             f"API key '{ctx.identity.api_key_id}' may not use route '{route.name}'",
             code="route_not_allowed",
         )
+
+
+def _byte_length(credential: str) -> int:
+    """The credential's size in bytes, as ``auth.max_token_bytes`` counts it: a non-ASCII
+    character is several (an undecodable byte was read as U+FFFD, three)."""
+    return len(credential) if credential.isascii() else len(credential.encode())

@@ -131,6 +131,12 @@ async def test_a_credential_over_the_token_limit_is_a_401_before_any_parsing(
     assert value not in orjson.dumps(error).decode()
 
 
+async def test_the_token_limit_counts_bytes_not_characters(processor: Processor) -> None:
+    # 3,000 characters of three bytes each: 9,000 bytes, over the 8 KiB default.
+    status, error = await refusal(processor, None, {"x-api-key": "\u20ac" * 3000}) or (0, {})
+    assert (status, error["message"]) == (401, "invalid token: too large")
+
+
 def test_envoy_refuses_oversized_headers_itself(config: GatewayConfig) -> None:
     limits = config.limits.model_copy(
         update={"max_request_headers_kb": 16, "max_request_headers": 50}
