@@ -374,6 +374,11 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
                 or "reasoning_details" in message
             ):
                 _reasoning_slots(role, message, slots, request=True)
+    # OpenAI's Predicted Outputs: the text the answer is expected to repeat (most often
+    # the file the prompt asks to edit), which the model reads as the prompt's text.
+    prediction = body.get("prediction")
+    if isinstance(prediction, dict):
+        _content_slots("assistant", prediction, "content", slots)
     return slots
 
 

@@ -22,7 +22,8 @@ The builtins (why each rule):
   separator twice), passing the Luhn check.
 - ``EMAIL``: ``local@domain.tld`` with the characters mail systems accept.
 - ``PHONE_NUMBER``: North American numbers (``(555) 123-4567``,
-  ``+1 555.123.4567``, ``5551234567``) and international ``+CC ...`` numbers of
+  ``+1 555.123.4567``, ``5551234567``), whose area code never begins with 0 or 1 (so a
+  Unix time, ``1717171717``, is none), and international ``+CC ...`` numbers of
   8 to 15 digits (E.164's limit).
 
 Numbers must stand alone: a match touching another letter or digit is not one.
@@ -87,12 +88,29 @@ class Detector:
 
     def find(self, text: str) -> Iterator[Span]:
         check = self._check
-        for match in self._regex.finditer(text):
+        if check is None:
+            for match in self._regex.finditer(text):
+                start, end = match.span()
+                if start != end:
+                    yield Span(start, end, self.label)
+            return
+        # A match the check refuses may hide one it accepts inside it: in "Room 21
+        # 555-123-4567" the phone number is matched from the "1" (an optional country
+        # code), which touches the "2"; going on after that match never tried the number
+        # itself. So the search goes on from the character after the refused match's start.
+        regex = self._regex
+        position = 0
+        length = len(text)
+        while position <= length:
+            match = regex.search(text, position)
+            if match is None:
+                return
             start, end = match.span()
-            if start == end:
-                continue
-            if check is None or check(text, start, end):
+            if start != end and check(text, start, end):
                 yield Span(start, end, self.label)
+                position = end
+            else:
+                position = start + 1
 
 
 class CardDetector(Detector):
@@ -118,9 +136,15 @@ def _card_windows(text: str, start: int, end: int, label: str) -> Iterator[Span]
     # "Stands alone" is a property of the card, not of the run: in "order A1 4111 ...",
     # only the group "1" touches a letter, and the card after it stands alone. Checking
     # the whole run let a code ending in a digit hide the card next to it.
-    first = 1 if start > 0 and text[start - 1].isalnum() else 0
+    begin = 1 if start > 0 and text[start - 1].isalnum() else 0
     usable = len(groups) - 1 if end < len(text) and text[end].isalnum() else len(groups)
-    while first < usable:
+    # Every window that passes is masked, not only the first found: in "10000000 4111
+    # 1111 1111 1111" the account number and the card's first groups pass the Luhn check
+    # together, and stopping there left the rest of the real card in clear. A window
+    # overlapping one already masked yields its rest (whole groups, never longer than a
+    # card), so spans neither overlap nor grow past ``max_len``.
+    masked = begin - 1  # the last group masked
+    for first in range(begin, usable):
         digits = ""
         found = None
         for last in range(first, usable):
@@ -129,11 +153,10 @@ def _card_windows(text: str, start: int, end: int, label: str) -> Iterator[Span]
                 break
             if len(digits) >= 13 and luhn_valid(digits):
                 found = last
-        if found is None:
-            first += 1
+        if found is None or found <= masked:
             continue
-        yield Span(groups[first][0], groups[found][1], label)
-        first = found + 1
+        yield Span(groups[max(first, masked + 1)][0], groups[found][1], label)
+        masked = found
 
 
 def luhn_valid(digits: str) -> bool:
@@ -179,10 +202,14 @@ def _phone(text: str, start: int, end: int) -> bool:
         return False
     if end < len(text) and text[end].isalnum():
         return False
-    digits = sum(c.isdigit() for c in text[start:end])
+    digits = [c for c in text[start:end] if c.isdigit()]
     if text[start] == "+":
-        return 8 <= digits <= 15
-    return digits in (10, 11)
+        return 8 <= len(digits) <= 15
+    if len(digits) not in (10, 11):
+        return False
+    # No North American area code begins with 0 or 1: ten such digits are some other
+    # number, a Unix time most often (1717171717), not a phone number.
+    return digits[len(digits) - 10] not in "01"
 
 
 def _email(text: str, start: int, end: int) -> bool:

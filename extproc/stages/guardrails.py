@@ -270,6 +270,8 @@ class GuardRequestStage:
             asked = _asks_for_logprobs(route.api, ctx.body)
             if asked is not None:
                 raise _unguardable_logprobs(route.name, asked)
+            if route.api is RouteApi.OPENAI_CHAT and _asks_for_audio(ctx.body):
+                raise _unguardable_audio(route.name)
         if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
             raise _unreadable_invoke_body(ctx, route.name)
         if not guards.request.empty:
@@ -361,6 +363,27 @@ def _unguardable_logprobs(route: str, param: str) -> BadRequestError:
         "(they repeat the answer's text); ask without them",
         param=param,
         code="logprobs_not_guarded",
+    )
+
+
+def _asks_for_audio(body: dict[str, Any]) -> bool:
+    """Whether a chat request asks for a spoken answer (``modalities`` with ``audio``, or
+    ``audio`` output settings): its text is then ``message.audio.transcript`` (the
+    content is null) and its ``data`` speaks it, neither of which a guard can mask."""
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        return True
+    return body.get("audio") is not None
+
+
+def _unguardable_audio(route: str) -> BadRequestError:
+    """A spoken answer says the text response guards would mask: refused before the quota
+    counts the request, as log probabilities are."""
+    return BadRequestError(
+        f"route '{route}' guards answers, which it cannot do for audio answers "
+        "(their transcript and speech are the answer's text); ask for text",
+        param="modalities",
+        code="audio_not_guarded",
     )
 
 
