@@ -93,7 +93,14 @@ def _note_expired_hours(period: Period, retention_days: int, now: datetime | Non
     """Say on stderr when the period starts before the oldest hour the store still keeps:
     those hours read as no usage, and a bill of $0.00 for a month whose rollups expired
     must not pass for a month without usage. stdout stays the report a job imports."""
-    kept_from = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    # An hour's hash expires retention_days after its first write, made at the earliest
+    # as the hour begins: the hour that began at or before now - retention_days may be
+    # gone already (on a busy gateway it is), the one after it is kept whole.
+    try:
+        expired_by = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    except OverflowError:
+        return  # kept since before the year 1 ("forever", 999999): nothing has expired
+    kept_from = expired_by.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     if period.start >= kept_from:
         return
     print(

@@ -18,7 +18,7 @@ from extproc.agents.access import compile_globs
 from extproc.config.agents_model import AgentLimitRule
 from extproc.config.quota_model import QuotaMode, QuotasConfig, StoreFailure
 from extproc.context import Identity
-from extproc.quota.rules import Limit, selected, subject_values
+from extproc.quota.rules import Limit, refusal_order, selected, subject_values
 from extproc.quota.windows import WindowKind, window_for
 
 _COUNTERS: tuple[tuple[str, WindowKind], ...] = (
@@ -100,4 +100,8 @@ class AgentLimits:
                             fail_open, "UTC",
                         )
                     )  # fmt: skip
-        return found
+        # The one that holds longest first, as for LLM requests: the store names the first
+        # limit that refuses, and the refusal's retry-after comes from it. In config order
+        # a minute's came before a day's used up with it, and sent the client back within
+        # a minute to be refused again until the day ended.
+        return refusal_order(found)

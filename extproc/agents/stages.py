@@ -479,7 +479,9 @@ async def _reserve(
         )
     except Exception as exc:
         services.metrics.store_error("agent_limit")
-        if all(limit.fail_open for limit in limits):
+        # A shadow rule never blocks, as on the LLM path: only enforced rules can fail
+        # the call closed (a shadow rule alone turned a store outage into 503s).
+        if all(limit.fail_open or not limit.enforce for limit in limits):
             log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
             ctx.quota_decision = "failed_open"
             return

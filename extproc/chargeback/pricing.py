@@ -247,11 +247,16 @@ class PriceTable:
         self._warned_tiers: set[tuple[str, str]] = set()
         for name, price in pricing.models.items():
             self._by_name[name] = token_prices(price, pricing.server_tools_per_thousand)
+        self._by_comparable = {comparable(name): each for name, each in self._by_name.items()}
         # A price given for a model (or one of its aliases) covers all its names,
-        # unless a name has a price of its own.
+        # unless a name has a price of its own. Given under another spelling of a name
+        # (case, a Bedrock profile's base id), it covers them too: the name itself was
+        # priced so at request time, its aliases cost 0 and the model was listed unpriced.
         for model in models:
             names = (model.name, *model.aliases)
             found = next((self._by_name[n] for n in names if n in pricing.models), None)
+            if found is None:
+                found = next((p for n in names if (p := self.prices(n)) is not None), None)
             if found is None:
                 continue
             for name in names:

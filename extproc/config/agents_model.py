@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from extproc.config.quota_model import QuotaMode, StoreFailure, check_subject
+from extproc.config.quota_model import (
+    MAX_LIMIT,
+    QuotaMode,
+    StoreFailure,
+    check_match,
+    check_subject,
+)
 from extproc.config.section import Section as _Section
 
 _CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
@@ -134,10 +140,12 @@ class AgentLimitRule(_Section):
     servers: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
     per_tool: bool = True
-    requests_per_second: int | None = Field(default=None, gt=0)
-    requests_per_minute: int | None = Field(default=None, gt=0)
-    requests_per_hour: int | None = Field(default=None, gt=0)
-    requests_per_day: int | None = Field(default=None, gt=0)
+    # At most what the store's Lua scripts count exactly, as quotas.rules: a larger limit
+    # came back as -2**63 in every x-ratelimit-limit-requests header, remaining 0.
+    requests_per_second: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_minute: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_hour: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    requests_per_day: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     mode: QuotaMode = QuotaMode.ENFORCE
     # Default: quotas.on_store_failure.
     on_store_failure: StoreFailure | None = None
@@ -146,6 +154,12 @@ class AgentLimitRule(_Section):
     @classmethod
     def _check_subject(cls, subject: str) -> str:
         return check_subject(subject)
+
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        # As quotas.rules: match: ["*"] or [] loaded and limited no one.
+        return check_match(match)
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> AgentLimitRule:

@@ -55,6 +55,22 @@ def check_subject(subject: str) -> str:
     raise ValueError("must be api_key, user, group or header:<name>")
 
 
+def check_match(match: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """A rule's ``match``, refused when it selects no subject (quota and agent rules)."""
+    # A match that selects no subject loaded as a rule that never applied: the cap an
+    # operator wrote for every team, as match: ["*"], capped none of them.
+    ids = (match,) if isinstance(match, str) else match
+    if not ids:
+        raise ValueError('an empty list selects no subject: name ids, or "*" for each one')
+    if "" in ids:
+        raise ValueError('an empty id selects no subject: name ids, or "*" for each one')
+    if isinstance(match, tuple) and "*" in match:
+        raise ValueError(
+            '"*" in a list is taken as an id, not every subject: write match: "*" alone'
+        )
+    return match
+
+
 class QuotaMode(StrEnum):
     ENFORCE = "enforce"
     # Count and report, never block.
@@ -111,18 +127,7 @@ class LimitRule(_Section):
     @field_validator("match")
     @classmethod
     def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        # A match that selects no subject loaded as a rule that never applied: the cap an
-        # operator wrote for every team, as match: ["*"], capped none of them.
-        ids = (match,) if isinstance(match, str) else match
-        if not ids:
-            raise ValueError('an empty list selects no subject: name ids, or "*" for each one')
-        if "" in ids:
-            raise ValueError('an empty id selects no subject: name ids, or "*" for each one')
-        if isinstance(match, tuple) and "*" in match:
-            raise ValueError(
-                '"*" in a list is taken as an id, not every subject: write match: "*" alone'
-            )
-        return match
+        return check_match(match)
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> LimitRule:

@@ -95,9 +95,14 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
     rows = []
     for found in report.rows:
         buckets = list(found.latency_buckets)[:BUCKETS]
+        # A protobuf map keeps no order: the dimensions in the answer's group_by order,
+        # as the store's rows have them (a JSON row lists them in that order).
+        named = {
+            name: found.dimensions[name] for name in report.group_by if name in found.dimensions
+        }
         rows.append(
             UsageRow(
-                dict(found.dimensions),
+                {**named, **found.dimensions},
                 requests=found.requests,
                 prompt_tokens=found.prompt_tokens,
                 completion_tokens=found.completion_tokens,

@@ -22,6 +22,7 @@ reads it as 0.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import uuid
@@ -32,6 +33,8 @@ from typing import Any
 
 from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
 from extproc.store import scripts
+
+log = logging.getLogger(__name__)
 
 DIMENSIONS = ("route", "model", "provider", "api_key_id", "user_id", "group_id")
 SUMS = (
@@ -286,7 +289,16 @@ class UsageStore:
                 args = by_hour[bucket] = [self._ttl, batch_id, self._landed.get(bucket, "")]
             args.extend((prefix, len(pairs) // 2, *pairs))
         for bucket, args in by_hour.items():
-            await self._record(keys=[self._key(bucket)], args=args)
+            skipped = await self._record(keys=[self._key(bucket)], args=args)
+            if isinstance(skipped, list):
+                # The rest of the batch landed; these counts are in the log lines only.
+                log.error(
+                    "usage rollup of hour %s: %d count(s) past what the store holds (64-bit"
+                    " integers) left out: %s",
+                    bucket,
+                    len(skipped),
+                    ", ".join(sorted({_decoded(name) for name in skipped})),
+                )
         if not replayed:
             # Only now: a batch that failed in one hour is spooled whole, and its
             # replay must find its id in the hours where it did land.
@@ -337,6 +349,10 @@ class UsageStore:
                 pipe.hgetall(self._key(bucket))
             found: list[dict[bytes, bytes]] = await pipe.execute()
         return found
+
+
+def _decoded(name: bytes | str) -> str:
+    return name.decode(errors="replace") if isinstance(name, bytes) else name
 
 
 def _reads(sized: list[tuple[str, int]]) -> Iterator[list[str]]:

@@ -72,8 +72,12 @@ MAX_SERVER_TOOLS = 16
 
 
 def _count(value: Any) -> int | None:
-    # bool is an int subclass; a `true` token count is malformed, not 1.
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    # bool is an int subclass; a `true` token count is malformed, not 1. A negative one
+    # is malformed too, as the other providers' readers have it: taken, it priced the
+    # request below 0, a credit to the team on its bill and in the rollups.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def server_tool_requests(value: Any) -> dict[str, int]:

@@ -85,12 +85,14 @@ def usage_from_object(value: Any) -> Usage | None:
     """
     if not isinstance(value, dict):
         return None
-    prompt = value.get("prompt_tokens")
-    completion = value.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    # Counts at 0 or above, as every other count here: a negative one (or JSON's true)
+    # taken as it came priced the request below 0, a credit on the team's bill.
+    prompt = _count(value.get("prompt_tokens"))
+    completion = _count(value.get("completion_tokens"))
+    if prompt is None or completion is None:
         return None
-    total = value.get("total_tokens")
-    if isinstance(total, int):
+    total = _count(value.get("total_tokens"))
+    if total is not None:
         completion += _reasoning_beside(value, prompt, completion, total)
     cached = _cached(value, prompt)
     # The total is the counts' sum, as the metrics and the rollup count it: a provider's

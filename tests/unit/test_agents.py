@@ -114,10 +114,11 @@ def test_limits_count_per_tool_and_subject_under_names_quota_rules_cannot_take()
     ]
     limits = AgentLimits(rules, QuotasConfig())
     found = limits.limits_for(MARKETER, {}, "tools", "deploy_prod", 1_700_000_000.0)
+    # The one that holds longest first (refusal_order): a refusal names it.
     assert [(lim.rule, lim.counter, lim.limit) for lim in found] == [
-        ("agent:deploys:deploy_prod", "requests_per_minute", 2),
         ("agent:deploys:deploy_prod", "requests_per_day", 10),
         ("agent:shared", "requests_per_hour", 5),
+        ("agent:deploys:deploy_prod", "requests_per_minute", 2),
     ]
     assert all(lim.kind == "r" and lim.enforce for lim in found)
     assert [lim.rule for lim in limits.limits_for(ENGINEER, {}, "tools", "echo", 0.0)] == []

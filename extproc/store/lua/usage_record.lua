@@ -16,17 +16,28 @@ end
 if redis.call('HSETNX', key, 'batch\t' .. ARGV[2], 1) == 0 then
   return 0
 end
+-- An increment the store cannot hold (past its 64-bit integers: a provider's absurd token
+-- count) is left out alone and its measure returned: raised, it stopped the script half
+-- way, with the batch id already set, so the rest of the batch (other teams' usage) was
+-- lost, and its replay was taken for a batch that had landed.
+local skipped = {}
 local i = 4
 while i <= #ARGV do
   local prefix = ARGV[i]
   local pairs = tonumber(ARGV[i + 1])
   for j = 0, pairs - 1 do
     local at = i + 2 + 2 * j
-    redis.call('HINCRBY', key, prefix .. ARGV[at], ARGV[at + 1])
+    local added = redis.pcall('HINCRBY', key, prefix .. ARGV[at], ARGV[at + 1])
+    if type(added) == 'table' and added.err then
+      skipped[#skipped + 1] = ARGV[at]
+    end
   end
   i = i + 2 + 2 * pairs
 end
 if redis.call('TTL', key) < 0 then
   redis.call('EXPIRE', key, ARGV[1])
+end
+if #skipped > 0 then
+  return skipped
 end
 return 1
