@@ -170,9 +170,12 @@ class DecompressedAnswer(WrappedReader):
 
     A stream (``streamed``) is decoded chunk by chunk as it comes; a stream that breaks
     feeds its reader nothing more, and the client nothing more: it ends as a stream cut
-    short, charged as one. A buffered answer is decoded whole at its end; one that cannot
-    be is the client's ``BROKEN_STATUS`` with ``broken_body(too_large)``, charged as an
-    answer the gateway could not translate, or, when it is larger decoded than the
+    short, charged as one. Its generated text, the bill of a stream that ends without its
+    usage report, is counted in the decoded bytes (``count``, ``generated_chars``), up to
+    their last line end as ``stages.partial_usage`` counts a stream's own bytes: the
+    compressed bytes show none. A buffered answer is decoded whole at its end; one that
+    cannot be is the client's ``BROKEN_STATUS`` with ``broken_body(too_large)``, charged
+    as an answer the gateway could not translate, or, when it is larger decoded than the
     largest answer (``too_large``), as an answer over Envoy's buffer (on the lean path,
     with no ``broken_body``, it goes as it came)."""
 
@@ -185,8 +188,16 @@ class DecompressedAnswer(WrappedReader):
         streamed: bool,
         reencode: bool = False,
         broken_body: Callable[[bool], bytes] | None = None,
+        count: Callable[[bytes], int] | None = None,
     ) -> None:
         super().__init__(reader)
+        # Counts the generated text of decoded stream bytes; None for a buffered answer,
+        # or a reader that counts it in what it decodes itself (Bedrock's frames).
+        counts_itself = isinstance(getattr(reader, "generated_chars", None), int)
+        self._count = count if streamed and not counts_itself else None
+        self._counted = 0
+        # The decoded bytes after the last line end, counted once their line ends.
+        self._unfinished_line = bytearray()
         self._encoding = encoding
         self._limit = limit
         self._stream = _StreamDecoder(encoding, limit) if streamed else None
@@ -216,10 +227,40 @@ class DecompressedAnswer(WrappedReader):
             except zlib.error:
                 self._broken = True
         sent = b""
+        if data or end_of_stream:
+            self._count_text(data, end_of_stream)
         if not self._broken or end_of_stream:
             out = self._reader.feed(data, end_of_stream)
             sent = data if out is None else out
         return self._encoded(sent, end_of_stream)
+
+    @property
+    def generated_chars(self) -> int | None:
+        """The characters of generated text the stream carried (``stages.partial_usage``):
+        the reader's own count when it keeps one (it reads decoded frames), else the
+        count of the decoded bytes; None for a buffered answer."""
+        counted = getattr(self._reader, "generated_chars", None)
+        if isinstance(counted, int):
+            return counted
+        return self._counted if self._count is not None else None
+
+    def _count_text(self, data: bytes, end_of_stream: bool) -> None:
+        """Count the generated text of the decoded lines ``data`` ends (all at the end):
+        a value cut between two chunks is counted whole, once."""
+        if self._count is None:
+            return
+        end = len(data) if end_of_stream else max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        held = self._unfinished_line
+        if not end and not end_of_stream:
+            # No line end yet. A line never longer than the largest answer: past it, the
+            # broken line is dropped, as partial_usage drops one.
+            if len(held) + len(data) > self._limit:
+                held.clear()
+            else:
+                held += data
+            return
+        self._counted += self._count(bytes(held) + data[:end] if held else data[:end])
+        self._unfinished_line = bytearray(data[end:])
 
     def _feed_whole(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._parts.append(chunk)

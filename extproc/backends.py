@@ -131,6 +131,7 @@ from extproc.translators.base import (
     refuse_forced_call_without_tools,
     renamed,
 )
+from extproc.translators.generated_text import generated_chars, responses_delta_chars
 
 SSE = "text/event-stream"
 AWS_EVENT_STREAM = aws_eventstream.CONTENT_TYPE
@@ -835,10 +836,15 @@ def _uncompressed(ctx: RequestContext, plan: ResponsePlan, encoding: str) -> Res
     if plan.translator is None or not readable_encoding(encoding):
         return plan
     limit = ctx.runtime.config.envoy.max_response_body_bytes
+    # A stream's generated text, counted in its decoded bytes for the bill of a stream
+    # without a usage report (stages.partial_usage): the compressed ones show none.
+    route = ctx.route
+    responses = route is not None and route.api is RouteApi.OPENAI_RESPONSES
+    count = responses_delta_chars if responses else generated_chars
     if ctx.lean_response:
         # The headers have left, naming the provider's encoding: the client reads it.
         plan.translator = DecompressedAnswer(
-            plan.translator, encoding, limit, streamed=plan.streamed, reencode=True
+            plan.translator, encoding, limit, streamed=plan.streamed, reencode=True, count=count
         )
         return plan
     shape = ctx.error_shape
@@ -847,6 +853,7 @@ def _uncompressed(ctx: RequestContext, plan: ResponsePlan, encoding: str) -> Res
         encoding,
         limit,
         streamed=plan.streamed,
+        count=count,
         broken_body=lambda too_large: (
             response_too_large().body(shape)
             if too_large

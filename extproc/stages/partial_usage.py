@@ -41,7 +41,7 @@ too long to hold (``sse.event_too_large``), is charged the same way.
 An OpenAI Responses API stream carries its generated text in the ``delta`` of its
 delta events (``response.output_text.delta``, function-call arguments, refusals,
 reasoning summaries), and again whole in the ``.done`` events and the terminal
-response: there only the deltas are counted (``_RESPONSES_DELTA``), once each. Its
+response: there only the deltas are counted (``responses_delta_chars``), once each. Its
 usage comes in its terminal event; a stream cut before it, or failed, is charged
 as above: the prompt estimate and the deltas' characters, and the calls of its
 built-in tools billed per call (web search, file search) that its output item events
@@ -53,13 +53,15 @@ them up to each chunk's last line end (``_whole_lines``), so a value Envoy's chu
 in two is counted whole. Where those bytes hide the text, or are no lines (Bedrock's
 binary frames; its InvokeModel stream carries each Anthropic event base64-encoded), the
 translator that reads the frames counts it instead, whole frame by frame
-(``generated_chars``). Under a hard cap, the estimate is never more than the allowance
-the gateway gave the provider (``quota.reserved_completion``).
+(``generated_chars``); so does the reader of a stream the provider compressed although
+the gateway asked for none (``answer_encoding.DecompressedAnswer``), in the bytes it
+decoded: the compressed ones show no text at all. Under a hard cap, the estimate is
+never more than the allowance the gateway gave the provider
+(``quota.reserved_completion``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from extproc.config.model import RouteApi
@@ -68,17 +70,9 @@ from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
-from extproc.translators.generated_text import generated_chars
+from extproc.translators.generated_text import generated_chars, responses_delta_chars
 from extproc.translators.openai_responses import server_tool_calls_counted
 from extproc.translators.sse import MAX_EVENT_BYTES
-
-# The same for a Responses API stream: the text of its delta events only.
-_RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-def responses_delta_chars(chunk: bytes) -> int:
-    """Characters of generated text in one piece of a Responses API stream."""
-    return sum(len(found) for found in _RESPONSES_DELTA.findall(chunk))
 
 
 class PartialUsageStage:
@@ -137,7 +131,9 @@ def _whole_lines(ctx: RequestContext, chunk: bytes, end_of_stream: bool) -> byte
         if end < len(chunk):
             ctx.generated_tail = bytearray(chunk[end:])
         return chunk if end == len(chunk) else chunk[:end]
-    if not end:
+    if not end and not end_of_stream:
+        # No line ends here. At the stream's end (often Envoy's empty last message) the
+        # held line is counted: the provider ended its stream without ending that line.
         if len(held) + len(chunk) > MAX_EVENT_BYTES:
             held.clear()
         else:

@@ -31,7 +31,9 @@ A stream's counts are cumulative: each report replaces the one before, and the l
 the bill. Gemini reports as it goes (Vertex's first events may count only the prompt), so
 a running report with an output count is the usage of a stream cut there, as for Gemini's
 OpenAI-compatible endpoint (``openai_openai.ChunkStreamReader``); a stream cut before any
-output count reports its prompt through ``counts_so_far``. An ``{"error": {...}}`` event,
+output count reports its prompt through ``counts_so_far``. A stream that ends (Envoy's end
+of stream) before Gemini's last event with text after its last output count is read as
+one cut there: that count does not cover what was generated. An ``{"error": {...}}`` event,
 how Google fails a stream whose 200 has left, reaches the client as it came and is
 recorded as ``failure`` (``base.StreamFailure``) with the counts reported by then; the
 gateway charges the request and names Google's error in its log line.
@@ -333,8 +335,12 @@ class StreamReader:
                 self.generated_chars += _event_chars(event) if calls else generated_chars(event)
                 if _WORTH_PARSING.search(event):
                     self._read_event(event)
-        if end_of_stream and self.failure is None and self._report is not None:
+        covered = self.terminal_event_read or self.generated_chars <= self._counted_chars
+        if end_of_stream and self.failure is None and self._report is not None and covered:
             # The stream ended whole: its last report is the bill, output counted or not.
+            # One that ended before Gemini's last event, with text after its last output
+            # count (Google closed it short), is charged as one cut there: that count is
+            # not what was generated (counts_so_far, stages.partial_usage).
             self.usage = self._usage(self._report)
         elif not self.terminal_event_read and self.generated_chars > self._counted_chars:
             # Text came after the last output count (Vertex counts only the prompt, or

@@ -26,6 +26,9 @@ _TEXT_VALUE = re.compile(
     rb'|(reasoning(?:_content)?))"'
     rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
+# A Responses API stream carries its generated text in the ``delta`` of its delta events
+# (and again whole in the ``.done`` events and the terminal response, not counted).
+_RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # OpenRouter repeats the ``reasoning`` of a delta in its ``reasoning_details``, whose
 # ``reasoning.text`` entries carry it as ``text``, counted already.
 _REASONING_DETAIL_TEXT = b'"reasoning.text"'
@@ -46,3 +49,8 @@ def generated_chars(chunk: bytes) -> int:
         # vLLM may send the same text under both names: it was generated once.
         chars += max(named, aliased)
     return chars
+
+
+def responses_delta_chars(chunk: bytes) -> int:
+    """Characters of generated text in one piece of a Responses API stream."""
+    return sum(len(found) for found in _RESPONSES_DELTA.findall(chunk))

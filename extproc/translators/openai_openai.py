@@ -398,13 +398,15 @@ def _reported_usage(chunk: dict[str, Any]) -> Usage | None:
 
 def _without_usage(event: bytes, chunk: dict[str, Any]) -> bytes:
     """The event a client that did not ask for usage receives: none, for a usage-only
-    chunk (``choices: []``); else the chunk without its report, beside the choices,
-    inside one or in Groq's ``x_groq`` (whose request ``id`` stays), the event's other
-    fields and lines kept. Only chunks with a report come here: the ``"usage": null``
-    OpenAI puts on every other chunk once the gateway asked for usage is no report, and
-    goes as it came."""
+    chunk (``choices: []``, or no choices at all, as some OpenAI-compatible servers send
+    it: without its report, such a chunk would reach the client as one OpenAI never
+    sends, which strict clients reject); else the chunk without its report, beside the
+    choices, inside one or in Groq's ``x_groq`` (whose request ``id`` stays), the
+    event's other fields and lines kept. Only chunks with a report come here: the
+    ``"usage": null`` OpenAI puts on every other chunk once the gateway asked for usage
+    is no report, and goes as it came."""
     choices = chunk.get("choices")
-    if choices == []:
+    if choices is None or choices == []:
         return b""
     chunk.pop("usage", None)
     for choice in choices if isinstance(choices, list) else ():

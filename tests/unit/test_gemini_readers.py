@@ -368,7 +368,9 @@ def test_a_garbage_stream_reports_no_usage(stream: bytes) -> None:
 
 
 def test_a_later_report_without_an_output_count_keeps_the_output_counted_before() -> None:
-    prompt_only = event(chunk(".", {"promptTokenCount": 9, "totalTokenCount": 9}))
+    # Google's last event (its finish reason): a stream that ended before it, text after
+    # its last output count, is charged as one cut there (test_stream_usage_edges).
+    prompt_only = event(chunk(".", {"promptTokenCount": 9, "totalTokenCount": 9}, finish="STOP"))
     reader = StreamReader()
     feed_all(reader, FIRST + RUNNING + prompt_only, [])
     # Counts only grow: a report that leaves the output out has not taken it back.
