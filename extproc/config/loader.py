@@ -25,6 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from extproc.config.model import GatewayConfig
+from extproc.errors import without_secrets
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
@@ -74,6 +75,38 @@ class ConfigError(Exception):
 # thousands of keys and rules, which the pure-Python loader left behind as freed
 # but still resident memory.
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(_SAFE_LOADER):  # type: ignore[valid-type,misc]
+    """The safe loader, refusing a key written twice in one mapping.
+
+    PyYAML keeps the last of them without a word, so a second ``limits:`` section (or a
+    model's second ``provider:``) silently replaced the first, settings, mistakes and
+    all. YAML itself says a mapping's keys are unique. Merge keys (``<<: *defaults``)
+    stay what they are: the mapping's own keys override what they merge."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:
+                    continue  # unhashable: the constructor's own error names it
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        # In double quotes: the error's single-quoted words are masked.
+                        f'the key "{str(key)[:64]}" is written twice in one mapping',
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -83,12 +116,18 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        # A file saved in Latin-1 or UTF-16 (an editor's default): a config mistake,
+        # answered as one (exit status 2, a refused reload), not a traceback.
+        raise ConfigError(
+            source, [f"the file is not UTF-8 text (byte {exc.start} cannot be decoded)"]
+        ) from None
     return parse_config(text, source, os.environ if environ is None else environ)
 
 
 def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayConfig:
     try:
-        raw = yaml.load(text, Loader=_SAFE_LOADER)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -223,6 +262,14 @@ class _Expansion:
             raise self._bad(start)
         self._at = name.end()
         found = self._environ.get(name.group()) if used else None
+        if found and not _is_text(found):
+            # Python hands a byte of the environment that is not UTF-8 over as a lone
+            # surrogate: kept, it could not be encoded into a header (a provider key's
+            # every request failed), so it is refused here as a key file's is.
+            self._problems.append(
+                f"{self._where}: environment variable {name.group()} is not UTF-8 text"
+            )
+            found = found.encode("utf-8", "replace").decode()
         if self._text.startswith("}", self._at):
             self._at += 1
             if used and not found:
@@ -251,6 +298,14 @@ class _Expansion:
         return _BadReferenceError(f"{written} is not a variable reference: {_REFERENCE_FORMS}")
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -275,7 +330,7 @@ def _describe(error: Any) -> str:
     if isinstance(value, dict | list) or value is None:
         return f"{location}: {message}" if location else message
     if isinstance(value, str):
-        value = _without_userinfo(value)
+        value = _without_userinfo(without_secrets(value))
     return f"{location}: {message} (got {value!r})"
 
 
@@ -285,13 +340,21 @@ def _is_secret_field(part: object) -> bool:
 
 
 def _without_userinfo(value: str) -> str:
-    """A URL with its user and password masked (``redis://user:pass@host``): the value is
-    echoed in errors, and a store URL often carries the store's password.
+    """A URL with its user and password, and its query, masked (``redis://user:pass@host``,
+    ``https://host/mcp?token=...``): the value is echoed in errors, and a store URL often
+    carries the store's password.
 
     Masked up to the last ``@``, not to the end of the authority as a URL parser finds
     it: a password written raw with a '/', '?' or '#' in it (base64 holds '/') ends the
     authority inside the password, and the rest of it would be echoed as the path."""
     scheme, sep, rest = value.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return value
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    # The query too: an MCP server's or a proxy's URL often carries its token there
+    # (`?api_key=...`), and a URL refused for it (or for its scheme) was echoed whole.
+    for mark in "?#":
+        if mark in rest:
+            rest = rest.partition(mark)[0] + mark + "***"
+    return f"{scheme}://{rest}"

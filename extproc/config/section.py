@@ -1,11 +1,16 @@
-"""The base of every config section: unknown keys refused, values frozen, and a
-``true``/``false`` never taken for a number.
+"""The base of every config section: unknown keys refused, values frozen, a
+``true``/``false`` never taken for a number, and no infinite or NaN float.
 
 pydantic reads ``true`` as 1 in lax mode, so ``requests_per_minute: yes`` loaded as a
 limit of one request a minute, and ``timeout_s: true`` as one second: an operator's
 slip became a setting nobody wrote. Strict mode would refuse it, but also the strings
 that ``${VAR}`` references expand to (``timeout_s: ${TIMEOUT:-30}``), which must
 still read as numbers.
+
+YAML reads ``.inf`` and ``1e400`` as an infinite float, which pydantic takes by
+default: ``upstream_timeout_s: .inf`` loaded, and the rendered bootstrap then gave
+Envoy ``infs`` for a duration, which it cannot parse (a config that checked clean
+and could not start Envoy). No setting is meant to be infinite.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -64,6 +64,7 @@ _RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
 # The longest model name a request may give (path, header, query or body).
 _MAX_MODEL_NAME = 256
 _API_SEGMENTS = frozenset({"v1", "chat", "completions", "messages"})
+_JSON = "application/json"
 
 
 class ChatRequestStage:
@@ -172,6 +173,10 @@ class UpstreamRequestStage:
         upstream = ctx.upstream
         if upstream is None or ctx.body is None:
             return
+        # The body was read as JSON whatever content type the client named (`curl -d`
+        # says application/x-www-form-urlencoded), and what goes upstream is JSON:
+        # labelled so, as Anthropic's API requires, not with the client's word for it.
+        out.set_headers["content-type"] = _JSON
         if ctx.failover_model is not None:
             # Each attempt is translated and signed by the per-attempt filter, for
             # whichever provider Envoy tries, from the client's body and the chain.

@@ -35,12 +35,15 @@ from tests.exported_metrics import (
 from tests.integration.conftest import metric, running_stack, scrape, wait_for
 
 # Fast refreshes so the test sees the gauges move; production defaults are 5 s / 15 s.
-SETTINGS = """
-telemetry:
+# Written into the default config's own telemetry section (a second one would be a
+# repeated key, which the loader refuses).
+TELEMETRY = """
   metrics:
     quota_gauges:
       refresh_interval_s: 0.3
       subject_flush_interval_s: 0.2
+"""
+SETTINGS = """
 quotas:
   time_zone: Europe/Berlin
   rules:
@@ -62,7 +65,8 @@ GAUGES = (
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("workers")
     config = workdir / "gateway.yaml"
-    config.write_text(DEFAULT_CONFIG.read_text() + SETTINGS)
+    default = DEFAULT_CONFIG.read_text().replace("\ntelemetry:\n", "\ntelemetry:\n" + TELEMETRY, 1)
+    config.write_text(default + SETTINGS)
     with running_stack(workdir, config_path=config, workers=2) as running:
         yield running
 

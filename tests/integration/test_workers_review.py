@@ -36,10 +36,13 @@ from tests.integration.conftest import (
 
 # A small label budget (2: the two demo keys, users and groups fit) so that made-up
 # model names fill it, as a flood of them would fill the default 1000.
-SETTINGS = """
-telemetry:
+# Written into the default config's own telemetry section (a second one would be a
+# repeated key, which the loader refuses).
+TELEMETRY = """
   metrics:
     max_label_values: 2
+"""
+SETTINGS = """
 quotas:
   time_zone: Europe/Berlin
   rules:
@@ -61,7 +64,8 @@ CONFIGURED = ("gpt-4o-mini", "gpt-4o", NEW_MODEL)
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("workers-review")
     config = workdir / "gateway.yaml"
-    config.write_text(DEFAULT_CONFIG.read_text() + SETTINGS)
+    default = DEFAULT_CONFIG.read_text().replace("\ntelemetry:\n", "\ntelemetry:\n" + TELEMETRY, 1)
+    config.write_text(default + SETTINGS)
     with running_stack(workdir, config_path=config, workers=2) as running:
         yield running
 

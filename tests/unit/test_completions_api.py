@@ -283,7 +283,9 @@ async def test_every_prompt_shape_reaches_the_provider_as_sent(
 
 
 async def test_a_prompt_batch_over_the_message_limit_is_refused() -> None:
-    config = parse_config(DEFAULT_CONFIG + "\nlimits:\n  max_messages: 2\n", "t", {})
+    config = parse_config(
+        DEFAULT_CONFIG.replace("\nlimits:\n", "\nlimits:\n  max_messages: 2\n", 1), "t", {}
+    )
     answers = await run_stream(
         processor_for(config),
         [request_headers(COMPLETIONS, headers=AUTH), request_body(completion(prompt=["a"] * 3))],

@@ -51,10 +51,16 @@ def test_the_ports_a_gateway_is_about_to_listen_on_are_not_handed_to_its_valkey(
     moment, those are not Valkey's to take (a test stack once failed to start when its
     Valkey had taken the ext_proc port it was about to bind)."""
     text = (
-        "server: {grpc_address: '127.0.0.1:24100', http_address: '127.0.0.1:24102',"
-        " workers: 2}\nmanagement: {address: '127.0.0.1:24103'}\n"
+        Path("config/gateway.yaml")
+        .read_text()
+        .replace("\nserver:\n", "\nserver:\n  workers: 2\n", 1)
     )
-    config = parse_config(Path("config/gateway.yaml").read_text() + text, "gateway.yaml", {})
+    environ = {
+        "EXTPROC_GRPC_ADDRESS": "127.0.0.1:24100",
+        "EXTPROC_HTTP_ADDRESS": "127.0.0.1:24102",
+        "EXTPROC_MANAGEMENT_ADDRESS": "127.0.0.1:24103",
+    }
+    config = parse_config(text, "gateway.yaml", environ)
     ours = listening_ports(config)
     assert ours == {24100, 24101, 24102, 24103}
     monkeypatch.setenv(FREE_PORTS_ENV, "24100-24104")

@@ -231,7 +231,8 @@ async def test_without_records_any_caller_continues_any_response() -> None:
 
 @pytest.mark.parametrize(("days", "valid"), [(0, True), (90, True), (-1, False)])
 def test_the_retention_is_zero_or_more_days(days: int, valid: bool) -> None:
-    text = DEFAULT_CONFIG + f"\nstore:\n  response_owner_retention_days: {days}\n"
+    store = f"\nstore:\n  response_owner_retention_days: {days}\n"
+    text = DEFAULT_CONFIG.replace("\nstore:\n", store, 1)
     if valid:
         assert parse_config(text, "t", {}).store.response_owner_retention_days == days
     else:

@@ -193,7 +193,9 @@ async def test_a_background_request_is_refused_saying_why(processor: Processor) 
 
 
 async def test_too_many_input_items_are_refused_as_too_many_messages_are() -> None:
-    config = parse_config(DEFAULT_CONFIG + "\nlimits:\n  max_messages: 2\n", "t", {})
+    config = parse_config(
+        DEFAULT_CONFIG.replace("\nlimits:\n", "\nlimits:\n  max_messages: 2\n", 1), "t", {}
+    )
     items = [{"role": "user", "content": f"turn {i}"} for i in range(3)]
     answers = await run_stream(
         processor_for(config),

@@ -477,9 +477,9 @@ async def test_a_token_count_is_enriched_as_the_call_it_counts() -> None:
 
 
 async def test_content_capture_logs_the_history_and_marks_the_compaction() -> None:
-    text = DEFAULT_CONFIG + "\ntelemetry:\n  log:\n    include_content: true\n"
+    config = parse_config(DEFAULT_CONFIG, "t", {"AIGW_LOG_CONTENT": "true"})
     services = Services(GatewayMetrics(), MemoryLog())
-    processor = Processor(lambda: Runtime(parse_config(text, "t", {}), services), default_stages())
+    processor = Processor(lambda: Runtime(config, services), default_stages())
     await answered(processor, COMPACT, compact_body(instructions="Keep dates."), COMPACTION_JSON)
     line = only_line(services)
     assert line["prompt"][0] == {"role": "system", "content": "Keep dates."}
