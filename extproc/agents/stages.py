@@ -49,7 +49,7 @@ from extproc.agents.limits import COUNTER_PREFIX, rule_label
 from extproc.config.agents_model import AgentProtocol
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
-from extproc.envoy_messages import content_length, status_code
+from extproc.envoy_messages import status_code
 from extproc.errors import (
     BadRequestError,
     GatewayError,
@@ -64,6 +64,7 @@ from extproc.errors import (
 from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
+from extproc.stages.body_headers import check_body_headers
 from extproc.stages.quota import rate_limit_headers
 from extproc.store.response_owners import owner_of
 
@@ -128,7 +129,7 @@ class AgentRouteStage:
                 )
             call.kind = "rpc"
             out.mode_override = _ANSWER_LATER
-            _check_length(ctx)
+            check_body_headers(ctx)
             # The gateway reads the answer: it must come uncompressed.
             out.remove_headers.append("accept-encoding")
             if not mcp:
@@ -732,20 +733,6 @@ def _compressed(response_headers: dict[str, str]) -> bool:
     """The gateway asks for no encoding; a server may compress anyway."""
     encoding = response_headers.get("content-encoding", "").strip().lower()
     return encoding not in {"", "identity"}
-
-
-def _check_length(ctx: RequestContext) -> None:
-    length = ctx.request_headers.get("content-length")
-    if length is None:
-        return
-    limit = ctx.runtime.config.limits.max_request_body_bytes
-    size = content_length(length)
-    if size is None:
-        raise BadRequestError("content-length is not a number")
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"request body of {size} bytes is over the limit of {limit} bytes"
-        )
 
 
 def _public_base(ctx: RequestContext, prefix: str) -> str:

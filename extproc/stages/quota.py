@@ -524,9 +524,12 @@ def _limit_headers(
     }
     left = _whole_seconds_left(limit, now)
     if left is not None:
+        # A window that ended while the store was asked still refused this request:
+        # the client waits a second, and both headers say so (not `0s` beside `1`).
+        left = max(1, left)
         headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
         if retry:
-            headers["retry-after"] = str(max(1, left))
+            headers["retry-after"] = str(left)
     if left is None or not retry or left > RETRY_WITHIN_S:
         headers["x-should-retry"] = "false"
     return headers

@@ -24,15 +24,10 @@ from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
-from extproc.envoy_messages import content_length
-from extproc.errors import (
-    BadRequestError,
-    MethodNotAllowedError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
-)
+from extproc.errors import BadRequestError, MethodNotAllowedError
 from extproc.gemini_api import counts_tokens
 from extproc.runtime import Route, request_host
+from extproc.stages.body_headers import check_body_headers
 from extproc.stages.chat_request import model_outside_body
 
 SKIP_EVERYTHING = ModeOverride(
@@ -93,28 +88,11 @@ class RoutingStage:
             raise MethodNotAllowedError(
                 f"{ctx.method} is not allowed on {path}; use POST", headers={"allow": "POST"}
             )
-        encoding = ctx.request_headers.get("content-encoding")
-        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-            # The stages read the body's JSON as it comes; a compressed one would be
-            # refused as "not JSON", naming a parser's complaint about its bytes.
-            raise UnsupportedMediaTypeError(
-                f"request bodies with content-encoding {encoding.strip()!r} are not accepted;"
-                " send the JSON uncompressed"
-            )
         ctx.accounted = True
         # The gateway reads the answer (usage, translation, guards): it must come
         # uncompressed, whatever the client's SDK accepts (httpx asks for gzip).
         out.remove_headers.append("accept-encoding")
-        length = ctx.request_headers.get("content-length")
-        if length is not None:
-            limit = ctx.runtime.config.limits.max_request_body_bytes
-            size = content_length(length)
-            if size is None:
-                raise BadRequestError("content-length is not a number")
-            if size > limit:
-                raise PayloadTooLargeError(
-                    f"request body of {size} bytes is over the limit of {limit} bytes"
-                )
+        check_body_headers(ctx)
         named_model = route.forced_model or model_outside_body(ctx)
         answered_as = route
         if vertex_call is not None:

@@ -160,6 +160,8 @@ async def test_a_tool_call_refused_because_the_store_is_down_is_not_logged_as_fo
         pytest.param(TEAM2, "POST", b" " * 1_100_000, 413, "invalid", id="body-too-large"),
         pytest.param({**TEAM2, "content-length": "9999999999"}, "POST", b"", 413, "invalid",
                      id="declared-too-large"),
+        pytest.param({**TEAM2, "content-encoding": "gzip"}, "POST", b"\x1f\x8b\x08\x00", 415,
+                     "invalid", id="compressed-body"),
     ],
 )  # fmt: skip
 async def test_an_http_refusal_on_an_agent_route_is_logged_as_the_gateways_refusal(

@@ -11,9 +11,11 @@ from pydantic import ValidationError
 
 from extproc.config import GatewayConfig
 from extproc.config.quota_model import MAX_LIMIT
-from extproc.quota.store import QuotaStore
+from extproc.quota.rules import Limit
+from extproc.quota.store import Denial, QuotaStore
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Services
+from extproc.stages.quota import _refusal
 from extproc.store.connection import connect
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for
@@ -100,3 +102,19 @@ def test_an_agent_rule_that_selects_no_subject_is_refused_at_load(
     rule = {"name": "everyone", "subject": "api_key", "match": match, "requests_per_minute": 1}
     with pytest.raises(ValidationError, match="match"):
         with_limits(config, rule)
+
+
+# --- a refusal whose window ended while the store was asked ----------------------------------
+
+
+def test_a_refusal_whose_window_just_ended_says_one_second_in_both_headers() -> None:
+    # The store refused within the minute; by the time the answer is built the minute has
+    # ended. retry-after said 1 while x-ratelimit-reset-requests said 0s: clients that
+    # read the OpenAI header retried at once, into the same refusal's race.
+    minute = window_for(WindowKind.MINUTE, 1_800_000_000.0)
+    assert minute.end is not None
+    limit = Limit("per-key", "api_key", "team1", "requests_per_minute", "r", 1, minute,
+                  enforce=True, fail_open=False, time_zone="UTC")  # fmt: skip
+    error = _refusal(Denial(limit, used=1, effective_limit=1), now=minute.end + 0.3)
+    assert error.headers["retry-after"] == "1"
+    assert error.headers["x-ratelimit-reset-requests"] == "1s"
