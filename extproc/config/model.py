@@ -31,6 +31,8 @@ _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
 # Fallbacks of one model (see ModelConfig.fallbacks).
 MAX_FALLBACKS = 4
+# store.usage_retention_days: about 274,000 years.
+MAX_USAGE_RETENTION_DAYS = 100_000_000
 
 
 def _host_port(value: str) -> str:
@@ -122,8 +124,10 @@ class StoreConfig(_Section):
     spool_dir: str = ".data/spool"
     key_prefix: str = "aigw:"
     timeout_ms: int = Field(default=500, gt=0)
-    # Usage rollups are kept this long; every key the gateway writes expires.
-    usage_retention_days: int = Field(default=400, ge=1)
+    # Usage rollups are kept this long; every key the gateway writes expires. Bounded
+    # where "forever" (999999) still loads: past about 10^11 days the store refuses the
+    # expiry itself, and every flush would have failed after a clean load.
+    usage_retention_days: int = Field(default=400, ge=1, le=MAX_USAGE_RETENTION_DAYS)
     # Who created each stored Responses API response, kept this long (OpenAI keeps a
     # response 30 days); 0: no records, and any caller may continue any response.
     response_owner_retention_days: int = Field(default=30, ge=0, le=3650)

@@ -114,7 +114,10 @@ def _finish_reason(stop_reason: Any) -> str:
 
 def _openai_usage(usage: Usage, counts: dict[str, Any], bill_apart: bool) -> dict[str, Any]:
     cached = counts.get("cache_read_input_tokens")
-    details = {"cached_tokens": cached if isinstance(cached, int) else 0}
+    # A count as the usage reader takes one: a whole number of at least 0 (a negative or
+    # `true` one is no count, billed as none, so none is shown either).
+    valid = isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0
+    details = {"cached_tokens": cached if valid else 0}
     shown = {**usage.as_dict(), "prompt_tokens_details": details}
     return show_billed_apart(shown, usage) if bill_apart else shown
 

@@ -21,10 +21,12 @@ from extproc import usage_report
 from extproc.chargeback.pricing import PriceTable
 from extproc.cli import main
 from extproc.config import GatewayConfig
+from extproc.config.model import MAX_USAGE_RETENTION_DAYS
 from extproc.context import Usage
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.store.connection import connect
 from extproc.store.usage import UsageEntry, UsageStore
 from extproc.store.usage_writer import UsageWriter
 from extproc.testing import (
@@ -35,6 +37,7 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.test_usage_report_finance import (
+    CLI_PREFIX,
     TOKEN,
     management,
     store,
@@ -110,6 +113,37 @@ def test_a_retention_of_ever_reports_without_a_traceback(
     assert code == 0, captured.err
     assert orjson.loads(captured.out)["totals"]["cost_usd"] == "0.000001"
     assert captured.err == ""
+
+
+async def test_the_longest_retention_that_loads_is_one_the_store_can_set(store_url: str) -> None:
+    # Past about 10^11 days the store refuses the expiry: such a retention loaded clean
+    # and then every flush of usage failed. The bound refuses it at load instead, and the
+    # longest retention that loads is still one the store sets.
+    client = connect(store_url, 2.0)
+    try:
+        await client.flushdb()
+        store = UsageStore(client, CLI_PREFIX, MAX_USAGE_RETENTION_DAYS)
+        await store.record(usage(datetime(2026, 11, 14, 9, 5, tzinfo=UTC)))
+        [key] = await client.keys(f"{CLI_PREFIX}*")
+        assert await client.ttl(key) > 86_400 * 36_500
+    finally:
+        await client.aclose()
+
+
+def test_a_retention_the_store_cannot_set_is_refused_at_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    too_long = MAX_USAGE_RETENTION_DAYS + 1
+    config.write_text(
+        DEFAULT_CONFIG.read_text().replace(
+            "store:\n", f"store:\n  usage_retention_days: {too_long}\n", 1
+        )
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(config)])
+    assert exited.value.code == 2
+    assert "store.usage_retention_days" in capsys.readouterr().err
 
 
 # -- reports through the management API ------------------------------------------------------

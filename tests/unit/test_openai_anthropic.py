@@ -276,6 +276,22 @@ def test_stop_reason_becomes_finish_reason(stop_reason: str, finish_reason: str)
     assert answer["choices"][0]["finish_reason"] == finish_reason
 
 
+@pytest.mark.parametrize("cache_read", [-1_000_000, True, "2048"])
+def test_a_malformed_cache_read_count_is_shown_as_none_read(cache_read: Any) -> None:
+    # The bill takes no cache read from such a count; the client was shown it as sent
+    # (cached_tokens: -1000000, or true), more cache reads than the bill holds.
+    message = {
+        "model": UPSTREAM_MODEL,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 1, "cache_read_input_tokens": cache_read},
+    }
+    translator = CompletionTranslator(request_id=REQUEST_ID, created=CREATED)
+    answer = orjson.loads(translator.feed(orjson.dumps(message), True) or b"")
+    assert answer["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert translator.usage is not None and translator.usage.cached_tokens == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [
