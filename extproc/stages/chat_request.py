@@ -354,6 +354,17 @@ def check_chat_messages(parsed: dict[str, Any], max_messages: int) -> None:
             )
 
 
+def _why_not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
+    """The parser's complaint, or where the body stops being UTF-8: orjson says "str is
+    not valid UTF-8: surrogates not allowed" at char 0 for any such byte (a client that
+    sent Latin-1 text, `charset=latin-1`), naming neither the cause nor the place."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"it is not UTF-8 text (byte {exc.start} cannot be decoded); JSON is sent as UTF-8"
+    return str(error)
+
+
 def parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
     """Parse a request body that must be one JSON object, nested no deeper than allowed."""
     if not body:
@@ -361,7 +372,9 @@ def parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+        raise BadRequestError(
+            f"request body is not valid JSON: {_why_not_json(body, exc)}"
+        ) from None
     if not isinstance(parsed, dict):
         raise BadRequestError("request body must be a JSON object")
     # Each level opens with a "{" or "[", so a body with no more of them than the

@@ -258,3 +258,25 @@ def test_what_the_gateway_read_as_json_goes_upstream_labelled_json(
     sent = _sent_headers(path, body, content_type)
     assert headers.CLUSTER in sent  # routed upstream, not refused
     assert sent["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_body_that_is_not_utf8_is_refused_naming_where_it_stops_being_utf8(path: str) -> None:
+    # A client sending Latin-1 text (`charset=latin-1`) was told "str is not valid UTF-8:
+    # surrogates not allowed: line 1 column 1 (char 0)": the parser's words, and a place
+    # that is not where the bad byte is.
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\xe9"}]}'
+    sent = {
+        "authorization": "Bearer team-key-0001",
+        "content-type": "application/json; charset=latin-1",
+    }
+    processor = processor_for(parse_config(GATEWAY, "gateway.yaml", {}))
+    answers = asyncio.run(
+        run_stream(processor, [request_headers(path, headers=sent), request_body(body)])
+    )
+    [refusal] = [a.immediate_response for a in answers if a.HasField("immediate_response")]
+    assert refusal.status.code == 400
+    message = orjson.loads(refusal.body)["error"]["message"]
+    bad_byte = body.index(b"\xe9")
+    assert f"byte {bad_byte}" in message and "UTF-8" in message
+    assert "surrogates" not in message
