@@ -3,7 +3,6 @@ operator does and what the gateway answers, on the real embedded Valkey."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,11 +15,13 @@ from extproc.quota.store import Denial, QuotaStore
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Services
 from extproc.stages.quota import _refusal
-from extproc.store.connection import connect
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for
 from tests.unit.conftest import MemoryLog
-from tests.unit.test_agents_review import immediate, tool_call, with_limits
+from tests.unit.test_agents_review import dead_store, immediate, tool_call, with_limits
+
+# The store-down fixture of the agents review.
+__all__ = ["dead_store"]
 
 # --- agent request limits: the refusal names the limit that holds longest -------------------
 
@@ -47,15 +48,6 @@ async def test_an_agent_refusal_names_the_limit_that_holds_longest(
 
 
 # --- agent request limits: a shadow rule never blocks, the store down or not ----------------
-
-
-@pytest.fixture
-async def dead_store() -> AsyncIterator[QuotaStore]:
-    """A quota store whose server is gone: every reservation fails."""
-    client = connect("redis://127.0.0.1:1", 0.2)
-    store = QuotaStore(client, "quota-edges-dead:")
-    yield store
-    await client.aclose()
 
 
 async def test_a_shadow_agent_limit_lets_calls_through_when_the_store_is_down(

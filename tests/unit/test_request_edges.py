@@ -24,13 +24,7 @@ from extproc.cli import main
 from extproc.config import ConfigError, load_config, parse_config
 from extproc.envoy_bootstrap import render_bootstrap_yaml
 from extproc.testing import processor_for, request_body, request_headers, run_stream
-
-PROVIDERS = """
-providers:
-  - {name: mock, base_url: "http://127.0.0.1:8000/v1"}
-models:
-  - {name: gpt-4o-mini, provider: mock}
-"""
+from tests.unit.test_config_numbers import PROVIDERS
 
 
 def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
