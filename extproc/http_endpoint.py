@@ -1,12 +1,17 @@
 """The gateway's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz``.
 
 Liveness means the process serves; readiness means the config is loaded and the
-store answers, so Kubernetes and ``make run`` send traffic only when it can be
-accounted.
+store has answered, so Kubernetes and ``make run`` send traffic only once it can be
+accounted. A store that stops answering later does not make the process unready:
+the store is shared, so every replica would leave the Service at once and no
+request could follow its rules' ``on_store_failure`` (a ``fail_open`` rule would
+fail closed for everyone, routes without quotas too), while usage is spooled and
+nothing measured is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +19,27 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class StoreReadiness:
+    """The store's part of readiness: answered once since the process started."""
+
+    def __init__(self) -> None:
+        self._answered = False
+
+    async def check(
+        self, ping: Callable[[], Awaitable[object]], timeout_s: float
+    ) -> tuple[bool, str | None]:
+        """Ready or not, and what is wrong with the store (None: it answers)."""
+        try:
+            await asyncio.wait_for(ping(), timeout_s)
+        except Exception as exc:
+            problem = f"store does not answer: {type(exc).__name__}"
+            if not self._answered:
+                return False, problem
+            return True, f"{problem}; requests follow on_store_failure, usage is spooled"
+        self._answered = True
+        return True, None
 
 
 class HttpListenError(RuntimeError):

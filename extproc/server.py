@@ -141,6 +141,7 @@ class Gateway:
         self._http: Any = None
         self._reloader: ConfigReloader | None = None
         self._stopping = asyncio.Event()
+        self._store_readiness = http_endpoint.StoreReadiness()
 
     async def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; new streams use it, open ones keep theirs."""
@@ -361,11 +362,10 @@ class Gateway:
         store = self.services.store
         if store is None:
             return False, "store not started"
-        try:
-            await asyncio.wait_for(store.ping(), self.config.store.timeout_ms / 1000.0)
-        except Exception as exc:
-            return False, f"store does not answer: {type(exc).__name__}"
-        return True, "config loaded, store answers"
+        ready, problem = await self._store_readiness.check(
+            store.ping, self.config.store.timeout_ms / 1000.0
+        )
+        return ready, problem or "config loaded, store answers"
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -125,6 +125,7 @@ class Supervisor:
         self._workers = [_Worker(index) for index in range(workers)]
         self._restarts: list[float] = []
         self._stopping = asyncio.Event()
+        self._store_readiness = http_endpoint.StoreReadiness()
         self._failed = False
         self._embedded: EmbeddedValkey | None = None
         self._client: Any = None
@@ -290,11 +291,10 @@ class Supervisor:
         ]
         if starting:
             return False, f"workers not serving yet: {starting}"
-        try:
-            await asyncio.wait_for(self._client.ping(), self.config.store.timeout_ms / 1000.0)
-        except Exception as exc:
-            return False, f"store does not answer: {type(exc).__name__}"
-        return True, f"{self._count} workers serving, store answers"
+        ready, problem = await self._store_readiness.check(
+            self._client.ping, self.config.store.timeout_ms / 1000.0
+        )
+        return ready, problem or f"{self._count} workers serving, store answers"
 
     # --- stop -------------------------------------------------------------------
 

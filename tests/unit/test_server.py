@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import orjson
@@ -42,6 +43,36 @@ async def test_not_ready_while_the_store_does_not_answer() -> None:
             assert "store does not answer" in ready.json()["reason"]
     finally:
         await gateway.stop()
+
+
+async def test_a_store_that_stops_answering_later_does_not_take_the_gateway_out_of_service(
+    tmp_path: Path,
+) -> None:
+    # Every replica shares the store: had each become unready, Kubernetes would take them
+    # all out of the Service at once, and no request could follow its rules'
+    # on_store_failure (fail_open rules, and routes without quotas, cut off with them).
+    store = EmbeddedValkey(tmp_path / "valkey")
+    url = store.start()
+    ports = Ports.free()
+    environ = {
+        "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{ports.grpc}",
+        "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{ports.http}",
+        "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{ports.management}",
+        "REDIS_URL": url,
+    }
+    config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", environ)
+    gateway = Gateway(config, None)
+    await gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.http}") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            store.stop()
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert "store does not answer" in ready.json()["reason"]
+    finally:
+        await gateway.stop()
+        store.stop()
 
 
 class OpenCallsServer:
