@@ -271,7 +271,9 @@ def test_cohere_refuses_what_it_cannot_take_with_a_400_before_bedrock(stack: Loc
 
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The default config with a 20-token hourly budget for team2's embeddings."""
+    """The default config with a 20-token budget for team2's embeddings. A lifetime
+    quota, not tokens_per_hour: a run crossing the hour between two calls gives the
+    third a fresh window, and the test failed."""
     raw = default_config()
     raw["quotas"] = {
         "rules": [
@@ -280,7 +282,7 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
                 "subject": "api_key",
                 "match": ["team2"],
                 "models": [MODEL],
-                "tokens_per_hour": 20,
+                "token_quota": {"limit": 20, "period": "lifetime"},
             }
         ]
     }
@@ -301,7 +303,7 @@ def test_a_token_budget_settles_on_the_providers_count_and_then_refuses(
         assert client.embeddings.create(model=MODEL, input=text).usage.prompt_tokens == 12
     with pytest.raises(openai.RateLimitError) as refused:
         client.embeddings.create(model=MODEL, input=text)
-    assert refused.value.code == "rate_limit_exceeded"
+    assert refused.value.code == "insufficient_quota"
     assert "team2-embeddings" in refused.value.message
     assert len(embedding_requests(quota_stack)) == 2
     # Another key's embeddings and team2's chat are not under the rule.
