@@ -52,7 +52,13 @@ from typing import Any, Literal
 import yaml
 
 from extproc.config.egress_model import bypassed
-from extproc.config.model import GatewayConfig, ProviderConfig, RouteConfig, cluster_name
+from extproc.config.model import (
+    GatewayConfig,
+    ProviderConfig,
+    RouteApi,
+    RouteConfig,
+    cluster_name,
+)
 from extproc.controller_routes import (
     ENVOY_GATEWAY_ANNOTATION_PREFIX,
     HTTP_ROUTE_PREFIX,
@@ -169,6 +175,9 @@ def _gateway(controller: Controller) -> Json:
 
 
 def _path(route: RouteConfig) -> Json:
+    if route.path is not None and route.api is RouteApi.OPENAI_MODELS:
+        # The model list's route also answers each of its models (`<path>/{model}`).
+        return {"type": "PathPrefix", "value": route.path}
     if route.path is not None:
         return {"type": "Exact", "value": route.path}
     return {"type": "PathPrefix", "value": route.path_prefix}

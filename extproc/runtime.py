@@ -69,6 +69,9 @@ class Route:
     model_header: str | None = None
     model_query: str | None = None
     provider: str | None = None
+    # An exact route's path (None on a prefix route): where a model list's entries
+    # (`<path>/{model}`) start.
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class RouteTable:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
         self._named: dict[str, Route] = {}
+        lists: list[tuple[str, Route]] = []
         for spec in config.routes:
             route = Route(
                 spec.name,
@@ -120,12 +124,20 @@ class RouteTable:
                 model_header=spec.model_header.lower() if spec.model_header else None,
                 model_query=spec.model_query,
                 provider=spec.provider,
+                path=spec.path,
             )
             self._named[spec.name] = route
             if spec.path is not None:
                 self._exact[spec.path] = route
+                if spec.api is RouteApi.OPENAI_MODELS:
+                    # `<path>/{model}` is one model (the SDKs' models.retrieve): the list's
+                    # route takes it before a shorter prefix (`/openai`, chat) would, and
+                    # after a prefix route of the same path (Gemini's `/v1/models`).
+                    lists.append((spec.path.rstrip("/"), route))
             elif spec.path_prefix is not None:
                 self._prefixes.append((spec.path_prefix.rstrip("/"), route))
+        # A stable sort: of two equal prefixes, the declared one stays first.
+        self._prefixes.extend(lists)
         self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
 
     def named(self, name: str) -> Route | None:

@@ -1,4 +1,5 @@
-"""``GET /v1/models``: answered by the gateway from the config, without going upstream.
+"""``GET /v1/models`` and ``GET /v1/models/{model}``: answered by the gateway from the
+config, without going upstream.
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
@@ -11,12 +12,14 @@ stage would decide it there (the route's provider and fixed model, the key's
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import orjson
 
 from extproc.backends import provider_api
 from extproc.config.model import ANTHROPIC_VERTEX_APIS, ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
+from extproc.errors import ModelNotFoundError
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.translators.anthropic_bedrock import may_run_claude
 
@@ -41,6 +44,9 @@ _ONLY_PROVIDER = {
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
 }
 
+# A path may be as long as Envoy's header limit: the error echoes no more than this.
+_SHOWN_NAME = 256
+
 
 class ModelListStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
@@ -48,12 +54,37 @@ class ModelListStage:
         if route is None or route.api is not RouteApi.OPENAI_MODELS:
             return
         created = int(ctx.started_wall)
-        models = [
-            {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
-            for name in usable_names(ctx.runtime, ctx.identity)
-        ]
-        body = orjson.dumps({"object": "list", "data": models})
+        names = usable_names(ctx.runtime, ctx.identity)
+        wanted = _model_in_path(route, ctx.path)
+        if wanted is None:
+            models = [_model(name, created) for name in names]
+            body = orjson.dumps({"object": "list", "data": models})
+        elif wanted in names:
+            body = orjson.dumps(_model(wanted, created))
+        else:
+            # As OpenAI answers a model the caller cannot use: one message whether it
+            # is not configured or kept from this caller, so no key learns of others'.
+            shown = wanted if len(wanted) <= _SHOWN_NAME else wanted[:_SHOWN_NAME] + "..."
+            raise ModelNotFoundError(
+                f"The model '{shown}' does not exist or you do not have access to it.",
+                param="model",
+            )
         out.answer = (200, body, {"content-type": "application/json"})
+
+
+def _model(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+
+
+def _model_in_path(route: Route, path: str) -> str | None:
+    """The model ``<list>/{model}`` names (``models.retrieve``), None for the list itself.
+    SDKs percent-encode the name (a fine-tuned model's colons, a ``/`` in
+    ``meta-llama/Llama-3.3-70B``)."""
+    path = path.partition("?")[0]
+    base = (route.prefix if route.prefix is not None else route.path or "").rstrip("/")
+    rest = path[len(base) :] if path.startswith(base) else ""
+    name = unquote(rest.removeprefix("/").rstrip("/"))
+    return name or None
 
 
 def usable_names(runtime: Runtime, identity: Identity) -> list[str]:

@@ -286,6 +286,23 @@ def test_the_model_list_shows_only_what_the_caller_may_use(id_stack: LocalStack)
         ).models.list()
 
 
+def test_a_model_is_retrieved_by_those_who_may_use_it(id_stack: LocalStack) -> None:
+    """models.retrieve, as tools check a model before using it, through Envoy."""
+    for base in ("/v1", "/openai/v1"):
+        engineering = OpenAI(
+            base_url=f"{id_stack.base_url}{base}", api_key=KEYS["team1"], max_retries=0
+        )
+        marketing = OpenAI(
+            base_url=f"{id_stack.base_url}{base}", api_key=KEYS["team2"], max_retries=0
+        )
+        assert engineering.models.retrieve("gpt-4o").id == "gpt-4o"
+        with pytest.raises(openai.NotFoundError) as kept:
+            marketing.models.retrieve("gpt-4o")
+        assert kept.value.code == "model_not_found"
+        with pytest.raises(openai.NotFoundError):
+            engineering.models.retrieve("gpt-9")
+
+
 def test_usage_report_groups_by_identity(id_stack: LocalStack) -> None:
     def report() -> list[dict[str, Any]]:
         result = subprocess.run(
