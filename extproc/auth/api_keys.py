@@ -40,25 +40,37 @@ class ApiKeyStore:
         self._by_digest: dict[bytes, tuple[bytes, ApiKey]] = {}
         directory = _read_directory(config.api_key_directory)
         problems: list[str] = []
+        # Where each secret came from, to name both places when a second one has it.
+        sources: dict[bytes, str] = {}
+
+        def add(digest: bytes, where: str, spec: ApiKeyConfig) -> None:
+            first = sources.get(digest)
+            if first is not None:
+                # One secret under two ids: whichever identity won, the other's user,
+                # group and limits would silently never apply to any request.
+                problems.append(
+                    f"{where}: the same secret as {first}; give each key a secret of its own"
+                )
+                return
+            sources[digest] = where
+            self._by_digest[digest] = (digest, api_key_of(spec))
+
         for index, spec in enumerate(config.api_keys):
+            where = f"auth.api_keys[{index}] ({spec.id})"
             try:
                 digest = _digest_of(spec, directory)
             except ValueError as exc:
-                problems.append(f"auth.api_keys[{index}] ({spec.id}): {exc}")
+                problems.append(f"{where}: {exc}")
                 continue
-            if digest in self._by_digest:
-                problems.append(f"auth.api_keys[{index}] ({spec.id}): same secret as another key")
-                continue
-            self._by_digest[digest] = (digest, api_key_of(spec))
+            add(digest, where, spec)
         known = {spec.id for spec in config.api_keys}
         # Files in the directory with no matching entry are keys with no identity beyond their id.
         for key_id, secret in directory.items():
             if key_id in known:
                 continue
+            where = f"auth.api_key_directory/{key_id}"
             if len(secret) < 8:
-                problems.append(
-                    f"auth.api_key_directory/{key_id}: the key is shorter than 8 characters"
-                )
+                problems.append(f"{where}: the key is shorter than 8 characters")
                 continue
             try:
                 spec = ApiKeyConfig(id=key_id)
@@ -66,13 +78,11 @@ class ApiKeyStore:
                 # A Secret may hold keys (`_legacy`, a 200-character name) that no
                 # key id can be: say which file, not a traceback.
                 problems.append(
-                    f"auth.api_key_directory/{key_id}: the file name is not a valid key id "
+                    f"{where}: the file name is not a valid key id "
                     "(a letter or digit, then letters, digits and _ . : @ -, at most 128)"
                 )
                 continue
-            digest = key_digest(secret)
-            if digest not in self._by_digest:
-                self._by_digest[digest] = (digest, api_key_of(spec))
+            add(key_digest(secret), where, spec)
         if problems:
             raise ConfigError("auth", problems)
 
@@ -136,20 +146,30 @@ def _read_directory(path: str | None) -> dict[str, str]:
     if path is None:
         return {}
     root = Path(path)
-    if not root.is_dir():
-        raise ConfigError("auth", [f"auth.api_key_directory: {path} is not a directory"])
+    where = "auth.api_key_directory"
+    try:
+        entries = sorted(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError("auth", [f"{where}: {path} is not a directory"]) from None
+    except OSError as exc:
+        # Not readable by the gateway's user (a Secret mounted with a mode or group
+        # that leaves it out), or a path the system refuses: a config mistake, said
+        # as one (exit status 2, a refused reload), not a traceback.
+        raise ConfigError("auth", [f"{where}: cannot read {path}: {exc.strerror}"]) from None
     keys: dict[str, str] = {}
     problems: list[str] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+    for entry in entries:
+        if entry.name.startswith("."):
             continue
         try:
+            if not entry.is_file():
+                continue
             secret = entry.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            problems.append(f"auth.api_key_directory/{entry.name}: cannot read: {exc.strerror}")
+            problems.append(f"{where}/{entry.name}: cannot read: {exc.strerror}")
             continue
         except UnicodeDecodeError:
-            problems.append(f"auth.api_key_directory/{entry.name}: not UTF-8 text")
+            problems.append(f"{where}/{entry.name}: not UTF-8 text")
             continue
         if secret:
             keys[entry.name] = secret
