@@ -26,7 +26,8 @@ the record finishes (notice, id) even if its caller hangs up.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
-recently used go first). Revoking forgets the key in this process at once and
+recently used go first); lookups of one digest made while a read of it is in
+flight share that read. Revoking forgets the key in this process at once and
 announces it on the store's pub/sub channel, so that every other process
 sharing the store forgets it too (``extproc.auth.key_revocations``); the 30 s
 expiry is the bound only while a process cannot hear those notices.
@@ -163,6 +164,19 @@ class KeyCache:
         self.generation += 1
 
 
+class _Read:
+    """One HGETALL in flight and how many lookups wait on it."""
+
+    __slots__ = ("generation", "task", "waiters")
+
+    def __init__(self, task: asyncio.Task[ApiKey | None], generation: int) -> None:
+        self.task = task
+        # The cache's generation when the read began: lookups after a revocation
+        # do not join it.
+        self.generation = generation
+        self.waiters = 0
+
+
 class StoredKeys:
     """The keys created at run time in one store, and this process's cache of lookups."""
 
@@ -178,6 +192,8 @@ class StoredKeys:
         self.cache = cache if cache is not None else KeyCache()
         self._clock = clock
         self.listener = RevocationListener(client, key_prefix, self.cache)
+        # The store reads in flight, by digest: concurrent lookups of one key share one.
+        self._reads: dict[bytes, _Read] = {}
         self._id_script = register(client, "stored_key_id")
 
     def start(self) -> None:
@@ -198,13 +214,48 @@ class StoredKeys:
         return self.cache.get(digest)
 
     async def lookup(self, digest: bytes) -> ApiKey | None:
-        """Ask the store for the key with this digest (one HGETALL) and cache the answer."""
+        """Ask the store for the key with this digest (one HGETALL) and cache the answer.
+
+        Concurrent lookups of one digest share one read: a client that opens many
+        streams at once with a key not yet cached costs the store one HGETALL, not one
+        per request. A read started before a revocation is not shared with lookups
+        made after it (it may have found the revoked key). A failed read is not kept:
+        the next lookup reads again.
+        """
         generation = self.cache.generation
+        flight = self._reads.get(digest)
+        if flight is None or flight.generation != generation or flight.task.done():
+            flight = _Read(asyncio.create_task(self._read(digest, generation)), generation)
+            self._reads[digest] = flight
+            flight.task.add_done_callback(lambda _: self._landed(digest, flight))
+        flight.waiters += 1
+        try:
+            # Shielded: one caller giving up (its request's deadline, a client gone)
+            # must not cancel the read the others wait on.
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # Nobody waits any more: the read is cancelled as an unshared one was,
+                # and the next lookup starts a fresh one instead of joining it.
+                flight.task.cancel()
+                self._landed(digest, flight)
+
+    async def _read(self, digest: bytes, generation: int) -> ApiKey | None:
         fields = await self._client.hgetall(self._record_key(digest.hex()))
         found = _from_fields(fields)
         key = found.key if found is not None else None
         self.cache.put(digest, key, generation)
         return key
+
+    def _landed(self, digest: bytes, flight: _Read) -> None:
+        """The read is over (or abandoned): later lookups no longer join it."""
+        if self._reads.get(digest) is flight:
+            del self._reads[digest]
+        if flight.task.done() and not flight.task.cancelled():
+            # Every waiter has had the error already (or none was left to): not worth
+            # asyncio's "exception was never retrieved" at exit.
+            flight.task.exception()
 
     async def create(self, key: ApiKey) -> tuple[str, StoredKey]:
         """Store a new key under a fresh secret; the secret is returned here and nowhere else."""

@@ -3,11 +3,14 @@
 An operator mounts keys as a directory. Two files holding one secret are two identities
 for one credential: the gateway refuses the config and names both files (never the
 secret), at start, in ``check-config`` and on reload. A directory the gateway cannot
-read is a config error like any other, not a traceback.
+read is a config error like any other, not a traceback. On the request path, many
+requests arriving at once with a key created at run time and not yet cached cost the
+store one read, however many of them there are and whichever of them give up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -16,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from extproc.auth.api_keys import ApiKeyStore
+from extproc.auth.api_keys import ApiKey, ApiKeyStore, key_digest
+from extproc.auth.stored_keys import StoredKeys
 from extproc.cli import main
 from extproc.config.auth_model import ApiKeyConfig, AuthConfig
 from extproc.config.loader import ConfigError, load_config
@@ -190,3 +194,122 @@ def test_check_config_exits_2_for_an_unreadable_directory(
     err = capsys.readouterr().err
     assert f"invalid config {config}:" in err and "File name too long" in err
     assert "Traceback" not in err
+
+
+# --- Many requests at once with one key not yet cached ------------------------------------
+
+PREFIX = "edge:"
+SECRET = "aigw-created-at-run-time"
+DIGEST = key_digest(SECRET)
+
+
+class SlowStore:
+    """A store that has run each HGETALL but answers only when the test releases it."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, str]] = {
+            f"{PREFIX}key:{{{DIGEST.hex()}}}": {"id": "ci-bot", "user_id": "carol"}
+        }
+        self.reads = 0
+        self.cancelled_reads = 0
+        self.failures = 0
+        self.answer = asyncio.Event()
+
+    def register_script(self, source: str) -> object:
+        return object()
+
+    async def hgetall(self, name: str) -> dict[str, str]:
+        self.reads += 1
+        found = dict(self.records.get(name, {}))  # read now: a later delete does not change it
+        try:
+            await self.answer.wait()
+        except asyncio.CancelledError:
+            self.cancelled_reads += 1
+            raise
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the store went away")
+        return found
+
+
+async def settle() -> None:
+    """Let every task started so far run up to where it waits on the store."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def lookups(keys: StoredKeys, count: int) -> list[asyncio.Task[ApiKey | None]]:
+    return [asyncio.create_task(keys.lookup(DIGEST)) for _ in range(count)]
+
+
+async def test_requests_at_once_with_an_uncached_key_cost_one_store_read() -> None:
+    store = SlowStore()
+    keys = StoredKeys(store, PREFIX)
+    waiting = lookups(keys, 20)
+    await settle()
+    store.answer.set()
+    found = await asyncio.gather(*waiting)
+    assert {key.id if key else None for key in found} == {"ci-bot"}
+    assert store.reads == 1
+    cached = keys.cached(DIGEST)
+    assert isinstance(cached, ApiKey) and cached.id == "ci-bot"
+
+
+async def test_the_first_request_giving_up_leaves_the_others_their_answer() -> None:
+    store = SlowStore()
+    keys = StoredKeys(store, PREFIX)
+    first, *others = lookups(keys, 3)
+    await settle()
+    first.cancel()  # its deadline passed, or its client hung up
+    await settle()
+    store.answer.set()
+    found = await asyncio.gather(*others)
+    assert [key.id if key else None for key in found] == ["ci-bot", "ci-bot"]
+    assert first.cancelled()
+    assert (store.reads, store.cancelled_reads) == (1, 0)
+
+
+async def test_a_failed_read_fails_those_waiting_and_the_next_lookup_reads_again() -> None:
+    store = SlowStore()
+    store.failures = 1
+    keys = StoredKeys(store, PREFIX)
+    waiting = lookups(keys, 5)
+    await settle()
+    store.answer.set()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    assert store.reads == 1
+    found = await keys.lookup(DIGEST)  # the failure was not kept
+    assert found is not None and found.id == "ci-bot"
+    assert store.reads == 2
+
+
+async def test_when_every_request_gives_up_the_read_stops_and_the_next_starts_afresh() -> None:
+    store = SlowStore()
+    keys = StoredKeys(store, PREFIX)
+    waiting = lookups(keys, 2)
+    await settle()
+    for task in waiting:
+        task.cancel()
+    await settle()
+    assert (store.reads, store.cancelled_reads) == (1, 1)
+    store.answer.set()
+    found = await keys.lookup(DIGEST)
+    assert found is not None and found.id == "ci-bot"
+    assert store.reads == 2
+
+
+async def test_a_lookup_after_a_revocation_does_not_share_a_read_begun_before_it() -> None:
+    store = SlowStore()
+    keys = StoredKeys(store, PREFIX)
+    (before,) = lookups(keys, 1)
+    await settle()  # its HGETALL found the key; the answer is on its way
+    store.records.clear()  # revoked meanwhile, and this process heard of it
+    keys.cache.forget(DIGEST)
+    (after,) = lookups(keys, 1)
+    await settle()
+    store.answer.set()
+    assert (await before) is not None
+    assert (await after) is None
+    assert store.reads == 2
+    assert keys.cached(DIGEST) is None  # what the later read found, not the earlier
