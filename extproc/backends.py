@@ -506,14 +506,19 @@ def _completions_request(
 
 
 def _openai_request(
-    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, path: str
+    ctx: RequestContext,
+    parsed: dict[str, Any],
+    upstream: Upstream,
+    path: str,
+    model: str | None = None,
 ) -> RequestPlan:
     """A chat or text completion to an OpenAI-compatible provider: under the provider's
-    name for the model, a stream asking for its usage (``openai_openai.prepare_request``);
-    the client's bytes as they came when nothing changed."""
+    name for the model (``model``, else ``upstream_model``), a stream asking for its
+    usage (``openai_openai.prepare_request``); the client's bytes as they came when
+    nothing changed."""
     rewritten = openai_openai.prepare_request(
         parsed,
-        upstream.upstream_model,
+        model or upstream.upstream_model,
         stream=ctx.stream,
         client_wants_usage=ctx.client_wants_usage,
     )
@@ -722,7 +727,11 @@ def _vertex_request(
     ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
     if not vertex_endpoints.is_claude(model):
         return _openai_request(
-            ctx, parsed, upstream, prefix + vertex_endpoints.openai_chat_path(gcp)
+            ctx,
+            parsed,
+            upstream,
+            prefix + vertex_endpoints.openai_chat_path(gcp),
+            vertex_endpoints.openai_model_name(model),
         )
     # Vertex's one API version predates the versions that limit sampling parameters. Its
     # Claude takes no image by URL ("URL sources are not supported").

@@ -82,6 +82,15 @@ def google_model_name(upstream_model: str) -> str:
     return upstream_model.removeprefix(_GOOGLE + "/")
 
 
+def openai_model_name(upstream_model: str) -> str:
+    """The name Vertex's OpenAI-compatible endpoint takes: ``publisher/model``. A bare
+    name is one of Google's (as Gemini's API and ``:predict`` read it), which the
+    endpoint refuses without its ``google/`` publisher."""
+    if "/" in upstream_model:
+        return upstream_model
+    return f"{_GOOGLE}/{upstream_model}"
+
+
 def gemini_path(gcp: GcpConfig, upstream_model: str, operation: str) -> str:
     """Gemini's API on Vertex for one of Google's models: ``generateContent``,
     ``streamGenerateContent`` (as Server-Sent Events) or ``countTokens``."""

@@ -35,7 +35,12 @@ def claude_and_gemini_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and two of its models,
     one of which a primary model fails over to."""
     raw = vertex_config(
-        {"sonnet-vertex": CLAUDE_ON_VERTEX, "gemini-flash": GEMINI_ON_VERTEX},
+        {
+            "sonnet-vertex": CLAUDE_ON_VERTEX,
+            "gemini-flash": GEMINI_ON_VERTEX,
+            # Named bare, as Gemini's API and the embeddings paths name Google's models.
+            "gemini-bare": GEMINI_ON_VERTEX.removeprefix("google/"),
+        },
         {"sonnet-vertex": SONNET, "gemini-flash": FLASH},
     )
     # A provider nothing listens for: its model fails over to Gemini on Vertex.
@@ -202,6 +207,18 @@ def test_gemini_on_vertex_streams_through_the_openai_compatible_endpoint(
     cost = line["prompt_tokens"] * FLASH["input_per_million"]
     cost += line["completion_tokens"] * FLASH["output_per_million"]
     assert line["cost_usd"] == pytest.approx(cost / 1e6)
+
+
+def test_a_google_model_named_without_its_publisher_reaches_the_openai_endpoint(
+    stack: LocalStack,
+) -> None:
+    """Vertex's OpenAI-compatible endpoint refuses a model without its publisher (a 400
+    to every request); the gateway names it ``google/...`` there."""
+    answer = chat(stack).chat.completions.create(model="gemini-bare", messages=PROMPT)
+    assert answer.choices[0].message.content
+    sent = vertex_requests(stack)[-1]
+    assert sent["path"] == f"{LOCATION}/endpoints/openapi/chat/completions"
+    assert orjson.loads(sent["body"])["model"] == GEMINI_ON_VERTEX
 
 
 def test_vertexs_quota_error_reaches_each_client_in_its_own_shape(
