@@ -214,10 +214,15 @@ def _table(config: GatewayConfig, specs: list[RouteConfig]) -> RouteTable:
 
 
 class Runtime:
-    def __init__(self, config: GatewayConfig, services: Services) -> None:
+    def __init__(
+        self, config: GatewayConfig, services: Services, *, admit_labels: bool = True
+    ) -> None:
+        """``admit_labels=False``: the caller admits the config's label values itself,
+        once it serves (a reload), so a config refused on the way changes no label."""
         self.config = config
         self.services = services
-        services.metrics.admit_config(config)  # its names never fold into "other"
+        if admit_labels:
+            services.metrics.admit_config(config)  # its names never fold into "other"
         self.routes = RouteTable(config)
         # None when no route names a host: the path alone decides.
         self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None

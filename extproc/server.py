@@ -36,6 +36,7 @@ from extproc import http_endpoint, worker_endpoints
 from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
+from extproc.config.restart_only import RESTART_ONLY_SECTIONS, STARTED_TELEMETRY_FIELDS
 from extproc.config.watched_files import secret_files
 from extproc.envoy_drift import bootstrap_changes
 from extproc.management.audit import AuditLog
@@ -73,16 +74,6 @@ from extproc.worker_endpoints import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ext.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
-# Sections the running process took at start (listeners, the store connection):
-# a reload cannot move them, so it keeps the running ones.
-RESTART_ONLY_SECTIONS = ("server", "store")
-# Parts of `telemetry` set up once at start: the request log's sinks, the metrics'
-# label budget and quota gauges. A reload takes the rest of the section (logged
-# content) and warns about these, since nothing else would tell the operator.
-STARTED_TELEMETRY_FIELDS = {
-    "log": ("stdout", "file", "max_bytes", "backup_count", "queue_size"),
-    "metrics": ("max_label_values", "quota_gauges", "multiprocess_dir"),
-}
 # A replaced config's clients (webhook, moderation, JWKS) close when its last stream
 # ends; this bound is only a safety net against a stream that never does. Far beyond
 # any request Envoy lets run with the rendered timeouts (300 s per provider by default).
@@ -114,7 +105,17 @@ class Gateway:
         worker: WorkerRole | None = None,
     ) -> None:
         self.config = config
-        self._config_path = config_path
+        # Made now, not once started: it stamps the files before this process reads
+        # them (the key files below), so a change or a SIGHUP while it starts (its
+        # store, its listeners) is applied once it serves, not lost.
+        self._reloader: ConfigReloader | None = None
+        if config_path is not None:
+            self._reloader = ConfigReloader(
+                config_path,
+                self.apply,
+                self._count_reload,
+                watched=lambda: secret_files(self.config),
+            )
         # A worker of `serve --workers N`: its own ext_proc endpoint, the shared
         # store; the supervisor serves HTTP and the quota gauges for all workers.
         self._worker = worker
@@ -139,7 +140,6 @@ class Gateway:
         self._management: grpc_aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http: Any = None
-        self._reloader: ConfigReloader | None = None
         self._stopping = asyncio.Event()
         self._store_readiness = http_endpoint.StoreReadiness()
 
@@ -157,7 +157,10 @@ class Gateway:
         config = config.model_copy(
             update={name: getattr(self.config, name) for name in RESTART_ONLY_SECTIONS}
         )
-        runtime = Runtime(config, self.services)
+        # Its names are admitted to the metrics' label budget only once it serves: the
+        # admission replaces the running config's, and a refused reload must leave
+        # those (a running model kept apart from `other` when the budget is full).
+        runtime = Runtime(config, self.services, admit_labels=False)
         try:
             await runtime.start()
         except BaseException:
@@ -187,6 +190,7 @@ class Gateway:
                 " still running on the started values of: %s",
                 ", ".join(telemetry),
             )
+        self.metrics.admit_config(config)
         previous, self.config, self.runtime = self.runtime, config, runtime
         self._retire(previous)
 
@@ -243,13 +247,7 @@ class Gateway:
         if worker is None:
             app = http_endpoint.create_app(self.metrics.registry, self.readiness)
             self._http = await http_endpoint.start(app, server_config.http_address)
-        if self._config_path is not None:
-            self._reloader = ConfigReloader(
-                self._config_path,
-                self.apply,
-                self._count_reload,
-                watched=lambda: secret_files(self.config),
-            )
+        if self._reloader is not None:
             self._reloader.start()
         # Everything allocated so far lives as long as the process: keep it out of
         # the collector's full passes, which otherwise rescan it over and over.
@@ -437,7 +435,8 @@ async def serve(
         loop.add_signal_handler(signum, gateway.request_stop)
     if config_path is not None:
         # From the start: SIGHUP's default action would kill a gateway still starting
-        # (and leave its embedded store behind). Before the reloader exists, it is a no-op.
+        # (and leave its embedded store behind). One received while starting reloads
+        # once the gateway serves.
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_config)
     if worker is not None:
         stop_with_supervisor(loop, gateway.request_stop)

@@ -1,8 +1,9 @@
 """What a valid config still needs to serve: the files ``serve`` reads at start.
 
 Validation checks the file itself; this reads what it names (key files, JWKS
-files, admin token files, a Vertex provider's service account key, the
-gateway's own certificate files), without the network. ``extproc check-config``
+files, admin token files, a Vertex provider's service account key, a Bedrock
+provider's AWS credential files, the gateway's own certificate files), without
+the network. ``extproc check-config``
 runs it, and so does the workers' supervisor before it hands a reloaded config
 to the workers it restarts: a config the workers would refuse must not become
 theirs. The supervisor leaves out the listener's files: a reload never changes
@@ -28,5 +29,7 @@ def check_startup_files(config: GatewayConfig, *, listener_files: bool = True) -
         runtime.jwt.load_static()
     for source in runtime.token_sources.values():
         source.check_key_file()
+    for signer in runtime.signers.values():
+        signer.check_key_files()
     if config.management.serving:
         AdminTokens(config.management)

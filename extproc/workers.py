@@ -17,9 +17,11 @@ streams within ``server.grace_period_s``; ``/readyz`` answers 503 from the
 signal on), then the supervisor stops the embedded Valkey, last, and exits. A
 worker whose supervisor dies without a word (SIGKILL) drains and stops by itself
 (``server.stop_with_supervisor``). SIGHUP is
-passed on to every worker (each reloads its config) and reloads the
-supervisor's own copy (quota rules of the gauges, label values the merged page
-keeps apart).
+passed on to every worker that has started (each reloads its config; one still
+starting reads the file once started, as SIGHUP would kill it before its
+handler is in place) and reloads the supervisor's own copy (quota rules of the
+gauges, label values the merged page keeps apart), once the supervisor has
+started if it comes earlier.
 
 A worker that dies is restarted (its counters stay in the merged totals, since
 its metric files are kept; ``mark_process_dead`` drops only live gauges). A
@@ -55,6 +57,7 @@ from extproc import event_loop, http_endpoint
 from extproc.config.loader import ConfigError
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
+from extproc.config.restart_only import as_started
 from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.startup_check import check_startup_files
@@ -133,7 +136,9 @@ class Supervisor:
         self._gauges: QuotaGauges | None = None
         self._http: Any = None
         self._bounded: _BoundedCollector | None = None
-        self._reloader: ConfigReloader | None = None
+        # Made now: a change to the file or a SIGHUP while the workers start is
+        # applied once they are up (ConfigReloader), not lost.
+        self._reloader = ConfigReloader(config_path, self._apply, lambda ok: None)
         # The config last found valid, for workers (re)started from now on.
         self._latest = config
         self._rules = RuleSet(config.quotas)
@@ -182,7 +187,6 @@ class Supervisor:
             self._gauges.start()
         app = http_endpoint.create_app(registry, self.readiness)
         self._http = await http_endpoint.start(app, self.config.server.http_address)
-        self._reloader = ConfigReloader(self._config_path, self._apply, lambda ok: None)
         self._reloader.start()
         log.info(
             "extproc supervising %d workers; metrics on http://%s/metrics",
@@ -204,10 +208,9 @@ class Supervisor:
         role = WorkerRole(worker.index, self._count, self._store_url)
         worker.ready = self._context.Event()
         # What changes only on restart stays as the supervisor started: a restarted
-        # worker shares its siblings' store, key prefix and addresses.
-        config = self._latest.model_copy(
-            update={"server": self.config.server, "store": self.config.store}
-        )
+        # worker shares its siblings' store, key prefix and addresses, management
+        # listener, request log outputs and label budget.
+        config = as_started(self.config, self._latest)
         process = self._context.Process(
             target=run_worker,
             args=(config, self._config_path, role, worker.ready, self._log_level),
@@ -273,11 +276,17 @@ class Supervisor:
         self._stopping.set()
 
     def reload(self) -> None:
+        """SIGHUP: to every worker that has started, and to this process's own copy.
+
+        A worker still starting is left alone: until its handler is in place, SIGHUP's
+        default action kills it (and a few of them at once are a crash loop). Once
+        started, each worker reads the file anyway (``serve``), so it misses nothing."""
         for worker in self._workers:
-            if worker.process is not None and worker.process.pid is not None:
-                os.kill(worker.process.pid, signal.SIGHUP)
-        if self._reloader is not None:
-            self._reloader.schedule_reload()
+            process, ready = worker.process, worker.ready
+            if process is None or process.pid is None or ready is None or not ready.is_set():
+                continue
+            os.kill(process.pid, signal.SIGHUP)
+        self._reloader.schedule_reload()
 
     async def readiness(self) -> tuple[bool, str]:
         if self._stopping.is_set():
@@ -310,8 +319,7 @@ class Supervisor:
                 log.error("worker pid %s did not stop in time: killing it", process.pid)
                 process.kill()
                 await asyncio.to_thread(process.join)
-        if self._reloader is not None:
-            await self._reloader.stop()
+        await self._reloader.stop()
         if self._gauges is not None:
             await self._gauges.close()
         if self._http is not None:

@@ -12,6 +12,11 @@ there yet, say) is tried again when one of the files it names changes: a
 Secret mounted a moment after its ConfigMap, or a key file copied after the
 config, then takes effect without a signal, instead of leaving the old config,
 and the keys it revoked, serving until the next edit.
+
+The reloader is made before the process starts serving, and stamps the files
+then: a change written while the process starts (its store, its listeners) is
+seen by the first poll, and a SIGHUP received meanwhile reloads once it has
+started, rather than being lost.
 """
 
 from __future__ import annotations
@@ -72,9 +77,15 @@ class ConfigReloader:
         # done, so the newest file is the one left serving.
         self._reloading = asyncio.Lock()
         self._stopped = False
+        # A SIGHUP before start(): the process is not serving yet, so it is applied then.
+        self._signalled_early = False
 
     def start(self) -> None:
+        """Watch from now on; a reload asked for before now runs at once."""
         self._task = asyncio.get_running_loop().create_task(self._watch())
+        if self._signalled_early:
+            self._signalled_early = False
+            self.schedule_reload()
 
     async def stop(self) -> None:
         """Stop watching, and drop a reload still running: the gateway is stopping and
@@ -86,8 +97,11 @@ class ConfigReloader:
             await background.stop(pending)
 
     def schedule_reload(self) -> None:
-        """From a signal handler: reload soon, on the event loop."""
+        """From a signal handler: reload soon, on the event loop (once started)."""
         if self._stopped:
+            return
+        if self._task is None:
+            self._signalled_early = True
             return
         task = asyncio.get_running_loop().create_task(self.reload())
         self._pending.add(task)

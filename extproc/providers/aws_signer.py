@@ -91,6 +91,11 @@ class AwsSigner:
             ) from None
         self._use(source, frozen)
 
+    def check_key_files(self) -> None:
+        """Read the credential files the config names, as ``start`` does, without the
+        default chain (which may ask the network): ``ConfigError`` when one cannot be read."""
+        self._static_credentials()
+
     def sign(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
         """The headers to set on the request so that AWS accepts it.
 
@@ -144,15 +149,10 @@ class AwsSigner:
 
     def _resolve(self) -> Credentials:
         """Static credentials from the config, else the default chain (may do network I/O)."""
+        static = self._static_credentials()
+        if static is not None:
+            return static
         config = self._config
-        access_key = _secret(config.access_key_id, config.access_key_id_file, "access_key_id")
-        secret_key = _secret(
-            config.secret_access_key, config.secret_access_key_file, "secret_access_key"
-        )
-        if access_key is not None and secret_key is not None:
-            return Credentials(
-                access_key, secret_key, _session_token(config), method="gateway-config"
-            )
         try:
             credentials = default_chain_credentials(config.region)
         except BotoCoreError as exc:
@@ -171,6 +171,17 @@ class AwsSigner:
                 ],
             )
         return credentials
+
+    def _static_credentials(self) -> Credentials | None:
+        """The config's own keys (values or files); None when it names none."""
+        config = self._config
+        access_key = _secret(config.access_key_id, config.access_key_id_file, "access_key_id")
+        secret_key = _secret(
+            config.secret_access_key, config.secret_access_key_file, "secret_access_key"
+        )
+        if access_key is None or secret_key is None:
+            return None
+        return Credentials(access_key, secret_key, _session_token(config), method="gateway-config")
 
 
 def default_chain_credentials(region: str) -> Credentials | None:

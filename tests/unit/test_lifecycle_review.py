@@ -388,6 +388,7 @@ async def test_a_reload_signalled_just_before_shutdown_is_not_swapped_in_after_i
         swapped.append(config)
 
     reloader = ConfigReloader(path, apply, results.append)
+    reloader.start()  # a serving gateway's
     reloader.schedule_reload()
     await asyncio.wait_for(applying.wait(), 10)
     await reloader.stop()
