@@ -43,7 +43,8 @@ MAX_RETRY_AFTER_S = 86_400
 
 
 class ModerationError(Exception):
-    """No usable verdict (error status, bad answer, timeout); the message names why.
+    """No usable verdict (error status, a redirect, bad answer, timeout); the message
+    names why.
 
     ``retry_after`` (whole seconds) is set when the service refused for its own rate
     limit (HTTP 429), and None otherwise.
@@ -87,6 +88,9 @@ class ModerationClient:
                     self._url,
                     data=payload,
                     headers=self._headers,
+                    # Never followed: a redirect would take the prompt to whatever host
+                    # it names (a 307 re-sends the body as it is).
+                    allow_redirects=False,
                     **self._session.egress.aiohttp(self._url),
                 ) as reply:
                     if reply.status == 429:

@@ -11,7 +11,8 @@ API has no tag:
   many as were sent: use their contents instead;
 - ``PassAction``: nothing but an optional ``reason``.
 
-Anything else the webhook does (an error status, an answer of none of these
+Anything else the webhook does (an error status, a redirect, which is never
+followed, an answer of none of these
 shapes, a MaskAction with another count, a timeout, a refused connection) is a
 ``WebhookError``, which the guard turns into its ``failure_mode``. A 429 is the
 webhook's own rate limit: its error carries when the webhook says to retry (read
@@ -104,6 +105,9 @@ class WebhookClient:
                     url,
                     data=orjson.dumps(payload),
                     headers=headers,
+                    # A redirect would take the prompt and the webhook's own token to
+                    # whatever host it names: it is an answer like any other non-200.
+                    allow_redirects=False,
                     **self._session.egress.aiohttp(url),
                 ) as reply:
                     if reply.status == 429:

@@ -1,0 +1,114 @@
+"""Edges of prompt enrichment and of the guard services' calls.
+
+- A guardrail webhook or moderation service answering a redirect is a failed call
+  (its ``failure_mode`` decides): the prompt and the webhook's token never go to the
+  host its ``Location`` names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from extproc.config import GatewayConfig
+from tests.unit.guard_helpers import config_with
+from tests.unit.test_guard_flow import Gateway, chat, immediate
+from tests.unit.test_guardrail_review import Hook, serving
+
+HOOK_TOKEN = "hook-s3cret-token"
+MODERATION_KEY = "mod-s3cret-key"
+PROMPT = "my secret plan"
+PASS: dict[str, Any] = {"action": {}}
+CLEAN = {"results": [{"flagged": False, "categories": {}, "category_scores": {}}]}
+
+
+def webhooked(port: int, *, mode: str = "fail_closed", **headers: str) -> GatewayConfig:
+    guardrails = {
+        "webhooks": [{"name": "civility", "host": "127.0.0.1", "port": port,
+                      "headers": headers or {"x-webhook-token": HOOK_TOKEN},
+                      "failure_mode": mode}],
+        "policies": [{"name": "civil", "request": [{"name": "civility-guard",
+                                                    "webhook": "civility"}]}],
+    }  # fmt: skip
+    return config_with(guardrails, {"openai-chat": {"guardrails": "civil"}})
+
+
+def moderated(port: int, *, mode: str = "fail_closed") -> GatewayConfig:
+    guardrails = {
+        "moderation": [{"name": "mod", "base_url": f"http://127.0.0.1:{port}/v1",
+                        "api_key": MODERATION_KEY, "failure_mode": mode}],
+        "policies": [{"name": "moderated", "request": [{"name": "moderation",
+                                                         "moderation": "mod"}]}],
+    }  # fmt: skip
+    return config_with(guardrails, {"openai-chat": {"guardrails": "moderated"}})
+
+
+def redirect_to(port: int, path: str, status: int) -> Any:
+    def reply(_: Any) -> web.Response:
+        return web.Response(status=status, headers={"location": f"http://127.0.0.1:{port}{path}"})
+
+    return reply
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_webhook_redirect_is_a_failed_call_and_the_prompt_stays_put(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = Hook(PASS)
+    async with serving(elsewhere.handle) as other_port:
+        hook = Hook(redirect_to(other_port, "/request", status))
+        async with serving(hook.handle) as port:
+            gateway = Gateway(webhooked(port))
+            with caplog.at_level(logging.WARNING):
+                answers = await gateway.send("/v1/chat/completions", chat(PROMPT))
+    assert len(hook.calls) == 1
+    assert elsewhere.calls == []  # neither the prompt nor the token went there
+    status_code, error = immediate(answers[-1])
+    assert status_code == 503
+    assert error["error"]["code"] == "guardrail_unavailable"
+    assert gateway.log()["guardrails"] == [
+        {"guard": "civility-guard", "phase": "request", "action": "fail_closed"}
+    ]
+    assert f"answered HTTP {status}" in caplog.text
+    assert HOOK_TOKEN not in caplog.text
+    assert PROMPT not in caplog.text
+
+
+async def test_a_redirecting_fail_open_webhook_lets_the_request_through_unchecked() -> None:
+    elsewhere = Hook(PASS)
+    async with serving(elsewhere.handle) as other_port:
+        hook = Hook(redirect_to(other_port, "/request", 307))
+        async with serving(hook.handle) as port:
+            gateway = Gateway(webhooked(port, mode="fail_open"))
+            answers = await gateway.send("/v1/chat/completions", chat(PROMPT))
+    assert elsewhere.calls == []
+    assert not answers[-1].HasField("immediate_response")
+    assert gateway.log()["guardrails"] == [
+        {"guard": "civility-guard", "phase": "request", "action": "fail_open"}
+    ]
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_moderation_redirect_is_a_failed_call_and_the_key_stays_put(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = Hook(CLEAN)
+    async with serving(elsewhere.handle, "/v1/moderations") as other_port:
+        moderation = Hook(redirect_to(other_port, "/v1/moderations", status))
+        async with serving(moderation.handle, "/v1/moderations") as port:
+            gateway = Gateway(moderated(port))
+            with caplog.at_level(logging.WARNING):
+                answers = await gateway.send("/v1/chat/completions", chat(PROMPT))
+    assert len(moderation.calls) == 1
+    assert elsewhere.calls == []
+    status_code, error = immediate(answers[-1])
+    assert status_code == 503
+    assert error["error"]["code"] == "guardrail_unavailable"
+    assert f"answered HTTP {status}" in caplog.text
+    assert MODERATION_KEY not in caplog.text
