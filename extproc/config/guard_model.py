@@ -9,6 +9,7 @@ meaning lives in ``extproc.guardrails``.
 
 from __future__ import annotations
 
+import re
 import string
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -32,6 +33,9 @@ Name = Annotated[str, Field(pattern=_NAME)]
 TEMPLATE_FIELDS = frozenset({"user_id", "group_id", "api_key_id", "route", "model"})
 # Request headers that carry the client's credential: never sent to a webhook.
 CREDENTIAL_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
+# A header's name is an RFC 9110 token; its value may hold no control character but a tab.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _lower(value: Any) -> Any:
@@ -176,6 +180,23 @@ class WebhookConfig(_Section):
             raise ValueError("must start with /")
         return path
 
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # aiohttp refuses such a header as the call is made: every request guarded by
+        # the webhook failed with a 500. A value from an environment variable often ends
+        # in a newline (a Secret written with `echo`). The value is never shown: it is
+        # usually the webhook's token.
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if _HEADER_VALUE_CONTROL.search(value.get_secret_value()):
+                raise ValueError(
+                    f"the value of {name!r} holds a control character (a line break?), "
+                    "which no HTTP header can carry"
+                )
+        return headers
+
     @field_validator("forward_headers")
     @classmethod
     def _no_credentials(cls, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -269,14 +290,22 @@ class EnrichmentMessage(_Section):
     def _template(cls, content: str) -> str:
         try:
             fields = [
-                name for _, name, _, _ in string.Formatter().parse(content) if name is not None
+                (name, spec, conversion)
+                for _, name, spec, conversion in string.Formatter().parse(content)
+                if name is not None
             ]
         except ValueError as exc:
             raise ValueError(f"not a valid template ({exc}); write {{{{ for a literal {{") from None
-        for name in fields:
+        for name, spec, conversion in fields:
             if name not in TEMPLATE_FIELDS:
                 known = ", ".join(sorted(TEMPLATE_FIELDS))
                 raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+            if spec or conversion:
+                # Every value is text: `{user_id:d}` failed every request, and `!r` quoted it.
+                raise ValueError(
+                    f"placeholder {{{name}}} takes no format spec or conversion "
+                    f"(write {{{name}}}, or {{{{ for a literal {{)"
+                )
         return content
 
 

@@ -3,6 +3,12 @@
 - A guardrail webhook or moderation service answering a redirect is a failed call
   (its ``failure_mode`` decides): the prompt and the webhook's token never go to the
   host its ``Location`` names.
+- A webhook header value no HTTP header can carry (a newline from an environment
+  variable) is refused at load, naming the field and never the value, instead of
+  failing every request with a 500.
+- An enrichment placeholder with a format spec or a conversion (``{user_id:d}``,
+  ``{user_id!r}``) is refused at load, naming the field, instead of failing every
+  request with a 500.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from extproc.config import GatewayConfig
+from extproc.config.loader import ConfigError
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_flow import Gateway, chat, immediate
 from tests.unit.test_guardrail_review import Hook, serving
@@ -44,6 +52,11 @@ def moderated(port: int, *, mode: str = "fail_closed") -> GatewayConfig:
                                                          "moderation": "mod"}]}],
     }  # fmt: skip
     return config_with(guardrails, {"openai-chat": {"guardrails": "moderated"}})
+
+
+def enriched(content: str) -> GatewayConfig:
+    enrichment = {"prepend": [{"role": "system", "content": content}]}
+    return config_with({}, {"openai-chat": {"enrichment": enrichment}})
 
 
 def redirect_to(port: int, path: str, status: int) -> Any:
@@ -112,3 +125,65 @@ async def test_a_moderation_redirect_is_a_failed_call_and_the_key_stays_put(
     assert error["error"]["code"] == "guardrail_unavailable"
     assert f"answered HTTP {status}" in caplog.text
     assert MODERATION_KEY not in caplog.text
+
+
+# --- webhook header values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [HOOK_TOKEN + "\n", HOOK_TOKEN + "\r\n", "a\nb", "a\x00b"])
+def test_a_webhook_header_value_no_header_can_carry_is_refused_at_load(value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        webhooked(8000, **{"x-webhook-token": value})
+    [problem] = refused.value.problems
+    assert problem.startswith("guardrails.webhooks[0].headers")
+    assert "x-webhook-token" in problem
+    assert "control character" in problem
+    assert HOOK_TOKEN not in str(refused.value)
+    assert value not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["x webhook", "x-token:", "x-tök", ""])
+def test_a_webhook_header_name_that_is_no_http_token_is_refused_at_load(name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        webhooked(8000, **{name: HOOK_TOKEN})
+    [problem] = refused.value.problems
+    assert problem.startswith("guardrails.webhooks[0].headers")
+    assert "not a valid header name" in problem
+    assert HOOK_TOKEN not in str(refused.value)
+
+
+async def test_a_webhook_header_with_a_tab_inside_still_reaches_the_webhook() -> None:
+    # A tab is legal inside a field value (RFC 9110): refusing it would break a config.
+    hook = Hook(PASS)
+    async with serving(hook.handle) as port:
+        gateway = Gateway(webhooked(port, **{"x-webhook-token": "a\tb"}))
+        answers = await gateway.send("/v1/chat/completions", chat("hello"))
+    assert not answers[-1].HasField("immediate_response")
+    assert hook.headers[0].headers["x-webhook-token"] == "a\tb"
+
+
+# --- enrichment placeholders ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["You serve {user_id:d}.", "You serve {user_id!r}.", "You serve {model:>10}.",
+     "You serve {user_id!s:{model}}."],
+)  # fmt: skip
+def test_a_placeholder_with_a_format_spec_or_conversion_is_refused_at_load(content: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        enriched(content)
+    [problem] = refused.value.problems
+    assert problem.startswith("routes[")
+    assert ".enrichment.prepend[0].content" in problem
+    assert "format spec" in problem
+
+
+async def test_plain_placeholders_are_still_filled_in() -> None:
+    gateway = Gateway(enriched("Route {route}, model {model}; literal {{braces}}."))
+    answers = await gateway.send("/v1/chat/completions", chat("hello"))
+    sent = orjson.loads(answers[-1].request_body.response.body_mutation.body)
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": "Route openai-chat, model gpt-4o-mini; literal {braces}.",
+    }
