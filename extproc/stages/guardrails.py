@@ -58,9 +58,15 @@ import orjson
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_count_tokens import CONVERSE, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
-from extproc.config.guard_model import CREDENTIAL_HEADERS, FailureMode, GuardConfig
+from extproc.config.guard_model import (
+    CREDENTIAL_HEADERS,
+    EnrichmentConfig,
+    FailureMode,
+    GuardConfig,
+)
 from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
+from extproc.converse_api import is_prompt
 from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
 from extproc.guardrails.completion_text import request_slots as completion_request_slots
@@ -274,6 +280,8 @@ class GuardRequestStage:
                 raise _unguardable_audio(route.name)
         if route.api in _INVOKE_APIS and not _claude_invoke_body(ctx):
             raise _unreadable_invoke_body(ctx, route.name)
+        if guards.enrichment is not None:
+            _check_system_enrichment(ctx, route.name, route.api, guards.enrichment)
         if not guards.request.empty:
             # The provider gets the body the guards read, serialised from the parse, never
             # the client's bytes: in a body that repeats a key ("messages" twice) the
@@ -412,6 +420,43 @@ def _unreadable_invoke_body(ctx: RequestContext, route: str) -> BadRequestError:
         param="modelId",
         code="body_not_guarded",
     )
+
+
+# Gemini's field naming a cached context, in both spellings its REST API takes.
+_CACHED_CONTENT = ("cachedContent", "cached_content")
+
+
+def _check_system_enrichment(
+    ctx: RequestContext, route: str, api: RouteApi, enrichment: EnrichmentConfig
+) -> None:
+    """Refuse a request with which its provider takes no system instruction, on a route
+    whose enrichment adds one: Gemini's ``cachedContent`` (the cache holds the system
+    instruction) and a Bedrock Converse call of a prompt of Prompt management (the prompt
+    defines it). The provider refused every such request, after the quota had counted
+    it; sent without the route's system message, the client would choose to skip it."""
+    if not any(m.role == "system" for m in (*enrichment.prepend, *enrichment.append)):
+        return
+    assert ctx.body is not None
+    if api is RouteApi.BEDROCK_CONVERSE and is_prompt(ctx.upstream_model or ""):
+        raise BadRequestError(
+            f"route '{route}' adds a system prompt to every request, and Bedrock takes "
+            "none with a prompt of Prompt management (its ARN as modelId), whose system "
+            "prompt is its own; call a model, or use a route that adds no system prompt",
+            param="modelId",
+            code="system_enrichment_not_applicable",
+        )
+    if api in GEMINI_APIS:
+        body = gemini_request(ctx.body)
+        field = next((name for name in _CACHED_CONTENT if body.get(name)), None)
+        if field is not None:
+            raise BadRequestError(
+                f"route '{route}' adds a system instruction to every request, and Gemini "
+                f"takes none with cachedContent, whose system instruction is the cache's; "
+                "send the request without cachedContent, or use a route that adds no "
+                "system instruction",
+                param=field,
+                code="system_enrichment_not_applicable",
+            )
 
 
 def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:

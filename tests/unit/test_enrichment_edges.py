@@ -19,8 +19,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -29,7 +32,12 @@ from aiohttp import web
 
 from extproc.config import GatewayConfig
 from extproc.config.loader import ConfigError, parse_config
+from extproc.processor import Processor
+from extproc.runtime import Runtime
+from extproc.stages import default_stages
+from tests.unit import test_gemini_guard_flow as gemini
 from tests.unit.guard_helpers import config_with
+from tests.unit.mock_vertex import mock_vertex
 from tests.unit.test_guard_flow import Gateway, chat, immediate
 from tests.unit.test_guardrail_review import Hook, serving
 
@@ -273,3 +281,117 @@ async def test_placeholders_written_around_a_value_from_the_environment_are_fill
     )
     sent = await enrichment_sent(config)
     assert sent == "openai-chat: {model} as {route} / for gpt-4o-mini"
+
+
+# --- a system enrichment the provider takes nothing alongside -------------------------------
+
+PROMPT_ARN = "arn:aws:bedrock:us-east-1:123456789012:prompt/PROMPT12345:1"
+CONVERSE_MESSAGES = [{"role": "user", "content": [{"text": "Hello"}]}]
+
+
+def converse_path(model: str) -> str:
+    return f"/model/{quote(model, safe='')}/converse"
+
+
+@asynccontextmanager
+async def converse_enriched(role: str) -> AsyncIterator[Gateway]:
+    """A gateway whose bedrock-converse route prepends a message of ``role``, its runtime
+    started (it signs for Bedrock)."""
+    enrichment = {"prepend": [{"role": role, "content": "You answer for {group_id}."}]}
+    config = config_with({}, {"bedrock-converse": {"enrichment": enrichment}})
+    gateway = Gateway(config)
+    runtime = Runtime(config, gateway.services)
+    await runtime.start()
+    gateway.processor = Processor(lambda: runtime, default_stages())
+    try:
+        yield gateway
+    finally:
+        await runtime.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"promptVariables": {"topic": {"text": "tides"}}},
+     {"promptVariables": {"topic": {"text": "tides"}}, "messages": CONVERSE_MESSAGES}],
+)  # fmt: skip
+async def test_a_system_enrichment_refuses_a_prompt_of_prompt_management_clearly(
+    body: dict[str, Any],
+) -> None:
+    # Bedrock refuses `system` with a prompt's ARN as modelId (the prompt defines it):
+    # every such call failed at the provider, after the quota had counted it.
+    async with converse_enriched("system") as gateway:
+        answers = await gateway.send(converse_path(PROMPT_ARN), orjson.dumps(body))
+    answer = answers[-1].immediate_response
+    assert answer.status.code == 400
+    error = orjson.loads(answer.body)
+    assert "Prompt management" in error["message"]
+    assert "system" in error["message"]
+    assert gateway.log()["http_status_code"] == 400
+
+
+async def test_a_user_enrichment_still_joins_a_prompt_calls_messages() -> None:
+    body = {"promptVariables": {"topic": {"text": "tides"}}, "messages": CONVERSE_MESSAGES}
+    async with converse_enriched("user") as gateway:
+        answers = await gateway.send(converse_path(PROMPT_ARN), orjson.dumps(body))
+    assert not answers[-1].HasField("immediate_response")
+    sent = orjson.loads(answers[-1].request_body.response.body_mutation.body)
+    assert "system" not in sent
+    assert sent["messages"][0]["content"][0]["text"].startswith("You answer for ")
+
+
+async def test_a_system_enrichment_still_reaches_a_models_converse_call() -> None:
+    body = {"messages": CONVERSE_MESSAGES}
+    model = "anthropic.claude-3-haiku-20240307-v1:0"
+    async with converse_enriched("system") as gateway:
+        answers = await gateway.send(converse_path(model), orjson.dumps(body))
+    assert not answers[-1].HasField("immediate_response")
+    sent = orjson.loads(answers[-1].request_body.response.body_mutation.body)
+    assert sent["system"][0]["text"].startswith("You answer for ")
+
+
+CACHE = "cachedContents/abc123"
+
+
+@pytest.fixture
+async def vertex(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    key_file = tmp_path / "key.json"
+    async with mock_vertex(key_file) as mock:
+        yield mock, key_file
+
+
+SYSTEM_AND_USER = {
+    "prepend": [{"role": "system", "content": "You answer for {group_id}."}],
+    "append": [{"role": "user", "content": "Be brief."}],
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(gemini.GENERATE, {"cachedContent": CACHE, **gemini.user("Hi")}),
+     (gemini.GENERATE, {"cached_content": CACHE, **gemini.user("Hi")}),
+     (gemini.COUNT, {"generateContentRequest": {
+         "model": f"models/{gemini.MODEL}", "cachedContent": CACHE, **gemini.user("Hi")}})],
+)  # fmt: skip
+async def test_a_system_enrichment_refuses_a_gemini_request_with_cached_content_clearly(
+    vertex: tuple[str, Path], path: str, body: dict[str, Any]
+) -> None:
+    # Google refuses a system instruction alongside cachedContent (the cache holds one):
+    # every such request failed at Google.
+    async with gemini.gateway(vertex, {}, enrichment=SYSTEM_AND_USER) as gw:
+        answers = await gw.send(path, body)
+    status, error = gemini.refusal(answers[-1])
+    assert status == 400
+    assert "cachedContent" in orjson.dumps(error).decode()
+    assert "system instruction" in orjson.dumps(error).decode()
+
+
+async def test_a_user_enrichment_still_reaches_a_gemini_request_with_cached_content(
+    vertex: tuple[str, Path],
+) -> None:
+    enrichment = {"append": [{"role": "user", "content": "Be brief."}]}
+    async with gemini.gateway(vertex, {}, enrichment=enrichment) as gw:
+        answers = await gw.send(gemini.GENERATE, {"cachedContent": CACHE, **gemini.user("Hi")})
+    sent = gemini.upstream(answers)
+    assert sent["cachedContent"] == CACHE
+    assert "systemInstruction" not in sent
+    assert sent["contents"][-1] == {"role": "user", "parts": [{"text": "Be brief."}]}
