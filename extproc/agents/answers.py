@@ -6,7 +6,10 @@ call's outcome, an A2A task's id and state). While a watch that rewrites is
 waiting, the reader holds the bytes back, so a client never sees the original;
 once it has its answer the rest streams through untouched. A reader never holds
 more than ``MAX_HELD_BYTES``: past that, a rewriting watch fails closed (its
-request gets a JSON-RPC error) and an observing one gives up.
+request gets a JSON-RPC error) and an observing one gives up. So does a rewriting
+watch when a message the reader holds cannot be parsed (a UTF-8 BOM, a lone
+surrogate escape): another parser may read it, unfiltered. Failing closed is
+recorded on the call, for the log line.
 """
 
 from __future__ import annotations
@@ -53,14 +56,24 @@ class Watch(Protocol):
 class AnswerReader:
     """One HTTP answer (``feed`` per chunk): the bytes to send instead, or None for unchanged."""
 
-    def __init__(self, watches: list[Watch], *, sse: bool, any_answer: Watch | None = None) -> None:
+    def __init__(
+        self,
+        watches: list[Watch],
+        *,
+        sse: bool,
+        any_answer: Watch | None = None,
+        call: AgentCall | None = None,
+    ) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
         self._any = any_answer
         self._sse = sse
+        self._call = call
         self._splitter = EventSplitter()
         self._body = bytearray()
         self._holding = self._rewrite_pending()
         self._dropping = False
+        # An answer the reader had to rewrite was replaced by a JSON-RPC error.
+        self.failed = False
 
     @property
     def settled(self) -> bool:
@@ -90,7 +103,10 @@ class AnswerReader:
         if not end_of_stream:
             return b"" if self._holding else None
         document = bytes(self._body)
-        replaced = self._read_document(document)
+        try:
+            replaced = self._read_document(document)
+        except orjson.JSONDecodeError:
+            replaced = None
         if not self._holding:
             return None
         if replaced is None and self._rewrite_pending():
@@ -98,10 +114,9 @@ class AnswerReader:
         return replaced if replaced is not None else document
 
     def _read_document(self, data: bytes) -> bytes | None:
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
+        """The document with its watched answers replaced; None if unchanged. Raises
+        ``orjson.JSONDecodeError`` when it is not JSON the gateway can read."""
+        parsed = orjson.loads(data)
         batch = isinstance(parsed, list)
         messages: list[Any] = parsed if batch else [parsed]
         changed = False
@@ -152,7 +167,11 @@ class AnswerReader:
             for event in events:
                 self._read_event(event)
             return None
-        out = [self._read_event(event) or event for event in events]
+        out: list[bytes] = []
+        for event in events:
+            out.append(self._read_event(event) or event)
+            if self._dropping:
+                return b"".join(out)  # an unreadable answer: the rest of the stream goes nowhere
         if end_of_stream and any(watch.rewrites for watch in self._watches.values()):
             # The answer to rewrite never came (or not under its request's id): what
             # was held goes nowhere, as on the JSON path, rather than out unfiltered.
@@ -169,8 +188,29 @@ class AnswerReader:
         data = event_data(event)
         if data is None or not (self._watches or self._any):
             return None
-        replaced = self._read_document(data)
+        try:
+            replaced = self._read_document(data)
+        except orjson.JSONDecodeError:
+            return self._unreadable_event(event, data)
         return with_data(event, replaced) if replaced is not None else None
+
+    def _unreadable_event(self, event: bytes, data: bytes) -> bytes | None:
+        """An event whose data the gateway cannot parse, while it may have to rewrite it.
+
+        orjson refuses what other parsers take (a UTF-8 BOM, a lone surrogate escape
+        such as ``\\ud800``, which JavaScript and Python read): passed on, such an event
+        could be the tool list, unfiltered. A request's answer fails closed as an
+        unreadable JSON answer does (its request gets -32603, the rest of the stream is
+        dropped); on a server stream the event is replaced by an error without an id
+        and the stream goes on, its later lists still filtered. An event without data
+        (a priming event) holds no message and passes."""
+        if not data.strip() or not self._rewrite_pending():
+            return None
+        if self._any is not None:
+            self._failed()
+            return with_data(event, unreadable_answer([None]))
+        self._dropping = True
+        return self._failure_body()
 
     # --- failing closed --------------------------------------------------------------
 
@@ -181,8 +221,14 @@ class AnswerReader:
         self._dropping = True
         return self._failure_body()
 
+    def _failed(self) -> None:
+        self.failed = True
+        if self._call is not None:
+            self._call.answered(outcome.UPSTREAM_ERROR, INTERNAL_ERROR)
+
     def _failure_body(self) -> bytes:
         rewriting = [watch.request_id for watch in self._watches.values() if watch.rewrites]
+        self._failed()
         self._watches.clear()
         self._any = None
         self._holding = False

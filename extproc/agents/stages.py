@@ -383,12 +383,12 @@ class AgentCallStage:
                 _fail_closed(ctx, out, 200, unreadable_answer(rewriting))
             return None
         if media == SSE:
-            return AnswerReader(call.watches, sse=True)
+            return AnswerReader(call.watches, sse=True, call=call)
         if rewriting or _is_json(media):
             if rewriting and not _is_json(media):
                 # What the client gets is JSON: the filtered document or an error.
                 out.set_headers["content-type"] = JSON
-            return AnswerReader(call.watches, sse=False)
+            return AnswerReader(call.watches, sse=False, call=call)
         return None
 
     def _stream_reader(
@@ -414,7 +414,7 @@ class AgentCallStage:
         lists = ToolListFilter(
             None, call, lambda tool: agents.access.denial(identity, server, tool) is None
         )
-        return AnswerReader([], sse=True, any_answer=lists)
+        return AnswerReader([], sse=True, any_answer=lists, call=call)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
@@ -426,6 +426,10 @@ class AgentCallStage:
         replaced = reader.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
+        if isinstance(reader, AnswerReader) and reader.failed and ctx.error is None:
+            # The client got a JSON-RPC error in place of the answer (the reader
+            # recorded it on the call): the log line says so, not "forwarded".
+            ctx.error = _unreadable_error()
         if isinstance(reader, AnswerReader) and reader.settled:
             # The answer is in: a client hanging up now has lost nothing.
             ctx.completed = True
@@ -709,13 +713,17 @@ def _fail_closed(ctx: RequestContext, out: PhaseOutput, http_status: int, body: 
     call = ctx.agent
     assert call is not None
     call.answered(outcome.UPSTREAM_ERROR, jsonrpc.INTERNAL_ERROR)
-    ctx.error = UpstreamError(
-        "the upstream's answer could not be read to apply access rules", code="unreadable_answer"
-    )
+    ctx.error = _unreadable_error()
     answer_headers = {"content-type": JSON}
     if ctx.request_id:
         answer_headers[headers.REQUEST_ID] = ctx.request_id
     out.answer = (http_status, body, answer_headers)
+
+
+def _unreadable_error() -> UpstreamError:
+    return UpstreamError(
+        "the upstream's answer could not be read to apply access rules", code="unreadable_answer"
+    )
 
 
 def _media_type(response_headers: dict[str, str]) -> str:

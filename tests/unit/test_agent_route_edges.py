@@ -1,0 +1,146 @@
+"""Agent routes at their edges: answers the gateway cannot parse, hosts and URLs it must
+still take, refusal codes that must not mean something else to an A2A client, and bodies
+of notifications only.
+
+Bob (key team2, group marketing) may not use ``deploy_*`` on the MCP server ``tools``
+(engineering only, ``test_agents.SERVERS``); ``helper`` is an A2A agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+from extproc.config import GatewayConfig
+from extproc.runtime import Services
+from extproc.testing import (
+    client_body,
+    processor_for,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+from tests.unit.test_agents import TEAM2, with_agents
+from tests.unit.test_mcp_gaps import LIST_REQUEST, LISTED, post
+
+SSE = {"content-type": "text/event-stream"}
+HELPER = "/a2a/helper/"
+
+
+def log_line(services: Services) -> dict[str, Any]:
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    return line  # type: ignore[no-any-return]
+
+
+def event(data: bytes, event_id: str | None = None) -> bytes:
+    head = f"id: {event_id}\r\n".encode() if event_id is not None else b""
+    return head + b"event: message\r\ndata: " + data + b"\r\n\r\n"
+
+
+async def sse_answer(
+    config: GatewayConfig, services: Services, chunks: list[bytes], method: str = "POST"
+) -> bytes:
+    """What the client receives of an SSE answer sent in ``chunks`` (the last ends it)."""
+    bodies = [response_body(c, end_of_stream=i == len(chunks) - 1) for i, c in enumerate(chunks)]
+    answers = await post(
+        config, services, LIST_REQUEST, response_headers(200, SSE), *bodies, method=method
+    )
+    return client_body(chunks, answers)
+
+
+def errors_in(seen: bytes) -> list[dict[str, Any]]:
+    found = []
+    for line in seen.splitlines():
+        if line.startswith(b"data: "):
+            try:
+                message = orjson.loads(line[6:])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and "error" in message:
+                found.append(message)
+    return found
+
+
+async def a2a_post(
+    config: GatewayConfig, services: Services, body: bytes, *answer: ext.ProcessingRequest
+) -> list[ext.ProcessingResponse]:
+    processor = processor_for(with_agents(config), services)
+    messages = [request_headers(HELPER, headers=TEAM2), request_body(body)]
+    return await run_stream(processor, [*messages, *answer])
+
+
+# --- 1. a tool list over SSE that orjson cannot parse ---------------------------------------
+
+_LISTED = orjson.dumps(LISTED)
+UNPARSEABLE = [
+    # A UTF-8 BOM before the JSON: Python's json.loads(bytes) skips it.
+    pytest.param(b"\xef\xbb\xbf" + _LISTED, id="utf8-bom"),
+    # A lone surrogate escape in a description: JavaScript and Python's json read it.
+    pytest.param(
+        _LISTED.replace(b'"inputSchema":{}}', b'"inputSchema":{},"description":"\\ud800"}', 1),
+        id="lone-surrogate",
+    ),
+]
+
+
+@pytest.mark.parametrize("data", UNPARSEABLE)
+async def test_a_tool_list_event_the_gateway_cannot_parse_never_reaches_the_client_unfiltered(
+    config: GatewayConfig, services: Services, data: bytes
+) -> None:
+    seen = await sse_answer(config, services, [event(data), b""])
+    assert b"deploy_prod" not in seen, seen
+    [error] = errors_in(seen)
+    assert error["id"] == 5 and error["error"]["code"] == -32603
+
+
+@pytest.mark.parametrize("data", UNPARSEABLE)
+async def test_an_unparseable_event_on_a_server_stream_is_replaced_and_later_lists_filtered(
+    config: GatewayConfig, services: Services, data: bytes
+) -> None:
+    later = {**LISTED, "id": 6}
+    chunks = [event(data, "1") + event(orjson.dumps(later), "2"), b""]
+    seen = await sse_answer(config, services, chunks, method="GET")
+    assert b"deploy_prod" not in seen, seen
+    assert seen.startswith(b"id: 1\r\n")  # the event keeps its id: resumption still works
+    [error] = errors_in(seen)
+    assert error["id"] is None and error["error"]["code"] == -32603
+    assert b'"id":6' in seen and b'"echo"' in seen
+
+
+async def test_an_event_without_data_passes_and_the_list_after_it_is_filtered(
+    config: GatewayConfig, services: Services
+) -> None:
+    # A priming event (an id and empty data) holds no message: nothing to refuse.
+    priming = b"id: 0\r\ndata: \r\n\r\n"
+    seen = await sse_answer(config, services, [priming + event(_LISTED), b""])
+    assert seen.startswith(priming)
+    assert b"deploy_prod" not in seen and b'"echo"' in seen and not errors_in(seen)
+
+
+# --- 2. the log line says the answer was replaced ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param(SSE, event(b"\xef\xbb\xbf" + _LISTED), id="unparseable-sse-event"),
+        pytest.param(SSE, event(orjson.dumps({**LISTED, "id": 99})), id="sse-without-the-answer"),
+        pytest.param({}, b'{"jsonrpc":"2.0","id":5,"result":{"tools":[', id="truncated-json"),
+    ],
+)
+async def test_a_tool_list_replaced_by_an_error_is_logged_as_such(
+    config: GatewayConfig, services: Services, content_type: dict[str, str], body: bytes
+) -> None:
+    answers = await post(
+        config, services, LIST_REQUEST, response_headers(200, content_type), response_body(body)
+    )
+    assert b"-32603" in client_body([body], answers)
+    line = log_line(services)
+    assert line["agent"]["status"] == "upstream_error"
+    assert line["agent"]["rpc_error_code"] == -32603
+    assert line["outcome"] == "rejected" and line["error_type"] == "upstream_error"
