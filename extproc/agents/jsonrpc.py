@@ -3,7 +3,8 @@
 Pure functions, no I/O. The gateway's own refusals are JSON-RPC error objects
 with the request's id, so an SDK surfaces them as the call's error instead of a
 transport failure. Codes in the implementation-defined range -32000..-32099 that
-MCP and A2A leave unused are the gateway's: see ``FORBIDDEN`` and ``RATE_LIMITED``.
+MCP and A2A leave unused are the gateway's: see ``TOOL_FORBIDDEN``,
+``AGENT_FORBIDDEN`` and ``RATE_LIMITED``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-# The caller may not use this tool or agent (access rules).
-FORBIDDEN = -32003
+# The caller may not use this MCP tool (access rules). In MCP's implementation-defined
+# range (-32000..-32019), where the specification defines no code.
+TOOL_FORBIDDEN = -32003
+# The caller may not use this A2A agent (access rules). Not -32003: A2A defines
+# -32001..-32009 (-32003 is PushNotificationNotSupported), and an A2A SDK would raise
+# the refusal as that error.
+AGENT_FORBIDDEN = -32030
 # A request limit refused the call; ``data.retry_after_s`` says when to retry.
 RATE_LIMITED = -32029
 

@@ -11,11 +11,12 @@ and the metrics.
 
 Refusals of a JSON-RPC request are JSON-RPC error objects with the request's id,
 so SDKs surface them as that call's error: an access rule answers HTTP 200 with
-code -32003, a request limit HTTP 200 with code -32029 and ``retry-after``, a
-body that is not JSON-RPC HTTP 400 with -32700 or -32600. Failures before the
-body is read (no or bad credentials, a method the route does not take) are HTTP
-errors as on every route; so is the upstream refusing the gateway's own
-credential (a 502: the client's never goes upstream, it is not the client's to fix).
+code -32003 (MCP) or -32030 (A2A), a request limit HTTP 200 with code -32029 and
+``retry-after``, a body that is not JSON-RPC HTTP 400 with -32700 or -32600.
+Failures before the body is read (no or bad credentials, a method the route does
+not take) are HTTP errors as on every route; so is the upstream refusing the
+gateway's own credential (a 502: the client's never goes upstream, it is not the
+client's to fix).
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ class AgentCallStage:
         if denial is not None:
             refused = PermissionDeniedError(denial, code="tool_not_allowed")
             data = {"type": "permission_error", "code": "tool_not_allowed", "tool": tool}
-            _refuse(ctx, out, ids, batch, jsonrpc.FORBIDDEN, outcome.DENIED, refused, data)
+            _refuse(ctx, out, ids, batch, jsonrpc.TOOL_FORBIDDEN, outcome.DENIED, refused, data)
             return None
         call.watches.append(ToolCallOutcome(request.id, call))
         return _limit(ctx, out, call, tool, ids, batch)
@@ -297,7 +298,7 @@ class AgentCallStage:
         if denial is not None:
             refused = PermissionDeniedError(denial, code="agent_not_allowed")
             data = {"type": "permission_error", "code": "agent_not_allowed"}
-            _refuse(ctx, out, ids, batch, jsonrpc.FORBIDDEN, outcome.DENIED, refused, data)
+            _refuse(ctx, out, ids, batch, jsonrpc.AGENT_FORBIDDEN, outcome.DENIED, refused, data)
             return None
         if not requests:
             return None

@@ -26,6 +26,7 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.test_agents import TEAM2, with_agents
+from tests.unit.test_agents_review import immediate
 from tests.unit.test_mcp_gaps import LIST_REQUEST, LISTED, post
 
 SSE = {"content-type": "text/event-stream"}
@@ -144,3 +145,36 @@ async def test_a_tool_list_replaced_by_an_error_is_logged_as_such(
     assert line["agent"]["status"] == "upstream_error"
     assert line["agent"]["rpc_error_code"] == -32603
     assert line["outcome"] == "rejected" and line["error_type"] == "upstream_error"
+
+
+# --- 7. an A2A refusal must not read as one of A2A's own errors ---------------------------------
+
+A2A_DEFINED = range(-32009, -32000)  # TaskNotFound (-32001) .. VersionNotSupported (-32009)
+
+
+def agent_rule(config: GatewayConfig) -> GatewayConfig:
+    """``helper`` for engineering only: Bob may not use it."""
+    agents = with_agents(config)
+    rule = {"name": "helper-eng", "servers": ["helper"], "groups": ["engineering"]}
+    section = agents.agents.model_validate(
+        {**agents.agents.model_dump(mode="json"), "access": [rule]}
+    )
+    return agents.model_copy(update={"agents": section})
+
+
+async def test_an_a2a_access_refusal_uses_a_code_a2a_does_not_define(
+    config: GatewayConfig, services: Services
+) -> None:
+    processor = processor_for(agent_rule(config), services)
+    body = {"jsonrpc": "2.0", "id": "m", "method": "tasks/get", "params": {"id": "t"}}
+    answers = await run_stream(
+        processor, [request_headers(HELPER, headers=TEAM2), request_body(orjson.dumps(body))]
+    )
+    refusal = immediate(answers)
+    assert refusal is not None
+    status, error = refusal
+    code = error["error"]["code"]
+    # An A2A SDK raises -32003 as PushNotificationNotSupportedError, not a refusal.
+    assert code not in A2A_DEFINED and code == -32030
+    assert status == 200 and error["error"]["data"]["code"] == "agent_not_allowed"
+    assert log_line(services)["agent"]["rpc_error_code"] == -32030

@@ -262,7 +262,8 @@ async def test_an_agent_the_caller_may_not_use_refuses_task_queries_too(
         [request_headers("/a2a/helper/", headers=TEAM2), request_body(orjson.dumps(body))],
     )
     status, error = refused(answers)
-    assert status == 200 and error["id"] == "q" and error["error"]["code"] == -32003
+    # -32030, not -32003: that is A2A's PushNotificationNotSupportedError.
+    assert status == 200 and error["id"] == "q" and error["error"]["code"] == -32030
     assert error["error"]["data"]["code"] == "agent_not_allowed"
 
 
