@@ -441,7 +441,11 @@ def rewrite_card(card: dict[str, Any], upstream_path: str, public_base: str) -> 
     (gRPC, HTTP+JSON) are dropped, since only JSON-RPC goes through the gateway."""
 
     def moved(url: str) -> str:
-        path = urlsplit(url).path
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            # Not a URL (``http://[host/``): the route's base, never the agent's own.
+            path = ""
         if upstream_path and (path == upstream_path or path.startswith(upstream_path + "/")):
             path = path[len(upstream_path) :]
         return public_base + (path if path.startswith("/") else "/" + path)

@@ -670,9 +670,17 @@ def _redirect_through_route(call: AgentCall, out: PhaseOutput, location: str) ->
     the gateway, where no rule filters its tool lists, or fail to reach it. A path below
     the server's URL becomes the same path on the route, relative, so the client keeps
     the scheme and host it used; another site's URL (an authorization server) is left
-    as it is; one elsewhere on the server, which no route reaches, is refused (502)."""
+    as it is; one elsewhere on the server, which no route reaches, is refused (502), and
+    so is one the gateway cannot read (``http://[host/``): it cannot tell where it goes."""
     server = call.server
-    parts = urlsplit(location)
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        raise UpstreamError(
+            f"the {call.protocol.value.upper()} server '{server.name}' redirected to a"
+            " malformed URL",
+            code="upstream_redirect",
+        ) from None
     if parts.netloc and parts.netloc.lower() != server.authority.lower():
         return
     if not parts.netloc and not parts.path.startswith("/"):

@@ -178,3 +178,41 @@ async def test_an_a2a_access_refusal_uses_a_code_a2a_does_not_define(
     assert code not in A2A_DEFINED and code == -32030
     assert status == 200 and error["error"]["data"]["code"] == "agent_not_allowed"
     assert log_line(services)["agent"]["rpc_error_code"] == -32030
+
+
+# --- 5. a malformed URL from the agent server ---------------------------------------------------
+
+
+@pytest.mark.parametrize("location", ["http://[oops/x", "http://[::1/rpc", "//[/"])
+async def test_a_redirect_to_a_malformed_url_is_a_clear_502_not_a_500(
+    config: GatewayConfig, services: Services, location: str
+) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"t"}}'
+    answers = await a2a_post(config, services, body, response_headers(307, {"location": location}))
+    refusal = immediate(answers)
+    assert refusal is not None
+    status, error = refusal
+    assert status == 502 and error["error"]["code"] == "upstream_redirect"
+    assert "malformed" in error["error"]["message"]
+
+
+async def test_a_card_with_a_malformed_url_is_served_pointing_at_the_route(
+    config: GatewayConfig, services: Services
+) -> None:
+    processor = processor_for(with_agents(config), services)
+    card = {
+        "url": "http://[helper.internal/",
+        "supportedInterfaces": [{"url": "http://[::1/rpc", "protocolBinding": "JSONRPC"}],
+    }
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(HELPER + ".well-known/agent-card.json", method="GET"),
+            response_headers(200),
+            response_body(orjson.dumps(card)),
+        ],
+    )
+    assert immediate(answers) is None
+    served = orjson.loads(answers[-1].response_body.response.body_mutation.body)
+    assert served["url"] == "http://gateway/a2a/helper/"
+    assert served["supportedInterfaces"][0]["url"] == "http://gateway/a2a/helper/"
