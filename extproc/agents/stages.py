@@ -99,6 +99,12 @@ _PASS_ANSWER = ModeOverride(response_body="NONE")
 _ANSWER_LATER = ModeOverride()
 _READ_ANSWER = ModeOverride(response_body="STREAMED")
 _UNREAD_ANSWER = ModeOverride(response_body="NONE")
+# A refusal of a body without requests is an HTTP error (invalid bodies: 400).
+_STATUS_WITHOUT_REQUEST = {
+    jsonrpc.TOOL_FORBIDDEN: 403,
+    jsonrpc.AGENT_FORBIDDEN: 403,
+    jsonrpc.RATE_LIMITED: 429,
+}
 
 
 class AgentRouteStage:
@@ -212,7 +218,7 @@ class AgentCallStage:
         unchecked = _unchecked_request(messages, _MCP_GOVERNED if mcp else _A2A_GOVERNED)
         if unchecked is not None:
             invalid = BadRequestError(unchecked, code="invalid_request")
-            ids = [m.id for m in requests] or [None]
+            ids = [m.id for m in requests]
             _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
         if mcp:
@@ -257,8 +263,7 @@ class AgentCallStage:
                 # what something after the gateway would route on, unchecked.
                 message = "Mcp-Method and Mcp-Name name one call; this body is not one"
                 invalid = BadRequestError(message, code="header_mismatch")
-                _refuse(ctx, out, ids or [None], batch, jsonrpc.INVALID_REQUEST,
-                        outcome.INVALID, invalid)  # fmt: skip
+                _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
         request = tool_calls[0]
         params = request.params
@@ -568,7 +573,13 @@ def _refuse(
     error: GatewayError,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Answer the JSON-RPC request(s) with an error object; nothing goes upstream."""
+    """Answer the JSON-RPC request(s) with an error object; nothing goes upstream.
+
+    ``ids`` are the ids of the body's requests (``[None]``: one whose id could not be
+    read). A body without any (notifications, a client's answers) awaits no JSON-RPC
+    answer: JSON-RPC never answers an empty array, and MCP's transport answers a
+    refused notification with an HTTP error status, its body an error without an id.
+    So it gets that, never ``[]`` nor a 200 that reads as accepted."""
     call = ctx.agent
     assert call is not None
     call.answered(status, code)
@@ -576,6 +587,9 @@ def _refuse(
     ctx.error = error
     http_status = 400 if code in {jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST,
                                   jsonrpc.INVALID_PARAMS} else 200  # fmt: skip
+    if not ids:
+        http_status = _STATUS_WITHOUT_REQUEST.get(code, 400)
+        ids, batch = [None], False
     answer_headers = {"content-type": "application/json", **error.headers}
     if ctx.request_id:
         answer_headers[headers.REQUEST_ID] = ctx.request_id

@@ -216,3 +216,49 @@ async def test_a_card_with_a_malformed_url_is_served_pointing_at_the_route(
     served = orjson.loads(answers[-1].response_body.response.body_mutation.body)
     assert served["url"] == "http://gateway/a2a/helper/"
     assert served["supportedInterfaces"][0]["url"] == "http://gateway/a2a/helper/"
+
+
+# --- 8. a body of notifications only ------------------------------------------------------------
+
+NOTIFICATIONS = [{"jsonrpc": "2.0", "method": "tasks/get", "params": {"id": "t"}}] * 2
+
+
+async def test_a_refused_batch_of_notifications_is_an_http_error_never_an_empty_array(
+    config: GatewayConfig, services: Services
+) -> None:
+    answers = await a2a_post(config, services, orjson.dumps(NOTIFICATIONS))
+    refusal = immediate(answers)
+    assert refusal is not None
+    status, error = refusal
+    # JSON-RPC never answers "[]"; MCP's transport: an HTTP error, an error without id.
+    assert status == 400 and isinstance(error, dict)
+    assert error["id"] is None and error["error"]["code"] == -32600
+
+
+async def test_a_notification_to_an_agent_the_caller_may_not_use_is_a_403_not_a_200(
+    config: GatewayConfig, services: Services
+) -> None:
+    processor = processor_for(agent_rule(config), services)
+    answers = await run_stream(
+        processor,
+        [request_headers(HELPER, headers=TEAM2), request_body(orjson.dumps(NOTIFICATIONS[0]))],
+    )
+    refusal = immediate(answers)
+    assert refusal is not None
+    status, error = refusal
+    assert status == 403 and error["id"] is None and error["error"]["code"] == -32030
+
+
+async def test_mirror_headers_on_a_batch_of_notifications_get_one_error_without_id(
+    config: GatewayConfig, services: Services
+) -> None:
+    processor = processor_for(with_agents(config), services)
+    batch = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    headers = {**TEAM2, "mcp-method": "tools/call", "mcp-name": "deploy_prod"}
+    answers = await run_stream(
+        processor, [request_headers("/mcp", headers=headers), request_body(orjson.dumps(batch))]
+    )
+    refusal = immediate(answers)
+    assert refusal is not None
+    status, error = refusal
+    assert status == 400 and isinstance(error, dict) and error["id"] is None
