@@ -86,7 +86,10 @@ _A2A_GOVERNED = {
 }
 SSE = "text/event-stream"
 JSON = "application/json"
-_AUTHORITY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+# The Host a client used, put into agent card URLs: a name (``_`` included, as Docker
+# Compose service names have it), IPv4 or IPv6, and a port; nothing that could end the
+# authority and move the URL elsewhere (``/``, ``@``, ``?``, ``#``).
+_AUTHORITY = re.compile(r"^[A-Za-z0-9._\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 # What a caller header carries as it is; anything else (a JWT claim may hold any
 # character) is percent-encoded, so every value is a valid header value.
 _HEADER_SAFE = "".join(c for c in string.punctuation if c != "%")

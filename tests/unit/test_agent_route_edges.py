@@ -262,3 +262,43 @@ async def test_mirror_headers_on_a_batch_of_notifications_get_one_error_without_
     assert refusal is not None
     status, error = refusal
     assert status == 400 and isinstance(error, dict) and error["id"] is None
+
+
+# --- 3. a Host with an underscore ---------------------------------------------------------------
+
+
+async def test_a_host_with_an_underscore_reaches_the_agent_and_names_the_card_urls(
+    config: GatewayConfig, services: Services
+) -> None:
+    # Docker Compose service names (aigw_gateway) are hosts clients use on internal networks.
+    host = {":authority": "aigw_gateway:10000"}
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"t"}}'
+    processor = processor_for(with_agents(config), services)
+    answers = await run_stream(
+        processor, [request_headers(HELPER, headers={**TEAM2, **host}), request_body(body)]
+    )
+    assert immediate(answers) is None
+    card = orjson.dumps({"url": "https://helper.example.com/"})
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(HELPER + ".well-known/agent-card.json", method="GET", headers=host),
+            response_headers(200),
+            response_body(card),
+        ],
+    )
+    served = orjson.loads(answers[-1].response_body.response.body_mutation.body)
+    assert served["url"] == "http://aigw_gateway:10000/a2a/helper/"
+
+
+@pytest.mark.parametrize("host", ["evil.example/x", "user@evil.example", "a b"])
+async def test_a_host_that_would_move_the_card_urls_elsewhere_is_still_refused(
+    config: GatewayConfig, services: Services, host: str
+) -> None:
+    processor = processor_for(with_agents(config), services)
+    path = HELPER + ".well-known/agent-card.json"
+    answers = await run_stream(
+        processor, [request_headers(path, method="GET", headers={":authority": host})]
+    )
+    refusal = immediate(answers)
+    assert refusal is not None and refusal[0] == 400
