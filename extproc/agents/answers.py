@@ -461,16 +461,22 @@ def rewrite_card(card: dict[str, Any], upstream_path: str, public_base: str) -> 
             and str(item.get("protocolBinding", "JSONRPC")).upper() == "JSONRPC"
         ]
     if isinstance(card.get("url"), str):  # A2A 0.3
-        card["url"] = moved(card["url"])
-        if "preferredTransport" in card:
-            card["preferredTransport"] = "JSONRPC"
         extra = card.get("additionalInterfaces")
+        jsonrpc = [
+            item
+            for item in (extra if isinstance(extra, list) else [])
+            if isinstance(item, dict)
+            and isinstance(item.get("url"), str)
+            and str(item.get("transport", "")).upper() == "JSONRPC"
+        ]
+        # `url` is the preferred transport's (JSON-RPC unless the card says otherwise).
+        # Another's (a gRPC endpoint) is not where the route's JSON-RPC goes: the card's
+        # JSON-RPC interface is, or, if it has none, the route's base.
+        if str(card.get("preferredTransport", "JSONRPC")).upper() == "JSONRPC":
+            card["url"] = moved(card["url"])
+        else:
+            card["url"] = moved(jsonrpc[0]["url"] if jsonrpc else "")
+            card["preferredTransport"] = "JSONRPC"
         if isinstance(extra, list):
-            card["additionalInterfaces"] = [
-                {**item, "url": moved(item["url"])}
-                for item in extra
-                if isinstance(item, dict)
-                and isinstance(item.get("url"), str)
-                and str(item.get("transport", "")).upper() == "JSONRPC"
-            ]
+            card["additionalInterfaces"] = [{**item, "url": moved(item["url"])} for item in jsonrpc]
     return card

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc.agents.answers import rewrite_card
 from extproc.config import GatewayConfig
 from extproc.runtime import Services
 from extproc.testing import (
@@ -302,3 +303,31 @@ async def test_a_host_that_would_move_the_card_urls_elsewhere_is_still_refused(
     )
     refusal = immediate(answers)
     assert refusal is not None and refusal[0] == 400
+
+
+# --- 4. an A2A 0.3 card whose preferred transport is gRPC ----------------------------------------
+
+
+def test_a_grpc_preferred_card_points_its_url_at_the_route_path_of_its_jsonrpc_interface() -> None:
+    card = {
+        "url": "grpc://agent.internal:50051",
+        "preferredTransport": "GRPC",
+        "additionalInterfaces": [
+            {"url": "grpc://agent.internal:50051", "transport": "GRPC"},
+            {"url": "http://agent.internal/api/rpc", "transport": "JSONRPC"},
+        ],
+    }
+    moved = rewrite_card(card, "/api", "https://gw.example.com/a2a/x")
+    # Where JSON-RPC goes: the JSON-RPC interface's path, not the gRPC endpoint's.
+    assert moved["url"] == "https://gw.example.com/a2a/x/rpc"
+    assert moved["preferredTransport"] == "JSONRPC"
+    assert moved["additionalInterfaces"] == [
+        {"url": "https://gw.example.com/a2a/x/rpc", "transport": "JSONRPC"}
+    ]
+
+
+def test_a_card_with_no_jsonrpc_interface_gets_the_route_base_not_its_grpc_address() -> None:
+    card = {"url": "agent.internal:50051", "preferredTransport": "GRPC"}
+    moved = rewrite_card(card, "", "https://gw.example.com/a2a/x")
+    assert moved["url"] == "https://gw.example.com/a2a/x/"
+    assert moved["preferredTransport"] == "JSONRPC"
