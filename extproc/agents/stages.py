@@ -351,7 +351,14 @@ class AgentCallStage:
                     code="upstream_credentials_refused",
                 )
         elif call.kind == "card":
-            if status == 200 and call.server.rewrite_agent_card and _is_json(media):
+            # Read whatever the content type says (a card served as text/html or
+            # text/plain is still JSON to a client): the reader rewrites a body that is
+            # a JSON object and passes anything else on as it came.
+            if (
+                status == 200
+                and call.server.rewrite_agent_card
+                and not _compressed(response_headers)
+            ):
                 reader = CardReader(call)
         elif call.kind == "rpc" and call.watches and has_body:
             reader = self._rpc_reader(ctx, out, call, response_headers, media)

@@ -331,3 +331,37 @@ def test_a_card_with_no_jsonrpc_interface_gets_the_route_base_not_its_grpc_addre
     moved = rewrite_card(card, "", "https://gw.example.com/a2a/x")
     assert moved["url"] == "https://gw.example.com/a2a/x/"
     assert moved["preferredTransport"] == "JSONRPC"
+
+
+# --- 6. a card whose content type is not JSON ----------------------------------------------------
+
+
+async def card_answer(
+    config: GatewayConfig, services: Services, content_type: str, body: bytes
+) -> bytes:
+    processor = processor_for(with_agents(config), services)
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(HELPER + ".well-known/agent-card.json", method="GET"),
+            response_headers(200, {"content-type": content_type}),
+            response_body(body),
+        ],
+    )
+    return client_body([body], answers)
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/octet-stream"])
+async def test_a_json_card_under_another_content_type_is_still_rewritten(
+    config: GatewayConfig, services: Services, content_type: str
+) -> None:
+    card = orjson.dumps({"name": "helper", "url": "https://helper.example.com/"})
+    served = orjson.loads(await card_answer(config, services, content_type, card))
+    assert served["url"] == "http://gateway/a2a/helper/"
+
+
+async def test_a_card_path_answering_html_passes_as_it_came(
+    config: GatewayConfig, services: Services
+) -> None:
+    page = b"<html><body>not found</body></html>"
+    assert await card_answer(config, services, "text/html", page) == page
