@@ -365,3 +365,16 @@ async def test_a_card_path_answering_html_passes_as_it_came(
 ) -> None:
     page = b"<html><body>not found</body></html>"
     assert await card_answer(config, services, "text/html", page) == page
+
+
+# --- 9. a covered server stream that ends (checked: not a bug, kept as a guard) ------------------
+
+
+async def test_a_filtered_server_stream_that_ends_normally_is_not_logged_as_aborted(
+    config: GatewayConfig, services: Services
+) -> None:
+    seen = await sse_answer(config, services, [event(_LISTED, "1"), b""], method="GET")
+    assert b"deploy_prod" not in seen
+    line = log_line(services)
+    assert line["outcome"] == "completed" and line["agent"]["status"] != "aborted"
+    assert line["agent"]["kind"] == "stream" and line["agent"]["tools_hidden"] == 1
