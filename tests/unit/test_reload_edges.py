@@ -30,6 +30,8 @@ from extproc.config.model import GatewayConfig
 from extproc.devstack import free_port, free_port_block
 from extproc.server import Gateway
 from extproc.workers import Supervisor
+from tests.integration.conftest import wait_for
+from tests.integration.test_lifecycle_review import CONFIG as WORKERS_CONFIG
 
 # One process, no store answering (readiness is not what these tests look at).
 SERVING = """
@@ -50,15 +52,6 @@ models:
   - {{name: gpt-4o-mini, provider: mock}}
 """
 ADDED_MODEL = "  - {name: added-while-starting, provider: mock}\n"
-
-
-def wait_for(probe: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = probe()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 async def async_wait_for(probe: Callable[[], Any], timeout_s: float) -> Any:
@@ -134,21 +127,6 @@ async def test_a_file_changed_while_the_gateway_starts_is_applied_once_it_serves
 # --- serve --workers N: SIGHUP while the workers start ----------------------------
 
 
-WORKERS_CONFIG = """
-server:
-  grpc_address: 127.0.0.1:{grpc_port}
-  http_address: 127.0.0.1:{http_port}
-  grace_period_s: 1
-store:
-  data_dir: {workdir}/valkey
-  spool_dir: {workdir}/spool
-management:
-  enabled: false
-providers:
-  - {{name: mock, base_url: "http://127.0.0.1:9/v1", api_key: provider-key-123}}
-models:
-  - {{name: gpt-4o-mini, provider: mock}}
-"""
 WORKERS = 2
 
 
