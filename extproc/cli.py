@@ -135,6 +135,17 @@ def _usage_report(args: argparse.Namespace) -> int:
     from extproc.usage_report import export, report
 
     run = export if args.usage_command == "export" else report
+    named = (("--address", args.address), ("--token", args.token))
+    flags = [flag for flag, given in named if given]
+    if flags and not args.api:
+        # Ignored without --api, they left the report to the store of the local config:
+        # another gateway's bill (or none), printed as if it were the one asked for.
+        print(
+            f"error: {' and '.join(flags)} name a gateway's management API: add --api"
+            " (without it the report reads the store of --config)",
+            file=sys.stderr,
+        )
+        return 2
     # Asked of a gateway named by its address, the report needs no config: the operator's
     # laptop has none (as for `extproc quota` and `extproc keys`).
     config = None if args.api and args.address else _load(args.config)
@@ -278,6 +289,16 @@ def _add_quota_commands(commands: Any) -> None:
     reset.add_argument("--counter", help="default: every counter")
 
 
+def _log_level(text: str) -> str:
+    """A level's name in any case: logging refused any other with a traceback, after the
+    command line had been accepted."""
+    name = text.strip().upper()
+    known = [level for level in logging.getLevelNamesMapping() if level != "NOTSET"]
+    if name not in known:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(known)}, got {text!r}")
+    return name
+
+
 def _label(text: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
     if not equals or not name:
@@ -330,7 +351,9 @@ def _add_key_commands(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extproc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="diagnostic log level (stderr)")
+    parser.add_argument(
+        "--log-level", type=_log_level, default="INFO", help="diagnostic log level (stderr)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -381,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )

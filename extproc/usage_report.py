@@ -23,7 +23,7 @@ from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, render
 from extproc.config.model import GatewayConfig
 from extproc.store.connection import STORE_ERRORS, connect
-from extproc.store.embedded import EmbeddedValkey, running_endpoint
+from extproc.store.embedded import EmbeddedStartError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import make_directory, sync_directory
 from extproc.store.usage import UsageRow, UsageStore
 
@@ -51,7 +51,13 @@ async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]
     url = config.store.url or running_endpoint(config.store.data_dir)
     if url is None:
         embedded = EmbeddedValkey(config.store.data_dir)
-        url = embedded.start()
+        try:
+            url = embedded.start()
+        except (OSError, EmbeddedStartError) as exc:
+            # A data dir this user cannot write (the gateway's, run as another user), or a
+            # server that would not start: a traceback told the operator neither.
+            embedded.stop()
+            raise ReportError(_cannot_start(embedded, exc)) from None
     client = connect(url, config.store.timeout_ms / 1000.0)
     try:
         store = UsageStore(client, config.store.key_prefix, config.store.usage_retention_days)
@@ -60,6 +66,19 @@ async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]
         await client.aclose()
         if embedded is not None:
             embedded.stop()
+
+
+def _cannot_start(embedded: EmbeddedValkey, error: Exception) -> str:
+    if isinstance(error, OSError):
+        reason = error.strerror or type(error).__name__
+        reason += f": {error.filename}" if error.filename else ""
+    else:
+        reason = str(error)
+    return (
+        f"cannot start the embedded Valkey on {embedded.data_dir} to read the rollups"
+        f" ({reason}): run the report as the gateway's user, point store.url at the"
+        " gateway's store, or ask the gateway with --api"
+    )
 
 
 def _rows(

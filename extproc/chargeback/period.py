@@ -196,5 +196,7 @@ def _resolve(
         else:
             finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
             finish += timedelta(hours=1)
-        begin = parse_moment(start, zone) if start else finish - timedelta(days=1)
+        # 24 hours, counted in UTC: a day back on a zone's wall clock is 23 or 25 hours
+        # across a DST change (or lands in the hour the clocks skip).
+        begin = parse_moment(start, zone) if start else finish.astimezone(UTC) - timedelta(days=1)
     return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end", end=True))
