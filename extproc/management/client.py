@@ -69,6 +69,9 @@ class ManagementClient:
     def __init__(self, address: str, token: str, timeout_s: float = 10.0) -> None:
         self.address = address
         self._timeout_s = timeout_s
+        # As the gateway reads its token_file: a token pasted or read with the line end
+        # of its file (the "\r" of CRLF, which `$(cat file)` keeps) is the same token.
+        token = token.strip()
         _check_token(token)
         if (problem := _unsendable(address)) is not None:
             raise ManagementError(grpc.StatusCode.INVALID_ARGUMENT, f"the address {problem}")
@@ -115,6 +118,11 @@ class ManagementClient:
 def _check_token(token: str) -> None:
     """gRPC sends only printable ASCII in metadata; anything else failed as an
     "Invalid metadata (INTERNAL)" error. Never quotes the token."""
+    if not token:
+        raise ManagementError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the admin token is blank; check AIGW_ADMIN_TOKEN or --token",
+        )
     if not token.isascii() or not token.isprintable():
         raise ManagementError(
             grpc.StatusCode.INVALID_ARGUMENT,

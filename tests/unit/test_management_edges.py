@@ -21,11 +21,13 @@ from extproc.chargeback.period import resolve_period
 from extproc.cli import main
 from extproc.store import embedded
 from extproc.store.embedded import EmbeddedStartError, free_port
-from extproc.store.usage import UsageEntry
-from tests.unit.test_usage_report_finance import store_url, write_entries
+from extproc.store.usage import UsageEntry, UsageStore
+from tests.unit.test_usage_report_finance import TOKEN as FINANCE_TOKEN
+from tests.unit.test_usage_report_finance import management, store_url, write_entries
 
-# The fixture pointing config/gateway.yaml's store at the test Valkey.
-__all__ = ["store_url"]
+# The fixtures pointing config/gateway.yaml's store at the test Valkey, and a gateway's
+# management API over it (its admin token FINANCE_TOKEN).
+__all__ = ["management", "store_url"]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 # Nothing listens here: a command that called it would say "cannot reach".
@@ -183,3 +185,34 @@ def test_known_log_levels_are_taken_in_any_case(level: str) -> None:
 
     assert done.returncode == 2  # nobody answers there: the command itself ran
     assert f"cannot reach the management API at {NOBODY}" in done.stderr
+
+
+# -- an admin token read from a file with a Windows line end -----------------------------------
+
+
+async def test_a_token_with_the_line_end_of_its_file_is_the_token_the_gateway_reads(
+    management: tuple[str, UsageStore],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `export AIGW_ADMIN_TOKEN="$(cat token)"` keeps the "\r" of a file with CRLF line ends
+    # (the shell strips only "\n"). The gateway reads its token_file stripped, so the
+    # same file worked there, while the CLI refused the token as unsendable.
+    address, _ = management
+    monkeypatch.setenv("AIGW_ADMIN_TOKEN", f"{FINANCE_TOKEN}\r")
+
+    code = await asyncio.to_thread(
+        main, ["usage", "report", "--api", "--address", address, "--format", "json"]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert '"totals"' in captured.out
+
+
+def test_a_blank_token_is_refused_before_any_call(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["keys", "list", "--address", NOBODY, "--token", " \r "], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "admin token is blank" in err and "cannot reach" not in err
