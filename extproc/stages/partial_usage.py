@@ -202,9 +202,14 @@ def _failed_stream_usage(
     ctx: RequestContext, body: dict[str, Any], failure: StreamFailure
 ) -> Usage:
     """The provider's counts where it gave them, the gateway's estimate for the rest."""
-    # A reported output count covers the text up to its report, the characters all of it:
-    # the larger is the closer to what was generated.
-    completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
+    if failure.whole and failure.completion_tokens is not None:
+        # The provider's count of the whole answer (a Responses API response.failed's
+        # usage): what it bills, whatever the characters streamed suggest.
+        completion = failure.completion_tokens
+    else:
+        # A reported output count covers the text up to its report, the characters all
+        # of it: the larger is the closer to what was generated.
+        completion = max(failure.completion_tokens or 0, _estimated_completion(ctx))
     # The server tools' requests reported by then were made, and are billed per request.
     tools = _server_tool_requests(ctx, failure.server_tool_requests)
     if failure.prompt_tokens is None:

@@ -161,7 +161,9 @@ class StreamFailure:
     side (cache writes and their 1-hour part included), a ``message_delta`` the output
     and the server tool requests so far; an OpenAI-compatible provider's running count
     (Gemini, vLLM) the prompt, cache hits and output so far; Bedrock and OpenAI itself
-    report usage last.
+    report usage last. ``whole``: the counts are the provider's count of the whole answer
+    (the usage of a Responses API ``response.failed``), billed as they are, not a count
+    so far that the text streamed after it may exceed.
     """
 
     error: GatewayError | None
@@ -172,6 +174,7 @@ class StreamFailure:
     cache_write_1h_tokens: int = 0
     # Requests of the provider's server tools reported by then, by tool (billed per request).
     server_tool_requests: dict[str, int] = field(default_factory=dict)
+    whole: bool = False
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

@@ -352,14 +352,15 @@ class EventStreamReader:
         usage = usage_from_responses(response.get("usage"))
         if usage is not None:
             usage.server_tool_requests = self.tool_call_tally.counts
-        if kind == "response.failed":
+        if kind == "response.failed" or self.failure is not None:
             self._stream_failed(_failed_response(response), usage)
-        elif self.failure is None:
+        else:
             self.usage = usage
 
     def _stream_failed(self, error: GatewayError, usage: Usage | None = None) -> None:
-        """Record the stream's failure: the first error names it; a usage reported with
-        ``response.failed`` (even after an ``error`` event) is the provider's count."""
+        """Record the stream's failure: the first error names it; a usage its terminal
+        response reports (``response.failed``'s, even after an ``error`` event) is the
+        provider's count of the whole answer, billed as it is."""
         first = self.failure.error if self.failure is not None else error
         if usage is not None:
             self.failure = StreamFailure(
@@ -368,6 +369,7 @@ class EventStreamReader:
                 cached_tokens=usage.cached_tokens,
                 completion_tokens=usage.completion_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                whole=True,
             )
         elif self.failure is None:
             self.failure = StreamFailure(error)

@@ -1,0 +1,63 @@
+"""OpenAI's Responses API at its edges, as a user of the official client meets it: streams
+the provider failed after streaming much text, and what each ledger then charges."""
+
+from __future__ import annotations
+
+from extproc.processor import Processor
+from extproc.runtime import Services
+from tests.unit.sse_play import only_line, play_sse
+from tests.unit.test_responses_server_tools import (
+    AUTH,
+    BODY,
+    RESPONSES,
+    created,
+    delta,
+    event,
+    message,
+    terminal,
+    web_search,
+)
+
+# gpt-4o-mini's prices in the default config, USD per million tokens: input, cached input,
+# output.
+INPUT, CACHED, OUTPUT = 0.15, 0.075, 0.60
+
+# --- a failed stream's own count ----------------------------------------------------------------
+
+
+async def test_a_failed_response_is_charged_its_usage_not_the_text_it_streamed(
+    processor: Processor, services: Services
+) -> None:
+    # The provider streamed 400 characters (an estimate of 100 tokens), then failed the
+    # response and reported what it generated: 5 output tokens, 50 of 70 input cached.
+    # That count is the provider's bill, and the gateway's.
+    usage = {
+        "input_tokens": 70,
+        "input_tokens_details": {"cached_tokens": 50},
+        "output_tokens": 5,
+        "total_tokens": 75,
+    }
+    failed = terminal("response.failed", [], usage)
+    await play_sse(processor, RESPONSES, AUTH, BODY, [created(), delta(1, "x" * 400), failed])
+    line = only_line(services)
+    assert line["outcome"] == "upstream_error"
+    assert (line["prompt_tokens"], line["cached_tokens"], line["completion_tokens"]) == (70, 50, 5)
+    assert line["total_tokens"] == 75
+    expected = (20 * INPUT + 50 * CACHED + 5 * OUTPUT) / 10**6
+    assert abs(line["cost_usd"] - expected) < 1e-12
+
+
+async def test_a_terminal_response_after_an_error_event_is_charged_its_usage(
+    processor: Processor, services: Services
+) -> None:
+    # An error event, then the response as it ended, with its usage and one search: the
+    # error names the failure, the usage is the bill.
+    error = event({"type": "error", "code": "server_error", "message": "Boom.", "param": None})
+    usage = {"input_tokens": 70, "output_tokens": 12, "total_tokens": 82}
+    completed = terminal("response.completed", [web_search(1), message("Short.")], usage)
+    chunks = [created(), delta(1, "y" * 200), error, completed]
+    await play_sse(processor, RESPONSES, AUTH, BODY, chunks)
+    line = only_line(services)
+    assert line["outcome"] == "upstream_error" and line["error_message"] == "Boom."
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (70, 12)
+    assert line["server_tool_requests"] == {"web_search": 1}
