@@ -150,6 +150,14 @@ def _reasoning_beside(value: dict[str, Any], prompt: int, completion: int, total
     """
     details = value.get("completion_tokens_details")
     reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    return reasoning_beside(reasoning, prompt, completion, total)
+
+
+def reasoning_beside(reasoning: int | None, prompt: int, completion: int, total: int) -> int:
+    """The output tokens a report counts beside its input and output counts
+    (``_reasoning_beside``), given the reasoning tokens it names (None or 0: none): the
+    chat API's rule, which the Responses API's usage is read by too
+    (``openai_responses.usage_from_responses``)."""
     if not reasoning:
         return max(0, total - prompt - completion)
     if total != prompt + completion + reasoning:

@@ -6,11 +6,12 @@ The request goes as the client sent it, under the provider's name for the model,
 - usage: ``usage.input_tokens`` (of which ``input_tokens_details.cached_tokens`` came
   from the prompt cache and ``input_tokens_details.cache_write_tokens`` were written to
   it, read as chat's ``prompt_tokens_details`` are), ``usage.output_tokens`` (reasoning
-  tokens included, as OpenAI bills them) and ``usage.total_tokens``, and what the
-  provider says it charged (``usage.cost``, as OpenRouter reports it:
-  ``openai_openai.reported_cost``); a JSON answer's top level, a stream's terminal
-  event's ``response.usage``. The Responses API always reports usage, so nothing is
-  asked of the provider to get it;
+  tokens included, as OpenAI bills them; those a provider counts beside it, as xAI does,
+  told by ``usage.total_tokens`` and added, as on chat completions:
+  ``openai_openai.reasoning_beside``), and what the provider says it charged
+  (``usage.cost``, as OpenRouter reports it: ``openai_openai.reported_cost``); a JSON
+  answer's top level, a stream's terminal event's ``response.usage``. The Responses API
+  always reports usage, so nothing is asked of the provider to get it;
 - the model that answered, the service tier that served it (``service_tier``; a
   stream's first event echoes the tier asked for, read unless it is ``auto``), and
   the outcome for the log line's ``finish_reasons``: the response's ``status``
@@ -71,7 +72,7 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
-from extproc.translators.openai_openai import reported_cost
+from extproc.translators.openai_openai import reasoning_beside, reported_cost
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -115,6 +116,13 @@ def usage_from_responses(value: Any) -> Usage | None:
     completion = _count(value.get("output_tokens"))
     if prompt is None or completion is None:
         return None
+    total = _count(value.get("total_tokens"))
+    if total is not None:
+        # Reasoning counted beside output_tokens (xAI: total = input + output +
+        # reasoning) is billed as output too, as on chat completions.
+        output = value.get("output_tokens_details")
+        named = _count(output.get("reasoning_tokens")) if isinstance(output, dict) else None
+        completion += reasoning_beside(named, prompt, completion, total)
     details = value.get("input_tokens_details")
     if not isinstance(details, dict):
         details = {}

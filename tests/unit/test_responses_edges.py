@@ -1,19 +1,31 @@
 """OpenAI's Responses API at its edges, as a user of the official client meets it: streams
-the provider failed after streaming much text, and what each ledger then charges."""
+the provider failed after streaming much text, reasoning a provider counts beside the
+output, and what each ledger then charges."""
 
 from __future__ import annotations
 
+import orjson
+
 from extproc.processor import Processor
 from extproc.runtime import Services
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from tests.unit.sse_play import only_line, play_sse
 from tests.unit.test_responses_server_tools import (
     AUTH,
     BODY,
+    MODEL,
     RESPONSES,
     created,
     delta,
     event,
     message,
+    response,
     terminal,
     web_search,
 )
@@ -61,3 +73,51 @@ async def test_a_terminal_response_after_an_error_event_is_charged_its_usage(
     assert line["outcome"] == "upstream_error" and line["error_message"] == "Boom."
     assert (line["prompt_tokens"], line["completion_tokens"]) == (70, 12)
     assert line["server_tool_requests"] == {"web_search": 1}
+
+
+# --- reasoning counted beside the output --------------------------------------------------------
+
+# xAI's Responses API counts reasoning beside output_tokens, in total_tokens alone
+# (32 + 9 + 94 = 135), and bills it as output, as its chat completions do.
+XAI_USAGE = {
+    "input_tokens": 32,
+    "input_tokens_details": {"cached_tokens": 6},
+    "output_tokens": 9,
+    "output_tokens_details": {"reasoning_tokens": 94},
+    "total_tokens": 135,
+}
+
+
+async def test_reasoning_a_provider_counts_beside_the_output_is_billed_in_a_whole_answer(
+    processor: Processor, services: Services
+) -> None:
+    body = orjson.dumps({"model": MODEL, "input": "Why is the sky blue?"})
+    answer = orjson.dumps(response("completed", [message("Rayleigh.")], XAI_USAGE))
+    await run_stream(
+        processor,
+        [
+            request_headers(RESPONSES, headers=AUTH),
+            request_body(body),
+            response_headers(200),
+            response_body(answer),
+        ],
+    )
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["cached_tokens"], line["completion_tokens"]) == (32, 6, 103)
+    assert line["total_tokens"] == 135
+    expected = (26 * INPUT + 6 * CACHED + 103 * OUTPUT) / 10**6
+    assert abs(line["cost_usd"] - expected) < 1e-12
+
+
+async def test_reasoning_a_provider_counts_beside_the_output_is_billed_in_a_stream(
+    processor: Processor, services: Services
+) -> None:
+    completed = terminal("response.completed", [message("Rayleigh.")], XAI_USAGE)
+    await play_sse(processor, RESPONSES, AUTH, BODY, [created(), delta(1, "Rayleigh."), completed])
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) == (
+        32,
+        103,
+        135,
+    )
+    assert line["usage_reported"] is True
