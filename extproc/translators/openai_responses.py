@@ -51,8 +51,10 @@ count, not usage, and nothing is billed for it.
 
 A provider's failure inside a stream whose 200 has left is recorded as the reader's
 ``failure`` (``base.StreamFailure``), so the gateway charges what the provider did and
-names its error: an ``error`` event, or ``response.failed`` (whose usage, when it
-has one, is the provider's count of what it did). An event too long to hold
+names its error: an ``error`` event (or an event of no type holding an error object,
+``{"error": {...}}`` as chat completions send one, which some OpenAI-compatible servers
+send here too), or ``response.failed`` (whose usage, when it has one, is the provider's
+count of what it did). An event too long to hold
 (``sse.EventBuffer``) fails the stream the same way, with the gateway's own ``error``
 event the client reads last.
 """
@@ -85,11 +87,13 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 # The events whose response is read: the first (model, tier) and the terminal ones.
 _RESPONSE_EVENTS = TERMINAL_EVENTS | {"response.created"}
 # An event worth parsing names one of these types: its own, or (an output item event of a
-# billed tool call) its item's. Generated text cannot fake the pattern: its quotes are
-# escaped, so none stands right before the type.
+# billed tool call) its item's; or it holds an error object (an error in chat's shape,
+# ``{"error": {...}}``, as some OpenAI-compatible servers fail a Responses stream).
+# Generated text cannot fake the pattern: its quotes are escaped, so none stands right
+# before the type.
 _READ_EVENTS = re.compile(
     rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error'
-    rb"|web_search_call|file_search_call)\""
+    rb'|web_search_call|file_search_call)"|"error"\s*:\s*\{'
 )
 # The events that show one output item: a tool call as it starts, then as it ended.
 _ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
@@ -334,6 +338,10 @@ class EventStreamReader:
             return
         kind = parsed.get("type")
         if not isinstance(kind, str):
+            if kind is None and isinstance(parsed.get("error"), dict):
+                # No event type, an error object: an OpenAI-compatible server's error in
+                # chat's shape, which the client reads as the stream's failure too.
+                self._stream_failed(_error_event(parsed))
             return
         if kind == "error":
             self._stream_failed(_error_event(parsed))

@@ -121,3 +121,30 @@ async def test_reasoning_a_provider_counts_beside_the_output_is_billed_in_a_stre
         135,
     )
     assert line["usage_reported"] is True
+
+
+# --- an error in chat's shape inside a Responses stream -----------------------------------------
+
+
+async def test_an_error_in_chats_shape_fails_the_stream_and_is_named(
+    processor: Processor, services: Services
+) -> None:
+    # An OpenAI-compatible server fails the stream with chat's error object, no event type:
+    # the client's SDK raises on it, and the log line names it as a provider's error.
+    error = {"error": {"message": "Engine crashed.", "type": "server_error", "code": 500}}
+    failed = b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+    await play_sse(processor, RESPONSES, AUTH, BODY, [created(), delta(1, "abcdefgh"), failed])
+    line = only_line(services)
+    assert line["outcome"] == "upstream_error"
+    assert (line["error_message"], line["error_code"]) == ("Engine crashed.", "500")
+    assert line["usage_estimated"] is True and line["completion_tokens"] == 2
+
+
+async def test_text_that_quotes_an_error_object_is_no_failure(
+    processor: Processor, services: Services
+) -> None:
+    quoted = '{"error": {"message": "not found"}}'
+    completed = terminal("response.completed", [message(quoted)])
+    await play_sse(processor, RESPONSES, AUTH, BODY, [created(), delta(1, quoted), completed])
+    line = only_line(services)
+    assert line["outcome"] == "completed" and line["usage_reported"] is True
