@@ -121,11 +121,13 @@ def usage_from_responses(value: Any) -> Usage | None:
     if prompt is None or completion is None:
         return None
     total = _count(value.get("total_tokens"))
-    if total is not None:
+    output = value.get("output_tokens_details")
+    named = _count(output.get("reasoning_tokens")) if isinstance(output, dict) else None
+    if total is not None and named:
         # Reasoning counted beside output_tokens (xAI: total = input + output +
-        # reasoning) is billed as output too, as on chat completions.
-        output = value.get("output_tokens_details")
-        named = _count(output.get("reasoning_tokens")) if isinstance(output, dict) else None
+        # reasoning) is billed as output too, as on chat completions. Only when the
+        # report names its reasoning tokens: a total that is merely not the sum of the
+        # counts says nothing of what the rest is, and is not billed.
         completion += reasoning_beside(named, prompt, completion, total)
     details = value.get("input_tokens_details")
     if not isinstance(details, dict):
