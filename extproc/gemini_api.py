@@ -12,8 +12,9 @@ This module reads what the gateway needs of such a request: which model and oper
 the path names, whether the body is one Gemini accepts in shape (checked before the
 quota counts the request, so a malformed body costs nothing), its prompt as the quota
 estimates it (the text of the system instruction and of every content's parts, function
-calls and results, code and its output, and the tool definitions), and the completion
-allowance (``generationConfig.maxOutputTokens``, once per candidate), which a hard cap
+calls and results, code and its output, text files sent inline, and the tool
+definitions), and the completion allowance (``generationConfig.maxOutputTokens``, once
+per candidate, of which Gemini generates at most ``MAX_CANDIDATES``), which a hard cap
 lowers in place. A stream must ask for Server-Sent Events (``?alt=sse``); a token count
 of a whole ``generateContentRequest`` is unwrapped into the form Vertex's takes.
 
@@ -55,6 +56,25 @@ FUNCTION_CALL = ("functionCall", "function_call")
 FUNCTION_RESPONSE = ("functionResponse", "function_response")
 CODE = ("executableCode", "executable_code")
 CODE_RESULT = ("codeExecutionResult", "code_execution_result")
+INLINE_DATA = ("inlineData", "inline_data")
+_MIME_TYPE = ("mimeType", "mime_type")
+# The media types Gemini reads as text (a file sent inline as base64: google-genai's
+# ``Part.from_bytes``): text/* and the document types its docs list beside them. Their
+# text is prompt text, billed as such; images, audio, video and PDFs are not text.
+_TEXT_APPLICATION_TYPES = frozenset(
+    (
+        "application/json",
+        "application/xml",
+        "application/x-javascript",
+        "application/x-typescript",
+        "application/x-python-code",
+    )
+)
+# The most candidates Gemini generates for one request (Vertex's range is 1 to 8). Each
+# reserves its maxOutputTokens: unbounded, one request reserved all a token budget had
+# left, refusing the subject's other requests while it ran, and a hard cap turned it into
+# a 429 that waiting never helps.
+MAX_CANDIDATES = 8
 
 
 def model_and_operation(rest: str) -> tuple[str, str]:
@@ -146,11 +166,17 @@ def _check_request(body: dict[str, Any], where: str) -> None:
     if not isinstance(config, dict):
         raise BadRequestError(f"'{where}{key}' must be an object", param=f"{where}{key}")
     _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES))
-    for names in (_MAX_OUTPUT, _CANDIDATES):
-        name, value = _named(config, names)
-        if value is not None and _positive(value) is None:
-            param = f"{where}{key}.{name}"
-            raise BadRequestError(f"'{param}' must be an integer of at least 1", param=param)
+    name, value = _named(config, _MAX_OUTPUT)
+    if value is not None and _positive(value) is None:
+        param = f"{where}{key}.{name}"
+        raise BadRequestError(f"'{param}' must be an integer of at least 1", param=param)
+    name, value = _named(config, _CANDIDATES)
+    count = _positive(value)
+    if value is not None and (count is None or count > MAX_CANDIDATES):
+        param = f"{where}{key}.{name}"
+        raise BadRequestError(
+            f"'{param}' must be an integer from 1 to {MAX_CANDIDATES}", param=param
+        )
 
 
 def _one_spelling(
@@ -193,8 +219,10 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     ``CHARS_PER_TOKEN`` characters a token, and each content's overhead. A countTokens
     body's ``generateContentRequest`` is read as the request it wraps.
 
-    Inline bytes and files (``inlineData``, ``fileData``) count nothing, as images count
-    nothing elsewhere (``quota.estimate``): their size is not their token count. Context
+    A text file sent inline (``inlineData`` of a text media type, ``text_inline_data``)
+    counts as its text, which Google bills as prompt tokens. Other inline bytes and files
+    (``inlineData``, ``fileData``) count nothing, as images count nothing elsewhere
+    (``quota.estimate``): their size is not their token count. Context
     Google adds from a cache (``cachedContent``) is not in the body: the estimate is low
     for such a request, and the settlement, from Google's count, exact."""
     request = _field(body, REQUEST)
@@ -213,6 +241,19 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return prompt
 
 
+def text_inline_data(part: dict[str, Any]) -> dict[str, Any] | None:
+    """The part's ``inlineData`` when it holds a text file (a text media type, its
+    ``data`` a string of base64), else None."""
+    inline = _field(part, INLINE_DATA)
+    if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
+        return None
+    mime_type = _field(inline, _MIME_TYPE)
+    if not isinstance(mime_type, str):
+        return None
+    media = mime_type.partition(";")[0].strip().lower()
+    return inline if media.startswith("text/") or media in _TEXT_APPLICATION_TYPES else None
+
+
 def _content_chars(content: Any) -> int:
     """The text of a content's parts (a system instruction is a content too)."""
     parts = _field(content, _PARTS) if isinstance(content, dict) else None
@@ -223,7 +264,7 @@ def _content_chars(content: Any) -> int:
 
 def _part_chars(part: dict[str, Any]) -> int:
     """A part's text: text itself, a function call's name and arguments, what a function
-    returned (and its name), code and what running it printed."""
+    returned (and its name), code and what running it printed, a text file sent inline."""
     text = part.get("text")
     if isinstance(text, str):
         return len(text)
@@ -239,6 +280,10 @@ def _part_chars(part: dict[str, Any]) -> int:
     result = _field(part, CODE_RESULT)
     if isinstance(result, dict):
         return string_chars(result.get("output"))
+    inline = text_inline_data(part)
+    if inline is not None:
+        # Three bytes per four base64 characters: the file's length, not decoded.
+        return len(inline["data"]) * 3 // 4
     return 0
 
 
