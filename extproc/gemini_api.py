@@ -132,29 +132,36 @@ def vertex_count_body(body: dict[str, Any]) -> dict[str, Any] | None:
     return {key: value for key, value in request.items() if key in _VERTEX_COUNTED}
 
 
-def check_body(body: dict[str, Any], operation: str) -> None:
+def check_body(body: dict[str, Any], operation: str, max_contents: int | None = None) -> None:
     """Refuse a body Gemini would refuse for its shape, naming the field as the body spells
     it (``contents[0].parts``); Google checks the rest, unknown fields included.
 
-    A field the quota reads given in both spellings is refused (``_one_spelling``).
-    countTokens takes ``contents``, or a whole ``generateContentRequest`` checked as one."""
+    A field the quota reads given in both spellings is refused (``_one_spelling``), and
+    so are more ``contents`` than ``max_contents`` (``limits.max_messages``, the bound on
+    every API's conversation). countTokens takes ``contents``, or a whole
+    ``generateContentRequest`` checked as one."""
     _one_spelling(body, "", (REQUEST,))
     if operation == COUNT_TOKENS and _field(body, CONTENTS) is None:
         key, request = _named(body, REQUEST)
         if request is not None:
             if not isinstance(request, dict):
                 raise BadRequestError(f"'{key}' must be an object", param=key)
-            _check_request(request, f"{key}.")
+            _check_request(request, f"{key}.", max_contents)
             return
-    _check_request(body, "")
+    _check_request(body, "", max_contents)
 
 
-def _check_request(body: dict[str, Any], where: str) -> None:
+def _check_request(body: dict[str, Any], where: str, max_contents: int | None) -> None:
     """A GenerateContentRequest's contents and the counts of its ``generationConfig``."""
     contents = _field(body, CONTENTS)
     if not isinstance(contents, list):
         raise BadRequestError(
             f"'{where}contents' is required and must be an array of contents",
+            param=f"{where}contents",
+        )
+    if max_contents is not None and len(contents) > max_contents:
+        raise BadRequestError(
+            f"'{where}contents' has {len(contents)} entries; the limit is {max_contents}",
             param=f"{where}contents",
         )
     for index, content in enumerate(contents):

@@ -325,9 +325,8 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api in GEMINI_APIS:
         parsed = parse_json_object(body, limits.max_json_depth)
         counted = api is RouteApi.GEMINI_COUNT_TOKENS
-        gemini_api.check_body(
-            parsed, gemini_api.COUNT_TOKENS if counted else gemini_api.GENERATE_CONTENT
-        )
+        operation = gemini_api.COUNT_TOKENS if counted else gemini_api.GENERATE_CONTENT
+        gemini_api.check_body(parsed, operation, limits.max_messages)
         return parsed
     parsed = parse_chat_body(body, limits.max_messages, limits.max_json_depth)
     if api is RouteApi.OPENAI_CHAT:

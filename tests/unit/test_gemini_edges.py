@@ -28,6 +28,7 @@ from tests.unit.test_gemini_route import gemini_config
 
 KEY = {"x-goog-api-key": "team1-key"}
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
+COUNT = "/v1beta/models/gemini-2.5-flash:countTokens"
 EMAIL = "jane@example.com"
 TOKENS = {"rules": [{"name": "daily", "subject": "api_key", "tokens_per_day": 100_000}]}
 
@@ -53,9 +54,13 @@ def inline_text(text: str, mime_type: str = "text/plain") -> dict[str, Any]:
 
 
 async def send(
-    vertex: tuple[str, Path], services: Services, *bodies: dict[str, Any], **tail: Any
+    vertex: tuple[str, Path],
+    services: Services,
+    *bodies: dict[str, Any],
+    path: str = GENERATE,
+    **tail: Any,
 ) -> list[list[Any]]:
-    """Each body as one generateContent request (no answer), in turn."""
+    """Each body as one request to ``path`` (no answer), in turn."""
     mock, key_file = vertex
     runtime = Runtime(gemini_config(key_file, mock, tail), services)
     await runtime.start()
@@ -64,7 +69,7 @@ async def send(
         return [
             await run_stream(
                 processor,
-                [request_headers(GENERATE, headers=KEY), request_body(orjson.dumps(each))],
+                [request_headers(path, headers=KEY), request_body(orjson.dumps(each))],
             )
             for each in bodies
         ]
@@ -149,3 +154,23 @@ async def test_a_text_file_sent_inline_meets_the_request_guards(vertex: tuple[st
     data = masked["contents"][0]["parts"][0]["inlineData"]["data"]
     assert base64.b64decode(data) == b"Mail <EMAIL>"
     assert rejected is not None and rejected[0] == 403
+
+
+# --- limits.max_messages: a conversation's length, whichever API sends it ---------------
+
+
+async def test_more_contents_than_limits_max_messages_is_a_400(vertex: tuple[str, Path]) -> None:
+    services = Services(GatewayMetrics(), MemoryLog())
+    turns = [{"role": "user", "parts": [{"text": f"Turn {n}"}]} for n in range(4)]
+    wrapped = {"generateContentRequest": {"contents": turns}}
+    limits = {"max_messages": 3}
+    [long] = await send(vertex, services, {"contents": turns}, limits=limits)
+    [counted] = await send(vertex, services, wrapped, path=COUNT, limits=limits)
+    for answers in (long, counted):
+        found = refused(answers)
+        assert found is not None
+        status, error = found
+        assert (status, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
+        assert "the limit is 3" in error["error"]["message"]
+    [short] = await send(vertex, services, {"contents": turns[:3]}, limits=limits)
+    assert refused(short) is None
