@@ -116,10 +116,14 @@ def _openai_usage(usage: Usage, counts: dict[str, Any], bill_apart: bool) -> dic
     cached = counts.get("cache_read_input_tokens")
     # A count as the usage reader takes one: a whole number of at least 0 (a negative or
     # `true` one is no count, billed as none, so none is shown either).
-    valid = isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0
-    details = {"cached_tokens": cached if valid else 0}
+    details = {"cached_tokens": cached if _is_count(cached) else 0}
     shown = {**usage.as_dict(), "prompt_tokens_details": details}
     return show_billed_apart(shown, usage) if bill_apart else shown
+
+
+def _is_count(value: Any) -> bool:
+    # bool is an int subclass; a `true` token count is malformed, not 1.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _invalid_upstream_response(message: str) -> GatewayError:
@@ -391,8 +395,9 @@ class StreamTranslator:
 
     def _message_delta(self, payload: dict[str, Any]) -> list[bytes]:
         usage = payload.get("usage")
-        # message_start's output count is a placeholder; usage is known from here on.
-        if isinstance(usage, dict) and "output_tokens" in usage:
+        # message_start's output count is a placeholder; usage is known from here on, once
+        # a count is readable (else message_start's would stand in for Anthropic's).
+        if isinstance(usage, dict) and _is_count(usage.get("output_tokens")):
             self._take_counts(usage)
             self._take_tier(usage)
             self.usage = usage_from_object(self._counts)
@@ -409,8 +414,9 @@ class StreamTranslator:
         if not isinstance(usage, dict):
             return
         for key, value in usage.items():
-            # bool is an int subclass; a `true` token count is malformed, not 1.
-            if isinstance(value, int) and not isinstance(value, bool):
+            # A count that is no count (negative, `true`) keeps the one reported before
+            # it, as the usage reader has it (anthropic_anthropic.UsageCounts).
+            if _is_count(value):
                 self._counts[key] = value
         split = usage.get("cache_creation")
         if isinstance(split, dict):
