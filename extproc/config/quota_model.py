@@ -9,6 +9,7 @@ zone) or for a lifetime. Validation happens here; the meaning lives in
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -22,6 +23,10 @@ from extproc.headers import PREFIX as GATEWAY_HEADER_PREFIX
 CREDENTIAL_SUBJECT_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
 
 _RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+# An HTTP field name (RFC 9110's token), or one of Envoy's pseudo-headers (`:authority`):
+# a header subject named otherwise (a space, a comma, a quote in it) is a header no
+# request carries, and its rule limited nobody.
+_HEADER_NAME = re.compile(r"^:?[!#$%&'*+.^_`|~0-9a-z-]+$")
 # The largest limit the store's Lua scripts count exactly (they compute in doubles): a
 # larger one came back wrong (2**63 - 1 as -2**63 in every x-ratelimit-limit-* header,
 # and a hard cap then refused every prompt). The management API's bound too.
@@ -38,6 +43,11 @@ def check_subject(subject: str) -> str:
     kind, _, header = subject.partition(":")
     if kind == "header" and header and header == header.strip():
         name = header.lower()
+        if not _HEADER_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-):"
+                " no request carries it, and the rule would limit no one"
+            )
         if name in CREDENTIAL_SUBJECT_HEADERS:
             raise ValueError(
                 f"header:{name} carries clients' credentials, which would become quota"
@@ -129,6 +139,17 @@ class LimitRule(_Section):
     def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
         return check_match(match)
 
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared trimmed (extproc.model_names): an empty pattern covers no model, and
+        # a rule whose only pattern it was loaded and capped nothing.
+        if any(not model.strip() for model in models):
+            raise ValueError(
+                "an empty pattern names no model: name models, or leave models out for all"
+            )
+        return models
+
     @model_validator(mode="after")
     def _has_a_limit(self) -> LimitRule:
         limits = (
@@ -143,6 +164,13 @@ class LimitRule(_Section):
         )
         if all(limit is None for limit in limits):
             raise ValueError("set at least one limit (requests_per_*, tokens_per_*, token_quota)")
+        if self.hard_cap and all(limit is None for limit in limits[4:]):
+            # The cap is what the rule's token budgets leave an answer: with request limits
+            # alone, every answer went out as uncapped as without it.
+            raise ValueError(
+                "hard_cap caps answers at what the rule's token budgets leave, and it has"
+                " none: add tokens_per_* or token_quota, or remove hard_cap"
+            )
         return self
 
 
