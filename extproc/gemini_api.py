@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from extproc.attached_text import encoded_chars, is_text_media_type
 from extproc.errors import BadRequestError, NotFoundError
 from extproc.quota.estimate import CHARS_PER_TOKEN, PER_MESSAGE_OVERHEAD, json_chars, string_chars
 
@@ -58,18 +59,6 @@ CODE = ("executableCode", "executable_code")
 CODE_RESULT = ("codeExecutionResult", "code_execution_result")
 INLINE_DATA = ("inlineData", "inline_data")
 _MIME_TYPE = ("mimeType", "mime_type")
-# The media types Gemini reads as text (a file sent inline as base64: google-genai's
-# ``Part.from_bytes``): text/* and the document types its docs list beside them. Their
-# text is prompt text, billed as such; images, audio, video and PDFs are not text.
-_TEXT_APPLICATION_TYPES = frozenset(
-    (
-        "application/json",
-        "application/xml",
-        "application/x-javascript",
-        "application/x-typescript",
-        "application/x-python-code",
-    )
-)
 # The most candidates Gemini generates for one request (Vertex's range is 1 to 8). Each
 # reserves its maxOutputTokens: unbounded, one request reserved all a token budget had
 # left, refusing the subject's other requests while it ran, and a hard cap turned it into
@@ -254,11 +243,9 @@ def text_inline_data(part: dict[str, Any]) -> dict[str, Any] | None:
     inline = _field(part, INLINE_DATA)
     if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
         return None
-    mime_type = _field(inline, _MIME_TYPE)
-    if not isinstance(mime_type, str):
-        return None
-    media = mime_type.partition(";")[0].strip().lower()
-    return inline if media.startswith("text/") or media in _TEXT_APPLICATION_TYPES else None
+    # Gemini reads text/* and the document types its docs list beside them as text;
+    # images, audio, video and PDFs are not text.
+    return inline if is_text_media_type(_field(inline, _MIME_TYPE)) else None
 
 
 def _content_chars(content: Any) -> int:
@@ -289,8 +276,8 @@ def _part_chars(part: dict[str, Any]) -> int:
         return string_chars(result.get("output"))
     inline = text_inline_data(part)
     if inline is not None:
-        # Three bytes per four base64 characters: the file's length, not decoded.
-        return len(inline["data"]) * 3 // 4
+        # The file's length from its base64, not decoded.
+        return encoded_chars(inline["data"])
     return 0
 
 

@@ -6,7 +6,9 @@ Anthropic's ``system``, a ``tool_result``'s or ``mcp_tool_result``'s content, th
 text of a ``document`` or ``search_result`` block, the text of a server tool's
 result, a choice's message, the arguments of a tool call), so guards read every
 piece of text and write masked text back in place, whether content came as a
-string or as an array of parts. Images, audio and PDFs are not text slots.
+string or as an array of parts. A text file an OpenAI ``file`` part carries (its
+``file_data``, base64 of a text type) is a slot too, read decoded and written back
+encoded (``attached_text``). Images, audio and PDFs are not text slots.
 
 Claude's server tools (web search and fetch, code execution, bash, the text editor,
 tool search, and those Anthropic adds later) return ``<tool>_tool_result`` blocks,
@@ -40,6 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from extproc.attached_text import EncodedText, openai_file
 
 # Anthropic blocks that call a tool: their ``input`` object holds the call's arguments.
 _TOOL_CALL_BLOCKS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
@@ -111,6 +115,14 @@ class TextSlot:
     def write(self, text: str) -> None:
         self.holder[self.key] = text
 
+    @property
+    def chars(self) -> int:
+        """The text's length as the quota's estimate counts it: a file's base64 is not
+        decoded for it (``attached_text.EncodedText``)."""
+        if isinstance(self.holder, EncodedText):
+            return self.holder.chars
+        return len(self.text)
+
 
 def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
     content = holder.get(key)
@@ -139,6 +151,12 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
         # An OpenAI refusal part: the provider reads it, and the Anthropic and Bedrock
         # translators make it a text block (a system message's too).
         slots.append(TextSlot(role, block, "refusal"))
+    elif kind == "file" and isinstance(block.get("file"), dict):
+        # An OpenAI file part: a text file's data URL is read decoded (``attached_text``);
+        # a PDF or a file id is not text.
+        text_file = openai_file(block["file"])
+        if text_file is not None:
+            slots.append(TextSlot(role, text_file, "file_data"))
     elif kind in _TOOL_RESULT_BLOCKS:
         # Anthropic's tool output, a string or blocks: the model reads it, as it
         # reads an OpenAI "tool" message's content (an MCP server's result alike).

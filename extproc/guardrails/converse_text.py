@@ -10,7 +10,9 @@ the provider reads, in order:
   as the ``user``'s, since Bedrock writes them into the prompt;
 - each message's content blocks, with the message's role: a ``text`` block; a
   ``guardContent`` block's text; a ``document``'s ``context`` and its source's ``text``
-  or ``content`` text blocks; a ``searchResult``'s ``title`` and text blocks; the
+  or ``content`` text blocks, or its ``bytes`` when its format is text (``txt``, ``csv``,
+  ``md``, ``html``: base64 in JSON, read decoded and masked back encoded,
+  ``attached_text``); a ``searchResult``'s ``title`` and text blocks; the
   generated text of a ``citationsContent`` block sent back;
 - a ``toolUse`` block's ``input``, as the ``assistant``'s (the model wrote it, whatever
   message carries it back); what a ``toolResult`` holds, as ``tool``: its text,
@@ -34,7 +36,8 @@ Not read, as on chat routes:
   (letters, digits, spaces, hyphens, brackets) that a mask's ``<EMAIL>`` or ``****``
   would break (Bedrock would refuse the body); a search result's ``source`` (a URL or an
   identifier); a citation's source and quoted text (``citations``), the client's own
-  documents quoted back; images, videos, audio, document bytes and S3 locations;
+  documents quoted back; images, videos, audio, the bytes of documents that are no text
+  (PDFs, Word and Excel files) and S3 locations;
 - tool definitions (``toolConfig``): chat routes do not read ``tools`` either (the
   quota's estimate counts them, ``estimate_chars``);
 - ``additionalModelRequestFields``: free-form per model, its meaning is the model's
@@ -46,7 +49,8 @@ text, which reaches the client too: signed, so a mask there refuses the answer. 
 streamed answer is not read here.
 
 The quota's prompt estimate (``estimate_chars``) counts the same text, with JSON values
-whole, reasoning sent back and tool definitions.
+whole, reasoning sent back and tool definitions; a text document's bytes from their
+base64's length, never decoded.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import Any
 
 # One walk of a structured tool input (``content``) and one way of counting JSON values
 # and tool definitions (the quota's estimate).
+from extproc.attached_text import converse_document
 from extproc.guardrails.content import TextSlot, drop_closed_reasoning, tool_input_slots
 from extproc.quota.estimate import definitions_chars, json_chars, string_chars
 
@@ -166,6 +171,10 @@ def _text_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None
         if isinstance(source, dict):
             _string_slot(role, source, "text", slots)
             _parts_slots(role, source.get("content"), slots)
+        # A document in a text format sent as bytes (base64 in JSON), read decoded.
+        text_file = converse_document(document)
+        if text_file is not None:
+            slots.append(TextSlot(role, text_file, "bytes"))
     result = block.get("searchResult")
     if isinstance(result, dict):
         _string_slot(role, result, "title", slots)
@@ -216,7 +225,7 @@ def _reasoning_chars(block: dict[str, Any]) -> int:
 
 
 def _slots_chars(slots: list[TextSlot]) -> int:
-    return sum(len(slot.text) for slot in slots)
+    return sum(slot.chars for slot in slots)
 
 
 def _message_blocks(body: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -17,7 +17,8 @@ text is what the model reads, in order:
 - a text file sent inline (``inlineData`` of a text media type, ``text/plain`` and the
   like: ``gemini_api.text_inline_data``), which Gemini reads as text: its base64 ``data``
   is read decoded (as UTF-8, standard or URL-safe base64 alike, as Google takes either)
-  and a mask writes it back encoded. Left unread, a file was a way around every guard.
+  and a mask writes it back encoded, as every API's text files are (``attached_text``).
+  Left unread, a file was a way around every guard.
 
 A function call's ``args`` and a response's ``response`` are JSON values, not JSON text:
 each key and each string in them is a slot of its own, read and masked as a Converse
@@ -44,12 +45,10 @@ that holds text is read under both when a body spells it both ways.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Iterator
 from typing import Any
 
+from extproc.attached_text import EncodedText
 from extproc.gemini_api import (
     CODE,
     CODE_RESULT,
@@ -63,8 +62,6 @@ from extproc.gemini_api import (
 from extproc.guardrails.content import TextSlot
 from extproc.guardrails.converse_text import CALL_ROLE, TOOL_ROLE, json_value_slots
 
-# What is no character of base64 (its padding included).
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 # A content without a role (or with one that is not a string) is the user's, as Gemini
 # reads it.
 DEFAULT_ROLE = "user"
@@ -137,43 +134,7 @@ def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
             slots.append(TextSlot(TOOL_ROLE, result, "output"))
     inline = text_inline_data(part)
     if inline is not None:
-        slots.append(TextSlot(role, _DecodedData(inline), "data"))
-
-
-class _DecodedData:
-    """An ``inlineData`` whose base64 ``data`` a slot reads as the text it encodes and
-    writes as the base64 of its new text (``TextSlot``'s holder)."""
-
-    __slots__ = ("_inline", "_text")
-
-    def __init__(self, inline: dict[str, Any]) -> None:
-        self._inline = inline
-        self._text: str | None = None
-
-    def __getitem__(self, key: str) -> str:
-        if self._text is None:
-            self._text = _decoded(self._inline[key])
-        return self._text
-
-    def __setitem__(self, key: str, text: str) -> None:
-        self._text = text
-        self._inline[key] = base64.b64encode(text.encode()).decode("ascii")
-
-
-def _decoded(data: Any) -> str:
-    """The text base64 ``data`` encodes: standard or URL-safe, padded or not (Google's
-    JSON takes each), read past any other character (more leniently than Google, so no
-    spelling of a file hides it), bytes that are not UTF-8 replaced."""
-    if not isinstance(data, str):
-        return ""
-    standard = _NOT_BASE64.sub("", data.replace("-", "+").replace("_", "/"))
-    # A last lone character encodes no whole byte.
-    standard = standard[: len(standard) - (len(standard) % 4 == 1)]
-    try:
-        raw = base64.b64decode(standard + "=" * (-len(standard) % 4))
-    except binascii.Error:
-        return ""
-    return raw.decode("utf-8", errors="replace")
+        slots.append(TextSlot(role, EncodedText(inline, "data"), "data"))
 
 
 def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:

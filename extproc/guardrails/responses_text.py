@@ -7,10 +7,11 @@ A request's text is what the provider reads, in order:
   an ``input_text`` value, as the ``user``'s: the provider writes them into the prompt;
 - ``input``: one string (role ``user``), or items (``item_slots``): a message's
   ``content`` (a string, or the text of its ``input_text`` / ``output_text`` parts and
-  the ``refusal`` of its refusal parts) with the message's role; a function call's
+  the ``refusal`` of its refusal parts, and the ``file_data`` of an ``input_file`` part
+  of a text type, read decoded: ``attached_text``) with the message's role; a function call's
   ``arguments`` and a custom tool call's ``input`` (read as a chat tool call's are: as
   JSON when they are), as the ``assistant``'s; what a function or custom tool returned
-  (``output``, a string or text parts), as ``tool``.
+  (``output``, a string or text parts, text files included), as ``tool``.
 
 Every other item (reasoning summaries and text, MCP calls, shell and patch calls and
 their outputs, and the types OpenAI adds later) is read whole: each string in it, but
@@ -21,8 +22,8 @@ for those that are no text (ids, states, names, encrypted content, images and fi
 
 A whole answer's text is each output message's text and refusal parts, each function
 or custom tool call's input, and every other output item read whole as above (reasoning
-summaries, MCP calls...). Images, files and other non-text parts are not slots, as on
-chat routes. A streamed answer is not read here: the route refuses streams when it
+summaries, MCP calls...). Images, PDFs, files by id or URL and other non-text parts are
+not slots, as on chat routes. A streamed answer is not read here: the route refuses streams when it
 guards answers (``stages.guardrails``).
 
 The quota's estimate counts the same text (``quota.estimate.estimate_responses_tokens``).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.attached_text import openai_file
 from extproc.guardrails.content import TextSlot
 
 # Text parts of a message's content, by the field of their text: the client's own,
@@ -146,11 +148,16 @@ def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[Text
 
 
 def _part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
-    """A content part's text: a text part's ``text``, a refusal part's ``refusal``."""
+    """A content part's text: a text part's ``text``, a refusal part's ``refusal``, a text
+    file's ``file_data`` (``attached_text``)."""
     kind = part.get("type")
     field = _TEXT_PARTS.get(kind) if isinstance(kind, str) else None
     if field is not None and isinstance(part.get(field), str):
         slots.append(TextSlot(role, part, field))
+    elif kind == "input_file":
+        text_file = openai_file(part)
+        if text_file is not None:
+            slots.append(TextSlot(role, text_file, "file_data"))
 
 
 def _walk(role: str, value: Any, slots: list[TextSlot], skipped: frozenset[str]) -> None:

@@ -11,7 +11,8 @@ body (OpenAI chat completions or Anthropic messages: the estimate runs before
 translation, so a Bedrock-bound request is read in its OpenAI shape):
 
 - each message's content: a string, or its text and refusal parts or blocks, and
-  an OpenAI assistant's ``refusal``;
+  an OpenAI assistant's ``refusal``; a text file an OpenAI ``file`` part carries
+  (``attached_text``), counted from its base64's length, never decoded;
 - Anthropic's ``tool_result`` and ``mcp_tool_result`` content (a string or blocks,
   nested documents and search results included), ``document`` blocks (a plain-text
   source's ``data``, a content source's text, ``title``, ``context``),
@@ -38,7 +39,8 @@ provider's count, exact.
 
 Text the estimate skipped would still be billed: a prompt made of it reserved
 next to nothing, and one large request could overrun a token limit or a hard
-cap. Images and PDFs are not text (their base64 is not their token count).
+cap. Images and PDFs are not text (their base64 is not their token count); a file of
+a text type is (``attached_text``).
 
 One pass over the already-parsed body; the only allocation is the JSON of tool
 inputs and definitions, which orjson writes in C at a fraction of the parse's cost.
@@ -50,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from extproc.attached_text import openai_file
 from extproc.guardrails.content import TextSlot, server_result_slots
 from extproc.guardrails.responses_text import item_slots, prompt_slots
 
@@ -116,7 +119,7 @@ def _item_chars(item: dict[str, Any]) -> int:
 
 
 def _slots_chars(slots: list[TextSlot]) -> int:
-    return sum(len(slot.text) for slot in slots)
+    return sum(slot.chars for slot in slots)
 
 
 def _message_chars(message: dict[str, Any]) -> int:
@@ -164,6 +167,11 @@ def _block_chars(block: dict[str, Any]) -> int:
         return _document_chars(block)
     if kind == "refusal":
         return string_chars(block.get("refusal"))
+    if kind == "file" and isinstance(block.get("file"), dict):
+        # A text file the model reads as text (``attached_text``): its length from its
+        # base64, never decoded. A PDF or a file id counts nothing, as images do.
+        text_file = openai_file(block["file"])
+        return text_file.chars if text_file is not None else 0
     if kind.endswith(_SERVER_RESULT):
         slots: list[TextSlot] = []
         server_result_slots(block, slots)
