@@ -17,6 +17,7 @@ message or log line holds any part of a token or any key material.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -213,7 +214,10 @@ class JwtVerifier:
             raise AuthenticationError("invalid token: algorithm not allowed")
         kid = header.get("kid")  # PyJWT has checked it is a string when present
         keys = source.keys.candidates(kid, algorithm)
-        if not keys and (kid is None or not source.keys.knows(kid)):
+        if not keys:
+            # An unknown kid, or a known one whose key does not fit the token's alg: an
+            # IdP that keeps its kid ("1", "default") publishes a key of another type
+            # under it. Either is worth a fetch, rate limited like every other.
             await source.refresh_for_unknown_key()
             keys = source.keys.candidates(kid, algorithm)
         if not keys:
@@ -322,12 +326,30 @@ def _read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     # A compact JWS is ASCII with exactly two dots; anything else never reaches PyJWT.
     if not token.isascii() or token.count(".") != 2:
         raise AuthenticationError("invalid token: malformed")
+    if _names_critical_extension(token):
+        raise AuthenticationError("invalid token: unsupported critical header")
     try:
         header = jwt.get_unverified_header(token)
         payload = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         raise AuthenticationError("invalid token: malformed") from None
     return header, payload
+
+
+def _names_critical_extension(token: str) -> bool:
+    """Whether the token's header has ``crit``, read before PyJWT reads it.
+
+    RFC 7515 §4.1.11: a JWS naming an extension its recipient does not process is
+    invalid, and a JWT has no use for one (the only one PyJWT knows, ``b64``, exists
+    to be false, which RFC 7797 §7 forbids in JWTs). Not left to PyJWT, which refuses
+    them as a bare "malformed", and ignored ``crit`` before 2.12.
+    """
+    segment = token.partition(".")[0]
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:  # binascii.Error and orjson.JSONDecodeError: PyJWT says malformed
+        return False
+    return isinstance(header, dict) and "crit" in header
 
 
 def _decode(token: str, provider: _Provider, key: jwt.PyJWK | bytes) -> dict[str, Any]:
