@@ -192,12 +192,15 @@ async def test_usage_never_goes_below_zero_and_the_counter_expires(api: Api) -> 
         subject_kind="group", subject="marketing", rule="marketing-monthly",
         counter="token_quota", delta=-500,
     )  # fmt: skip
+    # The expiry is set from the clock as the call runs: no later than this bound, read
+    # before it (one read after it failed when a second ticked over in between).
+    before = time.time()
     state = await api.call("AdjustUsage", grant)
 
     assert state.limits[0].used == 0
-    limit = api.runtime.quota_rules.limits_for_subject("group", "marketing", time.time())[0]
+    limit = api.runtime.quota_rules.limits_for_subject("group", "marketing", before)[0]
     ttl = await api.client.ttl(limit.key(PREFIX))
-    assert 0 < ttl <= limit.window.ttl_seconds(time.time())
+    assert 0 < ttl <= limit.window.ttl_seconds(before)
 
 
 async def test_a_reset_zeroes_the_current_windows(api: Api) -> None:
