@@ -260,8 +260,9 @@ def plan_request(
 def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) -> None:
     """Refuse a request its provider cannot serve as soon as the model is known: a client
     API the provider's type does not speak (and nothing translates to), embeddings a
-    Bedrock model cannot take (a batch for Titan; token ids, more than 96 texts or an
-    unknown ``input_type`` for Cohere), a chat completion asking Bedrock for what
+    Bedrock model cannot take (a model that is not Titan's or Cohere's embeddings; a
+    batch for Titan; token ids, more than 96 texts or an unknown ``input_type`` for
+    Cohere), a chat completion asking Bedrock for what
     Converse cannot do at the body's top level (``n``, ``functions``,
     ``response_format``, ``service_tier``), or one to be translated that forces a tool
     call without declaring tools.
@@ -288,7 +289,7 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         served = kind is ProviderType.BEDROCK
     elif route.api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.BEDROCK:
-            _check_bedrock_embeddings(parsed, upstream.upstream_model)
+            _check_bedrock_embeddings(ctx, parsed, upstream.upstream_model)
         if kind is ProviderType.VERTEX:
             _check_vertex_embeddings(ctx, parsed, upstream)
         served = kind in (ProviderType.OPENAI, ProviderType.BEDROCK, ProviderType.VERTEX)
@@ -446,7 +447,21 @@ def _invoke_family(model_id: str) -> str | None:
     return next((prefix for prefix in known if named.startswith(prefix)), named)
 
 
-def _check_bedrock_embeddings(parsed: dict[str, Any], model_id: str) -> None:
+def _check_bedrock_embeddings(ctx: RequestContext, parsed: dict[str, Any], model_id: str) -> None:
+    """Embeddings reach Titan's and Cohere's embedding models alone, with what their
+    bodies can take. Another model would get Titan's body, and Titan Text reads that
+    body as a prompt: it generates (and Bedrock bills) a completion nobody asked for,
+    which the client gets as a 502. An ARN that hides its model is Bedrock's to judge."""
+    named = base_model_id(model_id)
+    if not named.startswith(("arn:", *EMBEDDINGS_PREFIXES)):
+        raise BadRequestError(
+            f"model '{ctx.model}' is a Bedrock model without embeddings (only Amazon "
+            "Titan's and Cohere's embedding models, such as amazon.titan-embed-text-v2:0 "
+            "or cohere.embed-english-v3, are served on /v1/embeddings); send it to "
+            "/v1/chat/completions",
+            param="model",
+            code="unsupported_model_for_route",
+        )
     if bedrock_cohere_embeddings.is_cohere_model(model_id):
         bedrock_cohere_embeddings.check_request(parsed, model_id)
     else:
