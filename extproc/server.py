@@ -124,7 +124,7 @@ class Gateway:
         self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
         self.services = Services(
             metrics=self.metrics,
-            access_log=AccessLog.from_config(telemetry.log),
+            access_log=AccessLog.from_config(telemetry.log, on_lost=self.metrics.log_lines_lost),
         )
         self.runtime = Runtime(config, self.services)
         self.processor = Processor(self._runtime_for_stream, default_stages(), attempt_stages())

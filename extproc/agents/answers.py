@@ -374,7 +374,10 @@ class ExtendedCardRewrite:
 def _record_error(call: AgentCall, message: dict[str, Any]) -> None:
     error = message.get("error")
     code = error.get("code") if isinstance(error, dict) else None
-    call.answered(outcome.RPC_ERROR, code if isinstance(code, int) else None)
+    # JSON's true is no error code (bool is an int subclass): the log line's
+    # rpc_error_code is an integer or null.
+    valid = isinstance(code, int) and not isinstance(code, bool)
+    call.answered(outcome.RPC_ERROR, code if valid else None)
 
 
 def _record_task(call: AgentCall, result: dict[str, Any]) -> None:

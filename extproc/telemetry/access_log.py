@@ -9,6 +9,8 @@ is the business of ``log_writer``'s background thread.
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +19,17 @@ import orjson
 from extproc.chargeback.pricing import usd_float
 from extproc.config.telemetry_model import LogConfig
 from extproc.context import CutAttempt, RequestContext, with_cut_attempts
-from extproc.telemetry.log_writer import LineWriter, RotatingFile, default_stdout, expand_path
+from extproc.telemetry.log_writer import (
+    LineWriter,
+    LostLines,
+    RotatingFile,
+    default_stdout,
+    expand_path,
+)
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def access_record(ctx: RequestContext) -> dict[str, Any]:
@@ -138,6 +148,17 @@ def _outcome(ctx: RequestContext) -> str:
     return "completed"
 
 
+def _dumps_unbounded(record: dict[str, Any]) -> bytes:
+    """``record`` as JSON when orjson refuses it: an integer past 64 bits (a provider's
+    token count of 2**64 - 1, an unsigned -1, plus the completion's). The line is the
+    audit record: written with the count as reported, never lost. Off the hot path."""
+    log.warning(
+        "request %s: a value of its log line is out of orjson's range, written as is",
+        record.get("request_id"),
+    )
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode(errors="replace")
+
+
 class AccessLog:
     """Encodes request records and hands the lines to the writer thread."""
 
@@ -149,6 +170,7 @@ class AccessLog:
         max_bytes: int = 0,
         backup_count: int = 0,
         queue_size: int = 100_000,
+        on_lost: LostLines | None = None,
     ) -> None:
         self._writer: LineWriter | None = None
         if stdout or file:
@@ -158,17 +180,21 @@ class AccessLog:
                 else None
             )
             self._writer = LineWriter(
-                stdout=default_stdout() if stdout else None, file=rotating, queue_size=queue_size
+                stdout=default_stdout() if stdout else None,
+                file=rotating,
+                queue_size=queue_size,
+                on_lost=on_lost,
             )
 
     @classmethod
-    def from_config(cls, config: LogConfig) -> AccessLog:
+    def from_config(cls, config: LogConfig, on_lost: LostLines | None = None) -> AccessLog:
         return cls(
             stdout=config.stdout,
             file=config.file,
             max_bytes=config.max_bytes,
             backup_count=config.backup_count,
             queue_size=config.queue_size,
+            on_lost=on_lost,
         )
 
     @property
@@ -178,7 +204,11 @@ class AccessLog:
         return writer.dropped + writer.failed if writer is not None else 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self.emit(orjson.dumps(record) + b"\n")
+        try:
+            line = orjson.dumps(record)
+        except TypeError:
+            line = _dumps_unbounded(record)
+        self.emit(line + b"\n")
 
     def emit(self, line: bytes) -> None:
         """Send one encoded line to the sinks, without waiting for them."""

@@ -14,7 +14,10 @@ while stdout is stuck. If a sink stays stuck long enough for its queue to fill
 text can be a megabyte each), new lines are dropped for that sink and counted
 (``dropped``) instead of growing memory without bound or stalling the gateway;
 usage itself is never lost that way, because quotas and the usage rollups do
-not depend on the log.
+not depend on the log. Lines lost either way, dropped or refused by a failing
+write (a closed pipe, a full disk), are handed to ``on_lost`` (the metric
+``aigw_request_log_lost_lines_total``) and said on stderr at the first loss of
+each kind and every 1000th.
 
 On stdout, the lines a drain takes go out in as few ``write`` calls as keep
 each line whole: whole lines are joined up to the pipe's atomic size (4 KiB on
@@ -33,6 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -46,6 +50,11 @@ DRAIN_INTERVAL_S = 0.01
 MAX_QUEUED_BYTES = 128 * 1024 * 1024
 # Lines a writer takes from its queue at a time.
 _BATCH_LINES = 256
+# Said on stderr at the first line a sink lost, then at every this many.
+_SAY_EVERY = 1000
+
+# Told of lines a sink lost: (sink, reason, how many); reason is queue_full or write_error.
+LostLines = Callable[[str, str, int], None]
 
 
 class RotatingFile:
@@ -107,16 +116,19 @@ class LineWriter:
         file: RotatingFile | None = None,
         queue_size: int = 100_000,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
+        on_lost: LostLines | None = None,
     ) -> None:
         self._file = file
         # The file first: close() waits for the sinks in this order, and a stuck stdout
         # must not use up the wait that lets the file be flushed and closed.
         self._sinks: list[_SinkWriter] = []
         if file is not None:
-            self._sinks.append(_SinkWriter("file", _FileSink(file), queue_size, max_queued_bytes))
+            self._sinks.append(
+                _SinkWriter("file", _FileSink(file), queue_size, max_queued_bytes, on_lost)
+            )
         if stdout is not None:
             self._sinks.append(
-                _SinkWriter("stdout", _StdoutSink(stdout), queue_size, max_queued_bytes)
+                _SinkWriter("stdout", _StdoutSink(stdout), queue_size, max_queued_bytes, on_lost)
             )
 
     @property
@@ -164,6 +176,8 @@ ATOMIC_WRITE_BYTES = getattr(select, "PIPE_BUF", 4096)
 class _StdoutSink:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
+        # Why the last failed write failed, for the warning that says lines were lost.
+        self.last_error: str | None = None
 
     def write_lines(self, lines: list[bytes]) -> int:
         """Write ``lines``, returning how many of them failed."""
@@ -172,7 +186,8 @@ class _StdoutSink:
             try:
                 self._stream.write(b"".join(chunk))
                 self._stream.flush()
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
                 failed += len(chunk)
         return failed
 
@@ -197,15 +212,18 @@ def _atomic_chunks(lines: list[bytes]) -> list[list[bytes]]:
 class _FileSink:
     def __init__(self, file: RotatingFile) -> None:
         self._file = file
+        self.last_error: str | None = None
 
     def write_lines(self, lines: list[bytes]) -> int:
-        """Write ``lines`` (buffered, flushed once), returning how many failed."""
+        """Write ``lines`` (buffered, flushed once), returning how many failed. The
+        failures are said by the sink's writer, counted: a traceback per line would
+        flood stderr while the disk stays full."""
         failed = 0
         for line in lines:
             try:
                 self._file.write(line)
-            except OSError:
-                log.exception("request log file write failed")
+            except OSError as exc:
+                self.last_error = str(exc) or type(exc).__name__
                 failed += 1
         try:
             self._file.flush()
@@ -223,10 +241,16 @@ class _SinkWriter:
     """
 
     def __init__(
-        self, name: str, target: _StdoutSink | _FileSink, queue_size: int, max_bytes: int
+        self,
+        name: str,
+        target: _StdoutSink | _FileSink,
+        queue_size: int,
+        max_bytes: int,
+        on_lost: LostLines | None = None,
     ) -> None:
         self.name = name
         self.target = target
+        self._on_lost = on_lost
         self._lines: deque[bytes] = deque()
         self._queue_size = queue_size
         self._max_bytes = max_bytes
@@ -258,7 +282,9 @@ class _SinkWriter:
             self._lines.append(line)
             return
         self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
+        if self._on_lost is not None:
+            self._on_lost(self.name, "queue_full", 1)
+        if self.dropped == 1 or self.dropped % _SAY_EVERY == 0:
             log.warning(
                 "request log %s is not keeping up: %d lines dropped so far",
                 self.name, self.dropped,
@@ -278,11 +304,24 @@ class _SinkWriter:
                 # A bounded batch: a huge backlog is written (and its bytes given back
                 # to the queue's budget) in steps, not all held twice at once.
                 batch = [queued.popleft() for _ in range(min(len(queued), _BATCH_LINES))]
-                self.failed += self.target.write_lines(batch)
+                failed = self.target.write_lines(batch)
+                if failed:
+                    self._count_failed(failed)
                 self._bytes_out += sum(map(len, batch))
                 self.written += len(batch)
             if stopping:
                 return
+
+    def _count_failed(self, failed: int) -> None:
+        before = self.failed
+        self.failed += failed
+        if self._on_lost is not None:
+            self._on_lost(self.name, "write_error", failed)
+        if before == 0 or before // _SAY_EVERY != self.failed // _SAY_EVERY:
+            log.warning(
+                "request log %s: writes are failing (%s): %d lines lost so far",
+                self.name, self.target.last_error, self.failed,
+            )  # fmt: skip
 
 
 def default_stdout() -> IO[bytes]:

@@ -87,12 +87,21 @@ FIXED_LABELS = frozenset(
         "kind",
         "reason",
         "result",
+        # The request log's sinks (file, stdout).
+        "sink",
+        # Agent metrics: the outcome of a call (extproc.agents.call) and the A2A message
+        # methods counted (A2A_MESSAGE_METHODS), what docs/agents.md's queries select.
+        "status",
+        "method",
     }
 )
 # The gateway's words in `status_code` beside the HTTP statuses (a cut stream, a
 # provider's error event after its 200).
 STATUS_WORDS = frozenset({"aborted", "stream_error"})
 COST_METRIC = "aigw_cost_usd"
+# Why a request log line was lost (extproc.telemetry.log_writer), and where.
+LOG_SINKS = ("file", "stdout")
+LOG_LOSS_REASONS = ("queue_full", "write_error")
 PICODOLLARS_PER_USD = 10**12
 # Below 2**13 USD a float's spacing is under half a picodollar, so a worker's float
 # (the one nearest its exact picodollar sum) gives that sum back exactly.
@@ -263,6 +272,17 @@ class GatewayMetrics:
             self.spool_write_errors.labels(kind)
             for reason in REJECT_REASONS:
                 self.spool_rejected_records.labels(kind, reason)
+        self.request_log_lost = Counter(
+            "aigw_request_log_lost_lines",
+            "Request log lines a sink lost: its queue full (the sink stuck), or its write "
+            "failed (a closed pipe, a full disk), by sink and reason",
+            ("sink", "reason"),
+            registry=self.registry,
+        )
+        # At 0 from the start, as the spool's: the first line lost is an increase.
+        for sink in LOG_SINKS:
+            for reason in LOG_LOSS_REASONS:
+                self.request_log_lost.labels(sink, reason)
         self.failovers = Counter(
             "aigw_failovers",
             "Requests answered by a fallback model after the primary's provider failed",
@@ -439,6 +459,10 @@ class GatewayMetrics:
 
     def spool_rejected(self, kind: str, reason: str) -> None:
         self._child(self.spool_rejected_records, kind, reason).inc()
+
+    def log_lines_lost(self, sink: str, reason: str, count: int) -> None:
+        """Count request log lines ``sink`` lost (called from its writer thread too)."""
+        self.request_log_lost.labels(sink, reason).inc(count)
 
     def failover(self, model: str, to_model: str) -> None:
         self._child(self.failovers, model, to_model).inc()
