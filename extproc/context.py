@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from extproc import anthropic_models
 from extproc.bedrock_invoke_bodies import estimate_prompt_tokens as estimate_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import estimate_prompt as estimate_completions_prompt
@@ -285,10 +286,17 @@ class RequestContext:
 
     @property
     def error_shape(self) -> str:
-        """How this request's client expects errors: ``anthropic`` on Messages routes,
-        ``bedrock`` on Converse routes, ``google`` on Gemini's."""
+        """How this request's client expects errors: ``anthropic`` on Messages routes
+        (and on the model list for a client that sends ``anthropic-version``: Anthropic's
+        SDKs list models at OpenAI's path), ``bedrock`` on Converse routes, ``google`` on
+        Gemini's."""
         if self.route is not None:
             if self.route.api.startswith("anthropic_"):
+                return "anthropic"
+            if (
+                self.route.api is RouteApi.OPENAI_MODELS
+                and anthropic_models.CLIENT_HEADER in self.request_headers
+            ):
                 return "anthropic"
             if self.route.api.startswith("bedrock_"):
                 return "bedrock"

@@ -1,5 +1,6 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``: answered by the gateway from the
-config, without going upstream.
+config, without going upstream; in OpenAI's shape, or in Anthropic's for an Anthropic
+client (``anthropic_models``).
 
 Runs after authentication, so the list holds only what the caller may use: every
 configured name (a model's own and each of its aliases) that the caller could
@@ -16,6 +17,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from extproc import anthropic_models
 from extproc.backends import provider_api
 from extproc.config.model import ANTHROPIC_VERTEX_APIS, ROUTE_MODEL_KIND, ProviderType, RouteApi
 from extproc.context import Identity, PhaseOutput, RequestContext
@@ -56,11 +58,16 @@ class ModelListStage:
         created = int(ctx.started_wall)
         names = usable_names(ctx.runtime, ctx.identity)
         wanted = _model_in_path(route, ctx.path)
-        if wanted is None:
+        anthropic = ctx.error_shape == "anthropic"  # an Anthropic client's call
+        if wanted is None and anthropic:
+            query = ctx.path.partition("?")[2]
+            body = orjson.dumps(anthropic_models.page(names, query, created))
+        elif wanted is None:
             models = [_model(name, created) for name in names]
             body = orjson.dumps({"object": "list", "data": models})
         elif wanted in names:
-            body = orjson.dumps(_model(wanted, created))
+            describe = anthropic_models.entry if anthropic else _model
+            body = orjson.dumps(describe(wanted, created))
         else:
             # As OpenAI answers a model the caller cannot use: one message whether it
             # is not configured or kept from this caller, so no key learns of others'.

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -301,6 +302,25 @@ def test_a_model_is_retrieved_by_those_who_may_use_it(id_stack: LocalStack) -> N
         assert kept.value.code == "model_not_found"
         with pytest.raises(openai.NotFoundError):
             engineering.models.retrieve("gpt-9")
+
+
+def test_an_anthropic_client_lists_and_retrieves_what_it_may_use(id_stack: LocalStack) -> None:
+    """The anthropic SDK's models.list() (paged by its own iterator) and retrieve."""
+    engineering = anthropic.Anthropic(
+        base_url=id_stack.base_url, api_key=KEYS["team1"], max_retries=0
+    )
+    marketing = anthropic.Anthropic(
+        base_url=id_stack.base_url, api_key=KEYS["team2"], max_retries=0
+    )
+    listed = [model.id for model in engineering.models.list(limit=2)]
+    openai_listed = OpenAI(
+        base_url=f"{id_stack.base_url}/v1", api_key=KEYS["team1"], max_retries=0
+    ).models.list()
+    assert listed == [model.id for model in openai_listed]
+    assert "gpt-4o" not in [model.id for model in marketing.models.list()]
+    assert engineering.models.retrieve("gpt-4o").display_name == "gpt-4o"
+    with pytest.raises(anthropic.NotFoundError):
+        marketing.models.retrieve("gpt-4o")
 
 
 def test_usage_report_groups_by_identity(id_stack: LocalStack) -> None:

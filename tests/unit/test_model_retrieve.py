@@ -108,3 +108,63 @@ def test_a_controller_sends_the_models_of_the_list_to_the_gateway(
     ]
     [rule] = route["spec"]["rules"]
     assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1/models"}}]
+
+
+# --- Anthropic's clients: the same names, in Anthropic's shape ---------------------------
+
+ANTHROPIC_CLIENT = {"x-api-key": "team1-key", "anthropic-version": "2023-06-01"}
+
+
+async def anthropic_get(processor: Processor, path: str) -> tuple[int, Any]:
+    [answer] = await run_stream(
+        processor, [request_headers(path, method="GET", headers=ANTHROPIC_CLIENT)]
+    )
+    reply = answer.immediate_response
+    return int(reply.status.code), orjson.loads(reply.body)
+
+
+async def test_an_anthropic_client_pages_through_the_same_names(processor: Processor) -> None:
+    _, listed = await get(processor, "/v1/models")
+    names = [model["id"] for model in listed["data"]]
+    status, first = await anthropic_get(processor, "/v1/models?limit=3")
+    assert status == 200
+    assert [model["id"] for model in first["data"]] == names[:3]
+    assert first["has_more"] is True
+    assert (first["first_id"], first["last_id"]) == (names[0], names[2])
+    model = first["data"][0]
+    assert model["type"] == "model" and model["display_name"] == names[0]
+    assert model["created_at"].endswith("Z")
+    # The SDK asks for the next page after the last id, until has_more is false.
+    paged: list[str] = [entry["id"] for entry in first["data"]]
+    after = first["last_id"]
+    while True:
+        _, more = await anthropic_get(processor, f"/v1/models?limit=3&after_id={after}")
+        paged += [entry["id"] for entry in more["data"]]
+        if not more["has_more"]:
+            break
+        after = more["last_id"]
+    assert paged == names
+    _, before = await anthropic_get(processor, f"/v1/models?limit=2&before_id={names[3]}")
+    assert [entry["id"] for entry in before["data"]] == names[1:3]
+    assert before["has_more"] is True
+
+
+async def test_an_anthropic_client_retrieves_a_model_or_gets_its_404(
+    processor: Processor,
+) -> None:
+    status, model = await anthropic_get(processor, "/v1/models/claude-sonnet-4-0")
+    assert status == 200
+    assert (model["type"], model["id"]) == ("model", "claude-sonnet-4-0")
+    status, error = await anthropic_get(processor, "/v1/models/claude-9")
+    assert status == 404
+    assert error["type"] == "error" and error["error"]["type"] == "not_found_error"
+    assert "'claude-9'" in error["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=ten", "after_id=a&before_id=b"])
+async def test_an_anthropic_clients_bad_page_is_a_400_in_its_shape(
+    processor: Processor, query: str
+) -> None:
+    status, error = await anthropic_get(processor, f"/v1/models?{query}")
+    assert status == 400
+    assert error["error"]["type"] == "invalid_request_error"
