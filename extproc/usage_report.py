@@ -15,12 +15,13 @@ import os
 import stat
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, render
+from extproc.chargeback.retention import expired_before, expired_note
 from extproc.config.model import GatewayConfig
 from extproc.store.connection import STORE_ERRORS, connect
 from extproc.store.embedded import EmbeddedStartError, EmbeddedValkey, running_endpoint
@@ -110,24 +111,28 @@ def _rows(
 
 def _note_expired_hours(period: Period, retention_days: int, now: datetime | None = None) -> None:
     """Say on stderr when the period starts before the oldest hour the store still keeps:
-    those hours read as no usage, and a bill of $0.00 for a month whose rollups expired
-    must not pass for a month without usage. stdout stays the report a job imports."""
-    # An hour's hash expires retention_days after its first write, made at the earliest
-    # as the hour begins: the hour that began at or before now - retention_days may be
-    # gone already (on a busy gateway it is), the one after it is kept whole.
-    try:
-        expired_by = (now or datetime.now(UTC)) - timedelta(days=retention_days)
-    except OverflowError:
-        return  # kept since before the year 1 ("forever", 999999): nothing has expired
-    kept_from = expired_by.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    if period.start >= kept_from:
+    those hours read as no usage. stdout stays the report a job imports."""
+    kept_from = expired_before(period, retention_days, now)
+    if kept_from is not None:
+        print(expired_note(kept_from, retention_days), file=sys.stderr)
+
+
+def _note_answered_expiry(answer: pb.UsageReport) -> None:
+    """The same note for a report a gateway answered, from what its answer says of its
+    store's retention (a gateway older than ``expired_before`` says nothing)."""
+    if not answer.expired_before:
         return
-    print(
-        f"note: the rollups of hours before {kept_from:%Y-%m-%dT%H:00Z} have expired (kept"
-        f" for store.usage_retention_days ({retention_days}) days): this report does not"
-        " count them",
-        file=sys.stderr,
-    )
+    try:
+        kept_from = datetime.fromisoformat(answer.expired_before)
+    except ValueError:
+        # Still a note: the report is short either way, and the rows are the gateway's.
+        print(
+            f"note: the gateway says the rollups of hours before {answer.expired_before!r}"
+            " have expired: this report does not count them",
+            file=sys.stderr,
+        )
+        return
+    print(expired_note(kept_from, answer.usage_retention_days), file=sys.stderr)
 
 
 def _ask_api(
@@ -156,11 +161,13 @@ def _ask_api(
     except ManagementError as exc:
         raise ReportError(str(exc)) from None
     rows = rows_from_report(answer)
+    answered = _answered_period(answer, period)
+    _note_answered_expiry(answer)
     if not by:
         # Asked by no dimension, which the API reads as by model: its rows summed, as
         # the store's rows are for the same question.
-        return ([totals(rows)] if rows else []), by, _answered_period(answer, period)
-    return rows, tuple(answer.group_by) or by, _answered_period(answer, period)
+        return ([totals(rows)] if rows else []), by, answered
+    return rows, tuple(answer.group_by) or by, answered
 
 
 def _answered_period(answer: pb.UsageReport, asked: Period) -> Period:

@@ -16,6 +16,7 @@ from extproc.chargeback.latency import BOUNDS_MS, BUCKETS
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.pricing import picousd_of, usd_text
 from extproc.chargeback.report import dimensions, totals
+from extproc.chargeback.retention import expired_before
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import InvalidArgumentError
 from extproc.management.service import AdminService
@@ -47,7 +48,15 @@ class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
                 rows = await self._store.query(period.start, period.end, by)
             except (PeriodError, ValueError) as exc:
                 raise InvalidArgumentError(str(exc)) from None
-            return usage_report(rows, by, period)
+            answer = usage_report(rows, by, period)
+            # The hours the store no longer keeps read as no usage: the answer says so, as
+            # the CLI's report from the store does (the CLI prints the same note from it).
+            retention = self._store.retention_days
+            kept_from = expired_before(period, retention)
+            if kept_from is not None:
+                answer.expired_before = kept_from.isoformat()
+                answer.usage_retention_days = retention
+            return answer
 
         return await self._call(context, work)
 

@@ -250,6 +250,7 @@ class UsageStore:
     def __init__(self, client: Any, key_prefix: str, retention_days: int) -> None:
         self._client = client
         self._prefix = key_prefix
+        self.retention_days = retention_days
         self._ttl = retention_days * 86400
         self._record = scripts.register(client, "usage_record")
         # Per hour: the id of this writer's last batch that landed whole on its first
