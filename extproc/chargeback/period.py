@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from extproc.time_zones import zone_named
 
 MAX_PERIOD_DAYS = 3660  # ten years, leap days included, with room to spare
 
@@ -83,16 +84,12 @@ def _local(moment: datetime, zone: tzinfo, text: str) -> datetime:
 
 
 def time_zone(name: str) -> tzinfo:
-    """An IANA zone by its name, in any case (``utc``, ``europe/berlin``): the names
-    are case-sensitive only as file names, and no two differ by case alone."""
+    """An IANA zone by its name, in any case (``utc``, ``europe/berlin``); never a
+    host's own (``localtime``), which the CLI and the gateway it asks read apart."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        pass
-    folded = {known.casefold(): known for known in available_timezones()}.get(name.casefold())
-    if folded is None:
-        raise PeriodError(f"unknown time zone {name!r}")
-    return ZoneInfo(folded)
+        return zone_named(name, any_case=True)
+    except ValueError as error:
+        raise PeriodError(str(error)) from None
 
 
 def _hour_before(moment: datetime) -> datetime:

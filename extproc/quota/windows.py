@@ -22,7 +22,9 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
+
+from extproc.time_zones import zone_named
 
 __all__ = [
     "LIFETIME_TTL_SECONDS",
@@ -132,13 +134,9 @@ def window_for(kind: WindowKind, now: float, tz: str = "UTC", week_start: int = 
 
 
 def _zone(tz: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
-        # ZoneInfoNotFoundError is a KeyError; config validation wants one error type.
-        raise ValueError(
-            f"unknown time zone {tz!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'"
-        ) from error
+    # Exact names only: the window key names the zone as written (``@Europe/Berlin``), and
+    # one spelling per zone keeps one counter per window.
+    return zone_named(tz)
 
 
 def _calendar_window(
