@@ -28,6 +28,7 @@ from typing import Any
 
 from extproc.errors import BadRequestError
 from extproc.openai_inputs import check_items, estimate_tokens, positive_int
+from extproc.quota.estimate import CHARS_PER_TOKEN
 
 # OpenAI's limit on the inputs of one request.
 MAX_INPUTS = 2048
@@ -76,5 +77,16 @@ def _check_input(value: Any) -> None:
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
     """The input's tokens: token ids as given, text at one token per four characters
-    (at least one per string, which the provider never bills at zero)."""
-    return estimate_tokens(body.get("input"))
+    (at least one per string, which the provider never bills at zero).
+
+    Vertex's ``title`` (``translators.vertex_embeddings``) goes with every text, and the
+    model embeds it with each: it counts once per text. It is counted whatever the
+    provider (a failover chain may send it to Vertex): for one that ignores it the
+    reservation is that much higher, and the settlement, from its count, exact."""
+    value = body.get("input")
+    tokens = estimate_tokens(value)
+    title = body.get("title")
+    if isinstance(title, str) and title:
+        texts = len(value) if isinstance(value, list) else 1
+        tokens += texts * (len(title) // CHARS_PER_TOKEN)
+    return tokens

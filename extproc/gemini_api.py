@@ -12,11 +12,12 @@ This module reads what the gateway needs of such a request: which model and oper
 the path names, whether the body is one Gemini accepts in shape (checked before the
 quota counts the request, so a malformed body costs nothing), its prompt as the quota
 estimates it (the text of the system instruction and of every content's parts, function
-calls and results, code and its output, text files sent inline, and the tool
-definitions), and the completion allowance (``generationConfig.maxOutputTokens``, once
-per candidate, of which Gemini generates at most ``MAX_CANDIDATES``), which a hard cap
-lowers in place. A stream must ask for Server-Sent Events (``?alt=sse``); a token count
-of a whole ``generateContentRequest`` is unwrapped into the form Vertex's takes.
+calls and results, code and its output, text files sent inline, the tool definitions and
+the structured output's schema), and the completion allowance
+(``generationConfig.maxOutputTokens``, once per candidate, of which Gemini generates at
+most ``MAX_CANDIDATES``), which a hard cap lowers in place. A stream must ask for
+Server-Sent Events (``?alt=sse``); a token count of a whole ``generateContentRequest`` is
+unwrapped into the form Vertex's takes.
 
 Google's REST API takes each field in camelCase, as the SDKs send it, or in snake_case
 (``generation_config.max_output_tokens``); camelCase is read first. A body giving a field
@@ -52,6 +53,13 @@ _TOOLS = ("tools",)
 _CONFIG = ("generationConfig", "generation_config")
 _MAX_OUTPUT = ("maxOutputTokens", "max_output_tokens")
 _CANDIDATES = ("candidateCount", "candidate_count")
+# The structured output's schema, in either of its forms: the model reads it, and
+# Google counts it toward the prompt ("the size of the response schema counts towards
+# the input token limit").
+_RESPONSE_SCHEMAS = (
+    ("responseSchema", "response_schema"),
+    ("responseJsonSchema", "response_json_schema"),
+)
 REQUEST = ("generateContentRequest", "generate_content_request")
 FUNCTION_CALL = ("functionCall", "function_call")
 FUNCTION_RESPONSE = ("functionResponse", "function_response")
@@ -161,7 +169,7 @@ def _check_request(body: dict[str, Any], where: str, max_contents: int | None) -
         return
     if not isinstance(config, dict):
         raise BadRequestError(f"'{where}{key}' must be an object", param=f"{where}{key}")
-    _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES))
+    _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES, *_RESPONSE_SCHEMAS))
     name, value = _named(config, _MAX_OUTPUT)
     if value is not None and _positive(value) is None:
         param = f"{where}{key}.{name}"
@@ -218,7 +226,9 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     A text file sent inline (``inlineData`` of a text media type, ``text_inline_data``)
     counts as its text, which Google bills as prompt tokens. Other inline bytes and files
     (``inlineData``, ``fileData``) count nothing, as images count nothing elsewhere
-    (``quota.estimate``): their size is not their token count. Context
+    (``quota.estimate``): their size is not their token count. The structured output's
+    schema (``generationConfig.responseSchema`` or ``responseJsonSchema``) counts as its
+    JSON, as tool definitions do: Google counts it toward the prompt. Context
     Google adds from a cache (``cachedContent``) is not in the body: the estimate is low
     for such a request, and the settlement, from Google's count, exact."""
     request = _field(body, REQUEST)
@@ -234,6 +244,10 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     if isinstance(tools, list) and tools:
         # The function declarations (names, descriptions, schemas) go into the prompt.
         prompt += json_chars(tools) // CHARS_PER_TOKEN
+    config = _field(body, _CONFIG)
+    if isinstance(config, dict):
+        for names in _RESPONSE_SCHEMAS:
+            prompt += json_chars(_field(config, names)) // CHARS_PER_TOKEN
     return prompt
 
 
