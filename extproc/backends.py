@@ -1104,10 +1104,10 @@ def refused_body(body: bytes, status: int, upstream: Upstream | None, shape: str
     """The gateway's ``upstream_credentials_refused`` error in the client's ``shape`` for a
     provider's refusal of the gateway's credential (``_refused_plan``)."""
     detail, said = _provider_error(body, status)
-    return credentials_refused(detail, said, _provider_secrets(upstream)).body(shape)
+    return credentials_refused(detail, said, provider_secrets(upstream)).body(shape)
 
 
-def _provider_secrets(upstream: Upstream | None) -> list[str]:
+def provider_secrets(upstream: Upstream | None) -> list[str]:
     """The provider credential the gateway sent, as a provider could quote it back."""
     if upstream is None:
         return []
@@ -1249,12 +1249,20 @@ def _stream_without_provider_credentials(
 _MIN_SCRUBBED_SECRET = 8
 
 
+def without_provider_credentials(ctx: RequestContext, body: bytes) -> bytes:
+    """``body`` with every provider credential of the gateway starred out, its length
+    kept (``_credential_needles``): a success answer that turned out to be the provider's
+    error (``translators.answer_errors``) quotes what it was sent as error bodies do."""
+    needles = _credential_needles(ctx)
+    return _scrubbed(body, needles) if needles else body
+
+
 def _credential_needles(ctx: RequestContext) -> tuple[bytes, ...]:
     """Every provider credential the gateway holds, in every form it is searched for."""
     secrets = dict.fromkeys(
         secret
         for upstream in ctx.runtime.provider_upstreams.values()
-        for secret in _provider_secrets(upstream)
+        for secret in provider_secrets(upstream)
         if len(secret) >= _MIN_SCRUBBED_SECRET
     )
     return _quoted_forms(tuple(secrets)) if secrets else ()

@@ -17,10 +17,13 @@ from extproc.context import CutAttempt, RequestContext
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import operation_of
+from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import stream_failure
 
-# The status_code of aigw_upstream_errors_total for a provider's error inside a stream.
+# The status_code of aigw_upstream_errors_total for a provider's error inside a stream,
+# and for a success answer whose body was the provider's error.
 STREAM_ERROR_STATUS = "stream_error"
+ERROR_BODY_STATUS = "error_body"
 
 
 class AccountingStage:
@@ -37,8 +40,13 @@ class AccountingStage:
         # are in the log line and in aigw_requests_total, and cost nothing.
         # A response guard's refusal comes after the provider answered: its usage counts.
         # So does a provider's error inside a stream (estimated): part of it was delivered.
+        # A success answer that was the provider's error is counted as its error status
+        # would have been: a request that reached it, at the tokens it billed.
         reached_provider = ctx.provider is not None and (
-            ctx.error is None or ctx.usage_reported or ctx.usage_estimated
+            ctx.error is None
+            or ctx.usage_reported
+            or ctx.usage_estimated
+            or isinstance(ctx.error, ProviderAnswerError)
         )
         if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
@@ -72,6 +80,9 @@ class AccountingStage:
         elif ctx.stream and stream_failure(ctx.translator) is not None:
             # The provider failed after its 200 had left: no status tells, so a label does.
             metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)
+        elif isinstance(ctx.error, ProviderAnswerError):
+            # Its 200's body was an error: the client got the 200, so a label tells.
+            metrics.upstream_error(provider=provider, model=model, status=ERROR_BODY_STATUS)
         if ctx.usage_reported or ctx.usage_estimated:
             metrics.observe_token_usage(
                 operation=operation_of(ctx) or "chat",

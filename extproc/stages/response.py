@@ -11,7 +11,8 @@ client reads that error last, in its own API's shape (the translator sees to it)
 and the request records it as its error; ``partial_usage`` then charges what the
 provider reported and estimates the rest, and it is priced after that, not here.
 A JSON answer that ends without the provider's count is charged an estimate from its
-text (``cut_answer``), before it is priced.
+text (``cut_answer``), before it is priced; unless it is the provider's error in a 200
+(``translators.answer_errors``): then it is the request's error, and charged nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import re
 import time
 
 from extproc import headers
-from extproc.backends import plan_response
+from extproc.backends import plan_response, provider_secrets, without_provider_credentials
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_messages import status_code
+from extproc.errors import without_secrets
 from extproc.stages.cut_answer import charge_answer_too_large, charge_whole_answer
+from extproc.translators.answer_errors import ProviderAnswerError, answer_error
 from extproc.translators.base import ResponseTranslator, stream_failure
 
 
@@ -109,9 +112,14 @@ class ResponseStage:
         # it makes Envoy drop the end of stream, and the request must not then be
         # taken for one cut short (its usage estimated) when it was answered whole.
         ctx.completed = True
+        failed = answer_error(translator)
+        if failed is not None:
+            _provider_answered_error(ctx, out, chunk, failed)
         if translator.usage is not None:
             ctx.usage = translator.usage
             ctx.usage_reported = True
+        elif failed is not None:
+            pass  # the provider generated nothing and billed nothing: nothing is charged
         elif getattr(translator, "too_large", False):
             # A compressed answer larger, decoded, than the gateway buffers was generated
             # whole, and billed: charged as one over Envoy's buffer.
@@ -128,6 +136,23 @@ class ResponseStage:
             # without the provider's count is charged its estimate at done
             # (partial_usage), and priced after it: priced here, it would cost nothing.
             request_cost(ctx)
+
+
+def _provider_answered_error(
+    ctx: RequestContext, out: PhaseOutput, chunk: bytes, error: ProviderAnswerError
+) -> None:
+    """Record a success answer whose body is the provider's error as the request's error
+    (``translators.answer_errors``): the log line's outcome and error fields, the
+    upstream error counter. Its words lose the gateway's provider credentials, in the log
+    line and, when the answer came in this one message (buffered, as nearly all do), in
+    what the client reads, as a provider's error status's body does (``backends``)."""
+    error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+    if ctx.error is None:
+        ctx.error = error
+    if chunk and out.body is None:
+        scrubbed = without_provider_credentials(ctx, chunk)
+        if scrubbed is not chunk:
+            out.body = scrubbed
 
 
 def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:

@@ -26,6 +26,7 @@ from extproc.telemetry.log_writer import (
     default_stdout,
     expand_path,
 )
+from extproc.translators.answer_errors import ProviderAnswerError
 
 SCHEMA_VERSION = 1
 
@@ -137,8 +138,10 @@ def _since(ctx: RequestContext, start: float | None, end: float | None) -> float
 
 def _outcome(ctx: RequestContext) -> str:
     if ctx.error is not None:
-        # Estimated usage with an error: the provider failed inside a stream (partial_usage).
-        return "upstream_error" if ctx.usage_estimated else "rejected"
+        # Estimated usage with an error: the provider failed inside a stream (partial_usage);
+        # or its success answer was an error (translators.answer_errors).
+        provider_error = ctx.usage_estimated or isinstance(ctx.error, ProviderAnswerError)
+        return "upstream_error" if provider_error else "rejected"
     if ctx.stream_refusal is not None:
         return "rejected"  # refused inside its stream: the client read the refusal
     if ctx.aborted:

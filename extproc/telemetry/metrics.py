@@ -96,8 +96,8 @@ FIXED_LABELS = frozenset(
     }
 )
 # The gateway's words in `status_code` beside the HTTP statuses (a cut stream, a
-# provider's error event after its 200).
-STATUS_WORDS = frozenset({"aborted", "stream_error"})
+# provider's error event after its 200, a 200 whose body was the provider's error).
+STATUS_WORDS = frozenset({"aborted", "stream_error", "error_body"})
 COST_METRIC = "aigw_cost_usd"
 # Why a request log line was lost (extproc.telemetry.log_writer), and where.
 LOG_SINKS = ("file", "stdout")

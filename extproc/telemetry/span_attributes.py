@@ -29,6 +29,7 @@ from extproc.bedrock_invoke_bodies import invokes_embeddings
 from extproc.chargeback.pricing import usage_cost, usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
+from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import reported_service_tier, stream_failure
 
 if TYPE_CHECKING:
@@ -228,6 +229,8 @@ def _server_failure(ctx: RequestContext) -> str | None:
     """
     if ctx.stream and stream_failure(ctx.translator) is not None:
         return ctx.error.error_type if ctx.error is not None else _STREAM_ERROR
+    if isinstance(ctx.error, ProviderAnswerError):
+        return ctx.error.error_type  # a 200 whose body was the provider's error
     if ctx.response_status >= 500:
         return ctx.error.error_type if ctx.error is not None else str(ctx.response_status)
     return None

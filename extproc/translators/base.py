@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import orjson
 
@@ -140,12 +140,13 @@ class ProviderStreamError(GatewayError):
         self.error_type = error_type
 
     @classmethod
-    def from_openai(cls, error: Any) -> ProviderStreamError:
-        """The error object of an OpenAI-shaped error event; odd fields read as unknown."""
+    def from_openai(cls, error: Any, unnamed: str = "the provider's stream failed") -> Self:
+        """The error object of an OpenAI-shaped error event; odd fields read as unknown
+        (``unnamed``: the message of one that gives none)."""
         found = error if isinstance(error, dict) else {}
         message, kind, code = found.get("message"), found.get("type"), found.get("code")
         return cls(
-            message if isinstance(message, str) and message else "the provider's stream failed",
+            message if isinstance(message, str) and message else unnamed,
             error_type=kind if isinstance(kind, str) and kind else "upstream_error",
             code=str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
         )

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
+from extproc.translators.answer_errors import error_in_answer
 from extproc.translators.base import BufferedBodyReader
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -71,7 +72,10 @@ class EmbeddingsReader(BufferedBodyReader):
             self.response_model = model if isinstance(model, str) else None
         elif len(body) <= MAX_WHOLE_PARSE:
             super().feed(body, True)
-            self.answer = None  # nothing reads an embeddings answer's vectors
+            if error_in_answer(self.answer) is None:
+                # Nothing reads an embeddings answer's vectors; an error in it is read
+                # (stages.response: a 200 whose body is the provider's error).
+                self.answer = None
         return None
 
 
