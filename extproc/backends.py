@@ -1450,6 +1450,22 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
     )
 
 
+def _google_errors_rewritten(status: int) -> ResponsePlan:
+    """An OpenAI-compatible provider's JSON error, for an OpenAI client: passed on as it
+    came, unless it is in Google's shape (Gemini's OpenAI-compatible endpoint answers
+    ``[{"error": {"code", "message", "status"}}]``), which the OpenAI SDKs cannot read
+    (openai-node shows "400 status code (no body)", openai-python no code nor type): that
+    one is written in OpenAI's shape, as Vertex's are (``vertex_errors``), its status kept.
+    The length changes: on the lean path Envoy has dropped ``content-length`` already."""
+
+    def rewrite(body: bytes) -> bytes:
+        # No body left (a compressed one the gateway could not read): the status alone.
+        rewritten = vertex_errors.in_client_shape(status, body, "openai")
+        return rewritten or body or _status_error(status, "openai")
+
+    return ResponsePlan(_ScrubbedError(rewrite), remove_headers=["content-length"])
+
+
 def _json_object(body: bytes) -> bool:
     """Whether ``body`` is a JSON object (or a list of them: Google's wrapping)."""
     try:
@@ -1543,6 +1559,8 @@ def _error_plan(
     ):
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)
+        if json_body and kind is ProviderType.OPENAI and ctx.error_shape == "openai":
+            return _google_errors_rewritten(status)
         if json_body:
             return ResponsePlan(None)  # already in the client's own error shape
         if route.api in BEDROCK_RUNTIME_APIS:

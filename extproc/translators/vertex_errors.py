@@ -8,7 +8,9 @@ the OpenAI-compatible endpoint may also wrap in a one-element list. Neither SDK 
 Google's shape (no error type, a numeric code), so such a body is written again in the
 client's shape with the same status and Google's message; the status name, lower-cased,
 is an OpenAI error's ``code``, its type the status's (429: ``rate_limit_error``). Any other
-body is left to the pair's own error handling.
+body is left to the pair's own error handling. Gemini's OpenAI-compatible endpoint, an
+``openai`` provider, answers in the list too: its errors are written the same way for an
+OpenAI client (``backends._google_errors_rewritten``).
 """
 
 from __future__ import annotations
