@@ -52,6 +52,7 @@ from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import BufferedBodyReader, StreamFailure, renamed, service_tier_of
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.token_counts import token_count
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
 # its quotes, so text deltas that merely mention the name (escaped as \"message_delta\")
@@ -71,15 +72,6 @@ _TOOL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_SERVER_TOOLS = 16
 
 
-def _count(value: Any) -> int | None:
-    # bool is an int subclass; a `true` token count is malformed, not 1. A negative one
-    # is malformed too, as the other providers' readers have it: taken, it priced the
-    # request below 0, a credit to the team on its bill and in the rollups.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def server_tool_requests(value: Any) -> dict[str, int]:
     """The counts of a ``usage.server_tool_use`` object by tool name (``web_search``), 0s
     included (a later report replaces an earlier one); malformed entries are left out."""
@@ -87,7 +79,7 @@ def server_tool_requests(value: Any) -> dict[str, int]:
         return {}
     counts: dict[str, int] = {}
     for key, raw in value.items():
-        count = _count(raw)
+        count = token_count(raw)
         if count is None or count < 0 or not isinstance(key, str):
             continue
         name = key.removesuffix(_REQUESTS_SUFFIX)
@@ -189,18 +181,18 @@ class UsageCounts:
 
     def update(self, usage: dict[str, Any]) -> None:
         """Take the counts a usage object carries; absent ones keep their earlier value."""
-        uncached = _count(usage.get("input_tokens"))
+        uncached = token_count(usage.get("input_tokens"))
         if uncached is not None:
             self.uncached = uncached
-        creation = _count(usage.get("cache_creation_input_tokens"))
+        creation = token_count(usage.get("cache_creation_input_tokens"))
         if creation is not None:
             self.cache_creation = creation
-        read = _count(usage.get("cache_read_input_tokens"))
+        read = token_count(usage.get("cache_read_input_tokens"))
         if read is not None:
             self.cache_read = read
         split = usage.get("cache_creation")
         if isinstance(split, dict):
-            one_hour = _count(split.get("ephemeral_1h_input_tokens"))
+            one_hour = token_count(split.get("ephemeral_1h_input_tokens"))
             if one_hour is not None:
                 self.cache_creation_1h = one_hour
         # Counts are cumulative: each tool's latest replaces its earlier one.
@@ -299,7 +291,7 @@ def usage_from_object(value: Any) -> Usage | None:
     """Read a Message's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
         return None
-    completion = _count(value.get("output_tokens"))
+    completion = token_count(value.get("output_tokens"))
     if completion is None:
         return None
     return UsageCounts.of(value).usage(completion)
@@ -401,7 +393,7 @@ class EventStreamReader:
             if not isinstance(usage, dict):
                 return
             self._take_tier(usage)
-            output = _count(usage.get("output_tokens"))
+            output = token_count(usage.get("output_tokens"))
             if output is None:
                 return
             self._output = output

@@ -29,6 +29,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import anthropic_error_body
 from extproc.translators import anthropic_bedrock
+from extproc.translators.token_counts import token_count
 
 # The operation's last path segment, after the model id.
 _COUNT_ACTION = "count-tokens"
@@ -100,7 +101,4 @@ def _input_tokens(answer: bytes) -> int | None:
         parsed = orjson.loads(answer)
     except orjson.JSONDecodeError:
         return None
-    count = parsed.get("inputTokens") if isinstance(parsed, dict) else None
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        return None
-    return count
+    return token_count(parsed.get("inputTokens")) if isinstance(parsed, dict) else None

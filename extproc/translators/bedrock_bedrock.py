@@ -54,26 +54,12 @@ from extproc.translators.openai_bedrock_stream import (
     stream_exception,
 )
 
-# The counts a Converse usage object may carry; the first two it always carries.
-_REQUIRED_COUNTS = ("inputTokens", "outputTokens")
-_CACHE_COUNTS = ("cacheReadInputTokens", "cacheWriteInputTokens")
 _UNDECODABLE = "the provider's event stream could not be decoded"
-
-
-def _is_count(value: Any) -> bool:
-    # bool is an int subclass; a `true` token count is malformed, not 1.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def converse_usage(value: Any) -> Usage | None:
     """A Converse ``usage`` object (answer or ``metadata`` event) as the gateway's ``Usage``;
-    None when absent, or when a count in it is not a non-negative integer."""
-    if not isinstance(value, dict):
-        return None
-    if not all(_is_count(value.get(name)) for name in _REQUIRED_COUNTS):
-        return None
-    if not all(value.get(name) is None or _is_count(value.get(name)) for name in _CACHE_COUNTS):
-        return None
+    None when absent, or when a count in it is no token count (``read_usage``)."""
     read = read_usage(value)
     return read[0] if read is not None else None
 

@@ -39,6 +39,7 @@ from typing import Any
 from extproc.errors import BadRequestError
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.bedrock_embeddings import BufferedEmbeddings, is_vector
+from extproc.translators.token_counts import header_token_count, token_count
 
 # How the model part of a Cohere Embed model id starts (after the ARN and profile prefix).
 COHERE_EMBED_PREFIX = "cohere.embed"
@@ -142,8 +143,7 @@ def translate_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
 def input_token_count(headers: Mapping[str, str]) -> int | None:
     """Bedrock's count of the call's input tokens from the response headers; None when
     absent or not a whole number."""
-    value = headers.get(INPUT_TOKEN_COUNT_HEADER, "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    return header_token_count(headers.get(INPUT_TOKEN_COUNT_HEADER))
 
 
 def texts_sent(body: dict[str, Any] | None) -> int:
@@ -178,10 +178,7 @@ def _billed_input_tokens(parsed: Any) -> int | None:
     None when it has none."""
     meta = parsed.get("meta") if isinstance(parsed, dict) else None
     units = meta.get("billed_units") if isinstance(meta, dict) else None
-    tokens = units.get("input_tokens") if isinstance(units, dict) else None
-    if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-        return tokens
-    return None
+    return token_count(units.get("input_tokens")) if isinstance(units, dict) else None
 
 
 def _vectors(parsed: Any) -> list[list[float]] | None:

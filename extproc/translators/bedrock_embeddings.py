@@ -25,6 +25,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import BadRequestError, error_body
+from extproc.translators.token_counts import token_count
 
 # Characters of a model id or ARN kept as they are in the path (":" is quoted, as
 # the Converse path does).
@@ -132,10 +133,7 @@ class EmbeddingTranslator(BufferedEmbeddings):
         if not is_vector(vector):
             return None
         assert isinstance(parsed, dict) and isinstance(vector, list)
-        tokens = parsed.get("inputTextTokenCount")
-        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-            return [vector], tokens
-        return [vector], None
+        return [vector], token_count(parsed.get("inputTextTokenCount"))
 
 
 def is_vector(value: Any) -> bool:

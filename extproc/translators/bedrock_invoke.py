@@ -53,6 +53,7 @@ from extproc.translators.base import ProviderStreamError, StreamFailure, service
 from extproc.translators.bedrock_bedrock import ConverseStreamReader
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_bedrock_stream import frame_error, stream_exception
+from extproc.translators.token_counts import header_token_count, token_count
 
 # InvokeModel's answer headers with the token counts, for every model.
 INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
@@ -108,31 +109,23 @@ def header_usage(headers: dict[str, str]) -> Usage | None:
     """The usage InvokeModel's answer headers report; None when the input count is
     missing or not a whole number. An embeddings model's answer has no output count:
     it generated no tokens."""
-    prompt = _count(headers.get(INPUT_TOKENS_HEADER))
+    prompt = header_token_count(headers.get(INPUT_TOKENS_HEADER))
     if prompt is None:
         return None
-    completion = _count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
+    completion = header_token_count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
+    cache_read = header_token_count(headers.get(CACHE_READ_HEADER))
     return _usage(
-        prompt, completion, headers.get(CACHE_READ_HEADER), headers.get(CACHE_WRITE_HEADER)
+        prompt, completion, cache_read, header_token_count(headers.get(CACHE_WRITE_HEADER))
     )
 
 
-def _usage(uncached: int, completion: int, read: Any, written: Any) -> Usage:
+def _usage(uncached: int, completion: int, read: int | None, written: int | None) -> Usage:
     """Bedrock's counts as usage: the prompt is everything the model read, the uncached
     part and the cache's reads and writes (billed at their own prices)."""
-    cache_read = _count(read) or 0
-    cache_write = _count(written) or 0
+    cache_read = read or 0
+    cache_write = written or 0
     prompt = uncached + cache_read + cache_write
     return Usage(prompt, completion, prompt + completion, cache_read, cache_write)
-
-
-def _count(value: Any) -> int | None:
-    # ASCII digits only: str.isdigit() also takes "²" and "①", which int() refuses.
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 class TokenHeaderReader:
@@ -210,8 +203,8 @@ class ModelStreamReader(ConverseStreamReader):
         if not isinstance(parsed, dict):
             return
         for prompt_key, output_key in _RUNNING_COUNTS:
-            prompt = _count(parsed.get(prompt_key))
-            output = _count(parsed.get(output_key))
+            prompt = token_count(parsed.get(prompt_key))
+            output = token_count(parsed.get(output_key))
             self._prompt = prompt if prompt is not None else self._prompt
             self._output = output if output is not None else self._output
 
@@ -225,9 +218,10 @@ class ModelStreamReader(ConverseStreamReader):
         metrics = parsed.get(_METRICS.decode()) if isinstance(parsed, dict) else None
         if not isinstance(metrics, dict):
             return  # the key inside generated text, not Bedrock's metrics
-        prompt = _count(metrics.get("inputTokenCount"))
-        completion = _count(metrics.get("outputTokenCount"))
+        prompt = token_count(metrics.get("inputTokenCount"))
+        completion = token_count(metrics.get("outputTokenCount"))
         if prompt is not None and completion is not None:
-            read = metrics.get("cacheReadInputTokenCount")
-            self.usage = _usage(prompt, completion, read, metrics.get("cacheWriteInputTokenCount"))
+            read = token_count(metrics.get("cacheReadInputTokenCount"))
+            written = token_count(metrics.get("cacheWriteInputTokenCount"))
+            self.usage = _usage(prompt, completion, read, written)
         self.terminal_event_read = True

@@ -63,6 +63,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+from extproc.translators.token_counts import token_count
 
 # The events worth parsing: those that carry a usage report, a finish reason, an error
 # or a search's grounding. Each is matched as a key, quotes and colon included, so
@@ -93,8 +94,8 @@ _TRAFFIC_TIERS = {
 _STREAM_FAILED = "the provider's stream failed"
 
 
-def _count(value: Any) -> int | None:
-    """A count as Google reports one: an integer >= 0 (JSON's ``true`` is none)."""
+def _index(value: Any) -> int | None:
+    """A candidate's ``index``: an integer >= 0 (JSON's ``true`` is none)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return None
@@ -134,7 +135,7 @@ def traffic_tier(usage_metadata: Any) -> str | None:
 
 def usage_report(value: Any) -> UsageReport | None:
     """A ``usageMetadata`` object; None when absent, without ``promptTokenCount``, or when a
-    count in it is not a non-negative integer."""
+    count in it is no token count (``token_counts``)."""
     if not isinstance(value, dict):
         return None
     counts = {
@@ -147,7 +148,7 @@ def usage_report(value: Any) -> UsageReport | None:
             "thoughtsTokenCount",
         )
     }
-    if not all(count is None or _count(count) is not None for count in counts.values()):
+    if not all(count is None or token_count(count) is not None for count in counts.values()):
         return None
     prompt = counts["promptTokenCount"]
     if prompt is None:
@@ -170,7 +171,7 @@ def search_queries(answer: dict[str, Any]) -> dict[int, int]:
         grounding = candidate.get("groundingMetadata") if isinstance(candidate, dict) else None
         queries = grounding.get("webSearchQueries") if isinstance(grounding, dict) else None
         if isinstance(queries, list) and queries:
-            index = _count(candidate.get("index"))
+            index = _index(candidate.get("index"))
             found[place if index is None else index] = sum(isinstance(q, str) for q in queries)
     return found
 
@@ -197,7 +198,7 @@ def _finish_reasons(answer: dict[str, Any]) -> list[tuple[int, str]]:
     for place, candidate in enumerate(candidates):
         if not isinstance(candidate, dict):
             continue
-        reason, index = candidate.get("finishReason"), _count(candidate.get("index"))
+        reason, index = candidate.get("finishReason"), _index(candidate.get("index"))
         if isinstance(reason, str) and _ENUM_NAME.fullmatch(reason):
             found.append((place if index is None else index, reason))
     return found

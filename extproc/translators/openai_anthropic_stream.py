@@ -80,6 +80,7 @@ from extproc.translators.anthropic_errors import client_error, stream_error
 from extproc.translators.base import CONTEXT_LENGTH_EXCEEDED, StreamFailure, overflows_context
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
+from extproc.translators.token_counts import token_count
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -116,14 +117,9 @@ def _openai_usage(usage: Usage, counts: dict[str, Any], bill_apart: bool) -> dic
     cached = counts.get("cache_read_input_tokens")
     # A count as the usage reader takes one: a whole number of at least 0 (a negative or
     # `true` one is no count, billed as none, so none is shown either).
-    details = {"cached_tokens": cached if _is_count(cached) else 0}
+    details = {"cached_tokens": token_count(cached) or 0}
     shown = {**usage.as_dict(), "prompt_tokens_details": details}
     return show_billed_apart(shown, usage) if bill_apart else shown
-
-
-def _is_count(value: Any) -> bool:
-    # bool is an int subclass; a `true` token count is malformed, not 1.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _invalid_upstream_response(message: str) -> GatewayError:
@@ -397,7 +393,7 @@ class StreamTranslator:
         usage = payload.get("usage")
         # message_start's output count is a placeholder; usage is known from here on, once
         # a count is readable (else message_start's would stand in for Anthropic's).
-        if isinstance(usage, dict) and _is_count(usage.get("output_tokens")):
+        if isinstance(usage, dict) and token_count(usage.get("output_tokens")) is not None:
             self._take_counts(usage)
             self._take_tier(usage)
             self.usage = usage_from_object(self._counts)
@@ -416,7 +412,7 @@ class StreamTranslator:
         for key, value in usage.items():
             # A count that is no count (negative, `true`) keeps the one reported before
             # it, as the usage reader has it (anthropic_anthropic.UsageCounts).
-            if _is_count(value):
+            if token_count(value) is not None:
                 self._counts[key] = value
         split = usage.get("cache_creation")
         if isinstance(split, dict):

@@ -64,6 +64,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_openai import show_billed_apart
+from extproc.translators.token_counts import token_count
 
 _DONE = b"data: [DONE]\n\n"
 # What a frame that passed its CRCs can still raise from its headers or JSON payload:
@@ -131,23 +132,27 @@ def completion_id(request_id: str) -> str:
     return f"chatcmpl-{request_id or uuid.uuid4().hex}"
 
 
-def _count(value: Any) -> int:
-    # bool is an int subclass; a `true` token count is malformed, not 1.
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _cache_count(value: Any) -> int | None:
+    """A cache count, which Converse leaves out when the request used no cache."""
+    return 0 if value is None else token_count(value)
 
 
 def read_usage(value: Any) -> tuple[Usage, dict[str, Any]] | None:
-    """Converse's usage as the gateway's ``Usage`` and OpenAI's usage object; None if absent."""
+    """Converse's usage as the gateway's ``Usage`` and OpenAI's usage object; None when
+    absent, or when a count in it is no token count (``token_counts``: negative, ``true``,
+    past the bound): the answer is then charged the estimate, on the Converse API and
+    translated for an OpenAI client alike (a malformed count read as 0 billed the
+    prompt as nothing)."""
     if not isinstance(value, dict):
         return None
-    input_tokens, output_tokens = value.get("inputTokens"), value.get("outputTokens")
-    if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+    uncached = token_count(value.get("inputTokens"))
+    completion = token_count(value.get("outputTokens"))
+    cache_read = _cache_count(value.get("cacheReadInputTokens"))
+    cache_write = _cache_count(value.get("cacheWriteInputTokens"))
+    if uncached is None or completion is None or cache_read is None or cache_write is None:
         return None
-    cache_read = _count(value.get("cacheReadInputTokens"))
-    cache_write = _count(value.get("cacheWriteInputTokens"))
     # inputTokens counts only the uncached part: the prompt is everything the model read.
-    prompt = _count(input_tokens) + cache_read + cache_write
-    completion = _count(output_tokens)
+    prompt = uncached + cache_read + cache_write
     written_1h = min(_one_hour_writes(value.get("cacheDetails")), cache_write)
     usage = Usage(prompt, completion, prompt + completion, cache_read, cache_write, written_1h)
     # Shown even at 0, as OpenAI (and the gateway's Anthropic translation) show it: SDK
@@ -166,7 +171,7 @@ def _one_hour_writes(details: Any) -> int:
     if not isinstance(details, list):
         return 0
     return sum(
-        _count(entry.get("inputTokens"))
+        token_count(entry.get("inputTokens")) or 0
         for entry in details
         if isinstance(entry, dict) and entry.get("ttl") == "1h"
     )

@@ -25,6 +25,7 @@ import orjson
 from extproc.context import Usage
 from extproc.translators.answer_errors import error_in_answer
 from extproc.translators.base import BufferedBodyReader
+from extproc.translators.token_counts import token_count
 
 # Under the provider's API path (``/v1`` for OpenAI).
 ENDPOINT = "/embeddings"
@@ -38,7 +39,8 @@ def usage_from_embeddings(value: Any) -> Usage | None:
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens", value.get("total_tokens"))
-    if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
+    prompt = token_count(prompt)
+    if prompt is None:
         return None
     return Usage(prompt, 0, prompt, 0)
 

@@ -41,6 +41,7 @@ from extproc.translators.base import (
     service_tier_of,
 )
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.token_counts import token_count
 
 # Only events that carry a usage or an error object are parsed; the rest pass
 # untouched, which keeps a long stream cheap. Generated text cannot fake either:
@@ -87,11 +88,11 @@ def usage_from_object(value: Any) -> Usage | None:
         return None
     # Counts at 0 or above, as every other count here: a negative one (or JSON's true)
     # taken as it came priced the request below 0, a credit on the team's bill.
-    prompt = _count(value.get("prompt_tokens"))
-    completion = _count(value.get("completion_tokens"))
+    prompt = token_count(value.get("prompt_tokens"))
+    completion = token_count(value.get("completion_tokens"))
     if prompt is None or completion is None:
         return None
-    total = _count(value.get("total_tokens"))
+    total = token_count(value.get("total_tokens"))
     if total is not None:
         completion += _reasoning_beside(value, prompt, completion, total)
     cached = _cached(value, prompt)
@@ -128,13 +129,6 @@ def show_billed_apart(shown: dict[str, Any], usage: Usage) -> dict[str, Any]:
     return shown
 
 
-def _count(value: Any) -> int | None:
-    """A token count as a provider reports one: an integer >= 0 (JSON's true is none)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def _reasoning_beside(value: dict[str, Any], prompt: int, completion: int, total: int) -> int:
     """The reasoning tokens a provider counted beside ``completion_tokens``, 0 when they
     are inside it.
@@ -149,7 +143,7 @@ def _reasoning_beside(value: dict[str, Any], prompt: int, completion: int, total
     matches neither reading is read as OpenAI's, so no token is ever counted twice.
     """
     details = value.get("completion_tokens_details")
-    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    reasoning = token_count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
     return reasoning_beside(reasoning, prompt, completion, total)
 
 
@@ -178,7 +172,7 @@ def _cached(value: dict[str, Any], prompt: int) -> int:
         value.get("prompt_cache_hit_tokens"),
         value.get("cached_tokens"),
     )
-    return min(max(_count(hits) or 0 for hits in named), prompt)
+    return min(max(token_count(hits) or 0 for hits in named), prompt)
 
 
 def _cache_writes(value: dict[str, Any], uncached: int) -> int:
@@ -189,14 +183,16 @@ def _cache_writes(value: dict[str, Any], uncached: int) -> int:
     details = value.get("prompt_tokens_details")
     if not isinstance(details, dict):
         return 0
-    return min(_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
+    return min(token_count(details.get("cache_write_tokens")) or 0, max(uncached, 0))
 
 
 def _one_hour_writes(value: dict[str, Any], writes: int) -> int:
     """Of the cache writes, those made for a 1-hour cache, as Anthropic names them
     (``cache_creation.ephemeral_1h_input_tokens``); never more than all the writes."""
     split = value.get("cache_creation")
-    one_hour = _count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
+    one_hour = (
+        token_count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else None
+    )
     return min(one_hour or 0, writes)
 
 

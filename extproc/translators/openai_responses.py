@@ -76,6 +76,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.openai_openai import reasoning_beside, reported_cost
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.token_counts import token_count
 
 # Under the provider's API path (``/v1`` for OpenAI).
 ENDPOINT = "/responses"
@@ -116,13 +117,13 @@ def usage_from_responses(value: Any) -> Usage | None:
     """The Responses API's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
         return None
-    prompt = _count(value.get("input_tokens"))
-    completion = _count(value.get("output_tokens"))
+    prompt = token_count(value.get("input_tokens"))
+    completion = token_count(value.get("output_tokens"))
     if prompt is None or completion is None:
         return None
-    total = _count(value.get("total_tokens"))
+    total = token_count(value.get("total_tokens"))
     output = value.get("output_tokens_details")
-    named = _count(output.get("reasoning_tokens")) if isinstance(output, dict) else None
+    named = token_count(output.get("reasoning_tokens")) if isinstance(output, dict) else None
     if total is not None and named:
         # Reasoning counted beside output_tokens (xAI: total = input + output +
         # reasoning) is billed as output too, as on chat completions. Only when the
@@ -132,7 +133,7 @@ def usage_from_responses(value: Any) -> Usage | None:
     details = value.get("input_tokens_details")
     if not isinstance(details, dict):
         details = {}
-    found = _count(details.get("cached_tokens"))
+    found = token_count(details.get("cached_tokens"))
     # Part of the input, so never more than it.
     cached = min(found, prompt) if found is not None else 0
     usage = Usage(
@@ -143,18 +144,11 @@ def usage_from_responses(value: Any) -> Usage | None:
         cached,
         # Part of the input too, as on chat completions (``openai_openai``): never more
         # than the input not read from the cache.
-        min(_count(details.get("cache_write_tokens")) or 0, prompt - cached),
+        min(token_count(details.get("cache_write_tokens")) or 0, prompt - cached),
     )
     # What the provider says it charged, as OpenRouter reports it here too.
     usage.reported_cost_picousd = reported_cost(value)
     return usage
-
-
-def _count(value: Any) -> int | None:
-    """A token count: an integer >= 0; None for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def finish_reason(response: dict[str, Any]) -> str | None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from extproc.errors import BadRequestError
 from extproc.translators.bedrock_embeddings import BufferedEmbeddings, is_vector
+from extproc.translators.token_counts import struct_token_count
 
 # Models that take one instance per request (Vertex's reference says so of this one).
 ONE_INSTANCE_PREFIX = "gemini-embedding"
@@ -195,9 +196,4 @@ def _token_count(statistics: Any) -> int | None:
     written as a float (``6.0``); None when absent or not a count."""
     if not isinstance(statistics, dict):
         return None
-    value = statistics.get("token_count", statistics.get("tokenCount"))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if value < 0 or not float(value).is_integer():
-        return None
-    return int(value)
+    return struct_token_count(statistics.get("token_count", statistics.get("tokenCount")))
