@@ -36,7 +36,9 @@ blocks' count of them; an OpenAI-compatible provider's running report its prompt
 cache hits and output so far), the rest is estimated as above, and the request is marked
 ``usage_estimated``; its error (set by the response stage) names the provider's
 error in the log line. A stream the gateway itself ended, because an event grew
-too long to hold (``sse.event_too_large``), is charged the same way.
+too long to hold (``sse.event_too_large``), is charged the same way. One that failed
+before the provider began its answer (Anthropic's error before ``message_start``,
+``StreamFailure.began``) is charged nothing, as the same error's status is.
 
 An OpenAI Responses API stream carries its generated text in the ``delta`` of its
 delta events (``response.output_text.delta``, function-call arguments, refusals,
@@ -91,6 +93,8 @@ class PartialUsageStage:
             return
         failure = stream_failure(ctx.translator)
         if failure is not None:
+            if _failed_before_answering(ctx, failure):
+                return  # charged nothing, as the same error answered with its status
             ctx.usage = _failed_stream_usage(ctx, ctx.body, failure)
             ctx.usage_estimated = True
             return
@@ -155,10 +159,20 @@ def usage_if_ended_now(ctx: RequestContext) -> Usage | None:
         return None
     failure = stream_failure(ctx.translator)
     if failure is not None:
+        if _failed_before_answering(ctx, failure):
+            return None
         return _failed_stream_usage(ctx, ctx.body, failure)
     if _nothing_generated(ctx):
         return None
     return _cut_stream_usage(ctx, ctx.body)
+
+
+def _failed_before_answering(ctx: RequestContext, failure: StreamFailure) -> bool:
+    """The provider failed the stream before it began its answer, and no text came:
+    Anthropic's ``overloaded_error`` as the first event is its 529 in a stream (it had
+    not started the message, whose ``message_start`` reports the input it read), and
+    bills nothing, as the gateway charges nothing for an error status."""
+    return not failure.began and not ctx.generated_chars and not _unwrapped_chars(ctx)
 
 
 def _nothing_generated(ctx: RequestContext) -> bool:

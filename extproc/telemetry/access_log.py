@@ -27,6 +27,7 @@ from extproc.telemetry.log_writer import (
     expand_path,
 )
 from extproc.translators.answer_errors import ProviderAnswerError
+from extproc.translators.base import stream_failure
 
 SCHEMA_VERSION = 1
 
@@ -139,9 +140,14 @@ def _since(ctx: RequestContext, start: float | None, end: float | None) -> float
 def _outcome(ctx: RequestContext) -> str:
     if ctx.error is not None:
         # Estimated usage with an error: the provider failed inside a stream (partial_usage);
-        # or its success answer was an error (translators.answer_errors).
-        provider_error = ctx.usage_estimated or isinstance(ctx.error, ProviderAnswerError)
-        return "upstream_error" if provider_error else "rejected"
+        # so did one it failed before answering, which is charged nothing; or its
+        # success answer was an error (translators.answer_errors).
+        failed = (
+            ctx.usage_estimated
+            or isinstance(ctx.error, ProviderAnswerError)
+            or (ctx.stream and stream_failure(ctx.translator) is not None)
+        )
+        return "upstream_error" if failed else "rejected"
     if ctx.stream_refusal is not None:
         return "rejected"  # refused inside its stream: the client read the refusal
     if ctx.aborted:

@@ -233,9 +233,12 @@ class UsageCounts:
             self.server_tools_used,
         )
 
-    def failure(self, error: GatewayError | None, completion_tokens: int | None) -> StreamFailure:
+    def failure(
+        self, error: GatewayError | None, completion_tokens: int | None, began: bool = True
+    ) -> StreamFailure:
         """A stream's failure, with the counts reported before it (base.StreamFailure);
-        with no error, the counts of a stream cut short."""
+        with no error, the counts of a stream cut short. ``began``: the message had
+        started (``message_start``) when it failed."""
         return StreamFailure(
             error,
             prompt_tokens=self.total,
@@ -244,6 +247,7 @@ class UsageCounts:
             cache_write_tokens=self.cache_creation,
             cache_write_1h_tokens=self.cache_creation_1h_part,
             server_tool_requests=self.server_tools_used,
+            began=began,
         )
 
 
@@ -336,6 +340,9 @@ class EventStreamReader:
         self.server_tool_tally = ServerToolTally()
         self._input = UsageCounts()
         self._output: int | None = None
+        # Whether Anthropic began the message (message_start, or a message_delta of a
+        # stream whose start a proxy dropped): an error before it is a refusal.
+        self._began = False
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
@@ -377,6 +384,7 @@ class EventStreamReader:
         if not isinstance(parsed, dict):
             return
         kind = parsed.get("type")
+        self._began = self._began or kind in ("message_start", "message_delta")
         if kind == "message_start":
             message = parsed.get("message")
             if not isinstance(message, dict):
@@ -418,7 +426,7 @@ class EventStreamReader:
         if self.failure is not None:
             return
         # The counts so far are kept for the charge; an incomplete answer has no usage.
-        self.failure = self._input.failure(error, self._output)
+        self.failure = self._input.failure(error, self._output, self._began)
         self.usage = None
 
 

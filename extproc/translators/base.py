@@ -164,7 +164,10 @@ class StreamFailure:
     (Gemini, vLLM) the prompt, cache hits and output so far; Bedrock and OpenAI itself
     report usage last. ``whole``: the counts are the provider's count of the whole answer
     (the usage of a Responses API ``response.failed``), billed as they are, not a count
-    so far that the text streamed after it may exceed.
+    so far that the text streamed after it may exceed. ``began``: False when the stream
+    failed before the provider began its answer (no Anthropic ``message_start``): the
+    streamed form of an error status (Anthropic's ``overloaded_error`` first is its
+    529), charged nothing as that status is (``partial_usage``).
     """
 
     error: GatewayError | None
@@ -176,6 +179,7 @@ class StreamFailure:
     # Requests of the provider's server tools reported by then, by tool (billed per request).
     server_tool_requests: dict[str, int] = field(default_factory=dict)
     whole: bool = False
+    began: bool = True
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

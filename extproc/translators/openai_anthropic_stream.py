@@ -258,6 +258,9 @@ class StreamTranslator:
         self._events = EventBuffer()
         self._done = False
         self._finished = False
+        # Whether Anthropic began the message (any event of it): an error before it is
+        # a refusal, charged nothing (base.StreamFailure.began).
+        self._began = False
         # Whether a thinking block came already (the next one is set apart).
         self._thought = False
         # Anthropic block index -> the tool call's index in OpenAI's tool_calls.
@@ -314,6 +317,7 @@ class StreamTranslator:
             error = _invalid_upstream_response("the provider's stream is unreadable")
             return [self._provider_failed(error)]
         kind = payload.get("type")
+        self._began = self._began or kind not in ("error", "ping")
         if kind == "content_block_delta":
             return self._block_delta(payload)
         if kind == "content_block_start":
@@ -439,7 +443,7 @@ class StreamTranslator:
         # is kept for the charge (message_start's input side; the output of a
         # message_delta, if one came), the gateway estimates the rest.
         completion = self.usage.completion_tokens if self.usage is not None else None
-        self.failure = UsageCounts.of(self._counts).failure(error, completion)
+        self.failure = UsageCounts.of(self._counts).failure(error, completion, self._began)
         return self._fail(error)
 
     def _fail(self, error: GatewayError) -> bytes:
