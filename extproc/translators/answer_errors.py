@@ -11,8 +11,9 @@ whole answer (``cut_answer``); it is the provider's error, as a stream's error e
 (``base.StreamFailure``), and as its ``4xx``/``5xx`` would have been.
 
 A body is such an error only when it carries no usable result: an error at its top
-level and no usage report (a body with both, which no provider sends whole, keeps its
-usage and is billed by it). A Responses API response whose ``status`` is ``failed``
+level, no result (``choices``, ``data``, ``output``, ``content``, ``candidates``) and no
+usage report (a body with either beside an error, which no provider sends whole, is an
+answer and billed as one). A Responses API response whose ``status`` is ``failed``
 (its ``error`` names why) is the provider's error too, billed the usage it reports,
 as its stream's ``response.failed`` is.
 
@@ -35,6 +36,10 @@ _NO_MESSAGE = "the provider answered 200 with an error and no result"
 # log line's code. Anything else a proxy sends cannot grow the log line.
 _GOOGLE_STATUS = re.compile(r"[A-Z][A-Z_]{0,63}")
 _RATE_LIMITED = "RESOURCE_EXHAUSTED"
+# Where each API's answer holds its result (chat and completions, embeddings, Responses,
+# Anthropic's messages, Gemini): a body with one of them filled is an answer, billed as
+# one, whatever error it also names.
+_RESULTS = ("choices", "data", "output", "content", "candidates")
 
 
 class ProviderAnswerError(ProviderStreamError):
@@ -57,7 +62,7 @@ def error_in_answer(answer: Any) -> ProviderAnswerError | None:
     one-element list), else None."""
     if isinstance(answer, list) and len(answer) == 1:
         answer = answer[0]
-    if not isinstance(answer, dict):
+    if not isinstance(answer, dict) or any(answer.get(key) for key in _RESULTS):
         return None
     error = answer.get("error")
     if isinstance(error, str) and error.strip():

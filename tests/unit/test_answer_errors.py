@@ -30,6 +30,7 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
+from extproc.translators.answer_errors import error_in_answer
 from tests.unit.conftest import MemoryLog
 from tests.unit.sse_play import only_line
 from tests.unit.test_accounting_review3 import BODY as GEMINI_BODY
@@ -255,3 +256,15 @@ async def test_the_client_reads_the_providers_200_and_the_metrics_name_the_error
     assert sample(services, "aigw_upstream_errors_total", status_code="error_body") == 1
     assert sample(services, "aigw_requests_total", status_code="200") == 1
     assert sample(services, "tokens_consumed_total") == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"choices": [{"index": 0, "message": {"content": "hi"}}], "error": {"message": "x"}},
+        {"content": [{"type": "text", "text": "hi"}], "error": "partial"},
+        [{"candidates": [{"content": {}}], "error": {"code": 500, "status": "INTERNAL"}}],
+    ],
+)
+def test_a_body_with_a_result_beside_an_error_is_an_answer(answer: object) -> None:
+    assert error_in_answer(answer) is None
