@@ -3,6 +3,12 @@
 Paths that are not AI routes pass through untouched and skip every later phase,
 so non-AI traffic costs one message.
 
+A trailing slash never moves a request to another route: ``/openai/v1/embeddings/``
+would otherwise be read as a chat completion by the ``/openai`` prefix, and
+``/v1/responses/compact/`` as a stored response's id. When the path without its
+trailing slashes is on another route, the client gets a 404 in that route's error
+shape naming the path it meant (OpenAI answers such a path with a 404 too).
+
 Routes may be kept to hosts (``routes[].hosts``: virtual hosts per provider or
 team on one listener). The host decides first, as Envoy's virtual hosts and
 Gateway API hostnames do: the routes naming the request's host exactly, then
@@ -24,7 +30,7 @@ from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
-from extproc.errors import BadRequestError, MethodNotAllowedError
+from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from extproc.gemini_api import counts_tokens
 from extproc.runtime import Route, request_host
 from extproc.stages.body_headers import check_body_headers
@@ -47,6 +53,7 @@ class RoutingStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
         route = _route(ctx)
+        _refuse_slash_twin(ctx, route)
         if headers.CLUSTER in ctx.request_headers:
             # Only the gateway picks a provider. The gateway's own bootstrap strips a
             # client-sent routing header before any filter; under a Gateway API
@@ -134,8 +141,34 @@ def _route(ctx: RequestContext) -> Route | None:
             found = table.named(name)
             if found is not None:
                 return found
+    return _path_route(ctx, ctx.path)
+
+
+def _path_route(ctx: RequestContext, path: str) -> Route | None:
+    """The route the request's host and ``path`` are on."""
     hosts = ctx.runtime.host_routes
     if hosts is None:
-        return table.resolve(ctx.path)
+        return ctx.runtime.routes.resolve(path)
     host = request_host(ctx.request_headers.get(":authority") or ctx.request_headers.get("host"))
-    return hosts.resolve(host, ctx.path)
+    return hosts.resolve(host, path)
+
+
+def _refuse_slash_twin(ctx: RequestContext, route: Route | None) -> None:
+    """A 404 for a path whose trailing slash put it on another route than the path
+    without it (or on none): the client meant that route's API, and would otherwise
+    get another API's answer (a chat completion's 400 to an embeddings call), another
+    API's error shape, or a stored response named ``compact``."""
+    path = ctx.path.partition("?")[0]
+    if not path.endswith("/"):
+        return
+    meant = path.rstrip("/")
+    if not meant:
+        return
+    twin = _path_route(ctx, meant)
+    if twin is None or twin == route:
+        return
+    ctx.route = twin  # its error shape: the API the client meant
+    raise NotFoundError(
+        f"no route for {ctx.method} {path}; did you mean {meant} (without the trailing slash)?",
+        code="route_not_found",
+    )

@@ -297,3 +297,36 @@ def test_the_default_config_routes_one_path_by_host(
     assert answer["object"] == "chat.completion"  # OpenAI's shape, whoever answered
     [line] = gateway_log.for_request(request_id)
     assert (line["route"], line["provider"]) == (route, provider)
+
+
+EMBEDDINGS_BODY = {"model": "text-embedding-3-small", "input": "route me"}
+MESSAGES_BODY = {"model": "claude-3-5-haiku-latest", "max_tokens": 16, "messages": MESSAGES}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "meant"),
+    [
+        # The `/openai` prefix read it as a chat completion: a 400 about `messages`.
+        ("/openai/v1/embeddings/", EMBEDDINGS_BODY, "/openai/v1/embeddings"),
+        # Envoy merges the slashes; the stored-responses prefix took `compact` for an id.
+        ("//v1/responses//compact//", {"model": "gpt-4o", "input": "hi"}, "/v1/responses/compact"),
+        ("/v1/messages/", MESSAGES_BODY, "/v1/messages"),
+    ],
+)
+def test_a_trailing_slash_is_a_404_in_the_shape_of_the_api_meant(
+    stack: LocalStack, gateway_log: GatewayLog, path: str, body: dict[str, Any], meant: str
+) -> None:
+    sent = len(mock_requests(stack))
+    status, answer, request_id = raw_post(stack, path, body, authorization=f"Bearer {KEY}")
+    assert status == 404, answer
+    if meant == "/v1/messages":
+        assert answer["type"] == "error"
+        error = answer["error"]
+        assert error["type"] == "not_found_error"
+    else:
+        error = answer["error"]
+        assert error["code"] == "route_not_found"
+    assert f"did you mean {meant} " in error["message"]
+    assert len(mock_requests(stack)) == sent
+    [line] = gateway_log.for_request(request_id)
+    assert (line["http_status_code"], line["total_tokens"]) == (404, 0)
