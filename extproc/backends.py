@@ -843,6 +843,8 @@ def plan_response(
     from_provider: bool = False,
 ) -> ResponsePlan:
     """How to read (and maybe rewrite) the provider's answer for this client."""
+    if status > MAX_HTTP_STATUS and not ctx.lean_response:
+        return _invalid_status_plan(ctx, status)
     plan = _answer_plan(ctx, status, headers, kind, from_provider)
     if plan.streamed:
         framed = headers.get("content-type", "").startswith(AWS_EVENT_STREAM)
@@ -1074,6 +1076,8 @@ def _vertex_embeddings_translator(ctx: RequestContext) -> ResponseTranslator:
 
 # A provider's answer to the gateway's own key or account, not to anything of the client's.
 CREDENTIAL_REFUSALS = frozenset({401, 402, 403})
+# The last status HTTP defines (RFC 9110, section 15); Envoy passes any three digits on.
+MAX_HTTP_STATUS = 599
 
 
 def _refused_plan(ctx: RequestContext, status: int) -> ResponsePlan:
@@ -1487,6 +1491,29 @@ def _status_error(status: int, shape: str, message: str | None = None) -> bytes:
         return google_error_body(message, status)
     kind_name = "server_error" if status >= 500 else "invalid_request_error"
     return error_body(message, kind_name, code="upstream_error")
+
+
+def _invalid_status_plan(ctx: RequestContext, status: int) -> ResponsePlan:
+    """A provider's answer with a status HTTP does not define (600-999, which some
+    servers and proxies send for errors of their own): the client's 502, in its API's
+    shape, as RFC 9110 (section 15) tells clients to take such a status for a server
+    error. Passed on, it reached SDKs as no status they know, and a failover chain
+    stopped at it: Envoy retries 500-599 alone. On the lean path its headers have
+    already left; the client gets it as the provider sent it."""
+    message = f"the provider answered with an invalid HTTP status ({status})"
+    shape = ctx.error_shape
+    if shape == "bedrock":
+        plan = _bedrock_shaped(UpstreamError.status, message)
+    else:
+        plan = ResponsePlan(
+            ErrorRewriter(lambda _: _status_error(UpstreamError.status, shape, message)),
+            set_headers={"content-type": "application/json"},
+            remove_headers=["content-length"],
+        )
+    plan.set_headers[":status"] = str(UpstreamError.status)
+    # The body is the gateway's own, in plain JSON, whatever encoded the provider's.
+    plan.remove_headers.append("content-encoding")
+    return plan
 
 
 def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
