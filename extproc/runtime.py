@@ -155,21 +155,6 @@ class RouteTable:
         return None
 
 
-def request_host(authority: str | None) -> str:
-    """The request's host as routes name it: lower case, no port, no trailing dot.
-
-    Clients send ``Host: OpenAI.Gateway.Local:10000`` as readily as the bare
-    name: DNS names ignore case, and the port says nothing about the route.
-    """
-    host = (authority or "").strip().lower()
-    if host.startswith("["):  # an IPv6 literal, which no route names
-        return host.partition("]")[0] + "]"
-    name, colon, port = host.rpartition(":")
-    if colon and port.isdigit():
-        host = name
-    return host.removesuffix(".")
-
-
 class HostRoutes:
     """The route table split by host: exact names, wildcards, then every host."""
 

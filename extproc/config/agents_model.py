@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from extproc.config.quota_model import (
     MAX_LIMIT,
@@ -21,6 +21,7 @@ from extproc.config.quota_model import (
     StoreFailure,
     check_match,
     check_subject,
+    host_match,
 )
 from extproc.config.section import Section as _Section
 
@@ -157,9 +158,11 @@ class AgentLimitRule(_Section):
 
     @field_validator("match")
     @classmethod
-    def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    def _check_match(
+        cls, match: str | tuple[str, ...], info: ValidationInfo
+    ) -> str | tuple[str, ...]:
         # As quotas.rules: match: ["*"] or [] loaded and limited no one.
-        return check_match(match)
+        return check_match(host_match(info.data.get("subject", ""), match))
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> AgentLimitRule:

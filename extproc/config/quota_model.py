@@ -13,11 +13,12 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from extproc.config.section import Section as _Section
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 from extproc.headers import PREFIX as GATEWAY_HEADER_PREFIX
+from extproc.hosts import AUTHORITY, request_host
 
 # Headers whose values are secrets: never a rule's subject.
 CREDENTIAL_SUBJECT_HEADERS = frozenset({*CLIENT_CREDENTIAL_HEADERS, "cookie"})
@@ -27,6 +28,11 @@ _RULE_NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 # a header subject named otherwise (a space, a comma, a quote in it) is a header no
 # request carries, and its rule limited nobody.
 _HEADER_NAME = re.compile(r"^:?[!#$%&'*+.^_`|~0-9a-z-]+$")
+# The request's host. Envoy moves HTTP/1.1's Host into :authority before any filter, so
+# a rule on header:host read a header no request carried and limited no one: both
+# names are this subject, whose values are hosts as routes name them (hosts.request_host).
+HOST_SUBJECT = f"header:{AUTHORITY}"
+_HOST_HEADERS = frozenset({"host", AUTHORITY})
 # The largest limit the store's Lua scripts count exactly (they compute in doubles): a
 # larger one came back wrong (2**63 - 1 as -2**63 in every x-ratelimit-limit-* header,
 # and a hard cap then refused every prompt). The management API's bound too.
@@ -61,8 +67,22 @@ def check_subject(subject: str) -> str:
                 f"header:{name} is a header the gateway sets, and a rule would read the"
                 " client's own value of it; use subject: api_key, user or group instead"
             )
+        if name in _HOST_HEADERS:
+            return HOST_SUBJECT
         return f"header:{name}"
     raise ValueError("must be api_key, user, group or header:<name>")
+
+
+def host_match(subject: str, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """A rule's ``match``, its hosts spelt as the request's host is read (lower case, no
+    port, no trailing dot) when the subject is the host: ``Gateway.Local`` matched no
+    request, and a client wrote ``GATEWAY.local`` or ``gateway.local:80`` to escape a
+    rule on ``gateway.local`` while its routes still served it."""
+    if subject != HOST_SUBJECT or match == "*":
+        return match
+    if isinstance(match, str):
+        return request_host(match)
+    return tuple(dict.fromkeys(request_host(host) for host in match))
 
 
 def check_match(match: str | tuple[str, ...]) -> str | tuple[str, ...]:
@@ -136,8 +156,10 @@ class LimitRule(_Section):
 
     @field_validator("match")
     @classmethod
-    def _check_match(cls, match: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        return check_match(match)
+    def _check_match(
+        cls, match: str | tuple[str, ...], info: ValidationInfo
+    ) -> str | tuple[str, ...]:
+        return check_match(host_match(info.data.get("subject", ""), match))
 
     @field_validator("models")
     @classmethod

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.config.quota_model import MAX_LIMIT
+from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
+from extproc.hosts import AUTHORITY
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, generation_field
 
@@ -75,7 +76,9 @@ def normalize_kind(kind: str) -> str:
     """The subject kind as the config spells it (header names are lower-cased there)."""
     kind = kind.strip()
     if kind.startswith("header:"):
-        return "header:" + kind.removeprefix("header:").strip().lower()
+        name = kind.removeprefix("header:").strip().lower()
+        # header:host is the host's subject, as in the config (quota_model.HOST_SUBJECT).
+        return HOST_SUBJECT if name in ("host", AUTHORITY) else "header:" + name
     return kind
 
 

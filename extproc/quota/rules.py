@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from extproc.config.quota_model import (
+    HOST_SUBJECT,
     LimitRule,
     QuotaMode,
     QuotasConfig,
@@ -21,6 +22,7 @@ from extproc.config.quota_model import (
 )
 from extproc.context import Identity
 from extproc.errors import BadRequestError
+from extproc.hosts import host_of
 from extproc.model_names import comparable, covering_aliases, covers
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
 
@@ -205,6 +207,10 @@ def subject_values(kind: str, identity: Identity, headers: dict[str, str]) -> li
         found = identity.user_id
     elif kind == "group":
         found = identity.group_id
+    elif kind == HOST_SUBJECT:
+        # The host the routes see, not the header as spelt: a client could otherwise
+        # escape a rule on its host by its case, a port or a trailing dot.
+        found = host_of(headers)
     else:
         name = kind.removeprefix("header:")
         listed = (part.strip() for part in headers.get(name, "").split(","))

@@ -32,7 +32,8 @@ from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from extproc.gemini_api import counts_tokens
-from extproc.runtime import Route, request_host
+from extproc.hosts import host_of
+from extproc.runtime import Route
 from extproc.stages.body_headers import check_body_headers
 from extproc.stages.chat_request import model_outside_body
 
@@ -149,8 +150,7 @@ def _path_route(ctx: RequestContext, path: str) -> Route | None:
     hosts = ctx.runtime.host_routes
     if hosts is None:
         return ctx.runtime.routes.resolve(path)
-    host = request_host(ctx.request_headers.get(":authority") or ctx.request_headers.get("host"))
-    return hosts.resolve(host, path)
+    return hosts.resolve(host_of(ctx.request_headers), path)
 
 
 def _refuse_slash_twin(ctx: RequestContext, route: Route | None) -> None:

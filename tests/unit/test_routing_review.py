@@ -18,8 +18,9 @@ from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
 from extproc.gateway_api import CONTROLLERS, render_attachments
 from extproc.headers import CLUSTER
+from extproc.hosts import request_host
 from extproc.processor import Processor
-from extproc.runtime import HostRoutes, Services, request_host
+from extproc.runtime import HostRoutes, Services
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for, request_body, request_headers, run_stream
