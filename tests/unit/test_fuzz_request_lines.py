@@ -67,9 +67,18 @@ def _headers_message(pairs: Headers, end_of_stream: bool) -> ext.ProcessingReque
 
 
 def _route_of(path: str, authority: str) -> Route | None:
-    """The route of a request's host and path, as config/gateway.yaml names it."""
+    """The route of a request's host and path, as config/gateway.yaml names it; for a
+    path whose trailing slash put it on another route than the path without it, that
+    route (the gateway's 404 is in its shape, and logged)."""
     assert RUNTIME.host_routes is not None
-    return RUNTIME.host_routes.resolve(request_host(authority), path)
+    host = request_host(authority)
+    found = RUNTIME.host_routes.resolve(host, path)
+    meant = path.partition("?")[0].rstrip("/")
+    if meant and meant != path.partition("?")[0]:
+        twin = RUNTIME.host_routes.resolve(host, meant)
+        if twin is not None and twin != found:
+            return twin
+    return found
 
 
 def _shape(route: Route | None) -> str:
