@@ -58,8 +58,8 @@ SETTLE_TIMEOUT_S = 2.0
 SETTLE_BATCH_S = 0.02
 # How long a settled batch id is remembered, so a replayed batch is not counted twice.
 BATCH_MEMORY_S = 7 * 86400
-# Subjects whose last landed batch marker this process remembers, to delete it with
-# its next settlement (a subject not settled again keeps its marker BATCH_MEMORY_S).
+# Subjects whose landed batch markers this process remembers, to delete them with
+# their next settlement (a subject not settled again keeps its marker BATCH_MEMORY_S).
 LANDED_MARKERS = 10_000
 # How long what a reserve call reserved is remembered under its id: the give-back of a
 # call whose answer was lost must reach its node within this time to be exact.
@@ -163,11 +163,14 @@ class QuotaStore:
         # of a uuid4's cost per request.
         self._call_tag = uuid.uuid4().hex[:16]
         self._call_numbers = itertools.count()
-        # Per subject tag: the marker of this process's last settlement batch that landed
-        # whole on its first try. It can never be replayed, so the next settlement of
-        # the subject deletes it (quota_settle.lua); else every batch (one per 20 ms
-        # under load) left a key per subject for BATCH_MEMORY_S.
-        self._landed: dict[str, str] = {}
+        # Per subject tag: the markers of this process's settlement batches that landed
+        # whole on their first try and are not known to be deleted yet. They can never
+        # be replayed, so the next settlement of the subject deletes them
+        # (quota_settle.lua); else every batch (one per 20 ms under load) left a key per
+        # subject for BATCH_MEMORY_S. Usually one; more when flushes overlapped (a slow
+        # answer while the next batch went out), each of which landed a marker that the
+        # other had not seen when it went out.
+        self._landed: dict[str, list[str]] = {}
         self._spool = spool
         # Called for each settlement batch the store failed (it goes to the spool; the
         # spool itself reports whether its disk took it).
@@ -572,21 +575,34 @@ class QuotaStore:
         for change in changes:
             by_tag.setdefault(str(change[0]), []).append(change)
         markers = {tag: f"{self._prefix}qs:{tag}:{batch_id}" for tag in by_tag}
+        # Taken, not read: a flush going out while this one waits for its answer must
+        # not count on deleting them, nor leave the markers this one lands unseen.
+        deleting = {tag: self._landed.pop(tag, []) for tag in by_tag}
         settles = [
-            _settle_call(markers[tag], self._landed.get(tag, markers[tag]), group)
-            for tag, group in by_tag.items()
+            _settle_call(markers[tag], deleting[tag], group) for tag, group in by_tag.items()
         ]
         gives_back: list[_ScriptCall] = [
             ("undo", [marker, *counters, *overrides], [CALL_MEMORY_S, *fields])
             for marker, counters, overrides, fields in undos
         ]
-        await self._run([*settles, *gives_back])
-        if landed_whole:
-            for tag, marker in markers.items():
-                self._landed.pop(tag, None)
-                self._landed[tag] = marker
-            while len(self._landed) > LANDED_MARKERS:
-                del self._landed[next(iter(self._landed))]
+        try:
+            await self._run([*settles, *gives_back])
+        except BaseException:
+            # The deletions may not have run: the subjects' next settlements try again
+            # (deleting a marker twice is harmless).
+            self._remember_landed(deleting)
+            raise
+        self._remember_landed({tag: [markers[tag]] for tag in by_tag} if landed_whole else {})
+
+    def _remember_landed(self, landed: dict[str, list[str]]) -> None:
+        """Markers of batches that can no longer come back, for the subjects' next
+        settlements to delete, beside those other flushes left meanwhile."""
+        for tag, markers in landed.items():
+            if markers:
+                # Last settled last: the subjects settled least recently are forgotten first.
+                self._landed[tag] = [*self._landed.pop(tag, []), *markers]
+        while len(self._landed) > LANDED_MARKERS:
+            del self._landed[next(iter(self._landed))]
 
     async def _run_reserve(self, calls: list[_ReserveCall]) -> list[Any]:
         # Each caller learns of its own calls' errors: one subject's server failing
@@ -664,16 +680,17 @@ _RawChange = tuple[Any, ...]
 _Batch = tuple[list[_RawChange], list[_Undo], str]
 
 
-def _settle_call(marker: str, landed: str, group: list[_RawChange]) -> _ScriptCall:
-    """One subject's settle script call (quota_settle.lua). Its changes share one
-    overrides hash (the subject's); without generations the marker stands in for it,
-    never read."""
+def _settle_call(marker: str, landed: list[str], group: list[_RawChange]) -> _ScriptCall:
+    """One subject's settle script call (quota_settle.lua), deleting the ``landed``
+    markers. Its changes share one overrides hash (the subject's); without generations
+    the marker stands in for it, never read."""
     overrides = next((str(change[4]) for change in group if len(change) > 4), marker)
     args: list[Any] = [BATCH_MEMORY_S]
     for change in group:
         field, generation = (change[5], change[6]) if len(change) > 4 else ("", "")
         args += [int(change[2]), int(change[3]), field, generation]
-    return "settle", [marker, landed, overrides, *(str(change[1]) for change in group)], args
+    counters = [str(change[1]) for change in group]
+    return "settle", [marker, overrides, *counters, *landed], args
 
 
 def _spooled_undo(entry: list[Any]) -> _Undo:

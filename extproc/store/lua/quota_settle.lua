@@ -1,10 +1,10 @@
 -- Settle token reservations with what was really used (delta may be negative),
 -- or release them, once per batch id.
--- KEYS[1]: the batch marker (same hash tag as the counters); KEYS[2]: the marker of
--- an earlier batch of the same writer that can no longer come back, to delete
--- (KEYS[1] again when there is none); KEYS[3]: the subject's overrides hash, where
--- each limit's reset generation is (KEYS[1] when no change names a generation);
--- KEYS[4..]: counters.
+-- KEYS[1]: the batch marker (same hash tag as the counters); KEYS[2]: the subject's
+-- overrides hash, where each limit's reset generation is (KEYS[1] when no change
+-- names a generation); KEYS[3..n+2]: the n counters; KEYS[n+3..]: markers of earlier
+-- batches of the same writer that can no longer come back, to delete (none, one, or
+-- a few when the writer's flushes overlapped).
 -- ARGV[1]: seconds to remember the batch; then per counter: delta, ttl, generation
 -- field and the generation the change belongs to (both '' for a change that applies
 -- whatever the generation: an operator's, or one spooled by an older version).
@@ -13,29 +13,31 @@
 -- Only a batch that may still be replayed needs its marker: without the deletion,
 -- a writer settling every few milliseconds left one marker per batch and subject
 -- for the whole memory time (millions of keys a week).
-if KEYS[2] ~= KEYS[1] then
-  redis.call('DEL', KEYS[2])
+local n = (#ARGV - 1) / 4
+for i = n + 3, #KEYS do
+  redis.call('DEL', KEYS[i])
 end
 if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) == false then
   return 0
 end
-for i = 4, #KEYS do
-  local base = (i - 4) * 4 + 2
+for i = 1, n do
+  local counter = KEYS[i + 2]
+  local base = (i - 1) * 4 + 2
   local delta = tonumber(ARGV[base])
   local ttl = tonumber(ARGV[base + 1])
   local field = ARGV[base + 2]
   local current = delta ~= 0
   if current and field ~= '' then
-    local generation = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+    local generation = tonumber(redis.call('HGET', KEYS[2], field) or '0')
     current = generation == tonumber(ARGV[base + 3])
   end
   if current then
-    local after = redis.call('INCRBY', KEYS[i], delta)
+    local after = redis.call('INCRBY', counter, delta)
     if after < 0 then
-      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+      redis.call('SET', counter, 0, 'KEEPTTL')
     end
-    if redis.call('TTL', KEYS[i]) < 0 then
-      redis.call('EXPIRE', KEYS[i], ttl)
+    if redis.call('TTL', counter) < 0 then
+      redis.call('EXPIRE', counter, ttl)
     end
   end
 end
