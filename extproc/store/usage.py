@@ -270,8 +270,10 @@ class UsageStore:
     ) -> None:
         """Add summed usage to the rollups: one EVALSHA per hour touched (almost always one).
 
-        ``replayed``: the batch comes from the spool, so until the spool drops it a
-        crash can bring it back, and its id must stay to count it once.
+        ``replayed``: the batch was tried before (it comes from the spool, or waited in
+        memory after a failed write): it may come back (a crash before the spool drops
+        it, a spool line the disk kept despite its error), and its id must stay to count
+        it once.
 
         Not pipelined: redis-py checks a pipeline's scripts with an extra SCRIPT
         EXISTS round trip, while a lone EVALSHA reloads only on NOSCRIPT.

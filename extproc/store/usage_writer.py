@@ -85,16 +85,21 @@ class UsageWriter:
 
     async def flush(self) -> bool:
         """Write what is pending (then what the spool holds); True when all of it landed."""
-        batches, self._unsent = self._unsent, []
+        # Sent again, a batch kept in memory keeps its id in the store (``replayed``):
+        # it may have landed in part at its first try, and its spool line may be on
+        # the disk even though the disk reported an error (a failed fsync), to be
+        # replayed after it landed here.
+        batches = [(batch, batch_id, True) for batch, batch_id in self._unsent]
+        self._unsent = []
         if self._pending:
-            batches.append((self._pending, uuid.uuid4().hex))
+            batches.append((self._pending, uuid.uuid4().hex, False))
             self._pending, self._count = {}, 0
         written = True
-        for index, (batch, batch_id) in enumerate(batches):
-            if not await self._write(batch, batch_id):
+        for index, (batch, batch_id, kept) in enumerate(batches):
+            if not await self._write(batch, batch_id, replayed=kept):
                 # The store is not there: the rest wait for the next flush untried
                 # (they go to the spool, or stay here, as this one did).
-                for rest, rest_id in batches[index + 1 :]:
+                for rest, rest_id, _ in batches[index + 1 :]:
                     await self._keep_or_hold(rest, rest_id)
                 written = False
                 break
@@ -106,9 +111,11 @@ class UsageWriter:
                 return False
         return written
 
-    async def _write(self, batch: UsageTotals, batch_id: str) -> bool:
+    async def _write(self, batch: UsageTotals, batch_id: str, *, replayed: bool) -> bool:
         try:
-            await asyncio.wait_for(self._store.record_totals(batch, batch_id), self._timeout)
+            await asyncio.wait_for(
+                self._store.record_totals(batch, batch_id, replayed=replayed), self._timeout
+            )
             return True
         except asyncio.CancelledError:
             # Cut short (it may have landed): kept under its id for the last flush.
