@@ -103,6 +103,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.error_bodies import error_in_success
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.image_bytes import format_of
 from extproc.mock_llm.json_reply import instance
@@ -1067,6 +1068,8 @@ class AnthropicEndpoints:
             await asyncio.sleep(fault.delay_s)
         if fault.status is not None:
             return fault_status_response(fault.status)
+        if fault.error_body is not None:
+            return error_in_success(fault.error_body)
         return fault
 
     async def count_tokens(self, request: web.Request, body: Body) -> web.StreamResponse:

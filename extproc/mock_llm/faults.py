@@ -22,6 +22,15 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; (a provider that ignores stream_options.include_usage)
     gzip       = 0 | 1 | true | false ; compress the answer with gzip although the client
                                       ; asked for no encoding (a misbehaving server or proxy)
+    error_body = openai | bare | anthropic | google
+                                      ; answer 200 with an error body of that shape (a server
+                                      ; or proxy that reports errors in a success answer)
+    google_errors = 0 | 1 | true | false
+                                      ; with status: the error in Google's one-element list
+                                      ; (Gemini's OpenAI-compatible endpoint)
+
+``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
+``status`` (alone it would break nothing, and a test relying on it would check nothing).
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -56,6 +65,10 @@ class Fault:
     cached_tokens: int | None = None
     no_usage: bool = False
     gzip: bool = False
+    # The shape of the error a 200 answer carries (ERROR_BODIES), None for none.
+    error_body: str | None = None
+    # A status fault's body in Google's list shape instead of the provider's own.
+    google_errors: bool = False
 
     def cached_part(self, prompt_tokens: int) -> int:
         """How many of a request's prompt tokens to report as read from the cache."""
@@ -63,6 +76,11 @@ class Fault:
 
 
 NO_FAULT = Fault()
+
+# The shapes of error a provider (or a proxy) may put in a 200 answer: OpenAI's
+# {"error": {...}}, a bare {"error": "..."}, Anthropic's {"type": "error", ...} and
+# Google's [{"error": {...}}].
+ERROR_BODIES = ("openai", "bare", "anthropic", "google")
 
 
 def _status(value: str) -> int:
@@ -103,6 +121,12 @@ def _flag(value: str) -> bool:
     raise ValueError("must be 0, 1, true or false")
 
 
+def _error_body(value: str) -> str:
+    if value not in ERROR_BODIES:
+        raise ValueError(f"must be one of {', '.join(ERROR_BODIES)}")
+    return value
+
+
 # key in the header -> (Fault field, converter)
 _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "status": ("status", _status),
@@ -115,6 +139,8 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cached": ("cached_tokens", _non_negative),
     "no_usage": ("no_usage", _flag),
     "gzip": ("gzip", _flag),
+    "error_body": ("error_body", _error_body),
+    "google_errors": ("google_errors", _flag),
 }
 
 
@@ -143,4 +169,8 @@ def parse_fault(spec: str) -> Fault:
             # int()/float() messages are cryptic; name the key and echo the value instead.
             reason = str(exc) if "must" in str(exc) else "is not a valid number"
             raise FaultSpecError(f"{FAULT_HEADER}: {key}={value!r} {reason}") from None
+    if "error_body" in changes and "status" in changes:
+        raise FaultSpecError(f"{FAULT_HEADER}: error_body answers 200: it excludes status")
+    if changes.get("google_errors") and "status" not in changes:
+        raise FaultSpecError(f"{FAULT_HEADER}: google_errors needs a status to answer with")
     return replace(NO_FAULT, **changes) if changes else NO_FAULT

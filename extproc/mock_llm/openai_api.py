@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.error_bodies import error_in_success, google_error_list
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.recorder import Body
@@ -433,6 +434,11 @@ async def precheck(request: web.Request, default_fault: Fault) -> web.Response |
         return error_response(400, str(exc), param=FAULT_HEADER, code="invalid_fault")
     if fault.delay_s:
         await asyncio.sleep(fault.delay_s)
+    if fault.status is not None and fault.google_errors:
+        # As Gemini's OpenAI-compatible endpoint answers OpenAI clients.
+        return google_error_list(fault.status, f"Injected error {fault.status} (x-mock-fault).")
     if fault.status is not None:
         return fault_status_response(fault.status, key.strip())
+    if fault.error_body is not None:
+        return error_in_success(fault.error_body)
     return fault

@@ -66,6 +66,8 @@ from multidict import CIMultiDict
 
 from extproc.mock_llm import anthropic_api, vertex_embeddings
 from extproc.mock_llm.anthropic_api import AnthropicEndpoints
+from extproc.mock_llm.error_bodies import GOOGLE_STATUSES
+from extproc.mock_llm.error_bodies import google_error as google_error_object
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.openai_api import OpenAIEndpoints
 from extproc.mock_llm.recorder import Body
@@ -83,20 +85,6 @@ VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 # The Messages API version Vertex's version stands for, given to the Anthropic surface.
 _MESSAGES_API_VERSION = "2023-06-01"
 
-# Google's status name for each HTTP status it answers with (google.rpc.Code).
-GOOGLE_STATUSES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "INTERNAL",
-    501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 UNAUTHENTICATED_MESSAGE = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
     "cookie or other valid authentication credential. See "
@@ -132,8 +120,8 @@ def is_vertex_path(path: str) -> bool:
 
 def google_error(status: int, message: str) -> web.Response:
     """An error in Google's shape; a status Google has no name for is ``UNKNOWN``."""
-    error = {"code": status, "message": message, "status": GOOGLE_STATUSES.get(status, "UNKNOWN")}
-    return web.Response(status=status, body=orjson.dumps({"error": error}), headers=_JSON_HEADERS)
+    body = orjson.dumps({"error": google_error_object(status, message)})
+    return web.Response(status=status, body=body, headers=_JSON_HEADERS)
 
 
 def answered_model(model: str) -> str:

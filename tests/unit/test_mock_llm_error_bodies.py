@@ -1,0 +1,118 @@
+"""The mock's faults that answer errors in a shape of the test's choosing: ``error_body``
+(a 200 whose body is an error) and ``google_errors`` (a status's error in Google's list,
+as Gemini's OpenAI-compatible endpoint sends it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from extproc.mock_llm.error_bodies import ERROR_BODY_MESSAGE
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+AUTH = {"Authorization": "Bearer sk-test"}
+ANTHROPIC = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+MESSAGE = {"model": "claude-3-5-haiku-latest", "max_tokens": 20, "messages": CHAT["messages"]}
+
+
+async def chat(http: httpx.AsyncClient, fault: str, **extra: Any) -> httpx.Response:
+    return await http.post(
+        "/v1/chat/completions", json={**CHAT, **extra}, headers={**AUTH, "x-mock-fault": fault}
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        (
+            "openai",
+            {
+                "error": {
+                    "message": ERROR_BODY_MESSAGE,
+                    "type": "server_error",
+                    "param": None,
+                    "code": "overloaded",
+                }
+            },
+        ),
+        ("bare", {"error": ERROR_BODY_MESSAGE}),
+        (
+            "anthropic",
+            {"type": "error", "error": {"type": "overloaded_error", "message": ERROR_BODY_MESSAGE}},
+        ),
+        (
+            "google",
+            [{"error": {"code": 503, "message": ERROR_BODY_MESSAGE, "status": "UNAVAILABLE"}}],
+        ),
+    ],
+)
+async def test_error_body_answers_200_with_that_error(
+    http: httpx.AsyncClient, shape: str, expected: Any
+) -> None:
+    answer = await chat(http, f"error_body={shape}")
+
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == expected
+
+
+async def test_error_body_answers_json_to_a_stream_request_too(http: httpx.AsyncClient) -> None:
+    answer = await chat(http, "error_body=openai", stream=True)
+
+    assert answer.status_code == 200
+    assert answer.json()["error"]["message"] == ERROR_BODY_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/responses/compact"]
+)
+async def test_error_body_answers_on_every_openai_path(http: httpx.AsyncClient, path: str) -> None:
+    headers = {**AUTH, "x-mock-fault": "error_body=bare"}
+    answer = await http.post(path, json={"model": "m", "input": "hi"}, headers=headers)
+
+    assert (answer.status_code, answer.json()) == (200, {"error": ERROR_BODY_MESSAGE})
+
+
+async def test_error_body_answers_on_anthropics_messages(http: httpx.AsyncClient) -> None:
+    answer = await http.post(
+        "/v1/messages", json=MESSAGE, headers={**ANTHROPIC, "x-mock-fault": "error_body=anthropic"}
+    )
+
+    assert answer.status_code == 200
+    assert answer.json()["type"] == "error"
+    assert answer.json()["error"]["message"] == ERROR_BODY_MESSAGE
+
+
+async def test_google_errors_answers_the_status_in_googles_list(http: httpx.AsyncClient) -> None:
+    answer = await chat(http, "status=400;google_errors=1")
+
+    assert answer.status_code == 400
+    assert answer.json() == [
+        {
+            "error": {
+                "code": 400,
+                "message": "Injected error 400 (x-mock-fault).",
+                "status": "INVALID_ARGUMENT",
+            }
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ("error_body=xml", "error_body='xml' must be one of openai, bare, anthropic, google"),
+        ("google_errors=yes", "google_errors='yes' must be 0, 1, true or false"),
+        ("google_errors=1", "google_errors needs a status"),
+        ("error_body=openai;status=500", "error_body answers 200: it excludes status"),
+    ],
+)
+async def test_a_bad_error_fault_is_a_400_naming_it(
+    http: httpx.AsyncClient, fault: str, named: str
+) -> None:
+    answer = await chat(http, fault)
+
+    assert answer.status_code == 400
+    assert named in answer.json()["error"]["message"]
