@@ -19,7 +19,10 @@ whose vectors are not billed as tokens):
 - a whole answer: its generated text, one token per four characters, as a cut stream's
   (``partial_usage.generated_chars``): an answer that carries no count is charged what
   it carries, not the allowance (a provider that never reports usage would otherwise
-  be billed ``default_max_tokens`` on every request); garbage carries nothing.
+  be billed ``default_max_tokens`` on every request); garbage carries nothing. The
+  calls of the provider's server tools it shows (a Responses answer's web and file
+  search items, Anthropic's ``server_tool_use`` blocks) are billed per call on top, as
+  a stream's are (``partial_usage``).
 
 It is marked ``usage_estimated``, as a cut stream is (``partial_usage``), so the quota
 settles at the very total the log line, the token and cost metrics, the usage rollup
@@ -78,7 +81,9 @@ from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import response_too_large
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.stages.quota import reserved_completion
+from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_responses import server_tool_calls
 
 # The client APIs whose answers generate text, billed as completion tokens.
 _GENERATES = frozenset(
@@ -144,7 +149,26 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
         # Re-serialised only on this rare path, to read it as a stream's text is read.
         characters = generated_chars(orjson.dumps(answer))
         completion = -(-characters // CHARS_PER_TOKEN)
-    _charge(ctx, completion)
+    _charge(ctx, completion, _server_tool_requests(ctx, answer))
+
+
+def _server_tool_requests(ctx: RequestContext, answer: Any) -> dict[str, int]:
+    """The provider's server tools' requests a whole answer without its count shows,
+    billed per request on top of the tokens as a stream's are (``partial_usage``): the
+    billed calls of a Responses answer's ``output`` (web and file search), Anthropic's
+    ``server_tool_use`` blocks (web search, web fetch) in a message's ``content``."""
+    api = ctx.route.api if ctx.route is not None else None
+    if not isinstance(answer, dict):
+        return {}
+    if api is RouteApi.OPENAI_RESPONSES:
+        return server_tool_calls(answer.get("output"))
+    content = answer.get("content")
+    if api is RouteApi.ANTHROPIC_MESSAGES and isinstance(content, list):
+        tally = ServerToolTally()
+        for block in content:
+            tally.block_started(block)
+        return tally.counts
+    return {}
 
 
 def charge_answer_too_large(ctx: RequestContext) -> None:
@@ -203,9 +227,9 @@ def _dropped_attempt(response_headers: dict[str, str]) -> bool:
     )
 
 
-def _charge(ctx: RequestContext, completion: int) -> None:
+def _charge(ctx: RequestContext, completion: int, tools: dict[str, int] | None = None) -> None:
     prompt = ctx.estimated_prompt_tokens()
-    ctx.usage = Usage(prompt, completion, prompt + completion)
+    ctx.usage = Usage(prompt, completion, prompt + completion, server_tool_requests=tools or {})
     ctx.usage_estimated = True
 
 

@@ -36,6 +36,7 @@ KEYS = {
     "search-messages": "search-messages-key-71b0",
     "search-openai": "search-openai-key-2d94",
     "search-unknown": "search-unknown-key-c3e8",
+    "search-responses-no-usage": "search-responses-no-usage-key-5e61",
 }
 MODEL = "claude-sonnet-4-0"
 MESSAGES: Any = [{"role": "user", "content": "What changed in the EU AI Act this week?"}]
@@ -43,6 +44,9 @@ SEARCHES = {"x-mock-server-tool-use": "web_search=3;web_fetch=2"}
 # The default config's prices: Sonnet USD per million tokens, web search per 1,000.
 INPUT, OUTPUT = Decimal("3.00"), Decimal("15.00")
 PER_SEARCH = Decimal("10.00") / 1000
+# gpt-4o-mini's, and a file search's, in the default config.
+MINI_INPUT, MINI_OUTPUT = Decimal("0.15"), Decimal("0.60")
+PER_FILE_SEARCH = Decimal("2.50") / 1000
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +159,36 @@ def test_a_server_tool_without_a_price_is_flagged_unpriced_and_warned_once(
     # The operator is told once which tool needs a price, not once per request.
     warnings = (stack.workdir / "gateway.err").read_text()
     assert warnings.count("moon_probe") == 1
+
+
+def test_a_responses_answer_without_usage_is_billed_its_tool_calls_whole_or_streamed(
+    stack: LocalStack,
+) -> None:
+    # A provider (or a proxy) that leaves usage out: both answers are charged the
+    # estimate of their tokens, and the web and file searches their output shows, on top.
+    key = "search-responses-no-usage"
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEYS[key], max_retries=0)
+    asked = {"x-mock-server-tool-use": "web_search=2;file_search=1", "x-mock-fault": "no_usage=1"}
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", input="What changed this week?", extra_headers=asked
+    )
+    answer = raw.parse()
+    assert answer.usage is None
+    assert [item.type for item in answer.output][:3] == ["web_search_call"] * 2 + [
+        "file_search_call"
+    ]
+    with client.responses.with_streaming_response.create(
+        model="gpt-4o-mini", input="What changed this week?", stream=True, extra_headers=asked
+    ) as response:
+        stream_id = response.headers["x-request-id"]
+        events = list(response.parse())
+    assert events[-1].type == "response.completed"
+
+    log = GatewayLog(stack.gateway_log)
+    lines = [log.for_request(raw.headers["x-request-id"])[0], log.for_request(stream_id)[0]]
+    for line in lines:
+        assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+        assert line["server_tool_requests"] == {"web_search": 2, "file_search": 1}
+        tokens = line["prompt_tokens"] * MINI_INPUT + line["completion_tokens"] * MINI_OUTPUT
+        assert cost(line) == tokens / 10**6 + 2 * PER_SEARCH + PER_FILE_SEARCH
+    assert_the_bill_agrees(stack, key, lines)

@@ -280,3 +280,42 @@ def test_the_blocks_are_counted_whatever_the_chunks(step: int) -> None:
             "web_search": 2,
             "web_fetch": 1,
         }
+
+
+# --- A whole answer without Anthropic's count -----------------------------------------
+
+
+async def test_a_whole_answer_without_usage_bills_the_searches_its_blocks_show(
+    processor: Processor, services: Services
+) -> None:
+    # A proxy that strips usage: the answer is charged its estimate, and the searches its
+    # blocks show, as a stream ended without its count is (a failed one not billed).
+    tool_id = "srvtoolu_{}".format
+    content = [
+        {"type": "server_tool_use", "id": tool_id(0), "name": "web_search", "input": {}},
+        {"type": "web_search_tool_result", "tool_use_id": tool_id(0), "content": []},
+        {"type": "server_tool_use", "id": tool_id(1), "name": "web_search", "input": {}},
+        {
+            "type": "web_search_tool_result",
+            "tool_use_id": tool_id(1),
+            "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"},
+        },
+        {"type": "server_tool_use", "id": tool_id(2), "name": "web_fetch", "input": {}},
+        {"type": "text", "text": "The act changed."},
+    ]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": SONNET,
+               "content": content, "stop_reason": "end_turn"}  # fmt: skip
+    body = orjson.dumps({"model": SONNET, "max_tokens": 100, "messages": PROMPT})
+    await run_stream(
+        processor,
+        [
+            request_headers("/v1/messages", headers=ANTHROPIC_KEY),
+            request_body(body),
+            response_headers(200, {"content-type": "application/json"}),
+            response_body(orjson.dumps(message)),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    assert line["server_tool_requests"] == {"web_search": 1, "web_fetch": 1}
+    assert search_cost(line) == PER_SEARCH

@@ -225,6 +225,19 @@ async def test_a_whole_answers_searches_are_logged_and_billed(
     assert line["cost_priced"] is True and line["usage_reported"] is True
 
 
+async def test_a_whole_answer_without_usage_is_billed_its_searches_with_the_estimate(
+    processor: Processor, services: Services
+) -> None:
+    # As a stream whose terminal response has no usage is: the calls its output shows
+    # happened, and are billed per call on top of the estimated tokens.
+    answer = orjson.dumps(response("completed", [*SEARCHED, file_search(5), message()], None))
+    await whole(processor, answer)
+    line = only_line(services)
+    assert line["usage_estimated"] is True and line["completion_tokens"] > 0
+    assert line["server_tool_requests"] == {"web_search": 2, "file_search": 1}
+    assert cost(line) == token_cost(line) + 2 * PER_SEARCH + PER_FILE_SEARCH
+
+
 async def test_file_searches_are_billed_at_the_price_tables_file_search_price(
     config: GatewayConfig, services: Services
 ) -> None:
