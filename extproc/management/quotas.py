@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
-from extproc.hosts import AUTHORITY
+from extproc.hosts import AUTHORITY, request_host
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, generation_field
 
@@ -80,6 +80,16 @@ def normalize_kind(kind: str) -> str:
         # header:host is the host's subject, as in the config (quota_model.HOST_SUBJECT).
         return HOST_SUBJECT if name in ("host", AUTHORITY) else "header:" + name
     return kind
+
+
+def normalize_subject(kind: str, subject: str) -> str:
+    """A subject of ``kind`` (normalised) as the gateway counts it.
+
+    The host is counted as routes read it (lower case, no port, no trailing dot), so
+    ``Gateway.Local:10000`` named a counter no request ever wrote: a read showed
+    nothing used and a change went to a subject no request is checked against.
+    """
+    return request_host(subject) if kind == HOST_SUBJECT else subject
 
 
 class QuotaAdmin:

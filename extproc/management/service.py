@@ -54,6 +54,7 @@ from extproc.management.quotas import (
     NotFoundError,
     QuotaAdmin,
     normalize_kind,
+    normalize_subject,
 )
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
@@ -331,8 +332,9 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
     ) -> pb.QuotaState:
         async def work(caller: str) -> pb.QuotaState:
             kind = normalize_kind(request.subject_kind)
-            limits = self._admin.limits(self._runtime().quota_rules, kind, request.subject)
-            return _quota_state(kind, request.subject, await self._admin.read(limits))
+            subject = normalize_subject(kind, request.subject)
+            limits = self._admin.limits(self._runtime().quota_rules, kind, subject)
+            return _quota_state(kind, subject, await self._admin.read(limits))
 
         return await self._call(context, work)
 
@@ -397,11 +399,12 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
     ) -> pb.QuotaState:
         """Apply one change to some limits of a subject, audit it, answer the new state."""
         kind = normalize_kind(request.subject_kind)
+        subject = normalize_subject(kind, request.subject)
         change = Change(
             action,
             {
                 "subject_kind": kind,
-                "subject": request.subject,
+                "subject": subject,
                 "rule": request.rule or None,
                 "counter": request.counter or None,
                 **details,
@@ -409,7 +412,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
         )
 
         async def work(caller: str) -> pb.QuotaState:
-            limits = self._admin.limits(self._runtime().quota_rules, kind, request.subject)
+            limits = self._admin.limits(self._runtime().quota_rules, kind, subject)
             targets = select(limits)
             change.fields["before"] = _by_label(await self._admin.read(targets))
             change.stage = "applying"
@@ -417,7 +420,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             change.stage = "applied"
             after = await self._admin.read(limits)
             change.fields["after"] = _by_label([s for s in after if s.limit in targets])
-            return _quota_state(kind, request.subject, after)
+            return _quota_state(kind, subject, after)
 
         return await self._call(context, work, change)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import running_stack
+from tests.integration.test_management_cli import ADMIN_TOKEN, quota
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 RULES = """
@@ -32,6 +34,7 @@ quotas:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("host-quota-subject")
     text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\n" + RULES + "\nroutes:\n", 1)
+    text = text.replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
     config = workdir / "gateway.yaml"
     config.write_text(text)
     with running_stack(workdir, config) as running:
@@ -61,3 +64,19 @@ def test_the_host_cannot_escape_its_rule_by_its_spelling(stack: LocalStack) -> N
     for spelling in ["GATEWAY.local", "gateway.local:1", "gateway.local."]:
         with pytest.raises(openai.RateLimitError):
             ask(stack, spelling)
+
+
+def test_an_operator_names_the_host_as_a_client_spells_it(stack: LocalStack) -> None:
+    # Spelt with its port, as in a client's base URL: gateway.local's counters.
+    reset = quota(stack, "reset", "--kind", "header:host", "--subject", "Gateway.Local:10000")
+    assert reset.returncode == 0, reset.stderr
+    ask(stack, "gateway.local")  # the reset gave the day's one request back
+
+    done = quota(
+        stack, "get", "--kind", "header::authority", "--subject", "GATEWAY.local.",
+        "--format", "json",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    state = orjson.loads(done.stdout)
+    assert (state["subject"], state["limits"][0]["used"]) == ("gateway.local", 1)
