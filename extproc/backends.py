@@ -77,6 +77,7 @@ import orjson
 
 from extproc import aws_eventstream, bedrock_count_tokens, gemini_api
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
+from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
 from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
 from extproc.config.model import (
     GEMINI_APIS,
@@ -843,8 +844,13 @@ def plan_response(
     from_provider: bool = False,
 ) -> ResponsePlan:
     """How to read (and maybe rewrite) the provider's answer for this client."""
+    if is_redirect(status):
+        # Nothing to read: whatever usage its body reports, the model answered nothing.
+        # On the lean path its headers have left; the client gets it as it was sent.
+        return ResponsePlan(None) if ctx.lean_response else _redirect_plan(ctx, status)
     if status > MAX_HTTP_STATUS and not ctx.lean_response:
-        return _invalid_status_plan(ctx, status)
+        message = f"the provider answered with an invalid HTTP status ({status})"
+        return _upstream_error_plan(ctx, message)
     plan = _answer_plan(ctx, status, headers, kind, from_provider)
     if plan.streamed:
         framed = headers.get("content-type", "").startswith(AWS_EVENT_STREAM)
@@ -1076,8 +1082,6 @@ def _vertex_embeddings_translator(ctx: RequestContext) -> ResponseTranslator:
 
 # A provider's answer to the gateway's own key or account, not to anything of the client's.
 CREDENTIAL_REFUSALS = frozenset({401, 402, 403})
-# The last status HTTP defines (RFC 9110, section 15); Envoy passes any three digits on.
-MAX_HTTP_STATUS = 599
 
 
 def _refused_plan(ctx: RequestContext, status: int) -> ResponsePlan:
@@ -1493,14 +1497,27 @@ def _status_error(status: int, shape: str, message: str | None = None) -> bytes:
     return error_body(message, kind_name, code="upstream_error")
 
 
-def _invalid_status_plan(ctx: RequestContext, status: int) -> ResponsePlan:
-    """A provider's answer with a status HTTP does not define (600-999, which some
-    servers and proxies send for errors of their own): the client's 502, in its API's
-    shape, as RFC 9110 (section 15) tells clients to take such a status for a server
-    error. Passed on, it reached SDKs as no status they know, and a failover chain
-    stopped at it: Envoy retries 500-599 alone. On the lean path its headers have
+def _redirect_plan(ctx: RequestContext, status: int) -> ResponsePlan:
+    """A provider's (or a proxy's) redirect: the client's 502, in its API's shape, its
+    ``location`` dropped. Passed on, the client read it as an answer (a translated one
+    as a completion, billed by the usage its body showed), or its SDK followed it past
+    the gateway, with the client's key for the gateway, to a URL that speaks the
+    provider's API, not the client's."""
+    plan = _upstream_error_plan(
+        ctx,
+        f"the provider answered with a redirect (HTTP {status}), which the gateway does not follow",
+    )
+    plan.remove_headers.append("location")
+    return plan
+
+
+def _upstream_error_plan(ctx: RequestContext, message: str) -> ResponsePlan:
+    """The client's 502, in its API's shape, for a provider's answer that is none: a
+    status HTTP does not define (600-999, which some servers and proxies send for errors
+    of their own, which RFC 9110, section 15, tells clients to take for a server error)
+    or a redirect. Passed on, it reached SDKs as no status they know, and a failover
+    chain stopped at it: Envoy retries 500-599 alone. On the lean path its headers have
     already left; the client gets it as the provider sent it."""
-    message = f"the provider answered with an invalid HTTP status ({status})"
     shape = ctx.error_shape
     if shape == "bedrock":
         plan = _bedrock_shaped(UpstreamError.status, message)

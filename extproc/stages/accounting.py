@@ -12,6 +12,7 @@ answer; the log line adds it to its totals (``access_log``).
 
 from __future__ import annotations
 
+from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import CutAttempt, RequestContext
 from extproc.store.usage import UsageEntry
@@ -71,11 +72,11 @@ class AccountingStage:
             duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
             ttft_s=ttft,
         )
-        if ctx.error is None and ctx.provider is not None and ctx.response_status >= 400:
+        if ctx.error is None and ctx.provider is not None and no_answer(ctx.response_status):
             # The upstream side's own status (Anthropic's 529, not the client's 503); the
             # client's, for an answer the gateway could not translate (its 200 is no error).
             upstream = ctx.upstream_status or 0
-            label = str(upstream) if upstream >= 400 and not ctx.aborted else status
+            label = str(upstream) if no_answer(upstream) and not ctx.aborted else status
             metrics.upstream_error(provider=provider, model=model, status=label)
         elif ctx.stream and stream_failure(ctx.translator) is not None:
             # The provider failed after its 200 had left: no status tells, so a label does.

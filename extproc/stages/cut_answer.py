@@ -74,6 +74,7 @@ from typing import Any
 import orjson
 
 from extproc import headers
+from extproc.answer_status import no_answer
 from extproc.backends import ENVOY_UPSTREAM_TIME
 from extproc.config.model import RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
@@ -176,7 +177,7 @@ def charge_answer_too_large(ctx: RequestContext) -> None:
     decoded: ``answer_encoding``) as one over Envoy's buffer: the prompt estimate and
     the completion allowance. When its 502 replaced the answer, that is the client's
     error (on the lean path the provider's status had left)."""
-    if not _billed(ctx) or ctx.first_byte_at is None or (ctx.upstream_status or 0) >= 400:
+    if not _billed(ctx) or ctx.first_byte_at is None or no_answer(ctx.upstream_status or 0):
         return
     if ctx.response_status >= 400:
         ctx.error = response_too_large()
@@ -247,4 +248,6 @@ def _billed(ctx: RequestContext) -> bool:
 def _answer_started(ctx: RequestContext) -> bool:
     """The provider's success status came back, and nothing turned the answer into an
     error (a translated error, an answer the gateway replaced with one, a refusal)."""
-    return ctx.first_byte_at is not None and ctx.response_status < 400 and ctx.error is None
+    return (
+        ctx.first_byte_at is not None and not no_answer(ctx.response_status) and ctx.error is None
+    )

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.answer_status import no_answer
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
@@ -81,7 +82,7 @@ class PartialUsageStage:
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
     ) -> None:
-        if ctx.stream and ctx.accounted and ctx.response_status < 400:
+        if ctx.stream and ctx.accounted and not no_answer(ctx.response_status):
             if _unwrapped_chars(ctx) is not None:
                 return  # the provider's bytes hide the text: the translator counts it
             responses = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_RESPONSES
@@ -177,7 +178,7 @@ def _failed_before_answering(ctx: RequestContext, failure: StreamFailure) -> boo
 
 def _nothing_generated(ctx: RequestContext) -> bool:
     """No answer was generated: the request was refused, or the provider answered an error."""
-    return ctx.first_byte_at is None or ctx.response_status >= 400 or ctx.error is not None
+    return ctx.first_byte_at is None or no_answer(ctx.response_status) or ctx.error is not None
 
 
 def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api, gemini_api
+from extproc.answer_status import no_answer
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
@@ -158,7 +159,7 @@ class QuotaStage:
         # reserved no tokens).
         produced_nothing = (
             ctx.error is not None
-            or ctx.response_status >= 400
+            or no_answer(ctx.response_status)
             or (ctx.aborted and ctx.first_byte_at is None)
         )
         if produced_nothing:

@@ -21,6 +21,7 @@ import re
 import time
 
 from extproc import headers
+from extproc.answer_status import no_answer
 from extproc.backends import plan_response, provider_secrets, without_provider_credentials
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
@@ -193,7 +194,7 @@ _CARRY = len(b"\nevent: message_stop") - 1
 
 
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
-    if ctx.response_status >= 400 or not sent:
+    if no_answer(ctx.response_status) or not sent:
         return False
     if ctx.route is not None and ctx.route.api in _TERMINAL_EVENT_APIS:
         # No end marker: the terminal event (response.completed..., ConverseStream's

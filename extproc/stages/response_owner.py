@@ -37,6 +37,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from extproc.answer_status import no_answer
 from extproc.backends import provider_api, serves_client_api
 from extproc.config.model import RouteApi
 from extproc.config.quota_model import StoreFailure
@@ -235,7 +236,7 @@ def _to_record(ctx: RequestContext) -> tuple[str, ResponseOwner] | None:
     route = ctx.route
     if route is None or route.api is not RouteApi.OPENAI_RESPONSES:
         return None
-    if ctx.owner_recorded or ctx.response_status >= 400 or ctx.provider is None:
+    if ctx.owner_recorded or no_answer(ctx.response_status) or ctx.provider is None:
         return None
     response_id = getattr(ctx.translator, "response_id", None)
     body = ctx.body

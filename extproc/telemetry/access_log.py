@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import usd_float
 from extproc.config.telemetry_model import LogConfig
 from extproc.context import CutAttempt, RequestContext, with_cut_attempts
@@ -152,7 +153,7 @@ def _outcome(ctx: RequestContext) -> str:
         return "rejected"  # refused inside its stream: the client read the refusal
     if ctx.aborted:
         return "aborted"
-    if ctx.response_status >= 400:
+    if no_answer(ctx.response_status):
         return "upstream_error"
     return "completed"
 
