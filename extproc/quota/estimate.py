@@ -24,18 +24,24 @@ translation, so a Bedrock-bound request is read in its OpenAI shape):
   function's or a custom tool's) and legacy ``function_call`` names and
   ``arguments`` or ``input``;
 - tool definitions: OpenAI's ``tools`` and legacy ``functions``, Anthropic's
-  ``tools``, as JSON (the providers render them into the prompt).
+  ``tools``, as JSON (the providers render them into the prompt);
+- a structured output's schema (``output_schema_chars``): OpenAI's ``response_format``
+  of type ``json_schema``, Anthropic's ``output_config.format`` and its beta
+  ``output_format``, as JSON, as tool definitions are: the model reads it, and the
+  providers bill it as input (OpenAI's ``prompt_tokens`` grow with it; Claude gets it
+  in a system prompt of its own).
 
 An OpenAI Responses API body (``/v1/responses``) is read its own way
 (``estimate_responses_tokens``): ``instructions``, a stored prompt's variables, then
 ``input`` (a string, or items: the text the guards read of each, from
 ``guardrails.responses_text``: messages' text and refusal parts, function and custom
 tool calls' names and arguments, what tools returned, reasoning summaries, MCP and
-shell items...), with the same per-message overhead, and its tool definitions; its
-completion allowance is ``max_output_tokens``. Context the provider adds from storage
-(``previous_response_id``, ``conversation``, a stored ``prompt``) is not in the
-body: the estimate is low for such a request, and the settlement, from the
-provider's count, exact.
+shell items...), with the same per-message overhead, its tool definitions and its
+structured output's schema (``text.format``); its completion allowance is
+``max_output_tokens``. Context the provider adds from storage
+(``previous_response_id``, ``conversation``, a stored ``prompt``) is not in the body:
+the estimate is low for such a request, and the settlement, from the provider's
+count, exact.
 
 Text the estimate skipped would still be billed: a prompt made of it reserved
 next to nothing, and one large request could overrun a token limit or a hard
@@ -92,6 +98,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
                 prompt += PER_MESSAGE_OVERHEAD
     prompt += _content_chars(body.get("system")) // CHARS_PER_TOKEN
     prompt += definitions_chars(body) // CHARS_PER_TOKEN
+    prompt += output_schema_chars(body) // CHARS_PER_TOKEN
     return prompt
 
 
@@ -109,7 +116,8 @@ def estimate_responses_tokens(body: dict[str, Any]) -> int:
         for item in value:
             if isinstance(item, dict):
                 prompt += _item_chars(item) // CHARS_PER_TOKEN + PER_MESSAGE_OVERHEAD
-    return prompt + definitions_chars(body) // CHARS_PER_TOKEN
+    prompt += definitions_chars(body) // CHARS_PER_TOKEN
+    return prompt + output_schema_chars(body) // CHARS_PER_TOKEN
 
 
 def _item_chars(item: dict[str, Any]) -> int:
@@ -201,6 +209,29 @@ def definitions_chars(body: dict[str, Any]) -> int:
         definitions = body.get(field)
         if isinstance(definitions, list) and definitions:
             chars += json_chars(definitions)
+    return chars
+
+
+def output_schema_chars(body: dict[str, Any]) -> int:
+    """A structured output's definition (name, description, schema) as JSON: OpenAI chat's
+    ``response_format``, the Responses API's ``text.format``, Anthropic's
+    ``output_config.format`` or beta ``output_format``. Counted as tool definitions are:
+    a schema of thousands of characters reserved nothing, while the provider billed it
+    as input, and a hard cap let a prompt past its budget."""
+    text = body.get("text")
+    config = body.get("output_config")
+    chars = 0
+    for found in (
+        body.get("response_format"),
+        text.get("format") if isinstance(text, dict) else None,
+        config.get("format") if isinstance(config, dict) else None,
+        body.get("output_format"),
+    ):
+        if isinstance(found, dict) and found.get("type") == "json_schema":
+            # OpenAI chat nests the definition in ``json_schema``; the Responses API and
+            # Anthropic put it beside ``type``.
+            nested = found.get("json_schema")
+            chars += json_chars(nested if isinstance(nested, dict) else found)
     return chars
 
 
