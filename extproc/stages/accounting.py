@@ -20,6 +20,7 @@ from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import operation_of
 from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import stream_failure
+from extproc.translators.unreadable_answers import UnreadableAnswerError, unusable_answer
 
 # The status_code of aigw_upstream_errors_total for a provider's error inside a stream,
 # and for a success answer whose body was the provider's error.
@@ -47,7 +48,7 @@ class AccountingStage:
             ctx.error is None
             or ctx.usage_reported
             or ctx.usage_estimated
-            or isinstance(ctx.error, ProviderAnswerError)
+            or unusable_answer(ctx.error)
         )
         if ctx.accounted and reached_provider and services.usage_writer is not None:
             services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
@@ -72,7 +73,8 @@ class AccountingStage:
             duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
             ttft_s=ttft,
         )
-        if ctx.error is None and ctx.provider is not None and no_answer(ctx.response_status):
+        upstream_side = ctx.error is None or isinstance(ctx.error, UnreadableAnswerError)
+        if upstream_side and ctx.provider is not None and no_answer(ctx.response_status):
             # The upstream side's own status (Anthropic's 529, not the client's 503); the
             # client's, for an answer the gateway could not translate (its 200 is no error).
             upstream = ctx.upstream_status or 0

@@ -13,6 +13,9 @@ provider reported and estimates the rest, and it is priced after that, not here.
 A JSON answer that ends without the provider's count is charged an estimate from its
 text (``cut_answer``), before it is priced; unless it is the provider's error in a 200
 (``translators.answer_errors``): then it is the request's error, and charged nothing.
+So is the error a translator replaced an answer it could not read with
+(``translators.unreadable_answers``): the provider's error in its 200, or the gateway's
+``invalid_upstream_response``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from extproc.errors import without_secrets
 from extproc.stages.cut_answer import charge_answer_too_large, charge_whole_answer
 from extproc.translators.answer_errors import ProviderAnswerError, answer_error
 from extproc.translators.base import ResponseTranslator, stream_failure
+from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_error
 
 
 class ResponseStage:
@@ -102,6 +106,9 @@ class ResponseStage:
             # so its headers have not left yet).
             ctx.response_status = translator.status
             out.set_headers[":status"] = str(translator.status)
+            replacing = replaced_error(translator)
+            if replacing is not None and ctx.error is None:
+                _answer_replaced(ctx, out, replacing)
         if ctx.stream and _provider_failed(ctx, translator):
             return
         if not end_of_stream and not (
@@ -154,6 +161,20 @@ def _provider_answered_error(
         scrubbed = without_provider_credentials(ctx, chunk)
         if scrubbed is not chunk:
             out.body = scrubbed
+
+
+def _answer_replaced(
+    ctx: RequestContext, out: PhaseOutput, error: ProviderAnswerError | UnreadableAnswerError
+) -> None:
+    """Record the error a translator replaced a success answer with as the request's
+    (``translators.unreadable_answers``), so the log line names it. The provider's words
+    lose the gateway's provider credentials, in the log line and in the client's error,
+    as when the same error passes through (``_provider_answered_error``)."""
+    if isinstance(error, ProviderAnswerError):
+        error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+        if out.body:
+            out.body = without_provider_credentials(ctx, out.body)
+    ctx.error = error
 
 
 def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> bool:

@@ -27,8 +27,8 @@ from extproc.telemetry.log_writer import (
     default_stdout,
     expand_path,
 )
-from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import stream_failure
+from extproc.translators.unreadable_answers import unusable_answer
 
 SCHEMA_VERSION = 1
 
@@ -142,10 +142,11 @@ def _outcome(ctx: RequestContext) -> str:
     if ctx.error is not None:
         # Estimated usage with an error: the provider failed inside a stream (partial_usage);
         # so did one it failed before answering, which is charged nothing; or its
-        # success answer was an error (translators.answer_errors).
+        # success answer was an error (translators.answer_errors) or unreadable
+        # (translators.unreadable_answers).
         failed = (
             ctx.usage_estimated
-            or isinstance(ctx.error, ProviderAnswerError)
+            or unusable_answer(ctx.error)
             or (ctx.stream and stream_failure(ctx.translator) is not None)
         )
         return "upstream_error" if failed else "rejected"

@@ -5,8 +5,8 @@ was refused, so the client gets a 502 that says so rather than a status that wou
 doubt its own key, and nothing of the provider's words that looks like a key (OpenAI-style
 proxies name a fragment of the key they refused). An overload (529) becomes a 503, a rate
 limit stays a 429, other 5xx become 502; 400, 404 and 413 stay. An ``event: error``
-inside a stream carries no status: the one Anthropic documents for its error type stands
-in for it.
+inside a stream, or a ``200`` whose body is an error (``unreadable_answers``), carries no
+status: the one Anthropic documents for its error type stands in for it.
 
 Both Anthropic translators use it: ``openai_anthropic`` for what the client is shown, and
 ``anthropic_anthropic`` to name, in the log line, an error its own client read unchanged.
@@ -69,4 +69,11 @@ def stream_error(error: Any) -> GatewayError:
     message = error.get("message") if isinstance(error, dict) else None
     kind = kind if isinstance(kind, str) else None
     text = message if isinstance(message, str) and message else "the provider's stream failed"
-    return client_error(_ERROR_STATUS.get(kind or "", 500), kind, text)[1]
+    return typed_error(kind, text)
+
+
+def typed_error(kind: str | None, message: str) -> GatewayError:
+    """The OpenAI error for an error that names its type but came with no status of its
+    own (an ``event: error``, a ``200`` whose body is an error): the status Anthropic
+    documents for the type stands in for it, an unknown type's a server error's."""
+    return client_error(_ERROR_STATUS.get(kind or "", 500), kind, message)[1]

@@ -24,8 +24,9 @@ from urllib.parse import quote
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import BadRequestError, error_body
+from extproc.errors import BadRequestError, GatewayError
 from extproc.translators.token_counts import token_count
+from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_answer
 
 # Characters of a model id or ARN kept as they are in the path (":" is quoted, as
 # the Converse path does).
@@ -75,8 +76,10 @@ class BufferedEmbeddings:
     def __init__(self, *, model: str, base64_vectors: bool) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None  # Bedrock does not say which model answered
-        # 502 once an answer could not be read as the model's.
+        # The client's status once an answer could not be read as the model's
+        # (unreadable_answers), and the request's error.
         self.status: int | None = None
+        self.error: GatewayError | None = None
         self.answer: Any = None
         self._model = model
         self._base64 = base64_vectors
@@ -98,8 +101,10 @@ class BufferedEmbeddings:
             parsed = None
         found = self.read(parsed)
         if found is None:
-            self.status = 502
-            return error_body(self.unreadable, "upstream_error")
+            replaced = replaced_answer(parsed, self.unreadable)
+            self.error = replaced.recorded
+            self.status = replaced.shown.status
+            return replaced.shown.body()
         vectors, tokens = found
         if tokens is not None:
             # Read first: the provider billed it, even should its vectors not be sendable.
@@ -115,8 +120,9 @@ class BufferedEmbeddings:
             ]
         except (OverflowError, struct.error):
             # A number past float32's range has no base64 (float32) encoding.
-            self.status = 502
-            return error_body(self.unreadable, "upstream_error")
+            self.error = UnreadableAnswerError(self.unreadable)
+            self.status = self.error.status
+            return self.error.body()
         answer: dict[str, Any] = {"object": "list", "data": data, "model": self._model}
         if tokens is not None:
             answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}

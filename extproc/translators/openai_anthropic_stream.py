@@ -17,7 +17,8 @@ request; OpenAI's usage has no place for them, so the client is not shown them, 
 a failover attempt's translation, which shows them to the request's filter that bills it,
 ``bill_apart``); cache reads are also reported as ``prompt_tokens_details.cached_tokens``.
 A body that is not a message becomes an ``upstream_error`` / ``invalid_upstream_response``
-error body, with no usage.
+error body, with no usage; one that is the provider's error (a ``200`` whose body is
+Anthropic's ``{"type": "error", ...}``) that error, as ``unreadable_answers`` says.
 
 Streams (``StreamTranslator``): each complete SSE event is translated as soon as its blank
 line arrives; a partial event waits for the rest, so the output is the same however the
@@ -81,6 +82,7 @@ from extproc.translators.base import CONTEXT_LENGTH_EXCEEDED, StreamFailure, ove
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
 from extproc.translators.token_counts import token_count
+from extproc.translators.unreadable_answers import replaced_answer
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -134,8 +136,10 @@ class CompletionTranslator:
         route that bills it (``openai_openai.show_billed_apart``)."""
         self.usage: Usage | None = None
         self.response_model: str | None = None
-        # 502 once an answer could not be read as an Anthropic message.
+        # The client's status once an answer could not be read as an Anthropic message
+        # (unreadable_answers), and the request's error.
         self.status: int | None = None
+        self.error: GatewayError | None = None
         # The tier Anthropic served the answer at (usage.service_tier).
         self.service_tier: str | None = None
         self._id = f"chatcmpl-{request_id}"
@@ -156,9 +160,10 @@ class CompletionTranslator:
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            error = _invalid_upstream_response("the provider's answer could not be read")
-            self.status = error.status
-            return error.body()
+            replaced = replaced_answer(message, "the provider's answer could not be read")
+            self.error = replaced.recorded
+            self.status = replaced.shown.status
+            return replaced.shown.body()
         text: list[str] = []
         thinking: list[str] = []
         calls: list[dict[str, Any]] = []

@@ -105,7 +105,7 @@ from urllib.parse import quote
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import BadRequestError, error_body
+from extproc.errors import BadRequestError, GatewayError
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
@@ -136,6 +136,7 @@ from extproc.translators.openai_bedrock_stream import (
 )
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.tool_ids import provider_tool_call_id
+from extproc.translators.unreadable_answers import replaced_answer
 
 __all__ = [
     "CompletionTranslator",
@@ -887,8 +888,10 @@ class CompletionTranslator:
         self.response_model: str | None = None
         # The tier Bedrock served the answer at (serviceTier.type): it prices the request.
         self.service_tier: str | None = None
-        # 502 once an answer could not be read as a Converse response.
+        # The client's status once an answer could not be read as a Converse response
+        # (unreadable_answers), and the request's error.
         self.status: int | None = None
+        self.error: GatewayError | None = None
         self._model = model
         self._id = completion_id(request_id)
         self._created = created
@@ -909,11 +912,12 @@ class CompletionTranslator:
         completion = self._completion(parsed) if isinstance(parsed, dict) else None
         if completion is None:
             self.usage = None
-            self.status = 502
-            return error_body(
-                "the provider's answer could not be read as a Bedrock Converse response",
-                "upstream_error",
+            replaced = replaced_answer(
+                parsed, "the provider's answer could not be read as a Bedrock Converse response"
             )
+            self.error = replaced.recorded
+            self.status = replaced.shown.status
+            return replaced.shown.body()
         self.answer = completion
         return orjson.dumps(completion)
 

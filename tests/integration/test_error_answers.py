@@ -235,6 +235,48 @@ def test_an_anthropic_200_error_body_on_messages_costs_nothing(
     assert_nothing_charged(stack, key, line)
 
 
+# A 200 whose body is the provider's error, where the gateway translates the answer.
+
+
+@pytest.mark.parametrize(
+    ("shape", "status", "error"),
+    [
+        # Anthropic's overload is its 529, an OpenAI client's 503 (anthropic_errors).
+        ("anthropic", 503, ("overloaded_error", None)),
+        ("openai", 502, ("server_error", "overloaded")),
+        ("bare", 502, ("upstream_error", None)),
+    ],
+)
+def test_a_200_error_body_from_claude_reaches_an_openai_client_as_its_error(
+    stack: LocalStack, key: str, shape: str, status: int, error: tuple[Any, ...]
+) -> None:
+    """An OpenAI client on Claude (``/anthropic``): the answer cannot be translated, so
+    the client gets an error, with the provider's words (it read the gateway's "the
+    provider's answer could not be read", and the log line named no error)."""
+    counted = error_bodies(stack)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(stack, key, "/anthropic").chat.completions.create(
+            model="claude-3-5-haiku-latest",
+            messages=MESSAGES,
+            extra_headers={"x-mock-fault": f"error_body={shape}"},
+        )
+
+    found = raised.value
+    assert found.status_code == status
+    assert isinstance(found.body, dict)
+    assert found.body["message"].startswith("The model is overloaded")
+    if shape == "anthropic":
+        assert isinstance(found, openai.InternalServerError)
+        assert found.code == "upstream_overloaded"
+    line = line_of(stack, found.response.headers["x-request-id"])
+    assert (line["http_status_code"], line["upstream_status_code"]) == (status, 200)
+    assert line["outcome"] == "upstream_error"
+    assert (line["error_type"], line["error_code"]) == error
+    assert line["error_message"].startswith("The model is overloaded")
+    assert_nothing_charged(stack, key, line)
+    assert wait_for(lambda: error_bodies(stack) == counted + 1, 10)
+
+
 # An error status in Google's list, from an OpenAI-compatible provider.
 
 

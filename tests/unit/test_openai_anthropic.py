@@ -297,17 +297,28 @@ def test_a_malformed_cache_read_count_is_shown_as_none_read(cache_read: Any) -> 
     [
         b"<html><body>502 Bad Gateway</body></html>",
         b'{"id":"msg_1","type":"message","content":[{"type":"text"',
-        b'{"type":"error","error":{"type":"api_error","message":"Internal server error"}}',
         b"[]",
         b"",
     ],
-    ids=["html", "cut-json", "error-shape", "array", "empty"],
+    ids=["html", "cut-json", "array", "empty"],
 )
 def test_unreadable_answer_becomes_an_openai_error_without_usage(body: bytes) -> None:
     translator = CompletionTranslator(request_id=REQUEST_ID, created=CREATED)
     error = orjson.loads(translator.feed(body, True) or b"")["error"]
     assert (error["type"], error["code"]) == ("upstream_error", "invalid_upstream_response")
     assert translator.usage is None
+    assert translator.status == 502
+
+
+def test_an_error_in_a_200_becomes_the_providers_error_in_openais_shape() -> None:
+    """Anthropic's error in a 200: its words, its type as the code, as the same error
+    with its 500 status is shown (unreadable_answers)."""
+    translator = CompletionTranslator(request_id=REQUEST_ID, created=CREATED)
+    body = b'{"type":"error","error":{"type":"api_error","message":"Internal server error"}}'
+    error = orjson.loads(translator.feed(body, True) or b"")["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "api_error")
+    assert error["message"] == "Internal server error"
+    assert (translator.status, translator.usage) == (502, None)
 
 
 # --- streamed answers -------------------------------------------------------------------
