@@ -686,7 +686,9 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
         # The provider's own x-ratelimit-* (and anthropic-ratelimit-*, the account's
         # id) describe the organisation's account, not the caller's limits: removed,
         # so the client sees the gateway's (added at the virtual host from the quota
-        # stage's metadata) or none.
+        # stage's metadata) or none. A redirect's location too, on the lean path as
+        # well, whose headers the gateway never reads: an SDK followed it past the
+        # gateway with the client's key (headers.REDIRECT_HEADERS).
         "response_headers_to_remove": list(provider_headers_removed(provider.type)),
     }
 

@@ -333,7 +333,7 @@ def _route(
         },
         "request_headers_to_remove": [CLUSTER, *ABOUT_THE_CLIENT],
         # As on a provider's own route (envoy_bootstrap._provider_route): the account's
-        # id and limits are not the caller's.
+        # id and limits are not the caller's, nor a redirect's location theirs to follow.
         "response_headers_to_remove": headers_removed,
         "response_headers_to_add": [_started_header(providers)],
     }

@@ -37,9 +37,10 @@ same config fields, in each controller's own policy resources (docs/operations.m
 (BackendTrafficPolicy / ExtProc ``backendSettings``; BackendConfigPolicy), buffers
 for answers up to ``envoy.max_response_body_bytes`` (ClientTrafficPolicy;
 ListenerPolicy), no overall route timeout but a provider's timeout per attempt,
-and the provider's own ``x-ratelimit-*`` headers removed. The bootstrap's HTTP/2
-keepalive pings to the gateway (``server.keepalive``) have no field in either
-controller: the gateway's cluster gets TCP keepalive from the same values instead.
+and the provider's own ``x-ratelimit-*`` headers and a redirect's ``location``
+removed. The bootstrap's HTTP/2 keepalive pings to the gateway (``server.keepalive``)
+have no field in either controller: the gateway's cluster gets TCP keepalive from the
+same values instead.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ def _rate_limit_headers(controller: Controller, provider: ProviderConfig) -> lis
 
     The provider's own (its limits for the organisation's whole account, not the
     caller's, and the account's id) are removed from its answers, as the bootstrap
-    removes them. Envoy
+    removes them, and so is a redirect's ``location`` (headers.REDIRECT_HEADERS). Envoy
     removes a route's headers before it sets them, so on Envoy Gateway, which passes
     Envoy format strings in header values through to Envoy, the gateway's values
     replace the provider's; on an answer no quota rule applies to the gateway returns

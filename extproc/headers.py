@@ -85,15 +85,26 @@ ANTHROPIC_ACCOUNT_HEADERS = (
 )
 
 
+# Where a provider's (or a proxy's) redirect points. An SDK follows it past the gateway
+# (the openai SDK does), sending the client's gateway key in its Authorization header to
+# whatever host it names. The gateway answers a redirect with its own 502 where it reads
+# the response headers (backends._redirect_plan); on the lean path they leave before it
+# reads them (docs/architecture.md), so Envoy's route to a model's provider removes it
+# from every answer: no model API answers with one. Agent routes keep it: the gateway
+# reads it there and points it at its own route (agents.stages).
+REDIRECT_HEADERS = ("location",)
+
+
 def provider_headers_removed(provider_type: str) -> tuple[str, ...]:
     """The answer headers Envoy removes from a provider of this type before the client
-    sees its answer: what describes the account (above). Anthropic's answers carry no
-    x-ratelimit-*, which keeps its list within Gateway API's 16."""
+    sees its answer: where a redirect points, and what describes the account (above).
+    Anthropic's answers carry no x-ratelimit-*, which keeps its list within Gateway
+    API's 16."""
     if provider_type == "anthropic":
-        return ANTHROPIC_ACCOUNT_HEADERS
+        return REDIRECT_HEADERS + ANTHROPIC_ACCOUNT_HEADERS
     if provider_type == "openai":
-        return RATE_LIMIT_HEADERS + OPENAI_ACCOUNT_HEADERS
-    return RATE_LIMIT_HEADERS
+        return REDIRECT_HEADERS + RATE_LIMIT_HEADERS + OPENAI_ACCOUNT_HEADERS
+    return REDIRECT_HEADERS + RATE_LIMIT_HEADERS
 
 
 def metadata_key(header: str) -> str:

@@ -1,12 +1,15 @@
 """A provider (or a proxy in front of it) answering a redirect, through the real Envoy.
 
 Envoy passes an upstream 3xx on. The stand-in provider answers every call 307 with a
-whole completion and a ``location`` pointing at itself. Before, the gateway logged it
+whole completion and a ``location`` pointing at another stand-in, which answers a
+completion too. Before, the gateway logged it
 ``completed`` and billed the completion's usage, and the official OpenAI client followed
-the ``location`` past the gateway, sending its gateway key to the provider's host. Where
+the ``location`` past the gateway, sending its gateway key to the host it named. Where
 the gateway answers the response headers, the client now gets a 502 it knows
 (``InternalServerError``), nothing is billed and a failover chain moves on; on the lean
-path (headers already sent) the client gets the redirect as sent, unbilled.
+path (headers already sent) the client gets the redirect's status, unbilled, without its
+``location``, which Envoy's route to the provider removes: the SDK raises instead of
+following it.
 """
 
 from __future__ import annotations
@@ -29,32 +32,46 @@ MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 GUARDED = "/guarded/v1"
 
 
+def completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+
+
+class RedirectTarget(JsonStandIn):
+    """Where the redirect points: a server that speaks OpenAI's API, outside the gateway."""
+
+    port: ClassVar[int] = 0
+    seen_credentials: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.seen_credentials.append(self.headers.get("authorization", ""))
+        self.answer_json(completion(self.json_body().get("model", "")))
+
+
 class Redirecting(JsonStandIn):
-    """An OpenAI-compatible server that answers 307 to itself, with a whole completion."""
+    """An OpenAI-compatible server that answers 307 to RedirectTarget, with a whole
+    completion."""
 
     seen_credentials: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.seen_credentials.append(self.headers.get("authorization", ""))
-        body = self.json_body()
-        completion = {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": body.get("model", ""),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hello"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
-        }
-        payload = orjson.dumps(completion)
-        port = self.server.server_address[1]
+        payload = orjson.dumps(completion(self.json_body().get("model", "")))
         self.send_response(307)
-        self.send_header("location", f"http://127.0.0.1:{port}/v1/chat/completions")
+        target = f"http://127.0.0.1:{RedirectTarget.port}/v1/chat/completions"
+        self.send_header("location", target)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -64,7 +81,8 @@ class Redirecting(JsonStandIn):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("upstream-redirects")
-    with serving(Redirecting) as port:
+    with serving(RedirectTarget) as target, serving(Redirecting) as port:
+        RedirectTarget.port = target
         provider = (
             f'  - {{name: pmoved, type: openai, base_url: "http://127.0.0.1:{port}/v1",'
             " api_key: pmoved-provider-key}\n"
@@ -96,9 +114,14 @@ def line_of(stack: LocalStack, request_id: str) -> dict[str, Any]:
     return line
 
 
+@pytest.fixture(autouse=True)
+def nothing_seen_yet() -> None:
+    Redirecting.seen_credentials.clear()
+    RedirectTarget.seen_credentials.clear()
+
+
 def test_the_client_gets_a_502_and_is_not_billed(stack: LocalStack) -> None:
     client = OpenAI(base_url=f"{stack.base_url}{GUARDED}", api_key=KEY, max_retries=0)
-    Redirecting.seen_credentials.clear()
 
     with pytest.raises(openai.InternalServerError) as raised:
         client.chat.completions.create(model="mmoved", messages=MESSAGES)
@@ -109,6 +132,7 @@ def test_the_client_gets_a_502_and_is_not_billed(stack: LocalStack) -> None:
     assert "location" not in raised.value.response.headers
     # The provider heard from the gateway alone, never with the client's key.
     assert Redirecting.seen_credentials == ["Bearer pmoved-provider-key"]
+    assert RedirectTarget.seen_credentials == []
     line = line_of(stack, raised.value.response.headers["x-request-id"])
     found = (line["http_status_code"], line["upstream_status_code"], line["outcome"])
     assert found == (502, 307, "upstream_error")
@@ -135,6 +159,25 @@ def test_on_the_lean_path_the_redirect_is_passed_on_unbilled(stack: LocalStack) 
     )
 
     assert answer.status_code == 307
+    assert "location" not in answer.headers
     line = line_of(stack, answer.headers["x-request-id"])
     found = (line["http_status_code"], line["outcome"], line["total_tokens"])
     assert found == (307, "upstream_error", 0)
+
+
+def test_on_the_lean_path_the_sdk_does_not_follow_the_redirect(stack: LocalStack) -> None:
+    # /v1 is the lean path for a pass-through model: the gateway answers before it sees
+    # the response headers, so Envoy's route is what keeps the location from the client.
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEY, max_retries=0)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="mmoved", messages=MESSAGES)
+
+    assert raised.value.status_code == 307
+    assert "location" not in raised.value.response.headers
+    # One call, the gateway's; the client's key went nowhere past the gateway.
+    assert Redirecting.seen_credentials == ["Bearer pmoved-provider-key"]
+    assert RedirectTarget.seen_credentials == []
+    line = line_of(stack, raised.value.response.headers["x-request-id"])
+    found = (line["http_status_code"], line["outcome"], line["total_tokens"], line["cost_usd"])
+    assert found == (307, "upstream_error", 0, 0.0)
