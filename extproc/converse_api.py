@@ -19,8 +19,8 @@ API (``bedrock_invoke``) reads the body as a Messages call.
 This module reads what the gateway needs of such a request: which operation the path
 names, whether the body is one Converse accepts in shape (checked before the quota
 counts the request, so a malformed body costs nothing), its prompt as the quota
-estimates it (the text the guards read, tool inputs and results, reasoning sent back
-and the tool definitions), and the completion allowance
+estimates it (the text the guards read, tool inputs and results, reasoning sent back,
+the tool definitions and a structured output's schema), and the completion allowance
 (``inferenceConfig.maxTokens``), which a hard cap lowers in place.
 """
 

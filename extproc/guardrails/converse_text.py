@@ -49,8 +49,9 @@ text, which reaches the client too: signed, so a mask there refuses the answer. 
 streamed answer is not read here.
 
 The quota's prompt estimate (``estimate_chars``) counts the same text, with JSON values
-whole, reasoning sent back and tool definitions; a text document's bytes from their
-base64's length, never decoded.
+whole, reasoning sent back, tool definitions and a structured output's schema
+(``outputConfig.textFormat``); a text document's bytes from their base64's length,
+never decoded.
 """
 
 from __future__ import annotations
@@ -192,14 +193,29 @@ def estimate_chars(body: dict[str, Any]) -> int:
     tokens too), with the name of the tool called, as the chat estimate counts an
     Anthropic ``tool_use``. Reasoning sent back counts too: the guards leave it alone,
     but the model reads it (and Bedrock bills it) within a tool-use loop. Tool
-    definitions count as the chat estimate counts ``tools``: as JSON."""
+    definitions count as the chat estimate counts ``tools``: as JSON; a structured
+    output's schema as the chat estimate counts ``response_format``'s."""
     chars = sum(_block_chars(block) for block in _dicts(body.get("system")))
     chars += _slots_chars(_variable_slots(body))
     chars += sum(_block_chars(block) for _, block in _message_blocks(body))
     tool_config = body.get("toolConfig")
     if isinstance(tool_config, dict):
         chars += definitions_chars(tool_config)
-    return chars
+    return chars + _output_schema_chars(body)
+
+
+def _output_schema_chars(body: dict[str, Any]) -> int:
+    """A structured output's definition (``outputConfig.textFormat.structure.jsonSchema``:
+    its name, description and schema, a string of JSON): the model reads it, and Bedrock
+    bills it as input. Skipped, a schema of thousands of tokens reserved nothing, and a
+    hard cap let the prompt past its budget."""
+    config = body.get("outputConfig")
+    text_format = config.get("textFormat") if isinstance(config, dict) else None
+    structure = text_format.get("structure") if isinstance(text_format, dict) else None
+    definition = structure.get("jsonSchema") if isinstance(structure, dict) else None
+    if not isinstance(definition, dict):
+        return 0
+    return sum(json_chars(definition.get(field)) for field in ("name", "description", "schema"))
 
 
 def _block_chars(block: dict[str, Any]) -> int:

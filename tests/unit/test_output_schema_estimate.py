@@ -6,6 +6,9 @@ API's ``text.format``), and Claude gets ``output_config.format`` in a system pro
 its own. The estimate counted tools' JSON and Gemini's ``responseSchema`` but skipped
 these, so a schema of 10,000 tokens reserved nothing and a hard cap of 1,000 tokens let
 it through. Now it counts as JSON, as tools do, in the reservation and the hard cap.
+Bedrock's Converse API likewise: ``outputConfig.textFormat`` (type ``json_schema``,
+its ``structure.jsonSchema`` a name, a description and the schema as a JSON string),
+which Bedrock bills as input tokens.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tokens
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 from extproc.quota.store import QuotaStore
 from extproc.testing import request_body, request_headers, run_stream
+from tests.unit.test_converse_review import HAIKU, capped_converse
 from tests.unit.test_quota_review import ANTHROPIC_AUTH, OPENAI_AUTH, gateway, refusal
 
 DESCRIPTION = "word " * 8_000  # 40,000 characters: about 10,000 tokens
@@ -32,6 +37,20 @@ MESSAGES = [{"role": "user", "content": "Summarise."}]
 CHAT_FORMAT = {"type": "json_schema", "json_schema": {"name": "summary", "schema": SCHEMA}}
 RESPONSES_FORMAT = {"type": "json_schema", "name": "summary", "schema": SCHEMA}
 CLAUDE_FORMAT = {"type": "json_schema", "schema": SCHEMA}
+# Converse's: the schema is a string of JSON (botocore's JsonSchemaDefinition.schema).
+CONVERSE_OUTPUT = {
+    "textFormat": {
+        "type": "json_schema",
+        "structure": {
+            "jsonSchema": {
+                "name": "summary",
+                "description": "A summary.",
+                "schema": orjson.dumps(SCHEMA).decode(),
+            }
+        },
+    }
+}
+CONVERSE_MESSAGES = [{"role": "user", "content": [{"text": "Summarise."}]}]
 SCHEMA_TOKENS = 40_000 // 4
 CAP = """
 quotas:
@@ -104,6 +123,30 @@ async def test_a_hard_cap_counts_the_schema(
     answers = await run_stream(
         processor, [request_headers(path, headers=auth), request_body(orjson.dumps(body))]
     )
+
+    found = refusal(answers[-1])
+    assert found is not None, "a schema of about 10,000 tokens went past a 1,000-token cap"
+    assert found[0] == 429
+
+
+def test_the_schema_counts_in_a_converse_estimate() -> None:
+    bare = estimate_converse_tokens({"messages": CONVERSE_MESSAGES})
+    body = {"messages": CONVERSE_MESSAGES, "outputConfig": CONVERSE_OUTPUT}
+    assert estimate_converse_tokens(body) >= bare + SCHEMA_TOKENS
+    # Its effort alone, or a malformed structure, adds nothing.
+    for config in ({"effort": "low"}, {"textFormat": {"type": "json_schema"}}, "json"):
+        body = {"messages": CONVERSE_MESSAGES, "outputConfig": config}
+        assert estimate_converse_tokens(body) == bare
+
+
+async def test_a_hard_cap_counts_a_converse_schema(quota_store: QuotaStore) -> None:
+    body = {
+        "messages": CONVERSE_MESSAGES,
+        "inferenceConfig": {"maxTokens": 100},
+        "outputConfig": CONVERSE_OUTPUT,
+    }
+
+    answers = await capped_converse(quota_store, 1000, HAIKU, body)
 
     found = refusal(answers[-1])
     assert found is not None, "a schema of about 10,000 tokens went past a 1,000-token cap"
