@@ -29,13 +29,13 @@ from typing import Any
 
 from extproc.errors import without_secrets
 from extproc.translators.base import MAX_PROVIDER_MESSAGE, ProviderStreamError
+from extproc.translators.google_statuses import google_error_type
 
 # The message when the provider's error names none.
 _NO_MESSAGE = "the provider answered 200 with an error and no result"
 # A name of one of Google's enums (RESOURCE_EXHAUSTED): its error's status, which is the
 # log line's code. Anything else a proxy sends cannot grow the log line.
 _GOOGLE_STATUS = re.compile(r"[A-Z][A-Z_]{0,63}")
-_RATE_LIMITED = "RESOURCE_EXHAUSTED"
 # Where each API's answer holds its result (chat and completions, embeddings, Responses,
 # Anthropic's messages, Gemini): a body with one of them filled is an answer, billed as
 # one, whatever error it also names.
@@ -97,12 +97,12 @@ def failed_response(answer: Any) -> ProviderAnswerError | None:
 
 def _google_error(error: dict[str, Any], status: str) -> ProviderAnswerError:
     """Google's ``{"code", "message", "status"}``, named by its status as its stream
-    errors are (``gemini_gemini.stream_error``)."""
-    message, code = error.get("message"), error.get("code")
+    errors are (``gemini_gemini.stream_error``): the type of the HTTP status Google
+    answers it with (``google_statuses``), its status name as the code."""
+    message = error.get("message")
     text = without_secrets(message[:MAX_PROVIDER_MESSAGE]) if isinstance(message, str) else ""
-    limited = status == _RATE_LIMITED or (code == 429 and not isinstance(code, bool))
     return ProviderAnswerError(
         text or _NO_MESSAGE,
-        error_type="rate_limit_error" if limited else "upstream_error",
+        error_type=google_error_type(status, error.get("code")),
         code=status.lower(),
     )

@@ -62,6 +62,7 @@ from extproc.translators.base import (
     service_tier_of,
 )
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.google_statuses import google_error_type
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 from extproc.translators.token_counts import token_count
 
@@ -81,7 +82,6 @@ _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
 # line shows as its code, or a finish reason (MAX_TOKENS). Anything else a proxy sends
 # cannot grow the log line.
 _ENUM_NAME = re.compile(r"[A-Z][A-Z_]{0,63}")
-_RATE_LIMITED = "RESOURCE_EXHAUSTED"
 # Vertex's traffic types, by the tier names the price table uses for them
 # (chargeback.pricing); TRAFFIC_TYPE_UNSPECIFIED names no tier.
 _TRAFFIC_TIERS = {
@@ -208,13 +208,12 @@ def stream_error(error: dict[str, Any]) -> ProviderStreamError:
     """The error of a Google ``{"error": {"code", "message", "status"}}`` event, named by
     its status (``resource_exhausted``) as Vertex's errors are (``vertex_errors``); the
     provider's words lose anything that looks like a key."""
-    message, status, code = error.get("message"), error.get("status"), error.get("code")
+    message, status = error.get("message"), error.get("status")
     text = without_secrets(message[:MAX_PROVIDER_MESSAGE]) if isinstance(message, str) else ""
     name = status if isinstance(status, str) and _ENUM_NAME.fullmatch(status) else None
-    limited = name == _RATE_LIMITED or (code == 429 and not isinstance(code, bool))
     return ProviderStreamError(
         text or _STREAM_FAILED,
-        error_type="rate_limit_error" if limited else "upstream_error",
+        error_type=google_error_type(name, error.get("code")),
         code=name.lower() if name else None,
     )
 

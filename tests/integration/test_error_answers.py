@@ -191,7 +191,8 @@ def test_a_200_error_body_reaches_the_client_as_sent_and_costs_nothing(
         "openai": ("server_error", "overloaded"),
         "bare": ("upstream_error", None),
         "anthropic": ("overloaded_error", None),
-        "google": ("upstream_error", "unavailable"),
+        # Google's UNAVAILABLE is its 503: an overload (google_statuses).
+        "google": ("overloaded_error", "unavailable"),
     }[shape]
     assert (line["error_type"], line.get("error_code")) == expected
     assert_nothing_charged(stack, key, line)
@@ -245,6 +246,8 @@ def test_an_anthropic_200_error_body_on_messages_costs_nothing(
         ("anthropic", 503, ("overloaded_error", None)),
         ("openai", 502, ("server_error", "overloaded")),
         ("bare", 502, ("upstream_error", None)),
+        # Google's UNAVAILABLE (its 503) is an overload too.
+        ("google", 503, ("overloaded_error", "unavailable")),
     ],
 )
 def test_a_200_error_body_from_claude_reaches_an_openai_client_as_its_error(
@@ -265,7 +268,7 @@ def test_a_200_error_body_from_claude_reaches_an_openai_client_as_its_error(
     assert found.status_code == status
     assert isinstance(found.body, dict)
     assert found.body["message"].startswith("The model is overloaded")
-    if shape == "anthropic":
+    if status == 503:
         assert isinstance(found, openai.InternalServerError)
         assert found.code == "upstream_overloaded"
     line = line_of(stack, found.response.headers["x-request-id"])

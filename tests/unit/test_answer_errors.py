@@ -79,6 +79,14 @@ CASES: dict[str, tuple[str, dict[str, str], dict[str, Any], Any, tuple[Any, ...]
         GOOGLE_ERROR,
         ("rate_limit_error", "resource_exhausted", "Quota exceeded"),
     ),
+    "chat-google-unavailable": (
+        "/v1/chat/completions",
+        OPENAI_KEY,
+        {"model": "gpt-4o-mini", "messages": USER},
+        [{"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}],
+        # Its status Google answers with a 503: an overload, as Anthropic's 529 is.
+        ("overloaded_error", "unavailable", "The model is overloaded."),
+    ),
     "completions": (
         "/v1/completions",
         OPENAI_KEY,

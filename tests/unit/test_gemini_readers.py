@@ -316,6 +316,33 @@ def test_a_rate_limit_inside_a_stream_is_named_one() -> None:
     assert failure.error.code == "resource_exhausted"
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "error_type"),
+    [
+        (503, "UNAVAILABLE", "overloaded_error"),
+        (500, "INTERNAL", "api_error"),
+        (504, "DEADLINE_EXCEEDED", "timeout_error"),
+        (400, "INVALID_ARGUMENT", "invalid_request_error"),
+        (503, None, "overloaded_error"),  # no name: its code says
+        (409, "ABORTED", "upstream_error"),
+    ],
+)
+def test_an_error_inside_a_stream_is_named_by_the_status_google_answers_it_with(
+    code: int, status: str | None, error_type: str
+) -> None:
+    """As the same error in a 200 is (``answer_errors``): Gemini's "The model is
+    overloaded" is its UNAVAILABLE, a 503, an overload."""
+    error: dict[str, Any] = {"code": code, "message": "Failed."}
+    if status is not None:
+        error["status"] = status
+    reader = StreamReader()
+    feed_all(reader, event({"error": error}), [])
+    failure = stream_failure(reader)
+    assert failure is not None and failure.error is not None
+    assert failure.error.error_type == error_type
+    assert failure.error.code == (status.lower() if status else None)
+
+
 def test_an_error_event_keeps_no_secret_and_no_endless_message() -> None:
     leaking = {"code": 401, "message": "bad token ya29.a0AfB_secret " + "x" * 5000}
     reader = StreamReader()

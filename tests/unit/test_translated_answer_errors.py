@@ -53,6 +53,13 @@ RATE_LIMITED = {
     "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded"},
 }
 OPENAI_ERROR = {"error": {"message": "The proxy failed", "type": "server_error", "code": "boom"}}
+
+
+def google_error(code: int, status: str, message: str) -> dict[str, Any]:
+    """Google's error object, as Vertex's front answers it (``{"error": {...}}``)."""
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
 UNREADABLE = ("upstream_error", "invalid_upstream_response")
 
 # (route and body, the provider's 200, the client's status, the log line's error type,
@@ -81,6 +88,44 @@ CASES: dict[str, tuple[tuple[str, dict[str, Any]], bytes, int, tuple[Any, ...]]]
         orjson.dumps({"error": "no healthy upstream"}),
         502,
         ("upstream_error", None, "no healthy upstream"),
+    ),
+    # Google's errors (Vertex's front before Claude, a proxy) by the status Google
+    # answers each with: UNAVAILABLE is its 503, an overload, as Anthropic's 529 is.
+    "claude-google-unavailable": (
+        CLAUDE,
+        orjson.dumps([google_error(503, "UNAVAILABLE", "The model is overloaded.")]),
+        503,
+        ("overloaded_error", "unavailable", "The model is overloaded."),
+    ),
+    "claude-google-resource-exhausted": (
+        CLAUDE,
+        orjson.dumps([google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded")]),
+        429,
+        ("rate_limit_error", "resource_exhausted", "Quota exceeded"),
+    ),
+    "claude-google-internal": (
+        CLAUDE,
+        orjson.dumps(google_error(500, "INTERNAL", "Internal error")),
+        502,
+        ("api_error", "internal", "Internal error"),
+    ),
+    "claude-google-deadline-exceeded": (
+        CLAUDE,
+        orjson.dumps(google_error(504, "DEADLINE_EXCEEDED", "Deadline expired")),
+        502,
+        ("timeout_error", "deadline_exceeded", "Deadline expired"),
+    ),
+    "claude-google-invalid-argument": (
+        CLAUDE,
+        orjson.dumps(google_error(400, "INVALID_ARGUMENT", "Bad field")),
+        400,
+        ("invalid_request_error", "invalid_argument", "Bad field"),
+    ),
+    "titan-google-unavailable": (
+        TITAN,
+        orjson.dumps(google_error(503, "UNAVAILABLE", "The service is unavailable.")),
+        503,
+        ("overloaded_error", "unavailable", "The service is unavailable."),
     ),
     "claude-page": (
         CLAUDE,
