@@ -65,6 +65,17 @@ Vertex) becomes the gateway's 502, an answer that cannot be translated a 502 too
 those are retried and counted (under the provider's own status, as downstream), and a
 status translated to one Envoy does not retry is the client's, counted downstream alone.
 
+A provider's ``200`` whose body is its error (``translators.answer_errors``) is no
+answer either: an overloaded provider that says so in a ``200`` must move the chain on
+as its ``503`` or ``529`` would. Where the answer is translated, the translator already
+replaces it with the error's status; passed through, while a later member remains, the
+attempt hands Envoy that same status (the one its type stands for:
+``anthropic_errors.typed_error``) when the status the type names is one Envoy retries,
+and leaves the ``200`` as it came otherwise (a bad request's 400 would not be retried
+either). The body does not matter: Envoy retries and drops it. Either way it is counted
+as the error body it was (``error_body``), as downstream, and not charged. The last
+member's ``200`` is the client's answer, as without failover.
+
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
 and ``anthropic-beta`` (which a Vertex attempt rewrites, Vertex refusing flags it does
@@ -106,6 +117,10 @@ from extproc.envoy_messages import status_code
 from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
+from extproc.stages.accounting import ERROR_BODY_STATUS
+from extproc.translators.answer_errors import ProviderAnswerError, answer_error
+from extproc.translators.anthropic_errors import documented_status, typed_error
+from extproc.translators.unreadable_answers import replaced_error
 
 # The route an attempt serves its request on, by the client's API: its own view of the
 # request (no operator's route: guards, quotas and access rules stay downstream).
@@ -557,26 +572,40 @@ class AttemptStage:
     ) -> None:
         if ctx.translator is None:
             return
-        replaced = ctx.translator.feed(chunk, end_of_stream)
+        translator = ctx.translator
+        replaced = translator.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
-        if ctx.translator.status is not None:
-            # An answer that could not be translated: the error's status, not the 200.
-            # Not an answer either, so not charged as one should Envoy retry it: the
-            # name Envoy wrote at its 200 is taken back (an empty one renders as none in
-            # the failover route's header).
-            ctx.response_status = ctx.translator.status
-            out.set_headers[":status"] = str(ctx.translator.status)
-            # One larger, decoded, than the gateway buffers (answer_encoding) was an
-            # answer, billed whole: its name stays, charged as a cut attempt.
-            if ctx.provider is not None and not getattr(ctx.translator, "too_large", False):
-                out.metadata = {started_key(ctx.provider): ""}
-            # Envoy held the headers for the whole body: it retries this status, an error
-            # no client sees (labelled the client's, as downstream: the 200 was none).
-            label = str(ctx.translator.status)
-            self._count_if_retried(ctx, ctx.translator.status, label)
+        if translator.status is not None:
+            # An answer that could not be translated: the error's status, not the 200
+            # (labelled the client's, as downstream; a provider's error in its 200 as
+            # that, as downstream too).
+            answered = isinstance(replaced_error(translator), ProviderAnswerError)
+            label = ERROR_BODY_STATUS if answered else str(translator.status)
+            self._no_answer(ctx, out, translator.status, label)
+        elif end_of_stream and ctx.failover_model is not None:
+            # A 200 passed through whose body is the provider's error, while a later
+            # member remains: handed to Envoy with the status its error stands for, so a
+            # chain moves on as it would after that status (module docstring).
+            error = error_in_success(ctx)
+            if error is not None and retried(documented_status(error.error_type)):
+                handed = typed_error(error.error_type, error.message).status
+                self._no_answer(ctx, out, handed, ERROR_BODY_STATUS)
         if end_of_stream:
             ctx.completed = True
+
+    def _no_answer(self, ctx: RequestContext, out: PhaseOutput, status: int, label: str) -> None:
+        """Hand Envoy ``status`` for this attempt's 200, which was no answer. Not charged
+        as one should Envoy retry it: the name Envoy wrote at its 200 is taken back (an
+        empty one renders as none in the failover route's header). Envoy held the headers
+        for the whole body: it retries an error status, which no client sees."""
+        ctx.response_status = status
+        out.set_headers[":status"] = str(status)
+        # One larger, decoded, than the gateway buffers (answer_encoding) was an answer,
+        # billed whole: its name stays, charged as a cut attempt.
+        if ctx.provider is not None and not getattr(ctx.translator, "too_large", False):
+            out.metadata = {started_key(ctx.provider): ""}
+        self._count_if_retried(ctx, status, label)
 
     @staticmethod
     def _count_if_retried(ctx: RequestContext, handed: int, label: str) -> None:
@@ -591,6 +620,17 @@ class AttemptStage:
         )
         # Once: a later phase of this attempt (an untranslatable body) is the same error.
         ctx.failover_model = None
+
+
+def error_in_success(ctx: RequestContext) -> ProviderAnswerError | None:
+    """The provider's error a whole success answer of this attempt was, unbilled (no
+    usage report beside it: ``translators.answer_errors``); None for an answer."""
+    translator = ctx.translator
+    if translator is None or not 200 <= ctx.response_status < 300:
+        return None
+    if translator.usage is not None:
+        return None  # billed: an answer, whatever it also says (a Responses failed)
+    return answer_error(translator)
 
 
 def attempt_stages() -> list[object]:

@@ -72,8 +72,14 @@ def stream_error(error: Any) -> GatewayError:
     return typed_error(kind, text)
 
 
+def documented_status(kind: str | None) -> int:
+    """The status Anthropic documents for an error of type ``kind`` (an unknown type's: a
+    server error's), standing in for the status an error that came without one lacks."""
+    return _ERROR_STATUS.get(kind or "", 500)
+
+
 def typed_error(kind: str | None, message: str) -> GatewayError:
     """The OpenAI error for an error that names its type but came with no status of its
     own (an ``event: error``, a ``200`` whose body is an error): the status Anthropic
-    documents for the type stands in for it, an unknown type's a server error's."""
-    return client_error(_ERROR_STATUS.get(kind or "", 500), kind, message)[1]
+    documents for the type stands in for it (``documented_status``)."""
+    return client_error(documented_status(kind), kind, message)[1]
