@@ -26,6 +26,11 @@ ANSWERED_UPSTREAM_MODEL = PREFIX + "upstream-model"
 # Failover: the attempts whose provider started an answer that was then cut, as
 # "<provider>," each (extproc.envoy_failover); removed before the client sees the answer.
 ATTEMPTS_STARTED = PREFIX + "started"
+# Failover: what the provider of the attempt that answered said, where the attempt
+# translated it (its status, the error that replaced its 200), for the downstream filter
+# to record as it would without failover (extproc.attempt_report); removed before the
+# client sees the answer.
+ATTEMPT_UPSTREAM = PREFIX + "attempt-upstream"
 # Who the gateway authenticated, for MCP servers and A2A agents (extproc.agents). They
 # get the gateway's own credential, the same for every caller, so these are all they
 # have to keep one caller's tasks and sessions from another's. Written over any the

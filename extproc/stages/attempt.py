@@ -76,6 +76,12 @@ either). The body does not matter: Envoy retries and drops it. Either way it is 
 as the error body it was (``error_body``), as downstream, and not charged. The last
 member's ``200`` is the client's answer, as without failover.
 
+The last member's error is counted and logged downstream, where only this filter's
+translation of it arrives: where the translation changed the provider's status (529 to
+503, a refused key's 401 to 502) or replaced its 200 with an error, the attempt reports
+what the provider said (``attempt_report``), so the log line and the counter record it
+as without failover.
+
 Envoy replays one attempt's header changes into the next: each attempt removes every
 provider credential an earlier one set, and an Anthropic client's ``anthropic-version``
 and ``anthropic-beta`` (which a Vertex attempt rewrites, Vertex refusing flags it does
@@ -94,11 +100,13 @@ from typing import Any
 import orjson
 
 from extproc import headers
+from extproc.attempt_report import AttemptReport, encode
 from extproc.backends import (
     check_translation,
     plan_request,
     plan_response,
     provider_api,
+    provider_secrets,
     same_embeddings_model,
     serves_client_api,
     serves_invoke_body,
@@ -114,13 +122,13 @@ from extproc.envoy_failover import (
     started_key,
 )
 from extproc.envoy_messages import status_code
-from extproc.errors import BadRequestError, UpstreamError
+from extproc.errors import BadRequestError, UpstreamError, without_secrets
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.stages.accounting import ERROR_BODY_STATUS
 from extproc.translators.answer_errors import ProviderAnswerError, answer_error
 from extproc.translators.anthropic_errors import documented_status, typed_error
-from extproc.translators.unreadable_answers import replaced_error
+from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_error
 
 # The route an attempt serves its request on, by the client's API: its own view of the
 # request (no operator's route: guards, quotas and access rules stay downstream).
@@ -542,10 +550,12 @@ class AttemptStage:
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> None:
         status = response_headers.get(":status", "0")
-        ctx.response_status = status_code(status)
-        # Only the gateway names the attempts that started: never the provider.
+        ctx.response_status = ctx.upstream_status = status_code(status)
+        # Only the gateway names the attempts that started, and reports what a provider
+        # said (attempt_report): never the provider.
         out.remove_headers.append(STARTED)
         if ctx.provider_api is None:
+            out.remove_headers.append(headers.ATTEMPT_UPSTREAM)
             self._count_if_retried(ctx, ctx.response_status, status)
             return
         # Keep the usage chunk: the downstream filter counts it and hides it from
@@ -565,6 +575,12 @@ class AttemptStage:
         # (a refused credential's 401 from Anthropic, Bedrock or Vertex is the gateway's
         # 502, Bedrock's 408 a 504): counted by the provider's own, as downstream.
         handed = out.set_headers.get(":status", status)
+        if handed != status:
+            # Should this be the last attempt, the downstream filter records the
+            # provider's status, as without failover (Anthropic's 529, not the 503).
+            out.set_headers[headers.ATTEMPT_UPSTREAM] = encode(AttemptReport(ctx.upstream_status))
+        else:
+            out.remove_headers.append(headers.ATTEMPT_UPSTREAM)
         self._count_if_retried(ctx, status_code(handed), status)
 
     def response_body(
@@ -580,9 +596,15 @@ class AttemptStage:
             # An answer that could not be translated: the error's status, not the 200
             # (labelled the client's, as downstream; a provider's error in its 200 as
             # that, as downstream too).
-            answered = isinstance(replaced_error(translator), ProviderAnswerError)
-            label = ERROR_BODY_STATUS if answered else str(translator.status)
+            replacing = replaced_error(translator)
+            label = (
+                ERROR_BODY_STATUS
+                if isinstance(replacing, ProviderAnswerError)
+                else str(translator.status)
+            )
             self._no_answer(ctx, out, translator.status, label)
+            if replacing is not None:
+                self._report(ctx, out, replacing)
         elif end_of_stream and ctx.failover_model is not None:
             # A 200 passed through whose body is the provider's error, while a later
             # member remains: handed to Envoy with the status its error stands for, so a
@@ -606,6 +628,19 @@ class AttemptStage:
         if ctx.provider is not None and not getattr(ctx.translator, "too_large", False):
             out.metadata = {started_key(ctx.provider): ""}
         self._count_if_retried(ctx, status, label)
+
+    @staticmethod
+    def _report(
+        ctx: RequestContext, out: PhaseOutput, error: ProviderAnswerError | UnreadableAnswerError
+    ) -> None:
+        """Tell the downstream filter the error that replaced the provider's success
+        answer: should this be the last attempt, its log line names it and
+        aigw_upstream_errors_total counts it as without failover (attempt_report). The
+        provider's words lose the gateway's credentials first, as downstream."""
+        if isinstance(error, ProviderAnswerError):
+            error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+        report = AttemptReport(ctx.upstream_status or 0, error)
+        out.set_headers[headers.ATTEMPT_UPSTREAM] = encode(report)
 
     @staticmethod
     def _count_if_retried(ctx: RequestContext, handed: int, label: str) -> None:

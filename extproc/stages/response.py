@@ -25,6 +25,7 @@ import time
 
 from extproc import headers
 from extproc.answer_status import no_answer
+from extproc.attempt_report import decode
 from extproc.backends import plan_response, provider_secrets, without_provider_credentials
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
@@ -65,11 +66,19 @@ class ResponseStage:
                 ctx.upstream_model = response_headers.get(headers.ANSWERED_UPSTREAM_MODEL)
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:
                     ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.answered_model)
+            report = decode(response_headers.get(headers.ATTEMPT_UPSTREAM))
+            if report is not None:
+                # What the provider said, where the attempt translated it: recorded as
+                # without failover (extproc.attempt_report). The client's status stays.
+                ctx.upstream_status = report.status
+                if report.error is not None:
+                    ctx.error = report.error
             out.remove_headers.extend(
                 (
                     headers.ANSWERED_BY_PROVIDER,
                     headers.ANSWERED_BY_MODEL,
                     headers.ANSWERED_UPSTREAM_MODEL,
+                    headers.ATTEMPT_UPSTREAM,
                 )
             )
         plan = plan_response(ctx, ctx.response_status, response_headers, kind)
