@@ -264,7 +264,7 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     Bedrock model cannot take (a model that is not Titan's or Cohere's embeddings; a
     batch for Titan; token ids, more than 96 texts or an unknown ``input_type`` for
     Cohere), a chat completion asking Bedrock for what
-    Converse cannot do at the body's top level (``n``, ``functions``,
+    Converse cannot do at the body's top level (``n``, ``functions``, a ``json_object``
     ``response_format``, ``service_tier``), or one to be translated that forces a tool
     call without declaring tools.
 

@@ -99,6 +99,10 @@ makes the answer call tools after it, as Converse sends calls: a ``toolUse`` blo
 only the tools its request declares (``toolConfig``): calls to others are not made, so a
 request that offers no tool gets text.
 
+Structured output: a request's ``outputConfig.textFormat`` (``json_schema``, the schema as
+JSON text in ``structure.jsonSchema.schema``) is checked as Bedrock checks it, and the
+answer is JSON of that schema, whole or streamed (``converse_output``).
+
 Service tiers: a request's ``serviceTier`` (``{"type": "flex"}``; ``priority``, ``default``,
 ``flex`` or ``reserved``, else a ValidationException naming ``serviceTier.type``) is answered
 as Bedrock answers it: the answer's ``serviceTier`` (Converse) or the ``metadata`` event's
@@ -183,8 +187,10 @@ from extproc.mock_llm.bedrock_text_models import (
     text_model_family,
     text_stream_cut,
 )
+from extproc.mock_llm.converse_output import OutputConfigError, output_schema
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.image_bytes import IMAGE_FORMATS, format_of
+from extproc.mock_llm.json_reply import instance
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
 from extproc.mock_llm.tokens import (
@@ -192,6 +198,7 @@ from extproc.mock_llm.tokens import (
     count_tokens,
     prompt_tokens,
     reply_pieces,
+    reply_text,
     token_pieces,
 )
 
@@ -968,6 +975,8 @@ class ConverseRequest:
     service_tier: str | None = None
     # Whether Claude thinks before it answers (claude_thinks).
     thinks: bool = False
+    # outputConfig's JSON schema, when the answer must be JSON of it (converse_output).
+    output_schema: dict[str, Any] | None = None
 
 
 def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
@@ -1013,7 +1022,14 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
         )
     _check_tool_results(messages)
     service_tier = _check_service_tier(doc.get("serviceTier"))
-    return ConverseRequest(model_id, shared, system, max_tokens, tools, service_tier)
+    try:
+        schema = output_schema(doc.get("outputConfig"))
+    except OutputConfigError as exc:
+        refused = _invalid(exc.message) if exc.path is None else _constraint(exc.path, exc.message)
+        raise refused from None
+    return ConverseRequest(
+        model_id, shared, system, max_tokens, tools, service_tier, output_schema=schema
+    )
 
 
 def _check_service_tier(value: object) -> str | None:
@@ -1183,7 +1199,13 @@ def build_reply(req: ConverseRequest, fault: Fault, writes: CacheWrites = NO_CAC
     # The thought comes first and takes its part of maxTokens; one too small cuts it.
     thought = tuple(token_pieces(THOUGHT))[: req.max_tokens] if req.thinks else ()
     room = req.max_tokens - len(thought) if req.max_tokens is not None else None
-    pieces, truncated = reply_pieces(req.messages, max_tokens=room, chunks=fault.chunks)
+    # JSON of outputConfig's schema when it sets one, else the usual text.
+    text = (
+        orjson.dumps(instance(req.output_schema, reply_text(req.messages))).decode()
+        if req.output_schema is not None
+        else None
+    )
+    pieces, truncated = reply_pieces(req.messages, max_tokens=room, chunks=fault.chunks, text=text)
     input_tokens = prompt_tokens(req.messages)
     if req.system is not None:
         input_tokens += count_tokens(req.system) + MESSAGE_OVERHEAD_TOKENS

@@ -209,11 +209,11 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     serve as a fallback too; skipped, not refused: the request asked for a model the
     caller may use, and without a fallback it gets that model's own answer. A fallback
     that cannot answer in the client's API, or cannot be sent this body (``n`` above 1
-    for Claude, ``response_format`` for Bedrock, a forced tool call without tools for
-    any translated provider), is skipped the same way: tried, it could only fail the
-    request with a 400 the client never caused, or answer what the client did not ask
-    for; and a fallback an operator adds must not make a request the primary serves
-    fail. A skipped fallback is left out of the chain the attempts read too, so even an
+    for Claude, a ``json_object`` ``response_format`` for Bedrock, a forced tool call
+    without tools for any translated provider), is skipped the same way: tried, it could
+    only fail the request with a 400 the client never caused, or answer what the client
+    did not ask for; and a fallback an operator adds must not make a request the primary
+    serves fail. A skipped fallback is left out of the chain the attempts read too, so even an
     attempt Envoy sent there could not serve it.
 
     The primary was checked before the quota (``FailoverCheckStage``): a body it cannot

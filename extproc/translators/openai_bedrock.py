@@ -22,8 +22,10 @@ What cannot be carried over is refused, not guessed at:
   fetch URLs on a client's behalf. Data URLs of png, jpeg, gif and webp images are sent, in
   the format their bytes are (``data_urls``: Bedrock refuses a format the bytes do not
   match, which OpenAI takes).
-- ``response_format`` other than ``text``, the deprecated ``functions``, content parts other
-  than text and images, tools other than functions.
+- ``response_format`` of type ``json_object``: Converse has no mode for any JSON object
+  (an unknown type or a malformed ``json_schema`` is refused too, as OpenAI refuses it:
+  ``response_formats``); the deprecated ``functions``, content parts other than text and
+  images, tools other than functions.
 - ``logprobs: true`` or ``top_logprobs`` above 0: Converse returns no log probabilities.
 - a stop sequence of whitespace alone for Claude, which refuses it (``_stop_sequences``;
   an empty one is left out, for every model).
@@ -44,6 +46,12 @@ characters) is rewritten the same way in the call and in its result
 (``tool_ids.provider_tool_call_id``); ids that fit are sent as they are. An empty tool
 result is one empty text block, which Converse takes inside a ``toolResult`` (some models
 refuse a ``toolResult`` with no content at all).
+``response_format`` of type ``json_schema`` is Bedrock's structured output
+(``outputConfig.textFormat``, ``_output_config``): the schema, as a JSON string, with the
+``name`` and ``description`` sent beside it; Bedrock constrains the answer to it, which
+comes back as the answer's text, whole or streamed. A model without structured outputs,
+or a schema beyond what Bedrock's decoding enforces, is Bedrock's ValidationException,
+the client's 400 with Bedrock's words.
 ``service_tier``: the tiers Bedrock has are asked of Converse as ``serviceTier``
 (``converse_service_tier``): ``flex``, ``priority``, ``default`` as they are, OpenAI's
 ``fast`` as ``priority`` (what OpenAI serves it as), and Bedrock's own ``reserved``.
@@ -135,6 +143,7 @@ from extproc.translators.openai_bedrock_stream import (
     shown_tier,
 )
 from extproc.translators.openai_openai import show_billed_apart
+from extproc.translators.response_formats import read_response_format
 from extproc.translators.tool_ids import provider_tool_call_id
 from extproc.translators.unreadable_answers import replaced_answer
 
@@ -218,7 +227,32 @@ def translate_request(
         converse["additionalModelRequestFields"] = claude_fields
     if service_tier is not None:
         converse["serviceTier"] = {"type": service_tier}
+    output_config = _output_config(body.get("response_format"))
+    if output_config is not None:
+        converse["outputConfig"] = output_config
     return converse
+
+
+def _output_config(value: Any) -> dict[str, Any] | None:
+    """Converse's structured output (``outputConfig.textFormat``) for OpenAI's
+    ``json_schema`` response format; None for ``text`` and none (``json_object`` was
+    refused by ``_check_top_level``).
+
+    The schema goes as a JSON string, as Converse takes it; ``name`` and ``description``
+    go beside it when the client sent them (Converse takes them, optional). OpenAI's
+    ``strict`` has no counterpart: Bedrock always holds the answer to the schema, and
+    refuses (a ValidationException, the client's 400) a schema its decoding cannot
+    enforce, for ``strict: false`` too."""
+    response_format = read_response_format(value)
+    spec = response_format.json_schema if response_format is not None else None
+    if spec is None:
+        return None
+    definition: dict[str, Any] = {"schema": orjson.dumps(spec.schema).decode()}
+    if spec.name is not None:
+        definition["name"] = spec.name
+    if spec.description is not None:
+        definition["description"] = spec.description
+    return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
 
 
 def _claude_thinking(
@@ -308,12 +342,14 @@ def _check_top_level(body: dict[str, Any], model_id: str) -> str | None:
             raise BadRequestError(
                 f"Bedrock returns no log probabilities: leave '{field}' out", param=field
             )
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        not isinstance(response_format, dict) or response_format.get("type") != "text"
-    ):
+    response_format = read_response_format(body.get("response_format"))
+    if response_format is not None and response_format.type == "json_object":
+        # Converse constrains an answer to a schema only: "any JSON object" has none, and
+        # sent without it the answer could be prose the client would fail to parse.
         raise BadRequestError(
-            "response_format is not supported for Bedrock models: ask for JSON in the prompt",
+            "response_format 'json_object' is not supported for Bedrock models, which have "
+            "no mode for any JSON object: send 'json_schema' with the object's schema "
+            "(Bedrock's structured outputs)",
             param="response_format",
         )
     claude = is_claude(model_id)

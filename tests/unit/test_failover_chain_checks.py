@@ -82,8 +82,16 @@ async def chain_of(body: dict[str, Any]) -> tuple[str, list[list[str]], dict[str
     return found[headers.CLUSTER], chain, sent
 
 
-async def test_a_request_every_member_serves_keeps_the_whole_chain() -> None:
-    cluster, chain, _ = await chain_of({"n": 1, "tool_choice": "auto"})
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 1, "tool_choice": "auto"},
+        # A JSON schema: each member constrains its answer to it (Converse's outputConfig).
+        {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+    ],
+)
+async def test_a_request_every_member_serves_keeps_the_whole_chain(body: dict[str, Any]) -> None:
+    cluster, chain, _ = await chain_of(body)
     assert cluster == failover_cluster_name("gpt-4o")
     assert chain == [OPENAI, CLAUDE, TITAN]
 
@@ -114,12 +122,9 @@ async def test_a_fallback_that_cannot_serve_the_body_is_left_out_of_the_chain(
 @pytest.mark.parametrize(
     ("body", "skipped", "kept"),
     [
-        # Claude holds the answer to a JSON schema; Converse has no response_format.
-        (
-            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
-            (1,),
-            [OPENAI, CLAUDE],
-        ),
+        # Claude is left to the prompt for "any JSON object" (OpenAI requires the prompt
+        # to ask for JSON); Converse, which constrains answers to a schema only, refuses it.
+        ({"response_format": {"type": "json_object"}}, (1,), [OPENAI, CLAUDE]),
         # Anthropic refuses a stop sequence of whitespace alone; Converse takes it.
         ({"stop": ["\n"]}, (0,), [OPENAI, TITAN]),
     ],

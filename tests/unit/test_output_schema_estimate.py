@@ -98,6 +98,12 @@ def test_formats_without_a_schema_add_next_to_nothing(value: Any) -> None:
             {"model": "gpt-4o-mini", "messages": MESSAGES, "response_format": CHAT_FORMAT},
         ),
         (
+            # Translated to Converse's outputConfig, which Bedrock bills as input too.
+            "/v1/chat/completions",
+            OPENAI_AUTH,
+            {"model": "haiku", "messages": MESSAGES, "response_format": CHAT_FORMAT},
+        ),
+        (
             "/v1/responses",
             OPENAI_AUTH,
             {"model": "gpt-4o-mini", "input": "Summarise.", "text": {"format": RESPONSES_FORMAT}},
@@ -113,7 +119,7 @@ def test_formats_without_a_schema_add_next_to_nothing(value: Any) -> None:
             },
         ),
     ],
-    ids=["chat", "responses", "messages"],
+    ids=["chat", "chat-to-bedrock", "responses", "messages"],
 )
 async def test_a_hard_cap_counts_the_schema(
     quota_store: QuotaStore, path: str, auth: dict[str, str], body: dict[str, Any]
