@@ -20,10 +20,13 @@ user message says nothing after the assistant's (naming that message): left out,
 turn the assistant's message into a prefill, continued rather than answered.
 
 ``response_format`` of type ``json_schema`` becomes Anthropic's structured output
-(``output_config.format``), which constrains the answer to the schema; a model without
+(``output_config.format``, no beta header), which constrains the answer to the schema
+(its ``name`` and ``description`` have no place there and are left out); a model without
 structured outputs answers Anthropic's 400, which the client gets. ``json_object`` is left
 out: Anthropic has no "any JSON" mode, OpenAI already requires a client asking for it to ask
-for JSON in its prompt too, and Claude follows that.
+for JSON in its prompt too, and Claude follows that. An unknown type or a malformed
+``json_schema`` is refused with a 400 naming the field (``response_formats``), as OpenAI
+refuses it, rather than dropped.
 
 An image sent as a data URL goes with the media type its bytes are (``data_urls``), since
 Anthropic refuses a label the bytes do not match, and ``image/jpg``, both of which OpenAI
@@ -115,6 +118,7 @@ from extproc.translators.openai_anthropic_stream import (
     StreamTranslator,
     translate_error,
 )
+from extproc.translators.response_formats import read_response_format
 from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
@@ -489,19 +493,18 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     return result
 
 
-def _output_config(response_format: Any) -> dict[str, Any] | None:
-    """Anthropic's structured output for OpenAI's ``json_schema`` response format."""
-    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+def _output_config(value: Any) -> dict[str, Any] | None:
+    """Anthropic's structured output for OpenAI's ``json_schema`` response format; None
+    for ``text``, ``json_object`` (Anthropic has no such mode: left to the prompt, which
+    OpenAI requires to ask for JSON) and none. A malformed one is refused
+    (``response_formats``)."""
+    response_format = read_response_format(value)
+    spec = response_format.json_schema if response_format is not None else None
+    if spec is None:
         return None
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if not isinstance(schema, dict):
-        raise BadRequestError(
-            "response_format 'json_schema' needs a JSON schema object in json_schema.schema",
-            param="response_format",
-        )
-    # OpenAI's `strict` has no counterpart: Anthropic always holds the answer to the schema.
-    return {"format": {"type": "json_schema", "schema": schema}}
+    # OpenAI's `strict` has no counterpart: Anthropic always holds the answer to the
+    # schema. Its format takes no `name` or `description`: they are left out.
+    return {"format": {"type": "json_schema", "schema": spec.schema}}
 
 
 def named_max_tokens(body: dict[str, Any]) -> tuple[str, int] | None:

@@ -146,13 +146,18 @@ def test_json_schema_response_format_becomes_anthropics_structured_output() -> N
 
 
 @pytest.mark.parametrize(
-    "json_schema", [{"name": "place"}, {"name": "place", "schema": "object"}, None]
+    ("json_schema", "param"),
+    [
+        ({"name": "place"}, "response_format.json_schema.schema"),
+        ({"name": "place", "schema": "object"}, "response_format.json_schema.schema"),
+        (None, "response_format.json_schema"),
+    ],
 )
-def test_json_schema_without_a_schema_is_refused(json_schema: Any) -> None:
+def test_json_schema_without_a_schema_is_refused(json_schema: Any, param: str) -> None:
     body = chat(USER, response_format={"type": "json_schema", "json_schema": json_schema})
     with pytest.raises(BadRequestError) as refused:
         translate_request(body, UPSTREAM_MODEL, stream=False)
-    assert refused.value.param == "response_format"
+    assert refused.value.param == param
     assert "json_schema.schema" in refused.value.message
 
 

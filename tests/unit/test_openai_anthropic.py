@@ -190,7 +190,10 @@ BAD_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "argum
         (chat({"role": "function", "name": "f", "content": "1"}), "messages[0].role"),
         (chat({"role": "tool", "content": "orphan"}), "messages[0].tool_call_id"),
         (chat({"role": "system", "content": [{"type": "image_url"}]}), "messages[0].content[0]"),
-        (chat(USER, response_format={"type": "json_schema", "json_schema": {}}), "response_format"),
+        (
+            chat(USER, response_format={"type": "json_schema", "json_schema": {}}),
+            "response_format.json_schema.schema",
+        ),
         (chat(USER, tools=[{"type": "custom", "custom": {"name": "grep"}}]), "tools[0]"),
         (chat(USER, tools=[TOOL], tool_choice="any"), "tool_choice"),
         (chat(USER, max_tokens=0), "max_tokens"),

@@ -11,7 +11,8 @@ supported for Bedrock models", although Converse constrains answers to a schema
 - ``json_object`` is still refused for Bedrock, now saying what to send instead;
 - ``text`` sends nothing, as before;
 - a malformed ``response_format`` (an unknown type, a schema missing) is a 400 naming the
-  field, before the quota counts the request.
+  field for Bedrock and for Claude on Anthropic, which dropped it silently and answered
+  prose to a client waiting for JSON; refused before the quota counts the request.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
-from extproc.translators import openai_bedrock
+from extproc.translators import openai_anthropic, openai_bedrock
 from tests.unit.conftest import MemoryLog
 from tests.unit.quota_helpers import DEFAULT_CONFIG
 from tests.unit.test_bedrock_invoke_review import signing_processor
@@ -200,6 +201,35 @@ def test_the_mock_bedrock_refuses_a_malformed_output_config(output_config: Any, 
     assert names in refused.value.message
 
 
+# --- Anthropic ---------------------------------------------------------------------------
+
+
+def test_a_json_schema_becomes_anthropics_output_config_format() -> None:
+    request = openai_anthropic.translate_request(
+        chat(response_format=JSON_SCHEMA), "claude-sonnet-4-5", stream=False
+    )
+    assert request["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+
+
+@pytest.mark.parametrize("response_format", [None, {"type": "text"}, {"type": "json_object"}])
+def test_text_and_json_object_send_claude_no_output_config(response_format: Any) -> None:
+    request = openai_anthropic.translate_request(
+        chat(response_format=response_format), "claude-sonnet-4-5", stream=False
+    )
+    assert "output_config" not in request
+
+
+@pytest.mark.parametrize(("response_format", "param"), MALFORMED)
+def test_a_malformed_response_format_is_refused_for_claude_naming_the_field(
+    response_format: Any, param: str
+) -> None:
+    with pytest.raises(BadRequestError) as refused:
+        openai_anthropic.translate_request(
+            chat(response_format=response_format), "claude-sonnet-4-5", stream=False
+        )
+    assert refused.value.param == param
+
+
 # --- through the processor, before the quota ----------------------------------------------
 
 ONE_REQUEST_A_MINUTE = """
@@ -226,10 +256,10 @@ async def send(processor: Processor, body: dict[str, Any]) -> Any:
     return answers[1]
 
 
+@pytest.mark.parametrize("model", ["haiku", "claude-3-5-haiku-latest"])
 async def test_a_malformed_response_format_is_refused_before_the_quota_counts_it(
-    one_request_a_minute: Processor,
+    one_request_a_minute: Processor, model: str
 ) -> None:
-    model = "haiku"
     refused = await send(one_request_a_minute, chat(model=model, response_format={"type": "json"}))
     status, error = error_of(refused)
     assert (status, error["type"], error["param"]) == (
@@ -241,7 +271,7 @@ async def test_a_malformed_response_format_is_refused_before_the_quota_counts_it
     sent = upstream_body(
         await send(one_request_a_minute, chat(model=model, response_format=JSON_SCHEMA))
     )
-    assert "outputConfig" in sent
+    assert "outputConfig" in sent or "output_config" in sent
 
 
 async def test_a_json_schema_for_bedrock_goes_out_as_output_config(
