@@ -228,6 +228,18 @@ class ProviderConfig(_Section):
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
+        # Only the scheme, authority and path make the provider's requests: a query
+        # (Azure's `?api-version=`) was dropped from every one of them without a word,
+        # and a user and password went on as part of the `:authority` sent to the
+        # provider, in the clear in the rendered bootstrap, never as a credential.
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "must hold no query or fragment: the gateway sends none of it to the "
+                "provider (Azure OpenAI: use its v1 API, https://<resource>.openai.azure"
+                ".com/openai/v1, which takes no api-version)"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must hold no user or password: give the provider's key in api_key")
         return url.rstrip("/")
 
     @property

@@ -229,3 +229,32 @@ auth:
         " (5000 ms): Envoy would answer 504 before a JWKS fetch that hangs gives up"
     ]
     parse_config(MINIMAL + provider.replace("TIMEOUT", "4.5"), "test.yaml", {"MOCK_KEY": "k"})
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        # Azure's classic deployment URL: its api-version was dropped from every request.
+        (
+            "https://r.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21",
+            "must hold no query or fragment",
+        ),
+        ("https://proxy.example.com/v1?token=Pr0xyT0ken", "must hold no query or fragment"),
+        ("https://api.example.com/v1#chat", "must hold no query or fragment"),
+        # Sent to the provider as part of its `:authority`, never as a credential.
+        ("https://user:Pr0xyT0ken@proxy.example.com/v1", "must hold no user or password"),
+    ],
+)
+def test_a_provider_url_with_parts_the_gateway_never_sends_is_refused(
+    base_url: str, said: str
+) -> None:
+    text = MINIMAL.replace("http://127.0.0.1:8089/v1", base_url)
+    [found] = problems(text, {"MOCK_KEY": "k"})
+    assert found.startswith("providers[0].base_url:") and said in found
+    assert "Pr0xyT0ken" not in found
+
+
+def test_a_provider_url_of_scheme_host_and_path_is_taken() -> None:
+    text = MINIMAL.replace("http://127.0.0.1:8089/v1", "https://r.openai.azure.com/openai/v1/")
+    provider = parse_config(text, "test.yaml", {"MOCK_KEY": "k"}).providers[0]
+    assert (provider.authority, provider.path_prefix) == ("r.openai.azure.com", "/openai/v1")
