@@ -9,7 +9,8 @@ used. Failures are 401 with an RFC 6750 ``WWW-Authenticate`` header and a messag
 saying what was wrong, never the credential itself. A credential in the query string
 (``?api-key=``, ``?key=``, ...) is refused with a 400 on every route, even next
 to a good header: the gateway never reads it there, and the query would carry
-it on to the provider.
+it on to the provider. So is Google's ``?userProject=``, which would pick the
+project the provider bills, as the ``x-goog-user-project`` header the gateway removes.
 
 A token verified before is answered from the verifier's cache without a
 coroutine; only a first sighting waits for signature checks (and maybe a JWKS
@@ -42,11 +43,34 @@ REALM = 'Bearer realm="aigw"'
 # The error code of a bearer token (a JWT) the gateway refuses: RFC 6750's.
 _INVALID_TOKEN = "invalid_token"
 _KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
-# Query parameters that carry a credential by common convention: Azure's `api-key`,
-# Google's `key`, RFC 6750's `access_token`, and their spellings.
+# Query parameters that carry a credential by common convention: Azure's `api-key` (and
+# its API Management's `subscription-key`), Google's `key` and `access_token` (once also
+# `oauth_token`), RFC 6750's `access_token`, a SigV4 presigned URL's signature and session
+# token, and their spellings.
 _QUERY_CREDENTIALS = frozenset(
-    {"api-key", "api_key", "apikey", "x-api-key", "key", "access_token", "token", "authorization"}
+    {
+        "api-key",
+        "api_key",
+        "apikey",
+        "x-api-key",
+        "key",
+        "access_token",
+        "oauth_token",
+        "token",
+        "authorization",
+        "subscription-key",
+        "x-amz-credential",
+        "x-amz-signature",
+        "x-amz-security-token",
+    }
 )
+# Query parameters that pick the account a provider bills: Google's `userProject`, the
+# twin of the `x-goog-user-project` header the gateway removes (headers.py). Beside the
+# gateway's credentials it would bill another project the gateway's account may use.
+_QUERY_ACCOUNTS = frozenset({"userproject"})
+# Google takes each of its system parameters under a `$` too (`?$key=`, `?%24key=`), a
+# spelling kept clear of the API's own parameters.
+_SYSTEM_PREFIX = "$"
 
 
 def _challenge(message: str, *, invalid: bool, code: str | None = None) -> AuthenticationError:
@@ -71,7 +95,7 @@ class AuthenticationStage:
             return None
         runtime = ctx.runtime
         policy = runtime.route_auth[route.name]
-        _refuse_query_credential(ctx.path, policy.api_key_header, route.model_query)
+        _refuse_query_secrets(ctx.path, policy.api_key_header, route.model_query)
         if AuthMethod.NONE in policy.methods or ctx.public:
             ctx.identity = ANONYMOUS
             return None
@@ -154,28 +178,40 @@ def _credential(headers: dict[str, str], route_header: str | None) -> str | None
     return None
 
 
-def _refuse_query_credential(path: str, route_header: str | None, model_query: str | None) -> None:
-    """Refuse a credential sent in the query string, whatever else the request carries.
+def _refuse_query_secrets(path: str, route_header: str | None, model_query: str | None) -> None:
+    """Refuse a credential, or a choice of the account billed, sent in the query string,
+    whatever else the request carries.
 
     The gateway never reads one there, and one left in the URL would be sent on to the
-    provider with the rest of the query (the client's secret in a third party's logs).
-    Said plainly, and the parameter named, never its value: a client that took the key
-    for accepted would otherwise be told only that none was found, or nothing at all.
+    provider with the rest of the query (the client's secret in a third party's logs;
+    the client's project billed with the gateway's credentials). Said plainly, and the
+    parameter named, never its value: a client that took the key for accepted would
+    otherwise be told only that none was found, or nothing at all.
     """
     _, _, query = path.partition("?")
     if not query:
         return
     names = _QUERY_CREDENTIALS | {route_header.lower()} if route_header else _QUERY_CREDENTIALS
-    if model_query:
-        names = names - {model_query.lower()}  # a route may read its model from `?key=`
+    model_name = model_query.lower() if model_query else None
     for name, _ in parse_qsl(query, keep_blank_values=True):
-        if name.lower() in names:
+        lowered = name.lower()
+        if lowered == model_name:
+            continue  # a route may read its model from `?key=`
+        plain = lowered.removeprefix(_SYSTEM_PREFIX)
+        if lowered in names or plain in names:
             raise BadRequestError(
                 f"credentials are not accepted in the query string (parameter '{name}'): "
                 "URLs are logged and passed on; send the key as 'Authorization: Bearer "
                 "<key>', 'x-api-key: <key>' or 'x-goog-api-key: <key>'",
                 param=name,
                 code="credential_in_query",
+            )
+        if plain in _QUERY_ACCOUNTS:
+            raise BadRequestError(
+                f"the query string may not pick the provider account that is billed "
+                f"(parameter '{name}'): the gateway's own credentials pick it",
+                param=name,
+                code="account_in_query",
             )
 
 

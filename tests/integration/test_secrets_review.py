@@ -278,15 +278,20 @@ def test_an_empty_bearer_alone_is_told_no_key_was_found(stack: LocalStack) -> No
 
 
 @pytest.mark.parametrize(
-    ("path", "parameter"),
+    ("path", "parameter", "code"),
     [
-        ("/v1/chat/completions?api-key=", "api-key"),
-        ("/openai?model=gpt-4o-mini&api_key=", "api_key"),
-        ("/v1/messages?key=", "key"),
+        ("/v1/chat/completions?api-key=", "api-key", "credential_in_query"),
+        ("/openai?model=gpt-4o-mini&api_key=", "api_key", "credential_in_query"),
+        ("/v1/messages?key=", "key", "credential_in_query"),
+        # Google's `$` spelling of its key, and its older name for an OAuth token.
+        ("/v1/chat/completions?%24key=", "$key", "credential_in_query"),
+        ("/v1/messages?beta=true&oauth_token=", "oauth_token", "credential_in_query"),
+        # Google's billing project, the query's twin of x-goog-user-project.
+        ("/openai?model=gpt-4o-mini&userProject=", "userProject", "account_in_query"),
     ],
 )
 def test_a_key_in_the_query_string_is_refused_and_never_forwarded(
-    stack: LocalStack, path: str, parameter: str
+    stack: LocalStack, path: str, parameter: str, code: str
 ) -> None:
     query_key = f"Qs{parameter}-query-string-key-77e1"
     before = len(mock_requests(stack))
@@ -298,10 +303,17 @@ def test_a_key_in_the_query_string_is_refused_and_never_forwarded(
     assert f"'{parameter}'" in error["message"] and "query string" in error["message"]
     assert query_key not in answer.text
     if not path.startswith("/v1/messages"):  # Anthropic's error shape has no code
-        assert error["code"] == "credential_in_query"
+        assert error["code"] == code
     assert len(mock_requests(stack)) == before  # nothing reached a provider
     line = log_line(stack, answer)
     assert query_key not in orjson.dumps(line).decode()
+    # Envoy's access log line for it names the path alone.
+    request_id = answer.headers["x-request-id"]
+    logged = wait_for(
+        lambda: [line for line in envoy_access_log(stack).splitlines() if request_id in line],
+        30,
+    )
+    assert [orjson.loads(line)["path"] for line in logged] == [path.partition("?")[0]]
 
 
 def test_a_refused_query_key_is_not_in_envoys_access_log_or_spans(
