@@ -50,6 +50,20 @@ def sniffed_encoding(body: bytes) -> str:
     return ""
 
 
+def decoded_opening(body: bytes, encoding: str, size: int = 64) -> bytes:
+    """The first ``size`` bytes, at most, of ``body`` decoded (the first part of an answer
+    will do): what it opens with, for the lean path to tell a stream from JSON. b"" when
+    it does not decode."""
+    for wbits in _WINDOW_BITS.get(encoding.strip().lower(), ()):
+        try:
+            out = zlib.decompressobj(wbits).decompress(body, size)
+        except zlib.error:
+            continue
+        if out:
+            return out
+    return b""
+
+
 def decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
     """``body`` decoded from its ``content-encoding`` (gzip, or deflate: zlib's format or
     the raw one), at most ``limit`` bytes of it; None when it is in another encoding,

@@ -935,9 +935,14 @@ def _answer_plan(
             status,
             headers.get("content-encoding", ""),
         )
-    streaming = ctx.stream and (
-        content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
-    )
+    # Read by its own framing, not by what the client asked: a provider or a proxy may
+    # stream a request that did not ask (read as JSON, its usage chunk would go unread
+    # and the answer be charged the prompt's estimate alone), or answer a stream in one
+    # JSON object. Only a header check: the body is parsed by one reader either way.
+    streaming = content_type.startswith(SSE) or content_type.startswith(AWS_EVENT_STREAM)
+    # The usage chunk the gateway asked for is hidden; one the provider sent unasked
+    # (to a request that was no stream) reaches the client as it came.
+    hide_usage = ctx.stream and not ctx.client_wants_usage
     created = int(ctx.started_wall)
     if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS and kind is ProviderType.BEDROCK:
         # Bedrock's {"inputTokens": N} as Anthropic's count, read as no usage either.
@@ -996,9 +1001,7 @@ def _answer_plan(
             return ResponsePlan(gemini_gemini.StreamReader(candidates), streamed=True)
         return ResponsePlan(gemini_gemini.GenerateContentReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
-        reader = openai_completions.response_reader(
-            streaming=streaming, client_wants_usage=ctx.client_wants_usage
-        )
+        reader = openai_completions.response_reader(streaming=streaming, hide_usage=hide_usage)
         return ResponsePlan(reader, streamed=streaming)
     if anthropic_client and kind is ProviderType.BEDROCK:
         # The tier Bedrock served: in its answer's headers, not in Claude's usage.
@@ -1023,7 +1026,7 @@ def _answer_plan(
         return ResponsePlan(anthropic_anthropic.MessageReader())
     if kind is ProviderType.OPENAI:
         if streaming:
-            reader = openai_openai.ChunkStreamReader(hide_usage_chunk=not ctx.client_wants_usage)
+            reader = openai_openai.ChunkStreamReader(hide_usage_chunk=hide_usage)
             return ResponsePlan(reader, streamed=True)
         return ResponsePlan(openai_openai.CompletionReader())
     # Translated answers change length: let Envoy send them chunked.

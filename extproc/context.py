@@ -185,7 +185,12 @@ class RequestContext:
     # is read: the type's own, but Vertex's Claude speaks Anthropic's, its other models
     # OpenAI's (backends.provider_api).
     provider_api: ProviderType | None = None
+    # The client asked for a stream; from the response headers on, also an answer that
+    # came as one unasked (``stream_unasked``): read, estimated and timed as a stream.
     stream: bool = False
+    # A provider (or a proxy) streamed a request that did not ask (backends.plan_response
+    # reads an answer by its own framing): the log line's `stream` stays false.
+    stream_unasked: bool = False
     # The client asked for the usage chunk itself; otherwise the gateway hides it.
     client_wants_usage: bool = False
     # The status the client got (a translated provider error changes it: 529 -> 503).

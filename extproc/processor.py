@@ -24,7 +24,7 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
-from extproc.answer_encoding import sniffed_encoding
+from extproc.answer_encoding import decoded_opening, sniffed_encoding
 from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
 from extproc.context import BodyHints, PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
@@ -40,6 +40,8 @@ PHASES = ("request_headers", "request_body", "response_headers", "response_body"
 # Where Envoy puts the attributes the filter's config asks for.
 ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 JSON = "application/json"
+# How an event stream's first line opens (the SSE spec's fields, or a comment).
+_EVENT_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
 class Processor:
@@ -259,12 +261,15 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     Envoy sends the ``response.code`` and ``response.code_details`` attributes with
     it. A provider's answer is marked like Envoy's router marks it, so stages tell
     it from Envoy's own local reply (timeout, provider unreachable) as they do on
-    the full path. The content type is guessed from the answer's first byte: JSON
-    when it opens an object or array (an error, or a provider that ignored
-    ``stream``), else the one a pass-through answer has, an event stream when the
-    client asked for a stream. A compressed answer is told by its first bytes too
-    (``answer_encoding.sniffed_encoding``). Header changes a stage asks for cannot
-    apply (the headers have left); lean requests are the ones that need none.
+    the full path. The content type is guessed from the answer's first bytes: JSON
+    when they open an object or array (an error, or a provider that ignored
+    ``stream``), an event stream when they open an event's field (a provider or a
+    proxy that streams a request that did not ask), else the one a pass-through
+    answer has, an event stream when the client asked for a stream. A compressed
+    answer is told by its first bytes too (``answer_encoding.sniffed_encoding``), and
+    its kind by the first bytes it decodes to.
+    Header changes a stage asks for cannot apply (the headers have left); lean
+    requests are the ones that need none.
     """
     found = request.attributes.get(ATTRIBUTES_KEY)
     fields = found.fields if found is not None else {}
@@ -280,8 +285,11 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
         # Compressed although the gateway asked for none (answer_encoding); a
         # compressed error is taken for JSON, the errors of pass-through providers.
         result["content-encoding"] = encoding
-    if (encoding and status >= 400) or body.lstrip()[:1] in (b"{", b"["):
+    # A compressed answer's opening is read decoded (a compressed answer is rare: only
+    # then is anything decoded here).
+    opening = (decoded_opening(body, encoding) if encoding else body).lstrip()
+    if (encoding and status >= 400) or opening[:1] in (b"{", b"["):
         result["content-type"] = JSON
     elif 0 < status < 400:
-        result["content-type"] = SSE if stream else JSON
+        result["content-type"] = SSE if stream or opening.startswith(_EVENT_FIELDS) else JSON
     return result

@@ -22,6 +22,10 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; (a provider that ignores stream_options.include_usage)
     gzip       = 0 | 1 | true | false ; compress the answer with gzip although the client
                                       ; asked for no encoding (a misbehaving server or proxy)
+    stream_anyway = 0 | 1 | true | false
+                                      ; OpenAI chat: answer a request that did not ask for a
+                                      ; stream with one, its usage chunk included (a server or
+                                      ; proxy that streams regardless)
     error_body = openai | bare | anthropic | google
                                       ; answer 200 with an error body of that shape (a server
                                       ; or proxy that reports errors in a success answer)
@@ -65,6 +69,8 @@ class Fault:
     cached_tokens: int | None = None
     no_usage: bool = False
     gzip: bool = False
+    # A chat request that did not ask for a stream gets one, with its usage chunk.
+    stream_anyway: bool = False
     # The shape of the error a 200 answer carries (ERROR_BODIES), None for none.
     error_body: str | None = None
     # A status fault's body in Google's list shape instead of the provider's own.
@@ -139,6 +145,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cached": ("cached_tokens", _non_negative),
     "no_usage": ("no_usage", _flag),
     "gzip": ("gzip", _flag),
+    "stream_anyway": ("stream_anyway", _flag),
     "error_body": ("error_body", _error_body),
     "google_errors": ("google_errors", _flag),
 }

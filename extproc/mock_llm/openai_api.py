@@ -323,6 +323,9 @@ class OpenAIEndpoints:
             return error_response(400, str(exc), param=REPLY_HEADER)
         if scripted is not None:
             completion = replace(completion, pieces=scripted, finish_reason="stop")
+        if fault.stream_anyway and not chat.stream:
+            # Streamed regardless of the request, usage chunk and all, as such servers do.
+            chat = replace(chat, stream=True, include_usage=True)
         if chat.stream:
             return await self._stream(request, chat, completion, fault)
         if fault.reset_after is not None:

@@ -90,6 +90,10 @@ class ResponseStage:
         ctx.translator = plan.translator
         if plan.streamed:
             out.mode_override = ModeOverride(response_body="STREAMED")
+            if not ctx.stream:
+                # Streamed although the client did not ask: charged from the stream's
+                # usage, else its estimate, as the stream it is (partial_usage).
+                ctx.stream = ctx.stream_unasked = True
         out.set_headers.update(plan.set_headers)
         out.remove_headers.extend(plan.remove_headers)
 

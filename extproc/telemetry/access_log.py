@@ -70,7 +70,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "model": ctx.model,
         "upstream_model": ctx.upstream_model,
         "response_model": ctx.response_model,
-        "stream": ctx.stream,
+        "stream": ctx.stream and not ctx.stream_unasked,
         "http_status_code": ctx.response_status,
         "upstream_status_code": ctx.upstream_status,
         "prompt_tokens": usage.prompt_tokens,

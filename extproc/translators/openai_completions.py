@@ -19,8 +19,9 @@ from extproc.translators.base import ResponseTranslator
 ENDPOINT = "/completions"
 
 
-def response_reader(*, streaming: bool, client_wants_usage: bool) -> ResponseTranslator:
-    """The reader of a provider's answer: chat's, for a JSON answer or an SSE stream."""
+def response_reader(*, streaming: bool, hide_usage: bool) -> ResponseTranslator:
+    """The reader of a provider's answer: chat's, for a JSON answer or an SSE stream
+    (``hide_usage``: its usage chunk is the one the gateway asked for)."""
     if streaming:
-        return openai_openai.ChunkStreamReader(hide_usage_chunk=not client_wants_usage)
+        return openai_openai.ChunkStreamReader(hide_usage_chunk=hide_usage)
     return openai_openai.CompletionReader()
