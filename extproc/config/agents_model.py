@@ -24,6 +24,7 @@ from extproc.config.quota_model import (
     host_match,
 )
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import checked_url
 
 _CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
 
@@ -61,11 +62,13 @@ class AgentServerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("must hold no query or fragment")
+        # Envoy sends the path alone; a user and password went out as part of the
+        # `:authority` (and sat in the rendered bootstrap), never as a credential.
+        url = checked_url(
+            url,
+            no_query="only its path reaches the server (its key goes in api_key)",
+            no_credentials="give the server's credential in api_key",
+        )
         return url.rstrip("/")
 
     @field_validator("api_key_header")

@@ -7,16 +7,15 @@ log line or a validation error.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import checked_url
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -85,41 +84,23 @@ class JwksConfig(_Section):
     # path publish keys: refused unless the operator accepts that here.
     allow_http: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        # Found now rather than at the first fetch, which would only log a warning and
+        # leave every token of the provider refused (or, for a broken IPv6 host, stop the
+        # gateway with a traceback). A query is the IdP's (Azure AD B2C names its user
+        # flow in `?p=`), and a user and password are sent as Basic credentials: both
+        # are fetched as written and never logged (``shown_url``).
+        if url is None:
+            return None
+        return checked_url(url, no_query=None, no_credentials=None)
+
     @model_validator(mode="after")
     def _one_source(self) -> JwksConfig:
         if sum(x is not None for x in (self.file, self.inline, self.url)) != 1:
             raise ValueError("set exactly one of file, inline and url")
-        if self.url is not None:
-            _check_url(self.url)
         return self
-
-
-def _check_url(url: str) -> None:
-    """A URL the gateway can fetch: http(s), a host, a port that exists.
-
-    Found now rather than at the first fetch, which would only log a warning and
-    leave every token of the provider refused (or, for a broken IPv6 host, stop the
-    gateway with a traceback)."""
-    if not url.startswith(("https://", "http://")):
-        raise ValueError("url must be http:// or https://")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises for a port out of range
-    except ValueError:
-        raise ValueError("url is not a valid URL") from None
-    if not parts.hostname:
-        raise ValueError("url names no host")
-    try:
-        ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        try:
-            # What the fetch does with a name: an empty label or one over 63
-            # characters raised UnicodeError out of the first fetch, at start.
-            parts.hostname.encode("idna")
-        except UnicodeError:
-            raise ValueError("url's host is not a valid DNS name") from None
-    if port == 0:
-        raise ValueError("url names port 0")
 
 
 class ClaimMapping(_Section):

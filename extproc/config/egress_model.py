@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr, field_validator
 
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import host_problem
 from extproc.envoy_values import is_ip
 
 # Longest no_proxy list: each entry is matched against every outbound host.
@@ -99,6 +100,9 @@ def proxy_url_problem(url: str) -> str | None:
         return "the port must be a number between 1 and 65535"
     if not parts.hostname:
         return "must name the proxy's host"
+    if host_problem(parts.hostname) is not None:
+        # A space or a stray character: every call through the proxy then failed.
+        return "must name the proxy's host: a DNS name or an IP address, with no spaces"
     if port is None:
         return "must name the proxy's port (http://host:3128)"
     if parts.path not in ("", "/") or parts.query or parts.fragment:

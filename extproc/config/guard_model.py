@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import re2
 from pydantic import (
@@ -26,6 +25,7 @@ from pydantic import (
 
 from extproc.config.enrichment_template import TemplatePart, parse_template, render
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import checked_url, host_problem
 from extproc.headers import CLIENT_CREDENTIAL_HEADERS
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
@@ -172,6 +172,15 @@ class WebhookConfig(_Section):
     timeout_ms: int = Field(default=2000, gt=0, le=60_000)
     failure_mode: FailureMode = FailureMode.FAIL_CLOSED
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        # Written into http://{host}:{port}: a URL here (https://hooks.example) or a
+        # user and password loaded and every call went to a host that is no host.
+        if (problem := host_problem(host)) is not None:
+            raise ValueError(f"{problem} (the scheme and port have fields of their own)")
+        return host
+
     @field_validator("request_path", "response_path")
     @classmethod
     def _path(cls, path: str) -> str:
@@ -214,7 +223,10 @@ class WebhookConfig(_Section):
 
     @property
     def base_url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, bracketed in a URL
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 class ModerationConfig(_Section):
@@ -237,9 +249,14 @@ class ModerationConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        # The gateway appends /moderations: a query ended up before it (`?x=1/moderations`,
+        # the call going to the base path), and a user and password made aiohttp refuse
+        # every call that also carried the key, each then failing as an outage.
+        url = checked_url(
+            url,
+            no_query="the gateway appends /moderations to the URL",
+            no_credentials="give the service's key in api_key",
+        )
         return url.rstrip("/")
 
 

@@ -364,7 +364,8 @@ def _without_userinfo(value: str) -> str:
     authority inside the password, and the rest of it would be echoed as the path."""
     scheme, sep, rest = value.partition("://")
     if not sep:
-        return value
+        # `user:password@host:port` with no scheme (an OTLP endpoint written so).
+        return "***@" + value.rpartition("@")[2] if "@" in value else value
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
     # The query too: an MCP server's or a proxy's URL often carries its token there

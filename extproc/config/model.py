@@ -23,6 +23,7 @@ from extproc.config.metrics_model import MetricsConfig
 from extproc.config.pricing_model import PricingConfig
 from extproc.config.quota_model import QuotasConfig
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import checked_url
 from extproc.config.telemetry_model import LogConfig, TracingConfig
 from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
 from extproc.event_loop import EventLoopKind
@@ -225,21 +226,19 @@ class ProviderConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
         # Only the scheme, authority and path make the provider's requests: a query
         # (Azure's `?api-version=`) was dropped from every one of them without a word,
         # and a user and password went on as part of the `:authority` sent to the
         # provider, in the clear in the rendered bootstrap, never as a credential.
-        if parts.query or parts.fragment:
-            raise ValueError(
-                "must hold no query or fragment: the gateway sends none of it to the "
-                "provider (Azure OpenAI: use its v1 API, https://<resource>.openai.azure"
-                ".com/openai/v1, which takes no api-version)"
-            )
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must hold no user or password: give the provider's key in api_key")
+        url = checked_url(
+            url,
+            no_query=(
+                "the gateway sends none of it to the provider (Azure OpenAI: use its v1 "
+                "API, https://<resource>.openai.azure.com/openai/v1, which takes no "
+                "api-version)"
+            ),
+            no_credentials="give the provider's key in api_key",
+        )
         return url.rstrip("/")
 
     @property

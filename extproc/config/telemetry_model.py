@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from extproc.config.section import Section as _Section
+from extproc.config.service_urls import host_problem
 
 
 class LogConfig(_Section):
@@ -64,4 +65,8 @@ class TracingConfig(_Section):
             raise ValueError("must be HOST:PORT of an OTLP/gRPC collector (no scheme)")
         if not 0 < int(port) < 65536:
             raise ValueError("port must be between 1 and 65535")
+        # Rendered as the collector cluster's address: a user and password (or a space)
+        # sat in the bootstrap and Envoy resolved a name that is none.
+        if (problem := host_problem(host)) is not None:
+            raise ValueError(problem)
         return value

@@ -149,8 +149,8 @@ def test_a_refused_url_is_shown_without_the_token_in_its_query() -> None:
     [problem] = _problems(text)
     assert "s3cr3t-v4lue" not in problem
     assert problem == (
-        "agents.servers[0].url: must hold no query or fragment "
-        "(got 'https://mcp.example.com/mcp?***')"
+        "agents.servers[0].url: must hold no query or fragment: only its path reaches the "
+        "server (its key goes in api_key) (got 'https://mcp.example.com/mcp?***')"
     )
 
 
