@@ -184,6 +184,14 @@ def charge_answer_too_large(ctx: RequestContext) -> None:
     _charge(ctx, reserved_completion(ctx))
 
 
+def charge_unread_answer(ctx: RequestContext) -> None:
+    """Charge a success answer the gateway refuses before reading it (a stream the
+    provider sent unasked that the route cannot guard) as one over Envoy's buffer: the
+    provider generated it whole, and billed it."""
+    if _billed(ctx):
+        _charge(ctx, reserved_completion(ctx))
+
+
 def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> None:
     """Charge a failover attempt's answer Envoy dropped for its size as a cut answer (the
     allowance of the chain member on ``provider``, whose answer it was), and record the

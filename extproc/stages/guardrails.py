@@ -67,7 +67,7 @@ from extproc.config.guard_model import (
 from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import is_prompt
-from extproc.errors import BadRequestError, anthropic_error_body
+from extproc.errors import BadRequestError, UpstreamError, anthropic_error_body
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
 from extproc.guardrails.completion_text import request_slots as completion_request_slots
 from extproc.guardrails.content import (
@@ -96,6 +96,7 @@ from extproc.guardrails.stream import StreamGuard, signed_channel
 from extproc.guardrails.thinking_binding import ask_to_drop_changed_thinking
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
+from extproc.stages.cut_answer import charge_unread_answer
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +471,17 @@ def _unguardable_stream(route: str, api: RouteApi) -> BadRequestError:
     )
 
 
+def _unguarded_unasked_stream(route: str, api: RouteApi) -> UpstreamError:
+    """The provider streamed an answer the client did not ask to stream, on a route that
+    cannot guard such a stream (``_UNGUARDABLE_STREAMS``)."""
+    what, _ = _UNGUARDABLE_STREAMS[api]
+    return UpstreamError(
+        f"the provider streamed the answer although the request did not ask for a stream,"
+        f" and route '{route}' guards answers, which it cannot do for {what}",
+        code="stream_not_guarded",
+    )
+
+
 def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]:
     """The request's text, and how it goes without signed reasoning a mask matched in
     (None: it carries none)."""
@@ -633,6 +645,13 @@ class GuardResponseStage:
         anthropic = route.api in MESSAGES_BODY_APIS
         streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
         completions = route.api is RouteApi.OPENAI_COMPLETIONS
+        if streamed and ctx.stream_unasked and route.api in _UNGUARDABLE_STREAMS:
+            # The request asked for one whole answer, which the route can guard; the
+            # provider streamed it anyway, as the route cannot guard (its text repeats
+            # outside the deltas a stream guard masks). Refused unread, not sent on
+            # unguarded; the provider billed it whole, so it is charged as such.
+            charge_unread_answer(ctx)
+            raise _unguarded_unasked_stream(route.name, route.api)
         if streamed and route.api is RouteApi.BEDROCK_INVOKE:
             # Claude's events in AWS frames (another family's body was refused).
             ctx.response_guard = FramedStreamGuard(guards.response.matchers)

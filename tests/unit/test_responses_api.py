@@ -593,6 +593,28 @@ async def test_a_route_that_guards_answers_refuses_to_stream_them() -> None:
     assert answers[-1].WhichOneof("response") == "request_body"
 
 
+async def test_a_guarded_route_refuses_a_stream_the_provider_sent_unasked() -> None:
+    """The request asked for one whole answer, which the route guards; a provider that
+    streams it anyway would get its text past the guard (a Responses stream repeats it
+    outside its deltas). It is refused unread, in OpenAI's shape, and charged as the
+    whole answer the provider billed, never sent on."""
+    gateway = guarded()
+    answer = TEXT_SSE.replace(b"peaceful", b"4111 1111 1111 1111")
+    assert answer != TEXT_SSE
+    answers = await gateway.send(
+        RESPONSES,
+        responses(),
+        response_headers(200, {"content-type": "text/event-stream"}),
+        response_body(answer),
+    )
+    status, error = error_of(answers[2])
+    assert (status, error["code"]) == (502, "stream_not_guarded")
+    assert b"4111" not in b"".join(a.SerializeToString() for a in answers)
+    line = gateway.log()
+    assert (line["outcome"], line["usage_estimated"]) == ("upstream_error", True)
+    assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+
+
 async def test_enrichment_adds_messages_around_the_input() -> None:
     enrichment = {"prepend": [{"role": "system", "content": "You help the {group_id} team."}]}
     gateway = Gateway(config_with({}, {ROUTE: {"enrichment": enrichment}}))
