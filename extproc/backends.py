@@ -125,6 +125,7 @@ from extproc.translators import (
     vertex_embeddings,
     vertex_errors,
 )
+from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
     ResponseTranslator,
@@ -1274,6 +1275,13 @@ def without_provider_credentials(ctx: RequestContext, body: bytes) -> bytes:
     error (``translators.answer_errors``) quotes what it was sent as error bodies do."""
     needles = _credential_needles(ctx)
     return _scrubbed(body, needles) if needles else body
+
+
+def scrub_answer_error(ctx: RequestContext, error: ProviderAnswerError) -> None:
+    """Star the gateway's credentials for the answering provider out of the words of a
+    provider's error found in a success answer (``translators.answer_errors``), before a
+    log line, the client or the downstream filter (``attempt_report``) reads them."""
+    error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
 
 
 def _credential_needles(ctx: RequestContext) -> tuple[bytes, ...]:

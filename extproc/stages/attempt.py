@@ -106,8 +106,8 @@ from extproc.backends import (
     plan_request,
     plan_response,
     provider_api,
-    provider_secrets,
     same_embeddings_model,
+    scrub_answer_error,
     serves_client_api,
     serves_invoke_body,
 )
@@ -122,7 +122,7 @@ from extproc.envoy_failover import (
     started_key,
 )
 from extproc.envoy_messages import status_code
-from extproc.errors import BadRequestError, UpstreamError, without_secrets
+from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.stages.accounting import ERROR_BODY_STATUS
@@ -638,7 +638,7 @@ class AttemptStage:
         aigw_upstream_errors_total counts it as without failover (attempt_report). The
         provider's words lose the gateway's credentials first, as downstream."""
         if isinstance(error, ProviderAnswerError):
-            error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+            scrub_answer_error(ctx, error)
         report = AttemptReport(ctx.upstream_status or 0, error)
         out.set_headers[headers.ATTEMPT_UPSTREAM] = encode(report)
 

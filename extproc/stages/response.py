@@ -26,12 +26,11 @@ import time
 from extproc import headers
 from extproc.answer_status import no_answer
 from extproc.attempt_report import decode
-from extproc.backends import plan_response, provider_secrets, without_provider_credentials
+from extproc.backends import plan_response, scrub_answer_error, without_provider_credentials
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_messages import status_code
-from extproc.errors import without_secrets
 from extproc.stages.cut_answer import charge_answer_too_large, charge_whole_answer
 from extproc.translators.answer_errors import ProviderAnswerError, answer_error
 from extproc.translators.base import ResponseTranslator, stream_failure
@@ -167,7 +166,7 @@ def _provider_answered_error(
     upstream error counter. Its words lose the gateway's provider credentials, in the log
     line and, when the answer came in this one message (buffered, as nearly all do), in
     what the client reads, as a provider's error status's body does (``backends``)."""
-    error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+    scrub_answer_error(ctx, error)
     if ctx.error is None:
         ctx.error = error
     if chunk and out.body is None:
@@ -184,7 +183,7 @@ def _answer_replaced(
     lose the gateway's provider credentials, in the log line and in the client's error,
     as when the same error passes through (``_provider_answered_error``)."""
     if isinstance(error, ProviderAnswerError):
-        error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+        scrub_answer_error(ctx, error)
         if out.body:
             out.body = without_provider_credentials(ctx, out.body)
     ctx.error = error
