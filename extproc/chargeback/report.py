@@ -14,12 +14,19 @@ reading CSV by position finds those where they were.
 
 Money leaves as exact decimal text (``"0.000123"``), never a binary float: a
 billing system adding the rows gets the total to the picodollar.
+
+CSV and JSON carry every value exactly as the gateway saw it. The table goes to a
+terminal, where a value's control characters would act: a model name a client chose, or
+a JWT claim, holding a line break or an escape sequence could split a row, print a line
+that reads as another team's or as the TOTAL, or erase a row from the screen. The table
+shows those characters escaped (``_visible``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 import orjson
@@ -44,6 +51,29 @@ COLUMNS = (*COUNTS, "cost_usd", "latency_p50_ms", "latency_p95_ms")
 CACHE_WRITE_COUNTS = ("cache_write_tokens", "cache_write_1h_tokens")
 # Summed by ``totals`` besides the latency buckets and the server tools.
 _SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS)
+
+
+# What a terminal acts on rather than prints: C0 and C1 controls and DEL (line breaks,
+# escape sequences), the Unicode line and paragraph separators, and the bidirectional
+# controls, which reorder the characters shown after them. Not the other format
+# characters (the joiner inside an emoji), which only change how a glyph is drawn.
+_ACTING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def _visible(text: str) -> str:
+    """``text`` as the table prints it: its control characters written as Python writes
+    them in a string (``\\n``, ``\\x1b``, ``\\u202e``), so that each shows, and does
+    nothing, in the terminal."""
+    return _ACTING.sub(_escaped, text)
 
 
 def dimensions(by: str) -> tuple[str, ...]:
@@ -154,7 +184,7 @@ def _table(
     period: Period,
 ) -> str:
     def cells(found: dict[str, Any]) -> list[str]:
-        return ["-" if found.get(h) is None else str(found.get(h)) for h in headers]
+        return ["-" if found.get(h) is None else _visible(str(found.get(h))) for h in headers]
 
     total_cells = cells({**total, **{name: "" for name in by}})
     if by:
