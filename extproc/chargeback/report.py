@@ -15,11 +15,17 @@ reading CSV by position finds those where they were.
 Money leaves as exact decimal text (``"0.000123"``), never a binary float: a
 billing system adding the rows gets the total to the picodollar.
 
-CSV and JSON carry every value exactly as the gateway saw it. The table goes to a
-terminal, where a value's control characters would act: a model name a client chose, or
-a JWT claim, holding a line break or an escape sequence could split a row, print a line
-that reads as another team's or as the TOTAL, or erase a row from the screen. The table
-shows those characters escaped (``_visible``).
+JSON carries every value exactly as the gateway saw it; CSV too, but for one mark: a
+spreadsheet opening the file runs a cell starting with ``=``, ``+``, ``-`` or ``@`` as a
+formula (Google Sheets' ``IMPORTXML`` sends the sheet's other cells to any URL), and
+a client chooses its model's name, so a dimension value starting so, or with a tab, a
+carriage return or ``'``, is written after a ``'`` (``_spreadsheet_text``), which
+spreadsheets read as "text follows" and a program drops to get the value back.
+
+The table goes to a terminal, where a value's control characters would act: a model name
+a client chose, or a JWT claim, holding a line break or an escape sequence could split a
+row, print a line that reads as another team's or as the TOTAL, or erase a row from the
+screen. The table shows those characters escaped (``_visible``).
 """
 
 from __future__ import annotations
@@ -74,6 +80,16 @@ def _visible(text: str) -> str:
     them in a string (``\\n``, ``\\x1b``, ``\\u202e``), so that each shows, and does
     nothing, in the terminal."""
     return _ACTING.sub(_escaped, text)
+
+
+# The first characters that make a spreadsheet read a cell as a formula (OWASP's list), and
+# the mark itself, so that dropping one leading mark always gives the value back.
+_FORMULA_STARTS = frozenset("=+-@\t\r'")
+
+
+def _spreadsheet_text(value: str) -> str:
+    """A dimension's value as a CSV cell: after a ``'`` when a spreadsheet would run it."""
+    return "'" + value if value[:1] in _FORMULA_STARTS else value
 
 
 def dimensions(by: str) -> tuple[str, ...]:
@@ -169,9 +185,11 @@ def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) 
         # unquoted and split its row for every reader.
         writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(
-            {key: "" if value is None else value for key, value in found.items()} for found in flat
-        )
+        for found in flat:
+            cells = {key: "" if value is None else value for key, value in found.items()}
+            for name in by:
+                cells[name] = _spreadsheet_text(cells[name])
+            writer.writerow(cells)
         return buffer.getvalue()
     return _table(flat, headers, by, _flat(record(summed), tools), period)
 

