@@ -54,8 +54,8 @@ _MOMENT = re.compile(
 
 
 def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
-    """ISO 8601 date or date-time; a date alone is its midnight; a time without an
-    offset is in ``zone``."""
+    """ISO 8601 date or date-time; a date alone is its midnight (the day's start, as
+    ``--day`` reads it); a time without an offset is in ``zone``."""
     found = _MOMENT.fullmatch(text)
     try:
         if found is None:
@@ -67,7 +67,15 @@ def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
         )
     except ValueError:
         raise PeriodError(f"not an ISO 8601 date or time: {text!r}") from None
-    return moment if moment.tzinfo else _local(moment, zone, text)
+    if moment.tzinfo:
+        return moment
+    if found["time"] is None:
+        # The day's start, never refused: where a DST change falls at midnight (Chile,
+        # Cuba, Paraguay, Lebanon), 00:00 is void or happens twice, and --day and
+        # --month take the day's start anyway. fold=0 gives it: the first 00:00, or,
+        # read at the offset before the change, the instant the clocks jumped.
+        return moment.replace(tzinfo=zone)
+    return _local(moment, zone, text)
 
 
 def _local(moment: datetime, zone: tzinfo, text: str) -> datetime:

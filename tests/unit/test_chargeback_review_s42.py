@@ -1,5 +1,7 @@
 """Usage reports as the finance and platform teams read them, reviewed again: what a
-client chose to call its model cannot rewrite the report on the operator's screen."""
+client chose to call its model cannot rewrite the report on the operator's screen nor
+run in the finance team's spreadsheet, and a date alone is its day's start wherever the
+clocks change at midnight."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta
 
 import orjson
 import pytest
@@ -28,7 +31,7 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.conftest import MemoryLog
-from tests.unit.test_usage_report_finance import CLI_PREFIX, store_url
+from tests.unit.test_usage_report_finance import CLI_PREFIX, key_usage, store_url, write_entries
 
 __all__ = ["store_url"]
 
@@ -163,3 +166,50 @@ async def test_a_model_name_a_client_chose_is_no_formula_in_the_finance_csv(
     # JSON, for programs, keeps it as the log line has it.
     code = await asyncio.to_thread(main, ["usage", "export", "--by", "model", "--format", "json"])
     assert orjson.loads(capsys.readouterr().out)["rows"][0]["model"] == model
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "start", "end"),
+    [
+        # Chile springs forward at midnight: 6 Sep 2026 begins at 01:00 (-03), 04:00 UTC,
+        # and has 23 hours; its 00:00 never happens.
+        (
+            "America/Santiago",
+            "2026-09-06",
+            "2026-09-06T04:00:00+00:00",
+            "2026-09-07T03:00:00+00:00",
+        ),
+        # Cuba falls back from 01:00 to 00:00: 1 Nov 2026 begins at the first 00:00
+        # (-04), 04:00 UTC, and has 25 hours; its 00:00 happens twice.
+        ("America/Havana", "2026-11-01", "2026-11-01T04:00:00+00:00", "2026-11-02T05:00:00+00:00"),
+    ],
+)
+def test_a_date_alone_is_the_start_of_its_day_where_the_clocks_change_at_midnight(
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+    zone: str,
+    day: str,
+    start: str,
+    end: str,
+) -> None:
+    # `--day D` answered, but `--from D --to D+1` (the same day, as docs/chargeback.md
+    # says a date alone reads) was refused as a time that does not exist or happens
+    # twice, so a billing job giving every period as --from/--to failed on these days.
+    first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    asyncio.run(write_entries(store_url, [
+        key_usage((first - timedelta(seconds=1)).timestamp(), 1),
+        key_usage(first.timestamp(), 1),
+        key_usage((last - timedelta(seconds=1)).timestamp(), 1),
+        key_usage(last.timestamp(), 1),
+    ]))  # fmt: skip
+    following = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+    documents = []
+    for period in (["--day", day], ["--from", day, "--to", following]):
+        code = main(["usage", "report", *period, "--time-zone", zone, "--format", "json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        documents.append(orjson.loads(captured.out))
+
+    assert documents[0] == documents[1]
+    assert (documents[1]["from"], documents[1]["to"]) == (start, end)
+    assert documents[1]["totals"]["requests"] == 2
