@@ -37,7 +37,8 @@ cache hits and output so far), the rest is estimated as above, and the request i
 ``usage_estimated``; its error (set by the response stage) names the provider's
 error in the log line. A stream the gateway itself ended, because an event grew
 too long to hold (``sse.event_too_large``), is charged the same way. One that failed
-before the provider began its answer (Anthropic's error before ``message_start``,
+before the provider began its answer (Anthropic's error before ``message_start``, an
+OpenAI-compatible error as the first data event, a Bedrock exception as the first frame:
 ``StreamFailure.began``) is charged nothing, as the same error's status is.
 
 An OpenAI Responses API stream carries its generated text in the ``delta`` of its
@@ -171,8 +172,10 @@ def usage_if_ended_now(ctx: RequestContext) -> Usage | None:
 def _failed_before_answering(ctx: RequestContext, failure: StreamFailure) -> bool:
     """The provider failed the stream before it began its answer, and no text came:
     Anthropic's ``overloaded_error`` as the first event is its 529 in a stream (it had
-    not started the message, whose ``message_start`` reports the input it read), and
-    bills nothing, as the gateway charges nothing for an error status."""
+    not started the message, whose ``message_start`` reports the input it read), an
+    OpenAI-compatible error as the first data event or a Bedrock ``throttlingException``
+    before ``messageStart`` its 429, and bills nothing, as the gateway charges nothing
+    for an error status."""
     return not failure.began and not ctx.generated_chars and not _unwrapped_chars(ctx)
 
 

@@ -23,7 +23,9 @@ names no model in its answer, so ``response_model`` stays None.
 A stream that fails after its 200 left is recorded as ``failure`` (``base.StreamFailure``,
 with no counts: Bedrock reports usage last, so the gateway estimates the charge): an
 exception frame (``:message-type`` ``exception``, e.g. ``throttlingException``) or an error
-frame, named and classified as the OpenAI -> Bedrock stream names them; and a frame that
+frame, named and classified as the OpenAI -> Bedrock stream names them (one that is the
+stream's first frame came before the answer began: ``began`` False, charged nothing, as
+the same error's status is); and a frame that
 fails its checks, after which nothing of the stream can be trusted or found, so parsing
 stops. Its bytes still go on: the client's SDK rejects the broken frame itself. Usage is
 then None. A stream that merely ends before ``metadata`` (cut) has no usage and no failure:
@@ -105,6 +107,10 @@ class ConverseStreamReader:
         self._frames = EventStreamBuffer()
         # Cleared once nothing more can be read: a failure, or a frame that broke.
         self._reading = True
+        # Whether an event came before any exception (Bedrock began its answer): an
+        # exception first (throttlingException before messageStart) is the streamed form
+        # of that error's status, charged nothing as the status is (StreamFailure.began).
+        self._began = False
         # Set once ``metadata``, the stream's last event, was read: the answer is whole
         # even if the client hangs up before Envoy's end of stream.
         self.terminal_event_read = False
@@ -131,8 +137,10 @@ class ConverseStreamReader:
     def _read(self, frame: EventStreamMessage) -> None:
         error = frame_error(frame)
         if error is not None:
-            self._failed(stream_exception(*error))
-        elif frame.headers.get(":event-type") == "metadata":
+            self._failed(stream_exception(*error), began=self._began)
+            return
+        self._began = True
+        if frame.headers.get(":event-type") == "metadata":
             self._read_metadata(frame.payload)
         else:
             self.generated_chars += generated_chars(frame.payload)
@@ -147,8 +155,10 @@ class ConverseStreamReader:
         self.usage = converse_usage(parsed.get("usage"))
         self.terminal_event_read = True
 
-    def _failed(self, error: ProviderStreamError) -> None:
+    def _failed(self, error: ProviderStreamError, *, began: bool = True) -> None:
+        """``began``: False for Bedrock's exception before any event; a frame that broke
+        is always charged (what came may have been the answer)."""
         # Bedrock reports usage last: no count is known, the gateway estimates.
-        self.failure = StreamFailure(error)
+        self.failure = StreamFailure(error, began=began)
         self.usage = None
         self._reading = False

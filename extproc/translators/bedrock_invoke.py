@@ -185,8 +185,10 @@ class ModelStreamReader(ConverseStreamReader):
     def _read(self, frame: EventStreamMessage) -> None:
         error = frame_error(frame)
         if error is not None:
-            self._failed(stream_exception(*error))
-        elif frame.headers.get(":event-type") == "chunk":
+            self._failed(stream_exception(*error), began=self._began)
+            return
+        self._began = True
+        if frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
             self._events.append(event)
             self.generated_chars += generated_chars(event)
@@ -208,10 +210,10 @@ class ModelStreamReader(ConverseStreamReader):
             self._prompt = prompt if prompt is not None else self._prompt
             self._output = output if output is not None else self._output
 
-    def _failed(self, error: ProviderStreamError) -> None:
+    def _failed(self, error: ProviderStreamError, *, began: bool = True) -> None:
         # The counts reported so far stay with the failure: its bill starts from them.
-        super()._failed(error)
-        self.failure = replace(self.counts_so_far(), error=error)
+        super()._failed(error, began=began)
+        self.failure = replace(self.counts_so_far(), error=error, began=began)
 
     def _read_metrics(self, event: bytes) -> None:
         parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON

@@ -36,7 +36,9 @@ chunk and ``[DONE]``; usage is then None, as nothing trustworthy was counted, an
 of the stream is dropped. An exception frame is the provider's own error after the prompt
 was read and part of the answer sent: it is also recorded as ``failure``
 (``base.StreamFailure``, with no counts: Bedrock reports usage last), so the gateway
-charges the request with an estimate and names the error in its log line.
+charges the request with an estimate and names the error in its log line; an exception
+before any event (a ``throttlingException`` before ``messageStart``) is the streamed form
+of its status, recorded with ``began`` False and charged nothing.
 
 This module also holds what the buffered answer shares with the stream: stop reasons, usage
 and AWS error names. ``openai_bedrock`` imports them and re-exports ``StreamTranslator``, so
@@ -293,6 +295,10 @@ class StreamTranslator:
         self._thought_block: int | None = None
         self._stopped = False
         self._done = False
+        # Whether an event came before any exception (Bedrock began its answer): an
+        # exception first is the streamed form of its status, charged nothing as the
+        # status is (base.StreamFailure.began).
+        self._began = False
         # Characters of generated text in the frames so far (stages.partial_usage), counted
         # in whole frames: the body's chunks cut a frame, its text too, anywhere.
         self.generated_chars = 0
@@ -324,6 +330,7 @@ class StreamTranslator:
         if error is not None:
             out.append(self._provider_error(*error))
             return
+        self._began = True
         payload = orjson.loads(frame.payload) if frame.payload else {}
         if not isinstance(payload, dict):
             raise ValueError("event payload is not a JSON object")
@@ -424,7 +431,7 @@ class StreamTranslator:
     def _provider_error(self, name: str, message: str) -> bytes:
         error = stream_exception(name, message)
         # Bedrock reports usage last (metadata): no count is known, the gateway estimates.
-        self.failure = StreamFailure(error)
+        self.failure = StreamFailure(error, began=self._began)
         return self._abort(error.body())
 
     def _fail(self, message: str) -> bytes:

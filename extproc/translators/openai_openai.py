@@ -11,7 +11,9 @@ Moonshot) are billed once each (``usage_from_object``). An error
 event inside a stream (``data: {"error": {...}}``, how OpenAI fails a stream whose 200
 has left) reaches the client unchanged and is recorded as the reader's ``failure``
 (``base.StreamFailure``), with the counts a running report had given by then, so the
-gateway charges the request and names the error. An event
+gateway charges the request and names the error; one that is the stream's first data
+event came before the answer began (``began`` False), the streamed form of an error
+status, charged nothing as that status is. An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
 own error event (``sse.event_too_large``) the client reads last.
 
@@ -274,6 +276,10 @@ class ChunkStreamReader:
         self.service_tier: str | None = None
         # True until the first data event has been looked at for the service tier.
         self._first_event = True
+        # Whether a data event other than an error came (the provider began its answer):
+        # an error event first is the streamed form of an error status, charged nothing
+        # as that status is (base.StreamFailure.began).
+        self._began = False
         self._hide = hide_usage_chunk
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
@@ -288,6 +294,7 @@ class ChunkStreamReader:
         if self._events.overflowed:
             return self._end_unreadable(chunk, complete)
         if not _USAGE_OR_ERROR.search(complete):
+            self._began = self._began or b"data:" in complete
             if not self._hide or complete is chunk:
                 return None  # Envoy forwards the chunk as it came: no body mutation
             return complete
@@ -315,6 +322,8 @@ class ChunkStreamReader:
                 event = self._read_event(event)
                 if not event:
                     continue  # the usage-only chunk of a client that did not ask for it
+            else:
+                self._began = self._began or b"data:" in event
             kept.append(event + EVENT_END)
         return b"".join(kept)
 
@@ -344,12 +353,16 @@ class ChunkStreamReader:
         try:
             parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
+            self._began = True
             return event
         if not isinstance(parsed, dict):
+            self._began = True
             return event
         if isinstance(parsed.get("error"), dict):
-            self._stream_failed(ProviderStreamError.from_openai(parsed["error"]))
+            error = ProviderStreamError.from_openai(parsed["error"])
+            self._stream_failed(error, began=self._began)
             return event
+        self._began = True
         usage = _reported_usage(parsed)
         if usage is None:
             return event
@@ -361,8 +374,10 @@ class ChunkStreamReader:
             self.response_model = model
         return _without_usage(event, parsed) if self._hide else event
 
-    def _stream_failed(self, error: GatewayError) -> None:
-        """Record the stream's first failure: the provider's error event, or the gateway's."""
+    def _stream_failed(self, error: GatewayError, *, began: bool = True) -> None:
+        """Record the stream's first failure: the provider's error event, or the gateway's.
+        ``began``: False for a provider's error that came before any other data event
+        (``base.StreamFailure.began``); the gateway's own failure is always charged."""
         if self.failure is not None:
             return
         # The last report read is a floor, not the usage: OpenAI reports last, so its
@@ -371,7 +386,7 @@ class ChunkStreamReader:
         # (stages.partial_usage).
         reported = self.usage
         self.failure = (
-            StreamFailure(error)
+            StreamFailure(error, began=began)
             if reported is None
             else StreamFailure(
                 error,
