@@ -54,7 +54,9 @@ A provider's failure inside a stream whose 200 has left is recorded as the reade
 names its error: an ``error`` event (or an event of no type holding an error object,
 ``{"error": {...}}`` as chat completions send one, which some OpenAI-compatible servers
 send here too), or ``response.failed`` (whose usage, when it has one, is the provider's
-count of what it did). An event too long to hold
+count of what it did). An error before any other data event (before ``response.created``)
+came before the answer began (``began`` False): the streamed form of an error status,
+charged nothing as that status is. An event too long to hold
 (``sse.EventBuffer``) fails the stream the same way, with the gateway's own ``error``
 event the client reads last.
 """
@@ -312,6 +314,10 @@ class EventStreamReader:
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
+        # Whether a data event other than an error came (the provider began its answer,
+        # response.created first): an error before it is the streamed form of an error
+        # status, charged nothing as that status is (base.StreamFailure.began).
+        self._began = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._ended:
@@ -319,29 +325,36 @@ class EventStreamReader:
         complete = self._events.whole_events(chunk, end_of_stream)
         if self._events.overflowed:
             return self._end_unreadable(chunk, complete)
-        if complete and _READ_EVENTS.search(complete):
+        if complete and (not self._began or _READ_EVENTS.search(complete)):
             for event in complete.split(EVENT_END):
                 if _READ_EVENTS.search(event):
                     self._read_event(event)
+                elif b"data:" in event:
+                    self._began = True
         return None
 
     def _read_event(self, event: bytes) -> None:
         try:
             parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
+            self._began = True
             return
         if not isinstance(parsed, dict):
+            self._began = True
             return
         kind = parsed.get("type")
         if not isinstance(kind, str):
             if kind is None and isinstance(parsed.get("error"), dict):
                 # No event type, an error object: an OpenAI-compatible server's error in
                 # chat's shape, which the client reads as the stream's failure too.
-                self._stream_failed(_error_event(parsed))
+                self._stream_failed(_error_event(parsed), began=self._began)
+            else:
+                self._began = True
             return
         if kind == "error":
-            self._stream_failed(_error_event(parsed))
+            self._stream_failed(_error_event(parsed), began=self._began)
             return
+        self._began = True
         if kind in _ITEM_EVENTS:
             self.tool_call_tally.item_shown(parsed)
             return
@@ -369,10 +382,13 @@ class EventStreamReader:
         else:
             self.usage = usage
 
-    def _stream_failed(self, error: GatewayError, usage: Usage | None = None) -> None:
+    def _stream_failed(
+        self, error: GatewayError, usage: Usage | None = None, *, began: bool = True
+    ) -> None:
         """Record the stream's failure: the first error names it; a usage its terminal
         response reports (``response.failed``'s, even after an ``error`` event) is the
-        provider's count of the whole answer, billed as it is."""
+        provider's count of the whole answer, billed as it is. ``began``: False for an
+        error before any other data event (``base.StreamFailure.began``)."""
         first = self.failure.error if self.failure is not None else error
         if usage is not None:
             self.failure = StreamFailure(
@@ -384,7 +400,7 @@ class EventStreamReader:
                 whole=True,
             )
         elif self.failure is None:
-            self.failure = StreamFailure(error)
+            self.failure = StreamFailure(error, began=began)
         self.usage = None
 
     def _end_unreadable(self, chunk: bytes, complete: bytes) -> bytes:

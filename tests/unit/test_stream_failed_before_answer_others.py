@@ -59,6 +59,16 @@ THROTTLED = encode_exception(
 UNAVAILABLE = encode_exception(
     "serviceUnavailableException", b'{"message":"Bedrock is unable to process your request."}'
 )
+RESPONSES_ERROR = (
+    b"event: error\n"
+    b'data: {"type":"error","sequence_number":0,"error":{"type":"server_error",'
+    b'"code":"server_error","message":"The server is overloaded","param":null}}\n\n'
+)
+RESPONSE_CREATED = (
+    b"event: response.created\n"
+    b'data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_1",'
+    b'"object":"response","status":"in_progress","model":"gpt-4o-mini","output":[]}}\n\n'
+)
 MESSAGE_START = encode_event("messageStart", orjson.dumps({"role": "assistant"}))
 TITAN = "amazon.titan-text-express-v1"
 TITAN_CHUNK = encode_event(
@@ -80,6 +90,11 @@ CONVERSE = orjson.dumps(
 CLIENTS: dict[str, tuple[str, bytes, dict[str, str]]] = {
     "openai chat to openai": ("/v1/chat/completions", chat("gpt-4o-mini"), SSE),
     "openai chat to bedrock": ("/v1/chat/completions", chat(HAIKU), FRAMES),
+    "responses": (
+        "/v1/responses",
+        orjson.dumps({"model": "gpt-4o-mini", "stream": True, "input": PROMPT[0]["content"]}),
+        SSE,
+    ),
     "converse stream": (f"/model/{quote(HAIKU, safe='')}/converse-stream", CONVERSE, FRAMES),
     "titan invoke stream": (
         f"/model/{quote(TITAN, safe='')}/invoke-with-response-stream",
@@ -91,12 +106,15 @@ CLIENTS: dict[str, tuple[str, bytes, dict[str, str]]] = {
 FIRST_ERRORS = {
     "openai chat to openai": [OPENAI_ERROR, b": keep-alive\n\n" + OPENAI_ERROR],
     "openai chat to bedrock": [THROTTLED, UNAVAILABLE],
+    # OpenAI's error event, and chat's shape, which some OpenAI-compatible servers send.
+    "responses": [RESPONSES_ERROR, OPENAI_ERROR],
     "converse stream": [THROTTLED, UNAVAILABLE],
     "titan invoke stream": [THROTTLED],
 }
 BEGINNING = {
     "openai chat to openai": OPENAI_CHUNK,
     "openai chat to bedrock": MESSAGE_START,
+    "responses": RESPONSE_CREATED,
     "converse stream": MESSAGE_START,
     "titan invoke stream": TITAN_CHUNK,
 }
