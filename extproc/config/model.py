@@ -7,6 +7,7 @@ loaded config is a snapshot that in-flight requests keep using across reloads.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from enum import StrEnum
@@ -710,6 +711,7 @@ class GatewayConfig(_Section):
             *_jwks_wait_problems(self),
             *_host_route_problems(self),
             *_route_policy_problems(self),
+            *_auth_route_problems(self),
             *_key_header_subject_problems(self),
             *egress_problems(self.egress, _envoy_destinations(self)),
         ]
@@ -854,6 +856,36 @@ def _route_policy_problems(config: GatewayConfig) -> Iterator[str]:
         for name in route.guardrails:
             if name not in policies:
                 yield f"routes[{index}].guardrails: unknown policy {name!r}"
+
+
+def _auth_route_problems(config: GatewayConfig) -> Iterator[str]:
+    """Route names in access rules and keys' ``allowed_routes`` must be routes.
+
+    A rule whose ``routes`` name none covers no request, so the callers it was written
+    to keep from its models got them (a typo failed open, silently); a key whose
+    ``allowed_routes`` name none was refused everywhere with a 403 naming the route it
+    called, not the name that was wrong."""
+    known = [route.name for route in config.routes]
+    for index, rule in enumerate(config.auth.access_rules):
+        for name in rule.routes:
+            if name not in known:
+                yield (
+                    f"auth.access_rules[{index}].routes: unknown route {name!r} (rule"
+                    f" {rule.name!r} would cover no request there){did_you_mean(name, known)}"
+                )
+    for index, key in enumerate(config.auth.api_keys):
+        for name in key.allowed_routes:
+            if name not in known:
+                yield (
+                    f"auth.api_keys[{index}].allowed_routes: unknown route {name!r}"
+                    f" (key {key.id!r}){did_you_mean(name, known)}"
+                )
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """A hint for a misspelt name: configs list dozens of routes, too many to print."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _envoy_destinations(config: GatewayConfig) -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ from extproc.auth.stored_keys import (
 )
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
-from extproc.config.model import ManagementConfig
+from extproc.config.model import GatewayConfig, ManagementConfig, did_you_mean
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.quotas import (
@@ -440,6 +440,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         async def work(caller: str) -> pb.CreatedKey:
             key = _new_key(request)
             change.fields = _audited(key)
+            _check_routes(key, self._runtime().config)
             # A config key with the same id would make the id name two keys in
             # logs, metrics and quotas.
             if self._in_config(key.id):
@@ -525,6 +526,17 @@ def _new_key(request: pb.CreateKeyRequest) -> ApiKey:
         )
         raise InvalidArgumentError("; ".join(problems)) from None
     return api_key_of(spec)
+
+
+def _check_routes(key: ApiKey, config: GatewayConfig) -> None:
+    """Refuse routes the config does not have: a key kept to them would be refused
+    everywhere, with a 403 naming the route it called rather than the misspelt one."""
+    known = [route.name for route in config.routes]
+    for name in key.allowed_routes:
+        if name not in known:
+            raise InvalidArgumentError(
+                f"allowed_routes: unknown route {name!r}{did_you_mean(name, known)}"
+            )
 
 
 def _audited(key: ApiKey) -> dict[str, Any]:

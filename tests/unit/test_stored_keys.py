@@ -541,12 +541,16 @@ async def test_an_operator_creates_lists_and_revokes_a_key(api: Api, keys: Store
          "id: String should match pattern"),
         ("CreateKey", pb.CreateKeyRequest(id="late", expires_at=1.0), "INVALID_ARGUMENT",
          "expires_at must be in the future (or 0: never)"),
+        # Kept to a route the config lacks, the key would be refused everywhere.
+        ("CreateKey", pb.CreateKeyRequest(id="ci-bot", allowed_routes=["openai-chta"]),
+         "INVALID_ARGUMENT", "allowed_routes: unknown route 'openai-chta'; did you mean"
+         " 'openai-chat'?"),
         ("RevokeKey", pb.RevokeKeyRequest(id="team1"), "INVALID_ARGUMENT",
          "API key 'team1' comes from the config"),
         ("RevokeKey", pb.RevokeKeyRequest(id="nobody"), "NOT_FOUND",
          "no API key with id 'nobody' was created at run time"),
     ],
-    ids=["config-id", "no-id", "bad-id", "past-expiry", "config-key", "unknown"],
+    ids=["config-id", "no-id", "bad-id", "past-expiry", "unknown-route", "config-key", "unknown"],
 )  # fmt: skip
 async def test_what_cannot_be_done_is_refused_clearly(
     api: Api, method: str, request_: Any, code: str, message: str
