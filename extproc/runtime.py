@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from extproc import background
+from extproc import background, headers
 from extproc.agents.directory import AgentDirectory
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
@@ -249,6 +249,14 @@ class Runtime:
             route.name: _route_auth(route.name, route.auth or config.auth.default, config)
             for route in config.routes
         }
+        # Every header that carries org keys on some route: a client that sends one to
+        # a route reading others (an SDK wrapper adding the org's header to every call)
+        # still sent a secret, which no provider or webhook may be handed.
+        self.key_headers = frozenset(
+            policy.api_key_header.lower()
+            for policy in self.route_auth.values()
+            if policy.api_key_header
+        ) - set(headers.CLIENT_CREDENTIAL_HEADERS)
         self._keys = {p.name: _provider_key(p) for p in config.providers}
         self.signers: dict[str, AwsSigner] = {
             p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None

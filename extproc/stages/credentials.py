@@ -20,10 +20,8 @@ class CredentialStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         if ctx.route is None:
             return
-        names = list(_REMOVED)
-        route_header = ctx.runtime.route_auth[ctx.route.name].api_key_header
-        if route_header:
-            names.append(route_header.lower())
+        # Every route's key header, not only this route's: one sent here is still a key.
+        names = (*_REMOVED, *ctx.runtime.key_headers)
         out.remove_headers.extend(name for name in names if name in ctx.request_headers)
         # AWS's signing headers (x-amz-security-token, x-amz-date, ...) are the gateway's
         # to set for Bedrock: a client's would be sent unsigned beside the signature, and

@@ -579,11 +579,7 @@ def _apply_verdict(
 
 def _forwardable(ctx: RequestContext) -> dict[str, str]:
     """The client's headers a webhook may be sent: never a credential, whatever the config."""
-    blocked = set(CREDENTIAL_HEADERS)
-    if ctx.route is not None:
-        route_header = ctx.runtime.route_auth[ctx.route.name].api_key_header
-        if route_header:
-            blocked.add(route_header.lower())
+    blocked = CREDENTIAL_HEADERS | ctx.runtime.key_headers
     return {k: v for k, v in ctx.request_headers.items() if k not in blocked}
 
 

@@ -59,6 +59,8 @@ ADMIN_TOKEN = "Pf6yADMINtoken-c2e4a6f8b0d1Gs9h"
 WRONG_KEY = "Ck1wWRONGkey-9a8b7c6d5e4fUe5j"
 COOKIE_SECRET = "Tn4hCOOKIEsession-88aa77bbRm3x"
 PROXY_SECRET = "Yd9pPROXYauth-1122aabbZc8v"
+# A key in the header another route reads (routes[].auth.api_key_header).
+PARTNER_SECRET = "Ub6sPARTNERkey-5566eeffJh4q"
 # A client's own AWS session token: sent beside the gateway's signature, AWS refuses both.
 AMZ_TOKEN_SECRET = "Qw7rAMZtoken-3344ccddKp2m"
 AWS_SECRET = "mock-secret-key"  # the mock's Bedrock accepts only this one: checked whole
@@ -67,7 +69,7 @@ ISSUER = "https://sso.review.test"
 # Secrets whose first and last four characters are their own: fragments are checked too.
 DISTINCT = (
     PROVIDER_KEY, FLAKY_KEY, ORG_KEY, OTHER_ORG_KEY, NARROW_KEY, SSO_SECRET, ADMIN_TOKEN,
-    WRONG_KEY, COOKIE_SECRET, PROXY_SECRET,
+    WRONG_KEY, COOKIE_SECRET, PROXY_SECRET, PARTNER_SECRET,
 )  # fmt: skip
 # Random-looking secrets (tokens minted below) are checked whole and by six-character ends.
 MINTED: list[str] = []
@@ -82,6 +84,7 @@ CLIENT_SECRETS = (
     COOKIE_SECRET,
     PROXY_SECRET,
     AMZ_TOKEN_SECRET,
+    PARTNER_SECRET,
 )
 
 CONFIG_AUTH = f"""  jwt_providers:
@@ -93,6 +96,13 @@ CONFIG_AUTH = f"""  jwt_providers:
     - id: narrow
       key: {NARROW_KEY}
       allowed_routes: [anthropic]
+"""
+# A partner's route, reading keys from a header of its own: every other route reads
+# the standard ones only, and must still keep this one from the provider.
+PARTNER_ROUTE = """
+  - name: partner-chat
+    path: /partner/v1/chat/completions
+    auth: {methods: [api_key], api_key_header: x-partner-key}
 """
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES_BODY: dict[str, Any] = {
@@ -169,6 +179,7 @@ def stack(
     text = text.replace("\nproviders:\n", "\nproviders:" + providers, 1)
     text = text.replace("\nmodels:\n", "\nmodels:" + models, 1)
     text = text.replace("\nauth:\n  api_keys:\n", "\nauth:\n" + CONFIG_AUTH, 1)
+    text = text.replace("\nroutes:\n", "\nroutes:" + PARTNER_ROUTE, 1)
     text = with_prompt_span_export(text)
     config = workdir / "gateway.yaml"
     config.write_text(text)
@@ -425,6 +436,7 @@ ALL_CLIENT_CREDENTIALS = {
     "proxy-authorization": f"Basic {PROXY_SECRET}",
     "cookie": f"session={COOKIE_SECRET}",
     "x-amz-security-token": AMZ_TOKEN_SECRET,
+    "x-partner-key": PARTNER_SECRET,
 }
 
 
