@@ -7,7 +7,9 @@ then answer JSON too, deterministically:
 - ``{"type": "json_schema", "json_schema": {"schema": S}}``: an instance of S built
   from it: every property of an object, the first of an ``enum``/``const``/``anyOf``
   /``oneOf``, ``minimum`` (else 0) for numbers, ``true``, one item per array (or
-  ``minItems``), and the mock reply for strings.
+  ``minItems``), and the mock reply for strings. A ``$ref`` to a place in the same
+  schema (``#/$defs/Line``, as pydantic writes nested models) is followed: the providers
+  take such schemas, and an SDK's ``parse`` would fail on the string left in its place.
 Anything else (``text``, no ``response_format``): None, the usual text reply.
 """
 
@@ -34,10 +36,18 @@ def json_reply(response_format: Any, text: str) -> str | None:
     return None
 
 
-def instance(schema: dict[str, Any], text: str, depth: int = 0) -> Any:
-    """A value that satisfies the simple JSON Schema ``schema``."""
+def instance(
+    schema: dict[str, Any], text: str, depth: int = 0, root: dict[str, Any] | None = None
+) -> Any:
+    """A value that satisfies the simple JSON Schema ``schema``; ``root`` is the whole
+    schema its ``$ref`` pointers point into (``schema`` itself when None)."""
     if depth > _MAX_DEPTH:
         return None
+    root = schema if root is None else root
+    target = _referenced(schema.get("$ref"), root)
+    if target is not None:
+        # The depth bound stops a recursive schema (a tree of nodes) too.
+        return instance(target, text, depth + 1, root)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -46,7 +56,7 @@ def instance(schema: dict[str, Any], text: str, depth: int = 0) -> Any:
     for key in ("anyOf", "oneOf", "allOf"):
         options = schema.get(key)
         if isinstance(options, list) and options and isinstance(options[0], dict):
-            return instance(options[0], text, depth + 1)
+            return instance(options[0], text, depth + 1, root)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -55,14 +65,15 @@ def instance(schema: dict[str, Any], text: str, depth: int = 0) -> Any:
         if not isinstance(properties, dict):
             return {}
         return {
-            name: instance(sub if isinstance(sub, dict) else {}, text, depth + 1)
+            name: instance(sub if isinstance(sub, dict) else {}, text, depth + 1, root)
             for name, sub in properties.items()
         }
     if kind == "array":
         items = schema.get("items")
         count = schema.get("minItems")
         count = count if isinstance(count, int) and count > 0 else 1
-        return [instance(items if isinstance(items, dict) else {}, text, depth + 1)] * count
+        item = instance(items if isinstance(items, dict) else {}, text, depth + 1, root)
+        return [item] * count
     if kind in ("number", "integer"):
         minimum = schema.get("minimum")
         value = minimum if isinstance(minimum, int | float) else 0
@@ -72,3 +83,21 @@ def instance(schema: dict[str, Any], text: str, depth: int = 0) -> Any:
     if kind == "null":
         return None
     return text
+
+
+def _referenced(ref: Any, root: dict[str, Any]) -> dict[str, Any] | None:
+    """The subschema a local ``$ref`` (a JSON pointer after ``#``) names in ``root``; None
+    for no ``$ref``, one to another document, or one that names nothing."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    found: Any = root
+    for token in ref[1:].split("/")[1:]:
+        # JSON pointer escapes: ~1 is "/", ~0 is "~" (in that order).
+        key = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(found, dict):
+            found = found.get(key)
+        elif isinstance(found, list) and key.isdigit() and int(key) < len(found):
+            found = found[int(key)]
+        else:
+            return None
+    return found if isinstance(found, dict) else None

@@ -126,3 +126,34 @@ def test_json_object_is_refused_before_it_reaches_bedrock(stack: LocalStack) -> 
     assert (error["type"], error["param"]) == ("invalid_request_error", "response_format")
     assert "json_schema" in error["message"]
     assert len(mock_requests(stack)) == before
+
+
+class Party(BaseModel):
+    name: str
+    country: str
+
+
+class Line(BaseModel):
+    item: str
+    quantity: int
+
+
+class NestedInvoice(BaseModel):
+    vendor: Party
+    lines: list[Line]
+
+
+def test_a_model_with_nested_models_is_parsed_through_their_refs(stack: LocalStack) -> None:
+    # Pydantic puts nested models in $defs and points at them with $ref; the schema goes
+    # to Converse as it is, and the answer must follow the references to parse.
+    completion = client(stack).chat.completions.parse(
+        model=MODEL, messages=MESSAGES, response_format=NestedInvoice
+    )
+
+    parsed = completion.choices[0].message.parsed
+    assert parsed == NestedInvoice(
+        vendor=Party(name=VENDOR, country=VENDOR), lines=[Line(item=VENDOR, quantity=0)]
+    )
+    schema, _ = sent_schema(last_converse(stack))
+    assert schema["properties"]["vendor"] == {"$ref": "#/$defs/Party"}
+    assert set(schema["$defs"]) == {"Party", "Line"}

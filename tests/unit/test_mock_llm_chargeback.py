@@ -108,3 +108,27 @@ def test_schema_instances_cover_nesting_and_choices() -> None:
     schema = {"anyOf": [{"type": "integer", "minimum": 3}, {"type": "string"}]}
     assert instance(schema, "t") == 3
     assert instance({"type": "array", "minItems": 2, "items": {"const": 1}}, "t") == [1, 1]
+
+
+def test_schema_instances_follow_refs_to_nested_models() -> None:
+    # What pydantic writes for a model holding other models: $defs and $ref pointers.
+    line = {"type": "object", "properties": {"qty": {"type": "integer", "minimum": 2}}}
+    schema = {
+        "$defs": {"Line": line, "a/b": {"const": "escaped"}},
+        "type": "object",
+        "properties": {
+            "lines": {"type": "array", "items": {"$ref": "#/$defs/Line"}},
+            "first": {"anyOf": [{"$ref": "#/$defs/Line"}, {"type": "null"}]},
+            "odd": {"$ref": "#/$defs/a~1b"},
+            "elsewhere": {"$ref": "other.json#/Line"},
+        },
+    }
+    assert instance(schema, "t") == {
+        "lines": [{"qty": 2}],
+        "first": {"qty": 2},
+        "odd": "escaped",
+        "elsewhere": "t",  # a reference the mock cannot follow is read as no schema
+    }
+    # A recursive schema ends at the depth bound rather than looping.
+    tree = {"type": "object", "properties": {"child": {"$ref": "#"}}}
+    assert "child" in instance(tree, "t")
