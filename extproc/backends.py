@@ -134,7 +134,7 @@ from extproc.translators.base import (
     renamed,
 )
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
-from extproc.translators.response_formats import read_response_format
+from extproc.translators.response_formats import schema_to_hold
 
 SSE = "text/event-stream"
 AWS_EVENT_STREAM = aws_eventstream.CONTENT_TYPE
@@ -267,9 +267,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     batch for Titan; token ids, more than 96 texts or an unknown ``input_type`` for
     Cohere), a chat completion asking Bedrock for what
     Converse cannot do at the body's top level (``n``, ``functions``, a ``json_object``
-    ``response_format``, ``service_tier``), a malformed ``response_format`` for a
-    translated Claude, or one to be translated that forces a tool call without
-    declaring tools.
+    ``response_format``, ``service_tier``), a ``json_object`` or malformed
+    ``response_format`` for a translated Claude, or one to be translated that forces a
+    tool call without declaring tools.
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
@@ -310,9 +310,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         if kind is ProviderType.ANTHROPIC or (
             kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model)
         ):
-            # A malformed response_format: the translation's 400 (Bedrock's is in
-            # check_request).
-            read_response_format(parsed.get("response_format"))
+            # A json_object or malformed response_format: the translation's 400
+            # (Bedrock's is in check_request).
+            schema_to_hold(parsed.get("response_format"), openai_anthropic.CLAUDE)
         if kind is ProviderType.ANTHROPIC:
             # reasoning_effort beside what Claude refuses while it thinks (a temperature, a
             # forced tool call, a bound with no room to think): the translation's 400s.

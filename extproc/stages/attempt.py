@@ -209,7 +209,7 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     serve as a fallback too; skipped, not refused: the request asked for a model the
     caller may use, and without a fallback it gets that model's own answer. A fallback
     that cannot answer in the client's API, or cannot be sent this body (``n`` above 1
-    for Claude, a ``json_object`` ``response_format`` for Bedrock, a forced tool call
+    for Claude, a ``json_object`` ``response_format`` for Claude or Bedrock, a forced tool call
     without tools for any translated provider), is skipped the same way: tried, it could
     only fail the request with a 400 the client never caused, or answer what the client
     did not ask for; and a fallback an operator adds must not make a request the primary

@@ -22,11 +22,12 @@ turn the assistant's message into a prefill, continued rather than answered.
 ``response_format`` of type ``json_schema`` becomes Anthropic's structured output
 (``output_config.format``, no beta header), which constrains the answer to the schema
 (its ``name`` and ``description`` have no place there and are left out); a model without
-structured outputs answers Anthropic's 400, which the client gets. ``json_object`` is left
-out: Anthropic has no "any JSON" mode, OpenAI already requires a client asking for it to ask
-for JSON in its prompt too, and Claude follows that. An unknown type or a malformed
-``json_schema`` is refused with a 400 naming the field (``response_formats``), as OpenAI
-refuses it, rather than dropped.
+structured outputs answers Anthropic's 400, which the client gets. ``json_object`` is
+refused with a 400 naming ``response_format`` that says to send ``json_schema``, as for
+Bedrock (``response_formats.schema_to_hold``): Anthropic has no "any JSON" mode, and
+sent without one the answer was as often a fenced or introduced JSON the client failed to
+parse. An unknown type or a malformed ``json_schema`` is refused with a 400 naming the
+field, as OpenAI refuses it, rather than dropped.
 
 An image sent as a data URL goes with the media type its bytes are (``data_urls``), since
 Anthropic refuses a label the bytes do not match, and ``image/jpg``, both of which OpenAI
@@ -118,10 +119,11 @@ from extproc.translators.openai_anthropic_stream import (
     StreamTranslator,
     translate_error,
 )
-from extproc.translators.response_formats import read_response_format
+from extproc.translators.response_formats import schema_to_hold
 from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
+    "CLAUDE",
     "DEFAULT_MAX_TOKENS",
     "CompletionTranslator",
     "StreamTranslator",
@@ -133,6 +135,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 4096
+# What the client is told cannot do what it asked (response_formats.schema_to_hold).
+CLAUDE = "Claude"
 # The anthropic-version that removed temperature, top_p and top_k (ISO dates compare as text).
 SAMPLING_REMOVED_IN = "2026-10-21"
 
@@ -495,11 +499,9 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _output_config(value: Any) -> dict[str, Any] | None:
     """Anthropic's structured output for OpenAI's ``json_schema`` response format; None
-    for ``text``, ``json_object`` (Anthropic has no such mode: left to the prompt, which
-    OpenAI requires to ask for JSON) and none. A malformed one is refused
-    (``response_formats``)."""
-    response_format = read_response_format(value)
-    spec = response_format.json_schema if response_format is not None else None
+    for ``text`` and none. ``json_object`` (Anthropic has no such mode) and a malformed
+    one are refused (``response_formats.schema_to_hold``)."""
+    spec = schema_to_hold(value, CLAUDE)
     if spec is None:
         return None
     # OpenAI's `strict` has no counterpart: Anthropic always holds the answer to the

@@ -143,7 +143,7 @@ from extproc.translators.openai_bedrock_stream import (
     shown_tier,
 )
 from extproc.translators.openai_openai import show_billed_apart
-from extproc.translators.response_formats import read_response_format
+from extproc.translators.response_formats import schema_to_hold
 from extproc.translators.tool_ids import provider_tool_call_id
 from extproc.translators.unreadable_answers import replaced_answer
 
@@ -162,6 +162,8 @@ __all__ = [
 # botocore's percent_encode keeps only these unreserved characters: ":" in model ids and
 # "/" in ARNs are encoded, so the path is the one AWS's own SDKs sign and send.
 _PATH_SAFE = "-._~"
+# What the client is told cannot do what it asked (response_formats.schema_to_hold).
+_PROVIDER = "Bedrock"
 # A tuple, not a set: a malformed role (a list, say) must not fail to hash.
 _SYSTEM_ROLES = ("system", "developer")
 # Chat models without Converse `system` prompts, by the start of their model id.
@@ -243,8 +245,7 @@ def _output_config(value: Any) -> dict[str, Any] | None:
     ``strict`` has no counterpart: Bedrock always holds the answer to the schema, and
     refuses (a ValidationException, the client's 400) a schema its decoding cannot
     enforce, for ``strict: false`` too."""
-    response_format = read_response_format(value)
-    spec = response_format.json_schema if response_format is not None else None
+    spec = schema_to_hold(value, _PROVIDER)
     if spec is None:
         return None
     definition: dict[str, Any] = {"schema": orjson.dumps(spec.schema).decode()}
@@ -342,16 +343,8 @@ def _check_top_level(body: dict[str, Any], model_id: str) -> str | None:
             raise BadRequestError(
                 f"Bedrock returns no log probabilities: leave '{field}' out", param=field
             )
-    response_format = read_response_format(body.get("response_format"))
-    if response_format is not None and response_format.type == "json_object":
-        # Converse constrains an answer to a schema only: "any JSON object" has none, and
-        # sent without it the answer could be prose the client would fail to parse.
-        raise BadRequestError(
-            "response_format 'json_object' is not supported for Bedrock models, which have "
-            "no mode for any JSON object: send 'json_schema' with the object's schema "
-            "(Bedrock's structured outputs)",
-            param="response_format",
-        )
+    # Converse constrains an answer to a schema only: json_object is refused, as for Claude.
+    schema_to_hold(body.get("response_format"), _PROVIDER)
     claude = is_claude(model_id)
     _stop_sequences(body.get("stop"), claude=claude)
     if claude:

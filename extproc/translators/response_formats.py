@@ -13,6 +13,15 @@ name a field the client never wrote.
 What each provider does with the result is its translator's decision: Anthropic and
 Converse both hold the answer to the schema whatever ``strict`` says (their decoding is
 always constrained), and neither has a mode for "any JSON object".
+
+``schema_to_hold`` is what both translations read: the ``json_schema`` to carry, and a
+400 naming ``response_format`` for ``json_object``, the same on both. Neither provider
+can take it: their structured outputs refuse a schema that leaves an object open (the
+only schema "any JSON object" has), and sent without a constraint the answer is only as
+JSON as the model chooses: Claude often wraps it in a Markdown fence or a sentence, and
+the client's ``json.loads`` fails on an answer it was billed for, where OpenAI's
+``json_object`` never answers anything but a JSON object. ``json_schema`` does what the
+client asked, on both.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from typing import Any
 
 from extproc.errors import BadRequestError
 
-__all__ = ["JsonSchemaFormat", "ResponseFormat", "read_response_format"]
+__all__ = ["JsonSchemaFormat", "ResponseFormat", "read_response_format", "schema_to_hold"]
 
 _TYPES = ("text", "json_object", "json_schema")
 # How much of an unknown type the error quotes: it is the client's own input.
@@ -72,6 +81,29 @@ def read_response_format(value: Any) -> ResponseFormat | None:
     if kind != "json_schema":
         return ResponseFormat(kind)
     return ResponseFormat(kind, _json_schema(value.get("json_schema")))
+
+
+def schema_to_hold(value: Any, provider: str) -> JsonSchemaFormat | None:
+    """The schema a translated request asks ``provider`` to hold its answer to: the
+    body's ``json_schema``; None for ``text`` or no ``response_format``.
+
+    Raises ``BadRequestError`` for a malformed ``response_format``
+    (``read_response_format``) and, naming ``response_format``, for ``json_object``,
+    which neither translated provider has a mode for (the module's docstring says why).
+    ``provider`` names what the client is told has no such mode (``Claude``,
+    ``Bedrock``)."""
+    response_format = read_response_format(value)
+    if response_format is None:
+        return None
+    if response_format.type == "json_object":
+        raise BadRequestError(
+            f"response_format 'json_object' is not supported for {provider} models, which "
+            "have no mode for any JSON object: send 'json_schema' with the object's schema "
+            f"({provider}'s structured outputs), or, for a model without structured "
+            "outputs, leave response_format out and ask for JSON in the prompt",
+            param="response_format",
+        )
+    return response_format.json_schema
 
 
 def _json_schema(spec: Any) -> JsonSchemaFormat:

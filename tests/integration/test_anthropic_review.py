@@ -238,6 +238,25 @@ def test_a_json_schema_response_format_gets_json_of_that_schema(stack: LocalStac
     }
 
 
+def test_json_object_is_refused_as_on_bedrock_before_it_reaches_anthropic(
+    stack: LocalStack,
+) -> None:
+    # Claude has no "any JSON" mode: left out, the answer was JSON only as Claude chose.
+    before = len(mock_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(stack).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Paris weather as JSON"}],
+            response_format={"type": "json_object"},
+        )
+
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["type"], error["param"]) == ("invalid_request_error", "response_format")
+    assert "send 'json_schema'" in error["message"]
+    assert len(mock_requests(stack)) == before
+
+
 def test_images_reach_anthropic_as_image_blocks(stack: LocalStack) -> None:
     completion = openai_client(stack).chat.completions.create(
         model=MODEL,

@@ -8,7 +8,9 @@ supported for Bedrock models", although Converse constrains answers to a schema
 - ``json_schema`` reaches Converse as ``outputConfig.textFormat`` (the schema as JSON
   text, ``name`` and ``description`` beside it; ``strict`` has no counterpart), in the
   shape botocore's service model describes, and the mock Bedrock answers JSON of it;
-- ``json_object`` is still refused for Bedrock, now saying what to send instead;
+- ``json_object`` is refused for Bedrock, saying what to send instead, and now the same
+  way for Claude on Anthropic, which dropped it and answered JSON only as the model chose
+  (often in a Markdown fence) to a client parsing the content as a JSON object;
 - ``text`` sends nothing, as before;
 - a malformed ``response_format`` (an unknown type, a schema missing) is a 400 naming the
   field for Bedrock and for Claude on Anthropic, which dropped it silently and answered
@@ -211,12 +213,30 @@ def test_a_json_schema_becomes_anthropics_output_config_format() -> None:
     assert request["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
 
 
-@pytest.mark.parametrize("response_format", [None, {"type": "text"}, {"type": "json_object"}])
-def test_text_and_json_object_send_claude_no_output_config(response_format: Any) -> None:
+@pytest.mark.parametrize("response_format", [None, {"type": "text"}])
+def test_text_and_no_response_format_send_claude_no_output_config(response_format: Any) -> None:
     request = openai_anthropic.translate_request(
         chat(response_format=response_format), "claude-sonnet-4-5", stream=False
     )
     assert "output_config" not in request
+
+
+def test_json_object_is_refused_for_claude_as_for_bedrock_saying_what_to_send() -> None:
+    # Dropped, as it was, Claude answered JSON as it chose (often in a Markdown fence)
+    # to a client that parses the content as a JSON object.
+    body = chat(response_format={"type": "json_object"})
+    with pytest.raises(BadRequestError) as claude:
+        openai_anthropic.translate_request(body, "claude-sonnet-4-5", stream=False)
+    with pytest.raises(BadRequestError) as bedrock:
+        openai_bedrock.translate_request(body, model_id="anthropic.claude-sonnet-4-5-v1:0")
+    for refused, provider in ((claude, "Claude"), (bedrock, "Bedrock")):
+        assert refused.value.param == "response_format"
+        assert refused.value.message == (
+            f"response_format 'json_object' is not supported for {provider} models, which "
+            "have no mode for any JSON object: send 'json_schema' with the object's schema "
+            f"({provider}'s structured outputs), or, for a model without structured "
+            "outputs, leave response_format out and ask for JSON in the prompt"
+        )
 
 
 @pytest.mark.parametrize(("response_format", "param"), MALFORMED)
@@ -267,6 +287,27 @@ async def test_a_malformed_response_format_is_refused_before_the_quota_counts_it
         "invalid_request_error",
         "response_format.type",
     )
+    # The key's one request of the minute is still there for the corrected request.
+    sent = upstream_body(
+        await send(one_request_a_minute, chat(model=model, response_format=JSON_SCHEMA))
+    )
+    assert "outputConfig" in sent or "output_config" in sent
+
+
+@pytest.mark.parametrize("model", ["haiku", "claude-3-5-haiku-latest"])
+async def test_json_object_is_refused_before_the_quota_counts_it(
+    one_request_a_minute: Processor, model: str
+) -> None:
+    refused = await send(
+        one_request_a_minute, chat(model=model, response_format={"type": "json_object"})
+    )
+    status, error = error_of(refused)
+    assert (status, error["type"], error["param"]) == (
+        400,
+        "invalid_request_error",
+        "response_format",
+    )
+    assert "send 'json_schema'" in error["message"]
     # The key's one request of the minute is still there for the corrected request.
     sent = upstream_body(
         await send(one_request_a_minute, chat(model=model, response_format=JSON_SCHEMA))
