@@ -983,7 +983,9 @@ class CompletionTranslator:
                 )
         answer: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(texts) if texts else None,
+            # OpenAI's content is null beside tool calls only: a turn with no text (spent
+            # thinking, say) is "", as openai_anthropic answers it.
+            "content": "".join(texts) if texts or not calls else None,
             "refusal": None,
         }
         if thoughts:
