@@ -552,6 +552,20 @@ class TelemetryConfig(_Section):
     tracing: TracingConfig = TracingConfig()
 
 
+def unsendable_token_problem(token: str) -> str | None:
+    """Why no gRPC client can send ``token`` in its ``authorization`` header, or None.
+
+    gRPC metadata carries printable ASCII only: a token with an accented letter, a tab
+    or a line break inside it loads, and every call is then refused before it leaves
+    the client ("Invalid metadata"), the management API unusable. Never quotes it."""
+    if token.isascii() and token.isprintable():
+        return None
+    return (
+        "holds a character no gRPC client can send (only printable ASCII: no accented"
+        " letter, no tab or line break inside it)"
+    )
+
+
 class AdminTokenConfig(_Section):
     """One admin token of the management API; ``id`` names the caller in audit lines."""
 
@@ -567,6 +581,10 @@ class AdminTokenConfig(_Section):
         if self.token is not None and not self.token.get_secret_value().strip():
             # An empty token (an unset variable) would let `Bearer ` through.
             raise ValueError("token is empty")
+        if self.token is not None:
+            problem = unsendable_token_problem(self.token.get_secret_value().strip())
+            if problem is not None:
+                raise ValueError(f"token {problem}")
         return self
 
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import grpc
 import orjson
 
+from extproc.config.model import unsendable_token_problem
 from extproc.config.quota_model import MAX_LIMIT
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
@@ -123,7 +124,7 @@ def _check_token(token: str) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "the admin token is blank; check AIGW_ADMIN_TOKEN or --token",
         )
-    if not token.isascii() or not token.isprintable():
+    if unsendable_token_problem(token) is not None:
         raise ManagementError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "the admin token holds a character gRPC cannot send (only printable ASCII:"

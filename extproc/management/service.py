@@ -45,7 +45,12 @@ from extproc.auth.stored_keys import (
 )
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
-from extproc.config.model import GatewayConfig, ManagementConfig, did_you_mean
+from extproc.config.model import (
+    GatewayConfig,
+    ManagementConfig,
+    did_you_mean,
+    unsendable_token_problem,
+)
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.quotas import (
@@ -198,6 +203,9 @@ def _read_token_file(index: int, token_id: str, path: str) -> str:
         raise ConfigError("config", [f"{where}: not UTF-8 text"]) from None
     if not secret:
         raise ConfigError("config", [f"{where}: the file is empty"])
+    problem = unsendable_token_problem(secret)
+    if problem is not None:
+        raise ConfigError("config", [f"{where}: the token {problem}"])
     return secret
 
 

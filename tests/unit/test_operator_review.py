@@ -1,0 +1,100 @@
+"""The gateway's CLI and config as an operator meets them in production, at their edges.
+
+An admin token no gRPC client can send (an accented letter, a line break inside a
+token file) is refused at load, naming its field and never its value, instead of
+loading and leaving the management API refusing every call. ``serve`` on a data dir
+the embedded Valkey cannot use (a read-only root filesystem) says so in one line
+with exit 2. A YAML alias inside the anchor it names, or a file nested a hundred
+levels deep, is a config mistake named by its path, for ``check-config`` and for a
+reload alike. ``render-envoy -o`` to a path that cannot be written is one line and
+exit 2. None of them is a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extproc.cli import main
+from extproc.config import ConfigError, parse_config
+from extproc.devstack import DEFAULT_CONFIG
+from extproc.server import Gateway
+
+ADMIN_TOKEN_LINE = "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``extproc <argv>`` in this process: its exit status, stdout and stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def config_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- admin tokens no client can send --------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["pässwört-of-the-ops-team", "ops-token\twith-a-tab"])
+def test_an_inline_admin_token_no_client_can_send_is_refused_at_load(
+    token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # gRPC metadata carries printable ASCII only: this token loaded, and every call of
+    # the CLI (or grpcurl) was refused before it left the client.
+    monkeypatch.setenv("AIGW_ADMIN_TOKEN", token)
+
+    code, out, err = run(["check-config", "-c", str(DEFAULT_CONFIG)], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "management.admin_tokens[0]: token holds a character no gRPC client can send" in err
+    assert token not in err and "Traceback" not in err
+
+
+def test_a_token_file_holding_two_lines_is_refused_naming_the_file_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Secret written with two lines (the token, then a comment or a second token):
+    # spaces and line ends around it are dropped, the line break inside it stays.
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("first-admin-token\nsecond-line\n")
+    text = DEFAULT_CONFIG.read_text().replace(ADMIN_TOKEN_LINE, f"      token_file: {token_file}")
+
+    code, out, err = run(["check-config", "-c", str(config_file(tmp_path, text))], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "management.admin_tokens[0] (ops).token_file: the token holds a character" in err
+    assert "first-admin-token" not in err and "second-line" not in err
+
+
+async def test_a_rotated_token_file_no_client_can_send_is_refused_on_reload(
+    tmp_path: Path,
+) -> None:
+    gateway = Gateway(parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {}), None)
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("rotated-tökén\n")
+    text = DEFAULT_CONFIG.read_text().replace(ADMIN_TOKEN_LINE, f"      token_file: {token_file}")
+    running = gateway.config
+    try:
+        with pytest.raises(ConfigError, match="token_file: the token holds a character"):
+            await gateway.apply(parse_config(text, "gateway.yaml", {}))
+        # The old tokens stay in force.
+        assert gateway.config is running
+    finally:
+        await gateway.runtime.close()
+
+
+def test_a_token_with_a_space_inside_still_loads() -> None:
+    # Printable ASCII, so sendable: `authorization: Bearer two words` carries it whole.
+    config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {"AIGW_ADMIN_TOKEN": "a b"})
+
+    assert config.management.admin_tokens[0].token is not None
