@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from extproc.http_endpoint import HttpListenError
     from extproc.management.service import ManagementListenError
     from extproc.server import ListenError
-    from extproc.store.embedded import DataDirInUseError
+    from extproc.store.embedded import DataDirInUseError, EmbeddedStartError
 
     workers = args.workers or config.server.workers
     try:
@@ -63,6 +63,16 @@ def _serve(args: argparse.Namespace) -> int:
         # Found while starting (a file the config names, a data dir in use): a user
         # error like those of the config's own check, not a traceback.
         print(_in_file(exc, args.config), file=sys.stderr)
+        return 2
+    except EmbeddedStartError as exc:
+        # No store.url: the store is the embedded Valkey, and it could not start (its
+        # data dir not writable, say). One line naming what to change, no traceback.
+        print(
+            f"{args.config}: store.url is not set and the embedded Valkey cannot start"
+            f" ({exc}): set store.data_dir to a directory this user can write, or"
+            " store.url to a Redis or Valkey server",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

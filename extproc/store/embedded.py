@@ -50,6 +50,10 @@ class EmbeddedStartError(RuntimeError):
     """The server exited or did not answer while starting."""
 
 
+class DataDirError(EmbeddedStartError):
+    """The data dir cannot be made or written (a read-only filesystem, another user's)."""
+
+
 class EmbeddedValkey:
     def __init__(self, data_dir: str | Path, avoid_ports: Collection[int] = ()) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -68,9 +72,17 @@ class EmbeddedValkey:
 
     def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL; raises
-        ``DataDirInUseError`` when another server serves the data dir."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.data_dir)
+        ``DataDirInUseError`` when another server serves the data dir, ``DataDirError``
+        when the data dir cannot be made or written, ``EmbeddedStartError`` when the
+        server does not start."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.data_dir)
+        except OSError as exc:
+            # A container's read-only root filesystem, a volume of another user's: the
+            # operator needs the directory and the reason, not a traceback.
+            reason = exc.strerror or type(exc).__name__
+            raise DataDirError(f"cannot use the data dir {self.data_dir}: {reason}") from None
         running = running_endpoint(self.data_dir)
         if running is not None:
             self._release()

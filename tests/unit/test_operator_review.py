@@ -20,6 +20,8 @@ from extproc.cli import main
 from extproc.config import ConfigError, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.server import Gateway
+from extproc.store import embedded
+from extproc.store.embedded import EmbeddedStartError, free_port
 
 ADMIN_TOKEN_LINE = "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}"
 
@@ -98,3 +100,58 @@ def test_a_token_with_a_space_inside_still_loads() -> None:
     config = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {"AIGW_ADMIN_TOKEN": "a b"})
 
     assert config.management.admin_tokens[0].token is not None
+
+
+# -- serve on a data dir the embedded Valkey cannot use --------------------------------------
+
+
+@pytest.fixture
+def own_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config/gateway.yaml's listeners on ports of this test, its store embedded."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for name in ("EXTPROC_GRPC_ADDRESS", "EXTPROC_HTTP_ADDRESS", "EXTPROC_MANAGEMENT_ADDRESS"):
+        monkeypatch.setenv(name, f"127.0.0.1:{free_port()}")
+
+
+def test_serve_on_a_data_dir_it_cannot_make_is_one_line_and_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    own_ports: None,
+) -> None:
+    # A container with a read-only root filesystem and no volume at the data dir.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("EXTPROC_DATA_DIR", str(blocker / "valkey"))
+    monkeypatch.setenv("EXTPROC_SPOOL_DIR", str(tmp_path / "spool"))
+
+    code, out, err = run(["serve", "-c", str(DEFAULT_CONFIG)], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "embedded Valkey" in line]
+    assert str(blocker / "valkey") in line and "Not a directory" in line
+    assert "store.data_dir" in line and "store.url" in line
+
+
+def test_serve_whose_embedded_valkey_does_not_start_is_one_line_and_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    own_ports: None,
+) -> None:
+    monkeypatch.setenv("EXTPROC_DATA_DIR", str(tmp_path / "valkey"))
+    monkeypatch.setenv("EXTPROC_SPOOL_DIR", str(tmp_path / "spool"))
+
+    def exits(data_dir: Path, port: int) -> None:
+        raise EmbeddedStartError("the embedded Valkey exited with 1 while starting")
+
+    monkeypatch.setattr(embedded, "_launch", exits)
+
+    code, out, err = run(["serve", "-c", str(DEFAULT_CONFIG)], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    assert "exited with 1 while starting" in err and "store.url" in err
