@@ -80,6 +80,9 @@ class ConfigError(Exception):
 # faster than the pure-Python one and far lighter on memory for a config carrying
 # thousands of keys and rules, which the pure-Python loader left behind as freed
 # but still resident memory.
+# Deeper than any section of the schema nests (a guard's JSON schema included), far
+# below where validation would exhaust Python's stack.
+MAX_NESTING = 64
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -172,20 +175,43 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
         raise ConfigError(source, problems) from None
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+def _interpolate(
+    value: Any,
+    environ: Mapping[str, str],
+    path: str,
+    problems: list[str],
+    outer: tuple[int, ...] = (),
+) -> Any:
+    """``value`` with its references read; ``outer`` holds the ids of the mappings and
+    lists it is inside of."""
     if isinstance(value, str):
         return _substitute(value, environ, path, problems)
+    if not isinstance(value, dict | list):
+        return value
+    # An alias inside what it names (`a: &a [*a]`) is a structure without end, and a file
+    # nested hundreds deep exhausts Python's stack further on: both ended check-config,
+    # serve and a reload with a RecursionError traceback.
+    if id(value) in outer:
+        problems.append(f"{path or '<root>'}: an alias (*name) inside the anchor it names")
+        return None
+    if len(outer) >= MAX_NESTING:
+        problems.append(f"{_shortened(path)}: nested more than {MAX_NESTING} levels deep")
+        return None
+    inner = (*outer, id(value))
     if isinstance(value, dict):
         return {
-            key: _interpolate(item, environ, _join(path, str(key)), problems)
+            key: _interpolate(item, environ, _join(path, str(key)), problems, inner)
             for key, item in value.items()
         }
-    if isinstance(value, list):
-        return [
-            _interpolate(item, environ, f"{path}[{index}]", problems)
-            for index, item in enumerate(value)
-        ]
-    return value
+    return [
+        _interpolate(item, environ, f"{path}[{index}]", problems, inner)
+        for index, item in enumerate(value)
+    ]
+
+
+def _shortened(path: str) -> str:
+    """A path a hundred levels long, cut to where it starts."""
+    return path if len(path) <= 80 else path[:80] + "..."
 
 
 def _substitute(text: str, environ: Mapping[str, str], path: str, problems: list[str]) -> str:

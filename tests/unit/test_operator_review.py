@@ -12,12 +12,14 @@ exit 2. None of them is a traceback.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from extproc.cli import main
-from extproc.config import ConfigError, parse_config
+from extproc.config import ConfigError, GatewayConfig, parse_config
+from extproc.config.reload import ConfigReloader
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.server import Gateway
 from extproc.store import embedded
@@ -155,3 +157,63 @@ def test_serve_whose_embedded_valkey_does_not_start_is_one_line_and_exit_2(
     assert out == ""
     assert "Traceback" not in err
     assert "exited with 1 while starting" in err and "store.url" in err
+
+
+# -- YAML that never ends -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        ("x-loop: &loop [*loop]\n", "x-loop[0]: an alias (*name) inside the anchor it names"),
+        ("x-loop: &loop {again: *loop}\n", "x-loop.again: an alias (*name) inside the anchor"),
+        ("x-deep: " + "[" * 300 + "]" * 300 + "\n", "nested more than 64 levels deep"),
+    ],
+    ids=["list-alias", "mapping-alias", "nested-300-deep"],
+)
+def test_yaml_without_end_is_a_config_error_naming_its_path(
+    tail: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, DEFAULT_CONFIG.read_text() + tail)
+
+    code, out, err = run(["check-config", "-c", str(path)], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert problem in err
+    assert "Traceback" not in err and "RecursionError" not in err
+
+
+def test_an_alias_used_twice_is_no_loop() -> None:
+    text = DEFAULT_CONFIG.read_text() + (
+        "quotas:\n"
+        "  rules:\n"
+        "    - &per-minute {name: a, subject: group, requests_per_minute: 5}\n"
+        "    - {<<: *per-minute, name: b}\n"
+    )
+    config = parse_config(text, "gateway.yaml", {})
+
+    assert [rule.name for rule in config.quotas.rules] == ["a", "b"]
+
+
+async def test_a_reload_of_yaml_without_end_is_refused_as_a_config_mistake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = config_file(tmp_path, DEFAULT_CONFIG.read_text())
+    applied: list[GatewayConfig] = []
+    results: list[bool] = []
+
+    async def apply(config: GatewayConfig) -> None:
+        applied.append(config)
+
+    reloader = ConfigReloader(path, apply, results.append)
+    path.write_text(DEFAULT_CONFIG.read_text() + "x-loop: &loop [*loop]\n", encoding="utf-8")
+
+    with caplog.at_level(logging.ERROR, logger="extproc.config.reload"):
+        assert await reloader.reload() is False
+
+    assert applied == [] and results == [False]
+    [record] = caplog.records
+    # Refused as a mistake in the file, named by its path: no traceback in the log.
+    assert record.exc_info is None
+    assert "x-loop[0]: an alias" in record.getMessage()
