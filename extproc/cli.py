@@ -96,13 +96,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _render_envoy(args: argparse.Namespace) -> int:
     from extproc.envoy_bootstrap import render_bootstrap_yaml
 
-    rendered = render_bootstrap_yaml(_load(args.config))
-    if args.output in (None, "-"):
-        sys.stdout.write(rendered)
-    else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(rendered, encoding="utf-8")
-    return 0
+    return _write_output(render_bootstrap_yaml(_load(args.config)), args.output)
 
 
 def _render_gateway_api(args: argparse.Namespace) -> int:
@@ -116,11 +110,23 @@ def _render_gateway_api(args: argparse.Namespace) -> int:
         # the config's mistake for this mode, said as the config check says its own.
         print(f"{args.config}: cannot render the Gateway API attachments: {exc}", file=sys.stderr)
         return 2
-    if args.output in (None, "-"):
+    return _write_output(rendered, args.output)
+
+
+def _write_output(rendered: str, output: str | None) -> int:
+    """``rendered`` on stdout, or in the file ``--output`` names (its directory made)."""
+    if output in (None, "-"):
         sys.stdout.write(rendered)
-    else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(rendered, encoding="utf-8")
+        return 0
+    target = Path(output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rendered, encoding="utf-8")
+    except OSError as exc:
+        # A directory, a read-only mount, a parent that is a file: the path and the
+        # reason, as `usage export --output` says it, not a traceback.
+        print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -217,3 +217,19 @@ async def test_a_reload_of_yaml_without_end_is_refused_as_a_config_mistake(
     # Refused as a mistake in the file, named by its path: no traceback in the log.
     assert record.exc_info is None
     assert "x-loop[0]: an alias" in record.getMessage()
+
+
+# -- rendering to a file that cannot be written ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv", [["render-envoy"], ["render-gateway-api", "--controller", "envoy-gateway"]]
+)
+def test_rendering_to_a_path_that_cannot_be_written_is_one_line_and_exit_2(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run([*argv, "-c", str(DEFAULT_CONFIG), "-o", str(tmp_path)], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert err == f"error: cannot write {tmp_path}: Is a directory\n"
