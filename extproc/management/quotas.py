@@ -88,8 +88,12 @@ def normalize_subject(kind: str, subject: str) -> str:
     The host is counted as routes read it (lower case, no port, no trailing dot), so
     ``Gateway.Local:10000`` named a counter no request ever wrote: a read showed
     nothing used and a change went to a subject no request is checked against.
+    Another header's value is counted without the spaces around it (``subject_values``),
+    so a value pasted with a trailing space or line end did the same.
     """
-    return request_host(subject) if kind == HOST_SUBJECT else subject
+    if kind == HOST_SUBJECT:
+        return request_host(subject)
+    return subject.strip() if kind.startswith("header:") else subject
 
 
 class QuotaAdmin:

@@ -7,23 +7,30 @@ the embedded Valkey cannot use (a read-only root filesystem) says so in one line
 with exit 2. A YAML alias inside the anchor it names, or a file nested a hundred
 levels deep, is a config mistake named by its path, for ``check-config`` and for a
 reload alike. ``render-envoy -o`` to a path that cannot be written is one line and
-exit 2. None of them is a traceback.
+exit 2. None of them is a traceback. A header subject pasted with spaces around it
+addresses the subject requests count.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from extproc.cli import main
 from extproc.config import ConfigError, GatewayConfig, parse_config
 from extproc.config.reload import ConfigReloader
+from extproc.context import Identity
 from extproc.devstack import DEFAULT_CONFIG
+from extproc.management.v1 import management_pb2 as pb
+from extproc.quota.store import Denial, Reservation
 from extproc.server import Gateway
 from extproc.store import embedded
-from extproc.store.embedded import EmbeddedStartError, free_port
+from extproc.store.embedded import EmbeddedStartError, EmbeddedValkey, free_port
+from tests.unit.test_management import TOKEN, Api, early_in_the_minute, running_api
 
 ADMIN_TOKEN_LINE = "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}"
 
@@ -233,3 +240,58 @@ def test_rendering_to_a_path_that_cannot_be_written_is_one_line_and_exit_2(
     assert code == 2
     assert out == ""
     assert err == f"error: cannot write {tmp_path}: Is a directory\n"
+
+
+# -- a header subject pasted with spaces around it -------------------------------------------
+
+HEADER_QUOTA = """
+quotas:
+  rules:
+    - name: teams-rpm
+      subject: header:x-team
+      requests_per_minute: 5
+"""
+
+
+@pytest.fixture
+async def header_api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
+    config = parse_config(
+        DEFAULT_CONFIG.read_text() + HEADER_QUOTA, "gateway.yaml", {"AIGW_ADMIN_TOKEN": TOKEN}
+    )
+    async with running_api(valkey, config) as running:
+        yield running
+
+
+async def send_as_team(api: Api, header: str) -> Any:
+    """What the quota stage does for a request carrying ``x-team: <header>``."""
+    now = api.quota_store.now()
+    identity = Identity(method="api_key", api_key_id="team1")
+    limits = api.runtime.quota_rules.limits_for(identity, {"x-team": header}, "gpt-4o-mini", now)
+    return await api.quota_store.reserve(limits, 10)
+
+
+async def test_a_header_subject_with_spaces_around_it_is_the_one_requests_count(
+    header_api: Api,
+) -> None:
+    # Requests count each value of the header without the spaces around it; an operator
+    # pasting "research " (or a value with its line end) read a subject no request ever
+    # counted (nothing used), and a limit set there bound nobody.
+    early_in_the_minute()
+    await send_as_team(header_api, " research ")
+
+    state = await header_api.call(
+        "GetQuota", pb.GetQuotaRequest(subject_kind="header:x-team", subject="research \n")
+    )
+    assert (state.subject, state.limits[0].used) == ("research", 1)
+
+    await header_api.call(
+        "SetLimit",
+        pb.SetLimitRequest(
+            subject_kind="header:X-Team", subject=" research", rule="teams-rpm",
+            counter="requests_per_minute", limit=2,
+        ),
+    )  # fmt: skip
+    assert isinstance(await send_as_team(header_api, "research"), Reservation)
+    assert isinstance(await send_as_team(header_api, "research"), Denial)
+    [line] = header_api.audit_lines()
+    assert (line["subject_kind"], line["subject"]) == ("header:x-team", "research")
