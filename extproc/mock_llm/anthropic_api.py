@@ -57,7 +57,9 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   ``content_block_stop``, a ``ping`` after the first block's start, then ``message_delta``
   (stop reason and cumulative output tokens) and ``message_stop``, each written on its own.
   With the ``error_after`` fault, an ``error`` event (``overloaded_error``) replaces the rest
-  after that many deltas.
+  after that many deltas; with ``error_first``, the error of that status
+  (``rate_limit_error``, ``api_error``) is the stream's only event, before
+  ``message_start``.
 
 Requests are checked the way the real API checks them, so that a translator bug fails a test
 here rather than in production (messages quoted from Anthropic's answers where known):
@@ -203,17 +205,20 @@ def error_response(
 
 
 def fault_status_response(status: int) -> web.Response:
+    headers = {"retry-after": "1"} if status == 429 else None
+    return error_response(status, fault_error_message(status), headers=headers)
+
+
+def fault_error_message(status: int) -> str:
+    """The message of Anthropic's error for a status fault, which a stream's first event
+    carries too (the ``error_first`` fault)."""
     if status == 429:
-        return error_response(
-            429,
-            "Number of request tokens has exceeded your rate limit (injected by x-mock-fault).",
-            headers={"retry-after": "1"},
-        )
+        return "Number of request tokens has exceeded your rate limit (injected by x-mock-fault)."
     if status == 529:
-        return error_response(529, "Overloaded (injected by x-mock-fault).")
+        return "Overloaded (injected by x-mock-fault)."
     if status >= 500:
-        return error_response(status, "Internal server error (injected by x-mock-fault).")
-    return error_response(status, f"Injected error {status} (x-mock-fault).")
+        return "Internal server error (injected by x-mock-fault)."
+    return f"Injected error {status} (x-mock-fault)."
 
 
 class InvalidRequestError(Exception):
@@ -1036,11 +1041,21 @@ STREAM_ERROR = {
 }
 
 
+def first_error(status: int) -> dict[str, Any]:
+    """A stream's first event when Anthropic fails it before ``message_start`` (the
+    ``error_first`` fault): the error of that status's answer."""
+    error = {"type": error_type_for(status), "message": fault_error_message(status)}
+    return {"type": "error", "error": error}
+
+
 async def _fail_stream(
-    response: web.StreamResponse, send: Callable[[str, dict[str, Any]], Awaitable[None]]
+    response: web.StreamResponse,
+    send: Callable[[str, dict[str, Any]], Awaitable[None]],
+    error: dict[str, Any] = STREAM_ERROR,
 ) -> web.StreamResponse:
-    """End a stream with Anthropic's mid-stream error event (the ``error_after`` fault)."""
-    await send("error", STREAM_ERROR)
+    """End a stream with Anthropic's error event (the ``error_after`` and ``error_first``
+    faults)."""
+    await send("error", error)
     await response.write_eof()
     return response
 
@@ -1180,6 +1195,9 @@ class AnthropicEndpoints:
         last = len(blocks) - 1
         sent = 0
         try:
+            if fault.error_first is not None:
+                # Before message_start: Anthropic never began the message.
+                return await _fail_stream(response, send, first_error(fault.error_first))
             await send("message_start", {"type": "message_start", "message": start_message})
             for index, (block, deltas) in enumerate(blocks):
                 await send(

@@ -8,7 +8,10 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   ``contentBlockStop``, then each tool call's block (``content_events``), ``messageStop``
   and ``metadata`` (usage, latency, the service tier asked for), each its own write. With
   the ``error_after`` fault, a ``modelStreamErrorException`` exception message replaces the
-  rest after that many deltas (text and tool input pieces alike).
+  rest after that many deltas (text and tool input pieces alike); with ``error_first``,
+  the exception of that status (``throttlingException`` for 429,
+  ``internalServerException`` for 500, ``serviceUnavailableException`` for 503) is the
+  stream's only message, before ``messageStart``.
 - ``POST .../model/{modelId}/invoke``: InvokeModel, for Claude (Anthropic's Messages API in
   Bedrock's envelope, see ``bedrock_anthropic``), Titan text embeddings
   (``amazon.titan-embed-text-v2:0`` and ``-v1``, see ``bedrock_embeddings``) and Cohere Embed
@@ -26,7 +29,8 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   deltas, as in ConverseStream. For Llama, Mistral and Titan Text: one ``chunk`` per
   piece in the family's stream shape, the last carrying the invocation metrics; the
   ``error_after`` exception (or ``reset_after`` drop) comes after that many pieces, or
-  replaces the last chunk when there are fewer.
+  replaces the last chunk when there are fewer. ``error_first``: the status's exception
+  before the first ``chunk``, as in ConverseStream.
 - ``POST .../model/{modelId}/count-tokens``: CountTokens, for Claude: ``{"input":
   {"invokeModel": {"body": "<base64 of an InvokeModel body>"}}}`` answers
   ``{"inputTokens": N}``, N being the ``usage.input_tokens`` InvokeModel reports for that
@@ -1352,11 +1356,26 @@ def content_events(reply: Reply) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def _fail_stream(response: web.StreamResponse) -> web.StreamResponse:
-    """End a stream with Bedrock's mid-stream exception message (the ``error_after`` fault)."""
-    await response.write(encode_exception(STREAM_EXCEPTION, orjson.dumps(STREAM_EXCEPTION_BODY)))
+async def _fail_stream(
+    response: web.StreamResponse, exception: bytes | None = None
+) -> web.StreamResponse:
+    """End a stream with Bedrock's exception message: ``modelStreamErrorException`` (the
+    ``error_after`` fault), or ``exception`` (``first_exception``)."""
+    if exception is None:
+        exception = encode_exception(STREAM_EXCEPTION, orjson.dumps(STREAM_EXCEPTION_BODY))
+    await response.write(exception)
     await response.write_eof()
     return response
+
+
+def first_exception(status: int) -> bytes:
+    """A stream's first message when Bedrock fails it before its answer began (the
+    ``error_first`` fault): the exception of that status's answer (``throttlingException``,
+    ``internalServerException``, ``serviceUnavailableException``), named in lowerCamel as
+    the stream's members are, its message as that answer's."""
+    error = fault_error(status)
+    name = error.code[:1].lower() + error.code[1:]
+    return encode_exception(name, orjson.dumps({"message": error.message}))
 
 
 class BedrockEndpoints:
@@ -1643,6 +1662,8 @@ class BedrockEndpoints:
         cut = stream.cut
         first_byte_ms = 0
         try:
+            if fault.error_first is not None:
+                return await _fail_stream(response, first_exception(fault.error_first))
             for position, event in enumerate(stream.events):
                 if cut is not None and position == cut.at:
                     if cut.ending == "reset":
@@ -1690,6 +1711,9 @@ class BedrockEndpoints:
             await response.write(encode_event(event_type, payload))
 
         try:
+            if fault.error_first is not None:
+                # Before messageStart: Bedrock never began its answer.
+                return await _fail_stream(response, first_exception(fault.error_first))
             await send("messageStart", {"role": "assistant"})
             events = content_events(reply)
             sent = 0

@@ -25,8 +25,9 @@ finish chunk (``text: ""`` and the reason), then the usage-only chunk (``choices
 []``) when ``include_usage`` asked for it (every chunk then carries ``"usage": null``,
 as OpenAI's), and ``data: [DONE]``. Faults as chat completions take them: ``status``,
 ``delay``, ``reset_after`` and ``error_after`` (counted in text chunks over the whole
-stream), ``garbage``, ``chunks`` (each reply's pieces), ``interval``, ``cached``,
-``no_usage``; and ``x-mock-reply`` scripts every choice's reply.
+stream), ``error_first`` (the error as the stream's first event), ``garbage``,
+``chunks`` (each reply's pieces), ``interval``, ``cached``, ``no_usage``; and
+``x-mock-reply`` scripts every choice's reply.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from extproc.mock_llm.openai_api import (
     SYSTEM_FINGERPRINT,
     InvalidRequestError,
     error_response,
+    first_error_event,
     json_request,
     optional_positive_int,
     precheck,
@@ -305,6 +307,10 @@ class CompletionsEndpoint:
 
         sent = 0
         try:
+            if fault.error_first is not None:
+                await send(first_error_event(fault.error_first))
+                await response.write_eof()
+                return response
             for choice in choices:
                 pieces = [choice.prefix, *choice.pieces] if choice.prefix else choice.pieces
                 for piece in pieces:

@@ -13,6 +13,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     error_after= int >= 0             ; streams: after this many content chunks, send the
                                       ; provider's own mid-stream error event and end the
                                       ; stream (non-streaming answers are not affected)
+    error_first= 429 | 500 | 503      ; streams: the provider's own error, in that status's
+                                      ; form, as the stream's first event, before the
+                                      ; answer began (non-streaming answers: not affected)
     garbage    = 0 | 1 | true | false ; answer 200 with a body (or SSE data) that is not JSON
     chunks     = int >= 1             ; stream the reply as exactly this many content chunks
     interval   = float >= 0           ; seconds between SSE events (overrides chunk_delay_s)
@@ -35,6 +38,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
 
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
 ``status`` (alone it would break nothing, and a test relying on it would check nothing).
+``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
+``error_after`` and ``reset_after`` (no content chunk would come to count).
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -63,6 +68,9 @@ class Fault:
     reset_after: int | None = None
     # Streams: the content chunks sent before the provider's mid-stream error event.
     error_after: int | None = None
+    # Streams: the status whose streamed form the provider's error sent first is (the
+    # error before its answer began: a throttle, an outage), None for none.
+    error_first: int | None = None
     garbage: bool = False
     chunks: int | None = None
     interval_s: float | None = None
@@ -94,6 +102,19 @@ def _status(value: str) -> int:
     # Only error statuses make sense: a 2xx "fault" would need a success body we do not invent.
     if not 400 <= code <= 599:
         raise ValueError("must be between 400 and 599")
+    return code
+
+
+# The statuses a provider reports as a stream's first event, each with a name in every
+# surface's stream: Bedrock's throttlingException, internalServerException and
+# serviceUnavailableException, OpenAI's rate_limit_error and server_error.
+STREAM_ERROR_STATUSES = (429, 500, 503)
+
+
+def _stream_error_status(value: str) -> int:
+    code = int(value)
+    if code not in STREAM_ERROR_STATUSES:
+        raise ValueError(f"must be one of {', '.join(map(str, STREAM_ERROR_STATUSES))}")
     return code
 
 
@@ -139,6 +160,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "delay": ("delay_s", _delay),
     "reset_after": ("reset_after", _non_negative),
     "error_after": ("error_after", _non_negative),
+    "error_first": ("error_first", _stream_error_status),
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
     "interval": ("interval_s", _delay),
@@ -149,6 +171,11 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "error_body": ("error_body", _error_body),
     "google_errors": ("google_errors", _flag),
 }
+
+
+# What error_first contradicts: no stream would start (status, error_body), or no content
+# chunk would come to count (error_after, reset_after).
+_EXCLUDED_BY_ERROR_FIRST = ("status", "error_body", "error_after", "reset_after")
 
 
 def parse_fault(spec: str) -> Fault:
@@ -180,4 +207,11 @@ def parse_fault(spec: str) -> Fault:
         raise FaultSpecError(f"{FAULT_HEADER}: error_body answers 200: it excludes status")
     if changes.get("google_errors") and "status" not in changes:
         raise FaultSpecError(f"{FAULT_HEADER}: google_errors needs a status to answer with")
+    if "error_first" in changes:
+        clashing = [key for key in _EXCLUDED_BY_ERROR_FIRST if _KEYS[key][0] in changes]
+        if clashing:
+            raise FaultSpecError(
+                f"{FAULT_HEADER}: error_first fails the stream before its answer began:"
+                f" it excludes {', '.join(clashing)}"
+            )
     return replace(NO_FAULT, **changes) if changes else NO_FAULT

@@ -11,6 +11,9 @@ of every chunk: the tier asked for serves the request (``flex``, ``priority``, `
 Another value is refused with a 400 naming ``service_tier``.
 
 A stream asked for its usage reports it as OpenAI does, in one usage-only chunk last.
+With the ``error_after`` fault it ends with OpenAI's ``data: {"error": ...}`` after that
+many content chunks; with ``error_first`` that event, in the status's form, is the
+stream's first, before the role chunk (the provider never began its answer).
 With ``x-mock-usage: every-chunk`` it reports it as Gemini's OpenAI endpoint and vLLM's
 ``continuous_usage_stats`` do as well: every chunk carries the running count (the pieces
 sent so far, that chunk's included), the finish chunk the final one.
@@ -225,19 +228,39 @@ def fault_status_response(status: int, presented_key: str = "") -> web.Response:
             "API key at https://platform.openai.com/account/api-keys.",
             code="invalid_api_key",
         )
+    fields = fault_error_fields(status)
+    headers = {"retry-after": "1"} if status == 429 else None
+    return error_response(
+        status,
+        fields["message"],
+        error_type=fields["type"],
+        code=fields["code"],
+        headers=headers,
+    )
+
+
+def fault_error_fields(status: int) -> dict[str, Any]:
+    """The fields of OpenAI's error for a status fault (not a 401: it names the key),
+    which a stream's first event carries too (the ``error_first`` fault)."""
     if status == 429:
-        return error_response(
-            429,
+        message, error_type, code = (
             "Rate limit reached (injected by x-mock-fault).",
-            error_type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers={"retry-after": "1"},
+            "rate_limit_error",
+            "rate_limit_exceeded",
         )
-    if status >= 500:
-        return error_response(
-            status, "The server had an error (injected by x-mock-fault).", error_type="server_error"
+    elif status >= 500:
+        message, error_type, code = (
+            "The server had an error (injected by x-mock-fault).",
+            "server_error",
+            None,
         )
-    return error_response(status, f"Injected error {status} (x-mock-fault).")
+    else:
+        message, error_type, code = (
+            f"Injected error {status} (x-mock-fault).",
+            "invalid_request_error",
+            None,
+        )
+    return {"message": message, "type": error_type, "param": None, "code": code}
 
 
 def _abort(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
@@ -267,11 +290,20 @@ STREAM_ERROR_EVENT = (
 )
 
 
+def first_error_event(status: int) -> bytes:
+    """A stream's first event when the provider fails it before its answer began (the
+    ``error_first`` fault): the error of that status's answer, as a data event."""
+    return b"data: " + orjson.dumps({"error": fault_error_fields(status)}) + b"\n\n"
+
+
 async def _fail_stream(
-    response: web.StreamResponse, send: Callable[[bytes], Awaitable[None]]
+    response: web.StreamResponse,
+    send: Callable[[bytes], Awaitable[None]],
+    event: bytes = STREAM_ERROR_EVENT,
 ) -> web.StreamResponse:
-    """End a stream with OpenAI's mid-stream error event (the ``error_after`` fault)."""
-    await send(STREAM_ERROR_EVENT)
+    """End a stream with OpenAI's error event (the ``error_after`` and ``error_first``
+    faults)."""
+    await send(event)
     await response.write_eof()
     return response
 
@@ -397,6 +429,9 @@ class OpenAIEndpoints:
             await response.write(data)
 
         try:
+            if fault.error_first is not None:
+                # Before the role chunk: the provider never began its answer.
+                return await _fail_stream(response, send, first_error_event(fault.error_first))
             await send(event(choice({"role": "assistant", "content": ""}, None), running(0)))
             for sent, piece in enumerate(completion.pieces):
                 if sent == fault.reset_after:

@@ -70,6 +70,7 @@ from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.openai_api import (
     InvalidRequestError,
     error_response,
+    fault_error_fields,
     json_request,
     precheck,
     served_tier,
@@ -509,6 +510,15 @@ async def _fail(writer: EventWriter, shell: ResponseShell, reply: Reply, partial
     )
 
 
+async def _fail_first(writer: EventWriter, status: int) -> None:
+    """The provider's failure before its answer began (the ``error_first`` fault): an
+    ``error`` event of that status's error as the stream's only event, its fields nested
+    under ``error`` as ``_fail``'s; no ``response.failed``, as no response was created."""
+    fields = fault_error_fields(status)
+    error = {**fields, "code": fields["code"] or fields["type"]}
+    await writer.send("error", {"error": error})
+
+
 async def _stream_tool_calls(writer: EventWriter, shell: ResponseShell, reply: Reply) -> int:
     """Show each built-in tool call as OpenAI streams it; the message's ``output_index``."""
     calls = shell.tool_calls(reply)
@@ -527,6 +537,9 @@ async def _stream_reply(
     request: web.Request, writer: EventWriter, shell: ResponseShell, reply: Reply, fault: Fault
 ) -> bool:
     """Send the reply's events; False when a fault dropped the connection instead."""
+    if fault.error_first is not None:
+        await _fail_first(writer, fault.error_first)
+        return True
     first_status = "queued" if shell.req.background else "in_progress"
     await writer.send("response.created", {"response": shell.document(first_status)})
     await writer.send("response.in_progress", {"response": shell.document("in_progress")})
@@ -568,8 +581,9 @@ class ResponsesEndpoint:
     Faults (``x-mock-fault``) as chat completions take them: ``status`` (OpenAI's error
     bodies), ``delay``, ``reset_after`` (streams: the connection dropped after that many
     text deltas; JSON: at once), ``error_after`` (streams: the failure events after that many
-    deltas), ``garbage``, ``chunks``, ``interval``, ``cached`` and ``no_usage`` (the final
-    response's ``usage`` is null).
+    deltas), ``error_first`` (streams: an ``error`` event of that status before
+    ``response.created``, and nothing else), ``garbage``, ``chunks``, ``interval``,
+    ``cached`` and ``no_usage`` (the final response's ``usage`` is null).
 
     Responses with ``store`` not false are kept in ``store`` as the client received them (see
     ``responses_store``); a body that is not JSON (``garbage``) or a dropped connection

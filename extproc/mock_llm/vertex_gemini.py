@@ -20,7 +20,9 @@ rules of ``tokens`` (so one prompt costs the same on every surface):
   count growing with the text sent (thinking comes first, so its count is in every
   event); the last event carries ``finishReason`` and the bill. Without ``alt=sse`` the
   same chunks come as one JSON array, as Google answers a client that forgets it.
-  ``error_after`` ends either with Google's ``{"error": {...}}`` as an event or element.
+  ``error_after`` ends either with Google's ``{"error": {...}}`` as an event or element;
+  ``error_first`` sends that status's error (``RESOURCE_EXHAUSTED``, ``INTERNAL``,
+  ``UNAVAILABLE``) so, as the first and only one.
 - ``:countTokens``: ``{"totalTokens": N}`` for ``{"contents"[, "systemInstruction"]}`` or
   ``{"generateContentRequest": {...}}``, N the ``promptTokenCount`` generateContent reports.
 
@@ -48,6 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.error_bodies import google_error
 from extproc.mock_llm.faults import Fault
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces
@@ -336,9 +339,10 @@ class GeminiEndpoints:
             data = _GARBAGE_CHUNK if fault.garbage else orjson.dumps(document)
             await response.write(framing.chunk(data))
 
-        async def fail() -> web.StreamResponse:
-            """End the stream with Google's error (the ``error_after`` fault)."""
-            await response.write(framing.chunk(orjson.dumps(_STREAM_ERROR)) + framing.end())
+        async def fail(error: dict[str, Any] = _STREAM_ERROR) -> web.StreamResponse:
+            """End the stream with Google's error (the ``error_after`` and ``error_first``
+            faults)."""
+            await response.write(framing.chunk(orjson.dumps(error)) + framing.end())
             await response.write_eof()
             return response
 
@@ -347,6 +351,10 @@ class GeminiEndpoints:
         pieces = answer.pieces or [""]  # an empty reply still sends its finishing chunk
         last = len(pieces) - 1
         try:
+            if fault.error_first is not None:
+                status = fault.error_first
+                message = f"Injected error {status} (x-mock-fault)."
+                return await fail({"error": google_error(status, message)})
             for sent, piece in enumerate(pieces):
                 if sent == fault.reset_after:
                     return abort_connection(request, response)

@@ -433,6 +433,23 @@ async def test_error_after_reaches_the_sdk_as_a_server_error(
     assert "".join(chunk.text or "" for chunk in received) == "Mock reply to"
 
 
+async def test_error_first_is_the_statuss_error_as_the_only_event(
+    http: httpx.AsyncClient, token: str
+) -> None:
+    events = sse_events(
+        await post(http, STREAM_SSE, BODY, token, **{"x-mock-fault": "error_first=429"})
+    )
+    assert events == [
+        {
+            "error": {
+                "code": 429,
+                "message": "Injected error 429 (x-mock-fault).",
+                "status": "RESOURCE_EXHAUSTED",
+            }
+        }
+    ]
+
+
 async def test_error_after_past_the_end_still_fails_the_stream(
     http: httpx.AsyncClient, token: str
 ) -> None:
