@@ -31,6 +31,15 @@ bills per request (``server_tool_use`` named ``web_search`` or ``web_fetch``, co
 estimated, when the stream ends without Anthropic's; once a ``message_delta`` reports
 ``server_tool_use``, Anthropic's count is the bill.
 
+Server-side compaction (Anthropic's ``compact_20260112`` context edit) summarises the
+conversation in a sampling step of its own, on the request's model, before the answer.
+Its tokens are billed, yet the top-level counts leave them out: they sum the answer's
+own (``message``) iterations alone. ``usage.iterations`` lists every step; its
+``compaction`` entries (``CompactionCounts``) are added to the request's counts, each
+kind to its own (input, cache reads, cache writes and their 1-hour part, output), so a
+compacting request is billed what Anthropic bills. They come in the message's ``usage``
+and in a stream's last ``message_delta``, whose list replaces any earlier one.
+
 The service tier that served the answer (``usage.service_tier``: ``standard``,
 ``priority``, ``batch``) prices the request. It is read with the usage: from the message
 body, or from a stream's ``message_start`` (a ``message_delta`` that names one too
@@ -156,13 +165,66 @@ def server_tools_counted(translator: object) -> dict[str, int]:
     return tally.counts if isinstance(tally, ServerToolTally) else {}
 
 
+# The type of the usage.iterations entry of a compaction step, whose tokens the top-level
+# counts leave out.
+_COMPACTION_ITERATION = "compaction"
+
+
+class CompactionCounts:
+    """The tokens of a usage object's compaction steps (``usage.iterations`` entries of
+    type ``compaction``), summed: billed beside the top-level counts, which leave them
+    out. A count that is no token count (``token_counts``) is read as 0."""
+
+    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "output", "uncached")
+
+    def __init__(self) -> None:
+        self.uncached = 0
+        self.cache_creation = 0
+        self.cache_creation_1h = 0
+        self.cache_read = 0
+        self.output = 0
+
+    @classmethod
+    def of(cls, iterations: list[Any]) -> CompactionCounts:
+        counts = cls()
+        for entry in iterations:
+            if isinstance(entry, dict) and entry.get("type") == _COMPACTION_ITERATION:
+                counts._add(entry)
+        return counts
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        creation = token_count(entry.get("cache_creation_input_tokens")) or 0
+        split = entry.get("cache_creation")
+        one_hour = 0
+        if isinstance(split, dict):
+            one_hour = token_count(split.get("ephemeral_1h_input_tokens")) or 0
+        self.uncached += token_count(entry.get("input_tokens")) or 0
+        self.cache_creation += creation
+        # Each step's 1-hour writes are part of its writes, never more.
+        self.cache_creation_1h += min(one_hour, creation)
+        self.cache_read += token_count(entry.get("cache_read_input_tokens")) or 0
+        self.output += token_count(entry.get("output_tokens")) or 0
+
+    @property
+    def prompt(self) -> int:
+        return self.uncached + self.cache_creation + self.cache_read
+
+
 class UsageCounts:
     """What a usage object reports besides the output tokens: uncached input, the cache
     counts, of the cache writes those Anthropic made for its 1-hour cache
-    (``cache_creation.ephemeral_1h_input_tokens``, billed above the 5-minute writes), and
-    the requests of its server tools (``server_tool_use``, billed per request)."""
+    (``cache_creation.ephemeral_1h_input_tokens``, billed above the 5-minute writes), the
+    requests of its server tools (``server_tool_use``, billed per request), and its
+    compaction steps (``iterations``), which the other counts leave out."""
 
-    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "server_tools", "uncached")
+    __slots__ = (
+        "cache_creation",
+        "cache_creation_1h",
+        "cache_read",
+        "compaction",
+        "server_tools",
+        "uncached",
+    )
 
     def __init__(self) -> None:
         self.uncached: int | None = None
@@ -170,6 +232,7 @@ class UsageCounts:
         self.cache_creation_1h = 0
         self.cache_read = 0
         self.server_tools: dict[str, int] = {}
+        self.compaction = CompactionCounts()
 
     @classmethod
     def of(cls, usage: Any) -> UsageCounts:
@@ -200,18 +263,36 @@ class UsageCounts:
         if reported:
             merged = {**self.server_tools, **reported}
             self.server_tools = dict(list(merged.items())[:MAX_SERVER_TOOLS])
+        # The list of every step so far: the latest replaces an earlier one.
+        iterations = usage.get("iterations")
+        if isinstance(iterations, list):
+            self.compaction = CompactionCounts.of(iterations)
 
     @property
     def total(self) -> int | None:
+        """The prompt: the answer's input, cached and written, and its compaction steps'."""
         if self.uncached is None:
             return None
-        return self.uncached + self.cache_creation + self.cache_read
+        return self.uncached + self.cache_creation + self.cache_read + self.compaction.prompt
+
+    @property
+    def cache_reads(self) -> int:
+        return self.cache_read + self.compaction.cache_read
+
+    @property
+    def cache_writes(self) -> int:
+        return self.cache_creation + self.compaction.cache_creation
 
     @property
     def cache_creation_1h_part(self) -> int:
         """The 1-hour writes, never more than all the writes: the total is what makes the
         prompt count, so a split that disagrees with it cannot add tokens."""
-        return min(max(self.cache_creation_1h, 0), self.cache_creation)
+        answer = min(max(self.cache_creation_1h, 0), self.cache_creation)
+        return answer + self.compaction.cache_creation_1h
+
+    def output(self, output_tokens: int | None) -> int | None:
+        """The output reported (None while none is), with the compaction steps'."""
+        return None if output_tokens is None else output_tokens + self.compaction.output
 
     @property
     def server_tools_used(self) -> dict[str, int]:
@@ -223,12 +304,13 @@ class UsageCounts:
         prompt = self.total
         if prompt is None:
             return None
+        output = output_tokens + self.compaction.output
         return Usage(
             prompt,
-            output_tokens,
-            prompt + output_tokens,
-            self.cache_read,
-            self.cache_creation,
+            output,
+            prompt + output,
+            self.cache_reads,
+            self.cache_writes,
             self.cache_creation_1h_part,
             self.server_tools_used,
         )
@@ -242,9 +324,9 @@ class UsageCounts:
         return StreamFailure(
             error,
             prompt_tokens=self.total,
-            cached_tokens=self.cache_read,
-            completion_tokens=completion_tokens,
-            cache_write_tokens=self.cache_creation,
+            cached_tokens=self.cache_reads,
+            completion_tokens=self.output(completion_tokens),
+            cache_write_tokens=self.cache_writes,
             cache_write_1h_tokens=self.cache_creation_1h_part,
             server_tool_requests=self.server_tools_used,
             began=began,
