@@ -201,7 +201,7 @@ class _MockApp:
         self.stored_responses = StoredResponsesEndpoints(
             stored_responses, default_fault=default_fault
         )
-        self.compact = CompactEndpoints(default_fault=default_fault)
+        self.compact = CompactEndpoints(default_fault=default_fault, store=stored_responses)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault

@@ -7,7 +7,8 @@ read and other items (function calls and their outputs, reasoning, references) a
 ignored; ``input`` may be left out when the request names a stored ``prompt``, a
 ``previous_response_id`` or a ``conversation``, as OpenAI allows; ``instructions`` (a
 string); ``max_output_tokens`` (an integer >= 16, as OpenAI requires); ``stream``,
-``background``, ``store`` (booleans); ``previous_response_id`` (a string, not looked up);
+``background``, ``store`` (booleans); ``previous_response_id`` (a string: a response the
+mock keeps adds its context, below; any other id is accepted as one it does not hold);
 ``prompt`` (an object: the mock stores no prompts, so it reads one as a user message made
 of its ``variables``' text, strings and ``input_text`` values joined with a space, before
 the input); ``service_tier`` (as for chat completions); ``text.format`` (JSON answers, as
@@ -18,6 +19,9 @@ message before the input, a string input is one user message, and a message's te
 string content or its ``input_text`` / ``output_text`` parts joined with a space. So
 ``input_tokens`` = sum over those messages of (``count_tokens(text)`` + 4) + 2, exactly the
 ``prompt_tokens`` of the equivalent chat completion, and ``output_tokens`` = reply pieces.
+A ``previous_response_id`` naming a response the mock keeps adds that response's
+``total_tokens`` (its input, stored context included, and its output) to ``input_tokens``,
+as OpenAI bills the stored context a continuation reads (``stored_context_tokens``).
 ``max_output_tokens`` keeps the first pieces and makes the response ``incomplete``
 (``incomplete_details.reason`` "max_output_tokens"; a stream then ends with
 ``response.incomplete`` instead of ``response.completed``).
@@ -316,8 +320,24 @@ def _as_response_format(text_format: dict[str, Any] | None) -> dict[str, Any] | 
     return {"type": "json_schema", "json_schema": {"schema": text_format.get("schema")}}
 
 
-def build_reply(req: ResponsesRequest, fault: Fault, scripted: list[str] | None) -> Reply:
-    prompt = prompt_tokens(req.messages)
+def stored_context_tokens(store: ResponseStore, req: ResponsesRequest) -> int:
+    """The context a continuation reads from the response it names: that response's
+    ``total_tokens`` when the mock keeps it (0 for an id it does not hold, or a response
+    kept without usage, a background one still queued)."""
+    if req.previous_response_id is None:
+        return 0
+    stored = store.get(req.previous_response_id)
+    usage = stored.document.get("usage") if stored is not None else None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else 0
+
+
+def build_reply(
+    req: ResponsesRequest, fault: Fault, scripted: list[str] | None, context_tokens: int = 0
+) -> Reply:
+    """The reply and its usage; ``context_tokens``: the stored context a continuation reads
+    (``stored_context_tokens``), part of its input as OpenAI bills it."""
+    prompt = prompt_tokens(req.messages) + context_tokens
     cached = fault.cached_part(prompt)
     if scripted is not None:
         return Reply(scripted, False, prompt, cached)
@@ -631,7 +651,8 @@ class ResponsesEndpoint:
             return error_response(400, str(exc), param=REPLY_HEADER)
         except ServerToolSpecError as exc:
             return error_response(400, str(exc))
-        reply = replace(build_reply(req, fault, scripted), tool_calls=tool_calls)
+        reply = build_reply(req, fault, scripted, stored_context_tokens(self._store, req))
+        reply = replace(reply, tool_calls=tool_calls)
         shell = self._shell(req)
         if req.stream:
             return await self._stream(request, shell, reply, fault)

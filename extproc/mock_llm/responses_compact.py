@@ -24,7 +24,8 @@ token count.
 ``POST .../responses/input_tokens`` (``client.responses.input_tokens.count``) takes a
 ``/responses`` body (checked as that endpoint checks it, but ``stream``, refused as above)
 and answers ``{"object": "response.input_tokens", "input_tokens": N}``, N being the
-``input_tokens`` that ``/responses`` call would report.
+``input_tokens`` that ``/responses`` call would report (a ``previous_response_id`` the mock
+keeps included: ``responses_api.stored_context_tokens``).
 
 Faults (``x-mock-fault``): ``status``, ``delay``, ``reset_after`` (the connection dropped
 at once), ``garbage``; for a compaction also ``cached`` and ``no_usage`` (``usage`` null).
@@ -52,7 +53,9 @@ from extproc.mock_llm.responses_api import (
     ResponsesRequest,
     input_messages,
     parse_responses_request,
+    stored_context_tokens,
 )
+from extproc.mock_llm.responses_store import ResponseStore
 from extproc.mock_llm.tokens import count_tokens, prompt_tokens, reply_text
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -127,9 +130,11 @@ def compaction(
     }
 
 
-def input_token_count(req: ResponsesRequest) -> dict[str, Any]:
-    """What ``/responses/input_tokens`` answers for a ``/responses`` body."""
-    return {"object": "response.input_tokens", "input_tokens": prompt_tokens(req.messages)}
+def input_token_count(req: ResponsesRequest, context_tokens: int = 0) -> dict[str, Any]:
+    """What ``/responses/input_tokens`` answers for a ``/responses`` body; ``context_tokens``:
+    the stored context of the response it continues (``stored_context_tokens``)."""
+    tokens = prompt_tokens(req.messages) + context_tokens
+    return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
 def _faulted(request: web.Request, fault: Fault) -> web.Response | None:
@@ -148,8 +153,10 @@ class CompactEndpoints:
     """``POST .../responses/compact`` and ``.../responses/input_tokens``; one instance per
     mock application."""
 
-    def __init__(self, *, default_fault: Fault) -> None:
+    def __init__(self, *, default_fault: Fault, store: ResponseStore | None = None) -> None:
         self._default_fault = default_fault
+        # The responses ``/responses`` keeps: a count of a continuation reads their context.
+        self._store = store if store is not None else ResponseStore()
         self._ids = itertools.count(1)
 
     async def compact(self, request: web.Request, body: Body) -> web.Response:
@@ -179,4 +186,5 @@ class CompactEndpoints:
         faulted = _faulted(request, fault)
         if faulted is not None:
             return faulted
-        return web.Response(body=orjson.dumps(input_token_count(req)), headers=_JSON_HEADERS)
+        counted = input_token_count(req, stored_context_tokens(self._store, req))
+        return web.Response(body=orjson.dumps(counted), headers=_JSON_HEADERS)

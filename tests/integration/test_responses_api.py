@@ -372,7 +372,9 @@ def test_a_stored_response_the_gateway_never_saw_is_a_404_before_the_provider(
 # --- stored responses belong to their creator ---------------------------------------------
 
 
-def test_only_the_caller_who_created_a_response_continues_it(stack: LocalStack) -> None:
+def test_only_the_caller_who_created_a_response_continues_it(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
     created = client_of(stack).responses.create(model=MODEL, input=QUESTION)
     # Streamed, right after the first: the record is there before the client reads the end.
     with client_of(stack).responses.create(
@@ -381,11 +383,19 @@ def test_only_the_caller_who_created_a_response_continues_it(stack: LocalStack) 
         last = list(events)[-1]
     assert last.type == "response.completed"
     second = last.response
-    third = client_of(stack).responses.create(
+    raw = client_of(stack).responses.with_raw_response.create(
         model=MODEL, input="How does it end?", previous_response_id=second.id
     )
+    third = raw.parse()
     assert third.status == "completed"
     assert responses_requests(stack)[-1]["json"]["previous_response_id"] == second.id
+    # The provider bills the stored context a continuation reads as input (the whole
+    # chain: the second's total holds the first's), and so does every ledger.
+    assert second.usage is not None and third.usage is not None
+    own = count_tokens("How does it end?") + 4 + 2
+    assert third.usage.input_tokens == own + second.usage.total_tokens
+    [line] = gateway_log.for_request(raw.headers["x-request-id"])
+    assert line["prompt_tokens"] == third.usage.input_tokens
 
     sent_before = len(mock_requests(stack))
     other = client_of(stack, key=OTHER_KEY)

@@ -431,3 +431,49 @@ def test_the_store_keeps_the_newest_responses_and_drops_the_oldest() -> None:
     assert store.get("resp_1") is None
     assert [store.get(f"resp_{n}") is not None for n in (2, 3)] == [True, True]
     assert len(store) == 2
+
+
+# --- A continuation reads the stored context, and is billed for it ----------------------------
+
+
+async def test_a_continuation_is_billed_the_stored_context_it_reads(
+    openai_client: AsyncOpenAI,
+) -> None:
+    # OpenAI bills the turns a previous_response_id brings in as input: each turn of a chain
+    # costs more than its own text. The gateway reserves that context for a continuation;
+    # a mock that counted the new turn alone could never show the reservation and the bill
+    # agreeing.
+    first = await openai_client.responses.create(model=MODEL, input=QUESTION)
+    alone = await openai_client.responses.create(model=MODEL, input="And then?", store=False)
+    second = await openai_client.responses.create(
+        model=MODEL, input="And then?", previous_response_id=first.id
+    )
+    assert first.usage is not None and alone.usage is not None and second.usage is not None
+    assert second.usage.input_tokens == alone.usage.input_tokens + first.usage.total_tokens
+
+    # Streamed, and one turn further down the chain: the second's total holds the first's.
+    async with await openai_client.responses.create(
+        model=MODEL, input="And then?", previous_response_id=second.id, stream=True
+    ) as events:
+        final = [event async for event in events][-1]
+    assert final.type == "response.completed" and final.response.usage is not None
+    third = final.response.usage.input_tokens
+    assert third == alone.usage.input_tokens + second.usage.total_tokens
+
+    # A token count of the same continuation counts what that call would be billed.
+    counted = await openai_client.responses.input_tokens.count(
+        model=MODEL, input="And then?", previous_response_id=second.id
+    )
+    assert counted.input_tokens == third
+
+
+async def test_a_continuation_of_a_response_the_mock_does_not_keep_reads_no_context(
+    openai_client: AsyncOpenAI,
+) -> None:
+    unkept = await openai_client.responses.create(model=MODEL, input=QUESTION, store=False)
+    alone = await openai_client.responses.create(model=MODEL, input="And then?", store=False)
+    after = await openai_client.responses.create(
+        model=MODEL, input="And then?", previous_response_id=unkept.id
+    )
+    assert alone.usage is not None and after.usage is not None
+    assert after.usage.input_tokens == alone.usage.input_tokens
