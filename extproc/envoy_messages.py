@@ -157,9 +157,9 @@ def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
     target = getattr(response, phase)
     if out.set_headers or out.remove_headers or out.body is not None or out.clear_route_cache:
         _fill_common(target.response, out)
-        if phase == "request_headers" and out.body is not None:
-            # A body from the headers' answer (a request that ended with its headers,
-            # whose body phase ran there): Envoy applies it only when told to.
+        if phase in ("request_headers", "response_headers") and out.body is not None:
+            # A body from the headers' answer (a request or an answer that ended with
+            # its headers, whose body phase ran there): Envoy applies it only when told to.
             target.response.status = ext.CommonResponse.CONTINUE_AND_REPLACE
     else:
         target.SetInParent()

@@ -108,6 +108,8 @@ class Processor:
                             break
                     if phase == "request_headers" and _no_body_to_come(ctx, request, out):
                         await _read_empty_body(ctx, hooks["request_body"], out)
+                    elif phase == "response_headers" and _no_answer_to_come(ctx, request, out):
+                        await _read_empty_body(ctx, hooks["response_body"], out, True)
                 except Exception as exc:
                     error = exc if isinstance(exc, GatewayError) else _internal_error(ctx, phase)
                     ctx.error = error
@@ -158,17 +160,29 @@ def _no_body_to_come(ctx: RequestContext, request: ext.ProcessingRequest, out: P
     return bool(request.request_headers.end_of_stream and ctx.accounted and out.answer is None)
 
 
+def _no_answer_to_come(
+    ctx: RequestContext, request: ext.ProcessingRequest, out: PhaseOutput
+) -> bool:
+    """An AI call's answer that ended with its headers (a provider's bodiless 429 or 200):
+    Envoy sends no body message."""
+    return bool(request.response_headers.end_of_stream and ctx.accounted and out.answer is None)
+
+
 async def _read_empty_body(
-    ctx: RequestContext, hooks: list[Callable[..., Any]], out: PhaseOutput
+    ctx: RequestContext, hooks: list[Callable[..., Any]], out: PhaseOutput, *args: bool
 ) -> None:
-    """The body phase of a POST without a body (``curl -X POST``, ``content-length: 0``).
+    """The body phase of a POST without a body (``curl -X POST``, ``content-length: 0``),
+    or of an answer without one (``args``: the body hooks' ``end_of_stream``).
 
     Envoy sends no body message at all then, so the body phase (the model, the provider,
     the route to it) would never run and Envoy would answer its catch-all 404. The
     stages read the empty body here, in the headers' answer, and refuse it as they
-    refuse any unreadable body, in the client's API shape."""
+    refuse any unreadable body, in the client's API shape. An answer's body phase is
+    where it is read, translated, charged and logged: skipped, a bodiless success
+    answer was charged as one cut mid-body (the whole completion allowance), and a
+    translated one reached the client as an empty 200 logged completed."""
     for hook in hooks:
-        pending = hook(ctx, out, b"")
+        pending = hook(ctx, out, b"", *args)
         if pending is not None:
             await pending
         if out.answer is not None:
