@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from extproc import anthropic_models
+from extproc.answer_status import no_answer
 from extproc.bedrock_invoke_bodies import estimate_prompt_tokens as estimate_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import estimate_prompt as estimate_completions_prompt
@@ -311,6 +312,16 @@ class RequestContext:
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0
+
+    def time_to_first_token_s(self) -> float | None:
+        """A stream's time to first token, for the log line and the histogram alike: the
+        request headers to the first body chunk of its answer. None for a non-streamed
+        answer, and for an error status or a redirect: their body is no token, and a
+        provider's quick 429s (or Envoy's 504 after its timeout) would move the
+        percentiles an alert reads with no token sent any sooner or later."""
+        if not self.stream or self.first_token_at is None or no_answer(self.response_status):
+            return None
+        return max(0.0, self.first_token_at - self.started)
 
     def estimated_prompt_tokens(self) -> int:
         """The prompt's tokens as the quota estimate counts them, walked once per request:

@@ -60,10 +60,9 @@ class AccountingStage:
         metrics = ctx.runtime.services.metrics
         model = ctx.model or ""
         provider = ctx.provider or ""
-        # Time to first token: streams only (a buffered answer's first chunk is all of it).
-        ttft = None
-        if ctx.accounted and ctx.stream and ctx.first_token_at is not None:
-            ttft = ctx.first_token_at - ctx.started
+        # Time to first token: streams only (a buffered answer's first chunk is all of
+        # it), answers only (an error's body is no token): the log line's.
+        ttft = ctx.time_to_first_token_s() if ctx.accounted else None
         status = "aborted" if ctx.aborted else str(ctx.response_status)
         metrics.observe_request(
             route=ctx.route.name if ctx.route else "",

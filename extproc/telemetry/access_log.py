@@ -100,9 +100,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "claims": identity.claims or None,
         "latency_ms": round(finished, 3),
         "time_to_first_byte_ms": _since(ctx, ctx.started, ctx.first_byte_at),
-        "time_to_first_token_ms": (
-            _since(ctx, ctx.started, ctx.first_token_at) if ctx.stream else None
-        ),
+        "time_to_first_token_ms": _ms(ctx.time_to_first_token_s()),
         "upstream_latency_ms": _since(ctx, ctx.upstream_sent_at, ctx.response_ended_at),
         "quota_decision": ctx.quota_decision,
         "quota_rule": ctx.quota_rule,
@@ -130,6 +128,10 @@ def _cut_attempt(attempt: CutAttempt) -> dict[str, Any]:
         "completion_tokens": attempt.usage.completion_tokens,
         "cost_usd": attempt.cost.usd_float,
     }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 def _since(ctx: RequestContext, start: float | None, end: float | None) -> float | None:

@@ -7,6 +7,11 @@ does not come the usual way.
   completion allowance the quota reserved, 4096 tokens for a client that got nothing),
   and a translated one reached an OpenAI client as an empty 200 logged ``completed``; a
   bodiless error reached it with no error body at all.
+- Time to first token is a stream's first token: a provider's error status to a stream
+  request (a quick 429, or Envoy's own 504 after its timeout) has no token in its body,
+  yet it was observed in aigw_time_to_first_token_seconds and written in the line's
+  time_to_first_token_ms, so a burst of fast 429s pulled the p95 down (hiding slow
+  tokens from AigwSlowFirstToken) and timeouts pushed it past the last bucket.
 """
 
 from __future__ import annotations
@@ -149,3 +154,62 @@ async def test_a_streamed_answer_is_still_read_from_its_body_messages(
     assert orjson.loads(client_body([answer], answers[3:]))["usage"]["completion_tokens"] == 2
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (7, 2)
+
+
+# --- time to first token of an answer, not of an error ----------------------------------------
+
+TTFT = "aigw_time_to_first_token_seconds_count"
+CHAT_LABELS = {"route": "openai-chat", "provider": "mock", "model": "gpt-4o-mini"}
+RATE_LIMITED = (
+    b'{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limit_exceeded"}}'
+)
+ENVOY_TIMEOUT = b'{"error":{"message":"upstream request timeout","type":"upstream_error"}}'
+
+
+async def streamed_chat(config: GatewayConfig, status: int, headers: dict[str, str],
+                        chunks: list[bytes]) -> tuple[dict[str, Any], Services]:  # fmt: skip
+    processor, services = gateway(config)
+    await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(chat("gpt-4o-mini", stream=True)),
+            response_headers(status, headers=headers),
+            *(response_body(chunk, end_of_stream=False) for chunk in chunks),
+            response_body(b""),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert not list(SCHEMA.iter_errors(line))
+    return line, services
+
+
+async def test_a_providers_429_to_a_stream_is_no_first_token(config: GatewayConfig) -> None:
+    line, services = await streamed_chat(config, 429, {ENVOY_UPSTREAM_TIME: "1"}, [RATE_LIMITED])
+    assert line["http_status_code"] == 429
+    assert line["time_to_first_token_ms"] is None
+    assert sample(services, TTFT, **CHAT_LABELS) == 0.0
+    # The request itself is still timed and counted.
+    assert sample(services, "aigw_request_duration_seconds_count", **CHAT_LABELS) == 1.0
+
+
+async def test_envoys_timeout_reply_to_a_stream_is_no_first_token(config: GatewayConfig) -> None:
+    line, services = await streamed_chat(config, 504, {}, [ENVOY_TIMEOUT])
+    assert line["http_status_code"] == 504
+    assert line["time_to_first_token_ms"] is None
+    assert sample(services, TTFT, **CHAT_LABELS) == 0.0
+
+
+async def test_a_streamed_answer_has_the_same_first_token_in_the_line_and_the_histogram(
+    config: GatewayConfig,
+) -> None:
+    chunk = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":'
+        b'[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+    )
+    line, services = await streamed_chat(config, 200, {ENVOY_UPSTREAM_TIME: "1",
+                                         "content-type": "text/event-stream"}, [chunk])  # fmt: skip
+    assert line["time_to_first_token_ms"] is not None
+    assert sample(services, TTFT, **CHAT_LABELS) == 1.0
+    seconds = sample(services, "aigw_time_to_first_token_seconds_sum", **CHAT_LABELS)
+    assert round(seconds * 1000.0, 3) == line["time_to_first_token_ms"]
