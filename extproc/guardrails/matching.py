@@ -180,7 +180,12 @@ class Matchers:
 
 
 def _resolve(hits: list[Hit]) -> list[Hit]:
-    """Non-overlapping hits: earliest start first, then the longest, then the first guard."""
+    """Non-overlapping hits: earliest start first, then the longest, then the first guard.
+
+    A hit that overlaps one kept and runs past it keeps its rest: in ``123-45-6789
+    4111 1111 1111 1111`` the SSN comes first and a card window begins in it
+    (``6789 4111 1111 1111``); dropped whole, it left the card's first twelve digits in
+    clear. Every character some mask guard found is masked."""
     if len(hits) < 2:
         return hits
     hits.sort(key=lambda hit: (hit.start, hit.start - hit.end, hit.guard))
@@ -189,6 +194,9 @@ def _resolve(hits: list[Hit]) -> list[Hit]:
     for hit in hits:
         if hit.start >= end:
             kept.append(hit)
+            end = hit.end
+        elif hit.end > end:
+            kept.append(Hit(end, hit.end, hit.guard, hit.replacement))
             end = hit.end
     return kept
 

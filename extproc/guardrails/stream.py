@@ -116,6 +116,9 @@ _REFUSAL_FIELD = -3
 Channel = int | CallChannel
 # The call index of OpenAI's deprecated ``function_call``: one per choice.
 _FUNCTION_CALL = -1
+# How many of the longest matches a chain of touching masks held whole may span
+# (``_chained``): a list of card numbers, each a few characters from the next.
+_CHAIN_MATCHES = 4
 
 
 def signed_channel(channel: Channel) -> bool:
@@ -235,7 +238,10 @@ def _plan(
     if not final:
         cut = max(offset, cut - matchers.holdback(scanned))
         # A match that runs past the cut may still grow: keep it whole for later.
-        spans = [(hit.start, hit.end) for hit in hits if hit.end - hit.start <= longest]
+        spans = _chained(
+            [(hit.start, hit.end) for hit in hits if hit.end - hit.start <= longest],
+            longest * _CHAIN_MATCHES,
+        )
         spans.extend(
             (span.start, span.end) for _, span in rejected if span.end - span.start <= longest
         )
@@ -269,6 +275,27 @@ def _plan(
         if hit.start >= offset and hit.end <= cut
     ]
     return cut - offset, released, refusing, split
+
+
+def _chained(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The mask spans, those that touch (at most one character between them) joined
+    into one, while the join is at most ``limit`` characters long.
+
+    A match may be found only with the one before it: in ``4111 1111 1111 1111 5105
+    1051 0510 5100`` the second card is masked as the rest of a window that begins in
+    the first (``detectors.CardDetector``). Released apart, the first masked, the
+    second would be matched on its own, without that window, and leave in clear."""
+    if len(spans) < 2:
+        return spans
+    spans.sort()
+    joined = [spans[0]]
+    for start, end in spans[1:]:
+        first, last = joined[-1]
+        if last <= start <= last + 1 and end - first <= limit:
+            joined[-1] = (first, end)
+        else:
+            joined.append((start, end))
+    return joined
 
 
 class ArgumentsStream:
