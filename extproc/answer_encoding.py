@@ -7,7 +7,8 @@ all of that: a gzip answer's usage is unreadable, and the request was charged an
 of its prompt alone. Such an answer is read uncompressed (``DecompressedAnswer``) and the
 client gets it so, its ``content-encoding`` removed: gzip, and deflate in zlib's format
 or the raw one some servers send. An answer in an encoding the gateway cannot read (br,
-zstd) passes as it came, charged as an unreadable answer is.
+zstd) passes as it came, charged as an unreadable answer is; on a route with response
+guards it is refused unread instead (``stages.guardrails``).
 
 A gzip body may be several members (RFC 1952), as a proxy that compresses each flush
 writes it: each is read in turn, and bytes after the last that begin no other are

@@ -55,6 +55,7 @@ from typing import Any
 
 import orjson
 
+from extproc.answer_encoding import readable_encoding
 from extproc.backends import ANTHROPIC_APIS
 from extproc.bedrock_count_tokens import CONVERSE, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
@@ -482,6 +483,23 @@ def _unguarded_unasked_stream(route: str, api: RouteApi) -> UpstreamError:
     )
 
 
+def _decoded(ctx: RequestContext, encoding: str) -> bool:
+    """Whether the answer's reader gets it uncompressed (``answer_encoding``): gzip and
+    deflate are read so when the answer has a reader."""
+    return ctx.translator is not None and readable_encoding(encoding)
+
+
+def _unguarded_encoding(route: str, encoding: str) -> UpstreamError:
+    """A success answer compressed in an encoding the gateway cannot read, on a route
+    that guards answers."""
+    return UpstreamError(
+        f"the provider compressed the answer ({encoding}) although the gateway asked for "
+        f"no encoding, and route '{route}' guards answers, which it cannot do for text it "
+        "cannot read",
+        code="encoding_not_guarded",
+    )
+
+
 def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]:
     """The request's text, and how it goes without signed reasoning a mask matched in
     (None: it carries none)."""
@@ -638,6 +656,13 @@ class GuardResponseStage:
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return
+        encoding = response_headers.get("content-encoding", "").strip().lower()
+        if encoding and encoding != "identity" and not _decoded(ctx, encoding):
+            # Compressed although the gateway asked for no encoding, in one it cannot read
+            # (br, zstd): no guard can read the text, which the client's SDK decodes.
+            # Refused unread, not sent on unguarded; the provider billed it whole.
+            charge_unread_answer(ctx)
+            raise _unguarded_encoding(route.name, encoding)
         anthropic = route.api in MESSAGES_BODY_APIS
         streamed = out.mode_override is not None and out.mode_override.response_body == "STREAMED"
         completions = route.api is RouteApi.OPENAI_COMPLETIONS
