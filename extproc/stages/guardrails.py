@@ -493,9 +493,9 @@ def _unguarded_encoding(route: str, encoding: str) -> UpstreamError:
     """A success answer compressed in an encoding the gateway cannot read, on a route
     that guards answers."""
     return UpstreamError(
-        f"the provider compressed the answer ({encoding}) although the gateway asked for "
-        f"no encoding, and route '{route}' guards answers, which it cannot do for text it "
-        "cannot read",
+        f"the provider compressed the answer ({encoding}), unasked, in an encoding the "
+        f"gateway cannot read, and route '{route}' guards answers, which it cannot do for "
+        "text it cannot read",
         code="encoding_not_guarded",
     )
 
