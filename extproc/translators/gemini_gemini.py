@@ -20,12 +20,8 @@ A count that is not a non-negative integer makes the report unreadable (None) ra
 than a guessed 0; so does an answer that is an error object.
 
 Vertex names in ``usageMetadata.trafficType`` the capacity that served the request, which
-sets its price: ``ON_DEMAND`` (pay as you go), ``ON_DEMAND_PRIORITY`` (Priority PayGo, at
-a higher rate), ``ON_DEMAND_FLEX`` (Flex PayGo, at a lower one) or
-``PROVISIONED_THROUGHPUT`` (capacity bought ahead). It is read as the service tier
-(``traffic_tier``), under the names the price table gives tiers: ``on_demand`` (the
-model's own price), ``priority``, ``flex``, ``provisioned_throughput``; a type Google
-adds later is its name in lowercase. Gemini's own API names none.
+sets its price (Priority PayGo, Flex PayGo, Provisioned Throughput): it is read as the
+service tier (``traffic_tier``, ``vertex_traffic``). Gemini's own API names none.
 
 A stream's counts are cumulative: each report replaces the one before, and the last is
 the bill. Gemini reports as it goes (Vertex's first events may count only the prompt), so
@@ -54,12 +50,12 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import without_secrets
 from extproc.quota.estimate import json_chars, string_chars
+from extproc.translators import vertex_traffic
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
-    service_tier_of,
 )
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.google_statuses import google_error_type
@@ -82,15 +78,6 @@ _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
 # line shows as its code, or a finish reason (MAX_TOKENS). Anything else a proxy sends
 # cannot grow the log line.
 _ENUM_NAME = re.compile(r"[A-Z][A-Z_]{0,63}")
-# Vertex's traffic types, by the tier names the price table uses for them
-# (chargeback.pricing); TRAFFIC_TYPE_UNSPECIFIED names no tier.
-_TRAFFIC_TIERS = {
-    "ON_DEMAND": "on_demand",
-    "ON_DEMAND_PRIORITY": "priority",
-    "ON_DEMAND_FLEX": "flex",
-    "PROVISIONED_THROUGHPUT": "provisioned_throughput",
-    "TRAFFIC_TYPE_UNSPECIFIED": None,
-}
 _STREAM_FAILED = "the provider's stream failed"
 
 
@@ -125,12 +112,7 @@ def traffic_tier(usage_metadata: Any) -> str | None:
     """The service tier a ``usageMetadata``'s ``trafficType`` names (Vertex), or None."""
     if not isinstance(usage_metadata, dict):
         return None
-    traffic = usage_metadata.get("trafficType")
-    if not isinstance(traffic, str) or _ENUM_NAME.fullmatch(traffic) is None:
-        return None
-    if traffic in _TRAFFIC_TIERS:
-        return _TRAFFIC_TIERS[traffic]
-    return service_tier_of(traffic.lower())
+    return vertex_traffic.traffic_tier(usage_metadata.get("trafficType"))
 
 
 def usage_report(value: Any) -> UsageReport | None:

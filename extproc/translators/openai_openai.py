@@ -23,6 +23,8 @@ The service tier that served the answer (``service_tier``, top level of a
 stream's from its first event (one search of that event's bytes, no parse), so a stream
 cut before its usage chunk is billed at its tier too, and from the usage chunk, which is
 parsed anyway. A stream whose first event names no tier is read at its usage chunk only.
+Gemini on Vertex's OpenAI-compatible endpoint names no ``service_tier``: its usage names
+the capacity that served it, Vertex's traffic type (``vertex_traffic``), read first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import orjson
 
 from extproc.context import Usage
 from extproc.errors import GatewayError
+from extproc.translators import vertex_traffic
 from extproc.translators.anthropic_anthropic import server_tool_requests
 from extproc.translators.base import (
     BufferedBodyReader,
@@ -234,8 +237,13 @@ def _amount(value: Any) -> int | None:
 
 
 def service_tier_from_answer(answer: dict[str, Any]) -> str | None:
-    """The ``service_tier`` of a chat completion or chunk (top level)."""
-    return service_tier_of(answer.get("service_tier"))
+    """The service tier of a chat completion or chunk: Vertex's traffic type in its usage
+    (``vertex_traffic``: Gemini on Vertex's OpenAI-compatible endpoint names no
+    ``service_tier``, and its capacity sets the price), else the ``service_tier`` at its
+    top level."""
+    return vertex_traffic.openai_usage_tier(answer.get("usage")) or service_tier_of(
+        answer.get("service_tier")
+    )
 
 
 class CompletionReader(BufferedBodyReader):
