@@ -78,8 +78,9 @@ class ChatRequest:
     max_tokens: int | None
     # OpenAI's response_format: JSON answers when it asks for them (json_reply).
     response_format: Any = None
-    # The tier that serves the request, as the answer reports it (SERVICE_TIERS).
-    service_tier: str = "default"
+    # The tier that serves the request, as the answer reports it (SERVICE_TIERS); None:
+    # no top-level service_tier (Vertex's OpenAI-compatible endpoint writes none).
+    service_tier: str | None = "default"
 
 
 def optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
@@ -169,6 +170,8 @@ class Completion:
     prompt_tokens: int
     # Prompt tokens reported as read from the cache (the `cached` fault key).
     cached_tokens: int = 0
+    # Vertex's traffic type, reported in usage.extra_properties.google (vertex_api).
+    google_traffic_type: str | None = None
 
     @property
     def content(self) -> str:
@@ -184,6 +187,8 @@ class Completion:
         }
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.google_traffic_type is not None:
+            usage["extra_properties"] = {"google": {"traffic_type": self.google_traffic_type}}
         return usage
 
 
@@ -340,7 +345,11 @@ class OpenAIEndpoints:
             return web.Response(body=_GARBAGE, headers=_JSON_HEADERS)
         return web.Response(body=self._models_body, headers=_JSON_HEADERS)
 
-    async def chat_completions(self, request: web.Request, body: Body) -> web.StreamResponse:
+    async def chat_completions(
+        self, request: web.Request, body: Body, *, google_traffic_type: str | None = None
+    ) -> web.StreamResponse:
+        """A chat completion; ``google_traffic_type`` answers as Vertex's OpenAI-compatible
+        endpoint does: no top-level ``service_tier``, that traffic type in the usage."""
         fault = await self._precheck(request)
         if isinstance(fault, web.Response):
             return fault
@@ -349,6 +358,9 @@ class OpenAIEndpoints:
         except InvalidRequestError as exc:
             return error_response(400, exc.message, param=exc.param, code=exc.code)
         completion = build_completion(chat, fault)
+        if google_traffic_type is not None:
+            chat = replace(chat, service_tier=None)
+            completion = replace(completion, google_traffic_type=google_traffic_type)
         try:
             scripted = scripted_pieces(request.headers)
         except ScriptError as exc:
@@ -381,6 +393,8 @@ class OpenAIEndpoints:
             "service_tier": chat.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
+        if chat.service_tier is None:
+            del document["service_tier"]
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
 
     async def _stream(
@@ -401,6 +415,8 @@ class OpenAIEndpoints:
                 "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": choices,
             }
+            if chat.service_tier is None:
+                del chunk["service_tier"]
             # OpenAI sends "usage": null on every chunk once include_usage is on.
             if chat.include_usage and not fault.no_usage:
                 chunk["usage"] = usage

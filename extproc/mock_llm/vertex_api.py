@@ -35,7 +35,11 @@ Google's front answers it.
   ``text-embedding-005``...); refusals are Google's 400.
 - ``.../endpoints/openapi/chat/completions``: OpenAI's chat completions (``openai_api``),
   JSON and SSE, for models named ``publisher/model`` (``google/gemini-2.5-flash``); a
-  model without its publisher is a 400.
+  model without its publisher is a 400. As Vertex answers them: no top-level
+  ``service_tier``, the traffic type that served the request in
+  ``usage.extra_properties.google.traffic_type`` (``vertex_gemini.traffic_type``: the
+  ``X-Vertex-AI-LLM-Shared-Request-Type`` header's ``priority`` or ``flex``, else
+  ``ON_DEMAND``), as Gemini's own API reports it in ``usageMetadata.trafficType``.
 
 Every Vertex route checks, in this order: a bearer token the mock issued and that has not
 expired (401 ``UNAUTHENTICATED``), the project (403 ``PERMISSION_DENIED``), the region and
@@ -78,6 +82,7 @@ from extproc.mock_llm.vertex_gemini import (
     InvalidArgumentError,
     abort_connection,
     is_google_model,
+    traffic_type,
 )
 
 TOKEN_PATH = "/token"
@@ -361,7 +366,9 @@ class VertexEndpoints:
                 f"Invalid model {model!r}: Vertex's OpenAI-compatible endpoint takes "
                 f"publisher/model, such as google/{model}.",
             )
-        return await self._openai.chat_completions(request, body)
+        return await self._openai.chat_completions(
+            request, body, google_traffic_type=traffic_type(request.headers)
+        )
 
 
 async def _google_fault(fault: Fault) -> web.StreamResponse | None:

@@ -14,7 +14,11 @@ rules of ``tokens`` (so one prompt costs the same on every surface):
   ``MAX_TOKENS``, else ``STOP``. A positive ``thinkingConfig.thinkingBudget`` reports
   ``thoughtsTokenCount`` = min(budget, 8), billed as output: in ``totalTokenCount``, not
   in ``candidatesTokenCount``. The ``cached`` fault reports ``cachedContentTokenCount``,
-  a part of ``promptTokenCount`` as Google counts it.
+  a part of ``promptTokenCount`` as Google counts it. ``trafficType`` is the capacity
+  the request's headers ask for (``traffic_type``): ``ON_DEMAND_PRIORITY`` or
+  ``ON_DEMAND_FLEX`` for ``X-Vertex-AI-LLM-Shared-Request-Type: priority`` or ``flex``,
+  ``PROVISIONED_THROUGHPUT`` for ``X-Vertex-AI-LLM-Request-Type: dedicated``, else
+  ``ON_DEMAND``.
 - ``:streamGenerateContent?alt=sse``: one event per piece, ``data: <JSON>`` and
   ``\\r\\n\\r\\n`` as Google writes them. Every event carries ``usageMetadata``, the output
   count growing with the text sent (thinking comes first, so its count is in every
@@ -77,6 +81,22 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _GARBAGE = b'{"candidates": [{"content": this is not json'
 _GARBAGE_CHUNK = b"{this is not json"
 _STREAM_ERROR = {"error": {"code": 500, "message": STREAM_ERROR_MESSAGE, "status": "INTERNAL"}}
+
+
+# The headers that choose the capacity serving a request, and the trafficType each
+# choice is answered with (Priority PayGo, Flex PayGo, Provisioned Throughput alone).
+SHARED_REQUEST_TYPE = "X-Vertex-AI-LLM-Shared-Request-Type"
+REQUEST_TYPE = "X-Vertex-AI-LLM-Request-Type"
+_SHARED_TRAFFIC = {"priority": "ON_DEMAND_PRIORITY", "flex": "ON_DEMAND_FLEX"}
+
+
+def traffic_type(headers: Mapping[str, str]) -> str:
+    """The ``trafficType`` Vertex reports for a request with ``headers``: the shared
+    capacity its ``X-Vertex-AI-LLM-Shared-Request-Type`` asks for, Provisioned
+    Throughput for ``X-Vertex-AI-LLM-Request-Type: dedicated``, else pay as you go."""
+    if headers.get(REQUEST_TYPE, "").lower() == "dedicated":
+        return "PROVISIONED_THROUGHPUT"
+    return _SHARED_TRAFFIC.get(headers.get(SHARED_REQUEST_TYPE, "").lower(), "ON_DEMAND")
 
 
 def is_google_model(model: str) -> bool:
@@ -201,6 +221,7 @@ class Answer:
     model: str
     response_id: str
     create_time: str
+    traffic_type: str = "ON_DEMAND"
 
     def usage(self, sent: int | None = None) -> dict[str, Any]:
         """``usageMetadata`` of the whole answer, or of its first ``sent`` pieces."""
@@ -214,7 +235,7 @@ class Answer:
             usage["thoughtsTokenCount"] = self.thoughts
         if self.cached:
             usage["cachedContentTokenCount"] = self.cached
-        usage["trafficType"] = "ON_DEMAND"
+        usage["trafficType"] = self.traffic_type
         return usage
 
     def document(
@@ -313,6 +334,7 @@ class GeminiEndpoints:
             model=model,
             response_id=f"mock-gemini-{next(self._ids)}",
             create_time=_now(),
+            traffic_type=traffic_type(request.headers),
         )
         try:
             scripted = scripted_pieces(request.headers)

@@ -58,7 +58,7 @@ def tokens_issued(stack: LocalStack) -> int:
 
 
 def vertex_config(
-    models: dict[str, str], prices: dict[str, dict[str, float]] | None = None
+    models: dict[str, str], prices: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The default config with the mock's Vertex AI as provider ``vertex``, ``models`` (the
     gateway's name -> the model's id on Vertex) on it, and ``prices`` for some of them."""

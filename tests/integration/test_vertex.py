@@ -28,6 +28,11 @@ from tests.integration.mock_vertex import (
 )
 
 CLIENT_KEY = "team1-key"
+# Gemini's Priority PayGo (1.8x) and Flex PayGo (half) prices.
+FLASH_TIERS = {
+    "priority": {"input_per_million": 0.54, "output_per_million": 4.50},
+    "flex": {"input_per_million": 0.15, "output_per_million": 1.25},
+}
 PROMPT = [{"role": "user", "content": "Say hello to the gateway, please."}]
 
 
@@ -41,7 +46,7 @@ def claude_and_gemini_config() -> dict[str, Any]:
             # Named bare, as Gemini's API and the embeddings paths name Google's models.
             "gemini-bare": GEMINI_ON_VERTEX.removeprefix("google/"),
         },
-        {"sonnet-vertex": SONNET, "gemini-flash": FLASH},
+        {"sonnet-vertex": SONNET, "gemini-flash": {**FLASH, "service_tiers": FLASH_TIERS}},
     )
     # A provider nothing listens for: its model fails over to Gemini on Vertex.
     raw["providers"].append(
@@ -206,6 +211,31 @@ def test_gemini_on_vertex_streams_through_the_openai_compatible_endpoint(
     assert line["usage_reported"] is True and line["completion_tokens"] > 0
     cost = line["prompt_tokens"] * FLASH["input_per_million"]
     cost += line["completion_tokens"] * FLASH["output_per_million"]
+    assert line["cost_usd"] == pytest.approx(cost / 1e6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_gemini_served_at_priority_paygo_is_billed_at_its_priority_price(
+    stack: LocalStack, gateway_log: GatewayLog, stream: bool
+) -> None:
+    """A client asks Vertex for Priority PayGo with Google's header; Vertex names the
+    capacity that served it in ``usage.extra_properties.google.traffic_type``, and the
+    request is billed at the priority price, not the pay-as-you-go one."""
+    client = chat(stack, **{"X-Vertex-AI-LLM-Shared-Request-Type": "priority"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemini-flash", messages=PROMPT, stream=stream
+    )
+    request_id = raw.headers["x-request-id"]
+    if stream:
+        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        assert raw.parse().choices[0].message.content
+    sent = vertex_requests(stack)[-1]
+    assert sent["headers"]["x-vertex-ai-llm-shared-request-type"] == "priority"
+    [line] = gateway_log.for_request(request_id)
+    assert (line["service_tier"], line["usage_reported"]) == ("priority", True)
+    cost = line["prompt_tokens"] * FLASH_TIERS["priority"]["input_per_million"]
+    cost += line["completion_tokens"] * FLASH_TIERS["priority"]["output_per_million"]
     assert line["cost_usd"] == pytest.approx(cost / 1e6)
 
 

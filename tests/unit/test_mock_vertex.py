@@ -631,6 +631,40 @@ async def test_gemini_streams_openai_chunks_with_usage(gemini: AsyncOpenAI) -> N
     assert chunks[-1].usage.prompt_tokens == INPUT_TOKENS
 
 
+@pytest.mark.parametrize(
+    ("headers", "traffic_type"),
+    [
+        ({}, "ON_DEMAND"),
+        ({"X-Vertex-AI-LLM-Shared-Request-Type": "priority"}, "ON_DEMAND_PRIORITY"),
+        ({"X-Vertex-AI-LLM-Shared-Request-Type": "flex"}, "ON_DEMAND_FLEX"),
+        ({"X-Vertex-AI-LLM-Request-Type": "dedicated"}, "PROVISIONED_THROUGHPUT"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_gemini_names_its_traffic_type_where_vertex_does(
+    http: httpx.AsyncClient, token: str, headers: dict[str, str], traffic_type: str, stream: bool
+) -> None:
+    # Vertex's OpenAI-compatible endpoint writes no top-level service_tier: the capacity
+    # that served the request is in usage.extra_properties.google.traffic_type.
+    body = {**CHAT_BODY, "stream": stream, "stream_options": {"include_usage": True}}
+    if not stream:
+        del body["stream_options"]
+    answer = await http.post(CHAT_PATH, json=body, headers=bearer(token, **headers))
+    assert answer.status_code == 200, answer.text
+    if stream:
+        chunks = [
+            orjson.loads(line[6:])
+            for line in answer.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        assert all("service_tier" not in chunk for chunk in chunks)
+        usage = chunks[-1]["usage"]
+    else:
+        assert "service_tier" not in answer.json()
+        usage = answer.json()["usage"]
+    assert usage["extra_properties"] == {"google": {"traffic_type": traffic_type}}
+
+
 async def test_a_model_without_its_publisher_is_invalid(
     http: httpx.AsyncClient, token: str
 ) -> None:

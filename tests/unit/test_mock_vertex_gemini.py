@@ -264,6 +264,22 @@ async def test_the_json_answer_is_googles_shape(http: httpx.AsyncClient, token: 
     assert document["createTime"].endswith("Z")
 
 
+@pytest.mark.parametrize(
+    ("headers", "traffic_type"),
+    [
+        ({}, "ON_DEMAND"),
+        ({"X-Vertex-AI-LLM-Shared-Request-Type": "priority"}, "ON_DEMAND_PRIORITY"),
+        ({"X-Vertex-AI-LLM-Shared-Request-Type": "flex"}, "ON_DEMAND_FLEX"),
+        ({"X-Vertex-AI-LLM-Request-Type": "dedicated"}, "PROVISIONED_THROUGHPUT"),
+    ],
+)
+async def test_the_traffic_type_is_the_capacity_the_headers_ask_for(
+    http: httpx.AsyncClient, token: str, headers: dict[str, str], traffic_type: str
+) -> None:
+    answer = await post(http, GENERATE, BODY, token, **headers)
+    assert answer.json()["usageMetadata"]["trafficType"] == traffic_type
+
+
 # --- Chosen replies and faults on generateContent ---
 
 
