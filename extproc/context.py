@@ -295,8 +295,10 @@ class RequestContext:
         """How this request's client expects errors: ``anthropic`` on Messages routes
         (and on the model list for a client that sends ``anthropic-version``: Anthropic's
         SDKs list models at OpenAI's path), ``bedrock`` on Converse routes, ``google`` on
-        Gemini's."""
+        Gemini's, ``jsonrpc`` on MCP and A2A routes."""
         if self.route is not None:
+            if self.route.api in {RouteApi.MCP, RouteApi.A2A}:
+                return "jsonrpc"
             if self.route.api.startswith("anthropic_"):
                 return "anthropic"
             if (

@@ -20,7 +20,8 @@ same error shape whatever part of the gateway refused them::
 The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it,
 ``{"type": "error", "error": {"type", "message"}}`` on Anthropic routes, or
 ``{"message"}`` with the exception's name in ``x-amzn-errortype`` on Bedrock Converse
-routes (``bedrock_exception``), which is how AWS SDKs tell a throttle from a refusal.
+routes (``bedrock_exception``), which is how AWS SDKs tell a throttle from a refusal,
+and a JSON-RPC error object on MCP and A2A routes (``extproc.agents.jsonrpc``).
 Messages must never contain a secret: callers pass only ids and public values, and
 words a provider wrote go through ``without_secrets`` first.
 """
@@ -31,6 +32,8 @@ import re
 from collections.abc import Iterable
 
 import orjson
+
+from extproc.agents.jsonrpc import http_error_body
 
 
 class GatewayError(Exception):
@@ -56,7 +59,9 @@ class GatewayError(Exception):
 
     def body(self, api_shape: str = "openai") -> bytes:
         """The error as the client's API shapes errors: ``openai``, ``anthropic``,
-        ``bedrock`` or ``google``."""
+        ``bedrock``, ``google`` or ``jsonrpc`` (MCP and A2A)."""
+        if api_shape == "jsonrpc":
+            return http_error_body(self.message, self.status, self.error_type, self.code)
         if api_shape == "anthropic":
             return anthropic_error_body(self.message, self.status)
         if api_shape == "bedrock":

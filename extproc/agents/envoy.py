@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from extproc.agents.directory import agent_cluster_name
-from extproc.config.agents_model import AgentServerConfig
+from extproc.agents.jsonrpc import http_error_body
+from extproc.config.agents_model import ENVOY_CLUSTER_PREFIX, AgentServerConfig
 from extproc.config.egress_model import EgressConfig
 from extproc.config.model import GatewayConfig
 from extproc.envoy_values import duration, is_ip
@@ -37,6 +40,9 @@ def add_agents(bootstrap: Json, config: GatewayConfig) -> None:
     routes: list[Json] = manager["route_config"]["virtual_hosts"][0]["routes"]
     # Before the catch-all 404, which is last.
     routes[-1:-1] = [_route(base, server) for server in servers]
+    # Before the OpenAI-shaped ones, which match any path.
+    mappers: list[Json] = manager["local_reply_config"]["mappers"]
+    mappers[:0] = [_jsonrpc_error_mapper(base, reply) for reply in base._local_replies()]
 
 
 def longest_agent_timeout_s(config: GatewayConfig) -> float:
@@ -71,6 +77,24 @@ def _cluster(base: Any, server: AgentServerConfig, egress: EgressConfig) -> Json
     if server.tls:
         cluster["transport_socket"] = base._upstream_tls(server.host)
     return cluster
+
+
+def _jsonrpc_error_mapper(base: Any, reply: Any) -> Json:
+    """Envoy's own reply (the server unreachable, too slow, its answer too large) on an
+    agent route, as a JSON-RPC error: MCP's SDK reads an error body only in that shape
+    (any other is "Server returned an error response"). Agent routes are the ones named
+    ``agent_*``; the routing header that picked them is gone by the time Envoy answers."""
+    condition, error_type, code, message, status, answered = reply
+    on_agent_route = f"xds.route_name.startsWith('{ENVOY_CLUSTER_PREFIX}')"
+    condition = on_agent_route if condition is None else f"{condition} && {on_agent_route}"
+    said = message.replace("upstream provider", "agent server").replace(
+        "provider's", "agent server's"
+    )
+    mapper: Json = base._error_mapper(condition, error_type, code, said, status)
+    mapper["body_format_override"] = {"json_format": orjson.loads(
+        http_error_body(said, answered, error_type, code)
+    )}  # fmt: skip
+    return mapper
 
 
 def _route(base: Any, server: AgentServerConfig) -> Json:

@@ -208,6 +208,27 @@ def error_body(
     return orjson.dumps([error_object(i, code, message, data) for i in ids])
 
 
+def http_error_code(status: int) -> int:
+    """The JSON-RPC code of an HTTP error the gateway (or Envoy) answers on an agent route:
+    a request limit is the gateway's ``RATE_LIMITED``, any other 4xx an invalid request,
+    a 5xx an internal error, as MCP's own servers code their transport errors."""
+    if status == 429:
+        return RATE_LIMITED
+    return INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
+
+
+def http_error_body(message: str, status: int, error_type: str, code: str | None) -> bytes:
+    """An HTTP error on an agent route (credentials, size, method, the store, the
+    upstream) as a JSON-RPC error object, the id null since no request was read.
+
+    MCP's Python SDK reads the body of a non-2xx answer only as a JSON-RPC error, and
+    puts the request's id on it: any other body becomes "Server returned an error
+    response", and the caller never learns that its key was refused or its arguments
+    too large. The gateway's type and code go in ``data``, as in its other refusals."""
+    data = {"type": error_type, "code": code}
+    return orjson.dumps(error_object(None, http_error_code(status), message, data))
+
+
 def response_id_key(request_id: RequestId) -> str:
     """A hashable key for matching answers to requests: "1" is not 1, but a number is
     its value as a double. JSON has one number type and JavaScript (the TypeScript SDK)

@@ -16,7 +16,9 @@ code -32003 (MCP) or -32030 (A2A), a request limit HTTP 200 with code -32029 and
 Failures before the body is read (no or bad credentials, a method the route does
 not take) are HTTP errors as on every route; so is the upstream refusing the
 gateway's own credential (a 502: the client's never goes upstream, it is not the
-client's to fix).
+client's to fix). Their bodies are JSON-RPC errors too, with the id null
+(``ctx.error_shape``), and so are Envoy's own replies on agent routes
+(``extproc.agents.envoy``): MCP's SDK reads no other error body.
 """
 
 from __future__ import annotations
@@ -507,9 +509,14 @@ async def _reserve(
             ctx.quota_decision = "failed_open"
             return
         ctx.quota_decision = "unavailable"
-        raise ServiceUnavailableError(
+        down = ServiceUnavailableError(
             "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
-        ) from None
+        )
+        # HTTP 503 as on every route, its JSON-RPC error under the request's id.
+        data = {"type": down.error_type, "code": down.code}
+        _refuse(ctx, out, ids, batch, jsonrpc.INTERNAL_ERROR, outcome.UNAVAILABLE, down, data,
+                http_status=down.status)  # fmt: skip
+        return
     if isinstance(result, Denial):
         # aigw_mcp_tool_calls_total{status="rate_limited"} has the tool, within its budget.
         services.metrics.rate_limit(rule_label(result.limit.rule), result.limit.subject_kind)
@@ -582,6 +589,8 @@ def _refuse(
     status: str,
     error: GatewayError,
     data: dict[str, Any] | None = None,
+    *,
+    http_status: int | None = None,
 ) -> None:
     """Answer the JSON-RPC request(s) with an error object; nothing goes upstream.
 
@@ -595,10 +604,12 @@ def _refuse(
     call.answered(status, code)
     # The log line's outcome and error fields say it was the gateway's refusal.
     ctx.error = error
-    http_status = 400 if code in {jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST,
-                                  jsonrpc.INVALID_PARAMS} else 200  # fmt: skip
+    if http_status is None:
+        http_status = 400 if code in {jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST,
+                                      jsonrpc.INVALID_PARAMS} else 200  # fmt: skip
+        if not ids:
+            http_status = _STATUS_WITHOUT_REQUEST.get(code, 400)
     if not ids:
-        http_status = _STATUS_WITHOUT_REQUEST.get(code, 400)
         ids, batch = [None], False
     answer_headers = {"content-type": "application/json", **error.headers}
     if ctx.request_id:

@@ -27,6 +27,8 @@ from extproc.config.section import Section as _Section
 from extproc.config.service_urls import checked_url
 
 _CLUSTER_SLUG = str.maketrans({c: "_" for c in "-."})
+# Of every agent server's Envoy cluster and route, and of nothing else's.
+ENVOY_CLUSTER_PREFIX = "agent_"
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -80,7 +82,7 @@ class AgentServerConfig(_Section):
     def envoy_cluster(self) -> str:
         """The server's Envoy cluster, which its routing header names too: its name with
         "-" and "." as "_" (Envoy's stat names read a "." as a separator)."""
-        return "agent_" + self.name.translate(_CLUSTER_SLUG)
+        return ENVOY_CLUSTER_PREFIX + self.name.translate(_CLUSTER_SLUG)
 
     @property
     def tls(self) -> bool:

@@ -48,6 +48,9 @@ agents:
     - name: echo-agent
       protocol: a2a
       url: http://127.0.0.1:{a2a}
+    - name: gone
+      protocol: mcp
+      url: http://127.0.0.1:{gone}/mcp
   access:
     - name: deploy-is-engineering
       tools: ["deploy_*"]
@@ -77,6 +80,10 @@ ROUTES = """routes:
     path_prefix: /a2a/echo
     api: a2a
     server: echo-agent
+  - name: mcp-gone
+    path_prefix: /mcp/gone
+    api: mcp
+    server: gone
 """
 
 
@@ -102,7 +109,8 @@ def agent_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         )
         text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\n" + ROUTES, 1)
         config = workdir / "gateway.yaml"
-        config.write_text(text + AGENTS.format(mcp=mcp_port, a2a=a2a_port))
+        # Nothing listens on the gone server's port.
+        config.write_text(text + AGENTS.format(mcp=mcp_port, a2a=a2a_port, gone=free_port()))
         with running_stack(workdir, config) as running:
             yield running
     finally:
@@ -111,10 +119,12 @@ def agent_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 
 @asynccontextmanager
-async def mcp_session(stack: LocalStack, key: str | None, mode: str) -> AsyncIterator[Client]:
+async def mcp_session(
+    stack: LocalStack, key: str | None, mode: str, server: str = "tools"
+) -> AsyncIterator[Client]:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     async with httpx2.AsyncClient(headers=headers, timeout=30.0) as http:
-        transport = streamable_http_client(f"{stack.base_url}/mcp/tools", http_client=http)
+        transport = streamable_http_client(f"{stack.base_url}/mcp/{server}", http_client=http)
         async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
             yield client
 
@@ -237,6 +247,54 @@ async def test_a_tool_limit_refuses_the_third_call_in_the_hour(agent_stack: Loca
     assert limited.value.data["retry_after_s"] > 0
     samples = scrape(agent_stack.metrics_url)
     assert metric(samples, "aigw_mcp_tool_calls_total", tool="add", status="rate_limited") == 1
+
+
+def _mcp_error(raised: BaseException) -> MCPError:
+    """The MCPError the client raised, out of the task groups that wrap it when it
+    comes while the client connects."""
+    while isinstance(raised, BaseExceptionGroup):
+        raised = raised.exceptions[0]
+    assert isinstance(raised, MCPError), repr(raised)
+    return raised
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_official_client_reads_why_the_gateway_refused_a_call(
+    agent_stack: LocalStack, mode: str
+) -> None:
+    # HTTP errors carry JSON-RPC errors, which the SDK raises with their message: the
+    # OpenAI-shaped body it raised as "Server returned an error response".
+    async with mcp_session(agent_stack, TEAM2, mode) as marketing:
+        with pytest.raises(MCPError) as too_large:
+            await marketing.call_tool("echo", {"text": "x" * 1_100_000})
+        assert "over the limit of 1048576 bytes" in too_large.value.message
+        # The session survives it.
+        again = await marketing.call_tool("echo", {"text": "smaller"})
+        assert again.structured_content == {"result": "smaller"}
+    with pytest.raises(BaseException) as unauthenticated:
+        async with mcp_session(agent_stack, "not-a-key", mode):
+            pass
+    assert "invalid API key" in _mcp_error(unauthenticated.value).message
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_server_that_is_down_is_an_error_the_official_client_reads(
+    agent_stack: LocalStack, mode: str
+) -> None:
+    # Envoy's own 503, in the JSON-RPC shape on an agent route.
+    with pytest.raises(BaseException) as down:
+        async with mcp_session(agent_stack, TEAM1, mode, server="gone") as client:
+            await client.list_tools()
+    assert _mcp_error(down.value).message == "the agent server is unavailable"
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        answer = await http.post(
+            f"{agent_stack.base_url}/mcp/gone",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"authorization": f"Bearer {TEAM1}",
+                     "accept": "application/json, text/event-stream"},
+        )  # fmt: skip
+    assert answer.status_code == 503
+    assert answer.json()["error"]["data"]["code"] == "upstream_unavailable"
 
 
 def test_an_unauthenticated_mcp_client_is_refused(agent_stack: LocalStack) -> None:

@@ -148,7 +148,7 @@ def test_the_servers_refusal_of_the_gateways_credential_is_a_502_for_the_client(
     assert answer.status_code == 502
     assert "www-authenticate" not in answer.headers
     assert "stale-server-token" not in answer.text and "tools.internal" not in answer.text
-    assert answer.json()["error"]["code"] == "upstream_credentials_refused"
+    assert answer.json()["error"]["data"]["code"] == "upstream_credentials_refused"
     request_id = answer.headers["x-request-id"]
     [line] = GatewayLog(lax_stack.gateway_log).for_request(request_id)
     assert line["agent"]["status"] == "upstream_error" and line["http_status_code"] == 502

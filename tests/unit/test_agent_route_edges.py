@@ -193,7 +193,7 @@ async def test_a_redirect_to_a_malformed_url_is_a_clear_502_not_a_500(
     refusal = immediate(answers)
     assert refusal is not None
     status, error = refusal
-    assert status == 502 and error["error"]["code"] == "upstream_redirect"
+    assert status == 502 and error["error"]["data"]["code"] == "upstream_redirect"
     assert "malformed" in error["error"]["message"]
 
 

@@ -130,7 +130,7 @@ async def test_a_post_to_the_agents_http_json_binding_never_reaches_it(
     )
     assert refused.immediate_response.status.code == 404
     error = orjson.loads(refused.immediate_response.body)["error"]
-    assert error["code"] == "binding_not_served"
+    assert error["code"] == -32600 and error["data"]["code"] == "binding_not_served"
     [line] = services.access_log.lines()  # type: ignore[attr-defined]
     assert line["agent"]["status"] == "invalid"
 
@@ -219,4 +219,4 @@ async def test_a_redirect_elsewhere_on_the_server_is_refused(
     )
     refused = answers[-1].immediate_response
     assert refused.status.code == 502
-    assert orjson.loads(refused.body)["error"]["code"] == "upstream_redirect"
+    assert orjson.loads(refused.body)["error"]["data"]["code"] == "upstream_redirect"
