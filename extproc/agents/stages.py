@@ -352,6 +352,9 @@ class AgentCallStage:
                     " your API key",
                     code="upstream_credentials_refused",
                 )
+            if status >= 500 and call.kind == "rpc" and not (_is_json(media) or media == SSE):
+                _error_page_replaced(ctx, out, status, response_headers)
+                return
         elif call.kind == "card":
             # Read whatever the content type says (a card served as text/html or
             # text/plain is still JSON to a client): the reader rewrites a body that is
@@ -762,6 +765,31 @@ def _fail_closed(ctx: RequestContext, out: PhaseOutput, http_status: int, body: 
     if ctx.request_id:
         answer_headers[headers.REQUEST_ID] = ctx.request_id
     out.answer = (http_status, body, answer_headers)
+
+
+def _error_page_replaced(
+    ctx: RequestContext, out: PhaseOutput, status: int, response_headers: dict[str, str]
+) -> None:
+    """Answer a server's failure without JSON (an HTML 500 page, an empty 502 from a proxy
+    before it) with the same status and a JSON-RPC error the client's SDK reads.
+
+    MCP's SDK reads a non-2xx body only as a JSON-RPC error and turns anything else
+    into "Server returned an error response"; the page itself may show the server's
+    internals. As on LLM routes, where a provider's error page becomes an error in the
+    client's shape. ``retry-after`` is kept: it is the server's to say."""
+    call = ctx.agent
+    assert call is not None
+    message = (
+        f"the {call.protocol.value.upper()} server '{call.server.name}' failed"
+        f" (HTTP {status}) without a JSON-RPC answer"
+    )
+    answer_headers = {"content-type": JSON}
+    if "retry-after" in response_headers:
+        answer_headers["retry-after"] = response_headers["retry-after"]
+    if ctx.request_id:
+        answer_headers[headers.REQUEST_ID] = ctx.request_id
+    body = jsonrpc.http_error_body(message, status, UpstreamError.error_type, "upstream_failed")
+    out.answer = (status, body, answer_headers)
 
 
 def _unreadable_error() -> UpstreamError:

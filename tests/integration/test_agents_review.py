@@ -51,6 +51,11 @@ class FirstKeyServer(BaseHTTPRequestHandler):
             tool = self.headers.get("mcp-name") or params.get("name")
             with self.lock:
                 self.ran.append(str(tool))
+            if tool == "crash":
+                # A framework's error page, with the server's internals in it.
+                page = b"<html><pre>Traceback: /srv/tools/app.py, line 12</pre></html>"
+                self._answer(500, page, {"content-type": "text/html"})
+                return
             result: dict[str, Any] = {"content": [{"type": "text", "text": f"ran {tool}"}]}
         else:
             result = {}
@@ -152,6 +157,21 @@ def test_the_servers_refusal_of_the_gateways_credential_is_a_502_for_the_client(
     request_id = answer.headers["x-request-id"]
     [line] = GatewayLog(lax_stack.gateway_log).for_request(request_id)
     assert line["agent"]["status"] == "upstream_error" and line["http_status_code"] == 502
+
+
+def test_a_servers_error_page_reaches_the_client_as_a_jsonrpc_error(
+    lax_stack: LocalStack,
+) -> None:
+    body = b'{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"crash"}}'
+    answer = post(lax_stack, "lax", TEAM1, body)
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/json"
+    assert "Traceback" not in answer.text
+    error = answer.json()["error"]
+    assert error["code"] == -32603 and error["data"]["code"] == "upstream_failed"
+    assert error["message"] == "the MCP server 'lax' failed (HTTP 500) without a JSON-RPC answer"
+    [line] = GatewayLog(lax_stack.gateway_log).for_request(answer.headers["x-request-id"])
+    assert line["agent"]["status"] == "upstream_error" and line["http_status_code"] == 500
 
 
 async def test_the_official_client_in_2026_mode_calls_tools_with_its_name_headers(

@@ -20,7 +20,14 @@ from extproc.envoy_bootstrap import render_bootstrap
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
-from extproc.testing import processor_for, request_body, request_headers, run_stream
+from extproc.testing import (
+    processor_for,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_agents import AGENT_ROUTES, SERVERS, TEAM2, with_agents
 from tests.unit.test_agents_review import dead_store, immediate, tool_call, with_limits
@@ -144,3 +151,82 @@ def test_envoys_own_replies_on_agent_routes_are_jsonrpc_errors() -> None:
 def test_a_gateway_without_agents_renders_no_jsonrpc_replies() -> None:
     assert not any("agent_" in _condition(m) for m in _mappers(gateway()))
     assert orjson.dumps(_mappers(gateway())).count(b"jsonrpc") == 0
+
+
+# --- a server's failure without JSON ----------------------------------------------------------
+
+_ECHO = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{}}}'
+
+
+async def _answered(
+    config: GatewayConfig, services: Services, status: int, answer_headers: dict[str, str],
+    body: bytes,
+) -> list[Any]:  # fmt: skip
+    processor = processor_for(with_agents(config), services)
+    return await run_stream(
+        processor,
+        [
+            request_headers("/mcp", headers=TEAM2),
+            request_body(_ECHO),
+            response_headers(status, answer_headers),
+            response_body(body),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "answer_headers", "body"),
+    [
+        pytest.param(500, {"content-type": "text/html"},
+                     b"<html>Traceback at /srv/tools/app.py line 12</html>", id="html-500"),
+        pytest.param(502, {"content-type": ""}, b"", id="empty-502"),
+        pytest.param(503, {"content-type": "text/plain", "retry-after": "30"}, b"overloaded",
+                     id="text-503"),
+    ],
+)  # fmt: skip
+async def test_a_servers_failure_page_becomes_a_jsonrpc_error_of_its_status(
+    config: GatewayConfig,
+    services: Services,
+    status: int,
+    answer_headers: dict[str, str],
+    body: bytes,
+) -> None:
+    answers = await _answered(config, services, status, answer_headers, body)
+    refusal = immediate(answers)
+    assert refusal is not None
+    got, error = refusal
+    assert got == status
+    assert error["error"]["code"] == -32603
+    assert error["error"]["message"] == (
+        f"the MCP server 'tools' failed (HTTP {status}) without a JSON-RPC answer"
+    )
+    assert error["error"]["data"]["code"] == "upstream_failed"
+    sent = {h.header.key: h.header.raw_value for h in answers[-1].immediate_response.headers
+            .set_headers}  # fmt: skip
+    kept = answer_headers.get("retry-after")
+    assert sent.get("retry-after") == (kept.encode() if kept is not None else None)
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["http_status_code"] == status and line["outcome"] == "upstream_error"
+    assert line["agent"]["status"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("status", "answer_headers", "body"),
+    [
+        # The server's own JSON-RPC error: the SDK reads it as it is.
+        pytest.param(500, {"content-type": "application/json"},
+                     b'{"jsonrpc":"2.0","id":5,"error":{"code":-32603,"message":"db down"}}',
+                     id="jsonrpc-500"),
+        # A 404 means "session terminated" to MCP's SDK: its body is not the gateway's.
+        pytest.param(404, {"content-type": "text/plain"}, b"Not Found", id="404"),
+    ],
+)  # fmt: skip
+async def test_a_servers_jsonrpc_error_and_its_4xx_pass_as_they_came(
+    config: GatewayConfig,
+    services: Services,
+    status: int,
+    answer_headers: dict[str, str],
+    body: bytes,
+) -> None:
+    answers = await _answered(config, services, status, answer_headers, body)
+    assert immediate(answers) is None
