@@ -32,7 +32,7 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from extproc import http_endpoint, worker_endpoints
+from extproc import background, http_endpoint, worker_endpoints
 from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
@@ -135,6 +135,8 @@ class Gateway:
         # The log sinks and metrics as set up above: a reload that changes them warns.
         self._telemetry_started = config.telemetry
         self._embedded: EmbeddedValkey | None = None
+        # Starts the embedded Valkey again should it exit while the gateway serves.
+        self._embedded_keeper: asyncio.Task[None] | None = None
         self._store_client: Any = None
         self._server: grpc_aio.Server | None = None
         self._management: grpc_aio.Server | None = None
@@ -297,6 +299,9 @@ class Gateway:
             )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
+            self._embedded_keeper = asyncio.get_running_loop().create_task(
+                self._embedded.keep_running()
+            )
         self._store_client = connect(url, store.timeout_ms / 1000.0)
         self.services.store = UsageStore(
             self._store_client, store.key_prefix, store.usage_retention_days
@@ -402,6 +407,8 @@ class Gateway:
             await self.services.response_owners.close()
         if self._store_client is not None:
             await self._store_client.aclose()
+        # Kept running until here: one that died during the drain is back for the flushes.
+        await background.stop(self._embedded_keeper)
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         self.services.access_log.close()

