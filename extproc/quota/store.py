@@ -48,6 +48,7 @@ from extproc.config.quota_model import MAX_LIMIT
 from extproc.quota.rules import Limit
 from extproc.store.cluster_calls import ClusterCalls, ReplyLostError, send_once
 from extproc.store.coalescing import CoalescingCaller
+from extproc.store.outage_log import OutageLog
 from extproc.store.scripts import script_source
 from extproc.store.spool import Spool
 
@@ -183,6 +184,8 @@ class QuotaStore:
         self._flush_due = False
         # Flushes not finished yet: shutdown waits for them (each holds its batch).
         self._flushes: set[asyncio.Task[None]] = set()
+        # A batch goes out every 20 ms under load, each failing while the store is down.
+        self._settling = OutageLog(log, "quota settlement failed, batches to the spool")
         self._clock: asyncio.Task[None] | None = None
         # Reservations arriving while one is in flight go out together (one pipeline);
         # one whose request gave up after it was sent is given back when it lands.
@@ -222,6 +225,7 @@ class QuotaStore:
         self._offset = seconds + micros / 1e6 - (before + after) / 2
 
     async def _keep_clock(self) -> None:
+        upkeep = OutageLog(log, "quota store upkeep (clock, spool replay) failed")
         last_sync = time.monotonic()
         while True:
             await asyncio.sleep(SPOOL_REPLAY_INTERVAL_S)
@@ -231,7 +235,9 @@ class QuotaStore:
                     last_sync = time.monotonic()
                 await self.replay_spool()
             except Exception as exc:
-                log.warning("quota store upkeep failed: %s", type(exc).__name__)
+                upkeep.failed(exc)
+            else:
+                upkeep.answered()
 
     async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
         # The cost comes from the client's body (its max_tokens): one past what the Lua
@@ -459,6 +465,7 @@ class QuotaStore:
             await asyncio.wait_for(
                 self._settle_raw(*settlement, landed_whole=True), SETTLE_TIMEOUT_S
             )
+            self._settling.answered()
         except asyncio.CancelledError:
             # Cut short: it may have landed or not; spooled under its id, it counts once
             # (and a give-back by call id gives back once).
@@ -472,7 +479,7 @@ class QuotaStore:
             self._hold_unless(await asyncio.to_thread(self._to_spool, settlement), settlement)
 
     def _failed(self, exc: Exception) -> None:
-        log.warning("quota settlement failed, to the spool: %s", type(exc).__name__)
+        self._settling.failed(exc)
         self._on_spooled()
 
     def _to_spool(self, settlement: _Batch) -> bool:

@@ -49,6 +49,7 @@ from extproc.quota.thinking_budget import (
     thinking_budget,
 )
 from extproc.runtime import Upstream
+from extproc.store.outage_log import OutageLog
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
 from extproc.translators.openai_anthropic import DEFAULT_MAX_TOKENS as CLAUDE_DEFAULT_MAX_TOKENS
@@ -64,6 +65,13 @@ RETRY_WITHIN_S = 60
 
 
 class QuotaStage:
+    def __init__(self) -> None:
+        # Every request a rule covers meets the outage: said once, not each time.
+        self._failing_open = OutageLog(log, "quota store unavailable, failing open")
+        self._failing_closed = OutageLog(
+            log, "quota store unavailable, failing closed (503 quota_store_unavailable)"
+        )
+
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
     ) -> Awaitable[None] | None:
@@ -93,9 +101,8 @@ class QuotaStage:
         cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
         return self._reserve(ctx, out, limits, cost)
 
-    @staticmethod
     async def _reserve(
-        ctx: RequestContext, out: PhaseOutput, limits: list[Limit], cost: int
+        self, ctx: RequestContext, out: PhaseOutput, limits: list[Limit], cost: int
     ) -> None:
         services = ctx.runtime.services
         store = services.quota_store
@@ -109,13 +116,16 @@ class QuotaStage:
             services.metrics.store_error("quota_reserve")
             # A shadow rule never blocks: only enforced rules can fail the request closed.
             if all(limit.fail_open or not limit.enforce for limit in limits):
-                log.warning("quota store unavailable, failing open: %s", type(exc).__name__)
+                self._failing_open.failed(exc)
                 ctx.quota_decision = "failed_open"
                 return
             ctx.quota_decision = "unavailable"
+            self._failing_closed.failed(exc)
             raise ServiceUnavailableError(
                 "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
             ) from None
+        self._failing_open.answered()
+        self._failing_closed.answered()
         if isinstance(result, Denial):
             services.metrics.rate_limit(result.limit.rule, result.limit.subject_kind)
             ctx.quota_decision = "rejected"

@@ -45,6 +45,7 @@ from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import BadRequestError, ServiceUnavailableError
 from extproc.stages.attempt import serves_request
 from extproc.stages.partial_usage import usage_if_ended_now
+from extproc.store.outage_log import OutageLog
 from extproc.store.response_owners import (
     NOBODY,
     ResponseOwner,
@@ -70,6 +71,10 @@ class PreviousResponseStage:
     """Request body: the response named in ``previous_response_id`` must be the caller's;
     a request building on context a provider keeps does not fail over."""
 
+    def __init__(self) -> None:
+        # A lookup the store fails under fail_open: said once per outage, not per request.
+        self._not_checked = OutageLog(log, "response owner store unavailable, not checked")
+
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
     ) -> Awaitable[None] | None:
@@ -88,7 +93,7 @@ class PreviousResponseStage:
         previous = parsed.get(_PARAM)
         if owners is None or not isinstance(previous, str):
             return None  # none named (the body's checks refused any other type)
-        return _check_owner(ctx, owners, previous, primary)
+        return _check_owner(ctx, owners, previous, primary, self._not_checked)
 
 
 def builds_on_stored_context(body: dict[str, Any]) -> bool:
@@ -146,7 +151,11 @@ def _to_member(ctx: RequestContext, primary: str, provider: str, counted: bool =
 
 
 async def _check_owner(
-    ctx: RequestContext, owners: ResponseOwners, response_id: str, primary: str | None
+    ctx: RequestContext,
+    owners: ResponseOwners,
+    response_id: str,
+    primary: str | None,
+    not_checked: OutageLog,
 ) -> None:
     runtime = ctx.runtime
     try:
@@ -156,12 +165,13 @@ async def _check_owner(
     except Exception as exc:
         runtime.services.metrics.store_error("response_owner_lookup")
         if runtime.config.quotas.on_store_failure is StoreFailure.FAIL_OPEN:
-            log.warning("response owner store unavailable, not checked: %s", type(exc).__name__)
+            not_checked.failed(exc)
             return
         raise ServiceUnavailableError(
             "the store that records stored responses is unavailable; try again shortly",
             code="response_store_unavailable",
         ) from None
+    not_checked.answered()
     caller = owner_of(ctx.identity)
     if found is None or found.owner not in (caller, NOBODY):
         # OpenAI's own answer for an id it does not know: the same for another caller's,

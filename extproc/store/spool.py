@@ -39,6 +39,8 @@ from typing import Any, Protocol
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from extproc.store.outage_log import OutageLog
+
 log = logging.getLogger(__name__)
 
 # What reading a record of the wrong shape raises (a store error never means that).
@@ -140,6 +142,8 @@ class Spool:
         self._lock = asyncio.Lock()
         # Appends (in worker threads) and a replay's rewrite of the file, one at a time.
         self._file_lock = threading.Lock()
+        # Each replay (every 0.5 s for usage) meets the outage: said once, not each time.
+        self._paused = OutageLog(log, f"{kind} spool replay paused")
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record and fsync it. Blocks on disk I/O: call it off the event loop.
@@ -179,6 +183,7 @@ class Spool:
                     continue
                 try:
                     await apply(record)
+                    self._paused.answered()
                 except Exception as exc:
                     if _refused_by_store(exc):
                         # The store's error names the record (its code, never a value).
@@ -191,7 +196,7 @@ class Spool:
                     elif not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
                         # The store (or the disk) is not there yet, in whatever form
                         # the client reports it: the record waits.
-                        log.warning("%s spool replay paused: %s", self.kind, type(exc).__name__)
+                        self._paused.failed(exc)
                         break
                     else:
                         # The record itself is wrong (hand-edited, another version's):

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from extproc.store.outage_log import OutageLog
 from extproc.store.spool import Spool
 from extproc.store.usage import (
     UsageEntry,
@@ -62,6 +63,8 @@ class UsageWriter:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._spool = spool
+        # A flush fails every interval_s while the store is down: said once, not each time.
+        self._failing = OutageLog(log, "usage rollup flush failed, batches to the spool")
 
     def add(self, entry: UsageEntry) -> None:
         add_entry(self._pending, entry)
@@ -116,6 +119,7 @@ class UsageWriter:
             await asyncio.wait_for(
                 self._store.record_totals(batch, batch_id, replayed=replayed), self._timeout
             )
+            self._failing.answered()
             return True
         except asyncio.CancelledError:
             # Cut short (it may have landed): kept under its id for the last flush.
@@ -123,7 +127,7 @@ class UsageWriter:
             raise
         except Exception as exc:
             self._on_error()
-            log.warning("usage rollup flush failed, to the spool: %s", type(exc).__name__)
+            self._failing.failed(exc)
         await self._keep_or_hold(batch, batch_id)
         return False
 

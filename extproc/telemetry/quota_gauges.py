@@ -40,6 +40,7 @@ from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
+from extproc.store.outage_log import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class SubjectTracker:
         self._on_error = on_error
         self._pending: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._publishing = OutageLog(log, "publishing quota subjects failed, the gauges lag")
 
     def note(self, limits: Iterable[Limit]) -> None:
         pending = self._pending
@@ -95,8 +97,10 @@ class SubjectTracker:
             )
         except Exception as exc:
             # Seen again on the subject's next request; meanwhile the gauges lag.
-            log.warning("publishing quota subjects failed: %s", type(exc).__name__)
+            self._publishing.failed(exc)
             self._on_error()
+            return
+        self._publishing.answered()
 
     async def close(self) -> None:
         await background.stop(self._task)
@@ -136,6 +140,7 @@ class QuotaGauges(Collector):
         self._updated: float | None = None
         self._errors = 0
         self._task: asyncio.Task[None] | None = None
+        self._refreshing = OutageLog(log, "quota gauges refresh failed, the gauges lag")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -152,7 +157,9 @@ class QuotaGauges(Collector):
                     await self.refresh()
             except Exception as exc:
                 self._errors += 1
-                log.warning("quota gauges refresh failed: %s", type(exc).__name__)
+                self._refreshing.failed(exc)
+            else:
+                self._refreshing.answered()
             await asyncio.sleep(self._config.refresh_interval_s)
 
     async def refresh(self) -> None:
