@@ -7,7 +7,7 @@ connection manager runs the gateway's ``ext_proc`` filter and then the router, a
 cluster for the gateway itself (gRPC over HTTP/2, kept alive with PINGs), and one
 cluster and one route per provider. The gateway picks a provider by setting the
 ``x-aigw-cluster`` header and clearing the route cache; requests it does not route
-fall through to an OpenAI-shaped 404.
+fall through to a 404, in the shape of the client's API (``_route_miss_mappers``).
 
 Errors Envoy itself produces (upstream refused or timed out, body too large,
 gateway unreachable or full) are rewritten into the same OpenAI error shape the
@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 
+from extproc import anthropic_models
 from extproc.agents.envoy import add_agents, longest_agent_timeout_s
 from extproc.config.egress_model import EgressConfig, bypassed
 from extproc.config.loader import load_config
@@ -47,6 +49,7 @@ from extproc.errors import (
     BadRequestError,
     GatewayError,
     GatewayTimeoutError,
+    NotFoundError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     UpstreamError,
@@ -121,6 +124,21 @@ _HEADER = (
 _NOT_JSON_YET = (
     "!('content-type' in response.headers"
     " && response.headers['content-type'].startsWith('application/json'))"
+)
+# A path no route serves: Envoy's catch-all 404 (``_not_found_route``), in the shape of
+# the client's API (``_route_miss_mappers``).
+ROUTE_MISS = NotFoundError("no route for this path", code="route_not_found")
+# Which client's API a request speaks, beside its path: the header its SDK sends on every
+# call and OpenAI's never do (Anthropic's SDKs and Claude Code, the AWS SDKs, Google's
+# Gen AI SDKs and Gemini CLI). A call the gateway does not route (Anthropic's
+# ``/v1/messages/batches``, Bedrock's ApplyGuardrail, Gemini's file uploads) then gets
+# a 404 its SDK reads, not OpenAI's. First match wins: an AWS or Google SDK's path may
+# be an Anthropic model's.
+_DIRECT_404 = "response.code_details == 'direct_response' && response.code == 404"
+_SDK_HEADERS = (
+    ("bedrock", "amz-sdk-invocation-id"),
+    ("google", "x-goog-api-client"),
+    ("anthropic", anthropic_models.CLIENT_HEADER),
 )
 # Envoy's own replies by status: (error class giving status and type, code, message).
 # Any other 4xx becomes a generic invalid request, anything else a generic 500.
@@ -535,7 +553,8 @@ def _local_replies() -> list[_LocalReply]:
 def _local_reply_config(config: GatewayConfig) -> Json:
     replies = _local_replies()
     prefixes = _converse_prefixes(config)
-    mappers = [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
+    mappers = _route_miss_mappers(config)
+    mappers += [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
     gemini = _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT)
     mappers += [_google_error_mapper(reply, gemini) for reply in replies] if gemini else []
     mappers += [
@@ -543,6 +562,32 @@ def _local_reply_config(config: GatewayConfig) -> Json:
         for condition, error_type, code, message, status, _ in replies
     ]
     return {"mappers": mappers}
+
+
+def _route_miss_mappers(config: GatewayConfig) -> list[Json]:
+    """The catch-all 404 in the shape of the client's API (``_SDK_HEADERS``), for a
+    client its SDK names or on the path prefixes of its API's routes (reached by the
+    catch-all when a dead gateway was let past, ``failure_mode_allow``). Before every
+    other mapper: the 404 is JSON already, which those leave alone."""
+    by_shape = {
+        "bedrock": _converse_prefixes(config),
+        "google": _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT),
+        "anthropic": _route_prefixes(config, RouteApi.ANTHROPIC_VERTEX),
+    }
+    mappers = []
+    for shape, header in _SDK_HEADERS:
+        client = f"'{header}' in request.headers"
+        if by_shape[shape]:
+            client = f"({client} || {_on_paths(None, by_shape[shape])})"
+        condition = f"{_DIRECT_404} && {client}"
+        mapper: Json = {
+            "filter": _cel_filter(condition),
+            "body_format_override": {"json_format": orjson.loads(ROUTE_MISS.body(shape))},
+        }
+        if shape == "bedrock":
+            mapper["headers_to_add"] = [_bedrock_exception_header(ROUTE_MISS.status)]
+        mappers.append(mapper)
+    return mappers
 
 
 def _converse_prefixes(config: GatewayConfig) -> list[str]:
@@ -583,13 +628,16 @@ def _bedrock_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
     condition, _, code, message, status, answered = reply
     mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
     mapper["body_format_override"] = {"json_format": {"message": message, "code": code}}
-    mapper["headers_to_add"] = [
-        {
-            "header": {"key": BEDROCK_ERROR_TYPE_HEADER, "value": bedrock_exception(answered)},
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        }
-    ]
+    mapper["headers_to_add"] = [_bedrock_exception_header(answered)]
     return mapper
+
+
+def _bedrock_exception_header(status: int) -> Json:
+    """The exception AWS SDKs raise for an error of ``status`` (``x-amzn-errortype``)."""
+    return {
+        "header": {"key": BEDROCK_ERROR_TYPE_HEADER, "value": bedrock_exception(status)},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
 
 
 def _error_mapper(
@@ -597,22 +645,24 @@ def _error_mapper(
 ) -> Json:
     """Envoy's reply matching ``condition`` as OpenAI's error JSON (with ``status``, if set)."""
     expression = _NOT_JSON_YET if condition is None else f"{condition} && {_NOT_JSON_YET}"
-    mapper: Json = {
-        "filter": {
-            "extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": {
-                    "@type": _TYPE
-                    + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                    "expression": expression,
-                },
-            }
-        },
-    }
+    mapper: Json = {"filter": _cel_filter(expression)}
     if status is not None:
         mapper["status_code"] = status
     mapper["body_format_override"] = {"json_format": _openai_error(message, error_type, code)}
     return mapper
+
+
+def _cel_filter(expression: str) -> Json:
+    """A local reply mapper's filter: the CEL ``expression`` on the request and reply."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }
+    }
 
 
 def _openai_error(message: str, error_type: str, code: str) -> Json:
@@ -694,9 +744,8 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
 
 
 def _not_found_route() -> Json:
-    body = '{"error":{"message":"no route for this path","type":"not_found_error",' + (
-        '"param":null,"code":"route_not_found"}}'
-    )
+    """The catch-all 404, in OpenAI's shape (``_route_miss_mappers`` give it others)."""
+    body = ROUTE_MISS.body().decode()
     return {
         "name": "not_found",
         "match": {"prefix": "/"},

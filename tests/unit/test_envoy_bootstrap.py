@@ -35,6 +35,7 @@ from extproc.headers import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
+MISS = "no route for this path"
 COMMITTED = ROOT / "envoy" / "envoy.yaml"
 ENVOY = Path(sys.executable).parent / "envoy"
 
@@ -210,6 +211,54 @@ def test_unrouted_requests_get_an_openai_shaped_404_last() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("client", "body", "exception"),
+    [
+        (
+            "'anthropic-version' in request.headers",
+            {"type": "error", "error": {"type": "not_found_error", "message": MISS}},
+            None,
+        ),
+        (
+            "'amz-sdk-invocation-id' in request.headers",
+            {"message": MISS, "code": "route_not_found"},
+            "ResourceNotFoundException",
+        ),
+        (
+            "'x-goog-api-client' in request.headers",
+            {"error": {"code": 404, "message": MISS, "status": "NOT_FOUND"}},
+            None,
+        ),
+    ],
+)
+def test_the_catch_all_404_comes_in_the_shape_of_the_sdk_that_named_itself(
+    client: str, body: dict[str, Any], exception: str | None
+) -> None:
+    """Anthropic's, AWS's and Google's SDKs each send a header OpenAI's never do: their
+    call to a path no route serves gets a 404 they read. Only the catch-all's reply is
+    rewritten (Envoy's ``direct_response``), before any other mapper sees it."""
+    mappers = hcm(render_bootstrap(load_config(DEFAULT_CONFIG)))["local_reply_config"]["mappers"]
+    [mapper] = [m for m in mappers if client in _expression(m)]
+    assert mappers.index(mapper) < 3
+    assert _expression(mapper).startswith(
+        "response.code_details == 'direct_response' && response.code == 404 && "
+    )
+    assert mapper["body_format_override"]["json_format"] == body
+    assert "status_code" not in mapper  # the 404 stays
+    added = [each["header"] for each in mapper.get("headers_to_add", [])]
+    assert added == ([] if exception is None else [{"key": "x-amzn-errortype", "value": exception}])
+
+
+def test_route_misses_on_the_paths_of_an_apis_routes_take_its_shape() -> None:
+    """A gateway let past while down (``failure_mode_allow``) leaves every path to the
+    catch-all: a Converse route's path still gets Bedrock's 404, a Vertex one Anthropic's."""
+    mappers = hcm(render_bootstrap(load_config(DEFAULT_CONFIG)))["local_reply_config"]["mappers"]
+    bedrock = next(m for m in mappers if "amz-sdk-invocation-id" in _expression(m))
+    assert "|| (request.path.startsWith('/model/'))" in _expression(bedrock)
+    anthropic = next(m for m in mappers if "'anthropic-version' in" in _expression(m))
+    assert "|| (request.path.startsWith('/vertex/'))" in _expression(anthropic)
+
+
 def test_a_client_cannot_pick_the_provider_cluster_itself() -> None:
     # Stripped before the route is first chosen, whoever the client is.
     early = hcm(render_bootstrap(gateway()))["early_header_mutation_extensions"]
@@ -322,6 +371,10 @@ def test_listener_buffers_the_largest_allowed_body_with_slack() -> None:
 
 def test_every_local_reply_rewrite_spares_replies_that_are_already_json() -> None:
     mappers = hcm(render_bootstrap(gateway()))["local_reply_config"]["mappers"]
+    # The catch-all 404's own (JSON, rewritten for other APIs' clients) come first.
+    misses = [m for m in mappers if "direct_response" in _expression(m)]
+    assert mappers[: len(misses)] == misses
+    mappers = mappers[len(misses) :]
     assert mappers
     for mapper in mappers:
         expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
@@ -375,10 +428,15 @@ def _local_reply_mappers(config: GatewayConfig) -> list[dict[str, Any]]:
     return mappers
 
 
+def _replies_mappers(config: GatewayConfig) -> list[dict[str, Any]]:
+    """The mappers of Envoy's own replies, less the catch-all 404's (below)."""
+    return [m for m in _local_reply_mappers(config) if "direct_response" not in _expression(m)]
+
+
 def test_envoys_own_replies_on_converse_paths_come_in_bedrocks_shape() -> None:
     """AWS SDKs read an error's message at the top of the body and its exception in
     x-amzn-errortype: Envoy's own replies on a Converse route's path say both."""
-    mappers = _local_reply_mappers(load_config(DEFAULT_CONFIG))
+    mappers = _replies_mappers(load_config(DEFAULT_CONFIG))
     bedrock = [m for m in mappers if "headers_to_add" in m]
     openai = [m for m in mappers if "headers_to_add" not in m]
     assert len(bedrock) == len(openai) and mappers[: len(bedrock)] == bedrock  # they come first
@@ -400,7 +458,7 @@ def test_without_converse_routes_envoys_replies_stay_openai_shaped(tmp_path: Pat
     path.write_text(raw)
     config = load_config(path)
     assert all(route.api != "bedrock_converse" for route in config.routes)
-    assert all("headers_to_add" not in m for m in _local_reply_mappers(config))
+    assert all("headers_to_add" not in m for m in _replies_mappers(config))
 
 
 def _expression(mapper: dict[str, Any]) -> str:

@@ -65,9 +65,15 @@ def seconds(duration: str) -> float:
 
 def openai_mappers(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
     """The local reply mappers of OpenAI-shaped paths (each has a Bedrock twin, first,
-    that matches only the paths of Converse routes)."""
+    that matches only the paths of Converse routes), less those of the catch-all 404,
+    which match no other reply."""
     mappers: list[dict[str, Any]] = hcm(bootstrap)["local_reply_config"]["mappers"]
-    return [m for m in mappers if "request.path.startsWith(" not in _expression(m)]
+    return [
+        m
+        for m in mappers
+        if "request.path.startsWith(" not in _expression(m)
+        and "direct_response" not in _expression(m)
+    ]
 
 
 def _expression(mapper: dict[str, Any]) -> str:
