@@ -1583,22 +1583,25 @@ def _anthropic_shaped(status: int) -> ResponsePlan:
     """Envoy's own reply as Anthropic's API shapes errors (``{"type": "error", "error":
     {"type", "message"}}``), for an Anthropic client; one the bootstrap shaped so already
     keeps its message."""
-    return _reshaped(status, anthropic_error_body)
+
+    def replace(body: bytes) -> bytes:
+        _, said = _provider_error(body, status)
+        return anthropic_error_body(said or f"the gateway answered with HTTP {status}", status)
+
+    return ResponsePlan(
+        ErrorRewriter(replace),
+        set_headers={"content-type": "application/json"},
+        remove_headers=["content-length"],
+    )
 
 
 def _google_shaped(status: int) -> ResponsePlan:
     """Envoy's own reply (in OpenAI's shape) as Google's APIs shape errors, which Gemini's
     clients read (``error.status``)."""
-    return _reshaped(status, google_error_body)
-
-
-def _reshaped(status: int, shaped: Callable[[str, int], bytes]) -> ResponsePlan:
-    """Envoy's own reply written by ``shaped`` (an API's error serialiser), its message
-    kept."""
 
     def replace(body: bytes) -> bytes:
         _, said = _provider_error(body, status)
-        return shaped(said or f"the gateway answered with HTTP {status}", status)
+        return google_error_body(said or f"the gateway answered with HTTP {status}", status)
 
     return ResponsePlan(
         ErrorRewriter(replace),
