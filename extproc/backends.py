@@ -924,16 +924,11 @@ def _answer_plan(
         if not from_provider and ENVOY_UPSTREAM_TIME not in headers:
             # Envoy's own reply (provider unreachable, timeout): already shaped by the
             # bootstrap's local_reply_config, not the provider's to translate. In
-            # OpenAI's shape where the bootstrap could not tell the client's API: an AWS
-            # SDK would read no message and no exception in it, an Anthropic client no
-            # error of its API (a translation for Bedrock removed its anthropic-version).
+            # OpenAI's shape: an AWS SDK would read no message and no exception in it.
             if route.api in BEDROCK_RUNTIME_APIS:
                 return _bedrock_shaped(status)
             if ctx.error_shape == "google":
                 return _google_shaped(status)
-            if ctx.error_shape == "anthropic" and not ctx.lean_response:
-                # On the lean path the bootstrap's own mapper did it (its headers left).
-                return _anthropic_shaped(status)
             return ResponsePlan(None)
         return _without_provider_credentials(
             ctx,
@@ -1576,22 +1571,6 @@ def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:
     }
     return ResponsePlan(
         ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
-    )
-
-
-def _anthropic_shaped(status: int) -> ResponsePlan:
-    """Envoy's own reply as Anthropic's API shapes errors (``{"type": "error", "error":
-    {"type", "message"}}``), for an Anthropic client; one the bootstrap shaped so already
-    keeps its message."""
-
-    def replace(body: bytes) -> bytes:
-        _, said = _provider_error(body, status)
-        return anthropic_error_body(said or f"the gateway answered with HTTP {status}", status)
-
-    return ResponsePlan(
-        ErrorRewriter(replace),
-        set_headers={"content-type": "application/json"},
-        remove_headers=["content-length"],
     )
 
 

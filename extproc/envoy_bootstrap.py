@@ -53,7 +53,6 @@ from extproc.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
     UpstreamError,
-    anthropic_error_body,
     bedrock_exception,
     google_status,
 )
@@ -558,8 +557,6 @@ def _local_reply_config(config: GatewayConfig) -> Json:
     mappers += [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
     gemini = _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT)
     mappers += [_google_error_mapper(reply, gemini) for reply in replies] if gemini else []
-    anthropic = _client_condition(config, "anthropic")
-    mappers += [_anthropic_error_mapper(reply, anthropic) for reply in replies]
     mappers += [
         _error_mapper(condition, error_type, code, message, status)
         for condition, error_type, code, message, status, _ in replies
@@ -572,9 +569,17 @@ def _route_miss_mappers(config: GatewayConfig) -> list[Json]:
     client its SDK names or on the path prefixes of its API's routes (reached by the
     catch-all when a dead gateway was let past, ``failure_mode_allow``). Before every
     other mapper: the 404 is JSON already, which those leave alone."""
+    by_shape = {
+        "bedrock": _converse_prefixes(config),
+        "google": _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT),
+        "anthropic": _route_prefixes(config, RouteApi.ANTHROPIC_VERTEX),
+    }
     mappers = []
-    for shape, _ in _SDK_HEADERS:
-        condition = f"{_DIRECT_404} && {_client_condition(config, shape)}"
+    for shape, header in _SDK_HEADERS:
+        client = f"'{header}' in request.headers"
+        if by_shape[shape]:
+            client = f"({client} || {_on_paths(None, by_shape[shape])})"
+        condition = f"{_DIRECT_404} && {client}"
         mapper: Json = {
             "filter": _cel_filter(condition),
             "body_format_override": {"json_format": orjson.loads(ROUTE_MISS.body(shape))},
@@ -583,19 +588,6 @@ def _route_miss_mappers(config: GatewayConfig) -> list[Json]:
             mapper["headers_to_add"] = [_bedrock_exception_header(ROUTE_MISS.status)]
         mappers.append(mapper)
     return mappers
-
-
-def _client_condition(config: GatewayConfig, shape: str) -> str:
-    """A request of a client of the API shaped ``shape``: its SDK's header
-    (``_SDK_HEADERS``), or a path under a prefix route of that API."""
-    header = dict(_SDK_HEADERS)[shape]
-    prefixes = {
-        "bedrock": _converse_prefixes(config),
-        "google": _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT),
-        "anthropic": _route_prefixes(config, RouteApi.ANTHROPIC_VERTEX),
-    }[shape]
-    client = f"'{header}' in request.headers"
-    return f"({client} || {_on_paths(None, prefixes)})" if prefixes else client
 
 
 def _converse_prefixes(config: GatewayConfig) -> list[str]:
@@ -628,17 +620,6 @@ def _google_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
     mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
     error = {"code": answered, "message": message, "status": google_status(answered)}
     mapper["body_format_override"] = {"json_format": {"error": error}}
-    return mapper
-
-
-def _anthropic_error_mapper(reply: _LocalReply, client: str) -> Json:
-    """Envoy's reply to an Anthropic client (``client``: ``_client_condition``), as
-    Anthropic's API shapes errors: its SDKs and Claude Code read ``error.type``."""
-    condition, _, code, message, status, answered = reply
-    where = client if condition is None else f"{condition} && {client}"
-    mapper = _error_mapper(where, "", code, message, status)
-    error = orjson.loads(anthropic_error_body(message, answered))
-    mapper["body_format_override"] = {"json_format": error}
     return mapper
 
 
