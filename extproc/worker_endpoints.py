@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from extproc.store.spool import append_lines
+from extproc.store.spool import move_lines
 
 if TYPE_CHECKING:
     from extproc.config.model import GatewayConfig
@@ -65,9 +65,9 @@ class WorkerRole:
 
 
 def spool_dir(base: str, role: WorkerRole | None) -> Path:
-    """Where a process spools what the store could not take: one directory per worker,
-    since a spool file has one writer and one replayer (a restarted worker takes over
-    its predecessor's)."""
+    """Where a process spools what the store could not take: one directory per worker
+    (a restarted worker takes over its predecessor's), so that each replays its own
+    and none waits on another's spool lock."""
     return Path(base) if role is None else Path(base) / f"worker-{role.index}"
 
 
@@ -85,9 +85,4 @@ def gather_spools(base: str, workers: int) -> None:
         if workers == 1 or not index.isdigit() or int(index) >= workers:
             strays += list(directory.glob("*.jsonl"))
     for stray in strays:
-        data = stray.read_bytes()
-        if data:
-            # A stray torn by a crash mid-append: closed, so the next file's first
-            # record is not glued to it.
-            append_lines(keep / stray.name, data if data.endswith(b"\n") else data + b"\n")
-        stray.unlink()
+        move_lines(stray, keep / stray.name)

@@ -13,10 +13,17 @@ off the event loop: every fsync is disk I/O.
 Every batch carries an id that the store-side scripts record, so a batch
 replayed twice (say, after a timeout that had in fact succeeded) is counted once.
 
-Appends may come (from a worker thread) while a replay is applying records: the
-replay then keeps them, since it drops only the lines it read. A line torn by a
-crash mid-append is closed before the next record is written, so the torn line
-is the only one lost.
+Several processes may share one spool (two ``serve`` from one config on one host,
+gateways sharing the directory, a new supervisor while the old one's workers
+drain), and threads of one process append while its replay runs. So every read,
+append and rewrite of the file holds ``<kind>.lock`` beside it (``flock``, which
+the kernel drops when the process dies, however it dies), briefly and off the
+event loop; one replay at a time holds ``<kind>.replay.lock`` for as long as it
+applies records, and another process finding it held leaves the replay to it.
+A replay removes exactly the lines it applied, found again by their content
+(each record has its own batch id), never a line spooled meanwhile, wherever the
+file has been rewritten since. A line torn by a crash mid-append is closed
+before the next record is written, so the torn line is the only one lost.
 
 A line the replay cannot apply (torn, hand-edited, another version's, refused by
 the store) is set aside in ``<kind>.rejected.jsonl``, once however often it is
@@ -28,11 +35,13 @@ refused (their writer keeps them in memory), and lines set aside, by reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import logging
 import os
-import threading
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -137,11 +146,14 @@ class Spool:
         self.path = Path(directory) / f"{kind}.jsonl"
         self.rejected_path = self.path.with_suffix(".rejected.jsonl")
         self.kind = kind
+        # Held for each read, append and rewrite of the spool and rejected files, by
+        # every thread and process (see the module's docstring).
+        self.lock_path = lock_path(self.path)
+        # Held by the process that replays, for the whole replay.
+        self.replay_lock_path = self.path.with_suffix(".replay.lock")
         self._events: SpoolEvents = events if events is not None else _Unobserved()
-        # One replay at a time (on the event loop).
+        # One replay at a time in this process (on the event loop).
         self._lock = asyncio.Lock()
-        # Appends (in worker threads) and a replay's rewrite of the file, one at a time.
-        self._file_lock = threading.Lock()
         # Each replay (every 0.5 s for usage) meets the outage: said once, not each time.
         self._paused = OutageLog(log, f"{kind} spool replay paused")
 
@@ -151,7 +163,7 @@ class Spool:
         Raises ``OSError`` when the disk refuses it (full, read-only, gone): the caller
         still holds the record, and must keep it."""
         try:
-            with self._file_lock:
+            with hold_lock(self.lock_path):
                 append_lines(self.path, orjson.dumps(record) + b"\n")
         except OSError:
             self._events.spool_write_error(self.kind)
@@ -167,46 +179,86 @@ class Spool:
 
     async def replay(self, apply: Callable[[dict[str, Any]], Awaitable[None]]) -> int:
         """Apply spooled records in order; stop at the first failure. Returns how many
-        were applied (and removed)."""
+        were applied (and removed): none when another process is replaying this spool."""
         async with self._lock:
-            lines = await asyncio.to_thread(self._read_lines)
-            applied = 0
-            for line in lines:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    # Torn by a crash mid-append, or damaged: its usage cannot be read
-                    # back, but a person may still make something of what is there.
-                    log.error("an unreadable line in the %s spool: set aside", self.kind)
-                    await self._set_aside(line, UNREADABLE)
-                    applied += 1
-                    continue
-                try:
-                    await apply(record)
-                    self._paused.answered()
-                except Exception as exc:
-                    if _refused_by_store(exc):
-                        # The store's error names the record (its code, never a value).
-                        log.error(
-                            "the store refuses a %s spool record (%s): set aside",
-                            self.kind,
-                            _error_code(exc) or type(exc).__name__,
-                        )
-                        await self._set_aside(line, REFUSED)
-                    elif not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
-                        # The store (or the disk) is not there yet, in whatever form
-                        # the client reports it: the record waits.
-                        self._paused.failed(exc)
-                        break
-                    else:
-                        # The record itself is wrong (hand-edited, another version's):
-                        # set aside, so that it does not hold back every record after it.
-                        log.exception("a %s spool record cannot be applied: set aside", self.kind)
-                        await self._set_aside(line, MALFORMED)
-                applied += 1
-            if applied:
-                await asyncio.to_thread(self._drop_first, applied)
-            return applied
+            taking = asyncio.ensure_future(asyncio.to_thread(self._take_replay_lock))
+            try:
+                replaying = await asyncio.shield(taking)
+            except asyncio.CancelledError:
+                # Stopping: the lock, once taken, must go with the replay, or no replay
+                # would run again in any process until this one ends.
+                taking.add_done_callback(_let_go)
+                raise
+            if replaying is None:
+                return 0
+            try:
+                return await self._replay(apply)
+            finally:
+                os.close(replaying)
+
+    def _take_replay_lock(self) -> int | None:
+        """The replay lock's descriptor (closing it lets the lock go), or None when
+        there is nothing to replay or another process is replaying."""
+        try:
+            if not self.path.exists():
+                # Nothing spooled (and no directory to create a lock file in).
+                return None
+            descriptor = os.open(
+                self.replay_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
+            )
+        except _NO_FILE:
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Its replay applies these records, those of this process included.
+            os.close(descriptor)
+            return None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    async def _replay(self, apply: Callable[[dict[str, Any]], Awaitable[None]]) -> int:
+        lines = await asyncio.to_thread(self._read_lines)
+        # The lines applied or set aside, to remove from the file.
+        done: list[bytes] = []
+        for line in lines:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                # Torn by a crash mid-append, or damaged: its usage cannot be read
+                # back, but a person may still make something of what is there.
+                log.error("an unreadable line in the %s spool: set aside", self.kind)
+                await self._set_aside(line, UNREADABLE)
+                done.append(line)
+                continue
+            try:
+                await apply(record)
+                self._paused.answered()
+            except Exception as exc:
+                if _refused_by_store(exc):
+                    # The store's error names the record (its code, never a value).
+                    log.error(
+                        "the store refuses a %s spool record (%s): set aside",
+                        self.kind,
+                        _error_code(exc) or type(exc).__name__,
+                    )
+                    await self._set_aside(line, REFUSED)
+                elif not isinstance(exc, _MALFORMED) or isinstance(exc, RedisError):
+                    # The store (or the disk) is not there yet, in whatever form
+                    # the client reports it: the record waits.
+                    self._paused.failed(exc)
+                    break
+                else:
+                    # The record itself is wrong (hand-edited, another version's):
+                    # set aside, so that it does not hold back every record after it.
+                    log.exception("a %s spool record cannot be applied: set aside", self.kind)
+                    await self._set_aside(line, MALFORMED)
+            done.append(line)
+        if done:
+            await asyncio.to_thread(self._remove, done)
+        return len(done)
 
     async def _set_aside(self, line: bytes, reason: str) -> None:
         if await asyncio.to_thread(self._keep_rejected, line):
@@ -219,18 +271,19 @@ class Spool:
         dropped the line from the spool, meets it again at the next replay: kept once,
         a person applying the file by hand does not count it twice. Every record has
         its own batch id, so two equal lines are one record."""
-        try:
-            kept = self.rejected_path.read_bytes()
-        except FileNotFoundError:
-            kept = b""
-        if line in kept.splitlines():
-            return False
-        append_lines(self.rejected_path, line + b"\n")
-        return True
+        with hold_lock(self.lock_path):
+            try:
+                kept = self.rejected_path.read_bytes()
+            except FileNotFoundError:
+                kept = b""
+            if line in kept.splitlines():
+                return False
+            append_lines(self.rejected_path, line + b"\n")
+            return True
 
     def _read_lines(self) -> list[bytes]:
         # Under the lock: never half of a record an append is writing.
-        with self._file_lock:
+        with hold_lock(self.lock_path):
             return self._lines()
 
     def _lines(self) -> list[bytes]:
@@ -240,10 +293,24 @@ class Spool:
             return []
         return [line for line in data.splitlines() if line.strip()]
 
-    def _drop_first(self, count: int) -> None:
-        """Remove the first ``count`` records; records appended meanwhile stay."""
-        with self._file_lock:
-            rest = self._lines()[count:]
+    def _remove(self, done: list[bytes]) -> None:
+        """Remove the lines ``done`` from the file, each once, wherever they are now.
+
+        Not "the first ``len(done)`` lines": the file may have been rewritten since
+        the replay read it (by a process of an earlier version, without the replay
+        lock, or by hand), and a line counted by position would then be one spooled
+        meanwhile, never applied."""
+        with hold_lock(self.lock_path):
+            lines = self._lines()
+            to_remove = Counter(done)
+            rest: list[bytes] = []
+            for line in lines:
+                if to_remove[line] > 0:
+                    to_remove[line] -= 1
+                else:
+                    rest.append(line)
+            if len(rest) == len(lines):
+                return  # already gone (applied and removed by another replay)
             if not rest:
                 self.path.unlink(missing_ok=True)
                 # Else a power cut brings back records the store already has (counted
@@ -259,6 +326,58 @@ class Spool:
             # Until the rename is on disk, records appended to the new file (fsynced,
             # but under a name a power cut can undo) are not safe.
             sync_directory(self.path.parent)
+
+
+def _let_go(taking: asyncio.Future[int | None]) -> None:
+    """Close a replay lock taken for a replay that was stopped meanwhile."""
+    if not taking.cancelled() and taking.exception() is None:
+        descriptor = taking.result()
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (created, with its directory, if missing) against
+    every other holder, thread or process. Blocks until it is free: call it off the
+    event loop. The lock is the file's, never the spool's, which a replay replaces."""
+    make_directory(path.parent)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        # Each open is its own lock holder (flock, unlike fcntl's record locks, which
+        # a process holds once for all its threads).
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def lock_path(spool_file: Path) -> Path:
+    """The lock of a spool file (``usage.jsonl``) and of its rejected lines
+    (``usage.rejected.jsonl``): ``usage.lock``."""
+    return spool_file.with_name(spool_file.name.split(".", 1)[0] + ".lock")
+
+
+def move_lines(source: Path, target: Path) -> None:
+    """Append the spool file ``source`` to ``target`` (a spool of the same kind
+    elsewhere) and remove it, under both their locks: a process still spooling to
+    ``source`` (an earlier supervisor's worker draining) waits, or finds it gone and
+    starts a new one, never appends to a file about to be removed."""
+    # Taken in one order, so that two processes moving each other's way both get on
+    # (and once when both are one: a second flock of it would wait for the first).
+    locks = sorted({lock_path(source), lock_path(target)})
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            held.enter_context(hold_lock(lock))
+        try:
+            data = source.read_bytes()
+        except _NO_FILE:
+            return
+        if data:
+            # A source torn by a crash mid-append: closed, so the target's next
+            # record is not glued to it.
+            append_lines(target, data if data.endswith(b"\n") else data + b"\n")
+        source.unlink()
 
 
 def append_lines(path: Path, data: bytes) -> None:
