@@ -186,6 +186,8 @@ class QuotaStore:
         self._flushes: set[asyncio.Task[None]] = set()
         # A batch goes out every 20 ms under load, each failing while the store is down.
         self._settling = OutageLog(log, "quota settlement failed, batches to the spool")
+        # Settlement writes the store failed, ever (close asks whether its own failed).
+        self._settle_failures = 0
         self._clock: asyncio.Task[None] | None = None
         # Reservations arriving while one is in flight go out together (one pipeline);
         # one whose request gave up after it was sent is given back when it lands.
@@ -479,6 +481,7 @@ class QuotaStore:
             self._hold_unless(await asyncio.to_thread(self._to_spool, settlement), settlement)
 
     def _failed(self, exc: Exception) -> None:
+        self._settle_failures += 1
         self._settling.failed(exc)
         self._on_spooled()
 
@@ -533,15 +536,14 @@ class QuotaStore:
         await self._retry_held()
         if self._spool is None:
             return 0
+        return await self._spool.replay(self._apply_spooled)
 
-        async def apply(record: dict[str, Any]) -> None:
-            changes = [tuple(change) for change in record["changes"]]
-            undos = [_spooled_undo(entry) for entry in record.get("undo", [])]
-            await asyncio.wait_for(
-                self._settle_raw(changes, undos, str(record["id"])), SETTLE_TIMEOUT_S
-            )
-
-        return await self._spool.replay(apply)
+    async def _apply_spooled(self, record: dict[str, Any]) -> None:
+        changes = [tuple(change) for change in record["changes"]]
+        undos = [_spooled_undo(entry) for entry in record.get("undo", [])]
+        await asyncio.wait_for(
+            self._settle_raw(changes, undos, str(record["id"])), SETTLE_TIMEOUT_S
+        )
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
@@ -669,8 +671,20 @@ class QuotaStore:
         await background.stop(self._clock)
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
+        failures = self._settle_failures
         await self.flush()
         await self._retry_held()
+        if self._spool is not None and self._settle_failures == failures:
+            # The store took the last settlements (or there were none): what the upkeep
+            # had not replayed yet (spooled in its last 2 s) goes now, as the usage
+            # writer's last flush replays its spool. Left for the next start, it waited
+            # for one that may never come (a pod's emptyDir goes with the pod), or comes
+            # after the store forgot the ids of batches that had landed unanswered, and
+            # counted them again. A store that fails it now costs one call's timeout.
+            try:
+                await self._spool.replay(self._apply_spooled)
+            except OSError:
+                log.exception("quota settlement spool could not be read at shutdown")
         if self._held:
             log.error(
                 "%d quota settlement batches lost at shutdown: neither the store nor the"

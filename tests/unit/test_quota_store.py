@@ -266,3 +266,42 @@ async def test_a_settlement_whose_answer_was_lost_counts_once_among_later_ones(
     finally:
         await flaky.close()
         await client.aclose()
+
+
+class SettlementFailsOnce(QuotaStore):
+    """A store whose first settlement never leaves (the connection refused)."""
+
+    failed = False
+
+    async def _run(self, calls: Any, errors_as_results: bool = False) -> list[Any]:
+        if not self.failed and calls and calls[0][0] == "settle":
+            self.failed = True
+            raise ConnectionError("the store is down")
+        return await super()._run(calls, errors_as_results)
+
+
+async def test_a_settlement_spooled_just_before_a_stop_is_replayed_by_the_stop(
+    valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    spool = Spool(tmp_path, "quota")
+    flaky = SettlementFailsOnce(client, "t:", spool=spool)
+    await flaky.start()
+    found = limits(flaky, LimitRule(name="hundred", subject="user", tokens_per_hour=10_000))
+    reservation = await flaky.reserve(found, 50)
+    assert isinstance(reservation, Reservation)
+    flaky.settle(reservation, 20)
+    await flaky.flush()  # the store blinked: the correction (-30) is spooled
+    assert spool.pending() == 1
+    # The store is back; the gateway stops before its next replay (every 2 s). Its
+    # spool may never see another start (a pod's emptyDir goes with the pod).
+    await flaky.close()
+    assert spool.pending() == 0
+    after = QuotaStore(client, "t:")
+    try:
+        used = await after.reserve(found, 1)
+        assert isinstance(used, Reservation) and used.used == [20 + 1]
+    finally:
+        await after.close()
+        await client.aclose()
