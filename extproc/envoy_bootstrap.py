@@ -42,7 +42,7 @@ from extproc.config.model import (
 )
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
 from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing, client_path_filter
-from extproc.envoy_values import duration, is_ip
+from extproc.envoy_values import cel_string, duration, is_ip
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
     RESPONSE_TOO_LARGE_MESSAGE,
@@ -609,7 +609,9 @@ def _route_prefixes(config: GatewayConfig, api: RouteApi) -> list[str]:
 
 def _on_paths(condition: str | None, prefixes: list[str]) -> str:
     """``condition``, on the paths under ``prefixes`` alone."""
-    on_path = " || ".join(f"request.path.startsWith('{prefix}/')" for prefix in prefixes)
+    on_path = " || ".join(
+        f"request.path.startsWith({cel_string(prefix + '/')})" for prefix in prefixes
+    )
     return f"({on_path})" if condition is None else f"{condition} && ({on_path})"
 
 

@@ -18,3 +18,18 @@ def duration(seconds: float) -> str:
     """Envoy's Duration string: ``300s``, ``0.25s``."""
     text = f"{seconds:.3f}".rstrip("0").rstrip(".")
     return f"{text}s"
+
+
+def cel_string(text: str) -> str:
+    """``text`` as a CEL string literal, quoted: a config value (a route's path prefix)
+    put into a CEL expression as written. Unescaped, a ``'`` ended the literal (Envoy
+    refused the bootstrap) and a ``\\`` began an escape (``\\b``: a backspace, so the
+    expression tested another path)."""
+    escaped = "".join(_CEL_ESCAPES.get(char, char) for char in text)
+    return f"'{escaped}'"
+
+
+# CEL's escapes for the characters a single-quoted literal cannot hold as themselves.
+_CEL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"} | {
+    chr(code): f"\\x{code:02x}" for code in (*range(0x20), 0x7F) if chr(code) not in "\n\r\t"
+}

@@ -426,6 +426,30 @@ _HOST = re.compile(
 _MAX_HOST = 253
 
 
+# What Envoy's path normalisation (normalize_path, merge_slashes) rewrites, so a route
+# path holding it could never be matched: a backslash becomes a slash, these characters
+# are percent-encoded, and a client percent-encodes whitespace and non-ASCII (sent raw,
+# Envoy refuses the request).
+_REWRITTEN_CHARACTERS = frozenset('\\"<>`{}|^')
+# Percent-encoded unreserved characters (letters, digits, -._~), which Envoy decodes.
+_DECODED_ESCAPE = re.compile(r"%(?:3[0-9]|4[1-9a-f]|5[0-9a]|6[1-9a-f]|7[0-9a]|2[de]|5f|7e)", re.I)
+
+
+def _unreachable_path(path: str) -> str | None:
+    """Why no request path could ever equal (or start with) ``path``, or None."""
+    for char in path:
+        if char in _REWRITTEN_CHARACTERS or not " " < char < "\x7f":
+            return f"holds {char!r}, which Envoy rewrites (or a client percent-encodes)"
+    escape = _DECODED_ESCAPE.search(path)
+    if escape is not None:
+        decoded = chr(int(escape.group()[1:], 16))
+        return f"holds {escape.group()}, which Envoy decodes to {decoded!r}"
+    segments = path.split("/")[1:-1] if path.endswith("/") else path.split("/")[1:]
+    if "" in segments or "." in segments or ".." in segments:
+        return "holds an empty, '.' or '..' segment, which Envoy removes"
+    return None
+
+
 class RouteConfig(_Section):
     """A client-facing path and the API spoken on it."""
 
@@ -469,6 +493,18 @@ class RouteConfig(_Section):
                 raise ValueError(f"{host!r} is listed twice")
             normalized.append(name)
         return tuple(normalized)
+
+    @field_validator("path", "path_prefix")
+    @classmethod
+    def _check_path(cls, path: str | None) -> str | None:
+        if path is not None:
+            problem = _unreachable_path(path)
+            if problem is not None:
+                raise ValueError(
+                    f"{problem}: Envoy normalises each request's path before the gateway "
+                    "reads it, so no request could ever match this one"
+                )
+        return path
 
     @model_validator(mode="after")
     def _one_matcher(self) -> RouteConfig:

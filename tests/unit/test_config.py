@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,48 @@ def test_a_provider_url_of_scheme_host_and_path_is_taken() -> None:
     text = MINIMAL.replace("http://127.0.0.1:8089/v1", "https://r.openai.azure.com/openai/v1/")
     provider = parse_config(text, "test.yaml", {"MOCK_KEY": "k"}).providers[0]
     assert (provider.authority, provider.path_prefix) == ("r.openai.azure.com", "/openai/v1")
+
+
+def with_route(**route: str) -> str:
+    return MINIMAL + "routes:\n  - " + json.dumps(route) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        # Envoy turns a backslash into a slash (normalize_path).
+        ("/team\\models", "holds '\\\\', which Envoy rewrites"),
+        ('/a"b', "holds '\"', which Envoy rewrites"),
+        ("/a{b}", "holds '{', which Envoy rewrites"),
+        ("/my models", "holds ' ', which Envoy rewrites (or a client percent-encodes)"),
+        ("/modèles", "holds 'è', which Envoy rewrites (or a client percent-encodes)"),
+        ("/v1//models", "holds an empty, '.' or '..' segment, which Envoy removes"),
+        ("/v1/../models", "holds an empty, '.' or '..' segment, which Envoy removes"),
+        ("/v%31/models", "holds %31, which Envoy decodes to '1'"),
+    ],
+)
+def test_a_route_path_no_request_could_match_is_refused(path: str, said: str) -> None:
+    """Envoy normalises each path before the gateway reads it: a route path it would
+    rewrite was taken, and its route never served a request."""
+    text = with_route(name="odd", path_prefix=path, api="gemini_generate_content")
+    [found] = problems(text, {"MOCK_KEY": "k"})
+    assert found.startswith(f"routes[0].path_prefix: {said}"), found
+    assert "no request could ever match this one" in found
+
+
+@pytest.mark.parametrize("path", ["/team's/models", "/v1/models/", "/a%2Fb", "/~me/v1-x_y.z"])
+def test_a_route_path_envoy_passes_as_written_is_taken(path: str) -> None:
+    text = with_route(name="fine", path_prefix=path, api="gemini_generate_content")
+    config = parse_config(text, "test.yaml", {"MOCK_KEY": "k"})
+    assert config.routes[0].path_prefix == path
+
+
+def test_check_config_names_the_route_path_no_request_could_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(with_route(name="x", path="/v1 /chat").replace("${MOCK_KEY}", "k"))
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(bad)])
+    assert exited.value.code == 2
+    assert "routes[0].path: holds ' '" in capsys.readouterr().err

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from google.protobuf import json_format
 
-from extproc.config.loader import load_config
+from extproc.config.loader import load_config, parse_config
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import (
     envoy_command,
@@ -26,6 +27,7 @@ from extproc.envoy_bootstrap import (
     render_bootstrap_yaml,
     render_default,
 )
+from extproc.envoy_values import cel_string
 from extproc.headers import (
     ABOUT_THE_CLIENT,
     BODY_HINTS_NAMESPACE,
@@ -464,3 +466,34 @@ def test_without_converse_routes_envoys_replies_stay_openai_shaped(tmp_path: Pat
 def _expression(mapper: dict[str, Any]) -> str:
     expression: str = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
     return expression
+
+
+def test_a_quote_in_a_route_prefix_stays_inside_its_cel_string(tmp_path: Path) -> None:
+    """``'`` is a path character Envoy passes as is (``/team's/models``): written into
+    the CEL filters raw, it ended the string and Envoy refused the bootstrap."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw["routes"][:0] = [
+        {"name": "g", "path_prefix": "/team's/models", "api": "gemini_generate_content"},
+        {"name": "c", "path_prefix": "/team's/model", "api": "bedrock_converse"},
+        {"name": "v", "path_prefix": "/team's/vertex", "api": "anthropic_vertex"},
+    ]
+    config = parse_config(yaml.safe_dump(raw), "quoted.yaml", {})
+    expressions = [_expression(mapper) for mapper in _local_reply_mappers(config)]
+    for prefix in ("/team\\'s/models/", "/team\\'s/model/", "/team\\'s/vertex/"):
+        assert any(f"request.path.startsWith('{prefix}')" in e for e in expressions)
+    if ENVOY.exists():
+        assert_envoy_accepts(render_bootstrap_yaml(config), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "literal"),
+    [
+        ("/v1/models/", "'/v1/models/'"),
+        ("/team's/", "'/team\\'s/'"),
+        ("/a\\b/", "'/a\\\\b/'"),  # \b unescaped: a backspace, another path
+        ("/a\nb", "'/a\\nb'"),
+        ("/a\x00b", "'/a\\x00b'"),
+    ],
+)
+def test_cel_string_is_the_literal_of_its_text(text: str, literal: str) -> None:
+    assert cel_string(text) == literal
