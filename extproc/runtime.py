@@ -139,6 +139,10 @@ class RouteTable:
         # A stable sort: of two equal prefixes, the declared one stays first.
         self._prefixes.extend(lists)
         self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+        # For case_twin: each exact path by its lower case (the first declared wins).
+        self._folded_exact: dict[str, tuple[str, Route]] = {}
+        for path, route in self._exact.items():
+            self._folded_exact.setdefault(path.lower(), (path, route))
 
     def named(self, name: str) -> Route | None:
         """The route a Gateway API controller's route name or metadata points at."""
@@ -150,8 +154,29 @@ class RouteTable:
         if found is not None:
             return found
         for prefix, route in self._prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
+            if _under(path, prefix):
                 return route
+        return None
+
+    def case_twin(self, path: str) -> tuple[str, Route] | None:
+        """The path (with its route) ``path`` is a miscased spelling of: the route its
+        letters would reach ignoring case, where their case put it on a less specific
+        route or none (``/openai/v1/Embeddings`` on the ``/openai`` prefix's chat
+        rather than embeddings). Paths are case-sensitive, in Envoy as here."""
+        path = path.split("?", 1)[0]
+        if path in self._exact:
+            return None
+        folded = path.lower()
+        twin = self._folded_exact.get(folded)
+        if twin is not None:
+            return twin
+        for prefix, route in self._prefixes:
+            if _under(path, prefix):
+                return None  # as specific as any twin, or more (longest first)
+            if _under(folded, prefix.lower()) and not any(
+                len(other) == len(prefix) and _under(path, other) for other, _ in self._prefixes
+            ):
+                return prefix + path[len(prefix) :], route
         return None
 
 
@@ -184,6 +209,16 @@ class HostRoutes:
                 return found
         return None
 
+    def case_twin(self, host: str, path: str) -> tuple[str, Route] | None:
+        """``RouteTable.case_twin`` in the host's first table that serves either."""
+        for table in self._tables(host):
+            twin = table.case_twin(path)
+            if twin is not None:
+                return twin
+            if table.resolve(path) is not None:
+                return None
+        return None
+
     def _tables(self, host: str) -> Iterator[RouteTable]:
         exact = self._exact.get(host)
         if exact is not None:
@@ -192,6 +227,11 @@ class HostRoutes:
             if host.endswith(suffix) and len(host) > len(suffix):
                 yield table
         yield self._any_host
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether a prefix route of ``prefix`` serves ``path``."""
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def _table(config: GatewayConfig, specs: list[RouteConfig]) -> RouteTable:

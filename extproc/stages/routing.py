@@ -7,7 +7,9 @@ A trailing slash never moves a request to another route: ``/openai/v1/embeddings
 would otherwise be read as a chat completion by the ``/openai`` prefix, and
 ``/v1/responses/compact/`` as a stored response's id. When the path without its
 trailing slashes is on another route, the client gets a 404 in that route's error
-shape naming the path it meant (OpenAI answers such a path with a 404 too).
+shape naming the path it meant (OpenAI answers such a path with a 404 too). Nor does
+the case of its letters: ``/openai/v1/Embeddings`` gets the same 404, naming
+``/openai/v1/embeddings``.
 
 Routes may be kept to hosts (``routes[].hosts``: virtual hosts per provider or
 team on one listener). The host decides first, as Envoy's virtual hosts and
@@ -55,6 +57,7 @@ class RoutingStage:
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
         route = _route(ctx)
         _refuse_slash_twin(ctx, route)
+        _refuse_case_twin(ctx)
         if headers.CLUSTER in ctx.request_headers:
             # Only the gateway picks a provider. The gateway's own bootstrap strips a
             # client-sent routing header before any filter; under a Gateway API
@@ -170,5 +173,28 @@ def _refuse_slash_twin(ctx: RequestContext, route: Route | None) -> None:
     ctx.route = twin  # its error shape: the API the client meant
     raise NotFoundError(
         f"no route for {ctx.method} {path}; did you mean {meant} (without the trailing slash)?",
+        code="route_not_found",
+    )
+
+
+def _refuse_case_twin(ctx: RequestContext) -> None:
+    """A 404 for a path whose letters' case put it on a less specific route than the
+    path spelled as configured (or on none): ``/openai/v1/Embeddings`` was read as a
+    chat completion by the ``/openai`` prefix (a 400 "'messages' is required" for an
+    embeddings body), ``/openai/v1/Models`` was told to use POST. Paths are
+    case-sensitive (Envoy's route matching, the providers' APIs): the client gets the
+    path it meant, in the error shape of that route's API."""
+    path = ctx.path.partition("?")[0]
+    spelled = path.rstrip("/") or path  # a trailing slash never keeps a miscased path
+    hosts = ctx.runtime.host_routes
+    if hosts is None:
+        twin = ctx.runtime.routes.case_twin(spelled)
+    else:
+        twin = hosts.case_twin(host_of(ctx.request_headers), spelled)
+    if twin is None:
+        return
+    meant, ctx.route = twin  # its error shape: the API the client meant
+    raise NotFoundError(
+        f"no route for {ctx.method} {path}; did you mean {meant} (paths are case-sensitive)?",
         code="route_not_found",
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config.loader import parse_config
@@ -153,3 +154,79 @@ async def test_a_path_no_route_serves_with_or_without_its_slash_passes_by(
     assert not any(a.HasField("immediate_response") for a in answers)
     assert not sent_upstream(answers)
     assert log.lines() == []
+
+
+# A path whose letters' case put it on another route than the configured spelling (or
+# on none), its body, the error shape of the API it meant, and that spelling.
+MISCASED = [
+    # The /openai prefix read it as a chat completion: 400 "'messages' is required".
+    ("POST", "/openai/v1/Embeddings", EMBEDDINGS, "openai", "/openai/v1/embeddings"),
+    ("POST", "/openai/Embeddings/", EMBEDDINGS, "openai", "/openai/embeddings"),
+    ("POST", "/openai/v1/Responses", RESPONSES, "openai", "/openai/v1/responses"),
+    # The model list was told to use POST.
+    ("GET", "/openai/v1/Models", None, "openai", "/openai/v1/models"),
+    # No route at all: Envoy's 404, which named no path.
+    ("POST", "/V1/embeddings", EMBEDDINGS, "openai", "/v1/embeddings"),
+    ("POST", "/OpenAI/gpt-4o?stream=false", CHAT, "openai", "/openai/gpt-4o"),
+    ("POST", "/v1/Messages", MESSAGES, "anthropic", "/v1/messages"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "shape", "meant"), MISCASED)
+async def test_a_miscased_path_is_a_404_naming_the_path_the_client_meant(
+    gateway: tuple[Processor, MemoryLog],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    shape: str,
+    meant: str,
+) -> None:
+    processor, log = gateway
+    answers = await send(processor, path, body, method)
+    status, answer = error_of(answers)
+    assert status == 404
+    if shape == "anthropic":
+        assert answer["error"]["type"] == "not_found_error"
+    else:
+        assert answer["error"]["code"] == "route_not_found"
+    assert f"did you mean {meant} (paths are case-sensitive)?" in answer["error"]["message"]
+    assert "stream=false" not in answer["error"]["message"]
+    assert not sent_upstream(answers)
+    [line] = log.lines()
+    assert line["http_status_code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        # Below a prefix route, case is the client's own: a model's name, an id.
+        ("POST", "/openai/GPT-4o", CHAT),
+        ("POST", "/openai/v1/Chat/Completions", CHAT),
+        ("POST", "/bedrock/Titan", CHAT),
+        ("GET", "/v1/models/GPT-4o-mini", None),
+    ],
+)
+async def test_case_below_a_prefix_keeps_the_route(
+    gateway: tuple[Processor, MemoryLog], method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    processor, _ = gateway
+    answers = await send(processor, path, body, method)
+    assert not any(
+        a.HasField("immediate_response") and b"route_not_found" in a.immediate_response.body
+        for a in answers
+    )
+
+
+def test_routes_differing_only_in_case_each_serve_their_own() -> None:
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    raw["routes"] += [
+        {"name": "upper-embeddings", "path": "/Team/v1/embeddings", "api": "openai_embeddings"},
+        {"name": "upper", "path_prefix": "/Team/chat"},
+        {"name": "lower", "path_prefix": "/team/chat"},
+    ]
+    config = parse_config(yaml.safe_dump(raw), "t", {})
+    routes = Runtime(config, Services(GatewayMetrics(), MemoryLog())).routes
+    for path in ("/Team/v1/embeddings", "/Team/chat/gpt-4o", "/team/chat/gpt-4o"):
+        assert routes.case_twin(path) is None
+    twin = routes.case_twin("/TEAM/v1/embeddings")
+    assert twin is not None and twin[0] == "/Team/v1/embeddings"
