@@ -95,6 +95,23 @@ def counts_tokens(path: str) -> bool:
     return unquote(path.partition("?")[0]).rstrip("/").endswith(":" + COUNT_TOKENS)
 
 
+# Operations Gemini's API takes on a model (``POST .../models/{model}:{operation}``),
+# served here or not: a path ending in one is a Gemini call wherever it lands.
+_MODEL_OPERATIONS = frozenset(
+    {*_SERVED, "embedContent", "batchEmbedContents", "batchGenerateContent", "predict"}
+)
+
+
+def gemini_call(path: str) -> tuple[str, str] | None:
+    """The model and operation of a path (query and all) shaped as a call of Gemini's
+    API on a model (``.../models/{model}:generateContent``), or None."""
+    segment = unquote(path.partition("?")[0].rstrip("/").rpartition("/")[2])
+    model, colon, operation = segment.rpartition(":")
+    if colon and model and operation in _MODEL_OPERATIONS:
+        return model, operation
+    return None
+
+
 def streams(operation: str) -> bool:
     """Whether the operation answers with a stream (``streamGenerateContent``)."""
     return _SERVED.get(operation, False)

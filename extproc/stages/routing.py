@@ -33,7 +33,7 @@ from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
-from extproc.gemini_api import counts_tokens
+from extproc.gemini_api import counts_tokens, gemini_call
 from extproc.hosts import host_of
 from extproc.runtime import Route
 from extproc.stages.body_headers import check_body_headers
@@ -90,6 +90,7 @@ class RoutingStage:
             return
         if route.api is RouteApi.OPENAI_MODELS:
             if ctx.method not in {"GET", "HEAD"}:
+                _refuse_gemini_call(ctx, route, path)
                 raise MethodNotAllowedError(
                     f"{ctx.method} is not allowed on {path}", headers={"allow": "GET, HEAD"}
                 )
@@ -198,3 +199,36 @@ def _refuse_case_twin(ctx: RequestContext) -> None:
         f"no route for {ctx.method} {path}; did you mean {meant} (paths are case-sensitive)?",
         code="route_not_found",
     )
+
+
+def _refuse_gemini_call(ctx: RequestContext, route: Route, path: str) -> None:
+    """A 404 in Google's shape for a call of Gemini's API that landed on the OpenAI
+    model list's path: google-genai without ``api_version`` posts to
+    ``/v1/models/{model}:generateContent``, the list's ``/v1/models/{model}``, and got
+    OpenAI's 405. The message names where this gateway serves Gemini's API, if
+    anywhere (a Gemini route on the list's own path takes these calls before the list
+    does, so they never come here)."""
+    call = gemini_call(path)
+    if call is None:
+        return
+    model, operation = call
+    ctx.route = operation_route(route, RouteApi.GEMINI_GENERATE_CONTENT)  # Google's shape
+    served = sorted(
+        {
+            spec.path_prefix.rstrip("/")
+            for spec in ctx.runtime.config.routes
+            if spec.api is RouteApi.GEMINI_GENERATE_CONTENT and spec.path_prefix
+        }
+    )
+    listed = route.path or route.prefix
+    said = f"{ctx.method} {path} is a Gemini API call on {listed}, OpenAI's model list here"
+    if not served:
+        raise NotFoundError(f"{said}; this gateway serves no Gemini API route")
+    where = " or ".join(f"{prefix}/{model}:{operation}" for prefix in served)
+    versions = [prefix.split("/")[1] for prefix in served if prefix.count("/") == 2]
+    hint = (
+        f" (google-genai: HttpOptions(api_version={versions[0]!r}))"
+        if versions and all(prefix.endswith("/models") for prefix in served)
+        else ""
+    )
+    raise NotFoundError(f"{said}; use {where}{hint}")

@@ -110,6 +110,25 @@ def test_a_gemini_sdk_on_a_gateway_without_a_gemini_route_gets_googles_404(
     assert refused.value.message == MISS
 
 
+def test_google_genai_without_api_version_gets_googles_404_not_the_model_lists_405(
+    stack: LocalStack,
+) -> None:
+    """google-genai 3 calls ``/v1/models/{model}:generateContent`` by default: the OpenAI
+    model list's ``/v1/models/{model}`` on the default config. It got OpenAI's 405 (no
+    ``error.status``); it gets Google's 404 saying no Gemini route is served."""
+    options = types.HttpOptions(base_url=stack.base_url, timeout=30_000)
+    client = genai.Client(api_key=KEY, http_options=options)
+    sent = len(mock_requests(stack))
+    with pytest.raises(errors.ClientError) as refused:
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert (refused.value.code, refused.value.status) == (404, "NOT_FOUND")
+    assert refused.value.message == (
+        "POST /v1/models/gemini-2.5-flash:generateContent is a Gemini API call on /v1/models,"
+        " OpenAI's model list here; this gateway serves no Gemini API route"
+    )
+    assert len(mock_requests(stack)) == sent
+
+
 def test_openai_clients_and_curl_keep_openais_404(stack: LocalStack, http: httpx.Client) -> None:
     client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEY, max_retries=0)
     with pytest.raises(NotFoundError) as refused:

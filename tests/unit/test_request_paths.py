@@ -230,3 +230,73 @@ def test_routes_differing_only_in_case_each_serve_their_own() -> None:
         assert routes.case_twin(path) is None
     twin = routes.case_twin("/TEAM/v1/embeddings")
     assert twin is not None and twin[0] == "/Team/v1/embeddings"
+
+
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # google-genai without api_version: the model list's `/v1/models/{model}`.
+        "/v1/models/gemini-2.5-flash:generateContent",
+        "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        "/openai/v1/models/gemini-2.5-flash:countTokens",
+    ],
+)
+async def test_a_gemini_call_on_the_model_list_is_googles_404(
+    gateway: tuple[Processor, MemoryLog], path: str
+) -> None:
+    """It was OpenAI's 405 "POST is not allowed", which google-genai reads as no
+    status, on a gateway that serves Gemini's API nowhere."""
+    processor, log = gateway
+    answers = await send(processor, path, GEMINI_BODY)
+    status, answer = error_of(answers)
+    assert status == 404
+    assert answer["error"]["status"] == "NOT_FOUND"
+    message = answer["error"]["message"]
+    assert message.startswith(f"POST {path.partition('?')[0]} is a Gemini API call on ")
+    assert message.endswith("OpenAI's model list here; this gateway serves no Gemini API route")
+    assert not sent_upstream(answers)
+    [line] = log.lines()
+    assert line["http_status_code"] == 404
+
+
+async def test_a_gemini_call_on_the_model_list_names_the_gemini_routes_path() -> None:
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    raw["routes"].insert(
+        0, {"name": "gemini", "path_prefix": "/v1beta/models", "api": "gemini_generate_content"}
+    )
+    runtime = Runtime(
+        parse_config(yaml.safe_dump(raw), "t", {}), Services(GatewayMetrics(), MemoryLog())
+    )
+    await runtime.start()
+    try:
+        processor = Processor(lambda: runtime, default_stages())
+        answers = await send(processor, "/v1/models/gemini-2.5-flash:generateContent", GEMINI_BODY)
+    finally:
+        await runtime.close()
+    status, answer = error_of(answers)
+    assert status == 404
+    assert answer["error"]["message"].endswith(
+        "; use /v1beta/models/gemini-2.5-flash:generateContent"
+        " (google-genai: HttpOptions(api_version='v1beta'))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        # A fine-tuned OpenAI model's id holds colons: still the model list's to answer.
+        ("GET", "/v1/models/ft:gpt-4o-mini:org:custom:abc123", 404),
+        ("POST", "/v1/models/ft:gpt-4o-mini:org:custom:abc123", 405),
+    ],
+)
+async def test_an_openai_model_id_with_colons_stays_the_model_lists(
+    gateway: tuple[Processor, MemoryLog], method: str, path: str, status: int
+) -> None:
+    processor, _ = gateway
+    answers = await send(processor, path, None if method == "GET" else {}, method)
+    found, answer = error_of(answers)
+    assert found == status
+    assert "type" in answer["error"]  # OpenAI's shape
