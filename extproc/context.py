@@ -281,6 +281,9 @@ class RequestContext:
     # The service tier the provider reported serving the request at (OpenAI "flex",
     # Anthropic "priority"), which priced it; set with the cost. None: none reported.
     service_tier: str | None = None
+    # The inference geography the provider reported running the request in (Anthropic
+    # "us"), which priced it; set with the cost. None: none reported.
+    inference_geo: str | None = None
     # Set by guardrails: one entry per guard that acted ({guard, phase, action, ...}).
     guardrail_decisions: list[dict[str, Any]] = field(default_factory=list)
     # MCP / A2A routes: the call's record (extproc.agents).

@@ -32,6 +32,13 @@ Anthropic bills Claude Sonnet 4's prompts above 200K tokens. The prompt is the u
 ``prompt_tokens``, cache reads and writes included, as the providers count it toward the
 threshold; for a stream cut short, the estimate its usage holds. The entry is the tier's
 when the tier has one, so the tier is picked first, then the length.
+
+A request the provider reports running in an inference geography the table prices apart
+(Anthropic's ``usage.inference_geo``, ``us``: 1.1x) costs its tokens at the entry picked
+above times that geography's multiplier (the model's, else the table's), rounded once to
+the nearest picodollar; its server tools keep their price. The default geography
+(``global``), an answer that names none, and a geography without a multiplier (warned
+about once) are billed at 1x.
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING
 
 from extproc.config.pricing_model import (
+    MULTIPLIER_DECIMALS,
+    STANDARD_GEOS,
     STANDARD_TIERS,
     ModelPrice,
     PerTokenPrice,
@@ -50,7 +59,7 @@ from extproc.config.pricing_model import (
     TierPrice,
 )
 from extproc.model_names import bedrock_spellings, comparable
-from extproc.translators.base import reported_service_tier
+from extproc.translators.base import reported_inference_geo, reported_service_tier
 
 if TYPE_CHECKING:
     from extproc.config.model import ModelConfig
@@ -63,6 +72,8 @@ PICO_PER_USD = 10**12
 _PER_MILLION_TO_PICO_PER_TOKEN = 10**6
 # USD per thousand requests -> picodollars per request.
 _PER_THOUSAND_TO_PICO_PER_REQUEST = 10**9
+# A geography's multiplier as a whole number of these parts (1.1 -> 11,000).
+_MULTIPLIER_SCALE = 10**MULTIPLIER_DECIMALS
 # Tool names (and model and tier pairs) warned about, per price table: a provider sending
 # ever new names cannot grow the set, or the gateway's stderr, without bound.
 _MAX_WARNED_TOOLS = 64
@@ -74,7 +85,9 @@ class TokenPrices:
     (5-minute, and Claude's 1-hour cache); and picodollars per request of each server
     tool, by the name the provider's usage gives it (``web_search``). ``tiers``: the
     prices of the service tiers the table prices apart, by the provider's tier name.
-    ``long_context``: the prices of a prompt above its threshold, if billed apart."""
+    ``long_context``: the prices of a prompt above its threshold, if billed apart.
+    ``geos``: the multiplier of the token prices in each inference geography priced
+    apart, in ten-thousandths (us: 11,000 for 1.1x)."""
 
     input: int
     cached_input: int
@@ -84,6 +97,7 @@ class TokenPrices:
     server_tools: Mapping[str, int] = field(default_factory=dict)
     tiers: Mapping[str, TokenPrices] = field(default_factory=dict)
     long_context: LongContextPrices | None = None
+    geos: Mapping[str, int] = field(default_factory=dict)
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -130,20 +144,33 @@ def _per_request(price_per_thousand: Decimal) -> int:
 
 
 def token_prices(
-    price: ModelPrice, server_tools_per_thousand: Mapping[str, Decimal] | None = None
+    price: ModelPrice,
+    server_tools_per_thousand: Mapping[str, Decimal] | None = None,
+    inference_geos: Mapping[str, Decimal] | None = None,
 ) -> TokenPrices:
     """A model's prices; ``server_tools_per_thousand`` is the table's price of each server
     tool for all models, which the model's own prices override tool by tool, and a
     service tier's entry overrides those in turn (a web search is not billed by tier
-    unless the table says so)."""
+    unless the table says so). ``inference_geos``: the table's multiplier of each
+    geography, which the model's own override geography by geography; every entry of
+    the model (tiers, long context) is multiplied alike."""
     table = server_tools_per_thousand or {}
     models = {**table, **price.server_tools_per_thousand}
-    tiers = {name: _entry_prices(tier, models, {}) for name, tier in price.service_tiers.items()}
-    return _entry_prices(price, table, tiers)
+    geos = {
+        name: int(multiplier * _MULTIPLIER_SCALE)
+        for name, multiplier in {**(inference_geos or {}), **price.inference_geos}.items()
+    }
+    tiers = {
+        name: _entry_prices(tier, models, {}, geos) for name, tier in price.service_tiers.items()
+    }
+    return _entry_prices(price, table, tiers, geos)
 
 
 def _entry_prices(
-    price: TierPrice, tools: Mapping[str, Decimal], tiers: Mapping[str, TokenPrices]
+    price: TierPrice,
+    tools: Mapping[str, Decimal],
+    tiers: Mapping[str, TokenPrices],
+    geos: Mapping[str, int],
 ) -> TokenPrices:
     """One price entry (a model's own or a tier's) in picodollars; its server tool prices
     override ``tools`` (the table's, or for a tier the model's) tool by tool. Its
@@ -156,8 +183,10 @@ def _entry_prices(
     long = price.long_context
     long_prices = None
     if long is not None:
-        long_prices = LongContextPrices(long.above_input_tokens, _token_prices(long, server_tools))
-    return _token_prices(price, server_tools, tiers, long_prices)
+        long_prices = LongContextPrices(
+            long.above_input_tokens, _token_prices(long, server_tools, geos=geos)
+        )
+    return _token_prices(price, server_tools, tiers, long_prices, geos)
 
 
 def _token_prices(
@@ -165,6 +194,7 @@ def _token_prices(
     server_tools: Mapping[str, int],
     tiers: Mapping[str, TokenPrices] | None = None,
     long_context: LongContextPrices | None = None,
+    geos: Mapping[str, int] | None = None,
 ) -> TokenPrices:
     return TokenPrices(
         input=_per_token(price.input_per_million),
@@ -175,17 +205,19 @@ def _token_prices(
         server_tools=server_tools,
         tiers=tiers or {},
         long_context=long_context,
+        geos=geos or {},
     )
 
 
-def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
+def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None = None) -> Cost:
     """The cost of one request's usage: prompt tokens read from the provider's cache at
     the cached-input price, written to its 1-hour cache at the 1-hour cache-write price,
     written to it otherwise at the cache-write price, the rest at the input price;
     completion tokens at the output price; each server tool request at its tool's price.
     All at the long-context prices when the prompt (cache reads and writes included) is
     above their threshold: the provider bills the whole request at them, not only the
-    tokens past it.
+    tokens past it. The tokens' cost times the multiplier of ``inference_geo``, the
+    geography the provider ran the request in, when the prices have one.
 
     Each part is clamped to what the prompt has left, so a malformed report never bills
     more prompt tokens than the prompt has, nor any twice. A server tool without a price
@@ -206,11 +238,22 @@ def cost_of(usage: Usage, prices: TokenPrices | None) -> Cost:
         + (written - written_1h) * prices.cache_write_input
         + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output
     )  # fmt: skip
+    multiplier = prices.geos.get(inference_geo) if inference_geo is not None else None
+    if multiplier is not None:
+        tokens = _multiplied(tokens, multiplier)
     tools = sum(
         max(count, 0) * prices.server_tools.get(name, 0)
         for name, count in usage.server_tool_requests.items()
     )
     return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
+
+
+def _multiplied(picousd: int, multiplier: int) -> int:
+    """``picousd`` times a multiplier in ten-thousandths, to the nearest picodollar (half
+    to even): a 1.1x price of six decimals may fall between two picodollars per token, so
+    the request's token cost is rounded once, not each token's."""
+    exact = Decimal(picousd * multiplier) / _MULTIPLIER_SCALE
+    return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 def _used_nothing(usage: Usage) -> bool:
@@ -245,8 +288,12 @@ class PriceTable:
         self._warned_tools: set[str] = set()
         # (model, tier) pairs warned about as served at a tier without its own prices.
         self._warned_tiers: set[tuple[str, str]] = set()
+        # (model, geography) pairs warned about as run where no multiplier prices them.
+        self._warned_geos: set[tuple[str, str]] = set()
         for name, price in pricing.models.items():
-            self._by_name[name] = token_prices(price, pricing.server_tools_per_thousand)
+            self._by_name[name] = token_prices(
+                price, pricing.server_tools_per_thousand, pricing.inference_geos
+            )
         self._by_comparable = {comparable(name): each for name, each in self._by_name.items()}
         # A price given for a model (or one of its aliases) covers all its names,
         # unless a name has a price of its own. Given under another spelling of a name
@@ -284,9 +331,16 @@ class PriceTable:
                 return found
         return None
 
-    def cost(self, model: str | None, usage: Usage, service_tier: str | None = None) -> Cost:
+    def cost(
+        self,
+        model: str | None,
+        usage: Usage,
+        service_tier: str | None = None,
+        inference_geo: str | None = None,
+    ) -> Cost:
         """The cost of ``usage`` at ``model``'s prices, those of ``service_tier`` (the tier
-        the provider reported) when the table prices that tier apart."""
+        the provider reported) when the table prices that tier apart, times the multiplier
+        of ``inference_geo`` (the geography it reported running the request in)."""
         prices = self.prices(model)
         if prices is None and usage.reported_cost_picousd is not None:
             # A model the table does not price, whose provider said what it charged
@@ -300,8 +354,11 @@ class PriceTable:
             tier = service_tier
             if tier is not None and tier not in prices.tiers and tier not in STANDARD_TIERS:
                 self._warn_unpriced_tier(model, tier)
+            geo = inference_geo
+            if geo is not None and geo not in prices.geos and geo not in STANDARD_GEOS:
+                self._warn_unpriced_geo(model, geo)
             prices = prices.at_tier(service_tier)
-        cost = cost_of(usage, prices)
+        cost = cost_of(usage, prices, inference_geo)
         if prices is not None and not cost.priced:
             self._warn_unpriced_tools(model, unpriced_server_tools(usage, prices))
         return cost
@@ -322,6 +379,25 @@ class PriceTable:
             "in pricing.models.<model>.service_tiers (docs/chargeback.md#service-tiers)",
             model,
             tier,
+        )
+
+    def _warn_unpriced_geo(self, model: str | None, geo: str) -> None:
+        """A priced model run in a geography the table gives no multiplier (Anthropic's
+        US-only inference costs 1.1x): billed at the model's own price. Said once per
+        model and geography."""
+        if model is None:
+            return
+        key = (model, geo)
+        if key in self._warned_geos or len(self._warned_geos) >= _MAX_WARNED_TOOLS:
+            return
+        self._warned_geos.add(key)
+        log.warning(
+            "model %r was run in inference geography %r, which pricing does not price "
+            "apart: such requests are billed at the model's own price; give the geography "
+            "its multiplier in pricing.inference_geos or pricing.models.<model>."
+            "inference_geos (docs/chargeback.md#inference-geography)",
+            model,
+            geo,
         )
 
     def _warn_unpriced_tools(self, model: str | None, tools: list[str]) -> None:
@@ -382,10 +458,12 @@ def request_cost(ctx: RequestContext) -> Cost:
     """The cost of a finished request, computed once and kept on the context, so the log
     line, the counter, the rollup and Envoy's metadata carry the very same number.
 
-    The service tier the provider reported is kept beside it (``ctx.service_tier``, the
-    log line's), so the line names the tier its cost was priced at."""
+    The service tier and the inference geography the provider reported are kept beside it
+    (``ctx.service_tier``, ``ctx.inference_geo``, the log line's), so the line names what
+    its cost was priced at."""
     if ctx.cost is None:
         ctx.service_tier = reported_service_tier(ctx.translator)
+        ctx.inference_geo = reported_inference_geo(ctx.translator)
         ctx.cost = usage_cost(ctx, ctx.usage, ctx.service_tier)
     return ctx.cost
 
@@ -393,7 +471,7 @@ def request_cost(ctx: RequestContext) -> Cost:
 def usage_cost(ctx: RequestContext, usage: Usage, tier: str | None) -> Cost:
     """What ``usage`` of the request costs at ``tier``: ``request_cost``'s pricing, for
     counts the request is not charged yet (a stream's estimate, before ``done`` makes it
-    the request's usage)."""
+    the request's usage). The geography is the one the answer named (so far)."""
     if ctx.model is None:
         # Refused before a model was named: nothing to price.
         return FREE
@@ -402,4 +480,5 @@ def usage_cost(ctx: RequestContext, usage: Usage, tier: str | None) -> Cost:
         # The chain member that answered is what the provider bills, priced or not
         # (an unpriced fallback is unpriced, not billed at the primary's price).
         model = ctx.answered_model
-    return ctx.runtime.prices.cost(model, usage, tier)
+    geo = reported_inference_geo(ctx.translator)
+    return ctx.runtime.prices.cost(model, usage, tier, geo)

@@ -26,6 +26,14 @@ tier's) ``long_context`` gives that threshold and the prices above it. Its cache
 must be given wherever the entry it belongs to gives its own, and a tier of a model that
 has one must have its own: left to a default, either would bill long prompts at a price
 nobody set.
+
+Inference geography: Anthropic bills a request it ran in one geography only (its
+``inference_geo``, ``us``) at a multiple of the model's price (1.1x on every kind of
+token, cache reads and writes included, for Claude Opus 4.6 and later), and its answer's
+``usage.inference_geo`` says where it ran. ``pricing.inference_geos`` gives the
+multiplier of each geography for all models, a model's own ``inference_geos`` overrides
+it geography by geography. ``global``, the default geography, is billed at the model's
+own price and cannot have an entry.
 """
 
 from __future__ import annotations
@@ -51,6 +59,15 @@ ServiceTierName = Annotated[str, Field(pattern=TIER_NAME_PATTERN)]
 # Anthropic "standard"; Groq "on_demand"): billed at the model's own price, so an entry
 # would be a second, contradicting price for the same requests.
 STANDARD_TIERS = frozenset({"default", "standard", "auto", "on_demand"})
+# An inference geography as Anthropic's usage names it ("us").
+InferenceGeoName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+# Anthropic's default geography, billed at the model's own price.
+STANDARD_GEOS = frozenset({"global"})
+# A geography's price multiplier (1.1): four decimals at most, so a request's cost at it
+# is rounded once, to the picodollar (chargeback.pricing).
+MULTIPLIER_DECIMALS = 4
+GeoMultiplier = Annotated[Decimal, Field(gt=0, le=100)]
+GeoMultipliers = dict[InferenceGeoName, GeoMultiplier]
 # The prompt-cache prices, which default from the input price when left out.
 _CACHE_PRICE_KEYS = (
     "cached_input_per_million",
@@ -67,6 +84,23 @@ def _exact(value: Decimal) -> Decimal:
     exponent = value.normalize().as_tuple().exponent
     if isinstance(exponent, int) and exponent < -PRICE_DECIMALS:
         raise ValueError(f"at most {PRICE_DECIMALS} decimal places")
+    return value
+
+
+def _geo_multipliers(value: GeoMultipliers) -> GeoMultipliers:
+    """Multipliers of four decimals at most, none for the default geography."""
+    standard = sorted(STANDARD_GEOS.intersection(value))
+    if standard:
+        raise ValueError(
+            f"{standard[0]!r} is the default inference geography, billed at the model's "
+            "own price: leave it out"
+        )
+    for geo, multiplier in value.items():
+        if not multiplier.is_finite():
+            raise ValueError(f"{geo}: must be a finite number")
+        exponent = multiplier.normalize().as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -MULTIPLIER_DECIMALS:
+            raise ValueError(f"{geo}: at most {MULTIPLIER_DECIMALS} decimal places")
     return value
 
 
@@ -176,6 +210,16 @@ class ModelPrice(TierPrice):
     # The tier the provider reports serving the request at -> that tier's price. A tier
     # reported without an entry is billed at the model's own price.
     service_tiers: dict[ServiceTierName, TierPrice] = {}
+    # The geography the provider reports running the request in (Anthropic's
+    # usage.inference_geo, "us") -> the multiplier of every token price there, when this
+    # model's differs from pricing.inference_geos (geography by geography). It applies to
+    # whichever entry priced the request (its tier's, its long-context prices).
+    inference_geos: GeoMultipliers = {}
+
+    @field_validator("inference_geos")
+    @classmethod
+    def _geos(cls, value: GeoMultipliers) -> GeoMultipliers:
+        return _geo_multipliers(value)
 
     @field_validator("service_tiers")
     @classmethod
@@ -211,8 +255,17 @@ class PricingConfig(_Section):
     # USD per 1,000 requests of each provider server tool (web_search: 10.00), for every
     # priced model. A request whose usage names a tool without a price is flagged unpriced.
     server_tools_per_thousand: ServerToolPrices = {}
+    # The multiplier of every token price of a request run in one inference geography
+    # (Anthropic's US-only inference: us: 1.1), for every priced model. A geography
+    # reported without one is billed at the model's own price (and warned about once).
+    inference_geos: GeoMultipliers = {}
 
     @field_validator("server_tools_per_thousand")
     @classmethod
     def _tool_prices(cls, value: ServerToolPrices) -> ServerToolPrices:
         return _exact_tool_prices(value)
+
+    @field_validator("inference_geos")
+    @classmethod
+    def _geos(cls, value: GeoMultipliers) -> GeoMultipliers:
+        return _geo_multipliers(value)

@@ -51,6 +51,11 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   or ``priority`` with header ``x-mock-service-tier: priority`` (an organisation with
   Priority Tier capacity) unless the request's ``service_tier`` is ``standard_only``.
   The request's ``service_tier`` must be ``auto`` or ``standard_only``, as on the real API.
+- Inference geography: a request's ``inference_geo`` (``global`` or ``us``; anything else
+  is a 400) is reported where it ran, ``usage.inference_geo``, in JSON answers and in a
+  stream's ``message_start``. Header ``x-mock-inference-geo: us`` is the workspace's
+  default geography, for a request that names none (an OpenAI client's, which cannot).
+  A request with neither reports none.
 - A stream is Anthropic's event sequence: ``message_start`` (input tokens, output tokens 1),
   then per content block ``content_block_start``, its deltas (``text_delta`` pieces, or for a
   tool an empty ``input_json_delta`` then one per piece of the input's JSON) and
@@ -322,6 +327,33 @@ _SERVED_TIERS = ("standard", "priority")
 _ASKED_TIERS = ("auto", "standard_only")
 
 
+INFERENCE_GEO_HEADER = "x-mock-inference-geo"
+# The geographies the Messages API runs a request in.
+_INFERENCE_GEOS = ("global", "us")
+
+
+def ran_in(headers: Mapping[str, str], asked: str | None) -> str | None:
+    """Where a request asking for ``asked`` runs: there, else in the workspace's default
+    geography (the header), else nowhere named."""
+    if asked is not None:
+        return asked
+    spec = headers.get(INFERENCE_GEO_HEADER)
+    if spec is None:
+        return None
+    geo = spec.strip()
+    if geo not in _INFERENCE_GEOS:
+        raise ServiceTierSpecError(f"{INFERENCE_GEO_HEADER}: {geo!r} is not a geography")
+    return geo
+
+
+def _asked_geo(value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in _INFERENCE_GEOS:
+        raise InvalidRequestError(f"inference_geo: Input should be 'global' or 'us', got {value!r}")
+    return str(value)
+
+
 class ServiceTierSpecError(ValueError):
     """The ``x-mock-service-tier`` header names no tier the mock serves at."""
 
@@ -362,6 +394,8 @@ class MessagesRequest:
     # Whether the thinking block's text is left empty (thinking.display "omitted", the
     # default of Opus 4.7, Mythos and the models after them): the tokens are billed still.
     thinking_omitted: bool = False
+    # The geography the request asked to run in (inference_geo); None: it named none.
+    inference_geo: str | None = None
 
 
 def _blocks(content: object) -> list[Any]:
@@ -800,6 +834,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         thinking_budget,
         adaptive_thinking,
         omitted,
+        _asked_geo(doc.get("inference_geo")),
     )
 
 
@@ -1116,6 +1151,7 @@ class AnthropicEndpoints:
             writes = cache_writes(request.headers)
             server_tools = server_tool_requests(request.headers)
             tier = served_tier(request.headers, req.service_tier)
+            geo = ran_in(request.headers, req.inference_geo)
             results = result_blocks(request.headers)
         except (ScriptError, CacheWriteSpecError, ServerToolSpecError, ServiceTierSpecError) as exc:
             return error_response(400, str(exc))
@@ -1124,8 +1160,9 @@ class AnthropicEndpoints:
             reply = scripted_anthropic_reply(reply, scripted, scripted_calls)
         reply = replace(reply, result_blocks=results)
         message_id = f"msg_mock_{next(self._ids)}"
+        where = {} if geo is None else {"inference_geo": geo}
         if req.stream:
-            return await self._stream(request, req, reply, fault, message_id, tier)
+            return await self._stream(request, req, reply, fault, message_id, tier, where)
         if fault.reset_after is not None:
             return _abort(request)
         if fault.garbage:
@@ -1143,6 +1180,7 @@ class AnthropicEndpoints:
                 "output_tokens": reply.output_tokens,
                 **reply.server_tool_use(),
                 "service_tier": tier,
+                **where,
             },
         }
         return web.Response(body=orjson.dumps(document), headers=_JSON_HEADERS)
@@ -1155,6 +1193,7 @@ class AnthropicEndpoints:
         fault: Fault,
         message_id: str,
         tier: str,
+        where: dict[str, str],
     ) -> web.StreamResponse:
         def event(name: str, data: dict[str, Any]) -> bytes:
             payload = _GARBAGE_DATA if fault.garbage else orjson.dumps(data)
@@ -1189,6 +1228,7 @@ class AnthropicEndpoints:
                 **reply.server_tool_use(done=False),
                 # Anthropic names the tier up front; message_delta's usage has no such field.
                 "service_tier": tier,
+                **where,
             },
         }
         blocks = reply.blocks(message_id)

@@ -89,6 +89,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "cost_priced": cost_priced,
         # The tier the provider reported serving at, which priced cost_usd (chargeback.md).
         "service_tier": ctx.service_tier,
+        # Where the provider ran the request, whose multiplier priced cost_usd.
+        "inference_geo": ctx.inference_geo,
         # Priced at the model's long-context prices (its prompt above their threshold).
         "long_context": cost is not None and cost.long_context,
         "cut_attempts": cut_field,

@@ -47,6 +47,11 @@ replaces it), so a stream cut after its start is billed at its tier. An answer s
 fast mode (``usage.speed: "fast"``, asked for with the request's ``speed``) is billed at
 a multiple of the standard price whatever capacity served it, so its tier is its speed,
 ``fast`` (``ServiceTierReport``); one that fell back to standard speed keeps its tier.
+
+Where the request ran (``usage.inference_geo``: ``global``, or ``us`` for US-only
+inference, billed at a multiple of the price) is read the same way, as ``inference_geo``:
+from the message body, from a stream's ``message_start`` and any later usage that names
+it (``inference_geo_from_usage``).
 """
 
 from __future__ import annotations
@@ -59,7 +64,13 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import GatewayError
 from extproc.translators.anthropic_errors import stream_error
-from extproc.translators.base import BufferedBodyReader, StreamFailure, renamed, service_tier_of
+from extproc.translators.base import (
+    BufferedBodyReader,
+    StreamFailure,
+    inference_geo_of,
+    renamed,
+    service_tier_of,
+)
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
 from extproc.translators.token_counts import token_count
 
@@ -373,6 +384,11 @@ def service_tier_from_usage(usage: Any) -> str | None:
     return report.tier
 
 
+def inference_geo_from_usage(usage: Any) -> str | None:
+    """Where a usage object says the request ran (``inference_geo``), or None."""
+    return inference_geo_of(usage.get("inference_geo")) if isinstance(usage, dict) else None
+
+
 def usage_from_object(value: Any) -> Usage | None:
     """Read a Message's usage object; None when absent or malformed."""
     if not isinstance(value, dict):
@@ -387,12 +403,17 @@ def _message_service_tier(answer: dict[str, Any]) -> str | None:
     return service_tier_from_usage(answer.get("usage"))
 
 
+def _message_inference_geo(answer: dict[str, Any]) -> str | None:
+    return inference_geo_from_usage(answer.get("usage"))
+
+
 class MessageReader(BufferedBodyReader):
-    """A buffered (non-streaming) message: reads usage, model and service tier, passes
-    bytes through."""
+    """A buffered (non-streaming) message: reads usage, model, service tier and inference
+    geography, passes bytes through."""
 
     read_usage = staticmethod(usage_from_object)
     read_service_tier = staticmethod(_message_service_tier)
+    read_inference_geo = staticmethod(_message_inference_geo)
 
 
 class EventStreamReader:
@@ -418,6 +439,8 @@ class EventStreamReader:
         # The tier that bills the stream (message_start's usage: service_tier, speed).
         self.service_tier: str | None = None
         self._tier_report = ServiceTierReport()
+        # Where Anthropic ran the request (message_start's usage: inference_geo).
+        self.inference_geo: str | None = None
         # The server tools' requests its blocks show, billed if the stream is cut.
         self.server_tool_tally = ServerToolTally()
         self._input = UsageCounts()
@@ -503,6 +526,7 @@ class EventStreamReader:
     def _take_tier(self, usage: dict[str, Any]) -> None:
         self._tier_report.update(usage)
         self.service_tier = self._tier_report.tier
+        self.inference_geo = inference_geo_from_usage(usage) or self.inference_geo
 
     def _provider_failed(self, error: GatewayError) -> None:
         if self.failure is not None:

@@ -12,7 +12,9 @@ A translator that can read which service tier served the answer (OpenAI's
 ``service_tier``, Anthropic's ``usage.service_tier``) exposes it as ``service_tier``,
 read where usage is read; ``reported_service_tier`` reads it from any translator (None
 from those that have none, or before the provider named one). It prices the request
-(``chargeback.pricing``).
+(``chargeback.pricing``). One that can read the inference geography the provider ran
+the request in (Anthropic's ``usage.inference_geo``) exposes it as ``inference_geo``,
+read the same way (``reported_inference_geo``); it prices the request too.
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ def service_tier_of(value: Any) -> str | None:
 def reported_service_tier(translator: object) -> str | None:
     """The service tier a response translator read from the provider's answer, if any."""
     return service_tier_of(getattr(translator, "service_tier", None))
+
+
+def inference_geo_of(value: Any) -> str | None:
+    """A reported inference geography ("us", "global"), or None for an absent or malformed
+    one: named as tiers are, so a proxy's odd value cannot grow the log line."""
+    return service_tier_of(value)
+
+
+def reported_inference_geo(translator: object) -> str | None:
+    """The inference geography a response translator read from the provider's answer."""
+    return inference_geo_of(getattr(translator, "inference_geo", None))
 
 
 class ResponseTranslator(Protocol):
@@ -221,6 +234,8 @@ class BufferedBodyReader:
         self.status: int | None = None  # passed through as it is
         # The tier that served the answer, as the provider reported it (prices it).
         self.service_tier: str | None = None
+        # Where the provider ran the request, as its answer says (prices it too).
+        self.inference_geo: str | None = None
         # The parsed answer, for response guards (so the body is parsed once).
         self.answer: Any = None
         self._parts: list[bytes] = []
@@ -232,6 +247,11 @@ class BufferedBodyReader:
     @staticmethod
     def read_service_tier(answer: dict[str, Any]) -> str | None:
         """The service tier the answer reports; APIs that report one say where."""
+        return None
+
+    @staticmethod
+    def read_inference_geo(answer: dict[str, Any]) -> str | None:
+        """The inference geography the answer reports; APIs that report one say where."""
         return None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
@@ -247,6 +267,7 @@ class BufferedBodyReader:
             if isinstance(parsed, dict):
                 self.usage = self.read_usage(parsed.get("usage"))
                 self.service_tier = self.read_service_tier(parsed)
+                self.inference_geo = self.read_inference_geo(parsed)
                 model = parsed.get("model")
                 self.response_model = model if isinstance(model, str) else None
         return None

@@ -54,7 +54,9 @@ The client is shown it in OpenAI's words, as OpenAI shows it (top level of the c
 and of every chunk once known): ``standard`` as ``default``, ``priority`` as ``priority``,
 ``fast`` as ``fast`` (OpenAI's name for its own faster tier); a tier OpenAI has no name for
 is not shown. A failover chain's downstream filter, which reads the answer as an OpenAI
-one, prices it at that tier the same way.
+one, prices it at that tier the same way. Where Anthropic ran the request
+(``usage.inference_geo``, which a workspace's default geography sets without the client
+asking) is read the same way, as ``inference_geo``, and prices it too.
 
 Errors (``translate_error``) are mapped as ``anthropic_errors`` says: a 401/403 from
 Anthropic (the gateway's own credential) becomes a 502, an overload (529) a 503, a rate
@@ -74,6 +76,7 @@ from extproc.translators.anthropic_anthropic import (
     ServerToolTally,
     ServiceTierReport,
     UsageCounts,
+    inference_geo_from_usage,
     service_tier_from_usage,
     usage_from_object,
 )
@@ -142,6 +145,8 @@ class CompletionTranslator:
         self.error: GatewayError | None = None
         # The tier Anthropic served the answer at (usage.service_tier).
         self.service_tier: str | None = None
+        # Where Anthropic ran the request (usage.inference_geo).
+        self.inference_geo: str | None = None
         self._id = f"chatcmpl-{request_id}"
         self._created = created
         self._bill_apart = bill_apart
@@ -193,6 +198,7 @@ class CompletionTranslator:
         counts: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         self.usage = usage_from_object(counts)
         self.service_tier = service_tier_from_usage(counts)
+        self.inference_geo = inference_geo_from_usage(counts)
         choice = {
             "index": 0,
             "message": reply,
@@ -255,6 +261,8 @@ class StreamTranslator:
         self.service_tier: str | None = None
         self._shown_tier: str | None = None
         self._tier_report = ServiceTierReport()
+        # Where Anthropic ran the request (message_start's usage: inference_geo).
+        self.inference_geo: str | None = None
         self._include_usage = include_usage
         self._bill_apart = bill_apart
         self._id = f"chatcmpl-{request_id}"
@@ -437,6 +445,7 @@ class StreamTranslator:
         self._tier_report.update(usage)
         self.service_tier = self._tier_report.tier
         self._shown_tier = _shown_tier(self.service_tier)
+        self.inference_geo = inference_geo_from_usage(usage) or self.inference_geo
 
     def counts_so_far(self) -> StreamFailure:
         """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
