@@ -69,6 +69,11 @@ class Usage:
     # What the provider itself says it charged for the request, in picodollars, when it
     # says (OpenRouter's usage.cost): the price of a model the table does not price.
     reported_cost_picousd: int | None = None
+    # Prompt tokens of audio (part of prompt_tokens, cached audio included), which Gemini
+    # bills above text, image and video (usageMetadata.promptTokensDetails), and of them
+    # those read from its cache (part of cached_tokens; cacheTokensDetails).
+    audio_tokens: int = 0
+    cached_audio_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -105,6 +110,8 @@ def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
         usage.cache_write_tokens,
         usage.cache_write_1h_tokens,
         usage.server_tool_requests,
+        audio_tokens=usage.audio_tokens,
+        cached_audio_tokens=usage.cached_audio_tokens,
     )
 
 

@@ -98,6 +98,10 @@ class TokenPrices:
     tiers: Mapping[str, TokenPrices] = field(default_factory=dict)
     long_context: LongContextPrices | None = None
     geos: Mapping[str, int] = field(default_factory=dict)
+    # Audio prompt tokens, uncached and read from the cache (Gemini); None: the input
+    # price and the cached input price, as any other prompt token.
+    audio_input: int | None = None
+    cached_audio_input: int | None = None
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -206,6 +210,8 @@ def _token_prices(
         tiers=tiers or {},
         long_context=long_context,
         geos=geos or {},
+        audio_input=_per_token(price.audio_input),
+        cached_audio_input=_per_token(price.cached_audio_input),
     )
 
 
@@ -233,8 +239,16 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
     # The 1-hour part is what the provider named as such; the other writes are 5-minute.
     written_1h = _part(usage.cache_write_1h_tokens, written)
     uncached = usage.prompt_tokens - cached - written
+    # The audio parts (Gemini's modality counts), each within the part it is of.
+    cached_audio = _part(usage.cached_audio_tokens, cached)
+    audio = _part(usage.audio_tokens - cached_audio, uncached)
+    audio_price = prices.input if prices.audio_input is None else prices.audio_input
+    cached_audio_price = prices.cached_input
+    if prices.cached_audio_input is not None:
+        cached_audio_price = prices.cached_audio_input
     tokens = (
-        uncached * prices.input + cached * prices.cached_input
+        (uncached - audio) * prices.input + audio * audio_price
+        + (cached - cached_audio) * prices.cached_input + cached_audio * cached_audio_price
         + (written - written_1h) * prices.cache_write_input
         + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output
     )  # fmt: skip

@@ -39,9 +39,9 @@ own price and cannot have an entry.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from extproc.config.section import Section as _Section
 
@@ -74,7 +74,12 @@ _CACHE_PRICE_KEYS = (
     "cache_write_input_per_million",
     "cache_write_1h_input_per_million",
 )
-_TOKEN_PRICE_KEYS = ("input_per_million", "output_per_million", *_CACHE_PRICE_KEYS)
+# The audio prices (Gemini bills audio input above text, image and video).
+_AUDIO_PRICE_KEYS = ("audio_input_per_million", "cached_audio_input_per_million")
+# The prices an entry may give apart from its input price, which its long_context must
+# then give too.
+_APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS)
+_TOKEN_PRICE_KEYS = ("input_per_million", "output_per_million", *_APART_PRICE_KEYS)
 
 
 def _exact(value: Decimal) -> Decimal:
@@ -124,17 +129,55 @@ class PerTokenPrice(_Section):
     # Prompt tokens written to Claude's 1-hour cache (2x the input price). Default: the
     # cache-write price, so a table written before the split bills as it did.
     cache_write_1h_input_per_million: Price | None = None
+    # Prompt tokens of audio (Gemini: promptTokensDetails' AUDIO entry), which Gemini
+    # bills above text, image and video (2.5 Flash: 1.00 against 0.30). Default: the
+    # input price.
+    audio_input_per_million: Price | None = None
+    # Audio prompt tokens read from the provider's cache. Default: the audio input price
+    # when the entry gives no cached_input_per_million (required when it gives both).
+    cached_audio_input_per_million: Price | None = None
 
     @field_validator(*_TOKEN_PRICE_KEYS)
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         return None if value is None else _exact(value)
 
+    @model_validator(mode="after")
+    def _cached_audio_price(self) -> Self:
+        """An entry that prices audio and cache reads apart prices cached audio too:
+        either default (the audio price, the cached text price) would be a price nobody
+        set, ten times Gemini's bill for cached audio, or a third of it."""
+        if (
+            self.audio_input_per_million is not None
+            and self.cached_input_per_million is not None
+            and self.cached_audio_input_per_million is None
+        ):
+            raise ValueError(
+                "give cached_audio_input_per_million too: the entry prices audio and cache "
+                "reads apart, so neither default fits audio read from the cache"
+            )
+        return self
+
     @property
     def cached_input(self) -> Decimal:
         if self.cached_input_per_million is None:
             return self.input_per_million
         return self.cached_input_per_million
+
+    @property
+    def audio_input(self) -> Decimal:
+        if self.audio_input_per_million is None:
+            return self.input_per_million
+        return self.audio_input_per_million
+
+    @property
+    def cached_audio_input(self) -> Decimal:
+        if self.cached_audio_input_per_million is not None:
+            return self.cached_audio_input_per_million
+        if self.audio_input_per_million is None:
+            # No audio price: cached audio is cached input like any other.
+            return self.cached_input
+        return self.audio_input_per_million
 
     @property
     def cache_write_input(self) -> Decimal:
@@ -188,7 +231,7 @@ class TierPrice(PerTokenPrice):
             return value
         missing = [
             key
-            for key in _CACHE_PRICE_KEYS
+            for key in _APART_PRICE_KEYS
             if info.data.get(key) is not None and getattr(value, key) is None
         ]
         if missing:

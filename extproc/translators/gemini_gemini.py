@@ -17,7 +17,11 @@ Usage is read as Google bills it: the input is ``promptTokenCount`` (which inclu
 ``toolUsePromptTokenCount`` (what a tool such as search added to the prompt); the output
 is ``candidatesTokenCount`` plus ``thoughtsTokenCount`` (thinking is billed as output).
 A count that is not a non-negative integer makes the report unreadable (None) rather
-than a guessed 0; so does an answer that is an error object.
+than a guessed 0; so does an answer that is an error object. Gemini bills audio input
+above text, image and video: the prompt's audio tokens are read from
+``promptTokensDetails`` (the ``AUDIO`` entry; the list covers the whole prompt, cache
+hits included) and those of the cache hits from ``cacheTokensDetails``, each never more
+than the count it is a part of. A malformed entry counts no audio.
 
 Vertex names in ``usageMetadata.trafficType`` the capacity that served the request, which
 sets its price (Priority PayGo, Flex PayGo, Provisioned Throughput): it is read as the
@@ -96,16 +100,42 @@ class UsageReport:
     prompt: int
     cached: int
     output: int | None
+    # Of the prompt and of its cache hits, the audio tokens (billed at the audio price).
+    audio: int = 0
+    cached_audio: int = 0
 
     def usage(self) -> Usage:
         output = self.output or 0
-        return Usage(self.prompt, output, self.prompt + output, self.cached)
+        return Usage(
+            self.prompt,
+            output,
+            self.prompt + output,
+            self.cached,
+            audio_tokens=self.audio,
+            cached_audio_tokens=self.cached_audio,
+        )
 
     def after(self, earlier: UsageReport | None) -> UsageReport:
         """This report, taking the output count from ``earlier`` when it has none."""
         if self.output is not None or earlier is None:
             return self
-        return UsageReport(self.prompt, self.cached, earlier.output)
+        return UsageReport(self.prompt, self.cached, earlier.output, self.audio, self.cached_audio)
+
+
+# The modality of a ModalityTokenCount that Gemini bills at the audio price.
+_AUDIO = "AUDIO"
+
+
+def modality_tokens(details: Any, modality: str) -> int:
+    """The tokens a ``promptTokensDetails`` (or ``cacheTokensDetails``) list gives one
+    modality; 0 when absent or malformed."""
+    if not isinstance(details, list):
+        return 0
+    return sum(
+        token_count(entry.get("tokenCount")) or 0
+        for entry in details
+        if isinstance(entry, dict) and entry.get("modality") == modality
+    )
 
 
 def traffic_tier(usage_metadata: Any) -> str | None:
@@ -140,8 +170,12 @@ def usage_report(value: Any) -> UsageReport | None:
     output = None
     if candidates is not None or thoughts is not None:
         output = (candidates or 0) + (thoughts or 0)
-    # The cache hits are part of the prompt, never more than it.
-    return UsageReport(prompt, min(counts["cachedContentTokenCount"] or 0, prompt), output)
+    # The cache hits are part of the prompt, never more than it; each audio count is part
+    # of the count it details.
+    cached = min(counts["cachedContentTokenCount"] or 0, prompt)
+    audio = min(modality_tokens(value.get("promptTokensDetails"), _AUDIO), prompt)
+    cached_audio = min(modality_tokens(value.get("cacheTokensDetails"), _AUDIO), cached, audio)
+    return UsageReport(prompt, cached, output, audio, cached_audio)
 
 
 def search_queries(answer: dict[str, Any]) -> dict[int, int]:
