@@ -74,6 +74,10 @@ class Usage:
     # those read from its cache (part of cached_tokens; cacheTokensDetails).
     audio_tokens: int = 0
     cached_audio_tokens: int = 0
+    # The prompt's characters as the provider bills them, when it bills characters rather
+    # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
+    # reported none.
+    billable_characters: int | None = None
 
     def as_dict(self) -> dict[str, int]:
         return {

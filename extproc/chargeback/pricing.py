@@ -102,6 +102,8 @@ class TokenPrices:
     # price and the cached input price, as any other prompt token.
     audio_input: int | None = None
     cached_audio_input: int | None = None
+    # Picodollars per prompt character, for a model billed by characters; None: by tokens.
+    input_per_character: int | None = None
 
     def at_tier(self, service_tier: str | None) -> TokenPrices:
         """The prices of the tier the provider served at: its own entry, else these
@@ -141,6 +143,11 @@ UNPRICED = Cost(0, False)
 
 def _per_token(price: Decimal) -> int:
     return int(price * _PER_MILLION_TO_PICO_PER_TOKEN)
+
+
+def _per_character(price_per_thousand: Decimal | None) -> int | None:
+    # USD per thousand characters -> picodollars per character (10**12 / 10**3).
+    return None if price_per_thousand is None else _per_request(price_per_thousand)
 
 
 def _per_request(price_per_thousand: Decimal) -> int:
@@ -212,6 +219,7 @@ def _token_prices(
         geos=geos or {},
         audio_input=_per_token(price.audio_input),
         cached_audio_input=_per_token(price.cached_audio_input),
+        input_per_character=_per_character(price.input_per_thousand_characters),
     )
 
 
@@ -246,12 +254,17 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
     cached_audio_price = prices.cached_input
     if prices.cached_audio_input is not None:
         cached_audio_price = prices.cached_audio_input
-    tokens = (
+    prompt = (
         (uncached - audio) * prices.input + audio * audio_price
         + (cached - cached_audio) * prices.cached_input + cached_audio * cached_audio_price
         + (written - written_1h) * prices.cache_write_input
-        + written_1h * prices.cache_write_1h_input + usage.completion_tokens * prices.output
+        + written_1h * prices.cache_write_1h_input
     )  # fmt: skip
+    characters = usage.billable_characters
+    if prices.input_per_character is not None and characters is not None:
+        # Billed by the characters the provider counted (Vertex's embeddings), not tokens.
+        prompt = max(characters, 0) * prices.input_per_character
+    tokens = prompt + usage.completion_tokens * prices.output
     multiplier = prices.geos.get(inference_geo) if inference_geo is not None else None
     if multiplier is not None:
         tokens = _multiplied(tokens, multiplier)

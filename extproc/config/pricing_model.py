@@ -136,8 +136,13 @@ class PerTokenPrice(_Section):
     # Audio prompt tokens read from the provider's cache. Default: the audio input price
     # when the entry gives no cached_input_per_million (required when it gives both).
     cached_audio_input_per_million: Price | None = None
+    # USD per 1,000 prompt characters, for a model its provider bills by characters
+    # (Vertex's text-embedding-005: 0.000025): the prompt is billed by the characters the
+    # answer reports (billableCharacterCount), and by its tokens at input_per_million when
+    # it reports none. Default: none, the prompt is billed by its tokens.
+    input_per_thousand_characters: Price | None = None
 
-    @field_validator(*_TOKEN_PRICE_KEYS)
+    @field_validator(*_TOKEN_PRICE_KEYS, "input_per_thousand_characters")
     @classmethod
     def _six_decimals(cls, value: Decimal | None) -> Decimal | None:
         return None if value is None else _exact(value)

@@ -32,6 +32,11 @@ encodes them (little-endian float32). The prompt tokens are the sum of the predi
 ``statistics.token_count`` (``tokenCount`` in the reference's JSON name, read too). An
 answer without a count for every text reports no usage: the request is charged the
 input's estimate (``stages.response``), as a Titan answer without its count is.
+
+Vertex bills its older text embedding models (``text-embedding-005``,
+``text-multilingual-embedding-002``) per 1,000 characters, not per token: the answer's
+``metadata.billableCharacterCount`` is read into the usage (``billable_characters``),
+which a price per character (``input_per_thousand_characters``) bills.
 """
 
 from __future__ import annotations
@@ -168,8 +173,20 @@ class EmbeddingTranslator(BufferedEmbeddings):
     def __init__(self, *, model: str, base64_vectors: bool, texts: int) -> None:
         super().__init__(model=model, base64_vectors=base64_vectors)
         self._texts = texts
+        # The characters Vertex bills (metadata.billableCharacterCount), once read.
+        self._characters: int | None = None
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        shown = super().feed(chunk, end_of_stream)
+        if self.usage is not None:
+            self.usage.billable_characters = self._characters
+        return shown
 
     def read(self, parsed: Any) -> tuple[list[list[float]], int | None] | None:
+        metadata = parsed.get("metadata") if isinstance(parsed, dict) else None
+        if isinstance(metadata, dict):
+            # A Struct's number may be written as a float (9.0).
+            self._characters = struct_token_count(metadata.get("billableCharacterCount"))
         predictions = parsed.get("predictions") if isinstance(parsed, dict) else None
         # One per text, in order: another count would pair a vector with the wrong text.
         if not isinstance(predictions, list) or len(predictions) != self._texts:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from extproc.chargeback.pricing import PriceTable
 from extproc.config import ConfigError, parse_config
@@ -30,6 +31,7 @@ from tests.unit.test_gemini_review import BODY, KEY, PREFIX, log_line, memory_se
 # The mock Vertex fixture, re-exported so pytest finds it here.
 from tests.unit.test_gemini_review import vertex as vertex
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
 FLASH = "gemini-2.5-flash"
 # Gemini 2.5 Flash's list prices at the time of writing, per million tokens.
 FLASH_PRICE = {
@@ -165,19 +167,23 @@ def test_the_long_context_entry_prices_audio_when_the_model_does() -> None:
     long = {"above_input_tokens": 200000, "input_per_million": "0.60",
             "cached_input_per_million": "0.06", "output_per_million": "5.00"}  # fmt: skip
     with pytest.raises(ConfigError) as refused:
-        PriceTable(_pricing({FLASH: {**FLASH_PRICE, "long_context": long}}))
-    assert "audio_input_per_million" in str(refused.value)
+        _pricing({FLASH: {**FLASH_PRICE, "long_context": long}})
+    [problem] = refused.value.problems
+    assert f"pricing.models.{FLASH}.long_context" in problem
+    assert "audio_input_per_million" in problem
 
 
 def test_an_audio_price_beside_a_cached_price_needs_a_cached_audio_price() -> None:
     entry = {k: v for k, v in FLASH_PRICE.items() if k != "cached_audio_input_per_million"}
     with pytest.raises(ConfigError) as refused:
         _pricing({FLASH: entry})
-    assert "cached_audio_input_per_million" in str(refused.value)
-    assert FLASH in str(refused.value)
+    [problem] = refused.value.problems
+    assert f"pricing.models.{FLASH}" in problem
+    assert "cached_audio_input_per_million" in problem
 
 
 def _pricing(models: dict[str, Any]) -> PricingConfig:
-    """The pricing section as the config loader reads it, errors naming their field."""
-    text = orjson.dumps({"pricing": {"models": models}}).decode()
-    return parse_config(text, "gateway.yaml", {}).pricing
+    """The default config's pricing with ``models``, as the loader reads it."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["pricing"]["models"].update(models)
+    return parse_config(yaml.safe_dump(raw), "gateway.yaml", {}).pricing
