@@ -78,6 +78,10 @@ class Usage:
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
     billable_characters: int | None = None
+    # The counts of the request's sampling steps before its answer, each on its own
+    # (Anthropic's compaction steps, usage.iterations); part of the counts above. The
+    # long-context price is judged on each step's own prompt, not on their sum.
+    steps: tuple[Usage, ...] = ()
 
     def as_dict(self) -> dict[str, int]:
         return {

@@ -30,8 +30,10 @@ A request whose prompt is above its price entry's ``long_context`` threshold is 
 wholly at the long-context prices (prompt, cache reads and writes, completion), as
 Anthropic bills Claude Sonnet 4's prompts above 200K tokens. The prompt is the usage's
 ``prompt_tokens``, cache reads and writes included, as the providers count it toward the
-threshold; for a stream cut short, the estimate its usage holds. The entry is the tier's
-when the tier has one, so the tier is picked first, then the length.
+threshold; for a stream cut short, the estimate its usage holds. A request of several
+sampling steps (Anthropic's compaction step, then its answer: ``Usage.steps``) is judged
+step by step, each priced on its own prompt: their sum is no prompt the model read. The
+entry is the tier's when the tier has one, so the tier is picked first, then the length.
 
 A request the provider reports running in an inference geography the table prices apart
 (Anthropic's ``usage.inference_geo``, ``us``: 1.1x) costs its tokens at the entry picked
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING
 
@@ -230,18 +232,38 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
     completion tokens at the output price; each server tool request at its tool's price.
     All at the long-context prices when the prompt (cache reads and writes included) is
     above their threshold: the provider bills the whole request at them, not only the
-    tokens past it. The tokens' cost times the multiplier of ``inference_geo``, the
-    geography the provider ran the request in, when the prices have one.
+    tokens past it; a request of several sampling steps (Anthropic's compaction, then the
+    answer) is judged step by step, each on its own prompt. The tokens' cost times the
+    multiplier of ``inference_geo``, the geography the provider ran the request in, when
+    the prices have one.
 
     Each part is clamped to what the prompt has left, so a malformed report never bills
     more prompt tokens than the prompt has, nor any twice. A server tool without a price
     adds nothing and makes the cost ``priced=False``: the bill is short and says so."""
     if prices is None:
         return UNPRICED
-    long_context = False
-    long = prices.long_context
-    if long is not None and usage.prompt_tokens > long.above_input_tokens:
-        prices, long_context = long.prices, True
+    tokens, long_context = 0, False
+    # Each sampling step is judged on its own prompt (Anthropic's compaction step reads
+    # the whole conversation, the answer the summary): their sum is no prompt the model
+    # read, and would bill two short steps at the long-context price.
+    for part in _sampling_steps(usage) if prices.long_context is not None else (usage,):
+        entry = prices
+        long = prices.long_context
+        if long is not None and part.prompt_tokens > long.above_input_tokens:
+            entry, long_context = long.prices, True
+        tokens += _token_cost(part, entry)
+    multiplier = prices.geos.get(inference_geo) if inference_geo is not None else None
+    if multiplier is not None:
+        tokens = _multiplied(tokens, multiplier)
+    tools = sum(
+        max(count, 0) * prices.server_tools.get(name, 0)
+        for name, count in usage.server_tool_requests.items()
+    )
+    return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
+
+
+def _token_cost(usage: Usage, prices: TokenPrices) -> int:
+    """The picodollars of ``usage``'s tokens at ``prices``, each part clamped."""
     cached = _part(usage.cached_tokens, usage.prompt_tokens)
     written = _part(usage.cache_write_tokens, usage.prompt_tokens - cached)
     # The 1-hour part is what the provider named as such; the other writes are 5-minute.
@@ -264,15 +286,32 @@ def cost_of(usage: Usage, prices: TokenPrices | None, inference_geo: str | None 
     if prices.input_per_character is not None and characters is not None:
         # Billed by the characters the provider counted (Vertex's embeddings), not tokens.
         prompt = max(characters, 0) * prices.input_per_character
-    tokens = prompt + usage.completion_tokens * prices.output
-    multiplier = prices.geos.get(inference_geo) if inference_geo is not None else None
-    if multiplier is not None:
-        tokens = _multiplied(tokens, multiplier)
-    tools = sum(
-        max(count, 0) * prices.server_tools.get(name, 0)
-        for name, count in usage.server_tool_requests.items()
+    return prompt + usage.completion_tokens * prices.output
+
+
+def _sampling_steps(usage: Usage) -> tuple[Usage, ...]:
+    """The request's sampling steps, each with its own counts: its compaction steps
+    (``Usage.steps``), then the answer's own, the rest of the counts. A usage without
+    steps is one step."""
+    if not usage.steps:
+        return (usage,)
+    steps = usage.steps
+
+    def rest(field: str) -> int:
+        reported = int(getattr(usage, field))
+        return max(reported - sum(int(getattr(step, field)) for step in steps), 0)
+
+    answer = replace(
+        usage,
+        prompt_tokens=rest("prompt_tokens"),
+        completion_tokens=rest("completion_tokens"),
+        total_tokens=rest("total_tokens"),
+        cached_tokens=rest("cached_tokens"),
+        cache_write_tokens=rest("cache_write_tokens"),
+        cache_write_1h_tokens=rest("cache_write_1h_tokens"),
+        steps=(),
     )
-    return Cost(tokens + tools, not unpriced_server_tools(usage, prices), long_context)
+    return (*steps, answer)
 
 
 def _multiplied(picousd: int, multiplier: int) -> int:

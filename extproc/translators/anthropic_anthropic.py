@@ -186,9 +186,18 @@ class CompactionCounts:
     type ``compaction``), summed: billed beside the top-level counts, which leave them
     out. A count that is no token count (``token_counts``) is read as 0."""
 
-    __slots__ = ("cache_creation", "cache_creation_1h", "cache_read", "output", "uncached")
+    __slots__ = (
+        "cache_creation",
+        "cache_creation_1h",
+        "cache_read",
+        "output",
+        "steps",
+        "uncached",
+    )
 
     def __init__(self) -> None:
+        # Each step's own counts, which the long-context price judges one by one.
+        self.steps: list[Usage] = []
         self.uncached = 0
         self.cache_creation = 0
         self.cache_creation_1h = 0
@@ -209,12 +218,18 @@ class CompactionCounts:
         one_hour = 0
         if isinstance(split, dict):
             one_hour = token_count(split.get("ephemeral_1h_input_tokens")) or 0
-        self.uncached += token_count(entry.get("input_tokens")) or 0
-        self.cache_creation += creation
+        uncached = token_count(entry.get("input_tokens")) or 0
+        read = token_count(entry.get("cache_read_input_tokens")) or 0
+        output = token_count(entry.get("output_tokens")) or 0
         # Each step's 1-hour writes are part of its writes, never more.
-        self.cache_creation_1h += min(one_hour, creation)
-        self.cache_read += token_count(entry.get("cache_read_input_tokens")) or 0
-        self.output += token_count(entry.get("output_tokens")) or 0
+        one_hour = min(one_hour, creation)
+        self.uncached += uncached
+        self.cache_creation += creation
+        self.cache_creation_1h += one_hour
+        self.cache_read += read
+        self.output += output
+        prompt = uncached + creation + read
+        self.steps.append(Usage(prompt, output, prompt + output, read, creation, one_hour))
 
     @property
     def prompt(self) -> int:
@@ -324,6 +339,7 @@ class UsageCounts:
             self.cache_writes,
             self.cache_creation_1h_part,
             self.server_tools_used,
+            steps=tuple(self.compaction.steps),
         )
 
     def failure(
