@@ -10,8 +10,11 @@ cluster and one route per provider. The gateway picks a provider by setting the
 fall through to a 404, in the shape of the client's API (``_route_miss_mappers``).
 
 Errors Envoy itself produces (upstream refused or timed out, body too large,
-gateway unreachable or full) are rewritten into the same OpenAI error shape the
-gateway uses, so clients see one error format whoever refused them.
+gateway unreachable or full) are rewritten into the error shape of the client's API,
+the one the gateway's own errors take (OpenAI's, Anthropic's, Bedrock's, Google's),
+so clients see one error format whoever refused them. The gateway names that API in
+its first answer (dynamic metadata, ``headers.CLIENT_API_KEY``): by the time Envoy
+replies, the request's path and headers may be the provider's.
 
 Envoy's defaults suit short web requests; an LLM call lasts seconds to minutes and
 may answer megabytes. So every cluster gets circuit breakers sized by
@@ -53,12 +56,14 @@ from extproc.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
     UpstreamError,
+    anthropic_error_body,
     bedrock_exception,
     google_status,
 )
 from extproc.headers import (
     ABOUT_THE_CLIENT,
     BODY_HINTS_NAMESPACE,
+    CLIENT_API_KEY,
     CLUSTER,
     METADATA_NAMESPACE,
     RATE_LIMIT_HEADERS,
@@ -128,13 +133,21 @@ _NOT_JSON_YET = (
 # A path no route serves: Envoy's catch-all 404 (``_not_found_route``), in the shape of
 # the client's API (``_route_miss_mappers``).
 ROUTE_MISS = NotFoundError("no route for this path", code="route_not_found")
-# Which client's API a request speaks, beside its path: the header its SDK sends on every
-# call and OpenAI's never do (Anthropic's SDKs and Claude Code, the AWS SDKs, Google's
-# Gen AI SDKs and Gemini CLI). A call the gateway does not route (Anthropic's
-# ``/v1/messages/batches``, Bedrock's ApplyGuardrail, Gemini's file uploads) then gets
-# a 404 its SDK reads, not OpenAI's. First match wins: an AWS or Google SDK's path may
-# be an Anthropic model's.
 _DIRECT_404 = "response.code_details == 'direct_response' && response.code == 404"
+# The client's API as the gateway named it in its first answer (``CLIENT_API_KEY``).
+_GATEWAY_METADATA = f"metadata.filter_metadata['{METADATA_NAMESPACE}']"
+_GATEWAY_SAID = (
+    f"('{METADATA_NAMESPACE}' in metadata.filter_metadata"
+    f" && '{CLIENT_API_KEY}' in {_GATEWAY_METADATA})"
+)
+_CLIENT_API = f"{_GATEWAY_METADATA}['{CLIENT_API_KEY}']"
+# Which client's API a request the gateway did not answer speaks, beside its path: the
+# header its SDK sends on every call and OpenAI's never do (Anthropic's SDKs and Claude
+# Code, the AWS SDKs, Google's Gen AI SDKs and Gemini CLI). A call the gateway does not
+# route (Anthropic's ``/v1/messages/batches``, Bedrock's ApplyGuardrail, Gemini's file
+# uploads) then gets a 404 its SDK reads, not OpenAI's. Never once the gateway has
+# answered: it adds anthropic-version to an OpenAI client's request for Claude. First
+# match wins: an AWS or Google SDK's path may be an Anthropic model's.
 _SDK_HEADERS = (
     ("bedrock", "amz-sdk-invocation-id"),
     ("google", "x-goog-api-client"),
@@ -470,7 +483,7 @@ def _access_log() -> Json:
 
 # Envoy's own replies, as (condition, error type, code, message, status set, the status
 # the client gets), first match wins; rendered in OpenAI's error shape, and before them
-# in Bedrock's for the paths of Converse routes and in Google's for those of Gemini's.
+# in Bedrock's, Google's and Anthropic's for those APIs' clients (``_client_condition``).
 _LocalReply = tuple[str | None, str, str, str, int | None, int]
 
 
@@ -552,11 +565,11 @@ def _local_replies() -> list[_LocalReply]:
 
 def _local_reply_config(config: GatewayConfig) -> Json:
     replies = _local_replies()
-    prefixes = _converse_prefixes(config)
     mappers = _route_miss_mappers(config)
-    mappers += [_bedrock_error_mapper(reply, prefixes) for reply in replies] if prefixes else []
-    gemini = _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT)
-    mappers += [_google_error_mapper(reply, gemini) for reply in replies] if gemini else []
+    # Each API's twins before OpenAI's, which match any request.
+    for shape, _ in _SDK_HEADERS:
+        client = _client_condition(config, shape)
+        mappers += [_shaped_error_mapper(reply, shape, client) for reply in replies]
     mappers += [
         _error_mapper(condition, error_type, code, message, status)
         for condition, error_type, code, message, status, _ in replies
@@ -565,21 +578,11 @@ def _local_reply_config(config: GatewayConfig) -> Json:
 
 
 def _route_miss_mappers(config: GatewayConfig) -> list[Json]:
-    """The catch-all 404 in the shape of the client's API (``_SDK_HEADERS``), for a
-    client its SDK names or on the path prefixes of its API's routes (reached by the
-    catch-all when a dead gateway was let past, ``failure_mode_allow``). Before every
-    other mapper: the 404 is JSON already, which those leave alone."""
-    by_shape = {
-        "bedrock": _converse_prefixes(config),
-        "google": _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT),
-        "anthropic": _route_prefixes(config, RouteApi.ANTHROPIC_VERTEX),
-    }
+    """The catch-all 404 in the shape of the client's API (``_client_condition``).
+    Before every other mapper: the 404 is JSON already, which those leave alone."""
     mappers = []
-    for shape, header in _SDK_HEADERS:
-        client = f"'{header}' in request.headers"
-        if by_shape[shape]:
-            client = f"({client} || {_on_paths(None, by_shape[shape])})"
-        condition = f"{_DIRECT_404} && {client}"
+    for shape, _ in _SDK_HEADERS:
+        condition = f"{_DIRECT_404} && {_client_condition(config, shape)}"
         mapper: Json = {
             "filter": _cel_filter(condition),
             "body_format_override": {"json_format": orjson.loads(ROUTE_MISS.body(shape))},
@@ -588,6 +591,26 @@ def _route_miss_mappers(config: GatewayConfig) -> list[Json]:
             mapper["headers_to_add"] = [_bedrock_exception_header(ROUTE_MISS.status)]
         mappers.append(mapper)
     return mappers
+
+
+def _client_condition(config: GatewayConfig, shape: str) -> str:
+    """A request whose client speaks the API shaped ``shape``: as the gateway said in
+    its first answer (``CLIENT_API_KEY``), else (no answer: the gateway down, slow or
+    full, a body over the buffer before it answered, a path it does not route) by the
+    request as the client sent it, which nothing has changed yet: its SDK's header
+    (``_SDK_HEADERS``) or a path under a prefix route of that API (reached by the
+    catch-all when a dead gateway was let past, ``failure_mode_allow``). Never by the
+    request alone once the gateway answered: it may be the provider's by then."""
+    header = dict(_SDK_HEADERS)[shape]
+    prefixes = {
+        "bedrock": _converse_prefixes(config),
+        "google": _route_prefixes(config, RouteApi.GEMINI_GENERATE_CONTENT),
+        "anthropic": _route_prefixes(config, RouteApi.ANTHROPIC_VERTEX),
+    }[shape]
+    sent = f"'{header}' in request.headers"
+    if prefixes:
+        sent = f"{sent} || {_on_paths(prefixes)}"
+    return f"({_GATEWAY_SAID} ? {_CLIENT_API} == '{shape}' : ({sent}))"
 
 
 def _converse_prefixes(config: GatewayConfig) -> list[str]:
@@ -607,30 +630,31 @@ def _route_prefixes(config: GatewayConfig, api: RouteApi) -> list[str]:
     )
 
 
-def _on_paths(condition: str | None, prefixes: list[str]) -> str:
-    """``condition``, on the paths under ``prefixes`` alone."""
+def _on_paths(prefixes: list[str]) -> str:
+    """A request on a path under one of ``prefixes``."""
     on_path = " || ".join(
         f"request.path.startsWith({cel_string(prefix + '/')})" for prefix in prefixes
     )
-    return f"({on_path})" if condition is None else f"{condition} && ({on_path})"
+    return f"({on_path})"
 
 
-def _google_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
-    """Envoy's reply on a Gemini route's path, as Google's APIs shape errors (the SDKs
-    read ``error.status``)."""
+def _shaped_error_mapper(reply: _LocalReply, shape: str, client: str) -> Json:
+    """Envoy's reply to a client of the API shaped ``shape`` (``client``:
+    ``_client_condition``), in that API's error shape: AWS SDKs read the message at the
+    top and raise the exception named in ``x-amzn-errortype``, Google's read
+    ``error.status``, Anthropic's SDKs and Claude Code ``error.type``."""
     condition, _, code, message, status, answered = reply
-    mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
-    error = {"code": answered, "message": message, "status": google_status(answered)}
-    mapper["body_format_override"] = {"json_format": {"error": error}}
-    return mapper
-
-
-def _bedrock_error_mapper(reply: _LocalReply, prefixes: list[str]) -> Json:
-    """Envoy's reply on a Converse route's path, as Bedrock shapes errors."""
-    condition, _, code, message, status, answered = reply
-    mapper = _error_mapper(_on_paths(condition, prefixes), "", code, message, status)
-    mapper["body_format_override"] = {"json_format": {"message": message, "code": code}}
-    mapper["headers_to_add"] = [_bedrock_exception_header(answered)]
+    where = client if condition is None else f"{condition} && {client}"
+    mapper = _error_mapper(where, "", code, message, status)
+    if shape == "bedrock":
+        mapper["body_format_override"] = {"json_format": {"message": message, "code": code}}
+        mapper["headers_to_add"] = [_bedrock_exception_header(answered)]
+    elif shape == "google":
+        error = {"code": answered, "message": message, "status": google_status(answered)}
+        mapper["body_format_override"] = {"json_format": {"error": error}}
+    else:
+        anthropic = orjson.loads(anthropic_error_body(message, answered))
+        mapper["body_format_override"] = {"json_format": anthropic}
     return mapper
 
 

@@ -359,8 +359,8 @@ def _name_the_attempt_in_the_too_large_reply(mappers: list[Json]) -> None:
     """Envoy's reply to an answer over the buffer names the attempt last sent, which is
     the one whose answer it dropped; a request without failover has no such metadata,
     and an empty value adds no header. The reply comes in each client API's shape (its
-    Bedrock and Google twins match Converse and Gemini paths), and each names it: those
-    clients fail over too."""
+    Bedrock, Google and Anthropic twins match those APIs' clients), and each names it:
+    those clients fail over too."""
     found = [mapper for mapper in mappers if _TOO_LARGE_DETAILS in _expression(mapper)]
     if not any("request.path" not in _expression(mapper) for mapper in found):
         raise ValueError(f"the bootstrap has no local reply for {_TOO_LARGE_DETAILS}")

@@ -47,6 +47,14 @@ ABOUT_THE_CLIENT = ("x-forwarded-for", "x-envoy-external-address")
 REQUEST_ID = "x-request-id"
 # Envoy dynamic metadata namespace carrying usage to the access log and tracers.
 METADATA_NAMESPACE = "io.aigw"
+# The error shape of the API the client called (``RequestContext.error_shape``:
+# ``openai``, ``anthropic``, ``bedrock``, ``google``, ``jsonrpc``), written in the
+# gateway's first answer, before any change to the request. Envoy's own replies (a
+# body over its buffer, a provider unreachable or slow) take their shape from it
+# (envoy_bootstrap: local replies): the request's headers and path by then may be
+# the provider's (anthropic-version and /v1/messages for an OpenAI client's Claude,
+# /model/... for one served by Bedrock), not the client's.
+CLIENT_API_KEY = "client_api"
 # Where Envoy's json_to_metadata filter puts the request body's `model` and `stream`
 # for the gateway's first message (extproc.response_path: body hints).
 BODY_HINTS_NAMESPACE = "io.aigw.request"

@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import orjson
 import pytest
 from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from extproc.errors import RESPONSE_TOO_LARGE_MESSAGE
 from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     GatewayLog,
@@ -258,6 +260,30 @@ def test_an_answer_over_the_response_limit_is_an_openai_shaped_502(
     assert [(row["provider"], row["total_tokens"]) for row in rows] == [
         (answered_by, line["total_tokens"])
     ]
+
+
+def test_an_answer_over_the_response_limit_is_an_anthropic_502_to_the_anthropic_sdk(
+    small_stack: LocalStack,
+) -> None:
+    """The same answer over the limit, from Claude on Bedrock (translated: the gateway
+    holds the status until it has read the answer) to Claude Code or the anthropic SDK:
+    Envoy's 502 came in Bedrock's shape (the request's path was Bedrock's), which they
+    read no error type from."""
+    client = anthropic.Anthropic(
+        base_url=small_stack.base_url, api_key=KEY, max_retries=0, timeout=90
+    )
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.create(
+            model="anthropic.claude-3-haiku-20240307-v1:0",
+            max_tokens=400_000,
+            messages=[{"role": "user", "content": "limits"}],
+            extra_headers={"x-mock-fault": "chunks=400000"},
+        )
+    assert refused.value.status_code == 502
+    assert refused.value.response.json() == {
+        "type": "error",
+        "error": {"type": "api_error", "message": RESPONSE_TOO_LARGE_MESSAGE},
+    }
 
 
 def rollup_rows(stack: LocalStack, model: str) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ from google.protobuf import json_format
 from extproc.config.loader import load_config, parse_config
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import (
+    _NOT_JSON_YET,
+    _local_replies,
     envoy_command,
     render_bootstrap,
     render_bootstrap_yaml,
@@ -240,8 +242,7 @@ def test_the_catch_all_404_comes_in_the_shape_of_the_sdk_that_named_itself(
     call to a path no route serves gets a 404 they read. Only the catch-all's reply is
     rewritten (Envoy's ``direct_response``), before any other mapper sees it."""
     mappers = hcm(render_bootstrap(load_config(DEFAULT_CONFIG)))["local_reply_config"]["mappers"]
-    [mapper] = [m for m in mappers if client in _expression(m)]
-    assert mappers.index(mapper) < 3
+    [mapper] = [m for m in mappers[:3] if client in _expression(m)]
     assert _expression(mapper).startswith(
         "response.code_details == 'direct_response' && response.code == 404 && "
     )
@@ -382,10 +383,15 @@ def test_every_local_reply_rewrite_spares_replies_that_are_already_json() -> Non
         expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"]
         assert "response.headers['content-type'].startsWith('application/json')" in expression
         body = mapper["body_format_override"]["json_format"]
-        if "headers_to_add" in mapper:  # a Converse route's path: Bedrock's shape
-            assert set(body) == {"message", "code"}
-            continue
-        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert (
+            set(body)
+            == {
+                "bedrock": {"message", "code"},
+                "google": {"error"},
+                "anthropic": {"type", "error"},
+                "openai": {"error"},
+            }[_shape(mapper)]
+        )
     statuses = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
     assert any(s.startswith("response.code == 503") for s in statuses)
     assert any(s.startswith("response.code == 504") for s in statuses)
@@ -435,15 +441,14 @@ def _replies_mappers(config: GatewayConfig) -> list[dict[str, Any]]:
     return [m for m in _local_reply_mappers(config) if "direct_response" not in _expression(m)]
 
 
-def test_envoys_own_replies_on_converse_paths_come_in_bedrocks_shape() -> None:
+def test_envoys_own_replies_to_aws_sdks_come_in_bedrocks_shape() -> None:
     """AWS SDKs read an error's message at the top of the body and its exception in
-    x-amzn-errortype: Envoy's own replies on a Converse route's path say both."""
+    x-amzn-errortype: Envoy's own replies to a Bedrock client say both."""
     mappers = _replies_mappers(load_config(DEFAULT_CONFIG))
-    bedrock = [m for m in mappers if "headers_to_add" in m]
-    openai = [m for m in mappers if "headers_to_add" not in m]
+    bedrock = [m for m in mappers if _shape(m) == "bedrock"]
+    openai = [m for m in mappers if _shape(m) == "openai"]
     assert len(bedrock) == len(openai) and mappers[: len(bedrock)] == bedrock  # they come first
     too_large = next(m for m in bedrock if "response.code == 413" in _expression(m))
-    assert "request.path.startsWith('/model/')" in _expression(too_large)
     assert too_large["body_format_override"]["json_format"] == {
         "message": "the request body is too large",
         "code": "request_too_large",
@@ -452,15 +457,51 @@ def test_envoys_own_replies_on_converse_paths_come_in_bedrocks_shape() -> None:
     assert header["header"] == {"key": "x-amzn-errortype", "value": "ValidationException"}
 
 
-def test_without_converse_routes_envoys_replies_stay_openai_shaped(tmp_path: Path) -> None:
-    raw = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
-        "api: bedrock_converse", "api: openai_chat"
-    )
-    path = tmp_path / "gateway.yaml"
-    path.write_text(raw)
-    config = load_config(path)
-    assert all(route.api != "bedrock_converse" for route in config.routes)
-    assert all("headers_to_add" not in m for m in _replies_mappers(config))
+ON_MODEL = "(request.path.startsWith('/model/'))"
+ON_VERTEX = "(request.path.startsWith('/vertex/'))"
+
+
+@pytest.mark.parametrize(
+    ("shape", "sent"),
+    [
+        ("bedrock", "'amz-sdk-invocation-id' in request.headers || " + ON_MODEL),
+        ("google", "'x-goog-api-client' in request.headers"),
+        ("anthropic", "'anthropic-version' in request.headers || " + ON_VERTEX),
+    ],
+)
+def test_envoys_own_replies_take_the_shape_of_the_api_the_gateway_named(
+    shape: str, sent: str
+) -> None:
+    """By the time Envoy replies, the request may be the provider's: the gateway adds
+    anthropic-version to an OpenAI client's request for Claude, and gives one for a model
+    on Bedrock Bedrock's path; an Anthropic client's request for Claude on Bedrock loses
+    its /v1/messages. The API the gateway named in its first answer decides; the
+    request as sent only when the gateway never answered (nothing has changed it then)."""
+    named = "metadata.filter_metadata['io.aigw']"
+    said = f"('io.aigw' in metadata.filter_metadata && 'client_api' in {named})"
+    client = f"({said} ? {named}['client_api'] == '{shape}' : ({sent}))"
+    mappers = _local_reply_mappers(load_config(DEFAULT_CONFIG))
+    twins = [m for m in mappers if _shape(m) == shape]
+    assert len(twins) == 1 + len(_local_replies())  # the route miss and each reply
+    assert all(_expression(m).endswith(f"{client} && {_NOT_JSON_YET}") for m in twins[1:])
+    assert _expression(twins[0]).endswith(f" && {client}")
+    openai = [m for m in mappers if _shape(m) == "openai"]
+    assert all("request" not in _expression(m) and "metadata" not in _expression(m) for m in openai)
+    anthropic = next(m for m in mappers if _shape(m) == "anthropic" and "413" in _expression(m))
+    assert anthropic["body_format_override"]["json_format"] == {
+        "type": "error",
+        "error": {"type": "request_too_large", "message": "the request body is too large"},
+    }
+
+
+def _shape(mapper: dict[str, Any]) -> str:
+    """Whose error shape a mapper's reply takes, by its body."""
+    body = mapper["body_format_override"]["json_format"]
+    if body.get("type") == "error":
+        return "anthropic"
+    if "message" in body:
+        return "bedrock"
+    return "google" if "status" in body["error"] else "openai"
 
 
 def _expression(mapper: dict[str, Any]) -> str:

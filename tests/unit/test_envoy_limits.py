@@ -64,15 +64,14 @@ def seconds(duration: str) -> float:
 
 
 def openai_mappers(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    """The local reply mappers of OpenAI-shaped paths (each has a Bedrock twin, first,
-    that matches only the paths of Converse routes), less those of the catch-all 404,
-    which match no other reply."""
+    """The local reply mappers of OpenAI's clients (each has a Bedrock, a Google and an
+    Anthropic twin, first, that match only those APIs' clients), less those of the
+    catch-all 404, which match no other reply."""
     mappers: list[dict[str, Any]] = hcm(bootstrap)["local_reply_config"]["mappers"]
     return [
         m
         for m in mappers
-        if "request.path.startsWith(" not in _expression(m)
-        and "direct_response" not in _expression(m)
+        if "request." not in _expression(m) and "direct_response" not in _expression(m)
     ]
 
 

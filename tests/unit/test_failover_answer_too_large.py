@@ -124,12 +124,12 @@ def reply_headers(config: GatewayConfig, metadata: dict[str, Any]) -> dict[str, 
     fills them from the request's metadata (an empty value adds none)."""
     manager = render_bootstrap(config)["static_resources"]["listeners"][0]["filter_chains"][0]
     mappers = manager["filters"][0]["typed_config"]["local_reply_config"]["mappers"]
-    # The reply on an OpenAI-shaped path (its Bedrock twin matches Converse paths alone).
+    # The reply to an OpenAI client (its twins match other APIs' clients alone).
     [mapper] = [
         m
         for m in mappers
         if "response_payload_too_large" in (text := str(m["filter"]["extension_filter"]))
-        and "request.path.startsWith(" not in text
+        and "request." not in text
     ]
     found: dict[str, str] = {}
     for option in mapper.get("headers_to_add", []):

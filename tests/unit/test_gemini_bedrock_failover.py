@@ -558,8 +558,8 @@ async def test_envoys_reply_to_an_answer_over_the_buffer_names_the_attempt_in_ev
         for mapper in manager["local_reply_config"]["mappers"]
         if "response_payload_too_large" in str(mapper["filter"])
     ]
-    # OpenAI's shape, Bedrock's on Converse paths, Google's on Gemini's.
-    assert len(too_large) == 3
+    # OpenAI's shape, and Bedrock's, Google's and Anthropic's for those APIs' clients.
+    assert len(too_large) == 4
     for mapper in too_large:
         added = {
             option["header"]["key"]: option["header"]["value"]
