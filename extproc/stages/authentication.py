@@ -6,7 +6,9 @@ and Gemini CLI) or a header the route names. A bearer value shaped like a JWT
 (``eyJ...`` with two dots) is verified as a token when the route accepts JWTs; anything
 else is looked up as an API key; the first of these a request carries is the one
 used. Failures are 401 with an RFC 6750 ``WWW-Authenticate`` header and a message
-saying what was wrong, never the credential itself. A credential in the query string
+saying what was wrong, never the credential itself (a credential in another scheme,
+``Basic`` say, is refused by the scheme's name, with where the key goes). A
+credential in the query string
 (``?api-key=``, ``?key=``, ...) is refused with a 400 on every route, even next
 to a good header: the gateway never reads it there, and the query would carry
 it on to the provider. So is Google's ``?userProject=``, which would pick the
@@ -106,6 +108,8 @@ class AuthenticationStage:
             message = _missing_message(accepts_key, accepts_jwt)
             if _signed_for_aws(ctx.request_headers):
                 message = _AWS_SIGNATURE_REFUSED
+            elif (scheme := _other_scheme(ctx.request_headers)) is not None:
+                message = _scheme_refused(scheme, accepts_key, accepts_jwt)
             raise _challenge(message, invalid=False)
         if _byte_length(credential) > runtime.config.auth.max_token_bytes:
             code = _INVALID_TOKEN if looks_like_jwt(credential) else None
@@ -228,6 +232,56 @@ _AWS_SIGNATURE_REFUSED = (
 def _signed_for_aws(headers: dict[str, str]) -> bool:
     scheme = headers.get("authorization", "").lstrip().partition(" ")[0]
     return scheme.lower() == _AWS_SIGNATURE
+
+
+# Authorization schemes other than Bearer that clients send (IANA's HTTP Authentication
+# Scheme Registry, and `Token`, which several APIs take), by lower-case name. A refusal
+# names one of these; any other first word is not repeated: it may be the start of a
+# key sent as `Authorization: <key> <more>`.
+_OTHER_SCHEMES = {
+    name.lower(): name
+    for name in (
+        "Basic",
+        "Digest",
+        "Negotiate",
+        "NTLM",
+        "HOBA",
+        "Mutual",
+        "DPoP",
+        "OAuth",
+        "PrivateToken",
+        "Concealed",
+        "SCRAM-SHA-1",
+        "SCRAM-SHA-256",
+        "vapid",
+        "Token",
+    )
+}
+
+
+def _other_scheme(headers: dict[str, str]) -> str | None:
+    """The scheme of an ``Authorization`` header that carries a credential in another
+    scheme than Bearer (``Basic dXNlcjprZXk=``): its registered name, ``""`` for a
+    scheme not registered; None when the header is not of that form."""
+    parts = headers.get("authorization", "").split(None, 1)
+    if len(parts) < 2 or parts[0].lower() == "bearer":
+        return None
+    return _OTHER_SCHEMES.get(parts[0].lower(), "")
+
+
+def _scheme_refused(scheme: str, accepts_key: bool, accepts_jwt: bool) -> str:
+    """Why a credential in another Authorization scheme is not read (a user name and
+    password in Basic, say), and where the gateway reads one. Never the credential."""
+    if accepts_jwt and not accepts_key:
+        found, send = "no bearer token found", "send the token as 'Authorization: Bearer <token>'"
+    elif accepts_jwt:
+        found = "no credentials found"
+        send = "send an API key or a token as 'Authorization: Bearer <credential>'"
+    else:
+        found = "no API key found"
+        send = "send the API key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+    named = f"the {scheme} scheme" if scheme else "a scheme other than Bearer"
+    return f"{found}: the Authorization header uses {named}, which is not accepted; {send}"
 
 
 def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:

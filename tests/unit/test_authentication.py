@@ -99,3 +99,49 @@ async def test_a_refused_jwt_and_a_refused_key_say_which_credential_failed() -> 
     assert token_error["message"] == "token expired"
     assert token_error["code"] == "invalid_token"
     assert (await refusal("no-such-key"))["code"] == "invalid_api_key"
+
+
+async def refusal_of(headers: dict[str, str], path: str = "/v1/chat/completions") -> bytes:
+    [answer] = await run_stream(processor(), [request_headers(path, headers=headers)])
+    assert answer.immediate_response.status.code == 401
+    body: bytes = answer.immediate_response.body
+    return body
+
+
+BASIC = "Basic dGVhbTE6dGVhbTEta2V5"  # team1:team1-key
+
+
+async def test_basic_authentication_is_refused_by_name_and_where_the_key_goes_said() -> None:
+    """curl -u, or a base URL with user:key@ in it: the client read "no API key found"
+    and was left to wonder why the key it sent was not one."""
+    body = await refusal_of({"authorization": BASIC})
+    error = orjson.loads(body)["error"]
+    assert error["message"] == (
+        "no API key found: the Authorization header uses the Basic scheme, which is not "
+        "accepted; send the API key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+    )
+    assert error["type"] == "authentication_error"
+    assert b"dGVhbTE6dGVhbTEta2V5" not in body and b"team1-key" not in body
+
+
+async def test_an_anthropic_client_with_basic_authentication_reads_it_in_anthropics_shape() -> None:
+    body = await refusal_of(
+        {"authorization": BASIC, "anthropic-version": "2023-06-01"}, "/v1/messages"
+    )
+    error = orjson.loads(body)
+    assert error["type"] == "error" and error["error"]["type"] == "authentication_error"
+    assert "the Basic scheme, which is not accepted" in error["error"]["message"]
+
+
+async def test_an_unregistered_scheme_is_not_repeated_it_may_be_part_of_a_key() -> None:
+    body = await refusal_of({"authorization": "sk-live-12345 rest-of-it"})
+    message = orjson.loads(body)["error"]["message"]
+    assert "a scheme other than Bearer, which is not accepted" in message
+    assert b"sk-live" not in body and b"rest-of-it" not in body
+
+
+async def test_basic_beside_an_x_api_key_leaves_the_key_to_decide() -> None:
+    assert (
+        await status_for("/v1/chat/completions", {"authorization": BASIC, "x-api-key": "team1-key"})
+        == 200
+    )
