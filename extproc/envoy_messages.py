@@ -13,7 +13,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput
-from extproc.errors import BEDROCK_ERROR_TYPE_HEADER, GatewayError, bedrock_exception
+from extproc.errors import (
+    AWS_RETRY_AFTER_HEADER,
+    BEDROCK_ERROR_TYPE_HEADER,
+    GatewayError,
+    aws_retry_after,
+    bedrock_exception,
+)
 
 _Mode = processing_mode_pb2.ProcessingMode
 _BODY_MODES = {
@@ -190,6 +196,8 @@ def error_response(
     extra = {"content-type": "application/json", **error.headers}
     if api_shape == "bedrock":
         extra[BEDROCK_ERROR_TYPE_HEADER] = bedrock_exception(error.status)
+        if (wait := aws_retry_after(error.headers)) is not None:
+            extra[AWS_RETRY_AFTER_HEADER] = wait
     if request_id:
         extra[headers.REQUEST_ID] = request_id
     return immediate_response(error.status, error.body(api_shape), extra)

@@ -126,6 +126,21 @@ _BEDROCK_EXCEPTIONS = {
     504: "ModelTimeoutException",
 }
 BEDROCK_ERROR_TYPE_HEADER = "x-amzn-errortype"
+# How long an AWS SDK should wait before it retries, in milliseconds: botocore's standard
+# retry mode (its default) waits that long (at most 5 s past its own backoff of 0-1 s,
+# then 0-2 s) before retrying a ThrottlingException, and reads no ``retry-after``.
+AWS_RETRY_AFTER_HEADER = "x-amz-retry-after"
+
+
+def aws_retry_after(headers: dict[str, str]) -> str | None:
+    """``retry-after`` (whole seconds) as ``x-amz-retry-after`` for an AWS SDK, when a
+    retry soon can pass. Not for a refusal marked ``x-should-retry: false`` (an hour's or
+    a month's quota): the SDK retries a throttle whatever it is told, and would wait out
+    the cap before each of its retries for nothing; without it, it gives up at once."""
+    seconds = headers.get("retry-after", "")
+    if not (seconds.isascii() and seconds.isdigit()) or headers.get("x-should-retry") == "false":
+        return None
+    return str(int(seconds) * 1000)
 
 
 def bedrock_exception(status: int) -> str:
