@@ -9,12 +9,13 @@ MCP and A2A leave unused are the gateway's: see ``TOOL_FORBIDDEN``,
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from extproc.agents.key_spellings import UnreadableKeysError, misspelt_key
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -81,9 +82,8 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
 # The keys the gateway reads a message by, and what a parser that keeps the first of two
 # equal keys (where orjson keeps the last), or matches keys regardless of case, would read
 # differently.
-_ENVELOPE_KEYS = ("jsonrpc", "id", "method", "params", "result", "error")
-_PARAMS_KEYS = ("name",)  # a tools/call's tool
-_READ_KEYS = frozenset((*_ENVELOPE_KEYS, *_PARAMS_KEYS))
+_ENVELOPE_KEYS = frozenset(("jsonrpc", "id", "method", "params", "result", "error"))
+_PARAMS_KEYS = frozenset(("name",))  # a tools/call's tool
 # Non-ASCII characters that case-fold to letters of those keys: the long s (U+017F, "s")
 # and the Kelvin sign (U+212A, "k"), in UTF-8. Go's encoding/json folds both.
 _FOLDING_TO_ASCII = (b"\xc5\xbf", b"\xe2\x84\xaa")
@@ -100,10 +100,10 @@ def _key_twice(body: bytes, items: list[Any]) -> str | None:
     MCP SDK before CVE-2026-27896) matches them regardless of case, the long s and the
     Kelvin sign included, and keeps the last: to such a server ``"Method":"tools/call"``
     after ``"method":"tools/list"`` is a tool call, and ``"Name"`` in ``params`` the tool.
-    No client sends either. A second parse that sees them runs only when the bytes allow
-    one: a key spelt (in any case) more often than the parsed messages hold it, a
-    character that folds to one of its letters, or a ``\\u`` escape, which can spell a
-    key in other bytes.
+    No client sends either. The keys as spelt (``key_spellings``: the messages' and
+    their ``params``') are read only when the bytes allow one: a key spelt (in any
+    case) more often than the parsed messages hold it, a character that folds to one of
+    its letters, or a ``\\u`` escape, which can spell a key in other bytes.
     """
     if b"\\u" not in body and not any(fold in body for fold in _FOLDING_TO_ASCII):
         lowered = body.lower()
@@ -111,38 +111,16 @@ def _key_twice(body: bytes, items: list[Any]) -> str | None:
             lowered.count(b'"%s"' % key.encode()) > held for key, held in _held(items).items()
         ):
             return None
-    # Per object: each key the gateway reads by, and how the object spells it.
-    spellings: dict[int, dict[str, list[str]]] = {}
-
-    def pairs(found: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(found)
-        read: dict[str, list[str]] = {}
-        for name, _ in found:
-            folded = name.casefold()
-            if folded in _READ_KEYS:
-                read.setdefault(folded, []).append(name)
-        clashes = {key: names for key, names in read.items() if names != [key]}
-        if clashes:
-            spellings[id(obj)] = clashes
-        return obj
-
     try:
-        parsed = json.loads(body, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        return "the request body is nested too deeply to be read"
-    for item in parsed if isinstance(parsed, list) else [parsed]:
-        if not isinstance(item, dict):
-            continue
-        found = {k: v for k, v in spellings.get(id(item), {}).items() if k in _ENVELOPE_KEYS}
-        params = item.get("params")
-        if isinstance(params, dict):
-            found |= {k: v for k, v in spellings.get(id(params), {}).items() if k in _PARAMS_KEYS}
-        for key in sorted(found):
-            other = next((name for name in found[key] if name != key), None)
-            if other is None:
-                return f"a message names {key!r} twice: each key once"
-            return f"a message spells {key!r} as {other!r}: JSON-RPC keys are exact, each once"
-    return None
+        clash = misspelt_key(body, _ENVELOPE_KEYS, _PARAMS_KEYS)
+    except UnreadableKeysError as exc:
+        return str(exc)
+    if clash is None:
+        return None
+    key, other = clash
+    if other is None:
+        return f"a message names {key!r} twice: each key once"
+    return f"a message spells {key!r} as {other!r}: JSON-RPC keys are exact, each once"
 
 
 def _held(items: list[Any]) -> dict[str, int]:

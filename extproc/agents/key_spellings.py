@@ -1,0 +1,125 @@
+"""Keys of a JSON-RPC body as written: find one the gateway reads by that a message (or
+its ``params``) gives twice, or spells in another case.
+
+orjson, which reads the body, keeps the last of two equal keys and says nothing of
+their spelling; this reads the names as written (escapes decoded: ``"m\\u0065thod"``
+is ``method``), but only where the gateway reads them: the messages' own keys and
+their ``params``' keys. A single message is walked key by key and every other value
+(a tool's ``arguments``, whatever its size or shape) is skipped by the standard
+library's C scanner, so the cost stays close to one parse of the body. A batch, many
+small messages, is scanned in C at once, its objects as tuples of pairs. (A Python
+hook on every object of the body, as ``json.loads(object_pairs_hook=...)`` calls it,
+cost several times the parse: an event loop held for a tenth of a second or more
+per MiB of small objects.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from json.scanner import make_scanner
+from typing import Any, cast
+
+Scanner = Callable[[str, int], tuple[Any, int]]
+# The standard library's C scanner: one value from an index, and its end. (Typeshed types
+# its argument as a scanner; it reads the decoder's settings.)
+_scan_value: Scanner = make_scanner(cast("Any", json.JSONDecoder()))
+# The same, with every object as a tuple of (key, value) pairs: arrays stay lists, so an
+# object is never mistaken for one.
+_scan_pairs: Scanner = make_scanner(cast("Any", json.JSONDecoder(object_pairs_hook=tuple)))
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# An object's start (and its end, when empty); a key with its colon and the space up to
+# its value (group 1: the key as written, escapes undecoded); what follows a value.
+_OPEN = re.compile(r"\{[ \t\n\r]*(\}?)")
+_NAME = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.DOTALL)
+_AFTER = re.compile(r"[ \t\n\r]*([,}])[ \t\n\r]*")
+_PARAMS = "params"
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+class UnreadableKeysError(Exception):
+    """The body is JSON to orjson but not to the standard library's scanner (nesting
+    deeper than its recursion limit): its keys cannot be checked."""
+
+
+def misspelt_key(
+    body: bytes, envelope: frozenset[str], params: frozenset[str]
+) -> tuple[str, str | None] | None:
+    """The first key of ``envelope`` (a message's) or ``params`` (its ``params``') that
+    the body gives twice, with None, or spells in another case (``casefold``: the long
+    s and the Kelvin sign too), with that spelling. ``body`` is JSON orjson has read."""
+    try:
+        text = body.decode()
+        start = _skip_space(text, 0)
+        if not text.startswith("[", start):
+            pairs, _ = _object(text, start, walk_params=True)
+            return _clash(pairs, envelope, params)
+        items, _ = _scan_pairs(text, start)
+        for item in items:
+            found = _clash(item, envelope, params) if isinstance(item, tuple) else None
+            if found is not None:
+                return found
+        return None
+    except RecursionError:
+        raise UnreadableKeysError("the request body is nested too deeply to be read") from None
+    except (ValueError, IndexError, StopIteration):
+        # orjson read it, so this is a difference between the two parsers.
+        raise UnreadableKeysError("the request body could not be read for its keys") from None
+
+
+def _clash(
+    pairs: Pairs, read: frozenset[str], inner: frozenset[str] | None
+) -> tuple[str, str | None] | None:
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key in read:
+            if key in seen:
+                return key, None
+            seen.add(key)
+        elif (folded := key.casefold()) in read:
+            return folded, key
+        if inner is not None and key == _PARAMS and isinstance(value, tuple):
+            found = _clash(value, inner, None)
+            if found is not None:
+                return found
+    return None
+
+
+def _object(text: str, at: int, *, walk_params: bool) -> tuple[Pairs, int]:
+    """The keys of the object at ``at`` (its ``{``) and the index after it. Values are
+    skipped (None), but with ``walk_params`` an object under ``params`` becomes its keys."""
+    opened = _OPEN.match(text, at)
+    if opened is None:
+        raise ValueError("not an object")
+    at = opened.end()
+    if opened.group(1):
+        return (), at
+    found: list[tuple[str, Any]] = []
+    while True:
+        named = _NAME.match(text, at)
+        if named is None:
+            raise ValueError("not a key")
+        key = named.group(1)
+        if "\\" in key:
+            key, _ = _scan_value(text, at)  # the key, a JSON string, its escapes decoded
+        at = named.end()
+        value: Pairs | None = None
+        if walk_params and key == _PARAMS and text.startswith("{", at):
+            value, at = _object(text, at, walk_params=False)
+        else:
+            _, at = _scan_value(text, at)
+        found.append((key, value))
+        after = _AFTER.match(text, at)
+        if after is None:
+            raise ValueError("unterminated object")
+        at = after.end()
+        if after.group(1) == "}":
+            return tuple(found), at
+
+
+def _skip_space(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
