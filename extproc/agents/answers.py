@@ -4,7 +4,9 @@ A *watch* receives the JSON-RPC answer to one request and may replace it (tool
 lists are filtered, agent cards rewritten) or only record what it says (a tool
 call's outcome, an A2A task's id and state). While a watch that rewrites is
 waiting, the reader holds the bytes back, so a client never sees the original;
-once it has its answer the rest streams through untouched. A reader never holds
+once it has its answer the rest streams through, an SSE stream event by whole
+event, each read so that a second answer to the same request (a broken server
+answering twice) is rewritten too. A reader never holds
 more than ``MAX_HELD_BYTES``: past that, a rewriting watch fails closed (its
 request gets a JSON-RPC error) and an observing one gives up. So does a rewriting
 watch when a message the reader holds cannot be parsed (a UTF-8 BOM, a lone
@@ -65,6 +67,12 @@ class AnswerReader:
         call: AgentCall | None = None,
     ) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
+        # Rewriting watches already answered, by id: a server that answers a request
+        # twice gets its second copy rewritten too, never passed on as it came.
+        self._answered: dict[str, Watch] = {}
+        # A tool list of this answer's requests: any tool-list-shaped answer under an id
+        # no request has is filtered like it, before the list came and after.
+        self._lists = next((w for w in watches if isinstance(w, ToolListFilter)), None)
         self._any = any_answer
         self._sse = sse
         self._call = call
@@ -85,11 +93,17 @@ class AnswerReader:
             return True
         return any(watch.rewrites for watch in self._watches.values())
 
+    def _guarding(self) -> bool:
+        """Whether what comes may need rewriting: an answer still to rewrite, or a second
+        answer to a request whose first one was rewritten. Then SSE events go out one
+        whole event at a time, each read first (a partial one is held back)."""
+        return self._rewrite_pending() or bool(self._answered)
+
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._dropping:
             return b""
         if not self._watches and not self._holding and self._any is None:
-            return None
+            return None  # nothing left to read or rewrite: the rest passes as it comes
         if self._sse:
             return self._feed_sse(chunk, end_of_stream)
         return self._feed_json(chunk, end_of_stream)
@@ -137,16 +151,18 @@ class AnswerReader:
         if watch is None:
             if self._any is not None:
                 return self._any.answer(message)
-            # An answer under an id no request of this body has, while a tool list is
-            # still to filter: the server read the id another way than the gateway.
-            # Never let it pass as it came: filter it like the list it may be.
-            pending = next(
-                (w for w in self._watches.values() if isinstance(w, ToolListFilter)), None
-            )
-            return pending.filter_stray(message) if pending is not None else None
+            again = self._answered.get(key)
+            if again is not None:
+                return again.answer(message)
+            # An answer under an id no request of this body has, in the answer to a
+            # tool list: the server read the id another way than the gateway. Never let
+            # it pass as it came: filter it like the list it may be.
+            return self._lists.filter_stray(message) if self._lists is not None else None
         replaced = watch.answer(message)
         if watch.final:
             del self._watches[key]
+            if watch.rewrites:
+                self._answered[key] = watch
         return replaced
 
     # --- SSE -------------------------------------------------------------------------
@@ -177,7 +193,7 @@ class AnswerReader:
             # was held goes nowhere, as on the JSON path, rather than out unfiltered.
             # (A server stream's last events were all read and filtered: they go out.)
             return self._failure_body()
-        if not self._rewrite_pending():
+        if not self._guarding():
             # Released: what was held goes out; the splitter keeps the partial event
             # only to read it, it is never sent twice.
             self._holding = False
@@ -186,7 +202,7 @@ class AnswerReader:
 
     def _read_event(self, event: bytes) -> bytes | None:
         data = event_data(event)
-        if data is None or not (self._watches or self._any):
+        if data is None or not (self._watches or self._any or self._answered):
             return None
         try:
             replaced = self._read_document(data)
@@ -201,12 +217,15 @@ class AnswerReader:
         such as ``\\ud800``, which JavaScript and Python read): passed on, such an event
         could be the tool list, unfiltered. A request's answer fails closed as an
         unreadable JSON answer does (its request gets -32603, the rest of the stream is
-        dropped); on a server stream the event is replaced by an error without an id
-        and the stream goes on, its later lists still filtered. An event without data
-        (a priming event) holds no message and passes."""
-        if not data.strip() or not self._rewrite_pending():
+        dropped); on a server stream, or after the answer it rewrote (a server answering
+        twice), the event is replaced by an error without an id and the stream goes
+        on, its later lists still filtered. An event without data (a priming event)
+        holds no message and passes."""
+        if not data.strip() or not self._guarding():
             return None
-        if self._any is not None:
+        if self._any is not None or not self._rewrite_pending():
+            # A stream that goes on: a server stream, or answers after the rewritten one
+            # (this may be it again). The event becomes an error without an id.
             self._failed()
             return with_data(event, unreadable_answer([None]))
         self._dropping = True
