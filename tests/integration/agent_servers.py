@@ -139,9 +139,13 @@ def _lenient_answer(message: dict[str, Any]) -> dict[str, Any]:
 
 def _lenient_response(request: Request, payload: bytes, sse: bool) -> Response:
     """The payload framed and labelled as the query asks: ``type`` (``none``: no
-    content type), ``sse=1`` for an event, ``gzip=1`` compressed whatever was accepted."""
+    content type), ``sse=1`` for an event, ``gzip=1`` compressed whatever was accepted,
+    ``twice=1`` sent twice (a broken server answering each request twice: two events, or
+    a JSON batch holding both)."""
     query = request.query_params
     body = b"event: message\ndata: " + payload + b"\n\n" if sse else payload
+    if query.get("twice") == "1":
+        body = body + body if sse else b"[" + payload + b"," + payload + b"]"
     found_type = query.get("type", "text/event-stream" if sse else "application/json")
     extra = {} if found_type == "none" else {"content-type": found_type}
     if query.get("gzip") == "1":

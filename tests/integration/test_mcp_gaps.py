@@ -172,6 +172,16 @@ def test_bob_lists_only_the_tools_he_may_call_whatever_the_content_type(
     assert listed(answer) == {"echo", "add", "fail"}
 
 
+@pytest.mark.parametrize("query", ["?twice=1", "?twice=1&sse=1"])
+def test_bob_never_sees_the_second_copy_of_a_tool_list_answered_twice_unfiltered(
+    lenient: Lenient, query: str
+) -> None:
+    answer = lenient.post(TEAM2, {"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, query)
+    assert answer.status_code == 200
+    assert "deploy" not in answer.text, answer.text
+    assert answer.text.count('"echo"') == 2
+
+
 @pytest.mark.parametrize("query", ["?gzip=1", "?gzip=1&sse=1"])
 def test_a_compressed_tool_list_is_a_readable_jsonrpc_error_without_the_tools(
     lenient: Lenient, query: str
