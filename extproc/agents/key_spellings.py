@@ -53,9 +53,11 @@ def misspelt_key(
     try:
         text = body.decode()
         start = _skip_space(text, 0)
-        if not text.startswith("[", start):
+        if text.startswith("{", start):
             pairs, _ = _object(text, start, walk_params=True)
             return _clash(pairs, envelope, params)
+        if not text.startswith("[", start):
+            return None  # no message at all: refused as such, not for its keys
         items, _ = _scan_pairs(text, start)
         for item in items:
             found = _clash(item, envelope, params) if isinstance(item, tuple) else None

@@ -188,3 +188,10 @@ def test_nor_per_object_in_the_messages_of_a_batch() -> None:
 
     small, large = _python_calls(batch(10)), _python_calls(batch(1000))
     assert large == small, f"{small} Python calls for 10 objects a message, {large} for 1,000"
+
+
+@pytest.mark.parametrize("body", [b'"\\u0041"', b' "caf\\u00e9" ', b'["\\u0041"]'])
+def test_a_body_that_is_no_message_is_refused_as_such_escapes_or_not(body: bytes) -> None:
+    with pytest.raises(RpcParseError) as raised:
+        jsonrpc.parse_body(body)
+    assert raised.value.message == "each message must be a JSON-RPC 2.0 object"
