@@ -845,6 +845,27 @@ def _no_such_api(
     )
 
 
+def bedrock_tier_asked(
+    api: RouteApi | None, body: Any, request_headers: dict[str, str]
+) -> str | None:
+    """The service tier a request to Bedrock asked for, when Bedrock serves an accepted
+    request at it (``openai_bedrock_stream.SERVED_AS_ASKED``: it refuses a tier the model
+    or region lacks before answering): what prices an answer of it cut before Bedrock
+    named its tier, a stream's or a JSON answer's, a failover attempt's too
+    (``stages.cut_answer``). An OpenAI client's ``service_tier`` as sent to Converse, a
+    Converse call's ``serviceTier``, an InvokeModel call's ``X-Amzn-Bedrock-Service-Tier``;
+    None for any other request, and for ``reserved``, which overflows to the standard
+    tier unannounced."""
+    asked: str | None = None
+    if api is RouteApi.OPENAI_CHAT:
+        asked = openai_bedrock.asked_service_tier(body)
+    elif api is RouteApi.BEDROCK_CONVERSE and isinstance(body, dict):
+        asked = openai_bedrock_stream.served_tier(body.get("serviceTier"))
+    elif api is RouteApi.BEDROCK_INVOKE:
+        asked = request_headers.get(anthropic_bedrock.SERVICE_TIER_HEADER)
+    return asked if asked in openai_bedrock_stream.SERVED_AS_ASKED else None
+
+
 def plan_response(
     ctx: RequestContext,
     status: int,
@@ -977,11 +998,11 @@ def _answer_plan(
         # Never streamed (a body asking is refused): a response's usage, in one object.
         return ResponsePlan(openai_responses.ResponseReader())
     if route.api is RouteApi.BEDROCK_CONVERSE:
+        asked = bedrock_tier_asked(route.api, ctx.body, ctx.request_headers)
         if streaming:
-            asked = openai_bedrock_stream.served_tier((ctx.body or {}).get("serviceTier"))
             frames = bedrock_bedrock.ConverseStreamReader(asked_tier=asked)
             return ResponsePlan(frames, streamed=True)
-        return ResponsePlan(bedrock_bedrock.ConverseReader())
+        return ResponsePlan(bedrock_bedrock.ConverseReader(asked_tier=asked))
     if route.api is RouteApi.BEDROCK_INVOKE:
         # The tier Bedrock served: in its answer's headers, not in Claude's usage.
         served = anthropic_bedrock.served_tier(headers)
@@ -1046,20 +1067,25 @@ def _answer_plan(
         )
         return ResponsePlan(completion, remove_headers=rewritten)
     model = ctx.model or ""
+    asked = bedrock_tier_asked(RouteApi.OPENAI_CHAT, ctx.body, ctx.request_headers)
     if streaming:
         events = openai_bedrock.StreamTranslator(
             model=model,
             include_usage=ctx.client_wants_usage,
             request_id=ctx.request_id,
             created=created,
-            asked_tier=openai_bedrock.asked_service_tier(ctx.body),
+            asked_tier=asked,
             bill_apart=from_provider,
         )
         return ResponsePlan(
             events, streamed=True, set_headers={"content-type": SSE}, remove_headers=rewritten
         )
     converse = openai_bedrock.CompletionTranslator(
-        model=model, request_id=ctx.request_id, created=created, bill_apart=from_provider
+        model=model,
+        request_id=ctx.request_id,
+        created=created,
+        asked_tier=asked,
+        bill_apart=from_provider,
     )
     return ResponsePlan(converse, remove_headers=rewritten)
 

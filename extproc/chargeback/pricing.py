@@ -24,7 +24,8 @@ A request is priced at the service tier its provider reports serving it at (Open
 read usage): the model's price entry for that tier, if the table has one,
 else the model's own price. The standard tier (``default``, ``standard``), an answer
 that names none, and a stream cut before it named one are billed at the model's own
-price.
+price; but an answer of Bedrock cut before it named one, which Bedrock serves at the tier
+asked, is billed at that tier (``backends.bedrock_tier_asked``).
 
 A request whose prompt is above its price entry's ``long_context`` threshold is priced
 wholly at the long-context prices (prompt, cache reads and writes, completion), as
@@ -528,10 +529,17 @@ def request_cost(ctx: RequestContext) -> Cost:
     (``ctx.service_tier``, ``ctx.inference_geo``, the log line's), so the line names what
     its cost was priced at."""
     if ctx.cost is None:
-        ctx.service_tier = reported_service_tier(ctx.translator)
+        ctx.service_tier = answered_tier(ctx)
         ctx.inference_geo = reported_inference_geo(ctx.translator)
         ctx.cost = usage_cost(ctx, ctx.usage, ctx.service_tier)
     return ctx.cost
+
+
+def answered_tier(ctx: RequestContext) -> str | None:
+    """The service tier the request's answer was served at, so far: the one its
+    translator read (or seeded with the tier asked, a Bedrock answer's), else the one the
+    attempt Envoy dropped for its size asked for (``ctx.tier_asked``)."""
+    return reported_service_tier(ctx.translator) or ctx.tier_asked
 
 
 def usage_cost(ctx: RequestContext, usage: Usage, tier: str | None) -> Cost:

@@ -54,7 +54,10 @@ it (the client never sees it), leaves out the provider that answered (named in t
 answer's headers, or in Envoy's reply for an answer over the buffer), a name that is
 no member of the request's chain, and a repeated one, and charges each remaining
 attempt a cut answer at its member's price: the prompt estimate and the completion allowance,
-``usage_estimated``, under its provider (``ctx.cut_attempts``). The ledgers add them to
+``usage_estimated``, under its provider (``ctx.cut_attempts``). A Bedrock member's price is
+that of the tier its request asked for, as its answer cut without failover is
+(``backends.bedrock_tier_asked``); other providers name theirs only in the body that was
+cut. The ledgers add them to
 the answer's charge. A client that hangs up while an attempt's body is in flight ends
 the request before any answer: no message comes to read the header from, so that
 attempt is not charged.
@@ -75,12 +78,13 @@ import orjson
 
 from extproc import headers
 from extproc.answer_status import no_answer
-from extproc.backends import ENVOY_UPSTREAM_TIME
-from extproc.config.model import RouteApi
+from extproc.backends import ENVOY_UPSTREAM_TIME, bedrock_tier_asked
+from extproc.config.model import ProviderType, RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import response_too_large
 from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.runtime import Upstream
 from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.generated_text import generated_chars
@@ -199,7 +203,11 @@ def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> 
     ctx.error = response_too_large()
     if _billed(ctx):
         member = ctx.runtime.failover.get(ctx.failover_model or "", {}).get(provider or "")
-        _charge(ctx, reserved_completion(ctx, member[1] if member is not None else None))
+        upstream = member[1] if member is not None else None
+        _charge(ctx, reserved_completion(ctx, upstream))
+        # Its body, which names the tier, was dropped: priced at the tier asked, as a
+        # cut attempt is.
+        ctx.tier_asked = _tier_asked(ctx, upstream) if upstream is not None else None
 
 
 def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tuple[CutAttempt, ...]:
@@ -222,8 +230,21 @@ def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tup
         # an OpenAI client's), not the request's primary's.
         completion = reserved_completion(ctx, upstream)
         usage = Usage(prompt, completion, prompt + completion)
-        charged.append(CutAttempt(provider, model, usage, ctx.runtime.prices.cost(model, usage)))
+        tier = _tier_asked(ctx, upstream)
+        cost = ctx.runtime.prices.cost(model, usage, tier)
+        charged.append(CutAttempt(provider, model, usage, cost))
     return tuple(charged)
+
+
+def _tier_asked(ctx: RequestContext, member: Upstream) -> str | None:
+    """The service tier a cut attempt is priced at, as the member's answer cut without
+    failover would be: the tier its request asked of a Bedrock member, which serves it
+    as asked (``backends.bedrock_tier_asked``). Other providers name theirs (and
+    Anthropic its inference geography) only in the body that was cut: the model's own
+    price."""
+    if member.provider.type is not ProviderType.BEDROCK or ctx.route is None:
+        return None
+    return bedrock_tier_asked(ctx.route.api, ctx.body, ctx.request_headers)
 
 
 def _dropped_attempt(response_headers: dict[str, str]) -> bool:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import orjson
 
 from extproc.bedrock_invoke_bodies import invokes_embeddings
-from extproc.chargeback.pricing import usage_cost, usd_float
+from extproc.chargeback.pricing import answered_tier, usage_cost, usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
 from extproc.translators.answer_errors import ProviderAnswerError
-from extproc.translators.base import reported_service_tier, stream_failure
+from extproc.translators.base import stream_failure
 
 if TYPE_CHECKING:
     from extproc.context import RequestContext
@@ -199,7 +199,7 @@ def _service_tier(ctx: RequestContext) -> str | None:
     span Envoy closes early has both."""
     if ctx.cost is not None:
         return ctx.service_tier
-    return reported_service_tier(ctx.translator)
+    return answered_tier(ctx)
 
 
 def usage_metadata(usage: Usage) -> dict[str, str | float]:

@@ -81,6 +81,13 @@ class ConverseReader(BufferedBodyReader):
     read_usage = staticmethod(converse_usage)
     read_service_tier = staticmethod(_answer_service_tier)
 
+    def __init__(self, *, asked_tier: str | None = None) -> None:
+        """``asked_tier``: the tier the request asked for, where Bedrock serves it as
+        asked (``backends.bedrock_tier_asked``): it prices an answer cut before its body
+        named the tier, as a cut stream is. The answer's word replaces it."""
+        super().__init__()
+        self.service_tier = asked_tier
+
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         super().feed(chunk, end_of_stream)
         # Converse names no model; a "model" field a proxy added is not the provider's word.

@@ -908,15 +908,25 @@ class CompletionTranslator:
     """A Converse answer, buffered, rewritten as an OpenAI ``chat.completion``."""
 
     def __init__(
-        self, *, model: str, request_id: str, created: int, bill_apart: bool = False
+        self,
+        *,
+        model: str,
+        request_id: str,
+        created: int,
+        asked_tier: str | None = None,
+        bill_apart: bool = False,
     ) -> None:
-        """``bill_apart``: the usage shows what OpenAI's counts leave out, for the failover
-        route that bills it (``openai_openai.show_billed_apart``)."""
+        """``asked_tier``: the tier the request asked for, where Bedrock serves it as
+        asked (``backends.bedrock_tier_asked``): it prices an answer cut before its body
+        named the tier, as a cut stream is. ``bill_apart``: the usage shows what OpenAI's
+        counts leave out, for the failover route that bills it
+        (``openai_openai.show_billed_apart``)."""
         self.usage: Usage | None = None
         # Bedrock does not say which model answered.
         self.response_model: str | None = None
         # The tier Bedrock served the answer at (serviceTier.type): it prices the request.
-        self.service_tier: str | None = None
+        # Until the answer names it, the tier asked for, which serves it (above).
+        self.service_tier: str | None = asked_tier
         # The client's status once an answer could not be read as a Converse response
         # (unreadable_answers), and the request's error.
         self.status: int | None = None
@@ -940,7 +950,8 @@ class CompletionTranslator:
             parsed = None
         completion = self._completion(parsed) if isinstance(parsed, dict) else None
         if completion is None:
-            self.usage = None
+            # No answer, billed nothing: no tier served it either.
+            self.usage, self.service_tier = None, None
             replaced = replaced_answer(
                 parsed, "the provider's answer could not be read as a Bedrock Converse response"
             )
