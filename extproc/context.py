@@ -296,9 +296,10 @@ class RequestContext:
     # The service tier the provider reported serving the request at (OpenAI "flex",
     # Anthropic "priority"), which priced it; set with the cost. None: none reported.
     service_tier: str | None = None
-    # The tier an answer charged without its body is priced at when no translator read
-    # one: a failover attempt's answer Envoy dropped for its size, whose request asked a
-    # Bedrock member for a tier it serves as asked (stages.cut_answer).
+    # After a failover, the tier the request asked of the Bedrock member that answered,
+    # which Bedrock serves as asked: it prices the answer until the answer names its own
+    # (a stream cut before Bedrock's metadata, an answer Envoy dropped for its size:
+    # stages.response, chargeback.pricing.answered_tier).
     tier_asked: str | None = None
     # The inference geography the provider reported running the request in (Anthropic
     # "us"), which priced it; set with the cost. None: none reported.

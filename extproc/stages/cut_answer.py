@@ -203,11 +203,9 @@ def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> 
     ctx.error = response_too_large()
     if _billed(ctx):
         member = ctx.runtime.failover.get(ctx.failover_model or "", {}).get(provider or "")
-        upstream = member[1] if member is not None else None
-        _charge(ctx, reserved_completion(ctx, upstream))
-        # Its body, which names the tier, was dropped: priced at the tier asked, as a
-        # cut attempt is.
-        ctx.tier_asked = _tier_asked(ctx, upstream) if upstream is not None else None
+        # Priced at the tier a Bedrock member was asked for (the response stage's
+        # ctx.tier_asked): its body, which names the tier, was dropped.
+        _charge(ctx, reserved_completion(ctx, member[1] if member is not None else None))
 
 
 def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tuple[CutAttempt, ...]:

@@ -26,7 +26,12 @@ import time
 from extproc import headers
 from extproc.answer_status import no_answer
 from extproc.attempt_report import decode
-from extproc.backends import plan_response, scrub_answer_error, without_provider_credentials
+from extproc.backends import (
+    bedrock_tier_asked,
+    plan_response,
+    scrub_answer_error,
+    without_provider_credentials,
+)
 from extproc.chargeback.pricing import request_cost
 from extproc.config.model import ProviderType, RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
@@ -61,6 +66,14 @@ class ResponseStage:
                     (p.type for p in ctx.runtime.config.providers if p.name == answered),
                     ctx.provider_type,
                 )
+                if ctx.provider_type is ProviderType.BEDROCK and ctx.route is not None:
+                    # Bedrock names its tier last (a stream's metadata, a JSON answer's
+                    # body), and the attempt shows it only then: an answer cut before
+                    # it, or dropped for its size, is priced at the tier asked, as
+                    # without failover (backends.bedrock_tier_asked).
+                    ctx.tier_asked = bedrock_tier_asked(
+                        ctx.route.api, ctx.body, ctx.request_headers
+                    )
                 ctx.answered_model = response_headers.get(headers.ANSWERED_BY_MODEL)
                 ctx.upstream_model = response_headers.get(headers.ANSWERED_UPSTREAM_MODEL)
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:

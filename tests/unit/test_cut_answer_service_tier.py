@@ -22,6 +22,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import headers
+from extproc.backends import ENVOY_UPSTREAM_TIME
 from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.processor import Processor
@@ -35,10 +36,19 @@ from extproc.testing import (
     response_headers,
     run_stream,
 )
+from tests.unit.test_aliases_and_failover import attempt_on
 from tests.unit.test_cut_answer import sample
 from tests.unit.test_failover_answer_too_large import TOO_LARGE, reply_headers
 from tests.unit.test_failover_answer_too_large import attempt as sent_by
-from tests.unit.test_failover_cut_attempts import ANSWER, NANO, attempt, route_headers
+from tests.unit.test_failover_cut_attempts import (
+    ANSWER,
+    NANO,
+    AttemptStream,
+    _play,
+    attempt,
+    route_headers,
+)
+from tests.unit.test_openai_bedrock import event_stream
 from tests.unit.test_request_log import only_line
 
 CHAT = "/v1/chat/completions"
@@ -199,3 +209,55 @@ async def test_a_bedrock_attempt_envoy_dropped_for_its_size_is_priced_at_the_tie
     assert (line["provider"], line["upstream_model"]) == ("mock-bedrock", HAIKU)
     assert (line["usage_estimated"], line["service_tier"]) == (True, "flex")
     assert Decimal(str(line["cost_usd"])) == cost(FLEX)
+
+
+STREAM_EVENTS: list[dict[str, Any]] = [
+    {"event": "messageStart", "payload": {"role": "assistant"}},
+    {"event": "contentBlockDelta", "payload": {"contentBlockIndex": 0, "delta": {"text": "Do"}}},
+]
+
+
+async def bedrock_stream_attempt(processor: Processor, sent: bytes) -> tuple[dict[str, str], bytes]:
+    """Bedrock's attempt answers a ConverseStream that is cut after two events: the
+    headers and the bytes the attempt hands Envoy (what the downstream filter gets)."""
+    first = request_headers(CHAT)
+    for name, struct in attempt_on("mock-bedrock").items():
+        first.attributes[name].CopyFrom(struct)
+    stream = {"content-type": "application/vnd.amazon.eventstream"}
+    messages = [
+        first,
+        request_body(sent),
+        response_headers(200, stream),
+        response_body(event_stream(STREAM_EVENTS), end_of_stream=False),
+    ]
+    answers = [a async for a in processor.process(_play(messages), AttemptStream())]
+    [answered] = [a for a in answers if a.WhichOneof("response") == "response_headers"]
+    mutation = answered.response_headers.response.header_mutation
+    handed = {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    [chunk] = [a for a in answers if a.WhichOneof("response") == "response_body"]
+    return handed, bytes(chunk.response_body.response.body_mutation.body)
+
+
+async def test_a_bedrock_fallbacks_stream_cut_short_is_priced_at_the_tier_asked(
+    services: Services,
+) -> None:
+    """The stream went on to the client (no failover after its 200) and was cut before
+    Bedrock's ``metadata`` named its tier: priced at the tier asked, as the same stream
+    without failover is."""
+    _, processor = await gateway(services)
+    answers: list[ext.ProcessingResponse] = []
+    body = orjson.loads(chat("primary", "flex"))
+
+    async def envoy() -> AsyncIterator[ext.ProcessingRequest]:
+        yield request_headers(CHAT, headers=AUTH)
+        yield request_body(orjson.dumps({**body, "stream": True}))
+        sent = answers[-1].request_body.response.body_mutation.body
+        handed, sse = await bedrock_stream_attempt(processor, sent)
+        yield response_headers(200, {**handed, ENVOY_UPSTREAM_TIME: "3"})
+        yield response_body(sse, end_of_stream=False)
+
+    async for answer in processor.process(envoy()):
+        answers.append(answer)
+    line = only_line(services)
+    assert (line["provider"], line["upstream_model"]) == ("mock-bedrock", HAIKU)
+    assert (line["usage_estimated"], line["service_tier"]) == (True, "flex")
