@@ -17,6 +17,13 @@
 -- let a settlement skip a counter reset since), or {0, index, used, limit} naming the first enforced limit that
 -- refused; nothing is written then. Returns {-1}, writing nothing, when the call
 -- was given back before it arrived.
+-- All or nothing: Redis keeps what a script wrote before an error, so every value is
+-- read and checked before the first write. A counter INCRBY could not add to (not an
+-- integer, or past 64 bits), an override that is no integer or a reset generation
+-- that is no number, met after the first counters were reserved, left them reserved
+-- with no marker and an error for an answer: nothing gave them back until their
+-- windows ended (never, for a lifetime quota). Such a call now fails before it
+-- writes anything.
 local earlier = redis.call('GET', KEYS[1])
 if earlier == 'x' then
   return {-1}
@@ -28,6 +35,10 @@ elseif earlier then
   return again
 end
 local n = (#KEYS - 1) / 2
+-- The error's code names what is wrong (the spool logs it).
+local function refuse(code, key, what)
+  return redis.error_reply(code .. ' ' .. key .. ' holds ' .. what)
+end
 local used, limits, generations = {}, {}, {}
 for i = 1, n do
   local base = 1 + (i - 1) * 7
@@ -36,12 +47,26 @@ for i = 1, n do
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
   if set[1] then
     limit = tonumber(set[1])
+    if limit == nil or limit ~= math.floor(limit) then
+      return refuse('BADOVERRIDE', overrides, 'an override that is no integer')
+    end
   end
   limits[i] = limit
   generations[i] = tonumber(set[2] or '0')
+  if generations[i] == nil then
+    return refuse('BADOVERRIDE', overrides, 'a reset generation that is no number')
+  end
   local cost = tonumber(ARGV[base + 2])
   local kind = ARGV[base + 5]
-  local current = tonumber(redis.call('GET', counter) or '0')
+  local value = redis.call('GET', counter) or '0'
+  if value ~= '0' and not string.match(value, '^%-?[1-9]%d*$') then
+    return refuse('NOTCOUNTER', counter, 'no integer')
+  end
+  local current = tonumber(value)
+  -- The sums are doubles here: the bound leaves room for their rounding.
+  if math.abs(current + cost) >= 9e18 then
+    return refuse('NOTCOUNTER', counter, 'a count INCRBY would take past 64 bits')
+  end
   used[i] = current
   if ARGV[base + 4] == '1' then
     if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then

@@ -13,31 +13,66 @@
 -- Only a batch that may still be replayed needs its marker: without the deletion,
 -- a writer settling every few milliseconds left one marker per batch and subject
 -- for the whole memory time (millions of keys a week).
+-- All or nothing: Redis keeps what a script wrote before an error, so every key is
+-- read and every change checked before the first write. Checked as they went, a
+-- counter of another type (WRONGTYPE) or one INCRBY cannot add to (not an integer,
+-- or past 64 bits) met half way left the marker set and the counters before it
+-- changed: the rest was lost, and the replay, finding the marker, dropped it as
+-- landed. Now such a batch writes nothing and is refused whole (the spool sets it
+-- aside). The other errors a script can meet (OOM, READONLY, MISCONF) refuse its
+-- first write only, never a later one.
 local n = (#ARGV - 1) / 4
-for i = n + 3, #KEYS do
-  redis.call('DEL', KEYS[i])
+local function forget_landed()
+  for i = n + 3, #KEYS do
+    redis.call('DEL', KEYS[i])
+  end
 end
-if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) == false then
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  forget_landed()
   return 0
 end
+-- Counters INCRBY can add to only while they stay within 64-bit integers; the sums
+-- are doubles here, so the bound leaves room for their rounding.
+local bound = 9e18
+local apply, sums = {}, {}
 for i = 1, n do
   local counter = KEYS[i + 2]
   local base = (i - 1) * 4 + 2
   local delta = tonumber(ARGV[base])
-  local ttl = tonumber(ARGV[base + 1])
-  local field = ARGV[base + 2]
   local current = delta ~= 0
-  if current and field ~= '' then
-    local generation = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+  if current and ARGV[base + 2] ~= '' then
+    local generation = tonumber(redis.call('HGET', KEYS[2], ARGV[base + 2]) or '0')
     current = generation == tonumber(ARGV[base + 3])
   end
   if current then
-    local after = redis.call('INCRBY', counter, delta)
-    if after < 0 then
+    local sum = sums[counter]
+    if sum == nil then
+      local value = redis.call('GET', counter) or '0'
+      if value ~= '0' and not string.match(value, '^%-?[1-9]%d*$') then
+        return redis.error_reply('NOTCOUNTER ' .. counter .. ' holds no integer')
+      end
+      sum = tonumber(value)
+    end
+    sum = sum + delta
+    if math.abs(sum) >= bound then
+      return redis.error_reply('NOTCOUNTER ' .. counter .. ' would pass 64 bits')
+    end
+    sums[counter] = math.max(sum, 0)
+  end
+  apply[i] = current
+end
+forget_landed()
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+for i = 1, n do
+  if apply[i] then
+    local counter = KEYS[i + 2]
+    local base = (i - 1) * 4 + 2
+    -- The delta as sent: its digits, exact whatever its size.
+    if redis.call('INCRBY', counter, ARGV[base]) < 0 then
       redis.call('SET', counter, 0, 'KEEPTTL')
     end
     if redis.call('TTL', counter) < 0 then
-      redis.call('EXPIRE', counter, ttl)
+      redis.call('EXPIRE', counter, ARGV[base + 1])
     end
   end
 end

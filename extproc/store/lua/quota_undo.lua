@@ -10,9 +10,16 @@
 -- reserved went with the reset. Without generation fields (a give-back spooled by
 -- an older version: KEYS are the marker and counters only), or with a marker
 -- written by an older version (no generations in it), every counter is given back.
+-- All or nothing, as quota_settle.lua: every key is read and every change checked
+-- before the marker becomes 'x'. Checked as they went, a counter of another type or
+-- holding no integer met half way left the marker 'x' and the counters before it
+-- given back: the rest stayed reserved, and the replay gave back nothing more.
 local answer = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
-if not answer or answer == 'x' then
+if answer == 'x' then
+  return 0
+end
+if not answer then
+  redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
   return 0
 end
 local values = {}
@@ -23,19 +30,34 @@ local n = #KEYS - 1
 if #ARGV > 1 then
   n = #ARGV - 1
 end
+local give_back = {}
 for i = 1, n do
   local counter = KEYS[1 + i]
   local reserved = values[(i - 1) * 3 + 1]
+  if reserved == nil then
+    return redis.error_reply('BADMARKER ' .. KEYS[1] .. ' names fewer counters than the call')
+  end
   local seen = values[n * 3 + i]
   local current = true
   if #ARGV > 1 and seen then
     current = tonumber(redis.call('HGET', KEYS[1 + n + i], ARGV[1 + i]) or '0') == seen
   end
   -- A counter whose window ended (and expired) has nothing left to give back.
-  if current and reserved ~= 0 and redis.call('EXISTS', counter) == 1 then
-    if redis.call('DECRBY', counter, reserved) < 0 then
-      redis.call('SET', counter, 0, 'KEEPTTL')
+  local value = redis.call('GET', counter)
+  if current and reserved ~= 0 and value then
+    if value ~= '0' and not string.match(value, '^%-?[1-9]%d*$') then
+      return redis.error_reply('NOTCOUNTER ' .. counter .. ' holds no integer')
     end
+    if math.abs(tonumber(value) - reserved) >= 9e18 then
+      return redis.error_reply('NOTCOUNTER ' .. counter .. ' would pass 64 bits')
+    end
+    give_back[#give_back + 1] = {counter, reserved}
+  end
+end
+redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
+for _, each in ipairs(give_back) do
+  if redis.call('DECRBY', each[1], string.format('%.0f', each[2])) < 0 then
+    redis.call('SET', each[1], 0, 'KEEPTTL')
   end
 end
 return 1
