@@ -50,7 +50,7 @@ from extproc.store.cluster_calls import ClusterCalls, ReplyLostError, send_once
 from extproc.store.coalescing import CoalescingCaller
 from extproc.store.outage_log import OutageLog
 from extproc.store.scripts import script_source
-from extproc.store.spool import Spool
+from extproc.store.spool import Spool, refused_by_store
 
 log = logging.getLogger(__name__)
 CLOCK_SYNC_INTERVAL_S = 30.0
@@ -642,9 +642,14 @@ class QuotaStore:
             for index, result in zip(missing, again, strict=True):
                 results[index] = result
         if not errors_as_results:
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
+            errors = [result for result in results if isinstance(result, Exception)]
+            if errors:
+                # The calls that answered landed whole or not at all (each script checks
+                # every key before it writes). Raised first, a refusal (a key of another
+                # type) had the spool set the batch aside, with the part that had met an
+                # outage (a node down, OOM) in it: never applied. An outage makes the
+                # batch wait instead; its replay lands that part, the rest counts once.
+                raise next((error for error in errors if not refused_by_store(error)), errors[0])
         return results
 
     async def _send(self, calls: list[_ScriptCall], with_text: bool = False) -> list[Any]:

@@ -94,8 +94,9 @@ SPOOL_KINDS = ("usage", "quota")
 _NO_FILE = (FileNotFoundError, NotADirectoryError)
 
 
-def _refused_by_store(exc: Exception) -> bool:
-    """The store answered this record with an error about the record itself."""
+def refused_by_store(exc: BaseException) -> bool:
+    """The store answered with an error about the record itself: every try of it
+    would meet the same answer (``WRONGTYPE``, ``NOTCOUNTER``, ``ERR``...)."""
     if not isinstance(exc, ResponseError):
         return False
     # redis-py's subclasses (a replica, a script not loaded, a cluster resharding or
@@ -105,7 +106,7 @@ def _refused_by_store(exc: Exception) -> bool:
     return _error_code(exc) not in _STORE_NOT_WRITABLE
 
 
-def _error_code(exc: Exception) -> str:
+def _error_code(exc: BaseException) -> str:
     """The first word of the store's answer (``WRONGTYPE``, ``ERR``...); a pipeline's
     error names its command first, then the answer."""
     message = str(exc)
@@ -237,7 +238,7 @@ class Spool:
                 await apply(record)
                 self._paused.answered()
             except Exception as exc:
-                if _refused_by_store(exc):
+                if refused_by_store(exc):
                     # The store's error names the record (its code, never a value).
                     log.error(
                         "the store refuses a %s spool record (%s): set aside",

@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
 from extproc.store import scripts
+from extproc.store.spool import refused_by_store
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +294,18 @@ class UsageStore:
             if args is None:
                 args = by_hour[bucket] = [self._ttl, batch_id, self._landed.get(bucket, "")]
             args.extend((prefix, len(pairs) // 2, *pairs))
+        refusal: ResponseError | None = None
         for bucket, args in by_hour.items():
-            skipped = await self._record(keys=[self._key(bucket)], args=args)
+            try:
+                skipped = await self._record(keys=[self._key(bucket)], args=args)
+            except ResponseError as error:
+                if not refused_by_store(error):
+                    raise  # the store cannot write now: the other hours would fail alike
+                # An answer about this hour alone (its key is of another type): the other
+                # hours still land. Raised at once, it left them unwritten, and the spool
+                # set the whole batch aside: an hour turning over in a flush lost both.
+                refusal = refusal or error
+                continue
             if isinstance(skipped, list):
                 # The rest of the batch landed; these counts are in the log lines only.
                 log.error(
@@ -302,6 +315,8 @@ class UsageStore:
                     len(skipped),
                     ", ".join(sorted({_decoded(name) for name in skipped})),
                 )
+        if refusal is not None:
+            raise refusal
         if not replayed:
             # Only now: a batch that failed in one hour is spooled whole, and its
             # replay must find its id in the hours where it did land.

@@ -11,18 +11,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from redis.exceptions import ReadOnlyError, ResponseError
 
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.spool import Spool
-from extproc.store.usage import UsageStore
+from extproc.store.usage import UsageEntry, UsageStore
 from extproc.store.usage_writer import UsageWriter
 from extproc.telemetry.metrics import GatewayMetrics
 
 DAY = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
 PREFIX = "openai-chat\tgpt-4o\tmock\t\t\t\t"
+DIMS = {"route": "openai-chat", "model": "gpt-4o", "provider": "mock"}
 
 
 async def test_a_record_the_store_refuses_is_set_aside_and_the_rest_land(
@@ -50,6 +52,43 @@ async def test_a_record_the_store_refuses_is_set_aside_and_the_rest_land(
     assert [line.count(b'"h10"') for line in rejected] == [1]
     labels = {"kind": "usage", "reason": "refused"}
     assert metrics.registry.get_sample_value("aigw_spool_rejected_records_total", labels) == 1
+
+
+async def test_a_batch_refused_in_one_hour_still_lands_in_the_other(
+    tmp_path: Path, valkey: EmbeddedValkey
+) -> None:
+    """A flush as the hour turns holds two hours; one hour's key is of another type.
+    The store refuses that hour alone: the other hour's usage lands, the batch is set
+    aside whole, and a person applying it once the key is mended counts each hour once.
+    Before, the writer stopped at the refused hour: the other was never written, and
+    the batch set aside held it, so the report missed it."""
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    usage = UsageStore(client, "acc:", 3)
+    spool = Spool(tmp_path, "usage")
+    writer = UsageWriter(usage, on_error=lambda: None, spool=spool)
+    entries = [
+        UsageEntry(datetime(2026, 3, 1, hour, 59, tzinfo=UTC).timestamp(), DIMS, 10 * hour, 5)
+        for hour in (10, 11)
+    ]
+    try:
+        await client.set("acc:usage:2026030110", "not a rollup")
+        for each in entries:
+            writer.add(each)
+        assert await writer.flush() is False
+        assert await writer.flush() is True  # the replay sets it aside
+        assert spool.pending() == 0
+        await client.delete("acc:usage:2026030110")  # mended, to read the day back
+        [eleven] = await usage.query(*DAY, ("model",))
+        assert (eleven.requests, eleven.prompt_tokens, eleven.hours) == (1, 110, {"2026030111"})
+
+        [line] = (tmp_path / "usage.rejected.jsonl").read_bytes().splitlines()
+        spool.append(orjson.loads(line))
+        assert await writer.flush() is True
+        [both] = await usage.query(*DAY, ("model",))
+    finally:
+        await client.aclose()
+    assert (both.requests, both.prompt_tokens) == (2, 100 + 110)
 
 
 @pytest.mark.parametrize(

@@ -201,3 +201,54 @@ async def test_an_override_that_is_no_integer_reserves_nothing(
 
     assert await counters(client, found) == [None, None]
 
+
+@pytest.fixture
+async def full_store(tmp_path: Path) -> AsyncIterator[tuple[StoreClient, QuotaStore]]:
+    """A Valkey of its own, to fill up to its maxmemory (noeviction, as a store of
+    counters must run)."""
+    server = EmbeddedValkey(tmp_path / "valkey")
+    server.start()
+    opened = connect(server.url, 2.0)
+    quota_store = QuotaStore(opened, P, Spool(tmp_path, "quota"))
+    await quota_store.start()
+    try:
+        yield opened, quota_store
+    finally:
+        await quota_store.close()
+        await opened.aclose()
+        server.stop()
+
+
+async def test_a_refused_part_does_not_set_aside_a_part_the_store_could_not_write_yet(
+    full_store: tuple[StoreClient, QuotaStore], tmp_path: Path
+) -> None:
+    """One batch, two subjects: Alice's counter is of another type (refused for good),
+    her group's call meets a store out of memory (OOM: nothing written, to try again).
+    The replay waits for the store rather than set the batch aside with the group's part
+    in it, never applied; once there is memory again, that part lands, once."""
+    client, store = full_store
+    found = limits(store)
+    user = [limit for limit in found if limit.subject_kind == "user"]
+    group = [limit for limit in found if limit.subject_kind == "group"]
+    reservation = await store.reserve(found, 100)
+    assert isinstance(reservation, Reservation)
+    await put_in_place(client, user[2].key(P), "a hash")
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.set("filler", "x" * 2_000_000)
+    used = int((await client.info("memory"))["used_memory"])
+    await client.config_set("maxmemory", used - 500_000)
+
+    store.settle(reservation, 10)
+    await store.flush()
+    # The group's call was refused whole by OOM (its marker is its first write).
+    assert await counters(client, group) == [100, 100]
+    assert await store.replay_spool() == 0
+    assert Spool(tmp_path, "quota").pending() == 1
+
+    await client.delete("filler")
+    await client.config_set("maxmemory", 0)
+    assert await store.replay_spool() == 1
+    assert await counters(client, group) == [10, 10]
+    assert len(rejected(tmp_path)) == 1
+    others = [limit for index, limit in enumerate(user) if index != 2]
+    assert await counters(client, others) == [100] * 4
