@@ -165,6 +165,36 @@ async def test_settlements_reach_the_nodes_that_answer_and_the_stopped_one_from_
     assert Spool(tmp_path, "quota").pending() == 0
 
 
+async def test_a_part_refused_on_one_node_waits_for_the_part_of_a_stopped_node(
+    store: QuotaStore, client: StoreClient, cluster: ValkeyCluster, tmp_path: Path
+) -> None:
+    """One settlement batch, three parts on three nodes: her key's lands, her user's
+    meets a key of another type on node 0 (refused for good, written nowhere), her
+    group's finds node 2 stopped. The replay waits for node 2 rather than set the
+    batch aside with the group's part in it, then lands that part once; each part that
+    landed counts once, by its id on its own node."""
+    found = limits(store)
+    reservation = await store.reserve(found, 100)
+    assert isinstance(reservation, Reservation)
+    user_counter = found[1].key(PREFIX)
+    await client.delete(user_counter)
+    await client.hset(user_counter, "x", "1")
+    try:
+        with stopped(cluster, 2):
+            store.settle(reservation, 30)
+            await store.flush()
+            assert await counters(client, found[:1]) == [30]
+            assert await store.replay_spool() == 0
+            assert Spool(tmp_path, "quota").pending() == 1
+
+        assert await store.replay_spool() == 1
+        assert await counters(client, [found[0], found[2]]) == [30, 30]
+        assert Spool(tmp_path, "quota").pending() == 0
+        assert len((tmp_path / "quota.rejected.jsonl").read_bytes().splitlines()) == 1
+    finally:
+        await client.delete(user_counter)
+
+
 async def test_a_frozen_node_that_wakes_up_reserves_nothing_for_requests_that_gave_up(
     store: QuotaStore, client: StoreClient, cluster: ValkeyCluster, tmp_path: Path
 ) -> None:
