@@ -30,7 +30,19 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # (quota_settle.lua and quota_undo.lua skip changes of an older generation).
 # KEYS: per limit, its counter then its subject's overrides hash (one hash tag: one
 # slot on a cluster); ARGV: per limit, its generation field.
+# Every generation is read before the first write (Redis keeps what a script wrote
+# before an error): an overrides hash of another type, or a generation that is no
+# integer, met after the first counters were deleted left a counter deleted with its
+# generation unchanged, so the settlements of requests admitted before the reset
+# came off the usage counted since.
 _RESET_SCRIPT = """
+for i = 1, #ARGV do
+  local generation = redis.call('HGET', KEYS[i * 2], ARGV[i]) or '0'
+  if not string.match(generation, '^%-?%d+$') or #generation > 18 then
+    return redis.error_reply('BADOVERRIDE ' .. KEYS[i * 2] .. ' holds a reset generation'
+      .. ' that is no integer')
+  end
+end
 for i = 1, #ARGV do
   redis.call('DEL', KEYS[i * 2 - 1])
   redis.call('HINCRBY', KEYS[i * 2], ARGV[i], 1)

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.store import QuotaStore, Reservation
+from extproc.quota.store import QuotaStore, Reservation, generation_field
 from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.spool import Spool
@@ -161,3 +162,25 @@ async def test_a_settlement_spooled_by_the_previous_version_still_replays(
 
     assert await replaying.replay_spool() == 1
     assert await used(store, client) == 10
+
+
+async def test_a_reset_meeting_a_generation_that_is_no_integer_resets_nothing(
+    store: QuotaStore, client: StoreClient
+) -> None:
+    """Redis keeps what a script wrote before an error: a reset meeting, on its second
+    limit, a generation another tool (or a hand) left as no integer had deleted the
+    counters before it, the second one with its generation unchanged."""
+    rules = (
+        LimitRule(name="daily", subject="user", tokens_per_day=100_000),
+        LimitRule(name="hourly", subject="user", tokens_per_hour=100_000),
+    )
+    found = RuleSet(QuotasConfig(rules=rules)).limits_for(BEA, {}, "gpt-4o", store.now())
+    assert isinstance(await store.reserve(found, 500), Reservation)
+    overrides = found[1].overrides_key(PREFIX)
+    await client.hset(overrides, generation_field(found[1]), "many")
+
+    with pytest.raises(ResponseError):
+        await QuotaAdmin(client, PREFIX, store).reset(found)
+
+    assert [int(await client.get(limit.key(PREFIX))) for limit in found] == [500, 500]
+    assert await client.hget(overrides, generation_field(found[0])) is None
