@@ -35,6 +35,9 @@ _REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
 # after it.
 _SHELL_OPERATOR = re.compile(r":?[-=?+]?")
 _SECRET_FIELD = re.compile(r"(key|secret|token|password|credential)", re.IGNORECASE)
+# Where a URL's secrets start, cut from echoed values: its query, a `;` parameter, its
+# fragment.
+_URL_SECRET_MARKS = "?;#"
 # Fields holding text that may itself contain ``${`` (a guard looking for ``${jndi:``, a
 # prompt quoting a shell form): a ``${`` there that is no reference stays text, as it
 # did before the loader refused one elsewhere. A reference there is still read.
@@ -387,16 +390,21 @@ def _without_userinfo(value: str) -> str:
 
     Masked up to the last ``@``, not to the end of the authority as a URL parser finds
     it: a password written raw with a '/', '?' or '#' in it (base64 holds '/') ends the
-    authority inside the password, and the rest of it would be echoed as the path."""
+    authority inside the password, and the rest of it would be echoed as the path.
+
+    The query, fragment and ``;`` parameters go whether or not the value has a scheme: a
+    URL refused *for* its missing or misspelt scheme (``svc.example/v1?key=...``,
+    ``http:/svc...``, an OTLP endpoint or webhook host written as a URL) is the very
+    value that would otherwise be echoed whole."""
     scheme, sep, rest = value.partition("://")
     if not sep:
-        # `user:password@host:port` with no scheme (an OTLP endpoint written so).
-        return "***@" + value.rpartition("@")[2] if "@" in value else value
+        scheme, rest = "", value
     if "@" in rest:
+        # `user:password@host:port` with no scheme too (an OTLP endpoint written so).
         rest = "***@" + rest.rpartition("@")[2]
-    # The query too: an MCP server's or a proxy's URL often carries its token there
-    # (`?api_key=...`), and a URL refused for it (or for its scheme) was echoed whole.
-    for mark in "?#":
-        if mark in rest:
-            rest = rest.partition(mark)[0] + mark + "***"
-    return f"{scheme}://{rest}"
+    # An MCP server's or a proxy's URL often carries its token in the query
+    # (`?api_key=...`), a matrix parameter (`;key=`) or a fragment.
+    cut = min((rest.find(mark) for mark in _URL_SECRET_MARKS if mark in rest), default=-1)
+    if cut >= 0:
+        rest = rest[: cut + 1] + "***"
+    return f"{scheme}{sep}{rest}"

@@ -204,3 +204,57 @@ def test_check_config_names_the_field_instead_of_a_traceback_at_render(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "providers[0].base_url: is not a valid URL" in err and "Traceback" not in err
+
+
+# A URL written without its scheme, or with a misspelt one, is refused for that: the
+# refusal echoed the value whole, its query, fragment or `;` parameter included, into
+# check-config's output and, on a reload, the gateway's log.
+SCHEMELESS = [
+    f"svc.example/v1?key={SECRET}",
+    f"http:/svc.example/v1?api_key={SECRET}",
+    f"http//svc.example/v1?{SECRET}",
+    f"user:pw@svc.example/v1?token={SECRET}",
+    f"svc.example/v1#{SECRET}",
+    f"svc.example/v1;key={SECRET}",
+]
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+@pytest.mark.parametrize("value", SCHEMELESS)
+def test_a_url_refused_for_its_scheme_is_named_without_its_query(field: str, value: str) -> None:
+    found = refusal(field, value)
+    assert "must be an http:// or https:// URL with a host" in found
+    # Still recognisable: the host and path an operator looks for.
+    assert "svc.example/v1" in found and "***" in found
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (TRACING, "telemetry.tracing.otlp_endpoint"),
+        (WEBHOOK, "guardrails.webhooks[0].host"),
+        (MINIMAL + "store:\n  url: 'VALUE'\n", "store.url"),
+    ],
+)
+@pytest.mark.parametrize(
+    "value", [f"svc.example:4317/v1?token={SECRET}", f"svc.example:4317/v1#{SECRET}"]
+)
+def test_a_host_or_store_written_as_a_url_is_named_without_its_query(
+    config: str, field: str, value: str
+) -> None:
+    [found] = problems(config.replace("VALUE", value))
+    assert found.startswith(f"{field}: ") and SECRET not in found
+    assert "svc.example:4317/v1" in found
+
+
+def test_check_config_never_prints_a_schemeless_urls_query(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(FIELDS["agents.servers[0].url"].replace("VALUE", SCHEMELESS[0]))
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(path)])
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    assert "agents.servers[0].url: must be an http://" in printed.err
+    assert SECRET not in printed.out + printed.err
