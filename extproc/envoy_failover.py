@@ -432,6 +432,12 @@ def _attempt_filter(downstream: Json) -> Json:
     service["initial_metadata"] = [{"key": ATTEMPT_METADATA, "value": "attempt"}]
     typed["grpc_service"] = service
     typed["request_attributes"] = [HOST_METADATA_ATTRIBUTE]
+    # Never past a gateway that did not answer, whatever envoy.failure_mode_allow says:
+    # Envoy replays the attempt before's header changes into the next attempt, so an
+    # attempt let through unprocessed went to the next provider with the previous
+    # provider's credential (and a body not translated for it). It could serve nothing;
+    # failed, it is one more failed attempt of the chain.
+    typed["failure_mode_allow"] = False
     # The attempt filter may set :authority (each provider has its own host).
     typed["mutation_rules"] = {"allow_all_routing": True, "disallow_is_error": True}
     # Only to name the attempt for Envoy's reply to an answer over the buffer, and as

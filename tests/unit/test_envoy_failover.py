@@ -70,3 +70,15 @@ def test_a_chains_answer_loses_the_account_headers_of_whichever_provider_answere
     assert {"x-ratelimit-remaining-tokens", "openai-organization"} <= set(removed)
     assert {"anthropic-organization-id", "anthropic-ratelimit-tokens-remaining"} <= set(removed)
     assert len(removed) == len(set(removed))
+
+
+def test_an_attempt_never_goes_past_a_gateway_that_did_not_answer_it() -> None:
+    # With failure_mode_allow: true an attempt the gateway did not answer went on as
+    # Envoy replayed it: to the next provider, with the previous provider's credential.
+    fail_open = WITH_FALLBACKS.replace("\nenvoy:\n", "\nenvoy:\n  failure_mode_allow: true\n", 1)
+    filters = manager(render_bootstrap(parse_config(fail_open, "g.yaml", {})))["http_filters"]
+    downstream = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")
+    assert downstream["typed_config"]["failure_mode_allow"] is True
+    [attempt] = filters[-1]["typed_config"]["upstream_http_filters"][:1]
+    assert attempt["name"] == UPSTREAM_FILTER
+    assert attempt["typed_config"]["failure_mode_allow"] is False
