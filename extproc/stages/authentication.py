@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
@@ -73,6 +73,9 @@ _QUERY_ACCOUNTS = frozenset({"userproject"})
 # Google takes each of its system parameters under a `$` too (`?$key=`, `?%24key=`), a
 # spelling kept clear of the API's own parameters.
 _SYSTEM_PREFIX = "$"
+# Shorter, a credential could match a query's own words by chance (every real key and
+# token is far longer: the demo keys are nine characters).
+_MIN_QUERY_CREDENTIAL = 8
 
 
 def _challenge(message: str, *, invalid: bool, code: str | None = None) -> AuthenticationError:
@@ -102,6 +105,8 @@ class AuthenticationStage:
             ctx.identity = ANONYMOUS
             return None
         credential = _credential(ctx.request_headers, policy.api_key_header)
+        if credential is not None:
+            _refuse_credential_in_query(ctx.path, credential)
         accepts_jwt = AuthMethod.JWT in policy.methods and runtime.jwt is not None
         accepts_key = AuthMethod.API_KEY in policy.methods
         if credential is None:
@@ -197,7 +202,9 @@ def _refuse_query_secrets(path: str, route_header: str | None, model_query: str 
         return
     names = _QUERY_CREDENTIALS | {route_header.lower()} if route_header else _QUERY_CREDENTIALS
     model_name = model_query.lower() if model_query else None
-    for name, _ in parse_qsl(query, keep_blank_values=True):
+    # `;` too: Python's parser, and others, split on `&` alone, yet servers that also take
+    # `;` as a separator (as Python's did before 3.10) would read `?a=1;key=...` as a key.
+    for name, _ in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
         lowered = name.lower()
         if lowered == model_name:
             continue  # a route may read its model from `?key=`
@@ -217,6 +224,22 @@ def _refuse_query_secrets(path: str, route_header: str | None, model_query: str 
                 param=name,
                 code="account_in_query",
             )
+
+
+def _refuse_credential_in_query(path: str, credential: str) -> None:
+    """Refuse a request whose query holds the very credential it presents, under any
+    name or none (``?<key>``, ``?k=<key>``): no parameter name says it is one, but the
+    query would carry it on to the provider all the same."""
+    _, _, query = path.partition("?")
+    if not query or len(credential) < _MIN_QUERY_CREDENTIAL:
+        return
+    if credential in query or credential in unquote_plus(query):
+        raise BadRequestError(
+            "credentials are not accepted in the query string (it holds this request's "
+            "API key or token): URLs are logged and passed on; send the key only as "
+            "'Authorization: Bearer <key>', 'x-api-key: <key>' or 'x-goog-api-key: <key>'",
+            code="credential_in_query",
+        )
 
 
 # An AWS SDK with AWS credentials signs its requests (SigV4) for AWS itself: nothing in

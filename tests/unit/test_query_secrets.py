@@ -75,6 +75,10 @@ def sent_to_a_provider(answers: list[Any]) -> bool:
         # The project Google bills, the query's twin of x-goog-user-project.
         ("/v1/chat/completions?userProject=", "userProject", "account_in_query"),
         ("/v1/messages?%24userProject=", "$userProject", None),
+        # `;` as the separator, as servers that take it read it; a name percent-encoded.
+        ("/v1/chat/completions?a=1;key=", "key", "credential_in_query"),
+        ("/v1/messages?beta=true;api-key=", "api-key", None),
+        ("/v1/chat/completions?%6Bey=", "key", "credential_in_query"),
     ],
 )
 async def test_a_query_secret_or_billed_account_is_refused_before_any_provider(
@@ -107,3 +111,25 @@ async def test_a_query_secret_or_billed_account_is_refused_before_any_provider(
 async def test_other_query_parameters_go_on_to_the_provider(query: str) -> None:
     answers, _ = await send(f"/v1/chat/completions?{query}", CHAT)
     assert sent_to_a_provider(answers)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "team1-key",  # bare, no name that says it is a key
+        "a=1&team1-key",
+        "note=team1-key",
+        "k=Bearer%20team1%2Dkey",  # percent-encoded
+        "q=Bearer+team1-key",
+    ],
+)
+async def test_the_requests_own_key_anywhere_in_the_query_is_refused(query: str) -> None:
+    answers, log = await send(f"/v1/chat/completions?{query}", CHAT)
+    assert not sent_to_a_provider(answers)
+    refusal = answers[-1].immediate_response
+    assert refusal.status.code == 400
+    error = orjson.loads(refusal.body)["error"]
+    assert error["code"] == "credential_in_query"
+    assert b"team1-key" not in refusal.body
+    [line] = log.lines()
+    assert "team1-key" not in orjson.dumps(line).decode()
