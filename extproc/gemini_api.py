@@ -50,13 +50,13 @@ CONTENTS = ("contents",)
 _PARTS = ("parts",)
 SYSTEM = ("systemInstruction", "system_instruction")
 _TOOLS = ("tools",)
-_CONFIG = ("generationConfig", "generation_config")
+GENERATION_CONFIG = ("generationConfig", "generation_config")
 _MAX_OUTPUT = ("maxOutputTokens", "max_output_tokens")
 _CANDIDATES = ("candidateCount", "candidate_count")
 # The structured output's schema, in either of its forms: the model reads it, and
 # Google counts it toward the prompt ("the size of the response schema counts towards
 # the input token limit").
-_RESPONSE_SCHEMAS = (
+RESPONSE_SCHEMAS = (
     ("responseSchema", "response_schema"),
     ("responseJsonSchema", "response_json_schema"),
 )
@@ -130,7 +130,7 @@ def check_stream_query(query: str) -> None:
 
 
 # What Vertex's CountTokensRequest takes of a GenerateContentRequest, at its top level.
-_VERTEX_COUNTED = (*CONTENTS, *SYSTEM, *_TOOLS, *_CONFIG)
+_VERTEX_COUNTED = (*CONTENTS, *SYSTEM, *_TOOLS, *GENERATION_CONFIG)
 
 
 def vertex_count_body(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,13 +180,13 @@ def _check_request(body: dict[str, Any], where: str, max_contents: int | None) -
         )
     for index, content in enumerate(contents):
         _check_content(content, f"{where}contents[{index}]")
-    _one_spelling(body, where, (SYSTEM, _CONFIG))
-    key, config = _named(body, _CONFIG)
+    _one_spelling(body, where, (SYSTEM, GENERATION_CONFIG))
+    key, config = _named(body, GENERATION_CONFIG)
     if config is None:
         return
     if not isinstance(config, dict):
         raise BadRequestError(f"'{where}{key}' must be an object", param=f"{where}{key}")
-    _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES, *_RESPONSE_SCHEMAS))
+    _one_spelling(config, f"{where}{key}.", (_MAX_OUTPUT, _CANDIDATES, *RESPONSE_SCHEMAS))
     name, value = _named(config, _MAX_OUTPUT)
     if value is not None and _positive(value) is None:
         param = f"{where}{key}.{name}"
@@ -261,9 +261,9 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     if isinstance(tools, list) and tools:
         # The function declarations (names, descriptions, schemas) go into the prompt.
         prompt += json_chars(tools) // CHARS_PER_TOKEN
-    config = _field(body, _CONFIG)
+    config = _field(body, GENERATION_CONFIG)
     if isinstance(config, dict):
-        for names in _RESPONSE_SCHEMAS:
+        for names in RESPONSE_SCHEMAS:
             prompt += json_chars(_field(config, names)) // CHARS_PER_TOKEN
     return prompt
 
@@ -315,7 +315,7 @@ def _part_chars(part: dict[str, Any]) -> int:
 def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
     """The most the answer may take: ``maxOutputTokens`` (else the default) for each of
     the ``candidateCount`` candidates Gemini generates."""
-    config = _field(body, _CONFIG)
+    config = _field(body, GENERATION_CONFIG)
     most = _positive(_field(config, _MAX_OUTPUT)) if isinstance(config, dict) else None
     return (most or default_max_tokens) * choices(body)
 
@@ -323,7 +323,7 @@ def completion_allowance(body: dict[str, Any], default_max_tokens: int) -> int:
 def choices(body: dict[str, Any]) -> int:
     """How many candidates Gemini generates (``candidateCount``, else one): a hard cap
     shares its room among them."""
-    config = _field(body, _CONFIG)
+    config = _field(body, GENERATION_CONFIG)
     count = _positive(_field(config, _CANDIDATES)) if isinstance(config, dict) else None
     return count or 1
 
@@ -336,11 +336,11 @@ def cap_completion(body: dict[str, Any], most_per_candidate: int) -> bool:
     ``thinkingBudget`` stays as the client set it. Lowered, it could fall below the
     least the model takes (128 for Gemini 2.5 Pro, 512 for Flash-Lite), which Google
     refuses with a 400."""
-    key, config = _named(body, _CONFIG)
+    key, config = _named(body, GENERATION_CONFIG)
     if not isinstance(config, dict):
         config = body[key] = {}
     # A new field takes the spelling of the object it goes in.
-    spelling = _MAX_OUTPUT[0] if key == _CONFIG[0] else _MAX_OUTPUT[1]
+    spelling = _MAX_OUTPUT[0] if key == GENERATION_CONFIG[0] else _MAX_OUTPUT[1]
     name, value = _named(config, _MAX_OUTPUT, default=spelling)
     current = _positive(value)
     if current is not None and current <= most_per_candidate:

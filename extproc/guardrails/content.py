@@ -91,7 +91,9 @@ _RESULT_ROLE = "tool"
 _MAX_INPUT_DEPTH = 1024
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs five times as much, and a request's tool
+# definitions make hundreds of slots (``definitions``). Compared and hashed by identity.
+@dataclass(slots=True, eq=False)
 class TextSlot:
     role: str
     holder: Any  # the dict or list holding the string (or a tool input's ``_Members``)
@@ -106,6 +108,10 @@ class TextSlot:
     # from the history where the provider allows that (``drop_closed_reasoning``) rather
     # than change it; a slot whose block a drop took goes with it.
     block: Any = None
+    # What the text is, when it cannot change without breaking what refers to it (a
+    # tool's name, a schema's property name, a custom tool's grammar: ``definitions``):
+    # it is read, but a mask there refuses the request, naming it, rather than rename it.
+    fixed: str | None = None
 
     @property
     def text(self) -> str:

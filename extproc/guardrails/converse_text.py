@@ -38,8 +38,8 @@ Not read, as on chat routes:
   identifier); a citation's source and quoted text (``citations``), the client's own
   documents quoted back; images, videos, audio, the bytes of documents that are no text
   (PDFs, Word and Excel files) and S3 locations;
-- tool definitions (``toolConfig``): chat routes do not read ``tools`` either (the
-  quota's estimate counts them, ``estimate_chars``);
+- tool definitions (``toolConfig``) and the structured output's schema
+  (``outputConfig``): not here, but in ``definitions``, as every API's are;
 - ``additionalModelRequestFields``: free-form per model, its meaning is the model's
   (a sampling knob or a prompt), so the gateway cannot tell text from settings there.
 

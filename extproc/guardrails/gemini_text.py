@@ -29,8 +29,9 @@ Not read, as on the other APIs:
 
 - a function's ``name`` (an identifier a mask would break), inline data that is no
   text (images, audio, video, PDFs) and files (``fileData``: a URI),
-  tool definitions (``tools``), ``generationConfig``, ``safetySettings``,
-  ``cachedContent`` (a name: its text is Google's, not in the body).
+  ``generationConfig``, ``safetySettings``, ``cachedContent`` (a name: its text is
+  Google's, not in the body). Function declarations and response schemas are read by
+  ``definitions``, as every API's tool definitions are.
 
 A countTokens body is read as the request it counts: its ``contents`` (with Vertex's
 top-level ``systemInstruction``), or the ``generateContentRequest`` it wraps

@@ -13,6 +13,7 @@ with spans of the JSON text whose replacements keep it valid JSON.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from extproc.guardrails.detectors import Detector, Span, builtin, literals, patt
 from extproc.guardrails.json_text import Piece, escape, pieces
 
 MASK_DEFAULT = "****"
+# What in a pattern looks at where a text begins or ends (``^`` and ``$`` as anchors, or
+# anywhere else: a few patterns give up the joined search for nothing).
+_ANCHORS = re2.compile(r"[\^$]|\\[Az]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,24 +83,55 @@ class Matchers:
     hold nothing to find, and then one linear pass answers for every guard.
     """
 
-    __slots__ = ("_any", "guards", "max_len")
+    __slots__ = ("_any", "_joined", "guards", "max_len")
 
     def __init__(self, guards: tuple[MatcherGuard, ...]) -> None:
         self.guards = guards
         detectors = [d for guard in guards for d in guard.detectors]
         self.max_len = max((d.max_len for d in detectors), default=1)
         self._any: Any = None
+        self._joined: Any = None
+        options = re2.Options()
+        options.log_errors = False
+        options.never_capture = True
+        try:
+            union = re2.compile("|".join(f"(?:{d.source})" for d in detectors), options)
+        except re2.error:
+            union = None  # too big for one program: scan pattern by pattern
         if len(detectors) > 1:
-            options = re2.Options()
-            options.log_errors = False
-            options.never_capture = True
-            try:
-                self._any = re2.compile("|".join(f"(?:{d.source})" for d in detectors), options)
-            except re2.error:
-                self._any = None  # too big for one program: scan pattern by pattern
+            self._any = union
+        # Texts joined by newlines hold every match each text holds, where no pattern
+        # looks at where a text begins or ends: a newline is no word character, as the
+        # edge of a text is not, so ``\b`` reads the same there (``candidates``).
+        if detectors and not any(_ANCHORS.search(d.source) for d in detectors):
+            self._joined = union
 
     def __bool__(self) -> bool:
         return bool(self.guards)
+
+    def candidates(self, texts: list[str]) -> set[int] | None:
+        """The indexes of the ``texts`` that may hold a match, found by one search over
+        them all rather than one per text (a request's tool definitions are hundreds of
+        short strings, whose searches cost far more than their text); None when the
+        phase's patterns cannot be searched that way (one looks at a text's edges).
+
+        Every text holding a match is among them: the match is in the joined text too,
+        and a match the search finds first that runs over it names it as well."""
+        if self._joined is None:
+            return None
+        ends: list[int] = []
+        position = 0
+        for text in texts:
+            position += len(text)
+            ends.append(position)
+            position += 1  # the newline after it
+        found: set[int] = set()
+        for match in self._joined.finditer("\n".join(texts)):
+            start, end = match.span()
+            first = bisect.bisect_left(ends, start)
+            last = bisect.bisect_left(ends, max(start, end - 1))
+            found.update(range(first, last + 1))
+        return found
 
     def scan(
         self, text: str, *, json_text: bool = False

@@ -33,12 +33,17 @@ refuses to stream them (400), rather than send unguarded text.
 
 Answers' reasoning is guarded as their text is, whole and streamed; reasoning a
 signature covers (Anthropic's thinking, Converse's reasoning) cannot be masked, so a mask
-there refuses the answer (``_signed_refusal``). Sent back in a request, such reasoning is
+there refuses the answer (``_unmaskable_refusal``). Sent back in a request, such reasoning is
 dropped from a closed turn instead where a mask matches (``Dropper``), and refused in the
 open one.
 On a route whose guards may change what a client sends back, a request sending thinking
 back to a Claude model that binds it to its history asks Claude to drop the thinking that
 no longer matches rather than refuse the request (``guardrails.thinking_binding``).
+
+Tool definitions and structured-output schemas are text the model reads too, on every
+API (``guardrails.definitions``): read first, as the developer's ``system`` text; a mask
+rewrites their free text in place, and refuses where it matched a name (a tool's, a
+property's) that something refers to.
 
 Every decision goes into ``ctx.guardrail_decisions`` (the log line's ``guardrails``
 field) and ``aigw_guardrail_decisions_total{guard,phase,action}``: the guard's
@@ -69,6 +74,7 @@ from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, TOKEN_COUNT_AP
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import is_prompt
 from extproc.errors import BadRequestError, UpstreamError, anthropic_error_body
+from extproc.guardrails import definitions
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
 from extproc.guardrails.completion_text import request_slots as completion_request_slots
 from extproc.guardrails.content import (
@@ -148,17 +154,21 @@ _SIGNED = {"response": "the model's signed reasoning", "request": "signed reason
 
 def _signed_found(found: list[str] | tuple[str, ...], phase: str) -> str:
     """Why a mask guard refuses signed reasoning: what it found there (never the text)."""
+    return _unmaskable_found(found, _SIGNED[phase])
+
+
+def _unmaskable_found(found: list[str] | tuple[str, ...], where: str) -> str:
     what = f"contains {', '.join(found)}" if found else "holds text to mask"
-    return f": {_SIGNED[phase]} {what}, which cannot be masked"
+    return f": {where} {what}, which cannot be masked"
 
 
-def _signed_refusal(guard: MatcherGuard, text: str, phase: str) -> GuardrailRejectedError:
-    """A mask guard matched in signed reasoning it could not drop: refused, naming what
-    was found (never the text) and why it could not be masked."""
+def _unmaskable_refusal(guard: MatcherGuard, text: str, where: str) -> GuardrailRejectedError:
+    """A mask guard matched in text that cannot change (signed reasoning it could not
+    drop, a tool's name): refused, naming what was found (never the text) and where."""
     found = sorted(
         {span.label for detector in guard.detectors for span in detector.find(text) if span.label}
     )
-    return _refusal(guard.config, _signed_found(found, phase))
+    return _refusal(guard.config, _unmaskable_found(found, where))
 
 
 # Drops a signed reasoning block (and the reasoning after it) from a request's history
@@ -221,11 +231,16 @@ def _run_matchers(
     way to go without signed reasoning a mask guard matched in (``_request_slots``)."""
     masked: set[int] = set()
     dropped: set[int] = set()
-    for slot in slots:
+    # One search over the texts says which may hold a match; a tool call's JSON is read
+    # decoded (an escape may spell what its raw text does not), so it is always scanned.
+    maybe = matchers.candidates(["" if slot.is_json else slot.text for slot in slots])
+    for index, slot in enumerate(slots):
         if dropped and id(slot.block) in dropped:
             continue  # gone from the history: the provider never reads it
+        # Read again, in order, even where nothing is to be found: a tool input's names
+        # settle back in their order as the walk reads them (``content._Members``).
         text = slot.text
-        if not text:
+        if not text or (maybe is not None and index not in maybe and not slot.is_json):
             continue
         rejecting, hits, spans = matchers.scan(text, json_text=slot.is_json)
         if rejecting is not None:
@@ -235,10 +250,11 @@ def _run_matchers(
             guard = matchers.guards[rejecting]
             record(ctx, guard.name, phase, "reject")
             raise _refusal(guard.config, _found(guard.labels(spans)))
-        if hits and slot.signed:
+        if hits and (slot.signed or slot.fixed is not None):
             # Signed reasoning cannot be masked: the provider would refuse the block when
             # the client sends it back, that turn and every later one. A request goes
-            # without it where the provider allows that; otherwise it is refused.
+            # without it where the provider allows that; otherwise it is refused. Nor can
+            # a name something refers to (a tool's): masked, it would break the tool.
             gone = drop(slot.block) if drop is not None and slot.block is not None else None
             if gone is not None:
                 dropped |= gone
@@ -250,7 +266,8 @@ def _run_matchers(
                     record(ctx, guard.name, phase, "mask" if earlier in masked else "pass")
             refusing = matchers.guards[index]
             record(ctx, refusing.name, phase, "reject")
-            raise _signed_refusal(refusing, text, phase)
+            where = slot.fixed if slot.fixed is not None else _SIGNED[phase]
+            raise _unmaskable_refusal(refusing, text, where)
         if hits:
             slot.write(apply(text, hits))
             masked.update(hit.guard for hit in hits)
@@ -501,19 +518,21 @@ def _unguarded_encoding(route: str, encoding: str) -> UpstreamError:
 
 
 def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]:
-    """The request's text, and how it goes without signed reasoning a mask matched in
-    (None: it carries none)."""
+    """The request's text, its tool definitions and schemas first (where the providers put
+    them, before the conversation), and how it goes without signed reasoning a mask
+    matched in (None: it carries none)."""
     assert ctx.body is not None and ctx.route is not None
     body = ctx.body
     if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
         return input_slots(body), None
     if ctx.route.api in RESPONSES_REQUESTS:
-        return responses_request_slots(body), None
+        return definitions.responses_slots(body) + responses_request_slots(body), None
     if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
         return completion_request_slots(body), None
     if ctx.route.api in GEMINI_APIS:
         # A count's text reaches the model as the request it counts would.
-        return gemini_request_slots(body), None
+        found = definitions.gemini_slots(gemini_request(body))
+        return found + gemini_request_slots(body), None
     converse = ctx.route.api is RouteApi.BEDROCK_CONVERSE
     if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
         # The counted request's text reaches the provider as the request's would.
@@ -521,9 +540,11 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
         converse = member == CONVERSE
     if converse:
         counted = body
-        return converse_request_slots(body), lambda block: drop_converse_reasoning(counted, block)
+        found = definitions.converse_slots(body) + converse_request_slots(body)
+        return found, lambda block: drop_converse_reasoning(counted, block)
     messages = body
-    return request_slots(body), lambda block: drop_reasoning(messages, block)
+    found = definitions.chat_slots(body) + request_slots(body)
+    return found, lambda block: drop_reasoning(messages, block)
 
 
 async def _request_webhooks(
@@ -578,6 +599,10 @@ def _apply_verdict(
     for slot, content in zip(slots, verdict.contents, strict=True):
         if content == slot.text or (dropped and id(slot.block) in dropped):
             continue  # unchanged, or gone from the history with a block dropped before it
+        if slot.fixed is not None:
+            # As a matcher's mask there: a name something refers to cannot change.
+            record(ctx, guard.name, phase, "reject")
+            raise _refusal(guard, f": {slot.fixed} cannot be masked")
         if slot.signed:
             # As a matcher's mask there: signed reasoning cannot change.
             gone = drop(slot.block) if drop is not None and slot.block is not None else None

@@ -1,0 +1,321 @@
+"""The text of a request's tool definitions and structured-output schemas, as guard slots.
+
+Providers render tool definitions and a structured output's schema into the prompt: the
+model reads a tool's ``description``, its parameters' descriptions and the values a
+schema allows as it reads the system prompt. Left unread, they were a way around every
+guard: a refused topic or an address written in a parameter's description reached the
+model unchecked. They are the developer's text, so they are read with the role
+``system`` (webhooks get them as such entries; moderation reads them when its ``roles``
+include ``system``), before the conversation, as the providers place them.
+
+Where they are, by the API the client speaks:
+
+- OpenAI chat: ``tools[].function`` and ``tools[].custom`` (a custom tool), the legacy
+  ``functions``, and ``response_format.json_schema``;
+- Anthropic Messages (and Claude's InvokeModel body): ``tools[]`` (``input_schema``,
+  ``input_examples``), ``output_config.format`` and the beta ``output_format``;
+- Responses API: ``tools[]`` (a function's or custom tool's definition, an MCP server's
+  ``server_description``) and ``text.format``;
+- Bedrock Converse: ``toolConfig.tools[].toolSpec`` (``inputSchema.json``) and
+  ``outputConfig.textFormat.structure.jsonSchema``, whose ``schema`` is JSON text: it is
+  read parsed, and a mask writes it again from the parse (``_JsonText``);
+- Gemini: ``tools[].functionDeclarations`` (``parameters``, ``parametersJsonSchema``,
+  ``response``, ``responseJsonSchema``) and ``generationConfig.responseSchema`` /
+  ``responseJsonSchema``, camelCase and snake_case alike.
+
+What is read, and how a mask writes there:
+
+- free text, masked in place (the schema stays the schema it was): a definition's
+  ``description``, a schema's ``description``, ``title`` and ``$comment``, and each string
+  (and object key) in its ``enum``, ``const``, ``default``, ``examples`` and ``example``
+  values, the values the model is shown or told to produce;
+- names something refers to, ``fixed``: a tool's ``name`` (its calls name it), a schema's
+  property names (``properties``, ``required``, ``$defs``...: the arguments' keys) and a
+  custom tool's grammar (``format``'s ``definition``, which the provider compiles). A
+  ``REJECT`` guard matching there refuses as anywhere; a ``MASK`` guard refuses too,
+  naming what it found and where, rather than break the tool (a masked name would no
+  longer be the one its calls use);
+- not read: the schema's structure (``type``, ``format``, ``pattern``, ``$ref``,
+  ``additionalProperties`` flags...), settings (``strict``), and whatever a definition
+  holds that the model is not shown: an MCP server's URL, headers and authorization
+  (credentials, never sent to a webhook), server tools' settings.
+
+The walk reads the already-parsed body (no parse of its own, but for a Converse output
+schema's JSON text), without recursion: a schema's depth cannot exhaust the stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from extproc.gemini_api import GENERATION_CONFIG, RESPONSE_SCHEMAS
+from extproc.guardrails.content import TextSlot
+from extproc.guardrails.converse_text import json_value_slots
+
+# The developer writes tool definitions and schemas, as the system prompt.
+ROLE = "system"
+
+TOOL_NAME = "a tool's name"
+FORMAT_NAME = "a structured output's name"
+PROPERTY_NAME = "a schema's property name"
+GRAMMAR = "a custom tool's grammar"
+
+# A schema's keywords that hold text the model reads as language.
+_TEXT_KEYWORDS = frozenset(("description", "title", "$comment"))
+# Keywords holding values the model is shown or told to produce: each string is text.
+_VALUE_KEYWORDS = frozenset(("enum", "const", "default", "examples", "example"))
+# Keywords whose object maps names (of properties, of definitions a ``$ref`` names) to
+# schemas: each name is fixed, each schema walked.
+_NAMED_SCHEMAS = frozenset(("properties", "$defs", "definitions", "dependentSchemas"))
+# Keywords listing property names (Gemini's ``propertyOrdering`` too).
+_NAME_LISTS = frozenset(("required", "propertyOrdering", "property_ordering"))
+# Keywords whose object maps what is no language (regular expressions, property names
+# already read) to schemas: the keys are not read, the schemas are.
+_KEYED_SCHEMAS = frozenset(("patternProperties", "dependentRequired"))
+
+# Gemini's spellings (``gemini_api``: camelCase, then snake_case).
+_DECLARATIONS = ("functionDeclarations", "function_declarations")
+_GEMINI_SCHEMAS = (
+    ("parameters",),
+    ("parametersJsonSchema", "parameters_json_schema"),
+    ("response",),
+    ("responseJsonSchema", "response_json_schema"),
+)
+
+
+def chat_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """The definitions of an OpenAI chat or an Anthropic Messages request."""
+    slots: list[TextSlot] = []
+    for field in ("tools", "functions"):
+        for tool in _dicts(body.get(field)):
+            _tool_slots(tool, slots)
+    _format_slots(body.get("response_format"), slots)
+    config = body.get("output_config")
+    if isinstance(config, dict):
+        _format_slots(config.get("format"), slots)
+    _format_slots(body.get("output_format"), slots)
+    return slots
+
+
+def responses_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """The definitions of a Responses API request: its tools and ``text.format``."""
+    slots: list[TextSlot] = []
+    for tool in _dicts(body.get("tools")):
+        _tool_slots(tool, slots)
+    text = body.get("text")
+    if isinstance(text, dict):
+        _format_slots(text.get("format"), slots)
+    return slots
+
+
+def converse_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """The definitions of a Bedrock Converse request: ``toolConfig`` and ``outputConfig``."""
+    slots: list[TextSlot] = []
+    config = body.get("toolConfig")
+    if isinstance(config, dict):
+        for tool in _dicts(config.get("tools")):
+            spec = tool.get("toolSpec")
+            if isinstance(spec, dict):
+                _definition_slots(spec, slots)
+                schema = spec.get("inputSchema")
+                if isinstance(schema, dict):
+                    schema_slots(schema, "json", slots)
+    output = body.get("outputConfig")
+    text_format = output.get("textFormat") if isinstance(output, dict) else None
+    structure = text_format.get("structure") if isinstance(text_format, dict) else None
+    definition = structure.get("jsonSchema") if isinstance(structure, dict) else None
+    if isinstance(definition, dict):
+        _definition_slots(definition, slots, FORMAT_NAME)
+        _json_text_schema_slots(definition, "schema", slots)
+    return slots
+
+
+def gemini_slots(request: dict[str, Any]) -> list[TextSlot]:
+    """The definitions of a Gemini request (``gemini_text.guarded_request``'s): function
+    declarations and the structured output's schema."""
+    slots: list[TextSlot] = []
+    for tool in _dicts(request.get("tools")):
+        for declarations in _spellings(tool, _DECLARATIONS):
+            for declaration in _dicts(declarations):
+                _definition_slots(declaration, slots)
+                for names in _GEMINI_SCHEMAS:
+                    for name in names:
+                        schema_slots(declaration, name, slots)
+    for config in _spellings(request, GENERATION_CONFIG):
+        if isinstance(config, dict):
+            for names in RESPONSE_SCHEMAS:
+                for name in names:
+                    schema_slots(config, name, slots)
+    return slots
+
+
+def _tool_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
+    """One entry of ``tools``: OpenAI chat nests a definition in ``function`` or ``custom``;
+    Anthropic, the Responses API and the legacy ``functions`` write it flat."""
+    for nested in ("function", "custom"):
+        definition = tool.get(nested)
+        if isinstance(definition, dict):
+            _definition_slots(definition, slots)
+            return
+    _definition_slots(tool, slots)
+
+
+def _definition_slots(
+    definition: dict[str, Any], slots: list[TextSlot], name: str = TOOL_NAME
+) -> None:
+    """A tool's (or a structured output's) name, description and schemas."""
+    _string(definition, "name", slots, name)
+    _string(definition, "description", slots)
+    # A Responses API MCP tool's description of its server, which the model is given.
+    _string(definition, "server_description", slots)
+    for key in ("parameters", "input_schema", "schema"):
+        schema_slots(definition, key, slots)
+    # Anthropic's examples of a tool's input (``input_examples``): values the model reads.
+    json_value_slots(ROLE, definition, "input_examples", slots)
+    _grammar_slots(definition.get("format"), slots)
+
+
+def _grammar_slots(value: Any, slots: list[TextSlot]) -> None:
+    """A custom tool's grammar (chat nests it in ``grammar``): the provider compiles it, so
+    a mask cannot rewrite it."""
+    if not isinstance(value, dict) or value.get("type") != "grammar":
+        return
+    grammar = value.get("grammar")
+    _string(grammar if isinstance(grammar, dict) else value, "definition", slots, GRAMMAR)
+
+
+def _format_slots(value: Any, slots: list[TextSlot]) -> None:
+    """A structured output's definition: chat nests it in ``json_schema``; the Responses
+    API and Anthropic write it beside ``type``."""
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return
+    nested = value.get("json_schema")
+    _definition_slots(nested if isinstance(nested, dict) else value, slots, FORMAT_NAME)
+
+
+def schema_slots(holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
+    """The text and names of the JSON schema ``holder[key]`` (JSON Schema, or Gemini's
+    OpenAPI subset), in document order (the module docstring)."""
+    pending: list[Any] = [holder.get(key)]
+    while pending:
+        schema = pending.pop()
+        if not isinstance(schema, dict):
+            continue
+        found: list[Any] = []  # this schema's subschemas, in order
+        for keyword, value in schema.items():
+            if keyword in _TEXT_KEYWORDS:
+                _string(schema, keyword, slots)
+            elif keyword in _VALUE_KEYWORDS:
+                if isinstance(value, list):
+                    # The common ``enum`` of strings: a slot each, without the walk of
+                    # a JSON value (an object's members, keys included, take that walk).
+                    for index, item in enumerate(value):
+                        if isinstance(item, str):
+                            slots.append(TextSlot(ROLE, value, index))
+                        elif isinstance(item, dict | list):
+                            json_value_slots(ROLE, {"value": item}, "value", slots)
+                else:
+                    json_value_slots(ROLE, schema, keyword, slots)
+            elif keyword in _NAMED_SCHEMAS and isinstance(value, dict):
+                names = list(value)
+                for index, name in enumerate(names):
+                    if isinstance(name, str):
+                        slots.append(TextSlot(ROLE, names, index, fixed=PROPERTY_NAME))
+                found.extend(value.values())
+            elif keyword in _NAME_LISTS and isinstance(value, list):
+                # Most name properties read already (strict mode requires them all):
+                # only a name no property has is read again here.
+                defined = schema.get("properties")
+                defined = defined if isinstance(defined, dict) else {}
+                for index, name in enumerate(value):
+                    if isinstance(name, str) and name not in defined:
+                        slots.append(TextSlot(ROLE, value, index, fixed=PROPERTY_NAME))
+            elif keyword in _KEYED_SCHEMAS and isinstance(value, dict):
+                found.extend(value.values())
+            elif isinstance(value, dict):
+                found.append(value)  # items, not, if/then/else, additionalProperties...
+            elif isinstance(value, list):
+                found.extend(value)  # anyOf, oneOf, allOf, prefixItems
+        # Pushed last to first, so they come off the list in order.
+        pending.extend(reversed(found))
+
+
+def _json_text_schema_slots(holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
+    """A schema given as JSON text (Converse's output schema): read parsed, each write
+    landing in the parse and the text written again from it. Text that is no JSON object
+    (Bedrock refuses it) is read as it is, and cannot be masked."""
+    text = holder.get(key)
+    if not isinstance(text, str):
+        return
+    try:
+        schema = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        schema = None
+    if not isinstance(schema, dict):
+        slots.append(TextSlot(ROLE, holder, key, fixed="a structured output's schema"))
+        return
+    document = _JsonText(holder, key, schema)
+    found: list[TextSlot] = []
+    schema_slots({"schema": schema}, "schema", found)
+    for slot in found:
+        slots.append(
+            TextSlot(slot.role, _InJsonText(slot.holder, document), slot.key, fixed=slot.fixed)
+        )
+
+
+class _JsonText:
+    """A schema carried as JSON text in ``holder[key]``, and its parse."""
+
+    __slots__ = ("_holder", "_key", "parsed")
+
+    def __init__(self, holder: dict[str, Any], key: str, parsed: dict[str, Any]) -> None:
+        self._holder = holder
+        self._key = key
+        self.parsed = parsed
+
+    def write(self) -> None:
+        self._holder[self._key] = orjson.dumps(self.parsed).decode()
+
+
+class _InJsonText:
+    """A ``TextSlot`` holder inside a ``_JsonText``'s parse: a write lands there, and the
+    JSON text is written again from it."""
+
+    __slots__ = ("_document", "_holder")
+
+    def __init__(self, holder: Any, document: _JsonText) -> None:
+        self._holder = holder
+        self._document = document
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._holder[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._holder[key] = value
+        self._document.write()
+
+
+def _string(
+    holder: dict[str, Any], key: str, slots: list[TextSlot], fixed: str | None = None
+) -> None:
+    if isinstance(holder.get(key), str):
+        slots.append(TextSlot(ROLE, holder, key, fixed=fixed))
+
+
+def _spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[Any]:
+    """The value under each of a field's spellings the container gives."""
+    for name in names:
+        value = container.get(name)
+        if value is not None:
+            yield value
+
+
+def _dicts(value: Any) -> Iterator[dict[str, Any]]:
+    """The objects of a list; nothing when ``value`` is no list."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield item
