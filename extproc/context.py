@@ -74,6 +74,11 @@ class Usage:
     # those read from its cache (part of cached_tokens; cacheTokensDetails).
     audio_tokens: int = 0
     cached_audio_tokens: int = 0
+    # Completion tokens of audio (part of completion_tokens), which OpenAI's audio models
+    # bill far above text (gpt-audio: $64 per million against $10;
+    # completion_tokens_details.audio_tokens) and Gemini's TTS models report apart
+    # (usageMetadata.candidatesTokensDetails' AUDIO entry).
+    audio_output_tokens: int = 0
     # The prompt's characters as the provider bills them, when it bills characters rather
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
@@ -120,6 +125,7 @@ def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
         usage.server_tool_requests,
         audio_tokens=usage.audio_tokens,
         cached_audio_tokens=usage.cached_audio_tokens,
+        audio_output_tokens=usage.audio_output_tokens,
     )
 
 

@@ -36,6 +36,13 @@ sampling steps (Anthropic's compaction step, then its answer: ``Usage.steps``) i
 step by step, each priced on its own prompt: their sum is no prompt the model read. The
 entry is the tier's when the tier has one, so the tier is picked first, then the length.
 
+Audio is billed at the audio prices when the entry gives them: the prompt's audio
+tokens (Gemini's ``promptTokensDetails``, OpenAI's ``prompt_tokens_details.audio_tokens``)
+at ``audio_input``, those read from the cache at ``cached_audio_input``, and the
+completion's (OpenAI's ``completion_tokens_details.audio_tokens``, Gemini's
+``candidatesTokensDetails``) at ``audio_output``; each count within the count it is part
+of, the rest at the text prices.
+
 A request the provider reports running in an inference geography the table prices apart
 (Anthropic's ``usage.inference_geo``, ``us``: 1.1x) costs its tokens at the entry picked
 above times that geography's multiplier (the model's, else the table's), rounded once to
@@ -105,6 +112,9 @@ class TokenPrices:
     # price and the cached input price, as any other prompt token.
     audio_input: int | None = None
     cached_audio_input: int | None = None
+    # Completion tokens of audio (OpenAI's audio models, Gemini's TTS); None: the output
+    # price, as any other completion token.
+    audio_output: int | None = None
     # Picodollars per prompt character, for a model billed by characters; None: by tokens.
     input_per_character: int | None = None
 
@@ -222,6 +232,7 @@ def _token_prices(
         geos=geos or {},
         audio_input=_per_token(price.audio_input),
         cached_audio_input=_per_token(price.cached_audio_input),
+        audio_output=_per_token(price.audio_output),
         input_per_character=_per_character(price.input_per_thousand_characters),
     )
 
@@ -270,7 +281,8 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
     # The 1-hour part is what the provider named as such; the other writes are 5-minute.
     written_1h = _part(usage.cache_write_1h_tokens, written)
     uncached = usage.prompt_tokens - cached - written
-    # The audio parts (Gemini's modality counts), each within the part it is of.
+    # The audio parts (Gemini's modality counts, OpenAI's audio_tokens), each within the
+    # part it is of.
     cached_audio = _part(usage.cached_audio_tokens, cached)
     audio = _part(usage.audio_tokens - cached_audio, uncached)
     audio_price = prices.input if prices.audio_input is None else prices.audio_input
@@ -287,7 +299,13 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
     if prices.input_per_character is not None and characters is not None:
         # Billed by the characters the provider counted (Vertex's embeddings), not tokens.
         prompt = max(characters, 0) * prices.input_per_character
-    return prompt + usage.completion_tokens * prices.output
+    # The audio part of the completion (OpenAI's audio models, Gemini's TTS), within it.
+    audio_output = _part(usage.audio_output_tokens, usage.completion_tokens)
+    audio_output_price = prices.output if prices.audio_output is None else prices.audio_output
+    completion = (
+        usage.completion_tokens - audio_output
+    ) * prices.output + audio_output * audio_output_price
+    return prompt + completion
 
 
 def _sampling_steps(usage: Usage) -> tuple[Usage, ...]:

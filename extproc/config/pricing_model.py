@@ -74,8 +74,13 @@ _CACHE_PRICE_KEYS = (
     "cache_write_input_per_million",
     "cache_write_1h_input_per_million",
 )
-# The audio prices (Gemini bills audio input above text, image and video).
-_AUDIO_PRICE_KEYS = ("audio_input_per_million", "cached_audio_input_per_million")
+# The audio prices (Gemini bills audio input above text, image and video; OpenAI's audio
+# models bill audio input and output far above text).
+_AUDIO_PRICE_KEYS = (
+    "audio_input_per_million",
+    "cached_audio_input_per_million",
+    "audio_output_per_million",
+)
 # The prices an entry may give apart from its input price, which its long_context must
 # then give too.
 _APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS)
@@ -129,13 +134,18 @@ class PerTokenPrice(_Section):
     # Prompt tokens written to Claude's 1-hour cache (2x the input price). Default: the
     # cache-write price, so a table written before the split bills as it did.
     cache_write_1h_input_per_million: Price | None = None
-    # Prompt tokens of audio (Gemini: promptTokensDetails' AUDIO entry), which Gemini
-    # bills above text, image and video (2.5 Flash: 1.00 against 0.30). Default: the
-    # input price.
+    # Prompt tokens of audio (Gemini: promptTokensDetails' AUDIO entry; OpenAI:
+    # prompt_tokens_details.audio_tokens), which Gemini bills above text, image and video
+    # (2.5 Flash: 1.00 against 0.30), OpenAI's audio models far above text (gpt-audio:
+    # 32.00 against 2.50). Default: the input price.
     audio_input_per_million: Price | None = None
     # Audio prompt tokens read from the provider's cache. Default: the audio input price
     # when the entry gives no cached_input_per_million (required when it gives both).
     cached_audio_input_per_million: Price | None = None
+    # Completion tokens of audio (OpenAI: completion_tokens_details.audio_tokens; Gemini:
+    # candidatesTokensDetails' AUDIO entry), which OpenAI's audio models bill far above
+    # text (gpt-audio: 64.00 against 10.00). Default: the output price.
+    audio_output_per_million: Price | None = None
     # USD per 1,000 prompt characters, for a model its provider bills by characters
     # (Vertex's text-embedding-005: 0.000025): the prompt is billed by the characters the
     # answer reports (billableCharacterCount), and by its tokens at input_per_million when
@@ -183,6 +193,12 @@ class PerTokenPrice(_Section):
             # No audio price: cached audio is cached input like any other.
             return self.cached_input
         return self.audio_input_per_million
+
+    @property
+    def audio_output(self) -> Decimal:
+        if self.audio_output_per_million is None:
+            return self.output_per_million
+        return self.audio_output_per_million
 
     @property
     def cache_write_input(self) -> Decimal:
@@ -242,7 +258,8 @@ class TierPrice(PerTokenPrice):
         if missing:
             raise ValueError(
                 f"give {', '.join(missing)} here too, as the entry it belongs to does: "
-                "left out, a long-context cache price is the long-context input price"
+                "left out, a long-context cache or audio price is the long-context input "
+                "(or output) price"
             )
         return value
 

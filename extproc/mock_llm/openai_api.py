@@ -31,6 +31,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.mock_llm.chat_audio import (
+    asks_for_audio,
+    audio_output_tokens,
+    audio_prompt_tokens,
+    data_delta,
+    spoken_message,
+    transcript_delta,
+)
 from extproc.mock_llm.error_bodies import error_in_success, google_error_list
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import json_reply
@@ -81,6 +89,8 @@ class ChatRequest:
     # The tier that serves the request, as the answer reports it (SERVICE_TIERS); None:
     # no top-level service_tier (Vertex's OpenAI-compatible endpoint writes none).
     service_tier: str | None = "default"
+    # Asked for a spoken answer (``modalities`` holds "audio"; chat_audio).
+    spoken: bool = False
 
 
 def optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
@@ -145,6 +155,7 @@ def parse_chat_request(body: Body) -> ChatRequest:
         max_tokens,
         doc.get("response_format"),
         served_tier(doc.get("service_tier")),
+        asks_for_audio(doc),
     )
 
 
@@ -172,6 +183,10 @@ class Completion:
     cached_tokens: int = 0
     # Vertex's traffic type, reported in usage.extra_properties.google (vertex_api).
     google_traffic_type: str | None = None
+    # Of prompt_tokens, those of the request's audio (chat_audio).
+    audio_prompt_tokens: int = 0
+    # A spoken answer: its pieces count audio tokens too (chat_audio).
+    spoken: bool = False
 
     @property
     def content(self) -> str:
@@ -179,14 +194,25 @@ class Completion:
 
     def usage(self, sent: int | None = None) -> dict[str, Any]:
         """The usage of the whole answer, or of its first ``sent`` pieces (a running count)."""
-        completion_tokens = len(self.pieces) if sent is None else sent
+        text_tokens = len(self.pieces) if sent is None else sent
+        audio_out = audio_output_tokens(text_tokens) if self.spoken else 0
+        completion_tokens = text_tokens + audio_out
         usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
-        if self.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.cached_tokens or self.audio_prompt_tokens:
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": self.cached_tokens,
+                "audio_tokens": self.audio_prompt_tokens,
+            }
+        if self.spoken:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": 0,
+                "audio_tokens": audio_out,
+                "text_tokens": text_tokens,
+            }
         if self.google_traffic_type is not None:
             usage["extra_properties"] = {"google": {"traffic_type": self.google_traffic_type}}
         return usage
@@ -198,8 +224,16 @@ def build_completion(chat: ChatRequest, fault: Fault) -> Completion:
         chat.messages, max_tokens=chat.max_tokens, chunks=fault.chunks, text=as_json
     )
     finish_reason = "length" if truncated else "stop"
-    prompt = prompt_tokens(chat.messages)
-    return Completion(pieces, finish_reason, prompt, fault.cached_part(prompt))
+    audio = audio_prompt_tokens(chat.messages)
+    prompt = prompt_tokens(chat.messages) + audio
+    return Completion(
+        pieces,
+        finish_reason,
+        prompt,
+        fault.cached_part(prompt),
+        audio_prompt_tokens=audio,
+        spoken=chat.spoken,
+    )
 
 
 def error_response(
@@ -376,15 +410,19 @@ class OpenAIEndpoints:
             return _abort(request)
         if fault.garbage:
             return web.Response(body=_GARBAGE, headers=_JSON_HEADERS)
+        number, created = next(self._ids), int(time.time())
+        message: dict[str, Any] = {"role": "assistant", "content": completion.content}
+        if completion.spoken:
+            message = spoken_message(f"audio_mock_{number}", completion.content, created)
         document = {
-            "id": f"chatcmpl-mock-{next(self._ids)}",
+            "id": f"chatcmpl-mock-{number}",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": created,
             "model": chat.model,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": completion.content},
+                    "message": message,
                     "finish_reason": completion.finish_reason,
                     "logprobs": None,
                 }
@@ -400,7 +438,8 @@ class OpenAIEndpoints:
     async def _stream(
         self, request: web.Request, chat: ChatRequest, completion: Completion, fault: Fault
     ) -> web.StreamResponse:
-        completion_id = f"chatcmpl-mock-{next(self._ids)}"
+        number = next(self._ids)
+        completion_id, audio_id = f"chatcmpl-mock-{number}", f"audio_mock_{number}"
         created = int(time.time())
 
         def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
@@ -422,7 +461,12 @@ class OpenAIEndpoints:
                 chunk["usage"] = usage
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-        def choice(delta: dict[str, str], finish_reason: str | None) -> list[dict[str, Any]]:
+        def piece_delta(sent: int, piece: str) -> dict[str, Any]:
+            if completion.spoken:
+                return transcript_delta(audio_id, piece, first=sent == 0)
+            return {"content": piece}
+
+        def choice(delta: dict[str, Any], finish_reason: str | None) -> list[dict[str, Any]]:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
         every_chunk = request.headers.get(USAGE_HEADER) == EVERY_CHUNK
@@ -454,13 +498,16 @@ class OpenAIEndpoints:
                     return _abort(request, response)
                 if sent == fault.error_after:
                     return await _fail_stream(response, send)
-                await send(event(choice({"content": piece}, None), running(sent + 1)))
+                await send(event(choice(piece_delta(sent, piece), None), running(sent + 1)))
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
             if fault.error_after is not None:
                 # Fewer pieces than error_after: the stream must still fail.
                 return await _fail_stream(response, send)
+            if completion.spoken:
+                spoken = data_delta(completion.content, created)
+                await send(event(choice(spoken, None), running(len(completion.pieces))))
             await send(event(choice({}, completion.finish_reason), running(None)))
             if chat.include_usage and not fault.no_usage:
                 await send(event([], completion.usage()))

@@ -21,7 +21,9 @@ than a guessed 0; so does an answer that is an error object. Gemini bills audio 
 above text, image and video: the prompt's audio tokens are read from
 ``promptTokensDetails`` (the ``AUDIO`` entry; the list covers the whole prompt, cache
 hits included) and those of the cache hits from ``cacheTokensDetails``, each never more
-than the count it is a part of. A malformed entry counts no audio.
+than the count it is a part of. A malformed entry counts no audio. The output's audio (a
+TTS model's speech, which Gemini bills at its audio output price) is read from
+``candidatesTokensDetails``' ``AUDIO`` entry the same way, part of ``candidatesTokenCount``.
 
 Vertex names in ``usageMetadata.trafficType`` the capacity that served the request, which
 sets its price (Priority PayGo, Flex PayGo, Provisioned Throughput): it is read as the
@@ -46,7 +48,7 @@ last report among them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -103,6 +105,9 @@ class UsageReport:
     # Of the prompt and of its cache hits, the audio tokens (billed at the audio price).
     audio: int = 0
     cached_audio: int = 0
+    # Of the output, the audio tokens (a TTS model's speech; billed at the audio output
+    # price).
+    audio_output: int = 0
 
     def usage(self) -> Usage:
         output = self.output or 0
@@ -113,13 +118,14 @@ class UsageReport:
             self.cached,
             audio_tokens=self.audio,
             cached_audio_tokens=self.cached_audio,
+            audio_output_tokens=self.audio_output,
         )
 
     def after(self, earlier: UsageReport | None) -> UsageReport:
         """This report, taking the output count from ``earlier`` when it has none."""
         if self.output is not None or earlier is None:
             return self
-        return UsageReport(self.prompt, self.cached, earlier.output, self.audio, self.cached_audio)
+        return replace(self, output=earlier.output, audio_output=earlier.audio_output)
 
 
 # The modality of a ModalityTokenCount that Gemini bills at the audio price.
@@ -175,7 +181,12 @@ def usage_report(value: Any) -> UsageReport | None:
     cached = min(counts["cachedContentTokenCount"] or 0, prompt)
     audio = min(modality_tokens(value.get("promptTokensDetails"), _AUDIO), prompt)
     cached_audio = min(modality_tokens(value.get("cacheTokensDetails"), _AUDIO), cached, audio)
-    return UsageReport(prompt, cached, output, audio, cached_audio)
+    # The candidates' audio (a TTS model's speech), part of candidatesTokenCount: thinking
+    # is text.
+    audio_output = min(
+        modality_tokens(value.get("candidatesTokensDetails"), _AUDIO), candidates or 0
+    )
+    return UsageReport(prompt, cached, output, audio, cached_audio, audio_output)
 
 
 def search_queries(answer: dict[str, Any]) -> dict[int, int]:

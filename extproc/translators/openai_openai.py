@@ -7,7 +7,8 @@ last one OpenAI sends; other OpenAI-compatible providers put it elsewhere, or on
 chunk: ``ChunkStreamReader``); when the client did not ask for it, it is removed from the
 stream it receives. The usage object is read as each provider fills it: reasoning tokens
 counted beside ``completion_tokens`` (xAI) and cache hits under other names (DeepSeek,
-Moonshot) are billed once each (``usage_from_object``). An error
+Moonshot) are billed once each (``usage_from_object``); the audio tokens of the prompt and
+of the completion (OpenAI's audio models) are read too, billed at the audio prices. An error
 event inside a stream (``data: {"error": {...}}``, how OpenAI fails a stream whose 200
 has left) reaches the client unchanged and is recorded as the reader's ``failure``
 (``base.StreamFailure``), with the counts a running report had given by then, so the
@@ -107,6 +108,8 @@ def usage_from_object(value: Any) -> Usage | None:
     total = prompt + completion
     writes = _cache_writes(value, prompt - cached)
     usage = Usage(prompt, completion, total, cached, writes, _one_hour_writes(value, writes))
+    usage.audio_tokens = _audio(value, "prompt_tokens_details", prompt)
+    usage.audio_output_tokens = _audio(value, "completion_tokens_details", completion)
     usage.server_tool_requests = {
         tool: count
         for tool, count in server_tool_requests(value.get("server_tool_use")).items()
@@ -178,6 +181,16 @@ def _cached(value: dict[str, Any], prompt: int) -> int:
         value.get("cached_tokens"),
     )
     return min(max(token_count(hits) or 0 for hits in named), prompt)
+
+
+def _audio(value: dict[str, Any], details_name: str, whole: int) -> int:
+    """The audio tokens a details object counts (``prompt_tokens_details`` or
+    ``completion_tokens_details``' ``audio_tokens``), which OpenAI's audio models
+    (gpt-audio, gpt-4o-audio-preview) bill far above text: part of ``whole``, the count it
+    details, and never more than it; 0 when absent or no count."""
+    details = value.get(details_name)
+    audio = token_count(details.get("audio_tokens")) if isinstance(details, dict) else None
+    return min(audio or 0, whole)
 
 
 def _cache_writes(value: dict[str, Any], uncached: int) -> int:
