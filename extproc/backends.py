@@ -370,7 +370,9 @@ def check_translation(ctx: RequestContext, parsed: dict[str, Any], upstream: Ups
     elif kind is ProviderType.BEDROCK:
         openai_bedrock.translate_request(parsed, model_id=model)
     elif kind is ProviderType.VERTEX and vertex_endpoints.is_claude(model):
-        openai_anthropic.translate_request(parsed, model, stream=ctx.stream, image_urls=False)
+        openai_anthropic.translate_request(
+            parsed, model, stream=ctx.stream, image_urls=False, inference_geo=False
+        )
 
 
 def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
@@ -761,7 +763,7 @@ def _vertex_request(
     # Vertex's one API version predates the versions that limit sampling parameters. Its
     # Claude takes no image by URL ("URL sources are not supported").
     translated = openai_anthropic.translate_request(
-        parsed, model, stream=ctx.stream, image_urls=False
+        parsed, model, stream=ctx.stream, image_urls=False, inference_geo=False
     )
     path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
     return RequestPlan(_json(anthropic_vertex.messages_body(translated)), prefix + path, headers)

@@ -54,6 +54,10 @@ clients send both. API version 2026-10-21 removed both (Anthropic refuses them t
 their defaults), so with that version or a later one neither is sent. Other OpenAI-only
 fields (seed, penalties, stream_options...) are dropped.
 
+Geography: the gateway's ``inference_geo`` extension of the chat body (``"us"``: US-only
+inference) goes to Anthropic's API as its own ``inference_geo``; Claude on Vertex AI
+takes none, and a geography other than ``global`` is refused there (``claude_geography``).
+
 Reasoning: ``reasoning_effort`` is OpenAI's only switch for thinking, so it turns on
 Claude's thinking in the one mode the model takes (``takes_adaptive_thinking``, by the
 upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other value than
@@ -102,6 +106,8 @@ from typing import Any
 import orjson
 
 from extproc.errors import BadRequestError
+from extproc.translators.claude_geography import FIELD as GEOGRAPHY_FIELD
+from extproc.translators.claude_geography import asked_inference_geo, refuse_inference_geo
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
     adaptive_effort,
@@ -155,12 +161,15 @@ def translate_request(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     anthropic_version: str | None = None,
     image_urls: bool = True,
+    inference_geo: bool = True,
 ) -> dict[str, Any]:
     """The Anthropic request for an OpenAI one; BadRequestError for what cannot be sent.
 
     ``anthropic_version`` is the API version the request goes out with; it decides whether
     sampling parameters can be sent (None: an older version, which takes them).
     ``image_urls``: whether the API takes an image by URL (Vertex AI's Claude does not).
+    ``inference_geo``: whether it takes the gateway's ``inference_geo`` extension
+    (Anthropic's API does, Vertex AI's Claude does not: ``claude_geography``).
     """
     n = body.get("n")
     if n is not None and n != 1:
@@ -235,6 +244,12 @@ def translate_request(
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         request["metadata"] = {"user_id": user}
+    if inference_geo:
+        geography = asked_inference_geo(body)
+        if geography is not None:
+            request[GEOGRAPHY_FIELD] = geography
+    else:
+        refuse_inference_geo(body, "Vertex AI")
     request["stream"] = stream
     return request
 

@@ -31,6 +31,8 @@ What cannot be carried over is refused, not guessed at:
   an empty one is left out, for every model).
 - a conversation that opens with the assistant's message, which Converse refuses
   (``_check_conversation_start``).
+- the gateway's ``inference_geo`` extension asking for a geography other than ``global``:
+  Bedrock runs a model in its inference profile's region (``claude_geography``).
 
 ``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
 (and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
@@ -115,6 +117,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import BadRequestError, GatewayError
 from extproc.providers.bedrock_model_ids import base_model_id
+from extproc.translators.claude_geography import refuse_inference_geo
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
     adaptive_effort,
@@ -199,6 +202,7 @@ def translate_request(
     offending field) for what Converse cannot do.
     """
     service_tier = _check_top_level(body, model_id)
+    refuse_inference_geo(body, "Bedrock")
     takes_system = model_takes_system(model_id)
     system, turns = _conversation(body.get("messages"), takes_system)
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))

@@ -31,7 +31,11 @@ from tests.integration.conftest import (
     write_config,
 )
 
-KEYS = {"geo-us": "geo-us-key-4c1e", "geo-openai": "geo-openai-key-8b2d"}
+KEYS = {
+    "geo-us": "geo-us-key-4c1e",
+    "geo-openai": "geo-openai-key-8b2d",
+    "geo-openai-asks": "geo-openai-asks-key-2f9a",
+}
 SONNET = "claude-sonnet-4-0"
 # The default config's price of Sonnet (input, output, USD per million), and the
 # multiplier of its US-only inference this test gives the table.
@@ -121,3 +125,36 @@ def test_an_openai_client_in_a_us_workspace_is_billed_at_the_us_multiplier(
         assert line["inference_geo"] == "us"
         assert cost(line) == at_us_price(line) > 0
     assert_the_bill_agrees(stack, "geo-openai", lines)
+
+
+def test_an_openai_client_asking_for_us_only_inference_is_billed_at_the_us_multiplier(
+    stack: LocalStack,
+) -> None:
+    # The gateway's inference_geo extension of the chat body, passed on to Anthropic: no
+    # workspace default, the client itself asks.
+    chat = openai.OpenAI(
+        base_url=f"{stack.base_url}/anthropic", api_key=KEYS["geo-openai-asks"], max_retries=0
+    )
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    asks: Any = {"inference_geo": "us"}
+    raw = chat.chat.completions.with_raw_response.create(
+        model=SONNET, messages=messages, extra_body=asks
+    )
+    with chat.chat.completions.with_streaming_response.create(
+        model=SONNET, messages=messages, stream=True, stream_options={"include_usage": True},
+        extra_body=asks,
+    ) as response:  # fmt: skip
+        stream_id = response.headers["x-request-id"]
+        chunks = list(response.parse())
+    assert chunks[-1].usage is not None
+    lines = lines_of(stack, [raw.headers["x-request-id"], stream_id])
+    for line in lines:
+        assert line["inference_geo"] == "us"
+        assert cost(line) == at_us_price(line) > 0
+    assert_the_bill_agrees(stack, "geo-openai-asks", lines)
+    # A value that names no geography is the client's 400, naming the field.
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat.chat.completions.create(
+            model=SONNET, messages=messages, extra_body={"inference_geo": "US only"}
+        )
+    assert refused.value.body["param"] == "inference_geo"  # type: ignore[index]
