@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.chargeback.period import Period, PeriodError, resolve_period
-from extproc.chargeback.report import dimensions, render
+from extproc.chargeback.report import dimensions, missing_note, render
 from extproc.chargeback.retention import expired_before, expired_note
 from extproc.config.model import GatewayConfig
 from extproc.store.connection import STORE_ERRORS, connect
 from extproc.store.embedded import EmbeddedStartError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import make_directory, sync_directory
-from extproc.store.usage import UsageRow, UsageStore
+from extproc.store.usage import UnreadableHour, UsageRead, UsageStore
 
 if TYPE_CHECKING:
     from extproc.management.v1 import management_pb2 as pb
@@ -47,7 +47,7 @@ def period_of(args: argparse.Namespace) -> Period:
     )
 
 
-async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]) -> list[UsageRow]:
+async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]) -> UsageRead:
     embedded: EmbeddedValkey | None = None
     url = config.store.url or running_endpoint(config.store.data_dir)
     if url is None:
@@ -62,7 +62,7 @@ async def query_store(config: GatewayConfig, period: Period, by: tuple[str, ...]
     client = connect(url, config.store.timeout_ms / 1000.0)
     try:
         store = UsageStore(client, config.store.key_prefix, config.store.usage_retention_days)
-        return await store.query(period.start, period.end, by)
+        return await store.read(period.start, period.end, by)
     finally:
         await client.aclose()
         if embedded is not None:
@@ -84,16 +84,16 @@ def _cannot_start(embedded: EmbeddedValkey, error: Exception) -> str:
 
 def _rows(
     config: GatewayConfig | None, args: argparse.Namespace
-) -> tuple[list[UsageRow], tuple[str, ...], Period] | None:
+) -> tuple[UsageRead, tuple[str, ...], Period] | None:
     """``config`` is None only for a report asked of the management API at ``--address``."""
     try:
         by = dimensions(args.by)
         period = period_of(args)
         if args.api:
-            rows, by, period = _ask_api(config, args, by, period)
+            found, by, period = _ask_api(config, args, by, period)
         else:
             assert config is not None, "a report read from the store has the store's config"
-            rows = asyncio.run(query_store(config, period, by))
+            found = asyncio.run(query_store(config, period, by))
             _note_expired_hours(period, config.store.usage_retention_days)
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -106,7 +106,7 @@ def _rows(
             file=sys.stderr,
         )
         return None
-    return rows, by, period
+    return found, by, period
 
 
 def _note_expired_hours(period: Period, retention_days: int, now: datetime | None = None) -> None:
@@ -137,14 +137,14 @@ def _note_answered_expiry(answer: pb.UsageReport) -> None:
 
 def _ask_api(
     config: GatewayConfig | None, args: argparse.Namespace, by: tuple[str, ...], period: Period
-) -> tuple[list[UsageRow], tuple[str, ...], Period]:
+) -> tuple[UsageRead, tuple[str, ...], Period]:
     """The same report from a gateway's management API (another host's store, say): its
     rows, grouped and over the period as the gateway answered them, since the gateway
     resolves the period on its own clock (the last 24 hours, the last month) and an
     empty grouping as by model."""
     from extproc.chargeback.report import totals
     from extproc.management.client import ManagementError, UsageClient
-    from extproc.management.usage import rows_from_report
+    from extproc.management.usage import rows_from_report, unreadable_from_report
     from extproc.management.v1 import management_pb2 as pb
 
     address = args.address or (config.management.address if config is not None else "")
@@ -161,13 +161,14 @@ def _ask_api(
     except ManagementError as exc:
         raise ReportError(str(exc)) from None
     rows = rows_from_report(answer)
+    unreadable = unreadable_from_report(answer)
     answered = _answered_period(answer, period)
     _note_answered_expiry(answer)
     if not by:
         # Asked by no dimension, which the API reads as by model: its rows summed, as
         # the store's rows are for the same question.
-        return ([totals(rows)] if rows else []), by, answered
-    return rows, tuple(answer.group_by) or by, answered
+        return UsageRead([totals(rows)] if rows else [], unreadable), by, answered
+    return UsageRead(rows, unreadable), tuple(answer.group_by) or by, answered
 
 
 def _answered_period(answer: pb.UsageReport, asked: Period) -> Period:
@@ -187,28 +188,37 @@ def report(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     found = _rows(config, args)
     if found is None:
         return 2
-    rows, by, period = found
-    sys.stdout.write(render(rows, by, period, args.format))
-    return 0
+    read, by, period = found
+    sys.stdout.write(render(read.rows, by, period, args.format, read.unreadable))
+    return _missing(read.unreadable)
 
 
 def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     found = _rows(config, args)
     if found is None:
         return 2
-    rows, by, period = found
-    text = render(rows, by, period, args.format)
+    read, by, period = found
+    text = render(read.rows, by, period, args.format, read.unreadable)
     if args.output in (None, "-"):
         sys.stdout.write(text)
-        return 0
+        return _missing(read.unreadable)
     target = Path(args.output)
     try:
         write_file(target, text)
     except OSError as exc:
         print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(rows)} rows to {target}", file=sys.stderr)
-    return 0
+    print(f"wrote {len(read.rows)} rows to {target}", file=sys.stderr)
+    return _missing(read.unreadable)
+
+
+def _missing(unreadable: list[UnreadableHour]) -> int:
+    """Name each hour the report could not read whole, on stderr, and exit 1: the report
+    of the other hours is still printed (a month's bill must not hinge on one stray key),
+    but a job importing it must not take it for the whole period's."""
+    for hour in unreadable:
+        print(missing_note(hour), file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def write_file(target: Path, text: str) -> None:

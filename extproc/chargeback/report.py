@@ -33,13 +33,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import usd_text
-from extproc.store.usage import DIMENSIONS, TOOL_MEASURE, UsageRow
+from extproc.store.usage import DIMENSIONS, TOOL_MEASURE, UnreadableHour, UsageRow
 
 # `--by api_key,user,group` reads better than the stored dimension names.
 DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
@@ -161,7 +162,23 @@ def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
     return writes, tools
 
 
-def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) -> str:
+def missing_note(hour: UnreadableHour) -> str:
+    """The stderr line of an hour the report could not read whole."""
+    return (
+        f"warning: the usage of the hour from {hour.start.isoformat()} is missing from"
+        f" this report, in part or whole: {hour.reason}"
+    )
+
+
+def render(
+    rows: list[UsageRow],
+    by: tuple[str, ...],
+    period: Period,
+    fmt: str,
+    unreadable: Sequence[UnreadableHour] = (),
+) -> str:
+    """``unreadable``: the hours of the period not read whole, which JSON names (the CLI
+    says so on stderr for every format, and exits 1)."""
     records = [record(row) for row in rows]
     summed = totals(rows)
     if fmt == "json":
@@ -173,6 +190,11 @@ def render(rows: list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) 
             "currency": "USD",
             "rows": records,
             "totals": total,
+            "partial": bool(unreadable),
+            "unreadable_hours": [
+                {"hour": hour.start.isoformat(), "key": hour.key, "reason": hour.reason}
+                for hour in unreadable
+            ],
         }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
     writes, tools = _extra_columns(summed, fmt)

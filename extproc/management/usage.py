@@ -8,7 +8,8 @@ rollup rows, so the CLI prints exactly the same thing whichever way it asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from grpc import aio as grpc_aio
 
@@ -23,7 +24,7 @@ from extproc.management.service import AdminService
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.runtime import Runtime
-from extproc.store.usage import UsageRow, UsageStore
+from extproc.store.usage import UnreadableHour, UsageRow, UsageStore, hour_bucket
 
 
 class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
@@ -45,10 +46,10 @@ class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
                     last_month=request.last_month,
                     zone_name=request.time_zone or "UTC",
                 )
-                rows = await self._store.query(period.start, period.end, by)
+                found = await self._store.read(period.start, period.end, by)
             except (PeriodError, ValueError) as exc:
                 raise InvalidArgumentError(str(exc)) from None
-            answer = usage_report(rows, by, period)
+            answer = usage_report(found.rows, by, period, found.unreadable)
             # The hours the store no longer keeps read as no usage: the answer says so, as
             # the CLI's report from the store does (the CLI prints the same note from it).
             retention = self._store.retention_days
@@ -88,7 +89,12 @@ def _row(row: UsageRow) -> pb.UsageRow:
     return answer
 
 
-def usage_report(rows: list[UsageRow], by: tuple[str, ...], period: Period) -> pb.UsageReport:
+def usage_report(
+    rows: list[UsageRow],
+    by: tuple[str, ...],
+    period: Period,
+    unreadable: Sequence[UnreadableHour] = (),
+) -> pb.UsageReport:
     return pb.UsageReport(
         start=period.start.isoformat(),
         end=period.end.isoformat(),
@@ -96,7 +102,26 @@ def usage_report(rows: list[UsageRow], by: tuple[str, ...], period: Period) -> p
         rows=[_row(row) for row in rows],
         totals=_row(totals(rows)),
         latency_bucket_bounds_ms=[float(bound) for bound in BOUNDS_MS],
+        unreadable_hours=[
+            pb.UnreadableHour(hour=hour.start.isoformat(), key=hour.key, reason=hour.reason)
+            for hour in unreadable
+        ],
     )
+
+
+def unreadable_from_report(report: pb.UsageReport) -> list[UnreadableHour]:
+    """The hours an answer says it could not read whole; ValueError for an hour that is
+    no RFC 3339 time (the report is then refused whole: it cannot say what it lacks)."""
+    found = []
+    for hour in report.unreadable_hours:
+        try:
+            start = datetime.fromisoformat(hour.hour)
+        except ValueError:
+            start = None
+        if start is None or start.tzinfo is None:
+            raise ValueError(f"the gateway answered an unreadable hour: {hour.hour!r}")
+        found.append(UnreadableHour(hour_bucket(start), hour.key, hour.reason))
+    return found
 
 
 def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:

@@ -332,41 +332,132 @@ class UsageStore:
     async def query(
         self, start: datetime, end: datetime, by: tuple[str, ...] = ("route", "model")
     ) -> list[UsageRow]:
+        """The rows of ``read``; ``UnreadableHoursError`` when an hour could not be read
+        whole, for a caller with no way to say that its sums are short."""
+        found = await self.read(start, end, by)
+        if found.unreadable:
+            raise UnreadableHoursError(found.unreadable)
+        return found.rows
+
+    async def read(
+        self, start: datetime, end: datetime, by: tuple[str, ...] = ("route", "model")
+    ) -> UsageRead:
         """Sum the hours in ``[start, end)`` grouped by the dimensions in ``by``.
 
         The hours' sizes are read first (HLEN, ``_HOURS_PER_SIZING`` a round trip), then
         their fields in round trips of about ``_FIELDS_PER_READ`` (see there): a month of
         a large organisation is read in answers the store can send, and the management
-        API, which sums on the gateway's own event loop, gives it back between them."""
+        API, which sums on the gateway's own event loop, gives it back between them.
+
+        An hour whose key is of another type (written under the gateway's prefix by a
+        person or another program), or whose fields hold something other than counts, is
+        summed without what it cannot count and named in ``unreadable``: raised, it
+        failed the whole period's report (finance got nothing for the month), and read
+        as no usage it would have shortened a bill without a word."""
         unknown = [name for name in by if name not in DIMENSIONS]
         if unknown:
             raise ValueError(
                 f"unknown dimension {unknown[0]!r}; choose from {', '.join(DIMENSIONS)}"
             )
         summing = _Summing(by)
+        unreadable: list[UnreadableHour] = []
         hours = list(_hours(start, end))
         for offset in range(0, len(hours), _HOURS_PER_SIZING):
-            sized = await self._sizes(hours[offset : offset + _HOURS_PER_SIZING])
+            sized, foreign = await self._sizes(hours[offset : offset + _HOURS_PER_SIZING])
+            unreadable.extend(foreign)
             for batch in _reads(sized):
                 for bucket, fields in zip(batch, await self._read(batch), strict=True):
-                    summing.add_hour(bucket, fields)
-        return sorted(summing.rows.values(), key=lambda row: tuple(row.dimensions.values()))
+                    if fields is None:
+                        # Its type changed between the two reads.
+                        unreadable.append(self._foreign(bucket))
+                        continue
+                    left_out = summing.add_hour(bucket, fields)
+                    if left_out:
+                        key = self._key(bucket)
+                        unreadable.append(
+                            UnreadableHour(
+                                bucket,
+                                key,
+                                f"{left_out} count(s) in {key} are not integers (written by"
+                                " a person or another program) and are left out",
+                            )
+                        )
+        rows = sorted(summing.rows.values(), key=lambda row: tuple(row.dimensions.values()))
+        return UsageRead(rows, sorted(unreadable, key=lambda hour: hour.bucket))
 
-    async def _sizes(self, buckets: list[str]) -> list[tuple[str, int]]:
-        """Each hour with its number of fields, in one round trip."""
+    def _foreign(self, bucket: str) -> UnreadableHour:
+        key = self._key(bucket)
+        return UnreadableHour(
+            bucket,
+            key,
+            f"{key} is a key of another type, not the gateway's rollup (written by a person"
+            " or another program): nothing of the hour is counted; move the key away (what"
+            " the gateway could not write to it is in usage.rejected.jsonl beside its spool)",
+        )
+
+    async def _sizes(
+        self, buckets: list[str]
+    ) -> tuple[list[tuple[str, int]], list[UnreadableHour]]:
+        """Each hour with its number of fields, in one round trip; and the hours whose
+        key is of another type."""
         async with self._client.pipeline(transaction=False) as pipe:
             for bucket in buckets:
                 pipe.hlen(self._key(bucket))
-            counts = await pipe.execute()
-        return list(zip(buckets, map(int, counts), strict=True))
+            counts = await pipe.execute(raise_on_error=False)
+        sized: list[tuple[str, int]] = []
+        foreign: list[UnreadableHour] = []
+        for bucket, count in zip(buckets, counts, strict=True):
+            if _wrong_type(count):
+                foreign.append(self._foreign(bucket))
+            else:
+                sized.append((bucket, int(count)))
+        return sized, foreign
 
-    async def _read(self, buckets: list[str]) -> list[dict[bytes, bytes]]:
-        """The fields of whole hours, in one round trip."""
+    async def _read(self, buckets: list[str]) -> list[dict[bytes, bytes] | None]:
+        """The fields of whole hours, in one round trip (None: the key is of another type)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for bucket in buckets:
                 pipe.hgetall(self._key(bucket))
-            found: list[dict[bytes, bytes]] = await pipe.execute()
-        return found
+            found = await pipe.execute(raise_on_error=False)
+        return [None if _wrong_type(fields) else fields for fields in found]
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableHour:
+    """An hour of a report whose rollup could not be read whole: its usage (or part of
+    it) is missing from the report's rows."""
+
+    bucket: str  # YYYYMMDDHH, UTC
+    key: str
+    reason: str
+
+    @property
+    def start(self) -> datetime:
+        return datetime.strptime(self.bucket, "%Y%m%d%H").replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class UsageRead:
+    rows: list[UsageRow]
+    # Empty when every hour of the period was read whole.
+    unreadable: list[UnreadableHour]
+
+
+class UnreadableHoursError(Exception):
+    def __init__(self, hours: list[UnreadableHour]) -> None:
+        self.hours = hours
+        named = ", ".join(f"{hour.key} ({hour.reason})" for hour in hours)
+        super().__init__(f"{len(hours)} hour(s) of usage could not be read: {named}")
+
+
+def _wrong_type(answer: object) -> bool:
+    """The store's answer to a read of a key of another type; any other error answer is
+    raised (the store cannot answer, which the caller reports as such)."""
+    if not isinstance(answer, ResponseError):
+        return False
+    if str(answer).startswith("WRONGTYPE"):
+        return True
+    raise answer
 
 
 def _decoded(name: bytes | str) -> str:
@@ -410,25 +501,34 @@ class _Summing:
         # measure (a batch id).
         self._groups: dict[bytes, tuple[str, ...] | None] = {}
 
-    def add_hour(self, bucket: str, fields: dict[bytes, bytes]) -> None:
+    def add_hour(self, bucket: str, fields: dict[bytes, bytes]) -> int:
+        """Add an hour's fields; the number of counts left out, not being integers (a
+        field another program wrote into the hour: the gateway writes only HINCRBY)."""
+        left_out = 0
         for name, value in fields.items():
-            self._add(bucket, name, int(value))
+            try:
+                self._add(bucket, name, value)
+            except ValueError:  # UnicodeDecodeError too: a prefix the gateway never wrote
+                left_out += 1
+        return left_out
 
-    def _add(self, bucket: str, name: bytes, value: int) -> None:
+    def _add(self, bucket: str, name: bytes, raw: bytes) -> None:
         prefix, _, measure = name.rpartition(_SEPARATOR_BYTES)
         group = self._groups.get(prefix, _UNSEEN)
         if group is _UNSEEN:
             group = self._groups[prefix] = self._group_of(prefix)
         if group is None:
-            return  # a batch id
+            return  # a batch id, or another program's field: no count of a dimension set
         index = _MEASURE_INDEX.get(measure)
         if index is None:
             if not measure.startswith(_TOOL_MEASURE_BYTES):
                 return  # a measure of a newer version
             tool = _unescape(measure[len(_TOOL_MEASURE_BYTES) :].decode())
+            value = int(raw)
             tools = self._row(bucket, group).server_tool_requests
             tools[tool] = tools.get(tool, 0) + value
             return
+        value = int(raw)
         row = self._row(bucket, group)
         if _LATENCY_OFFSET <= index < _LATENCY_END:
             row.latency_buckets[index - _LATENCY_OFFSET] += value

@@ -201,7 +201,7 @@ class UsageReportRequest(_message.Message):
     def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., day: _Optional[str] = ..., month: _Optional[str] = ..., last_month: _Optional[bool] = ..., time_zone: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UsageReport(_message.Message):
-    __slots__ = ("start", "end", "group_by", "rows", "totals", "latency_bucket_bounds_ms", "expired_before", "usage_retention_days")
+    __slots__ = ("start", "end", "group_by", "rows", "totals", "latency_bucket_bounds_ms", "expired_before", "usage_retention_days", "unreadable_hours")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,7 @@ class UsageReport(_message.Message):
     LATENCY_BUCKET_BOUNDS_MS_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     USAGE_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_HOURS_FIELD_NUMBER: _ClassVar[int]
     start: str
     end: str
     group_by: _containers.RepeatedScalarFieldContainer[str]
@@ -218,7 +219,18 @@ class UsageReport(_message.Message):
     latency_bucket_bounds_ms: _containers.RepeatedScalarFieldContainer[float]
     expired_before: str
     usage_retention_days: int
-    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageRow, _Mapping]] = ..., latency_bucket_bounds_ms: _Optional[_Iterable[float]] = ..., expired_before: _Optional[str] = ..., usage_retention_days: _Optional[int] = ...) -> None: ...
+    unreadable_hours: _containers.RepeatedCompositeFieldContainer[UnreadableHour]
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., totals: _Optional[_Union[UsageRow, _Mapping]] = ..., latency_bucket_bounds_ms: _Optional[_Iterable[float]] = ..., expired_before: _Optional[str] = ..., usage_retention_days: _Optional[int] = ..., unreadable_hours: _Optional[_Iterable[_Union[UnreadableHour, _Mapping]]] = ...) -> None: ...
+
+class UnreadableHour(_message.Message):
+    __slots__ = ("hour", "key", "reason")
+    HOUR_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    hour: str
+    key: str
+    reason: str
+    def __init__(self, hour: _Optional[str] = ..., key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class UsageRow(_message.Message):
     __slots__ = ("dimensions", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "unpriced_requests", "cost_usd", "cost_picousd", "latency_p50_ms", "latency_p95_ms", "latency_buckets", "cache_write_tokens", "cache_write_1h_tokens", "server_tool_requests")
