@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from extproc.config.loader import ConfigError
 
@@ -29,6 +29,19 @@ from extproc.config.loader import ConfigError
 STORE_ERRORS = (RedisError, RedisClusterException)
 
 StoreClient = Any  # redis.asyncio.Redis or RedisCluster: the same command API
+
+
+def of_another_type(answer: object) -> bool:
+    """Whether a pipeline's answer (``execute(raise_on_error=False)``) says its key is of
+    another type than the command reads: a key a person or another program wrote under
+    the gateway's prefix, about which a reader says so and goes on with the others. Any
+    other error answer is raised: the store cannot answer now."""
+    if not isinstance(answer, ResponseError):
+        return False
+    if str(answer).startswith("WRONGTYPE"):
+        return True
+    raise answer
+
 
 # Where a URL's authority ends, as a URL parser reads it.
 _AUTHORITY_ENDS = "/?#"

@@ -35,6 +35,7 @@ from redis.exceptions import ResponseError
 
 from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
 from extproc.store import scripts
+from extproc.store.connection import of_another_type
 from extproc.store.spool import refused_by_store
 
 log = logging.getLogger(__name__)
@@ -407,7 +408,7 @@ class UsageStore:
         sized: list[tuple[str, int]] = []
         foreign: list[UnreadableHour] = []
         for bucket, count in zip(buckets, counts, strict=True):
-            if _wrong_type(count):
+            if of_another_type(count):
                 foreign.append(self._foreign(bucket))
             else:
                 sized.append((bucket, int(count)))
@@ -419,7 +420,7 @@ class UsageStore:
             for bucket in buckets:
                 pipe.hgetall(self._key(bucket))
             found = await pipe.execute(raise_on_error=False)
-        return [None if _wrong_type(fields) else fields for fields in found]
+        return [None if of_another_type(fields) else fields for fields in found]
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,16 +449,6 @@ class UnreadableHoursError(Exception):
         self.hours = hours
         named = ", ".join(f"{hour.key} ({hour.reason})" for hour in hours)
         super().__init__(f"{len(hours)} hour(s) of usage could not be read: {named}")
-
-
-def _wrong_type(answer: object) -> bool:
-    """The store's answer to a read of a key of another type; any other error answer is
-    raised (the store cannot answer, which the caller reports as such)."""
-    if not isinstance(answer, ResponseError):
-        return False
-    if str(answer).startswith("WRONGTYPE"):
-        return True
-    raise answer
 
 
 def _decoded(name: bytes | str) -> str:

@@ -40,6 +40,7 @@ from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
+from extproc.store.connection import of_another_type
 from extproc.store.outage_log import OutageLog
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class QuotaGauges(Collector):
         self._errors = 0
         self._task: asyncio.Task[None] | None = None
         self._refreshing = OutageLog(log, "quota gauges refresh failed, the gauges lag")
+        self._unreadable: frozenset[str] = frozenset()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -199,16 +201,44 @@ class QuotaGauges(Collector):
                 pipe.hgetall(key)
             for limit in limits:
                 pipe.get(limit.key(self._prefix))
-            results = await pipe.execute()
+            # Each answer for itself: one key of another type under the prefix (a
+            # person's SET, another program's) failed the whole round trip, and every
+            # subject's gauges went stale with it.
+            results = await pipe.execute(raise_on_error=False)
         overrides = dict(zip(override_keys, results[: len(override_keys)], strict=True))
         samples = []
+        unreadable: list[str] = []
         for limit, used in zip(limits, results[len(override_keys) :], strict=True):
-            override = overrides[limit.overrides_key(self._prefix)].get(
-                limit.override_field.encode()
-            )
-            in_force = int(override) if override is not None else limit.limit
-            samples.append(QuotaSample(limit, in_force, int(used or 0)))
+            overrides_key = limit.overrides_key(self._prefix)
+            try:
+                found = _answer(overrides[overrides_key], overrides_key)
+                override = found.get(limit.override_field.encode())
+                in_force = int(override) if override is not None else limit.limit
+                counted = int(_answer(used, limit.key(self._prefix)) or 0)
+            except _UnreadableKeyError as exc:
+                unreadable.append(exc.key)
+                continue
+            except ValueError:
+                # An override or counter that is no integer: the quota script refuses
+                # the subject's requests the same way; a gauge would show a guess.
+                unreadable.append(limit.key(self._prefix))
+                continue
+            samples.append(QuotaSample(limit, in_force, counted))
+        self._note_unreadable(unreadable)
         return samples
+
+    def _note_unreadable(self, keys: list[str]) -> None:
+        """Log the keys whose limits have no gauges, when that list changes (not on every
+        refresh: it would repeat every few seconds until someone fixes the key)."""
+        found = frozenset(keys)
+        if found and found != self._unreadable:
+            log.warning(
+                "quota gauges: %d counter(s) left out, their keys under the gateway's prefix"
+                " hold something other than what the gateway writes: %s",
+                len(found),
+                ", ".join(sorted(found)),
+            )
+        self._unreadable = found
 
     def collect(self) -> Iterator[Metric]:
         samples = self._samples
@@ -254,6 +284,18 @@ class QuotaGauges(Collector):
         )
         errors.add_metric([], self._errors)
         yield errors
+
+
+class _UnreadableKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _answer(found: Any, key: str) -> Any:
+    if of_another_type(found):
+        raise _UnreadableKeyError(key)
+    return found
 
 
 def _static_subjects(rules: RuleSet) -> list[tuple[str, str]]:
