@@ -610,8 +610,8 @@ class AttemptStage:
             # member remains: handed to Envoy with the status its error stands for, so a
             # chain moves on as it would after that status (module docstring).
             error = error_in_success(ctx)
-            if error is not None and retried(documented_status(error.error_type)):
-                handed = typed_error(error.error_type, error.message).status
+            if error is not None and retried(documented_status(error.error_type, error.code)):
+                handed = typed_error(error.error_type, error.message, error.code).status
                 self._no_answer(ctx, out, handed, ERROR_BODY_STATUS)
         if end_of_stream:
             ctx.completed = True

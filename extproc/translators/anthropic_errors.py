@@ -27,6 +27,7 @@ from extproc.errors import (
     credentials_refused,
 )
 
+INSUFFICIENT_QUOTA = "insufficient_quota"
 # The HTTP status Anthropic documents for each error type, for errors that arrive inside a
 # stream and so carry no status of their own.
 _ERROR_STATUS = {
@@ -72,14 +73,34 @@ def stream_error(error: Any) -> GatewayError:
     return typed_error(kind, text)
 
 
-def documented_status(kind: str | None) -> int:
-    """The status Anthropic documents for an error of type ``kind`` (an unknown type's: a
-    server error's), standing in for the status an error that came without one lacks."""
-    return _ERROR_STATUS.get(kind or "", 500)
+# OpenAI's error types and codes of its 429s, which an OpenAI-compatible proxy (in front
+# of Anthropic or Bedrock as well) may send in a 200: a rate limit is type ``requests`` or
+# ``tokens`` (the limit reached) with code ``rate_limit_exceeded``; an account out of
+# credit is type and code ``insufficient_quota``. Read as unknown types, they were server
+# errors: the client got a 502 ``upstream_error`` (code ``requests``) that its SDK does
+# not back off from as it does from a 429.
+_OPENAI_RATE_LIMITS = frozenset({"requests", "tokens", "rate_limit_exceeded", INSUFFICIENT_QUOTA})
 
 
-def typed_error(kind: str | None, message: str) -> GatewayError:
-    """The OpenAI error for an error that names its type but came with no status of its
-    own (an ``event: error``, a ``200`` whose body is an error): the status Anthropic
-    documents for the type stands in for it (``documented_status``)."""
-    return client_error(documented_status(kind), kind, message)[1]
+def documented_status(kind: str | None, code: str | None = None) -> int:
+    """The status Anthropic documents for an error of type ``kind``, or OpenAI's 429 for
+    one of its rate-limit types or codes (an unknown error's: a server error's), standing
+    in for the status an error that came without one lacks."""
+    found = _ERROR_STATUS.get(kind or "")
+    if found is not None:
+        return found
+    if kind in _OPENAI_RATE_LIMITS or code in _OPENAI_RATE_LIMITS:
+        return 429
+    return 500
+
+
+def typed_error(kind: str | None, message: str, code: str | None = None) -> GatewayError:
+    """The OpenAI error for an error that names its type (and maybe its code) but came
+    with no status of its own (an ``event: error``, a ``200`` whose body is an error): the
+    status its type stands for stands in for it (``documented_status``). An account out
+    of credit keeps OpenAI's code, ``insufficient_quota``, which tells it from a rate
+    limit that waiting lifts."""
+    status = documented_status(kind, code)
+    if status == 429 and INSUFFICIENT_QUOTA in (kind, code):
+        return RateLimitError(message, code=INSUFFICIENT_QUOTA)
+    return client_error(status, kind, message)[1]

@@ -50,7 +50,7 @@ def replaced_answer(parsed: Any, unreadable: str) -> ReplacedAnswer:
     if found is None:
         error = UnreadableAnswerError(unreadable)
         return ReplacedAnswer(error, error)
-    return ReplacedAnswer(found, typed_error(found.error_type, found.message))
+    return ReplacedAnswer(found, typed_error(found.error_type, found.message, found.code))
 
 
 def replaced_error(translator: object) -> ProviderAnswerError | UnreadableAnswerError | None:
