@@ -1482,7 +1482,7 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
     assert route is not None
     shape = ctx.error_shape
     if shape == "google":
-        return ResponsePlan(None)  # Gemini's clients read Google's errors as they come
+        return _google_page_rewritten(status)
     translated = kind is ProviderType.ANTHROPIC and route.api not in ANTHROPIC_APIS
 
     def replace(body: bytes) -> bytes:
@@ -1502,6 +1502,24 @@ def _vertex_error_plan(ctx: RequestContext, status: int, kind: ProviderType) -> 
         set_headers[":status"] = str(openai_anthropic.translate_error(status, b"")[0])
     return ResponsePlan(
         ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
+    )
+
+
+def _google_page_rewritten(status: int) -> ResponsePlan:
+    """Vertex's error for a client of Gemini's API: Google's JSON error passes as it came
+    (the SDK reads it), but a page (Google's front answers some 502s and 503s with an
+    HTML page; a proxy, the egress proxy, its own) or no body at all becomes Google's
+    error with the provider's status. As it came, google-genai raised the whole page as
+    its message, with the reason phrase ("Service Unavailable") as its ``status`` instead
+    of Google's name (``UNAVAILABLE``), which callers and Gemini CLI compare."""
+
+    def rewrite(body: bytes) -> bytes:
+        return body if _json_object(body) else _status_error(status, "google")
+
+    return ResponsePlan(
+        _ScrubbedError(rewrite),
+        set_headers={"content-type": "application/json"},
+        remove_headers=["content-length"],
     )
 
 
