@@ -62,7 +62,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import GatewayError
+from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import (
     BufferedBodyReader,
@@ -78,6 +78,10 @@ from extproc.translators.token_counts import token_count
 # its quotes, so text deltas that merely mention the name (escaped as \"message_delta\")
 # are skipped too.
 _USAGE_EVENT = re.compile(rb'"(?:message_start|message_delta|error)"')
+# The event that ends every whole answer. Quoted as JSON writes the type, which text
+# inside a JSON string cannot be (its quotes are escaped).
+_MESSAGE_STOP = b'"message_stop"'
+_ENDED_EARLY = "the provider's stream ended before it was complete"
 
 
 # The request goes as the client sent it, under the provider's name for the model.
@@ -442,8 +446,9 @@ class EventStreamReader:
     does one that ends in an ``error`` event (its counts so far go to ``failure``). Its
     server tools' blocks are counted (``server_tool_tally``) for the bill of a cut stream.
 
-    The only bytes it ever changes end a stream whose event grew too long to hold
-    (``_end_unreadable``).
+    The only bytes it ever changes end a stream it cannot deliver whole: one whose event
+    grew too long to hold (``_end_unreadable``), and one that ended after its message began
+    but before its end (``message_delta``, ``message_stop``) or an error (``_end_early``).
     """
 
     def __init__(self) -> None:
@@ -467,17 +472,25 @@ class EventStreamReader:
         self._events = EventBuffer()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
+        # The answer's end came: message_stop, or the message_delta Anthropic sends just
+        # before it, with the stop reason and the final counts (the SDK's message is whole).
+        self._answered = False
+        # What ``_end_early`` added after the provider's last bytes, once it did.
+        self.early_end: bytes | None = None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._ended:
             return b""  # the client has read the stream's end already
         complete = self._events.whole_events(chunk, end_of_stream)
+        self._answered = self._answered or _MESSAGE_STOP in complete
         if _worth_parsing(complete):
             for event in complete.split(EVENT_END):
                 if _worth_parsing(event):
                     self._read_event(event)
         if self._events.overflowed:
             return self._end_unreadable(chunk)
+        if end_of_stream and self._began and not self._answered and self.failure is None:
+            return chunk + self._end_early()
         return None
 
     def counts_so_far(self) -> StreamFailure:
@@ -496,6 +509,20 @@ class EventStreamReader:
         error = event_too_large(self._events.max_event_bytes)
         self._provider_failed(error)
         return chunk + EVENT_END + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
+
+    def _end_early(self) -> bytes:
+        """The end of a stream whose provider closed it, cleanly, after its message began
+        and before its ``message_delta`` and ``message_stop`` (a proxy, or an upstream
+        whose body ends with its connection, ending a cut stream as if whole). Anthropic
+        never does: passed on as it came, the SDK returned the text so far as the whole
+        answer (``stop_reason`` None) and the request was logged completed. A blank line
+        ends any event left open, then an ``event: error`` (``api_error``) the SDK
+        raises, as a translated stream's client reads its own error there; charged as
+        after Anthropic's own error event."""
+        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        self._provider_failed(error)
+        self.early_end = EVENT_END + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
+        return self.early_end
 
     def _read_event(self, event: bytes) -> None:
         try:
@@ -518,6 +545,7 @@ class EventStreamReader:
                 self._input.update(usage)
                 self._take_tier(usage)
         elif kind == "message_delta":
+            self._answered = True
             usage = parsed.get("usage")
             if not isinstance(usage, dict):
                 return

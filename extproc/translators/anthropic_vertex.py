@@ -66,13 +66,16 @@ class EventStreamReader(anthropic_anthropic.EventStreamReader):
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         ended = super().feed(chunk, end_of_stream)
-        if ended is not None:
+        if ended is not None and self.early_end is None:
             return ended  # the gateway ended a stream it could no longer read
         events = self._shown.whole_events(chunk, end_of_stream)
-        if VERTEX_EVENT.encode() not in events:
-            return None if events is chunk else events
-        kept = [event for event in events.split(EVENT_END) if event and not _vertex_own(event)]
-        return b"".join(event + EVENT_END for event in kept)
+        if VERTEX_EVENT.encode() in events:
+            kept = [e for e in events.split(EVENT_END) if e and not _vertex_own(e)]
+            events = b"".join(event + EVENT_END for event in kept)
+        if self.early_end is not None:
+            # Ended before message_stop: what the client had not read yet, then the error.
+            return events + self.early_end
+        return None if events is chunk else events
 
 
 def _vertex_own(event: bytes) -> bool:

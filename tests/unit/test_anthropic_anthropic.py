@@ -160,11 +160,23 @@ def test_last_message_delta_wins_because_counts_are_cumulative() -> None:
     assert reader.usage == Usage(900 + 4096, 40, 900 + 4096 + 40, cached_tokens=4096)
 
 
-def test_stream_cut_before_message_delta_reports_no_usage() -> None:
+def test_stream_ended_before_message_delta_reports_no_usage_and_ends_in_an_error() -> None:
+    # Ended cleanly, as a proxy or a connection-delimited body ends a cut stream:
+    # Anthropic never ends one so, and as it came the SDK took the text for the answer.
     reader = EventStreamReader()
-    feed_all(reader, MESSAGE_START + PREAMBLE + DELTAS, [100])
+    body = MESSAGE_START + PREAMBLE + DELTAS
+    assert reader.feed(body[:100], False) is None
+    last = reader.feed(body[100:], True)
+    assert last is not None and last.startswith(body[100:])
+    assert last.endswith(
+        b'\n\nevent: error\ndata: {"type":"error","error":{"type":"api_error",'
+        b'"message":"the provider\'s stream ended before it was complete"}}\n\n'
+    )
     assert reader.usage is None
     assert reader.response_model == MODEL
+    assert reader.failure is not None and reader.failure.error is not None
+    assert reader.failure.error.code == "invalid_upstream_response"
+    assert reader.failure.prompt_tokens == 472 + 2048  # message_start's, kept for the charge
 
 
 def test_error_event_mid_stream_reports_no_usage() -> None:
