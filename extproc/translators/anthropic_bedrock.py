@@ -196,6 +196,8 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         self._closed = False
         # Claude's message_stop was unwrapped: the answer is whole.
         self._stopped = False
+        # Set when the body ended before message_stop (the stream ends in an api_error).
+        self.ended_early = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._closed:
@@ -210,6 +212,7 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         except BAD_FRAME:
             out.append(self._end_with(anthropic_error_body(_UNDECODABLE, 502)))
         if end_of_stream and not self._closed and not self._stopped:
+            self.ended_early = True
             out.append(self._end_with(anthropic_error_body(_ENDED_EARLY, 502)))
         sse = b"".join(out)
         if not sse:

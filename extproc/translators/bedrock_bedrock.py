@@ -28,9 +28,12 @@ stream's first frame came before the answer began: ``began`` False, charged noth
 the same error's status is); and a frame that
 fails its checks, after which nothing of the stream can be trusted or found, so parsing
 stops. Its bytes still go on: the client's SDK rejects the broken frame itself. Usage is
-then None. A stream that merely ends before ``metadata`` (cut) has no usage and no failure:
-the gateway estimates it as any stream cut short; no counts are kept before ``metadata``,
-so there is no ``counts_so_far`` (``base.counts_so_far`` reads None).
+then None. A stream cut before ``metadata`` (the client gone, the upstream reset: no end
+of stream) has no usage and no failure: the gateway estimates it as any stream cut short;
+no counts are kept before ``metadata``, so there is no ``counts_so_far``
+(``base.counts_so_far`` reads None). One whose body ends, cleanly, after its answer began
+and before ``messageStop`` is failed by the gateway (``_end_early``), the one change it
+ever makes to the bytes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
+from extproc.aws_eventstream import encode_exception
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
@@ -57,6 +61,21 @@ from extproc.translators.openai_bedrock_stream import (
 )
 
 _UNDECODABLE = "the provider's event stream could not be decoded"
+_ENDED_EARLY = "the provider's stream ended before it was complete"
+# The frame that ends a stream whose body ended before the answer did: the gateway's 502
+# (bedrock_exception's InternalServerException) as exception frames spell it, which
+# ConverseStream's and InvokeModelWithResponseStream's outputs declare, so botocore
+# raises it by name (EventStreamError).
+ENDED_EARLY_FRAME = encode_exception(
+    "internalServerException", orjson.dumps({"message": _ENDED_EARLY})
+)
+
+
+def ended_early_error() -> ProviderStreamError:
+    """The request's error for a stream ended by ``ENDED_EARLY_FRAME``, as the log names it."""
+    return ProviderStreamError(
+        _ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
+    )
 
 
 def converse_usage(value: Any) -> Usage | None:
@@ -121,6 +140,9 @@ class ConverseStreamReader:
         # Set once ``metadata``, the stream's last event, was read: the answer is whole
         # even if the client hangs up before Envoy's end of stream.
         self.terminal_event_read = False
+        # Set once messageStop came: with its stop reason, the SDK's answer is whole
+        # (``terminal_event_read`` too: metadata, or another family's last chunk).
+        self._answered = False
         # Characters of generated text in the frames so far (stages.partial_usage), counted
         # in whole frames: the body's chunks cut a frame, its text too, anywhere.
         self.generated_chars = 0
@@ -139,7 +161,21 @@ class ConverseStreamReader:
         if not self._reading:
             # What follows is passed on unread: drop what the buffer holds.
             self._frames = EventStreamBuffer()
+        elif end_of_stream and self._began and not (self._answered or self.terminal_event_read):
+            return chunk + self._end_early()
         return None
+
+    def _end_early(self) -> bytes:
+        """The end of a stream whose provider closed it, cleanly, after its answer began
+        and before ``messageStop`` (a proxy, or an upstream whose body ends with its
+        connection, ending a cut stream as if whole). Bedrock never does: passed on as it
+        came, boto3 yielded the events so far as the whole answer, without a stop reason,
+        and the request was logged completed. An exception frame the SDK raises
+        (``EventStreamError``, ``internalServerException``) ends it instead, charged as
+        Bedrock's own exception mid-stream is; a translated stream's client reads its own
+        error there too."""
+        self._failed(ended_early_error())
+        return ENDED_EARLY_FRAME
 
     def _read(self, frame: EventStreamMessage) -> None:
         error = frame_error(frame)
@@ -147,7 +183,9 @@ class ConverseStreamReader:
             self._failed(stream_exception(*error), began=self._began)
             return
         self._began = True
-        if frame.headers.get(":event-type") == "metadata":
+        kind = frame.headers.get(":event-type")
+        self._answered = self._answered or kind == "messageStop"
+        if kind == "metadata":
             self._read_metadata(frame.payload)
         else:
             self.generated_chars += generated_chars(frame.payload)

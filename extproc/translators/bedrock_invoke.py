@@ -50,7 +50,11 @@ from extproc.translators.anthropic_bedrock import (
     unwrapped_chunk,
 )
 from extproc.translators.base import ProviderStreamError, StreamFailure, service_tier_of
-from extproc.translators.bedrock_bedrock import ConverseStreamReader
+from extproc.translators.bedrock_bedrock import (
+    ENDED_EARLY_FRAME,
+    ConverseStreamReader,
+    ended_early_error,
+)
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_bedrock_stream import frame_error, stream_exception
 from extproc.translators.token_counts import header_token_count, token_count
@@ -98,6 +102,12 @@ class InvokeStreamReader(StreamTranslator):
         if self._raised is not None and self.failure is not None:
             # The counts Claude had reported stay; the error is the frame's own.
             self.failure = replace(self.failure, error=self._raised)
+        if self.ended_early and self.failure is not None:
+            # The body ended before message_stop: boto3 took the chunks so far for the
+            # whole answer. It raises the exception frame after them instead, which
+            # names the request's error (Claude's counts so far stay).
+            self.failure = replace(self.failure, error=ended_early_error())
+            return chunk + ENDED_EARLY_FRAME
         return None  # the client reads Bedrock's frames, not the SSE read from them
 
     def _exception(self, name: str, message: str, out: list[bytes]) -> None:
@@ -178,9 +188,9 @@ class ModelStreamReader(ConverseStreamReader):
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._events = []
-        super().feed(chunk, end_of_stream)
+        ended = super().feed(chunk, end_of_stream)  # the chunk and its end, if ended early
         self.unwrapped = b"\n".join(self._events)
-        return None
+        return ended
 
     def _read(self, frame: EventStreamMessage) -> None:
         error = frame_error(frame)

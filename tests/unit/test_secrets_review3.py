@@ -354,11 +354,12 @@ async def test_a_bedrock_stream_without_a_credential_reaches_the_client_as_it_ca
         encode_event("contentBlockDelta", as_json({"delta": {"text": f"part {n}"}}))
         for n in range(3)
     )
-    chunks = [first, second[:9], second[9:] + third]
+    stop = encode_event("messageStop", as_json({"stopReason": "end_turn"}))
+    chunks = [first, second[:9], second[9:] + third + stop]
     answers, shown = await play(
         gateway, CONVERSE + "-stream", CONVERSE_BODY, 200, EVENT_STREAM, chunks
     )
-    assert shown == first + second + third
+    assert shown == first + second + third + stop
     whole = next(a.response_body.response for a in answers if a.HasField("response_body"))
     assert not whole.HasField("body_mutation")
 
