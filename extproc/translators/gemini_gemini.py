@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import without_secrets
+from extproc.errors import google_error_body, without_secrets
 from extproc.quota.estimate import json_chars, string_chars
 from extproc.translators import vertex_traffic
 from extproc.translators.base import (
@@ -80,6 +80,9 @@ SEARCH_QUERY = "google_search"
 # A function call's arguments are a JSON object, whose text ``generated_chars`` (string
 # values of known fields) does not see: an event carrying one is counted from its parse.
 _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
+_ENDED_EARLY = "the provider's stream ended before it was complete"
+# What ends an event in Google's streams.
+_BLANK_LINE = b"\r\n\r\n"
 # A name of one of Google's enums: an error's status (RESOURCE_EXHAUSTED), which the log
 # line shows as its code, or a finish reason (MAX_TOKENS). Anything else a proxy sends
 # cannot grow the log line.
@@ -362,6 +365,9 @@ class StreamReader:
                 self.generated_chars += _event_chars(event) if calls else generated_chars(event)
                 if _WORTH_PARSING.search(event):
                     self._read_event(event)
+        ended_early = b""
+        if end_of_stream and self.failure is None and self._cut_short():
+            ended_early = self._end_early()
         covered = self.terminal_event_read or self.generated_chars <= self._counted_chars
         if end_of_stream and self.failure is None and self._report is not None and covered:
             # The stream ended whole: its last report is the bill, output counted or not.
@@ -376,7 +382,29 @@ class StreamReader:
             # text, the larger output (counts_so_far, stages.partial_usage), as when
             # Google's error event fails it.
             self.usage = None
-        return None
+        return chunk + ended_early if ended_early else None
+
+    def _cut_short(self) -> bool:
+        """Whether the stream ended before its last event, where it is charged as one cut
+        (below): no finish reason came (Google ends every answer with one), and text or a
+        function call came after Google's last count, which so no longer covers what was
+        generated. One whose last count covers all the text streamed stays the answer
+        that count bills (fewer candidates than asked for, say)."""
+        return not self._finished and self.generated_chars > self._counted_chars
+
+    def _end_early(self) -> bytes:
+        """The end of a stream whose provider closed it, cleanly, before its last event (a
+        proxy, or an upstream whose body ends with its connection, ending a cut stream as
+        if whole). As it came, google-genai yielded the chunks so far as the whole answer,
+        without a finish reason, and the request was logged completed. Google's error
+        event (the status of the gateway's 502, ``UNAVAILABLE``) ends it instead, which the
+        SDK raises (``ServerError``) as it raises Google's own failure mid-stream, after a
+        blank line that ends an event left open; charged as after that failure."""
+        error = ProviderStreamError(
+            _ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
+        )
+        self._provider_failed(error)
+        return _BLANK_LINE + b"data: " + google_error_body(_ENDED_EARLY, 502) + _BLANK_LINE
 
     def counts_so_far(self) -> StreamFailure:
         """What Gemini had reported when the stream was cut (base.counts_so_far)."""

@@ -197,7 +197,8 @@ async def test_a_gemini_stream_ended_before_its_last_event_is_charged_the_text_i
     """Google ended the stream (Envoy's end of stream) before its last event: no finish
     reason, text after its last output count. It was charged that stale count, reported
     (0 or 10 output tokens for 2,000 characters the client got), where a client that
-    left at the same point was charged the estimate of the text: now both are."""
+    left at the same point was charged the estimate of the text: now both are. The
+    client reads an error event last (the SDK raises it), which the log line names."""
     left = memory_services()
     await gemini_streamed(vertex, left, events, ended=False)
     ended = memory_services()
@@ -205,7 +206,7 @@ async def test_a_gemini_stream_ended_before_its_last_event_is_charged_the_text_i
     _, _, left_estimated, left_prompt, left_completion = gemini_line(left)
     outcome, reported, estimated, prompt, completion = gemini_line(ended)
     assert (left_estimated, left_prompt) == (True, 30) and left_completion >= 500
-    assert (outcome, reported, estimated) == ("completed", False, True)
+    assert (outcome, reported, estimated) == ("upstream_error", False, True)
     assert (prompt, completion) == (left_prompt, left_completion)
 
 
