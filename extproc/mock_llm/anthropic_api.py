@@ -1251,6 +1251,8 @@ class AnthropicEndpoints:
                         return _abort(request, response)
                     if sent == fault.error_after:
                         return await _fail_stream(response, send)
+                    if sent == fault.end_after:
+                        return response  # aiohttp ends the body: a clean, early end
                     sent += 1
                     await send(
                         "content_block_delta",
@@ -1262,6 +1264,9 @@ class AnthropicEndpoints:
                 if index == last and fault.error_after is not None:
                     # Fewer pieces than error_after: the stream must still fail.
                     return await _fail_stream(response, send)
+                if index == last and fault.end_after is not None:
+                    # Fewer pieces than end_after: the stream must still end early.
+                    return response
                 await send("content_block_stop", {"type": "content_block_stop", "index": index})
             stop = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
             await send(

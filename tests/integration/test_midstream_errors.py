@@ -38,6 +38,7 @@ KEYS = {
     "mid-anthropic": "mid-anthropic-key-7a0e",
     "mid-bedrock": "mid-bedrock-key-93d4",
     "mid-messages": "mid-messages-key-1b6f",
+    "mid-ended": "mid-ended-key-4c83",
 }
 PROMPT = "Tell me a long story"
 # The mock's count: words and punctuation + 4 per message + 2 per request.
@@ -189,3 +190,33 @@ def test_an_anthropic_client_gets_the_providers_error_event_and_is_charged(
     assert_marked(line, "upstream_overloaded")
     assert line["prompt_tokens"] == PROMPT_TOKENS
     assert_charged_everywhere(stack, "mid-messages", line, before)
+
+
+def test_an_anthropic_stream_its_provider_ends_early_is_raised_by_the_sdk(
+    stack: LocalStack,
+) -> None:
+    # The mock's end_after: the body ends cleanly after two deltas, before message_delta
+    # and message_stop, as a proxy ends a cut stream. Through Envoy, the gateway's error
+    # event after the provider's last bytes reaches the SDK, which raises it instead of
+    # returning two words as the whole answer.
+    before = scrape(stack.metrics_url)
+    client = anthropic.Anthropic(base_url=stack.base_url, api_key=KEYS["mid-ended"], max_retries=0)
+    kinds: list[str] = []
+    with client.messages.with_streaming_response.create(
+        model="claude-3-5-haiku-latest",
+        max_tokens=200,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        extra_headers={"x-mock-fault": "end_after=2"},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(anthropic.APIStatusError, match="ended before it was complete"):
+            for event in response.parse():
+                kinds.append(event.type)
+    assert kinds.count("content_block_delta") == 2 and "message_stop" not in kinds
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert (line["http_status_code"], line["outcome"]) == (200, "upstream_error")
+    assert line["error_code"] == "invalid_upstream_response"
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    assert line["prompt_tokens"] == PROMPT_TOKENS
+    assert_charged_everywhere(stack, "mid-ended", line, before)

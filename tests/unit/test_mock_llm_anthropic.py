@@ -351,6 +351,23 @@ async def test_fault_reset_after_cuts_the_stream_short(anthropic_client: AsyncAn
     assert "message_delta" not in types and "message_stop" not in types
 
 
+async def test_fault_end_after_ends_the_stream_cleanly_before_its_answer(
+    anthropic_client: AsyncAnthropic,
+) -> None:
+    # What a proxy makes of a cut stream: the body ends whole, the answer does not. The
+    # SDK, reading the mock directly, raises nothing: the gateway is what makes it an error.
+    stream = await anthropic_client.messages.create(
+        model=MODEL,
+        max_tokens=100,
+        messages=MESSAGES,
+        stream=True,
+        extra_headers={"x-mock-fault": "end_after=2"},
+    )
+    types = [event.type async for event in stream]
+    assert types.count("content_block_delta") == 2 < OUTPUT_TOKENS
+    assert "message_delta" not in types and "message_stop" not in types
+
+
 async def test_fault_reset_after_drops_a_plain_request(http: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.TransportError):
         await http.post(
