@@ -246,8 +246,8 @@ class QuotaStore:
         # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
         # INCRBY as a float and failed the whole script, so the request got a 503, or
         # went through uncounted by every enforced limit under fail_open. No limit can
-        # tell a larger reservation from this one: an enforced limit reserves what
-        # remains of it anyway.
+        # tell a larger reservation from this one: it is past every limit (it refuses
+        # the subject's next requests until it settles, as a larger one would).
         token_cost = min(token_cost, MAX_LIMIT)
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
@@ -371,6 +371,8 @@ class QuotaStore:
                         limit.kind,
                         limit.override_field,
                         generation_field(limit),
+                        # Capped at what remains: the answer is lowered to fit it.
+                        1 if limit.hard_cap else 0,
                     )
                 ),
             ],

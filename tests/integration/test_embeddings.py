@@ -272,8 +272,9 @@ def test_cohere_refuses_what_it_cannot_take_with_a_400_before_bedrock(stack: Loc
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The default config with a 20-token budget for team2's embeddings. A lifetime
-    quota, not tokens_per_hour: a run crossing the hour between two calls gives the
-    third a fresh window, and the test failed."""
+    quota, not tokens_per_hour: a run crossing the hour between two calls would give
+    the third a fresh window. (The third call admitted under load was the gateway's:
+    tests/unit/test_quota_crossing_reservation.py.)"""
     raw = default_config()
     raw["quotas"] = {
         "rules": [

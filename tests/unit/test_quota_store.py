@@ -46,8 +46,26 @@ async def test_concurrent_requests_never_pass_a_request_limit_together(store: Qu
     assert sorted(r.used[0] for r in admitted) == list(range(1, 11))
 
 
-async def test_a_token_reservation_is_capped_at_what_remains(store: QuotaStore) -> None:
+async def test_a_token_reservation_holds_the_whole_estimate(store: QuotaStore) -> None:
+    # Admitted while something remains; the request crossing the budget holds all of its
+    # estimate, so an earlier request settling under its own frees no room it will use.
     found = limits(store, LimitRule(name="hundred", subject="user", tokens_per_hour=100))
+    first = await store.reserve(found, 70)
+    second = await store.reserve(found, 70)
+    await store.settle_now([(found[0], -10)])  # the first request used 60
+    third = await store.reserve(found, 70)
+    assert isinstance(first, Reservation) and first.reserved == [70]
+    assert isinstance(second, Reservation) and second.reserved == [70]
+    assert second.used == [140]
+    assert isinstance(third, Denial) and third.used == 130
+
+
+async def test_under_a_hard_cap_a_token_reservation_is_capped_at_what_remains(
+    store: QuotaStore,
+) -> None:
+    # The answer is capped at what the budget had left: that is all the request can use.
+    rule = LimitRule(name="hundred", subject="user", tokens_per_hour=100, hard_cap=True)
+    found = limits(store, rule)
     first = await store.reserve(found, 70)
     second = await store.reserve(found, 70)
     third = await store.reserve(found, 70)

@@ -7,11 +7,19 @@
 -- answer was lost can be given back (quota_undo.lua); 'x' once given back. Then
 -- two keys per limit: its counter, then its subject's overrides hash (limits set
 -- at run time).
--- ARGV[1]: seconds to keep the marker. Then seven values per limit: limit, cost,
+-- ARGV[1]: seconds to keep the marker. Then eight values per limit: limit, cost,
 -- ttl seconds, enforce (1|0), kind (r|t), override field, reset generation field
--- (in the overrides hash: how many times an operator reset the counter).
+-- (in the overrides hash: how many times an operator reset the counter), hard cap (1|0).
 --   r (requests): admitted while used + cost <= limit; reserves cost.
---   t (tokens):   admitted while something remains; reserves min(cost, what remains).
+--   t (tokens):   admitted while something remains; reserves cost, the request's
+--                 estimate, whole. Under a hard cap, min(cost, what remains): the
+--                 gateway then lowers the answer's allowance to fit, so what remains
+--                 is the most the request can use.
+-- A token limit without a hard cap reserved min(cost, what remains) too, and so held
+-- less than the request crossing the budget would use: an earlier request's
+-- settlement under its estimate then freed room that was not there, and the next
+-- request was admitted into a budget already spent (three calls of 12 tokens each,
+-- estimated at 15, into a budget of 20).
 -- Returns {1, reserved_1, used_1, limit_1, ..., generation_1, ...} when admitted
 -- (used = after reserving; the generations, after the three values of every limit,
 -- let a settlement skip a counter reset since), or {0, index, used, limit} naming the first enforced limit that
@@ -41,7 +49,7 @@ local function refuse(code, key, what)
 end
 local used, limits, generations = {}, {}, {}
 for i = 1, n do
-  local base = 1 + (i - 1) * 7
+  local base = 1 + (i - 1) * 8
   local counter, overrides = KEYS[i * 2], KEYS[i * 2 + 1]
   local limit = tonumber(ARGV[base + 1])
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
@@ -76,11 +84,12 @@ for i = 1, n do
 end
 local result = {1}
 for i = 1, n do
-  local base = 1 + (i - 1) * 7
+  local base = 1 + (i - 1) * 8
   local counter = KEYS[i * 2]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
-  if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and used[i] + cost > limits[i] then
+  local capped = ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1'
+  if capped and used[i] + cost > limits[i] then
     reserve = limits[i] - used[i]
   end
   local after = redis.call('INCRBY', counter, reserve)
