@@ -226,11 +226,24 @@ def _management(args: argparse.Namespace, client_type: Any) -> Any:
 
 def _quota(args: argparse.Namespace) -> int:
     from extproc.management.client import QuotaClient, render
+    from extproc.management.v1 import management_pb2 as pb
 
     found = _management(args, QuotaClient)
-    many = isinstance(found, list)
-    sys.stdout.write(render(found if many else [found], args.format, many=many))
+    if isinstance(found, pb.ListQuotasResponse):
+        sys.stdout.write(render(list(found.states), args.format, many=True))
+        return _left_out(found.unreadable_keys)
+    sys.stdout.write(render([found], args.format))
     return 0
+
+
+def _left_out(unreadable: Any) -> int:
+    """One warning per key a listing left out, on stderr; exit 1 when there is one: the
+    list printed is short of what the store holds."""
+    from extproc.management.client import unreadable_notes
+
+    for note in unreadable_notes(unreadable):
+        print(note, file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -243,7 +256,8 @@ def _keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "revoke":
         sys.stdout.write(client.render_revoked(found, args.format))
     else:
-        sys.stdout.write(client.render_keys(found, args.format))
+        sys.stdout.write(client.render_keys(list(found.keys), args.format))
+        return _left_out(found.unreadable_keys)
     return 0
 
 
@@ -283,7 +297,7 @@ def _add_quota_commands(commands: Any) -> None:
 
     action("get", "limits and usage of one subject", lambda c, a: c.get(a.kind, a.subject))
     action("list", "subjects with usage in the current windows",
-           lambda c, a: c.list(a.kind), subject=False)  # fmt: skip
+           lambda c, a: c.listing(a.kind), subject=False)  # fmt: skip
     set_limit = action(
         "set", "override a limit (0: back to the config's)",
         lambda c, a: c.set_limit(a.kind, a.subject, a.rule, a.counter, a.limit),
@@ -359,7 +373,7 @@ def _add_key_commands(commands: Any) -> None:
     create.add_argument("--model", action="append", default=[], help="allowed model (repeatable)")
     create.add_argument("--route", action="append", default=[], help="allowed route (repeatable)")
     action("list", "keys of the config and keys created at run time (never a secret)",
-           lambda c, a: c.list())  # fmt: skip
+           lambda c, a: c.listing())  # fmt: skip
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
     revoke.add_argument("--id", required=True)
 

@@ -50,6 +50,7 @@ import orjson
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.key_revocations import RevocationListener, announce
+from extproc.store.connection import of_another_type
 from extproc.store.scripts import register
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ CLAIM_TTL_MS = 60_000
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
+# How much of a record's digest names it where people read it: enough to find it with
+# SCAN MATCH, never the whole hash of a secret (no answer of the API carries one).
+_DIGEST_SHOWN = 12
 # What stored_key_id.lua does with an id that still names the caller's key.
 _KEEP = "keep"
 _FREE = "free"
@@ -80,6 +85,34 @@ class UnknownKeyIdError(LookupError):
 class KeyCreateConflictError(RuntimeError):
     """A create and a revoke of the same id ran at once; the one that failed may be run
     again."""
+
+
+class UnreadableRecordError(ValueError):
+    """A record under ``<prefix>key:{...}`` that the gateway never wrote so."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A key a listing left out: its name (the digest cut short) and what is wrong."""
+
+    key: str
+    reason: str
+
+
+@dataclass(slots=True)
+class StoredKeyList:
+    keys: list[StoredKey]
+    # Empty when every record under the prefix was read.
+    unreadable: list[UnreadableRecord]
+
+
+class UnreadableRecordsError(Exception):
+    """``list`` met records it cannot read, for a caller with no way to name them."""
+
+    def __init__(self, records: list[UnreadableRecord]) -> None:
+        self.records = records
+        named = "; ".join(f"{record.key} {record.reason}" for record in records)
+        super().__init__(f"{len(records)} stored API key record(s) cannot be read: {named}")
 
 
 class _NotCached(Enum):
@@ -312,17 +345,52 @@ class StoredKeys:
         return bool(named)
 
     async def list(self) -> list[StoredKey]:
-        """Every stored key, by id. SCAN, never KEYS: the store serves requests meanwhile."""
+        """The keys of ``listing``; ``UnreadableRecordsError`` when a record could not be read."""
+        found = await self.listing()
+        if found.unreadable:
+            raise UnreadableRecordsError(found.unreadable)
+        return found.keys
+
+    async def listing(self) -> StoredKeyList:
+        """Every stored key, by id, and the records under the prefix that could not be read.
+
+        SCAN, never KEYS: the store serves requests meanwhile. A key of another type (a
+        person's SET, another program's) or a hash with fields the gateway never writes so
+        is named and left out: before, it failed the whole list as a store outage
+        ("the store did not answer"), or as an internal error."""
         pattern = _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
         names = [name async for name in self._client.scan_iter(match=pattern, count=SCAN_COUNT)]
         if not names:
-            return []
+            return StoredKeyList([], [])
         async with self._client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(name)
-            records = await pipe.execute()
-        found = [stored for stored in map(_from_fields, records) if stored is not None]
-        return sorted(found, key=lambda stored: stored.key.id)
+            # Each answer on its own: a WRONGTYPE is about one key, not the store.
+            records = await pipe.execute(raise_on_error=False)
+        found: list[StoredKey] = []
+        unreadable: list[UnreadableRecord] = []
+        for name, record in zip(names, records, strict=True):
+            shown = _shown_name(name)
+            if of_another_type(record):
+                reason = "is a key of another type, not a stored API key's record"
+                unreadable.append(UnreadableRecord(shown, reason + _WRITTEN))
+                continue
+            try:
+                stored = _from_fields(record)
+            except UnreadableRecordError as exc:
+                unreadable.append(UnreadableRecord(shown, f"{exc}{_WRITTEN}"))
+                continue
+            if stored is not None:
+                found.append(stored)
+            elif record:
+                # A hash, but none the gateway wrote (every record has its id): an empty
+                # answer is a key deleted since the scan.
+                reason = "is a hash without the field 'id', not a stored API key's record"
+                unreadable.append(UnreadableRecord(shown, reason + _WRITTEN))
+        return StoredKeyList(
+            sorted(found, key=lambda stored: stored.key.id),
+            sorted(unreadable, key=lambda record: record.key),
+        )
 
     async def revoke(self, key_id: str) -> StoredKey:
         """Delete a stored key; from now on this process refuses its secret."""
@@ -376,6 +444,20 @@ class StoredKeys:
             )  # fmt: skip
 
 
+# What a person does about a record the gateway cannot read.
+_WRITTEN = " (written by a person or another program): move the key away"
+
+
+def _shown_name(name: bytes | str) -> str:
+    """A record's store key as a listing names it: the digest cut short."""
+    text = name.decode(errors="replace") if isinstance(name, bytes) else name
+    head, _, rest = text.rpartition("{")
+    digest = rest.removesuffix("}")
+    if _DIGEST_HEX.fullmatch(digest) and rest.endswith("}"):
+        return f"{head}{{{digest[:_DIGEST_SHOWN]}...}}"
+    return text
+
+
 def _revoked_while_created(key_id: str) -> str:
     return (
         f"API key {key_id!r} was revoked while it was being created; no key was made "
@@ -399,7 +481,8 @@ def _to_fields(stored: StoredKey) -> dict[str, str]:
 
 
 def _from_fields(raw: dict[Any, Any]) -> StoredKey | None:
-    """A record as HGETALL returns it (bytes); None when there is none."""
+    """A record as HGETALL returns it (bytes); None when there is none.
+    ``UnreadableRecordError`` for one whose fields the gateway never writes so."""
     fields = {
         (name.decode() if isinstance(name, bytes) else name): (
             value.decode() if isinstance(value, bytes) else value
@@ -408,15 +491,49 @@ def _from_fields(raw: dict[Any, Any]) -> StoredKey | None:
     }
     if not fields.get("id"):
         return None
-    expires_at = float(fields.get("expires_at") or 0.0)
+    expires_at = _number(fields, "expires_at")
     key = ApiKey(
         id=fields["id"],
         user_id=fields.get("user_id") or None,
         group_id=fields.get("group_id") or None,
         enabled=fields.get("enabled", "1") == "1",
         expires_at=expires_at or None,
-        allowed_models=tuple(orjson.loads(fields.get("allowed_models") or "[]")),
-        allowed_routes=tuple(orjson.loads(fields.get("allowed_routes") or "[]")),
-        labels=dict(orjson.loads(fields.get("labels") or "{}")),
+        allowed_models=_names(fields, "allowed_models"),
+        allowed_routes=_names(fields, "allowed_routes"),
+        labels=_labels(fields),
     )
-    return StoredKey(key, created_at=float(fields.get("created_at") or 0.0))
+    return StoredKey(key, created_at=_number(fields, "created_at"))
+
+
+def _number(fields: dict[str, str], name: str) -> float:
+    try:
+        return float(fields.get(name) or 0.0)
+    except ValueError:
+        raise _unreadable(fields, name, "no number") from None
+
+
+def _names(fields: dict[str, str], name: str) -> tuple[str, ...]:
+    found = _json(fields, name, "[]")
+    if not isinstance(found, list) or not all(isinstance(item, str) for item in found):
+        raise _unreadable(fields, name, "no JSON list of strings")
+    return tuple(found)
+
+
+def _labels(fields: dict[str, str]) -> dict[str, str]:
+    found = _json(fields, "labels", "{}")
+    if not isinstance(found, dict) or not all(isinstance(value, str) for value in found.values()):
+        raise _unreadable(fields, "labels", "no JSON object of strings")
+    return found
+
+
+def _json(fields: dict[str, str], name: str, empty: str) -> Any:
+    try:
+        return orjson.loads(fields.get(name) or empty)
+    except orjson.JSONDecodeError:
+        raise _unreadable(fields, name, "no JSON") from None
+
+
+def _unreadable(fields: dict[str, str], name: str, what: str) -> UnreadableRecordError:
+    return UnreadableRecordError(
+        f"is the record of API key {fields['id']!r}, but its field {name!r} holds {what}"
+    )

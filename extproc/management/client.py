@@ -181,10 +181,14 @@ class QuotaClient(ManagementClient):
         return state
 
     def list(self, kind: str) -> list[pb.QuotaState]:
+        return list(self.listing(kind).states)
+
+    def listing(self, kind: str) -> pb.ListQuotasResponse:
+        """The subjects' states, and the keys of those whose state could not be read."""
         answer: pb.ListQuotasResponse = self._call(
             self._stub.ListQuotas, _request(pb.ListQuotasRequest, subject_kind=kind)
         )
-        return list(answer.states)
+        return answer
 
     def set_limit(
         self, kind: str, subject: str, rule: str, counter: str, limit: int
@@ -248,8 +252,12 @@ class KeyClient(ManagementClient):
         return created
 
     def list(self) -> list[pb.KeyInfo]:
+        return list(self.listing().keys)
+
+    def listing(self) -> pb.ListKeysResponse:
+        """The keys, and the stored records that could not be read."""
         answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, pb.ListKeysRequest())
-        return list(answer.keys)
+        return answer
 
     def revoke(self, key_id: str) -> pb.KeyInfo:
         request = _request(pb.RevokeKeyRequest, id=key_id)
@@ -305,6 +313,19 @@ def render(states: list[pb.QuotaState], output: str, *, many: bool = False) -> s
                 )
             )
     return _table(rows)
+
+
+def unreadable_notes(keys: Sequence[pb.UnreadableKey]) -> list[str]:
+    """The stderr lines of the keys a listing left out (the CLI then exits 1)."""
+    notes = []
+    for found in keys:
+        what = (
+            f"the quota state of {found.subject_kind} {found.subject!r}"
+            if found.subject_kind
+            else "a stored API key"
+        )
+        notes.append(f"warning: {what} is left out of this list: {found.key} {found.reason}")
+    return notes
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:

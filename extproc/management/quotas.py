@@ -10,6 +10,7 @@ Requests naming what the config does not know raise ``NotFoundError`` or
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
 from extproc.hosts import AUTHORITY, request_host
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, generation_field
+from extproc.store.connection import of_another_type
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
@@ -57,6 +59,27 @@ class InvalidArgumentError(ValueError):
 
 class NotFoundError(LookupError):
     """The subject, rule or counter is not one the config's quota rules have."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableKey:
+    """A key of a subject's quota state that holds what the gateway never writes there."""
+
+    key: str
+    reason: str
+
+
+class UnreadableStateError(Exception):
+    """A subject's quota state cannot be read: keys under the gateway's prefix hold what it
+    never wrote (a person's SET, another program's list, a hand-written count). The store
+    answered: a person must move the keys away, trying again cannot help."""
+
+    def __init__(self, kind: str, subject: str, keys: list[UnreadableKey]) -> None:
+        self.subject_kind = kind
+        self.subject = subject
+        self.keys = keys
+        named = "; ".join(f"{found.key} {found.reason}" for found in keys)
+        super().__init__(f"the quota state of {kind} {subject!r} cannot be read: {named}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,19 +189,49 @@ class QuotaAdmin:
         return cls.select(limits, rule, counter)[0]
 
     async def read(self, limits: list[Limit]) -> list[LimitState]:
-        """The state of limits of one subject: one round trip (they share a hash tag)."""
+        """The state of limits of one subject: one round trip (they share a hash tag).
+
+        ``UnreadableStateError`` names the keys that hold what the gateway never writes:
+        before, such a key failed the call as a store outage (UNAVAILABLE, "the store did
+        not answer"), or a value that is no integer as an internal error."""
         if not limits:
             return []
+        overrides_key = limits[0].overrides_key(self._prefix)
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(limits[0].overrides_key(self._prefix))
+            pipe.hgetall(overrides_key)
             for limit in limits:
                 pipe.get(limit.key(self._prefix))
-            overrides, *counters = await pipe.execute()
+            # Each answer on its own: a WRONGTYPE is about one key, not the store.
+            overrides, *counters = await pipe.execute(raise_on_error=False)
+        unreadable: list[UnreadableKey] = []
+        if of_another_type(overrides):
+            unreadable.append(UnreadableKey(overrides_key, _ANOTHER_TYPE.format("overrides hash")))
+            overrides = {}
         states: list[LimitState] = []
         for limit, used in zip(limits, counters, strict=True):
+            key = limit.key(self._prefix)
             override = overrides.get(limit.override_field.encode())
-            in_force = int(override) if override is not None else limit.limit
-            states.append(LimitState(limit, in_force, override is not None, int(used or 0)))
+            in_force = _override(override) if override is not None else limit.limit
+            count = 0 if used is None or of_another_type(used) else _integer(used)
+            if of_another_type(used):
+                unreadable.append(UnreadableKey(key, _ANOTHER_TYPE.format("counter")))
+            elif count is None:
+                unreadable.append(UnreadableKey(key, f"holds no integer{_WRITTEN}"))
+            if in_force is None:
+                field = limit.override_field
+                unreadable.append(
+                    UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
+                )
+            generation = overrides.get(generation_field(limit).encode())
+            if generation is not None and _number(generation) is None:
+                field = generation_field(limit)
+                unreadable.append(
+                    UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
+                )
+            if in_force is not None and count is not None:
+                states.append(LimitState(limit, in_force, override is not None, count))
+        if unreadable:
+            raise UnreadableStateError(limits[0].subject_kind, limits[0].subject, unreadable)
         return states
 
     async def set_limit(self, limit: Limit, value: int) -> None:
@@ -241,6 +294,39 @@ class QuotaAdmin:
             if any(limit.key(self._prefix) in found for limit in limits):
                 listed.append((subject, limits))
         return listed
+
+
+# Why a key of a subject cannot be read, and what a person does about it.
+_WRITTEN = (
+    " (written by a person or another program; the subject's requests meet it as a store"
+    " failure, on_store_failure applies): move the key away"
+)
+_ANOTHER_TYPE = "is a key of another type, not the gateway's {}" + _WRITTEN
+
+
+def _integer(raw: bytes) -> int | None:
+    """A count as the gateway writes it (decimal digits); None for anything else, which
+    the quota scripts refuse too."""
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def _number(raw: bytes) -> float | None:
+    """A number as the quota scripts read an override or a reset generation (``5.0`` and
+    ``5e3`` are numbers to them); None for anything else."""
+    try:
+        found = float(raw)
+    except ValueError:
+        return None
+    return found if math.isfinite(found) else None
+
+
+def _override(raw: bytes) -> int | None:
+    """An override the quota scripts take: a whole number, however written."""
+    found = _number(raw)
+    return int(found) if found is not None and found.is_integer() else None
 
 
 def _subject_of(key: str, head: str) -> str | None:

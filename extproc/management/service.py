@@ -58,6 +58,7 @@ from extproc.management.quotas import (
     LimitState,
     NotFoundError,
     QuotaAdmin,
+    UnreadableStateError,
     normalize_kind,
     normalize_subject,
 )
@@ -89,6 +90,8 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (KeyIdTakenError, grpc.StatusCode.ALREADY_EXISTS),
     # A create and a revoke of one id at once: the create failed, and may be run again.
     (KeyCreateConflictError, grpc.StatusCode.ABORTED),
+    # The store answered, with keys a person wrote under the prefix: not an outage.
+    (UnreadableStateError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 # gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
 # address would then share the port, and the kernel would hand each admin call
@@ -262,6 +265,12 @@ class AdminService:
                 # Written to the store, then taken back (a revoke of the id raced it):
                 # nothing lasts, but the attempt is the admin's, and the audit tells it.
                 self._write_audit(change, caller, context, "failed", str(exc))
+            elif change is not None and change.stage == "applied":
+                # The new state cannot be read (another limit's key written by a person):
+                # the change is in force all the same, and the answer and the audit say so.
+                message = f"the change was applied, but {exc}"
+                self._write_audit(change, caller, context, "applied", message)
+                await _abort(context, code, message)
             # Otherwise invalid, or naming what does not exist: nothing changed, no line.
             await _abort(context, code, str(exc))
         if change is not None:
@@ -355,7 +364,18 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             QuotaAdmin.check_kind(rules, kind)
             response = pb.ListQuotasResponse()
             for subject, limits in await self._admin.subjects(rules, kind):
-                response.states.append(_quota_state(kind, subject, await self._admin.read(limits)))
+                try:
+                    states = await self._admin.read(limits)
+                except UnreadableStateError as exc:
+                    # Named, and the others listed: one stray key failed the whole list.
+                    response.unreadable_keys.extend(
+                        pb.UnreadableKey(
+                            key=found.key, reason=found.reason, subject_kind=kind, subject=subject
+                        )
+                        for found in exc.keys
+                    )
+                    continue
+                response.states.append(_quota_state(kind, subject, states))
             return response
 
         return await self._call(context, work)
@@ -469,8 +489,14 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             response = pb.ListKeysResponse()
             for key in self._runtime().api_keys.records():
                 response.keys.append(_key_info(key, 0.0, "config"))
-            for stored in await self._keys.list():
+            found = await self._keys.listing()
+            for stored in found.keys:
                 response.keys.append(_key_info(stored.key, stored.created_at, "store"))
+            # Named, and the others listed: one stray key failed the whole list.
+            response.unreadable_keys.extend(
+                pb.UnreadableKey(key=record.key, reason=record.reason)
+                for record in found.unreadable
+            )
             return response
 
         return await self._call(context, work)

@@ -21,10 +21,12 @@ class ListQuotasRequest(_message.Message):
     def __init__(self, subject_kind: _Optional[str] = ...) -> None: ...
 
 class ListQuotasResponse(_message.Message):
-    __slots__ = ("states",)
+    __slots__ = ("states", "unreadable_keys")
     STATES_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_KEYS_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedCompositeFieldContainer[QuotaState]
-    def __init__(self, states: _Optional[_Iterable[_Union[QuotaState, _Mapping]]] = ...) -> None: ...
+    unreadable_keys: _containers.RepeatedCompositeFieldContainer[UnreadableKey]
+    def __init__(self, states: _Optional[_Iterable[_Union[QuotaState, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ...) -> None: ...
 
 class SetLimitRequest(_message.Message):
     __slots__ = ("subject_kind", "subject", "rule", "counter", "limit")
@@ -102,6 +104,18 @@ class LimitState(_message.Message):
     time_zone: str
     def __init__(self, rule: _Optional[str] = ..., counter: _Optional[str] = ..., kind: _Optional[str] = ..., limit: _Optional[int] = ..., configured_limit: _Optional[int] = ..., overridden: _Optional[bool] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ..., window_start: _Optional[float] = ..., reset_at: _Optional[float] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
+class UnreadableKey(_message.Message):
+    __slots__ = ("key", "reason", "subject_kind", "subject")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    reason: str
+    subject_kind: str
+    subject: str
+    def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ..., subject_kind: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
 class CreateKeyRequest(_message.Message):
     __slots__ = ("id", "user_id", "group_id", "labels", "expires_at", "allowed_models", "allowed_routes")
     class LabelsEntry(_message.Message):
@@ -140,10 +154,12 @@ class ListKeysRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListKeysResponse(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "unreadable_keys")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
-    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
+    unreadable_keys: _containers.RepeatedCompositeFieldContainer[UnreadableKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
     __slots__ = ("id",)
