@@ -82,14 +82,26 @@ def error_body(
     )
 
 
+# Anthropic's error type for each status, as its API reference lists them ("HTTP
+# errors"): Anthropic's SDKs and Claude Code read the type, and a 504 named ``api_error``
+# read as a fault inside the API, not the timeout it is. Any other 4xx is an
+# ``invalid_request_error``, as Anthropic answers one, any other 5xx an ``api_error``. A
+# 503 (no provider could be reached) is the gateway's own: Anthropic documents none, and
+# its clients wait and retry an ``overloaded_error``, which is what helps. First the
+# 503, then the 529: read back, ``overloaded_error`` is the gateway's 503.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
     503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
 }
 
 
@@ -103,11 +115,11 @@ def anthropic_error_body(message: str, status: int) -> bytes:
 
 def anthropic_error_status(error_type: str) -> int:
     """The status an Anthropic error ``type`` stands for (``anthropic_error_body``'s
-    choice, read back): 400 for an unknown client error, 500 for ``api_error``."""
+    choice, read back): 400 for a type it does not know."""
     for status, named in _ANTHROPIC_TYPES.items():
         if named == error_type:
             return status
-    return 500 if error_type == "api_error" else 400
+    return 400
 
 
 # Bedrock Runtime's exception for each status the gateway answers with, by the names
