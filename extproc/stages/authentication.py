@@ -110,11 +110,12 @@ class AuthenticationStage:
         accepts_jwt = AuthMethod.JWT in policy.methods and runtime.jwt is not None
         accepts_key = AuthMethod.API_KEY in policy.methods
         if credential is None:
-            message = _missing_message(accepts_key, accepts_jwt)
+            send_key = _where_keys_go(ctx.error_shape, policy.api_key_header)
+            message = _missing_message(accepts_key, accepts_jwt, send_key)
             if _signed_for_aws(ctx.request_headers):
                 message = _AWS_SIGNATURE_REFUSED
             elif (scheme := _other_scheme(ctx.request_headers)) is not None:
-                message = _scheme_refused(scheme, accepts_key, accepts_jwt)
+                message = _scheme_refused(scheme, accepts_key, accepts_jwt, send_key)
             raise _challenge(message, invalid=False)
         if _byte_length(credential) > runtime.config.auth.max_token_bytes:
             code = _INVALID_TOKEN if looks_like_jwt(credential) else None
@@ -292,26 +293,50 @@ def _other_scheme(headers: dict[str, str]) -> str | None:
     return _OTHER_SCHEMES.get(parts[0].lower(), "")
 
 
-def _scheme_refused(scheme: str, accepts_key: bool, accepts_jwt: bool) -> str:
+# Where a key goes, as the client of each API sends it: Google's Gen AI SDKs and Gemini
+# CLI send x-goog-api-key, AWS SDKs a bearer token (AWS_BEARER_TOKEN_BEDROCK, which
+# botocore sends over HTTPS only), Anthropic's SDKs x-api-key, OpenAI's a bearer token.
+# A client told of headers its SDK has no setting for is left to guess which one it has.
+_SEND_KEY = {
+    "google": "'x-goog-api-key: <key>' (the api_key of Google's Gen AI SDKs, GEMINI_API_KEY "
+    "for Gemini CLI) or 'Authorization: Bearer <key>'",
+    "bedrock": "a bearer token, 'Authorization: Bearer <key>' (AWS SDKs: set "
+    "AWS_BEARER_TOKEN_BEDROCK to it, over HTTPS)",
+    "anthropic": "'x-api-key: <key>' or 'Authorization: Bearer <key>'",
+}
+_SEND_KEY_ELSE = "'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+
+
+def _where_keys_go(shape: str, route_header: str | None) -> str:
+    """Where a client of the API shaped ``shape`` sends a key: the header its route
+    names (``api_key_header``), else the one its SDK sends."""
+    if route_header:
+        return f"'{route_header}: <key>' or 'Authorization: Bearer <key>'"
+    return _SEND_KEY.get(shape, _SEND_KEY_ELSE)
+
+
+def _scheme_refused(scheme: str, accepts_key: bool, accepts_jwt: bool, send_key: str) -> str:
     """Why a credential in another Authorization scheme is not read (a user name and
-    password in Basic, say), and where the gateway reads one. Never the credential."""
+    password in Basic, say), and where the gateway reads one (``send_key``: where this
+    route's clients send a key). Never the credential."""
     if accepts_jwt and not accepts_key:
         found, send = "no bearer token found", "send the token as 'Authorization: Bearer <token>'"
     elif accepts_jwt:
         found = "no credentials found"
         send = "send an API key or a token as 'Authorization: Bearer <credential>'"
     else:
-        found = "no API key found"
-        send = "send the API key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        found, send = "no API key found", f"send the API key as {send_key}"
     named = f"the {scheme} scheme" if scheme else "a scheme other than Bearer"
     return f"{found}: the Authorization header uses {named}, which is not accepted; {send}"
 
 
-def _missing_message(accepts_key: bool, accepts_jwt: bool) -> str:
+def _missing_message(accepts_key: bool, accepts_jwt: bool, send_key: str) -> str:
+    """What a request without a credential is told (``send_key``: where this route's
+    clients send a key)."""
     if accepts_jwt and not accepts_key:
         return "no bearer token found"
     if accepts_key and not accepts_jwt:
-        return "no API key found: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        return f"no API key found: send it as {send_key}"
     return "no credentials found: send an API key or a bearer token"
 
 
