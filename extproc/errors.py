@@ -310,10 +310,11 @@ _AWS_SESSION_TOKEN = re.compile(r"(x-amz-security-token\s*[:=]\s*)[^\s'\"&,;]+",
 
 
 def without_secrets(text: str, known: Iterable[str] = ()) -> str:
-    """``text`` (a provider's error message) with anything that looks like a credential, and
-    any sight of the ``known`` secrets (whole, or their first or last four characters),
-    replaced by ``[redacted]``. Over-redacting an error message costs nothing; a fragment of
-    the gateway's provider key shown to a client or written to a log would."""
+    """``text`` (a provider's error message) with anything that looks like a credential,
+    and any sight of the ``known`` secrets (whole, or their first or last four characters
+    where those are not another word's: ``_without_ends_of``), replaced by ``[redacted]``.
+    Over-redacting an error message costs little; a fragment of the gateway's provider
+    key shown to a client or written to a log would cost more."""
     secrets = [secret for secret in known if len(secret) >= 2 * _MIN_FRAGMENT]
     for secret in secrets:
         text = text.replace(secret, REDACTED)
@@ -323,9 +324,68 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
     text = _AWS_SESSION_TOKEN.sub(rf"\g<1>{REDACTED}", text)
     text = _SECRET_LOOKING.sub(REDACTED, text)
     for secret in secrets:
-        for piece in (secret[:_MIN_FRAGMENT], secret[-_MIN_FRAGMENT:]):
-            text = text.replace(piece, REDACTED)
+        text = _without_ends_of(text, secret)
     return text
+
+
+# What a provider masks the middle of a key with besides punctuation ("sk-...abcd",
+# "****abcd", "xxxxabcd"): a letter, but no word's.
+_MASKS = frozenset("xX")
+
+
+def _without_ends_of(text: str, secret: str) -> str:
+    """``text`` with every sight of ``secret``'s first or last four characters, and as
+    much more of the secret as runs on from them, replaced by ``[redacted]``; but not
+    where those four alone are inside another word of the text, a letter or digit
+    against them that the secret has not there ("invalid x-api-key", a key ending in
+    "-key": an "i" before "-key" where the key has an "r"). A key shown by its ends
+    stands apart from the words around it, or runs on as the key does; four characters
+    glued to others are a word that shares them, and replacing them mangled the
+    provider's words. Five or more of the secret's in a row are hidden wherever they
+    are, and so are its two ends glued to each other ("Zq4vW9x3"). What is already
+    ``[redacted]`` stays as it is."""
+    return REDACTED.join(_ends_out(part, secret) for part in text.split(REDACTED))
+
+
+def _ends_out(text: str, secret: str) -> str:
+    """``_without_ends_of`` for a text with no ``[redacted]`` in it."""
+    n = len(text)
+    backwards = [(n - end, n - start) for start, end in _runs(text[::-1], secret[::-1])]
+    runs = _runs(text, secret) + backwards
+    if not runs:
+        return text
+    shown = {index for start, end in runs for index in range(start, end)}
+
+    def glued(index: int) -> bool:
+        char = text[index] if 0 <= index < n else ""
+        return char.isalnum() and char not in _MASKS and index not in shown
+
+    hidden = [False] * n
+    for start, end in runs:
+        if end - start > _MIN_FRAGMENT or not (glued(start - 1) or glued(end)):
+            hidden[start:end] = [True] * (end - start)
+    kept: list[str] = []
+    for index, char in enumerate(text):
+        if not hidden[index]:
+            kept.append(char)
+        elif index == 0 or not hidden[index - 1]:
+            kept.append(REDACTED)
+    return "".join(kept)
+
+
+def _runs(text: str, secret: str) -> list[tuple[int, int]]:
+    """The spans of ``text`` that show ``secret``'s first four characters, each with as
+    many more of the secret's as follow them there."""
+    piece = secret[:_MIN_FRAGMENT]
+    runs = []
+    start = text.find(piece)
+    while start >= 0:
+        end = start + _MIN_FRAGMENT
+        while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
+            end += 1
+        runs.append((start, end))
+        start = text.find(piece, start + 1)
+    return runs
 
 
 def credentials_refused(
