@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import orjson
 import pytest
@@ -278,6 +279,30 @@ def test_a_frozen_gateway_costs_a_request_no_more_than_envoys_message_timeout(
     assert answer.status_code == 504
     assert answer.json()["error"]["code"] == "gateway_timeout"
     assert waited < 20
+    assert wait_for(lambda: chat(stack, "open").status_code == 200, 20)
+
+
+def test_a_frozen_gateway_is_a_timeout_error_to_an_anthropic_client(stack: LocalStack) -> None:
+    """Envoy's own 504 in Anthropic's shape names Anthropic's type for a 504,
+    ``timeout_error`` (it said ``api_error``, a fault inside the API)."""
+    client = anthropic.Anthropic(
+        base_url=stack.base_url, api_key=KEYS["open"], max_retries=0, timeout=30.0
+    )
+    gateway = stack.process("gateway")
+    gateway.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(anthropic.GatewayTimeoutError) as raised:
+            client.messages.create(
+                model="claude-3-5-haiku-latest",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "a fault?"}],
+            )
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+    assert raised.value.body == {
+        "type": "error",
+        "error": {"type": "timeout_error", "message": "the gateway did not answer in time"},
+    }
     assert wait_for(lambda: chat(stack, "open").status_code == 200, 20)
 
 
