@@ -86,6 +86,7 @@ from extproc.config.model import (
     RouteApi,
 )
 from extproc.context import RequestContext, Usage
+from extproc.envoy_replies import VIA_UPSTREAM, envoy_reply_error
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
     BadRequestError,
@@ -944,10 +945,14 @@ def _answer_plan(
     assert route is not None
     anthropic_client = route.api is RouteApi.ANTHROPIC_MESSAGES
     if status >= 400:
-        if not from_provider and ENVOY_UPSTREAM_TIME not in headers:
+        if not from_provider and _envoy_reply(ctx, headers):
             # Envoy's own reply (provider unreachable, timeout): already shaped by the
-            # bootstrap's local_reply_config, not the provider's to translate. In
-            # OpenAI's shape: an AWS SDK would read no message and no exception in it.
+            # bootstrap's local_reply_config, not the provider's to translate. Under a
+            # Gateway API controller's Envoy, which has no such mappers, still Envoy's
+            # plain text: shaped here, as the bootstrap would have.
+            if not ctx.lean_response and "json" not in content_type:
+                return _envoy_reply_shaped(ctx, status)
+            # In OpenAI's shape: an AWS SDK would read no message and no exception in it.
             if route.api in BEDROCK_RUNTIME_APIS:
                 return _bedrock_shaped(status)
             if ctx.error_shape == "google":
@@ -1596,6 +1601,44 @@ def _upstream_error_plan(ctx: RequestContext, message: str) -> ResponsePlan:
     # The body is the gateway's own, in plain JSON, whatever encoded the provider's.
     plan.remove_headers.append("content-encoding")
     return plan
+
+
+def _envoy_reply(ctx: RequestContext, headers: dict[str, str]) -> bool:
+    """Whether an error answer is Envoy's own reply, not the provider's: its router's
+    ``x-envoy-upstream-service-time`` is missing (only a provider's answer carries it),
+    and Envoy's details, when it sent them, do not say ``via_upstream``: Envoy Gateway's
+    router suppresses its x-envoy-* headers, so there the details alone tell a provider's
+    error (translated, its credentials cut out) from Envoy's reply. Not for a failover
+    chain's attempt, whose own answer comes through the router without that header."""
+    if ENVOY_UPSTREAM_TIME in headers:
+        return False
+    return ctx.failover_model is not None or ctx.response_details != VIA_UPSTREAM
+
+
+def _envoy_reply_shaped(ctx: RequestContext, status: int) -> ResponsePlan:
+    """Envoy's own reply in plain text ("no healthy upstream", "upstream request
+    timeout") as the error the gateway's own bootstrap renders for it
+    (``envoy_replies``), in the client's API's shape: its SDK reads the message and
+    the code, not Envoy's words. Envoy's details pick the error when Envoy sent them,
+    else its text (which names the same reset reason); a status the bootstrap changes
+    (a full circuit breaker's 503) is changed only from the details, known now, before
+    the body. Envoy's other headers (``retry-after``) are kept."""
+    shape = ctx.error_shape
+    details = ctx.response_details
+    error = envoy_reply_error(status, details or "")
+
+    def replace(body: bytes) -> bytes:
+        said = details if details is not None else body.decode("utf-8", "replace")
+        named = envoy_reply_error(status, said)
+        named.status = error.status  # its headers, and the status, have left
+        return named.body(shape)
+
+    set_headers = {"content-type": "application/json", ":status": str(error.status)}
+    if shape == "bedrock":
+        set_headers[BEDROCK_ERROR_TYPE_HEADER] = bedrock_exception(error.status)
+    return ResponsePlan(
+        ErrorRewriter(replace), set_headers=set_headers, remove_headers=["content-length"]
+    )
 
 
 def _bedrock_shaped(status: int, message: str | None = None) -> ResponsePlan:

@@ -220,6 +220,10 @@ class RequestContext:
     # The status the upstream side's answer came with: the provider's, or Envoy's own
     # reply when the provider could not be reached (None: nothing came from upstream).
     upstream_status: int | None = None
+    # Envoy's response code details, when it sent them with the response headers
+    # (``via_upstream`` for the provider's answer; a controller's Envoy asked for them,
+    # gateway_api): what tells Envoy's own reply from the provider's (envoy_replies).
+    response_details: str | None = None
     response_model: str | None = None
     translator: ResponseTranslator | None = None
     usage: Usage = field(default_factory=Usage)

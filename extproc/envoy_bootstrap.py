@@ -44,6 +44,16 @@ from extproc.config.model import (
     cluster_name,
 )
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
+from extproc.envoy_replies import (
+    BY_STATUS,
+    FAILED_CODE,
+    FAILED_MESSAGE,
+    OVERLOADED_CODE,
+    OVERLOADED_MESSAGE,
+    REJECTED_CODE,
+    REJECTED_MESSAGE,
+    TOO_LARGE_DETAILS,
+)
 from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing, client_path_filter
 from extproc.envoy_values import cel_string, duration, is_ip
 from extproc.errors import (
@@ -53,7 +63,6 @@ from extproc.errors import (
     GatewayError,
     GatewayTimeoutError,
     NotFoundError,
-    PayloadTooLargeError,
     ServiceUnavailableError,
     UpstreamError,
     anthropic_error_body,
@@ -152,15 +161,6 @@ _SDK_HEADERS = (
     ("bedrock", "amz-sdk-invocation-id"),
     ("google", "x-goog-api-client"),
     ("anthropic", anthropic_models.CLIENT_HEADER),
-)
-# Envoy's own replies by status: (error class giving status and type, code, message).
-# Any other 4xx becomes a generic invalid request, anything else a generic 500.
-_ENVOY_REPLIES: tuple[tuple[type[GatewayError], str, str], ...] = (
-    (BadRequestError, "bad_request", "the request is not valid HTTP"),
-    (PayloadTooLargeError, "request_too_large", "the request body is too large"),
-    (UpstreamError, "bad_upstream_response", "the upstream provider sent an invalid response"),
-    (ServiceUnavailableError, "upstream_unavailable", "the upstream provider is unavailable"),
-    (GatewayTimeoutError, "upstream_timeout", "the upstream provider did not respond in time"),
 )
 
 
@@ -496,8 +496,8 @@ def _local_replies() -> list[_LocalReply]:
         (
             "response.code >= 500 && response.code_details.contains('overflow')",
             ServiceUnavailableError.error_type,
-            "gateway_overloaded",
-            "the gateway has too many requests in flight; retry shortly",
+            OVERLOADED_CODE,
+            OVERLOADED_MESSAGE,
             ServiceUnavailableError.status,
             ServiceUnavailableError.status,
         ),
@@ -517,7 +517,7 @@ def _local_replies() -> list[_LocalReply]:
         # An answer larger than envoy.max_response_body_bytes, caught before its
         # headers left (Envoy's 500): the provider's answer cannot be delivered.
         (
-            "response.code_details == 'response_payload_too_large'",
+            f"response.code_details == '{TOO_LARGE_DETAILS}'",
             UpstreamError.error_type,
             "response_too_large",
             RESPONSE_TOO_LARGE_MESSAGE,
@@ -538,14 +538,14 @@ def _local_replies() -> list[_LocalReply]:
     ]
     replies += [
         (f"response.code == {error.status}", error.error_type, code, message, None, error.status)
-        for error, code, message in _ENVOY_REPLIES
+        for error, code, message in BY_STATUS
     ]
     replies.append(
         (
             "response.code < 500",
             BadRequestError.error_type,
-            "request_rejected",
-            "the request was rejected",
+            REJECTED_CODE,
+            REJECTED_MESSAGE,
             None,
             BadRequestError.status,
         )
@@ -554,8 +554,8 @@ def _local_replies() -> list[_LocalReply]:
         (
             None,
             GatewayError.error_type,
-            "gateway_error",
-            "the gateway could not process the request",
+            FAILED_CODE,
+            FAILED_MESSAGE,
             None,
             GatewayError.status,
         )

@@ -68,6 +68,7 @@ from extproc.controller_routes import (
     ROUTE_NAME_ATTRIBUTE,
 )
 from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
+from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE
 from extproc.envoy_values import is_ip
 from extproc.headers import (
     ABOUT_THE_CLIENT,
@@ -507,7 +508,12 @@ def _extension_policy(config: GatewayConfig) -> Json:
                             # Which route the controller matched (controller_routes.py).
                             "attributes": [ROUTE_NAME_ATTRIBUTE, ROUTE_METADATA_ATTRIBUTE],
                         },
-                        "response": {"body": "Buffered"},
+                        # Envoy's reply told from the provider's: Envoy Gateway's router
+                        # suppresses x-envoy-upstream-service-time (envoy_replies).
+                        "response": {
+                            "body": "Buffered",
+                            "attributes": [RESPONSE_DETAILS_ATTRIBUTE],
+                        },
                         # The gateway streams SSE answers and skips phases of non-AI traffic.
                         "allowModeOverride": True,
                     },

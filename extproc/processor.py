@@ -28,6 +28,7 @@ from extproc.answer_encoding import decoded_opening, sniffed_encoding
 from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
 from extproc.context import BodyHints, PhaseOutput, RequestContext
 from extproc.envoy_failover import ATTEMPT_METADATA
+from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
@@ -243,6 +244,8 @@ def _arguments(ctx: RequestContext, phase: str, request: ext.ProcessingRequest) 
         found = envoy_messages.header_map(request.response_headers)
         if request.response_headers.end_of_stream:
             ctx.completed = True
+        # Who answered, where Envoy says (backends: Envoy's own reply or the provider's).
+        ctx.response_details = _response_details(request)
         return (found,)
     body = request.response_body
     return (body.body, body.end_of_stream)
@@ -269,6 +272,15 @@ def body_hints(metadata: Any) -> BodyHints | None:
     return BodyHints(model.string_value, stream.bool_value)
 
 
+def _response_details(request: ext.ProcessingRequest) -> str | None:
+    """Envoy's ``response.code_details`` attribute, if it sent it with this message."""
+    found = request.attributes.get(ATTRIBUTES_KEY)
+    if found is None:
+        return None
+    details = found.fields.get(RESPONSE_DETAILS_ATTRIBUTE)
+    return details.string_value if details is not None else None
+
+
 def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[str, str]:
     """What the lean path knows of the response headers, from the first body message.
 
@@ -290,8 +302,7 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     code = fields.get("response.code")
     status = int(code.number_value) if code is not None else 0
     result = {":status": str(status)}
-    details = fields.get("response.code_details")
-    if details is not None and details.string_value == "via_upstream":
+    if _response_details(request) == VIA_UPSTREAM:
         result[ENVOY_UPSTREAM_TIME] = "0"
     body = request.response_body.body
     encoding = sniffed_encoding(body)
