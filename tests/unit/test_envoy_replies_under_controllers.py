@@ -195,7 +195,7 @@ async def test_an_overflow_the_details_name_is_the_gateways_503() -> None:
             "upstream_response_timeout",
             b"upstream request timeout",
             anthropic.InternalServerError,
-            "api_error",
+            "timeout_error",
         ),
     ],
 )
