@@ -149,6 +149,61 @@ def test_every_key_of_a_documented_section_is_in_its_table() -> None:
     assert missing == []
 
 
+def documented_rows() -> list[tuple[str, str]]:
+    """(dotted key, the whole table row) of every key of every section table."""
+    parts = _SECTION.split(CONFIGURATION.read_text(encoding="utf-8"))
+    return [
+        (f"{section}.{key}", line)
+        for section, body in zip(parts[1::2], parts[2::2], strict=True)
+        for line in body.splitlines()
+        if line.startswith("| `")
+        for key in _KEY.findall(line.split(" | ")[0])
+    ]
+
+
+def _names_in(row: str) -> set[str]:
+    """The key names a row writes out: each backticked name, a brace list spelled out
+    (`requests_per_{second,minute}`), and `<name>_file` where the row says `*_file`."""
+    names = set(re.findall(r"`([a-z_0-9]+)", row))
+    for head, alternatives, tail in re.findall(r"([a-z_]+)\{([a-z_,]+)\}([a-z_]*)", row):
+        names |= {head + each + tail for each in alternatives.split(",")}
+    if "*_file" in row:
+        names |= {name + "_file" for name in names}
+    return names
+
+
+def _siblings(key: str, rows: list[tuple[str, str]]) -> set[str]:
+    """The last names of the rows beside ``key`` (a tier's entry "with the keys above")."""
+    parent = key.rsplit(".", 1)[0]
+    return {row_key.rsplit(".", 1)[1] for row_key, _ in rows if row_key.startswith(parent + ".")}
+
+
+def test_every_key_of_a_documented_keys_entries_is_named() -> None:
+    """One level down: a row whose key holds entries (`quotas.rules`, `auth.jwt_providers`,
+    `pricing.models.<m>.long_context`) names each key an entry takes, in its text or in a
+    row of its own (`pricing.models.<m>.audio_input_per_million`). A key added to a rule
+    or a price entry but to no row is a setting an operator reading the table never
+    learns of, and its default and validation go with it."""
+    rows = documented_rows()
+    tabled = {key for key, _ in rows}
+    missing = []
+    for key, row in rows:
+        field = config_field(key)
+        assert field is not None, key
+        named = _names_in(row)
+        if "the keys above" in row:
+            named |= _siblings(key, rows)
+        for model in _models_in(field.annotation):
+            missing += [
+                f"{key}.{name}"
+                for name in model.model_fields
+                if name not in named
+                and f"{key}.{name}" not in tabled
+                and not any(re.fullmatch(rf"{re.escape(key)}\.<\w+>\.{name}", t) for t in tabled)
+            ]
+    assert missing == []
+
+
 def test_a_providers_aws_keys_are_all_documented() -> None:
     """`providers[].aws` lists its keys inline; a Bedrock-compatible endpoint signed for
     another SigV4 service name needs `service`, which the loader takes."""
