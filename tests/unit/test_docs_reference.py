@@ -15,6 +15,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from extproc.agents import call
 from extproc.config import GatewayConfig
+from extproc.envoy_bootstrap import render_bootstrap
+from extproc.headers import METADATA_NAMESPACE
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
@@ -28,6 +30,7 @@ from extproc.testing import (
 from tests.exported_metrics import code_metrics
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_agents import TEAM2, with_agents
+from tests.unit.test_envoy_bootstrap import gateway, hcm
 from tests.unit.test_request_log import AUTH, CHAT, COMPLETION, chat, with_log
 
 SCHEMA_DOC = orjson.loads(Path("docs/log-schema.json").read_bytes())
@@ -210,3 +213,23 @@ def test_the_metrics_references_short_list_of_agent_metrics_matches_the_code() -
     for name, labels in listed.items():
         suffixed = name if name in exported else name + "_total"
         assert exported[suffixed][1] == labels, name
+
+
+# --- docs/logging.md#envoys-access-log -----------------------------------------------
+
+
+def test_the_access_log_fields_the_gateway_hands_envoy_are_the_ones_listed() -> None:
+    """The page lists the `io.aigw` metadata Envoy's access log line carries; a shipper's
+    parser is written from that list, so a field the bootstrap adds or drops without
+    the page is one the pipeline silently loses or waits for in vain."""
+    section = Path("docs/logging.md").read_text(encoding="utf-8").split("## Envoy's access log")[1]
+    listed = re.search(rf"in the `{METADATA_NAMESPACE}` namespace \(([^)]*)\)", section)
+    assert listed is not None
+    manager = hcm(render_bootstrap(gateway(envoy={"access_log": True})))
+    fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    from_metadata = {
+        name
+        for name, value in fields.items()
+        if value == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{name})%"
+    }
+    assert set(re.findall(r"`([a-z_]+)`", listed.group(1))) == from_metadata
