@@ -144,10 +144,26 @@ async def test_concurrent_refusals_on_one_node_leave_nothing_reserved_on_the_oth
     assert await token_counters(client, found) == [70, 70]
 
 
-async def test_token_reservations_are_capped_at_what_remains_on_each_node(
+async def test_the_request_crossing_a_token_budget_holds_its_whole_estimate_on_each_node(
     store: QuotaStore,
 ) -> None:
+    # Held whole: capped at what remained, an earlier request settling under its own
+    # estimate made room that was not there (docs/quotas.md).
     found = limits(store, tokens_per_hour("user", 100), tokens_per_hour("group", 1000))
+    first = await store.reserve(found, 70)
+    second = await store.reserve(found, 70)
+    third = await store.reserve(found, 70)
+    assert isinstance(first, Reservation) and first.reserved == [70, 70]
+    assert isinstance(second, Reservation) and second.reserved == [70, 70]
+    assert isinstance(third, Denial) and third.limit.rule == "user-tokens" and third.used == 140
+
+
+async def test_a_hard_capped_token_reservation_is_capped_at_what_remains_on_each_node(
+    store: QuotaStore,
+) -> None:
+    # Under a hard cap the answer is lowered to fit what remains: all it can use.
+    capped = tokens_per_hour("user", 100).model_copy(update={"hard_cap": True})
+    found = limits(store, capped, tokens_per_hour("group", 1000))
     first = await store.reserve(found, 70)
     second = await store.reserve(found, 70)
     third = await store.reserve(found, 70)
