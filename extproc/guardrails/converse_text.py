@@ -76,7 +76,7 @@ TOOL_ROLE = "tool"
 def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     """Every text of a Converse request, in the order the provider reads it."""
     slots: list[TextSlot] = []
-    for block in _dicts(body.get("system")):
+    for block in dicts(body.get("system")):
         _block_slots("system", block, slots)
     slots.extend(_variable_slots(body))
     for role, block in _message_blocks(body):
@@ -105,7 +105,7 @@ def drop_reasoning(body: dict[str, Any], first: dict[str, Any]) -> set[int] | No
     every reasoning block of the closed turns after it, as on Anthropic's API
     (``content.drop_closed_reasoning``)."""
     return drop_closed_reasoning(
-        list(_dicts(body.get("messages"))),
+        list(dicts(body.get("messages"))),
         first,
         lambda block: "reasoningContent" in block,
         lambda block: "toolResult" in block,
@@ -120,7 +120,7 @@ def answer_slots(answer: Any) -> list[TextSlot]:
     output = answer.get("output") if isinstance(answer, dict) else None
     message = output.get("message") if isinstance(output, dict) else None
     if isinstance(message, dict):
-        for block in _dicts(message.get("content")):
+        for block in dicts(message.get("content")):
             _block_slots(CALL_ROLE, block, slots)
             _reasoning_slot(block, reasoning)
     slots.extend(reasoning)
@@ -195,7 +195,7 @@ def estimate_chars(body: dict[str, Any]) -> int:
     but the model reads it (and Bedrock bills it) within a tool-use loop. Tool
     definitions count as the chat estimate counts ``tools``: as JSON; a structured
     output's schema as the chat estimate counts ``response_format``'s."""
-    chars = sum(_block_chars(block) for block in _dicts(body.get("system")))
+    chars = sum(_block_chars(block) for block in dicts(body.get("system")))
     chars += _slots_chars(_variable_slots(body))
     chars += sum(_block_chars(block) for _, block in _message_blocks(body))
     tool_config = body.get("toolConfig")
@@ -246,10 +246,10 @@ def _slots_chars(slots: list[TextSlot]) -> int:
 
 def _message_blocks(body: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each content block of each message, with the message's role."""
-    for message in _dicts(body.get("messages")):
+    for message in dicts(body.get("messages")):
         role = message.get("role")
         role = role if isinstance(role, str) else DEFAULT_ROLE
-        for block in _dicts(message.get("content")):
+        for block in dicts(message.get("content")):
             yield role, block
 
 
@@ -257,7 +257,7 @@ def _result_items(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The content of a block's ``toolResult``: text, JSON, documents, search results..."""
     result = block.get("toolResult")
     if isinstance(result, dict):
-        yield from _dicts(result.get("content"))
+        yield from dicts(result.get("content"))
 
 
 def json_value_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
@@ -276,7 +276,7 @@ def json_value_slots(role: str, holder: dict[str, Any], key: str, slots: list[Te
 
 def _parts_slots(role: str, parts: Any, slots: list[TextSlot]) -> None:
     """The ``text`` of each block of a list of text blocks."""
-    for part in _dicts(parts):
+    for part in dicts(parts):
         _string_slot(role, part, "text", slots)
 
 
@@ -285,7 +285,7 @@ def _string_slot(role: str, holder: Any, key: str, slots: list[TextSlot]) -> Non
         slots.append(TextSlot(role, holder, key))
 
 
-def _dicts(value: Any) -> Iterator[dict[str, Any]]:
+def dicts(value: Any) -> Iterator[dict[str, Any]]:
     """The objects of a list; nothing when ``value`` is no list."""
     if isinstance(value, list):
         for item in value:

@@ -46,14 +46,14 @@ schema's JSON text), without recursion: a schema's depth cannot exhaust the stac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from extproc.gemini_api import GENERATION_CONFIG, RESPONSE_SCHEMAS
 from extproc.guardrails.content import TextSlot
-from extproc.guardrails.converse_text import json_value_slots
+from extproc.guardrails.converse_text import dicts, json_value_slots
+from extproc.guardrails.gemini_text import spellings
 
 # The developer writes tool definitions and schemas, as the system prompt.
 ROLE = "system"
@@ -90,7 +90,7 @@ def chat_slots(body: dict[str, Any]) -> list[TextSlot]:
     """The definitions of an OpenAI chat or an Anthropic Messages request."""
     slots: list[TextSlot] = []
     for field in ("tools", "functions"):
-        for tool in _dicts(body.get(field)):
+        for tool in dicts(body.get(field)):
             _tool_slots(tool, slots)
     _format_slots(body.get("response_format"), slots)
     config = body.get("output_config")
@@ -103,7 +103,7 @@ def chat_slots(body: dict[str, Any]) -> list[TextSlot]:
 def responses_slots(body: dict[str, Any]) -> list[TextSlot]:
     """The definitions of a Responses API request: its tools and ``text.format``."""
     slots: list[TextSlot] = []
-    for tool in _dicts(body.get("tools")):
+    for tool in dicts(body.get("tools")):
         _tool_slots(tool, slots)
     text = body.get("text")
     if isinstance(text, dict):
@@ -116,7 +116,7 @@ def converse_slots(body: dict[str, Any]) -> list[TextSlot]:
     slots: list[TextSlot] = []
     config = body.get("toolConfig")
     if isinstance(config, dict):
-        for tool in _dicts(config.get("tools")):
+        for tool in dicts(config.get("tools")):
             spec = tool.get("toolSpec")
             if isinstance(spec, dict):
                 _definition_slots(spec, slots)
@@ -137,14 +137,14 @@ def gemini_slots(request: dict[str, Any]) -> list[TextSlot]:
     """The definitions of a Gemini request (``gemini_text.guarded_request``'s): function
     declarations and the structured output's schema."""
     slots: list[TextSlot] = []
-    for tool in _dicts(request.get("tools")):
-        for declarations in _spellings(tool, _DECLARATIONS):
-            for declaration in _dicts(declarations):
+    for tool in dicts(request.get("tools")):
+        for declarations in spellings(tool, _DECLARATIONS):
+            for declaration in dicts(declarations):
                 _definition_slots(declaration, slots)
                 for names in _GEMINI_SCHEMAS:
                     for name in names:
                         schema_slots(declaration, name, slots)
-    for config in _spellings(request, GENERATION_CONFIG):
+    for config in spellings(request, GENERATION_CONFIG):
         if isinstance(config, dict):
             for names in RESPONSE_SCHEMAS:
                 for name in names:
@@ -303,19 +303,3 @@ def _string(
 ) -> None:
     if isinstance(holder.get(key), str):
         slots.append(TextSlot(ROLE, holder, key, fixed=fixed))
-
-
-def _spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[Any]:
-    """The value under each of a field's spellings the container gives."""
-    for name in names:
-        value = container.get(name)
-        if value is not None:
-            yield value
-
-
-def _dicts(value: Any) -> Iterator[dict[str, Any]]:
-    """The objects of a list; nothing when ``value`` is no list."""
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict):
-                yield item

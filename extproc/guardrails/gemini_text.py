@@ -61,7 +61,7 @@ from extproc.gemini_api import (
     text_inline_data,
 )
 from extproc.guardrails.content import TextSlot
-from extproc.guardrails.converse_text import CALL_ROLE, TOOL_ROLE, json_value_slots
+from extproc.guardrails.converse_text import CALL_ROLE, TOOL_ROLE, dicts, json_value_slots
 
 # A content without a role (or with one that is not a string) is the user's, as Gemini
 # reads it.
@@ -83,14 +83,14 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     """Every text of a Gemini request, in the order the model reads it."""
     request = guarded_request(body)
     slots: list[TextSlot] = []
-    for system in _spellings(request, SYSTEM):
+    for system in spellings(request, SYSTEM):
         if isinstance(system, dict):
-            for part in _dicts(system.get("parts")):
+            for part in dicts(system.get("parts")):
                 part_slots("system", part, slots)
-    for content in _dicts(_field(request, CONTENTS)):
+    for content in dicts(_field(request, CONTENTS)):
         role = content.get("role")
         role = _ROLES.get(role, role) if isinstance(role, str) else DEFAULT_ROLE
-        for part in _dicts(content.get("parts")):
+        for part in dicts(content.get("parts")):
             part_slots(role, part, slots)
     return slots
 
@@ -101,10 +101,10 @@ def answer_slots(answer: Any) -> list[TextSlot]:
     slots: list[TextSlot] = []
     thoughts: list[TextSlot] = []
     candidates = answer.get("candidates") if isinstance(answer, dict) else None
-    for candidate in _dicts(candidates):
+    for candidate in dicts(candidates):
         content = candidate.get("content")
         if isinstance(content, dict):
-            for part in _dicts(content.get("parts")):
+            for part in dicts(content.get("parts")):
                 if part.get("thought") is True and isinstance(part.get("text"), str):
                     # The client is shown its thought summaries as it is shown the
                     # answer; no signature covers their text (a thought signature
@@ -121,16 +121,16 @@ def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
     if isinstance(part.get("text"), str):
         slots.append(TextSlot(role, part, "text"))
         return
-    for call in _spellings(part, FUNCTION_CALL):
+    for call in spellings(part, FUNCTION_CALL):
         if isinstance(call, dict):
             json_value_slots(CALL_ROLE, call, "args", slots)
-    for response in _spellings(part, FUNCTION_RESPONSE):
+    for response in spellings(part, FUNCTION_RESPONSE):
         if isinstance(response, dict):
             json_value_slots(TOOL_ROLE, response, "response", slots)
-    for code in _spellings(part, CODE):
+    for code in spellings(part, CODE):
         if isinstance(code, dict) and isinstance(code.get("code"), str):
             slots.append(TextSlot(CALL_ROLE, code, "code"))
-    for result in _spellings(part, CODE_RESULT):
+    for result in spellings(part, CODE_RESULT):
         if isinstance(result, dict) and isinstance(result.get("output"), str):
             slots.append(TextSlot(TOOL_ROLE, result, "output"))
     inline = text_inline_data(part)
@@ -147,7 +147,7 @@ def _field(container: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def _spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[Any]:
+def spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[Any]:
     """The value under each of ``names`` (one field's camelCase and snake_case names) the
     container gives: a body that spells a field both ways has both read, whichever one
     Google reads."""
@@ -155,11 +155,3 @@ def _spellings(container: dict[str, Any], names: tuple[str, ...]) -> Iterator[An
         value = container.get(name)
         if value is not None:
             yield value
-
-
-def _dicts(value: Any) -> Iterator[dict[str, Any]]:
-    """The objects of a list; nothing when ``value`` is no list."""
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict):
-                yield item
