@@ -35,6 +35,24 @@ if TYPE_CHECKING:
     from extproc.translators.base import ResponseTranslator
 
 
+def _api_shape(api: RouteApi) -> str:
+    """The error shape of a route's API (``RequestContext.error_shape``)."""
+    if api in {RouteApi.MCP, RouteApi.A2A}:
+        return "jsonrpc"
+    if api.startswith("anthropic_"):
+        return "anthropic"
+    if api.startswith("bedrock_"):
+        return "bedrock"
+    if api.startswith("gemini_"):
+        return "google"
+    return "openai"
+
+
+# Read several times per request (the first answer's metadata, the credentials, every
+# error): looked up, not worked out from the API's name each time.
+_API_SHAPES = {api: _api_shape(api) for api in RouteApi}
+
+
 # How the prompt of each client API that does not send chat messages is estimated;
 # the others (chat completions, Anthropic's Messages) by ``estimate_prompt_tokens``.
 _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
@@ -329,21 +347,15 @@ class RequestContext:
         (and on the model list for a client that sends ``anthropic-version``: Anthropic's
         SDKs list models at OpenAI's path), ``bedrock`` on Converse routes, ``google`` on
         Gemini's, ``jsonrpc`` on MCP and A2A routes."""
-        if self.route is not None:
-            if self.route.api in {RouteApi.MCP, RouteApi.A2A}:
-                return "jsonrpc"
-            if self.route.api.startswith("anthropic_"):
-                return "anthropic"
-            if (
-                self.route.api is RouteApi.OPENAI_MODELS
-                and anthropic_models.CLIENT_HEADER in self.request_headers
-            ):
-                return "anthropic"
-            if self.route.api.startswith("bedrock_"):
-                return "bedrock"
-            if self.route.api.startswith("gemini_"):
-                return "google"
-        return "openai"
+        route = self.route
+        if route is None:
+            return "openai"
+        if (
+            route.api is RouteApi.OPENAI_MODELS
+            and anthropic_models.CLIENT_HEADER in self.request_headers
+        ):
+            return "anthropic"
+        return _API_SHAPES[route.api]
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0
