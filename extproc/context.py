@@ -175,7 +175,9 @@ class BodyHints:
     stream: bool | None
 
 
-@dataclass(slots=True)
+# Frozen: a few constant overrides serve every request, each answered by one prebuilt
+# protobuf (envoy_messages).
+@dataclass(slots=True, frozen=True)
 class ModeOverride:
     """Processing modes to change for the rest of this request (Envoy ``mode_override``)."""
 
@@ -194,6 +196,10 @@ class PhaseOutput:
     clear_route_cache: bool = False
     mode_override: ModeOverride | None = None
     metadata: dict[str, Any] | None = None
+    # The client's API (its error shape) for Envoy's own replies (headers.CLIENT_API_KEY):
+    # a few constant values, each written into the answer's metadata from one prebuilt
+    # protobuf rather than field by field as ``metadata`` is.
+    client_api: str | None = None
     # Set when the gateway answers the client itself (status, body, headers): no upstream call.
     answer: tuple[int, bytes, dict[str, str]] | None = None
 

@@ -5,11 +5,13 @@ No I/O and no policy here: the processor asks for a message, this module builds 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from google.protobuf import struct_pb2
 
 from extproc import headers
 from extproc.context import ModeOverride, PhaseOutput
@@ -93,6 +95,9 @@ def _fill_common(common: ext.CommonResponse, out: PhaseOutput) -> None:
         common.clear_route_cache = True
 
 
+# Built once per override: a handful of constant overrides answer every request, and the
+# answer copies the built message in one call.
+@cache
 def _mode_override(override: ModeOverride) -> Any:
     # Envoy replaces the whole mode with the override: every field is spelled out.
     mode = _Mode()
@@ -104,9 +109,24 @@ def _mode_override(override: ModeOverride) -> Any:
     return mode
 
 
+@cache
+def _client_api_metadata(shape: str) -> struct_pb2.Struct:
+    """The dynamic metadata naming the client's API, built once per API shape: every AI
+    request's first answer carries it, and one copy is cheaper than building it."""
+    built = struct_pb2.Struct()
+    built.fields[headers.METADATA_NAMESPACE].struct_value.fields[
+        headers.CLIENT_API_KEY
+    ].string_value = shape
+    return built
+
+
 def _finish(response: ext.ProcessingResponse, out: PhaseOutput) -> ext.ProcessingResponse:
     if out.mode_override is not None:
         response.mode_override.CopyFrom(_mode_override(out.mode_override))
+    if out.client_api is not None:
+        # First: the answer's metadata is still empty, so a copy is the whole of it, and
+        # ``metadata`` below adds its fields beside this one.
+        response.dynamic_metadata.CopyFrom(_client_api_metadata(out.client_api))
     if out.metadata is not None:
         add_metadata(response, out.metadata)
     return response
@@ -157,6 +177,7 @@ def phase_response(phase: str, out: PhaseOutput) -> ext.ProcessingResponse:
         or out.clear_route_cache
         or out.mode_override is not None
         or out.metadata is not None
+        or out.client_api is not None
     ):
         return _CONTINUE[phase]
     response = ext.ProcessingResponse()

@@ -81,7 +81,7 @@ class RoutingStage:
                 route = operation_route(route, RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS)
         ctx.route = route
         # Before any change to the request: Envoy shapes its own replies by it.
-        out.metadata = {**(out.metadata or {}), headers.CLIENT_API_KEY: ctx.error_shape}
+        out.client_api = ctx.error_shape
         if route.api in AGENT_APIS:
             return  # extproc.agents takes it from here
         # The path without its query, which may carry a credential.

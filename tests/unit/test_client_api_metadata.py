@@ -10,6 +10,8 @@ metadata in its answer to the request headers, before it changes anything.
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -78,3 +80,33 @@ async def test_a_path_no_route_serves_names_no_api(processor: Processor) -> None
     """Envoy's catch-all 404 then goes by the SDK's own header (route misses)."""
     [answer] = await run_stream(processor, [request_headers("/healthz", method="GET")])
     assert client_api(answer) is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "error_shape"),
+    [
+        pytest.param(ANTHROPIC_KEY, {"type": "error", "error": ANY}, id="anthropic-sdk"),
+        pytest.param(OPENAI_KEY, {"error": ANY}, id="openai-sdk"),
+    ],
+)
+async def test_the_model_list_answers_in_the_shape_of_the_sdk_that_asks(
+    processor: Processor, sent: dict[str, str], error_shape: dict[str, object]
+) -> None:
+    """Anthropic's SDKs list models at OpenAI's path, and read Anthropic's errors there."""
+    [answer] = await run_stream(processor, [request_headers("/v1/models", "DELETE", sent)])
+    assert answer.immediate_response.status.code == 405
+    assert orjson.loads(answer.immediate_response.body) == error_shape
+
+
+async def test_each_request_names_its_own_api(processor: Processor) -> None:
+    """The metadata is built once per API: one request's answer never shows another's."""
+    for path, sent, api in [
+        ("/v1/messages", ANTHROPIC_KEY, "anthropic"),
+        ("/v1/chat/completions", OPENAI_KEY, "openai"),
+        ("/v1/messages", ANTHROPIC_KEY, "anthropic"),
+    ]:
+        [answer] = await run_stream(processor, [request_headers(path, headers=sent)])
+        assert client_api(answer) == api
+        assert list(answer.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields) == [
+            CLIENT_API_KEY
+        ]
