@@ -86,9 +86,18 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(_in_file(exc, args.config), file=sys.stderr)
         return 2
+    from extproc.config.rule_models import unknown_model_warnings
+
+    # Not errors (extproc.config.rule_models): the config is valid and serves, so the
+    # status stays 0; each is printed where a person running the check reads it.
+    warnings = unknown_model_warnings(config)
+    if warnings:
+        lines = "\n".join(f"  - {warning}" for warning in warnings)
+        print(f"warnings in config {args.config}:\n{lines}", file=sys.stderr)
+    counted = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
     print(
         f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models, "
-        f"{len(config.routes)} routes)"
+        f"{len(config.routes)} routes{counted})"
     )
     return 0
 

@@ -37,6 +37,7 @@ from extproc.auth.stored_keys import StoredKeys
 from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.restart_only import RESTART_ONLY_SECTIONS, STARTED_TELEMETRY_FIELDS
+from extproc.config.rule_models import UnknownModelWarnings
 from extproc.config.watched_files import secret_files
 from extproc.envoy_drift import bootstrap_changes
 from extproc.management.audit import AuditLog
@@ -119,6 +120,11 @@ class Gateway:
         # A worker of `serve --workers N`: its own ext_proc endpoint, the shared
         # store; the supervisor serves HTTP and the quota gauges for all workers.
         self._worker = worker
+        # Rules naming no model the gateway knows: said once, by the supervisor when
+        # there are workers (each worker loads the same file).
+        self._model_warnings = UnknownModelWarnings()
+        if worker is None:
+            self._model_warnings.loaded(config)
         self._quota_gauges: QuotaGauges | None = None
         telemetry = config.telemetry
         self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
@@ -195,6 +201,8 @@ class Gateway:
         self.metrics.admit_config(config)
         previous, self.config, self.runtime = self.runtime, config, runtime
         self._retire(previous)
+        if self._worker is None:
+            self._model_warnings.loaded(config)
 
     def _runtime_for_stream(self) -> Runtime:
         # Called once per ext_proc stream, from the task grpc.aio runs that stream in:
