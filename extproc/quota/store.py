@@ -542,6 +542,11 @@ class QuotaStore:
 
     async def _apply_spooled(self, record: dict[str, Any]) -> None:
         changes = [tuple(change) for change in record["changes"]]
+        if any(int(change[3]) < 1 for change in changes):
+            # The gateway spools at least 1 (Window.ttl_seconds): a line edited by hand.
+            # Applied, the script's EXPIRE 0 would delete the counter and every token
+            # counted in its window; a ValueError has the spool set the line aside.
+            raise ValueError("a spooled settlement with a time to live below 1 second")
         undos = [_spooled_undo(entry) for entry in record.get("undo", [])]
         await asyncio.wait_for(
             self._settle_raw(changes, undos, str(record["id"])), SETTLE_TIMEOUT_S

@@ -274,3 +274,29 @@ async def test_batches_spooled_by_earlier_versions_replay_with_their_counts(
     finally:
         await store.close()
         await client.aclose()
+
+
+async def test_a_spooled_settlement_with_no_time_to_live_is_set_aside_not_applied(
+    tmp_path: Path, valkey: EmbeddedValkey
+) -> None:
+    """A settlement edited by hand to a time to live of 0 (or less) would have the
+    script's EXPIRE delete the counter, and every token counted in the window with it:
+    the line is set aside as malformed, the counter kept; the next record lands."""
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    quota_spool = Spool(tmp_path, "quota")
+    store = QuotaStore(client, "acc:", spool=quota_spool)
+    [limit] = limits(store, LimitRule(name="hourly", subject="user", tokens_per_hour=10_000))
+    key = limit.key("acc:")
+    await client.set(key, 40)  # no expiry yet: the settlement would set one
+    quota_spool.append({"id": "edited", "changes": [[limit.subject_tag, key, 5, 0]]})
+    quota_spool.append({"id": "fine", "changes": [[limit.subject_tag, key, 7, 3600]]})
+    try:
+        assert await store.replay_spool() == 2
+        assert int(await client.get(key)) == 47
+        assert quota_spool.pending() == 0
+        [kept] = (tmp_path / "quota.rejected.jsonl").read_bytes().splitlines()
+        assert orjson.loads(kept)["id"] == "edited"
+    finally:
+        await store.close()
+        await client.aclose()
