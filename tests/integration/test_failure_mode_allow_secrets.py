@@ -11,18 +11,21 @@ per-attempt filter fails closed whatever ``failure_mode_allow`` says.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+import redis
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
+from extproc.store.embedded import ENDPOINT_FILE, free_port
 from tests.integration.conftest import (
     default_config,
     running_stack,
@@ -111,6 +114,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         fallback.close()
         slow.process.terminate()
         slow.process.wait(10)
+        stop_orphaned_store(workdir / "data" / "valkey")
+
+
+def stop_orphaned_store(data_dir: Path) -> None:
+    """Shut down the embedded Valkey of the gateway the test kills: a SIGKILL ends no
+    child, so it went on running after the stack, one more on every run."""
+    endpoint = data_dir / ENDPOINT_FILE
+    if not endpoint.exists():
+        return  # stopped by its gateway
+    client = redis.Redis.from_url(endpoint.read_text().strip(), socket_timeout=5.0)
+    with contextlib.suppress(redis.RedisError):  # the connection ends with the server
+        client.shutdown(nosave=True)
 
 
 def test_a_failover_attempt_the_gateway_did_not_answer_never_carries_the_last_providers_key(
