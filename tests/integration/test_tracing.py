@@ -239,12 +239,15 @@ def test_capture_content_puts_the_masked_text_on_the_span_and_in_the_log(
     line = log_line(with_content, request_id)
     assert line["prompt"] == [{"role": "user", "content": PROMPT}]
     assert line["completion"] == answer
-    # The file sink got the same line.
-    in_file = [
-        orjson.loads(text)
-        for text in (with_content.workdir / "requests.log").read_bytes().splitlines()
-    ]
-    assert any(found["request_id"] == request_id for found in in_file)
+
+    # The file sink got the same line: written by its own writer, maybe just after the
+    # stdout line the helper above read.
+    def in_file() -> list[dict[str, Any]]:
+        written = (with_content.workdir / "requests.log").read_bytes().splitlines()
+        return [line for line in map(orjson.loads, written) if line["request_id"] == request_id]
+
+    [found] = wait_for(in_file)
+    assert found["completion"] == answer
 
 
 def test_streamed_text_is_captured_as_the_client_received_it(
