@@ -101,21 +101,18 @@ def test_a_us_only_request_is_billed_at_the_us_multiplier(stack: LocalStack) -> 
     assert_the_bill_agrees(stack, "geo-us", lines)
 
 
-def test_an_openai_client_in_a_us_workspace_is_billed_at_the_us_multiplier(
-    stack: LocalStack,
-) -> None:
+def billed_at_us_price_json_and_streamed(stack: LocalStack, key_id: str, **extra: Any) -> None:
+    """An OpenAI client's JSON and streamed chat for Claude, sent with ``extra``
+    (headers, body fields), each logged as run in the US and billed at its multiplier,
+    the log lines, the cost counter and the report agreeing."""
     chat = openai.OpenAI(
-        base_url=f"{stack.base_url}/anthropic", api_key=KEYS["geo-openai"], max_retries=0
+        base_url=f"{stack.base_url}/anthropic", api_key=KEYS[key_id], max_retries=0
     )
-    # The workspace runs every request in the US by default: the client names nothing.
-    workspace = {"x-mock-inference-geo": "us"}
     messages: Any = [{"role": "user", "content": QUESTION}]
-    raw = chat.chat.completions.with_raw_response.create(
-        model=SONNET, messages=messages, extra_headers=workspace
-    )
+    raw = chat.chat.completions.with_raw_response.create(model=SONNET, messages=messages, **extra)
     with chat.chat.completions.with_streaming_response.create(
         model=SONNET, messages=messages, stream=True, stream_options={"include_usage": True},
-        extra_headers=workspace,
+        **extra,
     ) as response:  # fmt: skip
         stream_id = response.headers["x-request-id"]
         chunks = list(response.parse())
@@ -124,7 +121,16 @@ def test_an_openai_client_in_a_us_workspace_is_billed_at_the_us_multiplier(
     for line in lines:
         assert line["inference_geo"] == "us"
         assert cost(line) == at_us_price(line) > 0
-    assert_the_bill_agrees(stack, "geo-openai", lines)
+    assert_the_bill_agrees(stack, key_id, lines)
+
+
+def test_an_openai_client_in_a_us_workspace_is_billed_at_the_us_multiplier(
+    stack: LocalStack,
+) -> None:
+    # The workspace runs every request in the US by default: the client names nothing.
+    billed_at_us_price_json_and_streamed(
+        stack, "geo-openai", extra_headers={"x-mock-inference-geo": "us"}
+    )
 
 
 def test_an_openai_client_asking_for_us_only_inference_is_billed_at_the_us_multiplier(
@@ -132,26 +138,13 @@ def test_an_openai_client_asking_for_us_only_inference_is_billed_at_the_us_multi
 ) -> None:
     # The gateway's inference_geo extension of the chat body, passed on to Anthropic: no
     # workspace default, the client itself asks.
+    billed_at_us_price_json_and_streamed(
+        stack, "geo-openai-asks", extra_body={"inference_geo": "us"}
+    )
     chat = openai.OpenAI(
         base_url=f"{stack.base_url}/anthropic", api_key=KEYS["geo-openai-asks"], max_retries=0
     )
     messages: Any = [{"role": "user", "content": QUESTION}]
-    asks: Any = {"inference_geo": "us"}
-    raw = chat.chat.completions.with_raw_response.create(
-        model=SONNET, messages=messages, extra_body=asks
-    )
-    with chat.chat.completions.with_streaming_response.create(
-        model=SONNET, messages=messages, stream=True, stream_options={"include_usage": True},
-        extra_body=asks,
-    ) as response:  # fmt: skip
-        stream_id = response.headers["x-request-id"]
-        chunks = list(response.parse())
-    assert chunks[-1].usage is not None
-    lines = lines_of(stack, [raw.headers["x-request-id"], stream_id])
-    for line in lines:
-        assert line["inference_geo"] == "us"
-        assert cost(line) == at_us_price(line) > 0
-    assert_the_bill_agrees(stack, "geo-openai-asks", lines)
     # A value that names no geography is the client's 400, naming the field.
     with pytest.raises(openai.BadRequestError) as refused:
         chat.chat.completions.create(
