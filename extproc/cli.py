@@ -372,6 +372,7 @@ def _add_key_commands(commands: Any) -> None:
         lambda c, a: c.create(
             a.id, user_id=a.user or "", group_id=a.group or "", labels=dict(a.label),
             expires_at=a.expires or 0.0, allowed_models=a.model, allowed_routes=a.route,
+            allow_unknown_models=a.allow_unknown_model,
         ),
     )  # fmt: skip
     create.add_argument("--id", required=True, help="the api_key_id logs and quotas show")
@@ -381,6 +382,11 @@ def _add_key_commands(commands: Any) -> None:
     create.add_argument("--expires", type=_timestamp, help="ISO 8601 with a zone (default: never)")
     create.add_argument("--model", action="append", default=[], help="allowed model (repeatable)")
     create.add_argument("--route", action="append", default=[], help="allowed route (repeatable)")
+    create.add_argument(
+        "--allow-unknown-model",
+        action="store_true",
+        help="accept a --model the config does not know (a reload will add it)",
+    )
     action("list", "keys of the config and keys created at run time (never a secret)",
            lambda c, a: c.listing())  # fmt: skip
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))

@@ -237,6 +237,7 @@ class KeyClient(ManagementClient):
         expires_at: float = 0.0,
         allowed_models: Sequence[str] = (),
         allowed_routes: Sequence[str] = (),
+        allow_unknown_models: bool = False,
     ) -> pb.CreatedKey:
         request = _request(
             pb.CreateKeyRequest,
@@ -247,6 +248,7 @@ class KeyClient(ManagementClient):
             expires_at=expires_at,
             allowed_models=allowed_models,
             allowed_routes=allowed_routes,
+            allow_unknown_models=allow_unknown_models,
         )
         created: pb.CreatedKey = self._call(self._stub.CreateKey, request)
         return created

@@ -51,6 +51,7 @@ from extproc.config.model import (
     did_you_mean,
     unsendable_token_problem,
 )
+from extproc.config.rule_models import KnownModels
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.quotas import (
@@ -468,7 +469,10 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         async def work(caller: str) -> pb.CreatedKey:
             key = _new_key(request)
             change.fields = _audited(key)
-            _check_routes(key, self._runtime().config)
+            config = self._runtime().config
+            _check_routes(key, config)
+            if not request.allow_unknown_models:
+                _check_models(key, config)
             # A config key with the same id would make the id name two keys in
             # logs, metrics and quotas.
             if self._in_config(key.id):
@@ -571,6 +575,30 @@ def _check_routes(key: ApiKey, config: GatewayConfig) -> None:
             raise InvalidArgumentError(
                 f"allowed_routes: unknown route {name!r}{did_you_mean(name, known)}"
             )
+
+
+def _check_models(key: ApiKey, config: GatewayConfig) -> None:
+    """Refuse model names the config does not know (``extproc.config.rule_models``).
+
+    A refusal, where the same name in the config file is only a warning: a config key
+    comes back with every reload and its warning with it, but a created key's secret is
+    handed out once, so a key kept to a typo would have to be revoked, created again and
+    its new secret handed out again, after its holder met 403 ``model_not_allowed`` on
+    every request. A name the config cannot know yet (a model a coming reload adds, one
+    a route with a provider serves unlisted) is accepted with ``allow_unknown_models``.
+    """
+    known = KnownModels(config)
+    for pattern in key.allowed_models:
+        hint = known.unknown(pattern)
+        if hint is None:
+            continue
+        what = "matches no model" if pattern.endswith("*") else "is no model"
+        raise InvalidArgumentError(
+            f"allowed_models: {pattern!r} {what} the gateway knows{hint} (the key would be"
+            " refused it with 403 model_not_allowed); if a reload will add it, or a route"
+            " with a provider serves it under this name, set allow_unknown_models"
+            " (`extproc keys create --allow-unknown-model`)"
+        )
 
 
 def _audited(key: ApiKey) -> dict[str, Any]:

@@ -9,6 +9,7 @@ answers 30 s (found) or 5 s (not found), as an injected clock shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from extproc.auth.stored_keys import (
     StoredKeys,
     UnknownKeyIdError,
 )
+from extproc.cli import main
 from extproc.config import GatewayConfig
 from extproc.config.auth_model import AuthConfig
 from extproc.management.audit import AuditLog
@@ -461,6 +463,22 @@ class Api:
     channel: grpc_aio.Channel
     stub: Any
     audit: io.BytesIO
+    address: str
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        """``extproc <args>`` against this API: exit code, stdout, stderr."""
+        out, err = io.StringIO(), io.StringIO()
+        argv = [*args, "--address", self.address, "--token", ADMIN]
+
+        def run() -> int:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    return main(argv)
+                except SystemExit as exc:
+                    return int(exc.code or 0)
+
+        code = await asyncio.to_thread(run)
+        return code, out.getvalue(), err.getvalue()
 
     async def call(self, method: str, request: Any, token: str = ADMIN) -> Any:
         return await getattr(self.stub, method)(
@@ -489,7 +507,7 @@ async def api(config: GatewayConfig, client: Any, keys: StoredKeys) -> AsyncIter
     server = await start_server(address, quotas, service)
     channel = grpc_aio.insecure_channel(address)
     try:
-        yield Api(channel, pb_grpc.KeyManagementStub(channel), audit)
+        yield Api(channel, pb_grpc.KeyManagementStub(channel), audit, address)
     finally:
         await channel.close()
         await server.stop(None)
@@ -545,12 +563,24 @@ async def test_an_operator_creates_lists_and_revokes_a_key(api: Api, keys: Store
         ("CreateKey", pb.CreateKeyRequest(id="ci-bot", allowed_routes=["openai-chta"]),
          "INVALID_ARGUMENT", "allowed_routes: unknown route 'openai-chta'; did you mean"
          " 'openai-chat'?"),
+        # Kept to a misspelt model, the key would get 403 model_not_allowed on every
+        # request; before, it was created and its secret handed out all the same.
+        ("CreateKey", pb.CreateKeyRequest(id="ci-bot", allowed_models=["gpt-4o-mni"]),
+         "INVALID_ARGUMENT", "allowed_models: 'gpt-4o-mni' is no model the gateway knows;"
+         " did you mean 'gpt-4o-mini'? (the key would be refused it with 403"
+         " model_not_allowed)"),
+        ("CreateKey", pb.CreateKeyRequest(id="ci-bot", allowed_models=["gpt-4o-mini", "gtp-4*"]),
+         "INVALID_ARGUMENT", "allowed_models: 'gtp-4*' matches no model the gateway knows;"
+         " did you mean 'gpt-4*'?"),
         ("RevokeKey", pb.RevokeKeyRequest(id="team1"), "INVALID_ARGUMENT",
          "API key 'team1' comes from the config"),
         ("RevokeKey", pb.RevokeKeyRequest(id="nobody"), "NOT_FOUND",
          "no API key with id 'nobody' was created at run time"),
     ],
-    ids=["config-id", "no-id", "bad-id", "past-expiry", "unknown-route", "config-key", "unknown"],
+    ids=[
+        "config-id", "no-id", "bad-id", "past-expiry", "unknown-route", "unknown-model",
+        "unknown-pattern", "config-key", "unknown",
+    ],
 )  # fmt: skip
 async def test_what_cannot_be_done_is_refused_clearly(
     api: Api, method: str, request_: Any, code: str, message: str
@@ -560,6 +590,40 @@ async def test_what_cannot_be_done_is_refused_clearly(
     assert found_code == code
     assert details.startswith(message)
     assert api.audit_lines() == []
+
+
+async def test_a_key_kept_to_known_models_and_patterns_is_created(api: Api) -> None:
+    # An alias, a prefix pattern and a price-table name are all models the config knows.
+    models = ["gpt-4o-mini", "gpt-4*", "claude*"]
+    created = await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot", allowed_models=models))
+
+    assert list(created.info.allowed_models) == models
+
+
+async def test_a_model_a_reload_will_add_is_accepted_when_the_operator_says_so(
+    api: Api, gateway: Processor, keys: StoredKeys
+) -> None:
+    request = pb.CreateKeyRequest(
+        id="early", allowed_models=["gpt-5-preview"], allow_unknown_models=True
+    )
+    created = await api.call("CreateKey", request)
+
+    assert list(created.info.allowed_models) == ["gpt-5-preview"]
+    status, body = await send(gateway, created.key)
+    assert (status, body["error"]["code"]) == (403, "model_not_allowed")
+
+
+async def test_the_cli_names_the_unknown_model_and_the_way_past_it(api: Api) -> None:
+    argv = ["keys", "create", "--id", "ci-bot", "--model", "gpt4o-mini"]
+
+    code, out, err = await api.cli(*argv)
+
+    assert (code, out) == (2, "")
+    assert "'gpt4o-mini' is no model the gateway knows; did you mean 'gpt-4o-mini'?" in err
+    assert "--allow-unknown-model" in err
+    code, out, err = await api.cli(*argv, "--allow-unknown-model", "--format", "json")
+    assert code == 0, err
+    assert orjson.loads(out)["info"]["allowed_models"] == ["gpt4o-mini"]
 
 
 async def test_a_second_key_with_the_same_id_is_already_exists(api: Api) -> None:
