@@ -47,6 +47,7 @@ from enum import Enum
 from typing import Any, Final, Literal, TypeAlias
 
 import orjson
+from redis.exceptions import ResponseError
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.key_revocations import RevocationListener, announce
@@ -106,6 +107,15 @@ class StoredKeyList:
     unreadable: list[UnreadableRecord]
 
 
+class RevokedUnreadableRecordError(UnreadableRecordError):
+    """A revoke deleted a key whose record the gateway cannot read: the key is refused
+    everywhere, but what it was (user, group, limits) cannot be told."""
+
+
+class UnreadableKeyIdError(UnreadableRecordError):
+    """``<prefix>keyid:<id>`` holds no key's digest: the key cannot be found by its id."""
+
+
 class UnreadableRecordsError(Exception):
     """``list`` met records it cannot read, for a caller with no way to name them."""
 
@@ -119,10 +129,19 @@ class _NotCached(Enum):
     NOT_CACHED = "not cached"
 
 
+class _Unreadable(Enum):
+    UNREADABLE = "unreadable"
+
+
 # What the cache says about a digest it has no live answer for: ask the store.
 NOT_CACHED: Final = _NotCached.NOT_CACHED
-# A cached answer: the key, None for "no such key", or NOT_CACHED.
-CachedAnswer: TypeAlias = ApiKey | Literal[_NotCached.NOT_CACHED] | None
+# A digest whose record the gateway cannot read (a key of another type, fields it never
+# writes so): the key cannot be used, which is neither "no such key" nor a store outage.
+UNREADABLE: Final = _Unreadable.UNREADABLE
+# What the store answered for a digest: the key, None for "no such key", or UNREADABLE.
+StoredAnswer: TypeAlias = ApiKey | Literal[_Unreadable.UNREADABLE] | None
+# A cached answer: a StoredAnswer, or NOT_CACHED.
+CachedAnswer: TypeAlias = StoredAnswer | Literal[_NotCached.NOT_CACHED]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +176,7 @@ class KeyCache:
         self.found_ttl_s = found_ttl_s
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, ApiKey | None]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, StoredAnswer]] = OrderedDict()
         # Bumped by every revocation: a lookup that started before one must not
         # cache what it read, or a revoked key could come back for 30 s.
         self.generation = 0
@@ -165,8 +184,8 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, digest: bytes) -> ApiKey | Literal[_NotCached.NOT_CACHED] | None:
-        """The key, None for a key known not to exist, or NOT_CACHED."""
+    def get(self, digest: bytes) -> CachedAnswer:
+        """The key, None for a key known not to exist, UNREADABLE, or NOT_CACHED."""
         entry = self._entries.get(digest)
         if entry is None:
             return NOT_CACHED
@@ -177,11 +196,12 @@ class KeyCache:
         self._entries.move_to_end(digest)
         return key
 
-    def put(self, digest: bytes, key: ApiKey | None, generation: int) -> None:
-        """Remember an answer read when the cache was at ``generation``."""
+    def put(self, digest: bytes, key: StoredAnswer, generation: int) -> None:
+        """Remember an answer read when the cache was at ``generation``; an unreadable
+        record as briefly as a missing key, so that one moved away or mended counts soon."""
         if generation != self.generation:
             return
-        ttl = self.found_ttl_s if key is not None else self._missing_ttl_s
+        ttl = self.found_ttl_s if isinstance(key, ApiKey) else self._missing_ttl_s
         self._entries[digest] = (self._clock() + ttl, key)
         self._entries.move_to_end(digest)
         while len(self._entries) > self._max_entries:
@@ -202,7 +222,7 @@ class _Read:
 
     __slots__ = ("generation", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[ApiKey | None], generation: int) -> None:
+    def __init__(self, task: asyncio.Task[StoredAnswer], generation: int) -> None:
         self.task = task
         # The cache's generation when the read began: lookups after a revocation
         # do not join it.
@@ -242,12 +262,13 @@ class StoredKeys:
     def _id_key(self, key_id: str) -> str:
         return f"{self._prefix}keyid:{key_id}"
 
-    def cached(self, digest: bytes) -> ApiKey | Literal[_NotCached.NOT_CACHED] | None:
+    def cached(self, digest: bytes) -> CachedAnswer:
         """The request path's answer without I/O, when a recent lookup gave one."""
         return self.cache.get(digest)
 
-    async def lookup(self, digest: bytes) -> ApiKey | None:
-        """Ask the store for the key with this digest (one HGETALL) and cache the answer.
+    async def lookup(self, digest: bytes) -> StoredAnswer:
+        """Ask the store for the key with this digest (one HGETALL) and cache the answer:
+        the key, None when there is none, UNREADABLE when its record cannot be read.
 
         Concurrent lookups of one digest share one read: a client that opens many
         streams at once with a key not yet cached costs the store one HGETALL, not one
@@ -274,12 +295,25 @@ class StoredKeys:
                 flight.task.cancel()
                 self._landed(digest, flight)
 
-    async def _read(self, digest: bytes, generation: int) -> ApiKey | None:
-        fields = await self._client.hgetall(self._record_key(digest.hex()))
-        found = _from_fields(fields)
-        key = found.key if found is not None else None
-        self.cache.put(digest, key, generation)
-        return key
+    async def _read(self, digest: bytes, generation: int) -> StoredAnswer:
+        record_key = self._record_key(digest.hex())
+        answer: StoredAnswer
+        try:
+            found = _from_fields(await self._client.hgetall(record_key))
+            answer = found.key if found is not None else None
+        except (ResponseError, UnreadableRecordError) as exc:
+            # of_another_type raises any other error answer: the store failed (a 503).
+            reason = _ANOTHER_TYPE if of_another_type(exc) else str(exc)
+            # Before, a key of another type was a 503 on every request (clients retry),
+            # and fields the gateway never writes so were one as well.
+            log.warning(
+                "an API key was presented whose record %s %s%s: the key is refused with 401"
+                " until the record is moved away or the key is revoked",
+                _shown_name(record_key), reason, _BY_OTHERS,
+            )  # fmt: skip
+            answer = UNREADABLE
+        self.cache.put(digest, answer, generation)
+        return answer
 
     def _landed(self, digest: bytes, flight: _Read) -> None:
         """The read is over (or abandoned): later lookups no longer join it."""
@@ -372,8 +406,7 @@ class StoredKeys:
         for name, record in zip(names, records, strict=True):
             shown = _shown_name(name)
             if of_another_type(record):
-                reason = "is a key of another type, not a stored API key's record"
-                unreadable.append(UnreadableRecord(shown, reason + _WRITTEN))
+                unreadable.append(UnreadableRecord(shown, _ANOTHER_TYPE + _WRITTEN))
                 continue
             try:
                 stored = _from_fields(record)
@@ -399,15 +432,29 @@ class StoredKeys:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.get(id_key)
             pipe.pttl(id_key)
-            raw, expires_in_ms = await pipe.execute()
+            raw, expires_in_ms = await pipe.execute(raise_on_error=False)
+        if of_another_type(raw):
+            raise UnreadableKeyIdError(_unreadable_id(key_id, id_key, _ANOTHER_TYPE))
         if raw is None:
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
-        digest_hex = raw.decode() if isinstance(raw, bytes) else str(raw)
+        digest_hex = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if not _DIGEST_HEX.fullmatch(digest_hex):
+            reason = "holds no SHA-256 of a key, not what the gateway writes there"
+            raise UnreadableKeyIdError(_unreadable_id(key_id, id_key, reason))
         record_key = self._record_key(digest_hex)
         # Read after the expiry: a create makes its id permanent only once its record is
         # written, so a permanent id whose record is missing lost it for good.
-        stored = _from_fields(await self._client.hgetall(record_key))
-        if stored is None and expires_in_ms != -1:
+        unreadable: str | None = None
+        try:
+            stored = _from_fields(await self._client.hgetall(record_key))
+        except (ResponseError, UnreadableRecordError) as exc:
+            # A record a person or another program wrote over: the id names it, so it is
+            # this key's, and revoked means refused. Deleted like a readable one: left,
+            # it would be refused today, and the key working again once someone "mends"
+            # the record. Before, a key of another type failed the revoke as UNAVAILABLE.
+            unreadable = _ANOTHER_TYPE if of_another_type(exc) else str(exc)
+            stored = None
+        if stored is None and unreadable is None and expires_in_ms != -1:
             # A create in flight that has not written its record yet: the key does not
             # exist yet, and deleting its id now would leave the key it is about to
             # write without one.
@@ -416,6 +463,12 @@ class StoredKeys:
         # leave the other processes accepting the key for their cache's lifetime, nor
         # the id taken by a key that no longer exists.
         await asyncio.shield(self._delete_key(key_id, id_key, record_key, digest_hex))
+        if unreadable is not None:
+            raise RevokedUnreadableRecordError(
+                f"the record of API key {key_id!r} ({_shown_name(record_key)}) {unreadable}"
+                f"{_BY_OTHERS}: it was deleted with the key's id, so the key is refused"
+                " everywhere, but what it held is not known"
+            )
         if stored is None:
             # An id whose record was never written (a create that failed half-way).
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
@@ -445,7 +498,16 @@ class StoredKeys:
 
 
 # What a person does about a record the gateway cannot read.
-_WRITTEN = " (written by a person or another program): move the key away"
+_BY_OTHERS = " (written by a person or another program)"
+_WRITTEN = f"{_BY_OTHERS}: move the key away"
+_ANOTHER_TYPE = "is a key of another type, not a stored API key's record"
+
+
+def _unreadable_id(key_id: str, id_key: str, reason: str) -> str:
+    return (
+        f"API key {key_id!r} cannot be revoked by its id: {id_key} {reason}{_WRITTEN}; until"
+        " then the key, if it exists, still works"
+    )
 
 
 def _shown_name(name: bytes | str) -> str:

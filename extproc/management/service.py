@@ -40,8 +40,10 @@ from extproc.auth.api_keys import ApiKey, api_key_of
 from extproc.auth.stored_keys import (
     KeyCreateConflictError,
     KeyIdTakenError,
+    RevokedUnreadableRecordError,
     StoredKeys,
     UnknownKeyIdError,
+    UnreadableRecordError,
 )
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
@@ -93,6 +95,7 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (KeyCreateConflictError, grpc.StatusCode.ABORTED),
     # The store answered, with keys a person wrote under the prefix: not an outage.
     (UnreadableStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnreadableRecordError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 # gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
 # address would then share the port, and the kernel would hand each admin call
@@ -518,6 +521,11 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 # counts as "unknown", one before any delete as well (conservative).
                 change.stage = "applying"
                 stored = await self._keys.revoke(request.id)
+            except RevokedUnreadableRecordError:
+                # Revoked all the same: the answer and the audit line say so, and why
+                # the key's details cannot be given.
+                change.stage = "applied"
+                raise
             except UnknownKeyIdError:
                 if self._in_config(request.id):
                     raise InvalidArgumentError(

@@ -18,7 +18,9 @@ A token verified before is answered from the verifier's cache without a
 coroutine; only a first sighting waits for signature checks (and maybe a JWKS
 fetch). Likewise a key the config does not know is looked up among the keys
 created at run time from a short-lived cache, and only a miss waits for the
-store; a store that does not answer is a 503 ``key_store_unavailable``.
+store; a store that does not answer is a 503 ``key_store_unavailable``, and a record
+there the gateway cannot read (written over by a person or another program) a 401
+``api_key_unreadable``: the key cannot be used, and retrying will not change that.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import time
 from collections.abc import Awaitable
 from urllib.parse import parse_qsl, unquote_plus
 
-from extproc.auth.api_keys import ApiKey, key_digest
+from extproc.auth.api_keys import key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
-from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
+from extproc.auth.stored_keys import NOT_CACHED, UNREADABLE, StoredAnswer, StoredKeys
 from extproc.config.auth_model import AuthMethod
 from extproc.config.model import RouteApi
 from extproc.context import ANONYMOUS, Identity, PhaseOutput, RequestContext
@@ -128,7 +130,7 @@ class AuthenticationStage:
                 return self._verify(ctx, verifier, credential)
             ctx.identity = _from_jwt(cached)
         elif accepts_key:
-            key = runtime.api_keys.lookup(credential)
+            key: StoredAnswer = runtime.api_keys.lookup(credential)
             stored = runtime.stored_keys
             if key is None and stored is not None:
                 digest = key_digest(credential)
@@ -340,9 +342,19 @@ def _missing_message(accepts_key: bool, accepts_jwt: bool, send_key: str) -> str
     return "no credentials found: send an API key or a bearer token"
 
 
-def _from_api_key(key: ApiKey | None) -> Identity:
+def _from_api_key(key: StoredAnswer) -> Identity:
     if key is None:
         raise _challenge("invalid API key", invalid=True)
+    if key is UNREADABLE:
+        # Not a 503: the store answered, and a client retrying would meet the same
+        # record; not "invalid API key" either, which sends its holder to check a key
+        # that is right. The operator has a warning naming the record.
+        raise _challenge(
+            "this API key cannot be used: the gateway's record of it cannot be read;"
+            " ask the gateway's operator",
+            invalid=True,
+            code="api_key_unreadable",
+        )
     if not key.enabled:
         raise _challenge(f"API key '{key.id}' is disabled", invalid=True)
     if key.expires_at is not None and key.expires_at <= time.time():

@@ -1,0 +1,192 @@
+"""A run-time API key whose record in the store was written over by a person or another
+program (a key of another type, fields the gateway never writes so).
+
+Through a real Valkey, the request path and the gRPC API. The key's holder gets a 401
+``api_key_unreadable`` saying the key cannot be used (before: a 503
+``key_store_unavailable`` on every request, which clients retry for ever), and the
+operator a warning naming the record by its digest cut short. Revoking such a key still
+revokes it: the record and the id are deleted and the key refused, and the answer is
+FAILED_PRECONDITION saying it was applied and why the key's details are missing (before:
+UNAVAILABLE "the store did not answer", and the key stayed). An id that names no record
+the gateway can find is FAILED_PRECONDITION naming the id's key, never a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from extproc.auth.stored_keys import KeyCache, StoredKeys
+from extproc.config import GatewayConfig
+from extproc.management.v1 import management_pb2 as pb
+from extproc.processor import Processor
+from extproc.runtime import Services
+from extproc.testing import processor_for
+from tests.unit.test_stored_keys import (
+    PREFIX,
+    Api,
+    Clock,
+    api,
+    client,
+    gateway,
+    keys,
+    new_key,
+    send,
+)
+
+__all__ = ["api", "client", "gateway", "keys"]  # test_stored_keys's fixtures
+WHOLE_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+async def created(keys: StoredKeys, client: Any) -> tuple[str, str]:
+    """A key created at run time: its secret and the store key of its record."""
+    secret, _ = await keys.create(new_key("ci-bot"))
+    digest = (await client.get(f"{PREFIX}keyid:ci-bot")).decode()
+    return secret, f"{PREFIX}key:{{{digest}}}"
+
+
+async def written_over(client: Any, name: str, how: str) -> None:
+    await client.delete(name)
+    if how == "string":
+        await client.set(name, "see the ticket")
+    else:
+        await client.rpush(name, "a", "b")
+
+
+# The request path.
+
+
+@pytest.mark.parametrize("how", ["string", "list"])
+async def test_the_holder_of_a_key_whose_record_is_of_another_type_gets_a_401(
+    gateway: Processor,
+    services: Services,
+    keys: StoredKeys,
+    client: Any,
+    how: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret, record = await created(keys, client)
+    await written_over(client, record, how)
+
+    with caplog.at_level("WARNING", logger="extproc.auth.stored_keys"):
+        status, body = await send(gateway, secret)
+
+    # Before: 503 key_store_unavailable "try again shortly", on every request.
+    assert status == 401
+    assert body["error"]["code"] == "api_key_unreadable"
+    assert body["error"]["message"].startswith("this API key cannot be used")
+    assert services.metrics.registry.get_sample_value(
+        "aigw_store_errors_total", {"operation": "key_lookup"}
+    ) in (None, 0)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"{record[: len(PREFIX) + 17]}...}} is a key of another type" in warning
+    assert secret not in warning and not WHOLE_DIGEST.search(warning)
+
+
+async def test_a_record_with_a_field_the_gateway_never_writes_so_is_a_401_too(
+    gateway: Processor, keys: StoredKeys, client: Any
+) -> None:
+    secret, record = await created(keys, client)
+    await client.hset(record, "labels", "team=ml")
+
+    status, body = await send(gateway, secret)
+
+    # Before: 503 key_store_unavailable (the record's JSON error taken for an outage).
+    assert (status, body["error"]["code"]) == (401, "api_key_unreadable")
+
+
+async def test_the_refusal_is_remembered_5_seconds_like_an_unknown_key(
+    config: GatewayConfig, services: Services, client: Any
+) -> None:
+    clock = Clock()
+    keys = StoredKeys(client, PREFIX, cache=KeyCache(clock=clock))
+    services.stored_keys = keys
+    gateway = processor_for(config, services)
+    secret, record = await created(keys, client)
+    await written_over(client, record, "string")
+    assert (await send(gateway, secret))[0] == 401
+    await client.delete(record)
+    clock.now += 4.9
+    assert (await send(gateway, secret))[1]["error"]["code"] == "api_key_unreadable"
+
+    # The record moved away: within 5 s the key is what the store now says, none.
+    clock.now += 0.2
+    status, body = await send(gateway, secret)
+
+    assert (status, body["error"]["message"]) == (401, "invalid API key")
+
+
+# Revoking.
+
+
+@pytest.mark.parametrize("how", ["string", "list"])
+async def test_revoking_a_key_whose_record_is_of_another_type_still_revokes_it(
+    api: Api, gateway: Processor, keys: StoredKeys, client: Any, how: str
+) -> None:
+    secret, record = await created(keys, client)
+    await written_over(client, record, how)
+
+    code, details = await api.refusal("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
+
+    # Before: UNAVAILABLE "the store did not answer (ResponseError)", and nothing deleted.
+    assert code == "FAILED_PRECONDITION"
+    assert details.startswith(
+        f"the change was applied, but the record of API key 'ci-bot' ({record[:-53]}...}})"
+        " is a key of another type"
+    )
+    assert "the key is refused everywhere" in details
+    assert secret not in details and not WHOLE_DIGEST.search(details)
+    assert await client.exists(record, f"{PREFIX}keyid:ci-bot") == 0
+    status, body = await send(gateway, secret)
+    assert (status, body["error"]["message"]) == (401, "invalid API key")
+    [line] = api.audit_lines()
+    assert (line["action"], line["key_id"], line["outcome"]) == ("revoke_key", "ci-bot", "applied")
+    # The id is free again: the key can be created anew.
+    assert (await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot"))).key
+
+
+async def test_the_cli_says_the_revoke_was_applied_and_exits_1(
+    api: Api, keys: StoredKeys, client: Any
+) -> None:
+    _, record = await created(keys, client)
+    await client.hset(record, "allowed_models", '"gpt-4o"')
+
+    code, out, err = await api.cli("keys", "revoke", "--id", "ci-bot")
+
+    assert (code, out) == (1, "")
+    assert err.startswith("error: the change was applied, but the record of API key 'ci-bot'")
+    assert "its field 'allowed_models' holds no JSON list of strings" in err
+    assert await client.exists(record) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "is a key of another type"),
+        ("not-a-digest", "holds no SHA-256 of a key"),
+    ],
+    ids=["another-type", "no-digest"],
+)
+async def test_an_id_that_names_no_record_is_a_failed_precondition_naming_it(
+    api: Api, keys: StoredKeys, client: Any, value: str | None, reason: str
+) -> None:
+    secret, record = await created(keys, client)
+    id_key = f"{PREFIX}keyid:ci-bot"
+    await client.delete(id_key)
+    if value is None:
+        await client.hset(id_key, "owner", "someone")
+    else:
+        await client.set(id_key, value)
+
+    code, details = await api.refusal("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
+
+    # Before: UNAVAILABLE "the store did not answer", or UNKNOWN (a ValueError's traceback).
+    assert code == "FAILED_PRECONDITION"
+    assert details.startswith(f"API key 'ci-bot' cannot be revoked by its id: {id_key} {reason}")
+    assert "still works" in details
+    assert secret not in details
+    # Nothing was changed, and a refusal writes no audit line.
+    assert await client.exists(record) == 1
+    assert api.audit_lines() == []
