@@ -213,6 +213,11 @@ def _add_usage_commands(commands: Any) -> None:
         remote.add_argument("--timeout", type=_seconds, default=30.0, help="seconds")
         sub.set_defaults(run=_usage_report)
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
+    export.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="write --output even when hours cannot be read (else it goes to FILE.partial)",
+    )
 
 
 def _management(args: argparse.Namespace, client_type: Any) -> Any:

@@ -203,13 +203,34 @@ def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return _missing(read.unreadable)
     target = Path(args.output)
+    stale = partial_name(target)
+    # A file a billing job picks up is the whole period's, or it is not written: a job
+    # that looks for the file, not at the exit code, imported a short bill as whole.
+    short = bool(read.unreadable) and not args.allow_partial
+    written = stale if short else target
     try:
-        write_file(target, text)
+        write_file(written, text)
+        if not short:
+            # Left by an earlier run that was short: it is not this period's report now.
+            stale.unlink(missing_ok=True)
     except OSError as exc:
-        print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: cannot write {written}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(read.rows)} rows to {target}", file=sys.stderr)
-    return _missing(read.unreadable)
+    print(f"wrote {len(read.rows)} rows to {written}", file=sys.stderr)
+    code = _missing(read.unreadable)
+    if short:
+        print(
+            f"error: {target} was not written: the report is short of the hours above, so"
+            f" it went to {written}; move their keys away and export again, or pass"
+            " --allow-partial to write it as it is",
+            file=sys.stderr,
+        )
+    return code
+
+
+def partial_name(target: Path) -> Path:
+    """Where an export short of hours goes instead of ``target``."""
+    return target.with_name(target.name + ".partial")
 
 
 def _missing(unreadable: list[UnreadableHour]) -> int:

@@ -116,23 +116,70 @@ def test_a_whole_month_read_says_it_is_not_partial(
     assert (document["partial"], document["unreadable_hours"]) == (False, [])
 
 
-def test_an_export_with_a_stray_key_is_written_and_exits_1(
+def test_an_export_short_of_an_hour_goes_to_a_partial_file_not_the_billing_one(
     store_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     asyncio.run(write_november(store_url, CLI_PREFIX))
     asyncio.run(stray_key(store_url, CLI_PREFIX, "string"))
     target = tmp_path / "2026-11.csv"
+    target.write_text("last run's file\n")  # what a billing job would pick up again
 
     code, _, err = run_cli(
         ["usage", "export", "--month", "2026-11", "--by", "api_key", "--output", str(target)],
         capsys,
     )
 
+    # Before: the short report was written to 2026-11.csv as if whole; only the exit code
+    # and a warning told, which a job that watches for the file never sees.
     assert code == 1, err
+    assert target.read_text() == "last run's file\n"
+    partial = tmp_path / "2026-11.csv.partial"
+    rows = list(csv.DictReader(io.StringIO(partial.read_text())))
+    assert [int(row["requests"]) for row in rows] == [HOURS - 1] * KEYS
+    assert f"wrote 3 rows to {partial}" in err
+    assert "2026-11-15T05:00:00+00:00" in err
+    assert err.rstrip().endswith(
+        f"error: {target} was not written: the report is short of the hours above, so it went"
+        f" to {partial}; move their keys away and export again, or pass --allow-partial to"
+        " write it as it is"
+    )
+
+
+def test_allow_partial_writes_the_short_export_where_asked_and_still_exits_1(
+    store_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    asyncio.run(write_november(store_url, CLI_PREFIX))
+    asyncio.run(stray_key(store_url, CLI_PREFIX, "list"))
+    target = tmp_path / "2026-11.json"
+    argv = ["usage", "export", "--month", "2026-11", "--format", "json", "--output", str(target)]
+
+    code, _, err = run_cli([*argv, "--allow-partial"], capsys)
+
+    assert code == 1, err
+    document = orjson.loads(target.read_bytes())
+    assert document["partial"] is True
+    assert document["totals"]["requests"] == KEYS * (HOURS - 1)
+    assert not (tmp_path / "2026-11.json.partial").exists()
+    assert "was not written" not in err
+
+
+def test_a_whole_export_replaces_the_file_and_removes_an_earlier_partial_one(
+    store_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    asyncio.run(write_november(store_url, CLI_PREFIX))
+    asyncio.run(stray_key(store_url, CLI_PREFIX, "string"))
+    target = tmp_path / "2026-11.csv"
+    argv = ["usage", "export", "--month", "2026-11", "--by", "api_key", "--output", str(target)]
+    assert run_cli(argv, capsys)[0] == 1
+    # The stray key moved away (its hour's usage is in the spool's rejected file).
+    asyncio.run(write_november(store_url, CLI_PREFIX))
+
+    code, _, err = run_cli(argv, capsys)
+
+    assert (code, err.strip()) == (0, f"wrote 3 rows to {target}")
+    assert not (tmp_path / "2026-11.csv.partial").exists()
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [int(row["requests"]) for row in rows] == [HOURS - 1] * KEYS
-    assert "wrote 3 rows" in err
-    assert "2026-11-15T05:00:00+00:00" in err
 
 
 def test_a_count_that_is_not_an_integer_is_left_out_and_its_hour_named(
