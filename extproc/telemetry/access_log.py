@@ -79,6 +79,11 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
         "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        # The audio parts of the counts above, billed at the audio prices: without them a
+        # line's cost_usd could not be checked against its counts (docs/chargeback.md).
+        "prompt_audio_tokens": usage.audio_tokens,
+        "cached_audio_tokens": usage.cached_audio_tokens,
+        "completion_audio_tokens": usage.audio_output_tokens,
         # Billed per request on top of the tokens (cost_usd includes them).
         "server_tool_requests": dict(usage.server_tool_requests) or None,
         "usage_reported": ctx.usage_reported,

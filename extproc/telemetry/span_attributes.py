@@ -46,6 +46,10 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("gen_ai.response.finish_reasons", "finish_reasons"),
     ("aigw.usage.cached_input_tokens", "cached_tokens"),
     ("aigw.usage.total_tokens", "total_tokens"),
+    # The audio parts of the counts, billed at the audio prices; only when there are any.
+    ("aigw.usage.audio_input_tokens", "prompt_audio_tokens"),
+    ("aigw.usage.cached_audio_input_tokens", "cached_audio_tokens"),
+    ("aigw.usage.audio_output_tokens", "completion_audio_tokens"),
     ("aigw.route", "route"),
     ("aigw.provider", "provider"),
     ("aigw.api_key_id", "api_key_id"),
@@ -204,12 +208,22 @@ def _service_tier(ctx: RequestContext) -> str | None:
 
 def usage_metadata(usage: Usage) -> dict[str, str | float]:
     """The token counts of a request (or of a stream so far)."""
-    return {
+    counts: dict[str, str | float] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "cached_tokens": usage.cached_tokens,
     }
+    # Left out at 0, as most requests are: every answer to Envoy carries these bytes.
+    # Audio counts only grow over a stream, so an earlier answer's value is never stale.
+    for name, count in (
+        ("prompt_audio_tokens", usage.audio_tokens),
+        ("cached_audio_tokens", usage.cached_audio_tokens),
+        ("completion_audio_tokens", usage.audio_output_tokens),
+    ):
+        if count:
+            counts[name] = count
+    return counts
 
 
 def running_usage_metadata(usage: Usage) -> dict[str, str | float]:
