@@ -118,6 +118,7 @@ from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import (
     ScriptedCall,
     ScriptError,
+    cut_short,
     scripted_pieces,
     scripted_tool_calls,
 )
@@ -1048,7 +1049,8 @@ def scripted_anthropic_reply(
     if calls is None:
         return replace(reply, pieces=text, stop_reason="end_turn", stop_sequence=None, calls=())
     tool_calls = tuple(ToolCall(call.name, call.input, call.pieces) for call in calls)
-    return replace(reply, pieces=text, stop_reason="tool_use", stop_sequence=None, calls=tool_calls)
+    stop = "max_tokens" if cut_short(calls) else "tool_use"
+    return replace(reply, pieces=text, stop_reason=stop, stop_sequence=None, calls=tool_calls)
 
 
 def _has_credentials(request: web.Request) -> bool:

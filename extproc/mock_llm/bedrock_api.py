@@ -1241,7 +1241,10 @@ def scripted_reply(
         if call.name in req.tools
     )
     if calls:
-        return replace(reply, pieces=pieces or [], stop_reason="tool_use", calls=calls)
+        # The cut call is the last; a call to a tool not offered is not made, nor cut.
+        last = scripted_calls[-1]
+        stop = "max_tokens" if last.cut and last.name in req.tools else "tool_use"
+        return replace(reply, pieces=pieces or [], stop_reason=stop, calls=calls)
     if pieces is not None:
         return replace(reply, pieces=pieces, stop_reason="end_turn")
     return reply

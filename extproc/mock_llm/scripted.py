@@ -12,7 +12,10 @@ of ``{"name": ..., "arguments": ...}``, the arguments being the JSON text of the
 input, either a string (cut into token pieces) or an array of strings (sent as exactly
 those pieces, one streamed input delta each). The pieces joined must be a JSON object,
 which is what a provider's tool input is. Tests choose the fragments a stream carries, so
-they can check a client gets back exactly the provider's JSON.
+they can check a client gets back exactly the provider's JSON. The last call may say
+``"cut": true``: the token limit stopped the model while it wrote that call, so its pieces
+are the start of an object and the answer ends with ``max_tokens``; a whole answer shows
+its input as ``{}``.
 """
 
 from __future__ import annotations
@@ -39,11 +42,20 @@ class ScriptedCall:
 
     name: str
     pieces: tuple[str, ...]
+    # The token limit stopped the model while it wrote this call (the answer's last).
+    cut: bool = False
 
     @property
     def input(self) -> dict[str, Any]:
+        if self.cut:
+            return {}  # a whole answer holds no object for input it never finished
         parsed: dict[str, Any] = orjson.loads("".join(self.pieces))
         return parsed
+
+
+def cut_short(calls: list[ScriptedCall] | None) -> bool:
+    """Whether the answer ends cut by the token limit, in its last tool call."""
+    return bool(calls and calls[-1].cut)
 
 
 def scripted_pieces(headers: Mapping[str, str]) -> list[str] | None:
@@ -73,7 +85,11 @@ def scripted_tool_calls(headers: Mapping[str, str]) -> list[ScriptedCall] | None
         calls = None
     if not isinstance(calls, list) or not calls:
         raise ScriptError(f"{TOOL_CALLS_HEADER} must be a non-empty JSON array of tool calls")
-    return [_scripted_call(call, k) for k, call in enumerate(calls)]
+    scripted = [_scripted_call(call, k) for k, call in enumerate(calls)]
+    if any(call.cut for call in scripted[:-1]):
+        # A model writes its calls one after the other: only the last can be cut.
+        raise ScriptError(f"{TOOL_CALLS_HEADER}: only the last call can be cut")
+    return scripted
 
 
 def _scripted_call(call: Any, k: int) -> ScriptedCall:
@@ -88,6 +104,11 @@ def _scripted_call(call: Any, k: int) -> ScriptedCall:
         pieces = list(arguments)
     else:
         raise ScriptError(f"{where}.arguments must be a string or an array of strings")
+    cut = call.get("cut", False)
+    if not isinstance(cut, bool):
+        raise ScriptError(f"{where}.cut must be true or false")
+    if cut:
+        return ScriptedCall(name, tuple(pieces), cut=True)
     try:
         parsed = orjson.loads("".join(pieces))
     except orjson.JSONDecodeError:

@@ -103,8 +103,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-
 from extproc.errors import BadRequestError
 from extproc.translators.claude_geography import FIELD as GEOGRAPHY_FIELD
 from extproc.translators.claude_geography import asked_inference_geo, refuse_inference_geo
@@ -126,6 +124,7 @@ from extproc.translators.openai_anthropic_stream import (
     translate_error,
 )
 from extproc.translators.response_formats import schema_to_hold
+from extproc.translators.tool_arguments import tool_input
 from extproc.translators.tool_ids import provider_tool_call_id
 
 __all__ = [
@@ -473,15 +472,10 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
             raise BadRequestError("a tool call needs a function with a name", param=at)
         if not isinstance(call.get("id"), str):
             raise BadRequestError("a tool call needs an id", param=f"{at}.id")
-        # Models answer a tool without parameters with empty arguments as often as with {}.
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = orjson.loads(arguments) if isinstance(arguments, str) else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        parsed = tool_input(function.get("arguments"))
+        if parsed is None:
             raise BadRequestError(
-                "tool call arguments must be a JSON object encoded as a string",
+                "tool call arguments must be a string (the JSON text of the call's input)",
                 param=f"{at}.function.arguments",
             )
         blocks.append(

@@ -147,6 +147,7 @@ from extproc.translators.openai_bedrock_stream import (
 )
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.response_formats import schema_to_hold
+from extproc.translators.tool_arguments import tool_input
 from extproc.translators.tool_ids import provider_tool_call_id
 from extproc.translators.unreadable_answers import replaced_answer
 
@@ -733,17 +734,14 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(call.get("id"), str):
             raise BadRequestError(f"{here} must have an id and a function", param=here)
-        name, arguments = function.get("name"), function.get("arguments") or "{}"
-        try:
-            tool_input = orjson.loads(arguments) if isinstance(arguments, str) else None
-        except orjson.JSONDecodeError:
-            tool_input = None
-        if not isinstance(name, str) or not isinstance(tool_input, dict):
+        name, given = function.get("name"), tool_input(function.get("arguments"))
+        if not isinstance(name, str) or given is None:
             raise BadRequestError(
-                f"{here}.function needs a name and arguments that are a JSON object",
+                f"{here}.function needs a name and arguments that are a string (the JSON"
+                " text of the call's input)",
                 param=f"{here}.function",
             )
-        blocks.append({"toolUse": {"toolUseId": call["id"], "name": name, "input": tool_input}})
+        blocks.append({"toolUse": {"toolUseId": call["id"], "name": name, "input": given}})
     return blocks
 
 

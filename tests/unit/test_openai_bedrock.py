@@ -177,8 +177,9 @@ def test_unusable_images_are_refused(url: str) -> None:
         translate_request({"messages": [{"role": "user", "content": content}]})
 
 
-def test_tool_call_arguments_must_be_a_json_object() -> None:
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+def test_tool_call_arguments_must_be_a_string() -> None:
+    # OpenAI refuses arguments that are not a string; any string is the model's own text.
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
     messages = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
