@@ -65,20 +65,25 @@ class AnswerReader:
         sse: bool,
         any_answer: Watch | None = None,
         call: AgentCall | None = None,
+        strays: ToolListFilter | None = None,
     ) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
         # Rewriting watches already answered, by id: a server that answers a request
         # twice gets its second copy rewritten too, never passed on as it came.
         self._answered: dict[str, Watch] = {}
-        # A tool list of this answer's requests: any tool-list-shaped answer under an id
-        # no request has is filtered like it, before the list came and after.
-        self._lists = next((w for w in watches if isinstance(w, ToolListFilter)), None)
+        # A tool list of this answer's requests (else ``strays``, the caller's filter for
+        # an answer that should hold no list, a tool call's): any tool-list-shaped answer
+        # under an id no request has is filtered like it, before the list came and after.
+        self._lists = next((w for w in watches if isinstance(w, ToolListFilter)), strays)
         self._any = any_answer
         self._sse = sse
         self._call = call
         self._splitter = EventSplitter()
         self._body = bytearray()
-        self._holding = self._rewrite_pending()
+        # Only strays to filter: nothing fails closed for them (the answers of this
+        # body's own requests are not lists), so an answer too large to hold passes unread.
+        self._strays_only = not self._rewrite_pending() and self._lists is not None
+        self._holding = self._rewrite_pending() or self._strays_only
         self._dropping = False
         # An answer the reader had to rewrite was replaced by a JSON-RPC error.
         self.failed = False
@@ -97,7 +102,7 @@ class AnswerReader:
         """Whether what comes may need rewriting: an answer still to rewrite, or a second
         answer to a request whose first one was rewritten. Then SSE events go out one
         whole event at a time, each read first (a partial one is held back)."""
-        return self._rewrite_pending() or bool(self._answered)
+        return self._rewrite_pending() or bool(self._answered) or self._strays_only
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._dropping:
@@ -112,6 +117,8 @@ class AnswerReader:
 
     def _feed_json(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if len(self._body) + len(chunk) > MAX_HELD_BYTES:
+            if self._strays_only and self._holding:
+                return self._pass_unread(bytes(self._body) + chunk)
             return self._too_large()
         self._body += chunk
         if not end_of_stream:
@@ -174,6 +181,10 @@ class AnswerReader:
             if rest:
                 events.append(rest)
         if len(self._splitter.pending) > MAX_HELD_BYTES:
+            if self._strays_only and self._holding:
+                # The whole events read first, then what is held: nothing is sent twice.
+                read = [self._read_event(event) or event for event in events]
+                return self._pass_unread(b"".join(read) + self._splitter.pending)
             if self._holding:
                 return self._too_large()
             self._watches.clear()  # an answer too large to read: pass it on unread
@@ -202,7 +213,7 @@ class AnswerReader:
 
     def _read_event(self, event: bytes) -> bytes | None:
         data = event_data(event)
-        if data is None or not (self._watches or self._any or self._answered):
+        if data is None or not (self._watches or self._any or self._answered or self._strays_only):
             return None
         try:
             replaced = self._read_document(data)
@@ -230,6 +241,15 @@ class AnswerReader:
             return with_data(event, unreadable_answer([None]))
         self._dropping = True
         return self._failure_body()
+
+    def _pass_unread(self, held: bytes) -> bytes:
+        """Give up reading an answer too large to hold that only strays were read for:
+        what was held goes out, and the rest passes as it comes."""
+        self._watches.clear()
+        self._lists = None
+        self._strays_only = False
+        self._holding = False
+        return held
 
     # --- failing closed --------------------------------------------------------------
 
@@ -291,7 +311,8 @@ class ToolListFilter:
         result = message.get("result")
         if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
             return None
-        return self.answer(message)
+        # No answer to the body's requests: the call's outcome stays what their answers said.
+        return self._filtered(message, result, answers_the_call=False)
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         result = message.get("result")
@@ -299,6 +320,11 @@ class ToolListFilter:
             if "error" in message:
                 _record_error(self._call, message)
             return None
+        return self._filtered(message, result, answers_the_call=True)
+
+    def _filtered(
+        self, message: dict[str, Any], result: dict[str, Any], *, answers_the_call: bool
+    ) -> dict[str, Any] | None:
         tools = result["tools"]
         kept = [
             tool
@@ -310,7 +336,8 @@ class ToolListFilter:
         call = self._call
         call.tools_listed = (call.tools_listed or 0) + len(kept)
         call.tools_hidden = (call.tools_hidden or 0) + len(tools) - len(kept)
-        call.answered(outcome.OK)
+        if answers_the_call:
+            call.answered(outcome.OK)
         if len(kept) == len(tools) and result.get("cacheScope", "private") == "private":
             return None
         filtered = {**result, "tools": kept}

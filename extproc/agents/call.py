@@ -58,6 +58,9 @@ class AgentCall:
     route_path: str = ""
     # What reads the answer: watches of the request's ids, and their reader.
     watches: list[Any] = field(default_factory=list)
+    # The filter of tool lists under ids no request has, in an answer to a body without a
+    # tools/list (a tool call's) on a server whose tools rules hide (answers.ToolListFilter).
+    strays: Any = None
     reader: Any = None
 
     @property

@@ -288,6 +288,13 @@ class AgentCallStage:
             _refuse(ctx, out, ids, batch, jsonrpc.TOOL_FORBIDDEN, outcome.DENIED, refused, data)
             return None
         call.watches.append(ToolCallOutcome(request.id, call))
+        if filtered:
+            # A tool list in a tool call's answer, under another id (a server sending
+            # the answer to the client's pending tools/list down this stream, an SDK
+            # matching it by id): filtered as that list's own answer would be.
+            call.strays = ToolListFilter(
+                None, call, lambda tool: agents.access.denial(identity, server, tool) is None
+            )
         return _limit(ctx, out, call, tool, ids, batch)
 
     def _a2a(
@@ -404,12 +411,12 @@ class AgentCallStage:
                 _fail_closed(ctx, out, 200, unreadable_answer(rewriting))
             return None
         if media == SSE:
-            return AnswerReader(call.watches, sse=True, call=call)
+            return AnswerReader(call.watches, sse=True, call=call, strays=call.strays)
         if rewriting or _is_json(media):
             if rewriting and not _is_json(media):
                 # What the client gets is JSON: the filtered document or an error.
                 out.set_headers["content-type"] = JSON
-            return AnswerReader(call.watches, sse=False, call=call)
+            return AnswerReader(call.watches, sse=False, call=call, strays=call.strays)
         return None
 
     def _stream_reader(

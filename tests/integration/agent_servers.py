@@ -121,6 +121,7 @@ async def serve(mcp_port: int, a2a_port: int) -> None:
 
 # The tools the lenient server ran, in order: a test reads them at GET /calls.
 LENIENT_CALLS: list[str] = []
+SSE_TYPE = "text/event-stream"
 
 
 def _lenient_answer(message: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +142,8 @@ def _lenient_response(request: Request, payload: bytes, sse: bool) -> Response:
     """The payload framed and labelled as the query asks: ``type`` (``none``: no
     content type), ``sse=1`` for an event, ``gzip=1`` compressed whatever was accepted,
     ``twice=1`` sent twice (a broken server answering each request twice: two events, or
-    a JSON batch holding both)."""
+    a JSON batch holding both). ``list_too=<id>`` (in ``_lenient_post``) adds a tool list
+    under that id."""
     query = request.query_params
     body = b"event: message\ndata: " + payload + b"\n\n" if sse else payload
     if query.get("twice") == "1":
@@ -167,8 +169,21 @@ async def _lenient_post(request: Request) -> Response:
             answers.append({"jsonrpc": "2.0", "id": message["id"], "result": result})
     if not answers:
         return Response(status_code=202)
+    sse = request.query_params.get("sse") == "1"
+    stray = request.query_params.get("list_too")
+    if stray is not None:
+        # The answer to a tools/list the client sent elsewhere, sent down this answer's
+        # stream (an SDK client matches it to that request by id): a second event, or
+        # one batch holding both in JSON.
+        listed = {"jsonrpc": "2.0", "id": int(stray), "result": _lenient_answer(
+            {"method": "tools/list"})}  # fmt: skip
+        if sse:
+            first = _lenient_response(request, json.dumps(answers[0]).encode(), sse=True)
+            second = b"event: message\ndata: " + json.dumps(listed).encode() + b"\n\n"
+            return Response(bytes(first.body) + second, headers={"content-type": SSE_TYPE})
+        return _lenient_response(request, json.dumps([*answers, listed]).encode(), sse=False)
     payload = json.dumps(answers if isinstance(parsed, list) else answers[0]).encode()
-    return _lenient_response(request, payload, request.query_params.get("sse") == "1")
+    return _lenient_response(request, payload, sse)
 
 
 async def _lenient_stream(request: Request) -> Response:

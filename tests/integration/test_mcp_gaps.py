@@ -193,6 +193,19 @@ def test_a_compressed_tool_list_is_a_readable_jsonrpc_error_without_the_tools(
     assert error["id"] == 7 and error["error"]["code"] == -32603
 
 
+@pytest.mark.parametrize("query", ["?list_too=8", "?list_too=8&sse=1"])
+def test_a_tool_list_sent_down_a_tool_calls_answer_is_filtered(
+    lenient: Lenient, query: str
+) -> None:
+    # An SDK client would take it as the answer to its pending tools/list 8.
+    call = {"name": "echo", "arguments": {"text": "hi"}}
+    answer = lenient.post(TEAM2, {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                  "params": call}, query)  # fmt: skip
+    assert answer.status_code == 200
+    assert "deploy" not in answer.text, answer.text
+    assert "ran echo" in answer.text and '"add"' in answer.text
+
+
 def test_a_tool_list_replayed_on_the_server_stream_is_filtered(lenient: Lenient) -> None:
     answer = lenient.stream(TEAM2, "?type=Text/Event-Stream")
     assert answer.status_code == 200
