@@ -28,7 +28,8 @@ What is read, and how a mask writes there:
 - free text, masked in place (the schema stays the schema it was): a definition's
   ``description``, a schema's ``description``, ``title`` and ``$comment``, and each string
   (and object key) in its ``enum``, ``const``, ``default``, ``examples`` and ``example``
-  values, the values the model is shown or told to produce;
+  values, the values the model is shown or told to produce (an ``enum``'s masked values
+  stay distinct, ``schema_enum``: strict providers refuse a value listed twice);
 - names something refers to, ``fixed``: a tool's ``name`` (its calls name it), a schema's
   property names (``properties``, ``required``, ``$defs``...: the arguments' keys) and a
   custom tool's grammar (``format``'s ``definition``, which the provider compiles). A
@@ -54,6 +55,7 @@ from extproc.gemini_api import GENERATION_CONFIG, RESPONSE_SCHEMAS
 from extproc.guardrails.content import TextSlot
 from extproc.guardrails.converse_text import dicts, json_value_slots
 from extproc.guardrails.gemini_text import spellings
+from extproc.guardrails.schema_enum import DistinctEnum
 
 # The developer writes tool definitions and schemas, as the system prompt.
 ROLE = "system"
@@ -212,9 +214,11 @@ def schema_slots(holder: dict[str, Any], key: str, slots: list[TextSlot]) -> Non
                 if isinstance(value, list):
                     # The common ``enum`` of strings: a slot each, without the walk of
                     # a JSON value (an object's members, keys included, take that walk).
+                    # An enum's masked values stay distinct (``schema_enum``).
+                    values: Any = DistinctEnum(value) if keyword == "enum" else value
                     for index, item in enumerate(value):
                         if isinstance(item, str):
-                            slots.append(TextSlot(ROLE, value, index))
+                            slots.append(TextSlot(ROLE, values, index))
                         elif isinstance(item, dict | list):
                             json_value_slots(ROLE, {"value": item}, "value", slots)
                 else:
