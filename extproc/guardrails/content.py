@@ -31,6 +31,13 @@ parameter names, which the provider reads as the keys of OpenAI arguments): a
 masked key renames its member where it stands (``_Members``). The same holds for a
 buffered answer's tool calls.
 
+The names in a request's history are read too, ``fixed`` (``name_slot``): a tool call's
+name (OpenAI's ``function.name``, Anthropic's ``tool_use`` ``name``...) and an OpenAI
+message's ``name``. A client writes its own history, so a refused term or a key spelled as
+a name reached the provider unread; renamed, a call would name no tool, so a mask there
+refuses the request. An answer's calls name the tools its request defined (read there),
+so answers' names are not read.
+
 Reasoning a client sends back is text the provider reads too: an OpenAI-compatible
 assistant's ``reasoning_content`` / ``reasoning`` / ``reasoning_details`` text, masked in
 place, and Anthropic's ``thinking`` blocks, ``signed``: a mask cannot be written there, so
@@ -130,17 +137,36 @@ class TextSlot:
         return len(self.text)
 
 
-def _content_slots(role: str, holder: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
+# What a name in a request's history is, as a refusal of a mask there says it.
+CALL_NAME = "a tool call's name"
+MESSAGE_NAME = "a message's name"
+SERVER_NAME = "an MCP server's name"
+
+
+def name_slot(
+    role: str, holder: Any, key: str, slots: list[TextSlot], fixed: str = CALL_NAME
+) -> None:
+    """A name in a request's history (``holder[key]``), read but never masked."""
+    if isinstance(holder, dict) and isinstance(holder.get(key), str):
+        slots.append(TextSlot(role, holder, key, fixed=fixed))
+
+
+def _content_slots(
+    role: str, holder: dict[str, Any], key: str, slots: list[TextSlot], *, names: bool = False
+) -> None:
     content = holder.get(key)
     if isinstance(content, str):
         slots.append(TextSlot(role, holder, key))
     elif isinstance(content, list):
         for part in content:
             if isinstance(part, dict):
-                _block_slots(role, part, slots)
+                _block_slots(role, part, slots, names=names)
 
 
-def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
+def _block_slots(
+    role: str, block: dict[str, Any], slots: list[TextSlot], *, names: bool = False
+) -> None:
+    """One block's text; ``names``: a request's, whose tool calls' names are read too."""
     kind = block.get("type")
     if not isinstance(kind, str):
         # No block the provider takes (it refuses it); a list or an object here is no
@@ -170,6 +196,9 @@ def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> Non
     elif kind in ("document", "search_result"):
         _document_slots(role, block, slots)
     elif kind in _TOOL_CALL_BLOCKS:
+        if names:
+            name_slot(role, block, "server_name", slots, SERVER_NAME)
+            name_slot(role, block, "name", slots)
         tool_input_slots(role, block, slots)
     elif kind.endswith(_SERVER_RESULT):
         # A server tool's result (web fetch, code execution...): read, or its text
@@ -354,8 +383,11 @@ class _Names:
         self._members.rename(index, name)
 
 
-def _call_slots(role: str, message: dict[str, Any], slots: list[TextSlot]) -> None:
-    """The arguments of the tool calls an OpenAI assistant message carries, one slot each.
+def _call_slots(
+    role: str, message: dict[str, Any], slots: list[TextSlot], *, names: bool = False
+) -> None:
+    """The arguments of the tool calls an OpenAI assistant message carries, one slot each
+    (``names``: a request's, each call's name before them).
 
     Arguments are JSON text in a string: one slot each, which matchers read as JSON
     (each string decoded) and mask so that it stays the JSON it was; webhooks and
@@ -365,8 +397,13 @@ def _call_slots(role: str, message: dict[str, Any], slots: list[TextSlot]) -> No
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
+                if names:
+                    name_slot(role, call.get("function"), "name", slots)
+                    name_slot(role, call.get("custom"), "name", slots)
                 _string_slot(role, call.get("function"), "arguments", slots, is_json=True)
                 _string_slot(role, call.get("custom"), "input", slots, is_json=True)
+    if names:
+        name_slot(role, message.get("function_call"), "name", slots)
     _string_slot(role, message.get("function_call"), "arguments", slots, is_json=True)
 
 
@@ -386,11 +423,14 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
         if isinstance(message, dict):
             role = message.get("role")
             role = role if isinstance(role, str) else "user"
-            _content_slots(role, message, "content", slots)
+            # A participant's name (or a legacy function message's function): the model
+            # reads it with the message.
+            name_slot(role, message, "name", slots, MESSAGE_NAME)
+            _content_slots(role, message, "content", slots, names=True)
             # An OpenAI assistant's refusal, sent back in the history the model reads.
             _string_slot(role, message, "refusal", slots)
             if "tool_calls" in message or "function_call" in message:
-                _call_slots(role, message, slots)
+                _call_slots(role, message, slots, names=True)
             # Reasoning sent back (DeepSeek's and vLLM's clients do): three key lookups.
             if (
                 "reasoning_content" in message

@@ -62,7 +62,12 @@ from typing import Any
 # One walk of a structured tool input (``content``) and one way of counting JSON values
 # and tool definitions (the quota's estimate).
 from extproc.attached_text import converse_document
-from extproc.guardrails.content import TextSlot, drop_closed_reasoning, tool_input_slots
+from extproc.guardrails.content import (
+    TextSlot,
+    drop_closed_reasoning,
+    name_slot,
+    tool_input_slots,
+)
 from extproc.quota.estimate import definitions_chars, json_chars, string_chars
 
 # A message without a role (Bedrock refuses it) is read as the user's, as on chat routes.
@@ -80,7 +85,7 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
         _block_slots("system", block, slots)
     slots.extend(_variable_slots(body))
     for role, block in _message_blocks(body):
-        _block_slots(role, block, slots)
+        _block_slots(role, block, slots, names=True)
         if "reasoningContent" in block:
             _sent_reasoning_slot(role, block, slots)
     return slots
@@ -147,11 +152,16 @@ def _variable_slots(body: dict[str, Any]) -> list[TextSlot]:
     return slots
 
 
-def _block_slots(role: str, block: dict[str, Any], slots: list[TextSlot]) -> None:
-    """The text of one content block (the module docstring)."""
+def _block_slots(
+    role: str, block: dict[str, Any], slots: list[TextSlot], *, names: bool = False
+) -> None:
+    """The text of one content block (the module docstring); ``names``: a request's,
+    whose tool calls' names are read too (``content.name_slot``)."""
     _text_slots(role, block, slots)
     use = block.get("toolUse")
     if isinstance(use, dict):
+        if names:
+            name_slot(CALL_ROLE, use, "name", slots)
         json_value_slots(CALL_ROLE, use, "input", slots)
     for item in _result_items(block):
         _text_slots(TOOL_ROLE, item, slots)

@@ -25,9 +25,12 @@ each key and each string in them is a slot of its own, read and masked as a Conv
 ``toolUse`` ``input`` is (``converse_text.json_value_slots``), so a masked value or key
 changes in place and the value stays the same object.
 
+A function call's or response's ``name`` in a request is read, ``fixed``: an identifier
+a mask would break, so a mask there refuses (``content.name_slot``).
+
 Not read, as on the other APIs:
 
-- a function's ``name`` (an identifier a mask would break), inline data that is no
+- inline data that is no
   text (images, audio, video, PDFs) and files (``fileData``: a URI),
   ``generationConfig``, ``safetySettings``, ``cachedContent`` (a name: its text is
   Google's, not in the body). Function declarations and response schemas are read by
@@ -60,7 +63,7 @@ from extproc.gemini_api import (
     SYSTEM,
     text_inline_data,
 )
-from extproc.guardrails.content import TextSlot
+from extproc.guardrails.content import TextSlot, name_slot
 from extproc.guardrails.converse_text import CALL_ROLE, TOOL_ROLE, dicts, json_value_slots
 
 # A content without a role (or with one that is not a string) is the user's, as Gemini
@@ -91,7 +94,7 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
         role = content.get("role")
         role = _ROLES.get(role, role) if isinstance(role, str) else DEFAULT_ROLE
         for part in dicts(content.get("parts")):
-            part_slots(role, part, slots)
+            part_slots(role, part, slots, names=True)
     return slots
 
 
@@ -116,16 +119,24 @@ def answer_slots(answer: Any) -> list[TextSlot]:
     return slots
 
 
-def part_slots(role: str, part: dict[str, Any], slots: list[TextSlot]) -> None:
-    """The text of one part (the module docstring), a thought's included."""
+def part_slots(
+    role: str, part: dict[str, Any], slots: list[TextSlot], *, names: bool = False
+) -> None:
+    """The text of one part (the module docstring), a thought's included; ``names``: a
+    request's, whose function calls' and responses' names are read too
+    (``content.name_slot``)."""
     if isinstance(part.get("text"), str):
         slots.append(TextSlot(role, part, "text"))
         return
     for call in spellings(part, FUNCTION_CALL):
         if isinstance(call, dict):
+            if names:
+                name_slot(CALL_ROLE, call, "name", slots)
             json_value_slots(CALL_ROLE, call, "args", slots)
     for response in spellings(part, FUNCTION_RESPONSE):
         if isinstance(response, dict):
+            if names:
+                name_slot(TOOL_ROLE, response, "name", slots)
             json_value_slots(TOOL_ROLE, response, "response", slots)
     for code in spellings(part, CODE):
         if isinstance(code, dict) and isinstance(code.get("code"), str):

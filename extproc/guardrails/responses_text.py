@@ -34,7 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.attached_text import openai_file
-from extproc.guardrails.content import TextSlot
+from extproc.guardrails.content import SERVER_NAME, TextSlot, name_slot
+
+# The role of the calls an input item holds: the model made them.
+CALL_ROLE = "assistant"
 
 # Text parts of a message's content, by the field of their text: the client's own,
 # earlier answers sent back, and an earlier answer's refusal.
@@ -93,7 +96,7 @@ def request_slots(body: dict[str, Any]) -> list[TextSlot]:
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict):
-                slots.extend(item_slots(item))
+                slots.extend(item_slots(item, names=True))
     return slots
 
 
@@ -112,14 +115,23 @@ def prompt_slots(body: dict[str, Any]) -> list[TextSlot]:
     return slots
 
 
-def item_slots(item: dict[str, Any]) -> list[TextSlot]:
-    """The text of one input or output item (the module docstring)."""
+def item_slots(item: dict[str, Any], *, names: bool = False) -> list[TextSlot]:
+    """The text of one input or output item (the module docstring). ``names``: an input
+    item's, whose ``name`` and ``server_label`` (a call's tool and MCP server, an
+    ``mcp_list_tools`` item's tools) are read too (``content.name_slot``)."""
     slots: list[TextSlot] = []
     kind = item.get("type")
     if kind is not None and not isinstance(kind, str):
         # No item the provider takes (it refuses it); a list or an object is no key of
         # the tables below (unhashable), and must not fail the gateway.
         return slots
+    if names and kind is not None and kind != "message":
+        name_slot(CALL_ROLE, item, "server_label", slots, SERVER_NAME)
+        name_slot(CALL_ROLE, item, "name", slots)
+        tools = item.get("tools")
+        if isinstance(tools, list):
+            for tool in tools:
+                name_slot(CALL_ROLE, tool, "name", slots)
     call = _CALLS.get(kind) if kind is not None else None
     if call is not None:
         field, is_json = call

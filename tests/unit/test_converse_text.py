@@ -218,6 +218,7 @@ def test_a_tool_calls_input_is_the_assistants_keys_and_strings_in_place() -> Non
     slots = request_slots(body)
     assert read(slots) == [
         ("assistant", "Sending."),
+        ("assistant", "send_email"),
         ("assistant", "to"),
         ("assistant", EMAIL),
         ("assistant", EMAIL),
@@ -242,13 +243,13 @@ def test_a_tool_calls_input_is_the_assistants_keys_and_strings_in_place() -> Non
 
 def test_a_tool_calls_input_is_the_assistants_even_in_a_user_message() -> None:
     body = converse(user({"toolUse": {"toolUseId": "t1", "name": "f", "input": {"q": "x"}}}))
-    assert read(request_slots(body)) == [("assistant", "q"), ("assistant", "x")]
+    assert read(request_slots(body)) == [("assistant", "f"), ("assistant", "q"), ("assistant", "x")]
 
 
 def test_a_tool_input_that_is_a_bare_string_is_one_slot_written_in_place() -> None:
     use = {"toolUseId": "t1", "name": "shell", "input": f"mail {EMAIL}"}
     slots = request_slots(converse(assistant({"toolUse": use})))
-    assert read(slots) == [("assistant", f"mail {EMAIL}")]
+    assert read(slots) == [("assistant", "shell"), ("assistant", f"mail {EMAIL}")]
     mask_emails(slots)
     assert use["input"] == "mail <EMAIL>"
 

@@ -249,8 +249,10 @@ async def test_a_webhook_sees_geminis_text_as_messages_and_its_mask_maps_back(
         [
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": "weather"},
             {"role": "assistant", "content": "city"},
             {"role": "assistant", "content": "Oslo"},
+            {"role": "tool", "content": "weather"},
             {"role": "tool", "content": "Oslo"},
             {"role": "tool", "content": "3C"},
         ]

@@ -85,8 +85,10 @@ def test_snake_case_spellings_are_read_as_googles_rest_api_takes_them() -> None:
     }  # fmt: skip
     assert read(request_slots(body)) == [
         ("system", f"Owner {EMAIL}"),
+        ("assistant", "send"),
         ("assistant", "to"),
         ("assistant", EMAIL),
+        ("tool", "send"),
         ("tool", "ok"),
         ("tool", EMAIL),
         ("assistant", f"'{EMAIL}'"),
@@ -101,6 +103,7 @@ def test_a_function_calls_args_are_the_assistants_keys_and_strings_masked_in_pla
     slots = request_slots(body)
     assert read(slots) == [
         ("assistant", "Sending."),
+        ("assistant", "send_email"),
         ("assistant", "to"),
         ("assistant", EMAIL),
         ("assistant", EMAIL),
@@ -119,7 +122,9 @@ def test_a_function_calls_args_are_the_assistants_keys_and_strings_masked_in_pla
         ("count", 3),
         ("tags", ["a", None, True]),
     ]
-    assert call["name"] == "send_email", "a function's name is not text the guards read"
+    # A function's name is read (``content.name_slot``), never masked.
+    assert [slot.fixed for slot in slots if slot.fixed] == ["a tool call's name"]
+    assert call["name"] == "send_email"
 
 
 def test_what_a_function_returned_is_the_tools_wherever_it_is_sent() -> None:
@@ -135,6 +140,7 @@ def test_what_a_function_returned_is_the_tools_wherever_it_is_sent() -> None:
     }
     slots = request_slots(body)
     assert read(slots) == [
+        ("tool", "lookup"),
         ("tool", "rows"),
         ("tool", "email"),
         ("tool", EMAIL),

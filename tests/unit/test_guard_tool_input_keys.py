@@ -249,8 +249,9 @@ async def test_a_request_webhook_sees_each_name_before_its_value_and_may_mask_it
         tool_input = {"to": "boss", "project-falcon": {"budget": "12"}}
         answers = await gate.send("/v1/messages", history(tool_input))
     seen = [m["content"] for m in hook.calls[0]["body"]["messages"] if m["role"] == "assistant"]
-    # The assistant turn's text, then the input's names and strings in document order.
-    assert seen == ["Sending.", "to", "boss", "project-falcon", "budget", "12"]
+    # The assistant turn's text, the call's name, then the input's names and strings in
+    # document order.
+    assert seen == ["Sending.", "send_email", "to", "boss", "project-falcon", "budget", "12"]
     sent = upstream_body(answers[1])["messages"][1]["content"][1]["input"]
     assert list(sent.items()) == [("to", "boss"), ("[codename]", {"budget": "12"})]
 
@@ -367,7 +368,8 @@ def test_names_read_and_renamed_out_of_order_stay_right(
     tool_input = {name: index for index, name in enumerate(start)}
     block = {"type": "tool_use", "id": "t", "name": "f", "input": tool_input}
     slots = request_slots({"messages": [{"role": "assistant", "content": [block]}]})
-    keys = list(slots)  # the values are numbers: every slot is a name
+    # The values are numbers: every slot but the call's name is a key.
+    keys = [slot for slot in slots if slot.fixed is None]
     logical = list(start)
     for index, name in steps:
         slot = keys[index % len(keys)]
