@@ -39,7 +39,9 @@ What is read, and how a mask writes there:
 - not read: the schema's structure (``type``, ``format``, ``pattern``, ``$ref``,
   ``additionalProperties`` flags...), settings (``strict``), and whatever a definition
   holds that the model is not shown: an MCP server's URL, headers and authorization
-  (credentials, never sent to a webhook), server tools' settings.
+  (credentials, never sent to a webhook), server tools' settings but for their domains
+  and user location, which the provider hands on to its search (``_DOMAIN_LISTS``): those
+  are read ``fixed``.
 
 The walk reads the already-parsed body (no parse of its own, but for a Converse output
 schema's JSON text), without recursion: a schema's depth cannot exhaust the stack.
@@ -64,6 +66,18 @@ TOOL_NAME = "a tool's name"
 FORMAT_NAME = "a structured output's name"
 PROPERTY_NAME = "a schema's property name"
 GRAMMAR = "a custom tool's grammar"
+SETTING = "a server tool's setting"
+
+# Server tools' settings the provider reads and hands its search or fetch on (web search
+# and fetch on Anthropic's and the Responses API, chat's ``web_search_options``): domains
+# and a user's location. Not the model's text, but text leaving for the provider, so a
+# refused term or a key there must meet the guards; a domain or a country code masked
+# would no longer be one, so they are read ``fixed``.
+_DOMAIN_LISTS = ("allowed_domains", "blocked_domains")
+_LOCATION = "user_location"
+# Gemini's Google Search tool and the domains it leaves out, both spellings.
+_GOOGLE_SEARCH = ("googleSearch", "google_search")
+_EXCLUDED_DOMAINS = ("excludeDomains", "exclude_domains")
 
 # A schema's keywords that hold text the model reads as language.
 _TEXT_KEYWORDS = frozenset(("description", "title", "$comment"))
@@ -94,6 +108,9 @@ def chat_slots(body: dict[str, Any]) -> list[TextSlot]:
     for field in ("tools", "functions"):
         for tool in dicts(body.get(field)):
             _tool_slots(tool, slots)
+    options = body.get("web_search_options")
+    if isinstance(options, dict):
+        _location_slots(options.get(_LOCATION), slots)
     _format_slots(body.get("response_format"), slots)
     config = body.get("output_config")
     if isinstance(config, dict):
@@ -146,6 +163,10 @@ def gemini_slots(request: dict[str, Any]) -> list[TextSlot]:
                 for names in _GEMINI_SCHEMAS:
                     for name in names:
                         schema_slots(declaration, name, slots)
+        for search in spellings(tool, _GOOGLE_SEARCH):
+            if isinstance(search, dict):
+                for excluded in spellings(search, _EXCLUDED_DOMAINS):
+                    _setting_list(excluded, slots)
     for config in spellings(request, GENERATION_CONFIG):
         if isinstance(config, dict):
             for names in RESPONSE_SCHEMAS:
@@ -163,6 +184,37 @@ def _tool_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
             _definition_slots(definition, slots)
             return
     _definition_slots(tool, slots)
+    _server_setting_slots(tool, slots)
+
+
+def _server_setting_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
+    """A server tool's domains and user location (``_DOMAIN_LISTS``): Anthropic's web
+    search and fetch write the domains flat, the Responses API's web search in
+    ``filters``."""
+    filters = tool.get("filters")
+    for holder in (tool, filters if isinstance(filters, dict) else {}):
+        for field in _DOMAIN_LISTS:
+            _setting_list(holder.get(field), slots)
+    _location_slots(tool.get(_LOCATION), slots)
+
+
+def _location_slots(location: Any, slots: list[TextSlot]) -> None:
+    """A user's location (``city``, ``region``, ``country``, ``timezone``), flat or in
+    chat's ``approximate``; its ``type`` is structure."""
+    if not isinstance(location, dict):
+        return
+    approximate = location.get("approximate")
+    for holder in (location, approximate if isinstance(approximate, dict) else {}):
+        for key, value in holder.items():
+            if key != "type" and isinstance(value, str):
+                slots.append(TextSlot(ROLE, holder, key, fixed=SETTING))
+
+
+def _setting_list(values: Any, slots: list[TextSlot]) -> None:
+    if isinstance(values, list):
+        for index, value in enumerate(values):
+            if isinstance(value, str):
+                slots.append(TextSlot(ROLE, values, index, fixed=SETTING))
 
 
 def _definition_slots(

@@ -1,0 +1,111 @@
+"""Request guards read server tools' settings: the domains and the user's location.
+
+Web search and fetch settings (Anthropic's ``allowed_domains``, ``blocked_domains`` and
+``user_location``, the Responses API's ``filters.allowed_domains``, chat's
+``web_search_options.user_location``, Gemini's ``googleSearch.excludeDomains``) leave
+for the provider, which hands them to its search. They were never read: a refused term
+or a key put there passed every guard. Now they are read as the developer's text, and,
+since a masked domain or country code would no longer be one, a mask there refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.unit.test_gemini_guard_flow import GENERATE, gateway, refusal, upstream
+from tests.unit.test_guard_call_names import FALCON, GUARDS, MESSAGE, gateway_for
+from tests.unit.test_guard_flow import upstream_body
+from tests.unit.test_guard_tool_definitions import (
+    chat,
+    gemini,
+    messages,
+    refused,
+    responses,
+    vertex,  # noqa: F401 (the fixture the Gemini test takes)
+)
+
+MASKED = "a server tool's setting contains EMPLOYEE_ID, which cannot be masked"
+
+
+def anthropic_search(**settings: Any) -> bytes:
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2, **settings}
+    return messages(tools=[tool])
+
+
+def anthropic_fetch(**settings: Any) -> bytes:
+    return messages(tools=[{"type": "web_fetch_20250910", "name": "web_fetch", **settings}])
+
+
+def responses_search(**settings: Any) -> bytes:
+    return responses(tools=[{"type": "web_search", **settings}])
+
+
+def chat_search(**location: Any) -> bytes:
+    approximate = {"country": "US", **location}
+    return chat(web_search_options={"user_location": {"type": "approximate",
+                                                      "approximate": approximate}})  # fmt: skip
+
+
+CASES = [
+    ("anthropic-messages", "/v1/messages",
+     lambda v: anthropic_search(allowed_domains=["docs.example.com", v])),
+    ("anthropic-messages", "/v1/messages",
+     lambda v: anthropic_search(user_location={"type": "approximate", "city": v})),
+    ("anthropic-messages", "/v1/messages", lambda v: anthropic_fetch(blocked_domains=[v])),
+    ("openai-responses", "/v1/responses",
+     lambda v: responses_search(filters={"allowed_domains": [v]})),
+    ("openai-responses", "/v1/responses",
+     lambda v: responses_search(user_location={"type": "approximate", "region": v})),
+    ("openai-chat", "/v1/chat/completions", lambda v: chat_search(city=v)),
+]  # fmt: skip
+IDS = ["anthropic-domains", "anthropic-location", "fetch-domains", "responses-domains",
+       "responses-location", "chat-location"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("route", "path", "body"), CASES, ids=IDS)
+async def test_a_key_in_a_server_tools_setting_refuses_the_request(
+    route: str, path: str, body: Any
+) -> None:
+    gate = gateway_for(route)
+    found = refused(await gate.send(path, body(f"{FALCON}.example.com")))
+    assert found is not None, "the setting reached the provider unread"
+    assert found[0] == 403
+    assert MESSAGE in orjson.dumps(found[1]).decode()
+    assert FALCON not in orjson.dumps(found[1]).decode()
+    assert {"guard": "aws-keys", "phase": "request", "action": "reject"} in gate.log()["guardrails"]
+
+
+@pytest.mark.parametrize(("route", "path", "body"), CASES, ids=IDS)
+async def test_a_mask_matching_a_setting_refuses_rather_than_break_it(
+    route: str, path: str, body: Any
+) -> None:
+    found = refused(await gateway_for(route).send(path, body("EMP-123456.example.com")))
+    assert found is not None
+    assert MASKED in orjson.dumps(found[1]).decode()
+
+
+@pytest.mark.parametrize(("route", "path", "body"), CASES, ids=IDS)
+async def test_plain_settings_go_on_unchanged(route: str, path: str, body: Any) -> None:
+    sent = body("news.example.org")
+    answers = await gateway_for(route).send(path, sent)
+    assert refused(answers) is None
+    upstream_sent = upstream_body(answers[1])
+    original = orjson.loads(sent)
+    for field in ("tools", "web_search_options"):
+        assert upstream_sent.get(field) == original.get(field)
+
+
+async def test_a_gemini_google_search_exclusion_is_read(
+    vertex: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    body = gemini(tools=[{"googleSearch": {"excludeDomains": [f"{FALCON}.example.com"]}}])
+    async with gateway(vertex, GUARDS, guardrails="p") as gw:
+        status, error = refusal((await gw.send(GENERATE, body))[-1])
+        assert status == 403
+        assert error["error"]["message"] == MESSAGE
+        body["tools"][0]["googleSearch"]["excludeDomains"] = ["news.example.org"]
+        sent = upstream(await gw.send(GENERATE, body))
+    assert sent["tools"] == [{"googleSearch": {"excludeDomains": ["news.example.org"]}}]
