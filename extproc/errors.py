@@ -324,8 +324,25 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
     text = _AWS_SESSION_TOKEN.sub(rf"\g<1>{REDACTED}", text)
     text = _SECRET_LOOKING.sub(REDACTED, text)
     for secret in secrets:
-        text = _without_ends_of(text, secret)
+        if _random_looking(secret):
+            text = _without_ends_of(text, secret)
     return text
+
+
+# A run of a key long enough that, mixing digits with letters or cases, it is no word.
+_RANDOM_RUN = re.compile(r"[A-Za-z0-9]{8,}")
+
+
+def _random_looking(secret: str) -> bool:
+    """Whether ``secret`` holds a random run (eight letters or digits, with a digit or both
+    cases): a real key does. A placeholder key made of words (``sk-no-key-required``,
+    ``EMPTY``, an OpenAI-compatible server's ``not-needed``) has no fragment that tells
+    anything, and its ends are words' ends: redacting them hid a provider's own words
+    ("is required" became "is [redacted]"). It is still hidden where it is shown whole."""
+    for run in _RANDOM_RUN.findall(secret):
+        if any(c.isdigit() for c in run) or (run.lower() != run and run.upper() != run):
+            return True
+    return False
 
 
 # What a provider masks the middle of a key with besides punctuation ("sk-...abcd",

@@ -90,7 +90,6 @@ def test_four_characters_inside_another_word_are_kept(said: str, secret: str) ->
         (f"key {KEY[:4]}{KEY[-4:]}", "key "),  # the two ends glued to each other
         (f"key {KEY[:10]}zz", "key "),  # more than four of the key's in a row
         (f"key Q{KEY[-9:]}", "key Q"),
-        (f"key {MOCK_KEY[:4]} refused", "key "),  # a word-like key's end, standing apart
         (f"bad header x-api-key: {MOCK_KEY}", "bad header x-api-key: "),
     ],
 )
@@ -106,3 +105,39 @@ def test_what_is_redacted_already_is_not_redacted_again() -> None:
     assert without_secrets("sk-ant-api03-Abc123 refused", ["abcdefgh-redacted"]) == (
         f"{REDACTED} refused"
     )
+
+
+@pytest.mark.parametrize(
+    ("secret", "said"),
+    [
+        ("sk-no-key-required", "The field 'messages' is required."),
+        ("not-needed-placeholder", "A key is not needed; the placeholder was refused."),
+        ("dummy-key-value", "Invalid value for key: value must be a string."),
+        # A word-like key's start standing apart is a word, and tells nothing of a key.
+        (MOCK_KEY, "key mock refused"),
+    ],
+)
+def test_a_word_like_placeholder_key_leaves_the_providers_words_alone(
+    secret: str, said: str
+) -> None:
+    # A local OpenAI-compatible server's placeholder key is words: its ends are words'
+    # ends, and hiding them mangled the provider's message ("is [redacted]").
+    assert without_secrets(said, [secret]) == said
+    # Shown whole, it is hidden still.
+    assert secret not in without_secrets(f"key {secret} refused", [secret])
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-Zq4vW9x3LmN8pQ2rT6yU1iO5aS7dF0gH",
+        "AIzaSyD3xampleKeyValue1234567890abcdEFg",
+        "gsk_ABCDEFGHIJKLMNOPQRSTUVWXyz0123456789",
+        "a1b2c3d4e5f6a7b8c9d0",
+    ],
+)
+def test_a_random_keys_ends_are_still_hidden(secret: str) -> None:
+    for shown in (secret[:6], secret[-6:], f"{secret[:4]}...{secret[-4:]}"):
+        out = without_secrets(f"Incorrect API key provided: {shown}.", [secret])
+        assert secret[:4] not in out or secret[-4:] not in out, out
+        assert shown not in out, out
