@@ -21,6 +21,7 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,7 @@ from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.store import orphaned
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import ResponseOwners
@@ -144,6 +146,8 @@ class Gateway:
         # Starts the embedded Valkey again should it exit while the gateway serves.
         self._embedded_keeper: asyncio.Task[None] | None = None
         self._store_client: Any = None
+        # A worker's hold on the supervisor's embedded store (orphaned.use_store).
+        self._store_user: int | None = None
         self._server: grpc_aio.Server | None = None
         self._management: grpc_aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -299,17 +303,25 @@ class Gateway:
         store = self.config.store
         url = self._worker.store_url if self._worker is not None else store.url
         spools = spool_dir(store.spool_dir, self._worker)
-        if self._worker is None:
-            await asyncio.to_thread(gather_spools, store.spool_dir, 1)
         if url is None:
             self._embedded = EmbeddedValkey(
-                store.data_dir, avoid_ports=listening_ports(self.config)
+                store.data_dir,
+                avoid_ports=listening_ports(self.config),
+                users_wait_s=self.config.server.grace_period_s + orphaned.USERS_SLACK_S,
             )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
             self._embedded_keeper = asyncio.get_running_loop().create_task(
                 self._embedded.keep_running()
             )
+        elif self._worker is not None and store.url is None:
+            # The supervisor's embedded store: should the supervisor be killed, its next
+            # start waits for this worker's drain and flushes before stopping that store.
+            self._store_user = await asyncio.to_thread(orphaned.use_store, store.data_dir)
+        if self._worker is None:
+            # After the store: a killed supervisor's workers, waited for there, may
+            # have spooled into their own directories until they exited.
+            await asyncio.to_thread(gather_spools, store.spool_dir, 1)
         self._store_client = connect(url, store.timeout_ms / 1000.0)
         self.services.store = UsageStore(
             self._store_client, store.key_prefix, store.usage_retention_days
@@ -415,6 +427,9 @@ class Gateway:
             await self.services.response_owners.close()
         if self._store_client is not None:
             await self._store_client.aclose()
+        if self._store_user is not None:
+            os.close(self._store_user)  # done with the store: a new start need not wait
+            self._store_user = None
         # Kept running until here: one that died during the drain is back for the flushes.
         await background.stop(self._embedded_keeper)
         if self._embedded is not None:

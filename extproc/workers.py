@@ -63,6 +63,7 @@ from extproc.config.rule_models import UnknownModelWarnings
 from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.startup_check import check_startup_files
+from extproc.store import orphaned
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import LabelBudget, MergedWorkerMetrics
@@ -158,15 +159,15 @@ class Supervisor:
 
     async def start(self) -> None:
         self._prepare_multiprocess_dir()
-        # Each worker spools to its own directory; leftovers go to worker 0.
-        await asyncio.to_thread(gather_spools, self.config.store.spool_dir, self._count)
         store = self.config.store
         url = store.url
         if url is None:
             # Started before the workers and this process bind their ports: free now,
             # they must not become the store's.
             self._embedded = EmbeddedValkey(
-                store.data_dir, avoid_ports=listening_ports(self.config, self._count)
+                store.data_dir,
+                avoid_ports=listening_ports(self.config, self._count),
+                users_wait_s=self.config.server.grace_period_s + orphaned.USERS_SLACK_S,
             )
             url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded Valkey started, data under %s", self._embedded.data_dir)
@@ -174,6 +175,10 @@ class Supervisor:
                 self._embedded.keep_running()
             )
         self._store_url = url
+        # Each worker spools to its own directory; leftovers go to worker 0. After the
+        # store: the workers of a killed supervisor, waited for there, may have spooled
+        # until they exited.
+        await asyncio.to_thread(gather_spools, store.spool_dir, self._count)
         self._client = connect(url, store.timeout_ms / 1000.0)
         # Only its clock estimate is used: quota windows as the workers compute them.
         self._quota_store = QuotaStore(self._client, store.key_prefix)

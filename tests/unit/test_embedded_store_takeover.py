@@ -1,0 +1,195 @@
+"""A gateway killed outright leaves its embedded Valkey running (it has a session of its
+own); the next start on that data dir takes it over instead of refusing to start: it
+waits for the killed gateway's workers to finish draining into it, stops it with its
+AOF written out, and serves the same data from a server of its own. A data dir whose
+owner still lives stays refused.
+
+Owners here are real processes, killed with SIGKILL; every process a test starts, the
+servers they leave included, is stopped by pid."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from extproc.store import embedded, orphaned
+from extproc.store.embedded import DataDirInUseError, EmbeddedValkey
+
+OWNER = """
+import sys, time
+from extproc.store.embedded import EmbeddedValkey
+print(EmbeddedValkey(sys.argv[1]).start(), flush=True)
+time.sleep(600)
+"""
+# Only a bound, so that a test whose start never ends fails instead of hanging.
+BOUND_S = 60.0
+
+
+@dataclass
+class Owner:
+    """A process that started an embedded Valkey on ``data_dir`` and owns it."""
+
+    process: subprocess.Popen[str]
+    url: str
+    server_pid: int
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5.0, socket_connect_timeout=1.0)
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer ends a gateway: nothing of it runs any more."""
+        self.process.kill()
+        self.process.wait()
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def owners(tmp_path: Path) -> Iterator[list[Owner]]:
+    """Owners started with ``start_owner``; at the end each one and its server are
+    stopped (a SIGKILL ends no child: the server would run on after the test)."""
+    started: list[Owner] = []
+    yield started
+    for owner in started:
+        if owner.process.poll() is None:
+            owner.kill()
+        if running(owner.server_pid):
+            os.kill(owner.server_pid, signal.SIGTERM)
+
+
+def start_owner(owners: list[Owner], data_dir: Path) -> Owner:
+    process = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(data_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    assert url.startswith("redis://"), "the owner did not start its server"
+    with redis.Redis.from_url(url) as client:
+        owner = Owner(process, url, int(client.info("server")["process_id"]))
+    owners.append(owner)
+    return owner
+
+
+@pytest.fixture
+def started() -> Iterator[list[EmbeddedValkey]]:
+    """Servers this process started: stopped at the end, whatever the test did."""
+    servers: list[EmbeddedValkey] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_restart_after_the_owner_was_killed_serves_the_data_it_left(
+    tmp_path: Path, owners: list[Owner], started: list[EmbeddedValkey]
+) -> None:
+    owner = start_owner(owners, tmp_path)
+    with owner.client() as client:
+        client.set("aigw:usage:before-the-crash", 42)
+    owner.kill()
+    assert running(owner.server_pid), "the killed owner's server runs on, unowned"
+
+    restarted = EmbeddedValkey(tmp_path)
+    started.append(restarted)
+    url = restarted.start()
+
+    # One server on the data dir: the left one has exited, the new one has its data.
+    assert not running(owner.server_pid)
+    with redis.Redis.from_url(url) as client:
+        assert client.get("aigw:usage:before-the-crash") == b"42"
+        assert int(client.info("server")["process_id"]) != owner.server_pid
+    assert (tmp_path / embedded.ENDPOINT_FILE).read_text().strip() == url
+
+
+def test_a_live_owners_data_dir_is_refused_and_its_server_left_alone(
+    tmp_path: Path, owners: list[Owner]
+) -> None:
+    owner = start_owner(owners, tmp_path)
+
+    with pytest.raises(DataDirInUseError) as refused:
+        EmbeddedValkey(tmp_path, users_wait_s=BOUND_S).start()
+
+    assert f"pid {owner.process.pid}" in str(refused.value)
+    assert str(tmp_path) in str(refused.value)
+    with owner.client() as client:
+        assert client.ping()
+    assert running(owner.server_pid)
+
+
+def test_the_killed_owners_workers_drain_into_its_server_before_it_is_stopped(
+    tmp_path: Path,
+    owners: list[Owner],
+    started: list[EmbeddedValkey],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A supervisor killed with SIGKILL leaves workers that drain their streams and
+    flush their usage into its server; the new start must not stop it under them."""
+    owner = start_owner(owners, tmp_path)
+    worker = orphaned.use_store(tmp_path)  # a worker of that owner, draining
+    owner.kill()
+    caplog.set_level(logging.WARNING, logger=orphaned.__name__)
+    restarted = EmbeddedValkey(tmp_path, users_wait_s=BOUND_S)
+    started.append(restarted)
+    outcome: list[str | BaseException] = []
+
+    def start() -> None:
+        try:
+            outcome.append(restarted.start())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    try:
+        waiting = threading.Event()
+        while not outcome and not waiting.wait(0.05):
+            if any("waiting up to" in r.getMessage() for r in caplog.records):
+                waiting.set()
+        assert not outcome, outcome
+        # The worker's last flush lands in the server it has been using all along.
+        with owner.client() as client:
+            client.set("aigw:usage:drained", 7)
+    finally:
+        os.close(worker)  # the worker exits
+        starting.join(BOUND_S)
+    [url] = outcome
+    assert isinstance(url, str), url
+    assert not running(owner.server_pid)
+    with redis.Redis.from_url(url) as client:
+        assert client.get("aigw:usage:drained") == b"7"
+    [said] = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert f"pid {os.getpid()}" in said
+
+
+def test_a_worker_still_there_after_the_wait_keeps_its_store(
+    tmp_path: Path, owners: list[Owner]
+) -> None:
+    owner = start_owner(owners, tmp_path)
+    worker = orphaned.use_store(tmp_path)
+    owner.kill()
+    try:
+        with pytest.raises(DataDirInUseError, match=f"pid {os.getpid()}"):
+            EmbeddedValkey(tmp_path, users_wait_s=0.2).start()
+        # Not stopped under the worker, and the data dir is free for the next try.
+        with owner.client() as client:
+            assert client.ping()
+    finally:
+        os.close(worker)
+    again = EmbeddedValkey(tmp_path)
+    again.start()
+    again.stop()
+    assert not running(owner.server_pid)
