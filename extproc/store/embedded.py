@@ -96,7 +96,7 @@ class EmbeddedValkey:
     def url(self) -> str:
         if self._process is None or self._port is None:
             raise RuntimeError("the embedded Valkey is not running")
-        return f"redis://127.0.0.1:{self._port}/0"
+        return _url(self._port)
 
     def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL; raises
@@ -127,7 +127,6 @@ class EmbeddedValkey:
         # Its own session: no signal of ours reaches it unless we send it; an exit
         # that skips stop() (an unhandled error) must not leave it running.
         atexit.register(self.stop)
-        (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n", encoding="utf-8")
         return self.url
 
     def _start(self, attempts: int) -> None:
@@ -236,12 +235,20 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     try:
+        # Named at once, not once it answers: an owner killed while its server still
+        # loads a large AOF leaves that server running, and the next start must find
+        # it here (and take it over) rather than start a second one on the same AOF.
+        (data_dir / ENDPOINT_FILE).write_text(_url(port) + "\n", encoding="utf-8")
         _wait_until_answering(process, port)
     except BaseException:
         process.kill()
         process.wait()
         raise
     return process
+
+
+def _url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def _wait_until_answering(process: subprocess.Popen[bytes], port: int) -> None:

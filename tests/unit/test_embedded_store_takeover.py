@@ -9,6 +9,7 @@ servers they leave included, is stopped by pid."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,19 @@ import sys, time
 from extproc.store.embedded import EmbeddedValkey
 print(EmbeddedValkey(sys.argv[1]).start(), flush=True)
 time.sleep(600)
+"""
+# Killed as its server answers for the first time, before start() returns: while a
+# large AOF loads, that window lasts seconds.
+KILLED_WHILE_STARTING = """
+import os, signal, sys
+from extproc.store import embedded
+answering = embedded._wait_until_answering
+def then_killed(process, port):
+    answering(process, port)
+    print(f"redis://127.0.0.1:{port}/0", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+embedded._wait_until_answering = then_killed
+embedded.EmbeddedValkey(sys.argv[1]).start()
 """
 # Only a bound, so that a test whose start never ends fails instead of hanging.
 BOUND_S = 60.0
@@ -72,9 +86,9 @@ def owners(tmp_path: Path) -> Iterator[list[Owner]]:
             os.kill(owner.server_pid, signal.SIGTERM)
 
 
-def start_owner(owners: list[Owner], data_dir: Path) -> Owner:
+def start_owner(owners: list[Owner], data_dir: Path, script: str = OWNER) -> Owner:
     process = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(data_dir)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(data_dir)], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
@@ -113,6 +127,37 @@ def test_a_restart_after_the_owner_was_killed_serves_the_data_it_left(
         assert client.get("aigw:usage:before-the-crash") == b"42"
         assert int(client.info("server")["process_id"]) != owner.server_pid
     assert (tmp_path / embedded.ENDPOINT_FILE).read_text().strip() == url
+
+
+def servers_on(data_dir: Path) -> list[int]:
+    """The pids of the Valkey servers running in ``data_dir`` (their working directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                proc.name.isdigit()
+                and (proc / "cwd").readlink() == data_dir
+                and running(int(proc.name))
+            ):
+                found.append(int(proc.name))
+    return found
+
+
+def test_an_owner_killed_while_its_server_starts_leaves_no_second_server(
+    tmp_path: Path, owners: list[Owner], started: list[EmbeddedValkey]
+) -> None:
+    """Killed before start() returned (its server loading a large AOF, say): the next
+    start must still find that server, or two would append to one AOF."""
+    owner = start_owner(owners, tmp_path, KILLED_WHILE_STARTING)
+    owner.process.wait()
+    assert servers_on(tmp_path) == [owner.server_pid]
+
+    restarted = EmbeddedValkey(tmp_path)
+    started.append(restarted)
+    restarted.start()
+
+    [server] = servers_on(tmp_path)
+    assert server != owner.server_pid
 
 
 def test_a_live_owners_data_dir_is_refused_and_its_server_left_alone(
