@@ -301,6 +301,10 @@ class RequestContext:
     # The client or upstream went away before the response completed.
     aborted: bool = False
     completed: bool = False
+    # Envoy took the gateway's answer to the request's last message without a refusal or
+    # an answer of the gateway's own: the request left for its provider from there
+    # (processor; a client that leaves after it is charged, stages.cut_answer).
+    request_released: bool = False
     # Telemetry (docs/logging.md). The W3C trace id Envoy's tracer passed on, if any.
     trace_id: str | None = None
     # Monotonic times: the request went upstream, the first response body byte

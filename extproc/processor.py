@@ -134,6 +134,11 @@ class Processor:
                     yield answer
                     return
                 yield envoy_messages.phase_response(phase, out)
+                if _last_request_message(phase, request):
+                    # Resumed only once gRPC has written the answer (it asks for the next
+                    # one after each write): a client gone while the gateway was still
+                    # deciding cancels the stream before, and nothing left for a provider.
+                    ctx.request_released = True
         except asyncio.CancelledError:
             # Envoy often closes the stream right after its last answer: only a
             # request whose response had not ended was cut short.
@@ -154,6 +159,14 @@ class Processor:
                 hook(ctx)
             except Exception:
                 log.exception("finishing request %s failed", ctx.request_id)
+
+
+def _last_request_message(phase: str, request: ext.ProcessingRequest) -> bool:
+    """The request's body, or its headers when no body follows (Envoy sends no body message
+    then): once Envoy has the answer to it, the request goes upstream."""
+    return phase == "request_body" or (
+        phase == "request_headers" and request.request_headers.end_of_stream
+    )
 
 
 def _no_body_to_come(ctx: RequestContext, request: ext.ProcessingRequest, out: PhaseOutput) -> bool:

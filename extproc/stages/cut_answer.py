@@ -29,11 +29,21 @@ settles at the very total the log line, the token and cost metrics, the usage ro
 and, for a whole answer, the span record.
 
 The answer had started when the provider's status was a success (below 400), with no
-error of the gateway's: a request refused, answered with an error, or cut before any
-answer produced nothing, is charged nothing and its reservation released. On the lean
-response path a non-streamed answer comes in one buffered body message, which carries
-the status: cut before it, the gateway saw nothing of the provider's and cannot tell it
-from a client that left before any answer, so it is charged nothing.
+error of the gateway's: a request refused, or answered with an error, produced nothing,
+is charged nothing and its reservation released.
+
+A request whose stream ended with no answer at all is charged the same estimate as a cut
+answer when Envoy had taken the gateway's go-ahead for it (``ctx.request_released``): it
+went to its provider, which goes on generating a non-streamed answer whose client left
+and bills it (a client's timeout on a long answer is the common case). On the lean
+response path a non-streamed answer comes in one buffered body message, which carries the
+status: an answer cut before it, and a provider's answer without a body (Envoy sends no
+message for it), end the stream the same way, and the ext_proc stream's own end does not
+tell them apart (measured with Envoy 1.40): they are charged as the client's hang-up they
+mostly are (docs/architecture.md). A client gone before the go-ahead (its body still
+arriving, the gateway still deciding) reached no provider: charged nothing. A failover
+request is charged so once, at its primary's estimate and price: which attempt was in
+flight is Envoy's to know.
 
 After a failover the answer is read whole by the per-attempt filter first, and one
 over ``envoy.max_response_body_bytes`` never reaches the downstream filter: Envoy
@@ -60,7 +70,7 @@ that of the tier its request asked for, as its answer cut without failover is
 cut. The ledgers add them to
 the answer's charge. A client that hangs up while an attempt's body is in flight ends
 the request before any answer: no message comes to read the header from, so that
-attempt is not charged.
+attempt is not charged by name (the request is, once, as above).
 
 A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
 never billed. Streams are ``partial_usage``'s: they carry their text, which is counted.
@@ -128,6 +138,13 @@ class CutAnswerStage:
     def done(self, ctx: RequestContext) -> None:
         # Only a request that ended without a count: every other one is settled already.
         unsettled = not (ctx.stream or ctx.usage_reported or ctx.usage_estimated)
+        if unsettled and _billed(ctx) and _left_unanswered(ctx):
+            if ctx.upstream is not None:
+                # Priced as its answer cut after the status would be: a Bedrock model at
+                # the tier asked for (that answer's translator starts from it).
+                ctx.tier_asked = _tier_asked(ctx, ctx.upstream)
+            _charge(ctx, reserved_completion(ctx))
+            return
         if unsettled and _billed(ctx) and _answer_started(ctx):
             translator = ctx.translator
             counted = translator.usage if translator is not None else None
@@ -269,6 +286,20 @@ def _billed(ctx: RequestContext) -> bool:
         and route.api in _BILLED
         and ctx.body is not None
         and ctx.provider is not None
+    )
+
+
+def _left_unanswered(ctx: RequestContext) -> bool:
+    """The stream ended before any answer (no status, no body) after Envoy took the
+    gateway's go-ahead for the request: the client hung up while the provider worked on
+    it (a client's timeout on a long answer), or, on the lean path, a provider's answer
+    without a body came, which Envoy shows the gateway nothing of."""
+    return (
+        ctx.aborted
+        and ctx.request_released
+        and ctx.upstream_sent_at is not None
+        and ctx.first_byte_at is None
+        and ctx.error is None
     )
 
 

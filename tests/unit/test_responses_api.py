@@ -483,11 +483,12 @@ async def test_a_hard_cap_lowers_max_output_tokens_never_max_tokens(
     assert sent["max_output_tokens"] == 300 - prompt
     assert "max_tokens" not in sent and "max_completion_tokens" not in sent
 
-    # A body naming no allowance gets max_output_tokens, the one field the API reads.
+    # A body naming no allowance gets max_output_tokens, the one field the API reads. Sent
+    # by the other key: the client above left before its answer, charged team1 its estimate.
     processor, _ = capped(quota_store, 300)
-    await quota_store.flush()
+    other_key = {"authorization": "Bearer team2-key"}
     answers = await run_stream(
-        processor, [request_headers(RESPONSES, headers=AUTH), request_body(responses())]
+        processor, [request_headers(RESPONSES, headers=other_key), request_body(responses())]
     )
     sent = upstream_body(answers[1])
     assert "max_output_tokens" in sent and "max_completion_tokens" not in sent
