@@ -16,6 +16,14 @@ so that the string stays valid JSON.
 A lexer, not a second parser: orjson checks the document first (the one parse of
 the argument), and on valid JSON one regular expression finds every token. A
 stream's arguments are read fragment by fragment instead (``json_fragments``).
+
+Arguments that are no JSON object or array (a call cut by the token limit, a bare JSON
+string, a custom tool's free text, text a client wrote so on purpose) have no strings to
+cut them into, yet the model reads an escape in them as the character it stands for: the
+provider gets them as they are, or, translated for Claude or Bedrock, as the
+``unparsed_arguments`` string (``translators.tool_arguments``). ``loose`` reads such text
+whole with every JSON escape decoded, wherever it stands, as one ``Piece`` whose ``raw``
+maps a match back onto the escapes it came from.
 """
 
 from __future__ import annotations
@@ -33,6 +41,13 @@ _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9][0-9.eE+\-]*')
 # One escape; a surrogate pair (orjson refuses a lone half) is one character.
 _ESCAPE = re.compile(
     r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})|\\(.)", re.IGNORECASE
+)
+# In text that is no JSON: only what JSON escapes (not ``\x`` or ``\q``), and no half of a
+# surrogate pair alone (no character: re2 could not even read the text holding it).
+_LOOSE_ESCAPE = re.compile(
+    r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u(?!d[89a-f])([0-9a-f]{4})"
+    r'|\\(["\\/bfnrt])',
+    re.IGNORECASE,
 )
 SIMPLE_ESCAPES = {
     '"': '"',
@@ -99,23 +114,38 @@ def pieces(text: str) -> list[Piece] | None:
     return found
 
 
+def loose(text: str) -> Piece | None:
+    """``text`` (no JSON document) with every JSON escape in it decoded, as one piece;
+    None when it holds none, and reading it as written is reading it whole."""
+    if "\\" not in text:
+        return None
+    piece = _decoded(text, 0, len(text), 0, _LOOSE_ESCAPE)
+    return None if piece.as_written else piece
+
+
 def _string(token: str, start: int, end: int) -> Piece:
     content = token[1:-1]
     if "\\" not in content:
         return Piece(content, start, end, False, (0,), (start + 1,))
+    return _decoded(content, start, end, start + 1, _ESCAPE)
+
+
+def _decoded(content: str, start: int, end: int, first: int, escapes: re.Pattern[str]) -> Piece:
+    """The piece of ``content`` (at ``first`` in the JSON text) with each of ``escapes``
+    decoded."""
     parts: list[str] = []
     decoded_marks = [0]
-    raw_marks = [start + 1]
+    raw_marks = [first]
     length = 0  # decoded characters so far
     position = 0  # in ``content``
-    for escape in _ESCAPE.finditer(content):
+    for escape in escapes.finditer(content):
         literal = content[position : escape.start()]
         parts.append(literal)
         parts.append(_decode(escape))
         length += len(literal) + 1
         position = escape.end()
         decoded_marks.append(length)
-        raw_marks.append(start + 1 + position)
+        raw_marks.append(first + position)
     parts.append(content[position:])
     return Piece("".join(parts), start, end, False, tuple(decoded_marks), tuple(raw_marks))
 

@@ -8,7 +8,9 @@ lets a stream compute one hold-back for all of them.
 
 A tool call's arguments are JSON text: ``scan(text, json_text=True)`` reads each
 of their strings decoded and each number as written (``json_text``), and answers
-with spans of the JSON text whose replacements keep it valid JSON.
+with spans of the JSON text whose replacements keep it valid JSON. Arguments that
+are no JSON object or array are read as written and, where they hold JSON escapes,
+decoded as well (``json_text.loose``): the model reads ``\\u0040`` as ``@`` there too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
-from extproc.guardrails.json_text import Piece, escape, pieces
+from extproc.guardrails.json_text import Piece, escape, loose, pieces
 
 MASK_DEFAULT = "****"
 # What in a pattern looks at where a text begins or ends (``^`` and ``$`` as anchors, or
@@ -139,10 +141,41 @@ class Matchers:
         """(the first rejecting guard, the mask hits to apply, the rejecting spans).
 
         With ``json_text`` (a tool call's arguments), a JSON object or array is read
-        piece by piece (see ``_scan_json``); other text as it is."""
-        found = self._scan_json(text) if json_text else None
+        piece by piece (see ``_scan_json``), other arguments as written and decoded
+        (``_scan_loose``); other text as it is."""
+        found = None
+        if json_text:
+            found = self._scan_json(text)
+            if found is None:
+                found = self._scan_loose(text)
         rejecting, hits, every = found if found is not None else self.scan_all(text)
         return rejecting, hits, [span for guard, span in every if guard == rejecting]
+
+    def _scan_loose(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
+        """``scan_all`` over arguments that are no JSON document, read as written and,
+        where they hold JSON escapes, with every escape decoded (``json_text.loose``).
+
+        Both: the model reads ``\\u0073k-`` as ``sk-`` (the provider gets the text as it
+        is, Claude as ``unparsed_arguments``), yet may read ``C:\\new`` as a path, not a
+        newline. A decoded match maps onto the characters it came from, its escapes
+        whole, and is replaced there as written (the text is no JSON to keep valid)."""
+        rejecting, hits, every = self.scan_all(text)
+        piece = loose(text)
+        if piece is None:
+            return rejecting, hits, every
+        first, decoded_hits, decoded_spans = self.scan_all(piece.text)
+        if first is not None and (rejecting is None or first < rejecting):
+            rejecting = first
+        every.extend(
+            (guard, Span(piece.raw(span.start), piece.raw(span.end), span.label))
+            for guard, span in decoded_spans
+        )
+        hits.extend(
+            Hit(piece.raw(hit.start), piece.raw(hit.end), hit.guard, hit.replacement)
+            for hit in decoded_hits
+        )
+        # A match found in both readings (no escape in it) is one span: masked once.
+        return rejecting, _resolve(hits), every
 
     def _scan_json(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]] | None:
         """``scan_all`` over each string (decoded, keys too) and number of a JSON document,
