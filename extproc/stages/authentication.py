@@ -13,6 +13,8 @@ credential in the query string
 to a good header: the gateway never reads it there, and the query would carry
 it on to the provider. So is Google's ``?userProject=``, which would pick the
 project the provider bills, as the ``x-goog-user-project`` header the gateway removes.
+A value (or name) shaped as a well-known credential (``?x=sk-...``, an AWS key id, a
+GitHub token, a JWT: ``auth.credential_shapes``) is refused the same way, under any name.
 
 A token verified before is answered from the verifier's cache without a
 coroutine; only a first sighting waits for signature checks (and maybe a JWKS
@@ -30,6 +32,7 @@ import time
 from collections.abc import Awaitable
 from urllib.parse import parse_qsl, unquote_plus
 
+from extproc.auth import credential_shapes
 from extproc.auth.api_keys import key_digest
 from extproc.auth.jwt_verifier import JwtIdentity, JwtVerifier
 from extproc.auth.stored_keys import NOT_CACHED, UNREADABLE, StoredAnswer, StoredKeys
@@ -207,9 +210,10 @@ def _refuse_query_secrets(path: str, route_header: str | None, model_query: str 
     model_name = model_query.lower() if model_query else None
     # `;` too: Python's parser, and others, split on `&` alone, yet servers that also take
     # `;` as a separator (as Python's did before 3.10) would read `?a=1;key=...` as a key.
-    for name, _ in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
+    for name, value in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
         lowered = name.lower()
         if lowered == model_name:
+            _refuse_credential_shape(name, value)
             continue  # a route may read its model from `?key=`
         plain = lowered.removeprefix(_SYSTEM_PREFIX)
         if lowered in names or plain in names:
@@ -227,6 +231,31 @@ def _refuse_query_secrets(path: str, route_header: str | None, model_query: str 
                 param=name,
                 code="account_in_query",
             )
+        _refuse_credential_shape(name, value)
+
+
+def _refuse_credential_shape(name: str, value: str) -> None:
+    """Refuse a parameter whose name or value is shaped as a known credential, whatever its
+    name: an innocent one (``?x=sk-...``) carried a key on to the provider. Refused, not
+    dropped: the client learns its key left its hands in a URL (to rotate it), and the
+    provider never gets a request other than the one the client wrote."""
+    found = credential_shapes.kind(name)
+    if found is not None:
+        # The name is the secret (``?sk-...`` alone): the message names no parameter.
+        raise _credential_shaped(f"a parameter holds what looks like {found}")
+    found = credential_shapes.kind(value)
+    if found is not None:
+        raise _credential_shaped(f"parameter '{name}' holds what looks like {found}", name)
+
+
+def _credential_shaped(what: str, param: str | None = None) -> BadRequestError:
+    return BadRequestError(
+        f"credentials are not accepted in the query string ({what}): URLs are logged and "
+        "passed on to the provider; remove it, and send the gateway's key as "
+        "'Authorization: Bearer <key>', 'x-api-key: <key>' or 'x-goog-api-key: <key>'",
+        param=param,
+        code="credential_in_query",
+    )
 
 
 def _refuse_credential_in_query(path: str, credential: str) -> None:

@@ -1,7 +1,8 @@
 """A key in the query string in forms no parameter name gives away, through the real
-Envoy: after a `;` (which some servers take as a separator), or the request's own key
-under no name at all. Each is refused before any provider, and neither the gateway's
-log, Envoy's access log nor any span of the request holds it."""
+Envoy: after a `;` (which some servers take as a separator), the request's own key
+under no name at all, or another service's key (shaped as one) under an innocent name.
+Each is refused before any provider, and neither the gateway's log, Envoy's access log
+nor any span of the request holds it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from tests.integration.test_tracing import traced_config
 
 KEY = "Qv7mQUERYkey-team-3a9c5e1dWr4k"
 SECRET = "Lp2xSEMICOLONsecret-6f0b8d2eYh9u"
+# Another service's key, shaped as OpenAI's project keys are, under a name that says nothing.
+FOREIGN = "sk-proj-" + "Tq8vN3bX5kR1mW7cJ2yH6dL9pF4sZ0gA" * 2
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -46,8 +49,9 @@ def traced(
         (f"?a=1;api_key={SECRET}", SECRET),
         (f"?{KEY}", KEY),
         (f"?note=Bearer%20{KEY}", KEY),
+        (f"?api-version=2024-10-21&x={FOREIGN}", FOREIGN),
     ],
-    ids=["semicolon-key", "semicolon-api-key", "bare-own-key", "own-key-encoded"],
+    ids=["semicolon-key", "semicolon-api-key", "bare-own-key", "own-key-encoded", "key-shaped"],
 )
 def test_a_key_hidden_in_the_query_reaches_no_provider_log_or_span(
     traced: LocalStack, collector: OtlpReceiver, query: str, secret: str
