@@ -44,6 +44,7 @@ from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_f
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import REPLY_HEADER, ScriptError, scripted_pieces
+from extproc.mock_llm.strict_schemas import strict_schema_error
 from extproc.mock_llm.tokens import prompt_tokens, reply_pieces, reply_text
 
 SYSTEM_FINGERPRINT = "fp_mock"
@@ -147,6 +148,9 @@ def parse_chat_request(body: Body) -> ChatRequest:
     max_tokens = optional_positive_int(doc, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = optional_positive_int(doc, "max_tokens")
+    schema_error = strict_schema_error(doc.get("response_format"))
+    if schema_error is not None:
+        raise InvalidRequestError(schema_error, "response_format")
     return ChatRequest(
         model,
         messages,

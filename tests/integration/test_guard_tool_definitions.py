@@ -141,3 +141,28 @@ def test_a_translated_tool_reaches_bedrock_masked(definitions_stack: LocalStack)
     spec = sent["toolConfig"]["tools"][0]["toolSpec"]
     assert spec["description"] == "Send mail as <EMAIL>."
     assert spec["inputSchema"]["json"]["properties"]["to"]["description"] == "Like <EMAIL>."
+
+
+def test_a_strict_schemas_enum_of_two_addresses_reaches_the_provider_distinct(
+    definitions_stack: LocalStack,
+) -> None:
+    # Masked alike, the two values would be one listed twice, which strict mode refuses
+    # (the mock too): the second gets a suffix, and the request is answered.
+    schema = {"type": "object", "properties": {"to": {"type": "string",
+              "enum": [EMAIL, "bob@example.com"], "description": "The recipient."}},
+              "required": ["to"], "additionalProperties": False}  # fmt: skip
+    output = {"type": "json_schema",
+              "json_schema": {"name": "recipient", "strict": True, "schema": schema}}  # fmt: skip
+    completion = client(definitions_stack).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Whom should the report go to?"}],
+        response_format=output,  # type: ignore[arg-type]
+    )
+    sent = mock_requests(definitions_stack)[-1]["json"]
+    assert "example.com" not in json.dumps(sent)
+    to = sent["response_format"]["json_schema"]["schema"]["properties"]["to"]
+    assert to["enum"] == ["<EMAIL>", "<EMAIL>#2"]
+    assert sent["response_format"]["json_schema"]["strict"] is True
+    # The mock answers the schema's first value, as the model may: masked, not unmasked.
+    answer = completion.choices[0].message.content
+    assert answer is not None and json.loads(answer) == {"to": "<EMAIL>"}

@@ -329,3 +329,31 @@ async def test_run_announces_its_port_and_stops_on_sigterm() -> None:
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 10) == 0
     assert await process.stderr.read() == b""
+
+
+def strict_schema(enum: list[Any], strict: bool = True) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"to": {"type": "string", "enum": enum}},
+              "required": ["to"], "additionalProperties": False}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "mail", "strict": strict,
+                                                   "schema": schema}}  # fmt: skip
+
+
+async def test_a_strict_schema_whose_enum_repeats_a_value_is_refused_as_openai_does(
+    openai_client: AsyncOpenAI,
+) -> None:
+    # What the gateway's guards must never produce from a client's distinct values.
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "to whom?"}],
+            response_format=strict_schema(["<EMAIL>", "<EMAIL>"]),  # type: ignore[arg-type]
+        )
+    assert refused.value.body["param"] == "response_format"  # type: ignore[index]
+    assert "enum values must be unique" in refused.value.message
+    for fmt in (strict_schema(["<EMAIL>", "<EMAIL>#2"]), strict_schema(["a", "a"], False)):
+        answer = await openai_client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "to whom?"}],
+            response_format=fmt,  # type: ignore[arg-type]
+        )
+        assert answer.choices[0].message.content is not None
