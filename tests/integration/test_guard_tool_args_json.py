@@ -109,3 +109,22 @@ def test_a_card_after_an_escaped_newline_reaches_the_provider_masked(
     )
     sent = mock_requests(args_stack)[-1]["json"]["messages"][1]["tool_calls"][0]["function"]
     assert json.loads(sent["arguments"]) == {"note": "x\n<CREDIT_CARD>"}
+
+
+def test_cut_arguments_reach_claude_masked_and_an_escaped_key_in_them_is_refused(
+    args_stack: LocalStack,
+) -> None:
+    # A call cut by max_tokens is no JSON: Claude gets it as unparsed_arguments, where it
+    # reads the escapes as their characters, so the guards read them decoded too.
+    calls_before = len(mock_requests(args_stack))
+    with pytest.raises(openai.PermissionDeniedError):
+        gpt(args_stack, "/anthropic").chat.completions.create(
+            model=CLAUDE, tools=[SEND_EMAIL], messages=history(f'{{"auth": "{ESCAPED_SECRET}')
+        )
+    assert len(mock_requests(args_stack)) == calls_before, "Claude got the escaped key"
+    gpt(args_stack, "/anthropic").chat.completions.create(
+        model=CLAUDE, tools=[SEND_EMAIL], messages=history('{"to": "jane\\u0040example.com", "b')
+    )
+    blocks = mock_requests(args_stack)[-1]["json"]["messages"][1]["content"]
+    tool_use = next(block for block in blocks if block["type"] == "tool_use")
+    assert tool_use["input"] == {"unparsed_arguments": '{"to": "<EMAIL>", "b'}
