@@ -138,3 +138,46 @@ def with_fresh_checksums(original: bytes, changed: bytes) -> bytes:
                 _UINT32.pack_into(out, crc_at, _crc32(out[at:crc_at]))
         at = stop
     return bytes(out)
+
+
+class WholeMessages:
+    """What of a passed-through event stream the client may have yet: its whole messages.
+
+    A message's start waits for its end. The body may end inside one (the upstream reset
+    mid-frame): sent on, its bytes made botocore read the gateway's exception frame after
+    them as that message's rest (a ``ChecksumMismatch`` instead of the gateway's error),
+    or, with nothing after them, end the stream quietly. Bytes whose length fields no
+    message can have (``whole_messages`` None) are no event stream the gateway can frame:
+    from there on everything passes as it came, for the client's SDK to reject.
+    """
+
+    __slots__ = ("_held", "_passing")
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+        self._passing = False
+
+    @property
+    def partial(self) -> bool:
+        """Whether a message's start is held, waiting for its end."""
+        return bool(self._held)
+
+    def take(self, chunk: bytes) -> bytes:
+        """The whole messages ``chunk`` completes; ``chunk`` itself when it is exactly
+        that, so a caller can tell nothing changed."""
+        if self._passing:
+            return chunk
+        data = bytes(self._held) + chunk if self._held else chunk
+        whole = whole_messages(data)
+        if whole is None:
+            self._passing = True
+            self._held = bytearray()
+            return data
+        self._held = bytearray(data[whole:])
+        return data if whole == len(data) else data[:whole]
+
+    def release(self, data: bytes = b"") -> bytes:
+        """What is held, then ``data``; from now on every chunk passes as it came."""
+        self._passing = True
+        held, self._held = bytes(self._held), bytearray()
+        return held + data if held else data

@@ -2,7 +2,9 @@
 
 Requests: the model is renamed to the provider's name for it; nothing else changes, because
 Anthropic reports usage in every response and stream without being asked.
-Responses are not rewritten (but for a stream the gateway must end, ``sse.event_too_large``).
+Responses are not rewritten, but for a stream the gateway must end (an event too long to
+hold, ``sse.event_too_large``; a body that ended before the answer did), and a stream is
+passed on in whole events: an event the body ended inside of never reaches the client.
 Usage is read from the message body, or from the stream's
 ``message_start`` (input side) and ``message_delta`` (output side) events. An ``error``
 event inside a stream reaches the client as Anthropic sent it (its own API's shape); the
@@ -71,7 +73,13 @@ from extproc.translators.base import (
     renamed,
     service_tier_of,
 )
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.sse import (
+    EVENT_END,
+    EventBuffer,
+    WholeEventBytes,
+    event_data,
+    event_too_large,
+)
 from extproc.translators.token_counts import token_count
 
 # Only the events that carry usage, and errors, are parsed. Their JSON type is matched with
@@ -446,8 +454,10 @@ class EventStreamReader:
     does one that ends in an ``error`` event (its counts so far go to ``failure``). Its
     server tools' blocks are counted (``server_tool_tally``) for the bill of a cut stream.
 
-    The only bytes it ever changes end a stream it cannot deliver whole: one whose event
-    grew too long to hold (``_end_unreadable``), and one that ended after its message began
+    The client gets the stream in whole events: an event's start waits for its end, and one
+    the body ended inside of is dropped (``sse.EventBuffer.unfinished``). The only bytes it
+    ever adds end a stream it cannot deliver whole: one whose event grew too long to hold
+    (``_end_unreadable``), and one that ended after its message began, or inside an event,
     but before its end (``message_delta``, ``message_stop``) or an error (``_end_early``).
     """
 
@@ -470,6 +480,8 @@ class EventStreamReader:
         # stream whose start a proxy dropped): an error before it is a refusal.
         self._began = False
         self._events = EventBuffer()
+        # What the client gets: the provider's bytes, in whole events.
+        self._sent = WholeEventBytes()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
         # The answer's end came: message_stop, or the message_delta Anthropic sends just
@@ -487,41 +499,45 @@ class EventStreamReader:
             for event in complete.split(EVENT_END):
                 if _worth_parsing(event):
                     self._read_event(event)
+        sent = self._sent.take(chunk, end_of_stream)
         if self._events.overflowed:
-            return self._end_unreadable(chunk)
-        if end_of_stream and self._began and not self._answered and self.failure is None:
-            return chunk + self._end_early()
-        return None
+            self._sent.clear()
+            return self._end_unreadable(sent)
+        cut = self._began or bool(self._events.unfinished)
+        if end_of_stream and cut and not self._answered and self.failure is None:
+            return sent + self._end_early()
+        return None if sent is chunk else sent
 
     def counts_so_far(self) -> StreamFailure:
         """What Anthropic had reported when the stream was cut (base.counts_so_far)."""
         return self._input.failure(None, self._output)
 
-    def _end_unreadable(self, chunk: bytes) -> bytes:
+    def _end_unreadable(self, sent: bytes) -> bytes:
         """End a stream whose event grew too long to hold (``sse.EventBuffer``).
 
         The gateway could no longer read its usage, so it fails it as Anthropic fails a
-        stream: the chunk as it came, a blank line that ends the broken event (the SSE
-        client drops or rejects it), then an ``event: error`` the client reads last, and
-        nothing after it. The request is charged as for Anthropic's own error event.
+        stream: the whole events before the broken one (never shown, it is dropped), then
+        an ``event: error`` the client reads last, and nothing after it. The request is
+        charged as for Anthropic's own error event.
         """
         self._ended = True
         error = event_too_large(self._events.max_event_bytes)
         self._provider_failed(error)
-        return chunk + EVENT_END + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
+        return sent + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
 
     def _end_early(self) -> bytes:
         """The end of a stream whose provider closed it, cleanly, after its message began
         and before its ``message_delta`` and ``message_stop`` (a proxy, or an upstream
         whose body ends with its connection, ending a cut stream as if whole). Anthropic
         never does: passed on as it came, the SDK returned the text so far as the whole
-        answer (``stop_reason`` None) and the request was logged completed. A blank line
-        ends any event left open, then an ``event: error`` (``api_error``) the SDK
+        answer (``stop_reason`` None) and the request was logged completed. After the
+        whole events (an event the body ended inside of is dropped: closed with a blank
+        line, it failed the SDK's JSON parse), an ``event: error`` (``api_error``) the SDK
         raises, as a translated stream's client reads its own error there; charged as
         after Anthropic's own error event."""
         error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
         self._provider_failed(error)
-        self.early_end = EVENT_END + b"event: error\ndata: " + error.body("anthropic") + EVENT_END
+        self.early_end = b"event: error\ndata: " + error.body("anthropic") + EVENT_END
         return self.early_end
 
     def _read_event(self, event: bytes) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from extproc.translators import anthropic_anthropic
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+from extproc.translators.sse import EVENT_END, event_data, lf_lines
 
 # The API version Vertex takes for Claude.
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
@@ -58,23 +58,16 @@ class EventStreamReader(anthropic_anthropic.EventStreamReader):
     """Claude's stream from ``streamRawPredict``, read as Anthropic's own, without the
     ``vertex_event`` events Vertex adds: a client of Anthropic's API knows only its event
     types (the Vercel AI SDK fails the whole stream on another). The client gets the
-    stream in whole events, so such an event is left out wherever the chunks fall."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._shown = EventBuffer()
+    stream in whole events (Anthropic's reader forwards only those), so such an event is
+    left out wherever the chunks fall."""
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
-        ended = super().feed(chunk, end_of_stream)
-        if ended is not None and self.early_end is None:
-            return ended  # the gateway ended a stream it could no longer read
-        events = self._shown.whole_events(chunk, end_of_stream)
+        shown = super().feed(chunk, end_of_stream)
+        events = chunk if shown is None else shown
         if VERTEX_EVENT.encode() in events:
+            events, _ = lf_lines(events, False)  # the provider's bytes, whole events
             kept = [e for e in events.split(EVENT_END) if e and not _vertex_own(e)]
             events = b"".join(event + EVENT_END for event in kept)
-        if self.early_end is not None:
-            # Ended before message_stop: what the client had not read yet, then the error.
-            return events + self.early_end
         return None if events is chunk else events
 
 

@@ -31,9 +31,10 @@ stops. Its bytes still go on: the client's SDK rejects the broken frame itself. 
 then None. A stream cut before ``metadata`` (the client gone, the upstream reset: no end
 of stream) has no usage and no failure: the gateway estimates it as any stream cut short;
 no counts are kept before ``metadata``, so there is no ``counts_so_far``
-(``base.counts_so_far`` reads None). One whose body ends, cleanly, after its answer began
-and before ``messageStop`` is failed by the gateway (``_end_early``), the one change it
-ever makes to the bytes.
+(``base.counts_so_far`` reads None). The client gets the stream in whole frames
+(``aws_eventstream.WholeMessages``): a frame's start waits for its end. One whose body
+ends, cleanly, after its answer began, or inside a frame (dropped), and before
+``messageStop`` is failed by the gateway (``_end_early``), the one frame it ever adds.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
-from extproc.aws_eventstream import encode_exception
+from extproc.aws_eventstream import WholeMessages, encode_exception
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
@@ -131,6 +132,8 @@ class ConverseStreamReader:
         self.failure: StreamFailure | None = None
         self.service_tier: str | None = asked_tier if asked_tier in SERVED_AS_ASKED else None
         self._frames = EventStreamBuffer()
+        # The frames the client may have: whole ones (a partial one is held).
+        self._whole = WholeMessages()
         # Cleared once nothing more can be read: a failure, or a frame that broke.
         self._reading = True
         # Whether an event came before any exception (Bedrock began its answer): an
@@ -150,6 +153,7 @@ class ConverseStreamReader:
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if not self._reading:
             return None
+        whole = self._whole.take(chunk)
         self._frames.add_data(chunk)
         try:
             for frame in self._frames:
@@ -159,11 +163,18 @@ class ConverseStreamReader:
         except BAD_FRAME:
             self._failed(ProviderStreamError(_UNDECODABLE, error_type="upstream_error", code=None))
         if not self._reading:
-            # What follows is passed on unread: drop what the buffer holds.
+            # What follows is passed on unread, as it came: drop what the buffer holds,
+            # and send what was held for the client (its SDK judges it).
             self._frames = EventStreamBuffer()
-        elif end_of_stream and self._began and not (self._answered or self.terminal_event_read):
-            return chunk + self._end_early()
-        return None
+            whole += self._whole.release()
+        elif end_of_stream and self._cut() and not (self._answered or self.terminal_event_read):
+            return whole + self._end_early()
+        return None if whole is chunk else whole
+
+    def _cut(self) -> bool:
+        """Whether the body ended after the answer began, or inside a frame (whose start
+        the provider had sent: it was answering)."""
+        return self._began or self._whole.partial
 
     def _end_early(self) -> bytes:
         """The end of a stream whose provider closed it, cleanly, after its answer began
@@ -173,7 +184,9 @@ class ConverseStreamReader:
         and the request was logged completed. An exception frame the SDK raises
         (``EventStreamError``, ``internalServerException``) ends it instead, charged as
         Bedrock's own exception mid-stream is; a translated stream's client reads its own
-        error there too."""
+        error there too. A frame the body ended inside of is dropped: sent, botocore read
+        the exception frame as its rest and raised a ``ChecksumMismatch``, and with
+        nothing after it ended the stream quietly."""
         self._failed(ended_early_error())
         return ENDED_EARLY_FRAME
 

@@ -43,6 +43,7 @@ from typing import Any
 import orjson
 from botocore.eventstream import EventStreamMessage
 
+from extproc.aws_eventstream import WholeMessages
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import (
     StreamTranslator,
@@ -90,6 +91,9 @@ class InvokeStreamReader(StreamTranslator):
         # client's SDK reads in them, for telemetry's finish reasons and captured text,
         # which the frames' base64 hides.
         self.unwrapped = b""
+        # The frames the client may have: whole ones (a partial one is held, and dropped
+        # if the body ends inside it, as ConverseStream's reader does).
+        self._whole = WholeMessages()
 
     @property
     def terminal_event_read(self) -> bool:
@@ -98,17 +102,25 @@ class InvokeStreamReader(StreamTranslator):
         return self._stopped
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        closed = self._closed
         self.unwrapped = super().feed(chunk, end_of_stream) or b""
+        whole = self._whole.take(chunk)
         if self._raised is not None and self.failure is not None:
             # The counts Claude had reported stay; the error is the frame's own.
             self.failure = replace(self.failure, error=self._raised)
         if self.ended_early and self.failure is not None:
             # The body ended before message_stop: boto3 took the chunks so far for the
             # whole answer. It raises the exception frame after them instead, which
-            # names the request's error (Claude's counts so far stay).
+            # names the request's error (Claude's counts so far stay). A frame the body
+            # ended inside of is dropped: botocore read the exception frame as its rest.
             self.failure = replace(self.failure, error=ended_early_error())
-            return chunk + ENDED_EARLY_FRAME
-        return None  # the client reads Bedrock's frames, not the SSE read from them
+            return whole + ENDED_EARLY_FRAME
+        if self._closed and not closed:
+            # An exception frame, or a frame that broke: from here on the bytes pass as
+            # they came, for the client's SDK to raise or reject.
+            whole += self._whole.release()
+        # The client reads Bedrock's frames, not the SSE read from them.
+        return None if whole is chunk else whole
 
     def _exception(self, name: str, message: str, out: list[bytes]) -> None:
         self._raised = stream_exception(name, message)

@@ -65,7 +65,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.google_statuses import google_error_type
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data
+from extproc.translators.sse import EVENT_END, EventBuffer, WholeEventBytes, event_data
 from extproc.translators.token_counts import token_count
 
 # The events worth parsing: those that carry a usage report, a finish reason, an error
@@ -342,6 +342,8 @@ class StreamReader:
         # repeat an earlier one's: the latest replaces it).
         self._queries: dict[int, int] = {}
         self._events = EventBuffer()
+        # What the client gets: Google's bytes (CRLF line ends), in whole events.
+        self._sent = WholeEventBytes()
 
     @property
     def finish_reasons(self) -> list[str]:
@@ -365,7 +367,11 @@ class StreamReader:
                 self.generated_chars += _event_chars(event) if calls else generated_chars(event)
                 if _WORTH_PARSING.search(event):
                     self._read_event(event)
+        sent = self._sent.take(chunk, end_of_stream)
         ended_early = b""
+        if end_of_stream and self._events.unfinished:
+            # An event the body ended inside of: dropped, but its text was generated.
+            self.generated_chars += generated_chars(self._events.unfinished)
         if end_of_stream and self.failure is None and self._cut_short():
             ended_early = self._end_early()
         covered = self.terminal_event_read or self.generated_chars <= self._counted_chars
@@ -382,7 +388,10 @@ class StreamReader:
             # text, the larger output (counts_so_far, stages.partial_usage), as when
             # Google's error event fails it.
             self.usage = None
-        return chunk + ended_early if ended_early else None
+        if ended_early:
+            return sent + ended_early
+        # Whole events only: one the body ended inside of never reaches the client.
+        return None if sent is chunk else sent
 
     def _cut_short(self) -> bool:
         """Whether the stream ended before its last event, where it is charged as one cut
@@ -398,13 +407,14 @@ class StreamReader:
         if whole). As it came, google-genai yielded the chunks so far as the whole answer,
         without a finish reason, and the request was logged completed. Google's error
         event (the status of the gateway's 502, ``UNAVAILABLE``) ends it instead, which the
-        SDK raises (``ServerError``) as it raises Google's own failure mid-stream, after a
-        blank line that ends an event left open; charged as after that failure."""
+        SDK raises (``ServerError``) as it raises Google's own failure mid-stream, after
+        the whole events (one the body ended inside of is dropped); charged as after that
+        failure."""
         error = ProviderStreamError(
             _ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
         )
         self._provider_failed(error)
-        return _BLANK_LINE + b"data: " + google_error_body(_ENDED_EARLY, 502) + _BLANK_LINE
+        return b"data: " + google_error_body(_ENDED_EARLY, 502) + _BLANK_LINE
 
     def counts_so_far(self) -> StreamFailure:
         """What Gemini had reported when the stream was cut (base.counts_so_far)."""

@@ -16,7 +16,11 @@ gateway charges the request and names the error; one that is the stream's first 
 event came before the answer began (``began`` False), the streamed form of an error
 status, charged nothing as that status is. An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
-own error event (``sse.event_too_large``) the client reads last.
+own error event (``sse.event_too_large``) the client reads last. The client gets the
+stream in whole events; one whose body ended inside an event, or before the answer's end
+(no ``finish_reason``, no ``[DONE]``) after the answer began, ends with the gateway's
+error event (``invalid_upstream_response``) and ``[DONE]``, which the SDK raises, not the
+text so far as if whole (``ChunkStreamReader._end_early``).
 
 The service tier that served the answer (``service_tier``, top level of a
 ``chat.completion`` and of every ``chat.completion.chunk``: ``default``, ``flex``,
@@ -37,7 +41,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import GatewayError
+from extproc.errors import GatewayError, UpstreamError
 from extproc.translators import vertex_traffic
 from extproc.translators.anthropic_anthropic import server_tool_requests
 from extproc.translators.base import (
@@ -46,7 +50,13 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.sse import (
+    EVENT_END,
+    EventBuffer,
+    WholeEventBytes,
+    event_data,
+    event_too_large,
+)
 from extproc.translators.token_counts import token_count
 
 # Only events that carry a usage or an error object are parsed; the rest pass
@@ -54,6 +64,10 @@ from extproc.translators.token_counts import token_count
 # its quotes are escaped.
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
 _DONE = b"data: [DONE]" + EVENT_END
+# What says the answer ended: a choice's finish reason (quoted: the stop's name, a null
+# is no finish), the end marker. Generated text escapes its quotes, so cannot fake them.
+_ANSWER_END = re.compile(rb'"finish_reason"\s*:\s*"|\[DONE\]')
+_ENDED_EARLY = "the provider's stream ended before it was complete"
 # The service tier of an event, top level of a chunk. Generated text cannot fake it: its
 # quotes are escaped, so none stands right after the name.
 _SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z0-9_]{1,32})"')
@@ -280,11 +294,12 @@ class ChunkStreamReader:
     With ``hide_usage_chunk`` the client did not ask for usage (the gateway did): the
     usage-only chunk is cut out of what it receives, and a report in any other chunk
     is taken out of that chunk (``_without_usage``), so the client finds none, as from
-    OpenAI. Then only whole events are forwarded, and a partial one waits for its end in
-    the next body chunk.
+    OpenAI. Either way only whole events are forwarded: a partial one waits for its end
+    in the next body chunk, and one the body ended inside of is dropped.
 
-    The only other bytes it changes end a stream whose event grew too long to hold
-    (``_end_unreadable``).
+    The only other bytes it changes end a stream it cannot deliver whole: one whose
+    event grew too long to hold (``_end_unreadable``), one that ended before its answer
+    did (``_end_early``).
     """
 
     def __init__(self, *, hide_usage_chunk: bool) -> None:
@@ -303,8 +318,12 @@ class ChunkStreamReader:
         self._began = False
         self._hide = hide_usage_chunk
         self._events = EventBuffer()
+        # What a client that asked for usage gets: the provider's bytes, in whole events.
+        self._sent = WholeEventBytes()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
+        # Set once a finish reason or [DONE] came: the answer is whole.
+        self._answered = False
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._ended:
@@ -312,15 +331,34 @@ class ChunkStreamReader:
         complete = self._events.whole_events(chunk, end_of_stream)
         if self._first_event and complete:
             self._read_first_tier(complete)
+        sent = complete if self._hide else self._sent.take(chunk, end_of_stream)
         if self._events.overflowed:
-            return self._end_unreadable(chunk, complete)
+            self._sent.clear()
+            return self._end_unreadable(sent, complete)
+        self._answered = self._answered or _ANSWER_END.search(complete) is not None
         if not _USAGE_OR_ERROR.search(complete):
             self._began = self._began or b"data:" in complete
-            if not self._hide or complete is chunk:
-                return None  # Envoy forwards the chunk as it came: no body mutation
-            return complete
-        kept = self._read_events(complete)
-        return kept if self._hide else None
+        else:
+            kept = self._read_events(complete)
+            sent = kept if self._hide else sent
+        cut = self._began or bool(self._events.unfinished)
+        # The provider's usage report comes after the answer's end: it ended.
+        answered = self._answered or self.usage is not None
+        if end_of_stream and cut and not answered and self.failure is None:
+            return sent + self._end_early()
+        # Envoy forwards the chunk as it came when it is whole events: no body mutation.
+        return None if sent is chunk else sent
+
+    def _end_early(self) -> bytes:
+        """The end of a stream whose body ended (a proxy, or an upstream whose body ends
+        with its connection, closing a cut stream as if whole) after its answer began, or
+        inside an event, and before a finish reason or ``[DONE]``. As it came the SDK
+        returned the text so far as the whole answer, or, given the cut event closed by a
+        blank line, failed its JSON parse. The gateway's error event and ``[DONE]`` end it
+        instead, which the SDK raises, charged as after the provider's own error event."""
+        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        self._stream_failed(error)
+        return b"data: " + error.body() + EVENT_END + _DONE
 
     def _read_first_tier(self, complete: bytes) -> None:
         """The service tier the stream's first data event names (OpenAI names it in every
@@ -348,25 +386,22 @@ class ChunkStreamReader:
             kept.append(event + EVENT_END)
         return b"".join(kept)
 
-    def _end_unreadable(self, chunk: bytes, complete: bytes) -> bytes:
+    def _end_unreadable(self, sent: bytes, complete: bytes) -> bytes:
         """End a stream whose event grew too long to hold (``sse.EventBuffer``).
 
         The gateway can no longer read what the provider sends, and going on would
-        silently leave that event out of what a client whose usage chunk is hidden
-        receives. So the stream fails as it does on a provider's error event: the client
-        reads what came before, the gateway's error event and ``[DONE]``, nothing after;
-        the request is charged an estimate (``stages.partial_usage``). Hiding the usage
-        chunk, only whole events were forwarded, so those this chunk ended come first.
-        Otherwise the chunks went as they came, the oversized event's start among them:
-        this chunk goes too, then a blank line that ends the broken event (an SSE client
-        drops or rejects it), as ``anthropic_anthropic`` ends one for Anthropic clients.
+        silently leave that event out of what the client receives. So the stream fails
+        as it does on a provider's error event: the client reads the whole events before
+        it (the oversized one, whose start was held, is dropped), the gateway's error
+        event and ``[DONE]``, nothing after; the request is charged an estimate
+        (``stages.partial_usage``). Hiding the usage chunk, those events are read first.
         """
         self._ended = True
         kept = self._read_events(complete)
         error = event_too_large(self._events.max_event_bytes)
         self._stream_failed(error)
         ending = b"data: " + error.body() + EVENT_END + _DONE
-        return kept + ending if self._hide else chunk + EVENT_END + ending
+        return (kept if self._hide else sent) + ending
 
     def _read_event(self, event: bytes) -> bytes:
         """Take the usage (or the provider's error) from one event; the event as a client

@@ -69,7 +69,7 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import GatewayError
+from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.base import (
     BufferedBodyReader,
     ProviderStreamError,
@@ -77,7 +77,13 @@ from extproc.translators.base import (
     service_tier_of,
 )
 from extproc.translators.openai_openai import reasoning_beside, reported_cost
-from extproc.translators.sse import EVENT_END, EventBuffer, event_data, event_too_large
+from extproc.translators.sse import (
+    EVENT_END,
+    EventBuffer,
+    WholeEventBytes,
+    event_data,
+    event_too_large,
+)
 from extproc.translators.token_counts import token_count
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -99,6 +105,7 @@ _READ_EVENTS = re.compile(
     rb'|web_search_call|file_search_call)"|"error"\s*:\s*\{'
 )
 # The events that show one output item: a tool call as it starts, then as it ended.
+_ENDED_EARLY = "the provider's stream ended before it was complete"
 _ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
 # The output items of OpenAI's built-in tools billed per call, by the name the bill gives
 # the tool: its type in the request's ``tools``, which is also Anthropic's name for its web
@@ -312,6 +319,8 @@ class EventStreamReader:
         # The billed tool calls the stream showed, billed if it ends without its response.
         self.tool_call_tally = ToolCallTally()
         self._events = EventBuffer()
+        # What the client gets: the provider's bytes, in whole events.
+        self._sent = WholeEventBytes()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
         # Whether a data event other than an error came (the provider began its answer,
@@ -323,15 +332,38 @@ class EventStreamReader:
         if self._ended:
             return b""  # the client has read the stream's end already
         complete = self._events.whole_events(chunk, end_of_stream)
+        sent = self._sent.take(chunk, end_of_stream)
         if self._events.overflowed:
-            return self._end_unreadable(chunk, complete)
+            self._sent.clear()
+            return self._end_unreadable(sent, complete)
         if complete and (not self._began or _READ_EVENTS.search(complete)):
             for event in complete.split(EVENT_END):
                 if _READ_EVENTS.search(event):
                     self._read_event(event)
                 elif b"data:" in event:
                     self._began = True
-        return None
+        cut = self._began or bool(self._events.unfinished)
+        if end_of_stream and cut and not self.terminal_event_read and self.failure is None:
+            return sent + self._end_early()
+        # Whole events only: one the body ended inside of never reaches the client.
+        return None if sent is chunk else sent
+
+    def _end_early(self) -> bytes:
+        """The end of a stream whose body ended after the response began, or inside an
+        event, and before its terminal event (a proxy, or an upstream whose body ends
+        with its connection, closing a cut stream as if whole). As it came the SDK
+        returned the events so far as if whole (``responses.stream`` found no
+        ``response.completed``), or, given the cut event closed by a blank line, failed
+        its JSON parse. The gateway's ``error`` event ends it instead, its fields nested
+        under ``error`` as OpenAI's own are, which the SDK raises (``APIError``); charged
+        as after the provider's own error event."""
+        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        self._stream_failed(error)
+        return (
+            b"event: error\ndata: "
+            + orjson.dumps({"type": "error", **orjson.loads(error.body())})
+            + EVENT_END
+        )
 
     def _read_event(self, event: bytes) -> None:
         try:
@@ -403,18 +435,17 @@ class EventStreamReader:
             self.failure = StreamFailure(error, began=began)
         self.usage = None
 
-    def _end_unreadable(self, chunk: bytes, complete: bytes) -> bytes:
+    def _end_unreadable(self, sent: bytes, complete: bytes) -> bytes:
         """End a stream whose event grew too long to hold (``sse.EventBuffer``): the
-        chunks went as they came, the oversized event's start among them, so this chunk
-        goes too, then a blank line that ends the broken event, then the gateway's
-        ``error`` event, which the client reads last; nothing after it."""
+        whole events before it (the oversized one, whose start was held, is dropped),
+        then the gateway's ``error`` event, which the client reads last; nothing after."""
         self._ended = True
         for event in complete.split(EVENT_END):
             if _READ_EVENTS.search(event):
                 self._read_event(event)
         error = event_too_large(self._events.max_event_bytes)
         self._stream_failed(error)
-        return chunk + EVENT_END + error_event(error)
+        return sent + error_event(error)
 
 
 def error_event(error: GatewayError) -> bytes:

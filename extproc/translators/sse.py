@@ -11,9 +11,21 @@ gateway hold all of it. Past the limit the buffer drops the event (``overflowed`
 reader fails the stream with ``event_too_large()``, as a provider's own error inside a
 stream fails it: the client reads the error last, and the request is charged what the
 provider reported plus an estimate of the rest (``stages.partial_usage``).
+
+A body that ends inside an event (the upstream reset mid-line, or the body ended before
+the rest of its data lines) ends with that event unfinished. SSE clients never dispatch
+it, and one the gateway closed with a blank line failed the SDK's JSON parse instead of
+reading the gateway's error after it; so the buffer drops it (``unfinished`` keeps it,
+for a reader that counts its text), and a reader ends the stream as one cut between
+events. A last event whose data is whole, only its blank line missing, is read and sent
+as whole, with that blank line (``WholeEventBytes``).
 """
 
 from __future__ import annotations
+
+import re
+
+import orjson
 
 from extproc.errors import GatewayError, UpstreamError
 
@@ -70,10 +82,13 @@ class EventBuffer:
         self._after_cr = False
         # While an oversized event is dropped: its last byte (its end may straddle chunks).
         self._dropping: bytes | None = None
+        # The event the body ended inside of, dropped at the end of stream; empty if none.
+        self.unfinished = b""
 
     def whole_events(self, chunk: bytes, end_of_stream: bool) -> bytes:
-        """The events this chunk ends (at the end of stream, all that is left); ``chunk``
-        itself when it is exactly that, so a caller can tell nothing changed."""
+        """The events this chunk ends; ``chunk`` itself when it is exactly that, so a
+        caller can tell nothing changed. At the end of stream what is left after the last
+        whole event is dropped: an event left unfinished (``unfinished``), or comments."""
         lines, self._after_cr = lf_lines(chunk, self._after_cr)
         if self._dropping is not None:
             rest = self._rest_after_dropped(lines)
@@ -82,8 +97,10 @@ class EventBuffer:
             lines = rest
         if not self._held:
             cut = lines.rfind(EVENT_END)
-            if end_of_stream or (cut >= 0 and cut + 2 == len(lines)):
+            if cut >= 0 and cut + 2 == len(lines):
                 return lines
+            if end_of_stream:
+                return self._ended(lines, cut)
             if cut < 0:
                 self._hold(lines)
                 return b""
@@ -95,7 +112,7 @@ class EventBuffer:
         if end_of_stream:
             complete = bytes(self._held)
             self._held.clear()
-            return complete
+            return self._ended(complete, complete.rfind(EVENT_END, max(start, 0)))
         cut = self._held.rfind(EVENT_END, start)
         if cut < 0:
             self._check_size()
@@ -104,6 +121,19 @@ class EventBuffer:
         del self._held[: cut + 2]
         self._check_size()
         return complete
+
+    def _ended(self, lines: bytes, cut: int) -> bytes:
+        """The whole events of the body's last bytes ``lines`` (the last ends at ``cut``),
+        without what follows them: an event the body ended inside of, kept as
+        ``unfinished``, or only comments and blank lines, which say nothing."""
+        whole, rest = (lines[: cut + 2], lines[cut + 2 :]) if cut >= 0 else (b"", lines)
+        if not _holds_a_field(rest):
+            return lines if len(whole) == len(lines) else whole
+        if _whole_data(rest):
+            # Only its blank line is missing: the event is whole, and read as one.
+            return whole + rest.rstrip(b"\n") + EVENT_END
+        self.unfinished = rest
+        return whole
 
     def _hold(self, unfinished: bytes) -> None:
         self._held += unfinished
@@ -130,7 +160,97 @@ class EventBuffer:
         return seen[cut + 2 :]
 
 
+def _holds_a_field(lines: bytes) -> bool:
+    """Whether LF-ended ``lines`` hold an event's start: its ``event`` or ``data`` field
+    (comments, blank lines and lines no client reads say nothing)."""
+    return any(line.startswith((b"data", b"event")) for line in lines.split(b"\n"))
+
+
+def _whole_data(event: bytes) -> bool:
+    """Whether the LF-ended lines of an event the body ended without its blank line carry
+    whole data: JSON that parses (or OpenAI's ``[DONE]``), not a line cut short."""
+    data = event_data(event)
+    if not data:
+        return False
+    if data.strip() == b"[DONE]":
+        return True
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def event_data(event: bytes) -> bytes:
     """The data of one LF-ended SSE event: its ``data:`` lines joined by newlines, as SSE
     joins them (a JSON object may span several)."""
     return b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
+# Two line ends in a row, each CRLF, LF or CR: where an event ends, in a provider's bytes.
+_RAW_EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+_RAW_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+# What is held of an unfinished event, in the provider's bytes: CRLF line ends at most
+# double its length with LF ones, which EventBuffer's bound counts.
+_MAX_RAW_BYTES = 2 * MAX_EVENT_BYTES
+
+
+class WholeEventBytes:
+    """A provider's bytes as they came, up to the end of the last whole event: what a
+    passed-through stream's client may have yet. The start of an event waits for its end,
+    so one the body ends inside of (``EventBuffer.unfinished``) never reaches the client.
+
+    The bytes are the provider's own (Google's CRLF line ends stay), so a chunk that ends
+    an event passes unchanged. Only the cut point is searched for, in the new bytes.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+
+    def take(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        """The bytes up to the last event's end (``chunk`` itself when it ends one and
+        nothing was held); the rest is held until its end comes. At the stream's end,
+        what is left goes too, unless it is an event left unfinished: line ends and
+        comments say nothing, but are the provider's bytes."""
+        if not self._held and chunk.endswith(_RAW_ENDS):
+            return chunk
+        if end_of_stream:
+            rest = bytes(self._held) + chunk
+            self.clear()
+            cut = _last_event_end(rest)
+            last = lf_lines(rest[cut:], False)[0]
+            if not _holds_a_field(last):
+                return chunk if len(rest) == len(chunk) else rest
+            if _whole_data(last):
+                # Only its blank line is missing (SSE clients would drop the event).
+                return rest + (b"\n" if rest.endswith((b"\n", b"\r")) else EVENT_END)
+            return rest[:cut]
+        start = max(len(self._held) - 3, 0)  # a line end may straddle the chunks
+        self._held += chunk
+        end = _last_event_end(self._held, start)
+        if not end:
+            if len(self._held) > _MAX_RAW_BYTES:
+                # An event too long to hold: a reader that ends the stream on it (its
+                # EventBuffer, counting LF line ends, passed the bound first) has cleared
+                # this; one that goes on sends it as it came.
+                whole = bytes(self._held)
+                self.clear()
+                return whole
+            return b""
+        whole = bytes(self._held[:end])
+        del self._held[:end]
+        return whole
+
+    def clear(self) -> None:
+        """Drop what is held (an event too long to hold, or one the body ended inside)."""
+        self._held = bytearray()
+
+
+def _last_event_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the last event in ``data`` (searched from ``start``) ends; 0 for none."""
+    end = 0
+    for found in _RAW_EVENT_END.finditer(data, start):
+        end = found.end()
+    return end

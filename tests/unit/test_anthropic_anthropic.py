@@ -71,10 +71,15 @@ STREAM_USAGE = Usage(472 + 2048, 15, 472 + 2048 + 15, cached_tokens=2048)
 
 
 def feed_all(reader: EventStreamReader | MessageReader, body: bytes, cuts: list[int]) -> None:
-    """Feed body cut at the given points; the reader must pass every byte through as is."""
-    points = sorted({0, *[c % (len(body) + 1) for c in cuts], len(body)})
+    """Feed ``body`` cut at the given points; the client must receive every byte as it
+    came (a chunk that ends inside an event waits for the rest of it)."""
+    points = sorted({0, *[cut % (len(body) + 1) for cut in cuts], len(body)})
+    sent = b""
     for start, end in itertools.pairwise(points):
-        assert reader.feed(body[start:end], end == len(body)) is None
+        part = body[start:end]
+        out = reader.feed(part, end == len(body))
+        sent += part if out is None else out
+    assert sent == body
 
 
 def message_delta(usage: dict[str, Any]) -> bytes:
@@ -165,11 +170,10 @@ def test_stream_ended_before_message_delta_reports_no_usage_and_ends_in_an_error
     # Anthropic never ends one so, and as it came the SDK took the text for the answer.
     reader = EventStreamReader()
     body = MESSAGE_START + PREAMBLE + DELTAS
-    assert reader.feed(body[:100], False) is None
+    assert reader.feed(body[:100], False) == b""  # the start of an event waits for its end
     last = reader.feed(body[100:], True)
-    assert last is not None and last.startswith(body[100:])
-    assert last.endswith(
-        b'\n\nevent: error\ndata: {"type":"error","error":{"type":"api_error",'
+    assert last == body + (
+        b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
         b'"message":"the provider\'s stream ended before it was complete"}}\n\n'
     )
     assert reader.usage is None
@@ -191,7 +195,9 @@ def test_error_event_mid_stream_reports_no_usage() -> None:
 
 def test_last_event_without_its_blank_line_is_read_at_end_of_stream() -> None:
     reader = EventStreamReader()
-    feed_all(reader, MESSAGE_START + MESSAGE_DELTA.rstrip(b"\n"), [])
+    body = MESSAGE_START + MESSAGE_DELTA.rstrip(b"\n")
+    # Its data is whole: read, and sent with the blank line the SDK needs to read it.
+    assert reader.feed(body, True) == body + b"\n\n"
     assert reader.usage == STREAM_USAGE
 
 

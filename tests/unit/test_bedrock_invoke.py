@@ -81,8 +81,13 @@ def test_the_stream_passes_through_unchanged_and_its_usage_is_read() -> None:
 def test_frames_cut_anywhere_are_read_the_same() -> None:
     stream = b"".join(chunk(event) for event in EVENTS)
     reader = InvokeStreamReader()
+    sent = b""
     for start in range(0, len(stream), 7):
-        assert reader.feed(stream[start : start + 7], start + 7 >= len(stream)) is None
+        part = stream[start : start + 7]
+        out = reader.feed(part, start + 7 >= len(stream))
+        sent += part if out is None else out
+    # The frames as they came, each once whole (a frame's start waits for its end).
+    assert sent == stream
     assert reader.usage is not None and reader.usage.completion_tokens == 2
 
 

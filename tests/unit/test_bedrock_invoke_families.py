@@ -115,8 +115,9 @@ def test_a_json_answer_without_counts_is_kept_for_the_estimate() -> None:
 def test_a_stream_is_billed_by_its_last_chunks_metrics_and_passes_unchanged() -> None:
     reader = ModelStreamReader()
     first, last = (chunk(event) for event in LLAMA_STREAM)
-    assert reader.feed(first[:10], False) is None
-    assert reader.feed(first[10:], False) is None
+    # A frame's start waits for its end: the client gets each frame whole.
+    assert reader.feed(first[:10], False) == b""
+    assert reader.feed(first[10:], False) == first
     assert reader.usage is None and not reader.terminal_event_read
     assert b'"stop_reason":null' in reader.unwrapped  # the frame's event, unwrapped
     assert reader.feed(last, True) is None

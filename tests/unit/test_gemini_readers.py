@@ -97,10 +97,15 @@ ERROR = event(
 
 
 def feed_all(reader: GenerateContentReader | StreamReader, body: bytes, cuts: list[int]) -> None:
-    """Feed ``body`` cut at the given points; the reader must pass every byte on as it is."""
+    """Feed ``body`` cut at the given points; the client must receive every byte as it
+    came (a chunk that ends inside an event waits for the rest of it)."""
     points = sorted({0, *[cut % (len(body) + 1) for cut in cuts], len(body)})
+    sent = b""
     for start, end in itertools.pairwise(points):
-        assert reader.feed(body[start:end], end == len(body)) is None
+        part = body[start:end]
+        out = reader.feed(part, end == len(body))
+        sent += part if out is None else out
+    assert sent == body
 
 
 # --- generateContent -----------------------------------------------------------------------
@@ -231,7 +236,9 @@ def test_a_stream_with_lf_line_ends_is_read_alike(cuts: list[int]) -> None:
 
 def test_the_last_event_without_its_blank_line_is_read_at_end_of_stream() -> None:
     reader = StreamReader()
-    feed_all(reader, FIRST + LAST.rstrip(b"\r\n"), [])
+    body = FIRST + LAST.rstrip(b"\r\n")
+    # Its data is whole: read, and sent with the blank line that ends it.
+    assert reader.feed(body, True) == body + b"\n\n"
     assert reader.usage == STREAM_USAGE
 
 

@@ -67,10 +67,11 @@ def test_cache_reads_and_a_message_delta_before_the_error_are_kept() -> None:
 def test_the_passthrough_reader_names_an_overload_as_the_openai_translator_does() -> None:
     reader = anthropic_anthropic.EventStreamReader()
     data = ANTHROPIC_STREAM
-    # Cut anywhere: the error event is read once it is whole.
-    assert reader.feed(data[:-30], False) is None
+    # Cut anywhere: the error event is read (and sent) once it is whole.
+    first = reader.feed(data[:-30], False)
+    assert first is not None and data.startswith(first) and b"event: error" not in first
     assert stream_failure(reader) is None
-    reader.feed(data[-30:], True)
+    assert first + (reader.feed(data[-30:], True) or data[-30:]) == data
     failure = stream_failure(reader)
     assert failure is not None and failure.error.code == "upstream_overloaded"
     assert failure.prompt_tokens == 25

@@ -291,8 +291,10 @@ async def test_a_stream_is_billed_by_its_terminal_events_usage(
     cut = TEXT_SSE.index(b"event: response.completed")
     chunks = [TEXT_SSE[:cut], TEXT_SSE[cut : cut + 40], TEXT_SSE[cut + 40 : -300], TEXT_SSE[-300:]]
     answers = await play_sse(processor, RESPONSES, AUTH, responses(stream=True), chunks)
-    # Every byte went as it came: no chunk rewritten, no [DONE] added.
-    assert all(not a.response_body.response.HasField("body_mutation") for a in answers[3:])
+    # Every byte went as it came, in whole events (an event's start waits for its end),
+    # and no [DONE] added.
+    assert client_body(chunks, answers[3:]) == TEXT_SSE
+    assert not answers[3].response_body.response.HasField("body_mutation")
     line = only_line(services)
     assert (line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) == (37, 8, 45)
     assert line["usage_reported"] is True and not line["usage_estimated"]

@@ -135,11 +135,11 @@ async def test_an_anthropic_client_reads_an_error_event_and_nothing_after(
 ) -> None:
     body = {"model": SONNET, "stream": True, "max_tokens": 100, "messages": PROMPT}
     sent, chunks = await send_endless(processor, "/v1/messages", {"x-api-key": "team1-key"}, body)
-    # The provider's bytes as they came, up to the chunk that took the event past the limit,
-    # then a blank line that ends the broken event, and Anthropic's error event, last.
+    # The provider's whole events as they came (the oversized one, held until its end,
+    # never reaches it), then Anthropic's error event, last.
     passed, _, tail = sent.rpartition(b"\n\nevent: error\n")
-    assert b"".join(chunks).startswith(passed)
-    assert sse.MAX_EVENT_BYTES < len(passed) < sse.MAX_EVENT_BYTES + 2 * MIB
+    assert b"".join(chunks).startswith(passed + b"\n\n")
+    assert len(passed) < MIB
     data, *rest = tail.split(b"\n")
     error = orjson.loads(data.removeprefix(b"data: "))
     assert (error["type"], error["error"]["type"]) == ("error", "api_error")

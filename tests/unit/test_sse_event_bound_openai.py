@@ -100,15 +100,15 @@ async def test_a_client_without_usage_reads_the_error_last_and_is_charged_an_est
     assert_charged_as_failed(services)
 
 
-async def test_a_client_with_usage_reads_the_chunks_as_they_came_then_the_error(
+async def test_a_client_with_usage_reads_the_whole_events_as_they_came_then_the_error(
     processor: Processor, services: Services
 ) -> None:
-    # Its chunks pass as they came, so the start of the oversized event has reached it: a
-    # blank line ends that broken event (an SSE client drops or rejects it), then the error.
+    # Its events pass as they came, whole: the start of the oversized event, held until
+    # its end, never reaches it. Then the error.
     sent, chunks = await send(processor, stream_options={"include_usage": True})
     passed, _, tail = sent.rpartition(b"\n\ndata: {")
-    assert b"".join(chunks).startswith(passed)
-    assert sse.MAX_EVENT_BYTES < len(passed) < sse.MAX_EVENT_BYTES + 2 * MIB
+    assert b"".join(chunks).startswith(passed + b"\n\n")
+    assert len(passed) < MIB
     error_event, *rest = (b"data: {" + tail).split(b"\n\n")
     error = the_error(error_event)
     assert (error["type"], error["code"]) == ("upstream_error", "upstream_event_too_large")

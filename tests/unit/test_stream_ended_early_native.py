@@ -138,18 +138,26 @@ async def test_a_stream_ended_before_its_answer_is_raised_by_the_sdk(
     assert line["completion_tokens"] >= 1
 
 
-async def test_a_stream_cut_inside_an_event_ends_that_event_before_the_error(
-    processor: Processor,
+async def test_a_stream_cut_inside_an_event_is_raised_as_one_cut_between_events(
+    processor: Processor, services: Services
 ) -> None:
-    # As it came, the SDK dropped the unfinished event and returned the rest as the answer.
-    # Closed by a blank line, the broken event fails the SDK's parse (a ValueError) before
-    # the error event after it, which a reader that skips what it cannot parse reads.
+    # The body ended inside a text delta. Sent on, closed by a blank line, the broken event
+    # failed the SDK's JSON parse (a ValueError) before the gateway's error after it; now
+    # it is dropped, and the SDK raises the gateway's error, as for a cut between events.
     received = await streamed(processor, [START, TEXT[:-30]])
 
-    assert received.startswith(START + TEXT[:-30] + b"\n\n")
-    assert received.endswith(b"event: error\ndata: " + ERROR_BODY + b"\n\n")
-    with pytest.raises(ValueError):
+    assert received == START + TEXT[: TEXT.index(b"event: content_block_delta")] + (
+        b"event: error\ndata: " + ERROR_BODY + b"\n\n"
+    )
+    with pytest.raises(anthropic.APIStatusError) as raised:
         sdk_reads(received)
+    assert raised.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": ENDED_EARLY},
+    }
+    line = log_line(services)
+    assert (line["outcome"], line["error_code"]) == ("upstream_error", "invalid_upstream_response")
+    assert (line["prompt_tokens"], line["usage_estimated"]) == (25, True)
 
 
 async def test_a_whole_stream_is_still_the_answer(processor: Processor, services: Services) -> None:
