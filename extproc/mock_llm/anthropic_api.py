@@ -1255,6 +1255,14 @@ class AnthropicEndpoints:
                         return await _fail_stream(response, send)
                     if sent == fault.end_after:
                         return response  # aiohttp ends the body: a clean, early end
+                    if sent == fault.end_inside:
+                        # Half the delta's event, then the body's clean end.
+                        whole = event(
+                            "content_block_delta",
+                            {"type": "content_block_delta", "index": index, "delta": delta},
+                        )
+                        await response.write(whole[: len(whole) // 2])
+                        return response
                     sent += 1
                     await send(
                         "content_block_delta",
@@ -1268,6 +1276,13 @@ class AnthropicEndpoints:
                     return await _fail_stream(response, send)
                 if index == last and fault.end_after is not None:
                     # Fewer pieces than end_after: the stream must still end early.
+                    return response
+                if index == last and fault.end_inside is not None:
+                    # Fewer pieces than end_inside: the stream must still end inside one.
+                    whole = event(
+                        "content_block_stop", {"type": "content_block_stop", "index": index}
+                    )
+                    await response.write(whole[: len(whole) // 2])
                     return response
                 await send("content_block_stop", {"type": "content_block_stop", "index": index})
             stop = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}

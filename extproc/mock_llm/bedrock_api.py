@@ -1726,7 +1726,17 @@ class BedrockEndpoints:
                         return _abort(request, response)
                     if sent == fault.error_after:
                         return await _fail_stream(response)
+                    if sent == fault.end_inside:
+                        # Half the delta's frame, then the body's clean end.
+                        frame = encode_event(event_type, orjson.dumps(data))
+                        await response.write(frame[: len(frame) // 2])
+                        return response
                     sent += 1
+                elif position == len(events) - 1 and fault.end_inside is not None:
+                    # Fewer pieces than end_inside: the stream must still end inside a frame.
+                    frame = encode_event(event_type, orjson.dumps(data))
+                    await response.write(frame[: len(frame) // 2])
+                    return response
                 elif position == len(events) - 1 and fault.reset_after is not None:
                     # Fewer pieces than reset_after: the stream must still never finish.
                     return _abort(request, response)

@@ -17,6 +17,11 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; chunks, end the body cleanly, before message_delta
                                       ; and message_stop (a proxy, or a body that ends with
                                       ; its connection, closing a cut stream as if whole)
+    end_inside = int >= 0             ; OpenAI chat, Anthropic Messages and Bedrock
+                                      ; ConverseStream streams: after this many content
+                                      ; chunks, the first half of the next event (or frame),
+                                      ; then the body ends cleanly (an upstream reset
+                                      ; mid-line behind a proxy that ends the body there)
     error_first= 429 | 500 | 503      ; streams: the provider's own error, in that status's
                                       ; form, as the stream's first event, before the
                                       ; answer began (non-streaming answers: not affected)
@@ -43,7 +48,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
 ``status`` (alone it would break nothing, and a test relying on it would check nothing).
 ``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
-``error_after``, ``reset_after`` and ``end_after`` (no content chunk would come to count).
+``error_after``, ``reset_after``, ``end_after`` and ``end_inside`` (no content chunk would
+come to count).
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -74,6 +80,8 @@ class Fault:
     error_after: int | None = None
     # Anthropic's Messages streams: the content chunks sent before the body ends cleanly.
     end_after: int | None = None
+    # Streams: the content chunks sent before half an event, then the body's clean end.
+    end_inside: int | None = None
     # Streams: the status whose streamed form the provider's error sent first is (the
     # error before its answer began: a throttle, an outage), None for none.
     error_first: int | None = None
@@ -167,6 +175,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "reset_after": ("reset_after", _non_negative),
     "error_after": ("error_after", _non_negative),
     "end_after": ("end_after", _non_negative),
+    "end_inside": ("end_inside", _non_negative),
     "error_first": ("error_first", _stream_error_status),
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
@@ -181,8 +190,15 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 
 # What error_first contradicts: no stream would start (status, error_body), or no content
-# chunk would come to count (error_after, reset_after, end_after).
-_EXCLUDED_BY_ERROR_FIRST = ("status", "error_body", "error_after", "reset_after", "end_after")
+# chunk would come to count (error_after, reset_after, end_after, end_inside).
+_EXCLUDED_BY_ERROR_FIRST = (
+    "status",
+    "error_body",
+    "error_after",
+    "reset_after",
+    "end_after",
+    "end_inside",
+)
 
 
 def parse_fault(spec: str) -> Fault:

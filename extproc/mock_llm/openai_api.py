@@ -502,7 +502,13 @@ class OpenAIEndpoints:
                     return _abort(request, response)
                 if sent == fault.error_after:
                     return await _fail_stream(response, send)
-                await send(event(choice(piece_delta(sent, piece), None), running(sent + 1)))
+                content = event(choice(piece_delta(sent, piece), None), running(sent + 1))
+                if sent == fault.end_inside:
+                    return await _end_inside(response, send, content)
+                await send(content)
+            if fault.end_inside is not None:
+                # Fewer pieces than end_inside: the stream must still end inside an event.
+                return await _end_inside(response, send, event(choice({}, "stop"), None))
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
@@ -547,3 +553,12 @@ async def precheck(request: web.Request, default_fault: Fault) -> web.Response |
     if fault.error_body is not None:
         return error_in_success(fault.error_body)
     return fault
+
+
+async def _end_inside(
+    response: web.StreamResponse, send: Callable[[bytes], Awaitable[None]], event: bytes
+) -> web.StreamResponse:
+    """The ``end_inside`` fault: the first half of ``event``, then the body's clean end
+    (aiohttp ends it when the handler returns), as a proxy ends an upstream reset mid-line."""
+    await send(event[: len(event) // 2])
+    return response

@@ -1,0 +1,142 @@
+"""A provider's stream whose body ends inside an event or frame, through the real stack.
+
+The mock's ``end_inside`` fault sends two content events (frames, for Bedrock), the first
+half of the next, then ends the body cleanly: what a proxy makes of an upstream reset
+mid-line. Through Envoy, each official SDK must raise the gateway's error, in the shape of
+the API it speaks ("the provider's stream ended before it was complete"), as for a stream
+cut between events, not a parse error of its own (a JSON error, botocore's
+``ChecksumMismatch``); and the request is logged as a stream its provider ended early,
+charged the text streamed.
+
+One stack serves every test: Envoy's listener on HTTPS, as boto3 sends its bearer token
+over TLS only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+from botocore.exceptions import EventStreamError
+
+from tests.integration.certificates import Authority
+from tests.integration.conftest import GatewayLog, default_config, running_stack, write_config
+from tests.integration.test_stream_failed_before_answer import (
+    CONVERSE_MODEL,
+    PROMPT,
+    TlsStack,
+    bedrock_client,
+)
+
+FAULT = "end_inside=2"
+ENDED_EARLY = "the provider's stream ended before it was complete"
+KEYS = {"cut-chat": "cut-chat-key-2a71", "cut-messages": "cut-messages-key-8d03",
+        "cut-converse": "cut-converse-key-40be"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
+    workdir: Path = tmp_path_factory.mktemp("cut-inside-an-event")
+    authority = Authority(workdir, "listener-ca")
+    issued = authority.issue("gateway", ips=("127.0.0.1",))
+    raw = default_config()
+    raw["envoy"]["listener_tls"] = {"cert_file": str(issued.cert), "key_file": str(issued.key)}
+    raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in KEYS.items()]
+    with running_stack(workdir, write_config(workdir, raw)) as running:
+        yield TlsStack(running, authority.cert)
+
+
+def line_of(tls: TlsStack, request_id: str) -> dict[str, Any]:
+    [line] = GatewayLog(tls.stack.gateway_log).for_request(request_id)
+    return line
+
+
+def assert_logged_as_ended_early(line: dict[str, Any], text: str) -> None:
+    """A stream its provider ended early: the error named, the text streamed charged."""
+    assert (line["http_status_code"], line["outcome"]) == (200, "upstream_error")
+    assert (line["error_code"], line["error_message"]) == ("invalid_upstream_response", ENDED_EARLY)
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    # The two whole pieces' text at one token per four characters, at least (the cut
+    # event's text counts too where its value came whole, once).
+    assert line["completion_tokens"] >= -(-len(text) // 4) >= 1
+    assert line["prompt_tokens"] >= 1
+
+
+def test_an_openai_client_reads_the_gateways_error(tls: TlsStack) -> None:
+    client = openai.OpenAI(
+        base_url=f"{tls.url}/v1",
+        api_key=KEYS["cut-chat"],
+        max_retries=0,
+        http_client=httpx.Client(verify=str(tls.ca), timeout=30.0),
+    )
+    text = ""
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        extra_headers={"x-mock-fault": FAULT},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in response.parse():
+                text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert raised.value.message == ENDED_EARLY
+    assert text  # the two whole pieces
+    assert_logged_as_ended_early(line_of(tls, request_id), text)
+
+
+def test_an_anthropic_client_reads_the_gateways_error(tls: TlsStack) -> None:
+    client = anthropic.Anthropic(
+        base_url=tls.url,
+        api_key=KEYS["cut-messages"],
+        max_retries=0,
+        http_client=httpx2.Client(verify=str(tls.ca), timeout=30.0),
+    )
+    text = ""
+    with client.messages.with_streaming_response.create(
+        model="claude-3-5-haiku-latest",
+        max_tokens=200,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        extra_headers={"x-mock-fault": FAULT},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        # Was a ValueError: the SDK's JSON parse of the cut event, closed by a blank line.
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            for event in response.parse():
+                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    text += event.delta.text
+    assert raised.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": ENDED_EARLY},
+    }
+    assert text
+    line = line_of(tls, request_id)
+    assert_logged_as_ended_early(line, text)
+
+
+def test_a_boto3_client_reads_the_gateways_exception(
+    tls: TlsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", KEYS["cut-converse"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    answer = bedrock_client(tls, "cut-converse", FAULT).converse_stream(
+        modelId=CONVERSE_MODEL, messages=[{"role": "user", "content": [{"text": PROMPT}]}]
+    )
+    text = ""
+    # Was botocore's ChecksumMismatch: it read the gateway's frame as the cut frame's rest.
+    with pytest.raises(EventStreamError) as raised:
+        for event in answer["stream"]:
+            text += event.get("contentBlockDelta", {}).get("delta", {}).get("text", "")
+    error = raised.value.response["Error"]
+    assert (error["Code"], error["Message"]) == ("internalServerException", ENDED_EARLY)
+    assert text
+    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-request-id"]
+    assert_logged_as_ended_early(line_of(tls, request_id), text)
