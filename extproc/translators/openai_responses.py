@@ -354,16 +354,12 @@ class EventStreamReader:
         with its connection, closing a cut stream as if whole). As it came the SDK
         returned the events so far as if whole (``responses.stream`` found no
         ``response.completed``), or, given the cut event closed by a blank line, failed
-        its JSON parse. The gateway's ``error`` event ends it instead, its fields nested
-        under ``error`` as OpenAI's own are, which the SDK raises (``APIError``); charged
-        as after the provider's own error event."""
+        its JSON parse. The gateway's ``error`` event ends it instead (``error_event``),
+        which the SDK raises (``APIError``); charged as after the provider's own error
+        event."""
         error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
         self._stream_failed(error)
-        return (
-            b"event: error\ndata: "
-            + orjson.dumps({"type": "error", **orjson.loads(error.body())})
-            + EVENT_END
-        )
+        return error_event(error)
 
     def _read_event(self, event: bytes) -> None:
         try:
@@ -449,8 +445,18 @@ class EventStreamReader:
 
 
 def error_event(error: GatewayError) -> bytes:
-    """An ``error`` event of the Responses API's stream, as the client's SDK reads one."""
-    data = {"type": "error", "code": error.code, "message": error.message, "param": None}
+    """An ``error`` event of the Responses API's stream: the documented flat fields
+    (``code``, ``message``, ``param``), for a client reading the events itself, and the
+    same error under ``error``, which the openai SDK raises as ``APIError`` (given only the
+    flat fields it hands the event over as one more item, and a loop that reads only
+    the events it knows takes the answer so far for the whole one)."""
+    data = {
+        "type": "error",
+        "code": error.code,
+        "message": error.message,
+        "param": None,
+        **orjson.loads(error.body()),
+    }
     return b"event: error\ndata: " + orjson.dumps(data) + EVENT_END
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -51,6 +52,7 @@ from tests.unit.guard_helpers import config_with
 from tests.unit.quota_helpers import capped, used_tokens
 from tests.unit.sse_play import only_line, play_sse
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate, upstream_body
+from tests.unit.test_stream_cut_inside_an_event import openai_client
 
 RESPONSES = "/v1/responses"
 ROUTE = "openai-responses"
@@ -432,6 +434,10 @@ async def test_an_event_too_long_to_hold_ends_the_stream_with_an_error_event(
     assert last.startswith(b"event: error\ndata: ")
     error = orjson.loads(last.split(b"data: ", 1)[1])
     assert (error["type"], error["code"]) == ("error", "upstream_event_too_large")
+    # The openai SDK raises it, rather than handing it over as one more event.
+    with pytest.raises(openai.APIError) as raised:
+        list(openai_client(shown).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert raised.value.code == "upstream_event_too_large"
     assert b"response.completed" not in shown
     line = only_line(services)
     assert line["outcome"] == "upstream_error" and line["usage_estimated"] is True
