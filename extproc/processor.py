@@ -133,7 +133,7 @@ class Processor:
                         envoy_messages.add_metadata(answer, request_metadata(ctx))
                     yield answer
                     return
-                yield envoy_messages.phase_response(phase, out)
+                yield ctx.runtime.answers.phase_response(phase, out)
                 if _last_request_message(phase, request):
                     # Resumed only once gRPC has written the answer (it asks for the next
                     # one after each write): a client gone while the gateway was still

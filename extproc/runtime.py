@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from extproc import background, headers
 from extproc.agents.directory import AgentDirectory
+from extproc.answer_cache import AnswerCache
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
 from extproc.auth.jwt_verifier import JwtVerifier
@@ -298,6 +299,8 @@ class Runtime:
             if policy.api_key_header
         ) - set(headers.CLIENT_CREDENTIAL_HEADERS)
         self._keys = {p.name: _provider_key(p) for p in config.providers}
+        # The phase answers requests share, kept for this config only (answer_cache).
+        self.answers = AnswerCache()
         self.signers: dict[str, AwsSigner] = {
             p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None
         }
