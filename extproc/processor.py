@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -72,11 +72,13 @@ class Processor:
         """Serve one ext_proc stream, i.e. one HTTP request (the gRPC ``Process`` method)."""
         ctx = RequestContext(runtime=self._runtime())
         hooks = self._hooks
-        attempt = self._serves_attempts and context is not None and _is_attempt(context)
+        # Read once: grpc.aio builds the tuple anew on each call (about 3 us).
+        metadata = (context.invocation_metadata() or ()) if context is not None else ()
+        attempt = self._serves_attempts and _is_attempt(metadata)
         if attempt:
             hooks = self._attempt_hooks
         if context is not None:
-            ctx.trace_id = trace_id_of(context)
+            ctx.trace_id = trace_id_of(metadata)
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
@@ -224,16 +226,17 @@ def _hooks_of(stages: Sequence[object]) -> dict[str, list[Callable[..., Any]]]:
     }
 
 
-def trace_id_of(context: Any) -> str | None:
-    """The trace id of the W3C ``traceparent`` Envoy's tracer sends on the ext_proc stream."""
-    for key, value in context.invocation_metadata() or ():
+def trace_id_of(metadata: Iterable[tuple[str, Any]]) -> str | None:
+    """The trace id of the W3C ``traceparent`` Envoy's tracer sends on the ext_proc stream
+    (``metadata``: the stream's ``invocation_metadata()``)."""
+    for key, value in metadata:
         if key == "traceparent":
             return parse_traceparent(value)
     return None
 
 
-def _is_attempt(context: Any) -> bool:
-    for key, value in context.invocation_metadata() or ():
+def _is_attempt(metadata: Iterable[tuple[str, Any]]) -> bool:
+    for key, value in metadata:
         if key == ATTEMPT_METADATA:
             return bool(value == "attempt")
     return False
