@@ -41,7 +41,13 @@ from tests.integration.conftest import (
 from tests.integration.test_store_outage import OwnValkey
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a fault?"}]}
-KEYS = {"fault": "fault-key-0f1e2d3c", "closed": "closed-key-4b5a6978", "open": "open-key-8c7d6e5f"}
+KEYS = {
+    "fault": "fault-key-0f1e2d3c",
+    "closed": "closed-key-4b5a6978",
+    "open": "open-key-8c7d6e5f",
+    # Only the no-usage test's: its metric delta must see no other request's late count.
+    "nousage": "nousage-key-2a3b4c5d",
+}
 EXTRA = """
   - name: slow
     base_url: http://${MOCK_LLM_ADDRESS}/v1
@@ -52,6 +58,7 @@ QUOTAS = """
 quotas:
   rules:
     - {name: fault-tokens, subject: api_key, match: fault, tokens_per_day: 100000000}
+    - {name: nousage-tokens, subject: api_key, match: nousage, tokens_per_day: 100000000}
     - {name: open-tokens, subject: api_key, match: open, tokens_per_day: 100000000,
        on_store_failure: fail_open}
     - {name: closed-requests, subject: api_key, match: closed, requests_per_day: 100000000,
@@ -242,9 +249,10 @@ def test_a_provider_ignoring_include_usage_is_charged_what_it_streamed(
     stack: LocalStack,
 ) -> None:
     """The bill, the token metric and the quota agree on the estimate: not 0 tokens in the
-    log line while the quota keeps the whole reservation."""
+    log line while the quota keeps the whole reservation. A key of its own: the metric of
+    the previous test's last request may grow after that request's client had its answer."""
     before = scrape(stack.metrics_url)
-    request_id, events = stream_lines(stack, "fault", "no_usage=1")
+    request_id, events = stream_lines(stack, "nousage", "no_usage=1")
     assert events[-1] == b"data: [DONE]"
     assert not any(b'"usage"' in event for event in events)
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
@@ -254,11 +262,11 @@ def test_a_provider_ignoring_include_usage_is_charged_what_it_streamed(
         True,
     )
     assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 0
-    assert_nothing_left_reserved(stack, "fault")
+    assert_nothing_left_reserved(stack, "nousage")
     after = scrape(stack.metrics_url)
     grown = {
-        kind: metric(after, "tokens_consumed_total", api_key_id="fault", token_type=kind)
-        - metric(before, "tokens_consumed_total", api_key_id="fault", token_type=kind)
+        kind: metric(after, "tokens_consumed_total", api_key_id="nousage", token_type=kind)
+        - metric(before, "tokens_consumed_total", api_key_id="nousage", token_type=kind)
         for kind in ("prompt", "completion")
     }
     assert grown == {"prompt": line["prompt_tokens"], "completion": line["completion_tokens"]}
