@@ -1209,8 +1209,9 @@ class AnthropicEndpoints:
 
         async def send(name: str, data: dict[str, Any]) -> None:
             nonlocal writes
-            if writes and interval:
-                await asyncio.sleep(interval)
+            pause = fault.pause_before_event(writes, interval)
+            if pause:
+                await asyncio.sleep(pause)
             writes += 1
             await response.write(event(name, data))
 

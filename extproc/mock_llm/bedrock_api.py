@@ -1672,8 +1672,9 @@ class BedrockEndpoints:
                     if cut.ending == "reset":
                         return _abort(request, response)
                     return await _fail_stream(response)
-                if position and interval:
-                    await asyncio.sleep(interval)
+                pause = fault.pause_before_event(position, interval)
+                if pause:
+                    await asyncio.sleep(pause)
                 if position == stream.metrics_at:
                     event = {**event, **stream.metrics(_elapsed_ms(started), first_byte_ms)}
                 # Garbage keeps both framings intact: the chunk's bytes are not JSON.
@@ -1706,8 +1707,9 @@ class BedrockEndpoints:
 
         async def send(event_type: str, data: dict[str, Any]) -> None:
             nonlocal writes
-            if writes and interval:
-                await asyncio.sleep(interval)
+            pause = fault.pause_before_event(writes, interval)
+            if pause:
+                await asyncio.sleep(pause)
             writes += 1
             # Garbage keeps the framing intact: the client's decoder gets a payload, not JSON.
             payload = _GARBAGE_EVENT if fault.garbage else orjson.dumps(data)

@@ -300,8 +300,9 @@ class CompletionsEndpoint:
 
         async def send(data: bytes) -> None:
             nonlocal writes
-            if writes and interval:
-                await asyncio.sleep(interval)
+            pause = fault.pause_before_event(writes, interval)
+            if pause:
+                await asyncio.sleep(pause)
             writes += 1
             await response.write(data)
 

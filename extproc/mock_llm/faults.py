@@ -8,6 +8,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     pair       = key "=" value        ; whitespace around keys and values is ignored
     status     = 400..599             ; answer with this status and a provider-shaped error body
     delay      = float >= 0           ; seconds to sleep before answering
+    first_chunk_delay = float >= 0    ; streams: the status and headers at once, then this
+                                      ; many seconds before the first event (a provider
+                                      ; reading a long prompt, a model thinking)
     reset_after= int >= 0             ; abort the connection after this many content chunks
                                       ; (non-streaming: before sending anything)
     error_after= int >= 0             ; streams: after this many content chunks, send the
@@ -75,6 +78,8 @@ class Fault:
 
     status: int | None = None
     delay_s: float = 0.0
+    # Streams: seconds between the status (headers sent) and the first event.
+    first_chunk_delay_s: float = 0.0
     reset_after: int | None = None
     # Streams: the content chunks sent before the provider's mid-stream error event.
     error_after: int | None = None
@@ -97,6 +102,12 @@ class Fault:
     error_body: str | None = None
     # A status fault's body in Google's list shape instead of the provider's own.
     google_errors: bool = False
+
+    def pause_before_event(self, sent: int, interval: float) -> float:
+        """Seconds a stream waits before its event number ``sent`` (0: the first, after
+        its status left): ``first_chunk_delay`` before the first, ``interval`` between
+        the others."""
+        return interval if sent else self.first_chunk_delay_s
 
     def cached_part(self, prompt_tokens: int) -> int:
         """How many of a request's prompt tokens to report as read from the cache."""
@@ -172,6 +183,7 @@ def _error_body(value: str) -> str:
 _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "status": ("status", _status),
     "delay": ("delay_s", _delay),
+    "first_chunk_delay": ("first_chunk_delay_s", _delay),
     "reset_after": ("reset_after", _non_negative),
     "error_after": ("error_after", _non_negative),
     "end_after": ("end_after", _non_negative),

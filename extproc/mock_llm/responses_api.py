@@ -477,17 +477,20 @@ class EventWriter:
         interval_s: float,
         garbage: bool,
         on_response: ResponseListener | None = None,
+        first_delay_s: float = 0.0,
     ) -> None:
         self._response = response
         self._interval_s = interval_s
+        self._first_delay_s = first_delay_s
         self._garbage = garbage
         self._on_response = on_response
         self._sequence = itertools.count()
 
     async def send(self, event_type: str, payload: dict[str, Any]) -> None:
         sequence_number = next(self._sequence)
-        if sequence_number and self._interval_s:
-            await asyncio.sleep(self._interval_s)
+        pause = self._interval_s if sequence_number else self._first_delay_s
+        if pause:
+            await asyncio.sleep(pause)
         head = b"event: " + event_type.encode() + b"\n"
         if self._garbage:
             await self._response.write(head + _GARBAGE_DATA)
@@ -676,7 +679,13 @@ class ResponsesEndpoint:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         interval = self._chunk_delay_s if fault.interval_s is None else fault.interval_s
-        writer = EventWriter(response, interval, fault.garbage, self._stream_keeper(shell))
+        writer = EventWriter(
+            response,
+            interval,
+            fault.garbage,
+            self._stream_keeper(shell),
+            first_delay_s=fault.first_chunk_delay_s,
+        )
         try:
             if await _stream_reply(request, writer, shell, reply, fault):
                 # No [DONE]: the Responses API ends a stream with its last event.

@@ -355,8 +355,9 @@ class GeminiEndpoints:
 
         async def send(document: dict[str, Any]) -> None:
             nonlocal writes
-            if writes and interval:
-                await asyncio.sleep(interval)
+            pause = fault.pause_before_event(writes, interval)
+            if pause:
+                await asyncio.sleep(pause)
             writes += 1
             data = _GARBAGE_CHUNK if fault.garbage else orjson.dumps(document)
             await response.write(framing.chunk(data))
