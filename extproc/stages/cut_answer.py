@@ -35,15 +35,18 @@ is charged nothing and its reservation released.
 A request whose stream ended with no answer at all is charged the same estimate as a cut
 answer when Envoy had taken the gateway's go-ahead for it (``ctx.request_released``): it
 went to its provider, which goes on generating a non-streamed answer whose client left
-and bills it (a client's timeout on a long answer is the common case). On the lean
-response path a non-streamed answer comes in one buffered body message, which carries the
-status: an answer cut before it, and a provider's answer without a body (Envoy sends no
-message for it), end the stream the same way, and the ext_proc stream's own end does not
-tell them apart (measured with Envoy 1.40): they are charged as the client's hang-up they
-mostly are (docs/architecture.md). A client gone before the go-ahead (its body still
-arriving, the gateway still deciding) reached no provider: charged nothing. A failover
-request is charged so once, at its primary's estimate and price: which attempt was in
-flight is Envoy's to know.
+and bills it (a client's timeout on a long answer is the common case). A streamed one is
+charged its prompt alone: the provider read (prefilled) it and bills it, and stops
+generating when its reader leaves, and nothing was streamed (a stream cut one chunk later
+is charged that prompt and the chunk's text, ``partial_usage``). On the lean response
+path a non-streamed answer comes in one buffered body message, which carries the status,
+and a stream's status comes with its first chunk: an answer cut before it, and a
+provider's answer without a body (Envoy sends no message for it), end the stream the same
+way, and the ext_proc stream's own end does not tell them apart (measured with Envoy
+1.40): they are charged as the client's hang-up they mostly are (docs/architecture.md). A
+client gone before the go-ahead (its body still arriving, the gateway still deciding)
+reached no provider: charged nothing. A failover request is charged so once, at its
+primary's estimate and price: which attempt was in flight is Envoy's to know.
 
 After a failover the answer is read whole by the per-attempt filter first, and one
 over ``envoy.max_response_body_bytes`` never reaches the downstream filter: Envoy
@@ -73,7 +76,8 @@ the request before any answer: no message comes to read the header from, so that
 attempt is not charged by name (the request is, once, as above).
 
 A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
-never billed. Streams are ``partial_usage``'s: they carry their text, which is counted.
+never billed. Streams that began are ``partial_usage``'s: they carry their text, which is
+counted.
 
 The response stage charges a whole answer at its end (so its cost and the span go
 with the last answer); this stage's ``done`` charges a cut one, and runs before the
@@ -137,14 +141,17 @@ class CutAnswerStage:
 
     def done(self, ctx: RequestContext) -> None:
         # Only a request that ended without a count: every other one is settled already.
-        unsettled = not (ctx.stream or ctx.usage_reported or ctx.usage_estimated)
-        if unsettled and _billed(ctx) and _left_unanswered(ctx):
+        settled = ctx.usage_reported or ctx.usage_estimated
+        if not settled and _billed(ctx) and _left_unanswered(ctx):
             if ctx.upstream is not None:
                 # Priced as its answer cut after the status would be: a Bedrock model at
                 # the tier asked for (that answer's translator starts from it).
                 ctx.tier_asked = _tier_asked(ctx, ctx.upstream)
-            _charge(ctx, reserved_completion(ctx))
+            # A stream's provider read the prompt, and nothing was streamed: a stream cut
+            # one chunk later is charged the same prompt and that chunk's text.
+            _charge(ctx, 0 if ctx.stream else reserved_completion(ctx))
             return
+        unsettled = not (ctx.stream or settled)
         if unsettled and _billed(ctx) and _answer_started(ctx):
             translator = ctx.translator
             counted = translator.usage if translator is not None else None
@@ -292,8 +299,9 @@ def _billed(ctx: RequestContext) -> bool:
 def _left_unanswered(ctx: RequestContext) -> bool:
     """The stream ended before any answer (no status, no body) after Envoy took the
     gateway's go-ahead for the request: the client hung up while the provider worked on
-    it (a client's timeout on a long answer), or, on the lean path, a provider's answer
-    without a body came, which Envoy shows the gateway nothing of."""
+    it (a client's timeout on a long answer, on a stream's slow first token), or, on the
+    lean path, a provider's answer without a body came, which Envoy shows the gateway
+    nothing of."""
     return (
         ctx.aborted
         and ctx.request_released

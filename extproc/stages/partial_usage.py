@@ -24,7 +24,10 @@ the end, in ``message_delta``. A
 stream cut after the provider's usage report was read (a client that did not ask
 for usage has no reason to wait for it) keeps that report: it is the usage. So does
 a stream cut after a running report (Gemini's OpenAI endpoint and vLLM repeat the
-count so far on every chunk): the last one read is what the provider had counted.
+count so far on every chunk): the last one read is what the provider had counted. A
+stream cut after its status and before any chunk is charged its prompt alone (no text
+came); one cut before its status too (no answer at all) is ``cut_answer``'s, which charges
+it the same prompt once the request had left for its provider.
 
 A stream the provider itself ended with an error event (``base.StreamFailure``:
 OpenAI's ``{"error": ...}``, Anthropic's ``event: error``, a Bedrock exception) is

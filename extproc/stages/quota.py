@@ -163,10 +163,11 @@ class QuotaStage:
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
-        # before any answer; release. An answer that started without one was
-        # estimated before this runs (a stream by partial_usage, a JSON answer, whole
-        # or cut, by cut_answer), so what is left keeps its reservation (a count: it
-        # reserved no tokens).
+        # before it left for its provider; release. An answer that started without
+        # one was estimated before this runs (a stream by partial_usage, a JSON
+        # answer, whole or cut, by cut_answer), and so was a request that left for
+        # its provider and got no answer at all (cut_answer), so what is left keeps
+        # its reservation (a count: it reserved no tokens).
         produced_nothing = (
             ctx.error is not None
             or no_answer(ctx.response_status)

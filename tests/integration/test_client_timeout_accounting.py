@@ -9,6 +9,12 @@ line (``usage_estimated``, ``outcome`` ``aborted``, status 0), ``tokens_consumed
 and the cost counter, the usage rollup, and the key's quota counter. A client that gives
 up while the gateway is still deciding (a slow guardrail webhook) reached no provider and
 is still charged nothing.
+
+A streamed request the client gives up on before its first chunk (the provider slow to
+send its status, or to send its first chunk after it: a long prompt's prefill) is charged
+its prompt: the provider read it and bills it, and nothing was streamed. Before, it was
+charged nothing when the gateway saw no status (the lean path always, the full path when
+none came).
 """
 
 from __future__ import annotations
@@ -43,7 +49,16 @@ PROMPT = 14
 ALLOWANCE = 300
 # gpt-4o-mini in the default config: $0.15 and $0.60 per million input and output tokens.
 MINI_COST = (PROMPT * 0.15 + ALLOWANCE * 0.60) / 1_000_000
-KEYS = ("left-lean", "left-full", "left-deciding")
+# The status and headers at once, the first chunk later than the client waits (a long
+# prompt's prefill, a slow first token).
+SLOW_FIRST_CHUNK = {"x-mock-fault": "first_chunk_delay=4"}
+STREAM_KEYS = (
+    "stream-lean-silent",
+    "stream-lean-waiting",
+    "stream-full-silent",
+    "stream-full-waiting",
+)
+KEYS = ("left-lean", "left-full", "left-deciding", *STREAM_KEYS)
 
 
 class SlowGuard(JsonStandIn):
@@ -91,6 +106,31 @@ def give_up(stack: LocalStack, key: str, model: str, path: str = "/v1") -> str:
         client.chat.completions.create(
             model=model, messages=MESSAGES, max_tokens=ALLOWANCE, extra_headers=SLOW
         )
+    return only_request_of(stack, key)
+
+
+def give_up_streaming(stack: LocalStack, key: str, model: str, fault: dict[str, str]) -> str:
+    """The openai client asks ``model`` for a stream and times out before its first chunk
+    (on the status, or after it, reading), closing the stream: the request id."""
+    client = OpenAI(
+        base_url=f"{stack.base_url}/v1",
+        api_key=f"{key}-secret",
+        max_retries=0,
+        timeout=CLIENT_TIMEOUT_S,
+    )
+    with (
+        pytest.raises(openai.APITimeoutError),
+        client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=ALLOWANCE, stream=True, extra_headers=fault
+        ) as stream,
+    ):
+        chunks = list(stream)
+        pytest.fail(f"the stream came, {len(chunks)} chunks")
+    return only_request_of(stack, key)
+
+
+def only_request_of(stack: LocalStack, key: str) -> str:
+    """The request id on the line of the key's one request, once it is written."""
     log = GatewayLog(stack.gateway_log)
     lines = wait_for(lambda: [each for each in log.lines() if each["api_key_id"] == key])
     [line] = lines
@@ -139,6 +179,40 @@ def test_a_client_that_timed_out_is_charged_the_estimate_in_every_ledger(
     if model == "gpt-4o-mini":
         assert line["cost_usd"] == pytest.approx(MINI_COST)
     expected = ((PROMPT, ALLOWANCE), (PROMPT, ALLOWANCE), PROMPT + ALLOWANCE)
+    assert wait_for(lambda: tokens_held(stack, key) == expected, 15), tokens_held(stack, key)
+    assert cost_held(stack, key) == pytest.approx(line["cost_usd"])
+
+
+@pytest.mark.parametrize(
+    ("key", "model", "fault", "status"),
+    [
+        ("stream-lean-silent", "gpt-4o-mini", SLOW, 0),
+        ("stream-lean-waiting", "gpt-4o-mini", SLOW_FIRST_CHUNK, 0),
+        ("stream-full-silent", "claude-3-5-haiku-latest", SLOW, 0),
+        ("stream-full-waiting", "claude-3-5-haiku-latest", SLOW_FIRST_CHUNK, 200),
+    ],
+    ids=[
+        "lean path, no status",
+        "lean path, status sent",
+        "full path, no status",
+        "full path, status seen",
+    ],
+)
+def test_a_stream_the_client_left_before_its_first_chunk_is_charged_its_prompt(
+    stack: LocalStack, key: str, model: str, fault: dict[str, str], status: int
+) -> None:
+    """The provider read the prompt and bills it; nothing was streamed. The lean path sees
+    no status before the first chunk, whether the provider sent it or not (Envoy's access
+    log has it); the full path sees it when it came."""
+    request_id = give_up_streaming(stack, key, model, fault)
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert (line["outcome"], line["http_status_code"]) == ("aborted", status)
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (PROMPT, 0)
+    assert line["cost_usd"] > 0
+    if model == "gpt-4o-mini":
+        assert line["cost_usd"] == pytest.approx(PROMPT * 0.15 / 1_000_000)
+    expected = ((PROMPT, 0), (PROMPT, 0), PROMPT)
     assert wait_for(lambda: tokens_held(stack, key) == expected, 15), tokens_held(stack, key)
     assert cost_held(stack, key) == pytest.approx(line["cost_usd"])
 

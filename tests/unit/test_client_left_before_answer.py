@@ -13,7 +13,8 @@ provider's answer without a body reaches the gateway the same way (Envoy sends n
 and is charged the same (docs/architecture.md says why).
 
 A client that leaves before the gateway let the request go (its body still arriving, the
-gateway still deciding) reached no provider, and is still charged nothing.
+gateway still deciding) reached no provider, and is still charged nothing. A streamed
+request left the same way: test_stream_left_before_first_chunk.
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ async def left_after_release(
     """The gateway lets the request through, and the stream ends before any response
     message: the client hung up while the provider was generating."""
     return await run_stream(processor, [request_headers(path, headers=headers), request_body(body)])
+
+
+async def left_before_release(
+    processor: Processor, body: bytes = BODY, path: str = CHAT, headers: dict[str, str] = AUTH
+) -> None:
+    """Envoy closes the stream before the gateway's answer to the body was written (the
+    client left while the gateway decided): gRPC never asks the stream for the next
+    answer, and closes it at its yield."""
+    messages = [request_headers(path, headers=headers), request_body(body)]
+    stream = processor.process(_iterate(messages))
+    headers_answer = await anext(stream)
+    body_answer = await anext(stream)  # the body's answer, reserved, never written to Envoy
+    assert headers_answer.WhichOneof("response") == "request_headers"
+    assert body_answer.WhichOneof("response") == "request_body"
+    await stream.aclose()
 
 
 async def _iterate(
@@ -127,16 +143,6 @@ async def test_a_bedrock_request_left_unanswered_is_priced_at_the_tier_it_asked_
     assert Decimal(str(line["cost_usd"])) == cost(FLEX)
 
 
-async def test_a_streamed_request_left_before_its_first_chunk_is_not_charged_here(
-    processor: Processor, services: Services
-) -> None:
-    """A stream stops generating when its reader leaves, and one cut after it began is
-    charged what it carried (partial_usage): this charge is for non-streamed answers."""
-    body = orjson.loads(BODY) | {"stream": True}
-    await left_after_release(processor, orjson.dumps(body))
-    assert_nothing_charged(services)
-
-
 # --- charged nothing: the request never left the gateway ------------------------------------
 
 
@@ -151,14 +157,7 @@ async def test_a_client_that_left_while_sending_its_body_is_charged_nothing(
 async def test_a_client_that_left_while_the_gateway_decided_is_charged_nothing(
     processor: Processor, services: Services
 ) -> None:
-    """Envoy closed the stream before the gateway's answer to the body was written: gRPC
-    never asks the stream for the next answer, and closes it at its yield."""
-    stream = processor.process(_iterate([request_headers(CHAT, headers=AUTH), request_body(BODY)]))
-    headers_answer = await anext(stream)
-    body_answer = await anext(stream)
-    assert headers_answer.WhichOneof("response") == "request_headers"
-    assert body_answer.WhichOneof("response") == "request_body"
-    await stream.aclose()
+    await left_before_release(processor)
     line = assert_nothing_charged(services)
     assert line["outcome"] == "aborted"
 
@@ -208,9 +207,6 @@ async def test_a_client_gone_before_the_release_gives_its_reservation_back(
 ) -> None:
     quota, usage = stores
     runtime, processor, services, _ = gateway(quota, usage, 1_000_000)
-    stream = processor.process(_iterate([request_headers(CHAT, headers=AUTH), request_body(BODY)]))
-    await anext(stream)
-    await anext(stream)  # the body's answer, reserved, never written to Envoy
-    await stream.aclose()
+    await left_before_release(processor)
     assert_nothing_charged(services)
     assert await used_tokens(runtime, quota) == 0
