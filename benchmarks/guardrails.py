@@ -14,6 +14,11 @@ gateway's own work and holds on a shared machine (ratios even more so). Rows:
 The prompt is 4 KB of prose with nothing to find (every guard scans it all,
 the common case); the answer is a short completion.
 
+A second table plays a tool's output instead (a tool message of 4 KB and 64 KB: records
+as ``json.dumps`` writes them), under the regex guard and regex + builtins, written with
+``ensure_ascii`` (``Ren\\u00e9e``: read as written and decoded) and without (``Renée``:
+no backslash, read once, and skipped when the joined search finds nothing in it).
+
     .venv/bin/python -m benchmarks.guardrails [--requests 2000]
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -74,6 +80,26 @@ ROWS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]] | None] = {
 }
 
 
+TOOL_RECORD = {"customer": "Renée Müller", "city": "Zürich", "note": SENTENCE.strip()}
+
+
+def tool_body(size: int, *, escaped: bool) -> bytes:
+    """A chat request whose tool message holds about ``size`` characters of records."""
+    records = [TOOL_RECORD] * (size // len(json.dumps(TOOL_RECORD)) + 1)
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    return orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "user", "content": "Who are our customers in Zurich?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1",
+                 "content": json.dumps(records, ensure_ascii=escaped)},
+            ],
+        }
+    )  # fmt: skip
+
+
 def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) -> Processor:
     import yaml
 
@@ -90,11 +116,11 @@ def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) 
     return processor_for(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
 
 
-async def cpu_per_request(gateway: Processor, requests: int) -> float:
+async def cpu_per_request(gateway: Processor, requests: int, body: bytes = BODY) -> float:
     """CPU seconds per request, over ``requests`` whole streams after a warm-up."""
     messages = [
         request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
-        request_body(BODY),
+        request_body(body),
         response_headers(200),
         response_body(ANSWER),
     ]
@@ -116,6 +142,16 @@ async def main(requests: int) -> None:
         spent = await cpu_per_request(processor(guards), requests) * 1e6
         base = base if base is not None else spent
         print(f"{name:<18} {spent:>11.1f} {spent / base:>11.2f} {spent - base:>9.1f}")
+    print("\na tool's output, CPU per request")
+    for name in ("regex guard", "regex + builtins"):
+        guarded = processor(ROWS[name])
+        for size in (4096, 65536):
+            for escaped in (False, True):
+                body = tool_body(size, escaped=escaped)
+                count = max(requests * 4096 // size, 20)
+                spent = await cpu_per_request(guarded, count, body) * 1e6
+                spelling = "escaped" if escaped else "as is"
+                print(f"{name:<18} {size // 1024:>3} KB {spelling:<8} {spent:>11.1f} us")
 
 
 if __name__ == "__main__":

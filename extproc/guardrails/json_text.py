@@ -21,9 +21,11 @@ Arguments that are no JSON object or array (a call cut by the token limit, a bar
 string, a custom tool's free text, text a client wrote so on purpose) have no strings to
 cut them into, yet the model reads an escape in them as the character it stands for: the
 provider gets them as they are, or, translated for Claude or Bedrock, as the
-``unparsed_arguments`` string (``translators.tool_arguments``). ``loose`` reads such text
-whole with every JSON escape decoded, wherever it stands, as one ``Piece`` whose ``raw``
-maps a match back onto the escapes it came from.
+``unparsed_arguments`` string (``translators.tool_arguments``). So is every other text a
+guard reads (a tool's output is most often JSON a program wrote, ``json.dumps`` writing
+``José`` as ``Jos\\u00e9``, Go's encoder ``<`` as ``\\u003c``). ``loose`` reads such text
+whole with every JSON escape decoded, wherever it stands; its ``raw`` maps a match back
+onto the escapes it came from.
 """
 
 from __future__ import annotations
@@ -114,13 +116,31 @@ def pieces(text: str) -> list[Piece] | None:
     return found
 
 
-def loose(text: str) -> Piece | None:
-    """``text`` (no JSON document) with every JSON escape in it decoded, as one piece;
-    None when it holds none, and reading it as written is reading it whole."""
+@dataclass(slots=True)
+class Loose:
+    """Text read with every JSON escape in it decoded (``loose``)."""
+
+    text: str  # decoded
+    written: str  # as written
+    # Where runs of ``text`` are in ``written``: worked out at the first match to map back,
+    # since most texts hold none and a tool's output may hold thousands of escapes.
+    _piece: Piece | None = None
+
+    def raw(self, position: int) -> int:
+        """Where the character at ``position`` of ``text`` (or its end) is as written."""
+        if self._piece is None:
+            self._piece = _decoded(self.written, 0, len(self.written), 0, _LOOSE_ESCAPE)
+        return self._piece.raw(position)
+
+
+def loose(text: str) -> Loose | None:
+    """``text`` (no JSON document read piece by piece) with every JSON escape in it
+    decoded, wherever it stands; None when it holds none, and reading it as written is
+    reading it whole. One substitution, in C but for a call per escape."""
     if "\\" not in text:
         return None
-    piece = _decoded(text, 0, len(text), 0, _LOOSE_ESCAPE)
-    return None if piece.as_written else piece
+    decoded, count = _LOOSE_ESCAPE.subn(_decode, text)
+    return Loose(decoded, text) if count else None
 
 
 def _string(token: str, start: int, end: int) -> Piece:

@@ -8,9 +8,10 @@ lets a stream compute one hold-back for all of them.
 
 A tool call's arguments are JSON text: ``scan(text, json_text=True)`` reads each
 of their strings decoded and each number as written (``json_text``), and answers
-with spans of the JSON text whose replacements keep it valid JSON. Arguments that
-are no JSON object or array are read as written and, where they hold JSON escapes,
-decoded as well (``json_text.loose``): the model reads ``\\u0040`` as ``@`` there too.
+with spans of the JSON text whose replacements keep it valid JSON. Every other
+text (arguments that are no JSON object or array, a tool's output, a prompt) is read
+as written and, where it holds JSON escapes, decoded as well (``json_text.loose``):
+the model reads ``\\u0040`` as ``@`` there too, and programs write JSON with escapes.
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ class MatcherGuard:
         if self.config.replacement is not None:
             return self.config.replacement
         return f"<{span.label}>" if span.label else MASK_DEFAULT
+
+    def found(self, text: str) -> list[str]:
+        """What the guard finds in ``text`` read as ``Matchers.scan`` reads plain text
+        (as written, and decoded where it holds JSON escapes), by kind, never the text."""
+        readings = [text]
+        decoded = loose(text)
+        if decoded is not None:
+            readings.append(decoded.text)
+        spans = [span for reading in readings for d in self.detectors for span in d.find(reading)]
+        return self.labels(spans)
 
     def labels(self, spans: list[Span]) -> list[str]:
         """What the guard found, by kind (builtin or pattern name), never the text."""
@@ -141,24 +152,24 @@ class Matchers:
         """(the first rejecting guard, the mask hits to apply, the rejecting spans).
 
         With ``json_text`` (a tool call's arguments), a JSON object or array is read
-        piece by piece (see ``_scan_json``), other arguments as written and decoded
-        (``_scan_loose``); other text as it is."""
-        found = None
-        if json_text:
-            found = self._scan_json(text)
-            if found is None:
-                found = self._scan_loose(text)
-        rejecting, hits, every = found if found is not None else self.scan_all(text)
+        piece by piece (see ``_scan_json``). Any other text is read as written and,
+        where it holds JSON escapes, decoded as well (``_scan_loose``): a tool's
+        output is most often JSON a program wrote (``json.dumps`` writes ``José`` as
+        ``Jos\\u00e9``), which the model reads as the characters it stands for."""
+        found = self._scan_json(text) if json_text else None
+        rejecting, hits, every = found if found is not None else self._scan_loose(text)
         return rejecting, hits, [span for guard, span in every if guard == rejecting]
 
     def _scan_loose(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
-        """``scan_all`` over arguments that are no JSON document, read as written and,
-        where they hold JSON escapes, with every escape decoded (``json_text.loose``).
+        """``scan_all`` over text that is no JSON document read piece by piece, as
+        written and, where it holds JSON escapes, with every escape decoded
+        (``json_text.loose``); text without a backslash is read once, as before.
 
-        Both: the model reads ``\\u0073k-`` as ``sk-`` (the provider gets the text as it
-        is, Claude as ``unparsed_arguments``), yet may read ``C:\\new`` as a path, not a
-        newline. A decoded match maps onto the characters it came from, its escapes
-        whole, and is replaced there as written (the text is no JSON to keep valid)."""
+        Both: the model reads ``\\u0073k-`` as ``sk-`` (in a tool's JSON output, in
+        arguments the provider gets as they are or Claude as ``unparsed_arguments``), yet
+        may read ``C:\\new`` as a path, not a newline. A decoded match maps onto the
+        characters it came from, its escapes whole, and is replaced there by the
+        replacement as it is, as a match found as written is."""
         rejecting, hits, every = self.scan_all(text)
         piece = loose(text)
         if piece is None:

@@ -165,10 +165,7 @@ def _unmaskable_found(found: list[str] | tuple[str, ...], where: str) -> str:
 def _unmaskable_refusal(guard: MatcherGuard, text: str, where: str) -> GuardrailRejectedError:
     """A mask guard matched in text that cannot change (signed reasoning it could not
     drop, a tool's name): refused, naming what was found (never the text) and where."""
-    found = sorted(
-        {span.label for detector in guard.detectors for span in detector.find(text) if span.label}
-    )
-    return _refusal(guard.config, _unmaskable_found(found, where))
+    return _refusal(guard.config, _unmaskable_found(guard.found(text), where))
 
 
 # Drops a signed reasoning block (and the reasoning after it) from a request's history
@@ -231,8 +228,9 @@ def _run_matchers(
     way to go without signed reasoning a mask guard matched in (``_request_slots``)."""
     masked: set[int] = set()
     dropped: set[int] = set()
-    # One search over the texts says which may hold a match; a tool call's JSON is read
-    # decoded (an escape may spell what its raw text does not), so it is always scanned.
+    # One search over the texts says which may hold a match. A tool call's JSON, and any
+    # text holding a backslash, is read decoded too (an escape may spell what its raw
+    # text does not: ``Jos\u00e9``), so it is always scanned.
     maybe = matchers.candidates(["" if slot.is_json else slot.text for slot in slots])
     for index, slot in enumerate(slots):
         if dropped and id(slot.block) in dropped:
@@ -240,7 +238,9 @@ def _run_matchers(
         # Read again, in order, even where nothing is to be found: a tool input's names
         # settle back in their order as the walk reads them (``content._Members``).
         text = slot.text
-        if not text or (maybe is not None and index not in maybe and not slot.is_json):
+        if not text or (
+            maybe is not None and index not in maybe and not slot.is_json and "\\" not in text
+        ):
             continue
         rejecting, hits, spans = matchers.scan(text, json_text=slot.is_json)
         if rejecting is not None:
