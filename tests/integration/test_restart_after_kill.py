@@ -3,7 +3,8 @@ again on the same data dir, as systemd's ``Restart=always`` or a supervisor loop
 it starts and serves without an operator, and the usage recorded before the kill is
 still in the report. The embedded Valkey outlives the kill (it runs in a session of its
 own): the new start takes it over, after the killed supervisor's workers have drained
-into it. A data dir whose gateway still runs stays refused.
+into it. A data dir whose gateway still runs stays refused, and so does one whose left
+server runs but does not answer (stopped with SIGSTOP): never a second server on its AOF.
 
 Every process a test starts is stopped by pid, the servers a kill leaves included."""
 
@@ -32,6 +33,7 @@ from tests.integration.test_shutdown import (
     worker_pids,
     write_config,
 )
+from tests.unit.test_embedded_store_takeover import servers_on
 
 
 def store_pid(stack: LocalStack) -> int:
@@ -127,6 +129,43 @@ def test_a_gateway_killed_with_sigkill_starts_again_with_its_usage(tmp_path: Pat
         assert f"another process (pid {gateway.pid}) runs an embedded Valkey" in second.stderr
         assert "Traceback" not in second.stderr
         assert chat(stack) > 0  # the running one was left alone
+    assert spooled(stack) == {}
+
+
+def test_a_left_store_that_does_not_answer_refuses_the_start_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    """Killed, and its store stopped with SIGSTOP (or swapping): the next start used to
+    take its silence for absence and start a second Valkey on the same AOF."""
+    with (
+        running_stack(tmp_path, write_config(tmp_path, grace_s=5)) as stack,
+        stopped_by_pid([store_pid(stack)]),
+    ):
+        before = chat(stack)
+        assert wait_for(lambda: reported_tokens(stack) == before), "never rolled up"
+        left = store_pid(stack)
+        data_dir = Path(stack.env["EXTPROC_DATA_DIR"])
+        kill_gateway(stack)
+        os.kill(left, signal.SIGSTOP)
+        try:
+            refused = subprocess.run(
+                [sys.executable, "-m", "extproc", "serve", "--config", str(stack.config_path)],
+                env=stack.env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert refused.returncode == 2, refused.stderr
+            assert f"pid {left}, stopped" in refused.stderr
+            assert f"kill -CONT {left}" in refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert servers_on(data_dir) == [left]
+        finally:
+            os.kill(left, signal.SIGCONT)
+
+        start_again(stack)
+
+        [server] = servers_on(data_dir)
+        assert server != left
+        after = chat(stack)
+        assert wait_for(lambda: reported_tokens(stack) == before + after)
     assert spooled(stack) == {}
 
 

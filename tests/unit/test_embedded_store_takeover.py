@@ -2,7 +2,8 @@
 own); the next start on that data dir takes it over instead of refusing to start: it
 waits for the killed gateway's workers to finish draining into it, stops it with its
 AOF written out, and serves the same data from a server of its own. A data dir whose
-owner still lives stays refused.
+owner still lives stays refused, and so does one whose left server runs but does not
+answer (stopped with SIGSTOP): never a second server on one AOF.
 
 Owners here are real processes, killed with SIGKILL; every process a test starts, the
 servers they leave included, is stopped by pid."""
@@ -45,6 +46,18 @@ def then_killed(process, port):
 embedded._wait_until_answering = then_killed
 embedded.EmbeddedValkey(sys.argv[1]).start()
 """
+# Killed the instant its server was spawned, before that server listens.
+KILLED_AS_ITS_SERVER_SPAWNS = """
+import os, signal, subprocess, sys
+from extproc.store import embedded
+spawn = subprocess.Popen
+def spawned_then_killed(*args, **kwargs):
+    server = spawn(*args, **kwargs)
+    print(server.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+subprocess.Popen = spawned_then_killed
+embedded.EmbeddedValkey(sys.argv[1]).start()
+"""
 # Only a bound, so that a test whose start never ends fails instead of hanging.
 BOUND_S = 60.0
 
@@ -83,6 +96,8 @@ def owners(tmp_path: Path) -> Iterator[list[Owner]]:
         if owner.process.poll() is None:
             owner.kill()
         if running(owner.server_pid):
+            # A stopped one holds a SIGTERM until it is resumed.
+            os.kill(owner.server_pid, signal.SIGCONT)
             os.kill(owner.server_pid, signal.SIGTERM)
 
 
@@ -238,3 +253,87 @@ def test_a_worker_still_there_after_the_wait_keeps_its_store(
     again.start()
     again.stop()
     assert not running(owner.server_pid)
+
+
+def test_a_left_server_that_does_not_answer_refuses_the_start_and_no_second_one_starts(
+    tmp_path: Path,
+    owners: list[Owner],
+    started: list[EmbeddedValkey],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopped with SIGSTOP (or swapping, or busy): its silence is not its absence. Taken
+    for gone, a second server was started on its AOF, and the two lost each other's
+    writes. The start waits a bounded time, then refuses, naming the pid and what to do."""
+    owner = start_owner(owners, tmp_path)
+    with owner.client() as client:
+        client.set("aigw:usage:before-the-crash", 42)
+    owner.kill()
+    os.kill(owner.server_pid, signal.SIGSTOP)
+    try:
+        caplog.set_level(logging.WARNING, logger=embedded.__name__)
+        refused_start = EmbeddedValkey(tmp_path, left_answer_wait_s=1.0)
+        started.append(refused_start)  # stopped at the end, should it start after all
+        with pytest.raises(DataDirInUseError) as refused:
+            refused_start.start()
+
+        assert servers_on(tmp_path) == [owner.server_pid]
+        message = str(refused.value)
+        assert f"pid {owner.server_pid}, stopped" in message
+        assert f"kill -CONT {owner.server_pid}" in message
+        assert str(tmp_path) in message
+        assert any(f"pid {owner.server_pid}" in r.getMessage() for r in caplog.records)
+    finally:
+        os.kill(owner.server_pid, signal.SIGCONT)
+
+    # Resumed, it answers: the next start takes it over, its data kept, and the data
+    # dir's lock was let go by the refused start.
+    restarted = EmbeddedValkey(tmp_path)
+    started.append(restarted)
+    url = restarted.start()
+    [server] = servers_on(tmp_path)
+    assert server != owner.server_pid
+    with redis.Redis.from_url(url) as client:
+        assert client.get("aigw:usage:before-the-crash") == b"42"
+
+
+def test_an_owner_killed_as_its_server_spawns_leaves_it_to_the_next_start(
+    tmp_path: Path, owners: list[Owner], started: list[EmbeddedValkey]
+) -> None:
+    """Killed between spawning its server and naming its address: the server, not
+    listening yet, was not found, and a second one started beside it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AS_ITS_SERVER_SPAWNS, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    server_pid = int(process.stdout.readline())
+    owners.append(Owner(process, "", server_pid))
+    process.wait()
+    assert running(server_pid)
+
+    restarted = EmbeddedValkey(tmp_path)
+    started.append(restarted)
+    restarted.start()
+
+    [server] = servers_on(tmp_path)
+    assert server != server_pid
+    assert not running(server_pid)
+
+
+def test_keep_running_leaves_a_stopped_server_alone(
+    tmp_path: Path, started: list[EmbeddedValkey]
+) -> None:
+    """The gateway's own server, stopped with SIGSTOP, has not exited: what restarts it
+    is its exit status (a waitpid), which a stop does not give, never a missed ping."""
+    store = EmbeddedValkey(tmp_path)
+    started.append(store)
+    store.start()
+    [pid] = servers_on(tmp_path)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert store.exited() is None
+        store.restart()
+        assert servers_on(tmp_path) == [pid]
+    finally:
+        os.kill(pid, signal.SIGCONT)
