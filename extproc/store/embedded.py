@@ -175,8 +175,10 @@ class EmbeddedValkey:
         with self._guard:
             process, self._process, self._port = self._process, None, None
         if process is not None:
-            (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+            # Named until it has exited: an owner killed in the middle of its stop leaves
+            # the server findable by address, and so taken over, not refused by pid.
             _terminate(process)
+            (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
         self._release()
 
     def exited(self) -> int | None:

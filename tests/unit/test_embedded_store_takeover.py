@@ -58,6 +58,16 @@ def spawned_then_killed(*args, **kwargs):
 subprocess.Popen = spawned_then_killed
 embedded.EmbeddedValkey(sys.argv[1]).start()
 """
+# Killed as its stop begins, before its server was told to stop.
+KILLED_AS_IT_STOPS = """
+import os, signal, sys
+from extproc.store import embedded
+store = embedded.EmbeddedValkey(sys.argv[1])
+print(store.start(), flush=True)
+embedded._terminate = lambda process: os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.readline()
+store.stop()
+"""
 # Only a bound, so that a test whose start never ends fails instead of hanging.
 BOUND_S = 60.0
 
@@ -103,7 +113,10 @@ def owners(tmp_path: Path) -> Iterator[list[Owner]]:
 
 def start_owner(owners: list[Owner], data_dir: Path, script: str = OWNER) -> Owner:
     process = subprocess.Popen(
-        [sys.executable, "-c", script, str(data_dir)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
@@ -337,3 +350,28 @@ def test_keep_running_leaves_a_stopped_server_alone(
         assert servers_on(tmp_path) == [pid]
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_an_owner_killed_as_it_stops_its_server_leaves_it_to_the_next_start(
+    tmp_path: Path, owners: list[Owner], started: list[EmbeddedValkey]
+) -> None:
+    """Killed in the middle of its stop (a supervisor's stop timeout ending in SIGKILL):
+    the server's address went first, so the next start found the server only by its
+    process, could not reach it, and refused the data dir until an operator stopped it."""
+    owner = start_owner(owners, tmp_path, KILLED_AS_IT_STOPS)
+    with owner.client() as client:
+        client.set("aigw:usage:before-the-stop", 3)
+    assert owner.process.stdin is not None
+    owner.process.stdin.write("stop\n")
+    owner.process.stdin.flush()
+    owner.process.wait()
+    assert running(owner.server_pid)
+
+    restarted = EmbeddedValkey(tmp_path, left_answer_wait_s=1.0)
+    started.append(restarted)
+    url = restarted.start()
+
+    [server] = servers_on(tmp_path)
+    assert server != owner.server_pid
+    with redis.Redis.from_url(url) as client:
+        assert client.get("aigw:usage:before-the-stop") == b"3"
