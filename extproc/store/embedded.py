@@ -288,12 +288,18 @@ def _left_server(data_dir: Path, wait_s: float) -> str | None:
     deadline = time.monotonic() + wait_s
     said = False
     while True:
-        url = running_endpoint(data_dir)
-        if url is not None:
-            return url
+        named = _named_url(data_dir)
+        if named is not None and _serves(named, data_dir):
+            return named
         found = server_processes.on_data_dir(data_dir)
         if not found:
             return None
+        # One the endpoint file does not name (a second server, started beside the
+        # first before processes were looked for) is asked where it listens.
+        for process in found:
+            url = _url(process.port) if process.port is not None else None
+            if url is not None and url != named and _serves(url, data_dir):
+                return url
         if time.monotonic() >= deadline:
             raise orphaned.LeftServerError(_not_answering(data_dir, found, wait_s))
         if not said:
@@ -440,15 +446,24 @@ def running_endpoint(data_dir: str | Path) -> str | None:
 
     The endpoint file of an owner killed with SIGKILL stays behind, and its port may
     since serve something else: the server there must say this is its data dir."""
-    path = Path(data_dir) / ENDPOINT_FILE
+    url = _named_url(data_dir)
+    return url if url is not None and _serves(url, data_dir) else None
+
+
+def _named_url(data_dir: str | Path) -> str | None:
+    """The URL the data dir's endpoint file names (whether anything answers there or not)."""
     try:
-        url = path.read_text(encoding="utf-8").strip()
+        return (Path(data_dir) / ENDPOINT_FILE).read_text(encoding="utf-8").strip()
     except OSError:
         return None
+
+
+def _serves(url: str, data_dir: str | Path) -> bool:
+    """Whether the server at ``url`` answers that ``data_dir`` is its data dir."""
     try:
         client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         with client:
             served = client.config_get("dir").get("dir")
     except (RedisError, OSError, ValueError):
-        return None
-    return url if served == str(Path(data_dir).resolve()) else None
+        return False
+    return bool(served == str(Path(data_dir).resolve()))

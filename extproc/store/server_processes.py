@@ -7,8 +7,10 @@ give one in time, and taking its silence for absence started a second server on 
 same AOF (two servers appending to one AOF lose whatever the first one wrote). Its
 process says it is there whether it answers or not: the embedded server runs with
 the data dir as its working directory (it is started there and changes to its
-``dir``), which ``/proc/<pid>/cwd`` shows. Its command line does not help: the
-server overwrites it with its title (``valkey-server 127.0.0.1:PORT``).
+``dir``), which ``/proc/<pid>/cwd`` shows. Its command line does not say where its
+files are (the server overwrites it with its title, ``valkey-server 127.0.0.1:PORT``),
+but it says where it listens: a server the endpoint file does not name (a second one,
+started beside the first before this check existed) can still be asked.
 
 Each look identifies the processes afresh, by name and directory, and none is ever
 sent a signal: a pid another process has taken since is never mistaken for the
@@ -20,6 +22,7 @@ there is to go by, as before.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,10 @@ from pathlib import Path
 # embedded one is valkey-server, a Redis one on the same files would do the same harm.
 SERVER_NAMES = frozenset({"valkey-server", "redis-server"})
 _PROC = Path("/proc")
+# The listening address in the server's title ("valkey-server 127.0.0.1:PORT", then
+# "[cluster]" or nothing), or its arguments before it has set its title ("--port PORT").
+_TITLE_PORT = re.compile(rb"\s\S*:(\d+)(?:\s|$)")
+_ARGUMENT_PORT = re.compile(rb"(?:^|\0)--port\0(\d+)(?:\0|$)")
 # What an operator reads in a state letter of /proc/<pid>/stat.
 _STATES = {
     "T": "stopped",
@@ -43,6 +50,8 @@ class ServerProcess:
     # The state letter of /proc/<pid>/stat: T for one stopped with SIGSTOP.
     state: str
     parent: int
+    # Where it listens, as its command line says (None where it does not say).
+    port: int | None = None
 
     def __str__(self) -> str:
         state = _STATES.get(self.state, f"state {self.state}")
@@ -81,10 +90,25 @@ def _server_in(entry: Path, data_dir: str) -> ServerProcess | None:
         if str((entry / "cwd").readlink()) != data_dir:
             return None
         stat = (entry / "stat").read_text()
+        command_line = (entry / "cmdline").read_bytes()
     except OSError:
         return None  # exited meanwhile, or another user's
     # The command name, in parentheses, may hold spaces: fields count from its end.
     fields = stat.rpartition(")")[2].split()
     if fields[0] in ("Z", "X"):
         return None  # exited, not reaped yet: it writes nothing any more
-    return ServerProcess(pid=int(entry.name), state=fields[0], parent=int(fields[1]))
+    return ServerProcess(
+        pid=int(entry.name),
+        state=fields[0],
+        parent=int(fields[1]),
+        port=_port(command_line),
+    )
+
+
+def _port(command_line: bytes) -> int | None:
+    """The port of a server's title, or of its arguments (the title not set yet)."""
+    found = _ARGUMENT_PORT.search(command_line)
+    if found is None:
+        # The title is the first argument, padded with NULs over the rest.
+        found = _TITLE_PORT.search(command_line.partition(b"\0")[0])
+    return int(found.group(1)) if found else None

@@ -33,7 +33,7 @@ from tests.integration.test_shutdown import (
     worker_pids,
     write_config,
 )
-from tests.unit.test_embedded_store_takeover import servers_on
+from tests.unit.test_embedded_store_takeover import freeze, servers_on
 
 
 def store_pid(stack: LocalStack) -> int:
@@ -146,7 +146,7 @@ def test_a_left_store_that_does_not_answer_refuses_the_start_until_it_answers(
         left = store_pid(stack)
         data_dir = Path(stack.env["EXTPROC_DATA_DIR"])
         kill_gateway(stack)
-        os.kill(left, signal.SIGSTOP)
+        freeze(left)
         try:
             refused = subprocess.run(
                 [sys.executable, "-m", "extproc", "serve", "--config", str(stack.config_path)],

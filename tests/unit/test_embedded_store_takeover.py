@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,16 @@ class Owner:
         """SIGKILL, as the OOM killer ends a gateway: nothing of it runs any more."""
         self.process.kill()
         self.process.wait()
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until the kernel has stopped it (a signal is delivered
+    when the process next runs, not when it is sent)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + BOUND_S
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline, f"pid {pid} did not stop"
+        time.sleep(0.01)
 
 
 def running(pid: int) -> bool:
@@ -281,7 +292,7 @@ def test_a_left_server_that_does_not_answer_refuses_the_start_and_no_second_one_
     with owner.client() as client:
         client.set("aigw:usage:before-the-crash", 42)
     owner.kill()
-    os.kill(owner.server_pid, signal.SIGSTOP)
+    freeze(owner.server_pid)
     try:
         caplog.set_level(logging.WARNING, logger=embedded.__name__)
         refused_start = EmbeddedValkey(tmp_path, left_answer_wait_s=1.0)
@@ -343,7 +354,7 @@ def test_keep_running_leaves_a_stopped_server_alone(
     started.append(store)
     store.start()
     [pid] = servers_on(tmp_path)
-    os.kill(pid, signal.SIGSTOP)
+    freeze(pid)
     try:
         assert store.exited() is None
         store.restart()
@@ -375,3 +386,23 @@ def test_an_owner_killed_as_it_stops_its_server_leaves_it_to_the_next_start(
     assert server != owner.server_pid
     with redis.Redis.from_url(url) as client:
         assert client.get("aigw:usage:before-the-stop") == b"3"
+
+
+def test_two_servers_left_on_one_data_dir_are_both_taken_over(
+    tmp_path: Path, started: list[EmbeddedValkey]
+) -> None:
+    """Two servers on one AOF, as a start before processes were looked for left them:
+    the endpoint file names only the last one, the other is asked where it listens."""
+    first = embedded._launch(tmp_path, embedded.free_port())
+    second = embedded._launch(tmp_path, embedded.free_port())  # the endpoint names it
+    try:
+        assert sorted(servers_on(tmp_path)) == sorted([first.pid, second.pid])
+        restarted = EmbeddedValkey(tmp_path, left_answer_wait_s=1.0)
+        started.append(restarted)
+        restarted.start()
+
+        [server] = servers_on(tmp_path)
+        assert server not in (first.pid, second.pid)
+    finally:
+        for left in (first, second):
+            embedded._terminate(left)

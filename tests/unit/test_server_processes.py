@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from extproc.store import embedded, server_processes
+from tests.unit.test_embedded_store_takeover import freeze
 
 # Each key held that long by the rewrite: it outlives the test's look, then is ended.
 SLOW_REWRITE_US = 2_000_000
@@ -43,13 +44,13 @@ def launch(launched: list[subprocess.Popen[bytes]], data_dir: Path) -> tuple[int
 def test_a_stopped_server_is_found_by_its_process(
     tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:
-    pid, _ = launch(launched, tmp_path / "ours")
+    pid, port = launch(launched, tmp_path / "ours")
     launch(launched, tmp_path / "another")
-    os.kill(pid, signal.SIGSTOP)
+    freeze(pid)
 
     [found] = server_processes.on_data_dir(tmp_path / "ours")
 
-    assert (found.pid, found.state) == (pid, "T")
+    assert (found.pid, found.state, found.port) == (pid, "T", port)
     assert str(found) == f"pid {pid}, stopped"
     assert server_processes.on_data_dir(tmp_path / "none") == []
 
@@ -73,6 +74,26 @@ def test_a_servers_aof_rewrite_is_not_a_second_server(
         finally:
             # Turning the AOF off ends the rewrite at once.
             client.config_set("appendonly", "no")
+
+
+@pytest.mark.parametrize(
+    ("command_line", "port"),
+    [
+        # Its title, padded with NULs over the arguments it replaced.
+        (b"/venv/bin/valkey-server 127.0.0.1:24268" + b"\x00" * 40, 24268),
+        (b"/home/a b/valkey-server 127.0.0.1:24268 [cluster]\x00\x00", 24268),
+        # Its arguments, in the instant before it sets its title.
+        (
+            b"/venv/bin/valkey-server\x00--bind\x00127.0.0.1\x00--port\x0024268\x00--dir\x00/d\x00",
+            24268,
+        ),
+        (b"/venv/bin/valkey-server\x00/etc/valkey.conf\x00", None),
+    ],
+)
+def test_where_a_server_listens_is_read_from_its_command_line(
+    command_line: bytes, port: int | None
+) -> None:
+    assert server_processes._port(command_line) == port
 
 
 def children(pid: int) -> list[int]:
