@@ -38,6 +38,7 @@ import fcntl
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -359,6 +360,9 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
     process.terminate()
+    # One stopped with SIGSTOP holds the SIGTERM until it runs again: without this it
+    # was killed at the end of the wait, its AOF not written out.
+    process.send_signal(signal.SIGCONT)
     try:
         process.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:

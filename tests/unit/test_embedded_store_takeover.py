@@ -406,3 +406,26 @@ def test_two_servers_left_on_one_data_dir_are_both_taken_over(
     finally:
         for left in (first, second):
             embedded._terminate(left)
+
+
+def test_a_stopped_server_is_stopped_cleanly_with_its_gateway(
+    tmp_path: Path, started: list[EmbeddedValkey]
+) -> None:
+    """The gateway stops its store with SIGTERM, which a server stopped with SIGSTOP
+    holds until it runs again: it was SIGKILLed once the wait was over, its AOF not
+    written out. Resumed along with the SIGTERM, it writes its AOF out and exits 0."""
+    store = EmbeddedValkey(tmp_path)
+    started.append(store)
+    store.start()
+    process = store._process
+    assert process is not None
+    with redis.Redis.from_url(store.url) as client:
+        client.set("aigw:usage:last", 1)
+    freeze(process.pid)
+    try:
+        store.stop()
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    assert process.returncode == 0
+    assert "ready to exit" in (tmp_path / embedded.LOG_FILE).read_text().lower()
