@@ -20,7 +20,6 @@ request left the same way: test_stream_left_before_first_chunk.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -43,6 +42,7 @@ from tests.unit.test_cut_answer import (
     PROMPT,
     assert_charged,
     assert_nothing_charged,
+    assert_rolled_up,
     gateway,
     sample,
     used_tokens,
@@ -195,11 +195,7 @@ async def test_the_quota_and_the_rollup_settle_at_the_estimate_the_line_records(
     line = assert_charged(services, PROMPT, ALLOWANCE)
     assert await used_tokens(runtime, quota) == line["total_tokens"] == PROMPT + ALLOWANCE
 
-    assert await writer.flush() is True
-    hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0, microsecond=0)
-    [row] = await usage.query(hour, hour + timedelta(hours=1), ("api_key_id",))
-    assert (row.prompt_tokens, row.completion_tokens) == (PROMPT, ALLOWANCE)
-    assert row.cost_picousd == round(COST * 10**12)
+    await assert_rolled_up(writer, usage, line, (PROMPT, ALLOWANCE), COST)
 
 
 async def test_a_client_gone_before_the_release_gives_its_reservation_back(

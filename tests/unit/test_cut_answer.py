@@ -312,6 +312,22 @@ async def used_tokens(runtime: Runtime, quota: QuotaStore) -> int:
     return used
 
 
+async def assert_rolled_up(
+    writer: UsageWriter,
+    usage: UsageStore,
+    line: dict[str, Any],
+    tokens: tuple[int, int],
+    cost_usd: float,
+) -> None:
+    """The hour's rollup records the (prompt, completion) tokens and the cost the log
+    line charged."""
+    assert await writer.flush() is True
+    hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0, microsecond=0)
+    [row] = await usage.query(hour, hour + timedelta(hours=1), ("api_key_id",))
+    assert (row.prompt_tokens, row.completion_tokens) == tokens
+    assert row.cost_picousd == round(cost_usd * 10**12)
+
+
 async def test_the_quota_settles_at_what_the_log_line_and_the_rollup_record(
     stores: tuple[QuotaStore, UsageStore],
 ) -> None:
@@ -321,11 +337,7 @@ async def test_the_quota_settles_at_what_the_log_line_and_the_rollup_record(
     line = assert_charged(services, PROMPT, ALLOWANCE)
     assert await used_tokens(runtime, quota) == line["total_tokens"] == PROMPT + ALLOWANCE
 
-    assert await writer.flush() is True
-    hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0, microsecond=0)
-    [row] = await usage.query(hour, hour + timedelta(hours=1), ("api_key_id",))
-    assert (row.prompt_tokens, row.completion_tokens) == (PROMPT, ALLOWANCE)
-    assert row.cost_picousd == round(COST * 10**12)
+    await assert_rolled_up(writer, usage, line, (PROMPT, ALLOWANCE), COST)
 
 
 async def test_a_hard_capped_answer_is_charged_the_allowance_the_provider_was_given(

@@ -18,7 +18,6 @@ The non-streamed form of the same hang-up: test_client_left_before_answer.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +43,7 @@ from tests.unit.test_cut_answer import (
     PROMPT,
     assert_charged,
     assert_nothing_charged,
+    assert_rolled_up,
     gateway,
     sample,
     used_tokens,
@@ -218,11 +218,7 @@ async def test_the_quota_and_the_rollup_settle_at_the_prompt_the_line_records(
     line = assert_charged_the_prompt(services)
     assert await used_tokens(runtime, quota) == line["total_tokens"] == PROMPT
 
-    assert await writer.flush() is True
-    hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0, microsecond=0)
-    [row] = await usage.query(hour, hour + timedelta(hours=1), ("api_key_id",))
-    assert (row.prompt_tokens, row.completion_tokens) == (PROMPT, 0)
-    assert row.cost_picousd == round(PROMPT_COST * 10**12)
+    await assert_rolled_up(writer, usage, line, (PROMPT, 0), PROMPT_COST)
 
 
 async def test_a_stream_gone_before_the_release_gives_its_reservation_back(
