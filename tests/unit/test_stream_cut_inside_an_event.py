@@ -34,9 +34,7 @@ from extproc.testing import (
     request_headers,
     response_body,
     response_headers,
-    run_stream,
 )
-from tests.unit.conftest import MemoryLog
 from tests.unit.test_gemini_review import BODY, KEY, PREFIX, event, memory_services, play, vertex
 from tests.unit.test_stream_ended_early_bedrock import (
     CLAUDE_BEGUN,
@@ -49,7 +47,9 @@ from tests.unit.test_stream_ended_early_bedrock import (
     chunk,
     frame,
     invoke_path,
+    log_line,
     signing_processor,
+    streamed,
 )
 from tests.unit.test_stream_ended_early_native import START, TEXT
 
@@ -70,24 +70,7 @@ async def received(
     chunks: list[bytes],
 ) -> bytes:
     """What the client receives when the provider answers ``chunks``, then ends the body."""
-    answers = await run_stream(
-        processor,
-        [
-            request_headers(path, headers=key),
-            request_body(orjson.dumps(body)),
-            response_headers(200, kind),
-            *(response_body(part, end_of_stream=False) for part in chunks),
-            response_body(b"", end_of_stream=True),
-        ],
-    )
-    return client_body([*chunks, b""], answers[3:])
-
-
-def log_line(services: Services) -> dict[str, Any]:
-    log = services.access_log
-    assert isinstance(log, MemoryLog)
-    [line] = log.lines()
-    return line
+    return await streamed(processor, path, body, chunks, key, kind)
 
 
 def openai_client(body: bytes) -> openai.OpenAI:

@@ -104,15 +104,21 @@ def boto3_reads(operation: str, received: bytes) -> list[str]:
 
 
 async def streamed(
-    processor: Processor, path: str, body: dict[str, Any], chunks: list[bytes]
+    processor: Processor,
+    path: str,
+    body: dict[str, Any],
+    chunks: list[bytes],
+    key: dict[str, str] = AUTH,
+    kind: dict[str, str] = EVENT_STREAM,
 ) -> bytes:
-    """What the client receives when Bedrock answers the call with ``chunks``, then ends."""
+    """What the client receives when the provider (Bedrock unless ``kind`` says otherwise)
+    answers the call with ``chunks``, then ends the body."""
     answers = await run_stream(
         processor,
         [
-            request_headers(path, headers=AUTH),
+            request_headers(path, headers=key),
             request_body(orjson.dumps(body)),
-            response_headers(200, EVENT_STREAM),
+            response_headers(200, kind),
             *(response_body(part, end_of_stream=False) for part in chunks),
             response_body(b"", end_of_stream=True),
         ],
