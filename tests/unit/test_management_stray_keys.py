@@ -11,7 +11,6 @@ hiding every other subject and key.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
@@ -23,7 +22,6 @@ import pytest
 from grpc import aio as grpc_aio
 
 from extproc.auth.stored_keys import StoredKeys, UnreadableRecordsError
-from extproc.cli import main
 from extproc.config import GatewayConfig, parse_config
 from extproc.context import Identity
 from extproc.devstack import DEFAULT_CONFIG
@@ -38,6 +36,7 @@ from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.admin_cli import run_admin_cli
 from tests.unit.test_management import TOKEN
 from tests.unit.test_stored_keys import new_key
 
@@ -99,20 +98,7 @@ class Gateway:
         return next(limit.key(PREFIX) for limit in limits if limit.rule == rule)
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        argv = [*args, "--address", self.address, "--token", TOKEN]
-
-        def run() -> int:
-            import contextlib
-
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    return main(argv)
-                except SystemExit as exc:
-                    return int(exc.code or 0)
-
-        code = await asyncio.to_thread(run)
-        return code, out.getvalue(), err.getvalue()
+        return await run_admin_cli(self.address, TOKEN, *args)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ answers 30 s (found) or 5 s (not found), as an injected clock shows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +31,6 @@ from extproc.auth.stored_keys import (
     StoredKeys,
     UnknownKeyIdError,
 )
-from extproc.cli import main
 from extproc.config import GatewayConfig
 from extproc.config.auth_model import AuthConfig
 from extproc.management.audit import AuditLog
@@ -48,6 +46,7 @@ from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for, request_body, request_headers, run_stream
+from tests.unit.admin_cli import run_admin_cli
 
 PREFIX = "t:"
 ADMIN = "dev-admin-token"  # the default config's, with no environment set
@@ -467,18 +466,7 @@ class Api:
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         """``extproc <args>`` against this API: exit code, stdout, stderr."""
-        out, err = io.StringIO(), io.StringIO()
-        argv = [*args, "--address", self.address, "--token", ADMIN]
-
-        def run() -> int:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    return main(argv)
-                except SystemExit as exc:
-                    return int(exc.code or 0)
-
-        code = await asyncio.to_thread(run)
-        return code, out.getvalue(), err.getvalue()
+        return await run_admin_cli(self.address, ADMIN, *args)
 
     async def call(self, method: str, request: Any, token: str = ADMIN) -> Any:
         return await getattr(self.stub, method)(
