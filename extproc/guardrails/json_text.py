@@ -125,12 +125,26 @@ class Loose:
     # Where runs of ``text`` are in ``written``: worked out at the first match to map back,
     # since most texts hold none and a tool's output may hold thousands of escapes.
     _piece: Piece | None = None
+    # Where each escape starts and ends in ``written``, likewise worked out when needed.
+    _escapes: tuple[list[int], list[int]] | None = None
 
     def raw(self, position: int) -> int:
         """Where the character at ``position`` of ``text`` (or its end) is as written."""
         if self._piece is None:
             self._piece = _decoded(self.written, 0, len(self.written), 0, _LOOSE_ESCAPE)
         return self._piece.raw(position)
+
+    def escape_around(self, position: int) -> tuple[int, int] | None:
+        """The escape of ``written`` (its start and end) that ``position`` falls strictly
+        inside (``\\n`` at its ``n``), None when it falls inside none."""
+        if self._escapes is None:
+            found = list(_LOOSE_ESCAPE.finditer(self.written))
+            self._escapes = ([m.start() for m in found], [m.end() for m in found])
+        starts, ends = self._escapes
+        index = bisect_right(starts, position) - 1
+        if index < 0 or not starts[index] < position < ends[index]:
+            return None
+        return starts[index], ends[index]
 
 
 def loose(text: str) -> Loose | None:

@@ -24,7 +24,7 @@ import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
-from extproc.guardrails.json_text import Piece, escape, loose, pieces
+from extproc.guardrails.json_text import Loose, Piece, escape, loose, pieces
 
 MASK_DEFAULT = "****"
 # What in a pattern looks at where a text begins or ends (``^`` and ``$`` as anchors, or
@@ -181,12 +181,14 @@ class Matchers:
             (guard, Span(piece.raw(span.start), piece.raw(span.end), span.label))
             for guard, span in decoded_spans
         )
-        hits.extend(
+        decoded = [
             Hit(piece.raw(hit.start), piece.raw(hit.end), hit.guard, hit.replacement)
             for hit in decoded_hits
-        )
+        ]
+        if hits:
+            hits = _out_of_escapes(hits, piece, decoded)
         # A match found in both readings (no escape in it) is one span: masked once.
-        return rejecting, _resolve(hits), every
+        return rejecting, _resolve(hits + decoded), every
 
     def _scan_json(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]] | None:
         """``scan_all`` over each string (decoded, keys too) and number of a JSON document,
@@ -277,6 +279,32 @@ def _resolve(hits: list[Hit]) -> list[Hit]:
         elif hit.end > end:
             kept.append(Hit(end, hit.end, hit.guard, hit.replacement))
             end = hit.end
+    return kept
+
+
+def _out_of_escapes(written: list[Hit], piece: Loose, decoded: list[Hit]) -> list[Hit]:
+    """The hits of the reading as written, none of them beginning or ending inside an
+    escape of the decoded reading (``\\n`` at its ``n``).
+
+    As written, ``Hi,\\njane@example.com`` holds the address ``njane@example.com``: masked
+    there, the ``\\`` was left before the replacement, an escape JSON does not have, so a
+    tool's JSON output, or a structured output's answer the client decodes, was no JSON
+    any more (``Hi,\\<EMAIL>``), and its newline was lost. Where the decoded reading
+    found a match from that escape on (the address after the newline), that one is the
+    match: the hit as written keeps to it and the escape stays. Otherwise (``C:\\newsletter``,
+    a path's backslash) the hit takes the escape whole, so nothing of what it found is
+    left and no half of an escape either."""
+    starts = {hit.start for hit in decoded}
+    ends = {hit.end for hit in decoded}
+    kept: list[Hit] = []
+    for hit in written:
+        start, end = hit.start, hit.end
+        if (inside := piece.escape_around(start)) is not None:
+            start = inside[1] if inside[1] in starts else inside[0]
+        if (inside := piece.escape_around(end)) is not None:
+            end = inside[0] if inside[0] in ends else inside[1]
+        if start < end:
+            kept.append(Hit(start, end, hit.guard, hit.replacement))
     return kept
 
 
