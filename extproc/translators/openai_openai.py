@@ -65,8 +65,10 @@ from extproc.translators.token_counts import token_count
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
 _DONE = b"data: [DONE]" + EVENT_END
 # What says the answer ended: a choice's finish reason (quoted: the stop's name, a null
-# is no finish), the end marker. Generated text escapes its quotes, so cannot fake them.
-_ANSWER_END = re.compile(rb'"finish_reason"\s*:\s*"|\[DONE\]')
+# is no finish), the end marker as an event's data line. Generated text escapes its
+# quotes and line ends, so cannot fake either; it can hold "[DONE]" itself (a task list
+# the model writes), which anywhere else in an event ended no answer.
+_ANSWER_END = re.compile(rb'"finish_reason"\s*:\s*"|(?:^|[\r\n])data: ?\[DONE\]')
 _ENDED_EARLY = "the provider's stream ended before it was complete"
 # The service tier of an event, top level of a chunk. Generated text cannot fake it: its
 # quotes are escaped, so none stands right after the name.

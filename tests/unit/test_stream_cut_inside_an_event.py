@@ -118,6 +118,28 @@ async def test_an_openai_chat_stream_cut_inside_an_event_is_raised_by_the_sdk(
     assert_failed_as_cut(log_line(services), 6 if cut == -20 else 3)
 
 
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_an_answer_that_writes_done_is_still_raised_when_its_stream_is_cut(
+    processor: Processor, services: Services, include_usage: bool
+) -> None:
+    """'[DONE]' in the model's text (a task list) is no end of the stream: only the
+    marker's own data line is. Read anywhere, it made a stream cut after it pass as
+    whole: the SDK returned the text so far as the answer, logged completed."""
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": PROMPT,
+            "stream_options": {"include_usage": include_usage}}  # fmt: skip
+    chunks = [chat_chunk("- [DONE] tests pass\n- "), chat_chunk("[TODO] docs")]
+    got = await received(processor, "/v1/chat/completions", OPENAI_KEY, body, SSE, chunks)
+
+    stream = openai_client(got).chat.completions.create(
+        model="gpt-4o-mini", messages=PROMPT, stream=True
+    )
+    with pytest.raises(openai.APIError) as raised:
+        list(stream)
+    assert raised.value.message == ENDED_EARLY
+    line = log_line(services)
+    assert (line["outcome"], line["error_code"]) == ("upstream_error", "invalid_upstream_response")
+
+
 async def test_an_openai_client_of_claude_reads_the_same_error_for_a_cut_inside_an_event(
     processor: Processor, services: Services
 ) -> None:
