@@ -21,18 +21,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore
-from extproc.testing import request_body, request_headers, run_stream
+from extproc.testing import processor_for, request_body, request_headers, run_stream
+from tests.unit.test_agents import TEAM2, with_agents
 from tests.unit.test_cut_answer import (
     ALLOWANCE,
     AUTH,
@@ -206,3 +209,33 @@ async def test_a_client_gone_before_the_release_gives_its_reservation_back(
     await left_before_release(processor)
     assert_nothing_charged(services)
     assert await used_tokens(runtime, quota) == 0
+
+
+# --- routes that reach no model: never charged, whatever the client does -------------------
+
+_MESSAGES = {"model": "claude-3-5-haiku-20241022", "max_tokens": 100,
+             "messages": [{"role": "user", "content": "word " * 80}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/v1/messages/count_tokens", _MESSAGES, AUTH),
+        ("/v1/responses/input_tokens", {"model": "gpt-4o-mini", "input": "word " * 80}, AUTH),
+        ("/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "echo", "arguments": {"text": "word " * 80}}}, TEAM2),
+        ("/a2a/helper/", {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
+            "message": {"role": "user", "parts": [{"text": "word " * 80}]}}}, TEAM2),
+    ],
+    ids=["count-tokens", "responses-input-tokens", "mcp-tool-call", "a2a-message"],
+)  # fmt: skip
+async def test_a_request_that_reaches_no_model_is_charged_nothing_when_its_client_leaves(
+    config: GatewayConfig, services: Services, path: str, body: Any, headers: dict[str, str]
+) -> None:
+    """A token count, an MCP tool call and an A2A message bill no tokens: a client that
+    leaves before their answer costs nothing either."""
+    processor = processor_for(with_agents(config), services)
+    answers = await left_after_release(processor, orjson.dumps(body), path, headers)
+    assert answers[-1].WhichOneof("response") == "request_body"
+    line = assert_nothing_charged(services)
+    assert line["outcome"] == "aborted"
