@@ -29,6 +29,7 @@ ANSWER_CACHE_SIZE = 4096
 # A metadata value longer than this (captured content) makes the answer the
 # request's own: it is built, never kept.
 _MAX_KEPT_VALUE = 256
+_SIGNED_FOR_AWS = "x-amz-date"
 
 
 class AnswerCache:
@@ -54,6 +55,10 @@ class AnswerCache:
 def _key(phase: str, out: PhaseOutput) -> tuple[Any, ...] | None:
     """Everything the phase's answer is built from, or None when it is not to be kept."""
     if out.body is not None or out.answer is not None:
+        return None
+    if _SIGNED_FOR_AWS in out.set_headers:
+        # A SigV4 signature (Bedrock) is the request's own, its time and body hash in it:
+        # kept, it would only fill the cache with answers no later request shares.
         return None
     metadata = out.metadata
     kept_metadata: tuple[tuple[str, Any], ...] | None = None

@@ -59,7 +59,9 @@ def test_answers_of_one_request_alone_are_built_not_kept() -> None:
     rewritten = body_answer()
     rewritten.body = b'{"model":"gpt-4o-mini"}'
     captured = body_answer(input_messages="x" * 1000)
-    for out in (counted, rewritten, captured):
+    signed = body_answer()  # a SigV4 signature holds the request's time and body hash
+    signed.set_headers.update({"authorization": "AWS4-HMAC-SHA256 ...", "x-amz-date": "20261206T"})
+    for out in (counted, rewritten, captured, signed):
         assert cache.phase_response("request_body", out) == phase_response("request_body", out)
     assert cache._answers == {}
 
