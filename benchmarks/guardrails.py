@@ -18,6 +18,9 @@ A second table plays a tool's output instead (a tool message of 4 KB and 64 KB: 
 as ``json.dumps`` writes them), under the regex guard and regex + builtins, written with
 ``ensure_ascii`` (``Ren\\u00e9e``: read as written and decoded) and without (``Renée``:
 no backslash, read once, and skipped when the joined search finds nothing in it).
+A third spelling is digit-heavy: order records with numeric ids, Unix times, ISO
+timestamps and prices (``records``), what agents' tools return most, holding no card,
+phone number or other builtin's match.
 
     .venv/bin/python -m benchmarks.guardrails [--requests 2000]
 """
@@ -83,9 +86,33 @@ ROWS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]] | None] = {
 TOOL_RECORD = {"customer": "Renée Müller", "city": "Zürich", "note": SENTENCE.strip()}
 
 
-def tool_body(size: int, *, escaped: bool) -> bytes:
-    """A chat request whose tool message holds about ``size`` characters of records."""
-    records = [TOOL_RECORD] * (size // len(json.dumps(TOOL_RECORD)) + 1)
+def order_record(index: int) -> dict[str, Any]:
+    """An order as a shop's API returns it: ids, times and prices, every one a digit run."""
+    return {
+        "id": 184467 + index,
+        "order_id": f"ord_20240611_{index:04d}",
+        "created_at": f"2024-06-11T09:{index % 60:02d}:17Z",
+        "ts": 1718098937 + 37 * index,
+        "price": round(19.99 + index * 1.25, 2),
+        "qty": index % 7 + 1,
+        "sku": f"SKU-{421 + index:05d}-B",
+        "customer_id": 7731902 + 11 * index,
+    }
+
+
+def tool_body(size: int, spelling: str) -> bytes:
+    """A chat request whose tool message holds about ``size`` characters of records:
+    customers ``as is`` or ``escaped`` (``ensure_ascii``), or ``records`` of orders."""
+    if spelling == "records":
+        orders: list[dict[str, Any]] = []
+        length = 1
+        while length < size:
+            orders.append(order_record(len(orders)))
+            length += len(json.dumps(orders[-1])) + 2  # and ", "
+        output = json.dumps(orders)
+    else:
+        records = [TOOL_RECORD] * (size // len(json.dumps(TOOL_RECORD)) + 1)
+        output = json.dumps(records, ensure_ascii=spelling == "escaped")
     call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     return orjson.dumps(
         {
@@ -93,11 +120,13 @@ def tool_body(size: int, *, escaped: bool) -> bytes:
             "messages": [
                 {"role": "user", "content": "Who are our customers in Zurich?"},
                 {"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1",
-                 "content": json.dumps(records, ensure_ascii=escaped)},
+                {"role": "tool", "tool_call_id": "c1", "content": output},
             ],
         }
     )  # fmt: skip
+
+
+SPELLINGS = ("as is", "escaped", "records")
 
 
 def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) -> Processor:
@@ -146,11 +175,10 @@ async def main(requests: int) -> None:
     for name in ("regex guard", "regex + builtins"):
         guarded = processor(ROWS[name])
         for size in (4096, 65536):
-            for escaped in (False, True):
-                body = tool_body(size, escaped=escaped)
+            for spelling in SPELLINGS:
+                body = tool_body(size, spelling)
                 count = max(requests * 4096 // size, 20)
                 spent = await cpu_per_request(guarded, count, body) * 1e6
-                spelling = "escaped" if escaped else "as is"
                 print(f"{name:<18} {size // 1024:>3} KB {spelling:<8} {spent:>11.1f} us")
 
 
