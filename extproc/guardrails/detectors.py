@@ -40,6 +40,7 @@ from typing import Any
 import re2
 
 from extproc.config.guard_model import Builtin
+from extproc.guardrails.card_numbers import card_windows, luhn_valid
 
 # The stdlib's own regex parser (private, untyped): a pattern's width and characters.
 sre_parse: Any = importlib.import_module("re._parser")
@@ -160,56 +161,11 @@ class CardDetector(Detector):
     __slots__ = ()
 
     def find(self, text: str) -> Iterator[Span]:
+        label = self.label
         for match in self._regex.finditer(text):
             run_start, run_end = match.span()
-            yield from _card_windows(text, run_start, run_end, self.label)
-
-
-def _card_windows(text: str, start: int, end: int, label: str) -> Iterator[Span]:
-    groups: list[tuple[int, int]] = []
-    position = start
-    while position < end:
-        group_end = position
-        while group_end < end and text[group_end].isdigit():
-            group_end += 1
-        groups.append((position, group_end))
-        position = group_end + 1  # past the separator
-    # "Stands alone" is a property of the card, not of the run: in "order A1 4111 ...",
-    # only the group "1" touches a letter, and the card after it stands alone. Checking
-    # the whole run let a code ending in a digit hide the card next to it.
-    begin = 1 if start > 0 and text[start - 1].isalnum() else 0
-    usable = len(groups) - 1 if end < len(text) and text[end].isalnum() else len(groups)
-    # Every window that passes is masked, not only the first found: in "10000000 4111
-    # 1111 1111 1111" the account number and the card's first groups pass the Luhn check
-    # together, and stopping there left the rest of the real card in clear. A window
-    # overlapping one already masked yields its rest (whole groups, never longer than a
-    # card), so spans neither overlap nor grow past ``max_len``.
-    masked = begin - 1  # the last group masked
-    for first in range(begin, usable):
-        digits = ""
-        found = None
-        for last in range(first, usable):
-            digits += text[groups[last][0] : groups[last][1]]
-            if len(digits) > 19:
-                break
-            if len(digits) >= 13 and luhn_valid(digits):
-                found = last
-        if found is None or found <= masked:
-            continue
-        yield Span(groups[max(first, masked + 1)][0], groups[found][1], label)
-        masked = found
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+            for start, end in card_windows(text, run_start, run_end):
+                yield Span(start, end, label)
 
 
 def _alone(text: str, start: int, end: int) -> bool:
@@ -259,8 +215,13 @@ def _email(text: str, start: int, end: int) -> bool:
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
 _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
+    # Only runs of 13 digits or more reach Python: a shorter run holds no card (every
+    # window is whole groups of the run), and JSON is full of short ones (ids, prices,
+    # times, each "\u00e9"). What matches is still a whole run: a match cannot begin
+    # inside a shorter run (what follows there is shorter still), nor inside a longer one
+    # (the last match took all of it).
     Builtin.CREDIT_CARD: lambda: CardDetector(
-        re2.compile(r"\d(?:[ -]?\d)*", _options()),
+        re2.compile(r"\d(?:[ -]?\d){12,}", _options()),
         Builtin.CREDIT_CARD,
         37,  # 19 digits and 18 separators
         _DIGITS_AND_SEPARATORS,
