@@ -67,7 +67,7 @@ class Span:
 class Detector:
     """A compiled pattern with an optional check of each candidate match."""
 
-    __slots__ = ("_check", "_regex", "chars", "label", "max_len", "source")
+    __slots__ = ("_check", "_regex", "_stands_alone", "chars", "label", "max_len", "source")
 
     def __init__(
         self,
@@ -76,8 +76,13 @@ class Detector:
         max_len: int,
         chars: re.Pattern[str] | None,
         check: Callable[[str, int, int], bool] | None = None,
+        *,
+        stands_alone: bool = False,
     ) -> None:
         self._regex = regex
+        # The check refuses every match right after a letter or digit (a number must
+        # stand alone): after a refused match, no match inside the same digit run can pass.
+        self._stands_alone = stands_alone
         # The pattern with its case flag inline, for the phase's one-pass prefilter.
         self.source: str = (
             regex.pattern if regex.options.case_sensitive else f"(?i:{regex.pattern})"
@@ -106,6 +111,7 @@ class Detector:
         regex = self._regex
         encoded = text.encode("utf-8")
         offsets = _CharOffsets(text, encoded)
+        digits = _DIGIT_RUN if self._stands_alone else None
         position = 0
         length = len(encoded)
         while position <= length:
@@ -118,6 +124,12 @@ class Detector:
             if start != end and check(text, start, end):
                 yield Span(start, end, self.label)
                 position = byte_end
+            elif digits is not None and byte_start < length and 48 <= encoded[byte_start] <= 57:
+                # Every match beginning inside this digit run, or right after it, follows
+                # a digit and is refused: a run of 64 KB of digits was 64 K refusals.
+                run = digits.match(encoded, byte_start)
+                after = run.end() if run is not None else byte_start
+                position = after + _utf8_width(encoded, after)
             else:
                 position = byte_start + _utf8_width(encoded, byte_start)
 
@@ -214,6 +226,7 @@ def _email(text: str, start: int, end: int) -> bool:
 
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
+_DIGIT_RUN = re.compile(rb"[0-9]+")
 _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
     # Only runs of 13 digits or more reach Python: a shorter run holds no card (every
     # window is whole groups of the run), and JSON is full of short ones (ids, prices,
@@ -232,6 +245,7 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         11,
         _DIGITS_AND_SEPARATORS,
         _ssn,
+        stands_alone=True,
     ),
     Builtin.CA_SIN: lambda: Detector(
         re2.compile(r"\d{3}[ -]?\d{3}[ -]?\d{3}", _options()),
@@ -239,6 +253,7 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         11,
         _DIGITS_AND_SEPARATORS,
         _sin,
+        stands_alone=True,
     ),
     Builtin.EMAIL: lambda: Detector(
         re2.compile(
@@ -261,6 +276,7 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         32,
         re.compile(r"[0-9 .()+\-]"),
         _phone,
+        stands_alone=True,
     ),
 }
 

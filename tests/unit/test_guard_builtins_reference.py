@@ -238,9 +238,11 @@ class CountingRegex:
         self.pattern = regex.pattern
         self.options = regex.options
         self.encoded = 0
+        self.searches = 0
 
     def search(self, text: str | bytes, *position: int) -> Any:
         self.encoded += len(text) if isinstance(text, str) else 0
+        self.searches += 1
         return self.regex.search(text, *position)
 
     def finditer(self, text: str | bytes) -> Any:
@@ -259,6 +261,30 @@ def test_a_tool_output_of_refused_numbers_is_encoded_once_per_builtin() -> None:
         detector._regex = counting
         assert list(detector.find(text)) == []
         assert counting.encoded <= len(text), kind
+
+
+def counted(kind: Builtin, text: str) -> tuple[list[tuple[int, int]], int]:
+    """What the builtin finds in ``text``, and how many searches it took."""
+    detector = builtin(kind)
+    counting = CountingRegex(detector._regex)
+    detector._regex = counting
+    return [(span.start, span.end) for span in detector.find(text)], counting.searches
+
+
+def test_a_refused_number_is_not_searched_again_digit_by_digit() -> None:
+    # 20 000 digits in a row: every nine digits look like a SIN, every ten like
+    # a phone number, and each follows a digit, so the checks refuse them all. The search
+    # went on one digit further each time (20 000 searches); no match beginning inside a
+    # run of digits can stand alone, so it goes on after the run.
+    for kind in (Builtin.CA_SIN, Builtin.PHONE_NUMBER):
+        found, searches = counted(kind, "7" * 20_000)
+        assert found == []
+        assert searches <= 2, kind
+    # What the refusals stood for still holds: a number after the run's end is found.
+    text = "Room 21 555-123-4567, id 98765432101 (555) 123-4567"
+    found, searches = counted(Builtin.PHONE_NUMBER, text)
+    assert [text[start:end] for start, end in found] == ["555-123-4567", "(555) 123-4567"]
+    assert searches <= 5
 
 
 # --- through the processor ---------------------------------------------------------------
