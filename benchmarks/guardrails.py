@@ -20,7 +20,9 @@ as ``json.dumps`` writes them), under the regex guard and regex + builtins, writ
 no backslash, read once, and skipped when the joined search finds nothing in it).
 A third spelling is digit-heavy: order records with numeric ids, Unix times, ISO
 timestamps and prices (``records``), what agents' tools return most, holding no card,
-phone number or other builtin's match.
+phone number or other builtin's match. The last (``arguments``) puts such records, each
+with a customer's name written with ``ensure_ascii``, in the assistant's tool call
+instead: a tool call's arguments are read string by string and number by number.
 
     .venv/bin/python -m benchmarks.guardrails [--requests 2000]
 """
@@ -100,20 +102,33 @@ def order_record(index: int) -> dict[str, Any]:
     }
 
 
+def order_records(size: int, customer: bool = False) -> str:
+    """About ``size`` characters of order records as JSON, each naming the customer
+    (``ensure_ascii``: ``Ren\\u00e9e``) with ``customer``."""
+    orders: list[dict[str, Any]] = []
+    length = 1
+    while length < size:
+        order = order_record(len(orders))
+        if customer:
+            order["customer"] = TOOL_RECORD["customer"]
+        orders.append(order)
+        length += len(json.dumps(order)) + 2  # and ", "
+    return json.dumps(orders)
+
+
 def tool_body(size: int, spelling: str) -> bytes:
     """A chat request whose tool message holds about ``size`` characters of records:
-    customers ``as is`` or ``escaped`` (``ensure_ascii``), or ``records`` of orders."""
+    customers ``as is`` or ``escaped`` (``ensure_ascii``), or ``records`` of orders; or
+    whose assistant's tool call has order records as its ``arguments``."""
+    arguments = "{}"
     if spelling == "records":
-        orders: list[dict[str, Any]] = []
-        length = 1
-        while length < size:
-            orders.append(order_record(len(orders)))
-            length += len(json.dumps(orders[-1])) + 2  # and ", "
-        output = json.dumps(orders)
+        output = order_records(size)
+    elif spelling == "arguments":
+        arguments, output = order_records(size, customer=True), "[]"
     else:
         records = [TOOL_RECORD] * (size // len(json.dumps(TOOL_RECORD)) + 1)
         output = json.dumps(records, ensure_ascii=spelling == "escaped")
-    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
     return orjson.dumps(
         {
             "model": "gpt-4o-mini",
@@ -126,7 +141,7 @@ def tool_body(size: int, spelling: str) -> bytes:
     )  # fmt: skip
 
 
-SPELLINGS = ("as is", "escaped", "records")
+SPELLINGS = ("as is", "escaped", "records", "arguments")
 
 
 def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) -> Processor:
@@ -179,7 +194,7 @@ async def main(requests: int) -> None:
                 body = tool_body(size, spelling)
                 count = max(requests * 4096 // size, 20)
                 spent = await cpu_per_request(guarded, count, body) * 1e6
-                print(f"{name:<18} {size // 1024:>3} KB {spelling:<8} {spent:>11.1f} us")
+                print(f"{name:<18} {size // 1024:>3} KB {spelling:<9} {spent:>11.1f} us")
 
 
 if __name__ == "__main__":

@@ -202,13 +202,16 @@ class Matchers:
         # One search over the pieces says which may hold a match (``candidates``): a
         # call's arguments can be thousands of strings and numbers, and a search per
         # piece cost more than reading it (records of numbers: 36 ms for 64 KB).
-        maybe = self.candidates([piece.text for piece in found])
+        # Only those are built as pieces (``json_text.Pieces``), in order.
+        maybe = self.candidates(found.texts)
+        read = range(len(found)) if maybe is None else sorted(maybe)
         rejecting: int | None = None
         hits: list[Hit] = []
         every: list[tuple[int, Span]] = []
-        for index, piece in enumerate(found):
-            if not piece.text or (maybe is not None and index not in maybe):
+        for index in read:
+            if not found.texts[index]:
                 continue
+            piece = found[index]
             first, piece_hits, piece_spans = self.scan_all(piece.text)
             if first is not None and (rejecting is None or first < rejecting):
                 rejecting = first

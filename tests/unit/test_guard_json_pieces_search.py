@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.config.guard_model import GuardConfig
+from extproc.guardrails.json_text import pieces
 from extproc.guardrails.matching import MatcherGuard, Matchers
 from tests.unit.test_guard_builtins_reference import TEXTS
 
@@ -102,3 +103,35 @@ def test_records_of_numbers_are_searched_once_and_read_where_a_match_may_be() ->
     assert outcome(joined, text) == outcome(every, text)
     assert outcome(joined, text)[1][0].replacement == "<CREDIT_CARD>"
     assert len(searched) == 2  # one search per scan over all its pieces, not one per piece
+
+
+NUMBERS_AS_WRITTEN = (
+    '{"a": [1.50, -0, 1E5, 2e-3, 100000000000000000000, -7], "Ren\\u00e9e": "x\\"y"}'
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DOCUMENTS, st.booleans())
+def test_the_texts_searched_are_the_texts_of_the_pieces_read(
+    document: Any, ensure_ascii: bool
+) -> None:
+    # The search reads every text decoded at once; a piece is built only where it may
+    # match, and maps its own text back. Both must read the same: numbers as written.
+    for text in (json.dumps(document, ensure_ascii=ensure_ascii), NUMBERS_AS_WRITTEN):
+        found = pieces(text)
+        assert found is not None
+        assert found.texts == [piece.text for piece in found]
+        assert [found[index].start for index in range(len(found))] == [
+            piece.start for piece in found
+        ]
+        for piece in found:
+            written = text[piece.start : piece.end]
+            assert piece.number == (written[0] != '"')
+            assert (written if piece.number else json.loads(written)) == piece.text
+
+
+def test_numbers_are_read_as_written() -> None:
+    found = pieces(NUMBERS_AS_WRITTEN)
+    assert found is not None
+    assert found.texts == ["a", "1.50", "-0", "1E5", "2e-3", "100000000000000000000", "-7",
+                           "Renée", 'x"y']  # fmt: skip
