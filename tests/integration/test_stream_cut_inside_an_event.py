@@ -15,7 +15,6 @@ over TLS only.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -25,13 +24,13 @@ import openai
 import pytest
 from botocore.exceptions import EventStreamError
 
-from tests.integration.certificates import Authority
-from tests.integration.conftest import GatewayLog, default_config, running_stack, write_config
+from tests.integration.conftest import GatewayLog
 from tests.integration.test_stream_failed_before_answer import (
     CONVERSE_MODEL,
     PROMPT,
     TlsStack,
     bedrock_client,
+    tls_stack,
 )
 
 FAULT = "end_inside=2"
@@ -42,14 +41,8 @@ KEYS = {"cut-chat": "cut-chat-key-2a71", "cut-messages": "cut-messages-key-8d03"
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
-    workdir: Path = tmp_path_factory.mktemp("cut-inside-an-event")
-    authority = Authority(workdir, "listener-ca")
-    issued = authority.issue("gateway", ips=("127.0.0.1",))
-    raw = default_config()
-    raw["envoy"]["listener_tls"] = {"cert_file": str(issued.cert), "key_file": str(issued.key)}
-    raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in KEYS.items()]
-    with running_stack(workdir, write_config(workdir, raw)) as running:
-        yield TlsStack(running, authority.cert)
+    with tls_stack(tmp_path_factory.mktemp("cut-inside-an-event"), KEYS) as running:
+        yield running
 
 
 def line_of(tls: TlsStack, request_id: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ counters.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,20 +89,31 @@ class TlsStack:
         self.url = stack.base_url.replace("http://", "https://", 1)
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
-    workdir: Path = tmp_path_factory.mktemp("failed-before-answer")
+@contextmanager
+def tls_stack(
+    workdir: Path, keys: dict[str, str], quotas: dict[str, Any] | None = None
+) -> Iterator[TlsStack]:
+    """The default stack behind a TLS listener (so the SDKs and boto3 speak HTTPS), with
+    ``keys`` added and, if given, these ``quotas``."""
     authority = Authority(workdir, "listener-ca")
     issued = authority.issue("gateway", ips=("127.0.0.1",))
     raw = default_config()
     raw["envoy"]["listener_tls"] = {"cert_file": str(issued.cert), "key_file": str(issued.key)}
-    raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in KEYS.items()]
-    raw["quotas"] = {
+    raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in keys.items()]
+    if quotas is not None:
+        raw["quotas"] = quotas
+    with running_stack(workdir, write_config(workdir, raw)) as running:
+        yield TlsStack(running, authority.cert)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
+    quotas = {
         "rules": [{"name": "stream-tokens", "subject": "api_key", "match": list(KEYS),
                    "tokens_per_day": 100_000_000}],
     }  # fmt: skip
-    with running_stack(workdir, write_config(workdir, raw)) as running:
-        yield TlsStack(running, authority.cert)
+    with tls_stack(tmp_path_factory.mktemp("failed-before-answer"), KEYS, quotas) as running:
+        yield running
 
 
 @dataclass(frozen=True, slots=True)
