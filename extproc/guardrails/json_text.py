@@ -198,6 +198,13 @@ def loose(text: str) -> Loose | None:
     return Loose(decoded, text) if count else None
 
 
+def decoded(text: str) -> str:
+    """``text`` with every JSON escape in it decoded (``loose``), as a model reads it; the
+    text itself when it holds none."""
+    found = loose(text)
+    return text if found is None else found.text
+
+
 def _string(token: str, start: int, end: int) -> Piece:
     content = token[1:-1]
     if "\\" not in content:

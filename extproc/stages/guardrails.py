@@ -94,6 +94,7 @@ from extproc.guardrails.gemini_stream import GeminiStreamGuard
 from extproc.guardrails.gemini_text import answer_slots as gemini_answer_slots
 from extproc.guardrails.gemini_text import guarded_request as gemini_request
 from extproc.guardrails.gemini_text import request_slots as gemini_request_slots
+from extproc.guardrails.json_text import decoded
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
@@ -327,7 +328,10 @@ class GuardRequestStage:
         if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots, drop):
             ctx.body_changed = True
         for guard, client in phase.moderation:
-            texts = [slot.text for slot in slots if slot.role in client.roles and slot.text]
+            # Decoded, as the model reads it: a moderation model need not read a JSON
+            # escape (``b\u006fmb``) as its character. Nothing is written back from it.
+            roles = client.roles
+            texts = [decoded(slot.text) for slot in slots if slot.role in roles and slot.text]
             try:
                 async with asyncio.timeout_at(deadline):
                     violated = await client.violations(texts)
