@@ -459,6 +459,9 @@ def _access_log() -> Json:
                             "route",
                             "provider",
                             "model",
+                            # What the provider said answered (a dated snapshot of
+                            # the name sent; null for Bedrock, which names none).
+                            "response_model",
                             "prompt_tokens",
                             "completion_tokens",
                             "total_tokens",

@@ -406,7 +406,9 @@ def test_access_log_carries_the_gateways_usage_metadata(enabled: bool) -> None:
         assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
         # The path as sent, never its query: a client may have put a key there.
         assert fields["path"] == "%FILTER_STATE(io.aigw.client_path:PLAIN)%"
-        for key in ("route", "provider", "model", "prompt_tokens", "total_tokens"):
+        # The workshop's access log: provider, request and response model, tokens.
+        keys = ("route", "provider", "model", "response_model", "prompt_tokens", "total_tokens")
+        for key in keys:
             assert fields[key] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
 
 
