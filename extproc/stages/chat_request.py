@@ -11,7 +11,7 @@ provider's type (what the upstream speaks).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -271,29 +271,37 @@ def model_outside_body(ctx: RequestContext) -> str | None:
         if segment and segment not in _API_SEGMENTS:
             return unquote(segment)
     if route.model_header is not None:
-        named = ctx.request_headers.get(route.model_header)
+        named = _header_model(ctx.request_headers.get(route.model_header, ""), route.model_header)
         if named:
             return named
     if route.model_query is not None and query:
-        return _query_model(query, route.model_query)
+        values = parse_qs(query).get(route.model_query, ())
+        return _one_model(values, f"the query names more than one model in '{route.model_query}'")
     return None
 
 
-def _query_model(query: str, name: str) -> str | None:
-    """The model the query names (URL-decoded); an empty value names none.
+def _header_model(value: str, name: str) -> str | None:
+    """The model the route's header names; an empty value names none.
 
-    ``?model=a&model=b`` is refused: web frameworks disagree on which one counts
-    (first, last, a list), so a client cannot know which model it would be
-    billed for, as with a body that repeats its ``model`` key.
-    """
-    values = set(parse_qs(query).get(name, ()))
-    if len(values) > 1:
-        raise BadRequestError(
-            f"the query names more than one model in '{name}'; name one",
-            code="ambiguous_model",
-            param="model",
-        )
-    return values.pop() if values else None
+    A header sent twice is read as one comma-separated list, as HTTP reads it
+    (``envoy_messages.header_map``): a proxy that sets the header the client also set
+    sends ``gpt-4o,gpt-4o``, which is that model, not a 404 for a model of that name;
+    two different ones are refused as the query's are. No model name holds a comma."""
+    if "," not in value:
+        return value or None
+    values = [part for part in (each.strip() for each in value.split(",")) if part]
+    return _one_model(values, f"the '{name}' header names more than one model")
+
+
+def _one_model(values: Iterable[str], ambiguous: str) -> str | None:
+    """The one model ``values`` name, None for none; two different ones are refused:
+    web frameworks and proxies disagree on which one counts (first, last, a list), so a
+    client cannot know which model it would be billed for, as with a body that repeats
+    its ``model`` key. The same name twice is that model."""
+    named = set(values)
+    if len(named) > 1:
+        raise BadRequestError(f"{ambiguous}; name one", code="ambiguous_model", param="model")
+    return named.pop() if named else None
 
 
 def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict[str, Any]:

@@ -187,6 +187,21 @@ def test_the_same_model_twice_in_the_query_is_just_that_model(stack: LocalStack)
     assert (status, answer["model"]) == (200, "gpt-4o")
 
 
+def test_a_model_header_sent_twice_reads_as_the_query_does(stack: LocalStack) -> None:
+    # A proxy in front sets the `model` header its client set too: Envoy hands both on.
+    with httpx.Client(base_url=stack.base_url, timeout=30.0) as http:
+        twice = [("authorization", f"Bearer {KEY}"), ("model", "gpt-4o"), ("model", "gpt-4o")]
+        answer = http.post("/openai", json={"messages": MESSAGES}, headers=twice)
+        assert (answer.status_code, answer.json()["model"]) == (200, "gpt-4o")
+        assert mock_requests(stack)[-1]["json"]["model"] == "gpt-4o"
+        sent = len(mock_requests(stack))
+        two = [*twice[:2], ("model", "gpt-4.1-nano")]
+        answer = http.post("/openai", json={"messages": MESSAGES}, headers=two)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "ambiguous_model"
+    assert len(mock_requests(stack)) == sent
+
+
 @pytest.mark.parametrize(
     ("path", "model", "status"),
     [

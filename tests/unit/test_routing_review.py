@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
@@ -210,6 +211,45 @@ async def test_a_query_naming_one_model_or_none_is_served(
     body = answers[1].request_body.response.body_mutation.body
     sent = orjson.loads(body) if body else {"model": "gpt-4o-mini"}
     assert sent["model"] == model
+
+
+def with_header_repeated(path: str, name: str, values: list[str]) -> ext.ProcessingRequest:
+    """Request headers carrying ``name`` once per value, as Envoy hands a header the client
+    (or a proxy in front) sent more than once: one entry each."""
+    message = request_headers(path, headers={"authorization": "Bearer team1-key"})
+    for value in values:
+        header = message.request_headers.headers.headers.add()
+        header.key, header.raw_value = name, value.encode()
+    return message
+
+
+@pytest.mark.parametrize(
+    ("values", "model"),
+    [(["gpt-4o", "gpt-4o"], "gpt-4o"), (["gpt-4o", ""], "gpt-4o"), (["gpt-4o, gpt-4o"], "gpt-4o")],
+)
+async def test_a_model_header_sent_twice_with_one_name_is_that_model(
+    config: GatewayConfig, values: list[str], model: str
+) -> None:
+    # A proxy that sets the header the client set too: the same model, not a 404 for a
+    # model named "gpt-4o,gpt-4o".
+    answers = await run_stream(
+        processor(config),
+        [with_header_repeated("/openai", "model", values), request_body(chat("gpt-4o-mini"))],
+    )
+    assert not any(answer.HasField("immediate_response") for answer in answers)
+    assert orjson.loads(answers[1].request_body.response.body_mutation.body)["model"] == model
+
+
+async def test_a_model_header_naming_two_models_is_a_400_like_the_query(
+    config: GatewayConfig,
+) -> None:
+    [answer] = await run_stream(
+        processor(config), [with_header_repeated("/openai", "model", ["gpt-4o", "gpt-4.1-nano"])]
+    )
+    assert answer.immediate_response.status.code == 400
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert (error["code"], error["param"]) == ("ambiguous_model", "model")
+    assert error["message"] == "the 'model' header names more than one model; name one"
 
 
 # --- Gateway API attachments ---------------------------------------------------------------
