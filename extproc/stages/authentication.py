@@ -83,6 +83,12 @@ _SYSTEM_PREFIX = "$"
 _MIN_QUERY_CREDENTIAL = 8
 
 
+_NOT_A_TOKEN = (
+    "invalid token: not a JWT; this route accepts only JWT bearer tokens, not API keys "
+    "(send the token as 'Authorization: Bearer <token>')"
+)
+
+
 def _challenge(message: str, *, invalid: bool, code: str | None = None) -> AuthenticationError:
     """A 401 with its challenge; ``code``: the error's own (``invalid_token`` for a bearer
     token refused, so a log line tells a bad JWT from a bad key), else the class's."""
@@ -143,7 +149,10 @@ class AuthenticationStage:
                 key = found
             ctx.identity = _from_api_key(key)
         else:
-            raise _challenge("invalid token", invalid=True, code=_INVALID_TOKEN)
+            # A JWT-only route given something that is no JWT: most often an org API
+            # key (`x-api-key: team1-key`), which a bare "invalid token" left its holder
+            # to check, though the key is fine and only the route does not take keys.
+            raise _challenge(_NOT_A_TOKEN, invalid=True, code=_INVALID_TOKEN)
         _check_route(ctx)
         return None
 

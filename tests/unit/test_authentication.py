@@ -64,6 +64,31 @@ async def test_a_jwt_only_route_says_no_bearer_token_found() -> None:
     assert challenge == 'Bearer realm="aigw"'
 
 
+async def test_an_api_key_on_a_jwt_only_route_is_told_the_route_takes_tokens_only() -> None:
+    # The workshop's JWT route: a caller with an org key gets 401 saying why, not a bare
+    # "invalid token" that sends them to check a key that is good elsewhere.
+    text = DEFAULT_CONFIG.read_text().replace(
+        "\nroutes:\n",
+        "\nroutes:\n  - name: jwt-only\n    path_prefix: /jwt\n    auth: {methods: [jwt]}\n",
+        1,
+    )
+    provider = (
+        "  jwt_providers:\n    - name: dev\n      issuer: https://dev.example.com\n"
+        "      shared_secret: a-shared-secret-that-is-long-enough-000\n      algorithms: [HS256]\n"
+    )
+    gateway = processor_for(
+        parse_config(text.replace("\nauth:\n", "\nauth:\n" + provider, 1), "gateway.yaml", {})
+    )
+    for headers in ({"x-api-key": "team1-key"}, {"authorization": "Bearer team1-key"}):
+        [answer] = await run_stream(gateway, [request_headers("/jwt", headers=headers)])
+        assert answer.immediate_response.status.code == 401
+        error = orjson.loads(answer.immediate_response.body)["error"]
+        assert error["code"] == "invalid_token"
+        assert error["message"].startswith("invalid token: not a JWT")
+        assert "accepts only JWT bearer tokens, not API keys" in error["message"]
+        assert "team1-key" not in answer.immediate_response.body.decode()
+
+
 async def test_credentials_are_read_from_every_supported_place() -> None:
     assert await status_for("/v1/chat/completions", {"authorization": "team1-key"}) == 200
     assert await status_for("/v1/chat/completions", {"authorization": "Bearer team1-key"}) == 200
