@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -155,6 +155,15 @@ class Pieces:
 
     def __iter__(self) -> Iterator[Piece]:
         return (self[index] for index in range(len(self.texts)))
+
+    def touching(self, start: int, end: int) -> range:
+        """The indexes of the pieces whose tokens (a string's quotes included) share a
+        character with ``start:end`` of the JSON text."""
+        if self._offsets is None:
+            self._offsets = list(accumulate(map(len, self._parts)))
+        ends = self._offsets[1::2]
+        starts = self._offsets[0::2]
+        return range(bisect_right(ends, start), bisect_left(starts, end, hi=len(ends)))
 
 
 @dataclass(slots=True)

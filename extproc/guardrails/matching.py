@@ -12,6 +12,8 @@ with spans of the JSON text whose replacements keep it valid JSON. Every other
 text (arguments that are no JSON object or array, a tool's output, a prompt) is read
 as written and, where it holds JSON escapes, decoded as well (``json_text.loose``):
 the model reads ``\\u0040`` as ``@`` there too, and programs write JSON with escapes.
+Where such a text is a JSON object or array (a tool's output, a structured answer), its
+masks are kept to its strings and numbers (``onto_document``), so it stays JSON.
 """
 
 from __future__ import annotations
@@ -157,7 +159,14 @@ class Matchers:
         output is most often JSON a program wrote (``json.dumps`` writes ``José`` as
         ``Jos\\u00e9``), which the model reads as the characters it stands for."""
         found = self._scan_json(text) if json_text else None
-        rejecting, hits, every = found if found is not None else self._scan_loose(text)
+        if found is not None:
+            rejecting, hits, every = found
+        else:
+            rejecting, hits, every = self._scan_loose(text)
+            if hits and rejecting is None and not json_text:
+                # Text that is a JSON document (a tool's output, a structured answer) stays
+                # one. Arguments that reach here are known to be none (``_scan_json``).
+                hits = onto_document(text, hits)
         return rejecting, hits, [span for guard, span in every if guard == rejecting]
 
     def _scan_loose(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
@@ -340,6 +349,43 @@ def onto_json(piece: Piece, hits: list[Hit]) -> list[Hit]:
             replacement += number[hit.end :] + '"'
             end = piece.end
         mapped.append(Hit(start, end, hit.guard, replacement))
+    return mapped
+
+
+def onto_document(text: str, hits: list[Hit]) -> list[Hit]:
+    """Hits found in ``text`` read whole, kept to the strings and numbers of the JSON
+    object or array ``text`` is, so that it stays JSON; ``hits`` as they are when it is
+    none.
+
+    A tool's output is most often JSON, and so is a structured output's answer, which the
+    client's code decodes; both are read as one text (the model reads the JSON syntax
+    too), and a match written in that text became JSON no longer: a replacement holding
+    a quote ended its string early, a card written as a number became ``<CREDIT_CARD>``
+    bare, and a pattern running over a quote or a comma (``secret\\W+\\w+`` in
+    ``{"secret": "abc"}``) took the syntax with it (``{"****"}``). Now each string a
+    match touches has the part it covers masked, with the replacement escaped as a
+    string needs; a number it touches becomes a string, as in a tool call's arguments
+    (``onto_json``); the quotes, commas, braces, ``true``, ``false`` and ``null`` and
+    the spaces between stay. No character of a string or number the guard found is left.
+    """
+    found = pieces(text)
+    if found is None:
+        return hits
+    by_piece: dict[int, list[Hit]] = {}
+    for hit in hits:
+        for index in found.touching(hit.start, hit.end):
+            piece = found[index]
+            # A string's content lies between its quotes; a number is all content.
+            first = piece.start if piece.number else piece.start + 1
+            last = piece.end if piece.number else piece.end - 1
+            start, end = max(hit.start, first), min(hit.end, last)
+            if start < end:
+                # Its ends fall between escapes (``_out_of_escapes``, or a decoded
+                # match's own ends), so they are places in the piece's text.
+                inside = Hit(piece.decoded(start), piece.decoded(end), hit.guard, hit.replacement)
+                by_piece.setdefault(index, []).append(inside)
+    mapped = [hit for index, inside in by_piece.items() for hit in onto_json(found[index], inside)]
+    mapped.sort(key=lambda hit: hit.start)
     return mapped
 
 
