@@ -29,7 +29,8 @@ What is read, and how a mask writes there:
   ``description``, a schema's ``description``, ``title`` and ``$comment``, and each string
   (and object key) in its ``enum``, ``const``, ``default``, ``examples`` and ``example``
   values, the values the model is shown or told to produce (an ``enum``'s masked values
-  stay distinct, ``schema_enum``: strict providers refuse a value listed twice);
+  stay distinct, objects and arrays among them too, ``schema_enum``: strict providers
+  refuse a value listed twice);
 - names something refers to, ``fixed``: a tool's ``name`` (its calls name it), a schema's
   property names (``properties``, ``required``, ``$defs``...: the arguments' keys) and a
   custom tool's grammar (``format``'s ``definition``, which the provider compiles). A
@@ -272,7 +273,13 @@ def schema_slots(holder: dict[str, Any], key: str, slots: list[TextSlot]) -> Non
                         if isinstance(item, str):
                             slots.append(TextSlot(ROLE, values, index))
                         elif isinstance(item, dict | list):
+                            first = len(slots)
                             json_value_slots(ROLE, {"value": item}, "value", slots)
+                            if keyword == "enum":
+                                # An object or array entry masked like another stays
+                                # distinct too: its slots write through the enum.
+                                for slot in slots[first:]:
+                                    slot.holder = values.inside(index, slot.holder)
                 else:
                     json_value_slots(ROLE, schema, keyword, slots)
             elif keyword in _NAMED_SCHEMAS and isinstance(value, dict):

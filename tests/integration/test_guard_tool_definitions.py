@@ -166,3 +166,27 @@ def test_a_strict_schemas_enum_of_two_addresses_reaches_the_provider_distinct(
     # The mock answers the schema's first value, as the model may: masked, not unmasked.
     answer = completion.choices[0].message.content
     assert answer is not None and json.loads(answer) == {"to": "<EMAIL>"}
+
+
+def test_a_strict_schemas_enum_of_objects_masked_alike_is_answered(
+    definitions_stack: LocalStack,
+) -> None:
+    # JSON Schema allows any JSON value in an enum: two objects whose addresses were
+    # masked alike were one value listed twice, and strict mode (the mock too) refused the
+    # schema with a 400. The string that made the second equal gets the suffix.
+    schema = {"type": "object", "properties": {"to": {
+              "enum": [{"mail": EMAIL}, {"mail": "bob@example.com"}],
+              "description": "The recipient."}},
+              "required": ["to"], "additionalProperties": False}  # fmt: skip
+    output = {"type": "json_schema",
+              "json_schema": {"name": "recipient", "strict": True, "schema": schema}}  # fmt: skip
+    completion = client(definitions_stack).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Whom should the report go to?"}],
+        response_format=output,  # type: ignore[arg-type]
+    )
+    sent = mock_requests(definitions_stack)[-1]["json"]
+    assert "example.com" not in json.dumps(sent)
+    to = sent["response_format"]["json_schema"]["schema"]["properties"]["to"]
+    assert to["enum"] == [{"mail": "<EMAIL>"}, {"mail": "<EMAIL>#2"}]
+    assert completion.choices[0].message.content is not None

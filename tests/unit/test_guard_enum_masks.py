@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.guardrails.schema_enum import DistinctEnum
+from extproc.mock_llm.strict_schemas import strict_schema_error
 from extproc.runtime import Services
 from tests.unit.test_gemini_guard_flow import GENERATE, gateway, upstream
 from tests.unit.test_guard_flow import Gateway, upstream_body
@@ -167,4 +168,110 @@ def test_whatever_is_written_a_distinct_enum_stays_distinct(
             assert enum[index] == text or enum[index].startswith(f"{text}#")
     strings = [value for value in enum if isinstance(value, str)]
     assert len(strings) == len(set(strings)), enum
+    assert len(enum) == len(values)
+
+
+# --- entries that are objects or arrays ----------------------------------------------------
+# JSON Schema allows any JSON value in an enum. Their strings and keys are masked one by
+# one, and two entries masked alike were two equal values: OpenAI's strict mode refused
+# the schema (the mock does, comparing entries as JSON values). Now the string or key
+# whose mask made an entry equal to another gets the suffix.
+
+
+def strict_output(enum: list[Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"to": {"enum": enum}},
+              "required": ["to"], "additionalProperties": False}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": schema}}
+
+
+async def test_object_and_array_entries_masked_alike_stay_distinct() -> None:
+    enum = [{"to": ALICE, "cc": "ops"}, {"cc": "ops", "to": BOB}, [CAROL], [ALICE],
+            {ALICE: 1}, {BOB: 1}, "x"]  # fmt: skip
+    output = strict_output(enum)
+    answers = await gateway_for("openai-chat").send(
+        "/v1/chat/completions", chat(response_format=output)
+    )
+    sent = upstream_body(answers[1])["response_format"]
+    assert strict_schema_error(sent) is None  # what the mock (and OpenAI) would refuse
+    assert enum_of(sent["json_schema"]["schema"]) == [
+        {"to": "<EMAIL>", "cc": "ops"}, {"cc": "ops", "to": "<EMAIL>#2"},
+        ["<EMAIL>"], ["<EMAIL>#2"], {"<EMAIL>": 1}, {"<EMAIL>#2": 1}, "x",
+    ]  # fmt: skip
+    # Before the fix, the schema the provider got was refused.
+    output["json_schema"]["schema"]["properties"]["to"]["enum"] = [
+        {"to": "<EMAIL>", "cc": "ops"}, {"cc": "ops", "to": "<EMAIL>"}]  # fmt: skip
+    assert strict_schema_error(output) is not None
+
+
+async def test_entries_that_differ_elsewhere_take_no_suffix() -> None:
+    enum = [{"to": ALICE, "n": 1}, {"to": BOB, "n": 2}, [ALICE, "a"], [BOB, "b"]]
+    answers = await gateway_for("openai-chat").send(
+        "/v1/chat/completions", chat(response_format=strict_output(enum))
+    )
+    sent = upstream_body(answers[1])["response_format"]["json_schema"]["schema"]
+    assert enum_of(sent) == [{"to": "<EMAIL>", "n": 1}, {"to": "<EMAIL>", "n": 2},
+                             ["<EMAIL>", "a"], ["<EMAIL>", "b"]]  # fmt: skip
+
+
+async def test_a_converse_json_text_schema_keeps_object_entries_distinct(
+    services: Services,
+) -> None:
+    schema_text = orjson.dumps(strict_output([{"to": ALICE}, {"to": BOB}])["json_schema"]["schema"])
+    output = {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+        "name": "answer", "schema": schema_text.decode()}}}}  # fmt: skip
+    answers = await through_converse(converse(outputConfig=output), services)
+    written = upstream_body(answers[1])["outputConfig"]["textFormat"]["structure"]
+    enum = enum_of(orjson.loads(written["jsonSchema"]["schema"]))
+    assert enum == [{"to": "<EMAIL>"}, {"to": "<EMAIL>#2"}]
+
+
+async def test_a_webhook_masking_object_entries_alike_leaves_them_distinct() -> None:
+    def mask(call: dict[str, Any]) -> dict[str, Any]:
+        entries = [
+            {**entry, "content": "[name]" if entry["content"] in ("Alice", "Bob") else
+             entry["content"]}
+            for entry in call["body"]["messages"]
+        ]  # fmt: skip
+        return {"action": {"body": {"messages": entries}}}
+
+    hook = Hook(mask)
+    async with serving(hook.handle) as port:
+        guardrails = {
+            "webhooks": [{"name": "hook", "host": "127.0.0.1", "port": port}],
+            "policies": [
+                {"name": "hooked", "request": [{"name": "hook-guard", "webhook": "hook"}]}
+            ],
+        }
+        gate = Gateway(config_with(guardrails, {"openai-chat": {"guardrails": "hooked"}}))
+        output = strict_output([{"who": "Alice"}, {"who": "Bob"}, {"who": "Carl"}])
+        answers = await gate.send("/v1/chat/completions", chat(response_format=output))
+    sent = upstream_body(answers[1])["response_format"]
+    assert enum_of(sent["json_schema"]["schema"]) == [
+        {"who": "[name]"}, {"who": "[name]#2"}, {"who": "Carl"}]  # fmt: skip
+
+
+ENTRIES = st.sampled_from(["<EMAIL>", "<EMAIL>#2", "x"]).map(lambda s: {"to": s}) | MASKS
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(ENTRIES, max_size=8).map(
+        lambda found: list({orjson.dumps(v): v for v in found}.values())
+    ),
+    writes=st.lists(st.tuples(st.integers(0, 7), MASKS), max_size=12),
+)
+def test_whatever_is_written_inside_entries_an_enum_stays_distinct(
+    values: list[Any], writes: list[tuple[int, str]]
+) -> None:
+    enum = copy.deepcopy(values)
+    holder = DistinctEnum(enum)
+    for index, text in writes:
+        if index >= len(enum):
+            continue
+        if isinstance(enum[index], str):
+            holder[index] = text
+        else:
+            holder.inside(index, enum[index])["to"] = text
+    found = [orjson.dumps(value) for value in enum]
+    assert len(found) == len(set(found)), enum
     assert len(enum) == len(values)
