@@ -71,14 +71,22 @@ SETTING = "a server tool's setting"
 
 # Server tools' settings the provider reads and hands its search or fetch on (web search
 # and fetch on Anthropic's and the Responses API, chat's ``web_search_options``): domains
-# and a user's location. Not the model's text, but text leaving for the provider, so a
-# refused term or a key there must meet the guards; a domain or a country code masked
-# would no longer be one, so they are read ``fixed``.
+# and a user's location; a file search's filters and Gemini's retrieval settings alike
+# (``_file_filter_slots``, ``_TOOL_CONFIG``). Not the model's text, but text leaving for
+# the provider, so a refused term or a key there must meet the guards; a domain, a country
+# code or a filter's value masked would no longer be one, so they are read ``fixed``.
 _DOMAIN_LISTS = ("allowed_domains", "blocked_domains")
 _LOCATION = "user_location"
 # Gemini's Google Search tool and the domains it leaves out, both spellings.
 _GOOGLE_SEARCH = ("googleSearch", "google_search")
 _EXCLUDED_DOMAINS = ("excludeDomains", "exclude_domains")
+# Gemini's retrieval settings (Google Maps grounding): the user's language, handed on to
+# the search with the user's position (numbers, which no matcher reads as text).
+_TOOL_CONFIG = ("toolConfig", "tool_config")
+_RETRIEVAL_CONFIG = ("retrievalConfig", "retrieval_config")
+_LANGUAGE_CODE = ("languageCode", "language_code")
+# How deep a file search's compound filters are walked (``and`` / ``or`` of filters).
+_MAX_FILTER_DEPTH = 64
 
 # A schema's keywords that hold text the model reads as language.
 _TEXT_KEYWORDS = frozenset(("description", "title", "$comment"))
@@ -168,6 +176,11 @@ def gemini_slots(request: dict[str, Any]) -> list[TextSlot]:
             if isinstance(search, dict):
                 for excluded in spellings(search, _EXCLUDED_DOMAINS):
                     _setting_list(excluded, slots)
+    for config in spellings(request, _TOOL_CONFIG):
+        for retrieval in spellings(config, _RETRIEVAL_CONFIG) if isinstance(config, dict) else ():
+            if isinstance(retrieval, dict):
+                for name in _LANGUAGE_CODE:
+                    _string(retrieval, name, slots, SETTING)
     for config in spellings(request, GENERATION_CONFIG):
         if isinstance(config, dict):
             for names in RESPONSE_SCHEMAS:
@@ -193,10 +206,35 @@ def _server_setting_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
     search and fetch write the domains flat, the Responses API's web search in
     ``filters``."""
     filters = tool.get("filters")
+    if tool.get("type") == "file_search":
+        _file_filter_slots(filters, slots)
+        return
     for holder in (tool, filters if isinstance(filters, dict) else {}):
         for field in _DOMAIN_LISTS:
             _setting_list(holder.get(field), slots)
     _location_slots(tool.get(_LOCATION), slots)
+
+
+def _file_filter_slots(filters: Any, slots: list[TextSlot]) -> None:
+    """A Responses file search's ``filters``: each comparison's attribute ``key`` and its
+    ``value`` (a string, or strings in a list), under compound ``and`` / ``or`` filters.
+    The provider sends them on to the vector store's search, so a term or a key put there
+    left the gateway unread; masked, a filter would select other files (or none), so they
+    are read ``fixed`` as the other settings are. Walked with a list, not recursion."""
+    pending: list[tuple[Any, int]] = [(filters, 0)]
+    while pending:
+        current, depth = pending.pop()
+        if not isinstance(current, dict) or depth > _MAX_FILTER_DEPTH:
+            continue
+        _string(current, "key", slots, SETTING)
+        value = current.get("value")
+        if isinstance(value, str):
+            slots.append(TextSlot(ROLE, current, "value", fixed=SETTING))
+        else:
+            _setting_list(value, slots)
+        nested = current.get("filters")
+        if isinstance(nested, list):
+            pending.extend((item, depth + 1) for item in reversed(nested))
 
 
 def _location_slots(location: Any, slots: list[TextSlot]) -> None:

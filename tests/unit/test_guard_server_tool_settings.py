@@ -2,8 +2,10 @@
 
 Web search and fetch settings (Anthropic's ``allowed_domains``, ``blocked_domains`` and
 ``user_location``, the Responses API's ``filters.allowed_domains``, chat's
-``web_search_options.user_location``, Gemini's ``googleSearch.excludeDomains``) leave
-for the provider, which hands them to its search. They were never read: a refused term
+``web_search_options.user_location``, Gemini's ``googleSearch.excludeDomains``), a
+Responses file search's ``filters`` (attribute keys and values) and Gemini's
+``toolConfig.retrievalConfig.languageCode`` leave for the provider, which hands them to
+its search. They were never read: a refused term
 or a key put there passed every guard. Now they are read as the developer's text, and,
 since a masked domain or country code would no longer be one, a mask there refuses.
 """
@@ -49,6 +51,12 @@ def chat_search(**location: Any) -> bytes:
                                                       "approximate": approximate}})  # fmt: skip
 
 
+def file_search(filters: dict[str, Any]) -> bytes:
+    # The provider hands the filters on to the vector store's search.
+    return responses(tools=[{"type": "file_search", "vector_store_ids": ["vs_1"],
+                             "filters": filters}])  # fmt: skip
+
+
 CASES = [
     ("anthropic-messages", "/v1/messages",
      lambda v: anthropic_search(allowed_domains=["docs.example.com", v])),
@@ -60,9 +68,18 @@ CASES = [
     ("openai-responses", "/v1/responses",
      lambda v: responses_search(user_location={"type": "approximate", "region": v})),
     ("openai-chat", "/v1/chat/completions", lambda v: chat_search(city=v)),
+    ("openai-responses", "/v1/responses",
+     lambda v: file_search({"type": "eq", "key": "author", "value": v})),
+    ("openai-responses", "/v1/responses",
+     lambda v: file_search({"type": "and", "filters": [
+         {"type": "gte", "key": "year", "value": 2024},
+         {"type": "or", "filters": [{"type": "in", "key": "team", "value": ["ops", v]}]}]})),
+    ("openai-responses", "/v1/responses",
+     lambda v: file_search({"type": "eq", "key": v, "value": True})),
 ]  # fmt: skip
 IDS = ["anthropic-domains", "anthropic-location", "fetch-domains", "responses-domains",
-       "responses-location", "chat-location"]  # fmt: skip
+       "responses-location", "chat-location", "file-search-value", "file-search-compound",
+       "file-search-key"]  # fmt: skip
 
 
 @pytest.mark.parametrize(("route", "path", "body"), CASES, ids=IDS)
@@ -109,3 +126,20 @@ async def test_a_gemini_google_search_exclusion_is_read(
         body["tools"][0]["googleSearch"]["excludeDomains"] = ["news.example.org"]
         sent = upstream(await gw.send(GENERATE, body))
     assert sent["tools"] == [{"googleSearch": {"excludeDomains": ["news.example.org"]}}]
+
+
+async def test_a_gemini_retrieval_config_is_read(
+    vertex: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    def body(language: str) -> dict[str, Any]:
+        retrieval = {"latLng": {"latitude": 37.42, "longitude": -122.08}, "languageCode": language}
+        return gemini(tools=[{"googleMaps": {}}], toolConfig={"retrievalConfig": retrieval})
+
+    async with gateway(vertex, GUARDS, guardrails="p") as gw:
+        status, error = refusal((await gw.send(GENERATE, body(FALCON)))[-1])
+        assert status == 403
+        assert error["error"]["message"] == MESSAGE
+        status, error = refusal((await gw.send(GENERATE, body("EMP-123456")))[-1])
+        assert MASKED in error["error"]["message"]
+        sent = upstream(await gw.send(GENERATE, body("en_US")))
+    assert sent["toolConfig"] == body("en_US")["toolConfig"]
