@@ -2,15 +2,18 @@
 
 One record per group of the ``--by`` dimensions, with the summed measures, the
 exact cost and the latency p50/p95 of the requests in the group, then what explains
-the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart) and
-each server tool's requests. The same records feed the CLI (``extproc usage
+the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart), each
+server tool's requests, and the audio parts of the token counts (billed at the audio
+prices). The same records feed the CLI (``extproc usage
 report|export``) and the management API, so both say the same thing.
 
-JSON always carries those last counts (``server_tool_requests`` as an object by tool).
-CSV and the table flatten the tools into one ``server_tool_requests:<tool>`` column per
-tool the period used; CSV always has the cache-write columns, the table only when the
-period wrote to a cache. Both add them after the earlier columns, so a billing import
-reading CSV by position finds those where they were.
+JSON always carries those last counts (``server_tool_requests`` as an object by tool,
+the audio counts after it). CSV and the table flatten the tools into one
+``server_tool_requests:<tool>`` column per tool the period used, after every other
+column; CSV always has the cache-write and audio columns, the table only those the
+period has. Each is added after the earlier columns, and the tools, whose number
+changes from month to month, stay last, so a billing import reading CSV by position
+finds every fixed column where it was.
 
 Money leaves as exact decimal text (``"0.000123"``), never a binary float: a
 billing system adding the rows gets the total to the picodollar.
@@ -40,7 +43,7 @@ import orjson
 
 from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import usd_text
-from extproc.store.usage import DIMENSIONS, TOOL_MEASURE, UnreadableHour, UsageRow
+from extproc.store.usage import AUDIO, DIMENSIONS, TOOL_MEASURE, UnreadableHour, UsageRow
 
 # `--by api_key,user,group` reads better than the stored dimension names.
 DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
@@ -56,8 +59,10 @@ COUNTS = (
 COLUMNS = (*COUNTS, "cost_usd", "latency_p50_ms", "latency_p95_ms")
 # After COLUMNS in CSV and the table (see the module's docstring).
 CACHE_WRITE_COUNTS = ("cache_write_tokens", "cache_write_1h_tokens")
+# The rollup's own names for them, which are the log line's too.
+AUDIO_COUNTS = AUDIO
 # Summed by ``totals`` besides the latency buckets and the server tools.
-_SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS)
+_SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS, *AUDIO_COUNTS)
 
 
 # What a terminal acts on rather than prints: C0 and C1 controls and DEL (line breaks,
@@ -115,8 +120,8 @@ def _latency(row: UsageRow, quantile: float) -> float | None:
 
 
 def record(row: UsageRow) -> dict[str, Any]:
-    """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes and
-    ``server_tool_requests`` (by tool name, in name order)."""
+    """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes,
+    ``server_tool_requests`` (by tool name, in name order) and the audio counts."""
     return {
         **row.dimensions,
         **{name: getattr(row, name) for name in COUNTS},
@@ -125,6 +130,7 @@ def record(row: UsageRow) -> dict[str, Any]:
         "latency_p95_ms": _latency(row, 0.95),
         **{name: getattr(row, name) for name in CACHE_WRITE_COUNTS},
         "server_tool_requests": dict(sorted(row.server_tool_requests.items())),
+        **{name: getattr(row, name) for name in AUDIO_COUNTS},
     }
 
 
@@ -146,7 +152,8 @@ def _tool_column(tool: str) -> str:
 
 
 def _flat(found: dict[str, Any], tools: list[str]) -> dict[str, Any]:
-    """A record with one column per tool of ``tools`` (0 for a tool the row did not use)."""
+    """A record with one column per tool of ``tools`` (0 for a tool the row did not use),
+    after its other columns."""
     flat = dict(found)
     used = flat.pop("server_tool_requests")
     flat.update((_tool_column(tool), used.get(tool, 0)) for tool in tools)
@@ -154,12 +161,16 @@ def _flat(found: dict[str, Any], tools: list[str]) -> dict[str, Any]:
 
 
 def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
-    """The cache-write columns and the tools to show after ``COLUMNS``: in CSV every
-    cache-write column (a file a billing job imports keeps them from month to month), in
+    """The count columns and the tools to show after ``COLUMNS``: in CSV every cache-write
+    and audio column (a file a billing job imports keeps them from month to month), in
     the table those the period has; in both, the tools the period used, by name."""
-    writes = [name for name in CACHE_WRITE_COUNTS if fmt == "csv" or getattr(total, name)]
+    counts = [
+        name
+        for name in (*CACHE_WRITE_COUNTS, *AUDIO_COUNTS)
+        if fmt == "csv" or getattr(total, name)
+    ]
     tools = sorted(tool for tool, count in total.server_tool_requests.items() if count)
-    return writes, tools
+    return counts, tools
 
 
 def missing_note(hour: UnreadableHour) -> str:
@@ -197,8 +208,8 @@ def render(
             ],
         }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
-    writes, tools = _extra_columns(summed, fmt)
-    headers = [*by, *COLUMNS, *writes, *map(_tool_column, tools)]
+    counts, tools = _extra_columns(summed, fmt)
+    headers = [*by, *COLUMNS, *counts, *map(_tool_column, tools)]
     flat = [_flat(found, tools) for found in records]
     if fmt == "csv":
         buffer = io.StringIO()

@@ -79,6 +79,9 @@ def _row(row: UsageRow) -> pb.UsageRow:
         cache_write_tokens=row.cache_write_tokens,
         cache_write_1h_tokens=row.cache_write_1h_tokens,
         server_tool_requests=row.server_tool_requests,
+        prompt_audio_tokens=row.prompt_audio_tokens,
+        cached_audio_tokens=row.cached_audio_tokens,
+        completion_audio_tokens=row.completion_audio_tokens,
     )
     if row.cost_picousd <= _INT64_MAX:
         answer.cost_picousd = row.cost_picousd
@@ -148,6 +151,9 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 cache_write_tokens=found.cache_write_tokens,
                 cache_write_1h_tokens=found.cache_write_1h_tokens,
                 server_tool_requests=dict(found.server_tool_requests),
+                prompt_audio_tokens=found.prompt_audio_tokens,
+                cached_audio_tokens=found.cached_audio_tokens,
+                completion_audio_tokens=found.completion_audio_tokens,
             )
         )
     return rows

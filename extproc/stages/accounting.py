@@ -164,6 +164,9 @@ class AccountingStage:
             cache_write_tokens=ctx.usage.cache_write_tokens,
             cache_write_1h_tokens=ctx.usage.cache_write_1h_tokens,
             server_tool_requests=ctx.usage.server_tool_requests,
+            prompt_audio_tokens=ctx.usage.audio_tokens,
+            cached_audio_tokens=ctx.usage.cached_audio_tokens,
+            completion_audio_tokens=ctx.usage.audio_output_tokens,
         )
 
 

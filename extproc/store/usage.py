@@ -11,12 +11,14 @@ Measures: ``requests``, ``prompt_tokens``, ``completion_tokens``,
 ``cost_picousd`` (exact cost in 10**-12 USD, see ``extproc.chargeback.pricing``),
 ``unpriced_requests`` (requests of models without a price, costed 0), one
 count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency``),
-``cache_write_tokens`` (the part of the prompt written to the provider's cache) and
-``cache_write_1h_tokens`` (the part of those written to Claude's 1-hour cache), and one
+``cache_write_tokens`` (the part of the prompt written to the provider's cache),
+``cache_write_1h_tokens`` (the part of those written to Claude's 1-hour cache), one
 ``server_tool_requests:<tool>`` per server tool (``server_tool_requests:web_search``),
-so a tool a provider adds needs no code. Each is the log line's field of that name,
-summed. Only non-zero measures are written; an hour written before a measure existed
-reads it as 0.
+so a tool a provider adds needs no code, and the audio parts of the token counts
+(``prompt_audio_tokens``, ``cached_audio_tokens``, ``completion_audio_tokens``), which
+are billed at their own prices. Each is the log line's field of that name, summed.
+Only non-zero measures are written; an hour written before a measure existed reads it
+as 0.
 """
 
 from __future__ import annotations
@@ -52,12 +54,19 @@ SUMS = (
 # After the latency buckets: a spooled batch holds its counts by position, so a record
 # an earlier version spooled (the sums, then the buckets) still reads as it was.
 CACHE_WRITES = ("cache_write_tokens", "cache_write_1h_tokens")
-MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES)
+# After the cache writes, for the same reason. Parts of prompt_tokens, cached_tokens and
+# completion_tokens, billed at the audio prices: without them a report's tokens times
+# the text prices is not its cost_usd, and nobody can tell why.
+AUDIO = ("prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens")
+MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO)
 _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
 _LATENCY_END = _LATENCY_OFFSET + BUCKETS
 _CACHE_WRITE = _INDEX["cache_write_tokens"]
 _CACHE_WRITE_1H = _INDEX["cache_write_1h_tokens"]
+_PROMPT_AUDIO = _INDEX["prompt_audio_tokens"]
+_CACHED_AUDIO = _INDEX["cached_audio_tokens"]
+_COMPLETION_AUDIO = _INDEX["completion_audio_tokens"]
 # The measure of one server tool's requests is this and the tool's name: a fixed list
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
@@ -95,6 +104,10 @@ class UsageEntry:
     cache_write_1h_tokens: int = 0
     # By tool name (``web_search``); the request's own mapping, read once when added.
     server_tool_requests: Mapping[str, int] = field(default_factory=dict)
+    # The audio parts of prompt_tokens, cached_tokens and completion_tokens.
+    prompt_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    completion_audio_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -109,6 +122,9 @@ class UsageRow:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     server_tool_requests: dict[str, int] = field(default_factory=dict)
+    prompt_audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    completion_audio_tokens: int = 0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     hours: set[str] = field(default_factory=set)
 
@@ -183,6 +199,10 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[_CACHE_WRITE_1H] += entry.cache_write_1h_tokens
     if entry.server_tool_requests:
         tally.add_tools(entry.server_tool_requests)
+    if entry.prompt_audio_tokens or entry.cached_audio_tokens or entry.completion_audio_tokens:
+        counts[_PROMPT_AUDIO] += entry.prompt_audio_tokens
+        counts[_CACHED_AUDIO] += entry.cached_audio_tokens
+        counts[_COMPLETION_AUDIO] += entry.completion_audio_tokens
 
 
 # A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters
