@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from extproc.chargeback.open_period import open_note
 from extproc.chargeback.period import Period, PeriodError, resolve_period
 from extproc.chargeback.report import dimensions, missing_note, render
 from extproc.chargeback.retention import expired_before, expired_note
@@ -106,7 +107,19 @@ def _rows(
             file=sys.stderr,
         )
         return None
+    _note_open_period(args, period)
     return found, by, period
+
+
+def _note_open_period(args: argparse.Namespace, period: Period) -> None:
+    """Say on stderr when a period with an end the operator named (a day, a month, --to)
+    is not over, or only just: its report may still grow. Not for the last 24 hours or
+    --from alone, which ask for the usage until now."""
+    if not (args.day or args.month or args.last_month or args.end):
+        return
+    note = open_note(period)
+    if note is not None:
+        print(note, file=sys.stderr)
 
 
 def _note_expired_hours(period: Period, retention_days: int, now: datetime | None = None) -> None:
