@@ -57,16 +57,16 @@ def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
     """ISO 8601 date or date-time; a date alone is its midnight (the day's start, as
     ``--day`` reads it); a time without an offset is in ``zone``."""
     found = _MOMENT.fullmatch(text)
+    if found is None:
+        raise PeriodError(f"not an ISO 8601 date or time: {text!r}")
     try:
-        if found is None:
-            raise ValueError(text)
         offset = found["offset"] or ""
         moment = datetime.fromisoformat(
             f"{found['date']}T{found['time'] or '00:00'}"
             f"{'+00:00' if offset in ('Z', 'z') else offset}"
         )
-    except ValueError:
-        raise PeriodError(f"not an ISO 8601 date or time: {text!r}") from None
+    except ValueError as error:
+        raise PeriodError(_no_such_moment(text, error)) from None
     if moment.tzinfo:
         return moment
     if found["time"] is None:
@@ -76,6 +76,19 @@ def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
         # read at the offset before the change, the instant the clocks jumped.
         return moment.replace(tzinfo=zone)
     return _local(moment, zone, text)
+
+
+# Python's reasons for a date or time of the right shape that the calendar lacks (30
+# February, hour 24, month 13): said as they are, where "not an ISO 8601 date" sent the
+# operator looking for a typo in the format.
+_CALENDAR_REASONS = re.compile(r"(?:day|month|hour|minute|second) (?:is out of range|must be in)")
+
+
+def _no_such_moment(text: str, error: ValueError) -> str:
+    reason = str(error)
+    if _CALENDAR_REASONS.match(reason):
+        return f"{text!r} is no date or time of the calendar: {reason}"
+    return f"not an ISO 8601 date or time: {text!r}"
 
 
 def _local(moment: datetime, zone: tzinfo, text: str) -> datetime:
@@ -178,7 +191,9 @@ def _resolve(
     if day:
         try:
             first = date.fromisoformat(day)
-        except ValueError:
+        except ValueError as error:
+            if _CALENDAR_REASONS.match(str(error)):
+                raise PeriodError(f"--day {day!r} is no day of the calendar: {error}") from None
             raise PeriodError(f"--day wants YYYY-MM-DD, got {day!r}") from None
         begin = datetime(first.year, first.month, first.day, tzinfo=zone)
         # Midnight to midnight in the zone: 23 or 25 hours on a DST change.
@@ -188,9 +203,10 @@ def _resolve(
         if month:
             try:
                 year, number = (int(part) for part in month.split("-"))
-                _month_start(year, number, zone)
             except ValueError:
                 raise PeriodError(f"--month wants YYYY-MM, got {month!r}") from None
+            if not 1 <= number <= 12:
+                raise PeriodError(f"--month wants YYYY-MM with MM from 01 to 12, got {month!r}")
         else:
             year, number = (now.year - 1, 12) if now.month == 1 else (now.year, now.month - 1)
         begin = _month_start(year, number, zone)
