@@ -42,6 +42,8 @@ KEY_ID, KEY = "audio-team", "audio-team-key-5d7e"
 CALL_CENTRE = {"id": "call-centre", "key": "call-centre-key-81b2", "user_id": "carol",
                "group_id": "support"}  # fmt: skip
 AUDIO_COUNTS = ("prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens")
+ADMIN_TOKEN = "dev-admin-token"  # the default config's, for the management API
+BY_IDENTITY = ("report", "--by", "api_key,user,group,model", "--format", "json")
 MODEL = "gpt-audio"
 # USD per million: text in, text out, audio in, audio out (gpt-audio's list prices).
 TEXT_IN, TEXT_OUT, AUDIO_IN, AUDIO_OUT = (Decimal(p) for p in ("2.50", "10", "32", "64"))
@@ -164,8 +166,7 @@ def test_the_report_and_export_carry_the_log_lines_audio_and_reconcile_with_the_
     billed = sum(Decimal(str(line["cost_usd"])) for line in lines)
 
     def rows() -> list[dict[str, Any]] | None:
-        found = orjson.loads(cli(stack, "report", "--by", "api_key,user,group,model",
-                                 "--format", "json"))["rows"]  # fmt: skip
+        found = orjson.loads(cli(stack, *BY_IDENTITY))["rows"]
         mine = [row for row in found if row["api_key_id"] == CALL_CENTRE["id"]]
         return mine if mine and mine[0]["requests"] == len(lines) else None
 
@@ -177,6 +178,11 @@ def test_the_report_and_export_carry_the_log_lines_audio_and_reconcile_with_the_
     # its cost_usd, which nothing in the report explained.
     assert {name: row[name] for name in AUDIO_COUNTS} == sums
     assert Decimal(row["cost_usd"]) == billed == priced(row)
+
+    # The same report through the gateway's management API (its answer's new fields).
+    through_api = orjson.loads(cli(stack, *BY_IDENTITY, "--api", "--token", ADMIN_TOKEN))
+    [answered] = [found for found in through_api["rows"] if found["api_key_id"] == "call-centre"]
+    assert answered == row
 
     # The billing export by group: the same counts, in the CSV's audio columns.
     export = list(csv.DictReader(io.StringIO(cli(stack, "export", "--by", "group"))))
