@@ -127,7 +127,11 @@ class AuthenticationStage:
                 message = _AWS_SIGNATURE_REFUSED
             elif (scheme := _other_scheme(ctx.request_headers)) is not None:
                 message = _scheme_refused(scheme, accepts_key, accepts_jwt, send_key)
-            raise _challenge(message, invalid=False)
+            # A route that takes tokens only is missing a token, not a key: its code says
+            # so, as the docs' "no bearer token found" is listed with invalid_token, and
+            # `invalid_api_key` sent its callers (and a log's error_code) to check a key.
+            code = _INVALID_TOKEN if accepts_jwt and not accepts_key else None
+            raise _challenge(message, invalid=False, code=code)
         if _byte_length(credential) > runtime.config.auth.max_token_bytes:
             code = _INVALID_TOKEN if looks_like_jwt(credential) else None
             raise _challenge("invalid token: too large", invalid=True, code=code)

@@ -57,11 +57,28 @@ async def test_a_jwt_only_route_says_no_bearer_token_found() -> None:
     assert answer.immediate_response.status.code == 401
     error = orjson.loads(answer.immediate_response.body)["error"]
     assert error["message"] == "no bearer token found"
+    # A token is what is missing, so the code is a token's, not invalid_api_key.
+    assert error["code"] == "invalid_token"
     challenge = {
         h.header.key: h.header.raw_value.decode()
         for h in answer.immediate_response.headers.set_headers
     }["www-authenticate"]
+    # RFC 6750: no error attribute when the request carried no credential at all.
     assert challenge == 'Bearer realm="aigw"'
+    # A password sent in Basic is no token either.
+    [basic] = await run_stream(
+        processor_for(parse_config(text, "gateway.yaml", {})),
+        [request_headers("/jwt", headers={"authorization": "Basic dXNlcjpwYXNz"})],
+    )
+    error = orjson.loads(basic.immediate_response.body)["error"]
+    assert error["message"].startswith("no bearer token found: the Authorization header uses")
+    assert error["code"] == "invalid_token"
+
+
+async def test_a_route_taking_keys_keeps_the_key_code_when_nothing_is_sent() -> None:
+    [answer] = await run_stream(processor(), [request_headers("/partner")])
+    error = orjson.loads(answer.immediate_response.body)["error"]
+    assert (answer.immediate_response.status.code, error["code"]) == (401, "invalid_api_key")
 
 
 async def test_an_api_key_on_a_jwt_only_route_is_told_the_route_takes_tokens_only() -> None:
