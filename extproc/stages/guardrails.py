@@ -141,7 +141,21 @@ def record(ctx: RequestContext, guard: str, phase: str, action: str) -> None:
 
 def _refusal(guard: GuardConfig, found: str) -> GuardrailRejectedError:
     message = guard.message or f"Rejected by guardrail '{guard.name}'{found}"
-    return GuardrailRejectedError(message, guard.status)
+    return _verdict(message, guard.status)
+
+
+# The statuses the openai and anthropic SDKs retry on their own (twice by default).
+_RETRIED = frozenset({408, 409, 429})
+
+
+def _verdict(message: str, status: int) -> GuardrailRejectedError:
+    """A guard's refusal of this text, with the status it was given. A status SDKs retry
+    (a webhook's RejectAction with 503, a guard configured with 429) is kept, as the
+    webhook API and the config say, but marked ``x-should-retry: false``: the same text
+    meets the same verdict, so each automatic retry only called the webhook again and
+    kept the caller waiting for the refusal it already had."""
+    headers = {"x-should-retry": "false"} if status in _RETRIED or status >= 500 else None
+    return GuardrailRejectedError(message, status, headers=headers)
 
 
 def _found(found: list[str] | tuple[str, ...]) -> str:
@@ -637,7 +651,7 @@ def _webhook_refusal(guard: GuardConfig, body: str, status: int) -> GuardrailRej
     if not 400 <= status <= 599:
         status = guard.status
     message = body or guard.message or f"Rejected by guardrail '{guard.name}'"
-    return GuardrailRejectedError(message, status)
+    return _verdict(message, status)
 
 
 def _enrich(ctx: RequestContext, guards: RouteGuards) -> None:

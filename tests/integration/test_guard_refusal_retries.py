@@ -1,0 +1,113 @@
+"""A guardrail webhook refusing a prompt with a status SDKs retry, through the real Envoy
+with the official SDKs at their default retries.
+
+kgateway's RejectAction picks the status: a webhook answering 503 or 429 gets it to the
+client as given. The SDKs used to retry it twice on their own, so the webhook was asked
+three times about the same text, gave the same refusal each time, and the caller waited
+for it; now the refusal says ``x-should-retry: false`` and the webhook is asked once.
+
+The webhook is a stand-in written here; the provider is the mock.
+"""
+
+from __future__ import annotations
+
+import http.server
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import anthropic
+import openai
+import orjson
+import pytest
+
+from extproc.devstack import LocalStack
+from tests.integration.conftest import default_config, running_stack_calling
+
+KEY = "team1-key"
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """A kgateway-style webhook refusing every prompt with the status its path names
+    (``/s503/request``: 503); it counts the calls by status."""
+
+    calls: ClassVar[dict[int, int]] = {}
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        status = int(self.path.split("/")[1][1:])
+        Refusing.calls[status] = Refusing.calls.get(status, 0) + 1
+        body = orjson.dumps({"action": {"body": "Not this topic.", "status_code": status}})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def refusing_config(port: int) -> dict[str, Any]:
+    raw = default_config()
+    hooks = [
+        {"name": f"s{s}", "host": "127.0.0.1", "port": port, "request_path": f"/s{s}/request"}
+        for s in (503, 429)
+    ]
+    raw["guardrails"] = {
+        "webhooks": hooks,
+        "policies": [
+            {"name": h["name"], "request": [{"name": "topic", "webhook": h["name"]}]} for h in hooks
+        ],
+    }
+    raw["routes"] += [
+        {"name": f"refuse-{h['name']}", "path_prefix": f"/{h['name']}", "guardrails": h["name"]}
+        for h in hooks
+    ] + [
+        {
+            "name": "refuse-anthropic",
+            "path_prefix": "/claude-s503",
+            "api": "anthropic_messages",
+            "guardrails": "s503",
+        },
+    ]
+    return raw
+
+
+@pytest.fixture(scope="module")
+def refusing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("webhook-refusal-retries")
+    with running_stack_calling(Refusing, workdir, refusing_config) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(503, openai.InternalServerError), (429, openai.RateLimitError)]
+)
+def test_an_openai_client_gets_the_webhook_refusal_once(
+    refusing_stack: LocalStack, status: int, error: type[openai.APIStatusError]
+) -> None:
+    Refusing.calls.clear()
+    client = openai.OpenAI(base_url=f"{refusing_stack.base_url}/s{status}/v1", api_key=KEY)
+    assert client.max_retries == 2  # the SDK's default: the case users meet
+    with pytest.raises(error) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
+    assert refused.value.status_code == status
+    assert refused.value.body["message"] == "Not this topic."  # type: ignore[index]
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert Refusing.calls == {status: 1}
+
+
+def test_an_anthropic_client_gets_the_webhook_refusal_once(refusing_stack: LocalStack) -> None:
+    Refusing.calls.clear()
+    client = anthropic.Anthropic(base_url=f"{refusing_stack.base_url}/claude-s503", api_key=KEY)
+    with pytest.raises(anthropic.InternalServerError) as refused:
+        client.messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hello"}],
+        )
+    assert refused.value.status_code == 503
+    assert "Not this topic." in refused.value.message
+    assert Refusing.calls == {503: 1}
