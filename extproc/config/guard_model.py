@@ -229,6 +229,12 @@ class WebhookConfig(_Section):
         return f"{self.scheme}://{host}:{self.port}"
 
 
+# The roles the guards give texts, on every API: the message roles clients send (OpenAI's
+# legacy `function` results included), `system` for system prompts and tool definitions,
+# `tool` for tools' results.
+MODERATION_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
 class ModerationConfig(_Section):
     """An OpenAI-compatible moderation endpoint (``POST {base_url}/moderations``)."""
 
@@ -242,7 +248,7 @@ class ModerationConfig(_Section):
     thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
     default_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # Which messages are sent: user messages by default.
-    roles: tuple[str, ...] = ("user",)
+    roles: tuple[str, ...] = Field(default=("user",), min_length=1)
     timeout_ms: int = Field(default=3000, gt=0, le=60_000)
     failure_mode: FailureMode = FailureMode.FAIL_CLOSED
 
@@ -258,6 +264,18 @@ class ModerationConfig(_Section):
             no_credentials="give the service's key in api_key",
         )
         return url.rstrip("/")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, roles: tuple[str, ...]) -> tuple[str, ...]:
+        # A role no text carries (`users`, `User`) sent the service nothing, and every
+        # request was logged as a pass: moderation off without a word.
+        unknown = [role for role in roles if role not in MODERATION_ROLES]
+        if unknown:
+            raise ValueError(
+                f"unknown role {unknown[0]!r}: roles are {', '.join(sorted(MODERATION_ROLES))}"
+            )
+        return roles
 
 
 class GuardrailsConfig(_Section):

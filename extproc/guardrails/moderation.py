@@ -74,7 +74,11 @@ class ModerationClient:
         self._headers = {"content-type": "application/json"}
         if key:
             self._headers["authorization"] = f"Bearer {key}"
-        self.roles = frozenset(config.roles)
+        roles = frozenset(config.roles)
+        # OpenAI's `developer` message is the system prompt of its newer models, and the
+        # translators send it as one: moderating `system` and not it let a client move
+        # any text past the guard by naming its message so.
+        self.roles = roles | {"developer"} if "system" in roles else roles
 
     async def violations(self, texts: list[str]) -> list[str]:
         """The categories the texts violate (sorted, deduplicated); empty when they pass."""
