@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
-from tests.unit.guard_helpers import config_with
+from extproc.testing import response_body, response_headers
+from tests.unit.guard_helpers import config_with, openai_answer
 from tests.unit.test_guard_flow import Gateway, chat, immediate
 from tests.unit.test_guardrail_review import Hook, hooked, serving
 
@@ -42,6 +43,23 @@ async def test_a_webhook_refusal_is_not_retried_by_sdks(status: int, retried: bo
     assert headers.get("x-should-retry") == expected
     assert "retry-after" not in headers
     assert gateway.log()["guardrails"][0]["action"] == "reject"
+
+
+async def test_an_answer_refused_with_503_is_not_asked_for_again() -> None:
+    # The answer was generated and is charged: a retry by the SDK would generate and
+    # charge another, to be refused the same way.
+    hook = Hook({"action": {"body": "Withheld.", "status_code": 503}})
+    async with serving(hook.handle) as port:
+        gateway = Gateway(hooked(port, phase="response"))
+        answers = await gateway.send(
+            "/v1/chat/completions",
+            chat("hi"),
+            response_headers(200),
+            response_body(openai_answer(content="an answer")),
+        )
+    assert immediate(answers[-1])[0] == 503
+    assert headers_of(answers[-1])["x-should-retry"] == "false"
+    assert gateway.log()["completion_tokens"] == 3
 
 
 async def test_a_matcher_configured_with_429_is_not_retried_either() -> None:
