@@ -12,6 +12,11 @@ request gets a JSON-RPC error) and an observing one gives up. So does a rewritin
 watch when a message the reader holds cannot be parsed (a UTF-8 BOM, a lone
 surrogate escape): another parser may read it, unfiltered. Failing closed is
 recorded on the call, for the log line.
+
+Any answer on a server whose tools rules hide may also carry a stray tool list (the
+answer to a ``tools/list`` the client sent in another request): with ``strays``, the
+reader filters those too. It parses only what could name ``tools``, and reads what
+orjson refuses as a lax client would (``lenient_json``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from extproc.agents import call as outcome
+from extproc.agents import lenient_json
 from extproc.agents.call import AgentCall
 from extproc.agents.jsonrpc import (
     INTERNAL_ERROR,
@@ -126,7 +132,9 @@ class AnswerReader:
         document = bytes(self._body)
         try:
             replaced = self._read_document(document)
-        except orjson.JSONDecodeError:
+        except ValueError:
+            if self._strays_only and self._holding:
+                return self._unreadable_document()
             replaced = None
         if not self._holding:
             return None
@@ -136,8 +144,19 @@ class AnswerReader:
 
     def _read_document(self, data: bytes) -> bytes | None:
         """The document with its watched answers replaced; None if unchanged. Raises
-        ``orjson.JSONDecodeError`` when it is not JSON the gateway can read."""
-        parsed = orjson.loads(data)
+        ``ValueError`` when it is not JSON the gateway can read."""
+        if self._strays_only and not self._watches and not lenient_json.may_hold_tools(data):
+            return None  # only strays to look for, and no tool list can be in it
+        dumps: Callable[[Any], bytes] = orjson.dumps
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if not self._strays_only:
+                raise  # a list the body asked for: failed closed by the caller
+            # Read as a lax client would (a BOM, a lone surrogate): a list in it is
+            # filtered, and a tool's result orjson refuses still reaches the client.
+            parsed = lenient_json.loads(data)
+            dumps = lenient_json.dumps
         batch = isinstance(parsed, list)
         messages: list[Any] = parsed if batch else [parsed]
         changed = False
@@ -148,7 +167,7 @@ class AnswerReader:
                 changed = True
         if not changed:
             return None
-        return orjson.dumps(messages if batch else messages[0])
+        return dumps(messages if batch else messages[0])
 
     def _read_message(self, message: Any) -> dict[str, Any] | None:
         if not is_response(message):
@@ -217,7 +236,7 @@ class AnswerReader:
             return None
         try:
             replaced = self._read_document(data)
-        except orjson.JSONDecodeError:
+        except ValueError:
             return self._unreadable_event(event, data)
         return with_data(event, replaced) if replaced is not None else None
 
@@ -259,6 +278,16 @@ class AnswerReader:
             return None
         self._dropping = True
         return self._failure_body()
+
+    def _unreadable_document(self) -> bytes:
+        """A JSON answer read only for stray tool lists that no parser the gateway has
+        reads, though it may name ``tools``: a lax client's parser might find a list in
+        it, unfiltered. Its requests get the JSON-RPC error an unreadable list gets."""
+        request_ids = self._call.request_ids if self._call is not None else []
+        self._failed()
+        self._watches.clear()
+        self._holding = False
+        return unreadable_answer(request_ids or [None])
 
     def _failed(self) -> None:
         self.failed = True

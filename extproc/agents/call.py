@@ -58,9 +58,12 @@ class AgentCall:
     route_path: str = ""
     # What reads the answer: watches of the request's ids, and their reader.
     watches: list[Any] = field(default_factory=list)
-    # The filter of tool lists under ids no request has, in an answer to a body without a
-    # tools/list (a tool call's) on a server whose tools rules hide (answers.ToolListFilter).
+    # The filter of tool lists under ids no request has, in the answer to any POST on a
+    # server whose tools rules hide (answers.ToolListFilter): a client takes a list by its
+    # id, whatever answer carries it (a tool call's, a ping's, an initialize's).
     strays: Any = None
+    # The ids of the body's requests: who gets the error if its answer cannot be read.
+    request_ids: list[Any] = field(default_factory=list)
     reader: Any = None
 
     @property

@@ -250,6 +250,15 @@ class AgentCallStage:
             _refuse(ctx, out, ids, batch, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
             return None
         filtered = agents.access.governs_tools(server)
+        call.request_ids = ids
+        if filtered:
+            # A tool list in any answer, under an id no request of this body has (a
+            # server sending the answer to the client's pending tools/list down this
+            # answer's stream, an SDK matching it by id): filtered as that list's own
+            # answer would be, whatever this body asked (a tool call, a ping, a prompt).
+            call.strays = ToolListFilter(
+                None, call, lambda tool: agents.access.denial(identity, server, tool) is None
+            )
         for request in requests:
             if request.method == "tools/list" and filtered:
                 call.watches.append(
@@ -288,13 +297,6 @@ class AgentCallStage:
             _refuse(ctx, out, ids, batch, jsonrpc.TOOL_FORBIDDEN, outcome.DENIED, refused, data)
             return None
         call.watches.append(ToolCallOutcome(request.id, call))
-        if filtered:
-            # A tool list in a tool call's answer, under another id (a server sending
-            # the answer to the client's pending tools/list down this stream, an SDK
-            # matching it by id): filtered as that list's own answer would be.
-            call.strays = ToolListFilter(
-                None, call, lambda tool: agents.access.denial(identity, server, tool) is None
-            )
         return _limit(ctx, out, call, tool, ids, batch)
 
     def _a2a(
@@ -372,7 +374,7 @@ class AgentCallStage:
                 and not _compressed(response_headers)
             ):
                 reader = CardReader(call)
-        elif call.kind == "rpc" and call.watches and has_body:
+        elif call.kind == "rpc" and (call.watches or call.strays is not None) and has_body:
             reader = self._rpc_reader(ctx, out, call, response_headers, media)
             if out.answer is not None:
                 return

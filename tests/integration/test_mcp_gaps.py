@@ -206,6 +206,18 @@ def test_a_tool_list_sent_down_a_tool_calls_answer_is_filtered(
     assert "ran echo" in answer.text and '"add"' in answer.text
 
 
+@pytest.mark.parametrize("query", ["?list_too=8", "?list_too=8&sse=1"])
+@pytest.mark.parametrize("method", ["ping", "resources/list", "prompts/get"])
+def test_a_tool_list_sent_down_any_other_answer_is_filtered(
+    lenient: Lenient, query: str, method: str
+) -> None:
+    # The answer to Bob's pending tools/list 8, sent down his ping's (or any POST's) stream.
+    answer = lenient.post(TEAM2, {"jsonrpc": "2.0", "id": 7, "method": method}, query)
+    assert answer.status_code == 200
+    assert "deploy" not in answer.text, answer.text
+    assert '"id":7' in answer.text.replace(" ", "") and '"add"' in answer.text
+
+
 def test_a_tool_list_replayed_on_the_server_stream_is_filtered(lenient: Lenient) -> None:
     answer = lenient.stream(TEAM2, "?type=Text/Event-Stream")
     assert answer.status_code == 200

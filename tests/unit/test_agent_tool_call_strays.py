@@ -7,6 +7,7 @@ his ``tools/call`` (id 1), alone or batched with the call's result, gave him the
 list, hidden tools included; the gateway filtered stray lists only in the answer to a
 body holding a ``tools/list``. Now the answer to a tool call on a server whose tools
 rules hide is read for them too, JSON or SSE, and the call's own result passes as it came.
+(So is the answer to every other POST: test_agent_other_answers_strays.)
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ async def test_an_answer_too_large_to_hold_passes_unread_rather_than_fail_the_ca
 async def test_an_event_the_gateway_cannot_parse_becomes_an_error_without_an_id(
     config: GatewayConfig, services: Services
 ) -> None:
-    # A UTF-8 BOM: orjson refuses it, another parser may read the list behind it.
-    unreadable = event(b"\xef\xbb\xbf" + orjson.dumps(STRAY))
+    # A trailing comma: no parser the gateway has reads it, a JSON5 or lenient one may
+    # read the list behind it. (A BOM or a lone surrogate is read as a lax client would:
+    # test_agent_other_answers_strays.)
+    unreadable = event(orjson.dumps(STRAY)[:-1] + b",}")
     seen = await answered(config, services, SSE, [event(orjson.dumps(RESULT)), unreadable, b""])
     assert b"deploy_prod" not in seen, seen
     first, second = messages(seen, True)
