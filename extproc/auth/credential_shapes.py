@@ -18,8 +18,9 @@ import re
 # apart: no letter or digit touches either end (``task-...`` holds no ``sk-`` key).
 _SHAPES = re.compile(
     r"(?<![A-Za-z0-9])(?:"
-    # OpenAI's (sk-, sk-proj-, sk-svcacct-) and Anthropic's (sk-ant-api03-...) keys: 48 or
-    # more random characters after the prefix; 32 is a floor no hyphenated slug needs.
+    # OpenAI's (sk-, sk-proj-, sk-svcacct-), Anthropic's (sk-ant-api03-...) and the sk- keys
+    # of OpenAI-compatible providers (32 hex digits, sk-or-v1-...): 32 characters or more
+    # after the prefix, and random-looking (``_random_key``), which no slug of words is.
     r"(?P<sk>sk-[A-Za-z0-9_-]{32,})"
     r"|(?P<aws>(?:AKIA|ASIA)[A-Z0-9]{16})"  # an AWS access key id (long-term, temporary)
     r"|(?P<google>AIza[A-Za-z0-9_-]{35})"  # a Google API key
@@ -40,6 +41,21 @@ _KINDS = {
     "jwt": "a JSON Web Token",
 }
 _DIGIT = re.compile(r"[0-9]")
+# Hex digits both, as a hex key has them (a number or a word of a-f is no key).
+_HEX = re.compile(r"(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]+")
+# A slug's word: small letters after one capital at most, capitals (an acronym), a
+# number, a version (v2, V10).
+_WORD = re.compile(r"[A-Z]?[a-z]*|[A-Z]+|[0-9]+|[vV][0-9]+")
+_SEPARATORS = re.compile(r"[-_]+")
+_OPENAI_MARKER = "T3BlbkFJ"
+# Anthropic's keys after sk- (ant-api03-, ant-admin01-): 95 random characters follow,
+# dashes and underscores among them, so no run between them need be long.
+_ANTHROPIC_PREFIX = re.compile(r"ant-[a-z]+[0-9]{2}-")
+_ANTHROPIC_RANDOM = 80
+# 32 hex digits in a run are a DeepSeek or DashScope key; 20 characters outside words
+# that mix digits and cases are random (a slug's "Utf8", "x86", "OpenAI" are short).
+_MIN_HEX_RUN = 32
+_MIN_UNWORDED = 20
 _UPPER = re.compile(r"[A-Z]")
 _LOWER = re.compile(r"[a-z]")
 
@@ -50,7 +66,7 @@ def kind(text: str) -> str | None:
         group = found.lastgroup
         assert group is not None
         value = found.group()
-        if group == "sk" and not _random(value[3:]):
+        if group == "sk" and not _random_key(value[3:]):
             continue  # words joined by hyphens ("sk-learn-...") are no key
         if group == "slack" and _DIGIT.search(value) is None:
             continue  # a Slack token carries its team's and user's numbers
@@ -58,8 +74,36 @@ def kind(text: str) -> str | None:
     return None
 
 
+def _random_key(text: str) -> bool:
+    """Whether ``text`` (what follows ``sk-``) is a key's random part, not words.
+
+    Every OpenAI key, the older 48-character ``sk-`` ones included, carries
+    ``T3BlbkFJ`` ("OpenAI" in base64) between random parts, so it is a key whatever
+    its digits. Anthropic's keys (``ant-api03-`` and 95 more) are random after the
+    prefix. Other providers' keys are random runs of letters and digits (DeepSeek's
+    32 hex digits, OpenRouter's ``or-v1-`` and 64), maybe cut by a ``-`` or ``_``. A
+    slug is words joined by ``-`` or ``_``: randomness is looked for in the runs
+    between them that are no word (``Learn``, ``API``, ``2024``, ``v2`` are), so
+    ``sk-Learn-1-4-Release-Highlights`` is none, though it mixes digits and cases.
+    """
+    if _OPENAI_MARKER in text:
+        return True
+    prefixed = _ANTHROPIC_PREFIX.match(text)
+    if prefixed is not None:
+        rest = text[prefixed.end() :]
+        if len(rest) >= _ANTHROPIC_RANDOM and _random(rest):
+            return True
+    runs = [run for run in _SEPARATORS.split(text) if not _WORD.fullmatch(run)]
+    if any(_hex_key(run) for run in runs):
+        return True
+    unworded = "".join(runs)
+    return len(unworded) >= _MIN_UNWORDED and _random(unworded)
+
+
+def _hex_key(run: str) -> bool:
+    return len(run) >= _MIN_HEX_RUN and _HEX.fullmatch(run) is not None
+
+
 def _random(text: str) -> bool:
-    """Whether ``text`` mixes digits with both cases, as a random key does: fewer than one
-    in 4000 keys of 48 random characters (the shortest, OpenAI's older ones) lack a digit,
-    and the longer ones never do; a slug of words lacks digits or capitals."""
+    """Whether ``text`` mixes digits with both cases, as a random base62 key does."""
     return bool(_DIGIT.search(text) and _UPPER.search(text) and _LOWER.search(text))

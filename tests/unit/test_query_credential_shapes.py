@@ -31,6 +31,7 @@ GITHUB = "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2
 SLACK = "xoxb-123456789012-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
 GOOGLE_TOKEN = "ya29.a0AfB_byC" + "d3Ef4Gh5Ij6Kl7Mn8" * 2
+DEEPSEEK = "sk-" + "3f9c0a7e5b1d" * 2 + "8e2a4c6d"  # 32 hex digits: no capital
 
 
 def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
@@ -50,13 +51,14 @@ def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
         (f"x={GITHUB}", GITHUB, "a GitHub token"),
         (f"x={SLACK}", SLACK, "a Slack token"),
         (f"x={JWT}", JWT, "a JSON Web Token"),
+        (f"x={DEEPSEEK}", DEEPSEEK, "an OpenAI or Anthropic API key"),
         # Inside a longer value, percent-encoded, after a `;`.
         (f"x=Bearer+{OPENAI}", OPENAI, "an OpenAI or Anthropic API key"),
         ("x=" + OPENAI.replace("-", "%2D"), OPENAI, "an OpenAI or Anthropic API key"),
         (f"a=1;x={AWS}", AWS, "an AWS access key id"),
     ],
     ids=["openai", "anthropic", "aws", "google", "google-token", "github", "slack", "jwt",
-         "bearer", "percent-encoded", "semicolon"],
+         "deepseek", "bearer", "percent-encoded", "semicolon"],
 )  # fmt: skip
 async def test_a_credential_under_an_innocent_name_is_refused_naming_the_parameter(
     query: str, secret: str, kind: str
@@ -118,6 +120,7 @@ async def test_a_gemini_client_gets_the_refusal_in_googles_shape(vertex: tuple[s
         ("/v1/chat/completions?include%5B%5D=file_search_call.results", CHAT),
         # Words that begin as a key does, joined by hyphens, and a key's prefix alone.
         ("/v1/chat/completions?q=sk-learn-pipelines-and-gradient-boosting-docs", CHAT),
+        ("/v1/chat/completions?ref=sk-Learn-1-4-Release-Highlights-and-Notes", CHAT),
         ("/v1/chat/completions?q=task-1234567890-abcdefghij-klmnopqrstu-vwxyz", CHAT),
         ("/v1/chat/completions?q=sk-&tag=AKIA&t=eyJ.eyJ.x", CHAT),
         ("/v1/chat/completions?arn=arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3A"
