@@ -36,6 +36,7 @@ expiry is the bound only while a process cannot hear those notices.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import secrets
@@ -67,6 +68,7 @@ CLAIM_TTL_MS = 60_000
 SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
+_RECORD_DIGEST = re.compile(r"\{([0-9a-f]{64})\}$")
 # How much of a record's digest names it where people read it: enough to find it with
 # SCAN MATCH, never the whole hash of a secret (no answer of the API carries one).
 _DIGEST_SHOWN = 12
@@ -262,6 +264,10 @@ class StoredKeys:
     def _id_key(self, key_id: str) -> str:
         return f"{self._prefix}keyid:{key_id}"
 
+    def _records_pattern(self) -> str:
+        """SCAN's pattern of every record under the prefix (its glob characters escaped)."""
+        return _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
+
     def cached(self, digest: bytes) -> CachedAnswer:
         """The request path's answer without I/O, when a recent lookup gave one."""
         return self.cache.get(digest)
@@ -392,8 +398,12 @@ class StoredKeys:
         person's SET, another program's) or a hash with fields the gateway never writes so
         is named and left out: before, it failed the whole list as a store outage
         ("the store did not answer"), or as an internal error."""
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
-        names = [name async for name in self._client.scan_iter(match=pattern, count=SCAN_COUNT)]
+        names = [
+            name
+            async for name in self._client.scan_iter(
+                match=self._records_pattern(), count=SCAN_COUNT
+            )
+        ]
         if not names:
             return StoredKeyList([], [])
         async with self._client.pipeline(transaction=False) as pipe:
@@ -434,13 +444,13 @@ class StoredKeys:
             pipe.pttl(id_key)
             raw, expires_in_ms = await pipe.execute(raise_on_error=False)
         if of_another_type(raw):
-            raise UnreadableKeyIdError(_unreadable_id(key_id, id_key, _ANOTHER_TYPE))
+            return await self._revoke_found(key_id, id_key, _ANOTHER_TYPE)
         if raw is None:
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         digest_hex = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         if not _DIGEST_HEX.fullmatch(digest_hex):
             reason = "holds no SHA-256 of a key, not what the gateway writes there"
-            raise UnreadableKeyIdError(_unreadable_id(key_id, id_key, reason))
+            return await self._revoke_found(key_id, id_key, reason)
         record_key = self._record_key(digest_hex)
         # Read after the expiry: a create makes its id permanent only once its record is
         # written, so a permanent id whose record is missing lost it for good.
@@ -473,6 +483,84 @@ class StoredKeys:
             # An id whose record was never written (a create that failed half-way).
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         return stored
+
+    async def _revoke_found(self, key_id: str, id_key: str, reason: str) -> StoredKey:
+        """Revoke a key whose id key a person or another program wrote over, found by
+        the ``id`` field of its record.
+
+        The id key names no record, but the record still names its id, and its secret
+        still works: before, the revoke was refused and the operator left to search
+        the records by hand. Rare, so a SCAN here costs nothing on any other path; SCAN
+        and a pipelined HGET per batch, never KEYS, so the store serves requests
+        meanwhile. Every record with the id is deleted (a copied one too: each is this
+        key's), and then the id key, which held no key's digest: a create of this id
+        could not have claimed it, and left, it would refuse every create of the id.
+        """
+        found = await self._records_with_id(key_id)
+        if not found:
+            raise UnreadableKeyIdError(
+                f"no API key with id {key_id!r} was created at run time (no record has it),"
+                f" but {id_key} {reason}{_WRITTEN}: a key with this id cannot be created"
+                " until then"
+            )
+        stored: StoredKey | None = None
+        unreadable: list[str] = []
+        for record_key, digest_hex in found:
+            try:
+                current = _from_fields(await self._client.hgetall(record_key))
+            except (ResponseError, UnreadableRecordError) as exc:
+                unreadable.append(f"{_shown_name(record_key)} {exc}")
+                current = None
+            stored = stored or current
+            await asyncio.shield(self._delete_record(key_id, record_key, digest_hex))
+        await self._client.delete(id_key)
+        log.warning(
+            "API key %r revoked, found by its record: its id key %s %s%s; the id key was"
+            " deleted with the key",
+            key_id, id_key, reason, _BY_OTHERS,
+        )  # fmt: skip
+        if unreadable or stored is None:
+            raise RevokedUnreadableRecordError(
+                f"API key {key_id!r} was found by its record ({id_key} {reason}{_BY_OTHERS})"
+                f" and deleted, so the key is refused everywhere, but what it held is not"
+                f" known: {'; '.join(unreadable) or 'its record was gone'}"
+            )
+        return stored
+
+    async def _records_with_id(self, key_id: str) -> builtins.list[tuple[str, str]]:
+        """The records (store key, digest) whose ``id`` field is ``key_id``, read a SCAN
+        batch at a time."""
+        found: builtins.list[tuple[str, str]] = []
+        batch: builtins.list[Any] = []
+        async for name in self._client.scan_iter(match=self._records_pattern(), count=SCAN_COUNT):
+            batch.append(name)
+            if len(batch) >= SCAN_COUNT:
+                found += await self._with_id(batch, key_id)
+                batch = []
+        if batch:
+            found += await self._with_id(batch, key_id)
+        return found
+
+    async def _with_id(
+        self, names: builtins.list[Any], key_id: str
+    ) -> builtins.list[tuple[str, str]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(name, "id")
+            # A record of another type answers WRONGTYPE: it names no id.
+            ids = await pipe.execute(raise_on_error=False)
+        found: builtins.list[tuple[str, str]] = []
+        for name, found_id in zip(names, ids, strict=True):
+            text = name.decode(errors="replace") if isinstance(name, bytes) else name
+            digest = _RECORD_DIGEST.search(text)
+            if found_id == key_id.encode() and digest is not None:
+                found.append((text, digest.group(1)))
+        return found
+
+    async def _delete_record(self, key_id: str, record_key: str, digest_hex: str) -> None:
+        await self._client.delete(record_key)
+        self.cache.forget(bytes.fromhex(digest_hex))
+        await self._announce(key_id, digest_hex)
 
     async def _delete_key(self, key_id: str, id_key: str, record_key: str, digest_hex: str) -> None:
         # The record first: once it is gone the secret no longer works anywhere

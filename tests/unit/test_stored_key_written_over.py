@@ -7,8 +7,10 @@ Through a real Valkey, the request path and the gRPC API. The key's holder gets 
 operator a warning naming the record by its digest cut short. Revoking such a key still
 revokes it: the record and the id are deleted and the key refused, and the answer is
 FAILED_PRECONDITION saying it was applied and why the key's details are missing (before:
-UNAVAILABLE "the store did not answer", and the key stayed). An id that names no record
-the gateway can find is FAILED_PRECONDITION naming the id's key, never a secret.
+UNAVAILABLE "the store did not answer", and the key stayed). A key whose id key was
+written over is found by its record's ``id`` and revoked (before: FAILED_PRECONDITION
+"cannot be revoked by its id", and the key kept working); with no record to find, the
+answer is FAILED_PRECONDITION naming the id's key, never a secret.
 """
 
 from __future__ import annotations
@@ -161,7 +163,18 @@ async def test_the_cli_says_the_revoke_was_applied_and_exits_1(
     assert await client.exists(record) == 0
 
 
-@pytest.mark.parametrize(
+async def damage_id(client: Any, value: str | None) -> str:
+    """The key's id key written over: a hash (another type), or a string of no digest."""
+    id_key = f"{PREFIX}keyid:ci-bot"
+    await client.delete(id_key)
+    if value is None:
+        await client.hset(id_key, "owner", "someone")
+    else:
+        await client.set(id_key, value)
+    return id_key
+
+
+DAMAGED = pytest.mark.parametrize(
     ("value", "reason"),
     [
         (None, "is a key of another type"),
@@ -169,24 +182,73 @@ async def test_the_cli_says_the_revoke_was_applied_and_exits_1(
     ],
     ids=["another-type", "no-digest"],
 )
-async def test_an_id_that_names_no_record_is_a_failed_precondition_naming_it(
+
+
+@DAMAGED
+async def test_a_key_whose_id_key_is_written_over_is_found_by_its_record_and_revoked(
+    api: Api, gateway: Processor, keys: StoredKeys, client: Any, value: str | None,
+    reason: str, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    secret, record = await created(keys, client)
+    # Other keys, enough that the search reads more than one SCAN batch.
+    async with client.pipeline(transaction=False) as pipe:
+        for n in range(2500):
+            pipe.hset(f"{PREFIX}key:{{{n:064x}}}", mapping={"id": f"other-{n}"})
+        await pipe.execute()
+    assert (await send(gateway, secret))[0] == 200
+    id_key = await damage_id(client, value)
+
+    with caplog.at_level("WARNING", logger="extproc.auth.stored_keys"):
+        info = await api.call("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
+
+    # Before: FAILED_PRECONDITION "cannot be revoked by its id", and the key still worked.
+    assert info.id == "ci-bot"
+    assert await client.exists(record, id_key) == 0
+    assert await client.exists(f"{PREFIX}key:{{{7:064x}}}") == 1  # the others stay
+    status, body = await send(gateway, secret)
+    assert (status, body["error"]["message"]) == (401, "invalid API key")
+    [line] = api.audit_lines()
+    assert (line["action"], line["key_id"], line["outcome"]) == ("revoke_key", "ci-bot", "applied")
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"found by its record: its id key {id_key} {reason}" in warning
+    assert secret not in warning and not WHOLE_DIGEST.search(warning)
+    # The id is free again: the key can be created anew.
+    assert (await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot"))).key
+
+
+@DAMAGED
+async def test_an_id_key_written_over_with_no_record_is_a_failed_precondition_naming_it(
     api: Api, keys: StoredKeys, client: Any, value: str | None, reason: str
 ) -> None:
-    secret, record = await created(keys, client)
-    id_key = f"{PREFIX}keyid:ci-bot"
-    await client.delete(id_key)
-    if value is None:
-        await client.hset(id_key, "owner", "someone")
-    else:
-        await client.set(id_key, value)
+    _, record = await created(keys, client)
+    await client.delete(record)
+    id_key = await damage_id(client, value)
 
     code, details = await api.refusal("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
 
-    # Before: UNAVAILABLE "the store did not answer", or UNKNOWN (a ValueError's traceback).
     assert code == "FAILED_PRECONDITION"
-    assert details.startswith(f"API key 'ci-bot' cannot be revoked by its id: {id_key} {reason}")
-    assert "still works" in details
-    assert secret not in details
+    assert details.startswith(
+        f"no API key with id 'ci-bot' was created at run time (no record has it), but {id_key}"
+        f" {reason}"
+    )
+    assert "move the key away" in details
     # Nothing was changed, and a refusal writes no audit line.
-    assert await client.exists(record) == 1
+    assert await client.exists(id_key) == 1
     assert api.audit_lines() == []
+
+
+async def test_a_found_record_the_gateway_cannot_read_is_revoked_and_said_so(
+    api: Api, gateway: Processor, keys: StoredKeys, client: Any
+) -> None:
+    secret, record = await created(keys, client)
+    await client.hset(record, "labels", "team=ml")
+    await damage_id(client, "not-a-digest")
+
+    code, details = await api.refusal("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
+
+    assert code == "FAILED_PRECONDITION"
+    assert details.startswith("the change was applied, but API key 'ci-bot' was found by its")
+    assert "its field 'labels' holds no JSON" in details and "refused everywhere" in details
+    assert secret not in details and not WHOLE_DIGEST.search(details)
+    assert await client.exists(record) == 0
+    assert (await send(gateway, secret))[1]["error"]["message"] == "invalid API key"
