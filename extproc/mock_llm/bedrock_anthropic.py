@@ -250,28 +250,30 @@ def chunk_message(event_json: bytes) -> bytes:
     return encode_event(CHUNK_EVENT, payload)
 
 
-StreamEnding = Literal["reset", "error"]
+StreamEnding = Literal["reset", "error", "inside"]
 
 
 @dataclass(frozen=True, slots=True)
 class StreamCut:
     """Where a fault ends a stream early: the first event not sent, and what replaces the
-    rest (the connection dropped, or Bedrock's mid-stream exception)."""
+    rest (the connection dropped, Bedrock's mid-stream exception, or the first half of
+    that event's frame before the body's clean end)."""
 
     at: int
     ending: StreamEnding
 
 
 def stream_cut(events: Sequence[Mapping[str, Any]], fault: Fault) -> StreamCut | None:
-    """Where ``reset_after`` / ``error_after`` end ``events``: before the delta past that
-    many, or, with fewer deltas, before the last block's stop, so the stream never
-    completes; the earlier of the two, a reset first when they meet, as the other
+    """Where ``reset_after`` / ``error_after`` / ``end_inside`` end ``events``: before the
+    delta past that many, or, with fewer deltas, before the last block's stop, so the
+    stream never completes; the earliest, a reset first when they meet, as the other
     surfaces do."""
     deltas = [i for i, event in enumerate(events) if event["type"] == "content_block_delta"]
     last_stop = max(i for i, event in enumerate(events) if event["type"] == "content_block_stop")
     limits: tuple[tuple[StreamEnding, int | None], ...] = (
         ("reset", fault.reset_after),
         ("error", fault.error_after),
+        ("inside", fault.end_inside),
     )
     cuts = [
         StreamCut(deltas[after] if after < len(deltas) else last_stop, ending)

@@ -1671,6 +1671,11 @@ class BedrockEndpoints:
                 if cut is not None and position == cut.at:
                     if cut.ending == "reset":
                         return _abort(request, response)
+                    if cut.ending == "inside":
+                        # Half the event's frame, then the body's clean end.
+                        frame = chunk_message(orjson.dumps(event))
+                        await response.write(frame[: len(frame) // 2])
+                        return response
                     return await _fail_stream(response)
                 pause = fault.pause_before_event(position, interval)
                 if pause:

@@ -67,6 +67,7 @@ from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import (
+    STREAM_ENDED_EARLY,
     BufferedBodyReader,
     StreamFailure,
     inference_geo_of,
@@ -89,7 +90,6 @@ _USAGE_EVENT = re.compile(rb'"(?:message_start|message_delta|error)"')
 # The event that ends every whole answer. Quoted as JSON writes the type, which text
 # inside a JSON string cannot be (its quotes are escaped).
 _MESSAGE_STOP = b'"message_stop"'
-_ENDED_EARLY = "the provider's stream ended before it was complete"
 
 
 # The request goes as the client sent it, under the provider's name for the model.
@@ -535,7 +535,7 @@ class EventStreamReader:
         line, it failed the SDK's JSON parse), an ``event: error`` (``api_error``) the SDK
         raises, as a translated stream's client reads its own error there; charged as
         after Anthropic's own error event."""
-        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        error = UpstreamError(STREAM_ENDED_EARLY, code="invalid_upstream_response")
         self._provider_failed(error)
         self.early_end = b"event: error\ndata: " + error.body("anthropic") + EVENT_END
         return self.early_end

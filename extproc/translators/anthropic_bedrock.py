@@ -50,6 +50,7 @@ import base64
 import binascii
 import re
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -57,10 +58,15 @@ import orjson
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
 from extproc.context import Usage
-from extproc.errors import anthropic_error_body
+from extproc.errors import UpstreamError, anthropic_error_body
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators import anthropic_anthropic
-from extproc.translators.base import MAX_PROVIDER_MESSAGE, service_tier_of
+from extproc.translators.base import (
+    INVALID_UPSTREAM_RESPONSE,
+    MAX_PROVIDER_MESSAGE,
+    STREAM_ENDED_EARLY,
+    service_tier_of,
+)
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_error
 
@@ -86,7 +92,6 @@ _PATH_SAFE = "-._~"
 _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([a-z_]+)"')
 _EVENT_END = b"\n\n"
 _UNDECODABLE = "the provider's event stream could not be decoded"
-_ENDED_EARLY = "the provider's event stream ended before the answer did"
 _STOP_EVENT = b"event: message_stop\n"
 
 
@@ -213,13 +218,18 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
             out.append(self._end_with(anthropic_error_body(_UNDECODABLE, 502)))
         if end_of_stream and not self._closed and not self._stopped:
             self.ended_early = True
-            out.append(self._end_with(anthropic_error_body(_ENDED_EARLY, 502)))
+            out.append(self._end_with(anthropic_error_body(STREAM_ENDED_EARLY, 502)))
         sse = b"".join(out)
         if not sse:
             return sse
         # Anthropic's reader reads the events (and ends a stream whose event it cannot
         # hold, returning what the client gets instead).
         replaced = super().feed(sse, end_of_stream)
+        if self.ended_early and self.failure is not None:
+            # Read back from the error event written above, the failure would be named by
+            # its Anthropic type (api_error); it is the cut every translation logs so.
+            error = UpstreamError(STREAM_ENDED_EARLY, code=INVALID_UPSTREAM_RESPONSE)
+            self.failure = replace(self.failure, error=error)
         self.service_tier = self._served_tier or self.service_tier
         return sse if replaced is None else replaced
 

@@ -30,6 +30,12 @@ from extproc.errors import BadRequestError, GatewayError
 
 # Provider messages are short; a cap keeps a misbehaving proxy's page out of the log line.
 MAX_PROVIDER_MESSAGE = 2000
+# What every client is told, in its API's shape, when the provider's stream ended before
+# its last event (a proxy or an upstream closing a cut stream as if whole): one text for
+# every translation, logged with the code INVALID_UPSTREAM_RESPONSE, so that an operator
+# finds the same cut under one message and code whichever API the client spoke.
+STREAM_ENDED_EARLY = "the provider's stream ended before it was complete"
+INVALID_UPSTREAM_RESPONSE = "invalid_upstream_response"
 # A service tier as providers name it ("default", "flex", "priority", "standard"): what
 # else a provider (or a proxy in front of it) sends is not a tier the price table can
 # name, and must not grow the log line.

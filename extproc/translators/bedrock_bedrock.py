@@ -47,7 +47,12 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 from extproc.aws_eventstream import WholeMessages, encode_exception
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
-from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
+from extproc.translators.base import (
+    STREAM_ENDED_EARLY,
+    BufferedBodyReader,
+    ProviderStreamError,
+    StreamFailure,
+)
 from extproc.translators.generated_text import generated_chars
 
 # The stream translator's own classification of Bedrock's frames and errors: the
@@ -62,20 +67,19 @@ from extproc.translators.openai_bedrock_stream import (
 )
 
 _UNDECODABLE = "the provider's event stream could not be decoded"
-_ENDED_EARLY = "the provider's stream ended before it was complete"
 # The frame that ends a stream whose body ended before the answer did: the gateway's 502
 # (bedrock_exception's InternalServerException) as exception frames spell it, which
 # ConverseStream's and InvokeModelWithResponseStream's outputs declare, so botocore
 # raises it by name (EventStreamError).
 ENDED_EARLY_FRAME = encode_exception(
-    "internalServerException", orjson.dumps({"message": _ENDED_EARLY})
+    "internalServerException", orjson.dumps({"message": STREAM_ENDED_EARLY})
 )
 
 
 def ended_early_error() -> ProviderStreamError:
     """The request's error for a stream ended by ``ENDED_EARLY_FRAME``, as the log names it."""
     return ProviderStreamError(
-        _ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
+        STREAM_ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
     )
 
 

@@ -59,6 +59,7 @@ from extproc.quota.estimate import json_chars, string_chars
 from extproc.translators import vertex_traffic
 from extproc.translators.base import (
     MAX_PROVIDER_MESSAGE,
+    STREAM_ENDED_EARLY,
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
@@ -80,7 +81,6 @@ SEARCH_QUERY = "google_search"
 # A function call's arguments are a JSON object, whose text ``generated_chars`` (string
 # values of known fields) does not see: an event carrying one is counted from its parse.
 _FUNCTION_CALL = re.compile(rb'"functionCall"\s*:')
-_ENDED_EARLY = "the provider's stream ended before it was complete"
 # What ends an event in Google's streams.
 _BLANK_LINE = b"\r\n\r\n"
 # A name of one of Google's enums: an error's status (RESOURCE_EXHAUSTED), which the log
@@ -411,10 +411,10 @@ class StreamReader:
         the whole events (one the body ended inside of is dropped); charged as after that
         failure."""
         error = ProviderStreamError(
-            _ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
+            STREAM_ENDED_EARLY, error_type="upstream_error", code="invalid_upstream_response"
         )
         self._provider_failed(error)
-        return b"data: " + google_error_body(_ENDED_EARLY, 502) + _BLANK_LINE
+        return b"data: " + google_error_body(STREAM_ENDED_EARLY, 502) + _BLANK_LINE
 
     def counts_so_far(self) -> StreamFailure:
         """What Gemini had reported when the stream was cut (base.counts_so_far)."""

@@ -81,7 +81,12 @@ from extproc.translators.anthropic_anthropic import (
     usage_from_object,
 )
 from extproc.translators.anthropic_errors import client_error, stream_error
-from extproc.translators.base import CONTEXT_LENGTH_EXCEEDED, StreamFailure, overflows_context
+from extproc.translators.base import (
+    CONTEXT_LENGTH_EXCEEDED,
+    STREAM_ENDED_EARLY,
+    StreamFailure,
+    overflows_context,
+)
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
 from extproc.translators.token_counts import token_count
@@ -307,11 +312,7 @@ class StreamTranslator:
             # Ended before message_stop: the client gets an error, and the request is a
             # failed stream charged what Anthropic had counted by then, as after its error
             # event (a message_delta's output count included).
-            out.append(
-                self._provider_failed(
-                    _invalid_upstream_response("the provider's stream ended before it was complete")
-                )
-            )
+            out.append(self._provider_failed(_invalid_upstream_response(STREAM_ENDED_EARLY)))
         return b"".join(out)
 
     def _translate(self, event: bytes) -> list[bytes]:

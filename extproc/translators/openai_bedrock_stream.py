@@ -59,6 +59,7 @@ from extproc.errors import UpstreamError, error_body
 from extproc.translators.base import (
     CONTEXT_LENGTH_EXCEEDED,
     MAX_PROVIDER_MESSAGE,
+    STREAM_ENDED_EARLY,
     ProviderStreamError,
     StreamFailure,
     overflows_context,
@@ -317,11 +318,7 @@ class StreamTranslator:
             out.append(self._fail("the provider's event stream could not be decoded"))
             return b"".join(out)
         if end_of_stream:
-            out.append(
-                self._finish()
-                if self._stopped
-                else self._fail("the provider's stream ended before the answer was complete")
-            )
+            out.append(self._finish() if self._stopped else self._fail(STREAM_ENDED_EARLY))
         return b"".join(out)
 
     def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:

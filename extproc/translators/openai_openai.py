@@ -45,6 +45,7 @@ from extproc.errors import GatewayError, UpstreamError
 from extproc.translators import vertex_traffic
 from extproc.translators.anthropic_anthropic import server_tool_requests
 from extproc.translators.base import (
+    STREAM_ENDED_EARLY,
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
@@ -69,7 +70,6 @@ _DONE = b"data: [DONE]" + EVENT_END
 # quotes and line ends, so cannot fake either; it can hold "[DONE]" itself (a task list
 # the model writes), which anywhere else in an event ended no answer.
 _ANSWER_END = re.compile(rb'"finish_reason"\s*:\s*"|(?:^|[\r\n])data: ?\[DONE\]')
-_ENDED_EARLY = "the provider's stream ended before it was complete"
 # The service tier of an event, top level of a chunk. Generated text cannot fake it: its
 # quotes are escaped, so none stands right after the name.
 _SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z0-9_]{1,32})"')
@@ -358,7 +358,7 @@ class ChunkStreamReader:
         returned the text so far as the whole answer, or, given the cut event closed by a
         blank line, failed its JSON parse. The gateway's error event and ``[DONE]`` end it
         instead, which the SDK raises, charged as after the provider's own error event."""
-        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        error = UpstreamError(STREAM_ENDED_EARLY, code="invalid_upstream_response")
         self._stream_failed(error)
         return b"data: " + error.body() + EVENT_END + _DONE
 

@@ -71,6 +71,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.base import (
+    STREAM_ENDED_EARLY,
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
@@ -105,7 +106,6 @@ _READ_EVENTS = re.compile(
     rb'|web_search_call|file_search_call)"|"error"\s*:\s*\{'
 )
 # The events that show one output item: a tool call as it starts, then as it ended.
-_ENDED_EARLY = "the provider's stream ended before it was complete"
 _ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
 # The output items of OpenAI's built-in tools billed per call, by the name the bill gives
 # the tool: its type in the request's ``tools``, which is also Anthropic's name for its web
@@ -357,7 +357,7 @@ class EventStreamReader:
         its JSON parse. The gateway's ``error`` event ends it instead (``error_event``),
         which the SDK raises (``APIError``); charged as after the provider's own error
         event."""
-        error = UpstreamError(_ENDED_EARLY, code="invalid_upstream_response")
+        error = UpstreamError(STREAM_ENDED_EARLY, code="invalid_upstream_response")
         self._stream_failed(error)
         return error_event(error)
 

@@ -61,7 +61,11 @@ def assert_logged_as_ended_early(line: dict[str, Any], text: str) -> None:
     assert line["prompt_tokens"] >= 1
 
 
-def test_an_openai_client_reads_the_gateways_error(tls: TlsStack) -> None:
+# Bedrock behind each client too: the same message and code as every other translation
+# (before, Bedrock's translations worded the cut their own way, and Claude on Bedrock
+# logged it as api_error).
+@pytest.mark.parametrize("model", ["gpt-4o-mini", CONVERSE_MODEL], ids=["openai", "bedrock"])
+def test_an_openai_client_reads_the_gateways_error(tls: TlsStack, model: str) -> None:
     client = openai.OpenAI(
         base_url=f"{tls.url}/v1",
         api_key=KEYS["cut-chat"],
@@ -70,7 +74,7 @@ def test_an_openai_client_reads_the_gateways_error(tls: TlsStack) -> None:
     )
     text = ""
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini",
+        model=model,
         messages=[{"role": "user", "content": PROMPT}],
         stream=True,
         extra_headers={"x-mock-fault": FAULT},
@@ -84,7 +88,10 @@ def test_an_openai_client_reads_the_gateways_error(tls: TlsStack) -> None:
     assert_logged_as_ended_early(line_of(tls, request_id), text)
 
 
-def test_an_anthropic_client_reads_the_gateways_error(tls: TlsStack) -> None:
+@pytest.mark.parametrize(
+    "model", ["claude-3-5-haiku-latest", CONVERSE_MODEL], ids=["anthropic", "bedrock"]
+)
+def test_an_anthropic_client_reads_the_gateways_error(tls: TlsStack, model: str) -> None:
     client = anthropic.Anthropic(
         base_url=tls.url,
         api_key=KEYS["cut-messages"],
@@ -93,7 +100,7 @@ def test_an_anthropic_client_reads_the_gateways_error(tls: TlsStack) -> None:
     )
     text = ""
     with client.messages.with_streaming_response.create(
-        model="claude-3-5-haiku-latest",
+        model=model,
         max_tokens=200,
         messages=[{"role": "user", "content": PROMPT}],
         stream=True,

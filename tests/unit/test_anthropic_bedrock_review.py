@@ -177,9 +177,16 @@ async def test_a_stream_cut_short_is_logged_as_the_providers_failure_and_charged
     answers = await run_stream(processor, messages)
 
     received = client_body([*chunks, b""], answers[3:])
-    assert sse_events(received)[-1][0] == "error"
+    name, data = sse_events(received)[-1]
+    assert name == "error"
+    assert data["error"]["message"] == "the provider's stream ended before it was complete"
     [line] = access_log.lines()
-    assert line["error_code"] is not None
+    # As every translation logs a cut stream (before: api_error, read back from the
+    # gateway's own error event).
+    assert (line["error_type"], line["error_code"]) == (
+        "upstream_error",
+        "invalid_upstream_response",
+    )
     assert line["usage_estimated"] is True
     assert (line["prompt_tokens"], line["completion_tokens"]) == (12, 3)  # "Hello there"
 

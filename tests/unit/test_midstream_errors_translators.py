@@ -129,7 +129,7 @@ def test_a_stream_that_ends_before_its_end_event_is_a_failed_stream() -> None:
     failure = stream_failure(translator)
     assert failure is not None and failure.error is not None
     assert failure.error.code == "invalid_upstream_response"
-    assert b"ended before the answer was complete" in shown
+    assert b"the provider's stream ended before it was complete" in shown
     anthropic = openai_anthropic.StreamTranslator(include_usage=False, request_id="r", created=0)
     anthropic.feed(ANTHROPIC_STREAM.split(b"event: error")[0], True)
     failure = stream_failure(anthropic)
