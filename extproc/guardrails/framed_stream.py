@@ -39,6 +39,7 @@ from extproc.errors import anthropic_error_status, bedrock_exception
 from extproc.guardrails.matching import Matchers
 from extproc.guardrails.stream import StreamGuard
 from extproc.translators.anthropic_bedrock import sse_event, unwrapped_chunk
+from extproc.translators.base import UNDECODABLE_STREAM
 from extproc.translators.openai_bedrock_stream import BAD_FRAME, frame_error
 
 _EVENT_END = b"\n\n"
@@ -49,7 +50,7 @@ _PASSED = "aws_frame"
 # An error event's JSON whose message could not be read: said plainly.
 _UNREADABLE_REFUSAL = "the answer was refused by a guardrail"
 # What ends the client's stream where a provider's frame broke.
-_UNDECODABLE = orjson.dumps({"message": "the provider's event stream could not be decoded"})
+_UNDECODABLE = orjson.dumps({"message": UNDECODABLE_STREAM})
 # The exceptions ConverseStream's stream declares (botocore's ConverseStreamOutput);
 # InvokeModel's adds modelTimeoutException (ResponseStream).
 _CONVERSE_EXCEPTIONS = frozenset(

@@ -65,6 +65,7 @@ from extproc.translators.base import (
     INVALID_UPSTREAM_RESPONSE,
     MAX_PROVIDER_MESSAGE,
     STREAM_ENDED_EARLY,
+    UNDECODABLE_STREAM,
     service_tier_of,
 )
 from extproc.translators.generated_text import generated_chars
@@ -91,7 +92,6 @@ _PATH_SAFE = "-._~"
 # without a parse (a text delta is most of the stream); a parse when the order differs.
 _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([a-z_]+)"')
 _EVENT_END = b"\n\n"
-_UNDECODABLE = "the provider's event stream could not be decoded"
 _STOP_EVENT = b"event: message_stop\n"
 
 
@@ -203,6 +203,9 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         self._stopped = False
         # Set when the body ended before message_stop (the stream ends in an api_error).
         self.ended_early = False
+        # The message of the error event the gateway ended the stream with (a frame it
+        # could not decode, a body that ended early), to name the failure by it.
+        self._ended_with: str | None = None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._closed:
@@ -215,9 +218,11 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
                 if self._closed:
                     break
         except BAD_FRAME:
-            out.append(self._end_with(anthropic_error_body(_UNDECODABLE, 502)))
+            self._ended_with = UNDECODABLE_STREAM
+            out.append(self._end_with(anthropic_error_body(UNDECODABLE_STREAM, 502)))
         if end_of_stream and not self._closed and not self._stopped:
             self.ended_early = True
+            self._ended_with = STREAM_ENDED_EARLY
             out.append(self._end_with(anthropic_error_body(STREAM_ENDED_EARLY, 502)))
         sse = b"".join(out)
         if not sse:
@@ -225,10 +230,10 @@ class StreamTranslator(anthropic_anthropic.EventStreamReader):
         # Anthropic's reader reads the events (and ends a stream whose event it cannot
         # hold, returning what the client gets instead).
         replaced = super().feed(sse, end_of_stream)
-        if self.ended_early and self.failure is not None:
+        if self._ended_with is not None and self.failure is not None:
             # Read back from the error event written above, the failure would be named by
-            # its Anthropic type (api_error); it is the cut every translation logs so.
-            error = UpstreamError(STREAM_ENDED_EARLY, code=INVALID_UPSTREAM_RESPONSE)
+            # its Anthropic type (api_error): it is named as every translation logs it.
+            error = UpstreamError(self._ended_with, code=INVALID_UPSTREAM_RESPONSE)
             self.failure = replace(self.failure, error=error)
         self.service_tier = self._served_tier or self.service_tier
         return sse if replaced is None else replaced

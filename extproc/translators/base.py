@@ -36,6 +36,9 @@ MAX_PROVIDER_MESSAGE = 2000
 # finds the same cut under one message and code whichever API the client spoke.
 STREAM_ENDED_EARLY = "the provider's stream ended before it was complete"
 INVALID_UPSTREAM_RESPONSE = "invalid_upstream_response"
+# What an event stream's client is told, and the log says, when a frame of it fails its
+# checksum or framing (Bedrock's AWS event streams), logged with the same code.
+UNDECODABLE_STREAM = "the provider's event stream could not be decoded"
 # A service tier as providers name it ("default", "flex", "priority", "standard"): what
 # else a provider (or a proxy in front of it) sends is not a tier the price table can
 # name, and must not grow the log line.

@@ -48,7 +48,9 @@ from extproc.aws_eventstream import WholeMessages, encode_exception
 from extproc.context import Usage
 from extproc.translators.anthropic_bedrock import LATENCY_OPTIMIZED
 from extproc.translators.base import (
+    INVALID_UPSTREAM_RESPONSE,
     STREAM_ENDED_EARLY,
+    UNDECODABLE_STREAM,
     BufferedBodyReader,
     ProviderStreamError,
     StreamFailure,
@@ -66,7 +68,6 @@ from extproc.translators.openai_bedrock_stream import (
     stream_exception,
 )
 
-_UNDECODABLE = "the provider's event stream could not be decoded"
 # The frame that ends a stream whose body ended before the answer did: the gateway's 502
 # (bedrock_exception's InternalServerException) as exception frames spell it, which
 # ConverseStream's and InvokeModelWithResponseStream's outputs declare, so botocore
@@ -165,7 +166,10 @@ class ConverseStreamReader:
                 if not self._reading:
                     break
         except BAD_FRAME:
-            self._failed(ProviderStreamError(_UNDECODABLE, error_type="upstream_error", code=None))
+            undecodable = ProviderStreamError(
+                UNDECODABLE_STREAM, error_type="upstream_error", code=INVALID_UPSTREAM_RESPONSE
+            )
+            self._failed(undecodable)
         if not self._reading:
             # What follows is passed on unread, as it came: drop what the buffer holds,
             # and send what was held for the client (its SDK judges it).

@@ -60,6 +60,7 @@ from extproc.translators.base import (
     CONTEXT_LENGTH_EXCEEDED,
     MAX_PROVIDER_MESSAGE,
     STREAM_ENDED_EARLY,
+    UNDECODABLE_STREAM,
     ProviderStreamError,
     StreamFailure,
     overflows_context,
@@ -315,7 +316,7 @@ class StreamTranslator:
                 if self._done:
                     return b"".join(out)
         except BAD_FRAME:
-            out.append(self._fail("the provider's event stream could not be decoded"))
+            out.append(self._fail(UNDECODABLE_STREAM))
             return b"".join(out)
         if end_of_stream:
             out.append(self._finish() if self._stopped else self._fail(STREAM_ENDED_EARLY))

@@ -162,3 +162,44 @@ def test_every_translation_words_a_stream_ended_early_the_same(
         "upstream_error",
         "invalid_upstream_response",
     )
+
+
+UNDECODABLE = "the provider's event stream could not be decoded"
+
+
+def broken(frame: bytes) -> bytes:
+    """The frame with its message checksum wrong: what a body cut and spliced looks like."""
+    damaged = bytearray(frame)
+    damaged[-1] ^= 0xFF
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize(
+    ("make", "stream"),
+    [
+        pytest.param(lambda: openai_bedrock.StreamTranslator(model="m", include_usage=False,
+                                                             request_id="r", created=0),
+                     CONVERSE_FRAMES + broken(CONVERSE_FRAMES), id="openai-client-bedrock"),
+        pytest.param(anthropic_bedrock.StreamTranslator, CLAUDE_FRAMES + broken(CLAUDE_FRAMES),
+                     id="anthropic-client-bedrock"),
+        pytest.param(bedrock_bedrock.ConverseStreamReader,
+                     CONVERSE_FRAMES + broken(CONVERSE_FRAMES), id="bedrock-client-converse"),
+        pytest.param(bedrock_invoke.InvokeStreamReader, CLAUDE_FRAMES + broken(CLAUDE_FRAMES),
+                     id="bedrock-client-invoke-claude"),
+    ],
+)  # fmt: skip
+def test_every_translation_logs_a_frame_it_cannot_decode_alike(
+    make: Callable[[], Any], stream: bytes
+) -> None:
+    # Before: api_error for Anthropic and Bedrock clients of Claude, no code for Converse.
+    translator = make()
+    translator.feed(stream, False)
+    translator.feed(b"", True)
+    failure = stream_failure(translator)
+    assert failure is not None
+    error = failure.error
+    assert (error.message, error.error_type, error.code) == (
+        UNDECODABLE,
+        "upstream_error",
+        "invalid_upstream_response",
+    )
