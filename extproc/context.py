@@ -263,6 +263,9 @@ class RequestContext:
     attributes: Any = None
     # Set when a stage changed the parsed body (e.g. a hard cap on max_tokens).
     body_changed: bool = False
+    # When the request started, on the quota store's clock (stages.quota): the calendar
+    # period its token quotas count it in, whenever its body is checked.
+    started_store_time: float | None = None
     # The quota reservation made for this request, settled when it ends.
     reservation: Reservation | None = None
     usage_reported: bool = False

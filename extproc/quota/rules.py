@@ -128,9 +128,14 @@ class RuleSet:
         model: str,
         now: float,
         canonical: str | None = None,
+        started: float | None = None,
     ) -> list[Limit]:
         """The limits on this request; a rule naming ``model`` or its ``canonical`` name
-        (``model`` being an alias) covers it."""
+        (``model`` being an alias) covers it.
+
+        Rate limits count in the windows of ``now``, when the request is checked (just
+        before it goes to its provider), token quotas in the calendar period of
+        ``started``, when the request began (default ``now``)."""
         names = tuple(comparable(name) for name in (model, canonical) if name is not None)
         found: list[Limit] = []
         for rule in self.rules:
@@ -140,10 +145,12 @@ class RuleSet:
             for subject in subject_values(rule.subject, identity, headers):
                 if not selected(rule.match, subject):
                     continue
-                found.extend(self._limits(rule, subject, now))
+                found.extend(self._limits(rule, subject, now, started))
         return refusal_order(found)
 
-    def _limits(self, rule: LimitRule, subject: str, now: float) -> list[Limit]:
+    def _limits(
+        self, rule: LimitRule, subject: str, now: float, started: float | None = None
+    ) -> list[Limit]:
         config = self._config
         enforce = rule.mode is QuotaMode.ENFORCE
         fail_open = (rule.on_store_failure or config.on_store_failure) is StoreFailure.FAIL_OPEN
@@ -161,7 +168,13 @@ class RuleSet:
         quota = rule.token_quota
         if quota is not None:
             zone = quota.time_zone or config.time_zone
-            window = window_for(_PERIODS[quota.period.value], now, zone)
+            # The period of the request's start: the one its log line and usage rollup
+            # name, so that a period's counter and its report count the same requests.
+            # Rate limits above pace the calls providers get, so they count when the
+            # request is checked: counted in the windows they started in, requests held
+            # open and sent on together would all pass a per-second or per-minute limit.
+            period = now if started is None else started
+            window = window_for(_PERIODS[quota.period.value], period, zone)
             limits.append(
                 Limit(rule.name, subject_kind, subject, "token_quota", "t", quota.limit, window,
                       enforce, fail_open, zone, rule.hard_cap)

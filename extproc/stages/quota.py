@@ -72,6 +72,16 @@ class QuotaStage:
             log, "quota store unavailable, failing closed (503 quota_store_unavailable)"
         )
 
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+        store = ctx.runtime.services.quota_store
+        if store is not None and ctx.runtime.quota_rules:
+            # A token quota counts a request in the period it started in, the one its log
+            # line's timestamp and its usage rollup's hour name (RuleSet.limits_for). Read
+            # when its body was checked (after its upload and its guards), a request begun
+            # on the last evening of a month counted in the next month's quota and in
+            # this month's report, which then disagreed.
+            ctx.started_store_time = store.now()
+
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
     ) -> Awaitable[None] | None:
@@ -87,6 +97,7 @@ class QuotaStage:
             ctx.model,
             store.now(),
             runtime.canonical_model.get(ctx.model),
+            ctx.started_store_time,
         )
         # A token count generates nothing: it counts as one request, reserves no tokens,
         # and no token budget, spent or not, refuses it.
