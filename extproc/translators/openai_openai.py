@@ -65,11 +65,12 @@ from extproc.translators.token_counts import token_count
 # its quotes are escaped.
 _USAGE_OR_ERROR = re.compile(rb'"(?:usage|error)"\s*:\s*\{')
 _DONE = b"data: [DONE]" + EVENT_END
-# What says the answer ended: a choice's finish reason (quoted: the stop's name, a null
-# is no finish), the end marker as an event's data line. Generated text escapes its
-# quotes and line ends, so cannot fake either; it can hold "[DONE]" itself (a task list
-# the model writes), which anywhere else in an event ended no answer.
-_ANSWER_END = re.compile(rb'"finish_reason"\s*:\s*"|(?:^|[\r\n])data: ?\[DONE\]')
+# What says the answer ended (``answer_ends``): a choice's finish reason (quoted: the
+# stop's name, a null is no finish), the end marker as an event's data line. Generated
+# text escapes its quotes and line ends, so cannot fake either; it can hold "[DONE]"
+# itself (a task list the model writes), which anywhere else in an event ended no answer.
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+_DONE_LINE = re.compile(rb"(?:^|[\r\n])data: ?\[DONE\]")
 # The service tier of an event, top level of a chunk. Generated text cannot fake it: its
 # quotes are escaped, so none stands right after the name.
 _SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z0-9_]{1,32})"')
@@ -283,6 +284,19 @@ class CompletionReader(BufferedBodyReader):
     read_service_tier = staticmethod(service_tier_from_answer)
 
 
+def answer_ends(events: bytes) -> bool:
+    """Whether whole events say the answer ended: a finish reason, or ``[DONE]``.
+
+    Two searches, not one pattern with both: a pattern that may match at the start of
+    the bytes (``^``) gets no first-character scan from ``re``, which then tries it at
+    every byte, about 20 times as slow on a stream's chunk (46 us for 2 KB of OpenAI's
+    events, each with its ``"finish_reason":null``). ``[DONE]`` comes once, last, so
+    its line is looked for only where the bytes hold it."""
+    if _FINISH_REASON.search(events) is not None:
+        return True
+    return b"[DONE]" in events and _DONE_LINE.search(events) is not None
+
+
 class ChunkStreamReader:
     """An SSE stream of chat completion chunks.
 
@@ -337,7 +351,7 @@ class ChunkStreamReader:
         if self._events.overflowed:
             self._sent.clear()
             return self._end_unreadable(sent, complete)
-        self._answered = self._answered or _ANSWER_END.search(complete) is not None
+        self._answered = self._answered or answer_ends(complete)
         if not _USAGE_OR_ERROR.search(complete):
             self._began = self._began or b"data:" in complete
         else:
