@@ -21,14 +21,17 @@ import re
 # (``generated_chars``). Bedrock's InvokeModel families name their text their own way:
 # Llama's ``generation``, Titan Text's ``outputText`` (Mistral's is ``text``). One pattern
 # for all: OpenAI's own streams scan each chunk once.
+# A string's value is read as runs of plain bytes between escapes (``_STRING``), not as
+# an alternative per byte: the same bytes matched, about 6 times as fast on long values.
+_STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
 _TEXT_VALUE = re.compile(
     rb'"(?:content|text|arguments|partial_json|input|thinking|generation|outputText'
     rb'|(reasoning(?:_content)?))"'
-    rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb"\s*:\s*" + _STRING
 )
 # A Responses API stream carries its generated text in the ``delta`` of its delta events
 # (and again whole in the ``.done`` events and the terminal response, not counted).
-_RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*' + _STRING)
 # OpenRouter repeats the ``reasoning`` of a delta in its ``reasoning_details``, whose
 # ``reasoning.text`` entries carry it as ``text``, counted already.
 _REASONING_DETAIL_TEXT = b'"reasoning.text"'
