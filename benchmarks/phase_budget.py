@@ -6,8 +6,13 @@ and prints the median CPU time of each phase's answer and of the finishing work
 (log line, metrics, rollup). What gRPC and Envoy add per message is measured by
 ``make bench`` (the echo processor); this is the part the gateway's code owns.
 
-Two set-ups: the default config, and the same with one quota rule in an embedded
-Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown).
+Three set-ups: the default config, the same with one quota rule in an embedded
+Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown), and the
+default config answering a stream: 100 OpenAI-shaped events (each with its
+``"finish_reason":null``, as OpenAI writes them) in body chunks of 2 KB, cut wherever
+2 KB falls, as Envoy passes a fast stream on; its response body column is the sum
+over the chunks. Most of a stream's cost is per byte, which the one-message rows
+do not show.
 """
 
 from __future__ import annotations
@@ -63,41 +68,99 @@ ANSWER = orjson.dumps(
 )
 
 
-def messages() -> list[Any]:
+STREAM_EVENTS = 100
+STREAM_CHUNK_BYTES = 2048
+
+
+def _stream_event(index: int) -> bytes:
+    last = index == STREAM_EVENTS - 1
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {} if last else {"content": f" word{index}"},
+                "logprobs": None,
+                "finish_reason": "stop" if last else None,
+            }
+        ],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+# What the gateway's hidden usage chunk and the end marker close the stream with.
+_STREAM_END = (
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
+    b'"model":"gpt-4o-mini","choices":[],'
+    b'"usage":{"prompt_tokens":120,"completion_tokens":99,"total_tokens":219}}\n\n'
+    b"data: [DONE]\n\n"
+)
+STREAM = b"".join(_stream_event(i) for i in range(STREAM_EVENTS)) + _STREAM_END
+
+
+def messages(stream: bool = False) -> list[tuple[str, Any]]:
+    """The messages of one request, each with its phase (a stream's body in chunks)."""
+    head = request_headers(
+        "/v1/chat/completions",
+        # Envoy's connection manager sets x-request-id on every request.
+        headers={
+            "authorization": "Bearer team1-key",
+            "content-type": "application/json",
+            "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+        },
+    )
+    if not stream:
+        return [
+            ("request_headers", head),
+            ("request_body", request_body(BODY)),
+            ("response_headers", response_headers(200, {"x-envoy-upstream-service-time": "1"})),
+            ("response_body", response_body(ANSWER)),
+        ]
+    cuts = range(0, len(STREAM), STREAM_CHUNK_BYTES)
     return [
-        request_headers(
-            "/v1/chat/completions",
-            # Envoy's connection manager sets x-request-id on every request.
-            headers={
-                "authorization": "Bearer team1-key",
-                "content-type": "application/json",
-                "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
-            },
+        ("request_headers", head),
+        ("request_body", request_body(orjson.dumps({**orjson.loads(BODY), "stream": True}))),
+        ("response_headers", response_headers(200, {"content-type": "text/event-stream"})),
+        *(
+            (
+                "response_body",
+                response_body(
+                    STREAM[at : at + STREAM_CHUNK_BYTES], at + STREAM_CHUNK_BYTES >= len(STREAM)
+                ),
+            )
+            for at in cuts
         ),
-        request_body(BODY),
-        response_headers(200, {"x-envoy-upstream-service-time": "1"}),
-        response_body(ANSWER),
     ]
 
 
-async def one_request(processor: Processor, spent: dict[str, list[float]]) -> None:
-    sent = messages()
+async def one_request(
+    processor: Processor, spent: dict[str, list[float]], stream: bool = False
+) -> None:
+    sent = messages(stream)
+    took = dict.fromkeys(PHASES, 0.0)
 
     async def feed() -> AsyncIterator[Any]:
         # The processor asks for message k+1 only after answering message k.
-        for phase, message in zip(PHASES, sent, strict=False):
+        for phase, message in sent:
             started = time.thread_time()
             yield message
-            spent[phase].append(time.thread_time() - started)
+            took[phase] += time.thread_time() - started
 
     started = time.thread_time()
     async for _ in processor.process(feed()):
         pass
-    total = time.thread_time() - started
-    spent["done"].append(total - sum(spent[phase][-1] for phase in PHASES[:4]))
+    took["done"] = time.thread_time() - started - sum(took[phase] for phase in PHASES[:4])
+    for phase, value in took.items():
+        spent[phase].append(value)
 
 
-async def measure(config_text: str, requests: int, with_store: bool) -> dict[str, float]:
+async def measure(
+    config_text: str, requests: int, with_store: bool, stream: bool = False
+) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="aigw-phases-"))
     path = workdir / "gateway.yaml"
     path.write_text(config_text)
@@ -113,9 +176,9 @@ async def measure(config_text: str, requests: int, with_store: bool) -> dict[str
         processor = Processor(lambda: runtime, default_stages())
         spent: dict[str, list[float]] = {phase: [] for phase in PHASES}
         for _ in range(requests // 10):  # warm-up
-            await one_request(processor, {phase: [] for phase in PHASES})
+            await one_request(processor, {phase: [] for phase in PHASES}, stream)
         for _ in range(requests):
-            await one_request(processor, spent)
+            await one_request(processor, spent, stream)
         return {phase: statistics.median(values) * 1e6 for phase, values in spent.items()}
     finally:
         if services.quota_store is not None:
@@ -133,6 +196,9 @@ def main() -> None:
         "default config": asyncio.run(measure(text, args.requests, with_store=False)),
         "+ one quota rule (Valkey)": asyncio.run(
             measure(text + QUOTA_RULE, args.requests, with_store=True)
+        ),
+        "default config, streamed": asyncio.run(
+            measure(text, args.requests, with_store=False, stream=True)
         ),
     }
     print(f"{'median CPU per phase, us':28s}" + "".join(f"{p:>18s}" for p in PHASES) + "     total")
