@@ -26,6 +26,11 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; chunks, the first half of the next event (or frame),
                                       ; then the body ends cleanly (an upstream reset
                                       ; mid-line behind a proxy that ends the body there)
+    end_before_blank = int >= 0       ; OpenAI chat streams: after this many content
+                                      ; chunks, the next event's line without the blank
+                                      ; line that ends it, then the body ends cleanly
+    crlf       = 0 | 1 | true | false ; OpenAI chat streams: every line ends with CRLF (as
+                                      ; servers built on sse-starlette write)
     error_first= 429 | 500 | 503      ; streams: the provider's own error, in that status's
                                       ; form, as the stream's first event, before the
                                       ; answer began (non-streaming answers: not affected)
@@ -52,8 +57,8 @@ The value is a semicolon-separated list of ``key=value`` pairs::
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
 ``status`` (alone it would break nothing, and a test relying on it would check nothing).
 ``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
-``error_after``, ``reset_after``, ``end_after`` and ``end_inside`` (no content chunk would
-come to count).
+``error_after``, ``reset_after``, ``end_after``, ``end_inside`` and ``end_before_blank`` (no
+content chunk would come to count).
 
 This module only parses; what a fault looks like on the wire is the provider module's business,
 because error bodies differ between providers.
@@ -88,6 +93,11 @@ class Fault:
     end_after: int | None = None
     # Streams: the content chunks sent before half an event, then the body's clean end.
     end_inside: int | None = None
+    # OpenAI chat streams: the content chunks sent before an event's line without its blank
+    # line, then the body's clean end.
+    end_before_blank: int | None = None
+    # OpenAI chat streams: CRLF line ends instead of LF.
+    crlf: bool = False
     # Streams: the status whose streamed form the provider's error sent first is (the
     # error before its answer began: a throttle, an outage), None for none.
     error_first: int | None = None
@@ -189,6 +199,8 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "error_after": ("error_after", _non_negative),
     "end_after": ("end_after", _non_negative),
     "end_inside": ("end_inside", _non_negative),
+    "end_before_blank": ("end_before_blank", _non_negative),
+    "crlf": ("crlf", _flag),
     "error_first": ("error_first", _stream_error_status),
     "garbage": ("garbage", _flag),
     "chunks": ("chunks", _positive),
@@ -203,7 +215,8 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 
 # What error_first contradicts: no stream would start (status, error_body), or no content
-# chunk would come to count (error_after, reset_after, end_after, end_inside).
+# chunk would come to count (error_after, reset_after, end_after, end_inside,
+# end_before_blank).
 _EXCLUDED_BY_ERROR_FIRST = (
     "status",
     "error_body",
@@ -211,6 +224,7 @@ _EXCLUDED_BY_ERROR_FIRST = (
     "reset_after",
     "end_after",
     "end_inside",
+    "end_before_blank",
 )
 
 

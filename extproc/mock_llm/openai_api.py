@@ -491,7 +491,8 @@ class OpenAIEndpoints:
             if pause:
                 await asyncio.sleep(pause)
             writes += 1
-            await response.write(data)
+            # An event's JSON holds no raw line end (JSON escapes them): each LF ends a line.
+            await response.write(data.replace(b"\n", b"\r\n") if fault.crlf else data)
 
         try:
             if fault.error_first is not None:
@@ -506,10 +507,16 @@ class OpenAIEndpoints:
                 content = event(choice(piece_delta(sent, piece), None), running(sent + 1))
                 if sent == fault.end_inside:
                     return await _end_inside(response, send, content)
+                if sent == fault.end_before_blank:
+                    return await _end_before_blank(response, send, content)
                 await send(content)
             if fault.end_inside is not None:
                 # Fewer pieces than end_inside: the stream must still end inside an event.
                 return await _end_inside(response, send, event(choice({}, "stop"), None))
+            if fault.end_before_blank is not None:
+                # Fewer pieces: the stream must still end before an event's blank line.
+                finish = event(choice({}, "stop"), None)
+                return await _end_before_blank(response, send, finish)
             if fault.reset_after is not None:
                 # Fewer pieces than reset_after: the stream must still never finish.
                 return _abort(request, response)
@@ -554,6 +561,15 @@ async def precheck(request: web.Request, default_fault: Fault) -> web.Response |
     if fault.error_body is not None:
         return error_in_success(fault.error_body)
     return fault
+
+
+async def _end_before_blank(
+    response: web.StreamResponse, send: Callable[[bytes], Awaitable[None]], event: bytes
+) -> web.StreamResponse:
+    """The ``end_before_blank`` fault: ``event``'s line without the blank line that ends the
+    event, then the body's clean end (aiohttp ends it when the handler returns)."""
+    await send(event.removesuffix(b"\n"))
+    return response
 
 
 async def _end_inside(
