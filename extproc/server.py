@@ -340,7 +340,11 @@ class Gateway:
             on_spooled=self._quota_spooled,
         )
         await self.services.quota_store.start()
-        self.services.stored_keys = StoredKeys(self._store_client, store.key_prefix)
+        self.services.stored_keys = StoredKeys(
+            self._store_client,
+            store.key_prefix,
+            retire_ids_for_s=store.usage_retention_days * 86400.0,
+        )
         self.services.stored_keys.start()  # auth freshness: hear revocations from any process
         if store.response_owner_retention_days:
             self.services.response_owners = ResponseOwners(

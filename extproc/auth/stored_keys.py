@@ -6,7 +6,9 @@ asks for a presented key the config does not know. The store holds, with
 
     <prefix>key:{<sha256 hex>}   a hash: id, user_id, group_id, labels (JSON), enabled,
                                  expires_at, created_at, allowed_models, allowed_routes (JSON)
-    <prefix>keyid:<id>           the sha256 hex: revoke by id, and one key per id
+    <prefix>keyid:<id>           the sha256 hex: revoke by id, and one key per id; once
+                                 the key is revoked, ``revoked:<unix seconds>:<sha256
+                                 hex>`` until its retirement ends (``retire_ids_for_s``)
 
 The secret is generated here and leaves in the answer to ``create``, once;
 neither Redis nor this process keeps it, only its SHA-256. The two keys live in
@@ -23,6 +25,16 @@ key never keeps or frees an id that another create holds by then. So a revoke
 racing a create never leaves a working key nobody can revoke, and a process that
 dies half-way leaves nothing that lasts past the expiry. A revoke that has deleted
 the record finishes (notice, id) even if its caller hangs up.
+
+A revoke retires the id rather than freeing it: ``<prefix>keyid:<id>`` then holds
+when the key was revoked, for ``retire_ids_for_s`` (the usage rollups' retention),
+and a create of that id is refused. Freed, the id went to the next key created
+under it, whose requests a usage report by api_key, the ``api_key_id`` label and the
+quota and rate-limit counters (all keyed by id) then counted as the old key's: two
+holders billed as one, the new key starting with the old one's spent quota. An id
+freed by a gateway from before this (no marker) is simply free: nothing to migrate.
+A create that a revoke took back (its secret never handed out) frees the id it
+retired, so that the create can be run again as its error says.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
@@ -44,6 +56,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final, Literal, TypeAlias
 
@@ -64,6 +77,9 @@ CACHE_ENTRIES = 10_000
 # How long a create's claim on its id (and its record) lasts before the create makes them
 # permanent: a create takes milliseconds; one whose process died leaves nothing behind.
 CLAIM_TTL_MS = 60_000
+# How long a revoked key's id stays retired when the caller does not say: as long as
+# the usage rollups are kept by default (store.usage_retention_days, 400 days).
+RETIRED_FOR_S = 400 * 86400.0
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
@@ -75,10 +91,18 @@ _DIGEST_SHOWN = 12
 # What stored_key_id.lua does with an id that still names the caller's key.
 _KEEP = "keep"
 _FREE = "free"
+_RETIRE = "retire"
+# What <prefix>keyid:<id> holds once its key is revoked: the marker, the unix time, and
+# the revoked key's digest (so that only a create of that very key can free the id).
+_RETIRED = "revoked:"
 
 
 class KeyIdTakenError(ValueError):
     """Another key (stored, or in the config) already has this id."""
+
+
+class KeyIdRetiredError(KeyIdTakenError):
+    """The id named a key revoked within its retirement: not given to another key yet."""
 
 
 class UnknownKeyIdError(LookupError):
@@ -241,9 +265,11 @@ class StoredKeys:
         key_prefix: str,
         cache: KeyCache | None = None,
         clock: Callable[[], float] = time.time,
+        retire_ids_for_s: float = RETIRED_FOR_S,
     ) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._retire_ids_for_ms = max(1, round(retire_ids_for_s * 1000))
         self.cache = cache if cache is not None else KeyCache()
         self._clock = clock
         self.listener = RevocationListener(client, key_prefix, self.cache)
@@ -339,7 +365,7 @@ class StoredKeys:
         record_key = self._record_key(digest_hex)
         try:
             if not await self._client.set(id_key, digest_hex, nx=True, px=CLAIM_TTL_MS):
-                raise KeyIdTakenError(f"an API key with id {key.id!r} already exists")
+                raise await self._taken(key.id, id_key)
             # One slot: the record and its expiry in one transaction.
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(record_key, mapping=_to_fields(stored))
@@ -365,10 +391,26 @@ class StoredKeys:
             raise
         if not claimed:
             # The id is gone: revoked meanwhile (or its claim expired, the store stalled,
-            # and the id may be another create's now): only the record is this one's.
+            # and the id may be another create's now): only the record is this one's,
+            # and the id only if the revoke retired it for this very key.
             await asyncio.shield(self._client.delete(record_key))
+            await asyncio.shield(self._id_named(id_key, digest_hex, _FREE))
             raise KeyCreateConflictError(_revoked_while_created(key.id))
         return secret, stored
+
+    async def _taken(self, key_id: str, id_key: str) -> KeyIdTakenError:
+        """Why a create cannot have the id: a key has it, or had it until revoked."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(id_key)
+            pipe.pttl(id_key)
+            held, left_ms = await pipe.execute(raise_on_error=False)
+        revoked_at = _revoked_at(held)
+        if revoked_at is None:
+            return KeyIdTakenError(f"an API key with id {key_id!r} already exists")
+        # To the second: the milliseconds since the revoke are no part of its retirement.
+        left_s = round(left_ms / 1000) if isinstance(left_ms, int) and left_ms > 0 else None
+        until = self._clock() + left_s if left_s is not None else None
+        return KeyIdRetiredError(_retired(key_id, revoked_at, until))
 
     async def _undo_create(self, record_key: str, id_key: str, digest_hex: str) -> None:
         # The write may have gone through all the same (its answer lost): its record
@@ -378,10 +420,11 @@ class StoredKeys:
         await self._client.delete(record_key)
         await self._id_named(id_key, digest_hex, _FREE)
 
-    async def _id_named(self, id_key: str, digest_hex: str, action: str) -> bool:
-        """Keep (make permanent) or free (delete) the id only while it names the key with
-        ``digest_hex`` (stored_key_id.lua); whether it did."""
-        named = await self._id_script(keys=[id_key], args=[digest_hex, action], client=self._client)
+    async def _id_named(self, id_key: str, digest_hex: str, action: str, *more: str) -> bool:
+        """Keep (make permanent), free (delete) or retire the id only while it names the
+        key with ``digest_hex`` (stored_key_id.lua); whether it did."""
+        args = [digest_hex, action, *more]
+        named = await self._id_script(keys=[id_key], args=args, client=self._client)
         return bool(named)
 
     async def list(self) -> list[StoredKey]:
@@ -447,6 +490,12 @@ class StoredKeys:
             return await self._revoke_found(key_id, id_key, _ANOTHER_TYPE)
         if raw is None:
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+        revoked_at = _revoked_at(raw)
+        if revoked_at is not None:
+            raise UnknownKeyIdError(
+                f"no API key with id {key_id!r}: the key of that id was revoked at"
+                f" {_moment(revoked_at)}"
+            )
         digest_hex = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         if not _DIGEST_HEX.fullmatch(digest_hex):
             reason = "holds no SHA-256 of a key, not what the gateway writes there"
@@ -476,7 +525,7 @@ class StoredKeys:
         if unreadable is not None:
             raise RevokedUnreadableRecordError(
                 f"the record of API key {key_id!r} ({_shown_name(record_key)}) {unreadable}"
-                f"{_BY_OTHERS}: it was deleted with the key's id, so the key is refused"
+                f"{_BY_OTHERS}: it was deleted and the key's id retired, so the key is refused"
                 " everywhere, but what it held is not known"
             )
         if stored is None:
@@ -568,9 +617,10 @@ class StoredKeys:
         await self._client.delete(record_key)
         self.cache.forget(bytes.fromhex(digest_hex))
         await self._announce(key_id, digest_hex)
-        # Only while it names the key revoked: another revoke of the same key may have
-        # freed it already, and a create taken it since.
-        await self._id_named(id_key, digest_hex, _FREE)
+        # Retired, not freed (see the module's docstring), and only while it names the
+        # key revoked: another revoke of the same key may have retired it already.
+        marker = f"{_RETIRED}{self._clock()!r}:{digest_hex}"
+        await self._id_named(id_key, digest_hex, _RETIRE, marker, str(self._retire_ids_for_ms))
 
     async def _announce(self, key_id: str, digest_hex: str) -> None:
         """Make the other processes forget the key; the store already refuses it."""
@@ -606,6 +656,31 @@ def _shown_name(name: bytes | str) -> str:
     if _DIGEST_HEX.fullmatch(digest) and rest.endswith("}"):
         return f"{head}{{{digest[:_DIGEST_SHOWN]}...}}"
     return text
+
+
+def _revoked_at(held: object) -> float | None:
+    """When the key an id named was revoked, if the id is retired (else None)."""
+    text = held.decode(errors="replace") if isinstance(held, bytes) else held
+    if not isinstance(text, str) or not text.startswith(_RETIRED):
+        return None
+    try:
+        return float(text.removeprefix(_RETIRED).partition(":")[0])
+    except ValueError:
+        return None
+
+
+def _moment(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retired(key_id: str, revoked_at: float, until: float | None) -> str:
+    free_again = f" until {_moment(until)}" if until is not None else ""
+    return (
+        f"API key id {key_id!r} belonged to a key revoked at {_moment(revoked_at)}: an id is"
+        f" not given to a new key{free_again} (store.usage_retention_days), so that usage"
+        " reports, metrics and quotas never count two holders' requests as one; choose"
+        " another id"
+    )
 
 
 def _revoked_while_created(key_id: str) -> str:

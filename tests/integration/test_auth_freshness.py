@@ -112,6 +112,22 @@ def test_a_revoked_key_is_refused_at_once_by_every_worker(stack: LocalStack) -> 
     assert len(mock_requests(stack)) == reached, "a revoked key reached the provider"
 
 
+def test_a_revoked_keys_id_is_not_given_to_a_new_key(stack: LocalStack) -> None:
+    created = keys_cli(stack, "create", "--id", "retired-bot", "--user", "carol")
+    assert created.returncode == 0, created.stderr
+    assert keys_cli(stack, "revoke", "--id", "retired-bot").returncode == 0
+
+    again = keys_cli(stack, "create", "--id", "retired-bot", "--user", "dan")
+
+    # Before: created, and dan's requests counted in every report, metric and quota as
+    # the revoked key's, which carol had used.
+    assert (again.returncode, again.stdout) == (2, "")
+    assert "API key id 'retired-bot' belonged to a key revoked at" in again.stderr
+    assert "choose another id" in again.stderr
+    listed = keys_cli(stack, "list", "--format", "json")
+    assert "retired-bot" not in listed.stdout
+
+
 def test_a_jwks_that_withdraws_every_key_stops_every_token(
     stack: LocalStack, jwks: JwksServer
 ) -> None:

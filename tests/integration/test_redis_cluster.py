@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from extproc.auth.api_keys import ApiKey, key_digest
-from extproc.auth.stored_keys import StoredKeys
+from extproc.auth.stored_keys import KeyIdRetiredError, StoredKeys
 from extproc.config.quota_model import LimitRule, QuotaPeriod, QuotasConfig, TokenQuota
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
@@ -346,8 +346,10 @@ async def test_run_time_api_keys_are_created_and_revoked_by_id_across_nodes(
         assert (await keys.revoke(key_id)).key.id == key_id
     for secret in created:
         assert await keys.lookup(key_digest(secret)) is None
-    # Every id is free again.
-    await keys.create(run_time_key("ci-bot"))
+    # Every id is retired (the script on the id's node), not given to a new key.
+    for key_id in ("ci-bot", "nightly", "batch"):
+        with pytest.raises(KeyIdRetiredError, match=f"API key id '{key_id}' belonged to"):
+            await keys.create(run_time_key(key_id))
 
 
 def run_time_key(key_id: str) -> ApiKey:

@@ -140,13 +140,16 @@ async def test_revoking_a_key_whose_record_is_of_another_type_still_revokes_it(
     )
     assert "the key is refused everywhere" in details
     assert secret not in details and not WHOLE_DIGEST.search(details)
-    assert await client.exists(record, f"{PREFIX}keyid:ci-bot") == 0
+    assert await client.exists(record) == 0
     status, body = await send(gateway, secret)
     assert (status, body["error"]["message"]) == (401, "invalid API key")
     [line] = api.audit_lines()
     assert (line["action"], line["key_id"], line["outcome"]) == ("revoke_key", "ci-bot", "applied")
-    # The id is free again: the key can be created anew.
-    assert (await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot"))).key
+    # The id is retired as any revoked key's is (test_key_id_retired): its usage is the
+    # old key's.
+    assert (await client.get(f"{PREFIX}keyid:ci-bot")).startswith(b"revoked:")
+    code, details = await api.refusal("CreateKey", pb.CreateKeyRequest(id="ci-bot"))
+    assert code == "ALREADY_EXISTS" and "belonged to a key revoked at" in details
 
 
 async def test_the_cli_says_the_revoke_was_applied_and_exits_1(

@@ -248,7 +248,7 @@ async def test_a_revoke_before_the_key_is_written_leaves_a_key_its_id_revokes(
     # ... and the key that then came to be is one its id revokes.
     assert (await keys.revoke("ci-bot")).key.id == "ci-bot"
     assert await keys.lookup(key_digest(secret)) is None
-    assert await client.keys("*") == []
+    assert await client.keys("*") == [b"t:keyid:ci-bot"]  # retired (test_key_id_retired)
 
 
 # The id is kept by a script (EVALSHA) that checks it still names the key, the key by PERSIST.
@@ -261,7 +261,8 @@ async def test_a_revoke_after_the_key_is_written_fails_the_create(client: Any, m
     with pytest.raises(KeyCreateConflictError, match="revoked while it was being created"):
         await StoredKeys(racing, PREFIX).create(new_key())
 
-    # The revoke took the key; no key is left, working or not, and the id is free.
+    # The revoke took the key; no key is left, working or not, and the id is free: the
+    # revoke retired it, but for a key whose secret was never handed out.
     assert isinstance(racing.revoked, StoredKey) and racing.revoked.key.id == "ci-bot"
     assert await client.keys("*") == []
     secret, _ = await StoredKeys(client, PREFIX).create(new_key())
@@ -293,7 +294,9 @@ async def test_a_revoked_key_is_gone_from_the_store(keys: StoredKeys, client: An
 
     assert revoked.key.id == "ci-bot"
     assert await keys.lookup(key_digest(secret)) is None
-    assert await client.keys("*") == []
+    # Only the id is left, retired (test_key_id_retired), and never the secret's record.
+    assert await client.keys("*") == [b"t:keyid:ci-bot"]
+    assert (await client.get("t:keyid:ci-bot")).startswith(b"revoked:")
     with pytest.raises(UnknownKeyIdError, match="no API key with id 'ci-bot'"):
         await keys.revoke("ci-bot")
 

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys import (
     KeyCreateConflictError,
+    KeyIdRetiredError,
     StoredKeys,
     UnknownKeyIdError,
 )
@@ -67,26 +68,25 @@ async def test_a_failed_create_never_frees_an_id_another_create_holds(client: An
     assert not await works(client, other)
 
 
-async def test_a_second_revoke_of_a_key_never_frees_the_id_of_the_key_created_since(
+async def test_a_second_revoke_of_a_key_never_frees_the_id_the_first_one_retired(
     client: Any,
 ) -> None:
     await StoredKeys(client, PREFIX).create(new_key())
-    created: list[str] = []
+    retired: list[bytes] = []
 
-    async def the_first_revoke_ends_and_a_create_runs() -> None:
+    async def the_first_revoke_ends() -> None:
         await StoredKeys(client, PREFIX).revoke("ci-bot")
-        secret, _ = await StoredKeys(client, PREFIX).create(new_key())
-        created.append(secret)
+        retired.append(await client.get(ID_KEY))
 
     # Both revokes read the id before either deleted anything.
-    second = Meanwhile(client, "delete", the_first_revoke_ends_and_a_create_runs)
+    second = Meanwhile(client, "delete", the_first_revoke_ends)
     await StoredKeys(second, PREFIX).revoke("ci-bot")
 
-    [new] = created
-    assert await works(client, new)
-    assert (await StoredKeys(client, PREFIX).revoke("ci-bot")).key.id == "ci-bot"
-    assert not await works(client, new)
-    assert await client.keys("*") == []
+    # Still the first revoke's marker, with its time and expiry: a create is refused.
+    [marker] = retired
+    assert marker.startswith(b"revoked:") and await client.get(ID_KEY) == marker
+    with pytest.raises(KeyIdRetiredError):
+        await StoredKeys(client, PREFIX).create(new_key())
 
 
 class ClaimAnswerLost:
@@ -127,7 +127,7 @@ class CallerHangsUpDuringTheDelete:
     def __init__(self, client: Any) -> None:
         self._client = client
         self.task: asyncio.Task[Any] | None = None
-        self.id_freed = asyncio.Event()
+        self.id_retired = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -140,11 +140,11 @@ class CallerHangsUpDuringTheDelete:
 
     async def evalsha(self, *args: Any) -> Any:
         answer = await self._client.evalsha(*args)
-        self.id_freed.set()
+        self.id_retired.set()
         return answer
 
 
-async def test_a_revoke_whose_caller_hangs_up_still_frees_its_id(client: Any) -> None:
+async def test_a_revoke_whose_caller_hangs_up_still_retires_its_id(client: Any) -> None:
     first, _ = await StoredKeys(client, PREFIX).create(new_key())
     hanging_up = CallerHangsUpDuringTheDelete(client)
     revoking = StoredKeys(hanging_up, PREFIX)
@@ -152,13 +152,13 @@ async def test_a_revoke_whose_caller_hangs_up_still_frees_its_id(client: Any) ->
 
     with pytest.raises(asyncio.CancelledError):
         await hanging_up.task
-    await asyncio.wait_for(hanging_up.id_freed.wait(), 10)
+    await asyncio.wait_for(hanging_up.id_retired.wait(), 10)
 
     assert not await works(client, first)
-    # The id is free: the key can be created again, and is then revoked by its id.
-    second, _ = await StoredKeys(client, PREFIX).create(new_key())
-    assert (await StoredKeys(client, PREFIX).revoke("ci-bot")).key.id == "ci-bot"
-    assert not await works(client, second)
+    # The revoke finished: the id is retired, not left naming a key that is gone.
+    assert (await client.get(ID_KEY)).startswith(b"revoked:")
+    with pytest.raises(KeyIdRetiredError):
+        await StoredKeys(client, PREFIX).create(new_key())
 
 
 async def test_revoking_a_key_twice_in_turn_is_unknown_the_second_time(client: Any) -> None:
