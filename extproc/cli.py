@@ -269,6 +269,9 @@ def _keys(args: argparse.Namespace) -> int:
         print(client.SHOWN_ONCE, file=sys.stderr)
     elif args.keys_command == "revoke":
         sys.stdout.write(client.render_revoked(found, args.format))
+    elif args.keys_command == "rotate":
+        sys.stdout.write(client.render_rotated(found, args.format))
+        print(client.SHOWN_ONCE, file=sys.stderr)
     else:
         sys.stdout.write(client.render_keys(list(found.keys), args.format))
         return _left_out(found.unreadable_keys)
@@ -350,6 +353,24 @@ def _label(text: str) -> tuple[str, str]:
     return name, value
 
 
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds, or a number with a unit (s, m, h, d)."""
+    number = text.rstrip("smhd")
+    unit = text[len(number) :]
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90, 15m, 1h or 7d, got {text!r}"
+        )
+    return seconds
+
+
 def _timestamp(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text)
@@ -396,6 +417,15 @@ def _add_key_commands(commands: Any) -> None:
            lambda c, a: c.listing())  # fmt: skip
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
     revoke.add_argument("--id", required=True)
+    rotate = action(
+        "rotate", "give a key created at run time a new secret, under the same id",
+        lambda c, a: c.rotate(a.id, a.grace),
+    )  # fmt: skip
+    rotate.add_argument("--id", required=True)
+    rotate.add_argument(
+        "--grace", type=_duration, default=0.0,
+        help="how long the old secret keeps working: 90, 90s, 15m, 1h, 7d (default: 0)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,9 @@ asks for a presented key the config does not know. The store holds, with
 ``<prefix>`` the config's ``store.key_prefix``::
 
     <prefix>key:{<sha256 hex>}   a hash: id, user_id, group_id, labels (JSON), enabled,
-                                 expires_at, created_at, allowed_models, allowed_routes (JSON)
+                                 expires_at, created_at, allowed_models, allowed_routes (JSON);
+                                 after a rotation, ``previous`` (the old secret's sha256
+                                 hex) in the new record and ``rotated_at`` in the old one
     <prefix>keyid:<id>           the sha256 hex: revoke by id, and one key per id; once
                                  the key is revoked, ``revoked:<unix seconds>:<sha256
                                  hex>`` until its retirement ends (``retire_ids_for_s``)
@@ -36,6 +38,14 @@ freed by a gateway from before this (no marker) is simply free: nothing to migra
 A create that a revoke took back (its secret never handed out) frees the id it
 retired, so that the create can be run again as its error says.
 
+A rotation gives a key a new secret under the same id, so that its usage, quotas
+and rate limits carry on (a revoke and a create could not: the id is retired). It
+writes the new record (expiring like a create's until done) naming the old digest
+as ``previous``, cuts the old record's life to the grace (its ``expires_at``, and the
+record's own expiry) or deletes it, points the id at the new digest only while it
+still names the old one (``stored_key_id.lua``), then keeps the new record. A revoke
+deletes the ``previous`` record too, so no old secret outlives its key.
+
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
 recently used go first); lookups of one digest made while a read of it is in
@@ -49,7 +59,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import logging
+import math
 import re
 import secrets
 import time
@@ -85,6 +97,9 @@ SCAN_COUNT = 1000
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _RECORD_DIGEST = re.compile(r"\{([0-9a-f]{64})\}$")
+# The longest grace a rotation gives the old secret: a rotation is for a secret that
+# must stop working; one meant to last is a second key.
+MAX_GRACE_S = 30 * 86400.0
 # How much of a record's digest names it where people read it: enough to find it with
 # SCAN MATCH, never the whole hash of a secret (no answer of the API carries one).
 _DIGEST_SHOWN = 12
@@ -92,6 +107,7 @@ _DIGEST_SHOWN = 12
 _KEEP = "keep"
 _FREE = "free"
 _RETIRE = "retire"
+_SWAP = "swap"
 # What <prefix>keyid:<id> holds once its key is revoked: the marker, the unix time, and
 # the revoked key's digest (so that only a create of that very key can free the id).
 _RETIRED = "revoked:"
@@ -142,6 +158,15 @@ class UnreadableKeyIdError(UnreadableRecordError):
     """``<prefix>keyid:<id>`` holds no key's digest: the key cannot be found by its id."""
 
 
+class _DamagedIdKeyError(UnreadableKeyIdError):
+    """``UnreadableKeyIdError`` with what a revoke needs to find the key another way."""
+
+    def __init__(self, message: str, id_key: str, reason: str) -> None:
+        super().__init__(message)
+        self.id_key = id_key
+        self.reason = reason
+
+
 class UnreadableRecordsError(Exception):
     """``list`` met records it cannot read, for a caller with no way to name them."""
 
@@ -176,6 +201,8 @@ class StoredKey:
 
     key: ApiKey
     created_at: float
+    # After a rotation with a grace: when the old secret stops working (0: none works).
+    previous_expires_at: float = 0.0
 
 
 def new_secret() -> str:
@@ -289,10 +316,6 @@ class StoredKeys:
 
     def _id_key(self, key_id: str) -> str:
         return f"{self._prefix}keyid:{key_id}"
-
-    def _records_pattern(self) -> str:
-        """SCAN's pattern of every record under the prefix (its glob characters escaped)."""
-        return _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
 
     def cached(self, digest: bytes) -> CachedAnswer:
         """The request path's answer without I/O, when a recent lookup gave one."""
@@ -441,12 +464,8 @@ class StoredKeys:
         person's SET, another program's) or a hash with fields the gateway never writes so
         is named and left out: before, it failed the whole list as a store outage
         ("the store did not answer"), or as an internal error."""
-        names = [
-            name
-            async for name in self._client.scan_iter(
-                match=self._records_pattern(), count=SCAN_COUNT
-            )
-        ]
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
+        names = [name async for name in self._client.scan_iter(match=pattern, count=SCAN_COUNT)]
         if not names:
             return StoredKeyList([], [])
         async with self._client.pipeline(transaction=False) as pipe:
@@ -454,8 +473,11 @@ class StoredKeys:
                 pipe.hgetall(name)
             # Each answer on its own: a WRONGTYPE is about one key, not the store.
             records = await pipe.execute(raise_on_error=False)
-        found: list[StoredKey] = []
+        found: list[tuple[StoredKey, str | None]] = []
         unreadable: list[UnreadableRecord] = []
+        # The old records of rotations still in their grace, by digest: not keys of their
+        # own, but how long the old secret of the key that names them still works.
+        replaced: dict[str, float] = {}
         for name, record in zip(names, records, strict=True):
             shown = _shown_name(name)
             if of_another_type(record):
@@ -466,20 +488,29 @@ class StoredKeys:
             except UnreadableRecordError as exc:
                 unreadable.append(UnreadableRecord(shown, f"{exc}{_WRITTEN}"))
                 continue
-            if stored is not None:
-                found.append(stored)
+            if stored is not None and _field(record, "rotated_at"):
+                replaced[_digest_in(name)] = stored.key.expires_at or 0.0
+            elif stored is not None:
+                found.append((stored, _previous(record)))
             elif record:
                 # A hash, but none the gateway wrote (every record has its id): an empty
                 # answer is a key deleted since the scan.
                 reason = "is a hash without the field 'id', not a stored API key's record"
                 unreadable.append(UnreadableRecord(shown, reason + _WRITTEN))
+        keys = [
+            dataclasses.replace(stored, previous_expires_at=replaced[previous])
+            if previous in replaced
+            else stored
+            for stored, previous in found
+        ]
         return StoredKeyList(
-            sorted(found, key=lambda stored: stored.key.id),
+            sorted(keys, key=lambda stored: stored.key.id),
             sorted(unreadable, key=lambda record: record.key),
         )
 
-    async def revoke(self, key_id: str) -> StoredKey:
-        """Delete a stored key; from now on this process refuses its secret."""
+    async def _named_digest(self, key_id: str, doing: str) -> tuple[str, str, int]:
+        """The id's key, the digest it names and its expiry in ms (-1: none, a finished
+        create); ``UnknownKeyIdError`` or ``UnreadableKeyIdError`` when it names none."""
         id_key = self._id_key(key_id)
         # The id and its expiry in one read (one key): an expiry marks a create in flight.
         async with self._client.pipeline(transaction=False) as pipe:
@@ -487,7 +518,8 @@ class StoredKeys:
             pipe.pttl(id_key)
             raw, expires_in_ms = await pipe.execute(raise_on_error=False)
         if of_another_type(raw):
-            return await self._revoke_found(key_id, id_key, _ANOTHER_TYPE)
+            message = _unreadable_id(key_id, id_key, _ANOTHER_TYPE, doing)
+            raise _DamagedIdKeyError(message, id_key, _ANOTHER_TYPE)
         if raw is None:
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
         revoked_at = _revoked_at(raw)
@@ -499,13 +531,25 @@ class StoredKeys:
         digest_hex = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         if not _DIGEST_HEX.fullmatch(digest_hex):
             reason = "holds no SHA-256 of a key, not what the gateway writes there"
-            return await self._revoke_found(key_id, id_key, reason)
+            message = _unreadable_id(key_id, id_key, reason, doing)
+            raise _DamagedIdKeyError(message, id_key, reason)
+        return id_key, digest_hex, expires_in_ms if isinstance(expires_in_ms, int) else 0
+
+    async def revoke(self, key_id: str) -> StoredKey:
+        """Delete a stored key; from now on this process refuses its secret."""
+        try:
+            id_key, digest_hex, expires_in_ms = await self._named_digest(key_id, "revoked")
+        except _DamagedIdKeyError as damaged:
+            return await self._revoke_found(key_id, damaged.id_key, damaged.reason)
         record_key = self._record_key(digest_hex)
         # Read after the expiry: a create makes its id permanent only once its record is
         # written, so a permanent id whose record is missing lost it for good.
         unreadable: str | None = None
+        previous: str | None = None
         try:
-            stored = _from_fields(await self._client.hgetall(record_key))
+            record = await self._client.hgetall(record_key)
+            stored = _from_fields(record)
+            previous = _previous(record)
         except (ResponseError, UnreadableRecordError) as exc:
             # A record a person or another program wrote over: the id names it, so it is
             # this key's, and revoked means refused. Deleted like a readable one: left,
@@ -521,7 +565,7 @@ class StoredKeys:
         # Shielded: a caller that hangs up once the record's delete is sent must not
         # leave the other processes accepting the key for their cache's lifetime, nor
         # the id taken by a key that no longer exists.
-        await asyncio.shield(self._delete_key(key_id, id_key, record_key, digest_hex))
+        await asyncio.shield(self._delete_key(key_id, id_key, record_key, digest_hex, previous))
         if unreadable is not None:
             raise RevokedUnreadableRecordError(
                 f"the record of API key {key_id!r} ({_shown_name(record_key)}) {unreadable}"
@@ -542,8 +586,8 @@ class StoredKeys:
         the records by hand. Rare, so a SCAN here costs nothing on any other path; SCAN
         and a pipelined HGET per batch, never KEYS, so the store serves requests
         meanwhile. Every record with the id is deleted (a copied one too: each is this
-        key's), and then the id key, which held no key's digest: a create of this id
-        could not have claimed it, and left, it would refuse every create of the id.
+        key's), and then the id key, which held no key's digest, is retired as any revoked
+        key's id is: left as it was, it would refuse every create of the id with no end.
         """
         found = await self._records_with_id(key_id)
         if not found:
@@ -562,10 +606,13 @@ class StoredKeys:
                 current = None
             stored = stored or current
             await asyncio.shield(self._delete_record(key_id, record_key, digest_hex))
-        await self._client.delete(id_key)
+        # Retired as any revoked key's id is (``_delete_key``), written whole: it held no
+        # key's digest, so no create can have claimed it meanwhile.
+        marker = f"{_RETIRED}{self._clock()!r}:{found[0][1]}"
+        await self._client.set(id_key, marker, px=self._retire_ids_for_ms)
         log.warning(
-            "API key %r revoked, found by its record: its id key %s %s%s; the id key was"
-            " deleted with the key",
+            "API key %r revoked, found by its record: its id key %s %s%s; the id was"
+            " retired with the key",
             key_id, id_key, reason, _BY_OTHERS,
         )  # fmt: skip
         if unreadable or stored is None:
@@ -611,16 +658,98 @@ class StoredKeys:
         self.cache.forget(bytes.fromhex(digest_hex))
         await self._announce(key_id, digest_hex)
 
-    async def _delete_key(self, key_id: str, id_key: str, record_key: str, digest_hex: str) -> None:
+    async def _delete_key(
+        self, key_id: str, id_key: str, record_key: str, digest_hex: str, previous: str | None
+    ) -> None:
         # The record first: once it is gone the secret no longer works anywhere
         # (once the caches forget it), even if freeing the id then fails.
         await self._client.delete(record_key)
         self.cache.forget(bytes.fromhex(digest_hex))
         await self._announce(key_id, digest_hex)
+        if previous is not None:
+            # The old secret of a rotation still in its grace: revoked with its key.
+            await self._end_secret(key_id, previous)
         # Retired, not freed (see the module's docstring), and only while it names the
         # key revoked: another revoke of the same key may have retired it already.
         marker = f"{_RETIRED}{self._clock()!r}:{digest_hex}"
         await self._id_named(id_key, digest_hex, _RETIRE, marker, str(self._retire_ids_for_ms))
+
+    async def _end_secret(self, key_id: str, digest_hex: str) -> None:
+        """Stop a key's old secret now, on every process."""
+        await self._client.delete(self._record_key(digest_hex))
+        self.cache.forget(bytes.fromhex(digest_hex))
+        await self._announce(key_id, digest_hex)
+
+    async def rotate(self, key_id: str, grace_s: float) -> tuple[str, StoredKey, float]:
+        """A new secret for a stored key, same id and identity; the old secret works
+        ``grace_s`` more. The new secret (returned here only), the key, and when the
+        old secret stops working."""
+        id_key, old_hex, expires_in_ms = await self._named_digest(key_id, "rotated")
+        old_key = self._record_key(old_hex)
+        try:
+            record = await self._client.hgetall(old_key)
+        except ResponseError as exc:
+            if of_another_type(exc):
+                raise UnreadableRecordError(
+                    _cannot_rotate(key_id, old_key, _ANOTHER_TYPE)
+                ) from None
+            raise
+        try:
+            stored = _from_fields(record)
+        except UnreadableRecordError as exc:
+            raise UnreadableRecordError(f"API key {key_id!r} cannot be rotated: {exc}") from None
+        if stored is None or expires_in_ms != -1:
+            # No record: a create in flight, or one that failed half-way.
+            raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+        if _field(record, "rotated_at"):
+            raise KeyCreateConflictError(
+                f"API key {key_id!r} is being rotated by another call; list the keys, then"
+                " rotate again if it still needs a new secret"
+            )
+        secret = new_secret()
+        new_hex = key_digest(secret).hex()
+        new_key = self._record_key(new_hex)
+        now = self._clock()
+        until = now + grace_s
+        older = _previous(record)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(new_key, mapping={**_to_fields(stored), "previous": old_hex})
+                pipe.pexpire(new_key, CLAIM_TTL_MS)
+                await pipe.execute()
+            if older is not None:
+                # One old secret at a time: the one before, still in its grace, stops now.
+                await self._end_secret(key_id, older)
+            await self._shorten(key_id, old_key, old_hex, stored, now, until)
+            swapped = await self._id_named(id_key, old_hex, _SWAP, new_hex)
+            if swapped and await self._client.persist(new_key):
+                return secret, stored, min(until, stored.key.expires_at or until)
+        except BaseException:
+            # Never a record nobody will get the secret of, nor one its id does not name.
+            await asyncio.shield(self._client.delete(new_key))
+            raise
+        await asyncio.shield(self._client.delete(new_key))
+        raise KeyCreateConflictError(
+            f"API key {key_id!r} was revoked or rotated while it was being rotated; no new"
+            " secret was made (none was handed out): list the keys, then rotate again"
+        )
+
+    async def _shorten(
+        self, key_id: str, old_key: str, old_hex: str, stored: StoredKey, now: float, until: float
+    ) -> None:
+        """Cut the old secret's life to the grace (or end it now), on every process."""
+        if until <= now:
+            await self._end_secret(key_id, old_hex)
+            return
+        expires_at = min(until, stored.key.expires_at or until)
+        async with self._client.pipeline(transaction=True) as pipe:
+            # The field refuses the secret ("has expired") where a cached record is read
+            # again; the store forgets the record itself at the same time.
+            pipe.hset(old_key, mapping={"expires_at": repr(expires_at), "rotated_at": repr(now)})
+            pipe.pexpireat(old_key, math.ceil(expires_at * 1000))
+            await pipe.execute()
+        self.cache.forget(bytes.fromhex(old_hex))
+        await self._announce(key_id, old_hex)
 
     async def _announce(self, key_id: str, digest_hex: str) -> None:
         """Make the other processes forget the key; the store already refuses it."""
@@ -641,11 +770,35 @@ _WRITTEN = f"{_BY_OTHERS}: move the key away"
 _ANOTHER_TYPE = "is a key of another type, not a stored API key's record"
 
 
-def _unreadable_id(key_id: str, id_key: str, reason: str) -> str:
+def _unreadable_id(key_id: str, id_key: str, reason: str, doing: str = "revoked") -> str:
     return (
-        f"API key {key_id!r} cannot be revoked by its id: {id_key} {reason}{_WRITTEN}; until"
+        f"API key {key_id!r} cannot be {doing} by its id: {id_key} {reason}{_WRITTEN}; until"
         " then the key, if it exists, still works"
     )
+
+
+def _cannot_rotate(key_id: str, record_key: str, reason: str) -> str:
+    shown = _shown_name(record_key)
+    return f"API key {key_id!r} cannot be rotated: its record {shown} {reason}{_WRITTEN}"
+
+
+def _field(record: Any, name: str) -> str | None:
+    """One field of a record as HGETALL returns it (bytes names and values)."""
+    if not isinstance(record, dict):
+        return None
+    value = record.get(name.encode(), record.get(name))
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _previous(record: Any) -> str | None:
+    """The digest of the old secret a rotation left working, if the record names one."""
+    value = _field(record, "previous")
+    return value if value is not None and _DIGEST_HEX.fullmatch(value) else None
+
+
+def _digest_in(name: bytes | str) -> str:
+    text = name.decode(errors="replace") if isinstance(name, bytes) else name
+    return text.rpartition("{")[2].removesuffix("}")
 
 
 def _shown_name(name: bytes | str) -> str:

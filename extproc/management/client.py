@@ -266,6 +266,11 @@ class KeyClient(ManagementClient):
         info: pb.KeyInfo = self._call(self._stub.RevokeKey, request)
         return info
 
+    def rotate(self, key_id: str, grace_seconds: float = 0.0) -> pb.RotatedKey:
+        request = _request(pb.RotateKeyRequest, id=key_id, grace_seconds=grace_seconds)
+        rotated: pb.RotatedKey = self._call(self._stub.RotateKey, request)
+        return rotated
+
 
 def state_dict(state: pb.QuotaState) -> dict[str, Any]:
     """A quota state as JSON-ready data (numbers stay numbers, unlike proto's JSON form)."""
@@ -370,6 +375,7 @@ def key_dict(info: pb.KeyInfo) -> dict[str, Any]:
         "created_at": info.created_at or None,
         "allowed_models": list(info.allowed_models),
         "allowed_routes": list(info.allowed_routes),
+        "previous_expires_at": info.previous_expires_at or None,
     }
 
 
@@ -412,6 +418,23 @@ def render_created(created: pb.CreatedKey, output: str) -> str:
     return f"{render_keys([created.info], 'table')}key: {created.key}\n"
 
 
+def render_rotated(rotated: pb.RotatedKey, output: str) -> str:
+    """A key's new secret (the one time anyone sees it) and when the old one stops."""
+    if output == "json":
+        data = {
+            "key": rotated.key,
+            "info": key_dict(rotated.info),
+            "previous_expires_at": rotated.previous_expires_at,
+        }
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    old = (
+        f"the old secret works until {_utc(rotated.previous_expires_at)}"
+        if rotated.info.previous_expires_at
+        else "the old secret is refused at once by every gateway process sharing the store"
+    )
+    return f"{render_keys([rotated.info], 'table')}key: {rotated.key}\n{old}\n"
+
+
 def render_revoked(info: pb.KeyInfo, output: str) -> str:
     """What a revocation removed (``json``), or one sentence saying what it means."""
     if output == "json":
@@ -427,6 +450,8 @@ def _status(key: pb.KeyInfo) -> str:
         return "disabled"
     if key.expires_at and key.expires_at <= time.time():
         return "expired"
+    if key.previous_expires_at > time.time():
+        return f"active, old secret until {_utc(key.previous_expires_at)}"
     return "active"
 
 

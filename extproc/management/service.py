@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from extproc.auth.api_keys import ApiKey, api_key_of
 from extproc.auth.stored_keys import (
+    MAX_GRACE_S,
     KeyCreateConflictError,
     KeyIdTakenError,
     RevokedUnreadableRecordError,
@@ -498,7 +499,9 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 response.keys.append(_key_info(key, 0.0, "config"))
             found = await self._keys.listing()
             for stored in found.keys:
-                response.keys.append(_key_info(stored.key, stored.created_at, "store"))
+                info = _key_info(stored.key, stored.created_at, "store")
+                info.previous_expires_at = stored.previous_expires_at
+                response.keys.append(info)
             # Named, and the others listed: one stray key failed the whole list.
             response.unreadable_keys.extend(
                 pb.UnreadableKey(key=record.key, reason=record.reason)
@@ -536,6 +539,37 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.stage = "applied"
             change.fields = _audited(stored.key)
             return _key_info(stored.key, stored.created_at, "store")
+
+        return await self._call(context, work, change)
+
+    async def RotateKey(  # noqa: N802 - gRPC method name
+        self, request: pb.RotateKeyRequest, context: grpc_aio.ServicerContext
+    ) -> pb.RotatedKey:
+        change = Change("rotate_key", {"key_id": request.id, "grace_s": request.grace_seconds})
+
+        async def work(caller: str) -> pb.RotatedKey:
+            if not request.id:
+                raise InvalidArgumentError("id is required")
+            grace = request.grace_seconds
+            if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE_S:
+                raise InvalidArgumentError(
+                    f"grace_seconds must be from 0 to {MAX_GRACE_S:.0f} (30 days): a secret"
+                    " meant to keep working is a second key"
+                )
+            if self._in_config(request.id):
+                raise InvalidArgumentError(
+                    f"API key {request.id!r} comes from the config: give it a new secret"
+                    " there (key, key_file or the directory) and reload"
+                )
+            # Reads first, then writes: a store error counts as "unknown" (conservative).
+            change.stage = "applying"
+            secret, stored, until = await self._keys.rotate(request.id, grace)
+            change.stage = "applied"
+            change.fields = {**_audited(stored.key), "grace_s": grace, "previous_expires_at": until}
+            info = _key_info(stored.key, stored.created_at, "store")
+            if grace > 0:
+                info.previous_expires_at = until
+            return pb.RotatedKey(key=secret, info=info, previous_expires_at=until)
 
         return await self._call(context, work, change)
 

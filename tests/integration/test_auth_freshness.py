@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import mock_requests, running_stack, wait_for
+from tests.integration.conftest import mock_requests, running_stack, usage_rows, wait_for
 from tests.integration.jwt_tokens import ISSUER, JwksServer, SigningKey
 
 ADMIN_TOKEN = "auth-freshness-admin-token"
@@ -126,6 +126,35 @@ def test_a_revoked_keys_id_is_not_given_to_a_new_key(stack: LocalStack) -> None:
     assert "choose another id" in again.stderr
     listed = keys_cli(stack, "list", "--format", "json")
     assert "retired-bot" not in listed.stdout
+
+
+def test_a_rotated_key_keeps_its_id_and_its_old_secret_stops_on_every_worker(
+    stack: LocalStack,
+) -> None:
+    created = keys_cli(stack, "create", "--id", "rotating-bot", "--user", "carol")
+    assert created.returncode == 0, created.stderr
+    [old] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+             if line.startswith("key: ")]  # fmt: skip
+    for response in round_of_requests(stack, old):  # both workers remember the old secret
+        assert response.status_code == 200, response.text
+
+    rotated = keys_cli(stack, "rotate", "--id", "rotating-bot")
+
+    assert rotated.returncode == 0, rotated.stderr
+    assert "the old secret is refused at once" in rotated.stdout
+    [new] = [line.removeprefix("key: ") for line in rotated.stdout.splitlines()
+             if line.startswith("key: ")]  # fmt: skip
+    for response in round_of_requests(stack, old):
+        assert response.status_code == 401, response.text
+    for response in round_of_requests(stack, new):
+        assert response.status_code == 200, response.text
+
+    # Both secrets' requests are billed to the one key: the old secret's and the new's.
+    def billed() -> int | None:
+        row = usage_rows(stack, "api_key").get("rotating-bot")
+        return row["requests"] if row and row["requests"] == 2 * ROUND else None
+
+    assert wait_for(billed) == 2 * ROUND
 
 
 def test_a_jwks_that_withdraws_every_key_stops_every_token(

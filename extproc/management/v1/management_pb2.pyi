@@ -169,8 +169,26 @@ class RevokeKeyRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class RotateKeyRequest(_message.Message):
+    __slots__ = ("id", "grace_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    grace_seconds: float
+    def __init__(self, id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class RotatedKey(_message.Message):
+    __slots__ = ("key", "info", "previous_expires_at")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    info: KeyInfo
+    previous_expires_at: float
+    def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ..., previous_expires_at: _Optional[float] = ...) -> None: ...
+
 class KeyInfo(_message.Message):
-    __slots__ = ("id", "user_id", "group_id", "labels", "enabled", "expires_at", "created_at", "source", "allowed_models", "allowed_routes")
+    __slots__ = ("id", "user_id", "group_id", "labels", "enabled", "expires_at", "created_at", "source", "allowed_models", "allowed_routes", "previous_expires_at")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +206,7 @@ class KeyInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     user_id: str
     group_id: str
@@ -198,7 +217,8 @@ class KeyInfo(_message.Message):
     source: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     allowed_routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., enabled: _Optional[bool] = ..., expires_at: _Optional[float] = ..., created_at: _Optional[float] = ..., source: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ...) -> None: ...
+    previous_expires_at: float
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., enabled: _Optional[bool] = ..., expires_at: _Optional[float] = ..., created_at: _Optional[float] = ..., source: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ..., previous_expires_at: _Optional[float] = ...) -> None: ...
 
 class UsageReportRequest(_message.Message):
     __slots__ = ("start", "end", "day", "month", "last_month", "time_zone", "group_by")

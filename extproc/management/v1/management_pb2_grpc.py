@@ -305,6 +305,11 @@ class KeyManagementStub:
                 request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/aigw.management.v1.KeyManagement/RotateKey',
+                request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServicer:
@@ -319,7 +324,8 @@ class KeyManagementServicer:
 
     def CreateKey(self, request, context):
         """A new key with a generated secret; ALREADY_EXISTS when the id is taken
-        (by a stored key or one of the config's).
+        (by a stored key or one of the config's), or retired: its key was revoked less
+        than store.usage_retention_days ago (its usage is still reported under the id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +341,15 @@ class KeyManagementServicer:
     def RevokeKey(self, request, context):
         """Delete a stored key; its secret stops working at once on every gateway
         process sharing the store (a pub/sub notice). Config keys are revoked in the config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """A new secret for a stored key, under the same id and identity (so its usage,
+        quotas and rate limits carry on); the old secret keeps working for
+        grace_seconds, then is refused. NOT_FOUND for an id no stored key has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -357,6 +372,11 @@ def add_KeyManagementServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.FromString,
                     response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.FromString,
+                    response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +467,33 @@ class KeyManagement:
             '/aigw.management.v1.KeyManagement/RevokeKey',
             aigw_dot_management_dot_v1_dot_management__pb2.RevokeKeyRequest.SerializeToString,
             aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.management.v1.KeyManagement/RotateKey',
+            aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.FromString,
             options,
             channel_credentials,
             insecure,
