@@ -418,6 +418,21 @@ class Runtime:
                 "created one (extproc keys revoke --id ID) or rename the config's",
                 ", ".join(shared),
             )
+        try:
+            async with asyncio.timeout(self.config.store.timeout_ms / 1000):
+                retired = await stored.retired(sorted(configured - created))
+        except Exception as exc:
+            log.debug("retired key ids not compared with the config's: %s", type(exc).__name__)
+            return
+        if retired:
+            # CreateKey refuses a retired id; the config cannot be refused for one.
+            log.warning(
+                "API key ids %s are in the config and belonged to keys created at run time"
+                " and revoked within store.usage_retention_days: usage reports, metrics and"
+                " quotas count the config key's requests with the revoked key's under one id;"
+                " give the config's key another id",
+                ", ".join(sorted(retired)),
+            )
 
     async def _refresh_credentials(self) -> None:
         # Temporary credentials (web identity, STS) and access tokens are refreshed off

@@ -66,7 +66,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -507,6 +507,18 @@ class StoredKeys:
             sorted(keys, key=lambda stored: stored.key.id),
             sorted(unreadable, key=lambda record: record.key),
         )
+
+    async def retired(self, key_ids: Iterable[str]) -> dict[str, float]:
+        """Of ``key_ids``, those retired by a revoke, with when (one pipelined read)."""
+        ids = list(key_ids)
+        if not ids:
+            return {}
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.get(self._id_key(key_id))
+            held = await pipe.execute(raise_on_error=False)
+        found = {key_id: _revoked_at(value) for key_id, value in zip(ids, held, strict=True)}
+        return {key_id: at for key_id, at in found.items() if at is not None}
 
     async def _named_digest(self, key_id: str, doing: str) -> tuple[str, str, int]:
         """The id's key, the digest it names and its expiry in ms (-1: none, a finished

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from extproc.auth.stored_keys import KeyIdRetiredError, StoredKeys
+from extproc.config import GatewayConfig
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
-from extproc.runtime import Services
+from extproc.runtime import Runtime, Services
 from tests.unit.test_stored_keys import (
     PREFIX,
     Api,
@@ -116,3 +117,21 @@ async def test_the_cli_names_the_retired_id_and_exits_2(api: Api) -> None:
     assert (code, out) == (2, "")
     assert "API key id 'ci-bot' belonged to a key revoked at" in err
     assert time.strftime("%Y-", time.gmtime()) in err
+
+
+async def test_a_config_key_taking_a_retired_id_is_named_at_load(
+    config: GatewayConfig, services: Services, keys: StoredKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    # CreateKey refuses a retired id; a config written later may still take one.
+    await keys.create(new_key("team1"))
+    await keys.revoke("team1")
+    services.stored_keys = keys
+    runtime = Runtime(config, services)
+
+    with caplog.at_level("WARNING", logger="extproc.runtime"):
+        await runtime.start()
+    await runtime.close()
+
+    [warning] = [r.getMessage() for r in caplog.records if "revoked within" in r.getMessage()]
+    assert warning.startswith("API key ids team1 are in the config and belonged to keys created")
+    assert "give the config's key another id" in warning
