@@ -7,7 +7,8 @@ asks for a presented key the config does not know. The store holds, with
     <prefix>key:{<sha256 hex>}   a hash: id, user_id, group_id, labels (JSON), enabled,
                                  expires_at, created_at, allowed_models, allowed_routes (JSON);
                                  after a rotation, ``previous`` (the old secret's sha256
-                                 hex) in the new record and ``rotated_at`` in the old one
+                                 hex) in the new record, ``rotated_at`` and
+                                 ``secret_expires_at`` (the grace's end) in the old one
     <prefix>keyid:<id>           the sha256 hex: revoke by id, and one key per id; once
                                  the key is revoked, ``revoked:<unix seconds>:<sha256
                                  hex>`` until its retirement ends (``retire_ids_for_s``)
@@ -41,10 +42,14 @@ retired, so that the create can be run again as its error says.
 A rotation gives a key a new secret under the same id, so that its usage, quotas
 and rate limits carry on (a revoke and a create could not: the id is retired). It
 writes the new record (expiring like a create's until done) naming the old digest
-as ``previous``, cuts the old record's life to the grace (its ``expires_at``, and the
-record's own expiry) or deletes it, points the id at the new digest only while it
-still names the old one (``stored_key_id.lua``), then keeps the new record. A revoke
-deletes the ``previous`` record too, so no old secret outlives its key.
+as ``previous``, cuts the old secret's life to the grace (``secret_expires_at``, and
+the record's own expiry; a minute for no grace, so that a rotation cut short can be
+run again), points the id at the new digest only while it still names the old one
+(``stored_key_id.lua``), keeps the new record, and (no grace) deletes the old one. A
+rotation cut short by the store leaves the id naming the old record, whose
+``expires_at`` is still the key's own: running it again finishes it, never
+lengthening the old secret's grace. A revoke deletes the ``previous`` record too,
+so no old secret outlives its key.
 
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
@@ -203,6 +208,16 @@ class StoredKey:
     created_at: float
     # After a rotation with a grace: when the old secret stops working (0: none works).
     previous_expires_at: float = 0.0
+    # A secret rotated out: when its grace ends (0: not rotated out).
+    secret_expires_at: float = 0.0
+
+    def usable_key(self) -> ApiKey:
+        """The key as requests with this record's secret get it: a secret rotated out
+        expires when its grace ends, if the key does not before."""
+        if not self.secret_expires_at:
+            return self.key
+        ends = min(self.secret_expires_at, self.key.expires_at or self.secret_expires_at)
+        return dataclasses.replace(self.key, expires_at=ends)
 
 
 def new_secret() -> str:
@@ -355,7 +370,7 @@ class StoredKeys:
         answer: StoredAnswer
         try:
             found = _from_fields(await self._client.hgetall(record_key))
-            answer = found.key if found is not None else None
+            answer = found.usable_key() if found is not None else None
         except (ResponseError, UnreadableRecordError) as exc:
             # of_another_type raises any other error answer: the store failed (a 503).
             reason = _ANOTHER_TYPE if of_another_type(exc) else str(exc)
@@ -477,7 +492,7 @@ class StoredKeys:
         unreadable: list[UnreadableRecord] = []
         # The old records of rotations still in their grace, by digest: not keys of their
         # own, but how long the old secret of the key that names them still works.
-        replaced: dict[str, float] = {}
+        replaced: dict[str, StoredKey] = {}
         for name, record in zip(names, records, strict=True):
             shown = _shown_name(name)
             if of_another_type(record):
@@ -489,7 +504,7 @@ class StoredKeys:
                 unreadable.append(UnreadableRecord(shown, f"{exc}{_WRITTEN}"))
                 continue
             if stored is not None and _field(record, "rotated_at"):
-                replaced[_digest_in(name)] = stored.key.expires_at or 0.0
+                replaced[_digest_in(name)] = stored
             elif stored is not None:
                 found.append((stored, _previous(record)))
             elif record:
@@ -498,11 +513,14 @@ class StoredKeys:
                 reason = "is a hash without the field 'id', not a stored API key's record"
                 unreadable.append(UnreadableRecord(shown, reason + _WRITTEN))
         keys = [
-            dataclasses.replace(stored, previous_expires_at=replaced[previous])
+            dataclasses.replace(stored, previous_expires_at=replaced[previous].secret_expires_at)
             if previous in replaced
             else stored
             for stored, previous in found
         ]
+        # A rotated-out record no key names is the key of a rotation cut short: listed.
+        named = {previous for _, previous in found}
+        keys += [stored for digest, stored in replaced.items() if digest not in named]
         return StoredKeyList(
             sorted(keys, key=lambda stored: stored.key.id),
             sorted(unreadable, key=lambda record: record.key),
@@ -713,16 +731,12 @@ class StoredKeys:
         if stored is None or expires_in_ms != -1:
             # No record: a create in flight, or one that failed half-way.
             raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
-        if _field(record, "rotated_at"):
-            raise KeyCreateConflictError(
-                f"API key {key_id!r} is being rotated by another call; list the keys, then"
-                " rotate again if it still needs a new secret"
-            )
         secret = new_secret()
         new_hex = key_digest(secret).hex()
         new_key = self._record_key(new_hex)
         now = self._clock()
-        until = now + grace_s
+        # Never longer than a rotation cut short (the id still names its old record) gave.
+        until = min(now + grace_s, stored.secret_expires_at or math.inf)
         older = _previous(record)
         try:
             async with self._client.pipeline(transaction=True) as pipe:
@@ -732,9 +746,11 @@ class StoredKeys:
             if older is not None:
                 # One old secret at a time: the one before, still in its grace, stops now.
                 await self._end_secret(key_id, older)
-            await self._shorten(key_id, old_key, old_hex, stored, now, until)
+            await self._shorten(key_id, old_key, old_hex, now, until)
             swapped = await self._id_named(id_key, old_hex, _SWAP, new_hex)
             if swapped and await self._client.persist(new_key):
+                if until <= now:
+                    await self._end_secret(key_id, old_hex)
                 return secret, stored, min(until, stored.key.expires_at or until)
         except BaseException:
             # Never a record nobody will get the secret of, nor one its id does not name.
@@ -747,18 +763,20 @@ class StoredKeys:
         )
 
     async def _shorten(
-        self, key_id: str, old_key: str, old_hex: str, stored: StoredKey, now: float, until: float
+        self, key_id: str, old_key: str, old_hex: str, now: float, until: float
     ) -> None:
         """Cut the old secret's life to the grace (or end it now), on every process."""
-        if until <= now:
-            await self._end_secret(key_id, old_hex)
-            return
-        expires_at = min(until, stored.key.expires_at or until)
+        # With no grace the record stays a minute, refused: a rotation cut short before
+        # the id names the new key can then be run again, reading the key from it.
+        forgotten_ms = (
+            math.ceil(until * 1000) if until > now else math.ceil(now * 1000) + CLAIM_TTL_MS
+        )
         async with self._client.pipeline(transaction=True) as pipe:
             # The field refuses the secret ("has expired") where a cached record is read
-            # again; the store forgets the record itself at the same time.
-            pipe.hset(old_key, mapping={"expires_at": repr(expires_at), "rotated_at": repr(now)})
-            pipe.pexpireat(old_key, math.ceil(expires_at * 1000))
+            # again; the store forgets the record itself at the grace's end.
+            fields = {"secret_expires_at": repr(until), "rotated_at": repr(now)}
+            pipe.hset(old_key, mapping=fields)
+            pipe.pexpireat(old_key, forgotten_ms)
             await pipe.execute()
         self.cache.forget(bytes.fromhex(old_hex))
         await self._announce(key_id, old_hex)
@@ -892,7 +910,11 @@ def _from_fields(raw: dict[Any, Any]) -> StoredKey | None:
         allowed_routes=_names(fields, "allowed_routes"),
         labels=_labels(fields),
     )
-    return StoredKey(key, created_at=_number(fields, "created_at"))
+    return StoredKey(
+        key,
+        created_at=_number(fields, "created_at"),
+        secret_expires_at=_number(fields, "secret_expires_at"),
+    )
 
 
 def _number(fields: dict[str, str], name: str) -> float:

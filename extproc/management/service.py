@@ -567,7 +567,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.stage = "applied"
             change.fields = {**_audited(stored.key), "grace_s": grace, "previous_expires_at": until}
             info = _key_info(stored.key, stored.created_at, "store")
-            if grace > 0:
+            if until > time.time():
                 info.previous_expires_at = until
             return pb.RotatedKey(key=secret, info=info, previous_expires_at=until)
 

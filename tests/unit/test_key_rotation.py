@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.exceptions import ConnectionError as StoreConnectionError
 
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys import KeyCreateConflictError, StoredKey, StoredKeys
@@ -216,3 +217,38 @@ async def test_a_revoke_racing_a_rotation_leaves_no_secret_working(
     assert await StoredKeys(client, PREFIX).lookup(key_digest(old)) is None
     # No record is left (the new secret was never handed out), and the id is retired.
     assert await client.keys("*") == [f"{PREFIX}keyid:ci-bot".encode()]
+
+
+class StoreFailsAtTheSwap:
+    """The store client of a rotation, which fails when the id is to name the new key."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def evalsha(self, *args: Any) -> Any:
+        raise StoreConnectionError("Connection closed by server.")
+
+
+@pytest.mark.parametrize("grace_s", [HOUR_S, 0.0], ids=["with-grace", "no-grace"])
+async def test_a_rotation_cut_short_by_the_store_can_be_run_again(
+    keys: StoredKeys, client: Any, gateway: Processor, grace_s: float
+) -> None:
+    old, _ = await keys.create(new_key(expires_at=time.time() + 30 * 86400))
+    with pytest.raises(StoreConnectionError):
+        await StoredKeys(StoreFailsAtTheSwap(client), PREFIX).rotate("ci-bot", grace_s)
+    # The key is still listed, and its old secret works for the grace (not at all without).
+    assert [stored.key.id for stored in await keys.list()] == ["ci-bot"]
+    assert (await send(gateway, old))[0] == (200 if grace_s else 401)
+
+    new, stored, until = await keys.rotate("ci-bot", 2 * HOUR_S)
+
+    # Finished, with the key's own expiry kept and the first grace not lengthened.
+    assert stored.key.expires_at == pytest.approx(time.time() + 30 * 86400, abs=60)
+    assert until == pytest.approx(time.time() + grace_s, abs=60)
+    assert (await send(gateway, new))[0] == 200
+    assert (await send(gateway, old))[0] == (200 if grace_s else 401)
+    [listed] = await keys.list()
+    assert listed.key.expires_at == stored.key.expires_at
