@@ -342,6 +342,11 @@ async def test_run_time_api_keys_are_created_and_revoked_by_id_across_nodes(
         created.append(secret)
 
     assert [stored.key.id for stored in await keys.list()] == ["batch", "ci-bot", "nightly"]
+    # A rotation moves the id (its node) between two records (theirs).
+    rotated, _, _ = await keys.rotate("nightly", 3600.0)
+    created.append(rotated)
+    assert await keys.lookup(key_digest(rotated)) is not None
+    assert [stored.key.id for stored in await keys.list()] == ["batch", "ci-bot", "nightly"]
     for key_id in ("ci-bot", "nightly", "batch"):
         assert (await keys.revoke(key_id)).key.id == key_id
     for secret in created:
