@@ -332,6 +332,10 @@ class StoredKeys:
     def _id_key(self, key_id: str) -> str:
         return f"{self._prefix}keyid:{key_id}"
 
+    def _records_pattern(self) -> str:
+        """SCAN's pattern of every record under the prefix (its glob characters escaped)."""
+        return _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
+
     def cached(self, digest: bytes) -> CachedAnswer:
         """The request path's answer without I/O, when a recent lookup gave one."""
         return self.cache.get(digest)
@@ -479,7 +483,7 @@ class StoredKeys:
         person's SET, another program's) or a hash with fields the gateway never writes so
         is named and left out: before, it failed the whole list as a store outage
         ("the store did not answer"), or as an internal error."""
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", f"{self._prefix}key:{{") + "*"
+        pattern = self._records_pattern()
         names = [name async for name in self._client.scan_iter(match=pattern, count=SCAN_COUNT)]
         if not names:
             return StoredKeyList([], [])

@@ -206,7 +206,9 @@ async def test_a_key_whose_id_key_is_written_over_is_found_by_its_record_and_rev
 
     # Before: FAILED_PRECONDITION "cannot be revoked by its id", and the key still worked.
     assert info.id == "ci-bot"
-    assert await client.exists(record, id_key) == 0
+    assert await client.exists(record) == 0
+    # The id is retired as any revoked key's is, no longer holding what was written there.
+    assert (await client.get(id_key)).startswith(b"revoked:")
     assert await client.exists(f"{PREFIX}key:{{{7:064x}}}") == 1  # the others stay
     status, body = await send(gateway, secret)
     assert (status, body["error"]["message"]) == (401, "invalid API key")
@@ -215,8 +217,9 @@ async def test_a_key_whose_id_key_is_written_over_is_found_by_its_record_and_rev
     [warning] = [r.getMessage() for r in caplog.records]
     assert f"found by its record: its id key {id_key} {reason}" in warning
     assert secret not in warning and not WHOLE_DIGEST.search(warning)
-    # The id is free again: the key can be created anew.
-    assert (await api.call("CreateKey", pb.CreateKeyRequest(id="ci-bot"))).key
+    # Retired, not freed: a new key of this id would be billed with the old one.
+    code, details = await api.refusal("CreateKey", pb.CreateKeyRequest(id="ci-bot"))
+    assert code == "ALREADY_EXISTS" and "revoked at" in details
 
 
 @DAMAGED
