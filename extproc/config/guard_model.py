@@ -249,8 +249,19 @@ class ModerationConfig(_Section):
     default_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # Which messages are sent: user messages by default.
     roles: tuple[str, ...] = Field(default=("user",), min_length=1)
+    # Whether those messages' images are sent too (one call each); default: when the
+    # model reads images, as OpenAI's omni-moderation models do (``reads_images``).
+    images: bool | None = None
     timeout_ms: int = Field(default=3000, gt=0, le=60_000)
     failure_mode: FailureMode = FailureMode.FAIL_CLOSED
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether images are sent: ``images`` where set, else for an omni model (its
+        text-moderation predecessors refuse an image)."""
+        if self.images is not None:
+            return self.images
+        return self.model.startswith("omni-moderation")
 
     @field_validator("base_url")
     @classmethod

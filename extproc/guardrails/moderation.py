@@ -1,10 +1,19 @@
 """OpenAI's moderation endpoint as a request guard.
 
 One ``POST {base_url}/moderations`` per request, with the texts of the
-configured roles as ``input`` (an array: one result per text). A category is
+configured roles as ``input`` (an array: one result per text). Where the guard
+reads images (``ModerationConfig.reads_images``), one more call per image, its
+``input`` one ``image_url`` item: OpenAI's omni models take one image per call
+(two are refused, ``too_many_images``), and the calls run side by side. A category is
 violated when its score reaches its threshold; a category without one is
 violated when ``default_threshold`` is set and reached, else when the
-provider flags it. The refusal names the violated categories, never the text.
+provider flags it. A category the result says it applied to no input
+(``category_applied_input_types``, an empty list: a text-only category of an
+image) is not read. The refusal names the violated categories, never the text.
+
+An answer of 400, 413 or 422 is the service refusing this input (too long, an image
+it cannot fetch or read): the same request would meet the same refusal, so the error
+says so (``input_refused``) and the client is not told to retry.
 
 A 429 is the service's own rate limit: the error carries when it says to retry
 (``retry-after-ms`` or ``retry-after``, seconds or an HTTP date), so a guard that
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -40,6 +50,15 @@ MAX_ERROR_BYTES = 16 << 10
 DEFAULT_RETRY_AFTER_S = 1
 # A value past a day is a broken header, not a plan.
 MAX_RETRY_AFTER_S = 86_400
+# How many calls of one request (its texts', its images') wait on the service at once.
+MAX_CONCURRENT_CALLS = 4
+# The statuses by which a service refuses the input itself, not its own state.
+_INPUT_REFUSED = frozenset({400, 413, 422})
+# Error codes of such a status that say the guard's config is wrong, not the input.
+_CONFIG_CODES = frozenset({"model_not_found", "invalid_api_key"})
+# A code is quoted only when it is a short identifier (never the service's message,
+# which may quote the input).
+_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 
 class ModerationError(Exception):
@@ -47,12 +66,17 @@ class ModerationError(Exception):
     names why.
 
     ``retry_after`` (whole seconds) is set when the service refused for its own rate
-    limit (HTTP 429), and None otherwise.
+    limit (HTTP 429), and None otherwise. ``input_refused`` is set when the service
+    refused the input itself (its 400, 413 or 422): what it said, for the client
+    (``HTTP 400``, with the service's error code when it gave one).
     """
 
-    def __init__(self, why: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, why: str, *, retry_after: int | None = None, input_refused: str | None = None
+    ) -> None:
         super().__init__(why)
         self.retry_after = retry_after
+        self.input_refused = input_refused
 
 
 class ModerationClient:
@@ -80,11 +104,60 @@ class ModerationClient:
         # any text past the guard by naming its message so.
         self.roles = roles | {"developer"} if "system" in roles else roles
 
-    async def violations(self, texts: list[str]) -> list[str]:
-        """The categories the texts violate (sorted, deduplicated); empty when they pass."""
-        if not texts:
+    async def violations(self, texts: list[str], images: tuple[str, ...] = ()) -> list[str]:
+        """The categories the texts and images violate (sorted, deduplicated, an image's
+        marked so); empty when they pass. ``images``: URLs or data URLs, one call each."""
+        calls: list[tuple[list[Any], str]] = []
+        if texts:
+            calls.append((list(texts), ""))
+        calls += [([{"type": "image_url", "image_url": {"url": url}}], IMAGE) for url in images]
+        if not calls:
             return []
-        payload = orjson.dumps({"model": self.config.model, "input": texts})
+        if len(calls) == 1:
+            return _named([await self._results(*calls[0])])
+        results, refused = await self._side_by_side(calls)
+        named = _named(results)
+        if refused is not None and not named:
+            # Part of the request could not be checked, and the rest passed.
+            raise refused
+        return named
+
+    async def _side_by_side(
+        self, calls: list[tuple[list[Any], str]]
+    ) -> tuple[list[_Found], ModerationError | None]:
+        """Each call's findings, and the first input the service refused (if any): a
+        refused input does not stop the other calls, whose verdict stands (else an image
+        it cannot fetch, sent beside any text, let the text through unread wherever the
+        guard fails open)."""
+        limit = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        refusals: list[ModerationError] = []
+
+        async def one(inputs: list[Any], kind: str) -> _Found:
+            async with limit:
+                try:
+                    return await self._results(inputs, kind)
+                except ModerationError as exc:
+                    if exc.input_refused is None:
+                        raise
+                    refusals.append(exc)
+                    return set(), kind
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(*call)) for call in calls]
+        except BaseExceptionGroup as failed:
+            # A call that failed says why; the others were cancelled with it.
+            errors = _leaves(failed)
+            if not all(isinstance(exc, ModerationError) for exc in errors):
+                raise
+            raise _first_error(errors) from None
+        return [task.result() for task in tasks], (refusals[0] if refusals else None)
+
+    async def _results(self, inputs: list[Any], kind: str) -> _Found:
+        """One call: the categories each of its results violates, with ``kind``."""
+        payload = orjson.dumps({"model": self.config.model, "input": inputs})
+        # A list of texts gets one result each; a list of items (an image) one in all.
+        expected = 1 if kind == IMAGE else len(inputs)
         session = self._session.get()
         try:
             async with asyncio.timeout(self._timeout):
@@ -98,12 +171,17 @@ class ModerationClient:
                     **self._session.egress.aiohttp(self._url),
                 ) as reply:
                     if reply.status == 429:
-                        if _out_of_credit(await read_at_most(reply, MAX_ERROR_BYTES)):
+                        if _error_code(await read_at_most(reply, MAX_ERROR_BYTES)) == (
+                            "insufficient_quota"
+                        ):
                             # OpenAI's billing refusal: no wait cures it, so it is an
                             # outage (failure_mode decides), never "retry in 1 second".
                             raise ModerationError("answered HTTP 429 insufficient_quota")
                         wait = retry_after_seconds(reply.headers)
                         raise ModerationError("answered HTTP 429", retry_after=wait)
+                    if reply.status in _INPUT_REFUSED:
+                        code = _error_code(await read_at_most(reply, MAX_ERROR_BYTES))
+                        raise _refusal(reply.status, code)
                     if reply.status != 200:
                         raise ModerationError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:
@@ -126,24 +204,30 @@ class ModerationClient:
         except orjson.JSONDecodeError:
             raise ModerationError("answer is not JSON") from None
         results = answer.get("results") if isinstance(answer, dict) else None
-        if not isinstance(results, list) or len(results) != len(texts):
+        if not isinstance(results, list) or len(results) != expected:
             raise ModerationError("answer does not hold one result per input")
         found: set[str] = set()
         for result in results:
             found.update(self._violated(result))
-        return sorted(found)
+        return found, kind
 
     def _violated(self, result: Any) -> list[str]:
         if not isinstance(result, dict):
             raise ModerationError("a result is not an object")
         scores = result.get("category_scores")
         flags = result.get("categories")
+        applied = result.get("category_applied_input_types")
         scores = scores if isinstance(scores, dict) else {}
         flags = flags if isinstance(flags, dict) else {}
+        applied = applied if isinstance(applied, dict) else {}
         thresholds = self.config.thresholds
         default = self.config.default_threshold
         violated: list[str] = []
         for category in {*scores, *flags}:
+            if applied.get(category) == []:
+                # Applied to none of the inputs (a text-only category of an image): its
+                # score says nothing, whatever a low threshold would make of it.
+                continue
             score = scores.get(category)
             threshold = thresholds.get(category, default)
             if threshold is not None and isinstance(score, int | float):
@@ -166,15 +250,53 @@ async def read_at_most(reply: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-def _out_of_credit(raw: bytes) -> bool:
-    """Whether a 429's body is OpenAI's ``insufficient_quota`` (the account's credit or
-    monthly budget spent) rather than a rate limit that passes in seconds."""
+# What one call found: the categories violated, and "image" when its input was an image.
+_Found = tuple[set[str], str]
+IMAGE = "image"
+
+
+def _named(results: list[_Found]) -> list[str]:
+    """The categories violated, sorted; one that only images violated is named so, so
+    the client knows which part of its request was refused."""
+    by_text = {category for found, kind in results if kind != IMAGE for category in found}
+    by_image = {category for found, kind in results if kind == IMAGE for category in found}
+    named = by_text | {f"{category} (in an image)" for category in by_image - by_text}
+    return sorted(named)
+
+
+def _error_code(raw: bytes) -> str | None:
+    """The ``error.code`` of an OpenAI-shaped error body (``insufficient_quota`` in a 429
+    is a spent account's credit, not a rate limit that passes in seconds)."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return False
+        return None
     error = answer.get("error") if isinstance(answer, dict) else None
-    return isinstance(error, dict) and error.get("code") == "insufficient_quota"
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _refusal(status: int, code: str | None) -> ModerationError:
+    """A 400, 413 or 422: the input refused, unless its code says the guard's own config
+    is wrong (a model the service does not have), which is an outage of the guard."""
+    said = f"HTTP {status}" + (f" {code}" if code is not None and _CODE.match(code) else "")
+    if code in _CONFIG_CODES:
+        return ModerationError(f"answered {said}")
+    return ModerationError(f"refused the input ({said})", input_refused=said)
+
+
+def _first_error(failed: list[BaseException]) -> ModerationError:
+    """The error to report of several calls': a rate limit (its wait) first, then any."""
+    errors = [exc for exc in failed if isinstance(exc, ModerationError)]
+    limited = [exc for exc in errors if exc.retry_after is not None]
+    return (limited or errors)[0]
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> int:

@@ -96,6 +96,13 @@ from extproc.guardrails.gemini_text import guarded_request as gemini_request
 from extproc.guardrails.gemini_text import request_slots as gemini_request_slots
 from extproc.guardrails.json_text import decoded
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
+from extproc.guardrails.moderated_images import (
+    Image,
+    chat_images,
+    converse_images,
+    gemini_images,
+    responses_images,
+)
 from extproc.guardrails.moderation import ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
@@ -206,6 +213,38 @@ def _unavailable(
         f"Guardrail '{guard.name}' is unavailable; try again shortly",
         503,
         code="guardrail_unavailable",
+    )
+
+
+def _cannot_check(ctx: RequestContext, guard: GuardConfig, error: GuardrailRejectedError) -> bool:
+    """A moderation guard cannot check this request's input (its service refused it, or
+    it holds an image the service cannot read): ``failure_mode`` decides, as for an
+    outage, but a guard failing closed answers a 400 rather than a 503, which SDKs retry
+    although the same request meets the same refusal. True when it passes (the caller
+    records ``fail_open`` once it has checked what it can)."""
+    mode = _failure_mode(ctx, guard)
+    log.warning("guardrail %s (request) cannot check the input: %s; %s", guard.name, error, mode)
+    if mode is FailureMode.FAIL_OPEN:
+        return True
+    record(ctx, guard.name, "request", "fail_closed")
+    raise error
+
+
+def _refused_input(guard: GuardConfig, said: str) -> GuardrailRejectedError:
+    return GuardrailRejectedError(
+        f"Guardrail '{guard.name}' cannot check this request: its moderation service "
+        f"refused the input ({said}), as it would again",
+        400,
+        code="guardrail_input_refused",
+    )
+
+
+def _unreadable_image(guard: GuardConfig, what: str) -> GuardrailRejectedError:
+    return GuardrailRejectedError(
+        f"Guardrail '{guard.name}' cannot check this request: it holds {what}, which its "
+        "moderation service cannot read; send the image inline (base64) or by URL",
+        400,
+        code="guardrail_image_unreadable",
     )
 
 
@@ -341,15 +380,34 @@ class GuardRequestStage:
             ctx.body_changed = True
         if phase.matchers and _run_matchers(ctx, "request", phase.matchers, slots, drop):
             ctx.body_changed = True
+        images: list[Image] | None = None
         for guard, client in phase.moderation:
             # Decoded, as the model reads it: a moderation model need not read a JSON
             # escape (``b\u006fmb``) as its character. Nothing is written back from it.
             roles = client.roles
             texts = [decoded(slot.text) for slot in slots if slot.role in roles and slot.text]
+            urls: tuple[str, ...] = ()
+            # Set when part of the request passes unchecked (failure_mode allowing it).
+            unchecked = False
+            if client.config.reads_images:
+                images = _request_images(ctx) if images is None else images
+                seen = [image for image in images if image.role in roles]
+                unreadable = next((i.unreadable for i in seen if i.unreadable is not None), None)
+                if unreadable is not None:
+                    # Let through unread, a client could move any image past the guard by
+                    # giving it so: it is a request the guard cannot check. The rest is
+                    # still checked where failure_mode lets the image pass.
+                    unchecked = _cannot_check(ctx, guard, _unreadable_image(guard, unreadable))
+                # One call per image: the same image twice (a history sent back) once.
+                urls = tuple(dict.fromkeys(i.url for i in seen if i.url is not None))
             try:
                 async with asyncio.timeout_at(deadline):
-                    violated = await client.violations(texts)
+                    violated = await client.violations(texts, urls)
             except ModerationError as exc:
+                if exc.input_refused is not None:
+                    _cannot_check(ctx, guard, _refused_input(guard, exc.input_refused))
+                    record(ctx, guard.name, "request", "fail_open")
+                    continue
                 _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
                 continue
             except TimeoutError:
@@ -358,7 +416,7 @@ class GuardRequestStage:
             if violated:
                 record(ctx, guard.name, "request", "reject")
                 raise _refusal(guard, f": flagged for {', '.join(violated)}")
-            record(ctx, guard.name, "request", "pass")
+            record(ctx, guard.name, "request", "fail_open" if unchecked else "pass")
         _enrich(ctx, guards)
         ask_to_drop_changed_thinking(ctx, guards, out)
 
@@ -563,6 +621,24 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     messages = body
     found = definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)
+
+
+def _request_images(ctx: RequestContext) -> list[Image]:
+    """The request's images, as ``_request_slots`` reads its text, for moderation that
+    reads images (``guardrails.moderated_images``)."""
+    assert ctx.body is not None and ctx.route is not None
+    api, body = ctx.route.api, ctx.body
+    if api in RESPONSES_REQUESTS:
+        return responses_images(body)
+    if api in GEMINI_APIS:
+        return gemini_images(gemini_request(body))
+    if api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS):
+        return []
+    converse = api is RouteApi.BEDROCK_CONVERSE
+    if api is RouteApi.BEDROCK_COUNT_TOKENS:
+        member, body = counted_request(ctx.body)
+        converse = member == CONVERSE
+    return converse_images(body) if converse else chat_images(body)
 
 
 async def _request_webhooks(

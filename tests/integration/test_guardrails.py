@@ -9,6 +9,7 @@ endpoint, and enrichment that the provider counts as prompt tokens.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Iterator
@@ -377,6 +378,54 @@ def test_moderation_rejects_naming_the_category(guard_stack: LocalStack) -> None
         ask(guard_stack, "/moderated", "you are an idiot")
     assert "harassment" in refused.value.body["message"]  # type: ignore[index]
     assert ask(guard_stack, "/moderated", "you are kind").choices[0].message.content
+
+
+def test_moderation_reads_images_and_a_refused_one_is_a_400_not_retried(
+    guard_stack: LocalStack,
+) -> None:
+    """omni-moderation reads images: one the mock reads as gore (the word is in its bytes)
+    is refused; an image the service cannot download is the client's 400, which the SDK
+    does not retry (a 503 it retried twice, each time for the same refusal)."""
+    sdk = OpenAI(base_url=f"{guard_stack.base_url}/moderated/v1", api_key=KEY, timeout=30.0)
+
+    def with_image(url: str) -> Any:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        content = [{"type": "text", "text": "What is in this picture?"}, part]
+        return sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+        )
+
+    def image(word: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n " + word).decode()
+
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        with_image(image(b"gore"))
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "Rejected by guardrail 'moderation': flagged for violence/graphic (in an image)"
+    )
+    assert with_image(image(b"kittens")).choices[0].message.content
+    # The text's call and the image's go side by side (in either order), then the chat.
+    *calls, chat = mock_requests(guard_stack)[-3:]
+    assert chat["path"] == "/v1/chat/completions"
+    inputs = sorted((c["json"]["input"] for c in calls), key=lambda i: orjson.dumps(i))
+    assert inputs == [
+        ["What is in this picture?"],
+        [{"type": "image_url", "image_url": {"url": image(b"kittens")}}],
+    ]
+
+    def moderation_calls() -> int:
+        return sum(1 for r in mock_requests(guard_stack) if r["path"] == "/v1/moderations")
+
+    before = moderation_calls()
+    with pytest.raises(openai.BadRequestError) as unchecked:
+        with_image("https://img.test/unfetchable.png")
+    assert unchecked.value.code == "guardrail_input_refused"
+    # Once each, the text's call and the image's; a retried 503 made three rounds of them.
+    assert moderation_calls() - before == 2
+    line = wait_for(lambda: last_line(guard_stack, "moderated", http_status_code=400))
+    assert line["guardrails"] == [
+        {"guard": "moderation", "phase": "request", "action": "fail_closed"}
+    ]
 
 
 def test_enrichment_raises_prompt_tokens_by_the_prepended_message(guard_stack: LocalStack) -> None:
