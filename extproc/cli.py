@@ -86,11 +86,11 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(_in_file(exc, args.config), file=sys.stderr)
         return 2
-    from extproc.config.rule_models import unknown_model_warnings
+    from extproc.config.load_warnings import config_warnings
 
-    # Not errors (extproc.config.rule_models): the config is valid and serves, so the
+    # Not errors (extproc.config.load_warnings): the config is valid and serves, so the
     # status stays 0; each is printed where a person running the check reads it.
-    warnings = unknown_model_warnings(config)
+    warnings = config_warnings(config)
     if warnings:
         lines = "\n".join(f"  - {warning}" for warning in warnings)
         print(f"warnings in config {args.config}:\n{lines}", file=sys.stderr)

@@ -35,10 +35,10 @@ from grpc_reflection.v1alpha import reflection
 
 from extproc import background, http_endpoint, worker_endpoints
 from extproc.auth.stored_keys import StoredKeys
+from extproc.config.load_warnings import ConfigWarnings
 from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.restart_only import RESTART_ONLY_SECTIONS, STARTED_TELEMETRY_FIELDS
-from extproc.config.rule_models import UnknownModelWarnings
 from extproc.config.watched_files import secret_files
 from extproc.envoy_drift import bootstrap_changes
 from extproc.management.audit import AuditLog
@@ -122,11 +122,12 @@ class Gateway:
         # A worker of `serve --workers N`: its own ext_proc endpoint, the shared
         # store; the supervisor serves HTTP and the quota gauges for all workers.
         self._worker = worker
-        # Rules naming no model the gateway knows: said once, by the supervisor when
+        # What the config probably says wrong (a rule naming no model the gateway knows, a
+        # threshold naming no category): said once, by the supervisor when
         # there are workers (each worker loads the same file).
-        self._model_warnings = UnknownModelWarnings()
+        self._config_warnings = ConfigWarnings()
         if worker is None:
-            self._model_warnings.loaded(config)
+            self._config_warnings.loaded(config)
         self._quota_gauges: QuotaGauges | None = None
         telemetry = config.telemetry
         self.metrics = GatewayMetrics(telemetry.metrics.max_label_values)
@@ -206,7 +207,7 @@ class Gateway:
         previous, self.config, self.runtime = self.runtime, config, runtime
         self._retire(previous)
         if self._worker is None:
-            self._model_warnings.loaded(config)
+            self._config_warnings.loaded(config)
 
     def _runtime_for_stream(self) -> Runtime:
         # Called once per ext_proc stream, from the task grpc.aio runs that stream in:

@@ -55,11 +55,11 @@ from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 
 from extproc import background, event_loop, http_endpoint
+from extproc.config.load_warnings import ConfigWarnings
 from extproc.config.loader import ConfigError
 from extproc.config.model import GatewayConfig
 from extproc.config.reload import ConfigReloader
 from extproc.config.restart_only import as_started
-from extproc.config.rule_models import UnknownModelWarnings
 from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.startup_check import check_startup_files
@@ -148,8 +148,8 @@ class Supervisor:
         self._latest = config
         self._rules = RuleSet(config.quotas)
         # The workers load the same file: the supervisor alone says what it names wrong.
-        self._model_warnings = UnknownModelWarnings()
-        self._model_warnings.loaded(config)
+        self._config_warnings = ConfigWarnings()
+        self._config_warnings.loaded(config)
         self._log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.multiprocess_dir = Path(
             config.telemetry.metrics.multiprocess_dir or tempfile.mkdtemp(prefix="extproc-metrics-")
@@ -247,7 +247,7 @@ class Supervisor:
         # files: a restarted worker listens as started, like its siblings.
         check_startup_files(config, listener_files=False)
         self._rules, self._latest = rules, config
-        self._model_warnings.loaded(config)
+        self._config_warnings.loaded(config)
         if self._bounded is not None:
             self._bounded.admit_config(config)
 

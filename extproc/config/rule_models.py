@@ -8,7 +8,7 @@ sends any name to its provider, so a rule may rightly name a model the config do
 not list. What the config does know is checked: the models and their aliases, the
 names the price table prices, ``model_prefixes``, and Bedrock's other ids of each
 (``extproc.model_names``). A name none of them covers is reported with the closest
-known name, at load (``UnknownModelWarnings``) and by ``extproc check-config``.
+known name, at load and by ``extproc check-config`` (``load_warnings``).
 
 Not refused: removing a model from ``models`` would then need every rule naming it
 edited in the same change, and a reload refused for a stale rule keeps the old config,
@@ -17,13 +17,10 @@ and the removed model, serving.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 from extproc.config.model import GatewayConfig, did_you_mean
 from extproc.model_names import bedrock_spellings, comparable
-
-log = logging.getLogger(__name__)
 
 
 class KnownModels:
@@ -129,19 +126,3 @@ def _line(known: KnownModels, where: str, pattern: str, consequence: str, hint: 
             " pricing.models to say so)"
         )
     return line
-
-
-class UnknownModelWarnings:
-    """Logs a config's ``unknown_model_warnings`` at start, and on a reload only those
-    the running config did not have: a reload for a rotated key file or a SIGHUP
-    repeats none (``extproc check-config`` lists them all)."""
-
-    def __init__(self) -> None:
-        self._warned: frozenset[str] = frozenset()
-
-    def loaded(self, config: GatewayConfig) -> None:
-        found = unknown_model_warnings(config)
-        for line in found:
-            if line not in self._warned:
-                log.warning("config: %s", line)
-        self._warned = frozenset(found)

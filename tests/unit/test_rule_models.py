@@ -169,7 +169,7 @@ def test_check_config_of_a_clean_file_prints_no_warnings(
 
 
 def warned(caplog: pytest.LogCaptureFixture) -> list[str]:
-    found = [r.getMessage() for r in caplog.records if r.name == "extproc.config.rule_models"]
+    found = [r.getMessage() for r in caplog.records if r.name == "extproc.config.load_warnings"]
     caplog.clear()
     return found
 
@@ -177,7 +177,7 @@ def warned(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_the_gateway_warns_at_start_and_again_only_for_what_a_reload_adds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="extproc.config.rule_models")
+    caplog.set_level(logging.WARNING, logger="extproc.config.load_warnings")
     gateway = Gateway(config(quota_rule("gpt-4o-mni")), None)
     try:
         [line] = warned(caplog)
@@ -203,7 +203,7 @@ async def test_with_workers_the_supervisor_alone_warns(
 ) -> None:
     """Each worker of `serve --workers N` loads the same file: N copies of each warning
     would bury it."""
-    caplog.set_level(logging.WARNING, logger="extproc.config.rule_models")
+    caplog.set_level(logging.WARNING, logger="extproc.config.load_warnings")
     metrics = f"telemetry:\n  log: {{stdout: false}}\n  metrics: {{multiprocess_dir: {tmp_path}}}\n"
     loaded = parse_config(
         BASE.replace("telemetry: {log: {stdout: false}}\n", metrics) + quota_rule("gpt-4o-mni"),

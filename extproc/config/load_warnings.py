@@ -1,0 +1,37 @@
+"""What a valid config probably says wrong: warnings, logged at load and printed by
+``extproc check-config``, never refusals.
+
+Each kind has its own module: rules naming no model the gateway knows
+(``rule_models``), moderation thresholds naming no category (``moderation_categories``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from extproc.config.model import GatewayConfig
+from extproc.config.moderation_categories import threshold_warnings
+from extproc.config.rule_models import unknown_model_warnings
+
+log = logging.getLogger(__name__)
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """Every warning the config earns, one line each."""
+    return [*unknown_model_warnings(config), *threshold_warnings(config)]
+
+
+class ConfigWarnings:
+    """Logs a config's ``config_warnings`` at start, and on a reload only those the
+    running config did not have: a reload for a rotated key file or a SIGHUP repeats
+    none (``extproc check-config`` lists them all)."""
+
+    def __init__(self) -> None:
+        self._warned: frozenset[str] = frozenset()
+
+    def loaded(self, config: GatewayConfig) -> None:
+        found = config_warnings(config)
+        for line in found:
+            if line not in self._warned:
+                log.warning("config: %s", line)
+        self._warned = frozenset(found)
