@@ -86,6 +86,7 @@ from extproc.config.model import (
     RouteApi,
 )
 from extproc.context import RequestContext, Usage
+from extproc.envoy_failover import FAILOVER_APIS
 from extproc.envoy_replies import VIA_UPSTREAM, envoy_reply_error
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
@@ -635,7 +636,7 @@ def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
         raise BadRequestError(
             f"model '{ctx.model}' is a Bedrock model that does not speak Anthropic's "
             "Messages API (only Claude models do); send it to /v1/chat/completions or "
-            "Bedrock's Converse API",
+            f"Bedrock's Converse API{_fallbacks_instead(ctx)}",
             param="model",
             code="unsupported_model_for_route",
         )
@@ -775,7 +776,8 @@ def _check_claude_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
     if not vertex_endpoints.is_claude(upstream.upstream_model):
         raise BadRequestError(
             f"model '{ctx.model}' is a Vertex AI model that does not speak Anthropic's "
-            "Messages API (only Claude models do); send it to /v1/chat/completions",
+            "Messages API (only Claude models do); send it to /v1/chat/completions"
+            f"{_fallbacks_instead(ctx)}",
             param="model",
             code="unsupported_model_for_route",
         )
@@ -790,7 +792,7 @@ def _check_gemini_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
             instead += " or /v1/messages"
         raise BadRequestError(
             f"model '{ctx.model}' is a Vertex AI model that does not speak Gemini's API "
-            f"(only Google's models do); send it to {instead}",
+            f"(only Google's models do); send it to {instead}{_fallbacks_instead(ctx)}",
             param="model",
             code="unsupported_model_for_route",
         )
@@ -830,9 +832,38 @@ def _unsupported(ctx: RequestContext, kind: ProviderType) -> BadRequestError:
     api = configured.api if configured is not None else route.api
     return BadRequestError(
         f"model '{ctx.model}' is served by a provider that speaks the {kind} API, "
-        f"which this route ({api}) cannot translate to",
+        f"which this route ({api}) cannot translate to{_fallbacks_instead(ctx)}",
         param="model",
         code="unsupported_model_for_route",
+    )
+
+
+def _fallbacks_instead(ctx: RequestContext) -> str:
+    """Where the refused model has fallbacks that answer the client's API (an Anthropic
+    client's model on an OpenAI-compatible provider, Claude behind it): they take over
+    when the model fails, never in its place (the client asked for that model, and would
+    get another one on every request without a word), so the refusal names them and
+    how to reach them. Only those the caller may ask for by name."""
+    route, model, runtime = ctx.route, ctx.model, ctx.runtime
+    assert route is not None
+    if model is None or route.api not in FAILOVER_APIS:
+        return ""
+    chain = runtime.failover.get(runtime.canonical_model.get(model) or model)
+    if not chain:
+        return ""
+    able = [
+        name
+        for name, upstream in list(chain.values())[1:]
+        if serves_client_api(route.api, upstream)
+        and (route.provider is None or upstream.provider.name == route.provider)
+        and runtime.access.denial(ctx.identity, name, route.name) is None
+    ]
+    if not able:
+        return ""
+    listed = ", ".join(f"'{name}'" for name in able)
+    return (
+        f"; its fallbacks ({listed}) speak this API but serve only when '{model}' fails, "
+        f"never in its place: ask for '{able[0]}' by name"
     )
 
 
