@@ -7,15 +7,17 @@ its text would have (``content``, ``converse_text``, ``gemini_text``, ``response
 
 - OpenAI chat: an ``image_url`` part (its ``url``);
 - Anthropic Messages (and Claude's body on Bedrock's InvokeModel): an ``image`` block,
-  ``base64`` (as a data URL of its ``media_type``) or ``url``, in a message or in a
-  ``tool_result``'s content;
+  ``base64`` (as a data URL of its ``media_type``) or ``url``, in a message, in a
+  ``tool_result``'s content or in a custom content ``document``;
 - Bedrock Converse: an ``image`` block's ``bytes`` (base64 in JSON, a data URL of its
-  ``format``), in a message or in a ``toolResult``'s content (the ``tool``'s);
+  ``format``), in a message (a ``guardContent``'s too) or in a ``toolResult``'s content
+  (the ``tool``'s);
 - Gemini: an ``inlineData`` part of an ``image/*`` type (a data URL), or a ``fileData``
   part's web address, in ``contents`` (``model`` is the ``assistant``) or in a
   ``functionResponse``'s ``parts`` (the ``tool``'s);
 - the Responses API: an ``input_image`` item's ``image_url``, in a message or in a
-  function call's output (the ``tool``'s).
+  function call's output, and a computer use call's ``computer_screenshot`` (the
+  ``tool``'s).
 
 An image given by reference to storage the moderation service cannot read (a file id of
 OpenAI's or Anthropic's Files API, an S3 location, a ``gs://`` URI or a file of Gemini's
@@ -74,6 +76,12 @@ def _chat_block(role: str, block: dict[str, Any]) -> Iterator[Image]:
         # What a tool returned is read with the message's role, as its text is.
         for inner in _dicts(block.get("content")):
             yield from _chat_block(role, inner)
+    elif kind == "document":
+        # A custom content document holds blocks of its own, images among them.
+        source = block.get("source")
+        if isinstance(source, dict) and source.get("type") == "content":
+            for inner in _dicts(source.get("content")):
+                yield from _chat_block(role, inner)
 
 
 def _anthropic_image(role: str, source: Any) -> Image | None:
@@ -100,9 +108,14 @@ def converse_images(body: dict[str, Any]) -> list[Image]:
         role = message.get("role")
         role = role if isinstance(role, str) else "user"
         for block in _dicts(message.get("content")):
-            image = _converse_image(role, block.get("image"))
-            if image is not None:
-                found.append(image)
+            guarded = block.get("guardContent")
+            for image in (
+                block.get("image"),
+                guarded.get("image") if isinstance(guarded, dict) else None,
+            ):
+                read = _converse_image(role, image)
+                if read is not None:
+                    found.append(read)
             result = block.get("toolResult")
             if isinstance(result, dict):
                 for inner in _dicts(result.get("content")):
@@ -175,12 +188,16 @@ def responses_images(body: dict[str, Any]) -> list[Image]:
             found.extend(_input_images(role if isinstance(role, str) else "user", item, "content"))
         elif isinstance(kind, str) and kind.endswith("_output"):
             found.extend(_input_images(TOOL_ROLE, item, "output"))
+            # A computer use call's output is one screenshot, an object of its own.
+            shot = item.get("output")
+            if isinstance(shot, dict) and shot.get("type") == "computer_screenshot":
+                found.extend(_input_images(TOOL_ROLE, {"output": [shot]}, "output"))
     return found
 
 
 def _input_images(role: str, item: dict[str, Any], key: str) -> Iterator[Image]:
     for part in _dicts(item.get(key)):
-        if part.get("type") != "input_image":
+        if part.get("type") not in ("input_image", "computer_screenshot"):
             continue
         url = part.get("image_url")
         if isinstance(url, str) and url:

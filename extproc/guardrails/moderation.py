@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from extproc.guardrails.webhook import SessionHolder
 
 MAX_ANSWER_BYTES = 4 << 20
-# How much of a 429's body is read to tell a spent account from a rate limit: OpenAI's
-# error object is a few hundred bytes.
+# How much of an error's body is read for its code (a 429's tells a spent account from a
+# rate limit, a 400's what was refused): OpenAI's error object is a few hundred bytes.
 MAX_ERROR_BYTES = 16 << 10
 # When a rate-limited service does not say when to retry: a short wait, as the SDKs'
 # own backoff would make, rather than no hint at all.

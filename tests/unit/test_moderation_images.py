@@ -179,6 +179,8 @@ async def test_an_anthropic_image_is_moderated_inline_by_url_and_in_a_tool_resul
     assert immediate((await gateway.send("/v1/messages", messages(by_url)))[-1])[0] == 403
     result = {"type": "tool_result", "tool_use_id": "t1", "content": [claude_image(GORY)]}
     assert immediate((await gateway.send("/v1/messages", messages(result)))[-1])[0] == 403
+    document = {"type": "document", "source": {"type": "content", "content": [claude_image(GORY)]}}
+    assert immediate((await gateway.send("/v1/messages", messages(document)))[-1])[0] == 403
     assert passed(await gateway.send("/v1/messages", messages(claude_image(CLEAN))))
 
 
@@ -219,12 +221,17 @@ async def test_a_converse_image_is_moderated_and_an_s3_one_refused(mock_url: str
     gory = {"image": {"format": "png", "source": {"bytes": GORY}}}
     status, body = immediate((await gateway.send(CONVERSE, converse(gory)))[-1])
     assert status == 403 and body["message"] == REFUSED
+    guard = {"guardContent": gory}
+    assert immediate((await gateway.send(CONVERSE, converse(guard)))[-1])[0] == 403
+    # A tool's result is the tool's: read where the guard's roles name it.
     result = {"toolResult": {"toolUseId": "t1", "content": [gory]}}
     tool_only = guarded(mock_url, roles=["tool"])
     assert immediate((await tool_only.send(CONVERSE, converse(result)))[-1])[0] == 403
-    clean = {"image": {"format": "png", "source": {"bytes": CLEAN}}}
-    await gateway.send(CONVERSE, converse(clean))  # the signer is not started here
+    await gateway.send(CONVERSE, converse(result))  # the signer is not started here
     assert gateway.decisions(guard="moderated", action="pass") == 1
+    clean = {"image": {"format": "png", "source": {"bytes": CLEAN}}}
+    await gateway.send(CONVERSE, converse(clean))
+    assert gateway.decisions(guard="moderated", action="pass") == 2
     stored = {"image": {"format": "png", "source": {"s3Location": {"uri": "s3://b/k.png"}}}}
     status, body = immediate((await gateway.send(CONVERSE, converse(stored)))[-1])
     assert status == 400 and "an image given by its S3 location" in body["message"]
@@ -249,6 +256,16 @@ async def test_a_responses_input_image_is_moderated(mock_url: str) -> None:
     by_id = {"type": "input_image", "file_id": "file-abc"}
     status, body = immediate((await gateway.send("/v1/responses", responses(by_id)))[-1])
     assert (status, body["error"]["code"]) == (400, "guardrail_image_unreadable")
+    # A computer use call's screenshot is what the tool returned.
+    shot = {
+        "type": "computer_call_output",
+        "call_id": "c1",
+        "output": {"type": "computer_screenshot", "image_url": png(GORY)},
+    }
+    tools = guarded(mock_url, roles=["user", "tool"])
+    body_with_shot = orjson.dumps({"model": "gpt-4o-mini", "input": [shot]})
+    status, _ = immediate((await tools.send("/v1/responses", body_with_shot))[-1])
+    assert status == 403
 
 
 # --- Gemini ----------------------------------------------------------------------------------
