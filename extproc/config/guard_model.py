@@ -252,6 +252,10 @@ class ModerationConfig(_Section):
     # Whether those messages' images are sent too (one call each); default: when the
     # model reads images, as OpenAI's omni-moderation models do (``reads_images``).
     images: bool | None = None
+    # The most images of one request checked (one call each): a request with more is one
+    # the guard cannot check (failure_mode decides), not hundreds of calls that spend the
+    # service's rate limit for every other client and outlast Envoy's wait.
+    max_images: int = Field(default=16, ge=1, le=500)
     timeout_ms: int = Field(default=3000, gt=0, le=60_000)
     failure_mode: FailureMode = FailureMode.FAIL_CLOSED
 

@@ -248,6 +248,15 @@ def _unreadable_image(guard: GuardConfig, what: str) -> GuardrailRejectedError:
     )
 
 
+def _too_many_images(guard: GuardConfig, count: int, most: int) -> GuardrailRejectedError:
+    return GuardrailRejectedError(
+        f"Guardrail '{guard.name}' cannot check this request: it holds {count} images, "
+        f"more than the {most} it checks in one request; send fewer",
+        400,
+        code="guardrail_too_many_images",
+    )
+
+
 def _rate_limited(guard: GuardConfig, retry_after: int) -> GuardrailRejectedError:
     """The guard's service is rate limited: a 429 saying when to retry, as a provider's
     own 429 reaches the client, so SDKs wait and retry rather than report an outage.
@@ -400,6 +409,12 @@ class GuardRequestStage:
                     unchecked = _cannot_check(ctx, guard, _unreadable_image(guard, unreadable))
                 # One call per image: the same image twice (a history sent back) once.
                 urls = tuple(dict.fromkeys(i.url for i in seen if i.url is not None))
+                most = client.config.max_images
+                if len(urls) > most:
+                    # Failing open, the first are still checked, the rest pass unread.
+                    error = _too_many_images(guard, len(urls), most)
+                    unchecked = _cannot_check(ctx, guard, error) or unchecked
+                    urls = urls[:most]
             try:
                 async with asyncio.timeout_at(deadline):
                     violated = await client.violations(texts, urls)

@@ -142,6 +142,38 @@ async def test_a_text_only_category_is_not_read_in_an_image(mock_url: str) -> No
     assert passed(await gateway.send("/v1/chat/completions", only_image))
 
 
+async def test_more_images_than_the_guard_checks_is_a_400_and_one_repeated_counts_once(
+    mock_url: str,
+) -> None:
+    # Hundreds of images would be hundreds of calls, spending the service's rate limit for
+    # every other client and outlasting Envoy's wait (a retried 503, each time).
+    gateway = guarded(mock_url, max_images=2)
+    three = chat(*(image_url(f"https://img.test/{n}.png") for n in range(3)))
+    status, body = immediate((await gateway.send("/v1/chat/completions", three))[-1])
+    assert status == 400
+    assert body["error"] == {
+        "message": "Guardrail 'moderated' cannot check this request: it holds 3 images, "
+        "more than the 2 it checks in one request; send fewer",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "guardrail_too_many_images",
+    }
+    # The same image again (a history sent back each turn) is one image.
+    again = chat(*(image_url(png(CLEAN)) for _ in range(3)))
+    assert passed(await gateway.send("/v1/chat/completions", again))
+
+
+async def test_failing_open_the_first_images_are_still_checked(mock_url: str) -> None:
+    lenient = guarded(mock_url, max_images=1, failure_mode="fail_open")
+    first_gory = chat(image_url(png(GORY)), image_url(png(CLEAN)))
+    assert immediate((await lenient.send("/v1/chat/completions", first_gory))[-1])[0] == 403
+    last_gory = chat(image_url(png(CLEAN)), image_url(png(GORY)))
+    assert passed(await lenient.send("/v1/chat/completions", last_gory))
+    assert lenient.log()["guardrails"] == [
+        {"guard": "moderated", "phase": "request", "action": "fail_open"}
+    ]
+
+
 async def test_a_text_moderation_model_is_sent_no_images_unless_told(mock_url: str) -> None:
     # text-moderation-latest refuses an image: images are sent only to a model that reads
     # them, or where the config says the service does.
