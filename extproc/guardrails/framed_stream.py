@@ -75,8 +75,8 @@ class FramedStreamGuard(StreamGuard):
     # telemetry reads as they are.
     unwraps: ClassVar[bool] = True
 
-    def __init__(self, matchers: Matchers) -> None:
-        super().__init__(matchers, anthropic=True)
+    def __init__(self, matchers: Matchers, *, json_text: bool = False) -> None:
+        super().__init__(matchers, anthropic=True, json_text=json_text)
         self._frames = EventStreamBuffer()
         # Exception frames read with this chunk: sent after its released events.
         self._after: list[bytes] = []

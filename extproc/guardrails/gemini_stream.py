@@ -52,8 +52,8 @@ _NAMING = ("modelVersion", "responseId", "createTime")
 class GeminiStreamGuard(StreamGuard):
     """The SSE events of one streamGenerateContent answer, guarded (module docstring)."""
 
-    def __init__(self, matchers: Matchers) -> None:
-        super().__init__(matchers, anthropic=False)
+    def __init__(self, matchers: Matchers, *, json_text: bool = False) -> None:
+        super().__init__(matchers, anthropic=False, json_text=json_text)
 
     def _read_payload(self, event: StreamEvent, payload: dict[str, Any]) -> None:
         if "error" in payload:

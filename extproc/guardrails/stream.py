@@ -388,6 +388,107 @@ class ArgumentsStream:
         return released + text.flush() if final else released
 
 
+class DocumentStream:
+    """A structured output's streamed text (the request asked for JSON): matched as a
+    ``TextStream`` matches, as written and JSON syntax and all (a pattern written against
+    the syntax still finds what it found), and masked as a whole answer's text is
+    (``matching.onto_document``), so the client still decodes what it assembles.
+
+    Each release is lexed from where the last one left the document (``json_fragments``):
+    a mask is kept to the strings and numbers its match covers, its replacement escaped as
+    a string needs and a number holding a match made a string; a cut never falls inside an
+    escape or a number (held whole until the character after it shows it ended), so no mask
+    is written into half of one. Should the text stop being JSON (a model writing prose
+    anyway), the rest of it is read and masked as text, by a ``TextStream``."""
+
+    __slots__ = ("_before", "_held", "_matchers", "_state", "_text", "masked")
+
+    def __init__(self, matchers: Matchers) -> None:
+        self._matchers = matchers
+        self._held = ""  # text not released yet; ``_state`` is where it begins
+        self._state = LexState()
+        self._before = ""  # the last character released, as written
+        self._text: TextStream | None = None  # once the text stopped being JSON
+        self.masked: set[int] = set()
+
+    def push(self, text: str) -> str:
+        if self._text is not None:
+            return self._text.push(text)
+        return self._release(self._held + text, final=False)
+
+    def flush(self) -> str:
+        if self._text is not None:
+            return self._text.flush()
+        if not self._held:
+            return ""
+        return self._release(self._held, final=True)
+
+    def _release(self, buffer: str, *, final: bool) -> str:
+        lexed = lex(self._state, buffer, final=final)
+        if lexed.broken:
+            self._held = ""
+            text = self._text = TextStream(self._matchers, before=self._before)
+            text.masked = self.masked
+            released = text.push(buffer)
+            return released + text.flush() if final else released
+        cut, hits, refusing, _ = _plan(self._matchers, self._before, buffer, final=final)
+        if refusing:
+            guard = min(refusing)
+            raise StreamRejectedError(guard, found_in(self._matchers, guard, buffer))
+        if not final:
+            # Never into an escape or a number still open (a mask there could not be
+            # written as JSON), nor into a match: what follows waits for the next delta.
+            cut = min(cut, lexed.hold)
+            cut = _outside(cut, [*lexed.fixed, *((hit.start, hit.end) for hit in hits)])
+            hits = [hit for hit in hits if hit.end <= cut]
+            if cut:
+                self._state = state_at(lexed, self._state, buffer, cut)
+        else:
+            self._state = lexed.state
+        self.masked.update(hit.guard for hit in hits)
+        if cut:
+            self._before = buffer[cut - 1]
+        self._held = buffer[cut:]
+        return apply(buffer[:cut], _onto_pieces(lexed, hits))
+
+
+def _onto_pieces(lexed: Lexed, hits: list[Hit]) -> list[Hit]:
+    """Hits found in a stretch read as written, kept to the strings and numbers ``lexed``
+    found there, as ``matching.onto_document`` keeps a whole text's: the part of each a hit
+    covers is masked, written as JSON (``onto_json``); the syntax around them stays.
+
+    An end that falls inside an escape moves to the escape's end: read as written,
+    ``\\njane@example.com`` holds an address beginning at the ``n`` of ``\\n``, and
+    masked from there it left half of the escape (``\\<EMAIL>``), no JSON."""
+    if not hits:
+        return hits
+    by_piece: dict[int, list[Hit]] = {}
+    for hit in hits:
+        for index, (piece, _) in enumerate(lexed.pieces):
+            first, last = piece.raw(0), piece.raw(len(piece.text))
+            start, end = max(hit.start, first), min(hit.end, last)
+            if not piece.number:
+                start, end = _past_escape(start, lexed.fixed), _past_escape(end, lexed.fixed)
+            if start < end:
+                inside = Hit(piece.decoded(start), piece.decoded(end), hit.guard, hit.replacement)
+                by_piece.setdefault(index, []).append(inside)
+    mapped = [
+        hit
+        for index, inside in by_piece.items()
+        for hit in onto_json(lexed.pieces[index][0], inside)
+    ]
+    mapped.sort(key=lambda hit: hit.start)
+    return mapped
+
+
+def _past_escape(position: int, spans: list[tuple[int, int]]) -> int:
+    """``position``, moved to the end of the span (an escape) it falls strictly inside."""
+    for start, end in spans:
+        if start < position < end:
+            return end
+    return position
+
+
 def _holds_as_text(lexed: Lexed, length: int, cut: int) -> bool:
     """Whether cutting a stretch of ``length`` characters at ``cut`` already holds what a
     text channel would: the stretch ends in a string written without escapes, and the
@@ -432,12 +533,22 @@ class StreamEvent:
 class StreamGuard:
     """The client-bound SSE events of one answer, guarded (see module docstring)."""
 
-    def __init__(self, matchers: Matchers, *, anthropic: bool, completions: bool = False) -> None:
+    def __init__(
+        self,
+        matchers: Matchers,
+        *,
+        anthropic: bool,
+        completions: bool = False,
+        json_text: bool = False,
+    ) -> None:
         self._matchers = matchers
         self._anthropic = anthropic
         # OpenAI text completion chunks: a choice's text is its ``text``, not a delta's.
         self._completions = completions
-        self._channels: dict[Channel, TextStream | ArgumentsStream] = {}
+        # The request asked for JSON (``structured_output``): the answer's text is read as
+        # arguments are, so a mask keeps it the JSON the client decodes.
+        self._json_text = json_text
+        self._channels: dict[Channel, TextStream | ArgumentsStream | DocumentStream] = {}
         # The tool calls (and reasoning) seen, in order: their channels close with their
         # owner's.
         self._calls: list[CallChannel] = []
@@ -510,7 +621,7 @@ class StreamGuard:
             out.append(self._error_event(error(rejected.guard)))
         return b"".join(out)
 
-    def _channel(self, channel: Channel) -> TextStream | ArgumentsStream:
+    def _channel(self, channel: Channel) -> TextStream | ArgumentsStream | DocumentStream:
         found = self._channels.get(channel)
         if found is None:
             if isinstance(channel, tuple) and channel[2] >= _FIRST_TEXT:
@@ -525,6 +636,10 @@ class StreamGuard:
                 # spelled with an escape is still found), as written once it is not.
                 found = self._channels[channel] = ArgumentsStream(self._matchers)
                 self._calls.append(channel)
+            elif self._json_text:
+                # A structured output's text: masked as JSON while it is JSON (a model
+                # writing prose anyway is read as text from its first character).
+                found = self._channels[channel] = DocumentStream(self._matchers)
             else:
                 found = self._channels[channel] = TextStream(self._matchers)
         return found

@@ -108,6 +108,7 @@ from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, Route
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard, signed_channel
+from extproc.guardrails.structured_output import asks_for_json
 from extproc.guardrails.thinking_binding import ask_to_drop_changed_thinking
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
@@ -807,16 +808,21 @@ class GuardResponseStage:
             # unguarded; the provider billed it whole, so it is charged as such.
             charge_unread_answer(ctx)
             raise _unguarded_unasked_stream(route.name, route.api)
+        # A structured output's text is JSON the client decodes: masks keep it JSON.
+        json_text = streamed and asks_for_json(ctx.body)
         if streamed and route.api is RouteApi.BEDROCK_INVOKE:
             # Claude's events in AWS frames (another family's body was refused).
-            ctx.response_guard = FramedStreamGuard(guards.response.matchers)
+            ctx.response_guard = FramedStreamGuard(guards.response.matchers, json_text=json_text)
         elif streamed and route.api is RouteApi.BEDROCK_CONVERSE:
-            ctx.response_guard = ConverseStreamGuard(guards.response.matchers)
+            ctx.response_guard = ConverseStreamGuard(guards.response.matchers, json_text=json_text)
         elif streamed and route.api is RouteApi.GEMINI_GENERATE_CONTENT:
-            ctx.response_guard = GeminiStreamGuard(guards.response.matchers)
+            ctx.response_guard = GeminiStreamGuard(guards.response.matchers, json_text=json_text)
         elif streamed:
             ctx.response_guard = StreamGuard(
-                guards.response.matchers, anthropic=anthropic, completions=completions
+                guards.response.matchers,
+                anthropic=anthropic,
+                completions=completions,
+                json_text=json_text,
             )
         else:
             ctx.response_guard = guards
