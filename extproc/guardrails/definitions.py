@@ -77,8 +77,25 @@ SETTING = "a server tool's setting"
 # code or a filter's value masked would no longer be one, so they are read ``fixed``.
 _DOMAIN_LISTS = ("allowed_domains", "blocked_domains")
 _LOCATION = "user_location"
-# Gemini's Google Search tool and the domains it leaves out, both spellings.
-_GOOGLE_SEARCH = ("googleSearch", "google_search")
+# Gemini's Google Search tool (and Vertex's Web Grounding for Enterprise) and the domains
+# it leaves out, both spellings.
+_GOOGLE_SEARCH = (
+    "googleSearch",
+    "google_search",
+    "enterpriseWebSearch",
+    "enterprise_web_search",
+)
+# Gemini's File Search and Vertex's retrieval tools: their filters are handed on to the
+# store's search (AIP-160 expressions, Vertex AI Search filters), as a Responses file
+# search's are: a term or a key written there left the gateway unread. A filter masked
+# would select other documents, or none.
+_FILE_SEARCH = ("fileSearch", "file_search")
+_RETRIEVAL = ("retrieval",)
+_VERTEX_AI_SEARCH = ("vertexAiSearch", "vertex_ai_search")
+_DATA_STORE_SPECS = ("dataStoreSpecs", "data_store_specs")
+_RAG_STORE = ("vertexRagStore", "vertex_rag_store")
+_RAG_RETRIEVAL_CONFIG = ("ragRetrievalConfig", "rag_retrieval_config")
+_METADATA_FILTER = ("metadataFilter", "metadata_filter")
 _EXCLUDED_DOMAINS = ("excludeDomains", "exclude_domains")
 # Gemini's retrieval settings (Google Maps grounding): the user's language, handed on to
 # the search with the user's position (numbers, which no matcher reads as text).
@@ -176,17 +193,49 @@ def gemini_slots(request: dict[str, Any]) -> list[TextSlot]:
             if isinstance(search, dict):
                 for excluded in spellings(search, _EXCLUDED_DOMAINS):
                     _setting_list(excluded, slots)
+        _retrieval_filter_slots(tool, slots)
     for config in spellings(request, _TOOL_CONFIG):
         for retrieval in spellings(config, _RETRIEVAL_CONFIG) if isinstance(config, dict) else ():
             if isinstance(retrieval, dict):
-                for name in _LANGUAGE_CODE:
-                    _string(retrieval, name, slots, SETTING)
+                _spelled_settings(retrieval, _LANGUAGE_CODE, slots)
     for config in spellings(request, GENERATION_CONFIG):
         if isinstance(config, dict):
             for names in RESPONSE_SCHEMAS:
                 for name in names:
                     schema_slots(config, name, slots)
     return slots
+
+
+def _retrieval_filter_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
+    """A Gemini tool's search filters (``_FILE_SEARCH``): File Search's ``metadataFilter``,
+    Vertex AI Search's ``filter`` and each data store's, a RAG store's
+    ``ragRetrievalConfig.filter.metadataFilter``."""
+    for search in spellings(tool, _FILE_SEARCH):
+        if isinstance(search, dict):
+            _spelled_settings(search, _METADATA_FILTER, slots)
+    for retrieval in spellings(tool, _RETRIEVAL):
+        if not isinstance(retrieval, dict):
+            continue
+        for engine in spellings(retrieval, _VERTEX_AI_SEARCH):
+            if isinstance(engine, dict):
+                _string(engine, "filter", slots, SETTING)
+                for specs in spellings(engine, _DATA_STORE_SPECS):
+                    for spec in dicts(specs):
+                        _string(spec, "filter", slots, SETTING)
+        for store in spellings(retrieval, _RAG_STORE):
+            for config in (
+                spellings(store, _RAG_RETRIEVAL_CONFIG) if isinstance(store, dict) else ()
+            ):
+                found = config.get("filter") if isinstance(config, dict) else None
+                if isinstance(found, dict):
+                    _spelled_settings(found, _METADATA_FILTER, slots)
+
+
+def _spelled_settings(
+    holder: dict[str, Any], names: tuple[str, ...], slots: list[TextSlot]
+) -> None:
+    for name in names:
+        _string(holder, name, slots, SETTING)
 
 
 def _tool_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:

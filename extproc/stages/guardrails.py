@@ -75,6 +75,7 @@ from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import is_prompt
 from extproc.errors import BadRequestError, UpstreamError, anthropic_error_body
 from extproc.guardrails import definitions
+from extproc.guardrails import request_metadata as metadata
 from extproc.guardrails.completion_text import answer_slots as completion_answer_slots
 from extproc.guardrails.completion_text import request_slots as completion_request_slots
 from extproc.guardrails.content import (
@@ -615,27 +616,34 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     matched in (None: it carries none)."""
     assert ctx.body is not None and ctx.route is not None
     body = ctx.body
-    if ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
-        return input_slots(body), None
-    if ctx.route.api in RESPONSES_REQUESTS:
-        return definitions.responses_slots(body) + responses_request_slots(body), None
-    if ctx.route.api is RouteApi.OPENAI_COMPLETIONS:
-        return completion_request_slots(body), None
-    if ctx.route.api in GEMINI_APIS:
+    api = ctx.route.api
+    if api is RouteApi.OPENAI_EMBEDDINGS:
+        return metadata.openai_slots(body) + input_slots(body), None
+    if api in RESPONSES_REQUESTS:
+        found = metadata.openai_slots(body) + definitions.responses_slots(body)
+        return found + responses_request_slots(body), None
+    if api is RouteApi.OPENAI_COMPLETIONS:
+        return metadata.openai_slots(body) + completion_request_slots(body), None
+    if api in GEMINI_APIS:
         # A count's text reaches the model as the request it counts would.
-        found = definitions.gemini_slots(gemini_request(body))
+        request = gemini_request(body)
+        found = metadata.gemini_slots(request) + definitions.gemini_slots(request)
         return found + gemini_request_slots(body), None
-    converse = ctx.route.api is RouteApi.BEDROCK_CONVERSE
-    if ctx.route.api is RouteApi.BEDROCK_COUNT_TOKENS:
+    converse = api is RouteApi.BEDROCK_CONVERSE
+    if api is RouteApi.BEDROCK_COUNT_TOKENS:
         # The counted request's text reaches the provider as the request's would.
         member, body = counted_request(ctx.body)
         converse = member == CONVERSE
     if converse:
         counted = body
-        found = definitions.converse_slots(body) + converse_request_slots(body)
+        found = metadata.converse_slots(body) + definitions.converse_slots(body)
+        found += converse_request_slots(body)
         return found, lambda block: drop_converse_reasoning(counted, block)
     messages = body
-    found = definitions.chat_slots(body) + request_slots(body)
+    # Claude's bodies (Messages, token counts, InvokeModel) or OpenAI chat's.
+    claude = api in MESSAGES_BODY_APIS or api in ANTHROPIC_APIS
+    stored = metadata.anthropic_slots if claude else metadata.openai_slots
+    found = stored(body) + definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)
 
 

@@ -143,3 +143,38 @@ async def test_a_gemini_retrieval_config_is_read(
         assert MASKED in error["error"]["message"]
         sent = upstream(await gw.send(GENERATE, body("en_US")))
     assert sent["toolConfig"] == body("en_US")["toolConfig"]
+
+
+# Gemini's File Search and Vertex's retrieval tools hand their filters on to the store's
+# search; Vertex's Web Grounding for Enterprise its excluded domains.
+GEMINI_FILTERS = [
+    lambda v: {"fileSearch": {"fileSearchStoreNames": ["fileSearchStores/s1"],
+                              "metadataFilter": f'author = "{v}"'}},
+    lambda v: {"file_search": {"file_search_store_names": ["fileSearchStores/s1"],
+                               "metadata_filter": f'author = "{v}"'}},
+    lambda v: {"retrieval": {"vertexAiSearch": {"datastore": "projects/p/dataStores/d",
+                                                "filter": f'owner: ANY("{v}")'}}},
+    lambda v: {"retrieval": {"vertexAiSearch": {"engine": "projects/p/engines/e",
+               "dataStoreSpecs": [{"dataStore": "projects/p/dataStores/d", "filter": v}]}}},
+    lambda v: {"retrieval": {"vertexRagStore": {"ragResources": [{"ragCorpus": "c1"}],
+               "ragRetrievalConfig": {"topK": 3, "filter": {"metadataFilter": f"team = {v}",
+                                                            "vectorDistanceThreshold": 0.5}}}}},
+    lambda v: {"enterpriseWebSearch": {"excludeDomains": [f"{v}.example.com"]}},
+]  # fmt: skip
+GEMINI_IDS = ["file-search", "file-search-snake", "vertex-ai-search", "data-store-spec",
+              "rag-store", "enterprise-web-search"]  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", GEMINI_FILTERS, ids=GEMINI_IDS)
+async def test_a_gemini_search_filter_is_read(
+    vertex: Any,  # noqa: F811 (the fixture imported above)
+    tool: Any,
+) -> None:
+    async with gateway(vertex, GUARDS, guardrails="p") as gw:
+        status, error = refusal((await gw.send(GENERATE, gemini(tools=[tool(FALCON)])))[-1])
+        assert status == 403
+        assert error["error"]["message"] == MESSAGE
+        status, error = refusal((await gw.send(GENERATE, gemini(tools=[tool("EMP-123456")])))[-1])
+        assert MASKED in error["error"]["message"]
+        sent = upstream(await gw.send(GENERATE, gemini(tools=[tool("ops")])))
+    assert sent["tools"] == [tool("ops")]

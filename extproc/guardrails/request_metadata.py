@@ -1,0 +1,97 @@
+"""A request's metadata and end-user identifiers, as guard slots.
+
+The model never reads them, but the provider stores them: OpenAI keeps a request's
+``metadata`` with a stored completion or response (shown in its dashboard, listed by its
+API) and ``user`` / ``safety_identifier`` for abuse checks, and uses ``prompt_cache_key`` to
+route its cache; Anthropic keeps ``metadata.user_id``; Bedrock writes a Converse call's
+``requestMetadata`` into the account's invocation logs; Vertex AI bills by a request's
+``labels``. Guards are there to keep data from the provider, so a key or an address put
+there (an app that sets ``user`` to the user's e-mail address) must meet them as the prompt
+does. They are the developer's settings, read with the role ``system`` as tool definitions
+are (``definitions``).
+
+How a mask writes there follows what the field is for:
+
+- an OpenAI ``metadata`` value is a free tag (any string of up to 512 characters): masked in
+  place, the tag says data was hidden, as a masked prompt does;
+- what identifies something or must keep a provider's alphabet is read ``fixed`` (a mask
+  refuses the request, naming it): an end user's identifier (``user``,
+  ``safety_identifier``, Anthropic's ``metadata.user_id``) masked alike for every user would
+  make the provider's abuse checks treat them all as one; a cache key masked would share
+  one cache between callers; a metadata key is a name; Bedrock's ``requestMetadata`` and
+  Vertex's ``labels`` take a few characters only (no ``<``, ``>`` or ``*``), so Bedrock and
+  Google would refuse a masked value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.guardrails.content import TextSlot
+
+ROLE = "system"
+
+USER_ID = "the end user's identifier"
+CACHE_KEY = "a prompt cache key"
+METADATA_KEY = "a metadata key"
+METADATA_VALUE = "a metadata value"
+LABEL = "a label"
+
+# OpenAI's identifiers of the end user and its cache key, on every OpenAI API.
+_IDENTIFIERS = (("user", USER_ID), ("safety_identifier", USER_ID), ("prompt_cache_key", CACHE_KEY))
+# Vertex AI's request labels (one spelling in both of Google's casings).
+_LABELS = ("labels",)
+
+
+def openai_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """An OpenAI request's (chat, Responses, embeddings, completions) ``metadata`` and
+    identifiers."""
+    slots: list[TextSlot] = []
+    _map_slots(body.get("metadata"), slots, values=None)
+    for field, what in _IDENTIFIERS:
+        _fixed(body, field, slots, what)
+    return slots
+
+
+def anthropic_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """An Anthropic Messages body's ``metadata.user_id`` (its only member)."""
+    slots: list[TextSlot] = []
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        _fixed(metadata, "user_id", slots, USER_ID)
+    return slots
+
+
+def converse_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """A Converse call's ``requestMetadata``: keys and values, written to its logs."""
+    slots: list[TextSlot] = []
+    _map_slots(body.get("requestMetadata"), slots, values=METADATA_VALUE)
+    return slots
+
+
+def gemini_slots(body: dict[str, Any]) -> list[TextSlot]:
+    """A Gemini request's ``labels`` (Vertex AI's billing labels)."""
+    slots: list[TextSlot] = []
+    for name in _LABELS:
+        _map_slots(body.get(name), slots, values=LABEL, keys=LABEL)
+    return slots
+
+
+def _map_slots(
+    mapping: Any, slots: list[TextSlot], *, values: str | None, keys: str = METADATA_KEY
+) -> None:
+    """A map of strings: each key read ``fixed`` as ``keys`` (a name: never renamed), each
+    string value read, ``fixed`` as ``values`` says (None: masked in place)."""
+    if not isinstance(mapping, dict):
+        return
+    names = list(mapping)
+    for index, name in enumerate(names):
+        if isinstance(name, str):
+            slots.append(TextSlot(ROLE, names, index, fixed=keys))
+        if isinstance(mapping[name], str):
+            slots.append(TextSlot(ROLE, mapping, name, fixed=values))
+
+
+def _fixed(holder: dict[str, Any], field: str, slots: list[TextSlot], what: str) -> None:
+    if isinstance(holder.get(field), str):
+        slots.append(TextSlot(ROLE, holder, field, fixed=what))
