@@ -19,10 +19,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel
 
+from extproc.config.guard_model import GuardConfig
+from extproc.guardrails.framed_stream import ConverseStreamGuard, FramedStreamGuard
+from extproc.guardrails.matching import MatcherGuard, Matchers
+from extproc.guardrails.stream import StreamGuard
 from extproc.guardrails.structured_output import asks_for_json
 from extproc.testing import client_body, response_body, response_headers
 from tests.unit.guard_helpers import (
@@ -31,6 +37,7 @@ from tests.unit.guard_helpers import (
     config_with,
     openai_chunk,
     openai_stream_text,
+    play,
 )
 from tests.unit.sse_play import play_sse
 from tests.unit.test_gemini_guard_flow import (
@@ -42,6 +49,16 @@ from tests.unit.test_gemini_guard_flow import (
 from tests.unit.test_gemini_guard_flow import event as gemini_event
 from tests.unit.test_gemini_guard_flow import gateway as gemini_gateway
 from tests.unit.test_guard_flow import Gateway
+from tests.unit.test_guard_framed_stream import (
+    claude_stream,
+    converse_frames,
+    frame,
+    read,
+    read_converse,
+    text_of,
+)
+from tests.unit.test_guard_framed_stream import play as play_frames
+from tests.unit.test_guard_tool_args_json import documents, spellings
 
 # An operator's replacement with characters a JSON string must escape.
 REPLACEMENT = '[hidden "pii" \\ here]'
@@ -261,3 +278,53 @@ def test_what_asks_for_json_on_each_api() -> None:
         {"generationConfig": [1]},
     ]
     assert not any(asks_for_json(body) for body in others)
+
+
+# --- whatever the answer and wherever the stream cuts it --------------------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Patterns that hit strings, numbers, escapes as written (the "n" of "\n", "u00" of
+# "\u00e9") and the syntax around values (a quote, a colon, a comma).
+PATTERNS = st.sampled_from([r"[ab]+", r"\d+", r"[n@]", r"u00", r'"\W+\w', r",\s*\S", r"e\d"])
+
+
+@FUZZ
+@given(documents, spellings, PATTERNS, st.data())
+def test_a_streamed_structured_output_masked_is_always_json(
+    document: Any, spelling: dict[str, Any], pattern: str, data: st.DataObject
+) -> None:
+    config = GuardConfig(name="m", patterns=[pattern], action="mask", replacement='R"\\\n')
+    text = json.dumps(document, **spelling)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=8)))
+    fragments = [text[start:end] for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    guard = StreamGuard(Matchers((MatcherGuard(config, 256),)), anthropic=False, json_text=True)
+    body = play(guard, [*(openai_chunk(f) for f in fragments), openai_chunk(None, "stop"), DONE])
+    masked = json.loads(openai_stream_text(body))
+    # The same document, its values masked: as many members or items as it had.
+    assert type(masked) is type(document)
+    assert len(masked) <= len(document)  # keys masked alike may merge, as in a whole answer
+    if isinstance(document, list):
+        assert len(masked) == len(document)
+
+
+# --- Bedrock's frames: Claude's InvokeModel stream and ConverseStream ---------------------------
+
+
+def framed_guard(kind: type[FramedStreamGuard]) -> FramedStreamGuard:
+    matchers = Matchers(tuple(MatcherGuard(GuardConfig(**c), 256) for c in (PII, SECRET)))
+    return kind(matchers, json_text=True)
+
+
+@pytest.mark.parametrize("step", [1, 64, 100_000])
+def test_an_invoke_model_structured_output_streamed_stays_json(step: int) -> None:
+    stream = b"".join(frame(event) for event in claude_stream(*FRAGMENTS))
+    messages = read(play_frames(framed_guard(FramedStreamGuard), stream, step))
+    assert json.loads(text_of(messages)) == MASKED
+
+
+@pytest.mark.parametrize("step", [1, 64, 100_000])
+def test_a_converse_structured_output_streamed_stays_json(step: int) -> None:
+    stream = converse_frames(*FRAGMENTS)
+    messages = read_converse(play_frames(framed_guard(ConverseStreamGuard), stream, step))
+    text = "".join(p["delta"].get("text", "") for k, p in messages if k == "contentBlockDelta")
+    assert json.loads(text) == MASKED
