@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 
 from extproc.gemini_api import GENERATION_CONFIG, RESPONSE_SCHEMAS
-from extproc.guardrails.content import TextSlot
+from extproc.guardrails.content import SERVER_NAME, TextSlot
 from extproc.guardrails.converse_text import dicts, json_value_slots
 from extproc.guardrails.gemini_text import spellings
 from extproc.guardrails.schema_enum import DistinctEnum
@@ -137,6 +137,13 @@ def chat_slots(body: dict[str, Any]) -> list[TextSlot]:
     options = body.get("web_search_options")
     if isinstance(options, dict):
         _location_slots(options.get(_LOCATION), slots)
+    # Anthropic's MCP connector: each server's name and the tools it allows, which name
+    # the tools the model is given (its URL and token are no text: credentials).
+    for server in dicts(body.get("mcp_servers")):
+        _string(server, "name", slots, SERVER_NAME)
+        configuration = server.get("tool_configuration")
+        if isinstance(configuration, dict):
+            _name_list(configuration.get("allowed_tools"), slots)
     _format_slots(body.get("response_format"), slots)
     config = body.get("output_config")
     if isinstance(config, dict):
@@ -248,6 +255,11 @@ def _tool_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
             return
     _definition_slots(tool, slots)
     _server_setting_slots(tool, slots)
+    if tool.get("type") == "mcp":
+        # A Responses MCP tool's server label and allowed tools name what the model calls.
+        _string(tool, "server_label", slots, SERVER_NAME)
+        allowed = tool.get("allowed_tools")
+        _name_list(allowed.get("tool_names") if isinstance(allowed, dict) else allowed, slots)
 
 
 def _server_setting_slots(tool: dict[str, Any], slots: list[TextSlot]) -> None:
@@ -296,6 +308,13 @@ def _location_slots(location: Any, slots: list[TextSlot]) -> None:
         for key, value in holder.items():
             if key != "type" and isinstance(value, str):
                 slots.append(TextSlot(ROLE, holder, key, fixed=SETTING))
+
+
+def _name_list(values: Any, slots: list[TextSlot]) -> None:
+    if isinstance(values, list):
+        for index, value in enumerate(values):
+            if isinstance(value, str):
+                slots.append(TextSlot(ROLE, values, index, fixed=TOOL_NAME))
 
 
 def _setting_list(values: Any, slots: list[TextSlot]) -> None:

@@ -178,3 +178,42 @@ async def test_a_gemini_search_filter_is_read(
         assert MASKED in error["error"]["message"]
         sent = upstream(await gw.send(GENERATE, gemini(tools=[tool("ops")])))
     assert sent["tools"] == [tool("ops")]
+
+
+# MCP servers' names and the tools they allow name what the model is given and calls.
+MCP_CASES = [
+    ("anthropic-messages", "/v1/messages",
+     lambda v: messages(mcp_servers=[{"type": "url", "url": "https://mcp.example.com/sse",
+                                      "name": v, "authorization_token": "tok"}])),
+    ("anthropic-messages", "/v1/messages",
+     lambda v: messages(mcp_servers=[{"type": "url", "url": "https://mcp.example.com/sse",
+                                      "name": "wiki", "tool_configuration": {
+                                          "enabled": True, "allowed_tools": ["ask", v]}}])),
+    ("openai-responses", "/v1/responses",
+     lambda v: responses(tools=[{"type": "mcp", "server_label": v,
+                                 "server_url": "https://mcp.example.com/mcp"}])),
+    ("openai-responses", "/v1/responses",
+     lambda v: responses(tools=[{"type": "mcp", "server_label": "wiki",
+                                 "server_url": "https://mcp.example.com/mcp",
+                                 "allowed_tools": {"tool_names": [v]}}])),
+]  # fmt: skip
+MCP_IDS = ["anthropic-server", "anthropic-allowed-tools", "responses-label",
+           "responses-allowed-tools"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("route", "path", "body"), MCP_CASES, ids=MCP_IDS)
+async def test_an_mcp_servers_names_are_read_and_never_renamed(
+    route: str, path: str, body: Any
+) -> None:
+    found = refused(await gateway_for(route).send(path, body(FALCON)))
+    assert found is not None, "the name reached the provider unread"
+    assert found[0] == 403 and MESSAGE in orjson.dumps(found[1]).decode()
+    found = refused(await gateway_for(route).send(path, body("get_EMP-123456")))
+    assert found is not None
+    assert "contains EMPLOYEE_ID, which cannot be masked" in orjson.dumps(found[1]).decode()
+    sent = body("deepwiki")
+    answers = await gateway_for(route).send(path, sent)
+    assert refused(answers) is None
+    original = orjson.loads(sent)
+    for field in ("tools", "mcp_servers"):
+        assert upstream_body(answers[1]).get(field) == original.get(field)
