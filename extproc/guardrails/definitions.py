@@ -40,9 +40,11 @@ What is read, and how a mask writes there:
 - not read: the schema's structure (``type``, ``format``, ``pattern``, ``$ref``,
   ``additionalProperties`` flags...), settings (``strict``), and whatever a definition
   holds that the model is not shown: an MCP server's URL, headers and authorization
-  (credentials, never sent to a webhook), server tools' settings but for their domains
-  and user location, which the provider hands on to its search (``_DOMAIN_LISTS``): those
-  are read ``fixed``.
+  (credentials, never sent to a webhook), server tools' settings but for their domains,
+  user location and search filters (a Responses file search's, Gemini's File Search and
+  Vertex's retrieval filters), which the provider hands on to its search
+  (``_DOMAIN_LISTS``, ``_FILE_SEARCH``): those are read ``fixed``, as an MCP server's name
+  and the tools it allows are.
 
 The walk reads the already-parsed body (no parse of its own, but for a Converse output
 schema's JSON text), without recursion: a schema's depth cannot exhaust the stack.
