@@ -401,7 +401,7 @@ class DocumentStream:
     is written into half of one. Should the text stop being JSON (a model writing prose
     anyway), the rest of it is read and masked as text, by a ``TextStream``."""
 
-    __slots__ = ("_before", "_held", "_matchers", "_state", "_text", "masked")
+    __slots__ = ("_before", "_held", "_matchers", "_open", "_state", "_text", "masked")
 
     def __init__(self, matchers: Matchers) -> None:
         self._matchers = matchers
@@ -409,6 +409,9 @@ class DocumentStream:
         self._state = LexState()
         self._before = ""  # the last character released, as written
         self._text: TextStream | None = None  # once the text stopped being JSON
+        # The guard whose too long match was cut where the released text ends (as in a
+        # ``TextStream``): its rest leaves as nothing, one mask for the whole match.
+        self._open: int | None = None
         self.masked: set[int] = set()
 
     def push(self, text: str) -> str:
@@ -431,7 +434,10 @@ class DocumentStream:
             text.masked = self.masked
             released = text.push(buffer)
             return released + text.flush() if final else released
-        cut, hits, refusing, _ = _plan(self._matchers, self._before, buffer, final=final)
+        cut, hits, refusing, split = _plan(
+            self._matchers, self._before, buffer, final=final, continues=self._open
+        )
+        planned = cut
         if refusing:
             guard = min(refusing)
             raise StreamRejectedError(guard, found_in(self._matchers, guard, buffer))
@@ -448,6 +454,8 @@ class DocumentStream:
         self.masked.update(hit.guard for hit in hits)
         if cut:
             self._before = buffer[cut - 1]
+            # A too long match cut short goes on only where the plan cut it.
+            self._open = split if cut == planned else None
         self._held = buffer[cut:]
         return apply(buffer[:cut], _onto_pieces(lexed, hits))
 

@@ -328,3 +328,14 @@ def test_a_converse_structured_output_streamed_stays_json(step: int) -> None:
     messages = read_converse(play_frames(framed_guard(ConverseStreamGuard), stream, step))
     text = "".join(p["delta"].get("text", "") for k, p in messages if k == "contentBlockDelta")
     assert json.loads(text) == MASKED
+
+
+def test_a_match_longer_than_the_cap_is_one_mask_as_in_prose() -> None:
+    # An unbounded pattern's match is not held whole past its cap: its mask leaves for what
+    # has come, and the rest of it as nothing, as in a text channel (one "****", not one
+    # per delta).
+    config = GuardConfig(name="digits", patterns=[r"\d+"], action="mask")
+    guard = StreamGuard(Matchers((MatcherGuard(config, 256),)), anthropic=False, json_text=True)
+    deltas = ['{"n": "', *(["1234567890"] * 200), '", "m": 1}']
+    body = play(guard, [*(openai_chunk(d) for d in deltas), openai_chunk(None, "stop"), DONE])
+    assert json.loads(openai_stream_text(body)) == {"n": "****", "m": "****"}
