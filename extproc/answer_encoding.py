@@ -116,7 +116,7 @@ def _later_members(first: bytes, rest: bytes, limit: int) -> bytes | object | No
     return b"".join(parts)
 
 
-class _StreamDecoder:
+class StreamDecoder:
     """A compressed stream, decoded chunk by chunk: a raw deflate stream is told apart
     from zlib's format by its first bytes, which are kept until then."""
 
@@ -215,7 +215,7 @@ class DecompressedAnswer(WrappedReader):
         self._unfinished_line = bytearray()
         self._encoding = encoding
         self._limit = limit
-        self._stream = _StreamDecoder(encoding, limit) if streamed else None
+        self._stream = StreamDecoder(encoding, limit) if streamed else None
         self._encoder = _encoder(encoding) if reencode else None
         self._broken_body = broken_body
         self._broken = False

@@ -47,8 +47,10 @@ from extproc.agents.answers import (
     unreadable_answer,
 )
 from extproc.agents.call import AgentCall
+from extproc.agents.decoded import DecodedAnswer
 from extproc.agents.jsonrpc import RequestId, RpcMessage, RpcParseError
 from extproc.agents.limits import COUNTER_PREFIX, rule_label
+from extproc.answer_encoding import readable_encoding
 from extproc.config.agents_model import AgentProtocol
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
@@ -371,7 +373,7 @@ class AgentCallStage:
             if (
                 status == 200
                 and call.server.rewrite_agent_card
-                and not _compressed(response_headers)
+                and not _unreadable_encoding(response_headers)
             ):
                 reader = CardReader(call)
         elif call.kind == "rpc" and (call.watches or call.strays is not None) and has_body:
@@ -387,6 +389,12 @@ class AgentCallStage:
             out.mode_override = _UNREAD_ANSWER
             ctx.completed = True
             return
+        encoding = _encoding(response_headers)
+        if encoding:
+            # Compressed although the gateway asked for no encoding: read decoded, and
+            # sent on so (the reader may change it; its length is the reader's anyway).
+            reader = DecodedAnswer(reader, encoding)
+            out.remove_headers.append("content-encoding")
         call.reader = reader
         out.mode_override = _READ_ANSWER
         out.remove_headers.append("content-length")
@@ -403,13 +411,17 @@ class AgentCallStage:
 
         An answer the gateway must rewrite (a tool list) is read whatever its
         content type says: JSON under ``text/plain`` or no type at all is still
-        filtered, and anything that is not JSON fails closed in the reader. Only a
-        compressed answer cannot be read: its requests get a JSON-RPC error now.
+        filtered, and anything that is not JSON fails closed in the reader. Only an
+        answer in an encoding the gateway cannot decode (br, zstd) cannot be read: on a
+        server whose tools rules hide (any answer may carry a stray list) its requests
+        get a JSON-RPC error now, as do those of an answer to rewrite (an extended card).
         Answers the gateway only observes are read when they say JSON or SSE.
         """
         rewriting = [watch.request_id for watch in call.watches if watch.rewrites]
-        if _compressed(response_headers):
-            if rewriting:
+        if _unreadable_encoding(response_headers):
+            if call.strays is not None:
+                _fail_closed(ctx, out, 200, unreadable_answer(call.request_ids or [None]))
+            elif rewriting:
                 _fail_closed(ctx, out, 200, unreadable_answer(rewriting))
             return None
         if media == SSE:
@@ -432,13 +444,14 @@ class AgentCallStage:
         """The reader of MCP's GET stream, which may replay earlier answers, tool lists too.
 
         Read only when rules may hide tools of the server; then an answer that is
-        not an uncompressed SSE stream cannot be filtered and is refused (502).
+        not an SSE stream, or in an encoding the gateway cannot decode, cannot be
+        filtered and is refused (502).
         """
         agents = ctx.runtime.agents
         server, identity = call.server.name, ctx.identity
         if not agents.access.governs_tools(server):
             return None
-        if media != SSE or _compressed(response_headers):
+        if media != SSE or _unreadable_encoding(response_headers):
             _fail_closed(ctx, out, 502, unreadable_answer([None]))
             return None
         lists = ToolListFilter(
@@ -452,10 +465,10 @@ class AgentCallStage:
         call = ctx.agent
         if call is None or call.reader is None:
             return
-        reader = call.reader
-        replaced = reader.feed(chunk, end_of_stream)
+        replaced = call.reader.feed(chunk, end_of_stream)
         if replaced is not None:
             out.body = replaced
+        reader = call.reader.reader if isinstance(call.reader, DecodedAnswer) else call.reader
         if isinstance(reader, AnswerReader) and reader.failed and ctx.error is None:
             # The client got a JSON-RPC error in place of the answer (the reader
             # recorded it on the call): the log line says so, not "forwarded".
@@ -818,10 +831,17 @@ def _is_json(media: str) -> bool:
     return "json" in media
 
 
-def _compressed(response_headers: dict[str, str]) -> bool:
-    """The gateway asks for no encoding; a server may compress anyway."""
+def _encoding(response_headers: dict[str, str]) -> str:
+    """The answer's ``content-encoding``; "" when uncompressed. The gateway asks for no
+    encoding, but a server may compress anyway."""
     encoding = response_headers.get("content-encoding", "").strip().lower()
-    return encoding not in {"", "identity"}
+    return "" if encoding == "identity" else encoding
+
+
+def _unreadable_encoding(response_headers: dict[str, str]) -> bool:
+    """Compressed in an encoding the gateway cannot decode (br, zstd, several at once)."""
+    encoding = _encoding(response_headers)
+    return bool(encoding) and not readable_encoding(encoding)
 
 
 def _public_base(ctx: RequestContext, prefix: str) -> str:

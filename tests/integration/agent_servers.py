@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import zlib
 from typing import Any
 
 import uvicorn
@@ -140,20 +141,34 @@ def _lenient_answer(message: dict[str, Any]) -> dict[str, Any]:
 
 def _lenient_response(request: Request, payload: bytes, sse: bool) -> Response:
     """The payload framed and labelled as the query asks: ``type`` (``none``: no
-    content type), ``sse=1`` for an event, ``gzip=1`` compressed whatever was accepted,
-    ``twice=1`` sent twice (a broken server answering each request twice: two events, or
-    a JSON batch holding both). ``list_too=<id>`` (in ``_lenient_post``) adds a tool list
-    under that id."""
+    content type), ``sse=1`` for an event, ``twice=1`` sent twice (a broken server
+    answering each request twice: two events, or a JSON batch holding both).
+    ``list_too=<id>`` (in ``_lenient_post``) adds a tool list under that id. The body
+    is compressed as ``compress`` says (``_compressed``), whatever was accepted."""
     query = request.query_params
     body = b"event: message\ndata: " + payload + b"\n\n" if sse else payload
     if query.get("twice") == "1":
         body = body + body if sse else b"[" + payload + b"," + payload + b"]"
     found_type = query.get("type", "text/event-stream" if sse else "application/json")
     extra = {} if found_type == "none" else {"content-type": found_type}
-    if query.get("gzip") == "1":
+    return _compressed(request, body, extra)
+
+
+def _compressed(request: Request, body: bytes, headers: dict[str, str]) -> Response:
+    """``body`` compressed as the query's ``compress`` asks (``gzip``, ``deflate`` in
+    zlib's format, ``br``: bytes that stand for brotli, which the gateway cannot read
+    and no client here decodes), ``content-encoding`` naming it; as it is without one.
+    A server (or middleware) that compresses although the request accepted no encoding."""
+    encoding = request.query_params.get("compress")
+    if encoding == "gzip":
         body = gzip.compress(body)
-        extra["content-encoding"] = "gzip"
-    return Response(body, headers=extra)
+    elif encoding == "deflate":
+        body = zlib.compress(body)
+    elif encoding == "br":
+        body = b"\x0b\x80" + body
+    if encoding:
+        headers = {**headers, "content-encoding": encoding}
+    return Response(body, headers=headers)
 
 
 async def _lenient_post(request: Request) -> Response:
@@ -178,9 +193,9 @@ async def _lenient_post(request: Request) -> Response:
         listed = {"jsonrpc": "2.0", "id": int(stray), "result": _lenient_answer(
             {"method": "tools/list"})}  # fmt: skip
         if sse:
-            first = _lenient_response(request, json.dumps(answers[0]).encode(), sse=True)
-            second = b"event: message\ndata: " + json.dumps(listed).encode() + b"\n\n"
-            return Response(bytes(first.body) + second, headers={"content-type": SSE_TYPE})
+            events = [json.dumps(answers[0]).encode(), json.dumps(listed).encode()]
+            body = b"".join(b"event: message\ndata: " + data + b"\n\n" for data in events)
+            return _compressed(request, body, {"content-type": SSE_TYPE})
         return _lenient_response(request, json.dumps([*answers, listed]).encode(), sse=False)
     payload = json.dumps(answers if isinstance(parsed, list) else answers[0]).encode()
     return _lenient_response(request, payload, sse)

@@ -182,11 +182,45 @@ def test_bob_never_sees_the_second_copy_of_a_tool_list_answered_twice_unfiltered
     assert answer.text.count('"echo"') == 2
 
 
-@pytest.mark.parametrize("query", ["?gzip=1", "?gzip=1&sse=1"])
-def test_a_compressed_tool_list_is_a_readable_jsonrpc_error_without_the_tools(
-    lenient: Lenient, query: str
+@pytest.mark.parametrize("sse", ["", "&sse=1"], ids=["json", "sse"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_tool_list_reaches_bob_filtered_and_uncompressed(
+    lenient: Lenient, encoding: str, sse: str
 ) -> None:
+    # Compressed although the gateway asked for no encoding: decoded, filtered, sent plain.
+    query = f"?compress={encoding}{sse}"
     answer = lenient.post(TEAM2, {"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, query)
+    assert answer.status_code == 200
+    assert "content-encoding" not in answer.headers
+    assert "deploy" not in answer.text and listed(answer) == {"echo", "add", "fail"}
+
+
+@pytest.mark.parametrize("sse", ["", "&sse=1"], ids=["json", "sse"])
+def test_a_stray_list_in_a_compressed_tool_call_answer_is_filtered(
+    lenient: Lenient, sse: str
+) -> None:
+    # Before, the answer to any POST but a tools/list passed unread when compressed: the
+    # list of Bob's pending tools/list 8 in it reached him whole.
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}}  # fmt: skip
+    answer = lenient.post(TEAM2, call, f"?list_too=8&compress=gzip{sse}")
+    assert answer.status_code == 200 and "content-encoding" not in answer.headers
+    assert "deploy" not in answer.text, answer.text
+    assert "ran echo" in answer.text and '"add"' in answer.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, id="tools-list"),
+        pytest.param({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {}}}, id="tool-call"),
+    ],
+)  # fmt: skip
+def test_an_answer_in_an_encoding_the_gateway_cannot_decode_is_a_jsonrpc_error(
+    lenient: Lenient, body: dict[str, Any]
+) -> None:
+    answer = lenient.post(TEAM2, body, "?list_too=8&compress=br")
     assert answer.status_code == 200
     assert "content-encoding" not in answer.headers
     error = answer.json()
@@ -224,7 +258,13 @@ def test_a_tool_list_replayed_on_the_server_stream_is_filtered(lenient: Lenient)
     assert "deploy" not in answer.text and listed(answer) == {"echo", "add", "fail"}
 
 
-@pytest.mark.parametrize("query", ["?type=text/plain", "?gzip=1"])
+def test_a_compressed_server_stream_is_filtered(lenient: Lenient) -> None:
+    answer = lenient.stream(TEAM2, "?compress=gzip")
+    assert answer.status_code == 200 and "content-encoding" not in answer.headers
+    assert "deploy" not in answer.text and listed(answer) == {"echo", "add", "fail"}
+
+
+@pytest.mark.parametrize("query", ["?type=text/plain", "?compress=br"])
 def test_a_server_stream_the_gateway_cannot_filter_is_refused(lenient: Lenient, query: str) -> None:
     answer = lenient.stream(TEAM2, query)
     assert answer.status_code == 502
