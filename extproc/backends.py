@@ -75,10 +75,11 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
-from extproc import aws_eventstream, bedrock_count_tokens, gemini_api
+from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, openai_inputs
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
 from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
+from extproc.completions_api import returned_choices
 from extproc.config.model import (
     GEMINI_APIS,
     TOKEN_COUNT_APIS,
@@ -1061,7 +1062,11 @@ def _answer_plan(
             return ResponsePlan(gemini_gemini.StreamReader(candidates), streamed=True)
         return ResponsePlan(gemini_gemini.GenerateContentReader())
     if route.api is RouteApi.OPENAI_COMPLETIONS:
-        reader = openai_completions.response_reader(streaming=streaming, hide_usage=hide_usage)
+        reader = openai_completions.response_reader(
+            streaming=streaming,
+            hide_usage=hide_usage,
+            choices=returned_choices(ctx.body) if ctx.body is not None else 1,
+        )
         return ResponsePlan(reader, streamed=streaming)
     if anthropic_client and kind is ProviderType.BEDROCK:
         # The tier Bedrock served: in its answer's headers, not in Claude's usage.
@@ -1086,7 +1091,11 @@ def _answer_plan(
         return ResponsePlan(anthropic_anthropic.MessageReader())
     if kind is ProviderType.OPENAI:
         if streaming:
-            reader = openai_openai.ChunkStreamReader(hide_usage_chunk=hide_usage)
+            chat = route.api is RouteApi.OPENAI_CHAT
+            asked_choices = openai_inputs.choices(ctx.body) if chat and ctx.body is not None else 1
+            reader = openai_openai.ChunkStreamReader(
+                hide_usage_chunk=hide_usage, choices=asked_choices
+            )
             return ResponsePlan(reader, streamed=True)
         return ResponsePlan(openai_openai.CompletionReader())
     # Translated answers change length: let Envoy send them chunked.

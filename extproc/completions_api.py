@@ -133,6 +133,14 @@ def prompt_count(body: dict[str, Any]) -> int:
     return 1
 
 
+def returned_choices(body: dict[str, Any]) -> int:
+    """How many choices the answer holds, each ending with its finish reason: ``n`` for
+    every prompt (the ``best_of`` candidates beyond are the provider's own)."""
+    value = body.get("n")
+    per_prompt = value if isinstance(value, int) and positive_int(value) else 1
+    return prompt_count(body) * per_prompt
+
+
 def generated_choices(body: dict[str, Any]) -> int:
     """How many completions the provider generates, each up to ``max_tokens``: for every
     prompt, ``best_of`` candidates (``n`` when unset; one by default)."""

@@ -24,10 +24,10 @@ A stream sends, choice after choice, one ``text_completion`` chunk per piece
 finish chunk (``text: ""`` and the reason), then the usage-only chunk (``choices:
 []``) when ``include_usage`` asked for it (every chunk then carries ``"usage": null``,
 as OpenAI's), and ``data: [DONE]``. Faults as chat completions take them: ``status``,
-``delay``, ``reset_after`` and ``error_after`` (counted in text chunks over the whole
-stream), ``error_first`` (the error as the stream's first event), ``garbage``,
-``chunks`` (each reply's pieces), ``interval``, ``cached``, ``no_usage``; and
-``x-mock-reply`` scripts every choice's reply.
+``delay``, ``reset_after``, ``error_after`` and ``end_inside`` (counted in text chunks
+over the whole stream, a batch's later prompts included), ``error_first`` (the error as
+the stream's first event), ``garbage``, ``chunks`` (each reply's pieces), ``interval``,
+``cached``, ``no_usage``; and ``x-mock-reply`` scripts every choice's reply.
 """
 
 from __future__ import annotations
@@ -321,9 +321,21 @@ class CompletionsEndpoint:
                         await send(STREAM_ERROR_EVENT)
                         await response.write_eof()
                         return response
-                    await send(event(text(choice.index, piece)))
+                    content = event(text(choice.index, piece))
+                    if sent == fault.end_inside:
+                        # The first half of the event, then the body's clean end (aiohttp
+                        # ends it when the handler returns): a reset mid-line behind a proxy.
+                        await send(content[: len(content) // 2])
+                        return response
+                    await send(content)
                     sent += 1
-                await send(event(text(choice.index, "", choice.finish_reason)))
+                finish = event(text(choice.index, "", choice.finish_reason))
+                if fault.end_inside is not None and choice is choices[-1]:
+                    # Fewer pieces than end_inside: the stream must still end inside an
+                    # event, the last choice's finish.
+                    await send(finish[: len(finish) // 2])
+                    return response
+                await send(finish)
             if fault.reset_after is not None:
                 return _drop(request, response)  # fewer pieces: the stream still never ends
             if fault.error_after is not None:

@@ -20,7 +20,7 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; chunks, end the body cleanly, before message_delta
                                       ; and message_stop (a proxy, or a body that ends with
                                       ; its connection, closing a cut stream as if whole)
-    end_inside = int >= 0             ; OpenAI chat, Anthropic Messages, Bedrock
+    end_inside = int >= 0             ; OpenAI chat and completions, Anthropic Messages, Bedrock
                                       ; ConverseStream and Claude's InvokeModelWith-
                                       ; ResponseStream streams: after this many content
                                       ; chunks, the first half of the next event (or frame),

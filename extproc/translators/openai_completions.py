@@ -19,9 +19,10 @@ from extproc.translators.base import ResponseTranslator
 ENDPOINT = "/completions"
 
 
-def response_reader(*, streaming: bool, hide_usage: bool) -> ResponseTranslator:
+def response_reader(*, streaming: bool, hide_usage: bool, choices: int) -> ResponseTranslator:
     """The reader of a provider's answer: chat's, for a JSON answer or an SSE stream
-    (``hide_usage``: its usage chunk is the one the gateway asked for)."""
+    (``hide_usage``: its usage chunk is the one the gateway asked for; ``choices``: how
+    many the stream must finish before it is whole, one per prompt and ``n``)."""
     if streaming:
-        return openai_openai.ChunkStreamReader(hide_usage_chunk=hide_usage)
+        return openai_openai.ChunkStreamReader(hide_usage_chunk=hide_usage, choices=choices)
     return openai_openai.CompletionReader()

@@ -18,9 +18,9 @@ status, charged nothing as that status is. An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
 own error event (``sse.event_too_large``) the client reads last. The client gets the
 stream in whole events; one whose body ended inside an event, or before the answer's end
-(no ``finish_reason``, no ``[DONE]``) after the answer began, ends with the gateway's
-error event (``invalid_upstream_response``) and ``[DONE]``, which the SDK raises, not the
-text so far as if whole (``ChunkStreamReader._end_early``).
+(a ``finish_reason`` for every choice asked for, or ``[DONE]``) after the answer began,
+ends with the gateway's error event (``invalid_upstream_response``) and ``[DONE]``, which
+the SDK raises, not the text so far as if whole (``ChunkStreamReader._end_early``).
 
 The service tier that served the answer (``service_tier``, top level of a
 ``chat.completion`` and of every ``chat.completion.chunk``: ``default``, ``flex``,
@@ -315,10 +315,13 @@ class ChunkStreamReader:
 
     The only other bytes it changes end a stream it cannot deliver whole: one whose
     event grew too long to hold (``_end_unreadable``), one that ended before its answer
-    did (``_end_early``).
+    did (``_end_early``). ``choices`` is how many choices the request asked for (chat's
+    ``n``; a text completion's prompts times its ``n``): its answer ended when each has
+    its finish reason, not at the first, which a batch of prompts or ``n`` > 1 streams
+    long before the others end.
     """
 
-    def __init__(self, *, hide_usage_chunk: bool) -> None:
+    def __init__(self, *, hide_usage_chunk: bool, choices: int = 1) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
@@ -338,8 +341,11 @@ class ChunkStreamReader:
         self._sent = WholeEventBytes()
         # Set once the gateway ended a stream it could no longer read (an event too long).
         self._ended = False
-        # Set once a finish reason or [DONE] came: the answer is whole.
+        # Set once every choice's finish reason, or [DONE], came: the answer is whole.
         self._answered = False
+        self._choices = choices
+        # The indexes of the choices whose finish reason came, when there are several.
+        self._finished: set[int] = set()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         if self._ended:
@@ -351,7 +357,7 @@ class ChunkStreamReader:
         if self._events.overflowed:
             self._sent.clear()
             return self._end_unreadable(sent, complete)
-        self._answered = self._answered or answer_ends(complete)
+        self._answered = self._answered or self._answer_ended(complete)
         if not _USAGE_OR_ERROR.search(complete):
             self._began = self._began or b"data:" in complete
         else:
@@ -364,6 +370,23 @@ class ChunkStreamReader:
             return sent + self._end_early()
         # Envoy forwards the chunk as it came when it is whole events: no body mutation.
         return None if sent is chunk else sent
+
+    def _answer_ended(self, complete: bytes) -> bool:
+        """Whether these whole events end the answer: ``[DONE]``, or the finish reason of
+        its last choice still generating. One choice ends at its first finish reason,
+        found without a parse; of several, the few events that carry one are parsed."""
+        if self._choices <= 1:
+            return answer_ends(complete)
+        if _FINISH_REASON.search(complete) is None:
+            return b"[DONE]" in complete and _DONE_LINE.search(complete) is not None
+        for event in complete.split(EVENT_END):
+            if _DONE_LINE.search(event):
+                return True
+            if _FINISH_REASON.search(event):
+                # Only the choices asked for: an index past them ends none of them.
+                found_choices = _finished_choices(event)
+                self._finished.update(i for i in found_choices if 0 <= i < self._choices)
+        return len(self._finished) >= self._choices
 
     def _end_early(self) -> bytes:
         """The end of a stream whose body ended (a proxy, or an upstream whose body ends
@@ -468,6 +491,22 @@ class ChunkStreamReader:
             )
         )
         self.usage = None
+
+
+def _finished_choices(event: bytes) -> list[int]:
+    """The indexes of the choices an event gives a finish reason (none if unreadable)."""
+    try:
+        parsed = orjson.loads(event_data(event))
+    except orjson.JSONDecodeError:
+        return []
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    return [
+        choice["index"]
+        for choice in (choices if isinstance(choices, list) else ())
+        if isinstance(choice, dict)
+        and isinstance(choice.get("finish_reason"), str)
+        and isinstance(choice.get("index"), int)
+    ]
 
 
 def _reported_usage(chunk: dict[str, Any]) -> Usage | None:

@@ -140,3 +140,38 @@ def test_a_boto3_client_reads_the_gateways_exception(
     assert text
     request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-request-id"]
     assert_logged_as_ended_early(line_of(tls, request_id), text)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "fault"),
+    [
+        pytest.param(PROMPT, FAULT, id="one-prompt"),
+        # Prompt 0 streams whole, its finish reason included; prompt 1 is cut in its text.
+        # Before, the first finish reason ended the answer: the SDK took prompt 1's half
+        # text for whole, and the request was logged completed.
+        pytest.param([PROMPT, PROMPT], "chunks=2;end_inside=3", id="batch-cut-in-prompt-2"),
+    ],
+)
+def test_an_openai_completions_client_reads_the_gateways_error(
+    tls: TlsStack, prompt: str | list[str], fault: str
+) -> None:
+    client = openai.OpenAI(
+        base_url=f"{tls.url}/v1",
+        api_key=KEYS["cut-chat"],
+        max_retries=0,
+        http_client=httpx.Client(verify=str(tls.ca), timeout=30.0),
+    )
+    text = ""
+    with client.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        prompt=prompt,
+        stream=True,
+        extra_headers={"x-mock-fault": fault},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in response.parse():
+                text += "".join(choice.text for choice in chunk.choices)
+    assert raised.value.message == ENDED_EARLY
+    assert text
+    assert_logged_as_ended_early(line_of(tls, request_id), text)
