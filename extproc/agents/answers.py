@@ -17,6 +17,13 @@ Any answer on a server whose tools rules hide may also carry a stray tool list (
 answer to a ``tools/list`` the client sent in another request): with ``strays``, the
 reader filters those too. It parses only what could name ``tools``, and reads what
 orjson refuses as a lax client would (``lenient_json``).
+
+An A2A stream (``message/stream``, ``SubscribeToTask``...) ends when its task reaches a
+final or interrupted state, or with a message: its watch ``awaits_end`` until then, and
+the reader sends it in whole events. A stream that ends before (the agent's connection
+closed mid-task, a proxy ending a cut body cleanly) loses its broken last event and ends
+with the gateway's JSON-RPC error for the request (``ended_early``): as it came, the
+client's SDK took the task's last state for where it stopped, with no error.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from extproc.agents.sse import EventSplitter, event_data, with_data
 MAX_HELD_BYTES = 16 * 1024 * 1024
 MAX_CARD_BYTES = 1024 * 1024
 UNREADABLE = "the gateway could not read the upstream's answer to filter it"
+STREAM_ENDED_EARLY = "the agent's stream ended before it was complete"
 _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
 # A2A task states after which the agent sends nothing more for this request.
 _SETTLED_STATES = frozenset(
@@ -93,11 +101,26 @@ class AnswerReader:
         self._dropping = False
         # An answer the reader had to rewrite was replaced by a JSON-RPC error.
         self.failed = False
+        # An A2A stream is sent in whole events until its task settles, so that one cut
+        # short ends with the gateway's error after its last whole event.
+        self._whole_events = sse and self._awaiting_end()
+        # The stream ended before its task settled (the gateway's error ended it).
+        self.ended_early = False
 
     @property
     def settled(self) -> bool:
         """Every watched answer is in: what follows is the end of the stream."""
         return not self._watches and self._any is None
+
+    @property
+    def awaiting_end(self) -> bool:
+        """A stream whose end a watch still awaits (an A2A task not settled yet): one
+        whose client leaves now leaves before its answer."""
+        return self._awaiting_end()
+
+    def _awaiting_end(self) -> bool:
+        """A stream whose end a watch still awaits (an A2A task not settled yet)."""
+        return any(getattr(watch, "awaits_end", False) for watch in self._watches.values())
 
     def _rewrite_pending(self) -> bool:
         if self._any is not None and self._any.rewrites:
@@ -195,6 +218,7 @@ class AnswerReader:
 
     def _feed_sse(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         events = self._splitter.feed(chunk)
+        rest = b""
         if end_of_stream:
             rest = self._splitter.flush()
             if rest:
@@ -208,8 +232,14 @@ class AnswerReader:
                 return self._too_large()
             self._watches.clear()  # an answer too large to read: pass it on unread
             self._any = None
+            if self._whole_events:
+                # What was held of it goes out first (its earlier whole events had).
+                self._whole_events = False
+                return b"".join(events) + self._splitter.pending
             return None
         if not self._holding:
+            if self._whole_events:
+                return self._whole(chunk, events, rest, end_of_stream)
             for event in events:
                 self._read_event(event)
             return None
@@ -229,6 +259,43 @@ class AnswerReader:
             self._holding = False
             out.append(self._splitter.pending)
         return b"".join(out)
+
+    def _whole(
+        self, chunk: bytes, events: list[bytes], rest: bytes, end_of_stream: bool
+    ) -> bytes | None:
+        """Whole events of a stream whose end is awaited, each read; a partial one waits for
+        its end in the next chunk. At the end, what is left without its blank line
+        (``rest``, the last of ``events``) is dropped if it was cut inside (an SSE client
+        drops it, or misreads it once the gateway's error follows); one whose data is
+        whole is read and goes with its blank line. A stream still awaiting its end then
+        gets the gateway's error."""
+        out: list[bytes] = []
+        for event in events:
+            if rest and event is rest:
+                data = event_data(event)
+                if data is None or not _parses(data):
+                    continue
+                event = event.rstrip(b"\r\n") + b"\n\n"
+            out.append(self._read_event(event) or event)
+        if end_of_stream and self._awaiting_end():
+            out.append(self._ended_early())
+        elif not self._awaiting_end():
+            # Settled: what is held goes out, and the rest passes as it comes.
+            self._whole_events = False
+            out.append(self._splitter.pending)
+        sent = b"".join(out)
+        return None if sent == chunk else sent
+
+    def _ended_early(self) -> bytes:
+        """The JSON-RPC error ending a stream cut before its task settled."""
+        ids = [w.request_id for w in self._watches.values() if getattr(w, "awaits_end", False)]
+        self._watches.clear()
+        self.ended_early = True
+        if self._call is not None:
+            self._call.answered(outcome.UPSTREAM_ERROR, INTERNAL_ERROR)
+        data = {"type": "upstream_error", "code": "invalid_upstream_response"}
+        errors = [error_object(i, INTERNAL_ERROR, STREAM_ENDED_EARLY, data) for i in ids]
+        return b"".join(b"data: " + orjson.dumps(error) + b"\n\n" for error in errors)
 
     def _read_event(self, event: bytes) -> bytes | None:
         data = event_data(event)
@@ -304,6 +371,14 @@ class AnswerReader:
             return b""  # a stream, not one request's answer: the rest is dropped
         body = unreadable_answer(rewriting)
         return b"data: " + body + b"\n\n" if self._sse else body
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def unreadable_answer(request_ids: list[RequestId]) -> bytes:
@@ -401,15 +476,23 @@ class ToolCallOutcome:
 
 
 class TaskWatch:
-    """A2A: the task an answer (or each event of a stream) is about, and its latest state."""
+    """A2A: the task an answer (or each event of a stream) is about, and its latest state.
+
+    ``stream``: the request asked for a stream (``message/stream``, ``SubscribeToTask``),
+    which ends only once its task settles; until then the watch ``awaits_end``."""
 
     rewrites = False
 
-    def __init__(self, request_id: RequestId, call: AgentCall) -> None:
+    def __init__(self, request_id: RequestId, call: AgentCall, *, stream: bool = False) -> None:
         self.request_id = request_id
         # Until the task ends or waits for input: a stream repeats the id on each event.
         self.final = False
         self._call = call
+        self._stream = stream
+
+    @property
+    def awaits_end(self) -> bool:
+        return self._stream and not self.final
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         self.final = True

@@ -31,6 +31,10 @@ FORWARDED = "forwarded"  # passed on without an answer to read (notifications, s
 A2A_MESSAGE_METHODS = frozenset(
     {"message/send", "message/stream", "SendMessage", "SendStreamingMessage"}
 )
+# Methods answered with a stream that ends once the task settles (A2A 0.3 and 1.0).
+A2A_STREAM_METHODS = frozenset(
+    {"message/stream", "SendStreamingMessage", "tasks/resubscribe", "SubscribeToTask"}
+)
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from extproc import headers
 from extproc.agents import call as outcome
 from extproc.agents import jsonrpc, mcp_headers
 from extproc.agents.answers import (
+    STREAM_ENDED_EARLY,
     AnswerReader,
     CardReader,
     ExtendedCardRewrite,
@@ -46,7 +47,7 @@ from extproc.agents.answers import (
     Watch,
     unreadable_answer,
 )
-from extproc.agents.call import AgentCall
+from extproc.agents.call import A2A_STREAM_METHODS, AgentCall
 from extproc.agents.decoded import DecodedAnswer
 from extproc.agents.jsonrpc import RequestId, RpcMessage, RpcParseError
 from extproc.agents.limits import COUNTER_PREFIX, rule_label
@@ -72,6 +73,7 @@ from extproc.quota.store import Denial
 from extproc.stages.body_headers import check_body_headers
 from extproc.stages.quota import rate_limit_headers
 from extproc.store.response_owners import owner_of
+from extproc.translators.unreadable_answers import UnreadableAnswerError
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +330,7 @@ class AgentCallStage:
         if request.method in EXTENDED_CARD_METHODS:
             watch = ExtendedCardRewrite(request.id, call)
         else:
-            watch = TaskWatch(request.id, call)
+            watch = TaskWatch(request.id, call, stream=request.method in A2A_STREAM_METHODS)
         call.watches.append(watch)
         if not call.is_message:
             return None
@@ -473,6 +475,10 @@ class AgentCallStage:
             # The client got a JSON-RPC error in place of the answer (the reader
             # recorded it on the call): the log line says so, not "forwarded".
             ctx.error = _unreadable_error()
+        if isinstance(reader, AnswerReader) and reader.ended_early and ctx.error is None:
+            # The agent's stream ended before its task settled: the client read the
+            # gateway's error after the last whole event; the agent's fault, not a refusal.
+            ctx.error = AgentStreamEndedEarlyError(STREAM_ENDED_EARLY)
         if isinstance(reader, AnswerReader) and reader.settled:
             # The answer is in: a client hanging up now has lost nothing.
             ctx.completed = True
@@ -486,7 +492,8 @@ class AgentCallStage:
             # method or size the route does not take, the quota store down): the log line
             # and the metrics must not count it as a call the server saw.
             call.status = _refusal_status(ctx.error)
-        elif ctx.aborted and call.status == outcome.FORWARDED:
+        elif ctx.aborted and (call.status == outcome.FORWARDED or _awaiting_end(call)):
+            # Gone before the answer: for an A2A stream, before its task settled.
             call.status = outcome.ABORTED
         if not (call.is_tool_call or call.is_message or call.tools_hidden):
             return
@@ -812,6 +819,18 @@ def _error_page_replaced(
         answer_headers[headers.REQUEST_ID] = ctx.request_id
     body = jsonrpc.http_error_body(message, status, UpstreamError.error_type, "upstream_failed")
     out.answer = (status, body, answer_headers)
+
+
+class AgentStreamEndedEarlyError(UnreadableAnswerError):
+    """An A2A stream its agent ended before its task settled (``invalid_upstream_response``).
+
+    An answer the upstream did not deliver whole, as a provider's unreadable answer is:
+    the log line's outcome is ``upstream_error``, not the gateway's refusal."""
+
+
+def _awaiting_end(call: AgentCall) -> bool:
+    reader = call.reader.reader if isinstance(call.reader, DecodedAnswer) else call.reader
+    return isinstance(reader, AnswerReader) and reader.awaiting_end
 
 
 def _unreadable_error() -> UpstreamError:

@@ -214,12 +214,31 @@ async def _lenient_calls(request: Request) -> Response:
     return JSONResponse(LENIENT_CALLS)
 
 
+async def _cut_a2a_stream(request: Request) -> Response:
+    """An A2A agent whose streams end before their task settles: the task submitted and
+    working, then the body ends cleanly (``cut=inside``: inside the working event), as an
+    agent whose connection closed mid-task behind a proxy ends it (1.0's wire shapes)."""
+    request_id = json.loads(await request.body()).get("id")
+
+    def event(result: dict[str, Any]) -> bytes:
+        answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        return b"event: message\r\ndata: " + json.dumps(answer).encode() + b"\r\n\r\n"
+
+    task = {"id": "t-cut", "contextId": "c-cut", "status": {"state": "TASK_STATE_SUBMITTED"}}
+    working = {"taskId": "t-cut", "contextId": "c-cut", "status": {"state": "TASK_STATE_WORKING"}}
+    body = event({"task": task}) + event({"statusUpdate": working})
+    if request.query_params.get("cut") == "inside":
+        body = body[:-30]
+    return Response(body, headers={"content-type": SSE_TYPE})
+
+
 def lenient_mcp_app() -> Starlette:
     return Starlette(
         routes=[
             Route("/mcp", _lenient_post, methods=["POST"]),
             Route("/mcp", _lenient_stream, methods=["GET", "DELETE"]),
             Route("/calls", _lenient_calls, methods=["GET"]),
+            Route("/a2a/", _cut_a2a_stream, methods=["POST"]),
         ]
     )
 
