@@ -12,7 +12,8 @@ as whole, and was logged ``completed``. (Chat with ``n`` > 1 had the same gap.) 
 answer ends when every choice asked for has its finish reason (or ``[DONE]`` comes).
 
 Each test plays the provider's stream through the processor and hands what the client
-receives to the official OpenAI SDK.
+receives to the official OpenAI SDK (test_stream_ended_early_wording pins the reader's
+wording beside every other translation's).
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ import pytest
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.testing import client_body, request_body, request_headers, response_body, run_stream
-from extproc.translators import openai_completions
-from extproc.translators.base import stream_failure
 from tests.unit.sse_play import only_line, play_sse
 from tests.unit.test_completions_api import AUTH, COMPLETIONS, DONE, completion, usage_chunk
 from tests.unit.test_response_path import first_chunk
@@ -145,23 +144,6 @@ async def test_a_whole_completions_stream_passes_as_it_came(
     assert sdk_reads(received, chat=False)
     line = only_line(services)
     assert line["outcome"] == "completed" and line["error_code"] is None
-
-
-def test_the_completions_reader_words_and_logs_the_cut_as_every_translation() -> None:
-    # As test_stream_ended_early_wording pins it for the other client API shapes.
-    reader = openai_completions.response_reader(streaming=True, hide_usage=True, choices=1)
-    out = reader.feed(text("Once upon"), False)
-    sent = (out if out is not None else text("Once upon")) + (reader.feed(b"", True) or b"")
-    error = orjson.loads(sent.split(b"data: ")[-2].strip())["error"]
-    assert (error["message"], error["type"], error["code"]) == (
-        ENDED_EARLY, "upstream_error", "invalid_upstream_response",
-    )  # fmt: skip
-    failure = stream_failure(reader)
-    assert failure is not None
-    logged = failure.error
-    assert (logged.message, logged.error_type, logged.code) == (
-        ENDED_EARLY, "upstream_error", "invalid_upstream_response",
-    )  # fmt: skip
 
 
 async def test_on_the_lean_path_a_batch_cut_in_its_second_prompt_is_the_gateways_error(

@@ -33,6 +33,7 @@ from extproc.translators import (
     gemini_gemini,
     openai_anthropic,
     openai_bedrock,
+    openai_completions,
     openai_openai,
     openai_responses,
 )
@@ -65,6 +66,14 @@ CONVERSE_FRAMES = encode_event("messageStart", b'{"role":"assistant"}') + encode
 )
 OPENAI_CHUNK = sse({"id": "c1", "object": "chat.completion.chunk", "model": "gpt",
                     "choices": [{"index": 0, "delta": {"content": "Once upon"}}]})  # fmt: skip
+COMPLETION_CHUNK = sse(
+    {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": "gpt",
+        "choices": [{"text": "Once upon", "index": 0, "finish_reason": None}],
+    }
+)
 RESPONSES_BEGUN = sse(
     {"type": "response.created", "sequence_number": 0,
      "response": {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}},
@@ -124,6 +133,10 @@ CASES: list[Any] = [
                                                          request_id="r", created=0),
                  CONVERSE_FRAMES, openai_error, ("upstream_error", "invalid_upstream_response"),
                  id="openai-client-bedrock"),
+    pytest.param(lambda: openai_completions.response_reader(streaming=True, hide_usage=True,
+                                                            choices=1),
+                 COMPLETION_CHUNK, openai_error, ("upstream_error", "invalid_upstream_response"),
+                 id="openai-completions-client"),
     pytest.param(openai_responses.EventStreamReader, RESPONSES_BEGUN, responses_error,
                  ("error", "invalid_upstream_response"), id="responses-client"),
     pytest.param(anthropic_anthropic.EventStreamReader, CLAUDE_SSE, anthropic_error,
