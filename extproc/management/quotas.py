@@ -18,7 +18,7 @@ from typing import Any
 from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
 from extproc.hosts import AUTHORITY, request_host
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.store import QuotaStore, generation_field
+from extproc.quota.store import QuotaStore, generation_field, held_key
 from extproc.store.connection import of_another_type
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
@@ -30,8 +30,10 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # Delete counters and bump each one's reset generation in one atomic step, so that
 # no reservation sees the new generation with the old counter, or the reverse
 # (quota_settle.lua and quota_undo.lua skip changes of an older generation).
-# KEYS: per limit, its counter then its subject's overrides hash (one hash tag: one
-# slot on a cluster); ARGV: per limit, its generation field.
+# KEYS: per limit, its counter, its subject's overrides hash and the counter's held
+# amount (one hash tag: one slot on a cluster); ARGV: per limit, its generation field.
+# The held amount goes with the counter: what running requests reserved went with the
+# reset, and so do their settlements, which the new generation drops.
 # Every generation is read before the first write (Redis keeps what a script wrote
 # before an error): an overrides hash of another type, or a generation that is no
 # integer, met after the first counters were deleted left a counter deleted with its
@@ -39,15 +41,15 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # came off the usage counted since.
 _RESET_SCRIPT = """
 for i = 1, #ARGV do
-  local generation = redis.call('HGET', KEYS[i * 2], ARGV[i]) or '0'
+  local generation = redis.call('HGET', KEYS[i * 3 - 1], ARGV[i]) or '0'
   if not string.match(generation, '^%-?%d+$') or #generation > 18 then
-    return redis.error_reply('BADOVERRIDE ' .. KEYS[i * 2] .. ' holds a reset generation'
+    return redis.error_reply('BADOVERRIDE ' .. KEYS[i * 3 - 1] .. ' holds a reset generation'
       .. ' that is no integer')
   end
 end
 for i = 1, #ARGV do
-  redis.call('DEL', KEYS[i * 2 - 1])
-  redis.call('HINCRBY', KEYS[i * 2], ARGV[i], 1)
+  redis.call('DEL', KEYS[i * 3 - 2], KEYS[i * 3])
+  redis.call('HINCRBY', KEYS[i * 3 - 1], ARGV[i], 1)
 end
 return 1
 """
@@ -268,7 +270,11 @@ class QuotaAdmin:
         keys = [
             key
             for limit in limits
-            for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+            for key in (
+                limit.key(self._prefix),
+                limit.overrides_key(self._prefix),
+                held_key(limit.key(self._prefix)),
+            )
         ]
         fields = [generation_field(limit) for limit in limits]
         # Rare (an operator's command): the script's text each time, no SHA to manage.

@@ -26,6 +26,15 @@ that deletes the counter); the reserve script returns the generation it saw,
 and a settlement or give-back of that reservation is dropped by the store once
 the generation has moved on: what the request reserved went with the reset, so
 its correction must not come off the usage counted since.
+
+Beside each token counter, a held amount (``<counter>:held``, same hash tag) counts
+the part of it that requests still running hold: their reservations, not yet
+settled. The counter counts them too (every limit is checked against settled usage
+and reservations alike, as gateways of earlier versions sharing the store check
+it); the held amount tells a budget that running requests hold, which frees up as
+they settle, from one that is spent until its window resets. Each request's
+settlement or give-back takes off exactly what it held, never below 0 (a counter
+written before there was a held amount holds nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -65,6 +75,14 @@ LANDED_MARKERS = 10_000
 # How long what a reserve call reserved is remembered under its id: the give-back of a
 # call whose answer was lost must reach its node within this time to be exact.
 CALL_MEMORY_S = 30
+# The longest a held amount is kept after the last reservation added to it (and never
+# past its counter's window): longer than a request runs. A gateway that crashed with
+# requests running never settles them, and their reservations would otherwise be told
+# apart as held (a short wait) until the window ends; after this, they count as used.
+HELD_MEMORY_S = 3600
+# How long a client refused because running requests hold its budget is asked to wait
+# (``retry-after``): their settlements free what they did not use as they end.
+HELD_RETRY_AFTER_S = 5
 
 
 @dataclass(slots=True)
@@ -77,6 +95,22 @@ class Reservation:
     # Each limit's reset generation when reserved: its settlement applies only while
     # no reset has started the counter again since.
     generations: list[int]
+    # What this request holds of each limit (its token reservation, until it settles),
+    # and what all running requests held of it after this one reserved.
+    holding: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Built by hand (tools, tests) without them: nothing held.
+        self.holding = self.holding or [0] * len(self.limits)
+        self.held = self.held or [0] * len(self.limits)
+
+
+def held_key(counter: str) -> str:
+    """The key of a counter's held amount: the counter's name and hash tag (its slot on a
+    cluster), derived from it, so that a settlement spooled with its counter's name alone
+    finds it."""
+    return f"{counter}:held"
 
 
 def generation_field(limit: Limit) -> str:
@@ -101,16 +135,17 @@ class _ReserveCall:
         """What gives this call back by its id: its marker, its counters, and where
         their reset generations are (the overrides hash and field of each)."""
         fields = [generation_field(limit) for limit in self.limits]
-        return self.keys[0], self.keys[1::2], self.keys[2::2], fields
+        return self.keys[0], self.keys[1::3], self.keys[2::3], fields
 
 
 # A give-back by call id (quota_undo.lua): the call's marker, its counters, and each
 # counter's overrides hash and generation field (both empty in a record spooled by
 # a version without generations: given back whatever the generation).
 _Undo = tuple[str, list[str], list[str], list[str]]
-# A counter change for the next settlement: its limit, the delta, and the reset
-# generation it belongs to (None: whatever the generation, as an operator's change).
-_Change = tuple[Limit, int, int | None]
+# A counter change for the next settlement: its limit, the delta, the reset
+# generation it belongs to (None: whatever the generation, as an operator's change),
+# and what the settled requests held of it (taken off its held amount).
+_Change = tuple[Limit, int, int | None, int]
 # One script call in a round trip: the script's name, its keys and its arguments.
 _ScriptCall = tuple[str, list[str], list[Any]]
 
@@ -120,6 +155,27 @@ class Denial:
     limit: Limit
     used: int
     effective_limit: int
+    # Of ``used``, what requests still running hold (their reservations).
+    held: int = 0
+
+    @property
+    def settled(self) -> int:
+        """What the limit counts as spent: its usage without what running requests hold."""
+        return max(0, self.used - self.held)
+
+    @property
+    def only_held(self) -> bool:
+        """Refused for what running requests hold: their settlements free what they did
+        not use, and a request may pass seconds later, long before the window resets."""
+        return self.limit.kind == "t" and self.settled < self.effective_limit
+
+    def wait(self, now: float) -> float:
+        """How long the refusal holds, as far as the gateway can tell: until the window
+        resets (forever, for a lifetime quota), or a few seconds for what running
+        requests hold."""
+        left = self.limit.window.seconds_left(now)
+        until_reset = math.inf if left is None else left
+        return min(HELD_RETRY_AFTER_S, until_reset) if self.only_held else until_reset
 
 
 _SCRIPTS = ("reserve", "settle", "undo")
@@ -266,7 +322,10 @@ class QuotaStore:
         used = [0] * len(limits)
         effective = [limit.limit for limit in limits]
         generations = [0] * len(limits)
+        holding = [0] * len(limits)
+        held = [0] * len(limits)
         denial: Denial | None = None
+        now = self.now()
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
         lost: list[_ReserveCall] = []
@@ -277,28 +336,39 @@ class QuotaStore:
                 failure = failure or _as_error(result)
                 continue
             if int(result[0]) == 0:
-                index = int(result[1]) - 1
-                found = Denial(group[index][1], int(result[2]), int(result[3]))
-                # On a cluster each subject names its own first refusal: the 429 names
-                # the one that holds longest, as the rules order them (refusal_order).
-                if denial is None or _holds_longer(found.limit, denial.limit):
-                    denial = found
+                # Every limit that refused (four values each), in the rules' order: the
+                # 429 names the one whose refusal holds longest (refusal_order), as each
+                # subject's on a cluster: a budget running requests hold frees up in
+                # seconds, one spent not before its window resets.
+                for at in range(1, len(result), 4):
+                    index = int(result[at]) - 1
+                    found = Denial(
+                        group[index][1],
+                        int(result[at + 1]),
+                        int(result[at + 2]),
+                        int(result[at + 3]),
+                    )
+                    if denial is None or _waits_longer(found, denial, now):
+                        denial = found
                 continue
             admitted.append(group)
-            # Three values per limit, then each limit's generation.
-            generations_at = 1 + len(group) * 3
+            # Three values per limit, then each limit's generation, what this call
+            # holds of each and what was held of each after it.
+            size = len(group)
             for position, (original, _) in enumerate(group):
                 reserved[original] = int(result[1 + position * 3])
                 used[original] = int(result[2 + position * 3])
                 effective[original] = int(result[3 + position * 3])
-                generations[original] = int(result[generations_at + position])
+                generations[original] = int(result[1 + size * 3 + position])
+                holding[original] = int(result[1 + size * 4 + position])
+                held[original] = int(result[1 + size * 5 + position])
         if denial is not None or failure is not None:
             # Another subject refused, or its server failed: give back what this request
             # took elsewhere, and whatever calls without an answer took, off the request
             # path (spooled if the store cannot take it).
             self._queue_changes(
                 [
-                    (limits[i], -reserved[i], generations[i])
+                    (limits[i], -reserved[i], generations[i], holding[i])
                     for group in admitted
                     for i, _ in group
                     if reserved[i]
@@ -309,7 +379,7 @@ class QuotaStore:
                 return denial
             assert failure is not None
             raise failure
-        return Reservation(limits, reserved, used, effective, generations)
+        return Reservation(limits, reserved, used, effective, generations, holding, held)
 
     async def _send_reservations(self, calls: list[_ReserveCall]) -> list[Any]:
         """Each call's answer (an error is its answer) from a cluster, in each node's
@@ -355,11 +425,16 @@ class QuotaStore:
                 *(
                     key
                     for limit in limits
-                    for key in (limit.key(self._prefix), limit.overrides_key(self._prefix))
+                    for key in (
+                        limit.key(self._prefix),
+                        limit.overrides_key(self._prefix),
+                        held_key(limit.key(self._prefix)),
+                    )
                 ),
             ],
             args=[
                 CALL_MEMORY_S,
+                HELD_MEMORY_S,
                 *(
                     value
                     for limit in limits
@@ -390,11 +465,13 @@ class QuotaStore:
                 continue
             if isinstance(result, Exception) or int(result[0]) != 1:
                 continue  # nothing was reserved
-            generations_at = 1 + len(call.limits) * 3
+            size = len(call.limits)
             for position, limit in enumerate(call.limits):
                 amount = int(result[1 + position * 3])
                 if amount:
-                    changes.append((limit, -amount, int(result[generations_at + position])))
+                    generation = int(result[1 + size * 3 + position])
+                    holding = int(result[1 + size * 4 + position])
+                    changes.append((limit, -amount, generation, holding))
         self._queue_changes(changes)
         self._queue_undos(lost)
 
@@ -406,9 +483,18 @@ class QuotaStore:
             actual_tokens = min(actual_tokens, MAX_LIMIT)
         self._queue_changes(
             [
-                (limit, (actual_tokens - reserved) if actual_tokens is not None else -reserved, gen)
-                for limit, reserved, gen in zip(
-                    reservation.limits, reservation.reserved, reservation.generations, strict=True
+                (
+                    limit,
+                    (actual_tokens - reserved) if actual_tokens is not None else -reserved,
+                    generation,
+                    holding,
+                )
+                for limit, reserved, generation, holding in zip(
+                    reservation.limits,
+                    reservation.reserved,
+                    reservation.generations,
+                    reservation.holding,
+                    strict=True,
                 )
                 if limit.kind == "t"
             ]
@@ -422,21 +508,27 @@ class QuotaStore:
         request of the subject's requests_per_* limits."""
         self._queue_changes(
             [
-                (limit, -reserved, generation)
-                for limit, reserved, generation in zip(
-                    reservation.limits, reservation.reserved, reservation.generations, strict=True
+                (limit, -reserved, generation, holding)
+                for limit, reserved, generation, holding in zip(
+                    reservation.limits,
+                    reservation.reserved,
+                    reservation.generations,
+                    reservation.holding,
+                    strict=True,
                 )
             ]
         )
 
     def _queue_changes(self, changes: list[_Change]) -> None:
         """Counter changes for the next settlement batch, merged by key and generation."""
-        for limit, delta, generation in changes:
-            if not delta:
-                continue
+        for limit, delta, generation, holding in changes:
+            if not delta and not holding:
+                continue  # a settlement at exactly the estimate still ends its hold
             key = (limit.key(self._prefix), generation)
             known = self._unsettled.get(key)
-            self._unsettled[key] = (limit, delta + (known[1] if known else 0), generation)
+            if known is not None:
+                delta, holding = delta + known[1], holding + known[3]
+            self._unsettled[key] = (limit, delta, generation, holding)
         self._flush_later()
 
     def _queue_undos(self, calls: list[_ReserveCall]) -> None:
@@ -554,16 +646,19 @@ class QuotaStore:
 
     async def settle_now(self, changes: list[tuple[Limit, int]]) -> None:
         """Apply changes at once (operators' adjustments, rollbacks), as one new batch."""
-        # Whatever the generation: an operator's change applies to the counter as it is.
-        raw = self._raw([(limit, delta, None) for limit, delta in changes])
+        # Whatever the generation: an operator's change applies to the counter as it is,
+        # and ends no request's hold.
+        raw = self._raw([(limit, delta, None, 0) for limit, delta in changes])
         await self._settle_raw(raw, [], uuid.uuid4().hex, landed_whole=True)
 
     def _raw(self, changes: list[_Change]) -> list[_RawChange]:
         """Changes as spooled: (tag, counter, delta, ttl), plus the overrides hash,
-        generation field and generation when the change belongs to one."""
+        generation field and generation when the change belongs to one, and then what
+        its requests held (last: a version before held amounts reads the first seven
+        and settles the counter as it did)."""
         now = self.now()
         raw: list[_RawChange] = []
-        for limit, delta, generation in changes:
+        for limit, delta, generation, holding in changes:
             change: _RawChange = (
                 limit.subject_tag,
                 limit.key(self._prefix),
@@ -572,6 +667,8 @@ class QuotaStore:
             )
             if generation is not None:
                 change += (limit.overrides_key(self._prefix), generation_field(limit), generation)
+                if holding:
+                    change += (holding,)
             raw.append(change)
         return raw
 
@@ -598,9 +695,10 @@ class QuotaStore:
             _settle_call(markers[tag], deleting[tag], group) for tag, group in by_tag.items()
         ]
         gives_back: list[_ScriptCall] = [
-            ("undo", [marker, *counters, *overrides], [CALL_MEMORY_S, *fields])
+            ("undo", [marker, *counters, *overrides, *_held_keys(counters, fields)],
+             [CALL_MEMORY_S, *fields])
             for marker, counters, overrides, fields in undos
-        ]
+        ]  # fmt: skip
         try:
             await self._run([*settles, *gives_back])
         except BaseException:
@@ -706,8 +804,10 @@ class QuotaStore:
 
 
 # A settlement change as spooled: (tag, counter, delta, ttl), then (overrides hash,
-# generation field, generation) if it belongs to a generation. Records spooled by a
-# version without generations hold the first four only, and apply as they did then.
+# generation field, generation) if it belongs to a generation, then what its requests
+# held if anything. Records spooled by a version without generations hold the first
+# four only, and apply as they did then; by a version without held amounts, the first
+# seven at most, and take nothing off a held amount (their reservations held none).
 _RawChange = tuple[Any, ...]
 # A settlement batch as sent and spooled: its changes, its give-backs and its id.
 _Batch = tuple[list[_RawChange], list[_Undo], str]
@@ -721,9 +821,11 @@ def _settle_call(marker: str, landed: list[str], group: list[_RawChange]) -> _Sc
     args: list[Any] = [BATCH_MEMORY_S]
     for change in group:
         field, generation = (change[5], change[6]) if len(change) > 4 else ("", "")
-        args += [int(change[2]), int(change[3]), field, generation]
+        holding = int(change[7]) if len(change) > 7 else 0
+        args += [int(change[2]), int(change[3]), field, generation, holding]
     counters = [str(change[1]) for change in group]
-    return "settle", [marker, overrides, *counters, *landed], args
+    helds = [held_key(counter) for counter in counters]
+    return "settle", [marker, overrides, *counters, *helds, *landed], args
 
 
 def _spooled_undo(entry: list[Any]) -> _Undo:
@@ -739,8 +841,19 @@ def _spooled_undo(entry: list[Any]) -> _Undo:
     )
 
 
-def _holds_longer(limit: Limit, other: Limit) -> bool:
-    end, other_end = limit.window.end, other.window.end
+def _held_keys(counters: list[str], fields: list[str]) -> list[str]:
+    """A give-back's held amounts, one per counter; none for one spooled by a version
+    without generations (quota_undo.lua tells its keys apart by their number)."""
+    return [held_key(counter) for counter in counters] if fields else []
+
+
+def _waits_longer(denial: Denial, other: Denial, now: float) -> bool:
+    """Whether ``denial``'s refusal holds longer than ``other``'s: the request passes only
+    once every limit would take it. On a tie, the one that resets last (the rules' order)."""
+    wait, other_wait = denial.wait(now), other.wait(now)
+    if wait != other_wait:
+        return wait > other_wait
+    end, other_end = denial.limit.window.end, other.limit.window.end
     return other_end is not None and (end is None or end > other_end)
 
 

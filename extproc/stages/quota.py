@@ -560,6 +560,8 @@ def _limit_headers(
 
 def _refusal(denial: Denial, now: float) -> RateLimitError:
     limit = denial.limit
+    if denial.only_held:
+        return _held_refusal(denial, now)
     message = (
         f"Rate limit reached for {_subject_text(limit)} (rule '{limit.rule}'): "
         f"{limit.describe(denial.effective_limit)}, {denial.used} used; {_reset_text(limit)}"
@@ -567,6 +569,27 @@ def _refusal(denial: Denial, now: float) -> RateLimitError:
     headers = _limit_headers(limit, denial.effective_limit, 0, now)
     code = "insufficient_quota" if limit.is_quota else "rate_limit_exceeded"
     return RateLimitError(message, code=code, headers=headers)
+
+
+def _held_refusal(denial: Denial, now: float) -> RateLimitError:
+    """The 429 for a token budget that requests still running hold: what they reserved
+    (their estimates, ``max_tokens`` whole) fills it, but what is spent does not. Their
+    settlements free what they did not use within seconds to minutes, so the client is
+    asked to try again shortly, and its SDK does on its own (no ``x-should-retry:
+    false``), where the budget's own refusal (spent until its window resets) would send it
+    away until the end of the month."""
+    limit = denial.limit
+    message = (
+        f"Token budget of {_subject_text(limit)} (rule '{limit.rule}') held by running"
+        f" requests: {limit.describe(denial.effective_limit)}, {denial.settled} used,"
+        f" and requests still running hold the rest ({denial.held} tokens reserved for"
+        f" their answers); try again in a few seconds, as they finish"
+    )
+    wait = max(1, math.ceil(denial.wait(now)))
+    headers = _limit_headers(limit, denial.effective_limit, 0, now)
+    headers["retry-after"] = str(wait)
+    headers.pop("x-should-retry", None)
+    return RateLimitError(message, code="rate_limit_exceeded", headers=headers)
 
 
 def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:

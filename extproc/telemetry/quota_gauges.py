@@ -40,6 +40,7 @@ from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
+from extproc.quota.store import held_key
 from extproc.store.connection import of_another_type
 from extproc.store.outage_log import OutageLog
 
@@ -112,7 +113,10 @@ class SubjectTracker:
 class QuotaSample:
     limit: Limit
     in_force: int
+    # Spent: settled usage, without what running requests hold.
     used: int
+    # What requests still running hold (their reservations, settled when they end).
+    reserved: int = 0
 
     @property
     def labels(self) -> list[str]:
@@ -201,6 +205,7 @@ class QuotaGauges(Collector):
                 pipe.hgetall(key)
             for limit in limits:
                 pipe.get(limit.key(self._prefix))
+                pipe.get(held_key(limit.key(self._prefix)))
             # Each answer for itself: one key of another type under the prefix (a
             # person's SET, another program's) failed the whole round trip, and every
             # subject's gauges went stale with it.
@@ -208,13 +213,15 @@ class QuotaGauges(Collector):
         overrides = dict(zip(override_keys, results[: len(override_keys)], strict=True))
         samples = []
         unreadable: list[str] = []
-        for limit, used in zip(limits, results[len(override_keys) :], strict=True):
+        counters = results[len(override_keys) :]
+        for limit, used, held in zip(limits, counters[::2], counters[1::2], strict=True):
             overrides_key = limit.overrides_key(self._prefix)
             try:
                 found = _answer(overrides[overrides_key], overrides_key)
                 override = found.get(limit.override_field.encode())
                 in_force = int(override) if override is not None else limit.limit
                 counted = int(_answer(used, limit.key(self._prefix)) or 0)
+                holding = int(_answer(held, held_key(limit.key(self._prefix))) or 0)
             except _UnreadableKeyError as exc:
                 unreadable.append(exc.key)
                 continue
@@ -223,7 +230,12 @@ class QuotaGauges(Collector):
                 # the subject's requests the same way; a gauge would show a guess.
                 unreadable.append(limit.key(self._prefix))
                 continue
-            samples.append(QuotaSample(limit, in_force, counted))
+            # The counter counts what running requests hold too (every request is checked
+            # against both); what they hold is no usage yet. Counted as used, four long
+            # requests' max_tokens filled a monthly quota's gauge while they ran, and its
+            # "quota exhausted" alert fired, though the month was far from spent.
+            reserved = min(max(0, holding), max(0, counted))
+            samples.append(QuotaSample(limit, in_force, counted - reserved, reserved))
         self._note_unreadable(unreadable)
         return samples
 
@@ -250,12 +262,20 @@ class QuotaGauges(Collector):
         )
         used = GaugeMetricFamily(
             "aigw_quota_used",
-            "Usage counted in the current window of a quota counter of a subject (all replicas)",
+            "Usage counted in the current window of a quota counter of a subject (all replicas):"
+            " settled, without what running requests hold",
+            labels=QUOTA_LABELS,
+        )
+        reserved = GaugeMetricFamily(
+            "aigw_quota_reserved",
+            "What requests still running hold of a token quota counter of a subject (their"
+            " reservations, settled when they end)",
             labels=QUOTA_LABELS,
         )
         remaining = GaugeMetricFamily(
             "aigw_quota_remaining",
-            "What is left in the current window of a quota counter of a subject",
+            "What is left in the current window of a quota counter of a subject for the next"
+            " request: the limit less what is used and what running requests hold",
             labels=QUOTA_LABELS,
         )
         reset = GaugeMetricFamily(
@@ -267,10 +287,13 @@ class QuotaGauges(Collector):
             labels = sample.labels
             limit.add_metric(labels, sample.in_force)
             used.add_metric(labels, sample.used)
-            remaining.add_metric(labels, max(0, sample.in_force - sample.used))
+            if sample.limit.kind == "t":
+                # Request counters hold nothing: each request counts once, at admission.
+                reserved.add_metric(labels, sample.reserved)
+            remaining.add_metric(labels, max(0, sample.in_force - sample.used - sample.reserved))
             if sample.limit.window.end is not None:
                 reset.add_metric(labels, sample.limit.window.end)
-        yield from (limit, used, remaining, reset)
+        yield from (limit, used, reserved, remaining, reset)
         updated = GaugeMetricFamily(
             "aigw_quota_gauges_updated_timestamp_seconds",
             "When the quota gauges were last read from the store (Unix time)",

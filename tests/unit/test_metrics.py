@@ -116,6 +116,9 @@ async def reserve(store: QuotaStore, group: str, tokens: int) -> None:
     limits = RULES.limits_for(identity, {}, "gpt-4o", store.now())
     reservation = await store.reserve(limits, tokens)
     assert isinstance(reservation, Reservation)
+    # Answered and settled at its estimate: used, no longer held by a running request.
+    store.settle(reservation, tokens)
+    await store.flush()
 
 
 async def test_quota_gauges_show_what_every_replica_counted(client: Any) -> None:

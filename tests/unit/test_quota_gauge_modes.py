@@ -77,6 +77,9 @@ async def gauges_after_usage(client: Any, tokens: int) -> QuotaGauges:
     identity = Identity(method="api_key", api_key_id="k", user_id="u", group_id="marketing")
     reservation = await store.reserve(RULES.limits_for(identity, {}, "m", store.now()), tokens)
     assert isinstance(reservation, Reservation)
+    # Answered and settled at its estimate: used, no longer held by a running request.
+    store.settle(reservation, tokens)
+    await store.flush()
     gauges = QuotaGauges(client, "t:", lambda: RULES, store.now, QuotaGaugesConfig())
     await gauges.refresh()
     await store.close()

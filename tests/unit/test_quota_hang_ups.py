@@ -147,6 +147,9 @@ async def test_every_reservation_is_settled_or_given_back_whenever_the_client_le
     day = await client.keys("test:q:{user:alice}:alice-day:t:d:*")
     minute = await client.keys("test:q:{api_key:team1}:key-minute:r:m:*")
     assert int(group) == charged
+    # Nothing runs any more: every request took off its budgets exactly what it held
+    # (settled, given back while queued or abandoned, or charged at its estimate).
+    assert await client.keys("test:q:*:held") == []
     assert [int(await client.get(key)) for key in day] == [charged]
     # Each admitted request counted once; one given back while queued or abandoned is not.
     assert sum([int(await client.get(key)) for key in minute]) == len(admitted)

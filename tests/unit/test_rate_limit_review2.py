@@ -38,8 +38,10 @@ async def test_a_reservation_sent_twice_gets_its_first_answer_to_the_token(
     call = quota_store._reserve_call(limits, 123456789012345, "sent-twice")
     [first] = await quota_store._run_reserve([call])
     [again] = await quota_store._run_reserve([call])
+    # Reserved, used, limit; the reset generation; what it holds, and what is held.
     assert [int(value) for value in first] == [1, 123456789012345, 123456789012345,
-                                               999999999999999, 0]  # fmt: skip
+                                               999999999999999, 0, 123456789012345,
+                                               123456789012345]  # fmt: skip
     assert [int(value) for value in again] == [int(value) for value in first]
 
 

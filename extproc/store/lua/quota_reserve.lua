@@ -5,26 +5,34 @@
 -- holds the call's answer, so that the call sent again (a client's retry after a
 -- lost answer) gets the same answer without reserving twice, and a call whose
 -- answer was lost can be given back (quota_undo.lua); 'x' once given back. Then
--- two keys per limit: its counter, then its subject's overrides hash (limits set
--- at run time).
--- ARGV[1]: seconds to keep the marker. Then eight values per limit: limit, cost,
+-- three keys per limit: its counter, its subject's overrides hash (limits set at
+-- run time), and its held amount: the part of the counter that requests still
+-- running hold (their reservations, not yet settled). The counter counts it too,
+-- as before there was a held amount, so that every limit is checked against
+-- settled usage and reservations alike; the held amount tells the two apart.
+-- ARGV[1]: seconds to keep the marker; ARGV[2]: the longest a held amount is kept
+-- after the last reservation added to it. Then eight values per limit: limit, cost,
 -- ttl seconds, enforce (1|0), kind (r|t), override field, reset generation field
 -- (in the overrides hash: how many times an operator reset the counter), hard cap (1|0).
---   r (requests): admitted while used + cost <= limit; reserves cost.
+--   r (requests): admitted while used + cost <= limit; reserves cost, settled at once
+--                 (nothing held).
 --   t (tokens):   admitted while something remains; reserves cost, the request's
---                 estimate, whole. Under a hard cap, min(cost, what remains): the
---                 gateway then lowers the answer's allowance to fit, so what remains
---                 is the most the request can use.
+--                 estimate, whole, and holds it until the request settles. Under a
+--                 hard cap, min(cost, what remains): the gateway then lowers the
+--                 answer's allowance to fit, so what remains is the most the
+--                 request can use.
 -- A token limit without a hard cap reserved min(cost, what remains) too, and so held
 -- less than the request crossing the budget would use: an earlier request's
 -- settlement under its estimate then freed room that was not there, and the next
 -- request was admitted into a budget already spent (three calls of 12 tokens each,
 -- estimated at 15, into a budget of 20).
--- Returns {1, reserved_1, used_1, limit_1, ..., generation_1, ...} when admitted
--- (used = after reserving; the generations, after the three values of every limit,
--- let a settlement skip a counter reset since), or {0, index, used, limit} naming the first enforced limit that
--- refused; nothing is written then. Returns {-1}, writing nothing, when the call
--- was given back before it arrived.
+-- Returns {1, reserved_1, used_1, limit_1, ..., generation_1, ..., holding_1, ...,
+-- held_1, ...} when admitted (used = after reserving; the generations let a
+-- settlement skip a counter reset since; holding = what this call added to the held
+-- amount, which its settlement takes off again; held = the held amount after it), or
+-- {0, index, used, limit, held, ...} naming every enforced limit that refused, in
+-- order, each with what running requests held of its usage; nothing is written then.
+-- Returns {-1}, writing nothing, when the call was given back before it arrived.
 -- All or nothing: Redis keeps what a script wrote before an error, so every value is
 -- read and checked before the first write. A counter INCRBY could not add to (not an
 -- integer, or past 64 bits), an override that is no integer or a reset generation
@@ -42,15 +50,23 @@ elseif earlier then
   end
   return again
 end
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 1) / 3
 -- The error's code names what is wrong (the spool logs it).
 local function refuse(code, key, what)
   return redis.error_reply(code .. ' ' .. key .. ' holds ' .. what)
 end
-local used, limits, generations = {}, {}, {}
+local function count(key)
+  local value = redis.call('GET', key) or '0'
+  if value ~= '0' and not string.match(value, '^%-?[1-9]%d*$') then
+    return nil
+  end
+  return tonumber(value)
+end
+local used, limits, generations, held = {}, {}, {}, {}
+local refused = {0}
 for i = 1, n do
-  local base = 1 + (i - 1) * 8
-  local counter, overrides = KEYS[i * 2], KEYS[i * 2 + 1]
+  local base = 2 + (i - 1) * 8
+  local counter, overrides, holding = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
   local limit = tonumber(ARGV[base + 1])
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
   if set[1] then
@@ -66,11 +82,18 @@ for i = 1, n do
   end
   local cost = tonumber(ARGV[base + 2])
   local kind = ARGV[base + 5]
-  local value = redis.call('GET', counter) or '0'
-  if value ~= '0' and not string.match(value, '^%-?[1-9]%d*$') then
+  local current = count(counter)
+  if current == nil then
     return refuse('NOTCOUNTER', counter, 'no integer')
   end
-  local current = tonumber(value)
+  -- Absent (a counter written before there was a held amount, or nothing running): 0.
+  held[i] = count(holding)
+  if held[i] == nil then
+    return refuse('NOTCOUNTER', holding, 'no integer')
+  end
+  if math.abs(held[i] + cost) >= 9e18 then
+    return refuse('NOTCOUNTER', holding, 'a count INCRBY would take past 64 bits')
+  end
   -- The sums are doubles here: the bound leaves room for their rounding.
   if math.abs(current + cost) >= 9e18 then
     return refuse('NOTCOUNTER', counter, 'a count INCRBY would take past 64 bits')
@@ -78,14 +101,23 @@ for i = 1, n do
   used[i] = current
   if ARGV[base + 4] == '1' then
     if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then
-      return {0, i, current, limit}
+      -- Every refusal, not the first: one a running request holds may pass in seconds,
+      -- one spent only when its window resets, and the 429 must name the longest wait.
+      refused[#refused + 1] = i
+      refused[#refused + 1] = current
+      refused[#refused + 1] = limit
+      refused[#refused + 1] = held[i]
     end
   end
 end
+if #refused > 1 then
+  return refused
+end
 local result = {1}
+local holding = {}
 for i = 1, n do
-  local base = 1 + (i - 1) * 8
-  local counter = KEYS[i * 2]
+  local base = 2 + (i - 1) * 8
+  local counter = KEYS[i * 3 - 1]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
   local capped = ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1'
@@ -96,12 +128,27 @@ for i = 1, n do
   if redis.call('TTL', counter) < 0 then
     redis.call('EXPIRE', counter, tonumber(ARGV[base + 3]))
   end
+  holding[i] = 0
+  if ARGV[base + 5] == 't' and reserve > 0 then
+    holding[i] = reserve
+    held[i] = redis.call('INCRBY', KEYS[i * 3 + 1], reserve)
+    -- Kept as long as its counter, and no longer than the longest a request runs after
+    -- the last reservation: what a crashed gateway's requests held must not hold the
+    -- budget until the window ends (their reservations stay in the counter, as ever).
+    redis.call('EXPIRE', KEYS[i * 3 + 1], math.min(tonumber(ARGV[base + 3]), tonumber(ARGV[2])))
+  end
   result[#result + 1] = reserve
   result[#result + 1] = after
   result[#result + 1] = limits[i]
 end
 for i = 1, n do
   result[#result + 1] = generations[i]
+end
+for i = 1, n do
+  result[#result + 1] = holding[i]
+end
+for i = 1, n do
+  result[#result + 1] = held[i]
 end
 -- Written digit for digit: table.concat would use Lua's default number format (14
 -- significant digits), and a call sent again would read back a limit of fifteen

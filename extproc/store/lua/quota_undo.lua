@@ -3,8 +3,12 @@
 -- it may have run or not. Once: the marker is then 'x', so a replay gives back
 -- nothing more and the call, should it arrive late, reserves nothing.
 -- KEYS[1]: the call's marker (its answer: reserved, used, limit per counter, then
--- each counter's reset generation); KEYS[2..n+1]: its counters, in the order it
--- reserved them; KEYS[n+2..2n+1]: each counter's overrides hash.
+-- each counter's reset generation, then what the call added to each held amount and
+-- the held amounts after it); KEYS[2..n+1]: its counters, in the order it reserved
+-- them; KEYS[n+2..2n+1]: each counter's overrides hash; KEYS[2n+2..3n+1]: each
+-- counter's held amount (quota_reserve.lua), given back what the call added to it,
+-- never below 0 (absent from a give-back spooled by an older version, whose marker
+-- names no held amount either).
 -- ARGV[1]: seconds to keep the marker; ARGV[2..n+1]: each counter's generation field.
 -- A counter an operator reset since the call ran is not given back: what the call
 -- reserved went with the reset. Without generation fields (a give-back spooled by
@@ -30,7 +34,8 @@ local n = #KEYS - 1
 if #ARGV > 1 then
   n = #ARGV - 1
 end
-local give_back = {}
+local with_held = #ARGV > 1 and #KEYS == 1 + 3 * n
+local give_back, release = {}, {}
 for i = 1, n do
   local counter = KEYS[1 + i]
   local reserved = values[(i - 1) * 3 + 1]
@@ -53,11 +58,30 @@ for i = 1, n do
     end
     give_back[#give_back + 1] = {counter, reserved}
   end
+  -- A marker written before there was a held amount names none: nothing was held.
+  local holding = values[n * 4 + i]
+  if with_held and current and holding and holding > 0 then
+    local key = KEYS[1 + 2 * n + i]
+    local held = redis.call('GET', key)
+    if held then
+      if held ~= '0' and not string.match(held, '^%-?[1-9]%d*$') then
+        return redis.error_reply('NOTCOUNTER ' .. key .. ' holds no integer')
+      end
+      release[#release + 1] = {key, math.max(tonumber(held) - holding, 0)}
+    end
+  end
 end
 redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
 for _, each in ipairs(give_back) do
   if redis.call('DECRBY', each[1], string.format('%.0f', each[2])) < 0 then
     redis.call('SET', each[1], 0, 'KEEPTTL')
+  end
+end
+for _, each in ipairs(release) do
+  if each[2] > 0 then
+    redis.call('SET', each[1], string.format('%.0f', each[2]), 'KEEPTTL')
+  else
+    redis.call('DEL', each[1])
   end
 end
 return 1
