@@ -45,18 +45,26 @@ async def test_gauges_read_every_subject_across_the_cluster(cluster: ValkeyClust
     for group, tokens in GROUPS.items():
         limits = RULES.limits_for(Identity("api_key", "k", "u", group), {}, "m", store.now())
         tracker.note(limits)
-        assert isinstance(await store.reserve(limits, tokens), Reservation)
+        reservation = await store.reserve(limits, tokens)
+        assert isinstance(reservation, Reservation)
+        # Answered at its estimate: used, no longer held by a running request.
+        store.settle(reservation, tokens)
+    await store.flush()  # each subject's settlement on its own node
     await tracker.flush()
     gauges = QuotaGauges(client, "g:", lambda: RULES, store.now, QuotaGaugesConfig())
     await gauges.refresh()
     registry = CollectorRegistry()
     registry.register(gauges)
-    used = {
-        sample.labels["subject"]: sample.value
+    samples = [
+        sample
         for family in text_string_to_metric_families(generate_latest(registry).decode())
         for sample in family.samples
-        if sample.name == "aigw_quota_used" and sample.labels["counter"] == "token_quota"
-    }
+        if sample.labels.get("counter") == "token_quota"
+    ]
+    used = {s.labels["subject"]: s.value for s in samples if s.name == "aigw_quota_used"}
     assert used == GROUPS
+    # Each held amount read from its subject's node: nothing held once all settled.
+    reserved = {s.labels["subject"]: s.value for s in samples if s.name == "aigw_quota_reserved"}
+    assert reserved == dict.fromkeys(GROUPS, 0)
     await store.close()
     await client.aclose()
