@@ -119,6 +119,13 @@ class TextSlot:
     # tool's name, a schema's property name, a custom tool's grammar: ``definitions``):
     # it is read, but a mask there refuses the request, naming it, rather than rename it.
     fixed: str | None = None
+    # A field the provider can go without, and that no replacement fits (an end user's
+    # identifier, a prompt cache key: ``request_metadata``): a mask there removes it from
+    # the body, as if the client had not sent it. ``outer``: the object holding
+    # ``holder`` and its key there, when a removal that leaves ``holder`` empty takes it
+    # out too (Anthropic's ``metadata``, whose one member is ``user_id``).
+    removable: bool = False
+    outer: tuple[dict[str, Any], str] | None = None
 
     @property
     def text(self) -> str:
@@ -127,6 +134,13 @@ class TextSlot:
 
     def write(self, text: str) -> None:
         self.holder[self.key] = text
+
+    def remove(self) -> None:
+        """Take a ``removable`` field out of the body (its slot must be read no more)."""
+        del self.holder[self.key]
+        if self.outer is not None and not self.holder:
+            holder, key = self.outer
+            del holder[key]
 
     @property
     def chars(self) -> int:

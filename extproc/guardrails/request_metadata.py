@@ -14,11 +14,14 @@ How a mask writes there follows what the field is for:
 
 - an OpenAI ``metadata`` value is a free tag (any string of up to 512 characters): masked in
   place, the tag says data was hidden, as a masked prompt does;
-- what identifies something or must keep a provider's alphabet is read ``fixed`` (a mask
-  refuses the request, naming it): an end user's identifier (``user``,
-  ``safety_identifier``, Anthropic's ``metadata.user_id``) masked alike for every user would
-  make the provider's abuse checks treat them all as one; a cache key masked would share
-  one cache between callers; a metadata key is a name; Bedrock's ``requestMetadata`` and
+- an end user's identifier (``user``, ``safety_identifier``, Anthropic's
+  ``metadata.user_id``) and a prompt cache key are ``removable``: a mask takes the field out
+  of the body, and the request goes on as one that named no end user (no cache key), which
+  every provider takes. No replacement fits them: one alike for every user would make the
+  provider's abuse checks treat them all as one user (and share one cache between callers),
+  and a hash of an e-mail address is a pseudonym anyone can guess back;
+- what must keep its spelling or a provider's alphabet is read ``fixed`` (a mask refuses
+  the request, naming it): a metadata key is a name; Bedrock's ``requestMetadata`` and
   Vertex's ``labels`` take a few characters only (no ``<``, ``>`` or ``*``), so Bedrock and
   Google would refuse a masked value.
 """
@@ -31,14 +34,12 @@ from extproc.guardrails.content import TextSlot
 
 ROLE = "system"
 
-USER_ID = "the end user's identifier"
-CACHE_KEY = "a prompt cache key"
 METADATA_KEY = "a metadata key"
 METADATA_VALUE = "a metadata value"
 LABEL = "a label"
 
 # OpenAI's identifiers of the end user and its cache key, on every OpenAI API.
-_IDENTIFIERS = (("user", USER_ID), ("safety_identifier", USER_ID), ("prompt_cache_key", CACHE_KEY))
+_IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
 # Vertex AI's request labels (one spelling in both of Google's casings).
 _LABELS = ("labels",)
 
@@ -48,8 +49,8 @@ def openai_slots(body: dict[str, Any]) -> list[TextSlot]:
     identifiers."""
     slots: list[TextSlot] = []
     _map_slots(body.get("metadata"), slots, values=None)
-    for field, what in _IDENTIFIERS:
-        _fixed(body, field, slots, what)
+    for field in _IDENTIFIERS:
+        _removable(body, field, slots)
     return slots
 
 
@@ -58,7 +59,9 @@ def anthropic_slots(body: dict[str, Any]) -> list[TextSlot]:
     slots: list[TextSlot] = []
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
-        _fixed(metadata, "user_id", slots, USER_ID)
+        # Without its one member, ``metadata`` goes too: the body is then the one a client
+        # naming no end user sends.
+        _removable(metadata, "user_id", slots, outer=(body, "metadata"))
     return slots
 
 
@@ -92,6 +95,11 @@ def _map_slots(
             slots.append(TextSlot(ROLE, mapping, name, fixed=values))
 
 
-def _fixed(holder: dict[str, Any], field: str, slots: list[TextSlot], what: str) -> None:
+def _removable(
+    holder: dict[str, Any],
+    field: str,
+    slots: list[TextSlot],
+    outer: tuple[dict[str, Any], str] | None = None,
+) -> None:
     if isinstance(holder.get(field), str):
-        slots.append(TextSlot(ROLE, holder, field, fixed=what))
+        slots.append(TextSlot(ROLE, holder, field, removable=True, outer=outer))

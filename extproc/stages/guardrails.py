@@ -293,6 +293,7 @@ def _run_matchers(
     way to go without signed reasoning a mask guard matched in (``_request_slots``)."""
     masked: set[int] = set()
     dropped: set[int] = set()
+    removed: set[TextSlot] = set()
     # One search over the texts says which may hold a match. A tool call's JSON, and any
     # text holding a backslash, is read decoded too (an escape may spell what its raw
     # text does not: ``Jos\u00e9``), so it is always scanned.
@@ -315,6 +316,13 @@ def _run_matchers(
             guard = matchers.guards[rejecting]
             record(ctx, guard.name, phase, "reject")
             raise _refusal(guard.config, _found(guard.labels(spans)))
+        if hits and slot.removable:
+            # An end user's identifier or a cache key: no replacement fits it, so the
+            # provider gets the request without it (``request_metadata``).
+            slot.remove()
+            removed.add(slot)
+            masked.update(hit.guard for hit in hits)
+            continue
         if hits and (slot.signed or slot.fixed is not None):
             # Signed reasoning cannot be masked: the provider would refuse the block when
             # the client sends it back, that turn and every later one. A request goes
@@ -336,12 +344,19 @@ def _run_matchers(
         if hits:
             slot.write(apply(text, hits))
             masked.update(hit.guard for hit in hits)
-    if dropped:
+    if dropped or removed:
         # Moderation, after the matchers, reads what the provider gets.
-        slots[:] = [slot for slot in slots if id(slot.block) not in dropped]
+        _forget(slots, dropped, removed)
     for index, guard in enumerate(matchers.guards):
         record(ctx, guard.name, phase, "mask" if index in masked else "pass")
     return bool(masked)
+
+
+def _forget(slots: list[TextSlot], dropped: set[int], removed: set[TextSlot]) -> None:
+    """Take out of ``slots`` the text the request went without: in a signed block it
+    dropped (by the block's id) or a field it removed. A later reader (a webhook, the
+    matchers, moderation) reads what the provider gets, and never a deleted key."""
+    slots[:] = [slot for slot in slots if id(slot.block) not in dropped and slot not in removed]
 
 
 class GuardRequestStage:
@@ -714,9 +729,16 @@ def _apply_verdict(
         return False
     changed = False
     dropped: set[int] = set()
+    removed: set[TextSlot] = set()
     for slot, content in zip(slots, verdict.contents, strict=True):
         if content == slot.text or (dropped and id(slot.block) in dropped):
             continue  # unchanged, or gone from the history with a block dropped before it
+        if slot.removable:
+            # As a matcher's mask there: the request goes on without the field.
+            slot.remove()
+            removed.add(slot)
+            changed = True
+            continue
         if slot.fixed is not None:
             # As a matcher's mask there: a name something refers to cannot change.
             record(ctx, guard.name, phase, "reject")
@@ -732,8 +754,8 @@ def _apply_verdict(
             continue
         slot.write(content)
         changed = True
-    if dropped:
-        slots[:] = [slot for slot in slots if id(slot.block) not in dropped]
+    if dropped or removed:
+        _forget(slots, dropped, removed)
     record(ctx, guard.name, phase, "mask")
     return changed
 

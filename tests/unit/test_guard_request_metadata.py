@@ -6,8 +6,13 @@ The model never reads a request's ``metadata``, ``user``, ``safety_identifier`` 
 and its dashboard, for abuse checks, in invocation logs, in billing. No guard read them, so
 an access key or an address put there (an app that sets ``user`` to the user's e-mail
 address) reached the provider past every guard. Now a ``REJECT`` guard refuses; an OpenAI
-metadata value is a free tag and is masked in place; identifiers, keys, Bedrock's metadata
+metadata value is a free tag and is masked in place; metadata keys, Bedrock's metadata
 and Vertex's labels (which take a few characters only) refuse on a mask.
+
+An end user's identifier and a cache key refused on a mask too, at first: an app that sets
+``user`` to the user's e-mail address (a common choice) had every request refused on a route
+with an e-mail mask guard. Now a mask there removes the field: the provider gets the request
+as one naming no end user (no cache key), and the address never reaches it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import orjson
 import pytest
 
 from extproc.runtime import Services
+from extproc.testing import serve_mock
+from tests.unit.guard_helpers import config_with
 from tests.unit.test_gemini_guard_flow import GENERATE, gateway, refusal, upstream
 from tests.unit.test_guard_call_names import FALCON, GUARDS, MESSAGE, gateway_for
-from tests.unit.test_guard_flow import upstream_body
+from tests.unit.test_guard_flow import Gateway, upstream_body
 from tests.unit.test_guard_tool_definitions import (
     FORBIDDEN,
     chat,
@@ -33,6 +40,7 @@ from tests.unit.test_guard_tool_definitions import (
     vertex,  # noqa: F401 (the fixture the Gemini test takes)
 )
 from tests.unit.test_guard_tool_definitions import MESSAGE as FORBIDDEN_MESSAGE
+from tests.unit.test_guardrail_review import Hook, serving
 
 EMAIL = "jane@example.com"
 
@@ -84,23 +92,144 @@ async def test_an_openai_metadata_value_is_masked_in_place(
     assert sent["user"] == "u-1"
 
 
-@pytest.mark.parametrize(("route", "path", "body"), OPENAI, ids=OPENAI_IDS)
-@pytest.mark.parametrize(
-    ("fields", "what"),
-    [({"user": EMAIL}, "the end user's identifier"),
-     ({"safety_identifier": EMAIL}, "the end user's identifier"),
-     ({"prompt_cache_key": f"conv-{EMAIL}"}, "a prompt cache key"),
-     ({"metadata": {EMAIL: "x"}}, "a metadata key")],
-    ids=["user", "safety_identifier", "prompt_cache_key", "metadata-key"],
-)  # fmt: skip
-async def test_a_mask_matching_an_identifier_refuses_rather_than_merge_users(
-    route: str, path: str, body: Any, fields: dict[str, Any], what: str
-) -> None:
-    found = refused(await gateway_for(route).send(path, body(**fields)))
+async def test_a_mask_matching_a_metadata_key_refuses_rather_than_rename_it() -> None:
+    found = refused(
+        await gateway_for("openai-chat").send("/v1/chat/completions", chat(metadata={EMAIL: "x"}))
+    )
     assert found is not None and found[0] == 403
     message = found[1]["error"]["message"]
-    assert message == f"Rejected by guardrail 'pii': {what} contains EMAIL, which cannot be masked"
+    assert message == (
+        "Rejected by guardrail 'pii': a metadata key contains EMAIL, which cannot be masked"
+    )
     assert EMAIL not in message
+
+
+@pytest.mark.parametrize(("route", "path", "body"), OPENAI, ids=OPENAI_IDS)
+@pytest.mark.parametrize(
+    "fields",
+    [{"user": EMAIL},
+     {"safety_identifier": f"Jane <{EMAIL}>"},
+     {"prompt_cache_key": f"conv-{EMAIL}"},
+     {"user": EMAIL, "safety_identifier": EMAIL, "prompt_cache_key": f"conv-{EMAIL}"}],
+    ids=["user", "safety_identifier", "prompt_cache_key", "all-three"],
+)  # fmt: skip
+async def test_a_mask_matching_an_identifier_removes_it_and_the_request_goes_on(
+    route: str, path: str, body: Any, fields: dict[str, Any]
+) -> None:
+    # An app sending the user's address as ``user`` had every request refused (403).
+    gate = gateway_for(route)
+    answers = await gate.send(path, body(metadata={"team": "ops"}, **fields))
+    assert refused(answers) is None, "an address as the end user's id refused the request"
+    sent = upstream_body(answers[1])
+    for field in fields:
+        # Gone, not replaced: "<EMAIL>" alike for every user would merge them all in the
+        # provider's abuse checks (and share one prompt cache).
+        assert field not in sent
+    assert EMAIL not in orjson.dumps(sent).decode()
+    assert sent["metadata"] == {"team": "ops"} and sent["model"]
+    assert {"guard": "pii", "phase": "request", "action": "mask"} in gate.log()["guardrails"]
+    assert gate.decisions(guard="pii", phase="request", action="mask") == 1
+
+
+@pytest.mark.parametrize(("route", "path", "body"), OPENAI, ids=OPENAI_IDS)
+async def test_an_identifier_with_nothing_to_mask_is_sent_as_it_came(
+    route: str, path: str, body: Any
+) -> None:
+    fields = {"user": "u-4f2a", "safety_identifier": "h-91c", "prompt_cache_key": "conv-7"}
+    gate = gateway_for(route)
+    answers = await gate.send(path, body(**fields))
+    sent = upstream_body(answers[1])
+    assert {field: sent[field] for field in fields} == fields
+    assert {"guard": "pii", "phase": "request", "action": "pass"} in gate.log()["guardrails"]
+
+
+async def test_a_mask_in_one_identifier_leaves_the_others() -> None:
+    answers = await gateway_for("openai-chat").send(
+        "/v1/chat/completions", chat(user=EMAIL, safety_identifier="h-91c", prompt_cache_key="c7")
+    )
+    sent = upstream_body(answers[1])
+    assert "user" not in sent
+    assert sent["safety_identifier"] == "h-91c" and sent["prompt_cache_key"] == "c7"
+
+
+async def test_a_reject_guard_still_refuses_an_identifier_a_mask_guard_also_matches() -> None:
+    # The mask would remove the field, but a REJECT guard's match refuses the request.
+    gate = gateway_for("openai-chat")
+    found = refused(await gate.send("/v1/chat/completions", chat(user=f"{EMAIL} {FALCON}")))
+    assert found is not None and found[0] == 403
+    assert found[1]["error"]["message"] == MESSAGE
+    assert {"guard": "aws-keys", "phase": "request", "action": "reject"} in gate.log()["guardrails"]
+
+
+async def test_a_chat_request_translated_for_claude_names_no_end_user_once_masked() -> None:
+    # The Anthropic translator writes ``user`` (or ``safety_identifier``) as
+    # ``metadata.user_id``: a removed one reaches Claude under neither name.
+    gate = gateway_for("openai-chat")
+    claude = {"model": "claude-3-5-haiku-latest"}
+    answers = await gate.send("/v1/chat/completions", chat(user=EMAIL, **claude))
+    assert refused(answers) is None
+    sent = upstream_body(answers[1])
+    assert "metadata" not in sent and EMAIL not in orjson.dumps(sent).decode()
+    answers = await gate.send(
+        "/v1/chat/completions", chat(user=EMAIL, safety_identifier="h-91c", **claude)
+    )
+    assert upstream_body(answers[1])["metadata"] == {"user_id": "h-91c"}
+
+
+def mask_addresses(call: dict[str, Any]) -> dict[str, Any]:
+    """A webhook's mask verdict: every entry with the address replaced."""
+    entries = [
+        {**entry, "content": entry["content"].replace(EMAIL, "[redacted]")}
+        for entry in call["body"]["messages"]
+    ]
+    return {"action": {"body": {"messages": entries}}}
+
+
+async def test_a_webhook_mask_of_the_user_removes_it_and_later_guards_never_read_it() -> None:
+    hook = Hook(mask_addresses, {"action": {"reason": "fine"}})
+    async with serving(hook.handle) as port:
+        webhook = {"host": "127.0.0.1", "port": port}
+        guardrails = {
+            "webhooks": [{"name": "first", **webhook}, {"name": "second", **webhook}],
+            "policies": [{"name": "hooked", "request": [
+                {"name": "masking-hook", "webhook": "first"},
+                {"name": "later-hook", "webhook": "second"},
+                {"name": "pii", "builtins": ["EMAIL"], "action": "mask"}]}],
+        }  # fmt: skip
+        gate = Gateway(config_with(guardrails, {"openai-chat": {"guardrails": "hooked"}}))
+        answers = await gate.send(
+            "/v1/chat/completions", chat(user=EMAIL, prompt_cache_key="conv-7")
+        )
+    assert refused(answers) is None, "a webhook's mask of user refused the request"
+    sent = upstream_body(answers[1])
+    assert "user" not in sent and sent["prompt_cache_key"] == "conv-7"
+    first, later = (call["body"]["messages"] for call in hook.calls)
+    assert {"role": "system", "content": EMAIL} in first
+    # The next webhook reads the request the provider gets: no entry for the removed field.
+    assert later == [entry for entry in first if entry["content"] != EMAIL]
+    decisions = gate.log()["guardrails"]
+    assert {"guard": "masking-hook", "phase": "request", "action": "mask"} in decisions
+    assert {"guard": "later-hook", "phase": "request", "action": "pass"} in decisions
+    assert {"guard": "pii", "phase": "request", "action": "pass"} in decisions
+
+
+async def test_moderation_after_a_mask_reads_the_request_without_the_removed_field() -> None:
+    async with serve_mock() as mock_url:
+        guardrails = {
+            "moderation": [{"name": "mod", "base_url": f"{mock_url}/v1", "api_key": "mock-key",
+                            "roles": ["user", "system"]}],
+            "policies": [{"name": "p", "request": [
+                {"name": "pii", "builtins": ["EMAIL"], "action": "mask"},
+                {"name": "moderated", "moderation": "mod"}]}],
+        }  # fmt: skip
+        gate = Gateway(config_with(guardrails, {"openai-responses": {"guardrails": "p"}}))
+        # The removed id would have been flagged: moderation reads what the provider gets.
+        answers = await gate.send("/v1/responses", responses(user=f"{EMAIL} bomb"))
+    assert refused(answers) is None
+    assert "user" not in upstream_body(answers[1])
+    decisions = gate.log()["guardrails"]
+    assert {"guard": "pii", "phase": "request", "action": "mask"} in decisions
+    assert {"guard": "moderated", "phase": "request", "action": "pass"} in decisions
 
 
 async def test_a_completions_user_is_read() -> None:
@@ -114,15 +243,20 @@ async def test_anthropic_metadata_user_id_is_read() -> None:
     found = refused(await gate.send("/v1/messages", messages(metadata={"user_id": FALCON})))
     assert found is not None and found[0] == 403
     assert found[1]["error"]["message"] == MESSAGE
-    found = refused(await gate.send("/v1/messages", messages(metadata={"user_id": EMAIL})))
-    assert found is not None
-    assert (
-        "the end user's identifier contains EMAIL, which cannot be masked"
-        in orjson.dumps(found[1]).decode()
-    )
     answers = await gate.send("/v1/messages", messages(metadata={"user_id": "u-4f2a"}))
     assert refused(answers) is None
     assert upstream_body(answers[1])["metadata"] == {"user_id": "u-4f2a"}
+
+
+async def test_anthropic_metadata_user_id_masked_is_removed_with_its_metadata() -> None:
+    gate = gateway_for("anthropic-messages")
+    answers = await gate.send("/v1/messages", messages(metadata={"user_id": EMAIL}))
+    assert refused(answers) is None, "an address as metadata.user_id refused the request"
+    sent = upstream_body(answers[1])
+    # The body a client naming no end user sends: no user_id, and no empty metadata.
+    assert "metadata" not in sent
+    assert sent["messages"] == [{"role": "user", "content": "Hi"}]
+    assert {"guard": "pii", "phase": "request", "action": "mask"} in gate.log()["guardrails"]
 
 
 async def test_converse_request_metadata_is_read(services: Services) -> None:
