@@ -645,18 +645,20 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
         found = metadata.gemini_slots(request) + definitions.gemini_slots(request)
         return found + gemini_request_slots(body), None
     converse = api is RouteApi.BEDROCK_CONVERSE
+    # Claude's bodies (Messages, token counts, InvokeModel) or OpenAI chat's.
+    claude = api in MESSAGES_BODY_APIS or api in ANTHROPIC_APIS
     if api is RouteApi.BEDROCK_COUNT_TOKENS:
-        # The counted request's text reaches the provider as the request's would.
+        # The counted request's text reaches the provider as the request's would; an
+        # InvokeModel body read here is Claude's (``_claude_invoke_body``).
         member, body = counted_request(ctx.body)
         converse = member == CONVERSE
+        claude = not converse
     if converse:
         counted = body
         found = metadata.converse_slots(body) + definitions.converse_slots(body)
         found += converse_request_slots(body)
         return found, lambda block: drop_converse_reasoning(counted, block)
     messages = body
-    # Claude's bodies (Messages, token counts, InvokeModel) or OpenAI chat's.
-    claude = api in MESSAGES_BODY_APIS or api in ANTHROPIC_APIS
     stored = metadata.anthropic_slots if claude else metadata.openai_slots
     found = stored(body) + definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)

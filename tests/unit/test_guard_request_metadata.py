@@ -17,19 +17,23 @@ as one naming no end user (no cache key), and the address never reaches it.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
 
 from extproc.runtime import Services
-from extproc.testing import serve_mock
+from extproc.testing import request_body, request_headers, run_stream, serve_mock
 from tests.unit.guard_helpers import config_with
+from tests.unit.test_bedrock_invoke_review import AUTH, HAIKU, signing_processor
 from tests.unit.test_gemini_guard_flow import GENERATE, gateway, refusal, upstream
 from tests.unit.test_guard_call_names import FALCON, GUARDS, MESSAGE, gateway_for
 from tests.unit.test_guard_flow import Gateway, upstream_body
 from tests.unit.test_guard_tool_definitions import (
     FORBIDDEN,
+    POLICIES,
     chat,
     converse,
     gemini,
@@ -257,6 +261,27 @@ async def test_anthropic_metadata_user_id_masked_is_removed_with_its_metadata() 
     assert "metadata" not in sent
     assert sent["messages"] == [{"role": "user", "content": "Hi"}]
     assert {"guard": "pii", "phase": "request", "action": "mask"} in gate.log()["guardrails"]
+
+
+async def test_a_bedrock_count_of_a_claude_body_removes_its_user_id(services: Services) -> None:
+    # The counted InvokeModel body is Claude's: read as the call it counts is, its
+    # metadata.user_id is removed (it was read as OpenAI metadata, and masked in place).
+    invoked = orjson.loads(messages(metadata={"user_id": EMAIL}))
+    del invoked["model"]
+    invoked["anthropic_version"] = "bedrock-2023-05-31"
+    encoded = base64.b64encode(orjson.dumps(invoked)).decode()
+    body = {"input": {"invokeModel": {"body": encoded}}}
+    config = config_with(POLICIES, {"bedrock-converse": {"guardrails": "p"}})
+    async with signing_processor(config, services) as processor:
+        answers = await run_stream(
+            processor,
+            [request_headers(f"/model/{quote(HAIKU, safe='')}/count-tokens", headers=AUTH),
+             request_body(orjson.dumps(body))],
+        )  # fmt: skip
+    assert refused(answers) is None
+    sent = upstream_body(answers[1])
+    counted = orjson.loads(base64.b64decode(sent["input"]["invokeModel"]["body"]))
+    assert "metadata" not in counted and counted["messages"] == invoked["messages"]
 
 
 async def test_converse_request_metadata_is_read(services: Services) -> None:
