@@ -28,6 +28,7 @@ Audio, video and PDFs are not images: no moderation model reads them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ from extproc.guardrails.converse_text import TOOL_ROLE
 _GEMINI_ROLES = {"model": "assistant"}
 # Where Gemini's Files API keeps uploads: a URI there needs the caller's Google key.
 _GEMINI_FILES = "https://generativelanguage.googleapis.com/"
+# A URI's scheme as RFC 3986 writes it (a letter, then letters, digits, "+", "-" and
+# "."), short: the only part of a client's URI a refusal may name.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31}):")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +178,12 @@ def _gemini_file(role: str, uri: str) -> Image:
     if uri.startswith(_GEMINI_FILES):
         return Image(role, unreadable="an image in Gemini's Files API")
     if not uri.startswith(("https://", "http://")):
-        return Image(role, unreadable=f"an image at a {uri.partition(':')[0]}: URI")
+        # Named by its scheme only (``gs:``): the refusal goes to the client, the
+        # gateway's log and the request's log line, and a URI without one (a path, a
+        # file name) may be the user's data whole (``scans/jane@example.com.png``).
+        scheme = _SCHEME.match(uri)
+        where = f"at a {scheme.group(1)}: URI" if scheme else "given by a fileUri that is no URL"
+        return Image(role, unreadable=f"an image {where}")
     return Image(role, uri)
 
 

@@ -336,3 +336,24 @@ async def test_a_gemini_image_is_moderated_and_other_media_are_not(
 
 def refusal(answers: list[Any]) -> tuple[int, dict[str, Any]]:
     return immediate(answers[-1])
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["scans/jane.doe@example.com-passport.png", "jane.doe@example.com:scan.png"],
+    ids=["a path", "an address before a colon"],
+)
+async def test_a_gemini_file_uri_that_is_no_url_is_not_repeated_in_the_refusal(
+    vertex: tuple[str, Path], uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fileUri with no scheme is the client's text, user data as often as not: the
+    # refusal went to the client, the gateway's log and the log line with the URI whole
+    # in it ("an image at a scans/jane.doe@example.com-passport.png: URI").
+    mock, _ = vertex
+    async with gemini_gateway(vertex, moderated(mock), guardrails="mod") as gw:
+        stored = {"fileData": {"mimeType": "image/png", "fileUri": uri}}
+        status, body = refusal(await gw.send(GENERATE, gemini(stored)))
+    message = body["error"]["message"]
+    assert status == 400 and "it holds an image given by a fileUri that is no URL" in message
+    assert "jane.doe" not in message
+    assert "jane.doe" not in caplog.text
