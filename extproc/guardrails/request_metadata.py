@@ -24,12 +24,18 @@ How a mask writes there follows what the field is for:
   the request, naming it): a metadata key is a name; Bedrock's ``requestMetadata`` and
   Vertex's ``labels`` take a few characters only (no ``<``, ``>`` or ``*``), so Bedrock and
   Google would refuse a masked value.
+
+Only what reaches a provider is read: an OpenAI chat request the gateway translates for
+Bedrock's Converse carries none of these fields, and for Anthropic's Messages API only
+the end user's identifier (``openai_chat_slots``); a guard reading the others refused a
+request for text no provider would get.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from extproc.config.model import ProviderType
 from extproc.guardrails.content import TextSlot
 
 ROLE = "system"
@@ -52,6 +58,28 @@ def openai_slots(body: dict[str, Any]) -> list[TextSlot]:
     for field in _IDENTIFIERS:
         _removable(body, field, slots)
     return slots
+
+
+def openai_chat_slots(body: dict[str, Any], providers: frozenset[ProviderType]) -> list[TextSlot]:
+    """An OpenAI chat request's fields of ``openai_slots`` that reach one of ``providers``
+    (those its attempts may go to): all where one takes the body as OpenAI's (OpenAI,
+    Vertex AI's OpenAI-compatible endpoint); else the end user's identifiers Anthropic gets
+    as ``metadata.user_id`` (``user``, or ``safety_identifier`` in its absence, as
+    ``translators.openai_anthropic`` picks it); none for Bedrock's Converse alone."""
+    if not providers or providers - _TRANSLATED:
+        return openai_slots(body)
+    slots: list[TextSlot] = []
+    if ProviderType.ANTHROPIC in providers:
+        # Both: the translator sends ``user``, or ``safety_identifier`` in its absence, so
+        # once a mask removed ``user`` the other is what Claude gets.
+        for field in ("user", "safety_identifier"):
+            _removable(body, field, slots)
+    return slots
+
+
+# Providers an OpenAI chat request reaches translated, with none of OpenAI's metadata but
+# Anthropic's user id (``openai_chat_slots``).
+_TRANSLATED = frozenset({ProviderType.ANTHROPIC, ProviderType.BEDROCK})
 
 
 def anthropic_slots(body: dict[str, Any]) -> list[TextSlot]:

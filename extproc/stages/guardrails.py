@@ -70,7 +70,13 @@ from extproc.config.guard_model import (
     FailureMode,
     GuardConfig,
 )
-from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, RouteApi
+from extproc.config.model import (
+    GEMINI_APIS,
+    MESSAGES_BODY_APIS,
+    TOKEN_COUNT_APIS,
+    ProviderType,
+    RouteApi,
+)
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import is_prompt
 from extproc.errors import BadRequestError, UpstreamError, anthropic_error_body
@@ -659,9 +665,21 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
         found += converse_request_slots(body)
         return found, lambda block: drop_converse_reasoning(counted, block)
     messages = body
-    stored = metadata.anthropic_slots if claude else metadata.openai_slots
-    found = stored(body) + definitions.chat_slots(body) + request_slots(body)
+    if claude:
+        stored = metadata.anthropic_slots(body)
+    else:
+        stored = metadata.openai_chat_slots(body, _providers(ctx))
+    found = stored + definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)
+
+
+def _providers(ctx: RequestContext) -> frozenset[ProviderType]:
+    """The kinds of provider the request may reach: its own, and its failover chain's."""
+    kinds = {ctx.upstream.provider.type} if ctx.upstream is not None else set()
+    if ctx.failover_model is not None:
+        chain = ctx.runtime.failover.get(ctx.failover_model, {})
+        kinds.update(upstream.provider.type for _, upstream in chain.values())
+    return frozenset(kinds)
 
 
 def _request_images(ctx: RequestContext) -> list[Image]:

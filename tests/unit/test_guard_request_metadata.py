@@ -18,12 +18,15 @@ as one naming no end user (no cache key), and the address never reaches it.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
+import yaml
 
+from extproc.config.loader import parse_config
 from extproc.runtime import Services
 from extproc.testing import request_body, request_headers, run_stream, serve_mock
 from tests.unit.guard_helpers import config_with
@@ -312,3 +315,86 @@ async def test_vertex_labels_are_read(
         assert "a label contains EMPLOYEE_ID, which cannot be masked" in error["error"]["message"]
         sent = upstream(await gw.send(GENERATE, gemini(labels={"team": "ops"})))
     assert sent["labels"] == {"team": "ops"}
+
+
+# --- fields the translation leaves out ------------------------------------------------------
+#
+# An OpenAI chat request the gateway translates for another provider reaches it without
+# the fields that provider has no place for: Converse carries none of them, Anthropic's
+# Messages API only the end user's identifier (as ``metadata.user_id``). Read there, a
+# MASK guard refused the request for an identifier or a key the provider would never get:
+# an app that sets ``user`` to the user's e-mail address got a 403 on every Claude or
+# Bedrock model after the session's change, though nothing of it left the gateway.
+
+LEFT_OUT = {
+    "user": EMAIL,
+    "safety_identifier": EMAIL,
+    "prompt_cache_key": f"conv-{EMAIL}",
+    "metadata": {EMAIL: FALCON},
+}
+
+
+async def test_fields_converse_has_no_place_for_are_not_read(services: Services) -> None:
+    config = config_with(GUARDS, {"openai-chat": {"guardrails": "p"}})
+    body = orjson.loads(chat(**LEFT_OUT))
+    body["model"] = HAIKU
+    async with signing_processor(config, services) as processor:
+        answers = await run_stream(
+            processor,
+            [
+                request_headers("/v1/chat/completions", headers=AUTH),
+                request_body(orjson.dumps(body)),
+            ],
+        )
+    assert refused(answers) is None
+    sent = upstream_body(answers[1])
+    assert not {"user", "safety_identifier", "prompt_cache_key", "metadata"} & set(sent)
+    assert EMAIL not in orjson.dumps(sent).decode()
+
+
+async def test_on_anthropic_only_the_identifier_it_is_sent_is_read() -> None:
+    gate = gateway_for("openai-chat")
+    claude = {"model": "claude-3-5-haiku-latest"}
+    left_out = {k: v for k, v in LEFT_OUT.items() if k != "user"}
+    answers = await gate.send("/v1/chat/completions", chat(**left_out, **claude))
+    # Sent on as metadata.user_id when there is no `user`: read, and a mask removes it.
+    assert refused(answers) is None
+    sent = upstream_body(answers[1])
+    assert "metadata" not in sent and EMAIL not in orjson.dumps(sent).decode()
+    left_out["safety_identifier"] = "u-4f2a"
+    answers = await gate.send("/v1/chat/completions", chat(**left_out, **claude))
+    assert refused(answers) is None
+    sent = upstream_body(answers[1])
+    assert sent["metadata"] == {"user_id": "u-4f2a"}
+    assert EMAIL not in orjson.dumps(sent).decode()
+    # A REJECT guard still reads what goes: the identifier Anthropic gets.
+    found = refused(await gate.send("/v1/chat/completions", chat(user=FALCON, **claude)))
+    assert found is not None and found[1]["error"]["message"] == MESSAGE
+    # `user` goes in its place when both are set: the safety identifier stays here.
+    answers = await gate.send(
+        "/v1/chat/completions", chat(user="u-1", safety_identifier=EMAIL, **claude)
+    )
+    assert refused(answers) is None
+    assert upstream_body(answers[1])["metadata"] == {"user_id": "u-1"}
+
+
+def claude_falling_back_to_openai() -> Gateway:
+    """Claude (Anthropic) with OpenAI's gpt-4o-mini as its fallback, guarded on chat."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    for entry in raw["models"]:
+        if entry["name"] == "claude-3-5-haiku-latest":
+            entry["fallbacks"] = ["gpt-4o-mini"]
+    raw["guardrails"] = GUARDS
+    for route in raw["routes"]:
+        if route["name"] == "openai-chat":
+            route["guardrails"] = "p"
+    return Gateway(parse_config(yaml.safe_dump(raw), "test", {}))
+
+
+async def test_a_failover_chain_reaching_openai_reads_every_field() -> None:
+    # The fallback's attempt takes the body as it is, so what OpenAI would store is read
+    # as on an OpenAI model, though the primary (Anthropic) would never get it.
+    # A REJECT guard's term there refuses (a mask would remove the field, as anywhere).
+    body = chat(model="claude-3-5-haiku-latest", prompt_cache_key=f"conv-{FALCON}")
+    found = refused(await claude_falling_back_to_openai().send("/v1/chat/completions", body))
+    assert found is not None and found[1]["error"]["message"] == MESSAGE
