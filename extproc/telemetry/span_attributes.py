@@ -44,6 +44,13 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("gen_ai.usage.input_tokens", "prompt_tokens"),
     ("gen_ai.usage.output_tokens", "completion_tokens"),
     ("gen_ai.response.finish_reasons", "finish_reasons"),
+    # The prompt's cache reads and writes, both part of gen_ai.usage.input_tokens as the
+    # conventions ask (Anthropic's own input_tokens leaves them out; the gateway's counts
+    # do not): the names GenAI-aware backends read to show a prompt cache's effect.
+    ("gen_ai.usage.cache_read.input_tokens", "cached_tokens"),
+    ("gen_ai.usage.cache_creation.input_tokens", "cache_write_tokens"),
+    # The cache reads again, under the name spans carried before the conventions had one:
+    # saved searches and dashboards keep working.
     ("aigw.usage.cached_input_tokens", "cached_tokens"),
     ("aigw.usage.total_tokens", "total_tokens"),
     # The audio parts of the counts, billed at the audio prices; only when there are any.
@@ -213,6 +220,9 @@ def usage_metadata(usage: Usage) -> dict[str, str | float]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "cached_tokens": usage.cached_tokens,
+        # Always sent, as the cache reads are: Envoy keeps a key no later answer names,
+        # so a count left out at 0 could leave an earlier answer's standing.
+        "cache_write_tokens": usage.cache_write_tokens,
     }
     # Left out at 0, as most requests are: every answer to Envoy carries these bytes.
     # Audio counts only grow over a stream, so an earlier answer's value is never stale.

@@ -164,6 +164,30 @@ def test_a_streamed_anthropic_answer_is_traced_with_its_stop_reason(
     assert line["finish_reasons"] == ["end_turn"]
 
 
+def test_prompt_cache_reads_and_writes_are_on_the_span_under_the_gen_ai_names(
+    traced: LocalStack, collector: OtlpReceiver
+) -> None:
+    client = anthropic.Anthropic(base_url=traced.base_url, api_key="team2-key", max_retries=0)
+    # The mock reports 3 of the prompt's tokens read from the cache and 4 written to it.
+    with client.messages.with_streaming_response.create(
+        model="claude-3-5-haiku-latest",
+        max_tokens=50,
+        stream=True,
+        messages=[{"role": "user", "content": "Summarise the handbook we cached, in one line"}],
+        extra_headers={"x-mock-fault": "cached=3", "x-mock-cache-write": "5m=4"},
+    ) as raw:
+        request_id = raw.headers["x-request-id"]
+        start = next(e for e in raw.parse() if e.type == "message_start").message.usage
+    attributes = collector.request_span(request_id).attributes
+    line = log_line(traced, request_id)
+    assert (line["cached_tokens"], line["cache_write_tokens"]) == (3, 4)
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == "3"
+    assert attributes["gen_ai.usage.cache_creation.input_tokens"] == "4"
+    # The conventions' input tokens include both; Anthropic's own count leaves them out.
+    assert int(attributes["gen_ai.usage.input_tokens"]) == start.input_tokens + 3 + 4
+    assert int(attributes["gen_ai.usage.input_tokens"]) == line["prompt_tokens"]
+
+
 def refused(stack: LocalStack, body: bytes, **headers: str) -> httpx.Response:
     return httpx.post(
         f"{stack.base_url}/v1/chat/completions",
