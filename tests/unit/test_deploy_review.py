@@ -161,3 +161,30 @@ def test_every_selector_names_the_gateways_own_pods(build: str) -> None:
                 assert labels.get("app.kubernetes.io/name") == "aigw", (
                     f"{manifest['kind']} {manifest['metadata']['name']} {where}: {labels}"
                 )
+
+
+# Valkey's size units (case-insensitive: "mb" is 2**20 bytes, "m" 10**6) and Kubernetes'.
+_VALKEY_UNITS = {"": 1, "k": 1000, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+_K8S_UNITS = {"": 1, "K": 1000, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _bytes(size: str, units: dict[str, int]) -> int:
+    found = re.fullmatch(r"(\d+)([a-zA-Z]*)", size)
+    assert found, size
+    return int(found.group(1)) * units[found.group(2)]
+
+
+def test_the_in_cluster_valkey_refuses_writes_before_its_container_is_killed() -> None:
+    # Without --maxmemory, noeviction never applies: the data grows to the container's
+    # limit, the kernel kills Valkey, and each restart reloads the same AOF into the same
+    # limit. With it, a full store answers OOM, which the gateway handles as an outage.
+    statefulset = one(kustomize("overlays/in-cluster-valkey"), "StatefulSet", "aigw-valkey")
+    valkey = container(statefulset, "valkey")
+    args: list[str] = valkey["args"]
+    options = dict(zip(args[::2], args[1::2], strict=True))
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert "--maxmemory" in options, "the store's data is bounded only by the OOM killer"
+    cap = _bytes(options["--maxmemory"].lower(), _VALKEY_UNITS)
+    limit = _bytes(valkey["resources"]["limits"]["memory"], _K8S_UNITS)
+    # Room left for the AOF rewrite's copy-on-write, client buffers and fragmentation.
+    assert 0 < cap <= limit * 2 // 3, (options["--maxmemory"], limit)
