@@ -3,6 +3,7 @@ fallback, translated and signed for the fallback's provider."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.store.embedded import free_port
+from tests.exported_metrics import DASHBOARD, dashboard_expressions
 from tests.integration.conftest import (
     REFUSED_PORT,
     GatewayLog,
@@ -208,3 +210,33 @@ def test_each_attempt_starts_from_the_clients_own_body(failover_stack: LocalStac
     first = flaky_requests()[-1]
     assert first["path"] == "/v1/messages"  # the first attempt really was translated
     assert first["json"]["model"] == "claude-x"
+
+
+def test_failover_attempts_are_envoys_retries_on_the_chain_the_dashboard_selects(
+    failover_stack: LocalStack,
+) -> None:
+    # Envoy counts a failover route's retries (and its response times) on the chain's
+    # aggregate cluster, whichever provider answered: the dashboard's Envoy panels must
+    # select it, as they select the provider clusters (tests/unit/test_dashboard_envoy_clusters).
+    page = httpx.get(f"{failover_stack.envoy_admin_url}/stats/prometheus").text
+    before = envoy_counter(page, "envoy_cluster_upstream_rq_retry", "failover_primary_flaky")
+
+    reply = client(failover_stack).chat.completions.create(
+        model="primary-flaky",
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+
+    assert reply.choices[0].message.content == REPLY
+    page = httpx.get(f"{failover_stack.envoy_admin_url}/stats/prometheus").text
+    after = envoy_counter(page, "envoy_cluster_upstream_rq_retry", "failover_primary_flaky")
+    assert after - before == 1
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    [retries] = [e for e in dashboard_expressions(dashboard) if "upstream_rq_retry" in e]
+    [selected] = re.findall(r'envoy_cluster_name=~"([^"]*)"', retries)
+    assert re.fullmatch(selected, "failover_primary_flaky"), retries
+
+
+def envoy_counter(page: str, name: str, cluster: str) -> float:
+    """One cluster's counter on Envoy's /stats/prometheus page (0 before it is set)."""
+    found = re.search(rf'^{name}{{envoy_cluster_name="{re.escape(cluster)}"}} (\S+)$', page, re.M)
+    return float(found.group(1)) if found else 0.0
