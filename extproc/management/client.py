@@ -286,6 +286,7 @@ def state_dict(state: pb.QuotaState) -> dict[str, Any]:
                 "configured_limit": limit.configured_limit,
                 "overridden": limit.overridden,
                 "used": limit.used,
+                "reserved": limit.reserved,
                 "remaining": limit.remaining,
                 "window_start": limit.window_start,
                 "reset_at": limit.reset_at or None,
@@ -303,7 +304,10 @@ def render(states: list[pb.QuotaState], output: str, *, many: bool = False) -> s
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
     if not states:
         return "no subject has counters in the current windows\n"
-    header = ("SUBJECT", "RULE", "COUNTER", "LIMIT", "CONFIGURED", "USED", "REMAINING", "RESETS")
+    header = (
+        "SUBJECT", "RULE", "COUNTER", "LIMIT", "CONFIGURED", "USED", "RESERVED", "REMAINING",
+        "RESETS",
+    )  # fmt: skip
     rows = [header]
     for state in states:
         for limit in state.limits:
@@ -315,6 +319,8 @@ def render(states: list[pb.QuotaState], output: str, *, many: bool = False) -> s
                     f"{limit.limit} {limit.kind}" + (" (set)" if limit.overridden else ""),
                     str(limit.configured_limit),
                     str(limit.used),
+                    # Request limits hold nothing: a dash, not a 0 that reads as "none yet".
+                    str(limit.reserved) if limit.kind == "tokens" else "-",
                     str(limit.remaining),
                     _reset_time(limit),
                 )

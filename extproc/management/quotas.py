@@ -91,11 +91,16 @@ class LimitState:
     limit: Limit
     in_force: int
     overridden: bool
+    # Spent: the settled requests' usage, without what running requests hold (as the
+    # gauge aigw_quota_used counts it).
     used: int
+    # What requests still running hold of a token limit (aigw_quota_reserved).
+    reserved: int = 0
 
     @property
     def remaining(self) -> int:
-        return max(0, self.in_force - self.used)
+        """What the next request is checked against: the limit less both."""
+        return max(0, self.in_force - self.used - self.reserved)
 
     def as_dict(self) -> dict[str, Any]:
         """The state for an audit line."""
@@ -104,6 +109,7 @@ class LimitState:
             "configured_limit": self.limit.limit,
             "overridden": self.overridden,
             "used": self.used,
+            "reserved": self.reserved,
             "remaining": self.remaining,
             "window": self.limit.window.key,
         }
@@ -203,6 +209,9 @@ class QuotaAdmin:
             pipe.hgetall(overrides_key)
             for limit in limits:
                 pipe.get(limit.key(self._prefix))
+                # Beside each counter, what running requests hold of it (only token
+                # counters have one): in the same round trip, so the two add up.
+                pipe.get(held_key(limit.key(self._prefix)))
             # Each answer on its own: a WRONGTYPE is about one key, not the store.
             overrides, *counters = await pipe.execute(raise_on_error=False)
         unreadable: list[UnreadableKey] = []
@@ -210,15 +219,16 @@ class QuotaAdmin:
             unreadable.append(UnreadableKey(overrides_key, _ANOTHER_TYPE.format("overrides hash")))
             overrides = {}
         states: list[LimitState] = []
-        for limit, used in zip(limits, counters, strict=True):
+        for limit, used, held in zip(limits, counters[::2], counters[1::2], strict=True):
             key = limit.key(self._prefix)
             override = overrides.get(limit.override_field.encode())
             in_force = _override(override) if override is not None else limit.limit
-            count = 0 if used is None or of_another_type(used) else _integer(used)
-            if of_another_type(used):
-                unreadable.append(UnreadableKey(key, _ANOTHER_TYPE.format("counter")))
-            elif count is None:
-                unreadable.append(UnreadableKey(key, f"holds no integer{_WRITTEN}"))
+            count = _count(used, key, "counter", unreadable)
+            holding: int | None = 0
+            if limit.kind == "t":
+                # The reserve script refuses a held amount that is no integer as it
+                # refuses such a counter: the subject's requests meet a store failure.
+                holding = _count(held, held_key(key), "held amount", unreadable)
             if in_force is None:
                 field = limit.override_field
                 unreadable.append(
@@ -230,8 +240,16 @@ class QuotaAdmin:
                 unreadable.append(
                     UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
                 )
-            if in_force is not None and count is not None:
-                states.append(LimitState(limit, in_force, override is not None, count))
+            if in_force is not None and count is not None and holding is not None:
+                # The counter counts both what was spent and what running requests hold
+                # (every request is checked against the sum). Shown as used, four long
+                # requests' max_tokens read as a month's quota spent while they ran, where
+                # the gauges say "0 used, 128016 reserved". A hold is never more than the
+                # counter (an operator's negative adjustment may bring that below it).
+                reserved = min(max(0, holding), max(0, count))
+                states.append(
+                    LimitState(limit, in_force, override is not None, count - reserved, reserved)
+                )
         if unreadable:
             raise UnreadableStateError(limits[0].subject_kind, limits[0].subject, unreadable)
         return states
@@ -308,6 +326,20 @@ _WRITTEN = (
     " failure, on_store_failure applies): move the key away"
 )
 _ANOTHER_TYPE = "is a key of another type, not the gateway's {}" + _WRITTEN
+
+
+def _count(raw: Any, key: str, what: str, unreadable: list[UnreadableKey]) -> int | None:
+    """A count as read from the store (absent: 0); None, with ``key`` noted as unreadable,
+    for what the gateway never writes there."""
+    if raw is None:
+        return 0
+    if of_another_type(raw):
+        unreadable.append(UnreadableKey(key, _ANOTHER_TYPE.format(what)))
+        return None
+    count = _integer(raw)
+    if count is None:
+        unreadable.append(UnreadableKey(key, f"holds no integer{_WRITTEN}"))
+    return count
 
 
 def _integer(raw: bytes) -> int | None:

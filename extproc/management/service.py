@@ -706,6 +706,7 @@ def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaS
                 configured_limit=limit.limit,
                 overridden=state.overridden,
                 used=state.used,
+                reserved=state.reserved,
                 remaining=state.remaining,
                 window_start=limit.window.start,
                 reset_at=limit.window.end or 0.0,

@@ -79,7 +79,7 @@ class QuotaState(_message.Message):
     def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ...) -> None: ...
 
 class LimitState(_message.Message):
-    __slots__ = ("rule", "counter", "kind", "limit", "configured_limit", "overridden", "used", "remaining", "window_start", "reset_at", "time_zone")
+    __slots__ = ("rule", "counter", "kind", "limit", "configured_limit", "overridden", "used", "remaining", "window_start", "reset_at", "time_zone", "reserved")
     RULE_FIELD_NUMBER: _ClassVar[int]
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class LimitState(_message.Message):
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     RESET_AT_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
     rule: str
     counter: str
     kind: str
@@ -102,7 +103,8 @@ class LimitState(_message.Message):
     window_start: float
     reset_at: float
     time_zone: str
-    def __init__(self, rule: _Optional[str] = ..., counter: _Optional[str] = ..., kind: _Optional[str] = ..., limit: _Optional[int] = ..., configured_limit: _Optional[int] = ..., overridden: _Optional[bool] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ..., window_start: _Optional[float] = ..., reset_at: _Optional[float] = ..., time_zone: _Optional[str] = ...) -> None: ...
+    reserved: int
+    def __init__(self, rule: _Optional[str] = ..., counter: _Optional[str] = ..., kind: _Optional[str] = ..., limit: _Optional[int] = ..., configured_limit: _Optional[int] = ..., overridden: _Optional[bool] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ..., window_start: _Optional[float] = ..., reset_at: _Optional[float] = ..., time_zone: _Optional[str] = ..., reserved: _Optional[int] = ...) -> None: ...
 
 class UnreadableKey(_message.Message):
     __slots__ = ("key", "reason", "subject_kind", "subject")
