@@ -105,6 +105,17 @@ class Reservation:
         self.holding = self.holding or [0] * len(self.limits)
         self.held = self.held or [0] * len(self.limits)
 
+    def held_before(self, index: int) -> int:
+        """What other running requests held of limit ``index`` when this one reserved (at
+        most its usage then: a grant while they ran can take the counter below it)."""
+        before = self.used[index] - self.reserved[index]
+        return min(max(0, self.held[index] - self.holding[index]), max(0, before))
+
+    def settled_before(self, index: int) -> int:
+        """What limit ``index`` counted as spent when this request reserved: its usage
+        then, without what running requests held."""
+        return self.used[index] - self.reserved[index] - self.held_before(index)
+
 
 def held_key(counter: str) -> str:
     """The key of a counter's held amount: the counter's name and hash tag (its slot on a
@@ -170,12 +181,17 @@ class Denial:
         return self.limit.kind == "t" and self.settled < self.effective_limit
 
     def wait(self, now: float) -> float:
-        """How long the refusal holds, as far as the gateway can tell: until the window
-        resets (forever, for a lifetime quota), or a few seconds for what running
-        requests hold."""
-        left = self.limit.window.seconds_left(now)
-        until_reset = math.inf if left is None else left
-        return min(HELD_RETRY_AFTER_S, until_reset) if self.only_held else until_reset
+        """How long the refusal holds, as far as the gateway can tell."""
+        return refusal_wait(self.limit, now, held=self.only_held)
+
+
+def refusal_wait(limit: Limit, now: float, *, held: bool) -> float:
+    """How long a refusal by ``limit`` holds, as far as the gateway can tell: until its
+    window resets (forever, for a lifetime quota), or a few seconds when what running
+    requests hold is all that stands in the way (``held``)."""
+    left = limit.window.seconds_left(now)
+    until_reset = math.inf if left is None else left
+    return min(HELD_RETRY_AFTER_S, until_reset) if held else until_reset
 
 
 _SCRIPTS = ("reserve", "settle", "undo")

@@ -40,7 +40,7 @@ from extproc.quota.estimate import (
     completion_allowance,
 )
 from extproc.quota.rules import Limit, tightest
-from extproc.quota.store import Denial, Reservation
+from extproc.quota.store import Denial, Reservation, refusal_wait
 from extproc.quota.thinking_budget import (
     MIN_THINKING_BUDGET,
     cap_thinking,
@@ -488,21 +488,50 @@ def _capped_refusal(
     A budget that has too little left says when it resets (``retry-after``),
     like any other refusal. A prompt that leaves a whole budget less than ``room``
     for the answer would be refused after every reset: it gets no ``retry-after``,
-    which would promise otherwise.
+    which would promise otherwise. A budget whose settled usage leaves room for the
+    prompt, short only of what running requests hold, is a short retryable wait, as
+    the store's own refusal of such a budget (``_held_refusal``).
     """
     never = [i for i in capped if reservation.effective[i] - prompt < room]
+    held: set[int] = set()
     if never:
         index = min(never, key=lambda i: _left_before(reservation, i))
     else:
+        short = [i for i in capped if _left_before(reservation, i) - prompt < room] or capped
+        # Running requests hold what this prompt lacks: their settlements free what they
+        # did not use. Refused until the period's end (x-should-retry: false on a
+        # month), a client gave up on a request that would pass seconds later.
+        held = {
+            i
+            for i in short
+            if reservation.effective[i] - reservation.settled_before(i) - prompt >= room
+        }
         # Of the budgets too low for this prompt, the one that holds longest, as the
         # store's refusals name (refusal_order): naming the one with the fewest tokens
         # left (a minute's) sent the client back before a day's budget, just as short
-        # of it, had reset, to be refused again.
-        short = [i for i in capped if _left_before(reservation, i) - prompt < room] or capped
-        index = max(short, key=lambda i: (_holds_until(reservation.limits[i]), -i))
+        # of it, had reset, to be refused again; and one spent for the day before one
+        # that running requests hold for the month.
+        index = max(
+            short,
+            key=lambda i: (
+                refusal_wait(reservation.limits[i], now, held=i in held),
+                _holds_until(reservation.limits[i]),
+                -i,
+            ),
+        )
     limit, effective = reservation.limits[index], reservation.effective[index]
     left = max(0, _left_before(reservation, index))
     subject = f"{_subject_text(limit)} (rule '{limit.rule}')"
+    if index in held:
+        message = (
+            f"Token budget of {subject} held by running requests: {left} tokens left, not"
+            f" enough for this prompt, and requests still running hold"
+            f" {reservation.held_before(index)} tokens reserved for their answers; try"
+            f" again in a few seconds, as they finish"
+        )
+        wait = refusal_wait(limit, now, held=True)
+        headers = _held_headers(limit, effective, left, wait, now)
+        return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit
     if never:
         message = (
             f"Prompt too large for the token budget of {subject}: about {prompt} prompt tokens"
@@ -585,11 +614,19 @@ def _held_refusal(denial: Denial, now: float) -> RateLimitError:
         f" and requests still running hold the rest ({denial.held} tokens reserved for"
         f" their answers); try again in a few seconds, as they finish"
     )
-    wait = max(1, math.ceil(denial.wait(now)))
-    headers = _limit_headers(limit, denial.effective_limit, 0, now)
-    headers["retry-after"] = str(wait)
-    headers.pop("x-should-retry", None)
+    headers = _held_headers(limit, denial.effective_limit, 0, denial.wait(now), now)
     return RateLimitError(message, code="rate_limit_exceeded", headers=headers)
+
+
+def _held_headers(
+    limit: Limit, effective: int, remaining: int, wait: float, now: float
+) -> dict[str, str]:
+    """A held budget's refusal headers: ``retry-after`` the short ``wait`` and no
+    ``x-should-retry``, so that SDKs wait and retry on their own."""
+    headers = _limit_headers(limit, effective, remaining, now)
+    headers["retry-after"] = str(max(1, math.ceil(wait)))
+    headers.pop("x-should-retry", None)
+    return headers
 
 
 def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:

@@ -95,11 +95,14 @@ class Call:
     """One Anthropic Messages request of key team1 (group engineering), left running after
     its body until the test answers it or hangs it up."""
 
-    def __init__(self, processor: Processor, max_tokens: int = LONG) -> None:
+    def __init__(
+        self, processor: Processor, max_tokens: int = LONG, text: str = PROMPT[0]["content"]
+    ) -> None:
         self.answers: list[ext.ProcessingResponse] = []
         self.decided = asyncio.Event()
         self._next: asyncio.Queue[list[ext.ProcessingRequest] | None] = asyncio.Queue()
-        body = {"model": CLAUDE, "max_tokens": max_tokens, "messages": PROMPT}
+        messages = [{"role": "user", "content": text}]
+        body = {"model": CLAUDE, "max_tokens": max_tokens, "messages": messages}
         self._task = asyncio.create_task(self._serve(processor, orjson.dumps(body)))
 
     async def _messages(self, body: bytes) -> AsyncIterator[ext.ProcessingRequest]:

@@ -168,6 +168,9 @@ async def test_a_hard_cap_refusal_names_the_budget_that_holds_longest(
     limits = runtime.quota_rules.limits_for(TEAM1, {}, "gpt-4o-mini", quota_store.now())
     spent = await quota_store.reserve(limits, 900)
     assert isinstance(spent, Reservation)
+    # Settled: used, not held by a request still running (which would be a short wait).
+    quota_store.settle(spent, 900)
+    await quota_store.flush()
     processor = Processor(lambda: runtime, default_stages())
     prompt = orjson.dumps(
         {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1600}]}
