@@ -231,18 +231,21 @@ async def test_a_gateway_that_never_read_its_quota_gauges_raises_the_stale_alert
 
 def quota_replicas(stale_b_from: int) -> Timeline:
     """Two replicas; marketing's monthly quota (1000 tokens) was used up (1100) and the
-    month ends at minute 5. gateway-b stops reading the store at ``stale_b_from`` and
-    keeps publishing what it last read, as the gateway does after a failed refresh."""
+    month ends at minute 5, after which running requests hold 30 tokens. gateway-b stops
+    reading the store at ``stale_b_from`` and keeps publishing what it last read, as the
+    gateway does after a failed refresh."""
     timeline: Timeline = {}
     for minute in range(MINUTES):
         for instance in ("gateway-a:9464", "gateway-b:9464"):
             read_at = minute if instance == "gateway-a:9464" else min(minute, stale_b_from)
             used = 1100.0 if read_at < 5 else 20.0
+            reserved = 0.0 if read_at < 5 else 30.0
             scraped = {
                 series("aigw_quota_limit", **MARKETING, **target(instance)): 1000.0,
                 series("aigw_quota_used", **MARKETING, **target(instance)): used,
+                series("aigw_quota_reserved", **MARKETING, **target(instance)): reserved,
                 series("aigw_quota_remaining", **MARKETING, **target(instance)): max(
-                    0.0, 1000.0 - used
+                    0.0, 1000.0 - used - reserved
                 ),
                 series("aigw_quota_gauges_updated_timestamp_seconds", **target(instance)): (
                     read_at * 60.0
@@ -292,10 +295,16 @@ def test_a_replica_with_last_months_usage_does_not_page_a_quota_the_month_reset(
 
 
 def test_the_dashboards_quota_table_shows_the_usage_since_the_reset(tmp_path: Path) -> None:
-    # What the alerts read (test above): 20 used since the reset, not gateway-b's 1100.
+    # What the alerts read (test above): 20 used since the reset, not gateway-b's 1100, and
+    # the 30 tokens running requests hold beside it.
     panels = orjson.loads(DASHBOARD.read_bytes())["panels"]
     (table,) = [panel for panel in panels if panel["title"] == "Quota state per subject"]
-    wanted = {"aigw_quota_used": 20, "aigw_quota_remaining": 980, "aigw_quota_limit": 1000}
+    wanted = {
+        "aigw_quota_used": 20,
+        "aigw_quota_reserved": 30,
+        "aigw_quota_remaining": 950,
+        "aigw_quota_limit": 1000,
+    }
     exprs = [
         {
             "expr": target["expr"],
@@ -309,6 +318,36 @@ def test_the_dashboards_quota_table_shows_the_usage_since_the_reset(tmp_path: Pa
     assert len(exprs) == len(wanted)
     failed = promtool_test(tmp_path, quota_replicas(stale_b_from=3), [], exprs)
     assert not failed, failed
+
+
+def test_the_dashboards_quota_table_has_a_named_column_for_every_quota_gauge() -> None:
+    """Every per-subject quota gauge the gateway exports, under a name an operator reads:
+    the table had no column for aigw_quota_reserved, so a budget that running requests
+    filled read as limit 100000, used 0, remaining 0, with nothing saying why."""
+    panels = orjson.loads(DASHBOARD.read_bytes())["panels"]
+    (table,) = [panel for panel in panels if panel["title"] == "Quota state per subject"]
+    gauges = {
+        name
+        for name, labels in code_series().items()
+        if name.startswith("aigw_quota_") and "subject" in labels
+    }
+    shown = {
+        name: target["refId"]
+        for target in table["targets"]
+        for name in gauges
+        if f"({name} and" in target["expr"]
+    }
+    assert set(shown) == gauges
+    [organize] = [each for each in table["transformations"] if each["id"] == "organize"]
+    renamed = organize["options"]["renameByName"]
+    columns = {name: renamed.get(f"Value #{ref}") for name, ref in shown.items()}
+    assert columns == {
+        "aigw_quota_limit": "Limit",
+        "aigw_quota_used": "Used",
+        "aigw_quota_reserved": "Reserved",
+        "aigw_quota_remaining": "Remaining",
+        "aigw_quota_reset_timestamp_seconds": "Resets",
+    }
 
 
 def test_replicas_that_all_lag_still_page_a_used_up_quota(tmp_path: Path) -> None:
