@@ -14,6 +14,7 @@ cut after their provider started answering are charged (``cut_answer``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable
@@ -141,6 +142,12 @@ class QuotaStage:
             services.metrics.rate_limit(result.limit.rule, result.limit.subject_kind)
             ctx.quota_decision = "rejected"
             ctx.quota_rule = result.limit.rule
+            if cost and _spent_for_this_prompt(ctx, result):
+                # A capped reservation fills its budget to the token, so this is how a
+                # hard-capped budget usually refuses. Told to retry in seconds, the client
+                # came back after the running requests settled, to be refused until the
+                # period's end: settling only adds to what is spent.
+                result = dataclasses.replace(result, held=0)
             raise _refusal(result, store.now())
         ctx.quota_decision = "allowed"
         ctx.reservation = result
@@ -447,6 +454,15 @@ def _embeds(ctx: RequestContext) -> bool:
     """Whether the InvokeModel call goes to an embeddings model (configured so, or named
     so by its model id)."""
     return invoke_bodies.invokes_embeddings(ctx)
+
+
+def _spent_for_this_prompt(ctx: RequestContext, denial: Denial) -> bool:
+    """Whether a hard-capped budget that running requests hold leaves this prompt too
+    little room even once they settle (as ``_capped_refusal`` tells held from spent)."""
+    if not (denial.only_held and denial.limit.hard_cap):
+        return False
+    room = max(1, _least_completion(ctx)) * _choices(ctx)
+    return denial.effective_limit - denial.settled - ctx.estimated_prompt_tokens() < room
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

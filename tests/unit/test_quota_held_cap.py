@@ -32,6 +32,7 @@ from tests.unit.test_quota_held import (
     _answer,
     _headers,
     counted,
+    counter_key,
     held_key,
 )
 
@@ -209,3 +210,37 @@ async def _only_key(store: QuotaStore, pattern: str) -> str:
     ]  # fmt: skip
     [key] = found
     return key
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [("refactor", True), (BIG_PROMPT, False)],
+    ids=["a prompt the settled usage leaves room for", "one it leaves none for"],
+)
+async def test_a_budget_a_capped_reservation_filled_tells_held_from_spent_by_the_prompt(
+    quota_store: QuotaStore, text: str, held: bool
+) -> None:
+    """A capped reservation fills its budget to the token, so the store refuses the next
+    request before the hard cap looks at its prompt. 500 tokens are left once the running
+    request settles: a short prompt waits seconds; one of 1,004 tokens was told the same,
+    and its retry met "nearly used" until the month's end."""
+    await quota_store._client.set(counter_key(), BUDGET - 500, ex=3600)
+    processor, _ = _processor(quota_store)
+    [running] = await _running(processor, 1, 1000)
+    assert await counted(quota_store) == (BUDGET, 500)
+
+    call = Call(processor, 100, text)
+    assert not await call.admitted() and call.refusal is not None
+    error, headers = orjson.loads(call.refusal.body)["error"], _headers(call.refusal)
+
+    if held:
+        assert "held by running requests" in error["message"]
+        assert int(headers["retry-after"]) <= HELD_RETRY_AFTER_S
+        assert "x-should-retry" not in headers
+    else:
+        assert error["message"].startswith(
+            f"Rate limit reached for group 'engineering' (rule 'team-month'): {BUDGET} tokens"
+            f" per calendar month (UTC), {BUDGET} used; it resets at"
+        )
+        assert int(headers["retry-after"]) > 60 and headers["x-should-retry"] == "false"
+    await running.finish(_answer(300))
