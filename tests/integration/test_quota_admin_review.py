@@ -121,6 +121,12 @@ def said(error: RateLimitError) -> str:
     return message
 
 
+def settled(stack: LocalStack, group: str) -> bool:
+    """Whether no running request holds any of ``group``'s token budgets."""
+    found = quota(stack, "get", "--kind", "group", "--subject", group)
+    return all(not limit.get("reserved") for limit in found["limits"])
+
+
 def quota(stack: LocalStack, *args: str) -> dict[str, Any]:
     """`extproc quota ... --format json` as an operator runs it."""
     argv = [sys.executable, "-m", "extproc", "quota", *args, "--config", str(stack.config_path),
@@ -271,6 +277,9 @@ def test_a_group_limit_set_below_its_usage_refuses_the_next_request(
     ask(openai)
     rule = ("--kind", "group", "--subject", "review-team", "--rule", "team-monthly",
             "--counter", "token_quota")  # fmt: skip
+    # The answer's settlement may land just after the client has it: until then its tokens
+    # are held, not used, and the refusal below would be the short "held" wait.
+    assert wait_for(lambda: settled(replicas, "review-team"))
 
     lowered = quota(replicas, "set", *rule, "--limit", "1")["limits"][0]
     before = time.time()
