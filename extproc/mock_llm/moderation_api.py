@@ -45,24 +45,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.config.moderation_categories import OPENAI_CATEGORIES
 from extproc.mock_llm.openai_api import error_response
 from extproc.mock_llm.recorder import Body
 
-CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
+# OpenAI's categories, the list the config's thresholds are checked against.
+CATEGORIES = OPENAI_CATEGORIES
 TRIGGERS: dict[str, tuple[str, float]] = {
     "stupid": ("harassment", 0.91),
     "idiot": ("harassment", 0.91),
