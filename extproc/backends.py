@@ -103,6 +103,7 @@ from extproc.errors import (
     response_too_large,
     without_secrets,
 )
+from extproc.guardrails.request_metadata import Carried
 from extproc.providers import vertex_endpoints
 from extproc.providers.aws_signer import AwsSigner
 from extproc.providers.bedrock_model_ids import base_model_id
@@ -414,6 +415,32 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
     if kind is ProviderType.VERTEX:
         return vertex_endpoints.is_claude(upstream.upstream_model)
     return kind is ProviderType.ANTHROPIC
+
+
+def openai_metadata_carried(api: RouteApi, upstream: Upstream) -> Carried:
+    """What of an OpenAI request's ``metadata`` and end-user identifiers (``user``,
+    ``safety_identifier``, ``prompt_cache_key``) the request's body carries to ``upstream``,
+    which request guards read (``guardrails.request_metadata``): everything where the body
+    goes as OpenAI's; for chat, the end user's identifier alone to Claude (Anthropic's
+    ``metadata.user_id``, ``openai_anthropic``) and nothing to Bedrock's Converse
+    (``openai_bedrock``); for embeddings, nothing to Bedrock (Titan's and Cohere's bodies)
+    or Vertex AI (``:predict``), which take the texts alone."""
+    kind = upstream.provider.type
+    if kind is ProviderType.OPENAI:
+        return Carried.ALL
+    if api is RouteApi.OPENAI_EMBEDDINGS:
+        if kind in (ProviderType.BEDROCK, ProviderType.VERTEX):
+            return Carried.NOTHING
+        return Carried.ALL
+    if api is not RouteApi.OPENAI_CHAT:
+        return Carried.ALL
+    if kind is ProviderType.BEDROCK:
+        return Carried.NOTHING
+    if kind is ProviderType.ANTHROPIC or (
+        kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model)
+    ):
+        return Carried.END_USER
+    return Carried.ALL  # Vertex AI's OpenAI-compatible endpoint
 
 
 def same_embeddings_model(primary: Upstream, fallback: Upstream) -> bool:

@@ -25,17 +25,18 @@ How a mask writes there follows what the field is for:
   Vertex's ``labels`` take a few characters only (no ``<``, ``>`` or ``*``), so Bedrock and
   Google would refuse a masked value.
 
-Only what reaches a provider is read: an OpenAI chat request the gateway translates for
-Bedrock's Converse carries none of these fields, and for Anthropic's Messages API only
-the end user's identifier (``openai_chat_slots``); a guard reading the others refused a
-request for text no provider would get.
+Only what reaches a provider is read (``openai_carried_slots``): an OpenAI request the
+gateway translates carries none of these fields to Bedrock (Converse, Titan's and Cohere's
+embeddings) or to Vertex AI's text embeddings, and to Claude (on Anthropic or Vertex AI)
+only the end user's identifier; a guard reading the others refused a request for text no
+provider would get. Which pair carries what is ``backends.openai_metadata_carried``.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
-from extproc.config.model import ProviderType
 from extproc.guardrails.content import TextSlot
 
 ROLE = "system"
@@ -60,26 +61,35 @@ def openai_slots(body: dict[str, Any]) -> list[TextSlot]:
     return slots
 
 
-def openai_chat_slots(body: dict[str, Any], providers: frozenset[ProviderType]) -> list[TextSlot]:
-    """An OpenAI chat request's fields of ``openai_slots`` that reach one of ``providers``
-    (those its attempts may go to): all where one takes the body as OpenAI's (OpenAI,
-    Vertex AI's OpenAI-compatible endpoint); else the end user's identifiers Anthropic gets
+class Carried(Enum):
+    """What of an OpenAI request's ``metadata`` and identifiers one provider gets."""
+
+    # The body as OpenAI's (OpenAI-compatible providers, Gemini at Vertex AI's
+    # OpenAI-compatible endpoint): every field.
+    ALL = "all"
+    # Anthropic's Messages body (Claude on Anthropic or Vertex AI): the end user's
+    # identifier alone, as ``metadata.user_id``.
+    END_USER = "end_user"
+    # A body with no place for any (Bedrock's Converse, Titan's and Cohere's embeddings,
+    # Vertex AI's text embeddings).
+    NOTHING = "nothing"
+
+
+def openai_carried_slots(body: dict[str, Any], carried: frozenset[Carried]) -> list[TextSlot]:
+    """The fields of ``openai_slots`` that reach a provider, ``carried`` saying what each of
+    those the request may go to (its own, its failover chain's) gets: all when any takes
+    the body as OpenAI's (or none is known); else the end user's identifiers Claude gets
     as ``metadata.user_id`` (``user``, or ``safety_identifier`` in its absence, as
-    ``translators.openai_anthropic`` picks it); none for Bedrock's Converse alone."""
-    if not providers or providers - _TRANSLATED:
+    ``translators.openai_anthropic`` picks it); else nothing."""
+    if not carried or Carried.ALL in carried:
         return openai_slots(body)
     slots: list[TextSlot] = []
-    if ProviderType.ANTHROPIC in providers:
+    if Carried.END_USER in carried:
         # Both: the translator sends ``user``, or ``safety_identifier`` in its absence, so
         # once a mask removed ``user`` the other is what Claude gets.
         for field in ("user", "safety_identifier"):
             _removable(body, field, slots)
     return slots
-
-
-# Providers an OpenAI chat request reaches translated, with none of OpenAI's metadata but
-# Anthropic's user id (``openai_chat_slots``).
-_TRANSLATED = frozenset({ProviderType.ANTHROPIC, ProviderType.BEDROCK})
 
 
 def anthropic_slots(body: dict[str, Any]) -> list[TextSlot]:

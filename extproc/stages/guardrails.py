@@ -61,7 +61,7 @@ from typing import Any
 import orjson
 
 from extproc.answer_encoding import readable_encoding
-from extproc.backends import ANTHROPIC_APIS
+from extproc.backends import ANTHROPIC_APIS, openai_metadata_carried
 from extproc.bedrock_count_tokens import CONVERSE, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.guard_model import (
@@ -74,7 +74,6 @@ from extproc.config.model import (
     GEMINI_APIS,
     MESSAGES_BODY_APIS,
     TOKEN_COUNT_APIS,
-    ProviderType,
     RouteApi,
 )
 from extproc.context import PhaseOutput, RequestContext
@@ -639,7 +638,7 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     body = ctx.body
     api = ctx.route.api
     if api is RouteApi.OPENAI_EMBEDDINGS:
-        return metadata.openai_slots(body) + input_slots(body), None
+        return metadata.openai_carried_slots(body, _carried(ctx)) + input_slots(body), None
     if api in RESPONSES_REQUESTS:
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
@@ -668,18 +667,21 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     if claude:
         stored = metadata.anthropic_slots(body)
     else:
-        stored = metadata.openai_chat_slots(body, _providers(ctx))
+        stored = metadata.openai_carried_slots(body, _carried(ctx))
     found = stored + definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)
 
 
-def _providers(ctx: RequestContext) -> frozenset[ProviderType]:
-    """The kinds of provider the request may reach: its own, and its failover chain's."""
-    kinds = {ctx.upstream.provider.type} if ctx.upstream is not None else set()
+def _carried(ctx: RequestContext) -> frozenset[metadata.Carried]:
+    """What of an OpenAI request's metadata the providers it may reach get: its own, and
+    its failover chain's (``backends.openai_metadata_carried``)."""
+    assert ctx.route is not None
+    upstreams = [ctx.upstream] if ctx.upstream is not None else []
     if ctx.failover_model is not None:
         chain = ctx.runtime.failover.get(ctx.failover_model, {})
-        kinds.update(upstream.provider.type for _, upstream in chain.values())
-    return frozenset(kinds)
+        upstreams += [upstream for _, upstream in chain.values()]
+    api = ctx.route.api
+    return frozenset(openai_metadata_carried(api, upstream) for upstream in upstreams)
 
 
 def _request_images(ctx: RequestContext) -> list[Image]:
