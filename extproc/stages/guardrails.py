@@ -118,6 +118,7 @@ from extproc.guardrails.structured_output import asks_for_json
 from extproc.guardrails.thinking_binding import ask_to_drop_changed_thinking
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
+from extproc.stages.attempt import serves_request
 from extproc.stages.cut_answer import charge_unread_answer
 
 log = logging.getLogger(__name__)
@@ -673,13 +674,15 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
 
 
 def _carried(ctx: RequestContext) -> frozenset[metadata.Carried]:
-    """What of an OpenAI request's metadata the providers it may reach get: its own, and
-    its failover chain's (``backends.openai_metadata_carried``)."""
+    """What of an OpenAI request's metadata the providers it may reach get
+    (``backends.openai_metadata_carried``): its own, and those of the fallbacks of its
+    failover chain that can serve it (one embedding in another model's space is never
+    tried, so never sent the body)."""
     assert ctx.route is not None
     upstreams = [ctx.upstream] if ctx.upstream is not None else []
     if ctx.failover_model is not None:
         chain = ctx.runtime.failover.get(ctx.failover_model, {})
-        upstreams += [upstream for _, upstream in chain.values()]
+        upstreams += [up for _, up in chain.values() if serves_request(ctx, up)]
     api = ctx.route.api
     return frozenset(openai_metadata_carried(api, upstream) for upstream in upstreams)
 

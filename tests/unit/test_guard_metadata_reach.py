@@ -20,7 +20,10 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
+from extproc.config.loader import parse_config
+from extproc.config.model import GatewayConfig
 from extproc.runtime import Services
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog
@@ -43,6 +46,7 @@ LEFT_OUT: dict[str, Any] = {
 }
 FIELDS = {"user", "safety_identifier", "prompt_cache_key", "metadata"}
 EMBEDDINGS = "/v1/embeddings"
+TITAN = "amazon.titan-embed-text-v2:0"
 CHAT = "/v1/chat/completions"
 
 
@@ -62,7 +66,7 @@ def reaches_nothing_of(answers: list[Any]) -> dict[str, Any]:
 # --- embeddings on Bedrock --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["amazon.titan-embed-text-v2:0", "cohere.embed-english-v3"])
+@pytest.mark.parametrize("model", [TITAN, "cohere.embed-english-v3"])
 async def test_embeddings_on_bedrock_are_not_refused_for_fields_bedrock_never_gets(
     services: Services, model: str
 ) -> None:
@@ -81,7 +85,7 @@ async def test_embeddings_on_bedrock_are_not_refused_for_fields_bedrock_never_ge
 
 async def test_embeddings_on_bedrock_still_read_the_input(services: Services) -> None:
     config = config_with(GUARDS, {"openai-embeddings": {"guardrails": "p"}})
-    body = orjson.dumps({"model": "amazon.titan-embed-text-v2:0", "input": f"key {FALCON}"})
+    body = orjson.dumps({"model": TITAN, "input": f"key {FALCON}"})
     async with signing_processor(config, services) as processor:
         answers = await run_stream(
             processor, [request_headers(EMBEDDINGS, headers=AUTH), request_body(body)]
@@ -153,3 +157,33 @@ async def test_chat_on_gemini_at_vertex_reads_every_field(tmp_path: Path) -> Non
         body = chat(model="gemini-flash", metadata={"ticket": FALCON})
         found = refused(await send(gateway, CHAT, body))
     assert found is not None and found[1]["error"]["message"] == MESSAGE
+
+
+def titan_falling_back_to_openai() -> GatewayConfig:
+    """Titan's embeddings with OpenAI's text-embedding-3-small as a fallback, guarded."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    for entry in raw["models"]:
+        if entry["name"] == TITAN:
+            entry["fallbacks"] = ["text-embedding-3-small"]
+    raw["guardrails"] = GUARDS
+    for route in raw["routes"]:
+        if route["name"] == "openai-embeddings":
+            route["guardrails"] = "p"
+    return parse_config(yaml.safe_dump(raw), "test", {})
+
+
+async def test_a_fallback_that_cannot_serve_the_embeddings_is_not_read_for(
+    services: Services,
+) -> None:
+    # OpenAI's model embeds in another space: the failover never tries it for Titan's
+    # request (``stages.attempt.serves_request``), so it gets none of the fields either.
+    async with signing_processor(titan_falling_back_to_openai(), services) as processor:
+        answers = await run_stream(
+            processor,
+            [
+                request_headers(EMBEDDINGS, headers=AUTH),
+                request_body(embeddings(TITAN, **LEFT_OUT)),
+            ],
+        )
+    # The body goes on to the chain's attempts, each translating it for its provider.
+    assert refused(answers) is None, refused(answers)
