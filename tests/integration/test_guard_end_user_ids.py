@@ -6,6 +6,10 @@ every such request was refused (403 "... cannot be masked"), which broke the app
 field is taken out of the body: the official clients get their answer, the provider (the
 mock records what it received) gets the request as one naming no end user, and the log
 records the guard's ``mask``. A ``REJECT`` guard matching there still refuses.
+
+Where the gateway translates the request for a provider that gets none of these fields
+(embeddings for Titan on Bedrock), they are not read: a metadata key holding an address,
+which a mask cannot rewrite, was refused though Bedrock would never get it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ MASKED = {"guard": "pii", "phase": "request", "action": "mask"}
 @pytest.fixture(scope="module")
 def ids_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("guard-end-user-ids")
-    raw = guarded_config(GUARDS, "openai-chat", "openai-responses", "anthropic-messages")
+    raw = guarded_config(
+        GUARDS, "openai-chat", "openai-responses", "anthropic-messages", "openai-embeddings"
+    )
     with running_stack(workdir, write_config(workdir, raw)) as running:
         yield running
 
@@ -114,3 +120,19 @@ def test_a_reject_guard_matching_the_user_still_refuses(ids_stack: LocalStack) -
     assert {"guard": "aws-keys", "phase": "request", "action": "reject"} in decisions(
         ids_stack, request_id
     )
+
+
+def test_embeddings_for_titan_are_not_refused_for_metadata_bedrock_never_gets(
+    ids_stack: LocalStack,
+) -> None:
+    raw = client(ids_stack).embeddings.with_raw_response.create(
+        model="amazon.titan-embed-text-v2:0",
+        input="Summarise my week.",
+        user=EMAIL,
+        extra_body={"metadata": {EMAIL: ACCESS_KEY}, "prompt_cache_key": f"conv-{EMAIL}"},
+    )
+    assert raw.status_code == 200 and raw.parse().data[0].embedding
+    sent = mock_requests(ids_stack)[-1]["json"]
+    assert sent == {"inputText": "Summarise my week."}
+    actions = {found["action"] for found in decisions(ids_stack, raw.headers.get("x-request-id"))}
+    assert actions == {"pass"}
