@@ -47,7 +47,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -168,6 +168,10 @@ class Denial:
     effective_limit: int
     # Of ``used``, what requests still running hold (their reservations).
     held: int = 0
+    # Every enforced limit that refused the request, this one among them: the stage
+    # tells from them a prompt no hard-capped budget of theirs can ever take, without
+    # asking the store again.
+    refusals: tuple[Denial, ...] = ()
 
     @property
     def settled(self) -> int:
@@ -341,6 +345,7 @@ class QuotaStore:
         holding = [0] * len(limits)
         held = [0] * len(limits)
         denial: Denial | None = None
+        refusals: list[Denial] = []
         now = self.now()
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
@@ -364,6 +369,7 @@ class QuotaStore:
                         int(result[at + 2]),
                         int(result[at + 3]),
                     )
+                    refusals.append(found)
                     if denial is None or _waits_longer(found, denial, now):
                         denial = found
                 continue
@@ -392,7 +398,7 @@ class QuotaStore:
             )
             self._queue_undos(lost)
             if denial is not None:
-                return denial
+                return replace(denial, refusals=tuple(refusals))
             assert failure is not None
             raise failure
         return Reservation(limits, reserved, used, effective, generations, holding, held)

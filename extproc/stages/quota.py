@@ -14,7 +14,6 @@ cut after their provider started answering are charged (``cut_answer``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 from collections.abc import Awaitable
@@ -139,16 +138,11 @@ class QuotaStage:
         self._failing_open.answered()
         self._failing_closed.answered()
         if isinstance(result, Denial):
-            services.metrics.rate_limit(result.limit.rule, result.limit.subject_kind)
+            refusal, limit = _store_refusal(ctx, result, cost, store.now())
+            services.metrics.rate_limit(limit.rule, limit.subject_kind)
             ctx.quota_decision = "rejected"
-            ctx.quota_rule = result.limit.rule
-            if cost and _spent_for_this_prompt(ctx, result):
-                # A capped reservation fills its budget to the token, so this is how a
-                # hard-capped budget usually refuses. Told to retry in seconds, the client
-                # came back after the running requests settled, to be refused until the
-                # period's end: settling only adds to what is spent.
-                result = dataclasses.replace(result, held=0)
-            raise _refusal(result, store.now())
+            ctx.quota_rule = limit.rule
+            raise refusal
         ctx.quota_decision = "allowed"
         ctx.reservation = result
         # Envoy's route adds the x-ratelimit-* headers to the answer from this
@@ -456,6 +450,36 @@ def _embeds(ctx: RequestContext) -> bool:
     return invoke_bodies.invokes_embeddings(ctx)
 
 
+def _store_refusal(
+    ctx: RequestContext, denial: Denial, cost: int, now: float
+) -> tuple[RateLimitError, Limit]:
+    """The 429 for the store's refusal, and the limit it names.
+
+    A prompt that a refusing hard-capped budget could not take even empty gets the
+    "prompt too large" refusal with no ``retry-after``, as when the store admits it and
+    the hard cap refuses it (``_capped_refusal``): told to wait for the period's end, its
+    client came back then to be refused for good. A held budget that would still leave
+    this prompt too little room once the running requests settle refuses as spent."""
+    if not cost:  # a count: no prompt to weigh
+        return _refusal(denial, now), denial.limit
+    prompt = ctx.estimated_prompt_tokens()
+    room = max(1, _least_completion(ctx)) * _choices(ctx)
+    never = [
+        each
+        for each in denial.refusals or (denial,)
+        if each.limit.hard_cap and each.limit.kind == "t" and each.effective_limit - prompt < room
+    ]
+    if never:
+        worst = min(never, key=lambda each: each.effective_limit)
+        return _too_large(worst.limit, worst.effective_limit, 0, prompt, now), worst.limit
+    # A capped reservation fills its budget to the token, so this is how a hard-capped
+    # budget usually refuses. Told to retry in seconds, the client came back after the
+    # running requests settled, to be refused until the period's end: settling only adds
+    # to what is spent.
+    spent = _spent_for_this_prompt(ctx, denial)
+    return _refusal(denial, now, spent=spent), denial.limit
+
+
 def _spent_for_this_prompt(ctx: RequestContext, denial: Denial) -> bool:
     """Whether a hard-capped budget that running requests hold leaves this prompt too
     little room even once they settle (as ``_capped_refusal`` tells held from spent)."""
@@ -549,17 +573,26 @@ def _capped_refusal(
         headers = _held_headers(limit, effective, left, wait, now)
         return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit
     if never:
-        message = (
-            f"Prompt too large for the token budget of {subject}: about {prompt} prompt tokens"
-            f" leave no room for an answer in {limit.describe(effective)}"
-        )
-    else:
-        message = (
-            f"Token budget nearly used for {subject}: {left} tokens left, not enough for"
-            f" this prompt; {_reset_text(limit)}"
-        )
-    headers = _limit_headers(limit, effective, left, now, retry=not never)
+        return _too_large(limit, effective, left, prompt, now), limit
+    message = (
+        f"Token budget nearly used for {subject}: {left} tokens left, not enough for"
+        f" this prompt; {_reset_text(limit)}"
+    )
+    headers = _limit_headers(limit, effective, left, now)
     return RateLimitError(message, code="insufficient_quota", headers=headers), limit
+
+
+def _too_large(limit: Limit, effective: int, left: int, prompt: int, now: float) -> RateLimitError:
+    """The 429 for a prompt that leaves a whole hard-capped budget no room for an answer:
+    it would be refused after every reset, so it has no ``retry-after``, which would
+    promise otherwise."""
+    message = (
+        f"Prompt too large for the token budget of {_subject_text(limit)} (rule"
+        f" '{limit.rule}'): about {prompt} prompt tokens leave no room for an answer in"
+        f" {limit.describe(effective)}"
+    )
+    headers = _limit_headers(limit, effective, left, now, retry=False)
+    return RateLimitError(message, code="insufficient_quota", headers=headers)
 
 
 def _holds_until(limit: Limit) -> float:
@@ -603,17 +636,31 @@ def _limit_headers(
     return headers
 
 
-def _refusal(denial: Denial, now: float) -> RateLimitError:
+def _refusal(denial: Denial, now: float, *, spent: bool = False) -> RateLimitError:
+    """The 429 for the limit the store refused with: a short wait when running requests
+    hold what it lacks (unless ``spent``: this prompt would not fit once they settle),
+    else until its window resets."""
     limit = denial.limit
-    if denial.only_held:
+    if denial.only_held and not spent:
         return _held_refusal(denial, now)
     message = (
         f"Rate limit reached for {_subject_text(limit)} (rule '{limit.rule}'): "
-        f"{limit.describe(denial.effective_limit)}, {denial.used} used; {_reset_text(limit)}"
+        f"{limit.describe(denial.effective_limit)}, {_used_text(denial)}; {_reset_text(limit)}"
     )
     headers = _limit_headers(limit, denial.effective_limit, 0, now)
     code = "insufficient_quota" if limit.is_quota else "rate_limit_exceeded"
     return RateLimitError(message, code=code, headers=headers)
+
+
+def _used_text(denial: Denial) -> str:
+    """A spent limit's usage as ``extproc quota get`` and the gauges tell it: what the
+    settled requests used, and apart what running requests hold. The counter's sum read
+    "100312 used" where the operator's tools said 100100 used and 212 reserved."""
+    # Never more than the counter holds (an operator's grant can take it below).
+    held = min(denial.held, denial.used)
+    if held > 0:
+        return f"{denial.settled} used and {held} held by running requests"
+    return f"{denial.used} used"
 
 
 def _held_refusal(denial: Denial, now: float) -> RateLimitError:

@@ -240,7 +240,8 @@ async def test_a_budget_a_capped_reservation_filled_tells_held_from_spent_by_the
     else:
         assert error["message"].startswith(
             f"Rate limit reached for group 'engineering' (rule 'team-month'): {BUDGET} tokens"
-            f" per calendar month (UTC), {BUDGET} used; it resets at"
+            f" per calendar month (UTC), {BUDGET - 500} used and 500 held by running"
+            " requests; it resets at"
         )
         assert int(headers["retry-after"]) > 60 and headers["x-should-retry"] == "false"
     await running.finish(_answer(300))
