@@ -53,7 +53,7 @@ MAX_RETRY_AFTER_S = 86_400
 # How many calls of one request (its texts', its images') wait on the service at once.
 MAX_CONCURRENT_CALLS = 4
 # The statuses by which a service refuses the input itself, not its own state.
-_INPUT_REFUSED = frozenset({400, 413, 422})
+INPUT_REFUSED = frozenset({400, 413, 422})
 # Error codes of such a status that say the guard's config is wrong, not the input.
 _CONFIG_CODES = frozenset({"model_not_found", "invalid_api_key"})
 # A code is quoted only when it is a short identifier (never the service's message,
@@ -179,7 +179,7 @@ class ModerationClient:
                             raise ModerationError("answered HTTP 429 insufficient_quota")
                         wait = retry_after_seconds(reply.headers)
                         raise ModerationError("answered HTTP 429", retry_after=wait)
-                    if reply.status in _INPUT_REFUSED:
+                    if reply.status in INPUT_REFUSED:
                         code = _error_code(await read_at_most(reply, MAX_ERROR_BYTES))
                         raise _refusal(reply.status, code)
                     if reply.status != 200:

@@ -14,7 +14,11 @@ API has no tag:
 Anything else the webhook does (an error status, a redirect, which is never
 followed, an answer of none of these
 shapes, a MaskAction with another count, a timeout, a refused connection) is a
-``WebhookError``, which the guard turns into its ``failure_mode``. A 429 is the
+``WebhookError``, which the guard turns into its ``failure_mode``. A 400, 413 or 422
+is the webhook refusing what it was sent (too large, a shape it does not take), as a
+moderation service's is: the error says so (``input_refused``, the status alone: the
+webhook's body may quote the text), and a request guard failing closed tells the
+client not to retry. A 429 is the
 webhook's own rate limit: its error carries when the webhook says to retry (read
 by the moderation client's parser), so a guard that fails closed tells the client
 the same. A MaskAction replaces text only: the roles the gateway sent stay (a
@@ -32,7 +36,7 @@ import orjson
 
 from extproc.config.guard_model import WebhookConfig
 from extproc.egress import DIRECT, EgressProxy
-from extproc.guardrails.moderation import read_at_most, retry_after_seconds
+from extproc.guardrails.moderation import INPUT_REFUSED, read_at_most, retry_after_seconds
 
 # Verdicts are small; a runaway answer is a broken webhook.
 MAX_ANSWER_BYTES = 4 << 20
@@ -42,12 +46,16 @@ class WebhookError(Exception):
     """The webhook could not give a usable verdict; the message names why, never content.
 
     ``retry_after`` (whole seconds) is set when the webhook refused for its own rate
-    limit (HTTP 429), and None otherwise.
+    limit (HTTP 429), and None otherwise. ``input_refused`` is set when it refused what
+    it was sent (its 400, 413 or 422): its status (``HTTP 413``), for the client.
     """
 
-    def __init__(self, why: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, why: str, *, retry_after: int | None = None, input_refused: str | None = None
+    ) -> None:
         super().__init__(why)
         self.retry_after = retry_after
+        self.input_refused = input_refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,9 @@ class WebhookClient:
                     if reply.status == 429:
                         wait = retry_after_seconds(reply.headers)
                         raise WebhookError("answered HTTP 429", retry_after=wait)
+                    if reply.status in INPUT_REFUSED:
+                        said = f"HTTP {reply.status}"
+                        raise WebhookError(f"refused the input ({said})", input_refused=said)
                     if reply.status != 200:
                         raise WebhookError(f"answered HTTP {reply.status}")
                     if (reply.content_length or 0) > MAX_ANSWER_BYTES:

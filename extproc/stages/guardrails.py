@@ -225,8 +225,8 @@ def _unavailable(
 
 
 def _cannot_check(ctx: RequestContext, guard: GuardConfig, error: GuardrailRejectedError) -> bool:
-    """A moderation guard cannot check this request's input (its service refused it, or
-    it holds an image the service cannot read): ``failure_mode`` decides, as for an
+    """A guard cannot check this request's input (its webhook or moderation service
+    refused it, or it holds an image the service cannot read): ``failure_mode`` decides, as for an
     outage, but a guard failing closed answers a 400 rather than a 503, which SDKs retry
     although the same request meets the same refusal. True when it passes (the caller
     records ``fail_open`` once it has checked what it can)."""
@@ -240,7 +240,7 @@ def _cannot_check(ctx: RequestContext, guard: GuardConfig, error: GuardrailRejec
 
 def _refused_input(guard: GuardConfig, said: str) -> GuardrailRejectedError:
     return GuardrailRejectedError(
-        f"Guardrail '{guard.name}' cannot check this request: its moderation service "
+        f"Guardrail '{guard.name}' cannot check this request: its {_service(guard)} "
         f"refused the input ({said}), as it would again",
         400,
         code="guardrail_input_refused",
@@ -271,14 +271,18 @@ def _rate_limited(guard: GuardConfig, retry_after: int) -> GuardrailRejectedErro
 
     On a stream whose 200 has left, the header cannot go out any more: the error
     event's message says the wait."""
-    service = "webhook" if guard.webhook is not None else "moderation service"
     return GuardrailRejectedError(
-        f"Guardrail '{guard.name}' is rate limited by its {service}; "
+        f"Guardrail '{guard.name}' is rate limited by its {_service(guard)}; "
         f"try again in {retry_after} second{'' if retry_after == 1 else 's'}",
         429,
         code="guardrail_rate_limited",
         headers={"retry-after": str(retry_after)},
     )
+
+
+def _service(guard: GuardConfig) -> str:
+    """What the guard asks, as its errors name it."""
+    return "webhook" if guard.webhook is not None else "moderation service"
 
 
 def _failure_mode(ctx: RequestContext, guard: GuardConfig) -> FailureMode:
@@ -726,6 +730,12 @@ async def _request_webhooks(
                     messages, client.headers_for(_forwardable(ctx))
                 )
         except WebhookError as exc:
+            if exc.input_refused is not None:
+                # The same text meets the same refusal: a 503 had SDKs retry it for
+                # nothing, as a moderation service's refusal did.
+                _cannot_check(ctx, guard, _refused_input(guard, exc.input_refused))
+                record(ctx, guard.name, "request", "fail_open")
+                continue
             _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
             continue
         except TimeoutError:

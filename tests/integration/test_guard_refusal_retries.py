@@ -6,6 +6,10 @@ client as given. The SDKs used to retry it twice on their own, so the webhook wa
 three times about the same text, gave the same refusal each time, and the caller waited
 for it; now the refusal says ``x-should-retry: false`` and the webhook is asked once.
 
+A webhook that refuses the prompt itself with HTTP 413 (too large for it) was a 503
+``guardrail_unavailable`` the SDKs retried twice for the same refusal; it is now a 400
+``guardrail_input_refused``, as a moderation service's refusal is, asked once.
+
 The webhook is a stand-in written here; the provider is the mock.
 """
 
@@ -28,16 +32,21 @@ KEY = "team1-key"
 
 class Refusing(http.server.BaseHTTPRequestHandler):
     """A kgateway-style webhook refusing every prompt with the status its path names
-    (``/s503/request``: 503); it counts the calls by status."""
+    (``/s503/request``: a RejectAction with 503; ``/h413/request``: an HTTP 413 of its
+    own, its body quoting the prompt); it counts the calls by status."""
 
     calls: ClassVar[dict[int, int]] = {}
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
+        sent = self.rfile.read(int(self.headers.get("content-length", "0")))
         status = int(self.path.split("/")[1][1:])
         Refusing.calls[status] = Refusing.calls.get(status, 0) + 1
         body = orjson.dumps({"action": {"body": "Not this topic.", "status_code": status}})
-        self.send_response(200)
+        if self.path.startswith("/h"):
+            body = b"too large: " + sent
+            self.send_response(status)
+        else:
+            self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -52,7 +61,7 @@ def refusing_config(port: int) -> dict[str, Any]:
     hooks = [
         {"name": f"s{s}", "host": "127.0.0.1", "port": port, "request_path": f"/s{s}/request"}
         for s in (503, 429)
-    ]
+    ] + [{"name": "h413", "host": "127.0.0.1", "port": port, "request_path": "/h413/request"}]
     raw["guardrails"] = {
         "webhooks": hooks,
         "policies": [
@@ -111,3 +120,22 @@ def test_an_anthropic_client_gets_the_webhook_refusal_once(refusing_stack: Local
     assert refused.value.status_code == 503
     assert "Not this topic." in refused.value.message
     assert Refusing.calls == {503: 1}
+
+
+def test_a_prompt_the_webhook_refuses_as_too_large_is_a_400_asked_once(
+    refusing_stack: LocalStack,
+) -> None:
+    Refusing.calls.clear()
+    client = openai.OpenAI(base_url=f"{refusing_stack.base_url}/h413/v1", api_key=KEY)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a secret plan"}]
+        )
+    assert refused.value.status_code == 400
+    assert refused.value.code == "guardrail_input_refused"
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "Guardrail 'topic' cannot check this request: its webhook refused the input"
+        " (HTTP 413), as it would again"
+    )
+    assert "secret plan" not in refused.value.response.text
+    assert Refusing.calls == {413: 1}
