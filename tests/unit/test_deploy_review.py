@@ -14,7 +14,16 @@ import yaml
 
 from extproc.config.loader import load_config
 
-from .test_kubernetes import BUILDS, CONFIG_PATH, RULES, Manifest, container, kustomize, one
+from .test_kubernetes import (
+    BUILDS,
+    CONFIG_PATH,
+    RULES,
+    Manifest,
+    container,
+    kustomize,
+    one,
+    volumes,
+)
 
 # `kubectl apply -n <namespace>`: the Prometheus Operator names a PodMonitor's job after it.
 NAMESPACE = "ai"
@@ -188,3 +197,35 @@ def test_the_in_cluster_valkey_refuses_writes_before_its_container_is_killed() -
     limit = _bytes(valkey["resources"]["limits"]["memory"], _K8S_UNITS)
     # Room left for the AOF rewrite's copy-on-write, client buffers and fragmentation.
     assert 0 < cap <= limit * 2 // 3, (options["--maxmemory"], limit)
+
+
+# What one worker's metric files take per API key and model it counted: measured at
+# 4.2 MiB for 500 keys x 10 models (tokens_consumed_total's two series and the cost's),
+# rounded up; twice that for prometheus_client's files growing by doubling.
+_METRICS_PER_KEY_AND_MODEL = 1 << 10
+
+
+def test_the_workers_metric_files_live_on_a_volume_sized_for_them(deployment: Manifest) -> None:
+    # With server.workers > 1 they defaulted to /tmp, a 64Mi emptyDir: 8 workers counting
+    # 500 keys x 10 models outgrow it, and the kubelet evicts the pod.
+    config = load_config(CONFIG_PATH, environ={})
+    directory = config.telemetry.metrics.multiprocess_dir
+    assert directory is not None, "the workers' metric files would go to /tmp"
+    gateway = container(deployment, "gateway")
+    [mount] = [
+        m for m in gateway["volumeMounts"] if directory.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    # Under the mount, not the mount itself: the supervisor removes the directory and
+    # makes it again at start, which a mount point does not allow (EBUSY).
+    assert directory.rstrip("/") != mount["mountPath"].rstrip("/")
+    assert mount["mountPath"] != "/tmp" and not mount.get("readOnly", False)
+    # Writable by the pod's non-root user on the read-only root file system.
+    pod = deployment["spec"]["template"]["spec"]
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    empty_dir = volumes(deployment)[mount["name"]]["emptyDir"]
+    # On disk: a memory-backed volume would count against the container's memory limit.
+    assert empty_dir.get("medium", "") == ""
+    needed = 2 * _METRICS_PER_KEY_AND_MODEL * 500 * 10 * 8
+    assert _bytes(empty_dir["sizeLimit"], _K8S_UNITS) >= needed
