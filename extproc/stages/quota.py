@@ -687,7 +687,13 @@ def _held_headers(
     """A held budget's refusal headers: ``retry-after`` the short ``wait`` and no
     ``x-should-retry``, so that SDKs wait and retry on their own."""
     headers = _limit_headers(limit, effective, remaining, now)
-    headers["retry-after"] = str(max(1, math.ceil(wait)))
+    retry = max(1, math.ceil(wait))
+    headers["retry-after"] = str(retry)
+    # When tokens may be free again, as `retry-after` says: the window's own reset is
+    # no later than that for a client, and a client pacing itself by these headers
+    # alone (no `retry-after`) would otherwise wait until the month's end.
+    for name in [name for name in headers if name.startswith("x-ratelimit-reset-")]:
+        headers[name] = openai_duration(retry)
     headers.pop("x-should-retry", None)
     return headers
 

@@ -114,6 +114,20 @@ def refusal(openai: OpenAI, content: str = "count me") -> RateLimitError:
     return refused.value
 
 
+def spent_refusal(openai: OpenAI) -> RateLimitError:
+    """The refusal of a spent budget, once the last answer's settlement has landed (until
+    then, its tokens are held by a request the store still counts as running, and the
+    refusal is the short, retryable wait)."""
+
+    def spent() -> RateLimitError | None:
+        error = refusal(openai)
+        return error if error.code == "insufficient_quota" else None
+
+    found = wait_for(spent)
+    assert found is not None
+    return found
+
+
 def said(error: RateLimitError) -> str:
     """The error's message as the gateway wrote it (the SDK prefixes its status)."""
     assert isinstance(error.body, dict)
@@ -214,7 +228,8 @@ def test_ten_tokens_an_hour_refuse_once_used(replicas: LocalStack) -> None:
         try:
             ask(openai)
         except RateLimitError as error:
-            return error
+            # Spent, not held: the first answer's settlement has landed.
+            return error if error.code == "insufficient_quota" else None
         return None
 
     second = wait_for(refused)  # once the first answer's real size is settled
@@ -263,7 +278,7 @@ def test_a_spent_lifetime_quota_is_not_retried_in_a_minute(replicas: LocalStack)
     openai = client(replicas, "once")
     assert ask(openai).parse().usage.total_tokens > 10
 
-    second = refusal(openai)
+    second = spent_refusal(openai)
 
     assert second.code == "insufficient_quota"
     assert "rule 'once-for-life'" in said(second) and "it does not reset" in said(second)

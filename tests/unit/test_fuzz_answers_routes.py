@@ -176,12 +176,12 @@ READERS: list[tuple[str, Callable[[], ResponseTranslator], list[bytes]]] = [
     ("responses stream", openai_responses.EventStreamReader, RESPONSES_SSE),
     (
         "completions stream",
-        lambda: openai_completions.response_reader(streaming=True, hide_usage=True),
+        lambda: openai_completions.response_reader(streaming=True, hide_usage=True, choices=1),
         OPENAI_STREAMS,
     ),
     (
         "completions json",
-        lambda: openai_completions.response_reader(streaming=False, hide_usage=False),
+        lambda: openai_completions.response_reader(streaming=False, hide_usage=False, choices=1),
         [
             orjson.dumps(
                 {
