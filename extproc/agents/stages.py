@@ -29,7 +29,6 @@ import math
 import re
 import string
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -594,11 +593,8 @@ def _limit_refusal(
     what = f"tool '{call.tool}'" if call.tool is not None else f"agent '{call.server.name}'"
     left = limit.window.seconds_left(now)
     retry = max(1, math.ceil(left)) if left is not None else None
-    resets = (
-        " it resets at " + datetime.fromtimestamp(limit.window.end, UTC).isoformat("T", "seconds")
-        if limit.window.end is not None
-        else ""
-    )
+    reset = limit.reset_time()
+    resets = f" it resets at {reset}" if reset is not None else ""
     kind = limit.subject_kind.replace("header:", "header ")
     message = (
         f"Rate limit reached for {what}, {kind} '{limit.subject}' (rule '{rule}'): "

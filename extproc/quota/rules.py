@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from extproc.config.quota_model import (
     HOST_SUBJECT,
@@ -25,6 +26,7 @@ from extproc.errors import BadRequestError
 from extproc.hosts import host_of
 from extproc.model_names import comparable, covering_aliases, covers
 from extproc.quota.windows import Window, WindowKind, validate_timezone, window_for
+from extproc.time_zones import zone_named
 
 # Counter -> (window kind, request or token counter)
 _COUNTERS: tuple[tuple[str, WindowKind, str], ...] = (
@@ -81,6 +83,17 @@ class Limit:
     def key(self, prefix: str) -> str:
         # The braces are the hash tag: every counter of one subject shares a slot.
         return f"{prefix}q:{self.subject_tag}:{self.rule}:{self.kind}:{self.window.key}"
+
+    def reset_time(self) -> str | None:
+        """When the window ends, in ISO 8601 in the zone it is computed in (None: never).
+
+        A Berlin month ends at midnight on the 1st there: written in UTC, the same instant
+        read as 23:00 on the last day, which a reader had to convert back."""
+        end = self.window.end
+        if end is None:
+            return None
+        local = datetime.fromtimestamp(end, zone_named(self.time_zone))
+        return local.isoformat(timespec="seconds")
 
     def describe(self, limit: int | None = None) -> str:
         amount = self.limit if limit is None else limit

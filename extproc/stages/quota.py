@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 
 from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api, gemini_api
@@ -605,10 +604,8 @@ def _subject_text(limit: Limit) -> str:
 
 
 def _reset_text(limit: Limit) -> str:
-    end = limit.window.end
-    if end is None:
-        return "it does not reset"
-    return "it resets at " + datetime.fromtimestamp(end, UTC).isoformat(timespec="seconds")
+    reset = limit.reset_time()
+    return "it does not reset" if reset is None else f"it resets at {reset}"
 
 
 def _limit_headers(
