@@ -10,7 +10,6 @@ Requests naming what the config does not know raise ``NotFoundError`` or
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
 from extproc.hosts import AUTHORITY, request_host
 from extproc.quota.rules import Limit, RuleSet
+from extproc.quota.script_numbers import script_count, script_limit, script_number
 from extproc.quota.store import QuotaStore, generation_field, held_key
 from extproc.store.connection import of_another_type
 
@@ -222,7 +222,7 @@ class QuotaAdmin:
         for limit, used, held in zip(limits, counters[::2], counters[1::2], strict=True):
             key = limit.key(self._prefix)
             override = overrides.get(limit.override_field.encode())
-            in_force = _override(override) if override is not None else limit.limit
+            in_force = script_limit(override) if override is not None else limit.limit
             count = _count(used, key, "counter", unreadable)
             holding: int | None = 0
             if limit.kind == "t":
@@ -235,7 +235,7 @@ class QuotaAdmin:
                     UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
                 )
             generation = overrides.get(generation_field(limit).encode())
-            if generation is not None and _number(generation) is None:
+            if generation is not None and script_number(generation) is None:
                 field = generation_field(limit)
                 unreadable.append(
                     UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
@@ -336,35 +336,10 @@ def _count(raw: Any, key: str, what: str, unreadable: list[UnreadableKey]) -> in
     if of_another_type(raw):
         unreadable.append(UnreadableKey(key, _ANOTHER_TYPE.format(what)))
         return None
-    count = _integer(raw)
+    count = script_count(raw)
     if count is None:
         unreadable.append(UnreadableKey(key, f"holds no integer{_WRITTEN}"))
     return count
-
-
-def _integer(raw: bytes) -> int | None:
-    """A count as the gateway writes it (decimal digits); None for anything else, which
-    the quota scripts refuse too."""
-    try:
-        return int(raw)
-    except ValueError:
-        return None
-
-
-def _number(raw: bytes) -> float | None:
-    """A number as the quota scripts read an override or a reset generation (``5.0`` and
-    ``5e3`` are numbers to them); None for anything else."""
-    try:
-        found = float(raw)
-    except ValueError:
-        return None
-    return found if math.isfinite(found) else None
-
-
-def _override(raw: bytes) -> int | None:
-    """An override the quota scripts take: a whole number, however written."""
-    found = _number(raw)
-    return int(found) if found is not None and found.is_integer() else None
 
 
 def _subject_of(key: str, head: str) -> str | None:

@@ -40,6 +40,7 @@ from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
+from extproc.quota.script_numbers import script_count, script_limit
 from extproc.quota.store import held_key
 from extproc.store.connection import of_another_type
 from extproc.store.outage_log import OutageLog
@@ -219,16 +220,15 @@ class QuotaGauges(Collector):
             try:
                 found = _answer(overrides[overrides_key], overrides_key)
                 override = found.get(limit.override_field.encode())
-                in_force = int(override) if override is not None else limit.limit
-                counted = int(_answer(used, limit.key(self._prefix)) or 0)
-                holding = int(_answer(held, held_key(limit.key(self._prefix))) or 0)
+                # Read as the scripts read them (``5e3`` is an override of 5000 to them),
+                # so a gauge shows the limit requests are checked against.
+                in_force = _read(override, overrides_key, script_limit, limit.limit)
+                counted = _read(used, limit.key(self._prefix), script_count, 0)
+                holding = _read(held, held_key(limit.key(self._prefix)), script_count, 0)
             except _UnreadableKeyError as exc:
+                # What the quota script refuses the subject's requests for: a gauge
+                # would show a guess. The key named is the one to put right.
                 unreadable.append(exc.key)
-                continue
-            except ValueError:
-                # An override or counter that is no integer: the quota script refuses
-                # the subject's requests the same way; a gauge would show a guess.
-                unreadable.append(limit.key(self._prefix))
                 continue
             # The counter counts what running requests hold too (every request is checked
             # against both); what they hold is no usage yet. Counted as used, four long
@@ -319,6 +319,16 @@ def _answer(found: Any, key: str) -> Any:
     if of_another_type(found):
         raise _UnreadableKeyError(key)
     return found
+
+
+def _read(found: Any, key: str, parse: Callable[[bytes], int | None], absent: int) -> int:
+    """A value of ``key`` as the quota scripts read it (``absent`` when there is none)."""
+    if found is None:
+        return absent
+    value = parse(_answer(found, key))
+    if value is None:
+        raise _UnreadableKeyError(key)
+    return value
 
 
 def _static_subjects(rules: RuleSet) -> list[tuple[str, str]]:
