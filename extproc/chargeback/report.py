@@ -28,7 +28,8 @@ spreadsheets read as "text follows" and a program drops to get the value back.
 The table goes to a terminal, where a value's control characters would act: a model name
 a client chose, or a JWT claim, holding a line break or an escape sequence could split a
 row, print a line that reads as another team's or as the TOTAL, or erase a row from the
-screen. The table shows those characters escaped (``_visible``).
+screen. The table shows those characters escaped (``_visible``), and a rule of dashes
+above the TOTAL line, so that a row named ``TOTAL`` reads as a row.
 """
 
 from __future__ import annotations
@@ -253,7 +254,13 @@ def _table(
     # The dimensions read left to right; every other column is a number, right-aligned so
     # that digits of one magnitude stand above each other.
     named = len(by)
-    for row in [headers, *body, total_cells]:
+    rows = [headers, *body, total_cells]
+    if by:
+        # A rule above the total: a group (or user, key, model) may well be named TOTAL,
+        # and its row then read like the sum. No row is dashes alone (every row has its
+        # request count), so the line after the rule is the total, whatever the names.
+        rows.insert(-1, ["-" * width for width in widths])
+    for row in rows:
         line = "  ".join(
             cell.ljust(width) if index < named else cell.rjust(width)
             for index, (cell, width) in enumerate(zip(row, widths, strict=True))

@@ -93,7 +93,7 @@ async def test_a_model_name_a_client_chose_shows_in_the_table_and_does_nothing(
     table = capsys.readouterr().out
     assert code == 0
     shown = model.translate({0x0D: "\\r", 0x0A: "\\n", 0x1B: "\\x1b", 0x202E: "\\u202e"})
-    _period, headers, row, total = table.splitlines()
+    _period, headers, row, _rule, total = table.splitlines()
     assert headers.startswith("model ")
     # The row and the TOTAL below it, each with the request's 2,000,007 tokens.
     assert row.startswith(shown + " ") and " 2000007 " in row

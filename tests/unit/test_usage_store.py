@@ -384,7 +384,7 @@ def test_the_tables_numbers_are_right_aligned_under_their_headers() -> None:
     ]
     period = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
     table = render(rows, ("route", "model"), period, "table")
-    header, first, second, total = table.splitlines()[1:]
+    header, first, second, _rule, total = table.splitlines()[1:]
     end = header.index("requests") + len("requests")
     assert first[:end].endswith(" 12345") and second[:end].endswith(" 7")
     assert total[:end].endswith(" 12352") and total.startswith("TOTAL")
