@@ -197,8 +197,14 @@ def _add_usage_commands(commands: Any) -> None:
             help="comma-separated: api_key, user, group, model, route, provider",
         )
         period = sub.add_argument_group("period (whole UTC hours; default: the last 24 hours)")
-        period.add_argument("--from", dest="start", help="start, ISO 8601 (on a whole hour)")
-        period.add_argument("--to", dest="end", help="end, exclusive, ISO 8601 (whole hour)")
+        period.add_argument(
+            "--from", dest="start", help="start, ISO 8601 (on a whole hour; a date or YYYY-MM"
+            " is its start)"
+        )  # fmt: skip
+        period.add_argument(
+            "--to", dest="end", help="end, exclusive, ISO 8601 (on a whole hour; a date or"
+            " YYYY-MM is its start)"
+        )  # fmt: skip
         period.add_argument("--day", help="one calendar day, YYYY-MM-DD")
         period.add_argument("--month", help="one calendar month, YYYY-MM")
         period.add_argument("--last-month", action="store_true", help="the previous month")

@@ -1,5 +1,8 @@
 """The period of a usage report: whole UTC hours, given as from/to or as a day or a month.
 
+``--from``/``--to`` take ISO 8601: a date-time, a date (its midnight), a week date, or a
+year and month (``2026-11``: the month's start, as ``--month`` reads it).
+
 Rollups are hourly, so a period must start and end on a whole hour: a report
 never pretends to split an hour it cannot split. ``--day`` and ``--month`` are
 calendar periods in a time zone (UTC by default); a zone whose midnight is not
@@ -53,9 +56,23 @@ _MOMENT = re.compile(
 )
 
 
+# ISO 8601's calendar month: a year and a month, with the hyphen (without it, 202611
+# would read as a date of another shape), no day, time or offset.
+_MONTH = re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})")
+
+
 def parse_moment(text: str, zone: tzinfo = UTC) -> datetime:
     """ISO 8601 date or date-time; a date alone is its midnight (the day's start, as
-    ``--day`` reads it); a time without an offset is in ``zone``."""
+    ``--day`` reads it), a year and month alone the first day's (as ``--month`` reads
+    it); a time without an offset is in ``zone``."""
+    month = _MONTH.fullmatch(text)
+    if month is not None:
+        number = int(month["month"])
+        if not 1 <= number <= 12:
+            raise PeriodError(f"{text!r} is no month of the calendar: month must be in 1..12")
+        # The month's start, as --month takes it: --from 2026-11 --to 2027-02 covers
+        # exactly the three --month reports from November to January.
+        return _month_start(int(month["year"]), number, zone)
     found = _MOMENT.fullmatch(text)
     if found is None:
         raise PeriodError(f"not an ISO 8601 date or time: {text!r}")
