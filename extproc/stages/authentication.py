@@ -124,7 +124,7 @@ class AuthenticationStage:
             send_key = _where_keys_go(ctx.error_shape, policy.api_key_header)
             message = _missing_message(accepts_key, accepts_jwt, send_key)
             if _signed_for_aws(ctx.request_headers):
-                message = _AWS_SIGNATURE_REFUSED
+                message = _aws_signature_refused(accepts_key, accepts_jwt)
             elif (scheme := _other_scheme(ctx.request_headers)) is not None:
                 message = _scheme_refused(scheme, accepts_key, accepts_jwt, send_key)
             # A route that takes tokens only is missing a token, not a key: its code says
@@ -290,11 +290,30 @@ def _refuse_credential_in_query(path: str, credential: str) -> None:
 # An AWS SDK with AWS credentials signs its requests (SigV4) for AWS itself: nothing in
 # the signature is a key the gateway knows, and the gateway signs for Bedrock itself.
 _AWS_SIGNATURE = "aws4-hmac-sha256"
-_AWS_SIGNATURE_REFUSED = (
-    "no API key found: this request is signed with AWS credentials (SigV4), which the "
-    "gateway does not take; send the gateway API key as a bearer token instead (AWS SDKs: "
-    "set AWS_BEARER_TOKEN_BEDROCK to it, over HTTPS)"
-)
+_AWS_SIGNED = "this request is signed with AWS credentials (SigV4), which the gateway does not take"
+# botocore sends AWS_BEARER_TOKEN_BEDROCK as `Authorization: Bearer <it>`, a key or a JWT.
+_AWS_BEARER = "(AWS SDKs: set AWS_BEARER_TOKEN_BEDROCK to it, over HTTPS)"
+
+
+def _aws_signature_refused(accepts_key: bool, accepts_jwt: bool) -> str:
+    """Why a SigV4-signed request is not read, and what this route takes instead: on a
+    JWT-only route, "send the gateway API key" sent the caller to a key the route then
+    refused as "not a JWT"."""
+    if accepts_jwt and not accepts_key:
+        return (
+            f"no bearer token found: {_AWS_SIGNED}; this route accepts only JWT bearer"
+            f" tokens, not API keys: send the JWT as 'Authorization: Bearer <token>' instead"
+            f" {_AWS_BEARER}"
+        )
+    if accepts_jwt:
+        return (
+            f"no credentials found: {_AWS_SIGNED}; send the gateway API key or a JWT as a"
+            f" bearer token instead {_AWS_BEARER}"
+        )
+    return (
+        f"no API key found: {_AWS_SIGNED}; send the gateway API key as a bearer token"
+        f" instead {_AWS_BEARER}"
+    )
 
 
 def _signed_for_aws(headers: dict[str, str]) -> bool:
