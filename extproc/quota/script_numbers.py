@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import re
 
+from extproc.config.quota_model import MAX_LIMIT
+
 # Lua's tonumber: optional blanks (C's isspace), a sign, then a decimal number with an
 # optional exponent or a hexadecimal one ("0x" digits, optionally a fraction and a
 # binary exponent, as strtod reads them); nothing else. ASCII only, no underscores.
@@ -40,9 +42,12 @@ def script_number(raw: bytes) -> float | None:
 
 
 def script_limit(raw: bytes) -> int | None:
-    """An override as the reserve script takes it: a whole number, however written."""
+    """An override as the reserve script takes it: a whole number, however written, up
+    to what the scripts count exactly (``MAX_LIMIT``, the config's bound too)."""
     found = script_number(raw)
-    return int(found) if found is not None and found.is_integer() else None
+    if found is None or not found.is_integer() or abs(found) > MAX_LIMIT:
+        return None
+    return int(found)
 
 
 def script_count(raw: bytes) -> int | None:

@@ -8,6 +8,11 @@ and logged the counter's key as unreadable, not the overrides hash that held it.
 refuses it. Now the gauges, ``quota get`` and the script share one parse: each spelling
 is the same limit to all three, or unreadable to all three.
 
+An override past what the scripts count exactly (``inf``, ``1e19``) let every request
+through as if there were no limit, and came back as -2^63 in ``x-ratelimit-limit-*``;
+the script now refuses it as it refuses any override that is no integer, and so do the
+gauges and ``quota get``.
+
 Against a real Valkey: the script through ``QuotaStore.reserve``.
 """
 
@@ -41,6 +46,10 @@ RULES = RuleSet(
 READ_AS_5000 = ["5e3", "5E3", "5000.0", " 5000 ", "5000\n", "+5000", ".5e4", "0x1388"]
 # What the script refuses as "an override that is no integer".
 REFUSED = ["5_000", "5 000", "5000.5", "lots", "nan", "0x", "1e"]
+# Past what the scripts count exactly (2^53 - 1, the config's bound too): the script
+# admitted every request under them, as if unlimited, and answered the limit as
+# -2^63 (Lua's infinity as a Redis integer), which went out in x-ratelimit-limit-*.
+PAST_EXACT = ["inf", "-inf", "1e300", "1e19", "9007199254740992"]
 
 
 @pytest.fixture
@@ -80,7 +89,7 @@ async def _quota_get_reads(quota_store: QuotaStore, client: Any, limit: Limit) -
     return state.in_force
 
 
-@pytest.mark.parametrize("written", READ_AS_5000 + REFUSED)
+@pytest.mark.parametrize("written", READ_AS_5000 + REFUSED + PAST_EXACT)
 async def test_an_override_is_the_same_limit_to_the_script_the_gauges_and_quota_get(
     store: tuple[QuotaStore, Any], written: str
 ) -> None:

@@ -71,8 +71,11 @@ for i = 1, n do
   local set = redis.call('HMGET', overrides, ARGV[base + 6], ARGV[base + 7])
   if set[1] then
     limit = tonumber(set[1])
-    if limit == nil or limit ~= math.floor(limit) then
-      return refuse('BADOVERRIDE', overrides, 'an override that is no integer')
+    -- Past 2^53 - 1 (the config's bound) an override is no integer these doubles count
+    -- exactly: 'inf' or '1e19' admitted every request as if there were no limit, and
+    -- came back as -2^63 (Redis turns such a number into that integer).
+    if limit == nil or limit ~= math.floor(limit) or math.abs(limit) > 9007199254740991 then
+      return refuse('BADOVERRIDE', overrides, 'an override that is no integer up to 2^53 - 1')
     end
   end
   limits[i] = limit
