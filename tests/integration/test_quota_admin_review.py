@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -311,6 +312,12 @@ def test_a_group_limit_set_below_its_usage_refuses_the_next_request(
     # Seconds until local midnight of the 1st in Berlin, the window's reset.
     reset_at = lowered["reset_at"]
     assert reset_at - after - 1 <= retry_after <= reset_at - before + 1
+    # The message names that reset in the budget's zone, with its offset: midnight on the
+    # 1st in Berlin (it said 23:00 or 22:00 the day before, +00:00).
+    named = datetime.fromisoformat(said(refused).rsplit("it resets at ", 1)[1])
+    assert named.timestamp() == reset_at
+    assert (named.day, named.hour, named.minute, named.second) == (1, 0, 0, 0)
+    assert named.utcoffset() in (timedelta(hours=1), timedelta(hours=2))
 
     used = quota(replicas, "get", "--kind", "group", "--subject", "review-team")
     granted = quota(replicas, "adjust", *rule, "--delta", str(-used["limits"][0]["used"]))
