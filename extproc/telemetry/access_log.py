@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,9 +59,7 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         cut_field = [_cut_attempt(a) for a in cut]
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "timestamp": datetime.fromtimestamp(ctx.started_wall, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "timestamp": log_timestamp(ctx.started_wall),
         "request_id": ctx.request_id,
         "trace_id": ctx.trace_id,
         "method": ctx.method,
@@ -125,6 +124,37 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
     if ctx.agent is not None:
         record["agent"] = ctx.agent.log_fields(ctx.started)
     return record
+
+
+# The last second written, and its text up to the seconds: requests in the same second
+# share it. One tuple, replaced whole, so a reader never sees one second's text with
+# another's number.
+_last_second: tuple[float, str] = (math.nan, "")
+
+
+def log_timestamp(wall: float) -> str:
+    """``wall`` (seconds since the epoch) as the line's UTC time to the millisecond,
+    ``2026-01-02T03:04:05.678Z``: the text of ``datetime.fromtimestamp(wall, UTC)
+    .isoformat(timespec="milliseconds")`` with ``Z``, without building a datetime per
+    request (about a microsecond, the costliest field of the line).
+
+    The microseconds are rounded as ``fromtimestamp`` rounds them (half to even, a
+    fraction that rounds to a whole second carried into it), then cut to milliseconds
+    as ``isoformat`` cuts them."""
+    global _last_second
+    fraction, whole = math.modf(wall)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1.0
+    second, text = _last_second
+    if second != whole:
+        text = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
+        _last_second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def _cut_attempt(attempt: CutAttempt) -> dict[str, Any]:
