@@ -368,7 +368,8 @@ Try it:
   export AIGW_ADMIN_TOKEN=dev-admin-token
   .venv/bin/extproc keys create --id my-team --group engineering   # once: .data keeps it
   .venv/bin/extproc keys list      # quotas: see docs/quotas.md, then extproc quota get ...
-  .venv/bin/extproc keys revoke --id my-team                       # to create it again
+  .venv/bin/extproc keys rotate --id my-team --grace 15m           # a new secret, same id
+  .venv/bin/extproc keys revoke --id my-team                       # its id stays retired
 
 Ctrl-C stops everything.
 """
