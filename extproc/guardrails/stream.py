@@ -298,28 +298,24 @@ def _chained(spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
     return joined
 
 
-class ArgumentsStream:
-    """One tool call's streamed arguments, read as the JSON they are (see module docstring).
+class _JsonStream:
+    """What ``ArgumentsStream`` and ``DocumentStream`` share: JSON text held from where the
+    last release left the document (``_state``), released by ``_release``, and read as
+    plain text by a ``TextStream`` once it stopped being JSON."""
 
-    Each push lexes what was held plus the new fragment from where the last release left
-    the document, matches each string (decoded) and number on its own with a string's
-    hold-back, and releases the JSON text up to the first thing that must wait: the held
-    tail of an open string, an escape cut in two, a number that may still grow."""
-
-    __slots__ = ("_held", "_last", "_matchers", "_state", "_text", "masked")
+    __slots__ = ("_held", "_matchers", "_state", "_text", "masked")
 
     def __init__(self, matchers: Matchers) -> None:
         self._matchers = matchers
-        self._held = ""  # JSON text not released yet; ``_state`` is where it begins
+        self._held = ""  # text not released yet; ``_state`` is where it begins
         self._state = LexState()
-        self._last = ""  # the last character released, as written
-        self._text: TextStream | None = None  # once the arguments stopped being JSON
+        self._text: TextStream | None = None  # once the text stopped being JSON
         self.masked: set[int] = set()
 
-    def push(self, fragment: str) -> str:
+    def push(self, text: str) -> str:
         if self._text is not None:
-            return self._text.push(fragment)
-        return self._release(self._held + fragment, final=False)
+            return self._text.push(text)
+        return self._release(self._held + text, final=False)
 
     def flush(self) -> str:
         if self._text is not None:
@@ -327,6 +323,24 @@ class ArgumentsStream:
         if not self._held:
             return ""
         return self._release(self._held, final=True)
+
+    def _release(self, buffer: str, *, final: bool) -> str:
+        raise NotImplementedError
+
+
+class ArgumentsStream(_JsonStream):
+    """One tool call's streamed arguments, read as the JSON they are (see module docstring).
+
+    Each push lexes what was held plus the new fragment from where the last release left
+    the document, matches each string (decoded) and number on its own with a string's
+    hold-back, and releases the JSON text up to the first thing that must wait: the held
+    tail of an open string, an escape cut in two, a number that may still grow."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self, matchers: Matchers) -> None:
+        super().__init__(matchers)
+        self._last = ""  # the last character released, as written
 
     def _release(self, buffer: str, *, final: bool) -> str:
         lexed = lex(self._state, buffer, final=final)
@@ -388,7 +402,7 @@ class ArgumentsStream:
         return released + text.flush() if final else released
 
 
-class DocumentStream:
+class DocumentStream(_JsonStream):
     """A structured output's streamed text (the request asked for JSON): matched as a
     ``TextStream`` matches, as written and JSON syntax and all (a pattern written against
     the syntax still finds what it found), and masked as a whole answer's text is
@@ -401,30 +415,14 @@ class DocumentStream:
     is written into half of one. Should the text stop being JSON (a model writing prose
     anyway), the rest of it is read and masked as text, by a ``TextStream``."""
 
-    __slots__ = ("_before", "_held", "_matchers", "_open", "_state", "_text", "masked")
+    __slots__ = ("_before", "_open")
 
     def __init__(self, matchers: Matchers) -> None:
-        self._matchers = matchers
-        self._held = ""  # text not released yet; ``_state`` is where it begins
-        self._state = LexState()
+        super().__init__(matchers)
         self._before = ""  # the last character released, as written
-        self._text: TextStream | None = None  # once the text stopped being JSON
         # The guard whose too long match was cut where the released text ends (as in a
         # ``TextStream``): its rest leaves as nothing, one mask for the whole match.
         self._open: int | None = None
-        self.masked: set[int] = set()
-
-    def push(self, text: str) -> str:
-        if self._text is not None:
-            return self._text.push(text)
-        return self._release(self._held + text, final=False)
-
-    def flush(self) -> str:
-        if self._text is not None:
-            return self._text.flush()
-        if not self._held:
-            return ""
-        return self._release(self._held, final=True)
 
     def _release(self, buffer: str, *, final: bool) -> str:
         lexed = lex(self._state, buffer, final=final)
