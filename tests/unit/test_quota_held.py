@@ -152,9 +152,9 @@ def _rules() -> RuleSet:
     return Runtime(parse_config(CONFIG, "gateway.yaml", {}), services).quota_rules
 
 
-def _processor(store: QuotaStore) -> tuple[Processor, Services]:
+def _processor(store: QuotaStore, config: str = CONFIG) -> tuple[Processor, Services]:
     services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
-    runtime = Runtime(parse_config(CONFIG, "gateway.yaml", {}), services)
+    runtime = Runtime(parse_config(config, "gateway.yaml", {}), services)
     return Processor(lambda: runtime, default_stages()), services
 
 

@@ -17,14 +17,10 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
-from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import HELD_RETRY_AFTER_S, QuotaStore
-from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
-from extproc.telemetry.metrics import GatewayMetrics
+from extproc.runtime import Services
 from extproc.testing import request_body, request_headers, run_stream
-from tests.unit.conftest import MemoryLog
 from tests.unit.test_quota_held import (
     BUDGET,
     GATEWAY,
@@ -35,6 +31,8 @@ from tests.unit.test_quota_held import (
     counter_key,
     held_key,
 )
+from tests.unit.test_quota_held import _processor as held_processor
+from tests.unit.test_quota_held import _running as held_running
 
 RULES = f"""
 quotas:
@@ -53,18 +51,11 @@ BIG = 1004
 
 
 def _processor(store: QuotaStore, config: str = CONFIG) -> tuple[Processor, Services]:
-    services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
-    runtime = Runtime(parse_config(config, "gateway.yaml", {}), services)
-    return Processor(lambda: runtime, default_stages()), services
+    return held_processor(store, config)
 
 
 async def _running(processor: Processor, count: int, max_tokens: int = LONG) -> list[Call]:
-    calls = []
-    for _ in range(count):
-        call = Call(processor, max_tokens)
-        assert await call.admitted()
-        calls.append(call)
-    return calls
+    return await held_running(processor, count, max_tokens)
 
 
 async def _refused(processor: Processor) -> tuple[dict[str, str], dict[str, str]]:
