@@ -1,0 +1,114 @@
+"""Rotating a stored key: a new secret under the same id, the old one kept for a grace.
+
+The id stays, so the key's usage, quotas and rate limits carry on (a revoke and a create
+could not: the id is retired). The new record names the old digest as ``previous``; the
+old record gets ``secret_expires_at`` (the grace's end) and expires then; the id is
+pointed at the new digest only while it still names the old one. A rotation cut short
+by the store leaves the id naming the old record, whose ``expires_at`` is still the
+key's own: running it again finishes it, never lengthening the old secret's grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from redis.exceptions import ResponseError
+
+from extproc.auth.api_keys import key_digest
+from extproc.auth.stored_keys.errors import (
+    KeyCreateConflictError,
+    UnknownKeyIdError,
+    UnreadableRecordError,
+)
+from extproc.auth.stored_keys.key_ids import named_digest
+from extproc.auth.stored_keys.key_store import CLAIM_TTL_MS, SWAP, KeyStore
+from extproc.auth.stored_keys.records import (
+    ANOTHER_TYPE,
+    WRITTEN,
+    StoredKey,
+    from_fields,
+    new_secret,
+    previous,
+    shown_name,
+    to_fields,
+)
+from extproc.store.connection import of_another_type
+
+# The longest grace a rotation gives the old secret: a rotation is for a secret that
+# must stop working; one meant to last is a second key.
+MAX_GRACE_S = 30 * 86400.0
+
+
+async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, StoredKey, float]:
+    """A new secret for a stored key, same id and identity; the old secret works
+    ``grace_s`` more. The new secret (returned here only), the key, and when the
+    old secret stops working."""
+    id_key, old_hex, expires_in_ms = await named_digest(store, key_id, "rotated")
+    old_key = store.record_key(old_hex)
+    try:
+        record = await store.client.hgetall(old_key)
+    except ResponseError as exc:
+        if of_another_type(exc):
+            raise UnreadableRecordError(_cannot_rotate(key_id, old_key, ANOTHER_TYPE)) from None
+        raise
+    try:
+        stored = from_fields(record)
+    except UnreadableRecordError as exc:
+        raise UnreadableRecordError(f"API key {key_id!r} cannot be rotated: {exc}") from None
+    if stored is None or expires_in_ms != -1:
+        # No record: a create in flight, or one that failed half-way.
+        raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+    secret = new_secret()
+    new_hex = key_digest(secret).hex()
+    new_key = store.record_key(new_hex)
+    now = store.clock()
+    # Never longer than a rotation cut short (the id still names its old record) gave.
+    until = min(now + grace_s, stored.secret_expires_at or math.inf)
+    older = previous(record)
+    try:
+        async with store.client.pipeline(transaction=True) as pipe:
+            pipe.hset(new_key, mapping={**to_fields(stored), "previous": old_hex})
+            pipe.pexpire(new_key, CLAIM_TTL_MS)
+            await pipe.execute()
+        if older is not None:
+            # One old secret at a time: the one before, still in its grace, stops now.
+            await store.end_secret(key_id, older)
+        await _shorten(store, key_id, old_key, old_hex, now, until)
+        swapped = await store.id_named(id_key, old_hex, SWAP, new_hex)
+        if swapped and await store.client.persist(new_key):
+            if until <= now:
+                await store.end_secret(key_id, old_hex)
+            return secret, stored, min(until, stored.key.expires_at or until)
+    except BaseException:
+        # Never a record nobody will get the secret of, nor one its id does not name.
+        await asyncio.shield(store.client.delete(new_key))
+        raise
+    await asyncio.shield(store.client.delete(new_key))
+    raise KeyCreateConflictError(
+        f"API key {key_id!r} was revoked or rotated while it was being rotated; no new"
+        " secret was made (none was handed out): list the keys, then rotate again"
+    )
+
+
+async def _shorten(
+    store: KeyStore, key_id: str, old_key: str, old_hex: str, now: float, until: float
+) -> None:
+    """Cut the old secret's life to the grace (or end it now), on every process."""
+    # With no grace the record stays a minute, refused: a rotation cut short before
+    # the id names the new key can then be run again, reading the key from it.
+    forgotten_ms = math.ceil(until * 1000) if until > now else math.ceil(now * 1000) + CLAIM_TTL_MS
+    async with store.client.pipeline(transaction=True) as pipe:
+        # The field refuses the secret ("has expired") where a cached record is read
+        # again; the store forgets the record itself at the grace's end.
+        fields = {"secret_expires_at": repr(until), "rotated_at": repr(now)}
+        pipe.hset(old_key, mapping=fields)
+        pipe.pexpireat(old_key, forgotten_ms)
+        await pipe.execute()
+    store.cache.forget(bytes.fromhex(old_hex))
+    await store.announce(key_id, old_hex)
+
+
+def _cannot_rotate(key_id: str, record_key: str, reason: str) -> str:
+    shown = shown_name(record_key)
+    return f"API key {key_id!r} cannot be rotated: its record {shown} {reason}{WRITTEN}"

@@ -1,0 +1,87 @@
+"""``StoredKeys``: the keys created at run time in one store, as the gateway uses them.
+
+One object per store: the management API creates, rotates, lists and revokes keys
+through it, the authentication stage looks keys up through it, and it listens for
+revocations made by any process sharing the store. Each operation lives in a module
+of its own; this class holds what they share.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from extproc.auth.api_keys import ApiKey
+from extproc.auth.key_revocations import RevocationListener
+from extproc.auth.stored_keys import creation, listing, revocation, rotation
+from extproc.auth.stored_keys.cache import CachedAnswer, KeyCache, StoredAnswer
+from extproc.auth.stored_keys.errors import UnreadableRecordsError
+from extproc.auth.stored_keys.key_ids import retired
+from extproc.auth.stored_keys.key_store import RETIRED_FOR_S, KeyStore
+from extproc.auth.stored_keys.listing import StoredKeyList
+from extproc.auth.stored_keys.lookup import KeyLookup
+from extproc.auth.stored_keys.records import StoredKey
+
+
+class StoredKeys:
+    """The keys created at run time in one store, and this process's cache of lookups."""
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        cache: KeyCache | None = None,
+        clock: Callable[[], float] = time.time,
+        retire_ids_for_s: float = RETIRED_FOR_S,
+    ) -> None:
+        self.cache = cache if cache is not None else KeyCache()
+        self._store = KeyStore(client, key_prefix, self.cache, clock, retire_ids_for_s)
+        self._lookup = KeyLookup(self._store)
+        self.listener = RevocationListener(client, key_prefix, self.cache)
+
+    def start(self) -> None:
+        """Listen for revocations made by any process sharing the store."""
+        self.listener.start()
+
+    async def close(self) -> None:
+        await self.listener.close()
+
+    def cached(self, digest: bytes) -> CachedAnswer:
+        """The request path's answer without I/O, when a recent lookup gave one."""
+        return self.cache.get(digest)
+
+    async def lookup(self, digest: bytes) -> StoredAnswer:
+        """The key with this digest, None when there is none, UNREADABLE when its record
+        cannot be read (``KeyLookup.lookup``: one shared, cached read)."""
+        return await self._lookup.lookup(digest)
+
+    async def create(self, key: ApiKey) -> tuple[str, StoredKey]:
+        """Store a new key under a fresh secret; the secret is returned here and nowhere else."""
+        return await creation.create(self._store, key)
+
+    async def rotate(self, key_id: str, grace_s: float) -> tuple[str, StoredKey, float]:
+        """A new secret for a stored key, same id and identity; the old secret works
+        ``grace_s`` more. The new secret (returned here only), the key, and when the
+        old secret stops working."""
+        return await rotation.rotate(self._store, key_id, grace_s)
+
+    async def revoke(self, key_id: str) -> StoredKey:
+        """Delete a stored key; from now on this process refuses its secret."""
+        return await revocation.revoke(self._store, key_id)
+
+    async def list(self) -> builtins.list[StoredKey]:
+        """The keys of ``listing``; ``UnreadableRecordsError`` when a record could not be read."""
+        found = await self.listing()
+        if found.unreadable:
+            raise UnreadableRecordsError(found.unreadable)
+        return found.keys
+
+    async def listing(self) -> StoredKeyList:
+        """Every stored key, by id, and the records under the prefix that could not be read."""
+        return await listing.listing(self._store)
+
+    async def retired(self, key_ids: Iterable[str]) -> dict[str, float]:
+        """Of ``key_ids``, those retired by a revoke, with when (one pipelined read)."""
+        return await retired(self._store, key_ids)
