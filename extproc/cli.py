@@ -404,7 +404,7 @@ def _add_key_commands(commands: Any) -> None:
         lambda c, a: c.create(
             a.id, user_id=a.user or "", group_id=a.group or "", labels=dict(a.label),
             expires_at=a.expires or 0.0, allowed_models=a.model, allowed_routes=a.route,
-            allow_unknown_models=a.allow_unknown_model,
+            allow_unknown_models=a.allow_unknown_model, continue_usage=a.continue_usage,
         ),
     )  # fmt: skip
     create.add_argument("--id", required=True, help="the api_key_id logs and quotas show")
@@ -418,6 +418,11 @@ def _add_key_commands(commands: Any) -> None:
         "--allow-unknown-model",
         action="store_true",
         help="accept a --model the config does not know (a reload will add it)",
+    )
+    create.add_argument(
+        "--continue-usage",
+        action="store_true",
+        help="take an id no key has but the usage rollups bill (the same holder's key)",
     )
     action("list", "keys of the config and keys created at run time (never a secret)",
            lambda c, a: c.listing())  # fmt: skip

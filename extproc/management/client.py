@@ -238,6 +238,7 @@ class KeyClient(ManagementClient):
         allowed_models: Sequence[str] = (),
         allowed_routes: Sequence[str] = (),
         allow_unknown_models: bool = False,
+        continue_usage: bool = False,
     ) -> pb.CreatedKey:
         request = _request(
             pb.CreateKeyRequest,
@@ -249,6 +250,7 @@ class KeyClient(ManagementClient):
             allowed_models=allowed_models,
             allowed_routes=allowed_routes,
             allow_unknown_models=allow_unknown_models,
+            continue_usage=continue_usage,
         )
         created: pb.CreatedKey = self._call(self._stub.CreateKey, request)
         return created

@@ -484,7 +484,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                     f"an API key with id {key.id!r} already exists (in the config)"
                 )
             change.stage = "applying"
-            secret, stored = await self._keys.create(key)
+            secret, stored = await self._keys.create(key, continue_usage=request.continue_usage)
             change.stage = "applied"
             return pb.CreatedKey(key=secret, info=_key_info(key, stored.created_at, "store"))
 

@@ -36,7 +36,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
-from extproc.store import scripts
+from extproc.store import key_id_usage, scripts
 from extproc.store.connection import of_another_type
 from extproc.store.spool import refused_by_store
 
@@ -71,6 +71,7 @@ _COMPLETION_AUDIO = _INDEX["completion_audio_tokens"]
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
 _SEPARATOR = "\t"
+_KEY_ID = DIMENSIONS.index("api_key_id")
 # A report reads the store in round trips of whole hours (HGETALL), about this many
 # fields each. The store runs a round trip's commands and buffers their answers before
 # it sends them: 500 busy hours a trip (as reports once read) was tens of MB for a large
@@ -282,6 +283,9 @@ class UsageStore:
         # from the hash (see usage_record.lua); without that, every flush (two a
         # second) left an id in the hour for as long as the hour is kept.
         self._landed: dict[str, str] = {}
+        # The api_key_ids this process has noted in key_id_usage, by hour bucket: an id
+        # is noted once an hour, not with every flush.
+        self._noted: dict[str, set[str]] = {}
 
     def _key(self, bucket: str) -> str:
         return f"{self._prefix}usage:{bucket}"
@@ -336,6 +340,7 @@ class UsageStore:
                     len(skipped),
                     ", ".join(sorted({_decoded(name) for name in skipped})),
                 )
+        await self._note_key_ids(totals)
         if refusal is not None:
             raise refusal
         if not replayed:
@@ -346,6 +351,29 @@ class UsageStore:
                 self._landed[bucket] = batch_id
             while len(self._landed) > _LANDED_HOURS:
                 del self._landed[next(iter(self._landed))]
+
+    async def _note_key_ids(self, totals: UsageTotals) -> None:
+        """Note the batch's api_key_ids in key_id_usage, each once an hour per process."""
+        fresh: dict[str, float] = {}
+        for bucket, prefix in totals:
+            noted = self._noted.setdefault(bucket, set())
+            key_id = _unescape(prefix.split(_SEPARATOR)[_KEY_ID])
+            if key_id and key_id not in noted:
+                start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
+                fresh[key_id] = max(fresh.get(key_id, 0.0), start)
+        if not fresh:
+            return
+        try:
+            await key_id_usage.note(self._client, self._prefix, fresh, self._ttl)
+        except Exception as exc:
+            # The rollups landed: the next hour notes the ids again. Only a create of one of
+            # these ids meanwhile misses that they have usage.
+            log.warning("usage rollups: the index of API key ids was not written (%r)", exc)
+            return
+        for bucket, prefix in totals:
+            self._noted[bucket].add(_unescape(prefix.split(_SEPARATOR)[_KEY_ID]))
+        while len(self._noted) > _LANDED_HOURS:
+            del self._noted[min(self._noted)]
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())

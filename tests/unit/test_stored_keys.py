@@ -9,6 +9,7 @@ answers 30 s (found) or 5 s (not found), as an injected clock shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -487,8 +488,15 @@ class Api:
 
 @pytest.fixture
 async def api(config: GatewayConfig, client: Any, keys: StoredKeys) -> AsyncIterator[Api]:
-    quota_store = QuotaStore(client, PREFIX)
     runtime = Runtime(config, Services(GatewayMetrics(), AccessLog(stdout=False), stored_keys=keys))
+    async with serve_api(runtime, client, keys) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serve_api(runtime: Runtime, client: Any, keys: StoredKeys) -> AsyncIterator[Api]:
+    """The management API (quotas and keys) of a gateway running ``runtime``."""
+    quota_store = QuotaStore(client, PREFIX)
     audit = io.BytesIO()
     quotas = QuotaManagementService(
         lambda: runtime, QuotaAdmin(client, PREFIX, quota_store), AuditLog(audit)

@@ -330,8 +330,12 @@ async def test_a_rollup_names_the_key_by_its_id_never_its_secret(
     client = connect(valkey.url, 2.0)
     try:
         keys = [key async for key in client.scan_iter(match="finance:*")]
-        stored = b"".join([*keys, *[b"".join(await client.hkeys(key)) for key in keys]])
+        hours = [key for key in keys if key != b"finance:usage:key_ids"]
+        fields = [b"".join(await client.hkeys(key)) for key in hours]
+        ids = await client.zrange("finance:usage:key_ids", 0, -1)
+        stored = b"".join([*keys, *fields, *ids])
     finally:
         await client.aclose()
     assert b"\tteam1\talice\tengineering\t" in stored
+    assert ids == [b"team1"]
     assert b"team1-key" not in stored

@@ -12,14 +12,23 @@ from __future__ import annotations
 import asyncio
 
 from extproc.auth.api_keys import ApiKey, key_digest
-from extproc.auth.stored_keys.errors import KeyCreateConflictError, KeyIdTakenError
-from extproc.auth.stored_keys.key_ids import taken
+from extproc.auth.stored_keys.errors import (
+    KeyCreateConflictError,
+    KeyIdTakenError,
+    KeyIdUsedError,
+)
+from extproc.auth.stored_keys.key_ids import id_used, taken, used_until
 from extproc.auth.stored_keys.key_store import CLAIM_TTL_MS, FREE, KEEP, KeyStore
 from extproc.auth.stored_keys.records import StoredKey, new_secret, to_fields
 
 
-async def create(store: KeyStore, key: ApiKey) -> tuple[str, StoredKey]:
-    """Store a new key under a fresh secret; the secret is returned here and nowhere else."""
+async def create(
+    store: KeyStore, key: ApiKey, *, continue_usage: bool = False
+) -> tuple[str, StoredKey]:
+    """Store a new key under a fresh secret; the secret is returned here and nowhere else.
+
+    ``KeyIdUsedError`` when no key has the id but the usage rollups still bill usage
+    under it, unless ``continue_usage`` (the same holder's key, meant to carry it on)."""
     secret = new_secret()
     digest_hex = key_digest(secret).hex()
     stored = StoredKey(key, created_at=store.clock())
@@ -28,6 +37,10 @@ async def create(store: KeyStore, key: ApiKey) -> tuple[str, StoredKey]:
     try:
         if not await store.client.set(id_key, digest_hex, nx=True, px=CLAIM_TTL_MS):
             raise await taken(store, key.id, id_key)
+        if not continue_usage:
+            # Checked once the id is claimed: a key that has it, or had it until revoked,
+            # is named as such above, not as usage.
+            await _refuse_used(store, key.id, id_key, digest_hex)
         # One slot: the record and its expiry in one transaction.
         async with store.client.pipeline(transaction=True) as pipe:
             pipe.hset(record_key, mapping=to_fields(stored))
@@ -59,6 +72,13 @@ async def create(store: KeyStore, key: ApiKey) -> tuple[str, StoredKey]:
         await asyncio.shield(store.id_named(id_key, digest_hex, FREE))
         raise KeyCreateConflictError(_revoked_while_created(key.id))
     return secret, stored
+
+
+async def _refuse_used(store: KeyStore, key_id: str, id_key: str, digest_hex: str) -> None:
+    used = await used_until(store, key_id)
+    if used is not None:
+        await asyncio.shield(store.id_named(id_key, digest_hex, FREE))
+        raise KeyIdUsedError(id_used(key_id, used))
 
 
 async def _undo_create(store: KeyStore, record_key: str, id_key: str, digest_hex: str) -> None:

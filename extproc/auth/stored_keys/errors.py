@@ -5,6 +5,7 @@
     ValueError
     +-- KeyIdTakenError                  a key (stored, or in the config) has the id
     |   +-- KeyIdRetiredError            the id's key was revoked within its retirement
+    |   +-- KeyIdUsedError               no key has the id, but the rollups bill usage to it
     +-- UnreadableRecordError            a record the gateway never wrote so
         +-- RevokedUnreadableRecordError revoked, but what it held cannot be told
         +-- UnreadableKeyIdError         the id key holds no key's digest
@@ -27,6 +28,11 @@ class KeyIdTakenError(ValueError):
 
 class KeyIdRetiredError(KeyIdTakenError):
     """The id named a key revoked within its retirement: not given to another key yet."""
+
+
+class KeyIdUsedError(KeyIdTakenError):
+    """No key has this id, but the usage rollups still bill usage under it (a config key
+    removed from the config, a key revoked by a gateway from before ids were retired)."""
 
 
 class UnknownKeyIdError(LookupError):

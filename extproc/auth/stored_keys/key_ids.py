@@ -19,6 +19,7 @@ from extproc.auth.stored_keys.errors import (
 )
 from extproc.auth.stored_keys.key_store import KeyStore
 from extproc.auth.stored_keys.records import ANOTHER_TYPE, DIGEST_HEX, WRITTEN
+from extproc.store import key_id_usage
 from extproc.store.connection import of_another_type
 
 # What <prefix>keyid:<id> holds once its key is revoked: the marker, the unix time, and
@@ -53,6 +54,25 @@ def _retired(key_id: str, revoked: float, until: float | None) -> str:
         f" not given to a new key{free_again} (store.usage_retention_days), so that usage"
         " reports, metrics and quotas never count two holders' requests as one; choose"
         " another id"
+    )
+
+
+async def used_until(store: KeyStore, key_id: str) -> float | None:
+    """The latest hour the usage rollups bill ``key_id`` in, if within their retention."""
+    last = await key_id_usage.last_used(store.client, store.prefix, key_id)
+    if last is None or last <= store.clock() - store.retire_ids_for_ms / 1000:
+        return None
+    return last
+
+
+def id_used(key_id: str, last: float) -> str:
+    return (
+        f"API key id {key_id!r} has usage in the rollups up to the hour of {moment(last)},"
+        " but no key has it now (a key removed from the config, or revoked by an earlier"
+        " gateway): a new key under it would be reported, labelled and limited together"
+        " with that usage (store.usage_retention_days); choose another id, or, to give"
+        " the same holder a key that carries that usage on, set continue_usage"
+        " (`extproc keys create --continue-usage`)"
     )
 
 

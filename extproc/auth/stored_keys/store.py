@@ -57,9 +57,10 @@ class StoredKeys:
         cannot be read (``KeyLookup.lookup``: one shared, cached read)."""
         return await self._lookup.lookup(digest)
 
-    async def create(self, key: ApiKey) -> tuple[str, StoredKey]:
-        """Store a new key under a fresh secret; the secret is returned here and nowhere else."""
-        return await creation.create(self._store, key)
+    async def create(self, key: ApiKey, *, continue_usage: bool = False) -> tuple[str, StoredKey]:
+        """Store a new key under a fresh secret; the secret is returned here and nowhere
+        else. An id the usage rollups still bill is refused unless ``continue_usage``."""
+        return await creation.create(self._store, key, continue_usage=continue_usage)
 
     async def rotate(self, key_id: str, grace_s: float) -> tuple[str, StoredKey, float]:
         """A new secret for a stored key, same id and identity; the old secret works

@@ -119,7 +119,7 @@ class UnreadableKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ..., subject_kind: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("id", "user_id", "group_id", "labels", "expires_at", "allowed_models", "allowed_routes", "allow_unknown_models")
+    __slots__ = ("id", "user_id", "group_id", "labels", "expires_at", "allowed_models", "allowed_routes", "allow_unknown_models", "continue_usage")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class CreateKeyRequest(_message.Message):
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ROUTES_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNKNOWN_MODELS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     user_id: str
     group_id: str
@@ -143,7 +144,8 @@ class CreateKeyRequest(_message.Message):
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     allowed_routes: _containers.RepeatedScalarFieldContainer[str]
     allow_unknown_models: bool
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ..., allow_unknown_models: _Optional[bool] = ...) -> None: ...
+    continue_usage: bool
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., allowed_routes: _Optional[_Iterable[str]] = ..., allow_unknown_models: _Optional[bool] = ..., continue_usage: _Optional[bool] = ...) -> None: ...
 
 class CreatedKey(_message.Message):
     __slots__ = ("key", "info")
