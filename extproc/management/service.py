@@ -40,6 +40,7 @@ from extproc.auth.api_keys import ApiKey, api_key_of
 from extproc.auth.stored_keys import (
     MAX_GRACE_S,
     KeyCreateConflictError,
+    KeyExpiredError,
     KeyIdTakenError,
     RevokedUnreadableRecordError,
     StoredKeys,
@@ -97,6 +98,8 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     # The store answered, with keys a person wrote under the prefix: not an outage.
     (UnreadableStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnreadableRecordError, grpc.StatusCode.FAILED_PRECONDITION),
+    # A rotation of a key past its expiry: as of a config key, a request that cannot work.
+    (KeyExpiredError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 # gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
 # address would then share the port, and the kernel would hand each admin call

@@ -18,7 +18,12 @@ import pytest
 from redis.exceptions import ConnectionError as StoreConnectionError
 
 from extproc.auth.api_keys import key_digest
-from extproc.auth.stored_keys import KeyCreateConflictError, StoredKey, StoredKeys
+from extproc.auth.stored_keys import (
+    KeyCreateConflictError,
+    KeyExpiredError,
+    StoredKey,
+    StoredKeys,
+)
 from extproc.config import GatewayConfig
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
@@ -27,6 +32,7 @@ from extproc.testing import processor_for
 from tests.unit.test_stored_keys import (
     PREFIX,
     Api,
+    Clock,
     RevokeInBetween,
     api,
     client,
@@ -252,3 +258,39 @@ async def test_a_rotation_cut_short_by_the_store_can_be_run_again(
     assert (await send(gateway, old))[0] == (200 if grace_s else 401)
     [listed] = await keys.list()
     assert listed.key.expires_at == stored.key.expires_at
+
+
+async def test_an_expired_key_is_not_rotated_into_a_secret_that_cannot_work(
+    client: Any, gateway: Processor, services: Services
+) -> None:
+    clock = Clock()
+    clock.now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    keys = StoredKeys(client, PREFIX, clock=clock)
+    old, _ = await keys.create(new_key(expires_at=clock.now + 60))
+    clock.now += 120
+
+    with pytest.raises(KeyExpiredError) as refused:
+        await keys.rotate("ci-bot", 3600)
+
+    # Before: a new secret was handed out with the key's expiry, already past: its
+    # holder met 401 "has expired" on the first request.
+    assert str(refused.value).startswith(
+        "API key 'ci-bot' expired at 2027-01-15T08:01:00Z: a rotation keeps the key's expiry"
+    )
+    assert [stored.key.id for stored in await keys.list()] == ["ci-bot"]
+    assert len(await client.keys(f"{PREFIX}key:*")) == 1  # no second record, no grace begun
+    assert await client.hget(f"{PREFIX}key:{{{key_digest(old).hex()}}}", "rotated_at") is None
+
+
+async def test_the_api_and_cli_refuse_rotating_an_expired_key_as_invalid(
+    api: Api, client: Any
+) -> None:
+    # Created two hours ago, expired an hour ago.
+    earlier = StoredKeys(client, PREFIX, clock=lambda: time.time() - 7200)
+    await earlier.create(new_key(expires_at=time.time() - 3600))
+
+    code, details = await api.refusal("RotateKey", pb.RotateKeyRequest(id="ci-bot"))
+    exit_code, out, err = await api.cli("keys", "rotate", "--id", "ci-bot")
+
+    assert code == "INVALID_ARGUMENT" and "create a new key" in details
+    assert (exit_code, out) == (2, "") and "API key 'ci-bot' expired at" in err

@@ -81,6 +81,7 @@ from extproc.auth.stored_keys.cache import (
 )
 from extproc.auth.stored_keys.errors import (
     KeyCreateConflictError,
+    KeyExpiredError,
     KeyIdRetiredError,
     KeyIdTakenError,
     KeyIdUsedError,
@@ -111,6 +112,7 @@ __all__ = [
     "CachedAnswer",
     "KeyCache",
     "KeyCreateConflictError",
+    "KeyExpiredError",
     "KeyIdRetiredError",
     "KeyIdTakenError",
     "KeyIdUsedError",

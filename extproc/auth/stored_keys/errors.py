@@ -11,6 +11,7 @@
         +-- UnreadableKeyIdError         the id key holds no key's digest
     LookupError
     +-- UnknownKeyIdError                no stored key has the id
+    +-- KeyExpiredError                  a rotation of a key past its expiry
     RuntimeError
     +-- KeyCreateConflictError           a create or rotation raced a revoke: run it again
     Exception
@@ -42,6 +43,10 @@ class UnknownKeyIdError(LookupError):
 class KeyCreateConflictError(RuntimeError):
     """A create and a revoke of the same id ran at once; the one that failed may be run
     again."""
+
+
+class KeyExpiredError(ValueError):
+    """The key is past its expiry: a new secret under it would not work either."""
 
 
 class UnreadableRecordError(ValueError):

@@ -18,10 +18,11 @@ from redis.exceptions import ResponseError
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys.errors import (
     KeyCreateConflictError,
+    KeyExpiredError,
     UnknownKeyIdError,
     UnreadableRecordError,
 )
-from extproc.auth.stored_keys.key_ids import named_digest
+from extproc.auth.stored_keys.key_ids import moment, named_digest
 from extproc.auth.stored_keys.key_store import CLAIM_TTL_MS, SWAP, KeyStore
 from extproc.auth.stored_keys.records import (
     ANOTHER_TYPE,
@@ -59,10 +60,18 @@ async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, Sto
     if stored is None or expires_in_ms != -1:
         # No record: a create in flight, or one that failed half-way.
         raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+    now = store.clock()
+    if stored.key.expires_at is not None and stored.key.expires_at <= now:
+        # The new secret keeps the key's expiry: before, it was handed out expired, and
+        # its holder met 401 "has expired" on the first request.
+        raise KeyExpiredError(
+            f"API key {key_id!r} expired at {moment(stored.key.expires_at)}: a rotation"
+            " keeps the key's expiry, so a new secret would not work either; create a new"
+            " key (another id) instead"
+        )
     secret = new_secret()
     new_hex = key_digest(secret).hex()
     new_key = store.record_key(new_hex)
-    now = store.clock()
     # Never longer than a rotation cut short (the id still names its old record) gave.
     until = min(now + grace_s, stored.secret_expires_at or math.inf)
     older = previous(record)
