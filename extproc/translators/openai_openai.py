@@ -74,6 +74,10 @@ _DONE_LINE = re.compile(rb"(?:^|[\r\n])data: ?\[DONE\]")
 # The service tier of an event, top level of a chunk. Generated text cannot fake it: its
 # quotes are escaped, so none stands right after the name.
 _SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([a-z0-9_]{1,32})"')
+# The model a chunk names (OpenAI names it in every chunk), unfakeable by generated text
+# for the same reason. Empty is no name: Azure's opening chunk of prompt filter results
+# has ``"model": ""``. A name with an escape in it is left to the usage chunk's parse.
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\\x00-\x1f]{1,256})"')
 
 
 def prepare_request(
@@ -353,6 +357,8 @@ class ChunkStreamReader:
         complete = self._events.whole_events(chunk, end_of_stream)
         if self._first_event and complete:
             self._read_first_tier(complete)
+        if self.response_model is None and complete:
+            self._read_model(complete)
         sent = complete if self._hide else self._sent.take(chunk, end_of_stream)
         if self._events.overflowed:
             self._sent.clear()
@@ -408,6 +414,15 @@ class ChunkStreamReader:
         found = _SERVICE_TIER.search(complete)
         if found is not None:
             self.service_tier = service_tier_of(found.group(1).decode())
+
+    def _read_model(self, complete: bytes) -> None:
+        """The model the first chunk that names one says answered. The usage chunk names
+        it too, and has the last word; read only there, a stream without one (a provider
+        that ignores ``include_usage``, one cut or failed before its report) was logged,
+        traced and counted with no response model, though every chunk had named it."""
+        found = _MODEL.search(complete)
+        if found is not None:
+            self.response_model = found.group(1).decode("utf-8", "replace")
 
     def _read_events(self, complete: bytes) -> bytes:
         """Read the usage (or the provider's error) of whole events; the events a client

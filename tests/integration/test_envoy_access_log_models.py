@@ -56,3 +56,29 @@ def test_envoys_access_log_shows_the_request_and_the_response_model(
     assert answer.usage is not None
     assert int(envoy["total_tokens"]) == answer.usage.total_tokens
     assert isinstance(envoy["duration_ms"], int)  # the duration, as Envoy measured it
+
+
+def test_a_stream_without_a_usage_report_shows_the_model_its_chunks_name(
+    snapshot_stack: LocalStack,
+) -> None:
+    """A provider that ignores `stream_options.include_usage` (the mock's `no_usage`) sends
+    no usage chunk; every chunk still names the model that answered. Before, the gateway
+    read it from the usage chunk alone, and both logs said `response_model: null`."""
+    client = OpenAI(base_url=f"{snapshot_stack.base_url}/openai", api_key="team1-key")
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-pinned",
+        messages=[{"role": "user", "content": "which model?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-fault": "no_usage=1"},
+    ) as raw:
+        chunks = list(raw.parse())
+        request_id = raw.headers["x-request-id"]
+    assert {chunk.model for chunk in chunks} == {SNAPSHOT}
+    assert all(chunk.usage is None for chunk in chunks)
+    [line] = GatewayLog(snapshot_stack.gateway_log).for_request(request_id)
+    envoy = wait_for(lambda: envoy_access_line(snapshot_stack, request_id))
+    assert envoy is not None, "no Envoy access log line for the request"
+    assert line["usage_estimated"] is True
+    assert (line["model"], line["response_model"]) == ("gpt-4o-pinned", SNAPSHOT)
+    assert (envoy["model"], envoy["response_model"]) == ("gpt-4o-pinned", SNAPSHOT)
