@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ from extproc.envoy_bootstrap import envoy_command, render_bootstrap_yaml
 from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.store.embedded import free_port
 
-__all__ = ["DEFAULT_CONFIG", "LocalStack", "Ports", "envoy_binary", "free_port"]
+__all__ = ["DEFAULT_CONFIG", "LocalStack", "Ports", "envoy_binary", "examples", "free_port"]
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 
@@ -366,13 +367,27 @@ Try it:
 
   # Management (admin token of config/gateway.yaml; set AIGW_ADMIN_TOKEN for real use)
   export AIGW_ADMIN_TOKEN=dev-admin-token
-  .venv/bin/extproc keys create --id my-team --group engineering   # once: .data keeps it
+  .venv/bin/extproc keys create --id {key_id} --group engineering   # an id new to .data
   .venv/bin/extproc keys list      # quotas: see docs/quotas.md, then extproc quota get ...
-  .venv/bin/extproc keys rotate --id my-team --grace 15m           # a new secret, same id
-  .venv/bin/extproc keys revoke --id my-team                       # its id stays retired
+  .venv/bin/extproc keys rotate --id {key_id} --grace 15m           # a new secret, same id
+  .venv/bin/extproc keys revoke --id {key_id}                       # its id stays retired
 
 Ctrl-C stops everything.
 """
+
+
+def examples(stack: LocalStack, provider: str) -> str:
+    """What `make run` prints once its stack is up. The management example names a key id
+    of its own each time: `.data` keeps the store from one run to the next, and a revoked
+    key's id stays retired, so with one fixed id every run after the first refused the
+    printed `keys create`, `rotate` and `revoke` (the id was taken, then revoked)."""
+    return _EXAMPLES.format(
+        base=stack.base_url,
+        metrics=stack.metrics_url,
+        workdir=stack.workdir,
+        provider=provider,
+        key_id=f"my-team-{secrets.token_hex(3)}",
+    )
 
 
 def main() -> int:
@@ -400,15 +415,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         stack.start()
-        print(
-            _EXAMPLES.format(
-                base=stack.base_url,
-                metrics=stack.metrics_url,
-                workdir=stack.workdir,
-                provider=real or f"mock ({stack.mock_url})",
-            ),
-            flush=True,
-        )
+        print(examples(stack, real or f"mock ({stack.mock_url})"), flush=True)
         while not stopping:
             time.sleep(0.5)
             stack._check_alive()

@@ -17,6 +17,7 @@ def printed_examples() -> str:
         metrics="http://127.0.0.1:9464/metrics",
         workdir=".run",
         provider="mock (http://127.0.0.1:8089)",
+        key_id="my-team-0a1b2c",
     )
 
 
