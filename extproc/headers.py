@@ -104,7 +104,7 @@ ANTHROPIC_ACCOUNT_HEADERS = (
 # the response headers (backends._redirect_plan); on the lean path they leave before it
 # reads them (docs/architecture.md), so Envoy's route to a model's provider removes it
 # from every answer: no model API answers with one. Agent routes keep it: the gateway
-# reads it there and points it at its own route (agents.stages).
+# reads it there and points it at its own route (agents.upstream_status).
 REDIRECT_HEADERS = ("location",)
 
 

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from extproc.agents.access import ToolAccess
 from extproc.agents.limits import AgentLimits
 from extproc.config.agents_model import AgentServerConfig
-from extproc.config.model import GatewayConfig
+from extproc.config.model import GatewayConfig, RouteApi
+
+# The route APIs whose upstream is an agent server, not an LLM provider.
+AGENT_APIS = frozenset({RouteApi.MCP, RouteApi.A2A})
 
 
 def agent_cluster_name(server: AgentServerConfig) -> str:

@@ -16,6 +16,8 @@ import re
 
 METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
+# The session the server opened at initialize; the log line keeps a digest of it.
+SESSION_HEADER = "mcp-session-id"
 # A value that is not visible ASCII travels base64-encoded between these markers.
 _BASE64 = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
 

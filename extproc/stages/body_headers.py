@@ -1,6 +1,6 @@
 """What a request's headers say about its body, checked before the body comes.
 
-Shared by the AI routes (stages.routing) and the agent routes (agents.stages): both
+Shared by the AI routes (stages.routing) and the agent routes (agents.routing): both
 read the body's JSON as it comes, under one size limit.
 """
 

@@ -27,7 +27,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from extproc import headers, vertex_client_api
-from extproc.agents.stages import AGENT_APIS
+from extproc.agents.directory import AGENT_APIS
 from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
