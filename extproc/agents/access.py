@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from extproc.agents.tool_names import ToolGlobs, compile_tool_globs
 from extproc.config.agents_model import AccessEffect, ToolAccessRule
 from extproc.context import Identity
 
@@ -35,7 +36,9 @@ class _Rule:
     name: str
     deny: bool
     servers: re.Pattern[str] | None
-    tools: re.Pattern[str] | None
+    # A tool's name as written or folded: a lenient server runs ``Deploy_Prod`` as
+    # ``deploy_prod`` (``tool_names``).
+    tools: ToolGlobs | None
     groups: frozenset[str]
     users: frozenset[str]
     api_keys: frozenset[str]
@@ -45,7 +48,7 @@ class _Rule:
             return False
         if self.tools is None:
             return True
-        return tool is not None and self.tools.match(tool) is not None
+        return tool is not None and self.tools.match(tool)
 
     def names(self, identity: Identity) -> bool:
         if not (self.groups or self.users or self.api_keys):
@@ -64,7 +67,7 @@ class ToolAccess:
                 rule.name,
                 rule.effect is AccessEffect.DENY,
                 compile_globs(rule.servers),
-                compile_globs(rule.tools),
+                compile_tool_globs(rule.tools),
                 frozenset(rule.groups),
                 frozenset(rule.users),
                 frozenset(rule.api_keys),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from extproc.agents.access import compile_globs
+from extproc.agents.tool_names import ToolGlobs, compile_tool_globs, folded
 from extproc.config.agents_model import AgentLimitRule
 from extproc.config.quota_model import QuotaMode, QuotasConfig, StoreFailure
 from extproc.context import Identity
@@ -29,7 +30,8 @@ _COUNTERS: tuple[tuple[str, WindowKind], ...] = (
 )
 
 
-# Counter names: ``agent:<rule>``, or ``agent:<rule>:<tool>`` for a per-tool counter.
+# Counter names: ``agent:<rule>``, or ``agent:<rule>:<tool>`` for a per-tool counter (the
+# tool's folded name: ``tool_names``).
 COUNTER_PREFIX = "agent:"
 
 
@@ -44,20 +46,21 @@ def rule_label(counter: str) -> str:
 class _Rule:
     config: AgentLimitRule
     servers: re.Pattern[str] | None
-    tools: re.Pattern[str] | None
+    tools: ToolGlobs | None
 
     def covers(self, server: str, tool: str | None) -> bool:
         if self.servers is not None and not self.servers.match(server):
             return False
         if self.tools is None:
             return True
-        return tool is not None and self.tools.match(tool) is not None
+        return tool is not None and self.tools.match(tool)
 
 
 class AgentLimits:
     def __init__(self, rules: Sequence[AgentLimitRule], quotas: QuotasConfig) -> None:
         self._rules = tuple(
-            _Rule(rule, compile_globs(rule.servers), compile_globs(rule.tools)) for rule in rules
+            _Rule(rule, compile_globs(rule.servers), compile_tool_globs(rule.tools))
+            for rule in rules
         )
         self._on_store_failure = quotas.on_store_failure
 
@@ -84,7 +87,8 @@ class AgentLimits:
                 continue
             name = COUNTER_PREFIX + config.name
             if config.per_tool and tool is not None:
-                name += f":{tool}"
+                # One counter for every spelling a lenient server runs as this tool.
+                name += f":{folded(tool)}"
             fail_open = (config.on_store_failure or self._on_store_failure) is (
                 StoreFailure.FAIL_OPEN
             )

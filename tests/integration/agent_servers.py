@@ -126,17 +126,25 @@ SSE_TYPE = "text/event-stream"
 
 
 def _lenient_answer(message: dict[str, Any]) -> dict[str, Any]:
-    """What a lax server makes of one message: methods matched loosely, tools run."""
+    """What a lax server makes of one message: methods and tool names matched loosely,
+    tools run."""
     method = str(message.get("method", "")).strip().lower()
     found = message.get("params")
     params: dict[str, Any] = found if isinstance(found, dict) else {}
     if method == "tools/call":
-        name = str(params.get("name"))
+        name = _resolved(str(params.get("name")))
         LENIENT_CALLS.append(name)
         return {"content": [{"type": "text", "text": f"ran {name}"}]}
     if method == "tools/list":
         return {"tools": [{"name": name, "inputSchema": {"type": "object"}} for name in TOOLS]}
     return {}
+
+
+def _resolved(name: str) -> str:
+    """The tool a lax server runs for a name: matched ignoring case and surrounding
+    whitespace, as some MCP servers and aggregators resolve tool names."""
+    loose = name.strip().casefold()
+    return next((tool for tool in TOOLS if tool.casefold() == loose), name)
 
 
 def _lenient_response(request: Request, payload: bytes, sse: bool) -> Response:

@@ -149,6 +149,23 @@ def test_bobs_deploy_as_a_request_is_refused_as_before(lenient: Lenient) -> None
     assert lenient.calls().count("deploy_production") == before
 
 
+@pytest.mark.parametrize("name", ["DEPLOY_PRODUCTION", "Deploy_Production", " deploy_production"])
+def test_bobs_deploy_under_another_spelling_of_its_name_never_runs(
+    lenient: Lenient, name: str
+) -> None:
+    # The lenient server runs Alice's call of it as deploy_production: another spelling is
+    # the same tool to it, so it must be the same tool to the rules.
+    params = {"name": name, "arguments": {"service": "billing"}}
+    body = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": params}
+    assert lenient.post(TEAM1, body).json()["result"]["content"][0]["text"] == (
+        "ran deploy_production"
+    )
+    before = lenient.calls().count("deploy_production")
+    answer = lenient.post(TEAM2, body)
+    assert answer.status_code == 200 and answer.json()["error"]["code"] == -32003
+    assert lenient.calls().count("deploy_production") == before, "bob's deploy ran"
+
+
 # --- item 2: tool lists in answers the gateway did not read --------------------------------
 
 
