@@ -194,6 +194,11 @@ class AnswerReader:
 
     def _read_message(self, message: Any) -> dict[str, Any] | None:
         if not is_response(message):
+            # Not an answer to JSON-RPC, but one to a Go client, which reads "ID" and
+            # "Result" as "id" and "result": a tool list in it is filtered all the same.
+            lists = self._lists if self._lists is not None else self._any
+            if isinstance(message, dict) and isinstance(lists, ToolListFilter):
+                return lists.filter_stray(message)
             return None
         key = response_id_key(message["id"])
         watch = self._watches.get(key)
@@ -412,43 +417,73 @@ class ToolListFilter:
 
     def filter_stray(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """A tool-list-shaped answer under an id no request has: filtered, not consumed."""
-        result = message.get("result")
-        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+        lists = _tool_lists(message)
+        if not lists:
             return None
         # No answer to the body's requests: the call's outcome stays what their answers said.
-        return self._filtered(message, result, answers_the_call=False)
+        return self._filtered(message, lists, answers_the_call=False)
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        result = message.get("result")
-        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+        lists = _tool_lists(message)
+        if not lists:
             if "error" in message:
                 _record_error(self._call, message)
             return None
-        return self._filtered(message, result, answers_the_call=True)
+        return self._filtered(message, lists, answers_the_call=True)
 
     def _filtered(
-        self, message: dict[str, Any], result: dict[str, Any], *, answers_the_call: bool
+        self, message: dict[str, Any], lists: list[tuple[str, str]], *, answers_the_call: bool
     ) -> dict[str, Any] | None:
-        tools = result["tools"]
-        kept = [
-            tool
-            for tool in tools
-            if isinstance(tool, dict)
-            and isinstance(tool.get("name"), str)
-            and self._allowed(tool["name"])
-        ]
         call = self._call
-        call.tools_listed = (call.tools_listed or 0) + len(kept)
-        call.tools_hidden = (call.tools_hidden or 0) + len(tools) - len(kept)
+        filtered = dict(message)
+        changed = False
+        for result_key, tools_key in lists:
+            result = filtered[result_key]
+            tools = result[tools_key]
+            kept = [tool for tool in tools if self._shown(tool)]
+            call.tools_listed = (call.tools_listed or 0) + len(kept)
+            call.tools_hidden = (call.tools_hidden or 0) + len(tools) - len(kept)
+            if len(kept) == len(tools) and result.get("cacheScope", "private") == "private":
+                continue
+            result = {**result, tools_key: kept}
+            if "cacheScope" in result:
+                # The list now depends on who asked: no shared cache may serve it to another.
+                result["cacheScope"] = "private"
+            filtered[result_key] = result
+            changed = True
         if answers_the_call:
             call.answered(outcome.OK)
-        if len(kept) == len(tools) and result.get("cacheScope", "private") == "private":
-            return None
-        filtered = {**result, "tools": kept}
-        if "cacheScope" in result:
-            # The list now depends on who asked: no shared cache may serve it to another.
-            filtered["cacheScope"] = "private"
-        return {**message, "result": filtered}
+        return filtered if changed else None
+
+    def _shown(self, tool: Any) -> bool:
+        """Whether the caller may see ``tool``: it has a ``name`` it may call, and so does
+        every other spelling of that key in it (``"Name"``), which a Go client reads,
+        the last one winning."""
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            return False
+        return all(
+            isinstance(name, str) and self._allowed(name)
+            for key, name in tool.items()
+            if key.casefold() == "name"
+        )
+
+
+def _tool_lists(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where ``message`` holds a tool list: (result key, tools key) pairs.
+
+    JSON keys are exact, and Python and TypeScript clients read ``result.tools`` only; but
+    Go's ``encoding/json`` (mcp-go, the Go MCP SDK before CVE-2026-27896) matches keys
+    regardless of case, the long s and the Kelvin sign folded, and keeps the last: to
+    such a client ``"Tools"`` or ``"tool\\u017f"`` (under ``"Result"`` too) is the tool list.
+    Every spelling is one, filtered."""
+    found: list[tuple[str, str]] = []
+    for result_key, result in message.items():
+        if result_key.casefold() != "result" or not isinstance(result, dict):
+            continue
+        for tools_key, tools in result.items():
+            if tools_key.casefold() == "tools" and isinstance(tools, list):
+                found.append((result_key, tools_key))
+    return found
 
 
 class ToolCallOutcome:

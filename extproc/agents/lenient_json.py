@@ -12,18 +12,20 @@ list is filtered, and a tool's result with a cut emoji in it still reaches the c
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-# How "tools" can reach a parser: written out, or spelt with an escape (a letter can
+# How "tools" can reach a parser: written out in any case (Go's encoding/json reads
+# "Tools", and "tool\u017f" with a long s, as "tools"), or spelt with an escape (a letter can
 # only be escaped as \uXXXX), or in UTF-16/32 text, whose ASCII has NUL bytes (UTF-8
 # JSON never holds a raw NUL). Bytes with none of these cannot hold a tool list.
-_TOOLS_SPELLINGS = (b"tools", b"\\u", b"\x00")
+_TOOLS_SPELLINGS = re.compile(rb"[Tt][Oo][Oo][Ll](?:[Ss]|\xc5\xbf)|\\u|\x00")
 
 
 def may_hold_tools(data: bytes) -> bool:
-    """Whether ``data`` could hold a ``tools`` key to some parser: a few substring
-    searches instead of a parse, for the answers (most) that hold no tool list."""
-    return any(spelling in data for spelling in _TOOLS_SPELLINGS)
+    """Whether ``data`` could hold a ``tools`` key to some parser: one search instead of
+    a parse, for the answers (most) that hold no tool list."""
+    return _TOOLS_SPELLINGS.search(data) is not None
 
 
 def loads(data: bytes) -> Any:

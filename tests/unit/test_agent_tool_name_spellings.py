@@ -81,7 +81,7 @@ async def test_a_tool_list_hides_a_tool_listed_under_another_spelling(
         [
             request_headers("/mcp", headers=TEAM2),
             request_body(orjson.dumps(request)),
-            response_headers({":status": "200", "content-type": "application/json"}),
+            response_headers(200, {"content-type": "application/json"}),
             response_body(orjson.dumps(answer), end_of_stream=True),
         ],
     )
