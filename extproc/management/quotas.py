@@ -17,7 +17,7 @@ from typing import Any
 from extproc.config.quota_model import HOST_SUBJECT, MAX_LIMIT
 from extproc.hosts import AUTHORITY, request_host
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.script_numbers import script_count, script_limit, script_number
+from extproc.quota.script_numbers import script_count, script_generation, script_limit
 from extproc.quota.store import QuotaStore, generation_field, held_key
 from extproc.store.connection import of_another_type
 
@@ -38,13 +38,17 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # before an error): an overrides hash of another type, or a generation that is no
 # integer, met after the first counters were deleted left a counter deleted with its
 # generation unchanged, so the settlements of requests admitted before the reset
-# came off the usage counted since.
+# came off the usage counted since. A generation is read as the reserve script reads
+# it (one reading, script_numbers.script_generation): HINCRBY's integers, without a
+# leading 0 ('007' passed the check here, then failed HINCRBY after the counters before
+# it were deleted), up to 2^53 - 1 (what the scripts compare exactly).
 _RESET_SCRIPT = """
 for i = 1, #ARGV do
   local generation = redis.call('HGET', KEYS[i * 3 - 1], ARGV[i]) or '0'
-  if not string.match(generation, '^%-?%d+$') or #generation > 18 then
+  if (generation ~= '0' and not string.match(generation, '^%-?[1-9]%d*$'))
+      or math.abs(tonumber(generation)) > 9007199254740991 then
     return redis.error_reply('BADOVERRIDE ' .. KEYS[i * 3 - 1] .. ' holds a reset generation'
-      .. ' that is no integer')
+      .. ' that is no integer up to 2^53 - 1')
   end
 end
 for i = 1, #ARGV do
@@ -235,7 +239,7 @@ class QuotaAdmin:
                     UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")
                 )
             generation = overrides.get(generation_field(limit).encode())
-            if generation is not None and script_number(generation) is None:
+            if generation is not None and script_generation(generation) is None:
                 field = generation_field(limit)
                 unreadable.append(
                     UnreadableKey(overrides_key, f"field {field!r} holds no integer{_WRITTEN}")

@@ -3,9 +3,10 @@
 An operator may write an override or a reset generation by hand (``HSET``), and the
 gauges and ``extproc quota get`` must show the limit the scripts then check requests
 against, or call the value unreadable exactly when the scripts refuse it. The scripts
-read a number with Lua 5.1's ``tonumber`` (C's ``strtod``: ``5e3``, ``5000.0``,
-`` 5000 `` and ``0x1388`` are all 5000) and a count as Redis's ``INCRBY`` does (plain
-decimal digits). Python's ``int()`` and ``float()`` differ both ways: ``int()`` refused
+read an override with Lua 5.1's ``tonumber`` (C's ``strtod``: ``5e3``, ``5000.0``,
+`` 5000 `` and ``0x1388`` are all 5000), and a count and a reset generation as Redis's
+``INCRBY`` does (plain decimal digits: the reset script bumps a generation with
+``HINCRBY``). Python's ``int()`` and ``float()`` differ both ways: ``int()`` refused
 ``5e3``, and ``float()`` took ``5_000``, which Lua refuses.
 """
 
@@ -53,3 +54,11 @@ def script_limit(raw: bytes) -> int | None:
 def script_count(raw: bytes) -> int | None:
     """A counter or held amount as the scripts take it; None for what they refuse."""
     return int(raw) if _COUNT.fullmatch(raw) else None
+
+
+def script_generation(raw: bytes) -> int | None:
+    """A reset generation as every quota script reads it (the reserve and reset scripts
+    alike): an integer as HINCRBY writes it, up to what the scripts compare exactly. None
+    for what they refuse (``1.5``, ``5e3``, ``007``, `` 7 ``)."""
+    count = script_count(raw)
+    return count if count is not None and abs(count) <= MAX_LIMIT else None

@@ -36,7 +36,7 @@
 -- All or nothing: Redis keeps what a script wrote before an error, so every value is
 -- read and checked before the first write. A counter INCRBY could not add to (not an
 -- integer, or past 64 bits), an override that is no integer or a reset generation
--- that is no number, met after the first counters were reserved, left them reserved
+-- that is no integer, met after the first counters were reserved, left them reserved
 -- with no marker and an error for an answer: nothing gave them back until their
 -- windows ended (never, for a lifetime quota). Such a call now fails before it
 -- writes anything.
@@ -79,9 +79,17 @@ for i = 1, n do
     end
   end
   limits[i] = limit
-  generations[i] = tonumber(set[2] or '0')
-  if generations[i] == nil then
-    return refuse('BADOVERRIDE', overrides, 'a reset generation that is no number')
+  -- Read as the reset script reads it, the one way to read it: an integer HINCRBY can
+  -- bump, up to 2^53 - 1. Read with tonumber, '1.5' admitted requests with generation
+  -- 1 (Redis truncates a number it returns) and every settlement, compared with 1.5,
+  -- was dropped: each request stayed charged its whole estimate, and its hold stayed.
+  local generation = set[2] or '0'
+  if generation ~= '0' and not string.match(generation, '^%-?[1-9]%d*$') then
+    return refuse('BADOVERRIDE', overrides, 'a reset generation that is no integer')
+  end
+  generations[i] = tonumber(generation)
+  if math.abs(generations[i]) > 9007199254740991 then
+    return refuse('BADOVERRIDE', overrides, 'a reset generation past 2^53 - 1')
   end
   local cost = tonumber(ARGV[base + 2])
   local kind = ARGV[base + 5]
