@@ -172,6 +172,10 @@ class Denial:
     # tells from them a prompt no hard-capped budget of theirs can ever take, without
     # asking the store again.
     refusals: tuple[Denial, ...] = ()
+    # The enforced hard-capped token budgets that did not refuse, as they stood: one may
+    # still be too small for this prompt (ever, or this period), a refusal that outlasts
+    # the others, which the stage names instead.
+    with_room: tuple[Denial, ...] = ()
 
     @property
     def settled(self) -> int:
@@ -346,6 +350,7 @@ class QuotaStore:
         held = [0] * len(limits)
         denial: Denial | None = None
         refusals: list[Denial] = []
+        with_room: list[Denial] = []
         now = self.now()
         failure: Exception | None = None
         admitted: list[list[tuple[int, Limit]]] = []
@@ -357,11 +362,12 @@ class QuotaStore:
                 failure = failure or _as_error(result)
                 continue
             if int(result[0]) == 0:
-                # Every limit that refused (four values each), in the rules' order: the
+                # Every limit that refused (five values each), in the rules' order: the
                 # 429 names the one whose refusal holds longest (refusal_order), as each
                 # subject's on a cluster: a budget running requests hold frees up in
-                # seconds, one spent not before its window resets.
-                for at in range(1, len(result), 4):
+                # seconds, one spent not before its window resets. Beside them, the
+                # hard-capped budgets that had room.
+                for at in range(1, len(result), 5):
                     index = int(result[at]) - 1
                     found = Denial(
                         group[index][1],
@@ -369,6 +375,9 @@ class QuotaStore:
                         int(result[at + 2]),
                         int(result[at + 3]),
                     )
+                    if int(result[at + 4]) == 0:
+                        with_room.append(found)
+                        continue
                     refusals.append(found)
                     if denial is None or _waits_longer(found, denial, now):
                         denial = found
@@ -398,7 +407,15 @@ class QuotaStore:
             )
             self._queue_undos(lost)
             if denial is not None:
-                return replace(denial, refusals=tuple(refusals))
+                # A subject that admitted the request (on a cluster) tells its hard-capped
+                # budgets as they stood before this request, as a refusing one does.
+                with_room += [
+                    Denial(limits[i], used[i] - reserved[i], effective[i], held[i] - holding[i])
+                    for group in admitted
+                    for i, limit in group
+                    if limit.hard_cap and limit.kind == "t" and limit.enforce
+                ]
+                return replace(denial, refusals=tuple(refusals), with_room=tuple(with_room))
             assert failure is not None
             raise failure
         return Reservation(limits, reserved, used, effective, generations, holding, held)

@@ -350,7 +350,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.reservation = None
         store.release(reservation)
         room = max(1, _least_completion(ctx)) * choices
-        refusal, limit = _capped_refusal(reservation, capped, prompt, store.now(), room)
+        refusal, limit, _ = _capped_refusal(reservation, capped, prompt, store.now(), room)
         # A refusal like the store's: aigw_rate_limited_total counts both.
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
@@ -454,29 +454,71 @@ def _store_refusal(
 ) -> tuple[RateLimitError, Limit]:
     """The 429 for the store's refusal, and the limit it names.
 
-    A prompt that a refusing hard-capped budget could not take even empty gets the
-    "prompt too large" refusal with no ``retry-after``, as when the store admits it and
-    the hard cap refuses it (``_capped_refusal``): told to wait for the period's end, its
-    client came back then to be refused for good. A held budget that would still leave
-    this prompt too little room once the running requests settle refuses as spent."""
+    A prompt that a hard-capped budget could not take even empty gets the "prompt too
+    large" refusal with no ``retry-after``, as when the store admits it and the hard cap
+    refuses it (``_capped_refusal``): told to wait for the period's end, or for another
+    limit's window (a minute's requests) when that budget had room, its client came back
+    then to be refused for good. Of the rest, the refusal that lasts longest for this
+    prompt: a held budget that would still leave it too little room once the running
+    requests settle refuses as spent, and so does a hard-capped budget that had room,
+    but not enough for this prompt, until its period ends."""
     if not cost:  # a count: no prompt to weigh
         return _refusal(denial, now), denial.limit
     prompt = ctx.estimated_prompt_tokens()
     room = max(1, _least_completion(ctx)) * _choices(ctx)
-    never = [
+    refusals = denial.refusals or (denial,)
+    budgets = [
         each
-        for each in denial.refusals or (denial,)
-        if each.limit.hard_cap and each.limit.kind == "t" and each.effective_limit - prompt < room
+        for each in (*refusals, *denial.with_room)
+        if each.limit.hard_cap and each.limit.kind == "t"
     ]
+    never = [each for each in budgets if each.effective_limit - prompt < room]
     if never:
         worst = min(never, key=lambda each: each.effective_limit)
-        return _too_large(worst.limit, worst.effective_limit, 0, prompt, now), worst.limit
+        left = max(0, worst.effective_limit - worst.used)
+        return _too_large(worst.limit, worst.effective_limit, left, prompt, now), worst.limit
     # A capped reservation fills its budget to the token, so this is how a hard-capped
     # budget usually refuses. Told to retry in seconds, the client came back after the
     # running requests settled, to be refused until the period's end: settling only adds
     # to what is spent.
-    spent = _spent_for_this_prompt(ctx, denial)
-    return _refusal(denial, now, spent=spent), denial.limit
+    chosen, wait = denial, _prompt_wait(ctx, denial, now)
+    for each in refusals:
+        # On a tie, the store's choice (the one that resets last) stands.
+        if (each_wait := _prompt_wait(ctx, each, now)) > wait:
+            chosen, wait = each, each_wait
+    refusal = _refusal(chosen, now, spent=_spent_for_this_prompt(ctx, chosen))
+    short = [each for each in denial.with_room if each.effective_limit - each.used - prompt < room]
+    if short:
+        # As the hard cap would refuse this prompt once the other limits let it through:
+        # told first, when it lasts longer, the client is not sent back to meet it.
+        state = _as_reservation(short)
+        capped, limit, capped_wait = _capped_refusal(
+            state, list(range(len(short))), prompt, now, room
+        )
+        if capped_wait > wait:
+            return capped, limit
+    return refusal, chosen.limit
+
+
+def _prompt_wait(ctx: RequestContext, denial: Denial, now: float) -> float:
+    """How long ``denial`` refuses this request: a held budget that would leave this
+    prompt too little room once the running requests settle, until its window resets."""
+    held = denial.only_held and not _spent_for_this_prompt(ctx, denial)
+    return refusal_wait(denial.limit, now, held=held)
+
+
+def _as_reservation(budgets: list[Denial]) -> Reservation:
+    """Budgets the store did not reserve on, as they stood before this request: what
+    ``_capped_refusal`` reads of a reservation (nothing reserved, nothing held by it)."""
+    none = [0] * len(budgets)
+    return Reservation(
+        [each.limit for each in budgets],
+        none,
+        [each.used for each in budgets],
+        [each.effective_limit for each in budgets],
+        none,
+        held=[each.held for each in budgets],
+    )
 
 
 def _spent_for_this_prompt(ctx: RequestContext, denial: Denial) -> bool:
@@ -521,8 +563,9 @@ def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
 
 def _capped_refusal(
     reservation: Reservation, capped: list[int], prompt: int, now: float, room: int = 1
-) -> tuple[RateLimitError, Limit]:
-    """The 429 for a prompt that a hard-capped budget cannot take, and the limit it names.
+) -> tuple[RateLimitError, Limit, float]:
+    """The 429 for a prompt that a hard-capped budget cannot take, the limit it names,
+    and how long it holds.
 
     A budget that has too little left says when it resets (``retry-after``),
     like any other refusal. A prompt that leaves a whole budget less than ``room``
@@ -570,15 +613,16 @@ def _capped_refusal(
         )
         wait = refusal_wait(limit, now, held=True)
         headers = _held_headers(limit, effective, left, wait, now)
-        return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit
+        return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit, wait
     if never:
-        return _too_large(limit, effective, left, prompt, now), limit
+        return _too_large(limit, effective, left, prompt, now), limit, math.inf
     message = (
         f"Token budget nearly used for {subject}: {left} tokens left, not enough for"
         f" this prompt; {_reset_text(limit)}"
     )
     headers = _limit_headers(limit, effective, left, now)
-    return RateLimitError(message, code="insufficient_quota", headers=headers), limit
+    error = RateLimitError(message, code="insufficient_quota", headers=headers)
+    return error, limit, refusal_wait(limit, now, held=False)
 
 
 def _too_large(limit: Limit, effective: int, left: int, prompt: int, now: float) -> RateLimitError:

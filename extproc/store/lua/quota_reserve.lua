@@ -30,8 +30,10 @@
 -- held_1, ...} when admitted (used = after reserving; the generations let a
 -- settlement skip a counter reset since; holding = what this call added to the held
 -- amount, which its settlement takes off again; held = the held amount after it), or
--- {0, index, used, limit, held, ...} naming every enforced limit that refused, in
--- order, each with what running requests held of its usage; nothing is written then.
+-- {0, index, used, limit, held, refused, ...} naming every enforced limit that refused
+-- (refused 1), in order, each with what running requests held of its usage, and beside
+-- them every enforced hard-capped token limit that did not (refused 0); nothing is
+-- written then.
 -- Returns {-1}, writing nothing, when the call was given back before it arrived.
 -- All or nothing: Redis keeps what a script wrote before an error, so every value is
 -- read and checked before the first write. A counter INCRBY could not add to (not an
@@ -63,7 +65,14 @@ local function count(key)
   return tonumber(value)
 end
 local used, limits, generations, held = {}, {}, {}, {}
-local refused = {0}
+local refused, refusals = {0}, 0
+local function refusal(i, current, limit, refusing)
+  refused[#refused + 1] = i
+  refused[#refused + 1] = current
+  refused[#refused + 1] = limit
+  refused[#refused + 1] = held[i]
+  refused[#refused + 1] = refusing
+end
 for i = 1, n do
   local base = 2 + (i - 1) * 8
   local counter, overrides, holding = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
@@ -114,14 +123,18 @@ for i = 1, n do
     if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then
       -- Every refusal, not the first: one a running request holds may pass in seconds,
       -- one spent only when its window resets, and the 429 must name the longest wait.
-      refused[#refused + 1] = i
-      refused[#refused + 1] = current
-      refused[#refused + 1] = limit
-      refused[#refused + 1] = held[i]
+      refusal(i, current, limit, 1)
+      refusals = refusals + 1
+    elseif kind == 't' and ARGV[base + 8] == '1' then
+      -- A hard-capped budget with room: if another limit refuses, the gateway still
+      -- tells from it whether this prompt fits the budget at all, or this period, in
+      -- this one answer. Else the client sat out the other refusal's retry-after only
+      -- to be refused for its prompt's size.
+      refusal(i, current, limit, 0)
     end
   end
 end
-if #refused > 1 then
+if refusals > 0 then
   return refused
 end
 local result = {1}
