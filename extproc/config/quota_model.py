@@ -37,6 +37,13 @@ _HOST_HEADERS = frozenset({"host", AUTHORITY})
 # larger one came back wrong (2**63 - 1 as -2**63 in every x-ratelimit-limit-* header,
 # and a hard cap then refused every prompt). The management API's bound too.
 MAX_LIMIT = 2**53 - 1
+# How long a client refused because running requests hold its token budget is asked to
+# wait (retry-after) by default: their settlements free what they did not use as they end.
+HELD_RETRY_AFTER_S = 5
+# The longest such wait: the openai and anthropic SDKs retry on their own after a
+# retry-after of up to 60 s; past it they use their own short backoff (or, Anthropic's
+# Python client, sleep it whole), so a longer wait would not be the one clients keep.
+MAX_HELD_RETRY_AFTER_S = 60
 
 
 def check_subject(subject: str) -> str:
@@ -148,6 +155,8 @@ class LimitRule(_Section):
     hard_cap: bool = False
     # Default: quotas.on_store_failure.
     on_store_failure: StoreFailure | None = None
+    # Default: quotas.held_retry_after_s.
+    held_retry_after_s: int | None = Field(default=None, ge=1, le=MAX_HELD_RETRY_AFTER_S)
 
     @field_validator("subject")
     @classmethod
@@ -186,6 +195,13 @@ class LimitRule(_Section):
         )
         if all(limit is None for limit in limits):
             raise ValueError("set at least one limit (requests_per_*, tokens_per_*, token_quota)")
+        if self.held_retry_after_s is not None and all(limit is None for limit in limits[4:]):
+            # Only a token budget is held by running requests: a request limit counts each
+            # request once, at admission, and its refusal lasts until its window resets.
+            raise ValueError(
+                "held_retry_after_s is the wait of a token budget that running requests"
+                " hold, and the rule has none: add tokens_per_* or token_quota, or remove it"
+            )
         if self.hard_cap and all(limit is None for limit in limits[4:]):
             # The cap is what the rule's token budgets leave an answer: with request limits
             # alone, every answer went out as uncapped as without it.
@@ -203,6 +219,9 @@ class QuotasConfig(_Section):
     # since a reservation is counted by the same scripts.
     default_max_tokens: int = Field(default=1024, gt=0, le=MAX_LIMIT)
     on_store_failure: StoreFailure = StoreFailure.FAIL_CLOSED
+    # retry-after of a 429 for a token budget that running requests hold; a rule's own
+    # held_retry_after_s overrides it.
+    held_retry_after_s: int = Field(default=HELD_RETRY_AFTER_S, ge=1, le=MAX_HELD_RETRY_AFTER_S)
 
     @model_validator(mode="after")
     def _unique_rules(self) -> QuotasConfig:

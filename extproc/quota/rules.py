@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from extproc.config.quota_model import (
+    HELD_RETRY_AFTER_S,
     HOST_SUBJECT,
     LimitRule,
     QuotaMode,
@@ -63,6 +64,9 @@ class Limit:
     fail_open: bool
     time_zone: str
     hard_cap: bool = False
+    # retry-after, in seconds, of a refusal by this token budget while running requests
+    # hold what it lacks (quotas.held_retry_after_s, or the rule's own).
+    held_retry_after: int = HELD_RETRY_AFTER_S
 
     @property
     def is_quota(self) -> bool:
@@ -167,6 +171,7 @@ class RuleSet:
         config = self._config
         enforce = rule.mode is QuotaMode.ENFORCE
         fail_open = (rule.on_store_failure or config.on_store_failure) is StoreFailure.FAIL_OPEN
+        held_wait = rule.held_retry_after_s or config.held_retry_after_s
         # header:<name> keeps the header name: its values are a namespace of their own.
         subject_kind = rule.subject
         limits: list[Limit] = []
@@ -176,7 +181,7 @@ class RuleSet:
                 window = window_for(window_kind, now)
                 limits.append(
                     Limit(rule.name, subject_kind, subject, counter, unit, value, window,
-                          enforce, fail_open, "UTC", rule.hard_cap)
+                          enforce, fail_open, "UTC", rule.hard_cap, held_wait)
                 )  # fmt: skip
         quota = rule.token_quota
         if quota is not None:
@@ -190,7 +195,7 @@ class RuleSet:
             window = window_for(_PERIODS[quota.period.value], period, zone)
             limits.append(
                 Limit(rule.name, subject_kind, subject, "token_quota", "t", quota.limit, window,
-                      enforce, fail_open, zone, rule.hard_cap)
+                      enforce, fail_open, zone, rule.hard_cap, held_wait)
             )  # fmt: skip
         return limits
 

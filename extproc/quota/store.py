@@ -80,9 +80,6 @@ CALL_MEMORY_S = 30
 # requests running never settles them, and their reservations would otherwise be told
 # apart as held (a short wait) until the window ends; after this, they count as used.
 HELD_MEMORY_S = 3600
-# How long a client refused because running requests hold its budget is asked to wait
-# (``retry-after``): their settlements free what they did not use as they end.
-HELD_RETRY_AFTER_S = 5
 
 
 @dataclass(slots=True)
@@ -195,11 +192,12 @@ class Denial:
 
 def refusal_wait(limit: Limit, now: float, *, held: bool) -> float:
     """How long a refusal by ``limit`` holds, as far as the gateway can tell: until its
-    window resets (forever, for a lifetime quota), or a few seconds when what running
-    requests hold is all that stands in the way (``held``)."""
+    window resets (forever, for a lifetime quota), or the limit's held wait (a few seconds,
+    ``quotas.held_retry_after_s``) when what running requests hold is all that stands in
+    the way (``held``)."""
     left = limit.window.seconds_left(now)
     until_reset = math.inf if left is None else left
-    return min(HELD_RETRY_AFTER_S, until_reset) if held else until_reset
+    return min(limit.held_retry_after, until_reset) if held else until_reset
 
 
 _SCRIPTS = ("reserve", "settle", "undo")

@@ -24,10 +24,11 @@ from prometheus_client.core import Metric
 
 from extproc.config.loader import parse_config
 from extproc.config.metrics_model import QuotaGaugesConfig
+from extproc.config.quota_model import HELD_RETRY_AFTER_S
 from extproc.management.quotas import QuotaAdmin
 from extproc.processor import Processor
 from extproc.quota.rules import RuleSet
-from extproc.quota.store import HELD_RETRY_AFTER_S, QuotaStore, Reservation
+from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.telemetry.metrics import GatewayMetrics

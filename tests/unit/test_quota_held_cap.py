@@ -17,8 +17,9 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc.config.quota_model import HELD_RETRY_AFTER_S
 from extproc.processor import Processor
-from extproc.quota.store import HELD_RETRY_AFTER_S, QuotaStore
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.test_quota_held import (
