@@ -166,6 +166,15 @@ class QuotaStage:
             # took one of the subject's requests_per_* and its valid requests got 429s.
             store.release(reservation)
             return
+        if ctx.aborted and not ctx.request_released:
+            # The client left before Envoy took the gateway's go-ahead (its answer to the
+            # body was being written when the stream closed): no provider saw the request,
+            # so all goes back, as for a client gone while its reservation was on its way
+            # (CoalescingCaller's give-back). Its tokens were given back before, but its
+            # request stayed counted: a client timing out there used up its key's
+            # requests_per_minute with requests that never reached a provider.
+            store.release(reservation)
+            return
         # Failover attempts cut after their provider started answering, billed beside
         # the answer (cut_answer); none on almost every request.
         cut = sum(each.usage.total_tokens for each in ctx.cut_attempts) if ctx.cut_attempts else 0
