@@ -20,7 +20,8 @@
 --                 estimate, whole, and holds it until the request settles. Under a
 --                 hard cap, min(cost, what remains): the gateway then lowers the
 --                 answer's allowance to fit, so what remains is the most the
---                 request can use.
+--                 request can use, and every token limit of the call reserves no more
+--                 than the least that its enforced hard-capped limits have left.
 -- A token limit without a hard cap reserved min(cost, what remains) too, and so held
 -- less than the request crossing the budget would use: an earlier request's
 -- settlement under its estimate then freed room that was not there, and the next
@@ -139,14 +140,29 @@ if refusals > 0 then
 end
 local result = {1}
 local holding = {}
+-- The most a hard cap leaves the request: the least that an enforced hard-capped budget
+-- has left. The gateway lowers the answer's allowance to fit it, so the request can use
+-- no more of any budget: every token limit reserves at most that. Reserving its whole
+-- estimate on the others, a capped request (Claude Code's max_tokens of 32,000 under a
+-- user's daily cap with 1,000 left) held 32,000 of its group's monthly quota while it
+-- ran, and the group's other requests were refused as held by running requests.
+local most = nil
+for i = 1, n do
+  local base = 2 + (i - 1) * 8
+  if ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1' then
+    local left = limits[i] - used[i]
+    if most == nil or left < most then
+      most = left
+    end
+  end
+end
 for i = 1, n do
   local base = 2 + (i - 1) * 8
   local counter = KEYS[i * 3 - 1]
   local cost = tonumber(ARGV[base + 2])
   local reserve = cost
-  local capped = ARGV[base + 4] == '1' and ARGV[base + 5] == 't' and ARGV[base + 8] == '1'
-  if capped and used[i] + cost > limits[i] then
-    reserve = limits[i] - used[i]
+  if ARGV[base + 5] == 't' and most ~= nil and most < cost then
+    reserve = math.max(most, 0)
   end
   local after = redis.call('INCRBY', counter, reserve)
   if redis.call('TTL', counter) < 0 then

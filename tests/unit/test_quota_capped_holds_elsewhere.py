@@ -1,0 +1,85 @@
+"""A request a hard cap caps holds no more of its other budgets than the cap lets it use.
+
+Key team1 is user alice of group engineering. Alice has a hard-capped daily budget; the
+group a monthly quota without a cap. A Claude Code request (``max_tokens: 32000``) with
+1,000 tokens left of Alice's day is capped to fit them: it can use no more. Yet the group's
+quota reserved its whole estimate, 32,006 tokens, and held it while the request ran: the
+group's other members met "held by running requests" 429s and a remaining-tokens header
+32,006 lower, for tokens no running request could use. Now every token limit of the request
+reserves at most what its tightest enforced hard-capped budget had left, in the same script.
+
+Against a real Valkey, through the processor.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from extproc.config.loader import parse_config
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.conftest import MemoryLog
+from tests.unit.test_quota_held import Call, _answer
+
+GATEWAY = Path("config/gateway.yaml").read_text(encoding="utf-8")
+GATEWAY = GATEWAY.replace("\nstore:\n", "\nstore:\n  timeout_ms: 4000\n", 1)
+CONFIG = GATEWAY + (
+    """
+quotas:
+  rules:
+    - {name: alice-day, subject: user, tokens_per_day: 1000, hard_cap: true}
+    - {name: team-month, subject: group, token_quota: {limit: 100000, period: calendar_month}}
+    - {name: shadow-month, subject: api_key, mode: shadow, token_quota: {limit: 50000}}
+"""
+)
+
+
+def _processor(store: QuotaStore) -> Processor:
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=store)
+    runtime = Runtime(parse_config(CONFIG, "gateway.yaml", {}), services)
+    return Processor(lambda: runtime, default_stages())
+
+
+async def _held(store: QuotaStore) -> tuple[int, int, int]:
+    """What running requests hold of alice's day, the group's month and the key's shadow
+    month."""
+    month = f"cm:{datetime.now(UTC):%Y-%m}@UTC"
+    keys = [
+        f"test:q:{{user:alice}}:alice-day:t:d:{int(store.now() // 86400)}:held",
+        f"test:q:{{group:engineering}}:team-month:t:{month}:held",
+        f"test:q:{{api_key:team1}}:shadow-month:t:{month}:held",
+    ]
+    day, month_held, shadow = [int(await store._client.get(key) or 0) for key in keys]
+    return day, month_held, shadow
+
+
+async def test_a_capped_request_holds_of_every_budget_only_what_the_cap_lets_it_use(
+    quota_store: QuotaStore,
+) -> None:
+    processor = _processor(quota_store)
+    call = Call(processor)  # max_tokens 32,000: estimated at 32,006
+    assert await call.admitted()
+    # Before: (1000, 32006, 32006).
+    assert await _held(quota_store) == (1000, 1000, 1000)
+    # The request's answer is capped to the 1,000 left less its prompt.
+    assert call.answers[1].request_body.response.body_mutation.body
+    await call.finish(_answer(700))
+    await quota_store.flush()
+    assert await _held(quota_store) == (0, 0, 0)
+    counter = f"test:q:{{group:engineering}}:team-month:t:cm:{datetime.now(UTC):%Y-%m}@UTC"
+    assert int(await quota_store._client.get(counter)) == 700
+
+
+async def test_without_a_cap_in_reach_each_budget_holds_the_whole_estimate(
+    quota_store: QuotaStore,
+) -> None:
+    """A request the cap leaves room for is not capped: it may use its whole estimate."""
+    processor = _processor(quota_store)
+    call = Call(processor, 500)
+    assert await call.admitted()
+    assert await _held(quota_store) == (506, 506, 506)
+    await call.finish(_answer(300))
