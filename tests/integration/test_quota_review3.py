@@ -33,7 +33,10 @@ from tests.integration.conftest import (
 )
 
 ADMIN_TOKEN = "quota-review3-admin-token"
-KEYS = {name: f"{name}-review3-secret" for name in ("monthly", "life", "minute", "hourly", "mia")}
+KEYS = {
+    name: f"{name}-review3-secret"
+    for name in ("monthly", "life", "minute", "hourly", "mia", "capped")
+}
 USERS = {"mia": "mia"}
 QUOTAS = """
 quotas:
@@ -47,6 +50,9 @@ quotas:
     - {name: hourly-tiny, subject: api_key, match: hourly, tokens_per_hour: 10}
     - {name: users-weekly, subject: user, token_quota: {limit: 100000, period: calendar_week}}
     - {name: users-daily, subject: user, token_quota: {limit: 100000, period: calendar_day}}
+    - {name: capped-minute, subject: api_key, match: capped, requests_per_minute: 1}
+    - {name: capped-life, subject: api_key, match: capped, hard_cap: true,
+       token_quota: {limit: 100, period: lifetime}}
 """
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "count me"}]
 
@@ -156,6 +162,35 @@ def test_a_minutes_refusal_is_still_retried_after_retry_after(stack: LocalStack)
     assert refusal.status_code == 429
     assert 1 <= int(refusal.headers["retry-after"]) <= 60
     assert "x-should-retry" not in refusal.headers
+
+
+def test_a_prompt_too_large_for_a_capped_budget_is_not_sent_back_after_a_minute(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key's one request a minute is used and its hard-capped budget has tokens left,
+    but not room for this prompt, ever: before, the 429 named the minute's limit, and the
+    `openai` client slept its `retry-after` (up to 60 s) and retried, twice, to be refused
+    for the prompt's size in the end."""
+    assert chat(stack, "capped").status_code == 200
+
+    def sleep(seconds: float) -> None:
+        raise SleptBeforeRetryError(f"the client was told to sleep {seconds:.0f} s before retrying")
+
+    monkeypatch.setattr("openai._base_client.time.sleep", sleep)
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEYS["capped"])
+    before = refusals_counted(stack, "capped-life")
+
+    with pytest.raises(RateLimitError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "word " * 120}],  # 150 tokens and more
+        )
+
+    assert refused.value.code == "insufficient_quota"
+    assert "Prompt too large for the token budget of api_key 'capped'" in refused.value.message
+    assert "retry-after" not in refused.value.response.headers
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert refusals_counted(stack, "capped-life") == before + 1
 
 
 # --- calendar counters across a reload (docs/quotas.md, "Changing rules") -------------
