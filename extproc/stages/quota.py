@@ -741,9 +741,9 @@ def _held_headers(
     headers["retry-after"] = str(retry)
     # When tokens may be free again, as `retry-after` says: the window's own reset is
     # no later than that for a client, and a client pacing itself by these headers
-    # alone (no `retry-after`) would otherwise wait until the month's end.
-    for name in [name for name in headers if name.startswith("x-ratelimit-reset-")]:
-        headers[name] = openai_duration(retry)
+    # alone (no `retry-after`) would otherwise wait until the month's end. A lifetime
+    # quota's window never resets, and its held refusal had no reset header at all.
+    headers["x-ratelimit-reset-tokens"] = openai_duration(retry)
     headers.pop("x-should-retry", None)
     return headers
 

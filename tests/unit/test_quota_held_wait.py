@@ -79,6 +79,9 @@ async def test_a_rules_own_wait_is_the_retry_after_of_its_held_budget(
     assert "(rule 'agents') held by running requests" in message
     # Before: retry-after 5, whatever the requests holding the budget are.
     assert headers["retry-after"] == "45"
+    # A lifetime quota never resets, but its held tokens may be free again by then: a
+    # client pacing itself by these headers reads the same wait (before: no header).
+    assert headers["x-ratelimit-reset-tokens"] == "45s"
     assert "x-should-retry" not in headers  # the SDKs wait it out and retry on their own
 
 
