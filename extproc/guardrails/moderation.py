@@ -115,43 +115,36 @@ class ModerationClient:
             return []
         if len(calls) == 1:
             return _named([await self._results(*calls[0])])
-        results, refused = await self._side_by_side(calls)
+        results, failed = await self._side_by_side(calls)
         named = _named(results)
-        if refused is not None and not named:
+        if failed and not named:
             # Part of the request could not be checked, and the rest passed.
-            raise refused
+            raise _first_error(failed)
         return named
 
     async def _side_by_side(
         self, calls: list[tuple[list[Any], str]]
-    ) -> tuple[list[_Found], ModerationError | None]:
-        """Each call's findings, and the first input the service refused (if any): a
-        refused input does not stop the other calls, whose verdict stands (else an image
-        it cannot fetch, sent beside any text, let the text through unread wherever the
-        guard fails open)."""
+    ) -> tuple[list[_Found], list[ModerationError]]:
+        """Each call's findings, and the errors of the calls that failed: a failed call
+        (an input refused, an error status, no answer in time) does not stop the others,
+        whose verdict stands. Else an image it cannot fetch, or one whose URL answers too
+        slowly for the service, sent beside a flagged text, had the text let through
+        unread wherever the guard fails open, and refused as an outage where it fails
+        closed, the client never told why."""
         limit = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
-        refusals: list[ModerationError] = []
+        failed: list[ModerationError] = []
 
         async def one(inputs: list[Any], kind: str) -> _Found:
             async with limit:
                 try:
                     return await self._results(inputs, kind)
                 except ModerationError as exc:
-                    if exc.input_refused is None:
-                        raise
-                    refusals.append(exc)
+                    failed.append(exc)
                     return set(), kind
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(*call)) for call in calls]
-        except BaseExceptionGroup as failed:
-            # A call that failed says why; the others were cancelled with it.
-            errors = _leaves(failed)
-            if not all(isinstance(exc, ModerationError) for exc in errors):
-                raise
-            raise _first_error(errors) from None
-        return [task.result() for task in tasks], (refusals[0] if refusals else None)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(*call)) for call in calls]
+        return [task.result() for task in tasks], failed
 
     async def _results(self, inputs: list[Any], kind: str) -> _Found:
         """One call: the categories each of its results violates, with ``kind``."""
@@ -285,18 +278,13 @@ def _refusal(status: int, code: str | None) -> ModerationError:
     return ModerationError(f"refused the input ({said})", input_refused=said)
 
 
-def _first_error(failed: list[BaseException]) -> ModerationError:
-    """The error to report of several calls': a rate limit (its wait) first, then any."""
-    errors = [exc for exc in failed if isinstance(exc, ModerationError)]
-    limited = [exc for exc in errors if exc.retry_after is not None]
-    return (limited or errors)[0]
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return found
+def _first_error(failed: list[ModerationError]) -> ModerationError:
+    """The error to report of several calls': a rate limit (its wait) first, then an
+    outage (the operator's to mend, which the client's changes would not cure), then an
+    input the service refused."""
+    limited = [exc for exc in failed if exc.retry_after is not None]
+    outages = [exc for exc in failed if exc.input_refused is None]
+    return (limited or outages or failed)[0]
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> int:

@@ -230,12 +230,20 @@ def _cannot_check(ctx: RequestContext, guard: GuardConfig, error: GuardrailRejec
     outage, but a guard failing closed answers a 400 rather than a 503, which SDKs retry
     although the same request meets the same refusal. True when it passes (the caller
     records ``fail_open`` once it has checked what it can)."""
-    mode = _failure_mode(ctx, guard)
-    log.warning("guardrail %s (request) cannot check the input: %s; %s", guard.name, error, mode)
-    if mode is FailureMode.FAIL_OPEN:
+    if _passes_unchecked(ctx, guard, error):
         return True
     record(ctx, guard.name, "request", "fail_closed")
     raise error
+
+
+def _passes_unchecked(
+    ctx: RequestContext, guard: GuardConfig, error: GuardrailRejectedError
+) -> bool:
+    """Whether ``failure_mode`` lets through what the guard cannot check (``error`` says
+    what), logged either way for the operator."""
+    mode = _failure_mode(ctx, guard)
+    log.warning("guardrail %s (request) cannot check the input: %s; %s", guard.name, error, mode)
+    return mode is FailureMode.FAIL_OPEN
 
 
 def _refused_input(guard: GuardConfig, said: str) -> GuardrailRejectedError:
@@ -425,39 +433,57 @@ class GuardRequestStage:
             urls: tuple[str, ...] = ()
             # Set when part of the request passes unchecked (failure_mode allowing it).
             unchecked = False
+            # Failing closed, what the guard cannot check refuses the request once the
+            # rest is read: a flagged part is the refusal the client learns, not "send
+            # the image otherwise" and then, resent so, the real one.
+            cannot: GuardrailRejectedError | None = None
             if client.config.reads_images:
                 images = _request_images(ctx) if images is None else images
                 seen = [image for image in images if image.role in roles]
                 unreadable = next((i.unreadable for i in seen if i.unreadable is not None), None)
                 if unreadable is not None:
                     # Let through unread, a client could move any image past the guard by
-                    # giving it so: it is a request the guard cannot check. The rest is
-                    # still checked where failure_mode lets the image pass.
-                    unchecked = _cannot_check(ctx, guard, _unreadable_image(guard, unreadable))
+                    # giving it so: it is a request the guard cannot check.
+                    error = _unreadable_image(guard, unreadable)
+                    unchecked = _passes_unchecked(ctx, guard, error)
+                    cannot = None if unchecked else error
                 # One call per image: the same image twice (a history sent back) once.
                 urls = tuple(dict.fromkeys(i.url for i in seen if i.url is not None))
                 most = client.config.max_images
                 if len(urls) > most:
-                    # Failing open, the first are still checked, the rest pass unread.
+                    # The first are checked, the rest pass unread or refuse the request.
                     error = _too_many_images(guard, len(urls), most)
-                    unchecked = _cannot_check(ctx, guard, error) or unchecked
+                    if _passes_unchecked(ctx, guard, error):
+                        unchecked = True
+                    elif cannot is None:
+                        cannot = error
                     urls = urls[:most]
             try:
                 async with asyncio.timeout_at(deadline):
                     violated = await client.violations(texts, urls)
-            except ModerationError as exc:
-                if exc.input_refused is not None:
-                    _cannot_check(ctx, guard, _refused_input(guard, exc.input_refused))
+            except (ModerationError, TimeoutError) as exc:
+                failed = exc if isinstance(exc, ModerationError) else None
+                why = _OUT_OF_TIME if failed is None else str(failed)
+                if cannot is not None:
+                    # Refused either way: by what the client can change, below.
+                    log.warning("guardrail %s (request) failed: %s", guard.name, why)
+                    violated = []
+                elif failed is not None and failed.input_refused is not None:
+                    _cannot_check(ctx, guard, _refused_input(guard, failed.input_refused))
                     record(ctx, guard.name, "request", "fail_open")
                     continue
-                _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
-                continue
-            except TimeoutError:
-                _unavailable(ctx, guard, "request", _OUT_OF_TIME)
-                continue
+                else:
+                    wait = None if failed is None else failed.retry_after
+                    _unavailable(ctx, guard, "request", why, wait)
+                    continue
             if violated:
                 record(ctx, guard.name, "request", "reject")
                 raise _refusal(guard, f": flagged for {', '.join(violated)}")
+            if cannot is not None:
+                # Nothing flagged (or nothing more could be read): what the client can
+                # change, the part the guard cannot check, is the refusal.
+                record(ctx, guard.name, "request", "fail_closed")
+                raise cannot
             record(ctx, guard.name, "request", "fail_open" if unchecked else "pass")
         _enrich(ctx, guards)
         ask_to_drop_changed_thinking(ctx, guards, out)
