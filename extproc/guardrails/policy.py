@@ -24,6 +24,9 @@ _ERROR_TYPES = {
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    # The gateway's own 502s name it so (errors.UpstreamError): a guard refusing an answer
+    # is trouble on the answer's side, no outage.
+    502: "upstream_error",
 }
 
 

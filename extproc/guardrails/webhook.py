@@ -17,12 +17,12 @@ shapes, a MaskAction with another count, a timeout, a refused connection) is a
 ``WebhookError``, which the guard turns into its ``failure_mode``. A 400, 413 or 422
 is the webhook refusing what it was sent (too large, a shape it does not take), as a
 moderation service's is: the error says so (``input_refused``, the status alone: the
-webhook's body may quote the text), and a request guard failing closed tells the
-client not to retry. A 429 is the
-webhook's own rate limit: its error carries when the webhook says to retry (read
-by the moderation client's parser), so a guard that fails closed tells the client
-the same. A MaskAction replaces text only: the roles the gateway sent stay (a
-webhook cannot turn a client's message into a system prompt).
+webhook's body may quote the text), and a guard failing closed tells the client not to
+retry (a request's 400, an answer's 502: the stage's ``_refused_input`` and
+``_refused_answer``). A 429 is the webhook's own rate limit: its error carries when
+the webhook says to retry (read by the moderation client's parser), so a guard that
+fails closed tells the client the same. A MaskAction replaces text only: the roles the
+gateway sent stay (a webhook cannot turn a client's message into a system prompt).
 """
 
 from __future__ import annotations

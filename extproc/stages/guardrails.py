@@ -204,11 +204,17 @@ Dropper = Callable[[dict[str, Any]], set[int] | None]
 
 
 def _unavailable(
-    ctx: RequestContext, guard: GuardConfig, phase: str, why: str, retry_after: int | None = None
+    ctx: RequestContext,
+    guard: GuardConfig,
+    phase: str,
+    why: str,
+    retry_after: int | None = None,
+    refusal: GuardrailRejectedError | None = None,
 ) -> None:
     """A webhook or moderation call failed: pass or refuse, as the guard's endpoint says.
 
-    ``retry_after`` is set when the service refused for its own rate limit (its 429)."""
+    ``retry_after`` is set when the service refused for its own rate limit (its 429);
+    ``refusal``, what the client gets failing closed when the failure is no outage."""
     mode = _failure_mode(ctx, guard)
     log.warning("guardrail %s (%s) failed: %s; %s", guard.name, phase, why, mode)
     if mode is FailureMode.FAIL_OPEN:
@@ -217,6 +223,8 @@ def _unavailable(
     record(ctx, guard.name, phase, "fail_closed")
     if retry_after is not None:
         raise _rate_limited(guard, retry_after)
+    if refusal is not None:
+        raise refusal
     raise GuardrailRejectedError(
         f"Guardrail '{guard.name}' is unavailable; try again shortly",
         503,
@@ -252,6 +260,31 @@ def _refused_input(guard: GuardConfig, said: str) -> GuardrailRejectedError:
         f"refused the input ({said}), as it would again",
         400,
         code="guardrail_input_refused",
+    )
+
+
+def _refused_answer(
+    guard: GuardConfig, error: WebhookError, *, streamed: bool
+) -> GuardrailRejectedError | None:
+    """A response webhook that refused to read the answer (its 400, 413 or 422: an answer
+    too large for it, a shape it does not take); None for any other failure.
+
+    No 400: the answer is the provider's, which the client did not write. Nor the 503
+    ``guardrail_unavailable`` of an outage, which the webhook is not in, and which SDKs
+    retried twice, each retry an answer generated, charged and most likely refused the
+    same way (a model's next answer is as long). A 502, as for an answer the gateway
+    cannot read (``encoding_not_guarded``), marked not to be retried; the client may
+    still ask again, for a shorter answer. The webhook's body is never quoted: it may
+    quote the answer."""
+    if error.input_refused is None:
+        return None
+    what = "rest of the answer" if streamed else "answer"
+    return GuardrailRejectedError(
+        f"Guardrail '{guard.name}' cannot check the model's answer: its webhook refused to "
+        f"read it ({error.input_refused}); the {what} is withheld",
+        502,
+        code="guardrail_answer_refused",
+        headers={"x-should-retry": "false"},
     )
 
 
@@ -997,7 +1030,8 @@ class GuardResponseStage:
                         [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
                     )
             except WebhookError as exc:
-                _unavailable(ctx, guard, "response", str(exc), exc.retry_after)
+                refused = _refused_answer(guard, exc, streamed=False)
+                _unavailable(ctx, guard, "response", str(exc), exc.retry_after, refused)
                 continue
             except TimeoutError:
                 _unavailable(ctx, guard, "response", _OUT_OF_TIME)
@@ -1052,13 +1086,12 @@ class GuardResponseStage:
                         texts, client.headers_for(_forwardable(ctx))
                     )
             except (WebhookError, TimeoutError) as exc:
-                why, retry_after = (
-                    (str(exc), exc.retry_after)
-                    if isinstance(exc, WebhookError)
-                    else (_OUT_OF_TIME, None)
-                )
+                failed = exc if isinstance(exc, WebhookError) else None
+                why = _OUT_OF_TIME if failed is None else str(failed)
+                retry_after = None if failed is None else failed.retry_after
+                refused = None if failed is None else _refused_answer(guard, failed, streamed=True)
                 try:
-                    _unavailable(ctx, guard, "response", why, retry_after)
+                    _unavailable(ctx, guard, "response", why, retry_after, refused)
                 except GuardrailRejectedError as refused:
                     state.ended = True
                     out.body = self._stream_error(ctx, refused)

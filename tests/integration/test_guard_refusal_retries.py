@@ -8,7 +8,8 @@ for it; now the refusal says ``x-should-retry: false`` and the webhook is asked 
 
 A webhook that refuses the prompt itself with HTTP 413 (too large for it) was a 503
 ``guardrail_unavailable`` the SDKs retried twice for the same refusal; it is now a 400
-``guardrail_input_refused``, as a moderation service's refusal is, asked once.
+``guardrail_input_refused``, as a moderation service's refusal is, asked once. A response
+webhook refusing to read the answer so is a 502 ``guardrail_answer_refused``, asked once.
 
 The webhook is a stand-in written here; the provider is the mock.
 """
@@ -62,15 +63,18 @@ def refusing_config(port: int) -> dict[str, Any]:
         {"name": f"s{s}", "host": "127.0.0.1", "port": port, "request_path": f"/s{s}/request"}
         for s in (503, 429)
     ] + [{"name": "h413", "host": "127.0.0.1", "port": port, "request_path": "/h413/request"}]
+    # A response webhook refusing to read every answer with its own 413.
+    answers = {"name": "h413r", "host": "127.0.0.1", "port": port, "response_path": "/h413/r"}
     raw["guardrails"] = {
-        "webhooks": hooks,
+        "webhooks": [*hooks, answers],
         "policies": [
             {"name": h["name"], "request": [{"name": "topic", "webhook": h["name"]}]} for h in hooks
-        ],
+        ]
+        + [{"name": "h413r", "response": [{"name": "answers", "webhook": "h413r"}]}],
     }
     raw["routes"] += [
         {"name": f"refuse-{h['name']}", "path_prefix": f"/{h['name']}", "guardrails": h["name"]}
-        for h in hooks
+        for h in [*hooks, answers]
     ] + [
         {
             "name": "refuse-anthropic",
@@ -138,4 +142,25 @@ def test_a_prompt_the_webhook_refuses_as_too_large_is_a_400_asked_once(
         " (HTTP 413), as it would again"
     )
     assert "secret plan" not in refused.value.response.text
+    assert Refusing.calls == {413: 1}
+
+
+def test_an_answer_the_webhook_refuses_to_read_is_a_502_asked_once(
+    refusing_stack: LocalStack,
+) -> None:
+    """Not the client's fault (no 400), no outage (no 503, which the SDK retried twice,
+    each retry an answer generated and charged for the same refusal)."""
+    Refusing.calls.clear()
+    client = openai.OpenAI(base_url=f"{refusing_stack.base_url}/h413r/v1", api_key=KEY)
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
+    assert refused.value.status_code == 502
+    assert refused.value.code == "guardrail_answer_refused"
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "Guardrail 'answers' cannot check the model's answer: its webhook refused to read it"
+        " (HTTP 413); the answer is withheld"
+    )
+    assert refused.value.response.headers["x-should-retry"] == "false"
     assert Refusing.calls == {413: 1}

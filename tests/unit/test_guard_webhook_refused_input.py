@@ -19,10 +19,17 @@ import pytest
 from aiohttp import web
 
 from extproc.testing import response_body, response_headers
+from tests.unit.guard_helpers import openai_chunk, openai_stream_text
 from tests.unit.test_guard_flow import Gateway, chat, immediate
-from tests.unit.test_guard_webhook_rate_limit import ANSWER, HOOK_TOKEN, webhooked
+from tests.unit.test_guard_webhook_rate_limit import (
+    ANSWER,
+    DONE,
+    HOOK_TOKEN,
+    shown_headers,
+    webhooked,
+)
 from tests.unit.test_guardrail_gaps import messages_body
-from tests.unit.test_guardrail_review import Hook, serving
+from tests.unit.test_guardrail_review import Hook, serving, stream_through
 
 PROMPT = "the quarterly numbers of project falcon"
 
@@ -99,18 +106,106 @@ async def test_other_client_errors_of_the_webhook_stay_an_outage(status: int) ->
     assert (code, body["error"]["code"]) == (503, "guardrail_unavailable")
 
 
-async def test_a_response_webhook_refusing_the_answer_stays_unavailable() -> None:
-    """What it refused is the provider's answer, not the client's input: the client
-    cannot change it, and a new attempt gets a new answer (docs/guardrails.md)."""
-    hook = Hook(lambda _: web.Response(status=413, text="answer too large"))
+# --- a response webhook refusing to read the answer ----------------------------------------
+
+REFUSED_ANSWER = (
+    "Guardrail 'civility-guard' cannot check the model's answer: its webhook refused to "
+    "read it (HTTP {status}); the {what} is withheld"
+)
+
+
+async def refuse_answer(status: int, *, route: str = "openai-chat", mode: str = "fail_closed",
+                        path: str = "/v1/chat/completions", body: bytes | None = None,
+                        answer: bytes | None = None) -> tuple[Gateway, Any, Hook]:  # fmt: skip
+    hook = Hook(lambda _: web.Response(status=status, text="answer too large: code 1234"))
+    async with serving(hook.handle) as port:
+        gateway = Gateway(webhooked(port, phase="response", route=route, mode=mode))
+        answers = await gateway.send(
+            path,
+            body if body is not None else chat(PROMPT),
+            response_headers(200),
+            response_body(answer if answer is not None else orjson.dumps(ANSWER)),
+        )
+    return gateway, answers[-1], hook
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+async def test_a_response_webhook_refusing_the_answer_says_so_and_is_not_retried(
+    status: int,
+) -> None:
+    """What it refused is the provider's answer, not the client's input, so no 400; nor is
+    its webhook unavailable, as the 503 said, which SDKs retried twice, each retry an
+    answer generated, charged and refused again. A 502 naming what happened, not retried."""
+    gateway, answer, hook = await refuse_answer(status)
+    code, body = immediate(answer)
+    assert code == 502
+    assert body["error"] == {
+        "message": REFUSED_ANSWER.format(status=status, what="answer"),
+        "type": "upstream_error",
+        "param": None,
+        "code": "guardrail_answer_refused",
+    }
+    assert shown_headers(answer)["x-should-retry"] == "false"
+    line = gateway.log()
+    assert (line["http_status_code"], line["error_message"]) == (502, body["error"]["message"])
+    assert line["guardrails"] == [
+        {"guard": "civility-guard", "phase": "response", "action": "fail_closed"}
+    ]
+    # The provider wrote the answer: charged, as any refused answer is.
+    assert line["completion_tokens"] == 3
+    # Neither the answer nor the webhook's body (it quotes it) reach the client or the log.
+    shown = orjson.dumps([body, line]).decode()
+    assert "1234" not in shown and "too large" not in shown
+    assert len(hook.calls) == 1
+
+
+async def test_anthropic_clients_get_an_api_error_for_a_refused_answer() -> None:
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+              "content": [{"type": "text", "text": "code 1234"}], "stop_reason": "end_turn",
+              "usage": {"input_tokens": 5, "output_tokens": 3}}  # fmt: skip
+    _, reply, _ = await refuse_answer(
+        413,
+        route="anthropic-messages",
+        path="/v1/messages",
+        body=messages_body({"type": "text", "text": "hi"}),
+        answer=orjson.dumps(answer),
+    )
+    code, body = immediate(reply)
+    assert code == 502
+    assert body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": REFUSED_ANSWER.format(status=413, what="answer")},
+    }
+
+
+async def test_a_refused_answer_failing_open_reaches_the_client() -> None:
+    gateway, answer, _ = await refuse_answer(413, mode="fail_open")
+    assert not answer.HasField("immediate_response")
+    assert gateway.log()["guardrails"] == [
+        {"guard": "civility-guard", "phase": "response", "action": "fail_open"}
+    ]
+
+
+async def test_a_stream_whose_webhook_refuses_a_chunk_ends_saying_so() -> None:
+    """The 200 has left: the error event names what happened, as the buffered 502 does."""
+    hook = Hook({"action": {}}, lambda _: web.Response(status=413, text="too large"))
+    chunks = [openai_chunk("Fine. "), openai_chunk("more text"), openai_chunk(None, "stop"),
+              DONE]  # fmt: skip
     async with serving(hook.handle) as port:
         gateway = Gateway(webhooked(port, phase="response"))
-        answers = await gateway.send(
-            "/v1/chat/completions",
-            chat(PROMPT),
-            response_headers(200),
-            response_body(orjson.dumps(ANSWER)),
-        )
-    code, body = immediate(answers[-1])
+        got, _ = await stream_through(gateway, chunks)
+    assert openai_stream_text(got) == "Fine. "
+    error = orjson.loads(got.split(b"\n\n")[-3][6:])["error"]
+    assert error["code"] == "guardrail_answer_refused"
+    assert error["message"] == REFUSED_ANSWER.format(status=413, what="rest of the answer")
+    assert got.endswith(DONE)
+    assert len(hook.calls) == 2
+    assert gateway.log()["guardrails"] == [
+        {"guard": "civility-guard", "phase": "response", "action": "fail_closed"}
+    ]
+
+
+async def test_other_errors_of_a_response_webhook_stay_unavailable() -> None:
+    _, answer, _ = await refuse_answer(401)
+    code, body = immediate(answer)
     assert (code, body["error"]["code"]) == (503, "guardrail_unavailable")
-    assert "answer too large" not in orjson.dumps(body).decode()
