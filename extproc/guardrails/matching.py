@@ -26,7 +26,7 @@ import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
-from extproc.guardrails.json_text import Loose, Piece, escape, loose, pieces
+from extproc.guardrails.json_text import Loose, Piece, Pieces, escape, loose, pieces
 
 MASK_DEFAULT = "****"
 # What in a pattern looks at where a text begins or ends (``^`` and ``$`` as anchors, or
@@ -229,7 +229,7 @@ class Matchers:
                 for guard, span in piece_spans
             )
             if piece_hits:
-                hits.extend(onto_json(piece, piece_hits))
+                hits.extend(onto_json(piece, piece_hits, nested=True))
         return rejecting, hits, every
 
     def scan_all(self, text: str) -> tuple[int | None, list[Hit], list[tuple[int, Span]]]:
@@ -324,14 +324,26 @@ def _out_of_escapes(written: list[Hit], piece: Loose, decoded: list[Hit]) -> lis
     return kept
 
 
-def onto_json(piece: Piece, hits: list[Hit]) -> list[Hit]:
+def onto_json(piece: Piece, hits: list[Hit], *, nested: bool = False) -> list[Hit]:
     """A piece's hits as spans of the JSON text, replaced by JSON that stays valid.
 
     In a string, a replacement is escaped (a quote or backslash in it would end or
     break the string). A number is no place for text: one holding a match becomes a
     string, its first hit opening the quote and its last closing it, so every hit
-    still names its guard."""
+    still names its guard.
+
+    With ``nested`` (the piece is whole, not a stream's string still arriving), a string
+    whose text is itself a JSON object or array (JSON encoded twice: a tool's field
+    holding a document) has its hits kept to that document's strings and numbers too
+    (``onto_document``), each escaped for the inner string and then for the outer one: the
+    inner document stays JSON, as the outer one does."""
     if not piece.number:
+        inner = pieces(piece.text) if nested else None
+        if inner is not None:
+            return [
+                Hit(piece.raw(hit.start), piece.raw(hit.end), hit.guard, escape(hit.replacement))
+                for hit in _onto_pieces(inner, hits)
+            ]
         return [
             Hit(piece.raw(hit.start), piece.raw(hit.end), hit.guard, escape(hit.replacement))
             for hit in hits
@@ -371,6 +383,11 @@ def onto_document(text: str, hits: list[Hit]) -> list[Hit]:
     found = pieces(text)
     if found is None:
         return hits
+    return _onto_pieces(found, hits)
+
+
+def _onto_pieces(found: Pieces, hits: list[Hit]) -> list[Hit]:
+    """``onto_document`` for the document cut into ``found``."""
     by_piece: dict[int, list[Hit]] = {}
     for hit in hits:
         for index in found.touching(hit.start, hit.end):
@@ -384,7 +401,11 @@ def onto_document(text: str, hits: list[Hit]) -> list[Hit]:
                 # match's own ends), so they are places in the piece's text.
                 inside = Hit(piece.decoded(start), piece.decoded(end), hit.guard, hit.replacement)
                 by_piece.setdefault(index, []).append(inside)
-    mapped = [hit for index, inside in by_piece.items() for hit in onto_json(found[index], inside)]
+    mapped = [
+        hit
+        for index, inside in by_piece.items()
+        for hit in onto_json(found[index], inside, nested=True)
+    ]
     mapped.sort(key=lambda hit: hit.start)
     return mapped
 
