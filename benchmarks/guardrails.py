@@ -24,6 +24,10 @@ phone number or other builtin's match. The last (``arguments``) puts such record
 with a customer's name written with ``ensure_ascii``, in the assistant's tool call
 instead: a tool call's arguments are read string by string and number by number.
 
+A third table plays answers of order records holding one address the answer's builtins
+mask, after a line of prose: the records in a Markdown ```json fence (masked as JSON, so
+the block the user copies stays JSON) or written on as prose.
+
     .venv/bin/python -m benchmarks.guardrails [--requests 2000]
 """
 
@@ -160,13 +164,28 @@ def processor(guards: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None) 
     return processor_for(config, Services(GatewayMetrics(), AccessLog(stdout=False)))
 
 
-async def cpu_per_request(gateway: Processor, requests: int, body: bytes = BODY) -> float:
+def fenced_answer(size: int, fenced: bool) -> bytes:
+    """A whole answer of about ``size`` characters: a sentence of prose, then order records
+    as JSON, one of them holding an address the answer guard masks; in a ```json fence
+    with ``fenced``, else written on as prose (a fence is only read where a mask matched)."""
+    records = json.loads(order_records(size))
+    records[len(records) // 2]["email"] = "jane@example.com"
+    block = json.dumps(records, indent=1)
+    text = "Here are the orders:\n" + (f"```json\n{block}\n```\n" if fenced else block + "\n")
+    answer = orjson.loads(ANSWER)
+    answer["choices"][0]["message"]["content"] = text
+    return orjson.dumps(answer)
+
+
+async def cpu_per_request(
+    gateway: Processor, requests: int, body: bytes = BODY, answer: bytes = ANSWER
+) -> float:
     """CPU seconds per request, over ``requests`` whole streams after a warm-up."""
     messages = [
         request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"}),
         request_body(body),
         response_headers(200),
-        response_body(ANSWER),
+        response_body(answer),
     ]
     for _ in range(50):
         await run_stream(gateway, messages)
@@ -195,6 +214,14 @@ async def main(requests: int) -> None:
                 count = max(requests * 4096 // size, 20)
                 spent = await cpu_per_request(guarded, count, body) * 1e6
                 print(f"{name:<18} {size // 1024:>3} KB {spelling:<9} {spent:>11.1f} us")
+    print("\nan answer of records holding an address to mask, CPU per request")
+    guarded = processor(ROWS["builtins"])
+    for size in (4096, 65536):
+        for fenced in (False, True):
+            count = max(requests * 4096 // size, 20)
+            spent = await cpu_per_request(guarded, count, answer=fenced_answer(size, fenced)) * 1e6
+            shape = "in a json fence" if fenced else "no fence"
+            print(f"{'builtins':<18} {size // 1024:>3} KB {shape:<16} {spent:>11.1f} us")
 
 
 if __name__ == "__main__":

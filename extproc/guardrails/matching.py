@@ -26,6 +26,7 @@ import re2
 
 from extproc.config.guard_model import GuardAction, GuardConfig
 from extproc.guardrails.detectors import Detector, Span, builtin, literals, pattern
+from extproc.guardrails.fenced_json import fenced_documents
 from extproc.guardrails.json_text import Loose, Piece, Pieces, escape, loose, pieces
 
 MASK_DEFAULT = "****"
@@ -382,8 +383,45 @@ def onto_document(text: str, hits: list[Hit]) -> list[Hit]:
     """
     found = pieces(text)
     if found is None:
-        return hits
+        return _onto_fenced(text, hits)
     return _onto_pieces(found, hits)
+
+
+def _onto_fenced(text: str, hits: list[Hit]) -> list[Hit]:
+    """Hits in prose kept, in each fenced block of it that is a JSON object or array
+    (``fenced_json``), to that document's strings and numbers, so the block the user copies
+    out stays JSON; the prose around the blocks takes the replacement as it is. A hit
+    running from the prose into a block is cut there, each part masked where it falls."""
+    blocks = fenced_documents(text)
+    if not blocks:
+        return hits
+    starts = [start for start, _, _ in blocks]
+    ends = [end for _, end, _ in blocks]
+    inside: list[list[Hit]] = [[] for _ in blocks]
+    mapped: list[Hit] = []
+    for hit in hits:
+        position = hit.start
+        index = bisect.bisect_right(ends, position)
+        while position < hit.end:
+            if index < len(blocks) and starts[index] <= position:
+                # In the block: its part, relative to the block's content.
+                end = min(hit.end, ends[index])
+                offset = starts[index]
+                inside[index].append(Hit(position - offset, end - offset, hit.guard,
+                                         hit.replacement))  # fmt: skip
+                index += 1
+            else:
+                end = min(hit.end, starts[index]) if index < len(blocks) else hit.end
+                mapped.append(Hit(position, end, hit.guard, hit.replacement))
+            position = end
+    for index, (offset, _, block) in enumerate(blocks):
+        if inside[index]:
+            mapped += [
+                Hit(hit.start + offset, hit.end + offset, hit.guard, hit.replacement)
+                for hit in _onto_pieces(block, inside[index])
+            ]
+    mapped.sort(key=lambda hit: hit.start)
+    return mapped
 
 
 def _onto_pieces(found: Pieces, hits: list[Hit]) -> list[Hit]:
