@@ -56,6 +56,9 @@ MAX_CONCURRENT_CALLS = 4
 INPUT_REFUSED = frozenset({400, 413, 422})
 # Error codes of such a status that say the guard's config is wrong, not the input.
 _CONFIG_CODES = frozenset({"model_not_found", "invalid_api_key"})
+# Why a call failed that the phase's deadline ended (``violations``), as the stage says of
+# every guard call it ends so.
+OUT_OF_TIME = "no answer before Envoy's wait for the gateway (envoy.message_timeout_ms) ran out"
 # A code is quoted only when it is a short identifier (never the service's message,
 # which may quote the input).
 _CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
@@ -104,9 +107,16 @@ class ModerationClient:
         # any text past the guard by naming its message so.
         self.roles = roles | {"developer"} if "system" in roles else roles
 
-    async def violations(self, texts: list[str], images: tuple[str, ...] = ()) -> list[str]:
+    async def violations(
+        self, texts: list[str], images: tuple[str, ...] = (), deadline: float | None = None
+    ) -> list[str]:
         """The categories the texts and images violate (sorted, deduplicated, an image's
-        marked so); empty when they pass. ``images``: URLs or data URLs, one call each."""
+        marked so); empty when they pass. ``images``: URLs or data URLs, one call each.
+        ``deadline`` (the event loop's clock): when every call must have answered, if
+        sooner than the guard's own timeout (what is left of Envoy's wait for the phase);
+        a call still running then fails as one past its timeout, and the others' verdicts
+        stand (else the wait's end, cutting them all, let a flagged text through a guard
+        failing open beside an image the service was slow to fetch)."""
         calls: list[tuple[list[Any], str]] = []
         if texts:
             calls.append((list(texts), ""))
@@ -114,8 +124,8 @@ class ModerationClient:
         if not calls:
             return []
         if len(calls) == 1:
-            return _named([await self._results(*calls[0])])
-        results, failed = await self._side_by_side(calls)
+            return _named([await self._results(*calls[0], deadline)])
+        results, failed = await self._side_by_side(calls, deadline)
         named = _named(results)
         if failed and not named:
             # Part of the request could not be checked, and the rest passed.
@@ -123,7 +133,7 @@ class ModerationClient:
         return named
 
     async def _side_by_side(
-        self, calls: list[tuple[list[Any], str]]
+        self, calls: list[tuple[list[Any], str]], deadline: float | None
     ) -> tuple[list[_Found], list[ModerationError]]:
         """Each call's findings, and the errors of the calls that failed: a failed call
         (an input refused, an error status, no answer in time) does not stop the others,
@@ -137,7 +147,7 @@ class ModerationClient:
         async def one(inputs: list[Any], kind: str) -> _Found:
             async with limit:
                 try:
-                    return await self._results(inputs, kind)
+                    return await self._results(inputs, kind, deadline)
                 except ModerationError as exc:
                     failed.append(exc)
                     return set(), kind
@@ -146,14 +156,16 @@ class ModerationClient:
             tasks = [group.create_task(one(*call)) for call in calls]
         return [task.result() for task in tasks], failed
 
-    async def _results(self, inputs: list[Any], kind: str) -> _Found:
+    async def _results(self, inputs: list[Any], kind: str, deadline: float | None) -> _Found:
         """One call: the categories each of its results violates, with ``kind``."""
         payload = orjson.dumps({"model": self.config.model, "input": inputs})
         # A list of texts gets one result each; a list of items (an image) one in all.
         expected = 1 if kind == IMAGE else len(inputs)
         session = self._session.get()
+        ends = asyncio.get_running_loop().time() + self._timeout
+        cut = deadline is not None and deadline < ends
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline if cut and deadline is not None else ends):
                 async with session.post(
                     self._url,
                     data=payload,
@@ -184,6 +196,8 @@ class ModerationClient:
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise ModerationError("answer too large")
         except TimeoutError:
+            if cut:
+                raise ModerationError(OUT_OF_TIME) from None
             raise ModerationError(f"no answer within {self.config.timeout_ms} ms") from None
         except aiohttp.ClientError as exc:
             raise ModerationError(f"unreachable ({type(exc).__name__})") from None

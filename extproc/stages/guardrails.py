@@ -109,7 +109,7 @@ from extproc.guardrails.moderated_images import (
     gemini_images,
     responses_images,
 )
-from extproc.guardrails.moderation import ModerationError
+from extproc.guardrails.moderation import OUT_OF_TIME, ModerationError
 from extproc.guardrails.policy import GuardrailRejectedError, PhaseGuards, RouteGuards
 from extproc.guardrails.responses_text import answer_slots as responses_answer_slots
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
@@ -126,7 +126,7 @@ log = logging.getLogger(__name__)
 # Of Envoy's wait for a phase's answer (envoy.message_timeout_ms), what the guard calls
 # leave to the rest of the phase's work.
 _ANSWER_MARGIN_S = 0.1
-_OUT_OF_TIME = "no answer before Envoy's wait for the gateway (envoy.message_timeout_ms) ran out"
+_OUT_OF_TIME = OUT_OF_TIME
 
 
 def _guard_deadline(ctx: RequestContext, *, store_follows: bool) -> float:
@@ -492,8 +492,11 @@ class GuardRequestStage:
                         cannot = error
                     urls = urls[:most]
             try:
-                async with asyncio.timeout_at(deadline):
-                    violated = await client.violations(texts, urls)
+                # Each call ends by the deadline on its own, so that the verdicts given
+                # stand (a flagged text beside an image still being fetched); this one
+                # is a backstop, within the margin left before Envoy's own 504.
+                async with asyncio.timeout_at(deadline + _ANSWER_MARGIN_S / 2):
+                    violated = await client.violations(texts, urls, deadline)
             except (ModerationError, TimeoutError) as exc:
                 failed = exc if isinstance(exc, ModerationError) else None
                 why = _OUT_OF_TIME if failed is None else str(failed)

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 
+from extproc.config.loader import parse_config
 from extproc.testing import serve_mock
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_flow import Gateway, immediate
@@ -163,6 +166,39 @@ async def test_a_flagged_text_is_refused_though_an_images_call_fails(
 ) -> None:
     async with serving(flags_text_fails_images(image_reply), "/v1/moderations") as port:
         gateway = guarded(f"http://127.0.0.1:{port}", mode, timeout_ms=300)
+        body = chat("now attack", image_url("https://img.test/slow.png"))
+        status, error = await refusal(gateway, "/v1/chat/completions", body)
+    assert (status, error["message"]) == (
+        403,
+        "Rejected by guardrail 'moderated': flagged for violence",
+    )
+
+
+def short_wait_config() -> dict[str, Any]:
+    """The default config, Envoy waiting 1.1 s for each answer: 0.5 s for the guards once
+    the store's wait (0.5 s) and the margin are taken."""
+    raw: dict[str, Any] = yaml.safe_load(Path("config/gateway.yaml").read_text("utf-8"))
+    raw.setdefault("envoy", {})["message_timeout_ms"] = 1100
+    raw.setdefault("store", {})["timeout_ms"] = 500
+    return raw
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open"])
+async def test_a_flagged_text_is_refused_though_an_image_outlasts_the_phases_wait(
+    mode: str,
+) -> None:
+    """The guard's own timeout (3 s) outlasts what is left of Envoy's wait for the phase
+    (a webhook before it may have spent most of it): the wait's end cut every call, the
+    text's verdict, already in, with them. Each call now ends at the wait's end, and the
+    verdicts given stand."""
+    raw = short_wait_config()
+    async with serving(flags_text_fails_images(never_in_time), "/v1/moderations") as port:
+        guardrails = moderated(f"http://127.0.0.1:{port}", failure_mode=mode)
+        raw["guardrails"] = guardrails
+        for route in raw["routes"]:
+            if route["name"] == "openai-chat":
+                route["guardrails"] = "mod"
+        gateway = Gateway(parse_config(yaml.safe_dump(raw), "test", {}))
         body = chat("now attack", image_url("https://img.test/slow.png"))
         status, error = await refusal(gateway, "/v1/chat/completions", body)
     assert (status, error["message"]) == (
