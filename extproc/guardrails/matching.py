@@ -407,8 +407,8 @@ def _onto_fenced(text: str, hits: list[Hit]) -> list[Hit]:
                 # In the block: its part, relative to the block's content.
                 end = min(hit.end, ends[index])
                 offset = starts[index]
-                inside[index].append(Hit(position - offset, end - offset, hit.guard,
-                                         hit.replacement))  # fmt: skip
+                part = Hit(position - offset, end - offset, hit.guard, hit.replacement)
+                inside[index].append(part)
                 index += 1
             else:
                 end = min(hit.end, starts[index]) if index < len(blocks) else hit.end

@@ -162,10 +162,10 @@ class ModerationClient:
         # A list of texts gets one result each; a list of items (an image) one in all.
         expected = 1 if kind == IMAGE else len(inputs)
         session = self._session.get()
-        ends = asyncio.get_running_loop().time() + self._timeout
-        cut = deadline is not None and deadline < ends
+        own = asyncio.get_running_loop().time() + self._timeout
+        ends = own if deadline is None else min(own, deadline)
         try:
-            async with asyncio.timeout_at(deadline if cut and deadline is not None else ends):
+            async with asyncio.timeout_at(ends):
                 async with session.post(
                     self._url,
                     data=payload,
@@ -196,7 +196,7 @@ class ModerationClient:
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise ModerationError("answer too large")
         except TimeoutError:
-            if cut:
+            if ends < own:
                 raise ModerationError(OUT_OF_TIME) from None
             raise ModerationError(f"no answer within {self.config.timeout_ms} ms") from None
         except aiohttp.ClientError as exc:
