@@ -126,7 +126,6 @@ log = logging.getLogger(__name__)
 # Of Envoy's wait for a phase's answer (envoy.message_timeout_ms), what the guard calls
 # leave to the rest of the phase's work.
 _ANSWER_MARGIN_S = 0.1
-_OUT_OF_TIME = OUT_OF_TIME
 
 
 def _guard_deadline(ctx: RequestContext, *, store_follows: bool) -> float:
@@ -499,7 +498,7 @@ class GuardRequestStage:
                     violated = await client.violations(texts, urls, deadline)
             except (ModerationError, TimeoutError) as exc:
                 failed = exc if isinstance(exc, ModerationError) else None
-                why = _OUT_OF_TIME if failed is None else str(failed)
+                why = OUT_OF_TIME if failed is None else str(failed)
                 if cannot is not None:
                     # Refused either way: by what the client can change, below.
                     log.warning("guardrail %s (request) failed: %s", guard.name, why)
@@ -801,7 +800,7 @@ async def _request_webhooks(
             _unavailable(ctx, guard, "request", str(exc), exc.retry_after)
             continue
         except TimeoutError:
-            _unavailable(ctx, guard, "request", _OUT_OF_TIME)
+            _unavailable(ctx, guard, "request", OUT_OF_TIME)
             continue
         changed = _apply_verdict(ctx, guard, "request", verdict, slots, drop) or changed
     return changed
@@ -1037,7 +1036,7 @@ class GuardResponseStage:
                 _unavailable(ctx, guard, "response", str(exc), exc.retry_after, refused)
                 continue
             except TimeoutError:
-                _unavailable(ctx, guard, "response", _OUT_OF_TIME)
+                _unavailable(ctx, guard, "response", OUT_OF_TIME)
                 continue
             changed = _apply_verdict(ctx, guard, "response", verdict, slots) or changed
         self._buffered(ctx, out, guards, data, (answer, slots, changed))
@@ -1090,11 +1089,11 @@ class GuardResponseStage:
                     )
             except (WebhookError, TimeoutError) as exc:
                 failed = exc if isinstance(exc, WebhookError) else None
-                why = _OUT_OF_TIME if failed is None else str(failed)
+                why = OUT_OF_TIME if failed is None else str(failed)
                 retry_after = None if failed is None else failed.retry_after
-                refused = None if failed is None else _refused_answer(guard, failed, streamed=True)
+                unread = None if failed is None else _refused_answer(guard, failed, streamed=True)
                 try:
-                    _unavailable(ctx, guard, "response", why, retry_after, refused)
+                    _unavailable(ctx, guard, "response", why, retry_after, unread)
                 except GuardrailRejectedError as refused:
                     state.ended = True
                     out.body = self._stream_error(ctx, refused)
