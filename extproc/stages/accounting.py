@@ -64,11 +64,16 @@ class AccountingStage:
         # it), answers only (an error's body is no token): the log line's.
         ttft = ctx.time_to_first_token_s() if ctx.accounted else None
         status = "aborted" if ctx.aborted else str(ctx.response_status)
+        failed_in_200 = _failed_in_success(ctx)
         metrics.observe_request(
             route=ctx.route.name if ctx.route else "",
             provider=provider,
             model=model,
-            status=status,
+            # A success status the provider's failure came inside (a stream it cut with an
+            # error event, a 200 whose body was its error) is a failed request to the
+            # client: counted as "200" it escaped the error-rate alert, which selects
+            # statuses. Labelled instead, once, as aigw_upstream_errors_total labels it.
+            status=failed_in_200 if failed_in_200 and not ctx.aborted else status,
             duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
             ttft_s=ttft,
         )
@@ -79,12 +84,8 @@ class AccountingStage:
             upstream = ctx.upstream_status or 0
             label = str(upstream) if no_answer(upstream) and not ctx.aborted else status
             metrics.upstream_error(provider=provider, model=model, status=label)
-        elif ctx.stream and stream_failure(ctx.translator) is not None:
-            # The provider failed after its 200 had left: no status tells, so a label does.
-            metrics.upstream_error(provider=provider, model=model, status=STREAM_ERROR_STATUS)
-        elif isinstance(ctx.error, ProviderAnswerError):
-            # Its 200's body was an error: the client got the 200, so a label tells.
-            metrics.upstream_error(provider=provider, model=model, status=ERROR_BODY_STATUS)
+        elif (failure := _provider_failure(ctx)) is not None:
+            metrics.upstream_error(provider=provider, model=model, status=failure)
         if ctx.usage_reported or ctx.usage_estimated:
             metrics.observe_token_usage(
                 operation=operation_of(ctx) or "chat",
@@ -168,6 +169,24 @@ class AccountingStage:
             cached_audio_tokens=ctx.usage.cached_audio_tokens,
             completion_audio_tokens=ctx.usage.audio_output_tokens,
         )
+
+
+def _provider_failure(ctx: RequestContext) -> str | None:
+    """The label of a provider failure that no status tells: an error inside a stream
+    whose status had left, or a success answer whose body was the provider's error."""
+    if ctx.stream and stream_failure(ctx.translator) is not None:
+        return STREAM_ERROR_STATUS
+    if isinstance(ctx.error, ProviderAnswerError):
+        return ERROR_BODY_STATUS
+    return None
+
+
+def _failed_in_success(ctx: RequestContext) -> str | None:
+    """``_provider_failure`` where the client got a success status; None where its status
+    (a 5xx the gateway made of it, say) already tells."""
+    if not 200 <= ctx.response_status < 300:
+        return None
+    return _provider_failure(ctx)
 
 
 def _cut_entry(ctx: RequestContext, attempt: CutAttempt) -> UsageEntry:

@@ -104,6 +104,11 @@ def assert_charged_everywhere(
     # An operator's alert on provider errors sees it, though its status was 200.
     failed = metric(after, "aigw_upstream_errors_total", status_code="stream_error")
     assert failed - metric(before, "aigw_upstream_errors_total", status_code="stream_error") == 1
+    # So does the error-rate alert: the request counts once, as the failure the user saw
+    # (before, as a 200 that aigw:request_errors:ratio_rate5m never selected).
+    for status, grown in (("stream_error", 1), ("200", 0)):
+        counted = metric(after, "aigw_requests_total", status_code=status)
+        assert counted - metric(before, "aigw_requests_total", status_code=status) == grown, status
     row = wait_for(lambda: usage_rows(stack, "api_key").get(key), 20)
     assert row, f"no rollup for {key}"
     assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (

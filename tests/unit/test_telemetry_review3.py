@@ -20,7 +20,8 @@ from extproc.workers import _BoundedCollector
 from tests.unit.guard_helpers import config_with
 
 # Every status a day of ordinary traffic gives, the ones the alerts select included.
-STATUSES = ("200", "400", "401", "403", "404", "413", "429", "500", "502", "503", "aborted")
+STATUSES = ("200", "400", "401", "403", "404", "413", "429", "500", "502", "503", "aborted",
+            "stream_error", "error_body")  # fmt: skip
 UPSTREAM_STATUSES = ("429", "500", "503", "529", "stream_error")
 OPERATIONS = ("chat", "embeddings", "text_completion", "generate_content", "compact")
 CAP = 3
