@@ -5,8 +5,9 @@ The supervisor (this process) owns what must exist once:
 * the embedded Valkey when no ``store.url`` is set, so every worker shares it
   (started again on its port, the workers' URL, should it exit);
 * prometheus_client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``),
-  emptied at start; each worker records its counters and histograms there and
-  the supervisor's ``/metrics`` merges them, applies the label budget once more
+  emptied of the workers' files at start (``worker_metric_files``); each worker
+  records its counters and histograms there and the supervisor's ``/metrics``
+  merges them, applies the label budget once more
   over the merged values (``bounded_families``) and adds the quota gauges read
   from the store; ``/healthz`` and ``/readyz`` are served here too;
 * the workers' lifetimes: worker ``i`` serves ext_proc on its own endpoint
@@ -66,6 +67,7 @@ from extproc.startup_check import check_startup_files
 from extproc.store import orphaned
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
+from extproc.telemetry import worker_metric_files
 from extproc.telemetry.metrics import LabelBudget, MergedWorkerMetrics
 from extproc.telemetry.quota_gauges import QuotaGauges
 from extproc.worker_endpoints import WorkerRole, gather_spools, listening_ports
@@ -210,11 +212,16 @@ class Supervisor:
         )
 
     def _prepare_multiprocess_dir(self) -> None:
-        # Files of an earlier run would add its counts to this one's.
+        # Files of an earlier run would add its counts to this one's. Their files
+        # only: the directory may be a mount point, and may hold others' files.
         directory = self.multiprocess_dir
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        try:
+            worker_metric_files.empty(directory)
+        except (OSError, worker_metric_files.ForeignMetricFilesError) as exc:
+            # The operator's to fix, like a config mistake: one line, exit 2.
+            raise ConfigError(
+                self._config_path, [f"telemetry.metrics.multiprocess_dir: {exc}"]
+            ) from exc
         # Read by prometheus_client when a worker imports it; this process
         # records no metric of its own, so its values never go to the files.
         os.environ[MULTIPROC_ENV] = str(directory)
