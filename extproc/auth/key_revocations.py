@@ -78,6 +78,8 @@ class RevocationListener:
         self._task: asyncio.Task[None] | None = None
         # Set while subscribed (cleared when the connection is lost): tests wait on it.
         self.subscribed = asyncio.Event()
+        # The loss was logged: the subscription that follows says it is over.
+        self._said_lost = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="key-revocation-listener")
@@ -101,7 +103,7 @@ class RevocationListener:
                         "elsewhere keeps working here for up to %g s; reconnecting",
                         type(exc).__name__, self._cache.found_ttl_s,
                     )  # fmt: skip
-                    warned = True
+                    warned = self._said_lost = True
                 self.subscribed.clear()
             await asyncio.sleep(self._retry_interval_s)
 
@@ -134,6 +136,14 @@ class RevocationListener:
             # everything; lookups already in flight will not cache what they read.
             self._cache.clear()
             self.subscribed.set()
+            if self._said_lost:
+                # Before, only the loss was said: an operator never read it had ended.
+                self._said_lost = False
+                log.info(
+                    "key revocation notices back on %s: a key revoked elsewhere is refused"
+                    " here at once again",
+                    self._channel,
+                )
         elif kind == "message":
             digest = _digest(message.get("data"))
             if digest is None:

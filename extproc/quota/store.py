@@ -284,12 +284,23 @@ class QuotaStore:
     async def start(self) -> None:
         # A store that is down at start-up must not stop the server: readiness
         # reports it, and the clock and scripts follow once it answers.
+        upkeep = OutageLog(log, "quota store upkeep (clock, spool replay) failed")
+        synced = True
         try:
             await self._load_scripts()
             await self._sync_clock()
         except Exception as exc:
-            log.warning("quota store not reachable at start: %s", type(exc).__name__)
-        self._clock = asyncio.get_running_loop().create_task(self._keep_clock())
+            log.warning(
+                "quota store not reachable at start (%s): /readyz answers 503 until it"
+                " answers; requests meanwhile follow each quota rule's on_store_failure",
+                type(exc).__name__,
+            )
+            # The outage began here: the upkeep's first success says it is over (before,
+            # nothing did, and an idle gateway never said the store had come), and the
+            # clock is read at its first turn, not CLOCK_SYNC_INTERVAL_S later.
+            upkeep.failed(exc, said=True)
+            synced = False
+        self._clock = asyncio.get_running_loop().create_task(self._keep_clock(upkeep, synced))
 
     async def _load_scripts(self) -> None:
         # Ahead of the first requests; a server without them gets them with the first
@@ -304,9 +315,8 @@ class QuotaStore:
         # The server read its clock somewhere in the round trip: assume the middle.
         self._offset = seconds + micros / 1e6 - (before + after) / 2
 
-    async def _keep_clock(self) -> None:
-        upkeep = OutageLog(log, "quota store upkeep (clock, spool replay) failed")
-        last_sync = time.monotonic()
+    async def _keep_clock(self, upkeep: OutageLog, synced: bool) -> None:
+        last_sync = time.monotonic() if synced else -math.inf
         while True:
             await asyncio.sleep(SPOOL_REPLAY_INTERVAL_S)
             try:

@@ -39,13 +39,18 @@ class OutageLog:
         self._said = 0.0
         self._failures = 0
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, *, said: bool = False) -> None:
+        """One failure; ``said``: the caller logged the outage's start in its own words
+        (its end and its repeats are still this log's)."""
         now = self._clock()
         self._failures += 1
         why = type(exc).__name__
         if self._since is None:
             self._since = self._said = now
-            self._log.warning("%s: %s (said again once a minute while it lasts)", self._what, why)
+            if not said:
+                self._log.warning(
+                    "%s: %s (said again once a minute while it lasts)", self._what, why
+                )
         elif now - self._said >= self._repeat_s:
             self._said = now
             self._log.warning(

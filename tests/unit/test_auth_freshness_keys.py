@@ -208,7 +208,7 @@ async def test_a_silent_connection_is_noticed_and_replaced(
     secret, _ = await management.create(new_key("ci-bot"))
     digest = key_digest(secret)
     await other.lookup(digest)
-    caplog.set_level(logging.WARNING, logger="extproc.auth.key_revocations")
+    caplog.set_level(logging.INFO, logger="extproc.auth.key_revocations")
 
     # Idle but healthy: PINGs are answered, so the connection and the cache stay.
     await asyncio.sleep(5 * PING_S)
@@ -220,6 +220,10 @@ async def test_a_silent_connection_is_noticed_and_replaced(
 
     # The unanswered PING gives the loss away; the operator reads why in the log.
     await eventually(lambda: "key revocation notices lost" in caplog.text)
+    assert "key revocation notices back" not in caplog.text
     proxy.thaw()
     await eventually(lambda: other.cached(digest) is NOT_CACHED)
     assert await other.lookup(digest) is None
+    # ...and reads that it is over (before, the log said "lost" and never "back").
+    await eventually(lambda: "key revocation notices back" in caplog.text)
+    assert caplog.text.count("key revocation notices back") == 1
