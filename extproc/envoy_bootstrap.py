@@ -183,10 +183,11 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
 
 def _apply_limits(bootstrap: Json, envoy: EnvoyConfig) -> None:
     """The same concurrency and answer-size limits wherever a cluster or route came from
-    (this module, failover chains, agent servers)."""
+    (this module, failover chains, agent servers); a cluster with limits of its own (the
+    trace collector's) keeps them."""
     resources = bootstrap["static_resources"]
     for cluster in resources["clusters"]:
-        cluster["circuit_breakers"] = _circuit_breakers(envoy.max_concurrent_requests)
+        cluster.setdefault("circuit_breakers", _circuit_breakers(envoy.max_concurrent_requests))
     for listener in resources["listeners"]:
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         for route in manager["route_config"]["virtual_hosts"][0]["routes"]:

@@ -149,10 +149,28 @@ def collector_cluster(tracing: TracingConfig) -> Json:
     host, _, port_text = tracing.otlp_endpoint.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     static = is_ip(host)
+    exports = tracing.max_exports_in_flight
     cluster: Json = {
         "name": COLLECTOR_CLUSTER,
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": duration(COLLECTOR_CONNECT_TIMEOUT_S),
+        # Envoy sends each batch and forgets it: the call holds its spans until the
+        # collector answers or export_timeout_s passes. Under the limit every other
+        # cluster gets (envoy.max_concurrent_requests, 10000 calls that last minutes), a
+        # collector that accepts and never answers held up to 10000 batches, prompts and
+        # completions among them with capture_content: Envoy's memory, not the
+        # collector's. Past this many, a batch is dropped at once and counted.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": exports,
+                    "max_pending_requests": exports,
+                    "max_requests": exports,
+                    "max_retries": 0,
+                    "track_remaining": True,
+                }
+            ]
+        },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

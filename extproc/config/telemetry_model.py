@@ -52,6 +52,10 @@ class TracingConfig(_Section):
     capture_content: bool = False
     # How long Envoy waits for the collector on one export.
     export_timeout_s: float = Field(default=5.0, gt=0)
+    # Export calls Envoy keeps open to the collector at once; past it a batch is dropped
+    # at once (cluster.otel_collector.upstream_rq_active_overflow). What bounds the spans
+    # Envoy holds while a collector takes connections and never answers.
+    max_exports_in_flight: int = Field(default=256, ge=1, le=10_000)
     # Envoy exports finished spans in batches: every flush_interval_ms, or as soon
     # as min_flush_spans are waiting (Envoy's defaults: 5000 ms, 5 spans).
     flush_interval_ms: int = Field(default=5000, gt=0)

@@ -64,12 +64,13 @@ def silent_collector() -> Iterator[int]:
 
 
 @contextmanager
-def stack_tracing_to(workdir: Path, port: int) -> Iterator[LocalStack]:
+def stack_tracing_to(workdir: Path, port: int, **tracing: Any) -> Iterator[LocalStack]:
     config = default_config()
     # Every span exported at once, with a short wait for the collector's answer.
     config["telemetry"] = {
         "tracing": {"enabled": True, "otlp_endpoint": f"127.0.0.1:{port}",
-                    "flush_interval_ms": 100, "min_flush_spans": 1, "export_timeout_s": 1},
+                    "flush_interval_ms": 100, "min_flush_spans": 1, "export_timeout_s": 1,
+                    **tracing},
     }  # fmt: skip
     with running_stack(workdir, write_config(workdir, config)) as stack:
         yield stack
@@ -127,3 +128,26 @@ def test_requests_are_answered_and_logged_while_exports_fail(
         else "cluster.otel_collector.upstream_rq_timeout"
     )
     wait_for(lambda: envoy_stat(stack, failed) > 0, timeout_s=15.0)
+
+
+def test_a_silent_collector_holds_at_most_max_exports_in_flight(tmp_path: Path) -> None:
+    """Each export holds its spans until the collector answers or export_timeout_s
+    passes. Here nothing answers for a minute, and every span is its own export: Envoy
+    keeps two calls open, drops the other batches at once and counts them, and every
+    request is answered meanwhile. Before, the collector's cluster had the limit of the
+    providers' (10000 calls): that many batches held in Envoy's memory."""
+    with (
+        silent_collector() as port,
+        stack_tracing_to(tmp_path, port, export_timeout_s=60, max_exports_in_flight=2) as stack,
+    ):
+        client = OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
+        for index in range(REQUESTS):
+            answered = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"Hello {index}"}]
+            )
+            assert answered.status_code == 200
+        # Over the limit of calls open on the connection (Envoy 1.40's HTTP/2 pool).
+        dropped = "cluster.otel_collector.upstream_rq_active_overflow"
+        assert wait_for(lambda: envoy_stat(stack, dropped) > 0, timeout_s=15.0)
+        assert envoy_stat(stack, "cluster.otel_collector.upstream_rq_active") <= 2
+        assert envoy_stat(stack, "cluster.otel_collector.upstream_rq_timeout") == 0

@@ -98,6 +98,30 @@ def test_capture_content_adds_the_message_attributes() -> None:
     assert set(found) == {name for name, _ in SPAN_ATTRIBUTES + CONTENT_ATTRIBUTES}
 
 
+@pytest.mark.parametrize("configured", [None, 8])
+def test_the_collector_cluster_holds_few_exports_not_the_providers_limit(
+    configured: int | None,
+) -> None:
+    """A collector that takes connections and never answers held up to
+    envoy.max_concurrent_requests export calls (10000), each with its batch of spans."""
+    settings = {} if configured is None else {"max_exports_in_flight": configured}
+    bootstrap = render_bootstrap(gateway(enabled=True, **settings))
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    [thresholds] = clusters[COLLECTOR_CLUSTER]["circuit_breakers"]["thresholds"]
+    expected = configured or 256
+    assert thresholds["max_requests"] == thresholds["max_pending_requests"] == expected
+    assert thresholds["max_connections"] == expected and thresholds["max_retries"] == 0
+    # Every other cluster keeps the configured concurrency.
+    [provider] = clusters["provider_openai"]["circuit_breakers"]["thresholds"]
+    assert provider["max_requests"] == 10_000
+
+
+@pytest.mark.parametrize("count", [0, 10_001])
+def test_max_exports_in_flight_is_bounded(count: int) -> None:
+    with pytest.raises(ValidationError, match="max_exports_in_flight"):
+        gateway(enabled=True, max_exports_in_flight=count)
+
+
 def test_flush_settings_go_to_envoys_runtime() -> None:
     bootstrap = render_bootstrap(gateway(enabled=True, flush_interval_ms=250, min_flush_spans=1))
     [layer] = bootstrap["layered_runtime"]["layers"]
