@@ -297,6 +297,11 @@ class Gateway:
         if self._reloader is not None:
             self._reloader.schedule_reload()
 
+    def catch_up_with_file(self) -> None:
+        """Reload only if the file changed from the config this process started on."""
+        if self._reloader is not None:
+            self._reloader.schedule_catch_up(self.config)
+
     def _count_reload(self, ok: bool) -> None:
         self.metrics.config_reload(ok)
 
@@ -482,7 +487,7 @@ async def serve(
         if worker is not None and config_path is not None:
             # Started on the config the supervisor last validated: the file may
             # have changed since (its siblings reloaded it while this one started).
-            gateway.reload_config()
+            gateway.catch_up_with_file()
         await gateway.wait()
         log.info("shutting down: finishing open streams")
     finally:

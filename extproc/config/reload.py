@@ -30,6 +30,7 @@ from pathlib import Path
 from extproc import background
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
+from extproc.config.restart_only import as_started
 from extproc.config.watched_files import secret_files
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,34 @@ class ConfigReloader:
     async def reload(self) -> bool:
         """Load the file again; True when the new config is now serving."""
         async with self._reloading:
+            return await self._reload()
+
+    def schedule_catch_up(self, running: GatewayConfig) -> None:
+        """Once started on a config another process read (a worker, on the one its
+        supervisor validated last): reload only if the file now says something else.
+
+        Before, every worker's start reloaded unconditionally: each logged "config
+        reloaded", counted a successful reload in aigw_config_reloads_total and built
+        its runtime a second time, at every start of the pod, with nothing changed."""
+        if self._stopped or self._task is None:
+            self.schedule_reload()
+            return
+        task = asyncio.get_running_loop().create_task(self.catch_up(running))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def catch_up(self, running: GatewayConfig) -> bool:
+        """``schedule_catch_up``'s work; True when the file's config is serving."""
+        async with self._reloading:
+            stamp = self._stamps()
+            try:
+                loaded = await asyncio.to_thread(load_config, self._path, os.environ)
+            except Exception:
+                return await self._reload()  # refused as a reload is: said and counted
+            # The settings that change only on restart are the running process's own.
+            if as_started(running, loaded) == running:
+                self._stamp = stamp
+                return True
             return await self._reload()
 
     async def _reload(self) -> bool:

@@ -115,3 +115,34 @@ def test_a_worker_that_cannot_take_its_port_says_why_without_a_traceback(
     reason = f"worker 1 cannot start: ext_proc server cannot listen on 127.0.0.1:{grpc_port + 1}"
     assert reason in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_a_start_with_workers_is_no_reload_and_a_sighup_is(
+    supervisor_whose_store_may_take_its_http_port: Supervisor, tmp_path: Path
+) -> None:
+    """Each worker checks the file once started, in case it changed meanwhile. Before,
+    that check was a reload whatever the file said: every start logged "config
+    reloaded" per worker and counted N successful reloads nobody made."""
+    http_port, err, process = supervisor_whose_store_may_take_its_http_port
+
+    def reloads() -> float | None:
+        try:
+            page = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=1.0)
+            ready = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1.0)
+        except httpx.HTTPError:
+            return None
+        if ready.status_code != 200:
+            return None
+        for line in page.text.splitlines():
+            if line.startswith('aigw_config_reloads_total{result="success"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    assert wait_for(lambda: reloads() is not None, timeout_s=60.0), err.read_text()[-3000:]
+    assert reloads() == 0
+    assert "config reloaded" not in err.read_text()
+    # A real reload still counts, once per worker.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config.read_text() + "  - {name: gpt-4o, provider: mock}\n")
+    process.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: reloads() == 2, timeout_s=30.0), err.read_text()[-3000:]
