@@ -338,3 +338,16 @@ def test_valkey_reads_the_compose_options_as_meant(compose: dict[str, Any]) -> N
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_docker_waits_for_the_gateways_drain_before_killing_it(
+    compose: dict[str, Any], config: GatewayConfig
+) -> None:
+    """`docker compose stop/restart gateway` sends SIGTERM, then SIGKILL after
+    stop_grace_period. The gateway drains open streams for server.grace_period_s, waits
+    up to 5 s more for cut streams' last lines, then flushes usage and log lines (docs/
+    operations.md, "Stopping"): killed before that, the flushes still in memory are lost.
+    The same margin as the systemd advice: the grace period plus 15 s."""
+    found = re.fullmatch(r"(\d+)s", str(service(compose, "gateway")["stop_grace_period"]))
+    assert found, service(compose, "gateway")["stop_grace_period"]
+    assert int(found.group(1)) >= config.server.grace_period_s + 15
