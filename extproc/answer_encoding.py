@@ -223,6 +223,11 @@ class DecompressedAnswer(WrappedReader):
         self.too_large = False
         self._parts: list[bytes] = []
         self._status: int | None = None
+        # What the client was sent of the last stream chunk, uncompressed: on the lean
+        # path it gets those bytes compressed again (or the provider's compressed chunk
+        # as it came), in which the stream's end marker cannot be searched for
+        # (``stages.response``).
+        self.decoded_sent = b""
 
     @property
     def status(self) -> int | None:
@@ -247,6 +252,7 @@ class DecompressedAnswer(WrappedReader):
         if not self._broken or end_of_stream:
             out = self._reader.feed(data, end_of_stream)
             sent = data if out is None else out
+        self.decoded_sent = sent
         return self._encoded(sent, end_of_stream)
 
     @property

@@ -1,13 +1,15 @@
 """Test helpers shipped with the package: real ext_proc messages in one line each.
 
 ``run_stream(processor, messages)`` plays one Envoy stream through a processor
-and returns its answers, so a processor test reads like the request it checks.
+and returns its answers, so a processor test reads like the request it checks;
+``run_stream_reset`` plays one that Envoy resets once every message is answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -76,6 +78,37 @@ async def run_stream(
 ) -> list[ext.ProcessingResponse]:
     """Play one stream; its finishing work (log, metrics, rollup) is done on return."""
     return [answer async for answer in processor.process(_iterate(messages))]
+
+
+async def run_stream_reset(
+    processor: Processor, messages: Iterable[ext.ProcessingRequest]
+) -> list[ext.ProcessingResponse]:
+    """Play one stream that Envoy resets after the processor answered its last message, as
+    when the client hangs up before the response's end of stream: grpc.aio cancels the
+    call while the processor waits for the next message. Its finishing work is done on
+    return."""
+    answers: list[ext.ProcessingResponse] = []
+    waiting = asyncio.Event()
+
+    async def requests() -> AsyncIterator[ext.ProcessingRequest]:
+        for message in messages:
+            yield message
+        # Asked for the next message: every one before was answered.
+        waiting.set()
+        await asyncio.Event().wait()
+
+    async def serve() -> None:
+        async for answer in processor.process(requests()):
+            answers.append(answer)
+
+    call = asyncio.create_task(serve())
+    asked = asyncio.create_task(waiting.wait())
+    await asyncio.wait((call, asked), return_when=asyncio.FIRST_COMPLETED)
+    asked.cancel()
+    call.cancel()  # a stream the processor ended itself (an immediate answer) is done
+    with suppress(asyncio.CancelledError):
+        await call
+    return answers
 
 
 def client_body(chunks: Sequence[bytes], answers: Iterable[ext.ProcessingResponse]) -> bytes:

@@ -24,6 +24,7 @@ import re
 import time
 
 from extproc import headers
+from extproc.answer_encoding import DecompressedAnswer
 from extproc.answer_status import no_answer
 from extproc.attempt_report import decode
 from extproc.backends import (
@@ -137,7 +138,7 @@ class ResponseStage:
         if ctx.stream and _provider_failed(ctx, translator):
             return
         if not end_of_stream and not (
-            ctx.stream and _ends_stream(ctx, out.body if out.body is not None else chunk)
+            ctx.stream and _ends_stream(ctx, _sent(translator, out, chunk))
         ):
             return
         # The end of the answer: Envoy's empty end of stream, or, for a stream, the
@@ -237,6 +238,16 @@ _TERMINAL_EVENT_APIS = frozenset(
 # What is kept of what was sent, so a marker split over two chunks counts: one byte
 # short of the longest marker, which therefore never lies whole in it.
 _CARRY = len(b"\nevent: message_stop") - 1
+
+
+def _sent(translator: ResponseTranslator, out: PhaseOutput, chunk: bytes) -> bytes:
+    """What the client is sent of this chunk, as it reads it: a compressed stream's
+    decoded bytes (on the lean path the client gets them compressed, where its end
+    marker, ``[DONE]`` or ``message_stop``, is not to be found), else the reader's
+    bytes or the chunk as it came."""
+    if isinstance(translator, DecompressedAnswer):
+        return translator.decoded_sent
+    return out.body if out.body is not None else chunk
 
 
 def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config import GatewayConfig, load_config
+from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
@@ -25,9 +26,11 @@ from extproc.testing import (
     response_body,
     response_headers,
     run_stream,
+    run_stream_reset,
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with, openai_chunk, openai_stream_text
+from tests.unit.test_accounting_review_streams import sample
 from tests.unit.test_response_path import first_chunk
 
 AUTH = {"authorization": "Bearer team1-key"}
@@ -336,3 +339,95 @@ async def test_a_compressed_answer_too_large_on_the_lean_path_is_billed_as_over_
     assert line["http_status_code"] == 200
     assert line["usage_estimated"] is True
     assert line["completion_tokens"] == PLAIN.quotas.default_max_tokens
+
+
+# --- a client that stops reading at the stream's end, on the lean path -------------------
+
+ANTHROPIC_KEY = {"x-api-key": "team1-key", "anthropic-version": "2023-06-01"}
+CLAUDE_STREAM = b"".join(
+    b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
+    for kind, fields in [
+        ("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant",
+         "model": "claude-3-5-haiku-latest", "content": [], "usage": {"input_tokens": 9,
+         "output_tokens": 1}}}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Paid"}}),
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 12}}),
+        ("message_stop", {}),
+    ]
+)  # fmt: skip
+# Each API's route, key, request fields, stream, and where its answer's end begins (its
+# last count, then its end marker).
+LEAN_STREAMS = {
+    "chat": ("/openai/gpt-4o-mini", AUTH, {"model": "gpt-4o-mini"}, STREAM, USAGE_CHUNK),
+    "messages": (
+        "/v1/messages",
+        ANTHROPIC_KEY,
+        {"model": "claude-3-5-haiku-latest", "max_tokens": 64},
+        CLAUDE_STREAM,
+        b"event: message_delta",
+    ),
+}
+
+
+def flushed(data: bytes) -> bytes:
+    """``data`` gzipped and flushed, without the gzip trailer: what reached the gateway
+    when the client, which read all of ``data``, hung up before the body's last bytes."""
+    compressor = zlib.compressobj(wbits=31)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+async def reset_on_the_lean_path(api: str, sent: bytes) -> tuple[dict[str, Any], Services]:
+    """A lean-path stream of ``api`` whose provider gzipped ``sent``, in 40-byte chunks;
+    Envoy resets the ext_proc stream after the last, before any end of stream. The
+    request's log line and its services."""
+    path, key, fields, _, _ = LEAN_STREAMS[api]
+    services = Services(GatewayMetrics(), MemoryLog())
+    processor = processor_for(PLAIN, services)
+    body = {**fields, "stream": True, "messages": [{"role": "user", "content": "Pay"}]}
+    first, *rest = pieces(flushed(sent), 40)
+    opening = request_headers(path, headers=key)
+    opening.metadata_context.filter_metadata[BODY_HINTS_NAMESPACE].update(
+        {"model": fields["model"], "stream": True}
+    )
+    await run_stream_reset(
+        processor,
+        [
+            opening,
+            request_body(orjson.dumps(body)),
+            first_chunk(first, 200),
+            *(response_body(chunk, end_of_stream=False) for chunk in rest),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    return line, services
+
+
+@pytest.mark.parametrize("api", LEAN_STREAMS)
+async def test_a_compressed_stream_read_to_its_end_is_complete_when_its_client_leaves(
+    api: str,
+) -> None:
+    # The client read the stream's end marker and hung up; Envoy reset the ext_proc stream
+    # before its end of stream. The gateway had read the marker (in the bytes it decoded),
+    # so the answer was whole: it was logged aborted, the marker sought in gzip bytes.
+    line, services = await reset_on_the_lean_path(api, LEAN_STREAMS[api][3])
+    assert line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (9, 12)
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
+    assert sample(services, "aigw_requests_total", status_code="200") == 1
+    assert sample(services, "aigw_requests_total", status_code="aborted") == 0
+
+
+@pytest.mark.parametrize("api", LEAN_STREAMS)
+async def test_a_compressed_stream_cut_before_its_end_is_still_aborted(api: str) -> None:
+    whole, end = LEAN_STREAMS[api][3], LEAN_STREAMS[api][4]
+    line, services = await reset_on_the_lean_path(api, whole[: whole.index(end)])
+    assert line["outcome"] == "aborted"
+    assert sample(services, "aigw_requests_total", status_code="aborted") == 1
+    # Charged as a cut stream is: its text estimated ("Paid with 4111 1111 1111 1111.",
+    # 30 characters, or "Paid"), its prompt as the quota estimates it or as Claude's
+    # message_start reported it.
+    assert line["usage_estimated"] is True
+    expected = (4, 8) if api == "chat" else (9, 1)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == expected
