@@ -12,7 +12,8 @@ Another value is refused with a 400 naming ``service_tier``.
 
 A stream asked for its usage reports it as OpenAI does, in one usage-only chunk last.
 With the ``error_after`` fault it ends with OpenAI's ``data: {"error": ...}`` after that
-many content chunks; with ``error_first`` that event, in the status's form, is the
+many content chunks, with ``end_after`` its body just ends there (no finish chunk, no
+usage chunk, no ``[DONE]``); with ``error_first`` that event, in the status's form, is the
 stream's first, before the role chunk (the provider never began its answer).
 With ``x-mock-usage: every-chunk`` it reports it as Gemini's OpenAI endpoint and vLLM's
 ``continuous_usage_stats`` do as well: every chunk carries the running count (the pieces
@@ -504,6 +505,8 @@ class OpenAIEndpoints:
                     return _abort(request, response)
                 if sent == fault.error_after:
                     return await _fail_stream(response, send)
+                if sent == fault.end_after:
+                    return response  # aiohttp ends the body: a clean, early end
                 content = event(choice(piece_delta(sent, piece), None), running(sent + 1))
                 if sent == fault.end_inside:
                     return await _end_inside(response, send, content)
@@ -523,6 +526,8 @@ class OpenAIEndpoints:
             if fault.error_after is not None:
                 # Fewer pieces than error_after: the stream must still fail.
                 return await _fail_stream(response, send)
+            if fault.end_after is not None:
+                return response  # fewer pieces than end_after: it must still end early
             if completion.spoken:
                 spoken = data_delta(completion.content, created)
                 await send(event(choice(spoken, None), running(len(completion.pieces))))

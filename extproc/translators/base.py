@@ -221,14 +221,16 @@ class StreamFailure:
     and the server tool requests so far; an OpenAI-compatible provider's running count
     (Gemini, vLLM) the prompt, cache hits and output so far; Bedrock and OpenAI itself
     report usage last. ``whole``: the counts are the provider's count of the whole answer
-    (the usage of a Responses API ``response.failed``), billed as they are, not a count
-    so far that the text streamed after it may exceed. ``began``: False when the stream
-    failed before the provider began its answer (no Anthropic ``message_start``; an
-    OpenAI-compatible error as the first data event; a Bedrock exception as the first
-    frame): the streamed form of an error status (Anthropic's ``overloaded_error`` first
-    is its 529, Bedrock's ``throttlingException`` its 429), charged nothing as that
-    status is (``partial_usage``). A failure of the gateway's own (a frame it cannot
-    decode, an event too long) always began: what came may have been the answer.
+    (the usage of a Responses API ``response.failed``), or a running count carried by the
+    last event of a stream its provider ended early, after which no text came: billed as
+    they are, not a count so far that the text streamed after it may exceed. ``began``:
+    False when the stream failed before the provider began its answer (no Anthropic
+    ``message_start``; an OpenAI-compatible error as the first data event; a Bedrock
+    exception as the first frame): the streamed form of an error status (Anthropic's
+    ``overloaded_error`` first is its 529, Bedrock's ``throttlingException`` its 429),
+    charged nothing as that status is (``partial_usage``). A failure of the gateway's
+    own (a frame it cannot decode, an event too long) always began: what came may have
+    been the answer.
     """
 
     error: GatewayError | None

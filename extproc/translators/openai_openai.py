@@ -347,6 +347,14 @@ class ChunkStreamReader:
         self._ended = False
         # Set once every choice's finish reason, or [DONE], came: the answer is whole.
         self._answered = False
+        # Set once a usage-only chunk (no choices) came: the report OpenAI sends after the
+        # answer's end. A running count on a content chunk (vLLM's
+        # continuous_usage_stats, Gemini's OpenAI endpoint) ends nothing: a stream cut
+        # after one is cut, not whole.
+        self._usage_last = False
+        # Whether the last data event read carried a usage report: a running count then
+        # counts every text the stream carried, and bills a stream cut after it as is.
+        self._counted_to_here = False
         self._choices = choices
         # The indexes of the choices whose finish reason came, when there are several.
         self._finished: set[int] = set()
@@ -365,13 +373,15 @@ class ChunkStreamReader:
             return self._end_unreadable(sent, complete)
         self._answered = self._answered or self._answer_ended(complete)
         if not _USAGE_OR_ERROR.search(complete):
-            self._began = self._began or b"data:" in complete
+            if b"data:" in complete:
+                self._began = True
+                self._counted_to_here = False
         else:
             kept = self._read_events(complete)
             sent = kept if self._hide else sent
         cut = self._began or bool(self._events.unfinished)
-        # The provider's usage report comes after the answer's end: it ended.
-        answered = self._answered or self.usage is not None
+        # The provider's usage-only chunk comes after the answer's end: it ended.
+        answered = self._answered or self._usage_last
         if end_of_stream and cut and not answered and self.failure is None:
             return sent + self._end_early()
         # Envoy forwards the chunk as it came when it is whole events: no body mutation.
@@ -402,7 +412,10 @@ class ChunkStreamReader:
         blank line, failed its JSON parse. The gateway's error event and ``[DONE]`` end it
         instead, which the SDK raises, charged as after the provider's own error event."""
         error = UpstreamError(STREAM_ENDED_EARLY, code="invalid_upstream_response")
-        self._stream_failed(error)
+        # A running count in the last event (vLLM's continuous_usage_stats, Gemini's
+        # OpenAI endpoint) counted all the text the client got: billed as it is, as the
+        # same stream cut by its client is. A broken event after it carried more.
+        self._stream_failed(error, counted=self._counted_to_here and not self._events.unfinished)
         return b"data: " + error.body() + EVENT_END + _DONE
 
     def _read_first_tier(self, complete: bytes) -> None:
@@ -435,8 +448,9 @@ class ChunkStreamReader:
                 event = self._read_event(event)
                 if not event:
                     continue  # the usage-only chunk of a client that did not ask for it
-            else:
-                self._began = self._began or b"data:" in event
+            elif b"data:" in event:
+                self._began = True
+                self._counted_to_here = False
             kept.append(event + EVENT_END)
         return b"".join(kept)
 
@@ -460,6 +474,7 @@ class ChunkStreamReader:
     def _read_event(self, event: bytes) -> bytes:
         """Take the usage (or the provider's error) from one event; the event as a client
         whose usage chunk is hidden receives it (empty: not at all)."""
+        self._counted_to_here = False
         try:
             parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
@@ -477,6 +492,8 @@ class ChunkStreamReader:
         if usage is None:
             return event
         self.usage = usage
+        self._counted_to_here = True
+        self._usage_last = self._usage_last or not parsed.get("choices")
         # The usage chunk's tier is the provider's last word on it.
         self.service_tier = service_tier_from_answer(parsed) or self.service_tier
         model = parsed.get("model")
@@ -484,10 +501,13 @@ class ChunkStreamReader:
             self.response_model = model
         return _without_usage(event, parsed) if self._hide else event
 
-    def _stream_failed(self, error: GatewayError, *, began: bool = True) -> None:
+    def _stream_failed(
+        self, error: GatewayError, *, began: bool = True, counted: bool = False
+    ) -> None:
         """Record the stream's first failure: the provider's error event, or the gateway's.
         ``began``: False for a provider's error that came before any other data event
-        (``base.StreamFailure.began``); the gateway's own failure is always charged."""
+        (``base.StreamFailure.began``); the gateway's own failure is always charged.
+        ``counted``: the last report read counts all the text streamed (``whole``)."""
         if self.failure is not None:
             return
         # The last report read is a floor, not the usage: OpenAI reports last, so its
@@ -503,6 +523,7 @@ class ChunkStreamReader:
                 prompt_tokens=reported.prompt_tokens,
                 cached_tokens=reported.cached_tokens,
                 completion_tokens=reported.completion_tokens,
+                whole=counted,
             )
         )
         self.usage = None

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from openai import OpenAI
+import pytest
+from openai import APIError, OpenAI
 
 from extproc.devstack import LocalStack
 from extproc.mock_llm import count_tokens
@@ -61,3 +62,29 @@ def test_a_running_usage_is_billed_once_and_reaches_only_the_client_that_asked(
     assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
     assert line["completion_tokens"] == count_tokens(text)
     assert completion_tokens_metric(stack) - before == count_tokens(text)
+
+
+def test_a_running_usage_stream_its_provider_ends_early_is_raised_and_billed_its_count(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # The mock's end_after: the body ends cleanly after two content chunks, each with the
+    # running count, before the finish chunk and [DONE]. The count on a content chunk is
+    # no end of the answer: the SDK raises the gateway's error instead of returning two
+    # words as the whole answer, and the line says the provider ended the stream early.
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
+    pieces: list[str] = []
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count as you go"}],
+        stream=True,
+        extra_headers={USAGE_HEADER: EVERY_CHUNK, "x-mock-fault": "end_after=2"},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        with pytest.raises(APIError, match="ended before it was complete"):
+            for chunk in response.parse():
+                pieces += [c.delta.content or "" for c in chunk.choices]
+    assert "".join(pieces) == "Mock reply"
+    [line] = gateway_log.for_request(request_id)
+    assert (line["outcome"], line["error_code"]) == ("upstream_error", "invalid_upstream_response")
+    # Billed what the provider's last running count said: the two pieces it sent.
+    assert line["completion_tokens"] == count_tokens("Mock reply") == 2

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
@@ -192,6 +193,25 @@ async def test_fault_reset_after_cuts_the_stream_short(openai_client: AsyncOpenA
     contents = [c.choices[0].delta.content for c in received if c.choices[0].delta.content]
     assert len(contents) <= 2 < REPLY_TOKENS
     assert all(c.choices[0].finish_reason is None for c in received)
+
+
+async def test_fault_end_after_ends_the_stream_cleanly_before_its_answer(
+    http: httpx.AsyncClient,
+) -> None:
+    # What a proxy makes of a cut stream: the body ends whole, the answer does not; the
+    # last content chunk carries the running count asked for with x-mock-usage.
+    answer = await http.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True,
+              "stream_options": {"include_usage": True}},
+        headers={**AUTH, "x-mock-fault": "end_after=2", "x-mock-usage": "every-chunk"},
+    )  # fmt: skip
+    events = [line for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert "data: [DONE]" not in events
+    chunks = [orjson.loads(line.removeprefix("data: ")) for line in events]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Mock", " reply"]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
 
 
 async def test_fault_reset_after_drops_a_plain_request(http: httpx.AsyncClient) -> None:

@@ -133,6 +133,33 @@ async def test_a_stream_cut_after_running_reports_is_charged_the_last_one(
     assert line["usage_reported"] is True
 
 
+async def test_a_running_count_stream_its_provider_ended_before_its_finish_is_ended_early(
+    processor: Processor, services: Services
+) -> None:
+    """The provider's body ended after a running report and before any finish reason or
+    [DONE] (a proxy, or an upstream whose body ends with its connection). A running count
+    on a content chunk is no end of the answer: the stream was passed on as whole (the SDK
+    returned "Once upon a time" as the answer) and logged completed. Now it ends with the
+    gateway's error, as any stream cut so, billed the count its last event carried."""
+    line, received = await stream(processor, services, RUNNING)
+    assert received.startswith(b"".join(RUNNING))
+    assert b"the provider's stream ended before it was complete" in received
+    assert received.endswith(DONE)
+    assert (line["outcome"], line["error_code"]) == ("upstream_error", "invalid_upstream_response")
+    assert counts(line) == (900, 4)
+    assert Decimal(str(line["cost_usd"])) == (900 * INPUT + 4 * OUTPUT) / 10**6
+
+
+async def test_a_stream_ended_after_text_its_last_report_did_not_count_estimates_that_text(
+    processor: Processor, services: Services
+) -> None:
+    # "Once upon a time, and then" (27 characters) is 7 tokens estimated, more than the 4
+    # the last report counted before ", and then" came: the report is a floor.
+    line, _ = await stream(processor, services, [*RUNNING, text(", and then")])
+    assert line["outcome"] == "upstream_error"
+    assert counts(line) == (900, 7)
+
+
 async def test_a_stream_the_provider_failed_keeps_the_running_count_it_had_reported(
     processor: Processor, services: Services
 ) -> None:
