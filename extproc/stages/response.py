@@ -138,7 +138,7 @@ class ResponseStage:
         if ctx.stream and _provider_failed(ctx, translator):
             return
         if not end_of_stream and not (
-            ctx.stream and _ends_stream(ctx, _sent(translator, out, chunk))
+            ctx.stream and _ends_stream(ctx, translator, _sent(translator, out, chunk))
         ):
             return
         # The end of the answer: Envoy's empty end of stream, or, for a stream, the
@@ -250,14 +250,21 @@ def _sent(translator: ResponseTranslator, out: PhaseOutput, chunk: bytes) -> byt
     return out.body if out.body is not None else chunk
 
 
-def _ends_stream(ctx: RequestContext, sent: bytes) -> bool:
-    if no_answer(ctx.response_status) or not sent:
+def _ends_stream(ctx: RequestContext, translator: ResponseTranslator, sent: bytes) -> bool:
+    if no_answer(ctx.response_status):
         return False
     if ctx.route is not None and ctx.route.api in _TERMINAL_EVENT_APIS:
         # No end marker: the terminal event (response.completed..., ConverseStream's
         # metadata) ends the stream, and the reader, which parses it whole for its
         # usage, knows when it has read one.
-        return getattr(ctx.translator, "terminal_event_read", False) is True
+        return bool(sent) and getattr(translator, "terminal_event_read", False) is True
+    if translator.usage is not None and getattr(translator, "terminal_event_read", False):
+        # An OpenAI-compatible stream's usage-only chunk after its answer's end (hidden
+        # from a client that did not ask for it): the answer and its bill are whole
+        # before [DONE], which a client that has what it asked for may not wait for.
+        return True
+    if not sent:
+        return False
     carry = ctx.stream_end_carry
     seen = carry + sent
     ctx.stream_end_carry = seen[-_CARRY:]

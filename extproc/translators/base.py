@@ -151,6 +151,7 @@ class WrappedReader:
     response_id = _Forwarded()
     server_tool_tally = _Forwarded()
     service_tier = _Forwarded()
+    terminal_event_read = _Forwarded()
     tool_call_tally = _Forwarded()
     unwrapped = _Forwarded()
 

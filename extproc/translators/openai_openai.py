@@ -387,6 +387,13 @@ class ChunkStreamReader:
         # Envoy forwards the chunk as it came when it is whole events: no body mutation.
         return None if sent is chunk else sent
 
+    @property
+    def terminal_event_read(self) -> bool:
+        """Whether the usage-only chunk came after every choice's finish reason: the answer
+        and its bill are whole, and a client that stops reading there (before ``[DONE]``,
+        which the response stage looks for itself) left nothing unread."""
+        return self._answered and self._usage_last
+
     def _answer_ended(self, complete: bytes) -> bool:
         """Whether these whole events end the answer: ``[DONE]``, or the finish reason of
         its last choice still generating. One choice ends at its first finish reason,
