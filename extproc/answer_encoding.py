@@ -223,10 +223,11 @@ class DecompressedAnswer(WrappedReader):
         self.too_large = False
         self._parts: list[bytes] = []
         self._status: int | None = None
-        # What the client was sent of the last stream chunk, uncompressed: on the lean
-        # path it gets those bytes compressed again (or the provider's compressed chunk
-        # as it came), in which the stream's end marker cannot be searched for
-        # (``stages.response``).
+        # What the client was sent of the last chunk, uncompressed (a buffered answer's
+        # all at its end): on the lean path it gets those bytes compressed again (or the
+        # provider's compressed bytes as they came), in which neither the stream's end
+        # marker (``stages.response``) nor the finish reasons and text the log line
+        # records (``stages.telemetry``) can be read.
         self.decoded_sent = b""
 
     @property
@@ -289,6 +290,7 @@ class DecompressedAnswer(WrappedReader):
             return b""
         parts, self._parts = self._parts, []
         body = _decoded(b"".join(parts), self._encoding, self._limit)
+        self.decoded_sent = body if isinstance(body, bytes) else b""
         if not isinstance(body, bytes):
             # The provider generated and billed an answer this large: charged as one
             # over Envoy's buffer (cut_answer), not as a broken one.
@@ -300,6 +302,7 @@ class DecompressedAnswer(WrappedReader):
             body = None
         out = self._reader.feed(body, True) if body is not None else None
         if out is not None:
+            self.decoded_sent = out
             return self._encoded(out, True)
         if self._encoder is None and body is not None:
             return body

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import time
 
+from extproc.answer_encoding import DecompressedAnswer
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
@@ -186,9 +187,15 @@ class TelemetryStage:
 def _readable(ctx: RequestContext, out: PhaseOutput, sent: bytes) -> bytes:
     """What the client reads in the bytes it was sent: the events a translator unwrapped
     from frames that hide them (InvokeModel's stream: Claude's events, base64-encoded),
-    else the bytes themselves."""
+    the bytes of an answer its provider compressed decoded, else the bytes themselves."""
+    translator = ctx.translator
+    if isinstance(translator, DecompressedAnswer) and ctx.response_guard is None:
+        # Unguarded, a compressed answer's body is its reader's: decoded on the full
+        # path, compressed again (or as it came) on the lean one.
+        unwrapped = translator.unwrapped
+        return unwrapped if isinstance(unwrapped, bytes) else translator.decoded_sent
     if out.body is None:
-        unwrapped = getattr(ctx.translator, "unwrapped", None)
+        unwrapped = getattr(translator, "unwrapped", None)
     else:
         # Rewritten by a guard that framed them again: the events it released.
         unwrapped = getattr(ctx.response_guard, "unwrapped", None)

@@ -16,7 +16,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.config import GatewayConfig, load_config
 from extproc.headers import BODY_HINTS_NAMESPACE
-from extproc.runtime import Services
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,
@@ -30,8 +32,9 @@ from extproc.testing import (
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.guard_helpers import config_with, openai_chunk, openai_stream_text
-from tests.unit.test_accounting_review_streams import sample
+from tests.unit.test_accounting_review_streams import STREAMED_APIS, sample
 from tests.unit.test_response_path import first_chunk
+from tests.unit.test_telemetry_review import with_telemetry
 
 AUTH = {"authorization": "Bearer team1-key"}
 UPSTREAM = {"x-envoy-upstream-service-time": "3"}
@@ -272,9 +275,11 @@ async def test_bytes_after_the_last_gzip_member_are_ignored_as_clients_ignore_th
 # --- the lean path: no response headers message, the encoding told by the first bytes ---
 
 
-async def play_lean(chunks: list[bytes], status: int = 200, *, stream: bool = False) -> Played:
+async def play_lean(
+    chunks: list[bytes], status: int = 200, *, stream: bool = False, config: GatewayConfig = PLAIN
+) -> Played:
     log = MemoryLog()
-    processor = processor_for(PLAIN, Services(GatewayMetrics(), log))
+    processor = processor_for(config, Services(GatewayMetrics(), log))
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "P"}]}
     if stream:
         body["stream"] = True
@@ -431,3 +436,44 @@ async def test_a_compressed_stream_cut_before_its_end_is_still_aborted(api: str)
     assert line["usage_estimated"] is True
     expected = (4, 8) if api == "chat" else (9, 1)
     assert (line["prompt_tokens"], line["completion_tokens"]) == expected
+
+
+# --- what the log line reads of a compressed answer ---------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_line_reads_a_compressed_answer_on_the_lean_path_decoded(stream: bool) -> None:
+    # The client gets the gzip bytes; the finish reasons and the logged completion were
+    # looked for in them, and the line had neither.
+    logging = with_telemetry(PLAIN, log={"include_content": True})
+    answer = gzip.compress(STREAM if stream else ANSWER)
+    played = await play_lean(pieces(answer, 50), stream=stream, config=logging)
+    assert played.line["finish_reasons"] == ["stop"]
+    assert played.line["completion"] == "Paid with 4111 1111 1111 1111."
+
+
+async def test_the_line_reads_a_compressed_invoke_stream_unwrapped() -> None:
+    # InvokeModel's stream frames Claude's events base64-encoded: its finish reason is
+    # read in the events the reader unwrapped, which for a gzipped stream were skipped.
+    served = STREAMED_APIS["invoke"]
+    compressor = zlib.compressobj(wbits=31)
+    frames = [compressor.compress(frame) for frame in served.stream("whole")]
+    frames.append(compressor.flush())
+    log = MemoryLog()
+    runtime = Runtime(PLAIN, Services(GatewayMetrics(), log))
+    await runtime.start()  # the AWS credentials
+    try:
+        await run_stream(
+            Processor(lambda: runtime, default_stages()),
+            [
+                request_headers(served.path, headers=served.key),
+                request_body(orjson.dumps(served.body)),
+                response_headers(200, {**served.headers, "content-encoding": "gzip"}),
+                *(response_body(frame, end_of_stream=False) for frame in frames),
+                response_body(b"", end_of_stream=True),
+            ],
+        )
+    finally:
+        await runtime.close()
+    [line] = log.lines()
+    assert (line["outcome"], line["finish_reasons"]) == ("completed", ["end_turn"])
