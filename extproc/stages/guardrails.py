@@ -1175,8 +1175,12 @@ class GuardResponseStage:
     def _stream_error(
         ctx: RequestContext, error: GuardrailRejectedError, framed: bool = True
     ) -> bytes:
-        # The client reads this refusal last: the log line and the span name it.
+        # The client reads this refusal last: the log line and the span name it. It ends
+        # the client's answer, as a provider's error event does: a client that hangs up
+        # once it has read it (Envoy then never sends the end of stream) cut nothing
+        # short, and is counted under its status, not as aborted.
         ctx.stream_refusal = error
+        ctx.completed = True
         if ctx.error_shape == "google":
             # Google's failure event, which google-genai raises (GeminiStreamGuard).
             google = error.body("google")

@@ -15,6 +15,7 @@ import pytest
 
 from tests.unit.guard_helpers import config_with, openai_chunk
 from tests.unit.sse_play import play_sse
+from tests.unit.test_accounting_review_streams import sample
 from tests.unit.test_guard_flow import Gateway
 
 POLICIES = {
@@ -63,3 +64,25 @@ async def test_a_stream_cut_before_its_end_logs_the_masks_it_made_and_no_pass() 
     line = gate.log()
     assert line["outcome"] == "aborted"
     assert line["guardrails"] == [{"guard": "pii-out", "phase": "response", "action": "mask"}]
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["end of stream", "client left at refusal"])
+async def test_a_stream_a_guard_refused_is_counted_under_its_status_however_it_ended(
+    ended: bool,
+) -> None:
+    # The refusal is the last thing the client reads; one that hangs up then leaves
+    # Envoy to reset the stream before its end. The line said rejected, but
+    # aigw_requests_total counted it aborted, apart from the same refusal read to Envoy's
+    # end of stream (and from the log line).
+    gate = guarded()
+    chunks = [
+        openai_chunk("Your key is sk-abcdefghijkl, keep it."),
+        openai_chunk(None, "stop") + DONE,
+    ]
+    sent = chunks if ended else chunks[:1]
+    await play_sse(gate.processor, "/v1/chat/completions", AUTH, BODY, sent, ended=ended)
+    line = gate.log()
+    assert (line["outcome"], line["http_status_code"]) == ("rejected", 200)
+    assert line["error_code"] == "guardrail_rejected"
+    assert sample(gate.services, "aigw_requests_total", status_code="200") == 1
+    assert sample(gate.services, "aigw_requests_total", status_code="aborted") == 0
