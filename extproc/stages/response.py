@@ -212,9 +212,13 @@ def _provider_failed(ctx: RequestContext, translator: ResponseTranslator) -> boo
         # The error is what the client reads last: the answer ended (not cut short), and
         # the log line names the provider's error. Usage and cost come at done, once the
         # estimate is made; priced now, the request would cost nothing.
-        ctx.error = failure.error
         ctx.completed = True
         ctx.response_model = translator.response_model
+        if ctx.stream_refusal is None:
+            # Unless a response guard had refused the stream: the client read that
+            # refusal last and nothing after it, so the line keeps naming the refusal
+            # (the upstream error counter still counts the provider's failure).
+            ctx.error = failure.error
     return True
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from extproc.testing import client_body
 from tests.unit.guard_helpers import config_with, openai_chunk
 from tests.unit.sse_play import play_sse
-from tests.unit.test_accounting_review_streams import sample
+from tests.unit.test_accounting_review_streams import OPENAI_ERROR, sample
 from tests.unit.test_guard_flow import Gateway
 
 POLICIES = {
@@ -86,3 +87,31 @@ async def test_a_stream_a_guard_refused_is_counted_under_its_status_however_it_e
     assert line["error_code"] == "guardrail_rejected"
     assert sample(gate.services, "aigw_requests_total", status_code="200") == 1
     assert sample(gate.services, "aigw_requests_total", status_code="aborted") == 0
+
+
+@pytest.mark.parametrize(
+    "after",
+    [OPENAI_ERROR, openai_chunk(" and the rest")],
+    ids=["provider's error event", "stream ended early"],
+)
+async def test_a_provider_failing_after_a_guards_refusal_leaves_the_refusal_logged(
+    after: bytes,
+) -> None:
+    # A client that reads on after the refusal gets nothing more; the provider then failed
+    # its stream (its error event, or a body ended before [DONE]). The line named that
+    # failure (upstream_error, "The model is overloaded"), which the client never saw,
+    # instead of the refusal it read last.
+    gate = guarded()
+    chunks = [openai_chunk("Your key is sk-abcdefghijkl, keep it."), after]
+    answers = await play_sse(gate.processor, "/v1/chat/completions", AUTH, BODY, chunks)
+    received = client_body(chunks, answers[3:])
+    assert received.count(b'"error"') == 1 and b"no keys" in received
+    line = gate.log()
+    assert (line["outcome"], line["error_code"], line["error_message"]) == (
+        "rejected",
+        "guardrail_rejected",
+        "no keys",
+    )
+    # Charged what the provider produced, as before; its failure is still counted.
+    assert line["usage_estimated"] is True
+    assert sample(gate.services, "aigw_upstream_errors_total", status_code="stream_error") == 1
