@@ -19,20 +19,27 @@ as it would from AWS. The gateway only reads, to bill the request. Claude's answ
   reported (else the estimate) and the text it carried.
 
 Any other model family's answer has its own shape, but Bedrock reports its token counts
-alike for every model, and the gateway bills by those:
+alike for every model, and the gateway bills by those; without them (a Bedrock-compatible
+server, a proxy that drops headers), by the counts the family wrote in its body
+(``invoke_body_counts``), else by its estimate:
 
 - The JSON answer (``TokenHeaderReader``): the ``X-Amzn-Bedrock-Input-Token-Count`` and
   ``-Output-Token-Count`` headers of InvokeModel's answer, and the tier of its
-  ``X-Amzn-Bedrock-Service-Tier`` header; the body is parsed only when the counts are
-  missing, for the estimate of what it generated (``stages.cut_answer``).
+  ``X-Amzn-Bedrock-Service-Tier`` header. The body is parsed, once, only when the counts
+  are missing: for the family's own counts (Llama's ``prompt_token_count``, Titan's
+  ``inputTextTokenCount``...), else for the estimate of what it generated
+  (``stages.cut_answer``). The headers win: the body is not read beside them.
 - The stream (``ModelStreamReader``): each ``chunk`` frame's base64 JSON, whose last one
   carries ``amazon-bedrock-invocationMetrics`` (``inputTokenCount``,
-  ``outputTokenCount``), which ends the answer. Only that chunk is parsed; the others are
-  scanned for their generated text (``generated_text``: Llama's ``generation``, Titan's
-  ``outputText``, Mistral's ``text``...), the bill of a stream cut before it, with the
-  counts a family reports as it streams (Llama's and Titan's prompt on the first chunk,
-  output so far on each). Exception frames are the stream's failure, named as on
-  Converse.
+  ``outputTokenCount``), which win, and the family's stop reason (Llama's
+  ``stop_reason``, Titan's ``completionReason``...), which ends the answer whole with or
+  without them: billed then by the counts the chunks carried (Llama's and Titan's prompt
+  on the first chunk, output so far on each; Nova's ``metadata``), else estimated, and
+  never taken for a stream cut short. Only the chunks that may hold counts, metrics or a
+  stop reason are parsed; the others are scanned for their generated text
+  (``generated_text``: Llama's ``generation``, Titan's ``outputText``, Mistral's
+  ``text``...), the bill of a stream cut before its end. Exception frames are the
+  stream's failure, named as on Converse.
 """
 
 from __future__ import annotations
@@ -57,6 +64,14 @@ from extproc.translators.bedrock_bedrock import (
     ended_early_error,
 )
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.invoke_body_counts import (
+    MAY_END,
+    answer_usage,
+    bedrock_usage,
+    chunk_usage,
+    ends_answer,
+    stop_reason,
+)
 from extproc.translators.openai_bedrock_stream import frame_error, stream_exception
 from extproc.translators.token_counts import header_token_count, token_count
 
@@ -136,29 +151,22 @@ def header_usage(headers: dict[str, str]) -> Usage | None:
         return None
     completion = header_token_count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
     cache_read = header_token_count(headers.get(CACHE_READ_HEADER))
-    return _usage(
+    return bedrock_usage(
         prompt, completion, cache_read, header_token_count(headers.get(CACHE_WRITE_HEADER))
     )
 
 
-def _usage(uncached: int, completion: int, read: int | None, written: int | None) -> Usage:
-    """Bedrock's counts as usage: the prompt is everything the model read, the uncached
-    part and the cache's reads and writes (billed at their own prices)."""
-    cache_read = read or 0
-    cache_write = written or 0
-    prompt = uncached + cache_read + cache_write
-    return Usage(prompt, completion, prompt + completion, cache_read, cache_write)
-
-
 class TokenHeaderReader:
-    """Another family's JSON answer: billed by InvokeModel's token headers, passed through."""
+    """Another family's JSON answer: billed by InvokeModel's token headers, else by the
+    counts its body carries; passed through."""
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.usage = header_usage(headers)
         self.response_model: str | None = None  # the family's body may name none
         self.status: int | None = None
         self.service_tier = service_tier_of(served_tier(headers))
-        # Parsed only without the headers' counts: cut_answer estimates from its text.
+        # Parsed only without the headers' counts, once: for the counts the family wrote
+        # in it (invoke_body_counts), else for cut_answer's estimate from its text.
         self.answer: Any = None
         self._parts: list[bytes] = []
 
@@ -172,13 +180,15 @@ class TokenHeaderReader:
             except orjson.JSONDecodeError:
                 self.answer = None
             self._parts = []
+            self.usage = answer_usage(self.answer)
         return None
 
 
 class ModelStreamReader(ConverseStreamReader):
     """Another family's InvokeModelWithResponseStream frames, passed through; billed by the
-    last chunk's ``amazon-bedrock-invocationMetrics``. Read as ConverseStream's frames are
-    (the reader it extends: failures, a broken frame), its chunks unwrapped."""
+    last chunk's ``amazon-bedrock-invocationMetrics``, else by the counts the chunks
+    carried. Read as ConverseStream's frames are (the reader it extends: failures, a
+    broken frame, a stream ended before its stop reason), its chunks unwrapped."""
 
     def __init__(self, served_tier: str | None = None) -> None:
         super().__init__()
@@ -214,18 +224,42 @@ class ModelStreamReader(ConverseStreamReader):
             event = unwrapped_chunk(frame.payload)
             self._events.append(event)
             self.generated_chars += generated_chars(event)
+            ending = MAY_END.search(event) is not None
+            if not (ending or _METRICS in event or _RUNNING_COUNT in event):
+                return  # most chunks of most families: text alone, not parsed
+            parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
+            if not isinstance(parsed, dict):
+                return
+            self._read_running_counts(parsed)
             if _METRICS in event:
-                self._read_metrics(event)
-            elif _RUNNING_COUNT in event:
-                self._read_running_counts(event)
+                self._read_metrics(parsed)
+            if ending:
+                self._read_end(parsed)
 
-    def _read_running_counts(self, event: bytes) -> None:
+    def _read_end(self, parsed: dict[str, Any]) -> None:
+        """A chunk with the family's stop reason: the answer is whole, however its stream
+        then ends. The last one (``invoke_body_counts.ends_answer``) ends the answer, and
+        without Bedrock's metrics it is billed by the counts the chunks carried."""
+        if stop_reason(parsed) is not None:
+            self._answered = True
+        if not ends_answer(parsed):
+            return
+        self.terminal_event_read = True
+        if self.usage is None:  # Bedrock's metrics, read from this chunk first, win
+            carried = chunk_usage(parsed)
+            self.usage = carried if carried is not None else self._running_usage()
+
+    def _running_usage(self) -> Usage | None:
+        """The counts the chunks carried as they went (Llama's, Titan's): the last chunk's
+        output count is the whole answer's."""
+        if self._prompt is None or self._output is None:
+            return None
+        return bedrock_usage(self._prompt, self._output, None, None)
+
+    def _read_running_counts(self, parsed: dict[str, Any]) -> None:
         """Llama's ``prompt_token_count`` / ``generation_token_count``, Titan's
         ``inputTextTokenCount`` / ``totalOutputTextTokenCount``: the prompt on the first
         chunk, the output so far on each."""
-        parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
-        if not isinstance(parsed, dict):
-            return
         for prompt_key, output_key in _RUNNING_COUNTS:
             prompt = token_count(parsed.get(prompt_key))
             output = token_count(parsed.get(output_key))
@@ -237,9 +271,8 @@ class ModelStreamReader(ConverseStreamReader):
         super()._failed(error, began=began)
         self.failure = replace(self.counts_so_far(), error=error, began=began)
 
-    def _read_metrics(self, event: bytes) -> None:
-        parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
-        metrics = parsed.get(_METRICS.decode()) if isinstance(parsed, dict) else None
+    def _read_metrics(self, parsed: dict[str, Any]) -> None:
+        metrics = parsed.get(_METRICS.decode())
         if not isinstance(metrics, dict):
             return  # the key inside generated text, not Bedrock's metrics
         prompt = token_count(metrics.get("inputTokenCount"))
@@ -247,5 +280,5 @@ class ModelStreamReader(ConverseStreamReader):
         if prompt is not None and completion is not None:
             read = token_count(metrics.get("cacheReadInputTokenCount"))
             written = token_count(metrics.get("cacheWriteInputTokenCount"))
-            self.usage = _usage(prompt, completion, read, written)
+            self.usage = bedrock_usage(prompt, completion, read, written)
         self.terminal_event_read = True

@@ -180,6 +180,48 @@ def test_other_model_families_are_billed_by_the_counts_bedrock_reports(
     )
 
 
+def test_without_bedrocks_counts_the_answer_is_billed_by_the_counts_in_its_body(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mock as a Bedrock-compatible server, or Bedrock behind a proxy that drops them:
+    # no token count headers, no invocation metrics; the models' bodies keep their counts.
+    client = with_headers(bedrock_client(tls, monkeypatch), {"x-mock-fault": "no_usage=1"})
+    llama = client.invoke_model(
+        modelId=LLAMA, body=json.dumps({"prompt": "Say hello, please.", "max_gen_len": 50})
+    )
+    assert "x-amzn-bedrock-input-token-count" not in llama["ResponseMetadata"]["HTTPHeaders"]
+    answer = json.loads(llama["body"].read())
+    [line] = gateway_log.for_request(request_id(llama))
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        answer["prompt_token_count"],
+        answer["generation_token_count"],
+    )
+
+    titan = json.dumps({"inputText": "Say hello.", "textGenerationConfig": {"maxTokenCount": 30}})
+    streamed = client.invoke_model_with_response_stream(modelId=TITAN, body=titan)
+    # boto3 reads the stream to its end: its last chunk's stop reason ended it.
+    chunks = events_of(streamed)
+    assert chunks[-1]["completionReason"] == "FINISH"
+    assert "amazon-bedrock-invocationMetrics" not in chunks[-1]
+    [line] = gateway_log.for_request(request_id(streamed))
+    assert (line["outcome"], line["error_code"]) == ("completed", None)
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        chunks[0]["inputTextTokenCount"],
+        chunks[-1]["totalOutputTextTokenCount"],
+    )
+
+    # Mistral counts nothing: whole all the same, and estimated.
+    mistral = json.dumps({"prompt": "Say hello.", "max_tokens": 30})
+    streamed = client.invoke_model_with_response_stream(modelId=MISTRAL, body=mistral)
+    chunks = events_of(streamed)
+    assert chunks[-1]["outputs"][0]["stop_reason"] == "stop"
+    [line] = gateway_log.for_request(request_id(streamed))
+    assert (line["outcome"], line["error_code"]) == ("completed", None)
+    assert line["usage_estimated"] is True and line["completion_tokens"] > 0
+
+
 def test_another_familys_stream_broken_off_is_charged_its_estimate(
     tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
