@@ -144,12 +144,14 @@ class InvokeStreamReader(StreamTranslator):
 
 def header_usage(headers: dict[str, str]) -> Usage | None:
     """The usage InvokeModel's answer headers report; None when the input count is
-    missing or not a whole number. An embeddings model's answer has no output count:
+    missing, or either count is there but no count (``token_counts``: the report is then
+    unreadable, not read as 0 output). An embeddings model's answer has no output count:
     it generated no tokens."""
     prompt = header_token_count(headers.get(INPUT_TOKENS_HEADER))
-    if prompt is None:
+    output = headers.get(OUTPUT_TOKENS_HEADER)
+    completion = 0 if output is None else header_token_count(output)
+    if prompt is None or completion is None:
         return None
-    completion = header_token_count(headers.get(OUTPUT_TOKENS_HEADER)) or 0
     cache_read = header_token_count(headers.get(CACHE_READ_HEADER))
     return bedrock_usage(
         prompt, completion, cache_read, header_token_count(headers.get(CACHE_WRITE_HEADER))

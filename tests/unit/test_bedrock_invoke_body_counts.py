@@ -333,3 +333,33 @@ async def test_generated_text_that_spells_a_stop_reason_does_not_end_the_stream(
 
     with pytest.raises(EventStreamError, match=ENDED_EARLY):
         boto3_reads("InvokeModelWithResponseStream", received)
+
+
+@pytest.mark.parametrize("output", ["-1", "18446744073709551615", "5.0", "nope", ""])
+@pytest.mark.parametrize(
+    ("answer", "billed", "reported"),
+    [
+        # Llama's body counts it: those are the bill.
+        ({"generation": "Once upon a time.", "prompt_token_count": 12,
+          "generation_token_count": 40}, (12, 40), True),
+        # Nothing counts it: the estimate, its text at four characters a token.
+        ({"generation": "Once upon a time."}, (4, 5), False),
+    ],
+    ids=["body-counts", "no-counts"],
+)  # fmt: skip
+async def test_an_output_header_that_is_no_count_is_no_report_not_zero_output(
+    signing_processor: Processor,
+    services: Services,
+    output: str,
+    answer: dict[str, Any],
+    billed: tuple[int, int],
+    reported: bool,
+) -> None:
+    # A wrapped-around or garbled output count billed the answer's output as 0 tokens,
+    # reported as exact: the docs' rule reads such a report as none.
+    headers = {**BEDROCK_COUNTS, "x-amzn-bedrock-output-token-count": output}
+    await answered(signing_processor, LLAMA, LLAMA_BODY, answer, headers)
+
+    line = log_line(services)
+    assert counts(line) == billed
+    assert line["usage_reported"] is reported and line["usage_estimated"] is not reported
