@@ -12,13 +12,17 @@ import logging
 from extproc.config.model import GatewayConfig
 from extproc.config.moderation_categories import threshold_warnings
 from extproc.config.rule_models import unknown_model_warnings
+from extproc.errors import without_secrets
 
 log = logging.getLogger(__name__)
 
 
 def config_warnings(config: GatewayConfig) -> list[str]:
-    """Every warning the config earns, one line each."""
-    return [*unknown_model_warnings(config), *threshold_warnings(config)]
+    """Every warning the config earns, one line each, without the file's secrets: a
+    warning quotes the names a rule holds, a key variable put there by mistake too."""
+    found = [*unknown_model_warnings(config), *threshold_warnings(config)]
+    # Shapes too (errors.without_secrets): a model name holds no `***` to keep.
+    return [without_secrets(line, config.secrets_read) for line in found]
 
 
 class ConfigWarnings:

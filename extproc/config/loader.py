@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from extproc.config.echoed_secrets import hidden, is_secret_field, secrets_of_file
 from extproc.config.enrichment_template import literal
 from extproc.config.model import GatewayConfig
 from extproc.errors import without_secrets
@@ -34,7 +35,6 @@ _REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
 # What may follow a name in a shell's ${NAME...} form: shown in an error, unlike the text
 # after it.
 _SHELL_OPERATOR = re.compile(r":?[-=?+]?")
-_SECRET_FIELD = re.compile(r"(key|secret|token|password|credential)", re.IGNORECASE)
 # Where a URL's secrets start, cut from echoed values: its query, a `;` parameter, its
 # fragment.
 _URL_SECRET_MARKS = "?;#"
@@ -50,20 +50,6 @@ _TEXT_FIELD = re.compile(
 # Fields that are templates of their own (an enrichment message's ``{user_id}``): a value
 # taken from the environment is written into them as text, its braces no placeholders.
 _TEMPLATE_FIELD = re.compile(_ENRICHMENT_CONTENT)
-# Fields whose names look like a secret's but which hold counts or names: their bad
-# values are shown like any other's.
-_NOT_SECRET_FIELDS = frozenset(
-    {
-        "tokens_per_minute",
-        "tokens_per_hour",
-        "tokens_per_day",
-        "default_max_tokens",
-        "above_input_tokens",
-        "max_token_bytes",
-        "key_prefix",
-        "api_key_header",
-    }
-)
 
 
 class ConfigError(Exception):
@@ -154,8 +140,9 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
     interpolated = _interpolate(raw, environ, "", problems)
     if problems:
         raise ConfigError(source, problems)
+    secrets = secrets_of_file(text, environ, interpolated)
     try:
-        return GatewayConfig.model_validate(interpolated)
+        config = GatewayConfig.model_validate(interpolated)
     except ValidationError as exc:
         errors = exc.errors()
         # pydantic also reports a list as too short when all its items failed: noise.
@@ -175,7 +162,11 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
             for error in errors
             for line in (_describe(error).split("\n") if not error["loc"] else [_describe(error)])
         ]
-        raise ConfigError(source, problems) from None
+        # A key put in the wrong field is echoed by the field's check, or quoted by its
+        # message (`unknown provider '...'`), like any other value.
+        raise ConfigError(source, hidden(problems, secrets)) from None
+    config.keep_secrets_read(secrets)
+    return config
 
 
 def _interpolate(
@@ -361,14 +352,15 @@ def _describe(error: Any) -> str:
             location += f"[{part}]"
         else:
             location = _join(location, str(part))
-    message = str(error["msg"]).removeprefix("Value error, ")
+    # A message may quote the value itself (`unknown provider '...'`).
+    message = without_secrets(str(error["msg"]).removeprefix("Value error, "))
     if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "name":
         message = "must be 1-63 lower-case letters, digits, '.', '_' or '-'"
     if error["type"] == "extra_forbidden":
         return f"{location}: unknown field"
     if error["type"] == "missing":
         return f"{location}: required field is missing"
-    if any(_is_secret_field(part) for part in error["loc"]):
+    if any(is_secret_field(part) for part in error["loc"]):
         return f"{location}: {message}"
     value = error.get("input")
     if isinstance(value, dict | list) or value is None:
@@ -376,11 +368,6 @@ def _describe(error: Any) -> str:
     if isinstance(value, str):
         value = _without_userinfo(without_secrets(value))
     return f"{location}: {message} (got {value!r})"
-
-
-def _is_secret_field(part: object) -> bool:
-    name = str(part)
-    return name not in _NOT_SECRET_FIELDS and _SECRET_FIELD.search(name) is not None
 
 
 def _without_userinfo(value: str) -> str:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from extproc.config.agents_model import AgentsConfig, agent_route_problems
 from extproc.config.auth_model import AuthConfig, RouteAuthConfig
@@ -773,8 +773,20 @@ class GatewayConfig(_Section):
             raise ValueError("\n".join(problems))
         return self
 
+    # The secrets the file held or read (``echoed_secrets``), starred out of its warnings.
+    _secrets_read: frozenset[str] = PrivateAttr(default=frozenset())
+
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)
+
+    def keep_secrets_read(self, secrets: frozenset[str]) -> None:
+        """Remember the secrets of the file this config was loaded from: a warning that
+        quotes a value (a rule's model names) quotes one put in the wrong field too."""
+        self._secrets_read = secrets
+
+    @property
+    def secrets_read(self) -> frozenset[str]:
+        return self._secrets_read
 
 
 def _reference_problems(config: GatewayConfig) -> Iterator[str]:
