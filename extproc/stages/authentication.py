@@ -187,6 +187,14 @@ class AuthenticationStage:
         _check_route(ctx)
 
 
+def presented_credential(ctx: RequestContext) -> str | None:
+    """The key or token this request authenticates with (as its route reads it), if any."""
+    route = ctx.route
+    if route is None:
+        return None
+    return _credential(ctx.request_headers, ctx.runtime.route_auth[route.name].api_key_header)
+
+
 def _credential(headers: dict[str, str], route_header: str | None) -> str | None:
     authorization = headers.get("authorization", "").strip()
     if authorization:

@@ -54,6 +54,7 @@ from extproc.responses_api import (
 )
 from extproc.runtime import Route
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over
+from extproc.stages.model_credentials import refuse_credential_in_model
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).
 _RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
@@ -112,6 +113,8 @@ class ChatRequestStage:
             raise BadRequestError(
                 f"'model' is longer than {_MAX_MODEL_NAME} characters", param="model"
             )
+        # Before the name is recorded anywhere (log, metadata, metrics, a 404's message).
+        refuse_credential_in_model(ctx, model)
         ctx.model = model
         upstream = ctx.runtime.resolve_upstream(model, route)
         if upstream is None:

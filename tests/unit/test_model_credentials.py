@@ -1,0 +1,165 @@
+"""A client that puts a key where the model's name goes: refused, and written nowhere.
+
+The model a request names is recorded in the request log, Envoy's access log and the
+span (from the gateway's metadata), the metrics' ``model`` label on a route that sends
+any name on (``model_prefixes``), and the 404's message. A client that swapped its
+settings sent its key as the model, and every one of those places kept it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import generate_latest
+
+from extproc.config import parse_config
+from extproc.devstack import DEFAULT_CONFIG
+from extproc.headers import CLUSTER, METADATA_NAMESPACE
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.telemetry.metrics import GatewayMetrics
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+from tests.unit.conftest import MemoryLog
+
+GATEWAY = parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {})
+OWN_KEY = "team1-key"
+OTHER_TEAMS_KEY = "team2-key"
+# OpenAI's shape (the T3BlbkFJ marker), a key the gateway does not know.
+OPENAI_KEY = "sk-proj-q8Wd3T3BlbkFJx7Rk2mPzL9vNc4YhGt6Sb1Ue5Af0Qj"
+CLAUDE_ANSWER = orjson.dumps(
+    {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-3-5-haiku-latest",
+        "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+)
+
+
+class Sent:
+    """One request through the processor: what the client, Envoy and the operator saw."""
+
+    def __init__(self, answers: list[Any], log: MemoryLog, metrics: GatewayMetrics) -> None:
+        self.answers = answers
+        self.lines = log.lines()
+        self.metrics = generate_latest(metrics.registry).decode()
+
+    def refusal(self) -> tuple[int, dict[str, Any]]:
+        refusal = self.answers[-1].immediate_response
+        return refusal.status.code, orjson.loads(refusal.body)["error"]
+
+    def went_upstream(self) -> bool:
+        for answer in self.answers:
+            phase = getattr(answer, answer.WhichOneof("response"))
+            if hasattr(phase, "response"):
+                for header in phase.response.header_mutation.set_headers:
+                    if header.header.key == CLUSTER:
+                        return True
+        return False
+
+    def everything(self) -> str:
+        """Every place text went: answers (bodies, headers, Envoy's metadata for its
+        access log and span), log lines, the metrics page."""
+        return "\n".join([*(str(answer) for answer in self.answers), str(self.lines), self.metrics])
+
+
+async def send(
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    answer: bytes | None = None,
+) -> Sent:
+    log, metrics = MemoryLog(), GatewayMetrics()
+    runtime = Runtime(GATEWAY, Services(metrics, log))
+    messages = [
+        request_headers(path, headers={"authorization": f"Bearer {OWN_KEY}", **(headers or {})}),
+        request_body(orjson.dumps(body)),
+    ]
+    if answer is not None:
+        messages += [response_headers(200), response_body(answer)]
+    answers = await run_stream(Processor(lambda: runtime, default_stages()), messages)
+    return Sent(answers, log, metrics)
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "secret", "holds"),
+    [
+        # The request's own key, in the body, the path and the model header.
+        ("/v1/chat/completions", chat(OWN_KEY), {}, OWN_KEY, "this request's API key"),
+        ("/openai/team1-key", chat("gpt-4o-mini"), {}, OWN_KEY, "this request's API key"),
+        ("/openai", chat("gpt-4o-mini"), {"model": OWN_KEY}, OWN_KEY, "this request's API key"),
+        # Inside a name a route sends on as it is (`claude-` goes to Anthropic).
+        (
+            "/v1/messages",
+            {**chat(f"claude-{OWN_KEY}"), "max_tokens": 9},
+            {},
+            OWN_KEY,
+            "this request's API key",
+        ),
+        # Another team's key, pasted by mistake.
+        ("/v1/chat/completions", chat(OTHER_TEAMS_KEY), {}, OTHER_TEAMS_KEY, "an API key of"),
+        # A provider key the gateway does not know, by its shape.
+        ("/v1/chat/completions", chat(OPENAI_KEY), {}, OPENAI_KEY, "an OpenAI or Anthropic"),
+    ],
+)
+async def test_a_key_named_as_the_model_is_refused_and_recorded_nowhere(
+    path: str, body: dict[str, Any], headers: dict[str, str], secret: str, holds: str
+) -> None:
+    sent = await send(path, body, headers)
+    status, error = sent.refusal()
+    assert status == 400
+    if "code" in error:  # OpenAI's shape; Anthropic's has the type and message alone
+        assert error["code"] == "credential_in_model" and error["param"] == "model"
+    assert f"'model' holds {holds}" in error["message"]
+    assert not sent.went_upstream()
+    assert secret not in sent.everything()
+    [line] = sent.lines
+    assert line["model"] is None and line["error_code"] == "credential_in_model"
+    assert line["path"] == path.replace(OWN_KEY, "[redacted]")
+
+
+async def test_before_the_key_reached_the_log_the_metrics_and_the_provider() -> None:
+    # The control for what the refusal replaced: a name Anthropic's prefix serves is sent
+    # on, and recorded as sent: in the log line, the metrics' model label.
+    sent = await send(
+        "/v1/messages",
+        {**chat("claude-team-one-preview"), "max_tokens": 9},
+        answer=CLAUDE_ANSWER,
+    )
+    assert sent.went_upstream()
+    [line] = sent.lines
+    assert line["model"] == "claude-team-one-preview" and line["http_status_code"] == 200
+    assert 'model="claude-team-one-preview"' in sent.metrics
+    metadata = [a.dynamic_metadata.fields.get(METADATA_NAMESPACE) for a in sent.answers]
+    assert any(m is not None and "claude-team-one-preview" in str(m) for m in metadata)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-4o-mini",
+        "claude-3-5-haiku-latest",
+        # Words a key is made of are no key: the demo keys are "<team>-key".
+        "claude-key-points-2025",
+        "claude-sk-learn-helper",
+    ],
+)
+async def test_model_names_are_served_as_before(model: str) -> None:
+    sent = await send("/v1/chat/completions", chat(model))
+    assert sent.went_upstream()
