@@ -351,6 +351,37 @@ def test_a_refused_query_key_is_not_in_envoys_access_log_or_spans(
     )
 
 
+def test_a_key_sent_as_the_model_is_refused_and_in_no_envoy_log_or_span(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    """A client whose settings were swapped: the openai SDK sends its key as the model.
+    Before, the key was the log line's model and error message, and through the
+    gateway's metadata Envoy's access log `model` and the span's model tag."""
+    before = len(mock_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(stack).chat.completions.create(
+            model=ORG_KEY, messages=[{"role": "user", "content": "hi"}]
+        )
+    answer = refused.value.response
+    SHOWN.append(answer.text)
+    assert refused.value.code == "credential_in_model"
+    assert "'model' holds this request's API key or token" in refused.value.message
+    assert ORG_KEY not in answer.text
+    assert len(mock_requests(stack)) == before
+    request_id = answer.headers["x-request-id"]
+    line = log_line(stack, answer)
+    assert line["model"] is None and line["http_status_code"] == 400
+    logged = wait_for(
+        lambda: [line for line in envoy_access_log(stack).splitlines() if request_id in line],
+        30,
+    )
+    spans = wait_for(
+        lambda: [repr(span) for span in collector.spans if request_id in repr(span)], 30
+    )
+    assert [orjson.loads(line)["response_code"] for line in logged] == [400]
+    assert ORG_KEY not in "".join(logged) + "".join(spans) + orjson.dumps(line).decode()
+
+
 def test_unknown_key_is_401_and_a_route_the_key_may_not_use_is_403_in_openais_shape(
     stack: LocalStack,
 ) -> None:
