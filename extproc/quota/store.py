@@ -426,7 +426,12 @@ class QuotaStore:
                 return replace(denial, refusals=tuple(refusals), with_room=tuple(with_room))
             assert failure is not None
             raise failure
-        return Reservation(limits, reserved, used, effective, generations, holding, held)
+        reservation = Reservation(limits, reserved, used, effective, generations, holding, held)
+        if len(groups) > 1:
+            # Off the request path, as a settlement: the budgets held meanwhile are
+            # over-held for the few milliseconds until the batch lands.
+            self._queue_changes(_held_within_cap(reservation))
+        return reservation
 
     async def _send_reservations(self, calls: list[_ReserveCall]) -> list[Any]:
         """Each call's answer (an error is its answer) from a cluster, in each node's
@@ -914,6 +919,37 @@ def _as_error(result: Any) -> Exception:
     if isinstance(result, Exception):
         return result
     return ReplyLostError("the reservation was given back before it reached the store")
+
+
+def _held_within_cap(reservation: Reservation) -> list[_Change]:
+    """On a cluster, hold of every token budget no more than the request's hard caps let
+    it use, as the reserve script does for the budgets of one call; what each holds past
+    that, to give back (the reservation is lowered to match, so that its settlement
+    gives back exactly what stays held).
+
+    Each subject's script runs on its own node and sees only its subject's caps: a
+    request capped to the 1,000 tokens left of its user's hard-capped day held its whole
+    estimate (32,000 for Claude Code) of its group's monthly quota while it ran, and the
+    group's other requests were refused as held by running requests."""
+    lefts = [
+        reservation.effective[i] - (reservation.used[i] - reservation.reserved[i])
+        for i, limit in enumerate(reservation.limits)
+        if limit.hard_cap and limit.kind == "t" and limit.enforce
+    ]
+    if not lefts:
+        return []
+    most = max(min(lefts), 0)
+    changes: list[_Change] = []
+    for i, limit in enumerate(reservation.limits):
+        excess = reservation.reserved[i] - most
+        if limit.kind != "t" or excess <= 0:
+            continue
+        reservation.reserved[i] -= excess
+        reservation.used[i] -= excess
+        reservation.holding[i] -= excess
+        reservation.held[i] -= excess
+        changes.append((limit, -excess, reservation.generations[i], excess))
+    return changes
 
 
 def _by_subject(limits: list[Limit]) -> list[list[tuple[int, Limit]]]:

@@ -83,3 +83,29 @@ async def test_without_a_cap_in_reach_each_budget_holds_the_whole_estimate(
     assert await call.admitted()
     assert await _held(quota_store) == (506, 506, 506)
     await call.finish(_answer(300))
+
+
+async def test_on_a_cluster_a_capped_request_holds_of_other_subjects_only_what_it_may_use(
+    quota_store: QuotaStore,
+) -> None:
+    """On a Redis Cluster each subject's script runs on its own node and sees only its
+    subject's caps: the group's and the key's scripts reserved the whole 32,006 while
+    Alice's day capped the request to 1,000, and held them until it ended. The excess
+    is given back as soon as every subject answered, and the settlement gives back
+    exactly what stays held."""
+    quota_store._cluster = True  # one script per subject, as on a cluster's nodes
+    processor = _processor(quota_store)
+    call = Call(processor)
+    assert await call.admitted()
+    await quota_store.flush()  # the give-back goes out with the next settlement batch
+    # Before: (1000, 32006, 32006) until the request ended.
+    assert await _held(quota_store) == (1000, 1000, 1000)
+    await call.finish(_answer(700))
+    await quota_store.flush()
+    assert await _held(quota_store) == (0, 0, 0)
+    month = f"cm:{datetime.now(UTC):%Y-%m}@UTC"
+    for counter in (
+        f"test:q:{{group:engineering}}:team-month:t:{month}",
+        f"test:q:{{api_key:team1}}:shadow-month:t:{month}",
+    ):
+        assert int(await quota_store._client.get(counter)) == 700
