@@ -12,7 +12,9 @@ Fences are read as CommonMark writes them: a line of three or more backticks or 
 line of at least as many of the same character; a block never closed runs to the end of
 the text. Indentation is allowed before either fence (a block in a list item, up to 32
 spaces or tabs), and leaves the JSON as it is: whitespace between its tokens is
-insignificant.
+insignificant. A line may end in CRLF (a prompt written on Windows): its closing fence
+still closes the block (before, ```` ```\r ```` was taken for text, the block ran to the
+end of the text, was no JSON with the fence and prose in it, and was masked as prose).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def fenced_documents(text: str) -> list[tuple[int, int, Pieces]]:
             if mark == "`" and "`" in rest:
                 continue
             opening, start = (mark, length), min(line_end + 1, len(text))
-        elif mark == opening[0] and length >= opening[1] and not rest.strip(" \t"):
+        elif mark == opening[0] and length >= opening[1] and not rest.strip(" \t\r"):
             document = pieces(text[start:line])
             if document is not None:
                 found.append((start, line, document))

@@ -80,6 +80,17 @@ async def test_a_fenced_block_in_a_prompt_reaches_the_provider_as_json() -> None
     assert fenced_blocks(sent) == [masked_record(REPLACEMENT)]
 
 
+async def test_a_fenced_block_in_a_prompt_written_on_windows_reaches_the_provider_as_json() -> None:
+    """CRLF line ends: the closing fence line is ```` ```\\r ````. It was taken for text,
+    the block ran on to the end of the prompt, was no JSON with the prose after it in it,
+    and was masked as prose: the provider got ``"card": <CREDIT_CARD>``."""
+    prompt = f"Import this record:\r\n```json\r\n{json.dumps(RECORD)}\r\n```\r\nThanks!\r\n"
+    answers = await gateway_for("openai-chat").send("/v1/chat/completions", chat(prompt))
+    sent = upstream_body(answers[1])["messages"][0]["content"]
+    assert fenced_blocks(sent) == [masked_record(REPLACEMENT)]
+    assert sent.endswith("```\r\nThanks!\r\n")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -102,9 +113,12 @@ async def test_a_fenced_block_in_a_prompt_reaches_the_provider_as_json() -> None
         # No closing fence of the same character: the tildes do not close backticks.
         ("```\n[4111111111111111]\n~~~\n", "```\n[4111111111111111]\n~~~\n".replace(
             "4111111111111111", "<CREDIT_CARD>")),
+        # CRLF line ends (text written on Windows): the closing fence still closes.
+        ("Card:\r\n```json\r\n{\"card\": 4111111111111111}\r\n```\r\nThanks\r\n",
+         'Card:\r\n```json\r\n{"card": "<CREDIT_CARD>"}\r\n```\r\nThanks\r\n'),
     ],
     ids=["default", "tildes-indented", "unclosed", "two-blocks", "not-json", "code",
-         "mixed-fences"],
+         "mixed-fences", "crlf"],
 )  # fmt: skip
 def test_which_fenced_blocks_are_masked_as_json(text: str, expected: str) -> None:
     assert masked(text, DEFAULT_PII) == expected
