@@ -627,8 +627,9 @@ def _check_models(key: ApiKey, config: GatewayConfig) -> None:
 
     A refusal, where the same name in the config file is only a warning: a config key
     comes back with every reload and its warning with it, but a created key's secret is
-    handed out once, so a key kept to a typo would have to be revoked, created again and
-    its new secret handed out again, after its holder met 403 ``model_not_allowed`` on
+    handed out once, so a key kept to a typo would have to be revoked, created again
+    (under another id: a revoked key's is retired) and its new secret handed out again,
+    after its holder met 403 ``model_not_allowed`` on
     every request. A name the config cannot know yet (a model a coming reload adds, one
     a route with a provider serves unlisted) is accepted with ``allow_unknown_models``.
     """
