@@ -133,6 +133,9 @@ _BEDROCK_EXCEPTIONS = {
     405: "ValidationException",
     408: "ModelTimeoutException",
     413: "ValidationException",
+    # An answer the gateway could not process (a response guard's webhook refused to
+    # read it): Bedrock's own name for it, which AWS SDKs do not retry.
+    424: "ModelErrorException",
     429: "ThrottlingException",
     503: "ServiceUnavailableException",
     504: "ModelTimeoutException",

@@ -25,7 +25,9 @@ _ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
     # The gateway's own 502s name it so (errors.UpstreamError): a guard refusing an answer
-    # is trouble on the answer's side, no outage.
+    # is trouble on the answer's side, no outage. 424 is that refusal to AWS SDKs
+    # (Bedrock's ModelErrorException, stages.guardrails._refused_answer).
+    424: "upstream_error",
     502: "upstream_error",
 }
 

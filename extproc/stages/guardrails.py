@@ -263,7 +263,7 @@ def _refused_input(guard: GuardConfig, said: str) -> GuardrailRejectedError:
 
 
 def _refused_answer(
-    guard: GuardConfig, error: WebhookError, *, streamed: bool
+    guard: GuardConfig, error: WebhookError, *, streamed: bool, shape: str
 ) -> GuardrailRejectedError | None:
     """A response webhook that refused to read the answer (its 400, 413 or 422: an answer
     too large for it, a shape it does not take); None for any other failure.
@@ -274,14 +274,19 @@ def _refused_answer(
     same way (a model's next answer is as long). A 502, as for an answer the gateway
     cannot read (``encoding_not_guarded``), marked not to be retried; the client may
     still ask again, for a shorter answer. The webhook's body is never quoted: it may
-    quote the answer."""
+    quote the answer.
+
+    To an AWS SDK (``shape`` bedrock), which reads no ``x-should-retry`` and retries
+    every 502 (botocore's transient statuses: twice by default, four times in legacy
+    mode), a whole answer refused so is Bedrock's own exception for an answer that could
+    not be processed, ``ModelErrorException`` (424), which it does not retry."""
     if error.input_refused is None:
         return None
     what = "rest of the answer" if streamed else "answer"
     return GuardrailRejectedError(
         f"Guardrail '{guard.name}' cannot check the model's answer: its webhook refused to "
         f"read it ({error.input_refused}); the {what} is withheld",
-        502,
+        424 if shape == "bedrock" and not streamed else 502,
         code="guardrail_answer_refused",
         headers={"x-should-retry": "false"},
     )
@@ -1032,7 +1037,7 @@ class GuardResponseStage:
                         [slot.text for slot in slots], client.headers_for(_forwardable(ctx))
                     )
             except WebhookError as exc:
-                refused = _refused_answer(guard, exc, streamed=False)
+                refused = _refused_answer(guard, exc, streamed=False, shape=ctx.error_shape)
                 _unavailable(ctx, guard, "response", str(exc), exc.retry_after, refused)
                 continue
             except TimeoutError:
@@ -1091,7 +1096,11 @@ class GuardResponseStage:
                 failed = exc if isinstance(exc, WebhookError) else None
                 why = OUT_OF_TIME if failed is None else str(failed)
                 retry_after = None if failed is None else failed.retry_after
-                unread = None if failed is None else _refused_answer(guard, failed, streamed=True)
+                unread = (
+                    None
+                    if failed is None
+                    else _refused_answer(guard, failed, streamed=True, shape=ctx.error_shape)
+                )
                 try:
                     _unavailable(ctx, guard, "response", why, retry_after, unread)
                 except GuardrailRejectedError as refused:

@@ -9,7 +9,9 @@ for it; now the refusal says ``x-should-retry: false`` and the webhook is asked 
 A webhook that refuses the prompt itself with HTTP 413 (too large for it) was a 503
 ``guardrail_unavailable`` the SDKs retried twice for the same refusal; it is now a 400
 ``guardrail_input_refused``, as a moderation service's refusal is, asked once. A response
-webhook refusing to read the answer so is a 502 ``guardrail_answer_refused``, asked once.
+webhook refusing to read the answer so is a 502 ``guardrail_answer_refused``, asked once;
+to boto3, which retries every 502 whatever it is told, Bedrock's ``ModelErrorException``
+(424), asked once too.
 
 The webhook is a stand-in written here; the provider is the mock.
 """
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import http.server
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import anthropic
+import boto3
 import openai
 import orjson
 import pytest
 
 from extproc.devstack import LocalStack
+from tests.integration.certificates import Authority
 from tests.integration.conftest import default_config, running_stack_calling
 
 KEY = "team1-key"
@@ -163,4 +168,62 @@ def test_an_answer_the_webhook_refuses_to_read_is_a_502_asked_once(
         " (HTTP 413); the answer is withheld"
     )
     assert refused.value.response.headers["x-should-retry"] == "false"
+    assert Refusing.calls == {413: 1}
+
+
+def refusing_tls_config(port: int, authority: Authority) -> dict[str, Any]:
+    """``refusing_config`` over HTTPS (an AWS SDK sends its bearer token only so), with a
+    Converse route whose answers the response webhook refuses to read."""
+    raw = refusing_config(port)
+    issued = authority.issue("gateway", ips=("127.0.0.1",))
+    raw["envoy"]["listener_tls"] = {"cert_file": str(issued.cert), "key_file": str(issued.key)}
+    raw["routes"].insert(
+        0,
+        {"name": "refuse-converse", "path_prefix": "/aws-h413r", "api": "bedrock_converse",
+         "provider": "mock-bedrock", "guardrails": "h413r"},
+    )  # fmt: skip
+    return raw
+
+
+@pytest.fixture(scope="module")
+def refusing_tls_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LocalStack, Path]]:
+    """The stack over HTTPS, and the CA its listener's certificate is signed by."""
+    workdir = tmp_path_factory.mktemp("webhook-refusal-retries-tls")
+    authority = Authority(workdir, "listener-ca")
+    with running_stack_calling(
+        Refusing, workdir, lambda port: refusing_tls_config(port, authority)
+    ) as running:
+        yield running, authority.cert
+
+
+def test_an_aws_sdk_client_gets_an_answer_the_webhook_refuses_to_read_once(
+    refusing_tls_stack: tuple[LocalStack, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 reads no x-should-retry and retried the 502 on its own (botocore retries
+    every 502): each retry a Converse answer generated, charged and refused again. Now
+    Bedrock's ModelErrorException (424), which it does not retry: asked once."""
+    stack, ca = refusing_tls_stack
+    Refusing.calls.clear()
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", KEY)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    client = boto3.client(  # the SDK's default retries: the case users meet
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=stack.base_url.replace("http://", "https://", 1) + "/aws-h413r",
+        verify=str(ca),
+    )
+    with pytest.raises(client.exceptions.ModelErrorException) as refused:
+        client.converse(
+            modelId="anthropic.claude-3-haiku-20240307-v1:0",
+            messages=[{"role": "user", "content": [{"text": "hello"}]}],
+        )
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert refused.value.response["Error"]["Message"] == (
+        "Guardrail 'answers' cannot check the model's answer: its webhook refused to read it"
+        " (HTTP 413); the answer is withheld"
+    )
     assert Refusing.calls == {413: 1}

@@ -18,9 +18,20 @@ import orjson
 import pytest
 from aiohttp import web
 
-from extproc.testing import response_body, response_headers
+from extproc.runtime import Services
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from tests.unit.guard_helpers import openai_chunk, openai_stream_text
+from tests.unit.test_bedrock_bedrock import converse_answer
+from tests.unit.test_bedrock_invoke_review import AUTH as BEARER
+from tests.unit.test_bedrock_invoke_review import signing_processor
 from tests.unit.test_guard_flow import Gateway, chat, immediate
+from tests.unit.test_guard_tool_definitions import CONVERSE, converse
 from tests.unit.test_guard_webhook_rate_limit import (
     ANSWER,
     DONE,
@@ -176,6 +187,39 @@ async def test_anthropic_clients_get_an_api_error_for_a_refused_answer() -> None
         "type": "error",
         "error": {"type": "api_error", "message": REFUSED_ANSWER.format(status=413, what="answer")},
     }
+
+
+async def test_aws_sdk_clients_get_a_model_error_they_do_not_retry_for_a_refused_answer(
+    services: Services,
+) -> None:
+    """boto3 reads no ``x-should-retry`` and retries every 502 (botocore's transient
+    statuses): the 502 ``InternalServerException`` was retried twice by default (four
+    times in legacy mode), each retry a Converse answer generated, charged and refused
+    the same way. Bedrock's own exception for an answer that could not be processed,
+    ``ModelErrorException`` (424), is not retried."""
+    hook = Hook(lambda _: web.Response(status=413, text="answer too large: code 1234"))
+    async with serving(hook.handle) as port:
+        config = webhooked(port, phase="response", route="bedrock-converse")
+        async with signing_processor(config, services) as processor:
+            answers = await run_stream(
+                processor,
+                [
+                    request_headers(CONVERSE, headers=BEARER),
+                    request_body(orjson.dumps(converse())),
+                    response_headers(200, {"content-type": "application/json"}),
+                    response_body(converse_answer()),
+                ],
+            )
+    code, body = immediate(answers[-1])
+    assert code == 424
+    assert shown_headers(answers[-1])["x-amzn-errortype"] == "ModelErrorException"
+    assert body == {
+        "message": REFUSED_ANSWER.format(status=413, what="answer"),
+        "code": "guardrail_answer_refused",
+    }
+    line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
+    assert (line["http_status_code"], line["error_type"]) == (424, "upstream_error")
+    assert len(hook.calls) == 1
 
 
 async def test_a_refused_answer_failing_open_reaches_the_client() -> None:
