@@ -614,13 +614,13 @@ def _capped_refusal(
     left = max(0, _left_before(reservation, index))
     subject = f"{_subject_text(limit)} (rule '{limit.rule}')"
     if index in held:
+        wait = refusal_wait(limit, now, held=True)
         message = (
             f"Token budget of {subject} held by running requests: {left} tokens left, not"
             f" enough for this prompt, and requests still running hold"
-            f" {reservation.held_before(index)} tokens reserved for their answers; try"
-            f" again in a few seconds, as they finish"
+            f" {reservation.held_before(index)} tokens reserved for their answers;"
+            f" {_try_again(wait)}"
         )
-        wait = refusal_wait(limit, now, held=True)
         headers = _held_headers(limit, effective, left, wait, now)
         return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit, wait
     if never:
@@ -721,14 +721,23 @@ def _held_refusal(denial: Denial, now: float) -> RateLimitError:
     false``), where the budget's own refusal (spent until its window resets) would send it
     away until the end of the month."""
     limit = denial.limit
+    wait = denial.wait(now)
     message = (
         f"Token budget of {_subject_text(limit)} (rule '{limit.rule}') held by running"
         f" requests: {limit.describe(denial.effective_limit)}, {denial.settled} used,"
         f" and requests still running hold the rest ({denial.held} tokens reserved for"
-        f" their answers); try again in a few seconds, as they finish"
+        f" their answers); {_try_again(wait)}"
     )
-    headers = _held_headers(limit, denial.effective_limit, 0, denial.wait(now), now)
+    headers = _held_headers(limit, denial.effective_limit, 0, wait, now)
     return RateLimitError(message, code="rate_limit_exceeded", headers=headers)
+
+
+def _try_again(wait: float) -> str:
+    """When a held refusal says to try again: its ``retry-after`` (``_held_headers``). "In
+    a few seconds" was right of the default 5 s, not of a rule's 45 s (a person retrying
+    when told came back to the same refusal)."""
+    seconds = max(1, math.ceil(wait))
+    return f"try again in {seconds} second{'' if seconds == 1 else 's'}, as they finish"
 
 
 def _held_headers(

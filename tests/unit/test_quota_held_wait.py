@@ -79,6 +79,8 @@ async def test_a_rules_own_wait_is_the_retry_after_of_its_held_budget(
     assert "(rule 'agents') held by running requests" in message
     # Before: retry-after 5, whatever the requests holding the budget are.
     assert headers["retry-after"] == "45"
+    # The message says the same wait (before: "in a few seconds", whatever it was).
+    assert message.endswith("; try again in 45 seconds, as they finish")
     # A lifetime quota never resets, but its held tokens may be free again by then: a
     # client pacing itself by these headers reads the same wait (before: no header).
     assert headers["x-ratelimit-reset-tokens"] == "45s"
@@ -104,14 +106,16 @@ async def test_a_hard_capped_budget_held_by_running_requests_waits_as_long(
     message, headers = await _held_refusal(processor, 10)
     assert "held by running requests" in message
     assert headers["retry-after"] == "45"
+    assert message.endswith("; try again in 45 seconds, as they finish")
 
 
 async def test_without_either_the_wait_is_five_seconds(quota_store: QuotaStore) -> None:
     quotas = AGENTS.replace("  held_retry_after_s: 20\n", "").replace(
         "      held_retry_after_s: 45\n", ""
     )
-    _, headers = await _held_refusal(_processor(quota_store, quotas))
+    message, headers = await _held_refusal(_processor(quota_store, quotas))
     assert headers["retry-after"] == "5"
+    assert message.endswith("; try again in 5 seconds, as they finish")
 
 
 @pytest.mark.parametrize("wait", [0, 61])
