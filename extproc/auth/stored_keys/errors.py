@@ -7,11 +7,11 @@
     |   +-- KeyIdRetiredError            the id's key was revoked within its retirement
     |   +-- KeyIdUsedError               no key has the id, but the rollups bill usage to it
     +-- UnreadableRecordError            a record the gateway never wrote so
-        +-- RevokedUnreadableRecordError revoked, but what it held cannot be told
-        +-- UnreadableKeyIdError         the id key holds no key's digest
+    |   +-- RevokedUnreadableRecordError revoked, but what it held cannot be told
+    |   +-- UnreadableKeyIdError         the id key holds no key's digest
+    +-- KeyExpiredError                  a rotation of a key past its expiry
     LookupError
     +-- UnknownKeyIdError                no stored key has the id
-    +-- KeyExpiredError                  a rotation of a key past its expiry
     RuntimeError
     +-- KeyCreateConflictError           a create or rotation raced a revoke: run it again
     Exception
