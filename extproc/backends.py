@@ -469,8 +469,9 @@ def serves_invoke_body(body: dict[str, Any], named_model: str, fallback_model: s
     refused (Claude's body to Llama), or worse, read some other way. Claude's body goes to
     any Claude (an ARN that hides its model is Bedrock's to check, as for Anthropic's
     clients); another body to a model of the family ``bedrock_invoke_bodies`` knows it
-    by (Llama, Mistral, Titan Text, Titan's and Cohere's embeddings), else to the same
-    model alone, in another region or account. A body for a model an ARN hides is of no
+    by (Llama, Mistral, Titan Text, each Nova text model, Cohere's Command R and its
+    older Command, gpt-oss, Titan's and Cohere's embeddings), else to the same model
+    alone, in another region or account. A body for a model an ARN hides is of no
     family the gateway can tell: it goes to that model alone."""
     if reads_as_claude(named_model, body):
         return anthropic_bedrock.may_run_claude(fallback_model)

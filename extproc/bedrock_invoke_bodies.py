@@ -10,10 +10,13 @@ is). Any other family's body passes through unread but for what the quota needs:
   Cohere's messages) and over-counts by its few string settings; a string of base64
   (an image's bytes) is no text and counts nothing, as on every other API;
 - its completion allowance, where the family names one the gateway knows
-  (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's ``max_tokens``, Titan's
-  ``textGenerationConfig.maxTokenCount``), which a hard cap lowers or sets as it does
-  ``max_tokens``; another family's allowance is ``quotas.default_max_tokens``, which a
-  hard cap cannot write (it is admitted only with room for all of it, as a compaction).
+  (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's and Cohere Command's
+  ``max_tokens``, Titan's ``textGenerationConfig.maxTokenCount``, Nova's
+  ``inferenceConfig.maxTokens`` or ``max_new_tokens``, gpt-oss's
+  ``max_completion_tokens`` or ``max_tokens``), which a hard cap lowers where the
+  client wrote it, or sets under the family's own name when it wrote none; another
+  family's allowance is ``quotas.default_max_tokens``, which a hard cap cannot write
+  (it is admitted only with room for all of it, as a compaction).
 
 The answer is billed by the counts Bedrock reports for every model, not by the body
 (``translators.bedrock_invoke``). An embeddings model (its ``kind`` in the config, else
@@ -38,11 +41,28 @@ if TYPE_CHECKING:
     from extproc.context import RequestContext
 
 # Where each family the gateway knows bounds its completion: the model id's prefix, and
-# the field's path in the body.
-ALLOWANCE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("meta.llama", ("max_gen_len",)),
-    ("mistral.", ("max_tokens",)),
-    ("amazon.titan-text", ("textGenerationConfig", "maxTokenCount")),
+# the paths in the body that bound it. A family with two names takes either (Nova's
+# first pages wrote ``max_new_tokens``, its later ones ``maxTokens``; gpt-oss's body is
+# OpenAI's chat body); the first is the one a hard cap writes into a body that names
+# none. A prefix is one body: Cohere's Command R and its older Command take different
+# bodies, and Nova's image, video and speech models are no Nova text body at all.
+_MAX_TOKENS: tuple[tuple[str, ...], ...] = (("max_tokens",),)
+_NOVA = (("inferenceConfig", "maxTokens"), ("inferenceConfig", "max_new_tokens"))
+_OPENAI_CHAT = (("max_completion_tokens",), ("max_tokens",))
+ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("meta.llama", (("max_gen_len",),)),
+    ("mistral.", _MAX_TOKENS),
+    ("amazon.titan-text", (("textGenerationConfig", "maxTokenCount"),)),
+    ("amazon.nova-micro", _NOVA),
+    ("amazon.nova-lite", _NOVA),
+    ("amazon.nova-pro", _NOVA),
+    ("amazon.nova-premier", _NOVA),
+    ("amazon.nova-2-lite", _NOVA),
+    ("amazon.nova-2-pro", _NOVA),
+    ("cohere.command-r", _MAX_TOKENS),
+    ("cohere.command-text", _MAX_TOKENS),
+    ("cohere.command-light-text", _MAX_TOKENS),
+    ("openai.gpt-oss", _OPENAI_CHAT),
 )
 _CLAUDE = "anthropic."
 # The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
@@ -104,43 +124,63 @@ def _string_chars(value: Any) -> int:
     return 0
 
 
-def allowance_field(model_id: str) -> tuple[str, ...] | None:
-    """The path of the completion allowance in ``model_id``'s family's body; None for a
-    family the gateway does not know."""
+def allowance_paths(model_id: str) -> tuple[tuple[str, ...], ...] | None:
+    """The paths that bound the completion in ``model_id``'s family's body, the one a
+    hard cap writes first; None for a family the gateway does not know."""
     named = base_model_id(model_id)
-    for prefix, path in ALLOWANCE_FIELDS:
+    for prefix, paths in ALLOWANCE_FIELDS:
         if named.startswith(prefix):
-            return path
+            return paths
     return None
 
 
 def completion_allowance(model_id: str, body: dict[str, Any], default_max_tokens: int) -> int:
-    """The most the answer may take: the family's allowance field, else the default."""
-    path = allowance_field(model_id)
-    value = _read(body, path) if path is not None else None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return default_max_tokens
+    """The most the answer may take: the family's allowance, else the default. A body
+    naming two (Nova's ``maxTokens`` and ``max_new_tokens``) reserves the larger: which
+    one the model keeps is its own affair, and the reservation covers either."""
+    named = [_read(body, path) for path in allowance_paths(model_id) or ()]
+    counts = [value for value in named if _is_count(value)]
+    return max(counts) if counts else default_max_tokens
 
 
 def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
-    """Lower the family's allowance to ``most`` (setting it when absent); whether the body
-    changed. False for a family without a known field: nothing to lower."""
-    path = allowance_field(model_id)
-    if path is None:
+    """Lower the family's allowance to ``most``; whether the body changed. Each field the
+    client wrote is lowered where it stands (one that is no count is replaced); a body
+    naming none gets the family's own, never a second name beside the client's, which a
+    provider may refuse. False for a family without a known field: nothing to lower."""
+    paths = allowance_paths(model_id)
+    if paths is None:
         return False
+    changed = False
+    sent = [path for path in paths if _holder(body, path) is not None]
+    for path in sent or paths[:1]:
+        *_, name = path
+        holder = _holder(body, path, create=not sent)
+        assert holder is not None
+        value = holder.get(name)
+        if not (_is_count(value) and value <= most):
+            holder[name] = most
+            changed = True
+    return changed
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _holder(body: dict[str, Any], path: tuple[str, ...], create: bool = False) -> Any:
+    """The object holding ``path``'s last name when the body names it (or, with
+    ``create``, the object that will: missing or broken parents replaced); else None."""
     *parents, name = path
     holder = body
     for parent in parents:
         inner = holder.get(parent)
         if not isinstance(inner, dict):
+            if not create:
+                return None
             inner = holder[parent] = {}
         holder = inner
-    value = holder.get(name)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most:
-        return False
-    holder[name] = most
-    return True
+    return holder if create or name in holder else None
 
 
 def _read(body: dict[str, Any], path: tuple[str, ...]) -> Any:

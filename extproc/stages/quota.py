@@ -413,7 +413,7 @@ def _least_completion(ctx: RequestContext) -> int:
         if _embeds(ctx):
             return 0  # room for its input alone, as on /v1/embeddings
         # An InvokeModel body whose allowance the gateway cannot write: as a compaction.
-        known = invoke_bodies.allowance_field(ctx.upstream_model or "") is not None
+        known = invoke_bodies.allowance_paths(ctx.upstream_model or "") is not None
         return 1 if known else ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api in MESSAGES_BODY_APIS and ctx.body is not None:
         # Extended thinking needs room for its least budget (quota.thinking_budget).

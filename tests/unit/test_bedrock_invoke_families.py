@@ -12,7 +12,7 @@ import pytest
 
 from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.bedrock_invoke_bodies import (
-    allowance_field,
+    allowance_paths,
     cap_completion,
     completion_allowance,
     estimate_prompt_tokens,
@@ -70,7 +70,13 @@ def test_the_prompt_estimate_counts_every_string_of_the_body() -> None:
         ("mistral.mistral-7b-instruct-v0:2", {"prompt": "x", "max_tokens": 40}, 40),
         (TITAN, {"inputText": "x", "textGenerationConfig": {"maxTokenCount": 77}}, 77),
         (TITAN, {"inputText": "x"}, 4096),
-        ("cohere.command-r-v1:0", {"message": "x", "max_tokens": 10}, 4096),
+        ("cohere.command-r-v1:0", {"message": "x", "max_tokens": 10}, 10),
+        ("amazon.nova-lite-v1:0", {"inferenceConfig": {"maxTokens": 12}}, 12),
+        ("amazon.nova-lite-v1:0", {"inferenceConfig": {"max_new_tokens": 13}}, 13),
+        ("openai.gpt-oss-20b-1:0", {"max_completion_tokens": 14, "max_tokens": 9}, 14),
+        # No family the gateway knows (an image model): the default.
+        ("amazon.nova-canvas-v1:0", {"imageGenerationConfig": {"maxTokens": 5}}, 4096),
+        ("ai21.jamba-1-5-mini-v1:0", {"messages": [], "max_tokens": 10}, 4096),
     ],
 )
 def test_the_allowance_is_the_familys_own_field_else_the_default(
@@ -86,9 +92,35 @@ def test_a_hard_cap_lowers_or_sets_the_familys_field_and_leaves_unknown_ones() -
     assert not cap_completion(TITAN, titan, 80)  # already below
     llama = {"prompt": "x", "max_gen_len": 500}
     assert cap_completion(LLAMA, llama, 60) and llama["max_gen_len"] == 60
-    cohere = {"message": "x"}
-    assert allowance_field("cohere.command-r-v1:0") is None
-    assert not cap_completion("cohere.command-r-v1:0", cohere, 60) and cohere == {"message": "x"}
+    canvas = {"taskType": "TEXT_IMAGE"}
+    assert allowance_paths("amazon.nova-canvas-v1:0") is None
+    assert not cap_completion("amazon.nova-canvas-v1:0", canvas, 60)
+    assert canvas == {"taskType": "TEXT_IMAGE"}
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "capped"),
+    [
+        # The name the client used is lowered where it stands; none is added beside it.
+        ("amazon.nova-lite-v1:0", {"inferenceConfig": {"max_new_tokens": 500, "topK": 5}},
+         {"inferenceConfig": {"max_new_tokens": 60, "topK": 5}}),
+        ("amazon.nova-lite-v1:0", {"inferenceConfig": {"topK": 5}},
+         {"inferenceConfig": {"topK": 5, "maxTokens": 60}}),
+        ("amazon.nova-lite-v1:0", {"inferenceConfig": "oops"},
+         {"inferenceConfig": {"maxTokens": 60}}),
+        ("openai.gpt-oss-20b-1:0", {"max_tokens": 500}, {"max_tokens": 60}),
+        ("openai.gpt-oss-20b-1:0", {}, {"max_completion_tokens": 60}),
+        # An allowance that is no count is replaced where it stands.
+        ("openai.gpt-oss-20b-1:0", {"max_tokens": "500"}, {"max_tokens": 60}),
+        ("cohere.command-r-v1:0", {"message": "x"}, {"message": "x", "max_tokens": 60}),
+        ("us.cohere.command-r-plus-v1:0", {"max_tokens": 0}, {"max_tokens": 60}),
+    ],
+)  # fmt: skip
+def test_a_hard_cap_writes_the_name_the_client_used_else_the_familys_own(
+    model: str, body: dict[str, Any], capped: dict[str, Any]
+) -> None:
+    assert cap_completion(model, body, 60)
+    assert body == capped
 
 
 def test_a_json_answer_is_billed_by_bedrocks_token_headers_unparsed() -> None:
