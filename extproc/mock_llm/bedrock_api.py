@@ -18,16 +18,18 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``, ``cohere.embed-v4:0``,
   also through a cross-region profile such as ``us.cohere.embed-v4:0``; see
   ``bedrock_cohere_embeddings``) and the text models of Meta Llama (``meta.llama*``),
-  Mistral (``mistral.mistral-*``, ``mistral.mixtral-*``) and Titan Text
-  (``amazon.titan-text-*``), also through a cross-region profile (see
+  Mistral (``mistral.mistral-*``, ``mistral.mixtral-*``), Titan Text
+  (``amazon.titan-text-*``) and Amazon Nova (its text models, ``amazon.nova-lite-*``...),
+  also through a cross-region profile (see
   ``bedrock_text_models``); another model, or a Claude model missing from ``models``,
   is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
 - ``POST .../model/{modelId}/invoke-with-response-stream``: InvokeModelWithResponseStream,
   for Claude: Anthropic's stream events, each a ``chunk`` message of the event stream,
   each its own write; ``message_stop`` carries Bedrock's invocation metrics. With the
   ``error_after`` fault, a ``modelStreamErrorException`` replaces the rest after that many
-  deltas, as in ConverseStream. For Llama, Mistral and Titan Text: one ``chunk`` per
-  piece in the family's stream shape, the last carrying the invocation metrics; the
+  deltas, as in ConverseStream. For Llama, Mistral, Titan Text and Nova: one ``chunk``
+  per piece in the family's stream shape (Nova's: Converse's events), the last carrying
+  the invocation metrics; the
   ``error_after`` exception (or ``reset_after`` drop) comes after that many pieces, or
   replaces the last chunk when there are fewer. ``error_first``: the status's exception
   before the first ``chunk``, as in ConverseStream.
@@ -1479,7 +1481,7 @@ class BedrockEndpoints:
         """InvokeModel for Titan and Cohere embeddings: SigV4 and faults as for Converse,
         the token count in InvokeModel's header and in Titan's body (none with
         ``no_usage``). Claude's models are answered by ``bedrock_anthropic``, Llama,
-        Mistral and Titan Text by ``bedrock_text_models``."""
+        Mistral, Titan Text and Nova by ``bedrock_text_models``."""
         if self._claude_model(request, "invoke") is not None:
             return await self._invoke_claude(request, body, stream=False)
         text_model = _text_model(request, "invoke")
@@ -1502,7 +1504,7 @@ class BedrockEndpoints:
     async def invoke_with_response_stream(
         self, request: web.Request, body: Body
     ) -> web.StreamResponse:
-        """InvokeModelWithResponseStream, for Claude, Llama, Mistral and Titan Text."""
+        """InvokeModelWithResponseStream, for Claude, Llama, Mistral, Titan Text and Nova."""
         text_model = _text_model(request, INVOKE_STREAM)
         if text_model is not None:
             return await self._invoke_text(request, body, *text_model, stream=True)
@@ -1604,7 +1606,7 @@ class BedrockEndpoints:
     async def _invoke_text(
         self, request: web.Request, body: Body, model: str, family: TextFamily, *, stream: bool
     ) -> web.StreamResponse:
-        """InvokeModel(-WithResponseStream) for Llama, Mistral and Titan Text: SigV4 and
+        """InvokeModel(-WithResponseStream) for Llama, Mistral, Titan Text and Nova: SigV4 and
         faults as for Claude; the token counts in InvokeModel's headers (none with
         ``no_usage``)."""
         started = time.monotonic()

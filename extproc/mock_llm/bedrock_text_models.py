@@ -17,6 +17,13 @@ profile's geographic prefix removed by the caller:
   ``{"inputTextTokenCount", "results": [{"tokenCount", "outputText",
   "completionReason"}]}`` ("FINISH", "LENGTH", or "STOP_CRITERIA_MET" for a stop
   sequence).
+- Amazon Nova's text models (``amazon.nova-micro``, ``-lite``, ``-pro``, ``-premier``,
+  ``-2-lite``, ``-2-pro``): ``{"messages" (required), "system", "schemaVersion",
+  "inferenceConfig": {"maxTokens" or "max_new_tokens", "temperature", "topP",
+  "topK", "stopSequences", ...}, "toolConfig"}``; answers ``{"output": {"message":
+  {"role", "content": [{"text"}]}}, "stopReason", "usage"}`` ("end_turn",
+  "max_tokens", "stop_sequence"). Its prompt is every text block (system and
+  messages); the reply quotes the last user turn.
 
 Bedrock's schema check comes first and names every rule broken, in its words (the wording
 of ``bedrock_embeddings``): required keys, then each key's type (``#/top_p: expected type:
@@ -36,8 +43,10 @@ stream document: Llama ``{"generation", "prompt_token_count" (first chunk only, 
 null), "generation_token_count" (running), "stop_reason" (null but on the last)}``,
 Mistral ``{"outputs": [{"text", "stop_reason"}]}``, Titan ``{"outputText", "index": 0,
 "totalOutputTextTokenCount" (running), "completionReason", "inputTextTokenCount" (first
-chunk only)}``. Bedrock adds ``amazon-bedrock-invocationMetrics`` to the last one
-(``invocation_metrics``).
+chunk only)}``. Nova's stream is Converse's events, one a chunk: ``messageStart``, a
+``contentBlockDelta`` per piece, ``contentBlockStop``, ``messageStop`` (its
+``stopReason``) and ``metadata`` (its ``usage``). Bedrock adds
+``amazon-bedrock-invocationMetrics`` to the last one (``invocation_metrics``).
 """
 
 from __future__ import annotations
@@ -121,6 +130,15 @@ def _object_violations(
     return violations
 
 
+def _array(path: str, value: object) -> list[str]:
+    return [] if isinstance(value, list) else [wrong_type(path, "JSONArray", value)]
+
+
+def _object_of_any(path: str, value: object) -> list[str]:
+    """An object whose inside the mock leaves to the model (Nova's tools, reasoning)."""
+    return [] if isinstance(value, dict) else [wrong_type(path, "JSONObject", value)]
+
+
 def _object(schema: Mapping[str, _Check]) -> _Check:
     """The check of a nested object (Titan's ``textGenerationConfig``): no key required."""
 
@@ -142,6 +160,7 @@ class TextRequest:
     prompt: str
     max_tokens: int  # the allowance: the body's, else the family's default
     stop_sequences: tuple[str, ...] = ()
+    quoted: str | None = None  # what the reply quotes, when not the whole prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +204,10 @@ class TextFamily(ABC):
     def stop_reason(self, reply: TextReply, at: int) -> str | None:
         """A chunk's stop reason: null but on the last chunk."""
         return self.stop_reasons[reply.finish] if at == len(reply.chunk_pieces) - 1 else None
+
+    def chunks(self, reply: TextReply) -> list[dict[str, Any]]:
+        """The stream's chunk documents: one a piece."""
+        return [self.chunk(reply, at) for at in range(len(reply.chunk_pieces))]
 
 
 class Llama(TextFamily):
@@ -297,15 +320,107 @@ class TitanText(TextFamily):
         }
 
 
+class Nova(TextFamily):
+    stop_reasons: ClassVar[Mapping[Finish, str]] = {
+        "end": "end_turn",
+        "length": "max_tokens",
+        "stop_sequence": "stop_sequence",
+    }
+    # Nova's first pages wrote its settings in snake case (max_new_tokens, top_p), its
+    # later ones in camel case: Bedrock takes both.
+    _config: ClassVar[Mapping[str, _Check]] = {
+        "maxTokens": _integer(1),
+        "max_new_tokens": _integer(1),
+        "temperature": _number,
+        "topP": _number,
+        "top_p": _number,
+        "topK": _integer(),
+        "top_k": _integer(),
+        "stopSequences": _strings,
+        "reasoningConfig": _object_of_any,
+    }
+    _schema: ClassVar[Mapping[str, _Check]] = {
+        "schemaVersion": _string,
+        "system": _array,
+        "messages": _array,
+        "inferenceConfig": _object(_config),
+        "toolConfig": _object_of_any,
+    }
+
+    def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        refuse_violations(_object_violations(doc, self._schema, ("messages",)))
+        config = doc.get("inferenceConfig", {})
+        allowance = config.get("maxTokens", config.get("max_new_tokens", DEFAULT_MAX_TOKENS))
+        texts = [*_block_texts(doc.get("system"))]
+        last_user = ""
+        for message in doc["messages"]:
+            if isinstance(message, dict):
+                said = " ".join(_block_texts(message.get("content")))
+                texts.append(said)
+                if message.get("role") == "user":
+                    last_user = said
+        stops = tuple(config.get("stopSequences", ()))
+        return TextRequest("\n".join(texts), allowance, stops, quoted=last_user)
+
+    def answer(self, reply: TextReply) -> dict[str, Any]:
+        return {
+            "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+            "stopReason": self.stop_reasons[reply.finish],
+            "usage": self._usage(reply),
+        }
+
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        return {
+            "contentBlockDelta": {"delta": {"text": reply.chunk_pieces[at]}, "contentBlockIndex": 0}
+        }
+
+    def chunks(self, reply: TextReply) -> list[dict[str, Any]]:
+        return [
+            {"messageStart": {"role": "assistant"}},
+            *(self.chunk(reply, at) for at in range(len(reply.chunk_pieces))),
+            {"contentBlockStop": {"contentBlockIndex": 0}},
+            {"messageStop": {"stopReason": self.stop_reasons[reply.finish]}},
+            {"metadata": {"usage": self._usage(reply), "metrics": {}, "trace": {}}},
+        ]
+
+    @staticmethod
+    def _usage(reply: TextReply) -> dict[str, int]:
+        return {
+            "inputTokens": reply.input_tokens,
+            "outputTokens": reply.output_tokens,
+            "totalTokens": reply.input_tokens + reply.output_tokens,
+            "cacheReadInputTokenCount": 0,
+            "cacheWriteInputTokenCount": 0,
+        }
+
+
+def _block_texts(blocks: object) -> list[str]:
+    """The text of Nova's content (or system) blocks: ``[{"text": ...}, ...]``."""
+    if not isinstance(blocks, list):
+        return []
+    return [
+        block["text"]
+        for block in blocks
+        if isinstance(block, dict) and isinstance(block.get("text"), str)
+    ]
+
+
 LLAMA = Llama()
 MISTRAL = Mistral()
 TITAN_TEXT = TitanText()
+NOVA = Nova()
 # By the start of the base model id.
 _FAMILIES: tuple[tuple[str, TextFamily], ...] = (
     ("meta.llama", LLAMA),
     ("mistral.mistral-", MISTRAL),
     ("mistral.mixtral-", MISTRAL),
     ("amazon.titan-text-", TITAN_TEXT),
+    ("amazon.nova-micro", NOVA),
+    ("amazon.nova-lite", NOVA),
+    ("amazon.nova-pro", NOVA),
+    ("amazon.nova-premier", NOVA),
+    ("amazon.nova-2-lite", NOVA),
+    ("amazon.nova-2-pro", NOVA),
 )
 
 
@@ -330,7 +445,8 @@ def text_reply(req: TextRequest, fault: Fault, scripted: list[str] | None) -> Te
         return TextReply(
             tuple(scripted[: req.max_tokens]), "length" if cut else "end", input_tokens
         )
-    messages = [{"role": "user", "content": req.prompt}]
+    quoted = req.quoted if req.quoted is not None else req.prompt
+    messages = [{"role": "user", "content": quoted}]
     text, stopped = _stopped_text(reply_text(messages), req.stop_sequences)
     pieces, cut = reply_pieces(messages, max_tokens=req.max_tokens, chunks=fault.chunks, text=text)
     finish: Finish = "length" if cut else "stop_sequence" if stopped else "end"
@@ -350,7 +466,7 @@ class TextInvocation:
 
     def chunks(self) -> list[dict[str, Any]]:
         """The stream's chunk documents; the last gets its metrics when it is sent."""
-        return [self.family.chunk(self.reply, at) for at in range(len(self.reply.chunk_pieces))]
+        return self.family.chunks(self.reply)
 
     def token_headers(self) -> dict[str, str]:
         return {

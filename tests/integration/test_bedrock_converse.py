@@ -41,6 +41,10 @@ MESSAGES = [{"role": "user", "content": [{"text": "Say hello to the gateway, ple
 INPUT_PRICE, OUTPUT_PRICE = 0.25, 1.25
 
 
+# The hard-capped hourly budget of requests sent with x-budget: nova-capped: far below
+# quotas.default_max_tokens (1024), which a call naming no allowance reserves.
+NOVA_BUDGET = 200
+
 # Addresses masked both ways on the guarded route (/guarded/model/...).
 PII_GUARDS: dict[str, Any] = {
     "name": "pii",
@@ -61,7 +65,8 @@ class TlsStack:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     """The default config, HTTPS on the listener, and a hard-capped token budget for
-    team2 (team1 has no limit)."""
+    team2 (team1 has no limit), and another for requests sent with
+    ``x-budget: nova-capped`` (``NOVA_BUDGET``), which no other test sends."""
     workdir: Path = tmp_path_factory.mktemp("converse")
     authority = Authority(workdir, "listener-ca")
     issued = authority.issue("gateway", ips=("127.0.0.1",))
@@ -75,7 +80,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     )  # fmt: skip
     raw["quotas"] = {
         "rules": [{"name": "team2-budget", "subject": "api_key", "match": "team2",
-                   "tokens_per_hour": 120, "hard_cap": True}],
+                   "tokens_per_hour": 120, "hard_cap": True},
+                  {"name": "nova-budget", "subject": "header:x-budget", "match": "nova-capped",
+                   "tokens_per_hour": NOVA_BUDGET, "hard_cap": True}],
     }  # fmt: skip
     with running_stack(workdir, write_config(workdir, raw)) as running:
         yield TlsStack(running, authority.cert)

@@ -26,6 +26,7 @@ from tests.integration.test_bedrock_converse import (
     CLIENT_KEY,
     INPUT_PRICE,
     MODEL,
+    NOVA_BUDGET,
     OUTPUT_PRICE,
     ROUTE,
     TlsStack,
@@ -280,6 +281,52 @@ def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
         for _ in range(20):
             client.invoke_model(modelId=MODEL, body=claude_body())
     assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+
+
+NOVA = "amazon.nova-lite-v1:0"
+
+
+def nova_body(**config: Any) -> str:
+    """Nova's InvokeModel body, as its pages write one."""
+    doc = {"messages": [{"role": "user", "content": [{"text": "Say hello, please."}]}]}
+    return json.dumps({**doc, "inferenceConfig": config})
+
+
+def test_novas_allowance_is_reserved_and_a_hard_cap_lowers_it_where_the_client_wrote_it(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, Nova's maxTokens was not read: every call reserved quotas.default_max_tokens
+    (1024), so a hard-capped budget of 200 refused a call asking for 10 with a throttle,
+    and a hard cap could not bound the answer."""
+    client = with_headers(bedrock_client(tls, monkeypatch), {"x-budget": "nova-capped"})
+    body = nova_body(maxTokens=10, temperature=0.5)
+    small = client.invoke_model(modelId=NOVA, body=body)
+    answer = json.loads(small["body"].read())
+    assert answer["output"]["message"]["content"][0]["text"]
+    assert answer["usage"]["outputTokens"] <= 10
+    # Within the cap: the client's bytes as they came.
+    assert invocations(tls.stack)[-1]["body"] == body
+    [line] = gateway_log.for_request(request_id(small))
+    assert line["quota_decision"] != "capped"
+
+    # Nova's first pages name the allowance max_new_tokens: lowered under that name, no
+    # maxTokens written beside it.
+    streamed = client.invoke_model_with_response_stream(
+        modelId=NOVA, body=nova_body(max_new_tokens=4000, topK=20)
+    )
+    chunks = events_of(streamed)
+    sent = orjson.loads(invocations(tls.stack)[-1]["body"])
+    config = sent["inferenceConfig"]
+    assert set(config) == {"max_new_tokens", "topK"} and config["topK"] == 20
+    assert 0 < config["max_new_tokens"] < NOVA_BUDGET
+    [usage] = [chunk["metadata"]["usage"] for chunk in chunks if "metadata" in chunk]
+    assert usage["outputTokens"] <= config["max_new_tokens"]
+    [line] = gateway_log.for_request(request_id(streamed))
+    assert line["quota_decision"] == "capped" and line["outcome"] == "completed"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        usage["inputTokens"],
+        usage["outputTokens"],
+    )
 
 
 def test_a_guarded_route_masks_the_prompt_and_the_answer_streamed_or_not(
