@@ -20,7 +20,7 @@ is). Any other family's body passes through unread but for what the quota needs:
 
 The answer is billed by the counts Bedrock reports for every model, not by the body
 (``translators.bedrock_invoke``). An embeddings model (its ``kind`` in the config, else
-a model id that names Titan's or Cohere's embeddings, ``names_embeddings_model``)
+a model id that names Titan's, Cohere's or Nova's embeddings, ``names_embeddings_model``)
 generates nothing: no completion is reserved, and its operation is ``embeddings``.
 
 Which body is Claude's (``reads_as_claude``): a model id that names its model says; an
@@ -67,7 +67,10 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
 _CLAUDE = "anthropic."
 # The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
 # billed by the input count alone (Titan's and Cohere's text and multimodal models).
+# ``/v1/embeddings`` translates to these bodies (``EMBEDDINGS_PREFIXES``); Nova's
+# multimodal embeddings take a body of their own, which InvokeModel's clients write.
 EMBEDDINGS_PREFIXES = ("amazon.titan-embed", "cohere.embed")
+_INVOKE_EMBEDDINGS_PREFIXES = (*EMBEDDINGS_PREFIXES, "amazon.nova-2-multimodal-embeddings")
 _CLAUDE_VERSION_KEY = "anthropic_version"
 # A string that is all base64 (an image's or a document's bytes: Llama's ``images``,
 # Nova's ``source.bytes``, Titan's ``inputImage``; a data URL) is no text: its length is
@@ -104,9 +107,9 @@ def invokes_embeddings(ctx: RequestContext) -> bool:
 
 
 def names_embeddings_model(model_id: str) -> bool:
-    """Whether ``model_id`` names an embeddings model (``EMBEDDINGS_PREFIXES``); an ARN
-    that hides its model says no: its ``kind`` in the config says."""
-    return base_model_id(model_id).startswith(EMBEDDINGS_PREFIXES)
+    """Whether ``model_id`` names an embeddings model (Titan's, Cohere's, Nova's); an
+    ARN that hides its model says no: its ``kind`` in the config says."""
+    return base_model_id(model_id).startswith(_INVOKE_EMBEDDINGS_PREFIXES)
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

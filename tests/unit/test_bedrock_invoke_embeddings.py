@@ -42,6 +42,10 @@ ANSWER_HEADERS = {
         ("arn:aws:bedrock:us-east-1::foundation-model/amazon.titan-embed-text-v2:0", True),
         ("amazon.titan-text-express-v1", False),
         ("meta.llama3-8b-instruct-v1:0", False),
+        # Nova's multimodal embeddings: InvokeModel only (no /v1/embeddings translation).
+        ("amazon.nova-2-multimodal-embeddings-v1:0", True),
+        ("us.amazon.nova-2-multimodal-embeddings-v1:0", True),
+        ("amazon.nova-2-lite-v1:0", False),
     ],
 )
 def test_the_model_id_says_whether_it_embeds(model_id: str, embeds: bool) -> None:
@@ -71,3 +75,45 @@ async def test_an_unlisted_embeddings_model_needs_no_room_for_a_completion_under
     histogram = "gen_ai_client_token_usage_sum"
     assert sample(services, histogram, gen_ai_operation_name="embeddings") == 6
     assert sample(services, histogram, gen_ai_operation_name="chat") == 0
+
+
+NOVA_EMBEDDINGS = "amazon.nova-2-multimodal-embeddings-v1%3A0"
+NOVA_BODY = orjson.dumps(
+    {
+        "taskType": "SINGLE_EMBEDDING",
+        "singleEmbeddingParams": {
+            "embeddingPurpose": "GENERIC_INDEX",
+            "embeddingDimension": 1024,
+            "text": {"truncationMode": "END", "value": "embed this text, please"},
+        },
+    }
+)
+
+
+async def test_novas_embeddings_need_no_room_for_a_completion_under_a_hard_cap(
+    quota_store: QuotaStore,
+) -> None:
+    """Before, Nova's embeddings model was read as a chat model: it reserved
+    quotas.default_max_tokens (1,000) for an answer it never generates, and a hard-capped
+    budget of 60 refused it as a prompt too large."""
+    runtime, services = capped_runtime(quota_store, budget=60)
+    await runtime.start()
+    processor = Processor(lambda: runtime, default_stages())
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(f"/model/{NOVA_EMBEDDINGS}/invoke", headers=AUTH),
+            request_body(NOVA_BODY),
+            response_headers(200, ANSWER_HEADERS),
+            response_body(
+                orjson.dumps({"embeddings": [{"embeddingType": "TEXT", "embedding": [0.1, 0.2]}]})
+            ),
+        ],
+    )
+    await runtime.close()
+
+    assert not any(answer.HasField("immediate_response") for answer in answers), "refused"
+    assert answers[1].request_body.response.body_mutation.body == b""  # its bytes, unchanged
+    assert span_fields(answers[-1])["operation"] == "embeddings"
+    histogram = "gen_ai_client_token_usage_sum"
+    assert sample(services, histogram, gen_ai_operation_name="embeddings") == 6
