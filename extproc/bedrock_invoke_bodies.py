@@ -47,12 +47,13 @@ if TYPE_CHECKING:
 # none. A prefix is one body: Cohere's Command R and its older Command take different
 # bodies, and Nova's image, video and speech models are no Nova text body at all.
 _MAX_TOKENS: tuple[tuple[str, ...], ...] = (("max_tokens",),)
+_TITAN = ("textGenerationConfig", "maxTokenCount")
 _NOVA = (("inferenceConfig", "maxTokens"), ("inferenceConfig", "max_new_tokens"))
 _OPENAI_CHAT = (("max_completion_tokens",), ("max_tokens",))
 ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     ("meta.llama", (("max_gen_len",),)),
     ("mistral.", _MAX_TOKENS),
-    ("amazon.titan-text", (("textGenerationConfig", "maxTokenCount"),)),
+    ("amazon.titan-text", (_TITAN,)),
     ("amazon.nova-micro", _NOVA),
     ("amazon.nova-lite", _NOVA),
     ("amazon.nova-pro", _NOVA),
@@ -64,6 +65,9 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     ("cohere.command-light-text", _MAX_TOKENS),
     ("openai.gpt-oss", _OPENAI_CHAT),
 )
+# Titan Text takes a maxTokenCount of 0 (an answer of nothing); every other family's
+# least is 1, and Bedrock refuses a 0 there.
+_ZERO_TAKEN = frozenset((_TITAN,))
 _CLAUDE = "anthropic."
 # The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
 # billed by the input count alone (Titan's and Cohere's text and multimodal models).
@@ -141,8 +145,8 @@ def completion_allowance(model_id: str, body: dict[str, Any], default_max_tokens
     """The most the answer may take: the family's allowance, else the default. A body
     naming two (Nova's ``maxTokens`` and ``max_new_tokens``) reserves the larger: which
     one the model keeps is its own affair, and the reservation covers either."""
-    named = [_read(body, path) for path in allowance_paths(model_id) or ()]
-    counts = [value for value in named if _is_count(value)]
+    named = [(path, _read(body, path)) for path in allowance_paths(model_id) or ()]
+    counts = [value for path, value in named if _is_count(value, path)]
     return max(counts) if counts else default_max_tokens
 
 
@@ -161,14 +165,17 @@ def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
         holder = _holder(body, path, create=not sent)
         assert holder is not None
         value = holder.get(name)
-        if not (_is_count(value) and value <= most):
+        # Never raised: a Titan answer of 0 tokens stays one.
+        if not (_is_count(value, path) and value <= most):
             holder[name] = most
             changed = True
     return changed
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _is_count(value: Any, path: tuple[str, ...]) -> bool:
+    """Whether ``value`` is an allowance the family at ``path`` takes."""
+    least = 0 if path in _ZERO_TAKEN else 1
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _holder(body: dict[str, Any], path: tuple[str, ...], create: bool = False) -> Any:

@@ -233,3 +233,18 @@ async def test_claudes_invoke_body_and_converse_are_read_and_lowered_as_before(
     # What the first request holds, and 130 more: its prompt and what the cap leaves.
     lowered = sent(await send(quota_store, reserved + 130, path, raw))
     assert lowered is not None and 100 < read(lowered, field) < 130
+
+
+async def test_a_titan_allowance_of_zero_is_reserved_and_kept_as_zero(
+    quota_store: QuotaStore,
+) -> None:
+    """Titan Text takes a maxTokenCount of 0 (its least): the answer generates nothing.
+    Before, 0 read as no allowance: the default was reserved, and a hard cap wrote the
+    budget's remainder in its place, so the client got, and paid for, an answer it had
+    asked not to get."""
+    model = "amazon.titan-text-express-v1"
+    body = {"inputText": ASK, "textGenerationConfig": {"maxTokenCount": 0}}
+    prompt = estimate_prompt_tokens(body)
+
+    assert sent(await invoke(quota_store, prompt + 120, model, orjson.dumps(body))) is None
+    assert await used_tokens(quota_store, prompt + 120) == prompt
