@@ -13,8 +13,9 @@ is). Any other family's body passes through unread but for what the quota needs:
   (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's and Cohere Command's
   ``max_tokens``, Titan's ``textGenerationConfig.maxTokenCount``, Nova's
   ``inferenceConfig.maxTokens`` or ``max_new_tokens``, gpt-oss's
-  ``max_completion_tokens`` or ``max_tokens``), which a hard cap lowers where the
-  client wrote it, or sets under the family's own name when it wrote none; another
+  ``max_completion_tokens`` or ``max_tokens``, DeepSeek-R1's ``max_tokens``), which a
+  hard cap lowers where the client wrote it, or sets under the family's own name when
+  it wrote none; another
   family's allowance is ``quotas.default_max_tokens``, which a hard cap cannot write
   (it is admitted only with room for all of it, as a compaction).
 
@@ -64,6 +65,7 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     ("cohere.command-text", _MAX_TOKENS),
     ("cohere.command-light-text", _MAX_TOKENS),
     ("openai.gpt-oss", _OPENAI_CHAT),
+    ("deepseek.r1", _MAX_TOKENS),
 )
 # Titan Text takes a maxTokenCount of 0 (an answer of nothing); every other family's
 # least is 1, and Bedrock refuses a 0 there.

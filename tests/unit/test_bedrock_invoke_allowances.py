@@ -54,6 +54,8 @@ NAMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
      ("max_completion_tokens",)),
     ("openai.gpt-oss-20b-1:0", {"messages": OPENAI_MESSAGES, "max_tokens": 300},
      ("max_tokens",)),
+    ("us.deepseek.r1-v1:0", {"prompt": ASK, "max_tokens": 300, "stop": ["\n\n"]},
+     ("max_tokens",)),
     # The families read before, and Claude's body, read as /v1/messages.
     ("meta.llama3-8b-instruct-v1:0", {"prompt": ASK, "max_gen_len": 300}, ("max_gen_len",)),
     ("mistral.mistral-7b-instruct-v0:2", {"prompt": ASK, "max_tokens": 300}, ("max_tokens",)),
