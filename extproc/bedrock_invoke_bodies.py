@@ -156,17 +156,18 @@ def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
     """Lower the family's allowance to ``most``; whether the body changed. Each field the
     client wrote is lowered where it stands (one that is no count is replaced); a body
     naming none gets the family's own, never a second name beside the client's, which a
-    provider may refuse. False for a family without a known field: nothing to lower."""
+    provider may refuse (a null is none). False for a family without a known field:
+    nothing to lower."""
     paths = allowance_paths(model_id)
     if paths is None:
         return False
     changed = False
-    sent = [path for path in paths if _holder(body, path) is not None]
+    # A null is the client's "unset" (OpenAI's meaning): no allowance sent, left as it is.
+    sent = [path for path in paths if _read(body, path) is not None]
     for path in sent or paths[:1]:
         *_, name = path
-        holder = _holder(body, path, create=not sent)
-        assert holder is not None
-        value = holder.get(name)
+        holder = _holder(body, path)
+        value: Any = holder.get(name)
         # Never raised: a Titan answer of 0 tokens stays one.
         if not (_is_count(value, path) and value <= most):
             holder[name] = most
@@ -180,19 +181,16 @@ def _is_count(value: Any, path: tuple[str, ...]) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def _holder(body: dict[str, Any], path: tuple[str, ...], create: bool = False) -> Any:
-    """The object holding ``path``'s last name when the body names it (or, with
-    ``create``, the object that will: missing or broken parents replaced); else None."""
-    *parents, name = path
+def _holder(body: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The object that holds (or will hold) ``path``'s last name: missing parents made,
+    and a parent that is no object replaced (Bedrock would refuse it)."""
     holder = body
-    for parent in parents:
+    for parent in path[:-1]:
         inner = holder.get(parent)
         if not isinstance(inner, dict):
-            if not create:
-                return None
             inner = holder[parent] = {}
         holder = inner
-    return holder if create or name in holder else None
+    return holder
 
 
 def _read(body: dict[str, Any], path: tuple[str, ...]) -> Any:

@@ -112,6 +112,11 @@ def test_a_hard_cap_lowers_or_sets_the_familys_field_and_leaves_unknown_ones() -
         ("openai.gpt-oss-20b-1:0", {}, {"max_completion_tokens": 60}),
         # An allowance that is no count is replaced where it stands.
         ("openai.gpt-oss-20b-1:0", {"max_tokens": "500"}, {"max_tokens": 60}),
+        # null is OpenAI's "unset": no allowance sent, and none written beside another.
+        ("openai.gpt-oss-20b-1:0", {"max_completion_tokens": None, "max_tokens": 500},
+         {"max_completion_tokens": None, "max_tokens": 60}),
+        ("openai.gpt-oss-20b-1:0", {"max_tokens": None}, {"max_tokens": None,
+                                                          "max_completion_tokens": 60}),
         ("cohere.command-r-v1:0", {"message": "x"}, {"message": "x", "max_tokens": 60}),
         ("us.cohere.command-r-plus-v1:0", {"max_tokens": 0}, {"max_tokens": 60}),
     ],
