@@ -485,7 +485,8 @@ def _store_refusal(
     if never:
         worst = min(never, key=lambda each: each.effective_limit)
         left = max(0, worst.effective_limit - worst.used)
-        return _too_large(worst.limit, worst.effective_limit, left, prompt, now), worst.limit
+        refusal = _too_large(worst.limit, worst.effective_limit, left, prompt, now, room)
+        return refusal, worst.limit
     # A capped reservation fills its budget to the token, so this is how a hard-capped
     # budget usually refuses. Told to retry in seconds, the client came back after the
     # running requests settled, to be refused until the period's end: settling only adds
@@ -624,7 +625,7 @@ def _capped_refusal(
         headers = _held_headers(limit, effective, left, wait, now)
         return RateLimitError(message, code="rate_limit_exceeded", headers=headers), limit, wait
     if never:
-        return _too_large(limit, effective, left, prompt, now), limit, math.inf
+        return _too_large(limit, effective, left, prompt, now, room), limit, math.inf
     message = (
         f"Token budget nearly used for {subject}: {left} tokens left, not enough for"
         f" this prompt; {_reset_text(limit)}"
@@ -634,15 +635,27 @@ def _capped_refusal(
     return error, limit, refusal_wait(limit, now, held=False)
 
 
-def _too_large(limit: Limit, effective: int, left: int, prompt: int, now: float) -> RateLimitError:
+def _too_large(
+    limit: Limit, effective: int, left: int, prompt: int, now: float, room: int = 1
+) -> RateLimitError:
     """The 429 for a prompt that leaves a whole hard-capped budget no room for an answer:
     it would be refused after every reset, so it has no ``retry-after``, which would
-    promise otherwise."""
-    message = (
-        f"Prompt too large for the token budget of {_subject_text(limit)} (rule"
-        f" '{limit.rule}'): about {prompt} prompt tokens leave no room for an answer in"
-        f" {limit.describe(effective)}"
-    )
+    promise otherwise. A prompt that would leave room for a token, refused for the more
+    its answer needs at the least (``room``: a thinking budget, 16 on the Responses API,
+    the whole default for an answer no field bounds), is told so: "3 prompt tokens leave
+    no room for an answer" read as nonsense beside a 200-token budget."""
+    subject = f"{_subject_text(limit)} (rule '{limit.rule}')"
+    if effective - prompt >= 1 and room > 1:
+        message = (
+            f"Request too large for the token budget of {subject}: about {prompt} prompt"
+            f" tokens and the {room} tokens its answer needs at the least do not fit in"
+            f" {limit.describe(effective)}"
+        )
+    else:
+        message = (
+            f"Prompt too large for the token budget of {subject}: about {prompt} prompt"
+            f" tokens leave no room for an answer in {limit.describe(effective)}"
+        )
     headers = _limit_headers(limit, effective, left, now, retry=False)
     return RateLimitError(message, code="insufficient_quota", headers=headers)
 

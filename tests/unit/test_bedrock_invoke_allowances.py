@@ -250,3 +250,24 @@ async def test_a_titan_allowance_of_zero_is_reserved_and_kept_as_zero(
 
     assert sent(await invoke(quota_store, prompt + 120, model, orjson.dumps(body))) is None
     assert await used_tokens(quota_store, prompt + 120) == prompt
+
+
+async def test_a_refusal_for_an_answer_the_cap_cannot_bound_names_the_room_it_needs(
+    quota_store: QuotaStore,
+) -> None:
+    """AI21 Jamba's body is of no family the gateway knows: under a hard cap it needs
+    room for the whole quotas.default_max_tokens (1,000). Its 429 used to say "about 3
+    prompt tokens leave no room for an answer in 200 tokens per day", which reads as
+    nonsense to a client that sent a one-line prompt."""
+    body = {"messages": [{"role": "user", "content": ASK}], "max_tokens": 10}
+    prompt = estimate_prompt_tokens(body)
+
+    answer = await invoke(quota_store, 200, "ai21.jamba-1-5-mini-v1:0", orjson.dumps(body))
+
+    assert answer.immediate_response.status.code == 429
+    message = orjson.loads(answer.immediate_response.body)["message"]
+    assert message == (
+        "Request too large for the token budget of api_key 'team1' (rule 'team-cap'):"
+        f" about {prompt} prompt tokens and the 1000 tokens its answer needs at the least"
+        " do not fit in 200 tokens per day"
+    )
