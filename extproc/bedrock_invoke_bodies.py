@@ -15,9 +15,9 @@ is). Any other family's body passes through unread but for what the quota needs:
   ``inferenceConfig.maxTokens`` or ``max_new_tokens``, gpt-oss's
   ``max_completion_tokens`` or ``max_tokens``, DeepSeek-R1's ``max_tokens``), which a
   hard cap lowers where the client wrote it, or sets under the family's own name when
-  it wrote none; another
-  family's allowance is ``quotas.default_max_tokens``, which a hard cap cannot write
-  (it is admitted only with room for all of it, as a compaction).
+  it wrote none (never raising it: Titan's 0 stays 0); another family's allowance is
+  ``quotas.default_max_tokens``, which a hard cap cannot write (it is admitted only
+  with room for all of it, as a compaction).
 
 The answer is billed by the counts Bedrock reports for every model, not by the body
 (``translators.bedrock_invoke``). An embeddings model (its ``kind`` in the config, else
