@@ -11,7 +11,9 @@ self-hosted server, an org key, an admin token look like nothing in particular.
 What the loader knows to be secret: the values of the environment variables the file
 reads whose names say so (``OPENAI_API_KEY``, ``AIGW_ADMIN_TOKEN``,
 ``AWS_SECRET_ACCESS_KEY``), and the values written in fields whose names say so
-(``api_key``, ``shared_secret``...), whatever field they reached.
+(``api_key``, ``shared_secret``...), whatever field they reached. The ids of the file's
+own keys are none, though an access rule lists them under ``api_keys``: every request
+line logs them (``api_key_id``), and an error about a key names it by its id.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def secrets_of_file(text: str, environ: Mapping[str, str], tree: Any) -> frozens
         if SECRET_NAME.search(name) and (value := environ.get(name))
     }
     found.update(_in_secret_fields(tree))
-    return frozenset(found)
+    # An access rule's ``api_keys`` list the keys' ids: starred out, a message about a
+    # key ("(key 'analytics-batch')") no longer said which.
+    return frozenset(found - _key_ids(tree))
 
 
 def hidden(lines: Iterable[str], secrets: Iterable[str]) -> list[str]:
@@ -71,6 +75,17 @@ def hidden(lines: Iterable[str], secrets: Iterable[str]) -> list[str]:
             line = line.replace(secret, REDACTED)
         out.append(line)
     return out
+
+
+def _key_ids(tree: Any) -> set[str]:
+    """The ids of the keys ``auth.api_keys`` defines (a value no secret field holds)."""
+    auth = tree.get("auth") if isinstance(tree, dict) else None
+    keys = auth.get("api_keys") if isinstance(auth, dict) else None
+    return {
+        key["id"]
+        for key in (keys if isinstance(keys, list) else ())
+        if isinstance(key, dict) and isinstance(key.get("id"), str)
+    }
 
 
 def _in_secret_fields(value: Any, secret: bool = False) -> Iterator[str]:

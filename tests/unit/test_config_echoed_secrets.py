@@ -117,3 +117,27 @@ def test_check_config_never_echoes_the_key_of_a_refused_field(
     printed = capsys.readouterr()
     assert "routes[0].provider: unknown provider" in printed.err
     assert SERVER_KEY not in printed.out + printed.err
+
+
+def test_a_key_id_an_access_rule_lists_is_still_named_where_a_message_quotes_it() -> None:
+    # An access rule lists key ids under `api_keys`, a field named like a secret; the ids
+    # are in every request line (api_key_id). Starred out, the error about that key's
+    # typo named no key, and the operator had to guess which of them was wrong.
+    text = DEFAULT.replace(
+        "      group_id: marketing\n",
+        "      group_id: marketing\n"
+        f"    - id: analytics-batch\n      key: {SERVER_KEY}\n"
+        "      allowed_routes: [openai-chatt]\n",
+        1,
+    ).replace(
+        "auth:\n",
+        "auth:\n  access_rules:\n    - name: analytics-only\n"
+        "      models: [gpt-4o-mini]\n      api_keys: [analytics-batch]\n",
+        1,
+    )
+    [problem] = problems_of(text, {})
+    assert problem.startswith("auth.api_keys[2].allowed_routes: unknown route 'openai-chatt'")
+    assert "(key 'analytics-batch')" in problem
+    # The key itself stays a secret, wherever it is pasted.
+    pasted = text.replace(CHAT_ROUTE, f"{CHAT_ROUTE}    provider: {SERVER_KEY}\n", 1)
+    assert all(SERVER_KEY not in line for line in problems_of(pasted, {}))
