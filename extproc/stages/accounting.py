@@ -183,8 +183,11 @@ def _provider_failure(ctx: RequestContext) -> str | None:
 
 def _failed_in_success(ctx: RequestContext) -> str | None:
     """``_provider_failure`` where the client got a success status; None where its status
-    (a 5xx the gateway made of it, say) already tells."""
-    if not 200 <= ctx.response_status < 300:
+    (a 5xx the gateway made of it, say) already tells, or where a response guard's
+    refusal was the last the client read: the provider failing the stream after it
+    (``stages.response``) reached no client, and the refusal, a decision and no
+    failure, is counted under its status as the log line says ``rejected``."""
+    if not 200 <= ctx.response_status < 300 or ctx.stream_refusal is not None:
         return None
     return _provider_failure(ctx)
 

@@ -115,3 +115,7 @@ async def test_a_provider_failing_after_a_guards_refusal_leaves_the_refusal_logg
     # Charged what the provider produced, as before; its failure is still counted.
     assert line["usage_estimated"] is True
     assert sample(gate.services, "aigw_upstream_errors_total", status_code="stream_error") == 1
+    # And the request is counted as the line says, under the 200 the client got: counted
+    # stream_error, the error-rate alert took the guard's refusal for a provider failure.
+    assert sample(gate.services, "aigw_requests_total", status_code="200") == 1
+    assert sample(gate.services, "aigw_requests_total", status_code="stream_error") == 0
