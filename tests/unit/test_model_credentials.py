@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
+from extproc.auth import credential_shapes
 from extproc.config import parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.headers import CLUSTER, METADATA_NAMESPACE
@@ -163,3 +164,34 @@ async def test_before_the_key_reached_the_log_the_metrics_and_the_provider() -> 
 async def test_model_names_are_served_as_before(model: str) -> None:
     sent = await send("/v1/chat/completions", chat(model))
     assert sent.went_upstream()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        # OpenAI fine-tunes: the org's name and a random suffix, mixing digits and cases.
+        "ft:gpt-4o-mini-2024-07-18:my-org:custom-suffix:9ABCdefG",
+        "ft:gpt-4.1-nano-2025-04-14:acme::BkXyZ123",
+        "ft:gpt-4o-2024-08-06:acme-corp:support-bot-v2:AbCdEf12:ckpt-step-2000",
+        # Bedrock: profiles, and the ARNs of profiles, provisioned and imported models.
+        "global.anthropic.claude-sonnet-4-20250514-v1:0",
+        "apac.amazon.nova-pro-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
+        "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/abcd1234efgh",
+        "arn:aws:bedrock:us-east-1:123456789012:imported-model/b0ycq0jq8oeq",
+        # Hugging Face repos, Vertex endpoints, Fireworks and Cloudflare ids.
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M",
+        "projects/my-project/locations/us-central1/endpoints/1234567890123456789",
+        "accounts/my-acct/deployedModels/llama-v3p1-8b-instruct-a1b2c3d4",
+        "@cf/meta/llama-3.1-8b-instruct",
+        # Azure deployment names, and a deployment id of 32 hex digits (no sk- before it).
+        "gpt-4o-2024-08-06-eastus-prod",
+        "d8f3a9c2b7e14f6a9d0c5b8e2f1a7c3d",
+    ],
+)
+def test_real_model_ids_are_no_credential(model: str) -> None:
+    # The shapes a model check refuses (credential_shapes.kind) are keys' alone: a
+    # fine-tune's random suffix, an ARN's account and resource ids, a repo name are none.
+    assert credential_shapes.kind(model) is None
