@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from extproc import background, headers
 from extproc.agents.directory import AgentDirectory
 from extproc.answer_cache import AnswerCache
+from extproc.auth import credential_shapes
 from extproc.auth.access import AccessPolicy
 from extproc.auth.api_keys import ApiKeyStore
 from extproc.auth.jwt_verifier import JwtVerifier
@@ -313,6 +314,15 @@ class Runtime:
             for name in (model.name, *model.aliases):
                 self.upstreams[name] = upstream
         self.model_names = tuple(model.name for model in config.models)
+        # The configured names (and aliases) that are neither an org key nor shaped as a
+        # key or token: for them the check of the model's name for a credential
+        # (stages.model_credentials) has only the request's own credential left to look
+        # for, not a hash and a pattern search per request.
+        self.plain_model_names = frozenset(
+            name
+            for name in self.upstreams
+            if self.api_keys.lookup(name.strip()) is None and credential_shapes.kind(name) is None
+        )
         # Primary model -> {provider name -> the chain member it serves}: how an
         # attempt of a failover request finds what to translate for.
         self.failover: dict[str, dict[str, tuple[str, Upstream]]] = {}

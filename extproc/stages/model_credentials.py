@@ -49,7 +49,10 @@ def _credential_in(ctx: RequestContext, model: str) -> str | None:
     presented = presented_credential(ctx)
     if presented is not None and len(presented) >= _MIN_CREDENTIAL and presented in model:
         return "this request's API key or token"
-    if ctx.runtime.api_keys.lookup(model.strip()) is not None:
+    runtime = ctx.runtime
+    if model in runtime.plain_model_names:
+        return None  # the config's own model name: checked for the rest once, at load
+    if runtime.api_keys.lookup(model.strip()) is not None:
         return "an API key of this gateway"
     return credential_shapes.kind(model)
 

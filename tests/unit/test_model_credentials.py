@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from extproc.auth import credential_shapes
-from extproc.config import parse_config
+from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.headers import CLUSTER, METADATA_NAMESPACE
 from extproc.processor import Processor
@@ -81,9 +81,10 @@ async def send(
     body: dict[str, Any],
     headers: dict[str, str] | None = None,
     answer: bytes | None = None,
+    gateway: GatewayConfig = GATEWAY,
 ) -> Sent:
     log, metrics = MemoryLog(), GatewayMetrics()
-    runtime = Runtime(GATEWAY, Services(metrics, log))
+    runtime = Runtime(gateway, Services(metrics, log))
     messages = [
         request_headers(path, headers={"authorization": f"Bearer {OWN_KEY}", **(headers or {})}),
         request_body(orjson.dumps(body)),
@@ -195,3 +196,57 @@ def test_real_model_ids_are_no_credential(model: str) -> None:
     # The shapes a model check refuses (credential_shapes.kind) are keys' alone: a
     # fine-tune's random suffix, an ARN's account and resource ids, a repo name are none.
     assert credential_shapes.kind(model) is None
+
+
+def with_models(*names: str) -> GatewayConfig:
+    """The default config serving ``names`` too, from the mock provider."""
+    entries = "".join(f"  - name: {name}\n    provider: mock\n" for name in names)
+    text = DEFAULT_CONFIG.read_text().replace("\nmodels:\n", "\nmodels:\n" + entries, 1)
+    return parse_config(text, "gateway.yaml", {})
+
+
+# Configured names are checked for an org key and a key's shape once, when the config
+# loads; these are the names that check must still refuse.
+@pytest.mark.parametrize(
+    ("configured", "secret", "holds"),
+    [
+        # An operator who served a model under another team's key.
+        (OTHER_TEAMS_KEY, OTHER_TEAMS_KEY, "an API key of"),
+        (OPENAI_KEY, OPENAI_KEY, "an OpenAI or Anthropic"),
+        # Not the config's to know: the key of the request that names it.
+        (f"gpt-{OWN_KEY}", OWN_KEY, "this request's API key"),
+    ],
+)
+async def test_a_configured_model_name_holding_a_key_is_still_refused(
+    configured: str, secret: str, holds: str
+) -> None:
+    sent = await send("/v1/chat/completions", chat(configured), gateway=with_models(configured))
+    status, error = sent.refusal()
+    assert status == 400 and error["code"] == "credential_in_model"
+    assert f"'model' holds {holds}" in error["message"]
+    assert secret not in sent.everything()
+
+
+async def test_a_configured_model_name_is_not_hashed_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The org key lookup hashes what it is given: the check of a configured name for one
+    # was made when the config loaded, so a request for it hashes its credential only.
+    log, metrics = MemoryLog(), GatewayMetrics()
+    runtime = Runtime(GATEWAY, Services(metrics, log))
+    looked_up: list[str] = []
+    lookup = runtime.api_keys.lookup
+
+    def spy(presented: str) -> Any:
+        looked_up.append(presented)
+        return lookup(presented)
+
+    monkeypatch.setattr(runtime.api_keys, "lookup", spy)
+    messages = [
+        request_headers("/v1/chat/completions", headers={"authorization": f"Bearer {OWN_KEY}"}),
+        request_body(orjson.dumps(chat("gpt-4o-mini"))),
+    ]
+    await run_stream(Processor(lambda: runtime, default_stages()), messages)
+    [line] = log.lines()
+    assert line["model"] == "gpt-4o-mini" and line["error_code"] is None
+    assert looked_up == [OWN_KEY]
