@@ -10,11 +10,14 @@ the server spells the list.
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any
 
 import orjson
 import pytest
 
+from extproc.agents import lenient_json
 from extproc.config import GatewayConfig
 from extproc.runtime import Services
 from extproc.testing import (
@@ -115,3 +118,21 @@ async def test_a_tool_result_that_only_mentions_tools_passes_as_it_came(
     answer = orjson.dumps({"jsonrpc": "2.0", "id": 8, "result": result})
     got = await client_gets(config, services, CALL_REQUEST, answer, "application/json")
     assert got == answer
+
+
+# The pre-check's first form, one pattern: the searches that replaced it (faster on long
+# answers) must say the same of every text.
+_SPELLINGS_AS_A_PATTERN = re.compile(rb"[Tt][Oo][Oo][Ll](?:[Ss]|\xc5\xbf)|\\u|\x00")
+
+
+def test_the_tool_list_pre_check_finds_every_spelling_the_pattern_did() -> None:
+    pieces = [b"t", b"T", b"o", b"O", b"l", b"L", b"s", b"S", b"\xc5", b"\xbf", b"\xc5\xbf",
+              b"\\", b"u", b"U", b"\x00", b"tool", b"TOOL", b"x", b'"', b"\xff"]  # fmt: skip
+    chosen = random.Random(7)
+    texts = [
+        *(case + end for case in (b"tools"[:4], b"TOOL", b"ToOl", b"tOoL") for end in pieces),
+        *(b"".join(chosen.choices(pieces, k=chosen.randint(0, 12))) for _ in range(20_000)),
+    ]
+    for text in texts:
+        expected = _SPELLINGS_AS_A_PATTERN.search(text) is not None
+        assert lenient_json.may_hold_tools(text) is expected, text
