@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from extproc.agents.tool_names import ToolGlobs, compile_tool_globs
+from extproc.agents.tool_names import ToolGlobs, compile_tool_globs, folded
 from extproc.config.agents_model import AccessEffect, ToolAccessRule
 from extproc.context import Identity
 
@@ -43,12 +43,12 @@ class _Rule:
     users: frozenset[str]
     api_keys: frozenset[str]
 
-    def covers(self, server: str, tool: str | None) -> bool:
+    def covers(self, server: str, tool: str | None, tool_folded: str | None) -> bool:
         if self.servers is not None and not self.servers.match(server):
             return False
         if self.tools is None:
             return True
-        return tool is not None and self.tools.match(tool)
+        return tool is not None and tool_folded is not None and self.tools.match(tool, tool_folded)
 
     def names(self, identity: Identity) -> bool:
         if not (self.groups or self.users or self.api_keys):
@@ -84,7 +84,9 @@ class ToolAccess:
 
     def denial(self, identity: Identity, server: str, tool: str | None) -> str | None:
         """Why the caller may not use ``tool`` (or the A2A agent ``server``); None if it may."""
-        covering = [rule for rule in self._rules if rule.covers(server, tool)]
+        # Folded once for every rule: a tool list asks this of each of its tools.
+        tool_folded = folded(tool) if tool is not None else None
+        covering = [rule for rule in self._rules if rule.covers(server, tool, tool_folded)]
         what = f"tool '{tool}' on server '{server}'" if tool is not None else f"agent '{server}'"
         for rule in covering:
             if rule.deny and rule.names(identity):

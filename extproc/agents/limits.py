@@ -48,12 +48,12 @@ class _Rule:
     servers: re.Pattern[str] | None
     tools: ToolGlobs | None
 
-    def covers(self, server: str, tool: str | None) -> bool:
+    def covers(self, server: str, tool: str | None, tool_folded: str | None) -> bool:
         if self.servers is not None and not self.servers.match(server):
             return False
         if self.tools is None:
             return True
-        return tool is not None and self.tools.match(tool)
+        return tool is not None and tool_folded is not None and self.tools.match(tool, tool_folded)
 
 
 class AgentLimits:
@@ -76,6 +76,7 @@ class AgentLimits:
         now: float,
     ) -> list[Limit]:
         found: list[Limit] = []
+        tool_folded = folded(tool) if tool is not None else None
         for rule in self._rules:
             config = rule.config
             subjects = [
@@ -83,12 +84,12 @@ class AgentLimits:
                 for subject in subject_values(config.subject, identity, headers)
                 if selected(config.match, subject)
             ]
-            if not subjects or not rule.covers(server, tool):
+            if not subjects or not rule.covers(server, tool, tool_folded):
                 continue
             name = COUNTER_PREFIX + config.name
-            if config.per_tool and tool is not None:
+            if config.per_tool and tool_folded is not None:
                 # One counter for every spelling a lenient server runs as this tool.
-                name += f":{folded(tool)}"
+                name += f":{tool_folded}"
             fail_open = (config.on_store_failure or self._on_store_failure) is (
                 StoreFailure.FAIL_OPEN
             )

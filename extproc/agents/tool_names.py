@@ -33,8 +33,10 @@ class ToolGlobs:
     exact: re.Pattern[str]
     loose: re.Pattern[str]
 
-    def match(self, tool: str) -> bool:
-        return self.exact.match(tool) is not None or self.loose.match(folded(tool)) is not None
+    def match(self, tool: str, tool_folded: str) -> bool:
+        """Whether ``tool`` (``tool_folded``: ``folded(tool)``, made once by the caller for
+        all its rules) matches, as written or folded."""
+        return self.exact.match(tool) is not None or self.loose.match(tool_folded) is not None
 
 
 def compile_tool_globs(patterns: Sequence[str]) -> ToolGlobs | None:
