@@ -9,6 +9,7 @@ MCP and A2A leave unused are the gateway's: see ``TOOL_FORBIDDEN``,
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -159,11 +160,20 @@ def _message(item: Any) -> RpcMessage:
     return RpcMessage(method, message_id, has_id, item.get("params"))
 
 
+# Printable ASCII without a space or a capital letter: NFKC and casefolding leave it as
+# it is, and it holds nothing to drop, so it is its own folded form. Every method of an
+# agent route's body and every tool of a tool list is folded; the full fold costs
+# microseconds a name.
+_FOLDED_ALREADY = re.compile(r"[!-@\[-~]*")
+
+
 def canonical_method(method: str) -> str:
     """The method as the most lenient server might read it: NFKC-normalised, casefolded,
     without whitespace, control or format characters (``" Tools/Call"`` followed by a
     zero-width space is ``tools/call``). JSON-RPC method names are exact; this only
     spots lookalikes."""
+    if _FOLDED_ALREADY.fullmatch(method) is not None:
+        return method  # most names, folded in a tenth of the time
     folded = unicodedata.normalize("NFKC", method).casefold()
     return "".join(c for c in folded if not c.isspace() and unicodedata.category(c)[0] != "C")
 

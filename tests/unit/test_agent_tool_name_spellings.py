@@ -9,11 +9,13 @@ for meets, and count in that name's limit, never in a counter of its own.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import orjson
 import pytest
 
+from extproc.agents.tool_names import folded
 from extproc.config import GatewayConfig
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
@@ -103,3 +105,22 @@ async def test_a_per_tool_limit_counts_every_spelling_of_a_tool_as_that_tool(
     refusal: Any = immediate(await tool_call(processor, {"name": " Echo", "arguments": {}}))
     assert refusal is not None and refusal[1]["error"]["code"] == -32029
     assert refusal[1]["error"]["data"]["rule"] == "echo-twice"
+
+
+def _full_fold(name: str) -> str:
+    """The fold as defined (jsonrpc.canonical_method), with no shortcut for plain names."""
+    normal = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in normal if not c.isspace() and unicodedata.category(c)[0] != "C")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *(chr(code) for code in range(128)),  # every ASCII character, plain or not
+        *(f"deploy{chr(code)}prod" for code in range(128)),
+        "", "deploy_prod", "search-issues.v2", "tools/call", "a:b@c[0]{x}|~`'^",
+        *SPELLINGS, "deploy_prod\x7f", "deploy_prod\x85", "\u212aelvin",
+    ],
+)  # fmt: skip
+def test_a_plain_name_folds_to_itself_and_every_other_one_as_defined(name: str) -> None:
+    assert folded(name) == _full_fold(name)
