@@ -271,6 +271,14 @@ def hour_bucket(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H")
 
 
+@functools.lru_cache(maxsize=64)
+def _hour_start(bucket: str) -> float:
+    """When an hour bucket (``2026030110``) starts, in epoch seconds. Kept: a batch holds
+    one or two hours, and at an hour's start each of its api_key_ids is noted anew,
+    where parsing the bucket per id (strptime, about 12 us) doubled the flush's CPU."""
+    return datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
+
+
 class UsageStore:
     def __init__(self, client: Any, key_prefix: str, retention_days: int) -> None:
         self._client = client
@@ -359,8 +367,7 @@ class UsageStore:
             noted = self._noted.setdefault(bucket, set())
             key_id = _unescape(prefix.split(_SEPARATOR)[_KEY_ID])
             if key_id and key_id not in noted:
-                start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
-                fresh[key_id] = max(fresh.get(key_id, 0.0), start)
+                fresh[key_id] = max(fresh.get(key_id, 0.0), _hour_start(bucket))
         if not fresh:
             return
         try:
