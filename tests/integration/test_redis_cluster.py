@@ -161,14 +161,15 @@ async def test_the_request_crossing_a_token_budget_holds_its_whole_estimate_on_e
 async def test_a_hard_capped_token_reservation_is_capped_at_what_remains_on_each_node(
     store: QuotaStore,
 ) -> None:
-    # Under a hard cap the answer is lowered to fit what remains: all it can use.
+    # Under a hard cap the answer is lowered to fit what remains: all it can use, on the
+    # capped subject's node and, once every node admitted it, on the others too.
     capped = tokens_per_hour("user", 100).model_copy(update={"hard_cap": True})
     found = limits(store, capped, tokens_per_hour("group", 1000))
     first = await store.reserve(found, 70)
     second = await store.reserve(found, 70)
     third = await store.reserve(found, 70)
     assert isinstance(first, Reservation) and first.reserved == [70, 70]
-    assert isinstance(second, Reservation) and second.reserved == [30, 70]
+    assert isinstance(second, Reservation) and second.reserved == [30, 30]
     assert isinstance(third, Denial) and third.limit.rule == "user-tokens" and third.used == 100
 
 
