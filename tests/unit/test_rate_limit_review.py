@@ -27,12 +27,13 @@ from tests.unit.test_quota_review import (
     runtime_with,
 )
 
-# Key team1: two requests a minute, enforced; its tokens watched by a shadow rule.
+# Key team1: two requests an hour, enforced (an hour, not a minute: three requests in one
+# fixed window, not two windows across a boundary); its tokens watched by a shadow rule.
 WATCHED = """
 quotas:
   on_store_failure: %s
   rules:
-    - {name: two-rpm, subject: api_key, requests_per_minute: 2}
+    - {name: two-rph, subject: api_key, requests_per_hour: 2}
     - {name: token-watch, subject: api_key, tokens_per_day: 100000, mode: shadow}
 """
 
@@ -56,7 +57,7 @@ async def test_a_huge_max_tokens_neither_escapes_the_request_limit_nor_fails_the
 ) -> None:
     # The body's max_tokens (a valid 64-bit integer) went into the shadow rule's counter
     # as a float the store refused: under fail_open each request passed uncounted by the
-    # enforced two-a-minute limit, under fail_closed each got a 503 "store unavailable".
+    # enforced two-an-hour limit, under fail_closed each got a 503 "store unavailable".
     processor, _ = gateway(quota_store, WATCHED % failure)
     answers = []
     for _ in range(3):
@@ -71,7 +72,7 @@ async def test_a_huge_max_tokens_neither_escapes_the_request_limit_nor_fails_the
     status, body = third
     assert status == 429
     assert body["error"]["code"] == "rate_limit_exceeded"
-    assert "rule 'two-rpm'" in body["error"]["message"]
+    assert "rule 'two-rph'" in body["error"]["message"]
 
 
 async def test_a_settlement_past_what_the_store_counts_still_lands(
