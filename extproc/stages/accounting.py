@@ -81,8 +81,11 @@ class AccountingStage:
         if upstream_side and ctx.provider is not None and no_answer(ctx.response_status):
             # The upstream side's own status (Anthropic's 529, not the client's 503); the
             # client's, for an answer the gateway could not translate (its 200 is no error).
+            # Also when the client left before the error's body came: the provider's error
+            # happened all the same, and this counter tells upstream errors by their status
+            # (aigw_requests_total, which counts the client's side, says ``aborted``).
             upstream = ctx.upstream_status or 0
-            label = str(upstream) if no_answer(upstream) and not ctx.aborted else status
+            label = str(upstream if no_answer(upstream) else ctx.response_status)
             metrics.upstream_error(provider=provider, model=model, status=label)
         elif (failure := _provider_failure(ctx)) is not None:
             metrics.upstream_error(provider=provider, model=model, status=failure)
