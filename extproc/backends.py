@@ -78,7 +78,12 @@ import orjson
 from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, openai_inputs
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
-from extproc.bedrock_invoke_bodies import ALLOWANCE_FIELDS, EMBEDDINGS_PREFIXES, reads_as_claude
+from extproc.bedrock_invoke_bodies import (
+    ALLOWANCE_FIELDS,
+    EMBEDDINGS_PREFIXES,
+    invokes_embeddings,
+    reads_as_claude,
+)
 from extproc.completions_api import returned_choices
 from extproc.config.model import (
     GEMINI_APIS,
@@ -1077,7 +1082,8 @@ def _answer_plan(
             # Another family's answer: billed by the counts Bedrock reports for any model.
             if streaming:
                 return ResponsePlan(bedrock_invoke.ModelStreamReader(served_tier=served), True)
-            return ResponsePlan(bedrock_invoke.TokenHeaderReader(headers))
+            generates = not invokes_embeddings(ctx)
+            return ResponsePlan(bedrock_invoke.TokenHeaderReader(headers, generates))
         if streaming:
             return ResponsePlan(bedrock_invoke.InvokeStreamReader(served_tier=served), True)
         header_counts = bedrock_invoke.header_usage(headers)

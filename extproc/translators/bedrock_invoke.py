@@ -28,7 +28,9 @@ server, a proxy that drops headers), by the counts the family wrote in its body
   ``X-Amzn-Bedrock-Service-Tier`` header. The body is parsed, once, only when the counts
   are missing: for the family's own counts (Llama's ``prompt_token_count``, Titan's
   ``inputTextTokenCount``...), else for the estimate of what it generated
-  (``stages.cut_answer``). The headers win: the body is not read beside them.
+  (``stages.cut_answer``). The headers win: the body is not read beside them. The
+  input count alone is a whole report only for an embeddings model; a text answer
+  with it alone reads its output from the body (``TokenHeaderReader``).
 - The stream (``ModelStreamReader``): each ``chunk`` frame's base64 JSON, whose last one
   carries ``amazon-bedrock-invocationMetrics`` (``inputTokenCount``,
   ``outputTokenCount``), which win, and the family's stop reason (Llama's
@@ -142,13 +144,17 @@ class InvokeStreamReader(StreamTranslator):
         super()._exception(name, message, out)
 
 
-def header_usage(headers: dict[str, str]) -> Usage | None:
+def header_usage(headers: dict[str, str], generates: bool = True) -> Usage | None:
     """The usage InvokeModel's answer headers report; None when the input count is
     missing, or either count is there but no count (``token_counts``: the report is then
-    unreadable, not read as 0 output). An embeddings model's answer has no output count:
-    it generated no tokens."""
+    unreadable, not read as 0 output). An embeddings model's answer (``generates``
+    False) has no output count: it generated no tokens. A model that generates text
+    without its output count is no whole report either: what it generated is in its
+    body (``TokenHeaderReader``), or, for an answer cut before it, unknown."""
     prompt = header_token_count(headers.get(INPUT_TOKENS_HEADER))
     output = headers.get(OUTPUT_TOKENS_HEADER)
+    if output is None and generates:
+        return None
     completion = 0 if output is None else header_token_count(output)
     if prompt is None or completion is None:
         return None
@@ -160,10 +166,14 @@ def header_usage(headers: dict[str, str]) -> Usage | None:
 
 class TokenHeaderReader:
     """Another family's JSON answer: billed by InvokeModel's token headers, else by the
-    counts its body carries; passed through."""
+    counts its body carries; passed through. ``generates``: False for an embeddings
+    model, whose answer counts no output."""
 
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.usage = header_usage(headers)
+    def __init__(self, headers: dict[str, str], generates: bool = True) -> None:
+        self.usage = header_usage(headers, generates)
+        # The prompt Bedrock counted for a model that generates text, when its answer came
+        # without the output count: the body tells the rest (its count, else its text).
+        self._counted_prompt = None if self.usage is not None else header_usage(headers, False)
         self.response_model: str | None = None  # the family's body may name none
         self.status: int | None = None
         self.service_tier = service_tier_of(served_tier(headers))
@@ -177,12 +187,32 @@ class TokenHeaderReader:
             return None
         self._parts.append(chunk)
         if end_of_stream:
+            whole = b"".join(self._parts)
+            self._parts = []
             try:
-                self.answer = orjson.loads(b"".join(self._parts))
+                self.answer = orjson.loads(whole)
             except orjson.JSONDecodeError:
                 self.answer = None
-            self._parts = []
-            self.usage = answer_usage(self.answer)
+            self.usage = self._usage(answer_usage(self.answer), whole)
+        return None
+
+    def _usage(self, counted: Usage | None, whole: bytes) -> Usage | None:
+        """The bill of a whole answer read without both of Bedrock's counts: the body's
+        counts (with Bedrock's prompt count, which wins, when it came), else Bedrock's
+        prompt count and no output when the answer carries no generated text (vectors, an
+        empty generation), else none: estimated from its text (``stages.cut_answer``)."""
+        prompt = self._counted_prompt
+        if prompt is None:
+            return counted
+        if counted is not None:
+            completion = counted.completion_tokens
+            return replace(
+                prompt,
+                completion_tokens=completion,
+                total_tokens=prompt.prompt_tokens + completion,
+            )
+        if self.answer is not None and not generated_chars(whole):
+            return prompt
         return None
 
 
