@@ -97,7 +97,10 @@ READERS: dict[str, Callable[[Any], int | None]] = {
         lambda v: usage_report({"promptTokenCount": v, "candidatesTokenCount": 3})
     ),
     "bedrock invoke headers": _prompt_read_by(
-        lambda v: header_usage({INPUT_TOKENS_HEADER: str(v)} if v is not None else {})
+        # An embeddings answer's headers: the input count alone is its whole report.
+        lambda v: header_usage(
+            {INPUT_TOKENS_HEADER: str(v)} if v is not None else {}, generates=False
+        )
     ),
     "bedrock cohere header": lambda v: input_token_count(
         {"x-amzn-bedrock-input-token-count": str(v)} if v is not None else {}
