@@ -29,6 +29,10 @@ _SHAPES = re.compile(
     r"|(?P<slack>xox[baprs]-[A-Za-z0-9-]{10,})"  # a Slack token
     # A JWT: three base64url parts, the first a JSON header ("eyJ" is '{"' encoded).
     r"|(?P<jwt>eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"
+    # This gateway's own keys, created at run time (``stored_keys.records.new_secret``:
+    # ``aigw-`` and 256 random bits in base64url). The config's keys are known by their
+    # hash; these live in the store, which no check on the request path may ask.
+    r"|(?P<aigw>aigw-[A-Za-z0-9_-]{43})"
     r")(?![A-Za-z0-9])"
 )
 _KINDS = {
@@ -39,6 +43,7 @@ _KINDS = {
     "github": "a GitHub token",
     "slack": "a Slack token",
     "jwt": "a JSON Web Token",
+    "aigw": "an API key of this gateway",
 }
 _DIGIT = re.compile(r"[0-9]")
 # Hex digits both, as a hex key has them (a number or a word of a-f is no key).

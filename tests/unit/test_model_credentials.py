@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from extproc.auth import credential_shapes
+from extproc.auth.stored_keys.records import new_secret
 from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.headers import CLUSTER, METADATA_NAMESPACE
@@ -134,6 +135,28 @@ async def test_a_key_named_as_the_model_is_refused_and_recorded_nowhere(
     [line] = sent.lines
     assert line["model"] is None and line["error_code"] == "credential_in_model"
     assert line["path"] == path.replace(OWN_KEY, "[redacted]")
+
+
+async def test_a_key_this_gateway_created_at_run_time_is_refused_as_the_model() -> None:
+    # A key of `extproc keys create` (another team's, pasted by mistake) lives in the
+    # store, not the config: before, it was no org key and no known shape, so the 404
+    # quoted it and the log line kept it as the model.
+    created = new_secret()
+    sent = await send("/v1/chat/completions", chat(created))
+    status, error = sent.refusal()
+    assert status == 400 and error["code"] == "credential_in_model"
+    assert "'model' holds an API key of this gateway" in error["message"]
+    assert created not in sent.everything()
+    [line] = sent.lines
+    assert line["model"] is None
+
+
+def test_every_key_this_gateway_creates_has_its_shape() -> None:
+    # The shape and the minting are written apart: each secret minted must be recognised.
+    for _ in range(2000):
+        assert credential_shapes.kind(new_secret()) == "an API key of this gateway"
+    # Its prefix before a word is no key: a model or alias may start with it.
+    assert credential_shapes.kind("aigw-default-chat-model") is None
 
 
 async def test_before_the_key_reached_the_log_the_metrics_and_the_provider() -> None:

@@ -32,6 +32,8 @@ SLACK = "xoxb-123456789012-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
 GOOGLE_TOKEN = "ya29.a0AfB_byC" + "d3Ef4Gh5Ij6Kl7Mn8" * 2
 DEEPSEEK = "sk-" + "3f9c0a7e5b1d" * 2 + "8e2a4c6d"  # 32 hex digits: no capital
+# A key `extproc keys create` made: `aigw-` and 43 base64url characters.
+GATEWAY_KEY = "aigw-" + "Qg2vYnIOzwGk0m-Z22a4mmq6IY_UejdPVcePuhOFRE8"
 
 
 def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
@@ -52,13 +54,14 @@ def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
         (f"x={SLACK}", SLACK, "a Slack token"),
         (f"x={JWT}", JWT, "a JSON Web Token"),
         (f"x={DEEPSEEK}", DEEPSEEK, "an OpenAI or Anthropic API key"),
+        (f"x={GATEWAY_KEY}", GATEWAY_KEY, "an API key of this gateway"),
         # Inside a longer value, percent-encoded, after a `;`.
         (f"x=Bearer+{OPENAI}", OPENAI, "an OpenAI or Anthropic API key"),
         ("x=" + OPENAI.replace("-", "%2D"), OPENAI, "an OpenAI or Anthropic API key"),
         (f"a=1;x={AWS}", AWS, "an AWS access key id"),
     ],
     ids=["openai", "anthropic", "aws", "google", "google-token", "github", "slack", "jwt",
-         "deepseek", "bearer", "percent-encoded", "semicolon"],
+         "deepseek", "gateway-key", "bearer", "percent-encoded", "semicolon"],
 )  # fmt: skip
 async def test_a_credential_under_an_innocent_name_is_refused_naming_the_parameter(
     query: str, secret: str, kind: str
