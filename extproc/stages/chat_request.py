@@ -54,7 +54,7 @@ from extproc.responses_api import (
 )
 from extproc.runtime import Route
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over
-from extproc.stages.model_credentials import refuse_credential_in_model
+from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).
 _RESPONSES_CHECKS: dict[RouteApi, Callable[[dict[str, Any], int], None]] = {
@@ -69,6 +69,11 @@ _JSON = "application/json"
 
 
 class ChatRequestStage:
+    def done(self, ctx: RequestContext) -> None:
+        # Before the request log is written (stages.accounting): a key the path names
+        # where a model goes is not recorded by a request that never got this far.
+        redact_unread_path(ctx)
+
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
         route = ctx.route
         if not ctx.accounted or route is None:

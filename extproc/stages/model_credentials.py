@@ -13,6 +13,12 @@ shape that names what the model holds, never the value, before the name is recor
 model holds a credential when it holds this request's own key or token, an org key the
 config holds (another team's, pasted by mistake), or anything shaped as a well-known
 key or token (``auth.credential_shapes``).
+
+A request that ends before its model is read (refused for its key, its method, its rate,
+its body; or left by its client) never reaches that check, yet its log line records the
+path: there, every segment of the path that holds a credential is shown as ``[redacted]``
+(``redact_unread_path``). A client that swapped its settings on an ``/openai/<model>``
+route sends its key in the path and a model name as its key, and is refused a 401 first.
 """
 
 from __future__ import annotations
@@ -42,6 +48,27 @@ def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
         param="model",
         code="credential_in_model",
     )
+
+
+def redact_unread_path(ctx: RequestContext) -> None:
+    """For a request refused or left before its model was read: the segments of its path
+    that hold a credential, as the request log shows them, ``[redacted]``. Only such
+    requests pay for the look (an accepted model was checked, its path with it)."""
+    if ctx.model is not None or ctx.route is None or not (ctx.error or ctx.aborted):
+        return
+    route_path, mark, query = ctx.path.partition("?")
+    segments = route_path.split("/")
+    held = [segment for segment in segments if segment and _credential_in(ctx, unquote(segment))]
+    if not held:
+        return
+    ctx.path = "/".join(REDACTED if s in held else s for s in segments) + mark + query
+    error = ctx.error
+    if error is not None:
+        # A refusal that names the path (405's "GET is not allowed on /openai/<key>")
+        # is the line's error_message; the client, whose path it is, got it whole.
+        for segment in held:
+            for form in {segment, unquote(segment)}:
+                error.message = error.message.replace(form, REDACTED)
 
 
 def _credential_in(ctx: RequestContext, model: str) -> str | None:

@@ -159,6 +159,82 @@ def test_every_key_this_gateway_creates_has_its_shape() -> None:
     assert credential_shapes.kind("aigw-default-chat-model") is None
 
 
+async def refused_before_the_model(
+    path: str, headers: dict[str, str], method: str = "POST"
+) -> tuple[int, list[Any], str]:
+    """A request whose headers are refused, through the processor: the status, the log
+    lines and everything Envoy and the operator kept of it."""
+    log, metrics = MemoryLog(), GatewayMetrics()
+    runtime = Runtime(GATEWAY, Services(metrics, log))
+    messages = [
+        request_headers(path, method=method, headers=headers),
+        request_body(orjson.dumps(chat("gpt-4o-mini"))),
+    ]
+    answers = await run_stream(Processor(lambda: runtime, default_stages()), messages)
+    sent = Sent(answers, log, metrics)
+    # The refusal's body may quote the path to its client, whose path it is; Envoy's
+    # metadata (its access log and span), the log line and the metrics keep nothing.
+    metadata = [str(answer.dynamic_metadata) for answer in answers]
+    recorded = "\n".join([*metadata, str(sent.lines), sent.metrics])
+    return answers[-1].immediate_response.status.code, sent.lines, recorded
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "method", "secret", "status"),
+    [
+        # Swapped settings: the key in the model's place of the path, the model as the
+        # key. The 401 comes before the body's model is read.
+        (f"/openai/{OPENAI_KEY}", {"authorization": "Bearer gpt-4o-mini"}, "POST", OPENAI_KEY, 401),
+        (f"/openai/{OPENAI_KEY}/v1/chat/completions", {}, "POST", OPENAI_KEY, 401),
+        # Another team's key in the path, beside a key the gateway does not know.
+        (f"/openai/{OTHER_TEAMS_KEY}", {"x-api-key": "nope-nope"}, "POST", OTHER_TEAMS_KEY, 401),
+        # The request's own key in the path, refused for its method before any key check.
+        (f"/openai/{OWN_KEY}", {"authorization": f"Bearer {OWN_KEY}"}, "GET", OWN_KEY, 405),
+        # Bedrock's model id in the path (boto3 with modelId set to the key), percent-encoded.
+        (f"/model/{OPENAI_KEY.replace('-', '%2D')}/converse", {}, "POST", OPENAI_KEY, 401),
+    ],
+    ids=["swapped", "after-prefix", "other-team", "own-key-method", "bedrock-encoded"],
+)
+async def test_a_key_in_the_path_is_not_logged_by_a_request_refused_before_its_model(
+    path: str, headers: dict[str, str], method: str, secret: str, status: int
+) -> None:
+    # Before: only a request whose body was read had its model's segment checked; one
+    # refused earlier logged its path, key and all.
+    got, lines, recorded = await refused_before_the_model(path, headers, method)
+    assert got == status
+    assert secret not in recorded
+    assert secret.replace("-", "%2D") not in recorded
+    [line] = lines
+    assert "[redacted]" in line["path"]
+
+
+@pytest.mark.parametrize("secret", [OPENAI_KEY, OWN_KEY])
+async def test_a_key_as_the_model_of_a_vertex_path_is_not_logged(secret: str) -> None:
+    # Vertex names the model with its operation (`<model>:rawPredict`): the refusal's
+    # redaction matched whole segments only, and logged this one, key and all.
+    path = (
+        f"/vertex/v1/projects/p/locations/us-east5/publishers/anthropic/models/{secret}:rawPredict"
+    )
+    body = {
+        "anthropic_version": "vertex-2023-10-16",
+        "max_tokens": 9,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    sent = await send(path, body)
+    status, _ = sent.refusal()
+    assert status == 400
+    assert secret not in sent.everything()
+    [line] = sent.lines
+    assert line["error_code"] == "credential_in_model"
+    assert line["path"].endswith("/models/[redacted]")
+
+
+async def test_a_path_without_a_key_is_logged_as_it_came_when_refused() -> None:
+    path = "/openai/gpt-4o-mini/v1/chat/completions"
+    got, [line], _ = await refused_before_the_model(path, {"authorization": "Bearer nope-nope"})
+    assert got == 401 and line["path"] == path
+
+
 async def test_before_the_key_reached_the_log_the_metrics_and_the_provider() -> None:
     # The control for what the refusal replaced: a name Anthropic's prefix serves is sent
     # on, and recorded as sent: in the log line, the metrics' model label.
