@@ -278,10 +278,22 @@ def _keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "rotate":
         sys.stdout.write(client.render_rotated(found, args.format))
         print(client.SHOWN_ONCE, file=sys.stderr)
+    elif args.keys_command == "renew":
+        sys.stdout.write(client.render_renewed(found, args.format))
+        if found.key:
+            print(client.SHOWN_ONCE, file=sys.stderr)
+    elif not found.keys and args.format == "table" and _filtered(args):
+        print("no API key passes these filters")
+        return _left_out(found.unreadable_keys)
     else:
         sys.stdout.write(client.render_keys(list(found.keys), args.format))
         return _left_out(found.unreadable_keys)
     return 0
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    named = (args.user, args.group, args.status, args.expiring_within, args.source, args.label)
+    return any(named)
 
 
 def _seconds(text: str) -> float:
@@ -302,6 +314,9 @@ def _management_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--address", help="management API (default: the config's)")
     sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
     sub.add_argument("--format", choices=("table", "json"), default="table")
+    sub.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
     sub.add_argument("--timeout", type=_seconds, default=10.0, help="seconds")
 
 
@@ -377,6 +392,18 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
+    return seconds
+
+
+def _statuses(text: str) -> list[str]:
+    """``--status expired,rotating``: one or more states, checked by the gateway."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _timestamp(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text)
@@ -424,8 +451,31 @@ def _add_key_commands(commands: Any) -> None:
         action="store_true",
         help="take an id no key has but the usage rollups bill (the same holder's key)",
     )
-    action("list", "keys of the config and keys created at run time (never a secret)",
-           lambda c, a: c.listing())  # fmt: skip
+    listing = action(
+        "list", "keys of the config and keys created at run time (never a secret)",
+        lambda c, a: c.listing(
+            user_id=a.user or "", group_id=a.group or "", status=a.status,
+            expiring_within_seconds=a.expiring_within or 0.0, source=a.source or "",
+            labels=dict(a.label),
+        ),
+    )  # fmt: skip
+    filters = listing.add_argument_group("filters (a key is listed when it passes all given)")
+    filters.add_argument("--user", help="only keys of this user_id")
+    filters.add_argument("--group", help="only keys of this group_id")
+    filters.add_argument(
+        "--status", type=_statuses, action="extend", default=[],
+        help="only keys in these states: active (a key in a rotation's grace included),"
+        " rotating, expired, disabled (comma-separated or repeated)",
+    )  # fmt: skip
+    filters.add_argument(
+        "--expiring-within", type=_positive_duration, metavar="DURATION",
+        help="only keys expiring within this time from now (not already expired): 90, 15m,"
+        " 12h, 7d",
+    )  # fmt: skip
+    filters.add_argument("--source", choices=("config", "store"), help="only keys from here")
+    filters.add_argument(
+        "--label", type=_label, action="append", default=[], help="only keys with name=value"
+    )
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
     revoke.add_argument("--id", required=True)
     rotate = action(
@@ -436,6 +486,22 @@ def _add_key_commands(commands: Any) -> None:
     rotate.add_argument(
         "--grace", type=_duration, default=0.0,
         help="how long the old secret keeps working: 90, 90s, 15m, 1h, 7d (default: 0)",
+    )  # fmt: skip
+    renew = action(
+        "renew", "give a key created at run time a new expiry (expired or not), same secret",
+        lambda c, a: c.renew(a.id, a.expires, rotate=a.rotate, grace_seconds=a.grace or 0.0),
+    )  # fmt: skip
+    renew.add_argument("--id", required=True)
+    renew.add_argument(
+        "--expires", "--expires-at", dest="expires", type=_timestamp, required=True,
+        help="the new expiry, ISO 8601 with a zone (in the future)",
+    )  # fmt: skip
+    renew.add_argument(
+        "--rotate", action="store_true", help="also give the key a new secret (shown once)"
+    )
+    renew.add_argument(
+        "--grace", type=_duration,
+        help="with --rotate: how long the old secret keeps working, within its own expiry",
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import orjson
 
 from extproc.config.model import unsendable_token_problem
 from extproc.config.quota_model import MAX_LIMIT
+from extproc.management.key_filter import ROTATING, status_of
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 
@@ -258,9 +259,28 @@ class KeyClient(ManagementClient):
     def list(self) -> list[pb.KeyInfo]:
         return list(self.listing().keys)
 
-    def listing(self) -> pb.ListKeysResponse:
-        """The keys, and the stored records that could not be read."""
-        answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, pb.ListKeysRequest())
+    def listing(
+        self,
+        *,
+        user_id: str = "",
+        group_id: str = "",
+        status: Sequence[str] = (),
+        expiring_within_seconds: float = 0.0,
+        source: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> pb.ListKeysResponse:
+        """The keys that pass every filter given, and the stored records that could not
+        be read."""
+        request = _request(
+            pb.ListKeysRequest,
+            user_id=user_id,
+            group_id=group_id,
+            status=status,
+            expiring_within_seconds=expiring_within_seconds,
+            source=source,
+            labels=labels or {},
+        )
+        answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, request)
         return answer
 
     def revoke(self, key_id: str) -> pb.KeyInfo:
@@ -272,6 +292,19 @@ class KeyClient(ManagementClient):
         request = _request(pb.RotateKeyRequest, id=key_id, grace_seconds=grace_seconds)
         rotated: pb.RotatedKey = self._call(self._stub.RotateKey, request)
         return rotated
+
+    def renew(
+        self, key_id: str, expires_at: float, *, rotate: bool = False, grace_seconds: float = 0.0
+    ) -> pb.RenewedKey:
+        request = _request(
+            pb.RenewKeyRequest,
+            id=key_id,
+            expires_at=expires_at,
+            rotate=rotate,
+            grace_seconds=grace_seconds,
+        )
+        renewed: pb.RenewedKey = self._call(self._stub.RenewKey, request)
+        return renewed
 
 
 def state_dict(state: pb.QuotaState) -> dict[str, Any]:
@@ -443,6 +476,34 @@ def render_rotated(rotated: pb.RotatedKey, output: str) -> str:
     return f"{render_keys([rotated.info], 'table')}key: {rotated.key}\n{old}\n"
 
 
+def render_renewed(renewed: pb.RenewedKey, output: str) -> str:
+    """A renewed key: its new expiry, and its new secret if it was rotated too."""
+    if output == "json":
+        data = {
+            "key": renewed.key or None,
+            "info": key_dict(renewed.info),
+            "renewed_from": renewed.renewed_from or None,
+            "previous_expires_at": renewed.previous_expires_at or None,
+        }
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    before = _utc(renewed.renewed_from) if renewed.renewed_from else "never"
+    lines = [render_keys([renewed.info], "table").rstrip("\n")]
+    if renewed.key:
+        lines.append(f"key: {renewed.key}")
+        lines.append(
+            f"the old secret works until {_utc(renewed.previous_expires_at)}"
+            if renewed.info.previous_expires_at
+            else "the old secret is refused by every gateway process sharing the store"
+        )
+    else:
+        lines.append("the key keeps its secret")
+    lines.append(
+        f"renewed API key {renewed.info.id!r} (it expired or was to expire {before}): in force"
+        " at once on every gateway process sharing the store"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def render_revoked(info: pb.KeyInfo, output: str) -> str:
     """What a revocation removed (``json``), or one sentence saying what it means."""
     if output == "json":
@@ -454,13 +515,10 @@ def render_revoked(info: pb.KeyInfo, output: str) -> str:
 
 
 def _status(key: pb.KeyInfo) -> str:
-    if not key.enabled:
-        return "disabled"
-    if key.expires_at and key.expires_at <= time.time():
-        return "expired"
-    if key.previous_expires_at > time.time():
+    status = status_of(key, time.time())
+    if status == ROTATING:
         return f"active, old secret until {_utc(key.previous_expires_at)}"
-    return "active"
+    return status
 
 
 def _utc(seconds: float) -> str:

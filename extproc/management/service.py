@@ -58,6 +58,7 @@ from extproc.config.model import (
 from extproc.config.rule_models import KnownModels
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
+from extproc.management.key_filter import KeyFilter, KeyFilterError
 from extproc.management.quotas import (
     InvalidArgumentError,
     LimitState,
@@ -90,6 +91,7 @@ Handler = Callable[[Any, grpc_aio.ServicerContext], Awaitable[Any]]
 # Refusals of what a request names, by the status code they answer with.
 _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (KeyFilterError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (UnknownKeyIdError, grpc.StatusCode.NOT_FOUND),
     (KeyIdTakenError, grpc.StatusCode.ALREADY_EXISTS),
@@ -462,7 +464,8 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
 
 
 class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
-    """API keys at run time: created with a secret shown once, listed with the config's, revoked."""
+    """API keys at run time: created with a secret shown once, listed with the config's (and
+    filtered), rotated, renewed, revoked."""
 
     def __init__(self, runtime: Callable[[], Runtime], keys: StoredKeys, audit: AuditLog) -> None:
         super().__init__(runtime, audit)
@@ -497,14 +500,22 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         self, request: pb.ListKeysRequest, context: grpc_aio.ServicerContext
     ) -> pb.ListKeysResponse:
         async def work(caller: str) -> pb.ListKeysResponse:
+            # Checked before the store is read: a typo is refused, not answered "no keys".
+            wanted = KeyFilter.of(request, time.time())
             response = pb.ListKeysResponse()
-            for key in self._runtime().api_keys.records():
-                response.keys.append(_key_info(key, 0.0, "config"))
+            if wanted.source in ("", "config"):
+                for key in self._runtime().api_keys.records():
+                    info = _key_info(key, 0.0, "config")
+                    if wanted.passes(info):
+                        response.keys.append(info)
+            if wanted.source == "config":
+                return response
             found = await self._keys.listing()
             for stored in found.keys:
                 info = _key_info(stored.key, stored.created_at, "store")
                 info.previous_expires_at = stored.previous_expires_at
-                response.keys.append(info)
+                if wanted.passes(info):
+                    response.keys.append(info)
             # Named, and the others listed: one stray key failed the whole list.
             response.unreadable_keys.extend(
                 pb.UnreadableKey(key=record.key, reason=record.reason)
@@ -554,11 +565,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             if not request.id:
                 raise InvalidArgumentError("id is required")
             grace = request.grace_seconds
-            if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE_S:
-                raise InvalidArgumentError(
-                    f"grace_seconds must be from 0 to {MAX_GRACE_S:.0f} (30 days): a secret"
-                    " meant to keep working is a second key"
-                )
+            _check_grace(grace)
             if self._in_config(request.id):
                 raise InvalidArgumentError(
                     f"API key {request.id!r} comes from the config: give it a new secret"
@@ -576,8 +583,74 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
 
         return await self._call(context, work, change)
 
+    async def RenewKey(  # noqa: N802 - gRPC method name
+        self, request: pb.RenewKeyRequest, context: grpc_aio.ServicerContext
+    ) -> pb.RenewedKey:
+        change = Change(
+            "renew_key",
+            {"key_id": request.id, "expires_at": request.expires_at, "rotate": request.rotate},
+        )
+
+        async def work(caller: str) -> pb.RenewedKey:
+            if not request.id:
+                raise InvalidArgumentError("id is required")
+            expires = request.expires_at
+            if not math.isfinite(expires) or expires <= time.time():
+                raise InvalidArgumentError(
+                    "expires_at must be in the future: a renewal gives the key a new expiry"
+                )
+            if expires >= _LAST_EXPIRY:
+                raise InvalidArgumentError("expires_at must be before the year 10000")
+            grace = request.grace_seconds
+            if not request.rotate and grace:
+                raise InvalidArgumentError(
+                    "grace_seconds is for a renewal with rotate (a new secret): without it"
+                    " the key keeps its secret"
+                )
+            _check_grace(grace)
+            if self._in_config(request.id):
+                raise InvalidArgumentError(
+                    f"API key {request.id!r} comes from the config: set its expires_at there"
+                    " and reload"
+                )
+            # Reads first, then writes: a store error counts as "unknown" (conservative).
+            change.stage = "applying"
+            secret, stored, until, before = await self._keys.renew(
+                request.id, expires, rotate=request.rotate, grace_s=grace
+            )
+            change.stage = "applied"
+            change.fields = {
+                **_audited(stored.key),
+                "renewed_from": before or None,
+                "rotate": request.rotate,
+            }
+            info = _key_info(stored.key, stored.created_at, "store")
+            now = time.time()
+            if request.rotate:
+                change.fields |= {"grace_s": grace, "previous_expires_at": until}
+                if until > now:
+                    info.previous_expires_at = until
+            elif stored.previous_expires_at > now:
+                info.previous_expires_at = stored.previous_expires_at
+            return pb.RenewedKey(
+                key=secret or "",
+                info=info,
+                previous_expires_at=until,
+                renewed_from=before,
+            )
+
+        return await self._call(context, work, change)
+
     def _in_config(self, key_id: str) -> bool:
         return any(known.id == key_id for known in self._runtime().api_keys.records())
+
+
+def _check_grace(grace: float) -> None:
+    if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE_S:
+        raise InvalidArgumentError(
+            f"grace_seconds must be from 0 to {MAX_GRACE_S:.0f} (30 days): a secret"
+            " meant to keep working is a second key"
+        )
 
 
 def _new_key(request: pb.CreateKeyRequest) -> ApiKey:

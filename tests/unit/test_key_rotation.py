@@ -292,5 +292,5 @@ async def test_the_api_and_cli_refuse_rotating_an_expired_key_as_invalid(
     code, details = await api.refusal("RotateKey", pb.RotateKeyRequest(id="ci-bot"))
     exit_code, out, err = await api.cli("keys", "rotate", "--id", "ci-bot")
 
-    assert code == "INVALID_ARGUMENT" and "create a new key" in details
+    assert code == "INVALID_ARGUMENT" and "renew the key instead" in details
     assert (exit_code, out) == (2, "") and "API key 'ci-bot' expired at" in err

@@ -51,6 +51,14 @@ rotation cut short by the store leaves the id naming the old record, whose
 lengthening the old secret's grace. A revoke deletes the ``previous`` record too,
 so no old secret outlives its key.
 
+A renewal gives a key a new ``expires_at`` under the same id and secret (an expired key
+included: a rotation refuses one, a revoke retires the id), in the record the id names
+and in a rotated-out record still in its grace, each only while it is still that key's
+record in that state (``stored_key_expiry.lua``), then announces both digests as a
+revoke does, so that no process keeps the old expiry cached. A rotation that read the
+key before a renewal reads its expiry again once it has marked the old record rotated
+out (after which no renewal writes it), and carries it into the new record.
+
 On the request path ``KeyCache`` remembers what the store answered for a
 digest: a key for 30 s, "no such key" for 5 s, at most 10,000 digests (least
 recently used go first); lookups of one digest made while a read of it is in
@@ -63,7 +71,7 @@ The modules, one responsibility each: ``records`` (the record format), ``cache``
 (``KeyCache``), ``lookup`` (the request path's shared reads), ``key_store`` (the store
 keys' names and the writes every operation shares), ``key_ids`` (which key an id names,
 and the retirement of a revoked key's id), ``creation``, ``rotation``, ``revocation``,
-``listing``, ``errors``, and ``store`` (``StoredKeys``, what the rest of the gateway
+``renewal``, ``listing``, ``errors``, and ``store`` (``StoredKeys``, what the rest of the gateway
 uses).
 """
 

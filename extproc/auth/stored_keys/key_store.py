@@ -1,10 +1,11 @@
 """``KeyStore``: one store's stored-key names and the few writes every operation shares.
 
 It owns the store keys' names (a record by digest, an id, SCAN's pattern of every
-record), the guarded change of an id (``stored_key_id.lua``), and making every process
-forget a secret that stops working (this process's cache, then the pub/sub notice).
-The operations (create, rotate, revoke, list) are functions of their own modules that
-take one.
+record), the guarded change of an id (``stored_key_id.lua``) and of a record's expiry
+(``stored_key_expiry.lua``), and making every process forget what it cached of a secret
+that stops working or whose terms changed (this process's cache, then the pub/sub
+notice). The operations (create, rotate, renew, revoke, list) are functions of their own
+modules that take one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ KEEP = "keep"
 FREE = "free"
 RETIRE = "retire"
 SWAP = "swap"
+# Which record stored_key_expiry.lua changes: the one the id names, or a rotated-out one.
+CURRENT = "current"
+PREVIOUS = "previous"
 
 
 class KeyStore:
@@ -54,6 +58,7 @@ class KeyStore:
         self.clock = clock
         self.retire_ids_for_ms = max(1, round(retire_ids_for_s * 1000))
         self._id_script = register(client, "stored_key_id")
+        self._expiry_script = register(client, "stored_key_expiry")
 
     def record_key(self, digest_hex: str) -> str:
         return f"{self.prefix}key:{{{digest_hex}}}"
@@ -72,20 +77,32 @@ class KeyStore:
         named = await self._id_script(keys=[id_key], args=args, client=self.client)
         return bool(named)
 
+    async def set_expiry(
+        self, digest_hex: str, key_id: str, expires_at: float, which: str = CURRENT
+    ) -> bool:
+        """Write a record's ``expires_at`` only while it is still ``key_id``'s record, the
+        one its id names (``CURRENT``) or one rotated out (``PREVIOUS``)
+        (stored_key_expiry.lua); whether it did."""
+        args = [key_id, repr(expires_at), which]
+        record_key = self.record_key(digest_hex)
+        changed = await self._expiry_script(keys=[record_key], args=args, client=self.client)
+        return bool(changed)
+
     async def end_secret(self, key_id: str, digest_hex: str) -> None:
         """Stop a key's old secret now, on every process."""
         await self.client.delete(self.record_key(digest_hex))
         self.cache.forget(bytes.fromhex(digest_hex))
         await self.announce(key_id, digest_hex)
 
-    async def announce(self, key_id: str, digest_hex: str) -> None:
-        """Make the other processes forget the key; the store already refuses it."""
+    async def announce(self, key_id: str, digest_hex: str, done: str = "revoked") -> None:
+        """Make the other processes forget what they cached of the key; the store already
+        holds its new state (``done`` to it: revoked, renewed)."""
         try:
             await announce(self.client, self.prefix, digest_hex)
         except Exception as exc:
-            # Failing the revoke here would only hide that the key is gone from the store.
+            # Failing the change here would only hide that the store already holds it.
             log.warning(
-                "API key %r revoked, but the notice to other gateway processes failed (%s): "
-                "they refuse it within %g s",
-                key_id, type(exc).__name__, self.cache.found_ttl_s,
+                "API key %r %s, but the notice to other gateway processes failed (%s): "
+                "they apply it within %g s",
+                key_id, done, type(exc).__name__, self.cache.found_ttl_s,
             )  # fmt: skip

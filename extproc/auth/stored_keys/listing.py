@@ -74,7 +74,7 @@ async def listing(store: KeyStore) -> StoredKeyList:
             reason = "is a hash without the field 'id', not a stored API key's record"
             unreadable.append(UnreadableRecord(shown, reason + WRITTEN))
     keys = [
-        dataclasses.replace(stored, previous_expires_at=replaced[older].secret_expires_at)
+        dataclasses.replace(stored, previous_expires_at=_old_secret_ends(replaced[older]))
         if older in replaced
         else stored
         for stored, older in found
@@ -86,3 +86,9 @@ async def listing(store: KeyStore) -> StoredKeyList:
         sorted(keys, key=lambda stored: stored.key.id),
         sorted(unreadable, key=lambda record: record.key),
     )
+
+
+def _old_secret_ends(old: StoredKey) -> float:
+    """When a rotated-out secret stops: its grace's end, or the key's expiry if sooner (a
+    renewal may have brought it forward)."""
+    return old.usable_key().expires_at or old.secret_expires_at

@@ -11,6 +11,7 @@ key's own: running it again finishes it, never lengthening the old secret's grac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 from redis.exceptions import ResponseError
@@ -45,6 +46,16 @@ async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, Sto
     """A new secret for a stored key, same id and identity; the old secret works
     ``grace_s`` more. The new secret (returned here only), the key, and when the
     old secret stops working."""
+    secret, stored, until, _ = await rotate_with_expiry(store, key_id, grace_s, None)
+    return secret, stored, until
+
+
+async def rotate_with_expiry(
+    store: KeyStore, key_id: str, grace_s: float, expires_at: float | None
+) -> tuple[str, StoredKey, float, float]:
+    """``rotate``, the new secret given ``expires_at`` (a renewal; None: the key's own
+    expiry), so that an expired key is rotated too; the old secret keeps its own expiry.
+    Also the expiry the key had (0: none)."""
     id_key, old_hex, expires_in_ms = await named_digest(store, key_id, "rotated")
     old_key = store.record_key(old_hex)
     try:
@@ -61,13 +72,20 @@ async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, Sto
         # No record: a create in flight, or one that failed half-way.
         raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
     now = store.clock()
-    if stored.key.expires_at is not None and stored.key.expires_at <= now:
+    ended = stored.key.expires_at
+    if ended is not None and ended <= now and expires_at is None:
         # The new secret keeps the key's expiry: before, it was handed out expired, and
         # its holder met 401 "has expired" on the first request.
         raise KeyExpiredError(
-            f"API key {key_id!r} expired at {moment(stored.key.expires_at)}: a rotation"
-            " keeps the key's expiry, so a new secret would not work either; create a new"
-            " key (another id) instead"
+            f"API key {key_id!r} expired at {moment(ended)}: a rotation keeps the key's"
+            " expiry, so a new secret would not work either; renew the key instead, with a"
+            " new secret if it needs one (`extproc keys renew --id ... --expires ..."
+            " --rotate`)"
+        )
+    old_terms = stored
+    if expires_at is not None:
+        stored = dataclasses.replace(
+            stored, key=dataclasses.replace(stored.key, expires_at=expires_at)
         )
     secret = new_secret()
     new_hex = key_digest(secret).hex()
@@ -84,11 +102,14 @@ async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, Sto
             # One old secret at a time: the one before, still in its grace, stops now.
             await store.end_secret(key_id, older)
         await _shorten(store, key_id, old_key, old_hex, now, until)
+        if expires_at is None:
+            stored = await _renewed_meanwhile(store, old_key, new_key, stored)
         swapped = await store.id_named(id_key, old_hex, SWAP, new_hex)
         if swapped and await store.client.persist(new_key):
             if until <= now:
                 await store.end_secret(key_id, old_hex)
-            return secret, stored, min(until, stored.key.expires_at or until)
+            ends = min(until, old_terms.key.expires_at or until)
+            return secret, stored, ends, old_terms.key.expires_at or 0.0
     except BaseException:
         # Never a record nobody will get the secret of, nor one its id does not name.
         await asyncio.shield(store.client.delete(new_key))
@@ -116,6 +137,22 @@ async def _shorten(
         await pipe.execute()
     store.cache.forget(bytes.fromhex(old_hex))
     await store.announce(key_id, old_hex)
+
+
+async def _renewed_meanwhile(
+    store: KeyStore, old_key: str, new_key: str, stored: StoredKey
+) -> StoredKey:
+    """The key with the expiry a renewal gave the old record after this rotation read it.
+
+    A renewal writes only a record not rotated out (``stored_key_expiry.lua``), and
+    ``_shorten`` has just marked the old one so: what it holds now is final. Without
+    this, the new record carried the expiry read before, and the renewal was lost."""
+    found = await store.client.hget(old_key, "expires_at")
+    expires_at = float(found or 0.0) or None
+    if expires_at == stored.key.expires_at:
+        return stored
+    await store.client.hset(new_key, "expires_at", repr(expires_at or 0.0))
+    return dataclasses.replace(stored, key=dataclasses.replace(stored.key, expires_at=expires_at))
 
 
 def _cannot_rotate(key_id: str, record_key: str, reason: str) -> str:

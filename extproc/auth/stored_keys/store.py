@@ -1,6 +1,6 @@
 """``StoredKeys``: the keys created at run time in one store, as the gateway uses them.
 
-One object per store: the management API creates, rotates, lists and revokes keys
+One object per store: the management API creates, rotates, renews, lists and revokes keys
 through it, the authentication stage looks keys up through it, and it listens for
 revocations made by any process sharing the store. Each operation lives in a module
 of its own; this class holds what they share.
@@ -15,7 +15,7 @@ from typing import Any
 
 from extproc.auth.api_keys import ApiKey
 from extproc.auth.key_revocations import RevocationListener
-from extproc.auth.stored_keys import creation, listing, revocation, rotation
+from extproc.auth.stored_keys import creation, listing, renewal, revocation, rotation
 from extproc.auth.stored_keys.cache import CachedAnswer, KeyCache, StoredAnswer
 from extproc.auth.stored_keys.errors import UnreadableRecordsError
 from extproc.auth.stored_keys.key_ids import retired
@@ -67,6 +67,17 @@ class StoredKeys:
         ``grace_s`` more. The new secret (returned here only), the key, and when the
         old secret stops working."""
         return await rotation.rotate(self._store, key_id, grace_s)
+
+    async def renew(
+        self, key_id: str, expires_at: float, *, rotate: bool = False, grace_s: float = 0.0
+    ) -> tuple[str | None, StoredKey, float, float]:
+        """A new expiry for a stored key, expired or not (a revoked one has no key left):
+        the new secret (only with ``rotate``: None keeps the secret), the key, when the old
+        secret stops working (with ``rotate``) and the expiry the key had (0: none)."""
+        if rotate:
+            return await rotation.rotate_with_expiry(self._store, key_id, grace_s, expires_at)
+        stored, before = await renewal.renew(self._store, key_id, expires_at)
+        return None, stored, 0.0, before
 
     async def revoke(self, key_id: str) -> StoredKey:
         """Delete a stored key; from now on this process refuses its secret."""

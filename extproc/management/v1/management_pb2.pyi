@@ -156,8 +156,27 @@ class CreatedKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("user_id", "group_id", "status", "expiring_within_seconds", "source", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_WITHIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    group_id: str
+    status: _containers.RepeatedScalarFieldContainer[str]
+    expiring_within_seconds: float
+    source: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., status: _Optional[_Iterable[str]] = ..., expiring_within_seconds: _Optional[float] = ..., source: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
     __slots__ = ("keys", "unreadable_keys")
@@ -190,6 +209,30 @@ class RotatedKey(_message.Message):
     info: KeyInfo
     previous_expires_at: float
     def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ..., previous_expires_at: _Optional[float] = ...) -> None: ...
+
+class RenewKeyRequest(_message.Message):
+    __slots__ = ("id", "expires_at", "rotate", "grace_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    expires_at: float
+    rotate: bool
+    grace_seconds: float
+    def __init__(self, id: _Optional[str] = ..., expires_at: _Optional[float] = ..., rotate: _Optional[bool] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class RenewedKey(_message.Message):
+    __slots__ = ("key", "info", "previous_expires_at", "renewed_from")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_FROM_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    info: KeyInfo
+    previous_expires_at: float
+    renewed_from: float
+    def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ..., previous_expires_at: _Optional[float] = ..., renewed_from: _Optional[float] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
     __slots__ = ("id", "user_id", "group_id", "labels", "enabled", "expires_at", "created_at", "source", "allowed_models", "allowed_routes", "previous_expires_at")

@@ -310,6 +310,11 @@ class KeyManagementStub:
                 request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.SerializeToString,
                 response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.FromString,
                 _registered_method=True)
+        self.RenewKey = channel.unary_unary(
+                '/aigw.management.v1.KeyManagement/RenewKey',
+                request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.SerializeToString,
+                response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServicer:
@@ -355,6 +360,15 @@ class KeyManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewKey(self, request, context):
+        """A new expiry for a stored key, under the same id, identity and (unless rotate) secret:
+        an expired key works again, at once on every gateway process sharing the store.
+        NOT_FOUND for an id no stored key has, a revoked key's included (its id is retired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +391,11 @@ def add_KeyManagementServicer_to_server(servicer, server):
                     servicer.RotateKey,
                     request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.FromString,
                     response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.SerializeToString,
+            ),
+            'RenewKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewKey,
+                    request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.FromString,
+                    response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +513,33 @@ class KeyManagement:
             '/aigw.management.v1.KeyManagement/RotateKey',
             aigw_dot_management_dot_v1_dot_management__pb2.RotateKeyRequest.SerializeToString,
             aigw_dot_management_dot_v1_dot_management__pb2.RotatedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.management.v1.KeyManagement/RenewKey',
+            aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,19 @@
+-- Give a run-time API key's record a new expiry only while it is still that key's
+-- record in the state the caller read: a revoke may have deleted it (HSET would then
+-- write a hash of one field, no key's record), and a rotation may have rotated it out.
+-- KEYS[1]: <prefix>key:{<sha256 hex>}. ARGV[1]: the key's id; ARGV[2]: the new
+-- expires_at (unix seconds, as the record writes it); ARGV[3]: 'current' (the record
+-- the id names: refused once a rotation has rotated it out, so that a rotation that
+-- read the key before reads the new expiry again after marking it, and carries it on)
+-- or 'previous' (the old record of a rotation still in its grace, which keeps its own
+-- grace: min(secret_expires_at, expires_at) is when its secret stops).
+-- Returns 1 when the record was changed, else 0.
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
+  return 0
+end
+local rotated_out = redis.call('HEXISTS', KEYS[1], 'rotated_at') == 1
+if rotated_out ~= (ARGV[3] == 'previous') then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
+return 1
