@@ -61,6 +61,10 @@ _ANTHROPIC_RANDOM = 80
 # that mix digits and cases are random (a slug's "Utf8", "x86", "OpenAI" are short).
 _MIN_HEX_RUN = 32
 _MIN_UNWORDED = 20
+# Digits standing among letters, as a random run of letters and digits scatters them: a
+# word with a year or a version at its end has one group.
+_DIGIT_GROUPS = re.compile(r"(?<=[A-Za-z])[0-9]+(?=[A-Za-z])")
+_MIN_DIGIT_GROUPS = 3
 _UPPER = re.compile(r"[A-Z]")
 _LOWER = re.compile(r"[a-z]")
 
@@ -99,7 +103,7 @@ def _random_key(text: str) -> bool:
         if len(rest) >= _ANTHROPIC_RANDOM and _random(rest):
             return True
     runs = [run for run in _SEPARATORS.split(text) if not _WORD.fullmatch(run)]
-    if any(_hex_key(run) for run in runs):
+    if any(_hex_key(run) or _one_case_key(run) for run in runs):
         return True
     unworded = "".join(runs)
     return len(unworded) >= _MIN_UNWORDED and _random(unworded)
@@ -107,6 +111,15 @@ def _random_key(text: str) -> bool:
 
 def _hex_key(run: str) -> bool:
     return len(run) >= _MIN_HEX_RUN and _HEX.fullmatch(run) is not None
+
+
+def _one_case_key(run: str) -> bool:
+    """Whether ``run`` is a random key of one case of letters and digits (``sk-`` and 48
+    of ``a-z 0-9``, as some OpenAI-compatible servers issue): before, a key needed both
+    cases, and such a key went on in the query. Letters and digits interleaved in one
+    run of 32 or more, which no word, number or version is (``2024``, ``v2``, ``gpt4o``
+    are short, and a slug's words stand between ``-`` and ``_``)."""
+    return len(run) >= _MIN_HEX_RUN and len(_DIGIT_GROUPS.findall(run)) >= _MIN_DIGIT_GROUPS
 
 
 def _random(text: str) -> bool:

@@ -13,6 +13,7 @@ recognises one, whatever its other characters.
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Callable
 
@@ -43,6 +44,24 @@ def base62_with_a_digit(rng: random.Random) -> str:
             return key
 
 
+def one_case_with_digits_among_letters(alphabet: str) -> Callable[[random.Random], str]:
+    """48 random letters of one case and digits (keys of OpenAI-compatible servers that
+    issue ``sk-`` and lowercase base36). One draw in 5000 has its digits in fewer than
+    three places between letters: a miss, as a word with a number in it could be that."""
+
+    def make(rng: random.Random) -> str:
+        while True:
+            key = draw(rng, alphabet, 48)
+            if len(re.findall(r"(?<=[A-Za-z])[0-9]+(?=[A-Za-z])", key)) >= 3:
+                return key
+
+    return make
+
+
+LOWER36 = one_case_with_digits_among_letters(string.ascii_lowercase + string.digits)
+UPPER36 = one_case_with_digits_among_letters(string.ascii_uppercase + string.digits)
+
+
 @given(
     st.text(alphabet=BASE62, min_size=20, max_size=20),
     st.text(alphabet=BASE62, min_size=20, max_size=20),
@@ -71,6 +90,9 @@ def test_every_project_service_and_admin_key_is_recognised(
         ("anthropic", lambda rng: "sk-ant-api03-" + draw(rng, BASE64URL, 93) + "AA"),
         ("anthropic-admin", lambda rng: "sk-ant-admin01-" + draw(rng, BASE64URL, 93) + "AA"),
         ("base62-48", lambda rng: "sk-" + base62_with_a_digit(rng)),
+        # Missed every time before: a key needed both cases of letters.
+        ("base36-48", lambda rng: "sk-" + LOWER36(rng)),
+        ("upper-base36-48", lambda rng: "sk-" + UPPER36(rng)),
     ],
 )
 def test_thousands_of_random_keys_of_each_provider_are_recognised(
@@ -107,6 +129,11 @@ def test_no_slug_of_words_is_taken_for_a_key(words: list[str], joint: str) -> No
         "sk-" + "a" * 48,
         "sk-" + "1234567890" * 4,  # a number is no hex key
         "sk-" + "deadbeefcafe" * 3,  # nor a word of hex letters
+        # Words of one case run together, with a number or two: digits in one or two
+        # places, not scattered as in a key.
+        "sk-pipelinesandgradientboostingdocs2024edition",
+        "sk-gpt4oturbopreviewreleasenotesforversion2024",
+        "sk-MODELCARDFORLLAMA3INSTRUCTQUANTIZEDVERSION",
     ],
 )
 def test_slugs_and_words_that_begin_as_a_key_does_go_on(text: str) -> None:

@@ -34,6 +34,7 @@ GOOGLE_TOKEN = "ya29.a0AfB_byC" + "d3Ef4Gh5Ij6Kl7Mn8" * 2
 DEEPSEEK = "sk-" + "3f9c0a7e5b1d" * 2 + "8e2a4c6d"  # 32 hex digits: no capital
 # A key `extproc keys create` made: `aigw-` and 43 base64url characters.
 GATEWAY_KEY = "aigw-" + "Qg2vYnIOzwGk0m-Z22a4mmq6IY_UejdPVcePuhOFRE8"
+BASE36 = "sk-" + "q7vk2mzr9xw4tj8hpn3c" * 2 + "b6dy1gsl"  # 48 small letters and digits
 
 
 def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
@@ -55,13 +56,14 @@ def refused(answers: list[Any]) -> tuple[int, dict[str, Any]]:
         (f"x={JWT}", JWT, "a JSON Web Token"),
         (f"x={DEEPSEEK}", DEEPSEEK, "an OpenAI or Anthropic API key"),
         (f"x={GATEWAY_KEY}", GATEWAY_KEY, "an API key of this gateway"),
+        (f"x={BASE36}", BASE36, "an OpenAI or Anthropic API key"),
         # Inside a longer value, percent-encoded, after a `;`.
         (f"x=Bearer+{OPENAI}", OPENAI, "an OpenAI or Anthropic API key"),
         ("x=" + OPENAI.replace("-", "%2D"), OPENAI, "an OpenAI or Anthropic API key"),
         (f"a=1;x={AWS}", AWS, "an AWS access key id"),
     ],
     ids=["openai", "anthropic", "aws", "google", "google-token", "github", "slack", "jwt",
-         "deepseek", "gateway-key", "bearer", "percent-encoded", "semicolon"],
+         "deepseek", "gateway-key", "base36", "bearer", "percent-encoded", "semicolon"],
 )  # fmt: skip
 async def test_a_credential_under_an_innocent_name_is_refused_naming_the_parameter(
     query: str, secret: str, kind: str
