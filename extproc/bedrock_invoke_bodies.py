@@ -14,8 +14,11 @@ is). Any other family's body passes through unread but for what the quota needs:
   ``max_tokens``, Titan's ``textGenerationConfig.maxTokenCount``, Nova's
   ``inferenceConfig.maxTokens`` or ``max_new_tokens``, gpt-oss's
   ``max_completion_tokens`` or ``max_tokens``, DeepSeek-R1's ``max_tokens``), which a
-  hard cap lowers where the client wrote it, or sets under the family's own name when
-  it wrote none (never raising it: Titan's 0 stays 0); another family's allowance is
+  hard cap lowers where the client wrote it (never raising it: Titan's 0 stays 0); a
+  body naming none reserves what its model generates by default (``MODEL_DEFAULTS``,
+  at most ``quotas.default_max_tokens``), else ``quotas.default_max_tokens``, and a
+  hard cap writes the family's own name into it only when the room left is below what
+  the model would generate by default; another family's allowance is
   ``quotas.default_max_tokens``, which a hard cap cannot write (it is admitted only
   with room for all of it, as a compaction).
 
@@ -32,6 +35,7 @@ Claude's alone carries ``anthropic_version``, which Bedrock requires of it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from extproc.config.model import ModelKind, RouteApi
@@ -70,6 +74,24 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
 # Titan Text takes a maxTokenCount of 0 (an answer of nothing); every other family's
 # least is 1, and Bedrock refuses a 0 there.
 _ZERO_TAKEN = frozenset((_TITAN,))
+# What a model generates at the most when its body names no limit, as Bedrock's
+# model-parameter pages give it (model id prefix, tokens). A body naming none reserves
+# this (never more than quotas.default_max_tokens), and a hard cap leaves it alone while
+# the budget has room for it: written in, the cap's default allowance RAISED a Llama's
+# 512 to 1,024, and a Cohere Command's 20 to 1,024, billed and charged to the budget.
+# The families whose pages name no default (Nova, Cohere Command R, Mistral Large 2,
+# gpt-oss, DeepSeek) are not listed: they reserve quotas.default_max_tokens, which a
+# hard cap writes in to bound an answer the gateway cannot otherwise bound.
+MODEL_DEFAULTS: tuple[tuple[str, int], ...] = (
+    ("meta.llama", 512),
+    ("amazon.titan-text", 512),
+    ("mistral.mistral-7b-instruct", 512),
+    ("mistral.mixtral-8x7b-instruct", 512),
+    ("mistral.mistral-small-2402", 8192),
+    ("mistral.mistral-large-2402", 8192),
+    ("cohere.command-text", 20),
+    ("cohere.command-light-text", 20),
+)
 _CLAUDE = "anthropic."
 # The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
 # billed by the input count alone (Titan's and Cohere's text and multimodal models).
@@ -143,27 +165,44 @@ def allowance_paths(model_id: str) -> tuple[tuple[str, ...], ...] | None:
     return None
 
 
+def model_default(model_id: str) -> int | None:
+    """What ``model_id`` generates at the most when its body names no limit
+    (``MODEL_DEFAULTS``); None when its family's page names no default."""
+    named = base_model_id(model_id)
+    return next((most for prefix, most in MODEL_DEFAULTS if named.startswith(prefix)), None)
+
+
 def completion_allowance(model_id: str, body: dict[str, Any], default_max_tokens: int) -> int:
-    """The most the answer may take: the family's allowance, else the default. A body
-    naming two (Nova's ``maxTokens`` and ``max_new_tokens``) reserves the larger: which
-    one the model keeps is its own affair, and the reservation covers either."""
+    """The most the answer may take: the family's allowance, else what the model
+    generates by default, never more than ``default_max_tokens`` (the operator's bound
+    on an answer nobody bounded), else that default. A body naming two (Nova's
+    ``maxTokens`` and ``max_new_tokens``) reserves the larger: which one the model keeps
+    is its own affair, and the reservation covers either."""
     named = [(path, _read(body, path)) for path in allowance_paths(model_id) or ()]
-    counts = [value for path, value in named if _is_count(value, path)]
-    return max(counts) if counts else default_max_tokens
+    counts: list[int] = [value for path, value in named if _is_count(value, path)]
+    if counts:
+        return max(counts)
+    own = model_default(model_id)
+    return default_max_tokens if own is None else min(own, default_max_tokens)
 
 
-def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
-    """Lower the family's allowance to ``most``; whether the body changed. Each field the
-    client wrote is lowered where it stands (one that is no count is replaced); a body
-    naming none gets the family's own, never a second name beside the client's, which a
-    provider may refuse (a null is none). False for a family without a known field:
-    nothing to lower."""
-    paths = allowance_paths(model_id)
+def cap_completion(model_ids: Sequence[str], body: dict[str, Any], most: int) -> bool:
+    """Lower the allowance of the family of ``model_ids`` (the model the request names,
+    and any failover member its body may go to, all of one family) to ``most``; whether
+    the body changed. Each field the client wrote is lowered where it stands (one that is
+    no count is replaced); a body naming none gets the family's own, never a second name
+    beside the client's, which a provider may refuse (a null is none), and only when
+    ``most`` is below what one of the models generates by default: a cap never raises
+    a model's default, and a body that fits goes as the client wrote it. False for a
+    family without a known field: nothing to lower."""
+    paths = allowance_paths(model_ids[0]) if model_ids else None
     if paths is None:
         return False
     changed = False
     # A null is the client's "unset" (OpenAI's meaning): no allowance sent, left as it is.
     sent = [path for path in paths if _read(body, path) is not None]
+    if not sent and _defaults_fit(model_ids, most):
+        return False
     for path in sent or paths[:1]:
         *_, name = path
         holder = _holder(body, path)
@@ -173,6 +212,13 @@ def cap_completion(model_id: str, body: dict[str, Any], most: int) -> bool:
             holder[name] = most
             changed = True
     return changed
+
+
+def _defaults_fit(model_ids: Sequence[str], most: int) -> bool:
+    """Whether every model of ``model_ids`` generates no more than ``most`` by default
+    (a model whose default is unknown may generate anything)."""
+    defaults = [model_default(model) for model in model_ids]
+    return all(own is not None and own <= most for own in defaults)
 
 
 def _is_count(value: Any, path: tuple[str, ...]) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from extproc import bedrock_invoke_bodies as invoke_bodies
 from extproc import converse_api, gemini_api
 from extproc.answer_status import no_answer
-from extproc.backends import ANTHROPIC_APIS
+from extproc.backends import ANTHROPIC_APIS, serves_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
@@ -248,8 +248,11 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     if _other_family(ctx):
         if _embeds(ctx):
             return 0  # vectors: nothing generated
-        model = ctx.upstream_model or ""
-        return invoke_bodies.completion_allowance(model, ctx.body, default_max_tokens)
+        body = ctx.body
+        return max(
+            invoke_bodies.completion_allowance(model, body, default_max_tokens)
+            for model in _invoke_models(ctx, member)
+        )
     if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
         # Its own reader: max_tokens 0 (a prompt scored) reserves no completion.
         allowance = text_completion_allowance(ctx.body, default_max_tokens)
@@ -276,6 +279,24 @@ def _unnamed_allowance(ctx: RequestContext, member: Upstream | None, default: in
     if thinking is not None:
         return CLAUDE_DEFAULT_MAX_TOKENS + thinking
     return CLAUDE_DEFAULT_MAX_TOKENS if _writes_claude_bound(ctx, member) else default
+
+
+def _invoke_models(ctx: RequestContext, member: Upstream | None = None) -> list[str]:
+    """The Bedrock models an InvokeModel body of another family than Claude's may go to:
+    ``member``'s, else the request's own and those of the failover members that take its
+    body (``backends.serves_invoke_body``). Their defaults differ (Mistral 7B generates
+    512 tokens unbounded, Mistral Large 8,192), and the one body goes to each."""
+    named = ctx.upstream_model or ""
+    if member is not None:
+        return [member.upstream_model]
+    fallbacks = [
+        upstream.upstream_model
+        for upstream in _chain_members(ctx)
+        if upstream is not None
+        and upstream.provider.type is ProviderType.BEDROCK
+        and serves_invoke_body(ctx.body or {}, named, upstream.upstream_model)
+    ]
+    return [named, *fallbacks]
 
 
 def _chain_members(ctx: RequestContext) -> list[Upstream | None]:
@@ -384,8 +405,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     elif ctx.route is not None and ctx.route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         lowered = gemini_api.cap_completion(ctx.body, completion)
     elif _other_family(ctx):
-        model = ctx.upstream_model or ""
-        lowered = invoke_bodies.cap_completion(model, ctx.body, completion)
+        lowered = invoke_bodies.cap_completion(_invoke_models(ctx), ctx.body, completion)
     else:
         lowered = (
             not embeddings

@@ -69,7 +69,13 @@ def test_the_prompt_estimate_counts_every_string_of_the_body() -> None:
         (LLAMA, {"prompt": "x", "max_gen_len": 300}, 300),
         ("mistral.mistral-7b-instruct-v0:2", {"prompt": "x", "max_tokens": 40}, 40),
         (TITAN, {"inputText": "x", "textGenerationConfig": {"maxTokenCount": 77}}, 77),
-        (TITAN, {"inputText": "x"}, 4096),
+        # None named: what the model generates by default (Titan's 512), never more
+        # than the operator's default.
+        (TITAN, {"inputText": "x"}, 512),
+        ("cohere.command-light-text-v14", {"prompt": "x"}, 20),
+        ("mistral.mistral-large-2402-v1:0", {"prompt": "x"}, 4096),
+        # A family whose page names no default: the operator's default.
+        ("amazon.nova-lite-v1:0", {"messages": []}, 4096),
         ("cohere.command-r-v1:0", {"message": "x", "max_tokens": 10}, 10),
         ("amazon.nova-lite-v1:0", {"inferenceConfig": {"maxTokens": 12}}, 12),
         ("amazon.nova-lite-v1:0", {"inferenceConfig": {"max_new_tokens": 13}}, 13),
@@ -87,14 +93,14 @@ def test_the_allowance_is_the_familys_own_field_else_the_default(
 
 def test_a_hard_cap_lowers_or_sets_the_familys_field_and_leaves_unknown_ones() -> None:
     titan: dict[str, Any] = {"inputText": "x"}
-    assert cap_completion(TITAN, titan, 50)
+    assert cap_completion([TITAN], titan, 50)
     assert titan["textGenerationConfig"] == {"maxTokenCount": 50}
-    assert not cap_completion(TITAN, titan, 80)  # already below
+    assert not cap_completion([TITAN], titan, 80)  # already below
     llama = {"prompt": "x", "max_gen_len": 500}
-    assert cap_completion(LLAMA, llama, 60) and llama["max_gen_len"] == 60
+    assert cap_completion([LLAMA], llama, 60) and llama["max_gen_len"] == 60
     canvas = {"taskType": "TEXT_IMAGE"}
     assert allowance_paths("amazon.nova-canvas-v1:0") is None
-    assert not cap_completion("amazon.nova-canvas-v1:0", canvas, 60)
+    assert not cap_completion(["amazon.nova-canvas-v1:0"], canvas, 60)
     assert canvas == {"taskType": "TEXT_IMAGE"}
 
 
@@ -124,7 +130,7 @@ def test_a_hard_cap_lowers_or_sets_the_familys_field_and_leaves_unknown_ones() -
 def test_a_hard_cap_writes_the_name_the_client_used_else_the_familys_own(
     model: str, body: dict[str, Any], capped: dict[str, Any]
 ) -> None:
-    assert cap_completion(model, body, 60)
+    assert cap_completion([model], body, 60)
     assert body == capped
 
 
