@@ -79,10 +79,11 @@ from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, openai_in
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
 from extproc.bedrock_invoke_bodies import (
-    ALLOWANCE_FIELDS,
     EMBEDDINGS_PREFIXES,
+    body_family,
     invokes_embeddings,
     reads_as_claude,
+    takes_body,
 )
 from extproc.completions_api import returned_choices
 from extproc.config.model import (
@@ -474,25 +475,20 @@ def serves_invoke_body(body: dict[str, Any], named_model: str, fallback_model: s
     refused (Claude's body to Llama), or worse, read some other way. Claude's body goes to
     any Claude (an ARN that hides its model is Bedrock's to check, as for Anthropic's
     clients); another body to a model of the family ``bedrock_invoke_bodies`` knows it
-    by (Llama, Mistral, Titan Text, each Nova text model, Cohere's Command R and its
-    older Command, gpt-oss, Titan's and Cohere's embeddings), else to the same model
-    alone, in another region or account. A body for a model an ARN hides is of no
-    family the gateway can tell: it goes to that model alone."""
+    by (Llama, Titan Text, each Nova text model, Cohere's Command R and its older
+    Command, gpt-oss, Titan's and Cohere's embeddings; Mistral's listed models, each
+    taking the body's ``prompt`` or ``messages`` only if its page lists that kind:
+    ``takes_body``), else to the same model alone, in another region or account. A
+    body for a model an ARN hides is of no family the gateway can tell: it goes to that
+    model alone."""
     if reads_as_claude(named_model, body):
         return anthropic_bedrock.may_run_claude(fallback_model)
-    family = _invoke_family(named_model)
-    return family is not None and family == _invoke_family(fallback_model)
-
-
-def _invoke_family(model_id: str) -> str | None:
-    """The InvokeModel body family of a model that is not Claude (``serves_invoke_body``):
-    the prefix of a family the gateway knows, else the model itself; None for an ARN
-    that hides its model."""
-    named = base_model_id(model_id)
-    if named.startswith("arn:"):
-        return None
-    known = (*(prefix for prefix, _ in ALLOWANCE_FIELDS), *EMBEDDINGS_PREFIXES)
-    return next((prefix for prefix in known if named.startswith(prefix)), named)
+    family = body_family(named_model)
+    return (
+        family is not None
+        and family == body_family(fallback_model)
+        and takes_body(fallback_model, body)
+    )
 
 
 def _check_bedrock_embeddings(ctx: RequestContext, parsed: dict[str, Any], model_id: str) -> None:

@@ -92,6 +92,21 @@ MODEL_DEFAULTS: tuple[tuple[str, int], ...] = (
     ("cohere.command-text", 20),
     ("cohere.command-light-text", 20),
 )
+# Mistral's models on Bedrock take two bodies: the text completion's ``prompt`` and the
+# chat completion's ``messages``, and each model only those its page lists (Mistral
+# Large 24.02 both; Mistral Large 2, 24.07, only ``messages``). A body goes to a
+# fallback that takes its kind; a Mistral model not listed here (Pixtral Large and
+# the later ones) takes its own body alone, as a family the gateway does not know.
+_PROMPT_BODY = frozenset({"prompt"})
+_MESSAGES_BODY = frozenset({"messages"})
+MISTRAL_BODIES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("mistral.mistral-7b-instruct", _PROMPT_BODY),
+    ("mistral.mixtral-8x7b-instruct", _PROMPT_BODY),
+    ("mistral.mistral-small-2402", _PROMPT_BODY),
+    ("mistral.mistral-large-2402", _PROMPT_BODY | _MESSAGES_BODY),
+    ("mistral.mistral-large-2407", _MESSAGES_BODY),
+)
+_MISTRAL = "mistral."
 _CLAUDE = "anthropic."
 # The embeddings families Bedrock serves through InvokeModel: their answer is vectors,
 # billed by the input count alone (Titan's and Cohere's text and multimodal models).
@@ -118,6 +133,34 @@ def reads_as_claude(model_id: str, body: dict[str, Any]) -> bool:
     if named.startswith("arn:"):
         return _CLAUDE_VERSION_KEY in body
     return named.startswith(_CLAUDE)
+
+
+def body_family(model_id: str) -> str | None:
+    """The InvokeModel body family of a model that is not Claude, for failover: the
+    prefix of a family the gateway knows (``ALLOWANCE_FIELDS``, ``EMBEDDINGS_PREFIXES``;
+    Mistral's models listed in ``MISTRAL_BODIES``, whose bodies ``takes_body`` then
+    tells apart), else the model itself; None for an ARN that hides its model."""
+    named = base_model_id(model_id)
+    if named.startswith("arn:"):
+        return None
+    if named.startswith(_MISTRAL) and _mistral_bodies(named) is None:
+        return named
+    known = (*(prefix for prefix, _ in ALLOWANCE_FIELDS), *EMBEDDINGS_PREFIXES)
+    return next((prefix for prefix in known if named.startswith(prefix)), named)
+
+
+def takes_body(model_id: str, body: dict[str, Any]) -> bool:
+    """Whether ``model_id`` takes ``body``'s kind within its family (``body_family``): a
+    Mistral model the body's ``prompt`` or ``messages`` (Bedrock refuses the other
+    kind); any other model every body of its family."""
+    taken = _mistral_bodies(base_model_id(model_id))
+    if taken is None:
+        return True
+    return _PROMPT_BODY.union(_MESSAGES_BODY).intersection(body) <= taken
+
+
+def _mistral_bodies(named: str) -> frozenset[str] | None:
+    return next((taken for prefix, taken in MISTRAL_BODIES if named.startswith(prefix)), None)
 
 
 def invokes_embeddings(ctx: RequestContext) -> bool:

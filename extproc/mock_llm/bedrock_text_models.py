@@ -11,7 +11,9 @@ profile's geographic prefix removed by the caller:
   "stop_reason"}`` ("stop" or "length").
 - ``mistral.mistral-*``, ``mistral.mixtral-*``: ``{"prompt" (required), "max_tokens",
   "stop", "temperature", "top_p", "top_k"}``; answers ``{"outputs": [{"text",
-  "stop_reason"}]}`` ("stop", also for a stop sequence, or "length").
+  "stop_reason"}]}`` ("stop", also for a stop sequence, or "length"). Mistral Large 2
+  (``mistral.mistral-large-2407``) takes the chat completion's ``messages`` alone, and
+  refuses a ``prompt`` body as Bedrock does (the mock answers no chat completion body).
 - ``amazon.titan-text-*``: ``{"inputText" (required), "textGenerationConfig":
   {"maxTokenCount", "stopSequences", "temperature", "topP"}}``; answers
   ``{"inputTextTokenCount", "results": [{"tokenCount", "outputText",
@@ -79,6 +81,9 @@ Finish = Literal["end", "length", "stop_sequence"]
 # The allowance AWS's parameter pages give each family when the body names none.
 DEFAULT_MAX_TOKENS = 512
 MISTRAL_LARGE_MAX_TOKENS = 8192
+# The Mistral models that take no text completion body (``prompt``), only the chat
+# completion's ``messages``.
+MISTRAL_CHAT_ONLY = ("mistral.mistral-large-2407",)
 
 # --- Bedrock's schema check ----------------------------------------------------------------------
 
@@ -258,6 +263,15 @@ class Mistral(TextFamily):
     }
 
     def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
+        if model.startswith(MISTRAL_CHAT_ONLY) and "prompt" in doc:
+            # Mistral Large 2 takes the chat completion's messages alone (which the mock
+            # does not answer): Bedrock refuses the text completion's body.
+            refuse_violations(
+                [
+                    "#: required key [messages] not found",
+                    "#: extraneous key [prompt] is not permitted",
+                ]
+            )
         refuse_violations(_object_violations(doc, self._schema, ("prompt",)))
         default = (
             MISTRAL_LARGE_MAX_TOKENS

@@ -48,6 +48,9 @@ from tests.integration.mock_vertex import LOCATION, vertex_provider
 
 GEMINI = "gemini-2.5-flash"
 LLAMA = "meta.llama3-8b-instruct-v1:0"  # on mock-bedrock
+MISTRAL_7B = "mistral.mistral-7b-instruct-v0:2"
+MISTRAL_LARGE = "mistral.mistral-large-2402-v1:0"  # a prompt body or messages
+MISTRAL_LARGE_2 = "mistral.mistral-large-2407-v1:0"  # messages alone
 BEDROCK_CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 PROMPT = "fail over please"
 GEMINI_CONTENTS = [{"role": "user", "parts": [{"text": PROMPT}]}]
@@ -59,7 +62,7 @@ TIRED_AWS = {"region": "eu-west-1", "access_key_id": "AKIDEUROPE", "secret_acces
 DOWN_AWS = {"region": "us-west-2", "access_key_id": "AKIDOREGON", "secret_access_key": "or-key"}
 KEYS = {
     name: f"{name}-client-secret"
-    for name in ("gjson", "gstream", "cjson", "cstream", "invoke", "gdoomed", "cdoomed")
+    for name in ("gjson", "gstream", "cjson", "cstream", "invoke", "gdoomed", "cdoomed", "mistral")
 }
 # USD per million input and output tokens: the primaries are priced dear, so a request
 # billed at their price rather than the answering fallback's shows.
@@ -141,6 +144,12 @@ def failover_config(workdir: Path, tired: FaultyMock, down: FaultyMock) -> dict[
         {"name": "llama-doomed", "provider": "bedrock-tired", "upstream_model": LLAMA,
          "fallbacks": ["llama-down"]},
         {"name": "llama-down", "provider": "bedrock-down", "upstream_model": LLAMA},
+        # Mistral Large 2 takes no prompt body: skipped for Mistral 7B's InvokeModel call.
+        {"name": "mistral-eu", "provider": "bedrock-tired", "upstream_model": MISTRAL_7B,
+         "fallbacks": ["mistral-large-2", "mistral-large"]},
+        {"name": "mistral-large-2", "provider": "bedrock-claude",
+         "upstream_model": MISTRAL_LARGE_2},
+        {"name": "mistral-large", "provider": "mock-bedrock", "upstream_model": MISTRAL_LARGE},
     ]  # fmt: skip
     for name in ("gemini-flash", "gemini-doomed", "llama-eu", "llama-doomed"):
         raw["pricing"]["models"][name] = PRIMARY_PRICE
@@ -422,6 +431,38 @@ def test_invoke_model_fails_over_to_a_model_of_its_bodys_family(
     )
     counts = (llama["prompt_token_count"], llama["generation_token_count"])
     assert_counted(failover, before, "invoke", line, counts, LLAMA_PRICE)
+
+
+def test_a_mistral_prompt_body_fails_over_to_a_mistral_model_that_takes_a_prompt(
+    failover: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mistral 7B's prompt body, throttled, skips Mistral Large 2 (messages alone) for
+    Mistral Large 24.02. Before, every Mistral model was one body family: the second
+    attempt went to Mistral Large 2, whose 400 (Bedrock's "required key [messages] not
+    found") the SDK got in place of the answer the third member had for it."""
+    body = {"prompt": f"<s>[INST] {PROMPT} [/INST]", "max_tokens": 40}
+    large_2_path = f"/model/{MISTRAL_LARGE_2}/invoke"
+    large_2_before = len(received(mock_requests(failover.gateway), large_2_path))
+
+    answer = bedrock(failover, "mistral", monkeypatch).invoke_model(
+        modelId="mistral-eu", body=orjson.dumps(body)
+    )
+
+    [output] = orjson.loads(answer["body"].read())["outputs"]
+    assert output["text"].startswith("Mock reply to:")
+    headers = answer["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["x-envoy-attempt-count"] == "2"
+    [first] = received(failover.tired.requests(), f"/model/{MISTRAL_7B}/invoke")[-1:]
+    [sent] = received(mock_requests(failover.gateway), f"/model/{MISTRAL_LARGE}/invoke")[-1:]
+    assert sent["json"] == first["json"] == body
+    assert len(received(mock_requests(failover.gateway), large_2_path)) == large_2_before
+    line = log_line(failover.gateway, headers["x-request-id"])
+    assert (line["model"], line["provider"], line["upstream_model"]) == (
+        "mistral-eu",
+        "mock-bedrock",
+        MISTRAL_LARGE,
+    )
+    assert line["http_status_code"] == 200
 
 
 def test_when_every_bedrock_fails_the_sdk_gets_bedrocks_exception(

@@ -141,7 +141,8 @@ def mistral_chains(budget: int) -> GatewayConfig:
     """The default config, key team1's daily budget ``budget`` tokens hard-capped, with
     Mistral 7B (``mistral-7b``) failing over to Mistral Large 24.02 (``mistral-large``),
     then to Mistral Large 2 (``mistral-large-2``), each on a Bedrock account of its own;
-    and Mistral Large 2 failing over to Mistral Large 24.02. The Bedrock Runtime route
+    and Mistral Large 2 failing over to Mistral Large 24.02, then to Mistral 7B. The
+    Bedrock Runtime route
     takes every configured model (no provider of its own)."""
     raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
     bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
@@ -151,7 +152,7 @@ def mistral_chains(budget: int) -> GatewayConfig:
          "fallbacks": ["mistral-large", "mistral-large-2"]},
         {"name": "mistral-large", "provider": "bedrock-a", "upstream_model": MISTRAL_LARGE},
         {"name": "mistral-large-2", "provider": "bedrock-b", "upstream_model": MISTRAL_LARGE_2,
-         "fallbacks": ["mistral-large"]},
+         "fallbacks": ["mistral-large", "mistral-7b"]},
     ]  # fmt: skip
     for route in raw["routes"]:
         if route["name"] == "bedrock-converse":

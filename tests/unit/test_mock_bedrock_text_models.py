@@ -361,6 +361,25 @@ async def test_a_body_that_is_not_a_json_object_is_refused(
 
 
 @pytest.mark.parametrize("operation", ["invoke", STREAM])
+@pytest.mark.parametrize(
+    "model_id", ["mistral.mistral-large-2407-v1:0", "us.mistral.mistral-large-2407-v1:0"]
+)
+async def test_mistral_large_2_refuses_a_prompt_body_as_bedrock_does(
+    http: httpx.AsyncClient, operation: str, model_id: str
+) -> None:
+    """Mistral Large 2 takes the chat completion's messages alone: a failover test sending
+    it Mistral 7B's prompt body must see Bedrock's 400, not a mock answer."""
+    response = await raw(http, MISTRAL, operation=operation, model_id=model_id)
+
+    assert response.status_code == 400
+    assert response.headers["x-amzn-errortype"] == "ValidationException:"
+    assert response.json()["message"] == (
+        "Malformed input request: #: required key [messages] not found#: extraneous key"
+        " [prompt] is not permitted, please reformat your input and try again."
+    )
+
+
+@pytest.mark.parametrize("operation", ["invoke", STREAM])
 @pytest.mark.parametrize("model_id", ["cohere.command-r-v1:0", "ai21.jamba-1-5-mini-v1:0"])
 async def test_other_text_models_are_still_refused(
     http: httpx.AsyncClient, operation: str, model_id: str
