@@ -476,11 +476,11 @@ def serves_invoke_body(body: dict[str, Any], named_model: str, fallback_model: s
     any Claude (an ARN that hides its model is Bedrock's to check, as for Anthropic's
     clients); another body to a model of the family ``bedrock_invoke_bodies`` knows it
     by (Llama, Titan Text, each Nova text model, Cohere's Command R and its older
-    Command, gpt-oss, Titan's and Cohere's embeddings; Mistral's listed models, each
-    taking the body's ``prompt`` or ``messages`` only if its page lists that kind:
-    ``takes_body``), else to the same model alone, in another region or account. A
-    body for a model an ARN hides is of no family the gateway can tell: it goes to that
-    model alone."""
+    Command, gpt-oss, AI21 Jamba, Writer Palmyra, Titan's and Cohere's embeddings;
+    Mistral's listed models, each taking the body's ``prompt`` or ``messages`` only if
+    its page lists that kind: ``takes_body``), else to the same model alone, in another
+    region or account. A body for a model an ARN hides is of no family the gateway can
+    tell: it goes to that model alone."""
     if reads_as_claude(named_model, body):
         return anthropic_bedrock.may_run_claude(fallback_model)
     family = body_family(named_model)

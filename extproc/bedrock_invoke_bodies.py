@@ -13,8 +13,10 @@ is). Any other family's body passes through unread but for what the quota needs:
   (``ALLOWANCE_FIELDS``: Llama's ``max_gen_len``, Mistral's and Cohere Command's
   ``max_tokens``, Titan's ``textGenerationConfig.maxTokenCount``, Nova's
   ``inferenceConfig.maxTokens`` or ``max_new_tokens``, gpt-oss's
-  ``max_completion_tokens`` or ``max_tokens``, DeepSeek-R1's ``max_tokens``), which a
-  hard cap lowers where the client wrote it (never raising it: Titan's 0 stays 0); a
+  ``max_completion_tokens`` or ``max_tokens``, DeepSeek-R1's, AI21 Jamba's and Writer
+  Palmyra's ``max_tokens``), once for each answer the body asks for (``choices``:
+  Cohere Command's ``num_generations``, Jamba's ``n``), which a hard cap lowers where
+  the client wrote it (never raising it: Titan's and Jamba's 0 stays 0); a
   body naming none reserves what its model generates by default (``MODEL_DEFAULTS``,
   at most ``quotas.default_max_tokens``), else ``quotas.default_max_tokens``, and a
   hard cap writes the family's own name into it only when the room left is below what
@@ -70,10 +72,20 @@ ALLOWANCE_FIELDS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     ("cohere.command-light-text", _MAX_TOKENS),
     ("openai.gpt-oss", _OPENAI_CHAT),
     ("deepseek.r1", _MAX_TOKENS),
+    ("ai21.jamba", _MAX_TOKENS),
+    ("writer.palmyra", _MAX_TOKENS),
 )
-# Titan Text takes a maxTokenCount of 0 (an answer of nothing); every other family's
-# least is 1, and Bedrock refuses a 0 there.
-_ZERO_TAKEN = frozenset((_TITAN,))
+# Titan Text takes a maxTokenCount of 0 (an answer of nothing), and AI21 Jamba a
+# max_tokens of 0; every other family's least is 1, and Bedrock refuses a 0 there.
+_ZERO_TAKEN = ("amazon.titan-text", "ai21.jamba")
+# Where a family asks for several answers to one prompt, each of its allowance: Cohere
+# Command's ``num_generations`` (up to 5), AI21 Jamba's ``n`` (up to 16). The model
+# generates, and Bedrock bills, each of them.
+CHOICE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("cohere.command-text", "num_generations"),
+    ("cohere.command-light-text", "num_generations"),
+    ("ai21.jamba", "n"),
+)
 # What a model generates at the most when its body names no limit, as Bedrock's
 # model-parameter pages give it (model id prefix, tokens). A body naming none reserves
 # this (never more than quotas.default_max_tokens), and a hard cap leaves it alone while
@@ -91,6 +103,8 @@ MODEL_DEFAULTS: tuple[tuple[str, int], ...] = (
     ("mistral.mistral-large-2402", 8192),
     ("cohere.command-text", 20),
     ("cohere.command-light-text", 20),
+    ("ai21.jamba", 4096),
+    ("writer.palmyra", 16),
 )
 # Mistral's models on Bedrock take two bodies: the text completion's ``prompt`` and the
 # chat completion's ``messages``, and each model only those its page lists (Mistral
@@ -221,8 +235,9 @@ def completion_allowance(model_id: str, body: dict[str, Any], default_max_tokens
     on an answer nobody bounded), else that default. A body naming two (Nova's
     ``maxTokens`` and ``max_new_tokens``) reserves the larger: which one the model keeps
     is its own affair, and the reservation covers either."""
-    named = [(path, _read(body, path)) for path in allowance_paths(model_id) or ()]
-    counts: list[int] = [value for path, value in named if _is_count(value, path)]
+    least = _least_allowance(model_id)
+    named = [_read(body, path) for path in allowance_paths(model_id) or ()]
+    counts: list[int] = [value for value in named if _is_count(value, least)]
     if counts:
         return max(counts)
     own = model_default(model_id)
@@ -241,6 +256,7 @@ def cap_completion(model_ids: Sequence[str], body: dict[str, Any], most: int) ->
     paths = allowance_paths(model_ids[0]) if model_ids else None
     if paths is None:
         return False
+    least = _least_allowance(model_ids[0])
     changed = False
     # A null is the client's "unset" (OpenAI's meaning): no allowance sent, left as it is.
     sent = [path for path in paths if _read(body, path) is not None]
@@ -251,7 +267,7 @@ def cap_completion(model_ids: Sequence[str], body: dict[str, Any], most: int) ->
         holder = _holder(body, path)
         value: Any = holder.get(name)
         # Never raised: a Titan answer of 0 tokens stays one.
-        if not (_is_count(value, path) and value <= most):
+        if not (_is_count(value, least) and value <= most):
             holder[name] = most
             changed = True
     return changed
@@ -264,9 +280,23 @@ def _defaults_fit(model_ids: Sequence[str], most: int) -> bool:
     return all(own is not None and own <= most for own in defaults)
 
 
-def _is_count(value: Any, path: tuple[str, ...]) -> bool:
-    """Whether ``value`` is an allowance the family at ``path`` takes."""
-    least = 0 if path in _ZERO_TAKEN else 1
+def choices(model_id: str, body: dict[str, Any]) -> int:
+    """How many answers of the allowance each the body asks for (``CHOICE_FIELDS``): its
+    count, else one (a value that is no count is Bedrock's to refuse)."""
+    named = base_model_id(model_id)
+    field = next((name for prefix, name in CHOICE_FIELDS if named.startswith(prefix)), None)
+    value = body.get(field) if field is not None else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+        return value
+    return 1
+
+
+def _least_allowance(model_id: str) -> int:
+    return 0 if base_model_id(model_id).startswith(_ZERO_TAKEN) else 1
+
+
+def _is_count(value: Any, least: int) -> bool:
+    """Whether ``value`` is an allowance of at least ``least`` (``_least_allowance``)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 

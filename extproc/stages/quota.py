@@ -249,10 +249,11 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
         if _embeds(ctx):
             return 0  # vectors: nothing generated
         body = ctx.body
-        return max(
+        allowance = max(
             invoke_bodies.completion_allowance(model, body, default_max_tokens)
             for model in _invoke_models(ctx, member)
         )
+        return allowance * _choices(ctx)
     if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
         # Its own reader: max_tokens 0 (a prompt scored) reserves no completion.
         allowance = text_completion_allowance(ctx.body, default_max_tokens)
@@ -338,8 +339,9 @@ def _claude_thinking_budget(ctx: RequestContext, member: Upstream | None = None)
 
 def _choices(ctx: RequestContext) -> int:
     """How many completions of the allowance each the provider generates: a chat
-    completion's ``n``, a text completion's prompts times its ``best_of`` (or ``n``); one
-    for the other APIs."""
+    completion's ``n``, a text completion's prompts times its ``best_of`` (or ``n``), an
+    InvokeModel body's Cohere Command ``num_generations`` or AI21 Jamba ``n``; one for
+    the other APIs."""
     route = ctx.route
     if ctx.body is None or route is None:
         return 1
@@ -349,6 +351,8 @@ def _choices(ctx: RequestContext) -> int:
         return generated_choices(ctx.body)
     if route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         return gemini_api.choices(ctx.body)
+    if _other_family(ctx):
+        return invoke_bodies.choices(ctx.upstream_model or "", ctx.body)
     return 1
 
 

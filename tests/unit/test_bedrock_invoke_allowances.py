@@ -56,6 +56,10 @@ NAMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
      ("max_tokens",)),
     ("us.deepseek.r1-v1:0", {"prompt": ASK, "max_tokens": 300, "stop": ["\n\n"]},
      ("max_tokens",)),
+    ("ai21.jamba-1-5-large-v1:0",
+     {"messages": OPENAI_MESSAGES, "max_tokens": 300, "top_p": 0.9}, ("max_tokens",)),
+    ("writer.palmyra-x5-v1:0", {"messages": OPENAI_MESSAGES, "max_tokens": 300},
+     ("max_tokens",)),
     # The families read before, and Claude's body, read as /v1/messages.
     ("meta.llama3-8b-instruct-v1:0", {"prompt": ASK, "max_gen_len": 300}, ("max_gen_len",)),
     ("mistral.mistral-7b-instruct-v0:2", {"prompt": ASK, "max_tokens": 300}, ("max_tokens",)),
@@ -70,6 +74,7 @@ UNNAMED: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     (NOVA, {"messages": NOVA_MESSAGES, "inferenceConfig": {"temperature": 0.2}},
      ("inferenceConfig", "maxTokens")),
     ("cohere.command-r-v1:0", {"message": ASK}, ("max_tokens",)),
+    ("ai21.jamba-1-5-mini-v1:0", {"messages": OPENAI_MESSAGES}, ("max_tokens",)),
     ("openai.gpt-oss-120b-1:0", {"messages": OPENAI_MESSAGES}, ("max_completion_tokens",)),
     ("meta.llama3-8b-instruct-v1:0", {"prompt": ASK}, ("max_gen_len",)),
     ("amazon.titan-text-express-v1", {"inputText": ASK},
@@ -255,14 +260,16 @@ async def test_a_titan_allowance_of_zero_is_reserved_and_kept_as_zero(
 async def test_a_refusal_for_an_answer_the_cap_cannot_bound_names_the_room_it_needs(
     quota_store: QuotaStore,
 ) -> None:
-    """AI21 Jamba's body is of no family the gateway knows: under a hard cap it needs
-    room for the whole quotas.default_max_tokens (1,000). Its 429 used to say "about 3
-    prompt tokens leave no room for an answer in 200 tokens per day", which reads as
-    nonsense to a client that sent a one-line prompt."""
+    """The body for a model an application inference profile's ARN hides is of no
+    family the gateway can tell: under a hard cap it needs room for the whole
+    quotas.default_max_tokens (1,000). Its 429 used to say "about 3 prompt tokens leave
+    no room for an answer in 200 tokens per day", which reads as nonsense to a client
+    that sent a one-line prompt."""
     body = {"messages": [{"role": "user", "content": ASK}], "max_tokens": 10}
     prompt = estimate_prompt_tokens(body)
+    profile = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc"
 
-    answer = await invoke(quota_store, 200, "ai21.jamba-1-5-mini-v1:0", orjson.dumps(body))
+    answer = await invoke(quota_store, 200, profile, orjson.dumps(body))
 
     assert answer.immediate_response.status.code == 429
     message = orjson.loads(answer.immediate_response.body)["message"]

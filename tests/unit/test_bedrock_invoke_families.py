@@ -82,7 +82,8 @@ def test_the_prompt_estimate_counts_every_string_of_the_body() -> None:
         ("openai.gpt-oss-20b-1:0", {"max_completion_tokens": 14, "max_tokens": 9}, 14),
         # No family the gateway knows (an image model): the default.
         ("amazon.nova-canvas-v1:0", {"imageGenerationConfig": {"maxTokens": 5}}, 4096),
-        ("ai21.jamba-1-5-mini-v1:0", {"messages": [], "max_tokens": 10}, 4096),
+        # A model an application profile's ARN hides: the default.
+        (PROFILE_ARN, {"messages": [], "max_tokens": 10}, 4096),
     ],
 )
 def test_the_allowance_is_the_familys_own_field_else_the_default(

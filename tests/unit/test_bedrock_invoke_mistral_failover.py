@@ -85,6 +85,10 @@ async def test_a_messages_body_fails_over_to_the_mistral_models_that_take_messag
         # Other families are as they were.
         (MISTRAL_7B, "meta.llama3-8b-instruct-v1:0", PROMPT_BODY, False),
         ("meta.llama3-8b-instruct-v1:0", "meta.llama3-70b-instruct-v1:0", PROMPT_BODY, True),
+        # AI21 Jamba's and Writer Palmyra's bodies are each one family's.
+        ("ai21.jamba-1-5-mini-v1:0", "ai21.jamba-1-5-large-v1:0", MESSAGES_BODY, True),
+        ("writer.palmyra-x4-v1:0", "us.writer.palmyra-x5-v1:0", MESSAGES_BODY, True),
+        ("ai21.jamba-1-5-mini-v1:0", "writer.palmyra-x5-v1:0", MESSAGES_BODY, False),
     ],
 )
 def test_a_mistral_fallback_serves_the_kinds_of_body_its_page_lists(

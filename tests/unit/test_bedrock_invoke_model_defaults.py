@@ -59,6 +59,8 @@ OWN_DEFAULTS: list[tuple[str, dict[str, Any], int, tuple[str, ...]]] = [
     ("mistral.mixtral-8x7b-instruct-v0:1", {"prompt": ASK}, 512, ("max_tokens",)),
     ("cohere.command-text-v14", {"prompt": ASK}, 20, ("max_tokens",)),
     ("cohere.command-light-text-v14", {"prompt": ASK, "temperature": 0.8}, 20, ("max_tokens",)),
+    ("writer.palmyra-x4-v1:0", {"messages": [{"role": "user", "content": ASK}]}, 16,
+     ("max_tokens",)),
 ]  # fmt: skip
 
 
@@ -105,6 +107,9 @@ async def test_a_hard_cap_with_less_room_than_the_default_writes_the_room(
         # operator's default, which bounds it.
         ("mistral.mistral-large-2402-v1:0", {"prompt": ASK}, ("max_tokens",)),
         ("mistral.mistral-small-2402-v1:0", {"prompt": ASK}, ("max_tokens",)),
+        # AI21 Jamba generates up to 4,096.
+        ("ai21.jamba-1-5-mini-v1:0", {"messages": [{"role": "user", "content": ASK}]},
+         ("max_tokens",)),
         # Families whose pages name no default: as before, the operator's default.
         ("amazon.nova-lite-v1:0", {"messages": NOVA_MESSAGES}, ("inferenceConfig", "maxTokens")),
         ("cohere.command-r-v1:0", {"message": ASK}, ("max_tokens",)),
