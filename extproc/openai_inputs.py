@@ -35,6 +35,20 @@ def check_choices(body: dict[str, Any], name: str) -> None:
         raise BadRequestError(f"'{name}' must be an integer from 1 to {MAX_CHOICES}", param=name)
 
 
+def check_completion_bounds(body: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Refuse a completion bound (chat's ``max_completion_tokens`` and ``max_tokens``)
+    that is not an integer >= 1 (null is none), each field on its own, as OpenAI does.
+
+    Checked with the body, whichever provider serves it: the quota, a hard cap, a
+    translation and the charge of a cut answer all read the bound, and one of the wrong
+    type that got past the gateway (an OpenAI-compatible server may read ``"100"`` as
+    100 and answer) left the cut answer's charge failing, 0 tokens billed."""
+    for field in fields:
+        value = body.get(field)
+        if value is not None and not positive_int(value):
+            raise BadRequestError(f"'{field}' must be an integer >= 1", param=field)
+
+
 def choices(body: dict[str, Any]) -> int:
     """The ``n`` a checked body asks for (one when unset)."""
     value = body.get("n")

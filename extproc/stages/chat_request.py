@@ -46,7 +46,8 @@ from extproc.errors import (
     PermissionDeniedError,
 )
 from extproc.input_limits import checked_messages, nesting_depth_over
-from extproc.openai_inputs import check_choices
+from extproc.openai_inputs import check_choices, check_completion_bounds
+from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
 from extproc.responses_api import (
     check_compact_body,
     check_input_tokens_body,
@@ -348,6 +349,7 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_CHAT:
         # The quota reserves the allowance once per choice (``stages.quota``).
         check_choices(parsed, "n")
+        check_completion_bounds(parsed, CHAT_ALLOWANCE_FIELDS)
     return parsed
 
 

@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import GatewayLog
+from tests.integration.conftest import GatewayLog, mock_requests
 
 CHAT = "/v1/chat/completions"
 HEADERS = {"authorization": "Bearer team1-key", "content-type": "application/json"}
@@ -61,6 +61,33 @@ def test_invalid_chat_requests_are_400_naming_the_field(
     response = http.post(CHAT, content=orjson.dumps(body), headers=HEADERS)
     error = assert_openai_error(response, 400, "invalid_request_error")
     assert error["param"] == param
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", ["100", 100.0, 0, True])
+def test_a_chat_bound_of_the_wrong_type_is_a_400_before_any_provider(
+    stack: LocalStack,
+    client_openai: OpenAI,
+    gateway_log: GatewayLog,
+    field: str,
+    value: object,
+) -> None:
+    # No quota rule reads it on this route: it used to go on to the provider, and a cut
+    # answer's charge then failed on it (0 tokens billed).
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_openai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={field: value},
+        )
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert (body["type"], body["param"]) == ("invalid_request_error", field)
+    request_id = caught.value.response.headers["x-request-id"]
+    sent_on = [r for r in mock_requests(stack) if r["headers"].get("x-request-id") == request_id]
+    assert sent_on == []
+    [line] = gateway_log.for_request(request_id)
+    assert (line["http_status_code"], line["outcome"]) == (400, "rejected")
 
 
 def test_body_that_is_not_an_object_is_a_400(http: httpx.Client) -> None:
