@@ -278,8 +278,9 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     Cohere), a chat completion asking Bedrock for what
     Converse cannot do at the body's top level (``n``, ``functions``, a ``json_object``
     ``response_format``, ``service_tier``), a ``json_object`` or malformed
-    ``response_format`` for a translated Claude, or one to be translated that forces a
-    tool call without declaring tools.
+    ``response_format`` for a translated Claude, one to be translated that forces a
+    tool call without declaring tools, or a token count for Claude on Bedrock whose
+    thinking budget no ``max_tokens`` can be set above.
 
     Refused here rather than when the body is translated, which comes after the quota
     reservation: a request limit would count a 400 that never reached a provider (and a
@@ -290,6 +291,8 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
     if route.api in ANTHROPIC_APIS:
         if kind is ProviderType.BEDROCK:
             _check_claude_on_bedrock(ctx, upstream)
+            if route.api is RouteApi.ANTHROPIC_COUNT_TOKENS:
+                anthropic_bedrock_count.check_request(parsed)
         if kind is ProviderType.VERTEX:
             _check_claude_on_vertex(ctx, upstream)
         served = kind in (ProviderType.ANTHROPIC, ProviderType.BEDROCK, ProviderType.VERTEX)

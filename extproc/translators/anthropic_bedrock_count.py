@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import anthropic_error_body
+from extproc.errors import BadRequestError, anthropic_error_body
 from extproc.translators import anthropic_bedrock
-from extproc.translators.token_counts import token_count
+from extproc.translators.token_counts import MAX_TOKEN_COUNT, token_count
 
 # The operation's last path segment, after the model id.
 _COUNT_ACTION = "count-tokens"
@@ -40,6 +40,19 @@ _COUNT_ACTION = "count-tokens"
 _PLACEHOLDER_MAX_TOKENS = 1
 _UNREADABLE = "the provider's token count could not be read"
 _BAD_GATEWAY = 502
+
+
+def check_request(body: dict[str, Any]) -> None:
+    """Refuse a count whose thinking budget no ``max_tokens`` can be set above: one past
+    what any count reads (``MAX_TOKEN_COUNT``), as huge as 2**64 - 1, left no integer
+    JSON could write (a 500). A budget of another type or below Claude's least is
+    Bedrock's to refuse, as for a Messages call."""
+    budget = _budget(body.get("thinking"))
+    if budget is not None and budget > MAX_TOKEN_COUNT:
+        raise BadRequestError(
+            f"'thinking.budget_tokens' must be at most {MAX_TOKEN_COUNT}",
+            param="thinking.budget_tokens",
+        )
 
 
 def translate_request(
@@ -57,10 +70,18 @@ def translate_request(
 def _max_tokens_for(thinking: Any) -> int:
     """A max_tokens Claude takes with this ``thinking``: extended thinking wants one above
     its ``budget_tokens`` (Claude refuses the body otherwise)."""
-    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1:
+    budget = _budget(thinking)
+    if budget is not None and budget >= 1:
         return budget + 1
     return _PLACEHOLDER_MAX_TOKENS
+
+
+def _budget(thinking: Any) -> int | None:
+    """The integer ``budget_tokens`` of a ``thinking`` object; None for any other."""
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return budget
+    return None
 
 
 def request_path(model_id: str) -> str:

@@ -5,12 +5,19 @@ Anthropic client reads."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
+from extproc.config import GatewayConfig
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators import anthropic_bedrock
 from extproc.translators.anthropic_bedrock_count import (
     CountTranslator,
@@ -94,3 +101,78 @@ def test_an_unreadable_count_is_anthropics_api_error(answer: bytes) -> None:
     assert error["type"] == "error"
     assert error["error"]["type"] == "api_error"
     assert "token count" in error["error"]["message"]
+
+
+COUNT = "/v1/messages/count_tokens"
+VERTEX_COUNT = (
+    "/vertex/v1/projects/p/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+)
+HEADERS = {"authorization": "Bearer team1-key", "anthropic-version": "2023-06-01"}
+
+
+@pytest.fixture
+async def processor(config: GatewayConfig, services: Services) -> Processor:
+    """The default config's processor, its Bedrock signer started as the server starts it."""
+    runtime = Runtime(config, services)
+    for signer in runtime.signers.values():
+        await signer.start()
+    return Processor(lambda: runtime, default_stages())
+
+
+async def count(processor: Processor, path: str, body: dict[str, Any]) -> ext.ProcessingResponse:
+    """The gateway's answer to a count of ``body`` for Claude on Bedrock (``haiku``)."""
+    raw = json.dumps({"model": "haiku", "messages": PROMPT, **body}).encode()
+    answers = await run_stream(
+        processor, [request_headers(path, headers=HEADERS), request_body(raw)]
+    )
+    return answers[-1]
+
+
+@pytest.mark.parametrize("path", [COUNT, VERTEX_COUNT])
+@pytest.mark.parametrize("budget", [2**64 - 1, 2**63, 2**31], ids=str)
+async def test_a_thinking_budget_no_max_tokens_can_top_is_anthropics_400(
+    processor: Processor, services: Services, path: str, budget: int
+) -> None:
+    # The count sets max_tokens one above the budget: 2**64 is no integer JSON writes,
+    # and the client got a 500.
+    answer = await count(
+        processor, path, {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    )
+    refusal = answer.immediate_response
+    assert refusal.status.code == 400
+    error = orjson.loads(refusal.body)
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert "thinking.budget_tokens" in error["error"]["message"]
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["http_status_code"] == 400
+
+
+async def test_the_largest_budget_a_count_reads_goes_on_with_max_tokens_above_it(
+    processor: Processor,
+) -> None:
+    budget = 2**31 - 1
+    answer = await count(
+        processor, COUNT, {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    )
+    sent = orjson.loads(answer.request_body.response.body_mutation.body)
+    assert invoke_body(sent)["max_tokens"] == budget + 1
+
+
+# What else an Anthropic body may hold in a number (Bedrock refuses what Claude does not
+# take, in Anthropic's shape): huge, negative, fractional, of another type.
+ODD_NUMBERS = [2**64 - 1, -(2**63), 2**64, 1e308, -1.5, 0, "5", True, None, [], {}]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "temperature", "top_k", "top_p", "thinking"])
+@pytest.mark.parametrize("value", ODD_NUMBERS, ids=repr)
+async def test_odd_numbers_elsewhere_in_a_count_go_on_or_are_a_4xx(
+    processor: Processor, services: Services, field: str, value: Any
+) -> None:
+    answer = await count(processor, COUNT, {field: value})
+    if answer.HasField("immediate_response"):
+        assert 400 <= answer.immediate_response.status.code < 500, answer
+        assert orjson.loads(answer.immediate_response.body)["type"] == "error"
+    else:
+        invoke_body(orjson.loads(answer.request_body.response.body_mutation.body))
+    assert len(services.access_log.lines()) == 1  # type: ignore[attr-defined]
