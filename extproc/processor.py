@@ -32,6 +32,7 @@ from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
+from extproc.stages.echoed_credential import hide_in_error
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
 
@@ -115,6 +116,7 @@ class Processor:
                         await _read_empty_body(ctx, hooks["response_body"], out, True)
                 except Exception as exc:
                     error = exc if isinstance(exc, GatewayError) else _internal_error(ctx, phase)
+                    hide_in_error(ctx, error)
                     ctx.error = error
                     ctx.response_status = error.status
                     answer = envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)

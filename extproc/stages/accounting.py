@@ -15,6 +15,7 @@ from __future__ import annotations
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import CutAttempt, RequestContext
+from extproc.stages.echoed_credential import echoed_credential
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import operation_of
@@ -36,7 +37,7 @@ class AccountingStage:
         # Priced once: the log line, the counter and the rollup carry the same cost.
         cost = request_cost(ctx)
         record = access_record(ctx)
-        services.access_log.write(record)
+        services.access_log.write(record, echoed_credential(ctx))
         self._observe(ctx)
         # The rollup counts requests that reached a provider; refusals (401, 429, ...)
         # are in the log line and in aigw_requests_total, and cost nothing.

@@ -29,9 +29,7 @@ from extproc.auth import credential_shapes
 from extproc.context import RequestContext
 from extproc.errors import REDACTED, BadRequestError
 from extproc.stages.authentication import presented_credential
-
-# As for the query: shorter, a credential could be part of a model's name by chance.
-_MIN_CREDENTIAL = 8
+from extproc.stages.echoed_credential import MIN_CREDENTIAL
 
 
 def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
@@ -74,7 +72,7 @@ def redact_unread_path(ctx: RequestContext) -> None:
 def _credential_in(ctx: RequestContext, model: str) -> str | None:
     """What credential ``model`` holds, in words that never quote it; None for none."""
     presented = presented_credential(ctx)
-    if presented is not None and len(presented) >= _MIN_CREDENTIAL and presented in model:
+    if presented is not None and len(presented) >= MIN_CREDENTIAL and presented in model:
         return "this request's API key or token"
     runtime = ctx.runtime
     if model in runtime.plain_model_names:

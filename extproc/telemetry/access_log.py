@@ -21,6 +21,7 @@ from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import usd_float
 from extproc.config.telemetry_model import LogConfig
 from extproc.context import CutAttempt, RequestContext, with_cut_attempts
+from extproc.errors import REDACTED
 from extproc.telemetry.log_writer import (
     LineWriter,
     LostLines,
@@ -32,6 +33,7 @@ from extproc.translators.base import stream_failure
 from extproc.translators.unreadable_answers import unusable_answer
 
 SCHEMA_VERSION = 1
+_REDACTED = REDACTED.encode()
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +255,18 @@ class AccessLog:
         writer = self._writer
         return writer.dropped + writer.failed if writer is not None else 0
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], credential: str | None = None) -> None:
+        """Write one record. ``credential``, the request's own key or token, is
+        replaced by ``[redacted]`` wherever the line would show it: a client may send
+        it where a name the line records as sent goes (``stages.echoed_credential``)."""
         try:
             line = orjson.dumps(record)
         except TypeError:
             line = _dumps_unbounded(record)
+        if credential is not None:
+            written = orjson.dumps(credential)[1:-1]  # as a JSON string holds it
+            if written in line:
+                line = line.replace(written, _REDACTED)
         self.emit(line + b"\n")
 
     def emit(self, line: bytes) -> None:

@@ -1,0 +1,85 @@
+"""A client's own key, sent where the gateway repeats what it was sent, is never repeated:
+not in the error it gets back, not in the request's log line.
+
+A refusal quotes the value it refuses ("messages with role '...' cannot be sent to this
+model", "service_tier '...' is not a Bedrock service tier"), and the log line records
+an agent call's JSON-RPC method and tool as sent, so a key pasted there (a client whose
+settings were swapped) was shown back in the error and written to the gateway's log, in
+the error's ``error_message`` too. It is ``[redacted]`` in both now.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc.config import GatewayConfig
+from extproc.processor import Processor
+from extproc.runtime import Runtime, Services
+from extproc.stages import default_stages
+from extproc.testing import request_body, request_headers, run_stream
+from tests.unit.sse_play import only_line
+from tests.unit.test_agents import with_agents
+
+KEY = "team1-key"
+AGENT_KEY = "team2-key"  # the agents' access rules serve team2's group
+
+
+@pytest.fixture
+async def processor(config: GatewayConfig, services: Services) -> Processor:
+    """The default config's processor with agent routes, its Bedrock signer started."""
+    runtime = Runtime(with_agents(config), services)
+    for signer in runtime.signers.values():
+        await signer.start()
+    return Processor(lambda: runtime, default_stages())
+
+
+async def send(processor: Processor, path: str, headers: dict[str, str], body: Any) -> Any:
+    answers = await run_stream(
+        processor, [request_headers(path, headers=headers), request_body(orjson.dumps(body))]
+    )
+    return answers[-1]
+
+
+# Refusals that quote the value they refuse, the client's key in it.
+QUOTING = {
+    "a role Claude does not take": (
+        "/anthropic/chat/completions",
+        {"model": "claude-3-5-haiku-latest", "messages": [{"role": KEY, "content": "hi"}]},
+    ),
+    "a service tier Bedrock does not serve": (
+        "/bedrock/llama/chat/completions",
+        {"model": "x", "messages": [{"role": "user", "content": "hi"}], "service_tier": KEY},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(QUOTING))
+@pytest.mark.parametrize(
+    "headers", [{"authorization": f"Bearer {KEY}"}, {"api-key": KEY}], ids=["bearer", "api-key"]
+)
+async def test_a_refusal_quoting_the_clients_key_shows_it_redacted(
+    processor: Processor, services: Services, case: str, headers: dict[str, str]
+) -> None:
+    path, body = QUOTING[case]
+    answer = await send(processor, path, headers, body)
+    refusal = answer.immediate_response
+    assert refusal.status.code == 400
+    assert KEY.encode() not in refusal.body
+    error = orjson.loads(refusal.body)["error"]
+    assert "[redacted]" in error["message"]
+    line = only_line(services)
+    assert line["error_message"] == error["message"]
+    assert KEY not in orjson.dumps(line).decode()
+
+
+async def test_an_agent_method_holding_the_clients_key_is_logged_redacted(
+    processor: Processor, services: Services
+) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": f"x/{AGENT_KEY}", "params": {"name": AGENT_KEY}}
+    await send(processor, "/mcp", {"authorization": f"Bearer {AGENT_KEY}"}, body)
+    line = only_line(services)
+    assert line["agent"]["method"] == "x/[redacted]"
+    assert AGENT_KEY not in orjson.dumps(line).decode()
