@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 
 from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
+from extproc.config.model import RouteApi
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -580,3 +581,33 @@ async def test_every_shape_s_own_body_is_sent_on(gateways: dict[bool, Gateway], 
         answers = await _play(gateway, shape, _broken(shape.body, (), None), "cut after 200")
         assert not any(a.HasField("immediate_response") for a in answers), answers
         _check(gateway, shape, answers)
+
+
+# A shape of each API the gateway serves a body on. The model list and stored responses
+# take none: test_fuzz_requests_routes fuzzes their paths, methods and bodies.
+SHAPE_OF_API = {
+    RouteApi.OPENAI_CHAT: "chat to openai",
+    RouteApi.OPENAI_COMPLETIONS: "completions",
+    RouteApi.OPENAI_EMBEDDINGS: "embeddings openai",
+    RouteApi.OPENAI_RESPONSES: "responses",
+    RouteApi.OPENAI_RESPONSES_COMPACT: "responses compact",
+    RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "responses input_tokens",
+    RouteApi.ANTHROPIC_MESSAGES: "messages to anthropic",
+    RouteApi.ANTHROPIC_COUNT_TOKENS: "count_tokens to anthropic",
+    RouteApi.ANTHROPIC_VERTEX: "vertex client rawPredict",
+    RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS: "vertex client count",
+    RouteApi.BEDROCK_CONVERSE: "converse",
+    RouteApi.BEDROCK_INVOKE: "invoke claude",
+    RouteApi.BEDROCK_COUNT_TOKENS: "count-tokens converse",
+    RouteApi.GEMINI_GENERATE_CONTENT: "gemini generateContent",
+    RouteApi.GEMINI_COUNT_TOKENS: "gemini countTokens",
+    RouteApi.MCP: "mcp",
+    RouteApi.A2A: "a2a",
+}
+
+
+def test_every_api_with_a_body_is_fuzzed() -> None:
+    """An API added to the gateway fails this until it has a shape above."""
+    bodiless = {RouteApi.OPENAI_MODELS, RouteApi.OPENAI_RESPONSES_STORED}
+    assert set(RouteApi) - bodiless == set(SHAPE_OF_API)
+    assert set(SHAPE_OF_API.values()) <= set(SHAPES)
