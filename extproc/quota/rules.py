@@ -88,6 +88,19 @@ class Limit:
         # The braces are the hash tag: every counter of one subject shares a slot.
         return f"{prefix}q:{self.subject_tag}:{self.rule}:{self.kind}:{self.window.key}"
 
+    def ended(self, now: float) -> bool:
+        """Whether the window this limit counts in has ended by ``now``: a token quota's
+        period the request started in, or a rate limit's window that ended while the
+        store was asked. The request's next one counts in a window of its own."""
+        end = self.window.end
+        return end is not None and now >= end
+
+    def window_at(self, now: float) -> Window:
+        """The window of this limit's kind that holds ``now``."""
+        if not self.ended(now):
+            return self.window
+        return window_for(self.window.kind, now, self.time_zone)
+
     def reset_time(self) -> str | None:
         """When the window ends, in ISO 8601 in the zone it is computed in (None: never).
 

@@ -795,18 +795,33 @@ def _held_headers(
 
 
 def rate_limit_headers(reservation: Reservation, now: float) -> dict[str, str]:
+    """An admitted request's ``x-ratelimit-*``: of its request limits, and apart of its
+    token limits, the one with the fewest left, as the client's next request meets it.
+
+    A limit whose window ended by ``now`` (a token quota's period the request started in,
+    or a minute that ended during the store's round trip) counted this request in that
+    window, which has reset: the next request counts in the window that holds ``now``,
+    so its reset and what it has left are that window's. Nothing of it is this request's,
+    and the gateway read nothing of it, so it shows its whole limit. Before, such a limit
+    said ``reset 0s`` ("reset now", again on every such answer) beside the ended window's
+    remaining, which a client pacing itself by these headers read as spent until then."""
     headers: dict[str, str] = {}
+    used = [
+        0 if limit.ended(now) else count
+        for limit, count in zip(reservation.limits, reservation.used, strict=True)
+    ]
     for kind, unit in (("r", "requests"), ("t", "tokens")):
-        index = tightest(reservation.limits, reservation.used, reservation.effective, kind)
+        index = tightest(reservation.limits, used, reservation.effective, kind)
         if index is None:
             continue
         limit = reservation.limits[index]
         effective = reservation.effective[index]
         headers[f"x-ratelimit-limit-{unit}"] = str(effective)
-        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, effective - reservation.used[index]))
-        left = _whole_seconds_left(limit, now)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, effective - used[index]))
+        left = limit.window_at(now).seconds_left(now)
         if left is not None:
-            headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
+            # At least 1: a window holding ``now`` has not ended (``0s`` reads "reset now").
+            headers[f"x-ratelimit-reset-{unit}"] = openai_duration(max(1, math.ceil(left)))
     return headers
 
 
