@@ -20,6 +20,7 @@ from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.script_numbers import script_count, script_generation, script_limit
 from extproc.quota.store import QuotaStore, generation_field, held_key
 from extproc.store.connection import of_another_type
+from extproc.store.scripts import script_source
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
 SCAN_COUNT = 1000
@@ -27,36 +28,9 @@ SCAN_COUNT = 1000
 # quota scripts count exactly only up to it).
 MAX_AMOUNT = MAX_LIMIT
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-# Delete counters and bump each one's reset generation in one atomic step, so that
-# no reservation sees the new generation with the old counter, or the reverse
-# (quota_settle.lua and quota_undo.lua skip changes of an older generation).
-# KEYS: per limit, its counter, its subject's overrides hash and the counter's held
-# amount (one hash tag: one slot on a cluster); ARGV: per limit, its generation field.
-# The held amount goes with the counter: what running requests reserved went with the
-# reset, and so do their settlements, which the new generation drops.
-# Every generation is read before the first write (Redis keeps what a script wrote
-# before an error): an overrides hash of another type, or a generation that is no
-# integer, met after the first counters were deleted left a counter deleted with its
-# generation unchanged, so the settlements of requests admitted before the reset
-# came off the usage counted since. A generation is read as the reserve script reads
-# it (one reading, script_numbers.script_generation): HINCRBY's integers, without a
-# leading 0 ('007' passed the check here, then failed HINCRBY after the counters before
-# it were deleted), up to 2^53 - 1 (what the scripts compare exactly).
-_RESET_SCRIPT = """
-for i = 1, #ARGV do
-  local generation = redis.call('HGET', KEYS[i * 3 - 1], ARGV[i]) or '0'
-  if (generation ~= '0' and not string.match(generation, '^%-?[1-9]%d*$'))
-      or math.abs(tonumber(generation)) > 9007199254740991 then
-    return redis.error_reply('BADOVERRIDE ' .. KEYS[i * 3 - 1] .. ' holds a reset generation'
-      .. ' that is no integer up to 2^53 - 1')
-  end
-end
-for i = 1, #ARGV do
-  redis.call('DEL', KEYS[i * 3 - 2], KEYS[i * 3])
-  redis.call('HINCRBY', KEYS[i * 3 - 1], ARGV[i], 1)
-end
-return 1
-"""
+# Delete counters and bump their reset generations in one atomic step
+# (extproc/store/lua/quota_reset.lua), reading each generation as every quota script does.
+_RESET_SCRIPT = script_source("quota_reset")
 
 
 class InvalidArgumentError(ValueError):

@@ -57,8 +57,9 @@ def script_count(raw: bytes) -> int | None:
 
 
 def script_generation(raw: bytes) -> int | None:
-    """A reset generation as every quota script reads it (the reserve and reset scripts
-    alike): an integer as HINCRBY writes it, up to what the scripts compare exactly. None
-    for what they refuse (``1.5``, ``5e3``, ``007``, `` 7 ``)."""
+    """A reset generation as every quota script reads it (``reset_generation.lua``, which
+    the reserve, settle, give-back and reset scripts share): an integer as HINCRBY writes
+    it, up to what the scripts compare exactly. None for what they refuse (``1.5``,
+    ``5e3``, ``007``, `` 7 ``)."""
     count = script_count(raw)
     return count if count is not None and abs(count) <= MAX_LIMIT else None

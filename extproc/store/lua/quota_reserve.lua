@@ -89,17 +89,13 @@ for i = 1, n do
     end
   end
   limits[i] = limit
-  -- Read as the reset script reads it, the one way to read it: an integer HINCRBY can
-  -- bump, up to 2^53 - 1. Read with tonumber, '1.5' admitted requests with generation
-  -- 1 (Redis truncates a number it returns) and every settlement, compared with 1.5,
-  -- was dropped: each request stayed charged its whole estimate, and its hold stayed.
-  local generation = set[2] or '0'
-  if generation ~= '0' and not string.match(generation, '^%-?[1-9]%d*$') then
-    return refuse('BADOVERRIDE', overrides, 'a reset generation that is no integer')
-  end
-  generations[i] = tonumber(generation)
-  if math.abs(generations[i]) > 9007199254740991 then
-    return refuse('BADOVERRIDE', overrides, 'a reset generation past 2^53 - 1')
+  -- Read as every quota script reads it (reset_generation.lua). Read with tonumber,
+  -- '1.5' admitted requests with generation 1 (Redis truncates a number it returns) and
+  -- every settlement, compared with 1.5, was dropped: each request stayed charged its
+  -- whole estimate, and its hold stayed.
+  generations[i] = reset_generation(set[2])
+  if generations[i] == nil then
+    return redis.error_reply('BADOVERRIDE ' .. overrides .. UNREADABLE_GENERATION)
   end
   local cost = tonumber(ARGV[base + 2])
   local kind = ARGV[base + 5]

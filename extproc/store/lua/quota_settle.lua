@@ -53,7 +53,14 @@ for i = 1, n do
   -- A settlement at exactly the estimate changes no counter but ends a hold.
   local current = delta ~= 0 or release ~= 0
   if current and ARGV[base + 2] ~= '' then
-    local generation = tonumber(redis.call('HGET', KEYS[2], ARGV[base + 2]) or '0')
+    -- Read as the reserve script reads it: a generation it refuses (a person's HSET of
+    -- '01' or '1.5' while the request ran) refuses the batch too, to be applied once it
+    -- is mended, rather than settle on a subject whose requests meet a store failure,
+    -- or drop the settlement as of another generation without a word.
+    local generation = reset_generation(redis.call('HGET', KEYS[2], ARGV[base + 2]))
+    if generation == nil then
+      return redis.error_reply('BADOVERRIDE ' .. KEYS[2] .. UNREADABLE_GENERATION)
+    end
     current = generation == tonumber(ARGV[base + 3])
   end
   if current and delta ~= 0 then

@@ -45,7 +45,12 @@ for i = 1, n do
   local seen = values[n * 3 + i]
   local current = true
   if #ARGV > 1 and seen then
-    current = tonumber(redis.call('HGET', KEYS[1 + n + i], ARGV[1 + i]) or '0') == seen
+    -- Read as the reserve script reads it (quota_settle.lua says why).
+    local generation = reset_generation(redis.call('HGET', KEYS[1 + n + i], ARGV[1 + i]))
+    if generation == nil then
+      return redis.error_reply('BADOVERRIDE ' .. KEYS[1 + n + i] .. UNREADABLE_GENERATION)
+    end
+    current = generation == seen
   end
   -- A counter whose window ended (and expired) has nothing left to give back.
   local value = redis.call('GET', counter)
