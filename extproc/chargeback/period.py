@@ -6,8 +6,11 @@ year and month (``2026-11``: the month's start, as ``--month`` reads it).
 Rollups are hourly, so a period must start and end on a whole hour: a report
 never pretends to split an hour it cannot split. ``--day`` and ``--month`` are
 calendar periods in a time zone (UTC by default); a zone whose midnight is not
-a whole UTC hour (e.g. Asia/Kolkata, +05:30) cannot be reported on exactly and
-is refused. So is a local time without an offset that a DST change makes
+a whole UTC hour (Asia/Kolkata, +05:30; Asia/Kathmandu, +05:45; Australia/Adelaide,
++10:30 or +09:30) cannot be reported on exactly and is refused, naming the two
+reports on whole UTC hours nearest to it (one covering it and some minutes either
+side, one within it): shifted to the hour, a day there would lose or gain half an
+hour of usage without a word. So is a local time without an offset that a DST change makes
 ambiguous (it happens twice) or void (it never happens): a bill must not depend
 on a guess about which hour was meant.
 
@@ -149,6 +152,61 @@ def _whole_hour(moment: datetime, what: str, *, end: bool = False) -> datetime:
     return utc
 
 
+def _calendar_period(begin: datetime, finish: datetime, asked: str, zone: tzinfo) -> Period:
+    """The UTC hours of a calendar period (``--day``, ``--month``, ``--last-month``), or
+    its refusal when the zone's midnight is not a whole UTC hour: the message says so,
+    rather than that "the start" (which the operator never wrote) is off the hour, and
+    names a whole report on each side, its end included (the start alone left the
+    operator to work out the end, and a month's last half hour was easily lost)."""
+    start, end = begin.astimezone(UTC), finish.astimezone(UTC)
+    if _on_the_hour(start) and _on_the_hour(end):
+        return Period(start, end)
+    wide = Period(_hour_before(start), _hour_after(end))
+    narrow = Period(_hour_after(start), _hour_before(end))
+    off = begin if not _on_the_hour(start) else finish
+    message = (
+        f"{asked} in {zone} runs from {_utc(start)} to {_utc(end)}: midnight there (UTC"
+        f"{_offset(off)}) is not a whole UTC hour, and the rollups are UTC hours, so no"
+        f" report can start or end with it. Report whole UTC hours instead: --from"
+        f" {_utc(wide.start)} --to {_utc(wide.end)} covers it"
+        f"{_margins(start - wide.start, wide.end - end)}"
+    )
+    if narrow.start < narrow.end:
+        message += f"; --from {_utc(narrow.start)} --to {_utc(narrow.end)} falls within it"
+    raise PeriodError(message)
+
+
+def _on_the_hour(moment: datetime) -> bool:
+    return moment == _hour_before(moment)
+
+
+def _hour_after(moment: datetime) -> datetime:
+    """The whole UTC hour at or after ``moment`` (a UTC time)."""
+    before = _hour_before(moment)
+    return before if before == moment else before + timedelta(hours=1)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%dT%H:%M}Z"
+
+
+def _offset(moment: datetime) -> str:
+    offset = moment.utcoffset() or timedelta(0)
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(int(offset.total_seconds())) // 60
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _margins(before: timedelta, after: timedelta) -> str:
+    """What a report widened to whole hours counts besides the period asked for."""
+    parts = [
+        f"{int(extra.total_seconds()) // 60} minutes {side} it"
+        for extra, side in ((before, "before"), (after, "after"))
+        if extra
+    ]
+    return f", with {' and '.join(parts)}" if parts else ""
+
+
 def _month_start(year: int, month: int, zone: tzinfo) -> datetime:
     return datetime(year, month, 1, tzinfo=zone)
 
@@ -216,7 +274,8 @@ def _resolve(
         # Midnight to midnight in the zone: 23 or 25 hours on a DST change.
         following = first + timedelta(days=1)
         finish = datetime(following.year, following.month, following.day, tzinfo=zone)
-    elif month or last_month:
+        return _calendar_period(begin, finish, f"--day {day}", zone)
+    if month or last_month:
         if month:
             try:
                 year, number = (int(part) for part in month.split("-"))
@@ -228,13 +287,19 @@ def _resolve(
             year, number = (now.year - 1, 12) if now.month == 1 else (now.year, now.month - 1)
         begin = _month_start(year, number, zone)
         finish = _month_start(*_next_month(year, number), zone)
+        asked = f"--month {month}" if month else f"--last-month ({year:04d}-{number:02d})"
+        return _calendar_period(begin, finish, asked, zone)
+    if end:
+        finish = parse_moment(end, zone)
     else:
-        if end:
-            finish = parse_moment(end, zone)
-        else:
-            finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-            finish += timedelta(hours=1)
-        # 24 hours, counted in UTC: a day back on a zone's wall clock is 23 or 25 hours
-        # across a DST change (or lands in the hour the clocks skip).
-        begin = parse_moment(start, zone) if start else finish.astimezone(UTC) - timedelta(days=1)
+        finish = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        finish += timedelta(hours=1)
+    # 24 hours, counted in UTC: a day back on a zone's wall clock is 23 or 25 hours
+    # across a DST change (or lands in the hour the clocks skip).
+    if not start:
+        # The end first: the start is implied by it, and "the start ... is not on a whole
+        # UTC hour" named a time the operator never wrote (--to 2026-11-03 in Kolkata).
+        finish = _whole_hour(finish, "the end", end=True)
+        return Period(finish - timedelta(days=1), finish)
+    begin = parse_moment(start, zone)
     return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end", end=True))

@@ -152,7 +152,7 @@ def test_period_shortcuts() -> None:
         # A day in a half-hour zone: the message shows a period that can be asked for.
         (
             {"day": "2026-03-01", "zone_name": "Asia/Kolkata"},
-            "give --from/--to on whole UTC hours instead, such as 2026-02-28T18:00:00",
+            "--from 2026-02-28T18:00Z --to 2026-03-01T19:00Z covers it",
         ),
         ({"day": "2026-03-01", "month": "2026-03"}, "give one of"),
         ({"month": "2026-13"}, "YYYY-MM"),
