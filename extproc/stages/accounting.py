@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
-from extproc.context import CutAttempt, RequestContext
+from extproc.context import CutAttempt, RequestContext, Usage
 from extproc.stages.echoed_credential import echoed_credential
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
@@ -109,6 +109,7 @@ class AccountingStage:
                 provider=provider,
                 prompt=ctx.usage.prompt_tokens,
                 completion=ctx.usage.completion_tokens,
+                parts=token_parts(ctx.usage),
             )
         if ctx.cost is not None and ctx.cost.picousd:
             metrics.count_cost(
@@ -143,6 +144,7 @@ class AccountingStage:
                 provider=attempt.provider,
                 prompt=usage.prompt_tokens,
                 completion=usage.completion_tokens,
+                parts=token_parts(usage),
             )
             if attempt.cost.picousd:
                 metrics.count_cost(
@@ -173,6 +175,20 @@ class AccountingStage:
             cached_audio_tokens=ctx.usage.cached_audio_tokens,
             completion_audio_tokens=ctx.usage.audio_output_tokens,
         )
+
+
+def token_parts(usage: Usage) -> dict[str, int]:
+    """A request's counts that aigw_token_parts_total counts (its ``TOKEN_PARTS``), the
+    log line's and the rollup's: before, the metric had the prompt and completion alone,
+    and a dashboard could show neither the cache's share nor what audio cost."""
+    return {
+        "cached": usage.cached_tokens,
+        "cache_write": usage.cache_write_tokens,
+        "cache_write_1h": usage.cache_write_1h_tokens,
+        "prompt_audio": usage.audio_tokens,
+        "cached_audio": usage.cached_audio_tokens,
+        "completion_audio": usage.audio_output_tokens,
+    }
 
 
 def _provider_failure(ctx: RequestContext) -> str | None:

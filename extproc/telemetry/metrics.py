@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,19 @@ if TYPE_CHECKING:
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 TOKEN_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider", "token_type")
+# aigw_token_parts_total's token types: the parts of a request's prompt and completion
+# that its log line and the usage rollups count apart, each billed at a price of its own
+# (docs/logging.md), named as the log line's counts less "_tokens". A part of the prompt
+# or the completion, so never a token type of tokens_consumed_total, whose types add up
+# to a request's total (the dashboards and the docs' queries sum them).
+TOKEN_PARTS = (
+    "cached",  # of the prompt: read from the provider's prompt cache
+    "cache_write",  # of the prompt: written to it
+    "cache_write_1h",  # of cache_write: to Claude's 1-hour cache
+    "prompt_audio",  # of the prompt: audio
+    "cached_audio",  # of cached: audio
+    "completion_audio",  # of the completion: audio
+)
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
 COST_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider")
 # OpenTelemetry GenAI semantic conventions, attribute names with dots as underscores.
@@ -202,6 +215,13 @@ class GatewayMetrics:
         self.tokens_consumed = Counter(
             "tokens_consumed",
             "LLM tokens consumed, by identity, model, provider and token type (prompt, completion)",
+            TOKEN_LABELS,
+            registry=self.registry,
+        )
+        self.token_parts = Counter(
+            "aigw_token_parts",
+            "Parts of tokens_consumed_total billed at prices of their own (cache reads and"
+            " writes, audio), by identity, model, provider and token type",
             TOKEN_LABELS,
             registry=self.registry,
         )
@@ -399,13 +419,19 @@ class GatewayMetrics:
         provider: str,
         prompt: int,
         completion: int,
+        parts: Mapping[str, int] | None = None,
     ) -> None:
+        """A request's tokens: its prompt and completion, and ``parts`` of them by
+        ``TOKEN_PARTS`` type (a series only for a part the request had)."""
         if prompt:
             self._child(self.tokens_consumed, *identity, model, provider, "prompt").inc(prompt)
         if completion:
             self._child(self.tokens_consumed, *identity, model, provider, "completion").inc(
                 completion
             )
+        for token_type, amount in (parts or {}).items():
+            if amount:
+                self._child(self.token_parts, *identity, model, provider, token_type).inc(amount)
 
     def observe_token_usage(
         self,

@@ -22,7 +22,9 @@ from extproc.mock_llm import count_tokens
 from tests.integration.conftest import (
     GatewayLog,
     config_with_keys,
+    metric,
     running_stack,
+    scrape,
     usage_rows,
     wait_for,
 )
@@ -99,6 +101,13 @@ def test_an_anthropic_client_is_billed_for_one_hour_writes_at_the_one_hour_price
 
     # The month-end report bills the key exactly what its log lines say.
     assert reported_cost(stack, key, 2) == sum(Decimal(str(line["cost_usd"])) for line in lines)
+    # And the metrics count the writes as the lines do (aigw_token_parts_total; before,
+    # only the prompt and completion were metrics).
+    samples = scrape(stack.metrics_url)
+    for token_type, field in (("cache_write", "cache_write_tokens"),
+                              ("cache_write_1h", "cache_write_1h_tokens")):  # fmt: skip
+        counted = metric(samples, "aigw_token_parts_total", api_key_id=key, token_type=token_type)
+        assert counted == sum(line[field] for line in lines) > 0
 
 
 def test_an_openai_client_on_bedrock_is_billed_for_one_hour_writes(stack: LocalStack) -> None:
