@@ -40,8 +40,8 @@ from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import QuotaMode
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.script_numbers import script_count, script_limit
-from extproc.quota.store import held_key
+from extproc.quota.script_numbers import script_count, script_generation, script_limit
+from extproc.quota.store import generation_field, held_key
 from extproc.store.connection import of_another_type
 from extproc.store.outage_log import OutageLog
 
@@ -223,6 +223,11 @@ class QuotaGauges(Collector):
                 # Read as the scripts read them (``5e3`` is an override of 5000 to them),
                 # so a gauge shows the limit requests are checked against.
                 in_force = _read(override, overrides_key, script_limit, limit.limit)
+                # A reset generation the scripts cannot read fails the subject's every
+                # request and settlement on this limit (reset_generation.lua): its gauges
+                # showed a subject in good order, and nothing named the key.
+                generation = found.get(generation_field(limit).encode())
+                _read(generation, overrides_key, script_generation, 0)
                 counted = _read(used, limit.key(self._prefix), script_count, 0)
                 holding = _read(held, held_key(limit.key(self._prefix)), script_count, 0)
             except _UnreadableKeyError as exc:

@@ -14,7 +14,7 @@ import pytest
 from extproc.config.metrics_model import QuotaGaugesConfig
 from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.quota.rules import RuleSet
-from extproc.quota.store import QuotaStore
+from extproc.quota.store import QuotaStore, generation_field
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.quota_gauges import QuotaGauges
@@ -50,7 +50,9 @@ def limits_by_group(gauges: QuotaGauges) -> dict[str, int]:
     return found
 
 
-@pytest.mark.parametrize("stray", ["counter", "overrides", "counter that is no integer"])
+@pytest.mark.parametrize(
+    "stray", ["counter", "overrides", "counter that is no integer", "generation that is no integer"]
+)
 async def test_one_stray_key_leaves_out_its_counter_and_no_other(
     gauges: tuple[QuotaGauges, Any, QuotaStore], caplog: pytest.LogCaptureFixture, stray: str
 ) -> None:
@@ -66,9 +68,14 @@ async def test_one_stray_key_leaves_out_its_counter_and_no_other(
     elif stray == "overrides":
         await client.set(marketing.overrides_key(PREFIX), "see the ticket")
         key = marketing.overrides_key(PREFIX)
-    else:
+    elif stray == "counter that is no integer":
         await client.set(marketing.key(PREFIX), "lots")
         key = marketing.key(PREFIX)
+    else:
+        # A person's HSET over the reset generation: every quota script refuses the
+        # subject's requests and settlements on it (before, its gauges looked fine).
+        await client.hset(marketing.overrides_key(PREFIX), generation_field(marketing), "1.5")
+        key = marketing.overrides_key(PREFIX)
     await client.hset(sales.overrides_key(PREFIX), sales.override_field, 25)
     with caplog.at_level(logging.WARNING, logger="extproc.telemetry.quota_gauges"):
         await collector.refresh()  # before: WRONGTYPE (or ValueError) raised here
