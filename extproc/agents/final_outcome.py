@@ -11,7 +11,10 @@ from extproc.agents import call as outcome
 from extproc.agents.answer_reading import answer_reader
 from extproc.agents.call import AgentCall
 from extproc.agents.refusals import refusal_status
+from extproc.auth import credential_shapes
 from extproc.context import RequestContext
+from extproc.errors import REDACTED
+from extproc.stages.echoed_credential import echoed_credential
 
 
 def record_outcome(ctx: RequestContext) -> None:
@@ -35,8 +38,9 @@ def record_outcome(ctx: RequestContext) -> None:
     seconds = (ended - ctx.started) if ended is not None else ctx.elapsed_ms() / 1000.0
     server = call.server.name
     if call.is_tool_call and call.tool is not None:
-        metrics.child(metrics.tool_calls, server, call.tool, call.status, *who).inc()
-        metrics.child(metrics.tool_call_duration, server, call.tool, call.status).observe(seconds)
+        tool = _tool_label(ctx, call.tool)
+        metrics.child(metrics.tool_calls, server, tool, call.status, *who).inc()
+        metrics.child(metrics.tool_call_duration, server, tool, call.status).observe(seconds)
     if call.tools_hidden:
         metrics.child(metrics.tools_hidden, server).inc(call.tools_hidden)
     if call.is_message and call.method is not None:
@@ -44,6 +48,17 @@ def record_outcome(ctx: RequestContext) -> None:
         metrics.child(metrics.a2a_message_duration, server, call.method).observe(seconds)
         if call.task_state is not None:
             metrics.child(metrics.a2a_tasks, server, call.task_state).inc()
+
+
+def _tool_label(ctx: RequestContext, tool: str) -> str:
+    """The tool name as its metrics' label: ``[redacted]`` when it holds the request's
+    own key or a well-known credential's shape. A client whose settings were swapped
+    names a tool with its key; the log line hides it (``stages.echoed_credential``), but
+    a label is read by everyone who can query Prometheus, and kept for its retention."""
+    credential = echoed_credential(ctx)
+    if (credential is not None and credential in tool) or credential_shapes.kind(tool):
+        return REDACTED
+    return tool
 
 
 def _awaiting_end(call: AgentCall) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
@@ -83,3 +84,38 @@ async def test_an_agent_method_holding_the_clients_key_is_logged_redacted(
     line = only_line(services)
     assert line["agent"]["method"] == "x/[redacted]"
     assert AGENT_KEY not in orjson.dumps(line).decode()
+
+
+def _tool_labels(services: Services) -> set[str]:
+    return {
+        sample.labels["tool"]
+        for family in services.metrics.registry.collect()
+        if family.name == "aigw_mcp_tool_calls"
+        for sample in family.samples
+        if "tool" in sample.labels
+    }
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [AGENT_KEY, f"run_{AGENT_KEY}", "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2],
+    ids=["own-key", "own-key-inside", "github-token"],
+)
+async def test_a_tool_named_with_a_credential_is_no_metric_label(
+    processor: Processor, services: Services, tool: str
+) -> None:
+    # A label is read by everyone who can query Prometheus, for as long as it keeps it.
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}}  # fmt: skip
+    await send(processor, "/mcp", {"authorization": f"Bearer {AGENT_KEY}"}, body)
+    assert _tool_labels(services) == {"[redacted]"}
+    assert tool.encode() not in generate_latest(services.metrics.registry)
+
+
+async def test_an_ordinary_tool_name_stays_its_label(
+    processor: Processor, services: Services
+) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "create_issue_2024", "arguments": {}}}  # fmt: skip
+    await send(processor, "/mcp", {"authorization": f"Bearer {AGENT_KEY}"}, body)
+    assert _tool_labels(services) == {"create_issue_2024"}
