@@ -18,11 +18,12 @@ Endpoints, matched by path suffix so gateway route prefixes still work:
   (``cohere.embed-english-v3``, ``cohere.embed-multilingual-v3``, ``cohere.embed-v4:0``,
   also through a cross-region profile such as ``us.cohere.embed-v4:0``; see
   ``bedrock_cohere_embeddings``) and the text models of Meta Llama (``meta.llama*``),
-  Mistral (``mistral.mistral-*``, ``mistral.mixtral-*``), Titan Text
-  (``amazon.titan-text-*``) and Amazon Nova (its text models, ``amazon.nova-lite-*``...),
-  also through a cross-region profile (see
-  ``bedrock_text_models``); another model, or a Claude model missing from ``models``,
-  is a ValidationException, as Bedrock answers a model identifier it cannot invoke.
+  Mistral (``mistral.mistral-*``, ``mistral.mixtral-*``, its text and chat bodies), Titan
+  Text (``amazon.titan-text-*``), Amazon Nova (its text models, ``amazon.nova-lite-*``...),
+  Cohere Command (``cohere.command-text*``), AI21 Jamba and Writer Palmyra, also through
+  a cross-region profile (see ``bedrock_text_families``); another model, or a Claude
+  model missing from ``models``, is a ValidationException, as Bedrock answers a model
+  identifier it cannot invoke.
 - ``POST .../model/{modelId}/invoke-with-response-stream``: InvokeModelWithResponseStream,
   for Claude: Anthropic's stream events, each a ``chunk`` message of the event stream,
   each its own write; ``message_stop`` carries Bedrock's invocation metrics. With the
@@ -186,13 +187,8 @@ from extproc.mock_llm.bedrock_embeddings import (
     parse_titan_request,
     titan_answer,
 )
-from extproc.mock_llm.bedrock_text_models import (
-    TextFamily,
-    TextInvocation,
-    invoke_text_model,
-    text_model_family,
-    text_stream_cut,
-)
+from extproc.mock_llm.bedrock_text_families import invoke_text_model, text_model_family
+from extproc.mock_llm.bedrock_text_models import TextFamily, TextInvocation, text_stream_cut
 from extproc.mock_llm.converse_output import OutputConfigError, output_schema
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.image_bytes import IMAGE_FORMATS, format_of

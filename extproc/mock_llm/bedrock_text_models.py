@@ -3,8 +3,9 @@ InvokeModelWithResponseStream: each family's body, answer and stream chunks.
 
 ``bedrock_api.BedrockEndpoints`` owns the HTTP side (SigV4, faults, AWS-shaped errors, the
 writes, the token headers); this module is pure: a body in, an answer or chunk documents
-out. Which family serves a model goes by its id (``text_model_family``), an inference
-profile's geographic prefix removed by the caller:
+out. Which family serves a model goes by its id (``bedrock_text_families``, which also
+knows Cohere Command, Jamba, Palmyra and Mistral's chat body), an inference profile's
+geographic prefix removed by the caller:
 
 - ``meta.llama*``: ``{"prompt" (required), "temperature", "top_p", "max_gen_len"}``;
   answers ``{"generation", "prompt_token_count", "generation_token_count",
@@ -13,7 +14,7 @@ profile's geographic prefix removed by the caller:
   "stop", "temperature", "top_p", "top_k"}``; answers ``{"outputs": [{"text",
   "stop_reason"}]}`` ("stop", also for a stop sequence, or "length"). Mistral Large 2
   (``mistral.mistral-large-2407``) takes the chat completion's ``messages`` alone, and
-  refuses a ``prompt`` body as Bedrock does (the mock answers no chat completion body).
+  refuses a ``prompt`` body as Bedrock does (its chat body: ``bedrock_chat_bodies``).
 - ``amazon.titan-text-*``: ``{"inputText" (required), "textGenerationConfig":
   {"maxTokenCount", "stopSequences", "temperature", "topP"}}``; answers
   ``{"inputTextTokenCount", "results": [{"tokenCount", "outputText",
@@ -66,14 +67,10 @@ from extproc.mock_llm.bedrock_anthropic import (
 )
 from extproc.mock_llm.bedrock_embeddings import (
     INPUT_TOKEN_COUNT_HEADER,
-    MalformedInputError,
-    json_object,
     refuse_violations,
     wrong_type,
 )
 from extproc.mock_llm.faults import Fault
-from extproc.mock_llm.recorder import Body
-from extproc.mock_llm.scripted import ScriptError, scripted_pieces
 from extproc.mock_llm.tokens import count_tokens, reply_pieces, reply_text
 
 # How the reply ended, whatever each family calls it.
@@ -88,39 +85,50 @@ MISTRAL_CHAT_ONLY = ("mistral.mistral-large-2407",)
 # --- Bedrock's schema check ----------------------------------------------------------------------
 
 # A key's check: its path (as Bedrock names it after "#/") and value in, violations out.
-_Check = Callable[[str, object], list[str]]
+Check = Callable[[str, object], list[str]]
 
 
-def _string(path: str, value: object) -> list[str]:
+def check_string(path: str, value: object) -> list[str]:
     return [] if isinstance(value, str) else [wrong_type(path, "String", value)]
 
 
-def _number(path: str, value: object) -> list[str]:
+def check_number(path: str, value: object) -> list[str]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return []
     return [wrong_type(path, "Number", value)]
 
 
-def _integer(minimum: int | None = None) -> _Check:
+def check_integer(minimum: int | None = None, maximum: int | None = None) -> Check:
+    """An integer within bounds. Upper bounds are checked only where the gateway reads
+    the value (how many answers a body asks for): elsewhere the model's limits change."""
+
     def check(path: str, value: object) -> list[str]:
         # bool is an int subclass; `"max_tokens": true` must not mean 1.
         if not isinstance(value, int) or isinstance(value, bool):
             return [wrong_type(path, "Integer", value)]
         if minimum is not None and value < minimum:
             return [f"#/{path}: {value} is not greater or equal to {minimum}"]
+        if maximum is not None and value > maximum:
+            return [f"#/{path}: {value} is not less or equal to {maximum}"]
         return []
 
     return check
 
 
-def _strings(path: str, value: object) -> list[str]:
+def check_boolean(path: str, value: object) -> list[str]:
+    return [] if isinstance(value, bool) else [wrong_type(path, "Boolean", value)]
+
+
+def check_strings(path: str, value: object) -> list[str]:
     if not isinstance(value, list):
         return [wrong_type(path, "JSONArray", value)]
-    return [violation for i, item in enumerate(value) for violation in _string(f"{path}/{i}", item)]
+    return [
+        violation for i, item in enumerate(value) for violation in check_string(f"{path}/{i}", item)
+    ]
 
 
-def _object_violations(
-    doc: Mapping[str, Any], schema: Mapping[str, _Check], required: Sequence[str], where: str = ""
+def object_violations(
+    doc: Mapping[str, Any], schema: Mapping[str, Check], required: Sequence[str], where: str = ""
 ) -> list[str]:
     """Every rule ``doc`` breaks, in the order Bedrock lists them: required keys, each
     known key's value (in the schema's order), unknown keys."""
@@ -135,22 +143,22 @@ def _object_violations(
     return violations
 
 
-def _array(path: str, value: object) -> list[str]:
+def check_array(path: str, value: object) -> list[str]:
     return [] if isinstance(value, list) else [wrong_type(path, "JSONArray", value)]
 
 
-def _object_of_any(path: str, value: object) -> list[str]:
+def check_object_of_any(path: str, value: object) -> list[str]:
     """An object whose inside the mock leaves to the model (Nova's tools, reasoning)."""
     return [] if isinstance(value, dict) else [wrong_type(path, "JSONObject", value)]
 
 
-def _object(schema: Mapping[str, _Check]) -> _Check:
+def check_object(schema: Mapping[str, Check]) -> Check:
     """The check of a nested object (Titan's ``textGenerationConfig``): no key required."""
 
     def check(path: str, value: object) -> list[str]:
         if not isinstance(value, dict):
             return [wrong_type(path, "JSONObject", value)]
-        return _object_violations(value, schema, (), path)
+        return object_violations(value, schema, (), path)
 
     return check
 
@@ -166,13 +174,16 @@ class TextRequest:
     max_tokens: int  # the allowance: the body's, else the family's default
     stop_sequences: tuple[str, ...] = ()
     quoted: str | None = None  # what the reply quotes, when not the whole prompt
+    answers: int = 1  # Cohere Command's num_generations, Jamba's n: each of the allowance
 
 
 @dataclass(frozen=True, slots=True)
 class TextReply:
-    pieces: tuple[str, ...]
+    pieces: tuple[str, ...]  # of each answer: the mock answers every one alike
     finish: Finish
     input_tokens: int
+    answers: int = 1
+    prompt: str = ""  # as the request sent it (Cohere Command's answer echoes it)
 
     @property
     def text(self) -> str:
@@ -180,7 +191,8 @@ class TextReply:
 
     @property
     def output_tokens(self) -> int:
-        return len(self.pieces)
+        """Every answer's tokens: the model generated, and Bedrock bills, each."""
+        return len(self.pieces) * self.answers
 
     @property
     def chunk_pieces(self) -> tuple[str, ...]:
@@ -218,15 +230,15 @@ class TextFamily(ABC):
 class Llama(TextFamily):
     # Llama's body takes no stop sequences, so its reply never ends on one.
     stop_reasons: ClassVar[Mapping[Finish, str]] = {"end": "stop", "length": "length"}
-    _schema: ClassVar[Mapping[str, _Check]] = {
-        "prompt": _string,
-        "temperature": _number,
-        "top_p": _number,
-        "max_gen_len": _integer(1),
+    _schema: ClassVar[Mapping[str, Check]] = {
+        "prompt": check_string,
+        "temperature": check_number,
+        "top_p": check_number,
+        "max_gen_len": check_integer(1),
     }
 
     def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
-        refuse_violations(_object_violations(doc, self._schema, ("prompt",)))
+        refuse_violations(object_violations(doc, self._schema, ("prompt",)))
         return TextRequest(doc["prompt"], doc.get("max_gen_len", DEFAULT_MAX_TOKENS))
 
     def answer(self, reply: TextReply) -> dict[str, Any]:
@@ -253,13 +265,13 @@ class Mistral(TextFamily):
         "length": "length",
         "stop_sequence": "stop",
     }
-    _schema: ClassVar[Mapping[str, _Check]] = {
-        "prompt": _string,
-        "max_tokens": _integer(1),
-        "stop": _strings,
-        "temperature": _number,
-        "top_p": _number,
-        "top_k": _integer(),
+    _schema: ClassVar[Mapping[str, Check]] = {
+        "prompt": check_string,
+        "max_tokens": check_integer(1),
+        "stop": check_strings,
+        "temperature": check_number,
+        "top_p": check_number,
+        "top_k": check_integer(),
     }
 
     def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
@@ -272,7 +284,7 @@ class Mistral(TextFamily):
                     "#: extraneous key [prompt] is not permitted",
                 ]
             )
-        refuse_violations(_object_violations(doc, self._schema, ("prompt",)))
+        refuse_violations(object_violations(doc, self._schema, ("prompt",)))
         default = (
             MISTRAL_LARGE_MAX_TOKENS
             if model.startswith("mistral.mistral-large")
@@ -296,19 +308,19 @@ class TitanText(TextFamily):
         "length": "LENGTH",
         "stop_sequence": "STOP_CRITERIA_MET",
     }
-    _config: ClassVar[Mapping[str, _Check]] = {
-        "maxTokenCount": _integer(0),
-        "stopSequences": _strings,
-        "temperature": _number,
-        "topP": _number,
+    _config: ClassVar[Mapping[str, Check]] = {
+        "maxTokenCount": check_integer(0),
+        "stopSequences": check_strings,
+        "temperature": check_number,
+        "topP": check_number,
     }
-    _schema: ClassVar[Mapping[str, _Check]] = {
-        "inputText": _string,
-        "textGenerationConfig": _object(_config),
+    _schema: ClassVar[Mapping[str, Check]] = {
+        "inputText": check_string,
+        "textGenerationConfig": check_object(_config),
     }
 
     def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
-        refuse_violations(_object_violations(doc, self._schema, ("inputText",)))
+        refuse_violations(object_violations(doc, self._schema, ("inputText",)))
         config = doc.get("textGenerationConfig", {})
         return TextRequest(
             doc["inputText"],
@@ -342,34 +354,34 @@ class Nova(TextFamily):
     }
     # Nova's first pages wrote its settings in snake case (max_new_tokens, top_p), its
     # later ones in camel case: Bedrock takes both.
-    _config: ClassVar[Mapping[str, _Check]] = {
-        "maxTokens": _integer(1),
-        "max_new_tokens": _integer(1),
-        "temperature": _number,
-        "topP": _number,
-        "top_p": _number,
-        "topK": _integer(),
-        "top_k": _integer(),
-        "stopSequences": _strings,
-        "reasoningConfig": _object_of_any,
+    _config: ClassVar[Mapping[str, Check]] = {
+        "maxTokens": check_integer(1),
+        "max_new_tokens": check_integer(1),
+        "temperature": check_number,
+        "topP": check_number,
+        "top_p": check_number,
+        "topK": check_integer(),
+        "top_k": check_integer(),
+        "stopSequences": check_strings,
+        "reasoningConfig": check_object_of_any,
     }
-    _schema: ClassVar[Mapping[str, _Check]] = {
-        "schemaVersion": _string,
-        "system": _array,
-        "messages": _array,
-        "inferenceConfig": _object(_config),
-        "toolConfig": _object_of_any,
+    _schema: ClassVar[Mapping[str, Check]] = {
+        "schemaVersion": check_string,
+        "system": check_array,
+        "messages": check_array,
+        "inferenceConfig": check_object(_config),
+        "toolConfig": check_object_of_any,
     }
 
     def parse(self, model: str, doc: dict[str, Any]) -> TextRequest:
-        refuse_violations(_object_violations(doc, self._schema, ("messages",)))
+        refuse_violations(object_violations(doc, self._schema, ("messages",)))
         config = doc.get("inferenceConfig", {})
         allowance = config.get("maxTokens", config.get("max_new_tokens", DEFAULT_MAX_TOKENS))
-        texts = [*_block_texts(doc.get("system"))]
+        texts = [*block_texts(doc.get("system"))]
         last_user = ""
         for message in doc["messages"]:
             if isinstance(message, dict):
-                said = " ".join(_block_texts(message.get("content")))
+                said = " ".join(block_texts(message.get("content")))
                 texts.append(said)
                 if message.get("role") == "user":
                     last_user = said
@@ -408,7 +420,7 @@ class Nova(TextFamily):
         }
 
 
-def _block_texts(blocks: object) -> list[str]:
+def block_texts(blocks: object) -> list[str]:
     """The text of Nova's content (or system) blocks: ``[{"text": ...}, ...]``."""
     if not isinstance(blocks, list):
         return []
@@ -423,25 +435,6 @@ LLAMA = Llama()
 MISTRAL = Mistral()
 TITAN_TEXT = TitanText()
 NOVA = Nova()
-# By the start of the base model id.
-_FAMILIES: tuple[tuple[str, TextFamily], ...] = (
-    ("meta.llama", LLAMA),
-    ("mistral.mistral-", MISTRAL),
-    ("mistral.mixtral-", MISTRAL),
-    ("amazon.titan-text-", TITAN_TEXT),
-    ("amazon.nova-micro", NOVA),
-    ("amazon.nova-lite", NOVA),
-    ("amazon.nova-pro", NOVA),
-    ("amazon.nova-premier", NOVA),
-    ("amazon.nova-2-lite", NOVA),
-    ("amazon.nova-2-pro", NOVA),
-)
-
-
-def text_model_family(model: str) -> TextFamily | None:
-    """The family that serves ``model`` (an id, its inference profile's prefix removed);
-    None for a model none of them serves."""
-    return next((family for start, family in _FAMILIES if model.startswith(start)), None)
 
 
 def _stopped_text(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -456,15 +449,15 @@ def text_reply(req: TextRequest, fault: Fault, scripted: list[str] | None) -> Te
     input_tokens = count_tokens(req.prompt)
     if scripted is not None:
         cut = len(scripted) > req.max_tokens
-        return TextReply(
-            tuple(scripted[: req.max_tokens]), "length" if cut else "end", input_tokens
-        )
+        kept = tuple(scripted[: req.max_tokens])
+        ended: Finish = "length" if cut else "end"
+        return TextReply(kept, ended, input_tokens, req.answers, req.prompt)
     quoted = req.quoted if req.quoted is not None else req.prompt
     messages = [{"role": "user", "content": quoted}]
     text, stopped = _stopped_text(reply_text(messages), req.stop_sequences)
     pieces, cut = reply_pieces(messages, max_tokens=req.max_tokens, chunks=fault.chunks, text=text)
     finish: Finish = "length" if cut else "stop_sequence" if stopped else "end"
-    return TextReply(tuple(pieces), finish, input_tokens)
+    return TextReply(tuple(pieces), finish, input_tokens, req.answers, req.prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,20 +491,6 @@ class TextInvocation:
                 "firstByteLatency": first_byte_ms,
             }
         }
-
-
-def invoke_text_model(
-    family: TextFamily, model: str, body: Body, headers: Mapping[str, str], fault: Fault
-) -> TextInvocation:
-    """The answer to an InvokeModel(-WithResponseStream) request for a text model, with the
-    scripted reply the test headers ask for. Raises MalformedInputError (a
-    ValidationException) for a request Bedrock refuses, or a malformed script."""
-    req = family.parse(model, json_object(body))
-    try:
-        scripted = scripted_pieces(headers)
-    except ScriptError as exc:
-        raise MalformedInputError(str(exc)) from None
-    return TextInvocation(family, text_reply(req, fault, scripted))
 
 
 def text_stream_cut(chunks: int, fault: Fault) -> StreamCut | None:

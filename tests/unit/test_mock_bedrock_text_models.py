@@ -380,7 +380,7 @@ async def test_mistral_large_2_refuses_a_prompt_body_as_bedrock_does(
 
 
 @pytest.mark.parametrize("operation", ["invoke", STREAM])
-@pytest.mark.parametrize("model_id", ["cohere.command-r-v1:0", "ai21.jamba-1-5-mini-v1:0"])
+@pytest.mark.parametrize("model_id", ["cohere.command-r-v1:0", "ai21.j2-ultra-v1"])
 async def test_other_text_models_are_still_refused(
     http: httpx.AsyncClient, operation: str, model_id: str
 ) -> None:
