@@ -41,7 +41,10 @@ server, a proxy that drops headers), by the counts the family wrote in its body
   stop reason are parsed; the others are scanned for their generated text
   (``generated_text``: Llama's ``generation``, Titan's ``outputText``, Mistral's
   ``text``...), the bill of a stream cut before its end. Exception frames are the
-  stream's failure, named as on Converse.
+  stream's failure, named as on Converse. What telemetry reads of the chunks
+  (``unwrapped``: finish reasons, captured text) leaves out the whole answer Cohere's
+  last chunk repeats under ``response``: read, it logged two finish reasons and the text
+  twice for one answer.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ _RUNNING_COUNTS = (
 _RUNNING_COUNT = b'ount"'
 # What Bedrock adds to the last chunk of every model's stream.
 _METRICS = b"amazon-bedrock-invocationMetrics"
+# Where Cohere's last chunk (Command's, Command R's) repeats the whole answer, its text
+# and finish reason again, beside the stream's own finish reason.
+_REPEATED_ANSWER = "response"
 
 
 class InvokeStreamReader(StreamTranslator):
@@ -262,6 +268,12 @@ class ModelStreamReader(ConverseStreamReader):
             parsed = orjson.loads(event)  # a ValueError, a bad frame, when it is not JSON
             if not isinstance(parsed, dict):
                 return
+            if ending and isinstance(parsed.get(_REPEATED_ANSWER), dict):
+                # Cohere's last chunk repeats the whole answer: telemetry reads its finish
+                # reason and text once, as the client's SDK does (its counts stay read).
+                self._events[-1] = orjson.dumps(
+                    {key: value for key, value in parsed.items() if key != _REPEATED_ANSWER}
+                )
             self._read_running_counts(parsed)
             if _METRICS in event:
                 self._read_metrics(parsed)
