@@ -1077,18 +1077,18 @@ def _answer_plan(
     if route.api is RouteApi.BEDROCK_INVOKE:
         # The tier Bedrock served: in its answer's headers, not in Claude's usage.
         served = anthropic_bedrock.served_tier(headers)
+        # A stream's prompt as its headers count it (a Bedrock-compatible server's; Bedrock
+        # counts in the last chunk): the bill of a stream cut before its counts.
+        prompt = bedrock_invoke.header_prompt(headers)
         if not reads_as_claude(ctx.upstream_model or "", ctx.body or {}):
             # Another family's answer: billed by the counts Bedrock reports for any model.
             if streaming:
-                return ResponsePlan(bedrock_invoke.ModelStreamReader(served_tier=served), True)
+                return ResponsePlan(bedrock_invoke.ModelStreamReader(served, prompt), True)
             generates = not invokes_embeddings(ctx)
             return ResponsePlan(bedrock_invoke.TokenHeaderReader(headers, generates))
         if streaming:
-            return ResponsePlan(bedrock_invoke.InvokeStreamReader(served_tier=served), True)
-        header_counts = bedrock_invoke.header_usage(headers)
-        return ResponsePlan(
-            anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
-        )
+            return ResponsePlan(bedrock_invoke.InvokeStreamReader(served, prompt), True)
+        return ResponsePlan(_claude_message_reader(served, headers))
     if route.api is RouteApi.GEMINI_GENERATE_CONTENT:
         if streaming:
             candidates = gemini_api.choices(ctx.body or {})
@@ -1110,10 +1110,7 @@ def _answer_plan(
             return ResponsePlan(
                 claude, streamed=True, set_headers=sse, remove_headers=["content-length"]
             )
-        header_counts = bedrock_invoke.header_usage(headers)
-        return ResponsePlan(
-            anthropic_bedrock.MessageReader(served_tier=served, counted=header_counts)
-        )
+        return ResponsePlan(_claude_message_reader(served, headers))
     if anthropic_client and streaming and ctx.provider_type is ProviderType.VERTEX:
         # Without Vertex's own events; sent in whole events, so of another length.
         vertex_stream = anthropic_vertex.EventStreamReader()
@@ -1168,6 +1165,19 @@ def _answer_plan(
         bill_apart=from_provider,
     )
     return ResponsePlan(converse, remove_headers=rewritten)
+
+
+def _claude_message_reader(
+    served: str | None, headers: dict[str, str]
+) -> anthropic_bedrock.MessageReader:
+    """Claude's JSON answer from InvokeModel, with what Bedrock's token headers counted
+    before its body: both counts (which bill an answer cut before its body), else the
+    prompt count alone (which such an answer is charged beside its allowance)."""
+    return anthropic_bedrock.MessageReader(
+        served_tier=served,
+        counted=bedrock_invoke.header_usage(headers),
+        prompt=bedrock_invoke.header_prompt(headers),
+    )
 
 
 def _bedrock_embeddings_translator(

@@ -8,7 +8,9 @@ than ``envoy.max_response_body_bytes`` (or the gateway refused a compressed one 
 than that once decoded: ``charge_answer_too_large``). The usage count is inside that body, so the
 gateway never reads it. The same holds for a whole answer that carried no count
 (garbage, or a provider that sends none). Such a request is charged an estimate: the
-prompt as the quota estimate counts it, and for the completion (none for embeddings,
+prompt as the quota estimate counts it (or as the provider counted it before the body,
+which is what it bills: Bedrock's input count header on an InvokeModel answer without
+its output count, ``charged_prompt``), and for the completion (none for embeddings,
 whose vectors are not billed as tokens):
 
 - a cut answer: the allowance the quota reserved (the body's ``max_tokens`` /
@@ -86,6 +88,7 @@ quota stage's, which settles with it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -101,6 +104,7 @@ from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
 from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import ServerToolTally
+from extproc.translators.base import counted_prompt
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_responses import server_tool_calls
 
@@ -280,9 +284,26 @@ def _dropped_attempt(response_headers: dict[str, str]) -> bool:
 
 
 def _charge(ctx: RequestContext, completion: int, tools: dict[str, int] | None = None) -> None:
-    prompt = ctx.estimated_prompt_tokens()
-    ctx.usage = Usage(prompt, completion, prompt + completion, server_tool_requests=tools or {})
+    prompt = charged_prompt(ctx)
+    ctx.usage = replace(
+        prompt,
+        completion_tokens=completion,
+        total_tokens=prompt.prompt_tokens + completion,
+        server_tool_requests=tools or {},
+    )
     ctx.usage_estimated = True
+
+
+def charged_prompt(ctx: RequestContext) -> Usage:
+    """The prompt side of a bill estimated for want of the provider's whole count: what
+    the provider counted before the answer (Bedrock's input count header, with its
+    cache's reads and writes: ``base.counted_prompt``), which is what it bills, else the
+    quota's estimate."""
+    counted = counted_prompt(ctx.translator)
+    if counted is not None:
+        return counted
+    prompt = ctx.estimated_prompt_tokens()
+    return Usage(prompt, 0, prompt)
 
 
 def _billed(ctx: RequestContext) -> bool:

@@ -68,12 +68,14 @@ never more than the allowance the gateway gave the provider
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from extproc.answer_status import no_answer
 from extproc.config.model import RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.quota.estimate import CHARS_PER_TOKEN
+from extproc.stages.cut_answer import charged_prompt
 from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
@@ -193,12 +195,7 @@ def _cut_stream_usage(ctx: RequestContext, body: dict[str, Any]) -> Usage:
     the quota estimate counts it; the completion from the text streamed; the server
     tools' requests from the blocks the stream showed."""
     reported = counts_so_far(ctx.translator)
-    if reported is not None:
-        return _failed_stream_usage(ctx, body, reported)
-    prompt = ctx.estimated_prompt_tokens()
-    completion = _estimated_completion(ctx)
-    tools = _server_tool_requests(ctx, {})
-    return Usage(prompt, completion, prompt + completion, server_tool_requests=tools)
+    return _failed_stream_usage(ctx, body, reported or StreamFailure(None))
 
 
 def _estimated_completion(ctx: RequestContext) -> int:
@@ -234,8 +231,14 @@ def _failed_stream_usage(
     # The server tools' requests reported by then were made, and are billed per request.
     tools = _server_tool_requests(ctx, failure.server_tool_requests)
     if failure.prompt_tokens is None:
-        prompt = ctx.estimated_prompt_tokens()
-        return Usage(prompt, completion, prompt + completion, server_tool_requests=tools)
+        # Bedrock's input count header, when the answer came with one, else the estimate.
+        counted = charged_prompt(ctx)
+        return replace(
+            counted,
+            completion_tokens=completion,
+            total_tokens=counted.prompt_tokens + completion,
+            server_tool_requests=tools,
+        )
     else:
         # The prompt side as the provider reported it: its cache reads, and its cache
         # writes with their 1-hour part, which are billed at their own prices.

@@ -167,13 +167,21 @@ class MessageReader(anthropic_anthropic.MessageReader):
     """InvokeModel's answer, Claude's Message, passed through and read as Anthropic's,
     priced at the tier Bedrock's answer headers name (``served_tier``), if any.
     ``counted``: the counts of InvokeModel's token headers, which bill an answer the
-    client hung up on before its body was read (``stages.cut_answer``)."""
+    client hung up on before its body was read (``stages.cut_answer``); ``prompt``: their
+    prompt count alone, when they carry no output count, which such an answer is charged
+    beside its allowance."""
 
-    def __init__(self, served_tier: str | None = None, counted: Usage | None = None) -> None:
+    def __init__(
+        self,
+        served_tier: str | None = None,
+        counted: Usage | None = None,
+        prompt: Usage | None = None,
+    ) -> None:
         super().__init__()
         self._served_tier = service_tier_of(served_tier)
         self.service_tier = self._served_tier
         self.counted_usage = counted
+        self.counted_prompt = prompt if counted is None else None
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         passed = super().feed(chunk, end_of_stream)

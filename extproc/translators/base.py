@@ -141,6 +141,7 @@ class WrappedReader:
     # answered straight from the inner reader (``_Forwarded``); any other goes through
     # ``__getattr__``.
     answer = _Forwarded()
+    counted_prompt = _Forwarded()
     counted_usage = _Forwarded()
     counts_so_far = _Forwarded()
     error = _Forwarded()
@@ -259,6 +260,16 @@ def counts_so_far(translator: object) -> StreamFailure | None:
     read = getattr(translator, "counts_so_far", None)
     found = read() if callable(read) else None
     return found if isinstance(found, StreamFailure) else None
+
+
+def counted_prompt(translator: object) -> Usage | None:
+    """The prompt the provider counted before its answer's body, when what it generated
+    is unknown: Bedrock's ``X-Amzn-Bedrock-Input-Token-Count`` (with its cache's reads and
+    writes) on an InvokeModel answer without its output count. It is what the provider
+    bills for the prompt, so a bill estimated for want of the output starts from it, not
+    from the quota's estimate. None from every other translator."""
+    found = getattr(translator, "counted_prompt", None)
+    return found if isinstance(found, Usage) else None
 
 
 def renamed(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:

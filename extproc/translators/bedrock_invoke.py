@@ -30,7 +30,9 @@ server, a proxy that drops headers), by the counts the family wrote in its body
   ``inputTextTokenCount``...), else for the estimate of what it generated
   (``stages.cut_answer``). The headers win: the body is not read beside them. The
   input count alone is a whole report only for an embeddings model; a text answer
-  with it alone reads its output from the body (``TokenHeaderReader``).
+  with it alone reads its output from the body (``TokenHeaderReader``), and whatever
+  is then estimated (a body that counts nothing, an answer cut before its body) is
+  estimated beside that prompt count (``header_prompt``), not in its place.
 - The stream (``ModelStreamReader``): each ``chunk`` frame's base64 JSON, whose last one
   carries ``amazon-bedrock-invocationMetrics`` (``inputTokenCount``,
   ``outputTokenCount``), which win, and the family's stop reason (Llama's
@@ -40,11 +42,12 @@ server, a proxy that drops headers), by the counts the family wrote in its body
   never taken for a stream cut short. Only the chunks that may hold counts, metrics or a
   stop reason are parsed; the others are scanned for their generated text
   (``generated_text``: Llama's ``generation``, Titan's ``outputText``, Mistral's
-  ``text``...), the bill of a stream cut before its end. Exception frames are the
-  stream's failure, named as on Converse. What telemetry reads of the chunks
-  (``unwrapped``: finish reasons, captured text) leaves out the whole answer Cohere's
-  last chunk repeats under ``response``: read, it logged two finish reasons and the text
-  twice for one answer.
+  ``text``...), the bill of a stream cut before its end, beside the prompt count of
+  the answer's headers when they had one (``header_prompt``: a compatible server's),
+  else the chunks'. Exception frames are the stream's failure, named as on Converse.
+  What telemetry reads of the chunks (``unwrapped``: finish reasons, captured text)
+  leaves out the whole answer Cohere's last chunk repeats under ``response``: read, it
+  logged two finish reasons and the text twice for one answer.
 """
 
 from __future__ import annotations
@@ -106,8 +109,12 @@ class InvokeStreamReader(StreamTranslator):
     """InvokeModelWithResponseStream's frames, passed through; read as the Anthropic
     client's translator reads them."""
 
-    def __init__(self, served_tier: str | None = None) -> None:
+    def __init__(self, served_tier: str | None = None, counted_prompt: Usage | None = None) -> None:
         super().__init__(served_tier)
+        # The prompt the answer's headers counted (``header_prompt``; Bedrock sends its
+        # counts in the stream, a compatible server may in its headers): a stream cut
+        # before message_start, which counts it too, is charged it (stages.partial_usage).
+        self.counted_prompt = counted_prompt
         # The exception frame that ended the stream, as the client's SDK names it.
         self._raised: ProviderStreamError | None = None
         # The Anthropic events (as SSE) unwrapped from the last chunk's frames: what the
@@ -170,6 +177,22 @@ def header_usage(headers: dict[str, str], generates: bool = True) -> Usage | Non
     )
 
 
+def header_prompt(headers: dict[str, str]) -> Usage | None:
+    """The prompt InvokeModel's answer headers count (the input count with the cache's
+    reads and writes), when the output count is missing (left out on the way) or is one;
+    None without the input count, or beside an output header that holds no count, which
+    makes the headers' report unreadable as a whole (``header_usage``). What Bedrock bills
+    for the prompt of an answer whose output is unknown (no output count and a body that
+    counts nothing, an answer cut before its body or its last chunk): the gateway
+    estimates that output alone (``base.counted_prompt``)."""
+    prompt = header_token_count(headers.get(INPUT_TOKENS_HEADER))
+    output = headers.get(OUTPUT_TOKENS_HEADER)
+    if prompt is None or (output is not None and header_token_count(output) is None):
+        return None
+    cache_read = header_token_count(headers.get(CACHE_READ_HEADER))
+    return bedrock_usage(prompt, 0, cache_read, header_token_count(headers.get(CACHE_WRITE_HEADER)))
+
+
 class TokenHeaderReader:
     """Another family's JSON answer: billed by InvokeModel's token headers, else by the
     counts its body carries; passed through. ``generates``: False for an embeddings
@@ -177,9 +200,10 @@ class TokenHeaderReader:
 
     def __init__(self, headers: dict[str, str], generates: bool = True) -> None:
         self.usage = header_usage(headers, generates)
-        # The prompt Bedrock counted for a model that generates text, when its answer came
-        # without the output count: the body tells the rest (its count, else its text).
-        self._counted_prompt = None if self.usage is not None else header_usage(headers, False)
+        # The prompt Bedrock counted, when its answer came without a readable output count:
+        # the body tells the rest (its count, else its text); an answer cut before its body
+        # is charged this prompt and its allowance (stages.cut_answer).
+        self.counted_prompt = None if self.usage is not None else header_prompt(headers)
         self.response_model: str | None = None  # the family's body may name none
         self.status: int | None = None
         self.service_tier = service_tier_of(served_tier(headers))
@@ -206,8 +230,9 @@ class TokenHeaderReader:
         """The bill of a whole answer read without both of Bedrock's counts: the body's
         counts (with Bedrock's prompt count, which wins, when it came), else Bedrock's
         prompt count and no output when the answer carries no generated text (vectors, an
-        empty generation), else none: estimated from its text (``stages.cut_answer``)."""
-        prompt = self._counted_prompt
+        empty generation), else none: estimated from its text (``stages.cut_answer``),
+        beside Bedrock's prompt count when it came (``counted_prompt``)."""
+        prompt = self.counted_prompt
         if prompt is None:
             return counted
         if counted is not None:
@@ -219,7 +244,7 @@ class TokenHeaderReader:
             )
         if self.answer is not None and not generated_chars(whole):
             return prompt
-        return None
+        return None  # charged Bedrock's prompt and the estimate of its text (cut_answer)
 
 
 class ModelStreamReader(ConverseStreamReader):
@@ -228,9 +253,12 @@ class ModelStreamReader(ConverseStreamReader):
     carried. Read as ConverseStream's frames are (the reader it extends: failures, a
     broken frame, a stream ended before its stop reason), its chunks unwrapped."""
 
-    def __init__(self, served_tier: str | None = None) -> None:
+    def __init__(self, served_tier: str | None = None, counted_prompt: Usage | None = None) -> None:
         super().__init__()
         self.service_tier = service_tier_of(served_tier)
+        # The prompt the answer's headers counted (``header_prompt``): Bedrock's count,
+        # which wins over the one a family's chunks carry, as on a JSON answer.
+        self.counted_prompt = counted_prompt
         # Characters of generated text in the chunks so far (partial_usage).
         self.generated_chars = 0
         # The JSON of the last body chunk's events, which the frames' base64 hides, for
@@ -243,8 +271,18 @@ class ModelStreamReader(ConverseStreamReader):
         self._output: int | None = None
 
     def counts_so_far(self) -> StreamFailure:
-        """What the model had reported when the stream was cut (base.counts_so_far)."""
-        return StreamFailure(None, prompt_tokens=self._prompt, completion_tokens=self._output)
+        """What the model had reported when the stream was cut (base.counts_so_far): the
+        headers' prompt count (with its cache's), else the chunks'."""
+        counted = self.counted_prompt
+        if counted is None:
+            return StreamFailure(None, prompt_tokens=self._prompt, completion_tokens=self._output)
+        return StreamFailure(
+            None,
+            prompt_tokens=counted.prompt_tokens,
+            cached_tokens=counted.cached_tokens,
+            completion_tokens=self._output,
+            cache_write_tokens=counted.cache_write_tokens,
+        )
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         self._events = []
@@ -291,7 +329,19 @@ class ModelStreamReader(ConverseStreamReader):
         self.terminal_event_read = True
         if self.usage is None:  # Bedrock's metrics, read from this chunk first, win
             carried = chunk_usage(parsed)
-            self.usage = carried if carried is not None else self._running_usage()
+            carried = carried if carried is not None else self._running_usage()
+            self.usage = self._with_counted_prompt(carried)
+
+    def _with_counted_prompt(self, carried: Usage | None) -> Usage | None:
+        """The chunks' counts with the headers' prompt count in place of theirs, as a
+        JSON answer's body counts beside the input count header (``TokenHeaderReader``)."""
+        counted = self.counted_prompt
+        if carried is None or counted is None:
+            return carried
+        completion = carried.completion_tokens
+        return replace(
+            counted, completion_tokens=completion, total_tokens=counted.prompt_tokens + completion
+        )
 
     def _running_usage(self) -> Usage | None:
         """The counts the chunks carried as they went (Llama's, Titan's): the last chunk's
