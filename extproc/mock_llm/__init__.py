@@ -166,6 +166,26 @@ async def _compress_if_asked(request: web.Request, response: web.StreamResponse)
     writer.enable_chunking()
 
 
+async def _send_held(
+    request: web.Request, answer: web.Response, hold_s: float
+) -> web.StreamResponse:
+    """The ``hold_body`` fault: ``answer``'s status and headers at once, its body
+    ``hold_s`` seconds later, so a client can leave between them (a timeout on an error
+    whose body is slow, or on a long answer whose headers came first). A client gone by
+    then gets nothing more."""
+    body = answer.body if isinstance(answer.body, bytes) else b""
+    held = web.StreamResponse(status=answer.status, reason=answer.reason, headers=answer.headers)
+    held.content_length = len(body)
+    await held.prepare(request)
+    await asyncio.sleep(hold_s)
+    try:
+        await held.write(body)
+        await held.write_eof()
+    except ConnectionResetError:
+        pass  # the client left before the body: what the fault is for
+    return held
+
+
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
     return error_response(
         405,
@@ -186,6 +206,7 @@ class _MockApp:
         default_fault = parse_fault(options.default_fault) if options.default_fault else NO_FAULT
         if options.chunk_delay_s < 0:
             raise ValueError("chunk_delay_s must be >= 0")
+        self._default_fault = default_fault
         self.recorder = Recorder(options.record_limit)
         self.openai = OpenAIEndpoints(
             models=options.models,
@@ -292,7 +313,21 @@ class _MockApp:
         endpoint = routes.get(request.method)
         if endpoint is None:
             return _method_not_allowed(request, ", ".join(routes))
-        return await endpoint(served, body)
+        response = await endpoint(served, body)
+        hold_s = self._body_held_s(request)
+        if hold_s and isinstance(response, web.Response) and not response.prepared:
+            return await _send_held(request, response, hold_s)
+        return response
+
+    def _body_held_s(self, request: web.Request) -> float:
+        """The ``hold_body`` fault's seconds for this request (a bad spec was answered
+        with its 400 already: nothing held)."""
+        spec = request.headers.get(FAULT_HEADER)
+        try:
+            fault = self._default_fault if spec is None else parse_fault(spec)
+        except FaultSpecError:
+            return 0.0
+        return fault.hold_body_s
 
     async def _control(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method

@@ -163,6 +163,7 @@ from extproc.mock_llm.anthropic_api import (
 # What Claude refuses while it thinks is Anthropic's rule, whichever API carries it.
 from extproc.mock_llm.anthropic_api import checked_thinking as anthropic_thinking
 from extproc.mock_llm.bedrock_anthropic import (
+    OUTPUT_TOKEN_COUNT_HEADER,
     STREAM_CONTENT_TYPE_HEADER,
     ClaudeInvocation,
     StreamCut,
@@ -286,6 +287,9 @@ def _invoke_answer(
     headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
     if fault.garbage:
         return web.Response(body=_GARBAGE, headers=headers)
+    if fault.no_output_count:
+        # A proxy that dropped one of Bedrock's count headers: the input count stays.
+        counts = {k: v for k, v in counts.items() if k.lower() != OUTPUT_TOKEN_COUNT_HEADER.lower()}
     headers |= counts
     if started is not None:
         headers[INVOCATION_LATENCY_HEADER] = str(_elapsed_ms(started))

@@ -55,6 +55,14 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     google_errors = 0 | 1 | true | false
                                       ; with status: the error in Google's one-element list
                                       ; (Gemini's OpenAI-compatible endpoint)
+    hold_body  = float >= 0           ; non-streamed answers, an error status's included:
+                                      ; the status and headers at once, the body this many
+                                      ; seconds later (a client that gives up in between
+                                      ; left before the body)
+    no_output_count = 0 | 1 | true | false
+                                      ; Bedrock's InvokeModel JSON answers: the input count
+                                      ; header without the output count header (a proxy
+                                      ; that dropped one)
 
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
 ``status`` (alone it would break nothing, and a test relying on it would check nothing).
@@ -115,6 +123,10 @@ class Fault:
     error_body: str | None = None
     # A status fault's body in Google's list shape instead of the provider's own.
     google_errors: bool = False
+    # Non-streamed answers: seconds between the status (headers sent) and the body.
+    hold_body_s: float = 0.0
+    # InvokeModel's JSON answers: X-Amzn-Bedrock-Input-Token-Count alone, no output count.
+    no_output_count: bool = False
 
     def pause_before_event(self, sent: int, interval: float) -> float:
         """Seconds a stream waits before its event number ``sent`` (0: the first, after
@@ -213,6 +225,8 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "stream_anyway": ("stream_anyway", _flag),
     "error_body": ("error_body", _error_body),
     "google_errors": ("google_errors", _flag),
+    "hold_body": ("hold_body_s", _delay),
+    "no_output_count": ("no_output_count", _flag),
 }
 
 
