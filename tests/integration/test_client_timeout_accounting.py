@@ -58,7 +58,10 @@ STREAM_KEYS = (
     "stream-full-silent",
     "stream-full-waiting",
 )
-KEYS = ("left-lean", "left-full", "left-deciding", *STREAM_KEYS)
+KEYS = ("left-lean", "left-full", "left-deciding", "left-429", *STREAM_KEYS)
+# The provider's 429: its status and headers at once, its body later than the client
+# waits (an overloaded provider slow to write its error).
+SLOW_429 = {"x-mock-fault": "status=429;hold_body=4"}
 
 
 class SlowGuard(JsonStandIn):
@@ -93,7 +96,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
-def give_up(stack: LocalStack, key: str, model: str, path: str = "/v1") -> str:
+def give_up(
+    stack: LocalStack, key: str, model: str, path: str = "/v1", fault: dict[str, str] = SLOW
+) -> str:
     """The openai client asks ``model`` for a non-streamed answer and times out: the
     request id, from the line of the key's one request."""
     client = OpenAI(
@@ -104,7 +109,7 @@ def give_up(stack: LocalStack, key: str, model: str, path: str = "/v1") -> str:
     )
     with pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(
-            model=model, messages=MESSAGES, max_tokens=ALLOWANCE, extra_headers=SLOW
+            model=model, messages=MESSAGES, max_tokens=ALLOWANCE, extra_headers=fault
         )
     return only_request_of(stack, key)
 
@@ -236,3 +241,25 @@ def test_a_client_that_timed_out_while_the_gateway_decided_is_charged_nothing(
     tokens = (answer.usage.prompt_tokens, answer.usage.completion_tokens)
     expected = (tokens, tokens, sum(tokens))
     assert wait_for(lambda: tokens_held(stack, key) == expected, 15), tokens_held(stack, key)
+
+
+def test_a_429_whose_client_left_before_its_body_counts_as_the_providers_429(
+    stack: LocalStack,
+) -> None:
+    """Claude's 429 (the full path: its status comes in its headers) whose body the
+    client did not wait for: the provider failed all the same, so the upstream error
+    counter has it under 429, which a panel or alert on throttling selects; before, it
+    was counted as ``status_code="aborted"``. What the client got stays ``aborted``."""
+    model = "claude-3-5-haiku-latest"
+
+    def upstream_429s() -> float:
+        samples = scrape(stack.metrics_url)
+        return metric(samples, "aigw_upstream_errors_total", model=model, status_code="429")
+
+    before = upstream_429s()
+    request_id = give_up(stack, "left-429", model, fault=SLOW_429)
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert (line["outcome"], line["upstream_status_code"]) == ("aborted", 429)
+    # An error generated nothing: charged nothing.
+    assert (line["usage_estimated"], line["total_tokens"]) == (False, 0)
+    assert wait_for(lambda: upstream_429s() == before + 1, 15), upstream_429s()
