@@ -16,12 +16,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import anthropic
+import boto3
 import orjson
 import pytest
-from botocore.exceptions import ClientError, EventStreamError
+from botocore.config import Config
+from botocore.exceptions import ClientError, EventStreamError, ReadTimeoutError
 
 from extproc.devstack import LocalStack
-from tests.integration.conftest import GatewayLog, metric, mock_requests, scrape
+from tests.integration.conftest import GatewayLog, metric, mock_requests, scrape, wait_for
 from tests.integration.test_bedrock_converse import (
     CLIENT_KEY,
     INPUT_PRICE,
@@ -525,3 +527,52 @@ def test_a_broken_llama_stream_is_charged_the_prompt_llama_reported(
     assert line["prompt_tokens"] == received[0]["prompt_token_count"] > 0
     assert line["completion_tokens"] >= received[-1]["generation_token_count"]
     assert line["usage_estimated"] is True
+
+
+def test_an_answer_with_bedrocks_input_count_alone_is_billed_that_count(
+    tls: TlsStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy dropped the output count header (the mock's ``no_output_count``): what is
+    unknown (the output) is estimated, and the prompt is the count Bedrock bills, not
+    the quota's estimate, for a Mistral answer whose body counts nothing and for a
+    Claude answer the client left before its body came (the mock's ``hold_body``)."""
+    dropped = {"x-mock-fault": "no_output_count=1"}
+    client = with_headers(bedrock_client(tls, monkeypatch), dropped)
+    # Twelve one-letter words: twelve tokens to the mock, five to the quota's estimate.
+    body = json.dumps({"prompt": "a b c d e f g h i j k l", "max_tokens": 30})
+    mistral = client.invoke_model(modelId=MISTRAL, body=body)
+    headers = mistral["ResponseMetadata"]["HTTPHeaders"]
+    assert "x-amzn-bedrock-output-token-count" not in headers
+    text = json.loads(mistral["body"].read())["outputs"][0]["text"]
+    [line] = gateway_log.for_request(request_id(mistral))
+    assert (line["outcome"], line["usage_reported"], line["usage_estimated"]) == (
+        "completed",
+        False,
+        True,
+    )
+    assert line["prompt_tokens"] == int(headers["x-amzn-bedrock-input-token-count"])
+    assert line["completion_tokens"] == -(-len(text) // 4)
+
+    # The count Bedrock gives Claude's body, then the same body whose client gives up.
+    claude = claude_body()
+    counted = bedrock_client(tls, monkeypatch).invoke_model(modelId=MODEL, body=claude)
+    prompt = int(counted["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"])
+    impatient = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=tls.url,
+        verify=str(tls.ca),
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=1.5),
+    )
+    held = {"x-mock-fault": "no_output_count=1;hold_body=4"}
+    aborted = len([each for each in gateway_log.lines() if each["outcome"] == "aborted"])
+    with pytest.raises(ReadTimeoutError):
+        with_headers(impatient, held).invoke_model(modelId=MODEL, body=claude)
+
+    def left() -> list[dict[str, Any]]:
+        return [each for each in gateway_log.lines() if each["outcome"] == "aborted"][aborted:]
+
+    [line] = wait_for(left)
+    assert (line["model"], line["upstream_status_code"]) == (MODEL, 200)
+    assert (line["usage_reported"], line["usage_estimated"]) == (False, True)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (prompt, 200)
