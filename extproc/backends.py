@@ -1183,8 +1183,9 @@ def _claude_message_reader(
 def _bedrock_embeddings_translator(
     ctx: RequestContext, headers: dict[str, str]
 ) -> ResponseTranslator:
-    """Cohere Embed's answer or Titan's, by the model id the request went to. Cohere's
-    token count is in the response headers, which only this phase sees."""
+    """Cohere Embed's answer or Titan's, by the model id the request went to. Bedrock's
+    token count is in the response headers, which only this phase sees: Cohere's bill,
+    and Titan's when its body has no count or never comes (a cut answer)."""
     body = ctx.body or {}
     model = ctx.model or ""
     base64_vectors = body.get("encoding_format") == "base64"
@@ -1195,7 +1196,11 @@ def _bedrock_embeddings_translator(
             texts=bedrock_cohere_embeddings.texts_sent(body),
             input_tokens=bedrock_cohere_embeddings.input_token_count(headers),
         )
-    return bedrock_embeddings.EmbeddingTranslator(model=model, base64_vectors=base64_vectors)
+    return bedrock_embeddings.EmbeddingTranslator(
+        model=model,
+        base64_vectors=base64_vectors,
+        input_tokens=bedrock_cohere_embeddings.input_token_count(headers),
+    )
 
 
 def _vertex_embeddings_translator(ctx: RequestContext) -> ResponseTranslator:

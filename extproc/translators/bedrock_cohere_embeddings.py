@@ -160,9 +160,8 @@ class EmbeddingTranslator(BufferedEmbeddings):
     def __init__(
         self, *, model: str, base64_vectors: bool, texts: int, input_tokens: int | None
     ) -> None:
-        super().__init__(model=model, base64_vectors=base64_vectors)
+        super().__init__(model=model, base64_vectors=base64_vectors, input_tokens=input_tokens)
         self._texts = texts
-        self._input_tokens = input_tokens
 
     def read(self, parsed: Any) -> tuple[list[list[float]], int | None] | None:
         vectors = _vectors(parsed)

@@ -9,7 +9,10 @@ its own. ``dimensions`` passes through (v2 takes 256, 512 or 1024; Bedrock refus
 others, and v1 refuses it: its refusal reaches the client as a 400). Titan's vectors
 are normalised by default, as OpenAI's are.
 
-The answer becomes OpenAI's list of one embedding, its usage Titan's token count. A
+The answer becomes OpenAI's list of one embedding, its usage Titan's token count, else
+Bedrock's ``X-Amzn-Bedrock-Input-Token-Count`` header. That header, read before the
+body, also bills an answer cut before its body (``counted_usage``, ``stages.cut_answer``):
+an embedding generates nothing, so the input count is the whole bill. A
 client asking for ``base64`` (the ``openai`` SDK does unless told otherwise) gets
 the vector as OpenAI encodes it: little-endian float32 bytes in base64.
 """
@@ -73,8 +76,16 @@ class BufferedEmbeddings:
     # What the client's 502 says when the answer cannot be read as the model's.
     unreadable = "the provider's answer could not be read as Bedrock's embeddings"
 
-    def __init__(self, *, model: str, base64_vectors: bool) -> None:
+    def __init__(
+        self, *, model: str, base64_vectors: bool, input_tokens: int | None = None
+    ) -> None:
         self.usage: Usage | None = None
+        # Bedrock's count of the input from the answer's headers (None: none came): the
+        # whole bill of an answer cut before its body, which the gateway never reads.
+        self._input_tokens = input_tokens
+        self.counted_usage = (
+            None if input_tokens is None else Usage(input_tokens, 0, input_tokens, 0)
+        )
         self.response_model: str | None = None  # Bedrock does not say which model answered
         # The client's status once an answer could not be read as the model's
         # (unreadable_answers), and the request's error.
@@ -139,7 +150,9 @@ class EmbeddingTranslator(BufferedEmbeddings):
         if not is_vector(vector):
             return None
         assert isinstance(parsed, dict) and isinstance(vector, list)
-        return [vector], token_count(parsed.get("inputTextTokenCount"))
+        # Titan's own count, which its client reads as usage, else Bedrock's header.
+        counted = token_count(parsed.get("inputTextTokenCount"))
+        return [vector], counted if counted is not None else self._input_tokens
 
 
 def is_vector(value: Any) -> bool:
