@@ -16,6 +16,7 @@ from extproc.translators.base import (
 # Every attribute a stage reads of a reader with ``getattr(reader, name, None)``.
 OPTIONAL = (
     "answer",
+    "counted_prompt",
     "counted_usage",
     "counts_so_far",
     "error",
