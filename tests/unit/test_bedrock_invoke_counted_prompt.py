@@ -106,14 +106,17 @@ async def test_the_prompt_keeps_bedrocks_cache_counts(
     assert (counts(line), line["cached_tokens"], line["cache_write_tokens"]) == ((44, 5), 10, 4)
 
 
+@pytest.mark.parametrize(
+    ("model", "body"), [(MISTRAL, MISTRAL_BODY), (HAIKU, CLAUDE_BODY)], ids=["mistral", "claude"]
+)
 async def test_an_unreadable_answer_with_the_input_count_alone_is_billed_bedrocks_prompt(
-    signing_processor: Processor, services: Services
+    signing_processor: Processor, services: Services, model: str, body: dict[str, Any]
 ) -> None:
     await run_stream(
         signing_processor,
         [
-            request_headers(json_path(MISTRAL), headers=AUTH),
-            request_body(orjson.dumps(MISTRAL_BODY)),
+            request_headers(json_path(model), headers=AUTH),
+            request_body(orjson.dumps(body)),
             response_headers(200, INPUT_ONLY),
             response_body(b"<html>not JSON</html>"),
         ],
