@@ -315,3 +315,29 @@ def test_a_token_budget_settles_on_the_providers_count_and_then_refuses(
     # Another key's embeddings and team2's chat are not under the rule.
     client_of(quota_stack).embeddings.create(model=MODEL, input=text)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_bedrock_embedding_its_client_left_before_its_body_is_billed_bedrocks_count(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """Bedrock's input count header came before the body, which the mock holds back
+    past the client's timeout: that count is the bill, exact, not the input's estimate
+    (one token per four characters: five here, for the mock's twelve)."""
+    texts = ["a b c d e f g h i j k l"]
+    tokens = sum(count_tokens(text) for text in texts)
+    impatient = OpenAI(
+        base_url=f"{stack.base_url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=1.5
+    )
+    aborted = len([each for each in gateway_log.lines() if each["outcome"] == "aborted"])
+    with pytest.raises(openai.APITimeoutError):
+        impatient.embeddings.create(
+            model="cohere-embed", input=texts, extra_headers={"x-mock-fault": "hold_body=4"}
+        )
+
+    def left() -> list[dict[str, object]]:
+        return [each for each in gateway_log.lines() if each["outcome"] == "aborted"][aborted:]
+
+    [line] = wait_for(left)
+    assert (line["model"], line["upstream_status_code"]) == ("cohere-embed", 200)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (tokens, 0)
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
