@@ -124,3 +124,18 @@ def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
         if isinstance(query, dict):
             found.append(query["query"])
     return found
+
+
+# What the dashboard's "All" choice sends for a multi-value variable, and a rate window
+# of at least four scrapes, as Grafana fills them in.
+GRAFANA_DEFAULTS = {"$__rate_interval": "5m", "$__range": "1d", "$group": ".*", "$model": ".*"}
+
+
+def as_grafana_sends(expr: str, **variables: str) -> str:
+    """A dashboard query as Grafana sends it to Prometheus: its variables filled in
+    (``group="research"`` for the group selection; else every value)."""
+    values = {**GRAFANA_DEFAULTS, **{f"${name}": value for name, value in variables.items()}}
+    # Longest first, so that no name replaces the start of a longer one.
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(name, values[name])
+    return expr

@@ -14,6 +14,7 @@ from tests.exported_metrics import (
     DASHBOARD,
     PROMETHEUS_DIR,
     PROMETHEUS_SERIES,
+    as_grafana_sends,
     code_series,
     dashboard_expressions,
     promql_metric_names,
@@ -115,3 +116,23 @@ def test_the_dashboard_is_valid_grafana_json_on_the_provisioned_datasource() -> 
     ][0]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     assert dashboard_expressions(dashboard)
+
+
+def test_every_dashboard_query_is_promql_prometheus_parses(tmp_path: Path) -> None:
+    """The name checks above read queries with regular expressions, which a missing
+    parenthesis or a misspelt keyword passes; Grafana would show that panel as an error.
+    Each query, its variables filled in as Grafana fills them, loaded as a recording rule:
+    promtool parses it with Prometheus' own parser."""
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    queries = [
+        as_grafana_sends(expr)
+        for expr in dashboard_expressions(dashboard)
+        if not expr.startswith("label_values(")  # Grafana's, not PromQL
+    ]
+    rules = [{"record": f"dashboard:query_{n}", "expr": expr} for n, expr in enumerate(queries)]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(queries)} rules found" in result.stdout
+    assert "$" not in "".join(queries), "a dashboard variable was left unfilled"
