@@ -215,6 +215,23 @@ def test_the_metrics_references_short_list_of_agent_metrics_matches_the_code() -
         assert exported[suffixed][1] == labels, name
 
 
+def label_sources_table() -> set[str]:
+    """The labels of docs/metrics.md's table "Where each label's values come from"."""
+    section = Path("docs/metrics.md").read_text(encoding="utf-8").split("Where each label")[1]
+    rows = [line for line in section.split("\n\n")[1].splitlines() if line.startswith("| `")]
+    return {label for row in rows for label in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_the_label_sources_table_covers_every_label_the_gateway_exports() -> None:
+    """Whoever sizes Prometheus or reviews what a label may hold (a client's string, a
+    config name, a fixed word) reads that table: the agent metrics' `server`, `tool`,
+    `agent` and `state` and the quota gauges' `subject` and `counter` were missing, so
+    nothing said that `tool` is the client's own string, within the label budget, and
+    shown as `[redacted]` when it holds a credential."""
+    exported = {label for _, labels in code_metrics().values() for label in labels}
+    assert label_sources_table() == exported
+
+
 # --- docs/logging.md#envoys-access-log -----------------------------------------------
 
 
