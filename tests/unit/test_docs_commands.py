@@ -123,6 +123,55 @@ def test_each_subcommand_and_flag_the_docs_name_exists(page: str, text: str) -> 
     assert _unknown_names(words) == [], f"{page}: `{text}`"
 
 
+def cli_commands(
+    parser: argparse.ArgumentParser | None = None, path: tuple[str, ...] = ()
+) -> dict[str, argparse.ArgumentParser]:
+    """Every command a user runs ("keys renew"), by its words, with its parser."""
+    parser = parser or build_parser()
+    subcommands = _subcommands(parser)
+    if not subcommands:
+        return {" ".join(path): parser}
+    found: dict[str, argparse.ArgumentParser] = {}
+    for name, sub in subcommands.items():
+        found |= cli_commands(sub, (*path, name))
+    return found
+
+
+def readme_command_table() -> set[str]:
+    """The commands the README's "Commands" table names, alternatives spelt out
+    (`extproc quota get\\|list` is "quota get" and "quota list")."""
+    section = Path("README.md").read_text().split("\n## Commands\n")[1].split("\n## ")[0]
+    top = _subcommands(build_parser())
+    named = set()
+    for cell in re.findall(r"^\| `extproc ([^`]*)` \|", section, re.M):
+        command, *rest = cell.replace("\\|", "|").split()
+        if command in top and _subcommands(top[command]) and rest:
+            named |= {f"{command} {action}" for action in rest[0].split("|")}
+        else:
+            named.add(command)
+    return named
+
+
+def test_the_readmes_command_table_names_every_command() -> None:
+    """The table is where a new operator finds what the CLI does: `keys renew` (an
+    expired key's new life under its id) was missing from it, so the only way to
+    learn of it was to read docs/authentication.md through."""
+    assert readme_command_table() == set(cli_commands())
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    """A flag only `--help` knows of is one no page explains (what it does, its default)."""
+    text = "\n".join(doc.read_text() for doc in DOCS)
+    missing = [
+        f"extproc {command} {option}"
+        for command, parser in cli_commands().items()
+        for option in parser._option_string_actions
+        if option.startswith("--") and option != "--help"
+        and not re.search(re.escape(option) + r"(?![\w-])", text)
+    ]  # fmt: skip
+    assert missing == []
+
+
 def documented_make_targets() -> set[tuple[str, str]]:
     """`make <target>` in code spans and at the start of code block lines (prose such as
     "make sure" is neither)."""
