@@ -9,8 +9,11 @@ adjustment would count it twice). A revocation cut short half-way is audited as
 from __future__ import annotations
 
 import io
+import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -149,9 +152,9 @@ class DeletesLostAfterTheFirst:
 
 
 @asynccontextmanager
-async def key_management(
+async def management_api(
     client: Any, keys_client: Any, audit: io.BytesIO
-) -> AsyncIterator[pb_grpc.KeyManagementStub]:
+) -> AsyncIterator[tuple[pb_grpc.QuotaManagementStub, pb_grpc.KeyManagementStub]]:
     """The management API on a port of its own, its stored keys on ``keys_client`` (the
     store's client, or a wrapper of it), both services auditing into ``audit``."""
     current = runtime()
@@ -163,9 +166,18 @@ async def key_management(
     server = await start_server(address, quotas, keys)
     try:
         async with grpc_aio.insecure_channel(address) as channel:
-            yield pb_grpc.KeyManagementStub(channel)
+            yield pb_grpc.QuotaManagementStub(channel), pb_grpc.KeyManagementStub(channel)
     finally:
         await server.stop(None)
+
+
+@asynccontextmanager
+async def key_management(
+    client: Any, keys_client: Any, audit: io.BytesIO
+) -> AsyncIterator[pb_grpc.KeyManagementStub]:
+    """The key half of ``management_api``."""
+    async with management_api(client, keys_client, audit) as (_, keys):
+        yield keys
 
 
 async def test_a_revocation_cut_short_by_the_store_is_audited_as_unknown(client: Any) -> None:
@@ -219,3 +231,51 @@ async def test_a_create_taken_back_by_a_racing_revoke_is_audited_as_failed(clien
         "create_key", "ops", "failed",
     )  # fmt: skip
     assert "revoked while it was being created" in created_line["error"]
+
+
+async def every_change(client: Any) -> list[dict[str, Any]]:
+    """The audit lines of one of each change the management API makes, all applied."""
+    audit = io.BytesIO()
+    quota = {"subject_kind": "api_key", "subject": "team1", "rule": "keys-5-rpm",
+             "counter": "requests_per_minute"}  # fmt: skip
+    async with management_api(client, client, audit) as (quotas, keys):
+        await quotas.SetLimit(pb.SetLimitRequest(**quota, limit=2), metadata=AUTH)
+        await quotas.AdjustUsage(pb.AdjustUsageRequest(**quota, delta=1), metadata=AUTH)
+        await quotas.ResetUsage(pb.ResetUsageRequest(**quota), metadata=AUTH)
+        create = pb.CreateKeyRequest(id="ci-bot", user_id="carol", group_id="research")
+        await keys.CreateKey(create, metadata=AUTH)
+        await keys.RotateKey(pb.RotateKeyRequest(id="ci-bot", grace_seconds=60), metadata=AUTH)
+        renew = pb.RenewKeyRequest(id="ci-bot", expires_at=time.time() + 86400)
+        await keys.RenewKey(renew, metadata=AUTH)
+        renew = pb.RenewKeyRequest(
+            id="ci-bot", expires_at=time.time() + 2 * 86400, rotate=True, grace_seconds=60
+        )
+        await keys.RenewKey(renew, metadata=AUTH)
+        await keys.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
+        # Reads change nothing and are not audited.
+        await keys.ListKeys(pb.ListKeysRequest(), metadata=AUTH)
+    found = lines(audit)
+    assert {line["outcome"] for line in found} == {"applied"}
+    return found
+
+
+def documented_audit() -> str:
+    """docs/configuration.md's paragraph on the audit line."""
+    text = Path("docs/configuration.md").read_text(encoding="utf-8")
+    return text.split("writes one JSON line to stderr")[1].split("\n\n")[0]
+
+
+async def test_the_docs_name_every_action_the_audit_line_can_carry(client: Any) -> None:
+    """A SIEM rule is written from that list: a renewal (`renew_key`, which brings an
+    expired key back to life) was audited under an action the page did not name."""
+    actions = {line["action"] for line in await every_change(client)}
+    listed = re.findall(r"for an? (?:quota|key) \(([^)]*)\)", documented_audit())
+    named = {name for group in listed for name in re.findall(r"`([a-z_]+)`", group)}
+    assert actions == named
+
+
+async def test_the_docs_name_every_field_of_an_audit_line(client: Any) -> None:
+    for line in await every_change(client):
+        text = documented_audit()
+        unnamed = {field for field in line if f"`{field}`" not in text and f'"{field}"' not in text}
+        assert unnamed == set(), line["action"]
