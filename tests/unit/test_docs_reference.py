@@ -31,6 +31,7 @@ from tests.exported_metrics import code_metrics
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_agents import TEAM2, with_agents
 from tests.unit.test_envoy_bootstrap import gateway, hcm
+from tests.unit.test_model_credentials import OPENAI_KEY, refused_before_the_model
 from tests.unit.test_request_log import AUTH, CHAT, COMPLETION, chat, with_log
 
 SCHEMA_DOC = orjson.loads(Path("docs/log-schema.json").read_bytes())
@@ -137,6 +138,26 @@ async def test_numbers_the_code_always_writes_are_never_null_in_the_schema(
     for name in numbers:
         declared = SCHEMA_DOC["properties"][name].get("type", [])
         assert "null" not in declared, f"{name} is never null, the schema allows null"
+
+
+async def test_the_path_fields_reference_says_a_credential_in_it_reads_redacted() -> None:
+    """A pipeline that takes the model from `/openai/<model>` is written from the field's
+    description: since a key sent in the path is logged `[redacted]`, that word is a value
+    such a parser meets, and both references must say so."""
+    status, [line], _ = await refused_before_the_model(
+        f"/openai/{OPENAI_KEY}", {"authorization": "Bearer gpt-4o-mini"}
+    )
+    assert (status, line["path"]) == (401, "/openai/[redacted]")
+    assert schema_errors(line) == []
+    assert "[redacted]" in SCHEMA_DOC["properties"]["path"]["description"]
+    assert "`/openai/[redacted]`" in field_reference_row("`method`, `path`")
+
+
+def field_reference_row(fields: str) -> str:
+    """The row of docs/logging.md's field reference that starts with ``fields``."""
+    page = Path("docs/logging.md").read_text(encoding="utf-8")
+    [row] = [row for row in page.splitlines() if row.startswith(f"| {fields} |")]
+    return row
 
 
 # --- log lines shown in the docs ------------------------------------------------------
