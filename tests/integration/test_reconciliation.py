@@ -8,7 +8,8 @@ and to Bedrock (translated, SigV4-signed), a model without a price,
 API keys and JWT users in several groups, a key whose quota refuses most of
 its requests, upstream errors and streams cut mid-way by the provider. Then,
 per (api_key, user, group, model), the sums of the JSON log lines, the
-``tokens_consumed_total`` and ``aigw_cost_usd_total`` counters of the real
+``tokens_consumed_total``, ``aigw_token_parts_total`` (the cached and cache-written
+tokens) and ``aigw_cost_usd_total`` counters of the real
 /metrics page, and ``extproc usage report --format json`` are the same
 numbers, to the token and to the picodollar, and the report counts the cache
 writes and server tool requests the log lines do.
@@ -41,6 +42,15 @@ from tests.integration.conftest import GatewayLog, running_stack, scrape, wait_f
 from tests.integration.jwt_tokens import ISSUER, SigningKey
 
 REQUESTS = 1100
+# aigw_token_parts_total's token types and the log line's field each one counts.
+PARTS = {
+    "cached": "cached_tokens",
+    "cache_write": "cache_write_tokens",
+    "cache_write_1h": "cache_write_1h_tokens",
+    "prompt_audio": "prompt_audio_tokens",
+    "cached_audio": "cached_audio_tokens",
+    "completion_audio": "completion_audio_tokens",
+}
 CONCURRENCY = 24
 SIGNER = SigningKey("recon-rsa", "RS256")
 # api key id -> (secret, user, group)
@@ -368,7 +378,7 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
     # (those that reached a provider; refusals cost nothing and carry no tokens).
     from_logs: dict[Key, dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "prompt": 0, "completion": 0, "cached": 0, "cost": Decimal(0),
-                 "writes": 0, "writes_1h": 0, "tools": Counter()}
+                 "writes": 0, "writes_1h": 0, "tools": Counter(), "parts": Counter()}
     )  # fmt: skip
     for line in lines:
         reached = line["provider"] is not None and line["error_type"] is None
@@ -385,6 +395,8 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         sums["writes"] += line["cache_write_tokens"]
         sums["writes_1h"] += line["cache_write_1h_tokens"]
         sums["tools"].update(used_tools(line))
+        for part, field in PARTS.items():
+            sums["parts"][part] += line[field]
     assert len(from_logs) >= 20
 
     # The report, once the batching writer has flushed everything.
@@ -414,6 +426,10 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
         assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] is not None
         counted = metrics.get(key, {"prompt": 0.0, "completion": 0.0, "cost": 0.0})
         assert (counted["prompt"], counted["completion"]) == (sums["prompt"], sums["completion"])
+        # The cache's parts of the prompt, which the dashboard's cache share reads: the
+        # same integers as the lines' (a series only for a part some request had).
+        counted_parts = {part: counted.get(f"part:{part}", 0.0) for part in PARTS}
+        assert counted_parts == {part: sums["parts"][part] for part in PARTS}, key
         assert exact(counted["cost"]) == sums["cost"], key
         unpriced = key[3] == "claude-3-opus-latest"
         assert row["unpriced_requests"] == (row["requests"] if unpriced else 0)
@@ -437,7 +453,8 @@ def test_logs_metrics_and_usage_report_agree_exactly(recon_stack: LocalStack) ->
 
 
 def metric_sums(samples: dict[Any, float]) -> dict[Key, dict[str, float]]:
-    """tokens_consumed_total and aigw_cost_usd_total per identity and model."""
+    """tokens_consumed_total, aigw_token_parts_total (as ``part:<token_type>``) and
+    aigw_cost_usd_total per identity and model."""
     found: dict[Key, dict[str, float]] = defaultdict(
         lambda: {"prompt": 0.0, "completion": 0.0, "cost": 0.0}
     )
@@ -445,6 +462,11 @@ def metric_sums(samples: dict[Any, float]) -> dict[Key, dict[str, float]]:
         labels = dict(pairs)
         if name == "tokens_consumed_total" and labels.get("token_type") in ("prompt", "completion"):
             found[key_of(labels)][labels["token_type"]] += value
+        elif name == "aigw_token_parts_total":
+            assert labels["token_type"] in PARTS, labels
+            sums = found[key_of(labels)]
+            part = f"part:{labels['token_type']}"
+            sums[part] = sums.get(part, 0.0) + value
         elif name == "aigw_cost_usd_total":
             # One series per identity, model and provider; a model has one provider here.
             assert found[key_of(labels)]["cost"] == 0.0
