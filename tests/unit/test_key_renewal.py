@@ -208,6 +208,53 @@ async def test_a_renewal_bounds_the_old_secret_of_a_rotation_in_its_grace(
     assert (listed.key.expires_at, listed.previous_expires_at) == (sooner, sooner)
 
 
+async def test_a_later_renewal_does_not_bring_back_the_secret_a_renewal_replaced(
+    api: Api, gateway: Processor, client: Any
+) -> None:
+    old = await expired_key(client)
+    replaced = await api.call(
+        "RenewKey",
+        pb.RenewKeyRequest(id="ci-bot", expires_at=time.time() + DAY_S, rotate=True,
+                           grace_seconds=HOUR_S),
+    )  # fmt: skip
+    assert (await send(gateway, old))[0] == 401  # expired: the grace does not bring it back
+
+    # The operator later moves the key's expiry on, the new secret unchanged.
+    until = round(time.time() + 30 * DAY_S)
+    renewed = await api.call("RenewKey", pb.RenewKeyRequest(id="ci-bot", expires_at=until))
+
+    # Before, the old secret, which the operator had replaced because the key expired
+    # (or leaked), worked again for the rest of that hour's grace.
+    status, body = await send(gateway, old)
+    assert (status, body.get("error", {}).get("message")) == (401, "API key 'ci-bot' has expired")
+    assert (await send(gateway, replaced.key))[0] == 200
+    assert renewed.info.previous_expires_at == 0
+    [listed] = (await api.call("ListKeys", pb.ListKeysRequest(source="store"))).keys
+    assert listed.expires_at == until and listed.previous_expires_at < time.time()
+
+
+async def test_an_old_secret_that_stopped_with_its_key_stays_stopped_after_a_renewal(
+    api: Api, gateway: Processor, client: Any
+) -> None:
+    # Two hours ago: a key expiring an hour ago, rotated with a week's grace, so its old
+    # secret stopped an hour ago, with the key, long before the grace's end.
+    earlier = StoredKeys(client, PREFIX, clock=lambda: time.time() - 2 * HOUR_S)
+    old, _ = await earlier.create(new_key(expires_at=time.time() - HOUR_S))
+    new, _, _ = await earlier.rotate("ci-bot", 7 * DAY_S)
+    for secret in (old, new):
+        assert (await send(gateway, secret))[0] == 401
+
+    renewed = await api.call(
+        "RenewKey", pb.RenewKeyRequest(id="ci-bot", expires_at=time.time() + 30 * DAY_S)
+    )  # fmt: skip
+
+    # The key works again with the secret its holder has; the one it replaced does not.
+    assert (await send(gateway, new))[0] == 200
+    status, body = await send(gateway, old)
+    assert (status, body.get("error", {}).get("message")) == (401, "API key 'ci-bot' has expired")
+    assert renewed.info.previous_expires_at == 0
+
+
 async def test_a_renewal_during_a_rotation_is_carried_into_the_new_secret(
     client: Any, keys: StoredKeys
 ) -> None:

@@ -81,9 +81,9 @@ class KeyStore:
         self, digest_hex: str, key_id: str, expires_at: float, which: str = CURRENT
     ) -> bool:
         """Write a record's ``expires_at`` only while it is still ``key_id``'s record, the
-        one its id names (``CURRENT``) or one rotated out (``PREVIOUS``)
-        (stored_key_expiry.lua); whether it did."""
-        args = [key_id, repr(expires_at), which]
+        one its id names (``CURRENT``) or one rotated out (``PREVIOUS``) whose secret has
+        not stopped by now (stored_key_expiry.lua); whether it did."""
+        args = [key_id, repr(expires_at), which, repr(self.clock())]
         record_key = self.record_key(digest_hex)
         changed = await self._expiry_script(keys=[record_key], args=args, client=self.client)
         return bool(changed)

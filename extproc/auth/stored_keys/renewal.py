@@ -7,7 +7,9 @@ renewal writes the new ``expires_at`` into the record the id names, and into the
 record of a rotation still in its grace (whose secret then stops at the earlier of its
 grace's end and the key's new expiry), then makes every process forget what it cached
 of both, with the revocation notice: a renewed key works at once everywhere, as a
-revoked one is refused at once.
+revoked one is refused at once. An old secret that has already stopped (with its key's
+expiry, or at an earlier renewal's) is left stopped: before, renewing again brought back
+for the rest of its grace a secret the operator had replaced, a leaked one say.
 
 The record is only written while it is still the key's current record
 (``stored_key_expiry.lua``): a revoke that deleted it meanwhile is not undone by a hash
