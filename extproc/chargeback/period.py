@@ -161,19 +161,46 @@ def _calendar_period(begin: datetime, finish: datetime, asked: str, zone: tzinfo
     start, end = begin.astimezone(UTC), finish.astimezone(UTC)
     if _on_the_hour(start) and _on_the_hour(end):
         return Period(start, end)
-    wide = Period(_hour_before(start), _hour_after(end))
-    narrow = Period(_hour_after(start), _hour_before(end))
     off = begin if not _on_the_hour(start) else finish
-    message = (
+    raise PeriodError(
         f"{asked} in {zone} runs from {_utc(start)} to {_utc(end)}: midnight there (UTC"
         f"{_offset(off)}) is not a whole UTC hour, and the rollups are UTC hours, so no"
-        f" report can start or end with it. Report whole UTC hours instead: --from"
-        f" {_utc(wide.start)} --to {_utc(wide.end)} covers it"
-        f"{_margins(start - wide.start, wide.end - end)}"
+        f" report can start or end with it.{_whole_hour_reports(start, end)}"
+    )
+
+
+def _given_period(begin: datetime, finish: datetime, asked: str) -> Period:
+    """The UTC hours of ``--from``/``--to`` given both, or, when either is off the hour,
+    their refusal naming the whole reports on each side, as a calendar period's does:
+    ``--from 2026-11 --to 2026-12`` in Kolkata is that month, and the refusal named only
+    a start, then, once it was mended, only an end."""
+    start, end = begin.astimezone(UTC), finish.astimezone(UTC)
+    if start >= end or (_on_the_hour(start) and _on_the_hour(end)):
+        # An empty period is refused for that (resolve_period), whatever its hours.
+        return Period(start, end)
+    if not (_on_the_hour(start) or _on_the_hour(end)):
+        off = "neither end is"
+    else:
+        off = "its end is not" if _on_the_hour(start) else "its start is not"
+    raise PeriodError(
+        f"{asked} runs from {_utc(start)} to {_utc(end)}, and {off} on a whole UTC hour:"
+        f" the rollups are UTC hours, so no report can start or end off one."
+        f"{_whole_hour_reports(start, end)}"
+    )
+
+
+def _whole_hour_reports(start: datetime, end: datetime) -> str:
+    """The reports on whole UTC hours nearest to ``start``..``end`` (UTC): one covering
+    it, and one within it when it holds a whole hour."""
+    wide = Period(_hour_before(start), _hour_after(end))
+    narrow = Period(_hour_after(start), _hour_before(end))
+    message = (
+        f" Report whole UTC hours instead: --from {_utc(wide.start)} --to {_utc(wide.end)}"
+        f" covers it{_margins(start - wide.start, wide.end - end)}"
     )
     if narrow.start < narrow.end:
         message += f"; --from {_utc(narrow.start)} --to {_utc(narrow.end)} falls within it"
-    raise PeriodError(message)
+    return message
 
 
 def _on_the_hour(moment: datetime) -> bool:
@@ -302,4 +329,7 @@ def _resolve(
         finish = _whole_hour(finish, "the end", end=True)
         return Period(finish - timedelta(days=1), finish)
     begin = parse_moment(start, zone)
+    if end:
+        named = "" if str(zone) == "UTC" else f" in {zone}"
+        return _given_period(begin, finish, f"--from {start} --to {end}{named}")
     return Period(_whole_hour(begin, "the start"), _whole_hour(finish, "the end", end=True))

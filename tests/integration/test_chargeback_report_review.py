@@ -213,4 +213,5 @@ def test_periods_named_in_zones_off_the_utc_hour_bill_whole_utc_hours(
     today = datetime.now(UTC).astimezone(local).date().isoformat()
     refused = cli(stack, "report", "--day", today, "--time-zone", zone)
     assert refused.returncode == 2 and refused.stdout == ""
-    assert "not on a whole UTC hour" in refused.stderr
+    assert "is not a whole UTC hour" in refused.stderr
+    assert "falls within it" in refused.stderr

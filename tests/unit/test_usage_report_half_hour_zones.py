@@ -110,3 +110,55 @@ def test_an_end_alone_off_the_hour_is_named_not_the_start_it_implies() -> None:
         datetime(2026, 11, 1, 23, tzinfo=UTC),
         datetime(2026, 11, 2, 23, tzinfo=UTC),
     )
+
+
+@pytest.mark.parametrize(
+    ("asked", "local_start", "local_end", "off"),
+    [
+        # The month as --from/--to name it ("the hours of the --month reports"): before,
+        # the refusal named only a start, then, once the start was mended, only an end.
+        ({"start": "2026-11", "end": "2026-12"}, "2026-10-31T18:30Z", "2026-11-30T18:30Z",
+         "neither end is"),
+        ({"start": "2026-11-01", "end": "2026-11-08"}, "2026-10-31T18:30Z", "2026-11-07T18:30Z",
+         "neither end is"),
+        ({"start": "2026-11-01", "end": "2026-11-07T18:00Z"}, "2026-10-31T18:30Z",
+         "2026-11-07T18:00Z", "its start is not"),
+        ({"start": "2026-10-31T18:00Z", "end": "2026-12-01"}, "2026-10-31T18:00Z",
+         "2026-11-30T18:30Z", "its end is not"),
+    ],
+)  # fmt: skip
+def test_from_and_to_off_the_hour_are_refused_with_the_reports_that_can_be_made(
+    asked: dict[str, str], local_start: str, local_end: str, off: str
+) -> None:
+    with pytest.raises(PeriodError) as refused:
+        resolve_period(zone_name="Asia/Kolkata", now=NOW, **asked)
+    message = str(refused.value)
+    assert message.startswith(f"--from {asked['start']} --to {asked['end']} in Asia/Kolkata")
+    assert f"runs from {local_start} to {local_end}, and {off} on a whole UTC hour" in message
+    start, end = (datetime.fromisoformat(local_start), datetime.fromisoformat(local_end))
+    # Both reports it names can be asked for as written: one covering the period, and
+    # one within it, each less than an hour from it at either end.
+    [wide, narrow] = [
+        resolve_period(start=first, end=last, zone_name="Asia/Kolkata", now=NOW)
+        for first, last in _SUGGESTED.findall(message.partition("instead:")[2])
+    ]
+    assert wide.start <= start and end <= wide.end
+    assert (start - wide.start).total_seconds() < 3600 and (wide.end - end).total_seconds() < 3600
+    assert start <= narrow.start and narrow.end <= end
+    assert (narrow.start - start).total_seconds() < 3600
+    assert (end - narrow.end).total_seconds() < 3600
+
+
+def test_the_cli_names_both_reports_for_a_kolkata_month_given_as_from_and_to(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--from", "2026-11", "--to", "2026-12", "--time-zone", "Asia/Kolkata"]
+    assert main(["usage", "report", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("error: --from 2026-11 --to 2026-12 in Asia/Kolkata runs from")
+    assert _SUGGESTED.findall(line.partition("instead:")[2]) == [
+        ("2026-10-31T18:00Z", "2026-11-30T19:00Z"),
+        ("2026-10-31T19:00Z", "2026-11-30T18:00Z"),
+    ]
