@@ -7,6 +7,7 @@ metrics page, the mock provider's record of what reached it, Envoy's stats.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -269,6 +270,14 @@ def envoy_stat(stack: LocalStack, name: str) -> int:
         if key.endswith(name) and value.strip().isdigit():
             total += int(value)
     return total
+
+
+def worker_streams(stack: LocalStack) -> dict[str, int]:
+    """How many ext_proc streams Envoy opened to each gateway worker so far, by address:
+    a test that needs every worker to serve its requests compares two readings."""
+    text = httpx.get(f"{stack.envoy_admin_url}/clusters").text
+    found = re.findall(r"^extproc::([\d.]+:\d+)::rq_total::(\d+)$", text, re.MULTILINE)
+    return {endpoint: int(count) for endpoint, count in found}
 
 
 def envoy_access_log(stack: LocalStack) -> str:

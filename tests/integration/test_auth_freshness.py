@@ -9,7 +9,6 @@ from their next JWKS refresh on.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,13 @@ import orjson
 import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from tests.integration.conftest import mock_requests, running_stack, usage_rows, wait_for
+from tests.integration.conftest import (
+    mock_requests,
+    running_stack,
+    usage_rows,
+    wait_for,
+    worker_streams,
+)
 from tests.integration.jwt_tokens import ISSUER, JwksServer, SigningKey
 
 ADMIN_TOKEN = "auth-freshness-admin-token"
@@ -74,13 +79,6 @@ def chat(stack: LocalStack, credential: str) -> httpx.Response:
         headers={"content-type": "application/json", "authorization": f"Bearer {credential}"},
         timeout=30.0,
     )
-
-
-def worker_streams(stack: LocalStack) -> dict[str, int]:
-    """How many ext_proc streams Envoy opened to each worker so far."""
-    text = httpx.get(f"{stack.envoy_admin_url}/clusters").text
-    found = re.findall(r"^extproc::([\d.]+:\d+)::rq_total::(\d+)$", text, re.MULTILINE)
-    return {endpoint: int(count) for endpoint, count in found}
 
 
 def round_of_requests(stack: LocalStack, credential: str) -> list[httpx.Response]:
