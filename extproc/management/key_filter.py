@@ -79,6 +79,14 @@ class KeyFilter:
             raise KeyFilterError(
                 "expiring_within_seconds must be a number of seconds above 0 (or 0: any)"
             )
+        if within and statuses == {EXPIRED}:
+            # No key passes both: the answer "no API key passes these filters" read as
+            # "none has expired, none expires soon" to an operator asking for either.
+            raise KeyFilterError(
+                "status 'expired' and expiring_within_seconds together match no key: the"
+                " one lists keys already expired, the other keys that expire from now on"
+                " (not those already expired); ask for each on its own"
+            )
         source = request.source.strip().lower()
         if source and source not in SOURCES:
             raise KeyFilterError(f"source: unknown source {request.source!r} (config or store)")

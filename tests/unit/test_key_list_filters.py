@@ -81,6 +81,12 @@ async def test_the_list_has_only_the_keys_every_filter_given_lets_through(
         ({"expiring_within_seconds": -1.0}, "expiring_within_seconds must be"),
         ({"expiring_within_seconds": float("inf")}, "expiring_within_seconds must be"),
         ({"source": "file"}, "unknown source 'file'"),
+        # Before: "no API key passes these filters", which an operator asking for the
+        # keys expired or expiring this week read as "none".
+        (
+            {"status": ["expired"], "expiring_within_seconds": 7 * DAY_S},
+            "status 'expired' and expiring_within_seconds together match no key",
+        ),
     ],
 )
 async def test_a_filter_that_cannot_be_applied_is_refused_not_answered_none(
@@ -108,3 +114,12 @@ async def test_the_cli_filters_and_prints_json_with_one_flag(api: Api) -> None:
     assert (code, out) == (2, "") and "a revoked key is deleted, not listed" in err
     code, out, err = await api.cli("keys", "list", "--expiring-within", "0")
     assert code == 2 and "expected a duration above 0" in err
+    code, out, err = await api.cli(
+        "keys", "list", "--status", "expired", "--expiring-within", "7d"
+    )  # fmt: skip
+    assert (code, out) == (2, "") and "ask for each on its own" in err
+    # With another status beside it, the filters can match: rotating keys expiring soon.
+    code, out, _ = await api.cli(
+        "keys", "list", "--status", "expired,rotating", "--expiring-within", "7d"
+    )  # fmt: skip
+    assert (code, out) == (0, "no API key passes these filters\n")
