@@ -188,11 +188,14 @@ class AuthenticationStage:
 
 
 def presented_credential(ctx: RequestContext) -> str | None:
-    """The key or token this request authenticates with (as its route reads it), if any."""
+    """The key or token this request authenticates with (as its route reads it), if any.
+    A route of the gateway's own (a failover attempt's) has no policy: the standard
+    headers alone."""
     route = ctx.route
     if route is None:
         return None
-    return _credential(ctx.request_headers, ctx.runtime.route_auth[route.name].api_key_header)
+    policy = ctx.runtime.route_auth.get(route.name)
+    return _credential(ctx.request_headers, policy.api_key_header if policy else None)
 
 
 def _credential(headers: dict[str, str], route_header: str | None) -> str | None:
