@@ -151,7 +151,7 @@ class AuthenticationStage:
                 if found is NOT_CACHED:
                     return self._look_up_stored(ctx, stored, digest)
                 key = found
-            ctx.identity = _from_api_key(key)
+            _from_api_key(ctx, key)
         else:
             # A JWT-only route given something that is no JWT: most often an org API
             # key (`x-api-key: team1-key`), which a bare "invalid token" left its holder
@@ -183,7 +183,7 @@ class AuthenticationStage:
                 "the API key store is unavailable; try again shortly",
                 code="key_store_unavailable",
             ) from None
-        ctx.identity = _from_api_key(key)
+        _from_api_key(ctx, key)
         _check_route(ctx)
 
 
@@ -414,7 +414,10 @@ def _missing_message(accepts_key: bool, accepts_jwt: bool, send_key: str) -> str
     return "no credentials found: send an API key or a bearer token"
 
 
-def _from_api_key(key: StoredAnswer) -> Identity:
+def _from_api_key(ctx: RequestContext, key: StoredAnswer) -> None:
+    """Identify the request by ``key``, or refuse it. A disabled or expired key is
+    recognised before it is refused: its refusal is logged and counted under its id,
+    user and group, so an operator finds a team's failing requests by the key's id."""
     if key is None:
         raise _challenge("invalid API key", invalid=True)
     if key is UNREADABLE:
@@ -427,11 +430,11 @@ def _from_api_key(key: StoredAnswer) -> Identity:
             invalid=True,
             code="api_key_unreadable",
         )
+    ctx.identity = _key_identity(key)
     if not key.enabled:
         raise _challenge(f"API key '{key.id}' is disabled", invalid=True)
     if key.expires_at is not None and key.expires_at <= time.time():
         raise _challenge(f"API key '{key.id}' has expired", invalid=True)
-    return _key_identity(key)
 
 
 # The identity of each key record seen lately, by key id, beside the record it was made

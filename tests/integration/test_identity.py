@@ -259,6 +259,11 @@ def test_bad_credentials_are_401_and_never_reach_the_provider(
     assert len(mock_requests(id_stack)) == before
     line = log_line(id_stack, response)
     assert line["http_status_code"] == 401 and line["outcome"] == "rejected"
+    # A key the gateway recognised and refused (disabled, expired) is logged under its id,
+    # so an operator finds a team's failing requests; any other refusal names nobody.
+    recognised = {"disabled key": "disabled", "expired key": "expired"}.get(case)
+    assert line["api_key_id"] == recognised
+    assert line["auth_method"] == ("api_key" if recognised else "none")
 
 
 def test_access_rules_and_key_restrictions_are_403(id_stack: LocalStack) -> None:
