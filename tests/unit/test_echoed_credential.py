@@ -23,6 +23,7 @@ from extproc.stages import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.sse_play import only_line
 from tests.unit.test_agents import with_agents
+from tests.unit.test_docs_reference import SCHEMA
 
 KEY = "team1-key"
 AGENT_KEY = "team2-key"  # the agents' access rules serve team2's group
@@ -119,3 +120,22 @@ async def test_an_ordinary_tool_name_stays_its_label(
             "params": {"name": "create_issue_2024", "arguments": {}}}  # fmt: skip
     await send(processor, "/mcp", {"authorization": f"Bearer {AGENT_KEY}"}, body)
     assert _tool_labels(services) == {"create_issue_2024"}
+
+
+# Whatever a client presents as its key, the gateway's own words stay in its line. A
+# client that sent "api_key_id" renamed that field to "[redacted]" (the line then missed
+# a field the schema requires), and one that sent "rejected" had its outcome rewritten,
+# out of the alerts that count refusals.
+@pytest.mark.parametrize("presented", ["api_key_id", "error_message", "rejected"])
+async def test_a_key_that_is_one_of_the_lines_own_words_leaves_the_line_whole(
+    processor: Processor, services: Services, presented: str
+) -> None:
+    path = "/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    answer = await send(processor, path, {"authorization": f"Bearer {presented}"}, body)
+    assert answer.immediate_response.status.code == 401
+    line = only_line(services)
+    assert list(SCHEMA.iter_errors(line)) == []
+    assert (line["http_status_code"], line["outcome"]) == (401, "rejected")
+    assert line["api_key_id"] is None
+    assert line["auth_method"] == "none"
