@@ -47,7 +47,8 @@ server, a proxy that drops headers), by the counts the family wrote in its body
   else the chunks'. Exception frames are the stream's failure, named as on Converse.
   What telemetry reads of the chunks (``unwrapped``: finish reasons, captured text)
   leaves out the whole answer Cohere's last chunk repeats under ``response``: read, it
-  logged two finish reasons and the text twice for one answer.
+  logged two finish reasons and the text twice for one answer; so does the count of
+  generated text, which estimated such a stream without counts at twice its output.
 """
 
 from __future__ import annotations
@@ -299,7 +300,8 @@ class ModelStreamReader(ConverseStreamReader):
         if frame.headers.get(":event-type") == "chunk":
             event = unwrapped_chunk(frame.payload)
             self._events.append(event)
-            self.generated_chars += generated_chars(event)
+            chars = generated_chars(event)
+            self.generated_chars += chars
             ending = MAY_END.search(event) is not None
             if not (ending or _METRICS in event or _RUNNING_COUNT in event):
                 return  # most chunks of most families: text alone, not parsed
@@ -309,9 +311,12 @@ class ModelStreamReader(ConverseStreamReader):
             if ending and isinstance(parsed.get(_REPEATED_ANSWER), dict):
                 # Cohere's last chunk repeats the whole answer: telemetry reads its finish
                 # reason and text once, as the client's SDK does (its counts stay read).
-                self._events[-1] = orjson.dumps(
+                kept = orjson.dumps(
                     {key: value for key, value in parsed.items() if key != _REPEATED_ANSWER}
                 )
+                self._events[-1] = kept
+                # And the estimate of a stream without counts reads its text once.
+                self.generated_chars += generated_chars(kept) - chars
             self._read_running_counts(parsed)
             if _METRICS in event:
                 self._read_metrics(parsed)

@@ -71,3 +71,34 @@ async def test_a_cohere_stream_logs_one_finish_reason_and_its_text_once(
     assert (line["prompt_tokens"], line["completion_tokens"]) == (2, 2)
     assert line["finish_reasons"] == ["COMPLETE"]
     assert line["completion"] == "Hi there"
+
+
+async def test_a_cohere_stream_without_counts_is_estimated_from_its_text_once(
+    config: GatewayConfig, services: Services
+) -> None:
+    # A Bedrock-compatible server that sends no invocation metrics: Cohere Command's
+    # chunks carry no counts, so the output is estimated from the text streamed, which
+    # the last chunk's repeated answer holds a second time (it was charged twice).
+    text = "Hi there, how are you today?" * 10  # 280 characters: 70 tokens
+    stream = [
+        {"text": text, "is_finished": False},
+        {"is_finished": True, "finish_reason": "COMPLETE",
+         "response": {**ANSWER, "generations": [{**GENERATION, "text": text}]}},
+    ]  # fmt: skip
+    path = f"/model/{quote(COMMAND, safe='')}/invoke-with-response-stream"
+    frames = b"".join(chunk(event) for event in stream)
+    async with signing_processor(config, services) as processor:
+        await run_stream(
+            processor,
+            [
+                request_headers(path, headers=AUTH),
+                request_body(orjson.dumps({**BODY, "max_tokens": 500})),
+                response_headers(200, STREAM_HEADERS),
+                response_body(frames, end_of_stream=True),
+            ],
+        )
+
+    line = log_line(services)
+    assert (line["outcome"], line["usage_estimated"]) == ("completed", True)
+    assert line["completion_tokens"] == len(text) // 4
+    assert line["finish_reasons"] == ["COMPLETE"]
