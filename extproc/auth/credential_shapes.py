@@ -79,6 +79,8 @@ def kind(text: str) -> str | None:
             continue  # words joined by hyphens ("sk-learn-...") are no key
         if group == "slack" and _DIGIT.search(value) is None:
             continue  # a Slack token carries its team's and user's numbers
+        if group == "aigw" and not (_UPPER.search(value, 5) and _LOWER.search(value, 5)):
+            continue  # 256 random bits mix both cases; a lowercase slug ("aigw-my-...") is none
         return _KINDS[group]
     return None
 

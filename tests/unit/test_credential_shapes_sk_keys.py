@@ -138,3 +138,14 @@ def test_no_slug_of_words_is_taken_for_a_key(words: list[str], joint: str) -> No
 )
 def test_slugs_and_words_that_begin_as_a_key_does_go_on(text: str) -> None:
     assert kind(text) is None
+
+
+def test_every_gateway_key_is_recognised_and_a_lowercase_aigw_slug_is_not() -> None:
+    # `extproc keys create` mints `aigw-` and 256 random bits in base64url: both cases,
+    # always in practice. A slug of words 43 characters long after `aigw-` (a model or a
+    # query value an operator named) was refused as a key before.
+    from extproc.auth.stored_keys.records import new_secret
+
+    assert all(kind(new_secret()) == "an API key of this gateway" for _ in range(2000))
+    slug = "aigw-" + "-".join(["team", "prod", "chat", "model", "fine", "tuned", "v2"] * 2)
+    assert kind(slug[:48]) is None
