@@ -40,8 +40,10 @@ from typing import Any, ClassVar
 from extproc.mock_llm.bedrock_embeddings import refuse_violations, wrong_type
 from extproc.mock_llm.bedrock_text_models import (
     MISTRAL_LARGE_MAX_TOKENS,
+    STOP_OR_LENGTH,
     Check,
     Finish,
+    ManyAnswers,
     TextFamily,
     TextReply,
     TextRequest,
@@ -96,6 +98,7 @@ def content_text(content: object) -> str:
 class ChatBody(TextFamily):
     """A family whose body is a chat completion's: its checks and defaults per family."""
 
+    stop_reasons: ClassVar[Mapping[Finish, str]] = STOP_OR_LENGTH
     schema: ClassVar[Mapping[str, Check]]
     # Where the body asks for several answers (None: it cannot).
     answers_key: ClassVar[str | None] = None
@@ -124,11 +127,6 @@ class ChatBody(TextFamily):
 
 
 class MistralChat(ChatBody):
-    stop_reasons: ClassVar[Mapping[Finish, str]] = {
-        "end": "stop",
-        "length": "length",
-        "stop_sequence": "stop",
-    }
     schema: ClassVar[Mapping[str, Check]] = {
         "messages": check_messages,
         "tools": check_array,
@@ -153,14 +151,9 @@ class MistralChat(ChatBody):
         return {"choices": [{"index": 0, "message": message, "stop_reason": stop}]}
 
 
-class OpenAIChat(ChatBody):
+class OpenAIChat(ChatBody, ManyAnswers):
     """Jamba's and Palmyra's answers: OpenAI's chat completion and its chunks."""
 
-    stop_reasons: ClassVar[Mapping[Finish, str]] = {
-        "end": "stop",
-        "length": "length",
-        "stop_sequence": "stop",
-    }
     # OpenAI's "object" of the answer and of a chunk, for the families that write one.
     objects: ClassVar[tuple[str, str] | None] = None
 
@@ -173,26 +166,16 @@ class OpenAIChat(ChatBody):
         kind = {"object": self.objects[0]} if self.objects else {}
         return {"id": _answer_id(reply), **kind, "choices": choices, "usage": _usage(reply)}
 
-    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
-        """The first answer's content chunk at ``at``."""
-        return self._content_chunk(reply, 0, at)
-
-    def chunks(self, reply: TextReply) -> list[dict[str, Any]]:
-        content = [
-            self._content_chunk(reply, answer, at)
-            for answer in range(reply.answers)
-            for at in range(len(reply.pieces))
-        ]
-        reason = self.stop_reasons[reply.finish]
-        ends = [{"index": i, "delta": {}, "finish_reason": reason} for i in range(reply.answers)]
-        last = {**self._chunk_head(reply), "choices": ends, "usage": _usage(reply)}
-        return [*content, last]
-
-    def _content_chunk(self, reply: TextReply, answer: int, at: int) -> dict[str, Any]:
+    def piece(self, reply: TextReply, answer: int, at: int) -> dict[str, Any]:
         delta = {"role": "assistant"} if at == 0 else {}
         delta["content"] = reply.pieces[at]
         choice = {"index": answer, "delta": delta, "finish_reason": None}
         return {**self._chunk_head(reply), "choices": [choice]}
+
+    def end(self, reply: TextReply) -> dict[str, Any]:
+        reason = self.stop_reasons[reply.finish]
+        ends = [{"index": i, "delta": {}, "finish_reason": reason} for i in range(reply.answers)]
+        return {**self._chunk_head(reply), "choices": ends, "usage": _usage(reply)}
 
     def _chunk_head(self, reply: TextReply) -> dict[str, Any]:
         kind = {"object": self.objects[1]} if self.objects else {}

@@ -25,7 +25,7 @@ from extproc.mock_llm.bedrock_embeddings import refuse_violations
 from extproc.mock_llm.bedrock_text_models import (
     Check,
     Finish,
-    TextFamily,
+    ManyAnswers,
     TextReply,
     TextRequest,
     check_boolean,
@@ -43,7 +43,7 @@ COMMAND_MOST_GENERATIONS = 5
 _IDS = uuid.UUID("6f1c1b9e-2b1e-4c53-9d0a-0c0e7e2a5b11")
 
 
-class CohereCommand(TextFamily):
+class CohereCommand(ManyAnswers):
     stop_reasons: ClassVar[Mapping[Finish, str]] = {
         "end": "COMPLETE",
         "length": "MAX_TOKENS",
@@ -80,26 +80,16 @@ class CohereCommand(TextFamily):
         ]
         return {"id": _id(reply, "answer"), "generations": generations, "prompt": reply.prompt}
 
-    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
-        """The first answer's chunk at ``at``."""
-        return self._piece(reply, 0, at)
-
-    def chunks(self, reply: TextReply) -> list[dict[str, Any]]:
-        pieces = [
-            self._piece(reply, answer, at)
-            for answer in range(reply.answers)
-            for at in range(len(reply.pieces))
-        ]
-        reason = self.stop_reasons[reply.finish]
-        last = {"is_finished": True, "finish_reason": reason, "response": self.answer(reply)}
-        return [*pieces, last]
-
-    @staticmethod
-    def _piece(reply: TextReply, answer: int, at: int) -> dict[str, Any]:
+    def piece(self, reply: TextReply, answer: int, at: int) -> dict[str, Any]:
         chunk: dict[str, Any] = {"text": reply.pieces[at], "is_finished": False}
         if reply.answers > 1:
             chunk["index"] = answer
         return chunk
+
+    def end(self, reply: TextReply) -> dict[str, Any]:
+        # Cohere's own end of a stream: the whole answer again.
+        reason = self.stop_reasons[reply.finish]
+        return {"is_finished": True, "finish_reason": reason, "response": self.answer(reply)}
 
 
 def _id(reply: TextReply, what: str) -> str:

@@ -81,6 +81,9 @@ MISTRAL_LARGE_MAX_TOKENS = 8192
 # The Mistral models that take no text completion body (``prompt``), only the chat
 # completion's ``messages``.
 MISTRAL_CHAT_ONLY = ("mistral.mistral-large-2407",)
+# Mistral's and OpenAI's words (Jamba, Palmyra): a stop sequence ends the reply as the
+# model's own end does.
+STOP_OR_LENGTH: Mapping[Finish, str] = {"end": "stop", "length": "length", "stop_sequence": "stop"}
 
 # --- Bedrock's schema check ----------------------------------------------------------------------
 
@@ -227,6 +230,33 @@ class TextFamily(ABC):
         return [self.chunk(reply, at) for at in range(len(reply.chunk_pieces))]
 
 
+class ManyAnswers(TextFamily):
+    """A family whose body may ask for several answers (Cohere Command's
+    ``num_generations``, Jamba's ``n``): its stream sends each answer's pieces in turn,
+    then one chunk that ends them all (to which Bedrock adds its metrics)."""
+
+    @abstractmethod
+    def piece(self, reply: TextReply, answer: int, at: int) -> dict[str, Any]:
+        """The chunk of answer ``answer``'s piece at ``at``."""
+
+    @abstractmethod
+    def end(self, reply: TextReply) -> dict[str, Any]:
+        """The stream's last chunk: how the answers ended."""
+
+    def chunk(self, reply: TextReply, at: int) -> dict[str, Any]:
+        """The first answer's chunk at ``at``."""
+        return self.piece(reply, 0, at)
+
+    def chunks(self, reply: TextReply) -> list[dict[str, Any]]:
+        # An empty reply sends its end alone: there is no piece to carry it.
+        pieces = [
+            self.piece(reply, answer, at)
+            for answer in range(reply.answers)
+            for at in range(len(reply.pieces))
+        ]
+        return [*pieces, self.end(reply)]
+
+
 class Llama(TextFamily):
     # Llama's body takes no stop sequences, so its reply never ends on one.
     stop_reasons: ClassVar[Mapping[Finish, str]] = {"end": "stop", "length": "length"}
@@ -259,12 +289,7 @@ class Llama(TextFamily):
 
 
 class Mistral(TextFamily):
-    # A stop sequence ends the reply as the model's own end does.
-    stop_reasons: ClassVar[Mapping[Finish, str]] = {
-        "end": "stop",
-        "length": "length",
-        "stop_sequence": "stop",
-    }
+    stop_reasons = STOP_OR_LENGTH
     _schema: ClassVar[Mapping[str, Check]] = {
         "prompt": check_string,
         "max_tokens": check_integer(1),
