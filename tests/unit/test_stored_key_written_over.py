@@ -258,3 +258,59 @@ async def test_a_found_record_the_gateway_cannot_read_is_revoked_and_said_so(
     assert secret not in details and not WHOLE_DIGEST.search(details)
     assert await client.exists(record) == 0
     assert (await send(gateway, secret))[1]["error"]["message"] == "invalid API key"
+
+
+# Rotating and renewing: both read the record the id names, and refuse to change one
+# they cannot read, naming it by its digest cut short.
+
+CHANGES = pytest.mark.parametrize(
+    ("method", "change", "done"),
+    [
+        ("RotateKey", pb.RotateKeyRequest(id="ci-bot", grace_seconds=60), "rotated"),
+        ("RenewKey", pb.RenewKeyRequest(id="ci-bot", expires_at=4102444800), "renewed"),
+        (
+            "RenewKey",
+            pb.RenewKeyRequest(id="ci-bot", expires_at=4102444800, rotate=True),
+            "rotated",
+        ),
+    ],
+    ids=["rotate", "renew", "renew-and-rotate"],
+)
+
+
+@CHANGES
+async def test_a_key_whose_record_is_of_another_type_is_not_changed(
+    api: Api, keys: StoredKeys, client: Any, method: str, change: Any, done: str
+) -> None:
+    secret, record = await created(keys, client)
+    await written_over(client, record, "list")
+
+    code, details = await api.refusal(method, change)
+
+    assert code == "FAILED_PRECONDITION"
+    assert details == (
+        f"API key 'ci-bot' cannot be {done}: its record {record[:-53]}...}} is a key of"
+        " another type, not a stored API key's record (written by a person or another"
+        " program): move the key away"
+    )
+    assert secret not in details and not WHOLE_DIGEST.search(details)
+    assert await client.lrange(record, 0, -1) == [b"a", b"b"]
+    assert api.audit_lines() == []  # nothing was changed
+
+
+@CHANGES
+async def test_a_key_whose_record_holds_a_field_never_written_so_is_not_changed(
+    api: Api, keys: StoredKeys, client: Any, method: str, change: Any, done: str
+) -> None:
+    secret, record = await created(keys, client)
+    await client.hset(record, "labels", "team=ml")
+
+    code, details = await api.refusal(method, change)
+
+    assert code == "FAILED_PRECONDITION"
+    assert details == (
+        f"API key 'ci-bot' cannot be {done}: is the record of API key 'ci-bot', but its"
+        " field 'labels' holds no JSON"
+    )
+    assert await client.hget(record, "labels") == b"team=ml"
+    assert await client.get(f"{PREFIX}keyid:ci-bot") == record.encode()[-65:-1]
