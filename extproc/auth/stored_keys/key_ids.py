@@ -1,4 +1,5 @@
-"""Ids: which key ``<prefix>keyid:<id>`` names, and the retirement of a revoked key's id.
+"""Ids: which key ``<prefix>keyid:<id>`` names (``named_digest``; ``named_record`` reads
+its record too, for a rotation or a renewal), and the retirement of a revoked key's id.
 
 A revoke retires the id rather than freeing it: the id key then holds
 ``revoked:<unix seconds>:<sha256 hex>`` for ``retire_ids_for_s`` (the usage rollups'
@@ -9,16 +10,28 @@ quotas (all keyed by id) never count two holders' requests as one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import ResponseError
 
 from extproc.auth.stored_keys.errors import (
     DamagedIdKeyError,
     KeyIdRetiredError,
     KeyIdTakenError,
     UnknownKeyIdError,
+    UnreadableRecordError,
 )
 from extproc.auth.stored_keys.key_store import KeyStore
-from extproc.auth.stored_keys.records import ANOTHER_TYPE, DIGEST_HEX, WRITTEN
+from extproc.auth.stored_keys.records import (
+    ANOTHER_TYPE,
+    DIGEST_HEX,
+    WRITTEN,
+    StoredKey,
+    from_fields,
+    shown_name,
+)
 from extproc.store import key_id_usage
 from extproc.store.connection import of_another_type
 
@@ -136,3 +149,38 @@ async def named_digest(store: KeyStore, key_id: str, doing: str) -> tuple[str, s
         message = unreadable_id(key_id, id_key, reason, doing)
         raise DamagedIdKeyError(message, id_key, reason)
     return id_key, digest_hex, expires_in_ms if isinstance(expires_in_ms, int) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class NamedRecord:
+    """The record an id names, read before a change to its key."""
+
+    id_key: str
+    digest_hex: str
+    record: dict[Any, Any]  # as HGETALL returned it (``records.previous`` reads it)
+    stored: StoredKey
+
+
+async def named_record(store: KeyStore, key_id: str, doing: str) -> NamedRecord:
+    """The key ``key_id`` names and its record, to be ``doing`` ("rotated", "renewed"):
+    ``UnknownKeyIdError`` when there is none yet, ``UnreadableRecordError`` (naming the
+    record by its digest cut short) when its record is not one the gateway wrote."""
+    id_key, digest_hex, expires_in_ms = await named_digest(store, key_id, doing)
+    record_key = store.record_key(digest_hex)
+    try:
+        record = await store.client.hgetall(record_key)
+    except ResponseError as exc:
+        if of_another_type(exc):
+            shown = shown_name(record_key)
+            raise UnreadableRecordError(
+                f"API key {key_id!r} cannot be {doing}: its record {shown} {ANOTHER_TYPE}{WRITTEN}"
+            ) from None
+        raise
+    try:
+        stored = from_fields(record)
+    except UnreadableRecordError as exc:
+        raise UnreadableRecordError(f"API key {key_id!r} cannot be {doing}: {exc}") from None
+    if stored is None or expires_in_ms != -1:
+        # No record: a create in flight, or one that failed half-way.
+        raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+    return NamedRecord(id_key, digest_hex, record, stored)

@@ -21,55 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from redis.exceptions import ResponseError
-
-from extproc.auth.stored_keys.errors import (
-    KeyCreateConflictError,
-    UnknownKeyIdError,
-    UnreadableRecordError,
-)
-from extproc.auth.stored_keys.key_ids import named_digest
+from extproc.auth.stored_keys.errors import KeyCreateConflictError
+from extproc.auth.stored_keys.key_ids import named_record
 from extproc.auth.stored_keys.key_store import CURRENT, PREVIOUS, KeyStore
-from extproc.auth.stored_keys.records import (
-    ANOTHER_TYPE,
-    WRITTEN,
-    StoredKey,
-    from_fields,
-    previous,
-    shown_name,
-)
-from extproc.store.connection import of_another_type
+from extproc.auth.stored_keys.records import StoredKey, previous
 
 
 async def renew(store: KeyStore, key_id: str, expires_at: float) -> tuple[StoredKey, float]:
     """Give a stored key the expiry ``expires_at`` (unix seconds), its secret unchanged;
     the key as renewed, and the expiry it had (0: none). A revoked key's id names no key
     (``UnknownKeyIdError``): its retirement is not undone."""
-    _, digest_hex, expires_in_ms = await named_digest(store, key_id, "renewed")
-    record_key = store.record_key(digest_hex)
-    try:
-        record = await store.client.hgetall(record_key)
-    except ResponseError as exc:
-        if of_another_type(exc):
-            shown = shown_name(record_key)
-            raise UnreadableRecordError(
-                f"API key {key_id!r} cannot be renewed: its record {shown} {ANOTHER_TYPE}{WRITTEN}"
-            ) from None
-        raise
-    try:
-        stored = from_fields(record)
-    except UnreadableRecordError as exc:
-        raise UnreadableRecordError(f"API key {key_id!r} cannot be renewed: {exc}") from None
-    if stored is None or expires_in_ms != -1:
-        # No record: a create in flight, or one that failed half-way.
-        raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
+    named = await named_record(store, key_id, "renewed")
+    digest_hex, stored = named.digest_hex, named.stored
     if not await store.set_expiry(digest_hex, key_id, expires_at, CURRENT):
         raise KeyCreateConflictError(
             f"API key {key_id!r} was revoked or rotated while it was being renewed; its"
             " expiry was not changed: list the keys, then renew again"
         )
     await _forget(store, key_id, digest_hex)
-    older = previous(record)
+    older = previous(named.record)
     old_secret_until = 0.0
     if older is not None and await store.set_expiry(older, key_id, expires_at, PREVIOUS):
         # The old secret of a rotation in its grace: never past the key's new expiry.

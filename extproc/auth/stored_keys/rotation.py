@@ -14,28 +14,11 @@ import asyncio
 import dataclasses
 import math
 
-from redis.exceptions import ResponseError
-
 from extproc.auth.api_keys import key_digest
-from extproc.auth.stored_keys.errors import (
-    KeyCreateConflictError,
-    KeyExpiredError,
-    UnknownKeyIdError,
-    UnreadableRecordError,
-)
-from extproc.auth.stored_keys.key_ids import moment, named_digest
+from extproc.auth.stored_keys.errors import KeyCreateConflictError, KeyExpiredError
+from extproc.auth.stored_keys.key_ids import moment, named_record
 from extproc.auth.stored_keys.key_store import CLAIM_TTL_MS, SWAP, KeyStore
-from extproc.auth.stored_keys.records import (
-    ANOTHER_TYPE,
-    WRITTEN,
-    StoredKey,
-    from_fields,
-    new_secret,
-    previous,
-    shown_name,
-    to_fields,
-)
-from extproc.store.connection import of_another_type
+from extproc.auth.stored_keys.records import StoredKey, new_secret, previous, to_fields
 
 # The longest grace a rotation gives the old secret: a rotation is for a secret that
 # must stop working; one meant to last is a second key.
@@ -56,21 +39,9 @@ async def rotate_with_expiry(
     """``rotate``, the new secret given ``expires_at`` (a renewal; None: the key's own
     expiry), so that an expired key is rotated too; the old secret keeps its own expiry.
     Also the expiry the key had (0: none)."""
-    id_key, old_hex, expires_in_ms = await named_digest(store, key_id, "rotated")
+    named = await named_record(store, key_id, "rotated")
+    id_key, old_hex, stored = named.id_key, named.digest_hex, named.stored
     old_key = store.record_key(old_hex)
-    try:
-        record = await store.client.hgetall(old_key)
-    except ResponseError as exc:
-        if of_another_type(exc):
-            raise UnreadableRecordError(_cannot_rotate(key_id, old_key, ANOTHER_TYPE)) from None
-        raise
-    try:
-        stored = from_fields(record)
-    except UnreadableRecordError as exc:
-        raise UnreadableRecordError(f"API key {key_id!r} cannot be rotated: {exc}") from None
-    if stored is None or expires_in_ms != -1:
-        # No record: a create in flight, or one that failed half-way.
-        raise UnknownKeyIdError(f"no API key with id {key_id!r} was created at run time")
     now = store.clock()
     ended = stored.key.expires_at
     if ended is not None and ended <= now and expires_at is None:
@@ -92,7 +63,7 @@ async def rotate_with_expiry(
     new_key = store.record_key(new_hex)
     # Never longer than a rotation cut short (the id still names its old record) gave.
     until = min(now + grace_s, stored.secret_expires_at or math.inf)
-    older = previous(record)
+    older = previous(named.record)
     try:
         async with store.client.pipeline(transaction=True) as pipe:
             pipe.hset(new_key, mapping={**to_fields(stored), "previous": old_hex})
@@ -153,8 +124,3 @@ async def _renewed_meanwhile(
         return stored
     await store.client.hset(new_key, "expires_at", repr(expires_at or 0.0))
     return dataclasses.replace(stored, key=dataclasses.replace(stored.key, expires_at=expires_at))
-
-
-def _cannot_rotate(key_id: str, record_key: str, reason: str) -> str:
-    shown = shown_name(record_key)
-    return f"API key {key_id!r} cannot be rotated: its record {shown} {reason}{WRITTEN}"
