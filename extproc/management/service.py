@@ -43,6 +43,7 @@ from extproc.auth.stored_keys import (
     KeyExpiredError,
     KeyIdTakenError,
     RevokedUnreadableRecordError,
+    StoredKey,
     StoredKeys,
     UnknownKeyIdError,
     UnreadableRecordError,
@@ -566,19 +567,15 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 raise InvalidArgumentError("id is required")
             grace = request.grace_seconds
             _check_grace(grace)
-            if self._in_config(request.id):
-                raise InvalidArgumentError(
-                    f"API key {request.id!r} comes from the config: give it a new secret"
-                    " there (key, key_file or the directory) and reload"
-                )
+            self._refuse_config_key(
+                request.id, "give it a new secret there (key, key_file or the directory) and reload"
+            )
             # Reads first, then writes: a store error counts as "unknown" (conservative).
             change.stage = "applying"
             secret, stored, until = await self._keys.rotate(request.id, grace)
             change.stage = "applied"
             change.fields = {**_audited(stored.key), "grace_s": grace, "previous_expires_at": until}
-            info = _key_info(stored.key, stored.created_at, "store")
-            if until > time.time():
-                info.previous_expires_at = until
+            info = _stored_key_info(stored, until)
             return pb.RotatedKey(key=secret, info=info, previous_expires_at=until)
 
         return await self._call(context, work, change)
@@ -608,11 +605,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                     " the key keeps its secret"
                 )
             _check_grace(grace)
-            if self._in_config(request.id):
-                raise InvalidArgumentError(
-                    f"API key {request.id!r} comes from the config: set its expires_at there"
-                    " and reload"
-                )
+            self._refuse_config_key(request.id, "set its expires_at there and reload")
             # Reads first, then writes: a store error counts as "unknown" (conservative).
             change.stage = "applying"
             secret, stored, until, before = await self._keys.renew(
@@ -624,14 +617,10 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 "renewed_from": before or None,
                 "rotate": request.rotate,
             }
-            info = _key_info(stored.key, stored.created_at, "store")
-            now = time.time()
             if request.rotate:
                 change.fields |= {"grace_s": grace, "previous_expires_at": until}
-                if until > now:
-                    info.previous_expires_at = until
-            elif stored.previous_expires_at > now:
-                info.previous_expires_at = stored.previous_expires_at
+            # The old secret: this renewal's rotation's, else one still in its grace.
+            info = _stored_key_info(stored, until if request.rotate else stored.previous_expires_at)
             return pb.RenewedKey(
                 key=secret or "",
                 info=info,
@@ -643,6 +632,12 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
 
     def _in_config(self, key_id: str) -> bool:
         return any(known.id == key_id for known in self._runtime().api_keys.records())
+
+    def _refuse_config_key(self, key_id: str, remedy: str) -> None:
+        """A config key changes in the config, at a reload: a change made here would be
+        undone by the next one. ``remedy`` says how to make it there."""
+        if self._in_config(key_id):
+            raise InvalidArgumentError(f"API key {key_id!r} comes from the config: {remedy}")
 
 
 def _check_grace(grace: float) -> None:
@@ -746,6 +741,15 @@ def _key_info(key: ApiKey, created_at: float, source: str) -> pb.KeyInfo:
         allowed_models=key.allowed_models,
         allowed_routes=key.allowed_routes,
     )
+
+
+def _stored_key_info(stored: StoredKey, old_secret_until: float) -> pb.KeyInfo:
+    """A stored key as a change's answer gives it: ``previous_expires_at`` only while
+    an old secret still works."""
+    info = _key_info(stored.key, stored.created_at, "store")
+    if old_secret_until > time.time():
+        info.previous_expires_at = old_secret_until
+    return info
 
 
 def _refusal_code(error: Exception) -> grpc.StatusCode | None:
