@@ -15,7 +15,6 @@ applies it. Against a real Valkey.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -23,36 +22,18 @@ import pytest
 from redis.exceptions import ResponseError
 
 from extproc.config.quota_model import LimitRule, QuotasConfig
-from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin, UnreadableStateError
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import QuotaStore, Reservation, generation_field
-from extproc.store.connection import StoreClient, connect
-from extproc.store.embedded import EmbeddedValkey
+from extproc.store.connection import StoreClient
 from extproc.store.spool import Spool
+from tests.unit.test_store_scripts_all_or_nothing import ALICE, P, client, rejected, store
 
-P = "gs:"
-ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="eng")
+__all__ = ["client", "store"]  # the store's scripts' tests' flushed Valkey and spooled store
 RULE = LimitRule(name="day", subject="user", tokens_per_day=10**6)
 # What a person may write over generation 1 with HSET: Lua's tonumber reads each as a
 # number (1, or another), HINCRBY and the reserve script as none.
 SPELLINGS = ["01", " 1", "1.0", "1e0", "0x1", "+1", "1.5", " 2", "2 "]
-
-
-@pytest.fixture
-async def client(valkey: EmbeddedValkey) -> AsyncIterator[StoreClient]:
-    opened = connect(valkey.url, 2.0)
-    await opened.flushdb()
-    yield opened
-    await opened.aclose()
-
-
-@pytest.fixture
-async def store(client: StoreClient, tmp_path: Path) -> AsyncIterator[QuotaStore]:
-    quota_store = QuotaStore(client, P, Spool(tmp_path, "quota"))
-    await quota_store.start()
-    yield quota_store
-    await quota_store.close()
 
 
 async def _generation_one(store: QuotaStore, client: StoreClient) -> Limit:
@@ -73,11 +54,6 @@ async def _used(client: StoreClient, limit: Limit) -> tuple[int, int]:
     return int(counter or 0), int(held or 0)
 
 
-def _rejected(tmp_path: Path) -> list[bytes]:
-    path = tmp_path / "quota.rejected.jsonl"
-    return path.read_bytes().splitlines() if path.exists() else []
-
-
 @pytest.mark.parametrize("spelling", SPELLINGS)
 async def test_a_settlement_meeting_a_hand_written_generation_waits_for_it_to_be_mended(
     store: QuotaStore, client: StoreClient, tmp_path: Path, spelling: str
@@ -95,14 +71,14 @@ async def test_a_settlement_meeting_a_hand_written_generation_waits_for_it_to_be
     store.settle(reservation, 10)
     await store.flush()
     assert await store.replay_spool() == 1
-    assert len(_rejected(tmp_path)) == 1
+    assert len(rejected(tmp_path)) == 1
     # Nothing written: still the whole estimate, held (before, "01" settled it and
     # "1.5" dropped the settlement, each without a word).
     assert await _used(client, limit) == (500, 500)
 
     # A person mends the generation and applies the line set aside: it lands, once.
     await _write(client, limit, "1")
-    Spool(tmp_path, "quota").append(orjson.loads(_rejected(tmp_path)[0]))
+    Spool(tmp_path, "quota").append(orjson.loads(rejected(tmp_path)[0]))
     assert await store.replay_spool() == 1
     assert await _used(client, limit) == (10, 0)
 
