@@ -24,6 +24,7 @@ from extproc.chargeback.pricing import PriceTable
 from extproc.config import ConfigError, parse_config
 from extproc.config.pricing_model import PricingConfig
 from extproc.context import Usage
+from extproc.runtime import Services
 from extproc.testing import request_body, request_headers, response_body, response_headers
 from extproc.translators.gemini_gemini import usage_report
 from tests.unit.test_gemini_review import BODY, KEY, PREFIX, log_line, memory_services, play
@@ -79,9 +80,14 @@ def answer(usage: dict[str, Any]) -> dict[str, Any]:
 
 
 async def generate(
-    vertex: tuple[str, Path], usage: dict[str, Any], pricing: dict[str, Any] = PRICING
+    vertex: tuple[str, Path],
+    usage: dict[str, Any],
+    pricing: dict[str, Any] = PRICING,
+    services: Services | None = None,
 ) -> dict[str, Any]:
-    services = memory_services()
+    """The log line of one generateContent answering with ``usage`` (through ``services``,
+    else a fresh in-memory set)."""
+    services = memory_services() if services is None else services
     await play(
         vertex,
         [

@@ -18,18 +18,14 @@ each answer's parts equal its log line's counts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from extproc.config import GatewayConfig
 from extproc.context import Usage
 from extproc.processor import Processor
-from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.runtime import Services
 from extproc.stages.accounting import token_parts
 from extproc.telemetry.metrics import TOKEN_PARTS, GatewayMetrics
 from extproc.testing import (
@@ -41,19 +37,14 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.conftest import MemoryLog
-from tests.unit.test_cache_write_ttl import PATHS
-from tests.unit.test_gemini_audio_pricing import PRICING as GEMINI_PRICING
+from tests.unit.test_cache_write_ttl import PATHS, gateway
 from tests.unit.test_gemini_audio_pricing import USAGE as GEMINI_USAGE
-from tests.unit.test_gemini_audio_pricing import answer as gemini_answer
-from tests.unit.test_gemini_review import BODY as GEMINI_BODY
-from tests.unit.test_gemini_review import KEY as GEMINI_KEY
-from tests.unit.test_gemini_review import PREFIX as GEMINI_PREFIX
-from tests.unit.test_gemini_review import play as play_vertex
+from tests.unit.test_gemini_audio_pricing import generate as gemini_generate
 from tests.unit.test_gemini_review import vertex as vertex
 from tests.unit.test_openai_audio_pricing import AUDIO_USAGE, OPENAI_AUTH, body, spoken_answer
 from tests.unit.test_openai_audio_pricing import config as audio_config
 
-__all__ = ["vertex"]
+__all__ = ["gateway", "vertex"]  # the cache tests' processor, the Gemini tests' Vertex
 # The log line's name of each part (TOKEN_PARTS, less "_tokens" but for the audio ones).
 LOGGED = {
     "cached": "cached_tokens",
@@ -92,15 +83,6 @@ def _logged(line: dict[str, Any]) -> dict[str, float]:
     found = {name: float(line[field]) for name, field in LOGGED.items()}
     found["prompt"], found["completion"] = line["prompt_tokens"], line["completion_tokens"]
     return found
-
-
-@pytest.fixture
-async def gateway(config: GatewayConfig, services: Services) -> AsyncIterator[Processor]:
-    """The default config's processor, with its AWS signer loaded (Bedrock's paths)."""
-    runtime = Runtime(config, services)
-    await runtime.start()
-    yield Processor(lambda: runtime, default_stages())
-    await runtime.close()
 
 
 @pytest.mark.parametrize(
@@ -151,18 +133,7 @@ async def test_gemini_s_cached_audio_is_counted_as_the_log_line_counts_it(
     vertex: tuple[str, Path],
 ) -> None:
     services = Services(GatewayMetrics(), MemoryLog())
-    await play_vertex(
-        vertex,
-        [
-            request_headers(f"{GEMINI_PREFIX}:generateContent", headers=GEMINI_KEY),
-            request_body(orjson.dumps(GEMINI_BODY)),
-            response_headers(200),
-            response_body(orjson.dumps(gemini_answer(GEMINI_USAGE))),
-        ],
-        services,
-        pricing=GEMINI_PRICING,
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    line = await gemini_generate(vertex, GEMINI_USAGE, services=services)
     counted = _counted(services, line)
     assert counted == _logged(line)
     assert (counted["prompt_audio"], counted["cached_audio"]) == (8_000, 3_000)

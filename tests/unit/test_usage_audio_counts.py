@@ -45,13 +45,8 @@ from extproc.testing import (
 )
 from tests.unit.conftest import MemoryLog
 from tests.unit.sse_play import play_sse
-from tests.unit.test_gemini_audio_pricing import PRICING as GEMINI_PRICING
 from tests.unit.test_gemini_audio_pricing import USAGE as GEMINI_USAGE
-from tests.unit.test_gemini_audio_pricing import answer as gemini_answer
-from tests.unit.test_gemini_review import BODY as GEMINI_BODY
-from tests.unit.test_gemini_review import KEY as GEMINI_KEY
-from tests.unit.test_gemini_review import PREFIX as GEMINI_PREFIX
-from tests.unit.test_gemini_review import play as play_vertex
+from tests.unit.test_gemini_audio_pricing import generate as gemini_generate
 from tests.unit.test_gemini_review import vertex as vertex
 from tests.unit.test_openai_audio_pricing import (
     AUDIO_PRICE,
@@ -171,20 +166,9 @@ async def test_gemini_s_cached_audio_reaches_the_report(
 ) -> None:
     writer = UsageWriter(store, on_error=lambda: None)
     services = Services(GatewayMetrics(), MemoryLog(), usage_writer=writer)
-    await play_vertex(
-        vertex,
-        [
-            request_headers(f"{GEMINI_PREFIX}:generateContent", headers=GEMINI_KEY),
-            request_body(orjson.dumps(GEMINI_BODY)),
-            response_headers(200),
-            response_body(orjson.dumps(gemini_answer(GEMINI_USAGE))),
-        ],
-        services,
-        pricing=GEMINI_PRICING,
-    )
+    line = await gemini_generate(vertex, GEMINI_USAGE, services=services)
     assert await writer.flush() is True
 
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
     period = period_of([line])
     rows = await store.query(period.start, period.end, ("model",))
     [row] = report(rows, ("model",), "json", period)["rows"]
