@@ -34,6 +34,7 @@ from tests.unit.test_stored_keys import (
     Meanwhile,
     api,
     client,
+    expired_key,
     gateway,
     keys,
     new_key,
@@ -47,13 +48,6 @@ DAY_S = 86400.0
 
 def iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-async def expired_key(client: Any, key_id: str = "ci-bot") -> str:
-    """A key created two hours ago that expired an hour ago: its secret."""
-    earlier = StoredKeys(client, PREFIX, clock=lambda: time.time() - 2 * HOUR_S)
-    secret, _ = await earlier.create(new_key(key_id, expires_at=time.time() - HOUR_S))
-    return secret
 
 
 async def test_an_expired_key_renewed_works_again_under_its_id_and_secret(

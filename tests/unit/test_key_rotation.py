@@ -36,6 +36,7 @@ from tests.unit.test_stored_keys import (
     RevokeInBetween,
     api,
     client,
+    expired_key,
     gateway,
     keys,
     new_key,
@@ -285,9 +286,7 @@ async def test_an_expired_key_is_not_rotated_into_a_secret_that_cannot_work(
 async def test_the_api_and_cli_refuse_rotating_an_expired_key_as_invalid(
     api: Api, client: Any
 ) -> None:
-    # Created two hours ago, expired an hour ago.
-    earlier = StoredKeys(client, PREFIX, clock=lambda: time.time() - 7200)
-    await earlier.create(new_key(expires_at=time.time() - 3600))
+    await expired_key(client)
 
     code, details = await api.refusal("RotateKey", pb.RotateKeyRequest(id="ci-bot"))
     exit_code, out, err = await api.cli("keys", "rotate", "--id", "ci-bot")

@@ -62,6 +62,13 @@ def new_key(key_id: str = "ci-bot", **fields: Any) -> ApiKey:
     return ApiKey(id=key_id, **{**values, **fields})
 
 
+async def expired_key(client: Any, key_id: str = "ci-bot") -> str:
+    """A key created two hours ago that expired an hour ago: its secret."""
+    earlier = StoredKeys(client, PREFIX, clock=lambda: time.time() - 7200)
+    secret, _ = await earlier.create(new_key(key_id, expires_at=time.time() - 3600))
+    return secret
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
