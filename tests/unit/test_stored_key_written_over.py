@@ -312,5 +312,6 @@ async def test_a_key_whose_record_holds_a_field_never_written_so_is_not_changed(
         f"API key 'ci-bot' cannot be {done}: is the record of API key 'ci-bot', but its"
         " field 'labels' holds no JSON"
     )
+    assert secret not in details and not WHOLE_DIGEST.search(details)
     assert await client.hget(record, "labels") == b"team=ml"
     assert await client.get(f"{PREFIX}keyid:ci-bot") == record.encode()[-65:-1]
