@@ -34,6 +34,7 @@ from collections.abc import Iterable
 import orjson
 
 from extproc.agents.jsonrpc import http_error_body
+from extproc.auth import credential_shapes
 
 
 class GatewayError(Exception):
@@ -289,15 +290,6 @@ class GatewayTimeoutError(GatewayError):
     error_type = "timeout"
 
 
-# What a provider's words may show of a key: OpenAI names the key it refused by a
-# fragment ("sk-proj-****abcd"), others quote a key's start, an AWS key id or a token.
-_SECRET_LOOKING = re.compile(
-    r"\S*\*{3,}\S*"  # a masked key: a run of asterisks, and the fragments around it
-    r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # sk-..., sk-ant-..., sk_live_...
-    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"  # an AWS access key id
-    r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
-    r"|\bya29\.[A-Za-z0-9_\-.]+"  # a Google OAuth2 access token (Vertex AI's)
-)
 REDACTED = "[redacted]"
 # Below this, a fragment of a known secret says nothing: kept (and too short to match safely).
 _MIN_FRAGMENT = 4
@@ -313,9 +305,10 @@ _AWS_SESSION_TOKEN = re.compile(r"(x-amz-security-token\s*[:=]\s*)[^\s'\"&,;]+",
 
 
 def without_secrets(text: str, known: Iterable[str] = ()) -> str:
-    """``text`` (a provider's error message) with anything that looks like a credential,
-    and any sight of the ``known`` secrets (whole, or their first or last four characters
-    where those are not another word's: ``_without_ends_of``), replaced by ``[redacted]``.
+    """``text`` (a provider's error message) with anything that looks like a credential
+    or a fragment of one (``credential_shapes.fragments_redacted``), and any sight of
+    the ``known`` secrets (whole, or their first or last four characters where those
+    are not another word's: ``_without_ends_of``), replaced by ``[redacted]``.
     Over-redacting an error message costs little; a fragment of the gateway's provider
     key shown to a client or written to a log would cost more."""
     secrets = [secret for secret in known if len(secret) >= 2 * _MIN_FRAGMENT]
@@ -325,7 +318,7 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
     # Google token's "ya29") would leave the rest of another one where no pattern finds it.
     text = _AWS_EXPECTED_REQUEST.sub(f" {REDACTED}", text)
     text = _AWS_SESSION_TOKEN.sub(rf"\g<1>{REDACTED}", text)
-    text = _SECRET_LOOKING.sub(REDACTED, text)
+    text = credential_shapes.fragments_redacted(text, REDACTED)
     for secret in secrets:
         if _random_looking(secret):
             text = _without_ends_of(text, secret)

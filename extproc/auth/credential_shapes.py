@@ -7,7 +7,11 @@ a fixed alphabet and a length no word reaches, so a parameter a client means as 
 (an API version, ``alt=sse``, a cursor, a model name, an item id) is none of them.
 
 ``kind`` names what a text holds, never the text: the caller's error names the kind and
-the parameter, and the value goes nowhere.
+the parameter, and the value goes nowhere. ``redacted`` hides every credential of these
+shapes in a text shown to someone (a config error, a warning), ``fragments_redacted``
+the fragments of keys that providers quote as well (``errors.without_secrets``): this
+module is the one list of what a credential looks like, so a shape added here is
+refused in a query or a model name and hidden in every message at once.
 """
 
 from __future__ import annotations
@@ -69,20 +73,50 @@ _UPPER = re.compile(r"[A-Z]")
 _LOWER = re.compile(r"[a-z]")
 
 
+# What a provider's words show of a key: OpenAI names the key it refused by a fragment
+# ("sk-proj-****abcd"), others quote a key's start, an AWS key id or a token cut short.
+# Looser than ``_SHAPES``, so only for hiding: a word it hides costs a message little.
+_FRAGMENTS = re.compile(
+    r"\S*\*{3,}\S*"  # a masked key: a run of asterisks, and the fragments around it
+    r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # sk-..., sk-ant-..., sk_live_...
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"  # an AWS access key id
+    r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
+    r"|\bya29\.[A-Za-z0-9_\-.]+"  # a Google OAuth2 access token (Vertex AI's)
+)
+
+
 def kind(text: str) -> str | None:
     """What credential ``text`` holds (``"a GitHub token"``), None when it holds none."""
     for found in _SHAPES.finditer(text):
-        group = found.lastgroup
-        assert group is not None
-        value = found.group()
-        if group == "sk" and not _random_key(value[3:]):
-            continue  # words joined by hyphens ("sk-learn-...") are no key
-        if group == "slack" and _DIGIT.search(value) is None:
-            continue  # a Slack token carries its team's and user's numbers
-        if group == "aigw" and not (_UPPER.search(value, 5) and _LOWER.search(value, 5)):
-            continue  # 256 random bits mix both cases; a lowercase slug ("aigw-my-...") is none
-        return _KINDS[group]
+        if _is_credential(found):
+            assert found.lastgroup is not None
+            return _KINDS[found.lastgroup]
     return None
+
+
+def redacted(text: str, replacement: str) -> str:
+    """``text`` with every credential ``kind`` finds replaced by ``replacement``: no
+    word or mask of the text's own is touched."""
+    return _SHAPES.sub(lambda found: replacement if _is_credential(found) else found.group(), text)
+
+
+def fragments_redacted(text: str, replacement: str) -> str:
+    """``text`` with every fragment of a key, as providers quote one (cut short, masked
+    with asterisks), replaced by ``replacement``. Looser than ``redacted``: for words a
+    provider wrote, not a text whose own masks (a URL's ``***@host``) must stay."""
+    return _FRAGMENTS.sub(replacement, redacted(text, replacement))
+
+
+def _is_credential(found: re.Match[str]) -> bool:
+    value = found.group()
+    if found.lastgroup == "sk":
+        return _random_key(value[3:])  # words joined by hyphens ("sk-learn-...") are no key
+    if found.lastgroup == "slack":
+        return _DIGIT.search(value) is not None  # a token carries its team's numbers
+    if found.lastgroup == "aigw":
+        # 256 random bits mix both cases; a lowercase slug ("aigw-my-...") is none.
+        return bool(_UPPER.search(value, 5) and _LOWER.search(value, 5))
+    return True
 
 
 def _random_key(text: str) -> bool:

@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from extproc.auth import credential_shapes
 from extproc.config.echoed_secrets import hidden, is_secret_field, secrets_of_file
 from extproc.config.enrichment_template import literal
 from extproc.config.model import GatewayConfig
-from extproc.errors import without_secrets
+from extproc.errors import REDACTED, without_secrets
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE_FORMS = "write ${VAR} or ${VAR:-default}, or $${ for a literal ${"
@@ -53,12 +54,17 @@ _TEMPLATE_FIELD = re.compile(_ENRICHMENT_CONTENT)
 
 
 class ConfigError(Exception):
-    """The config file cannot be used; ``problems`` holds one line per mistake."""
+    """The config file cannot be used; ``problems`` holds one line per mistake.
+
+    Each line is printed by ``check-config`` and ``serve`` and logged by a refused
+    reload, whichever part found the mistake (the loader, the key files, the signer):
+    a credential of a well-known shape in it (pasted as a field's value, a mapping's
+    key, a route name) is hidden here, once for all of them."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+        self.problems = [credential_shapes.redacted(problem, REDACTED) for problem in problems]
+        super().__init__(f"{source}: " + "; ".join(self.problems))
 
     def __str__(self) -> str:
         lines = "\n".join(f"  - {problem}" for problem in self.problems)
