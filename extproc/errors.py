@@ -325,6 +325,16 @@ def without_secrets(text: str, known: Iterable[str] = ()) -> str:
     return text
 
 
+def quoted(value: str, limit: int) -> str:
+    """``value`` (a client's input an error names) quoted, cut to ``limit`` characters;
+    ``[redacted]`` when it holds a credential of a well-known shape. Looked for in the
+    whole value: cut, a key is no longer its shape (40 of an ``aigw-`` key's 48), and
+    the error, with the request log's ``error_message``, showed most of it."""
+    if credential_shapes.kind(value) is not None:
+        return REDACTED
+    return repr(value[:limit])
+
+
 # A run of a key long enough that, mixing digits with letters or cases, it is no word.
 _RANDOM_RUN = re.compile(r"[A-Za-z0-9]{8,}")
 

@@ -115,7 +115,7 @@ from urllib.parse import quote
 import orjson
 
 from extproc.context import Usage
-from extproc.errors import BadRequestError, GatewayError
+from extproc.errors import BadRequestError, GatewayError, quoted
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators.claude_geography import refuse_inference_geo
 from extproc.translators.claude_thinking import (
@@ -462,7 +462,7 @@ def converse_service_tier(value: Any) -> str | None:
     if tier is not None:
         return tier
     asked = (
-        f"{value[:_QUOTED_TIER_CHARS]!r} is not a Bedrock service tier"
+        f"{quoted(value, _QUOTED_TIER_CHARS)} is not a Bedrock service tier"
         if isinstance(value, str)
         else "must be a string"
     )

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.errors import BadRequestError
+from extproc.errors import BadRequestError, quoted
 
 __all__ = ["JsonSchemaFormat", "ResponseFormat", "read_response_format", "schema_to_hold"]
 
@@ -72,7 +72,7 @@ def read_response_format(value: Any) -> ResponseFormat | None:
         )
     kind = value.get("type")
     if kind not in _TYPES:
-        shown = repr(kind[:_QUOTED_CHARS]) if isinstance(kind, str) else "a non-string"
+        shown = quoted(kind, _QUOTED_CHARS) if isinstance(kind, str) else "a non-string"
         raise BadRequestError(
             f"Invalid value for 'response_format.type': {shown}. Supported values are: "
             "'text', 'json_object' and 'json_schema'",
