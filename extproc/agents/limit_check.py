@@ -27,6 +27,7 @@ from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
 from extproc.stages.quota import rate_limit_headers
+from extproc.stages.subject_credentials import refuse_credential_in_subjects
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def check_limits(
     )
     if not limits:
         return None
+    refuse_credential_in_subjects(ctx, limits)
     return _reserve(ctx, out, call, limits, ids, batch)
 
 

@@ -35,7 +35,7 @@ from extproc.stages.echoed_credential import MIN_CREDENTIAL
 def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
     """Refuse ``model`` when it holds a credential; the path that named it (the request
     log's ``path``) then shows the segment as ``[redacted]``."""
-    what = _credential_in(ctx, model)
+    what = credential_in(ctx, model)
     if what is None:
         return
     ctx.path = _path_without(ctx.path, model)
@@ -56,7 +56,7 @@ def redact_unread_path(ctx: RequestContext) -> None:
         return
     route_path, mark, query = ctx.path.partition("?")
     segments = route_path.split("/")
-    held = [segment for segment in segments if segment and _credential_in(ctx, unquote(segment))]
+    held = [segment for segment in segments if segment and credential_in(ctx, unquote(segment))]
     if not held:
         return
     ctx.path = "/".join(REDACTED if s in held else s for s in segments) + mark + query
@@ -69,8 +69,9 @@ def redact_unread_path(ctx: RequestContext) -> None:
                 error.message = error.message.replace(form, REDACTED)
 
 
-def _credential_in(ctx: RequestContext, model: str) -> str | None:
-    """What credential ``model`` holds, in words that never quote it; None for none."""
+def credential_in(ctx: RequestContext, model: str) -> str | None:
+    """What credential ``model`` (or another name the request gives that is recorded, a
+    header's value a quota counts) holds, in words that never quote it; None for none."""
     presented = presented_credential(ctx)
     if presented is not None and len(presented) >= MIN_CREDENTIAL and presented in model:
         return "this request's API key or token"

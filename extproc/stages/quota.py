@@ -48,6 +48,7 @@ from extproc.quota.thinking_budget import (
     thinking_budget,
 )
 from extproc.runtime import Upstream
+from extproc.stages.subject_credentials import refuse_credential_in_subjects
 from extproc.store.outage_log import OutageLog
 from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
@@ -106,6 +107,8 @@ class QuotaStage:
         if not limits:
             ctx.quota_decision = "none"
             return None
+        # Before the subjects are noted (the gauges) or counted (the store's keys).
+        refuse_credential_in_subjects(ctx, limits)
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
         cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
