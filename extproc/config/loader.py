@@ -29,6 +29,7 @@ from extproc.auth import credential_shapes
 from extproc.config.echoed_secrets import hidden, is_secret_field, secrets_of_file
 from extproc.config.enrichment_template import literal
 from extproc.config.model import GatewayConfig
+from extproc.config.published_names import secret_model_names
 from extproc.errors import REDACTED, without_secrets
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -171,6 +172,8 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
         # A key put in the wrong field is echoed by the field's check, or quoted by its
         # message (`unknown provider '...'`), like any other value.
         raise ConfigError(source, hidden(problems, secrets)) from None
+    if published := secret_model_names(config, secrets):
+        raise ConfigError(source, published)
     config.keep_secrets_read(secrets)
     return config
 
