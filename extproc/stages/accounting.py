@@ -66,18 +66,6 @@ class AccountingStage:
         ttft = ctx.time_to_first_token_s() if ctx.accounted else None
         status = "aborted" if ctx.aborted else str(ctx.response_status)
         failed_in_200 = _failed_in_success(ctx)
-        metrics.observe_request(
-            route=ctx.route.name if ctx.route else "",
-            provider=provider,
-            model=model,
-            # A success status the provider's failure came inside (a stream it cut with an
-            # error event, a 200 whose body was its error) is a failed request to the
-            # client: counted as "200" it escaped the error-rate alert, which selects
-            # statuses. Labelled instead, once, as aigw_upstream_errors_total labels it.
-            status=failed_in_200 if failed_in_200 and not ctx.aborted else status,
-            duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
-            ttft_s=ttft,
-        )
         upstream_side = ctx.error is None or isinstance(ctx.error, UnreadableAnswerError)
         if upstream_side and ctx.provider is not None and no_answer(ctx.response_status):
             # The upstream side's own status (Anthropic's 529, not the client's 503); the
@@ -90,38 +78,33 @@ class AccountingStage:
             metrics.upstream_error(provider=provider, model=model, status=label)
         elif (failure := _provider_failure(ctx)) is not None:
             metrics.upstream_error(provider=provider, model=model, status=failure)
-        if ctx.usage_reported or ctx.usage_estimated:
-            metrics.observe_token_usage(
-                operation=operation_of(ctx) or "chat",
-                provider_type=ctx.provider_type.value if ctx.provider_type else provider,
-                request_model=model,
-                response_model=ctx.response_model or "",
-                prompt=ctx.usage.prompt_tokens,
-                completion=ctx.usage.completion_tokens,
+        identity = ctx.identity
+        usage = ctx.usage
+        cost = ctx.cost
+        metrics.record_finished(
+            route=ctx.route.name if ctx.route else "",
+            provider=provider,
+            model=model,
+            # A success status the provider's failure came inside (a stream it cut with an
+            # error event, a 200 whose body was its error) is a failed request to the
+            # client: counted as "200" it escaped the error-rate alert, which selects
+            # statuses. Labelled instead, once, as aigw_upstream_errors_total labels it.
+            status=failed_in_200 if failed_in_200 and not ctx.aborted else status,
+            duration_s=ctx.elapsed_ms() / 1000.0 if ctx.accounted else None,
+            ttft_s=ttft,
+            identity=(identity.api_key_id or "", identity.user_id or "", identity.group_id or ""),
+            usage=(
+                operation_of(ctx) or "chat",
+                ctx.provider_type.value if ctx.provider_type else provider,
+                ctx.response_model or "",
+                usage.prompt_tokens,
+                usage.completion_tokens,
             )
-            metrics.count_tokens(
-                identity=(
-                    ctx.identity.api_key_id or "",
-                    ctx.identity.user_id or "",
-                    ctx.identity.group_id or "",
-                ),
-                model=model,
-                provider=provider,
-                prompt=ctx.usage.prompt_tokens,
-                completion=ctx.usage.completion_tokens,
-                parts=token_parts(ctx.usage),
-            )
-        if ctx.cost is not None and ctx.cost.picousd:
-            metrics.count_cost(
-                identity=(
-                    ctx.identity.api_key_id or "",
-                    ctx.identity.user_id or "",
-                    ctx.identity.group_id or "",
-                ),
-                model=model,
-                provider=provider,
-                picousd=ctx.cost.picousd,
-            )
+            if ctx.usage_reported or ctx.usage_estimated
+            else None,
+            picousd=cost.picousd if cost is not None else 0,
+            parts=token_parts(usage),
+        )
 
     @staticmethod
     def _charge_cut_attempts(ctx: RequestContext) -> None:

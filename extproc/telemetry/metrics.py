@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,8 +133,29 @@ TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 
+# What a finished request used, for record_finished: its operation, provider type and
+# response model (gen_ai_client_token_usage's labels), then its prompt and completion
+# tokens.
+TokenUse = tuple[str, str, str, int, int]
+
 # Label-value combinations remembered as sent, for the fast path of _child.
 _RAW_CACHE_SIZE = 10_000
+
+
+@dataclass(slots=True)
+class _FinishedSeries:
+    """The series a finished request of one label set records (``record_finished``), each
+    found the first time it gets a value, as ``_child`` finds it: no series appears any
+    sooner than before, and none past the label budget."""
+
+    requests: Any = None
+    duration: Any = None
+    ttft: Any = None
+    input_tokens: Any = None
+    output_tokens: Any = None
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    cost: Any = None
 
 
 class LabelBudget:
@@ -363,12 +385,16 @@ class GatewayMetrics:
         # the label budget).
         self._by_raw: dict[tuple[str, ...], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
+        # A finished request's series by its labels' raw values (record_finished): one
+        # lookup for the seven or so series every request records. Bounded as _by_raw.
+        self._finished: dict[tuple[str, ...], _FinishedSeries] = {}
 
     def admit_config(self, config: GatewayConfig) -> None:
         """Admit the values ``config`` names (called for each config the gateway loads)."""
         self.labels.admit_config(config)
         # Values folded into `other` before they were admitted are looked up anew.
         self._by_raw.clear()
+        self._finished.clear()
 
     def _child(self, metric: Any, *values: str) -> Any:
         raw = (metric._name, *values)
@@ -407,6 +433,81 @@ class GatewayMetrics:
             self._child(self.request_duration, route, provider, model).observe(duration_s)
         if ttft_s is not None:
             self._child(self.time_to_first_token, route, provider, model).observe(ttft_s)
+
+    def record_finished(
+        self,
+        *,
+        route: str,
+        provider: str,
+        model: str,
+        status: str,
+        duration_s: float | None,
+        ttft_s: float | None,
+        identity: tuple[str, str, str],
+        usage: TokenUse | None,
+        picousd: int,
+        parts: Mapping[str, int] | None = None,
+    ) -> None:
+        """A finished request's series: ``observe_request``, then, with ``usage``,
+        ``observe_token_usage`` and ``count_tokens`` (``parts`` its cache and audio
+        parts), then ``count_cost`` when it cost
+        anything; the same series and values as those four calls, found in one lookup.
+
+        Found one by one, each series cost a call and a label tuple's hash (about 3 us of
+        a request's 10 us of metrics)."""
+        if usage is None:
+            key: tuple[str, ...] = (route, provider, model, status, *identity)
+        else:
+            key = (route, provider, model, status, *identity, *usage[:3])
+        series = self._finished.get(key)
+        if series is None:
+            series = _FinishedSeries()
+            if len(self._finished) < _RAW_CACHE_SIZE:
+                self._finished[key] = series
+        # Refused before a provider was chosen: no model label (observe_request).
+        labelled = model if provider else ""
+        if series.requests is None:
+            series.requests = self._child(self.requests, route, provider, labelled, status)
+        series.requests.inc()
+        if duration_s is not None:
+            if series.duration is None:
+                series.duration = self._child(self.request_duration, route, provider, labelled)
+            series.duration.observe(duration_s)
+        if ttft_s is not None:
+            if series.ttft is None:
+                series.ttft = self._child(self.time_to_first_token, route, provider, labelled)
+            series.ttft.observe(ttft_s)
+        if usage is not None:
+            operation, provider_type, response_model, prompt, completion = usage
+            if series.input_tokens is None:
+                name = GEN_AI_PROVIDER_NAMES.get(provider_type, provider_type)
+                labels = (operation, name, model, response_model)
+                series.input_tokens = self._child(self.gen_ai_token_usage, *labels, "input")
+                series.output_tokens = self._child(self.gen_ai_token_usage, *labels, "output")
+            series.input_tokens.observe(prompt)
+            series.output_tokens.observe(completion)
+            if prompt:
+                if series.prompt_tokens is None:
+                    series.prompt_tokens = self._child(
+                        self.tokens_consumed, *identity, model, provider, "prompt"
+                    )
+                series.prompt_tokens.inc(prompt)
+            if completion:
+                if series.completion_tokens is None:
+                    series.completion_tokens = self._child(
+                        self.tokens_consumed, *identity, model, provider, "completion"
+                    )
+                series.completion_tokens.inc(completion)
+            # The cache and audio parts: most requests have none, so no series is kept.
+            for token_type, amount in (parts or {}).items():
+                if amount:
+                    self._child(self.token_parts, *identity, model, provider, token_type).inc(
+                        amount
+                    )
+        if picousd:
+            if series.cost is None:
+                series.cost = self._child(self.cost, *identity, model, provider)
+            self._add_cost(series.cost, picousd)
 
     def count_guardrail_decision(self, guard: str, phase: str, action: str) -> None:
         self._child(self.guardrail_decisions, guard, phase, action).inc()
@@ -458,7 +559,9 @@ class GatewayMetrics:
         sum (int / int rounds correctly), not a float sum of floats, so it equals the sum
         of the log lines' ``cost_usd`` exactly, however many requests it counts. With
         workers, each worker's file holds its own exact sum and the merge adds them."""
-        child = self._child(self.cost, *identity, model, provider)
+        self._add_cost(self._child(self.cost, *identity, model, provider), picousd)
+
+    def _add_cost(self, child: Any, picousd: int) -> None:
         known = self._cost_picousd.get(child)
         if known is None:
             # What the series already holds: 0, unless this process took over the
