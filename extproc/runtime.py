@@ -253,6 +253,9 @@ class Runtime:
         self.routes = RouteTable(config)
         # None when no route names a host: the path alone decides.
         self.host_routes = HostRoutes(config) if any(spec.hosts for spec in config.routes) else None
+        # (host, path) -> the exact route serving it, as the routing stage found it
+        # (stages.routing._checked_route); "" for the host when no route names one.
+        self.known_paths: dict[tuple[str, str], Route] = {}
         self.api_keys = ApiKeyStore(config.auth)
         # The proxy the gateway's own outbound calls go through (JWKS, guards, tokens).
         self.egress = EgressProxy(config.egress)
