@@ -39,9 +39,12 @@ refuses the request. An answer's calls name the tools its request defined (read 
 so answers' names are not read.
 
 Reasoning a client sends back is text the provider reads too: an OpenAI-compatible
-assistant's ``reasoning_content`` / ``reasoning`` / ``reasoning_details`` text, masked in
-place, and Anthropic's ``thinking`` blocks, ``signed``: a mask cannot be written there, so
-the stage drops the block from a closed turn (``drop_reasoning``) or refuses the request.
+assistant's ``reasoning_content`` / ``reasoning`` / ``reasoning_details`` text and the text
+chunks of Mistral's ``thinking`` parts, masked in place, and Anthropic's ``thinking``
+blocks, ``signed``: a mask cannot be written there, so the stage drops the block from a
+closed turn (``drop_reasoning``) or refuses the request.
+
+A bare string among a message's content parts is a slot too: vLLM reads it as a text part.
 """
 
 from __future__ import annotations
@@ -172,9 +175,15 @@ def _content_slots(
     if isinstance(content, str):
         slots.append(TextSlot(role, holder, key))
     elif isinstance(content, list):
-        for part in content:
+        for index, part in enumerate(content):
             if isinstance(part, dict):
                 _block_slots(role, part, slots, names=names)
+            elif isinstance(part, str):
+                # A bare string among the parts: vLLM takes it as a text part (its
+                # content part type includes ``str``), so the model reads it. Left
+                # unread, it carried any text past every guard to such a provider;
+                # the others refuse the request.
+                slots.append(TextSlot(role, content, index))
 
 
 def _block_slots(
@@ -193,6 +202,10 @@ def _block_slots(
         # it changed), so a mask drops it where it may go (``drop_closed_reasoning``).
         # An answer's thinking is read by ``anthropic_answer_slots``.
         slots.append(TextSlot(role, block, "thinking", signed=True, block=block))
+    elif kind == "thinking" and isinstance(block.get("thinking"), list):
+        # Mistral's reasoning (``thinking_chunks``), sent back as its clients keep it:
+        # no signature covers it, so a mask writes in place.
+        slots.extend(TextSlot(role, chunk, "text") for chunk in thinking_chunks(block))
     elif kind == "refusal" and isinstance(block.get("refusal"), str):
         # An OpenAI refusal part: the provider reads it, and the Anthropic and Bedrock
         # translators make it a text block (a system message's too).
@@ -218,6 +231,23 @@ def _block_slots(
         # A server tool's result (web fetch, code execution...): read, or its text
         # reached the model past every guard.
         server_result_slots(block, slots)
+
+
+def thinking_chunks(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """The text chunks of a Mistral ``thinking`` part: its reasoning models (Magistral,
+    and others with ``reasoning_effort``) answer with ``content`` as a list of parts,
+    their reasoning ``{"type": "thinking", "thinking": [{"type": "text", "text": ...}]}``
+    beside the answer's text parts, and take that content back in a later turn."""
+    chunks = block.get("thinking")
+    if not isinstance(chunks, list):
+        return []
+    return [
+        chunk
+        for chunk in chunks
+        if isinstance(chunk, dict)
+        and chunk.get("type") == "text"
+        and isinstance(chunk.get("text"), str)
+    ]
 
 
 def server_result_slots(block: dict[str, Any], slots: list[TextSlot]) -> None:
