@@ -499,7 +499,11 @@ def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        _string_slot("assistant", message, "content", slots)
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append(TextSlot("assistant", message, "content"))
+        elif isinstance(content, list):
+            _answer_part_slots(content, slots, reasoning)
         # A structured-output refusal: text the client shows, as it shows the content.
         _string_slot("assistant", message, "refusal", slots)
         if "tool_calls" in message or "function_call" in message:
@@ -507,6 +511,24 @@ def openai_answer_slots(answer: dict[str, Any]) -> list[TextSlot]:
         openai_reasoning_slots(message, reasoning)
     slots.extend(reasoning)
     return slots
+
+
+def _answer_part_slots(
+    content: list[Any], slots: list[TextSlot], reasoning: list[TextSlot]
+) -> None:
+    """An answer whose ``content`` is a list of parts, as Mistral's reasoning models write
+    it: its text parts' text, and the text chunks of its ``thinking`` parts as reasoning
+    (``thinking_chunks``; unsigned, masked in place). Read as a string only, such an
+    answer reached the client unguarded, its decisions logged ``pass``."""
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            slots.append(TextSlot("assistant", part, "text"))
+        elif kind == "thinking":
+            chunks = thinking_chunks(part)
+            reasoning.extend(TextSlot("assistant", chunk, "text") for chunk in chunks)
 
 
 # The fields OpenAI-compatible providers show reasoning in, on a message or a stream's

@@ -52,6 +52,9 @@ Reasoning is text the client reads too, a ``TextStream`` per choice (or block) a
 OpenAI-compatible ``delta.reasoning_content`` / ``delta.reasoning`` and the text of
 OpenRouter's ``delta.reasoning_details``, whose held text goes out before the choice's
 answer begins, and Anthropic's ``thinking_delta``, released before its ``signature_delta``.
+A provider that streams ``delta.content`` as a list of parts (Mistral's reasoning models)
+has its text parts read in the choice's text channel and the text chunks of its
+``thinking`` parts in a reasoning channel, released as a ``thinking`` part.
 Thinking is signed (Anthropic refuses a changed block sent back), so a mask hit there
 ends the stream as a reject guard's match does (``signed_channel``).
 
@@ -73,7 +76,7 @@ from typing import Any
 
 import orjson
 
-from extproc.guardrails.content import TextSlot, whole_block_slots
+from extproc.guardrails.content import TextSlot, thinking_chunks, whole_block_slots
 from extproc.guardrails.json_fragments import Lexed, LexState, lex, state_at
 from extproc.guardrails.matching import Hit, Matchers, apply, onto_json
 from extproc.translators.sse import EventBuffer
@@ -104,6 +107,9 @@ THOUGHT = 7
 # A structured-output refusal (``delta.refusal``), call index ``_REFUSAL_FIELD``: the
 # answer's text, in a field of its own.
 _REFUSAL = 8
+# Mistral's reasoning: the text chunks of a ``thinking`` part of ``delta.content`` (its
+# reasoning models stream ``content`` as a list of parts), unsigned.
+_THINKING_CHUNKS = 9
 _FIRST_TEXT = _REASONING_CONTENT
 _REASONING_FIELDS = (("reasoning_content", _REASONING_CONTENT), ("reasoning", _REASONING))
 _DETAILS = {
@@ -738,6 +744,10 @@ class StreamGuard:
                 content = delta.get("content")
                 if isinstance(content, str):
                     event.texts.append((index, delta, "content"))
+                elif isinstance(content, list):
+                    # Mistral's reasoning models: parts, not a string. Its text parts
+                    # are the answer's text, its thinking parts' chunks reasoning.
+                    content = _read_parts(event, index, content)
                 # Two key lookups: all a chunk without tool calls pays for them.
                 calls = "tool_calls" in delta or "function_call" in delta
                 if calls:
@@ -828,6 +838,9 @@ class StreamGuard:
             return owner, {"type": "thinking_delta", "thinking": text}
         if carries == _REFUSAL:
             return owner, {"refusal": text}
+        if carries == _THINKING_CHUNKS:
+            thinking = {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+            return owner, {"content": [thinking]}
         if self._anthropic:
             return owner, {"type": "input_json_delta", "partial_json": text}
         if carries in (_REASONING_CONTENT, _REASONING):
@@ -883,6 +896,26 @@ def _read_openai_calls(event: StreamEvent, choice: int, delta: dict[str, Any]) -
     legacy = delta.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
         event.texts.append(((choice, _FUNCTION_CALL, _ARGUMENTS), legacy, "arguments"))
+
+
+def _read_parts(event: StreamEvent, choice: int, content: list[Any]) -> bool:
+    """The text of a delta whose ``content`` is a list of parts (Mistral's reasoning
+    models): each text part's ``text`` in the choice's text channel, each chunk of a
+    ``thinking`` part in its reasoning channel. Whether the answer's text begins here
+    (a thinking part alone does not begin it)."""
+    answers = False
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            event.texts.append((choice, part, "text"))
+            answers = answers or bool(part["text"])
+        elif kind == "thinking":
+            for chunk in thinking_chunks(part):
+                channel = (choice, _REASONING_FIELD, _THINKING_CHUNKS)
+                event.texts.append((channel, chunk, "text"))
+    return answers
 
 
 def _read_details(event: StreamEvent, choice: int, details: Any) -> None:

@@ -5,6 +5,11 @@ includes ``str``), and Mistral's reasoning models send their reasoning back as a
 ``thinking`` part holding text chunks. The guards read neither: a card number or a
 refused word written that way reached such a provider past every request guard, and the
 log line said ``pass``.
+
+Mistral's reasoning models answer that way too: ``content`` is a list of parts, whole and
+streamed, the reasoning in ``thinking`` parts and the answer in ``text`` parts. Response
+guards read only a string: such an answer reached the client unmasked and unrefused, its
+decisions logged ``pass``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.unit.guard_helpers import config_with
-from tests.unit.test_guard_flow import Gateway, immediate, upstream_body, webhook_server
+from extproc.testing import client_body, response_body, response_headers
+from tests.unit.guard_helpers import config_with, openai_answer, openai_delta, openai_deltas
+from tests.unit.sse_play import play_sse
+from tests.unit.test_guard_flow import AUTH, Gateway, immediate, upstream_body, webhook_server
 
 POLICIES = {
     "policies": [
@@ -31,6 +38,7 @@ POLICIES = {
 }
 CARD = "4111 1111 1111 1111"
 CHAT = "/v1/chat/completions"
+DONE = b"data: [DONE]\n\n"
 
 
 def guarded() -> Gateway:
@@ -111,3 +119,128 @@ async def test_a_webhook_gets_and_masks_bare_string_parts() -> None:
         answers = await gateway.send(CHAT, chat({"role": "user", "content": ["a secret"]}))
     assert {"role": "user", "content": "a secret"} in seen
     assert upstream_body(answers[1])["messages"][0]["content"] == ["a [x]"]
+
+
+# --- answers: Mistral's reasoning models answer with content as a list of parts ---------
+
+ANSWER_POLICIES = {
+    "policies": [
+        {
+            "name": "p",
+            "response": [
+                {"name": "falcon", "literals": ["project falcon"], "case_insensitive": True},
+                {"name": "pii", "builtins": ["CREDIT_CARD", "EMAIL"], "action": "mask"},
+            ],
+        }
+    ]
+}
+QUESTION = orjson.dumps({"model": "gpt-4o-mini", "messages": [USER]})
+STREAMED = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [USER]})
+
+
+def answers_guarded() -> Gateway:
+    return Gateway(config_with(ANSWER_POLICIES, {"openai-chat": {"guardrails": "p"}}))
+
+
+def thinking(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+async def answered(gateway: Gateway, content: list[dict[str, Any]]) -> tuple[int, Any]:
+    """The status and body the client gets for a whole answer whose content is parts."""
+    answer = openai_answer(content=content)
+    answers = await gateway.send(CHAT, QUESTION, response_headers(200), response_body(answer))
+    if answers[-1].HasField("immediate_response"):
+        return immediate(answers[-1])
+    return 200, orjson.loads(client_body([answer], answers[3:]))
+
+
+async def test_a_whole_answer_of_parts_is_masked_in_its_text_and_its_reasoning() -> None:
+    gateway = answers_guarded()
+    content = [thinking("They are jane@example.com."), text(f"Charge card {CARD}.")]
+    status, body = await answered(gateway, content)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == [
+        thinking("They are <EMAIL>."),
+        text("Charge card <CREDIT_CARD>."),
+    ]
+    assert gateway.log()["guardrails"] == [
+        {"guard": "falcon", "phase": "response", "action": "pass"},
+        {"guard": "pii", "phase": "response", "action": "mask"},
+    ]
+
+
+@pytest.mark.parametrize("where", ["text", "thinking"])
+async def test_a_refused_word_in_a_whole_answer_of_parts_refuses_it(where: str) -> None:
+    said = "It is Project Falcon."
+    content = [thinking(said), text("Done.")] if where == "thinking" else [text(said)]
+    status, body = await answered(answers_guarded(), content)
+    assert status == 403
+    assert body["error"]["code"] == "guardrail_rejected"
+
+
+def part_chunk(*parts: dict[str, Any]) -> bytes:
+    return openai_delta({"content": list(parts)})
+
+
+def streamed_text(body: bytes) -> tuple[str, str]:
+    """What a client assembling a streamed answer of parts shows: its reasoning, its text."""
+    reasoning, answer = [], []
+    for delta in openai_deltas(body):
+        content = delta.get("content")
+        parts = [text(content)] if isinstance(content, str) else content or []
+        for part in parts:
+            if part["type"] == "text":
+                answer.append(part["text"])
+            else:
+                reasoning.extend(chunk["text"] for chunk in part["thinking"])
+    return "".join(reasoning), "".join(answer)
+
+
+async def streamed(gateway: Gateway, chunks: list[bytes]) -> bytes:
+    answers = await play_sse(gateway.processor, CHAT, AUTH, STREAMED, chunks)
+    return client_body(chunks, answers[3:])
+
+
+async def test_a_streamed_answer_of_parts_is_masked_across_its_chunks() -> None:
+    gateway = answers_guarded()
+    chunks = [
+        part_chunk(thinking("Mail jane.d")),
+        part_chunk(thinking("oe@exam")),
+        part_chunk(thinking("ple.com first.")),
+        part_chunk(text("Card 4111 1111 ")),
+        part_chunk(text("1111 1111, done.")),
+        openai_delta({}, "stop") + DONE,
+    ]
+    received = await streamed(gateway, chunks)
+    assert streamed_text(received) == ("Mail <EMAIL> first.", "Card <CREDIT_CARD>, done.")
+    assert b"jane" not in received and b"4111" not in received
+    # The reasoning held back leaves before the answer's first text, as the client
+    # shows them: reasoning, then the answer.
+    kinds = [
+        part["type"]
+        for delta in openai_deltas(received)
+        if isinstance(delta.get("content"), list)
+        for part in delta["content"]
+        if part.get("text") or part.get("thinking")
+    ]
+    assert kinds == sorted(kinds, reverse=True)  # every "thinking" before any "text"
+    assert {"guard": "pii", "phase": "response", "action": "mask"} in gateway.log()["guardrails"]
+
+
+async def test_a_refused_word_cut_over_streamed_parts_ends_the_stream() -> None:
+    gateway = answers_guarded()
+    chunks = [
+        part_chunk(text("This is Project Fal")),
+        part_chunk(text("con, as asked.")),
+        openai_delta({}, "stop") + DONE,
+    ]
+    received = await streamed(gateway, chunks)
+    assert b"Fal" not in received
+    assert b"guardrail_rejected" in received
+    line = gateway.log()
+    assert (line["outcome"], line["error_code"]) == ("rejected", "guardrail_rejected")
