@@ -154,7 +154,10 @@ def test_an_unknown_time_zone_is_still_refused() -> None:
 
 def test_an_end_off_the_hour_is_told_the_hour_after_it() -> None:
     # The suggestion widens the period: the hour before would leave out the time asked.
-    with pytest.raises(PeriodError, match=r"such as 2026-05-01T11:00:00\+00:00$"):
+    # Both ends given: the covering report comes first, whole and ready to paste.
+    covering = r"--from 2026-05-01T00:00Z --to 2026-05-01T11:00Z covers it"
+    with pytest.raises(PeriodError, match=covering):
         resolve_period(start="2026-05-01T00:00Z", end="2026-05-01T10:30Z", now=NOW)
-    with pytest.raises(PeriodError, match=r"such as 2026-05-01T00:00:00\+00:00$"):
+    covering = r"--from 2026-05-01T00:00Z --to 2026-05-01T10:00Z covers it"
+    with pytest.raises(PeriodError, match=covering):
         resolve_period(start="2026-05-01T00:30Z", end="2026-05-01T10:00Z", now=NOW)
