@@ -75,10 +75,13 @@ of the turn just before, or that follow other blocks; tool call ids outside
 ``^[a-zA-Z0-9_-]+$`` (another provider's ``functions.get_weather:0``); a base64 image whose
 ``media_type`` is not ``image/jpeg``, ``image/png``, ``image/gif`` or ``image/webp``, or whose
 bytes are another of these formats than it names; a stop sequence of whitespace alone;
-``temperature`` / ``top_p`` outside 0..1, and, with ``anthropic-version: 2026-10-21`` (which
-removed them), any of ``temperature``, ``top_p``, ``top_k``; ``tool_use`` or ``tool_result``
-blocks in a request that defines no ``tools`` ("Requests which include `tool_use` or
-`tool_result` blocks must define tools."); a thinking mode the model does not take:
+a ``metadata`` with a key other than ``user_id``, or whose ``user_id`` is over 256
+characters or holds an e-mail address ("metadata.user_id: user_id appears to contain an
+email address"); ``temperature`` / ``top_p`` outside 0..1, and, with
+``anthropic-version: 2026-10-21`` (which removed them), any of ``temperature``,
+``top_p``, ``top_k``; ``tool_use`` or ``tool_result`` blocks in a request that defines no
+``tools`` ("Requests which include `tool_use` or `tool_result` blocks must define
+tools."); a thinking mode the model does not take:
 a fixed budget for Claude Opus 4.7 and later, the 5 generation, Mythos and Fable, which
 think adaptively only, and adaptive thinking for the models before Opus 4.6 and Sonnet 4.6
 (Claude 3.7 Sonnet, the 4.0, 4.1 and 4.5 models); an ``output_config.effort`` other than
@@ -163,6 +166,9 @@ _COUNT_FIELDS = frozenset(
     }
 )  # fmt: skip
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+# metadata.user_id: its bound, and what reads as an e-mail address in it.
+_MAX_USER_ID_LENGTH = 256
+_EMAIL = re.compile(r"[^\s@]+@[^\s@.]+(?:\.[^\s@.]+)+")
 # The media types Anthropic takes for a base64 image.
 _IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # The API version that removed the sampling parameters (ISO dates compare as strings).
@@ -559,6 +565,32 @@ def _check_fields(doc: dict[str, Any], api_version: str | None) -> None:
             )
 
 
+def _check_metadata(value: object) -> None:
+    """``metadata``: an object whose one key is ``user_id``, an opaque id (Anthropic's API
+    refuses one over 256 characters, and one that holds an e-mail address)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidRequestError("metadata: Input should be a valid dictionary")
+    for key in value:
+        if key != "user_id":
+            raise InvalidRequestError(f"metadata.{key}: Extra inputs are not permitted")
+    user_id = value.get("user_id")
+    if user_id is None:
+        return
+    if not isinstance(user_id, str):
+        raise InvalidRequestError("metadata.user_id: Input should be a valid string")
+    if len(user_id) > _MAX_USER_ID_LENGTH:
+        raise InvalidRequestError(
+            f"metadata.user_id: String should have at most {_MAX_USER_ID_LENGTH} characters"
+        )
+    if _EMAIL.search(user_id):
+        raise InvalidRequestError(
+            "metadata.user_id: user_id appears to contain an email address. Please send a "
+            "uuid or hash value instead"
+        )
+
+
 def _stop_sequences(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -809,6 +841,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         )
     messages = _check_messages(doc.get("messages"))
     _check_fields(doc, api_version)
+    _check_metadata(doc.get("metadata"))
     _check_turn_text(messages)
     _check_tool_results(messages)
     system = _check_system(doc.get("system"))

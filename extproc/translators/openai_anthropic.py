@@ -54,6 +54,10 @@ clients send both. API version 2026-10-21 removed both (Anthropic refuses them t
 their defaults), so with that version or a later one neither is sent. Other OpenAI-only
 fields (seed, penalties, stream_options...) are dropped.
 
+End user: OpenAI's ``user`` (or ``safety_identifier``) goes as ``metadata.user_id`` where
+Anthropic takes it; one it refuses (an e-mail address, past 256 characters) is left out
+rather than failing the request (``claude_end_user``).
+
 Geography: the gateway's ``inference_geo`` extension of the chat body (``"us"``: US-only
 inference) goes to Anthropic's API as its own ``inference_geo``; Claude on Vertex AI
 takes none, and a geography other than ``global`` is refused there (``claude_geography``).
@@ -104,6 +108,7 @@ import re
 from typing import Any
 
 from extproc.errors import BadRequestError
+from extproc.translators.claude_end_user import anthropic_user_id
 from extproc.translators.claude_geography import FIELD as GEOGRAPHY_FIELD
 from extproc.translators.claude_geography import asked_inference_geo, refuse_inference_geo
 from extproc.translators.claude_thinking import (
@@ -239,9 +244,9 @@ def translate_request(
         if called:
             request["tools"] = called
             request["tool_choice"] = {"type": "none"}
-    # OpenAI renamed `user` to `safety_identifier`; both name the end user for abuse checks.
-    user = body.get("user") or body.get("safety_identifier")
-    if isinstance(user, str) and user:
+    # OpenAI's end user (`user`, `safety_identifier`), where Anthropic takes it.
+    user = anthropic_user_id(body)
+    if user is not None:
         request["metadata"] = {"user_id": user}
     if inference_geo:
         geography = asked_inference_geo(body)
