@@ -75,9 +75,10 @@ of the turn just before, or that follow other blocks; tool call ids outside
 ``^[a-zA-Z0-9_-]+$`` (another provider's ``functions.get_weather:0``); a base64 image whose
 ``media_type`` is not ``image/jpeg``, ``image/png``, ``image/gif`` or ``image/webp``, or whose
 bytes are another of these formats than it names; a stop sequence of whitespace alone;
-a ``metadata`` with a key other than ``user_id``, or whose ``user_id`` is over 256
-characters or holds an e-mail address ("metadata.user_id: user_id appears to contain an
-email address"); ``temperature`` / ``top_p`` outside 0..1, and, with
+a base64 ``document`` that is not ``application/pdf`` or whose bytes are no PDF ("The PDF
+specified was not valid."); a ``metadata`` with a key other than ``user_id``, or whose
+``user_id`` is over 256 characters or holds an e-mail address ("metadata.user_id: user_id
+appears to contain an email address"); ``temperature`` / ``top_p`` outside 0..1, and, with
 ``anthropic-version: 2026-10-21`` (which removed them), any of ``temperature``,
 ``top_p``, ``top_k``; ``tool_use`` or ``tool_result`` blocks in a request that defines no
 ``tools`` ("Requests which include `tool_use` or `tool_result` blocks must define
@@ -169,6 +170,8 @@ _SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
 # metadata.user_id: its bound, and what reads as an e-mail address in it.
 _MAX_USER_ID_LENGTH = 256
 _EMAIL = re.compile(r"[^\s@]+@[^\s@.]+(?:\.[^\s@.]+)+")
+# The media type of Anthropic's base64 documents.
+_PDF_MEDIA_TYPE = "application/pdf"
 # The media types Anthropic takes for a base64 image.
 _IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 # The API version that removed the sampling parameters (ISO dates compare as strings).
@@ -426,6 +429,24 @@ def _check_content(content: object, where: str) -> None:
             raise InvalidRequestError(f"{where}.{i}.text: Field required")
         if block["type"] == "image":
             _check_image(block.get("source"), f"{where}.{i}.image.source")
+        if block["type"] == "document":
+            _check_document(block.get("source"), f"{where}.{i}.document.source")
+
+
+def _check_document(source: object, where: str) -> None:
+    """A base64 document: a PDF (Anthropic's only base64 document type), whose bytes are
+    one (other sources, text, URLs and files, are not the mock's to check)."""
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        return
+    if source.get("media_type") != _PDF_MEDIA_TYPE:
+        raise InvalidRequestError(f"{where}.base64.media_type: Input should be 'application/pdf'")
+    data = source.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except binascii.Error:
+        raw = b""
+    if not raw.startswith(b"%PDF-"):
+        raise InvalidRequestError("The PDF specified was not valid.")
 
 
 def _check_image(source: object, where: str) -> None:

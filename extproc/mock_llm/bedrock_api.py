@@ -58,8 +58,11 @@ blocks need a ``toolConfig`` and a ``toolUseId`` of 1 to 64 of ``[a-zA-Z0-9_-]``
 ``toolResult`` blocks answer every ``toolUse`` of the assistant turn before it and no more
 (Bedrock's "Expected toolResult blocks at messages.N.content for the following Ids: ..."),
 ``inferenceConfig`` within range, image blocks name one of Converse's formats and hold bytes of
-that format. Then what the model itself allows (``MODEL_RULES``, from AWS's "Supported models
-and model features" table and the models' parameter pages): Titan and Mistral 7B / Mixtral take
+that format, document blocks have a name of Converse's characters (no other document of the
+request named alike, "Messages can't contain duplicate document names."), one of its formats
+and bytes (a PDF's for ``pdf``; "The document is not valid." is the mock's words). Then
+what the model itself allows (``MODEL_RULES``, from AWS's "Supported models and model
+features" table and the models' parameter pages): Titan and Mistral 7B / Mixtral take
 no system prompt, Titan, Llama 3 (8B, 70B) and those Mistral models no tools and no images,
 Claude Sonnet and Haiku 4.5 not both ``temperature`` and ``topP``, and each model its own
 ``maxTokens`` limit; Claude no stop sequence of whitespace alone, and no Anthropic
@@ -628,6 +631,8 @@ def _check_content(blocks: list[Any], where: str) -> bool:
                 )
         elif kind == "image":
             _check_image(member, f"{path}.image")
+        elif kind == "document":
+            _check_document(member, f"{path}.document")
         elif kind in _TOOL_BLOCKS:
             _check_tool_use_id(member, f"{path}.{kind}")
         uses_tools = uses_tools or kind in _TOOL_BLOCKS
@@ -708,6 +713,56 @@ def _check_image(image: object, path: str) -> None:
             "The model returned the following errors: "
             "The provided image does not match the specified image format."
         )
+
+
+# Converse's document formats, and the characters of a document's name (1 to 200).
+DOCUMENT_FORMATS = ("pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md")
+_DOCUMENT_NAME = re.compile(r"[a-zA-Z0-9\s\-()\[\]]{1,200}")
+
+
+def _check_document(document: object, path: str) -> None:
+    """A document block: a name of Converse's characters (letters, digits, single spaces,
+    hyphens, parentheses, square brackets; 1 to 200), one of its formats, and bytes (a
+    PDF's when it says pdf). Names apart within the request: ``_check_document_names``."""
+    if not isinstance(document, dict):
+        raise _constraint(path, "Member must be an object")
+    name = document.get("name")
+    if not isinstance(name, str) or not _DOCUMENT_NAME.fullmatch(name) or "  " in name:
+        raise _constraint(
+            f"{path}.name",
+            "Member must satisfy regular expression pattern: "
+            "(?:[a-zA-Z0-9\\s\\-\\(\\)\\[\\]]){1,200} (no more than one whitespace in a row)",
+        )
+    if document.get("format") not in DOCUMENT_FORMATS:
+        raise _constraint(
+            f"{path}.format",
+            "Member must satisfy enum value set: [pdf, csv, doc, docx, xls, xlsx, html, txt, md]",
+        )
+    source = document.get("source")
+    data = source.get("bytes") if isinstance(source, dict) else None
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except binascii.Error:
+        raw = b""
+    if not raw or (document["format"] == "pdf" and not raw.startswith(b"%PDF-")):
+        raise _invalid("The model returned the following errors: The document is not valid.")
+
+
+def _check_document_names(messages: list[Any]) -> None:
+    """Bedrock refuses two documents of one name anywhere in a request."""
+    seen: set[str] = set()
+    for message in messages:
+        for block in message.get("content", []):
+            document = block.get("document") if isinstance(block, dict) else None
+            name = document.get("name") if isinstance(document, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name.lower() in seen:
+                raise _invalid(
+                    "Messages can't contain duplicate document names. Rename the document "
+                    "and retry your request."
+                )
+            seen.add(name.lower())
 
 
 def _check_turn_order(index: int, role: str, earlier: list[dict[str, Any]]) -> None:
@@ -1027,6 +1082,7 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
             "The toolConfig field must be defined when using toolUse and toolResult content blocks."
         )
     _check_tool_results(messages)
+    _check_document_names(messages)
     service_tier = _check_service_tier(doc.get("serviceTier"))
     try:
         schema = output_schema(doc.get("outputConfig"))

@@ -38,7 +38,10 @@ What cannot be carried over is refused with a 400 naming the field, not guessed 
 - ``n`` > 1: Anthropic returns one answer per request.
 - ``logprobs: true`` or ``top_logprobs`` above 0: Claude returns no log probabilities (an
   answer would carry ``logprobs: null`` where the client asked for them).
-- content parts other than text and images (audio, files), tools other than functions.
+- content parts other than text, images and PDFs (audio; a file by ``file_id``, which is
+  OpenAI's to read; a file that is no PDF, which OpenAI's chat API refuses too), tools
+  other than functions. A PDF (a ``file`` part's base64 ``file_data``) goes as Anthropic's
+  ``document`` block (``pdf_parts``).
 - an image by http(s) URL where the API takes images as bytes only (Claude on Vertex AI,
   ``image_urls=False``): the gateway does not fetch URLs on a client's behalf.
 - a stop sequence of whitespace alone (``"\\n"``), which Anthropic refuses: the answer
@@ -128,6 +131,7 @@ from extproc.translators.openai_anthropic_stream import (
     StreamTranslator,
     translate_error,
 )
+from extproc.translators.pdf_parts import anthropic_document, read_pdf_part
 from extproc.translators.response_formats import schema_to_hold
 from extproc.translators.tool_arguments import tool_input
 from extproc.translators.tool_ids import provider_tool_call_id
@@ -432,6 +436,8 @@ def _user_blocks(content: Any, where: str, image_urls: bool) -> list[dict[str, A
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "image_url":
             blocks.append(_image(part.get("image_url"), f"{where}[{j}].image_url", image_urls))
+        elif kind == "file":
+            blocks.append(anthropic_document(read_pdf_part(part, f"{where}[{j}]", CLAUDE)))
         elif kind == "text" and isinstance(part.get("text"), str):
             blocks.extend(_text_blocks([part["text"]]))
         else:

@@ -21,7 +21,9 @@ What cannot be carried over is refused, not guessed at:
 - images by http(s) URL: Converse takes the image's bytes only, and the gateway does not
   fetch URLs on a client's behalf. Data URLs of png, jpeg, gif and webp images are sent, in
   the format their bytes are (``data_urls``: Bedrock refuses a format the bytes do not
-  match, which OpenAI takes).
+  match, which OpenAI takes). A PDF (a ``file`` part's base64 ``file_data``) is a
+  Converse ``document`` block, named from its file name, apart from the request's other
+  documents (``pdf_parts``); a file by ``file_id`` or that is no PDF is refused.
 - ``response_format`` of type ``json_object``: Converse has no mode for any JSON object
   (an unknown type or a malformed ``json_schema`` is refused too, as OpenAI refuses it:
   ``response_formats``); the deprecated ``functions``, content parts other than text and
@@ -146,6 +148,7 @@ from extproc.translators.openai_bedrock_stream import (
     shown_tier,
 )
 from extproc.translators.openai_openai import show_billed_apart
+from extproc.translators.pdf_parts import converse_document, name_documents, read_pdf_part
 from extproc.translators.response_formats import schema_to_hold
 from extproc.translators.tool_arguments import tool_input
 from extproc.translators.tool_ids import provider_tool_call_id
@@ -206,6 +209,7 @@ def translate_request(
     refuse_inference_geo(body, "Bedrock")
     takes_system = model_takes_system(model_id)
     system, turns = _conversation(body.get("messages"), takes_system)
+    name_documents(turns)
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
     if tool_config is None:
         _tool_history_as_text(turns)
@@ -681,6 +685,8 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         here = f"{where}.content[{index}]"
         if kind == "image_url":
             blocks.append(_image(part.get("image_url"), here))
+        elif kind == "file":
+            blocks.append(converse_document(read_pdf_part(part, here, _PROVIDER)))
         elif kind == "text":
             text = part.get("text")
             if not isinstance(text, str):
