@@ -10,9 +10,14 @@ The text is everything the provider reads and bills as input, in the client's
 body (OpenAI chat completions or Anthropic messages: the estimate runs before
 translation, so a Bedrock-bound request is read in its OpenAI shape):
 
-- each message's content: a string, or its text and refusal parts or blocks, and
-  an OpenAI assistant's ``refusal``; a text file an OpenAI ``file`` part carries
+- each message's content: a string, or its text and refusal parts or blocks (a bare
+  string among them too, which vLLM reads as a text part), an OpenAI message's
+  ``name`` and an assistant's ``refusal``; a text file an OpenAI ``file`` part carries
   (``attached_text``), counted from its base64's length, never decoded;
+- reasoning sent back: Claude's ``thinking`` text (not its signature), Mistral's
+  ``thinking`` chunks, an OpenAI-compatible assistant's ``reasoning_content``,
+  ``reasoning`` and ``reasoning_details`` text; not ``redacted_thinking`` nor encrypted
+  details, whose length is no measure of their text;
 - Anthropic's ``tool_result`` and ``mcp_tool_result`` content (a string or blocks,
   nested documents and search results included), ``document`` blocks (a plain-text
   source's ``data``, a content source's text, ``title``, ``context``),
@@ -43,6 +48,8 @@ structured output's schema (``text.format``); its completion allowance is
 the estimate is low for such a request, and the settlement, from the provider's
 count, exact.
 
+The chat walk counts at least what the request guards read (``guardrails.content``):
+a part the guards learn to read is a part the model reads, so it counts here too.
 Text the estimate skipped would still be billed: a prompt made of it reserved
 next to nothing, and one large request could overrun a token limit or a hard
 cap. Images and PDFs are not text (their base64 is not their token count); a file of
@@ -59,7 +66,13 @@ from typing import Any
 import orjson
 
 from extproc.attached_text import openai_file
-from extproc.guardrails.content import TextSlot, server_result_slots
+from extproc.guardrails.content import (
+    OPENAI_REASONING,
+    REASONING_DETAILS,
+    TextSlot,
+    server_result_slots,
+    thinking_chunks,
+)
 from extproc.guardrails.responses_text import item_slots, prompt_slots
 
 CHARS_PER_TOKEN = 4
@@ -131,15 +144,38 @@ def _slots_chars(slots: list[TextSlot]) -> int:
 
 
 def _message_chars(message: dict[str, Any]) -> int:
-    """A message's content, and the refusal and tool calls an OpenAI assistant turn
-    carries beside it (the Anthropic and Bedrock translations send a refusal as text)."""
+    """A message's content, and what an OpenAI message carries beside it: a participant's
+    ``name``, an assistant's refusal (the Anthropic and Bedrock translations send it as
+    text), its tool calls, and the reasoning an OpenAI-compatible client sends back."""
     chars = _content_chars(message.get("content")) + string_chars(message.get("refusal"))
+    chars += string_chars(message.get("name"))
     calls = message.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
                 chars += _call_chars(call.get("function")) + _call_chars(call.get("custom"))
-    return chars + _call_chars(message.get("function_call"))
+    chars += _call_chars(message.get("function_call"))
+    # Three key lookups, as the guards make them: most messages carry no reasoning.
+    if "reasoning_content" in message or "reasoning" in message or "reasoning_details" in message:
+        chars += _reasoning_chars(message)
+    return chars
+
+
+def _reasoning_chars(message: dict[str, Any]) -> int:
+    """Reasoning sent back on an OpenAI-compatible message (DeepSeek's and vLLM's
+    ``reasoning_content``, ``reasoning``, OpenRouter's ``reasoning_details`` text and
+    summaries): chat templates write it into the prompt. A detail's ``signature`` and
+    an encrypted detail's ``data`` are no text the model reads as such."""
+    chars = sum(string_chars(message.get(field)) for field in OPENAI_REASONING)
+    details = message.get("reasoning_details")
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict):
+                kind = detail.get("type")
+                named = REASONING_DETAILS.get(kind) if isinstance(kind, str) else None
+                if named is not None:
+                    chars += string_chars(detail.get(named))
+    return chars
 
 
 def _call_chars(function: Any) -> int:
@@ -154,9 +190,18 @@ def _content_chars(content: Any) -> int:
     """A content string, or its parts (OpenAI) or blocks (Anthropic)."""
     if isinstance(content, str):
         return len(content)
-    if isinstance(content, list):
-        return sum(_block_chars(block) for block in content if isinstance(block, dict))
-    return 0
+    if not isinstance(content, list):
+        return 0
+    chars = 0
+    for part in content:
+        if isinstance(part, dict):
+            chars += _block_chars(part)
+        elif isinstance(part, str):
+            # A bare string among the parts: vLLM reads it as a text part, and the
+            # guards read it (``guardrails.content``). Skipped, a prompt written so
+            # reserved four tokens a message.
+            chars += len(part)
+    return chars
 
 
 def _block_chars(block: dict[str, Any]) -> int:
@@ -170,7 +215,10 @@ def _block_chars(block: dict[str, Any]) -> int:
         # What a tool returned is prompt text, as an OpenAI "tool" message's content is.
         return _content_chars(block.get("content"))
     if kind in _CALL_BLOCKS:
-        return string_chars(block.get("name")) + json_chars(block.get("input"))
+        chars = string_chars(block.get("name")) + string_chars(block.get("server_name"))
+        return chars + json_chars(block.get("input"))
+    if kind == "thinking":
+        return _thinking_chars(block)
     if kind in ("document", "search_result"):
         return _document_chars(block)
     if kind == "refusal":
@@ -185,6 +233,20 @@ def _block_chars(block: dict[str, Any]) -> int:
         server_result_slots(block, slots)
         return _slots_chars(slots)
     return 0
+
+
+def _thinking_chars(block: dict[str, Any]) -> int:
+    """Reasoning sent back in the history: Claude's ``thinking`` text (a string; its
+    ``signature`` is a check, no text the model reads), or the text chunks of Mistral's
+    ``thinking`` part. Claude reads and bills the thinking of a tool loop's open turn (and
+    Opus 4.5 and later keep every turn's), and Mistral's chat template writes it in the
+    prompt. ``redacted_thinking`` is not counted: its ``data`` is encrypted, and its
+    length is no measure of the text it hides; it comes from Claude's own answer, so no
+    client's prompt can hide in it."""
+    thinking = block.get("thinking")
+    if isinstance(thinking, str):
+        return len(thinking)
+    return sum(len(chunk["text"]) for chunk in thinking_chunks(block))
 
 
 def _document_chars(block: dict[str, Any]) -> int:
