@@ -28,6 +28,8 @@ translation, so a Bedrock-bound request is read in its OpenAI shape):
   ``mcp_tool_use`` name and ``input`` (as JSON), OpenAI's ``tool_calls`` (a
   function's or a custom tool's) and legacy ``function_call`` names and
   ``arguments`` or ``input``;
+- what an OpenAI-compatible server's chat template reads beside the messages: vLLM's
+  ``documents`` and ``chat_template_kwargs`` (``template_chars``), as JSON;
 - tool definitions: OpenAI's ``tools`` and legacy ``functions``, Anthropic's
   ``tools``, as JSON (the providers render them into the prompt);
 - a structured output's schema (``output_schema_chars``): OpenAI's ``response_format``
@@ -74,6 +76,7 @@ from extproc.guardrails.content import (
     thinking_chunks,
 )
 from extproc.guardrails.responses_text import item_slots, prompt_slots
+from extproc.guardrails.template_inputs import DOCUMENTS, TEMPLATE_KWARGS
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
@@ -110,6 +113,7 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
                 prompt += _message_chars(message) // CHARS_PER_TOKEN
                 prompt += PER_MESSAGE_OVERHEAD
     prompt += _content_chars(body.get("system")) // CHARS_PER_TOKEN
+    prompt += template_chars(body) // CHARS_PER_TOKEN
     prompt += definitions_chars(body) // CHARS_PER_TOKEN
     prompt += output_schema_chars(body) // CHARS_PER_TOKEN
     return prompt
@@ -261,6 +265,17 @@ def _document_chars(block: dict[str, Any]) -> int:
         return chars + string_chars(source.get("data"))
     if source.get("type") == "content":
         return chars + _content_chars(source.get("content"))
+    return chars
+
+
+def template_chars(body: dict[str, Any]) -> int:
+    """vLLM's ``documents`` and the values of its ``chat_template_kwargs``, as JSON: the
+    chat template writes them into the prompt (``guardrails.template_inputs``). Two key
+    lookups for a body that has neither."""
+    chars = json_chars(body.get(DOCUMENTS))
+    kwargs = body.get(TEMPLATE_KWARGS)
+    if isinstance(kwargs, dict):
+        chars += sum(json_chars(value) for value in kwargs.values())
     return chars
 
 

@@ -115,6 +115,7 @@ from extproc.guardrails.responses_text import answer_slots as responses_answer_s
 from extproc.guardrails.responses_text import request_slots as responses_request_slots
 from extproc.guardrails.stream import StreamGuard, signed_channel
 from extproc.guardrails.structured_output import asks_for_json
+from extproc.guardrails.template_inputs import template_slots
 from extproc.guardrails.thinking_binding import ask_to_drop_changed_thinking
 from extproc.guardrails.webhook import Verdict, WebhookError
 from extproc.responses_api import RESPONSES_REQUESTS
@@ -738,7 +739,8 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     if claude:
         stored = metadata.anthropic_slots(body)
     else:
-        stored = metadata.openai_carried_slots(body, _carried(ctx))
+        # What vLLM's chat template reads beside the messages (RAG documents...).
+        stored = metadata.openai_carried_slots(body, _carried(ctx)) + template_slots(body)
     found = stored + definitions.chat_slots(body) + request_slots(body)
     return found, lambda block: drop_reasoning(messages, block)
 
