@@ -1,6 +1,7 @@
 """A hard-capped token budget holds for prompts made of tool output and documents.
 
-Through the real Envoy, gateway and Valkey, with the official ``anthropic`` client.
+Through the real Envoy, gateway and Valkey, with the official ``anthropic`` and
+``openai`` clients.
 The hard cap gives an answer what the budget has left after the prompt's estimate;
 a prompt whose tool results or documents the estimate did not read reserved next to
 nothing, so the answer got the whole budget and the bill overran it by the prompt.
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
@@ -134,6 +136,38 @@ def test_a_document_larger_than_the_whole_budget_is_refused(estimate_stack: Loca
         )
     assert count_tokens(PASSAGE) > READER_BUDGET
     message = refused.value.body["error"]["message"]  # type: ignore[index]
+    assert "Prompt too large for the token budget" in message
+    assert "rule 'reader-budget'" in message
+    assert len(mock_requests(estimate_stack)) == before
+
+
+@pytest.mark.parametrize(
+    ("messages", "extra_body"),
+    [
+        # vLLM's documents, which its RAG chat templates write into the prompt.
+        (
+            [{"role": "user", "content": "Summarise the report."}],
+            {"documents": [{"title": "Quarterly report", "text": PASSAGE}]},
+        ),
+        # A bare string among the parts, which vLLM reads as a text part.
+        ([{"role": "user", "content": [PASSAGE, "Summarise this."]}], {}),
+    ],
+    ids=["vllm-documents", "bare-string-part"],
+)
+def test_a_prompt_the_estimate_once_skipped_is_refused_by_a_hard_cap(
+    estimate_stack: LocalStack, messages: Any, extra_body: dict[str, Any]
+) -> None:
+    """An OpenAI client's prompt in parts only OpenAI-compatible servers read, larger than
+    the whole budget: before, it reserved a few tokens and went to the provider."""
+    client = openai.OpenAI(
+        base_url=f"{estimate_stack.base_url}/v1", api_key=KEYS["reader"], max_retries=0
+    )
+    before = len(mock_requests(estimate_stack))
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=100, messages=messages, extra_body=extra_body
+        )
+    message = refused.value.body["message"]  # type: ignore[index]
     assert "Prompt too large for the token budget" in message
     assert "rule 'reader-budget'" in message
     assert len(mock_requests(estimate_stack)) == before
