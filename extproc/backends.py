@@ -124,6 +124,7 @@ from extproc.translators import (
     bedrock_cohere_embeddings,
     bedrock_embeddings,
     bedrock_invoke,
+    foreign_errors,
     gemini_gemini,
     openai_anthropic,
     openai_bedrock,
@@ -1607,7 +1608,10 @@ def _google_page_rewritten(status: int) -> ResponsePlan:
     of Google's name (``UNAVAILABLE``), which callers and Gemini CLI compare."""
 
     def rewrite(body: bytes) -> bytes:
-        return body if _json_object(body) else _status_error(status, "google")
+        if not _json_object(body):
+            return _status_error(status, "google")
+        # A proxy's JSON error in another API's shape, which google-genai reads none of.
+        return foreign_errors.in_client_shape(status, body, "google") or body
 
     return ResponsePlan(
         _ScrubbedError(rewrite),
@@ -1616,20 +1620,30 @@ def _google_page_rewritten(status: int) -> ResponsePlan:
     )
 
 
-def _google_errors_rewritten(status: int) -> ResponsePlan:
-    """An OpenAI-compatible provider's JSON error, for an OpenAI client: passed on as it
-    came, unless it is in Google's shape (Gemini's OpenAI-compatible endpoint answers
-    ``[{"error": {"code", "message", "status"}}]``), which the OpenAI SDKs cannot read
-    (openai-node shows "400 status code (no body)", openai-python no code nor type): that
-    one is written in OpenAI's shape, as Vertex's are (``vertex_errors``), its status kept.
-    The length changes: on the lean path Envoy has dropped ``content-length`` already."""
+def _foreign_errors_rewritten(
+    ctx: RequestContext, status: int, headers: dict[str, str]
+) -> ResponsePlan:
+    """A provider's JSON error for a client of the provider's own API: passed on as it
+    came, unless it is in another API's shape (``foreign_errors``: a proxy's, Gemini's
+    OpenAI-compatible endpoint's list, Anthropic's 529 from an OpenAI-compatible
+    endpoint), which the client's SDK cannot read: that one is written in the client's
+    shape, its status kept. No body at all (or a compressed one the gateway could not
+    read) is the status alone, in the client's shape. A Bedrock client's error without
+    ``x-amzn-errortype`` (a proxy's; AWS always names its exception) is named by its
+    status, which botocore raises and retries by. The length changes: on the lean path
+    Envoy has dropped ``content-length`` already."""
+    shape = ctx.error_shape
 
     def rewrite(body: bytes) -> bytes:
-        # No body left (a compressed one the gateway could not read): the status alone.
-        rewritten = vertex_errors.in_client_shape(status, body, "openai")
-        return rewritten or body or _status_error(status, "openai")
+        rewritten = foreign_errors.in_client_shape(status, body, shape)
+        return rewritten or body or _status_error(status, shape)
 
-    return ResponsePlan(_ScrubbedError(rewrite), remove_headers=["content-length"])
+    set_headers = {}
+    if shape == "bedrock" and BEDROCK_ERROR_TYPE_HEADER not in headers:
+        set_headers[BEDROCK_ERROR_TYPE_HEADER] = bedrock_exception(status)
+    return ResponsePlan(
+        _ScrubbedError(rewrite), set_headers=set_headers, remove_headers=["content-length"]
+    )
 
 
 def _json_object(body: bytes) -> bool:
@@ -1799,10 +1813,8 @@ def _error_plan(
     ):
         if status in CREDENTIAL_REFUSALS:
             return _refused_plan(ctx, status)
-        if json_body and kind is ProviderType.OPENAI and ctx.error_shape == "openai":
-            return _google_errors_rewritten(status)
         if json_body:
-            return ResponsePlan(None)  # already in the client's own error shape
+            return _foreign_errors_rewritten(ctx, status, headers)
         if route.api in BEDROCK_RUNTIME_APIS:
             return _bedrock_shaped(status, f"the provider answered with HTTP {status}")
         shape = ctx.error_shape

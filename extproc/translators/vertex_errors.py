@@ -10,7 +10,7 @@ client's shape with the same status and Google's message; the status name, lower
 is an OpenAI error's ``code``, its type the status's (429: ``rate_limit_error``). Any other
 body is left to the pair's own error handling. Gemini's OpenAI-compatible endpoint, an
 ``openai`` provider, answers in the list too: its errors are written the same way for an
-OpenAI client (``backends._google_errors_rewritten``).
+OpenAI client (``foreign_errors``).
 """
 
 from __future__ import annotations
