@@ -63,11 +63,11 @@ from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.translators import anthropic_anthropic
 from extproc.translators.base import (
     INVALID_UPSTREAM_RESPONSE,
-    MAX_PROVIDER_MESSAGE,
     STREAM_ENDED_EARLY,
     UNDECODABLE_STREAM,
     service_tier_of,
 )
+from extproc.translators.foreign_errors import provider_error
 from extproc.translators.generated_text import generated_chars
 from extproc.translators.openai_bedrock_stream import BAD_FRAME, client_error, frame_error
 
@@ -153,14 +153,9 @@ def translate_error(status: int, body: bytes, error_type_header: str | None) -> 
 
 
 def _message_of(body: bytes) -> str:
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return ""
-    if not isinstance(parsed, dict):
-        return ""
-    message = parsed.get("message") or parsed.get("Message")
-    return message[:MAX_PROVIDER_MESSAGE] if isinstance(message, str) else ""
+    """Bedrock's ``{"message"}``, or the message of a proxy's error in another API's shape."""
+    found = provider_error(body)
+    return found.message if found else ""
 
 
 class MessageReader(anthropic_anthropic.MessageReader):

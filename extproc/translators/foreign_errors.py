@@ -78,7 +78,7 @@ def provider_error(body: bytes) -> ProviderError | None:
         )
     if isinstance(error, str) and error.strip():
         return ProviderError("bare", None, _said(error))
-    message = document.get("message", document.get("Message"))
+    message = document.get("message") or document.get("Message")
     if error is None and isinstance(message, str):
         # Bedrock's shape: the message alone, the exception's name in a header.
         code = document.get("code")

@@ -87,6 +87,7 @@ from extproc.translators.base import (
     StreamFailure,
     overflows_context,
 )
+from extproc.translators.foreign_errors import provider_error
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.sse import EventBuffer, event_too_large
 from extproc.translators.token_counts import token_count
@@ -240,6 +241,10 @@ def translate_error(status: int, body: bytes) -> tuple[int, bytes]:
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(message, str) or not message:
+        # A proxy's {"message"} or bare {"error": "..."} still says what failed.
+        found = provider_error(body)
+        message = found.message if found and found.message else None
+    if not message:
         message = f"the provider answered with HTTP {status}"
     client_status, client = client_error(status, kind if isinstance(kind, str) else None, message)
     if client_status == 400 and overflows_context(message):

@@ -132,6 +132,7 @@ from extproc.translators.claude_thinking import (
     turn_left_open,
 )
 from extproc.translators.data_urls import image_format
+from extproc.translators.foreign_errors import provider_error
 from extproc.translators.openai_anthropic import (
     DEFAULT_MAX_TOKENS,
     named_max_tokens,
@@ -1052,13 +1053,7 @@ def error_name(error_type_header: str | None) -> str:
 
 
 def translate_error(status: int, body: bytes, error_type_header: str | None) -> tuple[int, bytes]:
-    """The client's status and OpenAI-shaped body for a Bedrock error answer."""
-    message = ""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict):
-        value = parsed.get("message", parsed.get("Message"))
-        message = value if isinstance(value, str) else ""
-    return aws_error(error_name(error_type_header), status, message)
+    """The client's status and OpenAI-shaped body for a Bedrock error answer: Bedrock's
+    ``{"message"}``, or the message of a proxy's error in another API's shape."""
+    found = provider_error(body)
+    return aws_error(error_name(error_type_header), status, found.message if found else "")

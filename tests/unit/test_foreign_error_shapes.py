@@ -59,6 +59,21 @@ CONVERSE = (
     OPENAI_KEY,
     {"messages": [{"role": "user", "content": [{"text": "hi"}]}]},
 )
+CHAT_ON_CLAUDE = (
+    "/v1/chat/completions",
+    OPENAI_KEY,
+    {"model": "claude-3-5-haiku-latest", "messages": USER},
+)
+CHAT_ON_BEDROCK = (
+    "/v1/chat/completions",
+    OPENAI_KEY,
+    {"model": "anthropic.claude-3-haiku-20240307-v1:0", "messages": USER},
+)
+MESSAGES_ON_BEDROCK = (
+    "/v1/messages",
+    ANTHROPIC_KEY,
+    {"model": "anthropic.claude-3-haiku-20240307-v1:0", "max_tokens": 16, "messages": USER},
+)
 JSON = {"content-type": "application/json"}
 ANTHROPIC_OVERLOADED = orjson.dumps(
     {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
@@ -308,3 +323,37 @@ async def test_a_proxys_error_in_another_shape_reaches_google_genai_as_googles_e
 
     raised = genai_raises(answer, "generateContent")
     assert (raised.code, raised.status, raised.message) == (status, google_status, message)
+
+
+# --- Translated pairs: the provider's message is kept whatever the shape --------------
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "body", "message"),
+    [
+        (CHAT_ON_CLAUDE, 400, MALFORMED, "Malformed input request"),
+        (CHAT_ON_CLAUDE, 500, b'{"error": "model crashed"}', "model crashed"),
+        (CHAT_ON_BEDROCK, 529, ANTHROPIC_OVERLOADED, "Overloaded"),
+        (CHAT_ON_BEDROCK, 429, OPENAI_RATE_LIMITED, "Rate limit reached for requests"),
+    ],
+    ids=["claude-bedrock-shaped", "claude-bare", "bedrock-anthropic", "bedrock-openai"],
+)  # fmt: skip
+async def test_a_proxys_error_keeps_its_message_where_the_gateway_translates_the_answer(
+    processor: Processor,
+    call: tuple[str, dict[str, str], dict[str, Any]],
+    status: int,
+    body: bytes,
+    message: str,
+) -> None:
+    answer = await client_gets(processor, call, status, JSON, body)
+
+    assert openai_raises(answer).body["message"] == message  # type: ignore[index]
+
+
+async def test_a_proxys_error_keeps_its_message_for_an_anthropic_client_of_bedrock(
+    processor: Processor,
+) -> None:
+    answer = await client_gets(processor, MESSAGES_ON_BEDROCK, 529, JSON, ANTHROPIC_OVERLOADED)
+
+    raised = anthropic_raises(answer)
+    assert raised.body == {"type": "error", "error": {"type": "api_error", "message": "Overloaded"}}
