@@ -1,6 +1,6 @@
 """Error bodies a test asks for by their shape, whatever API the request spoke.
 
-Two faults (``faults``) answer in a shape that is not the surface's own, as providers
+Three faults (``faults``) answer in a shape that is not the surface's own, as providers
 and the proxies in front of them do:
 
 - ``error_body``: a ``200`` whose JSON body is an error, in OpenAI's shape, a bare
@@ -10,6 +10,9 @@ and the proxies in front of them do:
 - ``google_errors``: an error status whose body is Google's one-element list
   ``[{"error": {"code", "message", "status"}}]``, as Gemini's OpenAI-compatible
   endpoint answers OpenAI clients, which the OpenAI SDKs cannot read.
+- ``anthropic_errors``: an error status whose body is Anthropic's ``{"type": "error",
+  "error": {"type", "message"}}`` (a 529's ``overloaded_error``), as an OpenAI-compatible
+  endpoint in front of Claude, or a proxy, may answer OpenAI clients.
 
 Google's status names live here, for Vertex's own errors too (``vertex_api``).
 """
@@ -75,4 +78,16 @@ def error_in_success(shape: str) -> web.Response:
 def google_error_list(status: int, message: str) -> web.Response:
     """An error status with Google's one-element list as its body."""
     body = orjson.dumps([{"error": google_error(status, message)}])
+    return web.Response(status=status, body=body, headers=_JSON_HEADERS)
+
+
+# Anthropic's error type for the statuses it documents; any other 4xx is an
+# invalid_request_error, any other 5xx an api_error, as Anthropic answers them.
+_ANTHROPIC_TYPES = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+def anthropic_error(status: int, message: str) -> web.Response:
+    """An error status with Anthropic's error shape as its body."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
     return web.Response(status=status, body=body, headers=_JSON_HEADERS)

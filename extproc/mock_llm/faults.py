@@ -55,6 +55,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
     google_errors = 0 | 1 | true | false
                                       ; with status: the error in Google's one-element list
                                       ; (Gemini's OpenAI-compatible endpoint)
+    anthropic_errors = 0 | 1 | true | false
+                                      ; with status: the error in Anthropic's shape (an
+                                      ; OpenAI-compatible endpoint whose edge answers so)
     hold_body  = float >= 0           ; non-streamed answers, an error status's included:
                                       ; the status and headers at once, the body this many
                                       ; seconds later (a client that gives up in between
@@ -64,8 +67,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; header without the output count header (a proxy
                                       ; that dropped one)
 
-``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` needs
-``status`` (alone it would break nothing, and a test relying on it would check nothing).
+``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` and
+``anthropic_errors`` need ``status`` (alone they would break nothing, and a test relying on
+one would check nothing) and exclude each other.
 ``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
 ``error_after``, ``reset_after``, ``end_after``, ``end_inside`` and ``end_before_blank`` (no
 content chunk would come to count).
@@ -123,6 +127,8 @@ class Fault:
     error_body: str | None = None
     # A status fault's body in Google's list shape instead of the provider's own.
     google_errors: bool = False
+    # A status fault's body in Anthropic's shape instead of the provider's own.
+    anthropic_errors: bool = False
     # Non-streamed answers: seconds between the status (headers sent) and the body.
     hold_body_s: float = 0.0
     # InvokeModel's JSON answers: X-Amzn-Bedrock-Input-Token-Count alone, no output count.
@@ -225,6 +231,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "stream_anyway": ("stream_anyway", _flag),
     "error_body": ("error_body", _error_body),
     "google_errors": ("google_errors", _flag),
+    "anthropic_errors": ("anthropic_errors", _flag),
     "hold_body": ("hold_body_s", _delay),
     "no_output_count": ("no_output_count", _flag),
 }
@@ -273,6 +280,12 @@ def parse_fault(spec: str) -> Fault:
         raise FaultSpecError(f"{FAULT_HEADER}: error_body answers 200: it excludes status")
     if changes.get("google_errors") and "status" not in changes:
         raise FaultSpecError(f"{FAULT_HEADER}: google_errors needs a status to answer with")
+    if changes.get("anthropic_errors") and "status" not in changes:
+        raise FaultSpecError(f"{FAULT_HEADER}: anthropic_errors needs a status to answer with")
+    if changes.get("anthropic_errors") and changes.get("google_errors"):
+        raise FaultSpecError(
+            f"{FAULT_HEADER}: anthropic_errors and google_errors exclude each other"
+        )
     if "error_first" in changes:
         clashing = [key for key in _EXCLUDED_BY_ERROR_FIRST if _KEYS[key][0] in changes]
         if clashing:

@@ -40,7 +40,7 @@ from extproc.mock_llm.chat_audio import (
     spoken_message,
     transcript_delta,
 )
-from extproc.mock_llm.error_bodies import error_in_success, google_error_list
+from extproc.mock_llm.error_bodies import anthropic_error, error_in_success, google_error_list
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.recorder import Body
@@ -558,6 +558,9 @@ async def precheck(request: web.Request, default_fault: Fault) -> web.Response |
         return error_response(400, str(exc), param=FAULT_HEADER, code="invalid_fault")
     if fault.delay_s:
         await asyncio.sleep(fault.delay_s)
+    if fault.status is not None and fault.anthropic_errors:
+        # As an OpenAI-compatible endpoint in front of Claude may answer OpenAI clients.
+        return anthropic_error(fault.status, f"Injected error {fault.status} (x-mock-fault).")
     if fault.status is not None and fault.google_errors:
         # As Gemini's OpenAI-compatible endpoint answers OpenAI clients.
         return google_error_list(fault.status, f"Injected error {fault.status} (x-mock-fault).")

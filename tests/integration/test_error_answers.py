@@ -3,12 +3,13 @@
 The mock answers, on request (``x-mock-fault``), a ``200`` whose body is an error
 (``error_body``: OpenAI's, a bare ``{"error": "..."}``, Anthropic's, Google's list) and
 an error status in Google's one-element list (``google_errors``, as Gemini's
-OpenAI-compatible endpoint answers). Each case runs on the lean response path (a
-pass-through answer whose headers leave before the gateway reads its body) and on the
-full one (a route whose answers a guard reads), with an API key of its own, and reads
-what the client got (the official SDK and the bytes on the wire: a rewritten body must
-arrive whole, of the length its headers announce) and what an operator reads: the log
-line, ``tokens_consumed_total``, ``aigw_upstream_errors_total`` and the quota.
+OpenAI-compatible endpoint answers) or in Anthropic's shape (``anthropic_errors``). Each
+case runs on the lean response path (a pass-through answer whose headers leave before
+the gateway reads its body) and on the full one (a route whose answers a guard reads),
+with an API key of its own, and reads what the client got (the official SDK and the
+bytes on the wire: a rewritten body must arrive whole, of the length its headers
+announce) and what an operator reads: the log line, ``tokens_consumed_total``,
+``aigw_upstream_errors_total`` and the quota.
 """
 
 from __future__ import annotations
@@ -305,6 +306,37 @@ def test_googles_error_list_reaches_the_openai_sdk_readable(
         "upstream_error",
         0,
     )
+
+
+# An error status in Anthropic's shape, from an OpenAI-compatible provider.
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_anthropics_overload_from_an_openai_compatible_provider_reaches_the_openai_sdk_readable(
+    stack: LocalStack, key: str, path: str
+) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(stack, key, PATHS[path]).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            extra_headers={"x-mock-fault": "status=529;anthropic_errors=1"},
+        )
+
+    error = raised.value
+    assert error.status_code == 529  # the provider's, kept: on the lean path it has left
+    assert error.body == {
+        "message": "Injected error 529 (x-mock-fault).",
+        "type": "server_error",
+        "param": None,
+        "code": "overloaded_error",
+    }
+    line = line_of(stack, error.response.headers["x-request-id"])
+    assert (line["http_status_code"], line["upstream_status_code"], line["outcome"]) == (
+        529,
+        529,
+        "upstream_error",
+    )
+    assert line["total_tokens"] == 0
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream asked"])

@@ -100,12 +100,29 @@ async def test_google_errors_answers_the_status_in_googles_list(http: httpx.Asyn
     ]
 
 
+async def test_anthropic_errors_answers_the_status_in_anthropics_shape(
+    http: httpx.AsyncClient,
+) -> None:
+    answer = await chat(http, "status=529;anthropic_errors=1")
+
+    assert answer.status_code == 529
+    assert answer.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Injected error 529 (x-mock-fault)."},
+    }
+
+
 @pytest.mark.parametrize(
     ("fault", "named"),
     [
         ("error_body=xml", "error_body='xml' must be one of openai, bare, anthropic, google"),
         ("google_errors=yes", "google_errors='yes' must be 0, 1, true or false"),
         ("google_errors=1", "google_errors needs a status"),
+        ("anthropic_errors=1", "anthropic_errors needs a status"),
+        (
+            "status=500;anthropic_errors=1;google_errors=1",
+            "anthropic_errors and google_errors exclude each other",
+        ),
         ("error_body=openai;status=500", "error_body answers 200: it excludes status"),
     ],
 )
