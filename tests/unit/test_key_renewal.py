@@ -224,7 +224,7 @@ async def test_a_later_renewal_does_not_bring_back_the_secret_a_renewal_replaced
     assert (await send(gateway, replaced.key))[0] == 200
     assert renewed.info.previous_expires_at == 0
     [listed] = (await api.call("ListKeys", pb.ListKeysRequest(source="store"))).keys
-    assert listed.expires_at == until and listed.previous_expires_at < time.time()
+    assert (listed.expires_at, listed.previous_expires_at) == (until, 0)  # none works
 
 
 async def test_an_old_secret_that_stopped_with_its_key_stays_stopped_after_a_renewal(

@@ -73,8 +73,9 @@ async def listing(store: KeyStore) -> StoredKeyList:
             # answer is a key deleted since the scan.
             reason = "is a hash without the field 'id', not a stored API key's record"
             unreadable.append(UnreadableRecord(shown, reason + WRITTEN))
+    now = store.clock()
     keys = [
-        dataclasses.replace(stored, previous_expires_at=_old_secret_ends(replaced[older]))
+        dataclasses.replace(stored, previous_expires_at=_old_secret_ends(replaced[older], now))
         if older in replaced
         else stored
         for stored, older in found
@@ -88,7 +89,13 @@ async def listing(store: KeyStore) -> StoredKeyList:
     )
 
 
-def _old_secret_ends(old: StoredKey) -> float:
+def _old_secret_ends(old: StoredKey, now: float) -> float:
     """When a rotated-out secret stops: its grace's end, or the key's expiry if sooner (a
-    renewal may have brought it forward)."""
-    return old.usable_key().expires_at or old.secret_expires_at
+    renewal may have brought it forward); 0 once it has stopped.
+
+    The record itself stays until its grace's end, so an old secret that stopped with
+    its key (the key expired, or a renewal brought its expiry forward) was listed until
+    then with a past ``previous_expires_at``, as if it still worked, beside a key whose
+    status said ``active``."""
+    ends = old.usable_key().expires_at or old.secret_expires_at
+    return ends if ends > now else 0.0
