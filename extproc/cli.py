@@ -7,6 +7,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -375,25 +376,30 @@ def _label(text: str) -> tuple[str, str]:
 
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATIONS = "a duration such as 90, 15m, 1h or 7d"
 
 
-def _duration(text: str) -> float:
-    """Seconds, or a number with a unit (s, m, h, d)."""
+def _duration(text: str, negative: str = "") -> float:
+    """Seconds, or a number with a unit (s, m, h, d); ``negative`` adds to the refusal
+    of a negative time what to ask instead."""
     number = text.rstrip("smhd")
     unit = text[len(number) :]
     try:
         seconds = float(number) * _UNITS[unit]
     except (ValueError, KeyError):
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"expected {_DURATIONS}, got {text!r}")
+    if seconds < 0:
         raise argparse.ArgumentTypeError(
-            f"expected a duration such as 90, 15m, 1h or 7d, got {text!r}"
+            f"expected {_DURATIONS}, not a negative time: {text!r}{negative}"
         )
     return seconds
 
 
-def _positive_duration(text: str) -> float:
-    seconds = _duration(text)
+def _expiring_within(text: str) -> float:
+    """``--expiring-within``: a time from now on (keys already expired have a status)."""
+    seconds = _duration(text, " (the keys already expired: --status expired)")
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
     return seconds
@@ -468,7 +474,7 @@ def _add_key_commands(commands: Any) -> None:
         " rotating, expired, disabled (comma-separated or repeated)",
     )  # fmt: skip
     filters.add_argument(
-        "--expiring-within", type=_positive_duration, metavar="DURATION",
+        "--expiring-within", type=_expiring_within, metavar="DURATION",
         help="only keys expiring within this time from now (not already expired): 90, 15m,"
         " 12h, 7d",
     )  # fmt: skip
@@ -505,8 +511,23 @@ def _add_key_commands(commands: Any) -> None:
     )  # fmt: skip
 
 
+# argparse takes a word that starts with "-" for an option unless it looks like a
+# negative number ("-1", "-1.5"): `--expiring-within -1d` and `--grace -1h` failed with
+# "expected one argument", while `--expiring-within=-1d` was refused as a negative time.
+# A number with a duration's unit is a value too, so both spellings get that refusal.
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.]*[smhd]?$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """The CLI's parser (and its subcommands', which argparse makes of the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="extproc", description=__doc__)
+    parser = _Parser(prog="extproc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
     parser.add_argument(
         "--log-level", type=_log_level, default="INFO", help="diagnostic log level (stderr)"

@@ -123,3 +123,29 @@ async def test_the_cli_filters_and_prints_json_with_one_flag(api: Api) -> None:
         "keys", "list", "--status", "expired,rotating", "--expiring-within", "7d"
     )  # fmt: skip
     assert (code, out) == (0, "no API key passes these filters\n")
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [("--expiring-within", "-1d"), ("--expiring-within=-1d",), ("--expiring-within", "-90")],
+)
+async def test_a_negative_expiring_within_is_refused_however_it_is_spelt(
+    api: Api, spelled: tuple[str, ...]
+) -> None:
+    code, out, err = await api.cli("keys", "list", *spelled)
+
+    # Before, "-1d" after a space was taken for an option: "expected one argument".
+    assert (code, out) == (2, "")
+    assert "not a negative time: '-" in err and "--status expired" in err, err
+
+
+@pytest.mark.parametrize("command", ["rotate", "renew"])
+async def test_a_negative_grace_is_refused_as_one_with_or_without_equals(
+    api: Api, command: str
+) -> None:
+    renewal = ("--expires", "2031-01-01T00:00:00Z", "--rotate") if command == "renew" else ()
+    for spelled in (("--grace", "-1h"), ("--grace=-1h",)):
+        code, out, err = await api.cli("keys", command, "--id", "ci-bot", *renewal, *spelled)
+
+        assert (code, out) == (2, "")
+        assert "--grace: expected a duration such as 90, 15m, 1h or 7d, not a negative" in err
