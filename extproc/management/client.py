@@ -25,6 +25,7 @@ from extproc.config.quota_model import MAX_LIMIT
 from extproc.management.key_filter import ROTATING, status_of
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
+from extproc.utc_moments import utc_moment
 
 # Trailing metadata of an UNAVAILABLE the gateway itself answered because its store
 # did not: the API was reached, so "cannot reach the management API" would mislead.
@@ -437,8 +438,8 @@ def render_keys(keys: list[pb.KeyInfo], output: str) -> str:
                 key.user_id or "-",
                 key.group_id or "-",
                 _status(key),
-                _utc(key.expires_at) if key.expires_at else "never",
-                _utc(key.created_at) if key.created_at else "-",
+                utc_moment(key.expires_at) if key.expires_at else "never",
+                utc_moment(key.created_at) if key.created_at else "-",
                 ",".join(key.allowed_models) or "*",
                 ",".join(key.allowed_routes) or "*",
                 ",".join(f"{name}={value}" for name, value in sorted(key.labels.items())) or "-",
@@ -469,7 +470,7 @@ def render_rotated(rotated: pb.RotatedKey, output: str) -> str:
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
     old = (
-        f"the old secret works until {_utc(rotated.previous_expires_at)}"
+        f"the old secret works until {utc_moment(rotated.previous_expires_at)}"
         if rotated.info.previous_expires_at
         else "the old secret is refused at once by every gateway process sharing the store"
     )
@@ -486,12 +487,12 @@ def render_renewed(renewed: pb.RenewedKey, output: str) -> str:
             "previous_expires_at": renewed.previous_expires_at or None,
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-    before = _utc(renewed.renewed_from) if renewed.renewed_from else "never"
+    before = utc_moment(renewed.renewed_from) if renewed.renewed_from else "never"
     lines = [render_keys([renewed.info], "table").rstrip("\n")]
     if renewed.key:
         lines.append(f"key: {renewed.key}")
         lines.append(
-            f"the old secret works until {_utc(renewed.previous_expires_at)}"
+            f"the old secret works until {utc_moment(renewed.previous_expires_at)}"
             if renewed.info.previous_expires_at
             else "the old secret is refused by every gateway process sharing the store"
         )
@@ -517,12 +518,8 @@ def render_revoked(info: pb.KeyInfo, output: str) -> str:
 def _status(key: pb.KeyInfo) -> str:
     status = status_of(key, time.time())
     if status == ROTATING:
-        return f"active, old secret until {_utc(key.previous_expires_at)}"
+        return f"active, old secret until {utc_moment(key.previous_expires_at)}"
     return status
-
-
-def _utc(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class UsageClient(ManagementClient):

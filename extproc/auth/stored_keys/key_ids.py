@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -34,6 +33,7 @@ from extproc.auth.stored_keys.records import (
 )
 from extproc.store import key_id_usage
 from extproc.store.connection import of_another_type
+from extproc.utc_moments import utc_moment
 
 # What <prefix>keyid:<id> holds once its key is revoked: the marker, the unix time, and
 # the revoked key's digest (so that only a create of that very key can free the id).
@@ -56,14 +56,10 @@ def revoked_at(held: object) -> float | None:
         return None
 
 
-def moment(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _retired(key_id: str, revoked: float, until: float | None) -> str:
-    free_again = f" until {moment(until)}" if until is not None else ""
+    free_again = f" until {utc_moment(until)}" if until is not None else ""
     return (
-        f"API key id {key_id!r} belonged to a key revoked at {moment(revoked)}: an id is"
+        f"API key id {key_id!r} belonged to a key revoked at {utc_moment(revoked)}: an id is"
         f" not given to a new key{free_again} (store.usage_retention_days), so that usage"
         " reports, metrics and quotas never count two holders' requests as one; choose"
         " another id"
@@ -80,7 +76,7 @@ async def used_until(store: KeyStore, key_id: str) -> float | None:
 
 def id_used(key_id: str, last: float) -> str:
     return (
-        f"API key id {key_id!r} has usage in the rollups up to the hour of {moment(last)},"
+        f"API key id {key_id!r} has usage in the rollups up to the hour of {utc_moment(last)},"
         " but no key has it now (a key removed from the config, or revoked by an earlier"
         " gateway): a new key under it would be reported, labelled and limited together"
         " with that usage (store.usage_retention_days); choose another id, or, to give"
@@ -141,7 +137,8 @@ async def named_digest(store: KeyStore, key_id: str, doing: str) -> tuple[str, s
     revoked = revoked_at(raw)
     if revoked is not None:
         raise UnknownKeyIdError(
-            f"no API key with id {key_id!r}: the key of that id was revoked at {moment(revoked)}"
+            f"no API key with id {key_id!r}: the key of that id was revoked at"
+            f" {utc_moment(revoked)}"
         )
     digest_hex = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     if not DIGEST_HEX.fullmatch(digest_hex):

@@ -16,9 +16,10 @@ import math
 
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys.errors import KeyCreateConflictError, KeyExpiredError
-from extproc.auth.stored_keys.key_ids import moment, named_record
+from extproc.auth.stored_keys.key_ids import named_record
 from extproc.auth.stored_keys.key_store import CLAIM_TTL_MS, SWAP, KeyStore
 from extproc.auth.stored_keys.records import StoredKey, new_secret, previous, to_fields
+from extproc.utc_moments import utc_moment
 
 # The longest grace a rotation gives the old secret: a rotation is for a secret that
 # must stop working; one meant to last is a second key.
@@ -48,7 +49,7 @@ async def rotate_with_expiry(
         # The new secret keeps the key's expiry: before, it was handed out expired, and
         # its holder met 401 "has expired" on the first request.
         raise KeyExpiredError(
-            f"API key {key_id!r} expired at {moment(ended)}: a rotation keeps the key's"
+            f"API key {key_id!r} expired at {utc_moment(ended)}: a rotation keeps the key's"
             " expiry, so a new secret would not work either; renew the key instead, with a"
             " new secret if it needs one (`extproc keys renew --id ... --expires ..."
             " --rotate`)"
