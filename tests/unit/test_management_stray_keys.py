@@ -350,6 +350,10 @@ async def test_listing_in_code_refuses_to_answer_short(gateway: Gateway) -> None
     ("field", "value", "what"),
     [
         ("expires_at", "next week", "no number"),
+        # Before: read as a moment; "nan" made the key never expire.
+        ("expires_at", "nan", "nan, no moment from 1970 on"),
+        ("expires_at", "-inf", "-inf, no moment from 1970 on"),
+        ("created_at", "-1", "-1.0, no moment from 1970 on"),
         ("allowed_models", '"gpt-4o"', "no JSON list of strings"),
         ("allowed_routes", "[1, 2]", "no JSON list of strings"),
         ("labels", '{"team": 1}', "no JSON object of strings"),

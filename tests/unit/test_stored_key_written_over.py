@@ -99,6 +99,18 @@ async def test_a_record_with_a_field_the_gateway_never_writes_so_is_a_401_too(
     assert (status, body["error"]["code"]) == (401, "api_key_unreadable")
 
 
+async def test_a_record_whose_expiry_is_no_moment_is_a_401_not_a_key_that_never_expires(
+    gateway: Processor, keys: StoredKeys, client: Any
+) -> None:
+    secret, record = await created(keys, client)
+    await client.hset(record, "expires_at", "nan")
+
+    status, body = await send(gateway, secret)
+
+    # Before: served, and on every request after: no time is past "nan".
+    assert (status, body["error"]["code"]) == (401, "api_key_unreadable")
+
+
 async def test_the_refusal_is_remembered_5_seconds_like_an_unknown_key(
     config: GatewayConfig, services: Services, client: Any
 ) -> None:

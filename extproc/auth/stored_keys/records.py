@@ -8,6 +8,7 @@ raises ``UnreadableRecordError`` instead of passing for a key with other limits.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -131,9 +132,15 @@ def from_fields(raw: dict[Any, Any]) -> StoredKey | None:
 
 def _number(fields: dict[str, str], name: str) -> float:
     try:
-        return float(fields.get(name) or 0.0)
+        value = float(fields.get(name) or 0.0)
     except ValueError:
         raise _unreadable(fields, name, "no number") from None
+    if not math.isfinite(value) or value < 0:
+        # Never written so (a moment from 1970 on, or 0: none). Read as one, "nan" made a
+        # key that never expires (no time is past it), and "inf" or "-1" stood for never
+        # or long ago where the gateway would write 0 or a date.
+        raise _unreadable(fields, name, f"{value!r}, no moment from 1970 on")
+    return value
 
 
 def _names(fields: dict[str, str], name: str) -> tuple[str, ...]:
