@@ -118,6 +118,12 @@ from extproc.mock_llm.error_bodies import error_in_success
 from extproc.mock_llm.faults import FAULT_HEADER, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.image_bytes import format_of
 from extproc.mock_llm.json_reply import instance
+from extproc.mock_llm.prompt_cache import (
+    Breakpoint,
+    BreakpointError,
+    PromptCache,
+    anthropic_breakpoints,
+)
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import (
     ScriptedCall,
@@ -406,6 +412,8 @@ class MessagesRequest:
     thinking_omitted: bool = False
     # The geography the request asked to run in (inference_geo); None: it named none.
     inference_geo: str | None = None
+    # The prompt-cache breakpoints it marks (cache_control), in the prompt's order.
+    breakpoints: tuple[Breakpoint, ...] = ()
 
 
 def _blocks(content: object) -> list[Any]:
@@ -875,6 +883,10 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
     if thinking_budget is not None or adaptive_thinking:
         _check_final_assistant_thinks(messages)
     omitted = _thinking_omitted(doc, model)
+    try:
+        breakpoints = tuple(anthropic_breakpoints(doc, input_token_count))
+    except BreakpointError as exc:
+        raise InvalidRequestError(str(exc)) from None
     return MessagesRequest(
         model,
         messages,
@@ -890,6 +902,7 @@ def parse_messages_request(body: Body, api_version: str | None = None) -> Messag
         adaptive_thinking,
         omitted,
         _asked_geo(doc.get("inference_geo")),
+        breakpoints,
     )
 
 
@@ -1158,6 +1171,7 @@ class AnthropicEndpoints:
         self._chunk_delay_s = chunk_delay_s
         self._default_fault = default_fault
         self._ids = itertools.count(1)
+        self._prompt_cache = PromptCache()
 
     async def _precheck(self, request: web.Request) -> web.Response | Fault:
         """Authentication, the API version and the request's fault; a response ends the request."""
@@ -1212,6 +1226,14 @@ class AnthropicEndpoints:
         except (ScriptError, CacheWriteSpecError, ServerToolSpecError, ServiceTierSpecError) as exc:
             return error_response(400, str(exc))
         reply = replace(build_reply(req, fault).writing(writes), server_tools=server_tools)
+        if req.breakpoints and writes == NO_CACHE_WRITES and not reply.cached_tokens:
+            # The body's breakpoints, when the test asked for no counts of its own.
+            use = self._prompt_cache.use(list(req.breakpoints))
+            reply = replace(
+                reply,
+                cached_tokens=use.read,
+                cache_writes=CacheWrites(use.five_minutes, use.one_hour),
+            )
         if scripted is not None or scripted_calls is not None:
             reply = scripted_anthropic_reply(reply, scripted, scripted_calls)
         reply = replace(reply, result_blocks=results)

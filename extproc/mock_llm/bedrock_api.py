@@ -197,6 +197,12 @@ from extproc.mock_llm.converse_output import OutputConfigError, output_schema
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.image_bytes import IMAGE_FORMATS, format_of
 from extproc.mock_llm.json_reply import instance
+from extproc.mock_llm.prompt_cache import (
+    Breakpoint,
+    BreakpointError,
+    PromptCache,
+    converse_breakpoints,
+)
 from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
 from extproc.mock_llm.tokens import (
@@ -1038,6 +1044,8 @@ class ConverseRequest:
     thinks: bool = False
     # outputConfig's JSON schema, when the answer must be JSON of it (converse_output).
     output_schema: dict[str, Any] | None = None
+    # The prompt-cache breakpoints its cachePoint blocks mark, in the prompt's order.
+    breakpoints: tuple[Breakpoint, ...] = ()
 
 
 def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
@@ -1089,9 +1097,30 @@ def parse_converse_request(model_id: str, body: Body) -> ConverseRequest:
     except OutputConfigError as exc:
         refused = _invalid(exc.message) if exc.path is None else _constraint(exc.path, exc.message)
         raise refused from None
+    try:
+        breakpoints = tuple(converse_breakpoints(model_id, doc, _prefix_tokens))
+    except BreakpointError as exc:
+        raise _invalid(str(exc)) from None
     return ConverseRequest(
-        model_id, shared, system, max_tokens, tools, service_tier, output_schema=schema
+        model_id,
+        shared,
+        system,
+        max_tokens,
+        tools,
+        service_tier,
+        output_schema=schema,
+        breakpoints=breakpoints,
     )
+
+
+def _prefix_tokens(messages: list[Any], system: list[Any], tools: list[Any]) -> int:
+    """The input tokens of a prompt made of a cache point's prefix, counted as
+    ``build_reply`` counts a whole prompt's (tool definitions count none here)."""
+    shared = [{"role": m["role"], "content": _blocks_text(m["content"])} for m in messages]
+    tokens = prompt_tokens(shared)
+    if system:
+        tokens += count_tokens(_blocks_text(system)) + MESSAGE_OVERHEAD_TOKENS
+    return tokens
 
 
 def _check_service_tier(value: object) -> str | None:
@@ -1456,6 +1485,7 @@ class BedrockEndpoints:
         self._default_fault = default_fault
         # Numbers the answers, so each tool call's id is unique on this mock.
         self._answers = itertools.count(1)
+        self._prompt_cache = PromptCache()
 
     async def converse(self, request: web.Request, body: Body) -> web.StreamResponse:
         return await self._serve(request, body, "converse")
@@ -1514,6 +1544,14 @@ class BedrockEndpoints:
             req = self._parse(request, body, operation)
             writes = _cache_writes(request)
             reply = build_reply(req, fault, writes)
+            if req.breakpoints and writes == NO_CACHE_WRITES and not reply.cached_tokens:
+                # The body's cache points, when the test asked for no counts of its own.
+                use = self._prompt_cache.use(list(req.breakpoints))
+                reply = replace(
+                    reply,
+                    cached_tokens=use.read,
+                    cache_writes=CacheWrites(use.five_minutes, use.one_hour),
+                )
             reply = scripted_reply(reply, request.headers, req, f"mock{next(self._answers)}")
         except AwsError as exc:
             return error_response(exc.status, exc.code, exc.message, request_id=request_id)
