@@ -144,6 +144,7 @@ from extproc.translators.base import (
     refuse_forced_call_without_tools,
     renamed,
 )
+from extproc.translators.cache_breakpoints import check_cache_controls
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
 from extproc.translators.response_formats import schema_to_hold
 
@@ -327,6 +328,7 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             # A json_object or malformed response_format: the translation's 400
             # (Bedrock's is in check_request).
             schema_to_hold(parsed.get("response_format"), openai_anthropic.CLAUDE)
+            check_cache_controls(parsed)
         if kind is ProviderType.ANTHROPIC:
             # reasoning_effort beside what Claude refuses while it thinks (a temperature, a
             # forced tool call, a bound with no room to think): the translation's 400s.
@@ -338,6 +340,7 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
         if kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model):
             openai_anthropic.check_thinking(parsed, upstream.upstream_model, image_urls=False)
         if kind is ProviderType.BEDROCK:
+            check_cache_controls(parsed)
             guards = ctx.runtime.guardrails.for_route(route.name)
             enrichment = guards.enrichment if guards is not None else None
             openai_bedrock.check_request(

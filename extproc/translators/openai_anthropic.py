@@ -111,6 +111,7 @@ import re
 from typing import Any
 
 from extproc.errors import BadRequestError
+from extproc.translators.cache_breakpoints import MARKER, cache_control, keep_last_breakpoints, mark
 from extproc.translators.claude_end_user import anthropic_user_id
 from extproc.translators.claude_geography import FIELD as GEOGRAPHY_FIELD
 from extproc.translators.claude_geography import asked_inference_geo, refuse_inference_geo
@@ -258,6 +259,8 @@ def translate_request(
             request[GEOGRAPHY_FIELD] = geography
     else:
         refuse_inference_geo(body, "Vertex AI")
+    # Claude refuses a fifth breakpoint: the last four are kept (cache_breakpoints).
+    keep_last_breakpoints(request)
     request["stream"] = stream
     return request
 
@@ -326,10 +329,14 @@ def _refuse_logprobs(body: dict[str, Any]) -> None:
             )
 
 
-def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
+def _messages(
+    value: Any, image_urls: bool
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``system`` prompt (one string, or text blocks when the client marked a
+    prompt-cache breakpoint in it) and the turns of an OpenAI conversation."""
     if not isinstance(value, list):
         raise BadRequestError("'messages' must be an array", param="messages")
-    system: list[str] = []
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     # A user message left out since the last message with content: the client's last word,
     # if the conversation would end with the assistant (_silent_last_user).
@@ -339,8 +346,12 @@ def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
         if not isinstance(message, dict):
             raise BadRequestError("each message must be an object", param=where)
         role = message.get("role")
+        marker = cache_control(message.get(MARKER), where)
         if role in _SYSTEM_ROLES:
-            system.extend(_texts(message.get("content"), f"{where}.content"))
+            # Marked on its last block: a message's breakpoint caches it whole.
+            blocks = _marked_text_blocks(message.get("content"), f"{where}.content")
+            mark(blocks, marker)
+            system.extend(blocks)
             continue
         if role == "user":
             blocks = _user_blocks(message.get("content"), f"{where}.content", image_urls)
@@ -352,6 +363,7 @@ def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
             raise BadRequestError(
                 f"messages with role {role!r} cannot be sent to this model", param=f"{where}.role"
             )
+        mark(blocks, marker)
         if not blocks:
             # Nothing said (empty or blank text): Anthropic refuses an empty turn.
             if role == "user":
@@ -375,7 +387,11 @@ def _messages(value: Any, image_urls: bool) -> tuple[str, list[dict[str, Any]]]:
             # Anthropic wants a turn's tool results before its other blocks; the sort is stable.
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     _trim_prefill(turns)
-    return "\n\n".join(text for text in system if text.strip()), turns
+    if any(MARKER in block for block in system):
+        # Only blocks carry a breakpoint; without one the prompt stays the one string
+        # it always was (a cache written before keeps its prefix).
+        return system, turns
+    return "\n\n".join(block["text"] for block in system), turns
 
 
 def _silent_last_user(where: str) -> BadRequestError:
@@ -428,6 +444,19 @@ def _text_blocks(texts: list[str]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text} for text in texts if text.strip()]
 
 
+def _marked_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    """``_text_blocks`` of a string or of text parts, each part's prompt-cache marker
+    on its block (``cache_breakpoints.mark``)."""
+    texts = _texts(content, where)
+    if not isinstance(content, list):
+        return _text_blocks(texts)
+    blocks: list[dict[str, Any]] = []
+    for j, (text, part) in enumerate(zip(texts, content, strict=True)):
+        blocks.extend(_text_blocks([text]))
+        mark(blocks, cache_control(part.get(MARKER), f"{where}[{j}]"))
+    return blocks
+
+
 def _user_blocks(content: Any, where: str, image_urls: bool) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return _text_blocks(_texts(content, where))
@@ -445,6 +474,7 @@ def _user_blocks(content: Any, where: str, image_urls: bool) -> list[dict[str, A
                 f"content parts of type {kind!r} cannot be sent to this model",
                 param=f"{where}[{j}]",
             )
+        mark(blocks, cache_control(part.get(MARKER), f"{where}[{j}]"))
     return blocks
 
 
@@ -472,7 +502,7 @@ def _image(value: Any, where: str, image_urls: bool) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks = _text_blocks(_texts(message.get("content"), f"{where}.content"))
+    blocks = _marked_text_blocks(message.get("content"), f"{where}.content")
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise BadRequestError("'tool_calls' must be an array", param=f"{where}.tool_calls")
@@ -514,6 +544,10 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
             result["content"] = content
     else:
         result["content"] = _text_blocks(_texts(content, f"{where}.content"))
+        # A part's marker goes on the result, which holds it: the result is one block
+        # of the prompt, cached whole (a message's marker goes there too, in _messages).
+        for j, part in enumerate(content or ()):
+            mark([result], cache_control(part.get(MARKER), f"{where}.content[{j}]"))
     return result
 
 
@@ -556,6 +590,8 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         raise BadRequestError("'tools' must be an array", param="tools")
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(value):
+        # The tool's own marker (LiteLLM's place for it): the tools up to it are cached.
+        marker = cache_control(tool.get(MARKER), f"tools[{i}]") if isinstance(tool, dict) else None
         function = tool.get("function") if isinstance(tool, dict) else None
         if (
             not isinstance(function, dict)
@@ -572,6 +608,7 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         # `strict` is not sent: Anthropic refuses strict tools on models without structured
         # outputs, and OpenAI agent frameworks mark every tool strict (docs/providers.md).
         tools.append(entry)
+        mark(tools, marker)
     return tools
 
 

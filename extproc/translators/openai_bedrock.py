@@ -119,6 +119,12 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import BadRequestError, GatewayError, quoted
 from extproc.providers.bedrock_model_ids import base_model_id
+from extproc.translators.cache_breakpoints import (
+    MARKER,
+    cache_control,
+    mark,
+    place_cache_points,
+)
 from extproc.translators.claude_geography import refuse_inference_geo
 from extproc.translators.claude_thinking import (
     THINKING_BUDGETS,
@@ -242,6 +248,8 @@ def translate_request(
     output_config = _output_config(body.get("response_format"))
     if output_config is not None:
         converse["outputConfig"] = output_config
+    # Last: the blocks are final, a prefill trimmed and a tool history turned to text.
+    place_cache_points(converse, model_id)
     return converse
 
 
@@ -554,10 +562,15 @@ def _conversation(
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise BadRequestError(f"{where} must be an object", param=where)
+        marker = cache_control(message.get(MARKER), where)
         if message.get("role") in _SYSTEM_ROLES:
-            system.extend({"text": text} for text in _texts(message.get("content"), where))
+            blocks = _marked_text_blocks(message.get("content"), where)
+            # A message's prompt-cache breakpoint follows its last block.
+            mark(blocks, marker)
+            system.extend(blocks)
             continue
         role, blocks = _turn(message, where)
+        mark(blocks, marker)
         if not blocks:
             # Converse refuses an empty turn; OpenAI takes one (Claude often answers
             # nothing after a tool result, and clients send that turn back). It says
@@ -640,7 +653,7 @@ def _trim_prefill(turns: list[dict[str, Any]]) -> None:
     blocks = last["content"]
     # Blank text is never added: what is left after the strip is not empty.
     if "text" in blocks[-1]:
-        blocks[-1] = {"text": blocks[-1]["text"].rstrip()}
+        blocks[-1]["text"] = blocks[-1]["text"].rstrip()
 
 
 def _has_text(text: str) -> bool:
@@ -677,6 +690,20 @@ def _texts(content: Any, where: str) -> list[str]:
     return texts
 
 
+def _marked_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    """The text blocks of a string or of text parts (``_texts``), each part's
+    prompt-cache marker on its block, or the one before it for blank text
+    (``cache_breakpoints.mark``)."""
+    texts = _texts(content, where)  # refuses what is no text part, naming it
+    if not isinstance(content, list):
+        return [{"text": text} for text in texts]
+    blocks: list[dict[str, Any]] = []
+    for index, part in enumerate(content):
+        blocks.extend({"text": text} for text in _texts([part], where))
+        mark(blocks, cache_control(part.get(MARKER), f"{where}.content[{index}]"))
+    return blocks
+
+
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         return [{"text": text} for text in _texts(content, where)]
@@ -699,6 +726,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 f"{here}: content parts of type {kind!r} are not supported for Bedrock models",
                 param=here,
             )
+        mark(blocks, cache_control(part.get(MARKER), here))
     return blocks
 
 
@@ -728,9 +756,7 @@ def _image(value: Any, where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [
-        {"text": text} for text in _texts(message.get("content"), where)
-    ]
+    blocks = _marked_text_blocks(message.get("content"), where)
     calls = message.get("tool_calls")
     if calls is None:
         return blocks
@@ -758,8 +784,13 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
         raise BadRequestError(
             f"{where}.tool_call_id must be a string", param=f"{where}.tool_call_id"
         )
-    texts = _texts(message.get("content"), where) or [""]
-    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text} for text in texts]}}
+    content = message.get("content")
+    texts = _texts(content, where) or [""]
+    result = {"toolResult": {"toolUseId": call_id, "content": [{"text": text} for text in texts]}}
+    # A part's marker: the cache point follows the result, which is one block of the prompt.
+    for index, part in enumerate(content if isinstance(content, list) else ()):
+        mark([result], cache_control(part.get(MARKER), f"{where}.content[{index}]"))
+    return result
 
 
 def _inference_config(
@@ -875,14 +906,15 @@ def _tool_history_as_text(turns: list[dict[str, Any]]) -> None:
 
 def _tool_block_as_text(block: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     """A text block saying what a tool block said; other blocks are returned as they are."""
+    text: dict[str, Any]
     if "toolUse" in block:
         call = block["toolUse"]
         arguments = orjson.dumps(call["input"]).decode()
-        return {
+        text = {
             "text": f"[called tool {call['name']} (call id {call['toolUseId']})"
             f" with arguments {arguments}]"
         }
-    if "toolResult" in block:
+    elif "toolResult" in block:
         result = block["toolResult"]
         call_id = result["toolUseId"]
         name = names.get(call_id)
@@ -890,8 +922,12 @@ def _tool_block_as_text(block: dict[str, Any], names: dict[str, str]) -> dict[st
         tool = f"tool {name} (call id {call_id})" if name else f"call id {call_id}"
         heading = f"[result of {tool}]"
         output = "\n".join(part["text"] for part in result["content"] if part["text"])
-        return {"text": f"{heading}\n{output}" if output else f"{heading} (no output)"}
-    return block
+        text = {"text": f"{heading}\n{output}" if output else f"{heading} (no output)"}
+    else:
+        return block
+    # The text stands where the block stood: a prompt-cache breakpoint after it stays.
+    mark([text], block.get(MARKER))
+    return text
 
 
 def _tool_spec(tool: Any, index: int) -> dict[str, Any]:
@@ -907,7 +943,9 @@ def _tool_spec(tool: Any, index: int) -> dict[str, Any]:
     # Converse refuses an empty description; OpenAI treats a missing one as none.
     if isinstance(function.get("description"), str) and function["description"]:
         spec["description"] = function["description"]
-    return {"toolSpec": spec}
+    entry: dict[str, Any] = {"toolSpec": spec}
+    mark([entry], cache_control(tool.get(MARKER), where))
+    return entry
 
 
 # --- answers -------------------------------------------------------------------------------
