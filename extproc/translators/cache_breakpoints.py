@@ -20,6 +20,11 @@ reach it in a long conversation, where the request worked through the gateway be
 carried markers: the last four in the prompt's order (tools, system, messages) are kept
 (``keep_last_breakpoints``), those that cover the longest prefix, which the next turn
 reads from. Bedrock holds Converse to the same four.
+
+A marker at the top of the body (OpenRouter's, and Anthropic's own "automatic caching")
+asks for a breakpoint on the prompt's last block, which moves on as the conversation
+grows: it is put there (``mark_last_turn``), unless a marker of the client's is there
+already, so that Claude on Bedrock and on Vertex AI get it too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "check_cache_controls",
     "keep_last_breakpoints",
     "mark",
+    "mark_last_turn",
     "place_cache_points",
 ]
 
@@ -72,7 +78,7 @@ def cache_control(value: Any, where: str) -> dict[str, str] | None:
     path of the translated body the client never wrote."""
     if value is None:
         return None
-    param = f"{where}.{MARKER}"
+    param = f"{where}.{MARKER}" if where else MARKER
     if not isinstance(value, dict):
         raise BadRequestError(
             f'\'{param}\' must be an object such as {{"type": "ephemeral"}}', param=param
@@ -110,10 +116,19 @@ def mark(blocks: list[dict[str, Any]], marker: dict[str, str] | None) -> None:
         blocks[-1][MARKER] = marker
 
 
+def mark_last_turn(turns: list[dict[str, Any]], body: dict[str, Any]) -> None:
+    """Put the body's top-level marker, if any, on the last block of the conversation,
+    unless the client marked that block itself (its own marker says more)."""
+    marker = cache_control(body.get(MARKER), "")
+    if marker is not None and turns and MARKER not in turns[-1]["content"][-1]:
+        mark(turns[-1]["content"], marker)
+
+
 def check_cache_controls(body: dict[str, Any]) -> None:
     """Refuse, before the quota counts the request, the markers the translation would
-    refuse (``cache_control``): on the messages, their content parts and the tools.
+    refuse (``cache_control``): the body's own, on the messages, their parts and the tools.
     What is malformed otherwise is the translation's to name."""
+    cache_control(body.get(MARKER), "")
     messages = body.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
         if not isinstance(message, dict):

@@ -111,7 +111,13 @@ import re
 from typing import Any
 
 from extproc.errors import BadRequestError
-from extproc.translators.cache_breakpoints import MARKER, cache_control, keep_last_breakpoints, mark
+from extproc.translators.cache_breakpoints import (
+    MARKER,
+    cache_control,
+    keep_last_breakpoints,
+    mark,
+    mark_last_turn,
+)
 from extproc.translators.claude_end_user import anthropic_user_id
 from extproc.translators.claude_geography import FIELD as GEOGRAPHY_FIELD
 from extproc.translators.claude_geography import asked_inference_geo, refuse_inference_geo
@@ -259,7 +265,9 @@ def translate_request(
             request[GEOGRAPHY_FIELD] = geography
     else:
         refuse_inference_geo(body, "Vertex AI")
-    # Claude refuses a fifth breakpoint: the last four are kept (cache_breakpoints).
+    # The body's own marker is on the last block; Claude refuses a fifth breakpoint: the
+    # last four are kept (cache_breakpoints).
+    mark_last_turn(messages, body)
     keep_last_breakpoints(request)
     request["stream"] = stream
     return request

@@ -123,6 +123,7 @@ from extproc.translators.cache_breakpoints import (
     MARKER,
     cache_control,
     mark,
+    mark_last_turn,
     place_cache_points,
 )
 from extproc.translators.claude_geography import refuse_inference_geo
@@ -249,6 +250,7 @@ def translate_request(
     if output_config is not None:
         converse["outputConfig"] = output_config
     # Last: the blocks are final, a prefill trimmed and a tool history turned to text.
+    mark_last_turn(turns, body)
     place_cache_points(converse, model_id)
     return converse
 

@@ -366,3 +366,43 @@ def test_bedrock_keeps_the_last_four_cache_points() -> None:
     points = [turn["content"][0]["text"] for turn in body["messages"] if POINT in turn["content"]]
     assert points == ["Question 1", "Question 2", "Question 3", "Question 4"]
     assert POINT not in body["toolConfig"]["tools"]
+
+
+# --- a marker at the top of the body (automatic caching) ---------------------------------
+
+
+async def test_a_top_level_marker_caches_up_to_the_last_block(config: GatewayConfig) -> None:
+    # OpenRouter's (and Anthropic's own) automatic caching: the breakpoint is the prompt's
+    # last block, wherever the conversation has got to.
+    chat = {
+        "messages": [{"role": "system", "content": RULES}, {"role": "user", "content": "Hi"}],
+        "cache_control": ONE_HOUR,
+    }
+    anthropic = upstream(await sent(config, "/v1/chat/completions", {**chat, "model": CLAUDE}))
+    bedrock = upstream(await sent(config, "/bedrock", {**chat, "model": BEDROCK_CLAUDE}))
+
+    anthropic_accepts(anthropic)
+    assert "cache_control" not in anthropic
+    assert anthropic["messages"][-1]["content"] == [
+        {"type": "text", "text": "Hi", "cache_control": ONE_HOUR}
+    ]
+    converse_accepts(BEDROCK_CLAUDE, bedrock)
+    assert bedrock["messages"][-1]["content"] == [{"text": "Hi"}, POINT_1H]
+
+
+def test_a_top_level_marker_leaves_the_clients_own_on_the_last_block() -> None:
+    chat = {
+        "messages": [{"role": "user", "content": "Hi", "cache_control": EPHEMERAL}],
+        "cache_control": ONE_HOUR,
+    }
+    body = translate_request(chat, CLAUDE, stream=False)
+
+    assert body["messages"][0]["content"][0]["cache_control"] == EPHEMERAL
+
+
+async def test_a_bad_top_level_marker_is_a_400_naming_it(config: GatewayConfig) -> None:
+    chat = {"model": CLAUDE, "messages": [{"role": "user", "content": "Hi"}]}
+    status, error = refused(
+        await sent(config, "/v1/chat/completions", {**chat, "cache_control": {"type": "auto"}})
+    )
+    assert (status, error["param"]) == (400, "cache_control.type")
