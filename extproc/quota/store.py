@@ -156,6 +156,12 @@ _Undo = tuple[str, list[str], list[str], list[str]]
 _Change = tuple[Limit, int, int | None, int]
 # One script call in a round trip: the script's name, its keys and its arguments.
 _ScriptCall = tuple[str, list[str], list[Any]]
+# A settlement batch on its way: the counters whose held amounts it takes off, and a
+# future done once it landed or went to the spool.
+_Sending = tuple[frozenset[str], "asyncio.Future[None]"]
+# A batch taken for sending: its changes by counter and generation, its give-backs, and
+# how it is known to be on its way.
+_Taken = tuple[dict[tuple[str, int | None], _Change], list[_Undo], _Sending]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +268,9 @@ class QuotaStore:
         self._flush_due = False
         # Flushes not finished yet: shutdown waits for them (each holds its batch).
         self._flushes: set[asyncio.Task[None]] = set()
+        # Settlement batches on their way to the store (a reservation refused as held
+        # waits for those that take off its holds: land_settlements).
+        self._sending: list[_Sending] = []
         # A batch goes out every 20 ms under load, each failing while the store is down.
         self._settling = OutageLog(log, "quota settlement failed, batches to the spool")
         # Settlement writes the store failed, ever (close asks whether its own failed).
@@ -602,12 +611,69 @@ class QuotaStore:
         self._flush_due = False
         await self.flush()
 
+    def settling(self, limits: list[Limit]) -> bool:
+        """Whether settlements of this process that have not landed yet (queued for the
+        next batch, or on their way) take off what requests hold of every one of
+        ``limits``: a reservation those limits refused as held may pass once they land."""
+        counters = {limit.key(self._prefix) for limit in limits}
+        freeing = {key for (key, _), change in self._unsettled.items() if change[3] > 0}
+        for sending, _ in self._sending:
+            freeing |= sending
+        return bool(counters) and counters <= freeing
+
+    async def land_settlements(self) -> None:
+        """Send the queued settlements now, as one batch, and wait until it and the
+        batches already on their way have landed (or gone to the spool): for a request
+        that its own client's previous answer, settling, would otherwise hold back.
+
+        The batch is taken at once, so that a request arriving meanwhile waits for it
+        rather than finding nothing queued; and a request giving up (its store timeout)
+        does not cut it short: it goes on, as a timed flush would, and shutdown waits
+        for it."""
+        waits: list[asyncio.Future[None]] = [landed for _, landed in self._sending]
+        taken = self._take()
+        if taken is not None:
+            flush = asyncio.get_running_loop().create_task(self._send_batch(*taken))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+            waits.append(taken[2][1])
+        if waits:
+            await asyncio.shield(asyncio.gather(*waits))
+
     async def flush(self) -> None:
         """Write the pending settlements; what the store does not take goes to the spool."""
+        taken = self._take()
+        if taken is not None:
+            await self._send_batch(*taken)
+
+    def _take(self) -> _Taken | None:
+        """The pending settlements and give-backs, as one batch on its way (None: nothing
+        pending)."""
         batch, self._unsettled = self._unsettled, {}
         undos, self._undos = self._undos, []
         if not batch and not undos:
-            return
+            return None
+        freeing = frozenset(key for (key, _), change in batch.items() if change[3] > 0)
+        sending = (freeing, asyncio.get_running_loop().create_future())
+        self._sending.append(sending)
+        return batch, undos, sending
+
+    async def _send_batch(
+        self,
+        batch: dict[tuple[str, int | None], _Change],
+        undos: list[_Undo],
+        sending: _Sending,
+    ) -> None:
+        try:
+            await self._write(batch, undos)
+        finally:
+            self._sending.remove(sending)
+            sending[1].set_result(None)
+
+    async def _write(
+        self, batch: dict[tuple[str, int | None], _Change], undos: list[_Undo]
+    ) -> None:
+        """Send one batch; to the spool (or held in memory) if the store does not take it."""
         settlement: _Batch = (self._raw(list(batch.values())), undos, uuid.uuid4().hex)
         try:
             await asyncio.wait_for(

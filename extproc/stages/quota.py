@@ -39,7 +39,7 @@ from extproc.quota.estimate import (
     completion_allowance,
 )
 from extproc.quota.rules import Limit, tightest
-from extproc.quota.store import Denial, Reservation, refusal_wait
+from extproc.quota.store import Denial, QuotaStore, Reservation, refusal_wait
 from extproc.quota.thinking_budget import (
     MIN_THINKING_BUDGET,
     cap_thinking,
@@ -125,6 +125,17 @@ class QuotaStage:
             # asyncio.timeout, not wait_for: no extra task on the request path.
             async with asyncio.timeout(timeout):
                 result = await store.reserve(limits, cost)
+                if _settling_frees(ctx, store, result, cost):
+                    # Refused for what running requests hold, all of which this process's
+                    # own settlements, still in their batch, take off: typically the
+                    # client's previous answer, a few milliseconds old. Told to retry in
+                    # seconds, a client sending one request after another (a script, an
+                    # agent loop) slept that long before each. They go out now, and the
+                    # reservation is tried once more; only a refusal pays this.
+                    if isinstance(result, Reservation):
+                        store.release(result)  # the hard cap refuses it: in the same batch
+                    await store.land_settlements()
+                    result = await store.reserve(limits, cost)
         except Exception as exc:
             services.metrics.store_error("quota_reserve")
             # A shadow rule never blocks: only enforced rules can fail the request closed.
@@ -203,6 +214,43 @@ class QuotaStage:
         elif cut:
             # The answer keeps its reservation; its cut attempts come on top of it.
             store.settle(reservation, _reserved_tokens(reservation) + cut)
+
+
+def _settling_frees(
+    ctx: RequestContext, store: QuotaStore, result: Reservation | Denial, cost: int
+) -> bool:
+    """Whether ``result`` refuses the request (the store's refusal, or the hard cap's of a
+    budget left too short) only for what running requests hold of budgets that settlements
+    this process has not sent yet take off: landed, they may let it through."""
+    if isinstance(result, Denial):
+        refusals = result.refusals or (result,)
+        held = all(each.only_held for each in refusals)
+        return held and store.settling([each.limit for each in refusals])
+    if not cost or ctx.body is None:
+        return False  # a count: nothing to cap
+    short = _capped_short(ctx, result)
+    if not short:
+        return False
+    prompt = ctx.estimated_prompt_tokens()
+    room = max(1, _least_completion(ctx)) * _choices(ctx)
+    held = all(result.effective[i] - result.settled_before(i) - prompt >= room for i in short)
+    return held and store.settling([result.limits[i] for i in short])
+
+
+def _capped_short(ctx: RequestContext, reservation: Reservation) -> list[int]:
+    """The enforced hard-capped token budgets that left this request too little for its
+    prompt and least answer: ``_apply_hard_cap`` refuses it when there is one."""
+    capped = [
+        index
+        for index, limit in enumerate(reservation.limits)
+        if limit.hard_cap and limit.kind == "t" and limit.enforce
+    ]
+    if not capped:
+        return []  # the usual admission: nothing more to weigh
+    prompt = ctx.estimated_prompt_tokens()
+    choices = _choices(ctx)
+    least = _least_completion(ctx)
+    return [i for i in capped if (_left_before(reservation, i) - prompt) // choices < least]
 
 
 def _reserved_tokens(reservation: Reservation) -> int:
