@@ -25,9 +25,12 @@ from tests.integration.conftest import config_with_admin_token, metric, running_
 
 SECRET = "held-review-secret"
 CAPPED_SECRET = "held-capped-review-secret"
+LOOP_SECRET = "held-loop-review-secret"
 QUOTAS = """
 quotas:
   rules:
+    - {name: loop-month, subject: api_key, match: held-loop,
+       token_quota: {limit: 1000, period: calendar_month}}
     - {name: held-month, subject: api_key, match: held,
        token_quota: {limit: 1000, period: calendar_month}}
     - {name: capped-month, subject: api_key, match: held-capped, hard_cap: true,
@@ -43,7 +46,10 @@ SLOW_FIRST_CHUNK = {"x-mock-fault": "first_chunk_delay=2"}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("quota-held")
     config = config_with_admin_token(workdir, "quota-held-admin-token", QUOTAS)
-    key = f"    - {{id: held, key: {SECRET}}}\n    - {{id: held-capped, key: {CAPPED_SECRET}}}\n"
+    key = (
+        f"    - {{id: held, key: {SECRET}}}\n    - {{id: held-capped, key: {CAPPED_SECRET}}}\n"
+        f"    - {{id: held-loop, key: {LOOP_SECRET}}}\n"
+    )
     config.write_text(config.read_text().replace("  api_keys:\n", "  api_keys:\n" + key, 1))
     with running_stack(workdir, config) as running:
         yield running
@@ -89,6 +95,34 @@ def test_the_sdk_retries_a_prompt_a_hard_capped_budget_lacks_only_for_a_running_
     assert "not enough for this prompt" in error["message"]
     assert "x-should-retry" not in refusal.headers
     assert 1 <= int(refusal.headers["retry-after"]) <= 5
+
+
+def test_a_client_sending_one_request_after_another_is_not_held_by_its_own_answers(
+    stack: LocalStack,
+) -> None:
+    """Each request reserves more than the key's 1,000-token month (max_tokens 2,000) and
+    uses a few tokens. Its settlement, giving the rest back, is batched for a few
+    milliseconds after the answer: the next request, sent at once, met the month still
+    held by it, and the SDK slept 5 s before retrying it. Now it is admitted at once."""
+    statuses: list[int] = []
+    client = OpenAI(
+        base_url=f"{stack.base_url}/v1",
+        api_key=LOOP_SECRET,
+        max_retries=0,  # a 429 is raised, not slept out
+        http_client=httpx.Client(
+            event_hooks={"response": [lambda response: statuses.append(response.status_code)]}
+        ),
+    )
+    for _ in range(5):
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,  # type: ignore[arg-type]  # plain dicts, as users pass them
+            max_tokens=2000,
+        )
+        assert answer.choices[0].message.content
+    assert statuses == [200] * 5
+    refused = metric(scrape(stack.metrics_url), "aigw_rate_limited_total", rule="loop-month")
+    assert not refused
 
 
 def _while_a_long_request_runs(
