@@ -271,6 +271,8 @@ class QuotaStore:
         # Settlement batches on their way to the store (a reservation refused as held
         # waits for those that take off its holds: land_settlements).
         self._sending: list[_Sending] = []
+        # Of those, the batches ``settle`` sent at once: still pending to ``flush``.
+        self._sent_early: set[asyncio.Future[None]] = set()
         # A batch goes out every 20 ms under load, each failing while the store is down.
         self._settling = OutageLog(log, "quota settlement failed, batches to the spool")
         # Settlement writes the store failed, ever (close asks whether its own failed).
@@ -560,6 +562,17 @@ class QuotaStore:
                 if limit.kind == "t"
             ]
         )
+        if _left_too_short(reservation):
+            # Its reservation left a budget too short for another request like it: the
+            # next one of its subject (a client sending one request after another) would
+            # be refused as held by this one until the batch lands, on any process (the
+            # one holding the settlement retries after sending it: land_settlements; a
+            # worker or replica that got the next request cannot). Sent now, one round
+            # trip off the request path, it lands before that request reserves.
+            sent = self._send_now()
+            if sent is not None:
+                self._sent_early.add(sent)
+                sent.add_done_callback(self._sent_early.discard)
 
     def release(self, reservation: Reservation) -> None:
         """Give back all a request reserved, requests and tokens, off the request path:
@@ -631,20 +644,32 @@ class QuotaStore:
         does not cut it short: it goes on, as a timed flush would, and shutdown waits
         for it."""
         waits: list[asyncio.Future[None]] = [landed for _, landed in self._sending]
-        taken = self._take()
-        if taken is not None:
-            flush = asyncio.get_running_loop().create_task(self._send_batch(*taken))
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
-            waits.append(taken[2][1])
+        sent = self._send_now()
+        if sent is not None:
+            waits.append(sent)
         if waits:
             await asyncio.shield(asyncio.gather(*waits))
 
+    def _send_now(self) -> asyncio.Future[None] | None:
+        """Send the queued settlements as one batch now, in a task of its own; a future
+        done once it landed (None: nothing was queued)."""
+        taken = self._take()
+        if taken is None:
+            return None
+        flush = asyncio.get_running_loop().create_task(self._send_batch(*taken))
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+        return taken[2][1]
+
     async def flush(self) -> None:
-        """Write the pending settlements; what the store does not take goes to the spool."""
+        """Write the pending settlements, those ``settle`` sent at once included (it waits
+        for them); what the store does not take goes to the spool."""
+        sent_early = list(self._sent_early)
         taken = self._take()
         if taken is not None:
             await self._send_batch(*taken)
+        if sent_early:
+            await asyncio.gather(*sent_early)
 
     def _take(self) -> _Taken | None:
         """The pending settlements and give-backs, as one batch on its way (None: nothing
@@ -1016,6 +1041,21 @@ def _held_within_cap(reservation: Reservation) -> list[_Change]:
         reservation.held[i] -= excess
         changes.append((limit, -excess, reservation.generations[i], excess))
     return changes
+
+
+def _left_too_short(reservation: Reservation) -> bool:
+    """Whether the reservation left one of its token budgets with less than it reserved
+    (what another request like it would ask for)."""
+    return any(
+        limit.kind == "t" and holding and effective - used < holding
+        for limit, used, effective, holding in zip(
+            reservation.limits,
+            reservation.used,
+            reservation.effective,
+            reservation.holding,
+            strict=True,
+        )
+    )
 
 
 def _by_subject(limits: list[Limit]) -> list[list[tuple[int, Limit]]]:

@@ -320,3 +320,29 @@ async def test_requests_refused_at_once_wait_for_one_batch_that_counts_once(
     assert await counted(quota_store) == (1600, None)
     decisions = [line["quota_decision"] for line in services.access_log.lines()]
     assert decisions == ["allowed"] * 3
+
+
+async def test_the_next_request_served_by_another_worker_is_not_held_either(
+    quota_store: QuotaStore, valkey: EmbeddedValkey
+) -> None:
+    """With `serve --workers N` (or replicas) the client's next request usually reaches
+    another process, which has nothing of the previous answer's settlement to send: that
+    settlement, its reservation having left the budget too short for another request like
+    it, goes out at once rather than with its batch."""
+    processor, _ = _processor(quota_store, _rules())
+    client = connect(valkey.url, 2.0)
+    other_store = QuotaStore(client, "test:")
+    await other_store.start()
+    try:
+        other, _ = _processor(other_store, _rules())
+        first = Call(processor, LONG)
+        assert await first.admitted()
+        await first.finish(_answer(1000))
+
+        second = Call(other, LONG)
+        assert await second.admitted(), _error(second)
+        assert await counted(quota_store) == (1000 + ESTIMATE, ESTIMATE)
+        await second.hang_up()
+    finally:
+        await other_store.close()
+        await client.aclose()
