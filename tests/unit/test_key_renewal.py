@@ -304,3 +304,21 @@ async def test_the_cli_renews_a_key_and_says_it_keeps_its_secret(
         "keys", "renew", "--id", "ci-bot", "--expires", "2031-01-01T00:00:00"
     )
     assert code == 2 and "needs a time zone" in err
+
+
+async def test_a_renewal_bringing_the_expiry_forward_stops_the_old_secret_by_then(
+    api: Api, gateway: Processor, client: Any
+) -> None:
+    # A key that leaked: the operator rotates it and brings its end forward to a moment
+    # from now. Before, the old secret kept the hour's grace past the key's new end.
+    keys = StoredKeys(client, PREFIX)
+    old, _ = await keys.create(new_key(expires_at=time.time() + DAY_S))
+    ends = time.time() + 1.0
+    replaced = await api.call(
+        "RenewKey",
+        pb.RenewKeyRequest(id="ci-bot", expires_at=ends, rotate=True, grace_seconds=HOUR_S),
+    )
+    assert 0 < replaced.previous_expires_at <= ends
+    await asyncio.sleep(max(0.0, ends - time.time()) + 0.2)  # past the key's new end
+    # Refused: the store forgets the old record at the old secret's end.
+    assert (await send(gateway, old))[0] == 401

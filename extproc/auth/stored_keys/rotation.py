@@ -64,6 +64,10 @@ async def rotate_with_expiry(
     new_key = store.record_key(new_hex)
     # Never longer than a rotation cut short (the id still names its old record) gave.
     until = min(now + grace_s, stored.secret_expires_at or math.inf)
+    if expires_at is not None:
+        # A renewal bringing the key's end forward (a key that leaked) ends the old
+        # secret by then too: its grace is a time to move over, never past the key's end.
+        until = min(until, expires_at)
     older = previous(named.record)
     try:
         async with store.client.pipeline(transaction=True) as pipe:
