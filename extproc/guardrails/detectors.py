@@ -20,7 +20,13 @@ The builtins (why each rule):
   in a row are not taken for an SSN: too many other numbers look like that.
 - ``CA_SIN``: nine digits, optionally ``AAA-BBB-CCC`` or spaced (the same
   separator twice), passing the Luhn check.
-- ``EMAIL``: ``local@domain.tld`` with the characters mail systems accept.
+- ``EMAIL``: ``local@domain.tld`` with the characters mail systems accept, in
+  Latin (accents included), Greek and Cyrillic letters as well as ASCII
+  (internationalised addresses, RFC 6531: ``müller@bücher.de``, ``почта@пример.рф``),
+  and punycode top-level domains (``xn--p1ai``). Letters of scripts written without
+  spaces between words (Chinese, Japanese, Korean, Thai) are not taken: next to an
+  address they are the sentence around it (``请联系jane@example.com``), and a pattern
+  taking them would mask the sentence with the address.
 - ``PHONE_NUMBER``: North American numbers (``(555) 123-4567``,
   ``+1 555.123.4567``, ``5551234567``), whose area code never begins with 0 or 1 (so a
   Unix time, ``1717171717``, is none), and international ``+CC ...`` numbers of
@@ -221,8 +227,29 @@ def _phone(text: str, start: int, end: int) -> bool:
     return digits[len(digits) - 10] not in "01"
 
 
+# The letters an address may hold besides ASCII: Latin-1 and Latin Extended (without
+# the multiplication and division signs), Greek, Cyrillic, Latin Extended Additional
+# (Vietnamese), and the combining marks a decomposed accent is written with. Character
+# ranges both RE2 and Python's re read alike, so the pattern, its stream characters and
+# its end check agree.
+_EMAIL_LETTERS = (
+    "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0386\u0388-\u03ff"
+    "\u0400-\u0481\u048a-\u052f\u1e00-\u1eff"
+)
+_EMAIL_MARKS = "\u0300-\u036f\u0483-\u0487"
+_EMAIL_WORD = _EMAIL_LETTERS + _EMAIL_MARKS + "0-9"
+_EMAIL_LABEL = f"[{_EMAIL_WORD}](?:[{_EMAIL_WORD}\\-]{{0,61}}[{_EMAIL_WORD}])?"
+EMAIL_PATTERN = (
+    f"[{_EMAIL_WORD}._%+\\-]{{1,64}}@{_EMAIL_LABEL}(?:\\.{_EMAIL_LABEL}){{0,8}}"
+    f"\\.(?:xn--[A-Za-z0-9\\-]{{1,59}}|[{_EMAIL_LETTERS}][{_EMAIL_LETTERS}{_EMAIL_MARKS}]{{1,23}})"
+)
+# A match followed by a character the pattern could have taken was cut by a length
+# limit (a 25-letter top-level domain, a 65-character local part): no address.
+EMAIL_GOES_ON = re.compile(f"[{_EMAIL_WORD}_\\-]")
+
+
 def _email(text: str, start: int, end: int) -> bool:
-    return end == len(text) or not (text[end].isalnum() or text[end] in "-_")
+    return end == len(text) or EMAIL_GOES_ON.match(text, end) is None
 
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
@@ -256,14 +283,10 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         stands_alone=True,
     ),
     Builtin.EMAIL: lambda: Detector(
-        re2.compile(
-            r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
-            _options(),
-        ),
+        re2.compile(EMAIL_PATTERN, _options()),
         Builtin.EMAIL,
         254,  # the longest address SMTP carries
-        re.compile(r"[A-Za-z0-9._%+@\-]"),
+        re.compile(f"[{_EMAIL_WORD}._%+@\\-]"),
         _email,
     ),
     Builtin.PHONE_NUMBER: lambda: Detector(

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.config.guard_model import Builtin
-from extproc.guardrails.detectors import builtin
+from extproc.guardrails.detectors import EMAIL_GOES_ON, EMAIL_PATTERN, builtin
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_escaped_text import chat_with_tool_output
 from tests.unit.test_guard_flow import Gateway, upstream_body
@@ -116,17 +116,15 @@ def _phone(text: str, start: int, end: int) -> bool:
 
 
 def _email(text: str, start: int, end: int) -> bool:
-    return end == len(text) or not (text[end].isalnum() or text[end] in "-_")
+    return end == len(text) or EMAIL_GOES_ON.match(text, end) is None
 
 
 _CHECKED: dict[Builtin, tuple[str, Callable[[str, int, int], bool]]] = {
     Builtin.SSN: (r"\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}", _ssn),
     Builtin.CA_SIN: (r"\d{3}[ -]?\d{3}[ -]?\d{3}", _sin),
-    Builtin.EMAIL: (
-        r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
-        _email,
-    ),
+    # The address pattern is the builtin's own since it took accented, Greek and Cyrillic
+    # letters: what is compared here is how the text is searched, not what an address is.
+    Builtin.EMAIL: (EMAIL_PATTERN, _email),
     Builtin.PHONE_NUMBER: (
         r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?)(?:[ .\-]?\d{2,4}){1,5}"
         r"|(?:1[ .\-]?)?(?:\(\d{3}\) ?|\d{3}[ .\-]?)\d{3}[ .\-]?\d{4}",

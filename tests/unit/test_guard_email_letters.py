@@ -1,0 +1,99 @@
+# ruff: noqa: RUF001  (Cyrillic and Greek addresses, and the multiplication sign, on purpose)
+"""The EMAIL builtin finds addresses written in accented, Greek and Cyrillic letters.
+
+Mail systems have carried internationalised addresses (RFC 6531) for years:
+``müller@bücher.de``, ``josé.álvarez@correo.es``, ``почта@пример.рф``. The builtin
+took ASCII letters only: ``müller@bücher.de`` reached the provider whole (the
+domain's ``ü`` broke the match), and a Cyrillic address was never seen. An address followed at once by Chinese, Japanese or Korean text
+(``x@y.com으로``) was refused as "going on", and reached the provider too. Letters of
+scripts written without spaces are still no part of an address: next to one they are the
+sentence around it, not the address.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from extproc.config.guard_model import Builtin, GuardConfig
+from extproc.guardrails.detectors import builtin
+from extproc.guardrails.matching import MatcherGuard, Matchers
+from extproc.guardrails.stream import StreamGuard
+from tests.unit.guard_helpers import config_with, openai_chunk, openai_stream_text
+from tests.unit.test_guard_flow import Gateway, upstream_body
+
+
+def found(text: str) -> list[str]:
+    return [text[span.start : span.end] for span in builtin(Builtin.EMAIL).find(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "addresses"),
+    [
+        ("schreib an müller@bücher.de bitte", ["müller@bücher.de"]),
+        ("José.Álvarez@correo.es, gracias", ["José.Álvarez@correo.es"]),
+        ("почта: почта@пример.рф.", ["почта@пример.рф"]),
+        ("δοκιμή@παράδειγμα.δοκιμή", ["δοκιμή@παράδειγμα.δοκιμή"]),
+        ("Việt: nguyễn@ví-dụ.vn", ["nguyễn@ví-dụ.vn"]),
+        # A decomposed accent: "e" and a combining acute.
+        ("rene\u0301e@example.fr", ["rene\u0301e@example.fr"]),
+        ("user@example.xn--p1ai ok", ["user@example.xn--p1ai"]),
+        # The sentence around an address in scripts written without spaces stays.
+        ("请联系jane@example.com请回复", ["jane@example.com"]),
+        ("x@y.com으로 보내세요", ["x@y.com"]),
+        ("メールはops@example.jpまで", ["ops@example.jp"]),
+        # Signs are no letters.
+        ("a×b@c.de", ["b@c.de"]),
+        # What was no address is still none.
+        ("no tld jane@localhost", []),
+        ("a 25-letter tld a@b." + "c" * 25, []),
+    ],
+)
+def test_the_email_builtin_finds_addresses_in_these_letters(
+    text: str, addresses: list[str]
+) -> None:
+    assert found(text) == addresses
+
+
+PII = {"policies": [{"name": "pii", "request": [
+    {"name": "pii", "builtins": ["EMAIL"], "action": "mask"}]}]}  # fmt: skip
+
+
+async def test_an_accented_address_in_a_prompt_does_not_reach_the_provider() -> None:
+    gateway = Gateway(config_with(PII, {"openai-chat": {"guardrails": "pii"}}))
+    said = "Schreib an müller@bücher.de und почта@пример.рф, danke."
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": said}]})
+    answers = await gateway.send("/v1/chat/completions", body)
+    sent = upstream_body(answers[1])
+    assert sent["messages"][0]["content"] == "Schreib an <EMAIL> und <EMAIL>, danke."
+
+
+async def test_an_address_a_tool_wrote_with_escapes_is_masked() -> None:
+    # json.dumps writes "ü" as "\u00fc": the guard reads the escape as the letter.
+    gateway = Gateway(config_with(PII, {"openai-chat": {"guardrails": "pii"}}))
+    said = '{"to": "m\\u00fcller@b\\u00fccher.de"}'
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": said}]})
+    answers = await gateway.send("/v1/chat/completions", body)
+    sent = upstream_body(answers[1])
+    assert "cher.de" not in sent["messages"][0]["content"]
+    assert "<EMAIL>" in sent["messages"][0]["content"]
+
+
+def test_a_cyrillic_address_cut_over_stream_chunks_is_masked() -> None:
+    guard = StreamGuard(
+        Matchers((MatcherGuard(GuardConfig(name="pii", builtins=["EMAIL"], action="mask"), 256),)),
+        anthropic=False,
+    )
+    chunks = [
+        openai_chunk("Пишите на поч"),
+        openai_chunk("та@прим"),
+        openai_chunk("ер.рф сегодня"),
+        openai_chunk(None, "stop"),
+        b"data: [DONE]\n\n",
+    ]
+    out = b""
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1
+        out += guard.render(guard.split(chunk, last), last, lambda _: b'{"error":{}}')
+    assert openai_stream_text(out) == "Пишите на <EMAIL> сегодня"
+    assert "пример".encode() not in out
