@@ -94,6 +94,10 @@ _NOT_RESULT_TEXT = frozenset(
 # Blocks inside a server tool's result that are read as they are in a message: a fetched
 # page's document, text.
 _RESULT_BLOCKS = frozenset(("text", "document", "search_result"))
+# Parts whose ``text`` the model reads: vLLM's chat API takes the Responses API's
+# ``input_text`` and ``output_text`` parts in a message's content as text parts (OpenAI
+# refuses them). Left unread, they carried any text past every guard to such a provider.
+_TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
 # The role of what a server tool returned, as a tool's output is on the other APIs.
 _RESULT_ROLE = "tool"
 # How deep a tool input is walked: orjson parses at most 1024 levels, so no leaf of a
@@ -195,7 +199,7 @@ def _block_slots(
         # No block the provider takes (it refuses it); a list or an object here is no
         # key of the sets below (unhashable), and must not fail the gateway.
         return
-    if kind == "text" and isinstance(block.get("text"), str):
+    if kind in _TEXT_PARTS and isinstance(block.get("text"), str):
         slots.append(TextSlot(role, block, "text"))
     elif kind == "thinking" and isinstance(block.get("thinking"), str):
         # Claude's thinking sent back in a request's history: signed (Anthropic refuses

@@ -10,6 +10,9 @@ Mistral's reasoning models answer that way too: ``content`` is a list of parts, 
 streamed, the reasoning in ``thinking`` parts and the answer in ``text`` parts. Response
 guards read only a string: such an answer reached the client unmasked and unrefused, its
 decisions logged ``pass``.
+
+vLLM also reads the Responses API's ``input_text`` and ``output_text`` parts in a chat
+message as text parts; the guards read only ``text`` parts, so those passed unread too.
 """
 
 from __future__ import annotations
@@ -79,6 +82,26 @@ async def test_a_refused_word_in_a_bare_string_part_is_refused() -> None:
     assert body["error"]["code"] == "guardrail_rejected"
     refused = {"guard": "falcon", "phase": "request", "action": "reject"}
     assert gateway.log()["guardrails"][0] == refused
+
+
+@pytest.mark.parametrize("kind", ["input_text", "output_text"])
+async def test_a_card_in_a_responses_style_part_reaches_vllm_masked(kind: str) -> None:
+    # vLLM's chat API reads the Responses API's part types as text parts; OpenAI refuses
+    # them. Unread, a card written in one reached such a provider whole.
+    gateway = guarded()
+    message = {"role": "user", "content": [{"type": kind, "text": f"Pay with {CARD}."}]}
+    answers = await gateway.send(CHAT, chat(message))
+    sent = upstream_body(answers[1])
+    assert sent["messages"][0]["content"] == [{"type": kind, "text": "Pay with <CREDIT_CARD>."}]
+    assert {"guard": "pii", "phase": "request", "action": "mask"} in gateway.log()["guardrails"]
+
+
+async def test_a_refused_word_in_an_input_text_part_is_refused() -> None:
+    gateway = guarded()
+    question = {"role": "user", "content": [{"type": "input_text", "text": "Project Falcon?"}]}
+    status, body = immediate((await gateway.send(CHAT, chat(question)))[-1])
+    assert status == 403
+    assert body["error"]["code"] == "guardrail_rejected"
 
 
 async def test_mistral_reasoning_sent_back_is_masked_in_place() -> None:
