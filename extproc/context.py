@@ -259,6 +259,17 @@ class RequestContext:
     # Failover: the attempts cut after their provider started answering (stages.cut_answer).
     # A tuple: most requests share the empty one and allocate nothing.
     cut_attempts: tuple[CutAttempt, ...] = ()
+    # Failover: the key under which this request's attempts on a fallback name themselves
+    # in the store as they are sent, for a client that hangs up before any answer
+    # (store.attempts_in_flight); None for a chain of one member, or without a store.
+    attempts_key: str | None = None
+    # The chain member whose attempt was in flight when the client hung up, as the store
+    # named it (stages.attempt_in_flight): the allowance it was sent is charged. None: the
+    # primary's, or no hang-up.
+    attempt_in_flight: Upstream | None = None
+    # The store could not say which attempt was in flight when the client hung up: the
+    # request is charged at its primary, and its log line says so (attempt_unknown).
+    attempt_unknown: bool = False
     # ext_proc attributes of the first message (the per-attempt filter's host metadata).
     attributes: Any = None
     # Set when a stage changed the parsed body (e.g. a hard cap on max_tokens).

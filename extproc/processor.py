@@ -9,7 +9,12 @@ synchronous path makes no coroutine. A hook stops the request by raising
 ``GatewayError`` (answered as an OpenAI error) or by setting ``out.answer``
 (the gateway answers the client itself). When the stream ends, however it
 ends, every stage's ``done`` hook runs exactly once, after Envoy has its last
-answer; ``done`` hooks never wait.
+answer; ``done`` hooks never wait. A stage whose ``done`` needs a fact only the store
+holds (which failover attempt was in flight when the client hung up) has a ``closing``
+hook, called first: it returns None, or an awaitable that the processor awaits in a
+task of its own (the stream is gone, and nothing waits for it), running the ``done``
+hooks after it. The runtime counts that task as a stream, so a stopping gateway waits
+for its log line, usage and settlement as it does for a stream's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -63,6 +68,13 @@ class Processor:
             for stage in stages
             if hasattr(stage, "done")
         ]
+        self._closing_hooks: list[Callable[[RequestContext], Awaitable[None] | None]] = [
+            getattr(stage, "closing")  # noqa: B009 - stages are plain objects
+            for stage in stages
+            if hasattr(stage, "closing")
+        ]
+        # The requests whose done hooks wait for a closing hook (held until they ran).
+        self._closing: set[asyncio.Task[None]] = set()
         for hook in self._done_hooks:
             if inspect.iscoroutinefunction(hook):
                 raise TypeError(f"{hook.__qualname__} must be a plain function: done() never waits")
@@ -153,7 +165,47 @@ class Processor:
             if not ctx.completed and ctx.error is None:
                 ctx.aborted = True
             if not attempt:
-                self._finish(ctx)
+                self._close(ctx)
+
+    def _close(self, ctx: RequestContext) -> None:
+        """Finish the request now, or once its closing hooks' store calls are done."""
+        pending: list[Awaitable[None]] = []
+        for closing in self._closing_hooks:
+            try:
+                found = closing(ctx)
+            except Exception:
+                log.exception("closing request %s failed", ctx.request_id)
+                continue
+            if found is not None:
+                pending.append(found)
+        if not pending:
+            self._finish(ctx)
+            return
+        task = asyncio.get_running_loop().create_task(self._finish_after(ctx, pending))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        ctx.runtime.hold(task)
+
+    async def _finish_after(self, ctx: RequestContext, pending: list[Awaitable[None]]) -> None:
+        try:
+            for each in pending:
+                try:
+                    await each
+                except Exception:
+                    log.exception("closing request %s failed", ctx.request_id)
+        finally:
+            for each in pending:
+                if inspect.iscoroutine(each):
+                    each.close()  # one cancelled before its turn (a no-op for the rest)
+            # Even when cancelled (a stopping gateway): the request is logged and settled
+            # with what its closing hooks learnt so far.
+            self._finish(ctx)
+
+    async def closed(self) -> None:
+        """Wait until every request whose done hooks wait for a closing hook is finished
+        (for tests, which read the log line and the metrics once the stream is done)."""
+        while self._closing:
+            await asyncio.wait(set(self._closing))
 
     def _finish(self, ctx: RequestContext) -> None:
         # Runs in the stream's `finally`, so a cancelled stream still logs and

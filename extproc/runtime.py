@@ -39,6 +39,7 @@ from extproc.config.model import (
     cluster_name,
 )
 from extproc.egress import EgressProxy
+from extproc.envoy_failover import longest_failover_wait_s
 from extproc.guardrails.policy import Guardrails
 from extproc.model_names import anthropic_spelling
 from extproc.providers.aws_signer import AwsSigner
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
     from extproc.providers.gcp_tokens import GcpTokenSource
     from extproc.quota.store import QuotaStore
+    from extproc.store.attempts_in_flight import AttemptsInFlight
     from extproc.store.response_owners import ResponseOwners
     from extproc.store.usage import UsageStore
     from extproc.store.usage_writer import UsageWriter
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CREDENTIAL_REFRESH_INTERVAL_S = 60.0
+ATTEMPT_RECORD_SLACK_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class Services:
     stored_keys: StoredKeys | None = None
     # Who created each stored response (None without a store, or with records off).
     response_owners: ResponseOwners | None = None
+    # Which failover attempt each request sent last (None without a store).
+    attempts_in_flight: AttemptsInFlight | None = None
     # Notes quota subjects for the gauges read from the store (telemetry.quota_gauges).
     quota_subjects: SubjectTracker | None = None
 
@@ -336,6 +341,10 @@ class Runtime:
                     self.upstreams[name].provider.name: (name, self.upstreams[name])
                     for name in members
                 }
+        # How long an attempt's record (store.attempts_in_flight) is kept: past the longest
+        # a chain's attempts may wait for an answer to start (a client's hang-up comes
+        # before any answer), with room for the read that follows the hang-up.
+        self.attempt_record_ttl_s = longest_failover_wait_s(config) + ATTEMPT_RECORD_SLACK_S
         self._prefixes = tuple((p.prefix, p.provider) for p in config.model_prefixes)
         self.lean_routes = lean_routes(config)
         try:

@@ -56,6 +56,7 @@ from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
 from extproc.store import orphaned
+from extproc.store.attempts_in_flight import AttemptsInFlight
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import ResponseOwners
@@ -356,6 +357,7 @@ class Gateway:
             self.services.response_owners = ResponseOwners(
                 self._store_client, store.key_prefix, store.response_owner_retention_days
             )
+        self.services.attempts_in_flight = AttemptsInFlight(self._store_client, store.key_prefix)
         self._start_quota_gauges()
 
     def _start_quota_gauges(self) -> None:

@@ -77,7 +77,9 @@ async def run_stream(
     processor: Processor, messages: Iterable[ext.ProcessingRequest]
 ) -> list[ext.ProcessingResponse]:
     """Play one stream; its finishing work (log, metrics, rollup) is done on return."""
-    return [answer async for answer in processor.process(_iterate(messages))]
+    answers = [answer async for answer in processor.process(_iterate(messages))]
+    await processor.closed()
+    return answers
 
 
 async def run_stream_reset(
@@ -108,6 +110,7 @@ async def run_stream_reset(
     call.cancel()  # a stream the processor ended itself (an immediate answer) is done
     with suppress(asyncio.CancelledError):
         await call
+    await processor.closed()
     return answers
 
 

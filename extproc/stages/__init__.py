@@ -6,7 +6,9 @@ A stage is a plain class whose methods are named after the phases they handle:
 end_of_stream)``, and ``done(ctx)`` once per request. The processor calls each
 that exists, in the order below; a phase hook may be a coroutine and is then
 awaited, while ``done`` is a plain function (it runs when the stream closes,
-even a cancelled one, so it must not wait).
+even a cancelled one, so it must not wait). A stage whose ``done`` work needs a store
+read first has a ``closing(ctx)`` hook, which may return an awaitable: the processor
+awaits it off the closed stream and runs the ``done`` hooks after it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from extproc.agents.stages import AgentCallStage, AgentRouteStage
 from extproc.stages.accounting import AccountingStage
 from extproc.stages.attempt import FailoverCheckStage
+from extproc.stages.attempt_in_flight import AttemptInFlightStage
 from extproc.stages.authentication import AuthenticationStage
 from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
@@ -48,6 +51,9 @@ def default_stages() -> list[object]:
         # Before the quota stage: its `done` estimates what a cut stream produced.
         PartialUsageStage(),
         CutAnswerStage(),  # the same for a JSON answer cut (or whole) without usage
+        # Its closing hook names the failover attempt a hung-up request is charged as,
+        # before any done hook runs.
+        AttemptInFlightStage(),
         # After the guards (they may change the body), before the quota counts it.
         FailoverCheckStage(),
         QuotaStage(),

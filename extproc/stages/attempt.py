@@ -38,6 +38,13 @@ is removed: a provider cannot name attempts to be charged. That is the only othe
 metadata an attempt gives Envoy: the attempt's own view of the request (a route of its
 own, no caller) is not the request's.
 
+An attempt on a fallback also names its provider in the store before its request leaves
+(``store.attempts_in_flight``, under the key the gateway's note carries): should the client
+hang up before any answer, the request's stream charges the member whose attempt was in
+flight (``stages.attempt_in_flight``). The first attempt (the primary's) writes nothing, so
+a request its primary serves pays no store round trip; a store that does not answer delays
+an attempt by the store's timeout at most and fails nothing.
+
 The chain travels with the request, so a config reload between two attempts
 changes nothing of what the request is served as: the fallback it was admitted
 with answers, under its name and price, on whichever worker takes the attempt.
@@ -91,9 +98,11 @@ an OpenAI chat client's ``anthropic-version`` too, which its translation for Cla
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,6 +135,8 @@ from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.stages.accounting import ERROR_BODY_STATUS
+from extproc.store.attempts_in_flight import MAX_KEY_CHARS, AttemptsInFlight
+from extproc.store.outage_log import OutageLog
 from extproc.translators.answer_errors import ProviderAnswerError, answer_error
 from extproc.translators.anthropic_errors import documented_status, typed_error
 from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_error
@@ -166,6 +177,9 @@ _ATTEMPT_CREDENTIALS = (
 _PROVIDER = re.compile(r'key: "provider" value \{ string_value: "([^"]*)"')
 # The longest field name a skipped fallback's diagnostic quotes (a path into the body).
 _LOGGED_PARAM_CHARS = 100
+# The key of the gateway's note to the attempts under which each attempt on a fallback
+# names itself in the store (store.attempts_in_flight).
+_RECORD = "record"
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +263,17 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
     chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
     return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
+
+
+def recorded(ctx: RequestContext, plan: FailoverPlan) -> FailoverPlan:
+    """``plan``, with a key of the request's own under which its attempts on fallbacks
+    name themselves in the store as they are sent (``store.attempts_in_flight``), kept on
+    the context for a client that hangs up before any answer (``stages.attempt_in_flight``).
+    A chain of one member needs none: its attempt is that member's."""
+    if len(plan.chain) < 2 or ctx.runtime.services.attempts_in_flight is None:
+        return plan
+    ctx.attempts_key = uuid.uuid4().hex
+    return replace(plan, request={**plan.request, _RECORD: ctx.attempts_key})
 
 
 def pinned_to(ctx: RequestContext, members: list[tuple[str, Upstream]]) -> int | None:
@@ -347,6 +372,8 @@ class AttemptRequest:
     stream: bool | None = None
     # The client's query (empty: none), for an API whose path the attempt builds anew.
     query: str = ""
+    # Where an attempt on a fallback names itself in the store (None: nowhere).
+    record: str | None = None
 
 
 def attempt_request(request: object) -> AttemptRequest:
@@ -361,10 +388,12 @@ def attempt_request(request: object) -> AttemptRequest:
     carried = request.get("headers") if isinstance(request, dict) else None
     stream = request.get("stream") if isinstance(request, dict) else None
     query = request.get("query", "") if isinstance(request, dict) else ""
+    record = request.get(_RECORD) if isinstance(request, dict) else None
     route = _ROUTES_BY_API.get(api) if isinstance(api, str) else None
     if (
         route is None
         or not isinstance(query, str)
+        or not (record is None or (isinstance(record, str) and len(record) <= MAX_KEY_CHARS))
         or not isinstance(carried, dict)
         or not all(isinstance(value, str) for value in carried.values())
         or (route.api in _STREAM_IN_PATH) is not isinstance(stream, bool)
@@ -375,7 +404,7 @@ def attempt_request(request: object) -> AttemptRequest:
         )
     in_path = stream if isinstance(stream, bool) else None
     carried_headers = {str(name): value for name, value in carried.items()}
-    return AttemptRequest(route, carried_headers, in_path, query)
+    return AttemptRequest(route, carried_headers, in_path, query, record)
 
 
 def chain_member(chain: object, provider: str) -> tuple[str, str] | None:
@@ -437,6 +466,14 @@ def retried_to(chain: object, provider: str) -> str | None:
     return primary if isinstance(primary, str) else None
 
 
+def first_member(chain: object, provider: str) -> bool:
+    """Whether ``provider`` serves the first member of the request's ``chain`` (its
+    primary, or the one member it was pinned to): Envoy sends it the first attempt."""
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], list):
+        return False
+    return bool(chain[0] and chain[0][0] == provider)
+
+
 def retried(status: int) -> bool:
     """Whether Envoy retries an attempt answered ``status`` (the failover route's
     ``retry_on``: 5xx and 429)."""
@@ -475,6 +512,9 @@ def restore_client_headers(ctx: RequestContext, carried: dict[str, str]) -> dict
 
 
 class AttemptStage:
+    def __init__(self) -> None:
+        self._not_recorded = OutageLog(log, "failover attempts not recorded in the store")
+
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         # Which model this provider serves is read from the body (request_body).
         ctx.provider = provider_of_attempt(ctx.attributes)
@@ -488,7 +528,9 @@ class AttemptStage:
         for name in _ATTEMPT_CREDENTIALS:
             ctx.request_headers.pop(name, None)
 
-    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+    def request_body(
+        self, ctx: RequestContext, out: PhaseOutput, body: bytes
+    ) -> Awaitable[None] | None:
         parsed: dict[str, Any] = orjson.loads(body)  # validated downstream
         # The chain and the request's API are the gateway's notes to itself: they never
         # reach a provider, so the body is always written anew.
@@ -545,6 +587,29 @@ class AttemptStage:
         # leaves, so a later attempt overwrites it: it names the attempt last sent, for
         # Envoy's reply should this one's answer outgrow the buffer (envoy_failover).
         out.metadata = {metadata_key(name): value for name, value in answered_by(ctx).items()}
+        records = ctx.runtime.services.attempts_in_flight
+        if client.record is None or records is None or first_member(chain, ctx.provider or ""):
+            # The first attempt writes nothing: no record names it (a request its primary
+            # answers, the common case, pays no store round trip for this).
+            return None
+        return self._record_sent(ctx, records, client.record)
+
+    async def _record_sent(self, ctx: RequestContext, records: AttemptsInFlight, key: str) -> None:
+        """Name this attempt in the store as the request's attempt in flight, before its
+        request leaves (Envoy waits for this answer): should the client hang up before
+        any answer, the request's stream charges this member, whose provider received
+        the request and bills it (stages.attempt_in_flight). A store that does not answer
+        delays the attempt by its timeout at most, and fails nothing: such a hang-up is
+        then charged at the primary."""
+        runtime = ctx.runtime
+        try:
+            async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+                await records.sent(key, ctx.provider or "", runtime.attempt_record_ttl_s)
+        except Exception as exc:
+            runtime.services.metrics.store_error("attempt_record")
+            self._not_recorded.failed(exc)
+            return
+        self._not_recorded.answered()
 
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]

@@ -54,7 +54,7 @@ from extproc.responses_api import (
     check_responses_body,
 )
 from extproc.runtime import Route
-from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over
+from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
 from extproc.stages.logged_error import hide_credentials_in_error
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
 
@@ -193,7 +193,7 @@ class UpstreamRequestStage:
             # Each attempt is translated and signed by the per-attempt filter, for
             # whichever provider Envoy tries, from the client's body and the chain.
             ctx.client_wants_usage = client_asked_for_usage(ctx, ctx.body)
-            failover = failover_plan(ctx)
+            failover = recorded(ctx, failover_plan(ctx))
             out.body = body_with_chain(ctx.body, failover)
             out.set_headers["content-length"] = str(len(out.body))
             out.set_headers[headers.CLUSTER] = failover.cluster

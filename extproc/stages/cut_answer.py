@@ -47,8 +47,9 @@ provider's answer without a body (Envoy sends no message for it), end the stream
 way, and the ext_proc stream's own end does not tell them apart (measured with Envoy
 1.40): they are charged as the client's hang-up they mostly are (docs/architecture.md). A
 client gone before the go-ahead (its body still arriving, the gateway still deciding)
-reached no provider: charged nothing. A failover request is charged so once, at its
-primary's estimate and price: which attempt was in flight is Envoy's to know.
+reached no provider: charged nothing. A failover request is charged so once, as the
+chain member whose attempt was in flight, which the store names
+(``stages.attempt_in_flight``): its allowance, its tier, its price.
 
 After a failover the answer is read whole by the per-attempt filter first, and one
 over ``envoy.max_response_body_bytes`` never reaches the downstream filter: Envoy
@@ -75,7 +76,7 @@ that of the tier its request asked for, as its answer cut without failover is
 cut. The ledgers add them to
 the answer's charge. A client that hangs up while an attempt's body is in flight ends
 the request before any answer: no message comes to read the header from, so that
-attempt is not charged by name (the request is, once, as above).
+attempt is not charged by name (the request is, once, as the attempt in flight).
 
 A token count (Anthropic's ``count_tokens``) and the routes that reach no model are
 never billed. Streams that began are ``partial_usage``'s: they carry their text, which is
@@ -146,14 +147,18 @@ class CutAnswerStage:
     def done(self, ctx: RequestContext) -> None:
         # Only a request that ended without a count: every other one is settled already.
         settled = ctx.usage_reported or ctx.usage_estimated
-        if not settled and _billed(ctx) and _left_unanswered(ctx):
-            if ctx.upstream is not None:
+        if charged_as_left(ctx):
+            # The failover attempt in flight, as the store named it (attempt_in_flight):
+            # its member's allowance and tier, not the chain's largest or the primary's.
+            member = ctx.attempt_in_flight
+            sent_to = member or ctx.upstream
+            if sent_to is not None:
                 # Priced as its answer cut after the status would be: a Bedrock model at
                 # the tier asked for (that answer's translator starts from it).
-                ctx.tier_asked = _tier_asked(ctx, ctx.upstream)
+                ctx.tier_asked = _tier_asked(ctx, sent_to)
             # A stream's provider read the prompt, and nothing was streamed: a stream cut
             # one chunk later is charged the same prompt and that chunk's text.
-            _charge(ctx, 0 if ctx.stream else reserved_completion(ctx))
+            _charge(ctx, 0 if ctx.stream else reserved_completion(ctx, member))
             return
         unsettled = not (ctx.stream or settled)
         if unsettled and _billed(ctx) and _answer_started(ctx):
@@ -169,6 +174,13 @@ class CutAnswerStage:
                 ctx.usage_reported = True
                 return
             _charge(ctx, reserved_completion(ctx))
+
+
+def charged_as_left(ctx: RequestContext) -> bool:
+    """Whether the request is charged as one its client left before any answer came,
+    after it went to its provider (``done``): not settled otherwise, billed by tokens."""
+    settled = ctx.usage_reported or ctx.usage_estimated
+    return not settled and _billed(ctx) and _left_unanswered(ctx)
 
 
 def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:

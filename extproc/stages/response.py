@@ -43,6 +43,27 @@ from extproc.translators.base import ResponseTranslator, stream_failure
 from extproc.translators.unreadable_answers import UnreadableAnswerError, replaced_error
 
 
+def served_by_member(
+    ctx: RequestContext, provider: str, model: str | None, upstream_model: str | None
+) -> None:
+    """Record that the member of the request's failover chain on ``provider`` (its config
+    name ``model``, its provider's ``upstream_model``) served the request: its provider
+    is the one counted, its model's price the one charged."""
+    ctx.provider = provider
+    # The fallback may speak another API than the primary (span, metrics).
+    ctx.provider_type = next(
+        (p.type for p in ctx.runtime.config.providers if p.name == provider),
+        ctx.provider_type,
+    )
+    if ctx.provider_type is ProviderType.BEDROCK and ctx.route is not None:
+        # Bedrock names its tier last (a stream's metadata, a JSON answer's body), and the
+        # attempt shows it only then: an answer cut before it, or dropped for its size, is
+        # priced at the tier asked, as without failover (backends.bedrock_tier_asked).
+        ctx.tier_asked = bedrock_tier_asked(ctx.route.api, ctx.body, ctx.request_headers)
+    ctx.answered_model = model
+    ctx.upstream_model = upstream_model
+
+
 class ResponseStage:
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
@@ -61,22 +82,12 @@ class ResponseStage:
             kind = ProviderType.OPENAI
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:
-                ctx.provider = answered
-                # The fallback may speak another API than the primary (span, metrics).
-                ctx.provider_type = next(
-                    (p.type for p in ctx.runtime.config.providers if p.name == answered),
-                    ctx.provider_type,
+                served_by_member(
+                    ctx,
+                    answered,
+                    response_headers.get(headers.ANSWERED_BY_MODEL),
+                    response_headers.get(headers.ANSWERED_UPSTREAM_MODEL),
                 )
-                if ctx.provider_type is ProviderType.BEDROCK and ctx.route is not None:
-                    # Bedrock names its tier last (a stream's metadata, a JSON answer's
-                    # body), and the attempt shows it only then: an answer cut before
-                    # it, or dropped for its size, is priced at the tier asked, as
-                    # without failover (backends.bedrock_tier_asked).
-                    ctx.tier_asked = bedrock_tier_asked(
-                        ctx.route.api, ctx.body, ctx.request_headers
-                    )
-                ctx.answered_model = response_headers.get(headers.ANSWERED_BY_MODEL)
-                ctx.upstream_model = response_headers.get(headers.ANSWERED_UPSTREAM_MODEL)
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:
                     ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.answered_model)
             report = decode(response_headers.get(headers.ATTEMPT_UPSTREAM))

@@ -103,6 +103,9 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         # Priced at the model's long-context prices (its prompt above their threshold).
         "long_context": cost is not None and cost.long_context,
         "cut_attempts": cut_field,
+        # A failover request left before any answer, charged at its primary because the
+        # store could not say which attempt was in flight (stages.attempt_in_flight).
+        "attempt_unknown": ctx.attempt_unknown,
         "api_key_id": identity.api_key_id,
         "user_id": identity.user_id,
         "group_id": identity.group_id,

@@ -126,8 +126,9 @@ async def test_an_embeddings_request_left_unanswered_is_charged_its_input_only(
 async def test_a_failover_request_left_unanswered_is_charged_under_its_primary(
     services: Services,
 ) -> None:
-    """The chain's attempts are Envoy's: which one was in flight is not known, so the
-    request is charged its primary's estimate and price, once."""
+    """Without a store to learn which attempt was in flight from (each attempt on a
+    fallback names itself there: test_failover_hang_up), the request is charged its
+    primary's estimate and price, once."""
     _, processor = await bedrock_gateway(services)
     await left_after_release(processor, chat("primary", None))
     line = assert_charged(services, PROMPT, ALLOWANCE)
