@@ -4,8 +4,9 @@
 Mail systems have carried internationalised addresses (RFC 6531) for years:
 ``müller@bücher.de``, ``josé.álvarez@correo.es``, ``почта@пример.рф``. The builtin
 took ASCII letters only: ``müller@bücher.de`` reached the provider whole (the
-domain's ``ü`` broke the match), and a Cyrillic address was never seen. An address followed at once by Chinese, Japanese or Korean text
-(``x@y.com으로``) was refused as "going on", and reached the provider too. Letters of
+domain's ``ü`` broke the match), and a Cyrillic address was never seen. An address
+followed at once by Chinese, Japanese or Korean text (``x@y.com으로``) was refused as
+"going on", and reached the provider too. Letters of
 scripts written without spaces are still no part of an address: next to one they are the
 sentence around it, not the address.
 """
