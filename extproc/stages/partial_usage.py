@@ -240,8 +240,9 @@ def _failed_stream_usage(
             server_tool_requests=tools,
         )
     else:
-        # The prompt side as the provider reported it: its cache reads, and its cache
-        # writes with their 1-hour part, which are billed at their own prices.
+        # The prompt side as the provider reported it: its cache reads, its cache writes
+        # with their 1-hour part, and its audio, which are billed at their own prices;
+        # the output's audio as far as it was counted.
         prompt = failure.prompt_tokens
         return Usage(
             prompt,
@@ -251,6 +252,9 @@ def _failed_stream_usage(
             failure.cache_write_tokens,
             failure.cache_write_1h_tokens,
             tools,
+            audio_tokens=failure.audio_tokens,
+            cached_audio_tokens=failure.cached_audio_tokens,
+            audio_output_tokens=failure.audio_output_tokens,
         )
 
 

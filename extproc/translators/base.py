@@ -233,6 +233,9 @@ class StreamFailure:
     charged nothing as that status is (``partial_usage``). A failure of the gateway's
     own (a frame it cannot decode, an event too long) always began: what came may have
     been the answer.
+    The audio parts of the counts (Gemini's modality counts, OpenAI's ``audio_tokens``)
+    are kept with them, as every part the price table prices apart is: a prompt of speech
+    cut short is billed at the audio price it was counted at (``reported``).
     """
 
     error: GatewayError | None
@@ -245,6 +248,37 @@ class StreamFailure:
     server_tool_requests: dict[str, int] = field(default_factory=dict)
     whole: bool = False
     began: bool = True
+    # Of the prompt, of its cache hits and of the output, the audio tokens reported.
+    audio_tokens: int = 0
+    cached_audio_tokens: int = 0
+    audio_output_tokens: int = 0
+
+    @classmethod
+    def reported(
+        cls,
+        error: GatewayError | None,
+        counts: Usage,
+        *,
+        output_counted: bool = True,
+        whole: bool = False,
+    ) -> Self:
+        """The failure of a stream whose provider had reported ``counts`` by then, each
+        part the bill prices apart kept (cache reads and writes, the 1-hour writes, the
+        audio, the server tools' requests). ``output_counted``: False when the report
+        counted the prompt alone (its completion is then estimated)."""
+        return cls(
+            error,
+            prompt_tokens=counts.prompt_tokens,
+            cached_tokens=counts.cached_tokens,
+            completion_tokens=counts.completion_tokens if output_counted else None,
+            cache_write_tokens=counts.cache_write_tokens,
+            cache_write_1h_tokens=counts.cache_write_1h_tokens,
+            server_tool_requests=dict(counts.server_tool_requests),
+            whole=whole,
+            audio_tokens=counts.audio_tokens,
+            cached_audio_tokens=counts.cached_audio_tokens,
+            audio_output_tokens=counts.audio_output_tokens if output_counted else 0,
+        )
 
 
 def stream_failure(translator: object) -> StreamFailure | None:

@@ -462,13 +462,9 @@ class StreamReader:
 
     def _failure(self, error: ProviderStreamError | None) -> StreamFailure:
         report = self._report
-        searches = search_requests(self._queries)
         if report is None:
-            return StreamFailure(error, server_tool_requests=searches)
-        return StreamFailure(
-            error,
-            prompt_tokens=report.prompt,
-            cached_tokens=report.cached,
-            completion_tokens=report.output,
-            server_tool_requests=searches,
+            return StreamFailure(error, server_tool_requests=search_requests(self._queries))
+        # Its audio parts too: a prompt of speech is billed at the audio price.
+        return StreamFailure.reported(
+            error, self._usage(report), output_counted=report.output is not None
         )

@@ -525,13 +525,7 @@ class ChunkStreamReader:
         self.failure = (
             StreamFailure(error, began=began)
             if reported is None
-            else StreamFailure(
-                error,
-                prompt_tokens=reported.prompt_tokens,
-                cached_tokens=reported.cached_tokens,
-                completion_tokens=reported.completion_tokens,
-                whole=counted,
-            )
+            else StreamFailure.reported(error, reported, whole=counted)
         )
         self.usage = None
 

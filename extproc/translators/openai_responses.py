@@ -419,14 +419,7 @@ class EventStreamReader:
         error before any other data event (``base.StreamFailure.began``)."""
         first = self.failure.error if self.failure is not None else error
         if usage is not None:
-            self.failure = StreamFailure(
-                first,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                whole=True,
-            )
+            self.failure = StreamFailure.reported(first, usage, whole=True)
         elif self.failure is None:
             self.failure = StreamFailure(error, began=began)
         self.usage = None
