@@ -38,7 +38,9 @@ of stream) before Gemini's last event with text after its last output count is r
 one cut there: that count does not cover what was generated. An ``{"error": {...}}`` event,
 how Google fails a stream whose 200 has left, reaches the client as it came and is
 recorded as ``failure`` (``base.StreamFailure``) with the counts reported by then; the
-gateway charges the request and names Google's error in its log line.
+gateway charges the request and names Google's error in its log line. One before any
+other data event came before the answer began (``began`` False): the streamed form of
+Google's error status (its 429, its 503), charged nothing as that status is.
 
 An event too long to hold (``sse.EventBuffer``) is dropped from what is read, not from
 what is sent: the bytes are the client's, and the events after it are still read, the
@@ -344,6 +346,11 @@ class StreamReader:
         self._events = EventBuffer()
         # What the client gets: Google's bytes (CRLF line ends), in whole events.
         self._sent = WholeEventBytes()
+        # Whether a data event other than an error came (Google began its answer): an
+        # error event first is the streamed form of an error status (its 429
+        # RESOURCE_EXHAUSTED, its 503 UNAVAILABLE), charged nothing as that status is
+        # (base.StreamFailure.began).
+        self._began = False
 
     @property
     def finish_reasons(self) -> list[str]:
@@ -361,12 +368,15 @@ class StreamReader:
         # events are read in order, so a running count covers the text up to its event.
         if _FUNCTION_CALL.search(complete) is None and _WORTH_PARSING.search(complete) is None:
             self.generated_chars += generated_chars(complete)
+            self._began = self._began or b"data:" in complete
         else:
             for event in complete.split(EVENT_END):
                 calls = _FUNCTION_CALL.search(event) is not None
                 self.generated_chars += _event_chars(event) if calls else generated_chars(event)
                 if _WORTH_PARSING.search(event):
                     self._read_event(event)
+                elif b"data:" in event:
+                    self._began = True
         sent = self._sent.take(chunk, end_of_stream)
         ended_early = b""
         if end_of_stream and self._events.unfinished:
@@ -424,13 +434,16 @@ class StreamReader:
         try:
             parsed = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
+            self._began = True
             return
         if not isinstance(parsed, dict):
+            self._began = True
             return
         error = parsed.get("error")
         if isinstance(error, dict):
-            self._provider_failed(stream_error(error))
+            self._provider_failed(stream_error(error), began=self._began)
             return
+        self._began = True
         self.response_model = _model_version(parsed) or self.response_model
         finished = _finish_reasons(parsed)
         for index, reason in finished:
@@ -453,17 +466,21 @@ class StreamReader:
             self.usage = self._usage(self._report)
             self.terminal_event_read = True
 
-    def _provider_failed(self, error: ProviderStreamError) -> None:
+    def _provider_failed(self, error: ProviderStreamError, *, began: bool = True) -> None:
+        """Record the stream's first failure. ``began``: False for Google's error before
+        any other data event (``base.StreamFailure.began``); the gateway's own failure
+        always began."""
         if self.failure is not None:
             return
         # The counts so far are kept for the charge; an incomplete answer has no usage.
-        self.failure = self._failure(error)
+        self.failure = self._failure(error, began=began)
         self.usage = None
 
-    def _failure(self, error: ProviderStreamError | None) -> StreamFailure:
+    def _failure(self, error: ProviderStreamError | None, *, began: bool = True) -> StreamFailure:
         report = self._report
         if report is None:
-            return StreamFailure(error, server_tool_requests=search_requests(self._queries))
+            searches = search_requests(self._queries)
+            return StreamFailure(error, server_tool_requests=searches, began=began)
         # Its audio parts too: a prompt of speech is billed at the audio price.
         return StreamFailure.reported(
             error, self._usage(report), output_counted=report.output is not None

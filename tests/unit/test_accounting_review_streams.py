@@ -173,12 +173,17 @@ async def ledgers(
     assert await writer.flush() is True
     hour = datetime.fromisoformat(line["timestamp"]).replace(minute=0, second=0, microsecond=0)
     rows = await usage.query(hour, hour + timedelta(hours=1), ("api_key_id",))
-    rolled = (rows[0].prompt_tokens, rows[0].completion_tokens, rows[0].cost_picousd)
+    # No row: a request charged nothing (a provider's error) is not in the rollup.
+    rolled = (
+        (rows[0].prompt_tokens, rows[0].completion_tokens, rows[0].cost_picousd)
+        if rows
+        else (0, 0, 0)
+    )
     metric = tuple(
         sample(services, "tokens_consumed_total", token_type=kind)
         for kind in ("prompt", "completion")
     )
-    return Ledgers(line, (metric[0], metric[1]), rolled if rows else (0, 0, 0), used)
+    return Ledgers(line, (metric[0], metric[1]), rolled, used)
 
 
 # --- each client API's stream, as its provider sends it ----------------------------------
