@@ -19,8 +19,11 @@ from google.genai import errors
 from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
+    metric,
     mock_requests,
     running_stack,
+    scrape,
+    wait_for,
     write_config,
 )
 from tests.integration.test_gemini_api import CLIENT_KEY, PROMPT, client, gemini_config
@@ -117,3 +120,42 @@ def test_a_stream_the_sdk_stops_reading_is_charged_what_it_carried(
     assert line["outcome"] == "aborted"
     assert line["prompt_tokens"] == first.usage_metadata.prompt_token_count
     assert line["completion_tokens"] >= (first.usage_metadata.candidates_token_count or 0) > 0
+
+
+def gemini_tokens(stack: LocalStack) -> list[float]:
+    """tokens_consumed_total on Gemini: prompt, completion."""
+    samples = scrape(stack.metrics_url)
+    return [
+        metric(samples, "tokens_consumed_total", model="gemini-2.5-flash", token_type=kind)
+        for kind in ("prompt", "completion")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "charged"), [("error_first=429", False), ("error_after=2", True)]
+)
+def test_googles_error_as_a_streams_first_event_is_charged_nothing(
+    review: LocalStack, gateway_log: GatewayLog, fault: str, charged: bool
+) -> None:
+    """Google's 200, then its RESOURCE_EXHAUSTED as the stream's first event: the
+    streamed form of its 429, which bills nothing, and the SDK raises it as one. It was
+    charged the prompt estimate in the log line and tokens_consumed_total. The control:
+    Google's error after two pieces of the answer is charged what was delivered."""
+    before, seen = gemini_tokens(review), len(gateway_log.lines())
+    chunks = client(review, **{"x-mock-fault": fault}).models.generate_content_stream(
+        model="gemini-2.5-flash", contents=PROMPT
+    )
+    with pytest.raises(errors.APIError) as raised:
+        for _ in chunks:
+            pass
+    if not charged:
+        assert (raised.value.code, raised.value.status) == (429, "RESOURCE_EXHAUSTED")
+    [line] = wait_for(lambda: gateway_log.lines()[seen:])
+    assert (line["http_status_code"], line["outcome"]) == (200, "upstream_error")
+    tokens = [line["prompt_tokens"], line["completion_tokens"]]
+    counted = [now - then for now, then in zip(gemini_tokens(review), before, strict=True)]
+    assert counted == tokens
+    if charged:
+        assert line["usage_estimated"] is True and tokens[0] > 0 and tokens[1] > 0
+    else:
+        assert (tokens, line["usage_estimated"], line["cost_usd"]) == ([0, 0], False, 0)
