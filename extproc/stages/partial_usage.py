@@ -6,7 +6,8 @@ sends its usage report, yet it generated, and bills, what the client already
 got. This stage counts the characters of generated text in the provider's
 stream as it passes (the string values of ``content``, ``text`` (a text completion
 carries its answer in ``choices[].text``), the tool-call
-fields ``arguments``, ``partial_json`` and ``input``, and the reasoning fields
+fields ``arguments``, ``partial_json`` and ``input``, a spoken answer's ``transcript``,
+and the reasoning fields
 ``thinking``, ``reasoning_content`` and ``reasoning``, reasoning being billed as
 output: where OpenAI's SSE, the SSE of OpenAI-compatible providers, Anthropic's
 SSE and Bedrock's event-stream payloads carry text). When a

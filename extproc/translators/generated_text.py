@@ -19,14 +19,17 @@ import re
 # and, beside ``content`` in OpenAI-compatible streams, ``reasoning_content`` (DeepSeek,
 # older vLLM) or ``reasoning`` (vLLM, Ollama, Groq, OpenRouter), whose name is captured
 # (``generated_chars``). Bedrock's InvokeModel families name their text their own way:
-# Llama's ``generation``, Titan Text's ``outputText`` (Mistral's is ``text``). One pattern
-# for all: OpenAI's own streams scan each chunk once.
+# Llama's ``generation``, Titan Text's ``outputText`` (Mistral's is ``text``). A spoken
+# answer of OpenAI's audio models (``modalities: ["audio"]``) has no ``content``: its text
+# is the ``transcript`` of its ``audio`` (a stream's ``delta.audio.transcript``), counted
+# as text, a floor of what its speech is billed. One pattern for all: OpenAI's own streams
+# scan each chunk once.
 # A string's value is read as runs of plain bytes between escapes (``_STRING``), not as
 # an alternative per byte: the same bytes matched, about 6 times as fast on long values.
 _STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
 _TEXT_VALUE = re.compile(
     rb'"(?:content|text|arguments|partial_json|input|thinking|generation|outputText'
-    rb'|(reasoning(?:_content)?))"'
+    rb'|transcript|(reasoning(?:_content)?))"'
     rb"\s*:\s*" + _STRING
 )
 # A Responses API stream carries its generated text in the ``delta`` of its delta events

@@ -10,6 +10,10 @@ cache hits and the output, and dropped their audio parts: the same 800 tokens of
 were billed at the text price once the stream was cut, a third of what the provider
 billed, while the log line said ``prompt_audio_tokens: 0``.
 
+A spoken answer of OpenAI's audio models (``modalities: ["audio"]``) without its count
+(cut before its usage chunk, or from a provider that reports none) was charged no
+completion at all: its text is its ``audio.transcript``, which the estimate did not read.
+
 Each test plays one request through the processor (real ext_proc messages, a real
 Valkey for the quota and the rollup) and reads the four ledgers
 (``test_accounting_review_streams.ledgers``).
@@ -232,3 +236,53 @@ async def test_an_openai_compatible_running_count_of_audio_survives_the_provider
     assert (line["prompt_tokens"], line["prompt_audio_tokens"]) == (1000, 800)
     expected = 200 * Decimal("0.15") + 800 * Decimal("10.00") + 5 * Decimal("0.60")
     assert cost(line) == expected / 10**6
+
+
+# --- a spoken answer without its count is estimated from its transcript --------------------
+
+SPOKEN = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+JSON = {"content-type": "application/json", "x-envoy-upstream-service-time": "3"}
+# The spoken reply's transcript: 29 characters, 8 tokens at one per four characters.
+REPLY = ("Hello there friend", " more words")
+
+
+async def test_a_spoken_stream_cut_before_its_count_is_charged_its_transcript(
+    store: StoreClient,
+) -> None:
+    """An audio model's spoken answer streams no ``content``: each piece of it is a
+    ``delta.audio.transcript``. The client hangs up before the usage chunk: the answer is
+    estimated from the transcript it got, as a text answer is from its text (8 tokens, a
+    floor of its speech). It was charged no completion at all."""
+    chunks = [chat_chunk({"role": "assistant", "audio": {"id": "audio_1", "transcript": REPLY[0]}})]
+    chunks.append(chat_chunk({"audio": {"transcript": REPLY[1]}}))
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": USER, **SPOKEN}
+    recorded = await ledgers(
+        store, "/v1/chat/completions", OPENAI_KEY, body, Answer(chunks, SSE, ended=False)
+    )
+    recorded.agree()
+    line = recorded.line
+    assert (line["outcome"], line["usage_estimated"]) == ("aborted", True)
+    assert line["completion_tokens"] == 8
+
+
+async def test_a_whole_spoken_answer_without_its_count_is_charged_its_transcript(
+    store: StoreClient,
+) -> None:
+    """The same answer in one JSON body from a provider that reports no usage: its
+    ``message.content`` is null, its text the ``audio.transcript``."""
+    audio = {"id": "audio_1", "data": "AAAA", "expires_at": 1, "transcript": "".join(REPLY)}
+    message = {"role": "assistant", "content": None, "audio": audio}
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+    }
+    body = {"model": "gpt-4o-mini", "messages": USER, **SPOKEN}
+    recorded = await ledgers(
+        store, "/v1/chat/completions", OPENAI_KEY, body, Answer([orjson.dumps(answer)], JSON)
+    )
+    recorded.agree()
+    line = recorded.line
+    assert (line["outcome"], line["usage_estimated"]) == ("completed", True)
+    assert line["completion_tokens"] == 8
