@@ -495,13 +495,21 @@ def _add_key_commands(commands: Any) -> None:
     )  # fmt: skip
     renew = action(
         "renew", "give a key created at run time a new expiry (expired or not), same secret",
-        lambda c, a: c.renew(a.id, a.expires, rotate=a.rotate, grace_seconds=a.grace or 0.0),
+        lambda c, a: c.renew(
+            a.id, None if a.no_expiry else a.expires, rotate=a.rotate,
+            grace_seconds=a.grace or 0.0,
+        ),
     )  # fmt: skip
     renew.add_argument("--id", required=True)
-    renew.add_argument(
-        "--expires", "--expires-at", dest="expires", type=_timestamp, required=True,
+    # One or the other, said on purpose: a forgotten --expires never makes a key eternal.
+    expiry = renew.add_mutually_exclusive_group(required=True)
+    expiry.add_argument(
+        "--expires", "--expires-at", dest="expires", type=_timestamp,
         help="the new expiry, ISO 8601 with a zone (in the future)",
     )  # fmt: skip
+    expiry.add_argument(
+        "--no-expiry", action="store_true", help="remove the key's expiry: it never expires again"
+    )
     renew.add_argument(
         "--rotate", action="store_true", help="also give the key a new secret (shown once)"
     )

@@ -295,12 +295,19 @@ class KeyClient(ManagementClient):
         return rotated
 
     def renew(
-        self, key_id: str, expires_at: float, *, rotate: bool = False, grace_seconds: float = 0.0
+        self,
+        key_id: str,
+        expires_at: float | None,
+        *,
+        rotate: bool = False,
+        grace_seconds: float = 0.0,
     ) -> pb.RenewedKey:
+        """A new expiry for a key, or none (``expires_at`` None: it never expires again)."""
         request = _request(
             pb.RenewKeyRequest,
             id=key_id,
-            expires_at=expires_at,
+            expires_at=expires_at or 0.0,
+            no_expiry=expires_at is None,
             rotate=rotate,
             grace_seconds=grace_seconds,
         )

@@ -585,19 +585,18 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
     ) -> pb.RenewedKey:
         change = Change(
             "renew_key",
-            {"key_id": request.id, "expires_at": request.expires_at, "rotate": request.rotate},
+            {
+                "key_id": request.id,
+                "expires_at": None if request.no_expiry else request.expires_at,
+                "no_expiry": request.no_expiry,
+                "rotate": request.rotate,
+            },
         )
 
         async def work(caller: str) -> pb.RenewedKey:
             if not request.id:
                 raise InvalidArgumentError("id is required")
-            expires = request.expires_at
-            if not math.isfinite(expires) or expires <= time.time():
-                raise InvalidArgumentError(
-                    "expires_at must be in the future: a renewal gives the key a new expiry"
-                )
-            if expires >= _LAST_EXPIRY:
-                raise InvalidArgumentError("expires_at must be before the year 10000")
+            expires = _renewed_expiry(request)
             grace = request.grace_seconds
             if not request.rotate and grace:
                 raise InvalidArgumentError(
@@ -615,6 +614,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.fields = {
                 **_audited(stored.key),
                 "renewed_from": before or None,
+                "no_expiry": request.no_expiry,
                 "rotate": request.rotate,
             }
             if request.rotate:
@@ -638,6 +638,29 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         undone by the next one. ``remedy`` says how to make it there."""
         if self._in_config(key_id):
             raise InvalidArgumentError(f"API key {key_id!r} comes from the config: {remedy}")
+
+
+def _renewed_expiry(request: pb.RenewKeyRequest) -> float:
+    """The expiry a RenewKey request gives its key (0: none, with ``no_expiry``).
+
+    An expires_at left at 0 stays refused: a caller that forgot the field would
+    otherwise make a key last for ever; removing the expiry is said with no_expiry."""
+    expires = request.expires_at
+    if request.no_expiry:
+        if expires:
+            raise InvalidArgumentError(
+                "expires_at and no_expiry ask for two different renewals (a new expiry, or"
+                " none): give one of them"
+            )
+        return 0.0
+    if not math.isfinite(expires) or expires <= time.time():
+        raise InvalidArgumentError(
+            "expires_at must be in the future: a renewal gives the key a new expiry"
+            " (no_expiry removes it)"
+        )
+    if expires >= _LAST_EXPIRY:
+        raise InvalidArgumentError("expires_at must be before the year 10000")
+    return expires
 
 
 def _check_grace(grace: float) -> None:

@@ -2,7 +2,8 @@
 
 An operator revokes a key created at run time with `extproc keys revoke`: the
 management API runs in the first worker, yet the client's very next requests
-are refused by both workers. An identity provider that withdraws every signing
+are refused by both workers; an expired key renewed (to a date, or with `--no-expiry`
+to none) works again on both at once. An identity provider that withdraws every signing
 key (its JWKS now lists none) stops every token it signed, on every worker,
 from their next JWKS refresh on.
 """
@@ -187,6 +188,39 @@ def test_an_expired_key_renewed_works_again_at_once_on_every_worker(stack: Local
     listed = keys_cli(stack, "list", "--status", "active", "--expiring-within", "3650d", "--json")
     [row] = [row for row in orjson.loads(listed.stdout) if row["id"] == "renewed-bot"]
     assert row["expires_at"] == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_an_expired_key_renewed_with_no_expiry_works_on_every_worker_for_good(
+    stack: LocalStack,
+) -> None:
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    created = keys_cli(stack, "create", "--id", "kept-bot", "--expires", expires.isoformat())
+    assert created.returncode == 0, created.stderr
+    [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                if line.startswith("key: ")]  # fmt: skip
+
+    # Waited out, not asserted: both workers come to refuse it from what they remember.
+    def all_expired() -> list[httpx.Response] | None:
+        responses = round_of_requests(stack, secret)
+        return responses if all(r.status_code == 401 for r in responses) else None
+
+    assert wait_for(all_expired, timeout_s=30.0), "the key never expired"
+
+    both = keys_cli(
+        stack, "renew", "--id", "kept-bot", "--no-expiry", "--expires", "2030-01-01T00:00:00Z"
+    )
+    assert (both.returncode, both.stdout) == (2, "")
+    assert "not allowed with argument" in both.stderr
+    renewed = keys_cli(stack, "renew", "--id", "kept-bot", "--no-expiry", "--json")
+
+    # Before: no way to remove an expiry; the key had to be renewed again and again.
+    assert renewed.returncode == 0, renewed.stderr
+    assert orjson.loads(renewed.stdout)["info"]["expires_at"] is None
+    for response in round_of_requests(stack, secret):
+        assert response.status_code == 200, response.text
+    listed = keys_cli(stack, "list", "--source", "store", "--json")
+    [row] = [row for row in orjson.loads(listed.stdout) if row["id"] == "kept-bot"]
+    assert row["expires_at"] is None
 
 
 def test_a_jwks_that_withdraws_every_key_stops_every_token(

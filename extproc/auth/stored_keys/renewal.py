@@ -7,7 +7,9 @@ renewal writes the new ``expires_at`` into the record the id names, and into the
 record of a rotation still in its grace (whose secret then stops at the earlier of its
 grace's end and the key's new expiry), then makes every process forget what it cached
 of both, with the revocation notice: a renewed key works at once everywhere, as a
-revoked one is refused at once. An old secret that has already stopped (with its key's
+revoked one is refused at once. An expiry of 0 (the record's "never") removes the key's
+expiry: the key then never expires again, and an old secret in its grace still stops at
+its grace's end. An old secret that has already stopped (with its key's
 expiry, or at an earlier renewal's) is left stopped: before, renewing again brought back
 for the rest of its grace a secret the operator had replaced, a leaked one say.
 
@@ -20,6 +22,7 @@ once it has marked the record) the new expiry, which its new record carries on.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from extproc.auth.stored_keys.errors import KeyCreateConflictError
 from extproc.auth.stored_keys.key_ids import named_record
@@ -28,9 +31,9 @@ from extproc.auth.stored_keys.records import StoredKey, previous
 
 
 async def renew(store: KeyStore, key_id: str, expires_at: float) -> tuple[StoredKey, float]:
-    """Give a stored key the expiry ``expires_at`` (unix seconds), its secret unchanged;
-    the key as renewed, and the expiry it had (0: none). A revoked key's id names no key
-    (``UnknownKeyIdError``): its retirement is not undone."""
+    """Give a stored key the expiry ``expires_at`` (unix seconds; 0: it never expires
+    again), its secret unchanged; the key as renewed, and the expiry it had (0: none). A
+    revoked key's id names no key (``UnknownKeyIdError``): its retirement is not undone."""
     named = await named_record(store, key_id, "renewed")
     digest_hex, stored = named.digest_hex, named.stored
     if not await store.set_expiry(digest_hex, key_id, expires_at, CURRENT):
@@ -45,9 +48,10 @@ async def renew(store: KeyStore, key_id: str, expires_at: float) -> tuple[Stored
         # The old secret of a rotation in its grace: never past the key's new expiry.
         await _forget(store, key_id, older)
         grace_ends = await store.client.hget(store.record_key(older), "secret_expires_at")
-        old_secret_until = min(float(grace_ends or 0.0), expires_at)
+        # A key that no longer expires leaves the old secret its grace's end alone.
+        old_secret_until = min(float(grace_ends or 0.0), expires_at or math.inf)
     renewed = StoredKey(
-        dataclasses.replace(stored.key, expires_at=expires_at),
+        dataclasses.replace(stored.key, expires_at=expires_at or None),
         created_at=stored.created_at,
         previous_expires_at=old_secret_until,
     )

@@ -37,9 +37,9 @@ async def rotate(store: KeyStore, key_id: str, grace_s: float) -> tuple[str, Sto
 async def rotate_with_expiry(
     store: KeyStore, key_id: str, grace_s: float, expires_at: float | None
 ) -> tuple[str, StoredKey, float, float]:
-    """``rotate``, the new secret given ``expires_at`` (a renewal; None: the key's own
-    expiry), so that an expired key is rotated too; the old secret keeps its own expiry.
-    Also the expiry the key had (0: none)."""
+    """``rotate``, the new secret given ``expires_at`` (a renewal, 0 removing the key's
+    expiry; None: the key's own expiry), so that an expired key is rotated too; the old
+    secret keeps its own expiry. Also the expiry the key had (0: none)."""
     named = await named_record(store, key_id, "rotated")
     id_key, old_hex, stored = named.id_key, named.digest_hex, named.stored
     old_key = store.record_key(old_hex)
@@ -57,14 +57,14 @@ async def rotate_with_expiry(
     old_terms = stored
     if expires_at is not None:
         stored = dataclasses.replace(
-            stored, key=dataclasses.replace(stored.key, expires_at=expires_at)
+            stored, key=dataclasses.replace(stored.key, expires_at=expires_at or None)
         )
     secret = new_secret()
     new_hex = key_digest(secret).hex()
     new_key = store.record_key(new_hex)
     # Never longer than a rotation cut short (the id still names its old record) gave.
     until = min(now + grace_s, stored.secret_expires_at or math.inf)
-    if expires_at is not None:
+    if expires_at:
         # A renewal bringing the key's end forward (a key that leaked) ends the old
         # secret by then too: its grace is a time to move over, never past the key's end.
         until = min(until, expires_at)

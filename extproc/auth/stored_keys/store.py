@@ -71,9 +71,10 @@ class StoredKeys:
     async def renew(
         self, key_id: str, expires_at: float, *, rotate: bool = False, grace_s: float = 0.0
     ) -> tuple[str | None, StoredKey, float, float]:
-        """A new expiry for a stored key, expired or not (a revoked one has no key left):
-        the new secret (only with ``rotate``: None keeps the secret), the key, when the old
-        secret stops working (with ``rotate``) and the expiry the key had (0: none)."""
+        """A new expiry for a stored key (0: none), expired or not (a revoked one has no
+        key left): the new secret (only with ``rotate``: None keeps the secret), the key,
+        when the old secret stops working (with ``rotate``) and the expiry the key had
+        (0: none)."""
         if rotate:
             return await rotation.rotate_with_expiry(self._store, key_id, grace_s, expires_at)
         stored, before = await renewal.renew(self._store, key_id, expires_at)

@@ -211,16 +211,18 @@ class RotatedKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ..., previous_expires_at: _Optional[float] = ...) -> None: ...
 
 class RenewKeyRequest(_message.Message):
-    __slots__ = ("id", "expires_at", "rotate", "grace_seconds")
+    __slots__ = ("id", "expires_at", "rotate", "grace_seconds", "no_expiry")
     ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ROTATE_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NO_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     id: str
     expires_at: float
     rotate: bool
     grace_seconds: float
-    def __init__(self, id: _Optional[str] = ..., expires_at: _Optional[float] = ..., rotate: _Optional[bool] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+    no_expiry: bool
+    def __init__(self, id: _Optional[str] = ..., expires_at: _Optional[float] = ..., rotate: _Optional[bool] = ..., grace_seconds: _Optional[float] = ..., no_expiry: _Optional[bool] = ...) -> None: ...
 
 class RenewedKey(_message.Message):
     __slots__ = ("key", "info", "previous_expires_at", "renewed_from")
