@@ -6,17 +6,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc import __version__, event_loop
 from extproc.config.loader import ConfigError, load_config
 from extproc.config.model import GatewayConfig
+
+if TYPE_CHECKING:
+    from extproc.management.admin_token import AdminToken
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -161,7 +163,9 @@ def _usage_report(args: argparse.Namespace) -> int:
     from extproc.usage_report import export, report
 
     run = export if args.usage_command == "export" else report
-    named = (("--address", args.address), ("--token", args.token))
+    named = (
+        ("--address", args.address), ("--token", args.token), ("--token-file", args.token_file),
+    )  # fmt: skip
     flags = [flag for flag, given in named if given]
     if flags and not args.api:
         # Ignored without --api, they left the report to the store of the local config:
@@ -216,7 +220,7 @@ def _add_usage_commands(commands: Any) -> None:
         remote = sub.add_argument_group("through the management API instead of the store")
         remote.add_argument("--api", action="store_true", help="ask the management API")
         remote.add_argument("--address", help="management API (default: the config's)")
-        remote.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
+        _token_options(remote)
         remote.add_argument("--timeout", type=_seconds, default=30.0, help="seconds")
         sub.set_defaults(run=_usage_report)
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
@@ -232,17 +236,28 @@ def _management(args: argparse.Namespace, client_type: Any) -> Any:
     unreachable API is one line on stderr and exit 2 (1 for the gateway's own failures)."""
     from extproc.management.client import ManagementError
 
+    token = _admin_token(args)
     address = args.address or _load(args.config).management.address
-    token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
-    if not token:
-        print("error: no admin token: pass --token or set AIGW_ADMIN_TOKEN", file=sys.stderr)
-        raise SystemExit(2)
     try:
-        with client_type(address, token, args.timeout) as client:
+        with client_type(address, token.value, args.timeout, token.source) as client:
             return args.call(client, args)
     except ManagementError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+
+
+def _admin_token(args: argparse.Namespace) -> AdminToken:
+    """The admin token the command line asks for (``extproc.management.admin_token``); a
+    warning first when it is in the command line itself, exit 2 when there is none."""
+    from extproc.management.admin_token import COMMAND_LINE_WARNING, AdminTokenError, admin_token
+
+    if args.token:
+        print(COMMAND_LINE_WARNING, file=sys.stderr)
+    try:
+        return admin_token(args.token, args.token_file)
+    except AdminTokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _quota(args: argparse.Namespace) -> int:
@@ -313,12 +328,24 @@ def _management_options(sub: argparse.ArgumentParser) -> None:
     """How every management command reaches the API (the same for quota and keys)."""
     sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
     sub.add_argument("--address", help="management API (default: the config's)")
-    sub.add_argument("--token", help="admin token (default: $AIGW_ADMIN_TOKEN)")
+    _token_options(sub)
     sub.add_argument("--format", choices=("table", "json"), default="table")
     sub.add_argument(
         "--json", dest="format", action="store_const", const="json", help="--format json"
     )
     sub.add_argument("--timeout", type=_seconds, default=10.0, help="seconds")
+
+
+def _token_options(group: Any) -> None:
+    """``--token-file`` or ``--token`` (one of them; default: $AIGW_ADMIN_TOKEN)."""
+    either = group.add_mutually_exclusive_group()
+    either.add_argument(
+        "--token-file", metavar="PATH",
+        help="file holding the admin token (default: $AIGW_ADMIN_TOKEN)",
+    )  # fmt: skip
+    either.add_argument(
+        "--token", help="admin token (visible in the process list: prefer --token-file)"
+    )
 
 
 def _add_quota_commands(commands: Any) -> None:

@@ -156,20 +156,24 @@ def _ask_api(
     resolves the period on its own clock (the last 24 hours, the last month) and an
     empty grouping as by model."""
     from extproc.chargeback.report import totals
+    from extproc.management.admin_token import COMMAND_LINE_WARNING, AdminTokenError, admin_token
     from extproc.management.client import ManagementError, UsageClient
     from extproc.management.usage import rows_from_report, unreadable_from_report
     from extproc.management.v1 import management_pb2 as pb
 
     address = args.address or (config.management.address if config is not None else "")
-    token = args.token or os.environ.get("AIGW_ADMIN_TOKEN", "")
-    if not token:
-        raise ReportError("no admin token: pass --token or set AIGW_ADMIN_TOKEN")
+    if args.token:
+        print(COMMAND_LINE_WARNING, file=sys.stderr)
+    try:
+        token = admin_token(args.token, args.token_file)
+    except AdminTokenError as exc:
+        raise ReportError(str(exc)) from None
     request = pb.UsageReportRequest(
         start=args.start or "", end=args.end or "", day=args.day or "", month=args.month or "",
         last_month=args.last_month, time_zone=args.time_zone, group_by=by,
     )  # fmt: skip
     try:
-        with UsageClient(address, token, args.timeout) as client:
+        with UsageClient(address, token.value, args.timeout, token.source) as client:
             answer = client.report(request)
     except ManagementError as exc:
         raise ReportError(str(exc)) from None

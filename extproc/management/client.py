@@ -69,13 +69,19 @@ class ManagementClient:
     # The generated stub class of the service a subclass calls.
     stub_type: Any = None
 
-    def __init__(self, address: str, token: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        timeout_s: float = 10.0,
+        token_source: str = "AIGW_ADMIN_TOKEN or --token",
+    ) -> None:
         self.address = address
         self._timeout_s = timeout_s
         # As the gateway reads its token_file: a token pasted or read with the line end
         # of its file (the "\r" of CRLF, which `$(cat file)` keeps) is the same token.
         token = token.strip()
-        _check_token(token)
+        _check_token(token, token_source)
         if (problem := _unsendable(address)) is not None:
             raise ManagementError(grpc.StatusCode.INVALID_ARGUMENT, f"the address {problem}")
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -118,19 +124,19 @@ class ManagementClient:
         return ManagementError(code, message)
 
 
-def _check_token(token: str) -> None:
+def _check_token(token: str, source: str) -> None:
     """gRPC sends only printable ASCII in metadata; anything else failed as an
-    "Invalid metadata (INTERNAL)" error. Never quotes the token."""
+    "Invalid metadata (INTERNAL)" error. Never quotes the token; ``source`` says where
+    it came from (``--token-file <path>``, say)."""
     if not token:
         raise ManagementError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "the admin token is blank; check AIGW_ADMIN_TOKEN or --token",
+            grpc.StatusCode.INVALID_ARGUMENT, f"the admin token is blank; check {source}"
         )
     if unsendable_token_problem(token) is not None:
         raise ManagementError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "the admin token holds a character gRPC cannot send (only printable ASCII:"
-            " no line break, no accented letter); check AIGW_ADMIN_TOKEN or --token",
+            f" no line break, no accented letter); check {source}",
         )
 
 

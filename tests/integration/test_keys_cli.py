@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import orjson
@@ -116,3 +118,36 @@ def test_bad_input_and_unknown_ids_exit_2(keys_stack: LocalStack) -> None:
     unknown = keys(keys_stack, "revoke", "--id", "nobody")
     assert unknown.returncode == 2
     assert "no API key with id 'nobody' was created at run time" in unknown.stderr
+
+
+def test_the_admin_token_comes_from_a_file_and_one_on_the_command_line_is_warned_about(
+    keys_stack: LocalStack, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(f"{ADMIN_TOKEN}\n")
+    token_file.chmod(0o600)
+    argv = [sys.executable, "-m", "extproc", "keys", "list", "--config",
+            str(keys_stack.config_path), "--json"]  # fmt: skip
+    # No token in the environment: the file is the only place it is.
+    env = {name: value for name, value in keys_stack.env.items() if name != "AIGW_ADMIN_TOKEN"}
+
+    def run(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*argv, *more], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    from_file = run("--token-file", str(token_file))
+    assert (from_file.returncode, from_file.stderr) == (0, "")
+    assert "team1" in [row["id"] for row in orjson.loads(from_file.stdout)]
+
+    # Before: taken without a word, while `ps` showed the token to every user of the host.
+    on_command_line = run("--token", ADMIN_TOKEN)
+    assert on_command_line.returncode == 0
+    assert on_command_line.stderr.startswith("warning: --token puts the admin token on the")
+    assert ADMIN_TOKEN not in on_command_line.stderr
+
+    missing = run("--token-file", str(tmp_path / "nope"))
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        f"error: cannot read the admin token file {tmp_path / 'nope'}: No such file or directory\n"
+    )

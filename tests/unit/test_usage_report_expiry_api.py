@@ -72,8 +72,11 @@ async def test_the_cli_prints_the_same_note_through_the_api_as_from_the_store(
     store_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address, _ = management
+    # Not --token: a token on the command line is warned about on stderr.
+    monkeypatch.setenv("AIGW_ADMIN_TOKEN", TOKEN)
     config = tmp_path / "gateway.yaml"
     config.write_text(
         DEFAULT_CONFIG.read_text().replace(
@@ -84,7 +87,7 @@ async def test_the_cli_prints_the_same_note_through_the_api_as_from_the_store(
     kept_from = first_hour_kept(RETENTION_DAYS)
 
     code = await asyncio.to_thread(
-        main, ["usage", "report", "--api", "--address", address, "--token", TOKEN, *period]
+        main, ["usage", "report", "--api", "--address", address, *period]
     )
     through_api = capsys.readouterr()
     assert code == 0, through_api.err
@@ -104,14 +107,15 @@ async def test_the_cli_prints_the_same_note_through_the_api_as_from_the_store(
 
 
 async def test_a_report_within_the_retention_through_the_api_has_no_note(
-    management: tuple[str, UsageStore], capsys: pytest.CaptureFixture[str]
+    management: tuple[str, UsageStore],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address, _ = management
+    monkeypatch.setenv("AIGW_ADMIN_TOKEN", TOKEN)
     code = await asyncio.to_thread(
-        main,
-        ["usage", "report", "--api", "--address", address, "--token", TOKEN,
-         *report_from(RETENTION_DAYS - 2)],
-    )  # fmt: skip
+        main, ["usage", "report", "--api", "--address", address, *report_from(RETENTION_DAYS - 2)]
+    )
 
     captured = capsys.readouterr()
     assert code == 0, captured.err
