@@ -291,6 +291,8 @@ def _keys(args: argparse.Namespace) -> int:
         print(client.SHOWN_ONCE, file=sys.stderr)
     elif args.keys_command == "revoke":
         sys.stdout.write(client.render_revoked(found, args.format))
+    elif args.keys_command in ("disable", "enable"):
+        sys.stdout.write(client.render_switched(found, args.format))
     elif args.keys_command == "rotate":
         sys.stdout.write(client.render_rotated(found, args.format))
         print(client.SHOWN_ONCE, file=sys.stderr)
@@ -511,6 +513,13 @@ def _add_key_commands(commands: Any) -> None:
     )
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
     revoke.add_argument("--id", required=True)
+    disable = action(
+        "disable", "refuse a key created at run time until it is enabled (id and secret kept)",
+        lambda c, a: c.set_enabled(a.id, False),
+    )  # fmt: skip
+    disable.add_argument("--id", required=True)
+    enable = action("enable", "let a disabled key in again", lambda c, a: c.set_enabled(a.id, True))
+    enable.add_argument("--id", required=True)
     rotate = action(
         "rotate", "give a key created at run time a new secret, under the same id",
         lambda c, a: c.rotate(a.id, a.grace),

@@ -290,6 +290,11 @@ class KeyClient(ManagementClient):
         answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, request)
         return answer
 
+    def set_enabled(self, key_id: str, enabled: bool) -> pb.KeyInfo:
+        request = _request(pb.SetKeyEnabledRequest, id=key_id, enabled=enabled)
+        info: pb.KeyInfo = self._call(self._stub.SetKeyEnabled, request)
+        return info
+
     def revoke(self, key_id: str) -> pb.KeyInfo:
         request = _request(pb.RevokeKeyRequest, id=key_id)
         info: pb.KeyInfo = self._call(self._stub.RevokeKey, request)
@@ -526,6 +531,24 @@ def render_revoked(info: pb.KeyInfo, output: str) -> str:
         f"revoked API key {info.id!r}: refused at once by every gateway process sharing"
         " the store (within 30 s by one that has lost its connection to the store)\n"
     )
+
+
+def render_switched(info: pb.KeyInfo, output: str) -> str:
+    """A key disabled or enabled: the key (``json``), or the table and what it means."""
+    if output == "json":
+        return orjson.dumps(key_dict(info), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if info.enabled:
+        meaning = (
+            f"enabled API key {info.id!r}: its secret works again at once on every gateway"
+            " process sharing the store"
+        )
+    else:
+        meaning = (
+            f"disabled API key {info.id!r}: refused at once by every gateway process sharing"
+            f" the store (\"API key '{info.id}' is disabled\"), its id, secret and usage kept;"
+            f" `extproc keys enable --id {info.id}` lets it in again"
+        )
+    return f"{render_keys([info], 'table')}{meaning}\n"
 
 
 def _status(key: pb.KeyInfo) -> str:

@@ -7,8 +7,9 @@ it makes over the store's records (there is no index to read fewer), so the answ
 the CLI's output carry only the keys asked for.
 
 A key's status is told here, for the filter and for the CLI's STATUS column alike:
-``disabled`` (a config key with ``enabled: false``), ``expired``, ``rotating`` (works,
-and the old secret of a rotation still works too) or ``active``. A revoked key is no
+``disabled`` (a config key with ``enabled: false``, or a stored key turned off by ``keys
+disable``), ``expired``, ``rotating`` (works, and the old secret of a rotation still
+works too) or ``active``. A revoked key is no
 status: its record is deleted and only its retired id is left, with no user or group.
 """
 

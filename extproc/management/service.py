@@ -466,7 +466,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
 
 class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
     """API keys at run time: created with a secret shown once, listed with the config's (and
-    filtered), rotated, renewed, revoked."""
+    filtered), rotated, renewed, disabled and enabled, revoked."""
 
     def __init__(self, runtime: Callable[[], Runtime], keys: StoredKeys, audit: AuditLog) -> None:
         super().__init__(runtime, audit)
@@ -627,6 +627,27 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 previous_expires_at=until,
                 renewed_from=before,
             )
+
+        return await self._call(context, work, change)
+
+    async def SetKeyEnabled(  # noqa: N802 - gRPC method name
+        self, request: pb.SetKeyEnabledRequest, context: grpc_aio.ServicerContext
+    ) -> pb.KeyInfo:
+        action = "enable_key" if request.enabled else "disable_key"
+        change = Change(action, {"key_id": request.id})
+
+        async def work(caller: str) -> pb.KeyInfo:
+            if not request.id:
+                raise InvalidArgumentError("id is required")
+            self._refuse_config_key(
+                request.id, f"set its enabled: {str(request.enabled).lower()} there and reload"
+            )
+            # Reads first, then writes: a store error counts as "unknown" (conservative).
+            change.stage = "applying"
+            stored, was_enabled = await self._keys.set_enabled(request.id, request.enabled)
+            change.stage = "applied"
+            change.fields = {**_audited(stored.key), "was_enabled": was_enabled}
+            return _stored_key_info(stored, stored.previous_expires_at)
 
         return await self._call(context, work, change)
 

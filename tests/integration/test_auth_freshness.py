@@ -2,8 +2,9 @@
 
 An operator revokes a key created at run time with `extproc keys revoke`: the
 management API runs in the first worker, yet the client's very next requests
-are refused by both workers; an expired key renewed (to a date, or with `--no-expiry`
-to none) works again on both at once. An identity provider that withdraws every signing
+are refused by both workers, as are a disabled key's until it is enabled again; an
+expired key renewed (to a date, or with `--no-expiry` to none) works again on both at
+once. An identity provider that withdraws every signing
 key (its JWKS now lists none) stops every token it signed, on every worker,
 from their next JWKS refresh on.
 """
@@ -221,6 +222,32 @@ def test_an_expired_key_renewed_with_no_expiry_works_on_every_worker_for_good(
     listed = keys_cli(stack, "list", "--source", "store", "--json")
     [row] = [row for row in orjson.loads(listed.stdout) if row["id"] == "kept-bot"]
     assert row["expires_at"] is None
+
+
+def test_a_disabled_key_is_refused_by_every_worker_until_it_is_enabled(stack: LocalStack) -> None:
+    created = keys_cli(stack, "create", "--id", "paused-bot", "--user", "carol")
+    assert created.returncode == 0, created.stderr
+    [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                if line.startswith("key: ")]  # fmt: skip
+    for response in round_of_requests(stack, secret):  # both workers remember the key
+        assert response.status_code == 200, response.text
+    reached = len(mock_requests(stack))
+
+    disabled = keys_cli(stack, "disable", "--id", "paused-bot")
+
+    # Before: no such command; only a revoke, which retired the id for good.
+    assert disabled.returncode == 0, disabled.stderr
+    for response in round_of_requests(stack, secret):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["message"] == "API key 'paused-bot' is disabled"
+    assert len(mock_requests(stack)) == reached, "a disabled key reached the provider"
+    listed = keys_cli(stack, "list", "--status", "disabled", "--json")
+    assert [row["id"] for row in orjson.loads(listed.stdout)] == ["paused-bot"]
+
+    enabled = keys_cli(stack, "enable", "--id", "paused-bot")
+    assert enabled.returncode == 0, enabled.stderr
+    for response in round_of_requests(stack, secret):
+        assert response.status_code == 200, response.text
 
 
 def test_a_jwks_that_withdraws_every_key_stops_every_token(

@@ -67,12 +67,18 @@ announces it on the store's pub/sub channel, so that every other process
 sharing the store forgets it too (``extproc.auth.key_revocations``); the 30 s
 expiry is the bound only while a process cannot hear those notices.
 
+A disable (or enable) writes ``enabled`` in the same two records under the same guard
+(``stored_key_enabled.lua``) and announces both digests: a disabled key is refused at
+once everywhere, keeping its id, secret and terms, until it is enabled again. A rotation
+carries a change of ``enabled`` made while it ran into its new record, as it does a
+renewal's expiry.
+
 The modules, one responsibility each: ``records`` (the record format), ``cache``
 (``KeyCache``), ``lookup`` (the request path's shared reads), ``key_store`` (the store
 keys' names and the writes every operation shares), ``key_ids`` (which key an id names,
 and the retirement of a revoked key's id), ``creation``, ``rotation``, ``revocation``,
-``renewal``, ``listing``, ``errors``, and ``store`` (``StoredKeys``, what the rest of the gateway
-uses).
+``renewal``, ``switching`` (disable and enable), ``listing``, ``errors``, and ``store``
+(``StoredKeys``, what the rest of the gateway uses).
 """
 
 from __future__ import annotations

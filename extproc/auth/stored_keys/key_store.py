@@ -1,11 +1,12 @@
 """``KeyStore``: one store's stored-key names and the few writes every operation shares.
 
 It owns the store keys' names (a record by digest, an id, SCAN's pattern of every
-record), the guarded change of an id (``stored_key_id.lua``) and of a record's expiry
-(``stored_key_expiry.lua``), and making every process forget what it cached of a secret
-that stops working or whose terms changed (this process's cache, then the pub/sub
-notice). The operations (create, rotate, renew, revoke, list) are functions of their own
-modules that take one.
+record), the guarded change of an id (``stored_key_id.lua``), of a record's expiry
+(``stored_key_expiry.lua``) and of its ``enabled`` (``stored_key_enabled.lua``), and
+making every process forget what it cached of a secret that stops working or whose
+terms changed (this process's cache, then the pub/sub notice). The operations (create,
+rotate, renew, disable and enable, revoke, list) are functions of their own modules
+that take one.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class KeyStore:
         self.retire_ids_for_ms = max(1, round(retire_ids_for_s * 1000))
         self._id_script = register(client, "stored_key_id")
         self._expiry_script = register(client, "stored_key_expiry")
+        self._enabled_script = register(client, "stored_key_enabled")
 
     def record_key(self, digest_hex: str) -> str:
         return f"{self.prefix}key:{{{digest_hex}}}"
@@ -86,6 +88,17 @@ class KeyStore:
         args = [key_id, repr(expires_at), which, repr(self.clock())]
         record_key = self.record_key(digest_hex)
         changed = await self._expiry_script(keys=[record_key], args=args, client=self.client)
+        return bool(changed)
+
+    async def set_enabled(
+        self, digest_hex: str, key_id: str, enabled: bool, which: str = CURRENT
+    ) -> bool:
+        """Write a record's ``enabled`` only while it is still ``key_id``'s record, the one
+        its id names (``CURRENT``) or one rotated out (``PREVIOUS``)
+        (stored_key_enabled.lua); whether it did."""
+        args = [key_id, "1" if enabled else "0", which]
+        record_key = self.record_key(digest_hex)
+        changed = await self._enabled_script(keys=[record_key], args=args, client=self.client)
         return bool(changed)
 
     async def end_secret(self, key_id: str, digest_hex: str) -> None:

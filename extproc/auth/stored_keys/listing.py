@@ -75,7 +75,7 @@ async def listing(store: KeyStore) -> StoredKeyList:
             unreadable.append(UnreadableRecord(shown, reason + WRITTEN))
     now = store.clock()
     keys = [
-        dataclasses.replace(stored, previous_expires_at=_old_secret_ends(replaced[older], now))
+        dataclasses.replace(stored, previous_expires_at=old_secret_ends(replaced[older], now))
         if older in replaced
         else stored
         for stored, older in found
@@ -89,7 +89,7 @@ async def listing(store: KeyStore) -> StoredKeyList:
     )
 
 
-def _old_secret_ends(old: StoredKey, now: float) -> float:
+def old_secret_ends(old: StoredKey, now: float) -> float:
     """When a rotated-out secret stops: its grace's end, or the key's expiry if sooner (a
     renewal may have brought it forward); 0 once it has stopped.
 

@@ -78,8 +78,7 @@ async def rotate_with_expiry(
             # One old secret at a time: the one before, still in its grace, stops now.
             await store.end_secret(key_id, older)
         await _shorten(store, key_id, old_key, old_hex, now, until)
-        if expires_at is None:
-            stored = await _renewed_meanwhile(store, old_key, new_key, stored)
+        stored = await _changed_meanwhile(store, old_key, new_key, stored, expires_at is None)
         swapped = await store.id_named(id_key, old_hex, SWAP, new_hex)
         if swapped and await store.client.persist(new_key):
             if until <= now:
@@ -115,17 +114,27 @@ async def _shorten(
     await store.announce(key_id, old_hex)
 
 
-async def _renewed_meanwhile(
-    store: KeyStore, old_key: str, new_key: str, stored: StoredKey
+async def _changed_meanwhile(
+    store: KeyStore, old_key: str, new_key: str, stored: StoredKey, expiry: bool
 ) -> StoredKey:
-    """The key with the expiry a renewal gave the old record after this rotation read it.
+    """The key with what a renewal (its expiry, when ``expiry``: a renewal's own rotation
+    sets one) or a disable or enable gave the old record after this rotation read it.
 
-    A renewal writes only a record not rotated out (``stored_key_expiry.lua``), and
-    ``_shorten`` has just marked the old one so: what it holds now is final. Without
-    this, the new record carried the expiry read before, and the renewal was lost."""
-    found = await store.client.hget(old_key, "expires_at")
-    expires_at = float(found or 0.0) or None
-    if expires_at == stored.key.expires_at:
+    Those write only a record not rotated out (``stored_key_expiry.lua``,
+    ``stored_key_enabled.lua``), and ``_shorten`` has just marked the old one so: what it
+    holds now is final. Without this, the new record carried what was read before, and
+    the change was lost (a key disabled during its rotation worked again)."""
+    found_expiry, found_enabled = await store.client.hmget(old_key, ["expires_at", "enabled"])
+    key = stored.key
+    changed: dict[str, str] = {}
+    if expiry and (float(found_expiry or 0.0) or None) != key.expires_at:
+        key = dataclasses.replace(key, expires_at=float(found_expiry or 0.0) or None)
+        changed["expires_at"] = repr(key.expires_at or 0.0)
+    enabled = found_enabled in (None, b"1", "1")
+    if enabled != key.enabled:
+        key = dataclasses.replace(key, enabled=enabled)
+        changed["enabled"] = "1" if enabled else "0"
+    if not changed:
         return stored
-    await store.client.hset(new_key, "expires_at", repr(expires_at or 0.0))
-    return dataclasses.replace(stored, key=dataclasses.replace(stored.key, expires_at=expires_at))
+    await store.client.hset(new_key, mapping=changed)
+    return dataclasses.replace(stored, key=key)

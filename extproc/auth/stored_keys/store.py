@@ -1,6 +1,7 @@
 """``StoredKeys``: the keys created at run time in one store, as the gateway uses them.
 
-One object per store: the management API creates, rotates, renews, lists and revokes keys
+One object per store: the management API creates, rotates, renews, disables and enables,
+lists and revokes keys
 through it, the authentication stage looks keys up through it, and it listens for
 revocations made by any process sharing the store. Each operation lives in a module
 of its own; this class holds what they share.
@@ -15,7 +16,7 @@ from typing import Any
 
 from extproc.auth.api_keys import ApiKey
 from extproc.auth.key_revocations import RevocationListener
-from extproc.auth.stored_keys import creation, listing, renewal, revocation, rotation
+from extproc.auth.stored_keys import creation, listing, renewal, revocation, rotation, switching
 from extproc.auth.stored_keys.cache import CachedAnswer, KeyCache, StoredAnswer
 from extproc.auth.stored_keys.errors import UnreadableRecordsError
 from extproc.auth.stored_keys.key_ids import retired
@@ -79,6 +80,11 @@ class StoredKeys:
             return await rotation.rotate_with_expiry(self._store, key_id, grace_s, expires_at)
         stored, before = await renewal.renew(self._store, key_id, expires_at)
         return None, stored, 0.0, before
+
+    async def set_enabled(self, key_id: str, enabled: bool) -> tuple[StoredKey, bool]:
+        """Disable a stored key (refused, its id kept) or enable it again: the key as it
+        is now, and whether it was enabled before."""
+        return await switching.set_enabled(self._store, key_id, enabled)
 
     async def revoke(self, key_id: str) -> StoredKey:
         """Delete a stored key; from now on this process refuses its secret."""

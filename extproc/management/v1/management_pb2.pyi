@@ -192,6 +192,14 @@ class RevokeKeyRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class SetKeyEnabledRequest(_message.Message):
+    __slots__ = ("id", "enabled")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    enabled: bool
+    def __init__(self, id: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
 class RotateKeyRequest(_message.Message):
     __slots__ = ("id", "grace_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]

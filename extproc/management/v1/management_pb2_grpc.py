@@ -315,6 +315,11 @@ class KeyManagementStub:
                 request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.SerializeToString,
                 response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.FromString,
                 _registered_method=True)
+        self.SetKeyEnabled = channel.unary_unary(
+                '/aigw.management.v1.KeyManagement/SetKeyEnabled',
+                request_serializer=aigw_dot_management_dot_v1_dot_management__pb2.SetKeyEnabledRequest.SerializeToString,
+                response_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServicer:
@@ -369,6 +374,16 @@ class KeyManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKeyEnabled(self, request, context):
+        """Turn a stored key off (enabled false: refused with "API key '<id>' is disabled") or
+        back on, under the same id, identity, secret and expiry, at once on every gateway
+        process sharing the store; a secret still in a rotation's grace follows the key.
+        Unlike a revoke it is undone by enabling. NOT_FOUND for an id no stored key has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +411,11 @@ def add_KeyManagementServicer_to_server(servicer, server):
                     servicer.RenewKey,
                     request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.FromString,
                     response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.SerializeToString,
+            ),
+            'SetKeyEnabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyEnabled,
+                    request_deserializer=aigw_dot_management_dot_v1_dot_management__pb2.SetKeyEnabledRequest.FromString,
+                    response_serializer=aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -540,6 +560,33 @@ class KeyManagement:
             '/aigw.management.v1.KeyManagement/RenewKey',
             aigw_dot_management_dot_v1_dot_management__pb2.RenewKeyRequest.SerializeToString,
             aigw_dot_management_dot_v1_dot_management__pb2.RenewedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyEnabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.management.v1.KeyManagement/SetKeyEnabled',
+            aigw_dot_management_dot_v1_dot_management__pb2.SetKeyEnabledRequest.SerializeToString,
+            aigw_dot_management_dot_v1_dot_management__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,
