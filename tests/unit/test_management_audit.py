@@ -251,6 +251,10 @@ async def every_change(client: Any) -> list[dict[str, Any]]:
             id="ci-bot", expires_at=time.time() + 2 * 86400, rotate=True, grace_seconds=60
         )
         await keys.RenewKey(renew, metadata=AUTH)
+        disable = pb.SetKeyEnabledRequest(id="ci-bot", enabled=False)
+        await keys.SetKeyEnabled(disable, metadata=AUTH)
+        enable = pb.SetKeyEnabledRequest(id="ci-bot", enabled=True)
+        await keys.SetKeyEnabled(enable, metadata=AUTH)
         await keys.RevokeKey(pb.RevokeKeyRequest(id="ci-bot"), metadata=AUTH)
         # Reads change nothing and are not audited.
         await keys.ListKeys(pb.ListKeysRequest(), metadata=AUTH)
