@@ -146,6 +146,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.cache_breakpoints import check_cache_controls
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
+from extproc.translators.openai_chat_extras import VERTEX_WEB_SEARCH_BETA, searches_the_web
 from extproc.translators.response_formats import schema_to_hold
 
 SSE = "text/event-stream"
@@ -331,14 +332,18 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             check_cache_controls(parsed)
         if kind is ProviderType.ANTHROPIC:
             # reasoning_effort beside what Claude refuses while it thinks (a temperature, a
-            # forced tool call, a bound with no room to think): the translation's 400s.
+            # forced tool call, a bound with no room to think), audio output, web search
+            # Claude could not do, malformed documents: the translation's 400s.
+            version = _anthropic_version(ctx, upstream)
             openai_anthropic.check_thinking(
-                parsed,
-                upstream.upstream_model,
-                anthropic_version=_anthropic_version(ctx, upstream),
+                parsed, upstream.upstream_model, anthropic_version=version
+            )
+            openai_anthropic.check_extras(
+                parsed, upstream.upstream_model, anthropic_version=version
             )
         if kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model):
             openai_anthropic.check_thinking(parsed, upstream.upstream_model, image_urls=False)
+            openai_anthropic.check_extras(parsed, upstream.upstream_model, image_urls=False)
         if kind is ProviderType.BEDROCK:
             check_cache_controls(parsed)
             guards = ctx.runtime.guardrails.for_route(route.name)
@@ -804,6 +809,8 @@ def _vertex_request(
     translated = openai_anthropic.translate_request(
         parsed, model, stream=ctx.stream, image_urls=False, inference_geo=False
     )
+    if searches_the_web(translated):
+        headers["anthropic-beta"] = VERTEX_WEB_SEARCH_BETA
     path = vertex_endpoints.claude_messages_path(gcp, model, stream=ctx.stream)
     return RequestPlan(_json(anthropic_vertex.messages_body(translated)), prefix + path, headers)
 

@@ -17,9 +17,10 @@ place as an Anthropic tool ``input`` is (``content.tool_input_slots``), with the
 ``user``: the client writes them, as it writes its messages. The quota's estimate
 counts them as JSON (``quota.estimate.template_chars``), as it counts tool inputs.
 
-OpenAI, Anthropic and Bedrock take neither field (OpenAI refuses a body with them; the
-translations to Claude and Bedrock leave them out), so on a route that can reach them
-the guards and the estimate read text the model may never get: the safe side of both.
+The translations to Claude and Bedrock send the documents, as the guards left them, as
+documents the model reads (``translators.openai_chat_extras``), and leave the other
+kwargs out; OpenAI refuses both fields, so on a route that can reach it the guards and
+the estimate read text the model may never get: the safe side of both.
 A request's own ``chat_template`` is not read: it is Jinja code, not text, and vLLM
 refuses it unless started with ``--trust-request-chat-template``.
 """

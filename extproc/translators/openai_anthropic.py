@@ -51,6 +51,14 @@ What cannot be carried over is refused with a 400 naming the field, not guessed 
 - the deprecated ``functions`` and ``function_call``: left out, Claude would answer in text
   a client waiting for a function call (and billed for it); ``tools`` say the same thing.
 
+Fields beyond the conversation (``openai_chat_extras``): audio output (``modalities``,
+``audio``) is refused with a 400 naming the field; ``web_search_options`` is Anthropic's
+web search tool (refused, naming it, where ``tool_choice: none`` or a function named
+``web_search`` would leave Claude unable to search); vLLM's ``documents`` are plain-text
+``document`` blocks opening the first user turn; ``prediction``, ``chat_template_kwargs``
+and a message's ``name`` are hints, left out. ``check_extras`` gives those 400s before
+the quota.
+
 Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` is sent only
 without a temperature, because recent Claude models refuse the two together and many OpenAI
 clients send both. API version 2026-10-21 removed both (Anthropic refuses them there even at
@@ -138,6 +146,14 @@ from extproc.translators.openai_anthropic_stream import (
     StreamTranslator,
     translate_error,
 )
+from extproc.translators.openai_chat_extras import (
+    WEB_SEARCH_NAME,
+    anthropic_document_blocks,
+    before_the_conversation,
+    chat_documents,
+    refuse_audio_output,
+    web_search_tool,
+)
 from extproc.translators.pdf_parts import anthropic_document, read_pdf_part
 from extproc.translators.response_formats import schema_to_hold
 from extproc.translators.tool_arguments import tool_input
@@ -148,6 +164,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "CompletionTranslator",
     "StreamTranslator",
+    "check_extras",
     "check_thinking",
     "named_max_tokens",
     "thinking_budget_for",
@@ -191,9 +208,13 @@ def translate_request(
         raise BadRequestError("this model returns one choice per request; 'n' must be 1", param="n")
     _refuse_legacy_functions(body)
     _refuse_logprobs(body)
+    refuse_audio_output(body, CLAUDE)
     effort = reasoning_effort(body)
     output_config = _output_config(body.get("response_format"))
+    search = web_search_tool(body)
     system, messages = _messages(body.get("messages"), image_urls)
+    # vLLM's RAG documents, read before the conversation (openai_chat_extras).
+    before_the_conversation(anthropic_document_blocks(chat_documents(body)), messages)
     named = named_max_tokens(body)
     max_tokens = named[1] if named is not None else default_max_tokens
     thinking: dict[str, Any] | None = None
@@ -255,6 +276,8 @@ def translate_request(
         if called:
             request["tools"] = called
             request["tool_choice"] = {"type": "none"}
+    if search is not None:
+        _add_web_search(request, search)
     # OpenAI's end user (`user`, `safety_identifier`), where Anthropic takes it.
     user = anthropic_user_id(body)
     if user is not None:
@@ -271,6 +294,31 @@ def translate_request(
     keep_last_breakpoints(request)
     request["stream"] = stream
     return request
+
+
+def _add_web_search(request: dict[str, Any], search: dict[str, Any]) -> None:
+    """Declare Anthropic's web search tool beside the request's tools.
+
+    Refused (400 naming ``web_search_options``) where Claude could not search as asked: a
+    function of the search tool's name (Anthropic refuses two tools of one name), and a
+    request whose tools go with ``tool_choice: none`` (the client's, or the one a history
+    of tool calls without ``tools`` is sent with), which Anthropic applies to every tool,
+    web search included: the answer would come from the model's memory, not the web."""
+    tools: list[dict[str, Any]] = request.setdefault("tools", [])
+    if any(tool.get("name") == WEB_SEARCH_NAME for tool in tools):
+        raise BadRequestError(
+            f"a tool named '{WEB_SEARCH_NAME}' clashes with Claude's web search tool, which "
+            "web_search_options turns on: rename the function",
+            param="web_search_options",
+        )
+    if request.get("tool_choice", {}).get("type") == "none":
+        raise BadRequestError(
+            "Claude cannot search the web in a request whose tools are off (tool_choice "
+            "'none', or tool calls in the history without 'tools'): send the tools with "
+            "tool_choice 'auto', or leave 'web_search_options' out",
+            param="web_search_options",
+        )
+    tools.append(search)
 
 
 def thinking_budget_for(body: dict[str, Any]) -> int | None:
@@ -304,6 +352,32 @@ def check_thinking(
     (the turn left open, the model, the version); a body that asks for no thinking is
     not read further. The options are ``translate_request``'s."""
     if reasoning_effort(body) is None:
+        return
+    translate_request(
+        body,
+        upstream_model,
+        stream=False,
+        anthropic_version=anthropic_version,
+        image_urls=image_urls,
+    )
+
+
+# The fields whose refusals ``check_extras`` gives before the quota (openai_chat_extras).
+_EXTRAS = ("modalities", "audio", "web_search_options", "documents", "chat_template_kwargs")
+
+
+def check_extras(
+    body: dict[str, Any],
+    upstream_model: str,
+    *,
+    anthropic_version: str | None = None,
+    image_urls: bool = True,
+) -> None:
+    """Refuse, before the quota counts the request, what ``translate_request`` refuses of
+    the fields beyond the conversation (``openai_chat_extras``): audio output, a malformed
+    ``web_search_options`` or one Claude could not search with, malformed documents.
+    Translated and thrown away, as ``check_thinking`` does, for a body that has any."""
+    if not any(body.get(field) is not None for field in _EXTRAS):
         return
     translate_request(
         body,

@@ -35,6 +35,9 @@ What cannot be carried over is refused, not guessed at:
   (``_check_conversation_start``).
 - the gateway's ``inference_geo`` extension asking for a geography other than ``global``:
   Bedrock runs a model in its inference profile's region (``claude_geography``).
+- audio output (``modalities``, ``audio``) and ``web_search_options`` (Claude's web search
+  is Anthropic's server tool, which Bedrock does not run): ``openai_chat_extras``, which
+  also makes vLLM's ``documents`` Converse ``txt`` documents opening the first user turn.
 
 ``tool_choice``: ``required`` is Converse's ``any``, a named function its ``tool``. ``auto``
 (and no choice) sends no ``toolChoice``, which means auto, because only some Bedrock models
@@ -144,8 +147,6 @@ from extproc.translators.openai_anthropic import (
     DEFAULT_MAX_TOKENS,
     named_max_tokens,
 )
-
-# The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_bedrock_stream import (
     StreamTranslator,
     aws_error,
@@ -154,6 +155,15 @@ from extproc.translators.openai_bedrock_stream import (
     read_usage,
     served_tier,
     shown_tier,
+)
+
+# The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
+from extproc.translators.openai_chat_extras import (
+    before_the_conversation,
+    chat_documents,
+    converse_document_blocks,
+    refuse_audio_output,
+    refuse_web_search,
 )
 from extproc.translators.openai_openai import show_billed_apart
 from extproc.translators.pdf_parts import converse_document, name_documents, read_pdf_part
@@ -217,6 +227,8 @@ def translate_request(
     refuse_inference_geo(body, "Bedrock")
     takes_system = model_takes_system(model_id)
     system, turns = _conversation(body.get("messages"), takes_system)
+    # vLLM's RAG documents, read before the conversation (openai_chat_extras).
+    before_the_conversation(converse_document_blocks(chat_documents(body)), turns)
     name_documents(turns)
     tool_config = _tool_config(body.get("tools"), body.get("tool_choice"))
     if tool_config is None:
@@ -365,6 +377,11 @@ def _check_top_level(body: dict[str, Any], model_id: str) -> str | None:
             )
     # Converse constrains an answer to a schema only: json_object is refused, as for Claude.
     schema_to_hold(body.get("response_format"), _PROVIDER)
+    # Converse answers in text, and Claude's web search is not offered on Bedrock
+    # (openai_chat_extras); malformed documents are refused before the quota too.
+    refuse_audio_output(body, _PROVIDER)
+    refuse_web_search(body, _PROVIDER)
+    chat_documents(body)
     claude = is_claude(model_id)
     _stop_sequences(body.get("stop"), claude=claude)
     if claude:

@@ -103,13 +103,13 @@ def converse_document(pdf: PdfPart) -> dict[str, Any]:
     return {
         "document": {
             "format": "pdf",
-            "name": _document_name(pdf.filename),
+            "name": document_name(pdf.filename),
             "source": {"bytes": pdf.data},
         }
     }
 
 
-def _document_name(filename: str | None) -> str:
+def document_name(filename: str | None) -> str:
     """A name Converse takes for a file name: its stem, other characters as spaces."""
     stem = (filename or "").rsplit(".", 1)[0] if "." in (filename or "")[1:] else filename
     name = _SPACES.sub(" ", _NAME_OUTSIDE.sub(" ", stem or "")).strip()
