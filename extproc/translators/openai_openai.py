@@ -14,7 +14,9 @@ has left) reaches the client unchanged and is recorded as the reader's ``failure
 (``base.StreamFailure``), with the counts a running report had given by then, so the
 gateway charges the request and names the error; one that is the stream's first data
 event came before the answer began (``began`` False), the streamed form of an error
-status, charged nothing as that status is. An event
+status, charged nothing as that status is. One in Anthropic's shape (``{"type": "error",
+"error": {...}}``, a proxy in front of Claude) is written in OpenAI's, then ``[DONE]``
+(``ChunkStreamReader._anthropic_error``). An event
 too long to hold (``sse.EventBuffer``) fails the stream the same way, with the gateway's
 own error event (``sse.event_too_large``) the client reads last. The client gets the
 stream in whole events; one whose body ended inside an event, or before the answer's end
@@ -44,6 +46,7 @@ from extproc.context import Usage
 from extproc.errors import GatewayError, UpstreamError
 from extproc.translators import vertex_traffic
 from extproc.translators.anthropic_anthropic import server_tool_requests
+from extproc.translators.anthropic_errors import stream_error
 from extproc.translators.base import (
     STREAM_ENDED_EARLY,
     BufferedBodyReader,
@@ -343,8 +346,11 @@ class ChunkStreamReader:
         self._events = EventBuffer()
         # What a client that asked for usage gets: the provider's bytes, in whole events.
         self._sent = WholeEventBytes()
-        # Set once the gateway ended a stream it could no longer read (an event too long).
+        # Set once the gateway ended a stream it could no longer read (an event too long)
+        # or whose provider failed it in Anthropic's shape (``_anthropic_error``).
         self._ended = False
+        # Set once an event was rewritten for the client (``_anthropic_error``).
+        self._rewrote = False
         # Set once every choice's finish reason, or [DONE], came: the answer is whole.
         self._answered = False
         # Set once a usage-only chunk (no choices) came: the report OpenAI sends after the
@@ -378,7 +384,9 @@ class ChunkStreamReader:
                 self._counted_to_here = False
         else:
             kept = self._read_events(complete)
-            sent = kept if self._hide else sent
+            # An event rewritten in OpenAI's shape (``_anthropic_error``) reaches every
+            # client so; otherwise one that asked for usage gets the provider's bytes.
+            sent = kept if self._hide or self._rewrote else sent
         cut = self._began or bool(self._events.unfinished)
         # The provider's usage-only chunk comes after the answer's end: it ended.
         answered = self._answered or self._usage_last
@@ -449,6 +457,8 @@ class ChunkStreamReader:
         whose usage chunk is hidden receives."""
         kept: list[bytes] = []
         for event in complete.split(EVENT_END):
+            if self._rewrote:
+                break  # the stream's end was written: nothing after it reaches the client
             if not event.strip():
                 continue
             if _USAGE_OR_ERROR.search(event):
@@ -491,6 +501,8 @@ class ChunkStreamReader:
             self._began = True
             return event
         if isinstance(parsed.get("error"), dict):
+            if parsed.get("type") == "error":
+                return self._anthropic_error(parsed["error"])
             error = ProviderStreamError.from_openai(parsed["error"])
             self._stream_failed(error, began=self._began)
             return event
@@ -507,6 +519,23 @@ class ChunkStreamReader:
         if isinstance(model, str):
             self.response_model = model
         return _without_usage(event, parsed) if self._hide else event
+
+    def _anthropic_error(self, error: Any) -> bytes:
+        """The end of a stream failed by an error event in Anthropic's shape (``event:
+        error``, ``{"type": "error", "error": {"type": "overloaded_error", ...}}``), which
+        an OpenAI-compatible endpoint in front of Claude (a proxy, a vendor's edge) may
+        send: OpenAI's error event, with the type and code the translation from Anthropic
+        gives the same error (``anthropic_errors.stream_error``), then ``[DONE]``.
+
+        As it came, clients that read OpenAI's shape found no error in it: go-openai's
+        stream reader looks for ``data: {"error":`` and took the event for an empty chunk,
+        then the body's end without ``[DONE]`` for the answer's, so the text so far passed
+        for the whole answer; the openai SDK raised it with Anthropic's type, no code."""
+        failure = stream_error(error)
+        self._stream_failed(failure, began=self._began)
+        self._ended = True
+        self._rewrote = True
+        return b"data: " + failure.body() + EVENT_END + _DONE.removesuffix(EVENT_END)
 
     def _stream_failed(
         self, error: GatewayError, *, began: bool = True, counted: bool = False
