@@ -92,7 +92,10 @@ to Claude with a temperature: as ``openai_anthropic`` does, Claude gets the temp
 alone, since its recent models (Sonnet and Haiku 4.5) refuse the two together and many
 OpenAI clients set both.
 
-Answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
+Answers (``CompletionTranslator``): one whose ``stopReason`` says it is malformed
+(``malformed_tool_use``, ``malformed_model_output``) is the client's 502 error, charged
+its usage (``openai_bedrock_stream.malformed_answer``); otherwise text blocks are joined
+into ``message.content``,
 ``toolUse`` blocks become ``tool_calls``; the text of ``reasoningContent`` blocks
 (``reasoningText.text``, any model's) is ``message.reasoning_content``, as the gateway
 shows Claude's thinking on Anthropic's API. Their ``signature`` and ``redactedContent``
@@ -122,6 +125,7 @@ import orjson
 from extproc.context import Usage
 from extproc.errors import BadRequestError, GatewayError, quoted
 from extproc.providers.bedrock_model_ids import base_model_id
+from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.cache_breakpoints import (
     MARKER,
     cache_control,
@@ -147,17 +151,18 @@ from extproc.translators.openai_anthropic import (
     DEFAULT_MAX_TOKENS,
     named_max_tokens,
 )
+
+# The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_bedrock_stream import (
     StreamTranslator,
     aws_error,
     completion_id,
     finish_reason,
+    malformed_answer,
     read_usage,
     served_tier,
     shown_tier,
 )
-
-# The stream half; it also holds what both answer forms share (stop reasons, usage, errors).
 from extproc.translators.openai_chat_extras import (
     before_the_conversation,
     chat_documents,
@@ -1024,6 +1029,15 @@ class CompletionTranslator:
             self.error = replaced.recorded
             self.status = replaced.shown.status
             return replaced.shown.body()
+        malformed = malformed_answer(parsed.get("stopReason"))
+        if malformed is not None:
+            # Broken, not finished: the client gets the error (a 502 the openai SDK
+            # retries), and the request is charged the usage Bedrock billed for it.
+            self.error = ProviderAnswerError(
+                malformed.message, error_type=malformed.error_type, code=malformed.code
+            )
+            self.status = malformed.status
+            return malformed.body()
         self.answer = completion
         return orjson.dumps(completion)
 

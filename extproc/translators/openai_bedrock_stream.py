@@ -89,6 +89,30 @@ _FINISH_REASONS = {
 }
 
 
+# Stop reasons that say the model's answer is broken, not finished: a tool call Bedrock
+# could not read as one (malformed_tool_use), an output it could not parse
+# (malformed_model_output). No finish_reason says so (OpenAI's SDK takes stop, length,
+# tool_calls, content_filter and function_call), and each of them reads as an answer to
+# use; LangChain's Bedrock client reads both as an error.
+_MALFORMED = {
+    "malformed_tool_use": "the model's tool call was malformed",
+    "malformed_model_output": "the model's output was malformed",
+}
+
+
+def malformed_answer(stop_reason: Any) -> UpstreamError | None:
+    """The error an answer that stopped for being malformed is to its OpenAI client (a
+    502 ``upstream_error`` whose code is the stop reason, which the openai SDK retries
+    when it is not a stream); None for an answer that ended as answers do."""
+    said = _MALFORMED.get(stop_reason) if isinstance(stop_reason, str) else None
+    if said is None:
+        return None
+    return UpstreamError(
+        f"{said} (Bedrock stopped with {stop_reason}): retry the request",
+        code=str(stop_reason),
+    )
+
+
 def finish_reason(stop_reason: Any, *, called_tools: bool) -> str:
     """OpenAI's finish_reason for Converse's stopReason; unknown reasons read as a stop.
 
@@ -296,6 +320,8 @@ class StreamTranslator:
         # different blocks are set apart by a blank line, as the whole answer has them.
         self._thought_block: int | None = None
         self._stopped = False
+        # The error of a messageStop whose stop reason says the answer is malformed.
+        self._malformed: UpstreamError | None = None
         self._done = False
         # Whether an event came before any exception (Bedrock began its answer): an
         # exception first is the streamed form of its status, charged nothing as the
@@ -319,7 +345,11 @@ class StreamTranslator:
             out.append(self._fail(UNDECODABLE_STREAM))
             return b"".join(out)
         if end_of_stream:
-            out.append(self._finish() if self._stopped else self._fail(STREAM_ENDED_EARLY))
+            if self._malformed is not None:
+                # Ended without metadata: the malformed answer is charged its estimate.
+                out.append(self._malformed_end(None))
+            else:
+                out.append(self._finish() if self._stopped else self._fail(STREAM_ENDED_EARLY))
         return b"".join(out)
 
     def _translate(self, frame: EventStreamMessage, out: list[bytes]) -> None:
@@ -344,13 +374,18 @@ class StreamTranslator:
             self._block_stop(payload, out)
         elif event == "messageStop":
             self._stopped = True
-            self._held_finish = finish_reason(
-                payload.get("stopReason"), called_tools=bool(self._tool_calls)
-            )
+            self._malformed = malformed_answer(payload.get("stopReason"))
+            if self._malformed is None:
+                self._held_finish = finish_reason(
+                    payload.get("stopReason"), called_tools=bool(self._tool_calls)
+                )
         elif event == "metadata":
             self._take_tier(payload.get("serviceTier"))
             self._release_finish(out)
             usage = read_usage(payload.get("usage"))
+            if self._malformed is not None:
+                out.append(self._malformed_end(usage[0] if usage is not None else None))
+                return
             if usage is not None:
                 self.usage = usage[0]
                 if self._include_usage:
@@ -425,6 +460,29 @@ class StreamTranslator:
         self._no_arguments_yet.discard(block)
         call = {"index": self._tool_calls[block], "function": {"arguments": "{}"}}
         out.append(self._chunk({"tool_calls": [call]}))
+
+    def _malformed_end(self, usage: Usage | None) -> bytes:
+        """The end of a stream Bedrock stopped as malformed (``malformed_answer``): the
+        error, not a finish reason, then ``[DONE]``, which the openai SDK raises; the
+        text and calls before it were no answer to use. Bedrock billed the tokens: the
+        request is charged its metadata's counts as they are (the whole answer's), else
+        the estimate of what it streamed."""
+        assert self._malformed is not None
+        error = self._malformed
+        self.failure = (
+            StreamFailure(error)
+            if usage is None
+            else StreamFailure(
+                error,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                whole=True,
+            )
+        )
+        return self._abort(error.body())
 
     def _provider_error(self, name: str, message: str) -> bytes:
         error = stream_exception(name, message)

@@ -130,7 +130,8 @@ def test_a_cut_or_filtered_tool_call_keeps_its_reason(stop_reason: str, expected
         ("model_context_window_exceeded", "length"),
         ("guardrail_intervened", "content_filter"),
         ("content_filtered", "content_filter"),
-        ("malformed_model_output", "stop"),
+        # malformed_model_output and malformed_tool_use are errors, not finish reasons
+        # (test_bedrock_malformed_stops).
     ],
 )
 def test_every_stop_reason_of_a_text_answer(stop_reason: str, expected: str) -> None:
