@@ -57,7 +57,11 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; (Gemini's OpenAI-compatible endpoint)
     anthropic_errors = 0 | 1 | true | false
                                       ; with status: the error in Anthropic's shape (an
-                                      ; OpenAI-compatible endpoint whose edge answers so)
+                                      ; OpenAI-compatible endpoint whose edge answers so);
+                                      ; with error_after, OpenAI chat streams: the
+                                      ; mid-stream error as Anthropic's event: error
+                                      ; (overloaded_error), as a proxy in front of Claude
+                                      ; fails a stream
     hold_body  = float >= 0           ; non-streamed answers, an error status's included:
                                       ; the status and headers at once, the body this many
                                       ; seconds later (a client that gives up in between
@@ -68,8 +72,9 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; that dropped one)
 
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` and
-``anthropic_errors`` need ``status`` (alone they would break nothing, and a test relying on
-one would check nothing) and exclude each other.
+``anthropic_errors`` need ``status`` (``anthropic_errors`` ``status`` or ``error_after``:
+alone they would break nothing, and a test relying on one would check nothing) and exclude
+each other.
 ``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
 ``error_after``, ``reset_after``, ``end_after``, ``end_inside`` and ``end_before_blank`` (no
 content chunk would come to count).
@@ -280,8 +285,10 @@ def parse_fault(spec: str) -> Fault:
         raise FaultSpecError(f"{FAULT_HEADER}: error_body answers 200: it excludes status")
     if changes.get("google_errors") and "status" not in changes:
         raise FaultSpecError(f"{FAULT_HEADER}: google_errors needs a status to answer with")
-    if changes.get("anthropic_errors") and "status" not in changes:
-        raise FaultSpecError(f"{FAULT_HEADER}: anthropic_errors needs a status to answer with")
+    if changes.get("anthropic_errors") and not {"status", "error_after"} & changes.keys():
+        raise FaultSpecError(
+            f"{FAULT_HEADER}: anthropic_errors needs a status to answer with, or error_after"
+        )
     if changes.get("anthropic_errors") and changes.get("google_errors"):
         raise FaultSpecError(
             f"{FAULT_HEADER}: anthropic_errors and google_errors exclude each other"

@@ -334,6 +334,23 @@ STREAM_ERROR_EVENT = (
 )
 
 
+# The ``error_after`` fault's event with ``anthropic_errors``: a proxy in front of Claude
+# failing an OpenAI stream the way Anthropic's API fails its own.
+ANTHROPIC_STREAM_ERROR_EVENT = (
+    b"event: error\ndata: "
+    + orjson.dumps(
+        {
+            "type": "error",
+            "error": {
+                "type": "overloaded_error",
+                "message": "Overloaded (injected by x-mock-fault)",
+            },
+        }
+    )
+    + b"\n\n"
+)
+
+
 def first_error_event(status: int) -> bytes:
     """A stream's first event when the provider fails it before its answer began (the
     ``error_first`` fault): the error of that status's answer, as a data event."""
@@ -495,6 +512,9 @@ class OpenAIEndpoints:
             # An event's JSON holds no raw line end (JSON escapes them): each LF ends a line.
             await response.write(data.replace(b"\n", b"\r\n") if fault.crlf else data)
 
+        mid_stream_error = (
+            ANTHROPIC_STREAM_ERROR_EVENT if fault.anthropic_errors else STREAM_ERROR_EVENT
+        )
         try:
             if fault.error_first is not None:
                 # Before the role chunk: the provider never began its answer.
@@ -504,7 +524,7 @@ class OpenAIEndpoints:
                 if sent == fault.reset_after:
                     return _abort(request, response)
                 if sent == fault.error_after:
-                    return await _fail_stream(response, send)
+                    return await _fail_stream(response, send, mid_stream_error)
                 if sent == fault.end_after:
                     return response  # aiohttp ends the body: a clean, early end
                 content = event(choice(piece_delta(sent, piece), None), running(sent + 1))
@@ -525,7 +545,7 @@ class OpenAIEndpoints:
                 return _abort(request, response)
             if fault.error_after is not None:
                 # Fewer pieces than error_after: the stream must still fail.
-                return await _fail_stream(response, send)
+                return await _fail_stream(response, send, mid_stream_error)
             if fault.end_after is not None:
                 return response  # fewer pieces than end_after: it must still end early
             if completion.spoken:

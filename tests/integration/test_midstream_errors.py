@@ -39,6 +39,7 @@ KEYS = {
     "mid-bedrock": "mid-bedrock-key-93d4",
     "mid-messages": "mid-messages-key-1b6f",
     "mid-ended": "mid-ended-key-4c83",
+    "mid-foreign": "mid-foreign-key-8e27",
 }
 PROMPT = "Tell me a long story"
 # The mock's count: words and punctuation + 4 per message + 2 per request.
@@ -66,7 +67,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
-def openai_stream(stack: LocalStack, key: str, prefix: str, model: str) -> tuple[str, str, Any]:
+def openai_stream(
+    stack: LocalStack, key: str, prefix: str, model: str, fault: dict[str, str] = FAULT
+) -> tuple[str, str, Any]:
     """Stream through the gateway until the SDK raises; (request id, text read, error)."""
     client = openai.OpenAI(base_url=f"{stack.base_url}{prefix}", api_key=KEYS[key], max_retries=0)
     text = ""
@@ -74,7 +77,7 @@ def openai_stream(stack: LocalStack, key: str, prefix: str, model: str) -> tuple
         model=model,
         messages=[{"role": "user", "content": PROMPT}],
         stream=True,
-        extra_headers=FAULT,
+        extra_headers=fault,
     ) as response:
         request_id = response.headers["x-request-id"]
         with pytest.raises(openai.APIError) as raised:
@@ -140,6 +143,24 @@ def test_an_openai_error_event_mid_stream_reaches_the_client_and_is_charged(
     assert_marked(line, None)
     assert line["error_type"] == "server_error"
     assert_charged_everywhere(stack, "mid-openai", line, before)
+
+
+def test_an_anthropic_shaped_error_from_an_openai_provider_is_an_openai_error_event(
+    stack: LocalStack,
+) -> None:
+    # An OpenAI-compatible endpoint in front of Claude failing its stream as Anthropic's
+    # API does (event: error, overloaded_error). Before, the event passed as it came: the
+    # SDK raised it with Anthropic's type and no code, go-openai not at all.
+    before = scrape(stack.metrics_url)
+    fault = {"x-mock-fault": "error_after=2;anthropic_errors=1"}
+    request_id, text, error = openai_stream(stack, "mid-foreign", "/v1", "gpt-4o-mini", fault)
+    assert text == "Mock reply"
+    assert (error.code, error.type) == ("upstream_overloaded", "service_unavailable")
+    assert error.message == "Overloaded (injected by x-mock-fault)"
+    [line] = GatewayLog(stack.gateway_log).for_request(request_id)
+    assert_marked(line, "upstream_overloaded")
+    assert line["error_type"] == "service_unavailable"
+    assert_charged_everywhere(stack, "mid-foreign", line, before)
 
 
 def test_an_anthropic_overload_mid_stream_is_an_openai_error_and_keeps_the_input_tokens(

@@ -1,6 +1,7 @@
 """The mock's faults that answer errors in a shape of the test's choosing: ``error_body``
-(a 200 whose body is an error) and ``google_errors`` (a status's error in Google's list,
-as Gemini's OpenAI-compatible endpoint sends it)."""
+(a 200 whose body is an error), ``google_errors`` (a status's error in Google's list,
+as Gemini's OpenAI-compatible endpoint sends it) and ``anthropic_errors`` (a status's
+error, or with ``error_after`` a stream's, in Anthropic's shape)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,21 @@ async def test_anthropic_errors_answers_the_status_in_anthropics_shape(
         "type": "error",
         "error": {"type": "overloaded_error", "message": "Injected error 529 (x-mock-fault)."},
     }
+
+
+async def test_anthropic_errors_with_error_after_fails_a_stream_in_anthropics_shape(
+    http: httpx.AsyncClient,
+) -> None:
+    # A proxy in front of Claude failing an OpenAI stream as Anthropic's API fails its own.
+    answer = await chat(http, "error_after=1;anthropic_errors=1", stream=True)
+
+    assert answer.status_code == 200
+    events = [event for event in answer.content.split(b"\n\n") if event]
+    assert events[-1] == (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+        b'"message":"Overloaded (injected by x-mock-fault)"}}'
+    )
+    assert b"[DONE]" not in answer.content
 
 
 @pytest.mark.parametrize(
