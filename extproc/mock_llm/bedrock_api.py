@@ -109,6 +109,10 @@ makes the answer call tools after it, as Converse sends calls: a ``toolUse`` blo
 only the tools its request declares (``toolConfig``): calls to others are not made, so a
 request that offers no tool gets text.
 
+``x-mock-stop-reason`` makes the answer stop with that ``stopReason`` instead (one of
+Converse's: ``malformed_tool_use`` and ``malformed_model_output`` say the model's tool call
+or output was broken), whole or streamed; another value is a ValidationException.
+
 Structured output: a request's ``outputConfig.textFormat`` (``json_schema``, the schema as
 JSON text in ``structure.jsonSchema.schema``) is checked as Bedrock checks it, and the
 answer is JSON of that schema, whole or streamed (``converse_output``).
@@ -204,7 +208,12 @@ from extproc.mock_llm.prompt_cache import (
     converse_breakpoints,
 )
 from extproc.mock_llm.recorder import Body
-from extproc.mock_llm.scripted import ScriptError, scripted_pieces, scripted_tool_calls
+from extproc.mock_llm.scripted import (
+    ScriptedCall,
+    ScriptError,
+    scripted_pieces,
+    scripted_tool_calls,
+)
 from extproc.mock_llm.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     count_tokens,
@@ -1307,6 +1316,21 @@ def build_reply(req: ConverseRequest, fault: Fault, writes: CacheWrites = NO_CAC
     return Reply(pieces, stop_reason, input_tokens, cached, written, thought=thought)
 
 
+# Converse's stop reasons (its API reference), which x-mock-stop-reason may choose.
+STOP_REASON_HEADER = "x-mock-stop-reason"
+STOP_REASONS = (
+    "end_turn",
+    "tool_use",
+    "max_tokens",
+    "stop_sequence",
+    "guardrail_intervened",
+    "content_filtered",
+    "malformed_model_output",
+    "malformed_tool_use",
+    "model_context_window_exceeded",
+)
+
+
 def scripted_reply(
     reply: Reply, headers: Mapping[str, str], req: ConverseRequest, ids: str
 ) -> Reply:
@@ -1322,6 +1346,22 @@ def scripted_reply(
         scripted_calls = scripted_tool_calls(headers) or []
     except ScriptError as exc:
         raise _invalid(str(exc)) from None
+    chosen = _scripted_reply(reply, pieces, scripted_calls, req, ids)
+    stop = headers.get(STOP_REASON_HEADER)
+    if stop is None:
+        return chosen
+    if stop not in STOP_REASONS:
+        raise _invalid(f"{STOP_REASON_HEADER} must be one of {', '.join(STOP_REASONS)}")
+    return replace(chosen, stop_reason=stop)
+
+
+def _scripted_reply(
+    reply: Reply,
+    pieces: list[str] | None,
+    scripted_calls: list[ScriptedCall],
+    req: ConverseRequest,
+    ids: str,
+) -> Reply:
     calls = tuple(
         ToolUse(f"tooluse_{ids}_{k}", call.name, call.input, call.pieces)
         for k, call in enumerate(scripted_calls)

@@ -183,3 +183,52 @@ def test_tool_choice_none_with_tool_history_gets_no_tool_call(stack: LocalStack)
     assert not choice.message.tool_calls
     assert (choice.message.content or "").startswith("Mock reply to: ")
     assert "toolConfig" not in mock_requests(stack)[-1]["json"]
+
+
+# --- a tool call Bedrock stopped as malformed ------------------------------------------------
+
+MALFORMED = {**SCRIPT, "x-mock-stop-reason": "malformed_tool_use"}
+
+
+def test_a_malformed_tool_call_is_an_error_the_client_retries_not_a_stop(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # Before: finish_reason "tool_calls" or "stop", as if the answer were whole; an
+    # agent ran a broken call or none. Now a 502 the SDK retries (max_retries here 0).
+    with pytest.raises(openai.InternalServerError) as raised:
+        bedrock_client(stack).chat.completions.create(
+            model="haiku", messages=[QUESTION], tools=[WEATHER, TIME], extra_headers=MALFORMED
+        )
+    assert raised.value.status_code == 502
+    assert raised.value.code == "malformed_tool_use"
+    request_id = raised.value.response.headers["x-request-id"]
+    [line] = gateway_log.for_request(request_id)
+    assert (line["http_status_code"], line["outcome"]) == (502, "upstream_error")
+    assert line["error_code"] == "malformed_tool_use"
+    # Bedrock billed the tokens it reported: charged as reported, not estimated.
+    assert (line["usage_reported"], line["usage_estimated"]) == (True, False)
+    assert line["completion_tokens"] > 0
+
+
+def test_a_malformed_streamed_tool_call_ends_with_an_error_the_sdk_raises(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    client = bedrock_client(stack)
+    with client.chat.completions.with_streaming_response.create(
+        model="haiku",
+        messages=[QUESTION],
+        tools=[WEATHER, TIME],
+        stream=True,
+        extra_headers=MALFORMED,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        reasons: list[str | None] = []
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in response.parse():
+                reasons.extend(choice.finish_reason for choice in chunk.choices)
+    assert raised.value.code == "malformed_tool_use"
+    assert set(reasons) == {None}  # no finish reason told the agent the answer was whole
+    [line] = gateway_log.for_request(request_id)
+    assert (line["http_status_code"], line["outcome"]) == (200, "upstream_error")
+    assert line["error_code"] == "malformed_tool_use"
+    assert line["completion_tokens"] > 0

@@ -198,3 +198,23 @@ async def test_a_malformed_script_is_a_validation_exception_naming_the_header(
     )
     assert error.response["Error"]["Code"] == "ValidationException"
     assert "x-mock-tool-calls[0].arguments must join into a JSON object" in str(error)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["converse", "converse-stream"])
+async def test_a_scripted_stop_reason_ends_the_answer(mock_url: str, stream: bool) -> None:
+    headers = {**SCRIPT, "x-mock-stop-reason": "malformed_tool_use"}
+    client = bedrock(mock_url, headers=headers)
+    if stream:
+        events = await converse_stream(client, toolConfig=TOOLS)
+        [stop] = [event["messageStop"] for event in events if "messageStop" in event]
+        assert stop["stopReason"] == "malformed_tool_use"
+    else:
+        answer = await converse(client, toolConfig=TOOLS)
+        assert answer["stopReason"] == "malformed_tool_use"
+
+
+async def test_an_unknown_scripted_stop_reason_is_a_validation_exception(mock_url: str) -> None:
+    client = bedrock(mock_url, headers={"x-mock-stop-reason": "broken"})
+    error = await client_error(converse, client=client)
+    assert error.response["Error"]["Code"] == "ValidationException"
+    assert "x-mock-stop-reason must be one of" in str(error)
