@@ -3,8 +3,10 @@
 The answer half of the OpenAI-client-to-Anthropic translator; import it from
 ``openai_anthropic``, which owns the requests and re-exports everything here.
 
-Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``,
-``tool_use`` blocks become ``tool_calls``; the text of ``thinking`` blocks becomes
+Whole answers (``CompletionTranslator``): text blocks are joined into ``message.content``
+(the web pages Claude's web search cited in a block, ``url_citations``, as OpenAI's
+``url_citation`` annotations over that block's text), ``tool_use`` blocks become
+``tool_calls``; the text of ``thinking`` blocks becomes
 ``message.reasoning_content``, as OpenAI-compatible servers and gateways show reasoning
 (``redacted_thinking`` carries no text and is not shown; neither is a thinking block's
 signature, which an OpenAI client has no way to send back). Thinking is billed as output
@@ -95,6 +97,8 @@ from extproc.translators.unreadable_answers import replaced_answer
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
+# The citation Claude's web search writes into a text block (the page it read).
+WEB_CITATION = "web_search_result_location"
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -178,10 +182,14 @@ class CompletionTranslator:
         text: list[str] = []
         thinking: list[str] = []
         calls: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        written = 0  # characters of text so far: where the next block starts in content
         for block in message["content"]:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
                 text.append(block["text"])
+                annotations.extend(url_citations(block, written))
+                written += len(block["text"])
             elif kind == "thinking" and isinstance(block.get("thinking"), str):
                 thinking.append(block["thinking"])
             elif kind == "tool_use":
@@ -194,6 +202,8 @@ class CompletionTranslator:
             "content": "".join(text) if text or not calls else None,
             "refusal": None,
         }
+        if annotations:
+            reply["annotations"] = annotations
         if thinking:
             reply["reasoning_content"] = "\n\n".join(thinking)
         if calls:
@@ -227,6 +237,30 @@ class CompletionTranslator:
             completion["service_tier"] = shown
         self.answer = completion
         return orjson.dumps(completion)
+
+
+def url_citations(block: dict[str, Any], start: int) -> list[dict[str, Any]]:
+    """OpenAI's ``url_citation`` annotations for a text block's web search citations
+    (Claude's ``web_search_result_location``: the page's ``url`` and ``title``), over the
+    block's text, which starts ``start`` characters into the message's ``content``: where
+    an OpenAI client of a search model reads the sources of what it was told. Citations
+    of the client's own documents name no URL: they have no OpenAI counterpart."""
+    citations = block.get("citations")
+    found: list[dict[str, Any]] = []
+    for citation in citations if isinstance(citations, list) else ():
+        if not isinstance(citation, dict) or citation.get("type") != WEB_CITATION:
+            continue
+        url, title = citation.get("url"), citation.get("title")
+        if not isinstance(url, str):
+            continue
+        cited = {
+            "start_index": start,
+            "end_index": start + len(block["text"]),
+            "title": title if isinstance(title, str) else "",
+            "url": url,
+        }
+        found.append({"type": "url_citation", "url_citation": cited})
+    return found
 
 
 def translate_error(status: int, body: bytes) -> tuple[int, bytes]:

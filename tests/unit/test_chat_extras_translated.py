@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from openai.types.chat import ChatCompletion
 
 from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
@@ -36,7 +37,13 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.telemetry.metrics import GatewayMetrics
-from extproc.testing import request_body, request_headers, run_stream
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from tests.unit.conftest import MemoryLog
 from tests.unit.quota_helpers import DEFAULT_CONFIG
 from tests.unit.test_bedrock_invoke_review import signing_processor
@@ -373,3 +380,81 @@ async def test_prediction_and_a_messages_name_are_hints_left_out(
     text = orjson.dumps(sent).decode()
     assert "prediction" not in sent
     assert "alice" not in text and "Sunny, 21C" not in text
+
+
+# --- what a web search answer shows an OpenAI client ------------------------------------------
+
+SEARCHED_ANSWER = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": CLAUDE,
+    "content": [
+        {"type": "text", "text": "Let me look that up."},
+        {
+            "type": "server_tool_use",
+            "id": "srvtoolu_1",
+            "name": "web_search",
+            "input": {"query": "weather Paris today"},
+        },
+        {
+            "type": "web_search_tool_result",
+            "tool_use_id": "srvtoolu_1",
+            "content": [
+                {
+                    "type": "web_search_result",
+                    "url": "https://weather.example/paris",
+                    "title": "Paris weather",
+                    "encrypted_content": "EqgfCioIARgBIiQ3YTAw",
+                    "page_age": "1 hour ago",
+                }
+            ],
+        },
+        {
+            "type": "text",
+            "text": "It is sunny, 21 C.",
+            "citations": [
+                {
+                    "type": "web_search_result_location",
+                    "url": "https://weather.example/paris",
+                    "title": "Paris weather",
+                    "encrypted_index": "Eo8BCioIAhgBIiQyYjQ0",
+                    "cited_text": "Sunny, 21 C",
+                }
+            ],
+        },
+    ],
+    "stop_reason": "end_turn",
+    "usage": {
+        "input_tokens": 120,
+        "output_tokens": 30,
+        "server_tool_use": {"web_search_requests": 1},
+    },
+}
+
+
+async def test_the_pages_a_search_cited_are_openais_url_citations_and_searches_are_billed(
+    processor: Processor, services: Services
+) -> None:
+    body = {"model": CLAUDE, "messages": [QUESTION], "web_search_options": {}}
+    answers = await run_stream(
+        processor,
+        [
+            request_headers(CHAT, headers=AUTH),
+            request_body(orjson.dumps(body)),
+            response_headers(200),
+            response_body(orjson.dumps(SEARCHED_ANSWER)),
+        ],
+    )
+    answer = orjson.loads(answers[-1].response_body.response.body_mutation.body)
+    completion = ChatCompletion.model_validate(answer)  # as the openai SDK reads it
+    message = completion.choices[0].message
+    assert message.content == "Let me look that up.It is sunny, 21 C."
+    [annotation] = message.annotations or []
+    cited = annotation.url_citation
+    assert (cited.url, cited.title) == ("https://weather.example/paris", "Paris weather")
+    assert message.content[cited.start_index : cited.end_index] == "It is sunny, 21 C."
+    assert completion.choices[0].finish_reason == "stop"
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert line["server_tool_requests"] == {"web_search": 1}
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (120, 30)
