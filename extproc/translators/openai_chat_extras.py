@@ -31,7 +31,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.errors import BadRequestError
+from extproc.errors import BadRequestError, quoted
 from extproc.translators.pdf_parts import document_name
 
 # Anthropic's web search tool: the version every Claude model with web search takes, and
@@ -44,6 +44,8 @@ VERTEX_WEB_SEARCH_BETA = "web-search-2025-03-05"
 _SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
 # OpenAI's approximate location fields, which Anthropic's takes under the same names.
 _LOCATION_FIELDS = ("city", "region", "country", "timezone")
+# How much of a refused modality the error quotes: it is the client's own input.
+_QUOTED_CHARS = 40
 _DOCUMENTS = "documents"
 _TEMPLATE_KWARGS = "chat_template_kwargs"
 
@@ -68,7 +70,8 @@ def refuse_audio_output(body: dict[str, Any], model: str) -> None:
         others = [m for m in modalities if m != "text"]
         if others:
             raise BadRequestError(
-                f"{model} answers in text only: it cannot answer in {others[0]!r}. "
+                f"{model} answers in text only: it cannot answer in "
+                f"{quoted(others[0], _QUOTED_CHARS)}. "
                 "Send modalities ['text'], or leave it out",
                 param="modalities",
             )
