@@ -213,3 +213,50 @@ def test_session_tokens_are_sent_when_configured(signing_stack: LocalStack) -> N
     upstream = last_upstream(signing_stack)
     assert upstream["headers"]["x-amz-security-token"] == "session-token-for-the-test"
     assert "x-amz-security-token" in upstream["headers"]["authorization"].lower()
+
+
+# --- fields beyond the conversation (docs/providers.md) ---------------------------------------
+
+DOCUMENTS = [{"title": "Visitor guide", "text": "The Louvre opens at 9am."}]
+PARIS = {"type": "approximate", "approximate": {"city": "Paris", "country": "FR"}}
+
+
+def test_web_search_and_documents_reach_claude_and_audio_is_refused(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # Before, all three were dropped: Claude answered from memory, without the documents,
+    # in text to a client that asked for speech, billed as if that was what it asked for.
+    claude = client(stack, "/anthropic")
+    reply = claude.chat.completions.create(
+        model="claude-3-5-haiku-latest",
+        messages=PROMPT,  # type: ignore[arg-type]
+        web_search_options={"search_context_size": "low", "user_location": PARIS},  # type: ignore[typeddict-item]
+        extra_body={"documents": DOCUMENTS},
+    )
+    assert reply.choices[0].message.content == REPLY
+    sent = last_upstream(stack)["json"]
+    assert sent["tools"] == [
+        {
+            "type": "web_search_20250305",
+            "name": "web_search",
+            "user_location": {"type": "approximate", "city": "Paris", "country": "FR"},
+        }
+    ]
+    assert sent["messages"][0]["content"][0] == {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": DOCUMENTS[0]["text"]},
+        "title": "Visitor guide",
+    }
+    upstream_calls = len(mock_requests(stack))
+    with pytest.raises(openai.BadRequestError) as refused:
+        claude.chat.completions.create(
+            model="claude-3-5-haiku-latest",
+            messages=PROMPT,  # type: ignore[arg-type]
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+        )
+    assert refused.value.param == "modalities"
+    assert refused.value.type == "invalid_request_error"
+    assert len(mock_requests(stack)) == upstream_calls  # never sent
+    [line] = gateway_log.for_request(refused.value.response.headers["x-request-id"])
+    assert (line["http_status_code"], line["total_tokens"]) == (400, 0)
