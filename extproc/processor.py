@@ -37,7 +37,7 @@ from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
-from extproc.stages.echoed_credential import hide_in_error
+from extproc.stages.credential_cleaner import hide_in_error
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
 

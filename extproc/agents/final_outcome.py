@@ -11,10 +11,9 @@ from extproc.agents import call as outcome
 from extproc.agents.answer_reading import answer_reader
 from extproc.agents.call import AgentCall
 from extproc.agents.refusals import refusal_status
-from extproc.auth import credential_shapes
 from extproc.context import RequestContext
 from extproc.errors import REDACTED
-from extproc.stages.echoed_credential import echoed_credential
+from extproc.stages.credential_cleaner import echoed_credential, holds_credential
 
 
 def record_outcome(ctx: RequestContext) -> None:
@@ -37,10 +36,9 @@ def record_outcome(ctx: RequestContext) -> None:
     ended = call.answered_at if call.answered_at is not None else None
     seconds = (ended - ctx.started) if ended is not None else ctx.elapsed_ms() / 1000.0
     server = call.server.name
-    if call.is_tool_call and call.tool is not None:
-        tool = _tool_label(ctx, call.tool)
-        metrics.child(metrics.tool_calls, server, tool, call.status, *who).inc()
-        metrics.child(metrics.tool_call_duration, server, tool, call.status).observe(seconds)
+    if call.is_tool_call and (label := _tool_label(ctx, call.tool)) is not None:
+        metrics.child(metrics.tool_calls, server, label, call.status, *who).inc()
+        metrics.child(metrics.tool_call_duration, server, label, call.status).observe(seconds)
     if call.tools_hidden:
         metrics.child(metrics.tools_hidden, server).inc(call.tools_hidden)
     if call.is_message and call.method is not None:
@@ -50,15 +48,14 @@ def record_outcome(ctx: RequestContext) -> None:
             metrics.child(metrics.a2a_tasks, server, call.task_state).inc()
 
 
-def _tool_label(ctx: RequestContext, tool: str) -> str:
+def _tool_label(ctx: RequestContext, tool: str | None) -> str | None:
     """The tool name as its metrics' label: ``[redacted]`` when it holds the request's
-    own key or a well-known credential's shape. A client whose settings were swapped
-    names a tool with its key; the log line hides it (``stages.echoed_credential``), but
-    a label is read by everyone who can query Prometheus, and kept for its retention."""
-    credential = echoed_credential(ctx)
-    if (credential is not None and credential in tool) or credential_shapes.kind(tool):
-        return REDACTED
-    return tool
+    own key or a well-known credential's shape, even in part. A client whose settings
+    were swapped names a tool with its key; the log line hides it, but a label is read
+    by everyone who can query Prometheus, and kept for its retention."""
+    if tool is None:
+        return None
+    return REDACTED if holds_credential(tool, echoed_credential(ctx)) else tool
 
 
 def _awaiting_end(call: AgentCall) -> bool:

@@ -55,7 +55,7 @@ from extproc.responses_api import (
 )
 from extproc.runtime import Route
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
-from extproc.stages.logged_error import hide_credentials_in_error
+from extproc.stages.credential_cleaner import hide_in_logged_errors
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).
@@ -74,9 +74,10 @@ class ChatRequestStage:
     def done(self, ctx: RequestContext) -> None:
         # Before the request log is written (stages.accounting): a key the path names
         # where a model goes is not recorded by a request that never got this far, nor
-        # a key an error's message quotes.
-        redact_unread_path(ctx)
-        hide_credentials_in_error(ctx)
+        # a key an error's message quotes. A request that ended well has neither.
+        if ctx.error is None and ctx.stream_refusal is None and not ctx.aborted:
+            return
+        hide_in_logged_errors(ctx, also=redact_unread_path(ctx))
 
     def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
         route = ctx.route

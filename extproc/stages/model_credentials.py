@@ -29,7 +29,7 @@ from extproc.auth import credential_shapes
 from extproc.context import RequestContext
 from extproc.errors import REDACTED, BadRequestError
 from extproc.stages.authentication import presented_credential
-from extproc.stages.echoed_credential import MIN_CREDENTIAL
+from extproc.stages.credential_cleaner import MIN_CREDENTIAL
 
 
 def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
@@ -48,25 +48,23 @@ def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
     )
 
 
-def redact_unread_path(ctx: RequestContext) -> None:
+def redact_unread_path(ctx: RequestContext) -> list[str]:
     """For a request refused or left before its model was read: the segments of its path
-    that hold a credential, as the request log shows them, ``[redacted]``. Only such
-    requests pay for the look (an accepted model was checked, its path with it)."""
+    that hold a credential, as the request log shows them, ``[redacted]``. Returns each
+    such segment as sent and percent-decoded, for the log line's ``error_message``
+    (``credential_cleaner.hide_in_logged_errors``): a refusal that names the path (405's
+    "GET is not allowed on /openai/<key>") is the line's error_message, while the
+    client, whose path it is, got it whole. Only such requests pay for the look (an
+    accepted model was checked, its path with it)."""
     if ctx.model is not None or ctx.route is None or not (ctx.error or ctx.aborted):
-        return
+        return []
     route_path, mark, query = ctx.path.partition("?")
     segments = route_path.split("/")
     held = [segment for segment in segments if segment and credential_in(ctx, unquote(segment))]
     if not held:
-        return
+        return []
     ctx.path = "/".join(REDACTED if s in held else s for s in segments) + mark + query
-    error = ctx.error
-    if error is not None:
-        # A refusal that names the path (405's "GET is not allowed on /openai/<key>")
-        # is the line's error_message; the client, whose path it is, got it whole.
-        for segment in held:
-            for form in {segment, unquote(segment)}:
-                error.message = error.message.replace(form, REDACTED)
+    return [form for segment in held for form in {segment, unquote(segment)}]
 
 
 def credential_in(ctx: RequestContext, model: str) -> str | None:
