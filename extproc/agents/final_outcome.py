@@ -13,13 +13,19 @@ from extproc.agents.call import AgentCall
 from extproc.agents.refusals import refusal_status
 from extproc.context import RequestContext
 from extproc.errors import REDACTED
-from extproc.stages.credential_cleaner import echoed_credential, holds_credential
+from extproc.stages.credential_cleaner import echoed_credential, holds_credential, recorded_name
 
 
 def record_outcome(ctx: RequestContext) -> None:
     call = ctx.agent
     if call is None:
         return
+    # The tool's label is taken from the name as sent, before the log line's is cleaned.
+    label = _tool_label(ctx, call.tool) if call.is_tool_call else None
+    # The method and tool as sent are the log line's: a token pasted there keeps its
+    # shape (the request's own key the line hides wherever it is).
+    call.method = recorded_name(call.method)
+    call.tool = recorded_name(call.tool)
     if call.status == outcome.FORWARDED and ctx.error is not None:
         # Refused with an HTTP error before anything went upstream (credentials, a
         # method or size the route does not take, the quota store down): the log line
@@ -36,7 +42,7 @@ def record_outcome(ctx: RequestContext) -> None:
     ended = call.answered_at if call.answered_at is not None else None
     seconds = (ended - ctx.started) if ended is not None else ctx.elapsed_ms() / 1000.0
     server = call.server.name
-    if call.is_tool_call and (label := _tool_label(ctx, call.tool)) is not None:
+    if label is not None:
         metrics.child(metrics.tool_calls, server, label, call.status, *who).inc()
         metrics.child(metrics.tool_call_duration, server, label, call.status).observe(seconds)
     if call.tools_hidden:

@@ -14,12 +14,13 @@ Who reads the text decides what it may show, and each reader is served at its mo
   itself it gets back as sent: its own to see, and the error says what was wrong with
   it (a value that must not be quoted even to its sender goes through
   ``errors.quoted`` where it is quoted).
-- Whoever runs the gateway, in the request's log line, once the request is over
-  (``hide_in_logged_errors``; the unread path of ``model_credentials``; an agent
-  tool's metric label, ``holds_credential``): this request's key or token, whole or a fragment of a
-  random one, any other credential the caller found in the text, and anything of a
-  well-known key's shape or a fragment as providers quote one
-  (``errors.without_secrets``, ``auth.credential_shapes``).
+- Whoever runs the gateway, in the request's log line and the metrics, once the
+  request is over (``hide_in_logged_errors``; the unread path of ``model_credentials``;
+  an agent call's names, ``recorded_name``, and its tool's label, ``holds_credential``):
+  this request's key or token, whole or a fragment of a random one, any other
+  credential the caller found in the text, and anything of a well-known key's shape or
+  a fragment as providers quote one (``errors.without_secrets``,
+  ``auth.credential_shapes``).
 
 ``cleaned`` is the one function behind both; a new place that quotes client text calls
 it (or one of the helpers here) for its reader. Only a request with something to hide
@@ -79,6 +80,17 @@ def holds_credential(value: str, credential: str | None) -> bool:
     if credential is not None and credential in value:
         return True
     return credential_shapes.kind(value) is not None
+
+
+def recorded_name(value: str | None) -> str | None:
+    """A name the log line records as the client sent it (an agent call's method or
+    tool), with anything of a well-known key's shape ``[redacted]`` in it. The request's
+    own key the line hides wherever it is (``AccessLog.write``). Only the whole shapes:
+    the looser forms ``cleaned`` hides in words would take a name's own parts
+    (``pk_lookup``)."""
+    if value is None:
+        return None
+    return credential_shapes.redacted(value, REDACTED)
 
 
 def hide_in_error(ctx: RequestContext, error: GatewayError) -> None:

@@ -87,6 +87,32 @@ async def test_an_agent_method_holding_the_clients_key_is_logged_redacted(
     assert AGENT_KEY not in orjson.dumps(line).decode()
 
 
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2
+
+
+@pytest.mark.parametrize(
+    ("path", "message", "field"),
+    [
+        ("/mcp", {"method": f"x/{GITHUB_TOKEN}"}, "method"),
+        ("/mcp", {"method": "tools/call", "params": {"name": GITHUB_TOKEN, "arguments": {}}},
+         "tool"),
+        ("/a2a/helper", {"method": f"{GITHUB_TOKEN}/send"}, "method"),
+    ],
+    ids=["mcp-method", "mcp-tool", "a2a-method"],
+)  # fmt: skip
+async def test_an_agent_name_holding_a_token_is_logged_redacted(
+    processor: Processor, services: Services, path: str, message: dict[str, Any], field: str
+) -> None:
+    # Not the caller's key, so the line-wide hiding of it missed it: the tool's metric
+    # label hid the token, while the log line, read by whoever runs the gateway, kept it.
+    body = {"jsonrpc": "2.0", "id": 1, **message}
+    await send(processor, path, {"authorization": f"Bearer {AGENT_KEY}"}, body)
+    line = only_line(services)
+    assert "[redacted]" in line["agent"][field]
+    assert GITHUB_TOKEN not in orjson.dumps(line).decode()
+    assert GITHUB_TOKEN.encode() not in generate_latest(services.metrics.registry)
+
+
 def _tool_labels(services: Services) -> set[str]:
     return {
         sample.labels["tool"]
