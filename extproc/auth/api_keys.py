@@ -18,6 +18,12 @@ from pydantic import ValidationError
 from extproc.config.auth_model import ApiKeyConfig, AuthConfig
 from extproc.config.loader import ConfigError
 
+# Why a key whose id is a secret is refused, in words that never quote either.
+SECRET_AS_ID = (
+    "is the secret of a key (its own or another's): an id is shown in every request's "
+    "log line, metrics and quota keys; give the key an id that is no secret"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
@@ -55,18 +61,34 @@ class ApiKeyStore:
             sources[digest] = where
             self._by_digest[digest] = (digest, api_key_of(spec))
 
+        read: list[tuple[int, ApiKeyConfig, bytes | str]] = []
         for index, spec in enumerate(config.api_keys):
-            where = f"auth.api_keys[{index}] ({spec.id})"
             try:
-                digest = _digest_of(spec, directory)
+                read.append((index, spec, _digest_of(spec, directory)))
             except ValueError as exc:
-                problems.append(f"{where}: {exc}")
+                read.append((index, spec, str(exc)))
+        # An id is written in every request's log line, metric labels and quota keys: one
+        # that is a key's secret (its own, or another's) would publish that key there.
+        secrets = {found for _, _, found in read if isinstance(found, bytes)}
+        secrets.update(key_digest(secret) for secret in directory.values())
+        for index, spec, found in read:
+            if key_digest(spec.id) in secrets:
+                # Named by its place alone: the id is the secret.
+                problems.append(f"auth.api_keys[{index}].id: {SECRET_AS_ID}")
                 continue
-            add(digest, where, spec)
+            where = f"auth.api_keys[{index}] ({spec.id})"
+            if isinstance(found, str):
+                problems.append(f"{where}: {found}")
+                continue
+            add(found, where, spec)
         known = {spec.id for spec in config.api_keys}
         # Files in the directory with no matching entry are keys with no identity beyond their id.
         for key_id, secret in directory.items():
             if key_id in known:
+                continue
+            if key_digest(key_id) in secrets:
+                # The file's name is the id, and a secret: not said.
+                problems.append(f"auth.api_key_directory: a file's name {SECRET_AS_ID}")
                 continue
             where = f"auth.api_key_directory/{key_id}"
             if len(secret) < 8:

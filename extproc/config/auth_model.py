@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from extproc.auth import credential_shapes
 from extproc.config.section import Section as _Section
 from extproc.config.service_urls import checked_url
 
@@ -46,6 +47,19 @@ class ApiKeyConfig(_Section):
     # Empty: every model / route the route's rules allow.
     allowed_models: tuple[str, ...] = ()
     allowed_routes: tuple[str, ...] = ()
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        # The id is every record's api_key_id (log lines, metric labels, quota keys): a
+        # credential pasted there would be published with it. Named by kind, never shown.
+        kind = credential_shapes.kind(value)
+        if kind is not None:
+            raise ValueError(
+                f"holds {kind}, not a name: the id is shown in every request's log line, "
+                "metrics and quota keys; give the key an id that is no secret"
+            )
+        return value
 
     @field_validator("key_sha256")
     @classmethod

@@ -36,7 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
-from extproc.auth.api_keys import ApiKey, api_key_of
+from extproc.auth.api_keys import SECRET_AS_ID, ApiKey, api_key_of
 from extproc.auth.stored_keys import (
     MAX_GRACE_S,
     KeyCreateConflictError,
@@ -484,6 +484,11 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             _check_routes(key, config)
             if not request.allow_unknown_models:
                 _check_models(key, config)
+            # The id names the key in every log line, label and quota key: one that is
+            # a config key's secret would publish it (a stored key's has the shape
+            # ApiKeyConfig refuses). Said without the id, which is that secret.
+            if self._runtime().api_keys.lookup(key.id) is not None:
+                raise InvalidArgumentError(f"id: {SECRET_AS_ID}")
             # A config key with the same id would make the id name two keys in
             # logs, metrics and quotas.
             if self._in_config(key.id):
@@ -716,7 +721,9 @@ def _new_key(request: pb.CreateKeyRequest) -> ApiKey:
         )
     except ValidationError as exc:
         problems = (
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            # As the config loader says them: pydantic's own prefix tells an admin nothing.
+            f"{'.'.join(str(part) for part in error['loc'])}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise InvalidArgumentError("; ".join(problems)) from None
