@@ -18,6 +18,7 @@ from extproc.agents import jsonrpc
 from extproc.agents.jsonrpc import RequestId
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import GatewayError, ServiceUnavailableError, UpstreamError
+from extproc.stages.credential_cleaner import cleaned, echoed_credential
 
 JSON = "application/json"
 # A refusal of a body without requests is an HTTP error (invalid bodies: 400).
@@ -50,6 +51,19 @@ def refuse(
     call = ctx.agent
     assert call is not None
     call.answered(status, code)
+    # Answered here, not raised to the processor, which hides the request's own key in
+    # what it answers: a denial quotes the tool as sent ("may not use tool '...'"), and
+    # its data names it.
+    credential = echoed_credential(ctx)
+    if credential is not None:
+        error.message = cleaned(error.message, credential, shapes_shown=True)
+        if data:
+            data = {
+                name: cleaned(value, credential, shapes_shown=True)
+                if isinstance(value, str)
+                else value
+                for name, value in data.items()
+            }
     # The log line's outcome and error fields say it was the gateway's refusal.
     ctx.error = error
     if http_status is None:

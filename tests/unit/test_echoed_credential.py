@@ -87,6 +87,23 @@ async def test_an_agent_method_holding_the_clients_key_is_logged_redacted(
     assert AGENT_KEY not in orjson.dumps(line).decode()
 
 
+async def test_a_tool_denied_by_an_access_rule_is_answered_without_the_clients_key(
+    processor: Processor, services: Services
+) -> None:
+    # The denial is a JSON-RPC error the agent stage answers itself (the SDK reads it as
+    # that call's error), not an error raised to the processor: it quoted the tool as
+    # sent, the caller's key in it, in its message and its data.
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": f"deploy_{AGENT_KEY}", "arguments": {}}}  # fmt: skip
+    answer = await send(processor, "/mcp", {"authorization": f"Bearer {AGENT_KEY}"}, body)
+    refusal = answer.immediate_response
+    assert AGENT_KEY.encode() not in refusal.body
+    error = orjson.loads(refusal.body)["error"]
+    assert "may not use tool 'deploy_[redacted]'" in error["message"]
+    assert error["data"]["tool"] == "deploy_[redacted]"
+    assert AGENT_KEY not in orjson.dumps(only_line(services)).decode()
+
+
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2
 
 
