@@ -1337,7 +1337,7 @@ def _without_provider_credentials(
     anyway) would hide the key from that search: it is read uncompressed and sent so;
     one in an encoding the gateway cannot read (or larger, uncompressed, than the
     largest answer Envoy buffers) is not passed on at all: the client gets the status."""
-    needles = _credential_needles(ctx)
+    needles = _error_needles(ctx)
     compressed = encoding.strip().lower() not in ("", "identity")
     if not needles and not compressed:
         return plan
@@ -1414,6 +1414,26 @@ def scrub_answer_error(ctx: RequestContext, error: ProviderAnswerError) -> None:
     provider's error found in a success answer (``translators.answer_errors``), before a
     log line, the client or the downstream filter (``attempt_report``) reads them."""
     error.message = without_secrets(error.message, provider_secrets(ctx.upstream))
+
+
+def _error_needles(ctx: RequestContext) -> tuple[bytes, ...]:
+    """What a provider's error answer is searched for: every provider credential
+    (``_credential_needles``), and the key or token the request presented. The provider
+    never got that one from the gateway, but it gets what the client wrote where its key
+    does not belong (a role, a stop sequence), and its 400 quotes the value ("Invalid
+    value: '...'"): the client's error would show its own key to whatever logs it, as
+    the gateway's own refusals never do (``stages.credential_cleaner``). Error answers
+    alone: a stream's chunks are not searched for it."""
+    # By module, when called: the stages package imports this one.
+    from extproc.stages.credential_cleaner import echoed_credential
+
+    needles = _credential_needles(ctx)
+    credential = echoed_credential(ctx)
+    if credential is None:
+        return needles
+    # Not through the cache of the provider credentials' forms: a key per client.
+    forms = {*needles, *_quoted_forms.__wrapped__((credential,))}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _credential_needles(ctx: RequestContext) -> tuple[bytes, ...]:

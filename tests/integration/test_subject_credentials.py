@@ -76,3 +76,23 @@ def test_a_key_in_a_quoted_body_value_is_not_logged(counted: LocalStack) -> None
     [line] = GatewayLog(counted.gateway_log).for_request(error.response.headers["x-request-id"])
     assert "[redacted]" in line["error_message"]
     assert GATEWAY_KEY[5:25] not in str(line)
+
+
+def test_a_providers_error_quoting_the_clients_key_shows_it_starred(counted: LocalStack) -> None:
+    # The gateway passes service_tier on to an OpenAI-compatible provider, whose 400
+    # quotes the value it refused, as OpenAI's does: the client's own key, sent there by
+    # mistake, came back whole into whatever logs its errors. Starred, its length kept:
+    # the answer takes the lean path, whose headers have left before its body is read.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(counted).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=USER,
+            service_tier=KEY,  # type: ignore[arg-type]
+        )
+    error = refused.value
+    assert error.status_code == 400
+    assert f"Invalid value for 'service_tier': '{'*' * len(KEY)}'" in error.message
+    assert KEY not in error.response.text
+    [line] = GatewayLog(counted.gateway_log).for_request(error.response.headers["x-request-id"])
+    assert line["http_status_code"] == 400
+    assert KEY not in str(line)

@@ -20,10 +20,18 @@ from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
-from extproc.testing import request_body, request_headers, run_stream
+from extproc.testing import (
+    client_body,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
 from tests.unit.sse_play import only_line
 from tests.unit.test_agents import with_agents
 from tests.unit.test_docs_reference import SCHEMA
+from tests.unit.test_response_path import whole_answer
 
 KEY = "team1-key"
 AGENT_KEY = "team2-key"  # the agents' access rules serve team2's group
@@ -75,6 +83,31 @@ async def test_a_refusal_quoting_the_clients_key_shows_it_redacted(
     line = only_line(services)
     assert line["error_message"] == error["message"]
     assert KEY not in orjson.dumps(line).decode()
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full-path", "lean-path"])
+async def test_a_providers_error_quoting_the_clients_key_shows_it_starred(
+    processor: Processor, services: Services, lean: bool
+) -> None:
+    # The body goes on as sent (no check of the gateway's reads service_tier on this
+    # route), and OpenAI's 400 quotes the value it refused. Starred, not [redacted]: on
+    # the lean path the answer's length has left with its headers.
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+            "service_tier": KEY}  # fmt: skip
+    said = f"Invalid value for 'service_tier': '{KEY}'. Supported values are: 'auto'."
+    error = orjson.dumps({"error": {"message": said, "type": "invalid_request_error"}})
+    if lean:
+        answer = [whole_answer(error, 400)]
+    else:
+        provider = {"content-type": "application/json", "x-envoy-upstream-service-time": "3"}
+        answer = [response_headers(400, provider), response_body(error, end_of_stream=True)]
+    # The model in the path: the lean path is chosen before the body is read.
+    sent = [request_headers("/openai/gpt-4o-mini", headers={"authorization": f"Bearer {KEY}"}),
+            request_body(orjson.dumps(body)), *answer]  # fmt: skip
+    answers = await run_stream(processor, sent)
+    shown = client_body([error], answers[-1:])
+    assert shown == error.replace(KEY.encode(), b"*" * len(KEY))
+    assert KEY not in orjson.dumps(only_line(services)).decode()
 
 
 async def test_an_agent_method_holding_the_clients_key_is_logged_redacted(
