@@ -154,17 +154,30 @@ class Change:
         return f"{cause} before anything was sent to the store; nothing was changed"
 
 
+# Why an admin token whose id is a token is refused, in words that quote neither.
+TOKEN_AS_ID = (
+    "is an admin token (its own or another's): the id names the caller in every audit "
+    "line; give the token an id that is no secret"
+)
+
+
 class AdminTokens:
     """The configured admin tokens, held as SHA-256 digests and compared in constant time."""
 
     def __init__(self, config: ManagementConfig) -> None:
         self._digests: list[tuple[str, bytes]] = []
+        read: list[bytes] = []
         for index, spec in enumerate(config.admin_tokens):
             if spec.token is not None:
                 secret = spec.token.get_secret_value()
             else:
                 secret = _read_token_file(index, spec.id, spec.token_file or "")
-            digest = _digest(secret.strip())
+            read.append(_digest(secret.strip()))
+        for index, (spec, digest) in enumerate(zip(config.admin_tokens, read, strict=True)):
+            if _digest(spec.id) in read:
+                # The audit log names every caller by its token's id: one that is a
+                # token would hand it to whoever reads the log. Named by place alone.
+                raise ConfigError("config", [f"management.admin_tokens[{index}].id: {TOKEN_AS_ID}"])
             shared = next((known for known, same in self._digests if same == digest), None)
             if shared is not None:
                 # One secret under two ids: the audit log would name the first for both.

@@ -6,7 +6,8 @@ template that filled both from one variable, ``id: ${TEAM1_API_KEY}``), or with 
 key's secret, published that secret on every line and every dashboard. The config is
 now refused, in ``check-config``, at start and on reload, by the field's place alone:
 the id is the very value that must not be shown; so is a key created at run time
-(``extproc keys create --id``) under an id that is a key's secret or shaped as one.
+(``extproc keys create --id``) under an id that is a key's secret or shaped as one,
+and an admin token whose id, which names the caller in every audit line, is a token.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from extproc.cli import main
 from extproc.config import parse_config
 from extproc.config.auth_model import ApiKeyConfig, AuthConfig
 from extproc.config.loader import ConfigError
+from extproc.config.model import ManagementConfig
 from extproc.devstack import DEFAULT_CONFIG
+from extproc.management.service import AdminTokens
 from extproc.management.v1 import management_pb2 as pb
 from tests.unit.test_stored_keys import Api, api, client, keys
 
@@ -148,3 +151,34 @@ async def test_keys_create_refuses_the_secret_of_a_created_key_as_an_id(api: Api
     assert "holds an API key of this gateway" in details
     assert created.key not in details
     assert [line["key_id"] for line in api.audit_lines()] == ["ci-bot"]
+
+
+# --- Admin tokens: the audit log names every caller by its token's id ------------------
+
+
+# An admin token that is a valid id too (lower-case letters, digits and dashes).
+ADMIN_TOKEN = "team1-zq4vw9x3"
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [{"id": "ops", "token": "ops-Hb8nR5t1Yc6Gd0"}, {"id": ADMIN_TOKEN, "token": ADMIN_TOKEN}],
+        [{"id": "ops", "token": ADMIN_TOKEN}, {"id": ADMIN_TOKEN, "token_file": "{file}"}],
+    ],
+    ids=["its-own", "another-tokens"],
+)
+def test_an_admin_token_whose_id_is_a_token_is_refused(
+    tmp_path: Path, tokens: list[dict[str, str]]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("ci-Wd2kP8s4Nf6Jq1\n")
+    filled = [{k: v.replace("{file}", str(token_file)) for k, v in t.items()} for t in tokens]
+    config = ManagementConfig.model_validate({"admin_tokens": filled})
+    with pytest.raises(ConfigError) as refused:
+        AdminTokens(config)
+    assert refused.value.problems == [
+        "management.admin_tokens[1].id: is an admin token (its own or another's): the id names"
+        " the caller in every audit line; give the token an id that is no secret"
+    ]
+    assert ADMIN_TOKEN not in str(refused.value)
