@@ -6,13 +6,17 @@ and prints the median CPU time of each phase's answer and of the finishing work
 (log line, metrics, rollup). What gRPC and Envoy add per message is measured by
 ``make bench`` (the echo processor); this is the part the gateway's code owns.
 
-Three set-ups: the default config, the same with one quota rule in an embedded
-Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown), and the
+Five set-ups: the default config, the same with one quota rule in an embedded
+Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown), the
 default config answering a stream: 100 OpenAI-shaped events (each with its
 ``"finish_reason":null``, as OpenAI writes them) in body chunks of 2 KB, cut wherever
 2 KB falls, as Envoy passes a fast stream on; its response body column is the sum
 over the chunks. Most of a stream's cost is per byte, which the one-message rows
-do not show.
+do not show. The default config on the lean path, as the load bench's row (c)
+plays it: Envoy's body hints with the request headers, no response headers message,
+the answer's status as an attribute of its one body message (``response_path``). And
+the default config with a 12 KB prompt (a conversation's history): the request body's
+checks cost per byte, which the bench's 800-byte body hardly shows.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 import orjson
 
 from extproc.config import load_config
-from extproc.processor import Processor
+from extproc.headers import BODY_HINTS_NAMESPACE
+from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
@@ -51,6 +56,23 @@ BODY = orjson.dumps(
         "messages": [
             {"role": "system", "content": "You are a helpful assistant. " * 8},
             {"role": "user", "content": "Summarise the following text please. " * 12},
+        ],
+    }
+)
+# A conversation's worth of prompt (about 12 KB, lines of prose, as chat histories
+# and pasted documents are): the request body's checks cost per byte.
+LONG_BODY = orjson.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. " * 8},
+            *(
+                {
+                    "role": "user" if turn % 2 == 0 else "assistant",
+                    "content": 'The report says the "quarterly" figures rose by 4%.\n' * 18,
+                }
+                for turn in range(12)
+            ),
         ],
     }
 )
@@ -102,8 +124,9 @@ _STREAM_END = (
 STREAM = b"".join(_stream_event(i) for i in range(STREAM_EVENTS)) + _STREAM_END
 
 
-def messages(stream: bool = False) -> list[tuple[str, Any]]:
-    """The messages of one request, each with its phase (a stream's body in chunks)."""
+def messages(stream: bool = False, lean: bool = False, body: bytes = BODY) -> list[tuple[str, Any]]:
+    """The messages of one request, each with its phase (a stream's body in chunks; on
+    the lean path, no response headers)."""
     head = request_headers(
         "/v1/chat/completions",
         # Envoy's connection manager sets x-request-id on every request.
@@ -113,17 +136,31 @@ def messages(stream: bool = False) -> list[tuple[str, Any]]:
             "x-request-id": "5f0c8a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
         },
     )
+    if lean:
+        # Envoy's json_to_metadata reading of the body (extproc.envoy_bootstrap).
+        head.metadata_context.filter_metadata[BODY_HINTS_NAMESPACE].update(
+            {"model": "gpt-4o-mini", "stream": False}
+        )
+        answer = response_body(ANSWER)
+        answer.attributes[ATTRIBUTES_KEY].update(
+            {"response.code": 200, "response.code_details": "via_upstream"}
+        )
+        return [
+            ("request_headers", head),
+            ("request_body", request_body(body)),
+            ("response_body", answer),
+        ]
     if not stream:
         return [
             ("request_headers", head),
-            ("request_body", request_body(BODY)),
+            ("request_body", request_body(body)),
             ("response_headers", response_headers(200, {"x-envoy-upstream-service-time": "1"})),
             ("response_body", response_body(ANSWER)),
         ]
     cuts = range(0, len(STREAM), STREAM_CHUNK_BYTES)
     return [
         ("request_headers", head),
-        ("request_body", request_body(orjson.dumps({**orjson.loads(BODY), "stream": True}))),
+        ("request_body", request_body(orjson.dumps({**orjson.loads(body), "stream": True}))),
         ("response_headers", response_headers(200, {"content-type": "text/event-stream"})),
         *(
             (
@@ -138,9 +175,13 @@ def messages(stream: bool = False) -> list[tuple[str, Any]]:
 
 
 async def one_request(
-    processor: Processor, spent: dict[str, list[float]], stream: bool = False
+    processor: Processor,
+    spent: dict[str, list[float]],
+    stream: bool = False,
+    lean: bool = False,
+    body: bytes = BODY,
 ) -> None:
-    sent = messages(stream)
+    sent = messages(stream, lean, body)
     took = dict.fromkeys(PHASES, 0.0)
 
     async def feed() -> AsyncIterator[Any]:
@@ -159,7 +200,12 @@ async def one_request(
 
 
 async def measure(
-    config_text: str, requests: int, with_store: bool, stream: bool = False
+    config_text: str,
+    requests: int,
+    with_store: bool,
+    stream: bool = False,
+    lean: bool = False,
+    body: bytes = BODY,
 ) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="aigw-phases-"))
     path = workdir / "gateway.yaml"
@@ -176,9 +222,9 @@ async def measure(
         processor = Processor(lambda: runtime, default_stages())
         spent: dict[str, list[float]] = {phase: [] for phase in PHASES}
         for _ in range(requests // 10):  # warm-up
-            await one_request(processor, {phase: [] for phase in PHASES}, stream)
+            await one_request(processor, {phase: [] for phase in PHASES}, stream, lean, body)
         for _ in range(requests):
-            await one_request(processor, spent, stream)
+            await one_request(processor, spent, stream, lean, body)
         return {phase: statistics.median(values) * 1e6 for phase, values in spent.items()}
     finally:
         if services.quota_store is not None:
@@ -199,6 +245,12 @@ def main() -> None:
         ),
         "default config, streamed": asyncio.run(
             measure(text, args.requests, with_store=False, stream=True)
+        ),
+        "default config, lean (c)": asyncio.run(
+            measure(text, args.requests, with_store=False, lean=True)
+        ),
+        "default config, 12 KB prompt": asyncio.run(
+            measure(text, args.requests, with_store=False, body=LONG_BODY)
         ),
     }
     print(f"{'median CPU per phase, us':28s}" + "".join(f"{p:>18s}" for p in PHASES) + "     total")
