@@ -23,7 +23,13 @@ spreadsheet opening the file runs a cell starting with ``=``, ``+``, ``-`` or ``
 formula (Google Sheets' ``IMPORTXML`` sends the sheet's other cells to any URL), and
 a client chooses its model's name, so a dimension value starting so, or with a tab, a
 carriage return or ``'``, is written after a ``'`` (``_spreadsheet_text``), which
-spreadsheets read as "text follows" and a program drops to get the value back.
+spreadsheets read as "text follows" and a program drops to get the value back. A mark
+at the start is not enough (OWASP's cheat sheet says so): a spreadsheet in a locale whose
+list separator is ``;`` (most of continental Europe) opens a ``.csv`` splitting its lines
+at ``;``, and some import dialogs split at tabs too, so ``claude-x;=cmd|...;`` left
+unquoted began a cell with ``=`` in the middle of the value. A cell holding either is
+quoted as one holding a comma is (``_csv_cell``), and every spreadsheet keeps a quoted
+cell whole.
 
 The table goes to a terminal, where a value's control characters would act: a model name
 a client chose, or a JWT claim, holding a line break or an escape sequence could split a
@@ -34,8 +40,6 @@ above the TOTAL line, so that a row named ``TOTAL`` reads as a row.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -97,6 +101,31 @@ _FORMULA_STARTS = frozenset("=+-@\t\r'")
 def _spreadsheet_text(value: str) -> str:
     """A dimension's value as a CSV cell: after a ``'`` when a spreadsheet would run it."""
     return "'" + value if value[:1] in _FORMULA_STARTS else value
+
+
+# RFC 4180 quotes a cell holding the comma, the quote or a line break; the ``;`` and the
+# tab are the separators a spreadsheet may split at instead (see the module's docstring).
+_NEEDS_QUOTES = re.compile('[,"\r\n;\t]')
+
+
+def _csv_cell(value: object) -> str:
+    """One CSV cell: quoted (its quotes doubled) when it holds a separator of any reader."""
+    text = "" if value is None else str(value)
+    if _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _csv(headers: list[str], records: list[dict[str, Any]], by: tuple[str, ...]) -> str:
+    """The CSV of ``records``, RFC 4180 with CRLF line ends: the csv module quotes a ``;``
+    or a tab only when it is the delimiter, so the cells are written here."""
+    lines = [headers]
+    for found in records:
+        cells = dict(found)
+        for name in by:
+            cells[name] = _spreadsheet_text(cells[name])
+        lines.append([cells[name] for name in headers])
+    return "".join(",".join(map(_csv_cell, line)) + "\r\n" for line in lines)
 
 
 def dimensions(by: str) -> tuple[str, ...]:
@@ -213,18 +242,7 @@ def render(
     headers = [*by, *COLUMNS, *counts, *map(_tool_column, tools)]
     flat = [_flat(found, tools) for found in records]
     if fmt == "csv":
-        buffer = io.StringIO()
-        # RFC 4180's CRLF: the csv module quotes a value holding a character of the line
-        # terminator, so with "\n" alone a bare "\r" (a JWT claim may hold one) went out
-        # unquoted and split its row for every reader.
-        writer = csv.DictWriter(buffer, fieldnames=headers, lineterminator="\r\n")
-        writer.writeheader()
-        for found in flat:
-            cells = {key: "" if value is None else value for key, value in found.items()}
-            for name in by:
-                cells[name] = _spreadsheet_text(cells[name])
-            writer.writerow(cells)
-        return buffer.getvalue()
+        return _csv(headers, flat, by)
     return _table(flat, headers, by, _flat(record(summed), tools), period)
 
 
