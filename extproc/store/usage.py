@@ -434,8 +434,9 @@ class UsageStore:
                             UnreadableHour(
                                 bucket,
                                 key,
-                                f"{left_out} count(s) in {key} are not integers (written by"
-                                " a person or another program) and are left out",
+                                f"{left_out} count(s) in {key} are not integers the store"
+                                " holds (64-bit, as the gateway writes them; written by a"
+                                " person or another program) and are left out",
                             )
                         )
         rows = sorted(summing.rows.values(), key=lambda row: tuple(row.dimensions.values()))
@@ -527,6 +528,26 @@ def _reads(sized: list[tuple[str, int]]) -> Iterator[list[str]]:
         yield batch
 
 
+# What the store itself takes as an integer (HINCRBY's own test): ASCII digits, an optional
+# minus, no leading zero, no sign or space, within 64 bits. Python's ``int`` takes more
+# (" 7 ", "+7", "1_000", Arabic-Indic digits, a hundred digits), none of which the gateway
+# writes: a field so written was counted, and one past 64 bits stopped the JSON export
+# with a traceback and the management API with UNKNOWN.
+_STORE_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _count(raw: bytes) -> int:
+    """A rollup count as the store holds it; ValueError for anything HINCRBY could not
+    have written, which the report leaves out and names (see ``read``)."""
+    if _STORE_INTEGER.fullmatch(raw) is None:
+        raise ValueError(f"not a count of the store: {raw[:40]!r}")
+    found = int(raw)
+    if found not in _INT64:
+        raise ValueError(f"past the store's 64-bit integers: {raw!r}")
+    return found
+
+
 _UNSEEN: Any = object()
 _SEPARATOR_BYTES = _SEPARATOR.encode()
 _MEASURE_INDEX = {name.encode(): index for name, index in _INDEX.items()}
@@ -570,11 +591,11 @@ class _Summing:
             if not measure.startswith(_TOOL_MEASURE_BYTES):
                 return  # a measure of a newer version
             tool = _unescape(measure[len(_TOOL_MEASURE_BYTES) :].decode())
-            value = int(raw)
+            value = _count(raw)
             tools = self._row(bucket, group).server_tool_requests
             tools[tool] = tools.get(tool, 0) + value
             return
-        value = int(raw)
+        value = _count(raw)
         row = self._row(bucket, group)
         if _LATENCY_OFFSET <= index < _LATENCY_END:
             row.latency_buckets[index - _LATENCY_OFFSET] += value

@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 
 from extproc.cli import main
 from extproc.config import GatewayConfig
+from extproc.store.connection import connect
+from extproc.store.embedded import EmbeddedValkey
+from extproc.store.usage import UsageStore, totals_of
 from extproc.store.usage_writer import UsageWriter
 from tests.unit.test_chargeback_review_s42 import ask_chat_of_anthropic, writer
-from tests.unit.test_usage_report_finance import store_url
+from tests.unit.test_usage_report_finance import CLI_PREFIX, TOKEN, key_usage, store_url
+from tests.unit.usage_api import management_api
 
 __all__ = ["store_url", "writer"]
 
@@ -67,3 +72,71 @@ async def test_a_formula_after_a_separator_a_spreadsheet_splits_at_does_not_run(
     assert (row["model"], row["group_id"], row["requests"]) == (model, "engineering", "1")
     code = await asyncio.to_thread(main, ["usage", "export", "--by", "model", "--format", "json"])
     assert orjson.loads(capsys.readouterr().out)["rows"][0]["model"] == model
+
+
+HOUR = datetime(2026, 11, 3, 10, tzinfo=UTC)
+BUCKET = HOUR.strftime("%Y%m%d%H")
+STRAY_FIELD = "openai-chat\tgpt-4o-mini\tmock\tkey-manual\t\tgroup-0\tprompt_tokens"
+
+
+async def hour_with_a_stray_count(url: str, prefix: str, count: str) -> None:
+    """One hour of three keys' usage as the gateway writes it, and a count written by hand
+    (HSET: the gateway only ever adds with HINCRBY)."""
+    client = connect(url, 2.0)
+    try:
+        totals = totals_of([key_usage(HOUR.timestamp(), key) for key in range(3)])
+        await UsageStore(client, prefix, 30).record_totals(totals, "batch-1")
+        await client.hset(f"{prefix}usage:{BUCKET}", STRAY_FIELD, count)
+    finally:
+        await client.aclose()
+
+
+# None of them a count HINCRBY could have written (it refuses to add to each of them), all
+# of them integers to Python's int(): the first two stopped the report, the others were
+# added to the bill without a word.
+NO_STORE_COUNTS = [str(2**64), str(2**63), " 7", "+7", "1_000", "007"]
+
+
+@pytest.mark.parametrize("count", NO_STORE_COUNTS)
+async def test_a_count_the_store_could_not_hold_is_left_out_and_its_hour_named(
+    store_url: str, capsys: pytest.CaptureFixture[str], count: str
+) -> None:
+    client = connect(store_url, 2.0)
+    await client.flushdb()
+    await client.aclose()
+    await hour_with_a_stray_count(store_url, CLI_PREFIX, count)
+
+    code = await asyncio.to_thread(
+        main, ["usage", "export", "--day", "2026-11-03", "--by", "group", "--format", "json"]
+    )
+
+    # Before, 2**64 gave a traceback (orjson: "Integer exceeds 64-bit range") and no report.
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    document = orjson.loads(captured.out)
+    assert (document["totals"]["requests"], document["totals"]["prompt_tokens"]) == (3, 3000)
+    [missing] = document["unreadable_hours"]
+    assert missing["key"] == f"{CLI_PREFIX}usage:{BUCKET}" and "1 count(s)" in missing["reason"]
+    assert f"the hour from {HOUR.isoformat()} is missing" in captured.err
+
+
+@pytest.mark.parametrize("count", [str(2**63), str(-(2**63) - 1), "1_000"])
+async def test_the_management_api_names_the_hour_of_such_a_count_rather_than_fail(
+    valkey: EmbeddedValkey, capsys: pytest.CaptureFixture[str], count: str
+) -> None:
+    async with management_api(valkey.url, TOKEN, "api:", 30) as (address, _):
+        await hour_with_a_stray_count(valkey.url, "api:", count)
+
+        code = await asyncio.to_thread(
+            main,
+            ["usage", "report", "--api", "--address", address, "--token", TOKEN,
+             "--day", "2026-11-03", "--by", "group", "--format", "json"],
+        )  # fmt: skip
+
+    # Before, past int64: "error: Unexpected <class 'ValueError'>: Value out of range"
+    # (the API's UNKNOWN, its traceback in the gateway's log), exit 2 and no report.
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    document = orjson.loads(captured.out)
+    assert (document["totals"]["requests"], document["totals"]["prompt_tokens"]) == (3, 3000)
+    assert [hour["key"] for hour in document["unreadable_hours"]] == [f"api:usage:{BUCKET}"]
