@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
-from datetime import UTC, datetime
+import tracemalloc
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -19,7 +21,13 @@ from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore, totals_of
 from extproc.store.usage_writer import UsageWriter
 from tests.unit.test_chargeback_review_s42 import ask_chat_of_anthropic, writer
-from tests.unit.test_usage_report_finance import CLI_PREFIX, TOKEN, key_usage, store_url
+from tests.unit.test_usage_report_finance import (
+    CLI_PREFIX,
+    TOKEN,
+    in_hour,
+    key_usage,
+    store_url,
+)
 from tests.unit.usage_api import management_api
 
 __all__ = ["store_url", "writer"]
@@ -140,3 +148,43 @@ async def test_the_management_api_names_the_hour_of_such_a_count_rather_than_fai
     document = orjson.loads(captured.out)
     assert (document["totals"]["requests"], document["totals"]["prompt_tokens"]) == (3, 3000)
     assert [hour["key"] for hour in document["unreadable_hours"]] == [f"api:usage:{BUCKET}"]
+
+
+KEYS = 50
+TEN_DAYS = 240
+
+
+async def retained_by_a_report(store: UsageStore, hours: int) -> int:
+    """The memory a report of the first ``hours`` hours holds once read (its rows), by
+    api_key and user: what the management API keeps until it has answered."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        found = await store.read(HOUR, HOUR + timedelta(hours=hours), ("api_key_id", "user_id"))
+        gc.collect()
+        retained, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(found.rows) == KEYS and found.rows[0].requests == hours
+    return retained
+
+
+async def test_a_long_report_holds_its_rows_not_its_hours(valkey: EmbeddedValkey) -> None:
+    # Each row kept a set of the hours it was summed from, which no reader used: a
+    # quarter by 2,000 keys held 264 MB, a year of a large organisation gigabytes, in the
+    # gateway serving the management API. The rows of ten days now take what one day's do.
+    client = connect(valkey.url, 5.0)
+    await client.flushdb()
+    store = UsageStore(client, "long:", 30)
+    totals = totals_of([key_usage(HOUR.timestamp(), key) for key in range(KEYS)])
+    every_hour = {}
+    for hour in range(TEN_DAYS):
+        every_hour.update(in_hour(HOUR + timedelta(hours=hour), totals))
+    await store.record_totals(every_hour, "batch-1")
+    try:
+        one_day = await retained_by_a_report(store, 24)
+        ten_days = await retained_by_a_report(store, TEN_DAYS)
+    finally:
+        await client.aclose()
+
+    assert ten_days < one_day * 1.5, (one_day, ten_days)
