@@ -97,6 +97,10 @@ class Usage:
     # completion_tokens_details.audio_tokens) and Gemini's TTS models report apart
     # (usageMetadata.candidatesTokensDetails' AUDIO entry).
     audio_output_tokens: int = 0
+    # Completion tokens of images (part of completion_tokens, none of them audio), which
+    # Gemini's image models report apart (candidatesTokensDetails' IMAGE entry) and bill
+    # far above text (2.5 Flash Image: $30 per million against $2.50).
+    image_output_tokens: int = 0
     # The prompt's characters as the provider bills them, when it bills characters rather
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
@@ -144,6 +148,7 @@ def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
         audio_tokens=usage.audio_tokens,
         cached_audio_tokens=usage.cached_audio_tokens,
         audio_output_tokens=usage.audio_output_tokens,
+        image_output_tokens=usage.image_output_tokens,
     )
 
 

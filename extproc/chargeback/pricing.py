@@ -41,7 +41,10 @@ tokens (Gemini's ``promptTokensDetails``, OpenAI's ``prompt_tokens_details.audio
 at ``audio_input``, those read from the cache at ``cached_audio_input``, and the
 completion's (OpenAI's ``completion_tokens_details.audio_tokens``, Gemini's
 ``candidatesTokensDetails``) at ``audio_output``; each count within the count it is part
-of, the rest at the text prices.
+of, the rest at the text prices. The completion's images (Gemini's image models,
+``candidatesTokensDetails``' ``IMAGE`` entry) are billed at ``image_output`` the same
+way, within what the completion's audio leaves of it; an entry without an image price
+bills them at the output price, as before images were counted apart.
 
 A request the provider reports running in an inference geography the table prices apart
 (Anthropic's ``usage.inference_geo``, ``us``: 1.1x) costs its tokens at the entry picked
@@ -115,6 +118,8 @@ class TokenPrices:
     # Completion tokens of audio (OpenAI's audio models, Gemini's TTS); None: the output
     # price, as any other completion token.
     audio_output: int | None = None
+    # Completion tokens of images (Gemini's image models); None: the output price.
+    image_output: int | None = None
     # Picodollars per prompt character, for a model billed by characters; None: by tokens.
     input_per_character: int | None = None
 
@@ -233,6 +238,7 @@ def _token_prices(
         audio_input=_per_token(price.audio_input),
         cached_audio_input=_per_token(price.cached_audio_input),
         audio_output=_per_token(price.audio_output),
+        image_output=_per_token(price.image_output),
         input_per_character=_per_character(price.input_per_thousand_characters),
     )
 
@@ -302,9 +308,14 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
     # The audio part of the completion (OpenAI's audio models, Gemini's TTS), within it.
     audio_output = _part(usage.audio_output_tokens, usage.completion_tokens)
     audio_output_price = prices.output if prices.audio_output is None else prices.audio_output
+    # Its images (Gemini's image models), within what the audio leaves: no token twice.
+    image_output = _part(usage.image_output_tokens, usage.completion_tokens - audio_output)
+    image_output_price = prices.output if prices.image_output is None else prices.image_output
     completion = (
-        usage.completion_tokens - audio_output
-    ) * prices.output + audio_output * audio_output_price
+        (usage.completion_tokens - audio_output - image_output) * prices.output
+        + audio_output * audio_output_price
+        + image_output * image_output_price
+    )
     return prompt + completion
 
 

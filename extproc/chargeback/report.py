@@ -3,15 +3,16 @@
 One record per group of the ``--by`` dimensions, with the summed measures, the
 exact cost and the latency p50/p95 of the requests in the group, then what explains
 the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart), each
-server tool's requests, and the audio parts of the token counts (billed at the audio
-prices). The same records feed the CLI (``extproc usage
-report|export``) and the management API, so both say the same thing.
+server tool's requests, the audio parts of the token counts (billed at the audio
+prices) and the image part of the completion (billed at the image price). The same
+records feed the CLI (``extproc usage report|export``) and the management API, so both
+say the same thing.
 
 JSON always carries those last counts (``server_tool_requests`` as an object by tool,
-the audio counts after it). CSV and the table flatten the tools into one
-``server_tool_requests:<tool>`` column per tool the period used, after every other
-column; CSV always has the cache-write and audio columns, the table only those the
-period has. Each is added after the earlier columns, and the tools, whose number
+the audio counts after it, then the image count). CSV and the table flatten the tools
+into one ``server_tool_requests:<tool>`` column per tool the period used, after every
+other column; CSV always has the cache-write, audio and image columns, the table only
+those the period has. Each is added after the earlier columns, and the tools, whose number
 changes from month to month, stay last, so a billing import reading CSV by position
 finds every fixed column where it was.
 
@@ -48,7 +49,14 @@ import orjson
 
 from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import usd_text
-from extproc.store.usage import AUDIO, DIMENSIONS, TOOL_MEASURE, UnreadableHour, UsageRow
+from extproc.store.usage import (
+    AUDIO,
+    DIMENSIONS,
+    IMAGE,
+    TOOL_MEASURE,
+    UnreadableHour,
+    UsageRow,
+)
 
 # `--by api_key,user,group` reads better than the stored dimension names.
 DIMENSION_ALIASES = {"api_key": "api_key_id", "user": "user_id", "group": "group_id"}
@@ -66,8 +74,17 @@ COLUMNS = (*COUNTS, "cost_usd", "latency_p50_ms", "latency_p95_ms")
 CACHE_WRITE_COUNTS = ("cache_write_tokens", "cache_write_1h_tokens")
 # The rollup's own names for them, which are the log line's too.
 AUDIO_COUNTS = AUDIO
+# After the audio counts, as added later: the image part of completion_tokens.
+IMAGE_COUNTS = IMAGE
 # Summed by ``totals`` besides the latency buckets and the server tools.
-_SUMMED = (*COUNTS[:4], "unpriced_requests", "cost_picousd", *CACHE_WRITE_COUNTS, *AUDIO_COUNTS)
+_SUMMED = (
+    *COUNTS[:4],
+    "unpriced_requests",
+    "cost_picousd",
+    *CACHE_WRITE_COUNTS,
+    *AUDIO_COUNTS,
+    *IMAGE_COUNTS,
+)
 
 
 # What a terminal acts on rather than prints: C0 and C1 controls and DEL (line breaks,
@@ -151,7 +168,8 @@ def _latency(row: UsageRow, quantile: float) -> float | None:
 
 def record(row: UsageRow) -> dict[str, Any]:
     """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes,
-    ``server_tool_requests`` (by tool name, in name order) and the audio counts."""
+    ``server_tool_requests`` (by tool name, in name order), the audio counts and the
+    image count."""
     return {
         **row.dimensions,
         **{name: getattr(row, name) for name in COUNTS},
@@ -161,6 +179,7 @@ def record(row: UsageRow) -> dict[str, Any]:
         **{name: getattr(row, name) for name in CACHE_WRITE_COUNTS},
         "server_tool_requests": dict(sorted(row.server_tool_requests.items())),
         **{name: getattr(row, name) for name in AUDIO_COUNTS},
+        **{name: getattr(row, name) for name in IMAGE_COUNTS},
     }
 
 
@@ -192,11 +211,11 @@ def _flat(found: dict[str, Any], tools: list[str]) -> dict[str, Any]:
 
 def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
     """The count columns and the tools to show after ``COLUMNS``: in CSV every cache-write
-    and audio column (a file a billing job imports keeps them from month to month), in
+    audio and image column (a file a billing job imports keeps them from month to month), in
     the table those the period has; in both, the tools the period used, by name."""
     counts = [
         name
-        for name in (*CACHE_WRITE_COUNTS, *AUDIO_COUNTS)
+        for name in (*CACHE_WRITE_COUNTS, *AUDIO_COUNTS, *IMAGE_COUNTS)
         if fmt == "csv" or getattr(total, name)
     ]
     tools = sorted(tool for tool, count in total.server_tool_requests.items() if count)

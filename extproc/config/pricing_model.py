@@ -81,9 +81,11 @@ _AUDIO_PRICE_KEYS = (
     "cached_audio_input_per_million",
     "audio_output_per_million",
 )
+# The image output price (Gemini's image models bill an image's tokens about 12x text).
+_IMAGE_PRICE_KEYS = ("image_output_per_million",)
 # The prices an entry may give apart from its input price, which its long_context must
 # then give too.
-_APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS)
+_APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS, *_IMAGE_PRICE_KEYS)
 _TOKEN_PRICE_KEYS = ("input_per_million", "output_per_million", *_APART_PRICE_KEYS)
 
 
@@ -146,6 +148,10 @@ class PerTokenPrice(_Section):
     # candidatesTokensDetails' AUDIO entry), which OpenAI's audio models bill far above
     # text (gpt-audio: 64.00 against 10.00). Default: the output price.
     audio_output_per_million: Price | None = None
+    # Completion tokens of images (Gemini: candidatesTokensDetails' IMAGE entry), which
+    # Gemini's image models bill far above text (2.5 Flash Image: 30.00 against 2.50).
+    # Default: the output price.
+    image_output_per_million: Price | None = None
     # USD per 1,000 prompt characters, for a model its provider bills by characters
     # (Vertex's text-embedding-005: 0.000025): the prompt is billed by the characters the
     # answer reports (billableCharacterCount), and by its tokens at input_per_million when
@@ -199,6 +205,12 @@ class PerTokenPrice(_Section):
         if self.audio_output_per_million is None:
             return self.output_per_million
         return self.audio_output_per_million
+
+    @property
+    def image_output(self) -> Decimal:
+        if self.image_output_per_million is None:
+            return self.output_per_million
+        return self.image_output_per_million
 
     @property
     def cache_write_input(self) -> Decimal:
@@ -258,8 +270,8 @@ class TierPrice(PerTokenPrice):
         if missing:
             raise ValueError(
                 f"give {', '.join(missing)} here too, as the entry it belongs to does: "
-                "left out, a long-context cache or audio price is the long-context input "
-                "(or output) price"
+                "left out, a long-context cache, audio or image price is the long-context "
+                "input (or output) price"
             )
         return value
 

@@ -82,6 +82,7 @@ def _row(row: UsageRow) -> pb.UsageRow:
         prompt_audio_tokens=row.prompt_audio_tokens,
         cached_audio_tokens=row.cached_audio_tokens,
         completion_audio_tokens=row.completion_audio_tokens,
+        completion_image_tokens=row.completion_image_tokens,
     )
     if row.cost_picousd <= _INT64_MAX:
         answer.cost_picousd = row.cost_picousd
@@ -154,6 +155,7 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 prompt_audio_tokens=found.prompt_audio_tokens,
                 cached_audio_tokens=found.cached_audio_tokens,
                 completion_audio_tokens=found.completion_audio_tokens,
+                completion_image_tokens=found.completion_image_tokens,
             )
         )
     return rows

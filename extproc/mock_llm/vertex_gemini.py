@@ -27,6 +27,11 @@ rules of ``tokens`` (so one prompt costs the same on every surface):
   ``error_after`` ends either with Google's ``{"error": {...}}`` as an event or element;
   ``error_first`` sends that status's error (``RESOURCE_EXHAUSTED``, ``INTERNAL``,
   ``UNAVAILABLE``) so, as the first and only one.
+- An image model (a name with ``-image``: ``gemini-2.5-flash-image``) answers one picture
+  too, an ``inlineData`` PNG part after the text of the first chunk (or of the whole
+  answer), counted as Google counts a 1024x1024 image: ``IMAGE_TOKENS`` more in
+  ``candidatesTokenCount``, and ``candidatesTokensDetails`` giving the ``TEXT`` and
+  ``IMAGE`` parts, in every event from the one that carries it.
 - ``:countTokens``: ``{"totalTokens": N}`` for ``{"contents"[, "systemInstruction"]}`` or
   ``{"generateContentRequest": {...}}``, N the ``promptTokenCount`` generateContent reports.
 
@@ -72,6 +77,15 @@ _GOOGLE_MODEL = re.compile(r"(?:gemini|gemma)-[a-z0-9][a-z0-9.-]*(?:@[a-z0-9.-]+
 ROLES = ("user", "model")
 # thoughtsTokenCount for a positive thinking budget: min(budget, this).
 THOUGHT_TOKENS = 8
+# What Gemini's image models count for one 1024x1024 picture, billed at the image price.
+IMAGE_TOKENS = 1290
+# An image model's name holds this (gemini-2.5-flash-image, gemini-3-pro-image-preview).
+_IMAGE_MODEL = "-image"
+# The picture an image model answers: a 1x1 PNG, base64 as Google sends inlineData.
+_PICTURE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAA"
+    "AABJRU5ErkJggg=="
+)
 INVALID_JSON = "Invalid JSON payload received. The body must be a JSON object."
 _ROLE_MESSAGE = "Please use a valid role: user, model."
 STREAM_ERROR_MESSAGE = "Internal error encountered. (injected by x-mock-fault)"
@@ -222,15 +236,23 @@ class Answer:
     response_id: str
     create_time: str
     traffic_type: str = "ON_DEMAND"
+    # The picture's tokens of an image model's answer, sent with its first chunk; 0: none.
+    image_tokens: int = 0
 
     def usage(self, sent: int | None = None) -> dict[str, Any]:
         """``usageMetadata`` of the whole answer, or of its first ``sent`` pieces."""
-        candidates = len(self.pieces) if sent is None else sent
+        text = len(self.pieces) if sent is None else sent
+        candidates = text + self.image_tokens
         usage: dict[str, Any] = {
             "promptTokenCount": self.prompt_tokens,
             "candidatesTokenCount": candidates,
             "totalTokenCount": self.prompt_tokens + candidates + self.thoughts,
         }
+        if self.image_tokens:
+            usage["candidatesTokensDetails"] = [
+                {"modality": "TEXT", "tokenCount": text},
+                {"modality": "IMAGE", "tokenCount": self.image_tokens},
+            ]
         if self.thoughts:
             usage["thoughtsTokenCount"] = self.thoughts
         if self.cached:
@@ -242,8 +264,12 @@ class Answer:
         self, text: str, *, finish: bool, sent: int | None, with_usage: bool
     ) -> dict[str, Any]:
         """A GenerateContentResponse carrying ``text``: the whole answer, or a stream's
-        chunk (``finish``: its last, with the finish reason and the bill)."""
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
+        chunk (``finish``: its last, with the finish reason and the bill). An image
+        model's picture comes with the whole answer, or with a stream's first chunk."""
+        parts: list[dict[str, Any]] = [{"text": text}]
+        if self.image_tokens and (sent is None or sent <= 1):
+            parts.append({"inlineData": {"mimeType": "image/png", "data": _PICTURE}})
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}}
         if finish:
             candidate["finishReason"] = self.finish_reason
         candidate["index"] = 0
@@ -335,6 +361,7 @@ class GeminiEndpoints:
             response_id=f"mock-gemini-{next(self._ids)}",
             create_time=_now(),
             traffic_type=traffic_type(request.headers),
+            image_tokens=IMAGE_TOKENS if _IMAGE_MODEL in model else 0,
         )
         try:
             scripted = scripted_pieces(request.headers)

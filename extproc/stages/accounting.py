@@ -157,6 +157,7 @@ class AccountingStage:
             prompt_audio_tokens=ctx.usage.audio_tokens,
             cached_audio_tokens=ctx.usage.cached_audio_tokens,
             completion_audio_tokens=ctx.usage.audio_output_tokens,
+            completion_image_tokens=ctx.usage.image_output_tokens,
         )
 
 
@@ -171,6 +172,7 @@ def token_parts(usage: Usage) -> dict[str, int]:
         "prompt_audio": usage.audio_tokens,
         "cached_audio": usage.cached_audio_tokens,
         "completion_audio": usage.audio_output_tokens,
+        "completion_image": usage.image_output_tokens,
     }
 
 

@@ -243,7 +243,7 @@ def _failed_stream_usage(
     else:
         # The prompt side as the provider reported it: its cache reads, its cache writes
         # with their 1-hour part, and its audio, which are billed at their own prices;
-        # the output's audio as far as it was counted.
+        # the output's audio and images as far as they were counted.
         prompt = failure.prompt_tokens
         return Usage(
             prompt,
@@ -256,6 +256,7 @@ def _failed_stream_usage(
             audio_tokens=failure.audio_tokens,
             cached_audio_tokens=failure.cached_audio_tokens,
             audio_output_tokens=failure.audio_output_tokens,
+            image_output_tokens=failure.image_output_tokens,
         )
 
 

@@ -15,8 +15,9 @@ count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency`
 ``cache_write_1h_tokens`` (the part of those written to Claude's 1-hour cache), one
 ``server_tool_requests:<tool>`` per server tool (``server_tool_requests:web_search``),
 so a tool a provider adds needs no code, and the audio parts of the token counts
-(``prompt_audio_tokens``, ``cached_audio_tokens``, ``completion_audio_tokens``), which
-are billed at their own prices. Each is the log line's field of that name, summed.
+(``prompt_audio_tokens``, ``cached_audio_tokens``, ``completion_audio_tokens``) and the
+image part (``completion_image_tokens``), which are billed at their own prices. Each is
+the log line's field of that name, summed.
 Only non-zero measures are written; an hour written before a measure existed reads it
 as 0.
 """
@@ -58,7 +59,10 @@ CACHE_WRITES = ("cache_write_tokens", "cache_write_1h_tokens")
 # completion_tokens, billed at the audio prices: without them a report's tokens times
 # the text prices is not its cost_usd, and nobody can tell why.
 AUDIO = ("prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens")
-MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO)
+# After the audio, for the same reason: the part of completion_tokens billed at the image
+# price (Gemini's image models, about 12x text).
+IMAGE = ("completion_image_tokens",)
+MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO, *IMAGE)
 _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
 _LATENCY_END = _LATENCY_OFFSET + BUCKETS
@@ -67,6 +71,7 @@ _CACHE_WRITE_1H = _INDEX["cache_write_1h_tokens"]
 _PROMPT_AUDIO = _INDEX["prompt_audio_tokens"]
 _CACHED_AUDIO = _INDEX["cached_audio_tokens"]
 _COMPLETION_AUDIO = _INDEX["completion_audio_tokens"]
+_COMPLETION_IMAGE = _INDEX["completion_image_tokens"]
 # The measure of one server tool's requests is this and the tool's name: a fixed list
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
@@ -109,6 +114,8 @@ class UsageEntry:
     prompt_audio_tokens: int = 0
     cached_audio_tokens: int = 0
     completion_audio_tokens: int = 0
+    # The image part of completion_tokens.
+    completion_image_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -126,6 +133,7 @@ class UsageRow:
     prompt_audio_tokens: int = 0
     cached_audio_tokens: int = 0
     completion_audio_tokens: int = 0
+    completion_image_tokens: int = 0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
     @property
@@ -203,6 +211,8 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[_PROMPT_AUDIO] += entry.prompt_audio_tokens
         counts[_CACHED_AUDIO] += entry.cached_audio_tokens
         counts[_COMPLETION_AUDIO] += entry.completion_audio_tokens
+    if entry.completion_image_tokens:
+        counts[_COMPLETION_IMAGE] += entry.completion_image_tokens
 
 
 # A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters

@@ -88,6 +88,8 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "prompt_audio_tokens": usage.audio_tokens,
         "cached_audio_tokens": usage.cached_audio_tokens,
         "completion_audio_tokens": usage.audio_output_tokens,
+        # The image part of completion_tokens (Gemini's image models), at the image price.
+        "completion_image_tokens": usage.image_output_tokens,
         # Billed per request on top of the tokens (cost_usd includes them).
         "server_tool_requests": dict(usage.server_tool_requests) or None,
         "usage_reported": ctx.usage_reported,

@@ -69,6 +69,7 @@ TOKEN_PARTS = (
     "prompt_audio",  # of the prompt: audio
     "cached_audio",  # of cached: audio
     "completion_audio",  # of the completion: audio
+    "completion_image",  # of the completion: images
 )
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
 COST_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider")
@@ -243,7 +244,7 @@ class GatewayMetrics:
         self.token_parts = Counter(
             "aigw_token_parts",
             "Parts of tokens_consumed_total billed at prices of their own (cache reads and"
-            " writes, audio), by identity, model, provider and token type",
+            " writes, audio, images), by identity, model, provider and token type",
             TOKEN_LABELS,
             registry=self.registry,
         )

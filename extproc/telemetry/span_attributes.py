@@ -57,6 +57,8 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("aigw.usage.audio_input_tokens", "prompt_audio_tokens"),
     ("aigw.usage.cached_audio_input_tokens", "cached_audio_tokens"),
     ("aigw.usage.audio_output_tokens", "completion_audio_tokens"),
+    # The image part of the completion (Gemini's image models), at the image price.
+    ("aigw.usage.image_output_tokens", "completion_image_tokens"),
     ("aigw.route", "route"),
     ("aigw.provider", "provider"),
     ("aigw.api_key_id", "api_key_id"),
@@ -225,11 +227,13 @@ def usage_metadata(usage: Usage) -> dict[str, str | float]:
         "cache_write_tokens": usage.cache_write_tokens,
     }
     # Left out at 0, as most requests are: every answer to Envoy carries these bytes.
-    # Audio counts only grow over a stream, so an earlier answer's value is never stale.
+    # Audio and image counts only grow over a stream, so an earlier answer's value is
+    # never stale.
     for name, count in (
         ("prompt_audio_tokens", usage.audio_tokens),
         ("cached_audio_tokens", usage.cached_audio_tokens),
         ("completion_audio_tokens", usage.audio_output_tokens),
+        ("completion_image_tokens", usage.image_output_tokens),
     ):
         if count:
             counts[name] = count

@@ -233,9 +233,10 @@ class StreamFailure:
     charged nothing as that status is (``partial_usage``). A failure of the gateway's
     own (a frame it cannot decode, an event too long) always began: what came may have
     been the answer.
-    The audio parts of the counts (Gemini's modality counts, OpenAI's ``audio_tokens``)
-    are kept with them, as every part the price table prices apart is: a prompt of speech
-    cut short is billed at the audio price it was counted at (``reported``).
+    The audio and image parts of the counts (Gemini's modality counts, OpenAI's
+    ``audio_tokens``) are kept with them, as every part the price table prices apart is: a
+    prompt of speech, or a picture, cut short is billed at the price it was counted at
+    (``reported``).
     """
 
     error: GatewayError | None
@@ -252,6 +253,8 @@ class StreamFailure:
     audio_tokens: int = 0
     cached_audio_tokens: int = 0
     audio_output_tokens: int = 0
+    # Of the output, the image tokens reported (Gemini's image models).
+    image_output_tokens: int = 0
 
     @classmethod
     def reported(
@@ -264,7 +267,7 @@ class StreamFailure:
     ) -> Self:
         """The failure of a stream whose provider had reported ``counts`` by then, each
         part the bill prices apart kept (cache reads and writes, the 1-hour writes, the
-        audio, the server tools' requests). ``output_counted``: False when the report
+        audio, the images, the server tools' requests). ``output_counted``: False when the report
         counted the prompt alone (its completion is then estimated)."""
         return cls(
             error,
@@ -278,6 +281,7 @@ class StreamFailure:
             audio_tokens=counts.audio_tokens,
             cached_audio_tokens=counts.cached_audio_tokens,
             audio_output_tokens=counts.audio_output_tokens if output_counted else 0,
+            image_output_tokens=counts.image_output_tokens if output_counted else 0,
         )
 
 

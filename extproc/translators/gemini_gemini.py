@@ -23,7 +23,9 @@ above text, image and video: the prompt's audio tokens are read from
 hits included) and those of the cache hits from ``cacheTokensDetails``, each never more
 than the count it is a part of. A malformed entry counts no audio. The output's audio (a
 TTS model's speech, which Gemini bills at its audio output price) is read from
-``candidatesTokensDetails``' ``AUDIO`` entry the same way, part of ``candidatesTokenCount``.
+``candidatesTokensDetails``' ``AUDIO`` entry the same way, part of ``candidatesTokenCount``,
+and so are its images (an image model's picture, which Gemini bills at its image output
+price, about 12x text), from the ``IMAGE`` entry, within what the audio leaves.
 
 Vertex names in ``usageMetadata.trafficType`` the capacity that served the request, which
 sets its price (Priority PayGo, Flex PayGo, Provisioned Throughput): it is read as the
@@ -113,6 +115,9 @@ class UsageReport:
     # Of the output, the audio tokens (a TTS model's speech; billed at the audio output
     # price).
     audio_output: int = 0
+    # Of the output, the image tokens (an image model's pictures; billed at the image
+    # output price).
+    image_output: int = 0
 
     def usage(self) -> Usage:
         output = self.output or 0
@@ -124,17 +129,24 @@ class UsageReport:
             audio_tokens=self.audio,
             cached_audio_tokens=self.cached_audio,
             audio_output_tokens=self.audio_output,
+            image_output_tokens=self.image_output,
         )
 
     def after(self, earlier: UsageReport | None) -> UsageReport:
         """This report, taking the output count from ``earlier`` when it has none."""
         if self.output is not None or earlier is None:
             return self
-        return replace(self, output=earlier.output, audio_output=earlier.audio_output)
+        return replace(
+            self,
+            output=earlier.output,
+            audio_output=earlier.audio_output,
+            image_output=earlier.image_output,
+        )
 
 
-# The modality of a ModalityTokenCount that Gemini bills at the audio price.
+# The modalities of a ModalityTokenCount that Gemini bills at the audio and image prices.
 _AUDIO = "AUDIO"
+_IMAGE = "IMAGE"
 
 
 def modality_tokens(details: Any, modality: str) -> int:
@@ -188,10 +200,11 @@ def usage_report(value: Any) -> UsageReport | None:
     cached_audio = min(modality_tokens(value.get("cacheTokensDetails"), _AUDIO), cached, audio)
     # The candidates' audio (a TTS model's speech), part of candidatesTokenCount: thinking
     # is text.
-    audio_output = min(
-        modality_tokens(value.get("candidatesTokensDetails"), _AUDIO), candidates or 0
-    )
-    return UsageReport(prompt, cached, output, audio, cached_audio, audio_output)
+    details = value.get("candidatesTokensDetails")
+    audio_output = min(modality_tokens(details, _AUDIO), candidates or 0)
+    # Its images (an image model's picture), within what the audio leaves of it.
+    image_output = min(modality_tokens(details, _IMAGE), (candidates or 0) - audio_output)
+    return UsageReport(prompt, cached, output, audio, cached_audio, audio_output, image_output)
 
 
 def search_queries(answer: dict[str, Any]) -> dict[int, int]:

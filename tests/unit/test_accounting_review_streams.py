@@ -89,6 +89,9 @@ class Ledgers:
     metric: tuple[int, int]  # tokens_consumed_total: prompt, completion
     rollup: tuple[int, int, int]  # the hour's prompt and completion tokens, picodollars
     quota: int  # the tokens the key's budget used
+    # The completion's image part: aigw_token_parts_total{token_type="completion_image"},
+    # and the rollup's completion_image_tokens.
+    image: tuple[int, int] = (0, 0)
 
     def agree(self) -> None:
         """Each ledger holds the log line's tokens, and the rollup its cost."""
@@ -98,6 +101,7 @@ class Ledgers:
         assert self.rollup[:2] == tokens, self
         assert line["total_tokens"] == sum(tokens) == self.quota, self
         assert self.rollup[2] == round(line["cost_usd"] * 10**12), self
+        assert self.image == (line["completion_image_tokens"],) * 2, self
 
 
 @pytest.fixture
@@ -183,7 +187,11 @@ async def ledgers(
         sample(services, "tokens_consumed_total", token_type=kind)
         for kind in ("prompt", "completion")
     )
-    return Ledgers(line, (metric[0], metric[1]), rolled, used)
+    image = (
+        sample(services, "aigw_token_parts_total", token_type="completion_image"),
+        rows[0].completion_image_tokens if rows else 0,
+    )
+    return Ledgers(line, (metric[0], metric[1]), rolled, used, image)
 
 
 # --- each client API's stream, as its provider sends it ----------------------------------

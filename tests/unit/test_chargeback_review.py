@@ -235,5 +235,6 @@ def test_a_period_without_usage_has_no_rows_and_zero_totals(
         "group_id,requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,"
         "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms,"
         "cache_write_tokens,cache_write_1h_tokens,"
-        "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens"
+        "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
+        "completion_image_tokens"
     ]

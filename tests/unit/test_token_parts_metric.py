@@ -53,6 +53,7 @@ LOGGED = {
     "prompt_audio": "prompt_audio_tokens",
     "cached_audio": "cached_audio_tokens",
     "completion_audio": "completion_audio_tokens",
+    "completion_image": "completion_image_tokens",
 }
 
 

@@ -298,8 +298,9 @@ async def test_json_rows_and_totals_end_with_the_audio_counts(store: UsageStore)
     document = report(await store.query(DAY.start, DAY.end, ("model",)), ("model",), "json")
     rows = {row["model"]: row for row in document["rows"]}
     for found in (*rows.values(), document["totals"]):
-        # Added after every earlier key: a reader of the old schema is unaffected.
-        assert list(found)[-4:] == ["server_tool_requests", *AUDIO]
+        # Added after every earlier key (the image count after them, added later): a
+        # reader of the old schema is unaffected.
+        assert list(found)[-5:] == ["server_tool_requests", *AUDIO, "completion_image_tokens"]
     assert [rows["gpt-4o-mini"][name] for name in AUDIO] == [0, 0, 0]
     assert [document["totals"][name] for name in AUDIO] == [1_000, 300, 250]
 
@@ -311,8 +312,9 @@ async def test_csv_adds_the_audio_columns_after_the_fixed_ones_and_before_the_to
     quiet = report(await store.query(DAY.start, DAY.end, ("model",)), ("model",), "csv")
     # Always there, so a file imported month after month keeps its columns.
     assert quiet.splitlines() == [
-        CSV_BEFORE + ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens",
-        "gpt-4o-mini,1,50,10,0,60,0,0.00,,,0,0,0,0,0",
+        CSV_BEFORE + ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens"
+        ",completion_image_tokens",
+        "gpt-4o-mini,1,50,10,0,60,0,0.00,,,0,0,0,0,0,0",
     ]
 
     await store.record(spoken(T1, 1_000, 300, 250))
@@ -323,11 +325,11 @@ async def test_csv_adds_the_audio_columns_after_the_fixed_ones_and_before_the_to
     # The tools, whose columns come and go with the month, stay last.
     assert lines[0] == (
         CSV_BEFORE + ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
-        "server_tool_requests:web_search"
+        "completion_image_tokens,server_tool_requests:web_search"
     )
-    assert lines[1].startswith("gpt-4o-mini,2,") and lines[1].endswith(",0,0,0,0,0,2")
+    assert lines[1].startswith("gpt-4o-mini,2,") and lines[1].endswith(",0,0,0,0,0,0,2")
     assert lines[2].startswith("gpt-audio,1,1200,300,300,") and lines[2].endswith(
-        ",0,0,1000,300,250,0"
+        ",0,0,1000,300,250,0,0"
     )
 
 
