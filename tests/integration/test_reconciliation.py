@@ -50,6 +50,7 @@ PARTS = {
     "prompt_audio": "prompt_audio_tokens",
     "cached_audio": "cached_audio_tokens",
     "completion_audio": "completion_audio_tokens",
+    "completion_image": "completion_image_tokens",
 }
 CONCURRENCY = 24
 SIGNER = SigningKey("recon-rsa", "RS256")
