@@ -32,6 +32,7 @@ from extproc.agents.upstream_status import (
     refuses_gateway_credential,
 )
 from extproc.answer_encoding import readable_encoding
+from extproc.config.agents_model import AgentProtocol
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_messages import status_code
 from extproc.translators.unreadable_answers import UnreadableAnswerError
@@ -126,6 +127,8 @@ def _rpc_reader(
     Answers the gateway only observes are read when they say JSON or SSE.
     """
     rewriting = [watch.request_id for watch in call.watches if watch.rewrites]
+    # A2A takes no batches: its answer is the one request's, whatever ids it names.
+    sole = call.protocol is AgentProtocol.A2A
     if _unreadable_encoding(response_headers):
         if call.strays is not None:
             fail_closed(ctx, out, 200, unreadable_answer(call.request_ids or [None]))
@@ -133,12 +136,12 @@ def _rpc_reader(
             fail_closed(ctx, out, 200, unreadable_answer(rewriting))
         return None
     if media == SSE:
-        return AnswerReader(call.watches, sse=True, call=call, strays=call.strays)
+        return AnswerReader(call.watches, sse=True, call=call, strays=call.strays, sole=sole)
     if rewriting or _is_json(media):
         if rewriting and not _is_json(media):
             # What the client gets is JSON: the filtered document or an error.
             out.set_headers["content-type"] = JSON
-        return AnswerReader(call.watches, sse=False, call=call, strays=call.strays)
+        return AnswerReader(call.watches, sse=False, call=call, strays=call.strays, sole=sole)
     return None
 
 

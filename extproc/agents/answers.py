@@ -80,8 +80,12 @@ class AnswerReader:
         any_answer: Watch | None = None,
         call: AgentCall | None = None,
         strays: ToolListFilter | None = None,
+        sole: bool = False,
     ) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
+        # The body held one request and the answer is its alone (A2A, which takes no
+        # batches): every JSON-RPC answer in it is that request's, whatever its id says.
+        self._sole = sole
         # Rewriting watches already answered, by id: a server that answers a request
         # twice gets its second copy rewritten too, never passed on as it came.
         self._answered: dict[str, Watch] = {}
@@ -193,6 +197,8 @@ class AnswerReader:
         return dumps(messages if batch else messages[0])
 
     def _read_message(self, message: Any) -> dict[str, Any] | None:
+        if self._sole and _is_answer(message):
+            return self._read_sole_answer(message)
         if not is_response(message):
             # Not an answer to JSON-RPC, but one to a Go client, which reads "ID" and
             # "Result" as "id" and "result": a tool list in it is filtered all the same.
@@ -218,6 +224,26 @@ class AnswerReader:
             if watch.rewrites:
                 self._answered[key] = watch
         return replaced
+
+    def _read_sole_answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer to the body's one request, whatever id it carries.
+
+        A2A's SDK reads an answer's ``result`` or ``error`` without looking at its id:
+        the HTTP answer is the request's. An agent that answers under another id (its
+        own number for the client's string, null on an error, none at all) works for
+        the client; matched by id, its task went unseen, a stream that settled ended
+        with the gateway's "ended before it was complete" error (which the SDK raises
+        after the task completed), and an extended card failed closed."""
+        if self._watches:
+            key, watch = next(iter(self._watches.items()))
+            replaced = watch.answer(message)
+            if watch.final:
+                del self._watches[key]
+                if watch.rewrites:
+                    self._answered[key] = watch
+            return replaced
+        again = next(iter(self._answered.values()), None)
+        return again.answer(message) if again is not None else None
 
     # --- SSE -------------------------------------------------------------------------
 
@@ -376,6 +402,15 @@ class AnswerReader:
             return b""  # a stream, not one request's answer: the rest is dropped
         body = unreadable_answer(rewriting)
         return b"data: " + body + b"\n\n" if self._sse else body
+
+
+def _is_answer(message: Any) -> bool:
+    """Whether ``message`` answers a request, an id or not: a ``result`` or an ``error``."""
+    return (
+        isinstance(message, dict)
+        and "method" not in message
+        and ("result" in message or "error" in message)
+    )
 
 
 def _parses(data: bytes) -> bool:
