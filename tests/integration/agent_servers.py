@@ -240,6 +240,24 @@ async def _cut_a2a_stream(request: Request) -> Response:
     return Response(body, headers={"content-type": SSE_TYPE})
 
 
+async def _a2a_stream_under_another_id(request: Request) -> Response:
+    """An A2A agent that answers every request under an id of its own (a number for the
+    client's string, as an agent keeping its own counter does): its task submitted, then
+    completed. The A2A SDK reads an answer without looking at its id, so this agent works
+    for a client that reaches it directly."""
+    await request.body()
+
+    def event(result: dict[str, Any]) -> bytes:
+        answer = {"jsonrpc": "2.0", "id": 1, "result": result}
+        return b"event: message\r\ndata: " + json.dumps(answer).encode() + b"\r\n\r\n"
+
+    task = {"id": "t-other", "contextId": "c-other", "status": {"state": "TASK_STATE_SUBMITTED"}}
+    done = {"taskId": "t-other", "contextId": "c-other",
+            "status": {"state": "TASK_STATE_COMPLETED"}}  # fmt: skip
+    body = event({"task": task}) + event({"statusUpdate": done})
+    return Response(body, headers={"content-type": SSE_TYPE})
+
+
 def lenient_mcp_app() -> Starlette:
     return Starlette(
         routes=[
@@ -247,6 +265,7 @@ def lenient_mcp_app() -> Starlette:
             Route("/mcp", _lenient_stream, methods=["GET", "DELETE"]),
             Route("/calls", _lenient_calls, methods=["GET"]),
             Route("/a2a/", _cut_a2a_stream, methods=["POST"]),
+            Route("/a2a-other-id/", _a2a_stream_under_another_id, methods=["POST"]),
         ]
     )
 

@@ -5,7 +5,8 @@ The test agent (``agent_servers._cut_a2a_stream``, on the lenient test server) a
 two events, or inside the second. The official A2A SDK's JSON-RPC transport used to end
 its iteration quietly there, the task ``working`` for where it stopped, and the request
 was logged ``completed``; now it raises the gateway's error, and the log line names the
-cut.
+cut. A stream that settled under an id of the agent's own (the SDK reads answers without
+looking at their id) is no cut: it reaches the SDK whole, without the gateway's error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from a2a.client.transports.jsonrpc import JsonRpcTransport
-from a2a.types.a2a_pb2 import AgentCard, Message, Part, Role, SendMessageRequest
+from a2a.types.a2a_pb2 import AgentCard, Message, Part, Role, SendMessageRequest, TaskState
 from a2a.utils.errors import InternalError
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
@@ -29,12 +30,19 @@ agents:
     - name: cut-agent
       protocol: a2a
       url: http://127.0.0.1:{port}/a2a
+    - name: other-id-agent
+      protocol: a2a
+      url: http://127.0.0.1:{port}/a2a-other-id
 """
 ROUTES = """routes:
   - name: a2a-cut
     path_prefix: /a2a/cut
     api: a2a
     server: cut-agent
+  - name: a2a-other-id
+    path_prefix: /a2a/other-id
+    api: a2a
+    server: other-id-agent
 """
 ENDED_EARLY = "the agent's stream ended before it was complete"
 
@@ -82,3 +90,32 @@ async def test_the_a2a_sdk_raises_the_gateways_error_for_a_stream_cut_mid_task(
         "upstream_error", -32603, "t-cut",
     )  # fmt: skip
     assert agent["task_state"] == ("working" if cut == "between" else "submitted")
+
+
+async def test_a_settled_stream_under_the_agents_own_id_reaches_the_sdk_without_an_error(
+    stack: LocalStack,
+) -> None:
+    # The agent answers the SDK's string id under its own number. The gateway matched
+    # answers by id: it took the completed stream for one cut short and appended its
+    # error, which the SDK raised after the task had completed.
+    request_ids: list[str] = []
+
+    async def remember(response: httpx.Response) -> None:
+        request_ids.append(response.headers["x-request-id"])
+
+    headers = {"authorization": f"Bearer {TEAM2}"}
+    hooks = {"response": [remember]}
+    async with httpx.AsyncClient(headers=headers, timeout=30.0, event_hooks=hooks) as client:
+        transport = JsonRpcTransport(client, AgentCard(), f"{stack.base_url}/a2a/other-id/")
+        message = Message(role=Role.ROLE_USER, message_id="m1", parts=[Part(text="hi")])
+        request = SendMessageRequest(message=message)
+        events = [event async for event in transport.send_message_streaming(request)]
+    assert events[0].task.id == "t-other"
+    assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    log = GatewayLog(stack.gateway_log)
+    [line] = wait_for(lambda: log.for_request(request_ids[0]))
+    assert (line["outcome"], line["error_code"]) == ("completed", None)
+    agent = line["agent"]
+    assert (agent["status"], agent["task_id"], agent["task_state"]) == (
+        "ok", "t-other", "completed",
+    )  # fmt: skip
