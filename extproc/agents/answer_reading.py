@@ -129,6 +129,7 @@ def _rpc_reader(
     rewriting = [watch.request_id for watch in call.watches if watch.rewrites]
     # A2A takes no batches: its answer is the one request's, whatever ids it names.
     sole = call.protocol is AgentProtocol.A2A
+    one = len(call.request_ids) == 1
     if _unreadable_encoding(response_headers):
         if call.strays is not None:
             fail_closed(ctx, out, 200, unreadable_answer(call.request_ids or [None]))
@@ -136,12 +137,16 @@ def _rpc_reader(
             fail_closed(ctx, out, 200, unreadable_answer(rewriting))
         return None
     if media == SSE:
-        return AnswerReader(call.watches, sse=True, call=call, strays=call.strays, sole=sole)
+        return AnswerReader(
+            call.watches, sse=True, call=call, strays=call.strays, sole=sole, one_request=one
+        )
     if rewriting or _is_json(media):
         if rewriting and not _is_json(media):
             # What the client gets is JSON: the filtered document or an error.
             out.set_headers["content-type"] = JSON
-        return AnswerReader(call.watches, sse=False, call=call, strays=call.strays, sole=sole)
+        return AnswerReader(
+            call.watches, sse=False, call=call, strays=call.strays, sole=sole, one_request=one
+        )
     return None
 
 

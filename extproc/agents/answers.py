@@ -81,11 +81,15 @@ class AnswerReader:
         call: AgentCall | None = None,
         strays: ToolListFilter | None = None,
         sole: bool = False,
+        one_request: bool = False,
     ) -> None:
         self._watches = {response_id_key(w.request_id): w for w in watches}
         # The body held one request and the answer is its alone (A2A, which takes no
         # batches): every JSON-RPC answer in it is that request's, whatever its id says.
         self._sole = sole
+        # The body held one request: an error under the id null is its error (JSON-RPC
+        # answers so when the server could not read the id, and there was one to read).
+        self._one_request = one_request
         # Rewriting watches already answered, by id: a server that answers a request
         # twice gets its second copy rewritten too, never passed on as it came.
         self._answered: dict[str, Watch] = {}
@@ -197,7 +201,9 @@ class AnswerReader:
         return dumps(messages if batch else messages[0])
 
     def _read_message(self, message: Any) -> dict[str, Any] | None:
-        if self._sole and _is_answer(message):
+        if _is_answer(message) and (
+            self._sole or (self._one_request and _is_null_id_error(message))
+        ):
             return self._read_sole_answer(message)
         if not is_response(message):
             # Not an answer to JSON-RPC, but one to a Go client, which reads "ID" and
@@ -233,7 +239,13 @@ class AnswerReader:
         own number for the client's string, null on an error, none at all) works for
         the client; matched by id, its task went unseen, a stream that settled ended
         with the gateway's "ended before it was complete" error (which the SDK raises
-        after the task completed), and an extended card failed closed."""
+        after the task completed), and an extended card failed closed.
+
+        On MCP only an error under the id null is read so (a result under another id
+        may be the answer to another request of the client's, a stray list): matched by
+        id, a tool call's error was logged ``forwarded``, and a tool list's error (a
+        session the server no longer knows) was replaced by the gateway's "could not
+        read the upstream's answer", the server's reason lost."""
         if self._watches:
             key, watch = next(iter(self._watches.items()))
             replaced = watch.answer(message)
@@ -411,6 +423,17 @@ def _is_answer(message: Any) -> bool:
         and "method" not in message
         and ("result" in message or "error" in message)
     )
+
+
+_ERROR_KEYS = frozenset(("jsonrpc", "id", "error"))
+
+
+def _is_null_id_error(message: dict[str, Any]) -> bool:
+    """An error whose id is null: JSON-RPC's answer when the server could not read the id.
+    Nothing else in it: a Go client reads ``"ID"`` and ``"Result"`` as ``id`` and
+    ``result``, so a message with more keys may be a list for another request, which the
+    stray filter must see."""
+    return "error" in message and message.get("id", 0) is None and message.keys() <= _ERROR_KEYS
 
 
 def _parses(data: bytes) -> bool:

@@ -9,6 +9,13 @@ hide was filtered but logged ``forwarded``), and a tool call's outcome (``tool_e
 ``rpc_error``) was logged and counted ``forwarded``. Now the ids are matched as the
 SDKs match them.
 
+And a server that could not read the id answers its error under the id null, as
+JSON-RPC says; to a body of one request that error is the request's (the Python SDK takes
+it so on the request's stream). The gateway replaced it, on a ``tools/list``, by its own
+-32603 "could not read the upstream's answer", the server's reason (a session it no longer
+knows) lost, and logged a tool call's error ``forwarded``. Now it reaches the client as it
+came and is logged as the server's error.
+
 Bob (key team2, group marketing) may not use ``deploy_*`` on the MCP server ``tools``.
 """
 
@@ -117,3 +124,54 @@ async def test_other_strings_stay_other_ids(config: GatewayConfig, services: Ser
         )
         sent = orjson.loads(client_body([body], replies))
         assert sent["id"] == 5 and sent["error"]["code"] == -32603, spelt
+
+
+SESSION_GONE = {"jsonrpc": "2.0", "id": None,
+                "error": {"code": -32001, "message": "Session not found"}}  # fmt: skip
+FRAMES = [
+    pytest.param(lambda data: data, JSON, id="json"),
+    pytest.param(lambda data: event(data), SSE, id="sse"),
+]
+
+
+@pytest.mark.parametrize(("frame", "headers"), FRAMES)
+async def test_a_servers_error_under_a_null_id_to_a_tool_list_reaches_the_client_as_it_came(
+    config: GatewayConfig, services: Services, frame: Any, headers: dict[str, str]
+) -> None:
+    body = frame(orjson.dumps(SESSION_GONE))
+    replies = await post(
+        config, services, LIST_REQUEST, response_headers(200, headers), response_body(body)
+    )
+    assert client_body([body], replies) == body  # the server's reason, not the gateway's
+    line = log_line(services)
+    assert (line["outcome"], line["error_code"]) == ("completed", None)
+    assert (line["agent"]["status"], line["agent"]["rpc_error_code"]) == ("rpc_error", -32001)
+
+
+@pytest.mark.parametrize(("frame", "headers"), FRAMES)
+async def test_a_servers_error_under_a_null_id_to_a_tool_call_is_logged_and_counted(
+    config: GatewayConfig, services: Services, frame: Any, headers: dict[str, str]
+) -> None:
+    request = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo"}}
+    body = frame(orjson.dumps(SESSION_GONE))
+    await post(config, services, request, response_headers(200, headers), response_body(body))
+    agent = log_line(services)["agent"]
+    assert (agent["status"], agent["rpc_error_code"]) == ("rpc_error", -32001)
+    [counted] = samples(services, "aigw_mcp_tool_calls_total")
+    assert counted["status"] == "rpc_error"
+
+
+async def test_a_null_id_error_that_also_holds_a_list_for_a_go_client_is_still_filtered(
+    config: GatewayConfig, services: Services
+) -> None:
+    # Go's encoding/json reads "ID" and "Result" as id and result, the last one winning:
+    # to such a client this is the list of its request 5, not an error of this call's.
+    request = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo"}}
+    tools = [{"name": "echo", "inputSchema": {}}, {"name": "deploy_prod", "inputSchema": {}}]
+    answer = {**SESSION_GONE, "ID": 5, "Result": {"tools": tools}}
+    body = orjson.dumps(answer)
+    replies = await post(
+        config, services, request, response_headers(200, JSON), response_body(body)
+    )
+    sent = orjson.loads(client_body([body], replies))
+    assert [tool["name"] for tool in sent["Result"]["tools"]] == ["echo"]
