@@ -56,6 +56,9 @@ _STATE = re.compile(r"^[a-z][a-z-]{0,31}$")
 _SETTLED_STATES = frozenset(
     {"completed", "canceled", "failed", "rejected", "input-required", "auth-required"}
 )
+# Every state A2A defines (0.3's spelling; 1.0's TASK_STATE_* names read as these): the
+# `state` label's values. Any other an agent sends is counted as "other".
+TASK_STATES = _SETTLED_STATES | {"submitted", "working", "unknown", "unspecified"}
 
 
 class Watch(Protocol):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from extproc.agents import call as outcome
 from extproc.agents.answer_reading import answer_reader
+from extproc.agents.answers import TASK_STATES
 from extproc.agents.call import AgentCall
 from extproc.agents.refusals import refusal_status
 from extproc.context import RequestContext
 from extproc.errors import REDACTED
 from extproc.stages.credential_cleaner import echoed_credential, holds_credential, recorded_name
+
+# The `state` label of a task state A2A does not define.
+OTHER_STATE = "other"
 
 
 def record_outcome(ctx: RequestContext) -> None:
@@ -51,7 +55,11 @@ def record_outcome(ctx: RequestContext) -> None:
         metrics.child(metrics.a2a_messages, server, call.method, call.status, *who).inc()
         metrics.child(metrics.a2a_message_duration, server, call.method).observe(seconds)
         if call.task_state is not None:
-            metrics.child(metrics.a2a_tasks, server, call.task_state).inc()
+            # A2A's own states only: an agent's made-up ones (the log line keeps them) would
+            # open a series each and, once the label's budget is spent, fold a real
+            # "failed" into "other", blinding the failed-task alerts of every agent.
+            state = call.task_state if call.task_state in TASK_STATES else OTHER_STATE
+            metrics.child(metrics.a2a_tasks, server, state).inc()
 
 
 def _tool_label(ctx: RequestContext, tool: str | None) -> str | None:

@@ -104,10 +104,12 @@ FIXED_LABELS = frozenset(
         "result",
         # The request log's sinks (file, stdout).
         "sink",
-        # Agent metrics: the outcome of a call (extproc.agents.call) and the A2A message
-        # methods counted (A2A_MESSAGE_METHODS), what docs/agents.md's queries select.
+        # Agent metrics: the outcome of a call (extproc.agents.call), the A2A message
+        # methods counted (A2A_MESSAGE_METHODS) and A2A's task states (TASK_STATES, else
+        # "other"), what docs/agents.md's queries select.
         "status",
         "method",
+        "state",
     }
 )
 # The gateway's words in `status_code` beside the HTTP statuses (a cut stream, a
