@@ -492,7 +492,9 @@ def render_rotated(rotated: pb.RotatedKey, output: str) -> str:
         if rotated.info.previous_expires_at
         else "the old secret is refused at once by every gateway process sharing the store"
     )
-    return f"{render_keys([rotated.info], 'table')}key: {rotated.key}\n{old}\n"
+    return f"{render_keys([rotated.info], 'table')}key: {rotated.key}\n{old}\n" + _while_disabled(
+        rotated.info
+    )
 
 
 def render_renewed(renewed: pb.RenewedKey, output: str) -> str:
@@ -520,7 +522,17 @@ def render_renewed(renewed: pb.RenewedKey, output: str) -> str:
         f"renewed API key {renewed.info.id!r} (it expired or was to expire {before}): in force"
         " at once on every gateway process sharing the store"
     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _while_disabled(renewed.info)
+
+
+def _while_disabled(info: pb.KeyInfo) -> str:
+    """A line for a key changed while disabled: its secrets stay refused, which the
+    table's state column alone says too quietly to an operator who just handed one out."""
+    if info.enabled:
+        return ""
+    return (
+        f"the key is disabled: its secrets are refused until `extproc keys enable --id {info.id}`\n"
+    )
 
 
 def render_revoked(info: pb.KeyInfo, output: str) -> str:

@@ -22,6 +22,7 @@ import pytest
 
 from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
+from extproc.management.client import render_renewed, render_rotated
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
 from extproc.runtime import Services
@@ -188,3 +189,17 @@ async def test_a_revoked_key_is_not_enabled_again(api: Api, keys: StoredKeys, cl
     assert (code, out) == (2, "")
     assert "the key of that id was revoked at" in err
     assert await client.keys(f"{PREFIX}key:*") == []  # no record written back
+
+
+def test_a_secret_handed_out_for_a_disabled_key_says_it_is_refused() -> None:
+    # An operator rotating or renewing a suspended key hands its new secret to its holder:
+    # the output says that secret is refused until the key is enabled, not only the
+    # table's state column.
+    disabled = pb.KeyInfo(id="ci-bot", source="store", enabled=False)
+    rotated = render_rotated(pb.RotatedKey(key="aigw-new", info=disabled), "table")
+    renewed = render_renewed(pb.RenewedKey(key="aigw-new", info=disabled), "table")
+    for said in (rotated, renewed):
+        assert "the key is disabled: its secrets are refused until" in said
+        assert "extproc keys enable --id ci-bot" in said
+    enabled = pb.KeyInfo(id="ci-bot", source="store", enabled=True)
+    assert "disabled" not in render_rotated(pb.RotatedKey(key="aigw-new", info=enabled), "table")
