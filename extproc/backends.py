@@ -68,9 +68,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
-from urllib.parse import quote
 from weakref import WeakKeyDictionary
 
 import orjson
@@ -93,6 +91,7 @@ from extproc.config.model import (
     RouteApi,
 )
 from extproc.context import RequestContext, Usage
+from extproc.credential_forms import MIN_SEARCHED_SECRET, quoted_forms, starred, unfinished_at
 from extproc.envoy_failover import FAILOVER_APIS
 from extproc.envoy_replies import VIA_UPSTREAM, envoy_reply_error
 from extproc.errors import (
@@ -1328,7 +1327,7 @@ def _without_provider_credentials(
     provider's words, often its whole body. A provider that quotes the request's headers
     back (a proxy in front of a model server, one in debug mode, a validation error
     listing what it was sent) would hand the client the gateway's key. Each one, in each
-    form a provider could quote it (``_quoted_forms``), is replaced by as many asterisks,
+    form a provider could quote it (``quoted_forms``), is replaced by as many asterisks,
     so a body passed on keeps its length (and its ``content-length``, already sent on the
     lean path). Every provider's, not only this request's: a failover answer comes from
     whichever member answered last.
@@ -1343,7 +1342,7 @@ def _without_provider_credentials(
         return plan
 
     def scrub(body: bytes) -> bytes:
-        return _scrubbed(body, needles)
+        return starred(body, needles)
 
     if compressed and ctx.lean_response:
         # The headers have left, naming the provider's encoding (the lean path knows
@@ -1396,17 +1395,12 @@ def _stream_without_provider_credentials(
     return plan
 
 
-# Shorter than this, a "secret" (a placeholder key of a local model server) could be any
-# word of an error message; no provider's real key is anywhere near as short.
-_MIN_SCRUBBED_SECRET = 8
-
-
 def without_provider_credentials(ctx: RequestContext, body: bytes) -> bytes:
     """``body`` with every provider credential of the gateway starred out, its length
     kept (``_credential_needles``): a success answer that turned out to be the provider's
     error (``translators.answer_errors``) quotes what it was sent as error bodies do."""
     needles = _credential_needles(ctx)
-    return _scrubbed(body, needles) if needles else body
+    return starred(body, needles) if needles else body
 
 
 def scrub_answer_error(ctx: RequestContext, error: ProviderAnswerError) -> None:
@@ -1432,7 +1426,7 @@ def _error_needles(ctx: RequestContext) -> tuple[bytes, ...]:
     if credential is None:
         return needles
     # Not through the cache of the provider credentials' forms: a key per client.
-    forms = {*needles, *_quoted_forms.__wrapped__((credential,))}
+    forms = {*needles, *quoted_forms.__wrapped__((credential,))}
     return tuple(sorted(forms, key=len, reverse=True))
 
 
@@ -1442,60 +1436,14 @@ def _credential_needles(ctx: RequestContext) -> tuple[bytes, ...]:
         secret
         for upstream in ctx.runtime.provider_upstreams.values()
         for secret in provider_secrets(upstream)
-        if len(secret) >= _MIN_SCRUBBED_SECRET
+        if len(secret) >= MIN_SEARCHED_SECRET
     )
-    return _quoted_forms(tuple(secrets)) if secrets else ()
-
-
-@lru_cache(maxsize=16)
-def _quoted_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
-    """``secrets`` as a provider could quote them: as sent, URL-encoded (a query string
-    echoed back), JSON-escaped (orjson's escapes, and the ``\\/`` some encoders write for
-    a slash). They differ only for a secret with such characters (an AWS session token's
-    ``/``, ``+`` and ``=``). Longest first, so no form is cut by a shorter one inside it."""
-    forms: dict[bytes, None] = {}
-    for secret in secrets:
-        raw = secret.encode()
-        for form in (
-            raw,
-            quote(secret, safe="").encode(),
-            orjson.dumps(secret)[1:-1],
-            raw.replace(b"/", b"\\/"),
-        ):
-            forms[form] = None
-    return tuple(sorted(forms, key=len, reverse=True))
+    return quoted_forms(tuple(secrets)) if secrets else ()
 
 
 def _nothing(too_large: bool) -> bytes:
     """No body: a compressed error the lean path could not read is not passed on."""
     return b""
-
-
-def _scrubbed(body: bytes, needles: tuple[bytes, ...]) -> bytes:
-    """``body`` with each of ``needles`` replaced by as many asterisks; ``body`` itself
-    (no copy) when it holds none."""
-    for needle in needles:
-        if needle in body:
-            body = body.replace(needle, b"*" * len(needle))
-    return body
-
-
-def _unfinished(data: bytes, needles: tuple[bytes, ...]) -> int:
-    """Where the tail of ``data`` that begins one of ``needles`` starts (``len(data)``:
-    none does). Only the last ``len(needle) - 1`` bytes are looked at."""
-    cut = len(data)
-    if data[-1:] in (b"\n", b"\r"):
-        # Most chunks end an event, and no credential holds a line end: nothing to hold.
-        return cut
-    for needle in needles:
-        first = needle[:1]
-        at = data.find(first, max(0, len(data) - len(needle) + 1))
-        while at != -1 and at < cut:
-            if needle.startswith(data[at:]):
-                cut = at
-                break
-            at = data.find(first, at + 1)
-    return cut
 
 
 class ErrorRewriter:
@@ -1550,9 +1498,9 @@ class _ScrubbedStream(WrappedReader):
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         data = self._held + chunk if self._held else chunk
         self._held = b""
-        data = _scrubbed(data, self._needles)
+        data = starred(data, self._needles)
         if not end_of_stream:
-            cut = _unfinished(data, self._needles)
+            cut = unfinished_at(data, self._needles)
             if cut < len(data):
                 data, self._held = data[:cut], data[cut:]
         out = self._reader.feed(data, end_of_stream)
@@ -1589,7 +1537,7 @@ class _ScrubbedFrames(_ScrubbedStream):
             return data if out is None and data is not chunk else out
         if not end_of_stream and whole < len(data):
             data, self._held = data[:whole], data[whole:]
-        scrubbed = _scrubbed(data, self._needles)
+        scrubbed = starred(data, self._needles)
         if scrubbed is not data:
             scrubbed = aws_eventstream.with_fresh_checksums(data, scrubbed)
         out = self._reader.feed(scrubbed, end_of_stream)

@@ -22,7 +22,8 @@ from extproc.agents.answers import (
     unreadable_answer,
 )
 from extproc.agents.call import AgentCall
-from extproc.agents.decoded import DecodedAnswer
+from extproc.agents.credential_echo import StarredAnswer, credential_echoed, star_headers
+from extproc.agents.decoded import AnswerFeed, DecodedAnswer
 from extproc.agents.mcp_headers import SESSION_HEADER
 from extproc.agents.refusals import JSON, fail_closed, unreadable_error
 from extproc.agents.upstream_status import (
@@ -93,20 +94,55 @@ def start_answer(ctx: RequestContext, out: PhaseOutput, response_headers: dict[s
         reader = _stream_reader(ctx, out, call, response_headers, media)
         if out.answer is not None:
             return
-    if reader is None:
+    searched = _searched(ctx, out, call, reader, response_headers, status, has_body)
+    if out.answer is not None:
+        return
+    if reader is None and searched is None:
         # Nothing to read: Envoy delivers the answer (a server stream stays open).
         out.mode_override = _UNREAD_ANSWER
         ctx.completed = True
         return
+    if reader is None:
+        # Only searched: its length is kept, and the client may leave once it started.
+        ctx.completed = True
     encoding = _encoding(response_headers)
     if encoding:
         # Compressed although the gateway asked for no encoding: read decoded, and
         # sent on so (the reader may change it; its length is the reader's anyway).
-        reader = DecodedAnswer(reader, encoding)
         out.remove_headers.append("content-encoding")
-    call.reader = reader
+    if reader is not None or encoding:
+        out.remove_headers.append("content-length")
+    feed: AnswerFeed = searched if searched is not None else reader
+    call.reader = DecodedAnswer(feed, encoding) if encoding else feed
     out.mode_override = _READ_ANSWER
-    out.remove_headers.append("content-length")
+
+
+def _searched(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    call: AgentCall,
+    reader: AnswerFeed | None,
+    response_headers: dict[str, str],
+    status: int,
+    has_body: bool,
+) -> StarredAnswer | None:
+    """On a server with the gateway's credential, the answer's reader (None: it is only
+    searched) behind the search for that credential (``credential_echo``), whose headers
+    were searched now; None on a server without one, which pays nothing.
+
+    An answer in an encoding the gateway cannot decode (br, zstd) cannot be searched: it
+    never reaches the client, each request of the body gets a JSON-RPC error instead."""
+    forms = call.credential_forms
+    if not forms:
+        return None
+    star_headers(ctx, out, response_headers, forms)
+    if not has_body:
+        return None
+    if _unreadable_encoding(response_headers):
+        http_status = status if status >= 400 else 200 if call.kind == "rpc" else 502
+        fail_closed(ctx, out, http_status, unreadable_answer(call.request_ids or [None]))
+        return None
+    return StarredAnswer(reader, forms, lambda: credential_echoed(ctx, call))
 
 
 def _rpc_reader(
@@ -199,8 +235,11 @@ def read_answer(ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stre
 
 
 def answer_reader(call: AgentCall) -> AnswerReader | None:
-    """The call's JSON-RPC answer reader, under its decoder if the answer was compressed."""
-    reader = call.reader.reader if isinstance(call.reader, DecodedAnswer) else call.reader
+    """The call's JSON-RPC answer reader, under its decoder if the answer was compressed
+    and its credential search."""
+    reader = call.reader
+    while isinstance(reader, DecodedAnswer | StarredAnswer):
+        reader = reader.reader
     return reader if isinstance(reader, AnswerReader) else None
 
 

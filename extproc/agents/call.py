@@ -69,6 +69,11 @@ class AgentCall:
     # The ids of the body's requests: who gets the error if its answer cannot be read.
     request_ids: list[Any] = field(default_factory=list)
     reader: Any = None
+    # The gateway's credential for the server, in each form its answers are searched for
+    # (``credential_echo``); empty for a server without one, whose answers pay nothing.
+    credential_forms: tuple[bytes, ...] = ()
+    # An answer quoted it (logged and counted once per request).
+    credential_echoed: bool = False
 
     @property
     def is_tool_call(self) -> bool:

@@ -53,6 +53,13 @@ class AgentMetrics:
             buckets=_BUCKETS,
             registry=registry,
         )
+        self.credential_echoes = Counter(
+            "aigw_agent_credential_echoes",
+            "Requests whose answer quoted the gateway's own credential for the server"
+            " (starred out before the client), by server",
+            ("server",),
+            registry=registry,
+        )
         self.a2a_tasks = Counter(
             "aigw_a2a_tasks",
             "A2A messages by the state their task was left in when the answer ended",

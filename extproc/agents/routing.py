@@ -41,7 +41,9 @@ def route_agent_request(ctx: RequestContext, out: PhaseOutput) -> None:
         return
     upstream = ctx.runtime.agents.by_route[route.name]
     server = upstream.server
-    call = AgentCall(AgentProtocol(route.api.value), server)
+    call = AgentCall(
+        AgentProtocol(route.api.value), server, credential_forms=upstream.credential_forms
+    )
     ctx.agent = call
     path, _, query = ctx.path.partition("?")
     rest = path[len(route.prefix) :] if route.prefix is not None else ""
