@@ -12,6 +12,7 @@ Shared by provider answers (``backends``) and agent servers' (``agents.credentia
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -22,18 +23,29 @@ import orjson
 MIN_SEARCHED_SECRET = 8
 
 
+# Shorter than this, a lead shared by every form (a secret beginning with "/") would be
+# found everywhere: each form is searched instead.
+_SHORTEST_LEAD = 4
+_HEX_ESCAPE = re.compile(rb"%[0-9A-F]{2}")
+
+
 @lru_cache(maxsize=16)
 def quoted_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
     """``secrets`` as an upstream could quote them: as sent, URL-encoded (a query string
     echoed back), JSON-escaped (orjson's escapes, and the ``\\/`` some encoders write for
-    a slash). They differ only for a secret with such characters (an AWS session token's
-    ``/``, ``+`` and ``=``). Longest first, so no form is cut by a shorter one inside it."""
+    a slash). URL-encoded as encoders differ: every reserved character escaped
+    (``encodeURIComponent``, ``urlencode``, httpx), or ``/`` kept (Python's ``quote()``,
+    yarl and so aiohttp), each in uppercase hex and in the lowercase some write (.NET's
+    ``HttpUtility.UrlEncode``). They differ only for a secret with such characters (an
+    AWS session token's ``/``, ``+`` and ``=``): a key of letters, digits, ``-`` and
+    ``_`` is one form. Longest first, so no form is cut by a shorter one inside it."""
     forms: dict[bytes, None] = {}
     for secret in secrets:
         raw = secret.encode()
         for form in (
             raw,
-            quote(secret, safe="").encode(),
+            *_url_encoded(quote(secret, safe="").encode()),
+            *_url_encoded(quote(secret, safe="/").encode()),
             orjson.dumps(secret)[1:-1],
             raw.replace(b"/", b"\\/"),
         ):
@@ -41,22 +53,54 @@ def quoted_forms(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def starred(body: bytes, needles: tuple[bytes, ...]) -> bytes:
+def _url_encoded(upper: bytes) -> tuple[bytes, bytes]:
+    """A percent-encoded form as written with uppercase hex and with lowercase."""
+    return upper, _HEX_ESCAPE.sub(lambda escape: escape.group().lower(), upper)
+
+
+def starred(body: bytes, needles: tuple[bytes, ...], lead: bytes = b"") -> bytes:
     """``body`` with each of ``needles`` replaced by as many asterisks; ``body`` itself
-    (no copy) when it holds none."""
+    (no copy) when it holds none. ``lead``: what all of them begin with (``shared_lead``),
+    searched for first."""
+    if lead and lead not in body:
+        # The common case: one search, not one per form, says no form is there.
+        return body
     for needle in needles:
         if needle in body:
             body = body.replace(needle, b"*" * len(needle))
     return body
 
 
-def unfinished_at(data: bytes, needles: tuple[bytes, ...]) -> int:
-    """Where the tail of ``data`` that begins one of ``needles`` starts (``len(data)``:
-    none does). Only the last ``len(needle) - 1`` bytes are looked at."""
+def shared_lead(needles: tuple[bytes, ...]) -> bytes:
+    """What every one of ``needles`` begins with (the forms of one secret share all of it
+    before its first escaped character), when long enough to search for first; computed
+    once per answer by its reader (not cached: a client's own key may be among them)."""
+    if not needles:
+        return b""
+    # The lead of the first and last in byte order is every one's.
+    first, last = min(needles), max(needles)
+    size = 0
+    while size < len(first) and first[size] == last[size]:
+        size += 1
+    return first[:size] if size >= _SHORTEST_LEAD else b""
+
+
+def unfinished_at(data: bytes, needles: tuple[bytes, ...], lead: bytes = b"") -> int:
+    """Where the tail of ``data`` that begins one of ``needles`` (longest first, as
+    ``quoted_forms`` orders them) starts (``len(data)``: none does). Only the last
+    ``len(needle) - 1`` bytes are looked at. ``lead``: as for ``starred``."""
     cut = len(data)
     if data[-1:] in (b"\n", b"\r"):
         # Most chunks end an event, and no credential holds a line end: nothing to hold.
         return cut
+    if lead:
+        # All forms begin alike: one scan of the tail for where that lead could begin
+        # (the common case: nowhere) spares a scan per form. The longest form is first.
+        at = data.find(lead[:1], max(0, cut - len(needles[0]) + 1))
+        while at != -1 and not lead.startswith(data[at : at + len(lead)]):
+            at = data.find(lead[:1], at + 1)
+        if at == -1:
+            return cut
     for needle in needles:
         first = needle[:1]
         at = data.find(first, max(0, len(data) - len(needle) + 1))

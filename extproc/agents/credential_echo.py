@@ -27,7 +27,7 @@ from collections.abc import Callable
 from extproc.agents.call import AgentCall
 from extproc.agents.decoded import AnswerFeed
 from extproc.context import PhaseOutput, RequestContext
-from extproc.credential_forms import starred, unfinished_at
+from extproc.credential_forms import shared_lead, starred, unfinished_at
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class StarredAnswer:
     ) -> None:
         self.reader = reader
         self._forms = forms
+        self._lead = shared_lead(forms)
         self._found = found
         self._seen = False
         self._held = b""
@@ -49,12 +50,12 @@ class StarredAnswer:
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         data = self._held + chunk if self._held else chunk
         self._held = b""
-        searched = starred(data, self._forms)
+        searched = starred(data, self._forms, self._lead)
         if searched is not data and not self._seen:
             self._seen = True
             self._found()
         if not end_of_stream:
-            cut = unfinished_at(searched, self._forms)
+            cut = unfinished_at(searched, self._forms, self._lead)
             if cut < len(searched):
                 searched, self._held = searched[:cut], searched[cut:]
         out = self.reader.feed(searched, end_of_stream) if self.reader is not None else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -148,11 +149,20 @@ async def test_an_initialize_answer_the_gateway_does_not_watch_is_searched_too(
     assert seen == starred(answer, TOOLS_KEY)
 
 
+def lower_hex(encoded: str) -> str:
+    """Percent-encoding in lowercase hex (``%2f``), as some encoders write it."""
+    return re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), encoded)
+
+
 @pytest.mark.parametrize(
     "form",
     [
         pytest.param(orjson.dumps(TOOLS_KEY)[1:-1].replace(b"/", b"\\/"), id="json-slash"),
         pytest.param(quote(TOOLS_KEY, safe="").encode(), id="percent-encoded"),
+        # Python's quote() and yarl (aiohttp) keep "/" in a query: a URL echoed back.
+        pytest.param(quote(TOOLS_KEY).encode(), id="percent-encoded-slash-kept"),
+        # .NET's HttpUtility.UrlEncode writes lowercase hex.
+        pytest.param(lower_hex(quote(TOOLS_KEY, safe="")).encode(), id="percent-lowercase"),
     ],
 )
 async def test_every_form_a_server_could_quote_the_key_in_is_starred(
@@ -312,3 +322,18 @@ async def test_a_filtered_tool_list_holding_the_key_is_starred_too(
     tools = orjson.loads(seen)["result"]["tools"]
     assert [tool["name"] for tool in tools] == ["echo"]
     assert tools[0]["description"] == "calls home with " + "*" * len(TOOLS_KEY)
+
+
+@pytest.mark.parametrize("form", [quote(TOOLS_KEY), lower_hex(quote(TOOLS_KEY, safe=""))])
+async def test_a_url_encoded_key_split_anywhere_over_two_chunks_is_starred(
+    config: GatewayConfig, services: Services, form: str
+) -> None:
+    # Every form shares the key's lead ("sk-tools-4f9a"), which the chunk's tail is
+    # scanned for once: a cut inside the lead or past it holds back all that is needed.
+    event = b'data: {"jsonrpc":"2.0","id":7,"result":{"url":"/x?t=' + form.encode() + b'"}}\n\n'
+    at = event.index(form.encode())
+    for cut in range(at, at + len(form) + 1):
+        seen, _ = await answered(
+            config, services, [event[:cut], event[cut:]], headers={"content-type": SSE}
+        )
+        assert seen == event.replace(form.encode(), b"*" * len(form)), cut

@@ -11,6 +11,7 @@ must hold none of it.
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -104,9 +105,21 @@ async def gateway(services: Services) -> AsyncIterator[Processor]:
 
 
 def forms(secret: str) -> list[bytes]:
-    """How a provider could quote ``secret``: as it is, URL-encoded, JSON-escaped the
-    way some encoders write a slash."""
-    return [secret.encode(), quote(secret, safe="").encode(), secret.replace("/", "\\/").encode()]
+    """How a provider could quote ``secret``: as it is, URL-encoded (every reserved
+    character escaped, or "/" kept as Python's quote() and yarl keep it; hex in either
+    case), JSON-escaped the way some encoders write a slash."""
+    encoded = [quote(secret, safe=""), quote(secret)]
+    return [
+        secret.encode(),
+        *(form.encode() for form in encoded),
+        *(lower_hex(form).encode() for form in encoded),
+        secret.replace("/", "\\/").encode(),
+    ]
+
+
+def lower_hex(encoded: str) -> str:
+    """Percent-encoding in lowercase hex (``%2f``), as .NET's ``UrlEncode`` writes it."""
+    return re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), encoded)
 
 
 SECRETS = [*forms(PROVIDER_KEY), *forms(SESSION_TOKEN), ACCESS_KEY_ID.encode()]
@@ -119,7 +132,8 @@ def echo(text: str = "bad request") -> str:
         f" key={quote(PROVIDER_KEY, safe='')},"
         f" Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20260102/us-east-1,"
         f" X-Amz-Security-Token: {SESSION_TOKEN},"
-        f" token={quote(SESSION_TOKEN, safe='')}, escaped={ESCAPED}"
+        f" token={quote(SESSION_TOKEN, safe='')}, url=/s3?token={quote(SESSION_TOKEN)},"
+        f" net={lower_hex(quote(SESSION_TOKEN, safe=''))}, escaped={ESCAPED}"
     )
 
 
@@ -402,5 +416,5 @@ async def test_a_bedrock_exception_frame_quoting_a_credential_is_read_for_an_ope
 
 def test_every_form_of_the_secrets_in_this_file_is_one_a_provider_could_send() -> None:
     # The control: the forms differ, so each one is a case of its own.
-    assert len(set(forms(SESSION_TOKEN))) == 3
+    assert len(set(forms(SESSION_TOKEN))) == 6
     assert echo().count(PROVIDER_KEY) == 3
