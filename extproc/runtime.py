@@ -291,6 +291,11 @@ class Runtime:
                 ", ".join(self.prices.unpriced_models),
             )
         self.agents = AgentDirectory(config)
+        services.metrics.agents.show_credential_echoes(
+            upstream.server.name
+            for upstream in self.agents.by_route.values()
+            if upstream.credential_forms
+        )
         try:
             self.quota_rules = RuleSet(config.quotas, self.canonical_model)
         except ValueError as exc:

@@ -6,7 +6,7 @@ other metric: tool names a client makes up fold into ``other`` past the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -66,3 +66,10 @@ class AgentMetrics:
             ("agent", "state"),
             registry=registry,
         )
+
+    def show_credential_echoes(self, servers: Iterable[str]) -> None:
+        """Show each server's echo count from the start, at 0 (servers with a gateway
+        credential): an alert on ``increase()`` then sees the first echo, which a series
+        appearing at 1 would hide."""
+        for server in servers:
+            self.child(self.credential_echoes, server)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +37,15 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.test_agents import TEAM2
+from tests.unit.test_alerts_review import (
+    MINUTES,
+    Timeline,
+    add_scrape,
+    alert,
+    firing,
+    page,
+    promtool_test,
+)
 from tests.unit.test_envoy_bootstrap import gateway
 
 # A slash, a plus and an equals sign: its JSON-escaped (``\\/``) and percent-encoded
@@ -337,3 +347,48 @@ async def test_a_url_encoded_key_split_anywhere_over_two_chunks_is_starred(
             config, services, [event[:cut], event[cut:]], headers={"content-type": SSE}
         )
         assert seen == event.replace(form.encode(), b"*" * len(form)), cut
+
+
+def test_each_server_with_a_credential_shows_its_echo_count_at_zero_from_the_start(
+    config: GatewayConfig, services: Services
+) -> None:
+    # An alert on increase() sees the first echo only if the series was there before it.
+    processor_for(with_servers(config), services)
+    registry = services.metrics.registry
+
+    def echoes(server: str) -> float | None:
+        return registry.get_sample_value("aigw_agent_credential_echoes_total", {"server": server})
+
+    assert echoes("tools") == 0.0 and echoes("helper") == 0.0
+    assert echoes("open") is None  # nothing to search for, nothing to count
+
+
+async def test_the_first_echo_raises_the_agent_credential_alert(
+    config: GatewayConfig, services: Services, tmp_path: Path
+) -> None:
+    # Scraped once a minute from the gateway's own registry; at minute 10, one echo.
+    timeline: Timeline = {}
+    processor_for(with_servers(config), services)
+    for minute in range(MINUTES):
+        if minute == 10:
+            await answered(config, services, [echo_of(TOOLS_KEY)])
+        add_scrape(timeline, minute, page(services.metrics.registry, "gateway-a:9464"))
+    summary = (
+        "Agent server tools quoted the gateway's credential for it in its answers in the"
+        " last hour (starred out before the client)"
+    )
+    expected = alert(summary, severity="warning", server="tools")
+    expected["exp_annotations"]["description"] = (
+        "Fix the server (its error messages, a debug tool or setting that echoes the"
+        " request's headers); its own logs may hold the key too. The gateway's log names"
+        " each request (docs/agents.md, The server's credential in its answers)."
+    )
+    failed = promtool_test(
+        tmp_path,
+        timeline,
+        [
+            firing("AigwAgentCredentialEchoed", 9),
+            firing("AigwAgentCredentialEchoed", 12, expected),
+        ],
+    )
+    assert not failed, failed
