@@ -392,3 +392,18 @@ async def test_the_first_echo_raises_the_agent_credential_alert(
         ],
     )
     assert not failed, failed
+
+
+async def test_a_task_id_holding_the_key_reaches_neither_bob_nor_the_log_line(
+    config: GatewayConfig, services: Services
+) -> None:
+    # The gateway reads the task for its log line: it reads the searched answer.
+    answer = orjson.dumps({"jsonrpc": "2.0", "id": "m1", "result": {
+        "kind": "task", "id": f"task-{HELPER_KEY}", "contextId": "c1",
+        "status": {"state": "completed"}}})  # fmt: skip
+    seen, _ = await answered(config, services, [answer], path="/a2a/helper/", body=MESSAGE)
+    assert seen == starred(answer, HELPER_KEY)
+    # The last line: ``answered`` plays the headers alone first.
+    line = services.access_log.lines()[-1]  # type: ignore[attr-defined]
+    assert line["agent"]["task_id"] == "task-" + "*" * len(HELPER_KEY)
+    assert HELPER_KEY not in orjson.dumps(line).decode()
