@@ -6,13 +6,14 @@ same error shape whatever part of the gateway refused them::
 
     GatewayError                      (status, type, code)
     ├── BadRequestError               400 invalid_request_error
-    ├── AuthenticationError           401 authentication_error
+    ├── AuthenticationError           401 authentication_error / invalid_api_key
     ├── PermissionDeniedError         403 permission_error
     ├── NotFoundError                 404 not_found_error
     │   └── ModelNotFoundError        404 invalid_request_error / model_not_found
-    ├── MethodNotAllowedError         405 invalid_request_error
+    ├── MethodNotAllowedError         405 invalid_request_error / method_not_allowed
     ├── PayloadTooLargeError          413 invalid_request_error / request_too_large
-    ├── RateLimitError                429 rate_limit_error (retry-after)
+    ├── UnsupportedMediaTypeError     415 invalid_request_error / unsupported_content_encoding
+    ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded (retry-after)
     ├── UpstreamError                 502 upstream_error
     ├── ServiceUnavailableError       503 service_unavailable
     └── GatewayTimeoutError           504 timeout
@@ -22,6 +23,7 @@ The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends 
 ``{"message"}`` with the exception's name in ``x-amzn-errortype`` on Bedrock Converse
 routes (``bedrock_exception``), which is how AWS SDKs tell a throttle from a refusal,
 and a JSON-RPC error object on MCP and A2A routes (``extproc.agents.jsonrpc``).
+Every code, with its status, is listed in docs/errors.md (a test keeps them in step).
 Messages must never contain a secret: callers pass only ids and public values, and
 words a provider wrote go through ``without_secrets`` first.
 """

@@ -17,6 +17,9 @@ from extproc.agents.refusals import JSON
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import UpstreamError
 
+# The error of a server that failed without a JSON-RPC answer (an error page, no body).
+FAILED_CODE = "upstream_failed"
+
 
 def redirect_through_route(call: AgentCall, out: PhaseOutput, location: str) -> None:
     """Point a redirect of the server's at the gateway's route.
@@ -95,5 +98,5 @@ def error_page_replaced(
         answer_headers["retry-after"] = response_headers["retry-after"]
     if ctx.request_id:
         answer_headers[headers.REQUEST_ID] = ctx.request_id
-    body = jsonrpc.http_error_body(message, status, UpstreamError.error_type, "upstream_failed")
+    body = jsonrpc.http_error_body(message, status, UpstreamError.error_type, FAILED_CODE)
     out.answer = (status, body, answer_headers)
