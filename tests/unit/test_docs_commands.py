@@ -4,8 +4,9 @@ An operator's first hour is copying these lines: a subcommand renamed, a flag dr
 or a `make` target gone turns a page into a trap. So every `extproc ...` line of a
 code block must parse with the real argument parser, every synopsis in prose
 (`extproc usage report|export [--from --to --by --format]`) may name only
-subcommands and flags that exist, every `make <target>` must be a Makefile target,
-and every link between pages must land on a file and, when it names one, a heading.
+subcommands and flags that exist, every `make <target>` must be a Makefile target
+(and every target be named on some page), and every link between pages must land on
+a file and, when it names one, a heading.
 """
 
 from __future__ import annotations
@@ -192,6 +193,16 @@ def documented_make_targets() -> set[tuple[str, str]]:
 def test_each_make_target_the_docs_name_exists(page: str, target: str) -> None:
     makefile = Path("Makefile").read_text()
     assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{page}: make {target}"
+
+
+def test_every_make_target_is_named_in_the_docs() -> None:
+    """The other way round: a target only the Makefile knows of is one nobody runs when
+    it matters (`make protos` after editing the management API's .proto) or runs without
+    knowing what it removes (`make clean` deletes the embedded Valkey's data)."""
+    phony = re.search(r"^\.PHONY:(.*)$", Path("Makefile").read_text(), re.M)
+    assert phony is not None
+    named = {target for _, target in documented_make_targets()}
+    assert sorted(set(phony.group(1).split()) - named) == []
 
 
 def test_alternatives_of_a_synopsis_are_checked_one_by_one() -> None:
