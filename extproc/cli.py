@@ -170,8 +170,9 @@ def _usage_report(args: argparse.Namespace) -> int:
     if flags and not args.api:
         # Ignored without --api, they left the report to the store of the local config:
         # another gateway's bill (or none), printed as if it were the one asked for.
+        verb = "names" if len(flags) == 1 else "name"
         print(
-            f"error: {' and '.join(flags)} name a gateway's management API: add --api"
+            f"error: {' and '.join(flags)} {verb} a gateway's management API: add --api"
             " (without it the report reads the store of --config)",
             file=sys.stderr,
         )

@@ -113,8 +113,18 @@ def test_a_report_given_the_apis_flags_without_api_does_not_read_the_local_store
 
     assert code == 2
     assert out == ""  # nothing from the local store
-    assert err.startswith("error: ") and "--api" in err
+    assert err.startswith(f"error: {flags[0]} names a gateway's management API: add --api")
     assert "some-admin-token" not in err
+
+
+def test_two_of_the_apis_flags_without_api_are_named_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(["usage", "report", "--address", NOBODY, "--token", "t"], capsys)
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: --address and --token name a gateway's management API")
 
 
 def test_the_apis_flags_with_api_still_ask_the_api(capsys: pytest.CaptureFixture[str]) -> None:
