@@ -9,6 +9,7 @@ production. These checks keep each pair in step and fail the moment one side mov
 
 from __future__ import annotations
 
+import enum
 import re
 import typing
 from pathlib import Path
@@ -18,10 +19,11 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from extproc.config import GatewayConfig
+from extproc.config.model import ProviderType, RouteApi, RouteConfig
 from extproc.runtime import Services
 from tests.unit.test_docs_reference import completed_line, documented_metrics
 
@@ -252,3 +254,61 @@ async def test_the_metrics_page_shows_only_series_the_reference_lists(
     }
     assert "tokens_consumed_total" in shown
     assert shown - documented_series() == set()
+
+
+def _config_enums(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[enum.Enum]]:
+    """Every enum a config key of ``model`` (or of a model inside it) takes."""
+    if model in seen:
+        return set()
+    seen.add(model)
+    found: set[type[enum.Enum]] = set()
+
+    def inner(annotation: Any) -> list[Any]:
+        return [annotation, *(part for arg in typing.get_args(annotation) for part in inner(arg))]
+
+    for field in model.model_fields.values():
+        for kind in inner(field.annotation):
+            if isinstance(kind, type) and issubclass(kind, enum.Enum):
+                found.add(kind)
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                found |= _config_enums(kind, seen)
+    return found
+
+
+def _route_api_row() -> str:
+    routes = CONFIGURATION.read_text(encoding="utf-8").split("### `routes`")[1]
+    return next(line for line in routes.splitlines() if line.startswith("| `api` |"))
+
+
+def _takes_route_api(api: RouteApi) -> bool:
+    try:
+        RouteConfig.model_validate({"name": "r", "path_prefix": "/r", "api": api.value})
+    except ValidationError:
+        return False
+    return True
+
+
+def test_every_value_a_config_key_takes_is_documented() -> None:
+    """A value the loader takes that no page names (a new `failure_mode`, a quota
+    `period`) is one an operator cannot choose; enums only the request's path sets
+    (Bedrock's InvokeModel under a `bedrock_converse` route) are refused as a route's
+    `api`, and need no entry."""
+    pages = "".join(page.read_text(encoding="utf-8") for page in Path("docs").glob("*.md"))
+    missing = [
+        f"{kind.__name__}.{member.name}"
+        for kind in _config_enums(GatewayConfig, set())
+        for member in kind
+        if f"`{member.value}`" not in pages
+        and not (isinstance(member, RouteApi) and not _takes_route_api(member))
+    ]
+    assert missing == []
+
+
+def test_the_routes_api_row_names_every_api_a_route_takes_and_only_those() -> None:
+    row = _route_api_row()
+    taken = {api.value for api in RouteApi if _takes_route_api(api)}
+    assert sorted(api for api in taken if f"`{api}`" not in row) == []
+    # Each value the row describes ("`openai_chat` (OpenAI chat completions)") loads; the
+    # provider types it names along the way (`vertex` (under the provider's ...)) are none.
+    described = set(re.findall(r"`([a-z0-9_]+)` \(", row)) - {kind.value for kind in ProviderType}
+    assert described and sorted(described - taken) == []
