@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from extproc.management.admin_token import AdminToken
 
 DEFAULT_CONFIG = "config/gateway.yaml"
+# How long `usage report|export --api` waits for the management API (a report of a long
+# period is summed there from many hourly rollups).
+USAGE_API_TIMEOUT_S = 30.0
 
 
 def _load(path: str) -> GatewayConfig:
@@ -165,6 +168,7 @@ def _usage_report(args: argparse.Namespace) -> int:
     run = export if args.usage_command == "export" else report
     named = (
         ("--address", args.address), ("--token", args.token), ("--token-file", args.token_file),
+        ("--timeout", args.timeout is not None),
     )  # fmt: skip
     flags = [flag for flag, given in named if given]
     if flags and not args.api:
@@ -177,6 +181,8 @@ def _usage_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.timeout is None:
+        args.timeout = USAGE_API_TIMEOUT_S
     # Asked of a gateway named by its address, the report needs no config: the operator's
     # laptop has none (as for `extproc quota` and `extproc keys`).
     config = None if args.api and args.address else _load(args.config)
@@ -222,7 +228,9 @@ def _add_usage_commands(commands: Any) -> None:
         remote.add_argument("--api", action="store_true", help="ask the management API")
         remote.add_argument("--address", help="management API (default: the config's)")
         _token_options(remote)
-        remote.add_argument("--timeout", type=_seconds, default=30.0, help="seconds")
+        remote.add_argument(
+            "--timeout", type=_seconds, help=f"seconds (default {USAGE_API_TIMEOUT_S:g})"
+        )
         sub.set_defaults(run=_usage_report)
     export.add_argument("--output", "-o", help="file to write (default: stdout)")
     export.add_argument(

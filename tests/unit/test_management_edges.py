@@ -98,7 +98,9 @@ def test_an_embedded_store_that_does_not_start_is_one_line_and_exit_2(
 
 
 @pytest.mark.parametrize(
-    "flags", [["--address", NOBODY], ["--token", "some-admin-token"]], ids=["address", "token"]
+    "flags",
+    [["--address", NOBODY], ["--token", "some-admin-token"], ["--timeout", "5"]],
+    ids=["address", "token", "timeout"],
 )
 def test_a_report_given_the_apis_flags_without_api_does_not_read_the_local_store(
     flags: list[str], store_url: str, capsys: pytest.CaptureFixture[str]
