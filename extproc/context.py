@@ -67,6 +67,51 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ImageGeneration:
+    """The tokens of the pictures OpenAI's image model drew for a Responses API request
+    (its ``image_generation`` tool), which the response reports apart from ``usage``
+    (``tool_usage.image_gen``) and bills at the image model's prices, not the answering
+    model's. ``model``: the image model (the response's ``tools`` entry, else the
+    request's); None when neither names it (priced as a model without a price)."""
+
+    model: str | None
+    input_tokens: int = 0
+    # Of input_tokens, the images the image model read (the conversation's pictures).
+    input_image_tokens: int = 0
+    output_tokens: int = 0
+    # Of output_tokens, the pictures (all of them when the report names no text part).
+    output_image_tokens: int = 0
+
+
+# The image generation tool's counts by their names in the log line, the rollup and the
+# report (each ``image_generation_<count>``), in that order.
+IMAGE_GENERATION_COUNTS = (
+    "image_generation_input_tokens",
+    "image_generation_input_image_tokens",
+    "image_generation_output_tokens",
+    "image_generation_output_image_tokens",
+)
+
+
+def image_generation_counts(generation: ImageGeneration | None) -> dict[str, int]:
+    """The tool's counts under ``IMAGE_GENERATION_COUNTS``' names; 0 each without one."""
+    if generation is None:
+        return dict.fromkeys(IMAGE_GENERATION_COUNTS, 0)
+    return dict(
+        zip(
+            IMAGE_GENERATION_COUNTS,
+            (
+                generation.input_tokens,
+                generation.input_image_tokens,
+                generation.output_tokens,
+                generation.output_image_tokens,
+            ),
+            strict=True,
+        )
+    )
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -101,6 +146,14 @@ class Usage:
     # Gemini's image models report apart (candidatesTokensDetails' IMAGE entry) and bill
     # far above text (2.5 Flash Image: $30 per million against $2.50).
     image_output_tokens: int = 0
+    # Prompt tokens of images (part of prompt_tokens, none of them audio), which OpenAI's
+    # GPT Image models bill apart from text (the Images API's
+    # usage.input_tokens_details.image_tokens: the pictures to edit).
+    image_tokens: int = 0
+    # The image generation tool's tokens (``ImageGeneration``), counted in prompt_tokens
+    # and completion_tokens as parts of them (its input and its output) and billed at the
+    # image model's prices; None: the request drew no picture.
+    image_generation: ImageGeneration | None = None
     # The prompt's characters as the provider bills them, when it bills characters rather
     # than tokens (Vertex's text embeddings: metadata.billableCharacterCount); None: it
     # reported none.
@@ -149,6 +202,8 @@ def with_cut_attempts(usage: Usage, attempts: tuple[CutAttempt, ...]) -> Usage:
         cached_audio_tokens=usage.cached_audio_tokens,
         audio_output_tokens=usage.audio_output_tokens,
         image_output_tokens=usage.image_output_tokens,
+        image_tokens=usage.image_tokens,
+        image_generation=usage.image_generation,
     )
 
 

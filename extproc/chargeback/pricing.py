@@ -45,6 +45,18 @@ of, the rest at the text prices. The completion's images (Gemini's image models,
 ``candidatesTokensDetails``' ``IMAGE`` entry) are billed at ``image_output`` the same
 way, within what the completion's audio leaves of it; an entry without an image price
 bills them at the output price, as before images were counted apart.
+The prompt's images (the pictures an OpenAI GPT Image model reads:
+``input_tokens_details.image_tokens``) are billed at ``image_input`` within what its
+audio leaves of the uncached prompt; without that price, at the input price.
+
+The pictures the Responses API's ``image_generation`` tool drew (``Usage.image_generation``,
+parts of the prompt and completion counts) are billed at the image model's own entry,
+not the answering model's: its input at its input price (its images at its image input
+price), its output at its output price (its pictures at its image output price). The rest
+of the counts is priced as above, the long-context threshold judged on it alone. An image
+model without a price adds nothing and makes the cost ``priced=False`` (warned about once
+per model), as an unpriced server tool does; its tier and geography are the image model's
+standard ones (OpenAI names none for the tool).
 
 A request the provider reports running in an inference geography the table prices apart
 (Anthropic's ``usage.inference_geo``, ``us``: 1.1x) costs its tokens at the entry picked
@@ -71,12 +83,13 @@ from extproc.config.pricing_model import (
     PricingConfig,
     TierPrice,
 )
+from extproc.context import ImageGeneration, Usage
 from extproc.model_names import bedrock_spellings, comparable
 from extproc.translators.base import reported_inference_geo, reported_service_tier
 
 if TYPE_CHECKING:
     from extproc.config.model import ModelConfig
-    from extproc.context import RequestContext, Usage
+    from extproc.context import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +133,8 @@ class TokenPrices:
     audio_output: int | None = None
     # Completion tokens of images (Gemini's image models); None: the output price.
     image_output: int | None = None
+    # Prompt tokens of images (OpenAI's GPT Image models); None: the input price.
+    image_input: int | None = None
     # Picodollars per prompt character, for a model billed by characters; None: by tokens.
     input_per_character: int | None = None
 
@@ -239,6 +254,7 @@ def _token_prices(
         cached_audio_input=_per_token(price.cached_audio_input),
         audio_output=_per_token(price.audio_output),
         image_output=_per_token(price.image_output),
+        image_input=_per_token(price.image_input),
         input_per_character=_per_character(price.input_per_thousand_characters),
     )
 
@@ -295,8 +311,11 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
     cached_audio_price = prices.cached_input
     if prices.cached_audio_input is not None:
         cached_audio_price = prices.cached_audio_input
+    # The images of the prompt (OpenAI's GPT Image models), within what its audio leaves.
+    image = _part(usage.image_tokens, uncached - audio)
+    image_price = prices.input if prices.image_input is None else prices.image_input
     prompt = (
-        (uncached - audio) * prices.input + audio * audio_price
+        (uncached - audio - image) * prices.input + audio * audio_price + image * image_price
         + (cached - cached_audio) * prices.cached_input + cached_audio * cached_audio_price
         + (written - written_1h) * prices.cache_write_input
         + written_1h * prices.cache_write_1h_input
@@ -317,6 +336,37 @@ def _token_cost(usage: Usage, prices: TokenPrices) -> int:
         + image_output * image_output_price
     )
     return prompt + completion
+
+
+def without_image_generation(usage: Usage) -> Usage:
+    """``usage`` without the image generation tool's parts: the answering model's own
+    counts, which its prices bill."""
+    generation = usage.image_generation
+    if generation is None:
+        return usage
+    prompt = max(usage.prompt_tokens - max(generation.input_tokens, 0), 0)
+    completion = max(usage.completion_tokens - max(generation.output_tokens, 0), 0)
+    return replace(
+        usage,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        image_generation=None,
+    )
+
+
+def image_generation_usage(generation: ImageGeneration) -> Usage:
+    """The image generation tool's counts as the image model's own usage: its prompt
+    (its images apart) and its completion (its pictures apart)."""
+    prompt = max(generation.input_tokens, 0)
+    completion = max(generation.output_tokens, 0)
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion,
+        image_tokens=generation.input_image_tokens,
+        image_output_tokens=generation.output_image_tokens,
+    )
 
 
 def _sampling_steps(usage: Usage) -> tuple[Usage, ...]:
@@ -437,6 +487,34 @@ class PriceTable:
         """The cost of ``usage`` at ``model``'s prices, those of ``service_tier`` (the tier
         the provider reported) when the table prices that tier apart, times the multiplier
         of ``inference_geo`` (the geography it reported running the request in)."""
+        generation = usage.image_generation
+        if generation is not None:
+            # The tool's pictures are priced at the image model's entry, apart (below).
+            usage = without_image_generation(usage)
+        cost = self._answer_cost(model, usage, service_tier, inference_geo)
+        if generation is None:
+            return cost
+        return self._with_image_generation(cost, generation)
+
+    def _with_image_generation(self, cost: Cost, generation: ImageGeneration) -> Cost:
+        """``cost`` with the pictures of the image generation tool at the image model's
+        own prices; unpriced (flagged, warned once per model) when it has none."""
+        if generation.input_tokens <= 0 and generation.output_tokens <= 0:
+            return cost
+        prices = self.prices(generation.model)
+        if prices is None:
+            self._warn_unpriced_image_model(generation.model)
+            return replace(cost, priced=False)
+        drawn = cost_of(image_generation_usage(generation), prices)
+        return replace(cost, picousd=cost.picousd + drawn.picousd)
+
+    def _answer_cost(
+        self,
+        model: str | None,
+        usage: Usage,
+        service_tier: str | None,
+        inference_geo: str | None,
+    ) -> Cost:
         prices = self.prices(model)
         if prices is None and usage.reported_cost_picousd is not None:
             # A model the table does not price, whose provider said what it charged
@@ -494,6 +572,21 @@ class PriceTable:
             "inference_geos (docs/chargeback.md#inference-geography)",
             model,
             geo,
+        )
+
+    def _warn_unpriced_image_model(self, model: str | None) -> None:
+        """The image generation tool drew with a model the table does not price: its
+        pictures cost nothing in the bill, which says so. Said once per model."""
+        key = f"image model {model!r}"
+        if key in self._warned_tools or len(self._warned_tools) >= _MAX_WARNED_TOOLS:
+            return
+        self._warned_tools.add(key)
+        log.warning(
+            "the image generation tool drew pictures with image model %r, which pricing "
+            "does not price: such requests are billed without them and flagged "
+            "cost_priced=false; give the model a price in pricing.models "
+            "(docs/chargeback.md#image-generation)",
+            model,
         )
 
     def _warn_unpriced_tools(self, model: str | None, tools: list[str]) -> None:

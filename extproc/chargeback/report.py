@@ -4,12 +4,14 @@ One record per group of the ``--by`` dimensions, with the summed measures, the
 exact cost and the latency p50/p95 of the requests in the group, then what explains
 the cost beyond plain tokens: the prompt-cache writes (their 1-hour part apart), each
 server tool's requests, the audio parts of the token counts (billed at the audio
-prices) and the image part of the completion (billed at the image price). The same
+prices), the image parts of the completion and of the prompt (billed at the image
+prices) and the pictures of the Responses API's image generation tool (billed at the image
+model's prices). The same
 records feed the CLI (``extproc usage report|export``) and the management API, so both
 say the same thing.
 
 JSON always carries those last counts (``server_tool_requests`` as an object by tool,
-the audio counts after it, then the image count). CSV and the table flatten the tools
+the audio counts after it, then the image counts). CSV and the table flatten the tools
 into one ``server_tool_requests:<tool>`` column per tool the period used, after every
 other column; CSV always has the cache-write, audio and image columns, the table only
 those the period has. Each is added after the earlier columns, and the tools, whose number
@@ -53,6 +55,8 @@ from extproc.store.usage import (
     AUDIO,
     DIMENSIONS,
     IMAGE,
+    IMAGE_GENERATION,
+    IMAGE_INPUT,
     TOOL_MEASURE,
     UnreadableHour,
     UsageRow,
@@ -75,7 +79,9 @@ CACHE_WRITE_COUNTS = ("cache_write_tokens", "cache_write_1h_tokens")
 # The rollup's own names for them, which are the log line's too.
 AUDIO_COUNTS = AUDIO
 # After the audio counts, as added later: the image part of completion_tokens.
-IMAGE_COUNTS = IMAGE
+# After it, as added later still: the image part of prompt_tokens, then the image
+# generation tool's counts (parts of prompt_tokens and completion_tokens).
+IMAGE_COUNTS = (*IMAGE, *IMAGE_INPUT, *IMAGE_GENERATION)
 # Summed by ``totals`` besides the latency buckets and the server tools.
 _SUMMED = (
     *COUNTS[:4],
@@ -169,7 +175,7 @@ def _latency(row: UsageRow, quantile: float) -> float | None:
 def record(row: UsageRow) -> dict[str, Any]:
     """One report row: its dimensions, the columns of ``COLUMNS``, the cache writes,
     ``server_tool_requests`` (by tool name, in name order), the audio counts and the
-    image count."""
+    image counts."""
     return {
         **row.dimensions,
         **{name: getattr(row, name) for name in COUNTS},

@@ -81,8 +81,9 @@ _AUDIO_PRICE_KEYS = (
     "cached_audio_input_per_million",
     "audio_output_per_million",
 )
-# The image output price (Gemini's image models bill an image's tokens about 12x text).
-_IMAGE_PRICE_KEYS = ("image_output_per_million",)
+# The image prices: Gemini's image models bill an image's tokens about 12x text; OpenAI's
+# GPT Image models bill the images of the prompt and of the answer apart from text too.
+_IMAGE_PRICE_KEYS = ("image_input_per_million", "image_output_per_million")
 # The prices an entry may give apart from its input price, which its long_context must
 # then give too.
 _APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS, *_IMAGE_PRICE_KEYS)
@@ -148,9 +149,13 @@ class PerTokenPrice(_Section):
     # candidatesTokensDetails' AUDIO entry), which OpenAI's audio models bill far above
     # text (gpt-audio: 64.00 against 10.00). Default: the output price.
     audio_output_per_million: Price | None = None
-    # Completion tokens of images (Gemini: candidatesTokensDetails' IMAGE entry), which
-    # Gemini's image models bill far above text (2.5 Flash Image: 30.00 against 2.50).
-    # Default: the output price.
+    # Prompt tokens of images that a model bills apart from text (OpenAI's GPT Image
+    # models: the images given to edit, input_tokens_details.image_tokens; gpt-image-1:
+    # 10.00 against 5.00). Default: the input price.
+    image_input_per_million: Price | None = None
+    # Completion tokens of images (Gemini: candidatesTokensDetails' IMAGE entry; OpenAI's
+    # GPT Image models: the picture), which image models bill far above text (2.5 Flash
+    # Image: 30.00 against 2.50). Default: the output price.
     image_output_per_million: Price | None = None
     # USD per 1,000 prompt characters, for a model its provider bills by characters
     # (Vertex's text-embedding-005: 0.000025): the prompt is billed by the characters the
@@ -205,6 +210,12 @@ class PerTokenPrice(_Section):
         if self.audio_output_per_million is None:
             return self.output_per_million
         return self.audio_output_per_million
+
+    @property
+    def image_input(self) -> Decimal:
+        if self.image_input_per_million is None:
+            return self.input_per_million
+        return self.image_input_per_million
 
     @property
     def image_output(self) -> Decimal:

@@ -24,7 +24,14 @@ from extproc.management.service import AdminService
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.runtime import Runtime
-from extproc.store.usage import UnreadableHour, UsageRow, UsageStore, hour_bucket
+from extproc.store.usage import (
+    IMAGE_GENERATION,
+    IMAGE_INPUT,
+    UnreadableHour,
+    UsageRow,
+    UsageStore,
+    hour_bucket,
+)
 
 
 class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
@@ -83,6 +90,7 @@ def _row(row: UsageRow) -> pb.UsageRow:
         cached_audio_tokens=row.cached_audio_tokens,
         completion_audio_tokens=row.completion_audio_tokens,
         completion_image_tokens=row.completion_image_tokens,
+        **{name: getattr(row, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION)},
     )
     if row.cost_picousd <= _INT64_MAX:
         answer.cost_picousd = row.cost_picousd
@@ -156,6 +164,7 @@ def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
                 cached_audio_tokens=found.cached_audio_tokens,
                 completion_audio_tokens=found.completion_audio_tokens,
                 completion_image_tokens=found.completion_image_tokens,
+                **{name: getattr(found, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION)},
             )
         )
     return rows

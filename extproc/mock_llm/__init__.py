@@ -61,6 +61,7 @@ from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.completions_api import CompletionsEndpoint
 from extproc.mock_llm.embeddings_api import EmbeddingsEndpoint
 from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, FaultSpecError, parse_fault
+from extproc.mock_llm.images_api import ImagesEndpoint
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
 from extproc.mock_llm.recorder import DEFAULT_CAPACITY, Body, Recorder
@@ -223,6 +224,7 @@ class _MockApp:
             stored_responses, default_fault=default_fault
         )
         self.compact = CompactEndpoints(default_fault=default_fault, store=stored_responses)
+        self.images = ImagesEndpoint(default_fault=default_fault)
         self.embeddings = EmbeddingsEndpoint(default_fault=default_fault)
         self.completions = CompletionsEndpoint(
             chunk_delay_s=options.chunk_delay_s, default_fault=default_fault
@@ -282,6 +284,8 @@ class _MockApp:
             return {"POST": moderations}
         if path.endswith("/embeddings"):
             return {"POST": self.embeddings.create}
+        if path.endswith("/images/generations"):
+            return {"POST": self.images.generate}
         if path.endswith("/invoke"):
             return {"POST": self.bedrock.invoke}
         if path.endswith("/invoke-with-response-stream"):

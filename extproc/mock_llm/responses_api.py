@@ -50,6 +50,16 @@ text, as OpenAI streams it: ``response.output_item.added`` (``in_progress``),
 ``response.output_item.done``; the message follows at the next ``output_index``, and a
 failed stream's ``response.failed`` still holds the calls made. Other tool names are a 400
 naming the header: the mock has no item to show for them.
+
+The ``image_generation`` tool, when the request's ``tools`` holds it, draws one picture
+(``images_api``: the same tiny PNG, its prompt the reply text, ``quality`` from the tool
+entry): an ``image_generation_call`` item (``result`` the picture's base64) before the
+message, the tool echoed in ``tools`` with its ``model`` filled in (``gpt-image-1`` when
+the request names none, as OpenAI fills in its default), and the picture's tokens in the
+finished response's ``tool_usage.image_gen`` (beside ``tool_usage.web_search``), apart from
+``usage``. A stream shows the call as OpenAI streams it (``response.output_item.added``,
+``response.image_generation_call.in_progress``, ``.generating``, ``.completed``,
+``response.output_item.done``) before the message.
 """
 
 from __future__ import annotations
@@ -70,6 +80,11 @@ from extproc.mock_llm.anthropic_api import (
     server_tool_requests,
 )
 from extproc.mock_llm.faults import Fault
+from extproc.mock_llm.images_api import (
+    DEFAULT_IMAGE_MODEL,
+    PNG_BASE64,
+    image_generation_usage,
+)
 from extproc.mock_llm.json_reply import json_reply
 from extproc.mock_llm.openai_api import (
     InvalidRequestError,
@@ -102,6 +117,8 @@ _SERVER_ERROR_MESSAGE = (
 # header gives them (the tool's type in the request's ``tools``): the output item's type
 # and its id's prefix.
 CALL_ITEMS = {"web_search": ("web_search_call", "ws"), "file_search": ("file_search_call", "fs")}
+# The type of the image generation tool, and the prefix of its calls' ids.
+IMAGE_TOOL = "image_generation"
 # The events that end a stream, each carrying the response as it ended: what OpenAI keeps.
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -125,6 +142,8 @@ class ResponsesRequest:
     asked_tier: str  # service_tier as asked, echoed until the response is done
     served_tier: str  # the tier that served it, shown once done
     input: Any = None  # ``input`` as sent, which a stored response lists back
+    # The request's image_generation tool, its model filled in; None: it has none.
+    image_tool: dict[str, Any] | None = None
 
 
 def _invalid_type(param: str, expected: str) -> InvalidRequestError:
@@ -251,6 +270,17 @@ def _text_format(doc: dict[str, Any]) -> dict[str, Any] | None:
     return fmt
 
 
+def _image_tool(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``image_generation`` entry of ``tools``, as a response echoes it."""
+    tools = doc.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == IMAGE_TOOL:
+            model = tool.get("model")
+            named = model if isinstance(model, str) and model else DEFAULT_IMAGE_MODEL
+            return {**tool, "model": named, "quality": tool.get("quality") or "auto"}
+    return None
+
+
 def parse_responses_request(body: Body) -> ResponsesRequest:
     """Validate the fields the mock relies on; everything else is accepted and ignored."""
     doc, model = json_request(body)
@@ -277,6 +307,7 @@ def parse_responses_request(body: Body) -> ResponsesRequest:
         asked_tier=asked_tier if isinstance(asked_tier, str) else "auto",
         served_tier=served_tier(asked_tier),
         input=doc.get("input"),
+        image_tool=_image_tool(doc),
     )
 
 
@@ -433,7 +464,7 @@ class ResponseShell:
             "temperature": 1.0,
             "text": {"format": req.text_format or {"type": "text"}},
             "tool_choice": "auto",
-            "tools": [],
+            "tools": [req.image_tool] if req.image_tool is not None else [],
             "top_p": 1.0,
             "truncation": "disabled",
             "usage": usage,
@@ -448,17 +479,43 @@ class ResponseShell:
         return [(tool, f"{CALL_ITEMS[tool][1]}_mock_{number}_{i}") for i, tool in enumerate(tools)]
 
     def output(self, reply: Reply, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """The response's output: the tool calls made, all completed, then ``message``."""
+        """The response's output: the tool calls made, all completed, the picture drawn,
+        then ``message``."""
         calls = [
             tool_call_item(tool, item_id, "completed") for tool, item_id in self.tool_calls(reply)
         ]
+        if self.req.image_tool is not None:
+            calls.append(self.image_call("completed"))
         return [*calls, message]
+
+    @property
+    def image_call_id(self) -> str:
+        return f"ig_mock_{self.response_id.removeprefix('resp_mock_')}"
+
+    def image_call(self, status: str) -> dict[str, Any]:
+        """The image generation tool's call as an output item, its picture once done."""
+        done = status == "completed"
+        return {
+            "id": self.image_call_id,
+            "type": "image_generation_call",
+            "status": status,
+            "result": PNG_BASE64 if done else None,
+        }
+
+    def tool_usage(self, reply: Reply) -> dict[str, Any]:
+        """``tool_usage`` as OpenAI reports it: the picture's tokens, no web search."""
+        tool = self.req.image_tool or {}
+        drawn = image_generation_usage(reply.text, str(tool.get("quality")))
+        return {"image_gen": drawn, "web_search": {"num_requests": 0}}
 
     def finished(self, reply: Reply, *, with_usage: bool) -> dict[str, Any]:
         """The response once the reply is whole: completed, or incomplete when cut short."""
         item = message_item(self.message_id, reply.status, [output_text_part(reply.text)])
         usage = reply.usage() if with_usage else None
-        return self.document(reply.status, output=self.output(reply, item), usage=usage)
+        document = self.document(reply.status, output=self.output(reply, item), usage=usage)
+        if with_usage and self.req.image_tool is not None:
+            document["tool_usage"] = self.tool_usage(reply)
+        return document
 
 
 # --- Streams -------------------------------------------------------------------------------------
@@ -553,7 +610,18 @@ async def _stream_tool_calls(writer: EventWriter, shell: ResponseShell, reply: R
             await writer.send(f"response.{added['type']}.{step}", progress)
         done = tool_call_item(tool, item_id, "completed")
         await writer.send("response.output_item.done", {"output_index": index, "item": done})
-    return len(calls)
+    if shell.req.image_tool is None:
+        return len(calls)
+    index = len(calls)
+    item_id = shell.image_call_id
+    added = shell.image_call("in_progress")
+    await writer.send("response.output_item.added", {"output_index": index, "item": added})
+    for step in ("in_progress", "generating", "completed"):
+        progress = {"output_index": index, "item_id": item_id}
+        await writer.send(f"response.image_generation_call.{step}", progress)
+    done = shell.image_call("completed")
+    await writer.send("response.output_item.done", {"output_index": index, "item": done})
+    return index + 1
 
 
 async def _stream_reply(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
-from extproc.context import CutAttempt, RequestContext, Usage
+from extproc.context import CutAttempt, RequestContext, Usage, image_generation_counts
 from extproc.stages.credential_cleaner import echoed_credential
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
@@ -158,6 +158,8 @@ class AccountingStage:
             cached_audio_tokens=ctx.usage.cached_audio_tokens,
             completion_audio_tokens=ctx.usage.audio_output_tokens,
             completion_image_tokens=ctx.usage.image_output_tokens,
+            prompt_image_tokens=ctx.usage.image_tokens,
+            image_generation=_image_generation(ctx.usage),
         )
 
 
@@ -173,7 +175,21 @@ def token_parts(usage: Usage) -> dict[str, int]:
         "cached_audio": usage.cached_audio_tokens,
         "completion_audio": usage.audio_output_tokens,
         "completion_image": usage.image_output_tokens,
+        "prompt_image": usage.image_tokens,
+        # The image generation tool's pictures: ``image_generation_input_tokens`` as
+        # ``image_generation_input``, and so on.
+        **{
+            name.removesuffix("_tokens"): count
+            for name, count in image_generation_counts(usage.image_generation).items()
+        },
     }
+
+
+def _image_generation(usage: Usage) -> tuple[int, ...] | None:
+    """The rollup's image generation counts of ``usage`` (``store.usage``)."""
+    if usage.image_generation is None:
+        return None
+    return tuple(image_generation_counts(usage.image_generation).values())
 
 
 def _provider_failure(ctx: RequestContext) -> str | None:

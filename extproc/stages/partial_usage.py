@@ -257,6 +257,10 @@ def _failed_stream_usage(
             cached_audio_tokens=failure.cached_audio_tokens,
             audio_output_tokens=failure.audio_output_tokens,
             image_output_tokens=failure.image_output_tokens,
+            image_tokens=failure.image_tokens,
+            # The image generation tool's pictures, when the count was the whole answer's
+            # (a response.failed's): parts of the counts, billed at the image model's price.
+            image_generation=failure.image_generation if failure.whole else None,
         )
 
 

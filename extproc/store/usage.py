@@ -16,7 +16,8 @@ count per latency bucket (``latency_le_<ms>``, see ``extproc.chargeback.latency`
 ``server_tool_requests:<tool>`` per server tool (``server_tool_requests:web_search``),
 so a tool a provider adds needs no code, and the audio parts of the token counts
 (``prompt_audio_tokens``, ``cached_audio_tokens``, ``completion_audio_tokens``) and the
-image part (``completion_image_tokens``), which are billed at their own prices. Each is
+image parts (``completion_image_tokens``, ``prompt_image_tokens``), and the image generation
+tool's (``image_generation_input_tokens`` ...), which are billed at their own prices. Each is
 the log line's field of that name, summed.
 Only non-zero measures are written; an hour written before a measure existed reads it
 as 0.
@@ -37,6 +38,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from extproc.chargeback.latency import BUCKET_NAMES, BUCKETS, bucket_index, percentile
+from extproc.context import IMAGE_GENERATION_COUNTS
 from extproc.store import key_id_usage, scripts
 from extproc.store.connection import of_another_type
 from extproc.store.spool import refused_by_store
@@ -62,7 +64,12 @@ AUDIO = ("prompt_audio_tokens", "cached_audio_tokens", "completion_audio_tokens"
 # After the audio, for the same reason: the part of completion_tokens billed at the image
 # price (Gemini's image models, about 12x text).
 IMAGE = ("completion_image_tokens",)
-MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO, *IMAGE)
+# After it, for the same reason: the image part of prompt_tokens (OpenAI's GPT Image
+# models), then the pictures of the Responses API's image generation tool, parts of
+# prompt_tokens and completion_tokens billed at the image model's prices.
+IMAGE_INPUT = ("prompt_image_tokens",)
+IMAGE_GENERATION = IMAGE_GENERATION_COUNTS
+MEASURES = (*SUMS, *BUCKET_NAMES, *CACHE_WRITES, *AUDIO, *IMAGE, *IMAGE_INPUT, *IMAGE_GENERATION)
 _INDEX = {name: index for index, name in enumerate(MEASURES)}
 _LATENCY_OFFSET = len(SUMS)
 _LATENCY_END = _LATENCY_OFFSET + BUCKETS
@@ -72,6 +79,8 @@ _PROMPT_AUDIO = _INDEX["prompt_audio_tokens"]
 _CACHED_AUDIO = _INDEX["cached_audio_tokens"]
 _COMPLETION_AUDIO = _INDEX["completion_audio_tokens"]
 _COMPLETION_IMAGE = _INDEX["completion_image_tokens"]
+_PROMPT_IMAGE = _INDEX["prompt_image_tokens"]
+_IMAGE_GENERATION = _INDEX[IMAGE_GENERATION[0]]
 # The measure of one server tool's requests is this and the tool's name: a fixed list
 # would need a release for every tool a provider adds.
 TOOL_MEASURE = "server_tool_requests:"
@@ -116,6 +125,10 @@ class UsageEntry:
     completion_audio_tokens: int = 0
     # The image part of completion_tokens.
     completion_image_tokens: int = 0
+    # The image part of prompt_tokens.
+    prompt_image_tokens: int = 0
+    # The image generation tool's counts (``IMAGE_GENERATION``' order), None: it drew none.
+    image_generation: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +147,11 @@ class UsageRow:
     cached_audio_tokens: int = 0
     completion_audio_tokens: int = 0
     completion_image_tokens: int = 0
+    prompt_image_tokens: int = 0
+    image_generation_input_tokens: int = 0
+    image_generation_input_image_tokens: int = 0
+    image_generation_output_tokens: int = 0
+    image_generation_output_image_tokens: int = 0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
     @property
@@ -213,6 +231,11 @@ def add_entry(totals: UsageTotals, entry: UsageEntry) -> None:
         counts[_COMPLETION_AUDIO] += entry.completion_audio_tokens
     if entry.completion_image_tokens:
         counts[_COMPLETION_IMAGE] += entry.completion_image_tokens
+    if entry.prompt_image_tokens:
+        counts[_PROMPT_IMAGE] += entry.prompt_image_tokens
+    if entry.image_generation is not None:
+        for offset, count in enumerate(entry.image_generation):
+            counts[_IMAGE_GENERATION + offset] += count
 
 
 # A tab in a value is written as US (\x1f) + "t", and US itself doubled: characters

@@ -20,7 +20,12 @@ import orjson
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import usd_float
 from extproc.config.telemetry_model import LogConfig
-from extproc.context import CutAttempt, RequestContext, with_cut_attempts
+from extproc.context import (
+    CutAttempt,
+    RequestContext,
+    image_generation_counts,
+    with_cut_attempts,
+)
 from extproc.errors import REDACTED
 from extproc.telemetry.log_writer import (
     LineWriter,
@@ -90,6 +95,14 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "completion_audio_tokens": usage.audio_output_tokens,
         # The image part of completion_tokens (Gemini's image models), at the image price.
         "completion_image_tokens": usage.image_output_tokens,
+        # The image part of prompt_tokens (OpenAI's GPT Image models), at the image price.
+        "prompt_image_tokens": usage.image_tokens,
+        # The pictures of the Responses API's image generation tool: parts of the counts
+        # above, billed at their image model's prices (docs/chargeback.md).
+        "image_generation_model": (
+            usage.image_generation.model if usage.image_generation is not None else None
+        ),
+        **image_generation_counts(usage.image_generation),
         # Billed per request on top of the tokens (cost_usd includes them).
         "server_tool_requests": dict(usage.server_tool_requests) or None,
         "usage_reported": ctx.usage_reported,

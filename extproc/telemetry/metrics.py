@@ -70,6 +70,13 @@ TOKEN_PARTS = (
     "cached_audio",  # of cached: audio
     "completion_audio",  # of the completion: audio
     "completion_image",  # of the completion: images
+    "prompt_image",  # of the prompt: images
+    # The image generation tool's pictures, at the image model's prices: of the prompt,
+    # its input and the input's images; of the completion, its output and its pictures.
+    "image_generation_input",
+    "image_generation_input_image",
+    "image_generation_output",
+    "image_generation_output_image",
 )
 REQUEST_LABELS = ("route", "provider", "model", "status_code")
 COST_LABELS = ("api_key_id", "user_id", "group_id", "model", "provider")

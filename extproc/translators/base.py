@@ -25,7 +25,7 @@ from typing import Any, Protocol, Self
 
 import orjson
 
-from extproc.context import Usage
+from extproc.context import ImageGeneration, Usage
 from extproc.errors import BadRequestError, GatewayError
 
 # Provider messages are short; a cap keeps a misbehaving proxy's page out of the log line.
@@ -255,6 +255,11 @@ class StreamFailure:
     audio_output_tokens: int = 0
     # Of the output, the image tokens reported (Gemini's image models).
     image_output_tokens: int = 0
+    # Of the prompt, the image tokens reported (OpenAI's GPT Image models).
+    image_tokens: int = 0
+    # The image generation tool's pictures, part of the counts (a Responses API
+    # response.failed's tool_usage): billed at the image model's prices.
+    image_generation: ImageGeneration | None = None
 
     @classmethod
     def reported(
@@ -282,6 +287,8 @@ class StreamFailure:
             cached_audio_tokens=counts.cached_audio_tokens,
             audio_output_tokens=counts.audio_output_tokens if output_counted else 0,
             image_output_tokens=counts.image_output_tokens if output_counted else 0,
+            image_tokens=counts.image_tokens,
+            image_generation=counts.image_generation if output_counted else None,
         )
 
 

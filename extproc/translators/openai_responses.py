@@ -25,6 +25,12 @@ The request goes as the client sent it, under the provider's name for the model,
   response's ``output``;
 - the response's ``id`` (a JSON answer's; a stream's first event's), under which
   ``stages.response_owner`` records who created it.
+- the pictures its ``image_generation`` tool drew (``tool_usage.image_gen``, beside
+  ``usage``), added to the counts as parts of them and billed at the image model's prices
+  (``openai_image_usage``): a JSON answer's top level, a stream's terminal response's. The
+  image model is the one the response's ``tools`` names, else the request's
+  (``image_model``). A stream cut before its terminal response never shows them, and does
+  not bill them (docs/chargeback.md#image-generation).
 
 A stream (SSE, ``event: response.<kind>`` lines) ends with one terminal event:
 ``response.completed``, ``response.incomplete`` or ``response.failed``, each carrying
@@ -77,6 +83,7 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
+from extproc.translators.openai_image_usage import image_generation_of, with_image_generation
 from extproc.translators.openai_openai import reasoning_beside, reported_cost
 from extproc.translators.sse import (
     EVENT_END,
@@ -280,10 +287,12 @@ class ResponseReader(BufferedBodyReader):
 
     read_usage = staticmethod(usage_from_responses)
 
-    def __init__(self) -> None:
+    def __init__(self, image_model: str | None = None) -> None:
         super().__init__()
         self.finish_reason: str | None = None
         self.response_id: str | None = None
+        # The image generation tool's model as the request named it (openai_image_usage).
+        self._image_model = image_model
 
     @staticmethod
     def read_service_tier(answer: dict[str, Any]) -> str | None:
@@ -296,6 +305,8 @@ class ResponseReader(BufferedBodyReader):
             self.response_id = _response_id(self.answer)
             if self.usage is not None:
                 self.usage.server_tool_requests = server_tool_calls(self.answer.get("output"))
+                drawn = image_generation_of(self.answer, self._image_model)
+                self.usage = with_image_generation(self.usage, drawn)
         return None
 
 
@@ -304,10 +315,12 @@ class EventStreamReader:
     billed tool call or an error (the module docstring), passes every byte through as it
     came."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_model: str | None = None) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
+        # The image generation tool's model as the request named it (openai_image_usage).
+        self._image_model = image_model
         # Set when the provider failed the stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
         self.service_tier: str | None = None
@@ -405,6 +418,8 @@ class EventStreamReader:
         usage = usage_from_responses(response.get("usage"))
         if usage is not None:
             usage.server_tool_requests = self.tool_call_tally.counts
+            drawn = image_generation_of(response, self._image_model)
+            usage = with_image_generation(usage, drawn)
         if kind == "response.failed" or self.failure is not None:
             self._stream_failed(_failed_response(response), usage)
         else:

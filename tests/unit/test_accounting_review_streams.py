@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pytest
 from extproc import headers
 from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.config.loader import parse_config
-from extproc.context import PhaseOutput, RequestContext
+from extproc.context import IMAGE_GENERATION_COUNTS, PhaseOutput, RequestContext
 from extproc.processor import Processor
 from extproc.quota.store import Denial, QuotaStore
 from extproc.runtime import Runtime, Services
@@ -81,6 +81,10 @@ TEXT = ("Hello there friend", " more words")
 # --- the four ledgers -----------------------------------------------------------------
 
 
+# The parts billed at image prices besides the completion's pictures, by their log names.
+IMAGE_PARTS = ("prompt_image_tokens", *IMAGE_GENERATION_COUNTS)
+
+
 @dataclass(frozen=True)
 class Ledgers:
     """What one request left in each ledger."""
@@ -92,6 +96,9 @@ class Ledgers:
     # The completion's image part: aigw_token_parts_total{token_type="completion_image"},
     # and the rollup's completion_image_tokens.
     image: tuple[int, int] = (0, 0)
+    # Every other part billed at image prices, by the log line's name: the metric's
+    # aigw_token_parts_total (token_type, the name without "_tokens") and the rollup's.
+    image_parts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def agree(self) -> None:
         """Each ledger holds the log line's tokens, and the rollup its cost."""
@@ -102,6 +109,8 @@ class Ledgers:
         assert line["total_tokens"] == sum(tokens) == self.quota, self
         assert self.rollup[2] == round(line["cost_usd"] * 10**12), self
         assert self.image == (line["completion_image_tokens"],) * 2, self
+        for name, counted in self.image_parts.items():
+            assert counted == (line[name],) * 2, (name, self)
 
 
 @pytest.fixture
@@ -191,7 +200,14 @@ async def ledgers(
         sample(services, "aigw_token_parts_total", token_type="completion_image"),
         rows[0].completion_image_tokens if rows else 0,
     )
-    return Ledgers(line, (metric[0], metric[1]), rolled, used, image)
+    image_parts = {
+        name: (
+            sample(services, "aigw_token_parts_total", token_type=name.removesuffix("_tokens")),
+            getattr(rows[0], name) if rows else 0,
+        )
+        for name in IMAGE_PARTS
+    }
+    return Ledgers(line, (metric[0], metric[1]), rolled, used, image, image_parts)
 
 
 # --- each client API's stream, as its provider sends it ----------------------------------

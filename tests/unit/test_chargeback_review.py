@@ -236,5 +236,7 @@ def test_a_period_without_usage_has_no_rows_and_zero_totals(
         "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms,"
         "cache_write_tokens,cache_write_1h_tokens,"
         "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
-        "completion_image_tokens"
+        "completion_image_tokens,prompt_image_tokens,image_generation_input_tokens,"
+        "image_generation_input_image_tokens,image_generation_output_tokens,"
+        "image_generation_output_image_tokens"
     ]

@@ -54,6 +54,11 @@ LOGGED = {
     "cached_audio": "cached_audio_tokens",
     "completion_audio": "completion_audio_tokens",
     "completion_image": "completion_image_tokens",
+    "prompt_image": "prompt_image_tokens",
+    "image_generation_input": "image_generation_input_tokens",
+    "image_generation_input_image": "image_generation_input_image_tokens",
+    "image_generation_output": "image_generation_output_tokens",
+    "image_generation_output_image": "image_generation_output_image_tokens",
 }
 
 

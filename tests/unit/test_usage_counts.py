@@ -52,7 +52,11 @@ OLD_CSV_HEADER = (
 # Always in CSV, after the cache writes and before the tools (test_usage_audio_counts).
 AUDIO_COLUMNS = ",prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens"
 # After them, added later (test_gemini_image_pricing).
-IMAGE_COLUMNS = ",completion_image_tokens"
+IMAGE_COLUMNS = (
+    ",completion_image_tokens,prompt_image_tokens,image_generation_input_tokens"
+    ",image_generation_input_image_tokens,image_generation_output_tokens"
+    ",image_generation_output_image_tokens"
+)
 
 
 @pytest.fixture
@@ -311,7 +315,7 @@ async def test_csv_keeps_its_columns_and_adds_the_counts_after_them(store: Usage
         + ",cache_write_tokens,cache_write_1h_tokens"
         + AUDIO_COLUMNS
         + IMAGE_COLUMNS,
-        "gpt-4o-mini,1,10,5,0,15,0,0.00,,,0,0,0,0,0,0",
+        "gpt-4o-mini,1,10,5,0,15,0,0.00,,,0,0,0,0,0,0" + ",0" * 5,
     ]
 
     await store.record(claude(T1, writes=22, writes_1h=12, web_search=3, web_fetch=2))
@@ -320,7 +324,9 @@ async def test_csv_keeps_its_columns_and_adds_the_counts_after_them(store: Usage
         OLD_CSV_HEADER + ",cache_write_tokens,cache_write_1h_tokens" + AUDIO_COLUMNS
         + IMAGE_COLUMNS + ",server_tool_requests:web_fetch,server_tool_requests:web_search"
     )  # fmt: skip
-    assert lines[1].endswith(",22,12,0,0,0,0,2,3") and lines[1].startswith(
+    assert lines[1].endswith(",22,12,0,0,0,0" + ",0" * 5 + ",2,3") and lines[1].startswith(
         "claude-sonnet-4-0,1,100,20,"
     )
-    assert lines[2].endswith(",0,0,0,0,0,0,0,0") and lines[2].startswith("gpt-4o-mini,")
+    assert lines[2].endswith(",0,0,0,0,0,0" + ",0" * 5 + ",0,0") and lines[2].startswith(
+        "gpt-4o-mini,"
+    )

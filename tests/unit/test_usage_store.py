@@ -162,6 +162,11 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
             "cached_audio_tokens": 0,
             "completion_audio_tokens": 0,
             "completion_image_tokens": 0,
+            "prompt_image_tokens": 0,
+            "image_generation_input_tokens": 0,
+            "image_generation_input_image_tokens": 0,
+            "image_generation_output_tokens": 0,
+            "image_generation_output_image_tokens": 0,
         }
     ]
     assert document["totals"]["cost_usd"] == "0.0000125"
@@ -171,8 +176,10 @@ async def test_report_renders_table_json_and_csv(store: UsageStore) -> None:
         "unpriced_requests,cost_usd,latency_p50_ms,latency_p95_ms,"
         "cache_write_tokens,cache_write_1h_tokens,"
         "prompt_audio_tokens,cached_audio_tokens,completion_audio_tokens,"
-        "completion_image_tokens",
-        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5,0,0,0,0,0,0",
+        "completion_image_tokens,prompt_image_tokens,image_generation_input_tokens,"
+        "image_generation_input_image_tokens,image_generation_output_tokens,"
+        "image_generation_output_image_tokens",
+        "openai-chat,gpt-4o,1,10,5,4,15,0,0.0000125,75.0,97.5,0,0,0,0,0,0,0,0,0,0,0",
     ]
 
 

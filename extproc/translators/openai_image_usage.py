@@ -1,0 +1,115 @@
+"""What OpenAI's GPT Image models bill, as their answers report it.
+
+Two reports share one shape (``input_tokens``, ``input_tokens_details.{text_tokens,
+image_tokens}``, ``output_tokens``, optional ``output_tokens_details.{text_tokens,
+image_tokens}``):
+
+- the Images API's ``usage`` (``/v1/images/generations``): the request's own usage,
+  read as ``Usage`` (``usage_from_images``), its images apart (``image_tokens``,
+  ``image_output_tokens``), which the price table bills at the model's image prices;
+- a Responses API answer's ``tool_usage.image_gen``: the pictures its
+  ``image_generation`` tool drew, summed over its calls, apart from the answering
+  model's ``usage`` (``image_generation_of``). They are another model's tokens (the
+  tool's ``model``: gpt-image-1, gpt-image-1-mini...), added to the request's counts as
+  parts of them (``with_image_generation``) and billed at that model's prices.
+
+The output's pictures are the report's ``output_tokens_details.image_tokens`` when it
+names them, else all of ``output_tokens`` (gpt-image-1 draws nothing but the picture,
+and OpenAI may leave the details out). Cached counts of the tool
+(``cached_tokens``) are not read: OpenAI says they may be missing when unknown, and the
+input is billed at the uncached prices (docs/chargeback.md#image-generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from extproc.context import ImageGeneration, Usage
+from extproc.translators.token_counts import token_count
+
+# The type of the Responses API's image generation tool in a request's and a
+# response's ``tools``.
+TOOL_TYPE = "image_generation"
+
+
+def _counts(value: Any) -> tuple[int, int, int, int] | None:
+    """(input, its images, output, its pictures) of a GPT Image report; None when it has
+    no input or output count. Each part within the count it is part of."""
+    if not isinstance(value, dict):
+        return None
+    prompt = token_count(value.get("input_tokens"))
+    completion = token_count(value.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = value.get("input_tokens_details")
+    images = token_count(details.get("image_tokens")) if isinstance(details, dict) else None
+    output = value.get("output_tokens_details")
+    drawn = token_count(output.get("image_tokens")) if isinstance(output, dict) else None
+    return (
+        prompt,
+        min(images or 0, prompt),
+        completion,
+        completion if drawn is None else min(drawn, completion),
+    )
+
+
+def usage_from_images(value: Any) -> Usage | None:
+    """The Images API's ``usage`` (a JSON answer's, a stream's
+    ``image_generation.completed`` event's); None when absent or malformed."""
+    counts = _counts(value)
+    if counts is None:
+        return None
+    prompt, images, completion, drawn = counts
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion,
+        image_tokens=images,
+        image_output_tokens=drawn,
+    )
+
+
+def tool_model(tools: Any) -> str | None:
+    """The model of the image generation tool in a ``tools`` list (a request's or a
+    response's); None when it has no such tool or the tool names no model."""
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") == TOOL_TYPE:
+            model = tool.get("model")
+            if isinstance(model, str) and model.strip():
+                return model.strip()
+            return None
+    return None
+
+
+def image_generation_of(response: Any, asked_model: str | None) -> ImageGeneration | None:
+    """The pictures a response's image generation tool drew (``tool_usage.image_gen``);
+    None when it reports none. The model is the one the response's ``tools`` names (OpenAI
+    fills in its default), else ``asked_model`` (the request's)."""
+    if not isinstance(response, dict):
+        return None
+    tool_usage = response.get("tool_usage")
+    report = tool_usage.get("image_gen") if isinstance(tool_usage, dict) else None
+    counts = _counts(report)
+    if counts is None or (counts[0] == 0 and counts[2] == 0):
+        return None
+    prompt, images, completion, drawn = counts
+    model = tool_model(response.get("tools")) or asked_model
+    return ImageGeneration(model, prompt, images, completion, drawn)
+
+
+def with_image_generation(usage: Usage, generation: ImageGeneration | None) -> Usage:
+    """``usage`` with the tool's pictures added to its counts, as parts of them."""
+    if generation is None:
+        return usage
+    prompt = usage.prompt_tokens + generation.input_tokens
+    completion = usage.completion_tokens + generation.output_tokens
+    return replace(
+        usage,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=usage.total_tokens + generation.input_tokens + generation.output_tokens,
+        image_generation=generation,
+    )

@@ -1,0 +1,75 @@
+"""The mock's GPT Image model, read with the official openai client: the Responses API's
+image_generation tool (``tool_usage.image_gen``), and the Images API.
+
+The counts follow docs/mock-llm.md: the picture's input is its prompt's tokens, its
+output ``OUTPUT_TOKENS[quality]`` per picture (``auto`` as medium: 1,056). The gateway
+bills them, so the tests predict them exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from openai import AsyncOpenAI
+
+from extproc.mock_llm import count_tokens
+from extproc.mock_llm.image_bytes import format_of
+from extproc.mock_llm.images_api import DEFAULT_IMAGE_MODEL, OUTPUT_TOKENS, PNG_BASE64
+
+MODEL = "gpt-4o-mini"
+QUESTION = "Draw a cat on a mat."
+REPLY = "Mock reply to: " + QUESTION
+
+
+def test_the_picture_is_a_png() -> None:
+    assert format_of(base64.b64decode(PNG_BASE64)) == "png"
+
+
+async def test_the_image_tool_draws_and_reports_its_tokens_apart(
+    openai_client: AsyncOpenAI,
+) -> None:
+    answer = await openai_client.responses.create(
+        model=MODEL, input=QUESTION, tools=[{"type": "image_generation", "quality": "low"}]
+    )
+    call, message = answer.output
+    assert call.type == "image_generation_call"
+    assert call.result == PNG_BASE64
+    assert message.type == "message"
+    # OpenAI fills in the tool's default model.
+    (tool,) = answer.tools
+    assert tool.type == "image_generation" and tool.model == DEFAULT_IMAGE_MODEL
+    assert answer.tool_usage is not None
+    drawn = answer.tool_usage.image_gen
+    assert (drawn.input_tokens, drawn.output_tokens) == (count_tokens(REPLY), OUTPUT_TOKENS["low"])
+    assert drawn.input_tokens_details.image_tokens == 0
+    # The answering model's usage is its own.
+    assert answer.usage is not None
+    assert answer.usage.output_tokens == count_tokens(REPLY)
+
+
+async def test_a_stream_shows_the_call_and_ends_with_the_tool_usage(
+    openai_client: AsyncOpenAI,
+) -> None:
+    stream = await openai_client.responses.create(
+        model=MODEL,
+        input=QUESTION,
+        tools=[{"type": "image_generation", "model": "gpt-image-1-mini"}],
+        stream=True,
+    )
+    events = [event async for event in stream]
+    kinds = [event.type for event in events]
+    assert "response.image_generation_call.generating" in kinds
+    assert kinds.index("response.image_generation_call.completed") < kinds.index(
+        "response.output_text.delta"
+    )
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.tools[0].model == "gpt-image-1-mini"
+    assert final.response.tool_usage is not None
+    assert final.response.tool_usage.image_gen.output_tokens == OUTPUT_TOKENS["medium"]
+
+
+async def test_without_the_tool_nothing_is_drawn(openai_client: AsyncOpenAI) -> None:
+    answer = await openai_client.responses.create(model=MODEL, input=QUESTION)
+    assert [item.type for item in answer.output] == ["message"]
+    assert answer.tool_usage is None
