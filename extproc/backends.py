@@ -73,7 +73,7 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
-from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, openai_inputs
+from extproc import aws_eventstream, bedrock_count_tokens, gemini_api, images_api, openai_inputs
 from extproc.answer_encoding import BROKEN_STATUS, DecompressedAnswer, decoded, readable_encoding
 from extproc.answer_status import MAX_HTTP_STATUS, is_redirect
 from extproc.bedrock_invoke_bodies import (
@@ -130,6 +130,7 @@ from extproc.translators import (
     openai_bedrock_stream,
     openai_completions,
     openai_embeddings,
+    openai_images,
     openai_openai,
     openai_responses,
     vertex_embeddings,
@@ -183,6 +184,10 @@ _ONLY_OPENAI = {
         "Responses API token count (/v1/responses/input_tokens)",
         "only models of OpenAI-compatible providers are counted there (Anthropic's at "
         "/v1/messages/count_tokens)",
+    ),
+    RouteApi.OPENAI_IMAGES: (
+        "Images API (/v1/images/generations)",
+        "only image models of OpenAI-compatible providers draw there",
     ),
 }
 
@@ -248,6 +253,11 @@ def plan_request(
         return _responses_request(ctx, parsed, upstream, suffix)
     if route.api is RouteApi.OPENAI_COMPLETIONS:
         return _completions_request(ctx, parsed, upstream, suffix)
+    if route.api is RouteApi.OPENAI_IMAGES:
+        # As it came, under the provider's name for the model: its streams always carry
+        # their usage (image_generation.completed), nothing to ask.
+        check_pair(ctx, parsed, upstream)
+        return _pass_through(ctx, parsed, upstream, images_api.GENERATIONS_ENDPOINT + suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
     ctx.client_wants_usage = client_asked_for_usage(ctx, parsed)
@@ -414,7 +424,7 @@ def serves_client_api(api: RouteApi, upstream: Upstream) -> bool:
         return True
     if api in (RouteApi.OPENAI_RESPONSES, RouteApi.OPENAI_RESPONSES_COMPACT):
         return kind is ProviderType.OPENAI
-    if api is RouteApi.OPENAI_COMPLETIONS:
+    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
         return kind is ProviderType.OPENAI
     if api is RouteApi.OPENAI_EMBEDDINGS:
         if kind is ProviderType.VERTEX:
@@ -1081,6 +1091,11 @@ def _answer_plan(
     if route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # Never streamed (a body asking is refused): a response's usage, in one object.
         return ResponsePlan(openai_responses.ResponseReader())
+    if route.api is RouteApi.OPENAI_IMAGES:
+        if streaming:
+            allowance = images_api.picture_allowance(ctx.body or {})
+            return ResponsePlan(openai_images.ImageEventReader(allowance), streamed=True)
+        return ResponsePlan(openai_images.ImagesReader())
     if route.api is RouteApi.BEDROCK_CONVERSE:
         asked = bedrock_tier_asked(route.api, ctx.body, ctx.request_headers)
         if streaming:

@@ -21,6 +21,7 @@ from extproc.config.model import RouteApi
 from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tokens
 from extproc.embeddings import estimate_input_tokens
 from extproc.gemini_api import estimate_prompt_tokens as estimate_gemini_tokens
+from extproc.images_api import estimate_prompt_tokens as estimate_images_prompt
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ _PROMPT_ESTIMATES: dict[RouteApi, Callable[[dict[str, Any]], int]] = {
     RouteApi.OPENAI_EMBEDDINGS: estimate_input_tokens,
     RouteApi.OPENAI_RESPONSES: estimate_responses_tokens,
     RouteApi.OPENAI_COMPLETIONS: estimate_completions_prompt,
+    RouteApi.OPENAI_IMAGES: estimate_images_prompt,
     RouteApi.OPENAI_RESPONSES_COMPACT: estimate_responses_tokens,
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: estimate_responses_tokens,
     RouteApi.BEDROCK_CONVERSE: estimate_converse_tokens,

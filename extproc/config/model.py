@@ -317,6 +317,11 @@ class RouteApi(StrEnum):
     # OpenAI's legacy text completions (/v1/completions: a prompt in, choices[].text
     # out): passed through to OpenAI-compatible providers, billed like chat completions.
     OPENAI_COMPLETIONS = "openai_completions"
+    # OpenAI's Images API (/v1/images/generations: a prompt in, pictures out, as
+    # base64): passed through to OpenAI-compatible providers, billed by its usage (text
+    # and image input, the pictures' tokens at the image price). Its multipart endpoints
+    # (edits, variations) are refused on its routes (extproc.images_api).
+    OPENAI_IMAGES = "openai_images"
     # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
     # window to carry on out (its user messages and one encrypted compaction item). It
     # generates, so it is billed by its usage; it does not stream. OpenAI-compatible
@@ -417,7 +422,9 @@ ANTHROPIC_VERTEX_APIS = {
 
 # The client APIs whose bodies carry no chat messages for enrichment to add to (Gemini's
 # contents take them: guardrails.enrichment).
-_WITHOUT_MESSAGES = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS})
+_WITHOUT_MESSAGES = frozenset(
+    {RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES}
+)
 
 # A DNS name, or a wildcard for every name under one (``*.gateway.local``); no port.
 _HOST = re.compile(
@@ -682,6 +689,17 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         ),
         RouteConfig(
             name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
+        ),
+        # The Images API: generations served, its multipart endpoints (edits,
+        # variations) refused with a 400 naming what is served (extproc.images_api).
+        RouteConfig(name="openai-images", path_prefix="/v1/images", api=RouteApi.OPENAI_IMAGES),
+        RouteConfig(
+            name="openai-prefix-images", path_prefix="/openai/v1/images", api=RouteApi.OPENAI_IMAGES
+        ),
+        RouteConfig(
+            name="openai-bare-prefix-images",
+            path_prefix="/openai/images",
+            api=RouteApi.OPENAI_IMAGES,
         ),
         # Every other path under /v1/responses: a stored response by its id (the exact
         # paths above win over this prefix).

@@ -46,6 +46,7 @@ from extproc.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from extproc.images_api import check_images_body
 from extproc.input_limits import checked_messages, nesting_depth_over
 from extproc.openai_inputs import check_choices, check_completion_bounds
 from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
@@ -348,6 +349,10 @@ def parse_request_body(api: RouteApi, body: bytes, limits: LimitsConfig) -> dict
     if api is RouteApi.OPENAI_COMPLETIONS:
         parsed = parse_json_object(body, limits.max_json_depth)
         check_completions_body(parsed, limits.max_messages)
+        return parsed
+    if api is RouteApi.OPENAI_IMAGES:
+        parsed = parse_json_object(body, limits.max_json_depth)
+        check_images_body(parsed)
         return parsed
     if api is RouteApi.BEDROCK_CONVERSE:
         parsed = parse_json_object(body, limits.max_json_depth)

@@ -101,12 +101,14 @@ from extproc.config.model import ProviderType, RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import response_too_large
+from extproc.images_api import picture_allowance
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
 from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.base import counted_prompt
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_images import pictures_counted
 from extproc.translators.openai_responses import server_tool_calls
 
 # The client APIs whose answers generate text, billed as completion tokens.
@@ -122,6 +124,9 @@ _GENERATES = frozenset(
         # Google bills a generateContent answer it started, cut or without its
         # usageMetadata, as any provider does (its allowance: maxOutputTokens).
         RouteApi.GEMINI_GENERATE_CONTENT,
+        # OpenAI bills the pictures of an image generation it started (its allowance: the
+        # pictures' tokens at their quality and size, images_api.picture_allowance).
+        RouteApi.OPENAI_IMAGES,
     }
 )
 # The client APIs whose requests a provider bills by their tokens.
@@ -190,11 +195,26 @@ def charge_whole_answer(ctx: RequestContext, answer: Any) -> None:
     if not (_billed(ctx) and _answer_started(ctx)):
         return
     completion = 0
-    if answer is not None and ctx.route is not None and ctx.route.api in _GENERATES:
+    if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_IMAGES:
+        # Its pictures, which carry no text to count: the allowance of those it holds.
+        completion = _pictures_allowance(ctx, answer)
+    elif answer is not None and ctx.route is not None and ctx.route.api in _GENERATES:
         # Re-serialised only on this rare path, to read it as a stream's text is read.
         characters = generated_chars(orjson.dumps(answer))
         completion = -(-characters // CHARS_PER_TOKEN)
     _charge(ctx, completion, _server_tool_requests(ctx, answer))
+
+
+def _pictures_allowance(ctx: RequestContext, answer: Any) -> int:
+    """The allowance of the pictures a whole Images API answer without its usage holds
+    (its ``data``), at the quality and size the request asked for."""
+    pictures = pictures_counted(ctx.translator)
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not pictures and isinstance(data, list):
+        pictures = len(data)
+    if not pictures or ctx.body is None:
+        return 0
+    return picture_allowance({**ctx.body, "n": pictures})
 
 
 def _server_tool_requests(ctx: RequestContext, answer: Any) -> dict[str, int]:
@@ -297,11 +317,14 @@ def _dropped_attempt(response_headers: dict[str, str]) -> bool:
 
 def _charge(ctx: RequestContext, completion: int, tools: dict[str, int] | None = None) -> None:
     prompt = charged_prompt(ctx)
+    pictures = ctx.route is not None and ctx.route.api is RouteApi.OPENAI_IMAGES
     ctx.usage = replace(
         prompt,
         completion_tokens=completion,
         total_tokens=prompt.prompt_tokens + completion,
         server_tool_requests=tools or {},
+        # An image generation's completion is its pictures, at the image price.
+        image_output_tokens=completion if pictures else prompt.image_output_tokens,
     )
     ctx.usage_estimated = True
 

@@ -714,7 +714,8 @@ def _request_slots(ctx: RequestContext) -> tuple[list[TextSlot], Dropper | None]
     if api in RESPONSES_REQUESTS:
         found = metadata.openai_slots(body) + definitions.responses_slots(body)
         return found + responses_request_slots(body), None
-    if api is RouteApi.OPENAI_COMPLETIONS:
+    if api in (RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
+        # An image generation's text is its ``prompt`` string, as a text completion's.
         return metadata.openai_slots(body) + completion_request_slots(body), None
     if api in GEMINI_APIS:
         # A count's text reaches the model as the request it counts would.
@@ -768,7 +769,7 @@ def _request_images(ctx: RequestContext) -> list[Image]:
         return responses_images(body)
     if api in GEMINI_APIS:
         return gemini_images(gemini_request(body))
-    if api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS):
+    if api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_COMPLETIONS, RouteApi.OPENAI_IMAGES):
         return []
     converse = api is RouteApi.BEDROCK_CONVERSE
     if api is RouteApi.BEDROCK_COUNT_TOKENS:
@@ -919,8 +920,10 @@ class GuardResponseStage:
         route = ctx.route
         if route is None or not ctx.accounted or ctx.response_status >= 300:
             return
-        if route.api is RouteApi.OPENAI_EMBEDDINGS or route.api in TOKEN_COUNT_APIS:
-            return  # vectors, a count: no text to guard
+        if route.api in (RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES) or (
+            route.api in TOKEN_COUNT_APIS
+        ):
+            return  # vectors, pictures, a count: no text to guard
         guards = ctx.runtime.guardrails.for_route(route.name)
         if guards is None or guards.response.empty:
             return

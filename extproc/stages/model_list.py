@@ -36,6 +36,7 @@ _USING_APIS = frozenset(
         RouteApi.OPENAI_RESPONSES,
         RouteApi.OPENAI_COMPLETIONS,
         RouteApi.OPENAI_RESPONSES_COMPACT,
+        RouteApi.OPENAI_IMAGES,
     }
 )
 # The client APIs served by one provider type only (nothing translates to them).
@@ -44,6 +45,7 @@ _ONLY_PROVIDER = {
     RouteApi.OPENAI_RESPONSES: ProviderType.OPENAI,
     RouteApi.OPENAI_COMPLETIONS: ProviderType.OPENAI,
     RouteApi.OPENAI_RESPONSES_COMPACT: ProviderType.OPENAI,
+    RouteApi.OPENAI_IMAGES: ProviderType.OPENAI,
 }
 
 # A path may be as long as Envoy's header limit: the error echoes no more than this.

@@ -239,6 +239,9 @@ def _failed_stream_usage(
             completion_tokens=completion,
             total_tokens=counted.prompt_tokens + completion,
             server_tool_requests=tools,
+            # The pictures of an image stream cut while drawing (openai_images), charged
+            # at the image price.
+            image_output_tokens=min(failure.image_output_tokens, completion),
         )
     else:
         # The prompt side as the provider reported it: its cache reads, its cache writes

@@ -30,6 +30,7 @@ from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ProviderT
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
+from extproc.images_api import picture_allowance
 from extproc.openai_inputs import choices
 from extproc.providers import vertex_endpoints
 from extproc.quota.estimate import (
@@ -285,6 +286,8 @@ def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> 
     route = ctx.route
     if ctx.body is None or (route is not None and route.api is RouteApi.OPENAI_EMBEDDINGS):
         return 0
+    if route is not None and route.api is RouteApi.OPENAI_IMAGES:
+        return picture_allowance(ctx.body)  # n pictures at their quality and size
     default_max_tokens = ctx.runtime.config.quotas.default_max_tokens
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         budget = thinking_budget(converse_fields(ctx.body))
@@ -503,6 +506,9 @@ def _least_completion(ctx: RequestContext) -> int:
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # No allowance field to lower: the whole default allowance fits, or a 429.
         return ctx.runtime.config.quotas.default_max_tokens
+    if route is not None and route.api is RouteApi.OPENAI_IMAGES and ctx.body is not None:
+        # Nothing bounds a picture's tokens: room for all of them, or a 429.
+        return picture_allowance(ctx.body)
     if route is not None and route.api is RouteApi.BEDROCK_CONVERSE:
         if converse_api.is_prompt(ctx.upstream_model or ""):
             # A prompt of Prompt management takes no inferenceConfig (Bedrock refuses
@@ -643,6 +649,8 @@ def _allowance_fields(ctx: RequestContext) -> tuple[str, ...]:
         return ()  # none: a compaction reserves quotas.default_max_tokens
     if route is not None and route.api is RouteApi.OPENAI_COMPLETIONS:
         return COMPLETIONS_ALLOWANCE_FIELDS
+    if route is not None and route.api is RouteApi.OPENAI_IMAGES:
+        return ()  # none: a picture's tokens are its quality's and size's
     return CHAT_ALLOWANCE_FIELDS
 
 

@@ -248,6 +248,7 @@ _TERMINAL_EVENT_APIS = frozenset(
         RouteApi.BEDROCK_CONVERSE,
         RouteApi.BEDROCK_INVOKE,
         RouteApi.GEMINI_GENERATE_CONTENT,
+        RouteApi.OPENAI_IMAGES,
     }
 )
 # What is kept of what was sent, so a marker split over two chunks counts: one byte

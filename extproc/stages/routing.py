@@ -35,6 +35,7 @@ from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from extproc.gemini_api import counts_tokens, gemini_call
 from extproc.hosts import host_of
+from extproc.images_api import refuse_unserved_path
 from extproc.runtime import Route
 from extproc.stages.body_headers import check_body_headers
 from extproc.stages.chat_request import model_outside_body
@@ -100,6 +101,9 @@ class RoutingStage:
             raise MethodNotAllowedError(
                 f"{ctx.method} is not allowed on {path}; use POST", headers={"allow": "POST"}
             )
+        if route.api is RouteApi.OPENAI_IMAGES:
+            # Its multipart endpoints are refused before their body is read.
+            refuse_unserved_path(path, prefix_route=route.prefix is not None)
         ctx.accounted = True
         # The gateway reads the answer (usage, translation, guards): it must come
         # uncompressed, whatever the client's SDK accepts (httpx asks for gzip).

@@ -61,6 +61,11 @@ _CARRY = 96
 RUNNING_USAGE_INTERVAL_S = 0.1
 
 
+# The client APIs whose answers carry no text: embeddings' vectors, the Images API's
+# pictures (megabytes of base64 no finish reason or content capture reads).
+_NO_TEXT_ANSWERS = frozenset({RouteApi.OPENAI_EMBEDDINGS, RouteApi.OPENAI_IMAGES})
+
+
 class TelemetryStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         if ctx.trace_id is None:
@@ -78,8 +83,10 @@ class TelemetryStage:
         # any answer to the response, which would leave them naming nobody.
         out.metadata = {**(out.metadata or {}), **request_metadata(ctx)}
         telemetry = ctx.runtime.config.telemetry
-        if ctx.route is not None and ctx.route.api is RouteApi.OPENAI_EMBEDDINGS:
-            return  # no messages in, vectors out: no text to capture, no finish reasons
+        if ctx.route is not None and ctx.route.api in _NO_TEXT_ANSWERS:
+            # No messages in, vectors or pictures out: no text to capture, no finish
+            # reasons.
+            return
         if telemetry.log.include_content or (
             telemetry.tracing.enabled and telemetry.tracing.capture_content
         ):
@@ -116,7 +123,7 @@ class TelemetryStage:
         if ctx.accounted and responses and ctx.completed:
             # Read once the answer ended, which may be an empty last chunk.
             _read_outcome(ctx)
-        if ctx.accounted and sent and api is not RouteApi.OPENAI_EMBEDDINGS:
+        if ctx.accounted and sent and api not in _NO_TEXT_ANSWERS:
             read = _readable(ctx, out, sent)
             if not responses:
                 self._scan_finish_reasons(ctx, read)

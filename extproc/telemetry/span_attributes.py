@@ -112,6 +112,8 @@ OPERATIONS = {
     RouteApi.OPENAI_RESPONSES_INPUT_TOKENS: "count_tokens",
     # The conventions' own value for Gemini's generateContent.
     RouteApi.GEMINI_GENERATE_CONTENT: "generate_content",
+    # ...and for OpenAI's Images API: the conventions' value for multimodal generation.
+    RouteApi.OPENAI_IMAGES: "generate_content",
     RouteApi.GEMINI_COUNT_TOKENS: "count_tokens",
     # A Vertex client's call before its body is read (a bad key); after, it is the
     # Anthropic call it stands for (extproc.vertex_client_api).

@@ -135,6 +135,11 @@ COMPLETIONS_FIELDS: list[FieldPath] = [
     ("model",), ("prompt",), ("max_tokens",), ("n",), ("best_of",), ("suffix",),
     ("stream",), ("echo",), ("logprobs",), ("stream_options",), ("temperature",),
 ]  # fmt: skip
+IMAGES = {"model": "gpt-image-1", "prompt": "A cat.", "n": 1, "quality": "low"}
+IMAGES_FIELDS: list[FieldPath] = [
+    ("model",), ("prompt",), ("n",), ("quality",), ("size",), ("stream",),
+    ("partial_images",), ("user",),
+]  # fmt: skip
 EMBEDDINGS_FIELDS: list[FieldPath] = [
     ("model",), ("input",), ("dimensions",), ("encoding_format",), ("input_type",), ("user",),
 ]  # fmt: skip
@@ -219,6 +224,7 @@ SHAPES: dict[str, Shape] = {
         "/v1/chat/completions", _with(CHAT, model="gemini-flash"), CHAT_FIELDS, "openai"
     ),
     "completions": Shape("/v1/completions", COMPLETIONS, COMPLETIONS_FIELDS, "openai"),
+    "images": Shape("/v1/images/generations", IMAGES, IMAGES_FIELDS, "openai"),
     "embeddings openai": Shape(
         "/v1/embeddings",
         {"model": "text-embedding-3-small", "input": "hi"},
@@ -588,6 +594,7 @@ async def test_every_shape_s_own_body_is_sent_on(gateways: dict[bool, Gateway], 
 SHAPE_OF_API = {
     RouteApi.OPENAI_CHAT: "chat to openai",
     RouteApi.OPENAI_COMPLETIONS: "completions",
+    RouteApi.OPENAI_IMAGES: "images",
     RouteApi.OPENAI_EMBEDDINGS: "embeddings openai",
     RouteApi.OPENAI_RESPONSES: "responses",
     RouteApi.OPENAI_RESPONSES_COMPACT: "responses compact",

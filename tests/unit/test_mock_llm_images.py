@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 
+import openai
+import pytest
 from openai import AsyncOpenAI
 
 from extproc.mock_llm import count_tokens
@@ -73,3 +75,40 @@ async def test_without_the_tool_nothing_is_drawn(openai_client: AsyncOpenAI) -> 
     answer = await openai_client.responses.create(model=MODEL, input=QUESTION)
     assert [item.type for item in answer.output] == ["message"]
     assert answer.tool_usage is None
+
+
+async def test_images_generate_answers_pictures_and_usage(openai_client: AsyncOpenAI) -> None:
+    answer = await openai_client.images.generate(
+        model="gpt-image-1", prompt=QUESTION, n=2, quality="high"
+    )
+    assert answer.data is not None
+    assert [each.b64_json for each in answer.data] == [PNG_BASE64, PNG_BASE64]
+    assert answer.usage is not None
+    assert answer.usage.input_tokens == count_tokens(QUESTION)
+    assert answer.usage.input_tokens_details.text_tokens == count_tokens(QUESTION)
+    assert answer.usage.output_tokens == 2 * OUTPUT_TOKENS["high"]
+    assert answer.usage.total_tokens == count_tokens(QUESTION) + 2 * OUTPUT_TOKENS["high"]
+
+
+async def test_images_generate_streams_partial_pictures_then_the_usage(
+    openai_client: AsyncOpenAI,
+) -> None:
+    stream = await openai_client.images.generate(
+        model="gpt-image-1", prompt=QUESTION, stream=True, partial_images=2, quality="low"
+    )
+    events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    final = events[-1]
+    assert final.type == "image_generation.completed"
+    assert final.usage.output_tokens == OUTPUT_TOKENS["low"]
+
+
+async def test_images_generate_refuses_what_openai_refuses(openai_client: AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_client.images.generate(model="gpt-image-1", prompt="x", n=11)
+    assert refused.value.body is not None
+    assert refused.value.param == "n"
