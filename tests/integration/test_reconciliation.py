@@ -51,6 +51,11 @@ PARTS = {
     "cached_audio": "cached_audio_tokens",
     "completion_audio": "completion_audio_tokens",
     "completion_image": "completion_image_tokens",
+    "prompt_image": "prompt_image_tokens",
+    "image_generation_input": "image_generation_input_tokens",
+    "image_generation_input_image": "image_generation_input_image_tokens",
+    "image_generation_output": "image_generation_output_tokens",
+    "image_generation_output_image": "image_generation_output_image_tokens",
 }
 CONCURRENCY = 24
 SIGNER = SigningKey("recon-rsa", "RS256")

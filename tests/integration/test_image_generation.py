@@ -1,0 +1,195 @@
+"""Pictures drawn through the gateway are billed at the image model's prices, through the
+real stack: Envoy, the gateway, its embedded Valkey and the mock provider, driven by the
+official openai client.
+
+Two ways to draw, both billed by OpenAI at its GPT Image model's prices:
+
+- the Images API, ``client.images.generate`` (before: Envoy's 404 ``route_not_found``,
+  the gateway had no route for it), whole and streamed;
+- the Responses API's ``image_generation`` tool, ``client.responses.create`` with
+  ``tools=[{"type": "image_generation"}]``, whose picture's tokens come in
+  ``tool_usage.image_gen`` apart from ``usage`` (before: billed nothing).
+
+The log line, the cost counter, ``aigw_token_parts_total``, the usage report and the
+quota agree on every picture and its image-priced cost; the multipart edits endpoint is
+a clear 400 in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from extproc.devstack import LocalStack
+from extproc.management.client import QuotaClient
+from extproc.mock_llm import count_tokens
+from extproc.mock_llm.image_bytes import format_of
+from extproc.mock_llm.images_api import OUTPUT_TOKENS
+from tests.integration.conftest import (
+    GatewayLog,
+    default_config,
+    metric,
+    mock_requests,
+    running_stack,
+    scrape,
+    usage_rows,
+    wait_for,
+    write_config,
+)
+
+KEY_ID, KEY = "studio", "studio-key-5e0b"
+PROMPT = "A lighthouse at dusk, in watercolour."
+ADMIN_TOKEN = "dev-admin-token"  # the default config's, for the management API
+# The default config's prices, USD per million tokens.
+IMAGE_TEXT_IN, IMAGE_OUT = Decimal("5.00"), Decimal("40.00")  # gpt-image-1
+TEXT_IN, TEXT_OUT = Decimal("0.15"), Decimal("0.60")  # gpt-4o-mini
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    raw = default_config()
+    raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "ines"})
+    raw["quotas"] = {
+        "rules": [
+            {
+                "name": "studio-tokens",
+                "subject": "api_key",
+                "match": [KEY_ID],
+                "tokens_per_day": 100_000_000,
+            }
+        ]
+    }
+    workdir = Path(tmp_path_factory.mktemp("images"))
+    with running_stack(workdir, write_config(workdir, raw)) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway_log(stack: LocalStack) -> GatewayLog:
+    return GatewayLog(stack.gateway_log)
+
+
+def client_of(stack: LocalStack) -> OpenAI:
+    return OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEY, max_retries=0)
+
+
+def cost(line: dict[str, Any]) -> Decimal:
+    return Decimal(str(line["cost_usd"]))
+
+
+def picture_cost(prompt: int, output: int) -> Decimal:
+    return (prompt * IMAGE_TEXT_IN + output * IMAGE_OUT) / 10**6
+
+
+def test_pictures_are_billed_at_the_image_prices_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    client = client_of(stack)
+    lines: list[dict[str, Any]] = []
+
+    # The Images API, whole: two low-quality pictures.
+    whole = client.images.with_raw_response.generate(
+        model="gpt-image-1", prompt=PROMPT, n=2, quality="low"
+    )
+    answer = whole.parse()
+    assert answer.data is not None and len(answer.data) == 2
+    assert format_of(base64.b64decode(answer.data[0].b64_json or "")) == "png"
+    assert answer.usage is not None
+    [line] = gateway_log.for_request(whole.headers["x-request-id"])
+    assert (line["route"], line["http_status_code"]) == ("openai-images", 200)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (
+        answer.usage.input_tokens,
+        answer.usage.output_tokens,
+    )
+    assert line["completion_image_tokens"] == 2 * OUTPUT_TOKENS["low"]
+    assert cost(line) == picture_cost(count_tokens(PROMPT), 2 * OUTPUT_TOKENS["low"])
+    lines.append(line)
+    # The provider got the gateway's key at its own images endpoint, not the client's.
+    sent = [r for r in mock_requests(stack) if r["path"].endswith("/images/generations")]
+    assert sent and sent[-1]["headers"]["authorization"] != f"Bearer {KEY}"
+
+    # The Images API, streamed: a partial picture, then the completed one with its usage.
+    stream = client.images.generate(
+        model="gpt-image-1", prompt=PROMPT, stream=True, partial_images=1, quality="medium"
+    )
+    events = list(stream)
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    streamed = wait_for(
+        lambda: [
+            found
+            for found in gateway_log.lines()
+            if found.get("route") == "openai-images" and found.get("stream")
+        ],
+        10,
+    )
+    [line] = streamed
+    assert line["completion_image_tokens"] == OUTPUT_TOKENS["medium"]
+    assert line["usage_reported"] is True
+    lines.append(line)
+
+    # The Responses API's image_generation tool: the answer's usage is gpt-4o-mini's,
+    # the picture's (tool_usage.image_gen) gpt-image-1's.
+    drawn = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Draw a lighthouse.", tools=[{"type": "image_generation"}]
+    )
+    response = drawn.parse()
+    assert response.usage is not None and response.tool_usage is not None
+    gen = response.tool_usage.image_gen
+    [line] = gateway_log.for_request(drawn.headers["x-request-id"])
+    assert line["image_generation_model"] == "gpt-image-1"
+    assert (line["image_generation_input_tokens"], line["image_generation_output_tokens"]) == (
+        gen.input_tokens,
+        gen.output_tokens,
+    )
+    # Parts of the request's counts, beside the answering model's own usage.
+    assert line["prompt_tokens"] == response.usage.input_tokens + gen.input_tokens
+    assert line["completion_tokens"] == response.usage.output_tokens + gen.output_tokens
+    answered = response.usage.input_tokens * TEXT_IN + response.usage.output_tokens * TEXT_OUT
+    assert cost(line) == answered / 10**6 + picture_cost(gen.input_tokens, gen.output_tokens)
+    lines.append(line)
+
+    billed = sum(cost(each) for each in lines)
+    samples = scrape(stack.metrics_url)
+    assert metric(samples, "aigw_cost_usd_total", api_key_id=KEY_ID) == float(billed)
+    drawn_tokens = metric(
+        samples, "aigw_token_parts_total", api_key_id=KEY_ID, token_type="image_generation_output"
+    )
+    assert drawn_tokens == gen.output_tokens
+    pictures = metric(
+        samples, "aigw_token_parts_total", api_key_id=KEY_ID, token_type="completion_image"
+    )
+    assert pictures == 2 * OUTPUT_TOKENS["low"] + OUTPUT_TOKENS["medium"]
+
+    # The report (and through it the rollups) and the quota hold the same.
+    row = wait_for(lambda: (found := usage_rows(stack, "api_key").get(KEY_ID)) and (
+        found["requests"] == 3 and found), 20)  # fmt: skip
+    assert row, "no rollup of the three requests"
+    assert Decimal(row["cost_usd"]) == billed
+    assert row["image_generation_output_tokens"] == gen.output_tokens
+    assert row["completion_image_tokens"] == pictures
+    total = sum(each["total_tokens"] for each in lines)
+    assert row["total_tokens"] == total
+    with QuotaClient(f"127.0.0.1:{stack.ports.management}", ADMIN_TOKEN) as quotas:
+        state = quotas.get("api_key", KEY_ID)
+    used = sum(limit.used for limit in state.limits if limit.kind == "tokens")
+    assert used == total
+
+
+def test_image_edits_are_a_clear_400_in_openais_shape(stack: LocalStack) -> None:
+    client = client_of(stack)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.edit(model="gpt-image-1", image=("a.png", b"\x89PNG"), prompt="Add a boat.")
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "unsupported_endpoint"
+    assert "/v1/images/generations" in error["message"]
