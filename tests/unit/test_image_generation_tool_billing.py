@@ -20,18 +20,25 @@ Valkey (``test_accounting_review_streams.ledgers``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
+from extproc.chargeback.period import Period
 from extproc.chargeback.pricing import PriceTable
+from extproc.chargeback.report import render
 from extproc.config.pricing_model import PricingConfig
-from extproc.context import ImageGeneration, Usage
+from extproc.context import IMAGE_GENERATION_COUNTS, ImageGeneration, Usage
+from extproc.management.usage import rows_from_report, usage_report
+from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.store.connection import StoreClient
+from extproc.store.usage import UsageEntry, UsageStore
 from extproc.testing import (
     request_body,
     request_headers,
@@ -50,6 +57,19 @@ from tests.unit.test_accounting_review_streams import (
 
 # The store fixture, re-exported so pytest finds it here.
 from tests.unit.test_accounting_review_streams import store as store
+
+T0 = datetime(2026, 3, 1, 10, 15, tzinfo=UTC).timestamp()
+DAY = Period(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+DRAWN = {
+    "route": "openai-responses", "model": "gpt-4o-mini", "provider": "mock",
+    "api_key_id": "team1", "user_id": "alice", "group_id": "design",
+}  # fmt: skip
+
+
+@pytest.fixture
+async def usage_store(store: StoreClient) -> AsyncIterator[UsageStore]:
+    yield UsageStore(store, "images:", retention_days=3)
+
 
 RESPONSES = "/v1/responses"
 MODEL = "gpt-4o-mini"
@@ -303,3 +323,27 @@ def test_the_long_context_threshold_is_judged_on_the_answering_models_prompt() -
     cost = PriceTable(pricing).cost("chat", usage)
     assert cost.long_context is False
     assert cost.picousd == (150 * 1 + 10 * 2 + 100 * 5 + 1_000 * 40) * 10**6
+
+
+# --- the rollups, the report and the management API ---------------------------------------------
+
+
+async def test_the_image_counts_roll_up_and_reach_the_report_and_the_management_api(
+    usage_store: UsageStore,
+) -> None:
+    """Summed per hour like every measure, and carried whole by the management API, so
+    ``usage report --api`` prints what a report from the store prints."""
+    drawn = (50, 20, 1_056, 1_056)
+    for _ in range(2):
+        await usage_store.record(
+            UsageEntry(T0, DRAWN, 90, 1_065, prompt_image_tokens=3, image_generation=drawn)
+        )
+    by = ("model",)
+    rows = await usage_store.query(DAY.start, DAY.end, by)
+    [row] = rows
+    counts = [getattr(row, name) for name in ("prompt_image_tokens", *IMAGE_GENERATION_COUNTS)]
+    assert counts == [6, 100, 40, 2_112, 2_112]
+    answer = pb.UsageReport.FromString(usage_report(rows, by, DAY).SerializeToString())
+    assert answer.totals.image_generation_output_tokens == 2_112
+    assert render(rows_from_report(answer), by, DAY, "json") == render(rows, by, DAY, "json")
+    assert render(rows_from_report(answer), by, DAY, "csv") == render(rows, by, DAY, "csv")
