@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +24,6 @@ from extproc.auth.stored_keys import NOT_CACHED, KeyCreateConflictError, StoredK
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
 from extproc.runtime import Services
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
 from tests.unit.test_auth_freshness_keys import eventually
 from tests.unit.test_stored_keys import (
     PREFIX,
@@ -38,10 +35,11 @@ from tests.unit.test_stored_keys import (
     gateway,
     keys,
     new_key,
+    other_process,
     send,
 )
 
-__all__ = ["api", "client", "gateway", "keys"]  # test_stored_keys's fixtures
+__all__ = ["api", "client", "gateway", "keys", "other_process"]  # test_stored_keys's fixtures
 HOUR_S = 3600.0
 DAY_S = 86400.0
 
@@ -75,18 +73,6 @@ async def test_an_expired_key_renewed_works_again_under_its_id_and_secret(
     assert (audit["action"], audit["outcome"]) == ("renew_key", "applied")
     assert audit["key_id"] == "ci-bot"
     assert audit["expires_at"] == until and secret not in orjson.dumps(audit).decode()
-
-
-@pytest.fixture
-async def other_process(valkey: EmbeddedValkey) -> AsyncIterator[StoredKeys]:
-    """Another gateway process sharing the store: its own connection, cache and listener."""
-    other_client = connect(valkey.url, 2.0)
-    other = StoredKeys(other_client, PREFIX)
-    other.start()
-    await asyncio.wait_for(other.listener.subscribed.wait(), 10.0)
-    yield other
-    await other.close()
-    await other_client.aclose()
 
 
 async def test_a_renewal_reaches_every_process_sharing_the_store_at_once(

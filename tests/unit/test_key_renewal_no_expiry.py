@@ -11,9 +11,7 @@ API, the CLI and requests through the processor.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -23,8 +21,6 @@ from extproc.auth.api_keys import key_digest
 from extproc.auth.stored_keys import NOT_CACHED, StoredKeys
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey
 from tests.unit.test_auth_freshness_keys import eventually
 from tests.unit.test_stored_keys import (
     PREFIX,
@@ -35,24 +31,13 @@ from tests.unit.test_stored_keys import (
     gateway,
     keys,
     new_key,
+    other_process,
     send,
 )
 
-__all__ = ["api", "client", "gateway", "keys"]  # test_stored_keys's fixtures
+__all__ = ["api", "client", "gateway", "keys", "other_process"]  # test_stored_keys's fixtures
 HOUR_S = 3600.0
 DAY_S = 86400.0
-
-
-@pytest.fixture
-async def other_process(valkey: EmbeddedValkey) -> AsyncIterator[StoredKeys]:
-    """Another gateway process sharing the store: its own connection, cache and listener."""
-    other_client = connect(valkey.url, 2.0)
-    other = StoredKeys(other_client, PREFIX)
-    other.start()
-    await asyncio.wait_for(other.listener.subscribed.wait(), 10.0)
-    yield other
-    await other.close()
-    await other_client.aclose()
 
 
 async def test_an_expired_key_renewed_with_no_expiry_works_for_good_on_every_process(

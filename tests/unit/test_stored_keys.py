@@ -91,6 +91,18 @@ def keys(client: Any) -> StoredKeys:
     return StoredKeys(client, PREFIX)
 
 
+@pytest.fixture
+async def other_process(valkey: EmbeddedValkey) -> AsyncIterator[StoredKeys]:
+    """Another gateway process sharing the store: its own connection, cache and listener."""
+    other_client = connect(valkey.url, 2.0)
+    other = StoredKeys(other_client, PREFIX)
+    other.start()
+    await asyncio.wait_for(other.listener.subscribed.wait(), 10.0)
+    yield other
+    await other.close()
+    await other_client.aclose()
+
+
 async def hgetall_calls(client: Any) -> int:
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
