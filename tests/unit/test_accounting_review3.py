@@ -9,7 +9,6 @@ billed or the gateway's estimate of it, marked as one.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import orjson
 import pytest
 import yaml
 
-from extproc.store.connection import StoreClient, connect
-from extproc.store.embedded import EmbeddedValkey
-from tests.unit.mock_vertex import mock_vertex, vertex_provider
-from tests.unit.test_accounting_review_streams import Answer, ledgers
+from extproc.store.connection import StoreClient
+from tests.unit.mock_vertex import gemini_on_mock_vertex
+from tests.unit.test_accounting_review_streams import Answer, ledgers, store
 
+__all__ = ["store"]  # test_accounting_review_streams's fixture
 # The default config, read once (not in the event loop of a test).
 DEFAULT_CONFIG = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
 KEY = {"x-goog-api-key": "team1-key"}
@@ -44,33 +43,11 @@ ANSWER = {
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey) -> AsyncIterator[StoreClient]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def gemini(tmp_path: Path) -> AsyncIterator[str]:
     """The default config with Gemini's API and Gemini on the mock's Vertex AI, as text
     (``ledgers`` adds the key's budget to it)."""
-    key_file = tmp_path / "key.json"
-    async with mock_vertex(key_file) as mock:
-        raw = copy.deepcopy(DEFAULT_CONFIG)
-        raw["providers"].append(vertex_provider(mock, key_file))
-        raw["models"].append(
-            {
-                "name": "gemini-2.5-flash",
-                "provider": "vertex",
-                "upstream_model": "google/gemini-2.5-flash",
-            }
-        )
-        raw["routes"].insert(
-            0,
-            {"name": "gemini", "path_prefix": "/v1beta/models", "api": "gemini_generate_content"},
-        )
-        yield yaml.safe_dump(raw)
+    async with gemini_on_mock_vertex(DEFAULT_CONFIG, tmp_path / "key.json") as config:
+        yield config
 
 
 # --- Gemini's generateContent: a JSON answer without Gemini's count ------------------------

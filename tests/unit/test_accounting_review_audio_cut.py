@@ -21,7 +21,6 @@ Valkey for the quota and the rollup) and reads the four ledgers
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -31,9 +30,8 @@ import orjson
 import pytest
 import yaml
 
-from extproc.store.connection import StoreClient, connect
-from extproc.store.embedded import EmbeddedValkey
-from tests.unit.mock_vertex import mock_vertex, vertex_provider
+from extproc.store.connection import StoreClient
+from tests.unit.mock_vertex import gemini_on_mock_vertex
 from tests.unit.test_accounting_review_streams import (
     DEFAULT_CONFIG,
     DONE,
@@ -45,20 +43,17 @@ from tests.unit.test_accounting_review_streams import (
     chat_chunk,
     data,
     ledgers,
+    store,
 )
+from tests.unit.test_gemini_audio_pricing import FLASH_PRICE as FLASH_INPUT_PRICE
+
+__all__ = ["store"]  # test_accounting_review_streams's fixture
 
 GEMINI_KEY = {"x-goog-api-key": "team1-key"}
 GEMINI_STREAM = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "x" * 40}]}]}
-# Gemini 2.5 Flash's list prices per million tokens at the time of writing.
-FLASH_PRICE = {
-    "input_per_million": "0.30",
-    "cached_input_per_million": "0.03",
-    "audio_input_per_million": "1.00",
-    "cached_audio_input_per_million": "0.10",
-    "output_per_million": "2.50",
-    "audio_output_per_million": "10.00",
-}
+# Gemini 2.5 Flash's list prices per million tokens, with its price of spoken output.
+FLASH_PRICE = {**FLASH_INPUT_PRICE, "audio_output_per_million": "10.00"}
 # A recording to transcribe: 1,000 prompt tokens, 800 of them audio; 400 read from the
 # cache, 300 of those audio.
 PROMPT = {
@@ -83,34 +78,12 @@ TRANSCRIPT = "Hello there friend"
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey) -> AsyncIterator[StoreClient]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def gemini(tmp_path: Path) -> AsyncIterator[str]:
     """The default config with Gemini's API and Gemini 2.5 Flash on the mock's Vertex AI,
     priced with its audio prices."""
-    key_file = tmp_path / "key.json"
-    async with mock_vertex(key_file) as mock:
-        raw = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG))
-        raw["providers"].append(vertex_provider(mock, key_file))
-        raw["models"].append(
-            {
-                "name": "gemini-2.5-flash",
-                "provider": "vertex",
-                "upstream_model": "google/gemini-2.5-flash",
-            }
-        )
-        raw["pricing"]["models"]["gemini-2.5-flash"] = FLASH_PRICE
-        raw["routes"].insert(
-            0,
-            {"name": "gemini", "path_prefix": "/v1beta/models", "api": "gemini_generate_content"},
-        )
-        yield yaml.safe_dump(raw)
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    async with gemini_on_mock_vertex(raw, tmp_path / "key.json", FLASH_PRICE) as config:
+        yield config
 
 
 def gemini_event(document: dict[str, Any]) -> bytes:

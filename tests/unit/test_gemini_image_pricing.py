@@ -18,7 +18,6 @@ mock Vertex; the stream tests read the four ledgers with a real Valkey
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -30,17 +29,25 @@ import yaml
 
 from extproc.config import ConfigError
 from extproc.runtime import Services
-from extproc.store.connection import StoreClient, connect
-from extproc.store.embedded import EmbeddedValkey
+from extproc.store.connection import StoreClient
 from extproc.testing import request_body, request_headers, response_body, response_headers
 from extproc.translators.gemini_gemini import usage_report
-from tests.unit.mock_vertex import mock_vertex, vertex_provider
-from tests.unit.test_accounting_review_streams import DEFAULT_CONFIG, SSE, Answer, ledgers, sample
+from tests.unit.mock_vertex import gemini_on_mock_vertex
+from tests.unit.test_accounting_review_streams import (
+    DEFAULT_CONFIG,
+    SSE,
+    Answer,
+    ledgers,
+    sample,
+    store,
+)
 from tests.unit.test_gemini_audio_pricing import _pricing
 from tests.unit.test_gemini_review import BODY, KEY, PREFIX, event, log_line, memory_services, play
 
 # The mock Vertex fixture, re-exported so pytest finds it here.
 from tests.unit.test_gemini_review import vertex as vertex
+
+__all__ = ["store"]  # test_accounting_review_streams's fixture
 
 FLASH = "gemini-2.5-flash"
 # Gemini 2.5 Flash Image's list prices per million tokens at the time of writing (the
@@ -199,30 +206,12 @@ GOOGLE_ERROR = event(
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey) -> AsyncIterator[StoreClient]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def gemini(tmp_path: Path) -> AsyncIterator[str]:
     """The default config with Gemini's API and a Gemini model priced with its image
     price, on the mock's Vertex AI."""
-    key_file = tmp_path / "key.json"
-    async with mock_vertex(key_file) as mock:
-        raw = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG))
-        raw["providers"].append(vertex_provider(mock, key_file))
-        raw["models"].append(
-            {"name": FLASH, "provider": "vertex", "upstream_model": f"google/{FLASH}"}
-        )
-        raw["pricing"]["models"][FLASH] = IMAGE_PRICE
-        raw["routes"].insert(
-            0,
-            {"name": "gemini", "path_prefix": "/v1beta/models", "api": "gemini_generate_content"},
-        )
-        yield yaml.safe_dump(raw)
+    raw = yaml.safe_load(DEFAULT_CONFIG)
+    async with gemini_on_mock_vertex(raw, tmp_path / "key.json", IMAGE_PRICE) as config:
+        yield config
 
 
 @pytest.mark.parametrize("ending", ["whole", "cut", "failed"])
