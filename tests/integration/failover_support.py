@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import orjson
 
 from extproc.devstack import LocalStack
+from extproc.store.embedded import free_port
 from tests.integration.conftest import GatewayLog, wait_for
 
 
@@ -46,6 +49,10 @@ class FaultyMock:
         found: list[dict[str, Any]] = httpx.get(f"{self.url}/_mock/requests").json()
         return found
 
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
 
 def start_faulty_mock(port: int, command: list[str]) -> FaultyMock:
     """The mock ``command`` starts on ``port``, once it answers."""
@@ -53,6 +60,30 @@ def start_faulty_mock(port: int, command: list[str]) -> FaultyMock:
     mock = FaultyMock(f"http://127.0.0.1:{port}", process)
     wait_for(lambda: _answers(mock.url), 15.0)
     return mock
+
+
+def start_mock_with_fault(fault: str) -> FaultyMock:
+    """The stack's mock provider on a port of its own, answering every request with
+    ``fault`` (an ``x-mock-fault`` value such as ``status=429`` or ``delay=6``)."""
+    port = free_port()
+    script = (
+        "from extproc.mock_llm import MockOptions, run\n"
+        f"run('127.0.0.1', {port}, MockOptions(default_fault={fault!r}))\n"
+    )
+    return start_faulty_mock(port, [sys.executable, "-c", script])
+
+
+@contextmanager
+def mocks_with_faults(*faults: str) -> Iterator[list[FaultyMock]]:
+    """One mock per fault, in order; every one started is stopped on leaving, also when
+    a later one fails to start."""
+    with ExitStack() as started:
+        mocks = []
+        for fault in faults:
+            mock = start_mock_with_fault(fault)
+            started.callback(mock.stop)
+            mocks.append(mock)
+        yield mocks
 
 
 def _answers(url: str) -> bool:

@@ -6,7 +6,6 @@ and what the log line, the metrics and the quota count."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +18,6 @@ import pytest
 from anthropic.types import Message, MessageParam
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     REFUSED_PORT,
     default_config,
@@ -33,8 +31,8 @@ from tests.integration.conftest import (
 from tests.integration.failover_support import (
     FaultyMock,
     log_line,
+    mocks_with_faults,
     quota_used,
-    start_faulty_mock,
 )
 from tests.integration.mock_vertex import LOCATION, vertex_provider
 from tests.integration.test_failover import BlackHole
@@ -66,12 +64,6 @@ FLAKY_ANTHROPIC_KEY = "flaky-anthropic-provider-key"
 PRIMARY_PRICE = {"input_per_million": 50, "output_per_million": 100}
 BEDROCK_CLAUDE_PRICE = (Decimal("0.25"), Decimal("1.25"))  # the default config's
 ANTHROPIC_HAIKU_PRICE = (Decimal("0.80"), Decimal("4.00"))  # claude-3-5-haiku-latest
-
-
-def start_faulty(fault: str) -> FaultyMock:
-    port = free_port()
-    command = [sys.executable, "-m", "extproc", "mock-llm", "--port", str(port), "--fault", fault]
-    return start_faulty_mock(port, command)
 
 
 @dataclass
@@ -183,17 +175,16 @@ def failover_config(overloaded: str, unavailable: str, silent: str) -> dict[str,
 @pytest.fixture(scope="module")
 def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("anthropic-failover")
-    overloaded, unavailable = start_faulty("status=529"), start_faulty("status=503")
-    silent = BlackHole()
-    try:
-        raw = failover_config(overloaded.url, unavailable.url, f"http://127.0.0.1:{silent.port}")
-        with running_stack(workdir, write_config(workdir, raw)) as running:
-            yield Stack(running, overloaded, unavailable)
-    finally:
-        for faulty in (overloaded, unavailable):
-            faulty.process.terminate()
-            faulty.process.wait(10)
-        silent.close()
+    with mocks_with_faults("status=529", "status=503") as (overloaded, unavailable):
+        silent = BlackHole()
+        try:
+            raw = failover_config(
+                overloaded.url, unavailable.url, f"http://127.0.0.1:{silent.port}"
+            )
+            with running_stack(workdir, write_config(workdir, raw)) as running:
+                yield Stack(running, overloaded, unavailable)
+        finally:
+            silent.close()
 
 
 def client(stack: Stack, key: str) -> anthropic.Anthropic:

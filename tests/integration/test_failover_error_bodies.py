@@ -13,7 +13,6 @@ error (``status_code="error_body"``) and never billed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,6 @@ import pytest
 
 from extproc.devstack import LocalStack
 from extproc.mock_llm.error_bodies import ERROR_BODY_MESSAGE
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     default_config,
     metric,
@@ -37,8 +35,8 @@ from tests.integration.conftest import (
 from tests.integration.failover_support import (
     FaultyMock,
     log_line,
+    mocks_with_faults,
     quota_used,
-    start_faulty_mock,
 )
 
 QUESTION = "fail over please"
@@ -64,13 +62,6 @@ KEYS = {
 class Stack:
     gateway: LocalStack
     primaries: dict[str, FaultyMock]  # by provider name
-
-
-def start_erring(shape: str) -> FaultyMock:
-    port = free_port()
-    fault = f"error_body={shape}"
-    command = [sys.executable, "-m", "extproc", "mock-llm", "--port", str(port), "--fault", fault]
-    return start_faulty_mock(port, command)
 
 
 def failover_config(primaries: dict[str, FaultyMock]) -> dict[str, Any]:
@@ -99,16 +90,11 @@ def failover_config(primaries: dict[str, FaultyMock]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("failover-error-bodies")
-    primaries: dict[str, FaultyMock] = {}
-    try:
-        for name, shape in SHAPES.items():
-            primaries[name] = start_erring(shape)
+    faults = [f"error_body={shape}" for shape in SHAPES.values()]
+    with mocks_with_faults(*faults) as mocks:
+        primaries = dict(zip(SHAPES, mocks, strict=True))
         with running_stack(workdir, write_config(workdir, failover_config(primaries))) as running:
             yield Stack(running, primaries)
-    finally:
-        for mock in primaries.values():
-            mock.process.terminate()
-            mock.process.wait(10)
 
 
 def openai_client(stack: Stack, key: str) -> openai.OpenAI:

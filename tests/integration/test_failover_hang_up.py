@@ -16,7 +16,6 @@ charged at the primary, as before.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,7 +27,6 @@ import pytest
 from openai import OpenAI
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     default_config,
     metric,
@@ -41,8 +39,8 @@ from tests.integration.conftest import (
 from tests.integration.failover_support import (
     FaultyMock,
     log_line,
+    mocks_with_faults,
     quota_used,
-    start_faulty_mock,
 )
 from tests.integration.test_client_timeout_accounting import only_request_of
 
@@ -55,15 +53,6 @@ ALLOWANCE = 300
 DEAR = (Decimal(50), Decimal(100))
 CHEAP = (Decimal(1), Decimal(2))
 KEYS = ("left-at-fallback", "left-streaming-at-fallback", "left-at-primary")
-
-
-def start_mock(fault: str) -> FaultyMock:
-    port = free_port()
-    script = (
-        "from extproc.mock_llm import MockOptions, run\n"
-        f"run('127.0.0.1', {port}, MockOptions(default_fault={fault!r}))\n"
-    )
-    return start_faulty_mock(port, [sys.executable, "-c", script])
 
 
 @dataclass
@@ -108,15 +97,10 @@ def hang_up_config(tired: FaultyMock, slow: FaultyMock) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("failover-hang-up")
-    tired, slow = start_mock("status=429"), start_mock("delay=6")
-    try:
+    with mocks_with_faults("status=429", "delay=6") as (tired, slow):
         config = write_config(workdir, hang_up_config(tired, slow))
         with running_stack(workdir, config) as running:
             yield Stack(running, tired, slow)
-    finally:
-        for mock in (tired, slow):
-            mock.process.terminate()
-            mock.process.wait(10)
 
 
 def give_up(stack: Stack, key: str, model: str, stream: bool = False) -> dict[str, Any]:

@@ -7,7 +7,6 @@ the same model on another account, is the fallback of both."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,20 +15,10 @@ import openai
 import pytest
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
 from tests.integration.conftest import default_config, metric, running_stack, scrape, write_config
-from tests.integration.failover_support import FaultyMock, log_line, start_faulty_mock
+from tests.integration.failover_support import FaultyMock, log_line, mocks_with_faults
 
 KEY = "review-client-secret"
-
-
-def start_mock(fault: str) -> FaultyMock:
-    port = free_port()
-    script = (
-        "from extproc.mock_llm import MockOptions, run\n"
-        f"run('127.0.0.1', {port}, MockOptions(default_fault={fault!r}))\n"
-    )
-    return start_faulty_mock(port, [sys.executable, "-c", script])
 
 
 @dataclass
@@ -60,15 +49,10 @@ def review_config(refusing: FaultyMock, tired: FaultyMock) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("failover-review2")
-    refusing, tired = start_mock("status=401"), start_mock("status=429")
-    try:
+    with mocks_with_faults("status=401", "status=429") as (refusing, tired):
         config = write_config(workdir, review_config(refusing, tired))
         with running_stack(workdir, config) as running:
             yield Stack(running, refusing, tired)
-    finally:
-        for mock in (refusing, tired):
-            mock.process.terminate()
-            mock.process.wait(10)
 
 
 def client(stack: Stack) -> openai.OpenAI:

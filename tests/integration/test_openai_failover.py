@@ -7,7 +7,6 @@ is retrieved and continued at the provider that stores it."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,7 +16,6 @@ import openai
 import pytest
 
 from extproc.devstack import LocalStack
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     default_config,
     metric,
@@ -30,8 +28,8 @@ from tests.integration.conftest import (
 from tests.integration.failover_support import (
     FaultyMock,
     log_line,
+    mocks_with_faults,
     quota_used,
-    start_faulty_mock,
 )
 
 PROMPT = "fail over please"
@@ -45,15 +43,6 @@ KEYS = {
 PRIMARY_PRICE = {"input_per_million": 50, "output_per_million": 100}
 MINI_PRICE = (Decimal("0.15"), Decimal("0.60"))  # gpt-4o-mini's, the default config's
 EMBED_PRICE = (Decimal("0.02"), Decimal("0"))  # text-embedding-3-small's
-
-
-def start_mock(fault: str) -> FaultyMock:
-    port = free_port()
-    script = (
-        "from extproc.mock_llm import MockOptions, run\n"
-        f"run('127.0.0.1', {port}, MockOptions(default_fault={fault!r}))\n"
-    )
-    return start_faulty_mock(port, [sys.executable, "-c", script])
 
 
 @dataclass
@@ -94,15 +83,10 @@ def failover_config(tired: FaultyMock, down: FaultyMock) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("openai-failover")
-    tired, down = start_mock("status=429"), start_mock("status=503")
-    try:
+    with mocks_with_faults("status=429", "status=503") as (tired, down):
         config = write_config(workdir, failover_config(tired, down))
         with running_stack(workdir, config) as running:
             yield Stack(running, tired, down)
-    finally:
-        for mock in (tired, down):
-            mock.process.terminate()
-            mock.process.wait(10)
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
