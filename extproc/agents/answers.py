@@ -227,12 +227,7 @@ class AnswerReader:
             # tool list: the server read the id another way than the gateway. Never let
             # it pass as it came: filter it like the list it may be.
             return self._lists.filter_stray(message) if self._lists is not None else None
-        replaced = watch.answer(message)
-        if watch.final:
-            del self._watches[key]
-            if watch.rewrites:
-                self._answered[key] = watch
-        return replaced
+        return self._answer_by(key, watch, message)
 
     def _read_sole_answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """The answer to the body's one request, whatever id it carries.
@@ -251,14 +246,19 @@ class AnswerReader:
         read the upstream's answer", the server's reason lost."""
         if self._watches:
             key, watch = next(iter(self._watches.items()))
-            replaced = watch.answer(message)
-            if watch.final:
-                del self._watches[key]
-                if watch.rewrites:
-                    self._answered[key] = watch
-            return replaced
+            return self._answer_by(key, watch, message)
         again = next(iter(self._answered.values()), None)
         return again.answer(message) if again is not None else None
+
+    def _answer_by(self, key: str, watch: Watch, message: dict[str, Any]) -> dict[str, Any] | None:
+        """``watch`` reads ``message``; once it has its final answer it stops awaiting one,
+        and one that rewrites answers stays to rewrite the same answer sent again."""
+        replaced = watch.answer(message)
+        if watch.final:
+            del self._watches[key]
+            if watch.rewrites:
+                self._answered[key] = watch
+        return replaced
 
     # --- SSE -------------------------------------------------------------------------
 
