@@ -472,15 +472,7 @@ class StreamTranslator:
         self.failure = (
             StreamFailure(error)
             if usage is None
-            else StreamFailure(
-                error,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cache_write_1h_tokens=usage.cache_write_1h_tokens,
-                whole=True,
-            )
+            else StreamFailure.reported(error, usage, whole=True)
         )
         return self._abort(error.body())
 
