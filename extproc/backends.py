@@ -345,15 +345,11 @@ def check_pair(ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream) 
             # forced tool call, a bound with no room to think), audio output, web search
             # Claude could not do, malformed documents: the translation's 400s.
             version = _anthropic_version(ctx, upstream)
-            openai_anthropic.check_thinking(
-                parsed, upstream.upstream_model, anthropic_version=version
-            )
-            openai_anthropic.check_extras(
+            openai_anthropic.check_before_quota(
                 parsed, upstream.upstream_model, anthropic_version=version
             )
         if kind is ProviderType.VERTEX and vertex_endpoints.is_claude(upstream.upstream_model):
-            openai_anthropic.check_thinking(parsed, upstream.upstream_model, image_urls=False)
-            openai_anthropic.check_extras(parsed, upstream.upstream_model, image_urls=False)
+            openai_anthropic.check_before_quota(parsed, upstream.upstream_model, image_urls=False)
         if kind is ProviderType.BEDROCK:
             check_cache_controls(parsed)
             guards = ctx.runtime.guardrails.for_route(route.name)

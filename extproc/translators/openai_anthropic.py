@@ -56,8 +56,8 @@ Fields beyond the conversation (``openai_chat_extras``): audio output (``modalit
 web search tool (refused, naming it, where ``tool_choice: none`` or a function named
 ``web_search`` would leave Claude unable to search); vLLM's ``documents`` are plain-text
 ``document`` blocks opening the first user turn; ``prediction``, ``chat_template_kwargs``
-and a message's ``name`` are hints, left out. ``check_extras`` gives those 400s before
-the quota.
+and a message's ``name`` are hints, left out. ``check_before_quota`` gives those 400s
+before the quota.
 
 Sampling: OpenAI's temperature (0..2) is clamped to Anthropic's 0..1. ``top_p`` is sent only
 without a temperature, because recent Claude models refuse the two together and many OpenAI
@@ -78,7 +78,7 @@ Claude's thinking in the one mode the model takes (``takes_adaptive_thinking``, 
 upstream model's id); ``none`` and ``minimal`` ask for no thinking, any other value than
 ``low``, ``medium``, ``high`` or ``xhigh`` is a 400 naming it. Thinking counts against
 ``max_tokens``. The same decisions serve Claude on Bedrock's Converse API
-(``openai_bedrock``), which imports them. ``check_thinking`` raises the 400s below
+(``openai_bedrock``), which imports them. ``check_before_quota`` raises the 400s below
 before the quota counts the request (``backends.check_pair``).
 
 - Adaptive thinking (Claude Opus 4.6, Sonnet 4.6 and every later model, one the gateway
@@ -164,8 +164,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "CompletionTranslator",
     "StreamTranslator",
-    "check_extras",
-    "check_thinking",
+    "check_before_quota",
     "named_max_tokens",
     "thinking_budget_for",
     "translate_error",
@@ -337,7 +336,12 @@ def thinking_budget_for(body: dict[str, Any]) -> int | None:
     return None if turn_left_open(turns) else THINKING_BUDGETS[effort]
 
 
-def check_thinking(
+# The fields beyond the conversation whose refusals ``check_before_quota`` gives
+# (openai_chat_extras).
+_EXTRAS = ("modalities", "audio", "web_search_options", "documents", "chat_template_kwargs")
+
+
+def check_before_quota(
     body: dict[str, Any],
     upstream_model: str,
     *,
@@ -345,39 +349,15 @@ def check_thinking(
     image_urls: bool = True,
 ) -> None:
     """Refuse, before the quota counts the request, what ``translate_request`` would
-    refuse of a body whose ``reasoning_effort`` asks Claude to think: the level, and what
-    Anthropic refuses beside thinking in the mode the model takes (a ``temperature`` or
+    refuse of a body whose ``reasoning_effort`` asks Claude to think (the level, and what
+    Anthropic refuses beside thinking in the mode the model takes: a ``temperature`` or
     ``top_p`` the API version sends, a forced ``tool_choice``, a bound with no room for
-    the least budget). Translated and thrown away, so the decision is the translation's
-    (the turn left open, the model, the version); a body that asks for no thinking is
+    the least budget) or that has fields beyond the conversation (``openai_chat_extras``:
+    audio output, a malformed ``web_search_options`` or one Claude could not search
+    with, malformed documents). Translated once and thrown away, so the decision is the
+    translation's (the turn left open, the model, the version); a body with neither is
     not read further. The options are ``translate_request``'s."""
-    if reasoning_effort(body) is None:
-        return
-    translate_request(
-        body,
-        upstream_model,
-        stream=False,
-        anthropic_version=anthropic_version,
-        image_urls=image_urls,
-    )
-
-
-# The fields whose refusals ``check_extras`` gives before the quota (openai_chat_extras).
-_EXTRAS = ("modalities", "audio", "web_search_options", "documents", "chat_template_kwargs")
-
-
-def check_extras(
-    body: dict[str, Any],
-    upstream_model: str,
-    *,
-    anthropic_version: str | None = None,
-    image_urls: bool = True,
-) -> None:
-    """Refuse, before the quota counts the request, what ``translate_request`` refuses of
-    the fields beyond the conversation (``openai_chat_extras``): audio output, a malformed
-    ``web_search_options`` or one Claude could not search with, malformed documents.
-    Translated and thrown away, as ``check_thinking`` does, for a body that has any."""
-    if not any(body.get(field) is not None for field in _EXTRAS):
+    if reasoning_effort(body) is None and not any(body.get(f) is not None for f in _EXTRAS):
         return
     translate_request(
         body,
