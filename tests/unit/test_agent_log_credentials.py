@@ -8,6 +8,8 @@ everyone who reads the gateway's log sees.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -28,6 +30,24 @@ from tests.unit.test_agents_review import samples
 PROVIDER_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7dEf0hIj3kLm6n"
 
 
+async def logged_mcp_exchange(
+    config: GatewayConfig, services: Services, body: Any, answer: Any
+) -> dict[str, Any]:
+    """Bob sends ``body`` to the MCP route and the server answers ``answer``: the
+    request's log line."""
+    await run_stream(
+        processor_for(with_agents(config), services),
+        [
+            request_headers("/mcp", headers=TEAM2),
+            request_body(orjson.dumps(body)),
+            response_headers(200),
+            response_body(orjson.dumps(answer)),
+        ],
+    )
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    return line
+
+
 @pytest.mark.parametrize(
     ("tool", "logged"),
     [
@@ -38,19 +58,9 @@ PROVIDER_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7dEf0hIj3kLm6n"
 async def test_a_provider_key_as_a_tool_name_is_hidden_in_the_log_line(
     config: GatewayConfig, services: Services, tool: str, logged: str
 ) -> None:
-    processor = processor_for(with_agents(config), services)
     body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool}}
     answer = {"jsonrpc": "2.0", "id": 3, "result": {"content": [], "isError": True}}
-    await run_stream(
-        processor,
-        [
-            request_headers("/mcp", headers=TEAM2),
-            request_body(orjson.dumps(body)),
-            response_headers(200),
-            response_body(orjson.dumps(answer)),
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    line = await logged_mcp_exchange(config, services, body, answer)
     assert line["agent"]["tool"] == logged
     assert line["agent"]["status"] == "tool_error"  # the call is still told apart
     assert PROVIDER_KEY not in orjson.dumps(line).decode()
@@ -61,32 +71,17 @@ async def test_a_provider_key_as_a_tool_name_is_hidden_in_the_log_line(
 async def test_a_provider_key_as_a_method_name_is_hidden_in_the_log_line(
     config: GatewayConfig, services: Services
 ) -> None:
-    processor = processor_for(with_agents(config), services)
     body = {"jsonrpc": "2.0", "id": 3, "method": PROVIDER_KEY}
     error = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32601, "message": "no such method"}}
-    await run_stream(
-        processor,
-        [
-            request_headers("/mcp", headers=TEAM2),
-            request_body(orjson.dumps(body)),
-            response_headers(200),
-            response_body(orjson.dumps(error)),
-        ],
-    )
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    line = await logged_mcp_exchange(config, services, body, error)
     assert line["agent"]["method"] == "[redacted]"
     assert PROVIDER_KEY not in orjson.dumps(line).decode()
 
 
 async def test_ordinary_names_are_logged_as_sent(config: GatewayConfig, services: Services) -> None:
     # Tool names with long random-looking parts are not keys: only a key's shape is hidden.
-    processor = processor_for(with_agents(config), services)
     tool = "lookup_order_3f2a9c1e-77b0-4c1d-9e52-0d8f4b6a1c23"
     body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool}}
-    await run_stream(
-        processor,
-        [request_headers("/mcp", headers=TEAM2), request_body(orjson.dumps(body)),
-         response_headers(200), response_body(b'{"jsonrpc":"2.0","id":3,"result":{}}')],
-    )  # fmt: skip
-    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    answer = {"jsonrpc": "2.0", "id": 3, "result": {}}
+    line = await logged_mcp_exchange(config, services, body, answer)
     assert line["agent"]["tool"] == tool and line["agent"]["method"] == "tools/call"
