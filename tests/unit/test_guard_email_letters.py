@@ -60,24 +60,26 @@ PII = {"policies": [{"name": "pii", "request": [
     {"name": "pii", "builtins": ["EMAIL"], "action": "mask"}]}]}  # fmt: skip
 
 
-async def test_an_accented_address_in_a_prompt_does_not_reach_the_provider() -> None:
+async def prompt_the_provider_got(said: str) -> str:
+    """The user's chat message ``said``, as the provider received it through the chat
+    route guarded by the EMAIL builtin (mask)."""
     gateway = Gateway(config_with(PII, {"openai-chat": {"guardrails": "pii"}}))
-    said = "Schreib an müller@bücher.de und почта@пример.рф, danke."
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": said}]})
     answers = await gateway.send("/v1/chat/completions", body)
-    sent = upstream_body(answers[1])
-    assert sent["messages"][0]["content"] == "Schreib an <EMAIL> und <EMAIL>, danke."
+    content: str = upstream_body(answers[1])["messages"][0]["content"]
+    return content
+
+
+async def test_an_accented_address_in_a_prompt_does_not_reach_the_provider() -> None:
+    sent = await prompt_the_provider_got("Schreib an müller@bücher.de und почта@пример.рф, danke.")
+    assert sent == "Schreib an <EMAIL> und <EMAIL>, danke."
 
 
 async def test_an_address_a_tool_wrote_with_escapes_is_masked() -> None:
     # json.dumps writes "ü" as "\u00fc": the guard reads the escape as the letter.
-    gateway = Gateway(config_with(PII, {"openai-chat": {"guardrails": "pii"}}))
-    said = '{"to": "m\\u00fcller@b\\u00fccher.de"}'
-    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": said}]})
-    answers = await gateway.send("/v1/chat/completions", body)
-    sent = upstream_body(answers[1])
-    assert "cher.de" not in sent["messages"][0]["content"]
-    assert "<EMAIL>" in sent["messages"][0]["content"]
+    sent = await prompt_the_provider_got('{"to": "m\\u00fcller@b\\u00fccher.de"}')
+    assert "cher.de" not in sent
+    assert "<EMAIL>" in sent
 
 
 def test_a_cyrillic_address_cut_over_stream_chunks_is_masked() -> None:
