@@ -11,7 +11,8 @@ looking at their id) is no cut: it reaches the SDK whole, without the gateway's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -58,11 +59,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             yield running
 
 
-@pytest.mark.parametrize("cut", ["between", "inside"])
-async def test_the_a2a_sdk_raises_the_gateways_error_for_a_stream_cut_mid_task(
-    stack: LocalStack, cut: str
-) -> None:
-    events = []
+@asynccontextmanager
+async def a2a_sdk(
+    stack: LocalStack, path: str
+) -> AsyncIterator[tuple[JsonRpcTransport, list[str]]]:
+    """The A2A SDK's JSON-RPC transport to the agent route at ``path`` with Bob's key, and
+    the ``x-request-id`` of every answer it gets (to find the request's log line)."""
     request_ids: list[str] = []
 
     async def remember(response: httpx.Response) -> None:
@@ -71,12 +73,24 @@ async def test_the_a2a_sdk_raises_the_gateways_error_for_a_stream_cut_mid_task(
     headers = {"authorization": f"Bearer {TEAM2}"}
     hooks = {"response": [remember]}
     async with httpx.AsyncClient(headers=headers, timeout=30.0, event_hooks=hooks) as client:
-        url = f"{stack.base_url}/a2a/cut/?cut={cut}"
-        transport = JsonRpcTransport(client, AgentCard(), url)
-        message = Message(role=Role.ROLE_USER, message_id="m1", parts=[Part(text="hi")])
-        request = SendMessageRequest(message=message)
+        yield JsonRpcTransport(client, AgentCard(), f"{stack.base_url}{path}"), request_ids
+
+
+def hi() -> SendMessageRequest:
+    """Bob's streamed message to the agent."""
+    return SendMessageRequest(
+        message=Message(role=Role.ROLE_USER, message_id="m1", parts=[Part(text="hi")])
+    )
+
+
+@pytest.mark.parametrize("cut", ["between", "inside"])
+async def test_the_a2a_sdk_raises_the_gateways_error_for_a_stream_cut_mid_task(
+    stack: LocalStack, cut: str
+) -> None:
+    events = []
+    async with a2a_sdk(stack, f"/a2a/cut/?cut={cut}") as (transport, request_ids):
         with pytest.raises(InternalError, match="ended before it was complete"):
-            async for event in transport.send_message_streaming(request):
+            async for event in transport.send_message_streaming(hi()):
                 events.append(event)
     # The whole events came first: the task, and (cut between) its working state.
     assert events and events[0].task.id == "t-cut"
@@ -98,18 +112,8 @@ async def test_a_settled_stream_under_the_agents_own_id_reaches_the_sdk_without_
     # The agent answers the SDK's string id under its own number. The gateway matched
     # answers by id: it took the completed stream for one cut short and appended its
     # error, which the SDK raised after the task had completed.
-    request_ids: list[str] = []
-
-    async def remember(response: httpx.Response) -> None:
-        request_ids.append(response.headers["x-request-id"])
-
-    headers = {"authorization": f"Bearer {TEAM2}"}
-    hooks = {"response": [remember]}
-    async with httpx.AsyncClient(headers=headers, timeout=30.0, event_hooks=hooks) as client:
-        transport = JsonRpcTransport(client, AgentCard(), f"{stack.base_url}/a2a/other-id/")
-        message = Message(role=Role.ROLE_USER, message_id="m1", parts=[Part(text="hi")])
-        request = SendMessageRequest(message=message)
-        events = [event async for event in transport.send_message_streaming(request)]
+    async with a2a_sdk(stack, "/a2a/other-id/") as (transport, request_ids):
+        events = [event async for event in transport.send_message_streaming(hi())]
     assert events[0].task.id == "t-other"
     assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
     log = GatewayLog(stack.gateway_log)
