@@ -31,8 +31,8 @@ from tests.unit.test_accounting_review_audio_cut import (
 
 # The fixtures, re-exported so pytest finds them here.
 from tests.unit.test_accounting_review_audio_cut import gemini as gemini
-from tests.unit.test_accounting_review_audio_cut import store as store
 from tests.unit.test_accounting_review_streams import SSE, Answer, ledgers
+from tests.unit.test_accounting_review_streams import store as store
 
 
 def google_error(code: int, status: str) -> bytes:
