@@ -1,6 +1,6 @@
 """What the failover integration tests share: a mock provider of their own that answers
-every request with one fault, and what they read of one request (its log line, and the
-tokens its key's ``failover-budget`` quota counter holds)."""
+every request with one fault, and what they read of one request (its log line, the
+tokens its key's ``failover-budget`` quota counter holds, and its key's rollup rows)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import orjson
 
 from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
-from tests.integration.conftest import GatewayLog, wait_for
+from tests.integration.conftest import GatewayLog, run_cli, wait_for
 
 
 def log_line(gateway: LocalStack, request_id: str) -> dict[str, Any]:
@@ -36,6 +36,19 @@ def quota_used(gateway: LocalStack, key: str) -> int:
         if limit.get("rule") == "failover-budget":
             return int(limit["used"])
     return 0
+
+
+def rollup_by_provider(
+    gateway: LocalStack, key: str, by: str = "api_key,provider"
+) -> dict[str, dict[str, Any]]:
+    """The rows of one key in `extproc usage report --by <by>`, by provider (``by`` holds
+    api_key and provider; a key whose provider served one model may add model)."""
+    done = run_cli(
+        gateway, "usage", "report", "--by", by, "--format", "json",
+        admin_token="dev-admin-token",
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = orjson.loads(done.stdout)["rows"]
+    return {row["provider"]: row for row in rows if row["api_key_id"] == key}
 
 
 @dataclass

@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     scrape,
     wait_for,
 )
+from tests.integration.failover_support import rollup_by_provider
 
 MESSAGES = [{"role": "user", "content": "fail over please"}]
 REPLY = "Mock reply to: fail over please"
@@ -193,16 +194,6 @@ def quota_used(stack: Stack, key: str) -> int:
     return next(int(limit["used"]) for limit in found["limits"] if limit["rule"] == "budget")
 
 
-def rollup(stack: Stack, key: str) -> dict[str, dict[str, Any]]:
-    """`extproc usage report --by api_key,model,provider` rows of one key, by provider."""
-    done = run_cli(
-        stack.gateway, "usage", "report", "--by", "api_key,model,provider", "--format", "json",
-        admin_token="dev-admin-token",
-    )  # fmt: skip
-    rows: list[dict[str, Any]] = orjson.loads(done.stdout)["rows"]
-    return {row["provider"]: row for row in rows if row["api_key_id"] == key}
-
-
 def cut_estimate() -> tuple[int, int]:
     """What an answer cut after its 200 is charged: the prompt as the quota estimate
     counts it, and the completion allowance the request asked for."""
@@ -260,7 +251,8 @@ def test_the_attempt_cut_after_its_200_is_charged_beside_the_answer(cut: Stack) 
         before, "aigw_cost_usd_total", **labels
     )
     assert Decimal(str(cost)) == cut_cost_usd()
-    rows = wait_for(lambda: rollup(cut, "charged"), 15.0)
+    by = "api_key,model,provider"
+    rows = wait_for(lambda: rollup_by_provider(cut.gateway, "charged", by), 15.0)
     assert rows["preset"]["model"] == "mreset"
     assert rows["preset"]["total_tokens"] == prompt + completion
     assert rows["mock-anthropic"]["total_tokens"] == usage.total_tokens

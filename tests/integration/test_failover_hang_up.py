@@ -22,7 +22,6 @@ from decimal import Decimal
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from openai import OpenAI
 
@@ -30,7 +29,6 @@ from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     default_config,
     metric,
-    run_cli,
     running_stack,
     scrape,
     wait_for,
@@ -41,6 +39,7 @@ from tests.integration.failover_support import (
     log_line,
     mocks_with_faults,
     quota_used,
+    rollup_by_provider,
 )
 from tests.integration.test_client_timeout_accounting import only_request_of
 
@@ -121,16 +120,6 @@ def give_up(stack: Stack, key: str, model: str, stream: bool = False) -> dict[st
     return log_line(stack.gateway, only_request_of(stack.gateway, key))
 
 
-def rollup(stack: Stack, key: str) -> dict[str, dict[str, Any]]:
-    """`extproc usage report --by api_key,provider` rows of one key, by provider."""
-    done = run_cli(
-        stack.gateway, "usage", "report", "--by", "api_key,provider", "--format", "json",
-        admin_token="dev-admin-token",
-    )  # fmt: skip
-    rows: list[dict[str, Any]] = orjson.loads(done.stdout)["rows"]
-    return {row["provider"]: row for row in rows if row["api_key_id"] == key}
-
-
 def cost(prices: tuple[Decimal, Decimal], completion: int = ALLOWANCE) -> Decimal:
     return (PROMPT * prices[0] + completion * prices[1]) / 10**6
 
@@ -156,7 +145,7 @@ def assert_charged(
     found = metric(samples, "aigw_cost_usd_total", api_key_id=key, provider=provider)
     assert Decimal(str(found)) == expected
     assert metric(samples, "aigw_cost_usd_total", api_key_id=key) == found
-    mine = wait_for(lambda: rollup(stack, key), 15.0)
+    mine = wait_for(lambda: rollup_by_provider(stack.gateway, key), 15.0)
     assert list(mine) == [provider]
     assert (mine[provider]["total_tokens"], Decimal(mine[provider]["cost_usd"])) == (
         PROMPT + completion,
