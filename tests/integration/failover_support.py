@@ -18,6 +18,16 @@ from extproc.devstack import LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import GatewayLog, run_cli, wait_for
 
+# The quota rule whose counter quota_used reads: each failover stack's config has it.
+FAILOVER_BUDGET = "failover-budget"
+
+
+def failover_budget(tokens_per_day: int = 1_000_000) -> dict[str, Any]:
+    """The config's ``quotas`` section: one ``failover-budget`` rule per API key, large
+    enough never to refuse, so that its counter shows what each request was charged."""
+    rule = {"name": FAILOVER_BUDGET, "subject": "api_key", "tokens_per_day": tokens_per_day}
+    return {"rules": [rule]}
+
 
 def log_line(gateway: LocalStack, request_id: str) -> dict[str, Any]:
     [line] = GatewayLog(gateway.gateway_log).for_request(request_id)
@@ -33,7 +43,7 @@ def quota_used(gateway: LocalStack, key: str) -> int:
         env=gateway.env, capture_output=True, check=True,
     )  # fmt: skip
     for limit in orjson.loads(result.stdout).get("limits", []):
-        if limit.get("rule") == "failover-budget":
+        if limit.get("rule") == FAILOVER_BUDGET:
             return int(limit["used"])
     return 0
 

@@ -30,6 +30,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.failover_support import (
     FaultyMock,
+    failover_budget,
     log_line,
     mocks_with_faults,
     quota_used,
@@ -166,9 +167,7 @@ def failover_config(overloaded: str, unavailable: str, silent: str) -> dict[str,
     raw["auth"]["api_keys"].append(
         {"id": "narrow", "key": KEYS["narrow"], "allowed_models": ["sonnet-flaky"]}
     )
-    raw["quotas"] = {
-        "rules": [{"name": "failover-budget", "subject": "api_key", "tokens_per_day": 1000000}]
-    }
+    raw["quotas"] = failover_budget()
     return raw
 
 

@@ -34,6 +34,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.failover_support import (
     FaultyMock,
+    failover_budget,
     log_line,
     mocks_with_faults,
     quota_used,
@@ -81,9 +82,7 @@ def failover_config(primaries: dict[str, FaultyMock]) -> dict[str, Any]:
     raw["auth"]["api_keys"].append(
         {"id": "narrow", "key": KEYS["narrow"], "allowed_models": ["gpt-erring"]}
     )
-    raw["quotas"] = {
-        "rules": [{"name": "failover-budget", "subject": "api_key", "tokens_per_day": 1000000}]
-    }
+    raw["quotas"] = failover_budget()
     return raw
 
 

@@ -36,6 +36,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.failover_support import (
     FaultyMock,
+    failover_budget,
     log_line,
     mocks_with_faults,
     quota_used,
@@ -87,9 +88,7 @@ def hang_up_config(tired: FaultyMock, slow: FaultyMock) -> dict[str, Any]:
             "output_per_million": str(price_out),
         }
     raw["auth"]["api_keys"] += [{"id": key, "key": f"{key}-secret"} for key in KEYS]
-    raw["quotas"] = {
-        "rules": [{"name": "failover-budget", "subject": "api_key", "tokens_per_day": 10**9}]
-    }
+    raw["quotas"] = failover_budget(10**9)
     return raw
 
 

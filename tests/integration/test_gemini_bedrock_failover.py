@@ -40,6 +40,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.failover_support import (
     FaultyMock,
+    failover_budget,
     log_line,
     quota_used,
     start_faulty_mock,
@@ -162,9 +163,7 @@ def failover_config(workdir: Path, tired: FaultyMock, down: FaultyMock) -> dict[
         "output_per_million": float(CLAUDE_B_PRICE[1]),
     }
     raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in KEYS.items()]
-    raw["quotas"] = {
-        "rules": [{"name": "failover-budget", "subject": "api_key", "tokens_per_day": 1000000}]
-    }
+    raw["quotas"] = failover_budget()
     # Gemini's API at the SDK's own paths; Converse for every configured model.
     raw["routes"].insert(
         0, {"name": "gemini", "path_prefix": "/v1/models", "api": "gemini_generate_content"}
@@ -189,8 +188,7 @@ def failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(running, authority.cert, tired, down)
     finally:
         for mock in (tired, down):
-            mock.process.terminate()
-            mock.process.wait(10)
+            mock.stop()
 
 
 # The SDK closes its connections when its Client is collected: keep the ones made.

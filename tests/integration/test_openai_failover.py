@@ -27,6 +27,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.failover_support import (
     FaultyMock,
+    failover_budget,
     log_line,
     mocks_with_faults,
     quota_used,
@@ -74,9 +75,7 @@ def failover_config(tired: FaultyMock, down: FaultyMock) -> dict[str, Any]:
     for name in ("gpt-tired", "gpt-doomed", "embed-tired"):
         raw["pricing"]["models"][name] = PRIMARY_PRICE
     raw["auth"]["api_keys"] += [{"id": name, "key": secret} for name, secret in KEYS.items()]
-    raw["quotas"] = {
-        "rules": [{"name": "failover-budget", "subject": "api_key", "tokens_per_day": 1000000}]
-    }
+    raw["quotas"] = failover_budget()
     return raw
 
 
