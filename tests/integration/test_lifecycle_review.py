@@ -90,9 +90,10 @@ def test_the_supervisors_store_leaves_the_http_port_to_the_supervisor(
 def test_a_worker_that_cannot_take_its_port_says_why_without_a_traceback(
     tmp_path: Path,
 ) -> None:
-    # Worker 1's ext_proc port is held by another process. The supervisor gives up
-    # after its restarts (tests/integration/test_workers_review.py); each attempt
-    # must say why in one line, as a single process does, not in a traceback.
+    """Worker 1's ext_proc port is held by another process. The supervisor must not
+    serve on with one worker (and a /readyz that never turns 200): it gives up after
+    its restarts and exits 1; each attempt says why in one line, as a single process
+    does, not in a traceback."""
     http_port = free_port()
     grpc_port = free_port_block(2, avoid={http_port})
     config = tmp_path / "gateway.yaml"
@@ -115,6 +116,12 @@ def test_a_worker_that_cannot_take_its_port_says_why_without_a_traceback(
     reason = f"worker 1 cannot start: ext_proc server cannot listen on 127.0.0.1:{grpc_port + 1}"
     assert reason in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert "workers died 5 times" in err, err[-3000:]
+    # Worker 0, which could bind, is gone with it: nothing serves on unsupervised.
+    # (Connecting, not binding: the port may be the local end of another process's
+    # outgoing connection, which makes a bind fail with nothing listening on it.)
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", grpc_port))
 
 
 def test_a_start_with_workers_is_no_reload_and_a_sighup_is(

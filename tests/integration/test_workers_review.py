@@ -2,29 +2,26 @@
 both workers, the supervisor's /metrics, the log lines and `extproc usage report` agree
 request for request; no counter on the page ever goes back while a worker is killed and
 restarted; a quota in the shared store holds across workers; a reload reaches every worker
-and the merged page; a worker that cannot take its port stops the whole server."""
+and the merged page. (A worker that cannot take its port stops the whole server:
+tests/integration/test_lifecycle_review.py.)"""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import (
     GatewayLog,
     metric,
@@ -324,33 +321,3 @@ def test_a_reload_reaches_every_worker_and_the_merged_page_admits_its_models(
     assert len(new) == 6 and all(Decimal(str(line["cost_usd"])) > 0 for line in new)
     assert_page_equals_log_lines(stack, lines)
     assert_report_equals_log_lines(stack, lines)
-
-
-def test_a_worker_that_cannot_take_its_port_stops_the_server(tmp_path: Path) -> None:
-    """Worker 1's port is held by another program: the supervisor must not serve on
-    with one worker (and a /readyz that never turns 200); it exits 1 and says why."""
-    ports = Ports.free()
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    taken = holder.getsockname()[1]
-    env = {
-        **LocalStack(workdir=tmp_path, ports=ports).env,
-        "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{taken - 1}",
-    }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "extproc", "serve", "--config", str(DEFAULT_CONFIG),
-             "--workers", "2"],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-    finally:
-        holder.close()
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr, done.stderr[-3000:]
-    assert "workers died 5 times" in done.stderr
-    # Worker 0, which could bind, is gone with it: nothing serves on unsupervised.
-    # (Connecting, not binding: the port may be the local end of another process's
-    # outgoing connection, which makes a bind fail with nothing listening on it.)
-    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
-        probe.connect(("127.0.0.1", taken - 1))
