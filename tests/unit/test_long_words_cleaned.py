@@ -1,0 +1,59 @@
+"""Cleaning secrets out of a message takes time in its length, not its square.
+
+Every message the gateway writes about a request (an error, a log line) is cleaned of
+anything shaped like a key, and provider words are cleaned of key fragments
+(``sk-proj-****abcd``). The fragment pattern for a masked key, ``\\S*\\*{3,}\\S*``, was
+tried at every character of a word: on a word without asterisks, ``\\S*`` ran to the
+word's end and back each time. An unauthenticated ``PUT /model/<30,000 characters>``
+made the gateway build its 405 ("PUT is not allowed on ...") and clean it for 4.4 s of
+one worker's event loop, serving nothing else meanwhile (9,000 characters: 0.42 s;
+Envoy's default 60 KiB of headers allow about 20 s). The pattern now starts only at a
+word's start, where every match of the old one started: the same words are hidden.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extproc.auth import credential_shapes
+from extproc.testing import run_stream
+from tests.unit.test_fuzz_request_lines import LOG, PROCESSOR, _headers_message
+
+# The fragment pattern as it was, the reference for what is hidden.
+QUADRATIC = re.compile(
+    r"\S*\*{3,}\S*"
+    r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"
+    r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"
+    r"|\bya29\.[A-Za-z0-9_\-.]+"
+)
+PIECES = ["a", "*", "**", "***", " ", "\n", "\t", "sk-", "sk_", "abc", "AKIA", "ABCDEFGHIJKL",
+          "eyJ", ".", "ya29.", "x", "-", "é", "/", "@"]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
+def test_the_fragments_hidden_are_the_ones_hidden_before(text: str) -> None:
+    # Only what ``redacted`` leaves reaches the fragment pattern: compare on that.
+    left = credential_shapes.redacted(text, "[R]")
+    assert credential_shapes.fragments_redacted(text, "[R]") == QUADRATIC.sub("[R]", left)
+
+
+async def test_a_long_path_a_method_is_refused_on_is_answered_with_its_405() -> None:
+    word = "a" * 30_000
+    path = f"/model/{word}/invoke".encode()
+    pairs = [(":method", b"PUT"), (":path", path), (":authority", b"gateway")]
+    answers = await run_stream(PROCESSOR, [_headers_message(pairs, True)])
+
+    reply = answers[0].immediate_response
+    assert reply.status.code == 405
+    # Bedrock's route: Bedrock's error shape.
+    error = orjson.loads(reply.body)
+    assert error["code"] == "method_not_allowed"
+    assert error["message"].startswith("PUT is not allowed on /model/aaaa")
+    line = LOG.lines()[-1]
+    assert (line["http_status_code"], line["error_code"]) == (405, "method_not_allowed")
