@@ -26,6 +26,7 @@ from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
+from extproc.stages.credential_cleaner import echoed_credential, holds_credential
 from extproc.stages.quota import rate_limit_headers
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
 
@@ -45,8 +46,11 @@ def check_limits(
     store = ctx.runtime.services.quota_store
     if not agents.limits or store is None:
         return None
+    # A tool named with a key is counted, but not under its name (``limits_for``); looked
+    # for only here, where a counter could be named after it.
+    hidden = tool is not None and holds_credential(tool, echoed_credential(ctx))
     limits = agents.limits.limits_for(
-        ctx.identity, ctx.request_headers, call.server.name, tool, store.now()
+        ctx.identity, ctx.request_headers, call.server.name, tool, store.now(), tool_hidden=hidden
     )
     if not limits:
         return None

@@ -19,6 +19,7 @@ from extproc.agents.tool_names import ToolGlobs, compile_tool_globs, folded
 from extproc.config.agents_model import AgentLimitRule
 from extproc.config.quota_model import QuotaMode, QuotasConfig, StoreFailure
 from extproc.context import Identity
+from extproc.errors import REDACTED
 from extproc.quota.rules import Limit, refusal_order, selected, subject_values
 from extproc.quota.windows import WindowKind, window_for
 
@@ -33,6 +34,8 @@ _COUNTERS: tuple[tuple[str, WindowKind], ...] = (
 # Counter names: ``agent:<rule>``, or ``agent:<rule>:<tool>`` for a per-tool counter (the
 # tool's folded name: ``tool_names``).
 COUNTER_PREFIX = "agent:"
+# The per-tool counter of a tool whose name holds a credential (``limits_for``).
+HIDDEN_TOOL = REDACTED
 
 
 def rule_label(counter: str) -> str:
@@ -74,7 +77,13 @@ class AgentLimits:
         server: str,
         tool: str | None,
         now: float,
+        *,
+        tool_hidden: bool = False,
     ) -> list[Limit]:
+        """The limits of every rule that covers the call. ``tool_hidden``: the tool's name
+        holds a credential (the caller's key, a key's shape: a client whose settings were
+        swapped), so its per-tool counters go by ``HIDDEN_TOOL``: a counter's name is a
+        store key, read by anyone with access to the store and kept for its window."""
         found: list[Limit] = []
         tool_folded = folded(tool) if tool is not None else None
         for rule in self._rules:
@@ -89,7 +98,7 @@ class AgentLimits:
             name = COUNTER_PREFIX + config.name
             if config.per_tool and tool_folded is not None:
                 # One counter for every spelling a lenient server runs as this tool.
-                name += f":{tool_folded}"
+                name += f":{HIDDEN_TOOL if tool_hidden else tool_folded}"
             fail_open = (config.on_store_failure or self._on_store_failure) is (
                 StoreFailure.FAIL_OPEN
             )
