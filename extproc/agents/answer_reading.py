@@ -22,6 +22,7 @@ from extproc.agents.answers import (
     unreadable_answer,
 )
 from extproc.agents.call import AgentCall
+from extproc.agents.caller_key_echo import caller_key_search
 from extproc.agents.credential_echo import StarredAnswer, credential_echoed, star_headers
 from extproc.agents.decoded import AnswerFeed, DecodedAnswer
 from extproc.agents.mcp_headers import SESSION_HEADER
@@ -36,6 +37,7 @@ from extproc.answer_encoding import readable_encoding
 from extproc.config.agents_model import AgentProtocol
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_messages import status_code
+from extproc.stages.credential_cleaner import echoed_credential
 from extproc.translators.unreadable_answers import UnreadableAnswerError
 
 SSE = "text/event-stream"
@@ -135,14 +137,18 @@ def _searched(
     forms = call.credential_forms
     if not forms:
         return None
-    star_headers(ctx, out, response_headers, forms)
+    # The caller's own key too, where the answer is an error (``caller_key_echo``): only
+    # on answers searched anyway, so a server without a credential still pays nothing.
+    sse = _media_type(response_headers) == SSE
+    caller = caller_key_search(echoed_credential(ctx), status, sse)
+    star_headers(ctx, out, response_headers, forms, caller if status >= 400 else None)
     if not has_body:
         return None
     if _unreadable_encoding(response_headers):
         http_status = status if status >= 400 else 200 if call.kind == "rpc" else 502
         fail_closed(ctx, out, http_status, unreadable_answer(call.request_ids or [None]))
         return None
-    return StarredAnswer(reader, forms, lambda: credential_echoed(ctx, call))
+    return StarredAnswer(reader, forms, lambda: credential_echoed(ctx, call), caller)
 
 
 def _rpc_reader(
