@@ -7,7 +7,9 @@ got, and its tool ``refuse`` answers a JSON-RPC error quoting it. Before, Bob's 
 read the gateway's key in both; now it reads asterisks where it stood (SSE answers of a
 session and JSON answers of the 2026-07-28 era alike), the gateway's log names the
 server without the key, and ``aigw_agent_credential_echoes_total{server="echoer"}``
-counts the requests.
+counts the requests. Bob's own key, sent in a tool's arguments by a client whose settings
+were swapped, is starred where the server's error quotes it (``lookup``), and passes as
+it came in a result that repeats it (``repeat``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def echoing_server() -> MCPServer:
         what it was sent)."""
         headers = ctx.headers or {}
         raise MCPError(-32602, f"not allowed for {headers.get('authorization', '')}")
+
+    @server.tool()
+    def lookup(query: str) -> str:
+        """Refuse a query it cannot read, quoting it (a validation error)."""
+        raise MCPError(-32602, f"invalid query '{query}'")
+
+    @server.tool()
+    def repeat(text: str) -> str:
+        """Repeat what it was sent."""
+        return f"you said {text}"
 
     return server
 
@@ -108,3 +120,18 @@ async def test_bobs_client_reads_stars_where_the_server_quoted_the_gateways_key(
     assert KEY not in errors
     assert KEY not in echo_stack.gateway_log.read_text()
     assert any(line.get("agent") for line in GatewayLog(echo_stack.gateway_log).lines())
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bobs_own_key_quoted_in_an_error_reaches_him_starred_and_echoed_results_pass(
+    echo_stack: LocalStack, mode: str
+) -> None:
+    # Bob's client had its settings swapped: his own key went into a tool's arguments.
+    # The server's error quoted it, and Bob's SDK raised it into whatever logs his errors.
+    async with mcp_session(echo_stack, TEAM2, mode, server="echoer") as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("lookup", {"query": TEAM2})
+        said = await client.call_tool("repeat", {"text": TEAM2})
+    assert refused.value.message == f"invalid query '{'*' * len(TEAM2)}'"
+    # A result repeating what Bob sent is his own data: as it came.
+    assert _text(said) == f"you said {TEAM2}"
