@@ -38,6 +38,14 @@ COUNTER_PREFIX = "agent:"
 HIDDEN_TOOL = REDACTED
 
 
+def _counted_name(tool_folded: str) -> str:
+    """The tool's part of a counter name: ``}`` written ``%7D``. A store key's subject ends
+    at its last ``}`` (``management.quotas``): a tool name holding one (``x}:daily``) made
+    ``extproc quota list`` show a subject that is not one (``team2}:agent:<rule>:x``)
+    beside a quota rule's counter. No tool name the MCP spec advises holds one."""
+    return tool_folded.replace("}", "%7D")
+
+
 def rule_label(counter: str) -> str:
     """``agent:<rule>`` of a counter name, without the tool: the ``rule`` label of
     ``aigw_rate_limited_total``. Tool names are the client's to make up; with them, each
@@ -98,7 +106,7 @@ class AgentLimits:
             name = COUNTER_PREFIX + config.name
             if config.per_tool and tool_folded is not None:
                 # One counter for every spelling a lenient server runs as this tool.
-                name += f":{HIDDEN_TOOL if tool_hidden else tool_folded}"
+                name += f":{HIDDEN_TOOL if tool_hidden else _counted_name(tool_folded)}"
             fail_open = (config.on_store_failure or self._on_store_failure) is (
                 StoreFailure.FAIL_OPEN
             )

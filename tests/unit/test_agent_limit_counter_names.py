@@ -6,7 +6,9 @@ as the tool's name. The counter was named after the tool as sent (folded): the k
 became a Valkey key name, read by anyone with access to the store (``SCAN``, a
 ``MONITOR``, a backup) and kept for the limit's window, and the request log's
 ``quota_rule`` named it on a refusal. Now such a tool is counted under
-``[redacted]``; an ordinary tool keeps its counter's name.
+``[redacted]``; an ordinary tool keeps its counter's name. A tool name holding ``}``
+(where a store key's subject ends) no longer makes ``extproc quota list`` show a
+subject that is none.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pytest
 from valkey.asyncio import Valkey
 
 from extproc.config import GatewayConfig
+from extproc.management.quotas import QuotaAdmin
+from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.store.connection import connect
@@ -91,3 +95,30 @@ async def test_an_ordinary_tool_keeps_its_counter_name(
     for folded in ("echo", "pk_lookup", "task-sk-notes"):
         assert any(f":agent:each-tool:{folded}:" in name for name in names), names
     assert not any("[redacted]" in name for name in names)
+
+
+async def test_a_tool_name_holding_a_brace_makes_no_subject_in_the_quota_listing(
+    config: GatewayConfig, quota_store: QuotaStore, store_keys: Valkey
+) -> None:
+    # An LLM quota rule by key, per day, as the agent limit: a tool named "x}:llm-daily"
+    # made its counter read, to `extproc quota list`, as the llm-daily counter of a
+    # subject "team2}:agent:each-tool:x".
+    limited = with_limits(config, PER_TOOL)
+    quotas = limited.quotas.model_validate(
+        {
+            **limited.quotas.model_dump(mode="json"),
+            "rules": [{"name": "llm-daily", "subject": "api_key", "requests_per_day": 100}],
+        }
+    )
+    limited = limited.model_copy(update={"quotas": quotas})
+    services = Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store)
+    processor = processor_for(limited, services)
+    for _ in range(2):
+        assert await call(processor, "x}:llm-daily") is None
+    admin = QuotaAdmin(store_keys, "test:", quota_store)
+    assert await admin.subjects(RuleSet(limited.quotas, {}), "api_key") == []
+    # Still counted, under one counter of its own.
+    names = await counter_names(store_keys)
+    counted = [name for name in names if ":agent:each-tool:x%7D:llm-daily:" in name]
+    assert len(counted) == 1, names
+    assert int(await store_keys.get(counted[0])) == 2
