@@ -6,7 +6,9 @@
 
 Answers of 1 KiB, 64 KiB and 1 MiB, whole (a JSON answer in one chunk) and as an SSE
 stream of 4 KiB chunks that end mid-event (each chunk's tail is checked for the start
-of the credential), without the credential (the common case) and quoting it once.
+of the credential), without the credential (the common case) and quoting it once;
+and, for a request that presented a key, with the search for that key in a JSON-RPC
+error (``agents.caller_key_echo``, its forms made per answer as the gateway makes them).
 Best of seven runs, in microseconds per answer.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from extproc.agents.caller_key_echo import caller_key_search
 from extproc.agents.credential_echo import StarredAnswer
 from extproc.credential_forms import quoted_forms
 
 KEY = "sk-tools-4f9a/7Qz+e1X=wq"
+CALLERS_KEY = "aigw-Zq4vW9x3Lm8Tn2Rb7Yc5Hd1Kf6Gs0Jp3Xw9Qe4Ua8"
 FORMS = quoted_forms.__wrapped__((KEY,))
 SIZES = {"1 KiB": 1 << 10, "64 KiB": 64 << 10, "1 MiB": 1 << 20}
 CHUNK = 4 << 10
@@ -48,6 +52,14 @@ def _searched(chunks: list[bytes]) -> None:
         answer.feed(chunk, index == last)
 
 
+def _searched_with_callers(chunks: list[bytes]) -> None:
+    caller = caller_key_search(CALLERS_KEY, 200, sse=len(chunks) > 1)
+    answer = StarredAnswer(None, FORMS, lambda: None, caller)
+    last = len(chunks) - 1
+    for index, chunk in enumerate(chunks):
+        answer.feed(chunk, index == last)
+
+
 def _unsearched(chunks: list[bytes]) -> None:
     for chunk in chunks:
         len(chunk)
@@ -65,7 +77,10 @@ def best_us(play: Callable[[list[bytes]], None], chunks: list[bytes], runs: int 
 
 
 def main() -> None:
-    print(f"{'answer':22s} {'chunks':>6s} {'plain us':>9s} {'quoting us':>11s} {'none us':>8s}")
+    print(
+        f"{'answer':22s} {'chunks':>6s} {'plain us':>9s} {'quoting us':>11s}"
+        f" {'+caller us':>11s} {'none us':>8s}"
+    )
     for label, size in SIZES.items():
         for whole in (True, False):
             plain = _chunks(_answer(size, False), whole)
@@ -73,7 +88,9 @@ def main() -> None:
             name = f"{label} {'JSON' if whole else 'SSE 4 KiB'}"
             print(
                 f"{name:22s} {len(plain):6d} {best_us(_searched, plain):9.1f}"
-                f" {best_us(_searched, quoting):11.1f} {best_us(_unsearched, plain):8.1f}"
+                f" {best_us(_searched, quoting):11.1f}"
+                f" {best_us(_searched_with_callers, plain):11.1f}"
+                f" {best_us(_unsearched, plain):8.1f}"
             )
 
 
