@@ -102,10 +102,10 @@ def hcm_tracing(tracing: TracingConfig) -> Json:
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
                 "@type": _TYPE + "envoy.config.trace.v3.OpenTelemetryConfig",
-                "grpc_service": {
-                    "envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER},
-                    "timeout": duration(tracing.export_timeout_s),
-                },
+                # No timeout here: Envoy's OpenTelemetry exporter sends each batch with
+                # request options of its own and ignores the service's; the collector's
+                # cluster bounds each call instead (collector_cluster).
+                "grpc_service": {"envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER}},
                 "service_name": tracing.service_name,
             },
         },
@@ -175,6 +175,13 @@ def collector_cluster(tracing: TracingConfig) -> Json:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
+                # Each export call ends export_timeout_s after it began, answered or not
+                # (counted in upstream_rq_max_duration_reached). The gRPC service's
+                # timeout, set before, was never applied: Envoy's exporter sends without
+                # one, and a silent collector held every call open for good.
+                "common_http_protocol_options": {
+                    "max_stream_duration": duration(tracing.export_timeout_s)
+                },
             }
         },
         "load_assignment": {
