@@ -279,6 +279,10 @@ class RequestContext:
     path: str = ""
     request_headers: dict[str, str] = field(default_factory=dict)
     route: Route | None = None
+    # The credential the request presents, as read for a route that names the header
+    # (or None): (that header, the credential). Read once by authentication, then by
+    # each check that hides it (stages.authentication.presented_credential).
+    credential_read: tuple[str | None, str | None] | None = None
     identity: Identity = ANONYMOUS
     # True once the request is known to be AI traffic that gets accounted.
     accounted: bool = False
