@@ -345,9 +345,11 @@ def body_hints(metadata: Any) -> BodyHints | None:
 def _response_details(request: ext.ProcessingRequest) -> str | None:
     """Envoy's ``response.code_details`` attribute, if it sent it with this message."""
     found = request.attributes.get(ATTRIBUTES_KEY)
-    if found is None:
-        return None
-    details = found.fields.get(RESPONSE_DETAILS_ATTRIBUTE)
+    return _details_in(found.fields) if found is not None else None
+
+
+def _details_in(fields: Any) -> str | None:
+    details = fields.get(RESPONSE_DETAILS_ATTRIBUTE)
     return details.string_value if details is not None else None
 
 
@@ -372,7 +374,8 @@ def lean_response_headers(request: ext.ProcessingRequest, stream: bool) -> dict[
     code = fields.get("response.code")
     status = int(code.number_value) if code is not None else 0
     result = {":status": str(status)}
-    if _response_details(request) == VIA_UPSTREAM:
+    # The attributes' fields as read above: each read of the map builds its view anew.
+    if _details_in(fields) == VIA_UPSTREAM:
         result[ENVOY_UPSTREAM_TIME] = "0"
     body = request.response_body.body
     encoding = sniffed_encoding(body)
