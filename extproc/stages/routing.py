@@ -128,9 +128,12 @@ class RoutingStage:
             )
             out.mode_override = LEAN_BUFFERED if buffered else LEAN_RESPONSE
             if hints is not None and (hinted or buffered):
-                # Envoy's reading chose the path: the gateway's parse must agree.
-                ctx.lean_from_hints = BodyHints(
-                    hints.model if hinted else None, False if buffered else None
+                # Envoy's reading chose the path: the gateway's parse must agree. Most
+                # lean requests are chosen by all of it: the hints themselves, no copy.
+                ctx.lean_from_hints = (
+                    hints
+                    if hinted and buffered and hints.stream is False
+                    else BodyHints(hints.model if hinted else None, False if buffered else None)
                 )
 
 

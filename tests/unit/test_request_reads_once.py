@@ -3,17 +3,21 @@ answer each later reader got when each read for itself (issue #2's last microsec
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from benchmarks.phase_budget import CONFIG, messages
 from extproc.config import load_config, parse_config
-from extproc.context import RequestContext
+from extproc.context import BodyHints, RequestContext
 from extproc.devstack import DEFAULT_CONFIG
+from extproc.headers import BODY_HINTS_NAMESPACE
+from extproc.processor import body_hints
 from extproc.runtime import Runtime, Services
 from extproc.stages import authentication
 from extproc.stages.authentication import presented_credential
 from extproc.telemetry.metrics import GatewayMetrics
-from extproc.testing import processor_for, run_stream
+from extproc.testing import processor_for, request_headers, run_stream
 from tests.unit.conftest import MemoryLog
 
 PARTNER_ROUTE = """
@@ -63,3 +67,28 @@ def test_a_route_that_names_another_key_header_reads_the_credential_anew() -> No
         assert presented_credential(ctx) == presented
     ctx.route = None
     assert presented_credential(ctx) is None
+
+
+@pytest.mark.parametrize(
+    ("read", "hints"),
+    [
+        ({"model": "gpt-4o-mini", "stream": True}, BodyHints("gpt-4o-mini", True)),
+        ({"model": "gpt-4o-mini", "stream": False}, BodyHints("gpt-4o-mini", False)),
+        # No `stream` in a body Envoy parsed: not streamed, as the APIs define it.
+        ({"model": "gpt-4o-mini"}, BodyHints("gpt-4o-mini", False)),
+        # A `stream` of another type is no hint: the gateway's parse refuses it.
+        ({"model": "gpt-4o-mini", "stream": "yes"}, BodyHints("gpt-4o-mini", None)),
+        ({"model": "gpt-4o-mini", "stream": None}, BodyHints("gpt-4o-mini", None)),
+        ({"model": 4, "stream": False}, None),
+        ({"model": None}, None),
+        ({"stream": True}, None),
+        (None, None),
+    ],
+)
+def test_envoys_reading_of_the_body_is_taken_by_each_values_kind(
+    read: dict[str, Any] | None, hints: BodyHints | None
+) -> None:
+    message = request_headers("/v1/chat/completions")
+    if read is not None:
+        message.metadata_context.filter_metadata[BODY_HINTS_NAMESPACE].update(read)
+    assert body_hints(message.metadata_context) == hints
