@@ -299,9 +299,13 @@ _MIN_FRAGMENT = 4
 # with the request it expected: the canonical request, whose signed headers carry the
 # session token of temporary credentials (a role's, a Kubernetes service account's), and
 # the string to sign. All of it is the gateway's own request, nothing the client needs:
-# cut from its heading on. A token header quoted anywhere else goes too.
+# cut from its heading on. A token header quoted anywhere else goes too. The spaces
+# before the heading go with it, from their start only: tried at every character of a
+# long run of spaces (a client's header value quoted in a 415), `\s*` ran to the run's end
+# and back each time, seconds of one worker's event loop.
 _AWS_EXPECTED_REQUEST = re.compile(
-    r"\s*The Canonical String for this request should have been.*", re.IGNORECASE | re.DOTALL
+    r"(?<!\s)\s*The Canonical String for this request should have been.*",
+    re.IGNORECASE | re.DOTALL,
 )
 _AWS_SESSION_TOKEN = re.compile(r"(x-amz-security-token\s*[:=]\s*)[^\s'\"&,;]+", re.IGNORECASE)
 

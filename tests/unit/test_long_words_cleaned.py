@@ -19,6 +19,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc import errors
 from extproc.auth import credential_shapes
 from extproc.testing import run_stream
 from tests.unit.test_fuzz_request_lines import LOG, PROCESSOR, _headers_message
@@ -31,6 +32,11 @@ QUADRATIC = re.compile(
     r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"
     r"|\bya29\.[A-Za-z0-9_\-.]+"
 )
+# AWS's expected request and the spaces before it, as they were cut.
+EXPECTED_REQUEST = re.compile(
+    r"\s*The Canonical String for this request should have been.*", re.IGNORECASE | re.DOTALL
+)
+HEADING = "The Canonical String for this request should have been"
 PIECES = ["a", "*", "**", "***", " ", "\n", "\t", "sk-", "sk_", "abc", "AKIA", "ABCDEFGHIJKL",
           "eyJ", ".", "ya29.", "x", "-", "é", "/", "@"]  # fmt: skip
 
@@ -57,3 +63,34 @@ async def test_a_long_path_a_method_is_refused_on_is_answered_with_its_405() -> 
     assert error["message"].startswith("PUT is not allowed on /model/aaaa")
     line = LOG.lines()[-1]
     assert (line["http_status_code"], line["error_code"]) == (405, "method_not_allowed")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([" ", "\n", "\t", "\u3000", "x", "'", HEADING, HEADING.lower(), "\nGET /"]),
+        max_size=20,
+    ).map("".join)
+)
+def test_the_expected_request_cut_is_the_one_cut_before(text: str) -> None:
+    cut = errors._AWS_EXPECTED_REQUEST.sub(" [R]", text)
+    assert cut == EXPECTED_REQUEST.sub(" [R]", text)
+
+
+async def test_a_long_run_of_spaces_in_a_refused_header_is_answered_with_its_415() -> None:
+    # The 415 quotes the client's content-encoding (no key needed to get one), and the
+    # log line's copy of it is cleaned of secrets: its spaces, 30,000 of them, took 3.5 s
+    # of the worker's event loop there before.
+    encoding = b"gzip" + b" " * 30_000 + b"x"
+    pairs = [(":method", b"POST"), (":path", b"/v1/chat/completions"),
+             (":authority", b"gateway"), ("content-encoding", encoding)]  # fmt: skip
+    answers = await run_stream(PROCESSOR, [_headers_message(pairs, False)])
+
+    reply = answers[0].immediate_response
+    assert reply.status.code == 415
+    error = orjson.loads(reply.body)["error"]
+    assert error["code"] == "unsupported_content_encoding"
+    assert error["message"].startswith("request bodies with content-encoding 'gzip    ")
+    line = LOG.lines()[-1]
+    assert (line["http_status_code"], line["error_code"]) == (415, "unsupported_content_encoding")
+    assert "gzip" + " " * 30_000 + "x" in line["error_message"]
