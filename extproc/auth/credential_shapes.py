@@ -17,28 +17,45 @@ refused in a query or a model name and hidden in every message at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 
 # One alternation, searched once per text; each group names its kind. A credential stands
 # apart: no letter or digit touches either end (``task-...`` holds no ``sk-`` key).
-_SHAPES = re.compile(
-    r"(?<![A-Za-z0-9])(?:"
+_SHAPE_BRANCHES = (
     # OpenAI's (sk-, sk-proj-, sk-svcacct-), Anthropic's (sk-ant-api03-...) and the sk- keys
     # of OpenAI-compatible providers (32 hex digits, sk-or-v1-...): 32 characters or more
     # after the prefix, and random-looking (``_random_key``), which no slug of words is.
-    r"(?P<sk>sk-[A-Za-z0-9_-]{32,})"
-    r"|(?P<aws>(?:AKIA|ASIA)[A-Z0-9]{16})"  # an AWS access key id (long-term, temporary)
-    r"|(?P<google>AIza[A-Za-z0-9_-]{35})"  # a Google API key
-    r"|(?P<google_token>ya29\.[A-Za-z0-9_-]{20,})"  # a Google OAuth2 access token
-    r"|(?P<github>(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}))"
-    r"|(?P<slack>xox[baprs]-[A-Za-z0-9-]{10,})"  # a Slack token
-    # A JWT: three base64url parts, the first a JSON header ("eyJ" is '{"' encoded).
-    r"|(?P<jwt>eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"
+    r"(?P<sk>sk-[A-Za-z0-9_-]{32,})",
+    r"(?P<aws>(?:AKIA|ASIA)[A-Z0-9]{16})",  # an AWS access key id (long-term, temporary)
+    r"(?P<google>AIza[A-Za-z0-9_-]{35})",  # a Google API key
+    r"(?P<google_token>ya29\.[A-Za-z0-9_-]{20,})",  # a Google OAuth2 access token
+    r"(?P<github>(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}))",
+    r"(?P<slack>xox[baprs]-[A-Za-z0-9-]{10,})",  # a Slack token
     # This gateway's own keys, created at run time (``stored_keys.records.new_secret``:
     # ``aigw-`` and 256 random bits in base64url). The config's keys are known by their
     # hash; these live in the store, which no check on the request path may ask.
-    r"|(?P<aigw>aigw-[A-Za-z0-9_-]{43})"
-    r")(?![A-Za-z0-9])"
+    r"(?P<aigw>aigw-[A-Za-z0-9_-]{43})",
 )
+# A JWT: three base64url parts, the first a JSON header ("eyJ" is '{"' encoded).
+_JWT_SHAPE = r"(?P<jwt>eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"
+# A JWT's first part runs to the end of the run of base64url characters its "eyJ" stands
+# in, so whether one matches there depends on what follows the run alone: where one
+# fails, every later "eyJ" of the run fails too. Tried at each of them, a long run
+# ("eyJ-eyJ-...", a client's path or header in a message) was read to its end as many
+# times: seconds of one worker's event loop. So a failed JWT takes the run (``_NO_JWT``),
+# and the run is searched again without the JWT (``_matches``), when another "eyJ" stands
+# in it (a run with one is read once anyway). No other shape starts with "eyJ": at a
+# failed JWT's start, nothing else would have matched either.
+_NO_JWT = "no_jwt"
+_NO_JWT_SHAPE = rf"(?P<{_NO_JWT}>eyJ(?=[A-Za-z0-9_-]*?[-_]eyJ)[A-Za-z0-9_-]*)"
+
+
+def _standing_apart(branches: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(branches) + r")(?![A-Za-z0-9])")
+
+
+_SHAPES = _standing_apart((*_SHAPE_BRANCHES, _JWT_SHAPE, _NO_JWT_SHAPE))
+_SHAPES_BUT_JWT = _standing_apart(_SHAPE_BRANCHES)
 _KINDS = {
     "sk": "an OpenAI or Anthropic API key",
     "aws": "an AWS access key id",
@@ -76,21 +93,27 @@ _LOWER = re.compile(r"[a-z]")
 # What a provider's words show of a key: OpenAI names the key it refused by a fragment
 # ("sk-proj-****abcd"), others quote a key's start, an AWS key id or a token cut short.
 # Looser than ``_SHAPES``, so only for hiding: a word it hides costs a message little.
-_FRAGMENTS = re.compile(
+_FRAGMENT_BRANCHES = (
     # A masked key: a run of asterisks, and the fragments around it, from the word's start
     # only: tried at every character of a long word (a 30,000-character path in a 405),
     # `\S*` ran to its end and back each time, seconds of one worker's event loop.
-    r"(?<!\S)\S*?\*{3,}\S*"
-    r"|\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}"  # sk-..., sk-ant-..., sk_live_...
-    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"  # an AWS access key id
-    r"|\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
-    r"|\bya29\.[A-Za-z0-9_\-.]+"  # a Google OAuth2 access token (Vertex AI's)
+    r"(?<!\S)\S*?\*{3,}\S*",
+    r"\b(?:sk|rk|pk)[-_][A-Za-z0-9_\-]{3,}",  # sk-..., sk-ant-..., sk_live_...
+    r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}",  # an AWS access key id
+    r"\bya29\.[A-Za-z0-9_\-.]+",  # a Google OAuth2 access token (Vertex AI's)
 )
+_JWT_FRAGMENT = r"\beyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"  # a JWT
+_FRAGMENTS = re.compile("|".join((*_FRAGMENT_BRANCHES, _JWT_FRAGMENT, rf"\b{_NO_JWT_SHAPE}")))
+_FRAGMENTS_BUT_JWT = re.compile("|".join(_FRAGMENT_BRANCHES))
+# A dot and the run of base64url characters after it: of what is found in the rest of a
+# run a JWT failed in, only a Google token ("ya29." and its characters) may end past the
+# run, and only in this one.
+_DOTTED_RUN = re.compile(r"\.[A-Za-z0-9_\-]*")
 
 
 def kind(text: str) -> str | None:
     """What credential ``text`` holds (``"a GitHub token"``), None when it holds none."""
-    for found in _SHAPES.finditer(text):
+    for found in _matches(_SHAPES, _SHAPES_BUT_JWT, text):
         if _is_credential(found):
             assert found.lastgroup is not None
             return _KINDS[found.lastgroup]
@@ -100,14 +123,48 @@ def kind(text: str) -> str | None:
 def redacted(text: str, replacement: str) -> str:
     """``text`` with every credential ``kind`` finds replaced by ``replacement``: no
     word or mask of the text's own is touched."""
-    return _SHAPES.sub(lambda found: replacement if _is_credential(found) else found.group(), text)
+    found = (m for m in _matches(_SHAPES, _SHAPES_BUT_JWT, text) if _is_credential(m))
+    return _replaced(text, found, replacement)
 
 
 def fragments_redacted(text: str, replacement: str) -> str:
     """``text`` with every fragment of a key, as providers quote one (cut short, masked
     with asterisks), replaced by ``replacement``. Looser than ``redacted``: for words a
     provider wrote, not a text whose own masks (a URL's ``***@host``) must stay."""
-    return _FRAGMENTS.sub(replacement, redacted(text, replacement))
+    text = redacted(text, replacement)
+    return _replaced(text, _matches(_FRAGMENTS, _FRAGMENTS_BUT_JWT, text), replacement)
+
+
+def _matches(
+    pattern: re.Pattern[str], but_jwt: re.Pattern[str], text: str
+) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` as it was without its ``_NO_JWT`` branch, in time in
+    ``text``'s length: where a JWT failed, the rest of its run is searched with
+    ``but_jwt``, the same alternation but the JWT, which fails at every "eyJ" there."""
+    at = 0
+    while (found := pattern.search(text, at)) is not None:
+        if found.lastgroup != _NO_JWT:
+            yield found
+            at = found.end()
+            continue
+        run_end = found.end()
+        dotted = _DOTTED_RUN.match(text, run_end)
+        stop = run_end if dotted is None else dotted.end()
+        at = found.start() + 1
+        while (inner := but_jwt.search(text, at, stop)) is not None and inner.start() < run_end:
+            yield inner
+            at = inner.end()
+        at = max(at, run_end)
+
+
+def _replaced(text: str, found: Iterable[re.Match[str]], replacement: str) -> str:
+    kept: list[str] = []
+    at = 0
+    for match in found:
+        kept += (text[at : match.start()], replacement)
+        at = match.end()
+    kept.append(text[at:])
+    return "".join(kept)
 
 
 def _is_credential(found: re.Match[str]) -> bool:
