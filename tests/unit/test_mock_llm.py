@@ -152,7 +152,7 @@ async def test_gateway_route_prefix_reaches_chat_completions(http: httpx.AsyncCl
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/v1/images/generations", 404), ("GET", "/v1/chat/completions", 405)],
+    [("GET", "/v1/fine_tuning/jobs", 404), ("GET", "/v1/chat/completions", 405)],
 )
 async def test_unknown_path_and_wrong_method_answer_openai_errors(
     http: httpx.AsyncClient, method: str, path: str, status: int
