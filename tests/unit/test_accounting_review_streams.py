@@ -47,7 +47,15 @@ from tests.unit.conftest import MemoryLog
 from tests.unit.sse_play import only_line
 from tests.unit.test_aliases_and_failover import attempt_on
 
-DEFAULT_CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
+# The default config with a store timeout no busy test machine reaches: these tests are
+# of what each ledger records, and a reservation the shared Valkey answered after the
+# default 500 ms (the whole suite running beside other work) refused the request. (Below
+# envoy.message_timeout_ms, as the config requires.)
+DEFAULT_CONFIG = (
+    Path("config/gateway.yaml")
+    .read_text(encoding="utf-8")
+    .replace("store:\n", "store:\n  timeout_ms: 4000\n", 1)
+)
 # gpt-4o fails over to Claude on Anthropic, gpt-4.1-nano to Claude on Bedrock.
 FAILOVER = DEFAULT_CONFIG.replace(
     "  - name: gpt-4o\n    provider: ${LLM_PROVIDER:-mock}\n",

@@ -77,9 +77,15 @@ class Clock:
         return self.now
 
 
+STORE_TIMEOUT_S = 10.0
+
+
 @pytest.fixture
 async def client(valkey: EmbeddedValkey) -> AsyncIterator[Any]:
-    client = connect(valkey.url, 2.0)
+    # A timeout no busy test machine reaches: the shared Valkey took over 2 s to answer
+    # one renewal while the whole suite ran beside other work, failing a test of
+    # behaviour, not of timeouts (those tests use a store that is not there).
+    client = connect(valkey.url, STORE_TIMEOUT_S)
     await client.flushdb()
     await client.config_resetstat()
     yield client
@@ -94,7 +100,7 @@ def keys(client: Any) -> StoredKeys:
 @pytest.fixture
 async def other_process(valkey: EmbeddedValkey) -> AsyncIterator[StoredKeys]:
     """Another gateway process sharing the store: its own connection, cache and listener."""
-    other_client = connect(valkey.url, 2.0)
+    other_client = connect(valkey.url, STORE_TIMEOUT_S)
     other = StoredKeys(other_client, PREFIX)
     other.start()
     await asyncio.wait_for(other.listener.subscribed.wait(), 10.0)
