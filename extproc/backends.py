@@ -257,6 +257,8 @@ def plan_request(
         # As it came, under the provider's name for the model: its streams always carry
         # their usage (image_generation.completed), nothing to ask.
         check_pair(ctx, parsed, upstream)
+        if ctx.form is not None:
+            return _edit_request(ctx, parsed, upstream, suffix)
         return _pass_through(ctx, parsed, upstream, images_api.GENERATIONS_ENDPOINT + suffix)
     if route.api is not RouteApi.OPENAI_CHAT:
         raise _unsupported(ctx, kind)
@@ -616,6 +618,25 @@ def _pass_through(
     return RequestPlan(
         _json(rewritten) if rewritten is not None else None,
         upstream.provider.path_prefix + endpoint,
+        _credentials(upstream),
+    )
+
+
+def _edit_request(
+    ctx: RequestContext, parsed: dict[str, Any], upstream: Upstream, suffix: str
+) -> RequestPlan:
+    """An image edit's form, as the client sent it, to the provider's edits endpoint with
+    the provider's credential: only the text fields the gateway changed (the provider's
+    name for the model, a prompt a guard masked) are spliced in; the files are never
+    re-encoded."""
+    assert ctx.form is not None
+    changed = {"model": upstream.upstream_model}
+    prompt = parsed.get("prompt")
+    if isinstance(prompt, str):
+        changed["prompt"] = prompt
+    return RequestPlan(
+        ctx.form.with_fields(changed),
+        upstream.provider.path_prefix + images_api.EDITS_ENDPOINT + suffix,
         _credentials(upstream),
     )
 

@@ -22,6 +22,8 @@ from extproc.converse_api import estimate_prompt_tokens as estimate_converse_tok
 from extproc.embeddings import estimate_input_tokens
 from extproc.gemini_api import estimate_prompt_tokens as estimate_gemini_tokens
 from extproc.images_api import estimate_prompt_tokens as estimate_images_prompt
+from extproc.images_api import input_image_tokens
+from extproc.multipart_form import MultipartForm
 from extproc.quota.estimate import estimate_prompt_tokens, estimate_responses_tokens
 
 if TYPE_CHECKING:
@@ -287,6 +289,10 @@ class RequestContext:
     # True once the request is known to be AI traffic that gets accounted.
     accounted: bool = False
     body: dict[str, Any] | None = None
+    # An image edit's form (``multipart_form``): ``body`` holds its text fields, and the
+    # form where they lie, so that the client's bytes go upstream with only the fields
+    # the gateway changed spliced in (``backends``).
+    form: MultipartForm | None = None
     model: str | None = None
     upstream_model: str | None = None
     # Failover: the chain member (its config name) that answered; what prices the request.
@@ -474,4 +480,7 @@ class RequestContext:
                     # Another family's body: its text, wherever the family puts it.
                     estimate = estimate_invoke_body
             self.prompt_estimate = estimate(self.body or {}) + self.stored_context_tokens
+            if self.form is not None:
+                # An image edit's pictures are input tokens too.
+                self.prompt_estimate += input_image_tokens(self.form, self.body or {})
         return self.prompt_estimate

@@ -14,9 +14,20 @@ gateway needs it named, where OpenAI would pick its default), ``n``, ``quality``
 body the provider would refuse for them is refused here first with the same meaning
 (400, naming the field), before it reserves quota or reaches the provider.
 
-Image edits and variations (``/v1/images/edits``, ``/variations``) send their pictures
-as ``multipart/form-data``, which the gateway does not read: their path is refused with
-a 400 naming the endpoint that is served (``refuse_unserved_path``).
+An image edit (``POST /v1/images/edits``) sends the same text fields with the pictures to
+edit (``image``, or ``image[]`` for several, and an optional ``mask``) as
+``multipart/form-data``. The gateway reads the form's text fields
+(``multipart_form.read_form``: the files are located, never copied), checks them as a
+generation's body (``edit_body``: ``n``, ``partial_images`` and ``stream`` come as text
+and are read as numbers and booleans first), and requires a picture. The quota reserves
+the pictures to draw as for a generation and an estimate of the given pictures' input
+tokens (``input_image_tokens``); the answer's ``usage`` settles both. The form goes
+upstream as the client sent it, a text field spliced only where the gateway changes it
+(the provider's name for the model, a prompt a guard masked).
+
+Image variations (``/v1/images/variations``) are refused with a 400 naming the endpoints
+served (``refuse_unserved_path``): only dall-e-2 makes them, a deprecated model whose
+answers carry no ``usage``, so the gateway could bill nothing it measured.
 """
 
 from __future__ import annotations
@@ -24,13 +35,22 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.errors import BadRequestError, NotFoundError
+from extproc.multipart_form import FormFile, MultipartForm
 from extproc.quota.estimate import CHARS_PER_TOKEN
 
 # Under the provider's API path (``/v1`` for OpenAI).
 GENERATIONS_ENDPOINT = "/images/generations"
-# The Images API's endpoints that take multipart/form-data, which the gateway does not read.
-MULTIPART_ENDPOINTS = frozenset({"edits", "variations"})
+EDITS_ENDPOINT = "/images/edits"
 _GENERATIONS = "generations"
+_EDITS = "edits"
+_SERVED = frozenset({_GENERATIONS, _EDITS})
+# Only dall-e-2 makes variations, and bills them by the picture with no usage.
+_REFUSED = "variations"
+# The form's file fields that hold pictures to edit (``image[]`` when several).
+_PICTURE_FIELDS = frozenset({"image", "image[]"})
+# The form's text fields the checks read as numbers and booleans.
+_INTEGER_FIELDS = ("n", "partial_images")
+_BOOLEANS = {"true": True, "false": False}
 # OpenAI's limits.
 MAX_PICTURES = 10
 MAX_PARTIAL_IMAGES = 3
@@ -43,26 +63,81 @@ _PICTURE_TOKENS = {"low": 408, "medium": 1_584, "high": 6_240}
 _SQUARE_PICTURE_TOKENS = {"low": 272, "medium": 1_056, "high": 4_160}
 _SQUARE = "1024x1024"
 _MOST = "high"
+# The input tokens the quota reserves per picture to edit: OpenAI counts a picture's
+# input as a vision model does, 1,105 tokens at most for a 1536x1024 one (85 plus 170 per
+# 512-pixel tile); ``input_fidelity: high`` adds the picture's own tokens at high quality
+# (6,240 at most). An estimate: the answer's usage settles it.
+_INPUT_PICTURE_TOKENS = 1_105
+_HIGH_FIDELITY_EXTRA = _PICTURE_TOKENS["high"]
+
+
+def is_edit(path: str) -> bool:
+    """Whether ``path`` asks for an image edit (``.../images/edits``)."""
+    return _last_segment(path) == _EDITS
+
+
+def _last_segment(path: str) -> str:
+    return path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def refuse_unserved_path(path: str, prefix_route: bool) -> None:
-    """Refuse an Images API path the gateway does not serve: an edit or a variation
-    (multipart/form-data) with a 400 naming the endpoint it serves; under a prefix route,
-    any other path than a generation's with a 404."""
-    last = path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
-    if last in MULTIPART_ENDPOINTS:
+    """Refuse an Images API path the gateway does not serve: a variation with a 400
+    naming the endpoints it serves; under a prefix route, any other path than a
+    generation's or an edit's with a 404."""
+    last = _last_segment(path)
+    if last == _REFUSED:
         raise BadRequestError(
-            f"image {last} (POST {path.partition('?')[0]}) take multipart/form-data, which "
-            "this gateway does not serve; it serves image generations "
-            "(POST /v1/images/generations)",
+            f"image variations (POST {path.partition('?')[0]}) are not served: only the "
+            "deprecated dall-e-2 makes them, and its answers report no usage to bill; "
+            "this gateway serves image generations (POST /v1/images/generations) and "
+            "edits (POST /v1/images/edits)",
             code="unsupported_endpoint",
         )
-    if prefix_route and last != _GENERATIONS:
+    if prefix_route and last not in _SERVED:
         raise NotFoundError(
             f"no Images API endpoint at {path.partition('?')[0]}; image generations are "
-            "served at /v1/images/generations",
+            "served at /v1/images/generations and edits at /v1/images/edits",
             code="route_not_found",
         )
+
+
+def edit_body(form: MultipartForm) -> dict[str, Any]:
+    """An edit form's text fields as the body the gateway checks, counts and guards (a
+    generation's shape: ``n`` and ``partial_images`` integers, ``stream`` a boolean
+    where their text reads so; left as text otherwise, for ``check_images_body`` to
+    refuse by name); a 400 for a form with no picture to edit."""
+    body: dict[str, Any] = dict(form.fields)
+    for name in _INTEGER_FIELDS:
+        value = body.get(name)
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            body[name] = int(value.strip())
+    stream = body.get("stream")
+    if isinstance(stream, str) and stream.strip().lower() in _BOOLEANS:
+        body["stream"] = _BOOLEANS[stream.strip().lower()]
+    if not pictures_to_edit(form):
+        named = ", ".join(sorted({part.name for part in form.files})) or "none"
+        raise BadRequestError(
+            "an image edit needs a picture to edit: a file in the form's 'image' field "
+            f"('image[]' for several); the form's files: {named}",
+            param="image",
+        )
+    check_images_body(body)
+    return body
+
+
+def pictures_to_edit(form: MultipartForm) -> list[FormFile]:
+    """The form's pictures to edit (``image``, ``image[]``; not the mask), in order."""
+    return [part for part in form.files if part.name in _PICTURE_FIELDS]
+
+
+def input_image_tokens(form: MultipartForm, body: dict[str, Any]) -> int:
+    """The input tokens the quota reserves for an edit's pictures (the constants above
+    say how much each; the provider's count settles it)."""
+    pictures = len(pictures_to_edit(form))
+    each = _INPUT_PICTURE_TOKENS
+    if body.get("input_fidelity") == "high":
+        each += _HIGH_FIDELITY_EXTRA
+    return pictures * each
 
 
 def check_images_body(body: dict[str, Any]) -> None:

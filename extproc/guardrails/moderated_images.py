@@ -28,12 +28,15 @@ Audio, video and PDFs are not images: no moderation model reads them.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from extproc.guardrails.converse_text import TOOL_ROLE
+from extproc.images_api import pictures_to_edit
+from extproc.multipart_form import MultipartForm
 
 # Gemini's roles as the guards name them (as ``gemini_text``).
 _GEMINI_ROLES = {"model": "assistant"}
@@ -51,6 +54,17 @@ class Image:
     url: str | None = None
     # Why it cannot be sent (it names storage the service cannot read), when ``url`` is None.
     unreadable: str | None = None
+
+
+def edit_images(form: MultipartForm) -> list[Image]:
+    """An image edit's pictures (its form's files), as data URLs of the type the client
+    gave each (PNG when none): the user's, as a prompt's image is."""
+    found: list[Image] = []
+    for picture in pictures_to_edit(form):
+        encoded = base64.b64encode(form.raw[picture.start : picture.end]).decode()
+        media = picture.content_type or "image/png"
+        found.append(Image("user", f"data:{media};base64,{encoded}"))
+    return found
 
 
 def chat_images(body: dict[str, Any]) -> list[Image]:

@@ -286,6 +286,8 @@ class _MockApp:
             return {"POST": self.embeddings.create}
         if path.endswith("/images/generations"):
             return {"POST": self.images.generate}
+        if path.endswith("/images/edits"):
+            return {"POST": self.images.edit}
         if path.endswith("/invoke"):
             return {"POST": self.bedrock.invoke}
         if path.endswith("/invoke-with-response-stream"):

@@ -15,6 +15,14 @@ all text (``input_tokens_details: {"text_tokens": N, "image_tokens": 0}``);
 ``output_tokens`` are ``OUTPUT_TOKENS[quality]`` per picture (OpenAI's count for a
 1024x1024 picture; ``auto`` as ``medium``), all image (``output_tokens_details``).
 
+``POST .../images/edits`` answers the same way for a ``multipart/form-data`` form (read
+with the standard library's ``email`` parser, apart from the gateway's reader): its
+text fields as above (``stream`` as ``true``/``false``), and one picture or more in
+``image`` (``image[]``). Its usage adds ``EDIT_IMAGE_TOKENS`` input image tokens per
+picture (``input_tokens_details.image_tokens``); its stream's events are
+``image_edit.partial_image`` and ``image_edit.completed``. A form without a picture is
+OpenAI's 400 naming ``image``.
+
 The Responses API's ``image_generation`` tool (``responses_api``) draws one picture with
 the same counts, its prompt being the reply text: ``image_generation_usage``.
 """
@@ -24,6 +32,9 @@ from __future__ import annotations
 import base64
 import time
 import zlib
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import orjson
@@ -42,6 +53,11 @@ from extproc.mock_llm.tokens import count_tokens
 DEFAULT_IMAGE_MODEL = "gpt-image-1"
 # OpenAI's output tokens of one 1024x1024 picture at each quality.
 OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+# The input image tokens of each picture given to edit (a 1024x1024 one, as OpenAI counts
+# it at low input fidelity).
+EDIT_IMAGE_TOKENS = 323
+_PICTURE_FIELDS = ("image", "image[]")
+_FORM_BOOLEANS = {"true": True, "false": False}
 _DEFAULT_QUALITY = "medium"
 _QUALITIES = (*OUTPUT_TOKENS, "auto")
 _MAX_PICTURES = 10
@@ -71,16 +87,20 @@ def output_tokens(quality: str) -> int:
     return OUTPUT_TOKENS.get(quality, OUTPUT_TOKENS[_DEFAULT_QUALITY])
 
 
-def image_generation_usage(prompt: str, quality: str = "auto", pictures: int = 1) -> dict[str, Any]:
-    """The usage of drawing ``pictures`` from ``prompt``, as OpenAI reports it."""
+def image_generation_usage(
+    prompt: str, quality: str = "auto", pictures: int = 1, given: int = 0
+) -> dict[str, Any]:
+    """The usage of drawing ``pictures`` from ``prompt`` (and ``given`` pictures to
+    edit), as OpenAI reports it."""
     text = count_tokens(prompt)
+    seen = EDIT_IMAGE_TOKENS * given
     drawn = output_tokens(quality) * pictures
     return {
-        "input_tokens": text,
-        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+        "input_tokens": text + seen,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": seen},
         "output_tokens": drawn,
         "output_tokens_details": {"text_tokens": 0, "image_tokens": drawn},
-        "total_tokens": text + drawn,
+        "total_tokens": text + seen + drawn,
     }
 
 
@@ -97,13 +117,48 @@ def _bounded(doc: dict[str, Any], name: str, default: int, most: int, least: int
     return value
 
 
+def _form(raw: bytes, content_type: str) -> tuple[dict[str, Any], int]:
+    """An edit form's text fields (numbers and booleans read as OpenAI reads them) and
+    its count of pictures to edit."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidRequestError("Invalid content type: expected multipart/form-data.")
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + raw)
+    if not message.is_multipart():
+        raise InvalidRequestError("Could not parse multipart form.")
+    doc: dict[str, Any] = {}
+    pictures = 0
+    for part in message.iter_parts():
+        assert isinstance(part, Message)
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            continue
+        if part.get_filename() is not None:
+            pictures += name in _PICTURE_FIELDS
+            continue
+        value = payload.decode()
+        if name in ("n", "partial_images") and value.isdigit():
+            doc[name] = int(value)
+        elif name == "stream":
+            doc[name] = _FORM_BOOLEANS.get(value, value)
+        else:
+            doc[name] = value
+    if not pictures:
+        raise InvalidRequestError("Missing required parameter: 'image'.", param="image")
+    return doc, pictures
+
+
 def _parse(body: Body) -> dict[str, Any]:
     """The request's fields the mock answers by, checked; InvalidRequestError names one."""
     if not body.is_json or not isinstance(body.json, dict):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be a JSON object."
         )
-    doc: dict[str, Any] = body.json
+    return _checked(body.json)
+
+
+def _checked(doc: dict[str, Any]) -> dict[str, Any]:
     prompt = doc.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequestError("Missing required parameter: 'prompt'.", param="prompt")
@@ -144,17 +199,31 @@ class ImagesEndpoint:
         self._default_fault = default_fault
 
     async def generate(self, request: web.Request, body: Body) -> web.StreamResponse:
+        return await self._draw(request, body, edit=False)
+
+    async def edit(self, request: web.Request, body: Body) -> web.StreamResponse:
+        """``POST .../images/edits``: a form, answered as a generation is."""
+        return await self._draw(request, body, edit=True)
+
+    async def _draw(self, request: web.Request, body: Body, *, edit: bool) -> web.StreamResponse:
         fault = await precheck(request, self._default_fault)
         if isinstance(fault, web.Response):
             return fault
+        given = 0
         try:
-            asked = _parse(body)
+            if edit:
+                doc, given = _form(body.raw, request.headers.get("Content-Type", ""))
+                asked = _checked(doc)
+            else:
+                asked = _parse(body)
         except InvalidRequestError as exc:
             return error_response(400, exc.message, param=exc.param, code=exc.code)
-        usage = image_generation_usage(asked["prompt"], asked["quality"], asked["n"])
+        usage = image_generation_usage(asked["prompt"], asked["quality"], asked["n"], given)
         fields = _picture_fields(asked["quality"])
         if asked["stream"]:
-            return await self._stream(request, asked, fields, None if fault.no_usage else usage)
+            kind = "image_edit" if edit else "image_generation"
+            reported = None if fault.no_usage else usage
+            return await self._stream(request, asked, fields, reported, kind)
         answer: dict[str, Any] = {
             "created": int(time.time()),
             "data": [{"b64_json": PNG_BASE64} for _ in range(asked["n"])],
@@ -170,13 +239,14 @@ class ImagesEndpoint:
         asked: dict[str, Any],
         fields: dict[str, Any],
         usage: dict[str, Any] | None,
+        kind: str,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         created = int(time.time())
         events: list[tuple[str, dict[str, Any]]] = [
             (
-                "image_generation.partial_image",
+                f"{kind}.partial_image",
                 {"b64_json": PNG_BASE64, "created_at": created, "partial_image_index": index},
             )
             for index in range(asked["partial_images"])
@@ -184,12 +254,12 @@ class ImagesEndpoint:
         done: dict[str, Any] = {"b64_json": PNG_BASE64, "created_at": created}
         if usage is not None:
             done["usage"] = usage
-        events.append(("image_generation.completed", done))
+        events.append((f"{kind}.completed", done))
         try:
-            for kind, data in events:
-                payload = {"type": kind, **data, **fields}
+            for event, data in events:
+                payload = {"type": event, **data, **fields}
                 await response.write(
-                    b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+                    b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
                 )
             await response.write_eof()
         except ConnectionResetError:

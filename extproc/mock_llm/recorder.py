@@ -7,6 +7,7 @@ Entries keep the raw body bytes and the already-parsed JSON; turning bytes into 
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class RecordedRequest:
             "headers": self.headers,
             "body": self.body.raw.decode("utf-8", errors="replace"),
             "json": self.body.json,
+            # The bytes as they came, for a body that is no JSON (an image edit's form).
+            "body_base64": None if self.body.is_json else base64.b64encode(self.body.raw).decode(),
             "received_at": self.received_at,
         }
 

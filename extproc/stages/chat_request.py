@@ -46,8 +46,9 @@ from extproc.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from extproc.images_api import check_images_body
+from extproc.images_api import check_images_body, edit_body, is_edit
 from extproc.input_limits import checked_messages, nesting_depth_over
+from extproc.multipart_form import read_form
 from extproc.openai_inputs import check_choices, check_completion_bounds
 from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
 from extproc.responses_api import (
@@ -111,12 +112,17 @@ class ChatRequestStage:
             # translation, the answer's reading, telemetry) serves it as that API's.
             vertex_call = vertex_client_api.read_path(ctx.path)
             route = ctx.route = vertex_client_api.anthropic_route(route)
-        parsed = parse_request_body(route.api, body, limits)
+        if route.api is RouteApi.OPENAI_IMAGES and is_edit(ctx.path):
+            # A form, not JSON: its text fields read, its files left where they lie.
+            ctx.form = read_form(body, ctx.request_headers.get("content-type"))
+            parsed = edit_body(ctx.form)
+        else:
+            parsed = parse_request_body(route.api, body, limits)
         if vertex_call is not None:
             vertex_client_api.as_anthropic_body(parsed, vertex_call)
             ctx.body_changed = True  # the client's bytes are no Anthropic body
         ctx.body = parsed
-        if may_repeat_a_key_read(body):
+        if ctx.form is None and may_repeat_a_key_read(body):
             # Sent on as parsed (each key once), never as the client's bytes: the model
             # and stream checked here are then the ones the provider reads.
             ctx.body_changed = True
@@ -194,10 +200,12 @@ class UpstreamRequestStage:
         upstream = ctx.upstream
         if upstream is None or ctx.body is None:
             return
-        # The body was read as JSON whatever content type the client named (`curl -d`
-        # says application/x-www-form-urlencoded), and what goes upstream is JSON:
-        # labelled so, as Anthropic's API requires, not with the client's word for it.
-        out.set_headers["content-type"] = _JSON
+        if ctx.form is None:
+            # The body was read as JSON whatever content type the client named (`curl
+            # -d` says application/x-www-form-urlencoded), and what goes upstream is
+            # JSON: labelled so, as Anthropic's API requires, not with the client's word.
+            # (An image edit's form keeps its own type: its boundary is in it.)
+            out.set_headers["content-type"] = _JSON
         if ctx.failover_model is not None:
             # Each attempt is translated and signed by the per-attempt filter, for
             # whichever provider Envoy tries, from the client's body and the chain.

@@ -106,6 +106,7 @@ from extproc.guardrails.moderated_images import (
     Image,
     chat_images,
     converse_images,
+    edit_images,
     gemini_images,
     responses_images,
 )
@@ -765,6 +766,8 @@ def _request_images(ctx: RequestContext) -> list[Image]:
     reads images (``guardrails.moderated_images``)."""
     assert ctx.body is not None and ctx.route is not None
     api, body = ctx.route.api, ctx.body
+    if ctx.form is not None:
+        return edit_images(ctx.form)  # an image edit's pictures, from its form
     if api in RESPONSES_REQUESTS:
         return responses_images(body)
     if api in GEMINI_APIS:

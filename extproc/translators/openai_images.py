@@ -15,7 +15,8 @@ otherwise is parsed whole up to ``MAX_WHOLE_PARSE`` bytes. Its pictures are coun
 
 A stream (``stream: true``) is SSE: ``image_generation.partial_image`` events (the
 picture so far, ``partial_images`` of them), then ``image_generation.completed`` with
-the picture and the usage; an ``error`` event fails it. Only the completed and error
+the picture and the usage; an ``error`` event fails it. An edit's stream
+(``/v1/images/edits``) is the same with ``image_edit.`` events. Only the completed and error
 events are parsed; the pictures pass untouched. A stream cut after a partial picture,
 before its completed event, was drawing: it is charged the pictures' allowance
 (``counts_so_far``), as a JSON answer cut in flight is; one cut before any picture, its
@@ -39,9 +40,10 @@ from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _PICTURE = b'"b64_json"'
 # The events worth parsing: the last picture with its usage, or an error.
-_READ_EVENTS = re.compile(rb'"type"\s*:\s*"(?:image_generation\.completed|error)"')
-_PARTIAL = b'"image_generation.partial_image"'
-_COMPLETED = "image_generation.completed"
+_READ_EVENTS = re.compile(rb'"type"\s*:\s*"(?:image_(?:generation|edit)\.completed|error)"')
+_PARTIAL = re.compile(rb'"image_(?:generation|edit)\.partial_image"')
+# A generation's and an edit's last event.
+_COMPLETED = frozenset({"image_generation.completed", "image_edit.completed"})
 
 
 def pictures_counted(translator: object) -> int:
@@ -106,7 +108,7 @@ class ImageEventReader:
         complete = self._events.whole_events(chunk, end_of_stream)
         if not complete:
             return None
-        self._drawing = self._drawing or _PARTIAL in complete
+        self._drawing = self._drawing or _PARTIAL.search(complete) is not None
         if _READ_EVENTS.search(complete):
             for event in complete.split(EVENT_END):
                 if _READ_EVENTS.search(event):
@@ -117,7 +119,7 @@ class ImageEventReader:
         parsed = _parsed(event_data(event))
         if not isinstance(parsed, dict):
             return
-        if parsed.get("type") == _COMPLETED:
+        if parsed.get("type") in _COMPLETED:
             # The last picture's event carries the request's usage.
             self.usage = usage_from_images(parsed.get("usage")) or self.usage
             self.terminal_event_read = True

@@ -48,18 +48,26 @@ async def used_tokens(quota_store: QuotaStore, budget: int) -> int:
 
 
 async def capped_request(
-    quota_store: QuotaStore, budget: int, path: str, body: dict[str, Any]
+    quota_store: QuotaStore,
+    budget: int,
+    path: str,
+    body: dict[str, Any] | bytes,
+    content_type: str | None = None,
 ) -> ext.ProcessingResponse:
     """The gateway's answer to a request of key team1 on ``path``, whose hard-capped
-    daily budget is ``budget`` tokens (quotas.default_max_tokens: 1000)."""
+    daily budget is ``budget`` tokens (quotas.default_max_tokens: 1000). ``body``: a
+    JSON body, or the bytes of one of ``content_type`` (an image edit's form)."""
+    sent_headers = {"authorization": "Bearer team1-key"}
+    if content_type is not None:
+        sent_headers["content-type"] = content_type
     runtime, _ = capped_runtime(quota_store, budget)
     await runtime.start()
     try:
         answers = await run_stream(
             Processor(lambda: runtime, default_stages()),
             [
-                request_headers(path, headers={"authorization": "Bearer team1-key"}),
-                request_body(orjson.dumps(body)),
+                request_headers(path, headers=sent_headers),
+                request_body(body if isinstance(body, bytes) else orjson.dumps(body)),
             ],
         )
     finally:

@@ -7,8 +7,8 @@ read as a chat completion (a 400 about ``messages``). Now it is an OpenAI API of
 own: authenticated, its ``prompt`` guarded, its pictures reserved against token quotas,
 the provider's key injected, and its ``usage`` billed (text input at the input price,
 image input at ``image_input_per_million``, the pictures at
-``image_output_per_million``) in every ledger. Its multipart endpoints (edits,
-variations) are refused with a 400 naming what is served.
+``image_output_per_million``) in every ledger. Variations are refused with a 400 naming
+what is served; edits are served (test_image_edits).
 
 Each request is played through the real processor (real ext_proc messages).
 """
@@ -144,15 +144,15 @@ async def test_an_unknown_key_is_refused_before_the_provider(processor: Processo
     assert (status, error["type"]) == (401, "authentication_error")
 
 
-@pytest.mark.parametrize("endpoint", ["edits", "variations"])
-async def test_the_multipart_endpoints_are_a_clear_400_in_openais_shape(
-    processor: Processor, services: Services, endpoint: str
+async def test_variations_are_a_clear_400_in_openais_shape(
+    processor: Processor, services: Services
 ) -> None:
-    """They send multipart/form-data, which the gateway does not read: refused at the
-    headers, before any body, quota or provider, naming what is served."""
+    """Only the deprecated dall-e-2 makes variations, with no usage to bill: refused at
+    the headers, before any body, quota or provider, naming what is served (edits are
+    served: test_image_edits)."""
     headers_only = {**OPENAI_KEY, "content-type": "multipart/form-data; boundary=x"}
     answers = await run_stream(
-        processor, [request_headers(f"/v1/images/{endpoint}", headers=headers_only)]
+        processor, [request_headers("/v1/images/variations", headers=headers_only)]
     )
     status, error = error_of(answers[0])
     assert (status, error["type"], error["code"]) == (
@@ -161,6 +161,7 @@ async def test_the_multipart_endpoints_are_a_clear_400_in_openais_shape(
         "unsupported_endpoint",
     )
     assert "/v1/images/generations" in error["message"]
+    assert "/v1/images/edits" in error["message"]
     line = only_line(services)
     assert (line["http_status_code"], line["quota_decision"], line["provider"]) == (400, None, None)
 

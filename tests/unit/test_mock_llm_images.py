@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
 
 from extproc.mock_llm import count_tokens
 from extproc.mock_llm.image_bytes import format_of
-from extproc.mock_llm.images_api import DEFAULT_IMAGE_MODEL, OUTPUT_TOKENS, PNG_BASE64
+from extproc.mock_llm.images_api import (
+    DEFAULT_IMAGE_MODEL,
+    EDIT_IMAGE_TOKENS,
+    OUTPUT_TOKENS,
+    PNG_BASE64,
+)
 
 MODEL = "gpt-4o-mini"
 QUESTION = "Draw a cat on a mat."
@@ -112,3 +118,49 @@ async def test_images_generate_refuses_what_openai_refuses(openai_client: AsyncO
         await openai_client.images.generate(model="gpt-image-1", prompt="x", n=11)
     assert refused.value.body is not None
     assert refused.value.param == "n"
+
+
+async def test_images_edit_answers_pictures_and_usage_with_the_input_pictures(
+    openai_client: AsyncOpenAI,
+) -> None:
+    answer = await openai_client.images.edit(
+        model="gpt-image-1",
+        image=[("a.png", b"\x89PNG-a"), ("b.png", b"\x89PNG-b")],
+        prompt=QUESTION,
+        quality="low",
+    )
+    assert answer.data is not None and [each.b64_json for each in answer.data] == [PNG_BASE64]
+    assert answer.usage is not None
+    details = answer.usage.input_tokens_details
+    assert (details.text_tokens, details.image_tokens) == (
+        count_tokens(QUESTION),
+        2 * EDIT_IMAGE_TOKENS,
+    )
+    assert answer.usage.input_tokens == count_tokens(QUESTION) + 2 * EDIT_IMAGE_TOKENS
+    assert answer.usage.output_tokens == OUTPUT_TOKENS["low"]
+
+
+async def test_images_edit_streams_image_edit_events(openai_client: AsyncOpenAI) -> None:
+    stream = await openai_client.images.edit(
+        model="gpt-image-1",
+        image=("a.png", b"\x89PNG"),
+        prompt=QUESTION,
+        stream=True,
+        partial_images=1,
+    )
+    events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+
+
+async def test_images_edit_without_a_picture_is_openais_400(http: httpx.AsyncClient) -> None:
+    refused = await http.post(
+        "/v1/images/edits",
+        data={"model": "gpt-image-1", "prompt": "x"},
+        files={"mask": ("m.png", b"M", "image/png")},
+        headers={"authorization": "Bearer k"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "image"

@@ -1,0 +1,209 @@
+"""OpenAI's image edits (``POST /v1/images/edits``, a multipart/form-data form) are routed,
+guarded, held to quotas and billed as generations are.
+
+Before, the gateway refused every edit with a 400 ``unsupported_endpoint`` ("take
+multipart/form-data, which this gateway does not serve"). Now the form's text fields are
+read, the model routed, the prompt guarded, the pictures to draw and to read reserved,
+the form sent on as it came with the provider's key, and the answer's ``usage`` (its
+``image_tokens`` of input at ``image_input_per_million``) billed. Played through the
+real processor (real ext_proc messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from extproc import headers
+from extproc.images_api import input_image_tokens, picture_allowance
+from extproc.multipart_form import read_form
+from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
+from extproc.runtime import Services
+from extproc.testing import (
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    run_stream,
+)
+from extproc.translators.openai_images import ImageEventReader
+from tests.unit.guard_helpers import config_with
+from tests.unit.quota_helpers import capped_request
+from tests.unit.sse_play import only_line
+from tests.unit.test_accounting_review_streams import OPENAI_KEY, sample
+from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
+from tests.unit.test_images_api import COST, JSON, USAGE, answer, cost, error_of, event, set_headers
+
+EDITS = "/v1/images/edits"
+PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+
+
+def form(
+    pictures: int = 1, field: str = "image", **fields: str | None
+) -> tuple[bytes, dict[str, str]]:
+    """An edit as the openai SDK sends it: its body and its headers (key included)."""
+    sent = {"model": "gpt-image-1", "prompt": "Add a boat.", "quality": "medium", **fields}
+    files = [(field, (f"{i}.png", PICTURE, "image/png")) for i in range(pictures)]
+    request = httpx.Request(
+        "POST",
+        f"http://gateway{EDITS}",
+        data={k: v for k, v in sent.items() if v is not None},
+        files=files,
+    )
+    return request.read(), {**OPENAI_KEY, "content-type": request.headers["content-type"]}
+
+
+async def edit(
+    processor: Processor, body: bytes, sent: dict[str, str], reply: bytes = b""
+) -> list[Any]:
+    messages = [request_headers(EDITS, headers=sent), request_body(body)]
+    if reply:
+        messages += [response_headers(200, JSON), response_body(reply)]
+    return await run_stream(processor, messages)
+
+
+async def test_an_edit_reaches_the_providers_edits_endpoint_as_sent_with_its_key(
+    processor: Processor, services: Services
+) -> None:
+    body, sent = form()
+    answers = await edit(processor, body, sent, answer())
+    mutated = set_headers(answers[1])
+    assert mutated[headers.CLUSTER] == "provider_mock"
+    assert mutated["authorization"] == "Bearer mock-provider-key"
+    assert mutated.get(":path", EDITS) == EDITS
+    # The form goes as it came: its bytes untouched, its content type (boundary) kept.
+    assert not answers[1].request_body.response.HasField("body_mutation")
+    assert "content-type" not in mutated
+    line = only_line(services)
+    assert (line["route"], line["http_status_code"], line["model"]) == (
+        "openai-images",
+        200,
+        "gpt-image-1",
+    )
+
+
+async def test_an_edit_is_billed_at_the_image_prices_its_input_pictures_included(
+    processor: Processor, services: Services
+) -> None:
+    body, sent = form()
+    await edit(processor, body, sent, answer())
+    line = only_line(services)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (20, 1_056)
+    assert (line["prompt_image_tokens"], line["completion_image_tokens"]) == (8, 1_056)
+    assert cost(line) == COST and line["usage_reported"] is True
+    assert sample(services, "aigw_token_parts_total", token_type="prompt_image") == 8
+    assert sample(services, "tokens_consumed_total", token_type="prompt") == 20
+
+
+@pytest.mark.parametrize(
+    ("content_type", "code"),
+    [
+        ("application/json", "invalid_multipart"),
+        ("multipart/form-data", "invalid_multipart"),
+    ],
+)
+async def test_a_body_that_is_no_form_is_a_clear_400(
+    processor: Processor, services: Services, content_type: str, code: str
+) -> None:
+    body, sent = form()
+    answers = await edit(processor, body, {**sent, "content-type": content_type})
+    status, error = error_of(answers[-1])
+    assert (status, error["type"], error["code"]) == (400, "invalid_request_error", code)
+    assert only_line(services)["quota_decision"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "fields", "param"),
+    [
+        ("mask", {}, "image"),  # a mask, no picture to edit
+        ("image", {"model": None}, "model"),
+        ("image", {"prompt": None}, "prompt"),
+        ("image", {"n": "11"}, "n"),
+        ("image", {"n": "two"}, "n"),
+        ("image", {"stream": "yes"}, "stream"),
+        ("image", {"partial_images": "4"}, "partial_images"),
+    ],
+)
+async def test_a_form_the_gateway_cannot_count_is_a_400_naming_the_field(
+    processor: Processor,
+    services: Services,
+    field: str,
+    fields: dict[str, str | None],
+    param: str,
+) -> None:
+    body, sent = form(1, field, **fields)
+    answers = await edit(processor, body, sent)
+    status, error = error_of(answers[-1])
+    assert (status, error["param"], error["type"]) == (400, param, "invalid_request_error")
+    assert only_line(services)["quota_decision"] is None
+
+
+async def test_a_form_over_the_body_limit_is_a_413(processor: Processor) -> None:
+    """Over limits.max_request_body_bytes (1 MiB by default): by its declared length at
+    the headers, or by its bytes when it declared none."""
+    _, sent = form()
+    answers = await run_stream(
+        processor, [request_headers(EDITS, headers={**sent, "content-length": str(2**30)})]
+    )
+    status, error = error_of(answers[0])
+    assert (status, error["type"]) == (413, "invalid_request_error")
+    big, sent = form(600)  # 600 pictures of 2 KiB
+    assert len(big) > 2**20
+    answers = await edit(processor, big, sent)
+    status, error = error_of(answers[-1])
+    assert (status, error["type"]) == (413, "invalid_request_error")
+
+
+async def test_the_prompt_is_guarded_and_a_masked_one_spliced_into_the_form() -> None:
+    gateway = Gateway(config_with(WORKSHOP, {"openai-images": {"guardrails": "workshop"}}))
+    body, sent = form(prompt="A poster of my credit card.")
+    answers = await run_stream(
+        gateway.processor, [request_headers(EDITS, headers=sent), request_body(body)]
+    )
+    status, refused = immediate(answers[-1])
+    assert (status, refused["error"]["type"]) == (403, "permission_error")
+    assert gateway.log()["quota_decision"] is None
+
+    body, sent = form(prompt="Write bob@example.com on the boat.")
+    answers = await run_stream(
+        gateway.processor, [request_headers(EDITS, headers=sent), request_body(body)]
+    )
+    upstream = answers[-1].request_body.response.body_mutation.body
+    content_type = sent["content-type"]
+    sent_on = read_form(upstream, content_type)
+    assert "bob@example.com" not in sent_on.fields["prompt"]
+    assert upstream[sent_on.files[0].start : sent_on.files[0].end] == PICTURE
+
+
+def test_the_quota_reserves_the_pictures_to_draw_and_to_read() -> None:
+    body, sent = form(2, "image[]", input_fidelity="high")
+    edit_form = read_form(body, sent["content-type"])
+    assert input_image_tokens(edit_form, {"input_fidelity": "high"}) == 2 * (1_105 + 6_240)
+    assert input_image_tokens(edit_form, {}) == 2 * 1_105
+    assert picture_allowance({"quality": "low", "size": "1024x1024"}) == 272
+
+
+async def test_a_hard_capped_budget_without_room_for_the_pictures_read_is_a_429(
+    quota_store: QuotaStore,
+) -> None:
+    """300 tokens take a generation of one low-quality square picture (272 tokens and
+    its prompt), not an edit of it: reading the picture given is 1,105 more."""
+    body, sent = form(quality="low", size="1024x1024")
+    refused = await capped_request(quota_store, 300, EDITS, body, sent["content-type"])
+    status, error = error_of(refused)
+    assert status == 429 and error["type"] == "rate_limit_error"
+    admitted = await capped_request(quota_store, 2_000, EDITS, body, sent["content-type"])
+    assert set_headers(admitted)[headers.CLUSTER] == "provider_mock"
+
+
+def test_an_edits_stream_is_read_to_its_completed_event() -> None:
+    reader = ImageEventReader(allowance=1_056)
+    reader.feed(event("image_edit.partial_image", partial_image_index=0), False)
+    assert reader.counts_so_far() is not None  # drawing: cut now, charged the allowance
+    reader.feed(event("image_edit.completed", usage=USAGE), True)
+    assert reader.usage is not None
+    assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (20, 1_056)
+    assert reader.terminal_event_read
