@@ -11,8 +11,9 @@ Two ways to draw, both billed by OpenAI at its GPT Image model's prices:
   ``tool_usage.image_gen`` apart from ``usage`` (before: billed nothing).
 
 The log line, the cost counter, ``aigw_token_parts_total``, the usage report and the
-quota agree on every picture and its image-priced cost; the multipart edits endpoint is
-a clear 400 in OpenAI's shape.
+quota agree on every picture and its image-priced cost. An edit
+(``client.images.edit`` with a picture file) reaches the provider as sent and is billed
+the same way; variations are a clear 400 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from extproc.devstack import LocalStack
 from extproc.management.client import QuotaClient
 from extproc.mock_llm import count_tokens
 from extproc.mock_llm.image_bytes import format_of
-from extproc.mock_llm.images_api import OUTPUT_TOKENS
+from extproc.mock_llm.images_api import EDIT_IMAGE_TOKENS, OUTPUT_TOKENS, PNG_BASE64
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
@@ -45,10 +46,16 @@ from tests.integration.conftest import (
 )
 
 KEY_ID, KEY = "studio", "studio-key-5e0b"
+# Edits have a key of their own: its ledgers hold the edit alone.
+EDIT_KEY_ID, EDIT_KEY = "retouch", "retouch-key-77c1"
+EDIT_PROMPT = "Add a red boat on the water."
+# A picture to edit: a PNG's bytes and every byte value after them (CRs, LFs and dashes,
+# as a form's delimiters are made of), 16 KiB.
+BOAT = base64.b64decode(PNG_BASE64) + bytes(range(256)) * 64
 PROMPT = "A lighthouse at dusk, in watercolour."
 ADMIN_TOKEN = "dev-admin-token"  # the default config's, for the management API
 # The default config's prices, USD per million tokens.
-IMAGE_TEXT_IN, IMAGE_OUT = Decimal("5.00"), Decimal("40.00")  # gpt-image-1
+IMAGE_TEXT_IN, IMAGE_IN, IMAGE_OUT = Decimal("5.00"), Decimal("10.00"), Decimal("40.00")
 TEXT_IN, TEXT_OUT = Decimal("0.15"), Decimal("0.60")  # gpt-4o-mini
 
 
@@ -56,6 +63,7 @@ TEXT_IN, TEXT_OUT = Decimal("0.15"), Decimal("0.60")  # gpt-4o-mini
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw = default_config()
     raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "ines"})
+    raw["auth"]["api_keys"].append({"id": EDIT_KEY_ID, "key": EDIT_KEY, "user_id": "ines"})
     raw["quotas"] = {
         "rules": [
             {
@@ -185,11 +193,98 @@ def test_pictures_are_billed_at_the_image_prices_in_every_ledger(
     assert used == total
 
 
-def test_image_edits_are_a_clear_400_in_openais_shape(stack: LocalStack) -> None:
+def test_an_edit_reaches_the_provider_as_sent_and_is_billed_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog, tmp_path: Path
+) -> None:
+    """``client.images.edit`` with a picture file: before, a 400 ``unsupported_endpoint``
+    ("take multipart/form-data, which this gateway does not serve"). Now the provider
+    gets the form with its own key and the picture's bytes intact, the client its
+    picture, and the log line, ``tokens_consumed_total``, the cost and the usage report
+    agree on the answer's counts: the prompt's text, the given picture's image tokens
+    (at ``image_input_per_million``) and the drawn picture's."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=EDIT_KEY, max_retries=0)
+    boat = tmp_path / "boat.png"
+    boat.write_bytes(BOAT)
+    before = scrape(stack.metrics_url)
+    with boat.open("rb") as picture:
+        edited = client.images.with_raw_response.edit(
+            model="gpt-image-1", image=picture, prompt=EDIT_PROMPT, quality="low"
+        )
+    answer = edited.parse()
+    assert answer.data is not None and len(answer.data) == 1
+    assert format_of(base64.b64decode(answer.data[0].b64_json or "")) == "png"
+
+    # What reached the provider: its key, not the client's, and the picture as it was.
+    [sent] = [r for r in mock_requests(stack) if r["path"].endswith("/images/edits")]
+    assert sent["headers"]["authorization"] not in (f"Bearer {EDIT_KEY}", None)
+    assert base64.b64decode(sent["body_base64"]).count(BOAT) == 1
+    assert sent["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+
+    text, given, drawn = count_tokens(EDIT_PROMPT), EDIT_IMAGE_TOKENS, OUTPUT_TOKENS["low"]
+    [line] = gateway_log.for_request(edited.headers["x-request-id"])
+    assert (line["route"], line["http_status_code"], line["model"]) == (
+        "openai-images",
+        200,
+        "gpt-image-1",
+    )
+    assert (line["prompt_tokens"], line["prompt_image_tokens"]) == (text + given, given)
+    assert (line["completion_tokens"], line["completion_image_tokens"]) == (drawn, drawn)
+    billed = (text * IMAGE_TEXT_IN + given * IMAGE_IN + drawn * IMAGE_OUT) / 10**6
+    assert cost(line) == billed
+
+    after = scrape(stack.metrics_url)
+    for token_type, count in [("prompt", text + given), ("completion", drawn)]:
+        grew = metric(
+            after, "tokens_consumed_total", api_key_id=EDIT_KEY_ID, token_type=token_type
+        ) - metric(before, "tokens_consumed_total", api_key_id=EDIT_KEY_ID, token_type=token_type)
+        assert grew == count, token_type
+    assert metric(after, "aigw_cost_usd_total", api_key_id=EDIT_KEY_ID) == float(billed)
+
+    row = wait_for(lambda: usage_rows(stack, "api_key").get(EDIT_KEY_ID), 20)
+    assert row, "no rollup of the edit"
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+        1,
+        text + given,
+        drawn,
+    )
+    assert Decimal(row["cost_usd"]) == billed
+
+
+def test_a_streamed_edit_is_billed_by_its_completed_event(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """``stream=True``: the provider's image_edit events pass as they came; the
+    completed one's usage is billed (the test above holds this key's ledgers)."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=EDIT_KEY, max_retries=0)
+    stream = client.images.edit(
+        model="gpt-image-1",
+        image=("boat.png", BOAT, "image/png"),
+        prompt=EDIT_PROMPT,
+        stream=True,
+        partial_images=1,
+        quality="low",
+    )
+    assert [event.type for event in stream] == ["image_edit.partial_image", "image_edit.completed"]
+    [line] = wait_for(
+        lambda: [
+            found
+            for found in gateway_log.lines()
+            if found.get("api_key_id") == EDIT_KEY_ID and found.get("stream")
+        ],
+        10,
+    )
+    assert line["usage_reported"] is True
+    assert (line["prompt_image_tokens"], line["completion_image_tokens"]) == (
+        EDIT_IMAGE_TOKENS,
+        OUTPUT_TOKENS["low"],
+    )
+
+
+def test_image_variations_are_a_clear_400_in_openais_shape(stack: LocalStack) -> None:
     client = client_of(stack)
     with pytest.raises(openai.BadRequestError) as refused:
-        client.images.edit(model="gpt-image-1", image=("a.png", b"\x89PNG"), prompt="Add a boat.")
+        client.images.create_variation(model="dall-e-2", image=("a.png", b"\x89PNG"))
     error = refused.value.body
     assert isinstance(error, dict)
     assert error["code"] == "unsupported_endpoint"
-    assert "/v1/images/generations" in error["message"]
+    assert "/v1/images/edits" in error["message"]
