@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.errors import BadRequestError, NotFoundError
-from extproc.multipart_form import FormFile, MultipartForm
+from extproc.multipart_form import FormFile, MultipartForm, shown
 from extproc.quota.estimate import CHARS_PER_TOKEN
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -51,6 +51,8 @@ _PICTURE_FIELDS = frozenset({"image", "image[]"})
 # The form's text fields the checks read as numbers and booleans.
 _INTEGER_FIELDS = ("n", "partial_images")
 _BOOLEANS = {"true": True, "false": False}
+# The most file field names a refusal names.
+_MOST_NAMED = 5
 # OpenAI's limits.
 MAX_PICTURES = 10
 MAX_PARTIAL_IMAGES = 3
@@ -115,10 +117,11 @@ def edit_body(form: MultipartForm) -> dict[str, Any]:
     if isinstance(stream, str) and stream.strip().lower() in _BOOLEANS:
         body["stream"] = _BOOLEANS[stream.strip().lower()]
     if not pictures_to_edit(form):
-        named = ", ".join(sorted({part.name for part in form.files})) or "none"
+        names = sorted({shown(part.name) for part in form.files})
+        named = ", ".join(names[:_MOST_NAMED]) + (", ..." if len(names) > _MOST_NAMED else "")
         raise BadRequestError(
             "an image edit needs a picture to edit: a file in the form's 'image' field "
-            f"('image[]' for several); the form's files: {named}",
+            f"('image[]' for several); the form's files: {named or 'none'}",
             param="image",
         )
     check_images_body(body)

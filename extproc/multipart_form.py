@@ -32,6 +32,12 @@ _MAX_BOUNDARY = 70
 # A text field longer than this is no field of the Images API (a prompt is 32,000
 # characters at most): refused rather than decoded and carried into the checks.
 MAX_TEXT_FIELD_BYTES = 256 * 1024
+# An edit has a dozen text fields and at most 16 pictures and a mask. Each part costs the
+# parser some microseconds of Python on the event loop: a megabyte of tiny parts would
+# hold it for a third of a second. A form of more parts is refused as soon as it shows.
+MAX_PARTS = 64
+# The most characters of a client's header or field name an error message quotes.
+_MAX_QUOTED = 64
 # python-multipart logs each malformed form at WARNING, with the parser's words: the
 # client's 400 says what is wrong, and a stranger's junk form is no operator's concern.
 _QUIET = logging.getLogger(__name__ + ".parser")
@@ -109,7 +115,7 @@ def boundary_of(content_type: str | None) -> bytes:
     except ValueError:  # a header that is not Latin-1 text
         kind, options = b"", {}
     if kind != FORM_DATA.encode():
-        named = f"content-type {content_type!r}" if content_type else "no content-type"
+        named = f"content-type {shown(content_type)!r}" if content_type else "no content-type"
         raise BadRequestError(
             f"this endpoint takes a multipart/form-data body; the request has {named}",
             code=INVALID_MULTIPART,
@@ -122,6 +128,10 @@ def boundary_of(content_type: str | None) -> bytes:
             code=INVALID_MULTIPART,
         )
     return boundary
+
+
+class _TooManyPartsError(Exception):
+    """Raised from a callback to stop the parser at the part past ``MAX_PARTS``."""
 
 
 class _PartCollector:
@@ -138,6 +148,8 @@ class _PartCollector:
         self.contiguous = True
 
     def on_part_begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise _TooManyPartsError
         self._headers = {}
         self._start = self._end = -1
 
@@ -190,6 +202,12 @@ def read_form(body: bytes, content_type: str | None) -> MultipartForm:
     try:
         parser.write(body)
         parser.finalize()
+    except _TooManyPartsError:
+        raise BadRequestError(
+            f"the form has more than {MAX_PARTS} parts; an image edit has a few text "
+            "fields and at most 16 pictures and a mask",
+            code=INVALID_MULTIPART,
+        ) from None
     except (FormParserError, ValueError) as exc:
         raise BadRequestError(
             f"request body is not a valid multipart/form-data form: {_first_line(exc)}",
@@ -209,6 +227,11 @@ def _closed(body: bytes, boundary: bytes) -> bool:
     python-multipart's finalize does not say so)."""
     closing = b"--" + boundary + b"--"
     return body.rstrip(b"\r\n").endswith(closing)
+
+
+def shown(text: str) -> str:
+    """``text`` as an error quotes it: the client's, of any length, cut short."""
+    return text if len(text) <= _MAX_QUOTED else text[:_MAX_QUOTED] + "..."
 
 
 def _first_line(error: Exception) -> str:
@@ -232,6 +255,7 @@ def _form(
                 code=INVALID_MULTIPART,
             )
         name = name_bytes.decode("utf-8", errors="replace")
+        quoted = shown(name)
         filename = options.get(b"filename")
         if filename is not None:
             files.append(
@@ -247,21 +271,21 @@ def _form(
         if name in fields:
             # Which one would the provider read? Refused rather than guessed.
             raise BadRequestError(
-                f"the form gives the field '{name}' twice", param=name, code=INVALID_MULTIPART
+                f"the form gives the field '{quoted}' twice", param=quoted, code=INVALID_MULTIPART
             )
         if end - start > MAX_TEXT_FIELD_BYTES:
             raise BadRequestError(
-                f"the form's field '{name}' is {end - start} bytes, more than the "
+                f"the form's field '{quoted}' is {end - start} bytes, more than the "
                 f"{MAX_TEXT_FIELD_BYTES} a text field may be",
-                param=name,
+                param=quoted,
                 code=INVALID_MULTIPART,
             )
         try:
             fields[name] = body[start:end].decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequestError(
-                f"the form's field '{name}' is not UTF-8 text",
-                param=name,
+                f"the form's field '{quoted}' is not UTF-8 text",
+                param=quoted,
                 code=INVALID_MULTIPART,
             ) from None
         spans[name] = (start, end)
