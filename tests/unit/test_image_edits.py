@@ -11,12 +11,14 @@ real processor (real ext_proc messages).
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 import pytest
 
 from extproc import headers
+from extproc.guardrails.moderated_images import edit_images
 from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.multipart_form import read_form
 from extproc.processor import Processor
@@ -207,3 +209,16 @@ def test_an_edits_stream_is_read_to_its_completed_event() -> None:
     assert reader.usage is not None
     assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (20, 1_056)
     assert reader.terminal_event_read
+
+
+def test_a_moderation_that_reads_images_is_sent_the_pictures_to_edit_not_the_mask() -> None:
+    files = [("image[]", ("a.png", PICTURE, "image/png"))] * 2
+    request = httpx.Request(
+        "POST",
+        f"http://gateway{EDITS}",
+        data={"model": "gpt-image-1", "prompt": "Add a boat."},
+        files=[*files, ("mask", ("m.png", b"MASK", "image/png"))],
+    )
+    with_mask = read_form(request.read(), request.headers["content-type"])
+    urls = [image.url for image in edit_images(with_mask)]
+    assert urls == [f"data:image/png;base64,{base64.b64encode(PICTURE).decode()}"] * 2
