@@ -318,9 +318,10 @@ class RouteApi(StrEnum):
     # out): passed through to OpenAI-compatible providers, billed like chat completions.
     OPENAI_COMPLETIONS = "openai_completions"
     # OpenAI's Images API (/v1/images/generations: a prompt in, pictures out, as
-    # base64): passed through to OpenAI-compatible providers, billed by its usage (text
-    # and image input, the pictures' tokens at the image price). Its multipart endpoints
-    # (edits, variations) are refused on its routes (extproc.images_api).
+    # base64; /v1/images/edits: the same with pictures to edit, as multipart/form-data):
+    # passed through to OpenAI-compatible providers, billed by its usage (text and image
+    # input, the pictures' tokens at the image price). Variations are refused on its
+    # routes (extproc.images_api).
     OPENAI_IMAGES = "openai_images"
     # The Responses API's compaction (/v1/responses/compact): a Responses input in, the
     # window to carry on out (its user messages and one encrypted compaction item). It
@@ -690,8 +691,8 @@ def _default_routes() -> tuple[RouteConfig, ...]:
         RouteConfig(
             name="openai-completions", path="/v1/completions", api=RouteApi.OPENAI_COMPLETIONS
         ),
-        # The Images API: generations served, its multipart endpoints (edits,
-        # variations) refused with a 400 naming what is served (extproc.images_api).
+        # The Images API: generations and edits served, variations refused with a 400
+        # naming what is served (extproc.images_api).
         RouteConfig(name="openai-images", path_prefix="/v1/images", api=RouteApi.OPENAI_IMAGES),
         RouteConfig(
             name="openai-prefix-images", path_prefix="/openai/v1/images", api=RouteApi.OPENAI_IMAGES

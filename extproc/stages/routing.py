@@ -102,7 +102,7 @@ class RoutingStage:
                 f"{ctx.method} is not allowed on {path}; use POST", headers={"allow": "POST"}
             )
         if route.api is RouteApi.OPENAI_IMAGES:
-            # Its multipart endpoints are refused before their body is read.
+            # Variations (and unknown paths) are refused before their body is read.
             refuse_unserved_path(path, prefix_route=route.prefix is not None)
         ctx.accounted = True
         # The gateway reads the answer (usage, translation, guards): it must come
