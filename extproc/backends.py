@@ -1419,11 +1419,13 @@ def _stream_without_provider_credentials(
     ctx: RequestContext, plan: ResponsePlan, framed: bool
 ) -> ResponsePlan:
     """A streamed ``plan`` whose reader is fed the provider's bytes with every provider
-    credential of the gateway cut out (``_ScrubbedStream``; ``_ScrubbedFrames`` for an
-    AWS event stream, ``framed``): an error event inside a stream quotes the provider's
-    words as an error body does, to the client and, as the request's error, to the log
-    line."""
-    needles = _credential_needles(ctx)
+    credential of the gateway, and the key or token the request presented, cut out
+    (``_ScrubbedStream``; ``_ScrubbedFrames`` for an AWS event stream, ``framed``): an
+    error event inside a stream quotes the provider's words as an error body does (an
+    invalid value the client sent, its own key in it), to the client and, as the
+    request's error, to the log line. The client's key adds its forms to the search each
+    chunk pays anyway (within the noise of a microsecond per chunk)."""
+    needles = _error_needles(ctx)
     if needles and plan.translator is not None:
         scrubbed = _ScrubbedFrames if framed else _ScrubbedStream
         plan.translator = scrubbed(plan.translator, needles)
@@ -1451,8 +1453,9 @@ def _error_needles(ctx: RequestContext) -> tuple[bytes, ...]:
     never got that one from the gateway, but it gets what the client wrote where its key
     does not belong (a role, a stop sequence), and its 400 quotes the value ("Invalid
     value: '...'"): the client's error would show its own key to whatever logs it, as
-    the gateway's own refusals never do (``stages.credential_cleaner``). Error answers
-    alone: a stream's chunks are not searched for it."""
+    the gateway's own refusals never do (``stages.credential_cleaner``). A stream's
+    error event quotes it as an error answer does: streams are searched for it too
+    (``_stream_without_provider_credentials``); a success answer is not."""
     # By module, when called: the stages package imports this one.
     from extproc.stages.credential_cleaner import echoed_credential
 

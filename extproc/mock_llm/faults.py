@@ -62,6 +62,10 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; mid-stream error as Anthropic's event: error
                                       ; (overloaded_error), as a proxy in front of Claude
                                       ; fails a stream
+    error_quotes_user = 0 | 1 | true | false
+                                      ; with error_after, OpenAI chat streams: the
+                                      ; mid-stream error refuses the request's ``user``,
+                                      ; quoting its value (invalid_request_error)
     hold_body  = float >= 0           ; non-streamed answers, an error status's included:
                                       ; the status and headers at once, the body this many
                                       ; seconds later (a client that gives up in between
@@ -74,7 +78,7 @@ The value is a semicolon-separated list of ``key=value`` pairs::
 ``error_body`` excludes ``status`` (it is the 200's body), and ``google_errors`` and
 ``anthropic_errors`` need ``status`` (``anthropic_errors`` ``status`` or ``error_after``:
 alone they would break nothing, and a test relying on one would check nothing) and exclude
-each other.
+each other. ``error_quotes_user`` needs ``error_after`` and excludes ``anthropic_errors``.
 ``error_first`` excludes ``status`` and ``error_body`` (no stream would start) and
 ``error_after``, ``reset_after``, ``end_after``, ``end_inside`` and ``end_before_blank`` (no
 content chunk would come to count).
@@ -134,6 +138,8 @@ class Fault:
     google_errors: bool = False
     # A status fault's body in Anthropic's shape instead of the provider's own.
     anthropic_errors: bool = False
+    # With error_after, OpenAI chat streams: the error event quotes the request's user.
+    error_quotes_user: bool = False
     # Non-streamed answers: seconds between the status (headers sent) and the body.
     hold_body_s: float = 0.0
     # InvokeModel's JSON answers: X-Amzn-Bedrock-Input-Token-Count alone, no output count.
@@ -237,6 +243,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "error_body": ("error_body", _error_body),
     "google_errors": ("google_errors", _flag),
     "anthropic_errors": ("anthropic_errors", _flag),
+    "error_quotes_user": ("error_quotes_user", _flag),
     "hold_body": ("hold_body_s", _delay),
     "no_output_count": ("no_output_count", _flag),
 }
@@ -288,6 +295,12 @@ def parse_fault(spec: str) -> Fault:
     if changes.get("anthropic_errors") and not {"status", "error_after"} & changes.keys():
         raise FaultSpecError(
             f"{FAULT_HEADER}: anthropic_errors needs a status to answer with, or error_after"
+        )
+    if changes.get("error_quotes_user") and "error_after" not in changes:
+        raise FaultSpecError(f"{FAULT_HEADER}: error_quotes_user needs error_after")
+    if changes.get("error_quotes_user") and changes.get("anthropic_errors"):
+        raise FaultSpecError(
+            f"{FAULT_HEADER}: error_quotes_user and anthropic_errors exclude each other"
         )
     if changes.get("anthropic_errors") and changes.get("google_errors"):
         raise FaultSpecError(

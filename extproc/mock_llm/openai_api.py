@@ -13,7 +13,9 @@ Another value is refused with a 400 naming ``service_tier``.
 A stream asked for its usage reports it as OpenAI does, in one usage-only chunk last.
 With the ``error_after`` fault it ends with OpenAI's ``data: {"error": ...}`` after that
 many content chunks, with ``end_after`` its body just ends there (no finish chunk, no
-usage chunk, no ``[DONE]``); with ``error_first`` that event, in the status's form, is the
+usage chunk, no ``[DONE]``); with ``error_quotes_user`` as well, that event refuses the
+request's ``user`` value, quoting it (a provider that validates a field mid-stream and
+quotes what it was sent); with ``error_first`` that event, in the status's form, is the
 stream's first, before the role chunk (the provider never began its answer).
 With ``x-mock-usage: every-chunk`` it reports it as Gemini's OpenAI endpoint and vLLM's
 ``continuous_usage_stats`` do as well: every chunk carries the running count (the pieces
@@ -93,6 +95,8 @@ class ChatRequest:
     service_tier: str | None = "default"
     # Asked for a spoken answer (``modalities`` holds "audio"; chat_audio).
     spoken: bool = False
+    # The request's ``user`` (the ``error_quotes_user`` fault's event quotes it).
+    user: str | None = None
 
 
 def optional_positive_int(doc: dict[str, Any], name: str) -> int | None:
@@ -161,6 +165,7 @@ def parse_chat_request(body: Body) -> ChatRequest:
         doc.get("response_format"),
         served_tier(doc.get("service_tier")),
         asks_for_audio(doc),
+        user if isinstance(user := doc.get("user"), str) else None,
     )
 
 
@@ -351,6 +356,14 @@ ANTHROPIC_STREAM_ERROR_EVENT = (
 )
 
 
+def user_refused_event(user: str | None) -> bytes:
+    """The ``error_quotes_user`` fault's mid-stream event: OpenAI's error refusing the
+    request's ``user``, quoting it as OpenAI's 400s quote the value they refuse."""
+    said = f"Invalid value for 'user': {user!r} (injected by x-mock-fault)."
+    error = {"message": said, "type": "invalid_request_error", "param": "user", "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
 def first_error_event(status: int) -> bytes:
     """A stream's first event when the provider fails it before its answer began (the
     ``error_first`` fault): the error of that status's answer, as a data event."""
@@ -515,6 +528,8 @@ class OpenAIEndpoints:
         mid_stream_error = (
             ANTHROPIC_STREAM_ERROR_EVENT if fault.anthropic_errors else STREAM_ERROR_EVENT
         )
+        if fault.error_quotes_user:
+            mid_stream_error = user_refused_event(chat.user)
         try:
             if fault.error_first is not None:
                 # Before the role chunk: the provider never began its answer.

@@ -96,3 +96,25 @@ def test_a_providers_error_quoting_the_clients_key_shows_it_starred(counted: Loc
     [line] = GatewayLog(counted.gateway_log).for_request(error.response.headers["x-request-id"])
     assert line["http_status_code"] == 400
     assert KEY not in str(line)
+
+
+def test_a_providers_error_event_quoting_the_clients_key_shows_it_starred(
+    counted: LocalStack,
+) -> None:
+    # The stream's 200 has left when the provider refuses the value the client sent as
+    # its user (its own key, by mistake) in an error event quoting it: the SDK raised it
+    # with the key whole in its message, and the log line's error_message held it.
+    fault = {"x-mock-fault": "error_after=1;error_quotes_user=1"}
+    stream = client(counted).chat.completions.create(
+        model="gpt-4o-mini", messages=USER, user=KEY, stream=True, extra_headers=fault
+    )
+    with stream, pytest.raises(openai.APIError) as failed:
+        for _ in stream:
+            pass
+    error = failed.value
+    assert f"Invalid value for 'user': '{'*' * len(KEY)}'" in error.message
+    assert KEY not in str(error.body)
+    [line] = GatewayLog(counted.gateway_log).for_request(stream.response.headers["x-request-id"])
+    assert line["outcome"] == "upstream_error"
+    assert "Invalid value for 'user'" in line["error_message"]
+    assert KEY not in str(line)

@@ -128,6 +128,22 @@ async def test_anthropic_errors_with_error_after_fails_a_stream_in_anthropics_sh
     assert b"[DONE]" not in answer.content
 
 
+async def test_error_quotes_user_fails_a_stream_refusing_the_requests_user(
+    http: httpx.AsyncClient,
+) -> None:
+    # A provider quoting a value it was sent mid-stream: what the gateway must not pass
+    # on when the value is the client's own key.
+    answer = await chat(http, "error_after=1;error_quotes_user=1", stream=True, user="u-42")
+
+    assert answer.status_code == 200
+    events = [event for event in answer.content.split(b"\n\n") if event]
+    assert events[-1] == (
+        b'data: {"error":{"message":"Invalid value for \'user\': \'u-42\' (injected by '
+        b'x-mock-fault).","type":"invalid_request_error","param":"user","code":null}}'
+    )
+    assert b"[DONE]" not in answer.content
+
+
 @pytest.mark.parametrize(
     ("fault", "named"),
     [
@@ -140,6 +156,11 @@ async def test_anthropic_errors_with_error_after_fails_a_stream_in_anthropics_sh
             "anthropic_errors and google_errors exclude each other",
         ),
         ("error_body=openai;status=500", "error_body answers 200: it excludes status"),
+        ("error_quotes_user=1", "error_quotes_user needs error_after"),
+        (
+            "error_after=1;error_quotes_user=1;anthropic_errors=1",
+            "error_quotes_user and anthropic_errors exclude each other",
+        ),
     ],
 )
 async def test_a_bad_error_fault_is_a_400_naming_it(
