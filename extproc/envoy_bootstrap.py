@@ -79,6 +79,7 @@ from extproc.headers import (
     metadata_key,
     provider_headers_removed,
 )
+from extproc.http_methods import ENVOY_METHOD
 from extproc.transport_security import envoy_transport_socket, listener_transport_socket
 from extproc.worker_endpoints import worker_addresses, worker_sockets
 
@@ -441,7 +442,9 @@ def _access_log() -> Json:
                     "request_id": "%REQ(X-REQUEST-ID)%",
                     # The active span's trace id (null when tracing is off).
                     "trace_id": "%TRACE_ID%",
-                    "method": "%REQ(:METHOD)%",
+                    # A method outside the registry as the gateway records it: a
+                    # key sent as the method reads [redacted] (http_methods).
+                    "method": ENVOY_METHOD,
                     # The path the client sent, without its query: a client may put a
                     # key there (refused by the gateway, yet Envoy would log the URL as
                     # sent). REQ_WITHOUT_QUERY needs an extension.

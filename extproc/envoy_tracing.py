@@ -24,6 +24,7 @@ from extproc.config.model import GatewayConfig
 from extproc.config.telemetry_model import TracingConfig
 from extproc.envoy_values import duration, is_ip
 from extproc.headers import METADATA_NAMESPACE
+from extproc.http_methods import ENVOY_METHOD
 from extproc.telemetry.span_attributes import CONTENT_ATTRIBUTES, SPAN_ATTRIBUTES
 
 Json = dict[str, Any]
@@ -122,8 +123,15 @@ def hcm_tracing(tracing: TracingConfig) -> Json:
         # One span per upstream attempt (retries and failover show up as such).
         "spawn_upstream_span": True,
         "max_path_tag_length": MAX_PATH_TAG_LENGTH,
-        "custom_tags": [_url_tag()] + [_metadata_tag(name, key) for name, key in attributes],
+        "custom_tags": [_url_tag(), _method_tag()]
+        + [_metadata_tag(name, key) for name, key in attributes],
     }
+
+
+def _method_tag() -> Json:
+    # Envoy's own http.method is the method as sent, a key a client sent there too: the
+    # tag set when the span finishes replaces it (as http.url's does).
+    return {"tag": "http.method", "value": ENVOY_METHOD}
 
 
 def _url_tag() -> Json:

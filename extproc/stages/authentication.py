@@ -198,6 +198,12 @@ def presented_credential(ctx: RequestContext) -> str | None:
     return _read_credential(ctx, policy.api_key_header if policy else None)
 
 
+def standard_credential(ctx: RequestContext) -> str | None:
+    """The key or token the request carries in the standard credential headers, before
+    its route (and so its route's own key header) is known."""
+    return _read_credential(ctx, None)
+
+
 def _read_credential(ctx: RequestContext, route_header: str | None) -> str | None:
     """``_credential`` of the request's headers, read once per request: authentication,
     the model's check and the log line's redaction each ask (about 0.5 us a read). Kept

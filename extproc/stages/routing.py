@@ -35,10 +35,12 @@ from extproc.converse_api import operation_api
 from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from extproc.gemini_api import counts_tokens, gemini_call
 from extproc.hosts import host_of
+from extproc.http_methods import REGISTERED_METHODS
 from extproc.images_api import refuse_unserved_path
 from extproc.runtime import Route
 from extproc.stages.body_headers import check_body_headers
 from extproc.stages.chat_request import model_outside_body
+from extproc.stages.method_names import recorded_method
 
 SKIP_EVERYTHING = ModeOverride(
     skip_request_body=True, skip_response_headers=True, response_body="NONE"
@@ -56,6 +58,8 @@ FULL_RESPONSE = ModeOverride(response_body="BUFFERED")
 class RoutingStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
         ctx.request_id = ctx.request_headers.get(headers.REQUEST_ID) or str(uuid.uuid4())
+        # Before anything quotes it (a 405, the log line, Envoy's access log).
+        ctx.method = recorded_method(ctx)
         route = _checked_route(ctx)
         if headers.CLUSTER in ctx.request_headers:
             # Only the gateway picks a provider. The gateway's own bootstrap strips a
@@ -79,6 +83,9 @@ class RoutingStage:
             if vertex_call is not None and vertex_call.counts_tokens:
                 route = operation_route(route, RouteApi.ANTHROPIC_VERTEX_COUNT_TOKENS)
         ctx.route = route
+        if ctx.method not in REGISTERED_METHODS:
+            # Again: the route may read its key from a header of its own.
+            ctx.method = recorded_method(ctx)
         # Before any change to the request: Envoy shapes its own replies by it.
         out.client_api = ctx.error_shape
         if route.api in AGENT_APIS:

@@ -29,6 +29,7 @@ from extproc.bedrock_invoke_bodies import invokes_embeddings
 from extproc.chargeback.pricing import answered_tier, usage_cost, usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
+from extproc.http_methods import METHOD_METADATA_KEY, REGISTERED_METHODS
 from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import stream_failure
 
@@ -171,6 +172,9 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         "auth_method": identity.method,
         "quota_decision": ctx.quota_decision,
         "error_type": error.error_type if error else None,
+        # Envoy's access log and span read a method outside the registry from here, as
+        # the gateway records it (http_methods.ENVOY_METHOD).
+        METHOD_METADATA_KEY: None if ctx.method in REGISTERED_METHODS else ctx.method,
     }
     cut = ctx.cut_attempts
     if cut:

@@ -4,6 +4,9 @@ refusal quotes (never in the gateway's log line, another's never quoted back).""
 
 from __future__ import annotations
 
+import socket
+import struct
+import uuid
 from collections.abc import Iterator
 
 import openai
@@ -13,8 +16,10 @@ from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
+    envoy_access_log,
     mock_requests,
     running_stack,
+    wait_for,
     write_config,
 )
 from tests.unit.test_query_credential_shapes import GATEWAY_KEY
@@ -118,3 +123,69 @@ def test_a_providers_error_event_quoting_the_clients_key_shows_it_starred(
     assert line["outcome"] == "upstream_error"
     assert "Invalid value for 'user'" in line["error_message"]
     assert KEY not in str(line)
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """One header as HPACK's literal without indexing, its name and value unencoded."""
+    assert len(name) < 127 and len(value) < 127  # one-byte lengths
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame: a 24-bit length, its type, flags and stream, then ``payload``."""
+    head = struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream)
+    return head + payload
+
+
+def send_h2_method(stack: LocalStack, method: str, path: str) -> None:
+    """One HTTP/2 request (cleartext, prior knowledge) with ``method`` as its :method:
+    the HTTP/1.1 codec refuses a method it does not know before any filter, HTTP/2's
+    takes any token. The clients at hand (httpx, the SDKs) upper-case a method or speak
+    HTTP/1.1 alone, hence the frames by hand; the answer is read from the logs."""
+    host, port = stack.base_url.removeprefix("http://").rsplit(":", 1)
+    fields = {":method": method, ":scheme": "http", ":path": path, ":authority": "gateway",
+              "authorization": f"Bearer {KEY}"}  # fmt: skip
+    block = b"".join(_hpack_literal(name, value) for name, value in fields.items())
+    settings = _h2_frame(0x4, 0, 0, b"")
+    headers = _h2_frame(0x1, 0x4 | 0x1, 1, block)  # END_HEADERS | END_STREAM
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
+        connection.settimeout(1.0)
+        try:
+            while connection.recv(65536):  # Envoy's answer, until it closes or goes quiet
+                pass
+        except TimeoutError:
+            pass  # answered; Envoy keeps an HTTP/2 connection open
+
+
+@pytest.mark.parametrize(
+    "method", ["sk-proj-" + "a1B2c3D4e5F6g7H8i9J0" * 3, KEY], ids=["project-key", "own-key"]
+)
+def test_a_key_sent_as_the_method_is_in_neither_log(counted: LocalStack, method: str) -> None:
+    # Over HTTP/2 Envoy passed the method on: the gateway's 405 and its log line's
+    # method quoted a project key whole, and Envoy's access log (%REQ(:METHOD)%) held
+    # the client's own key as well.
+    path = f"/openai/probe-{uuid.uuid4().hex[:12]}"
+    send_h2_method(counted, method, path)
+    [line] = wait_for(
+        lambda: [line for line in GatewayLog(counted.gateway_log).lines() if line["path"] == path],
+        10.0,
+    )
+    assert (line["http_status_code"], line["method"]) == (405, "[redacted]")
+    assert method not in str(line)
+    envoy = [text for text in envoy_access_log(counted).splitlines() if path in text]
+    assert len(envoy) == 1
+    assert '"method":"[redacted]"' in envoy[0] and '"response_code":405' in envoy[0]
+    assert method not in envoy_access_log(counted)
+
+
+def test_a_registered_method_is_in_both_logs_as_sent(counted: LocalStack) -> None:
+    path = f"/openai/probe-{uuid.uuid4().hex[:12]}"
+    send_h2_method(counted, "PATCH", path)
+    [line] = wait_for(
+        lambda: [line for line in GatewayLog(counted.gateway_log).lines() if line["path"] == path],
+        10.0,
+    )
+    assert (line["http_status_code"], line["method"]) == (405, "PATCH")
+    envoy = [text for text in envoy_access_log(counted).splitlines() if path in text]
+    assert len(envoy) == 1 and '"method":"PATCH"' in envoy[0]
