@@ -26,7 +26,11 @@ spreadsheet opening the file runs a cell starting with ``=``, ``+``, ``-`` or ``
 formula (Google Sheets' ``IMPORTXML`` sends the sheet's other cells to any URL), and
 a client chooses its model's name, so a dimension value starting so, or with a tab, a
 carriage return or ``'``, is written after a ``'`` (``_spreadsheet_text``), which
-spreadsheets read as "text follows" and a program drops to get the value back. A mark
+spreadsheets read as "text follows" and a program drops to get the value back; so is
+one starting so after spaces a spreadsheet trims, or with a look-alike it may
+normalise (a full-width ``=``, a minus sign: ``_starts_like_a_formula``). A
+dimension the requests had no value for (no user, no group) is ``(none)`` in CSV,
+``-`` in the table and null in JSON, never a blank cell. A mark
 at the start is not enough (OWASP's cheat sheet says so): a spreadsheet in a locale whose
 list separator is ``;`` (most of continental Europe) opens a ``.csv`` splitting its lines
 at ``;``, and some import dialogs split at tabs too, so ``claude-x;=cmd|...;`` left
@@ -44,6 +48,7 @@ above the TOTAL line, so that a row named ``TOTAL`` reads as a row.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,11 +124,40 @@ def _visible(text: str) -> str:
 # The first characters that make a spreadsheet read a cell as a formula (OWASP's list), and
 # the mark itself, so that dropping one leading mark always gives the value back.
 _FORMULA_STARTS = frozenset("=+-@\t\r'")
+# Categories of characters a spreadsheet passes over before a formula's first character
+# (spaces, U+3000 among them; zero-width and other format characters; controls): LibreOffice
+# and Excel trim " =1+1" on import and run it.
+_SKIPPED_CATEGORIES = frozenset({"Zs", "Cf", "Cc"})
+# Categories whose characters are look-alikes of "=", "+" and "-" (U+FF1D, U+2212, U+FE63...)
+# that a spreadsheet may normalise to them; marking every math symbol and dash costs a
+# value nothing a program cannot drop.
+_FORMULA_LIKE_CATEGORIES = frozenset({"Sm", "Pd"})
+# How a CSV and the table write a dimension a request had no value for (no user, no
+# group); JSON writes null. A value that is this word is marked, so it never reads as none.
+NO_VALUE = "(none)"
 
 
-def _spreadsheet_text(value: str) -> str:
-    """A dimension's value as a CSV cell: after a ``'`` when a spreadsheet would run it."""
-    return "'" + value if value[:1] in _FORMULA_STARTS else value
+def _starts_like_a_formula(value: str) -> bool:
+    """Whether a spreadsheet could run ``value`` as a formula: its first character, after
+    any it passes over, is one of ``_FORMULA_STARTS`` or a look-alike of one (the same
+    after NFKC, as the full-width U+FF1D and U+FF20 are, or a math symbol or a dash)."""
+    for char in value:
+        if char in _FORMULA_STARTS:
+            return True
+        if char.isspace() or unicodedata.category(char) in _SKIPPED_CATEGORIES:
+            continue
+        if unicodedata.normalize("NFKC", char)[:1] in _FORMULA_STARTS:
+            return True
+        return unicodedata.category(char) in _FORMULA_LIKE_CATEGORIES
+    return False
+
+
+def _spreadsheet_text(value: str | None) -> str:
+    """A dimension's value as a CSV cell: ``NO_VALUE`` for none; after a ``'`` when a
+    spreadsheet would run it, or when it is the word for none."""
+    if value is None:
+        return NO_VALUE
+    return "'" + value if value == NO_VALUE or _starts_like_a_formula(value) else value
 
 
 # RFC 4180 quotes a cell holding the comma, the quote or a line break; the ``;`` and the
@@ -228,6 +262,17 @@ def _extra_columns(total: UsageRow, fmt: str) -> tuple[list[str], list[str]]:
     return counts, tools
 
 
+def _without_empty_dimensions(found: dict[str, Any], by: tuple[str, ...]) -> dict[str, Any]:
+    """``found`` with None for a dimension the requests had no value for (stored empty:
+    an API key without a user or group): JSON's null, CSV's ``NO_VALUE``, the table's
+    ``-``. An empty cell was a blank a spreadsheet's pivot table merges with any other
+    blank (a value of spaces it trimmed), and JSON's "" read as a name."""
+    for name in by:
+        if found[name] == "":
+            found[name] = None
+    return found
+
+
 def missing_note(hour: UnreadableHour) -> str:
     """The stderr line of an hour the report could not read whole."""
     return (
@@ -245,7 +290,7 @@ def render(
 ) -> str:
     """``unreadable``: the hours of the period not read whole, which JSON names (the CLI
     says so on stderr for every format, and exits 1)."""
-    records = [record(row) for row in rows]
+    records = [_without_empty_dimensions(record(row), by) for row in rows]
     summed = totals(rows)
     if fmt == "json":
         total = record(summed)

@@ -213,8 +213,9 @@ def test_a_csv_export_keeps_group_names_with_commas_quotes_and_newlines(
     assert main(["usage", "export", "--month", "2026-02", "--by", "group"]) == 0
     rows = {row["group_id"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
     assert rows[odd]["requests"] == "2" and rows[odd]["cost_usd"] == "0.000000000007"
-    # A formula to a spreadsheet goes out after a ' (text follows), JSON keeps it exactly.
-    assert set(rows) == {odd, "'=1+2", ""}
+    # A formula to a spreadsheet goes out after a ' (text follows), JSON keeps it exactly;
+    # requests with no group are the "(none)" row, not a blank cell.
+    assert set(rows) == {odd, "'=1+2", "(none)"}
     assert main(["usage", "report", "--month", "2026-02", "--by", "group", "--format", "json"]) == 0
     document = orjson.loads(capsys.readouterr().out)
     costs = [Decimal(row["cost_usd"]) for row in document["rows"]]
