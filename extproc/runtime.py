@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
     from extproc.providers.gcp_tokens import GcpTokenSource
     from extproc.quota.store import QuotaStore
+    from extproc.store.agent_owners import AgentOwners
     from extproc.store.attempts_in_flight import AttemptsInFlight
     from extproc.store.response_owners import ResponseOwners
     from extproc.store.usage import UsageStore
@@ -107,6 +108,8 @@ class Services:
     stored_keys: StoredKeys | None = None
     # Who created each stored response (None without a store, or with records off).
     response_owners: ResponseOwners | None = None
+    # Who opened each MCP session and created each A2A task (None without a store).
+    agent_owners: AgentOwners | None = None
     # Which failover attempt each request sent last (None without a store).
     attempts_in_flight: AttemptsInFlight | None = None
     # Notes quota subjects for the gauges read from the store (telemetry.quota_gauges).
@@ -291,6 +294,13 @@ class Runtime:
                 ", ".join(self.prices.unpriced_models),
             )
         self.agents = AgentDirectory(config)
+        services.metrics.agents.show_binding_refusals(
+            dict.fromkeys(
+                upstream.server.name
+                for upstream in self.agents.by_route.values()
+                if upstream.server.bind_to_caller
+            )
+        )
         services.metrics.agents.show_credential_echoes(
             upstream.server.name
             for upstream in self.agents.by_route.values()

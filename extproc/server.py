@@ -56,6 +56,7 @@ from extproc.runtime import Runtime, Services
 from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
 from extproc.store import orphaned
+from extproc.store.agent_owners import AgentOwners
 from extproc.store.attempts_in_flight import AttemptsInFlight
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
@@ -358,6 +359,7 @@ class Gateway:
                 self._store_client, store.key_prefix, store.response_owner_retention_days
             )
         self.services.attempts_in_flight = AttemptsInFlight(self._store_client, store.key_prefix)
+        self.services.agent_owners = AgentOwners(self._store_client, store.key_prefix)
         self._start_quota_gauges()
 
     def _start_quota_gauges(self) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from extproc.agents import binding, jsonrpc, limit_check, mcp_headers
 from extproc.agents import call as outcome
-from extproc.agents import jsonrpc, limit_check, mcp_headers
 from extproc.agents.answers import (
     ExtendedCardRewrite,
     TaskWatch,
@@ -179,9 +179,14 @@ def _admit_a2a(
     else:
         watch = TaskWatch(request.id, call, stream=request.method in A2A_STREAM_METHODS)
     call.watches.append(watch)
-    if not call.is_message:
-        return None
-    return limit_check.check_limits(ctx, out, call, None, ids, batch)
+
+    def count() -> Awaitable[None] | None:
+        if not call.is_message:
+            return None
+        return limit_check.check_limits(ctx, out, call, None, ids, batch)
+
+    # The task's owner first: a request refused as another caller's counts in no limit.
+    return binding.check_tasks(ctx, out, call, request, ids, count)
 
 
 def _check_mirror(

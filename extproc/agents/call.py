@@ -22,6 +22,8 @@ INPUT_REQUIRED = "input_required"
 RPC_ERROR = "rpc_error"  # the upstream answered with a JSON-RPC error
 DENIED = "denied"  # refused by an access rule, or for the caller's credentials
 RATE_LIMITED = "rate_limited"  # refused by a request limit
+# Refused: the MCP session or A2A task belongs to another caller (answered as unknown).
+NOT_OWNER = "not_owner"
 INVALID = "invalid"  # not JSON-RPC, too large, a method the route does not take
 UNAVAILABLE = "unavailable"  # refused because the quota store could not check the limits
 UPSTREAM_ERROR = "upstream_error"  # HTTP error from the upstream (or Envoy: unreachable)
@@ -74,6 +76,8 @@ class AgentCall:
     credential_forms: tuple[bytes, ...] = ()
     # An answer quoted it (logged and counted once per request).
     credential_echoed: bool = False
+    # The A2A task this request's caller was recorded as the creator of (``binding``).
+    bound_task: str | None = None
 
     @property
     def is_tool_call(self) -> bool:

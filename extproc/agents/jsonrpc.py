@@ -31,6 +31,9 @@ TOOL_FORBIDDEN = -32003
 AGENT_FORBIDDEN = -32030
 # A request limit refused the call; ``data.retry_after_s`` says when to retry.
 RATE_LIMITED = -32029
+# A2A's TaskNotFoundError: also the gateway's answer for another caller's task, so that
+# a caller cannot tell another's task from one that does not exist.
+TASK_NOT_FOUND = -32001
 
 RequestId = str | int | float | None
 

@@ -66,6 +66,22 @@ class AgentMetrics:
             ("agent", "state"),
             registry=registry,
         )
+        self.binding_refusals = Counter(
+            "aigw_agent_binding_refusals",
+            "Requests refused for naming an MCP session or A2A task another caller opened,"
+            " by server and kind (session, task)",
+            ("server", "kind"),
+            registry=registry,
+        )
+
+    def binding_refused(self, server: str, kind: str) -> None:
+        self.child(self.binding_refusals, server, kind).inc()
+
+    def show_binding_refusals(self, servers: Iterable[str]) -> None:
+        """Show each binding server's refusals from the start, at 0, as the echoes are."""
+        for server in servers:
+            for kind in ("session", "task"):
+                self.child(self.binding_refusals, server, kind)
 
     def show_credential_echoes(self, servers: Iterable[str]) -> None:
         """Show each server's echo count from the start, at 0 (servers with a gateway

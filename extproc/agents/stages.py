@@ -5,7 +5,8 @@ route's upstream and decides what kind of request this is (``routing``): a
 JSON-RPC POST, an MCP server stream (GET) or session end (DELETE), or an A2A
 agent card, which is public so that clients can discover how to authenticate.
 ``AgentCallStage`` (after the client's credentials are stripped) puts the
-upstream's own credential in (``caller``), reads the JSON-RPC body once and
+upstream's own credential in (``caller``), keeps each MCP session and A2A task to the
+caller who opened it (``binding``), reads the JSON-RPC body once and
 applies access rules and request limits (``admission``, ``limit_check``), reads
 the answer as it streams (``answer_reading``, ``upstream_status``), and records
 the call for the log line and the metrics (``final_outcome``).
@@ -26,7 +27,7 @@ from collections.abc import Awaitable
 
 # Modules, not names: each may be imported first (the stages package imports this one),
 # and a name looked up at call time never meets a module still being initialised.
-from extproc.agents import admission, answer_reading, caller, final_outcome, routing
+from extproc.agents import admission, answer_reading, binding, caller, final_outcome, routing
 from extproc.context import PhaseOutput, RequestContext
 
 
@@ -36,8 +37,9 @@ class AgentRouteStage:
 
 
 class AgentCallStage:
-    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> None:
+    def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> Awaitable[None] | None:
         caller.set_upstream_identity(ctx, out)
+        return binding.check_session(ctx, out)
 
     def request_body(
         self, ctx: RequestContext, out: PhaseOutput, body: bytes
@@ -46,13 +48,16 @@ class AgentCallStage:
 
     def response_headers(
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
-    ) -> None:
+    ) -> Awaitable[None] | None:
         answer_reading.start_answer(ctx, out, response_headers)
+        return binding.record_session(ctx, response_headers)
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool
-    ) -> None:
+    ) -> Awaitable[None] | None:
         answer_reading.read_answer(ctx, out, chunk, end_of_stream)
+        # Before this chunk goes on: the client's next request may name the task in it.
+        return binding.record_task(ctx)
 
     def done(self, ctx: RequestContext) -> None:
         final_outcome.record_outcome(ctx)

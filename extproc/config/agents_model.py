@@ -60,6 +60,12 @@ class AgentServerConfig(_Section):
     # server's only way to keep callers' tasks and sessions apart. Off for a server
     # that must not learn who calls it (it then cannot tell callers apart).
     forward_identity: bool = True
+    # Only the caller who opened an MCP session or created an A2A task uses it; off for a
+    # server whose sessions or tasks are shared by design.
+    bind_to_caller: bool = True
+    # How long the record of a session's or task's caller lives from its opening (not
+    # refreshed): past it, the next caller to use the id claims it.
+    binding_ttl_s: int = Field(default=7 * 86_400, ge=60)
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,92 @@
+"""Who opened each MCP session and created each A2A task, so that only they use it.
+
+Every caller reaches an agent server with the gateway's one credential: to the server,
+a session id or a task id is all it takes to act in a session or on a task. So the
+gateway records the caller who opened each one, with ``<prefix>`` the config's
+``store.key_prefix``::
+
+    <prefix>agent_owner:<sha256 of server, kind and id>   the owner (``owner_of``),
+                                                          expiring binding_ttl_s after
+                                                          it was written, not refreshed
+
+The key holds a digest, never the id: whoever can list the store's keys must not find
+ids that let them act in others' sessions. One key per id, read and claimed with one
+command (``SET ... NX GET``: Redis 7.0 or later, any Valkey), so a request pays at most
+one round trip for it, and none once this process knows the binding: bindings never
+change while they last, so each process keeps those it has seen (a bounded LRU,
+each entry no longer than its record lives).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
+
+# What an id names: MCP's session, A2A's task.
+Kind = Literal["session", "task"]
+# Bindings this process keeps: enough for every live session of a busy replica; the
+# least recently used go first, and are asked of the store again when they come back.
+CACHE_ENTRIES = 65_536
+
+
+def binding_digest(server: str, kind: Kind, object_id: str) -> str:
+    """The record's name for an id: the id itself never reaches the store."""
+    named = f"{server}\0{kind}\0{object_id}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(named).hexdigest()
+
+
+class AgentOwners:
+    """The records of sessions' and tasks' owners (the module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str,
+        cache_entries: int = CACHE_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._clock = clock
+
+    def _key(self, digest: str) -> str:
+        return f"{self._prefix}agent_owner:{digest}"
+
+    def known(self, digest: str) -> str | None:
+        """The owner this process has seen for a binding; None when it must ask the store."""
+        found = self._cache.get(digest)
+        if found is None:
+            return None
+        owner, expires = found
+        if self._clock() >= expires:
+            # Its record has expired in the store: whoever comes next claims it anew.
+            del self._cache[digest]
+            return None
+        self._cache.move_to_end(digest)
+        return owner
+
+    def remember(self, digest: str, owner: str, ttl_s: int) -> None:
+        """Keep a binding for at most as long as its record lives."""
+        self._cache[digest] = (owner, self._clock() + ttl_s)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+
+    async def claim(self, digest: str, owner: str, ttl_s: int) -> str:
+        """The binding's owner: the recorded one, or ``owner`` when there was none, which
+        is now recorded. One command: two callers claiming at once get one answer."""
+        previous = await self._client.set(self._key(digest), owner, ex=ttl_s, nx=True, get=True)
+        found = owner if previous is None else _text(previous)
+        # Remembered for the full TTL even when the record is older: at worst this process
+        # holds the owner a little longer than the store does, never a wrong owner.
+        self.remember(digest, found, ttl_s)
+        return found
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
