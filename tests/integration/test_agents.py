@@ -25,7 +25,16 @@ import orjson
 import pytest
 from a2a.client import ClientConfig, create_client
 from a2a.client.errors import A2AClientError
-from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
+from a2a.types.a2a_pb2 import (
+    GetTaskRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
+from a2a.utils.errors import TaskNotFoundError
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -416,3 +425,91 @@ async def test_the_agent_limit_refuses_bobs_second_message(agent_stack: LocalSta
     with pytest.raises(A2AClientError) as limited:
         await _send(agent_stack, TEAM2, "second", streaming=False)
     assert "bob-one-message" in str(limited.value)
+
+
+# --- sessions and tasks belong to the caller who opened them -------------------------------
+
+
+def _not_owner_lines(stack: LocalStack, user: str, protocol: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in GatewayLog(stack.gateway_log).lines()
+        if (line.get("agent") or {}).get("status") == "not_owner"
+        and (line["user_id"], line["agent"]["protocol"]) == (user, protocol)
+    ]
+
+
+async def test_bob_holding_alices_session_id_is_refused_and_alice_goes_on(
+    agent_stack: LocalStack,
+) -> None:
+    opened: list[str] = []
+
+    async def note_session(response: httpx2.Response) -> None:
+        if "mcp-session-id" in response.headers:
+            opened.append(response.headers["mcp-session-id"])
+
+    alice_http = httpx2.AsyncClient(
+        headers={"authorization": f"Bearer {TEAM1}"},
+        timeout=30.0,
+        event_hooks={"response": [note_session]},
+    )
+    async with alice_http:
+        url = f"{agent_stack.base_url}/mcp/tools"
+        transport = streamable_http_client(url, http_client=alice_http)
+        async with Client(transport, mode="legacy") as alice:  # type: ignore[arg-type]
+            assert opened, "the server opened no session"
+            session = opened[0]
+            # Bob's own client, every request of it carrying Alice's session id (a log
+            # line, a screenshot): the gateway answers as for an unknown session.
+            bob_headers = {"authorization": f"Bearer {TEAM2}", "mcp-session-id": session}
+            async with httpx2.AsyncClient(headers=bob_headers, timeout=30.0) as bob_http:
+                bob_transport = streamable_http_client(url, http_client=bob_http)
+                with pytest.raises(BaseException) as refused:
+                    async with Client(bob_transport, mode="legacy") as bob:  # type: ignore[arg-type]
+                        await bob.list_tools()
+                error = _mcp_error(refused.value)
+                assert (error.code, error.message) == (-32600, "Session not found")
+            # Nor may he read its stream or end it.
+            async with httpx.AsyncClient(headers=bob_headers, timeout=30.0) as raw:
+                stream = await raw.get(url, headers={"accept": "text/event-stream"})
+                ended = await raw.delete(url)
+            for answer in (stream, ended):
+                assert answer.status_code == 404
+                assert answer.json()["error"] == {"code": -32600, "message": "Session not found"}
+            # Alice's session is whole: her call runs in it.
+            result = await alice.call_tool("add", {"a": 2, "b": 3})
+            assert not result.is_error
+    lines = wait_for(lambda: len(found := _not_owner_lines(agent_stack, "bob", "mcp")) >= 3
+                     and found)  # fmt: skip
+    assert {line["agent"]["kind"] for line in lines} >= {"rpc", "stream", "session_end"}
+    assert all(line["http_status_code"] == 404 for line in lines)
+    samples = scrape(agent_stack.metrics_url)
+    assert metric(samples, "aigw_agent_binding_refusals_total", server="tools", kind="session") >= 3
+
+
+async def test_bobs_get_task_on_alices_task_is_task_not_found_and_alices_works(
+    agent_stack: LocalStack,
+) -> None:
+    events = await _send(agent_stack, TEAM1, "mine", streaming=False)
+    task_id = events[-1].task.id
+
+    async def get_task(key: str) -> Any:
+        async with httpx.AsyncClient(
+            headers={"authorization": f"Bearer {key}"}, timeout=30.0
+        ) as http:
+            client = await create_client(
+                f"{agent_stack.base_url}/a2a/echo",
+                client_config=ClientConfig(streaming=False, httpx_client=http),
+            )
+            return await client.get_task(GetTaskRequest(id=task_id))
+
+    with pytest.raises(TaskNotFoundError):
+        await get_task(TEAM2)
+    task = await get_task(TEAM1)
+    assert task.id == task_id and task.status.state == TaskState.TASK_STATE_COMPLETED
+    [line] = wait_for(lambda: _not_owner_lines(agent_stack, "bob", "a2a"))
+    assert line["agent"]["method"] == "GetTask" and line["error_code"] == "task_not_found"
+    samples = scrape(agent_stack.metrics_url)
+    assert (
+        metric(samples, "aigw_agent_binding_refusals_total", server="echo-agent", kind="task") == 1
+    )
