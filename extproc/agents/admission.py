@@ -58,8 +58,10 @@ def admit_body(ctx: RequestContext, out: PhaseOutput, body: bytes) -> Awaitable[
         raise PayloadTooLargeError(
             f"request body of {len(body)} bytes is over the limit of {limit} bytes"
         )
+    mcp = call.protocol is AgentProtocol.MCP
     try:
-        messages, batch = jsonrpc.parse_body(body)
+        keys = jsonrpc.MCP_PARAMS_KEYS if mcp else jsonrpc.A2A_PARAMS_KEYS
+        messages, batch = jsonrpc.parse_body(body, keys)
     except RpcParseError as error:
         call.method = None
         invalid = BadRequestError(error.message, code="invalid_jsonrpc")
@@ -69,7 +71,6 @@ def admit_body(ctx: RequestContext, out: PhaseOutput, body: bytes) -> Awaitable[
     # Bounded for the log line: a longer one is refused below, not forwarded.
     call.method = method[:MAX_METHOD_NAME] if method is not None else None
     requests = [m for m in messages if m.is_request]
-    mcp = call.protocol is AgentProtocol.MCP
     unchecked = _unchecked_request(messages, _MCP_GOVERNED if mcp else _A2A_GOVERNED)
     if unchecked is not None:
         invalid = BadRequestError(unchecked, code="invalid_request")

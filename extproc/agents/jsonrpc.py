@@ -36,6 +36,11 @@ RATE_LIMITED = -32029
 TASK_NOT_FOUND = -32001
 
 RequestId = str | int | float | None
+# The keys of ``params`` the gateway reads a message by (``_key_twice``).
+MCP_PARAMS_KEYS = frozenset(("name",))  # a tools/call's tool
+# A2A: the task a request names (``binding``), under each spelling its servers take. Read
+# on A2A routes alone: "id" is common in MCP tools' arguments, where it costs a scan.
+A2A_PARAMS_KEYS = frozenset(("name", "id", "taskId", "task_id"))
 
 
 class RpcParseError(Exception):
@@ -61,8 +66,11 @@ class RpcMessage:
         return self.method is not None and self.has_id
 
 
-def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
-    """The messages of a POST body and whether it was a batch (an array)."""
+def parse_body(
+    body: bytes, params_keys: frozenset[str] = MCP_PARAMS_KEYS
+) -> tuple[list[RpcMessage], bool]:
+    """The messages of a POST body and whether it was a batch (an array); ``params_keys``
+    are the keys of ``params`` the gateway reads by (``A2A_PARAMS_KEYS`` on A2A routes)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -71,7 +79,7 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
     items = parsed if batch else [parsed]
     if not items:
         raise RpcParseError(INVALID_REQUEST, "an empty batch is not a JSON-RPC request")
-    twice = _key_twice(body, items)
+    twice = _key_twice(body, items, params_keys)
     if twice is not None:
         raise RpcParseError(INVALID_REQUEST, twice)
     messages = [_message(item) for item in items]
@@ -87,13 +95,12 @@ def parse_body(body: bytes) -> tuple[list[RpcMessage], bool]:
 # equal keys (where orjson keeps the last), or matches keys regardless of case, would read
 # differently.
 _ENVELOPE_KEYS = frozenset(("jsonrpc", "id", "method", "params", "result", "error"))
-_PARAMS_KEYS = frozenset(("name",))  # a tools/call's tool
 # Non-ASCII characters that case-fold to letters of those keys: the long s (U+017F, "s")
 # and the Kelvin sign (U+212A, "k"), in UTF-8. Go's encoding/json folds both.
 _FOLDING_TO_ASCII = (b"\xc5\xbf", b"\xe2\x84\xaa")
 
 
-def _key_twice(body: bytes, items: list[Any]) -> str | None:
+def _key_twice(body: bytes, items: list[Any], params_keys: frozenset[str]) -> str | None:
     """Why a message (or its ``params``) holds a key the gateway reads by twice, or
     spelt in another case.
 
@@ -112,11 +119,12 @@ def _key_twice(body: bytes, items: list[Any]) -> str | None:
     if b"\\u" not in body and not any(fold in body for fold in _FOLDING_TO_ASCII):
         lowered = body.lower()
         if not any(
-            lowered.count(b'"%s"' % key.encode()) > held for key, held in _held(items).items()
+            lowered.count(b'"%s"' % key.lower().encode()) > held
+            for key, held in _held(items, params_keys).items()
         ):
             return None
     try:
-        clash = misspelt_key(body, _ENVELOPE_KEYS, _PARAMS_KEYS)
+        clash = misspelt_key(body, _ENVELOPE_KEYS, params_keys)
     except UnreadableKeysError as exc:
         return str(exc)
     if clash is None:
@@ -127,9 +135,10 @@ def _key_twice(body: bytes, items: list[Any]) -> str | None:
     return f"a message spells {key!r} as {other!r}: JSON-RPC keys are exact, each once"
 
 
-def _held(items: list[Any]) -> dict[str, int]:
-    """How many of the parsed messages hold each key (``name``: in their ``params``)."""
-    held = dict.fromkeys((*_ENVELOPE_KEYS, *_PARAMS_KEYS), 0)
+def _held(items: list[Any], params_keys: frozenset[str]) -> dict[str, int]:
+    """How many of the parsed messages hold each key (``params_keys``: in their ``params``;
+    ``id`` counts both)."""
+    held = dict.fromkeys((*_ENVELOPE_KEYS, *params_keys), 0)
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -137,7 +146,7 @@ def _held(items: list[Any]) -> dict[str, int]:
             held[key] += key in item
         params = item.get("params")
         if isinstance(params, dict):
-            for key in _PARAMS_KEYS:
+            for key in params_keys:
                 held[key] += key in params
     return held
 

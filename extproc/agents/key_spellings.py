@@ -74,14 +74,16 @@ def misspelt_key(
 def _clash(
     pairs: Pairs, read: frozenset[str], inner: frozenset[str] | None
 ) -> tuple[str, str | None] | None:
+    # Keys spelt with capitals (A2A's ``taskId``) are found by their folded form too.
+    folded_read = {key.casefold(): key for key in read}
     seen: set[str] = set()
     for key, value in pairs:
         if key in read:
             if key in seen:
                 return key, None
             seen.add(key)
-        elif (folded := key.casefold()) in read:
-            return folded, key
+        elif (meant := folded_read.get(key.casefold())) is not None:
+            return meant, key
         if inner is not None and key == _PARAMS and isinstance(value, tuple):
             found = _clash(value, inner, None)
             if found is not None:

@@ -322,3 +322,35 @@ async def test_bobs_first_try_on_alices_session_raises_the_alert(
     name = "AigwAgentSessionOrTaskOfAnotherCaller"
     failed = promtool_test(tmp_path, timeline, [firing(name, 9), firing(name, 12, expected)])
     assert not failed, failed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A server keeping the first of two equal keys would read Alice's task.
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":7,"method":"GetTask","params":{"id":"%s","id":"bobs"}}'
+            % TASK.encode(),
+            id="id-twice",
+        ),
+        # Go's encoding/json matches keys in any case and keeps the last: Alice's task.
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":7,"method":"GetTask","params":{"id":"bobs","ID":"%s"}}'
+            % TASK.encode(),
+            id="ID",
+        ),
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":7,"method":"ListTaskPushNotificationConfigs",'
+            b'"params":{"taskId":"bobs","TaskID":"%s"}}' % TASK.encode(),
+            id="TaskID",
+        ),
+    ],
+)
+async def test_a_task_named_twice_or_in_another_case_is_refused_before_any_server(
+    config: GatewayConfig, bound: Services, body: bytes
+) -> None:
+    agents = with_agents(config)
+    await alice_creates_a_task(agents, bound)
+    refused = (await a2a(agents, bound, BOB, body))[1].immediate_response
+    assert refused.status.code == 400
+    assert orjson.loads(refused.body)["error"]["code"] == -32600
