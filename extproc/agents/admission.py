@@ -60,8 +60,12 @@ def admit_body(ctx: RequestContext, out: PhaseOutput, body: bytes) -> Awaitable[
         )
     mcp = call.protocol is AgentProtocol.MCP
     try:
-        keys = jsonrpc.MCP_PARAMS_KEYS if mcp else jsonrpc.A2A_PARAMS_KEYS
-        messages, batch = jsonrpc.parse_body(body, keys)
+        if mcp:
+            messages, batch = jsonrpc.parse_body(body, jsonrpc.MCP_PARAMS_KEYS)
+        else:
+            messages, batch = jsonrpc.parse_body(
+                body, jsonrpc.A2A_PARAMS_KEYS, jsonrpc.A2A_MESSAGE_KEYS
+            )
     except RpcParseError as error:
         call.method = None
         invalid = BadRequestError(error.message, code="invalid_jsonrpc")

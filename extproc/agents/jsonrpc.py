@@ -40,7 +40,9 @@ RequestId = str | int | float | None
 MCP_PARAMS_KEYS = frozenset(("name",))  # a tools/call's tool
 # A2A: the task a request names (``binding``), under each spelling its servers take. Read
 # on A2A routes alone: "id" is common in MCP tools' arguments, where it costs a scan.
-A2A_PARAMS_KEYS = frozenset(("name", "id", "taskId", "task_id"))
+A2A_PARAMS_KEYS = frozenset(("name", "id", "taskId", "task_id", "message"))
+# ... and of ``params.message``: the task a message continues.
+A2A_MESSAGE_KEYS = frozenset(("taskId", "task_id"))
 
 
 class RpcParseError(Exception):
@@ -67,10 +69,13 @@ class RpcMessage:
 
 
 def parse_body(
-    body: bytes, params_keys: frozenset[str] = MCP_PARAMS_KEYS
+    body: bytes,
+    params_keys: frozenset[str] = MCP_PARAMS_KEYS,
+    message_keys: frozenset[str] = frozenset(),
 ) -> tuple[list[RpcMessage], bool]:
     """The messages of a POST body and whether it was a batch (an array); ``params_keys``
-    are the keys of ``params`` the gateway reads by (``A2A_PARAMS_KEYS`` on A2A routes)."""
+    are the keys of ``params`` the gateway reads by, ``message_keys`` those of
+    ``params.message`` (``A2A_PARAMS_KEYS`` and ``A2A_MESSAGE_KEYS`` on A2A routes)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -79,7 +84,7 @@ def parse_body(
     items = parsed if batch else [parsed]
     if not items:
         raise RpcParseError(INVALID_REQUEST, "an empty batch is not a JSON-RPC request")
-    twice = _key_twice(body, items, params_keys)
+    twice = _key_twice(body, items, params_keys, message_keys)
     if twice is not None:
         raise RpcParseError(INVALID_REQUEST, twice)
     messages = [_message(item) for item in items]
@@ -100,7 +105,9 @@ _ENVELOPE_KEYS = frozenset(("jsonrpc", "id", "method", "params", "result", "erro
 _FOLDING_TO_ASCII = (b"\xc5\xbf", b"\xe2\x84\xaa")
 
 
-def _key_twice(body: bytes, items: list[Any], params_keys: frozenset[str]) -> str | None:
+def _key_twice(
+    body: bytes, items: list[Any], params_keys: frozenset[str], message_keys: frozenset[str]
+) -> str | None:
     """Why a message (or its ``params``) holds a key the gateway reads by twice, or
     spelt in another case.
 
@@ -120,11 +127,11 @@ def _key_twice(body: bytes, items: list[Any], params_keys: frozenset[str]) -> st
         lowered = body.lower()
         if not any(
             lowered.count(b'"%s"' % key.lower().encode()) > held
-            for key, held in _held(items, params_keys).items()
+            for key, held in _held(items, params_keys, message_keys).items()
         ):
             return None
     try:
-        clash = misspelt_key(body, _ENVELOPE_KEYS, params_keys)
+        clash = misspelt_key(body, _ENVELOPE_KEYS, params_keys, message_keys)
     except UnreadableKeysError as exc:
         return str(exc)
     if clash is None:
@@ -135,10 +142,12 @@ def _key_twice(body: bytes, items: list[Any], params_keys: frozenset[str]) -> st
     return f"a message spells {key!r} as {other!r}: JSON-RPC keys are exact, each once"
 
 
-def _held(items: list[Any], params_keys: frozenset[str]) -> dict[str, int]:
-    """How many of the parsed messages hold each key (``params_keys``: in their ``params``;
-    ``id`` counts both)."""
-    held = dict.fromkeys((*_ENVELOPE_KEYS, *params_keys), 0)
+def _held(
+    items: list[Any], params_keys: frozenset[str], message_keys: frozenset[str]
+) -> dict[str, int]:
+    """How many of the parsed messages hold each key (``params_keys``: in their ``params``,
+    ``message_keys`` in its ``message``; a key of two levels counts both)."""
+    held = dict.fromkeys((*_ENVELOPE_KEYS, *params_keys, *message_keys), 0)
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -148,6 +157,10 @@ def _held(items: list[Any], params_keys: frozenset[str]) -> dict[str, int]:
         if isinstance(params, dict):
             for key in params_keys:
                 held[key] += key in params
+            message = params.get("message")
+            if isinstance(message, dict):
+                for key in message_keys:
+                    held[key] += key in message
     return held
 
 

@@ -35,8 +35,13 @@ _OPEN = re.compile(r"\{[ \t\n\r]*(\}?)")
 _NAME = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.DOTALL)
 _AFTER = re.compile(r"[ \t\n\r]*([,}])[ \t\n\r]*")
 _PARAMS = "params"
+# An A2A message's own object under ``params``: its ``taskId`` names the task it continues.
+_MESSAGE = "message"
 
 Pairs = tuple[tuple[str, Any], ...]
+# The key under which ``_clash`` finds the next level, by how many levels are left: the
+# message's ``params`` (3: the envelope, params, message), then params' ``message``.
+_WALKED = {3: _PARAMS, 2: _MESSAGE}
 
 
 class UnreadableKeysError(Exception):
@@ -45,22 +50,26 @@ class UnreadableKeysError(Exception):
 
 
 def misspelt_key(
-    body: bytes, envelope: frozenset[str], params: frozenset[str]
+    body: bytes,
+    envelope: frozenset[str],
+    params: frozenset[str],
+    message: frozenset[str] = frozenset(),
 ) -> tuple[str, str | None] | None:
-    """The first key of ``envelope`` (a message's) or ``params`` (its ``params``') that
-    the body gives twice, with None, or spells in another case (``casefold``: the long
-    s and the Kelvin sign too), with that spelling. ``body`` is JSON orjson has read."""
+    """The first key of ``envelope`` (a message's), ``params`` (its ``params``') or
+    ``message`` (its ``params.message``') that the body gives twice, with None, or spells
+    in another case (``casefold``: the long s and the Kelvin sign too), with that
+    spelling. ``body`` is JSON orjson has read."""
     try:
         text = body.decode()
         start = _skip_space(text, 0)
         if text.startswith("{", start):
-            pairs, _ = _object(text, start, walk_params=True)
-            return _clash(pairs, envelope, params)
+            pairs, _ = _object(text, start, (_PARAMS, _MESSAGE))
+            return _clash(pairs, (envelope, params, message))
         if not text.startswith("[", start):
             return None  # no message at all: refused as such, not for its keys
         items, _ = _scan_pairs(text, start)
         for item in items:
-            found = _clash(item, envelope, params) if isinstance(item, tuple) else None
+            found = _clash(item, (envelope, params, message)) if isinstance(item, tuple) else None
             if found is not None:
                 return found
         return None
@@ -71,9 +80,10 @@ def misspelt_key(
         raise UnreadableKeysError("the request body could not be read for its keys") from None
 
 
-def _clash(
-    pairs: Pairs, read: frozenset[str], inner: frozenset[str] | None
-) -> tuple[str, str | None] | None:
+def _clash(pairs: Pairs, levels: tuple[frozenset[str], ...]) -> tuple[str, str | None] | None:
+    """The first clash among ``pairs`` of the keys ``levels[0]``, then in ``params`` (and
+    its ``message``) of those of the levels below."""
+    read = levels[0]
     # Keys spelt with capitals (A2A's ``taskId``) are found by their folded form too.
     folded_read = {key.casefold(): key for key in read}
     seen: set[str] = set()
@@ -84,16 +94,18 @@ def _clash(
             seen.add(key)
         elif (meant := folded_read.get(key.casefold())) is not None:
             return meant, key
-        if inner is not None and key == _PARAMS and isinstance(value, tuple):
-            found = _clash(value, inner, None)
+        below = levels[1:]
+        if below and key == _WALKED[len(levels)] and isinstance(value, tuple):
+            found = _clash(value, below)
             if found is not None:
                 return found
     return None
 
 
-def _object(text: str, at: int, *, walk_params: bool) -> tuple[Pairs, int]:
+def _object(text: str, at: int, walked: tuple[str, ...]) -> tuple[Pairs, int]:
     """The keys of the object at ``at`` (its ``{``) and the index after it. Values are
-    skipped (None), but with ``walk_params`` an object under ``params`` becomes its keys."""
+    skipped (None), but an object under ``walked[0]`` becomes its keys, and in it, one
+    under ``walked[1]``... (``params``, then its ``message``)."""
     opened = _OPEN.match(text, at)
     if opened is None:
         raise ValueError("not an object")
@@ -110,8 +122,8 @@ def _object(text: str, at: int, *, walk_params: bool) -> tuple[Pairs, int]:
             key, _ = _scan_value(text, at)  # the key, a JSON string, its escapes decoded
         at = named.end()
         value: Pairs | None = None
-        if walk_params and key == _PARAMS and text.startswith("{", at):
-            value, at = _object(text, at, walk_params=False)
+        if walked and key == walked[0] and text.startswith("{", at):
+            value, at = _object(text, at, walked[1:])
         else:
             _, at = _scan_value(text, at)
         found.append((key, value))

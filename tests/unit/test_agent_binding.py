@@ -344,6 +344,18 @@ async def test_bobs_first_try_on_alices_session_raises_the_alert(
             b'"params":{"taskId":"bobs","TaskID":"%s"}}' % TASK.encode(),
             id="TaskID",
         ),
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":7,"method":"SendMessage","params":{"message":{"role":'
+            b'"ROLE_USER","messageId":"m","parts":[],"taskId":"bobs","TaskID":"%s"}}}'
+            % TASK.encode(),
+            id="message-TaskID",
+        ),
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":7,"method":"SendMessage","params":{"message":{"role":'
+            b'"ROLE_USER","messageId":"m","parts":[]},"Message":{"role":"ROLE_USER",'
+            b'"messageId":"m","parts":[],"taskId":"%s"}}}' % TASK.encode(),
+            id="Message",
+        ),
     ],
 )
 async def test_a_task_named_twice_or_in_another_case_is_refused_before_any_server(
