@@ -39,6 +39,8 @@ _PARAMS = "params"
 _MESSAGE = "message"
 
 Pairs = tuple[tuple[str, Any], ...]
+# The keys read at one level of a message, and the same by their folded spelling.
+Level = tuple[frozenset[str], dict[str, str]]
 # The key under which ``_clash`` finds the next level, by how many levels are left: the
 # message's ``params`` (3: the envelope, params, message), then params' ``message``.
 _WALKED = {3: _PARAMS, 2: _MESSAGE}
@@ -59,17 +61,22 @@ def misspelt_key(
     ``message`` (its ``params.message``') that the body gives twice, with None, or spells
     in another case (``casefold``: the long s and the Kelvin sign too), with that
     spelling. ``body`` is JSON orjson has read."""
+    # Each level's keys, and by their folded form (A2A's ``taskId`` has a capital), once
+    # per body: a batch asks them of every message.
+    levels = tuple(
+        (keys, {key.casefold(): key for key in keys}) for keys in (envelope, params, message)
+    )
     try:
         text = body.decode()
         start = _skip_space(text, 0)
         if text.startswith("{", start):
             pairs, _ = _object(text, start, (_PARAMS, _MESSAGE))
-            return _clash(pairs, (envelope, params, message))
+            return _clash(pairs, levels)
         if not text.startswith("[", start):
             return None  # no message at all: refused as such, not for its keys
         items, _ = _scan_pairs(text, start)
         for item in items:
-            found = _clash(item, (envelope, params, message)) if isinstance(item, tuple) else None
+            found = _clash(item, levels) if isinstance(item, tuple) else None
             if found is not None:
                 return found
         return None
@@ -80,12 +87,12 @@ def misspelt_key(
         raise UnreadableKeysError("the request body could not be read for its keys") from None
 
 
-def _clash(pairs: Pairs, levels: tuple[frozenset[str], ...]) -> tuple[str, str | None] | None:
-    """The first clash among ``pairs`` of the keys ``levels[0]``, then in ``params`` (and
-    its ``message``) of those of the levels below."""
-    read = levels[0]
-    # Keys spelt with capitals (A2A's ``taskId``) are found by their folded form too.
-    folded_read = {key.casefold(): key for key in read}
+def _clash(pairs: Pairs, levels: tuple[Level, ...]) -> tuple[str, str | None] | None:
+    """The first clash among ``pairs`` of the keys of ``levels[0]``, then in ``params``
+    (and its ``message``) of those of the levels below."""
+    read, folded_read = levels[0]
+    # The key the next level is under (None at the last).
+    descend = _WALKED.get(len(levels))
     seen: set[str] = set()
     for key, value in pairs:
         if key in read:
@@ -94,9 +101,8 @@ def _clash(pairs: Pairs, levels: tuple[frozenset[str], ...]) -> tuple[str, str |
             seen.add(key)
         elif (meant := folded_read.get(key.casefold())) is not None:
             return meant, key
-        below = levels[1:]
-        if below and key == _WALKED[len(levels)] and isinstance(value, tuple):
-            found = _clash(value, below)
+        if key == descend and isinstance(value, tuple):
+            found = _clash(value, levels[1:])
             if found is not None:
                 return found
     return None
