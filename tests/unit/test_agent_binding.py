@@ -35,7 +35,7 @@ from extproc.testing import (
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_a2a_stream_ended_early import SSE
 from tests.unit.test_agent_route_edges import event
-from tests.unit.test_agents import with_agents
+from tests.unit.test_agents import AGENT_ROUTES, SERVERS, with_agents
 from tests.unit.test_alerts_review import (
     MINUTES,
     Timeline,
@@ -45,6 +45,7 @@ from tests.unit.test_alerts_review import (
     page,
     promtool_test,
 )
+from tests.unit.test_envoy_bootstrap import gateway
 from tests.unit.test_mcp_gaps import A2A_MESSAGE
 
 ALICE = {"authorization": "Bearer team1-key"}
@@ -366,3 +367,10 @@ async def test_a_task_named_twice_or_in_another_case_is_refused_before_any_serve
     refused = (await a2a(agents, bound, BOB, body))[1].immediate_response
     assert refused.status.code == 400
     assert orjson.loads(refused.body)["error"]["code"] == -32600
+
+
+def test_a_binding_ttl_under_a_minute_is_refused_at_load_by_its_path() -> None:
+    listed = SERVERS["servers"]
+    servers = [{**listed[0], "binding_ttl_s": 10}, *listed[1:]]
+    with pytest.raises(ValueError, match=r"agents\.servers\.0\.binding_ttl_s"):
+        gateway(routes=AGENT_ROUTES, agents={**SERVERS, "servers": servers})
