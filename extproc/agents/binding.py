@@ -40,6 +40,7 @@ from extproc.agents.call import A2A_MESSAGE_METHODS, AgentCall
 from extproc.agents.jsonrpc import RequestId, RpcMessage
 from extproc.agents.mcp_headers import SESSION_HEADER
 from extproc.agents.refusals import refuse
+from extproc.config.agents_model import AgentProtocol
 from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import NotFoundError, ServiceUnavailableError
@@ -72,7 +73,7 @@ def check_session(ctx: RequestContext, out: PhaseOutput) -> Awaitable[None] | No
     """Refuse an MCP request on another caller's session (request headers)."""
     call = ctx.agent
     session = ctx.request_headers.get(SESSION_HEADER)
-    if call is None or not session or call.kind == "card":
+    if call is None or call.protocol is not AgentProtocol.MCP or not session:
         return None
     return _check(ctx, out, call, "session", [session], [None], None)
 
