@@ -38,7 +38,7 @@ from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog

@@ -37,7 +37,7 @@ from extproc.config.model import GatewayConfig
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 

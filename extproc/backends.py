@@ -1453,11 +1453,11 @@ def _error_needles(ctx: RequestContext) -> tuple[bytes, ...]:
     never got that one from the gateway, but it gets what the client wrote where its key
     does not belong (a role, a stop sequence), and its 400 quotes the value ("Invalid
     value: '...'"): the client's error would show its own key to whatever logs it, as
-    the gateway's own refusals never do (``stages.credential_cleaner``). A stream's
+    the gateway's own refusals never do (``credential_cleaner``). A stream's
     error event quotes it as an error answer does: streams are searched for it too
     (``_stream_without_provider_credentials``); a success answer is not."""
     # By module, when called: the stages package imports this one.
-    from extproc.stages.credential_cleaner import echoed_credential
+    from extproc.credential_cleaner import echoed_credential
 
     needles = _credential_needles(ctx)
     credential = echoed_credential(ctx)

@@ -32,12 +32,12 @@ from extproc import envoy_messages
 from extproc.answer_encoding import decoded_opening, sniffed_encoding
 from extproc.backends import ENVOY_UPSTREAM_TIME, SSE
 from extproc.context import BodyHints, PhaseOutput, RequestContext
+from extproc.credential_cleaner import hide_in_error
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
-from extproc.stages.credential_cleaner import hide_in_error
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
 

@@ -53,8 +53,8 @@ from extproc.management.usage import UsageReportService
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store import orphaned
 from extproc.store.agent_owners import AgentOwners
 from extproc.store.attempts_in_flight import AttemptsInFlight

@@ -18,7 +18,7 @@ from extproc.config.model import GatewayConfig
 from extproc.mock_llm import MockOptions, create_app
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 

@@ -36,8 +36,8 @@ from extproc.agents.upstream_status import (
 from extproc.answer_encoding import readable_encoding
 from extproc.config.agents_model import AgentProtocol
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
+from extproc.credential_cleaner import echoed_credential
 from extproc.envoy_messages import status_code
-from extproc.stages.credential_cleaner import echoed_credential
 from extproc.translators.unreadable_answers import UnreadableAnswerError
 
 SSE = "text/event-stream"

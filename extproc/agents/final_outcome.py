@@ -13,8 +13,8 @@ from extproc.agents.answers import TASK_STATES
 from extproc.agents.call import AgentCall
 from extproc.agents.refusals import refusal_status
 from extproc.context import RequestContext
+from extproc.credential_cleaner import echoed_credential, holds_credential, recorded_name
 from extproc.errors import REDACTED
-from extproc.stages.credential_cleaner import echoed_credential, holds_credential, recorded_name
 
 # The `state` label of a task state A2A does not define.
 OTHER_STATE = "other"

@@ -22,11 +22,11 @@ from extproc.agents.jsonrpc import RequestId
 from extproc.agents.limits import COUNTER_PREFIX, rule_label
 from extproc.agents.refusals import refuse
 from extproc.context import PhaseOutput, RequestContext
+from extproc.credential_cleaner import echoed_credential, holds_credential
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
 from extproc.quota.store import Denial
-from extproc.stages.credential_cleaner import echoed_credential, holds_credential
 from extproc.stages.quota import rate_limit_headers
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
 

@@ -17,8 +17,8 @@ from extproc.agents import call as outcome
 from extproc.agents import jsonrpc
 from extproc.agents.jsonrpc import RequestId
 from extproc.context import PhaseOutput, RequestContext
+from extproc.credential_cleaner import cleaned, echoed_credential
 from extproc.errors import GatewayError, ServiceUnavailableError, UpstreamError
-from extproc.stages.credential_cleaner import cleaned, echoed_credential
 
 JSON = "application/json"
 # A refusal of a body without requests is an HTTP error (invalid bodies: 400).

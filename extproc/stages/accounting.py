@@ -15,7 +15,7 @@ from __future__ import annotations
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
 from extproc.context import CutAttempt, RequestContext, Usage, image_generation_counts
-from extproc.stages.credential_cleaner import echoed_credential
+from extproc.credential_cleaner import echoed_credential
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import operation_of

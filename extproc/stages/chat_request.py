@@ -39,6 +39,7 @@ from extproc.config.model import (
 )
 from extproc.context import PhaseOutput, RequestContext
 from extproc.converse_api import check_converse_body, operation
+from extproc.credential_cleaner import hide_in_logged_errors
 from extproc.embeddings import check_embeddings_body
 from extproc.errors import (
     BadRequestError,
@@ -58,7 +59,6 @@ from extproc.responses_api import (
 )
 from extproc.runtime import Route
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
-from extproc.stages.credential_cleaner import hide_in_logged_errors
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).

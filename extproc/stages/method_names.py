@@ -20,10 +20,10 @@ metadata (``http_methods.ENVOY_METHOD``).
 from __future__ import annotations
 
 from extproc.context import RequestContext
+from extproc.credential_cleaner import MIN_CREDENTIAL
 from extproc.errors import REDACTED
 from extproc.http_methods import REGISTERED_METHODS
 from extproc.stages.authentication import presented_credential, standard_credential
-from extproc.stages.credential_cleaner import MIN_CREDENTIAL
 from extproc.stages.model_credentials import credential_in
 
 

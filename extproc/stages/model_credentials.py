@@ -27,9 +27,9 @@ from urllib.parse import unquote
 
 from extproc.auth import credential_shapes
 from extproc.context import RequestContext
+from extproc.credential_cleaner import MIN_CREDENTIAL
 from extproc.errors import REDACTED, BadRequestError
 from extproc.stages.authentication import presented_credential
-from extproc.stages.credential_cleaner import MIN_CREDENTIAL
 
 
 def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:

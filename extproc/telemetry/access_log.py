@@ -308,7 +308,7 @@ class AccessLog:
     def write(self, record: dict[str, Any], credential: str | None = None) -> None:
         """Write one record. ``credential``, the request's own key or token, is
         replaced by ``[redacted]`` wherever the line would show it: a client may send
-        it where a name the line records as sent goes (``stages.credential_cleaner``)."""
+        it where a name the line records as sent goes (``credential_cleaner``)."""
         try:
             line = orjson.dumps(record)
         except TypeError:

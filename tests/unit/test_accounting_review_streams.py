@@ -29,8 +29,8 @@ from extproc.context import IMAGE_GENERATION_COUNTS, PhaseOutput, RequestContext
 from extproc.processor import Processor
 from extproc.quota.store import Denial, QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import AttemptStage
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore

@@ -25,7 +25,7 @@ from google.protobuf import struct_pb2
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,

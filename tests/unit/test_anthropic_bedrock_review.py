@@ -27,7 +27,7 @@ from extproc.mock_llm.bedrock_embeddings import MalformedInputError
 from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,

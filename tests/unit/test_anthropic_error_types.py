@@ -23,7 +23,7 @@ from extproc.envoy_bootstrap import render_bootstrap
 from extproc.errors import anthropic_error_body, anthropic_error_status
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     client_body,
     request_body,

@@ -21,7 +21,7 @@ from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, response_body, response_headers
 from tests.unit.conftest import MemoryLog

@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from extproc.bedrock_invoke_bodies import estimate_prompt_tokens
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.quota_helpers import capped_runtime, used_tokens
 

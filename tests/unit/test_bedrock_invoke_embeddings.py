@@ -10,7 +10,7 @@ import pytest
 from extproc.bedrock_invoke_bodies import names_embeddings_model
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

@@ -28,7 +28,7 @@ from extproc.headers import FAILOVER_CHAIN_KEY, FAILOVER_REQUEST_KEY
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog

@@ -21,7 +21,7 @@ import pytest
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

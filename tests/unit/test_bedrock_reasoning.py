@@ -31,7 +31,7 @@ from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.quota.thinking_budget import MIN_THINKING_BUDGET
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators.claude_thinking import THINKING_BUDGETS
 from extproc.translators.openai_anthropic import DEFAULT_MAX_TOKENS

@@ -22,7 +22,7 @@ from extproc.mock_llm.bedrock_api import parse_converse_request
 from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators.openai_anthropic import translate_request

@@ -28,7 +28,7 @@ from extproc.config.pricing_model import ModelPrice
 from extproc.context import Usage
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

@@ -18,7 +18,7 @@ from extproc.config import GatewayConfig, load_config
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,

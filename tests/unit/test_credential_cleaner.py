@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.stages.credential_cleaner import cleaned, holds_credential
+from extproc.credential_cleaner import cleaned, holds_credential
 
 # The request's own org key: random, of no well-known shape (only knowing it finds it).
 OWN = "org-7Hq2Lm9Xv4Tz8Kp3Wn6Rb1Yc5Fd0Gs"

@@ -29,7 +29,7 @@ from extproc.headers import METADATA_NAMESPACE
 from extproc.processor import Processor
 from extproc.quota.store import Denial, QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore

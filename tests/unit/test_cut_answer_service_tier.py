@@ -27,8 +27,8 @@ from extproc.config import GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

@@ -27,7 +27,7 @@ from extproc.mock_llm.recorder import Body
 from extproc.mock_llm.scripted import TOOL_CALLS_HEADER, ScriptError, cut_short, scripted_tool_calls
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators import anthropic_vertex
 from extproc.translators.openai_anthropic import translate_request

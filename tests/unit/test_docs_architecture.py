@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 
 ARCHITECTURE = Path("docs/architecture.md")
 # The agent routes' stages: the layout names them by their package, agents/.

@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     client_body,
     request_body,

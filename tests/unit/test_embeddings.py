@@ -21,8 +21,8 @@ from extproc.embeddings import check_embeddings_body, estimate_input_tokens
 from extproc.errors import BadRequestError
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.model_list import usable_names
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     processor_for,
     request_body,

@@ -15,7 +15,7 @@ from extproc.config import GatewayConfig
 from extproc.headers import METADATA_NAMESPACE
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.test_embeddings import AUTH, EMBEDDINGS, answer, call, embeddings, error_of
 

@@ -34,7 +34,7 @@ from extproc.config import GatewayConfig
 from extproc.config.loader import ConfigError, parse_config
 from extproc.processor import Processor
 from extproc.runtime import Runtime
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from tests.unit import test_gemini_guard_flow as gemini
 from tests.unit.guard_helpers import config_with
 from tests.unit.mock_vertex import mock_vertex

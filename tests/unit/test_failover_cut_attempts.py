@@ -45,8 +45,8 @@ from extproc.envoy_failover import (
 from extproc.processor import Processor
 from extproc.quota.store import Denial, QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore

@@ -34,8 +34,8 @@ from extproc.envoy_failover import pinned_cluster_name
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.attempts_in_flight import AttemptsInFlight
 from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey

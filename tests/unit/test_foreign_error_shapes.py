@@ -30,7 +30,7 @@ from botocore.parsers import create_parser
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     client_body,
     request_body,

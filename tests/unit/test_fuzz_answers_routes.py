@@ -36,7 +36,7 @@ from extproc.guardrails.matching import MatcherGuard, Matchers
 from extproc.guardrails.stream import StreamGuard
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     request_body,

@@ -49,7 +49,7 @@ from extproc.config.loader import parse_config
 from extproc.config.model import RouteApi
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     request_body,

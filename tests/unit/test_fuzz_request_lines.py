@@ -36,7 +36,7 @@ from extproc.config import load_config
 from extproc.hosts import request_host
 from extproc.processor import Processor
 from extproc.runtime import Route, Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, response_body, run_stream
 from tests.unit.conftest import MemoryLog

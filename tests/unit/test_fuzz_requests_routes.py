@@ -36,7 +36,7 @@ from extproc.processor import Processor
 from extproc.quota.rules import Limit
 from extproc.quota.store import Reservation
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.response_owners import ResponseOwner
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics

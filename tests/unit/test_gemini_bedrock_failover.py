@@ -30,8 +30,8 @@ from extproc.errors import UpstreamError
 from extproc.headers import FAILOVER_REQUEST_KEY, metadata_key
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import AttemptStage
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     processor_for,
     request_body,

@@ -18,7 +18,7 @@ import pytest
 from extproc.gemini_api import cap_completion
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     client_body,

@@ -17,7 +17,7 @@ from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.gemini_content import answer_text, conversation
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (

@@ -25,7 +25,7 @@ from extproc.guardrails.json_text import pieces
 from extproc.guardrails.matching import MatcherGuard, Matchers, apply
 from extproc.processor import Processor
 from extproc.runtime import Runtime
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import response_body, response_headers
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_flow import Gateway, immediate

@@ -18,7 +18,7 @@ from aiohttp import web
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     client_body,
     request_body,

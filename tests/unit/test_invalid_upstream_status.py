@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from extproc.config.model import GatewayConfig
 from extproc.processor import ATTRIBUTES_KEY, Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

@@ -20,7 +20,7 @@ from extproc.aws_eventstream import encode_event, encode_message
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     client_body,
     request_body,

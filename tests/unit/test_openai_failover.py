@@ -27,8 +27,8 @@ from extproc.envoy_bootstrap import render_bootstrap, render_bootstrap_yaml
 from extproc.envoy_failover import UPSTREAM_FILTER, failover_cluster_name, pinned_cluster_name
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import AttemptStage
+from extproc.stages.pipeline import default_stages
 from extproc.store.response_owners import ResponseOwner
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (

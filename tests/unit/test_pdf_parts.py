@@ -23,7 +23,7 @@ from extproc.mock_llm.bedrock_api import parse_converse_request
 from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 
 AUTH = {"authorization": "Bearer team1-key"}

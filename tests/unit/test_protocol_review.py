@@ -17,7 +17,7 @@ from extproc.config import GatewayConfig
 from extproc.context import PhaseOutput, RequestContext
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 
 CHAT = "/v1/chat/completions"

@@ -20,7 +20,7 @@ from extproc.aws_eventstream import encode_event
 from extproc.config import parse_config
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

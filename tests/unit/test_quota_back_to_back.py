@@ -30,7 +30,7 @@ from extproc.processor import Processor
 from extproc.quota import store as quota_store_module
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.scripts import script_source

@@ -20,7 +20,7 @@ from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from tests.unit.conftest import MemoryLog
 from tests.unit.test_quota_held import Call, _answer

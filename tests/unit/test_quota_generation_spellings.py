@@ -29,7 +29,7 @@ from extproc.processor import Processor
 from extproc.quota.rules import Limit
 from extproc.quota.store import QuotaStore, generation_field
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
     request_body,

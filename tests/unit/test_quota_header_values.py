@@ -20,7 +20,7 @@ from extproc.processor import Processor
 from extproc.quota.rules import MAX_HEADER_SUBJECTS, RuleSet
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, run_stream
 from tests.unit.conftest import MemoryLog

@@ -30,7 +30,7 @@ from extproc.processor import Processor
 from extproc.quota.rules import RuleSet
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.telemetry.quota_gauges import QuotaGauges
 from extproc.testing import request_body, request_headers, response_body, response_headers

@@ -20,7 +20,7 @@ from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, response_body, response_headers
 from tests.unit.conftest import MemoryLog

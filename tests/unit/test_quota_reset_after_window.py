@@ -22,7 +22,7 @@ from extproc.quota.rules import Limit
 from extproc.quota.store import Denial, QuotaStore, Reservation
 from extproc.quota.windows import WindowKind, window_for
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog

@@ -20,7 +20,7 @@ import pytest
 
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.test_quota_review import runtime_with
 from tests.unit.test_quota_spent_wording import APIS, AUTH, _fill, _refusal

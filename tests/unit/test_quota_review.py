@@ -25,7 +25,7 @@ from extproc.context import Identity
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.stages.quota import rate_limit_headers
 from extproc.store.connection import connect
 from extproc.store.embedded import free_port

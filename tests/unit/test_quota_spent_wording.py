@@ -25,7 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore, held_key
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.test_converse_review import converse_path
 from tests.unit.test_quota_review import runtime_with

@@ -15,7 +15,7 @@ from extproc.config import ConfigError, parse_config
 from extproc.config.quota_model import MAX_LIMIT
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore, Reservation
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.quota_helpers import DEFAULT_CONFIG
 from tests.unit.test_quota_review import (

@@ -20,7 +20,7 @@ from extproc.processor import Processor
 from extproc.quota.estimate import estimate_responses_tokens
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import NOBODY, ResponseOwner, ResponseOwners, owner_of

@@ -26,7 +26,7 @@ from extproc.processor import Processor
 from extproc.quota.estimate import estimate_responses_tokens
 from extproc.quota.store import QuotaStore, Reservation
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (

@@ -19,7 +19,7 @@ from extproc.devstack import DEFAULT_CONFIG
 from extproc.headers import CLUSTER
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog

@@ -20,8 +20,8 @@ from extproc.config import GatewayConfig, parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import GatewayMetrics

@@ -12,7 +12,8 @@ from extproc.config.model import GatewayConfig
 from extproc.headers import CLUSTER
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages, routing
+from extproc.stages import routing
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream

@@ -31,7 +31,7 @@ from extproc.headers import CLUSTER
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for, request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog

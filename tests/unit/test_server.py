@@ -16,7 +16,7 @@ from extproc.config import parse_config
 from extproc.devstack import DEFAULT_CONFIG, Ports
 from extproc.processor import Processor
 from extproc.server import Gateway
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore

@@ -25,7 +25,7 @@ from extproc.config import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store import outage_log, spool, usage_writer
 from extproc.store.connection import connect
 from extproc.store.embedded import free_port

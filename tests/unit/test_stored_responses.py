@@ -16,7 +16,7 @@ from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.response_owners import ResponseOwner, ResponseOwners

@@ -25,7 +25,7 @@ from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.config import GatewayConfig
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import client_body, request_body, request_headers, response_body
 from extproc.testing import response_headers as provider_headers
 from tests.unit.test_response_path import first_chunk

@@ -26,7 +26,7 @@ from extproc.aws_eventstream import encode_event, encode_exception
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import (
     request_body,
     request_headers,

@@ -12,8 +12,8 @@ from extproc.config.model import GatewayConfig
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.processor import Processor
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
 from extproc.stages.attempt import attempt_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -24,7 +24,7 @@ from extproc.config import GatewayConfig
 from extproc.config.loader import parse_config
 from extproc.processor import Processor
 from extproc.runtime import Runtime
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.test_guard_flow import AUTH, Gateway, upstream_body, webhook_server
 

@@ -16,7 +16,7 @@ from extproc.mock_llm.recorder import Body
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from extproc.translators.openai_anthropic import (

@@ -25,7 +25,7 @@ from extproc.context import Usage
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.store.usage import UsageStore

@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import GatewayMetrics

@@ -40,7 +40,7 @@ from extproc.processor import Processor
 from extproc.providers import gcp_tokens
 from extproc.providers.gcp_tokens import REFRESH_AHEAD_S, GcpTokenSource
 from extproc.runtime import Runtime, Services
-from extproc.stages import default_stages
+from extproc.stages.pipeline import default_stages
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import (
