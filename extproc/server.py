@@ -36,7 +36,13 @@ from grpc_reflection.v1alpha import reflection
 from extproc import background, http_endpoint, worker_endpoints
 from extproc.auth.stored_keys import StoredKeys
 from extproc.config.load_warnings import ConfigWarnings
-from extproc.config.model import GatewayConfig, KeepaliveConfig, ServerConfig, TelemetryConfig
+from extproc.config.model import (
+    MAX_REQUEST_BODY_BYTES,
+    GatewayConfig,
+    KeepaliveConfig,
+    ServerConfig,
+    TelemetryConfig,
+)
 from extproc.config.reload import ConfigReloader
 from extproc.config.restart_only import RESTART_ONLY_SECTIONS, STARTED_TELEMETRY_FIELDS
 from extproc.config.watched_files import secret_files
@@ -498,11 +504,17 @@ async def serve(
         await gateway.stop()
 
 
+# One ext_proc message carries a whole body: the largest any limit allows and the
+# message's other fields. At 64 MiB even, a body of the 64 MiB a limit allows was
+# refused by gRPC and the client got a 500.
+MAX_MESSAGE_BYTES = MAX_REQUEST_BODY_BYTES + 64 * 1024
+
+
 def grpc_server_options(server: ServerConfig) -> list[tuple[str, int]]:
     """The ext_proc server's gRPC channel arguments."""
     return [
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         # gRPC binds with SO_REUSEPORT by default: a second gateway on the same
         # address (an old process still running) would silently take a share of
         # Envoy's streams, and count them in its own store and metrics.

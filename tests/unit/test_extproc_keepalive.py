@@ -105,7 +105,9 @@ def test_a_client_pinging_much_faster_than_envoy_is_still_sent_away() -> None:
 def test_the_servers_other_options_are_kept() -> None:
     options = server_options(gateway())
     assert options["grpc.so_reuseport"] == 0
-    assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
+    # A body of the 64 MiB a limit allows comes in one message with its other fields:
+    # at 64 MiB even, gRPC refused it and the client got a 500.
+    assert options["grpc.max_receive_message_length"] > 64 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
