@@ -361,7 +361,9 @@ class _MockApp:
 def create_app(options: MockOptions | None = None) -> web.Application:
     """Build the mock's aiohttp application; raises ValueError for invalid options."""
     mock = _MockApp(options or MockOptions())
-    app = web.Application()
+    # As large a body as the gateway may send on, its 64 MiB (aiohttp's default is
+    # 1 MiB): OpenAI takes image edits of up to 50 MB.
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.on_response_prepare.append(_add_account_headers)
     app.on_response_prepare.append(_compress_if_asked)
     # One catch-all route: matching by suffix keeps gateway route prefixes working.
