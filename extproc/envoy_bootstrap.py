@@ -43,6 +43,7 @@ from extproc.config.model import (
     RouteApi,
     cluster_name,
 )
+from extproc.envoy_body_limits import NO_CLUSTER_DETAILS, add_body_limit_routes
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
 from extproc.envoy_replies import (
     BY_STATUS,
@@ -142,7 +143,8 @@ _NOT_JSON_YET = (
 )
 # A path no route serves: Envoy's catch-all 404 (``_not_found_route``), in the shape of
 # the client's API (``_route_miss_mappers``).
-ROUTE_MISS = NotFoundError("no route for this path", code="route_not_found")
+ROUTE_MISS_CODE = "route_not_found"
+ROUTE_MISS = NotFoundError("no route for this path", code=ROUTE_MISS_CODE)
 _DIRECT_404 = "response.code_details == 'direct_response' && response.code == 404"
 # The client's API as the gateway named it in its first answer (``CLIENT_API_KEY``).
 _GATEWAY_METADATA = f"metadata.filter_metadata['{METADATA_NAMESPACE}']"
@@ -177,6 +179,7 @@ def render_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     }
     add_agents(bootstrap, config)
     add_failover(bootstrap, config, _ext_proc_filter(config))
+    add_body_limit_routes(bootstrap, config, BUFFER_SLACK_BYTES)
     add_tracing(bootstrap, config)
     _apply_limits(bootstrap, config.envoy)
     return bootstrap
@@ -195,8 +198,9 @@ def _apply_limits(bootstrap: Json, envoy: EnvoyConfig) -> None:
             # Routes to an upstream (not the catch-all 404): Envoy raises the stream's
             # buffer to this once the gateway picked the route, so a whole non-streamed
             # answer fits; at 1 MiB a long answer broke off or got a 500, uncounted.
+            # A route with a limit of its own (envoy_body_limits) keeps it.
             if "route" in route:
-                route["request_body_buffer_limit"] = envoy.max_response_body_bytes
+                route.setdefault("request_body_buffer_limit", envoy.max_response_body_bytes)
 
 
 def render_bootstrap_yaml(config: GatewayConfig) -> str:
@@ -541,6 +545,17 @@ def _local_replies() -> list[_LocalReply]:
             "the gateway did not answer in time",
             None,
             GatewayTimeoutError.status,
+        ),
+        # A path under a route of its own body limit that the gateway did not route
+        # (a host no route serves it on): its buffer route (envoy_body_limits) finds no
+        # cluster named; the catch-all's 404, not a generic rejection.
+        (
+            f"response.code == 404 && response.code_details == '{NO_CLUSTER_DETAILS}'",
+            ROUTE_MISS.error_type,
+            ROUTE_MISS_CODE,
+            ROUTE_MISS.message,
+            None,
+            ROUTE_MISS.status,
         ),
     ]
     replies += [
@@ -1028,8 +1043,9 @@ def _circuit_breakers(limit: int = MAX_CONCURRENT_REQUESTS) -> Json:
 
 
 def _largest_body_bytes(config: GatewayConfig) -> int:
-    """The largest body Envoy hands the gateway: a request or a buffered answer."""
-    return max(config.limits.max_request_body_bytes, config.envoy.max_response_body_bytes)
+    """The largest body Envoy hands the gateway: a request (of the route that takes the
+    largest) or a buffered answer."""
+    return max(config.largest_request_body_bytes(), config.envoy.max_response_body_bytes)
 
 
 def _load_assignment(cluster: str, address: Json) -> Json:

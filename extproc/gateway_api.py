@@ -696,8 +696,11 @@ def _largest_buffer_bytes(config: GatewayConfig) -> int:
     413) or a whole non-streamed answer up to envoy.max_response_body_bytes (over 1 MiB
     one broke off uncounted). The controllers give one buffer per connection, not the
     bootstrap's larger one on provider routes only. As envoy_bootstrap's ext_proc
-    cluster: the largest body plus BUFFER_SLACK_BYTES."""
-    largest = max(config.limits.max_request_body_bytes, config.envoy.max_response_body_bytes)
+    cluster: the largest body plus BUFFER_SLACK_BYTES. Neither controller bounds a
+    route's request buffer apart (the bootstrap's envoy_body_limits), so the route that
+    takes the largest body sizes it, and the gateway holds each route to its own limit
+    (its 413 comes at the headers when the length is declared)."""
+    largest = max(config.largest_request_body_bytes(), config.envoy.max_response_body_bytes)
     return largest + BUFFER_SLACK_BYTES
 
 

@@ -78,6 +78,8 @@ class Route:
     # An exact route's path (None on a prefix route): where a model list's entries
     # (`<path>/{model}`) start.
     path: str | None = None
+    # The route's own body limit; None: limits.max_request_body_bytes.
+    max_request_body_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,7 @@ class RouteTable:
                 model_query=spec.model_query,
                 provider=spec.provider,
                 path=spec.path,
+                max_request_body_bytes=spec.max_request_body_bytes,
             )
             self._named[spec.name] = route
             if spec.path is not None:

@@ -27,7 +27,8 @@ from extproc.agents.jsonrpc import RpcMessage, RpcParseError
 from extproc.agents.refusals import refuse
 from extproc.config.agents_model import AgentProtocol
 from extproc.context import PhaseOutput, RequestContext
-from extproc.errors import BadRequestError, PayloadTooLargeError, PermissionDeniedError
+from extproc.errors import BadRequestError, PermissionDeniedError
+from extproc.stages.body_headers import check_body_size
 
 EXTENDED_CARD_METHODS = frozenset({"GetExtendedAgentCard", "agent/getAuthenticatedExtendedCard"})
 # MCP tool names are at most 128 characters by the spec; some slack for older servers.
@@ -53,11 +54,7 @@ def admit_body(ctx: RequestContext, out: PhaseOutput, body: bytes) -> Awaitable[
             invalid = BadRequestError(message, code="unexpected_body")
             refuse(ctx, out, [None], False, jsonrpc.INVALID_REQUEST, outcome.INVALID, invalid)
         return None
-    limit = ctx.runtime.config.limits.max_request_body_bytes
-    if len(body) > limit:
-        raise PayloadTooLargeError(
-            f"request body of {len(body)} bytes is over the limit of {limit} bytes"
-        )
+    check_body_size(ctx, len(body))
     mcp = call.protocol is AgentProtocol.MCP
     try:
         if mcp:

@@ -458,6 +458,11 @@ def _unreachable_path(path: str) -> str | None:
     return None
 
 
+# The largest request body any limit may allow: the gateway reads it whole, and Envoy
+# sends it in one gRPC message.
+MAX_REQUEST_BODY_BYTES = 64 * 1_048_576
+
+
 class RouteConfig(_Section):
     """A client-facing path and the API spoken on it."""
 
@@ -485,6 +490,11 @@ class RouteConfig(_Section):
     enrichment: EnrichmentConfig | None = None
     # api mcp / a2a: the entry of agents.servers this route leads to.
     server: str | None = None
+    # The largest body this route takes (a 413 above it); default:
+    # limits.max_request_body_bytes. Its own, so that raising it for an Images API
+    # route's pictures does not let every key make a worker buffer and parse that much
+    # chat or agent JSON.
+    max_request_body_bytes: int | None = Field(default=None, gt=0, le=MAX_REQUEST_BODY_BYTES)
 
     @field_validator("hosts")
     @classmethod
@@ -581,7 +591,7 @@ class RouteConfig(_Section):
 class LimitsConfig(_Section):
     """Bounds on what a client may send."""
 
-    max_request_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    max_request_body_bytes: int = Field(default=1_048_576, gt=0, le=MAX_REQUEST_BODY_BYTES)
     max_messages: int = Field(default=1000, gt=0)
     # Nesting of lists and objects in a JSON body; stays under orjson's 254 for writing.
     max_json_depth: int = Field(default=64, ge=8, le=200)
@@ -794,6 +804,17 @@ class GatewayConfig(_Section):
 
     # The secrets the file held or read (``echoed_secrets``), starred out of its warnings.
     _secrets_read: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def request_body_limit(self, route: RouteConfig) -> int:
+        """The largest body ``route`` takes: its own limit, or limits.max_request_body_bytes."""
+        return route.max_request_body_bytes or self.limits.max_request_body_bytes
+
+    def largest_request_body_bytes(self) -> int:
+        """The largest body any route takes: what Envoy may hand the gateway."""
+        return max(
+            [self.limits.max_request_body_bytes]
+            + [self.request_body_limit(route) for route in self.routes]
+        )
 
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)

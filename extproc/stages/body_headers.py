@@ -1,7 +1,9 @@
 """What a request's headers say about its body, checked before the body comes.
 
 Shared by the AI routes (stages.routing) and the agent routes (agents.routing): both
-read the body's JSON as it comes, under one size limit.
+read the body as it comes, under the route's size limit (``routes[].max_request_body_bytes``,
+or ``limits.max_request_body_bytes``), checked here by the declared length and by
+``check_body_size`` on the body itself.
 """
 
 from __future__ import annotations
@@ -24,11 +26,28 @@ def check_body_headers(ctx: RequestContext) -> None:
     length = ctx.request_headers.get("content-length")
     if length is None:
         return
-    limit = ctx.runtime.config.limits.max_request_body_bytes
     size = content_length(length)
     if size is None:
         raise BadRequestError("content-length is not a number")
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"request body of {size} bytes is over the limit of {limit} bytes"
-        )
+    check_body_size(ctx, size)
+
+
+def request_body_limit(ctx: RequestContext) -> int:
+    """The largest body the request's route takes: its own limit, or the global one."""
+    route = ctx.route
+    if route is not None and route.max_request_body_bytes is not None:
+        return route.max_request_body_bytes
+    return ctx.runtime.config.limits.max_request_body_bytes
+
+
+def check_body_size(ctx: RequestContext, size: int) -> None:
+    """A 413 for a body over the route's limit, naming the limit and whose it is: an
+    operator reading a client's report must tell the route's from the global one."""
+    limit = request_body_limit(ctx)
+    if size <= limit:
+        return
+    route = ctx.route
+    owner = f"route {route.name!r}" if route is not None else "this gateway"
+    raise PayloadTooLargeError(
+        f"request body of {size} bytes is over the limit of {limit} bytes of {owner}"
+    )

@@ -44,7 +44,6 @@ from extproc.embeddings import check_embeddings_body
 from extproc.errors import (
     BadRequestError,
     ModelNotFoundError,
-    PayloadTooLargeError,
     PermissionDeniedError,
 )
 from extproc.images_api import check_images_body, edit_body, is_edit
@@ -59,6 +58,7 @@ from extproc.responses_api import (
 )
 from extproc.runtime import Route
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
+from extproc.stages.body_headers import check_body_size
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
 
 # How each endpoint that takes a Responses API body checks it (``responses_api``).
@@ -92,12 +92,8 @@ class ChatRequestStage:
         route = ctx.route
         if not ctx.accounted or route is None:
             return
+        check_body_size(ctx, len(body))
         limits = ctx.runtime.config.limits
-        if len(body) > limits.max_request_body_bytes:
-            raise PayloadTooLargeError(
-                f"request body of {len(body)} bytes is over the limit of "
-                f"{limits.max_request_body_bytes} bytes"
-            )
         # Bedrock Runtime and Gemini name the model and the stream in the path, not the
         # body; an operation the route does not serve is refused before its body is read.
         in_path = route.api in BEDROCK_RUNTIME_APIS or route.api in GEMINI_APIS

@@ -48,6 +48,11 @@ from tests.integration.conftest import (
 KEY_ID, KEY = "studio", "studio-key-5e0b"
 # Edits have a key of their own: its ledgers hold the edit alone.
 EDIT_KEY_ID, EDIT_KEY = "retouch", "retouch-key-77c1"
+# The large edit's and the large chat's key: their ledgers hold those alone.
+LARGE_KEY_ID, LARGE_KEY = "poster", "poster-key-3a90"
+MIB = 1024 * 1024
+# The Images API route's own body limit; every other route keeps the default 1 MiB.
+IMAGES_BODY_LIMIT = 8 * MIB
 EDIT_PROMPT = "Add a red boat on the water."
 # A picture to edit: a PNG's bytes and every byte value after them (CRs, LFs and dashes,
 # as a form's delimiters are made of), 16 KiB.
@@ -64,6 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw = default_config()
     raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": EDIT_KEY_ID, "key": EDIT_KEY, "user_id": "ines"})
+    raw["auth"]["api_keys"].append({"id": LARGE_KEY_ID, "key": LARGE_KEY, "user_id": "ines"})
+    [images] = [route for route in raw["routes"] if route["name"] == "openai-images"]
+    images["max_request_body_bytes"] = IMAGES_BODY_LIMIT
     raw["quotas"] = {
         "rules": [
             {
@@ -278,6 +286,59 @@ def test_a_streamed_edit_is_billed_by_its_completed_event(
         EDIT_IMAGE_TOKENS,
         OUTPUT_TOKENS["low"],
     )
+
+
+def test_a_route_of_its_own_body_limit_takes_a_large_edit_while_chat_keeps_1_mib(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The Images API route takes 8 MiB, the others the default 1 MiB. Before, one
+    limit held every route: a 3 MB picture got a 413, or raising the limit for it raised
+    it for chat too. Now the edit passes Envoy's buffer (1 MiB on other paths) to the
+    provider with its picture whole and is billed, while a 2 MB chat request gets a 413
+    in OpenAI's shape."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=LARGE_KEY, max_retries=0)
+    poster = BOAT * 192  # 3 MiB
+    assert 3 * MIB <= len(poster) < IMAGES_BODY_LIMIT
+    edited = client.images.with_raw_response.edit(
+        model="gpt-image-1",
+        image=("poster.png", poster, "image/png"),
+        prompt=EDIT_PROMPT,
+        quality="low",
+    )
+    assert edited.parse().data
+    # The provider got the picture whole, with its own key.
+    [sent] = [
+        r
+        for r in mock_requests(stack)
+        if r["path"].endswith("/images/edits")
+        and base64.b64decode(r["body_base64"]).count(poster) == 1
+    ]
+    assert sent["headers"]["authorization"] not in (f"Bearer {LARGE_KEY}", None)
+    [line] = gateway_log.for_request(edited.headers["x-request-id"])
+    assert (line["route"], line["http_status_code"]) == ("openai-images", 200)
+    given, drawn = EDIT_IMAGE_TOKENS, OUTPUT_TOKENS["low"]
+    assert (line["prompt_image_tokens"], line["completion_tokens"]) == (given, drawn)
+    assert cost(line) > 0
+    completion = metric(
+        scrape(stack.metrics_url),
+        "tokens_consumed_total",
+        api_key_id=LARGE_KEY_ID,
+        token_type="completion",
+    )
+    assert completion == drawn
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * (2 * MIB)}]
+        )
+    assert refused.value.status_code == 413
+    error = refused.value.body
+    assert isinstance(error, dict)
+    # In OpenAI's shape whoever refused it: the gateway from its declared length, or
+    # Envoy, when more than the chat path's buffer (1 MiB + 64 KiB) came before the
+    # gateway's answer to the headers did.
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+    assert not [r for r in mock_requests(stack) if r["path"].endswith("/chat/completions")]
 
 
 def test_image_variations_are_a_clear_400_in_openais_shape(stack: LocalStack) -> None:
