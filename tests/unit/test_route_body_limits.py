@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
@@ -28,6 +29,7 @@ from extproc.envoy_bootstrap import (
     render_bootstrap_yaml,
 )
 from extproc.testing import request_body, request_headers, run_stream
+from tests.unit.test_agents import TEAM2, with_agents
 from tests.unit.test_envoy_bootstrap import ENVOY, assert_envoy_accepts
 from tests.unit.test_envoy_limits import clusters, hcm, routes
 from tests.unit.test_guard_flow import AUTH, Gateway, immediate
@@ -157,6 +159,39 @@ async def test_an_edit_over_its_routes_limit_is_a_413_naming_that_limit() -> Non
             f"request body of {len(body)} bytes is over the limit of {IMAGES_LIMIT} bytes"
             " of route 'openai-images'"
         )
+
+
+async def test_an_agent_route_holds_a_tool_call_to_its_own_limit(config: GatewayConfig) -> None:
+    """Agent routes take the limit on their route, as AI routes do: an MCP route kept
+    to 2 KiB refuses a larger tool call (a JSON-RPC error its SDK reads), the A2A
+    route beside it keeps the global 1 MiB and takes it."""
+    agents = with_agents(config)
+    routes_set = tuple(
+        route.model_copy(update={"max_request_body_bytes": 2048}) if route.name == "mcp" else route
+        for route in agents.routes
+    )
+    gateway = Gateway(agents.model_copy(update={"routes": routes_set}))
+    call = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x" * 4096}},
+        }
+    )
+    headers = {**TEAM2, "content-type": "application/json", "accept": "application/json"}
+    refused = await run_stream(
+        gateway.processor, [request_headers("/mcp", headers=headers), request_body(call)]
+    )
+    status, error = immediate(refused[-1])
+    assert status == 413
+    assert error["error"]["data"]["code"] == "request_too_large"
+    assert "over the limit of 2048 bytes of route 'mcp'" in error["error"]["message"]
+    taken = await run_stream(
+        gateway.processor,
+        [request_headers("/a2a/helper/", headers=headers), request_body(call)],
+    )
+    assert not taken[-1].HasField("immediate_response")
 
 
 # --- Envoy's buffer ---------------------------------------------------------------------
