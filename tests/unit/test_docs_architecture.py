@@ -33,7 +33,7 @@ def _words(name: str) -> str:
 
 
 def documented_stages() -> list[str]:
-    block = re.search(r"^  stages/(.*?)\(extproc/stages/__init__\.py", _layout(), re.S | re.M)
+    block = re.search(r"^  stages/(.*?)\(extproc/stages/pipeline\.py", _layout(), re.S | re.M)
     assert block is not None
     chain = re.sub(r"\([^)]*\)", "", block.group(1))
     return [_words(name) for name in re.split(r"\s*->\s*", " ".join(chain.split()))]
