@@ -45,9 +45,15 @@ def add_body_limit_routes(bootstrap: Json, config: GatewayConfig, slack_bytes: i
     listener = bootstrap["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     routes: list[Json] = manager["route_config"]["virtual_hosts"][0]["routes"]
-    routes[-1:-1] = [
+    added = [
         _route(index, match, limit + slack_bytes) for index, (match, limit) in enumerate(limits)
     ]
+    # As every route but a failover's: the per-attempt filters off (envoy_failover).
+    per_filter = routes[-1].get("typed_per_filter_config")
+    if per_filter is not None:
+        for route in added:
+            route["typed_per_filter_config"] = per_filter
+    routes[-1:-1] = added
 
 
 def _limit_by_path(config: GatewayConfig) -> list[tuple[Json, int]]:
