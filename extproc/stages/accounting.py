@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from extproc.answer_status import no_answer
 from extproc.chargeback.pricing import Cost, request_cost
-from extproc.context import CutAttempt, RequestContext, Usage, image_generation_counts
+from extproc.context import (
+    IMAGE_GENERATION_COUNTS,
+    CutAttempt,
+    RequestContext,
+    Usage,
+    image_generation_counts,
+)
 from extproc.credential_cleaner import echoed_credential
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
@@ -167,7 +173,7 @@ def token_parts(usage: Usage) -> dict[str, int]:
     """A request's counts that aigw_token_parts_total counts (its ``TOKEN_PARTS``), the
     log line's and the rollup's: before, the metric had the prompt and completion alone,
     and a dashboard could show neither the cache's share nor what audio cost."""
-    return {
+    parts = {
         "cached": usage.cached_tokens,
         "cache_write": usage.cache_write_tokens,
         "cache_write_1h": usage.cache_write_1h_tokens,
@@ -176,13 +182,21 @@ def token_parts(usage: Usage) -> dict[str, int]:
         "completion_audio": usage.audio_output_tokens,
         "completion_image": usage.image_output_tokens,
         "prompt_image": usage.image_tokens,
-        # The image generation tool's pictures: ``image_generation_input_tokens`` as
-        # ``image_generation_input``, and so on.
-        **{
-            name.removesuffix("_tokens"): count
-            for name, count in image_generation_counts(usage.image_generation).items()
-        },
     }
+    generation = usage.image_generation
+    if generation is None:
+        # Most requests: zeros kept once, not a dict of the tool's counts renamed per request.
+        parts.update(_NO_IMAGE_GENERATION_PARTS)
+    else:
+        counts = image_generation_counts(generation).values()
+        parts.update(zip(_IMAGE_GENERATION_PARTS, counts, strict=True))
+    return parts
+
+
+# The image generation tool's pictures as parts: ``image_generation_input_tokens`` as
+# ``image_generation_input``, and so on.
+_IMAGE_GENERATION_PARTS = tuple(name.removesuffix("_tokens") for name in IMAGE_GENERATION_COUNTS)
+_NO_IMAGE_GENERATION_PARTS = dict.fromkeys(_IMAGE_GENERATION_PARTS, 0)
 
 
 def _image_generation(usage: Usage) -> tuple[int, ...] | None:

@@ -157,32 +157,39 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         # charged its estimate at done, after Envoy's last answer: the answers that carry
         # that estimate carry its cost (the counts, model and tier done prices).
         cost = usage_cost(ctx, usage, _service_tier(ctx))
-    values: dict[str, str | float | None] = {
-        "route": ctx.route.name if ctx.route else None,
-        "operation": operation_of(ctx) if ctx.accounted else None,
-        "provider": ctx.provider,
-        "provider_type": GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value)
-        if ctx.provider_type
-        else None,
-        "model": ctx.model,
-        "response_model": ctx.response_model,
-        "api_key_id": identity.api_key_id,
-        "user_id": identity.user_id,
-        "group_id": identity.group_id,
-        "auth_method": identity.method,
-        "quota_decision": ctx.quota_decision,
-        "error_type": error.error_type if error else None,
+    # Only known values go in (a name left out, not empty): the request's names are text,
+    # kept when neither None nor "", the counts and the cost numbers, always kept. Put in
+    # one by one, not filtered out of a dict of them all (about 1 us, twice a request).
+    values: dict[str, str | float] = {}
+    for key, text in (
+        ("route", ctx.route.name if ctx.route else None),
+        ("operation", operation_of(ctx) if ctx.accounted else None),
+        ("provider", ctx.provider),
+        (
+            "provider_type",
+            GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value) if ctx.provider_type else None,
+        ),
+        ("model", ctx.model),
+        ("response_model", ctx.response_model),
+        ("api_key_id", identity.api_key_id),
+        ("user_id", identity.user_id),
+        ("group_id", identity.group_id),
+        ("auth_method", identity.method),
+        ("quota_decision", ctx.quota_decision),
+        ("error_type", error.error_type if error else None),
         # Envoy's access log and span read a method outside the registry from here, as
         # the gateway records it (http_methods.ENVOY_METHOD).
-        METHOD_METADATA_KEY: None if ctx.method in REGISTERED_METHODS else ctx.method,
-    }
+        (METHOD_METADATA_KEY, None if ctx.method in REGISTERED_METHODS else ctx.method),
+    ):
+        if text:
+            values[key] = text
     cut = ctx.cut_attempts
     if cut:
         usage = with_cut_attempts(usage or _NO_USAGE, cut)
     if usage is not None:
         values.update(usage_metadata(usage))
     failure = _server_failure(ctx)
-    if failure is not None:
+    if failure:
         values["failure_type"] = failure
         values["error"] = "true"
         values["failure_status"] = _GRPC_UNKNOWN
@@ -192,7 +199,9 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         if cut:
             picousd += sum(each.cost.picousd for each in cut)
         values["cost_usd"] = usd_float(picousd)
-    values["service_tier"] = _service_tier(ctx)
+    service_tier = _service_tier(ctx)
+    if service_tier:
+        values["service_tier"] = service_tier
     if ctx.finish_reasons:
         # Envoy's tags are strings: the array as JSON, as OpenTelemetry exporters
         # render array attributes they cannot type.
@@ -200,15 +209,15 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
     tracing = ctx.runtime.config.telemetry.tracing
     if tracing.enabled and tracing.capture_content and ctx.content is not None:
         prompt = ctx.content.input_messages_json(ctx.body)
-        if prompt is not None:
+        if prompt:
             values["input_messages"] = prompt
         # The first choice's reason, as the client saw it; "error" (the conventions' value
         # for a generation that did not finish) when it saw none: cut short, failed.
         reason = ctx.finish_reasons[0] if ctx.finish_reasons else "error"
         completion = ctx.content.output_messages_json(reason)
-        if completion is not None:
+        if completion:
             values["output_messages"] = completion
-    return {key: value for key, value in values.items() if value is not None and value != ""}
+    return values
 
 
 def _service_tier(ctx: RequestContext) -> str | None:

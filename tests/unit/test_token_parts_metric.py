@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from extproc.context import Usage
+from extproc.context import ImageGeneration, Usage
 from extproc.processor import Processor
 from extproc.runtime import Services
 from extproc.stages.accounting import token_parts
@@ -150,3 +150,31 @@ def test_every_part_is_a_count_of_the_log_line() -> None:
     # per label set beside tokens_consumed_total's two, within the same label budget.
     assert tuple(LOGGED) == TOKEN_PARTS
     assert set(token_parts(Usage())) == set(TOKEN_PARTS)
+
+
+def test_a_request_without_the_image_tool_has_its_parts_at_zero() -> None:
+    usage = Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120, cached_tokens=40)
+    usage.audio_tokens = 7
+
+    parts = token_parts(usage)
+
+    assert tuple(parts) == TOKEN_PARTS
+    assert {name: count for name, count in parts.items() if count} == {
+        "cached": 40,
+        "prompt_audio": 7,
+    }
+
+
+def test_the_image_tools_counts_are_its_parts_each_under_its_own_name() -> None:
+    usage = Usage(prompt_tokens=100, completion_tokens=2_000, total_tokens=2_100)
+    usage.image_generation = ImageGeneration("gpt-image-1", 100, 30, 1_056, 1_000)
+
+    parts = token_parts(usage)
+
+    assert tuple(parts) == TOKEN_PARTS
+    assert {name: count for name, count in parts.items() if count} == {
+        "image_generation_input": 100,
+        "image_generation_input_image": 30,
+        "image_generation_output": 1_056,
+        "image_generation_output_image": 1_000,
+    }
