@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from extproc import __version__, event_loop
-from extproc.config.loader import ConfigError, load_config
-from extproc.config.model import GatewayConfig
 
 if TYPE_CHECKING:
+    from extproc.config.model import GatewayConfig
     from extproc.management.admin_token import AdminToken
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -27,6 +26,10 @@ USAGE_API_TIMEOUT_S = 30.0
 
 
 def _load(path: str) -> GatewayConfig:
+    # Imported here, not at the top: the config's schema is a third of the start-up of a
+    # command that reads no config (`extproc mock-llm`, started for every test stack).
+    from extproc.config.loader import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -37,6 +40,8 @@ def _load(path: str) -> GatewayConfig:
 def _in_file(exc: Exception, path: str) -> Exception:
     """A config mistake found past validation (a key file, a JWKS file), named by the
     file it is in, not by the part that found it ("invalid config auth:")."""
+    from extproc.config.loader import ConfigError
+
     return ConfigError(path, exc.problems) if isinstance(exc, ConfigError) else exc
 
 
@@ -45,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     # config of 10,000 keys, they left the process 15 MB larger once ready (measured
     # with the memory benchmark: 143 MB against 128 MB).
     config = _load(args.config)
+    from extproc.config.loader import ConfigError
     from extproc.http_endpoint import HttpListenError
     from extproc.management.service import ManagementListenError
     from extproc.server import ListenError
@@ -84,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from extproc.config.loader import ConfigError
     from extproc.startup_check import check_startup_files
 
     config = _load(args.config)

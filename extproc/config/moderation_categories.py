@@ -11,8 +11,11 @@ check-config`` (``extproc.config.load_warnings``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from extproc.config.model import GatewayConfig, did_you_mean
+if TYPE_CHECKING:
+    # Only for the warnings: the mock provider imports the categories, not the schema.
+    from extproc.config.model import GatewayConfig
 
 # The categories of OpenAI's moderation models (the omni models'; the older text models
 # answer with a subset of them), as its API reference names them.
@@ -35,6 +38,8 @@ OPENAI_CATEGORIES = (
 
 def threshold_warnings(config: GatewayConfig) -> Iterator[str]:
     """One line per ``thresholds`` entry that names none of OpenAI's categories."""
+    from extproc.config.model import did_you_mean
+
     for index, moderation in enumerate(config.guardrails.moderation):
         for category in moderation.thresholds:
             if category in OPENAI_CATEGORIES:
