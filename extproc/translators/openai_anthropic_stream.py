@@ -34,8 +34,13 @@ upstream body is cut into chunks. Events map as follows:
   still bills its web searches.
 - ``content_block_delta``: text as ``delta.content``, ``input_json_delta`` as a piece of the
   tool call's arguments, ``thinking_delta`` as ``delta.reasoning_content``; signatures are
-  not shown.
-- ``message_delta``: the chunk with ``finish_reason`` (once), and the usage counts.
+  not shown. A ``citations_delta`` (a page Claude's web search read, cited by the text
+  block it comes in) is kept until the block's ``content_block_stop``, when its text's
+  place in the content is known.
+- ``message_delta``: the chunk with ``finish_reason`` (once), and the usage counts. Before
+  it, when the text cited pages, one chunk with ``delta.annotations``: the answer's
+  ``url_citation`` annotations, as a whole answer has them, as OpenAI's search models
+  stream their sources (all at once after the text, offsets into the whole content).
 - ``message_stop``: the usage chunk (``choices: []``) when the client asked for it, then
   ``data: [DONE]``.
 - ``error``: a chunk carrying ``{"error": {...}}``, as OpenAI sends mid-stream errors, then
@@ -187,9 +192,10 @@ class CompletionTranslator:
         for block in message["content"]:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
+                end = written + len(block["text"])
                 text.append(block["text"])
-                annotations.extend(url_citations(block, written))
-                written += len(block["text"])
+                annotations.extend(url_citations(block.get("citations"), written, end))
+                written = end
             elif kind == "thinking" and isinstance(block.get("thinking"), str):
                 thinking.append(block["thinking"])
             elif kind == "tool_use":
@@ -239,13 +245,13 @@ class CompletionTranslator:
         return orjson.dumps(completion)
 
 
-def url_citations(block: dict[str, Any], start: int) -> list[dict[str, Any]]:
+def url_citations(citations: Any, start: int, end: int) -> list[dict[str, Any]]:
     """OpenAI's ``url_citation`` annotations for a text block's web search citations
     (Claude's ``web_search_result_location``: the page's ``url`` and ``title``), over the
-    block's text, which starts ``start`` characters into the message's ``content``: where
-    an OpenAI client of a search model reads the sources of what it was told. Citations
-    of the client's own documents name no URL: they have no OpenAI counterpart."""
-    citations = block.get("citations")
+    block's text, characters ``start`` to ``end`` of the message's ``content``: where an
+    OpenAI client of a search model reads the sources of what it was told. Citations of
+    the client's own documents name no URL: they have no OpenAI counterpart. A whole
+    answer and a stream both build them here, so both show the same sources."""
     found: list[dict[str, Any]] = []
     for citation in citations if isinstance(citations, list) else ():
         if not isinstance(citation, dict) or citation.get("type") != WEB_CITATION:
@@ -255,7 +261,7 @@ def url_citations(block: dict[str, Any], start: int) -> list[dict[str, Any]]:
             continue
         cited = {
             "start_index": start,
-            "end_index": start + len(block["text"]),
+            "end_index": end,
             "title": title if isinstance(title, str) else "",
             "url": url,
         }
@@ -324,6 +330,14 @@ class StreamTranslator:
         self._tool_calls: dict[int, int] = {}
         # Tool calls whose arguments have not started yet (blocks by Anthropic index).
         self._no_arguments_yet: set[int] = set()
+        # Characters of content sent so far, and where each open text block started in
+        # it: a block's citations span its text as the whole answer's do (url_citations).
+        self._written = 0
+        self._text_starts: dict[int, int] = {}
+        # The citations of open text blocks (citations_delta), and the url_citation
+        # annotations of the closed ones, sent together before the finish.
+        self._citations: dict[int, list[Any]] = {}
+        self._annotations: list[dict[str, Any]] = []
         # Usage counts so far: message_start's, then each message_delta's cumulative ones
         # (numbers, the cache writes' split by TTL, ``cache_creation``, and the server
         # tools' requests, ``server_tool_use``).
@@ -403,8 +417,11 @@ class StreamTranslator:
         if not isinstance(block, dict) or not isinstance(index, int):
             return []
         self.server_tool_tally.block_started(block)
-        if block.get("type") == "text" and block.get("text"):
-            return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "text":
+            self._text_starts[index] = self._written
+            if isinstance(block.get("citations"), list):
+                self._citations[index] = list(block["citations"])
+            return self._content(block.get("text"))
         if block.get("type") == "thinking" and isinstance(block.get("thinking"), str):
             # Thoughts apart (interleaved thinking) are apart in the whole answer too.
             text = ("\n\n" if self._thought else "") + block["thinking"]
@@ -424,11 +441,14 @@ class StreamTranslator:
         if not isinstance(delta, dict):
             return []
         kind = delta.get("type")
-        if kind == "text_delta" and isinstance(delta.get("text"), str):
-            return [self._chunk({"content": delta["text"]})]
+        if kind == "text_delta":
+            return self._content(delta.get("text"))
         if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
             return [self._chunk({"reasoning_content": delta["thinking"]})]
         index = payload.get("index")
+        if kind == "citations_delta" and index in self._text_starts:
+            self._citations.setdefault(index, []).append(delta.get("citation"))
+            return []
         partial = delta.get("partial_json")
         if kind != "input_json_delta" or not partial or not isinstance(index, int):
             return []
@@ -437,8 +457,19 @@ class StreamTranslator:
         self._no_arguments_yet.discard(index)
         return [self._arguments(index, partial)]
 
+    def _content(self, text: Any) -> list[bytes]:
+        if not isinstance(text, str) or not text:
+            return []
+        self._written += len(text)
+        return [self._chunk({"content": text})]
+
     def _block_stop(self, payload: dict[str, Any]) -> list[bytes]:
         index = payload.get("index")
+        if isinstance(index, int) and index in self._text_starts:
+            start = self._text_starts.pop(index)
+            cited = self._citations.pop(index, None)
+            self._annotations.extend(url_citations(cited, start, self._written))
+            return []
         if not isinstance(index, int) or index not in self._no_arguments_yet:
             return []
         # A call without parameters may get no argument deltas at all; OpenAI clients parse
@@ -461,7 +492,13 @@ class StreamTranslator:
         if reason is None or self._finished:
             return []
         self._finished = True
-        return [self._chunk({}, _finish_reason(reason))]
+        finish = self._chunk({}, _finish_reason(reason))
+        if not self._annotations:
+            return [finish]
+        # As OpenAI's search models stream their sources: all in one chunk after the text,
+        # offsets into the whole content. One chunk, since the openai SDK's stream helper
+        # cannot merge a second list of annotations into the first.
+        return [self._chunk({"annotations": self._annotations}), finish]
 
     def _take_counts(self, usage: Any) -> None:
         if not isinstance(usage, dict):
