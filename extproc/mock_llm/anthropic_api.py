@@ -46,6 +46,11 @@ Replies and token counts follow the shared rules in ``tokens``. In Anthropic's t
   blocks (``web_fetch_tool_result``, ``mcp_tool_result``...) the answer starts with, as
   Claude's answer carries what its server tools returned; a stream sends each whole in its
   ``content_block_start``, with no delta, as Anthropic does.
+- Web search: a request with Anthropic's web search tool (``web_search_20250305``...) and a
+  text answer is answered as after one search (``web_search``): the search call and its
+  result, then the reply's text, all but its first piece citing the page found
+  (``citations_delta`` in a stream); usage reports the search unless
+  ``x-mock-server-tool-use`` says otherwise.
 - Service tiers: ``usage.service_tier`` reports the tier that served the request, as
   Anthropic reports it, in JSON answers and in a stream's ``message_start``: ``standard``,
   or ``priority`` with header ``x-mock-service-tier: priority`` (an organisation with
@@ -141,6 +146,7 @@ from extproc.mock_llm.tokens import (
     reply_text,
     token_pieces,
 )
+from extproc.mock_llm.web_search import WebSearch, asked_search
 
 API_KEY_HEADER = "x-api-key"
 VERSION_HEADER = "anthropic-version"
@@ -952,6 +958,13 @@ class Reply:
     thought: tuple[str, ...] = ()
     # The thought is billed but its text not shown (thinking.display "omitted").
     thought_omitted: bool = False
+    # The web search a text answer ran first, its page cited by the text (web_search).
+    search: WebSearch | None = None
+
+    @property
+    def searched(self) -> WebSearch | None:
+        """The search, when the answer is text it can cite (tool calls end a turn before)."""
+        return self.search if self.pieces and not self.calls else None
 
     @property
     def text(self) -> str:
@@ -1000,7 +1013,10 @@ class Reply:
             deltas.append({"type": "signature_delta", "signature": THOUGHT_SIGNATURE})
             blocks.append(({"type": "thinking", "thinking": ""}, deltas))
         blocks.extend((block, []) for block in self.result_blocks)
-        if self.pieces or not self.calls:
+        if (search := self.searched) is not None:
+            blocks.extend(search.call_blocks(message_id))
+            blocks.extend(search.text_blocks(self.pieces))
+        elif self.pieces or not self.calls:
             deltas = [{"type": "text_delta", "text": piece} for piece in self.pieces]
             blocks.append(({"type": "text", "text": ""}, deltas))
         for k, call in enumerate(self.calls):
@@ -1024,7 +1040,10 @@ class Reply:
                 {"type": "thinking", "thinking": thinking, "signature": THOUGHT_SIGNATURE}
             )
         content.extend(self.result_blocks)
-        if first_call > len(content):
+        if (search := self.searched) is not None:
+            content.extend(search.call_content(message_id))
+            content.extend(search.text_content(self.pieces))
+        elif first_call > len(content):
             content.append({"type": "text", "text": self.text})
         return content + [
             {**start, "input": call.input}
@@ -1236,7 +1255,11 @@ class AnthropicEndpoints:
             )
         if scripted is not None or scripted_calls is not None:
             reply = scripted_anthropic_reply(reply, scripted, scripted_calls)
-        reply = replace(reply, result_blocks=results)
+        search = asked_search(req.tools, req.messages)
+        reply = replace(reply, result_blocks=results, search=search)
+        if reply.searched is not None and not server_tools:
+            # Anthropic reports the search it ran; a test's own counts stand instead.
+            reply = replace(reply, server_tools=(("web_search", 1),))
         message_id = f"msg_mock_{next(self._ids)}"
         where = {} if geo is None else {"inference_geo": geo}
         if req.stream:

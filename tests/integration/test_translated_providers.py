@@ -18,6 +18,7 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.mock_llm import count_tokens
+from extproc.mock_llm.web_search import PAGE
 from tests.integration.conftest import GatewayLog, metric, mock_requests, running_stack, scrape
 
 KEY = "team1-key"
@@ -260,3 +261,33 @@ def test_web_search_and_documents_reach_claude_and_audio_is_refused(
     assert len(mock_requests(stack)) == upstream_calls  # never sent
     [line] = gateway_log.for_request(refused.value.response.headers["x-request-id"])
     assert (line["http_status_code"], line["total_tokens"]) == (400, 0)
+
+
+def test_a_streamed_search_answer_shows_the_pages_claude_cited(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # Before, a stream carried Claude's text and none of the pages it cited, which the same
+    # question unstreamed showed as message.annotations; now both show the same sources.
+    claude = client(stack, "/anthropic")
+    asked: dict[str, Any] = {
+        "model": "claude-3-5-haiku-latest",
+        "messages": PROMPT,
+        "web_search_options": {},
+    }
+    whole = claude.chat.completions.create(**asked).choices[0].message
+    with claude.chat.completions.stream(**asked) as events:
+        streamed = events.get_final_completion().choices[0].message
+    assert streamed.content == whole.content == REPLY
+    assert whole.annotations and streamed.annotations == whole.annotations
+    [cited] = [annotation.url_citation for annotation in streamed.annotations]
+    assert (cited.url, cited.title) == (PAGE.url, PAGE.title)
+    # The mock's Claude cites the page in all but the answer's first piece of text.
+    assert REPLY[cited.start_index : cited.end_index] == " reply to: Translate me"
+
+    chunks = list(claude.chat.completions.create(**asked, stream=True))
+    carrying = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.model_extra]
+    assert [chunk.choices[0].delta.model_extra for chunk in carrying] == [
+        {"annotations": [annotation.model_dump() for annotation in whole.annotations]}
+    ]
+    [line] = gateway_log.for_request(chunks[0].id.removeprefix("chatcmpl-"))
+    assert line["server_tool_requests"] == {"web_search": 1}

@@ -108,7 +108,8 @@ def test_the_annotations_come_in_one_chunk_after_the_text_and_before_the_finish(
 
 
 def event(payload: dict[str, Any]) -> bytes:
-    return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload)
+    name: str = payload["type"]
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload)
 
 
 def test_an_answer_without_web_citations_has_no_annotations_chunk() -> None:
