@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from extproc.devstack import LocalStack
+from extproc.mock_llm.web_search import PAGE
 from tests.integration.conftest import GatewayLog, metric, scrape
 from tests.integration.mock_vertex import (
     CLAUDE_ON_VERTEX,
@@ -186,6 +187,30 @@ def test_an_openai_client_reaches_claude_on_vertex_translated(
         completion.usage.prompt_tokens,
         completion.usage.completion_tokens,
     )
+
+
+def test_an_openai_client_streaming_a_search_on_vertex_sees_the_pages_claude_cited(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    # Claude on Vertex streams Anthropic's events: its citations reach an OpenAI client as
+    # they do from Anthropic's API, as the url_citation annotations of OpenAI's search models.
+    asked: dict[str, Any] = {
+        "model": "sonnet-vertex",
+        "messages": PROMPT,
+        "web_search_options": {},
+    }
+    with chat(stack).chat.completions.stream(**asked) as events:
+        completion = events.get_final_completion()
+    message = completion.choices[0].message
+    [annotation] = message.annotations or []
+    cited = annotation.url_citation
+    assert (cited.url, cited.title) == (PAGE.url, PAGE.title)
+    assert message.content is not None
+    assert 0 < cited.start_index < cited.end_index == len(message.content)
+    sent = vertex_requests(stack)[-1]
+    assert sent["headers"]["anthropic-beta"] == "web-search-2025-03-05"
+    [line] = gateway_log.for_request(completion.id.removeprefix("chatcmpl-"))
+    assert line["server_tool_requests"] == {"web_search": 1}
 
 
 def test_gemini_on_vertex_streams_through_the_openai_compatible_endpoint(
