@@ -109,6 +109,8 @@ _FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     # A server tool's loop paused; the text so far is an answer the client can show.
+    # Continuing it takes a second call to Claude, and Envoy makes one upstream call per
+    # request: the gateway only transforms that call's answer (docs/providers.md).
     "pause_turn": "stop",
     "max_tokens": "length",
     "model_context_window_exceeded": "length",

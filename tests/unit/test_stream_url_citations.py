@@ -137,3 +137,16 @@ def test_an_answer_without_web_citations_has_no_annotations_chunk() -> None:
     assert text.endswith(
         "It is sunny, 21 °C, with a light west wind. Rain is expected this evening."
     )
+
+
+def test_a_paused_search_turn_ends_as_a_stop_with_the_pages_cited_so_far() -> None:
+    # Claude pausing a long search turn (pause_turn) is continued by sending the turn back,
+    # which an OpenAI client cannot: it reads the text so far, and its sources, as a stop.
+    paused = SEARCH_STREAM.replace(b'"stop_reason":"end_turn"', b'"stop_reason":"pause_turn"')
+    assert paused != SEARCH_STREAM
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+    for chunk in streamed(paused):
+        state.handle_chunk(chunk)
+    choice = state.get_final_completion().choices[0]
+    assert choice.finish_reason == "stop"
+    assert len(choice.message.annotations or []) == 3
