@@ -1110,8 +1110,11 @@ def _answer_plan(
         return ResponsePlan(openai_responses.ResponseReader())
     if route.api is RouteApi.OPENAI_IMAGES:
         if streaming:
-            allowance = images_api.picture_allowance(ctx.body or {})
-            return ResponsePlan(openai_images.ImageEventReader(allowance), streamed=True)
+            body = ctx.body or {}
+            pictures = openai_images.ImageEventReader(
+                images_api.picture_allowance(body), images_api.pictures_asked(body)
+            )
+            return ResponsePlan(pictures, streamed=True)
         return ResponsePlan(openai_images.ImagesReader())
     if route.api is RouteApi.BEDROCK_CONVERSE:
         asked = bedrock_tier_asked(route.api, ctx.body, ctx.request_headers)

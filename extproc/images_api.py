@@ -192,9 +192,14 @@ def picture_allowance(body: dict[str, Any]) -> int:
     """The output tokens the quota reserves for the body's pictures: ``n`` of them, each
     at its quality's count for its size (a quality the provider chooses, ``auto`` or
     none, at the highest)."""
-    n = body.get("n")
-    pictures = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    pictures = pictures_asked(body)
     quality = body.get("quality")
     chosen = quality if isinstance(quality, str) and quality in _PICTURE_TOKENS else _MOST
     table = _SQUARE_PICTURE_TOKENS if body.get("size") == _SQUARE else _PICTURE_TOKENS
     return pictures * table[chosen]
+
+
+def pictures_asked(body: dict[str, Any]) -> int:
+    """The pictures the body asks for: ``n``, 1 when it names none (OpenAI's default)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1

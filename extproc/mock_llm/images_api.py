@@ -2,9 +2,10 @@
 
 ``POST .../images/generations`` answers as OpenAI's Images API does for its GPT Image
 models: JSON ``{"created", "data": [{"b64_json"}...], "background", "output_format",
-"quality", "size", "usage"}``, or with ``stream: true`` SSE events
-``image_generation.partial_image`` (``partial_images`` of them, 0 to 3) then
-``image_generation.completed`` carrying the picture and the usage. Checked as OpenAI
+"quality", "size", "usage"}``, or with ``stream: true`` SSE events, for each of the
+``n`` pictures, ``image_generation.partial_image`` (``partial_images`` of them, 0 to 3)
+then ``image_generation.completed`` carrying that picture and its own usage (the
+prompt read, one picture drawn: ``image_generation_usage(..., pictures=1)``). Checked as OpenAI
 checks them: ``prompt`` (a non-empty string), ``model`` (a string; default
 ``DEFAULT_IMAGE_MODEL``), ``n`` (1 to 10), ``quality`` (``low``, ``medium``, ``high``,
 ``auto``), ``stream`` (a boolean), ``partial_images`` (0 to 3). Every picture is the same
@@ -222,7 +223,9 @@ class ImagesEndpoint:
         fields = _picture_fields(asked["quality"])
         if asked["stream"]:
             kind = "image_edit" if edit else "image_generation"
-            reported = None if fault.no_usage else usage
+            # Each picture's completed event reports that picture's usage.
+            each = image_generation_usage(asked["prompt"], asked["quality"], 1, given)
+            reported = None if fault.no_usage else each
             return await self._stream(request, asked, fields, reported, kind)
         answer: dict[str, Any] = {
             "created": int(time.time()),
@@ -244,17 +247,19 @@ class ImagesEndpoint:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         created = int(time.time())
-        events: list[tuple[str, dict[str, Any]]] = [
-            (
-                f"{kind}.partial_image",
-                {"b64_json": PNG_BASE64, "created_at": created, "partial_image_index": index},
-            )
-            for index in range(asked["partial_images"])
-        ]
         done: dict[str, Any] = {"b64_json": PNG_BASE64, "created_at": created}
         if usage is not None:
             done["usage"] = usage
-        events.append((f"{kind}.completed", done))
+        events: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(asked["n"]):
+            events.extend(
+                (
+                    f"{kind}.partial_image",
+                    {"b64_json": PNG_BASE64, "created_at": created, "partial_image_index": index},
+                )
+                for index in range(asked["partial_images"])
+            )
+            events.append((f"{kind}.completed", done))
         try:
             for event, data in events:
                 payload = {"type": event, **data, **fields}

@@ -70,6 +70,20 @@ def usage_from_images(value: Any) -> Usage | None:
     )
 
 
+def summed_image_usage(so_far: Usage | None, more: Usage) -> Usage:
+    """Two Images API reports added up (a stream's pictures, each reported in its own
+    completed event), each part kept apart."""
+    if so_far is None:
+        return more
+    return Usage(
+        so_far.prompt_tokens + more.prompt_tokens,
+        so_far.completion_tokens + more.completion_tokens,
+        so_far.total_tokens + more.total_tokens,
+        image_tokens=so_far.image_tokens + more.image_tokens,
+        image_output_tokens=so_far.image_output_tokens + more.image_output_tokens,
+    )
+
+
 def tool_model(tools: Any) -> str | None:
     """The model of the image generation tool in a ``tools`` list (a request's or a
     response's); None when it has no such tool or the tool names no model."""

@@ -13,14 +13,25 @@ otherwise is parsed whole up to ``MAX_WHOLE_PARSE`` bytes. Its pictures are coun
 (each ``"b64_json"`` key) for an answer without usage, which is charged their allowance
 (``stages.cut_answer``).
 
-A stream (``stream: true``) is SSE: ``image_generation.partial_image`` events (the
-picture so far, ``partial_images`` of them), then ``image_generation.completed`` with
-the picture and the usage; an ``error`` event fails it. An edit's stream
-(``/v1/images/edits``) is the same with ``image_edit.`` events. Only the completed and error
-events are parsed; the pictures pass untouched. A stream cut after a partial picture,
-before its completed event, was drawing: it is charged the pictures' allowance
-(``counts_so_far``), as a JSON answer cut in flight is; one cut before any picture, its
-prompt.
+A stream (``stream: true``) is SSE: for each of the ``n`` pictures,
+``image_generation.partial_image`` events (the picture so far, ``partial_images`` of
+them), then ``image_generation.completed`` with that picture (one ``b64_json``) and its
+usage (OpenAI's reference: ``output_tokens`` are "the image tokens in the output
+image"); an ``error`` event fails it. An edit's stream (``/v1/images/edits``) is the same
+with ``image_edit.`` events. Only the completed and error events are parsed; the
+pictures pass untouched. The bill is the sum of the completed events' usage, each
+picture's own: the stream ends for the client at the ``n``-th. A stream the provider
+ends with fewer (one event reporting every picture) is billed what it reported.
+
+A stream cut before its ``n``-th completed event is charged (``counts_so_far``) the
+pictures completed as reported, and each other one as the quota reserved it (its
+share of ``images_api.picture_allowance``) with the prompt as the first picture
+reported it: the provider draws them all once asked, as a JSON answer cut in flight
+is charged all ``n``. Cut before any completed event, it is charged the pictures'
+allowance once it showed a partial picture (it was drawing), else its prompt. A
+completed event without usage counts as a picture drawn and unreported. A provider's
+error after a completed picture keeps that picture's bill; the pictures it failed to
+draw are not billed.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import orjson
 from extproc.context import Usage
 from extproc.translators.base import BufferedBodyReader, ProviderStreamError, StreamFailure
 from extproc.translators.openai_embeddings import MAX_WHOLE_PARSE, TAIL_BYTES
-from extproc.translators.openai_image_usage import usage_from_images
+from extproc.translators.openai_image_usage import summed_image_usage, usage_from_images
 from extproc.translators.sse import EVENT_END, EventBuffer, event_data
 
 # Two levels of nesting at most: usage's input_tokens_details and output_tokens_details.
@@ -87,32 +98,43 @@ def _parsed(raw: bytes) -> Any:
 
 
 class ImageEventReader:
-    """A streamed Images API answer: reads the completed event's usage and an error
-    event, passes every byte through as it came."""
+    """A streamed Images API answer: sums the completed events' usage and reads an
+    error event, passes every byte through as it came."""
 
-    def __init__(self, allowance: int = 0) -> None:
+    def __init__(self, allowance: int = 0, pictures: int = 1) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
         # Set when the provider failed the stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
-        # The pictures' allowance (images_api.picture_allowance), charged for a stream
-        # cut after it began drawing.
+        # The pictures asked for (``n``) and the quota's reserve for all of them
+        # (images_api.picture_allowance): what a stream cut before the last is charged
+        # for each picture not reported.
+        self._pictures = max(pictures, 1)
         self._allowance = allowance
         self._drawing = False
-        # Set once the completed event was read, where the stream ends for the client.
+        # The completed events read, and the sum of the usage they reported.
+        self._completed = 0
+        self._reports = 0
+        self._reported: Usage | None = None
+        self._first: Usage | None = None
+        # Set once the last picture's completed event was read, where the stream ends
+        # for the client.
         self.terminal_event_read = False
         self._events = EventBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
         complete = self._events.whole_events(chunk, end_of_stream)
-        if not complete:
-            return None
-        self._drawing = self._drawing or _PARTIAL.search(complete) is not None
-        if _READ_EVENTS.search(complete):
-            for event in complete.split(EVENT_END):
-                if _READ_EVENTS.search(event):
-                    self._read_event(event)
+        if complete:
+            self._drawing = self._drawing or _PARTIAL.search(complete) is not None
+            if _READ_EVENTS.search(complete):
+                for event in complete.split(EVENT_END):
+                    if _READ_EVENTS.search(event):
+                        self._read_event(event)
+        if end_of_stream and self.usage is None and self._reported is not None:
+            # The provider ended its stream short of n completed events (one event
+            # reporting every picture): what it reported is its bill.
+            self.usage = self._reported
         return None
 
     def _read_event(self, event: bytes) -> None:
@@ -120,21 +142,50 @@ class ImageEventReader:
         if not isinstance(parsed, dict):
             return
         if parsed.get("type") in _COMPLETED:
-            # The last picture's event carries the request's usage.
-            self.usage = usage_from_images(parsed.get("usage")) or self.usage
-            self.terminal_event_read = True
+            self._picture_completed(usage_from_images(parsed.get("usage")))
             return
         error = parsed.get("error")
         found = error if isinstance(error, dict) else {**parsed, "type": "server_error"}
         if self.failure is None:
-            began = self._drawing or self.usage is not None
-            self.failure = StreamFailure(ProviderStreamError.from_openai(found), began=began)
+            provider_error = ProviderStreamError.from_openai(found)
+            if self._reported is not None:
+                # The pictures completed before the error were drawn and are billed.
+                self.failure = StreamFailure.reported(provider_error, self._reported, whole=True)
+            else:
+                began = self._drawing or self._completed > 0
+                self.failure = StreamFailure(provider_error, began=began)
+
+    def _picture_completed(self, usage: Usage | None) -> None:
+        self._completed += 1
+        self._drawing = True
+        if usage is not None:
+            self._reports += 1
+            self._first = self._first or usage
+            self._reported = summed_image_usage(self._reported, usage)
+        if self._completed >= self._pictures:
+            self.terminal_event_read = True
+            if self._reports == self._completed:
+                self.usage = self._reported
 
     def counts_so_far(self) -> StreamFailure | None:
-        """What a stream cut before its completed event is charged beside its prompt:
-        the pictures' allowance once it showed a partial picture, else nothing."""
-        if not self._drawing or self.usage is not None:
+        """What a stream cut before its last completed event is charged (the module
+        docstring says why): the pictures reported as reported, each other one its
+        reserve with the first picture's prompt; with no report, the pictures'
+        allowance once it began drawing, else nothing beside the prompt estimate."""
+        if self.usage is not None or not self._drawing:
             return None
-        return StreamFailure(
-            None, completion_tokens=self._allowance, image_output_tokens=self._allowance
+        if self._reported is None or self._first is None:
+            return StreamFailure(
+                None, completion_tokens=self._allowance, image_output_tokens=self._allowance
+            )
+        rest = max(self._pictures - self._reports, 0)
+        each = self._allowance // self._pictures
+        first = self._first
+        others = Usage(
+            first.prompt_tokens * rest,
+            each * rest,
+            (first.prompt_tokens + each) * rest,
+            image_tokens=first.image_tokens * rest,
+            image_output_tokens=each * rest,
         )
+        return StreamFailure.reported(None, summed_image_usage(self._reported, others), whole=True)

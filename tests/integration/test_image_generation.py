@@ -48,6 +48,8 @@ from tests.integration.conftest import (
 KEY_ID, KEY = "studio", "studio-key-5e0b"
 # Edits have a key of their own: its ledgers hold the edit alone.
 EDIT_KEY_ID, EDIT_KEY = "retouch", "retouch-key-77c1"
+# The streamed generation of several pictures has a key of its own: its ledgers hold it alone.
+SKETCH_KEY_ID, SKETCH_KEY = "sketch", "sketch-key-9d41"
 # The large edit's and the large chat's key: their ledgers hold those alone.
 LARGE_KEY_ID, LARGE_KEY = "poster", "poster-key-3a90"
 MIB = 1024 * 1024
@@ -70,6 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": KEY_ID, "key": KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": EDIT_KEY_ID, "key": EDIT_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": LARGE_KEY_ID, "key": LARGE_KEY, "user_id": "ines"})
+    raw["auth"]["api_keys"].append({"id": SKETCH_KEY_ID, "key": SKETCH_KEY, "user_id": "ines"})
     [images] = [route for route in raw["routes"] if route["name"] == "openai-images"]
     images["max_request_body_bytes"] = IMAGES_BODY_LIMIT
     raw["quotas"] = {
@@ -79,7 +82,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                 "subject": "api_key",
                 "match": [KEY_ID],
                 "tokens_per_day": 100_000_000,
-            }
+            },
+            {
+                "name": "sketch-tokens",
+                "subject": "api_key",
+                "match": [SKETCH_KEY_ID],
+                "tokens_per_day": 100_000_000,
+            },
         ]
     }
     workdir = Path(tmp_path_factory.mktemp("images"))
@@ -199,6 +208,51 @@ def test_pictures_are_billed_at_the_image_prices_in_every_ledger(
         state = quotas.get("api_key", KEY_ID)
     used = sum(limit.used for limit in state.limits if limit.kind == "tokens")
     assert used == total
+
+
+def test_a_streamed_generation_of_two_pictures_is_billed_both_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """``images.generate(stream=True, n=2)``: the provider sends each picture's events,
+    each completed one with that picture's usage. The client gets both pictures, and the
+    log line, the metrics, the rollup and the quota bill both (before, the last event's
+    usage replaced the first's: one picture was billed)."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=SKETCH_KEY, max_retries=0)
+    stream = client.images.generate(
+        model="gpt-image-1", prompt=PROMPT, stream=True, n=2, partial_images=1, quality="low"
+    )
+    events = list(stream)
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ] * 2
+    reported = [event.usage for event in events if event.type == "image_generation.completed"]
+    prompt = sum(usage.input_tokens for usage in reported)
+    drawn = sum(usage.output_tokens for usage in reported)
+    assert (prompt, drawn) == (2 * count_tokens(PROMPT), 2 * OUTPUT_TOKENS["low"])
+    [line] = wait_for(
+        lambda: [
+            found for found in gateway_log.lines() if found.get("api_key_id") == SKETCH_KEY_ID
+        ],
+        10,
+    )
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (prompt, drawn)
+    assert line["completion_image_tokens"] == drawn
+    billed = picture_cost(prompt, drawn)
+    assert cost(line) == billed
+
+    samples = scrape(stack.metrics_url)
+    consumed = metric(samples, "tokens_consumed_total", api_key_id=SKETCH_KEY_ID)
+    assert consumed == prompt + drawn
+    assert metric(samples, "aigw_cost_usd_total", api_key_id=SKETCH_KEY_ID) == float(billed)
+    row = wait_for(lambda: usage_rows(stack, "api_key").get(SKETCH_KEY_ID), 20)
+    assert row, "no rollup of the stream"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, drawn)
+    assert Decimal(row["cost_usd"]) == billed
+    with QuotaClient(f"127.0.0.1:{stack.ports.management}", ADMIN_TOKEN) as quotas:
+        state = quotas.get("api_key", SKETCH_KEY_ID)
+    assert sum(limit.used for limit in state.limits if limit.kind == "tokens") == prompt + drawn
 
 
 def test_an_edit_reaches_the_provider_as_sent_and_is_billed_in_every_ledger(

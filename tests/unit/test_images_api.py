@@ -304,6 +304,82 @@ async def test_every_ledger_agrees_on_a_streamed_picture(store: StoreClient, end
     assert line["prompt_tokens"] > 0
 
 
+async def test_a_streamed_generation_of_several_pictures_is_billed_the_sum_of_their_events(
+    store: StoreClient,
+) -> None:
+    """``n: 2`` streamed: OpenAI sends each picture's partial pictures and its own
+    image_generation.completed event, whose usage is that picture's (its prompt read,
+    its picture drawn). The bill is the sum of the two events, not the last one's."""
+    chunks = [
+        event("image_generation.partial_image", partial_image_index=0),
+        event("image_generation.completed", usage=USAGE),
+        event("image_generation.partial_image", partial_image_index=0),
+        event("image_generation.completed", usage=USAGE),
+    ]
+    body = orjson.loads(asked(stream=True, n=2, partial_images=1))
+    recorded = await ledgers(store, GENERATIONS, OPENAI_KEY, body, Answer(chunks, SSE))
+    recorded.agree()
+    line = recorded.line
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (40, 2_112)
+    assert (line["prompt_image_tokens"], line["completion_image_tokens"]) == (16, 2_112)
+    assert line["usage_reported"] is True and line["usage_estimated"] is False
+    assert cost(line) == 2 * COST
+    assert recorded.image == (2_112, 2_112)
+
+
+async def test_a_stream_cut_after_the_first_of_three_pictures_is_charged_the_other_two_too(
+    store: StoreClient,
+) -> None:
+    """The client left after the first picture's completed event; the provider drew
+    the other two and bills them. The first is billed as reported, each other one its
+    reserve (1,056 tokens for a medium square picture) with the prompt as the first
+    reported it, marked usage_estimated, as a cut chat stream is."""
+    chunks = [event("image_generation.completed", usage=USAGE)]
+    body = orjson.loads(asked(stream=True, n=3))
+    recorded = await ledgers(store, GENERATIONS, OPENAI_KEY, body, Answer(chunks, SSE, ended=False))
+    recorded.agree()
+    line = recorded.line
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (60, 3 * 1_056)
+    assert (line["prompt_image_tokens"], line["completion_image_tokens"]) == (24, 3 * 1_056)
+    assert cost(line) == 3 * COST
+    assert recorded.image == (3 * 1_056, 3 * 1_056)
+
+
+async def test_a_provider_error_after_the_first_picture_keeps_that_pictures_bill(
+    store: StoreClient,
+) -> None:
+    """The provider drew one picture of two and failed the second with an error event:
+    the picture the client got is billed as reported, the one it failed to draw not."""
+    error = {"type": "server_error", "code": "server_error", "message": "overloaded"}
+    chunks = [
+        event("image_generation.completed", usage=USAGE),
+        b"event: error\ndata: " + orjson.dumps({"type": "error", "error": error}) + b"\n\n",
+    ]
+    body = orjson.loads(asked(stream=True, n=2))
+    recorded = await ledgers(store, GENERATIONS, OPENAI_KEY, body, Answer(chunks, SSE))
+    recorded.agree()
+    line = recorded.line
+    assert line["outcome"] == "upstream_error" and line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (20, 1_056)
+    assert cost(line) == COST
+
+
+async def test_a_completed_picture_without_usage_is_charged_its_reserve(
+    store: StoreClient,
+) -> None:
+    """A provider whose completed event reports no usage still drew the picture: it is
+    charged what the quota reserved for it (272 for a low square one), at the image
+    price, as a JSON answer without usage is."""
+    chunks = [event("image_generation.completed")]
+    body = orjson.loads(asked(stream=True, quality="low"))
+    recorded = await ledgers(store, GENERATIONS, OPENAI_KEY, body, Answer(chunks, SSE))
+    recorded.agree()
+    line = recorded.line
+    assert line["usage_estimated"] is True
+    assert line["completion_tokens"] == line["completion_image_tokens"] == 272
+
+
 async def test_a_hard_capped_budget_without_room_for_the_pictures_is_a_429(
     quota_store: QuotaStore,
 ) -> None:

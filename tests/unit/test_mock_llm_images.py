@@ -113,6 +113,25 @@ async def test_images_generate_streams_partial_pictures_then_the_usage(
     assert final.usage.output_tokens == OUTPUT_TOKENS["low"]
 
 
+async def test_a_streamed_generation_of_two_pictures_reports_each_in_its_own_event(
+    openai_client: AsyncOpenAI,
+) -> None:
+    """As OpenAI streams ``n`` pictures: each picture's partial pictures, then its
+    completed event with that picture and its own usage."""
+    stream = await openai_client.images.generate(
+        model="gpt-image-1", prompt=QUESTION, stream=True, n=2, partial_images=1, quality="low"
+    )
+    events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ] * 2
+    for final in events[1::2]:
+        assert final.type == "image_generation.completed"
+        assert final.usage.input_tokens == count_tokens(QUESTION)
+        assert final.usage.output_tokens == OUTPUT_TOKENS["low"]
+
+
 async def test_images_generate_refuses_what_openai_refuses(openai_client: AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         await openai_client.images.generate(model="gpt-image-1", prompt="x", n=11)
