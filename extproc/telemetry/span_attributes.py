@@ -58,7 +58,10 @@ SPAN_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("aigw.usage.audio_input_tokens", "prompt_audio_tokens"),
     ("aigw.usage.cached_audio_input_tokens", "cached_audio_tokens"),
     ("aigw.usage.audio_output_tokens", "completion_audio_tokens"),
-    # The image part of the completion (Gemini's image models), at the image price.
+    # The image parts of the prompt (an image edit's pictures, OpenAI's GPT Image models)
+    # and of the completion (the pictures drawn: OpenAI's Images API, Gemini's image
+    # models), each billed at its own image price.
+    ("aigw.usage.image_input_tokens", "prompt_image_tokens"),
     ("aigw.usage.image_output_tokens", "completion_image_tokens"),
     ("aigw.route", "route"),
     ("aigw.provider", "provider"),
@@ -248,6 +251,7 @@ def usage_metadata(usage: Usage) -> dict[str, str | float]:
         ("prompt_audio_tokens", usage.audio_tokens),
         ("cached_audio_tokens", usage.cached_audio_tokens),
         ("completion_audio_tokens", usage.audio_output_tokens),
+        ("prompt_image_tokens", usage.image_tokens),
         ("completion_image_tokens", usage.image_output_tokens),
     ):
         if count:

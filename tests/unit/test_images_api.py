@@ -46,6 +46,7 @@ from tests.unit.test_accounting_review_streams import (
     sample,
 )
 from tests.unit.test_accounting_review_streams import store as store
+from tests.unit.test_audio_token_log import span_metadata
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
 
 GENERATIONS = "/v1/images/generations"
@@ -259,6 +260,20 @@ async def test_an_answer_without_usage_is_charged_its_pictures_allowance(
     line = only_line(services)
     assert line["usage_estimated"] is True
     assert line["completion_tokens"] == line["completion_image_tokens"] == 2 * 272
+
+
+async def test_the_span_carries_the_operation_and_the_image_parts_of_the_counts(
+    processor: Processor,
+) -> None:
+    """The request's span (Envoy's tags from the gateway's metadata): the operation,
+    the counts as the log line has them, and the image parts of both sides, each
+    billed at its own image price."""
+    answers = await generate(processor, asked(), answer())
+    metadata = span_metadata(answers)
+    assert metadata["operation"] == "generate_content"
+    assert (metadata["prompt_tokens"], metadata["completion_tokens"]) == (20, 1_056)
+    assert metadata["prompt_image_tokens"] == 8
+    assert metadata["completion_image_tokens"] == 1_056
 
 
 def test_the_quota_reserves_each_picture_at_its_quality_and_size() -> None:
