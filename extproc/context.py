@@ -86,6 +86,10 @@ class ImageGeneration:
     output_tokens: int = 0
     # Of output_tokens, the pictures (all of them when the report names no text part).
     output_image_tokens: int = 0
+    # Of input_tokens, those read from the image model's cache (billed at its cached
+    # prices), and of those the images: a part of the request's cached_tokens.
+    cached_tokens: int = 0
+    cached_image_tokens: int = 0
 
 
 # The image generation tool's counts by their names in the log line, the rollup and the
@@ -154,6 +158,9 @@ class Usage:
     # GPT Image models bill apart from text (the Images API's
     # usage.input_tokens_details.image_tokens: the pictures to edit).
     image_tokens: int = 0
+    # Of cached_tokens, the images (the image generation tool's cache reads of pictures),
+    # billed at the image cached input price; a part of image_tokens too.
+    cached_image_tokens: int = 0
     # The image generation tool's tokens (``ImageGeneration``), counted in prompt_tokens
     # and completion_tokens as parts of them (its input and its output) and billed at the
     # image model's prices; None: the request drew no picture.

@@ -135,6 +135,9 @@ class TokenPrices:
     image_output: int | None = None
     # Prompt tokens of images (OpenAI's GPT Image models); None: the input price.
     image_input: int | None = None
+    # Image prompt tokens read from the cache (an image model's); None: the cached
+    # input price.
+    image_cached_input: int | None = None
     # Picodollars per prompt character, for a model billed by characters; None: by tokens.
     input_per_character: int | None = None
 
@@ -255,6 +258,7 @@ def _token_prices(
         audio_output=_per_token(price.audio_output),
         image_output=_per_token(price.image_output),
         image_input=_per_token(price.image_input),
+        image_cached_input=_per_token(price.image_cached_input),
         input_per_character=_per_character(price.input_per_thousand_characters),
     )
 
@@ -334,12 +338,18 @@ def _parted_token_cost(usage: Usage, prices: TokenPrices) -> int:
     cached_audio_price = prices.cached_input
     if prices.cached_audio_input is not None:
         cached_audio_price = prices.cached_audio_input
-    # The images of the prompt (OpenAI's GPT Image models), within what its audio leaves.
-    image = _part(usage.image_tokens, uncached - audio)
+    # The images of the prompt (OpenAI's GPT Image models), those read from the cache
+    # within what its cached audio leaves, the others within what its audio leaves.
+    cached_image = _part(usage.cached_image_tokens, cached - cached_audio)
+    image = _part(usage.image_tokens - cached_image, uncached - audio)
     image_price = prices.input if prices.image_input is None else prices.image_input
+    cached_image_price = prices.cached_input
+    if prices.image_cached_input is not None:
+        cached_image_price = prices.image_cached_input
     prompt = (
         (uncached - audio - image) * prices.input + audio * audio_price + image * image_price
-        + (cached - cached_audio) * prices.cached_input + cached_audio * cached_audio_price
+        + (cached - cached_audio - cached_image) * prices.cached_input
+        + cached_audio * cached_audio_price + cached_image * cached_image_price
         + (written - written_1h) * prices.cache_write_input
         + written_1h * prices.cache_write_1h_input
     )  # fmt: skip
@@ -374,19 +384,22 @@ def without_image_generation(usage: Usage) -> Usage:
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
+        cached_tokens=max(usage.cached_tokens - max(generation.cached_tokens, 0), 0),
         image_generation=None,
     )
 
 
 def image_generation_usage(generation: ImageGeneration) -> Usage:
     """The image generation tool's counts as the image model's own usage: its prompt
-    (its images apart) and its completion (its pictures apart)."""
+    (its images and its cache reads apart) and its completion (its pictures apart)."""
     prompt = max(generation.input_tokens, 0)
     completion = max(generation.output_tokens, 0)
     return Usage(
         prompt,
         completion,
         prompt + completion,
+        cached_tokens=generation.cached_tokens,
+        cached_image_tokens=generation.cached_image_tokens,
         image_tokens=generation.input_image_tokens,
         image_output_tokens=generation.output_image_tokens,
     )

@@ -83,7 +83,11 @@ _AUDIO_PRICE_KEYS = (
 )
 # The image prices: Gemini's image models bill an image's tokens about 12x text; OpenAI's
 # GPT Image models bill the images of the prompt and of the answer apart from text too.
-_IMAGE_PRICE_KEYS = ("image_input_per_million", "image_output_per_million")
+_IMAGE_PRICE_KEYS = (
+    "image_input_per_million",
+    "image_cached_input_per_million",
+    "image_output_per_million",
+)
 # The prices an entry may give apart from its input price, which its long_context must
 # then give too.
 _APART_PRICE_KEYS = (*_CACHE_PRICE_KEYS, *_AUDIO_PRICE_KEYS, *_IMAGE_PRICE_KEYS)
@@ -153,6 +157,11 @@ class PerTokenPrice(_Section):
     # models: the images given to edit, input_tokens_details.image_tokens; gpt-image-1:
     # 10.00 against 5.00). Default: the input price.
     image_input_per_million: Price | None = None
+    # Prompt tokens of images read from the model's cache (gpt-image-1: 2.50 against
+    # 10.00; the Responses API's image tool reports them, tool_usage.image_gen's
+    # cached_tokens_details.cached_image_tokens). Default: the image input price when
+    # the entry gives one (no discount nobody set), else the cached input price.
+    image_cached_input_per_million: Price | None = None
     # Completion tokens of images (Gemini: candidatesTokensDetails' IMAGE entry; OpenAI's
     # GPT Image models: the picture), which image models bill far above text (2.5 Flash
     # Image: 30.00 against 2.50). Default: the output price.
@@ -215,6 +224,14 @@ class PerTokenPrice(_Section):
     def image_input(self) -> Decimal:
         if self.image_input_per_million is None:
             return self.input_per_million
+        return self.image_input_per_million
+
+    @property
+    def image_cached_input(self) -> Decimal:
+        if self.image_cached_input_per_million is not None:
+            return self.image_cached_input_per_million
+        if self.image_input_per_million is None:
+            return self.cached_input  # images are input like any other: cached as text
         return self.image_input_per_million
 
     @property

@@ -15,9 +15,14 @@ image_tokens}``):
 
 The output's pictures are the report's ``output_tokens_details.image_tokens`` when it
 names them, else all of ``output_tokens`` (gpt-image-1 draws nothing but the picture,
-and OpenAI may leave the details out). Cached counts of the tool
-(``cached_tokens``) are not read: OpenAI says they may be missing when unknown, and the
-input is billed at the uncached prices (docs/chargeback.md#image-generation).
+and OpenAI may leave the details out).
+
+The tool's report may also carry the image model's cache reads (``cached_tokens``, split
+by ``cached_tokens_details.{cached_text_tokens, cached_image_tokens}``), which
+gpt-image-1 bills at its cached prices ($1.25 text, $2.50 images per million against $5
+and $10): they are read as parts of its input and of the request's ``cached_tokens``.
+OpenAI says a missing count means unknown: then the input is billed uncached. The
+Images API's own ``usage`` has no cache count.
 """
 
 from __future__ import annotations
@@ -36,6 +41,21 @@ TOOL_TYPE = "image_generation"
 def _counts(value: Any) -> tuple[int, int, int, int] | None:
     """(input, its images, output, its pictures) of a GPT Image report; None when it has
     no input or output count. Each part within the count it is part of."""
+    counts = _all_counts(value)
+    return None if counts is None else counts[:4]
+
+
+def _cached(value: dict[str, Any], prompt: int, images: int) -> tuple[int, int]:
+    """(cache reads, their images) of a tool's report: each within what it is part of;
+    (0, 0) when it reports none (unknown, billed uncached)."""
+    cached = min(token_count(value.get("cached_tokens")) or 0, prompt)
+    details = value.get("cached_tokens_details")
+    found = token_count(details.get("cached_image_tokens")) if isinstance(details, dict) else None
+    return cached, min(found or 0, cached, images)
+
+
+def _all_counts(value: Any) -> tuple[int, int, int, int, int, int] | None:
+    """``_counts`` with the cache reads and their images after them."""
     if not isinstance(value, dict):
         return None
     prompt = token_count(value.get("input_tokens"))
@@ -46,11 +66,13 @@ def _counts(value: Any) -> tuple[int, int, int, int] | None:
     images = token_count(details.get("image_tokens")) if isinstance(details, dict) else None
     output = value.get("output_tokens_details")
     drawn = token_count(output.get("image_tokens")) if isinstance(output, dict) else None
+    read = min(images or 0, prompt)
     return (
         prompt,
-        min(images or 0, prompt),
+        read,
         completion,
         completion if drawn is None else min(drawn, completion),
+        *_cached(value, prompt, read),
     )
 
 
@@ -106,12 +128,12 @@ def image_generation_of(response: Any, asked_model: str | None) -> ImageGenerati
         return None
     tool_usage = response.get("tool_usage")
     report = tool_usage.get("image_gen") if isinstance(tool_usage, dict) else None
-    counts = _counts(report)
+    counts = _all_counts(report)
     if counts is None or (counts[0] == 0 and counts[2] == 0):
         return None
-    prompt, images, completion, drawn = counts
+    prompt, images, completion, drawn, cached, cached_images = counts
     model = tool_model(response.get("tools")) or asked_model
-    return ImageGeneration(model, prompt, images, completion, drawn)
+    return ImageGeneration(model, prompt, images, completion, drawn, cached, cached_images)
 
 
 def with_image_generation(usage: Usage, generation: ImageGeneration | None) -> Usage:
@@ -125,5 +147,7 @@ def with_image_generation(usage: Usage, generation: ImageGeneration | None) -> U
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=usage.total_tokens + generation.input_tokens + generation.output_tokens,
+        # The image model's cache reads are the request's too, as a chat's are.
+        cached_tokens=usage.cached_tokens + generation.cached_tokens,
         image_generation=generation,
     )

@@ -195,6 +195,50 @@ def sample_float(services: Services, name: str) -> float:
     )
 
 
+async def test_the_image_models_cache_reads_are_billed_at_its_cached_prices(
+    processor: Processor, services: Services
+) -> None:
+    """OpenAI reports the image model's cache reads in ``tool_usage.image_gen``
+    (``cached_tokens``, split by ``cached_tokens_details``): gpt-image-1 bills cached text
+    at $1.25 and cached images at $2.50 per million, not $5 and $10. They are the line's
+    ``cached_tokens`` (a part of its prompt, as a chat's cache reads are) and the cached
+    token part; before, they were billed at the uncached prices and shown nowhere."""
+    details = {"cached_text_tokens": 20, "cached_image_tokens": 10}
+    cached_gen = {**IMAGE_GEN, "cached_tokens": 30, "cached_tokens_details": details}
+    answer = response(tool_usage={**TOOL_USAGE, "image_gen": cached_gen})
+    line = await answered(processor, services, answer)
+    assert line["cached_tokens"] == 30
+    assert (line["prompt_tokens"], line["image_generation_input_tokens"]) == (40 + 50, 50)
+    cached_text, cached_image = Decimal("1.25"), Decimal("2.50")
+    expected = (
+        40 * TEXT_IN + 9 * TEXT_OUT
+        + 10 * IMAGE_TEXT_IN + 20 * cached_text + 10 * IMAGE_IN + 10 * cached_image
+        + 1_056 * IMAGE_OUT
+    ) / 10**6  # fmt: skip
+    assert cost(line) == expected
+    assert sample(services, "aigw_token_parts_total", token_type="cached", model=MODEL) == 30
+
+
+async def test_the_answering_models_own_cache_reads_stay_at_its_price(
+    processor: Processor, services: Services
+) -> None:
+    """The answering model's cache reads (``usage.input_tokens_details.cached_tokens``)
+    and the image model's add up in ``cached_tokens``; each is billed at its own model's
+    cached price."""
+    usage = {**USAGE, "input_tokens_details": {"cached_tokens": 32}}
+    details = {"cached_text_tokens": 20, "cached_image_tokens": 0}
+    cached_gen = {**IMAGE_GEN, "cached_tokens": 20, "cached_tokens_details": details}
+    answer = response(tool_usage={**TOOL_USAGE, "image_gen": cached_gen}, usage=usage)
+    line = await answered(processor, services, answer)
+    assert line["cached_tokens"] == 32 + 20
+    mini_cached = Decimal("0.075")
+    expected = (
+        8 * TEXT_IN + 32 * mini_cached + 9 * TEXT_OUT
+        + 10 * IMAGE_TEXT_IN + 20 * Decimal("1.25") + 20 * IMAGE_IN + 1_056 * IMAGE_OUT
+    ) / 10**6  # fmt: skip
+    assert cost(line) == expected
+
+
 async def test_a_response_without_a_picture_is_billed_as_before(
     processor: Processor, services: Services
 ) -> None:
