@@ -255,6 +255,14 @@ def test_a_streamed_generation_of_two_pictures_is_billed_both_in_every_ledger(
     assert sum(limit.used for limit in state.limits if limit.kind == "tokens") == prompt + drawn
 
 
+def test_the_model_list_names_the_image_models_a_key_can_draw_with(stack: LocalStack) -> None:
+    """``client.models.list()`` through the gateway names every model the key can use,
+    the image models the Images API routes serve among them."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=SKETCH_KEY, max_retries=0)
+    names = {model.id for model in client.models.list()}
+    assert {"gpt-image-1", "gpt-image-1-mini", "gpt-4o-mini"} <= names
+
+
 def test_an_edit_reaches_the_provider_as_sent_and_is_billed_in_every_ledger(
     stack: LocalStack, gateway_log: GatewayLog, tmp_path: Path
 ) -> None:
