@@ -286,6 +286,13 @@ class RequestContext:
     request_id: str = ""
     method: str = ""
     path: str = ""
+    # The path without its query as every record shows it once a segment was found to
+    # hold a credential (``stages.model_credentials``); None while it is the client's
+    # as sent. Envoy's access log and span read it from the gateway's metadata.
+    recorded_path: str | None = None
+    # The segments of the path found to hold a credential, as sent and percent-decoded,
+    # for the log line's error_message; None until the whole path was looked at.
+    path_credentials: list[str] | None = None
     request_headers: dict[str, str] = field(default_factory=dict)
     route: Route | None = None
     # The credential the request presents, as read for a route that names the header

@@ -45,6 +45,7 @@ from extproc.config.model import (
 )
 from extproc.envoy_body_limits import NO_CLUSTER_DETAILS, add_body_limit_routes
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
+from extproc.envoy_paths import ENVOY_PATH, client_path_filters
 from extproc.envoy_replies import (
     BY_STATUS,
     FAILED_CODE,
@@ -55,7 +56,7 @@ from extproc.envoy_replies import (
     REJECTED_MESSAGE,
     TOO_LARGE_DETAILS,
 )
-from extproc.envoy_tracing import PATH_WITHOUT_QUERY, add_tracing, client_path_filter
+from extproc.envoy_tracing import add_tracing
 from extproc.envoy_values import cel_string, duration, is_ip
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
@@ -309,7 +310,7 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         "early_header_mutation_extensions": [_strip_routing_header()],
         "route_config": _route_config(config),
         "http_filters": [
-            client_path_filter(),
+            *client_path_filters(),
             *_body_hints_filters(config),
             _ext_proc_filter(config),
             _router_filter(),
@@ -449,10 +450,11 @@ def _access_log() -> Json:
                     # A method outside the registry as the gateway records it: a
                     # key sent as the method reads [redacted] (http_methods).
                     "method": ENVOY_METHOD,
-                    # The path the client sent, without its query: a client may put a
-                    # key there (refused by the gateway, yet Envoy would log the URL as
-                    # sent). REQ_WITHOUT_QUERY needs an extension.
-                    "path": PATH_WITHOUT_QUERY,
+                    # The path the client sent, without its query (a client may put a
+                    # key there: refused by the gateway, yet Envoy would log the URL as
+                    # sent), and as the gateway records it when a segment holds a
+                    # credential (envoy_paths).
+                    "path": ENVOY_PATH,
                     "response_code": "%RESPONSE_CODE%",
                     "response_flags": "%RESPONSE_FLAGS%",
                     "response_code_details": "%RESPONSE_CODE_DETAILS%",

@@ -22,6 +22,7 @@ from typing import Any
 
 from extproc.config.model import GatewayConfig
 from extproc.config.telemetry_model import TracingConfig
+from extproc.envoy_paths import ENVOY_URL, MAX_PATH_TAG_LENGTH
 from extproc.envoy_values import duration, is_ip
 from extproc.headers import METADATA_NAMESPACE
 from extproc.http_methods import ENVOY_METHOD
@@ -31,43 +32,6 @@ Json = dict[str, Any]
 _TYPE = "type.googleapis.com/"
 COLLECTOR_CLUSTER = "otel_collector"
 COLLECTOR_CONNECT_TIMEOUT_S = 2.0
-# Prompts and completions can be long; Envoy cuts the URL tag, never these.
-MAX_PATH_TAG_LENGTH = 256
-# The request's path as the client sent it, without its query string, for the access
-# log and spans: kept in filter state by the first HTTP filter (``client_path_filter``),
-# before the gateway rewrites :path for the provider (/v1/messages for Claude asked on
-# /v1/chat/completions). Envoy's PATH(ORIG_OR_PATH) reads x-envoy-original-path, which
-# would also reach the provider, and a Vertex client's path names its own project.
-CLIENT_PATH_KEY = "io.aigw.client_path"
-_PATH_OPERATOR = f"FILTER_STATE({CLIENT_PATH_KEY}:PLAIN)"
-PATH_WITHOUT_QUERY = f"%{_PATH_OPERATOR}%"
-# Envoy's own `http.url` is scheme://authority + path *with* the query, and no
-# tracing option drops the query. A custom tag of the same name is set after it
-# when the span finishes and replaces it, so this is what the collector gets. By then
-# the provider route has rewritten :authority to the provider's host: Envoy keeps the
-# client's in x-envoy-original-host.
-URL_WITHOUT_QUERY = (
-    "%REQ(X-FORWARDED-PROTO)%://%REQ(X-ENVOY-ORIGINAL-HOST?:AUTHORITY)%"
-    f"%{_PATH_OPERATOR}:{MAX_PATH_TAG_LENGTH}%"
-)
-
-
-def client_path_filter() -> Json:
-    """The HTTP filter that keeps the client's path (``CLIENT_PATH_KEY``), first in the
-    chain: filter state, so it never goes upstream."""
-    return {
-        "name": "envoy.filters.http.set_filter_state",
-        "typed_config": {
-            "@type": _TYPE + "envoy.extensions.filters.http.set_filter_state.v3.Config",
-            "on_request_headers": [
-                {
-                    "object_key": CLIENT_PATH_KEY,
-                    "factory_key": "envoy.string",
-                    "format_string": {"text_format_source": {"inline_string": "%PATH(NQ)%"}},
-                }
-            ],
-        },
-    }
 
 
 def add_tracing(bootstrap: Json, config: GatewayConfig) -> None:
@@ -135,9 +99,9 @@ def _method_tag() -> Json:
 
 
 def _url_tag() -> Json:
-    # A client may put a key in the query string: the gateway refuses the request,
-    # but the span would keep the URL as sent.
-    return {"tag": "http.url", "value": URL_WITHOUT_QUERY}
+    # A client may put a key in the query string (the gateway refuses the request) or
+    # its path: the span would keep the URL as sent. The path as the access log's.
+    return {"tag": "http.url", "value": ENVOY_URL}
 
 
 def _metadata_tag(name: str, key: str) -> Json:

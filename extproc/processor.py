@@ -38,6 +38,7 @@ from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
+from extproc.stages.model_credentials import redact_unread_path
 from extproc.telemetry.span_attributes import request_metadata
 from extproc.telemetry.trace_context import parse_traceparent
 
@@ -131,6 +132,8 @@ class Processor:
                     hide_in_error(ctx, error)
                     ctx.error = error
                     ctx.response_status = error.status
+                    # Before the metadata below names the path to Envoy's records.
+                    redact_unread_path(ctx)
                     answer = envoy_messages.error_response(error, ctx.request_id, ctx.error_shape)
                     # Envoy's access log and span see who was refused, and why. Not from
                     # an attempt: its filter writes into the request's metadata (to name

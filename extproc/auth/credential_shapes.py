@@ -221,3 +221,22 @@ def _one_case_key(run: str) -> bool:
 def _random(text: str) -> bool:
     """Whether ``text`` mixes digits with both cases, as a random base62 key does."""
     return bool(_DIGIT.search(text) and _UPPER.search(text) and _LOWER.search(text))
+
+
+# The same shapes for a matcher outside Python: Envoy's CEL ``matches`` (``envoy_paths``)
+# takes RE2 programs of at most 100 instructions each, and a character class repeated 32
+# times is past that. So one pattern a shape, each the shape's prefix and its first 16
+# characters or fewer: looser than ``kind`` (no length past them, no check of randomness
+# after a match), a word such as ``sk-learn-release-notes`` matches too. No lookaround
+# (RE2 has none), no backslash (a CEL string would need it doubled).
+RE2_SHAPES = (
+    "sk-[A-Za-z0-9_-]{16}",
+    "(AKIA|ASIA)[A-Z0-9]{16}",
+    "AIza[A-Za-z0-9_-]{16}",
+    "ya29[.][A-Za-z0-9_-]{16}",
+    "gh[pousr]_[A-Za-z0-9]{16}",
+    "github_pat_[A-Za-z0-9_]{16}",
+    "xox[baprs]-[A-Za-z0-9-]{10}",
+    "aigw-[A-Za-z0-9_-]{16}",
+    "eyJ[A-Za-z0-9_-]{5}[A-Za-z0-9_-]*[.][A-Za-z0-9_-]{5}",
+)

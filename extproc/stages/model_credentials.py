@@ -19,6 +19,13 @@ its body; or left by its client) never reaches that check, yet its log line reco
 path: there, every segment of the path that holds a credential is shown as ``[redacted]``
 (``redact_unread_path``). A client that swapped its settings on an ``/openai/<model>``
 route sends its key in the path and a model name as its key, and is refused a 401 first.
+
+A request served has its model's segment checked, and the request's own key looked for
+anywhere in its path (``hide_own_key_in_path``, a substring test); its other segments are
+not searched here: a served request is the common case. Envoy's access log and span
+search the path it received for the well-known shapes themselves, by RE2, off the
+gateway's event loop (``envoy_paths``). Whatever the gateway hides, it hands Envoy the
+path as recorded (``RequestContext.recorded_path``, the metadata's ``path``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from urllib.parse import unquote
 
 from extproc.auth import credential_shapes
 from extproc.context import RequestContext
-from extproc.credential_cleaner import MIN_CREDENTIAL
+from extproc.credential_cleaner import MIN_CREDENTIAL, echoed_credential
 from extproc.errors import REDACTED, BadRequestError
 from extproc.stages.authentication import presented_credential
 
@@ -38,7 +45,7 @@ def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
     what = credential_in(ctx, model)
     if what is None:
         return
-    ctx.path = _path_without(ctx.path, model)
+    _record_path(ctx, _path_without(ctx.path, model))
     raise BadRequestError(
         f"'model' holds {what}, not a model name: remove it from the model "
         "(a key goes in 'Authorization: Bearer <key>' or 'x-api-key: <key>', never where "
@@ -55,16 +62,38 @@ def redact_unread_path(ctx: RequestContext) -> list[str]:
     (``credential_cleaner.hide_in_logged_errors``): a refusal that names the path (405's
     "GET is not allowed on /openai/<key>") is the line's error_message, while the
     client, whose path it is, got it whole. Only such requests pay for the look (an
-    accepted model was checked, its path with it)."""
+    accepted model was checked, its path with it).
+
+    Looked at once: first when the refusal's answer is built, so that the metadata it
+    carries to Envoy names the path as recorded; the request log asks again."""
+    if ctx.path_credentials is not None:
+        return ctx.path_credentials
     if ctx.model is not None or ctx.route is None or not (ctx.error or ctx.aborted):
         return []
     route_path, mark, query = ctx.path.partition("?")
     segments = route_path.split("/")
     held = [segment for segment in segments if segment and credential_in(ctx, unquote(segment))]
-    if not held:
-        return []
-    ctx.path = "/".join(REDACTED if s in held else s for s in segments) + mark + query
-    return [form for segment in held for form in {segment, unquote(segment)}]
+    ctx.path_credentials = [form for segment in held for form in {segment, unquote(segment)}]
+    if held:
+        cleaned = "/".join(REDACTED if s in held else s for s in segments)
+        _record_path(ctx, cleaned + mark + query)
+    return ctx.path_credentials
+
+
+def hide_own_key_in_path(ctx: RequestContext) -> None:
+    """For a request about to be served: the request's own key or token, wherever in
+    its path the client put it, ``[redacted]`` in every record (the log line hides it
+    too when written; Envoy's access log and span only through the metadata). One
+    substring test: every served request pays it."""
+    credential = echoed_credential(ctx)
+    if credential is not None and credential in ctx.path:
+        _record_path(ctx, ctx.path.replace(credential, REDACTED))
+
+
+def _record_path(ctx: RequestContext, path: str) -> None:
+    """``path`` as the request's path in every record from here on."""
+    ctx.path = path
+    ctx.recorded_path = path.partition("?")[0]
 
 
 def credential_in(ctx: RequestContext, model: str) -> str | None:

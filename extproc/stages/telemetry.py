@@ -25,6 +25,7 @@ from extproc.bedrock_invoke_bodies import reads_as_claude
 from extproc.config.model import GEMINI_APIS, MESSAGES_BODY_APIS, RouteApi
 from extproc.context import PhaseOutput, RequestContext, Usage
 from extproc.responses_api import RESPONSES_REQUESTS
+from extproc.stages.model_credentials import hide_own_key_in_path
 from extproc.stages.partial_usage import usage_if_ended_now
 from extproc.telemetry.content import ContentCapture
 from extproc.telemetry.span_attributes import request_metadata, running_usage_metadata
@@ -78,6 +79,8 @@ class TelemetryStage:
         if ctx.upstream is None or not ctx.accounted:
             return
         ctx.upstream_sent_at = time.monotonic()
+        # Before Envoy is first told the path as recorded (its access log and span).
+        hide_own_key_in_path(ctx)
         # Envoy's access log and span name the request from here on: a client that gives
         # up before the answer starts (its timeout on a slow first token) ends it before
         # any answer to the response, which would leave them naming nobody.

@@ -29,6 +29,7 @@ from extproc.bedrock_invoke_bodies import invokes_embeddings
 from extproc.chargeback.pricing import answered_tier, usage_cost, usd_float
 from extproc.config.model import RouteApi
 from extproc.context import Usage, with_cut_attempts
+from extproc.envoy_paths import PATH_METADATA_KEY
 from extproc.http_methods import METHOD_METADATA_KEY, REGISTERED_METHODS
 from extproc.translators.answer_errors import ProviderAnswerError
 from extproc.translators.base import stream_failure
@@ -183,6 +184,9 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         # Envoy's access log and span read a method outside the registry from here, as
         # the gateway records it (http_methods.ENVOY_METHOD).
         (METHOD_METADATA_KEY, None if ctx.method in REGISTERED_METHODS else ctx.method),
+        # Likewise the path, once a segment of it was found to hold a credential
+        # (envoy_paths.ENVOY_PATH); absent, Envoy records the client's.
+        (PATH_METADATA_KEY, ctx.recorded_path),
     ):
         if text:
             values[key] = text

@@ -29,6 +29,7 @@ from extproc.envoy_bootstrap import (
     render_bootstrap_yaml,
     render_default,
 )
+from extproc.envoy_paths import ENVOY_PATH
 from extproc.envoy_values import cel_string
 from extproc.headers import (
     ABOUT_THE_CLIENT,
@@ -273,8 +274,10 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
     bootstrap = render_bootstrap(config)
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
     assert names == [
-        # Keeps the client's path for the access log and spans, before any rewrite.
+        # Keep the client's path for the access log and spans, before any rewrite: as
+        # recorded, and as a string Envoy's RE2 searches for key shapes (envoy_paths).
         "envoy.filters.http.set_filter_state",
+        "envoy.filters.http.header_to_metadata",
         "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
@@ -298,7 +301,11 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
 
 def test_envoy_reads_the_bodys_model_and_stream_for_the_gateways_first_message() -> None:
     bootstrap = render_bootstrap(gateway())
-    hints = hcm(bootstrap)["http_filters"][1]["typed_config"]
+    [hints] = [
+        f["typed_config"]
+        for f in hcm(bootstrap)["http_filters"]
+        if f["name"] == "envoy.filters.http.json_to_metadata"
+    ]
     rules = hints["request_rules"]["rules"]
     assert [rule["selectors"] for rule in rules] == [[{"key": "model"}], [{"key": "stream"}]]
     assert {rule["on_present"]["metadata_namespace"] for rule in rules} == {BODY_HINTS_NAMESPACE}
@@ -310,7 +317,8 @@ def test_envoy_reads_the_bodys_model_and_stream_for_the_gateways_first_message()
     )
     # Without the lean path there is nothing to choose: no hints are read.
     plain = render_bootstrap(gateway(envoy={"lean_responses": False}))
-    assert hcm(plain)["http_filters"][1]["name"] == "envoy.filters.http.ext_proc"
+    names = [f["name"] for f in hcm(plain)["http_filters"]]
+    assert "envoy.filters.http.json_to_metadata" not in names
     assert "forwarding_namespaces" not in ext_proc(plain)["metadata_options"]
 
 
@@ -404,8 +412,9 @@ def test_access_log_carries_the_gateways_usage_metadata(enabled: bool) -> None:
     if enabled:
         fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
         assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
-        # The path as sent, never its query: a client may have put a key there.
-        assert fields["path"] == "%FILTER_STATE(io.aigw.client_path:PLAIN)%"
+        # The path as sent, never its query: a client may have put a key there; and
+        # as the gateway records it, a key in it hidden (envoy_paths).
+        assert fields["path"] == ENVOY_PATH
         # The workshop's access log: provider, request and response model, tokens.
         keys = ("route", "provider", "model", "response_model", "prompt_tokens", "total_tokens")
         for key in keys:

@@ -15,7 +15,7 @@ import yaml
 
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import render_bootstrap, render_bootstrap_yaml
-from extproc.envoy_tracing import MAX_PATH_TAG_LENGTH
+from extproc.envoy_paths import ENVOY_PATH, MAX_PATH_TAG_LENGTH
 from tests.unit.test_envoy_bootstrap import assert_envoy_accepts
 
 # Envoy's operators for the path that keep the query string.
@@ -42,8 +42,10 @@ def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
 def test_the_access_log_path_leaves_the_query_out() -> None:
     manager = hcm(render_bootstrap(traced_gateway()))
     fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
-    # The path the client sent, kept before the gateway rewrites it; NQ: no query.
-    assert fields["path"] == "%FILTER_STATE(io.aigw.client_path:PLAIN)%"
+    # The path the client sent, kept before the gateway rewrites it; NQ: no query. Read
+    # unless the gateway recorded it cleaned, or it holds a key shape (envoy_paths).
+    assert fields["path"] == ENVOY_PATH
+    assert ENVOY_PATH.endswith(" : filter_state['io.aigw.client_path'])%")
     [kept] = manager["http_filters"][0]["typed_config"]["on_request_headers"]
     assert kept["format_string"]["text_format_source"]["inline_string"] == "%PATH(NQ)%"
 
@@ -55,7 +57,10 @@ def test_the_spans_url_is_rewritten_without_the_query_and_cut_like_envoys() -> N
     # The client's authority: the provider route rewrites :authority, Envoy keeps the
     # client's in x-envoy-original-host.
     assert value.startswith("%REQ(X-FORWARDED-PROTO)%://%REQ(X-ENVOY-ORIGINAL-HOST?:AUTHORITY)%")
-    assert value.endswith(f"%FILTER_STATE(io.aigw.client_path:PLAIN):{MAX_PATH_TAG_LENGTH}%")
+    assert value.endswith(f" : filter_state['io.aigw.client_path']):{MAX_PATH_TAG_LENGTH}%")
+    assert value.removeprefix(value.split("%CEL(")[0]) == ENVOY_PATH.removesuffix("%") + (
+        f":{MAX_PATH_TAG_LENGTH}%"
+    )
     assert tracing["max_path_tag_length"] == MAX_PATH_TAG_LENGTH
 
 

@@ -1,0 +1,157 @@
+"""A key in the request's path, as Envoy's access log and span record it.
+
+The gateway's log line showed a segment of the path holding a credential as
+``[redacted]``, but Envoy's access log ``path`` and the span's ``http.url`` kept the
+path as the client sent it, key and all. Now the gateway hands Envoy the path as it
+records it (its ``io.aigw`` metadata's ``path``), and Envoy reads it when present
+(``envoy_paths.ENVOY_PATH``); a path with a well-known key shape the gateway never
+recorded is ``/[redacted]`` by Envoy's own RE2 (``credential_shapes.RE2_SHAPES``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from extproc.auth import credential_shapes
+from extproc.auth.stored_keys.records import new_secret
+from extproc.envoy_paths import ENVOY_PATH, PATH_METADATA_KEY
+from extproc.headers import METADATA_NAMESPACE
+from tests.unit.test_model_credentials import (
+    CLAUDE_ANSWER,
+    OPENAI_KEY,
+    OTHER_TEAMS_KEY,
+    OWN_KEY,
+    chat,
+    send,
+)
+
+GOOGLE_KEY = "AIzaSyD4x9Q2wE7rT1yU6iO3pA8sD5fG0hJ2kLz"
+
+
+def recorded_paths(answers: list[Any]) -> list[str]:
+    """The path each answer told Envoy to record (its metadata's ``path``)."""
+    paths = []
+    for answer in answers:
+        ours = answer.dynamic_metadata.fields.get(METADATA_NAMESPACE)
+        if ours is not None and PATH_METADATA_KEY in ours.struct_value.fields:
+            paths.append(ours.struct_value.fields[PATH_METADATA_KEY].string_value)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "recorded"),
+    [
+        # The openai SDK with its settings swapped: the key in the base URL, a model name
+        # as the key. Refused (401) before the body's model is read.
+        (
+            f"/openai/{OPENAI_KEY}/chat/completions",
+            {"authorization": "Bearer gpt-4o-mini"},
+            "/openai/[redacted]/chat/completions",
+        ),
+        # Another team's key, the query left out as everywhere.
+        (
+            f"/openai/{OTHER_TEAMS_KEY}?api-version=1",
+            {"x-api-key": "nope-nope"},
+            "/openai/[redacted]",
+        ),
+    ],
+    ids=["swapped-settings", "other-team"],
+)
+async def test_a_refusal_tells_envoy_the_path_as_the_log_line_shows_it(
+    path: str, headers: dict[str, str], recorded: str
+) -> None:
+    # Before: the refusal's metadata named no path, and Envoy logged the one it received.
+    sent = await send(path, chat("gpt-4o-mini"), {"authorization": "", **headers})
+    assert sent.refusal()[0] == 401
+    [line] = sent.lines
+    assert line["path"] == recorded
+    assert recorded_paths(sent.answers) == [recorded]
+
+
+async def test_a_key_as_the_model_of_the_path_is_recorded_redacted_by_envoy() -> None:
+    sent = await send(f"/openai/{OPENAI_KEY}", chat("gpt-4o-mini"))
+    status, error = sent.refusal()
+    assert status == 400 and error["code"] == "credential_in_model"
+    assert recorded_paths(sent.answers) == ["/openai/[redacted]"]
+    assert OPENAI_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
+
+
+async def test_a_served_request_with_its_own_key_in_the_path_is_recorded_without_it() -> None:
+    # The /openai route reads the model from the segment after it and serves whatever
+    # follows: the client's own key there went to Envoy's records as sent (the log
+    # line hid it when written, Envoy had nothing to read).
+    path = f"/openai/claude-3-5-haiku-latest/{OWN_KEY}/chat/completions"
+    sent = await send(path, {**chat("ignored"), "max_tokens": 9}, answer=CLAUDE_ANSWER)
+    [line] = sent.lines
+    assert line["http_status_code"] == 200
+    recorded = "/openai/claude-3-5-haiku-latest/[redacted]/chat/completions"
+    assert line["path"] == recorded
+    assert set(recorded_paths(sent.answers)) == {recorded}
+    assert OWN_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
+
+
+async def test_an_ordinary_request_tells_envoy_no_path() -> None:
+    # The common case: Envoy records the client's path itself; no word of it is sent.
+    sent = await send(
+        "/v1/messages", {**chat("claude-3-5-haiku-latest"), "max_tokens": 9}, answer=CLAUDE_ANSWER
+    )
+    [line] = sent.lines
+    assert line["http_status_code"] == 200 and line["path"] == "/v1/messages"
+    assert recorded_paths(sent.answers) == []
+
+
+async def test_a_path_without_a_key_refused_tells_envoy_no_path() -> None:
+    sent = await send(
+        "/openai/gpt-4o-mini/chat/completions",
+        chat("gpt-4o-mini"),
+        {"authorization": "Bearer nope-nope"},
+    )
+    assert sent.refusal()[0] == 401 and recorded_paths(sent.answers) == []
+
+
+def _envoy_matches(path: str) -> bool:
+    """Whether Envoy's expression finds a key shape in ``path`` (Python's re reads
+    these RE2 patterns alike: no construct of either's own)."""
+    shaped = re.findall(r"\.matches\('([^']*)'\)", ENVOY_PATH)
+    assert len(shaped) == len(credential_shapes.RE2_SHAPES)
+    return any(re.search(pattern, path) for pattern in shaped)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        OPENAI_KEY,
+        "sk-ant-api03-" + "Ab1Cd2Ef3Gh4" * 8,
+        "AKIAIOSFODNN7EXAMPLE",
+        GOOGLE_KEY,
+        "ya29.a0AfH6SMBx7Rk2mPzL9vNc4YhGt6",
+        "ghp_" + "a1B2c3D4e5" * 4,
+        "github_pat_" + "a1B2c3D4e5" * 5,
+        "xoxb-123456789012-abcdefghij",
+        new_secret(),
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJlcmluIn0.c2lnbmF0dXJl",
+    ],
+)
+def test_envoy_finds_every_shape_the_gateway_knows_in_a_path(secret: str) -> None:
+    assert credential_shapes.kind(secret) is not None  # the gateway's own check agrees
+    for path in (f"/openai/{secret}/chat/completions", f"/v1beta/models/{secret}:generate"):
+        assert _envoy_matches(path), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions",
+        "/openai/gpt-4o-mini/chat/completions",
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        "/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
+        "/tasks/desk-abcdefghijklmnopqrstuvwx",  # "sk-" inside a word is no key's start
+        # A key shape in the query alone: the gateway refuses it, no record shows it.
+        f"/v1/chat/completions?key={GOOGLE_KEY}",
+    ],
+)
+def test_envoy_keeps_a_path_without_a_key_shape(path: str) -> None:
+    assert not _envoy_matches(path)
