@@ -227,29 +227,90 @@ def _phone(text: str, start: int, end: int) -> bool:
     return digits[len(digits) - 10] not in "01"
 
 
-# The letters an address may hold besides ASCII: Latin-1 and Latin Extended (without
-# the multiplication and division signs), Greek, Cyrillic, Latin Extended Additional
-# (Vietnamese), and the combining marks a decomposed accent is written with. Character
+# The letters of scripts written with spaces between words, which an address may hold
+# besides ASCII: Latin-1 and Latin Extended (without the multiplication and division
+# signs), Greek, Cyrillic, Hebrew, Arabic (with its supplements), Devanagari, Latin
+# Extended Additional (Vietnamese). Each script's punctuation is left out (Hebrew's maqaf,
+# paseq and sof pasuq, Arabic's comma, semicolon, question mark and full stop, the
+# Devanagari danda), so an address ends where the sentence around it goes on. Character
 # ranges both RE2 and Python's re read alike, so the pattern, its stream characters and
 # its end check agree.
 _EMAIL_LETTERS = (
     "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0386\u0388-\u03ff"
-    "\u0400-\u0481\u048a-\u052f\u1e00-\u1eff"
+    "\u0400-\u0481\u048a-\u052f\u05d0-\u05ea\u05ef-\u05f2"
+    "\u0620-\u064a\u066e\u066f\u0671-\u06d3\u06d5\u06e5\u06e6\u06ee\u06ef"
+    "\u06fa-\u06fc\u06ff\u0750-\u077f\u08a0-\u08c9"
+    "\u0904-\u0939\u093d\u0950\u0958-\u0961\u0971-\u097f\u1e00-\u1eff"
 )
-_EMAIL_MARKS = "\u0300-\u036f\u0483-\u0487"
-_EMAIL_WORD = _EMAIL_LETTERS + _EMAIL_MARKS + "0-9"
-_EMAIL_LABEL = f"[{_EMAIL_WORD}](?:[{_EMAIL_WORD}\\-]{{0,61}}[{_EMAIL_WORD}])?"
+# The marks written on those letters: combining accents, Cyrillic titlo, Hebrew points,
+# Arabic vowel signs, Devanagari vowel signs, viramas and nukta, and the zero-width
+# (non-)joiners Persian and Indic words are spelt with (IDNA allows them there).
+_EMAIL_MARKS = (
+    "\u0300-\u036f\u0483-\u0487\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7"
+    "\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed"
+    "\u08ca-\u08e1\u08e3-\u08ff\u0900-\u0903\u093a-\u093c\u093e-\u094f"
+    "\u0951-\u0957\u0962\u0963\u200c\u200d"
+)
+# Digits: ASCII, Arabic-Indic (both forms) and Devanagari.
+_EMAIL_DIGITS = "0-9\u0660-\u0669\u06f0-\u06f9\u0966-\u096f"
+_EMAIL_WORD = _EMAIL_LETTERS + _EMAIL_MARKS + _EMAIL_DIGITS
+# Scripts written without spaces between words (Chinese and Japanese: Han, kana, the
+# iteration and prolonged sound marks; Thai with its marks), and Korean Hangul, whose
+# particles are written on the word before them (x@y.com으로). Next to an address of
+# another script, their letters are the sentence around it (请联系jane@example.com), so
+# each is a script of its own: a local part, a label or a top-level domain is letters of
+# one of them only. A run of one cannot be cut into words without a dictionary, so an
+# address written in one takes the whole run before the "@" and after the last dot.
+_EMAIL_UNSPACED = (
+    "\u3005\u3041-\u3096\u3099-\u309f\u30a1-\u30fa\u30fc-\u30ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f",
+    "\u0e01-\u0e3a\u0e40-\u0e4e",
+    "\u1100-\u11ff\u3131-\u318e\uac00-\ud7a3",
+)
+_EMAIL_UNSPACED_LETTERS = "".join(_EMAIL_UNSPACED)
+
+
+def _label(word: str) -> str:
+    # A label's 63-character limit is checked on the match (``email_accepted``): written as a
+    # counted repetition of these letters, eight times over, it made a program RE2's
+    # automaton ran out of memory on, and a 64 KB prompt cost 10 ms instead of 0.1.
+    return f"[{word}](?:[{word}\\-]*[{word}])?"
+
+
+# A local part of the spaced scripts may hold digits and the signs mail systems accept; one
+# of an unspaced script holds its letters and dots only, so the Chinese before a numeric
+# address (我的邮箱是123456@qq.com) is not taken for part of it.
+_EMAIL_LOCAL = "|".join(
+    [f"[{_EMAIL_WORD}._%+\\-]{{1,64}}"]
+    + [f"[{letters}][{letters}._\\-]{{0,63}}" for letters in _EMAIL_UNSPACED]
+)
+_EMAIL_DOMAIN_LABEL = "|".join(
+    [_label(_EMAIL_WORD)] + [_label(letters + _EMAIL_DIGITS) for letters in _EMAIL_UNSPACED]
+)
+_EMAIL_TOP_LEVEL = "|".join(
+    ["xn--[A-Za-z0-9\\-]{1,59}", f"[{_EMAIL_LETTERS}][{_EMAIL_LETTERS}{_EMAIL_MARKS}]{{1,23}}"]
+    + [f"[{letters}]{{2,24}}" for letters in _EMAIL_UNSPACED]
+)
 EMAIL_PATTERN = (
-    f"[{_EMAIL_WORD}._%+\\-]{{1,64}}@{_EMAIL_LABEL}(?:\\.{_EMAIL_LABEL}){{0,8}}"
-    f"\\.(?:xn--[A-Za-z0-9\\-]{{1,59}}|[{_EMAIL_LETTERS}][{_EMAIL_LETTERS}{_EMAIL_MARKS}]{{1,23}})"
+    f"(?:{_EMAIL_LOCAL})@(?:{_EMAIL_DOMAIN_LABEL})(?:\\.(?:{_EMAIL_DOMAIN_LABEL})){{0,8}}"
+    f"\\.(?:{_EMAIL_TOP_LEVEL})"
 )
-# A match followed by a character the pattern could have taken was cut by a length
-# limit (a 25-letter top-level domain, a 65-character local part): no address.
-EMAIL_GOES_ON = re.compile(f"[{_EMAIL_WORD}_\\-]")
+# A match ending in a spaced script's letter and followed by a character the pattern
+# could have taken was cut by a length limit (a 25-letter top-level domain, a
+# 65-character local part): no address. One ending in an unspaced script's letters is
+# kept even then: the text there is the sentence going on, not more of the address.
+EMAIL_GOES_ON = re.compile(f"[{_EMAIL_LETTERS}{_EMAIL_MARKS}][{_EMAIL_WORD}_\\-]")
+EMAIL_CHARS = re.compile(f"[{_EMAIL_WORD}{_EMAIL_UNSPACED_LETTERS}._%+@\\-]")
 
 
-def _email(text: str, start: int, end: int) -> bool:
-    return end == len(text) or EMAIL_GOES_ON.match(text, end) is None
+def email_accepted(text: str, start: int, end: int) -> bool:
+    """Whether a match of ``EMAIL_PATTERN`` is an address: within SMTP's and DNS's
+    lengths, and not cut short of more letters by one."""
+    if end - start > 254:  # the longest address SMTP carries
+        return False
+    if any(len(label) > 63 for label in text[text.index("@", start, end) + 1 : end].split(".")):
+        return False
+    return end == len(text) or EMAIL_GOES_ON.match(text, end - 1) is None
 
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
@@ -286,8 +347,8 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         re2.compile(EMAIL_PATTERN, _options()),
         Builtin.EMAIL,
         254,  # the longest address SMTP carries
-        re.compile(f"[{_EMAIL_WORD}._%+@\\-]"),
-        _email,
+        EMAIL_CHARS,
+        email_accepted,
     ),
     Builtin.PHONE_NUMBER: lambda: Detector(
         re2.compile(

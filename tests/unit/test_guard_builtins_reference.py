@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.config.guard_model import Builtin
-from extproc.guardrails.detectors import EMAIL_GOES_ON, EMAIL_PATTERN, builtin
+from extproc.guardrails.detectors import EMAIL_PATTERN, builtin, email_accepted
 from tests.unit.guard_helpers import config_with
 from tests.unit.test_guard_escaped_text import chat_with_tool_output
 from tests.unit.test_guard_flow import Gateway, upstream_body
@@ -115,16 +115,13 @@ def _phone(text: str, start: int, end: int) -> bool:
     return digits[len(digits) - 10] not in "01"
 
 
-def _email(text: str, start: int, end: int) -> bool:
-    return end == len(text) or EMAIL_GOES_ON.match(text, end) is None
-
-
 _CHECKED: dict[Builtin, tuple[str, Callable[[str, int, int], bool]]] = {
     Builtin.SSN: (r"\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}", _ssn),
     Builtin.CA_SIN: (r"\d{3}[ -]?\d{3}[ -]?\d{3}", _sin),
-    # The address pattern is the builtin's own since it took accented, Greek and Cyrillic
-    # letters: what is compared here is how the text is searched, not what an address is.
-    Builtin.EMAIL: (EMAIL_PATTERN, _email),
+    # The address pattern and its check are the builtin's own since it took letters of
+    # other scripts: what is compared here is how the text is searched, not what an
+    # address is.
+    Builtin.EMAIL: (EMAIL_PATTERN, email_accepted),
     Builtin.PHONE_NUMBER: (
         r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?)(?:[ .\-]?\d{2,4}){1,5}"
         r"|(?:1[ .\-]?)?(?:\(\d{3}\) ?|\d{3}[ .\-]?)\d{3}[ .\-]?\d{4}",
