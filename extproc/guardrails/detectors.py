@@ -261,12 +261,13 @@ _EMAIL_WORD = _EMAIL_LETTERS + _EMAIL_MARKS + _EMAIL_DIGITS
 # each is a script of its own: a local part, a label or a top-level domain is letters of
 # one of them only. A run of one cannot be cut into words without a dictionary, so an
 # address written in one takes the whole run before the "@" and after the last dot.
-_EMAIL_UNSPACED = (
+_EMAIL_HAN_KANA = (
     "\u3005\u3041-\u3096\u3099-\u309f\u30a1-\u30fa\u30fc-\u30ff\u3400-\u4dbf"
-    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f",
-    "\u0e01-\u0e3a\u0e40-\u0e4e",
-    "\u1100-\u11ff\u3131-\u318e\uac00-\ud7a3",
+    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 )
+_EMAIL_THAI = "\u0e01-\u0e3a\u0e40-\u0e4e"
+_EMAIL_HANGUL = "\u1100-\u11ff\u3131-\u318e\uac00-\ud7a3"
+_EMAIL_UNSPACED = (_EMAIL_HAN_KANA, _EMAIL_THAI, _EMAIL_HANGUL)
 _EMAIL_UNSPACED_LETTERS = "".join(_EMAIL_UNSPACED)
 
 
@@ -278,11 +279,16 @@ def _label(word: str) -> str:
 
 
 # A local part of the spaced scripts may hold digits and the signs mail systems accept; one
-# of an unspaced script holds its letters and dots only, so the Chinese before a numeric
-# address (我的邮箱是123456@qq.com) is not taken for part of it.
+# in Chinese/Japanese or Thai holds its letters, dots and dashes only, so the Chinese before
+# a numeric address (我的邮箱是123456@qq.com) is not taken for part of it. Korean, written
+# with spaces between words, may have digits after its first letter (사용자12@예시.한국).
 _EMAIL_LOCAL = "|".join(
-    [f"[{_EMAIL_WORD}._%+\\-]{{1,64}}"]
-    + [f"[{letters}][{letters}._\\-]{{0,63}}" for letters in _EMAIL_UNSPACED]
+    [
+        f"[{_EMAIL_WORD}._%+\\-]{{1,64}}",
+        f"[{_EMAIL_HAN_KANA}][{_EMAIL_HAN_KANA}._\\-]{{0,63}}",
+        f"[{_EMAIL_THAI}][{_EMAIL_THAI}._\\-]{{0,63}}",
+        f"[{_EMAIL_HANGUL}][{_EMAIL_HANGUL}0-9._\\-]{{0,63}}",
+    ]
 )
 _EMAIL_DOMAIN_LABEL = "|".join(
     [_label(_EMAIL_WORD)] + [_label(letters + _EMAIL_DIGITS) for letters in _EMAIL_UNSPACED]

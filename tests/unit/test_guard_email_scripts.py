@@ -48,6 +48,8 @@ def masked(text: str) -> str:
         ("ติดต่อjane@example.comได้เลย", "ติดต่อ<EMAIL>ได้เลย"),
         # Korean and Japanese local parts and domains.
         ("메일은 사용자@예시.한국 입니다", "메일은 <EMAIL> 입니다"),
+        # Korean is written with spaces: a Hangul local part may end in digits.
+        ("메일은 사용자12@예시.한국 입니다", "메일은 <EMAIL> 입니다"),
         ("連絡先: ユーザー@例え.テスト。", "連絡先: <EMAIL>。"),
         ("メール：ゆーざー@れい.jp まで", "メール：<EMAIL> まで"),
         # An ASCII local part at a domain in Chinese, and a sentence's full stop.
