@@ -9,7 +9,9 @@ import orjson
 import yaml
 
 from extproc.config import GatewayConfig
+from extproc.config.guard_model import GuardConfig
 from extproc.config.loader import parse_config
+from extproc.guardrails.matching import MatcherGuard, Matchers
 from extproc.guardrails.stream import StreamGuard
 
 
@@ -77,6 +79,17 @@ def play(guard: StreamGuard, chunks: list[bytes]) -> bytes:
         last = number == len(chunks) - 1
         out.append(guard.render(guard.split(chunk, last), last, lambda _: ERROR))
     return b"".join(out)
+
+
+def masked_openai_stream(builtins: list[str], pieces: list[str]) -> bytes:
+    """The OpenAI stream a client gets when a guard masking ``builtins`` reads ``pieces`` as
+    content chunks, then the stop chunk and ``[DONE]``."""
+    guard = StreamGuard(
+        Matchers((MatcherGuard(GuardConfig(name="pii", builtins=builtins, action="mask"), 256),)),
+        anthropic=False,
+    )
+    chunks = [openai_chunk(piece) for piece in pieces]
+    return play(guard, [*chunks, openai_chunk(None, "stop"), b"data: [DONE]\n\n"])
 
 
 def anthropic_event(name: str, data: dict[str, Any]) -> bytes:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.config.guard_model import Builtin, GuardConfig
+from extproc.config.guard_model import Builtin
 from extproc.guardrails.detectors import builtin
-from extproc.guardrails.matching import MatcherGuard, Matchers
-from extproc.guardrails.stream import StreamGuard
-from tests.unit.guard_helpers import config_with, openai_chunk, openai_stream_text
+from tests.unit.guard_helpers import config_with, masked_openai_stream, openai_stream_text
 from tests.unit.test_guard_flow import Gateway, upstream_body
 
 
@@ -83,20 +81,6 @@ async def test_an_address_a_tool_wrote_with_escapes_is_masked() -> None:
 
 
 def test_a_cyrillic_address_cut_over_stream_chunks_is_masked() -> None:
-    guard = StreamGuard(
-        Matchers((MatcherGuard(GuardConfig(name="pii", builtins=["EMAIL"], action="mask"), 256),)),
-        anthropic=False,
-    )
-    chunks = [
-        openai_chunk("Пишите на поч"),
-        openai_chunk("та@прим"),
-        openai_chunk("ер.рф сегодня"),
-        openai_chunk(None, "stop"),
-        b"data: [DONE]\n\n",
-    ]
-    out = b""
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        out += guard.render(guard.split(chunk, last), last, lambda _: b'{"error":{}}')
+    out = masked_openai_stream(["EMAIL"], ["Пишите на поч", "та@прим", "ер.рф сегодня"])
     assert openai_stream_text(out) == "Пишите на <EMAIL> сегодня"
     assert "пример".encode() not in out

@@ -13,11 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.config.guard_model import Builtin, GuardConfig
+from extproc.config.guard_model import Builtin
 from extproc.guardrails.detectors import builtin
-from extproc.guardrails.matching import MatcherGuard, Matchers
-from extproc.guardrails.stream import StreamGuard
-from tests.unit.guard_helpers import openai_chunk, openai_stream_text
+from tests.unit.guard_helpers import masked_openai_stream, openai_stream_text
 
 
 def masked(text: str) -> str:
@@ -123,20 +121,6 @@ def test_an_address_never_takes_the_punctuation_around_it(
 
 
 def test_an_arabic_address_cut_over_stream_chunks_is_masked() -> None:
-    guard = StreamGuard(
-        Matchers((MatcherGuard(GuardConfig(name="pii", builtins=["EMAIL"], action="mask"), 256),)),
-        anthropic=False,
-    )
-    chunks = [
-        openai_chunk("راسلني على مست"),
-        openai_chunk("خدم@مث"),
-        openai_chunk("ال.مصر، شكرا"),
-        openai_chunk(None, "stop"),
-        b"data: [DONE]\n\n",
-    ]
-    out = b""
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        out += guard.render(guard.split(chunk, last), last, lambda _: b'{"error":{}}')
+    out = masked_openai_stream(["EMAIL"], ["راسلني على مست", "خدم@مث", "ال.مصر، شكرا"])
     assert openai_stream_text(out) == "راسلني على <EMAIL>، شكرا"
     assert "مثال".encode() not in out
