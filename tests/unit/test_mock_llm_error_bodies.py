@@ -24,6 +24,14 @@ async def chat(http: httpx.AsyncClient, fault: str, **extra: Any) -> httpx.Respo
     )
 
 
+async def streamed_chat(
+    http: httpx.AsyncClient, fault: str, **extra: Any
+) -> tuple[httpx.Response, list[bytes]]:
+    """A streamed chat under ``fault``: the answer and its SSE events, in order."""
+    answer = await chat(http, fault, stream=True, **extra)
+    return answer, [event for event in answer.content.split(b"\n\n") if event]
+
+
 @pytest.mark.parametrize(
     ("shape", "expected"),
     [
@@ -117,10 +125,9 @@ async def test_anthropic_errors_with_error_after_fails_a_stream_in_anthropics_sh
     http: httpx.AsyncClient,
 ) -> None:
     # A proxy in front of Claude failing an OpenAI stream as Anthropic's API fails its own.
-    answer = await chat(http, "error_after=1;anthropic_errors=1", stream=True)
+    answer, events = await streamed_chat(http, "error_after=1;anthropic_errors=1")
 
     assert answer.status_code == 200
-    events = [event for event in answer.content.split(b"\n\n") if event]
     assert events[-1] == (
         b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
         b'"message":"Overloaded (injected by x-mock-fault)"}}'
@@ -133,10 +140,9 @@ async def test_error_quotes_user_fails_a_stream_refusing_the_requests_user(
 ) -> None:
     # A provider quoting a value it was sent mid-stream: what the gateway must not pass
     # on when the value is the client's own key.
-    answer = await chat(http, "error_after=1;error_quotes_user=1", stream=True, user="u-42")
+    answer, events = await streamed_chat(http, "error_after=1;error_quotes_user=1", user="u-42")
 
     assert answer.status_code == 200
-    events = [event for event in answer.content.split(b"\n\n") if event]
     assert events[-1] == (
         b'data: {"error":{"message":"Invalid value for \'user\': \'u-42\' (injected by '
         b'x-mock-fault).","type":"invalid_request_error","param":"user","code":null}}'
