@@ -36,15 +36,7 @@ from tests.unit.conftest import MemoryLog
 from tests.unit.test_a2a_stream_ended_early import SSE
 from tests.unit.test_agent_route_edges import event
 from tests.unit.test_agents import AGENT_ROUTES, SERVERS, with_agents
-from tests.unit.test_alerts_review import (
-    MINUTES,
-    Timeline,
-    add_scrape,
-    alert,
-    firing,
-    page,
-    promtool_test,
-)
+from tests.unit.test_alerts_review import alert, firing, promtool_test, scraped_around
 from tests.unit.test_envoy_bootstrap import gateway
 from tests.unit.test_mcp_gaps import A2A_MESSAGE
 
@@ -304,11 +296,7 @@ async def test_bobs_first_try_on_alices_session_raises_the_alert(
     # Scraped once a minute from the gateway's own registry; at minute 10, Bob's try.
     agents = with_agents(config)
     await alice_opens_a_session(agents, bound)
-    timeline: Timeline = {}
-    for minute in range(MINUTES):
-        if minute == 10:
-            await mcp(agents, bound, BOB)
-        add_scrape(timeline, minute, page(bound.metrics.registry, "gateway-a:9464"))
+    timeline = await scraped_around(bound.metrics.registry, lambda: mcp(agents, bound, BOB))
     summary = (
         "A caller used an MCP session or A2A task (session) of another caller on agent"
         " server tools in the last hour (refused)"

@@ -37,15 +37,7 @@ from extproc.testing import (
     run_stream,
 )
 from tests.unit.test_agents import TEAM2
-from tests.unit.test_alerts_review import (
-    MINUTES,
-    Timeline,
-    add_scrape,
-    alert,
-    firing,
-    page,
-    promtool_test,
-)
+from tests.unit.test_alerts_review import alert, firing, promtool_test, scraped_around
 from tests.unit.test_envoy_bootstrap import gateway
 
 # A slash, a plus and an equals sign: its JSON-escaped (``\\/``) and percent-encoded
@@ -367,12 +359,10 @@ async def test_the_first_echo_raises_the_agent_credential_alert(
     config: GatewayConfig, services: Services, tmp_path: Path
 ) -> None:
     # Scraped once a minute from the gateway's own registry; at minute 10, one echo.
-    timeline: Timeline = {}
     processor_for(with_servers(config), services)
-    for minute in range(MINUTES):
-        if minute == 10:
-            await answered(config, services, [echo_of(TOOLS_KEY)])
-        add_scrape(timeline, minute, page(services.metrics.registry, "gateway-a:9464"))
+    timeline = await scraped_around(
+        services.metrics.registry, lambda: answered(config, services, [echo_of(TOOLS_KEY)])
+    )
     summary = (
         "Agent server tools quoted the gateway's credential for it in its answers in the"
         " last hour (starred out before the client)"

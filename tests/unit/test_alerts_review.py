@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,20 @@ def page(registry: CollectorRegistry, instance: str) -> dict[str, float]:
 def add_scrape(timeline: Timeline, minute: int, scraped: dict[str, float]) -> None:
     for name, value in scraped.items():
         timeline.setdefault(name, [None] * MINUTES)[minute] = value
+
+
+async def scraped_around(
+    registry: CollectorRegistry, at_minute_10: Callable[[], Awaitable[object]]
+) -> Timeline:
+    """``registry`` scraped once a minute as ``gateway-a:9464`` for ``MINUTES`` minutes,
+    with ``at_minute_10`` run just before the tenth minute's scrape: the timeline of one
+    event on one gateway, for an alert that should fire on it."""
+    timeline: Timeline = {}
+    for minute in range(MINUTES):
+        if minute == 10:
+            await at_minute_10()
+        add_scrape(timeline, minute, page(registry, "gateway-a:9464"))
+    return timeline
 
 
 def promtool_test(
