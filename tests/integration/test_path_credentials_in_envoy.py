@@ -22,30 +22,31 @@ from extproc.devstack import LocalStack
 from tests.integration.conftest import (
     GatewayLog,
     envoy_access_log,
-    running_stack,
     wait_for,
-    write_config,
 )
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.integration.test_tracing import traced_config
+from tests.integration.test_tracing import running_traced_stack
 
 ORG_KEY = "team1-key"
 # Well-known shapes: a Google API key (as a Gemini client sends it) and an OpenAI key.
 GOOGLE_KEY = "AIzaSyD4x9Q2wE7rT1yU6iO3pA8sD5fG0hJ2kLz"
 OPENAI_KEY = "sk-proj-q8Wd3T3BlbkFJx7Rk2mPzL9vNc4YhGt6Sb1Ue5Af0Qj"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+BEARER = {"authorization": f"Bearer {ORG_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("path-credentials")
-    config = traced_config(workdir, collector.endpoint, content=False)
-    gemini = {"name": "gemini-beta", "path_prefix": "/v1beta/models",
-              "api": "gemini_generate_content"}  # fmt: skip
-    config["routes"] = [gemini, *config["routes"]]
-    with running_stack(workdir, write_config(workdir, config)) as running:
+    def with_a_gemini_route_first(config: dict[str, Any]) -> None:
+        gemini = {"name": "gemini-beta", "path_prefix": "/v1beta/models",
+                  "api": "gemini_generate_content"}  # fmt: skip
+        config["routes"] = [gemini, *config["routes"]]
+
+    with running_traced_stack(
+        tmp_path_factory, collector, "path-credentials", changed=with_a_gemini_route_first
+    ) as running:
         yield running
 
 
@@ -54,6 +55,25 @@ def traced() -> tuple[str, dict[str, str]]:
     log line and span are found by it, whatever Envoy answered."""
     trace_id = secrets.token_hex(16)
     return trace_id, {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+
+
+def post_traced(
+    stack: LocalStack, path: str, headers: dict[str, str], **body: Any
+) -> tuple[str, httpx.Response]:
+    """``path`` posted with ``headers`` (and ``json=`` or ``content=``), traced: the trace
+    id that finds Envoy's records of it, and the answer."""
+    trace_id, traceparent = traced()
+    answer = httpx.post(
+        f"{stack.base_url}{path}", headers={**headers, **traceparent}, timeout=30.0, **body
+    )
+    return trace_id, answer
+
+
+def envoy_records(
+    stack: LocalStack, collector: OtlpReceiver, trace_id: str
+) -> tuple[dict[str, Any], ReceivedSpan]:
+    """Envoy's access log line and server span of the request traced by ``trace_id``."""
+    return envoy_line(stack, trace_id), server_span(collector, trace_id)
 
 
 def envoy_line(stack: LocalStack, trace_id: str) -> dict[str, Any]:
@@ -91,9 +111,8 @@ def test_a_swapped_openai_client_leaves_its_key_in_neither_envoy_record(
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     recorded = "/openai/[redacted]/chat/completions"
     assert line["path"] == recorded
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert (envoy["response_code"], envoy["path"]) == (401, recorded)
-    span = server_span(collector, trace_id)
     assert span.attributes["http.url"].endswith(f"{stack.base_url.split('//')[1]}{recorded}")
     assert ORG_KEY not in orjson.dumps(envoy).decode() + repr(span)
 
@@ -103,17 +122,15 @@ def test_a_gemini_key_as_the_model_of_the_path_is_in_neither_envoy_record(
 ) -> None:
     # Gemini's clients name the model in the path: a key given as the model is refused
     # (400 credential_in_model), and Envoy kept the path it received.
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/v1beta/models/{GOOGLE_KEY}:generateContent",
+    trace_id, answer = post_traced(
+        stack,
+        f"/v1beta/models/{GOOGLE_KEY}:generateContent",
+        {"x-goog-api-key": ORG_KEY},
         json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
-        headers={"x-goog-api-key": ORG_KEY, **headers},
-        timeout=30.0,
     )
     assert answer.status_code == 400, answer.text
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert envoy["path"] == "/v1beta/models/[redacted]"
-    span = server_span(collector, trace_id)
     assert span.attributes["http.url"].endswith("/v1beta/models/[redacted]")
     assert GOOGLE_KEY not in orjson.dumps(envoy).decode() + repr(span)
 
@@ -123,18 +140,14 @@ def test_a_served_request_with_its_own_key_in_the_path_is_recorded_without_it(
 ) -> None:
     # The /openai route serves whatever follows the model's segment: the client's own
     # key there reached Envoy's records as sent.
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/openai/gpt-4o-mini/{ORG_KEY}/chat/completions",
-        json=CHAT,
-        headers={"authorization": f"Bearer {ORG_KEY}", **headers},
-        timeout=30.0,
+    trace_id, answer = post_traced(
+        stack, f"/openai/gpt-4o-mini/{ORG_KEY}/chat/completions", BEARER, json=CHAT
     )
     assert answer.status_code == 200, answer.text
     recorded = "/openai/gpt-4o-mini/[redacted]/chat/completions"
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert envoy["path"] == recorded
-    assert server_span(collector, trace_id).attributes["http.url"].endswith(recorded)
+    assert span.attributes["http.url"].endswith(recorded)
 
 
 def test_a_key_shape_in_a_path_envoy_refused_first_is_hidden_by_envoy(
@@ -142,18 +155,15 @@ def test_a_key_shape_in_a_path_envoy_refused_first_is_hidden_by_envoy(
 ) -> None:
     # A body over Envoy's buffer is refused by Envoy (413) before the gateway reads it:
     # the gateway tells Envoy nothing, and Envoy finds the key's shape itself.
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/openai/{OPENAI_KEY}/chat/completions",
+    trace_id, answer = post_traced(
+        stack,
+        f"/openai/{OPENAI_KEY}/chat/completions",
+        {**BEARER, "content-type": "application/json"},
         content=orjson.dumps({**CHAT, "user": "x" * 1_300_000}),
-        headers={"authorization": f"Bearer {ORG_KEY}", "content-type": "application/json",
-                 **headers},
-        timeout=30.0,
-    )  # fmt: skip
+    )
     assert answer.status_code == 413
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert (envoy["response_code"], envoy["path"]) == (413, "/[redacted]")
-    span = server_span(collector, trace_id)
     assert span.attributes["http.url"].endswith("/[redacted]")
     assert OPENAI_KEY not in orjson.dumps(envoy).decode() + repr(span)
 
@@ -161,15 +171,11 @@ def test_a_key_shape_in_a_path_envoy_refused_first_is_hidden_by_envoy(
 def test_an_ordinary_request_keeps_its_path_in_both_envoy_records(
     stack: LocalStack, collector: OtlpReceiver
 ) -> None:
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/openai/gpt-4o-mini/chat/completions?api-version=2024-10-21",
-        json=CHAT,
-        headers={"authorization": f"Bearer {ORG_KEY}", **headers},
-        timeout=30.0,
+    trace_id, answer = post_traced(
+        stack, "/openai/gpt-4o-mini/chat/completions?api-version=2024-10-21", BEARER, json=CHAT
     )
     assert answer.status_code == 200, answer.text
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert envoy["path"] == "/openai/gpt-4o-mini/chat/completions"
-    url = server_span(collector, trace_id).attributes["http.url"]
+    url = span.attributes["http.url"]
     assert url == f"{stack.base_url}/openai/gpt-4o-mini/chat/completions"

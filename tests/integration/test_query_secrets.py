@@ -7,6 +7,7 @@ nor any span of the request holds it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -17,12 +18,10 @@ from tests.integration.conftest import (
     GatewayLog,
     envoy_access_log,
     mock_requests,
-    running_stack,
     wait_for,
-    write_config,
 )
 from tests.integration.otlp_receiver import OtlpReceiver
-from tests.integration.test_tracing import traced_config
+from tests.integration.test_tracing import running_traced_stack
 
 KEY = "Qv7mQUERYkey-team-3a9c5e1dWr4k"
 SECRET = "Lp2xSEMICOLONsecret-6f0b8d2eYh9u"
@@ -35,10 +34,12 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("query-secrets")
-    config = traced_config(workdir, collector.endpoint, content=False)
-    config["auth"]["api_keys"].append({"id": "query-review", "key": KEY})
-    with running_stack(workdir, write_config(workdir, config)) as stack:
+    def with_the_review_key(config: dict[str, Any]) -> None:
+        config["auth"]["api_keys"].append({"id": "query-review", "key": KEY})
+
+    with running_traced_stack(
+        tmp_path_factory, collector, "query-secrets", changed=with_the_review_key
+    ) as stack:
         yield stack
 
 

@@ -9,7 +9,8 @@ that turns content capture on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,33 @@ def traced_config(workdir: Path, otlp_endpoint: str, *, content: bool) -> dict[s
     return config
 
 
+def unchanged(config: dict[str, Any]) -> None:
+    del config
+
+
+@contextmanager
+def running_traced_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    collector: OtlpReceiver,
+    name: str,
+    *,
+    content: bool = False,
+    changed: Callable[[dict[str, Any]], None] = unchanged,
+) -> Iterator[LocalStack]:
+    """A stack in a fresh ``name`` folder on ``traced_config`` (spans to ``collector``),
+    after ``changed`` has added what the test module needs to that config."""
+    workdir = tmp_path_factory.mktemp(name)
+    config = traced_config(workdir, collector.endpoint, content=content)
+    changed(config)
+    with running_stack(workdir, write_config(workdir, config)) as stack:
+        yield stack
+
+
 @pytest.fixture(scope="module")
 def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("traced")
-    config = write_config(workdir, traced_config(workdir, collector.endpoint, content=False))
-    with running_stack(workdir, config) as stack:
+    with running_traced_stack(tmp_path_factory, collector, "traced") as stack:
         yield stack
 
 
@@ -83,9 +104,7 @@ def traced(
 def with_content(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("traced-content")
-    config = write_config(workdir, traced_config(workdir, collector.endpoint, content=True))
-    with running_stack(workdir, config) as stack:
+    with running_traced_stack(tmp_path_factory, collector, "traced-content", content=True) as stack:
         yield stack
 
 
