@@ -29,6 +29,8 @@ from collections.abc import Awaitable
 # and a name looked up at call time never meets a module still being initialised.
 from extproc.agents import admission, answer_reading, binding, caller, final_outcome, routing
 from extproc.context import PhaseOutput, RequestContext
+from extproc.envoy_paths import PATH_METADATA_KEY
+from extproc.stages.model_credentials import hide_own_key_in_path
 
 
 class AgentRouteStage:
@@ -39,6 +41,7 @@ class AgentRouteStage:
 class AgentCallStage:
     def request_headers(self, ctx: RequestContext, out: PhaseOutput) -> Awaitable[None] | None:
         caller.set_upstream_identity(ctx, out)
+        _record_path_without_own_key(ctx, out)
         return binding.check_session(ctx, out)
 
     def request_body(
@@ -61,3 +64,14 @@ class AgentCallStage:
 
     def done(self, ctx: RequestContext) -> None:
         final_outcome.record_outcome(ctx)
+
+
+def _record_path_without_own_key(ctx: RequestContext, out: PhaseOutput) -> None:
+    """An agent call's own key in its path (an MCP client given its key in the server's
+    URL) ``[redacted]`` in Envoy's access log and span: an agent call sends Envoy no
+    other metadata of its path. After authentication, once the key is known good."""
+    if ctx.agent is None:
+        return
+    hide_own_key_in_path(ctx)
+    if ctx.recorded_path is not None:
+        out.metadata = {**(out.metadata or {}), PATH_METADATA_KEY: ctx.recorded_path}

@@ -21,8 +21,12 @@ path: there, every segment of the path that holds a credential is shown as ``[re
 route sends its key in the path and a model name as its key, and is refused a 401 first.
 
 A request served has its model's segment checked, and the request's own key looked for
-anywhere in its path (``hide_own_key_in_path``, a substring test); its other segments are
-not searched here: a served request is the common case. Envoy's access log and span
+anywhere in its path (``hide_own_key_in_path``, a substring test; percent-decoded only when
+the path holds an escape Envoy left, a key's ``+`` or ``=``); its other segments are not
+searched here: a served request is the common case. An agent call is looked at the same
+way once authenticated, and a request no route serves, which the gateway writes no line
+for, has the key of its standard headers looked for, for Envoy's records alone
+(``hide_key_in_unrouted_path``). Envoy's access log and span
 search the path it received for the well-known shapes themselves, by RE2, off the
 gateway's event loop (``envoy_paths``). Whatever the gateway hides, it hands Envoy the
 path as recorded (``RequestContext.recorded_path``, the metadata's ``path``).
@@ -36,7 +40,7 @@ from extproc.auth import credential_shapes
 from extproc.context import RequestContext
 from extproc.credential_cleaner import MIN_CREDENTIAL, echoed_credential
 from extproc.errors import REDACTED, BadRequestError
-from extproc.stages.authentication import presented_credential
+from extproc.stages.authentication import presented_credential, standard_credential
 
 
 def refuse_credential_in_model(ctx: RequestContext, model: str) -> None:
@@ -81,13 +85,39 @@ def redact_unread_path(ctx: RequestContext) -> list[str]:
 
 
 def hide_own_key_in_path(ctx: RequestContext) -> None:
-    """For a request about to be served: the request's own key or token, wherever in
-    its path the client put it, ``[redacted]`` in every record (the log line hides it
-    too when written; Envoy's access log and span only through the metadata). One
-    substring test: every served request pays it."""
-    credential = echoed_credential(ctx)
-    if credential is not None and credential in ctx.path:
-        _record_path(ctx, ctx.path.replace(credential, REDACTED))
+    """For a request about to be served (an AI request, an agent call): the request's
+    own key or token, wherever in its path the client put it, ``[redacted]`` in every
+    record (the log line hides it too when written; Envoy's access log and span only
+    through the metadata). One substring test: every served request pays it."""
+    _hide_in_path(ctx, echoed_credential(ctx))
+
+
+def hide_key_in_unrouted_path(ctx: RequestContext) -> None:
+    """For a request no gateway route serves (Envoy answers its 404, and the gateway
+    writes no line): the key or token it carries in the standard headers, wherever in
+    its path, ``[redacted]`` in Envoy's access log and span. Envoy finds the well-known
+    shapes by itself; a key of the config's own shape (``team1-key``) it cannot know."""
+    credential = standard_credential(ctx)
+    if credential is not None and len(credential) >= MIN_CREDENTIAL:
+        _hide_in_path(ctx, credential)
+
+
+def _hide_in_path(ctx: RequestContext, credential: str | None) -> None:
+    """``credential``, as sent or percent-encoded, ``[redacted]`` in the recorded path."""
+    if credential is None:
+        return
+    path = ctx.path
+    if credential in path:
+        _record_path(ctx, path.replace(credential, REDACTED))
+    elif "%" in path:
+        # Envoy decodes escapes of letters, digits and -._~ alone (normalize_path): a
+        # key's '+', '/' or '=' may come encoded (a base64 key as a client escapes it).
+        route_path, mark, query = path.partition("?")
+        segments = route_path.split("/")
+        held = {s for s in segments if "%" in s and credential in unquote(s)}
+        if held:
+            cleaned = "/".join(REDACTED if s in held else s for s in segments)
+            _record_path(ctx, cleaned + mark + query)
 
 
 def _record_path(ctx: RequestContext, path: str) -> None:

@@ -32,6 +32,7 @@ from extproc.config.model import RouteApi
 from extproc.context import BodyHints, ModeOverride, PhaseOutput, RequestContext
 from extproc.controller_routes import route_names
 from extproc.converse_api import operation_api
+from extproc.envoy_paths import PATH_METADATA_KEY
 from extproc.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from extproc.gemini_api import counts_tokens, gemini_call
 from extproc.hosts import host_of
@@ -41,6 +42,7 @@ from extproc.runtime import Route
 from extproc.stages.body_headers import check_body_headers
 from extproc.stages.chat_request import model_outside_body
 from extproc.stages.method_names import recorded_method
+from extproc.stages.model_credentials import hide_key_in_unrouted_path
 
 SKIP_EVERYTHING = ModeOverride(
     skip_request_body=True, skip_response_headers=True, response_body="NONE"
@@ -70,6 +72,11 @@ class RoutingStage:
             raise BadRequestError(f"the {headers.CLUSTER} header is reserved for the gateway")
         if route is None:
             out.mode_override = SKIP_EVERYTHING
+            # Not AI traffic, and no line of the gateway's: only Envoy's records name
+            # it, and only rare requests come here.
+            hide_key_in_unrouted_path(ctx)
+            if ctx.recorded_path is not None:
+                out.metadata = {PATH_METADATA_KEY: ctx.recorded_path}
             return
         vertex_call = None
         if route.api is RouteApi.BEDROCK_CONVERSE:

@@ -18,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from extproc.devstack import LocalStack
+from extproc.devstack import LocalStack, free_port
 from tests.integration.conftest import (
     GatewayLog,
     envoy_access_log,
@@ -33,19 +33,40 @@ GOOGLE_KEY = "AIzaSyD4x9Q2wE7rT1yU6iO3pA8sD5fG0hJ2kLz"
 OPENAI_KEY = "sk-proj-q8Wd3T3BlbkFJx7Rk2mPzL9vNc4YhGt6Sb1Ue5Af0Qj"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 BEARER = {"authorization": f"Bearer {ORG_KEY}"}
+# A key of base64's alphabet, whose '+' and '=' a client percent-encodes in a path, and
+# Envoy leaves encoded (it decodes only letters, digits and -._~).
+ENCODED_KEY = "t3+Kq8Wd=Zp4Lm"
+ENCODED_KEY_IN_PATH = "t3%2BKq8Wd%3DZp4Lm"
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                         "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LocalStack]:
-    def with_a_gemini_route_first(config: dict[str, Any]) -> None:
+    def with_more_routes_and_keys(config: dict[str, Any]) -> None:
         gemini = {"name": "gemini-beta", "path_prefix": "/v1beta/models",
                   "api": "gemini_generate_content"}  # fmt: skip
-        config["routes"] = [gemini, *config["routes"]]
+        # An MCP server the gateway passes calls to (no one listens: Envoy answers 503,
+        # after the gateway let the call through).
+        mcp = {"name": "tools", "path_prefix": "/mcp/tools", "api": "mcp", "server": "tools"}
+        config["routes"] = [mcp, gemini, *config["routes"]]
+        config["auth"]["api_keys"].append(
+            {"id": "team3", "key": ENCODED_KEY, "user_id": "carol", "group_id": "engineering"}
+        )
+        config["agents"] = {
+            "servers": [
+                {"name": "tools", "protocol": "mcp", "url": f"http://127.0.0.1:{free_port()}/mcp"}
+            ]
+        }
 
     with running_traced_stack(
-        tmp_path_factory, collector, "path-credentials", changed=with_a_gemini_route_first
+        tmp_path_factory,
+        collector,
+        "path-credentials",
+        changed=with_more_routes_and_keys,
     ) as running:
         yield running
 
@@ -179,3 +200,94 @@ def test_an_ordinary_request_keeps_its_path_in_both_envoy_records(
     assert envoy["path"] == "/openai/gpt-4o-mini/chat/completions"
     url = span.attributes["http.url"]
     assert url == f"{stack.base_url}/openai/gpt-4o-mini/chat/completions"
+
+
+def test_a_percent_encoded_key_in_the_path_is_in_no_record(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # A key percent-encoded in the path: Envoy's normalize_path decodes -, letters and
+    # digits, so the gateway and Envoy's RE2 read the key itself.
+    for sent in (OPENAI_KEY.replace("-", "%2D"), "%73" + OPENAI_KEY[1:]):
+        trace_id, headers = traced()
+        answer = httpx.post(
+            f"{stack.base_url}/openai/{sent}/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {ORG_KEY}", **headers},
+            timeout=30.0,
+        )
+        assert answer.status_code == 400, answer.text
+        recorded = "/openai/[redacted]/chat/completions"
+        [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
+        assert line["path"] == recorded
+        envoy = envoy_line(stack, trace_id)
+        assert envoy["path"] == recorded
+        span = server_span(collector, trace_id)
+        assert span.attributes["http.url"].endswith(recorded)
+        records = orjson.dumps([line, envoy]).decode() + repr(span)
+        assert OPENAI_KEY not in records and sent not in records
+        assert OPENAI_KEY[9:30] not in records
+
+
+def test_a_served_request_with_its_own_key_percent_encoded_in_the_path_is_recorded_without_it(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # The key's '+' and '=' sent as %2B and %3D stay encoded through Envoy: the gateway's
+    # substring test missed them, and its line, Envoy's access log and the span kept it.
+    trace_id, headers = traced()
+    answer = httpx.post(
+        f"{stack.base_url}/openai/gpt-4o-mini/{ENCODED_KEY_IN_PATH}/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {ENCODED_KEY}", **headers},
+        timeout=30.0,
+    )
+    assert answer.status_code == 200, answer.text
+    recorded = "/openai/gpt-4o-mini/[redacted]/chat/completions"
+    [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
+    assert line["path"] == recorded
+    assert envoy_line(stack, trace_id)["path"] == recorded
+    assert server_span(collector, trace_id).attributes["http.url"].endswith(recorded)
+
+
+def test_an_mcp_client_with_its_key_in_the_url_leaves_it_in_no_record(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # An MCP client configured with its key in the server's URL as well as its header:
+    # the gateway passes the call on, and Envoy's access log and span kept the key.
+    trace_id, headers = traced()
+    answer = httpx.post(
+        f"{stack.base_url}/mcp/tools/{ORG_KEY}",
+        json=INITIALIZE,
+        headers={"authorization": f"Bearer {ORG_KEY}",
+                 "accept": "application/json, text/event-stream", **headers},
+        timeout=30.0,
+    )  # fmt: skip
+    assert answer.status_code == 503, answer.text
+    recorded = "/mcp/tools/[redacted]"
+    [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
+    assert line["path"] == recorded
+    envoy = envoy_line(stack, trace_id)
+    assert envoy["path"] == recorded
+    span = server_span(collector, trace_id)
+    assert span.attributes["http.url"].endswith(recorded)
+    assert ORG_KEY not in orjson.dumps([line, envoy]).decode() + repr(span)
+
+
+def test_a_path_no_route_serves_keeps_the_callers_key_out_of_envoys_records(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # A path of no gateway route: the gateway writes no line, and Envoy answers its own
+    # 404. Envoy's access log and span kept the caller's key, which has no well-known
+    # shape for Envoy to find.
+    trace_id, headers = traced()
+    answer = httpx.get(
+        f"{stack.base_url}/internal/{ORG_KEY}/status",
+        headers={"authorization": f"Bearer {ORG_KEY}", **headers},
+        timeout=30.0,
+    )
+    assert answer.status_code == 404, answer.text
+    recorded = "/internal/[redacted]/status"
+    envoy = envoy_line(stack, trace_id)
+    assert envoy["path"] == recorded
+    span = server_span(collector, trace_id)
+    assert span.attributes["http.url"].endswith(recorded)
+    assert ORG_KEY not in orjson.dumps(envoy).decode() + repr(span)

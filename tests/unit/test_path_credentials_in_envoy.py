@@ -93,6 +93,30 @@ async def test_a_served_request_with_its_own_key_in_the_path_is_recorded_without
     assert OWN_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
 
 
+async def test_a_served_request_with_its_own_key_percent_encoded_in_the_path_hides_it() -> None:
+    # Envoy leaves a key's '+', '/' or '=' encoded: the gateway's substring test read
+    # /openai/<model>/team1%2Dkey/... as holding no key, and every record kept it.
+    path = "/openai/claude-3-5-haiku-latest/team1%2Dkey/chat/completions"
+    sent = await send(path, {**chat("ignored"), "max_tokens": 9}, answer=CLAUDE_ANSWER)
+    [line] = sent.lines
+    recorded = "/openai/claude-3-5-haiku-latest/[redacted]/chat/completions"
+    assert (line["http_status_code"], line["path"]) == (200, recorded)
+    assert set(recorded_paths(sent.answers)) == {recorded}
+
+
+async def test_a_path_no_route_serves_tells_envoy_the_path_without_the_callers_key() -> None:
+    # No line of the gateway's (not AI traffic); Envoy's own 404 logged the key.
+    sent = await send(f"/internal/{OWN_KEY}/status", chat("gpt-4o-mini"))
+    assert sent.lines == []
+    assert recorded_paths(sent.answers) == ["/internal/[redacted]/status"]
+    assert OWN_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
+
+
+async def test_a_path_no_route_serves_without_a_key_tells_envoy_no_path() -> None:
+    sent = await send("/internal/health", chat("gpt-4o-mini"))
+    assert recorded_paths(sent.answers) == []
+
+
 async def test_an_ordinary_request_tells_envoy_no_path() -> None:
     # The common case: Envoy records the client's path itself; no word of it is sent.
     sent = await send(
