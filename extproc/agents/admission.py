@@ -182,10 +182,10 @@ def _admit_a2a(
         watch = TaskWatch(request.id, call, stream=request.method in A2A_STREAM_METHODS)
     call.watches.append(watch)
 
-    def count() -> Awaitable[None] | None:
+    def count(owner_check: binding.OwnerCheck | None) -> Awaitable[None] | None:
         if not call.is_message:
             return None
-        return limit_check.check_limits(ctx, out, call, None, ids, batch)
+        return limit_check.check_limits(ctx, out, call, None, ids, batch, owner_check)
 
     # The task's owner first: a request refused as another caller's counts in no limit.
     return binding.check_tasks(ctx, out, call, request, ids, count)

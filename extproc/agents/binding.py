@@ -14,7 +14,8 @@ session), A2A with ``TaskNotFoundError`` (-32001), so nobody learns that the id 
 - Checked: every MCP request carrying ``Mcp-Session-Id`` (request headers), and every
   A2A request naming a task (its body: ``params.id`` of the task methods,
   ``taskId`` of the push-notification ones, ``message.taskId`` of a message continuing
-  a task), before any limit counts it.
+  a task), before any limit counts it: in the request limits' own round trip when
+  they count the request (``OwnerCheck``), so a phase asks the store once.
 - An id with no record (opened before the gateway recorded owners, or its record
   expired) is claimed by the first caller who uses it, in the same command that looked
   it up: refusing it would end every session and orphan every task open at an upgrade.
@@ -44,6 +45,7 @@ from extproc.config.agents_model import AgentProtocol
 from extproc.config.quota_model import StoreFailure
 from extproc.context import PhaseOutput, RequestContext
 from extproc.errors import NotFoundError, ServiceUnavailableError
+from extproc.quota.store import RecordClaim
 from extproc.store.agent_owners import AgentOwners, Kind, binding_digest
 from extproc.store.outage_log import OutageLog
 from extproc.store.response_owners import NOBODY, owner_of
@@ -84,7 +86,7 @@ def check_tasks(
     call: AgentCall,
     request: RpcMessage,
     ids: list[RequestId],
-    then: Callable[[], Awaitable[None] | None] | None,
+    then: Then | None,
 ) -> Awaitable[None] | None:
     """Refuse an A2A request on another caller's task; else go on with ``then`` (the
     request limits, counted only for a request that may go on)."""
@@ -138,6 +140,68 @@ def _bound(ctx: RequestContext, call: AgentCall) -> tuple[AgentOwners, str] | No
     return owners, caller
 
 
+# The request's next step (its request limits): given the owner check when that must
+# ask the store, it carries the check in its own round trip if it makes one (it then
+# answers for the check, returning the awaitable); None when it has nothing to do.
+Then = Callable[["OwnerCheck | None"], Awaitable[None] | None]
+
+
+class OwnerCheck:
+    """The owners of a request's ids that this process has not seen yet, to ask the
+    store: alone (``_ask``), or in the round trip of the request's limits."""
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        call: AgentCall,
+        kind: Kind,
+        ids: list[RequestId],
+        owners: AgentOwners,
+        caller: str,
+        digests: list[str],
+    ) -> None:
+        self._ctx, self._out, self._call, self._kind, self._ids = ctx, out, call, kind, ids
+        self._owners, self._caller, self._digests = owners, caller, digests
+        self.ttl_s = call.server.binding_ttl_s
+
+    @property
+    def claims(self) -> list[RecordClaim]:
+        """The claims to send with the request limits' reservation."""
+        return [self._owners.claim_of(d, self._caller, self.ttl_s) for d in self._digests]
+
+    async def ask(self) -> list[str]:
+        """The owners, claimed in a round trip of their own."""
+        return await self._owners.claim(self._digests, self._caller, self.ttl_s)
+
+    def admits(self, found: list[str]) -> bool:
+        """Whether the owners found are the caller; else the request is refused."""
+        _NOT_CHECKED.answered()
+        for digest, owner in zip(self._digests, found, strict=True):
+            self._owners.claimed(digest, owner, self.ttl_s)
+        if all(owner == self._caller for owner in found):
+            return True
+        _refuse(self._ctx, self._out, self._call, self._kind, self._ids)
+        return False
+
+    def failed(self, exc: Exception) -> bool:
+        """The store did not answer: whether the request goes on (``fail_open``)."""
+        runtime = self._ctx.runtime
+        runtime.services.metrics.store_error("agent_owner_lookup")
+        if runtime.config.quotas.on_store_failure is StoreFailure.FAIL_OPEN:
+            _NOT_CHECKED.failed(exc)
+            return True
+        down = ServiceUnavailableError(
+            "the store that records who opened agent sessions and tasks is unavailable;"
+            " try again shortly",
+            code="agent_owner_store_unavailable",
+        )
+        data = {"type": down.error_type, "code": down.code}
+        refuse(self._ctx, self._out, self._ids, False, jsonrpc.INTERNAL_ERROR,
+               outcome.UNAVAILABLE, down, data, http_status=down.status)  # fmt: skip
+        return False
+
+
 def _check(
     ctx: RequestContext,
     out: PhaseOutput,
@@ -145,11 +209,11 @@ def _check(
     kind: Kind,
     named: list[str],
     ids: list[RequestId],
-    then: Callable[[], Awaitable[None] | None] | None,
+    then: Then | None,
 ) -> Awaitable[None] | None:
     bound = _bound(ctx, call) if named else None
     if bound is None:
-        return then() if then is not None else None
+        return then(None) if then is not None else None
     owners, caller = bound
     server = call.server.name
     digests = [binding_digest(server, kind, each) for each in named]
@@ -163,49 +227,22 @@ def _check(
             return None
     if not unknown:
         # Every binding known to this process: no round trip.
-        return then() if then is not None else None
-    return _ask(ctx, out, call, kind, ids, owners, caller, unknown, then)
+        return then(None) if then is not None else None
+    check = OwnerCheck(ctx, out, call, kind, ids, owners, caller, unknown)
+    # One round trip in the phase: the request limits' carries the check when they count
+    # this request (claimed first, so a request refused as another's counts in none).
+    counting = then(check) if then is not None else None
+    return counting if counting is not None else _ask(ctx, check)
 
 
-async def _ask(
-    ctx: RequestContext,
-    out: PhaseOutput,
-    call: AgentCall,
-    kind: Kind,
-    ids: list[RequestId],
-    owners: AgentOwners,
-    caller: str,
-    digests: list[str],
-    then: Callable[[], Awaitable[None] | None] | None,
-) -> None:
-    runtime = ctx.runtime
-    ttl_s = call.server.binding_ttl_s
+async def _ask(ctx: RequestContext, check: OwnerCheck) -> None:
     try:
-        async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
-            # One id nearly always; several spellings of a task are claimed at once.
-            found = await asyncio.gather(*(owners.claim(d, caller, ttl_s) for d in digests))
+        async with asyncio.timeout(ctx.runtime.config.store.timeout_ms / 1000.0):
+            found = await check.ask()
     except Exception as exc:
-        runtime.services.metrics.store_error("agent_owner_lookup")
-        if runtime.config.quotas.on_store_failure is StoreFailure.FAIL_OPEN:
-            _NOT_CHECKED.failed(exc)
-        else:
-            down = ServiceUnavailableError(
-                "the store that records who opened agent sessions and tasks is unavailable;"
-                " try again shortly",
-                code="agent_owner_store_unavailable",
-            )
-            data = {"type": down.error_type, "code": down.code}
-            refuse(ctx, out, ids, False, jsonrpc.INTERNAL_ERROR, outcome.UNAVAILABLE, down,
-                   data, http_status=down.status)  # fmt: skip
-            return
+        check.failed(exc)
     else:
-        _NOT_CHECKED.answered()
-        if any(owner != caller for owner in found):
-            _refuse(ctx, out, call, kind, ids)
-            return
-    pending = then() if then is not None else None
-    if pending is not None:
-        await pending
+        check.admits(found)
 
 
 def _refuse(
@@ -238,7 +275,7 @@ async def _record(ctx: RequestContext, call: AgentCall, kind: Kind, object_id: s
     runtime = ctx.runtime
     try:
         async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
-            await owners.claim(digest, caller, ttl_s)
+            await owners.claim([digest], caller, ttl_s)
     except Exception as exc:
         runtime.services.metrics.store_error("agent_owner_record")
         # Other replicas let the first caller who uses it claim it.

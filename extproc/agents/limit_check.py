@@ -1,4 +1,5 @@
-"""Agent request limits at admission: one store round trip for every limit that applies.
+"""Agent request limits at admission: one store round trip for every limit that applies,
+and for the owner of a continued task when ``binding`` must ask the store for it.
 
 ``limits`` turns rules into the quota store's counters; this checks and counts
 them for one admitted call (an MCP tool call, an A2A message) and refuses a call
@@ -17,6 +18,7 @@ from typing import Any
 
 from extproc.agents import call as outcome
 from extproc.agents import jsonrpc
+from extproc.agents.binding import OwnerCheck
 from extproc.agents.call import AgentCall
 from extproc.agents.jsonrpc import RequestId
 from extproc.agents.limits import COUNTER_PREFIX, rule_label
@@ -26,7 +28,7 @@ from extproc.credential_cleaner import echoed_credential, holds_credential
 from extproc.errors import RateLimitError, ServiceUnavailableError
 from extproc.headers import metadata_key
 from extproc.quota.rules import Limit
-from extproc.quota.store import Denial
+from extproc.quota.store import Denial, Reservation
 from extproc.stages.quota import rate_limit_headers
 from extproc.stages.subject_credentials import refuse_credential_in_subjects
 
@@ -40,8 +42,11 @@ def check_limits(
     tool: str | None,
     ids: list[RequestId],
     batch: bool,
+    owner_check: OwnerCheck | None = None,
 ) -> Awaitable[None] | None:
-    """Count the call in every limit that applies to it; None when none does."""
+    """Count the call in every limit that applies to it; None when none does. With an
+    ``owner_check``, the call's owners are claimed in the same round trip, first: a call
+    refused as another caller's counts in no limit."""
     agents = ctx.runtime.agents
     store = ctx.runtime.services.quota_store
     if not agents.limits or store is None:
@@ -55,7 +60,7 @@ def check_limits(
     if not limits:
         return None
     refuse_credential_in_subjects(ctx, limits)
-    return _reserve(ctx, out, call, limits, ids, batch)
+    return _reserve(ctx, out, call, limits, ids, batch, owner_check)
 
 
 async def _reserve(
@@ -65,15 +70,24 @@ async def _reserve(
     limits: list[Limit],
     ids: list[RequestId],
     batch: bool,
+    owner_check: OwnerCheck | None,
 ) -> None:
     services = ctx.runtime.services
     store = services.quota_store
     assert store is not None
+    timeout_s = ctx.runtime.config.store.timeout_ms / 1000.0
     try:
-        result = await asyncio.wait_for(
-            store.reserve(limits, 0), ctx.runtime.config.store.timeout_ms / 1000.0
-        )
+        if owner_check is None:
+            result: Reservation | Denial | None = await asyncio.wait_for(
+                store.reserve(limits, 0), timeout_s
+            )
+        else:
+            owners, result = await asyncio.wait_for(
+                store.reserve_unless_claimed(limits, 0, owner_check.claims), timeout_s
+            )
     except Exception as exc:
+        if owner_check is not None and not owner_check.failed(exc):
+            return
         services.metrics.store_error("agent_limit")
         # A shadow rule never blocks, as on the LLM path: only enforced rules can fail
         # the call closed (a shadow rule alone turned a store outage into 503s).
@@ -90,6 +104,9 @@ async def _reserve(
         refuse(ctx, out, ids, batch, jsonrpc.INTERNAL_ERROR, outcome.UNAVAILABLE, down, data,
                http_status=down.status)  # fmt: skip
         return
+    if owner_check is not None and not owner_check.admits(owners):
+        return  # another caller's: nothing was reserved
+    assert result is not None  # reserved unless another caller's
     if isinstance(result, Denial):
         # aigw_mcp_tool_calls_total{status="rate_limited"} has the tool, within its budget.
         services.metrics.rate_limit(rule_label(result.limit.rule), result.limit.subject_kind)

@@ -19,6 +19,13 @@ each node gets its own pipeline and its own queue of reservations
 it holds, never the others' answers, and holds up no request that has no
 subject on it.
 
+A reservation can carry the claim of a record in its own round trip
+(``reserve_unless_claimed``: the owner of an A2A task a message continues). The claim
+runs first (``quota_claim.lua``); when another value holds the record, it gives back
+the reserve calls behind it by their markers before they run, so nothing is counted.
+On a cluster the record lives on another node than the counters: both go out at once,
+and what was reserved is given back.
+
 An operator's reset (``QuotaAdmin.reset``) deletes counters while requests
 admitted before it are still running. Each limit has a reset generation (a
 field of its subject's overrides hash, bumped by the reset in the same script
@@ -137,6 +144,8 @@ class _ReserveCall:
     keys: list[str]  # the call's marker, then each limit's counter and overrides hash
     args: list[Any]
     limits: list[Limit]
+    # "claim": a record claimed ahead of the reservation (``RecordClaim``), no limits.
+    script: str = "reserve"
 
     @property
     def undo(self) -> _Undo:
@@ -162,6 +171,18 @@ _Sending = tuple[frozenset[str], "asyncio.Future[None]"]
 # A batch taken for sending: its changes by counter and generation, its give-backs, and
 # how it is known to be on its way.
 _Taken = tuple[dict[tuple[str, int | None], _Change], list[_Undo], _Sending]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordClaim:
+    """A record claimed in a reservation's own round trip (``reserve_unless_claimed``):
+    ``value`` is written under ``key`` for ``ttl_s`` unless the key holds a value. When
+    it holds another, the request is the record's holder's, not this caller's, and
+    nothing is reserved for it."""
+
+    key: str
+    value: str
+    ttl_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +227,7 @@ def refusal_wait(limit: Limit, now: float, *, held: bool) -> float:
     return min(limit.held_retry_after, until_reset) if held else until_reset
 
 
-_SCRIPTS = ("reserve", "settle", "undo")
+_SCRIPTS = ("reserve", "settle", "undo", "claim")
 
 
 @dataclass(slots=True)
@@ -341,6 +362,42 @@ class QuotaStore:
                 upkeep.answered()
 
     async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
+        groups, calls = self._reserve_calls(limits, token_cost)
+        results = await self._round_trip(calls)
+        return self._outcome(limits, groups, calls, results)
+
+    async def reserve_unless_claimed(
+        self, limits: list[Limit], token_cost: int, claims: list[RecordClaim]
+    ) -> tuple[list[str], Reservation | Denial | None]:
+        """Each claim's record, and the reservation, in one round trip: the records are
+        claimed first, and when one holds another value than its claim's, nothing is
+        reserved (None). A store failure raises, with nothing left reserved."""
+        groups, calls = self._reserve_calls(limits, token_cost)
+        # On one server the claim gives back the calls after it before they run; on a
+        # cluster their markers live in other slots, and they are given back below.
+        markers = [] if self._cluster else [call.keys[0] for call in calls]
+        guards = [
+            _ReserveCall([claim.key, *markers], [claim.value, claim.ttl_s, CALL_MEMORY_S], [],
+                         "claim")
+            for claim in claims
+        ]  # fmt: skip
+        results = await self._round_trip([*guards, *calls])
+        answers, results = results[: len(guards)], results[len(guards) :]
+        failed = next((answer for answer in answers if isinstance(answer, Exception)), None)
+        found = [] if failed is not None else [_text(answer) for answer in answers]
+        if failed is not None or any(
+            value != claim.value for value, claim in zip(found, claims, strict=True)
+        ):
+            # Whatever a call reserved (on a cluster), or may have, goes back.
+            self._give_back_abandoned(calls, results)
+            if failed is not None:
+                raise failed
+            return found, None
+        return found, self._outcome(limits, groups, calls, results)
+
+    def _reserve_calls(
+        self, limits: list[Limit], token_cost: int
+    ) -> tuple[list[list[tuple[int, Limit]]], list[_ReserveCall]]:
         # The cost comes from the client's body (its max_tokens): one past what the Lua
         # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
         # INCRBY as a float and failed the whole script, so the request got a 503, or
@@ -356,11 +413,21 @@ class QuotaStore:
             self._reserve_call([limit for _, limit in group], token_cost, call_id)
             for group in groups
         ]
+        return groups, calls
+
+    async def _round_trip(self, calls: list[_ReserveCall]) -> list[Any]:
         if self._nodes is None:
             # One server: one round trip for every subject (no per-node split).
-            results = await self.reservations.call(calls)
-        else:
-            results = await self._send_reservations(calls)
+            return await self.reservations.call(calls)
+        return await self._send_reservations(calls)
+
+    def _outcome(
+        self,
+        limits: list[Limit],
+        groups: list[list[tuple[int, Limit]]],
+        calls: list[_ReserveCall],
+        results: list[Any],
+    ) -> Reservation | Denial:
         reserved = [0] * len(limits)
         used = [0] * len(limits)
         effective = [limit.limit for limit in limits]
@@ -523,6 +590,8 @@ class QuotaStore:
         changes: list[_Change] = []
         lost: list[_ReserveCall] = []
         for call, result in zip(calls, results, strict=True):
+            if call.script != "reserve":
+                continue  # a claim: nothing to give back
             if _may_have_run(result):
                 lost.append(call)
                 continue
@@ -864,7 +933,7 @@ class QuotaStore:
     async def _run_reserve(self, calls: list[_ReserveCall]) -> list[Any]:
         # Each caller learns of its own calls' errors: one subject's server failing
         # does not fail (and leak) the reservations the other calls made.
-        return await self._run([("reserve", call.keys, call.args) for call in calls], True)
+        return await self._run([(call.script, call.keys, call.args) for call in calls], True)
 
     async def _run(self, calls: list[_ScriptCall], errors_as_results: bool = False) -> list[Any]:
         """One round trip of EVALSHAs; calls that met NOSCRIPT are sent again with the
@@ -1004,6 +1073,10 @@ def _may_have_run(result: Any) -> bool:
     """A reserve call sent without an answer back (the connection broke or timed out):
     what it may have reserved is given back by its id."""
     return isinstance(result, ReplyLostError)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 def _as_error(result: Any) -> Exception:

@@ -12,8 +12,9 @@ gateway records the caller who opened each one, with ``<prefix>`` the config's
 The key holds a digest, never the id: whoever can list the store's keys must not find
 ids that let them act in others' sessions. One key per id, read and claimed with one
 command (``SET ... NX GET``: Redis 7.0 or later, any Valkey), so a request pays at most
-one round trip for it, and none once this process knows the binding: bindings never
-change while they last, so each process keeps those it has seen (a bounded LRU,
+one round trip for it (every id it names in one pipeline, or in its request limits'
+own round trip: ``claim_of``), and none once this process knows the binding: bindings
+never change while they last, so each process keeps those it has seen (a bounded LRU,
 each entry no longer than its record lives).
 """
 
@@ -24,6 +25,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
+
+from extproc.quota.store import RecordClaim
 
 # What an id names: MCP's session, A2A's task.
 Kind = Literal["session", "task"]
@@ -77,11 +80,26 @@ class AgentOwners:
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
 
-    async def claim(self, digest: str, owner: str, ttl_s: int) -> str:
-        """The binding's owner: the recorded one, or ``owner`` when there was none, which
-        is now recorded. One command: two callers claiming at once get one answer."""
-        previous = await self._client.set(self._key(digest), owner, ex=ttl_s, nx=True, get=True)
-        found = owner if previous is None else _text(previous)
+    async def claim(self, digests: list[str], owner: str, ttl_s: int) -> list[str]:
+        """Each binding's owner: the recorded one, or ``owner`` when there was none, which
+        is now recorded. One command per binding, all in one round trip: two callers
+        claiming at once get one answer."""
+        pipeline = self._client.pipeline(transaction=False)
+        for digest in digests:
+            pipeline.set(self._key(digest), owner, ex=ttl_s, nx=True, get=True)
+        previous = await pipeline.execute()
+        return [
+            self.claimed(digest, owner if found is None else _text(found), ttl_s)
+            for digest, found in zip(digests, previous, strict=True)
+        ]
+
+    def claim_of(self, digest: str, owner: str, ttl_s: int) -> RecordClaim:
+        """The claim of a binding, for a round trip the request makes anyway (its request
+        limits'): ``QuotaStore.reserve_unless_claimed``; its answer goes to ``claimed``."""
+        return RecordClaim(self._key(digest), owner, ttl_s)
+
+    def claimed(self, digest: str, found: str, ttl_s: int) -> str:
+        """Keep the owner a claim found; the owner."""
         # Remembered for the full TTL even when the record is older: at worst this process
         # holds the owner a little longer than the store does, never a wrong owner.
         self.remember(digest, found, ttl_s)

@@ -22,7 +22,7 @@ from extproc.config.quota_model import LimitRule, QuotaPeriod, QuotasConfig, Tok
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
 from extproc.quota.rules import Limit, RuleSet
-from extproc.quota.store import Denial, QuotaStore, Reservation
+from extproc.quota.store import Denial, QuotaStore, RecordClaim, Reservation
 from extproc.store.connection import StoreClient, connect
 from extproc.store.usage import UsageEntry, UsageStore, totals_of
 from tests.integration.valkey_cluster import ValkeyCluster
@@ -365,3 +365,30 @@ async def test_run_time_api_keys_are_created_and_revoked_by_id_across_nodes(
 def run_time_key(key_id: str) -> ApiKey:
     return ApiKey(key_id, "alice", "eng", enabled=True, expires_at=None,
                   allowed_models=(), allowed_routes=())  # fmt: skip
+
+
+async def test_a_reservation_whose_record_another_holds_leaves_nothing_reserved_on_any_node(
+    store: QuotaStore, client: StoreClient
+) -> None:
+    # An A2A message continuing another caller's task: the record's claim rides in the
+    # reservation's round trip (its own node), and the reservations on the subjects'
+    # nodes are given back.
+    found = limits(
+        store,
+        tokens_per_hour("api_key", 1000),
+        tokens_per_hour("user", 1000),
+        requests_per_hour("group", 5),
+    )
+    record = f"{PREFIX}agent_owner:task"
+    mine = RecordClaim(record, "user:alice", 60)
+    owners, admitted = await store.reserve_unless_claimed(found, 100, [mine])
+    assert owners == ["user:alice"] and isinstance(admitted, Reservation)
+
+    theirs = RecordClaim(record, "user:bob", 60)
+    owners, refused = await store.reserve_unless_claimed(found, 100, [theirs])
+    await store.flush()  # the give-backs go out with the next settlement batch
+
+    assert owners == ["user:alice"] and refused is None
+    assert await token_counters(client, found) == [100, 100]
+    requests = next(limit for limit in found if limit.kind == "r")
+    assert int(await client.get(requests.key(PREFIX))) == 1

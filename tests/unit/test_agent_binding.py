@@ -15,10 +15,12 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio.connection import AbstractConnection
 from valkey.asyncio import Valkey
 
 from extproc.config import GatewayConfig
 from extproc.config.quota_model import StoreFailure
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.store.agent_owners import AgentOwners
 from extproc.store.connection import connect
@@ -362,3 +364,76 @@ def test_a_binding_ttl_under_a_minute_is_refused_at_load_by_its_path() -> None:
     servers = [{**listed[0], "binding_ttl_s": 10}, *listed[1:]]
     with pytest.raises(ValueError, match=r"agents\.servers\.0\.binding_ttl_s"):
         gateway(routes=AGENT_ROUTES, agents={**SERVERS, "servers": servers})
+
+
+# --- one round trip per phase ----------------------------------------
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many writes the store's connections made: one per round trip (a pipeline is
+    one write of all its commands)."""
+    writes = [0]
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        writes[0] += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return writes
+
+
+def limited(config: GatewayConfig, per_day: int) -> GatewayConfig:
+    """``with_agents`` with each key allowed ``per_day`` messages to the A2A agent."""
+    agents = with_agents(config)
+    rule = {"name": "daily", "subject": "api_key", "servers": ["helper"],
+            "requests_per_day": per_day}  # fmt: skip
+    limits = agents.agents.model_validate(
+        {**agents.agents.model_dump(mode="json"), "limits": [rule]}
+    )
+    return agents.model_copy(update={"agents": limits})
+
+
+async def counted_messages(store_client: Valkey, key: str) -> int:
+    """What the key's counters of the ``daily`` rule hold."""
+    counters = await store_client.keys(f"test:q:*{key}*:daily:r:*")
+    return sum([int(await store_client.get(counter) or 0) for counter in counters])
+
+
+def replica(quota_store: QuotaStore, store_client: Valkey) -> Services:
+    """Another process of the gateway on the same store: it has seen no binding."""
+    return Services(GatewayMetrics(), MemoryLog(), quota_store=quota_store,
+                    agent_owners=AgentOwners(store_client, "test:"))  # fmt: skip
+
+
+async def test_a_message_continuing_a_task_is_checked_and_counted_in_one_round_trip(
+    config: GatewayConfig, store_client: Valkey, quota_store: QuotaStore, round_trips: list[int]
+) -> None:
+    # Another replica (or this one after its cache let the binding go) gets the message
+    # continuing Alice's task: the owner's claim and the limit's reservation go out in one
+    # round trip, not one after the other.
+    agents = limited(config, per_day=2)
+    await alice_creates_a_task(agents, replica(quota_store, store_client))
+    continued = rpc("SendMessage", CONTINUED)
+
+    before = round_trips[0]
+    replies = await a2a(agents, replica(quota_store, store_client), ALICE, continued)
+    assert not any(reply.HasField("immediate_response") for reply in replies)
+    assert round_trips[0] - before == 1
+    assert await counted_messages(store_client, "team1") == 2
+
+    replica_b = replica(quota_store, store_client)
+    before = round_trips[0]
+    refused_as_unknown_task(await a2a(agents, replica_b, BOB, continued))
+    assert round_trips[0] - before == 1
+    # Refused as another caller's: counted in no limit, not even for a moment.
+    assert await counted_messages(store_client, "team2") == 0
+    assert lines(replica_b)[-1]["agent"]["status"] == "not_owner"
+    # Bob still has both his messages of the day.
+    fresh = rpc("SendMessage", A2A_MESSAGE)
+    for _ in range(2):
+        replies = await a2a(agents, replica_b, BOB, fresh)
+        assert not any(reply.HasField("immediate_response") for reply in replies)
+    over = (await a2a(agents, replica_b, BOB, fresh))[1].immediate_response
+    assert orjson.loads(over.body)["error"]["code"] == -32029
