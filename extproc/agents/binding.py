@@ -11,6 +11,8 @@ session), A2A with ``TaskNotFoundError`` (-32001), so nobody learns that the id 
 - Recorded: an MCP session when the answer to ``initialize`` names it (the response
   headers, before the client learns it); an A2A task when the answer to a message
   (``SendMessage``, ``message/stream``...) first names it, before that chunk goes on.
+  Deleted: an MCP session's when its server ends it (a ``DELETE`` answered 2xx);
+  tasks end at their server unseen, and their records expire.
 - Checked: every MCP request carrying ``Mcp-Session-Id`` (request headers), and every
   A2A request naming a task (its body: ``params.id`` of the task methods,
   ``taskId`` of the push-notification ones, ``message.taskId`` of a message continuing
@@ -116,6 +118,37 @@ def record_session(ctx: RequestContext, response_headers: dict[str, str]) -> Awa
     if not session or not response_headers.get(":status", "").startswith("2"):
         return None
     return _record(ctx, call, "session", session)
+
+
+def end_session(ctx: RequestContext, response_headers: dict[str, str]) -> Awaitable[None] | None:
+    """Delete the record of a session its server ended (a ``DELETE`` answered 2xx): the
+    store keeps no records of ended sessions. One the server refused keeps its record."""
+    call = ctx.agent
+    if call is None or call.kind != "session_end":
+        return None
+    session = ctx.request_headers.get(SESSION_HEADER)
+    if not session or not response_headers.get(":status", "").startswith("2"):
+        return None
+    bound = _bound(ctx, call)
+    if bound is None:
+        return None
+    owners, _ = bound
+    return _forget(ctx, owners, binding_digest(call.server.name, "session", session))
+
+
+async def _forget(ctx: RequestContext, owners: AgentOwners, digest: str) -> None:
+    runtime = ctx.runtime
+    try:
+        async with asyncio.timeout(runtime.config.store.timeout_ms / 1000.0):
+            await owners.forget(digest)
+    except Exception as exc:
+        runtime.services.metrics.store_error("agent_owner_forget")
+        # The record expires with binding_ttl_s; the session id is dead at its server.
+        log.warning(
+            "the record of an ended agent session was not deleted (request %s): %s",
+            ctx.request_id,
+            type(exc).__name__,
+        )
 
 
 def record_task(ctx: RequestContext) -> Awaitable[None] | None:

@@ -53,7 +53,10 @@ class AgentCallStage:
         self, ctx: RequestContext, out: PhaseOutput, response_headers: dict[str, str]
     ) -> Awaitable[None] | None:
         answer_reading.start_answer(ctx, out, response_headers)
-        return binding.record_session(ctx, response_headers)
+        # An initialize's answer opens a session, a DELETE's ends one: never both.
+        return binding.record_session(ctx, response_headers) or binding.end_session(
+            ctx, response_headers
+        )
 
     def response_body(
         self, ctx: RequestContext, out: PhaseOutput, chunk: bytes, end_of_stream: bool

@@ -15,7 +15,9 @@ command (``SET ... NX GET``: Redis 7.0 or later, any Valkey), so a request pays 
 one round trip for it (every id it names in one pipeline, or in its request limits'
 own round trip: ``claim_of``), and none once this process knows the binding: bindings
 never change while they last, so each process keeps those it has seen (a bounded LRU,
-each entry no longer than its record lives).
+each entry no longer than its record lives). A session its server ended (a ``DELETE``
+it answered 2xx) has its record deleted then (``forget``): the store keeps no records
+of ended sessions until they expire.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ class AgentOwners:
         # holds the owner a little longer than the store does, never a wrong owner.
         self.remember(digest, found, ttl_s)
         return found
+
+    async def forget(self, digest: str) -> None:
+        """Drop a binding whose session ended, here and in the store."""
+        self._cache.pop(digest, None)
+        await self._client.delete(self._key(digest))
 
 
 def _text(raw: bytes | str) -> str:

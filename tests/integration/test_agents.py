@@ -10,6 +10,7 @@ marketing may not call ``fail``; ``add`` allows each key two calls an hour; bob
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import subprocess
 import sys
@@ -40,6 +41,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
+from extproc.store.agent_owners import binding_digest
+from extproc.store.connection import connect
+from extproc.store.embedded import running_endpoint
 from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
 
 TEAM1 = "team1-key"  # group engineering, user alice
@@ -513,3 +517,45 @@ async def test_bobs_get_task_on_alices_task_is_task_not_found_and_alices_works(
     assert (
         metric(samples, "aigw_agent_binding_refusals_total", server="echo-agent", kind="task") == 1
     )
+
+
+async def test_a_session_alice_ends_leaves_no_record_in_the_store(agent_stack: LocalStack) -> None:
+    # The mcp client ends its session with DELETE when it closes; the server answers 200,
+    # and the record of who opened the session goes with it, not 7 days later.
+    opened: list[str] = []
+
+    async def note_session(response: httpx2.Response) -> None:
+        if "mcp-session-id" in response.headers:
+            opened.append(response.headers["mcp-session-id"])
+
+    url = running_endpoint(Path(agent_stack.env["EXTPROC_DATA_DIR"]))
+    assert url is not None
+    store = connect(url, 5.0)
+    alice_http = httpx2.AsyncClient(
+        headers={"authorization": f"Bearer {TEAM1}"},
+        timeout=30.0,
+        event_hooks={"response": [note_session]},
+    )
+    try:
+        async with alice_http:
+            transport = streamable_http_client(
+                f"{agent_stack.base_url}/mcp/tools", http_client=alice_http
+            )
+            async with Client(transport, mode="legacy") as alice:  # type: ignore[arg-type]
+                await alice.list_tools()
+                record = f"aigw:agent_owner:{binding_digest('tools', 'session', opened[0])}"
+                assert await store.get(record) == b"user:alice"
+        # The log line names the session by its digest (AgentCall.set_session).
+        logged = hashlib.sha256(opened[0].encode()).hexdigest()[:16]
+        ended = wait_for(
+            lambda: [
+                line
+                for line in GatewayLog(agent_stack.gateway_log).lines()
+                if (line.get("agent") or {}).get("kind") == "session_end"
+                and line["agent"].get("session") == logged
+            ]
+        )
+        assert ended[-1]["http_status_code"] == 200 and ended[-1]["user_id"] == "alice"
+        assert await store.exists(record) == 0
+    finally:
+        await store.aclose()

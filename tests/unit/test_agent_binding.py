@@ -22,7 +22,7 @@ from extproc.config import GatewayConfig
 from extproc.config.quota_model import StoreFailure
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
-from extproc.store.agent_owners import AgentOwners
+from extproc.store.agent_owners import AgentOwners, binding_digest
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.metrics import GatewayMetrics
@@ -366,7 +366,7 @@ def test_a_binding_ttl_under_a_minute_is_refused_at_load_by_its_path() -> None:
         gateway(routes=AGENT_ROUTES, agents={**SERVERS, "servers": servers})
 
 
-# --- one round trip per phase ----------------------------------------
+# --- one round trip, and the records of ended sessions ----------------------------------------
 
 
 @pytest.fixture
@@ -437,3 +437,37 @@ async def test_a_message_continuing_a_task_is_checked_and_counted_in_one_round_t
         assert not any(reply.HasField("immediate_response") for reply in replies)
     over = (await a2a(agents, replica_b, BOB, fresh))[1].immediate_response
     assert orjson.loads(over.body)["error"]["code"] == -32029
+
+
+async def test_a_session_its_server_ended_leaves_no_record_in_the_store(
+    config: GatewayConfig, bound: Services, store_client: Valkey
+) -> None:
+    agents = with_agents(config)
+    await alice_opens_a_session(agents, bound)
+    assert await store_client.keys("test:agent_owner:*")
+    # The server refuses the DELETE (it does not let clients end sessions): the session
+    # lives on, and so does its record.
+    refused = response_headers(405, {})
+    await mcp(agents, bound, ALICE, None, "DELETE", SESSION, refused)
+    assert await store_client.keys("test:agent_owner:*")
+    # The server ends it: the record goes with it, here and in the store.
+    ended = response_headers(200, {})
+    replies = await mcp(agents, bound, ALICE, None, "DELETE", SESSION, ended)
+    assert not any(reply.HasField("immediate_response") for reply in replies)
+    assert await store_client.keys("test:agent_owner:*") == []
+    assert bound.agent_owners is not None
+    assert bound.agent_owners.known(binding_digest("tools", "session", SESSION)) is None
+
+
+async def test_a_record_the_store_could_not_delete_is_counted_and_the_answer_goes_on(
+    config: GatewayConfig, bound: Services
+) -> None:
+    agents = with_agents(config)
+    await alice_opens_a_session(agents, bound)
+    assert bound.agent_owners is not None
+    bound.agent_owners._client = connect("redis://127.0.0.1:9", 0.2)
+    ended = response_headers(204, {})
+    replies = await mcp(agents, bound, ALICE, None, "DELETE", SESSION, ended)
+    assert not any(reply.HasField("immediate_response") for reply in replies)
+    assert bound.metrics.store_errors.labels("agent_owner_forget")._value.get() == 1
+    assert lines(bound)[-1]["http_status_code"] == 204
