@@ -76,36 +76,29 @@ async def _reserve(
     store = services.quota_store
     assert store is not None
     timeout_s = ctx.runtime.config.store.timeout_ms / 1000.0
+    result: Reservation | Denial | Exception | None
     try:
         if owner_check is None:
-            result: Reservation | Denial | None = await asyncio.wait_for(
-                store.reserve(limits, 0), timeout_s
-            )
+            result = await asyncio.wait_for(store.reserve(limits, 0), timeout_s)
         else:
             owners, result = await asyncio.wait_for(
                 store.reserve_unless_claimed(limits, 0, owner_check.claims), timeout_s
             )
+            # The owners first: a call refused as another caller's counts in no limit.
+            if isinstance(owners, Exception):
+                if not owner_check.failed(owners):
+                    if isinstance(result, Reservation):
+                        store.release(result)
+                    return
+            elif not owner_check.admits(owners):
+                return  # another caller's: nothing was reserved
     except Exception as exc:
         if owner_check is not None and not owner_check.failed(exc):
             return
-        services.metrics.store_error("agent_limit")
-        # A shadow rule never blocks, as on the LLM path: only enforced rules can fail
-        # the call closed (a shadow rule alone turned a store outage into 503s).
-        if all(limit.fail_open or not limit.enforce for limit in limits):
-            log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
-            ctx.quota_decision = "failed_open"
-            return
-        ctx.quota_decision = "unavailable"
-        down = ServiceUnavailableError(
-            "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
-        )
-        # HTTP 503 as on every route, its JSON-RPC error under the request's id.
-        data = {"type": down.error_type, "code": down.code}
-        refuse(ctx, out, ids, batch, jsonrpc.INTERNAL_ERROR, outcome.UNAVAILABLE, down, data,
-               http_status=down.status)  # fmt: skip
+        result = exc
+    if isinstance(result, Exception):
+        _store_failed(ctx, out, limits, ids, batch, result)
         return
-    if owner_check is not None and not owner_check.admits(owners):
-        return  # another caller's: nothing was reserved
     assert result is not None  # reserved unless another caller's
     if isinstance(result, Denial):
         # aigw_mcp_tool_calls_total{status="rate_limited"} has the tool, within its budget.
@@ -122,6 +115,31 @@ async def _reserve(
         metadata_key(name): value for name, value in rate_limit_headers(result, store.now()).items()
     }
     out.metadata = {**(out.metadata or {}), **published}
+
+
+def _store_failed(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    limits: list[Limit],
+    ids: list[RequestId],
+    batch: bool,
+    exc: Exception,
+) -> None:
+    ctx.runtime.services.metrics.store_error("agent_limit")
+    # A shadow rule never blocks, as on the LLM path: only enforced rules can fail
+    # the call closed (a shadow rule alone turned a store outage into 503s).
+    if all(limit.fail_open or not limit.enforce for limit in limits):
+        log.warning("quota store unavailable, agent limits fail open: %s", type(exc).__name__)
+        ctx.quota_decision = "failed_open"
+        return
+    ctx.quota_decision = "unavailable"
+    down = ServiceUnavailableError(
+        "the quota store is unavailable; try again shortly", code="quota_store_unavailable"
+    )
+    # HTTP 503 as on every route, its JSON-RPC error under the request's id.
+    data = {"type": down.error_type, "code": down.code}
+    refuse(ctx, out, ids, batch, jsonrpc.INTERNAL_ERROR, outcome.UNAVAILABLE, down, data,
+           http_status=down.status)  # fmt: skip
 
 
 def _limit_refusal(

@@ -368,10 +368,11 @@ class QuotaStore:
 
     async def reserve_unless_claimed(
         self, limits: list[Limit], token_cost: int, claims: list[RecordClaim]
-    ) -> tuple[list[str], Reservation | Denial | None]:
+    ) -> tuple[list[str] | Exception, Reservation | Denial | Exception | None]:
         """Each claim's record, and the reservation, in one round trip: the records are
         claimed first, and when one holds another value than its claim's, nothing is
-        reserved (None). A store failure raises, with nothing left reserved."""
+        reserved (None). Either part's failure is its answer (the other's stands: the
+        caller's policies decide); a round trip that failed whole raises."""
         groups, calls = self._reserve_calls(limits, token_cost)
         # On one server the claim gives back the calls after it before they run; on a
         # cluster their markers live in other slots, and they are given back below.
@@ -384,16 +385,20 @@ class QuotaStore:
         results = await self._round_trip([*guards, *calls])
         answers, results = results[: len(guards)], results[len(guards) :]
         failed = next((answer for answer in answers if isinstance(answer, Exception)), None)
-        found = [] if failed is not None else [_text(answer) for answer in answers]
-        if failed is not None or any(
+        found = [_text(answer) for answer in answers] if failed is None else []
+        if failed is None and any(
             value != claim.value for value, claim in zip(found, claims, strict=True)
         ):
             # Whatever a call reserved (on a cluster), or may have, goes back.
             self._give_back_abandoned(calls, results)
-            if failed is not None:
-                raise failed
             return found, None
-        return found, self._outcome(limits, groups, calls, results)
+        try:
+            outcome: Reservation | Denial | Exception = self._outcome(
+                limits, groups, calls, results
+            )
+        except Exception as exc:
+            outcome = exc
+        return (found if failed is None else failed), outcome
 
     def _reserve_calls(
         self, limits: list[Limit], token_cost: int

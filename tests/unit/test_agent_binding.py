@@ -471,3 +471,30 @@ async def test_a_record_the_store_could_not_delete_is_counted_and_the_answer_goe
     assert not any(reply.HasField("immediate_response") for reply in replies)
     assert bound.metrics.store_errors.labels("agent_owner_forget")._value.get() == 1
     assert lines(bound)[-1]["http_status_code"] == 204
+
+
+@pytest.mark.parametrize("policy", [StoreFailure.FAIL_CLOSED, StoreFailure.FAIL_OPEN])
+async def test_an_owner_lookup_that_fails_beside_a_reservation_follows_on_store_failure(
+    config: GatewayConfig, store_client: Valkey, quota_store: QuotaStore, policy: StoreFailure
+) -> None:
+    # The record's node fails the claim (on a cluster, a node down; here, a key of another
+    # type) while the counters' node reserved: the owners' policy decides, and a message
+    # it refuses gives back what was reserved for it.
+    agents = limited(config, per_day=5)
+    agents = agents.model_copy(
+        update={"quotas": agents.quotas.model_copy(update={"on_store_failure": policy})}
+    )
+    digest = binding_digest("helper", "task", TASK)
+    await store_client.hset(f"test:agent_owner:{digest}", "not", "a record")
+    services = replica(quota_store, store_client)
+    replies = await a2a(agents, services, BOB, rpc("SendMessage", CONTINUED))
+    await quota_store.flush()  # a give-back goes out with the next settlement batch
+    assert services.metrics.store_errors.labels("agent_owner_lookup")._value.get() == 1
+    if policy is StoreFailure.FAIL_OPEN:
+        assert not any(reply.HasField("immediate_response") for reply in replies)
+        assert await counted_messages(store_client, "team2") == 1
+        return
+    refused = replies[1].immediate_response
+    assert refused.status.code == 503
+    assert orjson.loads(refused.body)["error"]["data"]["code"] == "agent_owner_store_unavailable"
+    assert await counted_messages(store_client, "team2") == 0
