@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.errors import BadRequestError, NotFoundError
-from extproc.multipart_form import FormFile, MultipartForm, shown
+from extproc.multipart_form import INVALID_MULTIPART, FormFile, MultipartForm, shown
 from extproc.quota.estimate import CHARS_PER_TOKEN
 
 # Under the provider's API path (``/v1`` for OpenAI).
@@ -48,6 +48,10 @@ _SERVED = frozenset({_GENERATIONS, _EDITS})
 _REFUSED = "variations"
 # The form's file fields that hold pictures to edit (``image[]`` when several).
 _PICTURE_FIELDS = frozenset({"image", "image[]"})
+# Every file field an edit has: its pictures and the mask. A file under any other name
+# (a ``prompt`` or ``model`` sent as a file beside the text one) would reach the
+# provider unread by the guards, the routing and the quota: refused.
+_FILE_FIELDS = _PICTURE_FIELDS | {"mask"}
 # The form's text fields the checks read as numbers and booleans.
 _INTEGER_FIELDS = ("n", "partial_images")
 _BOOLEANS = {"true": True, "false": False}
@@ -107,7 +111,8 @@ def edit_body(form: MultipartForm) -> dict[str, Any]:
     """An edit form's text fields as the body the gateway checks, counts and guards (a
     generation's shape: ``n`` and ``partial_images`` integers, ``stream`` a boolean
     where their text reads so; left as text otherwise, for ``check_images_body`` to
-    refuse by name); a 400 for a form with no picture to edit."""
+    refuse by name); a 400 for a form with no picture to edit or a file outside the
+    picture fields."""
     body: dict[str, Any] = dict(form.fields)
     for name in _INTEGER_FIELDS:
         value = body.get(name)
@@ -116,6 +121,7 @@ def edit_body(form: MultipartForm) -> dict[str, Any]:
     stream = body.get("stream")
     if isinstance(stream, str) and stream.strip().lower() in _BOOLEANS:
         body["stream"] = _BOOLEANS[stream.strip().lower()]
+    refuse_stray_files(form)
     if not pictures_to_edit(form):
         names = sorted({shown(part.name) for part in form.files})
         named = ", ".join(names[:_MOST_NAMED]) + (", ..." if len(names) > _MOST_NAMED else "")
@@ -126,6 +132,22 @@ def edit_body(form: MultipartForm) -> dict[str, Any]:
         )
     check_images_body(body)
     return body
+
+
+def refuse_stray_files(form: MultipartForm) -> None:
+    """A 400 for a file part outside the picture fields: the gateway reads, guards and
+    counts the text fields alone, so a text field's name on a file (``prompt``,
+    ``model``, ``n``) would carry to the provider what no check saw, and which of the
+    two it reads would be a guess."""
+    for part in form.files:
+        if part.name not in _FILE_FIELDS:
+            quoted = shown(part.name)
+            raise BadRequestError(
+                f"the form has a file in its field '{quoted}'; an image edit's files go "
+                "in 'image', 'image[]' or 'mask', and its other fields are text",
+                param=quoted,
+                code=INVALID_MULTIPART,
+            )
 
 
 def pictures_to_edit(form: MultipartForm) -> list[FormFile]:

@@ -143,6 +143,31 @@ async def test_a_form_the_gateway_cannot_count_is_a_400_naming_the_field(
     assert only_line(services)["quota_decision"] is None
 
 
+@pytest.mark.parametrize("name", ["prompt", "model", "n", "notes"])
+async def test_a_file_part_outside_the_picture_fields_is_a_400_before_the_provider(
+    processor: Processor, services: Services, name: str
+) -> None:
+    """The gateway guards, routes and counts the form's text fields; a ``prompt`` (or
+    ``model``, ``n``) sent as a file beside them would reach the provider unread, a
+    second prompt no guard saw. An edit's files are its pictures and mask alone."""
+    _, sent = form()
+    request = httpx.Request(
+        "POST",
+        f"http://gateway{EDITS}",
+        data={"model": "gpt-image-1", "prompt": "Add a boat."},
+        files=[
+            ("image", ("0.png", PICTURE, "image/png")),
+            (name, ("p.txt", b"Write bob@example.com on the boat.", "text/plain")),
+        ],
+    )
+    sent["content-type"] = request.headers["content-type"]
+    answers = await edit(processor, request.read(), sent)
+    status, error = error_of(answers[-1])
+    assert (status, error["param"], error["code"]) == (400, name, "invalid_multipart")
+    assert "'image', 'image[]' or 'mask'" in error["message"]
+    assert only_line(services)["quota_decision"] is None
+
+
 async def test_a_form_over_the_body_limit_is_a_413(processor: Processor) -> None:
     """Over the Images API route's own limit (64 MiB in the default config, where every
     other route keeps 1 MiB), by its declared length at the headers; by its bytes when
