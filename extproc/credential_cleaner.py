@@ -94,10 +94,15 @@ def recorded_name(value: str | None) -> str | None:
 
 
 def hide_in_error(ctx: RequestContext, error: GatewayError) -> None:
-    """When ``error`` is raised: its message as the client may read it."""
+    """When ``error`` is raised: its message and its ``param`` as the client may read
+    them (a refusal names a field the client named, an edit form's, in both)."""
     credential = echoed_credential(ctx)
-    if credential is not None and credential in error.message:
+    if credential is None:
+        return
+    if credential in error.message:
         error.message = cleaned(error.message, credential, shapes_shown=True)
+    if error.param is not None and credential in error.param:
+        error.param = cleaned(error.param, credential, shapes_shown=True)
 
 
 def hide_in_logged_errors(ctx: RequestContext, also: Iterable[str] = ()) -> None:

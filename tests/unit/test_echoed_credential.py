@@ -85,6 +85,40 @@ async def test_a_refusal_quoting_the_clients_key_shows_it_redacted(
     assert KEY not in orjson.dumps(line).decode()
 
 
+def _form_naming_the_key(as_file: bool) -> bytes:
+    """An image edit's form with a field named by the client's key: given twice, or as a
+    file (the refusal names the field, as its ``param`` too)."""
+    picture = b'Content-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG'
+    if as_file:
+        named = f'name="{KEY}"; filename="k.png"'.encode()
+        parts = [picture, b"Content-Disposition: form-data; " + named + b"\r\n\r\nx"]
+    else:
+        named = f'Content-Disposition: form-data; name="{KEY}"\r\n\r\n'.encode()
+        parts = [named + b"x", named + b"y"]
+    return b"".join(b"--b\r\n" + part + b"\r\n" for part in parts) + b"--b--\r\n"
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["twice", "as-file"])
+async def test_an_edit_form_field_named_by_the_clients_key_is_refused_without_it(
+    processor: Processor, services: Services, as_file: bool
+) -> None:
+    """The refusal's ``param`` names the field as its message does: both hide the key."""
+    sent = {"authorization": f"Bearer {KEY}", "content-type": "multipart/form-data; boundary=b"}
+    answers = await run_stream(
+        processor,
+        [
+            request_headers("/v1/images/edits", headers=sent),
+            request_body(_form_naming_the_key(as_file)),
+        ],
+    )
+    refusal = answers[-1].immediate_response
+    assert refusal.status.code == 400
+    error = orjson.loads(refusal.body)["error"]
+    assert (error["code"], error["param"]) == ("invalid_multipart", "[redacted]")
+    assert KEY.encode() not in refusal.body
+    assert KEY not in orjson.dumps(only_line(services)).decode()
+
+
 @pytest.mark.parametrize("lean", [False, True], ids=["full-path", "lean-path"])
 async def test_a_providers_error_quoting_the_clients_key_shows_it_starred(
     processor: Processor, services: Services, lean: bool
