@@ -186,8 +186,8 @@ _ONLY_OPENAI = {
         "/v1/messages/count_tokens)",
     ),
     RouteApi.OPENAI_IMAGES: (
-        "Images API (/v1/images/generations)",
-        "only image models of OpenAI-compatible providers draw there",
+        "Images API (/v1/images/generations, /v1/images/edits)",
+        "only image models of OpenAI-compatible providers draw and edit there",
     ),
 }
 

@@ -168,6 +168,19 @@ async def test_a_file_part_outside_the_picture_fields_is_a_400_before_the_provid
     assert only_line(services)["quota_decision"] is None
 
 
+async def test_a_model_of_a_provider_without_the_images_api_is_a_400_naming_edits(
+    processor: Processor, services: Services
+) -> None:
+    """Claude is served by an Anthropic provider, which has no Images API: refused by
+    name before the quota, the message naming the endpoint the client called."""
+    body, sent = form(model="claude-3-5-haiku-latest")
+    answers = await edit(processor, body, sent)
+    status, error = error_of(answers[-1])
+    assert (status, error["code"], error["param"]) == (400, "unsupported_model_for_route", "model")
+    assert "/v1/images/edits" in error["message"]
+    assert only_line(services)["quota_decision"] is None
+
+
 async def test_a_form_over_the_body_limit_is_a_413(processor: Processor) -> None:
     """Over the Images API route's own limit (64 MiB in the default config, where every
     other route keeps 1 MiB), by its declared length at the headers; by its bytes when
