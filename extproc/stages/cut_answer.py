@@ -101,7 +101,7 @@ from extproc.config.model import ProviderType, RouteApi
 from extproc.context import CutAttempt, PhaseOutput, RequestContext, Usage
 from extproc.envoy_failover import STARTED, STARTED_SEPARATOR
 from extproc.errors import response_too_large
-from extproc.images_api import picture_allowance
+from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
 from extproc.stages.quota import reserved_completion
@@ -338,7 +338,10 @@ def charged_prompt(ctx: RequestContext) -> Usage:
     if counted is not None:
         return counted
     prompt = ctx.estimated_prompt_tokens()
-    return Usage(prompt, 0, prompt)
+    # An image edit's estimate holds its pictures' input tokens (``input_image_tokens``):
+    # billed at the image input price, as the provider's count of them would be.
+    pictures = input_image_tokens(ctx.form, ctx.body or {}) if ctx.form is not None else 0
+    return Usage(prompt, 0, prompt, image_tokens=min(pictures, prompt))
 
 
 def _billed(ctx: RequestContext) -> bool:

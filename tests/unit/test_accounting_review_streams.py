@@ -152,14 +152,16 @@ async def ledgers(
     store: StoreClient,
     path: str,
     key: dict[str, str],
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     answer: Answer,
     *,
     budget: int = 10_000_000,
     hard_cap: bool = False,
     config: str = DEFAULT_CONFIG,
 ) -> Ledgers:
-    """One request of key team1 answered with ``answer``: what each ledger recorded."""
+    """One request of key team1 answered with ``answer``: what each ledger recorded.
+    ``body``: a JSON body, or the bytes of one of the content type ``key`` names (an
+    image edit's form)."""
     # Counters of their own: a test may compare two requests.
     prefix = f"streams-review-{uuid.uuid4().hex}:"
     quota, usage = QuotaStore(store, prefix), UsageStore(store, prefix, retention_days=1)
@@ -175,7 +177,7 @@ async def ledgers(
             Processor(lambda: runtime, default_stages()),
             [
                 request_headers(path, headers=key),
-                request_body(orjson.dumps(body)),
+                request_body(body if isinstance(body, bytes) else orjson.dumps(body)),
                 response_headers(200, answer.headers),
                 *(
                     response_body(chunk, end_of_stream=answer.ended and index == last)

@@ -15,6 +15,7 @@ import base64
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from extproc import headers
@@ -24,6 +25,7 @@ from extproc.multipart_form import read_form
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
+from extproc.store.connection import StoreClient
 from extproc.testing import (
     request_body,
     request_headers,
@@ -35,9 +37,22 @@ from extproc.translators.openai_images import ImageEventReader
 from tests.unit.guard_helpers import config_with
 from tests.unit.quota_helpers import capped_request
 from tests.unit.sse_play import only_line
-from tests.unit.test_accounting_review_streams import OPENAI_KEY, sample
+from tests.unit.test_accounting_review_streams import OPENAI_KEY, SSE, Answer, ledgers, sample
+from tests.unit.test_accounting_review_streams import store as store
 from tests.unit.test_guard_flow import WORKSHOP, Gateway, immediate
-from tests.unit.test_images_api import COST, JSON, USAGE, answer, cost, error_of, event, set_headers
+from tests.unit.test_images_api import (
+    COST,
+    IMAGE_IN,
+    IMAGE_OUT,
+    JSON,
+    TEXT_IN,
+    USAGE,
+    answer,
+    cost,
+    error_of,
+    event,
+    set_headers,
+)
 
 EDITS = "/v1/images/edits"
 PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
@@ -244,6 +259,34 @@ def test_an_edits_stream_is_read_to_its_completed_event() -> None:
     assert reader.usage is not None
     assert (reader.usage.prompt_tokens, reader.usage.completion_tokens) == (20, 1_056)
     assert reader.terminal_event_read
+
+
+@pytest.mark.parametrize(
+    ("ending", "drawn"), [("cut-drawing", 272), ("cut-before-any", 0), ("error", 0)]
+)
+async def test_an_edit_stream_without_its_usage_bills_the_pictures_read_at_the_image_price(
+    store: StoreClient, ending: str, drawn: int
+) -> None:
+    """Cut after a partial picture (the client left; the provider draws on), cut before
+    any, or failed by the provider's error event: the bill is estimated, and the picture
+    given to edit, read by the provider whatever came of it, is its 1,105 reserved input
+    tokens at the image input price, as the provider's count would bill it, beside the
+    prompt's text (3 tokens) and any picture being drawn (272, low and square)."""
+    body, sent = form(stream="true", partial_images="1", quality="low", size="1024x1024")
+    chunks = [event("image_edit.partial_image", partial_image_index=0)]
+    if ending == "cut-before-any":
+        chunks = [b": keep-alive\n\n"]
+    if ending == "error":
+        failed = {"type": "error", "error": {"type": "server_error", "message": "overloaded"}}
+        chunks.append(b"event: error\ndata: " + orjson.dumps(failed) + b"\n\n")
+    ended = ending == "error"
+    recorded = await ledgers(store, EDITS, sent, body, Answer(chunks, SSE, ended=ended))
+    recorded.agree()
+    line = recorded.line
+    assert line["usage_estimated"] is True
+    assert (line["prompt_tokens"], line["prompt_image_tokens"]) == (3 + 1_105, 1_105)
+    assert line["completion_tokens"] == line["completion_image_tokens"] == drawn
+    assert cost(line) == (3 * TEXT_IN + 1_105 * IMAGE_IN + drawn * IMAGE_OUT) / 10**6
 
 
 def test_a_moderation_that_reads_images_is_sent_the_pictures_to_edit_not_the_mask() -> None:
