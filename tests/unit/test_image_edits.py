@@ -12,13 +12,17 @@ real processor (real ext_proc messages).
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import yaml
 
 from extproc import headers
+from extproc.config import GatewayConfig
+from extproc.config.loader import parse_config
 from extproc.guardrails.moderated_images import edit_images
 from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.multipart_form import read_form
@@ -48,6 +52,7 @@ from tests.unit.test_images_api import (
     TEXT_IN,
     USAGE,
     answer,
+    asked,
     cost,
     error_of,
     event,
@@ -194,6 +199,34 @@ async def test_a_model_of_a_provider_without_the_images_api_is_a_400_naming_edit
     assert (status, error["code"], error["param"]) == (400, "unsupported_model_for_route", "model")
     assert "/v1/images/edits" in error["message"]
     assert only_line(services)["quota_decision"] is None
+
+
+def image_model_with_fallbacks() -> GatewayConfig:
+    """The default config, gpt-image-1 falling back to gpt-image-1-mini on OpenAI."""
+    raw = yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))
+    models = {model["name"]: model for model in raw["models"]}
+    models["gpt-image-1"]["fallbacks"] = ["gpt-image-1-mini"]
+    models["gpt-image-1-mini"]["provider"] = "openai"
+    return parse_config(yaml.safe_dump(raw), "test", {})
+
+
+async def test_an_image_model_with_fallbacks_is_served_by_its_own_provider_as_sent() -> None:
+    """The Images API does not fail over: each failover attempt is re-made from a JSON
+    body, and an edit's is a form. A model with ``fallbacks`` (here gpt-image-1, falling
+    back to gpt-image-1-mini on another provider) is served by its own provider, its
+    edit's form as the client sent it (no failover chain written into it), its
+    generation's body likewise; the provider's error, if any, reaches the client."""
+    gateway = Gateway(image_model_with_fallbacks())
+    body, sent = form()
+    edited = await edit(gateway.processor, body, sent)
+    assert set_headers(edited[1])[headers.CLUSTER] == "provider_mock"
+    assert not edited[1].request_body.response.HasField("body_mutation")
+    drawn = await run_stream(
+        gateway.processor,
+        [request_headers("/v1/images/generations", headers=OPENAI_KEY), request_body(asked())],
+    )
+    assert set_headers(drawn[1])[headers.CLUSTER] == "provider_mock"
+    assert not drawn[1].request_body.response.HasField("body_mutation")
 
 
 async def test_a_form_over_the_body_limit_is_a_413(processor: Processor) -> None:
