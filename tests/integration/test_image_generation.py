@@ -13,7 +13,8 @@ Two ways to draw, both billed by OpenAI at its GPT Image model's prices:
 The log line, the cost counter, ``aigw_token_parts_total``, the usage report and the
 quota agree on every picture and its image-priced cost. An edit
 (``client.images.edit`` with a picture file) reaches the provider as sent and is billed
-the same way; variations are a clear 400 in OpenAI's shape.
+the same way, and one whose prompt a guard masked reaches it as a valid form of the
+spliced length; variations are a clear 400 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from extproc.management.client import QuotaClient
 from extproc.mock_llm import count_tokens
 from extproc.mock_llm.image_bytes import format_of
 from extproc.mock_llm.images_api import EDIT_IMAGE_TOKENS, OUTPUT_TOKENS, PNG_BASE64
+from extproc.multipart_form import read_form
 from tests.integration.conftest import (
     GatewayLog,
     default_config,
@@ -75,6 +77,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": SKETCH_KEY_ID, "key": SKETCH_KEY, "user_id": "ines"})
     [images] = [route for route in raw["routes"] if route["name"] == "openai-images"]
     images["max_request_body_bytes"] = IMAGES_BODY_LIMIT
+    # Addresses in a prompt are masked (the edit whose spliced form must still parse).
+    images["guardrails"] = "no-addresses"
+    raw["guardrails"] = {
+        "policies": [
+            {
+                "name": "no-addresses",
+                "request": [{"name": "email", "builtins": ["EMAIL"], "action": "mask"}],
+            }
+        ]
+    }
     raw["quotas"] = {
         "rules": [
             {
@@ -348,6 +360,42 @@ def test_a_streamed_edit_is_billed_by_its_completed_event(
         EDIT_IMAGE_TOKENS,
         OUTPUT_TOKENS["low"],
     )
+
+
+def test_an_edit_whose_prompt_a_guard_masked_reaches_the_provider_as_a_valid_form(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The masked prompt is shorter than the client's: the form the provider gets is
+    spliced, so its length changes. It arrives whole through Envoy: its content-length
+    the spliced form's, every part in place, the picture's bytes (CRs, LFs and dashes
+    among them) intact, the prompt the guard's; the provider's own parser reads it, and
+    bills the masked prompt's tokens."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=EDIT_KEY, max_retries=0)
+    prompt = "Write bob.smith@example.com on the boat's sail."
+    edited = client.images.with_raw_response.edit(
+        model="gpt-image-1", image=("boat.png", BOAT, "image/png"), prompt=prompt, quality="low"
+    )
+    assert edited.parse().data is not None
+
+    [sent] = [
+        found
+        for found in mock_requests(stack)
+        if found["path"].endswith("/images/edits")
+        and b"bob.smith" not in base64.b64decode(found["body_base64"])
+        and b"sail" in base64.b64decode(found["body_base64"])
+    ]
+    body = base64.b64decode(sent["body_base64"])
+    assert int(sent["headers"]["content-length"]) == len(body)
+    received = read_form(body, sent["headers"]["content-type"])
+    masked = received.fields["prompt"]
+    assert "bob.smith@example.com" not in masked and masked.endswith("on the boat's sail.")
+    assert received.fields["model"] == "gpt-image-1"
+    [picture] = received.files
+    assert (picture.name, body[picture.start : picture.end]) == ("image", BOAT)
+
+    [line] = gateway_log.for_request(edited.headers["x-request-id"])
+    assert line["http_status_code"] == 200
+    assert line["prompt_tokens"] == count_tokens(masked) + EDIT_IMAGE_TOKENS
 
 
 def test_a_route_of_its_own_body_limit_takes_a_large_edit_while_chat_keeps_1_mib(
