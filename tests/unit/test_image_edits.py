@@ -280,6 +280,13 @@ async def test_a_hard_capped_budget_without_room_for_the_pictures_read_is_a_429(
     refused = await capped_request(quota_store, 300, EDITS, body, sent["content-type"])
     status, error = error_of(refused)
     assert status == 429 and error["type"] == "rate_limit_error"
+    # Answered by the gateway, nothing sent on: OpenAI's headers say which limit and when.
+    said = {
+        h.header.key: h.header.raw_value.decode()
+        for h in refused.immediate_response.headers.set_headers
+    }
+    assert said["x-ratelimit-limit-tokens"] == "300"
+    assert {"x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"} <= said.keys()
     admitted = await capped_request(quota_store, 2_000, EDITS, body, sent["content-type"])
     assert set_headers(admitted)[headers.CLUSTER] == "provider_mock"
 
