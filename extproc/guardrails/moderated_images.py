@@ -44,6 +44,11 @@ _GEMINI_ROLES = {"model": "assistant"}
 _GEMINI_FILES = "https://generativelanguage.googleapis.com/"
 # A URI's scheme as RFC 3986 writes it (a letter, then letters, digits, "+", "-" and
 # "."), short: the only part of a client's URI a refusal may name.
+# A file part's content type that may name a picture's data URL: a bare image type
+# (RFC 6838's characters). The client writes it; anything more (``image/png;base64,
+# <a decoy>#``) would write the URL itself, so the moderation read another picture.
+_IMAGE_TYPE = re.compile(r"image/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_DEFAULT_TYPE = "image/png"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31}):")
 
 
@@ -57,14 +62,22 @@ class Image:
 
 
 def edit_images(form: MultipartForm) -> list[Image]:
-    """An image edit's pictures (its form's files), as data URLs of the type the client
-    gave each (PNG when none): the user's, as a prompt's image is."""
+    """An image edit's pictures (its form's files), as data URLs of the image type the
+    client gave each (PNG when none, or when it gave more than a bare image type): the
+    user's, as a prompt's image is."""
     found: list[Image] = []
     for picture in pictures_to_edit(form):
         encoded = base64.b64encode(form.raw[picture.start : picture.end]).decode()
-        media = picture.content_type or "image/png"
+        media = _picture_type(picture.content_type)
         found.append(Image("user", f"data:{media};base64,{encoded}"))
     return found
+
+
+def _picture_type(given: str | None) -> str:
+    """The media type a picture's data URL names: the client's, when it is a bare image
+    type; PNG otherwise (the moderation reads the bytes)."""
+    media = (given or "").strip().lower()
+    return media if _IMAGE_TYPE.fullmatch(media) else _DEFAULT_TYPE
 
 
 def chat_images(body: dict[str, Any]) -> list[Image]:

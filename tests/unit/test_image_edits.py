@@ -340,3 +340,28 @@ def test_a_moderation_that_reads_images_is_sent_the_pictures_to_edit_not_the_mas
     with_mask = read_form(request.read(), request.headers["content-type"])
     urls = [image.url for image in edit_images(with_mask)]
     assert urls == [f"data:image/png;base64,{base64.b64encode(PICTURE).decode()}"] * 2
+
+
+@pytest.mark.parametrize(
+    ("given", "media"),
+    [
+        ("image/webp", "image/webp"),
+        ("IMAGE/JPEG", "image/jpeg"),
+        # A type that would write the data URL itself: a decoy picture before the real
+        # one, which a moderation would read instead (and a key in it, sent on).
+        (f"image/png;base64,{base64.b64encode(b'DECOY').decode()}#", "image/png"),
+        ("image/png; team1-key", "image/png"),
+        ("text/html", "image/png"),
+    ],
+)
+def test_a_moderation_is_sent_each_picture_under_a_plain_image_type_only(
+    given: str, media: str
+) -> None:
+    request = httpx.Request(
+        "POST",
+        f"http://gateway{EDITS}",
+        data={"model": "gpt-image-1", "prompt": "Add a boat."},
+        files=[("image", ("a.png", PICTURE, given))],
+    )
+    [image] = edit_images(read_form(request.read(), request.headers["content-type"]))
+    assert image.url == f"data:{media};base64,{base64.b64encode(PICTURE).decode()}"
