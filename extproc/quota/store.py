@@ -290,10 +290,9 @@ class QuotaStore:
         # Flushes not finished yet: shutdown waits for them (each holds its batch).
         self._flushes: set[asyncio.Task[None]] = set()
         # Settlement batches on their way to the store (a reservation refused as held
-        # waits for those that take off its holds: land_settlements).
+        # waits for those that take off its holds: land_settlements; ``flush`` waits
+        # for all of them).
         self._sending: list[_Sending] = []
-        # Of those, the batches ``settle`` sent at once: still pending to ``flush``.
-        self._sent_early: set[asyncio.Future[None]] = set()
         # A batch goes out every 20 ms under load, each failing while the store is down.
         self._settling = OutageLog(log, "quota settlement failed, batches to the spool")
         # Settlement writes the store failed, ever (close asks whether its own failed).
@@ -643,10 +642,7 @@ class QuotaStore:
             # one holding the settlement retries after sending it: land_settlements; a
             # worker or replica that got the next request cannot). Sent now, one round
             # trip off the request path, it lands before that request reserves.
-            sent = self._send_now()
-            if sent is not None:
-                self._sent_early.add(sent)
-                sent.add_done_callback(self._sent_early.discard)
+            self._send_now()
 
     def release(self, reservation: Reservation) -> None:
         """Give back all a request reserved, requests and tokens, off the request path:
@@ -696,7 +692,7 @@ class QuotaStore:
     async def _flush_soon(self) -> None:
         await asyncio.sleep(SETTLE_BATCH_S)
         self._flush_due = False
-        await self.flush()
+        await self._send_queued()
 
     def settling(self, limits: list[Limit]) -> bool:
         """Whether settlements of this process that have not landed yet (queued for the
@@ -736,14 +732,25 @@ class QuotaStore:
         return taken[2][1]
 
     async def flush(self) -> None:
-        """Write the pending settlements, those ``settle`` sent at once included (it waits
-        for them); what the store does not take goes to the spool."""
-        sent_early = list(self._sent_early)
+        """Write the pending settlements and wait until they, and every batch already on
+        its way (a timed batch, one ``settle`` sent at once), have landed or gone to the
+        spool: what was queued before the call is in the store (or spooled) once it
+        returns. What the store does not take goes to the spool."""
+        # Before, a timed batch that had taken the queue a moment earlier was not waited
+        # for: flush() returned while it was still on its way, and a give-back in it (a
+        # request that gave up while its reservation was in flight) read as never made.
+        on_their_way = [landed for _, landed in self._sending]
+        await self._send_queued()
+        if on_their_way:
+            # Shielded: a caller giving up must not cancel the futures their senders
+            # complete (and the batches go on regardless).
+            await asyncio.shield(asyncio.gather(*on_their_way))
+
+    async def _send_queued(self) -> None:
+        """Send the queued settlements as one batch and wait for it alone."""
         taken = self._take()
         if taken is not None:
             await self._send_batch(*taken)
-        if sent_early:
-            await asyncio.gather(*sent_early)
 
     def _take(self) -> _Taken | None:
         """The pending settlements and give-backs, as one batch on its way (None: nothing

@@ -4,8 +4,8 @@ settlement, run-time overrides, and rollback when another subject refuses."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +151,27 @@ async def test_concurrent_reservations_share_round_trips_and_each_gets_its_own_a
     assert store.reservations.round_trips - before < len(costs)
 
 
-# A slow command of another client: it keeps the server busy for ARGV[1] iterations.
-# (Not a wait on TIME: a script sees the time frozen at its start.)
-BUSY_SERVER = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + i end return 1"
+@asynccontextmanager
+async def writes_held(valkey: EmbeddedValkey) -> AsyncIterator[StoreClient]:
+    """The server holds every write it is sent (CLIENT PAUSE WRITE) until the block ends,
+    as a store too busy to answer does; reads still answer, on the client yielded. The
+    test, not the machine's speed, says when the store answers again."""
+    other = connect(valkey.url, 5.0)
+    await other.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    try:
+        yield other
+    finally:
+        await other.execute_command("CLIENT", "UNPAUSE")
+        await other.aclose()
 
 
-async def busy_iterations(client: StoreClient, seconds: float) -> int:
-    """How many BUSY_SERVER iterations keep this server busy for about ``seconds``."""
-    trial = 5_000_000
-    started = time.monotonic()
-    await client.eval(BUSY_SERVER, 0, trial)
-    return int(trial * seconds / max(time.monotonic() - started, 1e-3))
+async def until_the_server_holds_a_write(other: StoreClient) -> None:
+    """Wait until a write has reached the paused server (it holds the client sending it)."""
+    for _ in range(2_000):
+        if int((await other.info("clients"))["blocked_clients"]):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the write never reached the server")
 
 
 async def test_a_reservation_whose_request_gave_up_in_flight_is_given_back(
@@ -172,25 +182,39 @@ async def test_a_reservation_whose_request_gave_up_in_flight_is_given_back(
         LimitRule(name="budget", subject="user", tokens_per_hour=10_000),
         LimitRule(name="calls", subject="user", requests_per_hour=100),
     )
-    other = connect(valkey.url, 5.0)
-    try:
-        iterations = await busy_iterations(other, 0.5)
-        busy = asyncio.create_task(other.eval(BUSY_SERVER, 0, iterations))
-        await asyncio.sleep(0.05)
-        # The request's budget runs out while its reservation waits on the busy
-        # server; the server makes the reservation all the same.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.1):
-                await store.reserve(found, 700)
-        await busy
-    finally:
-        await other.aclose()
+    async with writes_held(valkey) as other:
+        reserving = asyncio.create_task(store.reserve(found, 700))
+        await until_the_server_holds_a_write(other)
+        # The request gives up (its timeout, its client gone) while the store holds its
+        # reservation; the store makes the reservation all the same once it answers.
+        reserving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
     # The next request's reservation goes out after the abandoned one has landed.
     after = await store.reserve(found, 1)
     assert isinstance(after, Reservation)
     await store.flush()
     counters = [int(await store._client.get(limit.key("t:"))) for limit in found]
     assert counters == [1, 1]  # only the request that waited for its answer
+
+
+async def test_flush_returns_once_a_batch_already_on_its_way_has_landed(
+    store: QuotaStore, valkey: EmbeddedValkey
+) -> None:
+    found = limits(store, LimitRule(name="budget", subject="user", tokens_per_hour=10_000))
+    reservation = await store.reserve(found, 700)
+    assert isinstance(reservation, Reservation)
+    async with writes_held(valkey) as other:
+        # The settlement goes out with the timed batch, which the busy store holds.
+        store.settle(reservation, 40)
+        await until_the_server_holds_a_write(other)
+        flushed = asyncio.create_task(store.flush())
+        assert int(await other.get(found[0].key("t:"))) == 700  # not landed yet
+        # Before, flush() found nothing queued and returned at once: a give-back in
+        # that batch (a request that gave up) was read as never made.
+        assert not flushed.done()
+    await flushed
+    assert int(await store._client.get(found[0].key("t:"))) == 40
 
 
 async def test_a_settlement_in_flight_when_the_store_closes_is_written(
@@ -203,17 +227,16 @@ async def test_a_settlement_in_flight_when_the_store_closes_is_written(
     found = limits(store, LimitRule(name="budget", subject="user", tokens_per_hour=10_000))
     reservation = await store.reserve(found, 700)
     assert isinstance(reservation, Reservation)
+    async with writes_held(valkey) as other:
+        # The store is busy when the settlement goes out, and the gateway stops.
+        store.settle(reservation, 40)
+        await until_the_server_holds_a_write(other)
+        closing = asyncio.create_task(store.close())
+        assert int(await other.get(found[0].key("t:"))) == 700  # not landed yet
+    await closing
+    await client.aclose()  # as the gateway does right after closing the store
     other = connect(valkey.url, 5.0)
     try:
-        iterations = await busy_iterations(other, 0.4)
-        # The store is busy when the settlement goes out, and the gateway stops.
-        busy = asyncio.create_task(other.eval(BUSY_SERVER, 0, iterations))
-        await asyncio.sleep(0.05)
-        store.settle(reservation, 40)
-        await asyncio.sleep(0.1)
-        await store.close()
-        await client.aclose()  # as the gateway does right after closing the store
-        await busy
         assert int(await other.get(found[0].key("t:"))) == 40
     finally:
         await other.aclose()
