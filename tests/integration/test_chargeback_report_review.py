@@ -103,15 +103,16 @@ def served_hours(lines: list[Any]) -> tuple[datetime, datetime]:
     return first, max(moments).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
-def log_sums(lines: list[Any], *names: str) -> dict[tuple[str, ...], dict[str, Any]]:
-    sums: dict[tuple[str, ...], dict[str, Any]] = defaultdict(
+def log_sums(lines: list[Any], *names: str) -> dict[tuple[str | None, ...], dict[str, Any]]:
+    sums: dict[tuple[str | None, ...], dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal(0),
                  "unpriced_requests": 0}
     )  # fmt: skip
     for line in lines:
         if line["provider"] is None or line["error_type"] is not None:
             continue
-        found = sums[tuple(line[name] or "" for name in names)]
+        # A missing identity reads null in the JSON report (and "(none)" in CSV).
+        found = sums[tuple(line[name] or None for name in names)]
         found["requests"] += 1
         found["prompt_tokens"] += line["prompt_tokens"]
         found["completion_tokens"] += line["completion_tokens"]
@@ -158,7 +159,7 @@ def test_every_grouping_bills_what_the_log_lines_add_up_to(
         assert report(stack, *period, "--by", by, "--api") == document, by
     # The identities come back as the gateway saw them.
     users = {key[0] for key in log_sums(lines, "user_id")}
-    assert users == {"zoë@例え.jp", "tab\there", ""}
+    assert users == {"zoë@例え.jp", "tab\there", None}
     unpriced = log_sums(lines, "model")[("claude-review-unpriced",)]
     assert unpriced["unpriced_requests"] == unpriced["requests"] == len(KEYS)
 
@@ -174,16 +175,18 @@ def test_the_counters_and_the_csv_export_bill_each_group_the_same(
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
     exported = {row["group_id"]: row for row in rows}
-    assert set(exported) == {key[0] for key in expected}
+    # A missing group is written "(none)", never an empty cell a pivot table would merge.
+    assert set(exported) == {key[0] or "(none)" for key in expected}
     samples = scrape(stack.metrics_url)
     for (group,), sums in expected.items():
-        assert Decimal(exported[group]["cost_usd"]) == sums["cost"], group
-        assert int(exported[group]["requests"]) == sums["requests"], group
+        cell = exported[group or "(none)"]
+        assert Decimal(cell["cost_usd"]) == sums["cost"], group
+        assert int(cell["requests"]) == sums["requests"], group
         # Each series (key, user, group, model, provider) holds its exact sum; added as
         # decimals, they are the group's.
         counted = sum(
             (Decimal(repr(value)) for (name, pairs), value in samples.items()
-             if name == "aigw_cost_usd_total" and ("group_id", group) in pairs),
+             if name == "aigw_cost_usd_total" and ("group_id", group or "") in pairs),
             Decimal(0),
         )  # fmt: skip
         assert counted == sums["cost"], group
