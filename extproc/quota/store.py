@@ -74,6 +74,8 @@ CLOCK_SYNC_INTERVAL_S = 30.0
 SPOOL_REPLAY_INTERVAL_S = 2.0
 SETTLE_TIMEOUT_S = 2.0
 SETTLE_BATCH_S = 0.02
+# How long shutdown waits for a reservation round trip still in flight to answer.
+RESERVE_CLOSE_GRACE_S = 5.0
 # How long a settled batch id is remembered, so a replayed batch is not counted twice.
 BATCH_MEMORY_S = 7 * 86400
 # Subjects whose landed batch markers this process remembers, to delete them with
@@ -306,7 +308,11 @@ class QuotaStore:
         self._node_queues: dict[str, CoalescingCaller[_ReserveCall, Any]] = {}
 
     def _queue(self) -> CoalescingCaller[_ReserveCall, Any]:
-        return CoalescingCaller(self._run_reserve, on_abandoned=self._give_back_abandoned)
+        return CoalescingCaller(
+            self._run_reserve,
+            on_abandoned=self._give_back_abandoned,
+            on_cut_short=self._give_back_unanswered,
+        )
 
     def now(self) -> float:
         """The Redis server's time, as this process estimates it."""
@@ -610,6 +616,15 @@ class QuotaStore:
                     changes.append((limit, -amount, generation, holding))
         self._queue_changes(changes)
         self._queue_undos(lost)
+
+    def _give_back_unanswered(self, calls: list[_ReserveCall]) -> None:
+        """Shutdown gave up on a round trip still waiting for its answer (a slow store):
+        its reserve calls may run on the server all the same, so they are given back by
+        their ids, as calls whose answer was lost. ``close`` writes the give-back with
+        its last batch, or spools it for the next start to replay; else their quota
+        stayed held until its window ended."""
+        lost = ReplyLostError("the store was closed before it answered")
+        self._give_back_abandoned(calls, [lost] * len(calls))
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct token reservations with the real usage (None: release them), off the
@@ -997,9 +1012,8 @@ class QuotaStore:
         return await send_once(self._client.connection_pool, commands)
 
     async def close(self) -> None:
-        await asyncio.gather(
-            self.reservations.close(), *(queue.close() for queue in self._node_queues.values())
-        )
+        queues = [self.reservations, *self._node_queues.values()]
+        await asyncio.gather(*(queue.close(RESERVE_CLOSE_GRACE_S) for queue in queues))
         if self._nodes is not None:
             await self._nodes.close()
         await background.stop(self._clock)

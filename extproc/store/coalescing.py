@@ -17,7 +17,10 @@ timeout, its client gone) cannot cut a round trip short and lose its answer:
   is done for a request that no longer waits;
 - one that gives up after its items were sent has its results handed to
   ``on_abandoned`` when they arrive, so what the store did for it (a quota
-  reservation) can be undone.
+  reservation) can be undone;
+- a round trip that shutdown gives up on (still unanswered after ``close``'s grace)
+  may have run on the server all the same: its items go to ``on_cut_short``, so what
+  the store may have done for them is undone too.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ class CoalescingCaller(Generic[Item, Result]):
         self,
         send: Callable[[list[Item]], Awaitable[list[Result]]],
         on_abandoned: Callable[[list[Item], list[Result]], None] | None = None,
+        on_cut_short: Callable[[list[Item]], None] | None = None,
     ) -> None:
         self._send = send
         self._on_abandoned = on_abandoned
+        self._on_cut_short = on_cut_short
         self._queued: _Queued[Item, Result] = []
         # The task sending round trips while calls keep coming (None: idle).
         self._sender: asyncio.Task[None] | None = None
@@ -89,6 +94,9 @@ class CoalescingCaller(Generic[Item, Result]):
             results = await self._send([item for items, _ in batch for item in items])
         except asyncio.CancelledError:
             _fail(batch, StoreClosingError("the store is closing"))
+            # Sent without an answer, as a cut connection: the server may still run it.
+            # Every item counts, those whose callers had given up too.
+            self._cut_short([item for items, _ in batch for item in items])
             raise
         except Exception as error:
             _fail(batch, error)
@@ -110,9 +118,19 @@ class CoalescingCaller(Generic[Item, Result]):
         except Exception:
             log.exception("undoing an abandoned store call failed")
 
+    def _cut_short(self, items: list[Item]) -> None:
+        if self._on_cut_short is None:
+            return
+        try:
+            self._on_cut_short(items)
+        except Exception:
+            log.exception("undoing a store call cut short by shutdown failed")
+
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop sending: queued callers get ``StoreClosingError``; the round trip in
-        flight finishes (within ``timeout_s``), so its callers get their answers."""
+        flight finishes (within ``timeout_s``), so its callers get their answers. One
+        still unanswered then is given up: its callers get ``StoreClosingError``, and
+        its items go to ``on_cut_short`` before this returns."""
         self._closing = True
         _fail(self._queued, StoreClosingError("the store is closing"))
         self._queued = []

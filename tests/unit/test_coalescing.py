@@ -16,9 +16,11 @@ class FakeStore:
         self.sent: list[list[int]] = []
         self.release = asyncio.Event()
         self.fail_with: Exception | None = None
+        self.reached = asyncio.Event()  # a round trip reached the store
 
     async def send(self, items: list[int]) -> list[int]:
         self.sent.append(items)
+        self.reached.set()
         await self.release.wait()
         if self.fail_with is not None:
             raise self.fail_with
@@ -128,3 +130,19 @@ async def test_a_caller_cancelled_as_its_answer_lands_gets_it_undone() -> None:
     with pytest.raises(asyncio.CancelledError):
         await call
     assert abandoned == [([1], [2])]
+
+
+async def test_a_round_trip_closing_gives_up_on_hands_all_its_items_over_to_be_undone() -> None:
+    store = FakeStore()  # never released: the store does not answer within the grace
+    cut_short: list[list[int]] = []
+    caller = CoalescingCaller(store.send, on_cut_short=cut_short.append)
+    waiting = asyncio.create_task(caller.call([1, 2]))
+    gone = asyncio.create_task(caller.call([3]))
+    await store.reached.wait()
+    assert store.sent == [[1, 2, 3]]
+    # One caller gave up already; the store may run its item all the same.
+    gone.cancel()
+    await caller.close(timeout_s=0)
+    with pytest.raises(StoreClosingError):
+        await waiting
+    assert cut_short == [[1, 2, 3]]

@@ -4,6 +4,8 @@ settlement, run-time overrides, and rollback when another subject refuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,10 +15,12 @@ import pytest
 
 from extproc.config.quota_model import LimitRule, QuotasConfig
 from extproc.context import Identity
+from extproc.quota import store as quota_store_module
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.store import Denial, QuotaStore, Reservation
 from extproc.store.connection import StoreClient, connect
 from extproc.store.embedded import EmbeddedValkey
+from extproc.store.scripts import script_source
 from extproc.store.spool import Spool
 
 ALICE = Identity(method="api_key", api_key_id="k1", user_id="alice", group_id="eng")
@@ -346,3 +350,100 @@ async def test_a_settlement_spooled_just_before_a_stop_is_replayed_by_the_stop(
     finally:
         await after.close()
         await client.aclose()
+
+
+class StoreGoesQuiet:
+    """A TCP relay in front of the store that passes everything until the first
+    reservation, passes it on, and then goes quiet both ways: the store runs the
+    reservation, its answer never comes back, and nothing sent after it arrives (a store
+    too slow to answer, as a rolling deploy meets it)."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._reserve_sha = (
+            hashlib.sha1(script_source("quota_reserve").encode(), usedforsecurity=False)
+            .hexdigest()
+            .encode()
+        )
+        self._server: asyncio.Server | None = None
+        self._ends: list[asyncio.StreamWriter] = []
+        self._relays: set[asyncio.Task[None]] = set()
+        self.quiet = False
+        # The store answered (the reservation ran), and the answer went nowhere.
+        self.answer_dropped = asyncio.Event()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def close(self) -> None:
+        for end in self._ends:
+            end.close()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        store_reader, store_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        self._ends += [writer, store_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, asks: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if self.quiet:
+                        # Read and dropped: neither the store nor the client sees it.
+                        if not asks:
+                            self.answer_dropped.set()
+                        continue
+                    dst.write(data)
+                    await dst.drain()
+                    self.quiet = asks and self._reserve_sha in data
+            dst.close()
+
+        await asyncio.gather(pipe(reader, store_writer, True), pipe(store_reader, writer, False))
+
+
+async def test_a_reservation_cut_short_by_shutdown_is_given_back_by_the_next_start(
+    valkey: EmbeddedValkey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gateway stops while its reservation is in flight on a store too slow to
+    # answer: shutdown gives up on it after its grace, and the store cannot take a
+    # give-back either. The store ran the reservation; before, its quota stayed held
+    # until its window ended, over-charging the subject on every replica.
+    monkeypatch.setattr(quota_store_module, "RESERVE_CLOSE_GRACE_S", 0.05)
+    monkeypatch.setattr(quota_store_module, "SETTLE_TIMEOUT_S", 0.05)
+    direct = connect(valkey.url, 5.0)
+    await direct.flushdb()
+    relay = StoreGoesQuiet(int(valkey.url.rsplit(":", 1)[1].split("/")[0]))
+    # A socket timeout past the grace: the round trip is still waiting when it ends.
+    client = connect(await relay.start(), 60.0)
+    stopping = QuotaStore(client, "t:", spool=Spool(tmp_path, "quota"))
+    await stopping.start()
+    found = limits(
+        stopping,
+        LimitRule(name="budget", subject="user", tokens_per_hour=10_000),
+        LimitRule(name="calls", subject="user", requests_per_hour=100),
+    )
+    reserving = asyncio.create_task(stopping.reserve(found, 700))
+    try:
+        await relay.answer_dropped.wait()
+        await stopping.close()
+        with pytest.raises(ConnectionError):
+            await reserving
+    finally:
+        await relay.close()
+        await client.aclose()
+    starting = QuotaStore(direct, "t:", spool=Spool(tmp_path, "quota"))
+    try:
+        # The give-back never reached the store: it waits in the spool.
+        assert int(await direct.get(found[0].key("t:"))) == 700
+        await starting.replay_spool()  # as the next start's upkeep does
+        after = await starting.reserve(found, 1)
+        # As if the request that never got its answer had never been sent.
+        assert isinstance(after, Reservation) and after.used == [1, 1]
+    finally:
+        await starting.close()
+        await direct.aclose()
