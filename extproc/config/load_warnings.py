@@ -2,13 +2,15 @@
 ``extproc check-config``, never refusals.
 
 Each kind has its own module: rules naming no model the gateway knows
-(``rule_models``), moderation thresholds naming no category (``moderation_categories``).
+(``rule_models``), moderation thresholds naming no category (``moderation_categories``),
+an image model's fallbacks the Images API does not use (``image_fallbacks``).
 """
 
 from __future__ import annotations
 
 import logging
 
+from extproc.config.image_fallbacks import image_fallback_warnings
 from extproc.config.model import GatewayConfig
 from extproc.config.moderation_categories import threshold_warnings
 from extproc.config.rule_models import unknown_model_warnings
@@ -20,7 +22,11 @@ log = logging.getLogger(__name__)
 def config_warnings(config: GatewayConfig) -> list[str]:
     """Every warning the config earns, one line each, without the file's secrets: a
     warning quotes the names a rule holds, a key variable put there by mistake too."""
-    found = [*unknown_model_warnings(config), *threshold_warnings(config)]
+    found = [
+        *unknown_model_warnings(config),
+        *threshold_warnings(config),
+        *image_fallback_warnings(config),
+    ]
     # Shapes too (errors.without_secrets): a model name holds no `***` to keep.
     return [without_secrets(line, config.secrets_read) for line in found]
 

@@ -273,6 +273,9 @@ class ModelKind(StrEnum):
     CHAT = "chat"
     # Embeddings only.
     EMBEDDINGS = "embeddings"
+    # Pictures only (a GPT Image model): the Images API's routes alone. It does not fail
+    # over (docs/providers.md#images-api), so such a model takes no fallbacks.
+    IMAGES = "images"
 
 
 class ModelConfig(_Section):
@@ -280,9 +283,9 @@ class ModelConfig(_Section):
 
     name: str = Field(min_length=1, max_length=256)
     provider: Name
-    # chat or embeddings: requests of the other kind are refused (400) before the quota
-    # and the provider, and /v1/models lists the model where it can be used. Unset:
-    # any route may send it, and the provider decides.
+    # chat, embeddings or images: requests of another kind are refused (400) before the
+    # quota and the provider, and /v1/models lists the model where it can be used.
+    # Unset: any route may send it, and the provider decides.
     kind: ModelKind | None = None
     # The name sent upstream, when it differs from what clients ask for.
     upstream_model: str | None = None
@@ -382,6 +385,7 @@ ROUTE_MODEL_KIND = {
     # InvokeModel takes both kinds (Titan's and Cohere's embeddings too): not listed.
     RouteApi.BEDROCK_COUNT_TOKENS: ModelKind.CHAT,
     RouteApi.OPENAI_EMBEDDINGS: ModelKind.EMBEDDINGS,
+    RouteApi.OPENAI_IMAGES: ModelKind.IMAGES,
     RouteApi.OPENAI_RESPONSES: ModelKind.CHAT,
     # A chat model served by an OpenAI-compatible server (vLLM, llama.cpp) completes
     # prompts too: the config has no kind of its own for completion models.
@@ -911,6 +915,16 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
         chain = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
         if len(set(chain)) != len(chain):
             yield f"models[{index}].fallbacks: each fallback must be on another provider"
+        if model.kind is ModelKind.IMAGES and model.fallbacks:
+            # Served as written, they were never used: an operator counting on them found
+            # out when the provider failed (config.image_fallbacks warns of a model
+            # without a kind, whose chat requests do fail over).
+            yield (
+                f"models[{index}].fallbacks: {model.name!r} is an images model, and the"
+                " Images API does not fail over (an edit's form cannot be re-made by a"
+                " failover attempt): its requests go to its own provider alone; remove"
+                " its fallbacks"
+            )
 
 
 def _store_wait_problems(config: GatewayConfig) -> Iterator[str]:

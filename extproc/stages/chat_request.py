@@ -225,17 +225,25 @@ class UpstreamRequestStage:
         out.clear_route_cache = True
 
 
+# Where a model of each kind is served, for the refusal of one sent elsewhere.
+_KIND_ENDPOINT = {
+    ModelKind.CHAT: "/v1/chat/completions",
+    ModelKind.EMBEDDINGS: "/v1/embeddings",
+    ModelKind.IMAGES: "/v1/images/generations",
+}
+
+
 def check_model_kind(ctx: RequestContext, model: str, route: Route) -> None:
     """Refuse a model of another kind than the route's API asks for (an embeddings model
-    on a chat route, a chat model on the embeddings route), before the quota counts the
-    request and the provider refuses it."""
+    on a chat route, a chat model on the embeddings or an Images API route), before the
+    quota counts the request and the provider refuses it."""
     kind = ctx.runtime.model_kind.get(model)
     wanted = ROUTE_MODEL_KIND.get(route.api)
     if kind is None or wanted is None or kind is wanted:
         return
-    where = "/v1/embeddings" if kind is ModelKind.EMBEDDINGS else "/v1/chat/completions"
+    where = _KIND_ENDPOINT[kind]
     raise BadRequestError(
-        f"'{model}' is {'an' if kind is ModelKind.EMBEDDINGS else 'a'} {kind} model, "
+        f"'{model}' is {'a' if kind is ModelKind.CHAT else 'an'} {kind} model, "
         f"which this route ({route.api}) does not serve; send it to {where}",
         param="model",
         code="unsupported_model_for_route",
