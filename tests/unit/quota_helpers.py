@@ -18,7 +18,16 @@ from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 from tests.unit.conftest import MemoryLog
 
-DEFAULT_CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
+# The default config with a store timeout no busy test machine reaches: these helpers'
+# tests are of what quotas count and refuse, and a reservation the shared Valkey answered
+# after the default 500 ms (the whole suite on two processes) refused the request as
+# quota_store_unavailable. (Below envoy.message_timeout_ms, as the config requires; a
+# store that is down still fails at once: its connection is refused.)
+DEFAULT_CONFIG = (
+    Path("config/gateway.yaml")
+    .read_text(encoding="utf-8")
+    .replace("store:\n", "store:\n  timeout_ms: 4000\n", 1)
+)
 HARD_CAP = """
 quotas:
   default_max_tokens: 1000
