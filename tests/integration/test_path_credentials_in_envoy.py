@@ -208,20 +208,13 @@ def test_a_percent_encoded_key_in_the_path_is_in_no_record(
     # A key percent-encoded in the path: Envoy's normalize_path decodes -, letters and
     # digits, so the gateway and Envoy's RE2 read the key itself.
     for sent in (OPENAI_KEY.replace("-", "%2D"), "%73" + OPENAI_KEY[1:]):
-        trace_id, headers = traced()
-        answer = httpx.post(
-            f"{stack.base_url}/openai/{sent}/chat/completions",
-            json=CHAT,
-            headers={"authorization": f"Bearer {ORG_KEY}", **headers},
-            timeout=30.0,
-        )
+        trace_id, answer = post_traced(stack, f"/openai/{sent}/chat/completions", BEARER, json=CHAT)
         assert answer.status_code == 400, answer.text
         recorded = "/openai/[redacted]/chat/completions"
         [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
         assert line["path"] == recorded
-        envoy = envoy_line(stack, trace_id)
+        envoy, span = envoy_records(stack, collector, trace_id)
         assert envoy["path"] == recorded
-        span = server_span(collector, trace_id)
         assert span.attributes["http.url"].endswith(recorded)
         records = orjson.dumps([line, envoy]).decode() + repr(span)
         assert OPENAI_KEY not in records and sent not in records
@@ -233,19 +226,19 @@ def test_a_served_request_with_its_own_key_percent_encoded_in_the_path_is_record
 ) -> None:
     # The key's '+' and '=' sent as %2B and %3D stay encoded through Envoy: the gateway's
     # substring test missed them, and its line, Envoy's access log and the span kept it.
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/openai/gpt-4o-mini/{ENCODED_KEY_IN_PATH}/chat/completions",
+    trace_id, answer = post_traced(
+        stack,
+        f"/openai/gpt-4o-mini/{ENCODED_KEY_IN_PATH}/chat/completions",
+        {"authorization": f"Bearer {ENCODED_KEY}"},
         json=CHAT,
-        headers={"authorization": f"Bearer {ENCODED_KEY}", **headers},
-        timeout=30.0,
     )
     assert answer.status_code == 200, answer.text
     recorded = "/openai/gpt-4o-mini/[redacted]/chat/completions"
     [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
     assert line["path"] == recorded
-    assert envoy_line(stack, trace_id)["path"] == recorded
-    assert server_span(collector, trace_id).attributes["http.url"].endswith(recorded)
+    envoy, span = envoy_records(stack, collector, trace_id)
+    assert envoy["path"] == recorded
+    assert span.attributes["http.url"].endswith(recorded)
 
 
 def test_an_mcp_client_with_its_key_in_the_url_leaves_it_in_no_record(
@@ -253,21 +246,18 @@ def test_an_mcp_client_with_its_key_in_the_url_leaves_it_in_no_record(
 ) -> None:
     # An MCP client configured with its key in the server's URL as well as its header:
     # the gateway passes the call on, and Envoy's access log and span kept the key.
-    trace_id, headers = traced()
-    answer = httpx.post(
-        f"{stack.base_url}/mcp/tools/{ORG_KEY}",
+    trace_id, answer = post_traced(
+        stack,
+        f"/mcp/tools/{ORG_KEY}",
+        {**BEARER, "accept": "application/json, text/event-stream"},
         json=INITIALIZE,
-        headers={"authorization": f"Bearer {ORG_KEY}",
-                 "accept": "application/json, text/event-stream", **headers},
-        timeout=30.0,
-    )  # fmt: skip
+    )
     assert answer.status_code == 503, answer.text
     recorded = "/mcp/tools/[redacted]"
     [line] = GatewayLog(stack.gateway_log).for_request(answer.headers["x-request-id"])
     assert line["path"] == recorded
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert envoy["path"] == recorded
-    span = server_span(collector, trace_id)
     assert span.attributes["http.url"].endswith(recorded)
     assert ORG_KEY not in orjson.dumps([line, envoy]).decode() + repr(span)
 
@@ -286,8 +276,7 @@ def test_a_path_no_route_serves_keeps_the_callers_key_out_of_envoys_records(
     )
     assert answer.status_code == 404, answer.text
     recorded = "/internal/[redacted]/status"
-    envoy = envoy_line(stack, trace_id)
+    envoy, span = envoy_records(stack, collector, trace_id)
     assert envoy["path"] == recorded
-    span = server_span(collector, trace_id)
     assert span.attributes["http.url"].endswith(recorded)
     assert ORG_KEY not in orjson.dumps(envoy).decode() + repr(span)
