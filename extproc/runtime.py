@@ -423,11 +423,12 @@ class Runtime:
             self.token_sources.get(provider.name),
         )
 
-    async def start(self) -> None:
+    async def start(self, previous: Runtime | None = None) -> None:
         """Load what needs I/O (JWKS, AWS credentials, Google Cloud tokens) before
-        serving with this config."""
+        serving with this config; ``previous``: the runtime a reload replaces, whose
+        JWKS keys this one starts from."""
         if self.jwt is not None:
-            await self.jwt.start()
+            await self.jwt.start(previous.jwt if previous is not None else None)
         for signer in self.signers.values():
             await signer.start()
         for source in self.token_sources.values():

@@ -183,7 +183,7 @@ class Gateway:
         # those (a running model kept apart from `other` when the budget is full).
         runtime = Runtime(config, self.services, admit_labels=False)
         try:
-            await runtime.start()
+            await runtime.start(previous=self.runtime)
         except BaseException:
             await runtime.close()  # its JWKS refresher and sessions must not outlive it
             raise

@@ -269,7 +269,9 @@ class RemoteJwks:
         self._last_attempt: float | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._keys = _NO_KEYS
-        # Until when the last good fetch's keys are trusted; None before the first one.
+        # When the last good fetch was made, and until when its keys are trusted; None
+        # before the first one.
+        self._good_at: float | None = None
         self._trusted_until: float | None = None
 
     @property
@@ -285,8 +287,30 @@ class RemoteJwks:
         none: an identity provider may withdraw every key)."""
         return self._trusted_until is not None and self._clock() < self._trusted_until
 
+    @property
+    def origin(self) -> tuple[str, tuple[str, ...]]:
+        """What decides the keys a fetch yields: the URL, and the algorithms kept of it."""
+        return self._url, self._algorithms
+
+    def carry_over(self, previous: RemoteJwks) -> None:
+        """Start from the keys ``previous`` (the same URL and algorithms, in the config a
+        reload replaces) fetched last, trusted until the same moment as there.
+
+        A reload makes a new source, whose first fetch during an identity provider
+        outage found nothing: every token got a 503 though the replaced config still
+        trusted its keys for up to ``max_stale_s``. The time of that good fetch comes
+        along, so a reload, however often, never extends the trust in a key.
+        """
+        if previous.origin != self.origin or previous._good_at is None:
+            return
+        self._keys = previous._keys
+        self._good_at = previous._good_at
+        self._trusted_until = previous._good_at + self._config.max_stale_s
+        self._last_attempt = previous._last_attempt
+
     async def start(self, session: aiohttp.ClientSession) -> None:
-        """First fetch, then the refresh timer. A failing URL is logged, not fatal."""
+        """First fetch, then the refresh timer. A failing URL is logged, not fatal (the
+        keys ``carry_over`` gave stay, as after any failed fetch)."""
         self._session = session
         async with self._lock:
             await self._fetch()
@@ -339,6 +363,7 @@ class RemoteJwks:
                 self._provider, self._shown_url, ", ".join(self._algorithms),
             )  # fmt: skip
         self._keys = answer
+        self._good_at = self._last_attempt
         self._trusted_until = self._last_attempt + self._config.max_stale_s
 
     def _parse(self, body: bytes) -> KeySet | str:

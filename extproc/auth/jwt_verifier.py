@@ -127,14 +127,27 @@ class JwtVerifier:
         if problems:
             raise ConfigError("jwt", problems)
 
-    async def start(self) -> None:
-        """Load file and inline JWKS (their problems are config errors), fetch URL JWKS."""
+    async def start(self, previous: JwtVerifier | None = None) -> None:
+        """Load file and inline JWKS (their problems are config errors), fetch URL JWKS.
+
+        ``previous``: the verifier of the config a reload replaces. Each URL JWKS it
+        fetched too starts from its keys, so a reload while the identity provider is
+        out of reach keeps the keys trusted until then (``RemoteJwks.carry_over``)."""
         self.load_static()
         remote = [
             provider.keys
             for provider in self._by_issuer.values()
             if isinstance(provider.keys, RemoteJwks)
         ]
+        if previous is not None:
+            fetched = {
+                provider.keys.origin: provider.keys
+                for provider in previous._by_issuer.values()
+                if isinstance(provider.keys, RemoteJwks)
+            }
+            for source in remote:
+                if (earlier := fetched.get(source.origin)) is not None:
+                    source.carry_over(earlier)
         if remote:
             # No proxy of the environment: the configured one (egress) goes with each fetch.
             self._session = aiohttp.ClientSession(trust_env=False)

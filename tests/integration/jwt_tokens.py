@@ -82,18 +82,23 @@ def tampered(token: str, **changes: Any) -> str:
 
 
 class JwksServer:
-    """Serves whatever keys it is given at /jwks.json, on a loopback port."""
+    """Serves whatever keys it is given at /jwks.json, on a loopback port; an identity
+    provider in trouble when ``status`` is set to another than 200."""
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
+        self.status = 200
         self.hits = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
-                body = json.dumps({"keys": outer.keys}).encode()
-                self.send_response(200)
+                if outer.status != 200:
+                    body = json.dumps({"error": "unavailable"}).encode()
+                else:
+                    body = json.dumps({"keys": outer.keys}).encode()
+                self.send_response(outer.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
