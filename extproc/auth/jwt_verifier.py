@@ -17,6 +17,7 @@ message or log line holds any part of a token or any key material.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -151,8 +152,11 @@ class JwtVerifier:
         if remote:
             # No proxy of the environment: the configured one (egress) goes with each fetch.
             self._session = aiohttp.ClientSession(trust_env=False)
-            for source in remote:
-                await source.start(self._session)
+            # Together: an identity provider slow to answer holds the start (or a reload)
+            # for one timeout_s, not one per provider (a provider per Entra tenant, say).
+            async with asyncio.TaskGroup() as fetches:
+                for source in remote:
+                    fetches.create_task(source.start(self._session))
 
     async def close(self) -> None:
         for provider in self._by_issuer.values():
