@@ -219,6 +219,30 @@ async def test_the_image_models_cache_reads_are_billed_at_its_cached_prices(
     assert sample(services, "aigw_token_parts_total", token_type="cached", model=MODEL) == 30
 
 
+async def test_gpt_image_1_minis_cache_reads_are_billed_at_its_published_cached_prices(
+    processor: Processor, services: Services
+) -> None:
+    """gpt-image-1-mini reads its cache at $0.20 (text) and $0.25 (images) per million,
+    OpenAI's published prices, against $2.00 and $2.50 uncached. Before, the default
+    config gave it no cached prices: its cache reads were billed uncached, ten times
+    over."""
+    details = {"cached_text_tokens": 20, "cached_image_tokens": 10}
+    cached_gen = {**IMAGE_GEN, "cached_tokens": 30, "cached_tokens_details": details}
+    tools = [{**TOOL, "model": "gpt-image-1-mini"}]
+    answer = response(tool_usage={**TOOL_USAGE, "image_gen": cached_gen}, tools=tools)
+    line = await answered(processor, services, answer)
+    assert (line["image_generation_model"], line["cached_tokens"]) == ("gpt-image-1-mini", 30)
+    mini_image_in = Decimal("2.50")
+    mini_cached_text, mini_cached_image = Decimal("0.20"), Decimal("0.25")
+    expected = (
+        40 * TEXT_IN + 9 * TEXT_OUT
+        + 10 * MINI_TEXT_IN + 20 * mini_cached_text
+        + 10 * mini_image_in + 10 * mini_cached_image
+        + 1_056 * MINI_OUT
+    ) / 10**6  # fmt: skip
+    assert cost(line) == expected
+
+
 async def test_the_answering_models_own_cache_reads_stay_at_its_price(
     processor: Processor, services: Services
 ) -> None:
