@@ -55,8 +55,9 @@ SKETCH_KEY_ID, SKETCH_KEY = "sketch", "sketch-key-9d41"
 # The large edit's and the large chat's key: their ledgers hold those alone.
 LARGE_KEY_ID, LARGE_KEY = "poster", "poster-key-3a90"
 MIB = 1024 * 1024
-# The Images API route's own body limit; every other route keeps the default 1 MiB.
-IMAGES_BODY_LIMIT = 8 * MIB
+# The default config's edit routes' own body limit; every other route, image
+# generations' included, keeps the default 1 MiB.
+EDITS_BODY_LIMIT = 64 * MIB
 EDIT_PROMPT = "Add a red boat on the water."
 # A picture to edit: a PNG's bytes and every byte value after them (CRs, LFs and dashes,
 # as a form's delimiters are made of), 16 KiB.
@@ -75,10 +76,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": EDIT_KEY_ID, "key": EDIT_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": LARGE_KEY_ID, "key": LARGE_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": SKETCH_KEY_ID, "key": SKETCH_KEY, "user_id": "ines"})
-    [images] = [route for route in raw["routes"] if route["name"] == "openai-images"]
-    images["max_request_body_bytes"] = IMAGES_BODY_LIMIT
+    [edits] = [route for route in raw["routes"] if route["name"] == "openai-image-edits"]
     # Addresses in a prompt are masked (the edit whose spliced form must still parse).
-    images["guardrails"] = "no-addresses"
+    edits["guardrails"] = "no-addresses"
     raw["guardrails"] = {
         "policies": [
             {
@@ -305,7 +305,7 @@ def test_an_edit_reaches_the_provider_as_sent_and_is_billed_in_every_ledger(
     text, given, drawn = count_tokens(EDIT_PROMPT), EDIT_IMAGE_TOKENS, OUTPUT_TOKENS["low"]
     [line] = gateway_log.for_request(edited.headers["x-request-id"])
     assert (line["route"], line["http_status_code"], line["model"]) == (
-        "openai-images",
+        "openai-image-edits",
         200,
         "gpt-image-1",
     )
@@ -398,17 +398,18 @@ def test_an_edit_whose_prompt_a_guard_masked_reaches_the_provider_as_a_valid_for
     assert line["prompt_tokens"] == count_tokens(masked) + EDIT_IMAGE_TOKENS
 
 
-def test_a_route_of_its_own_body_limit_takes_a_large_edit_while_chat_keeps_1_mib(
+def test_edits_take_large_pictures_while_generations_and_chat_keep_1_mib(
     stack: LocalStack, gateway_log: GatewayLog
 ) -> None:
-    """The Images API route takes 8 MiB, the others the default 1 MiB. Before, one
-    limit held every route: a 3 MB picture got a 413, or raising the limit for it raised
-    it for chat too. Now the edit passes Envoy's buffer (1 MiB on other paths) to the
-    provider with its picture whole and is billed, while a 2 MB chat request gets a 413
-    in OpenAI's shape."""
+    """The default config: the edit routes take 64 MiB, every other route the default
+    1 MiB, image generations' included. Before, one Images API route took 64 MiB for
+    its every path: a 2 MiB generation (JSON) was buffered, parsed and sent on to the
+    provider. Now it gets a 413 in OpenAI's shape, as a 2 MiB chat request does, while
+    a 3 MiB edit passes Envoy's buffer to the provider with its picture whole and is
+    billed."""
     client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=LARGE_KEY, max_retries=0)
     poster = BOAT * 192  # 3 MiB
-    assert 3 * MIB <= len(poster) < IMAGES_BODY_LIMIT
+    assert 3 * MIB <= len(poster) < EDITS_BODY_LIMIT
     edited = client.images.with_raw_response.edit(
         model="gpt-image-1",
         image=("poster.png", poster, "image/png"),
@@ -425,7 +426,7 @@ def test_a_route_of_its_own_body_limit_takes_a_large_edit_while_chat_keeps_1_mib
     ]
     assert sent["headers"]["authorization"] not in (f"Bearer {LARGE_KEY}", None)
     [line] = gateway_log.for_request(edited.headers["x-request-id"])
-    assert (line["route"], line["http_status_code"]) == ("openai-images", 200)
+    assert (line["route"], line["http_status_code"]) == ("openai-image-edits", 200)
     given, drawn = EDIT_IMAGE_TOKENS, OUTPUT_TOKENS["low"]
     assert (line["prompt_image_tokens"], line["completion_tokens"]) == (given, drawn)
     assert cost(line) > 0
@@ -437,17 +438,30 @@ def test_a_route_of_its_own_body_limit_takes_a_large_edit_while_chat_keeps_1_mib
     )
     assert completion == drawn
 
-    with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(
+    generations_before = len(
+        [r for r in mock_requests(stack) if r["path"].endswith("/images/generations")]
+    )
+    # A valid prompt, and 2 MiB of JSON beside it (the end user's id, which no check reads).
+    refusals = [
+        lambda: client.images.generate(
+            model="gpt-image-1", prompt=PROMPT, quality="low", user="x" * (2 * MIB)
+        ),
+        lambda: client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * (2 * MIB)}]
-        )
-    assert refused.value.status_code == 413
-    error = refused.value.body
-    assert isinstance(error, dict)
-    # In OpenAI's shape whoever refused it: the gateway from its declared length, or
-    # Envoy, when more than the chat path's buffer (1 MiB + 64 KiB) came before the
-    # gateway's answer to the headers did.
-    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+        ),
+    ]
+    for call in refusals:
+        with pytest.raises(openai.APIStatusError) as refused:
+            call()
+        assert refused.value.status_code == 413
+        error = refused.value.body
+        assert isinstance(error, dict)
+        # In OpenAI's shape whoever refused it: the gateway from its declared length, or
+        # Envoy, when more than the path's buffer (1 MiB + 64 KiB) came before the
+        # gateway's answer to the headers did.
+        assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+    generations = [r for r in mock_requests(stack) if r["path"].endswith("/images/generations")]
+    assert len(generations) == generations_before
     assert not [r for r in mock_requests(stack) if r["path"].endswith("/chat/completions")]
 
 

@@ -101,7 +101,7 @@ async def test_an_edit_reaches_the_providers_edits_endpoint_as_sent_with_its_key
     assert "content-type" not in mutated
     line = only_line(services)
     assert (line["route"], line["http_status_code"], line["model"]) == (
-        "openai-images",
+        "openai-image-edits",
         200,
         "gpt-image-1",
     )
@@ -230,20 +230,20 @@ async def test_an_image_model_with_fallbacks_is_served_by_its_own_provider_as_se
 
 
 async def test_a_form_over_the_body_limit_is_a_413(processor: Processor) -> None:
-    """Over the Images API route's own limit (64 MiB in the default config, where every
-    other route keeps 1 MiB), by its declared length at the headers; by its bytes when
-    it declared none: tests/unit/test_route_body_limits.py."""
+    """Over the edit route's own limit (64 MiB in the default config, where every other
+    route, image generations' included, keeps 1 MiB), by its declared length at the
+    headers; by its bytes when it declared none: tests/unit/test_route_body_limits.py."""
     _, sent = form()
     answers = await run_stream(
         processor, [request_headers(EDITS, headers={**sent, "content-length": str(2**30)})]
     )
     status, error = error_of(answers[0])
     assert (status, error["type"]) == (413, "invalid_request_error")
-    assert "over the limit of 67108864 bytes of route 'openai-images'" in error["message"]
+    assert "over the limit of 67108864 bytes of route 'openai-image-edits'" in error["message"]
 
 
 async def test_the_prompt_is_guarded_and_a_masked_one_spliced_into_the_form() -> None:
-    gateway = Gateway(config_with(WORKSHOP, {"openai-images": {"guardrails": "workshop"}}))
+    gateway = Gateway(config_with(WORKSHOP, {"openai-image-edits": {"guardrails": "workshop"}}))
     body, sent = form(prompt="A poster of my credit card.")
     answers = await run_stream(
         gateway.processor, [request_headers(EDITS, headers=sent), request_body(body)]

@@ -50,9 +50,16 @@ def default_with(routes_set: dict[str, dict[str, Any]], **limits: int) -> Gatewa
 
 
 def small_limits() -> GatewayConfig:
-    """Chat and every other route at 4 KiB; the Images API's route at 64 KiB."""
-    images = {"openai-images": {"max_request_body_bytes": IMAGES_LIMIT}}
+    """Chat, image generations and every other route at 4 KiB; image edits at 64 KiB."""
+    images = {"openai-image-edits": {"max_request_body_bytes": IMAGES_LIMIT}}
     return default_with(images, max_request_body_bytes=GLOBAL_LIMIT)
+
+
+# The index of the default config's openai-images route, which the problems name.
+IMAGES_INDEX = [
+    route["name"]
+    for route in yaml.safe_load(Path("config/gateway.yaml").read_text(encoding="utf-8"))["routes"]
+].index("openai-images")
 
 
 def problems(route_limit: object) -> list[str]:
@@ -67,13 +74,13 @@ def problems(route_limit: object) -> list[str]:
 @pytest.mark.parametrize("limit", [0, -1, 64 * MIB + 1])
 def test_a_route_limit_out_of_range_is_refused_naming_the_route_field(limit: int) -> None:
     [problem] = problems(limit)
-    assert problem.startswith("routes[8].max_request_body_bytes: "), problem
+    assert problem.startswith(f"routes[{IMAGES_INDEX}].max_request_body_bytes: "), problem
     assert str(limit) in problem
 
 
 def test_a_route_limit_that_is_not_a_number_is_refused() -> None:
     [problem] = problems("50MB")
-    assert problem.startswith("routes[8].max_request_body_bytes: "), problem
+    assert problem.startswith(f"routes[{IMAGES_INDEX}].max_request_body_bytes: "), problem
 
 
 def test_a_route_without_a_limit_of_its_own_takes_the_global_one() -> None:
@@ -81,14 +88,22 @@ def test_a_route_without_a_limit_of_its_own_takes_the_global_one() -> None:
     by_name = {route.name: route for route in config.routes}
     assert by_name["openai-chat"].max_request_body_bytes is None
     assert config.request_body_limit(by_name["openai-chat"]) == GLOBAL_LIMIT
-    assert config.request_body_limit(by_name["openai-images"]) == IMAGES_LIMIT
+    assert config.request_body_limit(by_name["openai-images"]) == GLOBAL_LIMIT
+    assert config.request_body_limit(by_name["openai-image-edits"]) == IMAGES_LIMIT
     assert config.largest_request_body_bytes() == IMAGES_LIMIT
 
 
-def test_the_default_config_takes_large_pictures_on_the_images_routes_alone() -> None:
+def test_the_default_config_takes_large_pictures_on_the_edit_routes_alone() -> None:
+    """Edits (multipart forms of pictures) take 64 MiB; generations are JSON and keep the
+    1 MiB every other route keeps. Before, the Images API's prefix routes took 64 MiB
+    for both."""
     config = parse_config(Path("config/gateway.yaml").read_text(), "gateway.yaml", {})
-    large = {r.name for r in config.routes if config.request_body_limit(r) > MIB}
-    assert large == {"openai-images", "openai-prefix-images", "openai-bare-prefix-images"}
+    large = {r.name: r.path for r in config.routes if config.request_body_limit(r) > MIB}
+    assert large == {
+        "openai-image-edits": "/v1/images/edits",
+        "openai-prefix-image-edits": "/openai/v1/images/edits",
+        "openai-bare-prefix-image-edits": "/openai/images/edits",
+    }
     assert config.limits.max_request_body_bytes == MIB
 
 
@@ -157,7 +172,7 @@ async def test_an_edit_over_its_routes_limit_is_a_413_naming_that_limit() -> Non
         assert status == 413
         assert error["error"]["message"] == (
             f"request body of {len(body)} bytes is over the limit of {IMAGES_LIMIT} bytes"
-            " of route 'openai-images'"
+            " of route 'openai-image-edits'"
         )
 
 
@@ -210,7 +225,8 @@ def test_envoy_buffers_each_path_up_to_its_routes_limit_and_a_little_more() -> N
         next(iter(route["match"].values())): route["request_body_buffer_limit"]
         for route in body_limit_routes(config)
     }
-    assert limits["/v1/images"] == IMAGES_LIMIT + BUFFER_SLACK_BYTES
+    assert limits["/v1/images/edits"] == IMAGES_LIMIT + BUFFER_SLACK_BYTES
+    assert limits["/v1/images"] == GLOBAL_LIMIT + BUFFER_SLACK_BYTES
     assert limits["/v1/chat/completions"] == GLOBAL_LIMIT + BUFFER_SLACK_BYTES
     # The listener's own limit stays the global one, for paths no route serves.
     listener = render_bootstrap(config)["static_resources"]["listeners"][0]
