@@ -147,7 +147,7 @@ from extproc.translators.base import (
 from extproc.translators.cache_breakpoints import check_cache_controls
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
 from extproc.translators.openai_chat_extras import VERTEX_WEB_SEARCH_BETA, searches_the_web
-from extproc.translators.openai_image_usage import tool_model
+from extproc.translators.openai_image_usage import tool_model, tool_picture_allowance
 from extproc.translators.response_formats import schema_to_hold
 
 SSE = "text/event-stream"
@@ -1103,7 +1103,10 @@ def _answer_plan(
         # The image generation tool's model as asked, when the response names none.
         image_model = tool_model((ctx.body or {}).get("tools"))
         if streaming:
-            return ResponsePlan(openai_responses.EventStreamReader(image_model), streamed=True)
+            # What a stream cut while its tool drew is charged per picture: its reserve.
+            picture = tool_picture_allowance(ctx.body or {})
+            responses_events = openai_responses.EventStreamReader(image_model, picture)
+            return ResponsePlan(responses_events, streamed=True)
         return ResponsePlan(openai_responses.ResponseReader(image_model))
     if route.api is RouteApi.OPENAI_RESPONSES_COMPACT:
         # Never streamed (a body asking is refused): a response's usage, in one object.

@@ -81,7 +81,8 @@ from extproc.stages.quota import reserved_completion
 from extproc.translators.anthropic_anthropic import server_tools_counted
 from extproc.translators.base import StreamFailure, counts_so_far, stream_failure
 from extproc.translators.generated_text import generated_chars, responses_delta_chars
-from extproc.translators.openai_responses import server_tool_calls_counted
+from extproc.translators.openai_image_usage import with_image_generation
+from extproc.translators.openai_responses import pictures_begun, server_tool_calls_counted
 from extproc.translators.sse import MAX_EVENT_BYTES
 
 
@@ -220,6 +221,17 @@ def _unwrapped_chars(ctx: RequestContext) -> int | None:
 def _failed_stream_usage(
     ctx: RequestContext, body: dict[str, Any], failure: StreamFailure
 ) -> Usage:
+    """The provider's counts where it gave them, the gateway's estimate for the rest,
+    with the pictures a Responses stream's image generation tool had begun and never
+    reported (``openai_responses.pictures_begun``), unless the provider's count is the
+    whole answer's."""
+    counted = _counted_usage(ctx, body, failure)
+    if failure.whole:
+        return counted
+    return with_image_generation(counted, pictures_begun(ctx.translator))
+
+
+def _counted_usage(ctx: RequestContext, body: dict[str, Any], failure: StreamFailure) -> Usage:
     """The provider's counts where it gave them, the gateway's estimate for the rest."""
     if failure.whole and failure.completion_tokens is not None:
         # The provider's count of the whole answer (a Responses API response.failed's

@@ -55,6 +55,7 @@ from extproc.translators import openai_bedrock
 from extproc.translators.claude_thinking import takes_adaptive_thinking
 from extproc.translators.openai_anthropic import DEFAULT_MAX_TOKENS as CLAUDE_DEFAULT_MAX_TOKENS
 from extproc.translators.openai_anthropic import named_max_tokens, thinking_budget_for
+from extproc.translators.openai_image_usage import tool_picture_allowance
 
 log = logging.getLogger(__name__)
 # The longest wait a refused client should sit out before its SDK retries on its own: the
@@ -112,7 +113,7 @@ class QuotaStage:
         refuse_credential_in_subjects(ctx, limits)
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
-        cost = 0 if counting else ctx.estimated_prompt_tokens() + reserved_completion(ctx)
+        cost = 0 if counting else fixed_tokens(ctx) + reserved_completion(ctx)
         return self._reserve(ctx, out, limits, cost)
 
     async def _reserve(
@@ -232,7 +233,7 @@ def _settling_frees(
     short = _capped_short(ctx, result)
     if not short:
         return False
-    prompt = ctx.estimated_prompt_tokens()
+    prompt = fixed_tokens(ctx)
     room = max(1, _least_completion(ctx)) * _choices(ctx)
     held = all(result.effective[i] - result.settled_before(i) - prompt >= room for i in short)
     return held and store.settling([result.limits[i] for i in short])
@@ -248,7 +249,7 @@ def _capped_short(ctx: RequestContext, reservation: Reservation) -> list[int]:
     ]
     if not capped:
         return []  # the usual admission: nothing more to weigh
-    prompt = ctx.estimated_prompt_tokens()
+    prompt = fixed_tokens(ctx)
     choices = _choices(ctx)
     least = _least_completion(ctx)
     return [i for i in capped if (_left_before(reservation, i) - prompt) // choices < least]
@@ -264,6 +265,20 @@ def _reserved_tokens(reservation: Reservation) -> int:
         ),
         default=0,
     )
+
+
+def fixed_tokens(ctx: RequestContext) -> int:
+    """The tokens a request reserves beside its answer's allowance, which no allowance
+    field bounds: its prompt estimate and, for a Responses request with the image
+    generation tool, one picture at the tool's quality and size
+    (``openai_image_usage.tool_picture_allowance``). The hard cap weighs them as it
+    weighs the prompt: room for them, or a 429; the answer's allowance gets the rest. A
+    stream cut while the tool drew is charged that picture (``partial_usage``)."""
+    prompt = ctx.estimated_prompt_tokens()
+    route = ctx.route
+    if route is not None and route.api is RouteApi.OPENAI_RESPONSES and ctx.body is not None:
+        return prompt + tool_picture_allowance(ctx.body)
+    return prompt
 
 
 def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> int:
@@ -423,7 +438,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
     ]
     if not capped or ctx.body is None:
         return
-    prompt = ctx.estimated_prompt_tokens()
+    prompt = fixed_tokens(ctx)
     # Shared by the completions the provider generates: each gets its part of the room.
     choices = _choices(ctx)
     completion = (min(_left_before(reservation, i) for i in capped) - prompt) // choices
@@ -554,7 +569,7 @@ def _store_refusal(
     but not enough for this prompt, until its period ends."""
     if not cost:  # a count: no prompt to weigh
         return _refusal(denial, now), denial.limit
-    prompt = ctx.estimated_prompt_tokens()
+    prompt = fixed_tokens(ctx)
     room = max(1, _least_completion(ctx)) * _choices(ctx)
     refusals = denial.refusals or (denial,)
     budgets = [
@@ -618,7 +633,7 @@ def _spent_for_this_prompt(ctx: RequestContext, denial: Denial) -> bool:
     if not (denial.only_held and denial.limit.hard_cap):
         return False
     room = max(1, _least_completion(ctx)) * _choices(ctx)
-    return denial.effective_limit - denial.settled - ctx.estimated_prompt_tokens() < room
+    return denial.effective_limit - denial.settled - fixed_tokens(ctx) < room
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from extproc.context import ImageGeneration, Usage
+from extproc.images_api import picture_allowance
 from extproc.translators.token_counts import token_count
 
 # The type of the Responses API's image generation tool in a request's and a
@@ -106,18 +107,39 @@ def summed_image_usage(so_far: Usage | None, more: Usage) -> Usage:
     )
 
 
-def tool_model(tools: Any) -> str | None:
-    """The model of the image generation tool in a ``tools`` list (a request's or a
-    response's); None when it has no such tool or the tool names no model."""
+def image_tool(tools: Any) -> dict[str, Any] | None:
+    """The image generation tool's entry in a ``tools`` list (a request's or a
+    response's); None when it has none."""
     if not isinstance(tools, list):
         return None
     for tool in tools:
         if isinstance(tool, dict) and tool.get("type") == TOOL_TYPE:
-            model = tool.get("model")
-            if isinstance(model, str) and model.strip():
-                return model.strip()
-            return None
+            return tool
     return None
+
+
+def tool_model(tools: Any) -> str | None:
+    """The model of the image generation tool in a ``tools`` list (a request's or a
+    response's); None when it has no such tool or the tool names no model."""
+    tool = image_tool(tools)
+    model = tool.get("model") if tool is not None else None
+    if isinstance(model, str) and model.strip():
+        return model.strip()
+    return None
+
+
+def tool_picture_allowance(body: dict[str, Any]) -> int:
+    """The output tokens of one picture of the Responses request's image generation tool,
+    at the ``quality`` and ``size`` its entry names (``images_api.picture_allowance``: a
+    quality the provider picks at the highest); 0 when the request has no such tool.
+
+    What the quota reserves for the tool beside the answer's allowance (no
+    ``max_output_tokens`` bounds a picture), and what a stream cut while the tool was
+    drawing is charged for each picture it had begun."""
+    tool = image_tool(body.get("tools"))
+    if tool is None:
+        return 0
+    return picture_allowance({"quality": tool.get("quality"), "size": tool.get("size")})
 
 
 def image_generation_of(response: Any, asked_model: str | None) -> ImageGeneration | None:

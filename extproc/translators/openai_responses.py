@@ -29,8 +29,10 @@ The request goes as the client sent it, under the provider's name for the model,
   ``usage``), added to the counts as parts of them and billed at the image model's prices
   (``openai_image_usage``): a JSON answer's top level, a stream's terminal response's. The
   image model is the one the response's ``tools`` names, else the request's
-  (``image_model``). A stream cut before its terminal response never shows them, and does
-  not bill them (docs/chargeback.md#image-generation).
+  (``image_model``). A stream cut before its terminal response never shows them: each
+  picture it showed begun (``PictureTally``) is charged as the quota reserved it
+  (``openai_image_usage.tool_picture_allowance``), as a cut Images API stream is
+  (docs/chargeback.md#image-generation).
 
 A stream (SSE, ``event: response.<kind>`` lines) ends with one terminal event:
 ``response.completed``, ``response.incomplete`` or ``response.failed``, each carrying
@@ -45,7 +47,11 @@ event never shows its whole ``output``, yet the tool calls it made are billed. S
 ``response.output_item.added`` and ``.done`` events of billed tool calls are read too
 (``ToolCallTally``: a plain pattern on the item's type picks them out), and
 ``stages.partial_usage`` bills what they showed; once the terminal response is read, its
-``output`` is the count.
+``output`` is the count. So are the events of the image generation tool's calls
+(``response.image_generation_call.in_progress``, ``.generating``, ``.partial_image``,
+and the output item events of an ``image_generation_call``): the provider was drawing,
+and bills the picture. They are told apart by a plain pattern too, never parsed (a
+partial picture is megabytes of base64), and counted by their ``output_index``.
 
 A compaction (``/responses/compact``) answers one JSON object, ``{"id", "object":
 "response.compaction", "created_at", "output", "usage"}``, whose ``usage`` has this very
@@ -74,7 +80,7 @@ from typing import Any
 
 import orjson
 
-from extproc.context import Usage
+from extproc.context import ImageGeneration, Usage
 from extproc.errors import GatewayError, UpstreamError
 from extproc.translators.base import (
     STREAM_ENDED_EARLY,
@@ -83,7 +89,11 @@ from extproc.translators.base import (
     StreamFailure,
     service_tier_of,
 )
-from extproc.translators.openai_image_usage import image_generation_of, with_image_generation
+from extproc.translators.openai_image_usage import (
+    image_generation_of,
+    tool_model,
+    with_image_generation,
+)
 from extproc.translators.openai_openai import reasoning_beside, reported_cost
 from extproc.translators.sse import (
     EVENT_END,
@@ -123,6 +133,15 @@ BILLED_CALLS = {"web_search_call": "web_search", "file_search_call": "file_searc
 _SEARCH_ACTION = "search"
 # A call OpenAI reports as failed is not billed (docs/chargeback.md).
 _FAILED = "failed"
+# The image generation tool's events: the call's own (``response.image_generation_call.
+# in_progress``, ``.generating``, ``.partial_image``, ``.completed``), and an output item
+# event whose item is a call of it. Generated text cannot fake them (its quotes are
+# escaped); a response's whole document (created, completed) is no output item event.
+_PICTURE_MARK = b"image_generation_call"
+_PICTURE_EVENT = re.compile(rb'"type"\s*:\s*"response\.image_generation_call\.[a-z_]+"')
+_ITEM_EVENT = re.compile(rb'"type"\s*:\s*"response\.output_item\.(?:added|done)"')
+_PICTURE_ITEM = re.compile(rb'"type"\s*:\s*"image_generation_call"')
+_OUTPUT_INDEX = re.compile(rb'"output_index"\s*:\s*(\d+)')
 # The tier a request asks for to let the provider choose: no tier that served anything.
 AUTO_TIER = "auto"
 # A finish reason as the log line keeps it: short, no markup.
@@ -262,6 +281,42 @@ class ToolCallTally:
         return counts
 
 
+class PictureTally:
+    """The image generation tool's calls a stream showed begun, each by its
+    ``output_index``: what a stream that ends without its terminal response is charged a
+    picture for (``pictures_begun``)."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: set[int] = set()
+
+    def read(self, events: bytes) -> None:
+        """Whole events as they came: those of an image generation call are counted."""
+        if _PICTURE_MARK not in events:
+            return  # nearly every chunk: no call of the tool in it
+        for event in events.split(EVENT_END):
+            if _PICTURE_EVENT.search(event) or (
+                _ITEM_EVENT.search(event) and _PICTURE_ITEM.search(event)
+            ):
+                index = _OUTPUT_INDEX.search(event)
+                # One without its index (never seen from OpenAI) is a call of its own.
+                self._calls.add(int(index[1]) if index else -1 - len(self._calls))
+
+    @property
+    def pictures(self) -> int:
+        return len(self._calls)
+
+
+def pictures_begun(translator: object) -> ImageGeneration | None:
+    """The pictures a Responses stream reader saw its image generation tool begin and
+    never reported (its stream ended before its terminal response), each at the quota's
+    reserve for one; None from any other translator, or when it saw none."""
+    begun = getattr(translator, "pictures_begun", None)
+    found = begun() if callable(begun) else None
+    return found if isinstance(found, ImageGeneration) else None
+
+
 def server_tool_calls_counted(translator: object) -> dict[str, int]:
     """The billed tool calls a Responses stream reader saw (its ``tool_call_tally``); empty
     for any other translator."""
@@ -315,12 +370,17 @@ class EventStreamReader:
     billed tool call or an error (the module docstring), passes every byte through as it
     came."""
 
-    def __init__(self, image_model: str | None = None) -> None:
+    def __init__(self, image_model: str | None = None, picture_allowance: int = 0) -> None:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.status: int | None = None  # passed through as it is
-        # The image generation tool's model as the request named it (openai_image_usage).
+        # The image generation tool's model as the request named it (openai_image_usage),
+        # then as the first event's ``tools`` names it (OpenAI fills in its default).
         self._image_model = image_model
+        # The quota's reserve for one of the tool's pictures; 0: the request has no tool
+        # (its stream is not searched for the tool's calls).
+        self._picture_allowance = picture_allowance
+        self.picture_tally = PictureTally()
         # Set when the provider failed the stream (base.StreamFailure).
         self.failure: StreamFailure | None = None
         self.service_tier: str | None = None
@@ -349,6 +409,8 @@ class EventStreamReader:
         if self._events.overflowed:
             self._sent.clear()
             return self._end_unreadable(sent, complete)
+        if complete and self._picture_allowance and not self.terminal_event_read:
+            self.picture_tally.read(complete)
         if complete and (not self._began or _READ_EVENTS.search(complete)):
             for event in complete.split(EVENT_END):
                 if _READ_EVENTS.search(event):
@@ -405,6 +467,7 @@ class EventStreamReader:
         self.response_model = _model(response) or self.response_model
         self.response_id = _response_id(response) or self.response_id
         tier = service_tier_of(response.get("service_tier"))
+        self._image_model = tool_model(response.get("tools")) or self._image_model
         if kind not in TERMINAL_EVENTS:
             # response.created: the model and tier, for a stream cut before its end. It
             # echoes the tier asked for: "auto" names none, the terminal event will.
@@ -424,6 +487,17 @@ class EventStreamReader:
             self._stream_failed(_failed_response(response), usage)
         else:
             self.usage = usage
+
+    def pictures_begun(self) -> ImageGeneration | None:
+        """The pictures the stream showed begun, none reported: each at the quota's
+        reserve for one, all of it the picture (a cut Images API stream is charged so);
+        the image model's input is not known, and not charged. None once the terminal
+        response was read (its ``tool_usage`` is the count) or when none began."""
+        pictures = self.picture_tally.pictures
+        if self.terminal_event_read or not pictures or not self._picture_allowance:
+            return None
+        drawn = pictures * self._picture_allowance
+        return ImageGeneration(self._image_model, output_tokens=drawn, output_image_tokens=drawn)
 
     def _stream_failed(
         self, error: GatewayError, usage: Usage | None = None, *, began: bool = True

@@ -28,6 +28,7 @@ from typing import Any
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.responses.tool_param import ImageGeneration as ImageGenerationTool
 
 from extproc.devstack import LocalStack
 from extproc.management.client import QuotaClient
@@ -54,6 +55,10 @@ EDIT_KEY_ID, EDIT_KEY = "retouch", "retouch-key-77c1"
 SKETCH_KEY_ID, SKETCH_KEY = "sketch", "sketch-key-9d41"
 # The large edit's and the large chat's key: their ledgers hold those alone.
 LARGE_KEY_ID, LARGE_KEY = "poster", "poster-key-3a90"
+# The keys of Responses streams cut while their image generation tool drew: by the
+# provider's reset, and by the client hanging up.
+RESET_KEY_ID, RESET_KEY = "mural", "mural-key-41b7"
+HANG_UP_KEY_ID, HANG_UP_KEY = "doodle", "doodle-key-c28e"
 MIB = 1024 * 1024
 # The default config's edit routes' own body limit; every other route, image
 # generations' included, keeps the default 1 MiB.
@@ -76,6 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": EDIT_KEY_ID, "key": EDIT_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": LARGE_KEY_ID, "key": LARGE_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": SKETCH_KEY_ID, "key": SKETCH_KEY, "user_id": "ines"})
+    raw["auth"]["api_keys"].append({"id": RESET_KEY_ID, "key": RESET_KEY, "user_id": "ines"})
+    raw["auth"]["api_keys"].append({"id": HANG_UP_KEY_ID, "key": HANG_UP_KEY, "user_id": "ines"})
     [edits] = [route for route in raw["routes"] if route["name"] == "openai-image-edits"]
     # Addresses in a prompt are masked (the edit whose spliced form must still parse).
     edits["guardrails"] = "no-addresses"
@@ -99,6 +106,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                 "name": "sketch-tokens",
                 "subject": "api_key",
                 "match": [SKETCH_KEY_ID],
+                "tokens_per_day": 100_000_000,
+            },
+            {
+                "name": "cut-pictures-tokens",
+                "subject": "api_key",
+                "match": [RESET_KEY_ID, HANG_UP_KEY_ID],
                 "tokens_per_day": 100_000_000,
             },
         ]
@@ -265,6 +278,109 @@ def test_a_streamed_generation_of_two_pictures_is_billed_both_in_every_ledger(
     with QuotaClient(f"127.0.0.1:{stack.ports.management}", ADMIN_TOKEN) as quotas:
         state = quotas.get("api_key", SKETCH_KEY_ID)
     assert sum(limit.used for limit in state.limits if limit.kind == "tokens") == prompt + drawn
+
+
+# A low-quality square picture of the Responses API's image generation tool: the quota
+# reserves 272 output tokens for it (images_api), what OpenAI bills such a picture.
+LOW_SQUARE_TOOL: ImageGenerationTool = {
+    "type": "image_generation",
+    "quality": "low",
+    "size": "1024x1024",
+}
+LOW_SQUARE_PICTURE = 272
+
+
+def assert_cut_picture_billed_in_every_ledger(
+    stack: LocalStack, gateway_log: GatewayLog, key_id: str
+) -> None:
+    """The one request of ``key_id``, a Responses stream cut while its image generation
+    tool drew: its picture is charged as the quota reserved it, at gpt-image-1's image
+    output price, in the log line, the metrics, the rollup and the quota."""
+    [line] = wait_for(
+        lambda: [found for found in gateway_log.lines() if found.get("api_key_id") == key_id], 10
+    )
+    assert line["route"] == "openai-responses"
+    assert line["usage_estimated"] is True
+    assert line["image_generation_model"] == "gpt-image-1"
+    assert (line["image_generation_output_tokens"], line["image_generation_input_tokens"]) == (
+        LOW_SQUARE_PICTURE,
+        0,
+    )
+    assert line["image_generation_output_image_tokens"] == LOW_SQUARE_PICTURE
+    # The answer's own estimate at gpt-4o-mini's prices, the picture at gpt-image-1's.
+    text_out = line["completion_tokens"] - LOW_SQUARE_PICTURE
+    assert text_out >= 0
+    billed = (
+        line["prompt_tokens"] * TEXT_IN + text_out * TEXT_OUT + LOW_SQUARE_PICTURE * IMAGE_OUT
+    ) / 10**6
+    assert cost(line) == billed
+
+    samples = scrape(stack.metrics_url)
+    drawn = metric(
+        samples, "aigw_token_parts_total", api_key_id=key_id, token_type="image_generation_output"
+    )
+    assert drawn == LOW_SQUARE_PICTURE
+    consumed = metric(samples, "tokens_consumed_total", api_key_id=key_id)
+    assert consumed == line["total_tokens"]
+    assert metric(samples, "aigw_cost_usd_total", api_key_id=key_id) == float(billed)
+
+    row = wait_for(lambda: usage_rows(stack, "api_key").get(key_id), 20)
+    assert row, "no rollup of the cut stream"
+    assert row["image_generation_output_tokens"] == LOW_SQUARE_PICTURE
+    assert row["total_tokens"] == line["total_tokens"]
+    assert Decimal(row["cost_usd"]) == billed
+    with QuotaClient(f"127.0.0.1:{stack.ports.management}", ADMIN_TOKEN) as quotas:
+        state = quotas.get("api_key", key_id)
+    used = sum(limit.used for limit in state.limits if limit.kind == "tokens")
+    assert used == line["total_tokens"]
+
+
+def test_a_picture_the_provider_reset_while_drawing_is_billed_as_reserved(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """A Responses stream with the image generation tool whose provider drops the
+    connection after the picture's events and before ``response.completed`` (the only
+    event that reports the picture, in ``tool_usage.image_gen``). Before, the picture
+    was free: the line's ``image_generation_output_tokens`` 0, the quota charged the
+    text estimate alone. Now it is charged as a cut Images API stream is: the picture's
+    reserve, at the image model's price, ``usage_estimated``."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=RESET_KEY, max_retries=0)
+    # The mock shows the picture's call (added, in progress, generating, completed) before
+    # the message, then drops the connection before the first text delta.
+    with pytest.raises(openai.APIError):
+        stream = client.responses.create(
+            model="gpt-4o-mini",
+            input="Draw a lighthouse.",
+            tools=[LOW_SQUARE_TOOL],
+            stream=True,
+            extra_headers={"x-mock-fault": "reset_after=0"},
+        )
+        for _ in stream:
+            pass
+    assert_cut_picture_billed_in_every_ledger(stack, gateway_log, RESET_KEY_ID)
+
+
+def test_a_picture_the_client_hung_up_on_while_drawing_is_billed_as_reserved(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The same stream, its client gone once the picture was being drawn (its
+    ``response.image_generation_call.generating`` event): the provider draws it all the
+    same, and the gateway charges it as reserved."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=HANG_UP_KEY, max_retries=0)
+    # Events a quarter second apart: the client leaves long before the last.
+    with client.responses.create(
+        model="gpt-4o-mini",
+        input="Draw a lighthouse.",
+        tools=[LOW_SQUARE_TOOL],
+        stream=True,
+        extra_headers={"x-mock-fault": "interval=0.25"},
+    ) as stream:
+        for event in stream:
+            if event.type == "response.image_generation_call.generating":
+                break
+        else:
+            pytest.fail("the stream showed no picture being drawn")
+    assert_cut_picture_billed_in_every_ledger(stack, gateway_log, HANG_UP_KEY_ID)
 
 
 def test_the_model_list_names_the_image_models_a_key_can_draw_with(stack: LocalStack) -> None:

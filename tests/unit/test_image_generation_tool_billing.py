@@ -36,6 +36,7 @@ from extproc.context import IMAGE_GENERATION_COUNTS, ImageGeneration, Usage
 from extproc.management.usage import rows_from_report, usage_report
 from extproc.management.v1 import management_pb2 as pb
 from extproc.processor import Processor
+from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
 from extproc.store.connection import StoreClient
 from extproc.store.usage import UsageEntry, UsageStore
@@ -47,6 +48,7 @@ from extproc.testing import (
     run_stream,
 )
 from extproc.translators.openai_image_usage import with_image_generation
+from tests.unit.quota_helpers import capped_request
 from tests.unit.test_accounting_review_streams import (
     OPENAI_KEY,
     SSE,
@@ -342,8 +344,11 @@ async def test_every_ledger_holds_the_picture_of_a_stream(store: StoreClient, en
     ``response.completed``, or ``response.failed`` (the provider's count of what it did,
     billed). The log line, tokens_consumed_total and aigw_token_parts_total, the rollup
     and the quota (the tool's tokens count against it) agree. A stream cut before its
-    terminal response never shows the picture's count: it is billed as a cut stream is,
-    without it (docs/chargeback.md#image-generation)."""
+    terminal response never shows the picture's count: its picture, which the stream
+    showed being drawn, is billed as the quota reserved it (the tool names no quality
+    or size: a high-quality 1536x1024 picture's 6,240 tokens), at the image model's
+    price, as a cut Images API stream's pictures are; before, it was free
+    (docs/chargeback.md#image-generation)."""
     terminal = {
         "completed": typed("response.completed", {"response": response()}),
         "failed": typed("response.failed", {"response": response("failed")}),
@@ -359,8 +364,14 @@ async def test_every_ledger_holds_the_picture_of_a_stream(store: StoreClient, en
     recorded.agree()
     line = recorded.line
     if ending == "cut":
-        assert line["image_generation_output_tokens"] == 0
         assert line["usage_estimated"] is True
+        assert line["image_generation_model"] == "gpt-image-1"
+        assert line["image_generation_output_tokens"] == 6_240
+        assert recorded.image_parts["image_generation_output_tokens"] == (6_240, 6_240)
+        assert recorded.quota == line["total_tokens"]
+        text = line["completion_tokens"] - 6_240
+        answered = line["prompt_tokens"] * TEXT_IN + text * TEXT_OUT
+        assert cost(line) == (answered + 6_240 * IMAGE_OUT) / 10**6
         return
     assert (line["prompt_tokens"], line["completion_tokens"]) == (90, 1_065)
     assert line["image_generation_output_tokens"] == 1_056
@@ -415,3 +426,30 @@ async def test_the_image_counts_roll_up_and_reach_the_report_and_the_management_
     assert answer.totals.image_generation_output_tokens == 2_112
     assert render(rows_from_report(answer), by, DAY, "json") == render(rows, by, DAY, "json")
     assert render(rows_from_report(answer), by, DAY, "csv") == render(rows, by, DAY, "csv")
+
+
+# --- the reservation ----------------------------------------------------------------------------
+
+
+async def test_a_hard_cap_leaves_room_for_the_tools_picture_beside_the_answer(
+    quota_store: QuotaStore,
+) -> None:
+    """No ``max_output_tokens`` bounds the tool's picture, so the quota reserves one
+    beside the answer's allowance, as the Images API reserves its pictures, and a cut
+    stream is charged that reserve. Under a hard cap of 400 tokens a low-quality square
+    picture (272) fits beside the prompt, the answer's allowance lowered to what is left;
+    a high-quality one (6,240) is a 429 before the provider. Before, the cap saw the text
+    alone: it let the high-quality picture through, and gave the answer the 200 tokens
+    it asked for, the picture's room included."""
+    low = {**BODY, "max_output_tokens": 200,
+           "tools": [{**TOOL, "quality": "low", "size": "1024x1024"}]}  # fmt: skip
+    admitted = await capped_request(quota_store, 400, RESPONSES, low)
+    assert not admitted.HasField("immediate_response"), admitted.immediate_response.body
+    # The body as it went upstream: as the client sent it when the cap changed nothing.
+    sent = orjson.loads(admitted.request_body.response.body_mutation.body or orjson.dumps(low))
+    assert 16 <= sent["max_output_tokens"] <= 400 - 272
+    high = {**BODY, "tools": [{**TOOL, "quality": "high"}]}
+    refused = await capped_request(quota_store, 400, RESPONSES, high)
+    assert refused.immediate_response.status.code == 429
+    error = orjson.loads(refused.immediate_response.body)["error"]
+    assert error["type"] == "rate_limit_error"
