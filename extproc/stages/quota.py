@@ -233,8 +233,8 @@ def _settling_frees(
     short = _capped_short(ctx, result)
     if not short:
         return False
-    prompt = fixed_tokens(ctx)
-    room = max(1, _least_completion(ctx)) * _choices(ctx)
+    prompt = ctx.estimated_prompt_tokens()
+    room = _answer_room(ctx)
     held = all(result.effective[i] - result.settled_before(i) - prompt >= room for i in short)
     return held and store.settling([result.limits[i] for i in short])
 
@@ -269,16 +269,28 @@ def _reserved_tokens(reservation: Reservation) -> int:
 
 def fixed_tokens(ctx: RequestContext) -> int:
     """The tokens a request reserves beside its answer's allowance, which no allowance
-    field bounds: its prompt estimate and, for a Responses request with the image
-    generation tool, one picture at the tool's quality and size
-    (``openai_image_usage.tool_picture_allowance``). The hard cap weighs them as it
-    weighs the prompt: room for them, or a 429; the answer's allowance gets the rest. A
-    stream cut while the tool drew is charged that picture (``partial_usage``)."""
-    prompt = ctx.estimated_prompt_tokens()
+    field bounds: its prompt estimate and its tool's picture (``tool_picture``). The
+    hard cap weighs them as it weighs the prompt: room for them, or a 429; the answer's
+    allowance gets the rest."""
+    return ctx.estimated_prompt_tokens() + tool_picture(ctx)
+
+
+def tool_picture(ctx: RequestContext) -> int:
+    """For a Responses request with the image generation tool, one picture at the tool's
+    quality and size (``openai_image_usage.tool_picture_allowance``): what the quota
+    reserves for it and what a stream cut while the tool drew is charged per picture
+    (``partial_usage``); 0 for any other request."""
     route = ctx.route
     if route is not None and route.api is RouteApi.OPENAI_RESPONSES and ctx.body is not None:
-        return prompt + tool_picture_allowance(ctx.body)
-    return prompt
+        return tool_picture_allowance(ctx.body)
+    return 0
+
+
+def _answer_room(ctx: RequestContext) -> int:
+    """The least a hard-capped budget must leave beside the prompt: the least answer of
+    each choice, and the tool's picture, which no field bounds (a refusal tells the
+    prompt apart from it)."""
+    return max(1, _least_completion(ctx)) * _choices(ctx) + tool_picture(ctx)
 
 
 def reserved_completion(ctx: RequestContext, member: Upstream | None = None) -> int:
@@ -452,8 +464,11 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         # give it back a second time.
         ctx.reservation = None
         store.release(reservation)
-        room = max(1, _least_completion(ctx)) * choices
-        refusal, limit, _ = _capped_refusal(reservation, capped, prompt, store.now(), room)
+        # Told as the prompt and the room its answer needs, its picture part of that.
+        room = _answer_room(ctx)
+        refusal, limit, _ = _capped_refusal(
+            reservation, capped, ctx.estimated_prompt_tokens(), store.now(), room
+        )
         # A refusal like the store's: aigw_rate_limited_total counts both.
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
@@ -569,8 +584,8 @@ def _store_refusal(
     but not enough for this prompt, until its period ends."""
     if not cost:  # a count: no prompt to weigh
         return _refusal(denial, now), denial.limit
-    prompt = fixed_tokens(ctx)
-    room = max(1, _least_completion(ctx)) * _choices(ctx)
+    prompt = ctx.estimated_prompt_tokens()
+    room = _answer_room(ctx)
     refusals = denial.refusals or (denial,)
     budgets = [
         each
@@ -632,8 +647,8 @@ def _spent_for_this_prompt(ctx: RequestContext, denial: Denial) -> bool:
     little room even once they settle (as ``_capped_refusal`` tells held from spent)."""
     if not (denial.only_held and denial.limit.hard_cap):
         return False
-    room = max(1, _least_completion(ctx)) * _choices(ctx)
-    return denial.effective_limit - denial.settled - fixed_tokens(ctx) < room
+    room = _answer_room(ctx)
+    return denial.effective_limit - denial.settled - ctx.estimated_prompt_tokens() < room
 
 
 def _left_before(reservation: Reservation, index: int) -> int:

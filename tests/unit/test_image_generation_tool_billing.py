@@ -451,5 +451,8 @@ async def test_a_hard_cap_leaves_room_for_the_tools_picture_beside_the_answer(
     high = {**BODY, "tools": [{**TOOL, "quality": "high"}]}
     refused = await capped_request(quota_store, 400, RESPONSES, high)
     assert refused.immediate_response.status.code == 429
+    # The picture is told as part of the room the answer needs, not as prompt tokens.
+    message = orjson.loads(refused.immediate_response.body)["error"]["message"]
+    assert f"the {6_240 + 16} tokens its answer needs at the least" in message
     error = orjson.loads(refused.immediate_response.body)["error"]
     assert error["type"] == "rate_limit_error"
