@@ -216,7 +216,7 @@ def error_response(
 ) -> ext.ProcessingResponse:
     extra = {"content-type": "application/json", **error.headers}
     if api_shape == "bedrock":
-        extra[BEDROCK_ERROR_TYPE_HEADER] = bedrock_exception(error.status)
+        extra[BEDROCK_ERROR_TYPE_HEADER] = error.aws_exception or bedrock_exception(error.status)
         if (wait := aws_retry_after(error.headers)) is not None:
             extra[AWS_RETRY_AFTER_HEADER] = wait
     if request_id:

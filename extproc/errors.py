@@ -14,6 +14,7 @@ same error shape whatever part of the gateway refused them::
     ├── PayloadTooLargeError          413 invalid_request_error / request_too_large
     ├── UnsupportedMediaTypeError     415 invalid_request_error / unsupported_content_encoding
     ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded (retry-after)
+    ├── ServiceQuotaExceededError     400 the same refusal to AWS SDKs, when no retry soon passes
     ├── UpstreamError                 502 upstream_error
     ├── ServiceUnavailableError       503 service_unavailable
     └── GatewayTimeoutError           504 timeout
@@ -45,6 +46,9 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "server_error"
     default_code: str | None = None
+    # The Bedrock Runtime exception AWS SDKs read in ``x-amzn-errortype``, when the
+    # status alone does not pick it (``bedrock_exception``).
+    aws_exception: str | None = None
 
     def __init__(
         self,
@@ -264,6 +268,20 @@ class RateLimitError(GatewayError):
     status = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class ServiceQuotaExceededError(GatewayError):
+    """A quota refusal an AWS SDK gets when no retry within a minute can pass: a
+    lifetime or calendar quota spent, a prompt larger than the whole budget. Bedrock
+    Runtime's own exception for a request over a quota that "you can resubmit later",
+    with its status (400): botocore retries a ``ThrottlingException`` whatever the
+    headers say (twice in its standard mode, four times in legacy mode, each retry
+    refused again) and its adaptive mode slows every later call down on it; it retries
+    neither this exception nor a 400. Built from the 429 the other APIs get."""
+
+    status = 400
+    error_type = "rate_limit_error"
+    aws_exception = "ServiceQuotaExceededException"
 
 
 class UpstreamError(GatewayError):

@@ -28,7 +28,12 @@ from extproc.completions_api import completion_allowance as text_completion_allo
 from extproc.completions_api import generated_choices
 from extproc.config.model import MESSAGES_BODY_APIS, TOKEN_COUNT_APIS, ProviderType, RouteApi
 from extproc.context import PhaseOutput, RequestContext
-from extproc.errors import RateLimitError, ServiceUnavailableError
+from extproc.errors import (
+    GatewayError,
+    RateLimitError,
+    ServiceQuotaExceededError,
+    ServiceUnavailableError,
+)
 from extproc.headers import metadata_key
 from extproc.images_api import picture_allowance
 from extproc.openai_inputs import choices
@@ -157,7 +162,7 @@ class QuotaStage:
             services.metrics.rate_limit(limit.rule, limit.subject_kind)
             ctx.quota_decision = "rejected"
             ctx.quota_rule = limit.rule
-            raise refusal
+            raise for_client(ctx, refusal)
         ctx.quota_decision = "allowed"
         ctx.reservation = result
         # Envoy's route adds the x-ratelimit-* headers to the answer from this
@@ -473,7 +478,7 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
-        raise refusal
+        raise for_client(ctx, refusal)
     # Never above what the request reserved: a body that names no allowance gets the
     # default it was reserved with, not the budget's whole remainder, which a provider
     # refuses past the model's output limit (Bedrock: "The maximum tokens you requested
@@ -771,6 +776,20 @@ def _too_large(
         )
     headers = _limit_headers(limit, effective, left, now, retry=False)
     return RateLimitError(message, code="insufficient_quota", headers=headers)
+
+
+def for_client(ctx: RequestContext, refusal: RateLimitError) -> GatewayError:
+    """The refusal as the client's SDK should act on it. To an AWS SDK (Bedrock's
+    routes), one that no retry within ``RETRY_WITHIN_S`` can pass (``x-should-retry:
+    false``) is Bedrock's ``ServiceQuotaExceededException``: as a ``ThrottlingException``
+    boto3 retried it two to four times, each refused again, and its adaptive mode slowed
+    down every later call. A refusal that a short wait cures stays a throttle, retried
+    after ``x-amz-retry-after``."""
+    if ctx.error_shape == "bedrock" and refusal.headers.get("x-should-retry") == "false":
+        return ServiceQuotaExceededError(
+            refusal.message, code=refusal.code, headers=refusal.headers
+        )
+    return refusal
 
 
 def _holds_until(limit: Limit) -> float:

@@ -32,6 +32,7 @@ from tests.integration.test_bedrock_converse import (
     OUTPUT_PRICE,
     ROUTE,
     TlsStack,
+    assert_spent_budget_refusal,
     bedrock_client,
     stack,
     tls,
@@ -260,7 +261,7 @@ def test_bodies_bedrock_refuses_reach_the_client_in_bedrocks_words(
     assert "required key [prompt] not found" in error["Error"]["Message"]
 
 
-def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
+def test_a_hard_cap_lowers_max_tokens_then_refuses(
     tls: TlsStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = bedrock_client(tls, monkeypatch, key="team2-key")
@@ -282,7 +283,7 @@ def test_a_hard_cap_lowers_max_tokens_then_refuses_with_a_throttle(
     with pytest.raises(ClientError) as throttled:
         for _ in range(20):
             client.invoke_model(modelId=MODEL, body=claude_body())
-    assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
+    assert_spent_budget_refusal(throttled.value)
 
 
 NOVA = "amazon.nova-lite-v1:0"

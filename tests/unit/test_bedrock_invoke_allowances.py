@@ -211,8 +211,13 @@ async def test_a_model_of_no_known_family_is_admitted_only_with_room_for_the_def
     answer = await invoke(quota_store, prompt + 1000, model, orjson.dumps(body))
     assert sent(answer) is None
 
+    # Refused for good (the budget never has room for it): not a throttle boto3 retries.
     refused = await invoke(quota_store, prompt + 999, model, orjson.dumps(body))
-    assert refused.immediate_response.status.code == 429
+    assert refused.immediate_response.status.code == 400
+    headers = {
+        h.header.key: h.header.raw_value for h in refused.immediate_response.headers.set_headers
+    }
+    assert headers["x-amzn-errortype"] == b"ServiceQuotaExceededException"
 
 
 @pytest.mark.parametrize(
@@ -271,7 +276,8 @@ async def test_a_refusal_for_an_answer_the_cap_cannot_bound_names_the_room_it_ne
 
     answer = await invoke(quota_store, 200, profile, orjson.dumps(body))
 
-    assert answer.immediate_response.status.code == 429
+    # Refused for good: Bedrock's ServiceQuotaExceededException, not a throttle.
+    assert answer.immediate_response.status.code == 400
     message = orjson.loads(answer.immediate_response.body)["message"]
     assert message == (
         "Request too large for the token budget of api_key 'team1' (rule 'team-cap'):"

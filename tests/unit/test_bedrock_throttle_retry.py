@@ -6,9 +6,10 @@ which boto3 retries (three attempts in its default standard mode) after a backof
 client over a per-second or a nearly reset limit retried before the window reset and
 got the exception after two more refusals. botocore waits ``x-amz-retry-after``
 (milliseconds, at most 5 s past its own backoff). A quota that resets much later
-(``x-should-retry: false``) gets none: boto3 still retries a throttle, and would sit
-out the cap before each retry for nothing; real Bedrock answers its own daily token
-quota with ThrottlingException too, so the exception stays.
+(``x-should-retry: false``) is no throttle: boto3 retried its ThrottlingException two
+to four times within seconds, each refused, and its adaptive mode slowed the client's
+later calls down; it is Bedrock's ``ServiceQuotaExceededException`` (400), which no
+retry mode retries (tests/integration/test_quota_refusals_aws_sdk.py).
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ quotas:
 """
 
 
-async def second_converse_refusal(quota_store: QuotaStore, rules: str) -> dict[str, str]:
-    """The headers of the refusal of key team1's second Converse call under ``rules``."""
+async def second_converse_refusal(
+    quota_store: QuotaStore, rules: str, status: int = 429
+) -> dict[str, str]:
+    """The headers of the refusal (of ``status``) of key team1's second Converse call
+    under ``rules``."""
     runtime = runtime_with(quota_store, rules)
     processor = Processor(lambda: runtime, default_stages())
     body = orjson.dumps({"messages": MESSAGES})
@@ -47,7 +51,7 @@ async def second_converse_refusal(quota_store: QuotaStore, rules: str) -> dict[s
         stream = [request_headers(converse_path(), headers=AUTH), request_body(body)]
         answers = await run_stream(processor, stream)
     refused = answers[-1].immediate_response
-    assert refused.status.code == 429
+    assert refused.status.code == status
     return {h.header.key: h.header.raw_value.decode() for h in refused.headers.set_headers}
 
 
@@ -61,11 +65,11 @@ async def test_a_limit_that_resets_soon_tells_boto3_how_long_to_wait(
     assert headers["x-amz-retry-after"] == str(int(headers["retry-after"]) * 1000)
 
 
-async def test_a_quota_that_resets_much_later_leaves_boto3_its_own_quick_retries(
+async def test_a_quota_that_resets_much_later_is_no_throttle_boto3_retries(
     quota_store: QuotaStore,
 ) -> None:
-    headers = await second_converse_refusal(quota_store, PER_DAY)
-    assert headers["x-amzn-errortype"] == "ThrottlingException"
+    headers = await second_converse_refusal(quota_store, PER_DAY, status=400)
+    assert headers["x-amzn-errortype"] == "ServiceQuotaExceededException"
     assert headers["x-should-retry"] == "false"
     assert "x-amz-retry-after" not in headers
 

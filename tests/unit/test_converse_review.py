@@ -294,10 +294,11 @@ async def test_a_hard_cap_without_room_for_the_default_allowance_refuses_a_promp
     quota_store: QuotaStore,
 ) -> None:
     # 1,000 tokens is the default allowance (quota_helpers): a prompt's answer cannot be
-    # bounded below it, so a budget with less room left is a throttle, not an overrun.
+    # bounded below it, so a budget with less room left refuses it, not an overrun; for
+    # good (no retry-after), so not as a throttle boto3 would retry.
     answers = await capped_converse(quota_store, 500, PROMPT, VARIABLES)
 
     refusal = answers[-1].immediate_response
-    assert refusal.status.code == 429
+    assert refusal.status.code == 400
     received = {h.header.key: h.header.raw_value.decode() for h in refusal.headers.set_headers}
-    assert received["x-amzn-errortype"] == "ThrottlingException"
+    assert received["x-amzn-errortype"] == "ServiceQuotaExceededException"

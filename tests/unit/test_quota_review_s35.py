@@ -150,14 +150,17 @@ async def test_a_cap_on_converse_lowers_claudes_thinking_budget_below_max_tokens
     assert claude_thinks(SONNET, sent)
 
 
-async def test_a_cap_too_small_for_converse_thinking_is_a_429_not_bedrocks_400(
+async def test_a_cap_too_small_for_converse_thinking_is_the_gateways_refusal_not_bedrocks(
     quota_store: QuotaStore,
 ) -> None:
-    # 600 tokens leave no room for the least budget (1,024) and an answer: refused as a
-    # spent budget, rather than sent on with a maxTokens Bedrock refuses.
+    # 600 tokens leave no room for the least budget (1,024) and an answer: refused by the
+    # budget, rather than sent on with a maxTokens Bedrock refuses; for good (the whole
+    # budget is too small), so as Bedrock's ServiceQuotaExceededException (400), which
+    # boto3 does not retry, not a throttle.
     refused = refusal(await capped_converse(quota_store, 600, thinking_converse()))
 
-    assert refused is not None and refused[0] == 429
+    assert refused is not None and refused[0] == 400
+    assert refused[1]["code"] == "insufficient_quota"
 
 
 async def test_a_cap_on_converse_thinking_without_max_tokens_leaves_room_for_the_budget(

@@ -64,7 +64,9 @@ def _message(api: str, body: bytes) -> str:
 async def _refusal(
     quota_store: QuotaStore, rules: str, api: str, body: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, str]]:
-    """Key team1's request on ``api`` under ``rules``: its 429's message and headers."""
+    """Key team1's request on ``api`` under ``rules``: its 429's message and headers
+    (to an AWS SDK, a refusal no retry soon can pass is a 400
+    ``ServiceQuotaExceededException``, which botocore does not retry)."""
     runtime = runtime_with(quota_store, rules)
     path, default = APIS[api]
     stream = [request_headers(path, headers=AUTH), request_body(orjson.dumps(body or default))]
@@ -72,8 +74,11 @@ async def _refusal(
         Processor(lambda: runtime, default_stages()), stream
     )
     refused = answers[-1].immediate_response
-    assert refused.status.code == 429, refused
     headers = {h.header.key: h.header.raw_value.decode() for h in refused.headers.set_headers}
+    for_good = api == "bedrock" and headers.get("x-should-retry") == "false"
+    assert refused.status.code == (400 if for_good else 429), refused
+    if for_good:
+        assert headers["x-amzn-errortype"] == "ServiceQuotaExceededException"
     return _message(api, refused.body), headers
 
 
