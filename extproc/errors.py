@@ -14,7 +14,7 @@ same error shape whatever part of the gateway refused them::
     ├── PayloadTooLargeError          413 invalid_request_error / request_too_large
     ├── UnsupportedMediaTypeError     415 invalid_request_error / unsupported_content_encoding
     ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded (retry-after)
-    ├── ServiceQuotaExceededError     400 the same refusal to AWS SDKs, when no retry soon passes
+    ├── ServiceQuotaExceededError     400 that refusal to AWS and Gemini SDKs when no retry passes
     ├── UpstreamError                 502 upstream_error
     ├── ServiceUnavailableError       503 service_unavailable
     └── GatewayTimeoutError           504 timeout
@@ -46,9 +46,11 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "server_error"
     default_code: str | None = None
-    # The Bedrock Runtime exception AWS SDKs read in ``x-amzn-errortype``, when the
-    # status alone does not pick it (``bedrock_exception``).
+    # The Bedrock Runtime exception AWS SDKs read in ``x-amzn-errortype``, and Google's
+    # status name (google.rpc.Code), when the status alone does not pick them
+    # (``bedrock_exception``, ``google_status``).
     aws_exception: str | None = None
+    google_status: str | None = None
 
     def __init__(
         self,
@@ -75,7 +77,10 @@ class GatewayError(Exception):
             return bedrock_error_body(self.message, self.code)
         if api_shape == "google":
             return google_error_body(
-                self.message, self.status, retry_after=self.headers.get("retry-after")
+                self.message,
+                self.status,
+                retry_after=self.headers.get("retry-after"),
+                status_name=self.google_status,
             )
         return error_body(self.message, self.error_type, code=self.code, param=self.param)
 
@@ -203,15 +208,19 @@ def google_status(status: int) -> str:
     return _GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
 
 
-def google_error_body(message: str, status: int, *, retry_after: str | None = None) -> bytes:
+def google_error_body(
+    message: str, status: int, *, retry_after: str | None = None, status_name: str | None = None
+) -> bytes:
     """Serialise one error as Google's APIs do (``{"error": {"code", "message",
     "status"}}``), for clients of Gemini's API.
 
     ``retry_after`` (whole seconds, the ``retry-after`` header's) becomes a
     ``google.rpc.RetryInfo`` detail, as Gemini's API sends it with a 429: Gemini CLI
     and Google's SDKs read the wait there, not in the header, and tell a quota that
-    resets soon (wait, then retry) from one that does not (give up) by it."""
-    error: dict[str, object] = {"code": status, "message": message, "status": google_status(status)}
+    resets soon (wait, then retry) from one that does not (give up) by it. ``status_name``:
+    Google's status when the HTTP status alone does not pick it."""
+    name = status_name or google_status(status)
+    error: dict[str, object] = {"code": status, "message": message, "status": name}
     if retry_after is not None and retry_after.isdigit():
         error["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{int(retry_after)}s"}]
     return orjson.dumps({"error": error})
@@ -271,17 +280,26 @@ class RateLimitError(GatewayError):
 
 
 class ServiceQuotaExceededError(GatewayError):
-    """A quota refusal an AWS SDK gets when no retry within a minute can pass: a
-    lifetime or calendar quota spent, a prompt larger than the whole budget. Bedrock
-    Runtime's own exception for a request over a quota that "you can resubmit later",
-    with its status (400): botocore retries a ``ThrottlingException`` whatever the
-    headers say (twice in its standard mode, four times in legacy mode, each retry
-    refused again) and its adaptive mode slows every later call down on it; it retries
-    neither this exception nor a 400. Built from the 429 the other APIs get."""
+    """A quota refusal as the clients that would otherwise retry it in vain read it,
+    built from the 429 the other APIs get (``stages.quota.for_client``).
+
+    To an AWS SDK, when no retry within a minute can pass (a lifetime or calendar quota
+    spent, a prompt larger than the whole budget): Bedrock Runtime's own exception for a
+    request over a quota that "you can resubmit later", with its status (400). botocore
+    retries a ``ThrottlingException`` whatever the headers say (twice in its standard
+    mode, four times in legacy mode, each retry refused again) and its adaptive mode
+    slows every later call down on it; it retries neither this exception nor a 400.
+
+    To a Gemini client, when no wait at all can help (no ``retry-after``: a lifetime
+    quota, a request larger than the whole budget): ``FAILED_PRECONDITION`` (400),
+    google.rpc.Code's status for "do not retry until the system state has been explicitly
+    fixed". A 429 without a ``RetryInfo`` is a short rate limit to Gemini CLI, which
+    retried it with backoff again and again, as google-genai does with retries on."""
 
     status = 400
     error_type = "rate_limit_error"
     aws_exception = "ServiceQuotaExceededException"
+    google_status = "FAILED_PRECONDITION"
 
 
 class UpstreamError(GatewayError):

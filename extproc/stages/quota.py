@@ -779,13 +779,18 @@ def _too_large(
 
 
 def for_client(ctx: RequestContext, refusal: RateLimitError) -> GatewayError:
-    """The refusal as the client's SDK should act on it. To an AWS SDK (Bedrock's
-    routes), one that no retry within ``RETRY_WITHIN_S`` can pass (``x-should-retry:
-    false``) is Bedrock's ``ServiceQuotaExceededException``: as a ``ThrottlingException``
-    boto3 retried it two to four times, each refused again, and its adaptive mode slowed
-    down every later call. A refusal that a short wait cures stays a throttle, retried
-    after ``x-amz-retry-after``."""
-    if ctx.error_shape == "bedrock" and refusal.headers.get("x-should-retry") == "false":
+    """The refusal as the client's SDK should act on it (``ServiceQuotaExceededError``).
+    To an AWS SDK (Bedrock's routes), one that no retry within ``RETRY_WITHIN_S`` can
+    pass (``x-should-retry: false``) is Bedrock's ``ServiceQuotaExceededException``: as a
+    ``ThrottlingException`` boto3 retried it two to four times, each refused again, and
+    its adaptive mode slowed down every later call. To a Gemini client, one that no wait
+    can help (no ``retry-after``) is ``FAILED_PRECONDITION``: Gemini CLI retried a 429
+    without a ``RetryInfo`` as a short rate limit. A refusal that resets keeps its 429
+    (``RetryInfo`` with the wait: Gemini CLI gives up when it is long)."""
+    shape = ctx.error_shape
+    if (shape == "bedrock" and refusal.headers.get("x-should-retry") == "false") or (
+        shape == "google" and "retry-after" not in refusal.headers
+    ):
         return ServiceQuotaExceededError(
             refusal.message, code=refusal.code, headers=refusal.headers
         )

@@ -129,7 +129,9 @@ async def test_a_hard_cap_counts_a_text_file_sent_inline(
     [answers] = await send(vertex, services, large, quotas=rules)
     found = refused(answers)
     assert found is not None, "a prompt of about 10,000 tokens went past a 1,000-token cap"
-    assert found[0] == 429
+    # Larger than the whole cap: refused for good, FAILED_PRECONDITION (400) to a Gemini
+    # client, not a 429 it would retry.
+    assert found[0] == 400
 
 
 def test_the_guards_read_a_text_file_sent_inline_and_mask_it_encoded() -> None:

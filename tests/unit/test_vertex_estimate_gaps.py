@@ -65,7 +65,9 @@ async def test_a_hard_cap_counts_the_response_schema(
 
     found = refused(answers)
     assert found is not None, "a schema of about 10,000 tokens went past a 1,000-token cap"
-    assert found[0] == 429
+    # Larger than the whole cap: refused for good, FAILED_PRECONDITION (400) to a Gemini
+    # client, not a 429 it would retry.
+    assert found[0] == 400
 
 
 @pytest.mark.parametrize("path", [None, COUNT])
