@@ -21,12 +21,15 @@ The builtins (why each rule):
 - ``CA_SIN``: nine digits, optionally ``AAA-BBB-CCC`` or spaced (the same
   separator twice), passing the Luhn check.
 - ``EMAIL``: ``local@domain.tld`` with the characters mail systems accept, in
-  Latin (accents included), Greek and Cyrillic letters as well as ASCII
-  (internationalised addresses, RFC 6531: ``müller@bücher.de``, ``почта@пример.рф``),
-  and punycode top-level domains (``xn--p1ai``). Letters of scripts written without
-  spaces between words (Chinese, Japanese, Korean, Thai) are not taken: next to an
-  address they are the sentence around it (``请联系jane@example.com``), and a pattern
-  taking them would mask the sentence with the address.
+  ASCII and the letters, marks and digits of internationalised addresses (RFC 6531,
+  IDNA) in the scripts ``email_scripts`` lists (``müller@bücher.de``,
+  ``ব্যবহারকারী@উদাহরণ.বাংলা``), and punycode top-level domains (``xn--p1ai``). A
+  local part is its last 64 octets at most (what SMTP carries); a top-level domain is
+  one script. Letters of scripts written without spaces between words (Chinese,
+  Japanese, Korean, Thai, Lao, Khmer, Myanmar, Tibetan) are of one script per part:
+  next to an address they are the sentence around it (``请联系jane@example.com``), and
+  a domain ends after a top-level domain the root zone delegates in them
+  (``jane@例子.中国请回复``).
 - ``PHONE_NUMBER``: North American numbers (``(555) 123-4567``,
   ``+1 555.123.4567``, ``5551234567``), whose area code never begins with 0 or 1 (so a
   Unix time, ``1717171717``, is none), and international ``+CC ...`` numbers of
@@ -46,6 +49,7 @@ from typing import Any
 import re2
 
 from extproc.config.guard_model import Builtin
+from extproc.guardrails import email_scripts
 from extproc.guardrails.card_numbers import card_windows, luhn_valid
 
 # The stdlib's own regex parser (private, untyped): a pattern's width and characters.
@@ -227,48 +231,14 @@ def _phone(text: str, start: int, end: int) -> bool:
     return digits[len(digits) - 10] not in "01"
 
 
-# The letters of scripts written with spaces between words, which an address may hold
-# besides ASCII: Latin-1 and Latin Extended (without the multiplication and division
-# signs), Greek, Cyrillic, Hebrew, Arabic (with its supplements), Devanagari, Latin
-# Extended Additional (Vietnamese). Each script's punctuation is left out (Hebrew's maqaf,
-# paseq and sof pasuq, Arabic's comma, semicolon, question mark and full stop, the
-# Devanagari danda), so an address ends where the sentence around it goes on. Character
-# ranges both RE2 and Python's re read alike, so the pattern, its stream characters and
-# its end check agree.
-_EMAIL_LETTERS = (
-    "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0386\u0388-\u03ff"
-    "\u0400-\u0481\u048a-\u052f\u05d0-\u05ea\u05ef-\u05f2"
-    "\u0620-\u064a\u066e\u066f\u0671-\u06d3\u06d5\u06e5\u06e6\u06ee\u06ef"
-    "\u06fa-\u06fc\u06ff\u0750-\u077f\u08a0-\u08c9"
-    "\u0904-\u0939\u093d\u0950\u0958-\u0961\u0971-\u097f\u1e00-\u1eff"
-)
-# The marks written on those letters: combining accents, Cyrillic titlo, Hebrew points,
-# Arabic vowel signs, Devanagari vowel signs, viramas and nukta, and the zero-width
-# (non-)joiners Persian and Indic words are spelt with (IDNA allows them there).
-_EMAIL_MARKS = (
-    "\u0300-\u036f\u0483-\u0487\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7"
-    "\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed"
-    "\u08ca-\u08e1\u08e3-\u08ff\u0900-\u0903\u093a-\u093c\u093e-\u094f"
-    "\u0951-\u0957\u0962\u0963\u200c\u200d"
-)
-# Digits: ASCII, Arabic-Indic (both forms) and Devanagari.
-_EMAIL_DIGITS = "0-9\u0660-\u0669\u06f0-\u06f9\u0966-\u096f"
+# Where the characters and top-level domains come from, script by script: ``email_scripts``.
+_EMAIL_LETTERS = email_scripts.LETTERS
+_EMAIL_MARKS = email_scripts.MARKS
+_EMAIL_DIGITS = email_scripts.DIGITS
 _EMAIL_WORD = _EMAIL_LETTERS + _EMAIL_MARKS + _EMAIL_DIGITS
-# Scripts written without spaces between words (Chinese and Japanese: Han, kana, the
-# iteration and prolonged sound marks; Thai with its marks), and Korean Hangul, whose
-# particles are written on the word before them (x@y.com으로). Next to an address of
-# another script, their letters are the sentence around it (请联系jane@example.com), so
-# each is a script of its own: a local part, a label or a top-level domain is letters of
-# one of them only. A run of one cannot be cut into words without a dictionary, so an
-# address written in one takes the whole run before the "@" and after the last dot.
-_EMAIL_HAN_KANA = (
-    "\u3005\u3041-\u3096\u3099-\u309f\u30a1-\u30fa\u30fc-\u30ff\u3400-\u4dbf"
-    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-)
-_EMAIL_THAI = "\u0e01-\u0e3a\u0e40-\u0e4e"
-_EMAIL_HANGUL = "\u1100-\u11ff\u3131-\u318e\uac00-\ud7a3"
-_EMAIL_UNSPACED = (_EMAIL_HAN_KANA, _EMAIL_THAI, _EMAIL_HANGUL)
-_EMAIL_UNSPACED_LETTERS = "".join(_EMAIL_UNSPACED)
+# A local part SMTP carries is at most 64 octets (RFC 5321, 4.5.3.1.1; RFC 6531 counts
+# them in UTF-8): 21 Chinese or Thai letters. What is before them is the sentence.
+LOCAL_OCTETS = 64
 
 
 def _label(word: str) -> str:
@@ -278,35 +248,56 @@ def _label(word: str) -> str:
     return f"[{word}](?:[{word}\\-]*[{word}])?"
 
 
+def _top_level(letters: str, delegated: list[str]) -> str:
+    # A delegated name first (longest first: RE2 takes the first alternative that
+    # matches), so the sentence after it is no part of the domain.
+    names = [re2.escape(name) for name in sorted(delegated, key=len, reverse=True)]
+    return "|".join([*names, f"[{letters}]{{2,24}}"])
+
+
 # A local part of the spaced scripts may hold digits and the signs mail systems accept; one
-# in Chinese/Japanese or Thai holds its letters, dots and dashes only, so the Chinese before
-# a numeric address (我的邮箱是123456@qq.com) is not taken for part of it. Korean, written
+# in an unspaced script holds its letters, dots and dashes only, so the Chinese before a
+# numeric address (我的邮箱是123456@qq.com) is not taken for part of it. Korean, written
 # with spaces between words, may have digits after its first letter (사용자12@예시.한국).
+_EMAIL_LOCALS = [f"[{_EMAIL_WORD}._%+\\-]"] + [
+    f"[{letters}0-9._\\-]" if letters == email_scripts.HANGUL else f"[{letters}._\\-]"
+    for letters, _ in email_scripts.UNSPACED
+]
+# Their length is no part of the pattern: ``EmailDetector.find`` takes the last 64 octets
+# before the "@". Counted here ({1,64}), with the labels' count ({0,8}), they made a program
+# RE2's automaton ran out of memory on once these scripts were added, and a 2 KB prompt
+# holding one address cost 600 us instead of 6.
 _EMAIL_LOCAL = "|".join(
-    [
-        f"[{_EMAIL_WORD}._%+\\-]{{1,64}}",
-        f"[{_EMAIL_HAN_KANA}][{_EMAIL_HAN_KANA}._\\-]{{0,63}}",
-        f"[{_EMAIL_THAI}][{_EMAIL_THAI}._\\-]{{0,63}}",
-        f"[{_EMAIL_HANGUL}][{_EMAIL_HANGUL}0-9._\\-]{{0,63}}",
+    [f"{_EMAIL_LOCALS[0]}+"]
+    + [
+        f"[{letters}]{chars}*"
+        for (letters, _), chars in zip(email_scripts.UNSPACED, _EMAIL_LOCALS[1:], strict=True)
     ]
 )
 _EMAIL_DOMAIN_LABEL = "|".join(
-    [_label(_EMAIL_WORD)] + [_label(letters + _EMAIL_DIGITS) for letters in _EMAIL_UNSPACED]
+    [_label(_EMAIL_WORD)]
+    + [_label(letters + _EMAIL_DIGITS) for letters, _ in email_scripts.UNSPACED]
 )
 _EMAIL_TOP_LEVEL = "|".join(
-    ["xn--[A-Za-z0-9\\-]{1,59}", f"[{_EMAIL_LETTERS}][{_EMAIL_LETTERS}{_EMAIL_MARKS}]{{1,23}}"]
-    + [f"[{letters}]{{2,24}}" for letters in _EMAIL_UNSPACED]
+    ["xn--[A-Za-z0-9\\-]{1,59}"]
+    + [f"[{letters}][{letters}{marks}]+" for letters, marks in email_scripts.SCRIPTS]
+    + [_top_level(letters, delegated) for letters, delegated in email_scripts.UNSPACED]
 )
 EMAIL_PATTERN = (
-    f"(?:{_EMAIL_LOCAL})@(?:{_EMAIL_DOMAIN_LABEL})(?:\\.(?:{_EMAIL_DOMAIN_LABEL})){{0,8}}"
+    f"(?:{_EMAIL_LOCAL})@(?:{_EMAIL_DOMAIN_LABEL})(?:\\.(?:{_EMAIL_DOMAIN_LABEL}))*"
     f"\\.(?:{_EMAIL_TOP_LEVEL})"
 )
-# A match ending in a spaced script's letter and followed by a character the pattern
-# could have taken was cut by a length limit (a 25-letter top-level domain, a
-# 65-character local part): no address. One ending in an unspaced script's letters is
-# kept even then: the text there is the sentence going on, not more of the address.
-EMAIL_GOES_ON = re.compile(f"[{_EMAIL_LETTERS}{_EMAIL_MARKS}][{_EMAIL_WORD}_\\-]")
-EMAIL_CHARS = re.compile(f"[{_EMAIL_WORD}{_EMAIL_UNSPACED_LETTERS}._%+@\\-]")
+# A top-level domain of a spaced script is at most 24 letters, all of one script (a
+# longer run is no domain); one ending in its letter and followed by a digit, "_" or "-"
+# is a label going on without its own top-level domain: no address. Letters of another
+# script after it are the sentence (``jane@example.comতে``, a Bengali suffix), as are an
+# unspaced script's letters after a top-level domain of its own.
+TOP_LEVEL_LETTERS = 24
+EMAIL_GOES_ON = re.compile(f"[{_EMAIL_LETTERS}{_EMAIL_MARKS}][{_EMAIL_DIGITS}_\\-]")
+EMAIL_CHARS = re.compile(f"[{_EMAIL_WORD}{email_scripts.UNSPACED_LETTERS}._%+@\\-]")
+# The characters of each kind of local part, one character each: a local part is written
+# in one of them only (``EmailDetector.holdback``).
+EMAIL_LOCAL_CHARS = tuple(re.compile(chars) for chars in _EMAIL_LOCALS)
 
 
 def email_accepted(text: str, start: int, end: int) -> bool:
@@ -314,9 +305,51 @@ def email_accepted(text: str, start: int, end: int) -> bool:
     lengths, and not cut short of more letters by one."""
     if end - start > 254:  # the longest address SMTP carries
         return False
-    if any(len(label) > 63 for label in text[text.index("@", start, end) + 1 : end].split(".")):
+    at = text.index("@", start, end)
+    if len(text[start:at].encode("utf-8")) > LOCAL_OCTETS:
+        return False
+    labels = text[at + 1 : end].split(".")
+    if any(len(label) > 63 for label in labels):
+        return False
+    top = labels[-1]
+    if len(top) > TOP_LEVEL_LETTERS and not top.startswith("xn--"):
         return False
     return end == len(text) or EMAIL_GOES_ON.match(text, end - 1) is None
+
+
+class EmailDetector(Detector):
+    """The EMAIL builtin: a local part is its last 64 octets at most."""
+
+    __slots__ = ()
+
+    def find(self, text: str) -> Iterator[Span]:
+        regex = self._regex
+        encoded = text.encode("utf-8")
+        offsets = _CharOffsets(text, encoded)
+        position = 0
+        length = len(encoded)
+        while position <= length:
+            match = regex.search(encoded, position)
+            if match is None:
+                return
+            byte_start, byte_end = match.span()
+            at = encoded.index(b"@", byte_start, byte_end)
+            if at - byte_start > LOCAL_OCTETS:
+                # Longer than SMTP carries (Chinese or Indic letters of three bytes each):
+                # the address is found from the last 64 octets before the "@" (searched
+                # from there at once, not character by character: a run of letters before
+                # each "@" cost a search per letter).
+                position = at - LOCAL_OCTETS
+                while 0x80 <= encoded[position] < 0xC0:  # inside a character
+                    position += 1
+                continue
+            start = offsets.of(byte_start)
+            end = offsets.of(byte_end)
+            if email_accepted(text, start, end):
+                yield Span(start, end, self.label)
+                position = byte_end
+            else:
+                position = byte_start + _utf8_width(encoded, byte_start)
 
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")
@@ -349,7 +382,7 @@ _BUILTINS: dict[Builtin, Callable[[], Detector]] = {
         _sin,
         stands_alone=True,
     ),
-    Builtin.EMAIL: lambda: Detector(
+    Builtin.EMAIL: lambda: EmailDetector(
         re2.compile(EMAIL_PATTERN, _options()),
         Builtin.EMAIL,
         254,  # the longest address SMTP carries
