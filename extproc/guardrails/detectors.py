@@ -4,7 +4,8 @@ A ``Detector`` finds spans in a text and knows two facts streams need: the
 longest match it can produce (``max_len``) and which characters a match can
 contain (``chars``, None for any). A stream only holds back a trailing run of
 such characters, at most ``max_len - 1`` of them, because any match that
-continues into the next chunk must begin inside that run.
+continues into the next chunk must begin inside that run (``holdback``; the EMAIL
+builtin narrows it to what can still be a local part where no "@" came yet).
 
 Every pattern is compiled with RE2, whose matching time is linear in the text:
 an operator's pattern cannot make the gateway backtrack for seconds.
@@ -142,6 +143,19 @@ class Detector:
                 position = after + _utf8_width(encoded, after)
             else:
                 position = byte_start + _utf8_width(encoded, byte_start)
+
+    def holdback(self, text: str, limit: int) -> int:
+        """How many trailing characters of ``text`` (at most ``limit``) could begin a
+        match that goes on in what follows: the run of the characters a match holds."""
+        chars = self.chars
+        if chars is None:
+            return limit
+        count = 0
+        position = len(text) - 1
+        while count < limit and chars.match(text, position):
+            count += 1
+            position -= 1
+        return count
 
 
 class _CharOffsets:
@@ -318,7 +332,8 @@ def email_accepted(text: str, start: int, end: int) -> bool:
 
 
 class EmailDetector(Detector):
-    """The EMAIL builtin: a local part is its last 64 octets at most."""
+    """The EMAIL builtin: a local part is its last 64 octets at most, and a stream holds
+    back only what can still be the start of an address."""
 
     __slots__ = ()
 
@@ -350,6 +365,33 @@ class EmailDetector(Detector):
                 position = byte_end
             else:
                 position = byte_start + _utf8_width(encoded, byte_start)
+
+    def holdback(self, text: str, limit: int) -> int:
+        run = super().holdback(text, limit)
+        length = len(text)
+        tail = text[length - run :]
+        if run == 0 or "@" in tail:
+            return run
+        if tail.isascii():  # letters, digits and signs of the first kind, one byte each
+            return min(run, LOCAL_OCTETS)
+        # No "@" yet: only a local part can be in progress, written in one kind of local
+        # part's characters, at most 64 octets long. What is before it cannot be part of
+        # an address, so a Chinese or Thai answer is held 21 letters behind at most, not
+        # a clause (or 253 characters) at a time.
+        kinds = EMAIL_LOCAL_CHARS
+        octets = 0
+        held = 0
+        while held < run:
+            char = text[length - 1 - held]
+            point = ord(char)
+            octets += 1 if point < 0x80 else 2 if point < 0x800 else 3 if point < 0x10000 else 4
+            if octets > LOCAL_OCTETS:
+                break
+            kinds = tuple(kind for kind in kinds if kind.match(char))
+            if not kinds:
+                break
+            held += 1
+        return held
 
 
 _DIGITS_AND_SEPARATORS = re.compile(r"[0-9 \-]")

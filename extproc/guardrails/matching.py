@@ -264,16 +264,7 @@ class Matchers:
                     limit = min(limit, cap)
                 if limit <= longest:
                     continue
-                chars = detector.chars
-                if chars is None:
-                    longest = limit
-                    continue
-                count = 0
-                position = length - 1
-                while count < limit and chars.match(text, position):
-                    count += 1
-                    position -= 1
-                longest = max(longest, count)
+                longest = max(longest, detector.holdback(text, limit))
         return longest
 
 
