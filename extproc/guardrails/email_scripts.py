@@ -139,9 +139,10 @@ TIBETAN = _class(((0x0F00, 0x0FFF),), _LETTER + _MARK)
 MYANMAR = _class(((0x1000, 0x109F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F)), _LETTER + _MARK)
 KHMER = _class(((0x1780, 0x17FF),), _LETTER + _MARK)
 
-# The top-level domains the root zone delegates in those scripts (IANA's list), with the
-# reserved test names (RFC 2606's IDN tests): a domain ends after one of them, and what
-# follows at once is the sentence (no dictionary could say where a longer run ends).
+# Top-level domains of the root zone in those scripts (a hand-kept selection of IANA's
+# list, not the whole of it; a TLD missing here reads as an undelegated one), with the
+# names of IANA's IDN test domains: a domain ends after one of them, and what follows at
+# once is the sentence (no dictionary could say where a longer run ends).
 HAN_KANA_TOP_LEVEL = [
     "中国", "中國", "香港", "台湾", "台灣", "新加坡", "澳門", "公司", "网络", "在线",
     "中文网", "集团", "移动", "我爱你", "手机", "商城", "游戏", "时尚", "微博", "佛山",
