@@ -45,7 +45,7 @@ from extproc.config.model import (
 )
 from extproc.envoy_body_limits import NO_CLUSTER_DETAILS, add_body_limit_routes
 from extproc.envoy_failover import add_failover, longest_failover_wait_s
-from extproc.envoy_paths import ENVOY_PATH, client_path_filters
+from extproc.envoy_paths import ENVOY_PATH, PATH_METADATA_KEY, client_path_filters
 from extproc.envoy_replies import (
     BY_STATUS,
     FAILED_CODE,
@@ -81,7 +81,7 @@ from extproc.headers import (
     metadata_key,
     provider_headers_removed,
 )
-from extproc.http_methods import ENVOY_METHOD
+from extproc.http_methods import ENVOY_METHOD, METHOD_METADATA_KEY
 from extproc.transport_security import envoy_transport_socket, listener_transport_socket
 from extproc.worker_endpoints import worker_addresses, worker_sockets
 
@@ -317,7 +317,7 @@ def _http_connection_manager(config: GatewayConfig) -> Json:
         ],
     }
     if config.envoy.access_log:
-        hcm["access_log"] = [_access_log()]
+        hcm["access_log"] = _access_logs()
     return hcm
 
 
@@ -433,12 +433,53 @@ def _router_filter() -> Json:
     }
 
 
-def _access_log() -> Json:
-    def metadata(key: str) -> str:
-        return f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
+def _access_logs() -> list[Json]:
+    """One JSON line per request, written by one of two loggers that differ in where
+    the line's ``method`` and ``path`` come from.
 
+    A request the gateway answered: from the metadata of its first answer, printed as
+    they are (``envoy_request_record``: the method and path as the gateway records
+    them, a credential in either hidden). Picked by Envoy's metadata filter, a map
+    lookup: Envoy's CEL formatters cost about 25 us of its CPU per request.
+
+    Any other (Envoy refused it first, a local reply, the gateway unreachable): the CEL
+    formatters, which read the request itself (``http_methods.ENVOY_METHOD``,
+    ``envoy_paths.ENVOY_PATH``).
+    """
+    answered = {
+        "matcher": {
+            "filter": METADATA_NAMESPACE,
+            "path": [{"key": PATH_METADATA_KEY}],
+            "value": {"present_match": True},
+        },
+        "match_if_key_not_found": False,
+    }
+    # A string the gateway named matches no null: only a request without one is logged
+    # here (Envoy's metadata filter has no inversion of its own).
+    unanswered = {
+        "matcher": {
+            "filter": METADATA_NAMESPACE,
+            "path": [{"key": PATH_METADATA_KEY}],
+            "value": {"null_match": {}},
+        },
+        "match_if_key_not_found": True,
+    }
+    return [
+        _access_log(
+            answered, method=_metadata(METHOD_METADATA_KEY), path=_metadata(PATH_METADATA_KEY)
+        ),
+        _access_log(unanswered, method=ENVOY_METHOD, path=ENVOY_PATH),
+    ]
+
+
+def _metadata(key: str) -> str:
+    return f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
+
+
+def _access_log(metadata_filter: Json, method: str, path: str) -> Json:
     return {
         "name": "envoy.access_loggers.stdout",
+        "filter": {"metadata_filter": metadata_filter},
         "typed_config": {
             "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {
@@ -447,14 +488,13 @@ def _access_log() -> Json:
                     "request_id": "%REQ(X-REQUEST-ID)%",
                     # The active span's trace id (null when tracing is off).
                     "trace_id": "%TRACE_ID%",
-                    # A method outside the registry as the gateway records it: a
-                    # key sent as the method reads [redacted] (http_methods).
-                    "method": ENVOY_METHOD,
+                    # A method outside the registry that holds a credential reads
+                    # [redacted] (stages.method_names, http_methods).
+                    "method": method,
                     # The path the client sent, without its query (a client may put a
                     # key there: refused by the gateway, yet Envoy would log the URL as
-                    # sent), and as the gateway records it when a segment holds a
-                    # credential (envoy_paths).
-                    "path": ENVOY_PATH,
+                    # sent), a segment that holds a credential hidden (envoy_paths).
+                    "path": path,
                     "response_code": "%RESPONSE_CODE%",
                     "response_flags": "%RESPONSE_FLAGS%",
                     "response_code_details": "%RESPONSE_CODE_DETAILS%",
@@ -464,7 +504,7 @@ def _access_log() -> Json:
                     "bytes_received": "%BYTES_RECEIVED%",
                     "bytes_sent": "%BYTES_SENT%",
                     **{
-                        key: metadata(key)
+                        key: _metadata(key)
                         for key in (
                             "route",
                             "provider",

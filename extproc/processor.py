@@ -35,6 +35,7 @@ from extproc.context import BodyHints, PhaseOutput, RequestContext
 from extproc.credential_cleaner import hide_in_error
 from extproc.envoy_failover import ATTEMPT_METADATA
 from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE, VIA_UPSTREAM
+from extproc.envoy_request_record import recorded_request
 from extproc.errors import GatewayError
 from extproc.headers import BODY_HINTS_NAMESPACE
 from extproc.runtime import Runtime
@@ -140,7 +141,7 @@ class Processor:
                     # the attempt, envoy_failover), and its own view of the request (a
                     # route of its own, no caller) is not the request's.
                     if not attempt:
-                        envoy_messages.add_metadata(answer, request_metadata(ctx))
+                        _add_request_metadata(ctx, phase, answer)
                     yield answer
                     return
                 if out.answer is not None:
@@ -149,9 +150,16 @@ class Processor:
                     ctx.completed = True
                     answer = envoy_messages.immediate_response(status, body, answer_headers)
                     if not attempt:
-                        envoy_messages.add_metadata(answer, request_metadata(ctx))
+                        _add_request_metadata(ctx, phase, answer)
                     yield answer
                     return
+                if phase == "request_headers" and not attempt:
+                    # Envoy's access log and span print the method and path from the
+                    # first answer (envoy_request_record); the stages' own entries win.
+                    recorded = recorded_request(ctx)
+                    if out.metadata:
+                        recorded.update(out.metadata)
+                    out.metadata = recorded
                 yield ctx.runtime.answers.phase_response(phase, out)
                 if _last_request_message(phase, request):
                     # Resumed only once gRPC has written the answer (it asks for the next
@@ -218,6 +226,14 @@ class Processor:
                 hook(ctx)
             except Exception:
                 log.exception("finishing request %s failed", ctx.request_id)
+
+
+def _add_request_metadata(ctx: RequestContext, phase: str, answer: ext.ProcessingResponse) -> None:
+    """The metadata of an answer that ends the request: who was refused and why, and
+    when it is the first answer, the method and path Envoy's records print."""
+    if phase == "request_headers":
+        envoy_messages.add_metadata(answer, recorded_request(ctx))
+    envoy_messages.add_metadata(answer, request_metadata(ctx))
 
 
 def _last_request_message(phase: str, request: ext.ProcessingRequest) -> bool:

@@ -13,8 +13,8 @@ ordinary request). Any other is searched once per request, as a path segment is
 either case: HTTP libraries upper-case a method), an org key of the config, a
 well-known key shape (as sent, or lower-cased, as such a library would have sent the
 shape). One that holds a credential is ``[redacted]`` for every reader: the client's
-error, the log line, and Envoy's access log and span, which read it from the gateway's
-metadata (``http_methods.ENVOY_METHOD``).
+error, the log line, and Envoy's access log and span, which print the method the
+gateway's first answer names (``envoy_request_record``).
 """
 
 from __future__ import annotations

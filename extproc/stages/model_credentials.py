@@ -26,10 +26,11 @@ the path holds an escape Envoy left, a key's ``+`` or ``=``); its other segments
 searched here: a served request is the common case. An agent call is looked at the same
 way once authenticated, and a request no route serves, which the gateway writes no line
 for, has the key of its standard headers looked for, for Envoy's records alone
-(``hide_key_in_unrouted_path``). Envoy's access log and span
-search the path it received for the well-known shapes themselves, by RE2, off the
-gateway's event loop (``envoy_paths``). Whatever the gateway hides, it hands Envoy the
-path as recorded (``RequestContext.recorded_path``, the metadata's ``path``).
+(``hide_key_in_unrouted_path``). Envoy's access log and span get the path from the
+gateway's first answer, the request's own key hidden and a path with a well-known key
+shape anywhere ``/[redacted]`` (``envoy_request_record``; Envoy's RE2 for a request the
+gateway never answered, ``envoy_paths``); whatever the gateway hides later, it hands
+Envoy the path as recorded (``RequestContext.recorded_path``, the metadata's ``path``).
 """
 
 from __future__ import annotations
@@ -106,10 +107,17 @@ def _hide_in_path(ctx: RequestContext, credential: str | None) -> None:
     """``credential``, as sent or percent-encoded, ``[redacted]`` in the recorded path."""
     if credential is None:
         return
-    path = ctx.path
+    hidden = path_without_credential(ctx.path, credential)
+    if hidden is not None:
+        _record_path(ctx, hidden)
+
+
+def path_without_credential(path: str, credential: str) -> str | None:
+    """``path`` with ``credential``, as sent or percent-encoded, ``[redacted]``; None
+    when it holds none."""
     if credential in path:
-        _record_path(ctx, path.replace(credential, REDACTED))
-    elif "%" in path:
+        return path.replace(credential, REDACTED)
+    if "%" in path:
         # Envoy decodes escapes of letters, digits and -._~ alone (normalize_path): a
         # key's '+', '/' or '=' may come encoded (a base64 key as a client escapes it).
         route_path, mark, query = path.partition("?")
@@ -117,7 +125,8 @@ def _hide_in_path(ctx: RequestContext, credential: str | None) -> None:
         held = {s for s in segments if "%" in s and credential in unquote(s)}
         if held:
             cleaned = "/".join(REDACTED if s in held else s for s in segments)
-            _record_path(ctx, cleaned + mark + query)
+            return cleaned + mark + query
+    return None
 
 
 def _record_path(ctx: RequestContext, path: str) -> None:

@@ -181,11 +181,11 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
         ("auth_method", identity.method),
         ("quota_decision", ctx.quota_decision),
         ("error_type", error.error_type if error else None),
-        # Envoy's access log and span read a method outside the registry from here, as
-        # the gateway records it (http_methods.ENVOY_METHOD).
+        # Envoy's access log and span print the method and path the first answer
+        # named (envoy_request_record); said again when a later answer ends the
+        # request, and the path whenever a segment of it was found to hold a credential
+        # after the first answer (the model's, the request's own key).
         (METHOD_METADATA_KEY, None if ctx.method in REGISTERED_METHODS else ctx.method),
-        # Likewise the path, once a segment of it was found to hold a credential
-        # (envoy_paths.ENVOY_PATH); absent, Envoy records the client's.
         (PATH_METADATA_KEY, ctx.recorded_path),
     ):
         if text:

@@ -280,3 +280,38 @@ def test_a_path_no_route_serves_keeps_the_callers_key_out_of_envoys_records(
     assert envoy["path"] == recorded
     assert span.attributes["http.url"].endswith(recorded)
     assert ORG_KEY not in orjson.dumps(envoy).decode() + repr(span)
+
+
+def test_a_key_shape_in_a_served_path_is_hidden_by_the_gateway_for_envoy(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # A segment the gateway serves without searching it (its own line keeps it): the
+    # gateway's first answer names the path /[redacted], which Envoy prints as it is.
+    trace_id, answer = post_traced(
+        stack, f"/openai/gpt-4o-mini/{GOOGLE_KEY}/chat/completions?a=1", BEARER, json=CHAT
+    )
+    assert answer.status_code == 200, answer.text
+    envoy, span = envoy_records(stack, collector, trace_id)
+    assert (envoy["method"], envoy["path"], envoy["route"]) == ("POST", "/[redacted]", "openai")
+    assert span.attributes["http.url"].endswith("/[redacted]")
+    assert span.attributes["http.method"] == "POST"
+    assert GOOGLE_KEY not in orjson.dumps(envoy).decode() + repr(span)
+
+
+def test_a_request_envoy_refused_first_is_logged_once_from_what_envoy_read(
+    stack: LocalStack, collector: OtlpReceiver
+) -> None:
+    # Envoy's own 413 (a body over its buffer) for a path without a key shape: the
+    # line's method and path are Envoy's reading of the request, the query left out,
+    # written by one logger alone (the envoy_line helper finds exactly one line).
+    trace_id, answer = post_traced(
+        stack,
+        "/openai/gpt-4o-mini/chat/completions?api-version=1",
+        {**BEARER, "content-type": "application/json"},
+        content=orjson.dumps({**CHAT, "user": "x" * 1_300_000}),
+    )
+    assert answer.status_code == 413
+    envoy, span = envoy_records(stack, collector, trace_id)
+    assert (envoy["response_code"], envoy["method"]) == (413, "POST")
+    assert envoy["path"] == "/openai/gpt-4o-mini/chat/completions"
+    assert span.attributes["http.url"].endswith("/openai/gpt-4o-mini/chat/completions")

@@ -107,6 +107,10 @@ async def test_each_request_names_its_own_api(processor: Processor) -> None:
     ]:
         [answer] = await run_stream(processor, [request_headers(path, headers=sent)])
         assert client_api(answer) == api
-        assert list(answer.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields) == [
-            CLIENT_API_KEY
-        ]
+        said = answer.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
+        # Beside it, the method and path Envoy's access log prints (envoy_request_record).
+        assert {key: value.string_value for key, value in said.items()} == {
+            CLIENT_API_KEY: api,
+            "method": "POST",
+            "path": path,
+        }

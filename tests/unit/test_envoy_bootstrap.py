@@ -274,10 +274,9 @@ def test_ext_proc_runs_before_the_router_and_may_override_modes() -> None:
     bootstrap = render_bootstrap(config)
     names = [f["name"] for f in hcm(bootstrap)["http_filters"]]
     assert names == [
-        # Keep the client's path for the access log and spans, before any rewrite: as
-        # recorded, and as a string Envoy's RE2 searches for key shapes (envoy_paths).
+        # Keep the client's path for the spans and the access log of a request the
+        # gateway never answered, before any rewrite (envoy_paths).
         "envoy.filters.http.set_filter_state",
-        "envoy.filters.http.header_to_metadata",
         "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
@@ -410,15 +409,34 @@ def test_access_log_carries_the_gateways_usage_metadata(enabled: bool) -> None:
     manager = hcm(render_bootstrap(gateway(envoy={"access_log": enabled})))
     assert ("access_log" in manager) is enabled
     if enabled:
-        fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
-        assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
+        answered, unanswered = (
+            logger["typed_config"]["log_format"]["json_format"] for logger in manager["access_log"]
+        )
         # The path as sent, never its query: a client may have put a key there; and
-        # as the gateway records it, a key in it hidden (envoy_paths).
-        assert fields["path"] == ENVOY_PATH
-        # The workshop's access log: provider, request and response model, tokens.
-        keys = ("route", "provider", "model", "response_model", "prompt_tokens", "total_tokens")
-        for key in keys:
-            assert fields[key] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
+        # as the gateway records it, a key in it hidden: named by the gateway when it
+        # answered (envoy_request_record), else read by CEL (envoy_paths).
+        assert answered["path"] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:path)%"
+        assert unanswered["path"] == ENVOY_PATH
+        for fields in (answered, unanswered):
+            assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
+            # The workshop's access log: provider, request and response model, tokens.
+            keys = ("route", "provider", "model", "response_model", "prompt_tokens")
+            for key in (*keys, "total_tokens"):
+                assert fields[key] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"
+        # Each request's line is written by one logger alone, picked by whether the
+        # gateway named the path: no CEL for a request the gateway answered.
+        assert answered.keys() == unanswered.keys()
+        assert "%CEL(" not in json.dumps(manager["access_log"][0])
+        picked_by = [logger["filter"]["metadata_filter"] for logger in manager["access_log"]]
+        matched = {"filter": METADATA_NAMESPACE, "path": [{"key": "path"}]}
+        assert picked_by == [
+            {
+                "matcher": {**matched, "value": {"present_match": True}},
+                "match_if_key_not_found": False,
+            },
+            # Envoy's metadata filter cannot invert: a string matches no null.
+            {"matcher": {**matched, "value": {"null_match": {}}}, "match_if_key_not_found": True},
+        ]
 
 
 def test_envoy_command_sets_concurrency_on_the_command_line() -> None:

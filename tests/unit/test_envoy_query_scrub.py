@@ -16,6 +16,7 @@ import yaml
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import render_bootstrap, render_bootstrap_yaml
 from extproc.envoy_paths import ENVOY_PATH, MAX_PATH_TAG_LENGTH
+from extproc.headers import METADATA_NAMESPACE
 from tests.unit.test_envoy_bootstrap import assert_envoy_accepts
 
 # Envoy's operators for the path that keep the query string.
@@ -41,10 +42,15 @@ def hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_access_log_path_leaves_the_query_out() -> None:
     manager = hcm(render_bootstrap(traced_gateway()))
-    fields = manager["access_log"][0]["typed_config"]["log_format"]["json_format"]
-    # The path the client sent, kept before the gateway rewrites it; NQ: no query. Read
-    # unless the gateway recorded it cleaned, or it holds a key shape (envoy_paths).
-    assert fields["path"] == ENVOY_PATH
+    answered, unanswered = (
+        logger["typed_config"]["log_format"]["json_format"] for logger in manager["access_log"]
+    )
+    # A request the gateway answered: the path it named, without the query
+    # (envoy_request_record.recorded_request).
+    assert answered["path"] == f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:path)%"
+    # Any other: the path the client sent, kept before any rewrite; NQ: no query. Read
+    # unless it holds a key shape (envoy_paths).
+    assert unanswered["path"] == ENVOY_PATH
     assert ENVOY_PATH.endswith(" : filter_state['io.aigw.client_path'])%")
     [kept] = manager["http_filters"][0]["typed_config"]["on_request_headers"]
     assert kept["format_string"]["text_format_source"]["inline_string"] == "%PATH(NQ)%"

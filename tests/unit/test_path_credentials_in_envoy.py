@@ -1,11 +1,12 @@
-"""A key in the request's path, as Envoy's access log and span record it.
+"""A key in the request's path, as Envoy's access log and span record them.
 
 The gateway's log line showed a segment of the path holding a credential as
 ``[redacted]``, but Envoy's access log ``path`` and the span's ``http.url`` kept the
-path as the client sent it, key and all. Now the gateway hands Envoy the path as it
-records it (its ``io.aigw`` metadata's ``path``), and Envoy reads it when present
-(``envoy_paths.ENVOY_PATH``); a path with a well-known key shape the gateway never
-recorded is ``/[redacted]`` by Envoy's own RE2 (``credential_shapes.RE2_SHAPES``).
+path as the client sent it, key and all. Now the gateway names the path as it records
+it in its first answer (its ``io.aigw`` metadata's ``path``, again in a later answer
+when it hides more), which Envoy prints; a path with a well-known key shape is
+``/[redacted]`` whoever looked: the gateway (``envoy_request_record``), or Envoy's
+own RE2 for a request the gateway never answered (``envoy_paths.ENVOY_PATH``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from extproc.auth import credential_shapes
 from extproc.auth.stored_keys.records import SECRET_PREFIX
 from extproc.envoy_paths import ENVOY_PATH, PATH_METADATA_KEY
+from extproc.envoy_request_record import holds_key_shape
 from extproc.headers import METADATA_NAMESPACE
 from tests.unit.test_model_credentials import (
     CLAUDE_ANSWER,
@@ -75,7 +77,9 @@ async def test_a_key_as_the_model_of_the_path_is_recorded_redacted_by_envoy() ->
     sent = await send(f"/openai/{OPENAI_KEY}", chat("gpt-4o-mini"))
     status, error = sent.refusal()
     assert status == 400 and error["code"] == "credential_in_model"
-    assert recorded_paths(sent.answers) == ["/openai/[redacted]"]
+    # The first answer hides the key's shape, the whole path; the refusal, once the
+    # model is read, the segment alone. Envoy merges them: the last one is printed.
+    assert recorded_paths(sent.answers) == ["/[redacted]", "/openai/[redacted]"]
     assert OPENAI_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
 
 
@@ -112,28 +116,45 @@ async def test_a_path_no_route_serves_tells_envoy_the_path_without_the_callers_k
     assert OWN_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
 
 
-async def test_a_path_no_route_serves_without_a_key_tells_envoy_no_path() -> None:
-    sent = await send("/internal/health", chat("gpt-4o-mini"))
-    assert recorded_paths(sent.answers) == []
+async def test_a_path_no_route_serves_without_a_key_tells_envoy_the_path_as_sent() -> None:
+    sent = await send("/internal/health?probe=1", chat("gpt-4o-mini"))
+    assert recorded_paths(sent.answers) == ["/internal/health"]
 
 
-async def test_an_ordinary_request_tells_envoy_no_path() -> None:
-    # The common case: Envoy records the client's path itself; no word of it is sent.
+async def test_an_ordinary_request_tells_envoy_its_path_once() -> None:
+    # The common case: the first answer names the path and method, which Envoy's access
+    # log prints as they are (before, Envoy evaluated CEL and ten RE2 searches per
+    # request to find them); no later answer repeats them.
     sent = await send(
         "/v1/messages", {**chat("claude-3-5-haiku-latest"), "max_tokens": 9}, answer=CLAUDE_ANSWER
     )
     [line] = sent.lines
     assert line["http_status_code"] == 200 and line["path"] == "/v1/messages"
-    assert recorded_paths(sent.answers) == []
+    assert recorded_paths(sent.answers) == ["/v1/messages"]
+    first = sent.answers[0].dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
+    assert first.fields["method"].string_value == "POST"
 
 
-async def test_a_path_without_a_key_refused_tells_envoy_no_path() -> None:
+async def test_a_served_request_with_a_key_shape_in_a_segment_is_recorded_redacted() -> None:
+    # The gateway serves the /openai route whatever follows the model's segment, and
+    # searches none of it for key shapes (its line keeps it): Envoy's records, which
+    # found the shape by RE2, now get it hidden from the gateway.
+    path = f"/openai/claude-3-5-haiku-latest/{GOOGLE_KEY}/chat/completions"
+    sent = await send(path, {**chat("ignored"), "max_tokens": 9}, answer=CLAUDE_ANSWER)
+    [line] = sent.lines
+    assert line["http_status_code"] == 200
+    assert recorded_paths(sent.answers) == ["/[redacted]"]
+    assert GOOGLE_KEY not in str([answer.dynamic_metadata for answer in sent.answers])
+
+
+async def test_a_path_without_a_key_refused_tells_envoy_the_path_as_sent() -> None:
     sent = await send(
         "/openai/gpt-4o-mini/chat/completions",
         chat("gpt-4o-mini"),
         {"authorization": "Bearer nope-nope"},
     )
-    assert sent.refusal()[0] == 401 and recorded_paths(sent.answers) == []
+    assert sent.refusal()[0] == 401
+    assert recorded_paths(sent.answers) == ["/openai/gpt-4o-mini/chat/completions"]
 
 
 def _envoy_matches(path: str) -> bool:
@@ -163,8 +184,14 @@ def _envoy_matches(path: str) -> bool:
 )
 def test_envoy_finds_every_shape_the_gateway_knows_in_a_path(secret: str) -> None:
     assert credential_shapes.kind(secret) is not None  # the gateway's own check agrees
-    for path in (f"/openai/{secret}/chat/completions", f"/v1beta/models/{secret}:generate"):
+    for path in (
+        f"/openai/{secret}/chat/completions",
+        f"/v1beta/models/{secret}:generate",
+        f"/v1/files/file_{secret}",
+    ):
         assert _envoy_matches(path), path
+        # What the gateway names in its first answer: the same finding.
+        assert holds_key_shape(path), path
 
 
 @pytest.mark.parametrize(
@@ -181,3 +208,29 @@ def test_envoy_finds_every_shape_the_gateway_knows_in_a_path(secret: str) -> Non
 )
 def test_envoy_keeps_a_path_without_a_key_shape(path: str) -> None:
     assert not _envoy_matches(path)
+    assert not holds_key_shape(path.partition("?")[0])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/x/eyJhbGciOi.eyJzdWIi",  # a JWT's two first parts
+        "/v1/x/abc-eyJhbGciOi.eyJzd",  # after a dash inside a run
+        "/v1/x/abceyJhbGciOi.eyJzd",  # inside a word: none
+        "/v1/x/eyJhb.eyJzd",  # too short before the dot
+        "/v1/x/eyJhbGciOi.eyJz",  # too short after it
+        "/v1/x/eyJhbGciOi/eyJzdWIi.a1b2c",  # the dot after another run
+        "/v1/x/eyJ-eyJ-eyJ-eyJaaaaaaa.bbbbb",  # the last of many
+        "/v1/x/task-sk-" + "a" * 16,
+        "/v1/x/task_sk-" + "a" * 16,
+        "/v1/x/tasksk-" + "a" * 16,
+        "/v1/x/xoxb-123456789",
+        "/v1/x/ASIA" + "A1" * 8,
+        "/v1/x/ya29.AbCdEfGhIjKlMnOp",
+    ],
+)
+def test_the_gateway_finds_a_key_shape_where_envoy_does(path: str) -> None:
+    # The gateway's search replaced Envoy's for every request it answers: same finding,
+    # the JWT's in one pass over the path (a run of "eyJ-" is no longer read again from
+    # each of them).
+    assert holds_key_shape(path) is _envoy_matches(path), path
