@@ -102,8 +102,6 @@ BUFFER_SLACK_BYTES = 64 * 1024
 MAX_CONCURRENT_REQUESTS = EnvoyConfig().max_concurrent_requests
 EXT_PROC_CONNECT_TIMEOUT_S = 1.0
 PROVIDER_CONNECT_TIMEOUT_S = 5.0
-# Time a request spends outside the upstream call: the gateway's phases, queuing.
-REQUEST_SLACK_S = 30.0
 # Envoy's "no limit" for a route timeout.
 NO_TIMEOUT = "0s"
 # Keep-alive connections to providers are dropped before providers drop them.
@@ -861,7 +859,7 @@ def _longest_request_s(config: GatewayConfig) -> float:
         longest_agent_timeout_s(config),
         longest_failover_wait_s(config),
     )
-    return slowest + REQUEST_SLACK_S
+    return slowest + config.envoy.request_slack_s
 
 
 # --- clusters ---------------------------------------------------------------------

@@ -67,7 +67,7 @@ from extproc.controller_routes import (
     ROUTE_METADATA_ATTRIBUTE,
     ROUTE_NAME_ATTRIBUTE,
 )
-from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES, REQUEST_SLACK_S
+from extproc.envoy_bootstrap import BUFFER_SLACK_BYTES
 from extproc.envoy_replies import RESPONSE_DETAILS_ATTRIBUTE
 from extproc.envoy_values import is_ip
 from extproc.headers import (
@@ -688,7 +688,7 @@ def _longest_wait_s(config: GatewayConfig) -> float:
     """The slowest provider's wait for an answer to start, plus the gateway's own turns
     (no failover chains in Gateway API mode)."""
     slowest = max(p.timeout_s or config.envoy.upstream_timeout_s for p in config.providers)
-    return slowest + REQUEST_SLACK_S
+    return slowest + config.envoy.request_slack_s
 
 
 def _largest_buffer_bytes(config: GatewayConfig) -> int:

@@ -100,6 +100,10 @@ class EnvoyConfig(_Section):
     message_timeout_ms: int = Field(default=5000, gt=0)
     failure_mode_allow: bool = False
     upstream_timeout_s: float = Field(default=300.0, gt=0)
+    # Time a request spends outside its upstream calls (the gateway's phases: guardrail
+    # webhooks, moderation, queuing), added to the longest wait for an answer to start
+    # for Envoy's stream idle timer: slower guards need more.
+    request_slack_s: float = Field(default=30.0, gt=0, le=3600)
     access_log: bool = True
     concurrency: int = Field(default=1, ge=1, le=64)
     # Pass-through requests skip the response-headers message (docs/performance.md).

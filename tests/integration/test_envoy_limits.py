@@ -40,10 +40,19 @@ MESSAGES = [{"role": "user", "content": "limits"}]
 # through hanging providers below takes seconds rather than minutes.
 UPSTREAM_TIMEOUT_S = 8
 HOLES = 4
+# The hanging providers' own timeout, which is every attempt's in their chain (the
+# primary's), and the gateway's slack over the longest wait: the chain's attempts
+# (4 x 4 s and an answer 2.5 s into the last) outlast the longest provider timeout
+# plus the slack (8 + 5 s), as the default 30 s slack would take 40 s of them to.
+HOLE_TIMEOUT_S = 4
+REQUEST_SLACK_S = 5
 
 
 def limits_config(workdir: Path, dead_port: int, hole_port: int, envoy: str = "") -> Path:
-    hole = f'base_url: "http://127.0.0.1:{hole_port}/v1", api_key: hole-key-123'
+    hole = (
+        f'base_url: "http://127.0.0.1:{hole_port}/v1", api_key: hole-key-123,'
+        f" timeout_s: {HOLE_TIMEOUT_S}"
+    )
     holes = "".join(f"  - {{name: hole-{i}, {hole}}}\n" for i in range(1, HOLES + 1))
     providers = (
         f'  - {{name: dead, base_url: "http://127.0.0.1:{dead_port}/v1", api_key: dead-key-123}}\n'
@@ -61,7 +70,9 @@ def limits_config(workdir: Path, dead_port: int, hole_port: int, envoy: str = ""
     text = DEFAULT_CONFIG.read_text()
     text = text.replace("\nproviders:\n", "\nproviders:\n" + providers, 1)
     text = text.replace("\nmodels:\n", "\nmodels:\n" + models, 1)
-    settings = f"  upstream_timeout_s: {UPSTREAM_TIMEOUT_S}\n{envoy}"
+    settings = (
+        f"  upstream_timeout_s: {UPSTREAM_TIMEOUT_S}\n  request_slack_s: {REQUEST_SLACK_S}\n{envoy}"
+    )
     text = text.replace("\nenvoy:\n", "\nenvoy:\n" + settings, 1)
     config = workdir / "gateway.yaml"
     config.write_text(text)
@@ -184,11 +195,12 @@ def test_a_provider_that_does_not_answer_still_times_out_at_its_timeout(
 def test_a_failover_through_hanging_providers_is_not_cut_while_it_waits(
     stack: LocalStack,
 ) -> None:
-    """Four providers take their whole attempt timeout (8 s each) before the last model
-    answers, 39 s in. The chain's overall timeout (the members' timeouts added up, 40 s)
-    ran out, and so did Envoy's stream idle timer (the longest provider timeout + 30 s,
-    while nothing reached the client): a 504 while the last model was answering."""
-    answer = chat(stack, "hole-model-1", "delay=7")
+    """Four providers take their whole attempt timeout (4 s each) before the last model
+    answers, 18.5 s in. The chain's overall timeout (the members' timeouts added up,
+    20 s) ran out, and so did Envoy's stream idle timer (the longest provider timeout
+    + the slack, 13 s, while nothing reached the client): a 504 while the last model
+    was answering."""
+    answer = chat(stack, "hole-model-1", "delay=2.5")
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "gpt-4.1-nano"
     assert answer.headers["x-envoy-attempt-count"] == str(HOLES + 1)

@@ -203,6 +203,24 @@ def test_envoys_idle_timer_outlasts_every_attempt_of_the_longest_failover() -> N
     assert seconds(hcm(bootstrap)["stream_idle_timeout"]) > 3 * 120
 
 
+@pytest.mark.parametrize(("envoy", "idle"), [({}, "270s"), ({"request_slack_s": 90}, "330s")])
+def test_envoys_idle_timer_gives_the_gateways_own_turns_the_configured_slack(
+    envoy: dict[str, Any], idle: str
+) -> None:
+    """The failover's two attempts of 120 s each, plus ``envoy.request_slack_s`` for
+    the gateway's phases (a slow guardrail webhook needs more than the default 30 s)."""
+    bootstrap = render_bootstrap(gateway(envoy=envoy))
+    assert hcm(bootstrap)["stream_idle_timeout"] == idle
+
+
+def test_a_request_slack_outside_its_bounds_is_refused_naming_its_field() -> None:
+    for slack, problem in ((0, "greater than 0"), (3601, "less than or equal to 3600")):
+        with pytest.raises(
+            ValidationError, match=rf"envoy\.request_slack_s\n  Input should be {problem}"
+        ):
+            gateway(envoy={"request_slack_s": slack})
+
+
 def test_envoy_accepts_the_limits(tmp_path: Path) -> None:
     if not ENVOY.exists():
         pytest.skip(f"no Envoy binary at {ENVOY}")

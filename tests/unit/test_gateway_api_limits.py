@@ -231,6 +231,12 @@ def test_kgateway_ends_a_call_silent_for_longer_than_the_longest_wait() -> None:
     assert listener["spec"]["default"]["httpSettings"] == {"streamIdleTimeout": "630s"}
 
 
+def test_kgateways_idle_timer_takes_the_configured_slack() -> None:
+    config = gateway({"upstream_timeout_s": 600, "request_slack_s": 5})
+    [listener] = of_kind(render_attachments(config, "kgateway"), "ListenerPolicy")
+    assert listener["spec"]["default"]["httpSettings"] == {"streamIdleTimeout": "605s"}
+
+
 # --- the provider's own x-ratelimit-* headers ---------------------------------------
 
 

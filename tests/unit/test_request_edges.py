@@ -43,6 +43,7 @@ def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
         ("envoy:\n  upstream_timeout_s: 1e400\n", "envoy.upstream_timeout_s"),
         ("envoy:\n  upstream_timeout_s: .nan\n", "envoy.upstream_timeout_s"),
         ("envoy:\n  upstream_timeout_s: ${TIMEOUT}\n", "envoy.upstream_timeout_s"),
+        ("envoy:\n  request_slack_s: .inf\n", "envoy.request_slack_s"),
         (
             "telemetry:\n  tracing:\n    export_timeout_s: .inf\n",
             "telemetry.tracing.export_timeout_s",
