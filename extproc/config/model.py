@@ -178,6 +178,10 @@ class GcpConfig(_Section):
     # A region (us-east5, europe-west1...), or `global`, as Vertex names its locations.
     region: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     credentials_file: str | None = None
+    # How long a start or a reload tries for the first token while its endpoint cannot
+    # be reached or does not answer (GKE's metadata server in a pod's first seconds);
+    # a reload holds the reloader that long, so no later reload applies meanwhile.
+    first_token_timeout_s: float = Field(default=20.0, gt=0, le=600)
 
 
 class AwsConfig(_Section):

@@ -14,8 +14,9 @@ token in use expires. ``authorization()`` runs on the event loop for every reque
 only reads the token last minted. Tokens and keys never reach a log or an error
 message: errors name the config field, the exception's type and, for a token endpoint's
 refusal, its OAuth2 reason (``invalid_grant: Invalid JWT Signature.``), which names no
-secret. A token request gives up after ``TOKEN_REQUEST_TIMEOUT``: a silent endpoint must
-not hold a start, a reload or the refresh loop forever.
+secret. A token request gives up after ``TOKEN_READ_TIMEOUT_S`` without an answer (or the
+provider's ``gcp.first_token_timeout_s``, if shorter): a silent endpoint must not hold a start, a
+reload or the refresh loop forever.
 """
 
 from __future__ import annotations
@@ -55,14 +56,21 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_AHEAD_S = 10 * 60
 # urllib3 waits for an answer forever by default. A token request takes well under a
 # second; a connection refused fails at once, and is retried by urllib3.
-TOKEN_REQUEST_TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)
-# How long the first token is tried for while its endpoint cannot be reached.
-START_RETRY_S = 20.0
+TOKEN_CONNECT_TIMEOUT_S = 5.0
+TOKEN_READ_TIMEOUT_S = 10.0
 # The metadata server of GKE, Cloud Run and Compute Engine (Application Default
 # Credentials): on the host's own link, which no forward proxy can reach.
 METADATA_SERVER_HOSTS = ("metadata.google.internal", "169.254.169.254")
 # How much of a token endpoint's reason an error or log line keeps.
 _MAX_REASON = 300
+
+
+def _request_timeout(first_token_timeout_s: float) -> urllib3.Timeout:
+    """One token request's limits, never longer than the whole wait for the first token."""
+    return urllib3.Timeout(
+        connect=min(TOKEN_CONNECT_TIMEOUT_S, first_token_timeout_s),
+        read=min(TOKEN_READ_TIMEOUT_S, first_token_timeout_s),
+    )
 
 
 class GcpTokenSource:
@@ -75,7 +83,9 @@ class GcpTokenSource:
         self._credentials: Credentials | None = None
         # Token requests go through the egress proxy unless egress.no_proxy lists their
         # host; the metadata server is always asked directly.
-        self._http = egress.with_direct(METADATA_SERVER_HOSTS).urllib3_pool(TOKEN_REQUEST_TIMEOUT)
+        self._http = egress.with_direct(METADATA_SERVER_HOSTS).urllib3_pool(
+            _request_timeout(config.first_token_timeout_s)
+        )
         self._token: str | None = None
         # The token before it: a request sent with it may still be waiting for its answer.
         self._previous: str | None = None
@@ -135,9 +145,9 @@ class GcpTokenSource:
 
         A token endpoint that cannot be reached yet (GKE's metadata server in a pod's
         first seconds, a proxy sidecar starting beside the gateway) is tried again for up
-        to ``START_RETRY_S``; an answer that refuses the key fails at once."""
+        to ``gcp.first_token_timeout_s``; an answer that refuses the key fails at once."""
         self._credentials = await asyncio.to_thread(self._load)
-        deadline = time.monotonic() + START_RETRY_S
+        deadline = time.monotonic() + self._config.first_token_timeout_s
         pause = 0.25
         while True:
             try:

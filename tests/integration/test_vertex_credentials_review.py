@@ -49,9 +49,17 @@ PROMPT: list[ChatCompletionMessageParam] = [
 RELOADED_S = 45.0
 
 
+# How long a start or a reload tries for its first token (gcp.first_token_timeout_s):
+# the reload that asks the silent endpoint below gives up after this, not the default 20 s.
+FIRST_TOKEN_TIMEOUT_S = 3.0
+
+
 def gemini_config() -> dict[str, Any]:
     """The default config with a Vertex AI provider (the mock's) and a Gemini model."""
-    return vertex_config({"gemini-flash": GEMINI_ON_VERTEX}, {"gemini-flash": FLASH})
+    raw = vertex_config({"gemini-flash": GEMINI_ON_VERTEX}, {"gemini-flash": FLASH})
+    [vertex] = [provider for provider in raw["providers"] if provider["name"] == "vertex"]
+    vertex["gcp"]["first_token_timeout_s"] = FIRST_TOKEN_TIMEOUT_S
+    return raw
 
 
 stack = stack_serving(gemini_config, "vertex-credentials")

@@ -25,7 +25,6 @@ import google.oauth2.credentials
 import httpx
 import orjson
 import pytest
-import urllib3
 from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from google.auth.exceptions import GoogleAuthError
@@ -93,9 +92,14 @@ def key_file_line(path: Path) -> str:
     return f"      credentials_file: {path}"
 
 
-def source_for(key_file: Path | None) -> GcpTokenSource:
+def source_for(key_file: Path | None, first_token_timeout_s: float = 20.0) -> GcpTokenSource:
     credentials = None if key_file is None else str(key_file)
-    config = GcpConfig(project="mock-project", region="us-east5", credentials_file=credentials)
+    config = GcpConfig(
+        project="mock-project",
+        region="us-east5",
+        credentials_file=credentials,
+        first_token_timeout_s=first_token_timeout_s,
+    )
     return GcpTokenSource(config, WHERE)
 
 
@@ -193,12 +197,16 @@ async def headers_sent_to_vertex(runtime: Runtime) -> dict[str, str]:
 # --- A token endpoint that never answers ---------------------------------------------------
 
 
+# A first token tried for one second (``gcp.first_token_timeout_s``).
+SHORT_FIRST_TOKEN_S = 1.0
+
+
 @pytest.fixture
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Token requests that give up in half a second, and a first token tried for one:
-    the waits a silent endpoint meets, shortened (the rule is the same)."""
-    monkeypatch.setattr(gcp_tokens, "TOKEN_REQUEST_TIMEOUT", urllib3.Timeout(0.5, 0.5))
-    monkeypatch.setattr(gcp_tokens, "START_RETRY_S", 1.0)
+    """Token requests that give up in half a second: the wait a silent endpoint meets,
+    shortened (the rule is the same)."""
+    monkeypatch.setattr(gcp_tokens, "TOKEN_CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(gcp_tokens, "TOKEN_READ_TIMEOUT_S", 0.5)
 
 
 @pytest.mark.usefixtures("short_waits")
@@ -211,7 +219,40 @@ async def test_a_token_endpoint_that_never_answers_fails_the_start_instead_of_ha
     token_endpoint.silent = True
     key_file = tmp_path / "key.json"
     write_service_account(key_file, token_uri=token_endpoint.url)
-    source = source_for(key_file)
+    source = source_for(key_file, SHORT_FIRST_TOKEN_S)
+
+    with pytest.raises(ConfigError) as refused:
+        await ended(source.start())
+
+    [problem] = refused.value.problems
+    assert problem.startswith(f"{WHERE}: cannot obtain a Google Cloud access token")
+
+
+async def test_the_configured_first_token_timeout_bounds_a_start_at_a_silent_endpoint(
+    tmp_path: Path, token_endpoint: TokenEndpoint
+) -> None:
+    # No shortened module constants: the provider's own gcp.first_token_timeout_s bounds
+    # the start (and each of its requests, 10 s by default), instead of 20 s.
+    token_endpoint.silent = True
+    key_file = tmp_path / "key.json"
+    write_service_account(key_file, token_uri=token_endpoint.url)
+    config = parse_config(
+        f"""
+providers:
+  - name: vertex
+    type: vertex
+    base_url: "http://127.0.0.1:9/"
+    gcp: {{project: mock-project, region: us-east5, credentials_file: "{key_file}",
+           first_token_timeout_s: 1.5}}
+models:
+  - {{name: gemini-flash, provider: vertex}}
+""",
+        "gateway.yaml",
+        {},
+    )
+    [provider] = config.providers
+    assert provider.gcp is not None and provider.gcp.first_token_timeout_s == 1.5
+    source = GcpTokenSource(provider.gcp, WHERE)
 
     with pytest.raises(ConfigError) as refused:
         await ended(source.start())
@@ -229,7 +270,7 @@ async def test_a_refresh_at_a_token_endpoint_that_never_answers_gives_up(
     token_endpoint.lifetime_s = SHORT_LIFETIME_S
     key_file = tmp_path / "key.json"
     write_service_account(key_file, token_uri=token_endpoint.url)
-    source = source_for(key_file)
+    source = source_for(key_file, SHORT_FIRST_TOKEN_S)
     await source.start()
     first = source.authorization()
     token_endpoint.silent = True
