@@ -256,7 +256,11 @@ class Runtime:
         self, config: GatewayConfig, services: Services, *, admit_labels: bool = True
     ) -> None:
         """``admit_labels=False``: the caller admits the config's label values itself,
-        once it serves (a reload), so a config refused on the way changes no label."""
+        and calls ``show_series``, once it serves (a reload), so a config refused on the
+        way changes no label.
+
+        Reads every file the config takes a secret from (org key files and directory,
+        provider and moderation key files): a reload calls it off the event loop."""
         self.config = config
         self.services = services
         if admit_labels:
@@ -297,18 +301,8 @@ class Runtime:
                 ", ".join(self.prices.unpriced_models),
             )
         self.agents = AgentDirectory(config)
-        services.metrics.agents.show_binding_refusals(
-            dict.fromkeys(
-                upstream.server.name
-                for upstream in self.agents.by_route.values()
-                if upstream.server.bind_to_caller
-            )
-        )
-        services.metrics.agents.show_credential_echoes(
-            upstream.server.name
-            for upstream in self.agents.by_route.values()
-            if upstream.credential_forms
-        )
+        if admit_labels:
+            self.show_series()
         try:
             self.quota_rules = RuleSet(config.quotas, self.canonical_model)
         except ValueError as exc:
@@ -383,6 +377,24 @@ class Runtime:
         self._retired = False
         self._closing: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+
+    def show_series(self) -> None:
+        """Show this config's agent series at 0 from now on. Called once it serves: a
+        reload builds its runtime off the event loop, where the metrics' label cache,
+        which requests use meanwhile, must not be touched."""
+        agents = self.services.metrics.agents
+        agents.show_binding_refusals(
+            dict.fromkeys(
+                upstream.server.name
+                for upstream in self.agents.by_route.values()
+                if upstream.server.bind_to_caller
+            )
+        )
+        agents.show_credential_echoes(
+            upstream.server.name
+            for upstream in self.agents.by_route.values()
+            if upstream.credential_forms
+        )
 
     @property
     def stored_keys(self) -> StoredKeys | None:

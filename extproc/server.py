@@ -169,7 +169,9 @@ class Gateway:
         if config.management.serving:
             # Token files read now: one that cannot be read refuses the whole config,
             # rather than leaving the old tokens (a revoked one among them) in force.
-            AdminTokens(config.management)
+            # Off the event loop, as every file read below: a token file on a slow
+            # volume would otherwise hold every open stream until it is read.
+            await asyncio.to_thread(AdminTokens, config.management)
         changed = restart_only_changes(self.config, config)
         # Off the event loop, as the file's parse was: a large config renders for a while.
         envoy_changes = await asyncio.to_thread(bootstrap_changes, self.config, config)
@@ -181,7 +183,10 @@ class Gateway:
         # Its names are admitted to the metrics' label budget only once it serves: the
         # admission replaces the running config's, and a refused reload must leave
         # those (a running model kept apart from `other` when the budget is full).
-        runtime = Runtime(config, self.services, admit_labels=False)
+        # Built off the event loop: it reads the org key files (a Secret directory of
+        # thousands), provider and moderation key files, and a file on a slow network
+        # volume stalled every open stream and health check until it was read.
+        runtime = await asyncio.to_thread(Runtime, config, self.services, admit_labels=False)
         try:
             await runtime.start(previous=self.runtime)
         except BaseException:
@@ -212,6 +217,7 @@ class Gateway:
                 ", ".join(telemetry),
             )
         self.metrics.admit_config(config)
+        runtime.show_series()
         previous, self.config, self.runtime = self.runtime, config, runtime
         self._retire(previous)
         if self._worker is None:

@@ -134,7 +134,9 @@ class JwtVerifier:
         ``previous``: the verifier of the config a reload replaces. Each URL JWKS it
         fetched too starts from its keys, so a reload while the identity provider is
         out of reach keeps the keys trusted until then (``RemoteJwks.carry_over``)."""
-        self.load_static()
+        # Off the event loop: a reload runs while requests are served, and a JWKS file
+        # on a slow volume would hold every one of them until it was read.
+        await asyncio.to_thread(self.load_static)
         remote = [
             provider.keys
             for provider in self._by_issuer.values()

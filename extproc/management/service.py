@@ -303,7 +303,7 @@ class AdminService:
 
     async def _authenticate(self, context: grpc_aio.ServicerContext) -> str:
         """The id of the admin token the call carries; UNAUTHENTICATED without one."""
-        caller = self._admin_tokens().caller(context.invocation_metadata() or ())
+        caller = (await self._admin_tokens()).caller(context.invocation_metadata() or ())
         if caller is not None:
             return caller
         presented = _bearer(context.invocation_metadata() or ()) is not None
@@ -350,12 +350,14 @@ class AdminService:
 
         return call
 
-    def _admin_tokens(self) -> AdminTokens:
+    async def _admin_tokens(self) -> AdminTokens:
         config = self._runtime().config.management
         cached, tokens = self._tokens
         if config is not cached:
             try:
-                tokens = AdminTokens(config)
+                # Off the event loop: the token files may sit on a slow volume, and the
+                # gateway's requests share this loop.
+                tokens = await asyncio.to_thread(AdminTokens, config)
             except ConfigError as exc:
                 # A reloaded config with an unreadable token file keeps the tokens in force.
                 log.warning("admin tokens not reloaded: %s", "; ".join(exc.problems))
