@@ -71,7 +71,8 @@ class ConfigReloader:
         self._apply = apply
         self._on_result = on_result
         self._interval = poll_interval_s
-        self._stamp: tuple[Stamp, ...] = self._stamps()
+        # Made before the process serves: stamped at once, on the caller's thread.
+        self._stamp: tuple[Stamp, ...] = _stamps_of([self._path, *watched()])
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[bool]] = set()
         # One reload at a time: a later one reads the file after an earlier one is
@@ -130,7 +131,7 @@ class ConfigReloader:
     async def catch_up(self, running: GatewayConfig) -> bool:
         """``schedule_catch_up``'s work; True when the file's config is serving."""
         async with self._reloading:
-            stamp = self._stamps()
+            stamp = await self._stamps()
             try:
                 loaded = await asyncio.to_thread(load_config, self._path, os.environ)
             except Exception:
@@ -144,7 +145,7 @@ class ConfigReloader:
     async def _reload(self) -> bool:
         # Stamped before reading: a change written while this reload runs is seen
         # by the next poll, not taken for loaded.
-        self._stamp = self._stamps()
+        self._stamp = await self._stamps()
         # The config file's and the running config's files, without those waited on.
         serving = self._stamp[: len(self._stamp) - len(self._waiting_on)]
         try:
@@ -157,7 +158,7 @@ class ConfigReloader:
             return self._refused(exc, serving, [], ())
         # Stamped before the new config reads them: one written after it was found
         # missing is seen as changed.
-        named_stamps = _stamps_of(named)
+        named_stamps = await asyncio.to_thread(_stamps_of, named)
         try:
             await self._apply(config)
         except Exception as exc:
@@ -195,13 +196,13 @@ class ConfigReloader:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            stamp = self._stamps()
+            stamp = await self._stamps()
             if stamp[0] is not None and stamp != self._stamp:
                 await self.reload()
 
-    def _stamps(self) -> tuple[Stamp, ...]:
-        return (
-            _stamp(self._path),
-            *_stamps_of(self._watched()),
-            *_stamps_of(self._waiting_on),
-        )
+    async def _stamps(self) -> tuple[Stamp, ...]:
+        # Off the event loop: a poll stats the config file and every secret file (one
+        # per org key_file, thousands in some configs), and a stat on a network volume
+        # that stopped answering blocks until it answers again.
+        paths = [self._path, *self._watched(), *self._waiting_on]
+        return await asyncio.to_thread(_stamps_of, paths)

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -162,4 +163,65 @@ async def test_a_reload_reading_a_slow_secret_file_leaves_the_gateway_answering(
         assert applied, "the reload was not applied once the file was read"
     finally:
         writer.join()
+        await gateway.stop()
+
+
+class HungVolume:
+    """A file whose ``stat`` blocks, as on a network volume that stopped answering,
+    until the test lets it return (or FALLBACK_S passed)."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = path
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.released_by_fallback = False
+        real_stat = Path.stat
+
+        def stat(path: Path, **kwargs: Any) -> os.stat_result:
+            if self.armed and path == self.path:
+                self.entered.set()
+                if not self.release.wait(FALLBACK_S):
+                    self.released_by_fallback = True
+            return real_stat(path, **kwargs)
+
+        monkeypatch.setattr(Path, "stat", stat)
+
+
+def _health_during_stat(volume: HungVolume, url: str) -> bool:
+    """In a thread of its own: whether /healthz answered while the stat hung."""
+    assert volume.entered.wait(FALLBACK_S), "the config watch never looked at the file"
+    answer = httpx.get(url, timeout=FALLBACK_S * 3)
+    during = not volume.released_by_fallback
+    assert answer.status_code == 200
+    volume.release.set()
+    return during
+
+
+async def test_the_config_watch_on_a_hung_volume_leaves_the_gateway_answering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch stats every secret file once a second: that stat, on a volume that
+    stopped answering, held every stream and health check until it answered."""
+    http_port = free_port()
+    key_file = tmp_path / "team1"
+    key_file.write_text(SECRET)
+    text = BASE.format(
+        grpc_port=free_port_block(1, avoid={http_port}),
+        http_port=http_port,
+        store_port=free_port_block(1, avoid={http_port}),
+    )
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(text + _org_key_file(key_file)[0])
+    gateway = Gateway(load_config(config_file), config_file)
+    volume = HungVolume(key_file, monkeypatch)
+    await gateway.start()
+    try:
+        volume.armed = True
+        answered = await asyncio.to_thread(
+            _health_during_stat, volume, f"http://127.0.0.1:{http_port}/healthz"
+        )
+        assert answered, "the health check waited for the config watch's stat of a key file"
+    finally:
+        volume.release.set()
         await gateway.stop()
