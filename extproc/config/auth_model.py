@@ -81,6 +81,10 @@ class ApiKeyConfig(_Section):
         return self
 
 
+# The least `min_refresh_interval_s`: at most one fetch a second on unknown kids.
+MIN_JWKS_REFETCH_S = 1.0
+
+
 class JwksConfig(_Section):
     """Where a provider's signing keys come from: exactly one of file, inline, url."""
 
@@ -91,12 +95,26 @@ class JwksConfig(_Section):
     # once per `min_refresh_interval_s`; when the URL is down the cached keys stay
     # for `max_stale_s` after the last good fetch (docs/authentication.md).
     refresh_interval_s: float = Field(default=300.0, gt=0)
-    min_refresh_interval_s: float = Field(default=10.0, ge=0)
+    min_refresh_interval_s: float = 10.0
     timeout_s: float = Field(default=2.0, gt=0)
     max_stale_s: float = Field(default=3600.0, gt=0)
     # A plain http:// URL on another host than this one lets anyone on the network
     # path publish keys: refused unless the operator accepts that here.
     allow_http: bool = False
+
+    @field_validator("min_refresh_interval_s")
+    @classmethod
+    def _check_min_refresh(cls, seconds: float) -> float:
+        # The floor bounds what a caller can make the gateway do: each token with a
+        # `kid` the keys lack asks for a fetch, so below it anyone sending random kids
+        # (no valid token needed) had the gateway fetch the JWKS once per request,
+        # hammering the identity provider and queueing every token behind the fetches.
+        if seconds < MIN_JWKS_REFETCH_S:
+            raise ValueError(
+                f"must be at least {MIN_JWKS_REFETCH_S:g} s: below, every token with an"
+                " unknown kid, valid or not, would fetch the JWKS again"
+            )
+        return seconds
 
     @field_validator("url")
     @classmethod

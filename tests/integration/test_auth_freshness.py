@@ -43,7 +43,7 @@ def jwt_provider(jwks_url: str) -> str:
     - name: dev
       issuer: {ISSUER}
       audiences: [aigw]
-      jwks: {{url: "{jwks_url}", refresh_interval_s: 0.5, min_refresh_interval_s: 0}}
+      jwks: {{url: "{jwks_url}", refresh_interval_s: 0.5, min_refresh_interval_s: 1}}
       algorithms: [RS256]
 """
 

@@ -304,3 +304,23 @@ def test_check_config_names_the_route_path_no_request_could_match(
         main(["check-config", "--config", str(bad)])
     assert exited.value.code == 2
     assert "routes[0].path: holds ' '" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["0", "0.5", "-1"])
+def test_a_jwks_refetch_interval_below_a_second_is_refused(seconds: str) -> None:
+    # Each token with an unknown kid asks for a fetch: at 0, anyone sending random
+    # kids had the gateway fetch the identity provider's JWKS once per request.
+    provider = f"""
+auth:
+  jwt_providers:
+    - name: idp
+      issuer: https://idp.example.com
+      jwks: {{url: 'https://idp.example.com/jwks.json', min_refresh_interval_s: {seconds}}}
+"""
+    [problem] = problems(MINIMAL + provider, {"MOCK_KEY": "k"})
+    assert problem.startswith(
+        "auth.jwt_providers[0].jwks.min_refresh_interval_s: must be at least 1 s"
+    )
+    parse_config(
+        MINIMAL + provider.replace(f": {seconds}}}", ": 1}"), "test.yaml", {"MOCK_KEY": "k"}
+    )
