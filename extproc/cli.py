@@ -55,8 +55,12 @@ def _serve(args: argparse.Namespace) -> int:
     from extproc.management.service import ManagementListenError
     from extproc.server import ListenError
     from extproc.store.embedded import DataDirInUseError, EmbeddedStartError
+    from extproc.telemetry.diagnostic_log import DiagnosticLog
 
     workers = args.workers or config.server.workers
+    # From here on, log lines are written to stderr by a thread: a stderr nobody reads
+    # must not hold the event loop. Closed before a line printed here, to keep order.
+    diagnostics = DiagnosticLog()
     try:
         if workers > 1:
             from extproc.workers import supervise
@@ -74,11 +78,13 @@ def _serve(args: argparse.Namespace) -> int:
     ) as exc:
         # Found while starting (a file the config names, a data dir in use): a user
         # error like those of the config's own check, not a traceback.
+        diagnostics.close()
         print(_in_file(exc, args.config), file=sys.stderr)
         return 2
     except EmbeddedStartError as exc:
         # No store.url: the store is the embedded Valkey, and it could not start (its
         # data dir not writable, say). One line naming what to change, no traceback.
+        diagnostics.close()
         print(
             f"{args.config}: store.url is not set and the embedded Valkey cannot start"
             f" ({exc}): set store.data_dir to a directory this user can write, or"
@@ -86,6 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        diagnostics.close()
     return 0
 
 

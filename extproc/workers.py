@@ -102,6 +102,10 @@ def run_worker(
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s worker-{role.index} %(name)s: %(message)s",
     )
+    from extproc.telemetry.diagnostic_log import DiagnosticLog
+
+    # Written by a thread: a stderr nobody reads must not hold the worker's event loop.
+    diagnostics = DiagnosticLog()
     # The parent's SIGINT handler is not inherited; a Ctrl-C reaches the whole
     # process group, and the supervisor decides how workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -115,6 +119,9 @@ def run_worker(
         # The reason, once, without a traceback: the supervisor decides what follows.
         log.error("worker %d cannot start: %s", role.index, exc)
         raise SystemExit(USER_ERROR_EXIT) from None
+    finally:
+        # A spawned process ends without atexit: the lines held are written now.
+        diagnostics.close()
 
 
 class _Worker:

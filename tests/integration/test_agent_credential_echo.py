@@ -115,8 +115,12 @@ async def test_bobs_client_reads_stars_where_the_server_quoted_the_gateways_key(
     samples = scrape(echo_stack.metrics_url)
     assert metric(samples, "aigw_agent_credential_echoes_total", server="echoer") >= 2
     # The operator learns which server did it, never the key itself.
-    errors = (echo_stack.workdir / "gateway.err").read_text()
-    assert "the MCP server 'echoer' quoted the gateway's credential" in errors
+    # The diagnostic log is written by a thread of its own: the line lands a moment later.
+    warned = "the MCP server 'echoer' quoted the gateway's credential"
+    errors = wait_for(
+        lambda: text if warned in (text := (echo_stack.workdir / "gateway.err").read_text()) else ""
+    )
+    assert warned in errors
     assert KEY not in errors
     assert KEY not in echo_stack.gateway_log.read_text()
     assert any(line.get("agent") for line in GatewayLog(echo_stack.gateway_log).lines())
