@@ -259,7 +259,9 @@ class Supervisor:
         # What the workers read at start, too: a worker restarted on this config
         # must not fail where its siblings' reload refused it. Not the listener's
         # files: a restarted worker listens as started, like its siblings.
-        check_startup_files(config, listener_files=False)
+        # Off the event loop, which answers /healthz and /metrics: a key file on a slow
+        # network volume held those until it was read.
+        await asyncio.to_thread(check_startup_files, config, listener_files=False)
         self._rules, self._latest = rules, config
         self._config_warnings.loaded(config)
         if self._bounded is not None:

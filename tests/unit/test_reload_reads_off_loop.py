@@ -25,6 +25,7 @@ import pytest
 from extproc.config.loader import load_config
 from extproc.devstack import free_port, free_port_block
 from extproc.server import Gateway
+from extproc.workers import Supervisor
 from tests.unit.test_jwt_verifier import RSA_JWK
 from tests.unit.test_reload_edges import async_wait_for, models_of
 
@@ -225,3 +226,29 @@ async def test_the_config_watch_on_a_hung_volume_leaves_the_gateway_answering(
     finally:
         volume.release.set()
         await gateway.stop()
+
+
+async def test_the_supervisors_check_of_a_reloaded_config_leaves_its_loop_free(
+    tmp_path: Path,
+) -> None:
+    """``serve --workers N``: the supervisor reads every file a reloaded config names
+    before a restarted worker may start on it; its loop answers /healthz and /metrics
+    meanwhile."""
+    config_file = tmp_path / "gateway.yaml"
+    base = BASE.format(grpc_port=free_port(), http_port=free_port(), store_port=free_port())
+    config_file.write_text(base)
+    supervisor = Supervisor(load_config(config_file), str(config_file), 2)
+    fifo = tmp_path / "team1"
+    os.mkfifo(fifo)
+    config_file.write_text(base + _org_key_file(fifo)[0])
+    writer = PipeWriter(fifo, SECRET)
+    try:
+        applying = asyncio.create_task(supervisor._apply(load_config(config_file)))
+        await asyncio.to_thread(writer.reader_opened.wait, FALLBACK_S)
+        # Run by the loop: before the pipe is written only if the loop was free.
+        free = not writer.written.is_set()
+        writer.release.set()
+        await applying
+        assert free, "the supervisor's loop waited for the read of the key file"
+    finally:
+        writer.join()
