@@ -48,9 +48,12 @@ class HttpListenError(RuntimeError):
 
 def create_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # Rendered off the event loop: thousands of series (routes x providers x models,
+        # each histogram a line per bucket) take a second or more to render, and every
+        # stream and health check waited through each scrape. The registry's metrics
+        # take their own locks, so a request recorded meanwhile is safe.
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
