@@ -57,7 +57,7 @@ from extproc.envoy_replies import (
     TOO_LARGE_DETAILS,
 )
 from extproc.envoy_tracing import add_tracing
-from extproc.envoy_values import cel_string, duration, is_ip
+from extproc.envoy_values import cel_string, duration, is_ip, metadata_response_headers
 from extproc.errors import (
     BEDROCK_ERROR_TYPE_HEADER,
     RESPONSE_TOO_LARGE_MESSAGE,
@@ -78,7 +78,7 @@ from extproc.headers import (
     CLUSTER,
     METADATA_NAMESPACE,
     RATE_LIMIT_HEADERS,
-    metadata_key,
+    gateway_headers_added,
     provider_headers_removed,
 )
 from extproc.http_methods import ENVOY_METHOD, METHOD_METADATA_KEY
@@ -783,17 +783,7 @@ def _rate_limit_headers() -> list[Json]:
     requests can skip that message (extproc.response_path); a request no rule
     applies to has no such metadata, and an empty value adds no header.
     """
-    return [
-        {
-            "header": {
-                "key": name,
-                "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%",
-            },
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            "keep_empty_value": False,
-        }
-        for name in RATE_LIMIT_HEADERS
-    ]
+    return metadata_response_headers(RATE_LIMIT_HEADERS)
 
 
 def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
@@ -828,7 +818,16 @@ def _provider_route(config: GatewayConfig, provider: ProviderConfig) -> Json:
         # well, whose headers the gateway never reads: an SDK followed it past the
         # gateway with the client's key (headers.REDIRECT_HEADERS).
         "response_headers_to_remove": list(provider_headers_removed(provider.type)),
+        # Anthropic's names for the same limits, where Anthropic clients' requests go
+        # (headers.gateway_headers_added). Envoy removes a route's headers before it adds
+        # them: the provider's own anthropic-ratelimit-* never reach the client.
+        **_added(gateway_headers_added(provider.type)),
     }
+
+
+def _added(names: tuple[str, ...]) -> Json:
+    """A route's ``response_headers_to_add`` for ``names``, or nothing (no empty list)."""
+    return {"response_headers_to_add": metadata_response_headers(names)} if names else {}
 
 
 def _not_found_route() -> Json:

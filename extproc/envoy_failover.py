@@ -64,6 +64,7 @@ from extproc.config.model import (
     cluster_name,
     failover_chain_name,
 )
+from extproc.envoy_values import metadata_response_headers
 from extproc.headers import (
     ABOUT_THE_CLIENT,
     ANSWERED_BY_MODEL,
@@ -72,6 +73,7 @@ from extproc.headers import (
     ATTEMPTS_STARTED,
     CLUSTER,
     METADATA_NAMESPACE,
+    gateway_headers_added,
     metadata_key,
     provider_headers_removed,
 )
@@ -234,6 +236,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
                     name,
                     kept,
                     _headers_removed(config, kept),
+                    _headers_added(config, kept),
                     len(clusters),
                     attempt_timeout_s(config, model),
                 )
@@ -251,6 +254,7 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
                     cluster_name(provider),
                     [provider.name],
                     list(provider_headers_removed(provider.type)),
+                    gateway_headers_added(provider.type),
                     1,
                     attempt_timeout_s(config, fallback),
                 )
@@ -295,11 +299,20 @@ def _headers_removed(config: GatewayConfig, providers: list[str]) -> list[str]:
     return list(removed)
 
 
+def _headers_added(config: GatewayConfig, providers: list[str]) -> tuple[str, ...]:
+    """The rate-limit headers of every provider of a chain, for whichever answers."""
+    added: dict[str, None] = {}
+    for name in providers:
+        added.update(dict.fromkeys(gateway_headers_added(config.provider(name).type)))
+    return tuple(added)
+
+
 def _route(
     name: str,
     cluster: str,
     providers: list[str],
     headers_removed: list[str],
+    headers_added: tuple[str, ...],
     attempts: int,
     per_try_s: float,
 ) -> Json:
@@ -335,7 +348,12 @@ def _route(
         # As on a provider's own route (envoy_bootstrap._provider_route): the account's
         # id and limits are not the caller's, nor a redirect's location theirs to follow.
         "response_headers_to_remove": headers_removed,
-        "response_headers_to_add": [_started_header(providers)],
+        # Anthropic's names for the gateway's limits where Anthropic clients' requests
+        # go (headers.gateway_headers_added).
+        "response_headers_to_add": [
+            _started_header(providers),
+            *metadata_response_headers(headers_added),
+        ],
     }
 
 

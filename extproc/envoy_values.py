@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from extproc.headers import METADATA_NAMESPACE, metadata_key
 
 
 def is_ip(host: str) -> bool:
@@ -18,6 +22,23 @@ def duration(seconds: float) -> str:
     """Envoy's Duration string: ``300s``, ``0.25s``."""
     text = f"{seconds:.3f}".rstrip("0").rstrip(".")
     return f"{text}s"
+
+
+def metadata_response_headers(names: Iterable[str]) -> list[dict[str, Any]]:
+    """A route's ``response_headers_to_add`` for headers whose values the gateway returns
+    as dynamic metadata (the quota stage's rate-limit headers). A request without such
+    metadata formats an empty value, which adds no header."""
+    return [
+        {
+            "header": {
+                "key": name,
+                "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%",
+            },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+        for name in names
+    ]
 
 
 def cel_string(text: str) -> str:

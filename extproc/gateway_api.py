@@ -75,6 +75,7 @@ from extproc.headers import (
     CLUSTER,
     METADATA_NAMESPACE,
     RATE_LIMIT_HEADERS,
+    gateway_headers_added,
     metadata_key,
     provider_headers_removed,
 )
@@ -321,8 +322,9 @@ def _providers_hosts_route(config: GatewayConfig, controller: Controller) -> Jso
 
 
 def _rate_limit_headers(controller: Controller, provider: ProviderConfig) -> list[Json]:
-    """OpenAI's x-ratelimit-* headers from the metadata the gateway returns, as the
-    gateway's own bootstrap sets them (envoy_bootstrap._rate_limit_headers).
+    """OpenAI's x-ratelimit-* headers (and on routes Anthropic clients reach, Anthropic's
+    anthropic-ratelimit-*) from the metadata the gateway returns, as the gateway's own
+    bootstrap sets them (envoy_bootstrap._rate_limit_headers, _provider_route).
 
     The provider's own (its limits for the organisation's whole account, not the
     caller's, and the account's id) are removed from its answers, as the bootstrap
@@ -341,7 +343,9 @@ def _rate_limit_headers(controller: Controller, provider: ProviderConfig) -> lis
                 "name": name,
                 "value": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{metadata_key(name)})%",
             }
-            for name in RATE_LIMIT_HEADERS
+            # Anthropic's names too where Anthropic clients' requests go: at most 12,
+            # within Gateway API's 16 per filter.
+            for name in (*RATE_LIMIT_HEADERS, *gateway_headers_added(provider.type))
         ]
     modifier["remove"] = list(provider_headers_removed(provider.type))
     return [{"type": "ResponseHeaderModifier", "responseHeaderModifier": modifier}]

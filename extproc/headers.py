@@ -79,6 +79,30 @@ RATE_LIMIT_HEADERS = tuple(
     for unit in ("requests", "tokens")
     for part in ("limit", "remaining", "reset")
 )
+# The same limits under Anthropic's names, on answers to Anthropic Messages API clients
+# (the anthropic SDKs, Claude Code), which pace themselves by these and read no
+# x-ratelimit-*. Their reset is an RFC 3339 time, as Anthropic writes it. Anthropic's
+# input-tokens and output-tokens variants are left out: the gateway's token limits count
+# prompt and answer together, so nothing it knows is a limit on either alone.
+ANTHROPIC_RATE_LIMIT_HEADERS = tuple(
+    f"anthropic-ratelimit-{unit}-{part}"
+    for unit in ("requests", "tokens")
+    for part in ("limit", "remaining", "reset")
+)
+# The provider types an Anthropic Messages request can be sent to: Anthropic, and Claude
+# on Bedrock and on Vertex (response_path: every other type is refused at the body). Only
+# their routes add ANTHROPIC_RATE_LIMIT_HEADERS, so routes to OpenAI's type pay nothing
+# for them.
+ANTHROPIC_CLIENT_PROVIDER_TYPES = frozenset({"anthropic", "bedrock", "vertex"})
+
+
+def gateway_headers_added(provider_type: str) -> tuple[str, ...]:
+    """The rate-limit headers a route to a provider of this type sets from the quota
+    stage's metadata beside the x-ratelimit-* every route sets: Anthropic's names where
+    Anthropic clients' requests can go."""
+    if provider_type in ANTHROPIC_CLIENT_PROVIDER_TYPES:
+        return ANTHROPIC_RATE_LIMIT_HEADERS
+    return ()
 
 
 # A provider's answer headers about the account the gateway's key bills, not about the

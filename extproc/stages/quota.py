@@ -4,7 +4,8 @@ At the request body (the model is known), every limit that applies to the
 caller is checked and a token estimate reserved, in one Redis round trip. A
 refusal is a 429 naming the subject, the limit and when it resets, with
 ``retry-after``. Every AI answer carries OpenAI's ``x-ratelimit-*`` headers for
-the tightest request and token limits. When the response ends, the token
+the tightest request and token limits; an Anthropic client's carry them under
+Anthropic's ``anthropic-ratelimit-*`` names too. When the response ends, the token
 reservation is corrected with the provider's count, or with the gateway's estimate
 when an answer came without one (``partial_usage``, ``cut_answer``), or released when
 nothing was produced, off the response path; plus, after a failover, what the attempts
@@ -38,6 +39,7 @@ from extproc.headers import metadata_key
 from extproc.images_api import picture_allowance
 from extproc.openai_inputs import choices
 from extproc.providers import vertex_endpoints
+from extproc.quota.anthropic_headers import anthropic_rate_limit_headers
 from extproc.quota.estimate import (
     CHAT_ALLOWANCE_FIELDS,
     RESPONSES_ALLOWANCE_FIELDS,
@@ -158,19 +160,22 @@ class QuotaStage:
         self._failing_open.answered()
         self._failing_closed.answered()
         if isinstance(result, Denial):
-            refusal, limit = _store_refusal(ctx, result, cost, store.now())
+            now = store.now()
+            refusal, limit = _store_refusal(ctx, result, cost, now)
             services.metrics.rate_limit(limit.rule, limit.subject_kind)
             ctx.quota_decision = "rejected"
             ctx.quota_rule = limit.rule
-            raise for_client(ctx, refusal)
+            raise for_client(ctx, refusal, now)
         ctx.quota_decision = "allowed"
         ctx.reservation = result
         # Envoy's route adds the x-ratelimit-* headers to the answer from this
-        # metadata, on the full and the lean response path alike (envoy_bootstrap).
-        published = {
-            metadata_key(name): value
-            for name, value in rate_limit_headers(result, store.now()).items()
-        }
+        # metadata, on the full and the lean response path alike (envoy_bootstrap), and
+        # on the routes Anthropic clients reach, anthropic-ratelimit-* too.
+        now = store.now()
+        headers = rate_limit_headers(result, now)
+        if ctx.error_shape == "anthropic":
+            headers.update(anthropic_rate_limit_headers(headers, now))
+        published = {metadata_key(name): value for name, value in headers.items()}
         out.metadata = {**(out.metadata or {}), **published}
         if cost:  # a count has no completion to cap (and no max_tokens to set)
             _apply_hard_cap(ctx, result)
@@ -471,14 +476,15 @@ def _apply_hard_cap(ctx: RequestContext, reservation: Reservation) -> None:
         store.release(reservation)
         # Told as the prompt and the room its answer needs, its picture part of that.
         room = _answer_room(ctx)
+        now = store.now()
         refusal, limit, _ = _capped_refusal(
-            reservation, capped, ctx.estimated_prompt_tokens(), store.now(), room
+            reservation, capped, ctx.estimated_prompt_tokens(), now, room
         )
         # A refusal like the store's: aigw_rate_limited_total counts both.
         ctx.runtime.services.metrics.rate_limit(limit.rule, limit.subject_kind)
         ctx.quota_decision = "rejected"
         ctx.quota_rule = limit.rule
-        raise for_client(ctx, refusal)
+        raise for_client(ctx, refusal, now)
     # Never above what the request reserved: a body that names no allowance gets the
     # default it was reserved with, not the budget's whole remainder, which a provider
     # refuses past the model's output limit (Bedrock: "The maximum tokens you requested
@@ -778,7 +784,7 @@ def _too_large(
     return RateLimitError(message, code="insufficient_quota", headers=headers)
 
 
-def for_client(ctx: RequestContext, refusal: RateLimitError) -> GatewayError:
+def for_client(ctx: RequestContext, refusal: RateLimitError, now: float) -> GatewayError:
     """The refusal as the client's SDK should act on it (``ServiceQuotaExceededError``).
     To an AWS SDK (Bedrock's routes), one that no retry within ``RETRY_WITHIN_S`` can
     pass (``x-should-retry: false``) is Bedrock's ``ServiceQuotaExceededException``: as a
@@ -786,8 +792,12 @@ def for_client(ctx: RequestContext, refusal: RateLimitError) -> GatewayError:
     its adaptive mode slowed down every later call. To a Gemini client, one that no wait
     can help (no ``retry-after``) is ``FAILED_PRECONDITION``: Gemini CLI retried a 429
     without a ``RetryInfo`` as a short rate limit. A refusal that resets keeps its 429
-    (``RetryInfo`` with the wait: Gemini CLI gives up when it is long)."""
+    (``RetryInfo`` with the wait: Gemini CLI gives up when it is long). To an Anthropic
+    client, its limit under Anthropic's names too (``anthropic-ratelimit-*``), which the
+    anthropic SDKs and Claude Code read where OpenAI's clients read ``x-ratelimit-*``."""
     shape = ctx.error_shape
+    if shape == "anthropic":
+        refusal.headers.update(anthropic_rate_limit_headers(refusal.headers, now))
     if (shape == "bedrock" and refusal.headers.get("x-should-retry") == "false") or (
         shape == "google" and "retry-after" not in refusal.headers
     ):

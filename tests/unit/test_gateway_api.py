@@ -21,7 +21,13 @@ from extproc.config.loader import load_config
 from extproc.config.model import GatewayConfig, ProviderType, cluster_name
 from extproc.controller_routes import route_names
 from extproc.gateway_api import CONTROLLERS, render_attachments
-from extproc.headers import CLUSTER, RATE_LIMIT_HEADERS, metadata_key, provider_headers_removed
+from extproc.headers import (
+    CLUSTER,
+    RATE_LIMIT_HEADERS,
+    gateway_headers_added,
+    metadata_key,
+    provider_headers_removed,
+)
 from extproc.runtime import RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,10 +214,14 @@ def test_envoy_gateway_sets_the_rate_limit_headers_from_the_gateways_metadata() 
                 removed = [name for modifier in modifiers for name in modifier.get("remove", [])]
                 assert removed in [list(provider_headers_removed(t)) for t in ProviderType]
                 continue
-            assert set_headers == {
-                name: f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"
-                for name in RATE_LIMIT_HEADERS
-            }
+            # Anthropic's names too on the rules of types Anthropic clients reach.
+            assert set_headers in [
+                {
+                    name: f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"
+                    for name in (*RATE_LIMIT_HEADERS, *gateway_headers_added(t))
+                }
+                for t in ProviderType
+            ]
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)

@@ -28,7 +28,7 @@ from extproc.gateway_api import (
     gateway_api_duration,
     render_attachments,
 )
-from extproc.headers import RATE_LIMIT_HEADERS, metadata_key
+from extproc.headers import ANTHROPIC_RATE_LIMIT_HEADERS, RATE_LIMIT_HEADERS, metadata_key
 
 from . import crd_fields
 
@@ -281,10 +281,16 @@ def test_the_providers_own_rate_limit_headers_never_reach_the_client(
         removed[provider_of(rule, config).name] = modifier["remove"]
         assert len(modifier["remove"]) <= 16
         if controller == "envoy-gateway":
+            # Anthropic's names too where Anthropic clients' requests go (Anthropic,
+            # Claude on Bedrock), within the 16 Gateway API allows one modifier to set.
+            names = RATE_LIMIT_HEADERS
+            if provider_of(rule, config).name != "openai":
+                names += ANTHROPIC_RATE_LIMIT_HEADERS
             assert modifier["set"] == [
                 {"name": name, "value": f"%DYNAMIC_METADATA(io.aigw:{metadata_key(name)})%"}
-                for name in RATE_LIMIT_HEADERS
+                for name in names
             ]
+            assert len(modifier["set"]) <= 16
     # And a redirect's location, which an SDK would follow past the gateway with its key.
     assert removed["openai"] == [
         "location",
