@@ -13,6 +13,8 @@ Against a real Valkey, through the processor.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -85,6 +87,20 @@ async def test_a_rules_own_wait_is_the_retry_after_of_its_held_budget(
     # client pacing itself by these headers reads the same wait (before: no header).
     assert headers["x-ratelimit-reset-tokens"] == "45s"
     assert "x-should-retry" not in headers  # the SDKs wait it out and retry on their own
+
+
+async def test_an_anthropic_client_reads_the_held_wait_by_anthropics_names(
+    quota_store: QuotaStore,
+) -> None:
+    """These requests are Anthropic Messages calls: the anthropic SDKs and Claude Code
+    read anthropic-ratelimit-*, whose reset is the time the wait ends (before: absent)."""
+    processor = _processor(quota_store, AGENTS)
+    _, headers = await _held_refusal(processor)
+    assert headers["anthropic-ratelimit-tokens-limit"] == headers["x-ratelimit-limit-tokens"]
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "0"
+    reset = datetime.fromisoformat(headers["anthropic-ratelimit-tokens-reset"])
+    # 45 s after the refusal, on the store's clock (this machine's, give or take).
+    assert 40 <= reset.timestamp() - time.time() <= 46
 
 
 async def test_quotas_held_retry_after_is_every_other_rules_wait(
