@@ -72,8 +72,8 @@ CLIENT_CREDENTIAL_HEADERS = (
 # quota project. Beside the gateway's key, a client's would bill another account, or make
 # the provider refuse the gateway's key. Never passed on; the gateway sets its own.
 PROVIDER_ACCOUNT_HEADERS = ("openai-organization", "openai-project", "x-goog-user-project")
-# OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's route
-# sets them from the metadata the quota stage returns with the request body.
+# OpenAI's rate-limit headers on every answer a quota rule applies to; Envoy's virtual
+# host sets them from the metadata the quota stage returns with the request body.
 RATE_LIMIT_HEADERS = tuple(
     f"x-ratelimit-{part}-{unit}"
     for unit in ("requests", "tokens")

@@ -16,8 +16,9 @@ from the body messages:
   then costs one message instead of two); a stream, or an answer whose kind is
   not known yet, comes STREAMED, which serves a JSON answer (one or a few chunks,
   read whole at the end) as well as an event stream;
-- the ``x-ratelimit-*`` headers are set by Envoy's route from dynamic metadata
-  that the quota stage returns with the request body, for both paths.
+- the ``x-ratelimit-*`` headers (and an Anthropic client's ``anthropic-ratelimit-*``)
+  are set by Envoy's routes from dynamic metadata that the quota stage returns with
+  the request body, for both paths.
 
 The choice must be made in the answer to the request headers (Envoy honours a
 ``mode_override`` only there), before the gateway has seen the body. Envoy's
