@@ -251,7 +251,8 @@ def _add_usage_commands(commands: Any) -> None:
     export.add_argument(
         "--allow-partial",
         action="store_true",
-        help="write --output even when hours cannot be read (else it goes to FILE.partial)",
+        help="write --output even when hours cannot be read or have expired (else it goes to"
+        " FILE.partial)",
     )
 
 

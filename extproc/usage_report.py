@@ -27,7 +27,7 @@ from extproc.config.model import GatewayConfig
 from extproc.store.connection import STORE_ERRORS, connect
 from extproc.store.embedded import EmbeddedStartError, EmbeddedValkey, running_endpoint
 from extproc.store.spool import make_directory, sync_directory
-from extproc.store.usage import UnreadableHour, UsageRead, UsageStore
+from extproc.store.usage import UsageRead, UsageStore
 
 if TYPE_CHECKING:
     from extproc.management.v1 import management_pb2 as pb
@@ -95,7 +95,7 @@ def _rows(
         else:
             assert config is not None, "a report read from the store has the store's config"
             found = asyncio.run(query_store(config, period, by))
-            _note_expired_hours(period, config.store.usage_retention_days)
+            _note_expired_hours(found, period, config.store.usage_retention_days)
     except (PeriodError, ReportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -122,19 +122,28 @@ def _note_open_period(args: argparse.Namespace, period: Period) -> None:
         print(note, file=sys.stderr)
 
 
-def _note_expired_hours(period: Period, retention_days: int, now: datetime | None = None) -> None:
-    """Say on stderr when the period starts before the oldest hour the store still keeps:
-    those hours read as no usage. stdout stays the report a job imports."""
+def _note_expired_hours(
+    found: UsageRead, period: Period, retention_days: int, now: datetime | None = None
+) -> None:
+    """Say on stderr when the period starts before the oldest hour the store still keeps
+    (those hours read as no usage), and mark ``found`` short: its JSON names that hour,
+    and the command exits 1 without replacing an export's file, as for an hour it could
+    not read. Before, the report of a month whose rollups had expired was all zeros with
+    exit 0, and exporting it again replaced the bill kept from before with that."""
     kept_from = expired_before(period, retention_days, now)
     if kept_from is not None:
         print(expired_note(kept_from, retention_days), file=sys.stderr)
+        found.expired_before = kept_from.isoformat()
+        found.usage_retention_days = retention_days
 
 
-def _note_answered_expiry(answer: pb.UsageReport) -> None:
-    """The same note for a report a gateway answered, from what its answer says of its
-    store's retention (a gateway older than ``expired_before`` says nothing)."""
+def _note_answered_expiry(answer: pb.UsageReport, found: UsageRead) -> None:
+    """The same note, and mark, for a report a gateway answered, from what its answer
+    says of its store's retention (a gateway older than ``expired_before`` says nothing)."""
     if not answer.expired_before:
         return
+    found.expired_before = answer.expired_before
+    found.usage_retention_days = answer.usage_retention_days or None
     try:
         kept_from = datetime.fromisoformat(answer.expired_before)
     except ValueError:
@@ -180,12 +189,15 @@ def _ask_api(
     rows = rows_from_report(answer)
     unreadable = unreadable_from_report(answer)
     answered = _answered_period(answer, period)
-    _note_answered_expiry(answer)
     if not by:
         # Asked by no dimension, which the API reads as by model: its rows summed, as
         # the store's rows are for the same question.
-        return UsageRead([totals(rows)] if rows else [], unreadable), by, answered
-    return UsageRead(rows, unreadable), tuple(answer.group_by) or by, answered
+        found = UsageRead([totals(rows)] if rows else [], unreadable)
+    else:
+        found = UsageRead(rows, unreadable)
+        by = tuple(answer.group_by) or by
+    _note_answered_expiry(answer, found)
+    return found, by, answered
 
 
 def _answered_period(answer: pb.UsageReport, asked: Period) -> Period:
@@ -206,8 +218,8 @@ def report(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     if found is None:
         return 2
     read, by, period = found
-    sys.stdout.write(render(read.rows, by, period, args.format, read.unreadable))
-    return _missing(read.unreadable)
+    sys.stdout.write(render(read, by, period, args.format))
+    return _missing(read)
 
 
 def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
@@ -215,15 +227,15 @@ def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
     if found is None:
         return 2
     read, by, period = found
-    text = render(read.rows, by, period, args.format, read.unreadable)
+    text = render(read, by, period, args.format)
     if args.output in (None, "-"):
         sys.stdout.write(text)
-        return _missing(read.unreadable)
+        return _missing(read)
     target = Path(args.output)
     stale = partial_name(target)
     # A file a billing job picks up is the whole period's, or it is not written: a job
     # that looks for the file, not at the exit code, imported a short bill as whole.
-    short = bool(read.unreadable) and not args.allow_partial
+    short = read.short and not args.allow_partial
     written = stale if short else target
     try:
         write_file(written, text)
@@ -234,12 +246,18 @@ def export(config: GatewayConfig | None, args: argparse.Namespace) -> int:
         print(f"error: cannot write {written}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(read.rows)} rows to {written}", file=sys.stderr)
-    code = _missing(read.unreadable)
+    code = _missing(read)
     if short:
+        remedy = (
+            "move their keys away and export again, or pass"
+            if read.unreadable
+            # An export of a period whose rollups expired can never be whole again: the
+            # file it would replace may be the bill kept from when it was.
+            else "keep the file exported while the hours were kept, or pass"
+        )
         print(
             f"error: {target} was not written: the report is short of the hours above, so"
-            f" it went to {written}; move their keys away and export again, or pass"
-            " --allow-partial to write it as it is",
+            f" it went to {written}; {remedy} --allow-partial to write it as it is",
             file=sys.stderr,
         )
     return code
@@ -250,13 +268,14 @@ def partial_name(target: Path) -> Path:
     return target.with_name(target.name + ".partial")
 
 
-def _missing(unreadable: list[UnreadableHour]) -> int:
-    """Name each hour the report could not read whole, on stderr, and exit 1: the report
-    of the other hours is still printed (a month's bill must not hinge on one stray key),
-    but a job importing it must not take it for the whole period's."""
-    for hour in unreadable:
+def _missing(read: UsageRead) -> int:
+    """Name each hour the report could not read whole, on stderr, and exit 1 for those
+    and for hours expired (noted already): the report of the other hours is still
+    printed (a month's bill must not hinge on one stray key), but a job importing it
+    must not take it for the whole period's."""
+    for hour in read.unreadable:
         print(missing_note(hour), file=sys.stderr)
-    return 1 if unreadable else 0
+    return 1 if read.short else 0
 
 
 def write_file(target: Path, text: str) -> None:

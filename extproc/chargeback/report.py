@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -64,6 +63,7 @@ from extproc.store.usage import (
     IMAGE_INPUT,
     TOOL_MEASURE,
     UnreadableHour,
+    UsageRead,
     UsageRow,
 )
 
@@ -281,15 +281,13 @@ def missing_note(hour: UnreadableHour) -> str:
     )
 
 
-def render(
-    rows: list[UsageRow],
-    by: tuple[str, ...],
-    period: Period,
-    fmt: str,
-    unreadable: Sequence[UnreadableHour] = (),
-) -> str:
-    """``unreadable``: the hours of the period not read whole, which JSON names (the CLI
-    says so on stderr for every format, and exits 1)."""
+def render(read: UsageRead | list[UsageRow], by: tuple[str, ...], period: Period, fmt: str) -> str:
+    """``read``: the rows, and what of the period they lack, which JSON names: the hours
+    not read whole, and the first hour kept when earlier ones expired (the CLI says so on
+    stderr for every format, and exits 1). A list is rows the period lacks nothing of."""
+    if isinstance(read, list):
+        read = UsageRead(read, [])
+    rows, unreadable = read.rows, read.unreadable
     records = [_without_empty_dimensions(record(row), by) for row in rows]
     summed = totals(rows)
     if fmt == "json":
@@ -301,11 +299,14 @@ def render(
             "currency": "USD",
             "rows": records,
             "totals": total,
-            "partial": bool(unreadable),
+            "partial": read.short,
             "unreadable_hours": [
                 {"hour": hour.start.isoformat(), "key": hour.key, "reason": hour.reason}
                 for hour in unreadable
             ],
+            # Added after the others: the hours before this one expired, counted as none.
+            "expired_before": read.expired_before,
+            "usage_retention_days": read.usage_retention_days,
         }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
     counts, tools = _extra_columns(summed, fmt)

@@ -530,6 +530,17 @@ class UsageRead:
     rows: list[UsageRow]
     # Empty when every hour of the period was read whole.
     unreadable: list[UnreadableHour]
+    # The first hour the store still keeps whole (ISO 8601, UTC), when the period starts
+    # before it: the hours before it expired and read as no usage. Set by the report
+    # (``extproc.usage_report``), which knows the retention and the clock it is read by.
+    expired_before: str | None = None
+    usage_retention_days: int | None = None
+
+    @property
+    def short(self) -> bool:
+        """Whether usage of the period is missing from the rows: an hour not read whole,
+        or hours whose rollups expired."""
+        return bool(self.unreadable) or self.expired_before is not None
 
 
 class UnreadableHoursError(Exception):

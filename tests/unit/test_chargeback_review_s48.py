@@ -132,7 +132,7 @@ async def test_a_count_the_store_could_not_hold_is_left_out_and_its_hour_named(
 async def test_the_management_api_names_the_hour_of_such_a_count_rather_than_fail(
     valkey: EmbeddedValkey, capsys: pytest.CaptureFixture[str], count: str
 ) -> None:
-    async with management_api(valkey.url, TOKEN, "api:", 30) as (address, _):
+    async with management_api(valkey.url, TOKEN, "api:", 400) as (address, _):
         await hour_with_a_stray_count(valkey.url, "api:", count)
 
         code = await asyncio.to_thread(

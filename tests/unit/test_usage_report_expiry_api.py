@@ -20,11 +20,11 @@ from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.store.usage import UsageStore
 from tests.unit.test_usage_report_finance import TOKEN, management, store_url
 
-# The fixtures of the finance tests: the management API (its store keeps 30 days), the
+# The fixtures of the finance tests: the management API (its store keeps 400 days), the
 # CLI's store.
 __all__ = ["management", "store_url"]
 
-RETENTION_DAYS = 30  # the management fixture's store
+RETENTION_DAYS = 400  # the management fixture's store, as config/gateway.yaml's
 
 
 def hour(moment: datetime) -> str:
@@ -90,8 +90,9 @@ async def test_the_cli_prints_the_same_note_through_the_api_as_from_the_store(
         main, ["usage", "report", "--api", "--address", address, *period]
     )
     through_api = capsys.readouterr()
-    assert code == 0, through_api.err
-    assert await asyncio.to_thread(main, ["usage", "report", "--config", str(config), *period]) == 0
+    # Short of the expired hours, either way: exit 1.
+    assert code == 1, through_api.err
+    assert await asyncio.to_thread(main, ["usage", "report", "--config", str(config), *period]) == 1
     from_store = capsys.readouterr()
 
     assert kept_from is not None

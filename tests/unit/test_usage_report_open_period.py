@@ -26,8 +26,13 @@ from extproc.store.usage import UsageEntry, UsageStore
 
 DECEMBER_1 = datetime(2026, 12, 1, tzinfo=UTC)
 NOVEMBER = Period(datetime(2026, 11, 1, tzinfo=UTC), DECEMBER_1)
-# The CLI's own clock decides, so the CLI tests take periods far from it either way.
-LONG_OVER, NOT_BEGUN = "2020-02", "2099-01"
+# The CLI's own clock decides, so the CLI tests take periods far from it either way: one
+# long over, though within the rollups' retention (a report of expired hours is short,
+# and exits 1), and one not begun.
+LONG_OVER_USE = (datetime.now(UTC) - timedelta(days=60)).replace(
+    day=10, hour=9, minute=30, second=0, microsecond=0
+)
+LONG_OVER, NOT_BEGUN = f"{LONG_OVER_USE:%Y-%m}", "2099-01"
 
 
 def test_a_month_reported_minutes_after_it_ended_may_still_grow() -> None:
@@ -67,7 +72,7 @@ def record_february(url: str) -> None:
         try:
             await client.flushdb()
             dims = {"route": "openai-chat", "model": "gpt-4o", "group_id": "sales"}
-            started = datetime(2020, 2, 10, 9, 30, tzinfo=UTC).timestamp()
+            started = LONG_OVER_USE.timestamp()
             await UsageStore(client, "aigw:", 30).record(UsageEntry(started, dims, 100, 20))
         finally:
             await client.aclose()

@@ -237,7 +237,7 @@ async def test_query_refuses_to_answer_short(valkey: EmbeddedValkey) -> None:
 async def test_the_management_api_reports_the_other_hours_and_names_the_stray_one(
     valkey: EmbeddedValkey, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with management_api(valkey.url, TOKEN, "api:", 30) as (address, _):
+    async with management_api(valkey.url, TOKEN, "api:", 400) as (address, _):
         await write_november(valkey.url, "api:")
         await stray_key(valkey.url, "api:", "list")
 
@@ -264,7 +264,7 @@ async def test_the_management_api_answer_carries_the_unreadable_hours(
     from extproc.management.client import UsageClient
     from extproc.management.v1 import management_pb2 as pb
 
-    async with management_api(valkey.url, TOKEN, "api:", 30) as (address, _):
+    async with management_api(valkey.url, TOKEN, "api:", 400) as (address, _):
         await write_november(valkey.url, "api:")
         await stray_key(valkey.url, "api:", "string")
 
