@@ -214,6 +214,13 @@ def _hour_after(moment: datetime) -> datetime:
 
 
 def _utc(moment: datetime) -> str:
+    """``moment`` (UTC) as a refusal names it: to the minute, with the seconds (and their
+    fraction) when it has them. Cut to the minute, ``--from 2026-11-01T00:00:30Z`` was
+    refused as running "from 2026-11-01T00:00Z", which reads as on the hour."""
+    if moment.microsecond:
+        return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond:06d}".rstrip("0") + "Z"
+    if moment.second:
+        return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
     return f"{moment:%Y-%m-%dT%H:%M}Z"
 
 
@@ -227,11 +234,21 @@ def _offset(moment: datetime) -> str:
 def _margins(before: timedelta, after: timedelta) -> str:
     """What a report widened to whole hours counts besides the period asked for."""
     parts = [
-        f"{int(extra.total_seconds()) // 60} minutes {side} it"
+        f"{_duration(extra)} {side} it"
         for extra, side in ((before, "before"), (after, "after"))
         if extra
     ]
     return f", with {' and '.join(parts)}" if parts else ""
+
+
+def _duration(extra: timedelta) -> str:
+    """Less than an hour, in minutes and seconds: a margin under a minute read "0 minutes"."""
+    minutes, rest = divmod(extra, timedelta(minutes=1))
+    parts = [f"{minutes} minutes"] if minutes else []
+    if rest:
+        seconds = f"{rest.total_seconds():.6f}".rstrip("0").rstrip(".")
+        parts.append(f"{seconds} seconds")
+    return " ".join(parts)
 
 
 def _month_start(year: int, month: int, zone: tzinfo) -> datetime:
