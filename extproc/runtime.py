@@ -438,13 +438,14 @@ class Runtime:
     async def start(self, previous: Runtime | None = None) -> None:
         """Load what needs I/O (JWKS, AWS credentials, Google Cloud tokens) before
         serving with this config; ``previous``: the runtime a reload replaces, whose
-        JWKS keys this one starts from."""
+        JWKS keys, AWS credentials and Google Cloud tokens this one falls back on
+        when their source is out of reach."""
         if self.jwt is not None:
             await self.jwt.start(previous.jwt if previous is not None else None)
-        for signer in self.signers.values():
-            await signer.start()
-        for source in self.token_sources.values():
-            await source.start()
+        for name, signer in self.signers.items():
+            await signer.start(previous.signers.get(name) if previous is not None else None)
+        for name, source in self.token_sources.items():
+            await source.start(previous.token_sources.get(name) if previous is not None else None)
         if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
         await self.warn_of_shared_key_ids()

@@ -43,6 +43,7 @@ from extproc.config.model import AwsConfig
 # key and session token out). An operator turning on DEBUG to chase a problem must not
 # write credentials out, so all of botocore stays at INFO, as google-auth does.
 logging.getLogger("botocore").setLevel(logging.INFO)
+log = logging.getLogger(__name__)
 
 # The headers sign() hands back for the caller to set; botocore adds
 # x-amz-content-sha256 only for services that want it (S3), never for Bedrock today.
@@ -74,12 +75,28 @@ class AwsSigner:
         """Where the credentials came from, in botocore's words (env, web identity...)."""
         return None if self._source is None else str(self._source.method)
 
-    async def start(self) -> None:
-        """Resolve the credentials; raises ``ConfigError`` when there are none to use."""
+    async def start(self, previous: AwsSigner | None = None) -> None:
+        """Resolve the credentials; raises ``ConfigError`` when there are none to use.
+
+        ``previous``: the signer of the config a reload replaces. When the default chain
+        cannot hand over credentials now (STS out of reach for a service account's web
+        identity) and ``previous`` signs for the same provider with credentials that have
+        not expired, those carry over, refreshed by botocore as they were there: a reload
+        during an STS outage is applied, as the replaced config would have gone on
+        signing, rather than refused."""
         source = await asyncio.to_thread(self._resolve)
         try:
             frozen = await asyncio.to_thread(source.get_frozen_credentials)
         except Exception as exc:
+            if self._carry_over(previous):
+                log.warning(
+                    "AWS credentials for %s not obtained (%s, %s): the replaced config's"
+                    " sign until they are due for a refresh",
+                    self.host,
+                    source.method,
+                    type(exc).__name__,
+                )
+                return
             # Say which source failed and how, without the exception's text: STS and IMDS
             # errors can quote the token or role they were given.
             raise ConfigError(
@@ -135,6 +152,23 @@ class AwsSigner:
         frozen = await asyncio.to_thread(source.get_frozen_credentials)
         if frozen != self._frozen:
             self._use(source, frozen)
+
+    def _carry_over(self, previous: AwsSigner | None) -> bool:
+        """Take ``previous``'s credentials when it signs for the same provider and
+        they have not expired."""
+        if previous is None or (previous._config, previous._origin) != (
+            self._config,
+            self._origin,
+        ):
+            return False
+        source, frozen = previous._source, previous._frozen
+        if source is None or frozen is None:
+            return False
+        # refresh_needed(0): past the expiry itself, which AWS would refuse.
+        if isinstance(source, RefreshableCredentials) and source.refresh_needed(0):
+            return False
+        self._use(source, frozen)
+        return True
 
     async def close(self) -> None:
         self._auth = None

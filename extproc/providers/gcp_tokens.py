@@ -48,6 +48,8 @@ from extproc.errors import without_secrets
 for _name in ("google.auth", "google.oauth2"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
+log = logging.getLogger(__name__)
+
 # Vertex AI takes the cloud-platform scope (its own narrower scopes are not on every
 # endpoint).
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -140,12 +142,19 @@ class GcpTokenSource:
         reason = without_secrets(": ".join(said)[:_MAX_REASON])
         return f"{name} ({reason})" if reason else name
 
-    async def start(self) -> None:
+    async def start(self, previous: GcpTokenSource | None = None) -> None:
         """Load the credentials and mint the first token; ``ConfigError`` when that fails.
 
         A token endpoint that cannot be reached yet (GKE's metadata server in a pod's
         first seconds, a proxy sidecar starting beside the gateway) is tried again for up
-        to ``gcp.first_token_timeout_s``; an answer that refuses the key fails at once."""
+        to ``gcp.first_token_timeout_s``; an answer that refuses the key fails at once.
+
+        ``previous``: the source of the config a reload replaces. When the token endpoint
+        is out of reach (or answers with an error Google calls retryable) and ``previous``
+        holds an unexpired token for the same credentials, that token carries over and
+        the refresh loop mints the next one: a reload during a Google outage (one that
+        revokes an org key, say) is applied, as the replaced config would have gone on
+        serving with that token, rather than refused after ``gcp.first_token_timeout_s``."""
         self._credentials = await asyncio.to_thread(self._load)
         deadline = time.monotonic() + self._config.first_token_timeout_s
         pause = 0.25
@@ -153,13 +162,39 @@ class GcpTokenSource:
             try:
                 await asyncio.to_thread(self._refresh)
                 return
-            except TransportError as exc:
-                if time.monotonic() + pause > deadline:
+            except (TransportError, RefreshError) as exc:
+                if self._outage(exc) and self._carry_over(previous):
+                    log.warning(
+                        "%s: no new Google Cloud access token (%s): the replaced config's"
+                        " serves until it is due for a refresh",
+                        self._where,
+                        self.failure(exc),
+                    )
+                    return
+                if not isinstance(exc, TransportError) or time.monotonic() + pause > deadline:
                     raise self._refused(exc) from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
             except (GoogleAuthError, OSError, ValueError) as exc:
                 raise self._refused(exc) from None
+
+    @staticmethod
+    def _outage(exc: BaseException) -> bool:
+        """Whether ``exc`` says the token endpoint is out of reach or failing for now,
+        not that it refused the key."""
+        return isinstance(exc, TransportError) or bool(getattr(exc, "retryable", False))
+
+    def _carry_over(self, previous: GcpTokenSource | None) -> bool:
+        """Take ``previous``'s token when it is for the same credentials and unexpired."""
+        if previous is None or previous._config != self._config or previous._token is None:
+            return False
+        if time.monotonic() >= previous._refresh_due + REFRESH_AHEAD_S:
+            return False  # expired: Vertex would refuse it
+        self._token, self._previous = previous._token, previous._previous
+        self._quota_project = previous._quota_project
+        # Due as it was there: the refresh loop tries again from its next tick.
+        self._refresh_due = previous._refresh_due
+        return True
 
     def _refused(self, exc: BaseException) -> ConfigError:
         return ConfigError(
