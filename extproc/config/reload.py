@@ -81,6 +81,8 @@ class ConfigReloader:
         self._stopped = False
         # A SIGHUP before start(): the process is not serving yet, so it is applied then.
         self._signalled_early = False
+        # A signalled reload is waiting for its turn and has not read the file yet.
+        self._queued = False
 
     def start(self) -> None:
         """Watch from now on; a reload asked for before now runs at once."""
@@ -105,13 +107,25 @@ class ConfigReloader:
         if self._task is None:
             self._signalled_early = True
             return
-        task = asyncio.get_running_loop().create_task(self.reload())
+        if self._queued:
+            # A reload that has not read the file yet will read it as it is now: a burst
+            # of signals (a tool sending one per file it wrote) is one more reload, not
+            # one full load, JWKS fetch and token mint per signal.
+            return
+        self._queued = True
+        task = asyncio.get_running_loop().create_task(self._queued_reload())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def reload(self) -> bool:
         """Load the file again; True when the new config is now serving."""
         async with self._reloading:
+            return await self._reload()
+
+    async def _queued_reload(self) -> bool:
+        async with self._reloading:
+            # From here on the file is read anew: a signal now asks for another reload.
+            self._queued = False
             return await self._reload()
 
     def schedule_catch_up(self, running: GatewayConfig) -> None:
