@@ -120,6 +120,33 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({len(config.providers)} providers, {len(config.models)} models, "
         f"{len(config.routes)} routes{counted})"
     )
+    if args.envoy is not None:
+        return _check_envoy(config, args.envoy)
+    return 0
+
+
+def _check_envoy(config: GatewayConfig, bootstrap_file: str) -> int:
+    """Compare Envoy's bootstrap file with the config's rendering: a reload applies the
+    config to the gateway alone, and what only Envoy applies (a provider's cluster, a
+    listener, a body limit) waits for a new render and an Envoy restart."""
+    import yaml
+
+    from extproc.envoy_drift import rendered_file_changes
+
+    try:
+        changes = rendered_file_changes(config, bootstrap_file)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"{bootstrap_file}: cannot read the Envoy bootstrap: {exc}", file=sys.stderr)
+        return 2
+    if changes:
+        print(
+            f"{bootstrap_file}: not this config's rendering ({', '.join(changes)}): Envoy"
+            " needs it rendered again (extproc render-envoy) and a restart; a reload of the"
+            " gateway alone leaves these unapplied",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{bootstrap_file}: the config's rendering")
     return 0
 
 
@@ -614,7 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes, each on its own ext_proc endpoint (default: server.workers)",
     )  # fmt: skip
     serve.set_defaults(run=_serve)
-    with_config("check-config", "validate a config file and exit").set_defaults(run=_check_config)
+    check = with_config("check-config", "validate a config file and exit")
+    check.add_argument(
+        "--envoy",
+        metavar="BOOTSTRAP",
+        help="also compare Envoy's bootstrap file with the config's rendering (exit 1 if stale)",
+    )
+    check.set_defaults(run=_check_config)
     render = with_config("render-envoy", "render the Envoy bootstrap from the config")
     render.add_argument("--output", "-o", help="file to write (default: stdout)")
     render.set_defaults(run=_render_envoy)

@@ -12,7 +12,10 @@ that may be a secret).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from extproc.config.model import GatewayConfig
 from extproc.envoy_bootstrap import render_bootstrap
@@ -30,6 +33,22 @@ def bootstrap_changes(running: GatewayConfig, loaded: GatewayConfig) -> list[str
         # Rendering is the CLI's business to report; a reload must not fail on it.
         log.debug("could not compare the Envoy bootstraps", exc_info=True)
         return []
+    return rendering_changes(before, after)
+
+
+def rendered_file_changes(config: GatewayConfig, bootstrap_file: str | Path) -> list[str]:
+    """What Envoy's bootstrap file (as Envoy runs it) lacks of ``config``'s rendering, in
+    ``bootstrap_changes``' words: ``check-config --envoy`` tells an operator, before a
+    reload, that Envoy must be rendered again and restarted for the config to work."""
+    text = Path(bootstrap_file).read_text(encoding="utf-8")
+    running = yaml.safe_load(text)
+    if not isinstance(running, dict):
+        raise ValueError("not an Envoy bootstrap (a YAML mapping)")
+    return rendering_changes(running, render_bootstrap(config))
+
+
+def rendering_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The sections, listeners and clusters two bootstrap renderings disagree on."""
     changes = [
         section
         for section in _keys(before, after)
