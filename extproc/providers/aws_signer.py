@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # x-amz-content-sha256 only for services that want it (S3), never for Bedrock today.
 _SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
 _SCHEMES = ("http", "https")
+# How long a reload waits for new credentials when the replaced config's can carry over.
+RELOAD_CREDENTIALS_WAIT_S = 10.0
 
 
 class AwsSigner:
@@ -85,8 +87,15 @@ class AwsSigner:
         during an STS outage is applied, as the replaced config would have gone on
         signing, rather than refused."""
         source = await asyncio.to_thread(self._resolve)
+        fetching = asyncio.to_thread(source.get_frozen_credentials)
         try:
-            frozen = await asyncio.to_thread(source.get_frozen_credentials)
+            if self._carries_over(previous):
+                # An STS that takes connections and never answers holds botocore for
+                # minutes (60 s timeouts, retried): the reload, and any reload after it
+                # (a key revoked), would wait that long for credentials it has.
+                frozen = await asyncio.wait_for(fetching, RELOAD_CREDENTIALS_WAIT_S)
+            else:
+                frozen = await fetching
         except Exception as exc:
             if self._carry_over(previous):
                 log.warning(
@@ -153,21 +162,26 @@ class AwsSigner:
         if frozen != self._frozen:
             self._use(source, frozen)
 
-    def _carry_over(self, previous: AwsSigner | None) -> bool:
-        """Take ``previous``'s credentials when it signs for the same provider and
-        they have not expired."""
+    def _carries_over(self, previous: AwsSigner | None) -> bool:
+        """Whether ``previous`` signs for the same provider with credentials that have
+        not expired, which this signer may start from."""
         if previous is None or (previous._config, previous._origin) != (
             self._config,
             self._origin,
         ):
             return False
-        source, frozen = previous._source, previous._frozen
-        if source is None or frozen is None:
+        source = previous._source
+        if source is None or previous._frozen is None:
             return False
         # refresh_needed(0): past the expiry itself, which AWS would refuse.
-        if isinstance(source, RefreshableCredentials) and source.refresh_needed(0):
+        return not (isinstance(source, RefreshableCredentials) and source.refresh_needed(0))
+
+    def _carry_over(self, previous: AwsSigner | None) -> bool:
+        """Take ``previous``'s credentials when ``_carries_over`` allows it."""
+        if previous is None or not self._carries_over(previous):
             return False
-        self._use(source, frozen)
+        assert previous._source is not None and previous._frozen is not None
+        self._use(previous._source, previous._frozen)
         return True
 
     async def close(self) -> None:

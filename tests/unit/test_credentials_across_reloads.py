@@ -26,6 +26,7 @@ from extproc.config.model import GatewayConfig
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.mock_llm import MockOptions
 from extproc.mock_llm.vertex_auth import write_service_account
+from extproc.providers import aws_signer
 from extproc.server import Gateway
 from extproc.testing import request_body, request_headers, run_stream, serve_mock
 from tests.unit.mock_vertex import mock_vertex, vertex_provider
@@ -155,6 +156,35 @@ async def test_a_reload_during_an_sts_outage_is_applied_and_keeps_the_credential
         assert "the replaced config's sign until they are due for a refresh" in caplog.text
         assert STS_SESSION_TOKEN not in caplog.text
     finally:
+        await gateway.runtime.close()
+        for retired in gateway._retired:
+            await retired.wait_closed()
+
+
+@pytest.mark.usefixtures("service_account")
+async def test_a_reload_while_sts_takes_connections_and_never_answers_is_applied(
+    sts_server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = raw_config()
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()
+    # STS's address still takes connections (its listening socket is open), but nothing
+    # answers: botocore waits 60 s per try, and tries again.
+    sts_server.shutdown()
+    monkeypatch.setattr(aws_signer, "RELOAD_CREDENTIALS_WAIT_S", 0.5)
+    try:
+        # Before, the reload (and every reload queued behind it) waited for botocore's
+        # tries to run out, minutes, while the revoked key kept working.
+        await gateway.apply(parsed(without_team2(raw)))
+        assert await status_with(gateway, REMOVED_KEY) == 401
+        signed = gateway.runtime.signers["mock-bedrock"].sign(
+            "POST", "/model/m/converse", b"{}", {}
+        )
+        assert signed["x-amz-security-token"] == STS_SESSION_TOKEN
+    finally:
+        sts_server.server_close()  # the waiting connection is reset: botocore gives up
         await gateway.runtime.close()
         for retired in gateway._retired:
             await retired.wait_closed()
