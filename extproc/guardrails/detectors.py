@@ -30,7 +30,9 @@ The builtins (why each rule):
   Japanese, Korean, Thai, Lao, Khmer, Myanmar, Tibetan) are of one script per part:
   next to an address they are the sentence around it (``请联系jane@example.com``), and
   a domain ends after a top-level domain the root zone delegates in them
-  (``jane@例子.中国请回复``).
+  (``jane@例子.中国请回复``). A hyphen after a top-level domain goes on into a label
+  (``a@b.cc-dd`` is none) unless letters of another script follow it: an Indic case
+  suffix (``jane@example.com-এ``), and the address ends before the hyphen.
 - ``PHONE_NUMBER``: North American numbers (``(555) 123-4567``,
   ``+1 555.123.4567``, ``5551234567``), whose area code never begins with 0 or 1 (so a
   Unix time, ``1717171717``, is none), and international ``+CC ...`` numbers of
@@ -308,6 +310,27 @@ EMAIL_PATTERN = (
 # unspaced script's letters after a top-level domain of its own.
 TOP_LEVEL_LETTERS = 24
 EMAIL_GOES_ON = re.compile(f"[{_EMAIL_LETTERS}{_EMAIL_MARKS}][{_EMAIL_DIGITS}_\\-]")
+# Bengali, Hindi, Marathi or Tamil writers join a case suffix to a Latin word with a
+# hyphen (``jane@example.com-এ লিখুন``, "write to ..."). A label is written in one script,
+# so a hyphen followed by letters of another script than the top-level domain's is the
+# sentence, not a label going on: the address ends before the hyphen. After ``a@b.cc-dd``
+# the label may go on (``cc-dd`` is one), so that is still no address.
+_EMAIL_LETTER = re.compile(f"[{_EMAIL_LETTERS}{email_scripts.UNSPACED_LETTERS}]")
+_TOP_LEVEL_SCRIPTS = tuple(
+    re.compile(f"[{letters}{marks}]") for letters, marks in email_scripts.SCRIPTS
+) + tuple(re.compile(f"[{letters}]") for letters, _ in email_scripts.UNSPACED)
+
+
+def _suffix_in_another_script(text: str, hyphen: int, top: str) -> bool:
+    """Whether ``text[hyphen]`` is a hyphen followed by a letter of a script other than
+    the top-level domain ``top``'s (punycode, ``xn--...``, is ASCII)."""
+    after = hyphen + 1
+    if text[hyphen] != "-" or after >= len(text) or not _EMAIL_LETTER.match(text, after):
+        return False
+    script = next((kind for kind in _TOP_LEVEL_SCRIPTS if kind.match(top)), None)
+    return script is not None and script.match(text, after) is None
+
+
 EMAIL_CHARS = re.compile(f"[{_EMAIL_WORD}{email_scripts.UNSPACED_LETTERS}._%+@\\-]")
 # The characters of each kind of local part, one character each: a local part is written
 # in one of them only (``EmailDetector.holdback``).
@@ -328,7 +351,9 @@ def email_accepted(text: str, start: int, end: int) -> bool:
     top = labels[-1]
     if len(top) > TOP_LEVEL_LETTERS and not top.startswith("xn--"):
         return False
-    return end == len(text) or EMAIL_GOES_ON.match(text, end - 1) is None
+    if end == len(text) or EMAIL_GOES_ON.match(text, end - 1) is None:
+        return True
+    return _suffix_in_another_script(text, end, top)
 
 
 class EmailDetector(Detector):
