@@ -61,7 +61,7 @@ from extproc.mock_llm.bedrock_api import DEFAULT_MODELS as DEFAULT_BEDROCK_MODEL
 from extproc.mock_llm.bedrock_api import BedrockEndpoints, SigV4Verifier
 from extproc.mock_llm.completions_api import CompletionsEndpoint
 from extproc.mock_llm.embeddings_api import EmbeddingsEndpoint
-from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, FaultSpecError, parse_fault
+from extproc.mock_llm.faults import FAULT_HEADER, NO_FAULT, Fault, FaultSpecError, parse_fault
 from extproc.mock_llm.images_api import ImagesEndpoint
 from extproc.mock_llm.moderation_api import moderations
 from extproc.mock_llm.openai_api import OpenAIEndpoints, error_response
@@ -186,6 +186,20 @@ async def _send_held(
     except ConnectionResetError:
         pass  # the client left before the body: what the fault is for
     return held
+
+
+async def _send_half(request: web.Request, answer: web.Response) -> web.StreamResponse:
+    """The ``reset_in_body`` fault: ``answer``'s status and headers (its whole length
+    announced) and the first half of its body, then the connection dropped: a provider
+    reset mid-body, after its status left."""
+    body = answer.body if isinstance(answer.body, bytes) else b""
+    half = web.StreamResponse(status=answer.status, reason=answer.reason, headers=answer.headers)
+    half.content_length = len(body)
+    await half.prepare(request)
+    await half.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.abort()
+    return half
 
 
 def _method_not_allowed(request: web.Request, allowed: str) -> web.Response:
@@ -321,20 +335,22 @@ class _MockApp:
         if endpoint is None:
             return _method_not_allowed(request, ", ".join(routes))
         response = await endpoint(served, body)
-        hold_s = self._body_held_s(request)
-        if hold_s and isinstance(response, web.Response) and not response.prepared:
-            return await _send_held(request, response, hold_s)
+        if isinstance(response, web.Response) and not response.prepared:
+            fault = self._answer_fault(request)
+            if fault.reset_in_body:
+                return await _send_half(request, response)
+            if fault.hold_body_s:
+                return await _send_held(request, response, fault.hold_body_s)
         return response
 
-    def _body_held_s(self, request: web.Request) -> float:
-        """The ``hold_body`` fault's seconds for this request (a bad spec was answered
-        with its 400 already: nothing held)."""
+    def _answer_fault(self, request: web.Request) -> Fault:
+        """The fault for this request's whole answer, ``hold_body`` and ``reset_in_body``
+        (a bad spec was answered with its 400 already: none)."""
         spec = request.headers.get(FAULT_HEADER)
         try:
-            fault = self._default_fault if spec is None else parse_fault(spec)
+            return self._default_fault if spec is None else parse_fault(spec)
         except FaultSpecError:
-            return 0.0
-        return fault.hold_body_s
+            return NO_FAULT
 
     async def _control(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method

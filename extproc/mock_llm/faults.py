@@ -70,6 +70,10 @@ The value is a semicolon-separated list of ``key=value`` pairs::
                                       ; the status and headers at once, the body this many
                                       ; seconds later (a client that gives up in between
                                       ; left before the body)
+    reset_in_body = 0 | 1 | true | false
+                                      ; non-streamed answers: the status, the headers and
+                                      ; half the body, then the connection dropped (a
+                                      ; provider reset mid-body)
     no_output_count = 0 | 1 | true | false
                                       ; Bedrock's InvokeModel JSON answers: the input count
                                       ; header without the output count header (a proxy
@@ -142,6 +146,8 @@ class Fault:
     error_quotes_user: bool = False
     # Non-streamed answers: seconds between the status (headers sent) and the body.
     hold_body_s: float = 0.0
+    # Non-streamed answers: half the body after the status, then the connection dropped.
+    reset_in_body: bool = False
     # InvokeModel's JSON answers: X-Amzn-Bedrock-Input-Token-Count alone, no output count.
     no_output_count: bool = False
 
@@ -245,6 +251,7 @@ _KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "anthropic_errors": ("anthropic_errors", _flag),
     "error_quotes_user": ("error_quotes_user", _flag),
     "hold_body": ("hold_body_s", _delay),
+    "reset_in_body": ("reset_in_body", _flag),
     "no_output_count": ("no_output_count", _flag),
 }
 

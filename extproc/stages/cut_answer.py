@@ -26,6 +26,13 @@ whose vectors are not billed as tokens):
   search items, Anthropic's ``server_tool_use`` blocks) are billed per call on top, as
   a stream's are (``partial_usage``).
 
+A Responses request with the image generation tool reserves one picture beside the
+allowance (``quota.tool_picture``), which no allowance field bounds: an answer cut, or
+never read (a client gone before it, one over the buffer), is charged that picture too,
+at the image model's price (``openai_image_usage.reserved_pictures``), as a stream cut
+while the tool drew is charged each picture it had begun (``partial_usage``). The provider
+may have drawn it, and the body that would say so never came whole.
+
 It is marked ``usage_estimated``, as a cut stream is (``partial_usage``), so the quota
 settles at the very total the log line, the token and cost metrics, the usage rollup
 and, for a whole answer, the span record.
@@ -104,10 +111,15 @@ from extproc.errors import response_too_large
 from extproc.images_api import input_image_tokens, picture_allowance
 from extproc.quota.estimate import CHARS_PER_TOKEN
 from extproc.runtime import Upstream
-from extproc.stages.quota import reserved_completion
+from extproc.stages.quota import reserved_completion, tool_picture
 from extproc.translators.anthropic_anthropic import ServerToolTally
 from extproc.translators.base import counted_prompt
 from extproc.translators.generated_text import generated_chars
+from extproc.translators.openai_image_usage import (
+    reserved_pictures,
+    tool_model,
+    with_image_generation,
+)
 from extproc.translators.openai_images import pictures_counted
 from extproc.translators.openai_responses import server_tool_calls
 
@@ -163,7 +175,10 @@ class CutAnswerStage:
                 ctx.tier_asked = _tier_asked(ctx, sent_to)
             # A stream's provider read the prompt, and nothing was streamed: a stream cut
             # one chunk later is charged the same prompt and that chunk's text.
-            _charge(ctx, 0 if ctx.stream else reserved_completion(ctx, member))
+            if ctx.stream:
+                _charge(ctx, 0)
+            else:
+                _charge_allowance(ctx, member)
             return
         unsettled = not (ctx.stream or settled)
         if unsettled and _billed(ctx) and _answer_started(ctx):
@@ -178,7 +193,7 @@ class CutAnswerStage:
                 ctx.usage = counted
                 ctx.usage_reported = True
                 return
-            _charge(ctx, reserved_completion(ctx))
+            _charge_allowance(ctx)
 
 
 def charged_as_left(ctx: RequestContext) -> bool:
@@ -245,7 +260,7 @@ def charge_answer_too_large(ctx: RequestContext) -> None:
         return
     if ctx.response_status >= 400:
         ctx.error = response_too_large()
-    _charge(ctx, reserved_completion(ctx))
+    _charge_allowance(ctx)
 
 
 def charge_unread_answer(ctx: RequestContext) -> None:
@@ -253,7 +268,7 @@ def charge_unread_answer(ctx: RequestContext) -> None:
     provider sent unasked that the route cannot guard) as one over Envoy's buffer: the
     provider generated it whole, and billed it."""
     if _billed(ctx):
-        _charge(ctx, reserved_completion(ctx))
+        _charge_allowance(ctx)
 
 
 def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> None:
@@ -265,7 +280,7 @@ def charge_dropped_attempt(ctx: RequestContext, provider: str | None = None) -> 
         member = ctx.runtime.failover.get(ctx.failover_model or "", {}).get(provider or "")
         # Priced at the tier a Bedrock member was asked for (the response stage's
         # ctx.tier_asked): its body, which names the tier, was dropped.
-        _charge(ctx, reserved_completion(ctx, member[1] if member is not None else None))
+        _charge_allowance(ctx, member[1] if member is not None else None)
 
 
 def cut_attempts(ctx: RequestContext, started: str, answered: str | None) -> tuple[CutAttempt, ...]:
@@ -313,6 +328,17 @@ def _dropped_attempt(response_headers: dict[str, str]) -> bool:
         headers.ANSWERED_BY_PROVIDER in response_headers
         and ENVOY_UPSTREAM_TIME not in response_headers
     )
+
+
+def _charge_allowance(ctx: RequestContext, member: Upstream | None = None) -> None:
+    """Charge an answer that never came whole what the quota reserved for it: the
+    completion allowance (``member``'s: a failover attempt's) and the image generation
+    tool's picture, which the provider may have drawn."""
+    _charge(ctx, reserved_completion(ctx, member))
+    picture = tool_picture(ctx)
+    if picture and ctx.usage is not None and ctx.body is not None:
+        drawn = reserved_pictures(1, picture, tool_model(ctx.body.get("tools")))
+        ctx.usage = with_image_generation(ctx.usage, drawn)
 
 
 def _charge(ctx: RequestContext, completion: int, tools: dict[str, int] | None = None) -> None:

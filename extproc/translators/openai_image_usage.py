@@ -142,6 +142,17 @@ def tool_picture_allowance(body: dict[str, Any]) -> int:
     return picture_allowance({"quality": tool.get("quality"), "size": tool.get("size")})
 
 
+def reserved_pictures(pictures: int, allowance: int, model: str | None) -> ImageGeneration | None:
+    """``pictures`` of the tool's pictures at the quota's reserve for one (``allowance``,
+    ``tool_picture_allowance``), all of it the picture, of the image model ``model``: what
+    an answer cut before its count is charged for each picture it may hold (the image
+    model's input is not known, and not charged). None for none."""
+    if pictures <= 0 or allowance <= 0:
+        return None
+    drawn = pictures * allowance
+    return ImageGeneration(model, output_tokens=drawn, output_image_tokens=drawn)
+
+
 def image_generation_of(response: Any, asked_model: str | None) -> ImageGeneration | None:
     """The pictures a response's image generation tool drew (``tool_usage.image_gen``);
     None when it reports none. The model is the one the response's ``tools`` names (OpenAI

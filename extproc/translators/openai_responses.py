@@ -91,6 +91,7 @@ from extproc.translators.base import (
 )
 from extproc.translators.openai_image_usage import (
     image_generation_of,
+    reserved_pictures,
     tool_model,
     with_image_generation,
 )
@@ -493,11 +494,10 @@ class EventStreamReader:
         reserve for one, all of it the picture (a cut Images API stream is charged so);
         the image model's input is not known, and not charged. None once the terminal
         response was read (its ``tool_usage`` is the count) or when none began."""
-        pictures = self.picture_tally.pictures
-        if self.terminal_event_read or not pictures or not self._picture_allowance:
+        if self.terminal_event_read:
             return None
-        drawn = pictures * self._picture_allowance
-        return ImageGeneration(self._image_model, output_tokens=drawn, output_image_tokens=drawn)
+        pictures = self.picture_tally.pictures
+        return reserved_pictures(pictures, self._picture_allowance, self._image_model)
 
     def _stream_failed(
         self, error: GatewayError, usage: Usage | None = None, *, began: bool = True

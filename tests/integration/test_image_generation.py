@@ -59,6 +59,10 @@ LARGE_KEY_ID, LARGE_KEY = "poster", "poster-key-3a90"
 # provider's reset, and by the client hanging up.
 RESET_KEY_ID, RESET_KEY = "mural", "mural-key-41b7"
 HANG_UP_KEY_ID, HANG_UP_KEY = "doodle", "doodle-key-c28e"
+# The keys of non-streamed Responses calls with the tool that never came whole: cut by the
+# provider's reset mid-body, and left by a client that timed out before any answer.
+CUT_BODY_KEY_ID, CUT_BODY_KEY = "fresco", "fresco-key-0b6d"
+TIMED_OUT_KEY_ID, TIMED_OUT_KEY = "etching", "etching-key-5f13"
 MIB = 1024 * 1024
 # The default config's edit routes' own body limit; every other route, image
 # generations' included, keeps the default 1 MiB.
@@ -83,6 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     raw["auth"]["api_keys"].append({"id": SKETCH_KEY_ID, "key": SKETCH_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": RESET_KEY_ID, "key": RESET_KEY, "user_id": "ines"})
     raw["auth"]["api_keys"].append({"id": HANG_UP_KEY_ID, "key": HANG_UP_KEY, "user_id": "ines"})
+    for key_id, key in [(CUT_BODY_KEY_ID, CUT_BODY_KEY), (TIMED_OUT_KEY_ID, TIMED_OUT_KEY)]:
+        raw["auth"]["api_keys"].append({"id": key_id, "key": key, "user_id": "ines"})
     [edits] = [route for route in raw["routes"] if route["name"] == "openai-image-edits"]
     # Addresses in a prompt are masked (the edit whose spliced form must still parse).
     edits["guardrails"] = "no-addresses"
@@ -111,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             {
                 "name": "cut-pictures-tokens",
                 "subject": "api_key",
-                "match": [RESET_KEY_ID, HANG_UP_KEY_ID],
+                "match": [RESET_KEY_ID, HANG_UP_KEY_ID, CUT_BODY_KEY_ID, TIMED_OUT_KEY_ID],
                 "tokens_per_day": 100_000_000,
             },
         ]
@@ -292,8 +298,8 @@ LOW_SQUARE_PICTURE = 272
 
 def assert_cut_picture_billed_in_every_ledger(
     stack: LocalStack, gateway_log: GatewayLog, key_id: str
-) -> None:
-    """The one request of ``key_id``, a Responses stream cut while its image generation
+) -> dict[str, Any]:
+    """The one request of ``key_id``, a Responses call cut while its image generation
     tool drew: its picture is charged as the quota reserved it, at gpt-image-1's image
     output price, in the log line, the metrics, the rollup and the quota."""
     [line] = wait_for(
@@ -333,6 +339,7 @@ def assert_cut_picture_billed_in_every_ledger(
         state = quotas.get("api_key", key_id)
     used = sum(limit.used for limit in state.limits if limit.kind == "tokens")
     assert used == line["total_tokens"]
+    return line
 
 
 def test_a_picture_the_provider_reset_while_drawing_is_billed_as_reserved(
@@ -381,6 +388,55 @@ def test_a_picture_the_client_hung_up_on_while_drawing_is_billed_as_reserved(
         else:
             pytest.fail("the stream showed no picture being drawn")
     assert_cut_picture_billed_in_every_ledger(stack, gateway_log, HANG_UP_KEY_ID)
+
+
+# The same tool naming its model: a non-streamed answer that never came whole shows none.
+NAMED_LOW_SQUARE_TOOL: ImageGenerationTool = {**LOW_SQUARE_TOOL, "model": "gpt-image-1"}
+# The answer's allowance the quota reserves beside the picture.
+ALLOWANCE = 120
+
+
+def test_a_whole_answer_the_provider_reset_mid_body_is_billed_its_picture(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """A non-streamed Responses call with the image generation tool whose provider sent
+    its 200 and half the body, then dropped the connection. Before, it was charged the
+    prompt estimate and the text allowance, the picture the quota reserved beside them
+    free (``image_generation_output_tokens`` 0), while a cut stream is charged each
+    picture it had begun. Now the reserved picture is charged too, at gpt-image-1's
+    price, ``usage_estimated``."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=CUT_BODY_KEY, max_retries=0)
+    with pytest.raises(openai.APIError):
+        client.responses.create(
+            model="gpt-4o-mini",
+            input="Draw a lighthouse.",
+            tools=[NAMED_LOW_SQUARE_TOOL],
+            max_output_tokens=ALLOWANCE,
+            extra_headers={"x-mock-fault": "reset_in_body=1"},
+        )
+    line = assert_cut_picture_billed_in_every_ledger(stack, gateway_log, CUT_BODY_KEY_ID)
+    assert line["completion_tokens"] == ALLOWANCE + LOW_SQUARE_PICTURE
+
+
+def test_a_whole_answer_the_client_left_before_is_billed_its_picture(
+    stack: LocalStack, gateway_log: GatewayLog
+) -> None:
+    """The same call, its client timed out before any answer came: the provider goes on
+    generating (and drawing) and bills it; the gateway charges the allowance and the
+    picture as reserved."""
+    client = OpenAI(
+        base_url=f"{stack.base_url}/v1", api_key=TIMED_OUT_KEY, max_retries=0, timeout=1.5
+    )
+    with pytest.raises(openai.APITimeoutError):
+        client.responses.create(
+            model="gpt-4o-mini",
+            input="Draw a lighthouse.",
+            tools=[NAMED_LOW_SQUARE_TOOL],
+            max_output_tokens=ALLOWANCE,
+            extra_headers={"x-mock-fault": "delay=4"},
+        )
+    line = assert_cut_picture_billed_in_every_ledger(stack, gateway_log, TIMED_OUT_KEY_ID)
+    assert line["completion_tokens"] == ALLOWANCE + LOW_SQUARE_PICTURE
 
 
 def test_the_model_list_names_the_image_models_a_key_can_draw_with(stack: LocalStack) -> None:

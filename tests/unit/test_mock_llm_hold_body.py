@@ -1,4 +1,4 @@
-"""The mock's ``hold_body`` and ``no_output_count`` faults, on its raw answers.
+"""The mock's ``hold_body``, ``reset_in_body`` and ``no_output_count`` faults, on its raw answers.
 
 ``hold_body``: a non-streamed answer (an error status's too) whose status and headers
 come at once and whose body waits, so a gateway test can have its client leave between
@@ -75,3 +75,22 @@ async def test_no_output_count_keeps_the_input_count_alone(mock_url: str) -> Non
 def test_bad_values_are_refused(spec: str) -> None:
     with pytest.raises(FaultSpecError, match=spec.split("=")[0]):
         parse_fault(spec)
+
+
+async def test_reset_in_body_sends_the_status_and_half_the_body_then_drops(
+    http: httpx.AsyncClient,
+) -> None:
+    """``reset_in_body``: a provider reset mid-body, after its 200 and headers left."""
+    request = http.build_request("POST", "/v1/chat/completions", json=CHAT,
+                                 headers={**OPENAI, FAULT_HEADER: "reset_in_body=1"})  # fmt: skip
+    answer = await http.send(request, stream=True)
+    try:
+        assert answer.status_code == 200
+        announced = int(answer.headers["content-length"])
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for piece in answer.aiter_raw():
+                received += piece
+        assert 0 < len(received) < announced
+    finally:
+        await answer.aclose()
