@@ -65,6 +65,7 @@ Stages ask this module for a plan and stay free of per-provider branches.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ from extproc.errors import (
 )
 from extproc.guardrails.request_metadata import Carried
 from extproc.providers import vertex_endpoints
-from extproc.providers.aws_signer import AwsSigner
+from extproc.providers.aws_signer import HASHED_OFF_LOOP_BYTES, AwsSigner, payload_sha256
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.responses_api import RESPONSES_REQUESTS
 from extproc.runtime import Upstream
@@ -199,6 +200,19 @@ class RequestPlan:
     headers: dict[str, str] = field(default_factory=dict)
     # Client headers the provider must not get (a beta flag list it would refuse).
     remove_headers: list[str] = field(default_factory=list)
+    # A request to AWS whose body is too large to hash on the event loop: its signature
+    # headers are not in ``headers`` yet; the caller awaits ``sign_pending`` for them.
+    signature: PendingSignature | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSignature:
+    """What ``sign_pending`` signs once the body's hash is computed in a thread."""
+
+    signer: AwsSigner
+    path: str
+    body: bytes
+    headers: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -280,8 +294,7 @@ def plan_request(
             upstream.upstream_model, stream=ctx.stream
         )
         headers = {"content-type": "application/json"}
-        headers.update(_signed(signer, "POST", path, body, headers))
-        return RequestPlan(body, path, headers)
+        return _signed_plan(signer, path, body, headers)
     raise _unsupported(ctx, kind)
 
 
@@ -658,8 +671,7 @@ def _embeddings_request(
         body = _json(translated)
         path = upstream.provider.path_prefix + bedrock_embeddings.request_path(model_id)
         headers = {"content-type": "application/json", "accept": "application/json"}
-        headers.update(_signed(signer, "POST", path, body, headers))
-        return RequestPlan(body, path, headers)
+        return _signed_plan(signer, path, body, headers)
     if kind is not ProviderType.OPENAI:
         raise _unsupported(ctx, kind)
     return _pass_through(ctx, parsed, upstream, openai_embeddings.ENDPOINT + suffix)
@@ -692,8 +704,7 @@ def _bedrock_runtime_request(
         model_path = operation_path(upstream.upstream_model, stream=ctx.stream)
     path = upstream.provider.path_prefix + model_path
     headers = {"content-type": "application/json"}
-    headers.update(_signed(signer, "POST", path, body, headers))
-    return RequestPlan(body if changed else None, path, headers)
+    return _signed_plan(signer, path, body, headers, send_body=changed)
 
 
 def _check_claude_on_bedrock(ctx: RequestContext, upstream: Upstream) -> None:
@@ -725,8 +736,7 @@ def _claude_on_bedrock_request(
         upstream.upstream_model, stream=ctx.stream
     )
     headers = {"content-type": "application/json", "accept": "application/json"}
-    headers.update(_signed(signer, "POST", path, body, headers))
-    return RequestPlan(body, path, headers)
+    return _signed_plan(signer, path, body, headers)
 
 
 def _claude_count_on_bedrock_request(
@@ -743,8 +753,7 @@ def _claude_count_on_bedrock_request(
         upstream.upstream_model
     )
     headers = {"content-type": "application/json", "accept": "application/json"}
-    headers.update(_signed(signer, "POST", path, body, headers))
-    return RequestPlan(body, path, headers)
+    return _signed_plan(signer, path, body, headers)
 
 
 def _signer(upstream: Upstream) -> AwsSigner:
@@ -1322,11 +1331,44 @@ _KEPT_SIGNED = 4
 _ACCESS_KEY_ID = re.compile(r"Credential=([^/,\s]+)/")
 
 
+def _signed_plan(
+    signer: AwsSigner, path: str, body: bytes, headers: dict[str, str], *, send_body: bool = True
+) -> RequestPlan:
+    """The plan of a POST to AWS with ``body`` (sent as rewritten unless not ``send_body``:
+    the client's own bytes go), signed; one whose body is too large to hash on the event
+    loop carries its ``signature`` to finish instead (``sign_pending``)."""
+    plan = RequestPlan(body if send_body else None, path, headers)
+    if len(body) >= HASHED_OFF_LOOP_BYTES:
+        plan.signature = PendingSignature(signer, path, body, dict(headers))
+    else:
+        headers.update(_signed(signer, "POST", path, body, headers))
+    return plan
+
+
+async def sign_pending(plan: RequestPlan) -> dict[str, str]:
+    """Sign a plan whose body was too large to hash on the event loop: hashed in a thread
+    (every other request goes on meanwhile), then signed with that hash. The signature
+    headers, also added to the plan's ``headers``; none when the plan was signed already."""
+    pending = plan.signature
+    if pending is None:
+        return {}
+    digest = await asyncio.to_thread(payload_sha256, pending.body)
+    signed = _signed(pending.signer, "POST", pending.path, pending.body, pending.headers, digest)
+    plan.headers.update(signed)
+    plan.signature = None
+    return signed
+
+
 def _signed(
-    signer: AwsSigner, method: str, path: str, body: bytes, headers: dict[str, str]
+    signer: AwsSigner,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    body_sha256: str | None = None,
 ) -> dict[str, str]:
     """``signer.sign()``, noting what of the credentials the request carries (``_SIGNED_WITH``)."""
-    signed = signer.sign(method, path, body, headers)
+    signed = signer.sign(method, path, body, headers, body_sha256)
     found = _ACCESS_KEY_ID.search(signed.get("authorization", ""))
     sent = (found.group(1) if found else "", signed.get("x-amz-security-token", ""))
     known = _SIGNED_WITH.get(signer, ())

@@ -111,6 +111,7 @@ import orjson
 from extproc import headers
 from extproc.attempt_report import AttemptReport, encode
 from extproc.backends import (
+    RequestPlan,
     check_translation,
     plan_request,
     plan_response,
@@ -119,6 +120,7 @@ from extproc.backends import (
     scrub_answer_error,
     serves_client_api,
     serves_invoke_body,
+    sign_pending,
 )
 from extproc.config.model import RouteApi
 from extproc.context import ModeOverride, PhaseOutput, RequestContext
@@ -480,6 +482,36 @@ def retried(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def _send(
+    ctx: RequestContext,
+    out: PhaseOutput,
+    parsed: dict[str, Any],
+    plan: RequestPlan,
+    restored: dict[str, str | None],
+) -> None:
+    """Send the attempt to its provider as ``plan`` says, the client's headers restored."""
+    upstream = ctx.upstream
+    assert upstream is not None
+    sent = plan.body if plan.body is not None else orjson.dumps(parsed)
+    out.body = sent
+    out.set_headers["content-length"] = str(len(sent))
+    out.set_headers[":path"] = plan.path
+    out.set_headers[":authority"] = upstream.provider.authority
+    # The client's headers as it sent them, then the provider's own (a Vertex attempt
+    # keeps only the beta flags Vertex knows): one change per header, none both set
+    # and removed.
+    changed = {**restored, **plan.headers, **dict.fromkeys(plan.remove_headers)}
+    for name, value in changed.items():
+        if value is None:
+            out.remove_headers.append(name)
+        else:
+            out.set_headers[name] = value
+    # Envoy merges it into the request's metadata before this attempt's request
+    # leaves, so a later attempt overwrites it: it names the attempt last sent, for
+    # Envoy's reply should this one's answer outgrow the buffer (envoy_failover).
+    out.metadata = {metadata_key(name): value for name, value in answered_by(ctx).items()}
+
+
 def answered_by(ctx: RequestContext) -> dict[str, str]:
     """The headers that name the chain member this attempt serves, for the downstream
     filter (``envoy_failover.ANSWERED_HEADERS``)."""
@@ -569,30 +601,34 @@ class AttemptStage:
             ctx.body = parsed
         restored = restore_client_headers(ctx, client.headers)
         plan = plan_request(ctx, parsed, upstream)
-        sent = plan.body if plan.body is not None else orjson.dumps(parsed)
-        out.body = sent
-        out.set_headers["content-length"] = str(len(sent))
-        out.set_headers[":path"] = plan.path
-        out.set_headers[":authority"] = upstream.provider.authority
-        # The client's headers as it sent them, then the provider's own (a Vertex attempt
-        # keeps only the beta flags Vertex knows): one change per header, none both set
-        # and removed.
-        changed = {**restored, **plan.headers, **dict.fromkeys(plan.remove_headers)}
-        for name, value in changed.items():
-            if value is None:
-                out.remove_headers.append(name)
-            else:
-                out.set_headers[name] = value
-        # Envoy merges it into the request's metadata before this attempt's request
-        # leaves, so a later attempt overwrites it: it names the attempt last sent, for
-        # Envoy's reply should this one's answer outgrow the buffer (envoy_failover).
-        out.metadata = {metadata_key(name): value for name, value in answered_by(ctx).items()}
         records = ctx.runtime.services.attempts_in_flight
-        if client.record is None or records is None or first_member(chain, ctx.provider or ""):
+        record = client.record
+        if records is None or first_member(chain, ctx.provider or ""):
             # The first attempt writes nothing: no record names it (a request its primary
             # answers, the common case, pays no store round trip for this).
+            record = None
+        if plan.signature is not None:
+            # A large body to AWS: hashed in a thread, then sent (Envoy waits for it).
+            return self._send_signed(ctx, out, parsed, plan, restored, record)
+        _send(ctx, out, parsed, plan, restored)
+        if record is None or records is None:
             return None
-        return self._record_sent(ctx, records, client.record)
+        return self._record_sent(ctx, records, record)
+
+    async def _send_signed(
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        parsed: dict[str, Any],
+        plan: RequestPlan,
+        restored: dict[str, str | None],
+        record: str | None,
+    ) -> None:
+        await sign_pending(plan)
+        _send(ctx, out, parsed, plan, restored)
+        records = ctx.runtime.services.attempts_in_flight
+        if record is not None and records is not None:
+            await self._record_sent(ctx, records, record)
 
     async def _record_sent(self, ctx: RequestContext, records: AttemptsInFlight, key: str) -> None:
         """Name this attempt in the store as the request's attempt in flight, before its

@@ -12,7 +12,7 @@ provider's type (what the upstream speaks).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -21,10 +21,12 @@ import orjson
 from extproc import gemini_api, headers, vertex_client_api
 from extproc.backends import (
     BEDROCK_RUNTIME_APIS,
+    RequestPlan,
     check_pair,
     client_asked_for_usage,
     plan_request,
     provider_api,
+    sign_pending,
 )
 from extproc.bedrock_count_tokens import INVOKE_MODEL, check_count_body, counted_request
 from extproc.bedrock_invoke_bodies import reads_as_claude
@@ -56,7 +58,7 @@ from extproc.responses_api import (
     check_input_tokens_body,
     check_responses_body,
 )
-from extproc.runtime import Route
+from extproc.runtime import Route, Upstream
 from extproc.stages.attempt import FailoverPlan, failover_plan, fails_over, recorded
 from extproc.stages.body_headers import check_body_size
 from extproc.stages.model_credentials import redact_unread_path, refuse_credential_in_model
@@ -192,10 +194,12 @@ class UpstreamRequestStage:
     """After the quota check: translate and sign the body for the chosen provider and
     point Envoy at its cluster."""
 
-    def request_body(self, ctx: RequestContext, out: PhaseOutput, body: bytes) -> None:
+    def request_body(
+        self, ctx: RequestContext, out: PhaseOutput, body: bytes
+    ) -> Awaitable[None] | None:
         upstream = ctx.upstream
         if upstream is None or ctx.body is None:
-            return
+            return None
         if ctx.form is None:
             # The body was read as JSON whatever content type the client named (`curl
             # -d` says application/x-www-form-urlencoded), and what goes upstream is
@@ -211,18 +215,34 @@ class UpstreamRequestStage:
             out.set_headers["content-length"] = str(len(out.body))
             out.set_headers[headers.CLUSTER] = failover.cluster
             out.clear_route_cache = True
-            return
+            return None
         plan = plan_request(ctx, ctx.body, upstream, body)
-        if plan.body is not None:
-            out.body = plan.body
-            out.set_headers["content-length"] = str(len(plan.body))
-        if plan.path != ctx.path:
-            # The same path needs no rewrite (and Envoy no header mutation).
-            out.set_headers[":path"] = plan.path
-        out.set_headers[headers.CLUSTER] = upstream.cluster
-        out.set_headers.update(plan.headers)
-        out.remove_headers.extend(plan.remove_headers)
-        out.clear_route_cache = True
+        if plan.signature is not None:
+            # A large body to AWS: hashed in a thread, then sent (Envoy waits for it).
+            return _send_signed(ctx, out, upstream, plan)
+        _send(ctx, out, upstream, plan)
+        return None
+
+
+async def _send_signed(
+    ctx: RequestContext, out: PhaseOutput, upstream: Upstream, plan: RequestPlan
+) -> None:
+    await sign_pending(plan)
+    _send(ctx, out, upstream, plan)
+
+
+def _send(ctx: RequestContext, out: PhaseOutput, upstream: Upstream, plan: RequestPlan) -> None:
+    """Point Envoy at ``upstream`` with the planned body, path and headers."""
+    if plan.body is not None:
+        out.body = plan.body
+        out.set_headers["content-length"] = str(len(plan.body))
+    if plan.path != ctx.path:
+        # The same path needs no rewrite (and Envoy no header mutation).
+        out.set_headers[":path"] = plan.path
+    out.set_headers[headers.CLUSTER] = upstream.cluster
+    out.set_headers.update(plan.headers)
+    out.remove_headers.extend(plan.remove_headers)
+    out.clear_route_cache = True
 
 
 # Where a model of each kind is served, for the refusal of one sent elsewhere.

@@ -190,6 +190,26 @@ def test_converse_is_answered_signed_by_the_gateway_and_billed(
     assert row["prompt_tokens"] - report_before.get("prompt_tokens", 0) == usage["inputTokens"]
 
 
+def test_a_large_converse_call_is_signed_by_the_gateway_and_answered(
+    tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 600 KB prompt (a report pasted in): its body is hashed for the signature off the
+    gateway's event loop, and the mock Bedrock, which checks the signature over the body
+    as Envoy delivers it, answers."""
+    report = "Quarterly revenue grew in every region. " * 15_000
+    answer = bedrock_client(tls, monkeypatch).converse(
+        modelId=MODEL,
+        messages=[{"role": "user", "content": [{"text": report}]}],
+        inferenceConfig={"maxTokens": 50},
+    )
+    assert answer["output"]["message"]["content"][0]["text"]
+    upstream = converse_requests(stack)[-1]
+    assert upstream["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMOCK/")
+    request_id = answer["ResponseMetadata"]["HTTPHeaders"]["x-request-id"]
+    [line] = gateway_log.for_request(request_id)
+    assert (line["http_status_code"], line["outcome"]) == (200, "completed")
+
+
 def test_converse_stream_events_reach_the_client_and_its_usage_is_billed(
     tls: TlsStack, stack: LocalStack, gateway_log: GatewayLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
