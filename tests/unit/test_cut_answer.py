@@ -186,6 +186,24 @@ async def test_a_responses_answer_is_charged_its_max_output_tokens(
     assert_charged(services, PROMPT, 64)
 
 
+async def test_a_responses_answer_with_the_image_tool_is_charged_its_picture_too(
+    processor: Processor, services: Services
+) -> None:
+    """The quota reserved one picture beside the allowance (272 tokens: low quality,
+    1024x1024); the body that would have counted it never came. Before, the picture was
+    released: charged 64 tokens, the line's image_generation_output_tokens 0."""
+    tool = {"type": "image_generation", "model": "gpt-image-1", "quality": "low",
+            "size": "1024x1024"}  # fmt: skip
+    body = orjson.dumps({"model": "gpt-4o-mini", "input": "x" * 40, "max_output_tokens": 64,
+                         "tools": [tool]})  # fmt: skip
+    await cut_after_headers(processor, body, "/v1/responses")
+    # The prompt estimate counts the tool's entry too.
+    line = assert_charged(services, only_line(services)["prompt_tokens"], 64 + 272)
+    assert line["image_generation_model"] == "gpt-image-1"
+    assert line["image_generation_output_tokens"] == line["image_generation_output_image_tokens"]
+    assert line["image_generation_output_tokens"] == 272
+
+
 async def test_an_embeddings_answer_cut_is_charged_its_input_only(
     processor: Processor, services: Services
 ) -> None:
