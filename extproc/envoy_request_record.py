@@ -22,6 +22,14 @@ What the gateway names is what those formatters would have printed:
 
 Later answers name the path again only when the gateway hides a credential in it after
 the first (``span_attributes.request_metadata``); Envoy merges them key by key.
+
+A config whose bootstrap has neither Envoy's access log nor its tracer
+(``envoy.access_log: false``, ``telemetry.tracing.enabled: false``) renders nothing that
+reads the two entries, so the gateway leaves them out (``envoy_reads_request``). A
+reload that turns both off while Envoy still runs a bootstrap with its log loses no
+line: that log's other logger, picked when the path is missing, prints the same method
+and path through its CEL formatters, at their cost, until Envoy is restarted on the
+bootstrap rendered again (which the reload warns of, ``envoy_drift``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import re
 
 from extproc.auth.credential_shapes import RE2_SHAPES
+from extproc.config.model import GatewayConfig
 from extproc.context import RequestContext
 from extproc.credential_cleaner import echoed_credential
 from extproc.envoy_paths import PATH_METADATA_KEY, REDACTED_PATH
@@ -58,6 +67,12 @@ def holds_key_shape(path: str) -> bool:
     return "eyJ" in path and any(
         _JWT_START.search(run.group()) is not None for run in _RUN_BEFORE_DOT.finditer(path)
     )
+
+
+def envoy_reads_request(config: GatewayConfig) -> bool:
+    """Whether the bootstrap ``config`` renders reads the method and path the first answer
+    names: its access log prints them, its span tags them (``envoy_tracing``)."""
+    return config.envoy.access_log or config.telemetry.tracing.enabled
 
 
 def recorded_request(ctx: RequestContext) -> dict[str, str]:

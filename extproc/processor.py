@@ -153,7 +153,7 @@ class Processor:
                         _add_request_metadata(ctx, phase, answer)
                     yield answer
                     return
-                if phase == "request_headers" and not attempt:
+                if phase == "request_headers" and not attempt and ctx.runtime.envoy_reads_request:
                     # Envoy's access log and span print the method and path from the
                     # first answer (envoy_request_record); the stages' own entries win.
                     recorded = recorded_request(ctx)
@@ -231,7 +231,7 @@ class Processor:
 def _add_request_metadata(ctx: RequestContext, phase: str, answer: ext.ProcessingResponse) -> None:
     """The metadata of an answer that ends the request: who was refused and why, and
     when it is the first answer, the method and path Envoy's records print."""
-    if phase == "request_headers":
+    if phase == "request_headers" and ctx.runtime.envoy_reads_request:
         envoy_messages.add_metadata(answer, recorded_request(ctx))
     envoy_messages.add_metadata(answer, request_metadata(ctx))
 

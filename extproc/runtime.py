@@ -40,6 +40,7 @@ from extproc.config.model import (
 )
 from extproc.egress import EgressProxy
 from extproc.envoy_failover import longest_failover_wait_s
+from extproc.envoy_request_record import envoy_reads_request
 from extproc.guardrails.policy import Guardrails
 from extproc.model_names import anthropic_spelling
 from extproc.providers.aws_signer import AwsSigner
@@ -322,6 +323,8 @@ class Runtime:
         self._keys = {p.name: _provider_key(p) for p in config.providers}
         # The phase answers requests share, kept for this config only (answer_cache).
         self.answers = AnswerCache()
+        # The first answer names the method and path only for an Envoy that reads them.
+        self.envoy_reads_request = envoy_reads_request(config)
         self.signers: dict[str, AwsSigner] = {
             p.name: AwsSigner(p.aws, p.base_url) for p in config.providers if p.aws is not None
         }

@@ -18,11 +18,13 @@ import pytest
 
 from extproc.auth import credential_shapes
 from extproc.auth.stored_keys.records import SECRET_PREFIX
+from extproc.config import GatewayConfig
 from extproc.envoy_paths import ENVOY_PATH, PATH_METADATA_KEY
 from extproc.envoy_request_record import holds_key_shape
 from extproc.headers import METADATA_NAMESPACE
 from tests.unit.test_model_credentials import (
     CLAUDE_ANSWER,
+    GATEWAY,
     OPENAI_KEY,
     OTHER_TEAMS_KEY,
     OWN_KEY,
@@ -155,6 +157,52 @@ async def test_a_path_without_a_key_refused_tells_envoy_the_path_as_sent() -> No
     )
     assert sent.refusal()[0] == 401
     assert recorded_paths(sent.answers) == ["/openai/gpt-4o-mini/chat/completions"]
+
+
+def _envoy_records(*, access_log: bool, tracing: bool) -> GatewayConfig:
+    """The default config with Envoy's access log and tracer on or off."""
+    envoy = GATEWAY.envoy.model_copy(update={"access_log": access_log})
+    traced = GATEWAY.telemetry.tracing.model_copy(update={"enabled": tracing})
+    telemetry = GATEWAY.telemetry.model_copy(update={"tracing": traced})
+    return GATEWAY.model_copy(update={"envoy": envoy, "telemetry": telemetry})
+
+
+async def test_a_gateway_whose_envoy_neither_logs_nor_traces_names_no_method_or_path() -> None:
+    # Before: the first answer named both for an Envoy whose bootstrap reads neither,
+    # metadata Envoy stored and dropped on every request. The gateway's own line keeps
+    # the path as it records it.
+    quiet = _envoy_records(access_log=False, tracing=False)
+    path = "/v1/messages"
+    sent = await send(path, {**chat("claude-3-5-haiku-latest"), "max_tokens": 9},
+                      answer=CLAUDE_ANSWER, gateway=quiet)  # fmt: skip
+    [line] = sent.lines
+    assert (line["http_status_code"], line["path"]) == (200, path)
+    assert recorded_paths(sent.answers) == []
+    assert all("method" not in recorded for recorded in _metadata(sent.answers))
+    # Nor does a refusal's answer.
+    refused = await send(f"/openai/{OPENAI_KEY}", chat("gpt-4o-mini"), gateway=quiet)
+    assert refused.refusal()[0] == 400
+    assert recorded_paths(refused.answers[:1]) == []
+
+
+@pytest.mark.parametrize(("access_log", "tracing"), [(True, False), (False, True)])
+async def test_a_gateway_whose_envoy_logs_or_traces_names_the_method_and_path(
+    access_log: bool, tracing: bool
+) -> None:
+    gateway = _envoy_records(access_log=access_log, tracing=tracing)
+    sent = await send("/v1/chat/completions", chat("gpt-4o-mini"), gateway=gateway)
+    assert recorded_paths(sent.answers[:1]) == ["/v1/chat/completions"]
+    assert _metadata(sent.answers[:1])[0]["method"] == "POST"
+
+
+def _metadata(answers: list[Any]) -> list[dict[str, Any]]:
+    """Each answer's ``io.aigw`` metadata, as a dict."""
+    found = []
+    for answer in answers:
+        ours = answer.dynamic_metadata.fields.get(METADATA_NAMESPACE)
+        if ours is not None:
+            found.append({k: v.string_value for k, v in ours.struct_value.fields.items()})
+    return found
 
 
 def _envoy_matches(path: str) -> bool:
