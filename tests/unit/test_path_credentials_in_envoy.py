@@ -179,10 +179,14 @@ async def test_a_gateway_whose_envoy_neither_logs_nor_traces_names_no_method_or_
     assert (line["http_status_code"], line["path"]) == (200, path)
     assert recorded_paths(sent.answers) == []
     assert all("method" not in recorded for recorded in _metadata(sent.answers))
-    # Nor does a refusal's answer.
-    refused = await send(f"/openai/{OPENAI_KEY}", chat("gpt-4o-mini"), gateway=quiet)
-    assert refused.refusal()[0] == 400
-    assert recorded_paths(refused.answers[:1]) == []
+    # Nor does a refusal sent as the first answer (an unknown key, refused at the headers).
+    refused = await send(
+        "/v1/chat/completions", chat("gpt-4o-mini"), {"authorization": "Bearer nope-nope"},
+        gateway=quiet,
+    )  # fmt: skip
+    assert refused.refusal()[0] == 401
+    assert refused.answers[0].WhichOneof("response") == "immediate_response"
+    assert recorded_paths(refused.answers) == []
 
 
 @pytest.mark.parametrize(("access_log", "tracing"), [(True, False), (False, True)])
