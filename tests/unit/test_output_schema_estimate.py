@@ -156,4 +156,11 @@ async def test_a_hard_cap_counts_a_converse_schema(quota_store: QuotaStore) -> N
 
     found = refusal(answers[-1])
     assert found is not None, "a schema of about 10,000 tokens went past a 1,000-token cap"
-    assert found[0] == 429
+    # Larger than the whole budget, so no retry can pass: Bedrock's quota exception, not
+    # a throttle boto3 would retry.
+    assert found[0] == 400
+    received = {
+        h.header.key: h.header.raw_value.decode()
+        for h in answers[-1].immediate_response.headers.set_headers
+    }
+    assert received["x-amzn-errortype"] == "ServiceQuotaExceededException"
