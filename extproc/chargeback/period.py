@@ -242,13 +242,19 @@ def _margins(before: timedelta, after: timedelta) -> str:
 
 
 def _duration(extra: timedelta) -> str:
-    """Less than an hour, in minutes and seconds: a margin under a minute read "0 minutes"."""
+    """Less than an hour, in minutes and seconds: a margin under a minute read "0 minutes",
+    and one of a single minute "1 minutes"."""
     minutes, rest = divmod(extra, timedelta(minutes=1))
-    parts = [f"{minutes} minutes"] if minutes else []
+    parts = [_counted(str(minutes), "minute")] if minutes else []
     if rest:
         seconds = f"{rest.total_seconds():.6f}".rstrip("0").rstrip(".")
-        parts.append(f"{seconds} seconds")
+        parts.append(_counted(seconds, "second"))
     return " ".join(parts)
+
+
+def _counted(amount: str, unit: str) -> str:
+    """``amount`` of ``unit``, plural unless exactly one ("0.5 seconds", "1 second")."""
+    return f"{amount} {unit}" if amount == "1" else f"{amount} {unit}s"
 
 
 def _month_start(year: int, month: int, zone: tzinfo) -> datetime:

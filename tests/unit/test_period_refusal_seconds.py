@@ -48,3 +48,16 @@ def test_minutes_off_the_hour_read_as_before() -> None:
 
     assert "runs from 2026-11-01T00:30Z to 2026-11-02T00:00Z" in message
     assert "with 30 minutes before it;" in message
+
+
+def test_a_single_minute_or_second_reads_in_the_singular() -> None:
+    message = refusal("2026-11-01T00:01:01Z", "2026-11-02T05:59Z")
+
+    assert "with 1 minute 1 second before it and 1 minute after it" in message
+
+
+def test_a_single_minute_alone_reads_in_the_singular() -> None:
+    message = refusal("2026-11-01T00:01Z", "2026-11-02")
+
+    assert "with 1 minute before it;" in message
+    assert "1 minutes" not in message
