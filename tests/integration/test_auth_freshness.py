@@ -177,8 +177,11 @@ def test_an_expired_key_renewed_works_again_at_once_on_every_worker(stack: Local
     assert expired, "the key never expired"
     assert {r.json()["error"]["message"] for r in expired} == {"API key 'renewed-bot' has expired"}
 
+    # Some years ahead, within the listing's --expiring-within 3650d: a fixed date would
+    # pass one day, and the renewal to it be refused.
+    renewed_until = datetime(datetime.now(UTC).year + 4, 1, 1, tzinfo=UTC)
     renewed = keys_cli(
-        stack, "renew", "--id", "renewed-bot", "--expires", "2030-01-01T00:00:00Z"
+        stack, "renew", "--id", "renewed-bot", "--expires", renewed_until.isoformat()
     )  # fmt: skip
 
     # Before: no way to renew it; a new key under another id split its usage in two.
@@ -188,7 +191,7 @@ def test_an_expired_key_renewed_works_again_at_once_on_every_worker(stack: Local
         assert response.status_code == 200, response.text
     listed = keys_cli(stack, "list", "--status", "active", "--expiring-within", "3650d", "--json")
     [row] = [row for row in orjson.loads(listed.stdout) if row["id"] == "renewed-bot"]
-    assert row["expires_at"] == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    assert row["expires_at"] == renewed_until.timestamp()
 
 
 def test_an_expired_key_renewed_with_no_expiry_works_on_every_worker_for_good(

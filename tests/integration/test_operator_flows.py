@@ -188,6 +188,12 @@ def refused_until(
     return caught[-1]
 
 
+def years_ahead(years: int) -> str:
+    """New Year's Day ``years`` from now, as --expires takes it: a fixed date would pass
+    one day, and the renewals to it be refused."""
+    return datetime(datetime.now(UTC).year + years, 1, 1, tzinfo=UTC).isoformat()
+
+
 def month_of(line: dict[str, Any]) -> str:
     return str(line["timestamp"])[:7]
 
@@ -235,7 +241,7 @@ def test_a_team_key_expires_is_renewed_and_is_billed_in_one_row(stack: LocalStac
         assert secret not in output
 
     renewed = extproc(
-        stack, "keys", "renew", "--id", "flows-bot", "--expires", "2030-01-01T00:00:00Z"
+        stack, "keys", "renew", "--id", "flows-bot", "--expires", years_ahead(4)
     )  # fmt: skip
     assert renewed.returncode == 0, renewed.stderr
     assert secret not in renewed.stdout + renewed.stderr
@@ -286,12 +292,12 @@ def test_a_secret_replaced_at_a_renewal_stays_refused_when_the_key_is_renewed_ag
 
     # The operator renews the expired key with a new secret, the old one kept refused...
     rotated = extproc(stack, "keys", "renew", "--id", "leaky-bot", "--expires",
-                      "2030-01-01T00:00:00Z", "--rotate", "--grace", "1h", "--json")  # fmt: skip
+                      years_ahead(4), "--rotate", "--grace", "1h", "--json")  # fmt: skip
     assert rotated.returncode == 0, rotated.stderr
     new = orjson.loads(rotated.stdout)["key"]
     # ...and later moves the expiry on, the new secret unchanged.
     later = extproc(stack, "keys", "renew", "--id", "leaky-bot", "--expires",
-                    "2031-01-01T00:00:00Z")  # fmt: skip
+                    years_ahead(5))  # fmt: skip
     assert later.returncode == 0, later.stderr
 
     # Before, the old secret worked again, on every worker, for the rest of the hour.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from extproc import envoy_messages
+from extproc.chargeback import retention
 from extproc.config import GatewayConfig, load_config
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
@@ -43,6 +45,27 @@ def shared_answers_stay_unchanged() -> Iterator[None]:
             changed.append(phase)
             shared.CopyFrom(expected)  # put back, so that only this test fails
     assert not changed, f"this test changed the shared continue answers of {changed}"
+
+
+# The moment the usage-report tests' fixed dates (February to December 2026) are read at.
+# By the real clock, their rollups count as expired store.usage_retention_days (400)
+# after those dates, and every such report would say so and exit 1: the tests would start
+# failing about a year after they were written, with no change to the code.
+FIXED_DATES_READ_AT = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+class _ClockOfTheFixedDates(datetime):
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+        return FIXED_DATES_READ_AT.astimezone(tz).replace(tzinfo=tz)
+
+
+@pytest.fixture
+def rollups_kept_at_fixed_dates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports, from the CLI or the management API, tell which hours have expired by the
+    clock of the tests' fixed dates, not by the day the tests run. Only for tests whose
+    usage is written at fixed dates: a test that writes at the real clock keeps it."""
+    monkeypatch.setattr(retention, "datetime", _ClockOfTheFixedDates)
 
 
 class MemoryLog(AccessLog):

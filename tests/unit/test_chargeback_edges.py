@@ -153,6 +153,7 @@ def test_a_retention_the_store_cannot_set_is_refused_at_load(
 # -- reports through the management API ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 async def test_json_rows_through_the_api_name_their_dimensions_in_by_order(
     management: tuple[str, UsageStore], capsys: pytest.CaptureFixture[str]
 ) -> None:

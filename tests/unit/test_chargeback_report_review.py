@@ -46,6 +46,7 @@ def ask_api(address: str, *args: str) -> list[str]:
     return ["usage", "report", "--api", "--address", address, "--token", TOKEN, *args]
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 async def test_a_report_through_the_api_names_the_period_the_gateway_summed(
     management: tuple[str, UsageStore],
     gateway_clock: None,
@@ -72,6 +73,7 @@ async def test_a_report_through_the_api_names_the_period_the_gateway_summed(
     assert table.splitlines()[0].startswith(f"usage from {GATEWAY_FROM} to {GATEWAY_TO} ")
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 async def test_a_report_by_no_dimension_through_the_api_is_its_totals(
     management: tuple[str, UsageStore], capsys: pytest.CaptureFixture[str]
 ) -> None:

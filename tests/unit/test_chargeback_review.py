@@ -150,6 +150,7 @@ def usage(group: str, cost: int) -> UsageEntry:
     return UsageEntry(FEBRUARY, dims, 100, 20, cost_picousd=cost, latency_ms=120.0)
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_an_export_file_is_readable_like_any_file_and_on_disk_when_it_appears(
     store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +173,7 @@ def test_an_export_file_is_readable_like_any_file_and_on_disk_when_it_appears(
     assert ("fsync", os.path.realpath(target.parent)) in disk.after(rename)
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_an_export_over_an_existing_file_keeps_its_mode(store_url: str, tmp_path: Path) -> None:
     record(store_url, [usage("sales", 7)])
     target = tmp_path / "2026-02.csv"
@@ -205,6 +207,7 @@ def test_a_store_that_does_not_answer_is_one_line_without_its_password(
     assert "error: the store did not answer" in err
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_csv_export_keeps_group_names_with_commas_quotes_and_newlines(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -223,6 +226,7 @@ def test_a_csv_export_keeps_group_names_with_commas_quotes_and_newlines(
     assert document["totals"]["requests"] == sum(row["requests"] for row in document["rows"]) == 4
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_period_without_usage_has_no_rows_and_zero_totals(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

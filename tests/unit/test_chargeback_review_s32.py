@@ -75,6 +75,7 @@ def entry(group: str, cost: int) -> UsageEntry:
     return UsageEntry(FEBRUARY, dims, 100, 20, cost_picousd=cost, latency_ms=120.0)
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_report_of_a_date_with_an_offset_sums_that_offsets_day(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,6 +104,7 @@ def test_a_start_after_the_end_names_both(
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_table_grouped_by_nothing_shows_its_figures_once(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -114,6 +116,7 @@ def test_a_table_grouped_by_nothing_shows_its_figures_once(
     assert "0.000000000012" in lines[2]
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_dimensions_are_named_in_any_case_as_the_help_names_them(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -184,6 +184,7 @@ async def test_a_model_name_a_client_chose_is_no_formula_in_the_finance_csv(
         ("America/Havana", "2026-11-01", "2026-11-01T04:00:00+00:00", "2026-11-02T05:00:00+00:00"),
     ],
 )
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_date_alone_is_the_start_of_its_day_where_the_clocks_change_at_midnight(
     store_url: str,
     capsys: pytest.CaptureFixture[str],

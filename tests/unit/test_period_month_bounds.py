@@ -68,6 +68,7 @@ def test_a_month_the_calendar_lacks_or_a_wrong_shape_is_refused(text: str, messa
     assert str(refused.value) == message
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 async def test_the_report_from_and_to_months_counts_the_months_requests(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

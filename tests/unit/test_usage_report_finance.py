@@ -112,6 +112,7 @@ def output_limit(valkey: EmbeddedValkey) -> Iterator[None]:
 # -- a month of a large organisation -----------------------------------------------------------
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_month_of_many_busy_keys_is_read_in_answers_the_store_can_send(
     store_url: str, output_limit: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,6 +190,7 @@ def requests_in(args: list[str], capsys: pytest.CaptureFixture[str]) -> int:
     return requests
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_bounds_with_offsets_or_dates_name_whole_utc_hours_the_end_left_out(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

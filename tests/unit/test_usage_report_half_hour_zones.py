@@ -76,6 +76,7 @@ def test_a_zone_whose_midnight_is_a_whole_utc_hour_reports_its_month(zone: str) 
     assert month.start.minute == 0 and month.end.minute == 0
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_the_cli_refuses_a_kolkata_month_rather_than_shift_it_by_half_an_hour(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -100,6 +100,7 @@ def test_the_cli_says_so_on_stderr_and_prints_the_report_all_the_same(
     assert len(notes(printed.err)) == 1
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_period_long_over_or_up_to_now_gets_no_such_note(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -79,6 +79,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @pytest.mark.parametrize("kind", ["string", "list"])
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_stray_key_in_one_hour_leaves_the_month_reported_and_names_the_hour(
     store_url: str, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
@@ -104,6 +105,7 @@ def test_a_stray_key_in_one_hour_leaves_the_month_reported_and_names_the_hour(
     assert f"{CLI_PREFIX}usage:{STRAY_BUCKET}" in warning
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_whole_month_read_says_it_is_not_partial(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,6 +165,7 @@ def test_allow_partial_writes_the_short_export_where_asked_and_still_exits_1(
     assert "was not written" not in err
 
 
+@pytest.mark.usefixtures("rollups_kept_at_fixed_dates")
 def test_a_whole_export_replaces_the_file_and_removes_an_earlier_partial_one(
     store_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
