@@ -60,6 +60,7 @@ from extproc.config.rule_models import KnownModels
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.key_filter import KeyFilter, KeyFilterError
+from extproc.management.key_text import check_key_text
 from extproc.management.quotas import (
     InvalidArgumentError,
     LimitState,
@@ -722,6 +723,7 @@ def _new_key(request: pb.CreateKeyRequest) -> ApiKey:
         raise InvalidArgumentError("expires_at must be in the future (or 0: never)")
     if expires >= _LAST_EXPIRY:
         raise InvalidArgumentError("expires_at must be before the year 10000")
+    check_key_text(request.user_id, request.group_id, request.labels)
     try:
         spec = ApiKeyConfig(
             id=request.id,

@@ -151,3 +151,34 @@ def test_the_admin_token_comes_from_a_file_and_one_on_the_command_line_is_warned
     assert missing.stderr == (
         f"error: cannot read the admin token file {tmp_path / 'nope'}: No such file or directory\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "field", "reason"),
+    [
+        ("--user", "carol\nmallory  store  admin", "user_id", "control or invisible character"),
+        ("--group", "research\x1b[2J", "group_id", "control or invisible character"),
+        ("--user", "carol ", "user_id", "has spaces around it"),
+        ("--group", "g" * 10_000, "group_id", "is 10000 characters long, more than 256"),
+        ("--label", "team=ml\r\nfake,row", "labels['team']", "control or invisible character"),
+    ],
+    ids=["user-line-break", "group-escape", "user-trailing-space", "group-10kb", "label-crlf"],
+)  # fmt: skip
+def test_an_owner_or_label_no_table_can_show_is_refused_naming_the_field(
+    keys_stack: LocalStack, option: str, value: str, field: str, reason: str
+) -> None:
+    # Before: stored as sent, and `keys list` printed a forged row (or cleared the
+    # operator's screen); "carol " was a user no quota or report of carol counted.
+    err = keys_stack.workdir / "gateway.err"
+    audited = err.read_text(errors="replace").count('"audit"')
+    key_id = f"odd-{field.split('[')[0]}-{len(value)}"
+
+    refused = keys(keys_stack, "create", "--id", key_id, option, value)
+
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert f"{field}" in refused.stderr and reason in refused.stderr
+    assert "Traceback" not in refused.stderr
+    listed = keys(keys_stack, "list", "--format", "json")
+    assert key_id not in [row["id"] for row in orjson.loads(listed.stdout)]
+    # Nothing stored, nothing audited.
+    assert err.read_text(errors="replace").count('"audit"') == audited
