@@ -61,6 +61,7 @@ class KeyStore:
         self._id_script = register(client, "stored_key_id")
         self._expiry_script = register(client, "stored_key_expiry")
         self._enabled_script = register(client, "stored_key_enabled")
+        self._shorten_script = register(client, "stored_key_shorten")
 
     def record_key(self, digest_hex: str) -> str:
         return f"{self.prefix}key:{{{digest_hex}}}"
@@ -99,6 +100,17 @@ class KeyStore:
         args = [key_id, "1" if enabled else "0", which]
         record_key = self.record_key(digest_hex)
         changed = await self._enabled_script(keys=[record_key], args=args, client=self.client)
+        return bool(changed)
+
+    async def shorten(
+        self, digest_hex: str, key_id: str, until: float, now: float, forgotten_ms: int
+    ) -> bool:
+        """Mark a rotated-out record (its secret works until ``until``, the store forgets
+        it at ``forgotten_ms``) only while it is still ``key_id``'s record
+        (stored_key_shorten.lua); whether it did."""
+        args = [key_id, repr(until), repr(now), str(forgotten_ms)]
+        record_key = self.record_key(digest_hex)
+        changed = await self._shorten_script(keys=[record_key], args=args, client=self.client)
         return bool(changed)
 
     async def end_secret(self, key_id: str, digest_hex: str) -> None:

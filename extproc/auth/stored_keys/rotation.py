@@ -77,14 +77,15 @@ async def rotate_with_expiry(
         if older is not None:
             # One old secret at a time: the one before, still in its grace, stops now.
             await store.end_secret(key_id, older)
-        await _shorten(store, key_id, old_key, old_hex, now, until)
-        stored = await _changed_meanwhile(store, old_key, new_key, stored, expires_at is None)
-        swapped = await store.id_named(id_key, old_hex, SWAP, new_hex)
-        if swapped and await store.client.persist(new_key):
-            if until <= now:
-                await store.end_secret(key_id, old_hex)
-            ends = min(until, old_terms.key.expires_at or until)
-            return secret, stored, ends, old_terms.key.expires_at or 0.0
+        # A revoke that deleted the old record meanwhile: nothing to cut, the key is gone.
+        if await _shorten(store, key_id, old_hex, now, until):
+            stored = await _changed_meanwhile(store, old_key, new_key, stored, expires_at is None)
+            swapped = await store.id_named(id_key, old_hex, SWAP, new_hex)
+            if swapped and await store.client.persist(new_key):
+                if until <= now:
+                    await store.end_secret(key_id, old_hex)
+                ends = min(until, old_terms.key.expires_at or until)
+                return secret, stored, ends, old_terms.key.expires_at or 0.0
     except BaseException:
         # Never a record nobody will get the secret of, nor one its id does not name.
         await asyncio.shield(store.client.delete(new_key))
@@ -96,22 +97,19 @@ async def rotate_with_expiry(
     )
 
 
-async def _shorten(
-    store: KeyStore, key_id: str, old_key: str, old_hex: str, now: float, until: float
-) -> None:
-    """Cut the old secret's life to the grace (or end it now), on every process."""
+async def _shorten(store: KeyStore, key_id: str, old_hex: str, now: float, until: float) -> bool:
+    """Cut the old secret's life to the grace (or end it now), on every process; False
+    when its record is no longer the key's (a revoke deleted it meanwhile)."""
     # With no grace the record stays a minute, refused: a rotation cut short before
     # the id names the new key can then be run again, reading the key from it.
     forgotten_ms = math.ceil(until * 1000) if until > now else math.ceil(now * 1000) + CLAIM_TTL_MS
-    async with store.client.pipeline(transaction=True) as pipe:
-        # The field refuses the secret ("has expired") where a cached record is read
-        # again; the store forgets the record itself at the grace's end.
-        fields = {"secret_expires_at": repr(until), "rotated_at": repr(now)}
-        pipe.hset(old_key, mapping=fields)
-        pipe.pexpireat(old_key, forgotten_ms)
-        await pipe.execute()
+    # The field refuses the secret ("has expired") where a cached record is read
+    # again; the store forgets the record itself at the grace's end.
+    if not await store.shorten(old_hex, key_id, until, now, forgotten_ms):
+        return False
     store.cache.forget(bytes.fromhex(old_hex))
     await store.announce(key_id, old_hex)
+    return True
 
 
 async def _changed_meanwhile(
