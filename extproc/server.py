@@ -167,11 +167,19 @@ class Gateway:
     async def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; new streams use it, open ones keep theirs."""
         if config.management.serving:
-            # Token files read now: one that cannot be read refuses the whole config,
-            # rather than leaving the old tokens (a revoked one among them) in force.
-            # Off the event loop, as every file read below: a token file on a slow
-            # volume would otherwise hold every open stream until it is read.
-            await asyncio.to_thread(AdminTokens, config.management)
+            # Token files read now: two ids sharing a secret (or an id that is a
+            # token) refuse the whole config. A file that gives no token leaves its
+            # token out, never the old one in force: emptying or deleting the file is
+            # how an admin's access is taken away. Off the event loop, as every file
+            # read below: a token file on a slow volume would otherwise hold every
+            # open stream until it is read.
+            tokens = await asyncio.to_thread(AdminTokens, config.management, reloaded=True)
+            for problem in tokens.left_out:
+                log.warning(
+                    "%s: that admin token is no longer accepted, its caller is refused,"
+                    " until the file gives a token again",
+                    problem,
+                )
         changed = restart_only_changes(self.config, config)
         # Off the event loop, as the file's parse was: a large config renders for a while.
         envoy_changes = await asyncio.to_thread(bootstrap_changes, self.config, config)

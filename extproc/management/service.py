@@ -163,18 +163,36 @@ TOKEN_AS_ID = (
 
 
 class AdminTokens:
-    """The configured admin tokens, held as SHA-256 digests and compared in constant time."""
+    """The configured admin tokens, held as SHA-256 digests and compared in constant time.
 
-    def __init__(self, config: ManagementConfig) -> None:
+    At start a token file that gives no token (missing, unreadable, empty, not
+    sendable) refuses the config. At a reload (``reloaded``) its token is left out
+    instead, and its problem kept in ``left_out``: emptying or deleting a token's
+    file is how an operator takes an admin's access away, and before, the reload
+    that change started was refused whole, so the gateway kept accepting that token.
+    """
+
+    def __init__(self, config: ManagementConfig, *, reloaded: bool = False) -> None:
         self._digests: list[tuple[str, bytes]] = []
-        read: list[bytes] = []
+        # Why each token left out of a reload is not accepted (field names, no value).
+        self.left_out: list[str] = []
+        read: list[bytes | None] = []
         for index, spec in enumerate(config.admin_tokens):
             if spec.token is not None:
                 secret = spec.token.get_secret_value()
             else:
-                secret = _read_token_file(index, spec.id, spec.token_file or "")
+                try:
+                    secret = _read_token_file(index, spec.id, spec.token_file or "")
+                except ConfigError as exc:
+                    if not reloaded:
+                        raise
+                    self.left_out += exc.problems
+                    read.append(None)
+                    continue
             read.append(_digest(secret.strip()))
         for index, (spec, digest) in enumerate(zip(config.admin_tokens, read, strict=True)):
+            if digest is None:
+                continue
             if _digest(spec.id) in read:
                 # The audit log names every caller by its token's id: one that is a
                 # token would hand it to whoever reads the log. Named by place alone.
@@ -358,7 +376,9 @@ class AdminService:
             try:
                 # Off the event loop: the token files may sit on a slow volume, and the
                 # gateway's requests share this loop.
-                tokens = await asyncio.to_thread(AdminTokens, config)
+                # A token whose file gives none is left out, its caller refused: the
+                # reload (Gateway.apply) has said so already.
+                tokens = await asyncio.to_thread(AdminTokens, config, reloaded=True)
             except ConfigError as exc:
                 # A reloaded config with an unreadable token file keeps the tokens in force.
                 log.warning("admin tokens not reloaded: %s", "; ".join(exc.problems))

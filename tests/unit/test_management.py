@@ -360,18 +360,34 @@ def test_two_admin_ids_sharing_one_secret_are_refused(tmp_path: Path) -> None:
     assert TOKEN not in problem
 
 
-async def test_a_config_whose_admin_token_file_cannot_be_read_is_refused(
-    tmp_path: Path,
-) -> None:
-    gateway = Gateway(parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {}), None)
-    missing = tmp_path / "gone"
+def test_a_config_whose_admin_token_file_cannot_be_read_does_not_start(tmp_path: Path) -> None:
     text = DEFAULT_CONFIG.read_text().replace(
         "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}",
-        f"      token_file: {missing}",
+        f"      token_file: {tmp_path / 'gone'}",
     )
     with pytest.raises(ConfigError, match="token_file: cannot read"):
+        AdminTokens(parse_config(text, "gateway.yaml", {}).management)
+
+
+async def test_a_reload_whose_admin_token_file_cannot_be_read_refuses_that_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deleting a token's file takes its admin's access away: before, the reload was
+    # refused whole and the gateway kept accepting the token it had read.
+    gateway = Gateway(parse_config(DEFAULT_CONFIG.read_text(), "gateway.yaml", {}), None)
+    text = DEFAULT_CONFIG.read_text().replace(
+        "      token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}",
+        f"      token_file: {tmp_path / 'gone'}",
+    )
+    try:
         await gateway.apply(parse_config(text, "gateway.yaml", {}))
-    await gateway.runtime.close()
+
+        tokens = AdminTokens(gateway.config.management, reloaded=True)
+        assert tokens.caller([("authorization", "Bearer dev-admin-token")]) is None
+        assert "management.admin_tokens[0] (ops).token_file: cannot read" in caplog.text
+        assert "its caller is refused" in caplog.text
+    finally:
+        await gateway.runtime.close()
 
 
 async def test_a_draining_gateway_is_not_ready() -> None:
