@@ -456,6 +456,30 @@ def _label(text: str) -> tuple[str, str]:
     return name, value
 
 
+class _Labels(argparse.Action):
+    """``--label name=value``, repeated, as a dict: a name given twice with two values is
+    a usage error. Before, the last value was kept without a word (a key created with
+    one team of the two its operator typed, a list filtered on one of two)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        name, value = values
+        # A copy: the default dict is shared by every parse.
+        labels: dict[str, str] = dict(getattr(namespace, self.dest) or {})
+        if labels.get(name, value) != value:
+            parser.error(
+                f"argument --label: {name!r} is given twice, as {labels[name]!r} and as"
+                f" {value!r}: a key has one value per label"
+            )
+        labels[name] = value
+        setattr(namespace, self.dest, labels)
+
+
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATIONS = "a duration such as 90, 15m, 1h or 7d"
 
@@ -524,7 +548,7 @@ def _add_key_commands(commands: Any) -> None:
     create.add_argument("--id", required=True, help="the api_key_id logs and quotas show")
     create.add_argument("--user", help="user_id of the key's requests")
     create.add_argument("--group", help="group_id of the key's requests")
-    create.add_argument("--label", type=_label, action="append", default=[], help="name=value")
+    create.add_argument("--label", type=_label, action=_Labels, default={}, help="name=value")
     create.add_argument("--expires", type=_timestamp, help="ISO 8601 with a zone (default: never)")
     create.add_argument("--model", action="append", default=[], help="allowed model (repeatable)")
     create.add_argument("--route", action="append", default=[], help="allowed route (repeatable)")
@@ -561,7 +585,7 @@ def _add_key_commands(commands: Any) -> None:
     )  # fmt: skip
     filters.add_argument("--source", choices=("config", "store"), help="only keys from here")
     filters.add_argument(
-        "--label", type=_label, action="append", default=[], help="only keys with name=value"
+        "--label", type=_label, action=_Labels, default={}, help="only keys with name=value"
     )
     revoke = action("revoke", "delete a key created at run time", lambda c, a: c.revoke(a.id))
     revoke.add_argument("--id", required=True)

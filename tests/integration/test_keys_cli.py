@@ -182,3 +182,20 @@ def test_an_owner_or_label_no_table_can_show_is_refused_naming_the_field(
     assert key_id not in [row["id"] for row in orjson.loads(listed.stdout)]
     # Nothing stored, nothing audited.
     assert err.read_text(errors="replace").count('"audit"') == audited
+
+
+@pytest.mark.parametrize("command", ["create", "list"])
+def test_a_label_given_twice_with_two_values_is_a_usage_error(
+    keys_stack: LocalStack, command: str
+) -> None:
+    # Before: the last value was kept without a word (a key created as team=infra for
+    # an operator who also typed team=ml; a list filtered on one of the two).
+    given = keys(
+        keys_stack, command, *(["--id", "two-teams"] if command == "create" else []),
+        "--label", "team=ml", "--label", "team=infra",
+    )  # fmt: skip
+
+    assert (given.returncode, given.stdout) == (2, "")
+    assert "--label: 'team' is given twice, as 'ml' and as 'infra'" in given.stderr
+    listed = keys(keys_stack, "list", "--format", "json")
+    assert "two-teams" not in [row["id"] for row in orjson.loads(listed.stdout)]
