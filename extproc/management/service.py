@@ -410,16 +410,15 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             rules = self._runtime().quota_rules
             QuotaAdmin.check_kind(rules, kind)
             response = pb.ListQuotasResponse()
-            for subject, limits in await self._admin.subjects(rules, kind):
-                try:
-                    states = await self._admin.read(limits)
-                except UnreadableStateError as exc:
+            subjects = await self._admin.subjects(rules, kind)
+            for subject, states in await self._admin.read_subjects(subjects):
+                if isinstance(states, UnreadableStateError):
                     # Named, and the others listed: one stray key failed the whole list.
                     response.unreadable_keys.extend(
                         pb.UnreadableKey(
                             key=found.key, reason=found.reason, subject_kind=kind, subject=subject
                         )
-                        for found in exc.keys
+                        for found in states.keys
                     )
                     continue
                 response.states.append(_quota_state(kind, subject, states))
