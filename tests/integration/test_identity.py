@@ -212,6 +212,10 @@ def test_a_rotated_signing_key_is_picked_up_without_restart(
         assert response.status_code == 200, response.text
     finally:
         jwks.keys = [RSA_KEY.jwk(), EC_KEY.jwk()]
+        # The gateway holds the rotated set until its next refetch (at most one per
+        # second): the tests after this one sign with the first key again.
+        restored = {"authorization": f"Bearer {RSA_KEY.token(sub='x', group='marketing')}"}
+        wait_for(lambda: post_chat(id_stack, restored).status_code == 200 or None, timeout_s=10.0)
 
 
 def _rejections() -> list[tuple[str, dict[str, str], str]]:
