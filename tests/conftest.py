@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import compileall
+import functools
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 
+import httpx._transports.default as httpx_transports
 from hypothesis import settings
 
 from extproc.store.embedded import FREE_PORTS_ENV
@@ -37,3 +41,27 @@ if not _worker:
 # fast the code runs is the benchmarks' to measure, not the tests'.
 settings.register_profile("aigw", deadline=None)
 settings.load_profile("aigw")
+
+# Every httpx client (and so every openai, anthropic and google-genai client, and every
+# `httpx.get`) loads the default trust store into a new SSL context: about 50 ms of CPU,
+# though the tests speak plain HTTP to loopback nearly always. A test process makes
+# thousands of them (a poll of the metrics page every 50 ms made one each time): one
+# default context per process, shared, as SSL contexts can be. A test passing its own
+# `verify` (a test CA, say) still gets a context of its own.
+_create_ssl_context = httpx_transports.create_ssl_context
+
+
+@functools.cache
+def _default_ssl_context(trust_env: bool) -> ssl.SSLContext:
+    return _create_ssl_context(True, None, trust_env)
+
+
+def _shared_default_ssl_context(
+    verify: Any = True, cert: Any = None, trust_env: bool = True
+) -> ssl.SSLContext:
+    if verify is True and cert is None:
+        return _default_ssl_context(trust_env)
+    return _create_ssl_context(verify, cert, trust_env)
+
+
+httpx_transports.create_ssl_context = _shared_default_ssl_context

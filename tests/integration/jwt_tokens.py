@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ISSUER = "https://dev.example.com"
 AUDIENCE = "aigw"
+# Tokens parametrized at collection are sent when the run reaches their test, which
+# on a loaded machine is well over ten minutes later: valid for a day.
+TOKEN_LIFETIME_S = 86_400
 
 
 class SigningKey:
@@ -43,7 +46,13 @@ class SigningKey:
 
     def token(self, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, **claims}
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + TOKEN_LIFETIME_S,
+            **claims,
+        }
         payload = {key: value for key, value in payload.items() if value is not None}
         return jwt.encode(
             payload, self.private, algorithm=self.algorithm, headers={"kid": self.kid}
@@ -58,7 +67,9 @@ def unsigned_token(**claims: Any) -> str:
     """`alg: none`: a token with no signature at all."""
     header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     payload = _b64(
-        json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + 600, **claims}).encode()
+        json.dumps(
+            {"iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + TOKEN_LIFETIME_S, **claims}
+        ).encode()
     )
     return f"{header}.{payload}."
 
@@ -67,7 +78,9 @@ def hmac_with_public_key(key: SigningKey, **claims: Any) -> str:
     """The key-confusion attack: HS256 'signed' with the provider's public RSA key."""
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
     payload = _b64(
-        json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + 600, **claims}).encode()
+        json.dumps(
+            {"iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + TOKEN_LIFETIME_S, **claims}
+        ).encode()
     )
     signature = hmac.new(key.public_pem(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
     return f"{header}.{payload}.{_b64(signature)}"
