@@ -4,11 +4,13 @@ The real Envoy, the gateway and the mock provider, driven by the official OpenAI
 client; the webhook is a small server written here (kgateway's guardrail API).
 A client streams a long answer on a route whose answers a webhook checks, chunk
 by chunk, with ``fail_closed``. The operator reloads the config early in the
-stream. Well after the reload (later than the grace period plus 30 s, where the
-replaced config's HTTP session used to be closed on a timer) the webhook takes
-its time over one call. The stream must still end with the whole answer: the
-replaced config's clients stay open until the last stream that started on it
-has ended (docs/configuration.md, "Reload").
+stream. After the reload, past the grace period (none here), the webhook takes
+its time over one call, and is asked again for the chunks after it. The stream
+must still end with the whole answer: the replaced config's clients stay open
+until the last stream that started on it has ended, not for a while after the
+reload (docs/configuration.md, "Reload"). No timer closes them before that but
+the one-hour safety net, so the moment of the slow call only has to come after
+the reload and the grace period.
 """
 
 from __future__ import annotations
@@ -35,13 +37,12 @@ from tests.integration.conftest import (
 )
 
 KEY = "team1-key"
-# The old timer closed the replaced config's clients grace_period_s + 30 s after the
-# reload; with no grace period, a call in flight from HOLD_FROM_S to HOLD_FROM_S +
-# HOLD_S after the reload spans that moment.
-HOLD_FROM_S = 25.0
-HOLD_S = 10.0
-# Long enough to stream past the held call: 150 chunks, a quarter of a second apart.
-LONG_STREAM = "chunks=150;interval=0.25"
+# With no grace period, a call in flight from HOLD_FROM_S to HOLD_FROM_S + HOLD_S
+# after the reload comes when clients closed "soon after the reload" would be gone.
+HOLD_FROM_S = 2.0
+HOLD_S = 3.0
+# Long enough to stream past the held call: 60 chunks, a fifth of a second apart.
+LONG_STREAM = "chunks=60;interval=0.2"
 
 
 class Webhook(JsonStandIn):
