@@ -32,9 +32,10 @@ quotas:
   rules:
     - {name: daily, subject: api_key, tokens_per_day: 100000000}
 """
-# A stream the mock paces over ~0.4 s, and one that would take a minute.
+# A stream the mock paces over ~0.4 s, and one that would take a minute (few chunks a
+# second: each one costs Envoy and the gateway some CPU, and their count proves nothing).
 SHORT = "chunks=20;interval=0.02"
-LONG = "chunks=6000;interval=0.01"
+LONG = "chunks=1200;interval=0.05"
 
 
 def write_config(workdir: Path, grace_s: float) -> Path:
@@ -163,7 +164,7 @@ def test_the_supervisor_is_not_ready_while_its_workers_drain(tmp_path: Path) -> 
         readyz = f"http://127.0.0.1:{stack.ports.http}/readyz"
         assert httpx.get(readyz).status_code == 200
         # ~3 s: still open when readiness is asked, right after the signal.
-        [stream] = open_streams(stack, "chunks=150;interval=0.02")
+        [stream] = open_streams(stack, "chunks=30;interval=0.1")
         supervisor = stack.process("gateway")
         supervisor.send_signal(signal.SIGTERM)
         answer = httpx.get(readyz)
@@ -197,7 +198,7 @@ def test_workers_drain_and_stop_when_their_supervisor_is_killed(
     config = write_config(workdir, grace_s=30)
     with running_stack(workdir, config, extra_env={"REDIS_URL": url}, workers=2) as stack:
         pids = worker_pids(stack)
-        [stream] = open_streams(stack, "chunks=100;interval=0.02")  # ~2 s
+        [stream] = open_streams(stack, "chunks=20;interval=0.1")  # ~2 s
         supervisor = stack.process("gateway")
         supervisor.kill()
         supervisor.wait()
