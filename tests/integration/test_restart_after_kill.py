@@ -179,7 +179,7 @@ def test_a_killed_supervisors_workers_drain_into_its_store_before_the_next_start
         stopped_by_pid([store_pid(stack), *worker_pids(stack)]),
     ):
         # ~10 s: still streaming when the new start comes to the store.
-        [stream] = open_streams(stack, "chunks=500;interval=0.02")
+        [stream] = open_streams(stack, "chunks=100;interval=0.1")
         kill_gateway(stack)
 
         start_again(stack)
