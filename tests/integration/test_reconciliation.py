@@ -1,6 +1,6 @@
 """Reconciliation: the log lines, the metrics and the usage report agree exactly.
 
-Over a thousand mixed requests go through the real Envoy, gateway, Valkey and
+Five hundred and fifty mixed requests go through the real Envoy, gateway, Valkey and
 mock provider, sent concurrently by the official clients: OpenAI chat (plain,
 streamed, with cached prompt tokens), Anthropic's Messages API (with prompt-cache
 writes, 5-minute and 1-hour, and web searches and fetches), OpenAI to Anthropic
@@ -41,7 +41,7 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, running_stack, scrape, wait_for
 from tests.integration.jwt_tokens import ISSUER, SigningKey
 
-REQUESTS = 1100
+REQUESTS = 550
 # aigw_token_parts_total's token types and the log line's field each one counts.
 PARTS = {
     "cached": "cached_tokens",
