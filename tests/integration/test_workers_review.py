@@ -223,8 +223,12 @@ def test_a_quota_in_the_shared_store_holds_across_workers(stack: LocalStack) -> 
 
 
 class Scraper(threading.Thread):
-    """Scrapes the page like Prometheus does, as fast as it answers, and notes every
+    """Scrapes the page like Prometheus does, far more often (every ``PAUSE_S`` after
+    the last answer, so some tens of times while a worker restarts), and notes every
     counter sample that went down or vanished since the scrape before."""
+
+    # Back to back, the scrapes kept a core busy merging and parsing pages.
+    PAUSE_S = 0.05
 
     def __init__(self, stack: LocalStack) -> None:
         super().__init__(daemon=True)
@@ -251,6 +255,7 @@ class Scraper(threading.Thread):
                     self.drops.append(f"{key}: {value} -> {now}")
             last = counters
             self.scrapes += 1
+            self._done.wait(self.PAUSE_S)
 
     def stop(self) -> None:
         self._done.set()
