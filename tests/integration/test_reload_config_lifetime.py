@@ -1,16 +1,15 @@
-"""A stream guarded by a response webhook outlives a config reload by a long way.
+"""A stream guarded by a response webhook outlives a config reload.
 
 The real Envoy, the gateway and the mock provider, driven by the official OpenAI
 client; the webhook is a small server written here (kgateway's guardrail API).
-A client streams a long answer on a route whose answers a webhook checks, chunk
-by chunk, with ``fail_closed``. The operator reloads the config early in the
-stream. After the reload, past the grace period (none here), the webhook takes
-its time over one call, and is asked again for the chunks after it. The stream
-must still end with the whole answer: the replaced config's clients stay open
-until the last stream that started on it has ended, not for a while after the
-reload (docs/configuration.md, "Reload"). No timer closes them before that but
-the one-hour safety net, so the moment of the slow call only has to come after
-the reload and the grace period.
+A client streams an answer on a route whose answers a webhook checks, chunk by
+chunk, with ``fail_closed``. One webhook call is held open; the operator reloads
+the config meanwhile, and the call is answered only after the reload (past the
+grace period, none here). A replaced config whose HTTP session closed at the
+reload would cut that call, and the stream would end in an error; it must end
+with the whole answer, its chunks after the held call still checked: the
+replaced config's clients stay open until the last stream that started on it has
+ended (docs/configuration.md, "Reload").
 """
 
 from __future__ import annotations
@@ -37,19 +36,21 @@ from tests.integration.conftest import (
 )
 
 KEY = "team1-key"
-# With no grace period, a call in flight from HOLD_FROM_S to HOLD_FROM_S + HOLD_S
-# after the reload comes when clients closed "soon after the reload" would be gone.
-HOLD_FROM_S = 2.0
-HOLD_S = 3.0
-# Long enough to stream past the held call: 60 chunks, a fifth of a second apart.
-LONG_STREAM = "chunks=60;interval=0.2"
+# The longest a held webhook call waits to be released (the test releases it sooner).
+HOLD_MAX_S = 30.0
+# After the reload, before the held call answers: time for the replaced config's
+# clients to be closed, were they closed at the reload.
+AFTER_RELOAD_S = 1.0
+# Long enough to stream past the held call: 40 chunks, a tenth of a second apart.
+STREAM = "chunks=40;interval=0.1"
 
 
 class Webhook(JsonStandIn):
-    """Passes every answer; the first call from ``hold_from`` on is answered slowly."""
+    """Passes every answer; once ``hold`` is set, the next call waits for ``release``."""
 
-    hold_from: float | None = None
+    hold = threading.Event()
     held = threading.Event()
+    release = threading.Event()
     calls_after_hold = 0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -57,9 +58,9 @@ class Webhook(JsonStandIn):
         cls = type(self)
         if cls.held.is_set():
             cls.calls_after_hold += 1
-        elif cls.hold_from is not None and time.monotonic() >= cls.hold_from:
+        elif cls.hold.is_set():
             cls.held.set()
-            time.sleep(HOLD_S)
+            cls.release.wait(HOLD_MAX_S)
         self.answer_json({"action": {}})
 
 
@@ -73,10 +74,10 @@ def checked_config(webhook_port: int, revision: int) -> dict[str, Any]:
     raw = default_config()
     raw["server"]["grace_period_s"] = 0
     # The held webhook call keeps its chunk's ext_proc message waiting that long.
-    raw["envoy"]["message_timeout_ms"] = int((HOLD_S + 10) * 1000)
+    raw["envoy"]["message_timeout_ms"] = int((HOLD_MAX_S + 10) * 1000)
     raw["guardrails"] = {
         "webhooks": [{"name": "checker", "host": "127.0.0.1", "port": webhook_port,
-                      "timeout_ms": int((HOLD_S + 5) * 1000), "failure_mode": "fail_closed"}],
+                      "timeout_ms": int((HOLD_MAX_S + 5) * 1000), "failure_mode": "fail_closed"}],
         "policies": [{"name": "checked",
                       "response": [{"name": "checker-out", "webhook": "checker"}]}],
     }  # fmt: skip
@@ -107,31 +108,33 @@ def reload(stack: LocalStack, webhook_port: int, revision: int) -> None:
     assert wait_for(lambda: reloads() > before, timeout_s=30.0), "the gateway did not reload"
 
 
-def test_a_guarded_stream_keeps_its_webhook_long_after_a_reload(
+def test_a_guarded_stream_keeps_its_webhook_across_a_reload(
     stack: LocalStack, webhook: int
 ) -> None:
     chat = OpenAI(base_url=f"{stack.base_url}/checked/v1", api_key=KEY, max_retries=0)
     with chat.chat.completions.with_streaming_response.create(
         model="gpt-4o-mini",
-        messages=[{"role": "user", "content": "a long answer across a reload"}],
+        messages=[{"role": "user", "content": "an answer across a reload"}],
         stream=True,
         stream_options={"include_usage": True},
-        extra_headers={"x-mock-fault": LONG_STREAM},
+        extra_headers={"x-mock-fault": STREAM},
     ) as response:
         request_id = response.headers["x-request-id"]
         chunks = iter(response.parse())
         text = "".join(c.delta.content or "" for c in next(chunks).choices)
+        Webhook.hold.set()
+        assert wait_for(Webhook.held.is_set, timeout_s=30.0), "no webhook call to hold"
         reload(stack, webhook, 1)
-        Webhook.hold_from = time.monotonic() + HOLD_FROM_S
+        time.sleep(AFTER_RELOAD_S)
+        Webhook.release.set()
         usage = None
         # The SDK raises on an error event: a cut webhook call (fail_closed) would end here.
         for chunk in chunks:
             text += "".join(c.delta.content or "" for c in chunk.choices)
             usage = chunk.usage or usage
 
-    assert Webhook.held.is_set(), "the stream ended before the webhook's slow call"
     assert Webhook.calls_after_hold > 0, "the guard stopped asking the webhook"
-    assert text.startswith("Mock reply to: a long answer across a reload")
+    assert text.startswith("Mock reply to: an answer across a reload")
     assert usage is not None, "the stream ended without its usage chunk"
     [line] = GatewayLog(stack.gateway_log).for_request(request_id)
     assert (line["http_status_code"], line["completion_tokens"]) == (200, usage.completion_tokens)
