@@ -42,10 +42,10 @@ UPSTREAM_TIMEOUT_S = 8
 HOLES = 4
 # The hanging providers' own timeout, which is every attempt's in their chain (the
 # primary's), and the gateway's slack over the longest wait: the chain's attempts
-# (4 x 4 s and an answer 2.5 s into the last) outlast the longest provider timeout
-# plus the slack (8 + 5 s), as the default 30 s slack would take 40 s of them to.
-HOLE_TIMEOUT_S = 4
-REQUEST_SLACK_S = 5
+# (4 x 3 s and an answer 1.8 s into the last) outlast the longest provider timeout
+# plus the slack (8 + 1 s), as the default 30 s slack would take 40 s of them to.
+HOLE_TIMEOUT_S = 3
+REQUEST_SLACK_S = 1
 
 
 def limits_config(workdir: Path, dead_port: int, hole_port: int, envoy: str = "") -> Path:
@@ -195,12 +195,12 @@ def test_a_provider_that_does_not_answer_still_times_out_at_its_timeout(
 def test_a_failover_through_hanging_providers_is_not_cut_while_it_waits(
     stack: LocalStack,
 ) -> None:
-    """Four providers take their whole attempt timeout (4 s each) before the last model
-    answers, 18.5 s in. The chain's overall timeout (the members' timeouts added up,
-    20 s) ran out, and so did Envoy's stream idle timer (the longest provider timeout
-    + the slack, 13 s, while nothing reached the client): a 504 while the last model
+    """Four providers take their whole attempt timeout (3 s each) before the last model
+    answers, 13.8 s in. The chain's overall timeout (the members' timeouts added up,
+    15 s) ran out, and so did Envoy's stream idle timer (the longest provider timeout
+    + the slack, 9 s, while nothing reached the client): a 504 while the last model
     was answering."""
-    answer = chat(stack, "hole-model-1", "delay=2.5")
+    answer = chat(stack, "hole-model-1", "delay=1.8")
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "gpt-4.1-nano"
     assert answer.headers["x-envoy-attempt-count"] == str(HOLES + 1)
