@@ -144,15 +144,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
-from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.compat import HTTPHeaders
-from botocore.credentials import Credentials
 from multidict import CIMultiDictProxy
 
 from extproc.aws_eventstream import CONTENT_TYPE as EVENT_STREAM_CONTENT_TYPE
@@ -380,19 +377,33 @@ def _unrecognized_client() -> AwsError:
     return AwsError(403, "UnrecognizedClientException", INVALID_TOKEN_MESSAGE)
 
 
-class _DeclaredHeadersSigV4Auth(SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+# botocore's SIGV4_TIMESTAMP: the format of x-amz-date.
+SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
+
+
+@cache
+def _declared_headers_signer() -> Any:
     """botocore's signer, canonicalizing exactly the headers on the request it is given.
 
     botocore leaves out names it never signs itself (user-agent, connection, expect, ...). The
     verifier hands it only the headers the client declared in SignedHeaders, and a client other
     than botocore may have declared one of those, so nothing may be dropped here.
-    """
 
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        headers = HTTPHeaders()
-        for name, value in request.headers.items():
-            headers[name.lower()] = value
-        return headers
+    Built on the first signed request: botocore is a fifth of the mock's start-up, and most
+    mocks a test suite starts are never asked a Bedrock question.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.compat import HTTPHeaders
+
+    class DeclaredHeadersSigV4Auth(SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+        def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+            headers = HTTPHeaders()
+            for name, value in request.headers.items():
+                headers[name.lower()] = value
+            return headers
+
+    return DeclaredHeadersSigV4Auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +583,9 @@ class SigV4Verifier:
         body: bytes,
         timestamp: str,
     ) -> None:
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
         path, _, query = target.partition("?")
         url = f"{scheme}://{headers.get('host', '')}{path}" + (f"?{query}" if query else "")
         aws_request = AWSRequest(method=method, url=url, data=body)
@@ -582,7 +596,7 @@ class SigV4Verifier:
                 aws_request.headers[name] = header_value
         aws_request.context["timestamp"] = timestamp
         credentials = Credentials(auth.access_key_id, self._secret_access_key)
-        signer = _DeclaredHeadersSigV4Auth(credentials, SIGNING_SERVICE, auth.region)
+        signer = _declared_headers_signer()(credentials, SIGNING_SERVICE, auth.region)
         canonical_request: str = signer.canonical_request(aws_request)
         string_to_sign: str = signer.string_to_sign(aws_request, canonical_request)
         expected: str = signer.signature(string_to_sign, aws_request)

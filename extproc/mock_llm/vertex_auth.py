@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -220,6 +219,10 @@ class TokenIssuer:
 def _verified_claims(assertion: str, account: ServiceAccount) -> dict[str, Any]:
     """The assertion's claims, once its signature, key id, issuer, audience and times pass
     Google's checks; raises TokenRequestError (invalid_grant) naming the first that fails."""
+    # Imported on the first token request: PyJWT (and the X.509 half of cryptography it
+    # loads) is a fifth of the mock's start-up, and most mocks never see a Vertex AI call.
+    import jwt
+
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.DecodeError:
