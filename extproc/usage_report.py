@@ -167,7 +167,7 @@ def _ask_api(
     from extproc.chargeback.report import totals
     from extproc.management.admin_token import COMMAND_LINE_WARNING, AdminTokenError, admin_token
     from extproc.management.client import ManagementError, UsageClient
-    from extproc.management.usage import rows_from_report, unreadable_from_report
+    from extproc.management.usage_rows import rows_from_report, unreadable_from_report
     from extproc.management.v1 import management_pb2 as pb
 
     address = args.address or (config.management.address if config is not None else "")

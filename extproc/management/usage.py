@@ -2,25 +2,27 @@
 
 The same query and the same records as ``extproc usage report`` (the rollups in
 the store, summed by ``extproc.chargeback.report``), behind the admin tokens of
-the other management services. ``rows_from_report`` turns an answer back into
-rollup rows, so the CLI prints exactly the same thing whichever way it asked.
+the other management services. ``rows_from_report`` (``extproc.management.usage_rows``)
+turns an answer back into rollup rows, so the CLI prints exactly the same thing
+whichever way it asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 from grpc import aio as grpc_aio
 
-from extproc.chargeback.latency import BOUNDS_MS, BUCKETS
+from extproc.chargeback.latency import BOUNDS_MS
 from extproc.chargeback.period import Period, PeriodError, resolve_period
-from extproc.chargeback.pricing import picousd_of, usd_text
+from extproc.chargeback.pricing import usd_text
 from extproc.chargeback.report import dimensions, totals
 from extproc.chargeback.retention import expired_before
 from extproc.management.audit import AuditLog
 from extproc.management.quotas import InvalidArgumentError
 from extproc.management.service import AdminService
+from extproc.management.usage_rows import rows_from_report as rows_from_report
+from extproc.management.usage_rows import unreadable_from_report as unreadable_from_report
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.runtime import Runtime
@@ -30,7 +32,6 @@ from extproc.store.usage import (
     UnreadableHour,
     UsageRow,
     UsageStore,
-    hour_bucket,
 )
 
 
@@ -119,52 +120,3 @@ def usage_report(
             for hour in unreadable
         ],
     )
-
-
-def unreadable_from_report(report: pb.UsageReport) -> list[UnreadableHour]:
-    """The hours an answer says it could not read whole; ValueError for an hour that is
-    no RFC 3339 time (the report is then refused whole: it cannot say what it lacks)."""
-    found = []
-    for hour in report.unreadable_hours:
-        try:
-            start = datetime.fromisoformat(hour.hour)
-        except ValueError:
-            start = None
-        if start is None or start.tzinfo is None:
-            raise ValueError(f"the gateway answered an unreadable hour: {hour.hour!r}")
-        found.append(UnreadableHour(hour_bucket(start), hour.key, hour.reason))
-    return found
-
-
-def rows_from_report(report: pb.UsageReport) -> list[UsageRow]:
-    """The rollup rows an answer carries, as the store would have given them."""
-    rows = []
-    for found in report.rows:
-        buckets = list(found.latency_buckets)[:BUCKETS]
-        # A protobuf map keeps no order: the dimensions in the answer's group_by order,
-        # as the store's rows have them (a JSON row lists them in that order).
-        named = {
-            name: found.dimensions[name] for name in report.group_by if name in found.dimensions
-        }
-        rows.append(
-            UsageRow(
-                {**named, **found.dimensions},
-                requests=found.requests,
-                prompt_tokens=found.prompt_tokens,
-                completion_tokens=found.completion_tokens,
-                cached_tokens=found.cached_tokens,
-                # The decimal text: exact at any size, where cost_picousd stops at int64.
-                cost_picousd=picousd_of(found.cost_usd),
-                unpriced_requests=found.unpriced_requests,
-                latency_buckets=buckets + [0] * (BUCKETS - len(buckets)),
-                cache_write_tokens=found.cache_write_tokens,
-                cache_write_1h_tokens=found.cache_write_1h_tokens,
-                server_tool_requests=dict(found.server_tool_requests),
-                prompt_audio_tokens=found.prompt_audio_tokens,
-                cached_audio_tokens=found.cached_audio_tokens,
-                completion_audio_tokens=found.completion_audio_tokens,
-                completion_image_tokens=found.completion_image_tokens,
-                **{name: getattr(found, name) for name in (*IMAGE_INPUT, *IMAGE_GENERATION)},
-            )
-        )
-    return rows
