@@ -27,12 +27,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -71,6 +72,9 @@ def write_service_account(
 ) -> ServiceAccount:
     """Write a service account key file with a fresh RSA key, readable by its owner only;
     ``token_uri`` is where clients trade assertions for tokens (the mock's ``/token``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -108,6 +112,11 @@ def read_service_account(path: Path | str) -> ServiceAccount:
     document = orjson.loads(key_file.read_bytes())
     if not isinstance(document, dict) or document.get("type") != "service_account":
         raise ValueError("not a service account key file")
+    # Imported here, as the key file is read on each token request: cryptography is a
+    # tenth of the mock's start-up, and most mocks never see a Vertex AI call.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     private_key = serialization.load_pem_private_key(
         str(document["private_key"]).encode(), password=None
     )
