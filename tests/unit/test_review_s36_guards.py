@@ -304,16 +304,45 @@ TEXT = (
 SHOWN = 'Caf\u00e9 "x" <EMAIL> \u00e9\u4e2d <KEY> \u00e9 card <CREDIT_CARD> end'
 
 
-def test_text_masks_hold_at_every_byte_cut_of_an_escaped_crlf_stream() -> None:
+def event_ends(body: bytes) -> list[int]:
+    return [0, *(at + 4 for at in range(len(body)) if body.startswith(b"\r\n\r\n", at))]
+
+
+def cuts(body: bytes, step: int) -> list[int]:
+    """Every ``step``-th cut of a stream of events, and every cut into its first ``data:``
+    and from the end of the finish event on (its CRLFs and ``[DONE]``).
+
+    Each cut replays the whole stream, so cutting at every byte costs the square of its
+    length. With ``step`` prime to the events' lengths, the cuts fall at another offset in
+    each next event; ``every_offset_is_cut`` says whether there are events enough for that
+    to reach every offset (into ``data:``, the JSON, its escapes, the CRLFs).
+    """
+    edges = [*range(1, len(b"data: ") + 1), *range(event_ends(body)[-2] - 4, len(body))]
+    return sorted({*range(1, len(body), step), *edges})
+
+
+def every_offset_is_cut(body: bytes, chosen: list[int]) -> bool:
+    ends = event_ends(body)
+    starts = ends[1:-3]  # of the events between the first and the last two
+    shortest = min(end - start for start, end in zip(starts, ends[2:-2], strict=True))
+    offsets = {cut - max(s for s in starts if s <= cut) for cut in chosen if cut >= starts[0]}
+    return offsets >= set(range(shortest))
+
+
+def test_text_masks_hold_at_every_offset_cut_of_an_escaped_crlf_stream() -> None:
     pieces = [TEXT[i : i + 3] for i in range(0, len(TEXT), 3)]
     body = b"".join(crlf_event({"content": p}) for p in pieces)
     body += crlf_event({}, "stop") + b"data: [DONE]\r\n\r\n"
-    for cut in range(1, len(body)):
+    chosen = cuts(body, 11)
+    assert every_offset_is_cut(body, chosen)
+    for cut in chosen:
         assert openai_stream_text(play(stream_guard(), [body[:cut], body[cut:]])) == SHOWN, cut
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 7])
-def test_escaped_tool_arguments_split_over_many_deltas_are_masked(size: int) -> None:
+# Arguments cut in 3 or 7 characters make too few events for a sparser step to cut every
+# offset: every fifth cut there.
+@pytest.mark.parametrize(("size", "step"), [(1, 19), (2, 19), (3, 5), (7, 5)])
+def test_escaped_tool_arguments_split_over_many_deltas_are_masked(size: int, step: int) -> None:
     args = json.dumps(
         {"to": "jane@example.com", "note": "caf\u00e9 sk-ABCDEFGH", "n": 4111111111111111}
     ).replace("@", "\\u0040")
@@ -333,7 +362,9 @@ def test_escaped_tool_arguments_split_over_many_deltas_are_masked(size: int) -> 
         fragment = {"index": 0, "function": {"arguments": args[i : i + size]}}
         body += crlf_event({"tool_calls": [fragment]})
     body += crlf_event({}, "tool_calls") + b"data: [DONE]\r\n\r\n"
-    for cut in range(1, len(body), 5):
+    chosen = cuts(body, step)
+    assert step == 5 or every_offset_is_cut(body, chosen)
+    for cut in chosen:
         out = play(stream_guard(), [body[:cut], body[cut:]])
         sent = "".join(
             call["function"].get("arguments", "")
