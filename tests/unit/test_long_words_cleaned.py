@@ -20,11 +20,12 @@ Each is compared with the pattern it replaced.
 
 from __future__ import annotations
 
+import random
 import re
 
 import orjson
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc import errors
@@ -68,12 +69,25 @@ PIECES = ["a", "*", "**", "***", " ", "\n", "\t", "sk-", "sk_", "abc", "AKIA", "
           "eyJ", ".", "ya29.", "x", "-", "é", "/", "@"]  # fmt: skip
 
 
-@settings(max_examples=2000, deadline=None)
-@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
-def test_the_fragments_hidden_are_the_ones_hidden_before(text: str) -> None:
-    # Only what ``redacted`` leaves reaches the fragment pattern: compare on that.
-    left = credential_shapes.redacted(text, "[R]")
-    assert credential_shapes.fragments_redacted(text, "[R]") == QUADRATIC.sub("[R]", left)
+# Each comparison takes microseconds and Hypothesis's drawing of a text a millisecond: an
+# example draws a seed, and the texts of a test (2,000 or 3,000 a run, each run others)
+# are joined from the pieces by a generator seeded with it.
+RUNS = st.randoms(use_true_random=True)
+PER_RUN = 20
+
+
+def joined(pieces: list[str], rng: random.Random, most: int) -> str:
+    """A text of up to ``most`` of ``pieces``; an empty text as often as a full one."""
+    return "".join(rng.choices(pieces, k=rng.randint(0, most)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(RUNS)
+def test_the_fragments_hidden_are_the_ones_hidden_before(rng: random.Random) -> None:
+    for text in (joined(PIECES, rng, 30) for _ in range(PER_RUN)):
+        # Only what ``redacted`` leaves reaches the fragment pattern: compare on that.
+        left = credential_shapes.redacted(text, "[R]")
+        assert credential_shapes.fragments_redacted(text, "[R]") == QUADRATIC.sub("[R]", left), text
 
 
 async def test_a_long_path_a_method_is_refused_on_is_answered_with_its_405() -> None:
@@ -92,16 +106,13 @@ async def test_a_long_path_a_method_is_refused_on_is_answered_with_its_405() -> 
     assert (line["http_status_code"], line["error_code"]) == (405, "method_not_allowed")
 
 
-@settings(max_examples=2000, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from([" ", "\n", "\t", "\u3000", "x", "'", HEADING, HEADING.lower(), "\nGET /"]),
-        max_size=20,
-    ).map("".join)
-)
-def test_the_expected_request_cut_is_the_one_cut_before(text: str) -> None:
-    cut = errors._AWS_EXPECTED_REQUEST.sub(" [R]", text)
-    assert cut == EXPECTED_REQUEST.sub(" [R]", text)
+@settings(max_examples=100, deadline=None)
+@given(RUNS)
+def test_the_expected_request_cut_is_the_one_cut_before(rng: random.Random) -> None:
+    pieces = [" ", "\n", "\t", "\u3000", "x", "'", HEADING, HEADING.lower(), "\nGET /"]
+    for text in (joined(pieces, rng, 20) for _ in range(PER_RUN)):
+        cut = errors._AWS_EXPECTED_REQUEST.sub(" [R]", text)
+        assert cut == EXPECTED_REQUEST.sub(" [R]", text), text
 
 
 async def test_a_long_run_of_spaces_in_a_refused_header_is_answered_with_its_415() -> None:
@@ -134,17 +145,33 @@ def _redacted_before(text: str) -> str:
     return SHAPES.sub(lambda found: "[R]" if _is_credential(found) else found.group(), text)
 
 
-@settings(max_examples=3000, deadline=None)
-@given(st.lists(st.sampled_from(SHAPE_PIECES), max_size=16).map("".join))
-# No JWT (no third part), and a Google token at its run's end that goes on past the dot.
-@example("eyJabcde-ya29.A1b2C3d4E5f6G7h8I9j0")
-@example("x eyJ-eyJabcde_ya29.A1b2C3d4E5f6G7h8I9j0 eyJabcde.abcde.x")
-def test_the_credentials_found_and_hidden_are_the_ones_before(text: str) -> None:
+def assert_credentials_found_and_hidden_as_before(text: str) -> None:
     named = {None: None, **{k: v for k, v in credential_shapes._KINDS.items()}}
-    assert credential_shapes.kind(text) == named[_kind_before(text)]
-    assert credential_shapes.redacted(text, "[R]") == _redacted_before(text)
+    assert credential_shapes.kind(text) == named[_kind_before(text)], text
+    assert credential_shapes.redacted(text, "[R]") == _redacted_before(text), text
     fragments = QUADRATIC.sub("[R]", _redacted_before(text))
-    assert credential_shapes.fragments_redacted(text, "[R]") == fragments
+    assert credential_shapes.fragments_redacted(text, "[R]") == fragments, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # No JWT (no third part), and a Google token at its run's end that goes on past the dot.
+        "eyJabcde-ya29.A1b2C3d4E5f6G7h8I9j0",
+        "x eyJ-eyJabcde_ya29.A1b2C3d4E5f6G7h8I9j0 eyJabcde.abcde.x",
+    ],
+)
+def test_the_credentials_found_and_hidden_in_runs_of_pieces_are_the_ones_before(
+    text: str,
+) -> None:
+    assert_credentials_found_and_hidden_as_before(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(RUNS)
+def test_the_credentials_found_and_hidden_are_the_ones_before(rng: random.Random) -> None:
+    for _ in range(3 * PER_RUN // 2):
+        assert_credentials_found_and_hidden_as_before(joined(SHAPE_PIECES, rng, 16))
 
 
 @pytest.mark.parametrize(
