@@ -72,11 +72,25 @@ class Played:
         return (*(line[name] for name in fields), line["outcome"])
 
 
-async def play(body: bytes, chunks: list[bytes], *, lean: bool = False) -> Played:
+class Gateway:
+    """A processor and the log it writes; streams played one after another through one
+    gateway, as a running one serves them, each read by its own log line."""
+
+    def __init__(self) -> None:
+        self.log = MemoryLog()
+        self.processor = processor_for(PLAIN, Services(GatewayMetrics(), self.log))
+
+
+async def play(
+    body: bytes, chunks: list[bytes], *, lean: bool = False, gateway: Gateway | None = None
+) -> Played:
     """The client sends ``body``; the provider's 200 stream comes in ``chunks``, the last
-    ending it. ``lean``: on the lean path, its status told by the first body message."""
-    log = MemoryLog()
-    processor = processor_for(PLAIN, Services(GatewayMetrics(), log))
+    ending it. ``lean``: on the lean path, its status told by the first body message.
+    Through ``gateway`` (a new one when None)."""
+    gateway = gateway or Gateway()
+    log, processor = gateway.log, gateway.processor
+    log.buffer.seek(0)
+    log.buffer.truncate()  # the lines of the streams played before
     if lean:
         opening = first_chunk(chunks[0], 200)
         opening.response_body.end_of_stream = len(chunks) == 1
@@ -110,8 +124,10 @@ async def test_the_last_events_cut_at_any_byte_are_billed_once_and_shown_as_aske
     # Every cut from the last choice chunk's start to the end of [DONE].
     tail = len(event(eol, [], usage=USAGE)) + len(b"data: [DONE]" + eol + eol) + 40
     body = request(stream_options={"include_usage": True}) if asked else request()
+    # One gateway for every cut: building one cost as much as a stream through it.
+    gateway = Gateway()
     for cut in range(len(whole) - tail, len(whole)):
-        played = await play(body, [whole[:cut], whole[cut:]], lean=lean)
+        played = await play(body, [whole[:cut], whole[cut:]], lean=lean, gateway=gateway)
         assert played.charged == BILLED, cut
         assert played.line["finish_reasons"] == ["stop"], cut
         assert (b'"usage":{' in played.body) is asked, cut
