@@ -9,6 +9,7 @@ anything else.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import orjson
@@ -21,8 +22,10 @@ from extproc.config.guard_model import ModerationConfig, WebhookConfig
 from extproc.guardrails.moderation import ModerationClient, ModerationError
 from extproc.guardrails.webhook import SessionHolder, WebhookClient, WebhookError
 
+# Hypothesis's default number of examples a test; FUZZ_EXAMPLES asks for more, for a
+# longer search by hand.
 FUZZ = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

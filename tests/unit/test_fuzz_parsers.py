@@ -12,6 +12,7 @@ in ``test_fuzz_requests``.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,13 @@ from extproc.quota.rules import RuleSet
 from extproc.translators import anthropic_anthropic, openai_anthropic, openai_bedrock, openai_openai
 from extproc.translators.base import ResponseTranslator
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis's default number of examples a test; FUZZ_EXAMPLES asks for more, for a
+# longer search by hand.
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 FIXTURES = Path("tests/fixtures")
 
 

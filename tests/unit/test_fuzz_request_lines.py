@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 
 import orjson
 import pytest
@@ -41,7 +42,13 @@ from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, response_body, run_stream
 from tests.unit.conftest import MemoryLog
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis's default number of examples a test; FUZZ_EXAMPLES asks for more, for a
+# longer search by hand.
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 LOG = MemoryLog()
 RUNTIME = Runtime(load_config("config/gateway.yaml", environ={}), Services(GatewayMetrics(), LOG))
 # Bedrock's signer resolves its (static) credentials once, as the server does at start.

@@ -11,6 +11,7 @@ error shape of the route's API; never an exception, never a 5xx for input.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 import pytest
@@ -26,7 +27,13 @@ from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis's default number of examples a test; FUZZ_EXAMPLES asks for more, for a
+# longer search by hand.
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 RUNTIME = Runtime(
     load_config("config/gateway.yaml", environ={}),
     Services(GatewayMetrics(), AccessLog(stdout=False)),

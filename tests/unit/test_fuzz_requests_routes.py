@@ -18,6 +18,7 @@ never negative: a client's body cannot make its reservation give tokens back.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,13 @@ from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_body, request_headers, run_stream
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis's default number of examples a test; FUZZ_EXAMPLES asks for more, for a
+# longer search by hand.
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 FEW = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONFIG = Path("config/gateway.yaml").read_text(encoding="utf-8")
 AUTH = {"authorization": "Bearer team1-key"}
