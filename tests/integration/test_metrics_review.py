@@ -153,15 +153,18 @@ def picousd(cost: float) -> int:
 
 
 def log_lines(stack: LocalStack) -> list[dict[str, Any]]:
-    """Every request's log line. A line is written up to 10 ms after the request's
-    metrics are counted: wait until the page's requests all have theirs."""
-    requests = sum(series(parse(page(stack)), "aigw_requests_total").values())
-    lines: list[dict[str, Any]] = wait_for(
-        lambda: (
-            (found := GatewayLog(stack.gateway_log).lines()) and len(found) >= requests and found
-        )
-    )
-    assert len(lines) == requests, (len(lines), requests)
+    """Every request's log line, once the page counts as many requests as the log has
+    lines. A line is written up to 10 ms after the request's metrics are counted, and on
+    a loaded machine a scrape can come between another worker's line and its count:
+    read both again until they agree (a count that never matches its lines fails)."""
+
+    def agreeing() -> list[dict[str, Any]] | None:
+        requests = sum(series(parse(page(stack)), "aigw_requests_total").values())
+        found = GatewayLog(stack.gateway_log).lines()
+        return found if found and len(found) == requests else None
+
+    lines: list[dict[str, Any]] | None = wait_for(agreeing, timeout_s=20.0)
+    assert lines, "the page's request count never matched the log's lines"
     return lines
 
 
