@@ -33,11 +33,12 @@ lock:
 run: $(STAMP)
 	$(BIN)/python -m extproc.devstack
 
-## The whole suite: lint, types, unit and integration tests, on two processes (each
-## test file stays whole on one, so a module's stack starts once; a third process
-## finished no sooner on two cores); `make unit` and `make integration` run one process.
+## The whole suite: lint, types, unit and integration tests, on three processes (each
+## test file stays whole on one, so a module's stack starts once). On two cores two
+## processes kept them 1.5 busy: the tests wait on timers and sockets, and a third
+## process runs while they do. `make unit` and `make integration` run one process.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
