@@ -229,17 +229,28 @@ class LocalStack:
         if self.gateways > 1 and not env.get("REDIS_URL"):
             raise ValueError("several gateways must share a store: set REDIS_URL in extra_env")
         replicas = []
+        # Each pick avoids the stack's ports and the picks before it: a port free now is
+        # free for the next pick too, and two listeners of one gateway on the same port
+        # refused its config ("management.address: must differ").
+        taken = set(dataclasses.astuple(self.ports))
         for _ in range(self.gateways - 1):
+            grpc, http, management = (self._pick_port(taken) for _ in range(3))
             replicas.append(
                 {
                     **env,
-                    "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-                    "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-                    "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{free_port()}",
+                    "EXTPROC_GRPC_ADDRESS": f"127.0.0.1:{grpc}",
+                    "EXTPROC_HTTP_ADDRESS": f"127.0.0.1:{http}",
+                    "EXTPROC_MANAGEMENT_ADDRESS": f"127.0.0.1:{management}",
                 }
             )
         self._replica_http = [replica["EXTPROC_HTTP_ADDRESS"] for replica in replicas]
         return replicas
+
+    @staticmethod
+    def _pick_port(taken: set[int]) -> int:
+        port = free_port(avoid=taken)
+        taken.add(port)
+        return port
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str], stdout: Path | None = None
