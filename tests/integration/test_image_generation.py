@@ -353,14 +353,16 @@ def test_a_picture_the_provider_reset_while_drawing_is_billed_as_reserved(
     reserve, at the image model's price, ``usage_estimated``."""
     client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=RESET_KEY, max_retries=0)
     # The mock shows the picture's call (added, in progress, generating, completed) before
-    # the message, then drops the connection before the first text delta.
+    # the message, then drops the connection before the first text delta. Its events are
+    # paced: a chunk still on its way to the gateway when the provider resets is dropped
+    # by Envoy (docs/logging.md), and under load back-to-back events all were.
     with pytest.raises(openai.APIError):
         stream = client.responses.create(
             model="gpt-4o-mini",
             input="Draw a lighthouse.",
             tools=[LOW_SQUARE_TOOL],
             stream=True,
-            extra_headers={"x-mock-fault": "reset_after=0"},
+            extra_headers={"x-mock-fault": "interval=0.05;reset_after=0"},
         )
         for _ in stream:
             pass
