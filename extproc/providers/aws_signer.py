@@ -6,10 +6,11 @@ name (read once per (re)load, like ``api_key_file``); with neither, botocore's d
 credentials files, container and instance metadata).
 
 The chain can reach the network (STS, IMDS), and temporary credentials refresh themselves
-over it, so that I/O runs in a thread: in ``start()`` and in ``refresh_if_needed()``, which
-the runtime calls periodically. ``sign()`` runs on the event loop for every request and only
-hashes: it uses a frozen snapshot of the credentials taken by those two, never botocore's
-refreshing object, whose properties may block on a refresh. The body's hash is the one part
+over it, so that I/O runs in a daemon thread, one the gateway's stop does not wait for: in
+``start()`` and in ``refresh_if_needed()``, which the runtime calls periodically.
+``sign()`` runs on the event loop for every request and only hashes: it uses a frozen
+snapshot of the credentials taken by those two, never botocore's refreshing object, whose
+properties may block on a refresh. The body's hash is the one part
 that grows with the request (an InvokeModel body with images or documents runs to megabytes:
 64 MiB took 68 ms to hash here, which every open request waited through): a caller hashes a
 body of ``HASHED_OFF_LOOP_BYTES`` or more in a thread (``payload_sha256``) and hands the hash
@@ -41,6 +42,7 @@ from pydantic import SecretStr
 
 from extproc.config.loader import ConfigError
 from extproc.config.model import AwsConfig
+from extproc.daemon_threads import run_in_daemon_thread
 
 # botocore logs secrets at DEBUG: botocore.auth each canonical request it signs, the
 # session token with it; botocore.endpoint and botocore.parsers each call the default chain
@@ -56,6 +58,10 @@ _SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token", "x-
 _SCHEMES = ("http", "https")
 # How long a reload waits for new credentials when the replaced config's can carry over.
 RELOAD_CREDENTIALS_WAIT_S = 10.0
+# The name of the threads the default chain runs in. Not the loop's executor: a fetch an
+# STS never answers goes on for minutes after a reload stops waiting for it, and the
+# executor's threads are waited for when the gateway stops (extproc/daemon_threads.py).
+CREDENTIALS_THREAD = "aws-credentials"
 
 # A body at least this large is hashed off the event loop before it is signed. A thread hop
 # costs more than hashing a small body (10 KB hash in microseconds), and most requests are
@@ -116,8 +122,8 @@ class AwsSigner:
         not expired, those carry over, refreshed by botocore as they were there: a reload
         during an STS outage is applied, as the replaced config would have gone on
         signing, rather than refused."""
-        source = await asyncio.to_thread(self._resolve)
-        fetching = asyncio.to_thread(source.get_frozen_credentials)
+        source = await run_in_daemon_thread(self._resolve, CREDENTIALS_THREAD)
+        fetching = run_in_daemon_thread(source.get_frozen_credentials, CREDENTIALS_THREAD)
         try:
             if self._carries_over(previous):
                 # An STS that takes connections and never answers holds botocore for
@@ -198,7 +204,7 @@ class AwsSigner:
         source = self._source
         if not isinstance(source, RefreshableCredentials) or not source.refresh_needed():
             return
-        frozen = await asyncio.to_thread(source.get_frozen_credentials)
+        frozen = await run_in_daemon_thread(source.get_frozen_credentials, CREDENTIALS_THREAD)
         if frozen != self._frozen:
             self._use(source, frozen)
 

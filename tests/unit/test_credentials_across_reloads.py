@@ -11,6 +11,7 @@ real protobuf messages.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -21,6 +22,7 @@ import orjson
 import pytest
 import yaml
 
+from extproc import event_loop
 from extproc.config import ConfigError, parse_config
 from extproc.config.model import GatewayConfig
 from extproc.devstack import DEFAULT_CONFIG
@@ -188,3 +190,50 @@ async def test_a_reload_while_sts_takes_connections_and_never_answers_is_applied
         await gateway.runtime.close()
         for retired in gateway._retired:
             await retired.wait_closed()
+        # The fetch the reload stopped waiting for logs botocore's traceback when it
+        # gives up. Left running into a later test of this process, that traceback's
+        # formatting (Python 3.11 parses source lines for it) once broke the later
+        # test's own ast.parse: "AST constructor recursion depth mismatch".
+        await asyncio.to_thread(join_credential_fetches)
+
+
+def join_credential_fetches() -> None:
+    for thread in threading.enumerate():
+        if thread.name == aws_signer.CREDENTIALS_THREAD:
+            thread.join()
+
+
+@pytest.mark.usefixtures("service_account")
+def test_a_fetch_sts_never_answers_does_not_hold_the_gateways_stop(
+    sts_server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload that stopped waiting for STS leaves botocore's fetch running for
+    minutes (60 s per try, tried again). The gateway's stop must not wait for it: its
+    event loop runs as ``extproc serve`` runs it, and closing that loop waits for every
+    thread of the loop's executor."""
+    monkeypatch.setattr(aws_signer, "RELOAD_CREDENTIALS_WAIT_S", 0.5)
+    raw = raw_config()
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}
+
+    async def serve_reload_and_stop() -> None:
+        gateway = Gateway(parsed(raw), None)
+        await gateway.runtime.start()
+        sts_server.shutdown()  # takes connections, answers nothing
+        await gateway.apply(parsed(without_team2(raw)))
+        await gateway.runtime.close()
+        for retired in gateway._retired:
+            await retired.wait_closed()
+
+    stopping = threading.Thread(target=event_loop.run, args=(serve_reload_and_stop(), "asyncio"))
+    stopping.start()
+    try:
+        # A bound for a hang, not a speed: the stop takes milliseconds, the fetch minutes.
+        stopping.join(timeout=30)
+        assert not stopping.is_alive(), "the gateway's stop waited for STS"
+        fetches = [t for t in threading.enumerate() if t.name == aws_signer.CREDENTIALS_THREAD]
+        assert fetches, "the control: the fetch was still waiting on STS"
+    finally:
+        sts_server.server_close()  # the waiting connection is reset: botocore gives up
+        stopping.join()
+        join_credential_fetches()
