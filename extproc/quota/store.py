@@ -287,8 +287,10 @@ class QuotaStore:
         # (so each still counts once): tried again by the upkeep and at close. Only a
         # crash loses them.
         self._held: list[_Batch] = []
-        # A flush is waiting to gather the next few milliseconds' settlements.
-        self._flush_due = False
+        # The timer of the flush that gathers the next few milliseconds' settlements
+        # (None: no flush is due). It holds no settlement: close() cancels it and sends
+        # the queue at once rather than wait it out.
+        self._flush_timer: asyncio.TimerHandle | None = None
         # Flushes not finished yet: shutdown waits for them (each holds its batch).
         self._flushes: set[asyncio.Task[None]] = set()
         # Settlement batches on their way to the store (a reservation refused as held
@@ -696,18 +698,16 @@ class QuotaStore:
         self._flush_later()
 
     def _flush_later(self) -> None:
-        if (self._unsettled or self._undos) and not self._flush_due:
+        if (self._unsettled or self._undos) and self._flush_timer is None:
             # Settlements of the next few milliseconds go out together: one pipeline
             # instead of one per request, at the cost of that much staleness.
-            self._flush_due = True
-            flush = asyncio.get_running_loop().create_task(self._flush_soon())
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                SETTLE_BATCH_S, self._flush_now
+            )
 
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(SETTLE_BATCH_S)
-        self._flush_due = False
-        await self._send_queued()
+    def _flush_now(self) -> None:
+        self._flush_timer = None
+        self._send_now()
 
     def settling(self, limits: list[Limit]) -> bool:
         """Whether settlements of this process that have not landed yet (queued for the
@@ -1017,6 +1017,10 @@ class QuotaStore:
         if self._nodes is not None:
             await self._nodes.close()
         await background.stop(self._clock)
+        if self._flush_timer is not None:
+            # The queue goes now, with flush() below, rather than when the timer fires.
+            self._flush_timer.cancel()
+            self._flush_timer = None
         # Not cancelled: a flush in progress holds the only copy of its batch.
         await asyncio.gather(*self._flushes, return_exceptions=True)
         failures = self._settle_failures

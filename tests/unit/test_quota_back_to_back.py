@@ -346,3 +346,26 @@ async def test_the_next_request_served_by_another_worker_is_not_held_either(
     finally:
         await other_store.close()
         await client.aclose()
+
+
+async def test_closing_sends_the_queued_settlement_without_waiting_out_its_batch(
+    valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway stopping with an answer's settlement queued writes it at once: before,
+    the stop waited out the batch's timer (20 ms in production, here an hour)."""
+    monkeypatch.setattr(quota_store_module, "SETTLE_BATCH_S", 3600.0)
+    client = connect(valkey.url, 2.0)
+    await client.flushdb()
+    store = QuotaStore(client, "test:")
+    await store.start()
+    try:
+        processor, _ = _processor(store, _rules())
+        call = Call(processor, LONG)
+        assert await call.admitted()
+        await call.finish(_answer(1000))
+        assert await counted(store) == (ESTIMATE, ESTIMATE), "the control: still queued"
+        # A bound for a hang, not a speed: the batch's timer would hold close() an hour.
+        await asyncio.wait_for(store.close(), 60)
+        assert await counted(store) == (1000, None)
+    finally:
+        await client.aclose()
