@@ -6,16 +6,17 @@ with its key and trades it at the key's ``token_uri``), or, with none given, fro
 Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's own file,
 the metadata server of GKE, Cloud Run or Compute Engine).
 
-Minting a token is network I/O that google-auth does synchronously, so it runs in a
-thread: in ``start()``, before the config serves, and in ``refresh_if_needed()``, which
-the runtime calls every minute. A token lives an hour; it is replaced once it has less
-than ``REFRESH_AHEAD_S`` left, so a failed refresh has several more tries before the
-token in use expires. ``authorization()`` runs on the event loop for every request and
-only reads the token last minted. Tokens and keys never reach a log or an error
-message: errors name the config field, the exception's type and, for a token endpoint's
-refusal, its OAuth2 reason (``invalid_grant: Invalid JWT Signature.``), which names no
-secret. A token request gives up after ``TOKEN_READ_TIMEOUT_S`` without an answer (or the
-provider's ``gcp.first_token_timeout_s``, if shorter): a silent endpoint must not hold a start, a
+Minting a token is network I/O that google-auth does synchronously, so it runs in a daemon
+thread, one the gateway's stop does not wait for: in ``start()``, before the config
+serves, and in ``refresh_if_needed()``, which the runtime calls every minute. A token
+lives an hour; it is replaced once it has less than ``REFRESH_AHEAD_S`` left, so a failed
+refresh has several more tries before the token in use expires. ``authorization()`` runs
+on the event loop for every request and only reads the token last minted. Tokens and keys
+never reach a log or an error message: errors name the config field, the exception's type
+and, for a token endpoint's refusal, its OAuth2 reason (``invalid_grant: Invalid JWT
+Signature.``), which names no secret. A token request gives up after
+``TOKEN_READ_TIMEOUT_S`` without an answer (or the provider's
+``gcp.first_token_timeout_s``, if shorter): a silent endpoint must not hold a start, a
 reload or the refresh loop forever.
 """
 
@@ -40,6 +41,7 @@ from google.oauth2 import service_account
 
 from extproc.config.loader import ConfigError
 from extproc.config.model import GcpConfig
+from extproc.daemon_threads import run_in_daemon_thread
 from extproc.egress import DIRECT, EgressProxy
 from extproc.errors import without_secrets
 
@@ -60,6 +62,9 @@ REFRESH_AHEAD_S = 10 * 60
 # second; a connection refused fails at once, and is retried by urllib3.
 TOKEN_CONNECT_TIMEOUT_S = 5.0
 TOKEN_READ_TIMEOUT_S = 10.0
+# The name of the threads token requests run in: daemon threads, not the loop's executor,
+# whose threads a gateway's stop waits for (extproc/daemon_threads.py).
+TOKEN_THREAD = "gcp-token"
 # The metadata server of GKE, Cloud Run and Compute Engine (Application Default
 # Credentials): on the host's own link, which no forward proxy can reach.
 METADATA_SERVER_HOSTS = ("metadata.google.internal", "169.254.169.254")
@@ -160,7 +165,7 @@ class GcpTokenSource:
         pause = 0.25
         while True:
             try:
-                await asyncio.to_thread(self._refresh)
+                await run_in_daemon_thread(self._refresh, TOKEN_THREAD)
                 return
             except (TransportError, RefreshError) as exc:
                 if self._outage(exc) and self._carry_over(previous):
@@ -208,7 +213,7 @@ class GcpTokenSource:
         A failure propagates; the token in use stays until it expires."""
         if self._credentials is None or not self._expiring():
             return
-        await asyncio.to_thread(self._refresh)
+        await run_in_daemon_thread(self._refresh, TOKEN_THREAD)
 
     async def close(self) -> None:
         self._credentials = None

@@ -5,6 +5,9 @@ and the one in use kept when a refresh fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +16,12 @@ import pytest
 from aiohttp import web
 from google.auth.exceptions import RefreshError
 
+from extproc import event_loop
 from extproc.config import ConfigError
 from extproc.config.model import GcpConfig
 from extproc.mock_llm import MockOptions, create_app
 from extproc.mock_llm.vertex_auth import write_service_account
+from extproc.providers import gcp_tokens
 from extproc.providers.gcp_tokens import REFRESH_AHEAD_S, GcpTokenSource
 from extproc.store.embedded import free_port
 from extproc.testing import serve_mock
@@ -135,3 +140,69 @@ async def test_a_token_endpoint_not_up_yet_is_tried_again_at_start(tmp_path: Pat
     finally:
         await source.close()
         await runner.cleanup()
+
+
+class SilentTokenEndpoint:
+    """Takes the token request's connection and never answers; tells when the client
+    has connected and whether it has closed the connection since."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connected = threading.Event()
+        self.closed_by_client = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/token"
+
+    def _serve(self) -> None:
+        self.connection, _ = self.listener.accept()
+        self.connected.set()
+        with self.connection:
+            while self.connection.recv(65536):  # the request, then b"" once it is closed
+                pass
+        self.closed_by_client.set()
+
+    def close(self) -> None:
+        """Stop listening and end the connection: the token request fails at once."""
+        self.listener.close()
+        if self.connected.is_set():
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self._thread.join()
+
+
+def test_a_token_request_the_endpoint_never_answers_does_not_hold_the_gateways_stop(
+    tmp_path: Path,
+) -> None:
+    """A pod stopped while Google's token endpoint is silent (its first start, a reload,
+    the refresh loop) stops at once. Before, the loop's close waited for the token
+    request's thread until google-auth gave up (TOKEN_READ_TIMEOUT_S, tried again)."""
+    endpoint = SilentTokenEndpoint()
+    key_file = tmp_path / "key.json"
+    write_service_account(key_file, token_uri=endpoint.url)
+    source = GcpTokenSource(
+        GcpConfig(project="mock-project", region="us-east5", credentials_file=str(key_file)),
+        "providers.vertex.gcp",
+    )
+
+    async def start_then_stop() -> None:
+        starting = asyncio.ensure_future(source.start())
+        await asyncio.to_thread(endpoint.connected.wait)
+        starting.cancel()  # the stop cancels what is running, as serve does
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+
+    # As `extproc serve` runs its loop (closing it waits for the executor's threads), in a
+    # thread of its own, apart from the tests' loop.
+    stopping = threading.Thread(target=event_loop.run, args=(start_then_stop(), "asyncio"))
+    stopping.start()
+    stopping.join()
+    try:
+        assert not endpoint.closed_by_client.is_set(), "the stop waited for the token request"
+    finally:
+        endpoint.close()
+        for thread in threading.enumerate():  # the request, failed, ends in this test
+            if thread.name == gcp_tokens.TOKEN_THREAD:
+                thread.join()
