@@ -205,6 +205,12 @@ class JwksSource(Protocol):
         within ``max_stale_s``): a refusal then says the identity provider is out of
         reach, not that the token is bad."""
 
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the last fetch succeeded: a key it did not list is then not the
+        identity provider's. False after a failed one (an outage): its keys may lack
+        one the identity provider published since."""
+
     async def refresh_for_unknown_key(self) -> None:
         """A token named a key we lack: fetch again if the source allows it now."""
 
@@ -237,6 +243,10 @@ class StaticJwks:
 
     @property
     def available(self) -> bool:
+        return True
+
+    @property
+    def up_to_date(self) -> bool:
         return True
 
     async def refresh_for_unknown_key(self) -> None:
@@ -273,6 +283,7 @@ class RemoteJwks:
         # before the first one.
         self._good_at: float | None = None
         self._trusted_until: float | None = None
+        self._last_failed = False
 
     @property
     def keys(self) -> KeySet:
@@ -286,6 +297,10 @@ class RemoteJwks:
         """Whether a fetch succeeded within ``max_stale_s`` (its keys are trusted, even
         none: an identity provider may withdraw every key)."""
         return self._trusted_until is not None and self._clock() < self._trusted_until
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self._last_failed
 
     @property
     def origin(self) -> tuple[str, tuple[str, ...]]:
@@ -307,6 +322,7 @@ class RemoteJwks:
         self._good_at = previous._good_at
         self._trusted_until = previous._good_at + self._config.max_stale_s
         self._last_attempt = previous._last_attempt
+        self._last_failed = previous._last_failed
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         """First fetch, then the refresh timer. A failing URL is logged, not fatal (the
@@ -363,6 +379,7 @@ class RemoteJwks:
                 self._provider, self._shown_url, ", ".join(self._algorithms),
             )  # fmt: skip
         self._keys = answer
+        self._last_failed = False
         self._good_at = self._last_attempt
         self._trusted_until = self._last_attempt + self._config.max_stale_s
 
@@ -383,6 +400,7 @@ class RemoteJwks:
         return keys
 
     def _fetch_failed(self, reason: str) -> None:
+        self._last_failed = True
         where = (self._provider, self._shown_url, reason)
         if self._trusted_until is None:
             log.warning("JWKS fetch failed for provider %s from %s: %s; no key yet", *where)

@@ -242,10 +242,15 @@ class JwtVerifier:
         if not keys:
             if kid is not None and source.keys.knows(kid):
                 raise AuthenticationError("invalid token: algorithm does not match the signing key")
-            if not source.available:
-                # Nothing to check the token against: not a 401, which tells the client
+            if not source.available or not source.up_to_date:
+                # Nothing to check the token against, or keys the last fetch (failed: an
+                # outage) could not bring up to date, which may lack the token's key (the
+                # identity provider rotated meanwhile): not a 401, which tells the client
                 # its token is bad; clients retry a 503.
-                log.debug("JWT from provider %s not checked: no JWKS keys", provider.config.name)
+                log.debug(
+                    "JWT from provider %s not checked: no JWKS keys, or none fetched lately",
+                    provider.config.name,
+                )
                 raise ServiceUnavailableError(
                     "the identity provider's signing keys could not be fetched; try again shortly",
                     code="jwks_unavailable",

@@ -22,9 +22,11 @@ from aiohttp import web
 from extproc.auth.jwt_verifier import JwtVerifier
 from extproc.config.auth_model import JwtProviderConfig
 from extproc.config.loader import ConfigError
+from extproc.errors import AuthenticationError, ServiceUnavailableError
 from tests.unit import test_jwt_verifier as jwt_tests
 from tests.unit.test_jwt_verifier import (
     EC_JWK,
+    NEXT_JWK,
     RSA_JWK,
     RSA_KEY_NEXT,
     Factory,
@@ -82,7 +84,9 @@ async def refetch(verifier: JwtVerifier, idp: IdentityProvider, clock: FakeClock
     clock.advance(11)  # past min_refresh_interval_s
     hits = idp.hits
     stranger = mint(RSA_KEY_NEXT, kid="never-published")
-    assert await refusal(verifier, stranger) == "invalid token: unknown signing key"
+    # Refused either way: a 401 when the fetch answered, a 503 when it failed.
+    with pytest.raises((AuthenticationError, ServiceUnavailableError)):
+        await verifier.verify(stranger)
     assert idp.hits == hits + 1
 
 
@@ -175,9 +179,9 @@ async def test_a_failed_fetch_keeps_the_last_good_keys_for_max_stale_s(
 
     # Refetches fail; almost max_stale_s after the last good fetch the keys still verify.
     clock.advance(MAX_STALE_S - 60)
-    assert await refusal(verifier, mint(RSA_KEY_NEXT, kid="rsa-2")) == (
-        "invalid token: unknown signing key"
-    )
+    # A key the identity provider may have published during the outage cannot be
+    # checked: a 503 the client retries, not a 401 that tells it its token is bad.
+    assert await unavailable(verifier, mint(RSA_KEY_NEXT, kid="rsa-2")) == "jwks_unavailable"
     assert verifier.cached(cached) is not None
     assert (await verifier.verify(mint(sub="bob"))).user_id == "bob"
 
@@ -186,6 +190,28 @@ async def test_a_failed_fetch_keeps_the_last_good_keys_for_max_stale_s(
     assert verifier.cached(cached) is None
     # Not a 401: the token may be fine, the gateway cannot check it.
     assert await unavailable(verifier, cached) == "jwks_unavailable"
+
+
+async def test_a_key_published_during_an_outage_verifies_once_the_idp_answers(
+    idp: IdentityProvider, clock: FakeClock, make_verifier: Factory
+) -> None:
+    """The identity provider rotated while out of reach: its new tokens get a 503 (not a
+    401 that would make a client drop a good token), then verify once a fetch succeeds.
+    A kid that fetch does not list is a 401 again: the identity provider said so."""
+    verifier = await make_verifier(provider(idp))
+    assert (await verifier.verify(mint())).user_id == "alice"
+    idp.status = 503
+    idp.keys = [RSA_JWK, NEXT_JWK]
+    clock.advance(11)
+    rotated = mint(RSA_KEY_NEXT, kid="rsa-2")
+    assert await unavailable(verifier, rotated) == "jwks_unavailable"
+    assert (await verifier.verify(mint(sub="bob"))).user_id == "bob", "the known key verifies"
+    idp.status = 200
+    clock.advance(11)
+    assert (await verifier.verify(rotated)).user_id == "alice"
+    stranger = mint(RSA_KEY_NEXT, kid="never-published")
+    clock.advance(11)
+    assert await refusal(verifier, stranger) == "invalid token: unknown signing key"
 
 
 async def test_a_good_fetch_after_an_outage_restarts_the_bound(
