@@ -247,14 +247,7 @@ class JwtVerifier:
                 # outage) could not bring up to date, which may lack the token's key (the
                 # identity provider rotated meanwhile): not a 401, which tells the client
                 # its token is bad; clients retry a 503.
-                log.debug(
-                    "JWT from provider %s not checked: no JWKS keys, or none fetched lately",
-                    provider.config.name,
-                )
-                raise ServiceUnavailableError(
-                    "the identity provider's signing keys could not be fetched; try again shortly",
-                    code="jwks_unavailable",
-                )
+                raise _keys_unavailable(provider)
             raise AuthenticationError("invalid token: unknown signing key")
         try:
             return _first_that_verifies(token, provider, keys)
@@ -265,6 +258,11 @@ class JwtVerifier:
             before = source.keys
             await source.refresh_for_unknown_key()
             if source.keys is before:
+                if not source.up_to_date:
+                    # The fetch failed (an outage): the identity provider may have
+                    # replaced the key under this kid meanwhile, so the gateway cannot
+                    # tell a forgery from its new token. Refused all the same, as a 503.
+                    raise _keys_unavailable(provider) from None
                 raise
         keys = source.keys.candidates(kid, algorithm)
         if not keys:
@@ -310,6 +308,18 @@ class _Cached:
             and self.verified_with is not None
             and self.source.keys.still_lists(self.kid, self.verified_with)
         )
+
+
+def _keys_unavailable(provider: _Provider) -> ServiceUnavailableError:
+    """The refusal of a token the gateway could not check: the 503 clients retry."""
+    log.debug(
+        "JWT from provider %s not checked: no JWKS keys, or none fetched lately",
+        provider.config.name,
+    )
+    return ServiceUnavailableError(
+        "the identity provider's signing keys could not be fetched; try again shortly",
+        code="jwks_unavailable",
+    )
 
 
 def _secret_problem(config: JwtProviderConfig) -> str | None:

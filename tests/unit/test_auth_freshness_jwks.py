@@ -32,6 +32,7 @@ from tests.unit.test_jwt_verifier import (
     Factory,
     FakeClock,
     JwksServer,
+    jwk,
     mint,
     refusal,
     unavailable,
@@ -212,6 +213,26 @@ async def test_a_key_published_during_an_outage_verifies_once_the_idp_answers(
     stranger = mint(RSA_KEY_NEXT, kid="never-published")
     clock.advance(11)
     assert await refusal(verifier, stranger) == "invalid token: unknown signing key"
+
+
+async def test_a_key_replaced_under_its_kid_during_an_outage_verifies_once_the_idp_answers(
+    idp: IdentityProvider, clock: FakeClock, make_verifier: Factory
+) -> None:
+    """An identity provider that keeps its kid ("1", "default") and replaces the key
+    behind it while out of reach: a token that fails the old key cannot be told from a
+    forgery until a fetch succeeds, so it gets the 503 a client retries."""
+    verifier = await make_verifier(provider(idp))
+    assert (await verifier.verify(mint())).user_id == "alice"
+    idp.status = 503
+    idp.keys = [jwk(RSA_KEY_NEXT, "rsa-1", "RS256")]
+    clock.advance(11)
+    rotated = mint(RSA_KEY_NEXT)  # kid rsa-1, signed by the key behind it now
+    assert await unavailable(verifier, rotated) == "jwks_unavailable"
+    idp.status = 200
+    clock.advance(11)
+    assert (await verifier.verify(rotated)).user_id == "alice"
+    clock.advance(11)
+    assert await refusal(verifier, mint()) == "invalid token: bad signature", "the old key"
 
 
 async def test_a_good_fetch_after_an_outage_restarts_the_bound(
