@@ -87,6 +87,17 @@ def chat(stack: LocalStack, key: str, stream: bool) -> tuple[int, int]:
     return usage[0].prompt_tokens, usage[0].completion_tokens
 
 
+def counted(stack: LocalStack, requests: float) -> float:
+    """``aigw_requests_total`` once it reached ``requests`` (or after 10 s). A worker
+    counts a request once Envoy has closed its stream, which can be just after the
+    client read the answer: a scrape at once may miss the last request."""
+    wait_for(
+        lambda: metric(scrape(stack.metrics_url), "aigw_requests_total") >= requests,
+        timeout_s=10.0,
+    )
+    return metric(scrape(stack.metrics_url), "aigw_requests_total")
+
+
 def worker_streams(stack: LocalStack) -> dict[str, int]:
     """Envoy's per-endpoint request count in the ext_proc cluster."""
     text = httpx.get(f"{stack.envoy_admin_url}/clusters").text
@@ -119,6 +130,7 @@ def test_streams_spread_over_both_workers_and_counters_merge_exactly(stack: Loca
     assert len(streams) == 2, streams
     # Round robin over two endpoints: each served a fair share.
     assert all(count >= 6 for count in streams.values()), streams
+    counted(stack, 24)
     page = scrape(stack.metrics_url)
     for key, (prompt, completion) in SENT.items():
         assert metric(page, "tokens_consumed_total", api_key_id=key, token_type="prompt") == prompt
@@ -277,7 +289,7 @@ def test_a_dead_worker_is_restarted_and_its_counts_stay(stack: LocalStack) -> No
     assert ready
     for _ in range(4):
         chat(stack, "team1-key", stream=False)
-    assert metric(scrape(stack.metrics_url), "aigw_requests_total") == before + 4
+    assert counted(stack, before + 4) == before + 4
 
 
 def test_a_worker_restarted_while_the_file_holds_a_mistake_serves_like_the_others(
