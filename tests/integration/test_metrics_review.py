@@ -92,17 +92,23 @@ def token(**claims: Any) -> str:
     return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
 
 
+# The request ids of every request the module's tests sent, in order.
+SENT: list[str] = []
+
+
 def chat(stack: LocalStack, credential: str, text: str = CHEAP, model: str = "gpt-4o-mini",
          stream: bool = False) -> httpx.Response:  # fmt: skip
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return httpx.post(
+    response = httpx.post(
         f"{stack.base_url}/v1/chat/completions",
         content=orjson.dumps(body),
         headers={"content-type": "application/json", "authorization": f"Bearer {credential}"},
         timeout=30.0,
     )
+    SENT.append(response.headers["x-request-id"])
+    return response
 
 
 def page(stack: LocalStack) -> str:
@@ -152,20 +158,38 @@ def picousd(cost: float) -> int:
     return int(Decimal(repr(cost)) * 10**12)
 
 
-def log_lines(stack: LocalStack) -> list[dict[str, Any]]:
-    """Every request's log line, once the page counts as many requests as the log has
-    lines. A line is written up to 10 ms after the request's metrics are counted, and on
-    a loaded machine a scrape can come between another worker's line and its count:
-    read both again until they agree (a count that never matches its lines fails)."""
+def settled(stack: LocalStack) -> tuple[Samples, list[dict[str, Any]]]:
+    """The page and every request's log line, once the log has a line for every request
+    sent and the page counts as many requests as the log has lines.
 
-    def agreeing() -> list[dict[str, Any]] | None:
-        requests = sum(series(parse(page(stack)), "aigw_requests_total").values())
+    A worker counts a request, and then writes its line (up to 10 ms later), once Envoy
+    has closed the request's stream, which can come just after the client read the
+    answer; and on a loaded machine a scrape can come between another worker's line and
+    its count. Both are read again until they agree (a count that never matches its
+    lines fails)."""
+
+    def agreeing() -> tuple[Samples, list[dict[str, Any]]] | None:
+        samples = parse(page(stack))
+        requests = sum(series(samples, "aigw_requests_total").values())
         found = GatewayLog(stack.gateway_log).lines()
-        return found if found and len(found) == requests else None
+        logged = {line.get("request_id") for line in found}
+        if found and len(found) == requests and logged.issuperset(SENT):
+            return samples, found
+        return None
 
-    lines: list[dict[str, Any]] | None = wait_for(agreeing, timeout_s=20.0)
-    assert lines, "the page's request count never matched the log's lines"
-    return lines
+    agreed: tuple[Samples, list[dict[str, Any]]] | None = wait_for(agreeing, timeout_s=20.0)
+    assert agreed, "the page's request count never matched the log's lines"
+    return agreed
+
+
+def log_lines(stack: LocalStack) -> list[dict[str, Any]]:
+    """Every request's log line (``settled``)."""
+    return settled(stack)[1]
+
+
+def settled_page(stack: LocalStack) -> Samples:
+    """The page once it counts every request sent (``settled``)."""
+    return settled(stack)[0]
 
 
 def log_totals(stack: LocalStack) -> tuple[Multiset[tuple[str, ...]], Multiset[tuple[str, ...]]]:
@@ -209,7 +233,7 @@ def test_a_cost_series_served_by_both_workers_is_the_exact_sum(stack: LocalStack
             break
     else:
         pytest.fail("Envoy never spread two requests over both workers")
-    samples = parse(page(stack))
+    samples = settled_page(stack)
     [cost] = [
         value
         for labels, value in series(samples, "aigw_cost_usd_total").items()
@@ -246,16 +270,17 @@ def send_traffic(stack: LocalStack, rounds: int) -> None:
         group = ODD_GROUPS[index % len(ODD_GROUPS)]
         user = f'user "{index % 3}" \\ end'
         assert chat(stack, token(sub=user, group=group), CHEAP).status_code == 200
-        client.chat.completions.create(
+        answer = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Count to three"}]
         )
+        SENT.append(answer.headers["x-request-id"])
 
 
 def test_counters_equal_the_log_lines_across_a_worker_killed_and_restarted(
     stack: LocalStack,
 ) -> None:
     send_traffic(stack, rounds=10)
-    before = parse(page(stack))
+    before = settled_page(stack)
     assert_counters_match_the_log(stack, before)
     before = counter_samples(before)
     victim = worker_pids(stack)[1]
@@ -267,7 +292,7 @@ def test_counters_equal_the_log_lines_across_a_worker_killed_and_restarted(
         assert_no_counter_went_back(before, counter_samples(parse(page(stack))))
         time.sleep(0.1)
     send_traffic(stack, rounds=6)
-    after = parse(page(stack))
+    after = settled_page(stack)
     assert_no_counter_went_back(before, counter_samples(after))
     assert_counters_match_the_log(stack, after)
     # No per-process gauge: nothing of the dead worker lingers under its pid.
@@ -291,7 +316,7 @@ def test_label_values_from_jwt_claims_come_back_as_sent(stack: LocalStack) -> No
     the exact claim values (quotes, backslash, newline, 3000 characters, non-ASCII)."""
     for group in ODD_GROUPS:
         assert chat(stack, token(sub="claims-user", group=group)).status_code == 200
-    samples = parse(page(stack))
+    samples = settled_page(stack)
     groups = {
         dict(labels)["group_id"]
         for labels in series(samples, "tokens_consumed_total")
@@ -307,7 +332,7 @@ def test_made_up_model_names_stay_within_the_label_budget(stack: LocalStack) -> 
     for _ in range(sent):
         response = chat(stack, "team1-key", model=f"claude-made-up-{uuid.uuid4().hex}")
         assert response.status_code == 200, response.text
-    samples = parse(page(stack))
+    samples = settled_page(stack)
     for name in (
         "aigw_requests_total",
         "tokens_consumed_total",
