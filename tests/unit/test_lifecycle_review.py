@@ -364,7 +364,7 @@ async def test_a_refused_reload_names_the_config_file(
     reloader = ConfigReloader(config, apply, refused.append)
     with caplog.at_level(logging.ERROR, logger="extproc.config.reload"):
         assert not await reloader.reload()
-    [line] = [r.getMessage() for r in caplog.records]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "extproc.config.reload"]
     assert f"invalid config {config}:" in line and "auth.api_keys[0] (team1)" in line, line
 
 

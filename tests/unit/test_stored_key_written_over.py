@@ -40,6 +40,8 @@ from tests.unit.test_stored_keys import (
 
 __all__ = ["api", "client", "gateway", "keys"]  # test_stored_keys's fixtures
 WHOLE_DIGEST = re.compile(r"[0-9a-f]{64}")
+# The logger the warnings come from (a garbage collection may log others meanwhile).
+STORED_KEYS_LOG = "extproc.auth.stored_keys"
 
 
 async def created(keys: StoredKeys, client: Any) -> tuple[str, str]:
@@ -72,7 +74,7 @@ async def test_the_holder_of_a_key_whose_record_is_of_another_type_gets_a_401(
     secret, record = await created(keys, client)
     await written_over(client, record, how)
 
-    with caplog.at_level("WARNING", logger="extproc.auth.stored_keys"):
+    with caplog.at_level("WARNING", logger=STORED_KEYS_LOG):
         status, body = await send(gateway, secret)
 
     # Before: 503 key_store_unavailable "try again shortly", on every request.
@@ -82,7 +84,7 @@ async def test_the_holder_of_a_key_whose_record_is_of_another_type_gets_a_401(
     assert services.metrics.registry.get_sample_value(
         "aigw_store_errors_total", {"operation": "key_lookup"}
     ) in (None, 0)
-    [warning] = [r.getMessage() for r in caplog.records]
+    [warning] = [r.getMessage() for r in caplog.records if r.name.startswith(STORED_KEYS_LOG)]
     assert f"{record[: len(PREFIX) + 17]}...}} is a key of another type" in warning
     assert secret not in warning and not WHOLE_DIGEST.search(warning)
 
@@ -213,7 +215,7 @@ async def test_a_key_whose_id_key_is_written_over_is_found_by_its_record_and_rev
     assert (await send(gateway, secret))[0] == 200
     id_key = await damage_id(client, value)
 
-    with caplog.at_level("WARNING", logger="extproc.auth.stored_keys"):
+    with caplog.at_level("WARNING", logger=STORED_KEYS_LOG):
         info = await api.call("RevokeKey", pb.RevokeKeyRequest(id="ci-bot"))
 
     # Before: FAILED_PRECONDITION "cannot be revoked by its id", and the key still worked.
@@ -226,7 +228,7 @@ async def test_a_key_whose_id_key_is_written_over_is_found_by_its_record_and_rev
     assert (status, body["error"]["message"]) == (401, "invalid API key")
     [line] = api.audit_lines()
     assert (line["action"], line["key_id"], line["outcome"]) == ("revoke_key", "ci-bot", "applied")
-    [warning] = [r.getMessage() for r in caplog.records]
+    [warning] = [r.getMessage() for r in caplog.records if r.name.startswith(STORED_KEYS_LOG)]
     assert f"found by its record: its id key {id_key} {reason}" in warning
     assert secret not in warning and not WHOLE_DIGEST.search(warning)
     # Retired, not freed: a new key of this id would be billed with the old one.
