@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
@@ -14,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from extproc import envoy_messages
 from extproc.chargeback import retention
 from extproc.config import GatewayConfig, load_config
+from extproc.guardrails.webhook import SessionHolder
 from extproc.processor import Processor
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Services
@@ -66,6 +68,25 @@ def rollups_kept_at_fixed_dates(monkeypatch: pytest.MonkeyPatch) -> None:
     clock of the tests' fixed dates, not by the day the tests run. Only for tests whose
     usage is written at fixed dates: a test that writes at the real clock keeps it."""
     monkeypatch.setattr(retention, "datetime", _ClockOfTheFixedDates)
+
+
+@pytest.fixture(autouse=True)
+async def guard_sessions_closed(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Close the webhook and moderation sessions the test's runtimes opened. Most tests
+    never close their runtime: the garbage collector found their sessions later, and its
+    "Unclosed client session" error landed in the log records of whatever test ran then
+    (one CI run failed on it). A closed holder opens a new session if used again."""
+    opened: dict[SessionHolder, None] = {}
+    get = SessionHolder.get
+
+    def recording(holder: SessionHolder) -> aiohttp.ClientSession:
+        opened[holder] = None
+        return get(holder)
+
+    monkeypatch.setattr(SessionHolder, "get", recording)
+    yield
+    for holder in opened:
+        await holder.close()
 
 
 class MemoryLog(AccessLog):
