@@ -47,9 +47,12 @@ def test_a_running_usage_is_billed_once_and_reaches_only_the_client_that_asked(
     client = OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
 
     # A client that asked for usage gets the provider's stream as sent: a count per chunk.
-    _, asked = stream_events(client, stream_options={"include_usage": True})
+    asked_id, asked = stream_events(client, stream_options={"include_usage": True})
     assert all(isinstance(chunk["usage"], dict) for chunk in asked)
 
+    # Counted once its line is written: the count can come just after the client read
+    # the stream's end (docs/metrics.md), and must not land inside the next delta.
+    assert gateway_log.for_request(asked_id)
     before = completion_tokens_metric(stack)
     request_id, events = stream_events(client)
     text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in events)
