@@ -43,24 +43,30 @@ class AccountingStage:
         # Priced once: the log line, the counter and the rollup carry the same cost.
         cost = request_cost(ctx)
         record = access_record(ctx)
-        services.access_log.write(record, echoed_credential(ctx))
-        self._observe(ctx)
-        # The rollup counts requests that reached a provider; refusals (401, 429, ...)
-        # are in the log line and in aigw_requests_total, and cost nothing.
-        # A response guard's refusal comes after the provider answered: its usage counts.
-        # So does a provider's error inside a stream (estimated): part of it was delivered.
-        # A success answer that was the provider's error is counted as its error status
-        # would have been: a request that reached it, at the tokens it billed.
-        reached_provider = ctx.provider is not None and (
-            ctx.error is None
-            or ctx.usage_reported
-            or ctx.usage_estimated
-            or unusable_answer(ctx.error)
-        )
-        if ctx.accounted and reached_provider and services.usage_writer is not None:
-            services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
-        if ctx.cut_attempts:
-            self._charge_cut_attempts(ctx)
+        try:
+            self._observe(ctx)
+            # The rollup counts requests that reached a provider; refusals (401, 429, ...)
+            # are in the log line and in aigw_requests_total, and cost nothing.
+            # A response guard's refusal comes after the provider answered: its usage
+            # counts. So does a provider's error inside a stream (estimated): part of it
+            # was delivered. A success answer that was the provider's error is counted as
+            # its error status would have been: a request that reached it, at the tokens
+            # it billed.
+            reached_provider = ctx.provider is not None and (
+                ctx.error is None
+                or ctx.usage_reported
+                or ctx.usage_estimated
+                or unusable_answer(ctx.error)
+            )
+            if ctx.accounted and reached_provider and services.usage_writer is not None:
+                services.usage_writer.add(self._entry(ctx, cost, record["latency_ms"]))
+            if ctx.cut_attempts:
+                self._charge_cut_attempts(ctx)
+        finally:
+            # Last, so that a request whose line is out is counted everywhere else: the
+            # writer thread may write a line the moment it is queued. Before, a scrape
+            # could find a line whose tokens the page did not count yet.
+            services.access_log.write(record, echoed_credential(ctx))
 
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
