@@ -8,6 +8,7 @@ by lowering the configured limit instead of opening thousands of streams.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,6 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.errors import RESPONSE_TOO_LARGE_MESSAGE
-from extproc.store.embedded import free_port
 from tests.integration.conftest import (
     GatewayLog,
     envoy_stat,
@@ -87,9 +87,21 @@ def hole() -> Iterator[BlackHole]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, hole: BlackHole) -> Iterator[LocalStack]:
+def dead_port() -> Iterator[int]:
+    """A port that refuses connections for the whole module: bound, never listening.
+    A port merely free when picked could be taken by another test process's stack, whose
+    answer (a 401 for an unknown key) then came back from the "dead" primary."""
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        yield reserved.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, hole: BlackHole, dead_port: int
+) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("envoy-limits")
-    with running_stack(workdir, limits_config(workdir, free_port(), hole.port)) as running:
+    with running_stack(workdir, limits_config(workdir, dead_port, hole.port)) as running:
         yield running
 
 
@@ -221,10 +233,12 @@ def test_a_failover_answer_just_over_a_mebibyte_leaves_envoy_running(stack: Loca
 
 
 @pytest.fixture(scope="module")
-def small_stack(tmp_path_factory: pytest.TempPathFactory, hole: BlackHole) -> Iterator[LocalStack]:
+def small_stack(
+    tmp_path_factory: pytest.TempPathFactory, hole: BlackHole, dead_port: int
+) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("envoy-limits-small")
     limits = "  max_concurrent_requests: 4\n  max_response_body_bytes: 1048576\n"
-    with running_stack(workdir, limits_config(workdir, free_port(), hole.port, limits)) as running:
+    with running_stack(workdir, limits_config(workdir, dead_port, hole.port, limits)) as running:
         yield running
 
 
