@@ -44,7 +44,14 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
 from extproc.store.agent_owners import binding_digest
 from extproc.store.connection import connect
 from extproc.store.embedded import running_endpoint
-from tests.integration.conftest import GatewayLog, metric, running_stack, scrape, wait_for
+from tests.integration.conftest import (
+    REFUSED_PORT,
+    GatewayLog,
+    metric,
+    running_stack,
+    scrape,
+    wait_for,
+)
 
 TEAM1 = "team1-key"  # group engineering, user alice
 TEAM2 = "team2-key"  # group marketing, user bob
@@ -123,7 +130,7 @@ def agent_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         text = DEFAULT_CONFIG.read_text().replace("\nroutes:\n", "\n" + ROUTES, 1)
         config = workdir / "gateway.yaml"
         # Nothing listens on the gone server's port.
-        config.write_text(text + AGENTS.format(mcp=mcp_port, a2a=a2a_port, gone=free_port()))
+        config.write_text(text + AGENTS.format(mcp=mcp_port, a2a=a2a_port, gone=REFUSED_PORT))
         with running_stack(workdir, config) as running:
             yield running
     finally:

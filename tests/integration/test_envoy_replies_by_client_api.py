@@ -21,8 +21,7 @@ import openai
 import pytest
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
-from extproc.store.embedded import free_port
-from tests.integration.conftest import running_stack
+from tests.integration.conftest import REFUSED_PORT, running_stack
 
 KEY = "team1-key"
 UNAVAILABLE = "the upstream provider is unavailable"
@@ -34,7 +33,7 @@ TOO_LARGE = "x" * 1_300_000
 
 
 def unreachable_providers_config(workdir: Path) -> Path:
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{REFUSED_PORT}"
     providers = (
         f'  - {{name: anthropic-away, type: anthropic, base_url: "{dead}/v1",'
         " api_key: away-key-123}\n"

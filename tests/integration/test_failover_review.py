@@ -24,6 +24,7 @@ from openai import OpenAI, RateLimitError
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from extproc.store.embedded import free_port
 from tests.integration.conftest import (
+    REFUSED_PORT,
     GatewayLog,
     metric,
     mock_requests,
@@ -98,7 +99,7 @@ def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Answers at once, then takes 0.25 s per event (~2.5 s): past its 1 s per attempt.
         "pdrip": start_faulty("chunks=8;interval=0.25"),
     }
-    dead_port = free_port()
+    dead_port = REFUSED_PORT
     url = {name: f.url for name, f in faulty.items()}
     providers = f"""
   - {{name: p429, base_url: "{url["p429"]}/v1", api_key: {PROVIDER_KEYS["p429"]}}}

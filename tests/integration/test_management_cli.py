@@ -17,8 +17,8 @@ import httpx
 import orjson
 import pytest
 
-from extproc.devstack import DEFAULT_CONFIG, LocalStack, free_port
-from tests.integration.conftest import running_stack, wait_for
+from extproc.devstack import DEFAULT_CONFIG, LocalStack
+from tests.integration.conftest import REFUSED_PORT, running_stack, wait_for
 
 ADMIN_TOKEN = "cli-test-admin-token"
 RULE = """
@@ -138,7 +138,7 @@ def test_an_unknown_rule_and_an_unreachable_address_exit_2(managed_stack: LocalS
     assert unknown.returncode == 2
     assert "rule 'no-such-rule' does not apply to api_key 'team1'" in unknown.stderr
 
-    nobody = quota(managed_stack, "get", *subject, "--address", f"127.0.0.1:{free_port()}")
+    nobody = quota(managed_stack, "get", *subject, "--address", f"127.0.0.1:{REFUSED_PORT}")
     assert nobody.returncode == 2
     assert "cannot reach the management API" in nobody.stderr
     assert "Traceback" not in nobody.stderr

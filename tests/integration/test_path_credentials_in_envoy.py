@@ -18,8 +18,9 @@ import openai
 import orjson
 import pytest
 
-from extproc.devstack import LocalStack, free_port
+from extproc.devstack import LocalStack
 from tests.integration.conftest import (
+    REFUSED_PORT,
     GatewayLog,
     envoy_access_log,
     wait_for,
@@ -58,7 +59,7 @@ def stack(
         )
         config["agents"] = {
             "servers": [
-                {"name": "tools", "protocol": "mcp", "url": f"http://127.0.0.1:{free_port()}/mcp"}
+                {"name": "tools", "protocol": "mcp", "url": f"http://127.0.0.1:{REFUSED_PORT}/mcp"}
             ]
         }
 
