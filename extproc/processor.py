@@ -94,6 +94,10 @@ class Processor:
             hooks = self._attempt_hooks
         if context is not None:
             ctx.trace_id = trace_id_of(metadata)
+        if not attempt:
+            # Down again in _finish, once the request is counted (an attempt is a part
+            # of its request, not one more).
+            ctx.runtime.services.metrics.requests_in_progress.inc()
         try:
             async for request in requests:
                 phase = request.WhichOneof("request")
@@ -226,6 +230,7 @@ class Processor:
                 hook(ctx)
             except Exception:
                 log.exception("finishing request %s failed", ctx.request_id)
+        ctx.runtime.services.metrics.requests_in_progress.dec()
 
 
 def _add_request_metadata(ctx: RequestContext, phase: str, answer: ext.ProcessingResponse) -> None:

@@ -384,6 +384,16 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
         )
         self.config_last_reload_ok.set(1)
+        # What a stopping gateway still has to finish, and what a test waits on before
+        # it reads counts: a request counts until its log line is queued and its tokens
+        # are on this page, a few milliseconds after its client read the answer.
+        self.requests_in_progress = Gauge(
+            "aigw_requests_in_progress",
+            "Requests the gateway has started and not finished counting (log line,"
+            " metrics, usage rollup), every route's",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
 
         self.agents = AgentMetrics(self.registry, self._child)
 

@@ -29,6 +29,9 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack, Ports
 from tests.integration.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.integration.valkey_cluster import ValkeyCluster
 
+# A Prometheus page's samples: value by name and sorted labels.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
 # Every stack started in this session; their logs are checked against the schema at the end.
 STARTED: list[LocalStack] = []
 
@@ -239,14 +242,30 @@ def gateway_log(stack: LocalStack) -> GatewayLog:
     return GatewayLog(stack.gateway_log)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str) -> Samples:
     """Every sample of a Prometheus page, keyed by name and sorted labels."""
     text = httpx.get(url, timeout=5.0).text
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def counted_page(url: str, timeout_s: float = 10.0) -> Samples:
+    """The page at ``url`` once no request is in progress (``aigw_requests_in_progress``
+    0): every request whose answer a client has read is counted on it. A gateway counts a
+    request when Envoy closes its stream, which can be just after the client read the
+    answer."""
+    page: Samples = {}
+
+    def idle() -> bool:
+        nonlocal page
+        page = scrape(url)
+        return metric(page, "aigw_requests_in_progress") == 0
+
+    assert wait_for(idle, timeout_s), "requests still in progress on the gateway"
+    return page
 
 
 def metric(samples: dict[Any, float], name: str, **labels: str) -> float:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,7 +33,7 @@ from tests.exported_metrics import (
     promql_metric_names,
     recording_rules,
 )
-from tests.integration.conftest import metric, running_stack, scrape, wait_for
+from tests.integration.conftest import counted_page, metric, running_stack, scrape, wait_for
 
 # Fast refreshes so the test sees the gauges move; production defaults are 5 s / 15 s.
 # Written into the default config's own telemetry section (a second one would be a
@@ -87,15 +88,11 @@ def chat(stack: LocalStack, key: str, stream: bool) -> tuple[int, int]:
     return usage[0].prompt_tokens, usage[0].completion_tokens
 
 
-def counted(stack: LocalStack, requests: float) -> float:
-    """``aigw_requests_total`` once it reached ``requests`` (or after 10 s). A worker
-    counts a request once Envoy has closed its stream, which can be just after the
-    client read the answer: a scrape at once may miss the last request."""
-    wait_for(
-        lambda: metric(scrape(stack.metrics_url), "aigw_requests_total") >= requests,
-        timeout_s=10.0,
-    )
-    return metric(scrape(stack.metrics_url), "aigw_requests_total")
+def counted(stack: LocalStack) -> float:
+    """``aigw_requests_total`` once no worker has a request in progress. A worker counts
+    a request once Envoy has closed its stream, which can be just after the client read
+    the answer: a scrape at once may miss the last request."""
+    return metric(counted_page(stack.metrics_url), "aigw_requests_total")
 
 
 def worker_streams(stack: LocalStack) -> dict[str, int]:
@@ -130,8 +127,7 @@ def test_streams_spread_over_both_workers_and_counters_merge_exactly(stack: Loca
     assert len(streams) == 2, streams
     # Round robin over two endpoints: each served a fair share.
     assert all(count >= 6 for count in streams.values()), streams
-    counted(stack, 24)
-    page = scrape(stack.metrics_url)
+    page = counted_page(stack.metrics_url)
     for key, (prompt, completion) in SENT.items():
         assert metric(page, "tokens_consumed_total", api_key_id=key, token_type="prompt") == prompt
         assert (
@@ -289,7 +285,40 @@ def test_a_dead_worker_is_restarted_and_its_counts_stay(stack: LocalStack) -> No
     assert ready
     for _ in range(4):
         chat(stack, "team1-key", stream=False)
-    assert counted(stack, before + 4) == before + 4
+    assert counted(stack) == before + 4
+
+
+def test_requests_in_progress_sums_the_workers_and_is_0_once_their_tokens_are_counted(
+    stack: LocalStack,
+) -> None:
+    before = counted_page(stack.metrics_url)
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key="team1-key", max_retries=0)
+
+    def slow_chat() -> int:
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Take your time"}],
+            extra_headers={"x-mock-fault": "delay=4"},
+        )
+        assert reply.usage is not None
+        return reply.usage.total_tokens
+
+    with ThreadPoolExecutor(2) as pool:
+        replies = [pool.submit(slow_chat) for _ in range(2)]
+        both_open = wait_for(
+            lambda: metric(scrape(stack.metrics_url), "aigw_requests_in_progress") == 2,
+            timeout_s=10.0,
+        )
+        tokens = sum(reply.result() for reply in replies)
+    assert both_open, "the page did not show both requests in progress"
+
+    # 0 again means both requests are counted: no further wait for their tokens.
+    after = counted_page(stack.metrics_url)
+    grown = metric(after, "tokens_consumed_total", api_key_id="team1") - metric(
+        before, "tokens_consumed_total", api_key_id="team1"
+    )
+    assert grown == tokens
+    assert metric(after, "aigw_requests_total") == metric(before, "aigw_requests_total") + 2
 
 
 def test_a_worker_restarted_while_the_file_holds_a_mistake_serves_like_the_others(
