@@ -159,6 +159,12 @@ class LocalStack:
         return f"http://127.0.0.1:{self.ports.http}/metrics"
 
     @property
+    def metrics_urls(self) -> list[str]:
+        """The metrics page of every gateway process of the stack (``gateways``)."""
+        replicas = [f"http://{address}/metrics" for address in self._replica_http]
+        return [self.metrics_url, *replicas]
+
+    @property
     def mock_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.mock}"
 

@@ -36,6 +36,12 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 STARTED: list[LocalStack] = []
 
 
+# The stacks of this test process running now (the earlier_requests_counted fixture).
+RUNNING: list[LocalStack] = []
+# How long a test's start waits for the earlier tests' requests to be counted.
+EARLIER_REQUESTS_WAIT_S = 3.0
+
+
 # A loopback port nothing ever listens on (a privileged port no test or server binds):
 # a connection there is refused. A port free_port() picked and left unbound is not that:
 # a stack or mock started later may be given it, and answer.
@@ -65,9 +71,38 @@ def running_stack(
     STARTED.append(running)
     try:
         running.start()
+        RUNNING.append(running)
         yield running
     finally:
+        if running in RUNNING:
+            RUNNING.remove(running)
         running.stop()
+
+
+@pytest.fixture(autouse=True)
+def earlier_requests_counted() -> None:
+    """Each test starts with the requests of the tests before it counted by every gateway
+    still running: a gateway counts a request when Envoy closes its stream, which can be
+    just after the client read the answer, and a test that reads its "before" counts
+    then took the previous test's last request in (it failed on the delta)."""
+    for running in RUNNING:
+        for url in running.metrics_urls:
+            _wait_counted(url)
+
+
+def _wait_counted(url: str) -> None:
+    """Wait, briefly, for ``url`` to show no request in progress; a gateway a test
+    stopped, or one still serving a long request on purpose, is left as it is."""
+    deadline = time.monotonic() + EARLIER_REQUESTS_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(url, timeout=1.0).text
+        except httpx.HTTPError:
+            return
+        found = re.search(r"^aigw_requests_in_progress (\S+)$", text, re.MULTILINE)
+        if found is None or float(found.group(1)) == 0:
+            return
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")
