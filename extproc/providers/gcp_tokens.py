@@ -18,6 +18,12 @@ Signature.``), which names no secret. A token request gives up after
 ``TOKEN_READ_TIMEOUT_S`` without an answer (or the provider's
 ``gcp.first_token_timeout_s``, if shorter): a silent endpoint must not hold a start, a
 reload or the refresh loop forever.
+
+When the token endpoint is still out of reach at ``start()``'s deadline and no replaced
+config's token carries over, the source is *pending* (``credentials_pending``): the config
+is applied all the same, as one provider's outage must not keep the gateway, and every
+other provider with it, from starting. The provider's requests get a 503 until
+``obtain()``, which the runtime calls on its own schedule, mints a token.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from extproc.config.model import GcpConfig
 from extproc.daemon_threads import run_in_daemon_thread
 from extproc.egress import DIRECT, EgressProxy
 from extproc.errors import without_secrets
+from extproc.providers import credentials_pending
 
 # google-auth can log each token request and answer at DEBUG: an operator turning on
 # DEBUG to chase a problem must not write assertions or access tokens out.
@@ -101,11 +108,18 @@ class GcpTokenSource:
         self._refresh_due = 0.0
         # The quota project the credentials name (user credentials need one).
         self._quota_project: str | None = None
+        # start() returned without a token: the token endpoint was out of reach.
+        self._pending = False
 
     @property
     def token(self) -> str | None:
-        """The access token in use (None before ``start()``)."""
+        """The access token in use (None before ``start()``, and while ``pending``)."""
         return self._token
+
+    @property
+    def pending(self) -> bool:
+        """Whether ``start()`` returned without a token, none minted since (``obtain()``)."""
+        return self._pending
 
     @property
     def recent_tokens(self) -> tuple[str, ...]:
@@ -116,6 +130,8 @@ class GcpTokenSource:
     def authorization(self) -> str:
         """The ``Authorization`` header's value for a request to Vertex."""
         if self._token is None:
+            if self._pending:
+                raise credentials_pending.unavailable()
             raise RuntimeError("GcpTokenSource.authorization() called before start()")
         return f"Bearer {self._token}"
 
@@ -148,11 +164,16 @@ class GcpTokenSource:
         return f"{name} ({reason})" if reason else name
 
     async def start(self, previous: GcpTokenSource | None = None) -> None:
-        """Load the credentials and mint the first token; ``ConfigError`` when that fails.
+        """Load the credentials and mint the first token; ``ConfigError`` when the key
+        cannot be loaded or the token endpoint refuses it.
 
         A token endpoint that cannot be reached yet (GKE's metadata server in a pod's
         first seconds, a proxy sidecar starting beside the gateway) is tried again for up
         to ``gcp.first_token_timeout_s``; an answer that refuses the key fails at once.
+        Still out of reach then (or answering with an error Google calls retryable), with
+        no token to carry over: the source is left ``pending`` and ``start()`` returns, as
+        refusing the config for one provider's outage would keep the whole gateway from
+        starting; ``obtain()`` tries again later.
 
         ``previous``: the source of the config a reload replaces. When the token endpoint
         is out of reach (or answers with an error Google calls retryable) and ``previous``
@@ -177,7 +198,12 @@ class GcpTokenSource:
                     )
                     return
                 if not isinstance(exc, TransportError) or time.monotonic() + pause > deadline:
-                    raise self._refused(exc) from None
+                    if not self._outage(exc):
+                        raise self._refused(exc) from None
+                    # Still an outage: refusing the config would keep the gateway, and
+                    # its other providers, from starting for this one.
+                    self._become_pending(exc)
+                    return
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
             except (GoogleAuthError, OSError, ValueError) as exc:
@@ -201,6 +227,45 @@ class GcpTokenSource:
         self._refresh_due = previous._refresh_due
         return True
 
+    def _become_pending(self, exc: BaseException) -> None:
+        self._pending = True
+        log.warning(
+            "%s: no Google Cloud access token yet (%s): the provider's requests get 503"
+            " until one is minted; trying again in the background",
+            self._where,
+            self.failure(exc),
+        )
+
+    async def obtain(self) -> bool:
+        """One try to mint the token of a pending source: whether one is held now (True at
+        once for a source that is not pending).
+
+        Never raises for a failed try: the config is applied already, so a refusal (the
+        key deleted since the start) cannot refuse it; it is logged, and an outage is
+        tried again by the runtime in a few seconds."""
+        if not self._pending:
+            return True
+        if self._credentials is None:
+            return False  # closed: nothing to mint with
+        try:
+            await run_in_daemon_thread(self._refresh, TOKEN_THREAD)
+        except (GoogleAuthError, OSError, ValueError) as exc:
+            if self._outage(exc):
+                log.debug(
+                    "%s: still no Google Cloud access token (%s)", self._where, self.failure(exc)
+                )
+            else:
+                log.warning(
+                    "%s: no Google Cloud access token, the token endpoint refused it (%s):"
+                    " the provider's requests get 503 until one is minted",
+                    self._where,
+                    self.failure(exc),
+                )
+            return False
+        self._pending = False
+        log.info("%s: Google Cloud access token obtained", self._where)
+        return True
+
     def _refused(self, exc: BaseException) -> ConfigError:
         return ConfigError(
             "config",
@@ -210,8 +275,9 @@ class GcpTokenSource:
     async def refresh_if_needed(self) -> None:
         """Mint a new token when the one in use expires within ``REFRESH_AHEAD_S``.
 
-        A failure propagates; the token in use stays until it expires."""
-        if self._credentials is None or not self._expiring():
+        A failure propagates; the token in use stays until it expires. A pending source is
+        left to ``obtain()``, which the runtime calls on its own schedule."""
+        if self._credentials is None or self._pending or not self._expiring():
             return
         await run_in_daemon_thread(self._refresh, TOKEN_THREAD)
 

@@ -210,7 +210,7 @@ def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("short_waits")
-async def test_a_token_endpoint_that_never_answers_fails_the_start_instead_of_hanging(
+async def test_a_token_endpoint_that_never_answers_ends_the_start_instead_of_hanging(
     tmp_path: Path, token_endpoint: TokenEndpoint
 ) -> None:
     # A firewall or an egress proxy that takes the connection and never answers. The
@@ -221,11 +221,11 @@ async def test_a_token_endpoint_that_never_answers_fails_the_start_instead_of_ha
     write_service_account(key_file, token_uri=token_endpoint.url)
     source = source_for(key_file, SHORT_FIRST_TOKEN_S)
 
-    with pytest.raises(ConfigError) as refused:
-        await ended(source.start())
+    await ended(source.start())
 
-    [problem] = refused.value.problems
-    assert problem.startswith(f"{WHERE}: cannot obtain a Google Cloud access token")
+    # Out of reach (an outage, not a refusal): applied, the provider pending.
+    assert source.pending
+    await source.close()
 
 
 async def test_the_configured_first_token_timeout_bounds_a_start_at_a_silent_endpoint(
@@ -254,11 +254,11 @@ models:
     assert provider.gcp is not None and provider.gcp.first_token_timeout_s == 1.5
     source = GcpTokenSource(provider.gcp, WHERE)
 
-    with pytest.raises(ConfigError) as refused:
-        await ended(source.start())
+    await ended(source.start())
 
-    [problem] = refused.value.problems
-    assert problem.startswith(f"{WHERE}: cannot obtain a Google Cloud access token")
+    # Out of reach (an outage, not a refusal): applied, the provider pending.
+    assert source.pending
+    await source.close()
 
 
 @pytest.mark.usefixtures("short_waits")
