@@ -110,7 +110,7 @@ from extproc.errors import (
     without_secrets,
 )
 from extproc.guardrails.request_metadata import Carried
-from extproc.providers import vertex_endpoints
+from extproc.providers import credentials_pending, vertex_endpoints
 from extproc.providers.aws_signer import HASHED_OFF_LOOP_BYTES, AwsSigner, payload_sha256
 from extproc.providers.bedrock_model_ids import base_model_id
 from extproc.responses_api import RESPONSES_REQUESTS
@@ -881,6 +881,8 @@ def _check_gemini_on_vertex(ctx: RequestContext, upstream: Upstream) -> None:
 def _credentials(upstream: Upstream) -> dict[str, str]:
     source = upstream.token_source
     if source is not None:
+        if source.pending:
+            raise credentials_pending.unavailable()
         if source.token is None:
             # Only while its runtime closes (the process is stopping): start() minted one.
             raise ServiceUnavailableError(

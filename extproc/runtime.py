@@ -43,6 +43,7 @@ from extproc.envoy_failover import longest_failover_wait_s
 from extproc.envoy_request_record import envoy_reads_request
 from extproc.guardrails.policy import Guardrails
 from extproc.model_names import anthropic_spelling
+from extproc.providers import credentials_pending
 from extproc.providers.aws_signer import AwsSigner
 from extproc.quota.rules import RuleSet
 from extproc.response_path import is_lean, lean_routes
@@ -330,6 +331,7 @@ class Runtime:
         }
         self.token_sources = _token_sources(config, self.egress)
         self._refresh: asyncio.Task[None] | None = None
+        self._obtaining: asyncio.Task[None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         for model in config.models:
             provider = config.provider(model.provider)
@@ -445,12 +447,11 @@ class Runtime:
         when their source is out of reach."""
         if self.jwt is not None:
             await self.jwt.start(previous.jwt if previous is not None else None)
-        for name, signer in self.signers.items():
-            await signer.start(previous.signers.get(name) if previous is not None else None)
-        for name, source in self.token_sources.items():
-            await source.start(previous.token_sources.get(name) if previous is not None else None)
+        await self._start_credentials(previous)
         if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
+        if any(each.pending for each in self._fetched_credentials()):
+            self._obtaining = asyncio.get_running_loop().create_task(self._obtain_pending())
         await self.warn_of_shared_key_ids()
 
     async def warn_of_shared_key_ids(self) -> None:
@@ -490,6 +491,43 @@ class Runtime:
                 " give the config's key another id",
                 ", ".join(sorted(retired)),
             )
+
+    async def _start_credentials(self, previous: Runtime | None) -> None:
+        """Start every provider's fetched credentials at once: each may wait for its source
+        (20 s for a first token or STS answer), and one after the other a config with
+        several providers waited for the sum."""
+        starts = [
+            *(
+                signer.start(previous.signers.get(name) if previous is not None else None)
+                for name, signer in self.signers.items()
+            ),
+            *(
+                source.start(previous.token_sources.get(name) if previous is not None else None)
+                for name, source in self.token_sources.items()
+            ),
+        ]
+        for outcome in await asyncio.gather(*starts, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _fetched_credentials(self) -> list[AwsSigner | GcpTokenSource]:
+        return [*self.signers.values(), *self.token_sources.values()]
+
+    async def _obtain_pending(self) -> None:
+        """Try the sources of pending providers (credentials_pending) again, 1 s after the
+        start, then 2 s, 4 s... up to every 30 s, until each has its credentials."""
+        waiting = [each for each in self._fetched_credentials() if each.pending]
+        for delay in credentials_pending.retry_delays():
+            await asyncio.sleep(delay)
+            outcomes = await asyncio.gather(
+                *(each.obtain() for each in waiting), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    log.warning("pending credentials not obtained: %s", type(outcome).__name__)
+            waiting = [each for each, got in zip(waiting, outcomes, strict=True) if got is not True]
+            if not waiting:
+                return
 
     async def _refresh_credentials(self) -> None:
         # Temporary credentials (web identity, STS) and access tokens are refreshed off
@@ -583,6 +621,7 @@ class Runtime:
 
     async def close(self) -> None:
         await background.stop(self._refresh)
+        await background.stop(self._obtaining)
         for signer in self.signers.values():
             await signer.close()
         for source in self.token_sources.values():

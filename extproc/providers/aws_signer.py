@@ -37,12 +37,14 @@ import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from pydantic import SecretStr
 
 from extproc.config.loader import ConfigError
 from extproc.config.model import AwsConfig
 from extproc.daemon_threads import run_in_daemon_thread
+from extproc.providers import credentials_pending
 
 # botocore logs secrets at DEBUG: botocore.auth each canonical request it signs, the
 # session token with it; botocore.endpoint and botocore.parsers each call the default chain
@@ -58,6 +60,21 @@ _SIGNATURE_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token", "x-
 _SCHEMES = ("http", "https")
 # How long a reload waits for new credentials when the replaced config's can carry over.
 RELOAD_CREDENTIALS_WAIT_S = 10.0
+# How long a start (or a reload with nothing to carry over) waits for the default chain's
+# first credentials before it serves without them (credentials_pending): an STS that takes
+# connections and never answers holds botocore for minutes (60 s per try, tried again).
+FIRST_CREDENTIALS_WAIT_S = 20.0
+# STS error codes that say "not now" rather than "not you": retried, not refused.
+_OUTAGE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "IDPCommunicationError",
+    }
+)
 # The name of the threads the default chain runs in. Not the loop's executor: a fetch an
 # STS never answers goes on for minutes after a reload stops waiting for it, and the
 # executor's threads are waited for when the gateway stops (extproc/daemon_threads.py).
@@ -107,6 +124,15 @@ class AwsSigner:
         self._source: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
         self._auth: SigV4Auth | None = None
+        # The default chain's fetch still running for a pending signer (obtain()): a
+        # silent STS holds one for minutes, and tries must not pile threads up meanwhile.
+        self._fetching: asyncio.Future[ReadOnlyCredentials] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether ``start()`` found the credential source out of reach and left this
+        signer without credentials (its requests get a 503 until ``obtain()`` gets some)."""
+        return self._source is not None and self._auth is None
 
     @property
     def method(self) -> str | None:
@@ -123,20 +149,33 @@ class AwsSigner:
         during an STS outage is applied, as the replaced config would have gone on
         signing, rather than refused."""
         source = await run_in_daemon_thread(self._resolve, CREDENTIALS_THREAD)
-        fetching = run_in_daemon_thread(source.get_frozen_credentials, CREDENTIALS_THREAD)
+        fetching = _fetch(source)
+        # An STS that takes connections and never answers holds botocore for minutes
+        # (60 s timeouts, retried): a reload, and any reload after it (a key revoked), would
+        # wait that long for credentials it has; a start would not serve at all meanwhile.
+        wait_s = (
+            RELOAD_CREDENTIALS_WAIT_S if self._carries_over(previous) else FIRST_CREDENTIALS_WAIT_S
+        )
         try:
-            if self._carries_over(previous):
-                # An STS that takes connections and never answers holds botocore for
-                # minutes (60 s timeouts, retried): the reload, and any reload after it
-                # (a key revoked), would wait that long for credentials it has.
-                frozen = await asyncio.wait_for(fetching, RELOAD_CREDENTIALS_WAIT_S)
-            else:
-                frozen = await fetching
+            frozen = await asyncio.wait_for(asyncio.shield(fetching), wait_s)
         except Exception as exc:
             if self._carry_over(previous):
                 log.warning(
                     "AWS credentials for %s not obtained (%s, %s): the replaced config's"
                     " sign until they are due for a refresh",
+                    self.host,
+                    source.method,
+                    type(exc).__name__,
+                )
+                return
+            if _outage(exc):
+                # One provider's credential source down must not keep the gateway, and
+                # every other provider, from serving: this one answers 503 meanwhile.
+                self._source = source
+                self._fetching = None if fetching.done() else fetching
+                log.warning(
+                    "AWS credentials for %s not obtained (%s, %s): its requests are answered"
+                    " 503 provider_credentials_unavailable until they are",
                     self.host,
                     source.method,
                     type(exc).__name__,
@@ -175,6 +214,8 @@ class AwsSigner:
         (``payload_sha256``), computed by the caller off the event loop; None: hashed here.
         """
         if self._auth is None:
+            if self._source is not None:
+                raise credentials_pending.unavailable()
             raise RuntimeError("AwsSigner.sign() called before start()")
         signed = {
             name.lower(): value
@@ -202,11 +243,49 @@ class AwsSigner:
         previous credentials stay in use until they expire.
         """
         source = self._source
-        if not isinstance(source, RefreshableCredentials) or not source.refresh_needed():
+        if self.pending or not isinstance(source, RefreshableCredentials):
+            return  # a pending signer is obtain()'s
+        if not source.refresh_needed():
             return
         frozen = await run_in_daemon_thread(source.get_frozen_credentials, CREDENTIALS_THREAD)
         if frozen != self._frozen:
             self._use(source, frozen)
+
+    async def obtain(self) -> bool:
+        """One more try for a pending signer's credentials: True once it has some. A try
+        that fails is logged (a refusal as a warning: the config is in use already and
+        cannot be refused now) and left for the next; one the source never answers is
+        waited for by the tries after it, not started again."""
+        source = self._source
+        if not self.pending or source is None:
+            return self._auth is not None
+        if self._fetching is None:
+            self._fetching = _fetch(source)
+        fetching = self._fetching
+        try:
+            frozen = await asyncio.wait_for(asyncio.shield(fetching), FIRST_CREDENTIALS_WAIT_S)
+        except TimeoutError:
+            log.debug("AWS credentials for %s: still no answer", self.host)
+            return False
+        except Exception as exc:
+            self._fetching = None
+            if _outage(exc):
+                log.debug("AWS credentials for %s: %s", self.host, type(exc).__name__)
+            else:
+                log.warning(
+                    "AWS credentials for %s refused (%s, %s): its requests are answered 503"
+                    " until the source hands some over",
+                    self.host,
+                    source.method,
+                    type(exc).__name__,
+                )
+            return False
+        self._fetching = None
+        if self._source is not source:
+            return False  # closed meanwhile
+        self._use(source, frozen)
+        log.info("AWS credentials for %s obtained (%s): it serves", self.host, self.method)
+        return True
 
     def _carries_over(self, previous: AwsSigner | None) -> bool:
         """Whether ``previous`` signs for the same provider with credentials that have
@@ -234,6 +313,7 @@ class AwsSigner:
         self._auth = None
         self._frozen = None
         self._source = None
+        self._fetching = None
 
     def _use(self, source: Credentials, frozen: ReadOnlyCredentials) -> None:
         self._source = source
@@ -276,6 +356,28 @@ class AwsSigner:
         if access_key is None or secret_key is None:
             return None
         return Credentials(access_key, secret_key, _session_token(config), method="gateway-config")
+
+
+def _fetch(source: Credentials) -> asyncio.Future[ReadOnlyCredentials]:
+    """The credentials of ``source``, fetched in a daemon thread. Its callers wait for it
+    shielded, and may stop waiting: a failure nobody waits for any more is dropped (not
+    logged as an exception never retrieved)."""
+    fetching = run_in_daemon_thread(source.get_frozen_credentials, CREDENTIALS_THREAD)
+    fetching.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return fetching
+
+
+def _outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the credential source is out of reach or failing for now (no
+    answer, a connection refused or reset, a 5xx or throttling from STS), not that it
+    refused the credentials (a role that does not trust the token, an expired token)."""
+    if isinstance(exc, TimeoutError | HTTPClientError | BotocoreConnectionError):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.get("Code") in _OUTAGE_CODES or int(status or 0) >= 500
+    return False
 
 
 def default_chain_credentials(region: str) -> Credentials | None:

@@ -33,9 +33,9 @@ def unavailable() -> ServiceUnavailableError:
     )
 
 
-def retry_delays(first_s: float = FIRST_RETRY_S, last_s: float = LAST_RETRY_S) -> Iterator[float]:
+def retry_delays() -> Iterator[float]:
     """The pauses between tries of a pending source: 1 s, 2 s, 4 s... then 30 s each."""
-    delay = first_s
+    delay = FIRST_RETRY_S
     while True:
         yield delay
-        delay = min(delay * 2, last_s)
+        delay = min(delay * 2, LAST_RETRY_S)

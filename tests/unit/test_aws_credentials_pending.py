@@ -1,0 +1,227 @@
+"""A Bedrock provider whose AWS credentials cannot be fetched when its config loads (STS
+out of reach for a Kubernetes service account's web identity): the gateway serves all the
+same, that provider's requests get a 503 the SDKs retry, and its credentials are fetched
+again until STS answers. A refusal from STS still refuses the config.
+
+Real sockets: botocore's web identity provider against an STS stand-in that is down
+(a port bound and not listening: connections refused), silent, refusing or answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc.config import ConfigError
+from extproc.config.model import AwsConfig
+from extproc.errors import ServiceUnavailableError
+from extproc.providers import aws_signer, credentials_pending
+from extproc.providers.aws_signer import AwsSigner
+from extproc.server import Gateway
+from extproc.testing import request_body, request_headers, run_stream
+from tests.unit.test_credentials_across_reloads import parsed, raw_config
+from tests.unit.test_identity_review import (
+    STS_SESSION_TOKEN,
+    WEB_IDENTITY_TOKEN,
+    FakeSts,
+)
+
+AUTH = {"authorization": "Bearer team1-key"}
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+HAIKU = orjson.dumps({"model": "haiku", "messages": [{"role": "user", "content": "hi"}]})
+
+
+class DownSts:
+    """An STS address that refuses connections until ``come_up()``, then answers as
+    ``handler`` does, at the same address."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))  # bound, not listening: connections refused
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self._server: ThreadingHTTPServer | None = None
+
+    def come_up(self, handler: type[BaseHTTPRequestHandler] = FakeSts) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = self.socket
+        server.server_address = self.socket.getsockname()
+        server.server_activate()  # listen()
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        else:
+            self.socket.close()
+
+
+class RefusingSts(BaseHTTPRequestHandler):
+    """STS refusing the web identity token (a role that does not trust it)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = (
+            b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+            b"<Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to"
+            b" perform sts:AssumeRoleWithWebIdentity</Message></Error>"
+            b"<RequestId>r</RequestId></ErrorResponse>"
+        )
+        self.send_response(403)
+        self.send_header("content-type", "text/xml")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def sts() -> Iterator[DownSts]:
+    down = DownSts()
+    yield down
+    down.close()
+
+
+@pytest.fixture
+def pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sts: DownSts) -> None:
+    """A pod whose service account may assume the gateway's role, with STS at ``sts``."""
+    token = tmp_path / "token"
+    token.write_text(WEB_IDENTITY_TOKEN)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/gateway")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # botocore's own retries of a refused connection: one try is enough to see it.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+
+
+def signer() -> AwsSigner:
+    return AwsSigner(AwsConfig(region="us-east-1"), "http://bedrock.test")
+
+
+@pytest.mark.usefixtures("pod")
+async def test_a_start_while_sts_is_down_serves_and_signs_once_sts_answers(
+    sts: DownSts, caplog: pytest.LogCaptureFixture
+) -> None:
+    waiting = signer()
+    await waiting.start()  # before, ConfigError: the gateway did not start at all
+
+    assert waiting.pending
+    with pytest.raises(ServiceUnavailableError) as refused:
+        waiting.sign("POST", "/model/m/converse", b"{}", {})
+    assert refused.value.status == 503
+    assert refused.value.code == credentials_pending.CODE
+    assert not await waiting.obtain()
+    assert waiting.pending
+
+    sts.come_up()
+    assert await waiting.obtain()
+    assert not waiting.pending
+    signed = waiting.sign("POST", "/model/m/converse", b"{}", {})
+    assert signed["x-amz-security-token"] == STS_SESSION_TOKEN
+    said = " ".join(r.getMessage() for r in caplog.records if r.name == aws_signer.__name__)
+    assert "503 provider_credentials_unavailable" in said
+    assert WEB_IDENTITY_TOKEN not in said and STS_SESSION_TOKEN not in said
+
+
+@pytest.mark.usefixtures("pod")
+async def test_sts_refusing_the_token_still_refuses_the_config(sts: DownSts) -> None:
+    sts.come_up(RefusingSts)
+    with pytest.raises(ConfigError, match="cannot obtain credentials from the AWS default chain"):
+        await signer().start()
+
+
+class SilentSts(BaseHTTPRequestHandler):
+    """STS taking connections and never answering; counts the requests it took."""
+
+    taken = 0
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        type(self).taken += 1
+        self.release.wait(30)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.mark.usefixtures("pod")
+async def test_a_silent_sts_leaves_the_signer_pending_with_one_fetch_at_a_time(
+    sts: DownSts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 0.3)
+    SilentSts.taken = 0
+    SilentSts.release.clear()
+    sts.come_up(SilentSts)
+    waiting = signer()
+    try:
+        await waiting.start()  # before: waited for botocore's 60 s timeouts
+        assert waiting.pending
+        assert not await waiting.obtain()
+        assert not await waiting.obtain()
+        # The tries waited for the one fetch STS holds; none started another.
+        assert SilentSts.taken == 1
+    finally:
+        SilentSts.release.set()
+        await waiting.close()
+
+
+async def status_and_code(gateway: Gateway, body: bytes) -> tuple[int | None, str | None]:
+    """The status and error code the gateway answers a chat request with at once (None,
+    None: sent on to the provider)."""
+    answers = await run_stream(
+        gateway.processor,
+        [request_headers("/v1/chat/completions", headers=AUTH), request_body(body)],
+    )
+    for answer in answers:
+        if answer.HasField("immediate_response"):
+            error = orjson.loads(answer.immediate_response.body)["error"]
+            return int(answer.immediate_response.status.code), error["code"]
+    return None, None
+
+
+@pytest.mark.usefixtures("pod")
+async def test_a_gateway_started_while_sts_is_down_serves_the_other_providers(
+    sts: DownSts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(credentials_pending, "FIRST_RETRY_S", 0.05)
+    monkeypatch.setattr(credentials_pending, "LAST_RETRY_S", 0.2)
+    raw = raw_config()
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}  # the pod's service account (IRSA)
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()
+    try:
+        assert await status_and_code(gateway, CHAT) == (None, None), "OpenAI serves"
+        assert await status_and_code(gateway, HAIKU) == (503, credentials_pending.CODE)
+
+        sts.come_up()
+        waiting = gateway.runtime.signers["mock-bedrock"]
+        assert await _eventually(lambda: not waiting.pending), "no retry fetched them"
+        assert await status_and_code(gateway, HAIKU) == (None, None), "Bedrock serves"
+    finally:
+        await gateway.runtime.close()
+
+
+async def _eventually(probe: Any, rounds: int = 600) -> bool:
+    for _ in range(rounds):
+        if probe():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(probe())
