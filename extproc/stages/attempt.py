@@ -259,6 +259,7 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
         # through its failover either.
         or (route.provider is not None and upstream.provider.name != route.provider)
         or ctx.runtime.access.denial(ctx.identity, name, route.name) is not None
+        or credentials_pending_for(upstream)
         # Last: the only check that reads the body, and the only one that logs.
         or not serves_body(ctx, name, upstream)
     ]
@@ -301,6 +302,15 @@ class FailoverCheckStage:
         members = list(ctx.runtime.failover[primary].values())
         if pinned_to(ctx, members) is None:
             check_translation(ctx, ctx.body, members[0][1])
+
+
+def credentials_pending_for(fallback: Upstream) -> bool:
+    """Whether the fallback's provider has no credentials yet, its source out of reach
+    since its config loaded (providers.credentials_pending): an attempt there would end
+    in the gateway's own 503, which Envoy takes for the request's answer, not for a
+    failure to retry on the next member."""
+    fetched = fallback.signer or fallback.token_source
+    return fetched is not None and fetched.pending
 
 
 def serves_request(ctx: RequestContext, fallback: Upstream) -> bool:

@@ -28,6 +28,7 @@ from tests.integration.conftest import GatewayLog, mock_requests, running_stack,
 KEY = "team1-key"
 SESSION_TOKEN = "pending-then-fetched-session-token"
 PROVIDERS = """
+  - {name: dead, base_url: "http://127.0.0.1:1/v1", api_key: dead-key-123}
   - name: bedrock-irsa
     type: bedrock
     base_url: http://${MOCK_LLM_ADDRESS}
@@ -35,6 +36,13 @@ PROVIDERS = """
 """
 MODELS = """
   - {name: anthropic.claude-3-5-haiku-20241022-v1:0, provider: bedrock-irsa, aliases: [irsa-haiku]}
+  - name: amazon.nova-micro-v1:0
+    provider: bedrock-irsa
+    aliases: [irsa-nova]
+    fallbacks: [gpt-4o-mini]
+  - name: o4-mini
+    provider: dead
+    fallbacks: [anthropic.claude-3-5-haiku-20241022-v1:0, claude-3-5-haiku-latest]
 """
 # The mock knows one key pair; the STS stand-in hands it out, with a session token.
 STS_ANSWER = f"""<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
@@ -146,6 +154,27 @@ def test_the_other_providers_serve_while_sts_is_down(pending_stack: LocalStack) 
     [line] = GatewayLog(pending_stack.gateway_log).for_request(request_id)
     assert line["http_status_code"] == 503
     assert not line["total_tokens"]
+
+
+def test_a_failover_chain_skips_a_pending_fallback(pending_stack: LocalStack) -> None:
+    client = OpenAI(base_url=f"{pending_stack.base_url}/v1", api_key=KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="o4-mini", messages=[{"role": "user", "content": "are you there?"}]
+    )
+    # The primary refuses connections; the Bedrock fallback has no credentials yet; the
+    # Anthropic one answers (before, the Bedrock attempt's 503 was the client's answer).
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content == "Mock reply to: are you there?"
+    line = GatewayLog(pending_stack.gateway_log).for_request(raw.headers["x-request-id"])[-1]
+    assert line["provider"] == "mock-anthropic"
+
+
+def test_a_pending_primary_answers_503_even_with_fallbacks(pending_stack: LocalStack) -> None:
+    """Failover retries a provider's failure; the pending provider's attempt ends in the
+    gateway, whose 503 is the client's answer (documented)."""
+    with pytest.raises(openai.InternalServerError) as refused:
+        ask(pending_stack, "irsa-nova")
+    assert refused.value.status_code == 503
 
 
 def test_the_provider_serves_once_sts_answers_without_a_restart(
