@@ -11,10 +11,7 @@ the official openai client.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from openai import OpenAI
 
 from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import GatewayLog, mock_requests, running_stack, wait_for
+from tests.sts_stand_in import DownSts, answering, sts_answer
 
 KEY = "team1-key"
 SESSION_TOKEN = "pending-then-fetched-session-token"
@@ -45,57 +43,7 @@ MODELS = """
     fallbacks: [anthropic.claude-3-5-haiku-20241022-v1:0, claude-3-5-haiku-latest]
 """
 # The mock knows one key pair; the STS stand-in hands it out, with a session token.
-STS_ANSWER = f"""<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-<AssumeRoleWithWebIdentityResult><Credentials>
-<AccessKeyId>AKIDMOCK</AccessKeyId>
-<SecretAccessKey>mock-secret-key</SecretAccessKey>
-<SessionToken>{SESSION_TOKEN}</SessionToken>
-<Expiration>2099-01-01T00:00:00Z</Expiration>
-</Credentials>
-<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/gateway/pod</Arn>
-<AssumedRoleId>AROAPENDING:pod</AssumedRoleId></AssumedRoleUser>
-</AssumeRoleWithWebIdentityResult>
-<ResponseMetadata><RequestId>pending</RequestId></ResponseMetadata>
-</AssumeRoleWithWebIdentityResponse>""".encode()
-
-
-class Sts(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-type", "text/xml")
-        self.send_header("content-length", str(len(STS_ANSWER)))
-        self.end_headers()
-        self.wfile.write(STS_ANSWER)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-class DownSts:
-    """An address that refuses connections until ``come_up()``, then answers as STS."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))  # bound, not listening: connections refused
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self._server: ThreadingHTTPServer | None = None
-
-    def come_up(self) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Sts, bind_and_activate=False)
-        server.socket.close()
-        server.socket = self.socket
-        server.server_address = self.socket.getsockname()
-        server.server_activate()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        else:
-            self.socket.close()
+Sts = answering(sts_answer("AKIDMOCK", "mock-secret-key", SESSION_TOKEN))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +128,7 @@ def test_a_pending_primary_answers_503_even_with_fallbacks(pending_stack: LocalS
 def test_the_provider_serves_once_sts_answers_without_a_restart(
     pending_stack: LocalStack, sts: DownSts
 ) -> None:
-    sts.come_up()
+    sts.come_up(Sts)
 
     def served() -> str | None:
         try:

@@ -10,11 +10,9 @@ Real sockets: botocore's web identity provider against an STS stand-in that is d
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import orjson
@@ -27,43 +25,20 @@ from extproc.providers import aws_signer, credentials_pending
 from extproc.providers.aws_signer import AwsSigner
 from extproc.server import Gateway
 from extproc.testing import request_body, request_headers, run_stream
+from tests.sts_stand_in import DownSts
 from tests.unit.test_credentials_across_reloads import parsed, raw_config
 from tests.unit.test_identity_review import (
     STS_SESSION_TOKEN,
     WEB_IDENTITY_TOKEN,
     FakeSts,
+    service_account,
 )
+
+__all__ = ["service_account"]  # a fixture, used by name
 
 AUTH = {"authorization": "Bearer team1-key"}
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 HAIKU = orjson.dumps({"model": "haiku", "messages": [{"role": "user", "content": "hi"}]})
-
-
-class DownSts:
-    """An STS address that refuses connections until ``come_up()``, then answers as
-    ``handler`` does, at the same address."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))  # bound, not listening: connections refused
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self._server: ThreadingHTTPServer | None = None
-
-    def come_up(self, handler: type[BaseHTTPRequestHandler] = FakeSts) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
-        server.socket.close()
-        server.socket = self.socket
-        server.server_address = self.socket.getsockname()
-        server.server_activate()  # listen()
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        else:
-            self.socket.close()
 
 
 class RefusingSts(BaseHTTPRequestHandler):
@@ -95,18 +70,14 @@ def sts() -> Iterator[DownSts]:
 
 
 @pytest.fixture
-def pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sts: DownSts) -> None:
+def sts_endpoint(sts: DownSts) -> str:
+    """The STS the service_account fixture points botocore at: down until it comes up."""
+    return sts.url
+
+
+@pytest.fixture
+def pod(service_account: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pod whose service account may assume the gateway's role, with STS at ``sts``."""
-    token = tmp_path / "token"
-    token.write_text(WEB_IDENTITY_TOKEN)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
-    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/gateway")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # botocore's own retries of a refused connection: one try is enough to see it.
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
 
@@ -130,7 +101,7 @@ async def test_a_start_while_sts_is_down_serves_and_signs_once_sts_answers(
     assert not await waiting.obtain()
     assert waiting.pending
 
-    sts.come_up()
+    sts.come_up(FakeSts)
     assert await waiting.obtain()
     assert not waiting.pending
     signed = waiting.sign("POST", "/model/m/converse", b"{}", {})
@@ -211,7 +182,7 @@ async def test_a_gateway_started_while_sts_is_down_serves_the_other_providers(
         assert await status_and_code(gateway, CHAT) == (None, None), "OpenAI serves"
         assert await status_and_code(gateway, HAIKU) == (503, credentials_pending.CODE)
 
-        sts.come_up()
+        sts.come_up(FakeSts)
         waiting = gateway.runtime.signers["mock-bedrock"]
         assert await _eventually(lambda: not waiting.pending), "no retry fetched them"
         assert await status_and_code(gateway, HAIKU) == (None, None), "Bedrock serves"

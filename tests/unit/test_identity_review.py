@@ -12,9 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import jwt
 import pytest
@@ -27,6 +26,7 @@ from extproc.runtime import Services
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import processor_for, request_headers, run_stream
+from tests.sts_stand_in import answering, sts_answer
 from tests.unit import test_jwt_verifier as jwt_tests
 from tests.unit.test_jwt_verifier import (
     AUDIENCE,
@@ -47,33 +47,8 @@ make_verifier = jwt_tests.make_verifier
 WEB_IDENTITY_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.Wq3zIRSAsig7c1d"
 STS_SECRET_KEY = "Rk8vSTSsecretAccessKey-0c9d8e7fTb5w"
 STS_SESSION_TOKEN = "Lm2xSTSsessionToken-6a5b4c3dPq9z"
-STS_ANSWER = f"""<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-<AssumeRoleWithWebIdentityResult><Credentials>
-<AccessKeyId>ASIAREVIEWSTS0000001</AccessKeyId>
-<SecretAccessKey>{STS_SECRET_KEY}</SecretAccessKey>
-<SessionToken>{STS_SESSION_TOKEN}</SessionToken>
-<Expiration>2099-01-01T00:00:00Z</Expiration>
-</Credentials>
-<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/gateway/pod</Arn>
-<AssumedRoleId>AROAREVIEW:pod</AssumedRoleId></AssumedRoleUser>
-</AssumeRoleWithWebIdentityResult>
-<ResponseMetadata><RequestId>review</RequestId></ResponseMetadata>
-</AssumeRoleWithWebIdentityResponse>""".encode()
-
-
-class FakeSts(BaseHTTPRequestHandler):
-    """AWS STS as botocore's web identity provider calls it: one answer, always good."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-type", "text/xml")
-        self.send_header("content-length", str(len(STS_ANSWER)))
-        self.end_headers()
-        self.wfile.write(STS_ANSWER)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
+# AWS STS as botocore's web identity provider calls it: one answer, always good.
+FakeSts = answering(sts_answer("ASIAREVIEWSTS0000001", STS_SECRET_KEY, STS_SESSION_TOKEN))
 
 
 @pytest.fixture
