@@ -448,9 +448,10 @@ class Runtime:
         if self.jwt is not None:
             await self.jwt.start(previous.jwt if previous is not None else None)
         await self._start_credentials(previous)
+        self._show_pending(previous)
         if self.signers or self.token_sources:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_credentials())
-        if any(each.pending for each in self._fetched_credentials()):
+        if any(each.pending for _, each in self._fetched_credentials()):
             self._obtaining = asyncio.get_running_loop().create_task(self._obtain_pending())
         await self.warn_of_shared_key_ids()
 
@@ -510,22 +511,41 @@ class Runtime:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    def _fetched_credentials(self) -> list[AwsSigner | GcpTokenSource]:
-        return [*self.signers.values(), *self.token_sources.values()]
+    def _fetched_credentials(self) -> list[tuple[str, AwsSigner | GcpTokenSource]]:
+        """The providers that fetch their credentials, by name."""
+        return [*self.signers.items(), *self.token_sources.items()]
+
+    def _show_pending(self, previous: Runtime | None) -> None:
+        """Set ``aigw_provider_credentials_pending`` for this config's providers, and to 0
+        for those of the replaced config it has no more."""
+        metrics = self.services.metrics
+        fetched = self._fetched_credentials()
+        for name, each in fetched:
+            metrics.credentials_pending(name, each.pending)
+        if previous is not None:
+            kept = {name for name, _ in fetched}
+            for name, _ in previous._fetched_credentials():
+                if name not in kept:
+                    metrics.credentials_pending(name, False)
 
     async def _obtain_pending(self) -> None:
         """Try the sources of pending providers (credentials_pending) again, 1 s after the
         start, then 2 s, 4 s... up to every 30 s, until each has its credentials."""
-        waiting = [each for each in self._fetched_credentials() if each.pending]
+        waiting = [(name, each) for name, each in self._fetched_credentials() if each.pending]
         for delay in credentials_pending.retry_delays():
             await asyncio.sleep(delay)
             outcomes = await asyncio.gather(
-                *(each.obtain() for each in waiting), return_exceptions=True
+                *(each.obtain() for _, each in waiting), return_exceptions=True
             )
-            for outcome in outcomes:
+            still: list[tuple[str, AwsSigner | GcpTokenSource]] = []
+            for (name, each), outcome in zip(waiting, outcomes, strict=True):
+                if outcome is True:
+                    self.services.metrics.credentials_pending(name, False)
+                    continue
                 if isinstance(outcome, Exception):
                     log.warning("pending credentials not obtained: %s", type(outcome).__name__)
-            waiting = [each for each, got in zip(waiting, outcomes, strict=True) if got is not True]
+                still.append((name, each))
+            waiting = still
             if not waiting:
                 return
 
@@ -585,6 +605,9 @@ class Runtime:
         ``max_wait_s`` is a safety net only (a stream that never ends must not keep
         sessions open for the life of the process)."""
         self._retired = True
+        if self._obtaining is not None:
+            # The replacing runtime tries its own; this one's would set the gauge for it.
+            self._obtaining.cancel()
         if self._streams == 0:
             self._close_soon()
             return

@@ -395,6 +395,18 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
         )
 
+        # Which providers answer 503 for want of credentials their source did not hand
+        # over when the config loaded (providers.credentials_pending): an alert's only
+        # sign of it besides the 503s. Any worker's pending provider is the page's.
+        self.provider_credentials_pending = Gauge(
+            "aigw_provider_credentials_pending",
+            "1 while a provider's credentials (AWS, Google Cloud) could not be fetched since"
+            " its config loaded and its requests get 503, else 0",
+            ("provider",),
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+
         self.agents = AgentMetrics(self.registry, self._child)
 
         # Label children cached: prometheus_client's labels() is the costliest
@@ -618,6 +630,9 @@ class GatewayMetrics:
 
     def rate_limit(self, rule: str, subject_kind: str) -> None:
         self._child(self.rate_limited, rule, subject_kind).inc()
+
+    def credentials_pending(self, provider: str, pending: bool) -> None:
+        self.provider_credentials_pending.labels(provider).set(1 if pending else 0)
 
     def config_reload(self, ok: bool) -> None:
         self._child(self.config_reloads, "success" if ok else "failure").inc()
