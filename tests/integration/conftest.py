@@ -291,15 +291,22 @@ def counted_page(url: str, timeout_s: float = 10.0) -> Samples:
     """The page at ``url`` once no request is in progress (``aigw_requests_in_progress``
     0): every request whose answer a client has read is counted on it. A gateway counts a
     request when Envoy closes its stream, which can be just after the client read the
-    answer."""
+    answer.
+
+    The page read after one that showed 0: a page is not read at one instant (with
+    workers, file by file), and the one that saw the gauge at 0 may have read a counter
+    before the last request's count reached it; every request started before that page
+    is counted whole before the next one is read."""
     page: Samples = {}
+    idle = False
 
-    def idle() -> bool:
-        nonlocal page
+    def counted() -> bool:
+        nonlocal page, idle
         page = scrape(url)
-        return metric(page, "aigw_requests_in_progress") == 0
+        was_idle, idle = idle, metric(page, "aigw_requests_in_progress") == 0
+        return was_idle and idle
 
-    assert wait_for(idle, timeout_s), "requests still in progress on the gateway"
+    assert wait_for(counted, timeout_s), "requests still in progress on the gateway"
     return page
 
 

@@ -164,16 +164,20 @@ def settled(stack: LocalStack) -> tuple[Samples, list[dict[str, Any]]]:
 
     A worker counts a request, and then writes its line (up to 10 ms later), once Envoy
     has closed the request's stream, which can come just after the client read the
-    answer; and on a loaded machine a scrape can come between another worker's line and
-    its count. Both are read again until they agree (a count that never matches its
-    lines fails)."""
+    answer. So the log is read first: once it has a line for every request sent, each of
+    them was counted whole before the page is read (a page read first could catch the
+    last one halfway through its counts, its request counted and its tokens not, and its
+    line written just after). Both are read again until they agree (a count that never
+    matches its lines fails)."""
 
     def agreeing() -> tuple[Samples, list[dict[str, Any]]] | None:
+        logged = {line.get("request_id") for line in GatewayLog(stack.gateway_log).lines()}
+        if not logged.issuperset(SENT):
+            return None
         samples = parse(page(stack))
         requests = sum(series(samples, "aigw_requests_total").values())
         found = GatewayLog(stack.gateway_log).lines()
-        logged = {line.get("request_id") for line in found}
-        if found and len(found) == requests and logged.issuperset(SENT):
+        if found and len(found) == requests:
             return samples, found
         return None
 
