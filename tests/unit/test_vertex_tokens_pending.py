@@ -9,6 +9,7 @@ on that same socket: the URL the key file names never changes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -27,6 +28,12 @@ from extproc.mock_llm import MockOptions, create_app
 from extproc.mock_llm.vertex_auth import write_service_account
 from extproc.providers import credentials_pending
 from extproc.providers.gcp_tokens import GcpTokenSource
+from extproc.server import Gateway
+from tests.unit.mock_vertex import vertex_provider
+from tests.unit.test_aws_credentials_pending import CHAT, status_and_code
+from tests.unit.test_credentials_across_reloads import parsed, raw_config
+
+GEMINI = b'{"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}'
 
 WHERE = "providers.vertex.gcp"
 LOGGER = "extproc.providers.gcp_tokens"
@@ -214,3 +221,37 @@ async def test_before_start_authorization_is_still_a_programming_error(
     assert not source.pending
     with pytest.raises(RuntimeError, match="before start"):
         source.authorization()
+
+
+async def test_a_gateway_started_while_the_token_endpoint_is_down_serves_vertex_once_it_is_up(
+    tmp_path: Path, unreachable: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(credentials_pending, "FIRST_RETRY_S", 0.05)
+    monkeypatch.setattr(credentials_pending, "LAST_RETRY_S", 0.2)
+    key_file = tmp_path / "key.json"
+    write_service_account(key_file, token_uri=f"{url_of(unreachable)}/token")
+    raw = raw_config()
+    provider = vertex_provider(url_of(unreachable), key_file)
+    provider["gcp"]["first_token_timeout_s"] = FIRST_TOKEN_TIMEOUT_S
+    raw["providers"].append(provider)
+    raw["models"].append({"name": "gemini-2.5-flash", "provider": "vertex"})
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()  # before: ConfigError, and the gateway did not start
+    try:
+        assert await status_and_code(gateway, CHAT) == (None, None), "OpenAI serves"
+        assert await status_and_code(gateway, GEMINI) == (503, credentials_pending.CODE)
+        registry = gateway.services.metrics.registry
+        pending = {"provider": "vertex"}
+        assert registry.get_sample_value("aigw_provider_credentials_pending", pending) == 1
+
+        async with token_endpoint_on(unreachable, key_file):
+            source = gateway.runtime.token_sources["vertex"]
+            for _ in range(600):
+                if not source.pending:
+                    break
+                await asyncio.sleep(0.05)
+            assert not source.pending, "no retry minted a token"
+            assert await status_and_code(gateway, GEMINI) == (None, None), "Vertex serves"
+            assert registry.get_sample_value("aigw_provider_credentials_pending", pending) == 0
+    finally:
+        await gateway.runtime.close()
