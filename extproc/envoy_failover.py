@@ -126,6 +126,10 @@ FAILOVER_APIS = frozenset(
 )
 
 
+# Providers whose credentials are fetched over the network, and may be pending.
+_FETCHED_CREDENTIALS = frozenset({ProviderType.BEDROCK, ProviderType.VERTEX})
+
+
 def started_key(provider: str) -> str:
     """The metadata key under which an attempt on ``provider`` names itself as started:
     one per provider, so the attempts of one request each keep theirs (a chain has one
@@ -133,9 +137,13 @@ def started_key(provider: str) -> str:
     return f"{metadata_key(STARTED)}_by_{provider}"
 
 
+# The primary's position among the members a chain may skip (0 is the first fallback).
+PRIMARY = -1
+
+
 def failover_cluster_name(model: str, skipped: Collection[int] = ()) -> str:
-    """The aggregate cluster (and route) of ``model``'s chain, less the fallbacks at the
-    ``skipped`` positions (0 is the first fallback)."""
+    """The aggregate cluster (and route) of ``model``'s chain, less the members at the
+    ``skipped`` positions (0 is the first fallback, ``PRIMARY`` the primary)."""
     name = failover_chain_name(model)
     if skipped:
         # "-" is not in the slug's alphabet: no model's own name can end like this.
@@ -165,6 +173,21 @@ def skippable(fallbacks: int) -> Iterator[tuple[int, ...]]:
     """Every set of fallback positions a caller's access rules may keep it from, none first."""
     for count in range(fallbacks + 1):
         yield from combinations(range(fallbacks), count)
+
+
+def skippable_members(config: GatewayConfig, model: ModelConfig) -> Iterator[tuple[int, ...]]:
+    """Every set of members a request of ``model``'s chain may go without: the fallbacks
+    its caller's access rules keep it from (``skippable``) and, for a primary whose
+    provider fetches its credentials (Bedrock, Vertex), the primary along with them while
+    those credentials are pending (providers.credentials_pending), as long as a fallback
+    is left."""
+    fallbacks = len(model.fallbacks)
+    yield from skippable(fallbacks)
+    if config.provider(model.provider).type not in _FETCHED_CREDENTIALS:
+        return
+    for skipped in skippable(fallbacks):
+        if len(skipped) < fallbacks:
+            yield (PRIMARY, *skipped)
 
 
 def models_with_fallbacks(config: GatewayConfig) -> list[ModelConfig]:
@@ -225,8 +248,8 @@ def add_failover(bootstrap: Json, config: GatewayConfig, ext_proc_filter: Json) 
     failover_routes = []
     for model in chains:
         members = [model.provider, *(by_name[name].provider for name in model.fallbacks)]
-        for skipped in skippable(len(model.fallbacks)):
-            kept = [m for i, m in enumerate(members) if i == 0 or i - 1 not in skipped]
+        for skipped in skippable_members(config, model):
+            kept = [m for i, m in enumerate(members) if i - 1 not in skipped]
             clusters = [cluster_name(config.provider(name)) for name in kept]
             name = failover_cluster_name(model.name, skipped)
             resources["clusters"].append(_aggregate(name, clusters))

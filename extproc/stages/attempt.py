@@ -127,6 +127,7 @@ from extproc.context import ModeOverride, PhaseOutput, RequestContext
 from extproc.envoy_failover import (
     FAILOVER_APIS,
     HOST_METADATA_ATTRIBUTE,
+    PRIMARY,
     STARTED,
     failover_cluster_name,
     pinned_cluster_name,
@@ -265,6 +266,11 @@ def failover_plan(ctx: RequestContext) -> FailoverPlan:
     ]
     kept = [member for i, member in enumerate(members) if i == 0 or i - 1 not in skipped]
     chain = [[up.provider.name, name, up.upstream_model] for name, up in kept]
+    if credentials_pending_for(members[0][1]) and len(kept) > 1:
+        # Its attempt could only end in the gateway's 503, which Envoy would not retry:
+        # the chain's route without it (envoy_failover.skippable_members). It stays in
+        # the chain the attempts read, which names the chain's model by its primary.
+        skipped = [PRIMARY, *skipped]
     return FailoverPlan(failover_cluster_name(primary, skipped), chain, client_request(ctx))
 
 

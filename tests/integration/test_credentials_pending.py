@@ -117,12 +117,17 @@ def test_a_failover_chain_skips_a_pending_fallback(pending_stack: LocalStack) ->
     assert line["provider"] == "mock-anthropic"
 
 
-def test_a_pending_primary_answers_503_even_with_fallbacks(pending_stack: LocalStack) -> None:
-    """Failover retries a provider's failure; the pending provider's attempt ends in the
-    gateway, whose 503 is the client's answer (documented)."""
-    with pytest.raises(openai.InternalServerError) as refused:
-        ask(pending_stack, "irsa-nova")
-    assert refused.value.status_code == 503
+def test_a_pending_primary_is_skipped_for_its_fallback(pending_stack: LocalStack) -> None:
+    client = OpenAI(base_url=f"{pending_stack.base_url}/v1", api_key=KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="irsa-nova", messages=[{"role": "user", "content": "are you there?"}]
+    )
+    # Before, the primary's attempt ended in the gateway's 503, the client's answer.
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content == "Mock reply to: are you there?"
+    line = GatewayLog(pending_stack.gateway_log).for_request(raw.headers["x-request-id"])[-1]
+    assert (line["model"], line["provider"]) == ("irsa-nova", "mock")
+    assert line["total_tokens"] > 0
 
 
 def test_the_provider_serves_once_sts_answers_without_a_restart(

@@ -19,8 +19,11 @@ from typing import Any
 import orjson
 import pytest
 
+from extproc import headers
 from extproc.config import ConfigError
 from extproc.config.model import AwsConfig
+from extproc.envoy_bootstrap import render_bootstrap
+from extproc.envoy_failover import PRIMARY, failover_cluster_name
 from extproc.errors import ServiceUnavailableError
 from extproc.providers import aws_signer, credentials_pending
 from extproc.providers.aws_signer import AwsSigner
@@ -255,3 +258,65 @@ async def test_a_gateway_started_while_sts_is_down_raises_the_alert(
     # Not at once: a source back within two minutes pages nobody.
     failed = promtool_test(tmp_path, timeline, [firing(name, 11), firing(name, 13, expected)])
     assert not failed, failed
+
+
+def failover_routes(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rendered bootstrap's routes and clusters of failover chains, by name."""
+    bootstrap = render_bootstrap(parsed(raw))
+    resources = bootstrap["static_resources"]
+    manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    return {r["name"]: clusters[r["name"]] for r in routes if r.get("name") in clusters}
+
+
+def chained(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with a Bedrock model failing over to gpt-4o-mini, then to Claude, and an
+    OpenAI one to the Bedrock model."""
+    raw["models"] += [
+        {"name": "bedrock-first", "provider": "mock-bedrock",
+         "upstream_model": "amazon.nova-micro-v1:0",
+         "fallbacks": ["gpt-4o-mini", "claude-3-5-haiku-latest"]},
+        {"name": "openai-first", "provider": "mock", "upstream_model": "gpt-4o",
+         "fallbacks": ["bedrock-first"]},
+    ]  # fmt: skip
+    return raw
+
+
+def test_a_bedrock_primarys_chain_has_routes_without_the_primary() -> None:
+    routes = failover_routes(chained(raw_config()))
+    without_primary = routes[failover_cluster_name("bedrock-first", [PRIMARY])]
+    members = without_primary["cluster_type"]["typed_config"]["clusters"]
+    assert members == ["provider_mock", "provider_mock_anthropic"]
+    # Along with a fallback the caller may not use; never without every member.
+    assert failover_cluster_name("bedrock-first", [PRIMARY, 1]) in routes
+    assert failover_cluster_name("bedrock-first", [PRIMARY, 0, 1]) not in routes
+    # A primary with a static key is never pending: no such route.
+    assert failover_cluster_name("openai-first", [PRIMARY]) not in routes
+
+
+@pytest.mark.usefixtures("pod")
+async def test_a_pending_primarys_request_goes_to_the_chain_without_it() -> None:
+    raw = chained(raw_config())
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()
+    try:
+        body = orjson.dumps(
+            {"model": "bedrock-first", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        answers = await run_stream(
+            gateway.processor,
+            [request_headers("/v1/chat/completions", headers=AUTH), request_body(body)],
+        )
+        mutation = answers[-1].request_body.response
+        cluster = {
+            o.header.key: o.header.raw_value.decode() for o in mutation.header_mutation.set_headers
+        }[headers.CLUSTER]
+        assert cluster == failover_cluster_name("bedrock-first", [PRIMARY])
+        # The chain the attempts read still opens with the primary: it names the chain.
+        chain = orjson.loads(mutation.body_mutation.body)[headers.FAILOVER_CHAIN_KEY]
+        assert [member[0] for member in chain] == ["mock-bedrock", "mock", "mock-anthropic"]
+    finally:
+        await gateway.runtime.close()
