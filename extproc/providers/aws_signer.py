@@ -149,6 +149,8 @@ class AwsSigner:
         during an STS outage is applied, as the replaced config would have gone on
         signing, rather than refused."""
         source = await run_in_daemon_thread(self._resolve, CREDENTIALS_THREAD)
+        if self._still_pending(previous, source):
+            return
         fetching = _fetch(source)
         # An STS that takes connections and never answers holds botocore for minutes
         # (60 s timeouts, retried): a reload, and any reload after it (a key revoked), would
@@ -285,6 +287,23 @@ class AwsSigner:
             return False  # closed meanwhile
         self._use(source, frozen)
         log.info("AWS credentials for %s obtained (%s): it serves", self.host, self.method)
+        return True
+
+    def _still_pending(self, previous: AwsSigner | None, source: Credentials) -> bool:
+        """Take over ``previous``'s pending state when it waits for the same credentials
+        (the same provider, and the default chain's same source): a reload during the
+        outage (a key revoked) is applied at once instead of after another wait for the
+        source, and the fetch ``previous`` started goes on for this signer. A chain that
+        now resolves elsewhere (static keys an operator wrote to the shared credentials
+        file to get round the outage) is started afresh."""
+        if previous is None or not previous.pending or previous._source is None:
+            return False
+        if (previous._config, previous._origin) != (self._config, self._origin):
+            return False
+        if previous._source.method != source.method:
+            return False
+        self._source = previous._source
+        self._fetching = previous._fetching
         return True
 
     def _carries_over(self, previous: AwsSigner | None) -> bool:

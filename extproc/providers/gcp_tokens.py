@@ -182,6 +182,12 @@ class GcpTokenSource:
         revokes an org key, say) is applied, as the replaced config would have gone on
         serving with that token, rather than refused after ``gcp.first_token_timeout_s``."""
         self._credentials = await asyncio.to_thread(self._load)
+        if previous is not None and previous._pending and previous._config == self._config:
+            # The replaced config waits for the same token endpoint: a reload during the
+            # outage (a key revoked) is applied at once, not after another wait for it;
+            # the runtime tries the endpoint again a second later.
+            self._pending = True
+            return
         deadline = time.monotonic() + self._config.first_token_timeout_s
         pause = 0.25
         while True:

@@ -31,7 +31,13 @@ from extproc.server import Gateway
 from extproc.testing import request_body, request_headers, run_stream
 from tests.sts_stand_in import DownSts
 from tests.unit.test_alerts_review import alert, firing, promtool_test, scraped_around
-from tests.unit.test_credentials_across_reloads import parsed, raw_config
+from tests.unit.test_credentials_across_reloads import (
+    REMOVED_KEY,
+    parsed,
+    raw_config,
+    status_with,
+    without_team2,
+)
 from tests.unit.test_identity_review import (
     STS_SESSION_TOKEN,
     WEB_IDENTITY_TOKEN,
@@ -320,3 +326,34 @@ async def test_a_pending_primarys_request_goes_to_the_chain_without_it() -> None
         assert [member[0] for member in chain] == ["mock-bedrock", "mock", "mock-anthropic"]
     finally:
         await gateway.runtime.close()
+
+
+@pytest.mark.usefixtures("pod")
+async def test_a_reload_while_sts_is_silent_is_applied_at_once_and_keeps_the_one_fetch(
+    sts: DownSts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 0.3)
+    SilentSts.taken = 0
+    SilentSts.release.clear()
+    sts.come_up(SilentSts)
+    raw = raw_config()
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()
+    try:
+        assert gateway.runtime.signers["mock-bedrock"].pending
+        # The org revokes a key during the outage. Before, the reload waited for STS
+        # again (here up to a minute) before the key stopped working.
+        monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 60.0)
+        async with asyncio.timeout(10):
+            await gateway.apply(parsed(without_team2(raw)))
+        assert await status_with(gateway, REMOVED_KEY) == 401
+        assert gateway.runtime.signers["mock-bedrock"].pending
+        assert await status_and_code(gateway, HAIKU) == (503, credentials_pending.CODE)
+        assert SilentSts.taken == 1, "the new config waits on the fetch STS holds"
+    finally:
+        SilentSts.release.set()
+        await gateway.runtime.close()
+        for retired in gateway._retired:
+            await retired.wait_closed()

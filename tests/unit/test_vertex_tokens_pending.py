@@ -31,7 +31,13 @@ from extproc.providers.gcp_tokens import GcpTokenSource
 from extproc.server import Gateway
 from tests.unit.mock_vertex import vertex_provider
 from tests.unit.test_aws_credentials_pending import CHAT, status_and_code
-from tests.unit.test_credentials_across_reloads import parsed, raw_config
+from tests.unit.test_credentials_across_reloads import (
+    REMOVED_KEY,
+    parsed,
+    raw_config,
+    status_with,
+    without_team2,
+)
 
 GEMINI = b'{"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -255,3 +261,30 @@ async def test_a_gateway_started_while_the_token_endpoint_is_down_serves_vertex_
             assert registry.get_sample_value("aigw_provider_credentials_pending", pending) == 0
     finally:
         await gateway.runtime.close()
+
+
+async def test_a_reload_while_vertex_is_pending_is_applied_without_asking_again(
+    tmp_path: Path, unreachable: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    key_file = tmp_path / "key.json"
+    write_service_account(key_file, token_uri=f"{url_of(unreachable)}/token")
+    raw = raw_config()
+    provider = vertex_provider(url_of(unreachable), key_file)
+    provider["gcp"]["first_token_timeout_s"] = FIRST_TOKEN_TIMEOUT_S
+    raw["providers"].append(provider)
+    raw["models"].append({"name": "gemini-2.5-flash", "provider": "vertex"})
+    gateway = Gateway(parsed(raw), None)
+    await gateway.runtime.start()
+    try:
+        # The org revokes a key while Google's endpoint is still out of reach: applied
+        # without another wait for the endpoint (before: up to first_token_timeout_s).
+        await gateway.apply(parsed(without_team2(raw)))
+        assert await status_with(gateway, REMOVED_KEY) == 401
+        assert gateway.runtime.token_sources["vertex"].pending
+        assert await status_and_code(gateway, GEMINI) == (503, credentials_pending.CODE)
+        warned = [r for r in records_of_the_source(caplog) if r.levelno == logging.WARNING]
+        assert len(warned) == 1, "the reload's source did not ask the endpoint again"
+    finally:
+        await gateway.runtime.close()
+        for retired in gateway._retired:
+            await retired.wait_closed()
