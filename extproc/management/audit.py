@@ -8,15 +8,19 @@ and says how the change ended (``outcome``):
 * ``applied``: the store confirmed it (``before`` and ``after`` states; a line
   without ``after`` and with an ``error`` means the new state could not be read);
 * ``failed``: the store did not answer before anything was sent; nothing changed;
-* ``unknown``: the store did not confirm a change that was sent: it may be in force.
+* ``unknown``: the store did not confirm a change that was sent: it may be in force;
+* ``refused``: the call carried no valid admin token; nothing was sent (``caller`` is
+  null: the line names the address, never what the call presented).
 
 A call cancelled before it ended (its caller's deadline passed, it hung up, the
 gateway is stopping) is audited the same way, by how far it got, its ``error``
 saying it was cancelled.
 
-Requests refused as invalid (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS) and
-calls without a valid admin token change nothing and are not audited; the
-latter get a warning with the caller's address in the diagnostic log.
+Requests refused as invalid (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS) change
+nothing and are not audited. A change asked for without a valid admin token is
+audited as ``refused``: a security team reads tries at the admin API in the same
+trail as the changes. Reads refused so leave a warning with the caller's address
+in the diagnostic log only.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from typing import IO, Any, Literal
 
 import orjson
 
-Outcome = Literal["applied", "failed", "unknown"]
+Outcome = Literal["applied", "failed", "unknown", "refused"]
 
 
 class AuditLog:
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
 
-    def write(self, action: str, caller: str, outcome: Outcome, **fields: Any) -> None:
+    def write(self, action: str, caller: str | None, outcome: Outcome, **fields: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         record = {
             "audit": True,

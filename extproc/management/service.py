@@ -8,9 +8,10 @@ can share (no SO_REUSEPORT). Every call must carry
 ``authorization: Bearer <admin token>``; every change an admin asks for writes
 one audit line naming the token's id (never a token, never a key's secret) and
 its outcome: applied, or cut short by the store or by the call's cancellation
-(failed, or unknown when it may be in force). Refusals of invalid requests
-change nothing and are not audited; a request whose bytes are no message of the
-method's type is one of them (INVALID_ARGUMENT, after the token check). The
+(failed, or unknown when it may be in force), or refused for want of a valid
+admin token. Refusals of invalid requests change nothing and are not audited; a
+request whose bytes are no message of the method's type is one of them
+(INVALID_ARGUMENT, after the token check). The
 rules come from the runtime current at each call, so a config reload applies to
 the next call, admin tokens included.
 """
@@ -274,7 +275,7 @@ class AdminService:
     ) -> T:
         """Authenticate the call, run it, audit the ``change`` it makes (if any) with its
         outcome, and turn refusals into gRPC status codes."""
-        caller = await self._authenticate(context)
+        caller = await self._authenticate(context, change)
         try:
             result = await work(caller)
         except asyncio.CancelledError:
@@ -320,8 +321,11 @@ class AdminService:
             self._write_audit(change, caller, context, "applied")
         return result
 
-    async def _authenticate(self, context: grpc_aio.ServicerContext) -> str:
-        """The id of the admin token the call carries; UNAUTHENTICATED without one."""
+    async def _authenticate(
+        self, context: grpc_aio.ServicerContext, change: Change | None = None
+    ) -> str:
+        """The id of the admin token the call carries; UNAUTHENTICATED without one (and,
+        for a ``change``, a ``refused`` audit line naming what it asked for)."""
         caller = (await self._admin_tokens()).caller(context.invocation_metadata() or ())
         if caller is not None:
             return caller
@@ -331,6 +335,11 @@ class AdminService:
             context.peer(),
             "invalid" if presented else "no",
         )
+        if change is not None:
+            error = "invalid admin token" if presented else "no admin token"
+            self._audit.write(
+                change.action, None, "refused", peer=context.peer(), **change.fields, error=error
+            )
         message = (
             "invalid admin token"
             if presented

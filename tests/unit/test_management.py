@@ -258,6 +258,24 @@ async def test_calls_without_the_admin_token_are_refused(
     assert "admin token" in (refused.value.details() or "")
     if presented:
         assert presented not in (refused.value.details() or "")
+    # The try is in the audit trail, with what it asked for and from where: never with
+    # what it presented (before, only a warning in the diagnostic log told of it).
+    [line] = api.audit_lines()
+    assert line["action"] == "reset_usage"
+    assert (line["caller"], line["outcome"]) == (None, "refused")
+    assert line["subject"] == "team1"
+    assert line["error"] == ("invalid admin token" if presented else "no admin token")
+    assert line["peer"]
+    written = api.audit.getvalue().decode()
+    assert TOKEN not in written and "not-the-admin-token" not in written
+    # Nothing changed: the counters are as they were.
+    assert (await api.get("api_key", "team1"))["requests_per_minute"].used == 0
+
+
+async def test_a_read_without_the_admin_token_leaves_no_audit_line(api: Api) -> None:
+    with pytest.raises(grpc_aio.AioRpcError) as refused:
+        await api.call("GetQuota", pb.GetQuotaRequest(subject_kind="api_key", subject="t"), None)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert api.audit_lines() == []
 
 
