@@ -93,6 +93,25 @@ def pod(service_account: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
 
 
+def on_the_pods_account(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the mock Bedrock provider signing with the pod's service account (IRSA)
+    instead of its static keys."""
+    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
+    bedrock["aws"] = {"region": "us-east-1"}
+    return raw
+
+
+@pytest.fixture
+def silent_sts(sts: DownSts, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[SilentSts]]:
+    """STS up at ``sts`` and silent (released at the end); a start waits 0.3 s for it."""
+    monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 0.3)
+    SilentSts.taken = 0
+    SilentSts.release.clear()
+    sts.come_up(SilentSts)
+    yield SilentSts
+    SilentSts.release.set()
+
+
 def signer() -> AwsSigner:
     return AwsSigner(AwsConfig(region="us-east-1"), "http://bedrock.test")
 
@@ -145,12 +164,8 @@ class SilentSts(BaseHTTPRequestHandler):
 
 @pytest.mark.usefixtures("pod")
 async def test_a_silent_sts_leaves_the_signer_pending_with_one_fetch_at_a_time(
-    sts: DownSts, monkeypatch: pytest.MonkeyPatch
+    silent_sts: type[SilentSts],
 ) -> None:
-    monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 0.3)
-    SilentSts.taken = 0
-    SilentSts.release.clear()
-    sts.come_up(SilentSts)
     waiting = signer()
     try:
         await waiting.start()  # before: waited for botocore's 60 s timeouts
@@ -158,9 +173,8 @@ async def test_a_silent_sts_leaves_the_signer_pending_with_one_fetch_at_a_time(
         assert not await waiting.obtain()
         assert not await waiting.obtain()
         # The tries waited for the one fetch STS holds; none started another.
-        assert SilentSts.taken == 1
+        assert silent_sts.taken == 1
     finally:
-        SilentSts.release.set()
         await waiting.close()
 
 
@@ -184,10 +198,7 @@ async def test_a_gateway_started_while_sts_is_down_serves_the_other_providers(
 ) -> None:
     monkeypatch.setattr(credentials_pending, "FIRST_RETRY_S", 0.05)
     monkeypatch.setattr(credentials_pending, "LAST_RETRY_S", 0.2)
-    raw = raw_config()
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    bedrock["aws"] = {"region": "us-east-1"}  # the pod's service account (IRSA)
-    gateway = Gateway(parsed(raw), None)
+    gateway = Gateway(parsed(on_the_pods_account(raw_config())), None)
     await gateway.runtime.start()
     try:
         assert await status_and_code(gateway, CHAT) == (None, None), "OpenAI serves"
@@ -220,9 +231,7 @@ async def test_the_pending_gauge_is_1_until_sts_answers(
 ) -> None:
     monkeypatch.setattr(credentials_pending, "FIRST_RETRY_S", 0.05)
     monkeypatch.setattr(credentials_pending, "LAST_RETRY_S", 0.2)
-    raw = raw_config()
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    bedrock["aws"] = {"region": "us-east-1"}
+    raw = on_the_pods_account(raw_config())
     gateway = Gateway(parsed(raw), None)
     await gateway.runtime.start()
     try:
@@ -238,9 +247,7 @@ async def test_the_pending_gauge_is_1_until_sts_answers(
 async def test_a_gateway_started_while_sts_is_down_raises_the_alert(
     tmp_path: Path,
 ) -> None:
-    raw = raw_config()
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    bedrock["aws"] = {"region": "us-east-1"}
+    raw = on_the_pods_account(raw_config())
     gateway = Gateway(parsed(raw), None)
     try:
         # Scraped once a minute; at minute 10 the gateway starts, STS down.
@@ -303,10 +310,7 @@ def test_a_bedrock_primarys_chain_has_routes_without_the_primary() -> None:
 
 @pytest.mark.usefixtures("pod")
 async def test_a_pending_primarys_request_goes_to_the_chain_without_it() -> None:
-    raw = chained(raw_config())
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    bedrock["aws"] = {"region": "us-east-1"}
-    gateway = Gateway(parsed(raw), None)
+    gateway = Gateway(parsed(on_the_pods_account(chained(raw_config()))), None)
     await gateway.runtime.start()
     try:
         body = orjson.dumps(
@@ -330,15 +334,9 @@ async def test_a_pending_primarys_request_goes_to_the_chain_without_it() -> None
 
 @pytest.mark.usefixtures("pod")
 async def test_a_reload_while_sts_is_silent_is_applied_at_once_and_keeps_the_one_fetch(
-    sts: DownSts, monkeypatch: pytest.MonkeyPatch
+    silent_sts: type[SilentSts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aws_signer, "FIRST_CREDENTIALS_WAIT_S", 0.3)
-    SilentSts.taken = 0
-    SilentSts.release.clear()
-    sts.come_up(SilentSts)
-    raw = raw_config()
-    bedrock = next(p for p in raw["providers"] if p["name"] == "mock-bedrock")
-    bedrock["aws"] = {"region": "us-east-1"}
+    raw = on_the_pods_account(raw_config())
     gateway = Gateway(parsed(raw), None)
     await gateway.runtime.start()
     try:
@@ -351,9 +349,8 @@ async def test_a_reload_while_sts_is_silent_is_applied_at_once_and_keeps_the_one
         assert await status_with(gateway, REMOVED_KEY) == 401
         assert gateway.runtime.signers["mock-bedrock"].pending
         assert await status_and_code(gateway, HAIKU) == (503, credentials_pending.CODE)
-        assert SilentSts.taken == 1, "the new config waits on the fetch STS holds"
+        assert silent_sts.taken == 1, "the new config waits on the fetch STS holds"
     finally:
-        SilentSts.release.set()
         await gateway.runtime.close()
         for retired in gateway._retired:
             await retired.wait_closed()
