@@ -140,14 +140,17 @@ class AwsSigner:
         return None if self._source is None else str(self._source.method)
 
     async def start(self, previous: AwsSigner | None = None) -> None:
-        """Resolve the credentials; raises ``ConfigError`` when there are none to use.
+        """Resolve the credentials; raises ``ConfigError`` when there are none to use, or
+        when their source answers and refuses them.
 
         ``previous``: the signer of the config a reload replaces. When the default chain
         cannot hand over credentials now (STS out of reach for a service account's web
         identity) and ``previous`` signs for the same provider with credentials that have
         not expired, those carry over, refreshed by botocore as they were there: a reload
         during an STS outage is applied, as the replaced config would have gone on
-        signing, rather than refused."""
+        signing, rather than refused. With nothing to carry over, the signer is left
+        ``pending`` after ``FIRST_CREDENTIALS_WAIT_S`` (providers.credentials_pending);
+        one whose ``previous`` waits the same way takes its wait over at once."""
         source = await run_in_daemon_thread(self._resolve, CREDENTIALS_THREAD)
         if self._still_pending(previous, source):
             return
