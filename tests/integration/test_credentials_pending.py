@@ -104,28 +104,29 @@ def test_the_other_providers_serve_while_sts_is_down(pending_stack: LocalStack) 
     assert not line["total_tokens"]
 
 
-def test_a_failover_chain_skips_a_pending_fallback(pending_stack: LocalStack) -> None:
-    client = OpenAI(base_url=f"{pending_stack.base_url}/v1", api_key=KEY, max_retries=0)
+def answered(stack: LocalStack, model: str) -> tuple[int, str, dict[str, Any]]:
+    """The status and content a chat request for ``model`` got, and its log line."""
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=KEY, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="o4-mini", messages=[{"role": "user", "content": "are you there?"}]
+        model=model, messages=[{"role": "user", "content": "are you there?"}]
     )
+    content = raw.parse().choices[0].message.content or ""
+    line = GatewayLog(stack.gateway_log).for_request(raw.headers["x-request-id"])[-1]
+    return raw.http_response.status_code, content, line
+
+
+def test_a_failover_chain_skips_a_pending_fallback(pending_stack: LocalStack) -> None:
+    status, content, line = answered(pending_stack, "o4-mini")
     # The primary refuses connections; the Bedrock fallback has no credentials yet; the
     # Anthropic one answers (before, the Bedrock attempt's 503 was the client's answer).
-    assert raw.http_response.status_code == 200
-    assert raw.parse().choices[0].message.content == "Mock reply to: are you there?"
-    line = GatewayLog(pending_stack.gateway_log).for_request(raw.headers["x-request-id"])[-1]
+    assert (status, content) == (200, "Mock reply to: are you there?")
     assert line["provider"] == "mock-anthropic"
 
 
 def test_a_pending_primary_is_skipped_for_its_fallback(pending_stack: LocalStack) -> None:
-    client = OpenAI(base_url=f"{pending_stack.base_url}/v1", api_key=KEY, max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(
-        model="irsa-nova", messages=[{"role": "user", "content": "are you there?"}]
-    )
+    status, content, line = answered(pending_stack, "irsa-nova")
     # Before, the primary's attempt ended in the gateway's 503, the client's answer.
-    assert raw.http_response.status_code == 200
-    assert raw.parse().choices[0].message.content == "Mock reply to: are you there?"
-    line = GatewayLog(pending_stack.gateway_log).for_request(raw.headers["x-request-id"])[-1]
+    assert (status, content) == (200, "Mock reply to: are you there?")
     assert (line["model"], line["provider"]) == ("irsa-nova", "mock")
     assert line["total_tokens"] > 0
 

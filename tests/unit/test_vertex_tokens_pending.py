@@ -94,6 +94,14 @@ def source_with_key(key_file: Path, sock: socket.socket) -> GcpTokenSource:
     )
 
 
+async def pending_source(key_file: Path, sock: socket.socket) -> GcpTokenSource:
+    """A source started while its token endpoint at ``sock`` refuses connections."""
+    source = source_with_key(key_file, sock)
+    await source.start()
+    assert source.pending
+    return source
+
+
 def key_secrets(key_file: Path) -> list[str]:
     """What must never reach a log line: the private key's body and its id."""
     info = json.loads(key_file.read_text(encoding="utf-8"))
@@ -135,9 +143,7 @@ async def test_a_pending_source_obtains_its_token_once_the_endpoint_comes_up(
     tmp_path: Path, unreachable: socket.socket
 ) -> None:
     key_file = tmp_path / "key.json"
-    source = source_with_key(key_file, unreachable)
-    await source.start()
-    assert source.pending
+    source = await pending_source(key_file, unreachable)
 
     async with token_endpoint_on(unreachable, key_file) as mock:
         assert await source.obtain() is True
@@ -177,9 +183,7 @@ async def test_a_refusal_while_pending_is_logged_without_secrets_and_never_raise
     tmp_path: Path, unreachable: socket.socket, caplog: pytest.LogCaptureFixture
 ) -> None:
     key_file = tmp_path / "key.json"
-    source = source_with_key(key_file, unreachable)
-    await source.start()
-    assert source.pending
+    source = await pending_source(key_file, unreachable)
     # Meanwhile the key was deleted at Google: the endpoint comes up trusting another.
     trusted = tmp_path / "trusted.json"
     write_service_account(trusted, token_uri=f"{url_of(unreachable)}/token")
@@ -207,9 +211,7 @@ async def test_refresh_if_needed_leaves_a_pending_source_to_obtain(
     tmp_path: Path, unreachable: socket.socket
 ) -> None:
     key_file = tmp_path / "key.json"
-    source = source_with_key(key_file, unreachable)
-    await source.start()
-    assert source.pending
+    source = await pending_source(key_file, unreachable)
 
     async with token_endpoint_on(unreachable, key_file) as mock:
         await source.refresh_if_needed()
