@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -632,6 +632,21 @@ def unsendable_token_problem(token: str) -> str | None:
     )
 
 
+# What an admin token may do, one scope per kind of call of the management API. A
+# write scope includes its read: each change answers the state it leaves anyway.
+AdminScope = Literal["quotas:read", "quotas:write", "keys:read", "keys:write", "usage:read"]
+ADMIN_SCOPES: tuple[AdminScope, ...] = get_args(AdminScope)
+
+
+def granted_scopes(scopes: tuple[AdminScope, ...] | None) -> frozenset[AdminScope]:
+    """What a token configured with ``scopes`` may do: everything when unset (tokens
+    configured before scopes existed keep their access), each write with its read."""
+    if scopes is None:
+        return frozenset(ADMIN_SCOPES)
+    reads = {scope.replace(":write", ":read") for scope in scopes}
+    return frozenset(scope for scope in ADMIN_SCOPES if scope in scopes or scope in reads)
+
+
 class AdminTokenConfig(_Section):
     """One admin token of the management API; ``id`` names the caller in audit lines."""
 
@@ -639,6 +654,22 @@ class AdminTokenConfig(_Section):
     # The secret: given inline (usually ``${AIGW_ADMIN_TOKEN}``) or read from a file.
     token: SecretStr | None = None
     token_file: str | None = None
+    # Unset: every scope. A finance job reading usage reports needs only usage:read.
+    scopes: tuple[AdminScope, ...] | None = None
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _known_scopes(cls, value: object) -> object:
+        # Named with a hint here: pydantic's own message would not quote the name, since
+        # a value under admin_tokens is never echoed (it may be a token).
+        if isinstance(value, list | tuple):
+            for name in value:
+                if isinstance(name, str) and name not in ADMIN_SCOPES:
+                    hint = did_you_mean(name, list(ADMIN_SCOPES))
+                    raise ValueError(
+                        f"unknown scope {name!r}{hint} (scopes: {', '.join(ADMIN_SCOPES)})"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> AdminTokenConfig:
@@ -651,6 +682,12 @@ class AdminTokenConfig(_Section):
             problem = unsendable_token_problem(self.token.get_secret_value().strip())
             if problem is not None:
                 raise ValueError(f"token {problem}")
+        if self.scopes == ():
+            # Most likely a list emptied by mistake; a token that may do nothing is no token.
+            raise ValueError(
+                "scopes is empty: list what the token may do"
+                f" ({', '.join(ADMIN_SCOPES)}), or leave scopes out for all of it"
+            )
         return self
 
 

@@ -41,6 +41,7 @@ Message = TypeVar("Message")
 USAGE_ERRORS = frozenset(
     {
         grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.ABORTED,
@@ -115,7 +116,7 @@ class ManagementClient:
                 f"cannot reach the management API at {self.address}"
                 f" (is the gateway running, with management enabled?): {details}"
             )
-        elif code is grpc.StatusCode.UNAUTHENTICATED:
+        elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             message = f"the management API at {self.address} refused the call: {details}"
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"no answer from the management API at {self.address} in time"

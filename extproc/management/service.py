@@ -5,15 +5,16 @@
 a gRPC server of their own (``start_server``), bound to ``management.address``,
 which the public Envoy listener has no route to, and which no other process
 can share (no SO_REUSEPORT). Every call must carry
-``authorization: Bearer <admin token>``; every change an admin asks for writes
-one audit line naming the token's id (never a token, never a key's secret) and
-its outcome: applied, or cut short by the store or by the call's cancellation
-(failed, or unknown when it may be in force), or refused for want of a valid
-admin token. Refusals of invalid requests change nothing and are not audited; a
-request whose bytes are no message of the method's type is one of them
-(INVALID_ARGUMENT, after the token check). The
+``authorization: Bearer <admin token>`` whose scopes include the call's (reads
+and changes of quotas, of keys, usage reports); every change an admin asks for
+writes one audit line naming the token's id (never a token, never a key's
+secret) and its outcome: applied, or cut short by the store or by the call's
+cancellation (failed, or unknown when it may be in force), or refused for want
+of a valid admin token or of the scope. Refusals of invalid requests change
+nothing and are not audited; a request whose bytes are no message of the
+method's type is one of them (INVALID_ARGUMENT, after the token check). The
 rules come from the runtime current at each call, so a config reload applies to
-the next call, admin tokens included.
+the next call, admin tokens and their scopes included.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ from extproc.auth.stored_keys import (
 from extproc.config.auth_model import ApiKeyConfig
 from extproc.config.loader import ConfigError
 from extproc.config.model import (
+    AdminScope,
     GatewayConfig,
     ManagementConfig,
     did_you_mean,
+    granted_scopes,
     unsendable_token_problem,
 )
 from extproc.config.rule_models import KnownModels
@@ -175,6 +178,9 @@ class AdminTokens:
 
     def __init__(self, config: ManagementConfig, *, reloaded: bool = False) -> None:
         self._digests: list[tuple[str, bytes]] = []
+        self._scopes: dict[str, frozenset[AdminScope]] = {
+            spec.id: granted_scopes(spec.scopes) for spec in config.admin_tokens
+        }
         # Why each token left out of a reload is not accepted (field names, no value).
         self.left_out: list[str] = []
         read: list[bytes | None] = []
@@ -224,6 +230,10 @@ class AdminTokens:
                 found = token_id
         return found
 
+    def scopes(self, token_id: str) -> frozenset[AdminScope]:
+        """What the token ``token_id`` (as ``caller`` named it) may do."""
+        return self._scopes.get(token_id, frozenset())
+
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
@@ -271,11 +281,14 @@ class AdminService:
         self,
         context: grpc_aio.ServicerContext,
         work: Callable[[str], Awaitable[T]],
+        scope: AdminScope,
         change: Change | None = None,
     ) -> T:
-        """Authenticate the call, run it, audit the ``change`` it makes (if any) with its
-        outcome, and turn refusals into gRPC status codes."""
+        """Authenticate the call, check its token has ``scope``, run it, audit the
+        ``change`` it makes (if any) with its outcome, and turn refusals into gRPC
+        status codes."""
         caller = await self._authenticate(context, change)
+        await self._authorize(context, caller, scope, change)
         try:
             result = await work(caller)
         except asyncio.CancelledError:
@@ -347,6 +360,33 @@ class AdminService:
         )
         await _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
 
+    async def _authorize(
+        self,
+        context: grpc_aio.ServicerContext,
+        caller: str,
+        scope: AdminScope,
+        change: Change | None,
+    ) -> None:
+        """PERMISSION_DENIED unless ``caller``'s token has ``scope`` (and, for a
+        ``change``, a ``refused`` audit line naming the token's id)."""
+        granted = (await self._admin_tokens()).scopes(caller)
+        if scope in granted:
+            return
+        log.warning(
+            "management call from %s refused: admin token %r lacks the scope %s",
+            context.peer(),
+            caller,
+            scope,
+        )
+        if change is not None:
+            self._write_audit(change, caller, context, "refused", f"missing scope {scope}")
+        await _abort(
+            context,
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the admin token {caller!r} does not have the scope {scope}, which this call"
+            f" needs (its scopes: {', '.join(sorted(granted))})",
+        )
+
     def _write_audit(
         self,
         change: Change,
@@ -409,7 +449,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             limits = self._admin.limits(self._runtime().quota_rules, kind, subject)
             return _quota_state(kind, subject, await self._admin.read(limits))
 
-        return await self._call(context, work)
+        return await self._call(context, work, "quotas:read")
 
     async def ListQuotas(  # noqa: N802 - gRPC method name
         self, request: pb.ListQuotasRequest, context: grpc_aio.ServicerContext
@@ -433,7 +473,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
                 response.states.append(_quota_state(kind, subject, states))
             return response
 
-        return await self._call(context, work)
+        return await self._call(context, work, "quotas:read")
 
     async def SetLimit(  # noqa: N802 - gRPC method name
         self, request: pb.SetLimitRequest, context: grpc_aio.ServicerContext
@@ -505,7 +545,7 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             change.fields["after"] = _by_label([s for s in after if s.limit in targets])
             return _quota_state(kind, subject, after)
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "quotas:write", change)
 
 
 class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
@@ -544,7 +584,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.stage = "applied"
             return pb.CreatedKey(key=secret, info=_key_info(key, stored.created_at, "store"))
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "keys:write", change)
 
     async def ListKeys(  # noqa: N802 - gRPC method name
         self, request: pb.ListKeysRequest, context: grpc_aio.ServicerContext
@@ -573,7 +613,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             )
             return response
 
-        return await self._call(context, work)
+        return await self._call(context, work, "keys:read")
 
     async def RevokeKey(  # noqa: N802 - gRPC method name
         self, request: pb.RevokeKeyRequest, context: grpc_aio.ServicerContext
@@ -604,7 +644,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.fields = _audited(stored.key)
             return _key_info(stored.key, stored.created_at, "store")
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "keys:write", change)
 
     async def RotateKey(  # noqa: N802 - gRPC method name
         self, request: pb.RotateKeyRequest, context: grpc_aio.ServicerContext
@@ -627,7 +667,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             info = _stored_key_info(stored, until)
             return pb.RotatedKey(key=secret, info=info, previous_expires_at=until)
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "keys:write", change)
 
     async def RenewKey(  # noqa: N802 - gRPC method name
         self, request: pb.RenewKeyRequest, context: grpc_aio.ServicerContext
@@ -677,7 +717,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
                 renewed_from=before,
             )
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "keys:write", change)
 
     async def SetKeyEnabled(  # noqa: N802 - gRPC method name
         self, request: pb.SetKeyEnabledRequest, context: grpc_aio.ServicerContext
@@ -698,7 +738,7 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
             change.fields = {**_audited(stored.key), "was_enabled": was_enabled}
             return _stored_key_info(stored, stored.previous_expires_at)
 
-        return await self._call(context, work, change)
+        return await self._call(context, work, "keys:write", change)
 
     def _in_config(self, key_id: str) -> bool:
         return any(known.id == key_id for known in self._runtime().api_keys.records())

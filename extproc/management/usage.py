@@ -67,7 +67,7 @@ class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
                 answer.usage_retention_days = retention
             return answer
 
-        return await self._call(context, work)
+        return await self._call(context, work, "usage:read")
 
 
 _INT64_MAX = 2**63 - 1

@@ -21,6 +21,13 @@ from extproc.devstack import DEFAULT_CONFIG, LocalStack
 from tests.integration.conftest import REFUSED_PORT, running_stack, wait_for
 
 ADMIN_TOKEN = "cli-test-admin-token"
+# A finance job's token: usage reports, nothing else.
+FINANCE_TOKEN = "cli-test-finance-token"
+FINANCE = f"""
+    - id: finance
+      token: {FINANCE_TOKEN}
+      scopes: [usage:read]
+"""
 RULE = """
 quotas:
   rules:
@@ -34,7 +41,8 @@ quotas:
 @pytest.fixture(scope="module")
 def managed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("management")
-    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", ADMIN_TOKEN)
+    token = "token: ${AIGW_ADMIN_TOKEN:-dev-admin-token}\n"
+    text = DEFAULT_CONFIG.read_text().replace(token, f"token: {ADMIN_TOKEN}" + FINANCE)
     config = workdir / "gateway.yaml"
     config.write_text(text + RULE)
     with running_stack(workdir, config) as running:
@@ -130,6 +138,38 @@ def test_a_wrong_or_missing_token_exits_2_with_a_clear_message(
     assert "Traceback" not in done.stderr
     assert "not-the-token" not in done.stderr
     assert done.stdout == ""
+
+
+def test_a_token_scoped_to_usage_reports_reads_them_and_changes_nothing(
+    managed_stack: LocalStack,
+) -> None:
+    argv = [sys.executable, "-m", "extproc", "usage", "report", "--api", "--by", "api_key",
+            "--format", "json", "--config", str(managed_stack.config_path)]  # fmt: skip
+    env = {**managed_stack.env, "AIGW_ADMIN_TOKEN": FINANCE_TOKEN}
+    report = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert report.returncode == 0, report.stderr
+    assert "rows" in orjson.loads(report.stdout)
+
+    subject = ("--kind", "api_key", "--subject", "team1")
+    for args in (("get", *subject), ("reset", *subject)):
+        refused = quota(managed_stack, *args, token=FINANCE_TOKEN)
+        assert refused.returncode == 2, refused.stderr
+        assert "refused the call: the admin token 'finance' does not have the scope" in (
+            refused.stderr
+        )
+        assert "Traceback" not in refused.stderr and FINANCE_TOKEN not in refused.stderr
+
+    # The refused change is in the audit trail under the token's id.
+    err = managed_stack.workdir / "gateway.err"
+
+    def refusals() -> list[dict[str, Any]]:
+        lines = [orjson.loads(line) for line in err.read_text().splitlines() if '"audit"' in line]
+        return [line for line in lines if line["caller"] == "finance"]
+
+    [line] = wait_for(refusals)
+    assert (line["action"], line["caller"], line["subject"]) == ("reset_usage", "finance", "team1")
+    assert line["error"] == "missing scope quotas:write"
+    assert FINANCE_TOKEN not in err.read_text()
 
 
 def test_an_unknown_rule_and_an_unreachable_address_exit_2(managed_stack: LocalStack) -> None:
