@@ -428,9 +428,12 @@ def _add_quota_commands(commands: Any) -> None:
     )  # fmt: skip
     for sub in (set_limit, adjust):
         sub.add_argument("--rule", required=True)
-        sub.add_argument("--counter", required=True, help="e.g. requests_per_minute, token_quota")
-    set_limit.add_argument("--limit", type=int, required=True)
-    adjust.add_argument("--delta", type=int, required=True)
+        sub.add_argument(
+            "--counter", required=True, help="e.g. requests_per_minute, token_quota, cost_quota"
+        )
+    amounts = "requests or tokens; for cost_quota, millionths of a dollar (1000000 = $1)"
+    set_limit.add_argument("--limit", type=int, required=True, help=amounts)
+    adjust.add_argument("--delta", type=int, required=True, help=amounts)
     reset = action(
         "reset", "zero usage in the current window",
         lambda c, a: c.reset(a.kind, a.subject, a.rule or "", a.counter or ""),

@@ -2,14 +2,15 @@
 
 A rule names a subject and a selector, optionally the models it covers, and
 any number of limits: requests per second/minute/hour/day, tokens per
-minute/hour/day, and one token quota per calendar day/week/month (in a time
-zone) or for a lifetime. Validation happens here; the meaning lives in
+minute/hour/day, one token quota and one cost quota (in dollars) per calendar
+day/week/month (in a time zone) or for a lifetime. Validation happens here; the meaning lives in
 ``extproc.quota``.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
@@ -133,6 +134,42 @@ class TokenQuota(_Section):
     time_zone: str | None = None
 
 
+# A cost budget is counted in millionths of a US dollar: whole numbers the store's
+# scripts count exactly up to MAX_LIMIT (about $9 billion), fine enough that a request
+# of a few tokens still counts (a request's cost is rounded up to the next millionth).
+MICRO_USD_PER_USD = 10**6
+MAX_LIMIT_USD = Decimal(MAX_LIMIT) / MICRO_USD_PER_USD
+
+
+def usd_micros_text(micro_usd: int) -> str:
+    """Millionths of a dollar as dollars: ``$5,000.00``, ``$0.000015``, ``-$1.50``."""
+    sign = "-" if micro_usd < 0 else ""
+    dollars, micros = divmod(abs(micro_usd), MICRO_USD_PER_USD)
+    cents = f"{micros:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}${dollars:,}.{cents}"
+
+
+class CostQuota(_Section):
+    """A budget in US dollars per calendar period (or for a lifetime), at the prices of
+    the config's ``pricing``."""
+
+    limit_usd: Decimal = Field(gt=0, le=MAX_LIMIT_USD)
+    period: QuotaPeriod = QuotaPeriod.CALENDAR_MONTH
+    # Default: quotas.time_zone.
+    time_zone: str | None = None
+
+    @field_validator("limit_usd")
+    @classmethod
+    def _whole_micro_dollars(cls, limit: Decimal) -> Decimal:
+        if (limit * MICRO_USD_PER_USD) % 1:
+            raise ValueError("at most six decimals: budgets count millionths of a dollar")
+        return limit
+
+    @property
+    def limit_micro_usd(self) -> int:
+        return int(self.limit_usd * MICRO_USD_PER_USD)
+
+
 class LimitRule(_Section):
     name: Annotated[str, Field(pattern=_RULE_NAME)]
     # api_key, user, group, or header:<name> (a request header's value, e.g. x-user-type)
@@ -149,6 +186,8 @@ class LimitRule(_Section):
     tokens_per_hour: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     tokens_per_day: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     token_quota: TokenQuota | None = None
+    # A budget in dollars: each request counts what it costs at the config's prices.
+    cost_quota: CostQuota | None = None
     mode: QuotaMode = QuotaMode.ENFORCE
     # Cap each request's max_tokens at what the rule's token budgets have left, so
     # the budget holds up to the accuracy of the prompt estimate.
@@ -193,14 +232,17 @@ class LimitRule(_Section):
             self.tokens_per_day,
             self.token_quota,
         )
-        if all(limit is None for limit in limits):
-            raise ValueError("set at least one limit (requests_per_*, tokens_per_*, token_quota)")
-        if self.held_retry_after_s is not None and all(limit is None for limit in limits[4:]):
-            # Only a token budget is held by running requests: a request limit counts each
+        if all(limit is None for limit in limits) and self.cost_quota is None:
+            raise ValueError(
+                "set at least one limit (requests_per_*, tokens_per_*, token_quota, cost_quota)"
+            )
+        budgets = (*limits[4:], self.cost_quota)
+        if self.held_retry_after_s is not None and all(limit is None for limit in budgets):
+            # Only a budget is held by running requests: a request limit counts each
             # request once, at admission, and its refusal lasts until its window resets.
             raise ValueError(
-                "held_retry_after_s is the wait of a token budget that running requests"
-                " hold, and the rule has none: add tokens_per_* or token_quota, or remove it"
+                "held_retry_after_s is the wait of a budget that running requests hold, and"
+                " the rule has none: add tokens_per_*, token_quota or cost_quota, or remove it"
             )
         if self.hard_cap and all(limit is None for limit in limits[4:]):
             # The cap is what the rule's token budgets leave an answer: with request limits

@@ -21,7 +21,7 @@ import grpc
 import orjson
 
 from extproc.config.model import unsendable_token_problem
-from extproc.config.quota_model import MAX_LIMIT
+from extproc.config.quota_model import MAX_LIMIT, usd_micros_text
 from extproc.management.key_filter import ROTATING, status_of
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
@@ -366,17 +366,20 @@ def render(states: list[pb.QuotaState], output: str, *, many: bool = False) -> s
     rows = [header]
     for state in states:
         for limit in state.limits:
+            # A cost budget's amounts are millionths of a dollar: shown as dollars.
+            text = usd_micros_text if limit.kind == "usd_micros" else str
+            unit = "USD" if limit.kind == "usd_micros" else limit.kind
             rows.append(
                 (
                     f"{state.subject_kind}:{state.subject}",
                     limit.rule,
                     limit.counter,
-                    f"{limit.limit} {limit.kind}" + (" (set)" if limit.overridden else ""),
-                    str(limit.configured_limit),
-                    str(limit.used),
+                    f"{text(limit.limit)} {unit}" + (" (set)" if limit.overridden else ""),
+                    text(limit.configured_limit),
+                    text(limit.used),
                     # Request limits hold nothing: a dash, not a 0 that reads as "none yet".
-                    str(limit.reserved) if limit.kind == "tokens" else "-",
-                    str(limit.remaining),
+                    text(limit.reserved) if limit.kind != "requests" else "-",
+                    text(limit.remaining),
                     _reset_time(limit),
                 )
             )

@@ -239,7 +239,7 @@ class QuotaAdmin:
             in_force = script_limit(override) if override is not None else limit.limit
             count = _count(used, key, "counter", unreadable)
             holding: int | None = 0
-            if limit.kind == "t":
+            if limit.is_budget:
                 # The reserve script refuses a held amount that is no integer as it
                 # refuses such a counter: the subject's requests meet a store failure.
                 holding = _count(held, held_key(key), "held amount", unreadable)

@@ -113,6 +113,8 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 # address would then share the port, and the kernel would hand each admin call
 # to either one (changes landing in the other gateway's store). Refuse instead.
 _SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+# What a LimitState's numbers count, by the limit's kind.
+LIMIT_KINDS = {"r": "requests", "t": "tokens", "c": "usd_micros"}
 
 
 class ManagementListenError(RuntimeError):
@@ -918,7 +920,7 @@ def _quota_state(kind: str, subject: str, states: list[LimitState]) -> pb.QuotaS
             pb.LimitState(
                 rule=limit.rule,
                 counter=limit.counter,
-                kind="requests" if limit.kind == "r" else "tokens",
+                kind=LIMIT_KINDS[limit.kind],
                 limit=state.in_force,
                 configured_limit=limit.limit,
                 overridden=state.overridden,

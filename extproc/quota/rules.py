@@ -21,6 +21,7 @@ from extproc.config.quota_model import (
     QuotaMode,
     QuotasConfig,
     StoreFailure,
+    usd_micros_text,
 )
 from extproc.context import Identity
 from extproc.errors import BadRequestError
@@ -56,8 +57,8 @@ class Limit:
     rule: str
     subject_kind: str
     subject: str
-    counter: str  # e.g. requests_per_minute, token_quota
-    kind: str  # "r" requests, "t" tokens
+    counter: str  # e.g. requests_per_minute, token_quota, cost_quota
+    kind: str  # "r" requests, "t" tokens, "c" cost (millionths of a US dollar)
     limit: int
     window: Window
     enforce: bool
@@ -70,7 +71,19 @@ class Limit:
 
     @property
     def is_quota(self) -> bool:
-        return self.counter == "token_quota"
+        """A calendar (or lifetime) budget, of tokens or dollars; not a rate limit."""
+        return self.counter in ("token_quota", "cost_quota")
+
+    @property
+    def is_budget(self) -> bool:
+        """Counts what requests use (tokens, dollars), reserved while they run and
+        settled when they end; a request limit counts each request once."""
+        return self.kind != "r"
+
+    def amount_text(self, amount: int) -> str:
+        """``amount`` of this limit's counter as people read it: dollars for a cost
+        budget (which counts millionths of one), else the number."""
+        return usd_micros_text(amount) if self.kind == "c" else str(amount)
 
     @property
     def subject_tag(self) -> str:
@@ -114,12 +127,13 @@ class Limit:
 
     def describe(self, limit: int | None = None) -> str:
         amount = self.limit if limit is None else limit
-        unit = "requests" if self.kind == "r" else "tokens"
+        unit = {"r": " requests", "t": " tokens"}.get(self.kind, "")
+        counted = f"{self.amount_text(amount)}{unit}"
         if self.is_quota:
             period = self.window.kind.value.replace("_", " ")
             zone = f" ({self.time_zone})" if self.window.kind is not WindowKind.LIFETIME else ""
-            return f"{amount} {unit} per {period}{zone}"
-        return f"{amount} {unit} per {self.window.kind.value}"
+            return f"{counted} per {period}{zone}"
+        return f"{counted} per {self.window.kind.value}"
 
 
 class RuleSet:
@@ -129,9 +143,11 @@ class RuleSet:
         # left the operator to search the file for the one mistyped.
         _check_zone("time_zone", config.time_zone)
         for index, rule in enumerate(config.rules):
-            if rule.token_quota is not None and rule.token_quota.time_zone:
-                field = f"rules[{index}].token_quota.time_zone (rule {rule.name!r})"
-                _check_zone(field, rule.token_quota.time_zone)
+            for name in ("token_quota", "cost_quota"):
+                quota = getattr(rule, name)
+                if quota is not None and quota.time_zone:
+                    field = f"rules[{index}].{name}.time_zone (rule {rule.name!r})"
+                    _check_zone(field, quota.time_zone)
         self._config = config
         self.rules = config.rules
         # Each rule's model patterns as names are compared (extproc.model_names), once,
@@ -196,19 +212,30 @@ class RuleSet:
                     Limit(rule.name, subject_kind, subject, counter, unit, value, window,
                           enforce, fail_open, "UTC", rule.hard_cap, held_wait)
                 )  # fmt: skip
+        # The period of the request's start: the one its log line and usage rollup name,
+        # so that a period's counter and its report count the same requests. Rate limits
+        # above pace the calls providers get, so they count when the request is checked:
+        # counted in the windows they started in, requests held open and sent on together
+        # would all pass a per-second or per-minute limit.
+        period = now if started is None else started
         quota = rule.token_quota
         if quota is not None:
             zone = quota.time_zone or config.time_zone
-            # The period of the request's start: the one its log line and usage rollup
-            # name, so that a period's counter and its report count the same requests.
-            # Rate limits above pace the calls providers get, so they count when the
-            # request is checked: counted in the windows they started in, requests held
-            # open and sent on together would all pass a per-second or per-minute limit.
-            period = now if started is None else started
             window = window_for(_PERIODS[quota.period.value], period, zone)
             limits.append(
                 Limit(rule.name, subject_kind, subject, "token_quota", "t", quota.limit, window,
                       enforce, fail_open, zone, rule.hard_cap, held_wait)
+            )  # fmt: skip
+        budget = rule.cost_quota
+        if budget is not None:
+            zone = budget.time_zone or config.time_zone
+            window = window_for(_PERIODS[budget.period.value], period, zone)
+            # Never hard-capped: a cap lowers an answer's tokens, and a dollar budget
+            # would need each model's prices to do it (the rule's token budgets may).
+            limits.append(
+                Limit(rule.name, subject_kind, subject, "cost_quota", "c",
+                      budget.limit_micro_usd, window, enforce, fail_open, zone, False,
+                      held_wait)
             )  # fmt: skip
         return limits
 

@@ -212,7 +212,7 @@ class Denial:
     def only_held(self) -> bool:
         """Refused for what running requests hold: their settlements free what they did
         not use, and a request may pass seconds later, long before the window resets."""
-        return self.limit.kind == "t" and self.settled < self.effective_limit
+        return self.limit.is_budget and self.settled < self.effective_limit
 
     def wait(self, now: float) -> float:
         """How long the refusal holds, as far as the gateway can tell."""
@@ -368,8 +368,12 @@ class QuotaStore:
             else:
                 upkeep.answered()
 
-    async def reserve(self, limits: list[Limit], token_cost: int) -> Reservation | Denial:
-        groups, calls = self._reserve_calls(limits, token_cost)
+    async def reserve(
+        self, limits: list[Limit], token_cost: int, usd_micros: int = 0
+    ) -> Reservation | Denial:
+        """Check and reserve ``limits``: one request each, ``token_cost`` of each token
+        limit, ``usd_micros`` (its estimated cost) of each cost budget."""
+        groups, calls = self._reserve_calls(limits, token_cost, usd_micros)
         results = await self._round_trip(calls)
         return self._outcome(limits, groups, calls, results)
 
@@ -408,7 +412,7 @@ class QuotaStore:
         return (found if failed is None else failed), outcome
 
     def _reserve_calls(
-        self, limits: list[Limit], token_cost: int
+        self, limits: list[Limit], token_cost: int, usd_micros: int = 0
     ) -> tuple[list[list[tuple[int, Limit]]], list[_ReserveCall]]:
         # The cost comes from the client's body (its max_tokens): one past what the Lua
         # scripts count exactly (2^53 - 1, every limit's bound) reached a shadow rule's
@@ -417,12 +421,13 @@ class QuotaStore:
         # tell a larger reservation from this one: it is past every limit (it refuses
         # the subject's next requests until it settles, as a larger one would).
         token_cost = min(token_cost, MAX_LIMIT)
+        usd_micros = min(usd_micros, MAX_LIMIT)
         # A single server checks every subject in one script (atomic, no rollback);
         # a cluster needs one script per subject, since each lives in its own slot.
         groups = _by_subject(limits) if self._cluster else [list(enumerate(limits))]
         call_id = f"{self._call_tag}{next(self._call_numbers):x}"
         calls = [
-            self._reserve_call([limit for _, limit in group], token_cost, call_id)
+            self._reserve_call([limit for _, limit in group], token_cost, call_id, usd_micros)
             for group in groups
         ]
         return groups, calls
@@ -557,7 +562,9 @@ class QuotaStore:
             queue = self._node_queues[node] = self._queue()
         return queue
 
-    def _reserve_call(self, limits: list[Limit], token_cost: int, call_id: str) -> _ReserveCall:
+    def _reserve_call(
+        self, limits: list[Limit], token_cost: int, call_id: str, usd_micros: int = 0
+    ) -> _ReserveCall:
         now = self.now()
         # The marker shares the subject's hash tag: on a cluster, the slot of its counters.
         marker = f"{self._prefix}qr:{limits[0].subject_tag}:{call_id}"
@@ -582,7 +589,7 @@ class QuotaStore:
                     for limit in limits
                     for value in (
                         limit.limit,
-                        1 if limit.kind == "r" else token_cost,
+                        {"r": 1, "t": token_cost}.get(limit.kind, usd_micros),
                         limit.window.ttl_seconds(now),
                         1 if limit.enforce else 0,
                         limit.kind,
@@ -628,30 +635,40 @@ class QuotaStore:
         lost = ReplyLostError("the store was closed before it answered")
         self._give_back_abandoned(calls, [lost] * len(calls))
 
-    def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
-        """Correct token reservations with the real usage (None: release them), off the
-        request path; request counters stay as counted at admission."""
+    def settle(
+        self,
+        reservation: Reservation,
+        actual_tokens: int | None,
+        actual_usd_micros: int | None = None,
+    ) -> None:
+        """Correct token reservations with the real usage and cost budgets' with the real
+        cost (None: release them), off the request path; request counters stay as
+        counted at admission. Without ``actual_usd_micros``, cost budgets keep what they
+        reserved unless the tokens are released too."""
         if actual_tokens is not None:
             # As in reserve: a count past what the scripts add exactly failed its batch.
             actual_tokens = min(actual_tokens, MAX_LIMIT)
-        self._queue_changes(
-            [
-                (
-                    limit,
-                    (actual_tokens - reserved) if actual_tokens is not None else -reserved,
-                    generation,
-                    holding,
-                )
-                for limit, reserved, generation, holding in zip(
-                    reservation.limits,
-                    reservation.reserved,
-                    reservation.generations,
-                    reservation.holding,
-                    strict=True,
-                )
-                if limit.kind == "t"
-            ]
-        )
+        if actual_usd_micros is not None:
+            actual_usd_micros = min(actual_usd_micros, MAX_LIMIT)
+        actual = {"t": actual_tokens, "c": actual_usd_micros}
+        changes: list[_Change] = []
+        for limit, reserved, generation, holding in zip(
+            reservation.limits,
+            reservation.reserved,
+            reservation.generations,
+            reservation.holding,
+            strict=True,
+        ):
+            if not limit.is_budget:
+                continue
+            amount = actual[limit.kind]
+            if amount is None and limit.kind == "c" and actual_tokens is not None:
+                amount = reserved  # kept as reserved: its hold is released all the same
+            changes.append(
+                (limit, (amount - reserved) if amount is not None else -reserved, generation,
+                 holding)
+            )  # fmt: skip
+        self._queue_changes(changes)
         if _left_too_short(reservation):
             # Its reservation left a budget too short for another request like it: the
             # next one of its subject (a client sending one request after another) would
@@ -1150,7 +1167,7 @@ def _left_too_short(reservation: Reservation) -> bool:
     """Whether the reservation left one of its token budgets with less than it reserved
     (what another request like it would ask for)."""
     return any(
-        limit.kind == "t" and holding and effective - used < holding
+        limit.is_budget and holding and effective - used < holding
         for limit, used, effective, holding in zip(
             reservation.limits,
             reservation.used,

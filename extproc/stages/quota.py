@@ -24,6 +24,7 @@ from extproc import converse_api, gemini_api
 from extproc.answer_status import no_answer
 from extproc.backends import ANTHROPIC_APIS, serves_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
+from extproc.chargeback.pricing import request_cost
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 # their Python twins obey: the Anthropic Python client slept whatever `retry-after`
 # said (weeks, for a monthly quota) with its caller hanging.
 RETRY_WITHIN_S = 60
+# A cost budget counts millionths of a dollar; the chargeback's ledgers, picodollars.
+PICOUSD_PER_MICRO_USD = 10**6
 
 
 class QuotaStage:
@@ -121,10 +124,17 @@ class QuotaStage:
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
         cost = 0 if counting else fixed_tokens(ctx) + reserved_completion(ctx)
-        return self._reserve(ctx, out, limits, cost)
+        costed = any(limit.kind == "c" for limit in limits)
+        usd_micros = estimated_usd_micros(ctx) if costed and not counting else 0
+        return self._reserve(ctx, out, limits, cost, usd_micros)
 
     async def _reserve(
-        self, ctx: RequestContext, out: PhaseOutput, limits: list[Limit], cost: int
+        self,
+        ctx: RequestContext,
+        out: PhaseOutput,
+        limits: list[Limit],
+        cost: int,
+        usd_micros: int,
     ) -> None:
         services = ctx.runtime.services
         store = services.quota_store
@@ -133,7 +143,7 @@ class QuotaStage:
         try:
             # asyncio.timeout, not wait_for: no extra task on the request path.
             async with asyncio.timeout(timeout):
-                result = await store.reserve(limits, cost)
+                result = await store.reserve(limits, cost, usd_micros)
                 if _settling_frees(ctx, store, result, cost):
                     # Refused for what running requests hold, all of which this process's
                     # own settlements, still in their batch, take off: typically the
@@ -144,7 +154,7 @@ class QuotaStage:
                     if isinstance(result, Reservation):
                         store.release(result)  # the hard cap refuses it: in the same batch
                     await store.land_settlements()
-                    result = await store.reserve(limits, cost)
+                    result = await store.reserve(limits, cost, usd_micros)
         except Exception as exc:
             services.metrics.store_error("quota_reserve")
             # A shadow rule never blocks: only enforced rules can fail the request closed.
@@ -204,8 +214,13 @@ class QuotaStage:
         # Failover attempts cut after their provider started answering, billed beside
         # the answer (cut_answer); none on almost every request.
         cut = sum(each.usage.total_tokens for each in ctx.cut_attempts) if ctx.cut_attempts else 0
+        # Cost budgets settle at what the request costs in the chargeback's ledgers (its
+        # answer's and cut attempts' cost, rounded up to the next millionth of a dollar).
+        costed = any(limit.kind == "c" for limit in reservation.limits)
+        cut_cost = sum(each.cost.picousd for each in ctx.cut_attempts)
         if ctx.usage_reported or ctx.usage_estimated:
-            store.settle(reservation, ctx.usage.total_tokens + cut)
+            spent = usd_micros(request_cost(ctx).picousd + cut_cost) if costed else None
+            store.settle(reservation, ctx.usage.total_tokens + cut, spent)
             return
         # No usage report: nothing was produced when the gateway refused after
         # reserving, the provider answered with an error, or the request died
@@ -222,10 +237,11 @@ class QuotaStage:
         if produced_nothing:
             # The answer produced nothing, but attempts cut before it were billed (every
             # attempt cut: the client got Envoy's 502): settled at theirs, not released.
-            store.settle(reservation, cut or None)
+            store.settle(reservation, cut or None, usd_micros(cut_cost) if cut else None)
         elif cut:
             # The answer keeps its reservation; its cut attempts come on top of it.
-            store.settle(reservation, _reserved_tokens(reservation) + cut)
+            spent = _reserved(reservation, "c") + usd_micros(cut_cost)
+            store.settle(reservation, _reserved(reservation, "t") + cut, spent)
 
 
 def _settling_frees(
@@ -265,16 +281,35 @@ def _capped_short(ctx: RequestContext, reservation: Reservation) -> list[int]:
     return [i for i in capped if (_left_before(reservation, i) - prompt) // choices < least]
 
 
-def _reserved_tokens(reservation: Reservation) -> int:
-    """The tokens a request reserved: its estimate, which each token limit reserved."""
+def _reserved(reservation: Reservation, kind: str) -> int:
+    """What a request reserved of each budget of ``kind`` ("t": its token estimate; "c":
+    its cost estimate, in millionths of a dollar)."""
     return max(
         (
             reserved
             for limit, reserved in zip(reservation.limits, reservation.reserved, strict=True)
-            if limit.kind == "t"
+            if limit.kind == kind
         ),
         default=0,
     )
+
+
+def estimated_usd_micros(ctx: RequestContext) -> int:
+    """What a request may cost, for its cost budgets: its prompt estimate at its model's
+    input price and the answer's allowance at the output price, in millionths of a
+    dollar, rounded up. An unpriced model's request costs nothing here, as in the
+    chargeback's ledgers (counted there as unpriced)."""
+    prices = ctx.runtime.prices.prices(ctx.model)
+    if prices is None:
+        return 0
+    picousd = fixed_tokens(ctx) * prices.input + reserved_completion(ctx) * prices.output
+    return usd_micros(picousd)
+
+
+def usd_micros(picousd: int) -> int:
+    """Picodollars (the chargeback's unit) as the millionths of a dollar a cost budget
+    counts, rounded up: a request of a few cheap tokens still counts."""
+    return -(-picousd // PICOUSD_PER_MICRO_USD)
 
 
 def fixed_tokens(ctx: RequestContext) -> int:
@@ -828,17 +863,20 @@ def _limit_headers(
     ``retry-after`` (whole seconds until it resets) when waiting can help; and
     ``x-should-retry: false`` unless it helps within ``RETRY_WITHIN_S``, so that no SDK
     retries on its own what a retry a few seconds later cannot pass, nor hangs for hours."""
-    unit = "requests" if limit.kind == "r" else "tokens"
-    headers = {
-        f"x-ratelimit-limit-{unit}": str(effective),
-        f"x-ratelimit-remaining-{unit}": str(max(0, remaining)),
-    }
+    # OpenAI's headers name requests and tokens: a cost budget has none of its own, and
+    # its refusal says when it resets by retry-after alone.
+    unit = {"r": "requests", "t": "tokens"}.get(limit.kind)
+    headers = {}
+    if unit is not None:
+        headers[f"x-ratelimit-limit-{unit}"] = str(effective)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, remaining))
     left = _whole_seconds_left(limit, now)
     if left is not None:
         # A window that ended while the store was asked still refused this request:
         # the client waits a second, and both headers say so (not `0s` beside `1`).
         left = max(1, left)
-        headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
+        if unit is not None:
+            headers[f"x-ratelimit-reset-{unit}"] = openai_duration(left)
         if retry:
             headers["retry-after"] = str(left)
     if left is None or not retry or left > RETRY_WITHIN_S:
@@ -868,9 +906,10 @@ def _used_text(denial: Denial) -> str:
     "100312 used" where the operator's tools said 100100 used and 212 reserved."""
     # Never more than the counter holds (an operator's grant can take it below).
     held = min(denial.held, denial.used)
+    text = denial.limit.amount_text
     if held > 0:
-        return f"{denial.settled} used and {held} held by running requests"
-    return f"{denial.used} used"
+        return f"{text(denial.settled)} used and {text(held)} held by running requests"
+    return f"{text(denial.used)} used"
 
 
 def _held_refusal(denial: Denial, now: float) -> RateLimitError:
@@ -882,10 +921,13 @@ def _held_refusal(denial: Denial, now: float) -> RateLimitError:
     away until the end of the month."""
     limit = denial.limit
     wait = denial.wait(now)
+    text = limit.amount_text
+    held = f"{denial.held} tokens" if limit.kind == "t" else text(denial.held)
+    budget = "Token budget" if limit.kind == "t" else "Cost budget"
     message = (
-        f"Token budget of {_subject_text(limit)} (rule '{limit.rule}') held by running"
-        f" requests: {limit.describe(denial.effective_limit)}, {denial.settled} used,"
-        f" and requests still running hold the rest ({denial.held} tokens reserved for"
+        f"{budget} of {_subject_text(limit)} (rule '{limit.rule}') held by running"
+        f" requests: {limit.describe(denial.effective_limit)}, {text(denial.settled)} used,"
+        f" and requests still running hold the rest ({held} reserved for"
         f" their answers); {_try_again(wait)}"
     )
     headers = _held_headers(limit, denial.effective_limit, 0, wait, now)
@@ -912,7 +954,8 @@ def _held_headers(
     # no later than that for a client, and a client pacing itself by these headers
     # alone (no `retry-after`) would otherwise wait until the month's end. A lifetime
     # quota's window never resets, and its held refusal had no reset header at all.
-    headers["x-ratelimit-reset-tokens"] = openai_duration(retry)
+    if limit.kind == "t":
+        headers["x-ratelimit-reset-tokens"] = openai_duration(retry)
     headers.pop("x-should-retry", None)
     return headers
 

@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from extproc import background
 from extproc.config.metrics_model import QuotaGaugesConfig
-from extproc.config.quota_model import QuotaMode
+from extproc.config.quota_model import MICRO_USD_PER_USD, QuotaMode
 from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.script_numbers import script_count, script_generation, script_limit
 from extproc.quota.store import generation_field, held_key
@@ -290,12 +290,15 @@ class QuotaGauges(Collector):
         )
         for sample in samples:
             labels = sample.labels
-            limit.add_metric(labels, sample.in_force)
-            used.add_metric(labels, sample.used)
-            if sample.limit.kind == "t":
+            # A cost budget counts millionths of a dollar; its gauges say dollars.
+            unit = MICRO_USD_PER_USD if sample.limit.kind == "c" else 1
+            limit.add_metric(labels, sample.in_force / unit)
+            used.add_metric(labels, sample.used / unit)
+            if sample.limit.is_budget:
                 # Request counters hold nothing: each request counts once, at admission.
-                reserved.add_metric(labels, sample.reserved)
-            remaining.add_metric(labels, max(0, sample.in_force - sample.used - sample.reserved))
+                reserved.add_metric(labels, sample.reserved / unit)
+            left = max(0, sample.in_force - sample.used - sample.reserved)
+            remaining.add_metric(labels, left / unit)
             if sample.limit.window.end is not None:
                 reset.add_metric(labels, sample.limit.window.end)
         yield from (limit, used, reserved, remaining, reset)

@@ -85,7 +85,7 @@ class FakeQuotaStore:
     def now(self) -> float:
         return time.time()
 
-    async def reserve(self, limits: list[Limit], cost: int) -> Reservation:
+    async def reserve(self, limits: list[Limit], cost: int, usd_micros: int = 0) -> Reservation:
         self.costs.append(cost)
         reserved = [1 if limit.kind == "r" else cost for limit in limits]
         effective = [limit.limit for limit in limits]
@@ -95,7 +95,12 @@ class FakeQuotaStore:
         ]
         return Reservation(limits, reserved, used, effective, [0] * len(limits))
 
-    def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
+    def settle(
+        self,
+        reservation: Reservation,
+        actual_tokens: int | None,
+        actual_usd_micros: int | None = None,
+    ) -> None:
         return None
 
     def release(self, reservation: Reservation) -> None:

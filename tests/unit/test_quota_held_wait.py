@@ -144,5 +144,5 @@ def test_a_wait_the_sdks_would_not_follow_is_refused_at_load(wait: int) -> None:
 
 def test_a_wait_on_a_rule_without_a_token_budget_is_refused_at_load() -> None:
     """Only a token budget is held by running requests: such a rule's wait never applies."""
-    with pytest.raises(ValidationError, match="held_retry_after_s is the wait of a token budget"):
+    with pytest.raises(ValidationError, match="held_retry_after_s is the wait of a budget"):
         LimitRule(name="r", subject="group", requests_per_minute=10, held_retry_after_s=30)

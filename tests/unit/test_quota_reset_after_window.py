@@ -104,8 +104,10 @@ class _SlowRoundTrip(QuotaStore):
     """A store whose reservations land, as its clock reads it, 0.3 s after the window of
     the first limit asked for ended: a round trip that crossed a minute's end."""
 
-    async def reserve(self, limits: list[Limit], cost: int) -> Reservation | Denial:
-        result = await super().reserve(limits, cost)
+    async def reserve(
+        self, limits: list[Limit], cost: int, usd_micros: int = 0
+    ) -> Reservation | Denial:
+        result = await super().reserve(limits, cost, usd_micros)
         end = min(limit.window.end for limit in limits if limit.window.end is not None)
         self._offset += end - self.now() + 0.3
         return result

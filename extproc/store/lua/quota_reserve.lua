@@ -12,7 +12,7 @@
 -- settled usage and reservations alike; the held amount tells the two apart.
 -- ARGV[1]: seconds to keep the marker; ARGV[2]: the longest a held amount is kept
 -- after the last reservation added to it. Then eight values per limit: limit, cost,
--- ttl seconds, enforce (1|0), kind (r|t), override field, reset generation field
+-- ttl seconds, enforce (1|0), kind (r|t|c), override field, reset generation field
 -- (in the overrides hash: how many times an operator reset the counter), hard cap (1|0).
 --   r (requests): admitted while used + cost <= limit; reserves cost, settled at once
 --                 (nothing held).
@@ -22,6 +22,8 @@
 --                 answer's allowance to fit, so what remains is the most the
 --                 request can use, and every token limit of the call reserves no more
 --                 than the least that its enforced hard-capped limits have left.
+--   c (cost):     as t, in millionths of a dollar, never hard-capped (a cap lowers an
+--                 answer's tokens; the request's token limits do that).
 -- A token limit without a hard cap reserved min(cost, what remains) too, and so held
 -- less than the request crossing the budget would use: an earlier request's
 -- settlement under its estimate then freed room that was not there, and the next
@@ -117,7 +119,7 @@ for i = 1, n do
   end
   used[i] = current
   if ARGV[base + 4] == '1' then
-    if (kind == 'r' and current + cost > limit) or (kind == 't' and current >= limit) then
+    if (kind == 'r' and current + cost > limit) or (kind ~= 'r' and current >= limit) then
       -- Every refusal, not the first: one a running request holds may pass in seconds,
       -- one spent only when its window resets, and the 429 must name the longest wait.
       refusal(i, current, limit, 1)
@@ -165,7 +167,7 @@ for i = 1, n do
     redis.call('EXPIRE', counter, tonumber(ARGV[base + 3]))
   end
   holding[i] = 0
-  if ARGV[base + 5] == 't' and reserve > 0 then
+  if ARGV[base + 5] ~= 'r' and reserve > 0 then
     holding[i] = reserve
     held[i] = redis.call('INCRBY', KEYS[i * 3 + 1], reserve)
     -- Kept as long as its counter, and no longer than the longest a request runs after
