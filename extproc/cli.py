@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -420,26 +421,69 @@ def _add_quota_commands(commands: Any) -> None:
            lambda c, a: c.listing(a.kind), subject=False)  # fmt: skip
     set_limit = action(
         "set", "override a limit (0: back to the config's)",
-        lambda c, a: c.set_limit(a.kind, a.subject, a.rule, a.counter, a.limit),
+        lambda c, a: c.set_limit(a.kind, a.subject, a.rule, a.counter, _amount(a, "limit")),
     )  # fmt: skip
     adjust = action(
         "adjust", "add to usage in the current window (negative: grant)",
-        lambda c, a: c.adjust(a.kind, a.subject, a.rule, a.counter, a.delta),
+        lambda c, a: c.adjust(a.kind, a.subject, a.rule, a.counter, _amount(a, "delta")),
     )  # fmt: skip
-    for sub in (set_limit, adjust):
+    for sub, name in ((set_limit, "limit"), (adjust, "delta")):
         sub.add_argument("--rule", required=True)
         sub.add_argument(
             "--counter", required=True, help="e.g. requests_per_minute, token_quota, cost_quota"
         )
-    amounts = "requests or tokens; for cost_quota, millionths of a dollar (1000000 = $1)"
-    set_limit.add_argument("--limit", type=int, required=True, help=amounts)
-    adjust.add_argument("--delta", type=int, required=True, help=amounts)
+        amount = sub.add_mutually_exclusive_group(required=True)
+        amount.add_argument(
+            f"--{name}", type=int,
+            help="requests or tokens; for cost_quota, millionths of a dollar (1000000 = $1)",
+        )  # fmt: skip
+        amount.add_argument(
+            f"--{name}-usd", type=_usd_micros, metavar="DOLLARS",
+            help="for cost_quota: dollars, up to six decimals (2500, 0.75)",
+        )  # fmt: skip
     reset = action(
         "reset", "zero usage in the current window",
         lambda c, a: c.reset(a.kind, a.subject, a.rule or "", a.counter or ""),
     )  # fmt: skip
     reset.add_argument("--rule", help="default: every rule")
     reset.add_argument("--counter", help="default: every counter")
+
+
+def _usd_micros(text: str) -> int:
+    """Dollars as a cost budget counts them, in millionths: ``2500``, ``$2,500.50``, ``-5``."""
+    from extproc.config.quota_model import MICRO_USD_PER_USD
+
+    cleaned = text.strip().replace(",", "").replace("$", "", 1)
+    try:
+        dollars = Decimal(cleaned)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected dollars (2500, 0.75), got {text!r}") from None
+    micros = dollars * MICRO_USD_PER_USD
+    if not dollars.is_finite() or micros != micros.to_integral_value():
+        raise argparse.ArgumentTypeError(
+            f"expected dollars with at most six decimals (budgets count millionths), got {text!r}"
+        )
+    return int(micros)
+
+
+def _amount(args: argparse.Namespace, name: str) -> int:
+    """``--limit`` / ``--delta``, or its ``-usd`` form, which only a budget in dollars takes:
+    on a token counter its millionths would be read as tokens."""
+    import grpc
+
+    from extproc.management.client import ManagementError
+
+    dollars: int | None = getattr(args, f"{name}_usd")
+    if dollars is None:
+        amount: int = getattr(args, name)
+        return amount
+    if args.counter != "cost_quota":
+        raise ManagementError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"--{name}-usd is for --counter cost_quota (a budget in dollars); counter"
+            f" {args.counter!r} counts requests or tokens: use --{name}",
+        )
+    return dollars
 
 
 def _log_level(text: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any, cast
 
 import httpx
 import openai
@@ -129,3 +130,43 @@ def test_a_group_budget_in_dollars_admits_until_its_answers_cost_fill_it(
     spent_usd = Decimal(sum(costs)) / 10**6
     wait_for(lambda: gauge_used() == spent_usd)  # refreshed every second
     assert gauge_used() == spent_usd
+
+
+def finance_budget(stack: LocalStack, *change: str) -> dict[str, Any]:
+    """`extproc quota <get or change>` of finance's budget, as JSON: its one limit."""
+    command = change or ("get",)
+    done = run_cli(stack, "quota", *command, "--kind", "group", "--subject", "finance",
+                   *(("--rule", "finance-budget", "--counter", "cost_quota") if change else ()),
+                   "--format", "json", admin_token=ADMIN_TOKEN)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [limit] = orjson.loads(done.stdout)["limits"]
+    return cast(dict[str, Any], limit)
+
+
+def test_an_operator_raises_the_budget_and_grants_dollars_back(budget_stack: LocalStack) -> None:
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(20):  # spent, if the test above has not spent it already
+            ask(budget_stack, "fin-a-secret-key")
+
+    raised = finance_budget(budget_stack, "set", "--limit-usd", "$0.50")
+    assert (raised["limit"], raised["configured_limit"], raised["overridden"]) == (
+        500_000,
+        LIMIT_MICRO_USD,
+        True,
+    )
+    assert ask(budget_stack, "fin-a-secret-key")
+
+    # Once the answer is settled (nothing held), a grant of $0.00001 takes 10 millionths off.
+    settled = wait_for(lambda: (limit := finance_budget(budget_stack))["reserved"] == 0 and limit)
+    granted = finance_budget(budget_stack, "adjust", "--delta-usd", "-0.00001")
+    assert granted["used"] == settled["used"] - 10
+
+    # Dollars on a counter of tokens would be read as tokens: refused before any call.
+    rule = ("quota", "set", "--kind", "group", "--subject", "finance", "--rule", "finance-budget")
+    wrong = run_cli(budget_stack, *rule, "--counter", "token_quota", "--limit-usd", "5",
+                    admin_token=ADMIN_TOKEN)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "--limit-usd is for --counter cost_quota" in wrong.stderr
+    too_fine = run_cli(budget_stack, *rule, "--counter", "cost_quota", "--limit-usd", "0.0000001",
+                       admin_token=ADMIN_TOKEN)  # fmt: skip
+    assert too_fine.returncode == 2 and "at most six decimals" in too_fine.stderr
