@@ -673,7 +673,7 @@ def picousd_of(text: str) -> int:
     return int(whole + fraction.ljust(12, "0"))
 
 
-def _members(ctx: RequestContext) -> set[str]:
+def failover_members(ctx: RequestContext) -> set[str]:
     """The models of the request's failover chain (its primary's and fallbacks' names)."""
     chain = ctx.runtime.failover.get(ctx.failover_model or "", {})
     return {name for name, _ in chain.values()}
@@ -708,7 +708,7 @@ def usage_cost(ctx: RequestContext, usage: Usage, tier: str | None) -> Cost:
         # Refused before a model was named: nothing to price.
         return FREE
     model: str | None = ctx.model
-    if ctx.failover_model is not None and ctx.answered_model in _members(ctx):
+    if ctx.failover_model is not None and ctx.answered_model in failover_members(ctx):
         # The chain member that answered is what the provider bills, priced or not
         # (an unpriced fallback is unpriced, not billed at the primary's price).
         model = ctx.answered_model

@@ -24,7 +24,7 @@ from extproc import converse_api, gemini_api
 from extproc.answer_status import no_answer
 from extproc.backends import ANTHROPIC_APIS, serves_invoke_body
 from extproc.bedrock_invoke_bodies import reads_as_claude
-from extproc.chargeback.pricing import request_cost
+from extproc.chargeback.pricing import failover_members, request_cost
 from extproc.completions_api import ALLOWANCE_FIELDS as COMPLETIONS_ALLOWANCE_FIELDS
 from extproc.completions_api import completion_allowance as text_completion_allowance
 from extproc.completions_api import generated_choices
@@ -298,12 +298,15 @@ def estimated_usd_micros(ctx: RequestContext) -> int:
     """What a request may cost, for its cost budgets: its prompt estimate at its model's
     input price and the answer's allowance at the output price, in millionths of a
     dollar, rounded up. An unpriced model's request costs nothing here, as in the
-    chargeback's ledgers (counted there as unpriced)."""
-    prices = ctx.runtime.prices.prices(ctx.model)
-    if prices is None:
+    chargeback's ledgers (counted there as unpriced). A failover chain's request may be
+    answered, and billed, by any member: the dearest one's prices are reserved."""
+    models = {ctx.model, *failover_members(ctx)} if ctx.failover_model else {ctx.model}
+    table = ctx.runtime.prices
+    priced = [prices for model in models if (prices := table.prices(model)) is not None]
+    if not priced:
         return 0
-    picousd = fixed_tokens(ctx) * prices.input + reserved_completion(ctx) * prices.output
-    return usd_micros(picousd)
+    prompt, completion = fixed_tokens(ctx), reserved_completion(ctx)
+    return usd_micros(max(prompt * each.input + completion * each.output for each in priced))
 
 
 def usd_micros(picousd: int) -> int:

@@ -10,11 +10,14 @@ budget refuses until its month ends, in dollars.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from pydantic import ValidationError
 
 from extproc.config.loader import ConfigError, parse_config
@@ -24,7 +27,8 @@ from extproc.runtime import Runtime, Services
 from extproc.stages.quota import usd_micros
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
-from tests.unit.test_quota_held import GATEWAY, Call, _answer, _headers, _processor
+from extproc.testing import request_body, request_headers
+from tests.unit.test_quota_held import GATEWAY, PROMPT, Call, _answer, _headers, _processor
 
 BUDGET_MICRO_USD = 200_000
 CONFIG = GATEWAY.replace("\nstore:\n", "\nstore:\n  timeout_ms: 4000\n", 1) + (
@@ -150,3 +154,39 @@ def test_a_hard_cap_needs_a_token_budget_and_a_held_wait_a_budget() -> None:
         {"name": "r", "subject": "group", "cost_quota": {"limit_usd": 5}, "held_retry_after_s": 9}
     )
     assert rule.cost_quota is not None and rule.cost_quota.limit_micro_usd == 5_000_000
+
+
+async def test_a_failover_chain_reserves_at_its_dearest_members_prices(
+    quota_store: QuotaStore,
+) -> None:
+    # gpt-4.1-nano ($0.10 / $0.40 per million) fails over to Claude 3 Haiku on Bedrock
+    # ($0.25 / $1.25): either may answer and be billed, so the dearer one is reserved.
+    config = CONFIG.replace(
+        "  - name: gpt-4.1-nano\n    provider: ${LLM_PROVIDER:-mock}\n",
+        "  - name: gpt-4.1-nano\n    provider: ${LLM_PROVIDER:-mock}\n"
+        "    fallbacks: [anthropic.claude-3-haiku-20240307-v1:0]\n",
+    )
+    assert config != CONFIG
+    processor, _ = _processor(quota_store, config)
+    body = {"model": "gpt-4.1-nano", "max_tokens": 1000, "messages": PROMPT}
+    decided = asyncio.Event()
+
+    async def messages() -> AsyncIterator[ext.ProcessingRequest]:
+        yield request_headers("/v1/chat/completions", headers={"authorization": "Bearer team1-key"})
+        yield request_body(orjson.dumps(body))
+        await decided.wait()
+
+    async def serve() -> None:
+        async for answer in processor.process(messages()):
+            if answer.HasField("request_body") or answer.HasField("immediate_response"):
+                assert answer.HasField("request_body"), answer
+                reserved.append(await counted(quota_store))
+                decided.set()
+
+    reserved: list[tuple[int, int]] = []
+    await asyncio.wait_for(serve(), 10)
+
+    prompt = 6  # "refactor" and the message's overhead, as the estimate counts it
+    dearest = usd_micros(prompt * 250_000 + 1000 * 1_250_000)
+    assert dearest > usd_micros(prompt * 100_000 + 1000 * 400_000)
+    assert reserved == [(dearest, dearest)]
