@@ -50,6 +50,7 @@ from extproc.response_path import is_lean, lean_routes
 
 if TYPE_CHECKING:
     from extproc.auth.stored_keys import StoredKeys
+    from extproc.management.quotas import QuotaAdmin
     from extproc.providers.gcp_tokens import GcpTokenSource
     from extproc.quota.store import QuotaStore
     from extproc.store.agent_owners import AgentOwners
@@ -108,6 +109,9 @@ class Services:
     store: UsageStore | None = None
     usage_writer: UsageWriter | None = None
     quota_store: QuotaStore | None = None
+    # Reads quota state as the management API does: for a caller's own limits
+    # (stages.limits_view); None without a store.
+    quota_admin: QuotaAdmin | None = None
     # API keys created at run time (the management API); None without a store.
     stored_keys: StoredKeys | None = None
     # Who created each stored response (None without a store, or with records off).

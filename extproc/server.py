@@ -302,11 +302,10 @@ class Gateway:
 
     async def _start_management(self) -> None:
         # Its own server and port: the management API is never reachable through Envoy.
-        quota_store = self.services.quota_store
-        assert quota_store is not None, "the store starts first"
+        admin = self.services.quota_admin
+        assert admin is not None, "the store starts first"
         stored_keys = self.services.stored_keys
         assert stored_keys is not None, "the store starts first"
-        admin = QuotaAdmin(self._store_client, self.config.store.key_prefix, quota_store)
         audit = AuditLog()
         service = QuotaManagementService(lambda: self.runtime, admin, audit)
         keys = KeyManagementService(lambda: self.runtime, stored_keys, audit)
@@ -369,6 +368,9 @@ class Gateway:
             on_spooled=self._quota_spooled,
         )
         await self.services.quota_store.start()
+        self.services.quota_admin = QuotaAdmin(
+            self._store_client, store.key_prefix, self.services.quota_store
+        )
         self.services.stored_keys = StoredKeys(
             self._store_client,
             store.key_prefix,

@@ -347,6 +347,10 @@ class RouteApi(StrEnum):
     # input_items and cancel): served only to the caller who created it, at the provider
     # that stores it (stages.stored_responses); nothing is generated or billed.
     OPENAI_RESPONSES_STORED = "openai_responses_stored"
+    # The caller's own quotas, rate limits and budgets as they stand (GET
+    # /aigw/v1/limits): answered by the gateway from the store, never sent upstream or
+    # billed (stages.limits_view).
+    AIGW_LIMITS = "aigw_limits"
     # AWS Bedrock's own Converse API (/model/{modelId}/converse and converse-stream, as
     # boto3's bedrock-runtime sends it): passed through to Bedrock providers, re-signed
     # with the gateway's AWS credentials; billed by the usage Converse reports.
@@ -733,6 +737,7 @@ def _default_routes() -> tuple[RouteConfig, ...]:
     return (
         RouteConfig(name="openai-chat", path="/v1/chat/completions"),
         RouteConfig(name="openai-models", path="/v1/models", api=RouteApi.OPENAI_MODELS),
+        RouteConfig(name="aigw-limits", path="/aigw/v1/limits", api=RouteApi.AIGW_LIMITS),
         RouteConfig(
             name="openai-embeddings", path="/v1/embeddings", api=RouteApi.OPENAI_EMBEDDINGS
         ),

@@ -167,6 +167,21 @@ class RuleSet:
                 found.extend(self._limits(rule, subject, now))
         return found
 
+    def caller_limits(
+        self, identity: Identity, headers: dict[str, str], now: float
+    ) -> list[tuple[Limit, LimitRule]]:
+        """The enforced limits on the caller's requests, whatever their model (each with
+        its rule, whose ``models`` say which it covers), in the windows of ``now``: what a
+        caller asking for its own limits is shown. Shadow rules never refuse it."""
+        found: list[tuple[Limit, LimitRule]] = []
+        for rule in self.rules:
+            if rule.mode is not QuotaMode.ENFORCE:
+                continue
+            for subject in subject_values(rule.subject, identity, headers):
+                if selected(rule.match, subject):
+                    found.extend((limit, rule) for limit in self._limits(rule, subject, now))
+        return found
+
     def limits_for(
         self,
         identity: Identity,

@@ -500,11 +500,13 @@ def _check_route(ctx: RequestContext) -> None:
     route = ctx.route
     # The model list is open to every key: it names only what the key may use on the
     # routes it is allowed (stages.model_list), and SDKs and eval tools read it first.
+    # So are the caller's own limits (stages.limits_view): they tell it nothing of others.
     if (
         allowed
         and route is not None
         and route.name not in allowed
         and route.api is not RouteApi.OPENAI_MODELS
+        and route.api is not RouteApi.AIGW_LIMITS
     ):
         raise PermissionDeniedError(
             f"API key '{ctx.identity.api_key_id}' may not use route '{route.name}'",

@@ -14,6 +14,7 @@ from extproc.stages.chat_request import ChatRequestStage, UpstreamRequestStage
 from extproc.stages.credentials import CredentialStage
 from extproc.stages.cut_answer import CutAnswerStage
 from extproc.stages.guardrails import GuardRequestStage, GuardResponseStage
+from extproc.stages.limits_view import LimitsViewStage
 from extproc.stages.model_list import ModelListStage
 from extproc.stages.partial_usage import PartialUsageStage
 from extproc.stages.quota import QuotaStage
@@ -30,6 +31,7 @@ def default_stages() -> list[object]:
         AgentRouteStage(),
         AuthenticationStage(),
         ModelListStage(),
+        LimitsViewStage(),
         CredentialStage(),
         # After the client's credentials are removed: sets the provider's.
         StoredResponseStage(),

@@ -103,9 +103,10 @@ class RoutingStage:
             # Not billed, any method its paths take: stages.stored_responses decides.
             out.mode_override = FULL_RESPONSE
             return
-        if route.api is RouteApi.OPENAI_MODELS:
+        if route.api is RouteApi.OPENAI_MODELS or route.api is RouteApi.AIGW_LIMITS:
             if ctx.method not in {"GET", "HEAD"}:
-                _refuse_gemini_call(ctx, route, path)
+                if route.api is RouteApi.OPENAI_MODELS:
+                    _refuse_gemini_call(ctx, route, path)
                 raise MethodNotAllowedError(
                     f"{ctx.method} is not allowed on {path}", headers={"allow": "GET, HEAD"}
                 )

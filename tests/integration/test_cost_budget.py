@@ -115,6 +115,18 @@ def test_a_group_budget_in_dollars_admits_until_its_answers_cost_fill_it(
     assert table.returncode == 0, table.stderr
     assert "$0.0002 USD" in table.stdout
 
+    # What the group's callers read of their own limits, through Envoy.
+    own = httpx.get(
+        f"{budget_stack.base_url}/aigw/v1/limits",
+        headers={"authorization": "Bearer fin-b-secret-key"},
+        timeout=10.0,
+    )
+    assert own.status_code == 200, own.text
+    [entry] = own.json()["data"]
+    assert (entry["rule"], entry["subject"], entry["unit"]) == ("finance-budget", "finance", "usd")
+    assert (Decimal(str(entry["used"])), entry["remaining"]) == (Decimal(sum(costs)) / 10**6, 0)
+    assert entry["resets_at"] is None  # a lifetime budget
+
     # The gauges say dollars.
     def gauge_used() -> Decimal | None:
         page = httpx.get(budget_stack.metrics_url, timeout=10.0).text
