@@ -123,10 +123,11 @@ class QuotaStage:
         refuse_credential_in_subjects(ctx, limits)
         if runtime.services.quota_subjects is not None:
             runtime.services.quota_subjects.note(limits)
-        cost = 0 if counting else fixed_tokens(ctx) + reserved_completion(ctx)
+        prompt = 0 if counting else fixed_tokens(ctx)
+        completion = 0 if counting else reserved_completion(ctx)
         costed = any(limit.kind == "c" for limit in limits)
-        usd_micros = estimated_usd_micros(ctx) if costed and not counting else 0
-        return self._reserve(ctx, out, limits, cost, usd_micros)
+        usd_micros = estimated_usd_micros(ctx, prompt, completion) if costed else 0
+        return self._reserve(ctx, out, limits, prompt + completion, usd_micros)
 
     async def _reserve(
         self,
@@ -294,18 +295,18 @@ def _reserved(reservation: Reservation, kind: str) -> int:
     )
 
 
-def estimated_usd_micros(ctx: RequestContext) -> int:
-    """What a request may cost, for its cost budgets: its prompt estimate at its model's
-    input price and the answer's allowance at the output price, in millionths of a
-    dollar, rounded up. An unpriced model's request costs nothing here, as in the
-    chargeback's ledgers (counted there as unpriced). A failover chain's request may be
-    answered, and billed, by any member: the dearest one's prices are reserved."""
+def estimated_usd_micros(ctx: RequestContext, prompt: int, completion: int) -> int:
+    """What a request may cost, for its cost budgets: its ``prompt`` estimate (tokens) at
+    its model's input price and the answer's allowance, ``completion``, at the output
+    price, in millionths of a dollar, rounded up. An unpriced model's request costs
+    nothing here, as in the chargeback's ledgers (counted there as unpriced). A failover
+    chain's request may be answered, and billed, by any member: the dearest one's prices
+    are reserved."""
     models = {ctx.model, *failover_members(ctx)} if ctx.failover_model else {ctx.model}
     table = ctx.runtime.prices
     priced = [prices for model in models if (prices := table.prices(model)) is not None]
     if not priced:
         return 0
-    prompt, completion = fixed_tokens(ctx), reserved_completion(ctx)
     return usd_micros(max(prompt * each.input + completion * each.output for each in priced))
 
 
