@@ -36,10 +36,10 @@ import aiohttp
 import orjson
 
 from extproc.config.guard_model import ModerationConfig
+from extproc.guardrails.http_session import SessionsClosedError
 
 if TYPE_CHECKING:
-    # Only a type here: the webhook module imports this one's retry-after parser.
-    from extproc.guardrails.webhook import SessionHolder
+    from extproc.guardrails.http_session import SessionHolder
 
 MAX_ANSWER_BYTES = 4 << 20
 # How much of an error's body is read for its code (a 429's tells a spent account from a
@@ -161,7 +161,10 @@ class ModerationClient:
         payload = orjson.dumps({"model": self.config.model, "input": inputs})
         # A list of texts gets one result each; a list of items (an image) one in all.
         expected = 1 if kind == IMAGE else len(inputs)
-        session = self._session.get()
+        try:
+            session = self._session.get()
+        except SessionsClosedError as exc:
+            raise ModerationError(str(exc)) from None
         own = asyncio.get_running_loop().time() + self._timeout
         ends = own if deadline is None else min(own, deadline)
         try:

@@ -35,7 +35,8 @@ import aiohttp
 import orjson
 
 from extproc.config.guard_model import WebhookConfig
-from extproc.egress import DIRECT, EgressProxy
+from extproc.guardrails.http_session import SessionHolder as SessionHolder
+from extproc.guardrails.http_session import SessionsClosedError
 from extproc.guardrails.moderation import INPUT_REFUSED, read_at_most, retry_after_seconds
 
 # Verdicts are small; a runaway answer is a broken webhook.
@@ -106,7 +107,10 @@ class WebhookClient:
         return _verdict(answer, "choices", len(choices))
 
     async def _post(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
-        session = self._session.get()
+        try:
+            session = self._session.get()
+        except SessionsClosedError as exc:
+            raise WebhookError(str(exc)) from None
         try:
             async with asyncio.timeout(self._timeout):
                 async with session.post(
@@ -186,29 +190,3 @@ def _mask(body: dict[str, Any], items: str, count: int, reason: str | None) -> V
             raise WebhookError(f"MaskAction {items} need string contents")
         contents.append(content)
     return Verdict("mask", contents=contents, reason=reason)
-
-
-class SessionHolder:
-    """One aiohttp session for every webhook and moderation call, made on first use
-    (it needs the running event loop) and closed with the runtime. ``egress`` says
-    which calls go through the configured proxy (each call passes it: the session
-    itself trusts no proxy of the environment)."""
-
-    def __init__(self, egress: EgressProxy = DIRECT) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self.egress = egress
-
-    def get(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
-                # Proxies from the environment would take guard traffic elsewhere: the
-                # configured one (egress) is passed with each call.
-                trust_env=False,
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
