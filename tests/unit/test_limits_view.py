@@ -27,6 +27,7 @@ from extproc.store.connection import connect
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.testing import request_headers
 from tests.unit.conftest import MemoryLog
+from tests.unit.test_management import early_in_the_minute
 from tests.unit.test_quota_held import GATEWAY, Call, _answer
 
 NARROW_KEY = "narrow-secret-key-0001"
@@ -82,6 +83,7 @@ async def limits(
 async def test_a_caller_reads_its_own_limits_with_what_is_used_and_left(
     quota_store: QuotaStore,
 ) -> None:
+    early_in_the_minute()  # its request and the read count in one minute's window
     gateway = processor(quota_store)
     call = Call(gateway)  # one Claude request of team1, as the held test sends it
     assert await call.admitted()
