@@ -19,6 +19,7 @@ from extproc import __version__, event_loop
 if TYPE_CHECKING:
     from extproc.config.model import GatewayConfig
     from extproc.management.admin_token import AdminToken
+    from extproc.management.client_tls import TlsFlags
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 # How long `usage report|export --api` waits for the management API (a report of a long
@@ -211,7 +212,9 @@ def _usage_report(args: argparse.Namespace) -> int:
     run = export if args.usage_command == "export" else report
     named = (
         ("--address", args.address), ("--token", args.token), ("--token-file", args.token_file),
-        ("--timeout", args.timeout is not None),
+        ("--timeout", args.timeout is not None), ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+        ("--tls-server-name", args.tls_server_name),
     )  # fmt: skip
     flags = [flag for flag, given in named if given]
     if flags and not args.api:
@@ -271,6 +274,7 @@ def _add_usage_commands(commands: Any) -> None:
         remote.add_argument("--api", action="store_true", help="ask the management API")
         remote.add_argument("--address", help="management API (default: the config's)")
         _token_options(remote)
+        _tls_options(remote)
         remote.add_argument(
             "--timeout", type=_seconds, help=f"seconds (default {USAGE_API_TIMEOUT_S:g})"
         )
@@ -288,11 +292,15 @@ def _management(args: argparse.Namespace, client_type: Any) -> Any:
     """What ``args.call`` answers on a client of the management API; a refusal or an
     unreachable API is one line on stderr and exit 2 (1 for the gateway's own failures)."""
     from extproc.management.client import ManagementError
+    from extproc.management.client_tls import client_tls
 
     token = _admin_token(args)
-    address = args.address or _load(args.config).management.address
+    # A gateway named by its address needs no config (the operator's laptop has none).
+    config = None if args.address else _load(args.config)
+    address = args.address or (config.management.address if config is not None else "")
     try:
-        with client_type(address, token.value, args.timeout, token.source) as client:
+        tls = client_tls(tls_flags(args), config)
+        with client_type(address, token.value, args.timeout, token.source, tls) as client:
             return args.call(client, args)
     except ManagementError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -384,11 +392,30 @@ def _management_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
     sub.add_argument("--address", help="management API (default: the config's)")
     _token_options(sub)
+    _tls_options(sub.add_argument_group("TLS, to a management API served with management.tls"))
     sub.add_argument("--format", choices=("table", "json"), default="table")
     sub.add_argument(
         "--json", dest="format", action="store_const", const="json", help="--format json"
     )
     sub.add_argument("--timeout", type=_seconds, default=10.0, help="seconds")
+
+
+def _tls_options(group: Any) -> None:
+    """``--tls-*``: TLS to the management API (default: the config's management.tls.cli)."""
+    group.add_argument(
+        "--tls-ca", metavar="PATH", help="CA of the management API's certificate (turns TLS on)"
+    )
+    group.add_argument("--tls-cert", metavar="PATH", help="this client's certificate (mTLS)")
+    group.add_argument("--tls-key", metavar="PATH", help="its private key (mTLS)")
+    group.add_argument(
+        "--tls-server-name", metavar="NAME", help="name in its certificate (default: the host)"
+    )
+
+
+def tls_flags(args: argparse.Namespace) -> TlsFlags:
+    from extproc.management.client_tls import TlsFlags
+
+    return TlsFlags(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
 
 
 def _token_options(group: Any) -> None:

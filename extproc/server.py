@@ -312,8 +312,15 @@ class Gateway:
         usage_store = self.services.store
         assert usage_store is not None, "the store starts first"
         usage = UsageReportService(lambda: self.runtime, usage_store, audit)
-        self._management = await start_server(self.config.management.address, service, keys, usage)
-        log.info("management API on %s", self.config.management.address)
+        tls = self.config.management.tls
+        credentials = None
+        if tls is not None:
+            # Read off the event loop, as the ext_proc port's; renewed files are served
+            # from the next handshake on.
+            credentials = await asyncio.to_thread(server_credentials, tls, "management.tls")
+        address = self.config.management.address
+        self._management = await start_server(address, service, keys, usage, credentials)
+        log.info("management API on %s%s", address, " (TLS)" if tls is not None else "")
 
     def reload_config(self) -> None:
         if self._reloader is not None:

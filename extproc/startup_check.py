@@ -33,3 +33,6 @@ def check_startup_files(config: GatewayConfig, *, listener_files: bool = True) -
         signer.check_key_files()
     if config.management.serving:
         AdminTokens(config.management)
+        if listener_files and config.management.tls is not None:
+            # Read at start only (management.tls applies on restart), as the listener's.
+            CertificateFiles(config.management.tls, "management.tls")

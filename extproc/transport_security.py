@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from extproc.config.loader import ConfigError
-from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
+from extproc.config.tls_model import ListenerTlsConfig, ManagementTlsConfig, ServerTlsConfig
 from extproc.envoy_values import is_ip
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,13 @@ _TYPE = "type.googleapis.com/"
 
 
 def _read(path: str, field: str) -> bytes:
+    """A certificate file's bytes; ``field`` names it in the error (``server.tls.key_file``)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError("config", [f"server.tls.{field}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError("config", [f"{field}: cannot read: {exc.strerror}"]) from None
     if not data.strip():
-        raise ConfigError("config", [f"server.tls.{field}: the file is empty"])
+        raise ConfigError("config", [f"{field}: the file is empty"])
     return data
 
 
@@ -42,10 +43,14 @@ def _stamp(paths: list[str]) -> tuple[tuple[int, int, int], ...]:
 
 
 class CertificateFiles:
-    """The gateway's certificate, key and client CA, reloaded when the files change."""
+    """The gateway's certificate, key and client CA, reloaded when the files change.
+    ``section`` is where the config sets them (``server.tls``, ``management.tls``)."""
 
-    def __init__(self, tls: ServerTlsConfig) -> None:
+    def __init__(
+        self, tls: ServerTlsConfig | ManagementTlsConfig, section: str = "server.tls"
+    ) -> None:
         self._tls = tls
+        self._section = section
         self._paths = [tls.cert_file, tls.key_file]
         if tls.client_ca_file:
             self._paths.append(tls.client_ca_file)
@@ -56,9 +61,14 @@ class CertificateFiles:
         self.initial = self._configuration()
 
     def _configuration(self) -> Any:
-        tls = self._tls
-        pair = (_read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file"))
-        client_ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file else None
+        tls, section = self._tls, self._section
+        pair = (
+            _read(tls.key_file, f"{section}.key_file"),
+            _read(tls.cert_file, f"{section}.cert_file"),
+        )
+        client_ca = (
+            _read(tls.client_ca_file, f"{section}.client_ca_file") if tls.client_ca_file else None
+        )
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=client_ca)
 
     def fetch(self) -> Any:
@@ -76,9 +86,12 @@ class CertificateFiles:
         return configuration
 
 
-def server_credentials(tls: ServerTlsConfig) -> Any:
-    """Credentials for the ext_proc port: TLS, with a client certificate required for mTLS."""
-    files = CertificateFiles(tls)
+def server_credentials(
+    tls: ServerTlsConfig | ManagementTlsConfig, section: str = "server.tls"
+) -> Any:
+    """Credentials for the ext_proc port (or the management API's, ``section``
+    ``management.tls``): TLS, with a client certificate required for mTLS."""
+    files = CertificateFiles(tls, section)
     return grpc.dynamic_ssl_server_credentials(
         files.initial, files.fetch, require_client_authentication=tls.mutual
     )

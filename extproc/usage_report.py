@@ -167,6 +167,7 @@ def _ask_api(
     from extproc.chargeback.report import totals
     from extproc.management.admin_token import COMMAND_LINE_WARNING, AdminTokenError, admin_token
     from extproc.management.client import ManagementError, UsageClient
+    from extproc.management.client_tls import TlsFlags, client_tls
     from extproc.management.usage_rows import rows_from_report, unreadable_from_report
     from extproc.management.v1 import management_pb2 as pb
 
@@ -181,8 +182,10 @@ def _ask_api(
         start=args.start or "", end=args.end or "", day=args.day or "", month=args.month or "",
         last_month=args.last_month, time_zone=args.time_zone, group_by=by,
     )  # fmt: skip
+    flags = TlsFlags(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     try:
-        with UsageClient(address, token.value, args.timeout, token.source) as client:
+        tls = client_tls(flags, config)
+        with UsageClient(address, token.value, args.timeout, token.source, tls) as client:
             answer = client.report(request)
     except ManagementError as exc:
         raise ReportError(str(exc)) from None

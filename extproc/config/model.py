@@ -26,7 +26,7 @@ from extproc.config.quota_model import QuotasConfig
 from extproc.config.section import Section as _Section
 from extproc.config.service_urls import checked_url
 from extproc.config.telemetry_model import LogConfig, TracingConfig
-from extproc.config.tls_model import ListenerTlsConfig, ServerTlsConfig
+from extproc.config.tls_model import ListenerTlsConfig, ManagementTlsConfig, ServerTlsConfig
 from extproc.event_loop import EventLoopKind
 
 _NAME = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
@@ -703,6 +703,8 @@ class ManagementConfig(_Section):
     admin_tokens: tuple[AdminTokenConfig, ...] = ()
     # Default: served when at least one admin token is configured.
     enabled: bool | None = None
+    # Unset: plaintext gRPC (keep the address on loopback or a private network).
+    tls: ManagementTlsConfig | None = None
 
     _check_address = field_validator("address")(_host_port)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,6 +23,7 @@ import orjson
 
 from extproc.config.model import unsendable_token_problem
 from extproc.config.quota_model import MAX_LIMIT, usd_micros_text
+from extproc.config.tls_model import ClientTlsConfig
 from extproc.management.key_filter import ROTATING, status_of
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
@@ -76,6 +78,7 @@ class ManagementClient:
         token: str,
         timeout_s: float = 10.0,
         token_source: str = "AIGW_ADMIN_TOKEN or --token",
+        tls: ClientTlsConfig | None = None,
     ) -> None:
         self.address = address
         self._timeout_s = timeout_s
@@ -86,7 +89,13 @@ class ManagementClient:
         if (problem := _unsendable(address)) is not None:
             raise ManagementError(grpc.StatusCode.INVALID_ARGUMENT, f"the address {problem}")
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            options: tuple[tuple[str, int | str], ...] = _CHANNEL_OPTIONS
+            if tls.server_name:
+                options += (("grpc.ssl_target_name_override", tls.server_name),)
+            self._channel = grpc.secure_channel(address, _channel_credentials(tls), options)
         self._stub = self.stub_type(self._channel)
 
     def __enter__(self) -> Self:
@@ -123,6 +132,31 @@ class ManagementClient:
         else:
             message = f"{details} ({code.name})"
         return ManagementError(code, message)
+
+
+def _channel_credentials(tls: ClientTlsConfig) -> grpc.ChannelCredentials:
+    """TLS to the management API: trusting ``ca_file``, presenting ``cert_file`` (mTLS).
+    A file that cannot be read is a usage error naming it (exit 2), never a traceback."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_tls_file(tls.ca_file, "CA"),
+        private_key=_tls_file(tls.key_file, "key") if tls.key_file else None,
+        certificate_chain=_tls_file(tls.cert_file, "certificate") if tls.cert_file else None,
+    )
+
+
+def _tls_file(path: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ManagementError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"cannot read the TLS {what} file {path}: {reason}"
+        ) from None
+    if not data.strip():
+        raise ManagementError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the TLS {what} file {path} is empty"
+        )
+    return data
 
 
 def _check_token(token: str, source: str) -> None:

@@ -984,8 +984,10 @@ async def start_server(
     service: QuotaManagementService,
     keys: KeyManagementService | None = None,
     usage: UsageReportService | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc_aio.Server:
-    """A gRPC server of its own for the management API, with health and reflection."""
+    """A gRPC server of its own for the management API, with health and reflection;
+    over TLS with ``credentials`` (``management.tls``), else plaintext."""
     server = grpc_aio.server(options=_SERVER_OPTIONS)
     served: list[str] = []
     for name, servicer in ((SERVICE_NAME, service), (KEY_SERVICE_NAME, keys),
@@ -999,7 +1001,10 @@ async def start_server(
         (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        server.add_insecure_port(address)
+        if credentials is not None:
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
     except RuntimeError:
         # gRPC's own message says only "Failed to bind" (and logs the reason).
         raise ManagementListenError(
