@@ -18,7 +18,13 @@ import pytest
 
 from extproc.auth.api_keys import ApiKey, key_digest
 from extproc.auth.stored_keys import KeyIdRetiredError, StoredKeys
-from extproc.config.quota_model import LimitRule, QuotaPeriod, QuotasConfig, TokenQuota
+from extproc.config.quota_model import (
+    CostQuota,
+    LimitRule,
+    QuotaPeriod,
+    QuotasConfig,
+    TokenQuota,
+)
 from extproc.context import Identity
 from extproc.management.quotas import QuotaAdmin
 from extproc.quota.rules import Limit, RuleSet
@@ -171,6 +177,30 @@ async def test_a_hard_capped_token_reservation_is_capped_at_what_remains_on_each
     assert isinstance(first, Reservation) and first.reserved == [70, 70]
     assert isinstance(second, Reservation) and second.reserved == [30, 30]
     assert isinstance(third, Denial) and third.limit.rule == "user-tokens" and third.used == 100
+
+
+async def test_a_budget_in_dollars_beside_a_hard_capped_token_budget_on_other_nodes(
+    store: QuotaStore, client: StoreClient
+) -> None:
+    # The group's dollars (on one node) are reserved at the request's cost estimate,
+    # never lowered by the user's hard cap (on another node), which caps tokens; once
+    # settled, they count the real cost and hold nothing.
+    capped = tokens_per_hour("user", 100).model_copy(update={"hard_cap": True})
+    budget = LimitRule(name="group-dollars", subject="group", cost_quota=CostQuota(limit_usd=1))
+    found = limits(store, capped, budget)
+    reservation = await store.reserve(found, 150, 40_000)
+    assert isinstance(reservation, Reservation)
+    reserved = zip(found, reservation.reserved, strict=True)
+    kinds = {limit.kind: amount for limit, amount in reserved}
+    assert kinds == {"t": 100, "c": 40_000}
+
+    store.settle(reservation, 60, 12_345)
+    await store.flush()
+
+    dollars = next(limit for limit in found if limit.kind == "c")
+    assert int(await client.get(dollars.key(PREFIX))) == 12_345
+    assert int(await client.get(dollars.key(PREFIX) + ":held") or 0) == 0
+    assert await token_counters(client, found) == [60]
 
 
 async def test_settlement_replaces_the_estimates_with_real_usage_on_each_node(
