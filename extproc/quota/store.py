@@ -53,7 +53,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -110,6 +110,11 @@ class Reservation:
         # Built by hand (tools, tests) without them: nothing held.
         self.holding = self.holding or [0] * len(self.limits)
         self.held = self.held or [0] * len(self.limits)
+
+    def entries(self) -> Iterator[tuple[Limit, int, int, int]]:
+        """Each limit with what this request reserved of it, its reset generation, and
+        what this request holds of it."""
+        return zip(self.limits, self.reserved, self.generations, self.holding, strict=True)
 
     def held_before(self, index: int) -> int:
         """What other running requests held of limit ``index`` when this one reserved (at
@@ -652,13 +657,7 @@ class QuotaStore:
             actual_usd_micros = min(actual_usd_micros, MAX_LIMIT)
         actual = {"t": actual_tokens, "c": actual_usd_micros}
         changes: list[_Change] = []
-        for limit, reserved, generation, holding in zip(
-            reservation.limits,
-            reservation.reserved,
-            reservation.generations,
-            reservation.holding,
-            strict=True,
-        ):
+        for limit, reserved, generation, holding in reservation.entries():
             if not limit.is_budget:
                 continue
             amount = actual[limit.kind]
@@ -687,13 +686,7 @@ class QuotaStore:
         self._queue_changes(
             [
                 (limit, -reserved, generation, holding)
-                for limit, reserved, generation, holding in zip(
-                    reservation.limits,
-                    reservation.reserved,
-                    reservation.generations,
-                    reservation.holding,
-                    strict=True,
-                )
+                for limit, reserved, generation, holding in reservation.entries()
             ]
         )
 
