@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +231,9 @@ def _usage_report(args: argparse.Namespace) -> int:
         args.timeout = USAGE_API_TIMEOUT_S
     # Asked of a gateway named by its address, the report needs no config: the operator's
     # laptop has none (as for `extproc quota` and `extproc keys`).
-    config = None if args.api and args.address else _load(args.config)
+    # A --config given with --address still says how to reach it (management.tls.cli).
+    by_address = args.api and args.address and args.config is None
+    config = None if by_address else _load(args.config or DEFAULT_CONFIG)
     try:
         return run(config, args)
     except DataDirInUseError as exc:
@@ -248,7 +250,7 @@ def _add_usage_commands(commands: Any) -> None:
         (report, ("table", "json", "csv"), "table"),
         (export, ("csv", "json"), "csv"),
     ):
-        sub.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+        sub.add_argument("--config", "-c", help=f"gateway config file (default: {DEFAULT_CONFIG})")
         sub.add_argument(
             "--by",
             default="route,model" if sub is report else "model",
@@ -295,8 +297,9 @@ def _management(args: argparse.Namespace, client_type: Any) -> Any:
     from extproc.management.client_tls import client_tls
 
     token = _admin_token(args)
-    # A gateway named by its address needs no config (the operator's laptop has none).
-    config = None if args.address else _load(args.config)
+    # A gateway named by its address needs no config (the operator's laptop has none);
+    # a --config given beside it still says how to reach it (management.tls.cli).
+    config = None if args.address and args.config is None else _load(args.config or DEFAULT_CONFIG)
     address = args.address or (config.management.address if config is not None else "")
     try:
         tls = client_tls(tls_flags(args), config)
@@ -389,7 +392,7 @@ def _seconds(text: str) -> float:
 
 def _management_options(sub: argparse.ArgumentParser) -> None:
     """How every management command reaches the API (the same for quota and keys)."""
-    sub.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="gateway config file")
+    sub.add_argument("--config", "-c", help=f"gateway config file (default: {DEFAULT_CONFIG})")
     sub.add_argument("--address", help="management API (default: the config's)")
     _token_options(sub)
     _tls_options(sub.add_argument_group("TLS, to a management API served with management.tls"))
@@ -483,10 +486,12 @@ def _usd_micros(text: str) -> int:
     cleaned = text.strip().replace(",", "").replace("$", "", 1)
     try:
         dollars = Decimal(cleaned)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"expected dollars (2500, 0.75), got {text!r}") from None
+    except ArithmeticError:
+        dollars = Decimal("NaN")
+    if not dollars.is_finite():  # not a number, NaN, infinity
+        raise argparse.ArgumentTypeError(f"expected dollars (2500, 0.75), got {text!r}")
     micros = dollars * MICRO_USD_PER_USD
-    if not dollars.is_finite() or micros != micros.to_integral_value():
+    if micros != micros.to_integral_value():
         raise argparse.ArgumentTypeError(
             f"expected dollars with at most six decimals (budgets count millionths), got {text!r}"
         )

@@ -148,7 +148,11 @@ class Gateway:
         # Replaced by a reload, their clients not closed yet: closed at the latest on stop.
         self._retired: set[Runtime] = set()
         # The management listener as started: only a restart moves it.
-        self._management_started = (config.management.address, config.management.serving)
+        self._management_started = (
+            config.management.address,
+            config.management.serving,
+            config.management.tls,
+        )
         # The log sinks and metrics as set up above: a reload that changes them warns.
         self._telemetry_started = config.telemetry
         self._embedded: EmbeddedValkey | None = None
@@ -216,8 +220,10 @@ class Gateway:
                 ", ".join(envoy_changes),
             )
         management = config.management
-        if (management.address, management.serving) != self._management_started:
-            log.warning("management.address and management.enabled change only on restart")
+        if (management.address, management.serving, management.tls) != self._management_started:
+            log.warning(
+                "management.address, management.enabled and management.tls change only on restart"
+            )
         telemetry = started_telemetry_changes(self._telemetry_started, config)
         if telemetry:
             log.warning(

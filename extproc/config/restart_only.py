@@ -23,11 +23,15 @@ STARTED_TELEMETRY_FIELDS = {
 
 def as_started(started: GatewayConfig, loaded: GatewayConfig) -> GatewayConfig:
     """``loaded`` with every restart-only setting as ``started`` has it: the ``server``
-    and ``store`` sections, ``management.address`` and whether the management API is
-    served, and the ``telemetry`` fields set up at start."""
+    and ``store`` sections, ``management.address``, whether the management API is
+    served and its ``tls``, and the ``telemetry`` fields set up at start."""
     update: dict[str, object] = {name: getattr(started, name) for name in RESTART_ONLY_SECTIONS}
     update["management"] = loaded.management.model_copy(
-        update={"address": started.management.address, "enabled": started.management.serving}
+        update={
+            "address": started.management.address,
+            "enabled": started.management.serving,
+            "tls": started.management.tls,
+        }
     )
     telemetry = {
         section: getattr(loaded.telemetry, section).model_copy(

@@ -31,6 +31,15 @@ class TlsFlags:
 
 def client_tls(flags: TlsFlags, config: GatewayConfig | None) -> ClientTlsConfig | None:
     """The TLS the CLI speaks to the management API, None for plaintext."""
+    given = {
+        "--tls-ca": flags.ca,
+        "--tls-cert": flags.cert,
+        "--tls-key": flags.key,
+        "--tls-server-name": flags.server_name,
+    }
+    for flag, value in given.items():
+        if value is not None and not value.strip():
+            raise _usage(f"{flag} is empty")
     if flags.ca is not None:
         try:
             return ClientTlsConfig(

@@ -289,8 +289,11 @@ class AdminService:
         """Authenticate the call, check its token has ``scope``, run it, audit the
         ``change`` it makes (if any) with its outcome, and turn refusals into gRPC
         status codes."""
-        caller = await self._authenticate(context, change)
-        await self._authorize(context, caller, scope, change)
+        # One set of tokens for both checks: a reload between them (a token's secret
+        # rotated and its scopes changed) must not pair one's caller with the other's.
+        tokens = await self._admin_tokens()
+        caller = await self._authenticate(context, change, tokens)
+        await self._authorize(context, caller, scope, change, tokens)
         try:
             result = await work(caller)
         except asyncio.CancelledError:
@@ -337,11 +340,16 @@ class AdminService:
         return result
 
     async def _authenticate(
-        self, context: grpc_aio.ServicerContext, change: Change | None = None
+        self,
+        context: grpc_aio.ServicerContext,
+        change: Change | None = None,
+        tokens: AdminTokens | None = None,
     ) -> str:
         """The id of the admin token the call carries; UNAUTHENTICATED without one (and,
         for a ``change``, a ``refused`` audit line naming what it asked for)."""
-        caller = (await self._admin_tokens()).caller(context.invocation_metadata() or ())
+        if tokens is None:
+            tokens = await self._admin_tokens()
+        caller = tokens.caller(context.invocation_metadata() or ())
         if caller is not None:
             return caller
         presented = _bearer(context.invocation_metadata() or ()) is not None
@@ -368,10 +376,11 @@ class AdminService:
         caller: str,
         scope: AdminScope,
         change: Change | None,
+        tokens: AdminTokens,
     ) -> None:
         """PERMISSION_DENIED unless ``caller``'s token has ``scope`` (and, for a
         ``change``, a ``refused`` audit line naming the token's id)."""
-        granted = (await self._admin_tokens()).scopes(caller)
+        granted = tokens.scopes(caller)
         if scope in granted:
             return
         log.warning(

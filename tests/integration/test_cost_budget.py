@@ -182,3 +182,7 @@ def test_an_operator_raises_the_budget_and_grants_dollars_back(budget_stack: Loc
     too_fine = run_cli(budget_stack, *rule, "--counter", "cost_quota", "--limit-usd", "0.0000001",
                        admin_token=ADMIN_TOKEN)  # fmt: skip
     assert too_fine.returncode == 2 and "at most six decimals" in too_fine.stderr
+    not_dollars = run_cli(budget_stack, *rule, "--counter", "cost_quota", "--limit-usd", "sNaN",
+                          admin_token=ADMIN_TOKEN)  # fmt: skip
+    assert not_dollars.returncode == 2 and "expected dollars" in not_dollars.stderr
+    assert "Traceback" not in not_dollars.stderr

@@ -23,6 +23,7 @@ import pytest
 
 from extproc.config import ConfigError, parse_config
 from extproc.config.model import GatewayConfig
+from extproc.config.restart_only import as_started
 from extproc.config.tls_model import ClientTlsConfig, ManagementTlsConfig
 from extproc.devstack import DEFAULT_CONFIG
 from extproc.management.audit import AuditLog
@@ -32,6 +33,7 @@ from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import QuotaManagementService, start_server
 from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
+from extproc.server import Gateway
 from extproc.store.connection import connect
 from extproc.store.embedded import EmbeddedValkey, free_port
 from extproc.telemetry.access_log import AccessLog
@@ -176,6 +178,15 @@ async def test_the_quota_command_takes_tls_flags(
     assert code == 2 and "need --tls-ca" in err
     code, _, err = await run("--tls-ca", str(authority.folder / "missing.crt"))
     assert code == 2 and "cannot read the TLS CA file" in err and "Traceback" not in err
+    code, _, err = await run("--tls-ca", " ")
+    assert code == 2 and "--tls-ca is empty" in err
+    # A config given beside --address says how to reach it (its management.tls.cli).
+    config = authority.folder / "gateway.yaml"
+    cli = f"{{cert_file: /n/a.crt, key_file: /n/a.key, cli: {{ca_file: {authority.cert}}}}}"
+    text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", TOKEN)
+    config.write_text(text.replace("\nmanagement:\n", f"\nmanagement:\n  tls: {cli}\n", 1))
+    code, out, err = await run("--config", str(config))
+    assert code == 0, err
 
 
 def test_a_config_serving_tls_tells_the_cli_how_to_connect() -> None:
@@ -199,3 +210,20 @@ def test_mutual_tls_needs_the_clis_certificate() -> None:
             "{cert_file: /t.crt, key_file: /t.key, client_ca_file: /ca.crt,"
             " cli: {ca_file: /ca.crt}}"
         )
+
+
+async def test_a_reload_that_adds_tls_warns_and_keeps_the_started_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The management listener is made at start: a reload cannot turn TLS on, and said
+    # nothing before (the API went on in plaintext while the file, which the CLI reads,
+    # said TLS).
+    started = gateway_config()
+    gateway = Gateway(started, None)
+    served = gateway_config("{cert_file: /tls/tls.crt, key_file: /tls/tls.key}")
+    try:
+        await gateway.apply(served)
+        assert "management.tls change only on restart" in caplog.text
+    finally:
+        await gateway.runtime.close()
+    assert as_started(started, served).management.tls is None
