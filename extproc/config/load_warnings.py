@@ -4,7 +4,8 @@
 Each kind has its own module: rules naming no model the gateway knows
 (``rule_models``), moderation thresholds naming no category (``moderation_categories``),
 an image model's fallbacks the Images API does not use (``image_fallbacks``), an admin
-token others could guess (``admin_token_strength``).
+token others could guess (``admin_token_strength``), a budget in dollars over models
+without a price (``budget_prices``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from extproc.config.admin_token_strength import weak_admin_token_warnings
+from extproc.config.budget_prices import unpriced_budget_warnings
 from extproc.config.image_fallbacks import image_fallback_warnings
 from extproc.config.model import GatewayConfig
 from extproc.config.moderation_categories import threshold_warnings
@@ -29,6 +31,7 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         *threshold_warnings(config),
         *image_fallback_warnings(config),
         *weak_admin_token_warnings(config),
+        *unpriced_budget_warnings(config),
     ]
     # Shapes too (errors.without_secrets): a model name holds no `***` to keep.
     return [without_secrets(line, config.secrets_read) for line in found]
