@@ -48,6 +48,7 @@ from extproc.config.restart_only import RESTART_ONLY_SECTIONS, STARTED_TELEMETRY
 from extproc.config.watched_files import secret_files
 from extproc.envoy_drift import bootstrap_changes
 from extproc.management.audit import AuditLog
+from extproc.management.guesses import FailedAttempts
 from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import (
     AdminTokens,
@@ -313,11 +314,12 @@ class Gateway:
         stored_keys = self.services.stored_keys
         assert stored_keys is not None, "the store starts first"
         audit = AuditLog()
-        service = QuotaManagementService(lambda: self.runtime, admin, audit)
-        keys = KeyManagementService(lambda: self.runtime, stored_keys, audit)
+        attempts = FailedAttempts()
+        service = QuotaManagementService(lambda: self.runtime, admin, audit, attempts)
+        keys = KeyManagementService(lambda: self.runtime, stored_keys, audit, attempts)
         usage_store = self.services.store
         assert usage_store is not None, "the store starts first"
-        usage = UsageReportService(lambda: self.runtime, usage_store, audit)
+        usage = UsageReportService(lambda: self.runtime, usage_store, audit, attempts)
         tls = self.config.management.tls
         credentials = None
         if tls is not None:

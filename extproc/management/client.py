@@ -44,6 +44,7 @@ USAGE_ERRORS = frozenset(
     {
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.ABORTED,
@@ -125,7 +126,11 @@ class ManagementClient:
                 f"cannot reach the management API at {self.address}"
                 f" (is the gateway running, with management enabled?): {details}"
             )
-        elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        elif code in (
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ):
             message = f"the management API at {self.address} refused the call: {details}"
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"no answer from the management API at {self.address} in time"

@@ -63,6 +63,7 @@ from extproc.config.model import (
 from extproc.config.rule_models import KnownModels
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
+from extproc.management.guesses import FailedAttempts, retry_text
 from extproc.management.key_filter import KeyFilter, KeyFilterError
 from extproc.management.key_text import check_key_text
 from extproc.management.quotas import (
@@ -272,9 +273,16 @@ class AdminService:
     """What every management service shares: the admin-token check, the audit log, and
     refusals turned into gRPC status codes."""
 
-    def __init__(self, runtime: Callable[[], Runtime], audit: AuditLog) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        audit: AuditLog,
+        attempts: FailedAttempts | None = None,
+    ) -> None:
         self._runtime = runtime
         self._audit = audit
+        # Shared by the services of one server: a guesser cannot spread its tries.
+        self._attempts = attempts or FailedAttempts()
         config = runtime().config.management
         # Built once per config: a reload with new tokens (or a rotated file) applies.
         self._tokens: tuple[ManagementConfig, AdminTokens] = (config, AdminTokens(config))
@@ -347,11 +355,27 @@ class AdminService:
     ) -> str:
         """The id of the admin token the call carries; UNAUTHENTICATED without one (and,
         for a ``change``, a ``refused`` audit line naming what it asked for)."""
+        peer = context.peer()
+        wait = self._attempts.blocked_for(peer)
+        if wait is not None:
+            # Before the token is looked at: a guess during the block learns nothing.
+            error = "too many calls without a valid admin token from this address"
+            log.warning("management call from %s refused: %s", peer, error)
+            if change is not None:
+                self._audit.write(
+                    change.action, None, "refused", peer=peer, **change.fields, error=error
+                )
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{error}; try again in {retry_text(wait)}",
+            )
         if tokens is None:
             tokens = await self._admin_tokens()
         caller = tokens.caller(context.invocation_metadata() or ())
         if caller is not None:
             return caller
+        self._attempts.failed(peer)
         presented = _bearer(context.invocation_metadata() or ()) is not None
         log.warning(
             "management call from %s refused: %s admin token",
@@ -447,8 +471,14 @@ class AdminService:
 
 
 class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
-    def __init__(self, runtime: Callable[[], Runtime], admin: QuotaAdmin, audit: AuditLog) -> None:
-        super().__init__(runtime, audit)
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        admin: QuotaAdmin,
+        audit: AuditLog,
+        attempts: FailedAttempts | None = None,
+    ) -> None:
+        super().__init__(runtime, audit, attempts)
         self._admin = admin
 
     async def GetQuota(  # noqa: N802 - gRPC method name
@@ -563,8 +593,14 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
     """API keys at run time: created with a secret shown once, listed with the config's (and
     filtered), rotated, renewed, disabled and enabled, revoked."""
 
-    def __init__(self, runtime: Callable[[], Runtime], keys: StoredKeys, audit: AuditLog) -> None:
-        super().__init__(runtime, audit)
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        keys: StoredKeys,
+        audit: AuditLog,
+        attempts: FailedAttempts | None = None,
+    ) -> None:
+        super().__init__(runtime, audit, attempts)
         self._keys = keys
 
     async def CreateKey(  # noqa: N802 - gRPC method name

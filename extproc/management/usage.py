@@ -19,6 +19,7 @@ from extproc.chargeback.pricing import usd_text
 from extproc.chargeback.report import dimensions, totals
 from extproc.chargeback.retention import expired_before
 from extproc.management.audit import AuditLog
+from extproc.management.guesses import FailedAttempts
 from extproc.management.quotas import InvalidArgumentError
 from extproc.management.service import AdminService
 from extproc.management.usage_rows import rows_from_report as rows_from_report
@@ -36,8 +37,14 @@ from extproc.store.usage import (
 
 
 class UsageReportService(AdminService, pb_grpc.UsageReportsServicer):
-    def __init__(self, runtime: Callable[[], Runtime], store: UsageStore, audit: AuditLog) -> None:
-        super().__init__(runtime, audit)
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        store: UsageStore,
+        audit: AuditLog,
+        attempts: FailedAttempts | None = None,
+    ) -> None:
+        super().__init__(runtime, audit, attempts)
         self._store = store
 
     async def GetUsageReport(  # noqa: N802 - gRPC method name
