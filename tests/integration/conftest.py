@@ -262,14 +262,16 @@ def running_stack_calling(
         yield running
 
 
-def wait_for(probe: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll until ``probe`` returns something truthy (for work done after the response)."""
+def wait_for(probe: Callable[[], Any], timeout_s: float = 10.0, every_s: float = 0.05) -> Any:
+    """Poll until ``probe`` returns something truthy (for work done after the response).
+    A probe that presents a token the management API may refuse polls slower (``every_s``
+    0.5): each refusal counts against the address's guesses (30 a minute)."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = probe()
         if found or time.monotonic() > deadline:
             return found
-        time.sleep(0.05)
+        time.sleep(every_s)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ contractor's among them, for as long as the file stayed so.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from openai import OpenAI
 
 from extproc.devstack import LocalStack
 from extproc.management.client import KeyClient, ManagementError
-from tests.integration.conftest import config_with_admin_token, running_stack
+from tests.integration.conftest import config_with_admin_token, running_stack, wait_for
 
 OPS_TOKEN = "ops-admin-token-5b1d9e"
 CONTRACTOR_TOKEN = "contractor-admin-token-8c2f4a"
@@ -36,17 +35,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     config.write_text(text)
     with running_stack(workdir, config) as running:
         yield running
-
-
-def eventually(probe: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    """Poll ``probe`` twice a second: each refused token counts against the address's
-    guesses (docs/configuration.md), so it is not tried twenty times a second."""
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def accepted(stack: LocalStack, token: str) -> bool:
@@ -65,7 +53,7 @@ def test_a_token_whose_file_is_emptied_or_removed_is_refused_and_the_others_work
 ) -> None:
     token_file = stack.workdir / "contractor-token"
     token_file.write_text(CONTRACTOR_TOKEN + "\n")
-    assert eventually(lambda: accepted(stack, CONTRACTOR_TOKEN))
+    assert wait_for(lambda: accepted(stack, CONTRACTOR_TOKEN), 15, every_s=0.5)
     gateway = stack.process("gateway")
 
     if revoke == "empty":
@@ -73,7 +61,7 @@ def test_a_token_whose_file_is_emptied_or_removed_is_refused_and_the_others_work
     else:
         token_file.unlink()
 
-    assert eventually(lambda: not accepted(stack, CONTRACTOR_TOKEN))
+    assert wait_for(lambda: not accepted(stack, CONTRACTOR_TOKEN), 15, every_s=0.5)
     assert accepted(stack, OPS_TOKEN)
     # The gateway serves on, and says why the contractor's token no longer works,
     # naming the field and never a token.
@@ -92,9 +80,9 @@ def test_a_token_whose_file_is_emptied_or_removed_is_refused_and_the_others_work
 def test_a_token_file_that_gives_a_token_again_is_accepted_again(stack: LocalStack) -> None:
     token_file: Path = stack.workdir / "contractor-token"
     token_file.write_text("")
-    assert eventually(lambda: not accepted(stack, CONTRACTOR_TOKEN))
+    assert wait_for(lambda: not accepted(stack, CONTRACTOR_TOKEN), 15, every_s=0.5)
 
     token_file.write_text("contractor-new-token-3e7a\n")
 
-    assert eventually(lambda: accepted(stack, "contractor-new-token-3e7a"))
+    assert wait_for(lambda: accepted(stack, "contractor-new-token-3e7a"), 15, every_s=0.5)
     assert not accepted(stack, CONTRACTOR_TOKEN)

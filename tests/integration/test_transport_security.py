@@ -160,6 +160,6 @@ def test_a_rotated_admin_token_file_takes_effect_without_restart(stack: LocalSta
     assert accepted(FIRST_TOKEN)
     assert not accepted(SECOND_TOKEN)
     (stack.workdir / "admin-token").write_text(SECOND_TOKEN + "\n")
-    assert wait_for(lambda: accepted(SECOND_TOKEN), 15)
+    assert wait_for(lambda: accepted(SECOND_TOKEN), 15, every_s=0.5)
     assert not accepted(FIRST_TOKEN)
     assert gateway.poll() is None and stack.process("gateway") is gateway
