@@ -18,30 +18,21 @@ import orjson
 import pytest
 from grpc import aio as grpc_aio
 
-from extproc.auth.stored_keys import StoredKeys
 from extproc.config import parse_config
 from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
 from extproc.management.guesses import (
     MAX_FAILURES,
     WINDOW_S,
     FailedAttempts,
     host_of_peer,
 )
-from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import (
-    KeyManagementService,
-    QuotaManagementService,
-    start_server,
-)
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
-from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.management_server import serving_management
 
 TOKEN = "unit-guess-admin-token-0001"
 PREFIX = "guess:"
@@ -82,35 +73,19 @@ class Api:
 
 @pytest.fixture
 async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    quota_store = QuotaStore(client, PREFIX)
-    await quota_store.start()
     text = DEFAULT_CONFIG.read_text().replace("${AIGW_ADMIN_TOKEN:-dev-admin-token}", TOKEN)
     runtime = Runtime(
         parse_config(text + QUOTAS, "gateway.yaml", {}),
         Services(GatewayMetrics(), AccessLog(stdout=False)),
     )
-    clock, audit = Clock(), io.BytesIO()
+    clock = Clock()
     attempts = FailedAttempts(clock)
-    quotas = QuotaManagementService(
-        lambda: runtime, QuotaAdmin(client, PREFIX, quota_store), AuditLog(audit), attempts
-    )
-    keys = KeyManagementService(
-        lambda: runtime, StoredKeys(client, PREFIX), AuditLog(audit), attempts
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(address, quotas, keys)
-    channel = grpc_aio.insecure_channel(address)
-    try:
-        yield Api(
-            pb_grpc.QuotaManagementStub(channel), pb_grpc.KeyManagementStub(channel), clock, audit
-        )
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await quota_store.close()
-        await client.aclose()
+    async with (
+        serving_management(valkey, lambda: runtime, PREFIX, attempts=attempts) as served,
+        grpc_aio.insecure_channel(served.address) as channel,
+    ):
+        quotas, keys = pb_grpc.QuotaManagementStub(channel), pb_grpc.KeyManagementStub(channel)
+        yield Api(quotas, keys, clock, served.audit)
 
 
 async def test_thirty_bad_tokens_in_a_minute_close_the_address_to_every_call_for_the_minute(

@@ -19,27 +19,18 @@ import orjson
 import pytest
 from grpc import aio as grpc_aio
 
-from extproc.auth.stored_keys import StoredKeys
 from extproc.config import ConfigError, GatewayConfig, parse_config
 from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
-from extproc.management.quotas import QuotaAdmin
 from extproc.management.service import (
     AdminTokens,
-    KeyManagementService,
-    QuotaManagementService,
-    start_server,
 )
-from extproc.management.usage import UsageReportService
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
-from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, free_port
-from extproc.store.usage import UsageStore
+from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
+from tests.unit.management_server import serving_management
 
 PREFIX = "scopes:"
 TOKENS = {
@@ -108,34 +99,18 @@ class Api:
 
 @pytest.fixture
 async def api(valkey: EmbeddedValkey) -> AsyncIterator[Api]:
-    client = connect(valkey.url, 2.0)
-    await client.flushdb()
-    quota_store = QuotaStore(client, PREFIX)
-    await quota_store.start()
     current = [Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))]
-    audit = io.BytesIO()
-    log = AuditLog(audit)
-    quotas = QuotaManagementService(
-        lambda: current[0], QuotaAdmin(client, PREFIX, quota_store), log
-    )
-    keys = KeyManagementService(lambda: current[0], StoredKeys(client, PREFIX), log)
-    usage = UsageReportService(lambda: current[0], UsageStore(client, PREFIX, 30), log)
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(address, quotas, keys, usage)
-    channel = grpc_aio.insecure_channel(address)
-    try:
+    async with (
+        serving_management(valkey, lambda: current[0], PREFIX) as served,
+        grpc_aio.insecure_channel(served.address) as channel,
+    ):
         yield Api(
             pb_grpc.QuotaManagementStub(channel),
             pb_grpc.KeyManagementStub(channel),
             pb_grpc.UsageReportsStub(channel),
-            audit,
+            served.audit,
             current,
         )
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await quota_store.close()
-        await client.aclose()
 
 
 REPORT = ("usage", "GetUsageReport", pb.UsageReportRequest(month="2026-02"))

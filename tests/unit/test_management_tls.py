@@ -12,7 +12,6 @@ connects is a clear usage error, not a plaintext call.
 from __future__ import annotations
 
 import asyncio
-import io
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,20 +25,16 @@ from extproc.config.model import GatewayConfig
 from extproc.config.restart_only import as_started
 from extproc.config.tls_model import ClientTlsConfig, ManagementTlsConfig
 from extproc.devstack import DEFAULT_CONFIG
-from extproc.management.audit import AuditLog
 from extproc.management.client import ManagementError, QuotaClient
 from extproc.management.client_tls import TlsFlags, client_tls
-from extproc.management.quotas import QuotaAdmin
-from extproc.management.service import QuotaManagementService, start_server
-from extproc.quota.store import QuotaStore
 from extproc.runtime import Runtime, Services
 from extproc.server import Gateway
-from extproc.store.connection import connect
-from extproc.store.embedded import EmbeddedValkey, free_port
+from extproc.store.embedded import EmbeddedValkey
 from extproc.telemetry.access_log import AccessLog
 from extproc.telemetry.metrics import GatewayMetrics
 from extproc.transport_security import server_credentials
 from tests.integration.certificates import Authority
+from tests.unit.management_server import serving_management
 
 TOKEN = "unit-tls-admin-token-0001"
 QUOTAS = """
@@ -59,23 +54,12 @@ def gateway_config(tls: str = "") -> GatewayConfig:
 async def serving(
     valkey: EmbeddedValkey, tls: ManagementTlsConfig
 ) -> AsyncIterator[tuple[str, ManagementTlsConfig]]:
-    client = connect(valkey.url, 2.0)
-    quota_store = QuotaStore(client, "tls:")
-    await quota_store.start()
     runtime = Runtime(gateway_config(), Services(GatewayMetrics(), AccessLog(stdout=False)))
-    service = QuotaManagementService(
-        lambda: runtime, QuotaAdmin(client, "tls:", quota_store), AuditLog(io.BytesIO())
-    )
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_server(
-        address, service, credentials=server_credentials(tls, "management.tls")
-    )
-    try:
-        yield address, tls
-    finally:
-        await server.stop(None)
-        await quota_store.close()
-        await client.aclose()
+    credentials = server_credentials(tls, "management.tls")
+    async with serving_management(
+        valkey, lambda: runtime, "tls:", credentials=credentials
+    ) as served:
+        yield served.address, tls
 
 
 @pytest.fixture
