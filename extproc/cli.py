@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from extproc import __version__, event_loop
+from extproc.management.client_pages import PAGE_SIZE
 
 if TYPE_CHECKING:
     from extproc.config.model import GatewayConfig
@@ -433,6 +434,24 @@ def _token_options(group: Any) -> None:
     )
 
 
+def _page_size_option(sub: Any, entries: str) -> None:
+    sub.add_argument(
+        "--page-size", type=_page_size, default=PAGE_SIZE, metavar="N",
+        help=f"{entries} per call to the gateway (default and most: {PAGE_SIZE}); every"
+        " page is listed",
+    )  # fmt: skip
+
+
+def _page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {PAGE_SIZE}, got {text!r}")
+    return size
+
+
 def _add_quota_commands(commands: Any) -> None:
     quota = commands.add_parser("quota", help="quota state at run time (management API)")
     actions = quota.add_subparsers(dest="quota_command", required=True)
@@ -447,8 +466,11 @@ def _add_quota_commands(commands: Any) -> None:
         return sub
 
     action("get", "limits and usage of one subject", lambda c, a: c.get(a.kind, a.subject))
-    action("list", "subjects with usage in the current windows",
-           lambda c, a: c.listing(a.kind), subject=False)  # fmt: skip
+    quota_list = action(
+        "list", "subjects with usage in the current windows",
+        lambda c, a: c.listing(a.kind, page_size=a.page_size), subject=False,
+    )  # fmt: skip
+    _page_size_option(quota_list, "subjects")
     set_limit = action(
         "set", "override a limit (0: back to the config's)",
         lambda c, a: c.set_limit(a.kind, a.subject, a.rule, a.counter, _amount(a, "limit")),
@@ -646,9 +668,10 @@ def _add_key_commands(commands: Any) -> None:
         lambda c, a: c.listing(
             user_id=a.user or "", group_id=a.group or "", status=a.status,
             expiring_within_seconds=a.expiring_within or 0.0, source=a.source or "",
-            labels=dict(a.label),
+            labels=dict(a.label), page_size=a.page_size,
         ),
     )  # fmt: skip
+    _page_size_option(listing, "keys")
     filters = listing.add_argument_group("filters (a key is listed when it passes all given)")
     filters.add_argument("--user", help="only keys of this user_id")
     filters.add_argument("--group", help="only keys of this group_id")

@@ -24,6 +24,7 @@ import orjson
 from extproc.config.model import unsendable_token_problem
 from extproc.config.quota_model import MAX_LIMIT, usd_micros_text
 from extproc.config.tls_model import ClientTlsConfig
+from extproc.management.client_pages import PAGE_SIZE, every_key, every_quota
 from extproc.management.key_filter import ROTATING, status_of
 from extproc.management.v1 import management_pb2 as pb
 from extproc.management.v1 import management_pb2_grpc as pb_grpc
@@ -231,12 +232,11 @@ class QuotaClient(ManagementClient):
     def list(self, kind: str) -> list[pb.QuotaState]:
         return list(self.listing(kind).states)
 
-    def listing(self, kind: str) -> pb.ListQuotasResponse:
-        """The subjects' states, and the keys of those whose state could not be read."""
-        answer: pb.ListQuotasResponse = self._call(
-            self._stub.ListQuotas, _request(pb.ListQuotasRequest, subject_kind=kind)
-        )
-        return answer
+    def listing(self, kind: str, page_size: int = PAGE_SIZE) -> pb.ListQuotasResponse:
+        """The subjects' states, and the keys of those whose state could not be read: every
+        page, ``page_size`` subjects a call."""
+        request = _request(pb.ListQuotasRequest, subject_kind=kind, page_size=page_size)
+        return every_quota(lambda page: self._call(self._stub.ListQuotas, page), request)
 
     def set_limit(
         self, kind: str, subject: str, rule: str, counter: str, limit: int
@@ -315,9 +315,10 @@ class KeyClient(ManagementClient):
         expiring_within_seconds: float = 0.0,
         source: str = "",
         labels: dict[str, str] | None = None,
+        page_size: int = PAGE_SIZE,
     ) -> pb.ListKeysResponse:
         """The keys that pass every filter given, and the stored records that could not
-        be read."""
+        be read: every page, ``page_size`` keys a call."""
         request = _request(
             pb.ListKeysRequest,
             user_id=user_id,
@@ -326,9 +327,9 @@ class KeyClient(ManagementClient):
             expiring_within_seconds=expiring_within_seconds,
             source=source,
             labels=labels or {},
+            page_size=page_size,
         )
-        answer: pb.ListKeysResponse = self._call(self._stub.ListKeys, request)
-        return answer
+        return every_key(lambda page: self._call(self._stub.ListKeys, page), request)
 
     def set_enabled(self, key_id: str, enabled: bool) -> pb.KeyInfo:
         request = _request(pb.SetKeyEnabledRequest, id=key_id, enabled=enabled)

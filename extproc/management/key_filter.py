@@ -2,9 +2,9 @@
 
 An operator with hundreds of keys looks for a team's, a user's, the expired ones or
 those that expire this week; before, ``keys list`` printed every key and left the search
-to ``grep``, which cannot compare times. The filters run in the gateway on the one pass
-it makes over the store's records (there is no index to read fewer), so the answer and
-the CLI's output carry only the keys asked for.
+to ``grep``, which cannot compare times. The filters run in the gateway on the store's
+records as it reads them (there is no index to read fewer; a page of a paged listing
+reads a part), so the answer and the CLI's output carry only the keys asked for.
 
 A key's status is told here, for the filter and for the CLI's STATUS column alike:
 ``disabled`` (a config key with ``enabled: false``, or a stored key turned off by ``keys

@@ -20,6 +20,7 @@ from extproc.quota.rules import Limit, RuleSet
 from extproc.quota.script_numbers import script_count, script_generation, script_limit
 from extproc.quota.store import QuotaStore, generation_field, held_key
 from extproc.store.connection import of_another_type
+from extproc.store.scan_pages import ScanPosition, scan_batch
 from extproc.store.scripts import script_source
 
 # Keys are scanned in batches of about this many per SCAN call (a hint to Redis).
@@ -332,6 +333,67 @@ class QuotaAdmin:
             if any(limit.key(self._prefix) in found for limit in limits):
                 listed.append((subject, limits))
         return listed
+
+    async def subjects_page(
+        self, rules: RuleSet, kind: str, at: ScanPosition, room: int, scans: int
+    ) -> tuple[list[tuple[str, list[Limit]]], ScanPosition | None]:
+        """Up to ``room`` subjects of ``subjects``, from at most ``scans`` SCAN calls from
+        ``at``, by name, and the position after them (None: the scan is over).
+
+        A subject has a counter per limit, which SCAN gives in any order and on any page:
+        it is listed on the page that meets the first of its current counters (by name)
+        that exists, so that a pass lists it once (unless counters of it are created or
+        expire while paging)."""
+        head = f"{self._prefix}q:{{{kind}:"
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*"
+        now = self.now()
+        met: dict[str, tuple[str, list[Limit]]] = {}
+        position: ScanPosition | None = at
+        for _ in range(scans):
+            if position is None or len(met) >= room:
+                break
+            batch = await scan_batch(self._client, position, pattern, SCAN_COUNT)
+            handled = 0
+            for name, _ in batch.names:
+                if len(met) >= room:
+                    break
+                handled += 1
+                subject = _subject_of(name, head)
+                if subject is None:
+                    continue
+                limits = rules.limits_for_subject(kind, subject, now)
+                # Counters of past windows linger until they expire: only current ones count.
+                current = {limit.key(self._prefix) for limit in limits}
+                if name in current and (subject not in met or name < met[subject][0]):
+                    met[subject] = (name, limits)
+            position = batch.position_after(handled)
+        owned = await self._first_met(list(met.items()))
+        return sorted(owned), position
+
+    async def _first_met(
+        self, met: list[tuple[str, tuple[str, list[Limit]]]]
+    ) -> list[tuple[str, list[Limit]]]:
+        """Of subjects met at one of their counters, those with no current counter before
+        it by name (one round trip): a page meeting a later one leaves the subject to the
+        page that meets the first."""
+        earlier = [
+            sorted(key for limit in limits if (key := limit.key(self._prefix)) < name)
+            for _, (name, limits) in met
+        ]
+        counts: list[Any] = []
+        if any(earlier):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys in earlier:
+                    if keys:
+                        # A subject's counters share its hash tag: one EXISTS reads them all.
+                        pipe.exists(*keys)
+                counts = await pipe.execute()
+        found = iter(counts)
+        return [
+            (subject, limits)
+            for (subject, (_, limits)), keys in zip(met, earlier, strict=True)
+            if not keys or int(next(found)) == 0
+        ]
 
 
 # Why a key of a subject cannot be read, and what a person does about it.

@@ -20,6 +20,7 @@ the next call, admin tokens and their scopes included.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import hmac
 import logging
@@ -46,6 +47,7 @@ from extproc.auth.stored_keys import (
     KeyIdTakenError,
     RevokedUnreadableRecordError,
     StoredKey,
+    StoredKeyList,
     StoredKeys,
     UnknownKeyIdError,
     UnreadableRecordError,
@@ -61,6 +63,7 @@ from extproc.config.model import (
     unsendable_token_problem,
 )
 from extproc.config.rule_models import KnownModels
+from extproc.management import page_tokens
 from extproc.management.audit import AuditLog, Outcome
 from extproc.management.client import STORE_ERROR_METADATA
 from extproc.management.guesses import FailedAttempts, retry_text
@@ -80,6 +83,7 @@ from extproc.management.v1 import management_pb2_grpc as pb_grpc
 from extproc.quota.rules import Limit
 from extproc.runtime import Runtime
 from extproc.store.connection import STORE_ERRORS
+from extproc.store.scan_pages import ScanPosition, ScanTopologyError
 
 if TYPE_CHECKING:
     from extproc.management.usage import UsageReportService
@@ -109,6 +113,8 @@ _REFUSALS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UnreadableRecordError, grpc.StatusCode.FAILED_PRECONDITION),
     # A rotation of a key past its expiry: as of a config key, a request that cannot work.
     (KeyExpiredError, grpc.StatusCode.INVALID_ARGUMENT),
+    # A Cluster's primaries changed between two pages: the listing starts again.
+    (ScanTopologyError, grpc.StatusCode.ABORTED),
 )
 # gRPC binds with SO_REUSEPORT by default: a second gateway on the same host and
 # address would then share the port, and the kernel would hand each admin call
@@ -499,8 +505,21 @@ class QuotaManagementService(AdminService, pb_grpc.QuotaManagementServicer):
             kind = normalize_kind(request.subject_kind)
             rules = self._runtime().quota_rules
             QuotaAdmin.check_kind(rules, kind)
+            size = page_tokens.page_size(request)
+            filters = page_tokens.filters_hash(request)
+            token = page_tokens.decode(request.page_token, filters)
             response = pb.ListQuotasResponse()
-            subjects = await self._admin.subjects(rules, kind)
+            if size == 0:
+                subjects = await self._admin.subjects(rules, kind)
+                position = None
+            else:
+                at = token.position if token is not None else ScanPosition()
+                subjects, position = await self._admin.subjects_page(
+                    rules, kind, at, size, page_tokens.MAX_SCANS_PER_PAGE
+                )
+            if position is not None:
+                following = page_tokens.PageToken(page_tokens.STORE, position=position)
+                response.next_page_token = page_tokens.encode(following, filters)
             for subject, states in await self._admin.read_subjects(subjects):
                 if isinstance(states, UnreadableStateError):
                     # Named, and the others listed: one stray key failed the whole list.
@@ -639,28 +658,95 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         async def work(caller: str) -> pb.ListKeysResponse:
             # Checked before the store is read: a typo is refused, not answered "no keys".
             wanted = KeyFilter.of(request, time.time())
+            size = page_tokens.page_size(request)
+            filters = page_tokens.filters_hash(request)
+            token = page_tokens.decode(request.page_token, filters)
+            if size == 0:
+                return await self._whole_listing(wanted)
             response = pb.ListKeysResponse()
-            if wanted.source in ("", "config"):
-                for key in self._runtime().api_keys.records():
-                    info = _key_info(key, 0.0, "config")
-                    if wanted.passes(info):
-                        response.keys.append(info)
-            if wanted.source == "config":
-                return response
-            found = await self._keys.listing()
-            for stored in found.keys:
-                info = _key_info(stored.key, stored.created_at, "store")
-                info.previous_expires_at = stored.previous_expires_at
-                if wanted.passes(info):
-                    response.keys.append(info)
-            # Named, and the others listed: one stray key failed the whole list.
-            response.unreadable_keys.extend(
-                pb.UnreadableKey(key=record.key, reason=record.reason)
-                for record in found.unreadable
-            )
+            if token is None:
+                first = page_tokens.CONFIG if wanted.source != "store" else page_tokens.STORE
+                token = page_tokens.PageToken(first)
+            following: page_tokens.PageToken | None = None
+            position: ScanPosition | None = token.position
+            if token.phase == page_tokens.CONFIG:
+                following = self._config_page(wanted, token.config_after, size, response)
+                if following is not None or wanted.source == "config":
+                    position = None
+            if position is not None and len(response.keys) < size:
+                position = await self._stored_page(wanted, position, size, response)
+            if position is not None:
+                following = page_tokens.PageToken(page_tokens.STORE, position=position)
+            if following is not None:
+                response.next_page_token = page_tokens.encode(following, filters)
             return response
 
         return await self._call(context, work, "keys:read")
+
+    async def _whole_listing(self, wanted: KeyFilter) -> pb.ListKeysResponse:
+        """Every key that passes ``wanted`` in one answer (a page size of 0)."""
+        response = pb.ListKeysResponse()
+        if wanted.source in ("", "config"):
+            for key in self._runtime().api_keys.records():
+                info = _key_info(key, 0.0, "config")
+                if wanted.passes(info):
+                    response.keys.append(info)
+        if wanted.source == "config":
+            return response
+        found = await self._keys.listing()
+        self._add_stored(wanted, found, response)
+        return response
+
+    def _config_page(
+        self, wanted: KeyFilter, after: str, size: int, response: pb.ListKeysResponse
+    ) -> page_tokens.PageToken | None:
+        """The config's keys after the id ``after`` that pass ``wanted``, by id, until the
+        page holds ``size``; the token of the next one, None once they are all listed.
+
+        Resumed by id rather than by place: a reload between pages that adds or removes
+        keys then neither repeats nor skips the keys it kept."""
+        records = self._runtime().api_keys.records()
+        for at in range(bisect.bisect_right(records, after, key=lambda key: key.id), len(records)):
+            if len(response.keys) == size:
+                return page_tokens.PageToken(page_tokens.CONFIG, records[at - 1].id)
+            info = _key_info(records[at], 0.0, "config")
+            if wanted.passes(info):
+                response.keys.append(info)
+        return None
+
+    async def _stored_page(
+        self, wanted: KeyFilter, at: ScanPosition, size: int, response: pb.ListKeysResponse
+    ) -> ScanPosition | None:
+        """The stored keys from ``at`` that pass ``wanted`` until the page holds ``size``
+        (or ``MAX_SCANS_PER_PAGE`` SCAN calls are made), and the records met that could not
+        be read; the position after them (None: every record has been met)."""
+        position: ScanPosition | None = at
+        read: set[str] = set()
+        for _ in range(page_tokens.MAX_SCANS_PER_PAGE):
+            if position is None or len(response.keys) >= size:
+                break
+            batch = await self._keys.listing_batch(position)
+            taken = batch.names[: size - len(response.keys)]
+            # SCAN may give a record twice; within one page it is read once.
+            names = [name for name, _ in taken if name not in read]
+            read.update(names)
+            self._add_stored(wanted, await self._keys.read_records(names), response)
+            position = batch.position_after(len(taken))
+        return position
+
+    @staticmethod
+    def _add_stored(wanted: KeyFilter, found: StoredKeyList, response: pb.ListKeysResponse) -> None:
+        """The keys of ``found`` that pass ``wanted``, by id, and the unreadable records."""
+        for stored in sorted(found.keys, key=lambda stored: stored.key.id):
+            info = _key_info(stored.key, stored.created_at, "store")
+            info.previous_expires_at = stored.previous_expires_at
+            if wanted.passes(info):
+                response.keys.append(info)
+        # Named, and the others listed: one stray key failed the whole list.
+        response.unreadable_keys.extend(
+            pb.UnreadableKey(key=record.key, reason=record.reason)
+            for record in sorted(found.unreadable, key=lambda record: record.key)
+        )
 
     async def RevokeKey(  # noqa: N802 - gRPC method name
         self, request: pb.RevokeKeyRequest, context: grpc_aio.ServicerContext

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from extproc.auth.api_keys import ApiKey
@@ -24,6 +24,7 @@ from extproc.auth.stored_keys.key_store import RETIRED_FOR_S, KeyStore
 from extproc.auth.stored_keys.listing import StoredKeyList
 from extproc.auth.stored_keys.lookup import KeyLookup
 from extproc.auth.stored_keys.records import StoredKey
+from extproc.store.scan_pages import ScanBatch, ScanPosition
 
 
 class StoredKeys:
@@ -100,6 +101,16 @@ class StoredKeys:
     async def listing(self) -> StoredKeyList:
         """Every stored key, by id, and the records under the prefix that could not be read."""
         return await listing.listing(self._store)
+
+    async def listing_batch(self, at: ScanPosition) -> ScanBatch:
+        """The names of stored keys' records one SCAN call gives from ``at``: a page of a
+        paged listing reads them with ``read_records``."""
+        return await listing.listing_batch(self._store, at)
+
+    async def read_records(self, names: Sequence[str]) -> StoredKeyList:
+        """The keys of the records named (from ``listing_batch``), and those of them that
+        could not be read."""
+        return await listing.read_records(self._store, names)
 
     async def retired(self, key_ids: Iterable[str]) -> dict[str, float]:
         """Of ``key_ids``, those retired by a revoke, with when (one pipelined read)."""

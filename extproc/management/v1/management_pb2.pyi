@@ -15,18 +15,24 @@ class GetQuotaRequest(_message.Message):
     def __init__(self, subject_kind: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class ListQuotasRequest(_message.Message):
-    __slots__ = ("subject_kind",)
+    __slots__ = ("subject_kind", "page_size", "page_token")
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     subject_kind: str
-    def __init__(self, subject_kind: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, subject_kind: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListQuotasResponse(_message.Message):
-    __slots__ = ("states", "unreadable_keys")
+    __slots__ = ("states", "unreadable_keys", "next_page_token")
     STATES_FIELD_NUMBER: _ClassVar[int]
     UNREADABLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedCompositeFieldContainer[QuotaState]
     unreadable_keys: _containers.RepeatedCompositeFieldContainer[UnreadableKey]
-    def __init__(self, states: _Optional[_Iterable[_Union[QuotaState, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, states: _Optional[_Iterable[_Union[QuotaState, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetLimitRequest(_message.Message):
     __slots__ = ("subject_kind", "subject", "rule", "counter", "limit")
@@ -156,7 +162,7 @@ class CreatedKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., info: _Optional[_Union[KeyInfo, _Mapping]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ("user_id", "group_id", "status", "expiring_within_seconds", "source", "labels")
+    __slots__ = ("user_id", "group_id", "status", "expiring_within_seconds", "source", "labels", "page_size", "page_token")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,21 +176,27 @@ class ListKeysRequest(_message.Message):
     EXPIRING_WITHIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     group_id: str
     status: _containers.RepeatedScalarFieldContainer[str]
     expiring_within_seconds: float
     source: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., status: _Optional[_Iterable[str]] = ..., expiring_within_seconds: _Optional[float] = ..., source: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., status: _Optional[_Iterable[str]] = ..., expiring_within_seconds: _Optional[float] = ..., source: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
-    __slots__ = ("keys", "unreadable_keys")
+    __slots__ = ("keys", "unreadable_keys", "next_page_token")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     UNREADABLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
     unreadable_keys: _containers.RepeatedCompositeFieldContainer[UnreadableKey]
-    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ..., unreadable_keys: _Optional[_Iterable[_Union[UnreadableKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
     __slots__ = ("id",)

@@ -1,0 +1,105 @@
+"""SCAN in steps a paged listing can stop between and resume from, on one server or a Cluster.
+
+A listing's page ends where its room does, which is rarely where one SCAN call's batch
+ends: ``COUNT`` is a hint, and one call may give more names than a page holds. So a
+position is a SCAN cursor and, within the batch SCAN answers from it, how far the
+listing went. The names of a batch are ordered by a hash of each name (the position
+holds the last hash handled, never a name: a stored key's name holds the digest of its
+secret); resuming runs SCAN from the same cursor again and skips what sorts up to it.
+
+What SCAN guarantees carries over: a name present from the first page to the last is
+given at least once; one added or removed meanwhile may be given or not; one may be
+given twice (Redis returns a name again when its table grows or shrinks between calls),
+which a listing removes within one page and documents across pages.
+
+On a Redis Cluster each primary has cursors of its own: the position names the primary
+(by ``host:port``, in the order of their names) and its cursor, and the scan moves to
+the next primary when one's cursor comes back to 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+# The hash ordering a batch's names: 8 bytes, in hex.
+_MARK_BYTES = 8
+
+
+class ScanTopologyError(Exception):
+    """The Cluster primary a position names is gone (a failover or a resharding since the
+    page before): the listing cannot know what it has given."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPosition:
+    """Where a scan stands: the primary (``""``: the one server, or a Cluster's first),
+    its SCAN cursor, and the mark of the last name handled of the batch SCAN gives from
+    that cursor (``""``: none yet)."""
+
+    node: str = ""
+    cursor: int = 0
+    after: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanBatch:
+    """The names one SCAN call gave that are left to handle, in mark order, each with its
+    mark; ``next`` is the position after all of them (None: the scan is over)."""
+
+    names: list[tuple[str, str]]
+    at: ScanPosition
+    next: ScanPosition | None
+
+    def position_after(self, handled: int) -> ScanPosition | None:
+        """The position once the first ``handled`` names are handled."""
+        if handled >= len(self.names):
+            return self.next
+        if handled == 0:
+            return self.at
+        return ScanPosition(self.at.node, self.at.cursor, self.names[handled - 1][1])
+
+
+def mark(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[: 2 * _MARK_BYTES]
+
+
+def is_mark(text: str) -> bool:
+    return len(text) == 2 * _MARK_BYTES and all(char in "0123456789abcdef" for char in text)
+
+
+async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> ScanBatch:
+    """One SCAN call from ``at``: the names matching ``match`` not handled yet."""
+    if isinstance(client, RedisCluster):
+        nodes = sorted(client.get_primaries(), key=lambda node: node.name)
+        names = [node.name for node in nodes]
+        if at.node and at.node not in names:
+            raise ScanTopologyError(
+                f"the store's Cluster primary {at.node} the page before was read from is"
+                " gone (a failover or a resharding since): list again from the first page"
+            )
+        index = names.index(at.node) if at.node else 0
+        # Each node's cursor by its name, and the names it gave.
+        answer: Any = await client.scan(
+            cursor=at.cursor, match=match, count=count, target_nodes=nodes[index]
+        )
+        cursors, found = answer
+        cursor = int(cursors[names[index]])
+        node = names[index]
+        following: ScanPosition | None = ScanPosition(node, cursor)
+        if cursor == 0:
+            following = ScanPosition(names[index + 1]) if index + 1 < len(names) else None
+    else:
+        cursor, found = await client.scan(cursor=at.cursor, match=match, count=count)
+        node = ""
+        following = ScanPosition("", int(cursor)) if int(cursor) != 0 else None
+    marked = sorted({(mark(text), text) for raw in found if (text := _text(raw))})
+    left = [(text, name_mark) for name_mark, text in marked if name_mark > at.after]
+    return ScanBatch(left, ScanPosition(node, at.cursor, at.after), following)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
