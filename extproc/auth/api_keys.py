@@ -107,13 +107,18 @@ class ApiKeyStore:
             add(key_digest(secret), where, spec)
         if problems:
             raise ConfigError("auth", problems)
+        # Sorted once per config: each page of a paged listing reads it, and a sort of
+        # a key directory's hundred thousand keys per page held the event loop.
+        self._records = tuple(
+            sorted((record for _, record in self._by_digest.values()), key=lambda k: k.id)
+        )
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def records(self) -> list[ApiKey]:
+    def records(self) -> tuple[ApiKey, ...]:
         """Every key of the config, by id (for listing: never a secret or a digest)."""
-        return sorted((record for _, record in self._by_digest.values()), key=lambda k: k.id)
+        return self._records
 
     def lookup(self, presented: str) -> ApiKey | None:
         digest = key_digest(presented)

@@ -39,6 +39,8 @@ MAX_PAGE_SIZE = PAGE_SIZE
 # not: filters that pass few records, or a store whose keys are mostly others (usage
 # rollups, counters of past windows), must not hold one call for a whole pass.
 MAX_SCANS_PER_PAGE = 10
+# Config keys one page looks at, in memory, before it answers: as many as its SCAN calls.
+CONFIG_KEYS_PER_PAGE = 10_000
 _VERSION = 1
 # A token longer than this is none the gateway gave (a config key's id is its longest part).
 _MAX_TOKEN_CHARS = 4096

@@ -701,13 +701,16 @@ class KeyManagementService(AdminService, pb_grpc.KeyManagementServicer):
         self, wanted: KeyFilter, after: str, size: int, response: pb.ListKeysResponse
     ) -> page_tokens.PageToken | None:
         """The config's keys after the id ``after`` that pass ``wanted``, by id, until the
-        page holds ``size``; the token of the next one, None once they are all listed.
+        page holds ``size`` (or ``CONFIG_KEYS_PER_PAGE`` are looked at); the token of the
+        next page, None once they are all listed.
 
         Resumed by id rather than by place: a reload between pages that adds or removes
         keys then neither repeats nor skips the keys it kept."""
         records = self._runtime().api_keys.records()
-        for at in range(bisect.bisect_right(records, after, key=lambda key: key.id), len(records)):
-            if len(response.keys) == size:
+        start = bisect.bisect_right(records, after, key=lambda key: key.id)
+        for at in range(start, len(records)):
+            # A filter few keys pass must not hold the event loop for a pass over all.
+            if len(response.keys) == size or at - start == page_tokens.CONFIG_KEYS_PER_PAGE:
                 return page_tokens.PageToken(page_tokens.CONFIG, records[at - 1].id)
             info = _key_info(records[at], 0.0, "config")
             if wanted.passes(info):
