@@ -179,6 +179,45 @@ async def test_hundreds_of_keys_in_pages_of_50_list_each_key_once(api: Api) -> N
     assert pages[-1].next_page_token == ""
 
 
+async def test_keys_kept_while_paging_are_listed_once_whatever_changes_meanwhile(
+    api: Api,
+) -> None:
+    await stored_keys(api, 200)
+    request = pb.ListKeysRequest(source="store", page_size=30)
+    first = await api.list_keys(request)
+    listed_first = {key.id for key in first.keys}
+    unlisted = sorted({f"key-{index:03}" for index in range(200)} - listed_first)
+    revoked = unlisted[:20]
+    for key_id in revoked:
+        await api.keys.revoke(key_id)
+    for index in range(50):
+        await api.keys.create(new_key(f"late-{index:02}"))
+
+    request.page_token = first.next_page_token
+    rest = await api.key_pages(request)
+
+    found = [key.id for page in [first, *rest] for key in page.keys]
+    assert len(found) == len(set(found))
+    kept = {f"key-{index:03}" for index in range(200)} - set(revoked)
+    assert kept <= set(found)
+    assert not set(found) & set(revoked)
+
+
+async def test_a_page_may_hold_fewer_keys_than_asked_while_more_follow(api: Api) -> None:
+    # Few keys pass the filter among a store of many other keys: a page answers after a
+    # bounded part of the pass, with what it found, and a token for the rest.
+    await stored_keys(api, 40)
+    await other_keys(api, 30_000)
+
+    pages = await api.key_pages(pb.ListKeysRequest(user_id="bob", page_size=50))
+
+    assert any(len(page.keys) < 50 and page.next_page_token for page in pages)
+    found = listed(pages)
+    assert sorted(found) == sorted(
+        [("config", "team2")] + [("store", f"key-{index:03}") for index in range(1, 40, 2)]
+    )
+
+
 async def test_a_page_size_above_the_most_counts_as_the_most(api: Api) -> None:
     await stored_keys(api, 20)
 
