@@ -91,6 +91,7 @@ def encode(token: PageToken, filters: str) -> str:
         "n": position.node,
         "k": position.cursor,
         "a": position.after,
+        "u": position.until,
     }
     return base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
 
@@ -107,7 +108,7 @@ def decode(text: str, filters: str) -> PageToken | None:
             "page_token was given for a listing with other filters: ask with the filters of"
             " the first page, or start again without a page_token"
         )
-    return PageToken(body["p"], body["c"], ScanPosition(body["n"], body["k"], body["a"]))
+    return PageToken(body["p"], body["c"], ScanPosition(body["n"], body["k"], body["a"], body["u"]))
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -121,12 +122,12 @@ def _body(text: str) -> dict[str, Any]:
         body = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError):
         raise invalid from None
-    shapes = {"v": int, "f": str, "p": str, "c": str, "n": str, "k": int, "a": str}
+    shapes = {"v": int, "f": str, "p": str, "c": str, "n": str, "k": int, "a": str, "u": int}
     if not isinstance(body, dict) or set(body) != set(shapes):
         raise invalid
     if any(type(body[name]) is not shape for name, shape in shapes.items()):
         raise invalid
-    if body["v"] != _VERSION or body["p"] not in (CONFIG, STORE) or body["k"] < 0:
+    if body["v"] != _VERSION or body["p"] not in (CONFIG, STORE) or min(body["k"], body["u"]) < 0:
         raise invalid
     if body["a"] and not is_mark(body["a"]):
         raise invalid

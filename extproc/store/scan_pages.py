@@ -10,7 +10,12 @@ secret); resuming runs SCAN from the same cursor again and skips what sorts up t
 What SCAN guarantees carries over: a name present from the first page to the last is
 given at least once; one added or removed meanwhile may be given or not; one may be
 given twice (Redis returns a name again when its table grows or shrinks between calls),
-which a listing removes within one page and documents across pages.
+which a listing removes within one page and documents across pages. Skipping by mark
+is sound only while SCAN from the cursor gives the batch it gave before: the position
+also holds the cursor that batch ended at, and a batch that ends elsewhere (names
+deleted or added in its part of the table, which moves where ``COUNT`` stops it, or a
+resize) is given whole again, repeats and all, since names past the old batch's end
+were never given whatever their marks.
 
 On a Redis Cluster each primary has cursors of its own: the position names the primary
 (by ``host:port``, in the order of their names) and its cursor, and the scan moves to
@@ -37,12 +42,13 @@ class ScanTopologyError(Exception):
 @dataclass(frozen=True, slots=True)
 class ScanPosition:
     """Where a scan stands: the primary (``""``: the one server, or a Cluster's first),
-    its SCAN cursor, and the mark of the last name handled of the batch SCAN gives from
-    that cursor (``""``: none yet)."""
+    its SCAN cursor, the mark of the last name handled of the batch SCAN gives from
+    that cursor (``""``: none yet) and the cursor that batch ended at (``until``)."""
 
     node: str = ""
     cursor: int = 0
     after: str = ""
+    until: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,8 @@ class ScanBatch:
     names: list[tuple[str, str]]
     at: ScanPosition
     next: ScanPosition | None
+    # The cursor SCAN answered for this batch (0: the node's scan is over).
+    ended_at: int
 
     def position_after(self, handled: int) -> ScanPosition | None:
         """The position once the first ``handled`` names are handled."""
@@ -60,7 +68,7 @@ class ScanBatch:
             return self.next
         if handled == 0:
             return self.at
-        return ScanPosition(self.at.node, self.at.cursor, self.names[handled - 1][1])
+        return ScanPosition(self.at.node, self.at.cursor, self.names[handled - 1][1], self.ended_at)
 
 
 def mark(name: str) -> str:
@@ -97,8 +105,9 @@ async def scan_batch(client: Any, at: ScanPosition, match: str, count: int) -> S
         node = ""
         following = ScanPosition("", int(cursor)) if int(cursor) != 0 else None
     marked = sorted({(mark(text), text) for raw in found if (text := _text(raw))})
-    left = [(text, name_mark) for name_mark, text in marked if name_mark > at.after]
-    return ScanBatch(left, ScanPosition(node, at.cursor, at.after), following)
+    after = at.after if int(cursor) == at.until else ""
+    left = [(text, name_mark) for name_mark, text in marked if name_mark > after]
+    return ScanBatch(left, ScanPosition(node, at.cursor, after), following, int(cursor))
 
 
 def _text(raw: bytes | str) -> str:

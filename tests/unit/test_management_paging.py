@@ -203,6 +203,27 @@ async def test_keys_kept_while_paging_are_listed_once_whatever_changes_meanwhile
     assert not set(found) & set(revoked)
 
 
+async def test_keys_kept_are_listed_when_other_programs_keys_go_between_pages(
+    api: Api,
+) -> None:
+    # The first page stops inside one SCAN batch of a large store. Other programs'
+    # keys deleted meanwhile move where SCAN's COUNT ends the batch from the same
+    # cursor: the names past the old batch's end were never given, whatever their
+    # marks, and must not be skipped as if they had been.
+    await stored_keys(api, STORED)
+    await other_keys(api)
+    request = pb.ListKeysRequest(source="store", page_size=40)
+    first = await api.list_keys(request)
+    assert first.next_page_token
+    await api.client.delete(*[f"elsewhere:{index}" for index in range(5000)])
+
+    request.page_token = first.next_page_token
+    rest = await api.key_pages(request)
+
+    found = {key.id for page in [first, *rest] for key in page.keys}
+    assert found == {f"key-{index:03}" for index in range(STORED)}
+
+
 async def test_a_page_may_hold_fewer_keys_than_asked_while_more_follow(api: Api) -> None:
     # Few keys pass the filter among a store of many other keys: a page answers after a
     # bounded part of the pass, with what it found, and a token for the rest.
