@@ -307,7 +307,12 @@ class RequestContext:
     # form where they lie, so that the client's bytes go upstream with only the fields
     # the gateway changed spliced in (``backends``).
     form: MultipartForm | None = None
+    # The configured model serving the request (or the name the client asked for, where
+    # the config lists none): for a model group's name, the member drawn for it.
     model: str | None = None
+    # The model group the client asked for by name (``model_groups``), whose member
+    # ``model`` is; None for a request that named no group.
+    model_group: str | None = None
     upstream_model: str | None = None
     # Failover: the chain member (its config name) that answered; what prices the request.
     answered_model: str | None = None
@@ -450,6 +455,12 @@ class RequestContext:
     stored_response: StoredResponseCall | None = None
     # Set when this request needs no credentials on an authenticated route (an A2A agent card).
     public: bool = False
+
+    @property
+    def asked_model(self) -> str | None:
+        """The model the client asked for as the log line, the metrics and the rollup
+        name it: a group's name rather than its member's (``model``)."""
+        return self.model_group or self.model
 
     @property
     def error_shape(self) -> str:

@@ -9,6 +9,8 @@ name it. Patterns ending in ``*`` match by prefix.
 A rule that names an alias names its model: ``models: [titan-embed]`` covers a request
 for ``amazon.titan-embed-text-v2:0`` too (``covering_aliases``), as a rule naming the
 model covers its aliases, so no spelling of a model escapes a limit or an access rule.
+A rule that names a model group (``model_groups``) names each of its members likewise:
+it covers every request a member serves, asked for by the group's name or the member's.
 
 Bedrock serves one model under several ids: its own (``anthropic.claude-3-haiku-...``),
 a cross-region inference profile's (``us.anthropic.claude-3-haiku-...``) and the ARN of
@@ -79,11 +81,20 @@ def bedrock_spellings(name: str) -> Iterator[str]:
         yield model
 
 
-def covering_aliases(patterns: Sequence[str], aliases: Mapping[str, str]) -> tuple[str, ...]:
+def covering_aliases(
+    patterns: Sequence[str],
+    aliases: Mapping[str, str],
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[str, ...]:
     """``patterns`` (made ``comparable``), plus the name of every model one of whose
-    aliases they match; ``aliases`` maps each alias to its model's configured name."""
+    aliases they match, and of every member of a model group they match; ``aliases``
+    maps each alias to its model's configured name, ``groups`` each group's name to its
+    members' (``config.model_groups``)."""
     own = tuple(comparable(pattern) for pattern in patterns)
     models = {
         comparable(model) for alias, model in aliases.items() if matches(own, (comparable(alias),))
     }
+    for group, members in (groups or {}).items():
+        if matches(own, (comparable(group),)):
+            models.update(comparable(member) for member in members)
     return own + tuple(sorted(models - set(own)))

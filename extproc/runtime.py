@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from extproc.egress import EgressProxy
 from extproc.envoy_failover import longest_failover_wait_s
 from extproc.envoy_request_record import envoy_reads_request
 from extproc.guardrails.policy import Guardrails
+from extproc.model_groups import Balancer, groups_of
 from extproc.model_names import anthropic_spelling
 from extproc.providers import credentials_pending
 from extproc.providers.aws_signer import AwsSigner
@@ -122,6 +123,9 @@ class Services:
     attempts_in_flight: AttemptsInFlight | None = None
     # Notes quota subjects for the gauges read from the store (telemetry.quota_gauges).
     quota_subjects: SubjectTracker | None = None
+    # Draws model groups' members; remembers the providers that failed lately, for this
+    # process's life (extproc.model_groups).
+    balancer: Balancer = field(default_factory=Balancer)
 
 
 class RouteTable:
@@ -289,7 +293,13 @@ class Runtime:
         self.canonical_model = {
             alias: model.name for model in config.models for alias in model.aliases
         }
-        self.access = AccessPolicy(config.auth.access_rules, self.canonical_model)
+        # Model group name -> the group (extproc.model_groups); its members' names, which a
+        # rule naming the group covers.
+        self.groups = groups_of(config)
+        self.group_members = {name: group.member_names for name, group in self.groups.items()}
+        self.access = AccessPolicy(
+            config.auth.access_rules, self.canonical_model, self.group_members
+        )
         # Model name or alias -> its kind, where the config says it (ModelConfig.kind).
         self.model_kind = {
             name: model.kind
@@ -297,6 +307,11 @@ class Runtime:
             if model.kind is not None
             for name in (model.name, *model.aliases)
         }
+        for name, group_members in self.group_members.items():
+            # A group is of the kind its members state (the config refuses two kinds).
+            kind = next((self.model_kind[m] for m in group_members if m in self.model_kind), None)
+            if kind is not None:
+                self.model_kind[name] = kind
         self.prices = PriceTable(config.pricing, config.models)
         if self.prices.unpriced_models:
             # Not an error: such requests cost 0 and are flagged unpriced in the reports,
@@ -310,7 +325,7 @@ class Runtime:
         if admit_labels:
             self.show_series()
         try:
-            self.quota_rules = RuleSet(config.quotas, self.canonical_model)
+            self.quota_rules = RuleSet(config.quotas, self.canonical_model, self.group_members)
         except ValueError as exc:
             raise ConfigError("config", [f"quotas: {exc}"]) from None
         self.route_auth: dict[str, RouteAuthConfig] = {
@@ -349,7 +364,7 @@ class Runtime:
         # for, not a hash and a pattern search per request.
         self.plain_model_names = frozenset(
             name
-            for name in self.upstreams
+            for name in (*self.upstreams, *self.groups)
             if self.api_keys.lookup(name.strip()) is None and credential_shapes.kind(name) is None
         )
         # Primary model -> {provider name -> the chain member it serves}: how an

@@ -29,22 +29,35 @@ def _allows(rule: AccessRule, identity: Identity) -> bool:
 
 class AccessPolicy:
     def __init__(
-        self, rules: Sequence[AccessRule], aliases: Mapping[str, str] | None = None
+        self,
+        rules: Sequence[AccessRule],
+        aliases: Mapping[str, str] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """``aliases``: each model alias and its model's name: a rule naming an alias
-        covers its model under every name (``model_names.covering_aliases``)."""
+        covers its model under every name (``model_names.covering_aliases``); ``groups``:
+        each model group's name and its members', which a rule naming the group covers."""
         # Each rule with its model patterns made comparable once, not per request.
-        self._rules = tuple((rule, covering_aliases(rule.models, aliases or {})) for rule in rules)
+        self._rules = tuple(
+            (rule, covering_aliases(rule.models, aliases or {}, groups)) for rule in rules
+        )
 
     def denial(
-        self, identity: Identity, model: str, route: str | None, canonical: str | None = None
+        self,
+        identity: Identity,
+        model: str,
+        route: str | None,
+        canonical: str | None = None,
+        shown: str | None = None,
     ) -> str | None:
         """Why ``identity`` may not use ``model`` on ``route``; None when it may.
 
-        ``canonical`` is the configured name of the model ``model`` is an alias of: a
-        rule or a key's list naming either name covers the request, so an alias
-        neither escapes a rule nor is refused where its model is allowed."""
+        ``canonical`` is the configured name of the model ``model`` is an alias of (or
+        of the group a member is asked by): a rule or a key's list naming either name
+        covers the request, so an alias neither escapes a rule nor is refused where its
+        model is allowed. ``shown``: the name the refusal names (default ``model``)."""
         names = tuple(comparable(name) for name in (model, canonical) if name is not None)
+        model = shown or model
         allowed_models = identity.allowed_models
         if allowed_models and not matches(tuple(map(comparable, allowed_models)), names):
             return f"API key '{identity.api_key_id}' may not use model '{model}'"

@@ -10,7 +10,7 @@ models, never a refusal.
 from __future__ import annotations
 
 from extproc.config.model import GatewayConfig
-from extproc.model_names import comparable, covers
+from extproc.model_names import comparable, covering_aliases, covers
 
 
 def unpriced_budget_warnings(config: GatewayConfig) -> list[str]:
@@ -28,8 +28,10 @@ def unpriced_budget_warnings(config: GatewayConfig) -> list[str]:
     without_price = set(PriceTable(config.pricing, config.models).unpriced_models)
     unpriced = [model for model in config.models if model.name in without_price]
     found = []
+    # A rule naming a model group covers its members (model_names.covering_aliases).
+    groups = {group.name: [m.model for m in group.members] for group in config.model_groups}
     for index, rule in budgets:
-        patterns = tuple(comparable(pattern) for pattern in rule.models)
+        patterns = covering_aliases(rule.models, {}, groups)
         covered = [
             model.name
             for model in unpriced

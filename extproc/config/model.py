@@ -306,6 +306,33 @@ class ModelConfig(_Section):
     fallbacks: tuple[str, ...] = Field(default=(), max_length=MAX_FALLBACKS)
 
 
+# How long a group member whose provider failed is passed over, by default (seconds).
+DEFAULT_GROUP_COOLDOWN_S = 10.0
+
+
+class ModelGroupMember(_Section):
+    """One deployment of a model group: a configured model and its share of the requests."""
+
+    # A model's configured name (not an alias): the member's failover chain, price and
+    # provider are that model's.
+    model: str = Field(min_length=1, max_length=256)
+    # Requests are spread in proportion to the weights of the members that can serve them.
+    weight: int = Field(default=1, ge=1, le=1_000_000)
+
+
+class ModelGroupConfig(_Section):
+    """One name clients ask for, served by one of several models (deployments of the same
+    model on several providers), each request's member chosen at random by weight
+    (docs/providers.md#load-balancing-across-deployments)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    members: tuple[ModelGroupMember, ...] = Field(min_length=1)
+    # A member whose provider failed a request (429, 5xx, no connection, a timeout) is
+    # passed over for this long, unless every member is; 0: never passed over. Kept in
+    # each gateway process's memory.
+    cooldown_s: float = Field(default=DEFAULT_GROUP_COOLDOWN_S, ge=0.0, le=86_400.0)
+
+
 class ModelPrefixConfig(_Section):
     """Models not listed by name, recognised by prefix (``claude-`` -> anthropic)."""
 
@@ -830,6 +857,8 @@ class GatewayConfig(_Section):
     providers: tuple[ProviderConfig, ...] = Field(min_length=1)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     model_prefixes: tuple[ModelPrefixConfig, ...] = ()
+    # Names clients ask for that several models serve in turn, by weight (load balancing).
+    model_groups: tuple[ModelGroupConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = Field(default_factory=_default_routes)
     auth: AuthConfig = AuthConfig()
     quotas: QuotasConfig = QuotasConfig()
@@ -902,10 +931,12 @@ def _reference_problems(config: GatewayConfig) -> Iterator[str]:
                 f" (known: {', '.join(sorted(known))})"
             )
     yield from _fallback_problems(config)
+    yield from _group_problems(config)
     for index, prefix in enumerate(config.model_prefixes):
         if prefix.provider not in known:
             yield f"model_prefixes[{index}].provider: unknown provider {prefix.provider!r}"
     models = {name for m in config.models for name in (m.name, *m.aliases)}
+    models.update(group.name for group in config.model_groups)
     if config.management.serving and config.management.address in (
         config.server.grpc_address,
         config.server.http_address,
@@ -976,6 +1007,52 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
                 " Images API does not fail over (an edit's form cannot be re-made by a"
                 " failover attempt): its requests go to its own provider alone; remove"
                 " its fallbacks"
+            )
+
+
+def _group_problems(config: GatewayConfig) -> Iterator[str]:
+    """``model_groups``: each member a configured model (by its own name, once), all of
+    one kind, and each group's name its own (no model, alias or other group has it)."""
+    by_name = {m.name: m for m in config.models}
+    alias_of = {alias: m.name for m in config.models for alias in m.aliases}
+    groups: dict[str, int] = {}
+    for index, group in enumerate(config.model_groups):
+        where = f"model_groups[{index}]"
+        if group.name in by_name:
+            yield f"{where}.name: {group.name!r} is already a model's name"
+        elif group.name in alias_of:
+            yield (
+                f"{where}.name: {group.name!r} is already an alias of model"
+                f" {alias_of[group.name]!r}"
+            )
+        other = groups.setdefault(group.name, index)
+        if other != index:
+            yield f"{where}.name: {group.name!r} is already the name of model_groups[{other}]"
+        seen: set[str] = set()
+        kinds: dict[ModelKind, str] = {}
+        for position, member in enumerate(group.members):
+            field = f"{where}.members[{position}].model"
+            name = member.model
+            if name in seen:
+                yield f"{field}: {name!r} is a member twice (give it one entry and its weight)"
+                continue
+            seen.add(name)
+            if name not in by_name:
+                if name in alias_of:
+                    yield (f"{field}: {name!r} is an alias; name its model {alias_of[name]!r}")
+                elif any(name == g.name for g in config.model_groups):
+                    yield f"{field}: {name!r} is a group; a group's members are models"
+                else:
+                    yield (f"{field}: unknown model {name!r}{did_you_mean(name, list(by_name))}")
+                continue
+            kind = by_name[name].kind
+            if kind is not None:
+                kinds.setdefault(kind, name)
+        if len(kinds) > 1:
+            listed = ", ".join(f"{name!r} is {kind}" for kind, name in kinds.items())
+            yield (
+                f"{where}.members: a group's members must be of one kind ({listed}):"
+                " a request for the group would be refused or not by the member drawn"
             )
 
 

@@ -34,6 +34,8 @@ def _names(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         yield f"models[{index}].name", model.name
         for alias_index, alias in enumerate(model.aliases):
             yield f"models[{index}].aliases[{alias_index}]", alias
+    for index, group in enumerate(config.model_groups):
+        yield f"model_groups[{index}].name", group.name
 
 
 def _secret_in(name: str, secrets: Set[str]) -> str | None:

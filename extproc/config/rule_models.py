@@ -32,6 +32,7 @@ class KnownModels:
             dict.fromkeys(
                 [
                     *(name for model in config.models for name in (model.name, *model.aliases)),
+                    *(group.name for group in config.model_groups),
                     *config.pricing.models,
                 ]
             )

@@ -137,8 +137,14 @@ class Limit:
 
 
 class RuleSet:
-    def __init__(self, config: QuotasConfig, aliases: Mapping[str, str] | None = None) -> None:
-        """``aliases``: each model alias and its model's name (``model_names.covering_aliases``)."""
+    def __init__(
+        self,
+        config: QuotasConfig,
+        aliases: Mapping[str, str] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """``aliases``: each model alias and its model's name, ``groups``: each model
+        group's name and its members' (``model_names.covering_aliases``)."""
         # Named by field (and rule): with dozens of rules, "unknown time zone" alone
         # left the operator to search the file for the one mistyped.
         _check_zone("time_zone", config.time_zone)
@@ -153,7 +159,7 @@ class RuleSet:
         # Each rule's model patterns as names are compared (extproc.model_names), once,
         # with the model of each alias they name.
         self._models = {
-            rule.name: covering_aliases(rule.models, aliases or {}) for rule in self.rules
+            rule.name: covering_aliases(rule.models, aliases or {}, groups) for rule in self.rules
         }
 
     def __bool__(self) -> bool:

@@ -22,6 +22,7 @@ from extproc.context import (
     image_generation_counts,
 )
 from extproc.credential_cleaner import echoed_credential
+from extproc.model_groups import fails_provider
 from extproc.store.usage import UsageEntry
 from extproc.telemetry.access_log import access_record
 from extproc.telemetry.span_attributes import operation_of
@@ -71,7 +72,7 @@ class AccountingStage:
     @staticmethod
     def _observe(ctx: RequestContext) -> None:
         metrics = ctx.runtime.services.metrics
-        model = ctx.model or ""
+        model = ctx.asked_model or ""
         provider = ctx.provider or ""
         # Time to first token: streams only (a buffered answer's first chunk is all of
         # it), answers only (an error's body is no token): the log line's.
@@ -88,6 +89,10 @@ class AccountingStage:
             upstream = ctx.upstream_status or 0
             label = str(upstream if no_answer(upstream) else ctx.response_status)
             metrics.upstream_error(provider=provider, model=model, status=label)
+            if fails_provider(int(label)):
+                # A model group passes its members on this provider over for a while
+                # (extproc.model_groups).
+                ctx.runtime.services.balancer.provider_failed(provider)
         elif (failure := _provider_failure(ctx)) is not None:
             metrics.upstream_error(provider=provider, model=model, status=failure)
         identity = ctx.identity
@@ -128,7 +133,7 @@ class AccountingStage:
             ctx.identity.user_id or "",
             ctx.identity.group_id or "",
         )
-        model = ctx.model or ""
+        model = ctx.asked_model or ""
         # Not in gen_ai_client_token_usage: one observation per request, the answer's
         # (docs/metrics.md); the counters below are the ledger.
         for attempt in ctx.cut_attempts:
@@ -250,7 +255,7 @@ def _dimensions(ctx: RequestContext, provider: str) -> dict[str, str]:
     """The rollup dimensions of the request's usage that ``provider`` billed."""
     return {
         "route": ctx.route.name if ctx.route else "",
-        "model": ctx.model or "",
+        "model": ctx.asked_model or "",
         "provider": provider,
         "api_key_id": ctx.identity.api_key_id or "",
         "user_id": ctx.identity.user_id or "",

@@ -136,6 +136,7 @@ from extproc.envoy_failover import (
 from extproc.envoy_messages import status_code
 from extproc.errors import BadRequestError, UpstreamError
 from extproc.headers import metadata_key
+from extproc.model_groups import fails_provider
 from extproc.runtime import Route, Runtime, Upstream
 from extproc.stages.accounting import ERROR_BODY_STATUS
 from extproc.store.attempts_in_flight import MAX_KEY_CHARS, AttemptsInFlight
@@ -770,6 +771,9 @@ class AttemptStage:
         ctx.runtime.services.metrics.upstream_error(
             provider=ctx.provider or "", model=ctx.failover_model, status=label
         )
+        if ctx.provider is not None and label.isdigit() and fails_provider(int(label)):
+            # A model group passes its member on this provider over for a while.
+            ctx.runtime.services.balancer.provider_failed(ctx.provider)
         # Once: a later phase of this attempt (an untranslatable body) is the same error.
         ctx.failover_model = None
 

@@ -50,6 +50,7 @@ from extproc.errors import (
 )
 from extproc.images_api import check_images_body, edit_body, is_edit
 from extproc.input_limits import checked_messages, nesting_depth_over
+from extproc.model_groups import Candidate, ModelGroup
 from extproc.multipart_form import read_form
 from extproc.openai_inputs import check_choices, check_completion_bounds
 from extproc.quota.estimate import CHAT_ALLOWANCE_FIELDS
@@ -137,15 +138,20 @@ class ChatRequestStage:
             )
         # Before the name is recorded anywhere (log, metadata, metrics, a 404's message).
         refuse_credential_in_model(ctx, model)
-        ctx.model = model
+        ctx.model = asked = model
+        group = ctx.runtime.groups.get(model)
+        if group is not None:
+            # A model group's name: one member serves it, and the request is that
+            # member's from here on (its chain, price, credentials and quotas).
+            ctx.model_group = model
+            model = ctx.model = choose_member(ctx, group, route, parsed)
         upstream = ctx.runtime.resolve_upstream(model, route)
         if upstream is None:
-            where = f"on route '{route.name}'" if route.provider else "by this gateway"
-            raise ModelNotFoundError(
-                f"The model '{model}' does not exist or is not served {where}", param="model"
-            )
+            raise _not_served(model, route)
         canonical = ctx.runtime.canonical_model.get(model)
-        denial = ctx.runtime.access.denial(ctx.identity, model, route.name, canonical)
+        denial = ctx.runtime.access.denial(
+            ctx.identity, model, route.name, canonical or ctx.model_group
+        )
         if denial is not None:
             raise PermissionDeniedError(denial, code="model_not_allowed", param="model")
         check_model_kind(ctx, model, route)
@@ -169,7 +175,7 @@ class ChatRequestStage:
         ctx.stream = bool(stream)
         confirm = ctx.lean_from_hints
         if confirm is not None and (
-            (confirm.model is not None and confirm.model != model)
+            (confirm.model is not None and confirm.model != asked)
             or (confirm.stream is not None and confirm.stream != ctx.stream)
         ):
             # Envoy read another model or stream flag in this body than the gateway
@@ -188,6 +194,65 @@ class ChatRequestStage:
         primary = canonical or model
         if fails_over(route.api) and primary in ctx.runtime.failover:
             ctx.failover_model = primary
+
+
+def _not_served(model: str, route: Route) -> ModelNotFoundError:
+    where = f"on route '{route.name}'" if route.provider else "by this gateway"
+    return ModelNotFoundError(
+        f"The model '{model}' does not exist or is not served {where}", param="model"
+    )
+
+
+def choose_member(
+    ctx: RequestContext, group: ModelGroup, route: Route, parsed: dict[str, Any]
+) -> str:
+    """The member of ``group`` that serves this request: drawn at random by weight among
+    the members the route can send it to (its provider), the caller may use (a key's
+    ``allowed_models``, the access rules of the route) and whose provider can serve the
+    route's API and this body (``check_pair``), passing over those whose provider failed
+    lately (``model_groups.Balancer``).
+
+    With none left the request is refused as a request for a single model would be that
+    nothing serves on the route (404), that the caller may not use (403
+    ``model_not_allowed``) or whose provider cannot answer this API or body (400), the
+    refusal naming the group."""
+    runtime = ctx.runtime
+    served = [
+        (name, weight, upstream)
+        for name, weight in group.members
+        if (upstream := runtime.resolve_upstream(name, route)) is not None
+    ]
+    if not served:
+        raise _not_served(group.name, route)
+    allowed = [
+        member
+        for member in served
+        if runtime.access.denial(ctx.identity, member[0], route.name, group.name) is None
+    ]
+    if not allowed:
+        denial = runtime.access.denial(
+            ctx.identity, served[0][0], route.name, group.name, shown=group.name
+        )
+        raise PermissionDeniedError(
+            denial or f"model '{group.name}' may not be used",
+            code="model_not_allowed",
+            param="model",
+        )
+    check_model_kind(ctx, group.name, route)
+    able: list[Candidate] = []
+    refusal: BadRequestError | None = None
+    for name, weight, upstream in allowed:
+        try:
+            # ctx.model is still the group's name: a refusal names the group.
+            check_pair(ctx, parsed, upstream)
+        except BadRequestError as refused:
+            refusal = refusal or refused
+            continue
+        able.append(Candidate(name, weight, upstream.provider.name))
+    if not able:
+        assert refusal is not None
+        raise refusal
+    return runtime.services.balancer.choose(able, group.cooldown_s).model
 
 
 class UpstreamRequestStage:

@@ -108,7 +108,25 @@ def usable_names(runtime: Runtime, identity: Identity) -> list[str]:
             canonical = None if name == model.name else model.name
             if any(_usable_on(runtime, identity, name, canonical, route) for route in routes):
                 names.append(name)
+    # A model group, after the models: where the caller may use one of its members.
+    for group in runtime.groups.values():
+        if any(_group_usable_on(runtime, identity, group.name, route) for route in routes):
+            names.append(group.name)
     return names
+
+
+def _group_usable_on(runtime: Runtime, identity: Identity, group: str, route: Route) -> bool:
+    """Whether a request for the model group ``group`` on ``route`` would find a member
+    (``stages.chat_request.choose_member``), by the group's kind and its members'."""
+    if route.forced_model is not None and route.forced_model != group:
+        return False
+    kind = runtime.model_kind.get(group)
+    if kind is not None and kind is not ROUTE_MODEL_KIND.get(route.api):
+        return False
+    return any(
+        _usable_on(runtime, identity, member, group, route, forced_checked=True)
+        for member in runtime.group_members[group]
+    )
 
 
 def _using_routes(runtime: Runtime, identity: Identity) -> Iterator[Route]:
@@ -123,10 +141,16 @@ def _using_routes(runtime: Runtime, identity: Identity) -> Iterator[Route]:
 
 
 def _usable_on(
-    runtime: Runtime, identity: Identity, name: str, canonical: str | None, route: Route
+    runtime: Runtime,
+    identity: Identity,
+    name: str,
+    canonical: str | None,
+    route: Route,
+    forced_checked: bool = False,
 ) -> bool:
-    """Whether a request for ``name`` on ``route`` would pass the model checks."""
-    if route.forced_model is not None and route.forced_model != name:
+    """Whether a request for ``name`` on ``route`` would pass the model checks
+    (``forced_checked``: a group's member, whose group the route's own model is)."""
+    if not forced_checked and route.forced_model is not None and route.forced_model != name:
         return False  # the route sends its own model, whatever the client names
     kind = runtime.model_kind.get(name)
     if kind is not None and kind is not ROUTE_MODEL_KIND.get(route.api):

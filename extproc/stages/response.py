@@ -90,6 +90,11 @@ class ResponseStage:
                 )
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:
                     ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.answered_model)
+                    if ctx.upstream is not None:
+                        # The primary's provider failed (Envoy moved on; a connection it
+                        # could not make reaches no attempt's answer): a model group
+                        # passes that member over for a while (extproc.model_groups).
+                        ctx.runtime.services.balancer.provider_failed(ctx.upstream.provider.name)
             report = decode(response_headers.get(headers.ATTEMPT_UPSTREAM))
             if report is not None:
                 # What the provider said, where the attempt translated it: recorded as

@@ -76,7 +76,9 @@ def access_record(ctx: RequestContext) -> dict[str, Any]:
         "path": ctx.path.split("?", 1)[0],
         "route": ctx.route.name if ctx.route else None,
         "provider": ctx.provider,
-        "model": ctx.model,
+        "model": ctx.asked_model,
+        # The group member that served (after failover, the chain member that answered).
+        "group_member": (ctx.answered_model or ctx.model) if ctx.model_group else None,
         "upstream_model": ctx.upstream_model,
         "response_model": ctx.response_model,
         "stream": ctx.stream and not ctx.stream_unasked,

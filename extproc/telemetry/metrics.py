@@ -192,14 +192,15 @@ class LabelBudget:
 
     def admit_config(self, config: GatewayConfig) -> None:
         """Admit the values the config names in labels a client can fill with made-up
-        values: its models and aliases, routes and providers. Bounded by the config, they
-        cannot blow up the series; admitted, they cannot be pushed into ``other`` by
-        made-up values that came first.
+        values: its models, aliases and model groups, routes and providers. Bounded by
+        the config, they cannot blow up the series; admitted, they cannot be pushed into
+        ``other`` by made-up values that came first.
 
         Identity labels stay within the budget: their values come from authenticated
         callers only, and admitting every configured key would give a gateway with
         10,000 keys 10,000 series per metric (some 15 MB per process)."""
         models = [name for model in config.models for name in (model.name, *model.aliases)]
+        models.extend(group.name for group in config.model_groups)
         for label in MODEL_LABELS:
             self.admit(label, models)
         self.admit("route", (route.name for route in config.routes))

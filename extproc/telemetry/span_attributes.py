@@ -173,7 +173,7 @@ def request_metadata(ctx: RequestContext, usage: Usage | None = None) -> dict[st
             "provider_type",
             GEN_AI_PROVIDER_NAMES.get(ctx.provider_type.value) if ctx.provider_type else None,
         ),
-        ("model", ctx.model),
+        ("model", ctx.asked_model),
         ("response_model", ctx.response_model),
         ("api_key_id", identity.api_key_id),
         ("user_id", identity.user_id),
