@@ -82,6 +82,9 @@ class ResponseStage:
             kind = ProviderType.OPENAI
             answered = response_headers.get(headers.ANSWERED_BY_PROVIDER)
             if answered:
+                # The provider the request was sent to first: its primary's, or the one a
+                # stored response pinned it to (stages.response_owner).
+                meant = ctx.provider
                 served_by_member(
                     ctx,
                     answered,
@@ -90,11 +93,11 @@ class ResponseStage:
                 )
                 if ctx.answered_model and ctx.answered_model != ctx.failover_model:
                     ctx.runtime.services.metrics.failover(ctx.failover_model, ctx.answered_model)
-                    if ctx.upstream is not None:
-                        # The primary's provider failed (Envoy moved on; a connection it
-                        # could not make reaches no attempt's answer): a model group
-                        # passes that member over for a while (extproc.model_groups).
-                        ctx.runtime.services.balancer.provider_failed(ctx.upstream.provider.name)
+                if meant is not None and meant != answered:
+                    # That provider failed (Envoy moved on; a connection it could not make
+                    # reaches no attempt's answer): a model group passes its member there
+                    # over for a while (extproc.model_groups).
+                    ctx.runtime.services.balancer.provider_failed(meant)
             report = decode(response_headers.get(headers.ATTEMPT_UPSTREAM))
             if report is not None:
                 # What the provider said, where the attempt translated it: recorded as

@@ -431,3 +431,28 @@ def test_a_budget_naming_a_group_warns_of_its_unpriced_members() -> None:
     )
     [warning] = unpriced_budget_warnings(parse_config(text, "gateway.yaml", {}))
     assert "counts models without a price as free: claude-a " in warning
+
+
+async def test_a_request_its_fallback_answered_cools_the_member_it_was_sent_to() -> None:
+    # Envoy could not reach gpt-east's provider (no answer of its own to count) and the
+    # chain's next member, gpt-west, answered: gpt-east is passed over for a while.
+    config = CONFIG.replace(
+        "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat}\n",
+        "  - {name: gpt-east, provider: east, upstream_model: gpt-4o, kind: chat,"
+        " fallbacks: [gpt-west]}\n",
+    )
+    clock = Clock()
+    services = services_with(Balancer(clock=clock, draw=Draws()))
+    processor = processor_for(parse_config(config, "gateway.yaml", {}), services)
+    answered = {
+        headers.ANSWERED_BY_PROVIDER: "west",
+        headers.ANSWERED_BY_MODEL: "gpt-west",
+        headers.ANSWERED_UPSTREAM_MODEL: "gpt-4o",
+    }
+    await run_stream(processor, [*chat("gpt-4o"), response_headers(200, answered)])
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["model"], line["group_member"], line["provider"]) == ("gpt-4o", "gpt-west", "west")
+    assert served_by(await ask(services, chat("gpt-4o"), config)) == "west"
+    clock.now += 10
+    answer = await ask(services, chat("gpt-4o"), config)
+    assert set_header(answer, headers.CLUSTER) == failover_cluster_name("gpt-east")
