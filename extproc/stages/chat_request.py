@@ -143,8 +143,9 @@ class ChatRequestStage:
         if group is not None:
             # A model group's name: one member serves it, and the request is that
             # member's from here on (its chain, price, credentials and quotas).
-            ctx.model_group = model
-            model = ctx.model = choose_member(ctx, group, route, parsed)
+            member = choose_member(ctx, group, route, parsed)
+            ctx.model_group = model  # once one serves: a refused request names no member
+            model = ctx.model = member
         upstream = ctx.runtime.resolve_upstream(model, route)
         if upstream is None:
             raise _not_served(model, route)
