@@ -192,10 +192,11 @@ async def test_a_caller_no_member_is_allowed_gets_403_naming_the_group() -> None
         "    - {name: east-for-engineering, models: [gpt-east], groups: [engineering]}\n",
         "    - {name: gpt-for-engineering, models: [gpt-4o], groups: [engineering]}\n",
     )
-    status, body = refusal(
-        await ask(services_with(Balancer()), chat("gpt-4o", "team2-key"), config)
-    )
+    services = services_with(Balancer())
+    status, body = refusal(await ask(services, chat("gpt-4o", "team2-key"), config))
     assert status == 403 and body["error"]["code"] == "model_not_allowed"
+    [line] = services.access_log.lines()  # type: ignore[attr-defined]
+    assert (line["model"], line["group_member"], line["provider"]) == ("gpt-4o", None, None)
     assert "'gpt-4o'" in body["error"]["message"]
     assert "gpt-for-engineering" in body["error"]["message"]
     # The rule naming the group covers its members asked for by their own names too.
